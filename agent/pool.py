@@ -1,0 +1,121 @@
+"""What selection strategies and prior-label methods see: the pool under one model version.
+
+This is the contract between the service (agent/service.py and friends, which build a ``Pool`` from
+SQLite, the embeddings and the hnswlib index) and the algorithms (agent/strategies, agent/priors,
+which are plain functions of a ``Pool``). No torch here: the agent runs with onnxruntime alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+# (queries QxD float32 L2-normalised, k) -> (rows QxK int64 into Pool.embeddings, distances QxK float32,
+# cosine distance 1 - cos, ascending). A query that is itself in the pool finds itself first.
+KnnFn = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
+
+
+class InvalidArgument(ValueError):
+    """Bad request parameter (maps to gRPC INVALID_ARGUMENT). The message says what to do."""
+
+
+class FailedPrecondition(RuntimeError):
+    """The request is well-formed but the pool's state cannot answer it yet (FAILED_PRECONDITION),
+    e.g. an uncertainty strategy with too few labels, or no model published. The message says what to do."""
+
+
+@dataclass
+class Pool:
+    """The pool as one model version sees it. Rows index every embedded sample, labelled or not.
+
+    Attributes:
+        embeddings: NxD float32, each row L2-normalised (the index uses cosine distance).
+        labeled: L int64 rows of labelled samples.
+        labels: L int64 class indices into ``classes``, aligned with ``labeled``.
+        classes: the agent's class names, in index order (C of them).
+        candidates: M int64 rows a strategy may pick: unlabelled and matching the request's ``where``.
+        knn: exact-enough nearest neighbours over all N rows (hnswlib, cosine).
+        logits: NxC float32 from the model's ``logits`` output when its classes equal ``classes``, else None.
+        pretext_loss: N float32 per-sample pretext-task loss (RotNet 4-way rotation cross-entropy, nats)
+            when the model has a ``rotation_logits`` head, else None.
+    """
+
+    embeddings: np.ndarray
+    labeled: np.ndarray
+    labels: np.ndarray
+    classes: list[str]
+    candidates: np.ndarray
+    knn: KnnFn
+    logits: np.ndarray | None = None
+    pretext_loss: np.ndarray | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+@dataclass
+class Selection:
+    """A strategy's answer: ``rows`` (B int64, a subset of Pool.candidates, no repeats, B <= budget)
+    in the order they should be labelled, and one ``scores`` value per row (higher = more wanted)."""
+
+    rows: np.ndarray
+    scores: np.ndarray
+
+
+@dataclass
+class Priors:
+    """A prior-label method's answer for the requested rows: ``probs`` RxC float32 (rows sum to 1) and
+    ``confidence`` R float32 in [0, 1] (how much to trust the row; not always max(probs))."""
+
+    probs: np.ndarray
+    confidence: np.ndarray
+
+
+# A strategy: (pool, budget >= 1, seeded rng, params) -> Selection.
+Strategy = Callable[[Pool, int, np.random.Generator, Mapping[str, str]], Selection]
+# A prior method: (pool, rows R int64 to label, seeded rng, params) -> Priors.
+PriorMethod = Callable[[Pool, np.ndarray, np.random.Generator, Mapping[str, str]], Priors]
+
+
+def param_int(params: Mapping[str, str], name: str, default: int, minimum: int | None = None) -> int:
+    """An integer parameter from a request's params map, or ``default``; InvalidArgument if malformed."""
+    raw = params.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidArgument(f"param {name}={raw!r} must be an integer") from None
+    if minimum is not None and value < minimum:
+        raise InvalidArgument(f"param {name}={value} must be >= {minimum}")
+    return value
+
+
+def param_float(params: Mapping[str, str], name: str, default: float | None,
+                minimum: float | None = None, maximum: float | None = None) -> float | None:
+    """A float parameter from a request's params map, or ``default``; InvalidArgument if malformed."""
+    raw = params.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise InvalidArgument(f"param {name}={raw!r} must be a number") from None
+    if not np.isfinite(value):
+        raise InvalidArgument(f"param {name}={raw!r} must be finite")
+    if minimum is not None and value < minimum:
+        raise InvalidArgument(f"param {name}={value} must be >= {minimum}")
+    if maximum is not None and value > maximum:
+        raise InvalidArgument(f"param {name}={value} must be <= {maximum}")
+    return value
+
+
+def check_params(params: Mapping[str, str], known: set[str], what: str) -> None:
+    """InvalidArgument naming the valid params when ``params`` has a key ``what`` does not take."""
+    unknown = sorted(set(params) - known)
+    if unknown:
+        valid = ", ".join(sorted(known)) or "none"
+        raise InvalidArgument(f"{what} does not take param(s) {', '.join(unknown)}; valid: {valid}")

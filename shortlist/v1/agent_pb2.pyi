@@ -1,0 +1,212 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Sample(_message.Message):
+    __slots__ = ("id", "encoded_image", "tensor", "uri", "metadata", "label")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    ID_FIELD_NUMBER: _ClassVar[int]
+    ENCODED_IMAGE_FIELD_NUMBER: _ClassVar[int]
+    TENSOR_FIELD_NUMBER: _ClassVar[int]
+    URI_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    encoded_image: bytes
+    tensor: Tensor
+    uri: str
+    metadata: _containers.ScalarMap[str, str]
+    label: str
+    def __init__(self, id: _Optional[str] = ..., encoded_image: _Optional[bytes] = ..., tensor: _Optional[_Union[Tensor, _Mapping]] = ..., uri: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., label: _Optional[str] = ...) -> None: ...
+
+class Tensor(_message.Message):
+    __slots__ = ("dtype", "shape", "data")
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    dtype: str
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    data: bytes
+    def __init__(self, dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class IngestRequest(_message.Message):
+    __slots__ = ("samples",)
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    samples: _containers.RepeatedCompositeFieldContainer[Sample]
+    def __init__(self, samples: _Optional[_Iterable[_Union[Sample, _Mapping]]] = ...) -> None: ...
+
+class IngestReply(_message.Message):
+    __slots__ = ("accepted", "duplicates", "rejected")
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATES_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_FIELD_NUMBER: _ClassVar[int]
+    accepted: int
+    duplicates: int
+    rejected: _containers.RepeatedCompositeFieldContainer[Rejection]
+    def __init__(self, accepted: _Optional[int] = ..., duplicates: _Optional[int] = ..., rejected: _Optional[_Iterable[_Union[Rejection, _Mapping]]] = ...) -> None: ...
+
+class Rejection(_message.Message):
+    __slots__ = ("id", "reason")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    reason: str
+    def __init__(self, id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class SelectRequest(_message.Message):
+    __slots__ = ("budget", "strategy", "params", "seed", "where")
+    class ParamsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class WhereEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    BUDGET_FIELD_NUMBER: _ClassVar[int]
+    STRATEGY_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    WHERE_FIELD_NUMBER: _ClassVar[int]
+    budget: int
+    strategy: str
+    params: _containers.ScalarMap[str, str]
+    seed: int
+    where: _containers.ScalarMap[str, str]
+    def __init__(self, budget: _Optional[int] = ..., strategy: _Optional[str] = ..., params: _Optional[_Mapping[str, str]] = ..., seed: _Optional[int] = ..., where: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class SelectReply(_message.Message):
+    __slots__ = ("selected", "model_version", "strategy", "selection_id")
+    SELECTED_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    STRATEGY_FIELD_NUMBER: _ClassVar[int]
+    SELECTION_ID_FIELD_NUMBER: _ClassVar[int]
+    selected: _containers.RepeatedCompositeFieldContainer[Selected]
+    model_version: str
+    strategy: str
+    selection_id: str
+    def __init__(self, selected: _Optional[_Iterable[_Union[Selected, _Mapping]]] = ..., model_version: _Optional[str] = ..., strategy: _Optional[str] = ..., selection_id: _Optional[str] = ...) -> None: ...
+
+class Selected(_message.Message):
+    __slots__ = ("id", "score")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    score: float
+    def __init__(self, id: _Optional[str] = ..., score: _Optional[float] = ...) -> None: ...
+
+class SubmitLabelsRequest(_message.Message):
+    __slots__ = ("labels", "annotator")
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    ANNOTATOR_FIELD_NUMBER: _ClassVar[int]
+    labels: _containers.RepeatedCompositeFieldContainer[LabelAssignment]
+    annotator: str
+    def __init__(self, labels: _Optional[_Iterable[_Union[LabelAssignment, _Mapping]]] = ..., annotator: _Optional[str] = ...) -> None: ...
+
+class LabelAssignment(_message.Message):
+    __slots__ = ("id", "label")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    label: str
+    def __init__(self, id: _Optional[str] = ..., label: _Optional[str] = ...) -> None: ...
+
+class SubmitLabelsReply(_message.Message):
+    __slots__ = ("accepted", "rejected")
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_FIELD_NUMBER: _ClassVar[int]
+    accepted: int
+    rejected: _containers.RepeatedCompositeFieldContainer[Rejection]
+    def __init__(self, accepted: _Optional[int] = ..., rejected: _Optional[_Iterable[_Union[Rejection, _Mapping]]] = ...) -> None: ...
+
+class PriorLabelsRequest(_message.Message):
+    __slots__ = ("method", "ids", "params")
+    class ParamsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_FIELD_NUMBER: _ClassVar[int]
+    method: str
+    ids: _containers.RepeatedScalarFieldContainer[str]
+    params: _containers.ScalarMap[str, str]
+    def __init__(self, method: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ..., params: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class PriorLabel(_message.Message):
+    __slots__ = ("id", "label", "confidence", "probs", "model_version")
+    class ProbsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    ID_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    PROBS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    label: str
+    confidence: float
+    probs: _containers.ScalarMap[str, float]
+    model_version: str
+    def __init__(self, id: _Optional[str] = ..., label: _Optional[str] = ..., confidence: _Optional[float] = ..., probs: _Optional[_Mapping[str, float]] = ..., model_version: _Optional[str] = ...) -> None: ...
+
+class ListSamplesRequest(_message.Message):
+    __slots__ = ("labeled_only", "include_payload")
+    LABELED_ONLY_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    labeled_only: bool
+    include_payload: bool
+    def __init__(self, labeled_only: _Optional[bool] = ..., include_payload: _Optional[bool] = ...) -> None: ...
+
+class GetStatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class Status(_message.Message):
+    __slots__ = ("samples", "labeled", "embedded", "model_version", "strategies", "prior_methods", "classes", "pending_model_version", "pending_embedded")
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    LABELED_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDED_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    STRATEGIES_FIELD_NUMBER: _ClassVar[int]
+    PRIOR_METHODS_FIELD_NUMBER: _ClassVar[int]
+    CLASSES_FIELD_NUMBER: _ClassVar[int]
+    PENDING_MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PENDING_EMBEDDED_FIELD_NUMBER: _ClassVar[int]
+    samples: int
+    labeled: int
+    embedded: int
+    model_version: str
+    strategies: _containers.RepeatedScalarFieldContainer[str]
+    prior_methods: _containers.RepeatedScalarFieldContainer[str]
+    classes: _containers.RepeatedScalarFieldContainer[str]
+    pending_model_version: str
+    pending_embedded: int
+    def __init__(self, samples: _Optional[int] = ..., labeled: _Optional[int] = ..., embedded: _Optional[int] = ..., model_version: _Optional[str] = ..., strategies: _Optional[_Iterable[str]] = ..., prior_methods: _Optional[_Iterable[str]] = ..., classes: _Optional[_Iterable[str]] = ..., pending_model_version: _Optional[str] = ..., pending_embedded: _Optional[int] = ...) -> None: ...
+
+class ReloadModelRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
