@@ -1,0 +1,38 @@
+"""Selection strategies: plain functions ``(pool, budget, rng, params) -> Selection`` in one registry.
+
+Adding a strategy = writing one function and adding one line to ``STRATEGIES``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from agent.pool import InvalidArgument, Pool, Selection, Strategy, check_params
+
+
+def random_strategy(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping[str, str]) -> Selection:
+    """Uniform random sample of the candidates, without replacement. Needs no model and no labels."""
+    check_params(params, set(), "random")
+    take = min(budget, len(pool.candidates))
+    rows = rng.choice(pool.candidates, size=take, replace=False) if take else pool.candidates[:0]
+    return Selection(rows=np.asarray(rows, np.int64), scores=np.ones(take))
+
+
+STRATEGIES: dict[str, Strategy] = {
+    "random": random_strategy,
+}
+
+# Strategies that need no model at all (the agent answers them before the first model is published).
+MODEL_FREE: frozenset[str] = frozenset({"random"})
+# Strategies that work from zero labels (named in the error when an uncertainty strategy has too few).
+LABEL_FREE: frozenset[str] = frozenset({"random"})
+
+
+def get_strategy(name: str) -> Strategy:
+    """The strategy called ``name``; InvalidArgument listing the valid names otherwise."""
+    try:
+        return STRATEGIES[name]
+    except KeyError:
+        raise InvalidArgument(f"unknown strategy {name!r}; valid: {', '.join(sorted(STRATEGIES))}") from None
