@@ -1,0 +1,75 @@
+"""Evaluation helpers shared by the benchmarks (bench/strategies.py, bench/cifar10.py). Torch-free.
+
+All inputs are numpy arrays; class indices are int64 in ``[0, C)``; ``-1`` means "unknown" and is
+ignored where noted.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+
+
+def class_coverage(labels_picked: np.ndarray, num_classes: int) -> int:
+    """How many of the ``num_classes`` classes appear among ``labels_picked`` (B int, -1 ignored)."""
+    picked = np.asarray(labels_picked, np.int64)
+    picked = picked[(picked >= 0) & (picked < num_classes)]
+    return int(np.unique(picked).size)
+
+
+def prior_accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Top-1 accuracy of ``probs`` (RxC) against true ``labels`` (R int); NaN when R == 0."""
+    probs = np.asarray(probs)
+    labels = np.asarray(labels, np.int64)
+    if len(labels) == 0:
+        return float("nan")
+    return float(np.mean(probs.argmax(axis=1) == labels))
+
+
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = 15,
+                               confidence: np.ndarray | None = None) -> float:
+    """Expected calibration error (Guo et al. 2017, "On Calibration of Modern Neural Networks", Sec. 2,
+    Eq. 3): ``sum_b |B_b|/n * |acc(B_b) - conf(B_b)|`` over ``bins`` equal-width confidence bins.
+
+    Args:
+        probs: RxC class probabilities (rows sum to 1).
+        labels: R int true classes.
+        bins: number of equal-width bins over [0, 1].
+        confidence: optional R values in [0, 1] to use as the confidence instead of ``max(probs)``
+            (e.g. a prior method's own confidence).
+    Returns: ECE in [0, 1]; NaN when R == 0.
+    """
+    probs = np.asarray(probs, np.float64)
+    labels = np.asarray(labels, np.int64)
+    if len(labels) == 0:
+        return float("nan")
+    conf = probs.max(axis=1) if confidence is None else np.asarray(confidence, np.float64)
+    correct = (probs.argmax(axis=1) == labels).astype(np.float64)
+    # Bin b holds conf in (b/bins, (b+1)/bins]; conf == 0 goes to the first bin.
+    which = np.clip(np.ceil(conf * bins).astype(np.int64) - 1, 0, bins - 1)
+    acc_sum = np.bincount(which, weights=correct, minlength=bins)
+    conf_sum = np.bincount(which, weights=conf, minlength=bins)
+    return float(np.sum(np.abs(acc_sum - conf_sum)) / len(labels))
+
+
+def linear_probe_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
+                          test_y: np.ndarray, seed: int) -> float:
+    """Test accuracy of a multinomial logistic regression (sklearn, L-BFGS) fitted on ``train_x`` (NxD)
+    / ``train_y`` (N int) and scored on ``test_x`` (MxD) / ``test_y`` (M int).
+
+    With a single training class the probe can only predict that class, so its accuracy is the
+    fraction of test samples in it (sklearn refuses to fit one class).
+    """
+    train_y = np.asarray(train_y, np.int64)
+    test_y = np.asarray(test_y, np.int64)
+    if len(test_y) == 0:
+        return float("nan")
+    classes = np.unique(train_y)
+    if len(classes) == 0:
+        return float("nan")
+    if len(classes) == 1:
+        return float(np.mean(test_y == classes[0]))
+    # No feature scaling: with 10-100 training rows its per-feature statistics would be noise.
+    clf = LogisticRegression(max_iter=1000, random_state=seed)
+    clf.fit(train_x, train_y)
+    return float(np.mean(clf.predict(test_x) == test_y))

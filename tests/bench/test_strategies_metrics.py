@@ -1,0 +1,40 @@
+"""bench/metrics.py against hand-computed values."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bench.metrics import class_coverage, expected_calibration_error, linear_probe_accuracy, prior_accuracy
+
+
+def test_class_coverage_counts_distinct_known_classes() -> None:
+    assert class_coverage(np.array([0, 0, 3, -1, 7]), 10) == 3
+    assert class_coverage(np.array([], np.int64), 10) == 0
+
+
+def test_prior_accuracy() -> None:
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]])
+    assert prior_accuracy(probs, np.array([0, 1, 1, 1])) == pytest.approx(0.75)
+
+
+def test_ece_hand_computed() -> None:
+    # Two bins used (15 bins): conf 0.9 (2 rows, 1 correct -> |0.5-0.9| = 0.4) and conf 0.6 (2 rows, both
+    # correct -> |1.0-0.6| = 0.4): ECE = 2/4*0.4 + 2/4*0.4 = 0.4.
+    probs = np.array([[0.9, 0.1], [0.9, 0.1], [0.6, 0.4], [0.4, 0.6]])
+    labels = np.array([0, 1, 0, 1])
+    assert expected_calibration_error(probs, labels) == pytest.approx(0.4)
+    # Perfectly calibrated one-hot predictions that are all right: ECE 0.
+    assert expected_calibration_error(np.eye(3), np.arange(3)) == pytest.approx(0.0)
+    # An explicit confidence replaces max(probs): all correct at confidence 0.5 -> 0.5.
+    half = np.full(3, 0.5)
+    assert expected_calibration_error(np.eye(3), np.arange(3), confidence=half) == pytest.approx(0.5)
+
+
+def test_linear_probe_separable_and_single_class() -> None:
+    rng = np.random.default_rng(0)
+    centres = np.array([[5.0, 0.0], [-5.0, 0.0], [0.0, 5.0]])
+    y = np.repeat(np.arange(3), 20)
+    x = centres[y] + rng.normal(size=(60, 2))
+    assert linear_probe_accuracy(x[::2], y[::2], x[1::2], y[1::2], seed=0) == pytest.approx(1.0)
+    assert linear_probe_accuracy(x[:5], y[:5], x, y, seed=0) == pytest.approx(1 / 3)
