@@ -72,8 +72,10 @@ class Preprocess:
 
     def normalize(self, images_hwc_uint8: np.ndarray) -> np.ndarray:
         """NxHxWx3 uint8 (already at ``size``) -> Nx3xHxW float32, normalised."""
-        x = images_hwc_uint8.astype(np.float32) / 255.0
-        x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        scale = np.float32(1.0 / 255.0)
+        mean = np.asarray(self.mean, np.float32)
+        std = np.asarray(self.std, np.float32)
+        x: np.ndarray = (images_hwc_uint8.astype(np.float32) * scale - mean) / std
         return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
 

@@ -1,0 +1,201 @@
+"""Image sources Shortlist reads, without torch: a plain folder of images, an ImageFolder tree
+(``root/<class>/<image>``), a tar of either, torchvision's CIFAR-10/100 python folders, and a folder that
+holds splits (``train.tar``/``test.tar`` or ``train/``/``test/``, like ../shared/datasets/cifar10).
+
+Sample ids are stable across runs: the path inside the source (``train/cat/0001.jpg``) or, for CIFAR
+pickles, ``<batch file>/<index>``. Labels are the class folder names (CIFAR: the class names); a file at
+the top of a plain folder has no label. Nothing is ever downloaded.
+"""
+
+from __future__ import annotations
+
+import pickle
+import tarfile
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from shortlist.images import decode_image, resize_array
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm")
+TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
+SPLIT_DIRS = ("train", "test", "val", "validation")
+CIFAR_DIRS = ("cifar-10-batches-py", "cifar-100-python")
+
+
+@dataclass
+class ImageItem:
+    """One image of a source. Exactly one of ``encoded`` (file bytes) and ``pixels`` (HxWx3 uint8) is set."""
+
+    id: str
+    label: str | None
+    uri: str
+    encoded: bytes | None = None
+    pixels: np.ndarray | None = None
+
+
+@dataclass
+class ImageArray:
+    """A whole source decoded: images NxHxWx3 uint8, labels N int64 (-1 = unknown), classes in index order."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    classes: list[str]
+    ids: list[str]
+
+
+@dataclass(frozen=True)
+class Resolved:
+    kind: str  # "folder" | "tar" | "cifar"
+    path: Path
+    split: str
+
+
+def _is_tar(path: Path) -> bool:
+    return path.is_file() and path.name.endswith(TAR_SUFFIXES)
+
+
+def _cifar_dir(path: Path) -> Path | None:
+    if (path / "batches.meta").is_file() or ((path / "meta").is_file() and (path / "train").is_file()):
+        return path
+    for name in CIFAR_DIRS:
+        if (path / name).is_dir():
+            return path / name
+    return None
+
+
+def resolve_source(source: str | Path, split: str = "train") -> Resolved:
+    """Which reader handles ``source`` for ``split``. A plain folder or tar without splits is the train split.
+
+    Raises FileNotFoundError with what was looked for when the source or the split is missing.
+    """
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"image source {path} does not exist")
+    if _is_tar(path):
+        return Resolved("tar", path, split)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path} is neither a folder nor a tar archive ({', '.join(TAR_SUFFIXES)})")
+    cifar = _cifar_dir(path)
+    if cifar is not None:
+        return Resolved("cifar", cifar, split)
+    if (path / split).is_dir():
+        return Resolved("folder", path / split, split)
+    for suffix in TAR_SUFFIXES:
+        if (path / f"{split}{suffix}").is_file():
+            return Resolved("tar", path / f"{split}{suffix}", split)
+    has_splits = [s for s in SPLIT_DIRS if (path / s).is_dir() or any(
+        (path / f"{s}{x}").is_file() for x in TAR_SUFFIXES)]
+    if has_splits or split != "train":
+        found = ", ".join(has_splits) or "none"
+        raise FileNotFoundError(f"{path} has no '{split}' split (splits found: {found})")
+    return Resolved("folder", path, split)
+
+
+def _label_of(parts: tuple[str, ...]) -> str | None:
+    """ImageFolder rule: the first folder under the root is the class; files at the root have none."""
+    return parts[0] if len(parts) > 1 else None
+
+
+def _iter_folder(root: Path, prefix: str) -> Iterator[ImageItem]:
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    for p in files:
+        rel = p.relative_to(root)
+        yield ImageItem(id=f"{prefix}{rel.as_posix()}", label=_label_of(rel.parts), uri=str(p),
+                        encoded=p.read_bytes())
+
+
+def _iter_tar(path: Path, split: str) -> Iterator[ImageItem]:
+    with tarfile.open(path) as tar:
+        members = sorted((m for m in tar.getmembers() if m.isfile() and m.name.lower().endswith(IMAGE_EXTENSIONS)),
+                         key=lambda m: m.name)
+        names = [Path(m.name.lstrip("./")).parts for m in members]
+        # A tar of a split (``train/<class>/x.jpg``) has one top folder named after the split or the archive:
+        # it is the tree's root, not a class.
+        stem = path.name
+        for suffix in TAR_SUFFIXES:
+            stem = stem.removesuffix(suffix)
+        tops = {parts[0] for parts in names if len(parts) > 1}
+        strip = len(tops) == 1 and all(len(p) > 1 for p in names) and next(iter(tops)) in {stem, split, *SPLIT_DIRS}
+        for m, parts in zip(members, names, strict=True):
+            f = tar.extractfile(m)
+            if f is None:
+                continue
+            rel = parts[1:] if strip else parts
+            yield ImageItem(id="/".join(parts), label=_label_of(rel), uri=f"{path}:{m.name}", encoded=f.read())
+
+
+def _iter_cifar(root: Path, split: str) -> Iterator[ImageItem]:
+    if (root / "batches.meta").is_file():  # CIFAR-10
+        with open(root / "batches.meta", "rb") as f:
+            raw_names = pickle.load(f, encoding="bytes")[b"label_names"]
+        classes = [c.decode() if isinstance(c, bytes) else c for c in raw_names]
+        files = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+        label_key = b"labels"
+    else:  # CIFAR-100
+        with open(root / "meta", "rb") as f:
+            classes = [c.decode() for c in pickle.load(f, encoding="bytes")[b"fine_label_names"]]
+        files = ["train"] if split == "train" else ["test"]
+        label_key = b"fine_labels"
+    if split not in ("train", "test"):
+        raise FileNotFoundError(f"{root} has only the 'train' and 'test' splits, not '{split}'")
+    for name in files:
+        with open(root / name, "rb") as f:
+            batch = pickle.load(f, encoding="bytes")
+        data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+        for i, (img, y) in enumerate(zip(data, batch[label_key], strict=True)):
+            yield ImageItem(id=f"{name}/{i:05d}", label=classes[int(y)], uri=f"{root / name}#{i}",
+                            pixels=np.ascontiguousarray(img))
+
+
+def iter_images(source: str | Path, split: str = "train", limit: int | None = None) -> Iterator[ImageItem]:
+    """Every image of ``source`` (see the module docstring) for ``split``, in a stable order."""
+    r = resolve_source(source, split)
+    if r.kind == "tar":
+        it = _iter_tar(r.path, split)
+    elif r.kind == "cifar":
+        it = _iter_cifar(r.path, split)
+    else:
+        it = _iter_folder(r.path, "")
+    for n, item in enumerate(it):
+        if limit is not None and n >= limit:
+            return
+        yield item
+
+
+def _decode(item: ImageItem, size: tuple[int, int] | None) -> np.ndarray:
+    if item.pixels is not None:
+        return resize_array(item.pixels, size)
+    assert item.encoded is not None
+    try:
+        return decode_image(item.encoded, size)
+    except ValueError as e:
+        raise ValueError(f"{item.uri}: {e}") from None
+
+
+def load_array(source: str | Path, split: str = "train", size: tuple[int, int] | None = (32, 32),
+               limit: int | None = None, classes: list[str] | None = None, workers: int = 2) -> ImageArray:
+    """Decode a whole source into memory: images NxHxWx3 uint8 at ``size`` = (H, W).
+
+    ``classes`` fixes the class index order (e.g. the train split's classes when loading the test split);
+    by default the sorted label names found. Labels outside ``classes`` raise ValueError.
+    """
+    items = list(iter_images(source, split, limit))
+    if not items:
+        raise ValueError(f"no images found in {source} (split '{split}')")
+    if size is None:
+        first = _decode(items[0], None)
+        size = (first.shape[0], first.shape[1])
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:  # Pillow releases the GIL while decoding
+        images = np.stack(list(pool.map(lambda it: _decode(it, size), items, chunksize=256)))
+    found = sorted({it.label for it in items if it.label is not None})
+    class_list = list(classes) if classes is not None else found
+    index = {c: i for i, c in enumerate(class_list)}
+    unknown = [c for c in found if c not in index]
+    if unknown:
+        raise ValueError(f"labels {unknown[:5]} of {source} are not among the classes {class_list}")
+    labels = np.asarray([index[it.label] if it.label is not None else -1 for it in items], dtype=np.int64)
+    return ImageArray(images=images, labels=labels, classes=class_list, ids=[it.id for it in items])

@@ -1,0 +1,92 @@
+"""Every source kind Shortlist reads, built small in a temporary folder."""
+
+from __future__ import annotations
+
+import io
+import pickle
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from shortlist.datasets import iter_images, load_array, resolve_source
+from shortlist.images import decode_image, encode_png
+
+CLASSES = ["cat", "dog"]
+
+
+def _png(color: int, size: tuple[int, int] = (8, 6)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (size[1], size[0]), (color, 0, 255 - color)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _image_folder(root: Path, n: int = 3) -> None:
+    for ci, c in enumerate(CLASSES):
+        (root / c).mkdir(parents=True)
+        for i in range(n):
+            (root / c / f"{i:04d}.png").write_bytes(_png(100 * ci + i))
+
+
+def test_image_folder_labels_and_ids(tmp_path: Path) -> None:
+    _image_folder(tmp_path / "tree")
+    items = list(iter_images(tmp_path / "tree"))
+    assert [it.id for it in items][:2] == ["cat/0000.png", "cat/0001.png"]
+    assert [it.label for it in items] == ["cat"] * 3 + ["dog"] * 3
+    arr = load_array(tmp_path / "tree", size=(4, 4))
+    assert arr.images.shape == (6, 4, 4, 3) and arr.images.dtype == np.uint8
+    assert arr.classes == CLASSES and arr.labels.tolist() == [0, 0, 0, 1, 1, 1]
+
+
+def test_plain_folder_has_no_labels(tmp_path: Path) -> None:
+    tmp_path.joinpath("a.png").write_bytes(_png(1))
+    tmp_path.joinpath("notes.txt").write_text("not an image")
+    arr = load_array(tmp_path, size=None)
+    assert arr.ids == ["a.png"] and arr.labels.tolist() == [-1] and arr.images.shape == (1, 8, 6, 3)
+
+
+def test_split_folder_of_tars_like_shared_cifar(tmp_path: Path) -> None:
+    for split in ("train", "test"):
+        _image_folder(tmp_path / "src" / split, n=2)
+        with tarfile.open(tmp_path / f"{split}.tar", "w") as tar:
+            tar.add(tmp_path / "src" / split, arcname=split)
+    (tmp_path / "data").mkdir()
+    for split in ("train", "test"):
+        (tmp_path / f"{split}.tar").rename(tmp_path / "data" / f"{split}.tar")
+    test = load_array(tmp_path / "data", split="test", size=(8, 8))
+    assert test.ids[0] == "test/cat/0000.png" and test.classes == CLASSES and test.labels.tolist() == [0, 0, 1, 1]
+    assert resolve_source(tmp_path / "data").kind == "tar"
+    with pytest.raises(FileNotFoundError, match="no 'val' split"):
+        resolve_source(tmp_path / "data", "val")
+
+
+def test_torchvision_cifar10_folder(tmp_path: Path) -> None:
+    root = tmp_path / "cifar-10-batches-py"
+    root.mkdir()
+    names = [b"airplane", b"automobile"]
+    with open(root / "batches.meta", "wb") as f:
+        pickle.dump({b"label_names": names}, f)
+    rng = np.random.default_rng(0)
+    data = rng.integers(0, 256, size=(4, 3 * 32 * 32), dtype=np.uint8)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        with open(root / name, "wb") as f:
+            pickle.dump({b"data": data, b"labels": [0, 1, 1, 0]}, f)
+    train = load_array(tmp_path)  # the parent folder, as torchvision's root= takes it
+    assert train.images.shape == (20, 32, 32, 3) and train.classes == ["airplane", "automobile"]
+    assert train.ids[:2] == ["data_batch_1/00000", "data_batch_1/00001"]
+    np.testing.assert_array_equal(train.images[1], data[1].reshape(3, 32, 32).transpose(1, 2, 0))
+    assert load_array(root, "test").labels.tolist() == [0, 1, 1, 0]
+
+
+def test_decode_rejects_garbage_and_resizes() -> None:
+    with pytest.raises(ValueError, match="not a readable image"):
+        decode_image(b"definitely not an image")
+    with pytest.raises(ValueError, match="empty"):
+        decode_image(b"")
+    with pytest.raises(ValueError):
+        decode_image(_png(3)[:40])  # truncated
+    px = np.zeros((5, 7, 3), np.uint8)
+    assert decode_image(encode_png(px), (3, 2)).shape == (3, 2, 3)
+    np.testing.assert_array_equal(decode_image(encode_png(px)), px)
