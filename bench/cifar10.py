@@ -1,0 +1,513 @@
+"""``shortlist bench cifar10``: the CIFAR-10 low-budget active-learning benchmark, run the way a user's
+pipeline runs Shortlist: a real agent process over gRPC, a simulated annotator answering with the
+true labels.
+
+Per profile: get an encoder (pretrain one with training/ or take ``--encoder``), export and publish it
+into a registry, start an agent on a free loopback port, stream the training pool through Ingest once,
+then for each strategy and seed, on a fresh copy of that agent's data folder (so every strategy starts
+from zero labels), run the cumulative loop over the budgets::
+
+    Select(budget_i - budget_{i-1}) -> SubmitLabels(true labels) -> PriorLabels(each method) -> evaluate
+
+Evaluation per point: linear probe (logistic regression) on the frozen embeddings of the labelled
+samples, scored on the test set; class coverage of the labelled set; prior-label accuracy and ECE on
+the unlabelled pool, per prior method.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import typer
+
+from bench.metrics import class_coverage, expected_calibration_error, linear_probe_accuracy, prior_accuracy
+from shortlist.datasets import ImageItem, iter_images, load_array
+from shortlist.manifest import ONNX_NAME, Manifest, newest_complete, read_complete
+from shortlist.v1 import agent_pb2, agent_pb2_grpc
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One benchmark configuration. Budgets are label counts; strings like "1%" are fractions of the pool."""
+
+    name: str
+    pool_size: int | None  # None: the whole training split
+    test_size: int | None  # None: the whole test split
+    pretrain_minutes: float
+    arch: str
+    method: str
+    seeds: int
+    budgets: tuple[str, ...]
+    strategies: tuple[str, ...]
+    prior_methods: tuple[str, ...]
+    semi_supervised_at: tuple[int, ...] = ()  # label counts at which the AS3L semi-supervised stage runs
+    description: str = ""
+
+
+LOW_BUDGET_STRATEGIES = ("random", "entropy", "coreset", "kmedoids", "typiclust", "probcover", "as3l")
+PAPER_BUDGETS = ("10", "20", "40", "1%", "2%", "10%")
+
+PROFILES: dict[str, Profile] = {
+    "quick": Profile(
+        name="quick", pool_size=5000, test_size=2000, pretrain_minutes=3.0, arch="resnet18_w32", method="simsiam",
+        seeds=1, budgets=PAPER_BUDGETS, strategies=LOW_BUDGET_STRATEGIES, prior_methods=("knn", "as3l", "llgc"),
+        description="5,000-image pool, 3-minute SimSiam pretraining, 1 seed: the README's smoke run"),
+    "cpu": Profile(
+        name="cpu", pool_size=None, test_size=None, pretrain_minutes=45.0, arch="resnet18_w32", method="simsiam",
+        seeds=3, budgets=PAPER_BUDGETS, strategies=LOW_BUDGET_STRATEGIES, prior_methods=("knn", "as3l", "llgc"),
+        description="full 50,000-image pool, 45-minute SimSiam pretraining on the CPU, 3 seeds"),
+    "gpu": Profile(
+        name="gpu", pool_size=None, test_size=None, pretrain_minutes=0.0, arch="resnet18", method="simsiam",
+        seeds=3, budgets=PAPER_BUDGETS, strategies=LOW_BUDGET_STRATEGIES, prior_methods=("knn", "as3l", "llgc"),
+        semi_supervised_at=(10, 40),
+        description="the papers' recipe: SimSiam 800 epochs (pass --encoder), AS3L semi-supervised stage at 10 and 40"),
+}
+
+
+def resolve_budgets(budgets: Sequence[str], pool: int) -> list[int]:
+    """Label counts, ascending and unique, from "10" / "1%" style entries (percentages of ``pool``)."""
+    out: set[int] = set()
+    for b in budgets:
+        b = b.strip()
+        try:
+            n = round(pool * float(b[:-1]) / 100) if b.endswith("%") else int(b)
+        except ValueError:
+            raise typer.BadParameter(f"budget {b!r} is neither a count nor a percentage like 1%") from None
+        if n <= 0:
+            raise typer.BadParameter(f"budget {b!r} gives {n} labels; budgets must be positive")
+        out.add(min(n, pool))
+    return sorted(out)
+
+
+def stratified_subset(labels: np.ndarray, size: int | None, seed: int) -> np.ndarray:
+    """Row indices of a class-balanced random subset of ``size`` rows (all rows when None), sorted."""
+    if size is None or size >= len(labels):
+        return np.arange(len(labels))
+    rng = np.random.default_rng(seed)
+    classes = np.unique(labels)
+    per = size // len(classes)
+    picks = [rng.choice(np.flatnonzero(labels == c), size=min(per, int(np.sum(labels == c))), replace=False)
+             for c in classes]
+    chosen = np.concatenate(picks)
+    if len(chosen) < size:  # remainder from the rest, uniformly
+        rest = np.setdiff1d(np.arange(len(labels)), chosen)
+        chosen = np.concatenate([chosen, rng.choice(rest, size=size - len(chosen), replace=False)])
+    return np.sort(chosen)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Encoder: pretrain + export, or take one given
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+
+
+def _copy_version_into(registry: Path, version_dir: Path) -> str:
+    """Publish a copy of an already exported version folder into ``registry``."""
+    from shortlist.manifest import publish
+
+    registry.mkdir(parents=True, exist_ok=True)
+    staging = registry / f".tmp-copy-{os.getpid()}"
+    if staging.exists():
+        shutil.rmtree(staging)
+    shutil.copytree(version_dir, staging)
+    return publish(registry, staging)
+
+
+def prepare_encoder(encoder: Path | None, profile: Profile, data: Path, pool_idx: np.ndarray, out: Path,
+                    console: Any) -> tuple[str, dict[str, Any]]:
+    """Publish the benchmark's encoder into ``out/models``; returns (version, provenance)."""
+    registry = out / "models"
+    if encoder is not None:
+        encoder = encoder.expanduser()
+        if read_complete(encoder, verify_hashes=True) is not None or (encoder / "manifest.json").is_file():
+            version = _copy_version_into(registry, encoder)
+            return version, {"encoder": str(encoder), "kind": "model version folder"}
+        newest = newest_complete(encoder)
+        if newest is not None:
+            version = _copy_version_into(registry, encoder / newest[0])
+            return version, {"encoder": f"{encoder}/{newest[0]}", "kind": "registry"}
+        from exporters.export import export_run  # torch: only when a training run must be exported
+
+        version = export_run(encoder, registry)
+        return version, {"encoder": str(encoder), "kind": "training run"}
+    if profile.pretrain_minutes <= 0:
+        raise typer.BadParameter(f"profile {profile.name} trains no encoder itself; pass --encoder RUN_OR_MODEL")
+    from exporters.export import export_run
+    from training.pretrain import PretrainConfig, pretrain
+
+    run_dir = out / "pretrain"
+    console.print(f"[bold]pretraining[/] {profile.method} {profile.arch} for {profile.pretrain_minutes:g} min "
+                  f"on {len(pool_idx)} pool images -> {run_dir}")
+    config = PretrainConfig(data=str(data), method=profile.method, arch=profile.arch,
+                            minutes=profile.pretrain_minutes, out=str(run_dir), subset=pool_idx.tolist())
+    pretrain(config)
+    version = export_run(run_dir, registry)
+    return version, {"encoder": str(run_dir), "kind": "pretrained here", "minutes": profile.pretrain_minutes}
+
+
+def embed_images(version_dir: Path, images: np.ndarray, batch: int = 512) -> np.ndarray:
+    """NxHxWx3 uint8 (at the manifest's size) -> NxD float32 L2-normalised embeddings with onnxruntime,
+    preprocessed exactly as the agent does (the manifest's Preprocess)."""
+    import onnxruntime as ort
+
+    manifest = read_complete(version_dir, verify_hashes=False)
+    assert manifest is not None, f"{version_dir} is not a complete model version"
+    session = ort.InferenceSession(str(version_dir / ONNX_NAME), providers=["CPUExecutionProvider"])
+    out = []
+    for start in range(0, len(images), batch):
+        x = manifest.preprocess.normalize(images[start:start + batch])
+        (emb,) = session.run(["embedding"], {manifest.input_name: x})
+        out.append(emb.astype(np.float32))
+    e = np.concatenate(out)
+    return e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The agent process
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def agent_process(data_dir: Path, models: Path, log: Path, timeout: float = 60.0) -> Iterator[str]:
+    """Start ``shortlist serve`` as a separate process on a free loopback port; yields its address."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "shortlist.cli", "serve", "--data-dir", str(data_dir), "--models", str(models),
+           "--host", "127.0.0.1", "--port", str(port)]
+    with open(log, "ab") as logf:
+        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT)
+    address = f"127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the agent exited with {proc.returncode}; see {log}")
+            try:
+                with grpc.insecure_channel(address) as ch:
+                    agent_pb2_grpc.AgentStub(ch).GetStatus(agent_pb2.GetStatusRequest(), timeout=2)
+                break
+            except grpc.RpcError as e:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"no answer from the agent on {address} in {timeout:.0f} s; see {log}") from e
+                time.sleep(0.3)
+        yield address
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+MAX_MESSAGE = 64 * 1024 * 1024
+
+
+def connect(address: str) -> tuple[grpc.Channel, agent_pb2_grpc.AgentStub]:
+    ch = grpc.insecure_channel(address, options=[("grpc.max_receive_message_length", MAX_MESSAGE),
+                                                 ("grpc.max_send_message_length", MAX_MESSAGE)])
+    return ch, agent_pb2_grpc.AgentStub(ch)
+
+
+def wait_embedded(stub: agent_pb2_grpc.AgentStub, n: int, version: str, timeout: float = 1800.0) -> None:
+    """Block until the agent serves ``version`` with ``n`` samples embedded."""
+    deadline = time.monotonic() + timeout
+    while True:
+        s = stub.GetStatus(agent_pb2.GetStatusRequest(), timeout=30)
+        if s.model_version == version and s.embedded >= n:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"agent has {s.embedded}/{n} embedded under {s.model_version!r} (want {version})")
+        time.sleep(0.5)
+
+
+def ingest_items(stub: agent_pb2_grpc.AgentStub, items: Sequence[ImageItem], batch: int = 256,
+                 progress: Any = None, task: Any = None) -> int:
+    """Stream ``items`` (no labels: the annotator gives them later) through Ingest; returns accepted."""
+
+    def requests() -> Iterator[agent_pb2.IngestRequest]:
+        for start in range(0, len(items), batch):
+            chunk = items[start:start + batch]
+            yield agent_pb2.IngestRequest(samples=[
+                agent_pb2.Sample(id=it.id, encoded_image=it.encoded or b"", uri=it.uri, metadata={"split": "train"})
+                for it in chunk])
+            if progress is not None:
+                progress.advance(task, len(chunk))
+
+    reply = stub.Ingest(requests(), timeout=3600)
+    if reply.rejected:
+        first = reply.rejected[0]
+        raise RuntimeError(f"agent rejected {len(reply.rejected)} samples, e.g. {first.id}: {first.reason}")
+    return int(reply.accepted + reply.duplicates)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The loop
+
+
+@dataclass
+class Point:
+    strategy: str
+    seed: int
+    budget: int
+    prior_method: str
+    coverage: int
+    linear_accuracy: float
+    prior_accuracy: float
+    ece: float
+    n_labeled: int
+    model_version: str
+    select_seconds: float
+    prior_seconds: float
+    first_round: str  # the strategy that picked the first labels ("random" for ones that need labels)
+
+
+@dataclass
+class Run:
+    profile: str
+    data: str
+    seeds: list[int]
+    budgets: list[int]
+    strategies: list[str]
+    prior_methods: list[str]
+    pool_size: int
+    test_size: int
+    model_version: str
+    encoder: dict[str, Any]
+    git_commit: str
+    wall_seconds: dict[str, float] = field(default_factory=dict)
+    records: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+
+
+def run_strategy(stub: agent_pb2_grpc.AgentStub, strategy: str, seed: int, budgets: list[int],
+                 prior_methods: Sequence[str], truth: dict[str, int], classes: list[str],
+                 pool_emb: dict[str, np.ndarray], test_emb: np.ndarray, test_y: np.ndarray,
+                 progress: Any = None, task: Any = None) -> list[Point]:
+    """The cumulative Select -> label -> prior -> evaluate loop for one strategy and seed."""
+    labeled: list[str] = []
+    points: list[Point] = []
+    first_round = strategy
+    for budget in budgets:
+        if progress is not None:
+            progress.update(task, description=f"{strategy} seed {seed} budget {budget}")
+        want = budget - len(labeled)
+        t0 = time.perf_counter()
+        name = strategy
+        try:
+            reply = stub.Select(agent_pb2.SelectRequest(budget=want, strategy=name, seed=seed), timeout=3600)
+        except grpc.RpcError as e:
+            if e.code() != grpc.StatusCode.FAILED_PRECONDITION or labeled:
+                raise
+            # Uncertainty strategies need labels to start from: the first labels are drawn at random,
+            # as in the papers' active-learning protocols.
+            name = first_round = "random"
+            reply = stub.Select(agent_pb2.SelectRequest(budget=want, strategy=name, seed=seed), timeout=3600)
+        select_s = time.perf_counter() - t0
+        picked = [s.id for s in reply.selected]
+        if len(picked) != want or set(picked) & set(labeled) or len(set(picked)) != len(picked):
+            raise RuntimeError(f"{strategy}: asked {want} new samples, got {len(picked)} "
+                               f"({len(set(picked) & set(labeled))} already labelled)")
+        answers = [agent_pb2.LabelAssignment(id=i, label=classes[truth[i]]) for i in picked]
+        lab = stub.SubmitLabels(agent_pb2.SubmitLabelsRequest(labels=answers, annotator="simulated"), timeout=600)
+        if lab.rejected:
+            raise RuntimeError(f"labels rejected: {lab.rejected[0].id}: {lab.rejected[0].reason}")
+        labeled += picked
+        lab_y = np.asarray([truth[i] for i in labeled])
+        lab_x = np.stack([pool_emb[i] for i in labeled])
+        lin = linear_probe_accuracy(lab_x, lab_y, test_emb, test_y, seed)
+        cov = class_coverage(lab_y, len(classes))
+        for method in prior_methods:
+            t1 = time.perf_counter()
+            ids, probs, conf = [], [], []
+            for p in stub.PriorLabels(agent_pb2.PriorLabelsRequest(method=method), timeout=3600):
+                ids.append(p.id)
+                probs.append([p.probs.get(c, 0.0) for c in classes])
+                conf.append(p.confidence)
+            prior_s = time.perf_counter() - t1
+            y = np.asarray([truth[i] for i in ids])
+            pr = np.asarray(probs, np.float64).reshape(len(ids), len(classes))
+            points.append(Point(strategy=strategy, seed=seed, budget=budget, prior_method=method, coverage=cov,
+                                linear_accuracy=lin, prior_accuracy=prior_accuracy(pr, y),
+                                ece=expected_calibration_error(pr, y), n_labeled=len(labeled),
+                                model_version=reply.model_version, select_seconds=select_s,
+                                prior_seconds=prior_s, first_round=first_round))
+        if progress is not None:
+            progress.advance(task)
+    return points
+
+
+def run_benchmark(data: Path, profile: Profile, out: Path, encoder: Path | None = None,
+                  strategies: Sequence[str] | None = None, seeds: int | None = None,
+                  budgets: Sequence[str] | None = None, prior_methods: Sequence[str] | None = None,
+                  console: Any = None) -> Run:
+    """Run the whole benchmark; writes results.json, results.md and plots into ``out``."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from bench.report import write_report
+
+    console = console or Console()
+    profile = replace(profile, strategies=tuple(strategies or profile.strategies),
+                      seeds=seeds or profile.seeds, budgets=tuple(budgets or profile.budgets),
+                      prior_methods=tuple(prior_methods or profile.prior_methods))
+    out.mkdir(parents=True, exist_ok=True)
+    walls: dict[str, float] = {}
+    t_all = time.perf_counter()
+
+    t = time.perf_counter()
+    train = load_array(data, "train", size=None)
+    test = load_array(data, "test", size=(train.images.shape[1], train.images.shape[2]), classes=train.classes)
+    pool_idx = stratified_subset(train.labels, profile.pool_size, seed=0)
+    test_idx = stratified_subset(test.labels, profile.test_size, seed=0)
+    if np.any(train.labels[pool_idx] < 0) or np.any(test.labels[test_idx] < 0):
+        raise typer.BadParameter(f"{data}: the benchmark needs labelled train and test splits (class folders)")
+    walls["load_data"] = time.perf_counter() - t
+    console.print(f"[bold]data[/] {data}: pool {len(pool_idx)} of {len(train.ids)} train images, "
+                  f"test {len(test_idx)}, classes {', '.join(train.classes)}")
+
+    t = time.perf_counter()
+    version, provenance = prepare_encoder(encoder, profile, data, pool_idx, out, console)
+    walls["encoder"] = time.perf_counter() - t
+    registry = out / "models"
+    version_dir = registry / version
+
+    t = time.perf_counter()
+    pool_ids = [train.ids[i] for i in pool_idx]
+    manifest = read_complete(version_dir, verify_hashes=False)
+    assert isinstance(manifest, Manifest)
+    size = manifest.preprocess.size
+    pool_images = train.images[pool_idx] if train.images.shape[1:3] == size else \
+        load_array(data, "train", size=size).images[pool_idx]
+    test_images = test.images[test_idx] if test.images.shape[1:3] == size else \
+        load_array(data, "test", size=size, classes=train.classes).images[test_idx]
+    pool_emb_arr = embed_images(version_dir, pool_images)
+    test_emb = embed_images(version_dir, test_images)
+    walls["embed_eval_sets"] = time.perf_counter() - t
+    pool_emb = dict(zip(pool_ids, pool_emb_arr, strict=True))
+    truth = {i: int(train.labels[r]) for i, r in zip(pool_ids, pool_idx, strict=True)}
+    test_y = test.labels[test_idx]
+
+    # Ingest the pool once, the way a field pipeline streams it: the original encoded files.
+    wanted = set(pool_ids)
+    items = [it for it in iter_images(data, "train") if it.id in wanted]
+    base = out / "agent-base"
+    if base.exists():
+        shutil.rmtree(base)
+    budget_list = resolve_budgets(profile.budgets, len(pool_ids))
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("left"), TimeRemainingColumn())
+    run = Run(profile=profile.name, data=str(data), seeds=list(range(profile.seeds)), budgets=budget_list,
+              strategies=list(profile.strategies), prior_methods=list(profile.prior_methods),
+              pool_size=len(pool_ids), test_size=len(test_idx), model_version=version, encoder=provenance,
+              git_commit=_git_commit())
+    with Progress(*columns, console=console, transient=False) as progress:
+        t = time.perf_counter()
+        task = progress.add_task("ingest", total=len(items))
+        with agent_process(base, registry, out / "agent.log") as address:
+            ch, stub = connect(address)
+            with ch:
+                ingest_items(stub, items, progress=progress, task=task)
+                wait_embedded(stub, len(items), version)
+        walls["ingest"] = time.perf_counter() - t
+
+        loop = progress.add_task("strategies", total=len(profile.strategies) * profile.seeds * len(budget_list))
+        t = time.perf_counter()
+        for strategy in profile.strategies:
+            for seed in range(profile.seeds):
+                work = out / "agent-work"
+                if work.exists():
+                    shutil.rmtree(work)
+                shutil.copytree(base, work)  # every strategy starts from the same pool and zero labels
+                t_s = time.perf_counter()
+                try:
+                    with agent_process(work, registry, out / "agent.log") as address:
+                        ch, stub = connect(address)
+                        with ch:
+                            points = run_strategy(stub, strategy, seed, budget_list, profile.prior_methods, truth,
+                                                  train.classes, pool_emb, test_emb, test_y, progress, loop)
+                except grpc.RpcError as e:
+                    msg = f"{e.code().name}: {e.details()}"
+                    console.print(f"[yellow]skipped[/] {strategy} seed {seed}: {msg}")
+                    run.skipped.append({"strategy": strategy, "seed": seed, "error": msg})
+                    progress.advance(loop, len(budget_list))
+                    continue
+                finally:
+                    shutil.rmtree(work, ignore_errors=True)
+                run.records += [asdict(p) for p in points]
+                walls[f"strategy/{strategy}/seed{seed}"] = time.perf_counter() - t_s
+        walls["strategies"] = time.perf_counter() - t
+    walls["total"] = time.perf_counter() - t_all
+    run.wall_seconds = walls
+    (out / "results.json").write_text(json.dumps(asdict(run), indent=1))
+    write_report([out], out, console)
+    return run
+
+
+def register(bench_app: typer.Typer) -> None:
+    @bench_app.command("cifar10")
+    def cifar10_command(
+        data: Path = typer.Option(Path("../shared/datasets/cifar10"), help="CIFAR-10: the shared folder of tars, "
+                                  "an ImageFolder tree with train/ and test/, or torchvision's CIFAR-10 folder"),
+        profile: str = typer.Option("quick", help=f"one of {', '.join(PROFILES)}"),
+        out: Path = typer.Option(Path("runs/bench-cifar10"), help="output folder"),
+        encoder: Path | None = typer.Option(None, help="a training run folder, a model version folder or a "
+                                            "registry, instead of pretraining one"),
+        strategies: str | None = typer.Option(None, help="comma-separated strategies (default: the profile's)"),
+        seeds: int | None = typer.Option(None, min=1, help="number of seeds (default: the profile's)"),
+        budgets: str | None = typer.Option(None, help="comma-separated label counts or pool percentages, "
+                                           "e.g. 10,20,40,1%"),
+        prior_methods: str | None = typer.Option(None, help="comma-separated prior-label methods"),
+    ) -> None:
+        """CIFAR-10 accuracy against labels per strategy, through a real agent with a simulated annotator."""
+        if profile not in PROFILES:
+            raise typer.BadParameter(f"unknown profile {profile!r}; valid: {', '.join(PROFILES)}")
+
+        def split(s: str | None) -> list[str] | None:
+            return [x.strip() for x in s.split(",") if x.strip()] if s else None
+
+        run_benchmark(data, PROFILES[profile], out, encoder, split(strategies), seeds, split(budgets),
+                      split(prior_methods))
+
+    @bench_app.command("report")
+    def report_command(
+        runs: list[Path] = typer.Argument(..., help="benchmark output folders (with results.json)"),
+        out: Path | None = typer.Option(None, help="where to write the report (default: the first run's folder)"),
+    ) -> None:
+        """Re-render tables and plots from results.json; several runs go side by side."""
+        from bench.report import write_report
+
+        write_report(runs, out or runs[0])

@@ -1,0 +1,169 @@
+"""Tables and plots for ``shortlist bench cifar10`` results: ``results.md`` and PNG plots, rendered from
+``results.json`` (so ``shortlist bench report DIR...`` can redo them, and put several runs side by side).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.references import REFERENCE_COLUMNS, reference_value
+
+
+def load_run(path: Path) -> dict[str, Any]:
+    """A benchmark run's results.json (``path`` is the folder or the file itself)."""
+    f = path / "results.json" if path.is_dir() else path
+    if not f.is_file():
+        raise FileNotFoundError(f"{f} does not exist: is {path} a `shortlist bench cifar10` output folder?")
+    run: dict[str, Any] = json.loads(f.read_text())
+    run.setdefault("label", f.parent.name)
+    return run
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    a = np.asarray(values, np.float64)
+    a = a[np.isfinite(a)]
+    if a.size == 0:
+        return float("nan"), float("nan")
+    return float(a.mean()), float(a.std(ddof=0))
+
+
+def _fmt(mean: float, std: float, n: int, scale: float = 100.0, digits: int = 1) -> str:
+    if not np.isfinite(mean):
+        return "—"
+    if n > 1:
+        return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
+    return f"{mean * scale:.{digits}f}"
+
+
+def summarize(run: dict[str, Any]) -> dict[str, dict[tuple[str, int], tuple[float, float, int]]]:
+    """metric -> (strategy, budget) -> (mean, std, seeds) over seeds. Metrics: linear_accuracy, coverage,
+    and prior_accuracy/<method>, ece/<method>."""
+    groups: dict[str, dict[tuple[str, int], list[float]]] = defaultdict(lambda: defaultdict(list))
+    seen: set[tuple[str, int, int]] = set()
+    for r in run["records"]:
+        key = (r["strategy"], int(r["budget"]))
+        groups[f"prior_accuracy/{r['prior_method']}"][key].append(r["prior_accuracy"])
+        groups[f"ece/{r['prior_method']}"][key].append(r["ece"])
+        if (r["strategy"], int(r["budget"]), int(r["seed"])) not in seen:  # repeated per prior method
+            seen.add((r["strategy"], int(r["budget"]), int(r["seed"])))
+            groups["linear_accuracy"][key].append(r["linear_accuracy"])
+            groups["coverage"][key].append(float(r["coverage"]))
+    return {m: {k: (*_mean_std(v), len(v)) for k, v in d.items()} for m, d in groups.items()}
+
+
+def markdown(runs: list[dict[str, Any]]) -> str:
+    """results.md text: per run (side by side when several), mean ± std over seeds."""
+    lines: list[str] = []
+    sums = [summarize(r) for r in runs]
+    labels = [r["label"] for r in runs]
+    first = runs[0]
+    lines.append("# CIFAR-10 (JPEG q75) low-budget benchmark through the agent\n")
+    for r in runs:
+        walls = r.get("wall_seconds", {})
+        lines.append(f"- **{r['label']}**: profile `{r['profile']}`, pool {r['pool_size']}, test {r['test_size']}, "
+                     f"seeds {len(r['seeds'])}, model {r['model_version']} ({r['encoder'].get('kind', '')}: "
+                     f"{r['encoder'].get('encoder', '')}), commit {r['git_commit'][:10]}, "
+                     f"wall time {walls.get('total', float('nan')) / 60:.1f} min")
+        for s in r.get("skipped", []):
+            lines.append(f"  - skipped {s['strategy']} seed {s['seed']}: {s['error']}")
+    lines.append("")
+    strategies = list(dict.fromkeys(s for r in runs for s in r["strategies"]))
+    budgets = sorted({int(b) for r in runs for b in r["budgets"]})
+    methods = list(dict.fromkeys(m for r in runs for m in r["prior_methods"]))
+
+    def table(title: str, metric: str, scale: float = 100.0, digits: int = 1, refs: bool = False) -> None:
+        lines.append(f"## {title}\n")
+        head = ["strategy", "labels"] + labels + (list(REFERENCE_COLUMNS) if refs else [])
+        lines.append("| " + " | ".join(head) + " |")
+        lines.append("|" + "---|" * len(head))
+        for s in strategies:
+            for b in budgets:
+                cells = []
+                for summ in sums:
+                    mean, std, n = summ.get(metric, {}).get((s, b), (float("nan"), float("nan"), 0))
+                    cells.append(_fmt(mean, std, n, scale, digits))
+                if all(c == "—" for c in cells):
+                    continue
+                ref_cells = [reference_value(col, s, b) for col in REFERENCE_COLUMNS] if refs else []
+                lines.append("| " + " | ".join([s, str(b), *cells, *ref_cells]) + " |")
+        lines.append("")
+
+    table("Linear-probe test accuracy (%) on the frozen encoder", "linear_accuracy", refs=True)
+    table("Classes covered by the labelled set", "coverage", scale=1.0, digits=1)
+    for m in methods:
+        table(f"Prior-label accuracy (%) on the unlabelled pool, method `{m}`", f"prior_accuracy/{m}", refs=False)
+        table(f"Prior-label ECE (%), method `{m}`", f"ece/{m}")
+    lines.append("Published references are from the papers named in the column headers (see bench/references.py "
+                 "for table numbers and settings); they use full-resolution CIFAR-10 and much longer training, so "
+                 "they are the direction to expect, not a target for the quick or cpu profiles.\n")
+    if first.get("wall_seconds"):
+        lines.append("## Wall times (s)\n")
+        lines.append("| step | " + " | ".join(labels) + " |")
+        lines.append("|---|" + "---|" * len(labels))
+        steps = [k for k in first["wall_seconds"] if "/" not in k]
+        for k in steps:
+            vals = [f"{r.get('wall_seconds', {}).get(k, float('nan')):.0f}" for r in runs]
+            lines.append(f"| {k} | " + " | ".join(vals) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(runs: list[dict[str, Any]], metric: str, ylabel: str, path: Path) -> None:
+    """Metric vs number of labels (log x), one line per strategy (and linestyle per run)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    styles = ["-", "--", ":", "-."]
+    strategies = list(dict.fromkeys(s for r in runs for s in r["strategies"]))
+    colors = {s: plt.get_cmap("tab10")(i % 10) for i, s in enumerate(strategies)}
+    for ri, run in enumerate(runs):
+        summ = summarize(run).get(metric, {})
+        for s in strategies:
+            pts = sorted((b, m, sd) for (st, b), (m, sd, _) in summ.items() if st == s and np.isfinite(m))
+            if not pts:
+                continue
+            x = np.asarray([p[0] for p in pts])
+            y = np.asarray([p[1] for p in pts]) * 100
+            e = np.asarray([p[2] for p in pts]) * 100
+            label = s if len(runs) == 1 else f"{s} ({run['label']})"
+            ax.plot(x, y, styles[ri % len(styles)], marker="o", ms=3, color=colors[s], label=label)
+            if len(run["seeds"]) > 1:
+                ax.fill_between(x, y - e, y + e, color=colors[s], alpha=0.12)
+    ax.set_xscale("log")
+    ax.set_xlabel("labelled samples")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    ax.set_title(f"CIFAR-10 (JPEG q75), {', '.join(r['label'] for r in runs)}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write_report(run_dirs: list[Path], out: Path, console: Any = None) -> list[Path]:
+    """Write results.md and the plots for ``run_dirs`` into ``out``; print the table and the paths."""
+    from rich.console import Console
+    from rich.markdown import Markdown
+
+    console = console or Console()
+    runs = [load_run(d) for d in run_dirs]
+    out.mkdir(parents=True, exist_ok=True)
+    md = markdown(runs)
+    (out / "results.md").write_text(md)
+    paths = [out / "results.md", out / "accuracy_vs_labels.png"]
+    plot(runs, "linear_accuracy", "linear-probe test accuracy (%)", paths[1])
+    for m in dict.fromkeys(m for r in runs for m in r["prior_methods"]):
+        p = out / f"prior_accuracy_{m}_vs_labels.png"
+        plot(runs, f"prior_accuracy/{m}", f"prior-label accuracy, {m} (%)", p)
+        paths.append(p)
+    console.print(Markdown(md.split("## Classes covered")[0]))
+    console.print("[bold]report:[/] " + ", ".join(str(p) for p in paths))
+    return paths
