@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The README's main job on a fresh machine: set up, then run the CIFAR-10 quick benchmark through the
+# agent (pretrain a small encoder for 3 minutes, export it, serve it, stream the pool through Ingest, and
+# compare strategies with a simulated annotator). Prints the table and where the plots are.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+DATA=${DATA:-../shared/datasets/cifar10}
+OUT=${OUT:-runs/quick}
+exec .venv/bin/shortlist bench cifar10 --profile quick --data "$DATA" --out "$OUT" "$@"

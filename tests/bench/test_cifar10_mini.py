@@ -1,0 +1,65 @@
+"""A miniature of ``shortlist bench cifar10``: tiny generated data, 2 strategies, 1 seed, through a real
+agent process; checks that results.json is complete and consistent."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from agent.testing import publish_linear
+from shortlist.cli import app
+
+CLASSES = ["circle", "square", "stripe"]
+
+
+def _make_split(root: Path, n_per_class: int, rng: np.random.Generator) -> None:
+    for ci, c in enumerate(CLASSES):
+        (root / c).mkdir(parents=True)
+        for i in range(n_per_class):
+            base = np.zeros((8, 8, 3), np.float64)
+            base[..., ci] = 200  # each class has its own dominant colour channel
+            img = np.clip(base + rng.normal(0, 25, base.shape), 0, 255).astype(np.uint8)
+            Image.fromarray(img).save(root / c / f"{i:04d}.png")
+
+
+@pytest.fixture()
+def tiny_cifar(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    _make_split(tmp_path / "data" / "train", 20, rng)
+    _make_split(tmp_path / "data" / "test", 6, rng)
+    return tmp_path / "data"
+
+
+def test_mini_benchmark_through_agent(tiny_cifar: Path, tmp_path: Path) -> None:
+    encoder = tmp_path / "encoder"
+    publish_linear(encoder, size=(8, 8), dim=16)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, [
+        "bench", "cifar10", "--data", str(tiny_cifar), "--profile", "quick", "--encoder", str(encoder),
+        "--strategies", "random,kmedoids", "--seeds", "1", "--budgets", "3,6,20%", "--prior-methods", "knn",
+        "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    run = json.loads((out / "results.json").read_text())
+    assert run["profile"] == "quick" and run["pool_size"] == 60 and run["test_size"] == 18
+    assert run["budgets"] == [3, 6, 12] and run["model_version"] == "v0001" and not run["skipped"]
+    records = run["records"]
+    assert {(r["strategy"], r["budget"]) for r in records} == {
+        (s, b) for s in ("random", "kmedoids") for b in (3, 6, 12)}
+    for r in records:
+        assert r["prior_method"] == "knn" and r["n_labeled"] == r["budget"] and r["seed"] == 0
+        assert 1 <= r["coverage"] <= 3
+        assert 0.0 <= r["linear_accuracy"] <= 1.0 and 0.0 <= r["prior_accuracy"] <= 1.0 and 0.0 <= r["ece"] <= 1.0
+    # Colour-separable classes: with 12 labels the probe and the priors must be far above chance (1/3).
+    last = [r for r in records if r["budget"] == 12]
+    assert all(r["linear_accuracy"] > 0.8 and r["prior_accuracy"] > 0.8 for r in last), last
+    assert (out / "results.md").read_text().count("| kmedoids |") >= 3
+    assert (out / "accuracy_vs_labels.png").stat().st_size > 1000
+    # bench report re-renders from results.json alone
+    again = CliRunner().invoke(app, ["bench", "report", str(out), "--out", str(tmp_path / "report")])
+    assert again.exit_code == 0, again.output
+    assert (tmp_path / "report" / "results.md").read_text() == (out / "results.md").read_text()
