@@ -10,6 +10,10 @@ from collections.abc import Mapping
 import numpy as np
 
 from agent.pool import InvalidArgument, Pool, Selection, Strategy, check_params
+from agent.strategies.as3l import as3l
+from agent.strategies.clustering import kmedoids, typiclust
+from agent.strategies.coverage import coreset, probcover
+from agent.strategies.uncertainty import badge, das, entropy, least_confidence, margin, qbc
 
 
 def random_strategy(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping[str, str]) -> Selection:
@@ -22,12 +26,25 @@ def random_strategy(pool: Pool, budget: int, rng: np.random.Generator, params: M
 
 STRATEGIES: dict[str, Strategy] = {
     "random": random_strategy,
+    # Uncertainty (need the model's logits head or >= 2 labelled classes).
+    "entropy": entropy,
+    "margin": margin,
+    "least_confidence": least_confidence,
+    "badge": badge,
+    "qbc": qbc,
+    "das": das,
+    # Diversity / representativeness (work from zero labels; take labelled rows into account).
+    "coreset": coreset,
+    "kmedoids": kmedoids,
+    "typiclust": typiclust,
+    "probcover": probcover,
+    "as3l": as3l,
 }
 
 # Strategies that need no model at all (the agent answers them before the first model is published).
 MODEL_FREE: frozenset[str] = frozenset({"random"})
 # Strategies that work from zero labels (named in the error when an uncertainty strategy has too few).
-LABEL_FREE: frozenset[str] = frozenset({"random"})
+LABEL_FREE: frozenset[str] = frozenset({"random", "coreset", "kmedoids", "typiclust", "probcover", "as3l"})
 
 
 def get_strategy(name: str) -> Strategy:

@@ -1,0 +1,158 @@
+"""Building blocks shared by the strategies and prior methods: k-means that scales, nearest-centre
+assignment, deterministic top-k, and the "least-covered cluster first" picking loop.
+
+Everything works on L2-normalised embeddings (Pool.embeddings); numpy / scikit-learn only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from sklearn.cluster import KMeans
+
+from agent.pool import Pool, Selection
+
+# k-means is fitted on at most this many rows (a uniform sample) and then every row is assigned to its
+# nearest centre. Lloyd's centres from a uniform sample of 20k rows estimate the full-data centres well
+# for k <= a few hundred (the same trick MiniBatchKMeans uses), and keep Select on 1M rows within seconds.
+KMEANS_FIT_ROWS = 20_000
+# Rows per block in blocked matrix products, so a 1M-row pool never needs an NxK float64 temporary.
+CHUNK = 65_536
+
+
+def seed_of(rng: np.random.Generator) -> int:
+    """A 31-bit integer seed drawn from ``rng``, for libraries that take ``random_state``."""
+    return int(rng.integers(0, 2**31 - 1))
+
+
+def rows_matrix(embeddings: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``embeddings[rows]`` (RxD float32), without a copy when ``rows`` is all rows in order."""
+    if len(rows) == len(embeddings) and (len(rows) == 0 or (rows[0] == 0 and np.all(np.diff(rows) == 1))):
+        return embeddings
+    return embeddings[rows]
+
+
+def fit_kmeans(x: np.ndarray, k: int, rng: np.random.Generator, fit_rows: int = KMEANS_FIT_ROWS,
+               init: np.ndarray | None = None) -> np.ndarray:
+    """Lloyd's k-means (scikit-learn, k-means++ init) on ``x`` (NxD), fitted on a uniform sample of at
+    most ``fit_rows`` rows. Returns the KxD float32 centres; k is clipped to the number of rows."""
+    n = len(x)
+    k = max(1, min(k, n))
+    sample = x if n <= fit_rows else x[np.sort(rng.choice(n, size=fit_rows, replace=False))]
+    km = KMeans(n_clusters=k, n_init=1, random_state=seed_of(rng), init="k-means++" if init is None else init)
+    km.fit(np.asarray(sample, np.float32))
+    return np.asarray(km.cluster_centers_, np.float32)
+
+
+def assign(x: np.ndarray, centres: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest centre for each row of ``x`` (NxD) among ``centres`` (KxD), in blocks of CHUNK rows.
+
+    Returns (labels N int64, squared Euclidean distances N float32)."""
+    n = len(x)
+    labels = np.empty(n, np.int64)
+    dist = np.empty(n, np.float32)
+    c = np.asarray(centres, np.float32)
+    half_norm = 0.5 * np.einsum("kd,kd->k", c, c)  # K: ||c||^2 / 2
+    for start in range(0, n, CHUNK):
+        block = np.asarray(x[start:start + CHUNK], np.float32)
+        # argmin ||x - c||^2 = argmax (x.c - ||c||^2/2): one matrix product per block.
+        score = block @ c.T - half_norm  # BxK
+        best = np.argmax(score, axis=1)
+        labels[start:start + CHUNK] = best
+        sq = np.einsum("bd,bd->b", block, block) - 2.0 * score[np.arange(len(block)), best]
+        dist[start:start + CHUNK] = np.maximum(sq, 0.0)
+    return labels, dist
+
+
+def top_k(rows: np.ndarray, scores: np.ndarray, take: int) -> Selection:
+    """The ``take`` rows with the highest scores, best first; ties go to the lower row index (so the
+    answer is a function of the pool alone)."""
+    take = min(take, len(rows))
+    if take == 0:
+        return Selection(rows=rows[:0].astype(np.int64), scores=np.zeros(0))
+    scores = np.asarray(scores, np.float64)
+    # argpartition keeps this O(M) on a 1M-row pool; the final lexsort orders only the winners.
+    if take < len(rows):
+        kth = np.argpartition(-scores, take - 1)[:take]
+        threshold = scores[kth].min()
+        keep = np.flatnonzero(scores >= threshold)  # every row tied at the threshold, then cut below
+    else:
+        keep = np.arange(len(rows))
+    order = keep[np.lexsort((rows[keep], -scores[keep]))][:take]
+    return Selection(rows=np.asarray(rows[order], np.int64), scores=scores[order])
+
+
+def cosine_to_l2(d: np.ndarray) -> np.ndarray:
+    """Euclidean distance between unit vectors from their cosine distance ``1 - cos``: sqrt(2 d)."""
+    return np.sqrt(np.maximum(2.0 * np.asarray(d, np.float64), 0.0))
+
+
+def knn_without_self(pool: Pool, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """k nearest neighbours (RxK rows, RxK cosine distances) of ``rows``, excluding the row itself."""
+    k = max(1, min(k, len(pool.embeddings) - 1))
+    if len(rows) == 0:
+        return np.zeros((0, k), np.int64), np.zeros((0, k), np.float32)
+    nbr, dist = pool.knn(rows_matrix(pool.embeddings, rows), k + 1)
+    nbr = np.asarray(nbr, np.int64)
+    dist = np.asarray(dist, np.float32)
+    is_self = nbr == rows[:, None]
+    # Drop the row itself where the index returned it, else the farthest neighbour, keeping K columns.
+    drop = np.where(is_self.any(axis=1), is_self.argmax(axis=1), nbr.shape[1] - 1)
+    keep = np.ones_like(nbr, dtype=bool)
+    keep[np.arange(len(rows)), drop] = False
+    return nbr[keep].reshape(len(rows), -1)[:, :k], dist[keep].reshape(len(rows), -1)[:, :k]
+
+
+# Given a cluster id, its candidate rows in preference order with their scores (higher = better).
+RankCluster = Callable[[int], tuple[np.ndarray, np.ndarray]]
+
+
+def pick_from_clusters(cluster_sizes: np.ndarray, labelled_per_cluster: np.ndarray,
+                       has_candidates: np.ndarray, rank: RankCluster, take: int,
+                       min_cluster_size: int = 1) -> Selection:
+    """Pick ``take`` rows, one at a time, from the cluster that is least covered so far (fewest
+    labelled + already picked), breaking ties by the largest cluster; within a cluster, the next row
+    in ``rank(cluster)`` order. Clusters smaller than ``min_cluster_size`` come last. This is the
+    selection loop of TypiClust (Hacohen et al. 2022, its algorithm box), shared by kmedoids and as3l.
+
+    Args:
+        cluster_sizes: K cluster sizes over the whole pool.
+        labelled_per_cluster: K counts of labelled rows per cluster.
+        has_candidates: K bools, False for clusters without any candidate row.
+        rank: cluster id -> (candidate rows, scores), best first; called at most once per cluster.
+    """
+    k = len(cluster_sizes)
+    covered = labelled_per_cluster.astype(np.int64).copy()
+    small = (cluster_sizes < min_cluster_size).astype(np.int64)
+    alive = has_candidates.copy()
+    ranked: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    next_pos = np.zeros(k, np.int64)
+    rows: list[int] = []
+    scores: list[float] = []
+    ids = np.arange(k)
+    while len(rows) < take and alive.any():
+        # Lexicographic (covered, small, -size, id) over live clusters; K is at most a few hundred.
+        live = ids[alive]
+        order = np.lexsort((live, -cluster_sizes[live], small[live], covered[live]))
+        c = int(live[order[0]])
+        if c not in ranked:
+            ranked[c] = rank(c)
+        cand, sc = ranked[c]
+        if next_pos[c] >= len(cand):
+            alive[c] = False
+            continue
+        rows.append(int(cand[next_pos[c]]))
+        scores.append(float(sc[next_pos[c]]))
+        next_pos[c] += 1
+        covered[c] += 1
+    return Selection(rows=np.asarray(rows, np.int64), scores=np.asarray(scores, np.float64))
+
+
+def candidate_clusters(pool: Pool, labels_all: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray,
+                                                                                 np.ndarray]:
+    """Per-cluster (sizes K, labelled counts K, has-candidate K bool) for an assignment of all N rows."""
+    sizes = np.bincount(labels_all, minlength=k)
+    labelled = np.bincount(labels_all[pool.labeled], minlength=k) if len(pool.labeled) else np.zeros(k, np.int64)
+    has = np.bincount(labels_all[pool.candidates], minlength=k) > 0
+    return sizes, labelled, has

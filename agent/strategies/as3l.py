@@ -1,0 +1,109 @@
+"""AS3L's active labelling (Wen, Pizarro & Williams, "Active Self-Semi-Supervised Learning for Few
+Labeled Samples", Neurocomputing 2024 / arXiv 2203.04560, Sec. 3.2)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from agent.pool import Pool, Selection, check_params, param_float, param_int
+from agent.strategies._common import CHUNK, assign, fit_kmeans, pick_from_clusters
+
+AS3L_RUNS = 6  # C, the number of k-means runs (paper default)
+
+
+def cluster_targets(x: np.ndarray, k: int, runs: int, rng: np.random.Generator) -> np.ndarray:
+    """The mean over ``runs`` k-means runs of each row's assigned centre: NxD float32 targets of Eq. 1."""
+    target = np.zeros_like(x, dtype=np.float32)
+    for _ in range(runs):
+        centres = fit_kmeans(x, k, rng)
+        lab, _ = assign(x, centres)
+        target += centres[lab]
+    return target / runs
+
+
+def fit_linear_map(x: np.ndarray, target: np.ndarray, ridge: float) -> np.ndarray:
+    """The closed-form optimum of AS3L's feature fine-tuning with one linear layer (Sec. 3.2, Eq. 1):
+
+        W* = argmin_W sum_c sum_i ||x_i W - mu_{c, a_c(i)}||^2 + ridge * tr(x^T x)/D * ||W||^2
+           = (X^T X + lambda I)^-1 X^T T,   T_i = (1/C) sum_c mu_{c, a_c(i)},
+
+    since the sum over runs of squared errors equals C times the squared error to the runs' mean
+    target plus a constant. The small ridge keeps the solve well-posed. x, target NxD; returns DxD.
+    """
+    d = x.shape[1]
+    xtx = np.zeros((d, d))
+    xtt = np.zeros((d, target.shape[1]))
+    for start in range(0, len(x), CHUNK):
+        block = np.asarray(x[start:start + CHUNK], np.float64)
+        xtx += block.T @ block
+        xtt += block.T @ np.asarray(target[start:start + CHUNK], np.float64)
+    lam = ridge * max(np.trace(xtx) / d, 1e-12)
+    return np.linalg.solve(xtx + lam * np.eye(d), xtt)
+
+
+def consensus_groups(assignments: np.ndarray) -> np.ndarray:
+    """Group id per row for an NxC matrix of cluster ids: two rows share a group iff they were
+    assigned together in every one of the C runs."""
+    _, group = np.unique(assignments, axis=0, return_inverse=True)
+    return np.asarray(group, np.int64).ravel()
+
+
+def as3l(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping[str, str]) -> Selection:
+    """AS3L active labelling (Wen et al., Sec. 3.2): fine-tune the self-supervised features with one linear
+    layer towards the centres of C k-means runs (Eq. 1, solved in closed form by ``fit_linear_map``),
+    run C k-means with k clusters on the fine-tuned features, keep in each cluster of the first run the
+    samples assigned together in all C runs (its stable core), and label the median of each core --
+    the member nearest the core's mean, which minimises the summed squared distance to the core.
+    Cores are taken largest-first; clusters that already hold labelled samples come last, so the
+    already-labelled set is complemented, not repeated.
+
+    Params: ``runs`` (C = 6), ``k`` (clusters; default labelled + budget), ``ridge`` (1e-3).
+    Score: core size as a share of its cluster (how stable the pick's neighbourhood is).
+    """
+    check_params(params, {"runs", "k", "ridge"}, "as3l")
+    runs = param_int(params, "runs", AS3L_RUNS, minimum=1)
+    ridge = param_float(params, "ridge", 1e-3, minimum=0.0)
+    assert ridge is not None
+    cand = pool.candidates
+    take = min(budget, len(cand))
+    if take == 0:
+        return Selection(rows=cand[:0], scores=np.zeros(0))
+    k = param_int(params, "k", len(pool.labeled) + budget, minimum=1)
+    x = pool.embeddings
+    w = fit_linear_map(x, cluster_targets(x, k, runs, rng), ridge).astype(np.float32)
+    z = np.empty_like(x)
+    for start in range(0, len(x), CHUNK):
+        z[start:start + CHUNK] = x[start:start + CHUNK] @ w
+    assignments = np.stack([assign(z, fit_kmeans(z, k, rng))[0] for _ in range(runs)], axis=1)  # NxC
+    first = assignments[:, 0]
+    k = int(first.max()) + 1
+    group = consensus_groups(assignments)
+    # The core of cluster c: its most populous consensus group.
+    group_size = np.bincount(group)
+    cluster_of_group = np.zeros(len(group_size), np.int64)
+    cluster_of_group[group] = first
+    order = np.lexsort((np.arange(len(group_size)), -group_size, cluster_of_group))
+    is_first = np.ones(len(order), bool)
+    is_first[1:] = cluster_of_group[order][1:] != cluster_of_group[order][:-1]
+    core_of = np.full(k, -1, np.int64)
+    core_of[cluster_of_group[order][is_first]] = order[is_first]
+    sizes = np.bincount(first, minlength=k)
+    core_sizes = np.where(core_of >= 0, group_size[np.maximum(core_of, 0)], 0)
+    labelled = np.bincount(first[pool.labeled], minlength=k) if len(pool.labeled) else np.zeros(k, np.int64)
+    has = np.bincount(first[cand], minlength=k) > 0
+    in_core = group == core_of[first]
+    stability = core_sizes / np.maximum(sizes, 1)
+
+    def rank(c: int) -> tuple[np.ndarray, np.ndarray]:
+        members = np.flatnonzero(first == c)
+        core = members[in_core[members]]
+        centre = z[core].mean(axis=0) if len(core) else z[members].mean(axis=0)
+        mine = cand[first[cand] == c]
+        d = np.einsum("md,md->m", z[mine] - centre, z[mine] - centre)
+        # Core members first (nearest the core mean first), then the cluster's other candidates.
+        order = np.lexsort((mine, d, ~in_core[mine]))
+        return mine[order], np.full(len(mine), stability[c])
+
+    return pick_from_clusters(core_sizes, labelled, has, rank, take)

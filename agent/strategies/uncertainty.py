@@ -1,0 +1,219 @@
+"""Strategies that need a classifier: entropy, margin, least_confidence, badge, qbc, das.
+
+The classifier is the model's own ``logits`` head when its classes match the agent's (Pool.logits),
+else a multinomial logistic regression fitted on the labelled embeddings. With no logits and fewer
+than two labelled classes there is nothing to be uncertain about: FailedPrecondition.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+
+from agent.pool import FailedPrecondition, Pool, Selection, check_params, param_float, param_int
+from agent.strategies._common import CHUNK, rows_matrix, seed_of, top_k
+
+# Inverse L2 strength of the fitted head. The embeddings are unit vectors, so at sklearn's default C=1
+# the weights (and logits) stay tiny and every probability is close to uniform; C=10 gives a head whose
+# probabilities separate confident from ambiguous rows.
+HEAD_C = 10.0
+
+
+def _need_labels(what: str, pool: Pool) -> FailedPrecondition:
+    from agent.strategies import LABEL_FREE  # the registry imports this module
+
+    n = len(np.unique(pool.labels))
+    return FailedPrecondition(
+        f"strategy {what!r} needs a classifier: the model has no logits head for the agent's classes and "
+        f"{n} class(es) are labelled (at least 2 needed). Label a first batch chosen by a strategy that "
+        f"works from zero labels: {', '.join(sorted(LABEL_FREE))}")
+
+
+def fit_head(x: np.ndarray, y: np.ndarray, seed: int) -> LogisticRegression:
+    """Multinomial logistic regression (L-BFGS, C = HEAD_C) on x (LxD) / y (L int)."""
+    return LogisticRegression(C=HEAD_C, max_iter=500, random_state=seed).fit(x, y)
+
+
+def predict_proba(head: LogisticRegression, x: np.ndarray) -> np.ndarray:
+    """head.predict_proba in blocks of CHUNK rows: MxC' float32 over head.classes_."""
+    out = np.empty((len(x), len(head.classes_)), np.float32)
+    for start in range(0, len(x), CHUNK):
+        out[start:start + CHUNK] = head.predict_proba(x[start:start + CHUNK])
+    return out
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of MxC logits (float32, max-shifted for stability)."""
+    z = np.asarray(logits, np.float32)
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def candidate_probs(pool: Pool, what: str, rng: np.random.Generator) -> np.ndarray:
+    """Class probabilities MxC' of the candidates: softmax(Pool.logits) when the model has a matching
+    head, else a logistic-regression head fitted on the labelled rows; FailedPrecondition otherwise."""
+    if pool.logits is not None:
+        return softmax(pool.logits[pool.candidates])
+    if len(np.unique(pool.labels)) < 2:
+        raise _need_labels(what, pool)
+    head = fit_head(pool.embeddings[pool.labeled], pool.labels, seed_of(rng))
+    return predict_proba(head, rows_matrix(pool.embeddings, pool.candidates))
+
+
+def entropy_of(probs: np.ndarray) -> np.ndarray:
+    """Shannon entropy (nats) of each row of MxC probabilities: -sum_c p log p."""
+    p = np.clip(probs, 1e-12, 1.0)
+    return -np.sum(probs * np.log(p), axis=1)
+
+
+def margin_of(probs: np.ndarray) -> np.ndarray:
+    """p_(1) - p_(2), the gap between the two most probable classes (M); 1 with a single class."""
+    if probs.shape[1] < 2:
+        return np.ones(len(probs))
+    top2 = np.partition(probs, probs.shape[1] - 2, axis=1)[:, -2:]
+    return np.asarray(top2[:, 1] - top2[:, 0], np.float64)
+
+
+def entropy(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping[str, str]) -> Selection:
+    """Maximum-entropy sampling (Shannon 1948; Settles, "Active Learning Literature Survey" 2009,
+    Sec. 3.1, Eq. 1 x*_H = argmax_x -sum_y P(y|x) log P(y|x)). No params. Score: entropy (nats)."""
+    check_params(params, set(), "entropy")
+    probs = candidate_probs(pool, "entropy", rng)
+    return top_k(pool.candidates, entropy_of(probs), budget)
+
+
+def margin(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping[str, str]) -> Selection:
+    """Smallest-margin sampling (Scheffer et al. 2001; Settles 2009, Sec. 3.1:
+    x*_M = argmin_x P(y1|x) - P(y2|x)). No params. Score: 1 - margin."""
+    check_params(params, set(), "margin")
+    probs = candidate_probs(pool, "margin", rng)
+    return top_k(pool.candidates, 1.0 - margin_of(probs), budget)
+
+
+def least_confidence(pool: Pool, budget: int, rng: np.random.Generator,
+                     params: Mapping[str, str]) -> Selection:
+    """Least-confident sampling (Lewis & Gale 1994; Settles 2009, Sec. 3.1: x*_LC = argmax_x 1 - P(y^|x)).
+    No params. Score: 1 - max probability."""
+    check_params(params, set(), "least_confidence")
+    probs = candidate_probs(pool, "least_confidence", rng)
+    return top_k(pool.candidates, 1.0 - probs.max(axis=1), budget)
+
+
+def badge(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping[str, str]) -> Selection:
+    """BADGE (Ash et al., "Deep Batch Active Learning by Diverse, Uncertain Gradient Lower Bounds",
+    ICLR 2020, Sec. 3, Alg. 1): k-means++ seeding (Arthur & Vassilvitskii 2007) over the gradient
+    embeddings g_x = (p(x) - e_{y^(x)}) (x) h(x) of the last layer's cross-entropy at the predicted
+    label y^ (Sec. 3, Eq. 1), the first seed being the largest gradient norm as in the authors' code.
+
+    The CxD gradient embeddings are never materialised: for Kronecker products
+    <a (x) h, b (x) h'> = <a, b><h, h'>, so each seeding step costs one M-vector of C-dim and one of
+    D-dim dot products (h = the L2-normalised embedding). No params. Score: squared distance to the
+    nearest earlier seed when picked (inf for the first).
+    """
+    check_params(params, set(), "badge")
+    probs = candidate_probs(pool, "badge", rng).astype(np.float64)  # MxC'
+    cand = pool.candidates
+    take = min(budget, len(cand))
+    if take == 0:
+        return Selection(rows=cand[:0], scores=np.zeros(0))
+    a = probs.copy()
+    a[np.arange(len(a)), probs.argmax(axis=1)] -= 1.0  # p - onehot(y^), MxC'
+    h = rows_matrix(pool.embeddings, cand)  # MxD
+    a_sq = np.einsum("mc,mc->m", a, a)
+    h_sq = np.einsum("md,md->m", h, h).astype(np.float64)
+    g_sq = a_sq * h_sq  # ||g_x||^2
+    first = int(np.argmax(g_sq))
+    chosen = [first]
+    scores = [float("inf")]
+    d2 = np.full(len(cand), np.inf)
+    while len(chosen) < take:
+        c = chosen[-1]
+        dist = g_sq + g_sq[c] - 2.0 * (a @ a[c]) * (h @ h[c]).astype(np.float64)
+        np.minimum(d2, np.maximum(dist, 0.0), out=d2)
+        d2[chosen] = 0.0
+        total = d2.sum()
+        if total <= 0.0:  # every candidate coincides with a seed: the rest uniformly
+            rest = np.setdiff1d(np.arange(len(cand)), chosen)
+            nxt = int(rng.choice(rest))
+        else:
+            nxt = int(rng.choice(len(cand), p=d2 / total))  # D^2 sampling
+        scores.append(float(d2[nxt]))
+        chosen.append(nxt)
+    return Selection(rows=np.asarray(cand[chosen], np.int64), scores=np.asarray(scores))
+
+
+QBC_MEMBERS = 5
+
+
+def vote_entropy(votes: np.ndarray, num_classes: int) -> np.ndarray:
+    """Vote entropy (Dagan & Engelson 1995; Settles 2009, Sec. 3.2, Eq. 2):
+    -sum_y V(y)/|committee| log(V(y)/|committee|) for votes MxE (class index per member)."""
+    members = votes.shape[1]
+    counts = np.zeros((len(votes), num_classes))
+    for e in range(members):
+        counts[np.arange(len(votes)), votes[:, e]] += 1
+    frac = counts / members
+    return -np.sum(frac * np.log(np.where(frac > 0, frac, 1.0)), axis=1)
+
+
+def qbc(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping[str, str]) -> Selection:
+    """Query by committee (Seung, Opper & Sompolinsky 1992) with a bagged committee (query by bagging,
+    Abe & Mamitsuka 1998): ``members`` logistic-regression heads, each fitted on a bootstrap resample of
+    the labelled rows (drawn within each class, so every member sees every labelled class); candidates
+    ranked by vote entropy (``vote_entropy``), ties broken by the entropy of the committee's mean
+    probabilities (consensus entropy, Settles 2009 Sec. 3.2) scaled to stay below one vote step.
+    Needs >= 2 labelled classes (the model's logits are one member, not a committee).
+    Params: ``members`` (5). Score: vote entropy (nats) + tie-break.
+    """
+    check_params(params, {"members"}, "qbc")
+    members = param_int(params, "members", QBC_MEMBERS, minimum=2)
+    classes = np.unique(pool.labels)
+    if len(classes) < 2:
+        raise _need_labels("qbc", pool)
+    x_lab = pool.embeddings[pool.labeled]
+    x = rows_matrix(pool.embeddings, pool.candidates)
+    by_class = [np.flatnonzero(pool.labels == c) for c in classes]
+    votes = np.empty((len(x), members), np.int64)
+    mean_p = np.zeros((len(x), len(classes)))
+    for e in range(members):
+        boot = np.concatenate([rng.choice(idx, size=len(idx), replace=True) for idx in by_class])
+        head = fit_head(x_lab[boot], pool.labels[boot], seed_of(rng))
+        p = predict_proba(head, x)
+        votes[:, e] = p.argmax(axis=1)
+        mean_p += p / members
+    ve = vote_entropy(votes, len(classes))
+    tie = entropy_of(mean_p) / max(np.log(len(classes)), 1e-12)  # in [0, 1]
+    # Different vote splits differ in vote entropy by far more than 1e-3, so the tie-break only orders ties.
+    return top_k(pool.candidates, ve + 1e-3 * tie, budget)
+
+
+DAS_LAMBDA = 1.0
+
+
+def das(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping[str, str]) -> Selection:
+    """Deep active sampling with self-supervised learning (Shi & Zhou): score each candidate by its
+    downstream uncertainty plus lambda times its loss on the self-supervised pretext task,
+
+        s(x) = H(p(x)) / log C' + lambda * l_rot(x) / log 4,
+
+    both terms scaled to [0, 1]-ish units (entropy by its maximum, the 4-way rotation cross-entropy by
+    its chance level log 4) so lambda weighs comparable quantities; the top-``budget`` are picked.
+    l_rot is Pool.pretext_loss, which the agent computes with the model's RotNet rotation head.
+    Needs that head (FailedPrecondition without it) and a classifier (as entropy).
+    Params: ``lambda`` (1.0). Score: s(x).
+    """
+    check_params(params, {"lambda"}, "das")
+    lam = param_float(params, "lambda", DAS_LAMBDA, minimum=0.0)
+    assert lam is not None
+    if pool.pretext_loss is None:
+        raise FailedPrecondition(
+            "strategy 'das' needs the pretext-task loss, and the current model has no rotation head "
+            "(rotation_logits). Publish an encoder trained with the RotNet pretext task and exported with "
+            "its rotation head, or use another strategy")
+    probs = candidate_probs(pool, "das", rng)
+    unc = entropy_of(probs) / max(np.log(probs.shape[1]), 1e-12)
+    loss = np.asarray(pool.pretext_loss, np.float64)[pool.candidates] / np.log(4.0)
+    return top_k(pool.candidates, unc + lam * loss, budget)
