@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 from agent.pool import InvalidArgument, PriorMethod
+from agent.priors.as3l import as3l_prior
+from agent.priors.knn import knn_prior
+from agent.priors.llgc import llgc_prior
 
-PRIOR_METHODS: dict[str, PriorMethod] = {}
+PRIOR_METHODS: dict[str, PriorMethod] = {
+    "knn": knn_prior,  # weighted k-nearest-neighbour vote over the labelled samples
+    "as3l": as3l_prior,  # AS3L constrained seed k-means, C runs
+    "llgc": llgc_prior,  # label spreading over the sparse kNN graph
+}
 
 
 def get_prior_method(name: str) -> PriorMethod:

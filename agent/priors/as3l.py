@@ -1,0 +1,113 @@
+"""AS3L's prior pseudo-labels (Wen, Pizarro & Williams, "Active Self-Semi-Supervised Learning for Few
+Labeled Samples", arXiv 2203.04560, Sec. 3.3) by constrained seed k-means (Basu, Banerjee & Mooney,
+"Semi-supervised Clustering by Seeding", ICML 2002, Sec. 3)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+from scipy import sparse
+from sklearn.cluster import kmeans_plusplus
+
+from agent.pool import Pool, Priors, check_params, param_int
+from agent.priors._common import nearest_labelled_distance, normalise_rows, require_labels, with_known_labels
+from agent.strategies._common import KMEANS_FIT_ROWS, assign, seed_of
+
+AS3L_RUNS = 6  # C: K = 1*classes, 2*classes, ..., 6*classes (10, 20, ..., 60 for CIFAR-10)
+MAX_ITER = 50
+
+
+def constrained_seed_kmeans(x: np.ndarray, seed_rows: np.ndarray, seed_cluster: np.ndarray, k: int,
+                            rng: np.random.Generator, max_iter: int = MAX_ITER) -> tuple[np.ndarray, np.ndarray]:
+    """Constrained-KMeans (Basu et al. 2002, Sec. 3, the "Constrained-KMeans" algorithm).
+
+    Cluster h in [0, S) is seeded by the rows ``seed_rows`` with ``seed_cluster == h`` (its initial centre
+    is their mean, Sec. 3 step 1); the other K - S centres start by k-means++ over the rest. In every
+    Lloyd step (the objective of their Eq. 1, sum_h sum_{x in X_h} ||x - mu_h||^2) the seed rows keep
+    their seed cluster -- that is the constraint -- and the other rows move to the nearest centre.
+
+    Args:
+        x: NxD rows to cluster.
+        seed_rows: L int rows of x that are seeds; seed_cluster: L int in [0, S).
+        k: clusters, raised to S if smaller.
+    Returns: (centres KxD float32, assignment N int64). Seed rows are always in their seed cluster.
+    """
+    s = int(seed_cluster.max()) + 1
+    k = max(k, s)
+    d = x.shape[1]
+    centres = np.zeros((k, d), np.float32)
+    np.add.at(centres, seed_cluster, x[seed_rows])
+    centres[:s] /= np.maximum(np.bincount(seed_cluster, minlength=s), 1)[:, None]
+    if k > s:
+        free = np.setdiff1d(np.arange(len(x)), seed_rows)
+        extra, _ = kmeans_plusplus(x[free].astype(np.float32), n_clusters=min(k - s, len(free)),
+                                   random_state=seed_of(rng))
+        centres[s:s + len(extra)] = extra
+        k = s + len(extra)
+        centres = centres[:k]
+    assignment = np.full(len(x), -1, np.int64)
+    for _ in range(max_iter):
+        new, _ = assign(x, centres)
+        new[seed_rows] = seed_cluster  # the constraint
+        if np.array_equal(new, assignment):
+            break
+        assignment = new
+        counts = np.bincount(assignment, minlength=k)
+        onehot = sparse.csr_matrix((np.ones(len(x)), (assignment, np.arange(len(x)))), shape=(k, len(x)))
+        sums = np.asarray(onehot @ x.astype(np.float64))  # KxD per-cluster sums
+        alive = counts > 0  # an emptied cluster keeps its old centre
+        centres[alive] = (sums[alive] / counts[alive, None]).astype(np.float32)
+    return centres, assignment
+
+
+def as3l_prior(pool: Pool, rows: np.ndarray, rng: np.random.Generator, params: Mapping[str, str]) -> Priors:
+    """AS3L prior pseudo-labels (Wen et al., Sec. 3.3): constrained seed k-means run C times with
+    K_c = c * (number of classes), c = 1..C; in each run every labelled sample seeds its own cluster
+    (one seed cluster per class when K_c is smaller than the labelled count), labels spread to the
+    cluster's members (a cluster with no seed takes the label of the nearest seeded centre), the C
+    one-hot votes are summed and normalised into probs.
+
+    Confidence: max(probs) times a proximity factor 1 / (1 + (d / d_med)^2), d the distance to the
+    nearest labelled sample and d_med its median over the pool, so rows far from every labelled sample
+    are trusted less (the paper's observation that PPL accuracy falls with that distance).
+    Clustering is fitted on a uniform sample of 20k rows plus every labelled row; all requested rows are
+    then assigned to the final centres. Params: ``runs`` (C = 6).
+    """
+    check_params(params, {"runs"}, "as3l")
+    runs = param_int(params, "runs", AS3L_RUNS, minimum=1)
+    require_labels(pool, "as3l")
+    rows = np.asarray(rows, np.int64)
+    n = len(pool.embeddings)
+    num_classes = pool.num_classes
+    unl = np.setdiff1d(np.arange(n), pool.labeled)
+    take = min(len(unl), KMEANS_FIT_ROWS)
+    fit_rows = np.concatenate([pool.labeled, np.sort(rng.choice(unl, take, replace=False))])
+    x_fit = pool.embeddings[fit_rows]
+    seed_rows = np.arange(len(pool.labeled))  # the labelled rows come first in fit_rows
+    votes = np.zeros((len(rows), num_classes))
+    for c in range(1, runs + 1):
+        k = c * num_classes
+        if k >= len(pool.labeled):
+            seed_cluster = np.arange(len(pool.labeled))  # each labelled sample seeds a cluster
+            cluster_class = pool.labels.copy()
+        else:
+            classes, seed_cluster = np.unique(pool.labels, return_inverse=True)
+            cluster_class = classes
+        centres, _ = constrained_seed_kmeans(x_fit, seed_rows, seed_cluster, k, rng)
+        s = len(cluster_class)
+        # Unseeded clusters take the class of the nearest seeded centre.
+        label_of_cluster = np.empty(len(centres), np.int64)
+        label_of_cluster[:s] = cluster_class
+        if len(centres) > s:
+            nearest, _ = assign(centres[s:], centres[:s])
+            label_of_cluster[s:] = cluster_class[nearest]
+        lab, _ = assign(pool.embeddings[rows], centres)
+        votes[np.arange(len(rows)), label_of_cluster[lab]] += 1.0
+    probs = normalise_rows(votes)
+    d = nearest_labelled_distance(pool, rows)
+    d_med = max(float(np.median(nearest_labelled_distance(pool, unl[:: max(1, len(unl) // 10_000)]))
+                      if len(unl) else 1.0), 1e-6)
+    proximity = 1.0 / (1.0 + (d / d_med) ** 2)
+    return with_known_labels(pool, rows, Priors(probs=probs, confidence=(probs.max(axis=1) * proximity)
+                                                .astype(np.float32)))
