@@ -17,6 +17,9 @@ from agent.pool import Pool, Selection
 # nearest centre. Lloyd's centres from a uniform sample of 20k rows estimate the full-data centres well
 # for k <= a few hundred (the same trick MiniBatchKMeans uses), and keep Select on 1M rows within seconds.
 KMEANS_FIT_ROWS = 20_000
+# k-means restarts (best inertia kept): one k-means++ start too often puts two centres in one blob and
+# merges two others, which costs a whole class at budget = #classes.
+KMEANS_INIT = 3
 # Rows per block in blocked matrix products, so a 1M-row pool never needs an NxK float64 temporary.
 CHUNK = 65_536
 
@@ -40,7 +43,8 @@ def fit_kmeans(x: np.ndarray, k: int, rng: np.random.Generator, fit_rows: int = 
     n = len(x)
     k = max(1, min(k, n))
     sample = x if n <= fit_rows else x[np.sort(rng.choice(n, size=fit_rows, replace=False))]
-    km = KMeans(n_clusters=k, n_init=1, random_state=seed_of(rng), init="k-means++" if init is None else init)
+    km = KMeans(n_clusters=k, n_init=KMEANS_INIT if init is None else 1, random_state=seed_of(rng),
+                init="k-means++" if init is None else init)
     km.fit(np.asarray(sample, np.float32))
     return np.asarray(km.cluster_centers_, np.float32)
 

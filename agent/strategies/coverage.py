@@ -65,16 +65,18 @@ def purity_delta(dist: np.ndarray, nbr_cluster: np.ndarray, own_cluster: np.ndar
     """ProbCover's delta heuristic (Yehuda et al. 2022, Sec. 4 "choosing delta"): the largest delta whose
     ball purity -- the fraction of points whose delta-ball holds a single k-means cluster -- is >= alpha.
 
-    A point's ball is pure for every delta below its distance to the nearest neighbour of another
-    cluster (r_u), so purity(delta) = mean(r_u > delta) and the answer is the (1 - alpha) quantile of
-    r_u. Points with no other-cluster neighbour among the k use their k-th distance (a lower bound).
+    A point's ball {x : ||x - u|| < delta} is pure exactly when delta <= r_u, its distance to the nearest
+    neighbour of another cluster, so purity(delta) = mean(r_u >= delta): with r sorted ascending and
+    m = floor((1 - alpha) S), the answer is r_(m) (0-based). Points with no other-cluster neighbour among
+    the k use their k-th distance (a lower bound on r_u, so the estimate errs towards smaller balls).
 
     Args: dist SxK ascending Euclidean distances, nbr_cluster SxK and own_cluster S cluster ids.
     """
     other = nbr_cluster != own_cluster[:, None]
     first = np.where(other.any(axis=1), other.argmax(axis=1), dist.shape[1] - 1)
-    radius = dist[np.arange(len(dist)), first]
-    return float(np.quantile(radius, 1.0 - alpha, method="lower"))
+    radius = np.sort(dist[np.arange(len(dist)), first])
+    m = min(int(np.floor((1.0 - alpha) * len(radius) + 1e-9)), len(radius) - 1)
+    return float(radius[m])
 
 
 def probcover(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping[str, str]) -> Selection:
@@ -116,7 +118,7 @@ def probcover(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping
         delta = delta_param
     src = np.repeat(np.arange(len(sample)), k)  # edge: sample point src is inside the ball of row dst
     dst = nbr.ravel()
-    inside = dist.ravel() <= delta
+    inside = dist.ravel() < delta  # open balls, matching purity_delta
     src, dst = src[inside], dst[inside]
     covered = np.zeros(len(sample), bool)
     if len(pool.labeled):

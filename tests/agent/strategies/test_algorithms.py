@@ -1,0 +1,116 @@
+"""Hand-built cases where the right answer is known."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from agent.strategies import STRATEGIES
+from agent.strategies._common import top_k
+from agent.strategies.as3l import consensus_groups, fit_linear_map
+from agent.strategies.clustering import typicality
+from agent.strategies.coverage import purity_delta
+from agent.strategies.uncertainty import entropy_of, margin_of, vote_entropy
+from tests.agent.strategies.pools import blobs, make_pool
+
+
+@pytest.mark.parametrize("name", ["kmedoids", "typiclust", "probcover", "as3l", "coreset"])
+def test_ten_picks_cover_ten_blobs(name: str) -> None:
+    # Unequal sizes: uniform random picks would often miss the small blobs.
+    x, y = blobs(clusters=10, dim=16, spread=0.05, sizes=[80, 60, 50, 40, 30, 30, 25, 20, 20, 15], seed=1)
+    for seed in range(3):
+        sel = STRATEGIES[name](make_pool(x, y), 10, np.random.default_rng(seed), {})
+        assert len(np.unique(y[sel.rows])) == 10, (name, seed, y[sel.rows])
+
+
+@pytest.mark.parametrize("name", ["kmedoids", "typiclust", "probcover", "as3l", "coreset"])
+def test_labelled_blobs_are_complemented(name: str) -> None:
+    x, y = blobs(clusters=10, per_cluster=30, dim=16, spread=0.05, seed=2)
+    labeled = np.flatnonzero(y < 4)[::30]  # one labelled sample in each of blobs 0-3
+    sel = STRATEGIES[name](make_pool(x, y, labeled), 6, np.random.default_rng(0), {})
+    assert sorted(set(y[sel.rows].tolist())) == [4, 5, 6, 7, 8, 9]
+
+
+def test_typiclust_picks_the_dense_centre() -> None:
+    # One blob: a tight core around the centre and a loose halo; the most typical point is in the core.
+    rng = np.random.default_rng(0)
+    core = rng.normal(scale=0.02, size=(50, 8)) + np.eye(8)[0]
+    halo = rng.normal(scale=0.3, size=(50, 8)) + np.eye(8)[0]
+    x = np.concatenate([core, halo])
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    y = np.zeros(len(x), np.int64)
+    sel = STRATEGIES["typiclust"](make_pool(x, y), 1, np.random.default_rng(0), {})
+    assert sel.rows[0] < 50
+
+
+def test_typicality_hand_computed() -> None:
+    pts = np.array([[0.0], [1.0], [3.0]])
+    # k=1 with self in reference: nearest other distances 1, 1, 2 -> typicality 1, 1, 0.5.
+    np.testing.assert_allclose(typicality(pts, pts, 1, True), [1.0, 1.0, 0.5], rtol=1e-6)
+    # k=2: mean of two nearest others: (1+3)/2=2, (1+2)/2=1.5, (2+3)/2=2.5.
+    np.testing.assert_allclose(typicality(pts, pts, 2, True), [1 / 2, 1 / 1.5, 1 / 2.5], rtol=1e-6)
+
+
+def test_coreset_picks_farthest_point_first() -> None:
+    x = np.array([[1, 0], [0.99, 0.141], [0, 1], [-1, 0]], np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    y = np.zeros(4, np.int64)
+    sel = STRATEGIES["coreset"](make_pool(x, y, np.array([0])), 2, np.random.default_rng(0), {})
+    assert sel.rows.tolist() == [3, 2]  # opposite of the labelled row, then the orthogonal one
+    assert sel.scores[0] == pytest.approx(2.0, abs=1e-5)  # Euclidean distance between antipodes
+
+
+def test_probcover_purity_delta() -> None:
+    dist = np.array([[0.0, 0.1, 0.5], [0.0, 0.2, 0.3], [0.0, 0.4, 0.9]])
+    own = np.array([0, 0, 1])
+    nbr_cluster = np.array([[0, 0, 1], [0, 1, 1], [1, 1, 1]])
+    # Impurity radii: 0.5, 0.2, and 0.9 (no other cluster: k-th distance). alpha=2/3 -> 1/3 quantile.
+    assert purity_delta(dist, nbr_cluster, own, alpha=2 / 3) == pytest.approx(0.5)
+    assert purity_delta(dist, nbr_cluster, own, alpha=1.0) == pytest.approx(0.2)
+
+
+def test_uncertainty_scores_hand_computed() -> None:
+    p = np.array([[0.5, 0.5], [1.0, 0.0], [0.7, 0.3]])
+    np.testing.assert_allclose(entropy_of(p), [np.log(2), 0.0, -(0.7 * np.log(0.7) + 0.3 * np.log(0.3))])
+    np.testing.assert_allclose(margin_of(p), [0.0, 1.0, 0.4])
+    votes = np.array([[0, 0, 0, 0], [0, 1, 0, 1], [0, 1, 2, 2]])
+    np.testing.assert_allclose(vote_entropy(votes, 3), [0.0, np.log(2), -(2 * 0.25 * np.log(0.25) + 0.5 * np.log(0.5))])
+
+
+def test_margin_and_entropy_pick_the_boundary() -> None:
+    # Two labelled blobs on a line: the unlabelled point halfway between is the most uncertain.
+    x = np.array([[1, 0.0], [1, 0.05], [1, -0.05], [0, 1.0], [0.05, 1], [-0.05, 1], [0.7, 0.7], [1, 0.02]])
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    y = np.array([0, 0, 0, 1, 1, 1, 0, 0])
+    pool = make_pool(x, y, np.array([0, 1, 2, 3, 4, 5]))
+    for name in ("entropy", "margin", "least_confidence", "qbc", "badge"):
+        sel = STRATEGIES[name](pool, 1, np.random.default_rng(0), {})
+        assert sel.rows.tolist() == [6], name
+
+
+def test_das_weighs_pretext_loss() -> None:
+    x, y = blobs(clusters=2, per_cluster=20, dim=8, seed=4)
+    loss = np.zeros(len(x), np.float32)
+    loss[[11, 33]] = 5.0  # two samples the rotation head gets badly wrong
+    pool = make_pool(x, y, np.array([0, 1, 20, 21]), pretext_loss=loss)
+    sel = STRATEGIES["das"](pool, 2, np.random.default_rng(0), {"lambda": "10"})
+    assert sorted(sel.rows.tolist()) == [11, 33]
+    plain = STRATEGIES["das"](pool, 2, np.random.default_rng(0), {"lambda": "0"})
+    ent = STRATEGIES["entropy"](pool, 2, np.random.default_rng(0), {})
+    assert sorted(plain.rows.tolist()) == sorted(ent.rows.tolist())
+
+
+def test_as3l_building_blocks() -> None:
+    # Closed-form Eq. 1: with targets an exact linear image of x, the map is recovered (tiny ridge).
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 5))
+    w_true = rng.normal(size=(5, 5))
+    np.testing.assert_allclose(fit_linear_map(x, x @ w_true, ridge=1e-9), w_true, atol=1e-5)
+    a = np.array([[0, 1], [0, 1], [0, 2], [1, 1]])
+    g = consensus_groups(a)
+    assert g[0] == g[1] and len({g[0], g[2], g[3]}) == 3
+
+
+def test_top_k_breaks_ties_by_row() -> None:
+    sel = top_k(np.array([9, 3, 7, 5]), np.array([1.0, 2.0, 2.0, 0.5]), 2)
+    assert sel.rows.tolist() == [3, 7]
