@@ -1,0 +1,329 @@
+"""``shortlist bench strategies`` and ``shortlist bench select-scale``: the selection strategies and
+prior-label methods evaluated on fixed embeddings with a simulated annotator, and Select's time on a
+1M-row pool. Commands that print figures, not tests. Torch-free: the agent's functions are called
+directly on a Pool built from the arrays, with an hnswlib index for its kNN.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import typer
+
+from agent.pool import FailedPrecondition, KnnFn, Pool
+from agent.priors import PRIOR_METHODS
+from agent.strategies import LABEL_FREE, STRATEGIES
+from bench.metrics import class_coverage, expected_calibration_error, linear_probe_accuracy, prior_accuracy
+
+# Neighbours precomputed per row for the benchmark's kNN (covers the prior methods' and ProbCover's k).
+CACHED_K = 64
+
+
+def normalise(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm (float32), as the agent stores embeddings."""
+    x = np.asarray(x, np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def hnsw_index(x: np.ndarray, threads: int = 2) -> Any:
+    """An hnswlib cosine index over x (NxD unit rows), ids = row numbers (M=16, ef_construction=200)."""
+    import hnswlib
+
+    index = hnswlib.Index(space="cosine", dim=x.shape[1])
+    index.init_index(max_elements=len(x), ef_construction=200, M=16, random_seed=0)
+    index.set_num_threads(threads)
+    index.add_items(x, np.arange(len(x)))
+    return index
+
+
+def hnsw_knn(index: Any, n: int) -> KnnFn:
+    """The Pool.knn contract over an hnswlib index of n rows."""
+
+    def knn(queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        k = min(k, n)
+        index.set_ef(max(64, 2 * k))
+        rows, dist = index.knn_query(np.asarray(queries, np.float32), k=k)
+        return rows.astype(np.int64), dist.astype(np.float32)
+
+    return knn
+
+
+@dataclass
+class CachedKnn:
+    """Pool.knn for the benchmark: every row's CACHED_K neighbours are computed once, and a query that
+    is a pool row (found by its bytes) is answered from that table; anything else asks the index.
+    The strategies and priors are called hundreds of times on the same pool, so this saves most of
+    the benchmark's time without changing any answer."""
+
+    x: np.ndarray
+    index: Any
+
+    def __post_init__(self) -> None:
+        self._query = hnsw_knn(self.index, len(self.x))
+        self.rows, self.dist = self._query(self.x, min(CACHED_K, len(self.x)))
+        self._row_of = {self.x[i].tobytes(): i for i in range(len(self.x))}
+
+    def __call__(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        if k <= self.rows.shape[1]:
+            found = [self._row_of.get(np.asarray(q, np.float32).tobytes(), -1) for q in queries]
+            at = np.asarray(found, np.int64)
+            if len(at) == 0 or at.min() >= 0:
+                return self.rows[at, :k], self.dist[at, :k]
+        return self._query(queries, k)
+
+
+def make_pool(x: np.ndarray, labels: np.ndarray, picked: np.ndarray, knn: KnnFn, num_classes: int,
+              pretext_loss: np.ndarray | None) -> Pool:
+    """The pool the agent would build after the annotator labelled ``picked`` (true labels revealed)."""
+    picked = np.asarray(picked, np.int64)
+    return Pool(embeddings=x, labeled=picked, labels=labels[picked],
+                classes=[str(c) for c in range(num_classes)],
+                candidates=np.setdiff1d(np.arange(len(x)), picked), knn=knn, pretext_loss=pretext_loss)
+
+
+def simulate(name: str, budget: int, seed: int, x: np.ndarray, labels: np.ndarray, knn: KnnFn,
+             num_classes: int, pretext_loss: np.ndarray | None) -> tuple[np.ndarray, str]:
+    """Rows an annotator would have labelled with strategy ``name`` at ``budget``: one cold-start shot
+    for the strategies that need no labels; for the others a random first half (the usual warm start
+    of uncertainty sampling), then the strategy for the second half. Returns (rows, note)."""
+    rng = np.random.default_rng([seed, budget, zlib.crc32(name.encode())])
+    empty = np.zeros(0, np.int64)
+    if name in LABEL_FREE:
+        sel = STRATEGIES[name](make_pool(x, labels, empty, knn, num_classes, pretext_loss), budget, rng, {})
+        return sel.rows, ""
+    first = rng.choice(len(x), size=max(budget // 2, 1), replace=False)
+    pool = make_pool(x, labels, first, knn, num_classes, pretext_loss)
+    try:
+        sel = STRATEGIES[name](pool, budget - len(first), rng, {})
+        return np.concatenate([first, sel.rows]), "random first half"
+    except FailedPrecondition:  # e.g. the random half held one class: fill at random and say so
+        rest = rng.choice(pool.candidates, size=budget - len(first), replace=False)
+        return np.concatenate([first, rest]), "random (strategy refused: one class in first half)"
+
+
+def run_benchmark(x: np.ndarray, labels: np.ndarray, test_x: np.ndarray | None, test_y: np.ndarray | None,
+                  budgets: list[int], seeds: int, strategies: list[str], priors: list[str],
+                  pretext_loss: np.ndarray | None, progress: Any = None) -> list[dict[str, Any]]:
+    """Every (strategy, budget, seed): pick, reveal labels, run each prior method on the unlabelled rest.
+    Returns flat records (one per strategy, budget, seed and prior method)."""
+    num_classes = int(labels.max()) + 1
+    knn = CachedKnn(x, hnsw_index(x))
+    records: list[dict[str, Any]] = []
+    task = progress.add_task("strategies", total=len(strategies) * len(budgets) * seeds) if progress else None
+    for name in strategies:
+        for budget in budgets:
+            for seed in range(seeds):
+                t0 = time.perf_counter()
+                picked, note = simulate(name, budget, seed, x, labels, knn, num_classes, pretext_loss)
+                select_s = time.perf_counter() - t0
+                if test_x is not None and test_y is not None:
+                    lin = linear_probe_accuracy(x[picked], labels[picked], test_x, test_y, seed)
+                else:  # no test split: score the probe on the unlabelled rest
+                    rest = np.setdiff1d(np.arange(len(x)), picked)
+                    lin = linear_probe_accuracy(x[picked], labels[picked], x[rest], labels[rest], seed)
+                pool = make_pool(x, labels, picked, knn, num_classes, pretext_loss)
+                rows = pool.candidates
+                for method in priors:
+                    t1 = time.perf_counter()
+                    pr = PRIOR_METHODS[method](pool, rows, np.random.default_rng(seed), {})
+                    records.append({
+                        "strategy": name, "budget": budget, "seed": seed, "prior_method": method,
+                        "coverage": class_coverage(labels[picked], num_classes),
+                        "prior_accuracy": prior_accuracy(pr.probs, labels[rows]),
+                        "ece": expected_calibration_error(pr.probs, labels[rows]),
+                        "ece_confidence": expected_calibration_error(pr.probs, labels[rows],
+                                                                     confidence=pr.confidence),
+                        "linear_accuracy": lin, "select_seconds": round(select_s, 3),
+                        "prior_seconds": round(time.perf_counter() - t1, 3), "note": note,
+                    })
+                if progress is not None:
+                    progress.update(task, advance=1, description=f"{name} @ {budget}")
+    return records
+
+
+def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and std over seeds per (strategy, budget, prior_method)."""
+    groups: dict[tuple[str, int, str], list[dict[str, Any]]] = {}
+    for r in records:
+        groups.setdefault((r["strategy"], r["budget"], r["prior_method"]), []).append(r)
+    out = []
+    for (s, b, m), rs in groups.items():
+        row: dict[str, Any] = {"strategy": s, "budget": b, "prior_method": m, "seeds": len(rs)}
+        for key in ("coverage", "prior_accuracy", "ece", "linear_accuracy"):
+            vals = np.array([r[key] for r in rs], np.float64)
+            row[key], row[key + "_std"] = float(np.mean(vals)), float(np.std(vals))
+        out.append(row)
+    return out
+
+
+def markdown_table(summary: list[dict[str, Any]], priors: list[str]) -> str:
+    """One Markdown table per budget: strategy | coverage | linear acc | prior acc / ECE per method."""
+    lines: list[str] = []
+    for budget in sorted({r["budget"] for r in summary}):
+        lines += [f"### budget {budget}", ""]
+        head = "| strategy | classes covered | linear probe acc | " + " | ".join(
+            f"{m} prior acc / ECE" for m in priors) + " |"
+        lines += [head, "|" + "---|" * (3 + len(priors))]
+        by_strategy: dict[str, dict[str, dict[str, Any]]] = {}
+        for r in summary:
+            if r["budget"] == budget:
+                by_strategy.setdefault(r["strategy"], {})[r["prior_method"]] = r
+        for s, per in by_strategy.items():
+            any_r = next(iter(per.values()))
+            cells = [s, f"{any_r['coverage']:.1f} ± {any_r['coverage_std']:.1f}",
+                     f"{100 * any_r['linear_accuracy']:.1f} ± {100 * any_r['linear_accuracy_std']:.1f}"]
+            for m in priors:
+                got = per.get(m)
+                cells.append("-" if got is None else
+                             f"{100 * got['prior_accuracy']:.1f} ± {100 * got['prior_accuracy_std']:.1f} / "
+                             f"{got['ece']:.3f}")
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(summary: list[dict[str, Any]], priors: list[str], path: Path) -> None:
+    """Coverage, linear-probe accuracy and each prior method's accuracy against budget, one line per
+    strategy (matplotlib, Agg backend: no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels: list[tuple[str, str | None, str]] = [("coverage", None, "classes covered"),
+                                                  ("linear_accuracy", None, "linear probe accuracy")]
+    panels += [("prior_accuracy", m, f"{m} prior accuracy") for m in priors]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
+    strategies = sorted({r["strategy"] for r in summary})
+    colours = plt.get_cmap("tab20")
+    for ax, (key, method, title) in zip(axes[0], panels, strict=True):
+        for i, s in enumerate(strategies):
+            rs = sorted((r for r in summary if r["strategy"] == s and (method is None or r["prior_method"] == method)
+                         and (method is not None or r["prior_method"] == priors[0])), key=lambda r: r["budget"])
+            if rs:
+                ax.plot([r["budget"] for r in rs], [r[key] for r in rs], marker="os^v"[i % 4], label=s,
+                        color=colours(i % 20))
+        ax.set_xscale("log")
+        ax.set_xlabel("budget (labels)")
+        ax.set_title(title)
+    fig.legend(*axes[0][0].get_legend_handles_labels(), loc="center right", fontsize=8)
+    fig.tight_layout(rect=(0, 0, 0.9, 1))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _names(raw: str, valid: dict[str, Any], what: str) -> list[str]:
+    names = [n.strip() for n in raw.split(",") if n.strip()] if raw else sorted(valid)
+    unknown = [n for n in names if n not in valid]
+    if unknown:
+        raise typer.BadParameter(f"unknown {what} {', '.join(unknown)}; valid: {', '.join(sorted(valid))}")
+    return names
+
+
+def scale_pool(n: int, dim: int, seed: int) -> np.ndarray:
+    """n random unit vectors in dim dimensions (float32), generated in blocks to bound memory."""
+    rng = np.random.default_rng(seed)
+    x = np.empty((n, dim), np.float32)
+    for start in range(0, n, 100_000):
+        block = rng.standard_normal((min(100_000, n - start), dim), dtype=np.float32)
+        x[start:start + len(block)] = normalise(block)
+    return x
+
+
+def register(bench_app: typer.Typer) -> None:
+    @bench_app.command("strategies")
+    def strategies_cmd(
+        embeddings: Path = typer.Option(..., help="N x D float32 .npy of training-pool embeddings"),
+        labels: Path = typer.Option(..., help="N int .npy of their true classes (the simulated annotator)"),
+        out: Path = typer.Option(..., help="folder for results.json, results.md and results.png"),
+        test_embeddings: Path | None = typer.Option(None, help="M x D .npy for the linear probe's test set"),
+        test_labels: Path | None = typer.Option(None, help="M int .npy of the test classes"),
+        budgets: str = typer.Option("10,20,40,100", help="comma-separated label budgets"),
+        seeds: int = typer.Option(3, min=1, help="seeds per (strategy, budget)"),
+        strategies: str = typer.Option("", help="comma-separated strategies (default: all)"),
+        priors: str = typer.Option("", help="comma-separated prior methods (default: all)"),
+        pretext_loss: Path | None = typer.Option(None, help="N float .npy rotation losses (enables das)"),
+    ) -> None:
+        """Every strategy at every budget and seed: class coverage, prior-label accuracy and ECE per prior
+        method, linear-probe accuracy. Writes results.json (flat records), results.md, results.png."""
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        console = Console()
+        x = normalise(np.load(embeddings))
+        y = np.asarray(np.load(labels), np.int64)
+        if len(x) != len(y):
+            raise typer.BadParameter(f"{embeddings} has {len(x)} rows but {labels} has {len(y)} labels")
+        tx = normalise(np.load(test_embeddings)) if test_embeddings else None
+        ty = np.asarray(np.load(test_labels), np.int64) if test_labels else None
+        if (tx is None) != (ty is None):
+            raise typer.BadParameter("give both --test-embeddings and --test-labels, or neither")
+        loss = np.asarray(np.load(pretext_loss), np.float32) if pretext_loss else None
+        names = _names(strategies, STRATEGIES, "strategy")
+        if loss is None and "das" in names:
+            if strategies:
+                raise typer.BadParameter("das needs --pretext-loss (per-sample rotation losses)")
+            names.remove("das")
+            console.print("[yellow]skipping das: no --pretext-loss given[/]")
+        methods = _names(priors, PRIOR_METHODS, "prior method")
+        budget_list = [int(b) for b in budgets.split(",") if b.strip()]
+        out.mkdir(parents=True, exist_ok=True)
+        console.print(f"{len(x)} rows x {x.shape[1]} dims, {int(y.max()) + 1} classes; building the index...")
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=console) as progress:
+            records = run_benchmark(x, y, tx, ty, budget_list, seeds, names, methods, loss, progress)
+        summary = summarise(records)
+        (out / "results.json").write_text(json.dumps(records, indent=1))
+        table = markdown_table(summary, methods)
+        (out / "results.md").write_text(table + "\n")
+        plot(summary, methods, out / "results.png")
+        console.print(table)
+        console.print(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'results.png'}")
+
+    @bench_app.command("select-scale")
+    def select_scale_cmd(
+        n: int = typer.Option(1_000_000, help="pool rows (random unit vectors)"),
+        dim: int = typer.Option(128, help="embedding dimension"),
+        budget: int = typer.Option(100, help="Select budget"),
+        labelled: int = typer.Option(20, help="rows labelled beforehand (random classes), so every strategy runs"),
+        classes: int = typer.Option(10, help="class count of those labels"),
+        strategies: str = typer.Option("", help="comma-separated strategies (default: all)"),
+        threads: int = typer.Option(2, help="hnswlib build threads"),
+    ) -> None:
+        """Time Select for each strategy on n random dim-d vectors (index build timed separately)."""
+        from rich.console import Console
+        from rich.table import Table
+
+        console = Console()
+        names = _names(strategies, STRATEGIES, "strategy")
+        t0 = time.perf_counter()
+        x = scale_pool(n, dim, seed=0)
+        console.print(f"generated {n} x {dim} in {time.perf_counter() - t0:.1f} s; building hnswlib index...")
+        t0 = time.perf_counter()
+        index = hnsw_index(x, threads)
+        build_s = time.perf_counter() - t0
+        console.print(f"index build: {build_s:.1f} s (hnswlib M=16, ef_construction=200, {threads} threads)")
+        rng = np.random.default_rng(1)
+        picked = rng.choice(n, size=labelled, replace=False)
+        y = np.full(n, -1, np.int64)
+        y[picked] = np.arange(labelled) % classes
+        pool = Pool(embeddings=x, labeled=picked, labels=y[picked], classes=[str(c) for c in range(classes)],
+                    candidates=np.setdiff1d(np.arange(n), picked), knn=hnsw_knn(index, n),
+                    pretext_loss=rng.random(n).astype(np.float32))
+        table = Table(title=f"Select, budget {budget}, {n} x {dim} random unit vectors, {labelled} labelled")
+        table.add_column("strategy")
+        table.add_column("seconds", justify="right")
+        table.add_column("picked", justify="right")
+        for name in names:
+            t0 = time.perf_counter()
+            sel = STRATEGIES[name](pool, budget, np.random.default_rng(0), {})
+            seconds = time.perf_counter() - t0
+            table.add_row(name, f"{seconds:.2f}", str(len(sel.rows)))
+            console.print(f"{name}: {seconds:.2f} s ({len(sel.rows)} picked)")
+        console.print(table)

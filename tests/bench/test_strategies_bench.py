@@ -1,0 +1,44 @@
+"""`shortlist bench strategies` end to end on a tiny synthetic set (the command, not its figures)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from typer.testing import CliRunner
+
+from shortlist.cli import app
+from tests.agent.strategies.pools import blobs
+
+
+def test_bench_strategies_writes_records_table_and_plot(tmp_path: Path) -> None:
+    x, y = blobs(clusters=4, per_cluster=30, dim=8, spread=0.1, seed=0)
+    np.save(tmp_path / "x.npy", x[::2])
+    np.save(tmp_path / "y.npy", y[::2])
+    np.save(tmp_path / "tx.npy", x[1::2])
+    np.save(tmp_path / "ty.npy", y[1::2])
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, [
+        "bench", "strategies", "--embeddings", str(tmp_path / "x.npy"), "--labels", str(tmp_path / "y.npy"),
+        "--test-embeddings", str(tmp_path / "tx.npy"), "--test-labels", str(tmp_path / "ty.npy"),
+        "--budgets", "4,8", "--seeds", "2", "--strategies", "random,typiclust,margin", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    records = json.loads((out / "results.json").read_text())
+    assert len(records) == 3 * 2 * 2 * 3  # strategies x budgets x seeds x prior methods
+    keys = {"strategy", "budget", "seed", "prior_method", "coverage", "prior_accuracy", "ece", "linear_accuracy"}
+    assert all(keys <= set(r) for r in records)
+    typi = [r for r in records if r["strategy"] == "typiclust" and r["budget"] == 4]
+    assert all(r["coverage"] == 4 for r in typi)  # four blobs, four picks
+    assert "| typiclust |" in (out / "results.md").read_text()
+    assert (out / "results.png").stat().st_size > 1000
+
+
+def test_bench_strategies_rejects_unknown_strategy(tmp_path: Path) -> None:
+    x, y = blobs(clusters=2, per_cluster=5, dim=4)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y)
+    result = CliRunner().invoke(app, ["bench", "strategies", "--embeddings", str(tmp_path / "x.npy"), "--labels",
+                                      str(tmp_path / "y.npy"), "--strategies", "nope", "--out", str(tmp_path)])
+    assert result.exit_code != 0
+    assert "valid" in result.output
