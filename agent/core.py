@@ -1,0 +1,424 @@
+"""The agent as plain Python: ingest, select, labels, priors, status over State + blobs + models.
+
+agent/service.py is a thin gRPC layer over ``Agent``; tests and benchmarks can also call it directly.
+Errors are agent.pool's InvalidArgument / FailedPrecondition and ``NotFound`` here; the service maps
+them to status codes.
+
+Data folder layout::
+
+    D/state.sqlite   (+ -wal, -shm)   samples, labels, embeddings, selections, model versions
+    D/blobs/ab/cdef...                payloads by sha256 (absent with blobs off)
+    D/index/v0003/                    hnswlib snapshot of the serving version
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from agent.blobs import BlobStore, sha256_hex
+from agent.embedder import EmbedOutput, decode_payload, tensor_pixels
+from agent.models import ModelManager, Serving
+from agent.pool import FailedPrecondition, InvalidArgument, Pool
+from agent.priors import PRIOR_METHODS, get_prior_method
+from agent.state import EmbeddingRows, NewSample, SampleRecord, State
+from agent.strategies import MODEL_FREE, STRATEGIES, get_strategy
+from shortlist.images import decode_image
+from shortlist.manifest import Manifest
+
+log = logging.getLogger(__name__)
+
+MAX_ID_LENGTH = 512
+
+
+class NotFound(LookupError):
+    """Unknown sample ids (maps to gRPC NOT_FOUND)."""
+
+
+@dataclass
+class Incoming:
+    """One sample as received: ``kind`` "image" (``data`` = encoded bytes) or "tensor" (``data`` =
+    raw pixel bytes with ``dtype``/``shape``), ``blob`` = the bytes to keep (the encoded image, or the
+    serialised Tensor message), or kind "" when the sample carried no payload."""
+
+    id: str
+    kind: str
+    data: bytes
+    blob: bytes
+    dtype: str = ""
+    shape: tuple[int, ...] = ()
+    uri: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)
+    label: str = ""
+
+
+@dataclass
+class Prepared:
+    """A batch after decoding (stage 1 of Ingest, no lock): samples still to store, their sha256 and
+    pixels (HxWx3 uint8 at ``version``'s size; None when no model), and the rejections so far."""
+
+    samples: list[Incoming]
+    digests: list[str]
+    pixels: list[np.ndarray | None]
+    version: str
+    rejected: list[tuple[str, str]]
+    duplicates: int = 0
+
+
+@dataclass
+class IngestResult:
+    accepted: int = 0
+    duplicates: int = 0
+    rejected: list[tuple[str, str]] = field(default_factory=list)
+
+    def add(self, other: IngestResult) -> None:
+        self.accepted += other.accepted
+        self.duplicates += other.duplicates
+        self.rejected.extend(other.rejected)
+
+
+@dataclass
+class SelectResult:
+    selected: list[tuple[str, float]]
+    model_version: str
+    strategy: str
+    selection_id: str
+
+
+@dataclass
+class PriorResult:
+    id: str
+    label: str
+    confidence: float
+    probs: dict[str, float]
+    model_version: str
+
+
+@dataclass
+class AgentStatus:
+    samples: int
+    labeled: int
+    embedded: int
+    model_version: str
+    strategies: list[str]
+    prior_methods: list[str]
+    classes: list[str]
+    pending_model_version: str
+    pending_embedded: int
+    warning: str = ""
+
+
+def _px(pixels: np.ndarray | None) -> np.ndarray:
+    assert pixels is not None  # decoded in stage 1 whenever a model was serving
+    return pixels
+
+
+def no_model_message(models: Path) -> str:
+    return (f"no model is published in {models}; publish one with `shortlist export` (or any exporter "
+            f"writing {models}/vNNNN/), then retry; strategies that work without a model: "
+            f"{', '.join(sorted(MODEL_FREE))}")
+
+
+class Agent:
+    """State, blobs and the model manager of one data folder."""
+
+    def __init__(self, data_dir: Path, models: Path, classes: Sequence[str] | None = None, blobs: bool = True,
+                 poll_s: float = 5.0, batch_size: int = 256, use_cuda: bool = True, background: bool = True,
+                 snapshot_s: float = 30.0) -> None:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir = data_dir
+        self.models = models
+        self.state = State(data_dir / "state.sqlite", classes)
+        self.blobs = BlobStore(data_dir / "blobs") if blobs else None
+        self.manager = ModelManager(models, self.state, self.blobs, data_dir / "index", poll_s=poll_s,
+                                    batch_size=batch_size, use_cuda=use_cuda, snapshot_s=snapshot_s,
+                                    on_classes=self._adopt_manifest_classes)
+        self.manager.start(background=background)
+
+    def close(self) -> None:
+        self.manager.stop()
+        self.state.close()
+
+    def _adopt_manifest_classes(self, manifest: Manifest) -> None:
+        """With no class list yet, a model's class names become the closed list (so its logits apply)."""
+        if manifest.classes and not self.state.classes and not self.state.closed:
+            self.state.set_closed_classes(list(manifest.classes))
+
+    # ---- Ingest ----------------------------------------------------------------------------------
+    def prepare(self, samples: Sequence[Incoming]) -> Prepared:
+        """Stage 1 of Ingest (no lock, runs beside stage 2 of the previous batch): validate ids and
+        payloads, decode them at the serving model's size, drop repeats within the batch."""
+        serving = self.manager.current
+        out = Prepared([], [], [], "" if serving is None else serving.version, [])
+        seen: dict[str, str] = {}
+        for s in samples:
+            if not s.id:
+                out.rejected.append(("", "empty id: every sample needs a client-chosen unique id"))
+                continue
+            if len(s.id) > MAX_ID_LENGTH:
+                out.rejected.append((s.id[:64], f"id longer than {MAX_ID_LENGTH} characters"))
+                continue
+            if not s.kind:
+                out.rejected.append((s.id, "no payload: set encoded_image or tensor"))
+                continue
+            digest = sha256_hex(s.blob)
+            if s.id in seen:
+                if seen[s.id] == digest:
+                    out.duplicates += 1
+                else:
+                    out.rejected.append((s.id, "the same id appears twice in this batch with different payloads"))
+                continue
+            try:
+                if serving is not None:
+                    pixels: np.ndarray | None = decode_payload(s.kind, s.data, s.dtype, s.shape,
+                                                               serving.manifest.preprocess)
+                else:  # no model yet: still refuse what could never be embedded
+                    pixels = None
+                    if s.kind == "image":
+                        decode_image(s.data)
+                    else:
+                        tensor_pixels(s.dtype, s.shape, s.data)
+            except ValueError as e:
+                out.rejected.append((s.id, str(e)))
+                continue
+            seen[s.id] = digest
+            out.samples.append(s)
+            out.digests.append(digest)
+            out.pixels.append(pixels)
+        if self.blobs is not None and out.samples:
+            # Before the commit: a committed sample's blob is always there (orphans are harmless).
+            self.blobs.put_many([(d, s.blob) for d, s in zip(out.digests, out.samples, strict=True)
+                                 if self.state.lookup(s.id) is None])
+        return out
+
+    def commit(self, prep: Prepared) -> IngestResult:
+        """Stage 2 of Ingest: embed with the serving version and store samples, labels and embeddings
+        in one durable transaction. Returns only after the commit."""
+        res = IngestResult(duplicates=prep.duplicates, rejected=list(prep.rejected))
+        fresh = [i for i, s in enumerate(prep.samples) if self.state.lookup(s.id) is None]
+        serving = self.manager.current
+        early: EmbedOutput | None = None
+        if serving is not None and serving.version == prep.version and fresh:
+            early = serving.embedder.embed(np.stack([_px(prep.pixels[i]) for i in fresh]))  # outside the lock
+        with self.manager.write_lock:
+            # Decide under the lock: another stream may have stored the same id meanwhile.
+            new: list[NewSample] = []
+            took: list[int] = []  # positions in ``fresh`` of the samples in ``new``
+            pos = {i: j for j, i in enumerate(fresh)}
+            for i, (s, digest) in enumerate(zip(prep.samples, prep.digests, strict=True)):
+                rec = self.state.lookup(s.id)
+                if rec is not None:
+                    self._duplicate_or_conflict(rec, digest, s.id, res)
+                    continue
+                assert i in pos
+                label = -1
+                if s.label:
+                    idx = self.state.class_index(s.label)
+                    if idx is None:
+                        res.rejected.append((s.id, self._unknown_label(s.label)))
+                        continue
+                    label = idx
+                new.append(NewSample(s.id, s.uri, dict(s.metadata), s.kind, digest, label))
+                took.append(pos[i])
+            if not new:
+                return res
+            serving = self.manager.current
+            if serving is None:
+                self.state.add_samples(new)
+            else:
+                if early is not None and serving.version == prep.version:
+                    sel = np.array(took, np.int64)
+                    out = EmbedOutput(early.vecs[sel], None if early.logits is None else early.logits[sel],
+                                      None if early.pretext is None else early.pretext[sel])
+                else:  # a model arrived or was swapped in since stage 1: decode for it now
+                    pre = serving.manifest.preprocess
+                    srcs = [prep.samples[fresh[j]] for j in took]
+                    out = serving.embedder.embed(np.stack(
+                        [decode_payload(s.kind, s.data, s.dtype, s.shape, pre) for s in srcs]))
+                vindex = serving.index
+                seqs = self.state.add_samples(
+                    new, EmbeddingRows(serving.version, vindex.n, out.vecs, out.logits, out.pretext))
+                vindex.add(np.array(seqs, np.int64), out.vecs, out.logits, out.pretext)
+            res.accepted += len(new)
+        return res
+
+    def _duplicate_or_conflict(self, rec: SampleRecord | None, digest: str, sid: str, res: IngestResult) -> None:
+        if rec is None:
+            return
+        if rec.sha256 == digest:
+            res.duplicates += 1
+        else:
+            res.rejected.append((sid, f"id {sid!r} is already in the pool with a different payload; ids must "
+                                      "be unique (use a new id for a new image)"))
+
+    def _unknown_label(self, label: str) -> str:
+        shown = ", ".join(self.state.classes[:20]) + (" ..." if len(self.state.classes) > 20 else "")
+        return f"unknown label {label!r}: the class list is closed; valid: {shown}"
+
+    def ingest(self, samples: Sequence[Incoming]) -> IngestResult:
+        """Both stages for one batch (the service pipelines them across batches)."""
+        return self.commit(self.prepare(samples))
+
+    # ---- Labels ----------------------------------------------------------------------------------
+    def submit_labels(self, labels: Sequence[tuple[str, str]], annotator: str) -> tuple[int, list[tuple[str, str]]]:
+        """Record (id, label) pairs durably; per-item rejections for unknown ids / labels."""
+        rejected: list[tuple[str, str]] = []
+        good: list[tuple[int, int]] = []
+        with self.manager.write_lock:
+            for sid, label in labels:
+                rec = self.state.lookup(sid) if sid else None
+                if rec is None:
+                    rejected.append((sid, "empty id" if not sid else f"unknown id {sid!r}: ingest it first"))
+                    continue
+                if not label:
+                    rejected.append((sid, "empty label"))
+                    continue
+                idx = self.state.class_index(label)
+                if idx is None:
+                    rejected.append((sid, self._unknown_label(label)))
+                    continue
+                good.append((rec.seq, idx))
+            if good:
+                self.state.add_labels(good, annotator or "unknown")
+        return len(good), rejected
+
+    # ---- Pools -----------------------------------------------------------------------------------
+    def _where_mask(self, seqs: np.ndarray, where: Mapping[str, str]) -> np.ndarray:
+        if not where:
+            return np.ones(len(seqs), bool)
+        items = list(where.items())
+        return np.array([all(self.state.record(int(q)).metadata.get(k) == v for k, v in items) for q in seqs],
+                        bool)
+
+    def model_pool(self, serving: Serving, where: Mapping[str, str]) -> tuple[Pool, np.ndarray]:
+        """The Pool under ``serving`` (rows = its index rows) and the seq of every row."""
+        view = serving.index.view()
+        labels = self.state.labels_by_seq()[view.seqs] if view.n else np.zeros(0, np.int64)
+        labeled = np.flatnonzero(labels >= 0)
+        candidates = np.flatnonzero((labels < 0) & self._where_mask(view.seqs, where))
+        classes = list(self.state.classes)
+        logits = view.logits if serving.embedder.classes and serving.embedder.classes == classes else None
+        index = serving.index
+
+        def knn(queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+            return index.knn(queries, k, limit=view.n)
+
+        pool = Pool(embeddings=view.vecs, labeled=labeled.astype(np.int64), labels=labels[labeled],
+                    classes=classes, candidates=candidates.astype(np.int64), knn=knn, logits=logits,
+                    pretext_loss=view.pretext)
+        return pool, view.seqs
+
+    def free_pool(self, where: Mapping[str, str]) -> tuple[Pool, np.ndarray]:
+        """Every stored sample, no embeddings (Nx0): what model-free strategies get before a model."""
+        seqs = self.state.all_seqs()
+        labels = self.state.labels_by_seq()[seqs] if len(seqs) else np.zeros(0, np.int64)
+        labeled = np.flatnonzero(labels >= 0)
+        candidates = np.flatnonzero((labels < 0) & self._where_mask(seqs, where))
+        models = self.models
+
+        def knn(queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+            raise FailedPrecondition(no_model_message(models))
+
+        pool = Pool(embeddings=np.zeros((len(seqs), 0), np.float32), labeled=labeled.astype(np.int64),
+                    labels=labels[labeled], classes=list(self.state.classes),
+                    candidates=candidates.astype(np.int64), knn=knn)
+        return pool, seqs
+
+    # ---- Select ----------------------------------------------------------------------------------
+    def select(self, budget: int, strategy: str, params: Mapping[str, str], seed: int,
+               where: Mapping[str, str]) -> SelectResult:
+        if budget <= 0:
+            raise InvalidArgument(f"budget must be >= 1 (got {budget})")
+        fn = get_strategy(strategy)
+        serving = self.manager.current
+        if serving is None:
+            if strategy not in MODEL_FREE:
+                raise FailedPrecondition(no_model_message(self.models))
+            pool, seqs = self.free_pool(where)
+            version = ""
+        else:
+            pool, seqs = self.model_pool(serving, where)
+            version = serving.version
+        if len(pool.candidates) == 0:
+            chosen: list[tuple[str, float]] = []
+        else:
+            sel = fn(pool, budget, np.random.default_rng(seed), dict(params))
+            rows = np.asarray(sel.rows, np.int64)
+            scores = np.asarray(sel.scores, np.float64)
+            if (len(rows) > budget or len(np.unique(rows)) != len(rows) or len(scores) != len(rows)
+                    or not np.isin(rows, pool.candidates).all()):
+                raise RuntimeError(f"strategy {strategy!r} returned an invalid selection (rows must be distinct "
+                                   f"candidates, at most the budget); this is a bug in the strategy")
+            chosen = [(self.state.record(int(seqs[r])).id, float(s)) for r, s in zip(rows, scores, strict=True)]
+        selection_id = uuid.uuid4().hex
+        request = {"budget": budget, "strategy": strategy, "params": dict(params), "seed": seed,
+                   "where": dict(where)}
+        self.state.record_selection(selection_id, request, chosen, version)
+        return SelectResult(chosen, version, strategy, selection_id)
+
+    # ---- PriorLabels -----------------------------------------------------------------------------
+    def prior_labels(self, method: str, ids: Sequence[str], params: Mapping[str, str]) -> list[PriorResult]:
+        fn = get_prior_method(method)
+        serving = self.manager.current
+        if serving is None:
+            raise FailedPrecondition(no_model_message(self.models))
+        pool, seqs = self.model_pool(serving, {})
+        row_of = {int(q): r for r, q in enumerate(seqs)}
+        if ids:
+            unknown = [i for i in ids if self.state.lookup(i) is None]
+            if unknown:
+                shown = ", ".join(repr(u) for u in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+                raise NotFound(f"{len(unknown)} unknown id(s): {shown}; ingest them first")
+            recs = [self.state.lookup(i) for i in ids]
+            missing = [r.id for r in recs if r is not None and r.seq not in row_of]
+            if missing:
+                raise FailedPrecondition(f"{len(missing)} sample(s) not embedded yet by {serving.version} "
+                                         f"(e.g. {missing[0]!r}); retry when Status.embedded reaches Status.samples")
+            rows = np.array([row_of[r.seq] for r in recs if r is not None], np.int64)
+        else:
+            rows = pool.candidates
+        if pool.num_classes == 0 or len(pool.labeled) == 0:
+            raise FailedPrecondition("no labelled samples yet: submit labels (`shortlist label FILE.csv`) "
+                                     "before asking for prior labels")
+        if len(rows) == 0:
+            return []
+        pri = fn(pool, rows, np.random.default_rng(0), dict(params))
+        out = []
+        for r, p, c in zip(rows, np.asarray(pri.probs), np.asarray(pri.confidence), strict=True):
+            k = int(np.argmax(p))
+            out.append(PriorResult(self.state.record(int(seqs[r])).id, pool.classes[k], float(c),
+                                   {name: float(v) for name, v in zip(pool.classes, p, strict=True)},
+                                   serving.version))
+        return out
+
+    # ---- Status / listing ------------------------------------------------------------------------
+    def status(self) -> AgentStatus:
+        serving = self.manager.current
+        pending = self.manager.pending
+        return AgentStatus(
+            samples=self.state.count(), labeled=self.state.labeled_count(),
+            embedded=0 if serving is None else serving.index.n,
+            model_version="" if serving is None else serving.version,
+            strategies=sorted(STRATEGIES), prior_methods=sorted(PRIOR_METHODS), classes=list(self.state.classes),
+            pending_model_version=self.manager.pending_version,
+            pending_embedded=0 if pending is None else pending.n, warning=self.manager.warning)
+
+    def list_samples(self, labeled_only: bool, include_payload: bool) -> Iterator[tuple[SampleRecord, str, bytes]]:
+        """(record, current label or "", payload blob or b"") for every sample, in ingest order."""
+        if include_payload and self.blobs is None:
+            raise FailedPrecondition("payloads are not kept (the agent runs with --no-blobs); "
+                                     "list without include_payload")
+        return self._iter_samples(labeled_only, include_payload)
+
+    def _iter_samples(self, labeled_only: bool, include_payload: bool) -> Iterator[tuple[SampleRecord, str, bytes]]:
+        labels = self.state.labels_by_seq()
+        for rec in self.state.iter_records(labeled_only):
+            lab = int(labels[rec.seq]) if rec.seq < len(labels) else -1
+            name = self.state.classes[lab] if lab >= 0 else ""
+            data = self.blobs.get(rec.sha256) if include_payload and self.blobs is not None else b""
+            yield rec, name, data

@@ -1,0 +1,177 @@
+"""The gRPC servicer: a thin translation between shortlist.v1 messages and agent.core.Agent.
+
+Errors: InvalidArgument -> INVALID_ARGUMENT, FailedPrecondition -> FAILED_PRECONDITION, NotFound ->
+NOT_FOUND (all with the exception's message, which says what to do); messages larger than
+``max_message_bytes`` are refused by gRPC itself with RESOURCE_EXHAUSTED. The standard health service
+and server reflection are registered beside ``shortlist.v1.Agent``.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent import futures
+from pathlib import Path
+from typing import TypeVar
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from agent.core import Agent, AgentStatus, Incoming, IngestResult, NotFound, Prepared
+from agent.pool import FailedPrecondition, InvalidArgument
+from shortlist.v1 import agent_pb2, agent_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = agent_pb2.DESCRIPTOR.services_by_name["Agent"].full_name
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+T = TypeVar("T")
+
+
+def incoming(s: agent_pb2.Sample) -> Incoming:
+    """A Sample message -> agent.core.Incoming (the blob kept for a tensor is its serialised message)."""
+    kind = s.WhichOneof("payload")
+    if kind == "encoded_image":
+        return Incoming(s.id, "image", s.encoded_image, s.encoded_image, uri=s.uri, metadata=dict(s.metadata),
+                        label=s.label)
+    if kind == "tensor":
+        t = s.tensor
+        return Incoming(s.id, "tensor", t.data, t.SerializeToString(deterministic=True), dtype=t.dtype,
+                        shape=tuple(int(d) for d in t.shape), uri=s.uri, metadata=dict(s.metadata), label=s.label)
+    return Incoming(s.id, "", b"", b"", uri=s.uri, metadata=dict(s.metadata), label=s.label)
+
+
+def status_message(st: AgentStatus) -> agent_pb2.Status:
+    return agent_pb2.Status(samples=st.samples, labeled=st.labeled, embedded=st.embedded,
+                            model_version=st.model_version, strategies=st.strategies,
+                            prior_methods=st.prior_methods, classes=st.classes,
+                            pending_model_version=st.pending_model_version, pending_embedded=st.pending_embedded)
+
+
+def _call(context: grpc.ServicerContext, fn: Callable[[], T]) -> T:
+    """Run ``fn``; turn the agent's exceptions into status codes (abort raises, ending the RPC)."""
+    try:
+        return fn()
+    except InvalidArgument as e:
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+    except FailedPrecondition as e:
+        context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
+    except NotFound as e:
+        context.abort(grpc.StatusCode.NOT_FOUND, str(e.args[0] if e.args else e))
+    raise AssertionError("unreachable")  # context.abort always raises
+
+
+class AgentServicer(agent_pb2_grpc.AgentServicer):
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+
+    def Ingest(self, request_iterator: Iterator[agent_pb2.IngestRequest],
+               context: grpc.ServicerContext) -> agent_pb2.IngestReply:
+        # Two-stage pipeline: a reader thread decodes/validates/stores blobs of batch k+1 while this
+        # thread embeds and commits batch k (onnxruntime, Pillow and fsync release the GIL).
+        q: queue.Queue[Prepared | BaseException | None] = queue.Queue(maxsize=2)
+
+        def read() -> None:
+            try:
+                for req in request_iterator:
+                    q.put(self.agent.prepare([incoming(s) for s in req.samples]))
+                q.put(None)
+            except BaseException as e:  # client cancelled, or a bug: hand it to the committing side
+                q.put(e)
+
+        threading.Thread(target=read, name="ingest-reader", daemon=True).start()
+        total = IngestResult()
+        while True:
+            item = q.get()
+            if item is None:
+                break
+            if isinstance(item, BaseException):
+                if isinstance(item, grpc.RpcError) or not context.is_active():
+                    context.abort(grpc.StatusCode.CANCELLED, "ingest stream broken by the client; batches "
+                                  "acknowledged before are stored, resend the rest (duplicates are counted)")
+                raise item
+            total.add(self.agent.commit(item))
+        return agent_pb2.IngestReply(
+            accepted=total.accepted, duplicates=total.duplicates,
+            rejected=[agent_pb2.Rejection(id=i, reason=r) for i, r in total.rejected])
+
+    def Select(self, request: agent_pb2.SelectRequest, context: grpc.ServicerContext) -> agent_pb2.SelectReply:
+        res = _call(context, lambda: self.agent.select(request.budget, request.strategy, dict(request.params),
+                                                       request.seed, dict(request.where)))
+        return agent_pb2.SelectReply(selected=[agent_pb2.Selected(id=i, score=s) for i, s in res.selected],
+                                     model_version=res.model_version, strategy=res.strategy,
+                                     selection_id=res.selection_id)
+
+    def SubmitLabels(self, request: agent_pb2.SubmitLabelsRequest,
+                     context: grpc.ServicerContext) -> agent_pb2.SubmitLabelsReply:
+        accepted, rejected = self.agent.submit_labels([(a.id, a.label) for a in request.labels], request.annotator)
+        return agent_pb2.SubmitLabelsReply(accepted=accepted,
+                                           rejected=[agent_pb2.Rejection(id=i, reason=r) for i, r in rejected])
+
+    def PriorLabels(self, request: agent_pb2.PriorLabelsRequest,
+                    context: grpc.ServicerContext) -> Iterator[agent_pb2.PriorLabel]:
+        results = _call(context, lambda: self.agent.prior_labels(request.method, list(request.ids),
+                                                                 dict(request.params)))
+        for r in results:
+            yield agent_pb2.PriorLabel(id=r.id, label=r.label, confidence=r.confidence, probs=r.probs,
+                                       model_version=r.model_version)
+
+    def ListSamples(self, request: agent_pb2.ListSamplesRequest,
+                    context: grpc.ServicerContext) -> Iterator[agent_pb2.Sample]:
+        rows = _call(context, lambda: self.agent.list_samples(request.labeled_only, request.include_payload))
+        for rec, label, data in rows:
+            msg = agent_pb2.Sample(id=rec.id, uri=rec.uri, metadata=rec.metadata, label=label)
+            if data:
+                if rec.kind == "tensor":
+                    msg.tensor.CopyFrom(agent_pb2.Tensor.FromString(data))
+                else:
+                    msg.encoded_image = data
+            yield msg
+
+    def GetStatus(self, request: agent_pb2.GetStatusRequest, context: grpc.ServicerContext) -> agent_pb2.Status:
+        return status_message(self.agent.status())
+
+    def ReloadModel(self, request: agent_pb2.ReloadModelRequest, context: grpc.ServicerContext) -> agent_pb2.Status:
+        self.agent.manager.reload()
+        return status_message(self.agent.status())
+
+
+def create_server(data_dir: Path, models: Path, host: str = "127.0.0.1", port: int = 0,
+                  classes: Sequence[str] | None = None, blobs: bool = True, poll_s: float = 5.0,
+                  max_message_bytes: int = MAX_MESSAGE_BYTES, workers: int = 16, batch_size: int = 256,
+                  use_cuda: bool = True) -> tuple[grpc.Server, int, Agent]:
+    """Open the data folder, start the model manager and a started gRPC server on host:port
+    (port 0 = any free port). Returns (server, bound port, agent); stop with ``stop_server``."""
+    agent = Agent(data_dir, models, classes=classes, blobs=blobs, poll_s=poll_s, batch_size=batch_size,
+                  use_cuda=use_cuda)
+    options = [("grpc.max_receive_message_length", max_message_bytes),
+               ("grpc.max_send_message_length", max_message_bytes)]
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rpc"),
+                         options=options)
+    agent_pb2_grpc.add_AgentServicer_to_server(AgentServicer(agent), server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in ("", SERVICE_NAME):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        agent.close()
+        raise OSError(f"cannot listen on {host}:{port} (in use?)")
+    server.start()
+    server.health = health_servicer  # type: ignore[attr-defined]  # so stop_server can announce shutdown
+    return server, bound, agent
+
+
+def stop_server(server: grpc.Server, agent: Agent, grace: float = 5.0) -> None:
+    """Graceful stop: NOT_SERVING, finish in-flight calls (up to ``grace`` s), snapshot, close state."""
+    health_servicer = getattr(server, "health", None)
+    if health_servicer is not None:
+        health_servicer.enter_graceful_shutdown()
+    server.stop(grace).wait()
+    agent.close()

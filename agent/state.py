@@ -1,0 +1,375 @@
+"""The agent's durable state: one SQLite database (WAL) in the data folder, mirrored in memory.
+
+Tables:
+    samples        seq (rowid, ingest order), id, uri, metadata (JSON), kind (image|tensor), sha256, ingested_at
+    labels         every label ever given (seq, class, annotator, time); the current label is the latest
+    classes        the class list in index order; ``meta.classes_closed`` says whether it is closed
+    embeddings     per model version, row r of its index: sample seq, vector (float32 bytes), logits, pretext loss
+    selections     every Select: request, result, model version, time
+    model_versions name, status (serving|pending|retired|failed), embedded count, error, updated
+    meta           key/value
+
+Durability: ``journal_mode=WAL`` with ``synchronous=FULL``, so a commit is on disk (WAL fsynced) when
+``commit`` returns; the agent acknowledges Ingest and SubmitLabels only after that. (``NORMAL`` would
+be crash-safe for the file but can lose the last commits on power loss, i.e. acknowledged samples.)
+Every change is one transaction, so a crash leaves the state before or after it, never between.
+
+All methods are thread-safe (one lock; SQLite writes are serialised anyway). The in-memory mirror
+(ids, metadata, current labels) is updated only after a commit succeeds.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS samples (
+    seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, uri TEXT NOT NULL, metadata TEXT NOT NULL,
+    kind TEXT NOT NULL, sha256 TEXT NOT NULL, ingested_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS labels (
+    n INTEGER PRIMARY KEY, seq INTEGER NOT NULL REFERENCES samples(seq), class INTEGER NOT NULL,
+    annotator TEXT NOT NULL, time REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS labels_seq ON labels(seq);
+CREATE TABLE IF NOT EXISTS classes (idx INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
+CREATE TABLE IF NOT EXISTS embeddings (
+    version TEXT NOT NULL, row INTEGER NOT NULL, seq INTEGER NOT NULL, vec BLOB NOT NULL,
+    logits BLOB, pretext REAL, PRIMARY KEY (version, row)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS selections (
+    selection_id TEXT PRIMARY KEY, request TEXT NOT NULL, result TEXT NOT NULL,
+    model_version TEXT NOT NULL, time REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS model_versions (
+    name TEXT PRIMARY KEY, status TEXT NOT NULL, embedded INTEGER NOT NULL, error TEXT NOT NULL,
+    updated REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+INGEST_ANNOTATOR = "ingest"
+
+
+@dataclass(frozen=True)
+class SampleRecord:
+    """One stored sample (payload bytes live in the blob store under ``sha256``)."""
+
+    seq: int
+    id: str
+    uri: str
+    metadata: dict[str, str]
+    kind: str  # "image" (encoded bytes) or "tensor" (a serialised shortlist.v1.Tensor)
+    sha256: str
+
+
+@dataclass
+class NewSample:
+    """A validated sample about to be stored; ``label`` is a class index or -1."""
+
+    id: str
+    uri: str
+    metadata: dict[str, str]
+    kind: str
+    sha256: str
+    label: int = -1
+
+
+@dataclass
+class EmbeddingRows:
+    """Embeddings of some samples under one model version, for rows ``start_row..start_row+K-1``.
+
+    vecs: KxD float32 (L2-normalised); logits: KxC float32 or None; pretext: K float32 or None."""
+
+    version: str
+    start_row: int
+    vecs: np.ndarray
+    logits: np.ndarray | None = None
+    pretext: np.ndarray | None = None
+
+
+@dataclass
+class StoredEmbeddings:
+    """Everything stored for one version, in row order: seqs R int64, vecs RxD, logits RxC | None,
+    pretext R | None."""
+
+    seqs: np.ndarray
+    vecs: np.ndarray
+    logits: np.ndarray | None
+    pretext: np.ndarray | None
+
+
+class ClassListError(ValueError):
+    """The class list given at start-up conflicts with labels already stored."""
+
+
+class State:
+    """SQLite-backed state of one agent data folder, with an in-memory mirror for fast Select."""
+
+    def __init__(self, path: Path, classes: Sequence[str] | None = None) -> None:
+        self.path = path
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.executescript(SCHEMA)
+        self._records: list[SampleRecord | None] = [None]  # index = seq (seqs start at 1)
+        self._seq_by_id: dict[str, int] = {}
+        self._label = np.full(1024, -1, np.int64)  # current class index by seq, -1 = unlabelled
+        self._labeled_count = 0
+        for seq, sid, uri, meta, kind, digest in self._db.execute(
+                "SELECT seq, id, uri, metadata, kind, sha256 FROM samples ORDER BY seq"):
+            self._append_record(SampleRecord(seq, sid, uri, json.loads(meta), kind, digest))
+        for seq, cls in self._db.execute(
+                "SELECT seq, class FROM labels WHERE n IN (SELECT MAX(n) FROM labels GROUP BY seq)"):
+            self._set_label(seq, cls)
+        self.classes: list[str] = [n for (n,) in self._db.execute("SELECT name FROM classes ORDER BY idx")]
+        self.closed = self.get_meta("classes_closed") == "1"
+        if classes is not None:
+            self.set_closed_classes(list(classes))
+
+    # ---- mirror helpers (call with the lock held) -------------------------------------------------
+    def _append_record(self, rec: SampleRecord) -> None:
+        while len(self._records) < rec.seq:  # seqs are dense unless a transaction rolled back
+            self._records.append(None)
+        self._records.append(rec)
+        self._seq_by_id[rec.id] = rec.seq
+        if rec.seq >= len(self._label):
+            grown = np.full(max(2 * len(self._label), rec.seq + 1), -1, np.int64)
+            grown[: len(self._label)] = self._label
+            self._label = grown
+
+    def _set_label(self, seq: int, cls: int) -> None:
+        if self._label[seq] < 0:
+            self._labeled_count += 1
+        self._label[seq] = cls
+
+    # ---- classes ---------------------------------------------------------------------------------
+    def set_closed_classes(self, classes: list[str]) -> None:
+        """Make ``classes`` the closed class list. Stored labels keep their names: each must be in the
+        new list (ClassListError otherwise), and their indices are remapped in one transaction."""
+        if len(set(classes)) != len(classes) or not all(classes):
+            raise ClassListError(f"class names must be unique and non-empty: {classes}")
+        with self._lock:
+            if self.closed and classes == self.classes:
+                return
+            used = {self.classes[c] for (c,) in self._db.execute("SELECT DISTINCT class FROM labels")}
+            missing = sorted(used - set(classes))
+            if missing:
+                raise ClassListError(
+                    f"labels already stored use classes {missing} that are not in the given class list "
+                    f"{classes}; add them to --classes or use a fresh --data-dir")
+            remap = {i: classes.index(name) for i, name in enumerate(self.classes)}
+            with self._transaction():
+                for old, new in remap.items():  # offset first so the UPDATEs never collide
+                    self._db.execute("UPDATE labels SET class=? WHERE class=?", (new + 1_000_000, old))
+                self._db.execute("UPDATE labels SET class=class-1000000 WHERE class>=1000000")
+                self._db.execute("DELETE FROM classes")
+                self._db.executemany("INSERT INTO classes(idx, name) VALUES (?, ?)", list(enumerate(classes)))
+                self._set_meta("classes_closed", "1")
+            lab = self._label
+            mapped = lab.copy()
+            for old, new in remap.items():
+                mapped[lab == old] = new
+            self._label = mapped
+            self.classes = list(classes)
+            self.closed = True
+
+    def class_index(self, name: str) -> int | None:
+        """Index of class ``name``; for an open list a new name gets the next index (stored with the
+        next commit that uses it); None when the list is closed and ``name`` is not in it."""
+        with self._lock:
+            if name in self.classes:
+                return self.classes.index(name)
+            if self.closed:
+                return None
+            self.classes.append(name)
+            return len(self.classes) - 1
+
+    def _persist_new_classes(self) -> None:
+        stored = self._db.execute("SELECT COUNT(*) FROM classes").fetchone()[0]
+        self._db.executemany("INSERT INTO classes(idx, name) VALUES (?, ?)",
+                             [(i, self.classes[i]) for i in range(stored, len(self.classes))])
+
+    # ---- transactions ----------------------------------------------------------------------------
+    class _Tx:
+        def __init__(self, db: sqlite3.Connection) -> None:
+            self.db = db
+
+        def __enter__(self) -> None:
+            self.db.execute("BEGIN IMMEDIATE")
+
+        def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+            self.db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+
+    def _transaction(self) -> State._Tx:
+        return State._Tx(self._db)
+
+    # ---- samples ---------------------------------------------------------------------------------
+    def lookup(self, sample_id: str) -> SampleRecord | None:
+        with self._lock:
+            seq = self._seq_by_id.get(sample_id)
+            return None if seq is None else self._records[seq]
+
+    def record(self, seq: int) -> SampleRecord:
+        rec = self._records[seq]
+        assert rec is not None
+        return rec
+
+    def add_samples(self, samples: list[NewSample], embeddings: EmbeddingRows | None = None) -> list[int]:
+        """Store new samples (their labels with annotator "ingest") and, when given, their embeddings
+        (aligned with ``samples``) in one durable transaction. Returns the new samples' seqs."""
+        now = time.time()
+        with self._lock:
+            seqs: list[int] = []
+            with self._transaction():
+                self._persist_new_classes()
+                for s in samples:
+                    cur = self._db.execute(
+                        "INSERT INTO samples(id, uri, metadata, kind, sha256, ingested_at) VALUES (?,?,?,?,?,?)",
+                        (s.id, s.uri, json.dumps(s.metadata, sort_keys=True), s.kind, s.sha256, now))
+                    assert cur.lastrowid is not None
+                    seqs.append(cur.lastrowid)
+                self._db.executemany(
+                    "INSERT INTO labels(seq, class, annotator, time) VALUES (?,?,?,?)",
+                    [(q, s.label, INGEST_ANNOTATOR, now) for q, s in zip(seqs, samples, strict=True)
+                     if s.label >= 0])
+                if embeddings is not None:
+                    self._insert_embeddings(embeddings, seqs)
+            for q, s in zip(seqs, samples, strict=True):
+                self._append_record(SampleRecord(q, s.id, s.uri, s.metadata, s.kind, s.sha256))
+                if s.label >= 0:
+                    self._set_label(q, s.label)
+            return seqs
+
+    def count(self) -> int:
+        return len(self._seq_by_id)
+
+    def labeled_count(self) -> int:
+        return self._labeled_count
+
+    def max_seq(self) -> int:
+        return len(self._records) - 1
+
+    def labels_by_seq(self) -> np.ndarray:
+        """Current class index for every seq 0..max_seq (-1 = unlabelled; seq 0 unused). A copy."""
+        with self._lock:
+            return self._label[: len(self._records)].copy()
+
+    def iter_records(self, labeled_only: bool = False) -> Iterator[SampleRecord]:
+        """Every sample in ingest order (a snapshot taken at the call)."""
+        with self._lock:
+            recs = [r for r in self._records if r is not None]
+            labels = self._label.copy()
+        for r in recs:
+            if not labeled_only or labels[r.seq] >= 0:
+                yield r
+
+    def all_seqs(self) -> np.ndarray:
+        """Seqs of every stored sample, ascending (S int64)."""
+        with self._lock:
+            return np.array([r.seq for r in self._records if r is not None], np.int64)
+
+    # ---- labels ----------------------------------------------------------------------------------
+    def add_labels(self, assignments: list[tuple[int, int]], annotator: str) -> None:
+        """Durably record (seq, class index) labels; earlier labels stay in the history."""
+        now = time.time()
+        with self._lock:
+            with self._transaction():
+                self._persist_new_classes()
+                self._db.executemany("INSERT INTO labels(seq, class, annotator, time) VALUES (?,?,?,?)",
+                                     [(q, c, annotator, now) for q, c in assignments])
+            for q, c in assignments:
+                self._set_label(q, c)
+
+    def label_history(self, seq: int) -> list[tuple[str, str, float]]:
+        """(label, annotator, time) of every label given to ``seq``, oldest first."""
+        with self._lock:
+            rows = self._db.execute("SELECT class, annotator, time FROM labels WHERE seq=? ORDER BY n",
+                                    (seq,)).fetchall()
+            return [(self.classes[c], a, t) for c, a, t in rows]
+
+    # ---- embeddings ------------------------------------------------------------------------------
+    def _insert_embeddings(self, e: EmbeddingRows, seqs: Sequence[int]) -> None:
+        vecs = np.ascontiguousarray(e.vecs, np.float32)
+        logits = None if e.logits is None else np.ascontiguousarray(e.logits, np.float32)
+        self._db.executemany(
+            "INSERT OR REPLACE INTO embeddings(version, row, seq, vec, logits, pretext) VALUES (?,?,?,?,?,?)",
+            [(e.version, e.start_row + i, int(q), vecs[i].tobytes(),
+              None if logits is None else logits[i].tobytes(),
+              None if e.pretext is None else float(e.pretext[i])) for i, q in enumerate(seqs)])
+
+    def add_embeddings(self, e: EmbeddingRows, seqs: Sequence[int]) -> None:
+        """Durably store embeddings of existing samples ``seqs`` (aligned with ``e.vecs``)."""
+        with self._lock, self._transaction():
+            self._insert_embeddings(e, seqs)
+
+    def load_embeddings(self, version: str, dim: int, num_logits: int) -> StoredEmbeddings:
+        """Every stored embedding of ``version`` in row order (rows are dense from 0)."""
+        with self._lock:
+            rows = self._db.execute("SELECT seq, vec, logits, pretext FROM embeddings WHERE version=? "
+                                    "ORDER BY row", (version,)).fetchall()
+        n = len(rows)
+        seqs = np.array([r[0] for r in rows], np.int64)
+        vecs = np.frombuffer(b"".join(r[1] for r in rows), np.float32).reshape(n, dim) if n else \
+            np.zeros((0, dim), np.float32)
+        logits = None
+        if num_logits and all(r[2] is not None for r in rows):
+            logits = np.frombuffer(b"".join(r[2] for r in rows), np.float32).reshape(n, num_logits) if n \
+                else np.zeros((0, num_logits), np.float32)
+        pretext = None
+        if all(r[3] is not None for r in rows) and n:
+            pretext = np.array([r[3] for r in rows], np.float32)
+        return StoredEmbeddings(seqs, vecs.copy(), None if logits is None else logits.copy(), pretext)
+
+    def drop_embeddings(self, version: str) -> None:
+        """Forget a retired version's embeddings (space)."""
+        with self._lock, self._transaction():
+            self._db.execute("DELETE FROM embeddings WHERE version=?", (version,))
+
+    # ---- selections, model versions, meta --------------------------------------------------------
+    def record_selection(self, selection_id: str, request: dict[str, object], result: list[tuple[str, float]],
+                         model_version: str) -> None:
+        with self._lock, self._transaction():
+            self._db.execute(
+                "INSERT INTO selections(selection_id, request, result, model_version, time) VALUES (?,?,?,?,?)",
+                (selection_id, json.dumps(request, sort_keys=True), json.dumps(result), model_version,
+                 time.time()))
+
+    def selections(self) -> list[tuple[str, dict[str, object], list[list[object]], str]]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT selection_id, request, result, model_version FROM selections ORDER BY time").fetchall()
+        return [(s, json.loads(req), json.loads(res), v) for s, req, res, v in rows]
+
+    def set_model_version(self, name: str, status: str, embedded: int, error: str = "") -> None:
+        with self._lock, self._transaction():
+            self._db.execute(
+                "INSERT OR REPLACE INTO model_versions(name, status, embedded, error, updated) VALUES (?,?,?,?,?)",
+                (name, status, embedded, error, time.time()))
+
+    def model_versions(self) -> dict[str, tuple[str, int, str]]:
+        """name -> (status, embedded, error)."""
+        with self._lock:
+            rows = self._db.execute("SELECT name, status, embedded, error FROM model_versions").fetchall()
+        return {n: (s, e, err) for n, s, e, err in rows}
+
+    def _set_meta(self, key: str, value: str) -> None:
+        self._db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self._lock, self._transaction():
+            self._set_meta(key, value)
+
+    def get_meta(self, key: str) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

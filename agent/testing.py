@@ -1,0 +1,117 @@
+"""Small ONNX encoders built with the ``onnx`` helper (no torch), published into a registry the way
+exporters/ does it. Used by the agent's tests, training's ``cycle`` test, the benchmark tests and
+``shortlist bench agent``; lives in the package (not tests/) so those can import it.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from shortlist.manifest import (
+    EMBEDDING_OUTPUT,
+    INPUT_NAME,
+    LOGITS_OUTPUT,
+    MANIFEST_NAME,
+    ONNX_NAME,
+    ROTATION_OUTPUT,
+    Manifest,
+    Preprocess,
+    publish,
+    sha256_file,
+)
+
+# onnxruntime 1.31 runs opset <= 23; pin an older one so any installed onnx writes a loadable model.
+OPSET = 17
+IR_VERSION = 8
+
+
+def _init(name: str, array: np.ndarray) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.ascontiguousarray(array, np.float32), name)
+
+
+def linear_encoder(size: tuple[int, int] = (8, 8), dim: int = 16, classes: list[str] | None = None,
+                   rotation: bool = False, seed: int = 0) -> onnx.ModelProto:
+    """A linear encoder: ``embedding = flatten(image) @ W`` (Nx3xHxW -> NxD), optionally ``logits``
+    (NxC, ``embedding @ Wc``) and ``rotation_logits`` (Nx4, ``flatten(image) @ Wr``, so it depends on
+    orientation). Cheap, deterministic for a seed, and different seeds give different embeddings."""
+    rng = np.random.default_rng(seed)
+    flat = 3 * size[0] * size[1]
+    inits = [_init("W", rng.normal(0, 1 / np.sqrt(flat), (flat, dim)))]
+    nodes = [helper.make_node("Flatten", [INPUT_NAME], ["flat"], axis=1),
+             helper.make_node("MatMul", ["flat", "W"], [EMBEDDING_OUTPUT])]
+    outputs = [helper.make_tensor_value_info(EMBEDDING_OUTPUT, TensorProto.FLOAT, ["N", dim])]
+    if classes:
+        inits.append(_init("Wc", rng.normal(0, 1, (dim, len(classes)))))
+        nodes.append(helper.make_node("MatMul", [EMBEDDING_OUTPUT, "Wc"], [LOGITS_OUTPUT]))
+        outputs.append(helper.make_tensor_value_info(LOGITS_OUTPUT, TensorProto.FLOAT, ["N", len(classes)]))
+    if rotation:
+        inits.append(_init("Wr", rng.normal(0, 1 / np.sqrt(flat), (flat, 4))))
+        nodes.append(helper.make_node("MatMul", ["flat", "Wr"], [ROTATION_OUTPUT]))
+        outputs.append(helper.make_tensor_value_info(ROTATION_OUTPUT, TensorProto.FLOAT, ["N", 4]))
+    inputs = [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["N", 3, size[0], size[1]])]
+    graph = helper.make_graph(nodes, "linear_encoder", inputs, outputs, initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION)
+    onnx.checker.check_model(model)
+    return model
+
+
+def conv_encoder(size: tuple[int, int] = (32, 32), widths: tuple[int, ...] = (32, 64, 128, 256),
+                 dim: int = 256, seed: int = 0) -> onnx.ModelProto:
+    """A small VGG-like CNN (3x3 conv + ReLU, stride 2 per stage, global average pool, linear to D),
+    roughly ResNet-18-sized work per 32x32 image at the default widths: the benchmark's stand-in for
+    a trained encoder when no registry is given."""
+    rng = np.random.default_rng(seed)
+    inits: list[onnx.TensorProto] = []
+    nodes: list[onnx.NodeProto] = []
+    x, cin = INPUT_NAME, 3
+    for i, w in enumerate(widths):
+        for j, stride in enumerate((1, 2)):
+            wname, bname, out = f"c{i}{j}_w", f"c{i}{j}_b", f"c{i}{j}"
+            inits.append(_init(wname, rng.normal(0, np.sqrt(2 / (9 * cin)), (w, cin, 3, 3))))
+            inits.append(_init(bname, np.zeros(w)))
+            nodes.append(helper.make_node("Conv", [x, wname, bname], [out + "_c"], kernel_shape=[3, 3],
+                                          pads=[1, 1, 1, 1], strides=[stride, stride]))
+            nodes.append(helper.make_node("Relu", [out + "_c"], [out]))
+            x, cin = out, w
+    nodes.append(helper.make_node("GlobalAveragePool", [x], ["gap"]))
+    nodes.append(helper.make_node("Flatten", ["gap"], ["feat"], axis=1))
+    inits.append(_init("fc", rng.normal(0, 1 / np.sqrt(cin), (cin, dim))))
+    nodes.append(helper.make_node("MatMul", ["feat", "fc"], [EMBEDDING_OUTPUT]))
+    inputs = [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["N", 3, size[0], size[1]])]
+    outputs = [helper.make_tensor_value_info(EMBEDDING_OUTPUT, TensorProto.FLOAT, ["N", dim])]
+    graph = helper.make_graph(nodes, "conv_encoder", inputs, outputs, initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION)
+    onnx.checker.check_model(model)
+    return model
+
+
+def publish_model(registry: Path, model: onnx.ModelProto, preprocess: Preprocess,
+                  classes: list[str] | None = None, method: str = "test") -> str:
+    """Write ``model`` and its manifest into a ``.tmp-*`` folder of ``registry`` (fsynced), then
+    publish it atomically with shortlist.manifest.publish. Returns the version name (``v0001``...)."""
+    registry.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".tmp-", dir=registry))
+    onnx_path = staging / ONNX_NAME
+    onnx_path.write_bytes(model.SerializeToString())
+    outputs = [o.name for o in model.graph.output]
+    dim = model.graph.output[0].type.tensor_type.shape.dim[1].dim_value
+    manifest = Manifest(preprocess=preprocess, embedding_dim=int(dim), outputs=outputs, classes=classes,
+                        method=method, files={ONNX_NAME: sha256_file(onnx_path)})
+    (staging / MANIFEST_NAME).write_text(manifest.to_json())
+    for p in (onnx_path, staging / MANIFEST_NAME):
+        with open(p, "rb") as f:
+            os.fsync(f.fileno())
+    return publish(registry, staging)
+
+
+def publish_linear(registry: Path, size: tuple[int, int] = (8, 8), dim: int = 16,
+                   classes: list[str] | None = None, rotation: bool = False, seed: int = 0) -> str:
+    """Publish a ``linear_encoder`` (CIFAR-10 mean/std at ``size``) into ``registry``; returns its version."""
+    pre = Preprocess(size=size)
+    return publish_model(registry, linear_encoder(size, dim, classes, rotation, seed), pre, classes)
