@@ -34,6 +34,7 @@ import grpc
 import numpy as np
 import typer
 
+from agent import client
 from bench.metrics import class_coverage, expected_calibration_error, linear_probe_accuracy, prior_accuracy
 from shortlist.datasets import ImageItem, iter_images, load_array
 from shortlist.manifest import ONNX_NAME, Manifest, newest_complete, read_complete
@@ -154,6 +155,7 @@ def prepare_encoder(encoder: Path | None, profile: Profile, data: Path, pool_idx
     if profile.pretrain_minutes <= 0:
         raise typer.BadParameter(f"profile {profile.name} trains no encoder itself; pass --encoder RUN_OR_MODEL")
     from exporters.export import export_run
+
     from training.pretrain import PretrainConfig, pretrain
 
     run_dir = out / "pretrain"
@@ -226,15 +228,6 @@ def agent_process(data_dir: Path, models: Path, log: Path, timeout: float = 60.0
                 proc.wait()
 
 
-MAX_MESSAGE = 64 * 1024 * 1024
-
-
-def connect(address: str) -> tuple[grpc.Channel, agent_pb2_grpc.AgentStub]:
-    ch = grpc.insecure_channel(address, options=[("grpc.max_receive_message_length", MAX_MESSAGE),
-                                                 ("grpc.max_send_message_length", MAX_MESSAGE)])
-    return ch, agent_pb2_grpc.AgentStub(ch)
-
-
 def wait_embedded(stub: agent_pb2_grpc.AgentStub, n: int, version: str, timeout: float = 1800.0) -> None:
     """Block until the agent serves ``version`` with ``n`` samples embedded."""
     deadline = time.monotonic() + timeout
@@ -250,17 +243,9 @@ def wait_embedded(stub: agent_pb2_grpc.AgentStub, n: int, version: str, timeout:
 def ingest_items(stub: agent_pb2_grpc.AgentStub, items: Sequence[ImageItem], batch: int = 256,
                  progress: Any = None, task: Any = None) -> int:
     """Stream ``items`` (no labels: the annotator gives them later) through Ingest; returns accepted."""
-
-    def requests() -> Iterator[agent_pb2.IngestRequest]:
-        for start in range(0, len(items), batch):
-            chunk = items[start:start + batch]
-            yield agent_pb2.IngestRequest(samples=[
-                agent_pb2.Sample(id=it.id, encoded_image=it.encoded or b"", uri=it.uri, metadata={"split": "train"})
-                for it in chunk])
-            if progress is not None:
-                progress.advance(task, len(chunk))
-
-    reply = stub.Ingest(requests(), timeout=3600)
+    samples = (client.image_sample(it.id, it.encoded or b"", uri=it.uri, metadata={"split": "train"}) for it in items)
+    on_batch = (lambda n: progress.advance(task, n)) if progress is not None else None
+    reply = client.ingest(stub, samples, batch=batch, on_batch=on_batch, timeout=3600)
     if reply.rejected:
         first = reply.rejected[0]
         raise RuntimeError(f"agent rejected {len(reply.rejected)} samples, e.g. {first.id}: {first.reason}")
@@ -334,8 +319,7 @@ def run_strategy(stub: agent_pb2_grpc.AgentStub, strategy: str, seed: int, budge
         if len(picked) != want or set(picked) & set(labeled) or len(set(picked)) != len(picked):
             raise RuntimeError(f"{strategy}: asked {want} new samples, got {len(picked)} "
                                f"({len(set(picked) & set(labeled))} already labelled)")
-        answers = [agent_pb2.LabelAssignment(id=i, label=classes[truth[i]]) for i in picked]
-        lab = stub.SubmitLabels(agent_pb2.SubmitLabelsRequest(labels=answers, annotator="simulated"), timeout=600)
+        lab = client.submit_labels(stub, [(i, classes[truth[i]]) for i in picked], annotator="simulated")
         if lab.rejected:
             raise RuntimeError(f"labels rejected: {lab.rejected[0].id}: {lab.rejected[0].reason}")
         labeled += picked
@@ -438,10 +422,9 @@ def run_benchmark(data: Path, profile: Profile, out: Path, encoder: Path | None 
         t = time.perf_counter()
         task = progress.add_task("ingest", total=len(items))
         with agent_process(base, registry, out / "agent.log") as address:
-            ch, stub = connect(address)
-            with ch:
-                ingest_items(stub, items, progress=progress, task=task)
-                wait_embedded(stub, len(items), version)
+            stub = client.connect(address)
+            ingest_items(stub, items, progress=progress, task=task)
+            wait_embedded(stub, len(items), version)
         walls["ingest"] = time.perf_counter() - t
 
         loop = progress.add_task("strategies", total=len(profile.strategies) * profile.seeds * len(budget_list))
@@ -455,10 +438,9 @@ def run_benchmark(data: Path, profile: Profile, out: Path, encoder: Path | None 
                 t_s = time.perf_counter()
                 try:
                     with agent_process(work, registry, out / "agent.log") as address:
-                        ch, stub = connect(address)
-                        with ch:
-                            points = run_strategy(stub, strategy, seed, budget_list, profile.prior_methods, truth,
-                                                  train.classes, pool_emb, test_emb, test_y, progress, loop)
+                        points = run_strategy(client.connect(address), strategy, seed, budget_list,
+                                              profile.prior_methods, truth, train.classes, pool_emb, test_emb,
+                                              test_y, progress, loop)
                 except grpc.RpcError as e:
                     msg = f"{e.code().name}: {e.details()}"
                     console.print(f"[yellow]skipped[/] {strategy} seed {seed}: {msg}")
