@@ -30,7 +30,7 @@ from agent.state import StoredEmbeddings
 log = logging.getLogger(__name__)
 
 M = 16  # graph degree (hnswlib's default); with ef below, recall@10 is well above 0.95 at our sizes
-EF_CONSTRUCTION = 200
+EF_CONSTRUCTION = 100
 EF_SEARCH = 128
 
 

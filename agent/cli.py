@@ -1,0 +1,319 @@
+"""The agent's commands: ``shortlist serve | ingest | select | label | prior | status`` and
+``shortlist bench agent``. No torch: these run with onnxruntime alone."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import signal
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from agent import client
+from shortlist.v1 import agent_pb2
+
+DEFAULT_AGENT = os.environ.get("SHORTLIST_AGENT", "127.0.0.1:50051")
+AgentOpt = typer.Option(DEFAULT_AGENT, "--agent", help="HOST:PORT of a running agent (env SHORTLIST_AGENT)")
+JsonOpt = typer.Option(False, "--json", help="machine-readable output on stdout")
+
+console = Console(stderr=True)
+
+
+def _pairs(items: list[str], what: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for it in items:
+        key, sep, value = it.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"{what} {it!r} must look like key=value")
+        out[key] = value
+    return out
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                    console=console, transient=True)
+
+
+def _rpc(fn: Any) -> Any:
+    """Run an RPC; print the agent's message and exit 1 on a gRPC error instead of a traceback."""
+    try:
+        return fn()
+    except grpc.RpcError as e:
+        code = e.code()
+        detail = e.details()
+        if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            detail = f"{detail} (send fewer samples per message: lower --batch)"
+        console.print(f"[red]{code.name}[/red]: {detail}")
+        raise typer.Exit(1) from None
+    except client.AgentUnavailable as e:
+        console.print(f"[red]UNAVAILABLE[/red]: {e}")
+        raise typer.Exit(1) from None
+
+
+def _status_dict(s: agent_pb2.Status) -> dict[str, Any]:
+    return {"samples": s.samples, "labeled": s.labeled, "embedded": s.embedded, "model_version": s.model_version,
+            "pending_model_version": s.pending_model_version, "pending_embedded": s.pending_embedded,
+            "classes": list(s.classes), "strategies": list(s.strategies), "prior_methods": list(s.prior_methods)}
+
+
+def serve(data_dir: Path = typer.Option(..., "--data-dir", help="agent state folder (created if missing)"),
+          models: Path = typer.Option(..., "--models", help="model registry folder (vNNNN/ versions)"),
+          host: str = typer.Option("127.0.0.1", "--host"),
+          port: int = typer.Option(50051, "--port"),
+          classes: str = typer.Option("", "--classes", help="closed class list a,b,c (default: open)"),
+          no_blobs: bool = typer.Option(False, "--no-blobs", help="do not keep payloads (no re-embedding, "
+                                        "no ListSamples payloads)"),
+          poll: float = typer.Option(5.0, "--poll", help="seconds between registry checks"),
+          batch_size: int = typer.Option(256, "--batch-size", help="images per onnxruntime call"),
+          max_message_mb: int = typer.Option(64, "--max-message-mb", help="largest gRPC message accepted"),
+          cpu: bool = typer.Option(False, "--cpu", help="never try CUDAExecutionProvider")) -> None:
+    """Run the agent until SIGTERM/SIGINT (then finish in-flight calls, snapshot the index, exit)."""
+    from agent.service import create_server, stop_server
+    from agent.state import ClassListError
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    class_list = [c.strip() for c in classes.split(",") if c.strip()] or None
+    try:
+        server, bound, agent = create_server(data_dir, models, host=host, port=port, classes=class_list,
+                                             blobs=not no_blobs, poll_s=poll, batch_size=batch_size,
+                                             max_message_bytes=max_message_mb * 1024 * 1024, use_cuda=not cpu)
+    except (ClassListError, OSError) as e:
+        console.print(f"[red]cannot start[/red]: {e}")
+        raise typer.Exit(2) from None
+    st = agent.status()
+    provider = agent.manager.current.embedder.provider if agent.manager.current else "none"
+    console.print(f"agent on {host}:{bound}: {st.samples} samples, model {st.model_version or '(none yet)'} "
+                  f"({provider}), registry {models}")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    console.print("stopping: finishing in-flight calls")
+    stop_server(server, agent)
+
+
+def _source_samples(source: str, split: str, limit: int | None, with_labels: bool) -> Iterator[agent_pb2.Sample]:
+    from shortlist.datasets import iter_images
+
+    for item in iter_images(source, split=split, limit=limit):
+        label = item.label or "" if with_labels else ""
+        if item.encoded is not None:
+            yield client.image_sample(item.id, item.encoded, label=label, uri=item.uri)
+        elif item.pixels is not None:
+            yield client.tensor_sample(item.id, item.pixels, label=label, uri=item.uri)
+
+
+def ingest(source: str = typer.Argument(..., help="folder of images, ImageFolder tree, tar, CIFAR folder"),
+           agent: str = AgentOpt,
+           with_labels: bool = typer.Option(False, "--with-labels", help="class folders become labels"),
+           split: str = typer.Option("train", "--split"),
+           batch: int = typer.Option(256, "--batch", min=1),
+           limit: int | None = typer.Option(None, "--limit", min=1),
+           as_json: bool = JsonOpt) -> None:
+    """Stream a source's images into the agent (acknowledged once durable)."""
+    stub = _rpc(lambda: client.connect(agent))
+    with _progress() as progress:
+        task = progress.add_task("ingest", total=limit)
+        reply = _rpc(lambda: client.ingest(stub, _source_samples(source, split, limit, with_labels), batch,
+                                           on_batch=lambda n: progress.advance(task, n)))
+    out = {"accepted": reply.accepted, "duplicates": reply.duplicates,
+           "rejected": [{"id": r.id, "reason": r.reason} for r in reply.rejected]}
+    if as_json:
+        print(json.dumps(out))
+        return
+    console.print(f"accepted {reply.accepted}, duplicates {reply.duplicates}, rejected {len(reply.rejected)}")
+    for r in reply.rejected[:10]:
+        console.print(f"  {r.id}: {r.reason}")
+
+
+def select(agent: str = AgentOpt,
+           budget: int = typer.Option(..., "--budget"),
+           strategy: str = typer.Option("random", "--strategy"),
+           param: list[str] = typer.Option([], "--param", help="strategy parameter k=v (repeatable)"),
+           where: list[str] = typer.Option([], "--where", help="metadata filter k=v (repeatable)"),
+           seed: int = typer.Option(0, "--seed", min=0),
+           as_json: bool = JsonOpt) -> None:
+    """Which samples to label next."""
+    stub = _rpc(lambda: client.connect(agent))
+    req = agent_pb2.SelectRequest(budget=budget, strategy=strategy, params=_pairs(param, "--param"), seed=seed,
+                                  where=_pairs(where, "--where"))
+    reply = _rpc(lambda: stub.Select(req))
+    if as_json:
+        print(json.dumps({"selection_id": reply.selection_id, "model_version": reply.model_version,
+                          "strategy": reply.strategy,
+                          "selected": [{"id": s.id, "score": s.score} for s in reply.selected]}))
+        return
+    table = Table(title=f"{reply.strategy} on {reply.model_version or 'no model'} ({reply.selection_id})")
+    table.add_column("id")
+    table.add_column("score", justify="right")
+    for s in reply.selected:
+        table.add_row(s.id, f"{s.score:.4g}")
+    Console().print(table)
+
+
+def label(file: Path = typer.Argument(..., exists=True, dir_okay=False, help="CSV with columns id,label"),
+          agent: str = AgentOpt,
+          annotator: str = typer.Option(os.environ.get("USER", "cli"), "--annotator"),
+          as_json: bool = JsonOpt) -> None:
+    """Submit labels from a CSV file (header id,label)."""
+    with open(file, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if rows and not {"id", "label"} <= set(rows[0]):
+        raise typer.BadParameter(f"{file} needs a header with columns id,label (has {list(rows[0])})")
+    stub = _rpc(lambda: client.connect(agent))
+    reply = _rpc(lambda: client.submit_labels(stub, [(r["id"], r["label"]) for r in rows], annotator))
+    if as_json:
+        print(json.dumps({"accepted": reply.accepted,
+                          "rejected": [{"id": r.id, "reason": r.reason} for r in reply.rejected]}))
+        return
+    console.print(f"accepted {reply.accepted}, rejected {len(reply.rejected)}")
+    for r in reply.rejected[:10]:
+        console.print(f"  {r.id}: {r.reason}")
+
+
+def prior(agent: str = AgentOpt,
+          method: str = typer.Option("knn", "--method"),
+          ids: list[str] = typer.Option([], "--id", help="sample id (repeatable; default: every unlabelled)"),
+          param: list[str] = typer.Option([], "--param", help="method parameter k=v (repeatable)"),
+          as_json: bool = JsonOpt) -> None:
+    """Prior pseudo-labels (class probabilities) for unlabelled samples."""
+    stub = _rpc(lambda: client.connect(agent))
+    req = agent_pb2.PriorLabelsRequest(method=method, ids=ids, params=_pairs(param, "--param"))
+    rows = _rpc(lambda: list(stub.PriorLabels(req)))
+    if as_json:
+        for p in rows:
+            print(json.dumps({"id": p.id, "label": p.label, "confidence": p.confidence, "probs": dict(p.probs),
+                              "model_version": p.model_version}))
+        return
+    table = Table(title=f"{method} priors ({rows[0].model_version if rows else 'none'})")
+    for col in ("id", "label", "confidence"):
+        table.add_column(col)
+    for p in rows:
+        table.add_row(p.id, p.label, f"{p.confidence:.3f}")
+    Console().print(table)
+
+
+def status(agent: str = AgentOpt, as_json: bool = JsonOpt) -> None:
+    """The agent's pool, labels, serving model and available strategies."""
+    stub = _rpc(lambda: client.connect(agent))
+    s = _rpc(lambda: stub.GetStatus(agent_pb2.GetStatusRequest()))
+    d = _status_dict(s)
+    if as_json:
+        print(json.dumps(d))
+        return
+    for k, v in d.items():
+        Console().print(f"{k}: {', '.join(v) if isinstance(v, list) else v}")
+
+
+# ---- shortlist bench agent ---------------------------------------------------------------------------
+def _bench_images(n: int, size: tuple[int, int], source: str | None) -> list[bytes]:
+    """n JPEG-encoded images: from ``source`` (any shortlist.datasets source) or synthetic smooth noise."""
+    from PIL import Image
+
+    if source:
+        from shortlist.datasets import iter_images
+        from shortlist.images import encode_png
+
+        out = []
+        for it in iter_images(source, limit=n):
+            out.append(it.encoded if it.encoded is not None else encode_png(np.asarray(it.pixels)))
+        return out
+    rng = np.random.default_rng(0)
+    out = []
+    for _ in range(n):
+        small = rng.integers(0, 256, (size[0] // 4, size[1] // 4, 3), dtype=np.uint8)
+        img = Image.fromarray(small).resize((size[1], size[0]), Image.Resampling.BILINEAR)
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=90)
+        out.append(buf.getvalue())
+    return out
+
+
+def bench_agent(models: Path | None = typer.Option(None, "--models", help="registry to take the newest "
+                                                   "version from (default: a ResNet-18-sized CNN built here)"),
+                n: int = typer.Option(4096, "--n", help="images to ingest"),
+                batch: int = typer.Option(256, "--batch", help="images per IngestRequest and per onnxruntime call"),
+                source: str | None = typer.Option(None, "--source", help="image source (default: synthetic JPEGs)"),
+                cpu: bool = typer.Option(False, "--cpu", help="never try CUDAExecutionProvider"),
+                as_json: bool = JsonOpt) -> None:
+    """Images/s of (a) raw onnxruntime on preprocessed batches and (b) the same model through gRPC
+    Ingest end to end (JPEG decode, blobs fsynced, SQLite commit, index add), and their ratio."""
+    from agent.embedder import Embedder
+    from agent.service import create_server, stop_server
+    from agent.testing import conv_encoder, publish_model
+    from shortlist.images import decode_image
+    from shortlist.manifest import CIFAR10_PREPROCESS, newest_complete
+
+    with tempfile.TemporaryDirectory(prefix="shortlist-bench-") as tmp:
+        registry = models
+        if registry is None:
+            registry = Path(tmp) / "models"
+            publish_model(registry, conv_encoder(), CIFAR10_PREPROCESS, method="bench")
+        found = newest_complete(registry)
+        if found is None:
+            raise typer.BadParameter(f"no complete model version in {registry}")
+        version, manifest = found
+        size = manifest.preprocess.size
+        images = _bench_images(n + batch, size, source)
+        warm, timed = images[:batch], images[batch:]
+
+        emb = Embedder(registry / version, manifest, batch_size=batch, use_cuda=not cpu)
+        x = manifest.preprocess.normalize(np.stack([decode_image(b, size) for b in timed[:batch]]))
+        emb.session.run(emb.outputs, {emb.input_name: x})  # warm-up
+        reps = max(1, len(timed) // batch)
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            emb.session.run(emb.outputs, {emb.input_name: x})
+        raw = reps * len(x) / (time.perf_counter() - t0)
+        del emb
+
+        server, port, agent = create_server(Path(tmp) / "data", registry, batch_size=batch, use_cuda=not cpu)
+        try:
+            stub = client.connect(f"127.0.0.1:{port}")
+
+            def samples(prefix: str, data: list[bytes]) -> Iterator[agent_pb2.Sample]:
+                for i, b in enumerate(data):
+                    yield client.image_sample(f"{prefix}{i}", b)
+
+            client.ingest(stub, samples("warm", warm), batch)
+            t0 = time.perf_counter()
+            reply = client.ingest(stub, samples("img", timed), batch)
+            e2e = reply.accepted / (time.perf_counter() - t0)
+            provider = agent.manager.current.embedder.provider if agent.manager.current else "?"
+        finally:
+            stop_server(server, agent)
+    result = {"model": f"{registry.name}/{version}" if models else "bench CNN (built)", "provider": provider,
+              "input": list(size), "images": len(timed), "batch": batch, "raw_onnxruntime_images_per_s": raw,
+              "ingest_end_to_end_images_per_s": e2e, "ratio": e2e / raw, "accepted": reply.accepted}
+    if as_json:
+        print(json.dumps(result))
+        return
+    out = Console()
+    out.print(f"model {result['model']} on {provider}, input {size[0]}x{size[1]}, {len(timed)} images, batch {batch}")
+    out.print(f"(a) raw onnxruntime:         {raw:9.1f} images/s")
+    out.print(f"(b) gRPC Ingest end to end:  {e2e:9.1f} images/s")
+    out.print(f"ratio (b)/(a):               {e2e / raw:9.3f}  (goal >= 0.9)")
+
+
+def register(app: typer.Typer, bench_app: typer.Typer) -> None:
+    app.command("serve")(serve)
+    app.command("ingest")(ingest)
+    app.command("select")(select)
+    app.command("label")(label)
+    app.command("prior")(prior)
+    app.command("status")(status)
+    bench_app.command("agent")(bench_agent)
