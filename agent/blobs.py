@@ -70,7 +70,7 @@ class BlobStore:
         if _HAVE_SYNCFS:
             fd = os.open(self.root, os.O_RDONLY)
             try:
-                if _libc.syncfs(fd) != 0:
+                if _libc is not None and _libc.syncfs(fd) != 0:
                     raise OSError(ctypes.get_errno(), "syncfs failed on the blob store")
             finally:
                 os.close(fd)

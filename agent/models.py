@@ -204,6 +204,15 @@ class ModelManager:
 
     def _commit_rows(self, index: VersionIndex, seqs: np.ndarray, vecs: np.ndarray,
                      logits: np.ndarray | None, pretext: np.ndarray | None) -> None:
+        # Ingest may have embedded some of these since ``_missing`` looked (it holds the write lock
+        # for commit + add, as the caller does now): keep only rows the index still lacks.
+        keep = np.array([not index.has(int(q)) for q in seqs], bool)
+        if not keep.all():
+            seqs, vecs = seqs[keep], vecs[keep]
+            logits = None if logits is None else logits[keep]
+            pretext = None if pretext is None else pretext[keep]
+        if len(seqs) == 0:
+            return
         self.state.add_embeddings(EmbeddingRows(index.version, index.n, vecs, logits, pretext), seqs.tolist())
         index.add(seqs, vecs, logits, pretext)
 

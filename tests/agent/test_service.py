@@ -1,0 +1,205 @@
+"""The real agent over gRPC on a loopback port: ingest, select, labels, priors, status, health,
+reflection and every kind of bad input."""
+
+from __future__ import annotations
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from agent import client
+from agent.priors import PRIOR_METHODS
+from agent.service import SERVICE_NAME
+from agent.strategies import LABEL_FREE, STRATEGIES
+from shortlist.v1 import agent_pb2
+from tests.agent.conftest import CLASSES, Running, make_images, make_samples, png, start
+
+
+def status(r: Running) -> agent_pb2.Status:
+    return r.stub.GetStatus(agent_pb2.GetStatusRequest())
+
+
+def select(r: Running, budget: int, strategy: str = "random", seed: int = 0, **where: str) -> agent_pb2.SelectReply:
+    return r.stub.Select(agent_pb2.SelectRequest(budget=budget, strategy=strategy, seed=seed, where=where))
+
+
+def code_of(fn) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.RpcError) as e:
+        fn()
+    return e.value.code(), e.value.details()
+
+
+def test_ingest_stores_embeds_and_counts_duplicates(running: Running) -> None:
+    samples = make_samples(40, labels=9)
+    reply = client.ingest(running.stub, samples, batch=16)
+    assert (reply.accepted, reply.duplicates, list(reply.rejected)) == (40, 0, [])
+    st = status(running)
+    assert (st.samples, st.labeled, st.embedded, st.model_version) == (40, 9, 40, "v0001")
+    assert list(st.classes) == CLASSES  # adopted from the model's manifest
+    assert set(STRATEGIES) == set(st.strategies) and set(PRIOR_METHODS) == set(st.prior_methods)
+    again = client.ingest(running.stub, samples[:5] + make_samples(2, prefix="new"), batch=3)
+    assert (again.accepted, again.duplicates) == (2, 5)
+    listed = list(client.list_samples(running.stub, include_payload=True))
+    assert [s.id for s in listed[:3]] == ["s0", "s1", "s2"] and len(listed) == 42
+    assert listed[0].encoded_image == samples[0].encoded_image and listed[0].metadata["site"] == "a"
+    assert listed[0].label == "cat" and listed[20].label == ""
+    assert {s.id for s in client.list_samples(running.stub, labeled_only=True)} == {f"s{i}" for i in range(9)}
+
+
+def test_tensor_payloads_embed_like_images(running: Running) -> None:
+    img = make_images(1, hw=(8, 8))[0]
+    chw = (img.astype(np.float32) / 255).transpose(2, 0, 1).copy()
+    reply = client.ingest(running.stub, [client.image_sample("png", png(img)), client.tensor_sample("u8", img),
+                                         client.tensor_sample("f32", chw)])
+    assert reply.accepted == 3 and not reply.rejected
+    view = running.agent.manager.current.index.view()  # type: ignore[union-attr]
+    assert np.allclose(view.vecs[0], view.vecs[1], atol=1e-5) and np.allclose(view.vecs[0], view.vecs[2], atol=1e-3)
+    listed = {s.id: s for s in client.list_samples(running.stub, include_payload=True)}
+    assert listed["u8"].tensor.data == img.tobytes() and list(listed["f32"].tensor.shape) == [3, 8, 8]
+
+
+def test_bad_samples_are_rejected_one_by_one(running: Running) -> None:
+    img = make_images(1)[0]
+    client.ingest(running.stub, make_samples(1))
+    bad = [
+        agent_pb2.Sample(id="", encoded_image=png(img)),
+        agent_pb2.Sample(id="junk", encoded_image=b"not an image"),
+        agent_pb2.Sample(id="nopayload"),
+        agent_pb2.Sample(id="shape", tensor=agent_pb2.Tensor(dtype="uint8", shape=[4, 4], data=bytes(16))),
+        agent_pb2.Sample(id="channels", tensor=agent_pb2.Tensor(dtype="uint8", shape=[4, 4, 2], data=bytes(32))),
+        agent_pb2.Sample(id="dtype", tensor=agent_pb2.Tensor(dtype="int16", shape=[4, 4, 3], data=bytes(96))),
+        agent_pb2.Sample(id="short", tensor=agent_pb2.Tensor(dtype="uint8", shape=[4, 4, 3], data=bytes(10))),
+        client.image_sample("s0", png(255 - img)),  # same id, different payload
+        client.image_sample("lbl", png(img), label="horse"),  # closed class list
+        client.image_sample("ok", png(img)),
+    ]
+    reply = client.ingest(running.stub, bad)
+    reasons = {r.id: r.reason for r in reply.rejected}
+    assert reply.accepted == 1 and len(reply.rejected) == 9
+    assert "empty id" in reasons[""] and "not a readable image" in reasons["junk"]
+    assert "no payload" in reasons["nopayload"] and "3 positive dims" in reasons["shape"]
+    assert "C = 1 or 3" in reasons["channels"] and "not supported" in reasons["dtype"]
+    assert "needs 48" in reasons["short"] and "different payload" in reasons["s0"]
+    assert "unknown label 'horse'" in reasons["lbl"] and "cat, dog, frog" in reasons["lbl"]
+    assert status(running).samples == 2  # nothing else changed
+    labels = client.submit_labels(running.stub, [("ok", "dog"), ("nope", "dog"), ("ok", "horse"), ("", "cat")])
+    assert labels.accepted == 1 and [r.id for r in labels.rejected] == ["nope", "ok", ""]
+
+
+def test_oversized_message_is_resource_exhausted(tmp_path, registry) -> None:
+    r = start(tmp_path / "data", registry, max_message_bytes=200_000)
+    try:
+        big = client.image_sample("big", np.random.default_rng(0).bytes(300_000))
+        code, msg = code_of(lambda: client.ingest(r.stub, [big]))
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in msg
+        assert client.ingest(r.stub, make_samples(2)).accepted == 2  # still serving
+    finally:
+        r.stop()
+
+
+def test_select_every_strategy(running: Running) -> None:
+    client.ingest(running.stub, make_samples(60, labels=12), batch=32)
+    labelled = {f"s{i}" for i in range(12)}
+    for name in sorted(STRATEGIES):
+        a = select(running, 7, name, seed=3)
+        b = select(running, 7, name, seed=3)
+        ids = [s.id for s in a.selected]
+        assert a.model_version == "v0001" and a.strategy == name and a.selection_id
+        assert 0 < len(ids) <= 7 and len(set(ids)) == len(ids), name
+        assert not set(ids) & labelled, name
+        assert ids == [s.id for s in b.selected], f"{name} is not deterministic for a seed"
+        only_a = [s.id for s in select(running, 5, name, seed=1, site="a").selected]
+        assert all(int(i[1:]) % 2 == 0 for i in only_a), name
+    assert len(running.agent.state.selections()) == 3 * len(STRATEGIES)
+
+
+def test_select_budget_and_errors(running: Running) -> None:
+    client.ingest(running.stub, make_samples(10, labels=4))
+    assert len(select(running, 100).selected) == 6  # what is left
+    assert code_of(lambda: select(running, 0))[0] == grpc.StatusCode.INVALID_ARGUMENT
+    code, msg = code_of(lambda: select(running, 3, "nonsense"))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "random" in msg and "coreset" in msg
+    code, msg = code_of(lambda: running.stub.Select(agent_pb2.SelectRequest(budget=2, strategy="random",
+                                                                            params={"bogus": "1"})))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "bogus" in msg
+    assert select(running, 3, site="nowhere").selected == []
+
+
+def test_uncertainty_without_labels_names_label_free_strategies(tmp_path) -> None:
+    from agent.testing import publish_linear
+
+    reg = tmp_path / "models"
+    publish_linear(reg, size=(8, 8), dim=16)  # no logits head: uncertainty needs labels
+    r = start(tmp_path / "data", reg)
+    try:
+        client.ingest(r.stub, make_samples(20))
+        code, msg = code_of(lambda: select(r, 3, "entropy"))
+        assert code == grpc.StatusCode.FAILED_PRECONDITION
+        assert any(name in msg for name in LABEL_FREE if name != "random")
+    finally:
+        r.stop()
+
+
+def test_labels_keep_history_and_priors(running: Running) -> None:
+    client.ingest(running.stub, make_samples(30))
+    code, _ = code_of(lambda: list(running.stub.PriorLabels(agent_pb2.PriorLabelsRequest(method="knn"))))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION  # no labels yet
+    reply = client.submit_labels(running.stub, [(f"s{i}", CLASSES[i % 3]) for i in range(9)], annotator="ann")
+    assert reply.accepted == 9
+    client.submit_labels(running.stub, [("s0", "dog")], annotator="other")
+    state = running.agent.state
+    rec = state.lookup("s0")
+    assert rec is not None and [h[:2] for h in state.label_history(rec.seq)] == [("cat", "ann"), ("dog", "other")]
+    assert status(running).labeled == 9
+    client.submit_labels(running.stub, [("s0", "cat")], annotator="ann")
+    for method in sorted(PRIOR_METHODS):
+        priors = list(running.stub.PriorLabels(agent_pb2.PriorLabelsRequest(method=method)))
+        assert {p.id for p in priors} == {f"s{i}" for i in range(9, 30)}, method
+        for p in priors:
+            assert p.model_version == "v0001" and set(p.probs) == set(CLASSES)
+            assert abs(sum(p.probs.values()) - 1) < 1e-4 and p.label == max(p.probs, key=p.probs.__getitem__)
+        # the colour clusters make the vote easy: a prior should mostly match the cluster
+        right = sum(p.label == CLASSES[int(p.id[1:]) % 3] for p in priors)
+        assert right >= 0.6 * len(priors), method
+    some = list(running.stub.PriorLabels(agent_pb2.PriorLabelsRequest(method="knn", ids=["s10", "s11"])))
+    assert [p.id for p in some] == ["s10", "s11"]
+    code, msg = code_of(lambda: list(running.stub.PriorLabels(agent_pb2.PriorLabelsRequest(method="knn",
+                                                                                          ids=["s1", "zz"]))))
+    assert code == grpc.StatusCode.NOT_FOUND and "'zz'" in msg
+    code, msg = code_of(lambda: list(running.stub.PriorLabels(agent_pb2.PriorLabelsRequest(method="psychic"))))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "knn" in msg
+
+
+def test_health_and_reflection(running: Running) -> None:
+    health = health_pb2_grpc.HealthStub(running.channel)
+    for service in ("", SERVICE_NAME):
+        resp = health.Check(health_pb2.HealthCheckRequest(service=service))
+        assert resp.status == health_pb2.HealthCheckResponse.SERVING
+    refl = reflection_pb2_grpc.ServerReflectionStub(running.channel)
+    answers = list(refl.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
+    names = {s.name for s in answers[0].list_services_response.service}
+    assert {SERVICE_NAME, "grpc.health.v1.Health"} <= names
+    req = reflection_pb2.ServerReflectionRequest(file_containing_symbol=SERVICE_NAME)
+    files = list(refl.ServerReflectionInfo(iter([req])))[0].file_descriptor_response.file_descriptor_proto
+    assert files and b"IngestRequest" in files[0]
+
+
+def test_concurrent_clients(running: Running) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def work(k: int) -> int:
+        client.ingest(running.stub, make_samples(20, prefix=f"c{k}-", seed=k), batch=7)
+        for _ in range(3):
+            select(running, 5, "coreset", seed=k)
+            status(running)
+        # every stream also re-sends another's samples: duplicates must not fail
+        return client.ingest(running.stub, make_samples(20, prefix=f"c{(k + 1) % 4}-", seed=(k + 1) % 4)).accepted
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(work, range(4)))
+    st = status(running)
+    assert st.samples == 80 and st.embedded == 80
+    view = running.agent.manager.current.index.view()  # type: ignore[union-attr]
+    assert len(set(view.seqs.tolist())) == 80
