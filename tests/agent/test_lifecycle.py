@@ -1,0 +1,197 @@
+"""Model life cycle: no model yet, first model, hot swap while clients query, restart with nothing
+lost, half-written versions, --no-blobs, and the index's recall."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from agent import client
+from agent.index import VersionIndex
+from agent.state import ClassListError, State
+from agent.testing import linear_encoder, publish_linear
+from shortlist.v1 import agent_pb2
+from tests.agent.conftest import CLASSES, SIZE, Running, make_samples, start
+
+
+def status(r: Running) -> agent_pb2.Status:
+    return r.stub.GetStatus(agent_pb2.GetStatusRequest())
+
+
+def wait_for(pred, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_no_model_then_first_model(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    r = start(tmp_path / "data", models)
+    try:
+        reply = client.ingest(r.stub, make_samples(12, labels=3))
+        assert reply.accepted == 12
+        st = status(r)
+        assert (st.samples, st.labeled, st.embedded, st.model_version) == (12, 3, 0, "")
+        sel = r.stub.Select(agent_pb2.SelectRequest(budget=4, strategy="random", seed=1))
+        assert sel.model_version == "" and len(sel.selected) == 4
+        assert not {s.id for s in sel.selected} & {"s0", "s1", "s2"}
+        with pytest.raises(grpc.RpcError) as e:
+            r.stub.Select(agent_pb2.SelectRequest(budget=4, strategy="coreset"))
+        assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "no model is published" in e.value.details() and "shortlist export" in e.value.details()
+        # A half-written version (a .tmp folder, or a vNNNN without its manifest) is never loaded.
+        (models / ".tmp-v0001-1").mkdir(parents=True)
+        (models / "v0009").mkdir()
+        (models / "v0009" / "encoder.onnx").write_bytes(b"partial")
+        r.stub.ReloadModel(agent_pb2.ReloadModelRequest())
+        time.sleep(0.3)
+        assert status(r).model_version == ""
+        publish_linear(models, size=SIZE, dim=16, classes=CLASSES, seed=0)  # becomes v0010
+        r.stub.ReloadModel(agent_pb2.ReloadModelRequest())
+        wait_for(lambda: status(r).embedded == 12)
+        assert status(r).model_version == "v0010"
+        assert r.stub.Select(agent_pb2.SelectRequest(budget=2, strategy="coreset")).model_version == "v0010"
+    finally:
+        r.stop()
+
+
+def test_hot_swap_while_clients_query(tmp_path: Path, registry: Path) -> None:
+    r = start(tmp_path / "data", registry)
+    try:
+        client.ingest(r.stub, make_samples(200, labels=6), batch=50)
+        seen: list[str] = []
+        errors: list[BaseException] = []
+        stop = threading.Event()
+
+        def query(k: int) -> None:
+            while not stop.is_set():
+                try:
+                    reply = r.stub.Select(agent_pb2.SelectRequest(budget=3, strategy="coreset", seed=k))
+                    seen.append(reply.model_version)
+                    if k == 0:  # one client keeps ingesting through the swap
+                        client.ingest(r.stub, make_samples(5, prefix=f"live{len(seen)}-", seed=len(seen)))
+                except BaseException as e:
+                    errors.append(e)
+
+        threads = [threading.Thread(target=query, args=(k,)) for k in range(3)]
+        for t in threads:
+            t.start()
+        wait_for(lambda: len(seen) >= 5)
+        publish_linear(registry, size=SIZE, dim=24, classes=CLASSES, seed=1)  # v0002, other dim
+        r.stub.ReloadModel(agent_pb2.ReloadModelRequest())
+        wait_for(lambda: status(r).model_version == "v0002")
+        wait_for(lambda: seen.count("v0002") >= 5)
+        stop.set()
+        for t in threads:
+            t.join()
+        assert not errors
+        first_new = seen.index("v0002")
+        assert set(seen[:first_new]) == {"v0001"} and "v0001" in seen
+        st = status(r)
+        assert st.embedded == st.samples  # samples ingested during the re-embed are in the new index
+        view = r.agent.manager.current.index.view()  # type: ignore[union-attr]
+        assert view.vecs.shape[1] == 24 and len(set(view.seqs.tolist())) == view.n
+        assert r.agent.state.model_versions()["v0001"][0] == "retired"
+    finally:
+        r.stop()
+
+
+def test_restart_loses_nothing_and_reuses_the_index(tmp_path: Path, registry: Path) -> None:
+    r = start(tmp_path / "data", registry)
+    client.ingest(r.stub, make_samples(50, labels=5), batch=20)
+    client.submit_labels(r.stub, [("s10", "dog")], annotator="ann")
+    before = r.stub.Select(agent_pb2.SelectRequest(budget=5, strategy="coreset", seed=4))
+    st1 = status(r)
+    r.stop()
+    r = start(tmp_path / "data", registry)
+    try:
+        st2 = status(r)
+        assert (st2.samples, st2.labeled, st2.embedded, st2.model_version) == \
+            (st1.samples, st1.labeled, st1.embedded, st1.model_version)
+        assert r.agent.manager.current.index.loaded_from_snapshot == 50  # type: ignore[union-attr]
+        after = r.stub.Select(agent_pb2.SelectRequest(budget=5, strategy="coreset", seed=4))
+        assert [s.id for s in after.selected] == [s.id for s in before.selected]
+        assert len(r.agent.state.selections()) == 2
+        assert client.ingest(r.stub, make_samples(50, labels=5)).duplicates == 50
+    finally:
+        r.stop()
+
+
+def test_restart_without_snapshot_after_a_crash(tmp_path: Path, registry: Path) -> None:
+    """Kill -9 equivalent: the snapshot was never written; rows come back from SQLite, not re-embedding."""
+    r = start(tmp_path / "data", registry)
+    client.ingest(r.stub, make_samples(30), batch=10)
+    r.channel.close()
+    r.server.stop(0)
+    r.agent.manager._stop.set()  # stop polling, but no agent.close(): no snapshot, SQLite left open
+    assert r.agent.manager._thread is not None
+    r.agent.manager._thread.join()
+    r = start(tmp_path / "data", registry)
+    try:
+        assert status(r).embedded == 30
+        assert r.agent.manager.current.index.loaded_from_snapshot == 0  # type: ignore[union-attr]
+    finally:
+        r.stop()
+
+
+def test_no_blobs_refuses_to_reembed(tmp_path: Path, registry: Path) -> None:
+    r = start(tmp_path / "data", registry, blobs=False)
+    try:
+        client.ingest(r.stub, make_samples(10))
+        with pytest.raises(grpc.RpcError) as e:
+            list(client.list_samples(r.stub, include_payload=True))
+        assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "--no-blobs" in e.value.details()
+        publish_linear(registry, size=SIZE, dim=16, seed=3)
+        r.stub.ReloadModel(agent_pb2.ReloadModelRequest())
+        wait_for(lambda: "v0002" in r.agent.manager.failed)
+        assert "--no-blobs" in r.agent.manager.failed["v0002"] and status(r).model_version == "v0001"
+    finally:
+        r.stop()
+
+
+def test_closed_class_list_conflict(tmp_path: Path) -> None:
+    s = State(tmp_path / "s.sqlite")
+    assert s.class_index("cat") == 0 and not s.closed
+    from agent.state import NewSample
+
+    s.add_samples([NewSample("a", "", {}, "image", "00", label=0)])
+    s.close()
+    with pytest.raises(ClassListError, match="cat"):
+        State(tmp_path / "s.sqlite", classes=["dog"])
+    s = State(tmp_path / "s.sqlite", classes=["dog", "cat"])  # remapped: cat is now index 1
+    assert s.classes == ["dog", "cat"] and s.labels_by_seq()[1] == 1 and s.class_index("bird") is None
+
+
+def test_index_recall_at_10(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3000, 32)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    idx = VersionIndex("v0001", 32, 0, False)
+    for start in range(0, 3000, 500):
+        idx.add(np.arange(start, start + 500) + 1, x[start:start + 500])
+    q = x[:200]
+    rows, dists = idx.knn(q, 10)
+    exact = np.argsort(-(q @ x.T), axis=1)[:, :10]
+    recall = np.mean([len(set(rows[i]) & set(exact[i])) / 10 for i in range(len(q))])
+    assert recall >= 0.95 and (rows[:, 0] == np.arange(200)).all()
+    assert np.all(np.diff(dists, axis=1) >= -1e-6)
+    # a view taken earlier never sees rows added after it
+    rows, _ = idx.knn(q[:5], 10, limit=1000)
+    assert rows.max() < 1000
+    idx.save(tmp_path / "v0001")
+    from agent.state import StoredEmbeddings
+
+    again = VersionIndex.restore("v0001", StoredEmbeddings(np.arange(3000) + 1, x, None, None), tmp_path / "v0001")
+    assert again.loaded_from_snapshot == 3000
+    assert np.array_equal(again.knn(q, 10)[0], idx.knn(q, 10)[0])
+
+
+def test_linear_encoder_has_requested_heads() -> None:
+    m = linear_encoder(classes=["a", "b"], rotation=True)
+    assert [o.name for o in m.graph.output] == ["embedding", "logits", "rotation_logits"]
