@@ -173,8 +173,8 @@ def test_index_recall_at_10(tmp_path: Path) -> None:
     x = rng.normal(size=(3000, 32)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     idx = VersionIndex("v0001", 32, 0, False)
-    for start in range(0, 3000, 500):
-        idx.add(np.arange(start, start + 500) + 1, x[start:start + 500])
+    for first in range(0, 3000, 500):
+        idx.add(np.arange(first, first + 500) + 1, x[first:first + 500])
     q = x[:200]
     rows, dists = idx.knn(q, 10)
     exact = np.argsort(-(q @ x.T), axis=1)[:, :10]

@@ -182,7 +182,7 @@ def test_health_and_reflection(running: Running) -> None:
     names = {s.name for s in answers[0].list_services_response.service}
     assert {SERVICE_NAME, "grpc.health.v1.Health"} <= names
     req = reflection_pb2.ServerReflectionRequest(file_containing_symbol=SERVICE_NAME)
-    files = list(refl.ServerReflectionInfo(iter([req])))[0].file_descriptor_response.file_descriptor_proto
+    files = next(iter(refl.ServerReflectionInfo(iter([req])))).file_descriptor_response.file_descriptor_proto
     assert files and b"IngestRequest" in files[0]
 
 

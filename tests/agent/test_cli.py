@@ -1,0 +1,82 @@
+"""The agent's commands against a real agent: ``shortlist serve`` as a process (SIGTERM shutdown), and
+ingest/select/label/prior/status --json through typer's runner."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from agent import client
+from shortlist.cli import app
+from tests.agent.conftest import Running, make_images, png
+
+runner = CliRunner()
+
+
+def run(*args: str) -> str:
+    result = runner.invoke(app, list(args))
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+def image_folder(root: Path, n: int) -> Path:
+    """An ImageFolder tree root/<class>/<i>.png with 2 classes."""
+    for i, img in enumerate(make_images(n)):
+        cls = ["cat", "dog"][i % 2]
+        (root / cls).mkdir(parents=True, exist_ok=True)
+        (root / cls / f"{i:03d}.png").write_bytes(png(img))
+    return root
+
+
+def test_commands_json(tmp_path: Path, running: Running) -> None:
+    src = image_folder(tmp_path / "imgs", 12)
+    out = json.loads(run("ingest", str(src), "--agent", running.address, "--json", "--batch", "5", "--limit", "8"))
+    assert out == {"accepted": 8, "duplicates": 0, "rejected": []}
+    out = json.loads(run("ingest", str(src), "--agent", running.address, "--json", "--with-labels"))
+    assert (out["accepted"], out["duplicates"]) == (4, 8)
+    st = json.loads(run("status", "--agent", running.address, "--json"))
+    assert st["samples"] == 12 and st["labeled"] == 4 and st["model_version"] == "v0001"
+    sel = json.loads(run("select", "--agent", running.address, "--budget", "3", "--strategy", "coreset",
+                         "--seed", "2", "--json"))
+    ids = [s["id"] for s in sel["selected"]]
+    assert len(ids) == 3 and sel["model_version"] == "v0001"
+    csv_path = tmp_path / "labels.csv"
+    csv_path.write_text("id,label\n" + "".join(f"{i},cat\n" for i in ids) + "missing,cat\n")
+    lab = json.loads(run("label", str(csv_path), "--agent", running.address, "--json"))
+    assert lab["accepted"] == 3 and [r["id"] for r in lab["rejected"]] == ["missing"]
+    lines = run("prior", "--agent", running.address, "--method", "knn", "--json").strip().splitlines()
+    priors = [json.loads(line) for line in lines]
+    assert len(priors) == 12 - 4 - 3 and all(p["model_version"] == "v0001" for p in priors)
+    bad = runner.invoke(app, ["select", "--agent", running.address, "--budget", "0"])
+    assert bad.exit_code == 1 and "INVALID_ARGUMENT" in bad.output
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_serve_process_stops_on_sigterm(tmp_path: Path, registry: Path) -> None:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "shortlist.cli", "serve", "--data-dir", str(tmp_path / "d"),
+                             "--models", str(registry), "--port", str(port), "--cpu"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        stub = client.connect(f"127.0.0.1:{port}", timeout=60)
+        src = image_folder(tmp_path / "imgs", 6)
+        run("ingest", str(src), "--agent", f"127.0.0.1:{port}")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        assert (tmp_path / "d" / "index" / "v0001" / "meta.json").is_file()  # snapshot written on the way out
+        del stub
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
