@@ -153,7 +153,12 @@ class ModelManager:
             name = found[0]
             if cur is None or (version_number(name) or 0) > (version_number(cur.version) or 0):
                 manifest = read_complete(self.registry / name)  # now with hashes
-                if manifest is not None:
+                if manifest is None:  # published atomically, so a mismatch is corruption, not a partial write
+                    why = f"{name} is corrupt (a file is missing or its sha256 differs from the manifest)"
+                    log.error(why)
+                    self.failed[name] = why
+                    self.state.set_model_version(name, "failed", 0, why)
+                else:
                     if cur is None:
                         self._adopt_first(name, manifest)
                     else:

@@ -62,6 +62,10 @@ def _call(context: grpc.ServicerContext, fn: Callable[[], T]) -> T:
         context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
     except NotFound as e:
         context.abort(grpc.StatusCode.NOT_FOUND, str(e.args[0] if e.args else e))
+    except Exception as e:  # a bug or a broken disk: say so, log the traceback, keep serving
+        log.exception("request failed")
+        context.abort(grpc.StatusCode.INTERNAL, f"internal error ({type(e).__name__}: {e}); nothing was "
+                      "changed by this request; see the agent's log")
     raise AssertionError("unreachable")  # context.abort always raises
 
 
@@ -93,8 +97,18 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
                 if isinstance(item, grpc.RpcError) or not context.is_active():
                     context.abort(grpc.StatusCode.CANCELLED, "ingest stream broken by the client; batches "
                                   "acknowledged before are stored, resend the rest (duplicates are counted)")
-                raise item
-            total.add(self.agent.commit(item))
+                log.error("ingest stream failed: %r", item)
+                context.abort(grpc.StatusCode.INTERNAL,
+                              f"could not read or prepare a batch ({type(item).__name__}: {item}); "
+                              f"{total.accepted} samples of this stream were stored; resend the rest")
+                raise AssertionError("unreachable")  # abort raises
+            try:
+                total.add(self.agent.commit(item))
+            except Exception as e:  # e.g. disk full: earlier batches stay stored, this one is not
+                log.exception("ingest commit failed")
+                context.abort(grpc.StatusCode.INTERNAL,
+                              f"could not store a batch ({type(e).__name__}: {e}); {total.accepted} samples "
+                              "of this stream were stored before it; resend the rest (duplicates are counted)")
         return agent_pb2.IngestReply(
             accepted=total.accepted, duplicates=total.duplicates,
             rejected=[agent_pb2.Rejection(id=i, reason=r) for i, r in total.rejected])

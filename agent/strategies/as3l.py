@@ -11,13 +11,16 @@ from agent.pool import Pool, Selection, check_params, param_float, param_int
 from agent.strategies._common import CHUNK, assign, fit_kmeans, pick_from_clusters
 
 AS3L_RUNS = 6  # C, the number of k-means runs (paper default)
+# AS3L runs 2C k-means, so each is fitted on a smaller uniform sample than the other strategies' one
+# (10k rows: still ~100 rows per centre at budget 100), which keeps Select on 1M rows within a minute.
+AS3L_FIT_ROWS = 10_000
 
 
 def cluster_targets(x: np.ndarray, k: int, runs: int, rng: np.random.Generator) -> np.ndarray:
     """The mean over ``runs`` k-means runs of each row's assigned centre: NxD float32 targets of Eq. 1."""
     target = np.zeros_like(x, dtype=np.float32)
     for _ in range(runs):
-        centres = fit_kmeans(x, k, rng)
+        centres = fit_kmeans(x, k, rng, fit_rows=AS3L_FIT_ROWS, n_init=1)  # one start per run: runs differ
         lab, _ = assign(x, centres)
         target += centres[lab]
     return target / runs
@@ -46,7 +49,14 @@ def fit_linear_map(x: np.ndarray, target: np.ndarray, ridge: float) -> np.ndarra
 def consensus_groups(assignments: np.ndarray) -> np.ndarray:
     """Group id per row for an NxC matrix of cluster ids: two rows share a group iff they were
     assigned together in every one of the C runs."""
-    _, group = np.unique(assignments, axis=0, return_inverse=True)
+    k = int(assignments.max()) + 1 if assignments.size else 1
+    if assignments.shape[1] * np.log2(max(k, 2)) < 62:  # one int64 key per row: a 1-D unique is fast
+        key = np.zeros(len(assignments), np.int64)
+        for c in range(assignments.shape[1]):
+            key = key * k + assignments[:, c]
+        _, group = np.unique(key, return_inverse=True)
+    else:
+        _, group = np.unique(assignments, axis=0, return_inverse=True)
     return np.asarray(group, np.int64).ravel()
 
 
@@ -72,11 +82,15 @@ def as3l(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping[str,
         return Selection(rows=cand[:0], scores=np.zeros(0))
     k = param_int(params, "k", len(pool.labeled) + budget, minimum=1)
     x = pool.embeddings
-    w = fit_linear_map(x, cluster_targets(x, k, runs, rng), ridge).astype(np.float32)
+    # Eq. 1 is fitted on a uniform sample (a DxD least-squares map is well determined by 10k rows);
+    # the map is then applied to every row.
+    sample = x if len(x) <= AS3L_FIT_ROWS else x[np.sort(rng.choice(len(x), AS3L_FIT_ROWS, replace=False))]
+    w = fit_linear_map(sample, cluster_targets(sample, k, runs, rng), ridge).astype(np.float32)
     z = np.empty_like(x)
     for start in range(0, len(x), CHUNK):
         z[start:start + CHUNK] = x[start:start + CHUNK] @ w
-    assignments = np.stack([assign(z, fit_kmeans(z, k, rng))[0] for _ in range(runs)], axis=1)  # NxC
+    assignments = np.stack([assign(z, fit_kmeans(z, k, rng, fit_rows=AS3L_FIT_ROWS, n_init=1))[0]
+                            for _ in range(runs)], axis=1)  # NxC
     first = assignments[:, 0]
     k = int(first.max()) + 1
     group = consensus_groups(assignments)

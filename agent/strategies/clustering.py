@@ -59,7 +59,7 @@ TYPICLUST_KNN = 20
 TYPICLUST_MAX_CLUSTERS = 500
 TYPICLUST_MIN_CLUSTER_SIZE = 5
 # Per cluster, typicality is estimated from at most this many members (uniform sample, exact distances).
-TYPICLUST_SAMPLE = 2000
+TYPICLUST_SAMPLE = 1000
 
 
 def typicality(points: np.ndarray, reference: np.ndarray, k: int, self_in_reference: bool) -> np.ndarray:
@@ -90,8 +90,8 @@ def typiclust(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping
     cluster with the fewest labelled-or-picked members (ties: the largest; clusters under
     ``min_cluster_size`` last) and pick its most typical candidate, typicality being the inverse mean
     distance to the ``knn`` nearest neighbours (see ``typicality``). As in the authors' code the
-    neighbours are searched among the cluster's members; clusters larger than 2000 rows use a uniform
-    sample of 2000 members as the reference set, so a 1M-row pool costs a few dense products per pick.
+    neighbours are searched among the cluster's members; clusters larger than 1000 rows use a uniform
+    sample of 1000 members as the reference set, so a 1M-row pool costs a few dense products per pick.
     Params: ``knn`` (20), ``max_clusters`` (500), ``min_cluster_size`` (5). Score: typicality.
     """
     check_params(params, {"knn", "max_clusters", "min_cluster_size"}, "typiclust")
