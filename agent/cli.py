@@ -67,7 +67,8 @@ def _rpc(fn: Any) -> Any:
 def _status_dict(s: agent_pb2.Status) -> dict[str, Any]:
     return {"samples": s.samples, "labeled": s.labeled, "embedded": s.embedded, "model_version": s.model_version,
             "pending_model_version": s.pending_model_version, "pending_embedded": s.pending_embedded,
-            "classes": list(s.classes), "strategies": list(s.strategies), "prior_methods": list(s.prior_methods)}
+            "classes": list(s.classes), "strategies": list(s.strategies), "prior_methods": list(s.prior_methods),
+            "warnings": list(s.warnings)}
 
 
 def serve(data_dir: Path = typer.Option(..., "--data-dir", help="agent state folder (created if missing)"),

@@ -110,7 +110,7 @@ class AgentStatus:
     classes: list[str]
     pending_model_version: str
     pending_embedded: int
-    warning: str = ""
+    warnings: list[str] = field(default_factory=list)
 
 
 def _px(pixels: np.ndarray | None) -> np.ndarray:
@@ -406,7 +406,8 @@ class Agent:
             model_version="" if serving is None else serving.version,
             strategies=sorted(STRATEGIES), prior_methods=sorted(PRIOR_METHODS), classes=list(self.state.classes),
             pending_model_version=self.manager.pending_version,
-            pending_embedded=0 if pending is None else pending.n, warning=self.manager.warning)
+            pending_embedded=0 if pending is None else pending.n,
+            warnings=[w for w in [self.manager.warning, *self.manager.failed.values()] if w])
 
     def list_samples(self, labeled_only: bool, include_payload: bool) -> Iterator[tuple[SampleRecord, str, bytes]]:
         """(record, current label or "", payload blob or b"") for every sample, in ingest order."""

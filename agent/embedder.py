@@ -120,6 +120,19 @@ class Embedder:
         self.input_name = manifest.input_name
         self.dim = manifest.embedding_dim
         self.classes = list(manifest.classes or []) if LOGITS_OUTPUT in self.outputs else []
+        self._check_shapes()
+
+    def _check_shapes(self) -> None:
+        """Run one blank image so that a manifest that disagrees with its model fails at load time
+        (the version is then marked failed) rather than on every Ingest."""
+        h, w = self.preprocess.size
+        outs = self._run(np.zeros((1, 3, h, w), np.float32))
+        got = {name: o.shape for name, o in zip(self.outputs, outs, strict=True)}
+        want = {EMBEDDING_OUTPUT: (1, self.dim), LOGITS_OUTPUT: (1, len(self.classes)), ROTATION_OUTPUT: (1, 4)}
+        bad = {n: s for n, s in got.items() if tuple(s) != want[n]}
+        if bad:
+            raise ValueError(f"{self.version}: output shapes {bad} disagree with the manifest (expected "
+                             f"{ {n: want[n] for n in bad} } for a 1x3x{h}x{w} input)")
 
     def _run(self, x: np.ndarray) -> list[np.ndarray]:
         return [np.asarray(o) for o in self.session.run(self.outputs, {self.input_name: x})]

@@ -86,9 +86,7 @@ class ModelManager:
         if last and manifest is not None:
             self.current = self._load(last, manifest)
         else:
-            found = newest_complete(self.registry)
-            if found is not None:
-                self._adopt_first(*found)
+            self._adopt_newest()
         if background:
             self._thread = threading.Thread(target=self._loop, name="model-manager", daemon=True)
             self._thread.start()
@@ -145,13 +143,33 @@ class ModelManager:
         self.state.set_model_version(version, "serving", serving.index.n)
 
     # ---- the background step ---------------------------------------------------------------------
+    def _adopt_newest(self) -> None:
+        """With no model served yet: serve the newest complete version, if any (and loadable)."""
+        found = newest_complete(self.registry, verify_hashes=False)
+        if found is None or found[0] in self.failed:
+            return
+        name = found[0]
+        manifest = read_complete(self.registry / name)  # now with hashes
+        try:
+            if manifest is None:  # published atomically, so a mismatch is corruption, not a partial write
+                raise ValueError("a file is missing or its sha256 differs from the manifest")
+            self._adopt_first(name, manifest)
+        except Exception as e:
+            why = f"cannot load {name}: {e}"
+            log.error(why)
+            self.failed[name] = why
+            self.state.set_model_version(name, "failed", 0, why)
+
     def check(self) -> None:
         """Adopt/embed/swap as needed; called by the polling thread (and directly by tests)."""
         cur = self.current
-        found = newest_complete(self.registry, verify_hashes=False)
-        if found is not None and found[0] not in self.failed:
-            name = found[0]
-            if cur is None or (version_number(name) or 0) > (version_number(cur.version) or 0):
+        if cur is None:
+            self._adopt_newest()
+        else:
+            found = newest_complete(self.registry, verify_hashes=False)
+            if found is not None and found[0] not in self.failed and \
+                    (version_number(found[0]) or 0) > (version_number(cur.version) or 0):
+                name = found[0]
                 manifest = read_complete(self.registry / name)  # now with hashes
                 if manifest is None:  # published atomically, so a mismatch is corruption, not a partial write
                     why = f"{name} is corrupt (a file is missing or its sha256 differs from the manifest)"
@@ -159,10 +177,7 @@ class ModelManager:
                     self.failed[name] = why
                     self.state.set_model_version(name, "failed", 0, why)
                 else:
-                    if cur is None:
-                        self._adopt_first(name, manifest)
-                    else:
-                        self._switch(name, manifest)
+                    self._switch(name, manifest)
         if self.current is not None:
             self._catch_up(self.current.embedder, self.current.index, hold_lock=True)
 

@@ -49,7 +49,8 @@ def status_message(st: AgentStatus) -> agent_pb2.Status:
     return agent_pb2.Status(samples=st.samples, labeled=st.labeled, embedded=st.embedded,
                             model_version=st.model_version, strategies=st.strategies,
                             prior_methods=st.prior_methods, classes=st.classes,
-                            pending_model_version=st.pending_model_version, pending_embedded=st.pending_embedded)
+                            pending_model_version=st.pending_model_version, pending_embedded=st.pending_embedded,
+                            warnings=st.warnings)
 
 
 def _call(context: grpc.ServicerContext, fn: Callable[[], T]) -> T:

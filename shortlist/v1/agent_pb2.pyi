@@ -186,7 +186,7 @@ class GetStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Status(_message.Message):
-    __slots__ = ("samples", "labeled", "embedded", "model_version", "strategies", "prior_methods", "classes", "pending_model_version", "pending_embedded")
+    __slots__ = ("samples", "labeled", "embedded", "model_version", "strategies", "prior_methods", "classes", "pending_model_version", "pending_embedded", "warnings")
     SAMPLES_FIELD_NUMBER: _ClassVar[int]
     LABELED_FIELD_NUMBER: _ClassVar[int]
     EMBEDDED_FIELD_NUMBER: _ClassVar[int]
@@ -196,6 +196,7 @@ class Status(_message.Message):
     CLASSES_FIELD_NUMBER: _ClassVar[int]
     PENDING_MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     PENDING_EMBEDDED_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
     samples: int
     labeled: int
     embedded: int
@@ -205,7 +206,8 @@ class Status(_message.Message):
     classes: _containers.RepeatedScalarFieldContainer[str]
     pending_model_version: str
     pending_embedded: int
-    def __init__(self, samples: _Optional[int] = ..., labeled: _Optional[int] = ..., embedded: _Optional[int] = ..., model_version: _Optional[str] = ..., strategies: _Optional[_Iterable[str]] = ..., prior_methods: _Optional[_Iterable[str]] = ..., classes: _Optional[_Iterable[str]] = ..., pending_model_version: _Optional[str] = ..., pending_embedded: _Optional[int] = ...) -> None: ...
+    warnings: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, samples: _Optional[int] = ..., labeled: _Optional[int] = ..., embedded: _Optional[int] = ..., model_version: _Optional[str] = ..., strategies: _Optional[_Iterable[str]] = ..., prior_methods: _Optional[_Iterable[str]] = ..., classes: _Optional[_Iterable[str]] = ..., pending_model_version: _Optional[str] = ..., pending_embedded: _Optional[int] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ReloadModelRequest(_message.Message):
     __slots__ = ()

@@ -150,7 +150,8 @@ def test_no_blobs_refuses_to_reembed(tmp_path: Path, registry: Path) -> None:
         publish_linear(registry, size=SIZE, dim=16, seed=3)
         r.stub.ReloadModel(agent_pb2.ReloadModelRequest())
         wait_for(lambda: "v0002" in r.agent.manager.failed)
-        assert "--no-blobs" in r.agent.manager.failed["v0002"] and status(r).model_version == "v0001"
+        st = status(r)
+        assert st.model_version == "v0001" and any("v0002" in w and "--no-blobs" in w for w in st.warnings)
     finally:
         r.stop()
 
@@ -195,3 +196,20 @@ def test_index_recall_at_10(tmp_path: Path) -> None:
 def test_linear_encoder_has_requested_heads() -> None:
     m = linear_encoder(classes=["a", "b"], rotation=True)
     assert [o.name for o in m.graph.output] == ["embedding", "logits", "rotation_logits"]
+
+
+def test_a_model_that_disagrees_with_its_manifest_is_not_served(tmp_path: Path) -> None:
+    from agent.testing import publish_model
+    from shortlist.manifest import Preprocess
+
+    models = tmp_path / "models"
+    model = linear_encoder(SIZE, 16)
+    model.graph.output[0].type.tensor_type.shape.dim[1].dim_value = 8  # manifest will say 8, model gives 16
+    publish_model(models, model, Preprocess(size=SIZE))
+    r = start(tmp_path / "data", models)
+    try:
+        st = status(r)
+        assert st.model_version == "" and any("v0001" in w and "disagree" in w for w in st.warnings)
+        assert client.ingest(r.stub, make_samples(3)).accepted == 3  # still stores
+    finally:
+        r.stop()
