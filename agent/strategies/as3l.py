@@ -63,8 +63,9 @@ def consensus_groups(assignments: np.ndarray) -> np.ndarray:
 def as3l(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping[str, str]) -> Selection:
     """AS3L active labelling (Wen et al., Sec. 3.2): fine-tune the self-supervised features with one linear
     layer towards the centres of C k-means runs (Eq. 1, solved in closed form by ``fit_linear_map``),
-    run C k-means with k clusters on the fine-tuned features, keep in each cluster of the first run the
-    samples assigned together in all C runs (its stable core), and label the median of each core --
+    run C k-means with k clusters on the fine-tuned features, keep in each cluster of the best run the
+    samples assigned together in all C runs (its stable core; the clusters are those of the run with the
+    lowest k-means objective), and label the median of each core --
     the member nearest the core's mean, which minimises the summed squared distance to the core.
     Cores are taken largest-first; clusters that already hold labelled samples come last, so the
     already-labelled set is complemented, not repeated.
@@ -89,9 +90,12 @@ def as3l(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping[str,
     z = np.empty_like(x)
     for start in range(0, len(x), CHUNK):
         z[start:start + CHUNK] = x[start:start + CHUNK] @ w
-    assignments = np.stack([assign(z, fit_kmeans(z, k, rng, fit_rows=AS3L_FIT_ROWS, n_init=1))[0]
-                            for _ in range(runs)], axis=1)  # NxC
-    first = assignments[:, 0]
+    results = [assign(z, fit_kmeans(z, k, rng, fit_rows=AS3L_FIT_ROWS, n_init=1)) for _ in range(runs)]
+    assignments = np.stack([lab for lab, _ in results], axis=1)  # NxC
+    # The run whose clusters are split into cores: the one with the lowest k-means objective, so a
+    # single unlucky initialisation does not decide which groups get a label.
+    best = int(np.argmin([float(sq.sum()) for _, sq in results]))
+    first = assignments[:, best]
     k = int(first.max()) + 1
     group = consensus_groups(assignments)
     # The core of cluster c: its most populous consensus group.

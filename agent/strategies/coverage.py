@@ -54,41 +54,56 @@ def coreset(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping[s
 # ProbCover defaults (Yehuda, Dekel, Hacohen & Weinshall, NeurIPS 2022): purity threshold alpha = 0.95,
 # k-means with as many clusters as classes for the purity estimate.
 PROBCOVER_ALPHA = 0.95
-# The delta-ball graph is truncated to each point's nearest PROBCOVER_KNN neighbours (hnswlib), and
-# built over a uniform sample of at most PROBCOVER_ROWS points to cover (an unbiased estimate of the
-# covered probability mass), so a 1M-row pool needs 20k index queries, not 1M range searches.
+# Scaling: the points to cover are a uniform sample of at most PROBCOVER_ROWS rows (their covered
+# fraction estimates the covered probability mass, the quantity ProbCover maximises), a candidate's gain
+# is counted over the sample points that have it among their PROBCOVER_KNN nearest neighbours (hnswlib;
+# a lower bound on its ball's content), and covering after a pick is exact (one dense product), so a
+# 1M-row pool needs 20k index queries instead of 1M range searches.
 PROBCOVER_KNN = 50
 PROBCOVER_ROWS = 20_000
+# The purity radii are measured exactly against a uniform reference sample of this many rows.
+PURITY_REFERENCE = 10_000
+BLOCK = 4096
 
 
-def purity_delta(dist: np.ndarray, nbr_cluster: np.ndarray, own_cluster: np.ndarray, alpha: float) -> float:
-    """ProbCover's delta heuristic (Yehuda et al. 2022, Sec. 4 "choosing delta"): the largest delta whose
-    ball purity -- the fraction of points whose delta-ball holds a single k-means cluster -- is >= alpha.
+def impurity_radii(points: np.ndarray, own: np.ndarray, reference: np.ndarray, ref_cluster: np.ndarray) -> np.ndarray:
+    """r_u: Euclidean distance from each point (PxD, clusters ``own`` P) to the nearest ``reference``
+    row (RxD) of another cluster (``ref_cluster`` R); inf when there is none. Exact, in blocks."""
+    out = np.full(len(points), np.inf)
+    ref_sq = np.einsum("rd,rd->r", reference, reference)
+    for start in range(0, len(points), BLOCK):
+        block = points[start:start + BLOCK]
+        sq = np.einsum("bd,bd->b", block, block)[:, None] + ref_sq[None, :] - 2.0 * block @ reference.T
+        sq[own[start:start + BLOCK, None] == ref_cluster[None, :]] = np.inf
+        out[start:start + BLOCK] = np.sqrt(np.maximum(sq.min(axis=1), 0.0))
+    return out
 
-    A point's ball {x : ||x - u|| < delta} is pure exactly when delta <= r_u, its distance to the nearest
-    neighbour of another cluster, so purity(delta) = mean(r_u >= delta): with r sorted ascending and
-    m = floor((1 - alpha) S), the answer is r_(m) (0-based). Points with no other-cluster neighbour among
-    the k use their k-th distance (a lower bound on r_u, so the estimate errs towards smaller balls).
 
-    Args: dist SxK ascending Euclidean distances, nbr_cluster SxK and own_cluster S cluster ids.
+def purity_delta(radius: np.ndarray, alpha: float) -> float:
+    """ProbCover's delta heuristic (Yehuda et al. 2022, "choosing delta"): the largest delta whose ball
+    purity -- the fraction of points whose delta-ball holds a single k-means cluster -- is >= alpha.
+
+    A point's ball {x : ||x - u|| < delta} is pure exactly when delta <= r_u (``impurity_radii``), so
+    purity(delta) = mean(r_u >= delta); with r sorted ascending and m = floor((1 - alpha) S) the answer
+    is r_(m) (0-based). radius: S values (inf = no other cluster seen).
     """
-    other = nbr_cluster != own_cluster[:, None]
-    first = np.where(other.any(axis=1), other.argmax(axis=1), dist.shape[1] - 1)
-    radius = np.sort(dist[np.arange(len(dist)), first])
-    m = min(int(np.floor((1.0 - alpha) * len(radius) + 1e-9)), len(radius) - 1)
-    return float(radius[m])
+    r = np.sort(np.asarray(radius, np.float64))
+    m = min(int(np.floor((1.0 - alpha) * len(r) + 1e-9)), len(r) - 1)
+    finite = r[np.isfinite(r)]
+    return float(r[m]) if np.isfinite(r[m]) else float(finite.max() if len(finite) else 2.0)
 
 
 def probcover(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping[str, str]) -> Selection:
-    """ProbCover (Yehuda et al., "Active Learning Through a Covering Lens", NeurIPS 2022, Sec. 4, Alg. 1):
-    build the directed graph with an edge u -> v when ||x_u - x_v|| <= delta; mark every point within
-    delta of a labelled point covered; then repeatedly pick the candidate whose ball covers the most
-    uncovered points (greedy max coverage, the (1 - 1/e) approximation of their Eq. 2) and mark its
-    ball covered. When everything is covered the rest is picked at random, as in the paper.
+    """ProbCover (Yehuda et al., "Active Learning Through a Covering Lens", NeurIPS 2022, its greedy
+    algorithm): build the directed graph with an edge v -> u when ||x_u - x_v|| < delta; mark every point
+    within delta of a labelled point covered; then repeatedly pick the candidate whose ball covers the
+    most uncovered points (greedy max coverage, a (1 - 1/e) approximation of the max-coverage
+    objective) and mark its ball covered. When everything is covered the rest is picked at random, as
+    the paper does. See PROBCOVER_* for how this scales to 1M rows.
 
     Params: ``delta`` (Euclidean, on unit vectors; default from ``purity_delta`` with ``alpha``),
     ``alpha`` (0.95), ``clusters`` (k-means clusters for purity; default the class count, else 10),
-    ``knn`` (50). Score: uncovered points (of the sample) the pick's ball covered.
+    ``knn`` (50). Score: sample points the pick's ball newly covered.
     """
     check_params(params, {"delta", "alpha", "clusters", "knn"}, "probcover")
     alpha = param_float(params, "alpha", PROBCOVER_ALPHA, minimum=0.0, maximum=1.0)
@@ -100,31 +115,32 @@ def probcover(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping
     take = min(budget, len(cand))
     if take == 0:
         return Selection(rows=cand[:0], scores=np.zeros(0))
-    n = len(pool.embeddings)
+    emb = pool.embeddings
+    n = len(emb)
     sample = np.arange(n) if n <= PROBCOVER_ROWS else np.sort(rng.choice(n, PROBCOVER_ROWS, replace=False))
-    k = min(knn, n)
-    # The query point itself comes back first at distance 0: a ball covers its own centre.
-    nbr, cos_d = pool.knn(rows_matrix(pool.embeddings, sample), k)
-    nbr = np.asarray(nbr, np.int64)
-    dist = cosine_to_l2(cos_d)  # SxK
+    xs = rows_matrix(emb, sample).astype(np.float32)
     if delta_param is None:
-        centres = fit_kmeans(pool.embeddings, clusters, rng)
-        used = np.unique(np.concatenate([nbr.ravel(), sample]))
-        lab, _ = assign(pool.embeddings[used], centres)
-        cluster_of = np.full(n, -1, np.int64)
-        cluster_of[used] = lab
-        delta = purity_delta(dist, cluster_of[nbr], cluster_of[sample], alpha)
+        centres = fit_kmeans(emb, clusters, rng, n_init=10)  # a split blob would shrink delta a lot
+        ref = sample if len(sample) <= PURITY_REFERENCE else np.sort(rng.choice(sample, PURITY_REFERENCE,
+                                                                                 replace=False))
+        own, _ = assign(xs, centres)
+        ref_cluster, _ = assign(emb[ref], centres)
+        delta = purity_delta(impurity_radii(xs, own, emb[ref], ref_cluster), alpha)
     else:
         delta = delta_param
+    k = min(knn, n)
+    # The query point itself comes back first at distance 0: a ball covers its own centre.
+    nbr, cos_d = pool.knn(xs, k)
     src = np.repeat(np.arange(len(sample)), k)  # edge: sample point src is inside the ball of row dst
-    dst = nbr.ravel()
-    inside = dist.ravel() < delta  # open balls, matching purity_delta
+    dst = np.asarray(nbr, np.int64).ravel()
+    inside = cosine_to_l2(cos_d).ravel() < delta  # open balls, matching purity_delta
     src, dst = src[inside], dst[inside]
+    # Squared distance < delta^2 <=> cos > 1 - delta^2 / 2 for unit vectors: covering by dot products.
+    cos_min = 1.0 - delta * delta / 2.0
     covered = np.zeros(len(sample), bool)
-    if len(pool.labeled):
-        is_labelled = np.zeros(n, bool)
-        is_labelled[pool.labeled] = True
-        covered[np.unique(src[is_labelled[dst]])] = True
+    for start in range(0, len(pool.labeled), BLOCK):
+        near = (xs @ emb[pool.labeled[start:start + BLOCK]].T > cos_min).any(axis=1)
+        covered |= near
     is_candidate = np.zeros(n, bool)
     is_candidate[cand] = True
     live = is_candidate[dst] & ~covered[src]
@@ -135,11 +151,13 @@ def probcover(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping
     while len(rows) < take and len(src):
         gain = np.bincount(dst, minlength=n)
         v = int(np.argmax(gain))  # ties: lowest row
+        newly = ~covered & (xs @ emb[v] > cos_min)
+        newly[src[dst == v]] = True  # rounding at the boundary: the graph's own edges count too
         rows.append(v)
-        scores.append(float(gain[v]))
+        scores.append(float(newly.sum()))
         chosen[v] = True
-        covered[src[dst == v]] = True
-        live = ~covered[src]
+        covered |= newly
+        live = ~covered[src] & (dst != v)
         src, dst = src[live], dst[live]
     if len(rows) < take:  # everything (in the sample) is covered: the rest at random
         rest = cand[~chosen[cand]]

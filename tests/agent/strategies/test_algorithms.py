@@ -9,7 +9,7 @@ from agent.strategies import STRATEGIES
 from agent.strategies._common import top_k
 from agent.strategies.as3l import consensus_groups, fit_linear_map
 from agent.strategies.clustering import typicality
-from agent.strategies.coverage import purity_delta
+from agent.strategies.coverage import impurity_radii, purity_delta
 from agent.strategies.uncertainty import entropy_of, margin_of, vote_entropy
 from tests.agent.strategies.pools import blobs, make_pool
 
@@ -61,12 +61,14 @@ def test_coreset_picks_farthest_point_first() -> None:
 
 
 def test_probcover_purity_delta() -> None:
-    dist = np.array([[0.0, 0.1, 0.5], [0.0, 0.2, 0.3], [0.0, 0.4, 0.9]])
-    own = np.array([0, 0, 1])
-    nbr_cluster = np.array([[0, 0, 1], [0, 1, 1], [1, 1, 1]])
-    # Impurity radii: 0.5, 0.2, and 0.9 (no other cluster: k-th distance). alpha=2/3 -> 1/3 quantile.
-    assert purity_delta(dist, nbr_cluster, own, alpha=2 / 3) == pytest.approx(0.5)
-    assert purity_delta(dist, nbr_cluster, own, alpha=1.0) == pytest.approx(0.2)
+    pts = np.array([[0.0], [1.0], [3.0], [3.5]])
+    own = np.array([0, 0, 1, 1])
+    radius = impurity_radii(pts, own, pts, own)
+    np.testing.assert_allclose(radius, [3.0, 2.0, 2.0, 2.5])
+    # Sorted radii 2, 2, 2.5, 3: alpha=0.5 allows (1-0.5)*4 = 2 impure points -> r_(2) = 2.5.
+    assert purity_delta(radius, alpha=0.5) == pytest.approx(2.5)
+    assert purity_delta(radius, alpha=1.0) == pytest.approx(2.0)
+    assert purity_delta(np.array([np.inf, np.inf]), alpha=0.95) == pytest.approx(2.0)  # one cluster: any ball
 
 
 def test_uncertainty_scores_hand_computed() -> None:
