@@ -1,0 +1,242 @@
+"""Pieces every training loop here shares: device and precision, DDP, the lr schedule, the time/epoch
+budget, checkpoints (every N minutes and on SIGTERM, written atomically), metrics.jsonl, progress bars.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import time
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+CHECKPOINT = "checkpoint.pt"
+ENCODER = "encoder.pt"
+METRICS = "metrics.jsonl"
+CONFIG = "config.json"
+SUMMARY = "summary.json"
+
+
+# ------------------------------------------------------------------------------------------ device / DDP
+
+
+@dataclass
+class Runtime:
+    """Where and how this process trains: device, rank / world size under torchrun, autocast dtype."""
+
+    device: torch.device
+    rank: int = 0
+    world: int = 1
+    amp_dtype: torch.dtype | None = None  # bf16 on CPU, fp16/bf16 on CUDA; None = fp32
+    channels_last: bool = True
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def autocast(self) -> AbstractContextManager[Any]:
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+
+def setup_runtime(device: str = "auto", amp: bool = True, channels_last: bool = True,
+                  threads: int | None = None) -> Runtime:
+    """Device (``auto``: CUDA when present), torchrun's process group when WORLD_SIZE > 1, precision.
+
+    On CUDA, autocast uses bf16 where supported (no loss scaler needed), else fp16 is avoided (fp32).
+    On CPU, bf16 autocast (oneDNN uses AVX512-BF16 / AMX when the CPU has them).
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        dev = torch.device("cuda", local if world > 1 else (dev.index or 0))
+        torch.cuda.set_device(dev)
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    elif threads:
+        torch.set_num_threads(threads)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    amp_dtype: torch.dtype | None = None
+    if amp:
+        amp_dtype = torch.bfloat16 if dev.type == "cpu" or torch.cuda.is_bf16_supported() else None
+    return Runtime(dev, rank, world, amp_dtype, channels_last)
+
+
+def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        x = x.detach().clone()
+        dist.all_reduce(x)
+        x /= dist.get_world_size()
+    return x
+
+
+# ------------------------------------------------------------------------------------------- schedule
+
+
+def cosine_lr(base: float, progress: float, warmup: float = 0.0) -> float:
+    """Linear warm-up over the first ``warmup`` fraction, then half-cosine to 0 (Loshchilov & Hutter 2017).
+
+    ``progress`` in [0, 1] is steps/total steps, or elapsed/budget seconds for time-budgeted runs.
+    """
+    progress = min(max(progress, 0.0), 1.0)
+    if warmup > 0 and progress < warmup:
+        return base * progress / warmup
+    frac = (progress - warmup) / max(1e-8, 1 - warmup)
+    return base * 0.5 * (1 + math.cos(math.pi * frac))
+
+
+@dataclass
+class Budget:
+    """Either ``epochs`` (progress = step / total steps) or ``minutes`` (progress = training seconds /
+    budget; evaluation time is not counted, so periodic kNN does not shorten training)."""
+
+    steps_per_epoch: int
+    epochs: int | None = None
+    minutes: float | None = None
+
+    def __post_init__(self) -> None:
+        if (self.epochs is None) == (self.minutes is None):
+            raise ValueError("give exactly one of --epochs N or --minutes M")
+        if self.steps_per_epoch <= 0:
+            raise ValueError("fewer samples than one batch: lower --batch-size or use more data")
+
+    def progress(self, step: int, seconds: float) -> float:
+        if self.epochs is not None:
+            return step / (self.epochs * self.steps_per_epoch)
+        assert self.minutes is not None
+        return seconds / (self.minutes * 60)
+
+    def done(self, step: int, seconds: float) -> bool:
+        return self.progress(step, seconds) >= 1.0
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+
+
+@dataclass
+class TrainState:
+    """Where a run is: enough to continue exactly (with the model/optimizer state saved beside it)."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    seconds: float = 0.0  # training seconds so far (excludes evaluation)
+    images: int = 0  # images (not views) consumed on this rank
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def save_atomic(obj: Any, path: Path) -> None:
+    """torch.save to a temp file, fsync, rename: a crash leaves the old file or the new one, never half."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save_checkpoint(run_dir: Path, state: TrainState, modules: dict[str, Any], generator: torch.Generator,
+                    config: dict[str, Any]) -> None:
+    payload = {"state": state.__dict__, "config": config, "generator": generator.get_state(),
+               "cpu_rng": torch.get_rng_state()}
+    payload.update({k: v.state_dict() for k, v in modules.items()})
+    save_atomic(payload, run_dir / CHECKPOINT)
+
+
+def load_checkpoint(run_dir: Path, modules: dict[str, Any], generator: torch.Generator) -> TrainState:
+    """Restore modules / optimizer / generator in place from run_dir/checkpoint.pt; the saved TrainState."""
+    path = run_dir / CHECKPOINT
+    if not path.is_file():
+        raise FileNotFoundError(f"--resume: {path} does not exist (start without --resume)")
+    payload = torch.load(path, map_location="cpu", weights_only=False)
+    for k, v in modules.items():
+        v.load_state_dict(payload[k])
+    generator.set_state(payload["generator"])
+    torch.set_rng_state(payload["cpu_rng"])
+    return TrainState(**payload["state"])
+
+
+class StopFlag:
+    """Set by SIGTERM / SIGINT so the loop can checkpoint at the next step boundary and exit cleanly."""
+
+    def __init__(self) -> None:
+        self.stop = False
+        self.signal_name = ""
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> StopFlag:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread (e.g. a test harness): no handler, no problem
+                pass
+        return self
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.stop = True
+        self.signal_name = signal.Signals(signum).name
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def epoch_order(n: int, epoch: int, seed: int, rank: int = 0, world: int = 1) -> torch.Tensor:
+    """This rank's sample order for ``epoch``: a permutation seeded by (seed, epoch), strided over ranks."""
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.randperm(n, generator=g)[rank::world]
+
+
+def batches(order: torch.Tensor, batch: int, start: int = 0) -> Iterator[tuple[int, torch.Tensor]]:
+    """(batch index, rows) for full batches of ``order`` from batch ``start`` on (the ragged tail dropped,
+    as BN-based SSL methods need equal-size batches)."""
+    for b in range(start, len(order) // batch):
+        yield b, order[b * batch:(b + 1) * batch]
+
+
+# --------------------------------------------------------------------------------------------- logging
+
+
+class MetricsLog:
+    """Appends one JSON object per line to run_dir/metrics.jsonl (main rank only), flushed each time."""
+
+    def __init__(self, run_dir: Path, enabled: bool = True) -> None:
+        self.path = run_dir / METRICS
+        self.enabled = enabled
+
+    def write(self, **record: Any) -> None:
+        if not self.enabled:
+            return
+        record.setdefault("time", time.time())
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def make_progress(console: Console | None = None, enabled: bool = True) -> Progress:
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),
+                    TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
+                    console=console, disable=not enabled, transient=False)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
+    os.replace(tmp, path)

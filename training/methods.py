@@ -1,0 +1,222 @@
+"""Self-supervised methods: small modules around a backbone, each with its loss as a plain function.
+
+- SimSiam (Chen & He, "Exploring Simple Siamese Representation Learning", CVPR 2021): Eq. 1-2,
+  symmetric negative cosine between predictor output and stop-gradient projection.
+- RotNet (Gidaris et al., "Unsupervised Representation Learning by Predicting Image Rotations",
+  ICLR 2018): 4-way cross-entropy on rotations by 0/90/180/270 degrees (Sec. 2.1-2.2).
+- MoBY (Xie et al., "Self-Supervised Learning with Swin Transformers", 2021, Sec. 3; used by MoBYv2AL,
+  Caramalau et al. 2022): MoCo v2's key queues and InfoNCE (He et al. 2020, Eq. 1) with BYOL's asymmetric
+  predictor and momentum target (Grill et al. 2020, Eq. 1-2). Defaults: tau 0.2, momentum 0.99 -> 1,
+  queue 4096.
+
+Every method maps a batch of two (or, RotNet, one) augmented views to a scalar loss; the embedding the
+exporters serve is always the backbone's output (``Encoder``), never a projection head's.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Encoder(nn.Module):
+    """Backbone plus optional heads: Nx3xHxW -> (embedding NxD, logits NxC or None, rotation NxR or None).
+
+    This is what gets exported: ``embedding`` is the backbone feature, ``logits`` the classifier
+    (fine-tuned models), ``rotation_logits`` the RotNet head (4 rotations).
+    """
+
+    def __init__(self, backbone: nn.Module, num_classes: int = 0, rotation_head: bool = False) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.dim = int(backbone.out_dim)  # type: ignore[arg-type]
+        self.classifier: nn.Linear | None = nn.Linear(self.dim, num_classes) if num_classes else None
+        self.rotation: nn.Linear | None = nn.Linear(self.dim, 4) if rotation_head else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)  # type: ignore[no-any-return]
+
+
+def mlp(dims: list[int], last_bn: bool = True, last_bn_affine: bool = True) -> nn.Sequential:
+    """Linear(-BN-ReLU) stack; ``dims`` = [in, hidden..., out]. Biases off where BN follows."""
+    layers: list[nn.Module] = []
+    for i in range(len(dims) - 1):
+        last = i == len(dims) - 2
+        bn = not last or last_bn
+        layers.append(nn.Linear(dims[i], dims[i + 1], bias=not bn))
+        if bn:
+            layers.append(nn.BatchNorm1d(dims[i + 1], affine=last_bn_affine or not last))
+        if not last:
+            layers.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*layers)
+
+
+# ---------------------------------------------------------------------------------------------- losses
+
+
+def simsiam_loss(p1: torch.Tensor, p2: torch.Tensor, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+    """SimSiam, Chen & He 2021, Eq. 2: L = D(p1, sg(z2))/2 + D(p2, sg(z1))/2, D = -cosine (Eq. 1).
+
+    p1, p2: NxP predictor outputs; z1, z2: NxP projections. Scalar in [-1, 1]; -1 is perfect agreement.
+    """
+    return -(F.cosine_similarity(p1, z2.detach(), dim=-1).mean()
+             + F.cosine_similarity(p2, z1.detach(), dim=-1).mean()) / 2
+
+
+def rotation_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """RotNet, Gidaris et al. 2018, Eq. 1-2: mean cross-entropy of (4N)x4 logits vs rotation index (nats)."""
+    return F.cross_entropy(logits.float(), targets)
+
+
+def info_nce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, tau: float) -> torch.Tensor:
+    """MoCo InfoNCE, He et al. 2020, Eq. 1: -log exp(q.k/tau) / (exp(q.k/tau) + sum_queue exp(q.n/tau)).
+
+    q: NxP queries, k: NxP positive keys (no gradient), queue: KxP negatives; all L2-normalised here.
+    Scalar, nats.
+    """
+    q = F.normalize(q.float(), dim=1)
+    k = F.normalize(k.detach().float(), dim=1)
+    pos = (q * k).sum(dim=1, keepdim=True)  # Nx1
+    neg = q @ F.normalize(queue.float(), dim=1).T  # NxK
+    logits = torch.cat([pos, neg], dim=1) / tau
+    return F.cross_entropy(logits, torch.zeros(len(q), dtype=torch.long, device=q.device))
+
+
+def rotate_batch(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nx3xHxW (H == W) -> (4N)x3xHxW rotated by 0, 90, 180, 270 degrees, and (4N) rotation indices."""
+    views = [torch.rot90(x, r, dims=(2, 3)) for r in range(4)]
+    targets = torch.arange(4, device=x.device).repeat_interleave(len(x))
+    return torch.cat(views), targets
+
+
+# --------------------------------------------------------------------------------------------- methods
+
+
+class SimSiam(nn.Module):
+    """Backbone + projector (CIFAR: 2 layers, BN on the output; Sec. 4.1 / appendix D) + predictor
+    (bottleneck 2048 -> 512 -> 2048, Sec. 3). Two views Nx3xHxW -> scalar loss."""
+
+    views = 2
+
+    def __init__(self, encoder: Encoder, proj_dim: int = 2048, pred_dim: int = 512) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.projector = mlp([encoder.dim, proj_dim, proj_dim], last_bn=True)
+        self.predictor = mlp([proj_dim, pred_dim, proj_dim], last_bn=False)
+
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+        # both views in one backbone pass: one big batch is faster than two on CPU; BN statistics are
+        # per-view in the reference, here over the pair (a common, harmless variant)
+        z = self.projector(self.encoder(torch.cat([x1, x2])))
+        p = self.predictor(z)
+        z1, z2 = z.float().chunk(2)
+        p1, p2 = p.float().chunk(2)
+        return simsiam_loss(p1, p2, z1, z2)
+
+    def predictor_params(self) -> list[nn.Parameter]:
+        return list(self.predictor.parameters())
+
+
+class RotNet(nn.Module):
+    """Backbone + linear 4-way rotation head (the encoder's ``rotation`` head). One view -> scalar loss."""
+
+    views = 1
+
+    def __init__(self, encoder: Encoder) -> None:
+        super().__init__()
+        if encoder.rotation is None:
+            raise ValueError("RotNet needs an Encoder built with rotation_head=True")
+        self.encoder = encoder
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rotated, targets = rotate_batch(x)
+        assert self.encoder.rotation is not None
+        return rotation_loss(self.encoder.rotation(self.encoder(rotated)), targets)
+
+
+class MoBY(nn.Module):
+    """Online (encoder + projector + predictor) vs momentum target (encoder + projector), two key queues.
+
+    Loss (MoBY Sec. 3): info_nce(q1, k2, queue2) + info_nce(q2, k1, queue1); then the target is
+    updated by EMA with momentum ``m`` (raised to 1 by a cosine schedule, ``set_progress``) and the
+    keys enqueued.
+    """
+
+    views = 2
+
+    def __init__(self, encoder: Encoder, proj_dim: int = 256, hidden: int = 2048, queue: int = 4096,
+                 tau: float = 0.2, momentum: float = 0.99) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.projector = mlp([encoder.dim, hidden, proj_dim], last_bn=True)
+        self.predictor = mlp([proj_dim, hidden, proj_dim], last_bn=True)
+        self.target_encoder = copy.deepcopy(encoder)
+        self.target_projector = copy.deepcopy(self.projector)
+        for p in [*self.target_encoder.parameters(), *self.target_projector.parameters()]:
+            p.requires_grad_(False)
+        self.tau, self.base_momentum, self.momentum = tau, momentum, momentum
+        self.register_buffer("queue1", F.normalize(torch.randn(queue, proj_dim), dim=1))
+        self.register_buffer("queue2", F.normalize(torch.randn(queue, proj_dim), dim=1))
+        self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+
+    def set_progress(self, frac: float) -> None:
+        """Cosine momentum schedule, BYOL Sec. 3.2: m = 1 - (1 - m0)(cos(pi t / T) + 1)/2."""
+        self.momentum = 1 - (1 - self.base_momentum) * (math.cos(math.pi * min(frac, 1.0)) + 1) / 2
+
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+        q = self.predictor(self.projector(self.encoder(torch.cat([x1, x2]))))
+        q1, q2 = q.chunk(2)
+        with torch.no_grad():
+            self._momentum_update()
+            k = self.target_projector(self.target_encoder(torch.cat([x1, x2])))
+            k1, k2 = k.float().chunk(2)
+        loss = info_nce(q1, k2, self.queue2, self.tau) + info_nce(q2, k1, self.queue1, self.tau)  # type: ignore[arg-type]
+        self._enqueue(k1, k2)
+        return loss
+
+    @torch.no_grad()
+    def _momentum_update(self) -> None:
+        m = self.momentum
+        for online, target in ((self.encoder, self.target_encoder), (self.projector, self.target_projector)):
+            for po, pt in zip(online.parameters(), target.parameters(), strict=True):
+                pt.mul_(m).add_(po.detach(), alpha=1 - m)
+            for bo, bt in zip(online.buffers(), target.buffers(), strict=True):
+                bt.copy_(bo)
+
+    @torch.no_grad()
+    def _enqueue(self, k1: torch.Tensor, k2: torch.Tensor) -> None:
+        k1, k2 = _all_gather(F.normalize(k1, dim=1)), _all_gather(F.normalize(k2, dim=1))
+        size = self.queue1.shape[0]  # type: ignore[index]
+        n = min(len(k1), size)
+        ptr = int(self.queue_ptr)  # type: ignore[call-overload]
+        idx = (torch.arange(n, device=k1.device) + ptr) % size
+        self.queue1[idx] = k1[:n].to(self.queue1.dtype)  # type: ignore[index, union-attr]
+        self.queue2[idx] = k2[:n].to(self.queue2.dtype)  # type: ignore[index, union-attr]
+        self.queue_ptr.fill_((ptr + n) % size)  # type: ignore[operator]
+
+
+def _all_gather(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``x`` over DDP ranks (identity when not distributed)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts)
+
+
+# Method name -> constructor from an Encoder (RotNet's encoder needs rotation_head=True).
+METHODS: dict[str, Callable[[Encoder], nn.Module]] = {"simsiam": SimSiam, "rotnet": RotNet, "moby": MoBY}
+
+
+def build_method(method: str, encoder: Encoder) -> nn.Module:
+    """A self-supervised method module by name; ValueError listing the valid names otherwise."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
+    return METHODS[method](encoder)

@@ -1,0 +1,332 @@
+"""Self-supervised pretraining: ``pretrain(PretrainConfig(...)) -> run_dir``.
+
+The run folder holds config.json, metrics.jsonl (one JSON object per log interval / evaluation),
+checkpoint.pt (everything needed by ``resume=True``), encoder.pt (what exporters/ exports; see
+``save_encoder``) and summary.json (final kNN accuracy, images/s, wall time).
+
+Data are decoded once into a uint8 tensor; each step gathers a batch, builds the views with
+training.augment on the device, and runs the method under bf16 autocast (CPU) / AMP (CUDA) with
+channels_last. Under torchrun every rank takes a stride of each epoch's permutation and gradients are
+averaged by DDP (BatchNorm synchronised on CUDA).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from torch import nn
+
+from shortlist.manifest import CIFAR10_PREPROCESS, CIFAR100_PREPROCESS, IMAGENET_PREPROCESS, Preprocess
+from training import loop
+from training.augment import AugmentConfig, augment
+from training.backbones import build_backbone
+from training.data import TensorData, load
+from training.knn import embed, knn_accuracy
+from training.methods import METHODS, MoBY, SimSiam, build_method
+from training.methods import Encoder as Encoder
+
+PREPROCESS: dict[str, Preprocess] = {"cifar10": CIFAR10_PREPROCESS, "cifar100": CIFAR100_PREPROCESS,
+                                     "imagenet": IMAGENET_PREPROCESS}
+
+# Published defaults per method: base lr (scaled by batch/256), weight decay, batch size.
+# SimSiam CIFAR (Chen & He 2021, appendix D): SGD, lr 0.03 x B/256 at B=512, wd 5e-4, predictor lr fixed;
+# we default to 0.06 x B/256 (the value lightly / solo-learn CIFAR benchmarks use), which converges faster
+# in short runs. RotNet (Gidaris et al. 2018, Sec. 3): SGD lr 0.1, wd 5e-4, B=128. MoBY / MoCo v2 CIFAR:
+# SGD lr 0.06 x B/256, wd 5e-4.
+METHOD_DEFAULTS: dict[str, dict[str, float]] = {
+    "simsiam": {"lr": 0.06, "weight_decay": 5e-4, "batch_size": 512},
+    "rotnet": {"lr": 0.1, "weight_decay": 5e-4, "batch_size": 128},
+    "moby": {"lr": 0.06, "weight_decay": 5e-4, "batch_size": 512},
+}
+
+
+@dataclass
+class PretrainConfig:
+    """Everything a pretraining run depends on (saved as config.json; the CLI maps its flags here)."""
+
+    data: str
+    out: str
+    method: str = "simsiam"
+    arch: str = "resnet18_w32"
+    epochs: int | None = None
+    minutes: float | None = None
+    batch_size: int | None = None  # global batch (all ranks); None: the method's default
+    lr: float | None = None  # base lr per 256 images; None: the method's default
+    weight_decay: float | None = None
+    warmup: float = 0.02  # fraction of the budget spent warming the lr up linearly
+    limit: int | None = None  # only the first N samples of the source (smoke runs)
+    subset: list[int] | None = None  # or only these rows of the train split (benchmarks' pools)
+    preprocess: str = "cifar10"  # a PREPROCESS name: size / mean / std of the exported model
+    test_data: str | None = None  # held-out labelled source for kNN; None: the data's "test" split
+    knn_every: int = 5  # epochs between kNN evaluations (0: only at the end)
+    knn_k: int = 200
+    knn_bank: int = 10_000  # train rows used as the kNN bank in periodic evaluations (final: all)
+    knn_test: int = 2_000  # test rows in periodic evaluations (final: all)
+    checkpoint_minutes: float = 10.0
+    resume: bool = False
+    device: str = "auto"
+    amp: bool = True
+    channels_last: bool = True
+    compile: bool = False
+    seed: int = 0
+    threads: int | None = None
+    crop_min: float = 0.2  # smallest crop area fraction (RandomResizedCrop scale lower bound)
+    # Progressive resizing (as FFCV's ResNet recipes do): views start at ``min_res`` pixels and grow
+    # linearly (in steps of 4) to the model's size at ``res_ramp_end`` of the budget; None = full size.
+    # Convolution cost scales with pixels, so a CPU run sees ~2x more images; evaluation and export
+    # always use the full size.
+    min_res: int | None = None
+    res_ramp_end: float = 0.75
+    log_seconds: float = 20.0
+    progress: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def resolved(self) -> PretrainConfig:
+        """A copy with the method's defaults filled in (what config.json records)."""
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; valid: {', '.join(METHODS)}")
+        d = METHOD_DEFAULTS[self.method]
+        return dataclasses.replace(
+            self, batch_size=self.batch_size or int(d["batch_size"]), lr=self.lr if self.lr is not None else d["lr"],
+            weight_decay=self.weight_decay if self.weight_decay is not None else d["weight_decay"])
+
+
+def preprocess_by_name(name: str) -> Preprocess:
+    if name not in PREPROCESS:
+        raise ValueError(f"unknown preprocess {name!r}; valid: {', '.join(PREPROCESS)}")
+    return PREPROCESS[name]
+
+
+def save_encoder(run_dir: Path, encoder: Encoder, *, arch: str, method: str, pre: Preprocess,
+                 classes: list[str] | None, config: dict[str, Any], dataset: str,
+                 metrics: dict[str, Any] | None = None) -> None:
+    """run_dir/encoder.pt: the exportable encoder (state dict + how to rebuild it), written atomically."""
+    loop.save_atomic({"arch": arch, "method": method, "preprocess": pre.to_dict(),
+                      "num_classes": encoder.classifier.out_features if encoder.classifier is not None else 0,
+                      "rotation_head": encoder.rotation is not None, "classes": classes,
+                      "state_dict": {k: v.detach().cpu() for k, v in encoder.state_dict().items()},
+                      "config": config, "dataset": dataset, "metrics": metrics or {}},
+                     run_dir / loop.ENCODER)
+
+
+def load_encoder(run_dir: Path) -> tuple[Encoder, dict[str, Any]]:
+    """Rebuild the encoder saved by ``save_encoder`` (eval mode, CPU) and its metadata."""
+    path = Path(run_dir) / loop.ENCODER
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: is {run_dir} a finished training run folder?")
+    meta = torch.load(path, map_location="cpu", weights_only=False)
+    enc = Encoder(build_backbone(meta["arch"]), num_classes=int(meta["num_classes"]),
+                  rotation_head=bool(meta["rotation_head"]))
+    enc.load_state_dict(meta.pop("state_dict"))
+    return enc.eval(), meta
+
+
+def _load_test(cfg: PretrainConfig, pre: Preprocess, classes: list[str], console: Console) -> TensorData | None:
+    try:
+        return load(cfg.test_data or cfg.data, "test" if cfg.test_data is None else "train", pre.size,
+                    classes=classes)
+    except (FileNotFoundError, ValueError) as e:
+        console.print(f"[yellow]no held-out kNN evaluation:[/] {e}")
+        return None
+
+
+def evaluate_knn(encoder: nn.Module, train: TensorData, test: TensorData, pre: Preprocess, rt: loop.Runtime,
+                 k: int, bank: int | None = None, test_rows: int | None = None, seed: int = 0) -> float:
+    """Weighted kNN (k, T=0.1) top-1 accuracy of ``encoder`` features; bank = labelled train rows."""
+    g = torch.Generator().manual_seed(seed)
+    rows = train.labeled_rows
+    if bank is not None and len(rows) > bank:
+        rows = rows[torch.randperm(len(rows), generator=g)[:bank]]
+    trows = torch.nonzero(test.labels >= 0).flatten()
+    if test_rows is not None and len(trows) > test_rows:
+        trows = trows[torch.randperm(len(trows), generator=g)[:test_rows]]
+    ftrain = embed(encoder, train.images[rows], pre, device=rt.device, amp_dtype=rt.amp_dtype,
+                   channels_last=rt.channels_last)
+    ftest = embed(encoder, test.images[trows], pre, device=rt.device, amp_dtype=rt.amp_dtype,
+                  channels_last=rt.channels_last)
+    dev = ftrain.device
+    return knn_accuracy(ftrain, train.labels[rows].to(dev), ftest, test.labels[trows].to(dev),
+                        len(train.classes), k=k)
+
+
+def build_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """SGD (momentum 0.9). SimSiam's predictor group is marked ``fixed_lr`` (Chen & He 2021, Sec. 4.3:
+    a constant predictor lr works better), every other group follows the schedule."""
+    pred_ids = {id(p) for p in model.predictor_params()} if isinstance(model, SimSiam) else set()
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups: list[dict[str, Any]] = [{"params": [p for p in params if id(p) not in pred_ids], "fixed_lr": False}]
+    if pred_ids:
+        groups.append({"params": [p for p in params if id(p) in pred_ids], "fixed_lr": True})
+    return torch.optim.SGD(groups, lr=lr, momentum=0.9, weight_decay=weight_decay)
+
+
+def view_size(cfg: PretrainConfig, pre: Preprocess, progress: float) -> Preprocess:
+    """The preprocess (size) of training views at ``progress`` in [0, 1] (see PretrainConfig.min_res)."""
+    if cfg.min_res is None or cfg.min_res >= pre.size[0]:
+        return pre
+    frac = min(1.0, progress / max(cfg.res_ramp_end, 1e-8))
+    side = cfg.min_res + (pre.size[0] - cfg.min_res) * frac
+    side = min(pre.size[0], int(round(side / 4)) * 4)
+    width = round(side * pre.size[1] / pre.size[0])
+    return dataclasses.replace(pre, size=(side, width))
+
+
+def set_lr(opt: torch.optim.Optimizer, base: float, lr: float) -> None:
+    for group in opt.param_groups:
+        group["lr"] = base if group.get("fixed_lr") else lr
+
+
+def pretrain(config: PretrainConfig, console: Console | None = None) -> Path:
+    """Run (or, with ``resume``, continue) a pretraining run; returns its folder."""
+    cfg = config.resolved()
+    assert cfg.batch_size is not None and cfg.lr is not None and cfg.weight_decay is not None
+    console = console or Console()
+    rt = loop.setup_runtime(cfg.device, cfg.amp, cfg.channels_last, cfg.threads)
+    run_dir = Path(cfg.out)
+    if run_dir.exists() and (run_dir / loop.CHECKPOINT).exists() and not cfg.resume:
+        raise FileExistsError(f"{run_dir} already holds a run: pass --resume to continue it, or another --out")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    pre = preprocess_by_name(cfg.preprocess)
+    torch.manual_seed(cfg.seed + rt.rank)
+
+    t_load = time.perf_counter()
+    train = load(cfg.data, "train", pre.size, cfg.limit)
+    if cfg.subset is not None:
+        train = train.subset(cfg.subset)
+    test = _load_test(cfg, pre, train.classes, console) if len(train.labeled_rows) else None
+    if rt.is_main:
+        console.print(f"decoded {len(train)} training images{f' and {len(test)} test images' if test else ''} "
+                      f"in {time.perf_counter() - t_load:.1f} s ({rt.device}, amp={rt.amp_dtype}, world={rt.world})")
+
+    encoder = Encoder(build_backbone(cfg.arch), rotation_head=cfg.method == "rotnet")
+    model = build_method(cfg.method, encoder)
+    if rt.device.type == "cuda" and rt.world > 1:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = model.to(rt.device, memory_format=torch.channels_last if rt.channels_last else torch.preserve_format)
+    per_rank = cfg.batch_size // rt.world
+    base_lr = cfg.lr * cfg.batch_size / 256
+    opt = build_optimizer(model, base_lr, cfg.weight_decay)
+    gen = torch.Generator(device=rt.device).manual_seed(cfg.seed * 7919 + rt.rank)
+    config_dict = dataclasses.asdict(cfg)
+    state = loop.TrainState()
+    if cfg.resume:
+        state = loop.load_checkpoint(run_dir, {"model": model, "optimizer": opt}, gen)
+        if rt.is_main:
+            console.print(f"resumed {run_dir} at step {state.step} (epoch {state.epoch}, {state.seconds:.0f} s)")
+    elif rt.is_main:
+        loop.write_json(run_dir / loop.CONFIG, config_dict)
+
+    train_model: nn.Module = model
+    if rt.world > 1:
+        train_model = nn.parallel.DistributedDataParallel(model, device_ids=[rt.device] if rt.device.type == "cuda"
+                                                          else None)
+    if cfg.compile:
+        train_model = torch.compile(train_model)  # type: ignore[assignment]
+
+    aug = AugmentConfig(crop_scale=(cfg.crop_min, 1.0))
+    budget = loop.Budget(len(train) // rt.world // per_rank, cfg.epochs, cfg.minutes)
+    log = loop.MetricsLog(run_dir, rt.is_main)
+    n_views = int(getattr(model, "views", 2))
+    knn_hist: list[tuple[int, float]] = []
+
+    def checkpoint() -> None:
+        if rt.is_main:
+            loop.save_checkpoint(run_dir, state, {"model": model, "optimizer": opt}, gen, config_dict)
+            save_encoder(run_dir, encoder, arch=cfg.arch, method=cfg.method, pre=pre, classes=train.classes or None,
+                         config=config_dict, dataset=cfg.data)
+
+    wall0 = time.perf_counter()
+    last_ckpt = last_log = time.perf_counter()
+    loss_sum, loss_n, img_window, t_window = 0.0, 0, 0, 0.0
+    total = cfg.epochs * budget.steps_per_epoch if cfg.epochs is not None else (cfg.minutes or 0) * 60
+    progress = loop.make_progress(console, cfg.progress and rt.is_main)
+    stopped = ""
+    with loop.StopFlag() as stop, progress:
+        task = progress.add_task(f"{cfg.method} {cfg.arch}", total=total, info="")
+        model.train()
+        while not budget.done(state.step, state.seconds) and not stopped:
+            order = loop.epoch_order(len(train), state.epoch, cfg.seed, rt.rank, rt.world)
+            for b, rows in loop.batches(order, per_rank, state.batch_in_epoch):
+                t0 = time.perf_counter()
+                imgs = train.images[rows].to(rt.device, non_blocking=True)
+                frac = budget.progress(state.step, state.seconds)
+                vpre = view_size(cfg, pre, frac)
+                views = [augment(imgs, vpre, aug, gen, rt.channels_last) for _ in range(n_views)]
+                set_lr(opt, base_lr, loop.cosine_lr(base_lr, frac, cfg.warmup))
+                if isinstance(model, MoBY):
+                    model.set_progress(frac)
+                with rt.autocast():
+                    loss = train_model(*views)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"loss is {loss.item()} at step {state.step}: lower --lr or "
+                                             "turn off --amp")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                loss_val = float(loss.detach())
+                dt = time.perf_counter() - t0
+                state.step += 1
+                state.batch_in_epoch = b + 1
+                state.seconds += dt
+                state.images += len(rows)
+                loss_sum, loss_n = loss_sum + loss_val, loss_n + 1
+                img_window, t_window = img_window + len(rows) * rt.world, t_window + dt
+                progress.update(task, completed=state.step if cfg.epochs is not None else state.seconds,
+                                info=f"epoch {state.epoch} {vpre.size[0]}px loss {loss_val:.4f} {img_window / t_window:.0f} img/s")
+                now = time.perf_counter()
+                if now - last_log >= cfg.log_seconds:
+                    log.write(kind="train", step=state.step, epoch=state.epoch, loss=loss_sum / loss_n, res=vpre.size[0],
+                              lr=opt.param_groups[0]["lr"], images_per_s=img_window / t_window,
+                              seconds=state.seconds)
+                    loss_sum, loss_n, img_window, t_window, last_log = 0.0, 0, 0, 0.0, now
+                if stop.stop:
+                    stopped = stop.signal_name
+                    break
+                if now - last_ckpt >= cfg.checkpoint_minutes * 60:
+                    checkpoint()
+                    last_ckpt = time.perf_counter()
+                if budget.done(state.step, state.seconds):
+                    break
+            else:  # the epoch ran to its end
+                state.epoch += 1
+                state.batch_in_epoch = 0
+                if test is not None and cfg.knn_every and state.epoch % cfg.knn_every == 0 \
+                        and not budget.done(state.step, state.seconds) and rt.is_main:
+                    acc = evaluate_knn(encoder, train, test, pre, rt, cfg.knn_k, cfg.knn_bank, cfg.knn_test)
+                    knn_hist.append((state.epoch, acc))
+                    log.write(kind="knn", step=state.step, epoch=state.epoch, knn_acc=acc, k=cfg.knn_k,
+                              bank=min(cfg.knn_bank, len(train)), test=min(cfg.knn_test, len(test)))
+                    progress.console.print(f"epoch {state.epoch}: kNN(k={cfg.knn_k}) accuracy {acc:.4f} "
+                                           f"(bank {min(cfg.knn_bank, len(train))}, test {min(cfg.knn_test, len(test))})")
+        checkpoint()
+    if stopped:
+        if rt.is_main:
+            console.print(f"[yellow]{stopped}: checkpointed at step {state.step}; continue with --resume[/]")
+        log.write(kind="stopped", signal=stopped, step=state.step)
+        return run_dir
+
+    summary: dict[str, Any] = {"method": cfg.method, "arch": cfg.arch, "steps": state.step, "epochs": state.epoch,
+                               "train_seconds": state.seconds, "wall_seconds_this_process": time.perf_counter() - wall0,
+                               "images_per_s": state.images * rt.world / max(state.seconds, 1e-9),
+                               "train_images": len(train), "device": str(rt.device), "world": rt.world}
+    if test is not None and rt.is_main:
+        t0 = time.perf_counter()
+        acc = evaluate_knn(encoder, train, test, pre, rt, cfg.knn_k)
+        summary.update(knn_acc=acc, knn_k=cfg.knn_k, knn_bank=len(train.labeled_rows), knn_test=len(test),
+                       knn_seconds=time.perf_counter() - t0)
+        log.write(kind="knn", step=state.step, epoch=state.epoch, knn_acc=acc, k=cfg.knn_k, final=True,
+                  bank=len(train.labeled_rows), test=len(test))
+        console.print(f"final kNN(k={cfg.knn_k}) accuracy {acc:.4f} on {len(test)} held-out images")
+    if rt.is_main:
+        save_encoder(run_dir, encoder, arch=cfg.arch, method=cfg.method, pre=pre, classes=train.classes or None,
+                     config=config_dict, dataset=cfg.data, metrics=summary)
+        loop.write_json(run_dir / loop.SUMMARY, summary)
+        console.print(f"{state.step} steps, {summary['images_per_s']:.0f} img/s, {state.seconds / 60:.1f} min "
+                      f"training -> {run_dir}")
+    return run_dir
