@@ -4,20 +4,16 @@
 from __future__ import annotations
 
 import csv
-import io
 import json
 import logging
 import os
 import signal
-import tempfile
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
-import numpy as np
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -221,101 +217,35 @@ def status(agent: str = AgentOpt, as_json: bool = JsonOpt) -> None:
 
 
 # ---- shortlist bench agent ---------------------------------------------------------------------------
-def _bench_images(n: int, size: tuple[int, int], source: str | None) -> list[bytes]:
-    """n JPEG-encoded images: from ``source`` (any shortlist.datasets source) or synthetic smooth noise."""
-    from PIL import Image
-
-    if source:
-        from shortlist.datasets import iter_images
-        from shortlist.images import encode_png
-
-        out = []
-        for it in iter_images(source, limit=n):
-            out.append(it.encoded if it.encoded is not None else encode_png(np.asarray(it.pixels)))
-        return out
-    rng = np.random.default_rng(0)
-    out = []
-    for _ in range(n):
-        small = rng.integers(0, 256, (size[0] // 4, size[1] // 4, 3), dtype=np.uint8)
-        img = Image.fromarray(small).resize((size[1], size[0]), Image.Resampling.BILINEAR)
-        buf = io.BytesIO()
-        img.save(buf, format="JPEG", quality=90)
-        out.append(buf.getvalue())
-    return out
-
-
 def bench_agent(models: Path | None = typer.Option(None, "--models", help="registry to take the newest "
                                                    "version from (default: a ~0.2 GMAC CNN built here)"),
-                n: int = typer.Option(4096, "--n", help="images to ingest"),
+                n: int = typer.Option(3072, "--n", help="images to ingest, over all rounds"),
                 batch: int = typer.Option(256, "--batch", help="images per IngestRequest and per onnxruntime call"),
+                rounds: int = typer.Option(3, "--rounds", min=1, help="alternating raw/ingest rounds"),
                 source: str | None = typer.Option(None, "--source", help="image source (default: synthetic JPEGs)"),
                 cpu: bool = typer.Option(False, "--cpu", help="never try CUDAExecutionProvider"),
                 as_json: bool = JsonOpt) -> None:
     """Images/s of (a) raw onnxruntime on preprocessed batches and (b) the same model through gRPC
-    Ingest end to end (JPEG decode, blobs fsynced, SQLite commit, index add), and their ratio."""
-    from agent.embedder import Embedder
-    from agent.service import create_server, stop_server
-    from agent.testing import conv_encoder, publish_model
-    from shortlist.images import decode_image
-    from shortlist.manifest import CIFAR10_PREPROCESS, newest_complete
+    Ingest end to end (JPEG decode, blobs flushed, SQLite commit, index add), and their ratio."""
+    from agent.bench import bench_ingest
 
-    with tempfile.TemporaryDirectory(prefix="shortlist-bench-") as tmp:
-        registry = models
-        if registry is None:
-            registry = Path(tmp) / "models"
-            publish_model(registry, conv_encoder(), CIFAR10_PREPROCESS, method="bench")
-        found = newest_complete(registry)
-        if found is None:
-            raise typer.BadParameter(f"no complete model version in {registry}")
-        version, manifest = found
-        size = manifest.preprocess.size
-        images = _bench_images(n + batch, size, source)
-        warm, timed = images[:batch], images[batch:]
-
-        emb = Embedder(registry / version, manifest, batch_size=batch, use_cuda=not cpu)
-        x = manifest.preprocess.normalize(np.stack([decode_image(b, size) for b in timed[:batch]]))
-        emb.session.run(emb.outputs, {emb.input_name: x})  # warm-up
-        reps = max(1, len(timed) // batch)
-
-        def raw_rate() -> float:
-            t0 = time.perf_counter()
-            for _ in range(reps):
-                emb.session.run(emb.outputs, {emb.input_name: x})
-            return reps * len(x) / (time.perf_counter() - t0)
-
-        raw_before = raw_rate()
-
-        server, port, agent = create_server(Path(tmp) / "data", registry, batch_size=batch, use_cuda=not cpu)
-        try:
-            stub = client.connect(f"127.0.0.1:{port}")
-
-            def samples(prefix: str, data: list[bytes]) -> Iterator[agent_pb2.Sample]:
-                for i, b in enumerate(data):
-                    yield client.image_sample(f"{prefix}{i}", b)
-
-            client.ingest(stub, samples("warm", warm), batch)
-            t0 = time.perf_counter()
-            reply = client.ingest(stub, samples("img", timed), batch)
-            e2e = reply.accepted / (time.perf_counter() - t0)
-            provider = agent.manager.current.embedder.provider if agent.manager.current else "?"
-        finally:
-            stop_server(server, agent)
-        # Raw measured before and after the ingest run (the same total work), averaged, so that load
-        # from other processes during the run does not favour either figure.
-        raw_after = raw_rate()
-        raw = (raw_before + raw_after) / 2
-    result = {"model": f"{registry.name}/{version}" if models else "bench CNN (built)", "provider": provider,
-              "input": list(size), "images": len(timed), "batch": batch, "raw_onnxruntime_images_per_s": raw,
-              "raw_before": raw_before, "raw_after": raw_after,
-              "ingest_end_to_end_images_per_s": e2e, "ratio": e2e / raw, "accepted": reply.accepted}
+    try:
+        r = bench_ingest(models, n=n, batch=batch, rounds=rounds, source=source, use_cuda=not cpu)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
     if as_json:
-        print(json.dumps(result))
+        print(json.dumps(r))
         return
     out = Console()
-    out.print(f"model {result['model']} on {provider}, input {size[0]}x{size[1]}, {len(timed)} images, batch {batch}")
-    out.print(f"(a) raw onnxruntime:         {raw:9.1f} images/s  (before {raw_before:.1f}, after {raw_after:.1f})")
-    out.print(f"(b) gRPC Ingest end to end:  {e2e:9.1f} images/s")
-    out.print(f"ratio (b)/(a):               {e2e / raw:9.3f}  (goal >= 0.9)")
+    out.print(f"model {r['model']} on {r['provider']}, input {r['input'][0]}x{r['input'][1]}, "
+              f"{r['rounds']} rounds of {r['images_per_round']} images, batch {r['batch']}")
+    fmt = ", ".join
+    out.print(f"(a) raw onnxruntime:         {r['raw_median']:9.1f} images/s  "
+              f"(rounds: {fmt(f'{v:.1f}' for v in r['raw_images_per_s'])})")
+    out.print(f"(b) gRPC Ingest end to end:  {r['ingest_median']:9.1f} images/s  "
+              f"(rounds: {fmt(f'{v:.1f}' for v in r['ingest_images_per_s'])})")
+    out.print(f"ratio (b)/(a), median:       {r['ratio_median']:9.3f}  "
+              f"(rounds: {fmt(f'{v:.3f}' for v in r['ratios'])}; goal >= 0.9)")
 
 
 def register(app: typer.Typer, bench_app: typer.Typer) -> None:

@@ -1,0 +1,104 @@
+"""``shortlist bench agent``: raw onnxruntime images/s against gRPC Ingest end to end, same model.
+
+(a) raw: ``session.run`` on an already preprocessed batch, nothing else.
+(b) end to end: a client streams JPEG bytes through Ingest to a real server (in this process, on a
+    loopback port) and the clock stops at the reply, i.e. once every image is decoded, embedded,
+    its blob flushed, its row committed to SQLite (synchronous=FULL) and added to the hnswlib index.
+The two are measured in alternating rounds (raw, ingest, raw, ingest, ...) and the median of the
+per-round ratios is reported, so that load from other processes on a shared machine hits both alike.
+"""
+
+from __future__ import annotations
+
+import io
+import statistics
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agent import client
+from agent.embedder import Embedder
+from agent.service import create_server, stop_server
+from agent.testing import conv_encoder, publish_model
+from shortlist.images import decode_image, encode_png
+from shortlist.manifest import CIFAR10_PREPROCESS, newest_complete
+from shortlist.v1 import agent_pb2
+
+
+def bench_images(n: int, size: tuple[int, int], source: str | None = None) -> list[bytes]:
+    """n encoded images: from ``source`` (any shortlist.datasets source) or synthetic smooth-noise JPEGs."""
+    from PIL import Image
+
+    if source:
+        from shortlist.datasets import iter_images
+
+        return [it.encoded if it.encoded is not None else encode_png(np.asarray(it.pixels))
+                for it in iter_images(source, limit=n)]
+    rng = np.random.default_rng(0)
+    out = []
+    for _ in range(n):
+        small = rng.integers(0, 256, (max(1, size[0] // 4), max(1, size[1] // 4), 3), dtype=np.uint8)
+        img = Image.fromarray(small).resize((size[1], size[0]), Image.Resampling.BILINEAR)
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=90)
+        out.append(buf.getvalue())
+    return out
+
+
+def bench_ingest(models: Path | None, n: int = 4096, batch: int = 256, rounds: int = 3,
+                 source: str | None = None, use_cuda: bool = True) -> dict[str, Any]:
+    """Run the benchmark; returns the figures (images/s per round and medians)."""
+    with tempfile.TemporaryDirectory(prefix="shortlist-bench-") as tmp:
+        registry = models
+        if registry is None:
+            registry = Path(tmp) / "models"
+            publish_model(registry, conv_encoder(), CIFAR10_PREPROCESS, method="bench")
+        found = newest_complete(registry)
+        if found is None:
+            raise ValueError(f"no complete model version in {registry}")
+        version, manifest = found
+        size = manifest.preprocess.size
+        per_round = max(batch, n // rounds // batch * batch)
+        images = bench_images(per_round * rounds + batch, size, source)
+
+        emb = Embedder(registry / version, manifest, batch_size=batch, use_cuda=use_cuda)
+        x = manifest.preprocess.normalize(np.stack([decode_image(b, size) for b in images[:batch]]))
+        emb.session.run(emb.outputs, {emb.input_name: x})  # warm-up
+
+        def raw_rate() -> float:
+            reps = per_round // batch
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                emb.session.run(emb.outputs, {emb.input_name: x})
+            return reps * len(x) / (time.perf_counter() - t0)
+
+        def samples(prefix: str, data: list[bytes]) -> Iterator[agent_pb2.Sample]:
+            for i, b in enumerate(data):
+                yield client.image_sample(f"{prefix}{i}", b)
+
+        server, port, agent = create_server(Path(tmp) / "data", registry, batch_size=batch, use_cuda=use_cuda)
+        raws, e2es = [], []
+        try:
+            stub = client.connect(f"127.0.0.1:{port}")
+            client.ingest(stub, samples("warm", images[:batch]), batch)
+            for r in range(rounds):
+                raws.append(raw_rate())
+                chunk = images[batch + r * per_round: batch + (r + 1) * per_round]
+                t0 = time.perf_counter()
+                reply = client.ingest(stub, samples(f"r{r}-", chunk), batch)
+                e2es.append(reply.accepted / (time.perf_counter() - t0))
+                if reply.accepted != len(chunk):
+                    raise RuntimeError(f"ingest accepted {reply.accepted} of {len(chunk)}: {reply.rejected[:3]}")
+            provider = emb.provider
+        finally:
+            stop_server(server, agent)
+    ratios = [e / r for e, r in zip(e2es, raws, strict=True)]
+    return {"model": f"{registry}/{version}" if models else "bench CNN (agent.testing.conv_encoder)",
+            "provider": provider, "input": list(size), "images_per_round": per_round, "rounds": rounds,
+            "batch": batch, "raw_images_per_s": raws, "ingest_images_per_s": e2es, "ratios": ratios,
+            "raw_median": statistics.median(raws), "ingest_median": statistics.median(e2es),
+            "ratio_median": statistics.median(ratios)}
