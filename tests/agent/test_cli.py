@@ -80,3 +80,10 @@ def test_serve_process_stops_on_sigterm(tmp_path: Path, registry: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_bench_agent_command_prints_figures(registry: Path) -> None:
+    out = json.loads(run("bench", "agent", "--models", str(registry), "--n", "128", "--batch", "64",
+                         "--rounds", "2", "--cpu", "--json"))
+    assert out["rounds"] == 2 and len(out["ratios"]) == 2 and out["provider"] == "CPUExecutionProvider"
+    assert out["raw_median"] > 0 and out["ingest_median"] > 0
