@@ -128,24 +128,12 @@ def verify(wrapper: ExportWrapper, files: dict[str, Path], batches: dict[str, np
 
     Returns {runtime: {batch name: {output: max relative error}}}.
     """
-    import onnxruntime as ort
-
     report: dict[str, Any] = {"tolerance": tolerance}
     names = wrapper.output_names
     wrapper.eval()
     failures = []
     for runtime, path in files.items():
-        if runtime == "onnx":
-            sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-
-            def run(x: np.ndarray, sess: Any = sess) -> list[np.ndarray]:
-                return list(sess.run(names, {INPUT_NAME: x}))
-        else:
-            ts = torch.jit.load(str(path))  # type: ignore[no-untyped-call]
-
-            def run(x: np.ndarray, ts: Any = ts) -> list[np.ndarray]:
-                with torch.no_grad():
-                    return [o.numpy() for o in ts(torch.from_numpy(x))]
+        run = _onnx_runner(path, names) if runtime == "onnx" else _torchscript_runner(path)
         report[runtime] = {}
         for bname, x in batches.items():
             with torch.no_grad():
@@ -161,6 +149,22 @@ def verify(wrapper: ExportWrapper, files: dict[str, Path], batches: dict[str, np
     if failures:
         raise VerificationError("export verification failed (nothing published): " + "; ".join(failures))
     return report
+
+
+def _onnx_runner(path: Path, names: list[str]) -> Any:
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return lambda x: list(sess.run(names, {INPUT_NAME: x}))
+
+
+def _torchscript_runner(path: Path) -> Any:
+    ts = torch.jit.load(str(path))  # type: ignore[no-untyped-call]
+
+    def run(x: np.ndarray) -> list[np.ndarray]:
+        with torch.no_grad():
+            return [o.numpy() for o in ts(torch.from_numpy(x))]
+    return run
 
 
 def real_batch(meta: dict[str, Any], pre: Preprocess, n: int = 16) -> np.ndarray | None:

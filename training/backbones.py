@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -129,9 +130,9 @@ def _strip_classifier(net: nn.Module) -> int:
         if isinstance(head, nn.Sequential):
             for i in reversed(range(len(head))):
                 if isinstance(head[i], nn.Linear):
-                    dim = head[i].in_features
+                    layer = cast(nn.Linear, head[i])
                     head[i] = nn.Identity()
-                    return int(dim)
+                    return layer.in_features
     raise ValueError(f"cannot find the classifier of {type(net).__name__} to remove")
 
 
@@ -158,4 +159,4 @@ def build_backbone(arch: str) -> nn.Module:
 
 
 def feature_dim(backbone: nn.Module) -> int:
-    return int(backbone.out_dim)  # type: ignore[arg-type]
+    return int(backbone.out_dim)  # type: ignore[arg-type,unused-ignore]

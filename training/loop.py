@@ -4,6 +4,7 @@ budget, checkpoints (every N minutes and on SIGTERM, written atomically), metric
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -184,10 +185,9 @@ class StopFlag:
 
     def __enter__(self) -> StopFlag:
         for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
+            # not the main thread (e.g. a test harness): no handler, no problem
+            with contextlib.suppress(ValueError):
                 self._old[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread (e.g. a test harness): no handler, no problem
-                pass
         return self
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -175,7 +176,9 @@ class MoBY(nn.Module):
             self._momentum_update()
             k = self.target_projector(self.target_encoder(torch.cat([x1, x2])))
             k1, k2 = k.float().chunk(2)
-        loss = info_nce(q1, k2, self.queue2, self.tau) + info_nce(q2, k1, self.queue1, self.tau)  # type: ignore[arg-type]
+        # snapshots: autograd keeps the negatives for the backward pass, and _enqueue overwrites in place
+        queue1, queue2 = cast(torch.Tensor, self.queue1).clone(), cast(torch.Tensor, self.queue2).clone()
+        loss = info_nce(q1, k2, queue2, self.tau) + info_nce(q2, k1, queue1, self.tau)
         self._enqueue(k1, k2)
         return loss
 
@@ -191,13 +194,15 @@ class MoBY(nn.Module):
     @torch.no_grad()
     def _enqueue(self, k1: torch.Tensor, k2: torch.Tensor) -> None:
         k1, k2 = _all_gather(F.normalize(k1, dim=1)), _all_gather(F.normalize(k2, dim=1))
-        size = self.queue1.shape[0]  # type: ignore[index]
+        q1, q2, qptr = cast(torch.Tensor, self.queue1), cast(torch.Tensor, self.queue2), cast(torch.Tensor,
+                                                                                              self.queue_ptr)
+        size = q1.shape[0]
         n = min(len(k1), size)
-        ptr = int(self.queue_ptr)  # type: ignore[call-overload]
+        ptr = int(qptr.item())
         idx = (torch.arange(n, device=k1.device) + ptr) % size
-        self.queue1[idx] = k1[:n].to(self.queue1.dtype)  # type: ignore[index, union-attr]
-        self.queue2[idx] = k2[:n].to(self.queue2.dtype)  # type: ignore[index, union-attr]
-        self.queue_ptr.fill_((ptr + n) % size)  # type: ignore[operator]
+        q1[idx] = k1[:n].to(q1.dtype)
+        q2[idx] = k2[:n].to(q2.dtype)
+        qptr.fill_((ptr + n) % size)
 
 
 def _all_gather(x: torch.Tensor) -> torch.Tensor:

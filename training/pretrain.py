@@ -172,7 +172,7 @@ def view_size(cfg: PretrainConfig, pre: Preprocess, progress: float) -> Preproce
         return pre
     frac = min(1.0, progress / max(cfg.res_ramp_end, 1e-8))
     side = cfg.min_res + (pre.size[0] - cfg.min_res) * frac
-    side = min(pre.size[0], int(round(side / 4)) * 4)
+    side = min(pre.size[0], round(side / 4) * 4)
     width = round(side * pre.size[1] / pre.size[0])
     return dataclasses.replace(pre, size=(side, width))
 
@@ -182,8 +182,12 @@ def set_lr(opt: torch.optim.Optimizer, base: float, lr: float) -> None:
         group["lr"] = base if group.get("fixed_lr") else lr
 
 
-def pretrain(config: PretrainConfig, console: Console | None = None) -> Path:
-    """Run (or, with ``resume``, continue) a pretraining run; returns its folder."""
+def pretrain(config: PretrainConfig, console: Console | None = None, train_data: TensorData | None = None,
+             test_data: TensorData | None = None) -> Path:
+    """Run (or, with ``resume``, continue) a pretraining run; returns its folder.
+
+    ``train_data`` / ``test_data`` (e.g. samples pulled from an agent) replace loading ``config.data``.
+    """
     cfg = config.resolved()
     assert cfg.batch_size is not None and cfg.lr is not None and cfg.weight_decay is not None
     console = console or Console()
@@ -196,10 +200,12 @@ def pretrain(config: PretrainConfig, console: Console | None = None) -> Path:
     torch.manual_seed(cfg.seed + rt.rank)
 
     t_load = time.perf_counter()
-    train = load(cfg.data, "train", pre.size, cfg.limit)
+    train = train_data if train_data is not None else load(cfg.data, "train", pre.size, cfg.limit)
     if cfg.subset is not None:
         train = train.subset(cfg.subset)
-    test = _load_test(cfg, pre, train.classes, console) if len(train.labeled_rows) else None
+    test = test_data
+    if test is None and train_data is None and len(train.labeled_rows):
+        test = _load_test(cfg, pre, train.classes, console)
     if rt.is_main:
         console.print(f"decoded {len(train)} training images{f' and {len(test)} test images' if test else ''} "
                       f"in {time.perf_counter() - t_load:.1f} s ({rt.device}, amp={rt.amp_dtype}, world={rt.world})")
@@ -208,7 +214,9 @@ def pretrain(config: PretrainConfig, console: Console | None = None) -> Path:
     model = build_method(cfg.method, encoder)
     if rt.device.type == "cuda" and rt.world > 1:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    model = model.to(rt.device, memory_format=torch.channels_last if rt.channels_last else torch.preserve_format)
+    model = model.to(rt.device)
+    if rt.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     per_rank = cfg.batch_size // rt.world
     base_lr = cfg.lr * cfg.batch_size / 256
     opt = build_optimizer(model, base_lr, cfg.weight_decay)
@@ -278,11 +286,12 @@ def pretrain(config: PretrainConfig, console: Console | None = None) -> Path:
                 loss_sum, loss_n = loss_sum + loss_val, loss_n + 1
                 img_window, t_window = img_window + len(rows) * rt.world, t_window + dt
                 progress.update(task, completed=state.step if cfg.epochs is not None else state.seconds,
-                                info=f"epoch {state.epoch} {vpre.size[0]}px loss {loss_val:.4f} {img_window / t_window:.0f} img/s")
+                                info=f"epoch {state.epoch} {vpre.size[0]}px loss {loss_val:.4f} "
+                                     f"{img_window / t_window:.0f} img/s")
                 now = time.perf_counter()
                 if now - last_log >= cfg.log_seconds:
-                    log.write(kind="train", step=state.step, epoch=state.epoch, loss=loss_sum / loss_n, res=vpre.size[0],
-                              lr=opt.param_groups[0]["lr"], images_per_s=img_window / t_window,
+                    log.write(kind="train", step=state.step, epoch=state.epoch, loss=loss_sum / loss_n,
+                              res=vpre.size[0], lr=opt.param_groups[0]["lr"], images_per_s=img_window / t_window,
                               seconds=state.seconds)
                     loss_sum, loss_n, img_window, t_window, last_log = 0.0, 0, 0, 0.0, now
                 if stop.stop:
@@ -302,8 +311,8 @@ def pretrain(config: PretrainConfig, console: Console | None = None) -> Path:
                     knn_hist.append((state.epoch, acc))
                     log.write(kind="knn", step=state.step, epoch=state.epoch, knn_acc=acc, k=cfg.knn_k,
                               bank=min(cfg.knn_bank, len(train)), test=min(cfg.knn_test, len(test)))
-                    progress.console.print(f"epoch {state.epoch}: kNN(k={cfg.knn_k}) accuracy {acc:.4f} "
-                                           f"(bank {min(cfg.knn_bank, len(train))}, test {min(cfg.knn_test, len(test))})")
+                    sizes = f"bank {min(cfg.knn_bank, len(train))}, test {min(cfg.knn_test, len(test))}"
+                    progress.console.print(f"epoch {state.epoch}: kNN(k={cfg.knn_k}) accuracy {acc:.4f} ({sizes})")
         checkpoint()
     if stopped:
         if rt.is_main:

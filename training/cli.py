@@ -1,0 +1,145 @@
+"""``shortlist pretrain | finetune | export | cycle``. torch is imported inside the commands only, so
+``shortlist serve`` and the other agent commands start without it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+console = Console(stderr=True)
+
+
+def _one_budget(*values: float | None) -> None:
+    if sum(v is not None for v in values) != 1:
+        names = ["--epochs N", "--minutes M", "--steps S"][:len(values)]
+        raise typer.BadParameter(f"give exactly one budget: {' or '.join(names)}")
+
+
+def pretrain_cmd(
+    data: str = typer.Option(..., help="image source: ImageFolder folder, tar, CIFAR folder, or a folder with "
+                                       "train.tar/test.tar (its test split is the kNN hold-out)"),
+    out: Path = typer.Option(..., help="run folder (config.json, metrics.jsonl, checkpoint.pt, encoder.pt)"),
+    method: str = typer.Option("simsiam", help="simsiam | rotnet | moby"),
+    arch: str = typer.Option("resnet18_w32", help="resnet18 | resnet18_w32 | wrn28_2 | torchvision:NAME"),
+    epochs: int | None = typer.Option(None, help="train for N epochs"),
+    minutes: float | None = typer.Option(None, help="or for M minutes of training (evaluation not counted)"),
+    limit: int | None = typer.Option(None, help="only the first N samples (smoke runs)"),
+    batch_size: int | None = typer.Option(None, help="global batch size (default: the method's)"),
+    lr: float | None = typer.Option(None, help="base learning rate per 256 images (default: the method's)"),
+    min_res: int | None = typer.Option(None, help="progressive resizing: views start at this many pixels"),
+    crop_min: float = typer.Option(0.2, help="smallest random-resized-crop area fraction"),
+    preprocess: str = typer.Option("cifar10", help="cifar10 | cifar100 | imagenet (size, mean, std)"),
+    knn_every: int = typer.Option(5, help="epochs between kNN evaluations (0: only at the end)"),
+    checkpoint_minutes: float = typer.Option(10.0, help="minutes between checkpoints (also on SIGTERM)"),
+    resume: bool = typer.Option(False, help="continue the run in --out from its checkpoint"),
+    device: str = typer.Option("auto", help="auto | cpu | cuda"),
+    amp: bool = typer.Option(True, help="bf16 autocast on CPU, AMP on CUDA"),
+    channels_last: bool = typer.Option(True),
+    compile: bool = typer.Option(False, help="torch.compile the model (helps on GPU; slow to start on CPU)"),
+    threads: int | None = typer.Option(None, help="CPU threads (1 is faster on a busy shared machine)"),
+    seed: int = typer.Option(0),
+) -> None:
+    """Self-supervised pretraining of an encoder (kNN accuracy on the held-out split when labels exist)."""
+    _one_budget(epochs, minutes)
+    from training.pretrain import PretrainConfig, pretrain
+
+    cfg = PretrainConfig(data=data, out=str(out), method=method, arch=arch, epochs=epochs, minutes=minutes,
+                         limit=limit, batch_size=batch_size, lr=lr, min_res=min_res, crop_min=crop_min,
+                         preprocess=preprocess, knn_every=knn_every, checkpoint_minutes=checkpoint_minutes,
+                         resume=resume, device=device, amp=amp, channels_last=channels_last, compile=compile,
+                         threads=threads, seed=seed)
+    try:
+        pretrain(cfg, console)
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        console.print(f"[red]error:[/] {e}")
+        raise typer.Exit(2) from None
+
+
+def finetune_cmd(
+    out: Path = typer.Option(..., help="run folder"),
+    data: str = typer.Option(..., help="labelled image source (ImageFolder, tar, CIFAR folder)"),
+    mode: str = typer.Option("full", help="linear | full | as3l | moby_al"),
+    init: Path | None = typer.Option(None, help="a pretraining run folder to start from"),
+    arch: str = typer.Option("resnet18_w32", help="architecture when not starting from --init"),
+    labels_per_class: int | None = typer.Option(None, help="keep only N labels per class (rest unlabelled)"),
+    epochs: int | None = typer.Option(None),
+    minutes: float | None = typer.Option(None),
+    steps: int | None = typer.Option(None),
+    batch_size: int = typer.Option(64, help="labelled batch (unlabelled: mu x this)"),
+    lr: float = typer.Option(0.03),
+    prior_iters: int = typer.Option(1000, help="as3l: iterations T using normalize(prior + prediction)"),
+    preprocess: str = typer.Option("cifar10"),
+    threads: int | None = typer.Option(None),
+    device: str = typer.Option("auto"),
+    seed: int = typer.Option(0),
+) -> None:
+    """Fine-tune with labels (linear probe, full, AS3L semi-supervised, MoBYv2AL joint)."""
+    _one_budget(epochs, minutes, steps)
+    from training.finetune import FinetuneConfig, finetune
+
+    cfg = FinetuneConfig(out=str(out), mode=mode, init=str(init) if init else None, arch=arch, data=data,
+                         labels_per_class=labels_per_class, epochs=epochs, minutes=minutes, steps=steps,
+                         batch_size=batch_size, lr=lr, prior_iters=prior_iters, preprocess=preprocess,
+                         threads=threads, device=device, seed=seed)
+    try:
+        run = finetune(cfg, console=console)
+    except (ValueError, FileNotFoundError) as e:
+        console.print(f"[red]error:[/] {e}")
+        raise typer.Exit(2) from None
+    console.print(f"fine-tuned -> {run}")
+
+
+def export_cmd(
+    run: Path = typer.Option(..., help="a training run folder (holds encoder.pt)"),
+    models: Path = typer.Option(..., help="the model registry folder to publish into"),
+    format: str = typer.Option("onnx,torchscript", help="comma-separated: onnx (required), torchscript"),
+) -> None:
+    """Export a run's encoder, verify it against eager PyTorch, publish it atomically; prints the version."""
+    from exporters.export import VerificationError, export_run
+
+    try:
+        version = export_run(run, models, [f.strip() for f in format.split(",") if f.strip()], log=console.print)
+    except (ValueError, FileNotFoundError, VerificationError) as e:
+        console.print(f"[red]error:[/] {e}")
+        raise typer.Exit(2) from None
+    print(version)
+
+
+def cycle_cmd(
+    agent: str = typer.Option(..., help="HOST:PORT of the running agent"),
+    models: Path = typer.Option(..., help="the registry folder the agent serves from"),
+    out: Path = typer.Option(..., help="run folder for this cycle's training"),
+    mode: str = typer.Option("full", help="linear | full | as3l | moby_al | simsiam | rotnet | moby"),
+    init: Path | None = typer.Option(None, help="pretraining run to start from"),
+    steps: int | None = typer.Option(None),
+    minutes: float | None = typer.Option(None),
+    epochs: int | None = typer.Option(None),
+    prior_method: str = typer.Option("knn", help="as3l: the agent's PriorLabels method"),
+    arch: str = typer.Option("resnet18_w32"),
+    threads: int | None = typer.Option(None),
+    device: str = typer.Option("auto"),
+) -> None:
+    """Pull samples from the agent, train, export, publish, ask the agent to reload, print what changed."""
+    import grpc
+
+    from training.cycle import run_cycle
+
+    try:
+        run_cycle(agent, models, out, mode=mode, init=str(init) if init else None, steps=steps, minutes=minutes,
+                  epochs=epochs, prior_method=prior_method, arch=arch, threads=threads, device=device,
+                  console=console)
+    except grpc.RpcError as e:
+        console.print(f"[red]{e.code().name}[/]: {e.details()}")
+        raise typer.Exit(1) from None
+    except (ValueError, FileNotFoundError, ConnectionError) as e:
+        console.print(f"[red]error:[/] {e}")
+        raise typer.Exit(2) from None
+
+
+def register(app: typer.Typer, bench_app: typer.Typer) -> None:
+    app.command("pretrain")(pretrain_cmd)
+    app.command("finetune")(finetune_cmd)
+    app.command("export")(export_cmd)
+    app.command("cycle")(cycle_cmd)

@@ -1,0 +1,123 @@
+"""One retraining cycle against a running agent: pull samples, train, export, publish, reload, report.
+
+    before = GetStatus
+    samples = ListSamples(include_payload, labelled only unless the mode uses unlabelled data)
+    priors  = PriorLabels(method) for the unlabelled samples      (as3l only)
+    train   = finetune(mode) or pretrain(method) on those samples, starting from ``init`` if given
+    version = exporters.export.export_run(run, models)            (verified, atomic)
+    after   = ReloadModel
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+
+from shortlist.manifest import newest_complete
+from shortlist.v1 import agent_pb2
+from training.data import TensorData, from_samples
+from training.finetune import FINETUNE_MODES, FinetuneConfig, finetune
+from training.methods import METHODS
+from training.pretrain import PretrainConfig, preprocess_by_name, pretrain
+
+CYCLE_MODES = (*FINETUNE_MODES, *METHODS)
+UNLABELED_MODES = frozenset({"as3l", "moby_al", *METHODS})
+
+
+@dataclass
+class CycleResult:
+    """What changed: model versions, pool counts, and the training run."""
+
+    version_before: str
+    version_after: str
+    published: str
+    samples: int
+    labeled: int
+    classes: list[str]
+    run_dir: Path
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def fetch_priors(stub: Any, data: TensorData, method: str) -> torch.Tensor:
+    """PriorLabels(method) for the unlabelled rows of ``data`` -> UxC float32 probabilities in
+    ``data.classes`` order (uniform where the agent returned nothing for a sample)."""
+    unl_ids = [data.ids[i] for i in torch.nonzero(data.labels < 0).flatten().tolist()]
+    c = len(data.classes)
+    probs = np.full((len(unl_ids), c), 1.0 / c, np.float32)
+    if not unl_ids:
+        return torch.from_numpy(probs)
+    row = {sid: i for i, sid in enumerate(unl_ids)}
+    col = {name: j for j, name in enumerate(data.classes)}
+    for p in stub.PriorLabels(agent_pb2.PriorLabelsRequest(method=method, ids=unl_ids)):
+        if p.id in row and p.probs:
+            vec = np.zeros(c, np.float32)
+            for name, v in p.probs.items():
+                if name in col:
+                    vec[col[name]] = v
+            if vec.sum() > 0:
+                probs[row[p.id]] = vec / vec.sum()
+    return torch.from_numpy(probs)
+
+
+def run_cycle(agent: str, models: str | Path, out: str | Path, mode: str = "full", init: str | None = None,
+              steps: int | None = None, minutes: float | None = None, epochs: int | None = None,
+              prior_method: str = "knn", preprocess: str = "cifar10", arch: str = "resnet18_w32",
+              batch_size: int | None = None, threads: int | None = None, device: str = "auto",
+              console: Console | None = None) -> CycleResult:
+    """One cycle (see module docstring). ``mode``: a fine-tuning mode (linear, full, as3l, moby_al) or a
+    pretraining method (simsiam, rotnet, moby: self-supervised on every sample in the agent)."""
+    from agent import client
+    from exporters.export import export_run
+
+    console = console or Console()
+    if mode not in CYCLE_MODES:
+        raise ValueError(f"unknown cycle mode {mode!r}; valid: {', '.join(CYCLE_MODES)}")
+    if steps is None and minutes is None and epochs is None:
+        raise ValueError("give one of --steps, --minutes or --epochs")
+    models = Path(models)
+    stub = client.connect(agent)
+    before = stub.GetStatus(agent_pb2.GetStatusRequest())
+    newest = newest_complete(models)
+    pre = newest[1].preprocess if newest is not None else preprocess_by_name(preprocess)
+    labeled_only = mode not in UNLABELED_MODES
+    samples = list(client.list_samples(stub, labeled_only=labeled_only, include_payload=True))
+    classes = list(before.classes) or sorted({s.label for s in samples if s.label})
+    data = from_samples(samples, pre.size, classes)
+    console.print(f"pulled {len(data)} samples ({int((data.labels >= 0).sum())} labelled, {len(classes)} classes) "
+                  f"from {agent}; model {before.model_version or 'none'}")
+    run_dir = Path(out)
+    if mode in METHODS:
+        cfg = PretrainConfig(data=f"agent:{agent}", out=str(run_dir), method=mode, arch=arch, epochs=epochs,
+                             minutes=minutes if epochs is None else None, batch_size=batch_size,
+                             preprocess=preprocess, threads=threads, device=device, knn_every=0)
+        if steps is not None:  # steps for a pretraining cycle: whole epochs of the pool
+            cfg.epochs, cfg.minutes = max(1, steps), None
+        pretrain(cfg, console, train_data=data)
+    else:
+        priors = fetch_priors(stub, data, prior_method) if mode == "as3l" else None
+        fcfg = FinetuneConfig(out=str(run_dir), mode=mode, init=init, arch=arch, data=f"agent:{agent}",
+                              preprocess=preprocess, epochs=epochs, minutes=minutes, steps=steps,
+                              threads=threads, device=device, progress=False)
+        if batch_size:
+            fcfg.batch_size = batch_size
+        if steps is None and epochs is None and minutes is None:
+            fcfg.steps = 100
+        finetune(fcfg, data, priors, console)
+    version = export_run(run_dir, models, log=console.print)
+    after = stub.ReloadModel(agent_pb2.ReloadModelRequest())
+    import json
+
+    summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").is_file() else {}
+    result = CycleResult(version_before=before.model_version, version_after=after.model_version or
+                         after.pending_model_version, published=version, samples=len(data),
+                         labeled=int((data.labels >= 0).sum()), classes=classes, run_dir=run_dir, summary=summary)
+    pending = f", embedding {after.pending_model_version}" if after.pending_model_version else ""
+    console.print(f"model {result.version_before or 'none'} -> published {version} (agent serving "
+                  f"{after.model_version or 'none'}{pending}); "
+                  f"trained on {result.samples} samples, {result.labeled} labels, mode {mode}; run {run_dir}")
+    return result

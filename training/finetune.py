@@ -1,0 +1,323 @@
+"""Fine-tuning an encoder with labels: ``finetune(FinetuneConfig(...), data, priors) -> run_dir``.
+
+Modes (``FINETUNE_MODES``):
+
+- ``linear``: linear probe on the frozen encoder (Bengar et al., "Reducing Label Effort: Self-Supervised
+  Meets Active Learning", ICCVW 2021, Sec. 3): features computed once, a softmax classifier trained on them.
+- ``full``: encoder + classifier trained end to end with cross-entropy on weakly augmented labelled images.
+- ``as3l``: the semi-supervised stage of AS3L (Wen et al., "Active Self-Semi-Supervised Learning for Few
+  Labeled Samples", 2023, Sec. 3.3, Eqs. 2-5): FixMatch's weak/strong consistency (Sohn et al. 2020, Eq. 2-4)
+  with FlexMatch's class-wise thresholds (Zhang et al. 2021, Eq. 6-8, with the convex mapping
+  M(x) = x / (2 - x) and threshold warm-up), where the pseudo-label comes from the posterior
+  ``normalize(prior + prediction)`` for the first ``prior_iters`` (T) iterations and from the prediction
+  alone afterwards. The priors are the agent's PriorLabels (class probabilities per unlabelled sample).
+- ``moby_al``: MoBYv2AL's joint objective (Caramalau et al. 2022, Sec. 3.1): cross-entropy on the labelled
+  batch + lambda_c * MoBY contrastive loss on unlabelled views, lambda_c = 0.5.
+
+The strong augmentation is training.augment's SimCLR-strength colour/crop plus Cutout (DeVries & Taylor
+2017) with per-sample boxes: a batched stand-in for RandAugment (documented difference from FixMatch).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from torch import nn
+
+from shortlist.manifest import Preprocess
+from training import loop
+from training.augment import WEAK, AugmentConfig, augment
+from training.backbones import build_backbone
+from training.data import TensorData, load
+from training.methods import Encoder, MoBY
+from training.pretrain import load_encoder, preprocess_by_name, save_encoder
+
+FINETUNE_MODES = ("linear", "full", "as3l", "moby_al")
+STRONG = AugmentConfig(crop_scale=(0.2, 1.0))
+
+
+@dataclass
+class FinetuneConfig:
+    """A fine-tuning run (saved as config.json)."""
+
+    out: str
+    mode: str = "full"
+    init: str | None = None  # a run folder whose encoder.pt to start from; None = random init of ``arch``
+    arch: str = "resnet18_w32"
+    data: str | None = None  # a source (labelled folders); or pass TensorData to finetune()
+    preprocess: str = "cifar10"
+    labels_per_class: int | None = None  # keep only this many labels per class (the rest unlabelled)
+    epochs: int | None = None  # epochs over the labelled set (or over the unlabelled set for as3l/moby_al)
+    minutes: float | None = None
+    steps: int | None = None  # exact number of steps (tests, cycles); overrides epochs/minutes
+    batch_size: int = 64  # labelled batch
+    mu: int = 7  # unlabelled batch = mu * batch_size (FixMatch's mu)
+    lr: float = 0.03  # SGD, FixMatch's default
+    weight_decay: float = 5e-4
+    threshold: float = 0.95  # FixMatch tau
+    lambda_u: float = 1.0
+    prior_iters: int = 1000  # AS3L's T: iterations that use normalize(prior + prediction)
+    flex: bool = True  # FlexMatch class-wise thresholds (else FixMatch's fixed one)
+    lambda_c: float = 0.5  # MoBYv2AL contrastive weight
+    linear_epochs: int = 100
+    device: str = "auto"
+    amp: bool = True
+    channels_last: bool = True
+    threads: int | None = None
+    seed: int = 0
+    checkpoint_minutes: float = 10.0
+    resume: bool = False
+    progress: bool = True
+
+
+def keep_labels_per_class(data: TensorData, n: int, seed: int) -> TensorData:
+    """A copy where only ``n`` random labels per class remain (the others set to -1)."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.full_like(data.labels, -1)
+    for c in range(len(data.classes)):
+        rows = torch.nonzero(data.labels == c).flatten()
+        keep = rows[torch.randperm(len(rows), generator=g)[:n]]
+        labels[keep] = c
+    return TensorData(data.images, labels, data.classes, data.ids)
+
+
+def cutout(x: torch.Tensor, g: torch.Generator, frac: float = 0.5) -> torch.Tensor:
+    """Zero one square of side frac*H per sample at a random centre (DeVries & Taylor 2017). Nx3xHxW."""
+    n, _, h, w = x.shape
+    side = round(frac * h)
+    cy = torch.randint(0, h, (n,), generator=g, device=x.device).view(n, 1, 1)
+    cx = torch.randint(0, w, (n,), generator=g, device=x.device).view(n, 1, 1)
+    ys = torch.arange(h, device=x.device).view(1, h, 1)
+    xs = torch.arange(w, device=x.device).view(1, 1, w)
+    box = ((ys - cy).abs() <= side // 2) & ((xs - cx).abs() <= side // 2)  # NxHxW
+    return x.masked_fill(box.unsqueeze(1), 0.0)
+
+
+# ------------------------------------------------------------------------------------------ AS3L pieces
+
+
+def as3l_posterior(probs: torch.Tensor, prior: torch.Tensor | None, step: int, prior_iters: int) -> torch.Tensor:
+    """AS3L Eqs. 2-3: q = normalize(prior + p) while step < T, else p. probs, prior: UxC -> UxC rows sum 1."""
+    if prior is None or step >= prior_iters:
+        return probs
+    q = probs + prior
+    return q / q.sum(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+def flex_thresholds(learned: torch.Tensor, num_classes: int, tau: float, n_unlabeled: int,
+                    warmup: bool = True) -> torch.Tensor:
+    """FlexMatch class-wise thresholds (Zhang et al. 2021, Eqs. 6-8, 11): C float.
+
+    ``learned``: per unlabelled sample, the class it is confidently (> tau) predicted as, or -1.
+    sigma_c = count of c; beta_c = sigma_c / max(max_c sigma, #unused) (with warm-up) or / max sigma;
+    threshold_c = M(beta_c) * tau with M(x) = x / (2 - x).
+    """
+    sigma = torch.bincount(learned[learned >= 0], minlength=num_classes).float()
+    unused = float(n_unlabeled - int((learned >= 0).sum()))
+    denom = max(float(sigma.max()), unused) if warmup else float(sigma.max())
+    beta = sigma / max(denom, 1.0)
+    return beta / (2 - beta) * tau
+
+
+def fixmatch_unlabeled_loss(logits_strong: torch.Tensor, posterior: torch.Tensor,
+                            thresholds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """FixMatch Eq. 4 with per-class thresholds: mean over the batch of 1[max q >= t_argmax] CE(strong, argmax q).
+
+    logits_strong: UxC; posterior: UxC (no gradient); thresholds: C. Returns (loss, mask U float).
+    """
+    conf, pseudo = posterior.max(dim=1)
+    mask = (conf >= thresholds[pseudo]).float()
+    ce = F.cross_entropy(logits_strong.float(), pseudo, reduction="none")
+    return (ce * mask).mean(), mask
+
+
+# ---------------------------------------------------------------------------------------------- runner
+
+
+def _init_encoder(cfg: FinetuneConfig, num_classes: int) -> tuple[Encoder, str]:
+    if cfg.init:
+        enc, meta = load_encoder(Path(cfg.init))
+        enc.classifier = nn.Linear(enc.dim, num_classes)
+        return enc, str(meta["arch"])
+    return Encoder(build_backbone(cfg.arch), num_classes=num_classes), cfg.arch
+
+
+def _logits(enc: Encoder, x: torch.Tensor) -> torch.Tensor:
+    assert enc.classifier is not None
+    return enc.classifier(enc(x))
+
+
+def linear_probe(enc: Encoder, data: TensorData, pre: Preprocess, rt: loop.Runtime, epochs: int,
+                 seed: int) -> float:
+    """Train enc.classifier (softmax regression, full batch, Adam) on frozen raw features of the labelled
+    rows, computed once; returns the final training accuracy in [0, 1]."""
+    assert enc.classifier is not None
+    rows = data.labeled_rows
+    feats = _raw_features(enc, data.images[rows], pre, rt)  # LxD, what the exported classifier sees
+    y = data.labels[rows].to(rt.device)
+    torch.manual_seed(seed)
+    opt = torch.optim.Adam(enc.classifier.parameters(), lr=1e-2, weight_decay=1e-4)
+    for _ in range(epochs):
+        loss = F.cross_entropy(enc.classifier(feats), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        return float((enc.classifier(feats).argmax(1) == y).float().mean())
+
+
+@torch.no_grad()
+def _raw_features(enc: Encoder, images: torch.Tensor, pre: Preprocess, rt: loop.Runtime) -> torch.Tensor:
+    from training.augment import plain
+
+    enc.eval()
+    out = [enc(plain(images[i:i + 512].to(rt.device), pre)).float() for i in range(0, len(images), 512)]
+    return torch.cat(out)
+
+
+def finetune(config: FinetuneConfig, data: TensorData | None = None, priors: torch.Tensor | None = None,
+             console: Console | None = None) -> Path:
+    """Train per ``config``; ``data`` overrides config.data; ``priors`` is UxC (rows of the unlabelled
+    samples of ``data`` in order) for as3l. Returns the run folder (encoder.pt has the classifier)."""
+    cfg = config
+    if cfg.mode not in FINETUNE_MODES:
+        raise ValueError(f"unknown fine-tuning mode {cfg.mode!r}; valid: {', '.join(FINETUNE_MODES)}")
+    console = console or Console()
+    rt = loop.setup_runtime(cfg.device, cfg.amp, cfg.channels_last, cfg.threads)
+    pre = preprocess_by_name(cfg.preprocess)
+    if data is None:
+        if not cfg.data:
+            raise ValueError("give --data SOURCE (or pass TensorData)")
+        data = load(cfg.data, "train", pre.size)
+    if cfg.labels_per_class is not None:
+        data = keep_labels_per_class(data, cfg.labels_per_class, cfg.seed)
+    lab = data.labeled_rows
+    unl = torch.nonzero(data.labels < 0).flatten()
+    if len(lab) == 0:
+        raise ValueError("no labelled samples: label some first (shortlist label) or use pretrain")
+    if priors is not None and priors.shape != (len(unl), len(data.classes)):
+        raise ValueError(f"priors must be {len(unl)}x{len(data.classes)} (unlabelled x classes), "
+                         f"got {tuple(priors.shape)}")
+    run_dir = Path(cfg.out)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    enc, arch = _init_encoder(cfg, len(data.classes))
+    enc = enc.to(rt.device)
+    if rt.channels_last:
+        enc = enc.to(memory_format=torch.channels_last)
+    log = loop.MetricsLog(run_dir, rt.is_main)
+    config_dict = dataclasses.asdict(cfg)
+    loop.write_json(run_dir / loop.CONFIG, config_dict)
+    t0 = time.perf_counter()
+    summary: dict[str, Any] = {"mode": cfg.mode, "labeled": len(lab), "unlabeled": len(unl)}
+
+    if cfg.mode == "linear":
+        acc = linear_probe(enc, data, pre, rt, cfg.linear_epochs, cfg.seed)
+        summary.update(train_acc=acc)
+        log.write(kind="linear", train_acc=acc)
+    else:
+        summary.update(_train_loop(cfg, enc, data, lab, unl, priors, pre, rt, run_dir, log, console))
+    summary["seconds"] = time.perf_counter() - t0
+    save_encoder(run_dir, enc, arch=arch, method=f"finetune:{cfg.mode}", pre=pre, classes=data.classes,
+                 config=config_dict, dataset=cfg.data or "", metrics=summary)
+    loop.write_json(run_dir / loop.SUMMARY, summary)
+    return run_dir
+
+
+def _train_loop(cfg: FinetuneConfig, enc: Encoder, data: TensorData, lab: torch.Tensor, unl: torch.Tensor,
+                priors: torch.Tensor | None, pre: Preprocess, rt: loop.Runtime, run_dir: Path,
+                log: loop.MetricsLog, console: Console) -> dict[str, Any]:
+    semi = cfg.mode in ("as3l", "moby_al") and len(unl) > 0
+    moby = MoBY(enc).to(rt.device) if cfg.mode == "moby_al" else None
+    model: nn.Module = moby if moby is not None else enc
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, momentum=0.9,
+                          nesterov=True, weight_decay=cfg.weight_decay)
+    bs = min(cfg.batch_size, len(lab))
+    ubs = min(cfg.mu * cfg.batch_size, len(unl)) if semi else 0
+    epoch_rows = len(unl) if semi else len(lab)
+    steps_per_epoch = max(1, epoch_rows // (ubs if semi else bs))
+    if cfg.steps is not None:
+        budget = loop.Budget(1, epochs=cfg.steps)
+    else:
+        budget = loop.Budget(steps_per_epoch, cfg.epochs, cfg.minutes)
+    gen = torch.Generator(device=rt.device).manual_seed(cfg.seed)
+    state = loop.TrainState()
+    modules = {"model": model, "optimizer": opt}
+    if cfg.resume:
+        state = loop.load_checkpoint(run_dir, modules, gen)
+    learned = torch.full((len(unl),), -1, dtype=torch.long)  # FlexMatch: confident class per unlabelled row
+    if "learned" in state.extra:
+        learned = torch.tensor(state.extra["learned"], dtype=torch.long)
+    prior_dev = priors.to(rt.device).float() if priors is not None else None
+    last_ckpt = time.perf_counter()
+    model.train()
+    mask_rate, loss_val = 0.0, float("nan")
+    with loop.StopFlag() as stop:
+        while not budget.done(state.step, state.seconds):
+            t0 = time.perf_counter()
+            g_cpu = torch.Generator().manual_seed(cfg.seed * 1_000_003 + state.step)
+            lrows = lab[torch.randint(0, len(lab), (bs,), generator=g_cpu)]
+            xl = augment(data.images[lrows].to(rt.device), pre, WEAK, gen, rt.channels_last)
+            yl = data.labels[lrows].to(rt.device)
+            lr = loop.cosine_lr(cfg.lr, budget.progress(state.step, state.seconds), 0.0)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            with rt.autocast():
+                loss = F.cross_entropy(_logits(enc, xl).float(), yl)
+                if semi and cfg.mode == "as3l":
+                    pick = torch.randint(0, len(unl), (ubs,), generator=g_cpu)
+                    imgs = data.images[unl[pick]].to(rt.device)
+                    xw = augment(imgs, pre, WEAK, gen, rt.channels_last)
+                    xs = cutout(augment(imgs, pre, STRONG, gen, rt.channels_last), gen)
+                    with torch.no_grad():
+                        probs = _logits(enc, xw).float().softmax(dim=1)
+                    post = as3l_posterior(probs, prior_dev[pick.to(rt.device)] if prior_dev is not None else None,
+                                          state.step, cfg.prior_iters)
+                    if cfg.flex:
+                        thr = flex_thresholds(learned, len(data.classes), cfg.threshold, len(unl)).to(rt.device)
+                    else:
+                        thr = torch.full((len(data.classes),), cfg.threshold, device=rt.device)
+                    lu, mask = fixmatch_unlabeled_loss(_logits(enc, xs), post, thr)
+                    conf, pseudo = post.max(dim=1)
+                    hit = (conf > cfg.threshold).cpu()
+                    learned[pick[hit]] = pseudo.cpu()[hit]
+                    loss = loss + cfg.lambda_u * lu
+                    mask_rate = float(mask.mean())
+                elif semi and moby is not None:
+                    pick = torch.randint(0, len(unl), (ubs,), generator=g_cpu)
+                    imgs = data.images[unl[pick]].to(rt.device)
+                    v1 = augment(imgs, pre, STRONG, gen, rt.channels_last)
+                    v2 = augment(imgs, pre, STRONG, gen, rt.channels_last)
+                    moby.set_progress(budget.progress(state.step, state.seconds))
+                    loss = loss + cfg.lambda_c * moby(v1, v2)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss is {float(loss)} at step {state.step}: lower --lr")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            loss_val = float(loss.detach())
+            state.step += 1
+            state.seconds += time.perf_counter() - t0
+            state.images += bs + ubs
+            if state.step % 20 == 0 or budget.done(state.step, state.seconds):
+                log.write(kind="train", step=state.step, loss=loss_val, lr=lr, mask_rate=mask_rate,
+                          seconds=state.seconds)
+            if stop.stop or time.perf_counter() - last_ckpt >= cfg.checkpoint_minutes * 60:
+                state.extra["learned"] = learned.tolist()
+                loop.save_checkpoint(run_dir, state, modules, gen, dataclasses.asdict(cfg))
+                last_ckpt = time.perf_counter()
+                if stop.stop:
+                    console.print(f"[yellow]{stop.signal_name}: checkpointed at step {state.step}[/]")
+                    break
+    state.extra["learned"] = learned.tolist()
+    loop.save_checkpoint(run_dir, state, modules, gen, dataclasses.asdict(cfg))
+    enc.eval()
+    return {"steps": state.step, "final_loss": loss_val, "mask_rate": mask_rate,
+            "images_per_s": state.images / max(state.seconds, 1e-9)}
