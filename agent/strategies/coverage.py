@@ -62,7 +62,7 @@ PROBCOVER_ALPHA = 0.95
 PROBCOVER_KNN = 50
 PROBCOVER_ROWS = 20_000
 # The purity radii are measured exactly against a uniform reference sample of this many rows.
-PURITY_REFERENCE = 10_000
+PURITY_REFERENCE = 5_000
 BLOCK = 4096
 
 
@@ -120,7 +120,8 @@ def probcover(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping
     sample = np.arange(n) if n <= PROBCOVER_ROWS else np.sort(rng.choice(n, PROBCOVER_ROWS, replace=False))
     xs = rows_matrix(emb, sample).astype(np.float32)
     if delta_param is None:
-        centres = fit_kmeans(emb, clusters, rng, n_init=10)  # a split blob would shrink delta a lot
+        # Several starts: a blob split in two would shrink delta a lot. k is small, so 10k rows suffice.
+        centres = fit_kmeans(emb, clusters, rng, fit_rows=10_000, n_init=5)
         ref = sample if len(sample) <= PURITY_REFERENCE else np.sort(rng.choice(sample, PURITY_REFERENCE,
                                                                                  replace=False))
         own, _ = assign(xs, centres)
