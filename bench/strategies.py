@@ -32,11 +32,12 @@ def normalise(x: np.ndarray) -> np.ndarray:
 
 
 def hnsw_index(x: np.ndarray, threads: int = 2) -> Any:
-    """An hnswlib cosine index over x (NxD unit rows), ids = row numbers (M=16, ef_construction=200)."""
+    """An hnswlib cosine index over x (NxD unit rows), ids = row numbers, built as the agent builds its
+    own (agent/index.py: M=16, ef_construction=100; queries at ef=max(128, k))."""
     import hnswlib
 
     index = hnswlib.Index(space="cosine", dim=x.shape[1])
-    index.init_index(max_elements=len(x), ef_construction=200, M=16, random_seed=0)
+    index.init_index(max_elements=len(x), ef_construction=100, M=16, random_seed=0)
     index.set_num_threads(threads)
     index.add_items(x, np.arange(len(x)))
     return index
@@ -47,7 +48,7 @@ def hnsw_knn(index: Any, n: int) -> KnnFn:
 
     def knn(queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         k = min(k, n)
-        index.set_ef(max(64, 2 * k))
+        index.set_ef(max(128, k))
         rows, dist = index.knn_query(np.asarray(queries, np.float32), k=k)
         return rows.astype(np.int64), dist.astype(np.float32)
 
@@ -236,7 +237,34 @@ def scale_pool(n: int, dim: int, seed: int) -> np.ndarray:
     return x
 
 
+def synthetic_blobs(n: int, clusters: int, dim: int, spread: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Gaussian blobs on the unit sphere with sizes falling 6:1 from the largest to the smallest class,
+    so random picks miss the small ones: (x NxD float32 unit rows, y N int64)."""
+    rng = np.random.default_rng(seed)
+    centres = normalise(rng.normal(size=(clusters, dim)))
+    weight = np.linspace(6.0, 1.0, clusters)
+    y = rng.choice(clusters, size=n, p=weight / weight.sum())
+    return normalise(centres[y] + spread * rng.normal(size=(n, dim)).astype(np.float32)), y.astype(np.int64)
+
+
 def register(bench_app: typer.Typer) -> None:
+    @bench_app.command("blobs")
+    def blobs_cmd(
+        out: Path = typer.Option(..., help="folder for x.npy, y.npy, test_x.npy, test_y.npy"),
+        n: int = typer.Option(6000, help="rows in all (5/6 pool, 1/6 test)"),
+        clusters: int = typer.Option(10, help="classes"),
+        dim: int = typer.Option(32, help="dimensions"),
+        spread: float = typer.Option(0.25, help="per-dimension noise around each unit centre"),
+        seed: int = typer.Option(0),
+    ) -> None:
+        """Write a synthetic embeddings set for `bench strategies` (imbalanced blobs on the unit sphere)."""
+        x, y = synthetic_blobs(n, clusters, dim, spread, seed)
+        cut = n * 5 // 6
+        out.mkdir(parents=True, exist_ok=True)
+        for name, arr in (("x", x[:cut]), ("y", y[:cut]), ("test_x", x[cut:]), ("test_y", y[cut:])):
+            np.save(out / f"{name}.npy", arr)
+        typer.echo(f"wrote {cut} pool rows and {n - cut} test rows ({clusters} classes, {dim}-d) to {out}")
+
     @bench_app.command("strategies")
     def strategies_cmd(
         embeddings: Path = typer.Option(..., help="N x D float32 .npy of training-pool embeddings"),
@@ -308,7 +336,7 @@ def register(bench_app: typer.Typer) -> None:
         t0 = time.perf_counter()
         index = hnsw_index(x, threads)
         build_s = time.perf_counter() - t0
-        console.print(f"index build: {build_s:.1f} s (hnswlib M=16, ef_construction=200, {threads} threads)")
+        console.print(f"index build: {build_s:.1f} s (hnswlib M=16, ef_construction=100, {threads} threads)")
         rng = np.random.default_rng(1)
         picked = rng.choice(n, size=labelled, replace=False)
         y = np.full(n, -1, np.int64)
