@@ -22,6 +22,7 @@ import os
 import shutil
 import subprocess
 import uuid
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -98,8 +99,11 @@ def export_onnx(wrapper: ExportWrapper, path: Path, size: tuple[int, int], metad
     example = torch.randn(2, 3, *size)
     names = wrapper.output_names
     axes = {INPUT_NAME: {0: "batch"}, **{n: {0: "batch"} for n in names}}
-    torch.onnx.export(wrapper, (example,), str(path), input_names=[INPUT_NAME], output_names=names,
-                      dynamic_axes=axes, opset_version=OPSET, dynamo=False, do_constant_folding=True)
+    # the TorchScript-based exporter: exact for these static CNNs and fast; its deprecation notice is noise
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(wrapper, (example,), str(path), input_names=[INPUT_NAME], output_names=names,
+                          dynamic_axes=axes, opset_version=OPSET, dynamo=False, do_constant_folding=True)
     model = onnx.load(str(path))
     for k, v in metadata.items():
         prop = model.metadata_props.add()
@@ -110,7 +114,8 @@ def export_onnx(wrapper: ExportWrapper, path: Path, size: tuple[int, int], metad
 
 def export_torchscript(wrapper: ExportWrapper, path: Path, size: tuple[int, int]) -> None:
     """Traced TorchScript (the encoders are static graphs, so tracing captures them exactly)."""
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated, still the TorchScript writer
         traced = torch.jit.trace(wrapper, (torch.randn(2, 3, *size),), check_trace=False)
     traced.save(str(path))  # type: ignore[no-untyped-call]
 
@@ -159,7 +164,9 @@ def _onnx_runner(path: Path, names: list[str]) -> Any:
 
 
 def _torchscript_runner(path: Path) -> Any:
-    ts = torch.jit.load(str(path))  # type: ignore[no-untyped-call]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        ts = torch.jit.load(str(path))  # type: ignore[no-untyped-call]
 
     def run(x: np.ndarray) -> list[np.ndarray]:
         with torch.no_grad():

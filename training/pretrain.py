@@ -83,6 +83,7 @@ class PretrainConfig:
     # always use the full size.
     min_res: int | None = None
     res_ramp_end: float = 0.75
+    stop_after: int | None = None  # stop as SIGTERM would (checkpointed, resumable) after this many steps
     log_seconds: float = 20.0
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
@@ -98,9 +99,12 @@ class PretrainConfig:
 
 
 def preprocess_by_name(name: str) -> Preprocess:
-    if name not in PREPROCESS:
-        raise ValueError(f"unknown preprocess {name!r}; valid: {', '.join(PREPROCESS)}")
-    return PREPROCESS[name]
+    """A PREPROCESS entry by name; ``NAME@S`` gives its mean/std at S x S pixels (e.g. ``cifar10@16``)."""
+    base, _, side = name.partition("@")
+    if base not in PREPROCESS or (side and not side.isdigit()):
+        raise ValueError(f"unknown preprocess {name!r}; valid: {', '.join(PREPROCESS)} (optionally @SIZE)")
+    pre = PREPROCESS[base]
+    return dataclasses.replace(pre, size=(int(side), int(side))) if side else pre
 
 
 def save_encoder(run_dir: Path, encoder: Encoder, *, arch: str, method: str, pre: Preprocess,
@@ -294,8 +298,8 @@ def pretrain(config: PretrainConfig, console: Console | None = None, train_data:
                               res=vpre.size[0], lr=opt.param_groups[0]["lr"], images_per_s=img_window / t_window,
                               seconds=state.seconds)
                     loss_sum, loss_n, img_window, t_window, last_log = 0.0, 0, 0, 0.0, now
-                if stop.stop:
-                    stopped = stop.signal_name
+                if stop.stop or (cfg.stop_after is not None and state.step >= cfg.stop_after):
+                    stopped = stop.signal_name or f"stop_after={cfg.stop_after}"
                     break
                 if now - last_ckpt >= cfg.checkpoint_minutes * 60:
                     checkpoint()

@@ -1,0 +1,112 @@
+"""Export round trips (ONNX and TorchScript agree with eager), manifest, atomic publish."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from exporters import publish_run
+from exporters.export import ExportWrapper, VerificationError, export_run, read_onnx_manifest, verify
+from shortlist.manifest import MANIFEST_NAME, ONNX_NAME, TORCHSCRIPT_NAME, Manifest, newest_complete, read_complete
+from tests.training.conftest import CLASSES, PRE, SIZE, make_images
+from training.backbones import build_backbone
+from training.methods import Encoder
+from training.pretrain import preprocess_by_name, save_encoder
+
+
+def _run(tmp_path: Path, name: str, num_classes: int = 0, rotation: bool = False) -> Path:
+    torch.manual_seed(0)
+    enc = Encoder(build_backbone("resnet18_w32"), num_classes=num_classes, rotation_head=rotation)
+    # give BatchNorm non-trivial running statistics, as after training
+    enc.train()
+    with torch.no_grad():
+        enc(torch.randn(16, 3, SIZE, SIZE) * 2 + 0.5)
+    run = tmp_path / name
+    run.mkdir()
+    save_encoder(run, enc.eval(), arch="resnet18_w32", method="rotnet" if rotation else "simsiam",
+                 pre=preprocess_by_name(PRE), classes=CLASSES if num_classes else None,
+                 config={"note": "test"}, dataset="")
+    return run
+
+
+@pytest.mark.parametrize(("num_classes", "rotation"), [(0, False), (3, True)])
+def test_export_round_trip(tmp_path: Path, num_classes: int, rotation: bool) -> None:
+    run = _run(tmp_path, "run", num_classes, rotation)
+    registry = tmp_path / "models"
+    imgs, _ = make_images(8)
+    version = publish_run(run, registry, real_images=imgs)
+    assert version == "v0001"
+    manifest = read_complete(registry / version)
+    assert manifest is not None
+    want = ["embedding"] + (["logits"] if num_classes else []) + (["rotation_logits"] if rotation else [])
+    assert manifest.outputs == want and manifest.embedding_dim == 256
+    assert manifest.classes == (CLASSES if num_classes else None)
+    assert manifest.preprocess.size == (SIZE, SIZE)
+    assert set(manifest.files) == {ONNX_NAME, TORCHSCRIPT_NAME}
+    assert manifest.verification["onnx"]["real"]["embedding"] < 1e-4
+    # the manifest travels inside the ONNX file too
+    assert read_onnx_manifest(registry / version / ONNX_NAME).outputs == want
+    # dynamic batch: any batch size runs, and matches eager
+    sess = ort.InferenceSession(str(registry / version / ONNX_NAME), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(1).standard_normal((5, 3, SIZE, SIZE)).astype(np.float32)
+    outs = sess.run(want, {"image": x})
+    ts = torch.jit.load(str(registry / version / TORCHSCRIPT_NAME))
+    from training.pretrain import load_encoder
+
+    enc, _ = load_encoder(run)
+    with torch.no_grad():
+        ref = ExportWrapper(enc)(torch.from_numpy(x))
+        ts_out = ts(torch.from_numpy(x))
+    for r, o, t in zip(ref, outs, ts_out, strict=True):
+        assert o.shape[0] == 5
+        assert np.abs(r.numpy() - o).max() <= 1e-4 * np.abs(r.numpy()).max()
+        assert torch.allclose(r, t, rtol=0, atol=1e-5 * float(r.abs().max()))
+    # a second export is the next version
+    assert export_run(run, registry, formats=["onnx"]) == "v0002"
+    assert newest_complete(registry) is not None and newest_complete(registry)[0] == "v0002"  # type: ignore[index]
+
+
+def test_verification_failure_publishes_nothing(tmp_path: Path) -> None:
+    run = _run(tmp_path, "run")
+    from training.pretrain import load_encoder
+
+    enc, _ = load_encoder(run)
+    wrapper = ExportWrapper(enc).eval()
+    other = _run(tmp_path, "other")
+    registry = tmp_path / "m"
+    export_run(other, registry, formats=["onnx", "torchscript"])
+    with torch.no_grad():  # a different model's files cannot verify against this eager model
+        for p in wrapper.parameters():
+            p.add_(0.1)
+    files = {"onnx": registry / "v0001" / ONNX_NAME}
+    batch = {"random": np.random.default_rng(0).standard_normal((4, 3, SIZE, SIZE)).astype(np.float32)}
+    with pytest.raises(VerificationError, match="nothing published"):
+        verify(wrapper, files, batch)
+
+
+def test_half_written_version_is_not_complete(tmp_path: Path) -> None:
+    run = _run(tmp_path, "run")
+    registry = tmp_path / "models"
+    export_run(run, registry, formats=["onnx"])
+    # a crash mid-publish leaves a .tmp-* folder, or (if someone copies by hand) a version without its
+    # manifest or with a truncated file: none of them is seen as complete
+    (registry / ".tmp-export-1-abc").mkdir()
+    (registry / ".tmp-export-1-abc" / ONNX_NAME).write_bytes(b"partial")
+    (registry / "v0002").mkdir()
+    (registry / "v0002" / ONNX_NAME).write_bytes((registry / "v0001" / ONNX_NAME).read_bytes())
+    manifest = json.loads((registry / "v0001" / MANIFEST_NAME).read_text())
+    (registry / "v0003").mkdir()
+    (registry / "v0003" / ONNX_NAME).write_bytes(b"truncated")
+    (registry / "v0003" / MANIFEST_NAME).write_text(json.dumps(manifest))
+    newest = newest_complete(registry)
+    assert newest is not None and newest[0] == "v0001"
+    assert isinstance(newest[1], Manifest)
+    # the next publish skips the taken numbers and cleans up nothing of others'
+    assert export_run(run, registry, formats=["onnx"]) == "v0004"
+    assert newest_complete(registry)[0] == "v0004"  # type: ignore[index]
+    assert not any(p.name.startswith(".tmp-export-") and p.name != ".tmp-export-1-abc" for p in registry.iterdir())

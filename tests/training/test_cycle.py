@@ -1,0 +1,65 @@
+"""A full retraining cycle against a real agent on loopback: pull, train, export, publish, reload."""
+
+from __future__ import annotations
+
+import io
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from agent import client
+from agent.service import create_server, stop_server
+from shortlist.manifest import newest_complete
+from shortlist.v1 import agent_pb2
+from tests.training.conftest import CLASSES, PRE, make_images
+from training.cycle import run_cycle
+
+
+def _png(img: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _wait_embedded(stub: object, version: str, timeout: float = 60.0) -> agent_pb2.Status:
+    deadline = time.monotonic() + timeout
+    while True:
+        st: agent_pb2.Status = stub.GetStatus(agent_pb2.GetStatusRequest())  # type: ignore[attr-defined]
+        if st.model_version == version and st.embedded == st.samples and not st.pending_model_version:
+            return st
+        assert time.monotonic() < deadline, f"agent did not finish embedding {version}: {st}"
+        time.sleep(0.2)
+
+
+def test_cycle_against_real_agent(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    server, port, agent = create_server(tmp_path / "data", models, classes=CLASSES, poll_s=0.2, use_cuda=False)
+    try:
+        address = f"127.0.0.1:{port}"
+        stub = client.connect(address)
+        imgs, labels = make_images(30, seed=3)
+        samples = [client.image_sample(f"s{i}", _png(img), label=CLASSES[c] if i < 12 else "")
+                   for i, (img, c) in enumerate(zip(imgs, labels, strict=True))]
+        reply = client.ingest(stub, samples)
+        assert reply.accepted == 30
+
+        first = run_cycle(address, models, tmp_path / "run1", mode="full", steps=2, preprocess=PRE, threads=1)
+        assert (first.version_before, first.published) == ("", "v0001")
+        assert first.samples == 12 and first.labeled == 12  # full fine-tuning pulls labelled samples only
+        status = _wait_embedded(stub, "v0001")
+        assert status.samples == 30
+        newest = newest_complete(models)
+        assert newest is not None and newest[1].classes == CLASSES and newest[1].has_logits
+
+        # AS3L: every sample, priors from the agent's PriorLabels over the v0001 embeddings
+        second = run_cycle(address, models, tmp_path / "run2", mode="as3l", init=str(tmp_path / "run1"), steps=2,
+                           prior_method="knn", preprocess=PRE, threads=1)
+        assert (second.version_before, second.published) == ("v0001", "v0002")
+        assert second.samples == 30 and second.labeled == 12
+        assert second.summary["unlabeled"] == 18
+        _wait_embedded(stub, "v0002")
+    finally:
+        stop_server(server, agent, grace=1.0)

@@ -1,0 +1,101 @@
+"""One training step of every mode on tiny images, exact resume, SIGTERM checkpointing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.training.conftest import PRE, SIZE
+from training import loop
+from training.augment import NONE, AugmentConfig, augment
+from training.data import load
+from training.finetune import FinetuneConfig, finetune
+from training.pretrain import PretrainConfig, load_encoder, preprocess_by_name, pretrain
+
+
+def _cfg(data: Path, out: Path, method: str, **kw: object) -> PretrainConfig:
+    base: dict[str, object] = dict(data=str(data), out=str(out), method=method, arch="resnet18_w32", epochs=1,
+                                   batch_size=16, preprocess=PRE, knn_every=1, knn_k=5, progress=False,
+                                   threads=1, channels_last=False)
+    base.update(kw)
+    return PretrainConfig(**base)  # type: ignore[arg-type]
+
+
+def test_augment_shapes_and_determinism() -> None:
+    pre = preprocess_by_name(PRE)
+    imgs = torch.randint(0, 256, (4, 3, SIZE, SIZE), dtype=torch.uint8)
+    a = augment(imgs, pre, AugmentConfig(), torch.Generator().manual_seed(1))
+    b = augment(imgs, pre, AugmentConfig(), torch.Generator().manual_seed(1))
+    c = augment(imgs, pre, AugmentConfig(), torch.Generator().manual_seed(2))
+    assert a.shape == (4, 3, SIZE, SIZE) and a.dtype == torch.float32
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    # no augmentation = the Preprocess normalisation exactly
+    plain = augment(imgs, pre, NONE, torch.Generator())
+    expected = torch.from_numpy(pre.normalize(imgs.permute(0, 2, 3, 1).numpy()))
+    assert torch.allclose(plain, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["simsiam", "rotnet", "moby"])
+def test_pretrain_one_epoch(tiny_data: Path, tmp_path: Path, method: str) -> None:
+    run = pretrain(_cfg(tiny_data, tmp_path / method, method, min_res=8))
+    summary = json.loads((run / loop.SUMMARY).read_text())
+    assert summary["steps"] == 3 and 0.0 <= summary["knn_acc"] <= 1.0
+    assert summary["knn_test"] == 24
+    records = [json.loads(line) for line in (run / loop.METRICS).read_text().splitlines()]
+    assert any(r["kind"] == "knn" for r in records)
+    enc, meta = load_encoder(run)
+    assert (enc.rotation is not None) == (method == "rotnet")
+    assert meta["preprocess"]["size"] == [SIZE, SIZE]
+    out = enc(torch.randn(2, 3, SIZE, SIZE))
+    assert out.shape == (2, 256) and torch.isfinite(out).all()
+
+
+def test_resume_continues_exactly(tiny_data: Path, tmp_path: Path) -> None:
+    straight = pretrain(_cfg(tiny_data, tmp_path / "a", "simsiam", epochs=2, knn_every=0))
+    # the same run, stopped after epoch 1 (a 1-epoch budget), then resumed with a 2-epoch budget
+    first = _cfg(tiny_data, tmp_path / "b", "simsiam", epochs=2, knn_every=0)
+    first.stop_after = 3
+    pretrain(first)
+    resumed = pretrain(_cfg(tiny_data, tmp_path / "b", "simsiam", epochs=2, knn_every=0, resume=True))
+    a = torch.load(straight / loop.ENCODER, weights_only=False)["state_dict"]
+    b = torch.load(resumed / loop.ENCODER, weights_only=False)["state_dict"]
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_existing_run_needs_resume(tiny_data: Path, tmp_path: Path) -> None:
+    pretrain(_cfg(tiny_data, tmp_path / "r", "rotnet", knn_every=0))
+    with pytest.raises(FileExistsError, match="--resume"):
+        pretrain(_cfg(tiny_data, tmp_path / "r", "rotnet"))
+
+
+@pytest.mark.parametrize("mode", ["linear", "full", "as3l", "moby_al"])
+def test_finetune_modes(tiny_data: Path, tmp_path: Path, mode: str) -> None:
+    pre = preprocess_by_name(PRE)
+    data = load(str(tiny_data), "train", pre.size)
+    cfg = FinetuneConfig(out=str(tmp_path / mode), mode=mode, arch="resnet18_w32", preprocess=PRE,
+                         labels_per_class=2, steps=2, batch_size=6, mu=2, threads=1, channels_last=False,
+                         linear_epochs=5, prior_iters=1)
+    priors = None
+    if mode == "as3l":
+        n_unl = len(data) - 6
+        priors = torch.full((n_unl, 3), 1 / 3)
+    run = finetune(cfg, data, priors)
+    summary = json.loads((run / loop.SUMMARY).read_text())
+    assert summary["labeled"] == 6 and summary["unlabeled"] == 42
+    enc, meta = load_encoder(run)
+    assert enc.classifier is not None and meta["classes"] == ["blue", "green", "red"]
+    logits = enc.classifier(enc(torch.randn(2, 3, SIZE, SIZE)))
+    assert logits.shape == (2, 3) and torch.isfinite(logits).all()
+    if mode != "linear":
+        assert summary["steps"] == 2
+
+
+def test_as3l_rejects_misaligned_priors(tiny_data: Path, tmp_path: Path) -> None:
+    data = load(str(tiny_data), "train", (SIZE, SIZE))
+    cfg = FinetuneConfig(out=str(tmp_path / "x"), mode="as3l", preprocess=PRE, labels_per_class=2, steps=1)
+    with pytest.raises(ValueError, match="priors must be"):
+        finetune(cfg, data, torch.full((3, 3), 1 / 3))
