@@ -1,6 +1,6 @@
 """AS3L's prior pseudo-labels (Wen, Pizarro & Williams, "Active Self-Semi-Supervised Learning for Few
 Labeled Samples", arXiv 2203.04560, Sec. 3.3) by constrained seed k-means (Basu, Banerjee & Mooney,
-"Semi-supervised Clustering by Seeding", ICML 2002, Sec. 3)."""
+"Semi-supervised Clustering by Seeding", ICML 2002)."""
 
 from __future__ import annotations
 
@@ -20,12 +20,13 @@ MAX_ITER = 50
 
 def constrained_seed_kmeans(x: np.ndarray, seed_rows: np.ndarray, seed_cluster: np.ndarray, k: int,
                             rng: np.random.Generator, max_iter: int = MAX_ITER) -> tuple[np.ndarray, np.ndarray]:
-    """Constrained-KMeans (Basu et al. 2002, Sec. 3, the "Constrained-KMeans" algorithm).
+    """Constrained-KMeans (Basu et al. 2002, their "Constrained-KMeans" algorithm).
 
-    Cluster h in [0, S) is seeded by the rows ``seed_rows`` with ``seed_cluster == h`` (its initial centre
-    is their mean, Sec. 3 step 1); the other K - S centres start by k-means++ over the rest. In every
-    Lloyd step (the objective of their Eq. 1, sum_h sum_{x in X_h} ||x - mu_h||^2) the seed rows keep
-    their seed cluster -- that is the constraint -- and the other rows move to the nearest centre.
+    Cluster h in [0, S) is seeded by the rows ``seed_rows`` with ``seed_cluster == h`` (its initial
+    centre is their mean, the algorithm's initialisation step); the other K - S centres start by
+    k-means++ over the rest. In every Lloyd step (minimising the k-means objective
+    sum_h sum_{x in X_h} ||x - mu_h||^2) the seed rows keep their seed cluster -- that is the
+    constraint -- and the other rows move to the nearest centre.
 
     Args:
         x: NxD rows to cluster.

@@ -42,7 +42,7 @@ def _labelled_neighbours(pool: Pool, rows: np.ndarray, k: int) -> tuple[np.ndarr
 
 def knn_prior(pool: Pool, rows: np.ndarray, rng: np.random.Generator, params: Mapping[str, str]) -> Priors:
     """Weighted k-nearest-neighbour vote (Wu et al., "Unsupervised Feature Learning via Non-Parametric
-    Instance Discrimination", CVPR 2018, Sec. 3.4 / its weighted kNN classifier, as used by DINO):
+    Instance Discrimination", CVPR 2018, its weighted kNN classifier, as used by DINO):
     each of the k most similar labelled rows votes for its class with weight exp(s_i / tau), s_i the
     cosine similarity; probs are the normalised votes. Params: ``k`` (20), ``temperature`` (0.07).
     Confidence: the winning class's share of the vote.

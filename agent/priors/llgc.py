@@ -12,7 +12,7 @@ from agent.pool import Pool, Priors, check_params, param_float, param_int
 from agent.priors._common import normalise_rows, require_labels, with_known_labels
 from agent.strategies._common import rows_matrix
 
-# Defaults of Iscen et al., "Label Propagation for Deep Semi-supervised Learning", CVPR 2019, Sec. 5
+# Defaults of Iscen et al., "Label Propagation for Deep Semi-supervised Learning", CVPR 2019, experiments
 # (k = 50 neighbours, gamma = 3, alpha = 0.99), who run Zhou et al.'s spreading on a CNN's kNN graph.
 LLGC_K = 50
 LLGC_GAMMA = 3.0
@@ -22,7 +22,7 @@ CG_ITERS = 20
 
 def knn_affinity(nbr: np.ndarray, dist: np.ndarray, gamma: float) -> sparse.csr_matrix:
     """Symmetric sparse affinity W = A + A^T, A_ij = max(cos_ij, 0)^gamma for j in kNN(i), i != j
-    (Iscen et al. 2019, Sec. 3.2, Eq. 9-10). nbr NxK rows, dist NxK cosine distances; returns NxN."""
+    (Iscen et al. 2019, their kNN affinity matrix). nbr NxK rows, dist NxK cosine distances; returns NxN."""
     n, k = nbr.shape
     src = np.repeat(np.arange(n), k)
     dst = nbr.ravel()
@@ -35,7 +35,7 @@ def knn_affinity(nbr: np.ndarray, dist: np.ndarray, gamma: float) -> sparse.csr_
 def spread(w: sparse.csr_matrix, y: np.ndarray, alpha: float, iters: int = CG_ITERS) -> np.ndarray:
     """Label spreading (Zhou, Bousquet, Lal, Weston & Schölkopf, "Learning with Local and Global
     Consistency", NIPS 2003, Sec. 2): with S = D^-1/2 W D^-1/2 the fixed point of F <- alpha S F +
-    (1 - alpha) Y is F* = (1 - alpha)(I - alpha S)^-1 Y (their Eq. 1 / step 4). Solved per class by
+    (1 - alpha) Y is F* = (1 - alpha)(I - alpha S)^-1 Y (their algorithm, step 4). Solved per class by
     conjugate gradients (I - alpha S is symmetric positive definite), as Iscen et al. 2019 do.
     w NxN affinity, y NxC one-hot seeds (zero rows for unlabelled); returns F NxC."""
     deg = np.asarray(w.sum(axis=1)).ravel()
@@ -54,7 +54,7 @@ def llgc_prior(pool: Pool, rows: np.ndarray, rng: np.random.Generator, params: M
     """LLGC label spreading (Zhou et al. 2003, see ``spread``) over the sparse kNN graph of the whole pool
     from Pool.knn (``knn_affinity``). probs: the spread scores of each requested row, clipped at zero,
     class-mass normalised and row-normalised (uniform for a row the graph does not reach).
-    Confidence: 1 - H(probs) / log C, the entropy weight of Iscen et al. 2019 (Sec. 3.2, Eq. 11).
+    Confidence: 1 - H(probs) / log C, the per-sample entropy weight of Iscen et al. 2019.
     Params: ``k`` (50), ``alpha`` (0.99), ``gamma`` (3).
     """
     check_params(params, {"k", "alpha", "gamma"}, "llgc")
@@ -70,9 +70,10 @@ def llgc_prior(pool: Pool, rows: np.ndarray, rng: np.random.Generator, params: M
     y = np.zeros((n, pool.num_classes))
     y[pool.labeled, pool.labels] = 1.0
     f = spread(w, y, alpha)
-    # Class mass normalisation (Zhu, Ghahramani & Lafferty, ICML 2003, Sec. 4): scale each class's column
-    # to unit total mass, so a class seeded in a denser or better-connected region does not swamp the
-    # rest; on blobs with one label per class it lifts accuracy from ~0.5 to ~0.8 (k = 50).
+    # Class mass normalisation (Zhu, Ghahramani & Lafferty, ICML 2003, "class mass normalization"):
+    # scale each class's column to unit total mass, so a class seeded in a denser or better-connected
+    # region does not swamp the rest; on blobs with one label per class it lifted accuracy from ~0.5
+    # to ~0.8 (k = 50).
     f = np.maximum(f, 0.0)
     f = f / np.maximum(f.sum(axis=0, keepdims=True), 1e-300)
     probs = normalise_rows(f[rows])

@@ -23,12 +23,12 @@ def _cluster_members(labels_all: np.ndarray, k: int) -> tuple[np.ndarray, np.nda
 
 
 def kmedoids(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping[str, str]) -> Selection:
-    """k-medoids selection, the representative baseline of AS3L (Wen et al., Sec. 4, Tables 4/5): k-means
+    """k-medoids selection, the representative baseline of AS3L's experiments (Wen et al., Tables 4/5): k-means
     with k = budget (+ the labelled count), then the medoid of each cluster, largest uncovered cluster
     first.
 
     The medoid under squared Euclidean distance is the member nearest the cluster mean, because
-    sum_i ||x_i - m||^2 = n ||m - mu||^2 + const (Lloyd's k-means objective, MacQueen 1967, Eq. 1);
+    sum_i ||x_i - m||^2 = n ||m - mu||^2 + const (the k-means objective, MacQueen 1967);
     so no O(n^2) PAM swap is needed. Params: ``k`` (clusters; default labelled + budget).
     Score: the cluster's share of the pool (0..1).
     """

@@ -12,9 +12,9 @@ from agent.strategies._common import CHUNK, assign, cosine_to_l2, fit_kmeans, ro
 
 def coreset(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping[str, str]) -> Selection:
     """Core-set selection by k-center greedy (Sener & Savarese, "Active Learning for Convolutional Neural
-    Networks: A Core-Set Approach", ICLR 2018, Sec. 4.2 and Algorithm 1): repeatedly pick the candidate
+    Networks: A Core-Set Approach", ICLR 2018, Sec. 4, Algorithm 1 "k-Center-Greedy"): repeatedly pick the candidate
     u = argmax_i min_j Delta(x_i, x_j) farthest from the labelled-or-picked set (the 2-approximation
-    of the k-center problem, their Eq. 3/4). Delta is the Euclidean distance between the L2-normalised
+    of the k-center problem). Delta is the Euclidean distance between the L2-normalised
     embeddings. With no labels the first centre is a random candidate (seeded).
 
     Cost O((L + budget) * M * D): blocked dot products, one matrix-vector product per pick.

@@ -79,7 +79,7 @@ def margin_of(probs: np.ndarray) -> np.ndarray:
 
 def entropy(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping[str, str]) -> Selection:
     """Maximum-entropy sampling (Shannon 1948; Settles, "Active Learning Literature Survey" 2009,
-    Sec. 3.1, Eq. 1 x*_H = argmax_x -sum_y P(y|x) log P(y|x)). No params. Score: entropy (nats)."""
+    Sec. 3.1 "Uncertainty Sampling": x*_H = argmax_x -sum_y P(y|x) log P(y|x)). No params. Score: entropy (nats)."""
     check_params(params, set(), "entropy")
     probs = candidate_probs(pool, "entropy", rng)
     return top_k(pool.candidates, entropy_of(probs), budget)
@@ -104,9 +104,9 @@ def least_confidence(pool: Pool, budget: int, rng: np.random.Generator,
 
 def badge(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping[str, str]) -> Selection:
     """BADGE (Ash et al., "Deep Batch Active Learning by Diverse, Uncertain Gradient Lower Bounds",
-    ICLR 2020, Sec. 3, Alg. 1): k-means++ seeding (Arthur & Vassilvitskii 2007) over the gradient
+    ICLR 2020, Algorithm 1): k-means++ seeding (Arthur & Vassilvitskii 2007) over the gradient
     embeddings g_x = (p(x) - e_{y^(x)}) (x) h(x) of the last layer's cross-entropy at the predicted
-    label y^ (Sec. 3, Eq. 1), the first seed being the largest gradient norm as in the authors' code.
+    label y^, the first seed being the largest gradient norm as in the authors' code.
 
     The CxD gradient embeddings are never materialised: for Kronecker products
     <a (x) h, b (x) h'> = <a, b><h, h'>, so each seeding step costs one M-vector of C-dim and one of
@@ -149,7 +149,7 @@ QBC_MEMBERS = 5
 
 
 def vote_entropy(votes: np.ndarray, num_classes: int) -> np.ndarray:
-    """Vote entropy (Dagan & Engelson 1995; Settles 2009, Sec. 3.2, Eq. 2):
+    """Vote entropy (Dagan & Engelson 1995; Settles 2009, Sec. 3.2 "Query-By-Committee"):
     -sum_y V(y)/|committee| log(V(y)/|committee|) for votes MxE (class index per member)."""
     members = votes.shape[1]
     counts = np.zeros((len(votes), num_classes))
