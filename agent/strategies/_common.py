@@ -97,22 +97,6 @@ def cosine_to_l2(d: np.ndarray) -> np.ndarray:
     return np.sqrt(np.maximum(2.0 * np.asarray(d, np.float64), 0.0))
 
 
-def knn_without_self(pool: Pool, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """k nearest neighbours (RxK rows, RxK cosine distances) of ``rows``, excluding the row itself."""
-    k = max(1, min(k, len(pool.embeddings) - 1))
-    if len(rows) == 0:
-        return np.zeros((0, k), np.int64), np.zeros((0, k), np.float32)
-    nbr, dist = pool.knn(rows_matrix(pool.embeddings, rows), k + 1)
-    nbr = np.asarray(nbr, np.int64)
-    dist = np.asarray(dist, np.float32)
-    is_self = nbr == rows[:, None]
-    # Drop the row itself where the index returned it, else the farthest neighbour, keeping K columns.
-    drop = np.where(is_self.any(axis=1), is_self.argmax(axis=1), nbr.shape[1] - 1)
-    keep = np.ones_like(nbr, dtype=bool)
-    keep[np.arange(len(rows)), drop] = False
-    return nbr[keep].reshape(len(rows), -1)[:, :k], dist[keep].reshape(len(rows), -1)[:, :k]
-
-
 # Given a cluster id, its candidate rows in preference order with their scores (higher = better).
 RankCluster = Callable[[int], tuple[np.ndarray, np.ndarray]]
 
