@@ -16,7 +16,7 @@ from shortlist.v1 import agent_pb2, agent_pb2_grpc
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 # Transient failures worth retrying for unary calls (the agent restarting, a brief network blip).
-RETRY_POLICY = ('{"methodConfig": [{"name": [{"service": "shortlist.v1.Agent"}], "waitForReady": true, '
+RETRY_POLICY = ('{"methodConfig": [{"name": [{"service": "shortlist.v1.Agent"}], '
                 '"retryPolicy": {"maxAttempts": 5, "initialBackoff": "0.2s", "maxBackoff": "2s", '
                 '"backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]}}]}')
 

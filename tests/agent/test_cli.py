@@ -87,3 +87,48 @@ def test_bench_agent_command_prints_figures(registry: Path) -> None:
                          "--rounds", "2", "--cpu", "--json"))
     assert out["rounds"] == 2 and len(out["ratios"]) == 2 and out["provider"] == "CPUExecutionProvider"
     assert out["raw_median"] > 0 and out["ingest_median"] > 0
+
+
+def test_kill_9_loses_no_acknowledged_sample(tmp_path: Path, registry: Path) -> None:
+    """SIGKILL the serve process while a stream is being ingested: after a restart every sample of an
+    acknowledged Ingest is there, embedded, and nothing is half-stored."""
+    from tests.agent.conftest import make_samples
+
+    data = tmp_path / "d"
+
+    def serve(port: int) -> subprocess.Popen[bytes]:
+        return subprocess.Popen([sys.executable, "-m", "shortlist.cli", "serve", "--data-dir", str(data),
+                                 "--models", str(registry), "--port", str(port), "--cpu"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    port = free_port()
+    proc = serve(port)
+    try:
+        stub = client.connect(f"127.0.0.1:{port}", timeout=60)
+        acked: list[str] = []
+        for k in range(3):
+            batch = make_samples(20, prefix=f"a{k}-", seed=k)
+            assert client.ingest(stub, batch, batch=8).accepted == 20
+            acked += [s.id for s in batch]
+        big = iter(make_samples(400, prefix="b-", seed=9))
+        call = stub.Ingest.future(client.batches(big, 8))  # in flight when the process dies
+        proc.kill()
+        proc.wait()
+        assert call.exception(timeout=60) is not None
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    port = free_port()
+    proc = serve(port)
+    try:
+        stub = client.connect(f"127.0.0.1:{port}", timeout=60)
+        from shortlist.v1 import agent_pb2
+
+        st = stub.GetStatus(agent_pb2.GetStatusRequest())
+        ids = {s.id for s in client.list_samples(stub, include_payload=True)}
+        assert set(acked) <= ids and st.samples == len(ids) and st.embedded == st.samples
+        assert client.ingest(stub, make_samples(20, prefix="a0-", seed=0)).duplicates == 20
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
