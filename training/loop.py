@@ -240,3 +240,52 @@ def write_json(path: Path, obj: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
     os.replace(tmp, path)
+
+
+class ThreadTuner:
+    """Picks the CPU thread count (1 or all cores) by measured images/s, re-checked every ``period_s``.
+
+    Why: on a CPU shared with other jobs, an OpenMP team of 2 threads waits at every barrier for the
+    thread whose core is busy elsewhere, which we measured at 2-3x *slower* than 1 thread; alone, 2
+    threads are faster. Neither choice is right all the time, so measure: every ``period_s`` run
+    ``probe_steps`` steps with the other count (the first one discarded: kernels re-plan for the new
+    count) and keep it if its images/s beats the recent rate of the current count.
+    """
+
+    def __init__(self, choices: list[int], period_s: float = 120.0, probe_steps: int = 5) -> None:
+        self.choices = sorted(set(choices))
+        self.current = torch.get_num_threads() if torch.get_num_threads() in self.choices else self.choices[-1]
+        torch.set_num_threads(self.current)
+        self.period_s, self.probe_steps = period_s, probe_steps
+        self.rate: float | None = None  # images/s of ``current``, exponential moving average
+        self.probe: int | None = None  # thread count being probed
+        self.probe_seen = 0
+        self.probe_imgs, self.probe_time = 0, 0.0
+        self.last_probe = time.perf_counter()
+
+    def observe(self, images: int, seconds: float) -> str | None:
+        """Record one step; returns a message when the thread count changes."""
+        if len(self.choices) < 2 or seconds <= 0:
+            return None
+        if self.probe is None:
+            r = images / seconds
+            self.rate = r if self.rate is None else 0.8 * self.rate + 0.2 * r
+            if time.perf_counter() - self.last_probe >= self.period_s:
+                self.probe = next(c for c in self.choices if c != self.current)
+                self.probe_seen, self.probe_imgs, self.probe_time = 0, 0, 0.0
+                torch.set_num_threads(self.probe)
+            return None
+        self.probe_seen += 1
+        if self.probe_seen > 1:  # the first step after a switch pays for re-planning
+            self.probe_imgs += images
+            self.probe_time += seconds
+        if self.probe_seen < self.probe_steps + 1:
+            return None
+        probe_rate = self.probe_imgs / max(self.probe_time, 1e-9)
+        old, probed = self.current, self.probe
+        self.probe, self.last_probe = None, time.perf_counter()
+        if self.rate is not None and probe_rate > 1.1 * self.rate:
+            self.current, self.rate = probed, probe_rate
+            return f"threads {old} -> {probed} ({probe_rate:.0f} vs {self.rate:.0f} img/s)"
+        torch.set_num_threads(old)
+        return None

@@ -68,6 +68,7 @@ class PretrainConfig:
     knn_k: int = 200
     knn_bank: int = 10_000  # train rows used as the kNN bank in periodic evaluations (final: all)
     knn_test: int = 2_000  # test rows in periodic evaluations (final: all)
+    final_knn_full: bool = True  # final evaluation on all labelled train rows and all test rows
     checkpoint_minutes: float = 10.0
     resume: bool = False
     device: str = "auto"
@@ -75,13 +76,14 @@ class PretrainConfig:
     channels_last: bool = True
     compile: bool = False
     seed: int = 0
-    threads: int | None = None
+    threads: int | None = None  # CPU threads; None: pick 1 or all cores by measured speed (ThreadTuner)
     crop_min: float = 0.2  # smallest crop area fraction (RandomResizedCrop scale lower bound)
     # Progressive resizing (as FFCV's ResNet recipes do): views start at ``min_res`` pixels and grow
     # linearly (in steps of 4) to the model's size at ``res_ramp_end`` of the budget; None = full size.
     # Convolution cost scales with pixels, so a CPU run sees ~2x more images; evaluation and export
     # always use the full size.
     min_res: int | None = None
+    max_res: int | None = None  # cap on the view size (None: the model's size); evaluation stays full size
     res_ramp_end: float = 0.75
     stop_after: int | None = None  # stop as SIGTERM would (checkpointed, resumable) after this many steps
     log_seconds: float = 20.0
@@ -172,11 +174,12 @@ def build_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.o
 
 def view_size(cfg: PretrainConfig, pre: Preprocess, progress: float) -> Preprocess:
     """The preprocess (size) of training views at ``progress`` in [0, 1] (see PretrainConfig.min_res)."""
-    if cfg.min_res is None or cfg.min_res >= pre.size[0]:
+    top = min(cfg.max_res or pre.size[0], pre.size[0])
+    low = min(cfg.min_res or top, top)
+    if low == top == pre.size[0]:
         return pre
     frac = min(1.0, progress / max(cfg.res_ramp_end, 1e-8))
-    side = cfg.min_res + (pre.size[0] - cfg.min_res) * frac
-    side = min(pre.size[0], round(side / 4) * 4)
+    side = min(top, round((low + (top - low) * frac) / 4) * 4)
     width = round(side * pre.size[1] / pre.size[0])
     return dataclasses.replace(pre, size=(side, width))
 
@@ -253,6 +256,8 @@ def pretrain(config: PretrainConfig, console: Console | None = None, train_data:
             save_encoder(run_dir, encoder, arch=cfg.arch, method=cfg.method, pre=pre, classes=train.classes or None,
                          config=config_dict, dataset=cfg.data)
 
+    tuner = (loop.ThreadTuner([1, torch.get_num_threads()]) if rt.device.type == "cpu" and cfg.threads is None
+             else None)
     wall0 = time.perf_counter()
     last_ckpt = last_log = time.perf_counter()
     loss_sum, loss_n, img_window, t_window = 0.0, 0, 0, 0.0
@@ -288,6 +293,8 @@ def pretrain(config: PretrainConfig, console: Console | None = None, train_data:
                 state.seconds += dt
                 state.images += len(rows)
                 loss_sum, loss_n = loss_sum + loss_val, loss_n + 1
+                if tuner is not None and (msg := tuner.observe(len(rows), dt)):
+                    log.write(kind="threads", step=state.step, threads=tuner.current, message=msg)
                 img_window, t_window = img_window + len(rows) * rt.world, t_window + dt
                 progress.update(task, completed=state.step if cfg.epochs is not None else state.seconds,
                                 info=f"epoch {state.epoch} {vpre.size[0]}px loss {loss_val:.4f} "
@@ -295,7 +302,8 @@ def pretrain(config: PretrainConfig, console: Console | None = None, train_data:
                 now = time.perf_counter()
                 if now - last_log >= cfg.log_seconds:
                     log.write(kind="train", step=state.step, epoch=state.epoch, loss=loss_sum / loss_n,
-                              res=vpre.size[0], lr=opt.param_groups[0]["lr"], images_per_s=img_window / t_window,
+                              res=vpre.size[0], threads=torch.get_num_threads(), lr=opt.param_groups[0]["lr"],
+                              images_per_s=img_window / t_window,
                               seconds=state.seconds)
                     loss_sum, loss_n, img_window, t_window, last_log = 0.0, 0, 0, 0.0, now
                 if stop.stop or (cfg.stop_after is not None and state.step >= cfg.stop_after):
@@ -330,12 +338,16 @@ def pretrain(config: PretrainConfig, console: Console | None = None, train_data:
                                "train_images": len(train), "device": str(rt.device), "world": rt.world}
     if test is not None and rt.is_main:
         t0 = time.perf_counter()
-        acc = evaluate_knn(encoder, train, test, pre, rt, cfg.knn_k)
-        summary.update(knn_acc=acc, knn_k=cfg.knn_k, knn_bank=len(train.labeled_rows), knn_test=len(test),
+        bank = None if cfg.final_knn_full else cfg.knn_bank
+        ntest = None if cfg.final_knn_full else cfg.knn_test
+        acc = evaluate_knn(encoder, train, test, pre, rt, cfg.knn_k, bank, ntest)
+        nbank, ntest = min(bank or len(train), len(train.labeled_rows)), min(ntest or len(test), len(test))
+        summary.update(knn_acc=acc, knn_k=cfg.knn_k, knn_bank=nbank, knn_test=ntest,
                        knn_seconds=time.perf_counter() - t0)
         log.write(kind="knn", step=state.step, epoch=state.epoch, knn_acc=acc, k=cfg.knn_k, final=True,
-                  bank=len(train.labeled_rows), test=len(test))
-        console.print(f"final kNN(k={cfg.knn_k}) accuracy {acc:.4f} on {len(test)} held-out images")
+                  bank=nbank, test=ntest)
+        console.print(f"final kNN(k={cfg.knn_k}) accuracy {acc:.4f} on {ntest} held-out images "
+                      f"(bank {nbank})")
     if rt.is_main:
         save_encoder(run_dir, encoder, arch=cfg.arch, method=cfg.method, pre=pre, classes=train.classes or None,
                      config=config_dict, dataset=cfg.data, metrics=summary)
