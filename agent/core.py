@@ -71,6 +71,16 @@ class Prepared:
 
 
 @dataclass
+class Embedded:
+    """A batch after embedding (stage 2): ``fresh`` = positions in ``prep.samples`` not yet stored when
+    it ran, ``early`` = their embeddings under ``prep.version`` (None without a model)."""
+
+    prep: Prepared
+    fresh: list[int]
+    early: EmbedOutput | None
+
+
+@dataclass
 class IngestResult:
     accepted: int = 0
     duplicates: int = 0
@@ -196,15 +206,24 @@ class Agent:
                                  if self.state.lookup(s.id) is None])
         return out
 
-    def commit(self, prep: Prepared) -> IngestResult:
-        """Stage 2 of Ingest: embed with the serving version and store samples, labels and embeddings
-        in one durable transaction. Returns only after the commit."""
-        res = IngestResult(duplicates=prep.duplicates, rejected=list(prep.rejected))
+    def embed(self, prep: Prepared) -> Embedded:
+        """Stage 2 of Ingest (no lock): embed the batch's new samples with the serving version."""
         fresh = [i for i, s in enumerate(prep.samples) if self.state.lookup(s.id) is None]
         serving = self.manager.current
         early: EmbedOutput | None = None
         if serving is not None and serving.version == prep.version and fresh:
-            early = serving.embedder.embed(np.stack([_px(prep.pixels[i]) for i in fresh]))  # outside the lock
+            early = serving.embedder.embed(np.stack([_px(prep.pixels[i]) for i in fresh]))
+        return Embedded(prep, fresh, early)
+
+    def commit(self, prep: Prepared) -> IngestResult:
+        """Stages 2 and 3 of Ingest for one batch."""
+        return self.store(self.embed(prep))
+
+    def store(self, emb: Embedded) -> IngestResult:
+        """Stage 3 of Ingest: store samples, labels and embeddings in one durable transaction (and
+        the index). Returns only after the commit."""
+        prep, fresh, early = emb.prep, emb.fresh, emb.early
+        res = IngestResult(duplicates=prep.duplicates, rejected=list(prep.rejected))
         with self.manager.write_lock:
             # Decide under the lock: another stream may have stored the same id meanwhile.
             new: list[NewSample] = []

@@ -20,7 +20,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from agent.core import Agent, AgentStatus, Incoming, IngestResult, NotFound, Prepared
+from agent.core import Agent, AgentStatus, Embedded, Incoming, IngestResult, NotFound, Prepared
 from agent.pool import FailedPrecondition, InvalidArgument
 from shortlist.v1 import agent_pb2, agent_pb2_grpc
 
@@ -76,40 +76,72 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
 
     def Ingest(self, request_iterator: Iterator[agent_pb2.IngestRequest],
                context: grpc.ServicerContext) -> agent_pb2.IngestReply:
-        # Two-stage pipeline: a reader thread decodes/validates/stores blobs of batch k+1 while this
-        # thread embeds and commits batch k (onnxruntime, Pillow and fsync release the GIL).
-        q: queue.Queue[Prepared | BaseException | None] = queue.Queue(maxsize=2)
+        # Three-stage pipeline over the stream's batches: a reader thread decodes, validates and
+        # writes blobs (batch k+2), an embedding thread runs onnxruntime (batch k+1), and this thread
+        # commits (batch k). onnxruntime, Pillow, SQLite and fsync release the GIL, so they overlap.
+        done = threading.Event()
+        prepared: queue.Queue[object] = queue.Queue(maxsize=2)
+        embedded: queue.Queue[object] = queue.Queue(maxsize=2)
+
+        def put(q: queue.Queue[object], item: object) -> bool:
+            while not done.is_set():  # never block forever once this RPC has ended
+                try:
+                    q.put(item, timeout=0.5)
+                    return True
+                except queue.Full:
+                    continue
+            return False
 
         def read() -> None:
             try:
                 for req in request_iterator:
-                    q.put(self.agent.prepare([incoming(s) for s in req.samples]))
-                q.put(None)
-            except BaseException as e:  # client cancelled, or a bug: hand it to the committing side
-                q.put(e)
+                    if not put(prepared, self.agent.prepare([incoming(s) for s in req.samples])):
+                        return
+                put(prepared, None)
+            except BaseException as e:  # client cancelled, or a bug: hand it on
+                put(prepared, e)
 
-        threading.Thread(target=read, name="ingest-reader", daemon=True).start()
+        def embed() -> None:
+            while True:
+                item = prepared.get()
+                if item is None or isinstance(item, BaseException):
+                    put(embedded, item)
+                    return
+                try:
+                    assert isinstance(item, Prepared)
+                    if not put(embedded, self.agent.embed(item)):
+                        return
+                except BaseException as e:
+                    put(embedded, e)
+                    return
+
+        threading.Thread(target=read, name="ingest-read", daemon=True).start()
+        threading.Thread(target=embed, name="ingest-embed", daemon=True).start()
         total = IngestResult()
-        while True:
-            item = q.get()
-            if item is None:
-                break
-            if isinstance(item, BaseException):
-                if isinstance(item, grpc.RpcError) or not context.is_active():
-                    context.abort(grpc.StatusCode.CANCELLED, "ingest stream broken by the client; batches "
-                                  "acknowledged before are stored, resend the rest (duplicates are counted)")
-                log.error("ingest stream failed: %r", item)
-                context.abort(grpc.StatusCode.INTERNAL,
-                              f"could not read or prepare a batch ({type(item).__name__}: {item}); "
-                              f"{total.accepted} samples of this stream were stored; resend the rest")
-                raise AssertionError("unreachable")  # abort raises
-            try:
-                total.add(self.agent.commit(item))
-            except Exception as e:  # e.g. disk full: earlier batches stay stored, this one is not
-                log.exception("ingest commit failed")
-                context.abort(grpc.StatusCode.INTERNAL,
-                              f"could not store a batch ({type(e).__name__}: {e}); {total.accepted} samples "
-                              "of this stream were stored before it; resend the rest (duplicates are counted)")
+        try:
+            while True:
+                item = embedded.get()
+                if item is None:
+                    break
+                if isinstance(item, BaseException):
+                    if isinstance(item, grpc.RpcError) or not context.is_active():
+                        context.abort(grpc.StatusCode.CANCELLED, "ingest stream broken by the client; batches "
+                                      "acknowledged before are stored, resend the rest (duplicates are counted)")
+                    log.error("ingest stream failed: %r", item)
+                    context.abort(grpc.StatusCode.INTERNAL,
+                                  f"could not read, decode or embed a batch ({type(item).__name__}: {item}); "
+                                  f"{total.accepted} samples of this stream were stored; resend the rest")
+                    raise AssertionError("unreachable")  # abort raises
+                try:
+                    assert isinstance(item, Embedded)
+                    total.add(self.agent.store(item))
+                except Exception as e:  # e.g. disk full: earlier batches stay stored, this one is not
+                    log.exception("ingest commit failed")
+                    context.abort(grpc.StatusCode.INTERNAL,
+                                  f"could not store a batch ({type(e).__name__}: {e}); {total.accepted} samples "
+                                  "of this stream were stored before it; resend the rest (duplicates are counted)")
+        finally:
+            done.set()
         return agent_pb2.IngestReply(
             accepted=total.accepted, duplicates=total.duplicates,
             rejected=[agent_pb2.Rejection(id=i, reason=r) for i, r in total.rejected])
