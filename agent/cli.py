@@ -154,7 +154,8 @@ def select(agent: str = AgentOpt,
                           "strategy": reply.strategy,
                           "selected": [{"id": s.id, "score": s.score} for s in reply.selected]}))
         return
-    table = Table(title=f"{reply.strategy} on {reply.model_version or 'no model'} ({reply.selection_id})")
+    table = Table(title=f"{reply.strategy} @ {reply.model_version or 'no model'}",
+                  caption=f"selection {reply.selection_id}")
     table.add_column("id")
     table.add_column("score", justify="right")
     for s in reply.selected:
