@@ -183,6 +183,11 @@ class Agent:
                 else:
                     out.rejected.append((s.id, "the same id appears twice in this batch with different payloads"))
                 continue
+            stored = self.state.lookup(s.id)
+            if stored is not None:  # a resend: no need to decode (stage 3 re-checks new ids under the lock)
+                self._duplicate_or_conflict(stored, digest, s.id, out)
+                seen[s.id] = digest
+                continue
             try:
                 if serving is not None:
                     pixels: np.ndarray | None = decode_payload(s.kind, s.data, s.dtype, s.shape,
@@ -202,8 +207,7 @@ class Agent:
             out.pixels.append(pixels)
         if self.blobs is not None and out.samples:
             # Before the commit: a committed sample's blob is always there (orphans are harmless).
-            self.blobs.put_many([(d, s.blob) for d, s in zip(out.digests, out.samples, strict=True)
-                                 if self.state.lookup(s.id) is None])
+            self.blobs.put_many([(d, s.blob) for d, s in zip(out.digests, out.samples, strict=True)])
         return out
 
     def embed(self, prep: Prepared) -> Embedded:
@@ -266,7 +270,8 @@ class Agent:
             res.accepted += len(new)
         return res
 
-    def _duplicate_or_conflict(self, rec: SampleRecord | None, digest: str, sid: str, res: IngestResult) -> None:
+    def _duplicate_or_conflict(self, rec: SampleRecord | None, digest: str, sid: str,
+                               res: IngestResult | Prepared) -> None:
         if rec is None:
             return
         if rec.sha256 == digest:
