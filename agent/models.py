@@ -85,6 +85,7 @@ class ModelManager:
         manifest = read_complete(self.registry / last) if last else None
         if last and manifest is not None:
             self.current = self._load(last, manifest)
+            self._saved_rows = self.current.index.loaded_from_snapshot
         else:
             self._adopt_newest()
         if background:
@@ -128,7 +129,6 @@ class ModelManager:
         if emb.classes and stored.logits is None:
             stored.logits = np.zeros((len(stored.seqs), len(emb.classes)), np.float32)
         idx = VersionIndex.restore(version, stored, self.index_dir / version)
-        self._saved_rows = idx.loaded_from_snapshot
         log.info("loaded %s: %d rows (%d from the index snapshot)", version, idx.n, idx.loaded_from_snapshot)
         if self.on_classes is not None:
             self.on_classes(manifest)
@@ -139,6 +139,7 @@ class ModelManager:
         serving = self._load(version, manifest)
         with self.write_lock:
             self.current = serving
+        self._saved_rows = serving.index.loaded_from_snapshot
         self.state.set_meta(SERVING_KEY, version)
         self.state.set_model_version(version, "serving", serving.index.n)
 
