@@ -116,3 +116,22 @@ def test_as3l_building_blocks() -> None:
 def test_top_k_breaks_ties_by_row() -> None:
     sel = top_k(np.array([9, 3, 7, 5]), np.array([1.0, 2.0, 2.0, 0.5]), 2)
     assert sel.rows.tolist() == [3, 7]
+
+
+def test_badge_factorised_distances_match_explicit_gradient_embeddings() -> None:
+    # Logits from the model: BADGE's first pick is the largest explicit gradient-embedding norm and each
+    # later score is the squared distance, in the explicit C*D space, to the nearest earlier pick.
+    rng = np.random.default_rng(0)
+    x, y = blobs(clusters=3, per_cluster=10, dim=6, spread=0.3, seed=5)
+    logits = rng.normal(size=(len(x), 3)).astype(np.float32)
+    pool = make_pool(x, y, None, logits=logits)
+    sel = STRATEGIES["badge"](pool, 4, np.random.default_rng(1), {})
+    p = np.exp(logits - logits.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    a = p.copy()
+    a[np.arange(len(a)), p.argmax(axis=1)] -= 1.0
+    g = np.einsum("nc,nd->ncd", a, x).reshape(len(x), -1)  # explicit (p - e_y^) kron h
+    assert sel.rows[0] == int(np.argmax((g * g).sum(axis=1)))
+    for i in range(1, 4):
+        d2 = ((g[sel.rows[i]] - g[sel.rows[:i]]) ** 2).sum(axis=1).min()
+        assert sel.scores[i] == pytest.approx(d2, rel=1e-4, abs=1e-6)
