@@ -39,12 +39,15 @@ def normalise_rows(scores: np.ndarray) -> np.ndarray:
     return np.where(total > 0, scores / np.where(total > 0, total, 1.0), uniform).astype(np.float32)
 
 
-def nearest_labelled_distance(pool: Pool, rows: np.ndarray, block: int = 16_384) -> np.ndarray:
+def nearest_labelled_distance(pool: Pool, rows: np.ndarray) -> np.ndarray:
     """Cosine distance (1 - cos) from each of ``rows`` to its nearest labelled row: R float32.
     Exact, in blocks (O(R * L * D)); the labelled set is the small side in this system."""
+    from agent.strategies._common import block_rows
+
     lab = pool.embeddings[pool.labeled]
     out = np.empty(len(rows), np.float32)
-    for start in range(0, len(rows), block):
-        sim = pool.embeddings[rows[start:start + block]] @ lab.T
-        out[start:start + block] = 1.0 - sim.max(axis=1)
+    step = block_rows(len(lab))
+    for start in range(0, len(rows), step):
+        sim = pool.embeddings[rows[start:start + step]] @ lab.T
+        out[start:start + step] = 1.0 - sim.max(axis=1)
     return out

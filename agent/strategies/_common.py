@@ -25,6 +25,16 @@ KMEANS_INIT = 3
 KMEANS_MAX_ITER = 50
 # Rows per block in blocked matrix products, so a 1M-row pool never needs an NxK float64 temporary.
 CHUNK = 65_536
+# Elements (rows x columns) of one block of a pairwise-similarity product: ~32 MB of float32.
+BLOCK_ELEMENTS = 8_000_000
+# Cap on k-means clusters for the cluster strategies (TypiClust's max_clusters); with thousands of labels
+# labelled + budget clusters would make k-means the whole cost of a request.
+MAX_CLUSTERS = 500
+
+
+def block_rows(columns: int) -> int:
+    """Rows per block of a (rows x ``columns``) product so one block holds about BLOCK_ELEMENTS values."""
+    return max(1, BLOCK_ELEMENTS // max(columns, 1))
 
 
 def seed_of(rng: np.random.Generator) -> int:

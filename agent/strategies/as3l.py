@@ -8,7 +8,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from agent.pool import Pool, Selection, check_params, param_float, param_int
-from agent.strategies._common import CHUNK, assign, fit_kmeans, pick_from_clusters
+from agent.strategies._common import CHUNK, MAX_CLUSTERS, assign, fit_kmeans, pick_from_clusters
 
 AS3L_RUNS = 6  # C, the number of k-means runs (paper default)
 # AS3L runs 2C k-means, so each is fitted on a smaller uniform sample than the other strategies' one
@@ -70,7 +70,7 @@ def as3l(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping[str,
     Cores are taken largest-first; clusters that already hold labelled samples come last, so the
     already-labelled set is complemented, not repeated.
 
-    Params: ``runs`` (C = 6), ``k`` (clusters; default labelled + budget), ``ridge`` (1e-3).
+    Params: ``runs`` (C = 6), ``k`` (clusters; default labelled + budget, at most 500), ``ridge`` (1e-3).
     Score: core size as a share of its cluster (how stable the pick's neighbourhood is).
     """
     check_params(params, {"runs", "k", "ridge"}, "as3l")
@@ -81,7 +81,7 @@ def as3l(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping[str,
     take = min(budget, len(cand))
     if take == 0:
         return Selection(rows=cand[:0], scores=np.zeros(0))
-    k = param_int(params, "k", len(pool.labeled) + budget, minimum=1)
+    k = param_int(params, "k", min(len(pool.labeled) + budget, MAX_CLUSTERS), minimum=1)
     x = pool.embeddings
     # Eq. 1 is fitted on a uniform sample (a DxD least-squares map is well determined by 10k rows);
     # the map is then applied to every row.

@@ -12,7 +12,14 @@ from collections.abc import Mapping
 import numpy as np
 
 from agent.pool import Pool, Selection, check_params, param_int
-from agent.strategies._common import assign, candidate_clusters, fit_kmeans, pick_from_clusters, rows_matrix
+from agent.strategies._common import (
+    MAX_CLUSTERS,
+    assign,
+    candidate_clusters,
+    fit_kmeans,
+    pick_from_clusters,
+    rows_matrix,
+)
 
 
 def _cluster_members(labels_all: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -29,12 +36,12 @@ def kmedoids(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping[
 
     The medoid under squared Euclidean distance is the member nearest the cluster mean, because
     sum_i ||x_i - m||^2 = n ||m - mu||^2 + const (the k-means objective, MacQueen 1967);
-    so no O(n^2) PAM swap is needed. Params: ``k`` (clusters; default labelled + budget).
+    so no O(n^2) PAM swap is needed. Params: ``k`` (clusters; default labelled + budget, at most 500).
     Score: the cluster's share of the pool (0..1).
     """
     check_params(params, {"k"}, "kmedoids")
     take = min(budget, len(pool.candidates))
-    k = param_int(params, "k", len(pool.labeled) + budget, minimum=1)
+    k = param_int(params, "k", min(len(pool.labeled) + budget, MAX_CLUSTERS), minimum=1)
     if take == 0:
         return Selection(rows=pool.candidates[:0], scores=np.zeros(0))
     centres = fit_kmeans(pool.embeddings, k, rng)
@@ -56,7 +63,7 @@ def kmedoids(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping[
 
 # TypiClust defaults from the paper and its reference code (github.com/avihu111/TypiClust).
 TYPICLUST_KNN = 20
-TYPICLUST_MAX_CLUSTERS = 500
+TYPICLUST_MAX_CLUSTERS = MAX_CLUSTERS
 TYPICLUST_MIN_CLUSTER_SIZE = 5
 # Per cluster, typicality is estimated from at most this many members (uniform sample, exact distances).
 TYPICLUST_SAMPLE = 1000

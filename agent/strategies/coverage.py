@@ -7,7 +7,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from agent.pool import Pool, Selection, check_params, param_float, param_int
-from agent.strategies._common import CHUNK, assign, cosine_to_l2, fit_kmeans, rows_matrix
+from agent.strategies._common import assign, block_rows, cosine_to_l2, fit_kmeans, rows_matrix
 
 
 def coreset(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping[str, str]) -> Selection:
@@ -30,9 +30,10 @@ def coreset(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping[s
     best_sim = np.full(len(cand), -np.inf, np.float32)
     if len(pool.labeled):
         labelled_x = pool.embeddings[pool.labeled]
-        for start in range(0, len(cand), CHUNK):
-            sim = x[start:start + CHUNK] @ labelled_x.T  # BxL
-            best_sim[start:start + CHUNK] = sim.max(axis=1)
+        step = block_rows(len(labelled_x))
+        for start in range(0, len(cand), step):
+            sim = x[start:start + step] @ labelled_x.T  # BxL
+            best_sim[start:start + step] = sim.max(axis=1)
     rows: list[int] = []
     scores: list[float] = []
     picked = np.zeros(len(cand), bool)
@@ -63,7 +64,6 @@ PROBCOVER_KNN = 50
 PROBCOVER_ROWS = 20_000
 # The purity radii are measured exactly against a uniform reference sample of this many rows.
 PURITY_REFERENCE = 5_000
-BLOCK = 4096
 
 
 def impurity_radii(points: np.ndarray, own: np.ndarray, reference: np.ndarray, ref_cluster: np.ndarray) -> np.ndarray:
@@ -71,11 +71,12 @@ def impurity_radii(points: np.ndarray, own: np.ndarray, reference: np.ndarray, r
     row (RxD) of another cluster (``ref_cluster`` R); inf when there is none. Exact, in blocks."""
     out = np.full(len(points), np.inf)
     ref_sq = np.einsum("rd,rd->r", reference, reference)
-    for start in range(0, len(points), BLOCK):
-        block = points[start:start + BLOCK]
+    step = block_rows(len(reference))
+    for start in range(0, len(points), step):
+        block = points[start:start + step]
         sq = np.einsum("bd,bd->b", block, block)[:, None] + ref_sq[None, :] - 2.0 * block @ reference.T
-        sq[own[start:start + BLOCK, None] == ref_cluster[None, :]] = np.inf
-        out[start:start + BLOCK] = np.sqrt(np.maximum(sq.min(axis=1), 0.0))
+        sq[own[start:start + step, None] == ref_cluster[None, :]] = np.inf
+        out[start:start + step] = np.sqrt(np.maximum(sq.min(axis=1), 0.0))
     return out
 
 
@@ -139,9 +140,9 @@ def probcover(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping
     # Squared distance < delta^2 <=> cos > 1 - delta^2 / 2 for unit vectors: covering by dot products.
     cos_min = 1.0 - delta * delta / 2.0
     covered = np.zeros(len(sample), bool)
-    for start in range(0, len(pool.labeled), BLOCK):
-        near = (xs @ emb[pool.labeled[start:start + BLOCK]].T > cos_min).any(axis=1)
-        covered |= near
+    step = block_rows(len(xs))
+    for start in range(0, len(pool.labeled), step):
+        covered |= (xs @ emb[pool.labeled[start:start + step]].T > cos_min).any(axis=1)
     is_candidate = np.zeros(n, bool)
     is_candidate[cand] = True
     live = is_candidate[dst] & ~covered[src]
