@@ -300,7 +300,12 @@ def register(bench_app: typer.Typer) -> None:
             names.remove("das")
             console.print("[yellow]skipping das: no --pretext-loss given[/]")
         methods = _names(priors, PRIOR_METHODS, "prior method")
-        budget_list = [int(b) for b in budgets.split(",") if b.strip()]
+        try:
+            budget_list = [int(b) for b in budgets.split(",") if b.strip()]
+        except ValueError:
+            raise typer.BadParameter(f"--budgets {budgets!r}: give integers, e.g. 10,20,40,100") from None
+        if not budget_list or min(budget_list) < 1 or max(budget_list) > len(x):
+            raise typer.BadParameter(f"--budgets must be between 1 and the {len(x)} pool rows")
         out.mkdir(parents=True, exist_ok=True)
         console.print(f"{len(x)} rows x {x.shape[1]} dims, {int(y.max()) + 1} classes; building the index...")
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

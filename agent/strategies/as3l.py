@@ -65,8 +65,8 @@ def as3l(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping[str,
     layer towards the centres of C k-means runs (Eq. 1, solved in closed form by ``fit_linear_map``),
     run C k-means with k clusters on the fine-tuned features, keep in each cluster of the best run the
     samples assigned together in all C runs (its stable core; the clusters are those of the run with the
-    lowest k-means objective), and label the median of each core --
-    the member nearest the core's mean, which minimises the summed squared distance to the core.
+    lowest k-means objective), and label the median of each core: the core member nearest the core's
+    coordinate-wise median.
     Cores are taken largest-first; clusters that already hold labelled samples come last, so the
     already-labelled set is complemented, not repeated.
 
@@ -117,10 +117,10 @@ def as3l(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping[str,
     def rank(c: int) -> tuple[np.ndarray, np.ndarray]:
         members = np.flatnonzero(first == c)
         core = members[in_core[members]]
-        centre = z[core].mean(axis=0) if len(core) else z[members].mean(axis=0)
+        centre = np.median(z[core] if len(core) else z[members], axis=0)  # coordinate-wise median
         mine = cand[first[cand] == c]
         d = np.einsum("md,md->m", z[mine] - centre, z[mine] - centre)
-        # Core members first (nearest the core mean first), then the cluster's other candidates.
+        # Core members first (nearest the core median first), then the cluster's other candidates.
         order = np.lexsort((mine, d, ~in_core[mine]))
         return mine[order], np.full(len(mine), stability[c])
 
