@@ -206,10 +206,13 @@ def create_server(data_dir: Path, models: Path, host: str = "127.0.0.1", port: i
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    try:
+        bound = server.add_insecure_port(f"{host}:{port}")
+    except RuntimeError:  # grpcio raises when the address cannot be bound
+        bound = 0
     if bound == 0:
         agent.close()
-        raise OSError(f"cannot listen on {host}:{port} (in use?)")
+        raise OSError(f"cannot listen on {host}:{port} (in use by another process?); pick another --port")
     server.start()
     server.health = health_servicer  # type: ignore[attr-defined]  # so stop_server can announce shutdown
     return server, bound, agent
