@@ -247,21 +247,23 @@ class ThreadTuner:
 
     Why: on a CPU shared with other jobs, an OpenMP team of 2 threads waits at every barrier for the
     thread whose core is busy elsewhere, which we measured at 2-3x *slower* than 1 thread; alone, 2
-    threads are faster. Neither choice is right all the time, so measure: every ``period_s`` run
-    ``probe_steps`` steps with the other count (the first one discarded: kernels re-plan for the new
-    count) and keep it if its images/s beats the recent rate of the current count.
+    threads are faster. Neither choice is right all the time, so measure: every ``period_s`` (first after
+    ``first_probe_s``) run ``probe_steps`` steps with the other count (the first step discarded: kernels
+    re-plan for the new count) and keep it if its images/s beats the recent rate of the current count.
     """
 
-    def __init__(self, choices: list[int], period_s: float = 120.0, probe_steps: int = 5) -> None:
+    def __init__(self, choices: list[int], period_s: float = 60.0, probe_steps: int = 5,
+                 first_probe_s: float = 20.0) -> None:
         self.choices = sorted(set(choices))
-        self.current = torch.get_num_threads() if torch.get_num_threads() in self.choices else self.choices[-1]
+        # start with the fewest threads: the choice that is never catastrophic on a busy machine
+        self.current = self.choices[0]
         torch.set_num_threads(self.current)
         self.period_s, self.probe_steps = period_s, probe_steps
         self.rate: float | None = None  # images/s of ``current``, exponential moving average
         self.probe: int | None = None  # thread count being probed
         self.probe_seen = 0
         self.probe_imgs, self.probe_time = 0, 0.0
-        self.last_probe = time.perf_counter()
+        self.last_probe = time.perf_counter() - period_s + first_probe_s
 
     def observe(self, images: int, seconds: float) -> str | None:
         """Record one step; returns a message when the thread count changes."""

@@ -27,7 +27,7 @@ def test_cosine_lr_and_budget() -> None:
 def test_thread_tuner_switches_to_the_faster_count() -> None:
     old = torch.get_num_threads()
     try:
-        tuner = loop.ThreadTuner([1, 2], period_s=0.0, probe_steps=2)
+        tuner = loop.ThreadTuner([1, 2], period_s=0.0, probe_steps=2, first_probe_s=0.0)
         start = tuner.current
         other = 1 if start == 2 else 2
         assert tuner.observe(100, 1.0) is None  # 100 img/s with the current count; starts a probe

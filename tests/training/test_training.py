@@ -99,3 +99,27 @@ def test_as3l_rejects_misaligned_priors(tiny_data: Path, tmp_path: Path) -> None
     cfg = FinetuneConfig(out=str(tmp_path / "x"), mode="as3l", preprocess=PRE, labels_per_class=2, steps=1)
     with pytest.raises(ValueError, match="priors must be"):
         finetune(cfg, data, torch.full((3, 3), 1 / 3))
+
+
+def test_sigterm_checkpoints_and_resume_continues(tiny_data: Path, tmp_path: Path) -> None:
+    import os
+    import signal
+    import threading
+
+    cfg = _cfg(tiny_data, tmp_path / "s", "rotnet", epochs=10_000, knn_every=0)
+    timer = threading.Timer(1.0, lambda: os.kill(os.getpid(), signal.SIGTERM))
+    timer.start()
+    try:
+        run = pretrain(cfg)  # returns (instead of dying) once the signal is handled at a step boundary
+    finally:
+        timer.cancel()
+    records = [json.loads(line) for line in (run / loop.METRICS).read_text().splitlines()]
+    stopped = [r for r in records if r["kind"] == "stopped"]
+    assert stopped and stopped[0]["signal"] == "SIGTERM"
+    step = torch.load(run / loop.CHECKPOINT, weights_only=False)["state"]["step"]
+    assert step == stopped[0]["step"] and step > 0
+    assert not (run / loop.SUMMARY).exists()  # not finished
+    resumed = _cfg(tiny_data, tmp_path / "s", "rotnet", epochs=10_000, knn_every=0, resume=True,
+                   stop_after=step + 2)
+    pretrain(resumed)
+    assert torch.load(run / loop.CHECKPOINT, weights_only=False)["state"]["step"] == step + 2
