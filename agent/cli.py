@@ -103,15 +103,16 @@ def serve(data_dir: Path = typer.Option(..., "--data-dir", help="agent state fol
     stop_server(server, agent)
 
 
-def _source_samples(source: str, split: str, limit: int | None, with_labels: bool) -> Iterator[agent_pb2.Sample]:
+def _source_samples(source: str, split: str, limit: int | None, with_labels: bool,
+                    metadata: dict[str, str]) -> Iterator[agent_pb2.Sample]:
     from shortlist.datasets import iter_images
 
     for item in iter_images(source, split=split, limit=limit):
         label = item.label or "" if with_labels else ""
         if item.encoded is not None:
-            yield client.image_sample(item.id, item.encoded, label=label, uri=item.uri)
+            yield client.image_sample(item.id, item.encoded, label=label, uri=item.uri, metadata=metadata)
         elif item.pixels is not None:
-            yield client.tensor_sample(item.id, item.pixels, label=label, uri=item.uri)
+            yield client.tensor_sample(item.id, item.pixels, label=label, uri=item.uri, metadata=metadata)
 
 
 def ingest(source: str = typer.Argument(..., help="folder of images, ImageFolder tree, tar, CIFAR folder"),
@@ -120,12 +121,15 @@ def ingest(source: str = typer.Argument(..., help="folder of images, ImageFolder
            split: str = typer.Option("train", "--split"),
            batch: int = typer.Option(256, "--batch", min=1),
            limit: int | None = typer.Option(None, "--limit", min=1),
+           meta: list[str] = typer.Option([], "--meta", help="metadata k=v on every sample (repeatable; "
+                                          "select --where k=v filters on it)"),
            as_json: bool = JsonOpt) -> None:
     """Stream a source's images into the agent (acknowledged once durable)."""
+    metadata = _pairs(meta, "--meta")
     stub = _rpc(lambda: client.connect(agent))
     with _progress() as progress:
         task = progress.add_task("ingest", total=limit)
-        reply = _rpc(lambda: client.ingest(stub, _source_samples(source, split, limit, with_labels), batch,
+        reply = _rpc(lambda: client.ingest(stub, _source_samples(source, split, limit, with_labels, metadata), batch,
                                            on_batch=lambda n: progress.advance(task, n)))
     out = {"accepted": reply.accepted, "duplicates": reply.duplicates,
            "rejected": [{"id": r.id, "reason": r.reason} for r in reply.rejected]}

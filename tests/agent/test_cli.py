@@ -36,7 +36,8 @@ def image_folder(root: Path, n: int) -> Path:
 
 def test_commands_json(tmp_path: Path, running: Running) -> None:
     src = image_folder(tmp_path / "imgs", 12)
-    out = json.loads(run("ingest", str(src), "--agent", running.address, "--json", "--batch", "5", "--limit", "8"))
+    out = json.loads(run("ingest", str(src), "--agent", running.address, "--json", "--batch", "5", "--limit", "8",
+                         "--meta", "site=north"))
     assert out == {"accepted": 8, "duplicates": 0, "rejected": []}
     out = json.loads(run("ingest", str(src), "--agent", running.address, "--json", "--with-labels"))
     assert (out["accepted"], out["duplicates"]) == (4, 8)
@@ -46,6 +47,8 @@ def test_commands_json(tmp_path: Path, running: Running) -> None:
                          "--seed", "2", "--json"))
     ids = [s["id"] for s in sel["selected"]]
     assert len(ids) == 3 and sel["model_version"] == "v0001"
+    north = json.loads(run("select", "--agent", running.address, "--budget", "50", "--where", "site=north", "--json"))
+    assert len(north["selected"]) == 8  # the first 8 files (the second ingest's duplicates stay unlabelled)
     csv_path = tmp_path / "labels.csv"
     csv_path.write_text("id,label\n" + "".join(f"{i},cat\n" for i in ids) + "missing,cat\n")
     lab = json.loads(run("label", str(csv_path), "--agent", running.address, "--json"))
