@@ -66,25 +66,6 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_serve_process_stops_on_sigterm(tmp_path: Path, registry: Path) -> None:
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "shortlist.cli", "serve", "--data-dir", str(tmp_path / "d"),
-                             "--models", str(registry), "--port", str(port), "--cpu"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        stub = client.connect(f"127.0.0.1:{port}", timeout=60)
-        src = image_folder(tmp_path / "imgs", 6)
-        run("ingest", str(src), "--agent", f"127.0.0.1:{port}")
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
-        assert (tmp_path / "d" / "index" / "v0001" / "meta.json").is_file()  # snapshot written on the way out
-        del stub
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-
-
 def test_bench_agent_command_prints_figures(registry: Path) -> None:
     out = json.loads(run("bench", "agent", "--models", str(registry), "--n", "128", "--batch", "64",
                          "--rounds", "2", "--cpu", "--json"))
@@ -93,8 +74,9 @@ def test_bench_agent_command_prints_figures(registry: Path) -> None:
 
 
 def test_kill_9_loses_no_acknowledged_sample(tmp_path: Path, registry: Path) -> None:
-    """SIGKILL the serve process while a stream is being ingested: after a restart every sample of an
-    acknowledged Ingest is there, embedded, and nothing is half-stored."""
+    """``shortlist serve`` as a process: SIGKILL it while a stream is being ingested; after a restart
+    every sample of an acknowledged Ingest is there, embedded, and nothing is half-stored; then SIGTERM
+    stops it cleanly."""
     from tests.agent.conftest import make_samples
 
     data = tmp_path / "d"
@@ -132,6 +114,10 @@ def test_kill_9_loses_no_acknowledged_sample(tmp_path: Path, registry: Path) -> 
         ids = {s.id for s in client.list_samples(stub, include_payload=True)}
         assert set(acked) <= ids and st.samples == len(ids) and st.embedded == st.samples
         assert client.ingest(stub, make_samples(20, prefix="a0-", seed=0)).duplicates == 20
+        proc.send_signal(signal.SIGTERM)  # graceful: exit 0 with the index snapshot written
+        assert proc.wait(timeout=30) == 0
+        assert (data / "index" / "v0001" / "meta.json").is_file()
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
