@@ -252,13 +252,14 @@ class ThreadTuner:
     re-plan for the new count) and keep it if its images/s beats the recent rate of the current count.
     """
 
-    def __init__(self, choices: list[int], period_s: float = 60.0, probe_steps: int = 5,
-                 first_probe_s: float = 20.0) -> None:
+    def __init__(self, choices: list[int], period_s: float = 60.0, probe_steps: int = 3,
+                 first_probe_s: float = 20.0, max_period_s: float = 600.0) -> None:
         self.choices = sorted(set(choices))
         # start with the fewest threads: the choice that is never catastrophic on a busy machine
         self.current = self.choices[0]
         torch.set_num_threads(self.current)
-        self.period_s, self.probe_steps = period_s, probe_steps
+        self.base_period_s, self.period_s, self.max_period_s = period_s, period_s, max_period_s
+        self.probe_steps = probe_steps
         self.rate: float | None = None  # images/s of ``current``, exponential moving average
         self.probe: int | None = None  # thread count being probed
         self.probe_seen = 0
@@ -281,13 +282,17 @@ class ThreadTuner:
         if self.probe_seen > 1:  # the first step after a switch pays for re-planning
             self.probe_imgs += images
             self.probe_time += seconds
-        if self.probe_seen < self.probe_steps + 1:
-            return None
         probe_rate = self.probe_imgs / max(self.probe_time, 1e-9)
+        # a clearly slower probe is abandoned after one measured step (a slow probe is expensive)
+        clearly_slower = self.probe_seen >= 2 and self.rate is not None and probe_rate < 0.7 * self.rate
+        if self.probe_seen < self.probe_steps + 1 and not clearly_slower:
+            return None
         old, probed = self.current, self.probe
         self.probe, self.last_probe = None, time.perf_counter()
         if self.rate is not None and probe_rate > 1.1 * self.rate:
-            self.current, self.rate = probed, probe_rate
-            return f"threads {old} -> {probed} ({probe_rate:.0f} vs {self.rate:.0f} img/s)"
+            msg = f"threads {old} -> {probed} ({probe_rate:.0f} vs {self.rate:.0f} img/s)"
+            self.current, self.rate, self.period_s = probed, probe_rate, self.base_period_s
+            return msg
         torch.set_num_threads(old)
+        self.period_s = min(self.period_s * 2, self.max_period_s)  # back off while the answer holds
         return None

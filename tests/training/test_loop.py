@@ -37,9 +37,10 @@ def test_thread_tuner_switches_to_the_faster_count() -> None:
         msg = tuner.observe(100, 0.5)  # 200 img/s: faster -> switch
         assert msg is not None and tuner.current == other and torch.get_num_threads() == other
         tuner.observe(100, 0.5)  # probe the first count again: slower -> stay
-        for _ in range(3):
-            assert tuner.observe(100, 2.0) is None
-        assert tuner.current == other and torch.get_num_threads() == other
+        assert tuner.observe(100, 2.0) is None  # discarded
+        assert tuner.observe(100, 2.0) is None  # 50 img/s < 0.7 x 200: abandoned after one step
+        assert tuner.probe is None and tuner.current == other and torch.get_num_threads() == other
+        assert tuner.period_s == 0.0  # (doubling 0 stays 0; with a real period it backs off)
     finally:
         torch.set_num_threads(old)
 
