@@ -65,8 +65,10 @@ PAPER_BUDGETS = ("10", "20", "40", "1%", "2%", "10%")
 PROFILES: dict[str, Profile] = {
     "quick": Profile(
         name="quick", pool_size=5000, test_size=2000, pretrain_minutes=3.0, arch="resnet18_w32", method="simsiam",
-        seeds=1, budgets=PAPER_BUDGETS, strategies=LOW_BUDGET_STRATEGIES, prior_methods=("knn", "as3l", "llgc"),
-        description="5,000-image pool, 3-minute SimSiam pretraining, 1 seed: the README's smoke run"),
+        seeds=1, budgets=("10", "20", "40", "2%"), strategies=LOW_BUDGET_STRATEGIES,
+        prior_methods=("knn", "as3l", "llgc"),
+        description="5,000-image pool, 3-minute SimSiam pretraining, 1 seed, budgets 10/20/40/100: the README's "
+                    "smoke run"),
     "cpu": Profile(
         name="cpu", pool_size=None, test_size=None, pretrain_minutes=45.0, arch="resnet18_w32", method="simsiam",
         seeds=3, budgets=PAPER_BUDGETS, strategies=LOW_BUDGET_STRATEGIES, prior_methods=("knn", "as3l", "llgc"),
@@ -155,7 +157,6 @@ def prepare_encoder(encoder: Path | None, profile: Profile, data: Path, pool_idx
     if profile.pretrain_minutes <= 0:
         raise typer.BadParameter(f"profile {profile.name} trains no encoder itself; pass --encoder RUN_OR_MODEL")
     from exporters.export import export_run
-
     from training.pretrain import PretrainConfig, pretrain
 
     run_dir = out / "pretrain"
@@ -289,6 +290,14 @@ class Run:
     wall_seconds: dict[str, float] = field(default_factory=dict)
     records: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[dict[str, Any]] = field(default_factory=list)
+    complete: bool = False  # False while running (results.json is rewritten after each strategy and seed)
+
+
+def _save(run: Run, out: Path) -> None:
+    """Write results.json atomically (a reader never sees half a file)."""
+    tmp = out / "results.json.tmp"
+    tmp.write_text(json.dumps(asdict(run), indent=1))
+    os.replace(tmp, out / "results.json")
 
 
 def run_strategy(stub: agent_pb2_grpc.AgentStub, strategy: str, seed: int, budgets: list[int],
@@ -344,6 +353,9 @@ def run_strategy(stub: agent_pb2_grpc.AgentStub, strategy: str, seed: int, budge
                                 prior_seconds=prior_s, first_round=first_round))
         if progress is not None:
             progress.advance(task)
+            summary = ", ".join(f"{p.prior_method} {p.prior_accuracy:.3f}" for p in points[-len(prior_methods):])
+            progress.console.print(f"{strategy:>10} seed {seed} labels {budget:>5}: classes {cov:>2}, "
+                                   f"linear {lin:.3f}, priors {summary} (select {select_s:.1f} s)")
     return points
 
 
@@ -429,8 +441,10 @@ def run_benchmark(data: Path, profile: Profile, out: Path, encoder: Path | None 
 
         loop = progress.add_task("strategies", total=len(profile.strategies) * profile.seeds * len(budget_list))
         t = time.perf_counter()
-        for strategy in profile.strategies:
-            for seed in range(profile.seeds):
+        # Seeds outside strategies: an interrupted run still has every strategy at the first seeds, and
+        # results.json is rewritten after each (strategy, seed) so nothing finished is lost.
+        for seed in range(profile.seeds):
+            for strategy in profile.strategies:
                 work = out / "agent-work"
                 if work.exists():
                     shutil.rmtree(work)
@@ -451,10 +465,14 @@ def run_benchmark(data: Path, profile: Profile, out: Path, encoder: Path | None 
                     shutil.rmtree(work, ignore_errors=True)
                 run.records += [asdict(p) for p in points]
                 walls[f"strategy/{strategy}/seed{seed}"] = time.perf_counter() - t_s
+                walls["total"] = time.perf_counter() - t_all
+                run.wall_seconds = walls
+                _save(run, out)
         walls["strategies"] = time.perf_counter() - t
     walls["total"] = time.perf_counter() - t_all
     run.wall_seconds = walls
-    (out / "results.json").write_text(json.dumps(asdict(run), indent=1))
+    run.complete = True
+    _save(run, out)
     write_report([out], out, console)
     return run
 

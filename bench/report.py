@@ -68,7 +68,8 @@ def markdown(runs: list[dict[str, Any]]) -> str:
         lines.append(f"- **{r['label']}**: profile `{r['profile']}`, pool {r['pool_size']}, test {r['test_size']}, "
                      f"seeds {len(r['seeds'])}, model {r['model_version']} ({r['encoder'].get('kind', '')}: "
                      f"{r['encoder'].get('encoder', '')}), commit {r['git_commit'][:10]}, "
-                     f"wall time {walls.get('total', float('nan')) / 60:.1f} min")
+                     f"wall time {walls.get('total', float('nan')) / 60:.1f} min"
+                     + ("" if r.get("complete", True) else " (INCOMPLETE: still running or interrupted)"))
         for s in r.get("skipped", []):
             lines.append(f"  - skipped {s['strategy']} seed {s['seed']}: {s['error']}")
     lines.append("")
