@@ -46,7 +46,7 @@ def test_mini_benchmark_through_agent(tiny_cifar: Path, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     run = json.loads((out / "results.json").read_text())
     assert run["profile"] == "quick" and run["pool_size"] == 60 and run["test_size"] == 18
-    assert run["budgets"] == [3, 6, 12] and run["model_version"] == "v0001" and not run["skipped"]
+    assert run["budgets"] == [3, 6, 12] and run["model_version"] == "v0001" and not run["skipped"] and run["complete"]
     records = run["records"]
     assert {(r["strategy"], r["budget"]) for r in records} == {
         (s, b) for s in ("random", "kmedoids") for b in (3, 6, 12)}
