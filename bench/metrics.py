@@ -7,7 +7,6 @@ ignored where noted.
 from __future__ import annotations
 
 import numpy as np
-from sklearn.linear_model import LogisticRegression
 
 
 def class_coverage(labels_picked: np.ndarray, num_classes: int) -> int:
@@ -69,6 +68,8 @@ def linear_probe_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.n
         return float("nan")
     if len(classes) == 1:
         return float(np.mean(test_y == classes[0]))
+    from sklearn.linear_model import LogisticRegression  # here: importing sklearn costs ~1 s per CLI start
+
     # No feature scaling: with 10-100 training rows its per-feature statistics would be noise. Weak L2
     # (C=100): on unit-norm embeddings sklearn's C=1 shrinks the weights until the intercepts decide,
     # which on synthetic blobs cost 10-15 points of accuracy at 10-20 labels.
