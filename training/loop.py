@@ -89,6 +89,16 @@ def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def sync_max(values: list[float], device: torch.device) -> list[float]:
+    """Element-wise max over DDP ranks (identity alone): ranks agree on elapsed time and on stopping,
+    so a time budget or a SIGTERM ends every rank at the same step instead of deadlocking one."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return [float(v) for v in t.tolist()]
+
+
 # ------------------------------------------------------------------------------------------- schedule
 
 
@@ -205,10 +215,13 @@ def epoch_order(n: int, epoch: int, seed: int, rank: int = 0, world: int = 1) ->
     return torch.randperm(n, generator=g)[rank::world]
 
 
-def batches(order: torch.Tensor, batch: int, start: int = 0) -> Iterator[tuple[int, torch.Tensor]]:
+def batches(order: torch.Tensor, batch: int, start: int = 0,
+            count: int | None = None) -> Iterator[tuple[int, torch.Tensor]]:
     """(batch index, rows) for full batches of ``order`` from batch ``start`` on (the ragged tail dropped,
-    as BN-based SSL methods need equal-size batches)."""
-    for b in range(start, len(order) // batch):
+    as BN-based SSL methods need equal-size batches); at most ``count`` batches in all (the same on every
+    rank, whose strides may differ in length by one)."""
+    n = len(order) // batch if count is None else min(count, len(order) // batch)
+    for b in range(start, n):
         yield b, order[b * batch:(b + 1) * batch]
 
 

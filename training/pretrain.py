@@ -68,6 +68,7 @@ class PretrainConfig:
     knn_k: int = 200
     knn_bank: int = 10_000  # train rows used as the kNN bank in periodic evaluations (final: all)
     knn_test: int = 2_000  # test rows in periodic evaluations (final: all)
+    final_knn: bool = True  # evaluate kNN at the end (benchmarks that measure otherwise can skip it)
     final_knn_full: bool = True  # final evaluation on all labelled train rows and all test rows
     checkpoint_minutes: float = 10.0
     resume: bool = False
@@ -269,7 +270,7 @@ def pretrain(config: PretrainConfig, console: Console | None = None, train_data:
         model.train()
         while not budget.done(state.step, state.seconds) and not stopped:
             order = loop.epoch_order(len(train), state.epoch, cfg.seed, rt.rank, rt.world)
-            for b, rows in loop.batches(order, per_rank, state.batch_in_epoch):
+            for b, rows in loop.batches(order, per_rank, state.batch_in_epoch, budget.steps_per_epoch):
                 t0 = time.perf_counter()
                 imgs = train.images[rows].to(rt.device, non_blocking=True)
                 frac = budget.progress(state.step, state.seconds)
@@ -306,8 +307,12 @@ def pretrain(config: PretrainConfig, console: Console | None = None, train_data:
                               images_per_s=img_window / t_window,
                               seconds=state.seconds)
                     loss_sum, loss_n, img_window, t_window, last_log = 0.0, 0, 0, 0.0, now
+                if rt.world > 1:
+                    state.seconds, peer_stop = loop.sync_max([state.seconds, float(stop.stop)], rt.device)
+                    stop.stop = stop.stop or peer_stop > 0
                 if stop.stop or (cfg.stop_after is not None and state.step >= cfg.stop_after):
-                    stopped = stop.signal_name or f"stop_after={cfg.stop_after}"
+                    stopped = stop.signal_name or ("a peer rank's signal" if stop.stop
+                                                   else f"stop_after={cfg.stop_after}")
                     break
                 if now - last_ckpt >= cfg.checkpoint_minutes * 60:
                     checkpoint()
@@ -336,7 +341,7 @@ def pretrain(config: PretrainConfig, console: Console | None = None, train_data:
                                "train_seconds": state.seconds, "wall_seconds_this_process": time.perf_counter() - wall0,
                                "images_per_s": state.images * rt.world / max(state.seconds, 1e-9),
                                "train_images": len(train), "device": str(rt.device), "world": rt.world}
-    if test is not None and rt.is_main:
+    if test is not None and rt.is_main and cfg.final_knn:
         t0 = time.perf_counter()
         bank = None if cfg.final_knn_full else cfg.knn_bank
         ntest = None if cfg.final_knn_full else cfg.knn_test

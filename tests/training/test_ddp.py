@@ -1,0 +1,35 @@
+"""The same pretrain command under torchrun: 2 CPU processes (gloo), one epoch, one run folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.training.conftest import PRE
+from training import loop
+
+
+def test_torchrun_two_processes(tiny_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "shortlist.cli", "pretrain", "--data", str(tiny_data), "--out", str(out), "--method", "moby",
+           "--epochs", "1", "--batch-size", "16", "--preprocess", PRE, "--threads", "1", "--device", "cpu",
+           "--no-channels-last", "--knn-every", "0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+    try:
+        _, stderr = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both workers: nothing left behind
+        proc.communicate()
+        raise
+    assert proc.returncode == 0, stderr[-3000:]
+    summary = json.loads((out / loop.SUMMARY).read_text())
+    # 48 images, 2 ranks x 8 per rank = 16 per step -> 3 steps, same on both ranks
+    assert summary["world"] == 2 and summary["steps"] == 3
+    assert (out / loop.ENCODER).is_file()
