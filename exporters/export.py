@@ -51,6 +51,7 @@ OPSET = 17  # pinned: onnxruntime >= 1.14 runs it everywhere
 TOLERANCE = 1e-4  # max relative error allowed between runtimes (fp32)
 MANIFEST_KEY = "shortlist.manifest"
 FORMATS = ("onnx", "torchscript")
+REDUCED_FORMATS = ("int8", "fp16")  # optional, verified by kNN-neighbour agreement (exporters.reduced)
 
 
 class VerificationError(RuntimeError):
@@ -175,17 +176,25 @@ def _torchscript_runner(path: Path) -> Any:
 
 
 def real_batch(meta: dict[str, Any], pre: Preprocess, n: int = 16) -> np.ndarray | None:
-    """Up to ``n`` real images of the run's data set, preprocessed (Nx3xHxW float32), or None."""
+    """Up to ``n`` real images of the run's data set, preprocessed (Nx3xHxW float32), or None.
+
+    Evenly spread over the source (reading is cheap, decoding is not: only the chosen ones are decoded),
+    so a class-sorted folder still gives every class.
+    """
     data = meta.get("dataset") or ""
     if not data:
         return None
     try:
-        from shortlist.datasets import load_array
+        from shortlist.datasets import iter_images
+        from shortlist.images import decode_image, resize_array
 
-        arr = load_array(data, "train", size=pre.size, limit=n)
+        items = list(iter_images(data, "train"))
+        chosen = [items[i] for i in np.linspace(0, len(items) - 1, min(n, len(items))).astype(int)]
+        imgs = [resize_array(it.pixels, pre.size) if it.pixels is not None
+                else decode_image(it.encoded or b"", pre.size) for it in chosen]
     except (OSError, ValueError):
         return None
-    return pre.normalize(arr.images)
+    return pre.normalize(np.stack(imgs)) if imgs else None
 
 
 def _fsync(path: Path) -> None:
@@ -203,9 +212,11 @@ def export_run(run_dir: str | Path, registry: str | Path, formats: Sequence[str]
     ``real_images``: NxHxWx3 uint8 to verify on (default: a few images of the run's data set).
     """
     run_dir, registry = Path(run_dir), Path(registry)
-    unknown = sorted(set(formats) - set(FORMATS))
+    unknown = sorted(set(formats) - set(FORMATS) - set(REDUCED_FORMATS))
     if unknown or "onnx" not in formats:
-        raise ValueError(f"formats must include onnx and be among {', '.join(FORMATS)}; got {list(formats)}")
+        raise ValueError(f"formats must include onnx and be among {', '.join(FORMATS + REDUCED_FORMATS)}; "
+                         f"got {list(formats)}")
+    reduced = [f for f in formats if f in REDUCED_FORMATS]
     encoder, meta = load_encoder(run_dir)
     wrapper = ExportWrapper(encoder).eval()
     pre = Preprocess.from_dict(meta["preprocess"])
@@ -230,10 +241,20 @@ def export_run(run_dir: str | Path, registry: str | Path, formats: Sequence[str]
             export_torchscript(wrapper, files["torchscript"], pre.size)
         rng = np.random.default_rng(0)
         batches = {"random": rng.standard_normal((8, 3, *pre.size)).astype(np.float32)}
-        real = pre.normalize(real_images) if real_images is not None else real_batch(meta, pre)
+        real = (pre.normalize(real_images) if real_images is not None
+                else real_batch(meta, pre, 256 if reduced else 16))
         if real is not None:
-            batches["real"] = real.astype(np.float32)
+            batches["real"] = real[:16].astype(np.float32)
         manifest.verification = verify(wrapper, files, batches, log=log)
+        if reduced:
+            from exporters.reduced import reduced_exports
+
+            if real is None or len(real) < 32:
+                raise ValueError("int8/fp16 exports need >= 32 real images to calibrate and verify on")
+            rep = reduced_exports(files["onnx"], reduced, real.astype(np.float32), log=log)
+            manifest.verification["reduced"] = rep
+            for fmt, r in rep.items():
+                files[fmt] = staging / r["file"]
         manifest.files = {p.name: sha256_file(p) for p in files.values()}
         for p in files.values():
             _fsync(p)

@@ -94,7 +94,7 @@ def finetune_cmd(
 def export_cmd(
     run: Path = typer.Option(..., help="a training run folder (holds encoder.pt)"),
     models: Path = typer.Option(..., help="the model registry folder to publish into"),
-    format: str = typer.Option("onnx,torchscript", help="comma-separated: onnx (required), torchscript"),
+    format: str = typer.Option("onnx,torchscript", help="comma-separated: onnx (required), torchscript, int8, fp16"),
 ) -> None:
     """Export a run's encoder, verify it against eager PyTorch, publish it atomically; prints the version."""
     from exporters.export import VerificationError, export_run

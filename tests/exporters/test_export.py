@@ -110,3 +110,21 @@ def test_half_written_version_is_not_complete(tmp_path: Path) -> None:
     assert export_run(run, registry, formats=["onnx"]) == "v0004"
     assert newest_complete(registry)[0] == "v0004"  # type: ignore[index]
     assert not any(p.name.startswith(".tmp-export-") and p.name != ".tmp-export-1-abc" for p in registry.iterdir())
+
+
+def test_int8_and_fp16_exports_keep_neighbours(tmp_path: Path) -> None:
+    from exporters.reduced import FP16_NAME, INT8_NAME, neighbour_agreement
+
+    run = _run(tmp_path, "run")
+    imgs, _ = make_images(48, seed=5)
+    registry = tmp_path / "models"
+    version = export_run(run, registry, formats=["onnx", "int8", "fp16"], real_images=imgs)
+    manifest = read_complete(registry / version)
+    assert manifest is not None and {INT8_NAME, FP16_NAME} <= set(manifest.files)
+    for fmt in ("int8", "fp16"):
+        assert manifest.verification["reduced"][fmt]["knn_agreement"] >= 0.8
+    # the agreement measure itself: identical embeddings agree fully, shuffled ones do not
+    e = np.random.default_rng(0).standard_normal((30, 8)).astype(np.float32)
+    e /= np.linalg.norm(e, axis=1, keepdims=True)
+    assert neighbour_agreement(e, e) == 1.0
+    assert neighbour_agreement(e, e[np.random.default_rng(1).permutation(30)]) < 0.6
