@@ -413,6 +413,13 @@ def run_benchmark(data: Path, profile: Profile, out: Path, encoder: Path | None 
     pool_emb_arr = embed_images(version_dir, pool_images)
     test_emb = embed_images(version_dir, test_images)
     walls["embed_eval_sets"] = time.perf_counter() - t
+    # Kept so `shortlist bench strategies` can compare every strategy on exactly these embeddings.
+    emb_dir = out / "embeddings"
+    emb_dir.mkdir(exist_ok=True)
+    np.save(emb_dir / "pool_x.npy", pool_emb_arr)
+    np.save(emb_dir / "pool_y.npy", train.labels[pool_idx])
+    np.save(emb_dir / "test_x.npy", test_emb)
+    np.save(emb_dir / "test_y.npy", test.labels[test_idx])
     pool_emb = dict(zip(pool_ids, pool_emb_arr, strict=True))
     truth = {i: int(train.labels[r]) for i, r in zip(pool_ids, pool_idx, strict=True)}
     test_y = test.labels[test_idx]

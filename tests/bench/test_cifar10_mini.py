@@ -59,6 +59,7 @@ def test_mini_benchmark_through_agent(tiny_cifar: Path, tmp_path: Path) -> None:
     assert all(r["linear_accuracy"] > 0.8 and r["prior_accuracy"] > 0.8 for r in last), last
     assert (out / "results.md").read_text().count("| kmedoids |") >= 3
     assert (out / "accuracy_vs_labels.png").stat().st_size > 1000
+    assert np.load(out / "embeddings" / "pool_x.npy").shape == (60, 16)
     # bench report re-renders from results.json alone
     again = CliRunner().invoke(app, ["bench", "report", str(out), "--out", str(tmp_path / "report")])
     assert again.exit_code == 0, again.output
