@@ -37,6 +37,7 @@ import typer
 from agent import client
 from bench.metrics import class_coverage, expected_calibration_error, linear_probe_accuracy, prior_accuracy
 from shortlist.datasets import ImageItem, iter_images, load_array
+from shortlist.images import resize_array
 from shortlist.manifest import ONNX_NAME, Manifest, newest_complete, read_complete
 from shortlist.v1 import agent_pb2, agent_pb2_grpc
 
@@ -56,6 +57,7 @@ class Profile:
     strategies: tuple[str, ...]
     prior_methods: tuple[str, ...]
     semi_supervised_at: tuple[int, ...] = ()  # label counts at which the AS3L semi-supervised stage runs
+    semi_supervised_minutes: float = 60.0  # training time per semi-supervised point
     description: str = ""
 
 
@@ -272,6 +274,7 @@ class Point:
     select_seconds: float
     prior_seconds: float
     first_round: str  # the strategy that picked the first labels ("random" for ones that need labels)
+    semi_supervised_accuracy: float | None = None  # AS3L stage (prior-guided FlexMatch) test accuracy
 
 
 @dataclass
@@ -300,10 +303,51 @@ def _save(run: Run, out: Path) -> None:
     os.replace(tmp, out / "results.json")
 
 
+@dataclass(frozen=True)
+class SemiSupervised:
+    """Where and how long to run AS3L's semi-supervised stage inside the loop (the ``gpu`` profile)."""
+
+    at: tuple[int, ...]
+    minutes: float | None
+    steps: int | None
+    init: Path | None  # the pretraining run to start from (needs its torch checkpoint)
+    prior_method: str
+    out: Path
+
+
+def semi_supervised_accuracy(address: str, ssl: SemiSupervised, strategy: str, seed: int, budget: int,
+                             test_images: np.ndarray, test_y: np.ndarray, classes: list[str]) -> float:
+    """Run training's AS3L stage through ``shortlist cycle`` machinery against the agent (priors from its
+    PriorLabels), publish into a registry the agent does not serve, and score the classifier's ``logits``
+    on the test images with onnxruntime. Returns test accuracy in [0, 1]."""
+    import onnxruntime as ort
+
+    from training.cycle import run_cycle
+
+    run_dir = ssl.out / f"{strategy}-seed{seed}-{budget}"
+    registry = ssl.out / "models"
+    version = run_cycle(address, registry, run_dir, mode="as3l", init=str(ssl.init) if ssl.init else None,
+                        steps=ssl.steps, minutes=None if ssl.steps else ssl.minutes,
+                        prior_method=ssl.prior_method).published
+    manifest = read_complete(registry / version, verify_hashes=False)
+    assert manifest is not None and manifest.classes, f"{registry / version} has no classifier"
+    session = ort.InferenceSession(str(registry / version / ONNX_NAME), providers=["CPUExecutionProvider"])
+    if test_images.shape[1:3] != manifest.preprocess.size:
+        test_images = np.stack([resize_array(im, manifest.preprocess.size) for im in test_images])
+    correct = 0
+    for start in range(0, len(test_images), 512):
+        x = manifest.preprocess.normalize(test_images[start:start + 512])
+        (logits,) = session.run(["logits"], {manifest.input_name: x})
+        pred = np.asarray(manifest.classes)[logits.argmax(axis=1)]
+        correct += int(np.sum(pred == np.asarray(classes)[test_y[start:start + 512]]))
+    return correct / max(1, len(test_images))
+
+
 def run_strategy(stub: agent_pb2_grpc.AgentStub, strategy: str, seed: int, budgets: list[int],
                  prior_methods: Sequence[str], truth: dict[str, int], classes: list[str],
                  pool_emb: dict[str, np.ndarray], test_emb: np.ndarray, test_y: np.ndarray,
-                 progress: Any = None, task: Any = None) -> list[Point]:
+                 progress: Any = None, task: Any = None, ssl: SemiSupervised | None = None,
+                 address: str = "", test_images: np.ndarray | None = None) -> list[Point]:
     """The cumulative Select -> label -> prior -> evaluate loop for one strategy and seed."""
     labeled: list[str] = []
     points: list[Point] = []
@@ -336,6 +380,9 @@ def run_strategy(stub: agent_pb2_grpc.AgentStub, strategy: str, seed: int, budge
         lab_x = np.stack([pool_emb[i] for i in labeled])
         lin = linear_probe_accuracy(lab_x, lab_y, test_emb, test_y, seed)
         cov = class_coverage(lab_y, len(classes))
+        ssl_acc = None
+        if ssl is not None and budget in ssl.at and test_images is not None:
+            ssl_acc = semi_supervised_accuracy(address, ssl, strategy, seed, budget, test_images, test_y, classes)
         for method in prior_methods:
             t1 = time.perf_counter()
             ids, probs, conf = [], [], []
@@ -350,7 +397,8 @@ def run_strategy(stub: agent_pb2_grpc.AgentStub, strategy: str, seed: int, budge
                                 linear_accuracy=lin, prior_accuracy=prior_accuracy(pr, y),
                                 ece=expected_calibration_error(pr, y), n_labeled=len(labeled),
                                 model_version=reply.model_version, select_seconds=select_s,
-                                prior_seconds=prior_s, first_round=first_round))
+                                prior_seconds=prior_s, first_round=first_round,
+                                semi_supervised_accuracy=ssl_acc))
         if progress is not None:
             progress.advance(task)
             summary = ", ".join(f"{p.prior_method} {p.prior_accuracy:.3f}" for p in points[-len(prior_methods):])
@@ -362,7 +410,8 @@ def run_strategy(stub: agent_pb2_grpc.AgentStub, strategy: str, seed: int, budge
 def run_benchmark(data: Path, profile: Profile, out: Path, encoder: Path | None = None,
                   strategies: Sequence[str] | None = None, seeds: int | None = None,
                   budgets: Sequence[str] | None = None, prior_methods: Sequence[str] | None = None,
-                  console: Any = None) -> Run:
+                  console: Any = None, semi_supervised_at: Sequence[int] | None = None,
+                  semi_supervised_steps: int | None = None) -> Run:
     """Run the whole benchmark; writes results.json, results.md and plots into ``out``."""
     from rich.console import Console
     from rich.progress import (
@@ -379,7 +428,9 @@ def run_benchmark(data: Path, profile: Profile, out: Path, encoder: Path | None 
     console = console or Console()
     profile = replace(profile, strategies=tuple(strategies or profile.strategies),
                       seeds=seeds or profile.seeds, budgets=tuple(budgets or profile.budgets),
-                      prior_methods=tuple(prior_methods or profile.prior_methods))
+                      prior_methods=tuple(prior_methods or profile.prior_methods),
+                      semi_supervised_at=tuple(profile.semi_supervised_at if semi_supervised_at is None
+                                               else semi_supervised_at))
     out.mkdir(parents=True, exist_ok=True)
     walls: dict[str, float] = {}
     t_all = time.perf_counter()
@@ -424,6 +475,15 @@ def run_benchmark(data: Path, profile: Profile, out: Path, encoder: Path | None 
     truth = {i: int(train.labels[r]) for i, r in zip(pool_ids, pool_idx, strict=True)}
     test_y = test.labels[test_idx]
 
+    ssl = None
+    if profile.semi_supervised_at:
+        init = Path(provenance["encoder"]) if (Path(provenance["encoder"]) / "encoder.pt").is_file() else None
+        if init is None:
+            console.print("[yellow]semi-supervised stage starts from a random init:[/] --encoder is not a training "
+                          "run folder with encoder.pt")
+        ssl = SemiSupervised(at=profile.semi_supervised_at, minutes=profile.semi_supervised_minutes,
+                             steps=semi_supervised_steps, init=init, prior_method="as3l", out=out / "semi-supervised")
+
     # Ingest the pool once, the way a field pipeline streams it: the original encoded files.
     wanted = set(pool_ids)
     items = [it for it in iter_images(data, "train") if it.id in wanted]
@@ -461,7 +521,7 @@ def run_benchmark(data: Path, profile: Profile, out: Path, encoder: Path | None 
                     with agent_process(work, registry, out / "agent.log") as address:
                         points = run_strategy(client.connect(address), strategy, seed, budget_list,
                                               profile.prior_methods, truth, train.classes, pool_emb, test_emb,
-                                              test_y, progress, loop)
+                                              test_y, progress, loop, ssl, address, test_images)
                 except grpc.RpcError as e:
                     msg = f"{e.code().name}: {e.details()}"
                     console.print(f"[yellow]skipped[/] {strategy} seed {seed}: {msg}")
@@ -498,6 +558,10 @@ def register(bench_app: typer.Typer) -> None:
         budgets: str | None = typer.Option(None, help="comma-separated label counts or pool percentages, "
                                            "e.g. 10,20,40,1%"),
         prior_methods: str | None = typer.Option(None, help="comma-separated prior-label methods"),
+        semi_supervised_at: str | None = typer.Option(None, help="label counts at which to run the AS3L "
+                                                      "semi-supervised stage (default: the profile's; gpu: 10,40)"),
+        semi_supervised_steps: int | None = typer.Option(None, min=1, help="training steps per semi-supervised "
+                                                         "point (default: the profile's minutes)"),
     ) -> None:
         """CIFAR-10 accuracy against labels per strategy, through a real agent with a simulated annotator."""
         if profile not in PROFILES:
@@ -506,8 +570,9 @@ def register(bench_app: typer.Typer) -> None:
         def split(s: str | None) -> list[str] | None:
             return [x.strip() for x in s.split(",") if x.strip()] if s else None
 
+        at = [int(x) for x in split(semi_supervised_at) or []] if semi_supervised_at is not None else None
         run_benchmark(data, PROFILES[profile], out, encoder, split(strategies), seeds, split(budgets),
-                      split(prior_methods))
+                      split(prior_methods), semi_supervised_at=at, semi_supervised_steps=semi_supervised_steps)
 
     @bench_app.command("report")
     def report_command(

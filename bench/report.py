@@ -53,6 +53,8 @@ def summarize(run: dict[str, Any]) -> dict[str, dict[tuple[str, int], tuple[floa
             seen.add((r["strategy"], int(r["budget"]), int(r["seed"])))
             groups["linear_accuracy"][key].append(r["linear_accuracy"])
             groups["coverage"][key].append(float(r["coverage"]))
+            if r.get("semi_supervised_accuracy") is not None:
+                groups["semi_supervised_accuracy"][key].append(r["semi_supervised_accuracy"])
     return {m: {k: (*_mean_std(v), len(v)) for k, v in d.items()} for m, d in groups.items()}
 
 
@@ -95,6 +97,9 @@ def markdown(runs: list[dict[str, Any]]) -> str:
         lines.append("")
 
     table("Linear-probe test accuracy (%) on the frozen encoder", "linear_accuracy", refs=True)
+    if any("semi_supervised_accuracy" in summ for summ in sums):
+        table("AS3L semi-supervised stage (prior-guided FlexMatch): test accuracy (%)", "semi_supervised_accuracy",
+              refs=True)
     table("Classes covered by the labelled set", "coverage", scale=1.0, digits=1)
     for m in methods:
         table(f"Prior-label accuracy (%) on the unlabelled pool, method `{m}`", f"prior_accuracy/{m}", refs=False)

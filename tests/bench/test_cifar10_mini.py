@@ -42,7 +42,7 @@ def test_mini_benchmark_through_agent(tiny_cifar: Path, tmp_path: Path) -> None:
     result = CliRunner().invoke(app, [
         "bench", "cifar10", "--data", str(tiny_cifar), "--profile", "quick", "--encoder", str(encoder),
         "--strategies", "random,kmedoids", "--seeds", "1", "--budgets", "3,6,20%", "--prior-methods", "knn",
-        "--out", str(out)])
+        "--semi-supervised-at", "12", "--semi-supervised-steps", "1", "--out", str(out)])
     assert result.exit_code == 0, result.output
     run = json.loads((out / "results.json").read_text())
     assert run["profile"] == "quick" and run["pool_size"] == 60 and run["test_size"] == 18
@@ -54,6 +54,9 @@ def test_mini_benchmark_through_agent(tiny_cifar: Path, tmp_path: Path) -> None:
         assert r["prior_method"] == "knn" and r["n_labeled"] == r["budget"] and r["seed"] == 0
         assert 1 <= r["coverage"] <= 3
         assert 0.0 <= r["linear_accuracy"] <= 1.0 and 0.0 <= r["prior_accuracy"] <= 1.0 and 0.0 <= r["ece"] <= 1.0
+    # The AS3L semi-supervised stage ran (one step, from a random init: only its plumbing is checked) at 12 only.
+    assert all((r["semi_supervised_accuracy"] is not None) == (r["budget"] == 12) for r in records)
+    assert all(0.0 <= r["semi_supervised_accuracy"] <= 1.0 for r in records if r["budget"] == 12)
     # Colour-separable classes: with 12 labels the probe and the priors must be far above chance (1/3).
     last = [r for r in records if r["budget"] == 12]
     assert all(r["linear_accuracy"] > 0.8 and r["prior_accuracy"] > 0.8 for r in last), last
