@@ -15,17 +15,11 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from shortlist.manifest import fsync_path
+
 # Shared by every BlobStore of the process; fsync releases the GIL, so these threads overlap.
 _FSYNC_POOL = ThreadPoolExecutor(max_workers=32, thread_name_prefix="fsync")
 _OPEN_FILES = 128  # files written and fsynced at a time
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def sha256_hex(data: bytes) -> str:
@@ -78,7 +72,7 @@ class BlobStore:
             for tmp, final, _ in todo:
                 os.replace(tmp, final)
                 placed.append(final)
-        list(_FSYNC_POOL.map(_fsync_dir, {final.parent for final in placed}))
+        list(_FSYNC_POOL.map(fsync_path, {final.parent for final in placed}))
 
     def get(self, digest: str) -> bytes:
         """The bytes stored under ``digest``; FileNotFoundError if absent, OSError if corrupt."""

@@ -41,6 +41,7 @@ from shortlist.manifest import (
     TORCHSCRIPT_NAME,
     Manifest,
     Preprocess,
+    fsync_path,
     publish,
     sha256_file,
 )
@@ -197,14 +198,6 @@ def real_batch(meta: dict[str, Any], pre: Preprocess, n: int = 16) -> np.ndarray
     return pre.normalize(np.stack(imgs)) if imgs else None
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def export_run(run_dir: str | Path, registry: str | Path, formats: Sequence[str] = FORMATS,
                real_images: np.ndarray | None = None, log: Any = print) -> str:
     """Export, verify and publish ``run_dir``'s encoder into ``registry``; returns the version name.
@@ -257,10 +250,10 @@ def export_run(run_dir: str | Path, registry: str | Path, formats: Sequence[str]
                 files[fmt] = staging / r["file"]
         manifest.files = {p.name: sha256_file(p) for p in files.values()}
         for p in files.values():
-            _fsync(p)
+            fsync_path(p)
         (staging / MANIFEST_NAME).write_text(manifest.to_json())
-        _fsync(staging / MANIFEST_NAME)
-        _fsync(staging)
+        fsync_path(staging / MANIFEST_NAME)
+        fsync_path(staging)
         version = publish(registry, staging)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

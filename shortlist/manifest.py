@@ -205,12 +205,13 @@ def publish(registry: Path, staging: Path) -> str:
             if target.exists():
                 continue  # another publisher took this number: try the next
             raise
-        _fsync_dir(registry)
+        fsync_path(registry)
         return target.name
     raise RuntimeError("could not find a free version number")
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """Flush a file's or a folder's contents (a folder: its entries, so a rename inside it is durable)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
