@@ -98,6 +98,13 @@ def resolve_budgets(budgets: Sequence[str], pool: int) -> list[int]:
     return sorted(out)
 
 
+def hash_ids(ids: Sequence[str]) -> str:
+    """A short digest of a list of sample ids (identifies a pool)."""
+    import hashlib
+
+    return hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
+
+
 def stratified_subset(labels: np.ndarray, size: int | None, seed: int) -> np.ndarray:
     """Row indices of a class-balanced random subset of ``size`` rows (all rows when None), sorted."""
     if size is None or size >= len(labels):
@@ -145,6 +152,9 @@ def prepare_encoder(encoder: Path | None, profile: Profile, data: Path, pool_idx
     registry = out / "models"
     if encoder is not None:
         encoder = encoder.expanduser()
+        own = newest_complete(registry) if encoder.resolve() == registry.resolve() else None
+        if own is not None:  # this run's own registry (a rerun): serve what it holds, no copy
+            return own[0], {"encoder": str(registry / own[0]), "kind": "registry"}
         if read_complete(encoder, verify_hashes=True) is not None or (encoder / "manifest.json").is_file():
             version = _copy_version_into(registry, encoder)
             return version, {"encoder": str(encoder), "kind": "model version folder"}
@@ -488,7 +498,10 @@ def run_benchmark(data: Path, profile: Profile, out: Path, encoder: Path | None 
     wanted = set(pool_ids)
     items = [it for it in iter_images(data, "train") if it.id in wanted]
     base = out / "agent-base"
-    if base.exists():
+    marker = base / "bench-ingested.json"  # what the base holds: a rerun with the same pool skips Ingest
+    want = {"model_version": version, "ids": len(pool_ids), "digest": hash_ids(pool_ids)}
+    reuse = marker.is_file() and json.loads(marker.read_text()) == want
+    if base.exists() and not reuse:
         shutil.rmtree(base)
     budget_list = resolve_budgets(profile.budgets, len(pool_ids))
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -500,10 +513,14 @@ def run_benchmark(data: Path, profile: Profile, out: Path, encoder: Path | None 
     with Progress(*columns, console=console, transient=False) as progress:
         t = time.perf_counter()
         task = progress.add_task("ingest", total=len(items))
-        with agent_process(base, registry, out / "agent.log") as address:
-            stub = client.connect(address)
-            ingest_items(stub, items, progress=progress, task=task)
-            wait_embedded(stub, len(items), version)
+        if reuse:
+            console.print(f"reusing the ingested pool in {base}")
+        else:
+            with agent_process(base, registry, out / "agent.log") as address:
+                stub = client.connect(address)
+                ingest_items(stub, items, progress=progress, task=task)
+                wait_embedded(stub, len(items), version)
+            marker.write_text(json.dumps(want))
         walls["ingest"] = time.perf_counter() - t
 
         loop = progress.add_task("strategies", total=len(profile.strategies) * profile.seeds * len(budget_list))
