@@ -80,20 +80,24 @@ def markdown(runs: list[dict[str, Any]]) -> str:
     methods = list(dict.fromkeys(m for r in runs for m in r["prior_methods"]))
 
     def table(title: str, metric: str, scale: float = 100.0, digits: int = 1, refs: bool = False) -> None:
+        """Rows: strategy (and run, when several); columns: label budgets, then published references."""
         lines.append(f"## {title}\n")
-        head = ["strategy", "labels"] + labels + (list(REFERENCE_COLUMNS) if refs else [])
+        ref_heads = [(col, b) for col in REFERENCE_COLUMNS for b in budgets if any(
+            reference_value(col, s, b) != "—" for s in strategies)] if refs else []
+        head = ["strategy"] + (["run"] if len(runs) > 1 else []) + [f"{b} labels" for b in budgets] + [
+            f"{col}, {b} labels (published)" for col, b in ref_heads]
         lines.append("| " + " | ".join(head) + " |")
         lines.append("|" + "---|" * len(head))
         for s in strategies:
-            for b in budgets:
+            for label, summ in zip(labels, sums, strict=True):
                 cells = []
-                for summ in sums:
+                for b in budgets:
                     mean, std, n = summ.get(metric, {}).get((s, b), (float("nan"), float("nan"), 0))
                     cells.append(_fmt(mean, std, n, scale, digits))
                 if all(c == "—" for c in cells):
                     continue
-                ref_cells = [reference_value(col, s, b) for col in REFERENCE_COLUMNS] if refs else []
-                lines.append("| " + " | ".join([s, str(b), *cells, *ref_cells]) + " |")
+                ref_cells = [reference_value(col, s, b) for col, b in ref_heads]
+                lines.append("| " + " | ".join([s, *([label] if len(runs) > 1 else []), *cells, *ref_cells]) + " |")
         lines.append("")
 
     table("Linear-probe test accuracy (%) on the frozen encoder", "linear_accuracy", refs=True)
