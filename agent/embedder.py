@@ -101,7 +101,9 @@ class Embedder:
     """An onnxruntime session over one registry version: NxHxWx3 uint8 images -> EmbedOutput."""
 
     def __init__(self, version_dir: Path, manifest: Manifest, batch_size: int = 256, use_cuda: bool = True,
-                 threads: int = 0) -> None:
+                 threads: int = 0, pretext: bool = True) -> None:
+        """``pretext=False`` skips the RotNet pretext loss (4 extra inferences per image) for callers that
+        only want embeddings and logits."""
         self.version = version_dir.name
         self.manifest = manifest
         self.preprocess = manifest.preprocess
@@ -114,7 +116,7 @@ class Embedder:
         self.outputs = [EMBEDDING_OUTPUT]
         if manifest.has_logits and LOGITS_OUTPUT in names:
             self.outputs.append(LOGITS_OUTPUT)
-        self.rotation = manifest.has_rotation_head and ROTATION_OUTPUT in names
+        self.rotation = pretext and manifest.has_rotation_head and ROTATION_OUTPUT in names
         if self.rotation:
             self.outputs.append(ROTATION_OUTPUT)
         self.input_name = manifest.input_name

@@ -38,7 +38,7 @@ from agent import client
 from bench.metrics import class_coverage, expected_calibration_error, linear_probe_accuracy, prior_accuracy
 from shortlist.datasets import ImageItem, iter_images, load_array
 from shortlist.images import resize_array
-from shortlist.manifest import ONNX_NAME, Manifest, newest_complete, read_complete
+from shortlist.manifest import Manifest, newest_complete, read_complete
 from shortlist.v1 import agent_pb2, agent_pb2_grpc
 
 
@@ -182,20 +182,13 @@ def prepare_encoder(encoder: Path | None, profile: Profile, data: Path, pool_idx
 
 
 def embed_images(version_dir: Path, images: np.ndarray, batch: int = 512) -> np.ndarray:
-    """NxHxWx3 uint8 (at the manifest's size) -> NxD float32 L2-normalised embeddings with onnxruntime,
-    preprocessed exactly as the agent does (the manifest's Preprocess)."""
-    import onnxruntime as ort
+    """NxHxWx3 uint8 (at the manifest's size) -> NxD float32 L2-normalised embeddings, computed by the
+    agent's own Embedder so the probe sees exactly what the agent indexes."""
+    from agent.embedder import Embedder
 
     manifest = read_complete(version_dir, verify_hashes=False)
     assert manifest is not None, f"{version_dir} is not a complete model version"
-    session = ort.InferenceSession(str(version_dir / ONNX_NAME), providers=["CPUExecutionProvider"])
-    out = []
-    for start in range(0, len(images), batch):
-        x = manifest.preprocess.normalize(images[start:start + batch])
-        (emb,) = session.run(["embedding"], {manifest.input_name: x})
-        out.append(emb.astype(np.float32))
-    e = np.concatenate(out)
-    return e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+    return Embedder(version_dir, manifest, batch_size=batch, use_cuda=False, pretext=False).embed(images).vecs
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -330,8 +323,6 @@ def semi_supervised_accuracy(address: str, ssl: SemiSupervised, strategy: str, s
     """Run training's AS3L stage through ``shortlist cycle`` machinery against the agent (priors from its
     PriorLabels), publish into a registry the agent does not serve, and score the classifier's ``logits``
     on the test images with onnxruntime. Returns test accuracy in [0, 1]."""
-    import onnxruntime as ort
-
     from training.cycle import run_cycle
 
     run_dir = ssl.out / f"{strategy}-seed{seed}-{budget}"
@@ -339,17 +330,17 @@ def semi_supervised_accuracy(address: str, ssl: SemiSupervised, strategy: str, s
     version = run_cycle(address, registry, run_dir, mode="as3l", init=str(ssl.init) if ssl.init else None,
                         steps=ssl.steps, minutes=None if ssl.steps else ssl.minutes,
                         prior_method=ssl.prior_method).published
+    from agent.embedder import Embedder
+
     manifest = read_complete(registry / version, verify_hashes=False)
     assert manifest is not None and manifest.classes, f"{registry / version} has no classifier"
-    session = ort.InferenceSession(str(registry / version / ONNX_NAME), providers=["CPUExecutionProvider"])
     if test_images.shape[1:3] != manifest.preprocess.size:
         test_images = np.stack([resize_array(im, manifest.preprocess.size) for im in test_images])
-    correct = 0
-    for start in range(0, len(test_images), 512):
-        x = manifest.preprocess.normalize(test_images[start:start + 512])
-        (logits,) = session.run(["logits"], {manifest.input_name: x})
-        pred = np.asarray(manifest.classes)[logits.argmax(axis=1)]
-        correct += int(np.sum(pred == np.asarray(classes)[test_y[start:start + 512]]))
+    logits = Embedder(registry / version, manifest, batch_size=512, use_cuda=False, pretext=False).embed(
+        test_images).logits
+    assert logits is not None
+    pred = np.asarray(manifest.classes)[logits.argmax(axis=1)]
+    correct = int(np.sum(pred == np.asarray(classes)[test_y]))
     return correct / max(1, len(test_images))
 
 
