@@ -3,12 +3,13 @@
 Modes (``FINETUNE_MODES``):
 
 - ``linear``: linear probe on the frozen encoder (Bengar et al., "Reducing Label Effort: Self-Supervised
-  Meets Active Learning", ICCVW 2021, Sec. 3): features computed once, a softmax classifier trained on them.
+  Meets Active Learning", ICCV Workshops 2021): features computed once, a softmax classifier trained on them.
 - ``full``: encoder + classifier trained end to end with cross-entropy on weakly augmented labelled images.
-- ``as3l``: the semi-supervised stage of AS3L (Wen et al., "Active Self-Semi-Supervised Learning for Few
-  Labeled Samples", 2023, Sec. 3.3, Eqs. 2-5): FixMatch's weak/strong consistency (Sohn et al. 2020, Eq. 2-4)
-  with FlexMatch's class-wise thresholds (Zhang et al. 2021, Eq. 6-8, with the convex mapping
-  M(x) = x / (2 - x) and threshold warm-up), where the pseudo-label comes from the posterior
+- ``as3l``: the semi-supervised stage of AS3L (Wen et al., "Active self-semi-supervised learning for few
+  labeled samples", Neurocomputing 2024; Eqs. 2-5 as issue 4 numbers them, unverified): FixMatch's
+  weak/strong consistency (Sohn et al. 2020) with FlexMatch's class-wise thresholds (Zhang et al. 2021,
+  with the convex mapping M(x) = x / (2 - x) and threshold warm-up, checked against the USB reference
+  code), where the pseudo-label comes from the posterior
   ``normalize(prior + prediction)`` for the first ``prior_iters`` (T) iterations and from the prediction
   alone afterwards. The priors are the agent's PriorLabels (class probabilities per unlabelled sample).
 - ``moby_al``: MoBYv2AL's joint objective (Caramalau et al. 2022, Sec. 3.1): cross-entropy on the labelled
@@ -104,7 +105,9 @@ def cutout(x: torch.Tensor, g: torch.Generator, frac: float = 0.5) -> torch.Tens
 
 
 def as3l_posterior(probs: torch.Tensor, prior: torch.Tensor | None, step: int, prior_iters: int) -> torch.Tensor:
-    """AS3L Eqs. 2-3: q = normalize(prior + p) while step < T, else p. probs, prior: UxC -> UxC rows sum 1."""
+    """AS3L's posterior (Eqs. 2-3 as issue 4 numbers them): q = normalize(prior + p) while step < T, else p.
+
+    probs, prior: UxC -> UxC, rows sum to 1."""
     if prior is None or step >= prior_iters:
         return probs
     q = probs + prior
@@ -113,9 +116,9 @@ def as3l_posterior(probs: torch.Tensor, prior: torch.Tensor | None, step: int, p
 
 def flex_thresholds(learned: torch.Tensor, num_classes: int, tau: float, n_unlabeled: int,
                     warmup: bool = True) -> torch.Tensor:
-    """FlexMatch class-wise thresholds (Zhang et al. 2021, Eqs. 6-8, 11): C float.
+    """FlexMatch class-wise thresholds (Zhang et al. 2021; as in the USB reference code): C float.
 
-    ``learned``: per unlabelled sample, the class it is confidently (> tau) predicted as, or -1.
+    ``learned``: per unlabelled sample, the class it is confidently (>= tau) predicted as, or -1.
     sigma_c = count of c; beta_c = sigma_c / max(max_c sigma, #unused) (with warm-up) or / max sigma;
     threshold_c = M(beta_c) * tau with M(x) = x / (2 - x).
     """
@@ -128,7 +131,8 @@ def flex_thresholds(learned: torch.Tensor, num_classes: int, tau: float, n_unlab
 
 def fixmatch_unlabeled_loss(logits_strong: torch.Tensor, posterior: torch.Tensor,
                             thresholds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """FixMatch Eq. 4 with per-class thresholds: mean over the batch of 1[max q >= t_argmax] CE(strong, argmax q).
+    """FixMatch's unlabelled loss (Sohn et al. 2020) with per-class thresholds: the batch mean of
+    1[max q >= t_argmax] CE(strong, argmax q).
 
     logits_strong: UxC; posterior: UxC (no gradient); thresholds: C. Returns (loss, mask U float).
     """
@@ -286,7 +290,7 @@ def _train_loop(cfg: FinetuneConfig, enc: Encoder, data: TensorData, lab: torch.
                         thr = torch.full((len(data.classes),), cfg.threshold, device=rt.device)
                     lu, mask = fixmatch_unlabeled_loss(_logits(enc, xs), post, thr)
                     conf, pseudo = post.max(dim=1)
-                    hit = (conf > cfg.threshold).cpu()
+                    hit = (conf >= cfg.threshold).cpu()  # >= as the reference code
                     learned[pick[hit]] = pseudo.cpu()[hit]
                     loss = loss + cfg.lambda_u * lu
                     mask_rate = float(mask.mean())

@@ -1,6 +1,7 @@
-"""AS3L's prior pseudo-labels (Wen, Pizarro & Williams, "Active Self-Semi-Supervised Learning for Few
-Labeled Samples", arXiv 2203.04560, Sec. 3.3) by constrained seed k-means (Basu, Banerjee & Mooney,
-"Semi-supervised Clustering by Seeding", ICML 2002)."""
+"""AS3L's prior pseudo-labels (Wen, Pizarro & Williams, "Active self-semi-supervised learning for few
+labeled samples", Neurocomputing (2024) 128772; arXiv 2203.04560v3; Sec. 3.3 as issue 3
+numbers it, unverified: the paper's body could not be read offline) by constrained seed k-means (Basu,
+Banerjee & Mooney, "Semi-supervised Clustering by Seeding", ICML 2002)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from agent.pool import Pool, Priors, check_params, param_int
 from agent.priors._common import nearest_labelled_distance, normalise_rows, require_labels, with_known_labels
 from agent.strategies._common import KMEANS_FIT_ROWS, assign, seed_of
 
-AS3L_RUNS = 6  # C: K = 1*classes, 2*classes, ..., 6*classes (10, 20, ..., 60 for CIFAR-10)
+AS3L_RUNS = 6  # C: K = 1*classes, ..., 6*classes (10, 20, ..., 60 for CIFAR-10, as issue 3 gives them)
 MAX_ITER = 50
 
 
@@ -67,11 +68,13 @@ def as3l_prior(pool: Pool, rows: np.ndarray, rng: np.random.Generator, params: M
     K_c = c * (number of classes), c = 1..C; in each run every labelled sample seeds its own cluster
     (one seed cluster per class when K_c is smaller than the labelled count), labels spread to the
     cluster's members (a cluster with no seed takes the label of the nearest seeded centre), the C
-    one-hot votes are summed and normalised into probs.
+    one-hot votes are summed and normalised into probs. The extra k-means++ centres when K exceeds the
+    seeds, and unseeded clusters taking the nearest seeded centre's class, are ours (Basu et al. seed
+    every cluster).
 
-    Confidence: max(probs) times a proximity factor 1 / (1 + (d / d_med)^2), d the distance to the
-    nearest labelled sample and d_med its median over the pool, so rows far from every labelled sample
-    are trusted less (the paper's observation that PPL accuracy falls with that distance).
+    Confidence (ours): max(probs) times a proximity factor 1 / (1 + (d / d_med)^2), d the distance to
+    the nearest labelled sample and d_med its median over the pool, so rows far from every labelled
+    sample are trusted less (issue 3 asks for lower confidence far from any labelled sample).
     Clustering is fitted on a uniform sample of 20k rows plus every labelled row; all requested rows are
     then assigned to the final centres. Params: ``runs`` (C = 6).
     """

@@ -113,11 +113,13 @@ RankCluster = Callable[[int], tuple[np.ndarray, np.ndarray]]
 
 def pick_from_clusters(cluster_sizes: np.ndarray, labelled_per_cluster: np.ndarray,
                        has_candidates: np.ndarray, rank: RankCluster, take: int,
-                       min_cluster_size: int = 1) -> Selection:
+                       min_cluster_size: int = 0) -> Selection:
     """Pick ``take`` rows, one at a time, from the cluster that is least covered so far (fewest
     labelled + already picked), breaking ties by the largest cluster; within a cluster, the next row
-    in ``rank(cluster)`` order. Clusters smaller than ``min_cluster_size`` come last. This is the
-    selection loop of TypiClust (Hacohen et al. 2022, its algorithm box), shared by kmedoids and as3l.
+    in ``rank(cluster)`` order. Clusters of at most ``min_cluster_size`` members come after every
+    other cluster is exhausted (TypiClust sets them aside). This is TypiClust's selection loop (Hacohen
+    et al. 2022; the authors' code sorts clusters by labelled count, then size), shared by kmedoids and
+    as3l.
 
     Args:
         cluster_sizes: K cluster sizes over the whole pool.
@@ -127,7 +129,7 @@ def pick_from_clusters(cluster_sizes: np.ndarray, labelled_per_cluster: np.ndarr
     """
     k = len(cluster_sizes)
     covered = labelled_per_cluster.astype(np.int64).copy()
-    small = (cluster_sizes < min_cluster_size).astype(np.int64)
+    small = (cluster_sizes <= min_cluster_size).astype(np.int64)
     alive = has_candidates.copy()
     ranked: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     next_pos = np.zeros(k, np.int64)
@@ -135,9 +137,9 @@ def pick_from_clusters(cluster_sizes: np.ndarray, labelled_per_cluster: np.ndarr
     scores: list[float] = []
     ids = np.arange(k)
     while len(rows) < take and alive.any():
-        # Lexicographic (covered, small, -size, id) over live clusters; K is at most a few hundred.
+        # Lexicographic (small, covered, -size, id) over live clusters; K is at most a few hundred.
         live = ids[alive]
-        order = np.lexsort((live, -cluster_sizes[live], small[live], covered[live]))
+        order = np.lexsort((live, -cluster_sizes[live], covered[live], small[live]))
         c = int(live[order[0]])
         if c not in ranked:
             ranked[c] = rank(c)

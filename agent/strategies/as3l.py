@@ -1,5 +1,12 @@
-"""AS3L's active labelling (Wen, Pizarro & Williams, "Active Self-Semi-Supervised Learning for Few
-Labeled Samples", Neurocomputing 2024 / arXiv 2203.04560, Sec. 3.2)."""
+"""AS3L's active labelling (Wen, Pizarro & Williams, "Active self-semi-supervised learning for few
+labeled samples", Neurocomputing (2024) 128772; arXiv 2203.04560v3).
+
+Provenance: the method's outline (linear fine-tuning of the features towards the centres of C k-means
+runs, C k-means runs on the fine-tuned features, the samples assigned together in all runs, their
+medians) and the numbering Sec. 3.2 / Eq. 1 / C = 6 are as issue 3 states them; the paper's body could
+not be read offline, so they are not checked against its text. Choices marked "ours" below fill in what
+that outline leaves open.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +17,7 @@ import numpy as np
 from agent.pool import Pool, Selection, check_params, param_float, param_int
 from agent.strategies._common import CHUNK, MAX_CLUSTERS, assign, fit_kmeans, pick_from_clusters
 
-AS3L_RUNS = 6  # C, the number of k-means runs (paper default)
+AS3L_RUNS = 6  # C, the number of k-means runs (the default issue 3 gives as the paper's)
 # AS3L runs 2C k-means, so each is fitted on a smaller uniform sample than the other strategies' one
 # (10k rows: still ~100 rows per centre at budget 100), which keeps Select on 1M rows within a minute.
 AS3L_FIT_ROWS = 10_000
@@ -61,14 +68,17 @@ def consensus_groups(assignments: np.ndarray) -> np.ndarray:
 
 
 def as3l(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping[str, str]) -> Selection:
-    """AS3L active labelling (Wen et al., Sec. 3.2): fine-tune the self-supervised features with one linear
-    layer towards the centres of C k-means runs (Eq. 1, solved in closed form by ``fit_linear_map``),
-    run C k-means with k clusters on the fine-tuned features, keep in each cluster of the best run the
-    samples assigned together in all C runs (its stable core; the clusters are those of the run with the
-    lowest k-means objective), and label the median of each core: the core member nearest the core's
-    coordinate-wise median.
-    Cores are taken largest-first; clusters that already hold labelled samples come last, so the
-    already-labelled set is complemented, not repeated.
+    """AS3L active labelling (Wen et al., Sec. 3.2, numbering unverified): fine-tune the self-supervised
+    features with one linear layer towards the centres of C k-means runs (Eq. 1, solved in closed form by
+    ``fit_linear_map``), run C k-means with k clusters on the fine-tuned features, keep the samples
+    assigned together in all C runs, and label their medians.
+
+    Ours, where the outline is silent: the clusters split into cores are those of the run with the
+    lowest k-means objective; a cluster's core is its largest always-together group; the "median" is
+    the core member nearest the core's coordinate-wise median; cores are taken largest-first and
+    clusters that already hold labelled samples come last (so the labelled set is complemented, not
+    repeated); k defaults to labelled + budget; Eq. 1 gets a small ridge and is fitted on a 10k-row
+    sample; each k-means run has one k-means++ start so the runs differ.
 
     Params: ``runs`` (C = 6), ``k`` (clusters; default labelled + budget, at most 500), ``ridge`` (1e-3).
     Score: core size as a share of its cluster (how stable the pick's neighbourhood is).

@@ -11,14 +11,14 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from agent.pool import Pool, Selection, check_params, param_int
+from agent.pool import InvalidArgument, Pool, Selection, check_params, param_int
 from agent.strategies._common import (
     MAX_CLUSTERS,
     assign,
     candidate_clusters,
+    cosine_to_l2,
     fit_kmeans,
     pick_from_clusters,
-    rows_matrix,
 )
 
 
@@ -61,19 +61,21 @@ def kmedoids(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping[
     return pick_from_clusters(sizes, labelled, has, rank, take)
 
 
-# TypiClust defaults from the paper and its reference code (github.com/avihu111/TypiClust).
+# TypiClust defaults from the authors' code (github.com/avihu111/TypiClust, deep-al/pycls/al/typiclust.py):
+# K = 20 neighbours, at most 500 clusters, clusters of <= 5 members set aside.
 TYPICLUST_KNN = 20
 TYPICLUST_MAX_CLUSTERS = MAX_CLUSTERS
 TYPICLUST_MIN_CLUSTER_SIZE = 5
-# Per cluster, typicality is estimated from at most this many members (uniform sample, exact distances).
+# Per cluster, typicality is computed for at most this many candidates (a uniform sample), so a 1M-row
+# pool costs at most 1000 index queries per pick.
 TYPICLUST_SAMPLE = 1000
+TYPICLUST_NEIGHBOURS = ("index", "cluster")
 
 
 def typicality(points: np.ndarray, reference: np.ndarray, k: int, self_in_reference: bool) -> np.ndarray:
-    """Typicality (Hacohen et al. 2022, the "typicality" equation of the TypiClust section):
-    Typicality(x) = (1/K sum_{x_i in K-NN(x)} ||x - x_i||_2)^-1, over the ``k`` nearest ``reference`` rows.
-    ``points`` PxD, ``reference`` RxD; returns P float64. With ``self_in_reference`` the zero
-    distance of each point to itself is skipped."""
+    """Typicality (Hacohen et al. 2022): Typicality(x) = (1/K sum_{x_i in K-NN(x)} ||x - x_i||_2)^-1, over
+    the ``k`` nearest ``reference`` rows, exactly. ``points`` PxD, ``reference`` RxD; returns P float64.
+    With ``self_in_reference`` the zero distance of each point to itself is skipped."""
     if len(points) == 0:
         return np.zeros(0)
     skip = 1 if self_in_reference else 0
@@ -89,22 +91,45 @@ def typicality(points: np.ndarray, reference: np.ndarray, k: int, self_in_refere
     return 1.0 / (mean + 1e-12)
 
 
+def index_typicality(pool: Pool, rows: np.ndarray, k: int) -> np.ndarray:
+    """Typicality of ``rows`` (R int64) over their ``k`` nearest neighbours in the whole pool, from the
+    pool's kNN index (hnswlib in the agent); each row's own hit is skipped. Returns R float64."""
+    if len(rows) == 0:
+        return np.zeros(0)
+    k = max(1, min(k, len(pool.embeddings) - 1))
+    nbr, cos_d = pool.knn(pool.embeddings[rows], k + 1)
+    dist = cosine_to_l2(cos_d)  # Euclidean distance between unit vectors
+    own = nbr == rows[:, None]
+    # Drop the row itself; a row the index did not return as its own hit (duplicates) drops its farthest.
+    own[~own.any(axis=1), -1] = True
+    keep = dist[~own].reshape(len(rows), -1)[:, :k]
+    return 1.0 / (keep.mean(axis=1) + 1e-12)
+
+
 def typiclust(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping[str, str]) -> Selection:
     """TypiClust (Hacohen, Dekel & Weinshall, "Active Learning on a Budget: Opposite Strategies Suit High
-    and Low Budgets", ICML 2022; the TypiClust section and its algorithm box).
+    and Low Budgets", ICML 2022, PMLR 162:8175-8195).
 
     Cluster the pool into min(labelled + budget, max_clusters) k-means clusters; repeatedly take the
-    cluster with the fewest labelled-or-picked members (ties: the largest; clusters under
-    ``min_cluster_size`` last) and pick its most typical candidate, typicality being the inverse mean
-    distance to the ``knn`` nearest neighbours (see ``typicality``). As in the authors' code the
-    neighbours are searched among the cluster's members; clusters larger than 1000 rows use a uniform
-    sample of 1000 members as the reference set, so a 1M-row pool costs a few dense products per pick.
-    Params: ``knn`` (20), ``max_clusters`` (500), ``min_cluster_size`` (5). Score: typicality.
+    cluster with the fewest labelled-or-picked members (ties: the largest) and pick its most typical
+    candidate, typicality being the inverse mean Euclidean distance to the ``knn`` nearest neighbours.
+    Clusters of at most ``min_cluster_size`` members are set aside, as in the authors' code, and used
+    only when the other clusters have no candidates left (the authors' code drops them).
+
+    ``neighbours=index`` (default) takes the neighbours from the pool's kNN index (hnswlib), i.e. the
+    density of the whole pool around the candidate; ``neighbours=cluster`` takes them among the cluster's
+    unlabelled members with K = min(knn, members // 2), as the authors' code does. Either way at most
+    1000 candidates per cluster are scored (a uniform sample), so a 1M-row pool stays within a minute.
+    Params: ``knn`` (20), ``max_clusters`` (500), ``min_cluster_size`` (5), ``neighbours`` (index).
+    Score: typicality.
     """
-    check_params(params, {"knn", "max_clusters", "min_cluster_size"}, "typiclust")
+    check_params(params, {"knn", "max_clusters", "min_cluster_size", "neighbours"}, "typiclust")
     knn = param_int(params, "knn", TYPICLUST_KNN, minimum=1)
     max_clusters = param_int(params, "max_clusters", TYPICLUST_MAX_CLUSTERS, minimum=1)
-    min_size = param_int(params, "min_cluster_size", TYPICLUST_MIN_CLUSTER_SIZE, minimum=1)
+    min_size = param_int(params, "min_cluster_size", TYPICLUST_MIN_CLUSTER_SIZE, minimum=0)
+    neighbours = params.get("neighbours") or "index"
+    if neighbours not in TYPICLUST_NEIGHBOURS:
+        raise InvalidArgument(f"param neighbours={neighbours!r}; valid: {', '.join(TYPICLUST_NEIGHBOURS)}")
     take = min(budget, len(pool.candidates))
     if take == 0:
         return Selection(rows=pool.candidates[:0], scores=np.zeros(0))
@@ -119,16 +144,16 @@ def typiclust(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping
 
     def rank(c: int) -> tuple[np.ndarray, np.ndarray]:
         rows = members[starts[c]:starts[c + 1]]
-        ref = rows if len(rows) <= TYPICLUST_SAMPLE else np.sort(rng.choice(rows, TYPICLUST_SAMPLE, replace=False))
         cand = rows[is_candidate[rows]]
-        if len(cand) > TYPICLUST_SAMPLE:
-            cand = np.sort(rng.choice(cand, TYPICLUST_SAMPLE, replace=False))
-        in_ref = np.isin(cand, ref)
-        score = np.empty(len(cand))
-        ref_x = rows_matrix(emb, ref).astype(np.float64)
-        for mask, self_in in ((in_ref, True), (~in_ref, False)):
-            score[mask] = typicality(emb[cand[mask]].astype(np.float64), ref_x, knn, self_in)
-        order = np.lexsort((cand, -score))
-        return cand[order], score[order]
+        scored = cand if len(cand) <= TYPICLUST_SAMPLE else np.sort(rng.choice(cand, TYPICLUST_SAMPLE,
+                                                                                 replace=False))
+        if neighbours == "index":
+            score = index_typicality(pool, scored, knn)
+        else:  # the authors' variant: neighbours among the cluster's unlabelled members
+            ref = cand if len(cand) <= TYPICLUST_SAMPLE else scored
+            score = typicality(emb[scored].astype(np.float64), emb[ref].astype(np.float64),
+                               max(1, min(knn, len(ref) // 2)), self_in_reference=True)
+        order = np.lexsort((scored, -score))
+        return scored[order], score[order]
 
     return pick_from_clusters(sizes, labelled, has, rank, take, min_cluster_size=min_size)

@@ -81,8 +81,10 @@ def impurity_radii(points: np.ndarray, own: np.ndarray, reference: np.ndarray, r
 
 
 def purity_delta(radius: np.ndarray, alpha: float) -> float:
-    """ProbCover's delta heuristic (Yehuda et al. 2022, "choosing delta"): the largest delta whose ball
-    purity -- the fraction of points whose delta-ball holds a single k-means cluster -- is >= alpha.
+    """ProbCover's delta heuristic (Yehuda et al. 2022; purity pi(delta) as the authors define it, the
+    alpha = 0.95 / k-means-with-#classes-clusters rule as scikit-activeml implements it): the largest
+    delta whose ball purity -- the fraction of points whose delta-ball holds a single k-means cluster --
+    is >= alpha.
 
     A point's ball {x : ||x - u|| < delta} is pure exactly when delta <= r_u (``impurity_radii``), so
     purity(delta) = mean(r_u >= delta); with r sorted ascending and m = floor((1 - alpha) S) the answer
@@ -99,8 +101,9 @@ def probcover(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping
     algorithm): build the directed graph with an edge v -> u when ||x_u - x_v|| < delta; mark every point
     within delta of a labelled point covered; then repeatedly pick the candidate whose ball covers the
     most uncovered points (greedy max coverage, a (1 - 1/e) approximation of the max-coverage
-    objective) and mark its ball covered. When everything is covered the rest is picked at random, as
-    the paper does. See PROBCOVER_* for how this scales to 1M rows.
+    objective) and mark its ball covered. The greedy pick is deterministic (ties: lowest row), as in
+    the authors' code. When everything is covered the rest is picked at random (ours; the authors' code
+    has no such rule). See PROBCOVER_* for how this scales to 1M rows.
 
     Params: ``delta`` (Euclidean, on unit vectors; default from ``purity_delta`` with ``alpha``),
     ``alpha`` (0.95), ``clusters`` (k-means clusters for purity; default the class count, else 10),

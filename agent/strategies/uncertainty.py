@@ -194,13 +194,16 @@ DAS_LAMBDA = 1.0
 
 
 def das(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping[str, str]) -> Selection:
-    """Deep active sampling with self-supervised learning (Shi & Zhou): score each candidate by its
-    downstream uncertainty plus lambda times its loss on the self-supervised pretext task,
+    """Deep active sampling with self-supervised learning (Shi & Zhou, "Deep active sampling with
+    self-supervised learning", Front. Comput. Sci. 2023, 17(4): 174323): the sampling metric
+    I = u + lambda * v, u the downstream uncertainty and v the sample's pretext-task loss. Ours, where the
+    letter is silent: u is the predictive entropy, v the RotNet rotation loss (the letter also uses
+    MoCo; only the rotation variant is implemented), both scaled to [0, 1]-ish units (entropy by log C',
+    the 4-way rotation cross-entropy by its chance level log 4), lambda = 1:
 
-        s(x) = H(p(x)) / log C' + lambda * l_rot(x) / log 4,
+        s(x) = H(p(x)) / log C' + lambda * l_rot(x) / log 4;
 
-    both terms scaled to [0, 1]-ish units (entropy by its maximum, the 4-way rotation cross-entropy by
-    its chance level log 4) so lambda weighs comparable quantities; the top-``budget`` are picked.
+    the top-``budget`` are picked.
     l_rot is Pool.pretext_loss, which the agent computes with the model's RotNet rotation head.
     Needs that head (FailedPrecondition without it) and a classifier (as entropy).
     Params: ``lambda`` (1.0). Score: s(x).

@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from agent.pool import InvalidArgument
 from agent.strategies import STRATEGIES
 from agent.strategies._common import top_k
 from agent.strategies.as3l import consensus_groups, fit_linear_map
-from agent.strategies.clustering import typicality
+from agent.strategies.clustering import index_typicality, typicality
 from agent.strategies.coverage import impurity_radii, purity_delta
 from agent.strategies.uncertainty import entropy_of, margin_of, vote_entropy
 from tests.agent.strategies.pools import blobs, make_pool
@@ -49,6 +50,33 @@ def test_typicality_hand_computed() -> None:
     np.testing.assert_allclose(typicality(pts, pts, 1, True), [1.0, 1.0, 0.5], rtol=1e-6)
     # k=2: mean of two nearest others: (1+3)/2=2, (1+2)/2=1.5, (2+3)/2=2.5.
     np.testing.assert_allclose(typicality(pts, pts, 2, True), [1 / 2, 1 / 1.5, 1 / 2.5], rtol=1e-6)
+
+
+def test_index_typicality_equals_exact_typicality_over_the_pool() -> None:
+    x, y = blobs(clusters=3, per_cluster=40, dim=8, spread=0.2, seed=3)
+    pool = make_pool(x, y)
+    rows = np.array([0, 5, 41, 100])
+    expect = typicality(x[rows].astype(np.float64), x.astype(np.float64), 20, self_in_reference=True)
+    np.testing.assert_allclose(index_typicality(pool, rows, 20), expect, rtol=1e-4)
+
+
+@pytest.mark.parametrize("neighbours", ["index", "cluster"])
+def test_typiclust_sets_small_clusters_aside(neighbours: str) -> None:
+    # Two big blobs and a 3-point one: with 4 clusters for 4 picks, the big blobs get two picks each
+    # before the tiny cluster (<= min_cluster_size members) gets any, as in the authors' code.
+    x, y = blobs(clusters=3, dim=16, spread=0.05, sizes=[60, 60, 3], seed=6)
+    sel = STRATEGIES["typiclust"](make_pool(x, y), 4, np.random.default_rng(0),
+                                  {"max_clusters": "3", "neighbours": neighbours})
+    assert sorted(y[sel.rows].tolist()) == [0, 0, 1, 1]
+    sel = STRATEGIES["typiclust"](make_pool(x, y), 4, np.random.default_rng(0),
+                                  {"max_clusters": "3", "min_cluster_size": "0", "neighbours": neighbours})
+    assert sorted(set(y[sel.rows].tolist())) == [0, 1, 2]
+
+
+def test_typiclust_rejects_unknown_neighbours() -> None:
+    x, y = blobs(clusters=2, per_cluster=10, dim=8, seed=0)
+    with pytest.raises(InvalidArgument, match="index, cluster"):
+        STRATEGIES["typiclust"](make_pool(x, y), 2, np.random.default_rng(0), {"neighbours": "faiss"})
 
 
 def test_coreset_picks_farthest_point_first() -> None:
