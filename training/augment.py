@@ -139,14 +139,22 @@ def to_unit(images_u8: torch.Tensor) -> torch.Tensor:
     return images_u8.float().div_(255.0)
 
 
+def fp32(device: torch.device) -> torch.autocast:
+    """A context with autocast off: augmentation stays in float32 even when called inside the training step's
+    autocast region, where ``affine_grid``'s matmul and colour ``einsum`` would otherwise run in bf16 (a sampling
+    grid off by ~0.25 pixel at 32 px)."""
+    return torch.autocast(device.type, enabled=False)
+
+
 def augment(images_u8: torch.Tensor, pre: Preprocess, cfg: AugmentConfig, g: torch.Generator,
             channels_last: bool = False) -> torch.Tensor:
     """One random view of each image: Nx3xHxW uint8 -> Nx3xhxw float32, normalised, h x w = pre.size."""
-    x = to_unit(images_u8)
-    if cfg != NONE or tuple(x.shape[-2:]) != tuple(pre.size):
-        x = crop_flip_resize(x, pre.size, cfg, g)
-    x = color(x, cfg, g)
-    x = normalize(x, pre)
+    with fp32(images_u8.device):
+        x = to_unit(images_u8)
+        if cfg != NONE or tuple(x.shape[-2:]) != tuple(pre.size):
+            x = crop_flip_resize(x, pre.size, cfg, g)
+        x = color(x, cfg, g)
+        x = normalize(x, pre)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
