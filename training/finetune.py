@@ -15,8 +15,11 @@ Modes (``FINETUNE_MODES``):
 - ``moby_al``: MoBYv2AL's joint objective (Caramalau et al. 2022, Sec. 3.1): cross-entropy on the labelled
   batch + lambda_c * MoBY contrastive loss on unlabelled views, lambda_c = 0.5.
 
-The strong augmentation is training.augment's SimCLR-strength colour/crop plus Cutout (DeVries & Taylor
-2017) with per-sample boxes: a batched stand-in for RandAugment (documented difference from FixMatch).
+Augmentation (training.augment, batched on the device with per-sample draws from the run's generator): the
+labelled batch and as3l's weak view get the weak crop + flip (``WEAK``); as3l's strong view is FixMatch's,
+``strong_augment``: its own weak crop + flip, then RandAugment (2 ops per sample from FixMatch's 14, each with a
+random magnitude in the paper's ranges) and Cutout (side up to half the image, gray), see ``rand_augment``.
+moby_al's two contrastive views are SimCLR-strength crop + colour jitter (``CONTRASTIVE``).
 """
 
 from __future__ import annotations
@@ -34,14 +37,14 @@ from torch import nn
 
 from shortlist.manifest import Preprocess
 from training import loop
-from training.augment import WEAK, AugmentConfig, augment
+from training.augment import WEAK, AugmentConfig, augment, strong_augment
 from training.backbones import build_backbone
 from training.data import TensorData, load
 from training.methods import Encoder, MoBY
 from training.pretrain import load_encoder, preprocess_by_name, save_encoder
 
 FINETUNE_MODES = ("linear", "full", "as3l", "moby_al")
-STRONG = AugmentConfig(crop_scale=(0.2, 1.0))
+CONTRASTIVE = AugmentConfig(crop_scale=(0.2, 1.0))  # moby_al's views (SimSiam / SimCLR CIFAR strength)
 
 
 @dataclass
@@ -87,18 +90,6 @@ def keep_labels_per_class(data: TensorData, n: int, seed: int) -> TensorData:
         keep = rows[torch.randperm(len(rows), generator=g)[:n]]
         labels[keep] = c
     return TensorData(data.images, labels, data.classes, data.ids)
-
-
-def cutout(x: torch.Tensor, g: torch.Generator, frac: float = 0.5) -> torch.Tensor:
-    """Zero one square of side frac*H per sample at a random centre (DeVries & Taylor 2017). Nx3xHxW."""
-    n, _, h, w = x.shape
-    side = round(frac * h)
-    cy = torch.randint(0, h, (n,), generator=g, device=x.device).view(n, 1, 1)
-    cx = torch.randint(0, w, (n,), generator=g, device=x.device).view(n, 1, 1)
-    ys = torch.arange(h, device=x.device).view(1, h, 1)
-    xs = torch.arange(w, device=x.device).view(1, 1, w)
-    box = ((ys - cy).abs() <= side // 2) & ((xs - cx).abs() <= side // 2)  # NxHxW
-    return x.masked_fill(box.unsqueeze(1), 0.0)
 
 
 # ------------------------------------------------------------------------------------------ AS3L pieces
@@ -279,7 +270,7 @@ def _train_loop(cfg: FinetuneConfig, enc: Encoder, data: TensorData, lab: torch.
                     pick = torch.randint(0, len(unl), (ubs,), generator=g_cpu)
                     imgs = data.images[unl[pick]].to(rt.device)
                     xw = augment(imgs, pre, WEAK, gen, rt.channels_last)
-                    xs = cutout(augment(imgs, pre, STRONG, gen, rt.channels_last), gen)
+                    xs = strong_augment(imgs, pre, gen, rt.channels_last)
                     with torch.no_grad():
                         probs = _logits(enc, xw).float().softmax(dim=1)
                     post = as3l_posterior(probs, prior_dev[pick.to(rt.device)] if prior_dev is not None else None,
@@ -297,8 +288,8 @@ def _train_loop(cfg: FinetuneConfig, enc: Encoder, data: TensorData, lab: torch.
                 elif semi and moby is not None:
                     pick = torch.randint(0, len(unl), (ubs,), generator=g_cpu)
                     imgs = data.images[unl[pick]].to(rt.device)
-                    v1 = augment(imgs, pre, STRONG, gen, rt.channels_last)
-                    v2 = augment(imgs, pre, STRONG, gen, rt.channels_last)
+                    v1 = augment(imgs, pre, CONTRASTIVE, gen, rt.channels_last)
+                    v2 = augment(imgs, pre, CONTRASTIVE, gen, rt.channels_last)
                     moby.set_progress(budget.progress(state.step, state.seconds))
                     loss = loss + cfg.lambda_c * moby(v1, v2)
             if not torch.isfinite(loss):
