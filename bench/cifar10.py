@@ -36,7 +36,7 @@ import typer
 
 from agent import client
 from bench.metrics import class_coverage, expected_calibration_error, linear_probe_accuracy, prior_accuracy
-from shortlist.datasets import ImageItem, iter_images, load_array
+from shortlist.datasets import ImageArray, ImageItem, iter_images, load_array
 from shortlist.images import resize_array
 from shortlist.manifest import Manifest, newest_complete, read_complete
 from shortlist.v1 import agent_pb2, agent_pb2_grpc
@@ -58,6 +58,8 @@ class Profile:
     prior_methods: tuple[str, ...]
     semi_supervised_at: tuple[int, ...] = ()  # label counts at which the AS3L semi-supervised stage runs
     semi_supervised_minutes: float = 60.0  # training time per semi-supervised point
+    # PretrainConfig fields for the profile's own pretraining (e.g. view resolution, batch size)
+    pretrain_options: dict[str, Any] = field(default_factory=dict)
     description: str = ""
 
 
@@ -147,8 +149,13 @@ def _copy_version_into(registry: Path, version_dir: Path) -> str:
 
 
 def prepare_encoder(encoder: Path | None, profile: Profile, data: Path, pool_idx: np.ndarray, out: Path,
-                    console: Any) -> tuple[str, dict[str, Any]]:
-    """Publish the benchmark's encoder into ``out/models``; returns (version, provenance)."""
+                    console: Any, train: ImageArray | None = None,
+                    test: ImageArray | None = None) -> tuple[str, dict[str, Any]]:
+    """Publish the benchmark's encoder into ``out/models``; returns (version, provenance).
+
+    ``train`` / ``test`` are the splits the benchmark already decoded: when they are at the model's input
+    size, pretraining takes the pool's rows (and the test rows for its kNN check) from them instead of
+    decoding the source again."""
     registry = out / "models"
     if encoder is not None:
         encoder = encoder.expanduser()
@@ -169,14 +176,23 @@ def prepare_encoder(encoder: Path | None, profile: Profile, data: Path, pool_idx
     if profile.pretrain_minutes <= 0:
         raise typer.BadParameter(f"profile {profile.name} trains no encoder itself; pass --encoder RUN_OR_MODEL")
     from exporters.export import export_run
-    from training.pretrain import PretrainConfig, pretrain
+    from training.pretrain import PretrainConfig, preprocess_by_name, pretrain
 
     run_dir = out / "pretrain"
     console.print(f"[bold]pretraining[/] {profile.method} {profile.arch} for {profile.pretrain_minutes:g} min "
                   f"on {len(pool_idx)} pool images -> {run_dir}")
     config = PretrainConfig(data=str(data), method=profile.method, arch=profile.arch,
-                            minutes=profile.pretrain_minutes, out=str(run_dir), subset=pool_idx.tolist())
-    pretrain(config)
+                            minutes=profile.pretrain_minutes, out=str(run_dir), subset=pool_idx.tolist(),
+                            **profile.pretrain_options)
+    size = preprocess_by_name(config.preprocess).size
+    if train is not None and test is not None and train.images.shape[1:3] == size == test.images.shape[1:3]:
+        from training.data import from_hwc
+
+        # the whole split: pretrain() takes config.subset itself, and config.json records it
+        pretrain(config, train_data=from_hwc(train.images, train.labels, train.classes, train.ids),
+                 test_data=from_hwc(test.images, test.labels, test.classes, test.ids))
+    else:
+        pretrain(config)
     version = export_run(run_dir, registry)
     return version, {"encoder": str(run_dir), "kind": "pretrained here", "minutes": profile.pretrain_minutes}
 
@@ -448,7 +464,9 @@ def run_benchmark(data: Path, profile: Profile, out: Path, encoder: Path | None 
                   f"test {len(test_idx)}, classes {', '.join(train.classes)}")
 
     t = time.perf_counter()
-    version, provenance = prepare_encoder(encoder, profile, data, pool_idx, out, console)
+    version, provenance = prepare_encoder(encoder, profile, data, pool_idx, out, console, train,
+                                          ImageArray(test.images[test_idx], test.labels[test_idx], test.classes,
+                                                     [test.ids[i] for i in test_idx]))
     walls["encoder"] = time.perf_counter() - t
     registry = out / "models"
     version_dir = registry / version

@@ -67,3 +67,29 @@ def test_mini_benchmark_through_agent(tiny_cifar: Path, tmp_path: Path) -> None:
     again = CliRunner().invoke(app, ["bench", "report", str(out), "--out", str(tmp_path / "report")])
     assert again.exit_code == 0, again.output
     assert (tmp_path / "report" / "results.md").read_text() == (out / "results.md").read_text()
+
+
+def test_benchmark_pretrains_its_own_encoder(tmp_path: Path) -> None:
+    """The profile path without --encoder: pretrain on the pool rows of the already-decoded split (32x32,
+    the model's size), export, publish, serve; the run records the pool subset it trained on."""
+    from bench.cifar10 import Profile, run_benchmark
+
+    rng = np.random.default_rng(1)
+    for split, n in (("train", 12), ("test", 4)):
+        for ci, c in enumerate(CLASSES):
+            (tmp_path / "data" / split / c).mkdir(parents=True)
+            for i in range(n):
+                img = np.full((32, 32, 3), 40.0)
+                img[..., ci] = 200
+                img = np.clip(img + rng.normal(0, 25, img.shape), 0, 255).astype(np.uint8)
+                Image.fromarray(img).save(tmp_path / "data" / split / c / f"{i:04d}.png")
+    profile = Profile(name="tiny", pool_size=30, test_size=12, pretrain_minutes=0.02, arch="resnet18_w32",
+                      method="simsiam", seeds=1, budgets=("3", "6"), strategies=("random",), prior_methods=("knn",),
+                      pretrain_options={"batch_size": 8, "threads": 1, "progress": False})
+    run = run_benchmark(tmp_path / "data", profile, tmp_path / "out")
+    assert run.complete and run.pool_size == 30 and run.encoder["kind"] == "pretrained here"
+    config = json.loads((tmp_path / "out" / "pretrain" / "config.json").read_text())
+    assert len(config["subset"]) == 30 and config["batch_size"] == 8
+    summary = json.loads((tmp_path / "out" / "pretrain" / "summary.json").read_text())
+    assert summary["train_images"] == 30 and summary["knn_test"] == 12
+    assert {r["budget"] for r in run.records} == {3, 6}

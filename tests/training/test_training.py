@@ -53,6 +53,16 @@ def test_pretrain_one_epoch(tiny_data: Path, tmp_path: Path, method: str) -> Non
     assert out.shape == (2, 256) and torch.isfinite(out).all()
 
 
+def test_cpu_views_default_to_half_the_model_size(tiny_data: Path, tmp_path: Path) -> None:
+    auto = pretrain(_cfg(tiny_data, tmp_path / "auto", "simsiam", knn_every=0, final_knn=False))
+    assert json.loads((auto / loop.CONFIG).read_text())["max_res"] == SIZE // 2
+    full = pretrain(_cfg(tiny_data, tmp_path / "full", "simsiam", knn_every=0, final_knn=False, max_res=SIZE))
+    assert json.loads((full / loop.CONFIG).read_text())["max_res"] == SIZE
+    # progressive resizing keeps its own schedule up to the model's size
+    prog = pretrain(_cfg(tiny_data, tmp_path / "prog", "simsiam", knn_every=0, final_knn=False, min_res=8))
+    assert json.loads((prog / loop.CONFIG).read_text())["max_res"] is None
+
+
 def test_resume_continues_exactly(tiny_data: Path, tmp_path: Path) -> None:
     straight = pretrain(_cfg(tiny_data, tmp_path / "a", "simsiam", epochs=2, knn_every=0))
     # the same run, stopped after epoch 1 (a 1-epoch budget), then resumed with a 2-epoch budget
