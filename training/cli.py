@@ -28,6 +28,7 @@ def pretrain_cmd(
     limit: int | None = typer.Option(None, help="only the first N samples (smoke runs)"),
     batch_size: int | None = typer.Option(None, help="global batch size (default: the method's)"),
     lr: float | None = typer.Option(None, help="base learning rate per 256 images (default: the method's)"),
+    weight_decay: float | None = typer.Option(None, help="SGD weight decay (default: the method's)"),
     min_res: int | None = typer.Option(None, help="progressive resizing: views start at this many pixels"),
     max_res: int | None = typer.Option(None, help="cap on the training views' size in pixels (default: the "
                                        "model's size on a GPU, half of it on a CPU); evaluation stays full size"),
@@ -48,8 +49,8 @@ def pretrain_cmd(
     from training.pretrain import PretrainConfig, pretrain
 
     cfg = PretrainConfig(data=data, out=str(out), method=method, arch=arch, epochs=epochs, minutes=minutes,
-                         limit=limit, batch_size=batch_size, lr=lr, min_res=min_res, max_res=max_res,
-                         crop_min=crop_min, preprocess=preprocess, knn_every=knn_every,
+                         limit=limit, batch_size=batch_size, lr=lr, weight_decay=weight_decay, min_res=min_res,
+                         max_res=max_res, crop_min=crop_min, preprocess=preprocess, knn_every=knn_every,
                          checkpoint_minutes=checkpoint_minutes, resume=resume, device=device, amp=amp,
                          channels_last=channels_last, compile=compile, threads=threads, seed=seed)
     try:
