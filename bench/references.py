@@ -24,7 +24,7 @@ class Reference:
 _AS3L = "Wen et al. 2022, AS3L, arXiv 2203.04560v1"
 _TYPICLUST = "Hacohen et al. 2022, TypiClust, arXiv 2202.02794v4"
 _PROBCOVER = "Yehuda et al. 2022, ProbCover, arXiv 2205.11320"
-_SEMI = "semi-supervised (FlexMatch) on top of the selected labels"
+_SEMI = "semi-supervised training on top of the selected labels (the framework is not checked here)"
 
 # Read from the papers' abstracts and the authors' result figures (AS3L v3's tables and Bengar et al.
 # 2021 could not be read here; no number is listed for them rather than a guessed one).
