@@ -299,6 +299,9 @@ class Point:
     prior_seconds: float
     first_round: str  # the strategy that picked the first labels ("random" for ones that need labels)
     semi_supervised_accuracy: float | None = None  # AS3L stage (prior-guided FlexMatch) test accuracy
+    # Mean max probability of the priors: above prior_accuracy = over-confident, below = under-confident
+    # (ECE alone does not say which).
+    mean_confidence: float | None = None
 
 
 @dataclass
@@ -420,7 +423,8 @@ def run_strategy(stub: agent_pb2_grpc.AgentStub, strategy: str, seed: int, budge
                                 ece=expected_calibration_error(pr, y), n_labeled=len(labeled),
                                 model_version=reply.model_version, select_seconds=select_s,
                                 prior_seconds=prior_s, first_round=first_round,
-                                semi_supervised_accuracy=ssl_acc))
+                                semi_supervised_accuracy=ssl_acc,
+                                mean_confidence=float(pr.max(axis=1).mean()) if len(pr) else None))
         if progress is not None:
             progress.advance(task)
             summary = ", ".join(f"{p.prior_method} {p.prior_accuracy:.3f}" for p in points[-len(prior_methods):])

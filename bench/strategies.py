@@ -141,6 +141,8 @@ def run_benchmark(x: np.ndarray, labels: np.ndarray, test_x: np.ndarray | None, 
                         "ece": expected_calibration_error(pr.probs, labels[rows]),
                         "ece_confidence": expected_calibration_error(pr.probs, labels[rows],
                                                                      confidence=pr.confidence),
+                        # above prior_accuracy: over-confident; below: under-confident
+                        "mean_confidence": float(pr.probs.max(axis=1).mean()) if len(rows) else float("nan"),
                         "linear_accuracy": lin, "select_seconds": round(select_s, 3),
                         "prior_seconds": round(time.perf_counter() - t1, 3), "note": note,
                     })

@@ -54,6 +54,8 @@ def test_mini_benchmark_through_agent(tiny_cifar: Path, tmp_path: Path) -> None:
         assert r["prior_method"] == "knn" and r["n_labeled"] == r["budget"] and r["seed"] == 0
         assert 1 <= r["coverage"] <= 3
         assert 0.0 <= r["linear_accuracy"] <= 1.0 and 0.0 <= r["prior_accuracy"] <= 1.0 and 0.0 <= r["ece"] <= 1.0
+        # Three classes: the max probability of a distribution is at least 1/3.
+        assert 1 / 3 - 1e-6 <= r["mean_confidence"] <= 1.0
     # The AS3L semi-supervised stage ran (one step, from a random init: only its plumbing is checked) at 12 only.
     assert all((r["semi_supervised_accuracy"] is not None) == (r["budget"] == 12) for r in records)
     assert all(0.0 <= r["semi_supervised_accuracy"] <= 1.0 for r in records if r["budget"] == 12)

@@ -26,8 +26,10 @@ def test_bench_strategies_writes_records_table_and_plot(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     records = json.loads((out / "results.json").read_text())
     assert len(records) == 3 * 2 * 2 * 3  # strategies x budgets x seeds x prior methods
-    keys = {"strategy", "budget", "seed", "prior_method", "coverage", "prior_accuracy", "ece", "linear_accuracy"}
+    keys = {"strategy", "budget", "seed", "prior_method", "coverage", "prior_accuracy", "ece", "linear_accuracy",
+            "mean_confidence"}
     assert all(keys <= set(r) for r in records)
+    assert all(0.0 < r["mean_confidence"] <= 1.0 for r in records)
     typi = [r for r in records if r["strategy"] == "typiclust" and r["budget"] == 4]
     assert all(r["coverage"] == 4 for r in typi)  # four blobs, four picks
     assert "| typiclust |" in (out / "results.md").read_text()
