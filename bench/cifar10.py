@@ -468,14 +468,15 @@ def run_benchmark(data: Path, profile: Profile, out: Path, encoder: Path | None 
     test_idx = stratified_subset(test.labels, profile.test_size, seed=0)
     if np.any(train.labels[pool_idx] < 0) or np.any(test.labels[test_idx] < 0):
         raise typer.BadParameter(f"{data}: the benchmark needs labelled train and test splits (class folders)")
+    # The evaluation rows, taken once: pretraining's kNN check, embedding and scoring all use them.
+    test_set = ImageArray(test.images[test_idx], test.labels[test_idx], test.classes, [test.ids[i] for i in test_idx])
+    test_y = test_set.labels
     walls["load_data"] = time.perf_counter() - t
     console.print(f"[bold]data[/] {data}: pool {len(pool_idx)} of {len(train.ids)} train images, "
                   f"test {len(test_idx)}, classes {', '.join(train.classes)}")
 
     t = time.perf_counter()
-    version, provenance = prepare_encoder(encoder, profile, data, pool_idx, out, console, train,
-                                          ImageArray(test.images[test_idx], test.labels[test_idx], test.classes,
-                                                     [test.ids[i] for i in test_idx]))
+    version, provenance = prepare_encoder(encoder, profile, data, pool_idx, out, console, train, test_set)
     walls["encoder"] = time.perf_counter() - t
     registry = out / "models"
     version_dir = registry / version
@@ -487,7 +488,7 @@ def run_benchmark(data: Path, profile: Profile, out: Path, encoder: Path | None 
     size = manifest.preprocess.size
     pool_images = train.images[pool_idx] if train.images.shape[1:3] == size else \
         load_array(data, "train", size=size).images[pool_idx]
-    test_images = test.images[test_idx] if test.images.shape[1:3] == size else \
+    test_images = test_set.images if test_set.images.shape[1:3] == size else \
         load_array(data, "test", size=size, classes=train.classes).images[test_idx]
     pool_emb_arr = embed_images(version_dir, pool_images)
     test_emb = embed_images(version_dir, test_images)
@@ -498,10 +499,9 @@ def run_benchmark(data: Path, profile: Profile, out: Path, encoder: Path | None 
     np.save(emb_dir / "pool_x.npy", pool_emb_arr)
     np.save(emb_dir / "pool_y.npy", train.labels[pool_idx])
     np.save(emb_dir / "test_x.npy", test_emb)
-    np.save(emb_dir / "test_y.npy", test.labels[test_idx])
+    np.save(emb_dir / "test_y.npy", test_y)
     pool_emb = dict(zip(pool_ids, pool_emb_arr, strict=True))
     truth = {i: int(train.labels[r]) for i, r in zip(pool_ids, pool_idx, strict=True)}
-    test_y = test.labels[test_idx]
 
     ssl = None
     if profile.semi_supervised_at:
