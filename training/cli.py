@@ -33,6 +33,9 @@ def pretrain_cmd(
     max_res: int | None = typer.Option(None, help="cap on the training views' size in pixels (default: the "
                                        "model's size on a GPU, half of it on a CPU); evaluation stays full size"),
     crop_min: float = typer.Option(0.2, help="smallest random-resized-crop area fraction"),
+    proj_dim: int | None = typer.Option(None, help="projector output width (simsiam default 256, paper 2048; "
+                                        "moby default 256)"),
+    pred_dim: int | None = typer.Option(None, help="simsiam predictor bottleneck (default 64, paper 512)"),
     preprocess: str = typer.Option("cifar10", help="cifar10 | cifar100 | imagenet (size, mean, std)"),
     knn_every: int = typer.Option(5, help="epochs between kNN evaluations (0: only at the end)"),
     checkpoint_minutes: float = typer.Option(10.0, help="minutes between checkpoints (also on SIGTERM)"),
@@ -48,11 +51,13 @@ def pretrain_cmd(
     _one_budget(epochs, minutes)
     from training.pretrain import PretrainConfig, pretrain
 
+    options = {k: v for k, v in (("proj_dim", proj_dim), ("pred_dim", pred_dim)) if v is not None}
     cfg = PretrainConfig(data=data, out=str(out), method=method, arch=arch, epochs=epochs, minutes=minutes,
                          limit=limit, batch_size=batch_size, lr=lr, weight_decay=weight_decay, min_res=min_res,
                          max_res=max_res, crop_min=crop_min, preprocess=preprocess, knn_every=knn_every,
                          checkpoint_minutes=checkpoint_minutes, resume=resume, device=device, amp=amp,
-                         channels_last=channels_last, compile=compile, threads=threads, seed=seed)
+                         channels_last=channels_last, compile=compile, threads=threads, seed=seed,
+                         method_options=options)
     try:
         pretrain(cfg, console)
     except (ValueError, FileNotFoundError, FileExistsError) as e:

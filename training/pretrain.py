@@ -13,6 +13,7 @@ averaged by DDP (BatchNorm synchronised on CUDA).
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,9 @@ PREPROCESS: dict[str, Preprocess] = {"cifar10": CIFAR10_PREPROCESS, "cifar100": 
 # we default to 0.06 x B/256 (the value lightly / solo-learn CIFAR benchmarks use), which converges faster
 # in short runs. RotNet (Gidaris et al. 2018, Sec. 3): SGD lr 0.1, wd 5e-4, B=128. MoBY / MoCo v2 CIFAR:
 # SGD lr 0.06 x B/256, wd 5e-4.
+# Constructor keywords each method accepts through ``method_options`` (CLI: --proj-dim, --pred-dim).
+METHOD_OPTIONS: dict[str, set[str]] = {
+    "simsiam": {"proj_dim", "pred_dim"}, "rotnet": set(), "moby": {"proj_dim", "hidden", "queue", "tau", "momentum"}}
 METHOD_DEFAULTS: dict[str, dict[str, float]] = {
     "simsiam": {"lr": 0.06, "weight_decay": 5e-4, "batch_size": 512},
     "rotnet": {"lr": 0.1, "weight_decay": 5e-4, "batch_size": 128},
@@ -92,11 +96,16 @@ class PretrainConfig:
     log_seconds: float = 20.0
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
+    method_options: dict[str, Any] = field(default_factory=dict)  # the method's constructor keywords
 
     def resolved(self) -> PretrainConfig:
         """A copy with the method's defaults filled in (what config.json records)."""
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; valid: {', '.join(METHODS)}")
+        bad = sorted(set(self.method_options) - METHOD_OPTIONS[self.method])
+        if bad:
+            valid = ", ".join(sorted(METHOD_OPTIONS[self.method])) or "none"
+            raise ValueError(f"{self.method} has no option {', '.join(bad)}; valid: {valid}")
         d = METHOD_DEFAULTS[self.method]
         return dataclasses.replace(
             self, batch_size=self.batch_size or int(d["batch_size"]), lr=self.lr if self.lr is not None else d["lr"],
@@ -208,6 +217,19 @@ def set_lr(opt: torch.optim.Optimizer, base: float, lr: float) -> None:
         group["lr"] = base if group.get("fixed_lr") else lr
 
 
+# Fields that decide the model's shape: a resumed run must be given the same ones.
+MODEL_FIELDS = ("method", "arch", "preprocess", "method_options")
+
+
+def _check_resume_matches(saved: dict[str, Any], cfg: PretrainConfig) -> None:
+    """ValueError naming each model-defining field whose value differs from the saved run's config.json."""
+    diff = [f"{k}: saved {saved.get(k)!r}, given {getattr(cfg, k)!r}" for k in MODEL_FIELDS
+            if k in saved and saved[k] != getattr(cfg, k)]
+    if diff:
+        raise ValueError(f"--resume: {cfg.out} was started with other model settings ({'; '.join(diff)}); "
+                         "pass the same flags as the first run")
+
+
 def pretrain(config: PretrainConfig, console: Console | None = None, train_data: TensorData | None = None,
              test_data: TensorData | None = None) -> Path:
     """Run (or, with ``resume``, continue) a pretraining run; returns its folder.
@@ -221,6 +243,8 @@ def pretrain(config: PretrainConfig, console: Console | None = None, train_data:
     if run_dir.exists() and (run_dir / loop.CHECKPOINT).exists() and not cfg.resume:
         raise FileExistsError(f"{run_dir} already holds a run: pass --resume to continue it, or another --out")
     run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.resume and (run_dir / loop.CONFIG).exists():
+        _check_resume_matches(json.loads((run_dir / loop.CONFIG).read_text()), cfg)
     pre = preprocess_by_name(cfg.preprocess)
     if (res := cpu_view_res(cfg, pre, rt.device)) != cfg.max_res:
         cfg = dataclasses.replace(cfg, max_res=res)
@@ -242,7 +266,7 @@ def pretrain(config: PretrainConfig, console: Console | None = None, train_data:
                       f"in {time.perf_counter() - t_load:.1f} s ({rt.device}, amp={rt.amp_dtype}, world={rt.world})")
 
     encoder = Encoder(build_backbone(cfg.arch), rotation_head=cfg.method == "rotnet")
-    model = build_method(cfg.method, encoder)
+    model = build_method(cfg.method, encoder, **cfg.method_options)
     if rt.device.type == "cuda" and rt.world > 1:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model = model.to(rt.device)

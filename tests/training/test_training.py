@@ -82,6 +82,20 @@ def test_existing_run_needs_resume(tiny_data: Path, tmp_path: Path) -> None:
         pretrain(_cfg(tiny_data, tmp_path / "r", "rotnet"))
 
 
+def test_method_options_set_head_widths_and_unknown_ones_are_named(tiny_data: Path, tmp_path: Path) -> None:
+    run = pretrain(_cfg(tiny_data, tmp_path / "w", "simsiam", knn_every=0, final_knn=False, stop_after=1,
+                        method_options={"proj_dim": 32, "pred_dim": 8}))
+    state = torch.load(run / loop.CHECKPOINT, weights_only=False)["model"]
+    assert state["predictor.0.weight"].shape == (8, 32)  # proj_dim -> pred_dim bottleneck
+    with pytest.raises(ValueError, match="rotnet has no option proj_dim; valid: none"):
+        pretrain(_cfg(tiny_data, tmp_path / "x", "rotnet", method_options={"proj_dim": 32}))
+    with pytest.raises(ValueError, match="valid: pred_dim, proj_dim"):
+        pretrain(_cfg(tiny_data, tmp_path / "y", "simsiam", method_options={"hidden": 32}))
+    # resuming with other head widths would not fit the checkpoint: refused with the difference named
+    with pytest.raises(ValueError, match="method_options: saved"):
+        pretrain(_cfg(tiny_data, tmp_path / "w", "simsiam", resume=True))
+
+
 @pytest.mark.parametrize("mode", ["linear", "full", "as3l", "moby_al"])
 def test_finetune_modes(tiny_data: Path, tmp_path: Path, mode: str) -> None:
     pre = preprocess_by_name(PRE)
