@@ -96,6 +96,22 @@ def test_method_options_set_head_widths_and_unknown_ones_are_named(tiny_data: Pa
         pretrain(_cfg(tiny_data, tmp_path / "w", "simsiam", resume=True))
 
 
+def test_cli_head_width_flags(tiny_data: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from shortlist.cli import app
+
+    base = ["pretrain", "--data", str(tiny_data), "--epochs", "1", "--batch-size", "16", "--preprocess", PRE,
+            "--threads", "1", "--knn-every", "0", "--no-channels-last"]
+    ok = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "s"), "--proj-dim", "32", "--pred-dim", "8"])
+    assert ok.exit_code == 0, ok.output
+    assert json.loads((tmp_path / "s" / loop.CONFIG).read_text())["method_options"] == {"proj_dim": 32,
+                                                                                          "pred_dim": 8}
+    bad = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "r"), "--method", "rotnet", "--pred-dim", "8"])
+    assert bad.exit_code == 2 and "rotnet has no option pred_dim" in bad.output
+    assert not (tmp_path / "r" / loop.CONFIG).exists()
+
+
 @pytest.mark.parametrize("mode", ["linear", "full", "as3l", "moby_al"])
 def test_finetune_modes(tiny_data: Path, tmp_path: Path, mode: str) -> None:
     pre = preprocess_by_name(PRE)
