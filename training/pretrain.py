@@ -35,14 +35,14 @@ from training.methods import Encoder as Encoder
 PREPROCESS: dict[str, Preprocess] = {"cifar10": CIFAR10_PREPROCESS, "cifar100": CIFAR100_PREPROCESS,
                                      "imagenet": IMAGENET_PREPROCESS}
 
+# Constructor keywords each method accepts through ``method_options`` (CLI: --proj-dim, --pred-dim).
+METHOD_OPTIONS: dict[str, set[str]] = {
+    "simsiam": {"proj_dim", "pred_dim"}, "rotnet": set(), "moby": {"proj_dim", "hidden", "queue", "tau", "momentum"}}
 # Published defaults per method: base lr (scaled by batch/256), weight decay, batch size.
 # SimSiam CIFAR (Chen & He 2021, appendix D): SGD, lr 0.03 x B/256 at B=512, wd 5e-4, predictor lr fixed;
 # we default to 0.06 x B/256 (the value lightly / solo-learn CIFAR benchmarks use), which converges faster
 # in short runs. RotNet (Gidaris et al. 2018, Sec. 3): SGD lr 0.1, wd 5e-4, B=128. MoBY / MoCo v2 CIFAR:
 # SGD lr 0.06 x B/256, wd 5e-4.
-# Constructor keywords each method accepts through ``method_options`` (CLI: --proj-dim, --pred-dim).
-METHOD_OPTIONS: dict[str, set[str]] = {
-    "simsiam": {"proj_dim", "pred_dim"}, "rotnet": set(), "moby": {"proj_dim", "hidden", "queue", "tau", "momentum"}}
 METHOD_DEFAULTS: dict[str, dict[str, float]] = {
     "simsiam": {"lr": 0.06, "weight_decay": 5e-4, "batch_size": 512},
     "rotnet": {"lr": 0.1, "weight_decay": 5e-4, "batch_size": 128},
