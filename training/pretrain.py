@@ -95,7 +95,6 @@ class PretrainConfig:
     stop_after: int | None = None  # stop as SIGTERM would (checkpointed, resumable) after this many steps
     log_seconds: float = 20.0
     progress: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
     method_options: dict[str, Any] = field(default_factory=dict)  # the method's constructor keywords
 
     def resolved(self) -> PretrainConfig:
