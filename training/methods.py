@@ -113,6 +113,7 @@ class SimSiam(nn.Module):
         self.encoder = encoder
         self.projector = mlp([encoder.dim, proj_dim, proj_dim], last_bn=True)
         self.predictor = mlp([proj_dim, pred_dim, proj_dim], last_bn=False)
+        self.options: dict[str, Any] = {"proj_dim": proj_dim, "pred_dim": pred_dim}  # recorded in config.json
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
         # both views in one backbone pass: one big batch is faster than two on CPU; BN statistics are
@@ -137,6 +138,7 @@ class RotNet(nn.Module):
         if encoder.rotation is None:
             raise ValueError("RotNet needs an Encoder built with rotation_head=True")
         self.encoder = encoder
+        self.options: dict[str, Any] = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rotated, targets = rotate_batch(x)
@@ -165,6 +167,8 @@ class MoBY(nn.Module):
         for p in [*self.target_encoder.parameters(), *self.target_projector.parameters()]:
             p.requires_grad_(False)
         self.tau, self.base_momentum, self.momentum = tau, momentum, momentum
+        self.options: dict[str, Any] = {"proj_dim": proj_dim, "hidden": hidden, "queue": queue, "tau": tau,
+                                        "momentum": momentum}
         self.register_buffer("queue1", F.normalize(torch.randn(queue, proj_dim), dim=1))
         self.register_buffer("queue2", F.normalize(torch.randn(queue, proj_dim), dim=1))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))

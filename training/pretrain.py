@@ -17,7 +17,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from rich.console import Console
@@ -221,9 +221,14 @@ MODEL_FIELDS = ("method", "arch", "preprocess", "method_options")
 
 
 def _check_resume_matches(saved: dict[str, Any], cfg: PretrainConfig) -> None:
-    """ValueError naming each model-defining field whose value differs from the saved run's config.json."""
+    """ValueError naming each model-defining field whose value differs from the saved run's config.json.
+
+    ``cfg.method_options`` must be the resolved ones (every constructor keyword, defaults included). A
+    saved empty ``method_options`` is not compared: runs from before the options were recorded resolved
+    saved ``{}`` whatever their head widths were; their checkpoint is then the check (``_load_resume``).
+    """
     diff = [f"{k}: saved {saved.get(k)!r}, given {getattr(cfg, k)!r}" for k in MODEL_FIELDS
-            if k in saved and saved[k] != getattr(cfg, k)]
+            if k in saved and saved[k] != getattr(cfg, k) and not (k == "method_options" and not saved[k])]
     if diff:
         raise ValueError(f"--resume: {cfg.out} was started with other model settings ({'; '.join(diff)}); "
                          "pass the same flags as the first run")
@@ -242,8 +247,6 @@ def pretrain(config: PretrainConfig, console: Console | None = None, train_data:
     if run_dir.exists() and (run_dir / loop.CHECKPOINT).exists() and not cfg.resume:
         raise FileExistsError(f"{run_dir} already holds a run: pass --resume to continue it, or another --out")
     run_dir.mkdir(parents=True, exist_ok=True)
-    if cfg.resume and (run_dir / loop.CONFIG).exists():
-        _check_resume_matches(json.loads((run_dir / loop.CONFIG).read_text()), cfg)
     pre = preprocess_by_name(cfg.preprocess)
     if (res := cpu_view_res(cfg, pre, rt.device)) != cfg.max_res:
         cfg = dataclasses.replace(cfg, max_res=res)
@@ -266,6 +269,10 @@ def pretrain(config: PretrainConfig, console: Console | None = None, train_data:
 
     encoder = Encoder(build_backbone(cfg.arch), rotation_head=cfg.method == "rotnet")
     model = build_method(cfg.method, encoder, **cfg.method_options)
+    # record every option, defaults included, so that a later change of a default cannot break --resume
+    cfg = dataclasses.replace(cfg, method_options=dict(cast(dict[str, Any], model.options)))
+    if cfg.resume and (run_dir / loop.CONFIG).exists():
+        _check_resume_matches(json.loads((run_dir / loop.CONFIG).read_text()), cfg)
     if rt.device.type == "cuda" and rt.world > 1:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model = model.to(rt.device)
@@ -278,7 +285,14 @@ def pretrain(config: PretrainConfig, console: Console | None = None, train_data:
     config_dict = dataclasses.asdict(cfg)
     state = loop.TrainState()
     if cfg.resume:
-        state = loop.load_checkpoint(run_dir, {"model": model, "optimizer": opt}, gen)
+        try:
+            state = loop.load_checkpoint(run_dir, {"model": model, "optimizer": opt}, gen)
+        except RuntimeError as e:  # torch's state-dict mismatch: say which settings to pass
+            raise ValueError(
+                f"--resume: {run_dir / loop.CHECKPOINT} does not fit the model these settings build "
+                f"({cfg.method}, {cfg.arch}, options {cfg.method_options}); pass the first run's flags (SimSiam "
+                "runs from before its heads defaulted to 256 / 64 need --proj-dim 2048 --pred-dim 512)"
+                f". torch: {str(e).splitlines()[0]}") from e
         if rt.is_main:
             console.print(f"resumed {run_dir} at step {state.step} (epoch {state.epoch}, {state.seconds:.0f} s)")
     elif rt.is_main:

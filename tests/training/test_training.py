@@ -94,6 +94,14 @@ def test_method_options_set_head_widths_and_unknown_ones_are_named(tiny_data: Pa
     # resuming with other head widths would not fit the checkpoint: refused with the difference named
     with pytest.raises(ValueError, match="method_options: saved"):
         pretrain(_cfg(tiny_data, tmp_path / "w", "simsiam", resume=True))
+    # a run from before the options were recorded resolved saved {}: the checkpoint is then the check
+    config = json.loads((run / loop.CONFIG).read_text())
+    (run / loop.CONFIG).write_text(json.dumps({**config, "method_options": {}}))
+    with pytest.raises(ValueError, match=r"does not fit the model.*--proj-dim 2048 --pred-dim 512"):
+        pretrain(_cfg(tiny_data, tmp_path / "w", "simsiam", resume=True))
+    # defaults are recorded too, so a later change of a default cannot silently change a resumed run
+    run = pretrain(_cfg(tiny_data, tmp_path / "d", "simsiam", knn_every=0, final_knn=False, stop_after=1))
+    assert json.loads((run / loop.CONFIG).read_text())["method_options"] == {"proj_dim": 256, "pred_dim": 64}
 
 
 def test_cli_head_width_flags(tiny_data: Path, tmp_path: Path) -> None:
