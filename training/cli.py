@@ -3,10 +3,15 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
+
+if TYPE_CHECKING:
+    from training.pretrain import PretrainConfig
 
 console = Console(stderr=True)
 
@@ -45,11 +50,14 @@ def pretrain_cmd(
     channels_last: bool = typer.Option(True),
     compile: bool = typer.Option(False, help="torch.compile the model (helps on GPU; slow to start on CPU)"),
     threads: int | None = typer.Option(None, help="CPU threads (1 is faster on a busy shared machine)"),
+    procs: int = typer.Option(1, min=1, help="data-parallel processes on this machine (DDP, gloo on CPU; "
+                              "--batch-size stays global). On a 2-core CPU, --procs 2 trains ~17% more images/s "
+                              "than one 2-thread process (docs/training.md)"),
     seed: int = typer.Option(0),
 ) -> None:
     """Self-supervised pretraining of an encoder (kNN accuracy on the held-out split when labels exist)."""
     _one_budget(epochs, minutes)
-    from training.pretrain import PretrainConfig, pretrain
+    from training.pretrain import PretrainConfig
 
     options = {k: v for k, v in (("proj_dim", proj_dim), ("pred_dim", pred_dim)) if v is not None}
     cfg = PretrainConfig(data=data, out=str(out), method=method, arch=arch, epochs=epochs, minutes=minutes,
@@ -58,11 +66,48 @@ def pretrain_cmd(
                          checkpoint_minutes=checkpoint_minutes, resume=resume, device=device, amp=amp,
                          channels_last=channels_last, compile=compile, threads=threads, seed=seed,
                          method_options=options)
+    if procs > 1:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise typer.BadParameter("--procs starts its own processes; under torchrun leave it out")
+        try:
+            cfg.resolved()  # settings errors once, here, rather than from every rank
+        except ValueError as e:
+            console.print(f"[red]error:[/] {e}")
+            raise typer.Exit(2) from None
+        _launch_local(cfg, procs)
+        return
+    _pretrain_worker(cfg)
+
+
+def _pretrain_worker(cfg: PretrainConfig) -> None:
+    """One process's pretraining (the whole run, or one rank of ``--procs``); a bad setting exits 2."""
+    from training.pretrain import pretrain
+
     try:
         pretrain(cfg, console)
     except (ValueError, FileNotFoundError, FileExistsError) as e:
-        console.print(f"[red]error:[/] {e}")
-        raise typer.Exit(2) from None
+        if int(os.environ.get("RANK", "0")) == 0:
+            console.print(f"[red]error:[/] {e}")
+        raise SystemExit(2) from None  # not typer.Exit: under --procs this runs outside typer
+
+
+def _launch_local(cfg: PretrainConfig, procs: int) -> None:
+    """Run ``procs`` ranks of ``_pretrain_worker`` on this machine with torch's elastic launcher (what
+    ``torchrun --standalone`` uses): each CPU rank gets cores / procs threads unless --threads is given."""
+    import dataclasses
+    import uuid
+
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    if cfg.threads is None and cfg.device != "cuda":
+        cfg = dataclasses.replace(cfg, threads=max(1, (os.cpu_count() or 1) // procs))
+    launch = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=procs, run_id=f"shortlist-{uuid.uuid4().hex}",
+                          rdzv_backend="c10d", rdzv_endpoint="127.0.0.1:0", max_restarts=0)
+    try:
+        elastic_launch(launch, _pretrain_worker)(cfg)
+    except ChildFailedError:
+        raise typer.Exit(2) from None  # the failing rank printed why
 
 
 def finetune_cmd(

@@ -33,3 +33,31 @@ def test_torchrun_two_processes(tiny_data: Path, tmp_path: Path) -> None:
     # 48 images, 2 ranks x 8 per rank = 16 per step -> 3 steps, same on both ranks
     assert summary["world"] == 2 and summary["steps"] == 3
     assert (out / loop.ENCODER).is_file()
+
+
+def _run(cmd: list[str]) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
+
+
+def test_procs_flag_starts_the_ranks_itself(tiny_data: Path, tmp_path: Path) -> None:
+    """`shortlist pretrain --procs 2`: the same two-rank run without torchrun; a bad setting is one clear
+    error (exit 2), not a traceback per rank."""
+    base = [sys.executable, "-m", "shortlist.cli", "pretrain", "--data", str(tiny_data), "--epochs", "1",
+            "--batch-size", "16", "--preprocess", PRE, "--device", "cpu", "--no-channels-last", "--knn-every", "0",
+            "--procs", "2"]
+    done = _run([*base, "--out", str(tmp_path / "p"), "--method", "moby"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((tmp_path / "p" / loop.SUMMARY).read_text())
+    assert summary["world"] == 2 and summary["steps"] == 3
+    config = json.loads((tmp_path / "p" / loop.CONFIG).read_text())
+    assert config["threads"] >= 1  # cores / procs, recorded
+    bad = _run([*base, "--out", str(tmp_path / "b"), "--method", "rotnet", "--pred-dim", "8"])
+    assert bad.returncode == 2 and bad.stderr.count("rotnet has no option pred_dim") == 1, bad.stderr[-3000:]
+    assert "Traceback" not in bad.stderr
