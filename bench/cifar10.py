@@ -38,7 +38,7 @@ from agent import client
 from bench.metrics import class_coverage, expected_calibration_error, linear_probe_accuracy, prior_accuracy
 from shortlist.datasets import ImageArray, ImageItem, iter_images, load_array
 from shortlist.images import resize_array
-from shortlist.manifest import Manifest, newest_complete, read_complete
+from shortlist.manifest import newest_complete, read_complete
 from shortlist.v1 import agent_pb2, agent_pb2_grpc
 
 
@@ -155,6 +155,29 @@ def _copy_version_into(registry: Path, version_dir: Path) -> str:
     return publish(registry, staging)
 
 
+def publish_encoder(encoder: Path, registry: Path) -> tuple[str, dict[str, Any]]:
+    """Put ``encoder`` (a model version folder, a registry: its newest version, or a training run folder:
+    exported first) into ``registry`` as its newest version; returns (version, provenance)."""
+    encoder = encoder.expanduser()
+    own = newest_complete(registry) if encoder.resolve() == registry.resolve() else None
+    if own is not None:  # this run's own registry (a rerun): serve what it holds, no copy
+        return own[0], {"encoder": str(registry / own[0]), "kind": "registry"}
+    if read_complete(encoder, verify_hashes=True) is not None or (encoder / "manifest.json").is_file():
+        version = _copy_version_into(registry, encoder)
+        return version, {"encoder": str(encoder), "kind": "model version folder"}
+    newest = newest_complete(encoder)
+    if newest is not None:
+        version = _copy_version_into(registry, encoder / newest[0])
+        return version, {"encoder": f"{encoder}/{newest[0]}", "kind": "registry"}
+    if not (encoder / "encoder.pt").is_file():
+        raise typer.BadParameter(f"{encoder} is neither a model version folder, a registry nor a training run "
+                                 "folder (with encoder.pt)")
+    from exporters.export import export_run  # torch: only when a training run must be exported
+
+    version = export_run(encoder, registry)
+    return version, {"encoder": str(encoder), "kind": "training run"}
+
+
 def prepare_encoder(encoder: Path | None, profile: Profile, data: Path, pool_idx: np.ndarray, out: Path,
                     console: Any, train: ImageArray | None = None,
                     test: ImageArray | None = None) -> tuple[str, dict[str, Any]]:
@@ -165,21 +188,7 @@ def prepare_encoder(encoder: Path | None, profile: Profile, data: Path, pool_idx
     decoding the source again."""
     registry = out / "models"
     if encoder is not None:
-        encoder = encoder.expanduser()
-        own = newest_complete(registry) if encoder.resolve() == registry.resolve() else None
-        if own is not None:  # this run's own registry (a rerun): serve what it holds, no copy
-            return own[0], {"encoder": str(registry / own[0]), "kind": "registry"}
-        if read_complete(encoder, verify_hashes=True) is not None or (encoder / "manifest.json").is_file():
-            version = _copy_version_into(registry, encoder)
-            return version, {"encoder": str(encoder), "kind": "model version folder"}
-        newest = newest_complete(encoder)
-        if newest is not None:
-            version = _copy_version_into(registry, encoder / newest[0])
-            return version, {"encoder": f"{encoder}/{newest[0]}", "kind": "registry"}
-        from exporters.export import export_run  # torch: only when a training run must be exported
-
-        version = export_run(encoder, registry)
-        return version, {"encoder": str(encoder), "kind": "training run"}
+        return publish_encoder(encoder, registry)
     if profile.pretrain_minutes <= 0:
         raise typer.BadParameter(f"profile {profile.name} trains no encoder itself; pass --encoder RUN_OR_MODEL")
     from exporters.export import export_run
@@ -212,6 +221,53 @@ def embed_images(version_dir: Path, images: np.ndarray, batch: int = 512) -> np.
     manifest = read_complete(version_dir, verify_hashes=False)
     assert manifest is not None, f"{version_dir} is not a complete model version"
     return Embedder(version_dir, manifest, batch_size=batch, use_cuda=False, pretext=False).embed(images).vecs
+
+
+def images_at_model_size(data: Path, version_dir: Path, train: ImageArray, test_set: ImageArray,
+                         pool_idx: np.ndarray, test_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The pool rows of ``train`` and ``test_set`` (the ``test_idx`` rows of the test split) as PxHxWx3 and
+    TxHxWx3 uint8 at the model version's input size; splits decoded at another size are decoded again."""
+    manifest = read_complete(version_dir, verify_hashes=False)
+    assert manifest is not None, f"{version_dir} is not a complete model version"
+    size = manifest.preprocess.size
+    pool_images = train.images[pool_idx] if train.images.shape[1:3] == size else \
+        load_array(data, "train", size=size).images[pool_idx]
+    test_images = test_set.images if test_set.images.shape[1:3] == size else \
+        load_array(data, "test", size=size, classes=train.classes).images[test_idx]
+    return pool_images, test_images
+
+
+def save_embeddings(folder: Path, pool_x: np.ndarray, pool_y: np.ndarray, test_x: np.ndarray,
+                    test_y: np.ndarray) -> None:
+    """pool_x.npy (NxD float32), pool_y.npy (N int), test_x.npy, test_y.npy: `bench strategies`' inputs."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, arr in (("pool_x", pool_x), ("pool_y", pool_y), ("test_x", test_x), ("test_y", test_y)):
+        np.save(folder / f"{name}.npy", arr)
+
+
+def write_embeddings(data: Path, encoder: Path, out: Path, pool_size: int | None = None,
+                     test_size: int | None = None) -> dict[str, Any]:
+    """``shortlist bench embeddings``: publish ``encoder`` into ``out/models`` and write the embeddings of a
+    class-balanced pool of the training split (all of it by default) and of the test split into ``out``,
+    with the agent's own Embedder (what Select and PriorLabels see). Returns what it wrote (meta.json)."""
+    train = load_array(data, "train", size=None)
+    test = load_array(data, "test", size=(train.images.shape[1], train.images.shape[2]), classes=train.classes)
+    pool_idx = stratified_subset(train.labels, pool_size, seed=0)
+    test_idx = stratified_subset(test.labels, test_size, seed=0)
+    if np.any(train.labels[pool_idx] < 0) or np.any(test.labels[test_idx] < 0):
+        raise typer.BadParameter(f"{data}: needs labelled train and test splits (class folders)")
+    test_set = ImageArray(test.images[test_idx], test.labels[test_idx], test.classes, [test.ids[i] for i in test_idx])
+    version, provenance = publish_encoder(encoder, out / "models")
+    t = time.perf_counter()
+    version_dir = out / "models" / version
+    pool_images, test_images = images_at_model_size(data, version_dir, train, test_set, pool_idx, test_idx)
+    pool_x, test_x = embed_images(version_dir, pool_images), embed_images(version_dir, test_images)
+    save_embeddings(out, pool_x, train.labels[pool_idx], test_x, test_set.labels)
+    meta = {"data": str(data), "encoder": provenance, "model_version": version, "classes": train.classes,
+            "pool_size": len(pool_idx), "test_size": len(test_idx), "dim": int(pool_x.shape[1]),
+            "pool_ids_sha256": hash_ids([train.ids[i] for i in pool_idx]), "embed_seconds": time.perf_counter() - t}
+    (out / "meta.json").write_text(json.dumps(meta, indent=1))
+    return meta
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -485,23 +541,11 @@ def run_benchmark(data: Path, profile: Profile, out: Path, encoder: Path | None 
 
     t = time.perf_counter()
     pool_ids = [train.ids[i] for i in pool_idx]
-    manifest = read_complete(version_dir, verify_hashes=False)
-    assert isinstance(manifest, Manifest)
-    size = manifest.preprocess.size
-    pool_images = train.images[pool_idx] if train.images.shape[1:3] == size else \
-        load_array(data, "train", size=size).images[pool_idx]
-    test_images = test_set.images if test_set.images.shape[1:3] == size else \
-        load_array(data, "test", size=size, classes=train.classes).images[test_idx]
-    pool_emb_arr = embed_images(version_dir, pool_images)
-    test_emb = embed_images(version_dir, test_images)
+    pool_images, test_images = images_at_model_size(data, version_dir, train, test_set, pool_idx, test_idx)
+    pool_emb_arr, test_emb = embed_images(version_dir, pool_images), embed_images(version_dir, test_images)
     walls["embed_eval_sets"] = time.perf_counter() - t
     # Kept so `shortlist bench strategies` can compare every strategy on exactly these embeddings.
-    emb_dir = out / "embeddings"
-    emb_dir.mkdir(exist_ok=True)
-    np.save(emb_dir / "pool_x.npy", pool_emb_arr)
-    np.save(emb_dir / "pool_y.npy", train.labels[pool_idx])
-    np.save(emb_dir / "test_x.npy", test_emb)
-    np.save(emb_dir / "test_y.npy", test_y)
+    save_embeddings(out / "embeddings", pool_emb_arr, train.labels[pool_idx], test_emb, test_y)
     pool_emb = dict(zip(pool_ids, pool_emb_arr, strict=True))
     truth = {i: int(train.labels[r]) for i, r in zip(pool_ids, pool_idx, strict=True)}
 
@@ -610,6 +654,23 @@ def register(bench_app: typer.Typer) -> None:
         at = [int(x) for x in split(semi_supervised_at) or []] if semi_supervised_at is not None else None
         run_benchmark(data, PROFILES[profile], out, encoder, split(strategies), seeds, split(budgets),
                       split(prior_methods), semi_supervised_at=at, semi_supervised_steps=semi_supervised_steps)
+
+    @bench_app.command("embeddings")
+    def embeddings_command(
+        encoder: Path = typer.Option(..., help="a training run folder, a model version folder or a registry"),
+        data: Path = typer.Option(Path("../shared/datasets/cifar10"), help="labelled train/ and test/ splits: "
+                                  "the shared CIFAR-10 tars, an ImageFolder tree or torchvision's CIFAR-10 folder"),
+        pool: int | None = typer.Option(None, min=1, help="class-balanced subset of the training split "
+                                        "(default: all of it)"),
+        test: int | None = typer.Option(None, min=1, help="class-balanced subset of the test split (default: all)"),
+        out: Path = typer.Option(..., help="folder for pool_x.npy, pool_y.npy, test_x.npy, test_y.npy, meta.json"),
+    ) -> None:
+        """Embed a data set with an encoder (as the agent would) for `shortlist bench strategies`."""
+        meta = write_embeddings(data, encoder, out, pool, test)
+        typer.echo(f"{meta['pool_size']} pool and {meta['test_size']} test embeddings ({meta['dim']}-d, model "
+                   f"{meta['model_version']}, {meta['embed_seconds']:.0f} s) -> {out}\nnext: shortlist bench "
+                   f"strategies --embeddings {out}/pool_x.npy --labels {out}/pool_y.npy --test-embeddings "
+                   f"{out}/test_x.npy --test-labels {out}/test_y.npy --out DIR")
 
     @bench_app.command("report")
     def report_command(

@@ -95,3 +95,32 @@ def test_benchmark_pretrains_its_own_encoder(tmp_path: Path) -> None:
     summary = json.loads((tmp_path / "out" / "pretrain" / "summary.json").read_text())
     assert summary["train_images"] == 30 and summary["knn_test"] == 12
     assert {r["budget"] for r in run.records} == {3, 6}
+
+
+def test_bench_embeddings_writes_the_inputs_of_bench_strategies(tiny_cifar: Path, tmp_path: Path) -> None:
+    encoder = tmp_path / "encoder"
+    publish_linear(encoder, size=(8, 8), dim=16)
+    out = tmp_path / "emb"
+    result = CliRunner().invoke(app, ["bench", "embeddings", "--encoder", str(encoder), "--data", str(tiny_cifar),
+                                      "--pool", "30", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    x, y = np.load(out / "pool_x.npy"), np.load(out / "pool_y.npy")
+    assert x.shape == (30, 16) and x.dtype == np.float32 and np.allclose(np.linalg.norm(x, axis=1), 1, atol=1e-4)
+    assert np.bincount(y).tolist() == [10, 10, 10]  # class-balanced subset
+    assert np.load(out / "test_x.npy").shape == (18, 16) and np.load(out / "test_y.npy").shape == (18,)
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["model_version"] == "v0001" and meta["classes"] == sorted(CLASSES) and meta["pool_size"] == 30
+    assert "bench strategies --embeddings" in result.output
+    # the files are what `bench strategies` takes
+    bench = CliRunner().invoke(app, [
+        "bench", "strategies", "--embeddings", str(out / "pool_x.npy"), "--labels", str(out / "pool_y.npy"),
+        "--test-embeddings", str(out / "test_x.npy"), "--test-labels", str(out / "test_y.npy"), "--budgets", "3",
+        "--seeds", "1", "--strategies", "random,kmedoids", "--priors", "knn", "--out", str(tmp_path / "b")])
+    assert bench.exit_code == 0, bench.output
+    records = json.loads((tmp_path / "b" / "results.json").read_text())
+    assert {r["strategy"] for r in records} == {"random", "kmedoids"}
+    # not an encoder: a clear usage error, nothing published
+    bad = CliRunner().invoke(app, ["bench", "embeddings", "--encoder", str(tiny_cifar), "--data", str(tiny_cifar),
+                                   "--out", str(tmp_path / "bad")])
+    assert bad.exit_code == 2 and "training run folder" in bad.output
+    assert not (tmp_path / "bad" / "models").exists() or not any((tmp_path / "bad" / "models").iterdir())
