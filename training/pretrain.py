@@ -253,7 +253,6 @@ def pretrain(config: PretrainConfig, console: Console | None = None, train_data:
         if rt.is_main:
             console.print(f"CPU: training views at {res} px, evaluation and export at {pre.size[0]} px "
                           f"(--max-res {pre.size[0]} for full-size views)")
-    assert cfg.batch_size is not None and cfg.lr is not None and cfg.weight_decay is not None
     torch.manual_seed(cfg.seed + rt.rank)
 
     t_load = time.perf_counter()
@@ -271,6 +270,7 @@ def pretrain(config: PretrainConfig, console: Console | None = None, train_data:
     model = build_method(cfg.method, encoder, **cfg.method_options)
     # record every option, defaults included, so that a later change of a default cannot break --resume
     cfg = dataclasses.replace(cfg, method_options=dict(cast(dict[str, Any], model.options)))
+    assert cfg.batch_size is not None and cfg.lr is not None and cfg.weight_decay is not None
     if cfg.resume and (run_dir / loop.CONFIG).exists():
         _check_resume_matches(json.loads((run_dir / loop.CONFIG).read_text()), cfg)
     if rt.device.type == "cuda" and rt.world > 1:
