@@ -225,7 +225,7 @@ def _check_resume_matches(saved: dict[str, Any], cfg: PretrainConfig) -> None:
 
     ``cfg.method_options`` must be the resolved ones (every constructor keyword, defaults included). A
     saved empty ``method_options`` is not compared: runs from before the options were recorded resolved
-    saved ``{}`` whatever their head widths were; their checkpoint is then the check (``_load_resume``).
+    saved ``{}`` whatever their head widths were; loading their checkpoint is then the check (in ``pretrain``).
     """
     diff = [f"{k}: saved {saved.get(k)!r}, given {getattr(cfg, k)!r}" for k in MODEL_FIELDS
             if k in saved and saved[k] != getattr(cfg, k) and not (k == "method_options" and not saved[k])]
