@@ -254,6 +254,14 @@ def pretrain(config: PretrainConfig, console: Console | None = None, train_data:
             console.print(f"CPU: training views at {res} px, evaluation and export at {pre.size[0]} px "
                           f"(--max-res {pre.size[0]} for full-size views)")
     torch.manual_seed(cfg.seed + rt.rank)
+    # the model first: a --resume with other settings is refused before the data is decoded
+    encoder = Encoder(build_backbone(cfg.arch), rotation_head=cfg.method == "rotnet")
+    model = build_method(cfg.method, encoder, **cfg.method_options)
+    # record every option, defaults included, so that a later change of a default cannot break --resume
+    cfg = dataclasses.replace(cfg, method_options=dict(cast(dict[str, Any], model.options)))
+    assert cfg.batch_size is not None and cfg.lr is not None and cfg.weight_decay is not None
+    if cfg.resume and (run_dir / loop.CONFIG).exists():
+        _check_resume_matches(json.loads((run_dir / loop.CONFIG).read_text()), cfg)
 
     t_load = time.perf_counter()
     train = train_data if train_data is not None else load(cfg.data, "train", pre.size, cfg.limit)
@@ -266,13 +274,6 @@ def pretrain(config: PretrainConfig, console: Console | None = None, train_data:
         console.print(f"decoded {len(train)} training images{f' and {len(test)} test images' if test else ''} "
                       f"in {time.perf_counter() - t_load:.1f} s ({rt.device}, amp={rt.amp_dtype}, world={rt.world})")
 
-    encoder = Encoder(build_backbone(cfg.arch), rotation_head=cfg.method == "rotnet")
-    model = build_method(cfg.method, encoder, **cfg.method_options)
-    # record every option, defaults included, so that a later change of a default cannot break --resume
-    cfg = dataclasses.replace(cfg, method_options=dict(cast(dict[str, Any], model.options)))
-    assert cfg.batch_size is not None and cfg.lr is not None and cfg.weight_decay is not None
-    if cfg.resume and (run_dir / loop.CONFIG).exists():
-        _check_resume_matches(json.loads((run_dir / loop.CONFIG).read_text()), cfg)
     if rt.device.type == "cuda" and rt.world > 1:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model = model.to(rt.device)
