@@ -223,6 +223,21 @@ def embed_images(version_dir: Path, images: np.ndarray, batch: int = 512) -> np.
     return Embedder(version_dir, manifest, batch_size=batch, use_cuda=False, pretext=False).embed(images).vecs
 
 
+def load_pool_and_test(data: Path, pool_size: int | None,
+                       test_size: int | None) -> tuple[ImageArray, np.ndarray, ImageArray, np.ndarray]:
+    """Decode both splits at the source's size and take class-balanced subsets (seed 0; None: all rows):
+    (train split, pool row indices, the test subset, its row indices in the test split). BadParameter
+    when a split has unlabelled rows."""
+    train = load_array(data, "train", size=None)
+    test = load_array(data, "test", size=(train.images.shape[1], train.images.shape[2]), classes=train.classes)
+    pool_idx = stratified_subset(train.labels, pool_size, seed=0)
+    test_idx = stratified_subset(test.labels, test_size, seed=0)
+    if np.any(train.labels[pool_idx] < 0) or np.any(test.labels[test_idx] < 0):
+        raise typer.BadParameter(f"{data}: the benchmark needs labelled train and test splits (class folders)")
+    test_set = ImageArray(test.images[test_idx], test.labels[test_idx], test.classes, [test.ids[i] for i in test_idx])
+    return train, pool_idx, test_set, test_idx
+
+
 def images_at_model_size(data: Path, version_dir: Path, train: ImageArray, test_set: ImageArray,
                          pool_idx: np.ndarray, test_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The pool rows of ``train`` and ``test_set`` (the ``test_idx`` rows of the test split) as PxHxWx3 and
@@ -250,13 +265,7 @@ def write_embeddings(data: Path, encoder: Path, out: Path, pool_size: int | None
     """``shortlist bench embeddings``: publish ``encoder`` into ``out/models`` and write the embeddings of a
     class-balanced pool of the training split (all of it by default) and of the test split into ``out``,
     with the agent's own Embedder (what Select and PriorLabels see). Returns what it wrote (meta.json)."""
-    train = load_array(data, "train", size=None)
-    test = load_array(data, "test", size=(train.images.shape[1], train.images.shape[2]), classes=train.classes)
-    pool_idx = stratified_subset(train.labels, pool_size, seed=0)
-    test_idx = stratified_subset(test.labels, test_size, seed=0)
-    if np.any(train.labels[pool_idx] < 0) or np.any(test.labels[test_idx] < 0):
-        raise typer.BadParameter(f"{data}: needs labelled train and test splits (class folders)")
-    test_set = ImageArray(test.images[test_idx], test.labels[test_idx], test.classes, [test.ids[i] for i in test_idx])
+    train, pool_idx, test_set, test_idx = load_pool_and_test(data, pool_size, test_size)
     version, provenance = publish_encoder(encoder, out / "models")
     t = time.perf_counter()
     version_dir = out / "models" / version
@@ -520,14 +529,8 @@ def run_benchmark(data: Path, profile: Profile, out: Path, encoder: Path | None 
     t_all = time.perf_counter()
 
     t = time.perf_counter()
-    train = load_array(data, "train", size=None)
-    test = load_array(data, "test", size=(train.images.shape[1], train.images.shape[2]), classes=train.classes)
-    pool_idx = stratified_subset(train.labels, profile.pool_size, seed=0)
-    test_idx = stratified_subset(test.labels, profile.test_size, seed=0)
-    if np.any(train.labels[pool_idx] < 0) or np.any(test.labels[test_idx] < 0):
-        raise typer.BadParameter(f"{data}: the benchmark needs labelled train and test splits (class folders)")
     # The evaluation rows, taken once: pretraining's kNN check, embedding and scoring all use them.
-    test_set = ImageArray(test.images[test_idx], test.labels[test_idx], test.classes, [test.ids[i] for i in test_idx])
+    train, pool_idx, test_set, test_idx = load_pool_and_test(data, profile.pool_size, profile.test_size)
     test_y = test_set.labels
     walls["load_data"] = time.perf_counter() - t
     console.print(f"[bold]data[/] {data}: pool {len(pool_idx)} of {len(train.ids)} train images, "
