@@ -99,6 +99,36 @@ def test_probcover_purity_delta() -> None:
     assert purity_delta(np.array([np.inf, np.inf]), alpha=0.95) == pytest.approx(2.0)  # one cluster: any ball
 
 
+def naive_max_coverage(x: np.ndarray, labeled: np.ndarray, delta: float, budget: int) -> tuple[list[int], list[int]]:
+    """Greedy max coverage straight from the definition (full NxN distance matrix): picks and gains."""
+    inside = np.linalg.norm(x[:, None, :].astype(np.float64) - x[None, :, :], axis=2) < delta  # ball v, point u
+    covered = inside[labeled].any(axis=0)
+    picks: list[int] = []
+    gains: list[int] = []
+    for _ in range(budget):
+        gain = (inside & ~covered[None, :]).sum(axis=1)
+        gain[labeled] = -1
+        gain[picks] = -1
+        v = int(np.argmax(gain))
+        picks.append(v)
+        gains.append(int(gain[v]))
+        covered |= inside[v]
+    return picks, gains
+
+
+@pytest.mark.parametrize(("delta", "budget", "biggest"), [(0.3, 6, 5), (0.8, 6, 120), (1.2, 5, 170)])
+def test_probcover_is_exact_greedy_max_coverage(delta: float, budget: int, biggest: int) -> None:
+    # Overlapping blobs, balls from a handful of points to 170: the greedy must count every ball
+    # exactly (a k-nearest-neighbour graph would truncate the big ones and stop being greedy).
+    x, y = blobs(clusters=6, dim=8, spread=0.3, sizes=[200, 150, 100, 60, 30, 10], seed=7)
+    labeled = np.array([0, 5])
+    picks, gains = naive_max_coverage(x, labeled, delta, budget)
+    assert gains[0] == biggest and min(gains) > 0
+    sel = STRATEGIES["probcover"](make_pool(x, y, labeled), budget, np.random.default_rng(0), {"delta": str(delta)})
+    assert sel.scores.tolist() == gains
+    assert sel.rows.tolist() == picks
+
+
 def test_uncertainty_scores_hand_computed() -> None:
     p = np.array([[0.5, 0.5], [1.0, 0.0], [0.7, 0.3]])
     np.testing.assert_allclose(entropy_of(p), [np.log(2), 0.0, -(0.7 * np.log(0.7) + 0.3 * np.log(0.3))])
