@@ -10,19 +10,19 @@ import json
 import os
 import time
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import typer
 
-from agent.pool import FailedPrecondition, KnnFn, Pool
+from agent.pool import FailedPrecondition, InvalidArgument, KnnFn, Pool
 from agent.priors import PRIOR_METHODS
 from agent.strategies import LABEL_FREE, STRATEGIES
 from bench.metrics import class_coverage, expected_calibration_error, linear_probe_accuracy, prior_accuracy
 
-# Neighbours precomputed per row for the benchmark's kNN (covers the prior methods' and ProbCover's k).
+# Neighbours precomputed per row for the benchmark's kNN (covers the prior methods' k).
 CACHED_K = 64
 
 
@@ -80,6 +80,38 @@ class CachedKnn:
         return self._query(queries, k)
 
 
+@dataclass(frozen=True)
+class Variant:
+    """One strategy as the benchmark runs it: the registry ``name`` and the Select ``params`` it gets
+    (none: the paper's defaults). ``label`` names it in results.json, the tables and the plot."""
+
+    name: str
+    params: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return " ".join([self.name] + [f"{k}={v}" for k, v in sorted(self.params.items())])
+
+
+def parse_variant(raw: str) -> Variant:
+    """``NAME:key=value,key=value`` (e.g. ``probcover:delta=0.4``) -> Variant; the name must be a strategy."""
+    name, _, rest = raw.partition(":")
+    name = name.strip()
+    if name not in STRATEGIES:
+        raise typer.BadParameter(f"--variant {raw!r}: unknown strategy {name!r}; "
+                                 f"valid: {', '.join(sorted(STRATEGIES))}")
+    params: dict[str, str] = {}
+    for item in (i.strip() for i in rest.split(",") if i.strip()):
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip() or not value.strip():
+            raise typer.BadParameter(f"--variant {raw!r}: write params as key=value, e.g. probcover:delta=0.4")
+        params[key.strip()] = value.strip()
+    if not params:
+        raise typer.BadParameter(f"--variant {raw!r}: give at least one key=value after the colon "
+                                 "(a strategy with its defaults goes in --strategies)")
+    return Variant(name, params)
+
+
 def make_pool(x: np.ndarray, labels: np.ndarray, picked: np.ndarray, knn: KnnFn, num_classes: int,
               pretext_loss: np.ndarray | None) -> Pool:
     """The pool the agent would build after the annotator labelled ``picked`` (true labels revealed)."""
@@ -89,20 +121,21 @@ def make_pool(x: np.ndarray, labels: np.ndarray, picked: np.ndarray, knn: KnnFn,
                 candidates=np.setdiff1d(np.arange(len(x)), picked), knn=knn, pretext_loss=pretext_loss)
 
 
-def simulate(name: str, budget: int, seed: int, x: np.ndarray, labels: np.ndarray, knn: KnnFn,
+def simulate(variant: Variant, budget: int, seed: int, x: np.ndarray, labels: np.ndarray, knn: KnnFn,
              num_classes: int, pretext_loss: np.ndarray | None) -> tuple[np.ndarray, str]:
-    """Rows an annotator would have labelled with strategy ``name`` at ``budget``: one cold-start shot
+    """Rows an annotator would have labelled with ``variant`` at ``budget``: one cold-start shot
     for the strategies that need no labels; for the others a random first half (the usual warm start
     of uncertainty sampling), then the strategy for the second half. Returns (rows, note)."""
+    name, params = variant.name, variant.params
     rng = np.random.default_rng([seed, budget, zlib.crc32(name.encode())])
     empty = np.zeros(0, np.int64)
     if name in LABEL_FREE:
-        sel = STRATEGIES[name](make_pool(x, labels, empty, knn, num_classes, pretext_loss), budget, rng, {})
+        sel = STRATEGIES[name](make_pool(x, labels, empty, knn, num_classes, pretext_loss), budget, rng, params)
         return sel.rows, ""
     first = rng.choice(len(x), size=max(budget // 2, 1), replace=False)
     pool = make_pool(x, labels, first, knn, num_classes, pretext_loss)
     try:
-        sel = STRATEGIES[name](pool, budget - len(first), rng, {})
+        sel = STRATEGIES[name](pool, budget - len(first), rng, params)
         return np.concatenate([first, sel.rows]), "random first half"
     except FailedPrecondition:  # e.g. the random half held one class: fill at random and say so
         rest = rng.choice(pool.candidates, size=budget - len(first), replace=False)
@@ -110,7 +143,7 @@ def simulate(name: str, budget: int, seed: int, x: np.ndarray, labels: np.ndarra
 
 
 def run_benchmark(x: np.ndarray, labels: np.ndarray, test_x: np.ndarray | None, test_y: np.ndarray | None,
-                  budgets: list[int], seeds: int, strategies: list[str], priors: list[str],
+                  budgets: list[int], seeds: int, strategies: list[Variant], priors: list[str],
                   pretext_loss: np.ndarray | None, progress: Any = None) -> list[dict[str, Any]]:
     """Every (strategy, budget, seed): pick, reveal labels, run each prior method on the unlabelled rest.
     Returns flat records (one per strategy, budget, seed and prior method)."""
@@ -118,11 +151,11 @@ def run_benchmark(x: np.ndarray, labels: np.ndarray, test_x: np.ndarray | None, 
     knn = CachedKnn(x, hnsw_index(x))
     records: list[dict[str, Any]] = []
     task = progress.add_task("strategies", total=len(strategies) * len(budgets) * seeds) if progress else None
-    for name in strategies:
+    for variant in strategies:
         for budget in budgets:
             for seed in range(seeds):
                 t0 = time.perf_counter()
-                picked, note = simulate(name, budget, seed, x, labels, knn, num_classes, pretext_loss)
+                picked, note = simulate(variant, budget, seed, x, labels, knn, num_classes, pretext_loss)
                 select_s = time.perf_counter() - t0
                 if test_x is not None and test_y is not None:
                     lin = linear_probe_accuracy(x[picked], labels[picked], test_x, test_y, seed)
@@ -135,7 +168,8 @@ def run_benchmark(x: np.ndarray, labels: np.ndarray, test_x: np.ndarray | None, 
                     t1 = time.perf_counter()
                     pr = PRIOR_METHODS[method](pool, rows, np.random.default_rng(seed), {})
                     records.append({
-                        "strategy": name, "budget": budget, "seed": seed, "prior_method": method,
+                        "strategy": variant.label, "params": variant.params, "budget": budget, "seed": seed,
+                        "prior_method": method,
                         "coverage": class_coverage(labels[picked], num_classes),
                         "prior_accuracy": prior_accuracy(pr.probs, labels[rows]),
                         "ece": expected_calibration_error(pr.probs, labels[rows]),
@@ -147,7 +181,7 @@ def run_benchmark(x: np.ndarray, labels: np.ndarray, test_x: np.ndarray | None, 
                         "prior_seconds": round(time.perf_counter() - t1, 3), "note": note,
                     })
                 if progress is not None:
-                    progress.update(task, advance=1, description=f"{name} @ {budget}")
+                    progress.update(task, advance=1, description=f"{variant.label} @ {budget}")
     return records
 
 
@@ -222,6 +256,24 @@ def plot(summary: list[dict[str, Any]], priors: list[str], path: Path) -> None:
     plt.close(fig)
 
 
+def check_variants(variants: list[Variant], x: np.ndarray, labels: np.ndarray, pretext_loss: np.ndarray | None) -> None:
+    """Each variant with params called once on the first 64 rows (two of them labelled), so a bad
+    param fails before the benchmark's minutes of work, with the strategy's own message."""
+    rows = min(len(x), 64)
+    small = Pool(embeddings=x[:rows], labeled=np.arange(min(2, rows)), labels=labels[:min(2, rows)],
+                 classes=[str(c) for c in range(int(labels.max()) + 1)], candidates=np.arange(min(2, rows), rows),
+                 knn=hnsw_knn(hnsw_index(x[:rows], threads=1), rows),
+                 pretext_loss=None if pretext_loss is None else pretext_loss[:rows])
+    for v in variants:
+        if v.params:
+            try:
+                STRATEGIES[v.name](small, 1, np.random.default_rng(0), v.params)
+            except InvalidArgument as e:
+                raise typer.BadParameter(f"--variant {v.label}: {e}") from None
+            except FailedPrecondition:
+                pass  # the params were accepted; the small pool just cannot answer (e.g. one class)
+
+
 def _names(raw: str, valid: dict[str, Any], what: str) -> list[str]:
     names = [n.strip() for n in raw.split(",") if n.strip()] if raw else sorted(valid)
     unknown = [n for n in names if n not in valid]
@@ -277,7 +329,10 @@ def register(bench_app: typer.Typer) -> None:
         test_labels: Path | None = typer.Option(None, help="M int .npy of the test classes"),
         budgets: str = typer.Option("10,20,40,100", help="comma-separated label budgets"),
         seeds: int = typer.Option(3, min=1, help="seeds per (strategy, budget)"),
-        strategies: str = typer.Option("", help="comma-separated strategies (default: all)"),
+        strategies: str = typer.Option("", help="comma-separated strategies with their default params "
+                                       "(default: all; none when --variant is given)"),
+        variant: list[str] = typer.Option([], help="a strategy with params, NAME:key=value[,key=value] "
+                                          "(e.g. probcover:delta=0.4); repeat for a sweep"),
         priors: str = typer.Option("", help="comma-separated prior methods (default: all)"),
         pretext_loss: Path | None = typer.Option(None, help="N float .npy rotation losses (enables das)"),
     ) -> None:
@@ -296,12 +351,14 @@ def register(bench_app: typer.Typer) -> None:
         if (tx is None) != (ty is None):
             raise typer.BadParameter("give both --test-embeddings and --test-labels, or neither")
         loss = np.asarray(np.load(pretext_loss), np.float32) if pretext_loss else None
-        names = _names(strategies, STRATEGIES, "strategy")
-        if loss is None and "das" in names:
-            if strategies:
+        names = _names(strategies, STRATEGIES, "strategy") if strategies or not variant else []
+        variants = [Variant(n) for n in names] + [parse_variant(v) for v in variant]
+        if loss is None and any(v.name == "das" for v in variants):
+            if strategies or variant:  # asked for by name
                 raise typer.BadParameter("das needs --pretext-loss (per-sample rotation losses)")
-            names.remove("das")
+            variants = [v for v in variants if v.name != "das"]
             console.print("[yellow]skipping das: no --pretext-loss given[/]")
+        check_variants(variants, x, y, loss)
         methods = _names(priors, PRIOR_METHODS, "prior method")
         try:
             budget_list = [int(b) for b in budgets.split(",") if b.strip()]
@@ -313,7 +370,7 @@ def register(bench_app: typer.Typer) -> None:
         console.print(f"{len(x)} rows x {x.shape[1]} dims, {int(y.max()) + 1} classes; building the index...")
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=console) as progress:
-            records = run_benchmark(x, y, tx, ty, budget_list, seeds, names, methods, loss, progress)
+            records = run_benchmark(x, y, tx, ty, budget_list, seeds, variants, methods, loss, progress)
         summary = summarise(records)
         (out / "results.json").write_text(json.dumps(records, indent=1))
         table = markdown_table(summary, methods)
@@ -329,7 +386,10 @@ def register(bench_app: typer.Typer) -> None:
         budget: int = typer.Option(100, help="Select budget"),
         labelled: int = typer.Option(20, help="rows labelled beforehand (random classes), so every strategy runs"),
         classes: int = typer.Option(10, help="class count of those labels"),
-        strategies: str = typer.Option("", help="comma-separated strategies (default: all)"),
+        strategies: str = typer.Option("", help="comma-separated strategies with their default params "
+                                       "(default: all; none when --variant is given)"),
+        variant: list[str] = typer.Option([], help="a strategy with params, NAME:key=value[,key=value] "
+                                          "(e.g. probcover:delta=0.4); repeat for a sweep"),
         threads: int = typer.Option(2, help="hnswlib build threads"),
     ) -> None:
         """Time Select for each strategy on n random dim-d vectors (index build timed separately)."""
