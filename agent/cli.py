@@ -155,7 +155,7 @@ def select(agent: str = AgentOpt,
     reply = _rpc(lambda: stub.Select(req))
     if as_json:
         print(json.dumps({"selection_id": reply.selection_id, "model_version": reply.model_version,
-                          "strategy": reply.strategy,
+                          "strategy": reply.strategy, "details": dict(reply.details),
                           "selected": [{"id": s.id, "score": s.score} for s in reply.selected]}))
         return
     table = Table(title=f"{reply.strategy} @ {reply.model_version or 'no model'}",
@@ -164,7 +164,10 @@ def select(agent: str = AgentOpt,
     table.add_column("score", justify="right")
     for s in reply.selected:
         table.add_row(s.id, f"{s.score:.4g}")
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    for key, value in sorted(reply.details.items()):
+        console.print(f"{key}: {value}", style="yellow" if key == "warning" else None)
 
 
 def label(file: Path = typer.Argument(..., exists=True, dir_okay=False, help="CSV with columns id,label"),

@@ -98,6 +98,7 @@ class SelectResult:
     model_version: str
     strategy: str
     selection_id: str
+    details: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -368,6 +369,7 @@ class Agent:
         else:
             pool, seqs = self.model_pool(serving, where)
             version = serving.version
+        details: dict[str, str] = {}
         if len(pool.candidates) == 0:
             chosen: list[tuple[str, float]] = []
         else:
@@ -379,11 +381,12 @@ class Agent:
                 raise RuntimeError(f"strategy {strategy!r} returned an invalid selection (rows must be distinct "
                                    f"candidates, at most the budget); this is a bug in the strategy")
             chosen = [(self.state.record(int(seqs[r])).id, float(s)) for r, s in zip(rows, scores, strict=True)]
+            details = dict(sel.details)
         selection_id = uuid.uuid4().hex
         request = {"budget": budget, "strategy": strategy, "params": dict(params), "seed": seed,
                    "where": dict(where)}
         self.state.record_selection(selection_id, request, chosen, version)
-        return SelectResult(chosen, version, strategy, selection_id)
+        return SelectResult(chosen, version, strategy, selection_id, details)
 
     # ---- PriorLabels -----------------------------------------------------------------------------
     def prior_labels(self, method: str, ids: Sequence[str], params: Mapping[str, str]) -> list[PriorResult]:

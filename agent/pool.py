@@ -8,7 +8,7 @@ which are plain functions of a ``Pool``). No torch here: the agent runs with onn
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -59,10 +59,12 @@ class Pool:
 @dataclass
 class Selection:
     """A strategy's answer: ``rows`` (B int64, a subset of Pool.candidates, no repeats, B <= budget)
-    in the order they should be labelled, and one ``scores`` value per row (higher = more wanted)."""
+    in the order they should be labelled, one ``scores`` value per row (higher = more wanted), and
+    ``details``: what the strategy chose or measured itself (SelectReply.details), e.g. a radius."""
 
     rows: np.ndarray
     scores: np.ndarray
+    details: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass

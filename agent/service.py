@@ -151,7 +151,7 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
                                                        request.seed, dict(request.where)))
         return agent_pb2.SelectReply(selected=[agent_pb2.Selected(id=i, score=s) for i, s in res.selected],
                                      model_version=res.model_version, strategy=res.strategy,
-                                     selection_id=res.selection_id)
+                                     selection_id=res.selection_id, details=res.details)
 
     def SubmitLabels(self, request: agent_pb2.SubmitLabelsRequest,
                      context: grpc.ServicerContext) -> agent_pb2.SubmitLabelsReply:

@@ -122,24 +122,25 @@ def make_pool(x: np.ndarray, labels: np.ndarray, picked: np.ndarray, knn: KnnFn,
 
 
 def simulate(variant: Variant, budget: int, seed: int, x: np.ndarray, labels: np.ndarray, knn: KnnFn,
-             num_classes: int, pretext_loss: np.ndarray | None) -> tuple[np.ndarray, str]:
+             num_classes: int, pretext_loss: np.ndarray | None) -> tuple[np.ndarray, str, dict[str, str]]:
     """Rows an annotator would have labelled with ``variant`` at ``budget``: one cold-start shot
     for the strategies that need no labels; for the others a random first half (the usual warm start
-    of uncertainty sampling), then the strategy for the second half. Returns (rows, note)."""
+    of uncertainty sampling), then the strategy for the second half. Returns (rows, note, the
+    strategy's Selection.details)."""
     name, params = variant.name, variant.params
     rng = np.random.default_rng([seed, budget, zlib.crc32(name.encode())])
     empty = np.zeros(0, np.int64)
     if name in LABEL_FREE:
         sel = STRATEGIES[name](make_pool(x, labels, empty, knn, num_classes, pretext_loss), budget, rng, params)
-        return sel.rows, ""
+        return sel.rows, "", sel.details
     first = rng.choice(len(x), size=max(budget // 2, 1), replace=False)
     pool = make_pool(x, labels, first, knn, num_classes, pretext_loss)
     try:
         sel = STRATEGIES[name](pool, budget - len(first), rng, params)
-        return np.concatenate([first, sel.rows]), "random first half"
+        return np.concatenate([first, sel.rows]), "random first half", sel.details
     except FailedPrecondition:  # e.g. the random half held one class: fill at random and say so
         rest = rng.choice(pool.candidates, size=budget - len(first), replace=False)
-        return np.concatenate([first, rest]), "random (strategy refused: one class in first half)"
+        return np.concatenate([first, rest]), "random (strategy refused: one class in first half)", {}
 
 
 def run_benchmark(x: np.ndarray, labels: np.ndarray, test_x: np.ndarray | None, test_y: np.ndarray | None,
@@ -155,7 +156,7 @@ def run_benchmark(x: np.ndarray, labels: np.ndarray, test_x: np.ndarray | None, 
         for budget in budgets:
             for seed in range(seeds):
                 t0 = time.perf_counter()
-                picked, note = simulate(variant, budget, seed, x, labels, knn, num_classes, pretext_loss)
+                picked, note, details = simulate(variant, budget, seed, x, labels, knn, num_classes, pretext_loss)
                 select_s = time.perf_counter() - t0
                 if test_x is not None and test_y is not None:
                     lin = linear_probe_accuracy(x[picked], labels[picked], test_x, test_y, seed)
@@ -178,7 +179,7 @@ def run_benchmark(x: np.ndarray, labels: np.ndarray, test_x: np.ndarray | None, 
                         # above prior_accuracy: over-confident; below: under-confident
                         "mean_confidence": float(pr.probs.max(axis=1).mean()) if len(rows) else float("nan"),
                         "linear_accuracy": lin, "select_seconds": round(select_s, 3),
-                        "prior_seconds": round(time.perf_counter() - t1, 3), "note": note,
+                        "prior_seconds": round(time.perf_counter() - t1, 3), "note": note, "details": details,
                     })
                 if progress is not None:
                     progress.update(task, advance=1, description=f"{variant.label} @ {budget}")

@@ -66,6 +66,8 @@ PROBCOVER_ROWS = 20_000
 PROBCOVER_CENTRES = 20_000
 # The purity radii are measured exactly against a uniform reference sample of this many rows.
 PURITY_REFERENCE = 5_000
+# Rows whose nearest-neighbour distance is measured for ProbCover's warning (index queries).
+NN_PROBE_ROWS = 1_000
 
 
 def impurity_radii(points: np.ndarray, own: np.ndarray, reference: np.ndarray, ref_cluster: np.ndarray) -> np.ndarray:
@@ -109,7 +111,10 @@ def probcover(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping
 
     Params: ``delta`` (Euclidean, on unit vectors; default from ``purity_delta`` with ``alpha``),
     ``alpha`` (0.95), ``clusters`` (k-means clusters for purity; default the class count, else 10).
-    Score: sample points the pick's ball newly covered.
+    Score: sample points the pick's ball newly covered. Details: ``delta``, ``delta_from``, ``covered``
+    (fraction of the pool within delta of the labelled rows and the picks), ``median_nn_distance``, and
+    a ``warning`` when delta is below that distance (most balls then hold only their centre, and greedy
+    coverage degenerates to picking the densest spots).
     """
     check_params(params, {"delta", "alpha", "clusters"}, "probcover")
     alpha = param_float(params, "alpha", PROBCOVER_ALPHA, minimum=0.0, maximum=1.0)
@@ -132,8 +137,9 @@ def probcover(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping
         own, _ = assign(xs, centres)
         ref_cluster, _ = assign(emb[ref], centres)
         delta = purity_delta(impurity_radii(xs, own, emb[ref], ref_cluster), alpha)
+        delta_from = f"purity heuristic (alpha={alpha:g}, {clusters} k-means clusters)"
     else:
-        delta = delta_param
+        delta, delta_from = delta_param, "params"
     centre_rows = cand if len(cand) <= PROBCOVER_CENTRES else np.sort(rng.choice(cand, PROBCOVER_CENTRES,
                                                                                   replace=False))
     xc = emb[centre_rows].astype(np.float32)  # CxD, the balls' centres
@@ -171,4 +177,25 @@ def probcover(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping
         extra = rng.choice(rest, size=min(take - len(rows), len(rest)), replace=False)
         rows.extend(int(r) for r in extra)
         scores.extend([0.0] * len(extra))
-    return Selection(rows=np.asarray(rows, np.int64), scores=np.asarray(scores, np.float64))
+    nn = median_nn_distance(pool, sample[:NN_PROBE_ROWS] if len(sample) <= NN_PROBE_ROWS
+                            else np.sort(rng.choice(sample, NN_PROBE_ROWS, replace=False)))
+    details = {"delta": f"{delta:.4f}", "delta_from": delta_from, "covered": f"{covered.mean():.4f}",
+               "median_nn_distance": f"{nn:.4f}"}
+    if delta <= nn:
+        details["warning"] = (
+            f"delta {delta:.3f} is not above the median nearest-neighbour distance {nn:.3f}: most balls hold "
+            f"only their own centre, so the picks follow density, not coverage "
+            f"({100 * covered.mean():.1f}% of the pool covered). "
+            + ("The purity heuristic gives so small a delta when k-means clusters are not separated in this "
+               "feature space; typiclust or as3l suit such features better, or pass a larger delta."
+               if delta_param is None else "Pass a larger delta."))
+    return Selection(rows=np.asarray(rows, np.int64), scores=np.asarray(scores, np.float64), details=details)
+
+
+def median_nn_distance(pool: Pool, rows: np.ndarray) -> float:
+    """Median Euclidean distance from ``rows`` (R int64) to their nearest other pool row (index kNN);
+    inf for a one-row pool. The scale a ball radius is compared with."""
+    if len(pool.embeddings) < 2 or len(rows) == 0:
+        return float("inf")
+    _, cos_d = pool.knn(pool.embeddings[rows], 2)
+    return float(np.median(cosine_to_l2(cos_d[:, 1])))

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18shortlist/v1/agent.proto\x12\x0cshortlist.v1\"\xe3\x01\n\x06Sample\x12\n\n\x02id\x18\x01 \x01(\t\x12\x17\n\rencoded_image\x18\x02 \x01(\x0cH\x00\x12&\n\x06tensor\x18\x03 \x01(\x0b\x32\x14.shortlist.v1.TensorH\x00\x12\x0b\n\x03uri\x18\x04 \x01(\t\x12\x34\n\x08metadata\x18\x05 \x03(\x0b\x32\".shortlist.v1.Sample.MetadataEntry\x12\r\n\x05label\x18\x06 \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\t\n\x07payload\"4\n\x06Tensor\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"6\n\rIngestRequest\x12%\n\x07samples\x18\x01 \x03(\x0b\x32\x14.shortlist.v1.Sample\"^\n\x0bIngestReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x03\x12\x12\n\nduplicates\x18\x02 \x01(\x03\x12)\n\x08rejected\x18\x03 \x03(\x0b\x32\x17.shortlist.v1.Rejection\"\'\n\tRejection\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x8c\x02\n\rSelectRequest\x12\x0e\n\x06\x62udget\x18\x01 \x01(\x05\x12\x10\n\x08strategy\x18\x02 \x01(\t\x12\x37\n\x06params\x18\x03 \x03(\x0b\x32\'.shortlist.v1.SelectRequest.ParamsEntry\x12\x0c\n\x04seed\x18\x04 \x01(\x04\x12\x35\n\x05where\x18\x05 \x03(\x0b\x32&.shortlist.v1.SelectRequest.WhereEntry\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a,\n\nWhereEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"v\n\x0bSelectReply\x12(\n\x08selected\x18\x01 \x03(\x0b\x32\x16.shortlist.v1.Selected\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x10\n\x08strategy\x18\x03 \x01(\t\x12\x14\n\x0cselection_id\x18\x04 \x01(\t\"%\n\x08Selected\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\"W\n\x13SubmitLabelsRequest\x12-\n\x06labels\x18\x01 \x03(\x0b\x32\x1d.shortlist.v1.LabelAssignment\x12\x11\n\tannotator\x18\x02 \x01(\t\",\n\x0fLabelAssignment\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05label\x18\x02 \x01(\t\"P\n\x11SubmitLabelsReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x03\x12)\n\x08rejected\x18\x02 \x03(\x0b\x32\x17.shortlist.v1.Rejection\"\x9e\x01\n\x12PriorLabelsRequest\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x0b\n\x03ids\x18\x02 \x03(\t\x12<\n\x06params\x18\x03 \x03(\x0b\x32,.shortlist.v1.PriorLabelsRequest.ParamsEntry\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xb4\x01\n\nPriorLabel\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05label\x18\x02 \x01(\t\x12\x12\n\nconfidence\x18\x03 \x01(\x02\x12\x32\n\x05probs\x18\x04 \x03(\x0b\x32#.shortlist.v1.PriorLabel.ProbsEntry\x12\x15\n\rmodel_version\x18\x05 \x01(\t\x1a,\n\nProbsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\"C\n\x12ListSamplesRequest\x12\x14\n\x0clabeled_only\x18\x01 \x01(\x08\x12\x17\n\x0finclude_payload\x18\x02 \x01(\x08\"\x12\n\x10GetStatusRequest\"\xda\x01\n\x06Status\x12\x0f\n\x07samples\x18\x01 \x01(\x03\x12\x0f\n\x07labeled\x18\x02 \x01(\x03\x12\x10\n\x08\x65mbedded\x18\x03 \x01(\x03\x12\x15\n\rmodel_version\x18\x04 \x01(\t\x12\x12\n\nstrategies\x18\x05 \x03(\t\x12\x15\n\rprior_methods\x18\x06 \x03(\t\x12\x0f\n\x07\x63lasses\x18\x07 \x03(\t\x12\x1d\n\x15pending_model_version\x18\x08 \x01(\t\x12\x18\n\x10pending_embedded\x18\t \x01(\x03\x12\x10\n\x08warnings\x18\n \x03(\t\"\x14\n\x12ReloadModelRequest2\x81\x04\n\x05\x41gent\x12\x42\n\x06Ingest\x12\x1b.shortlist.v1.IngestRequest\x1a\x19.shortlist.v1.IngestReply(\x01\x12@\n\x06Select\x12\x1b.shortlist.v1.SelectRequest\x1a\x19.shortlist.v1.SelectReply\x12R\n\x0cSubmitLabels\x12!.shortlist.v1.SubmitLabelsRequest\x1a\x1f.shortlist.v1.SubmitLabelsReply\x12K\n\x0bPriorLabels\x12 .shortlist.v1.PriorLabelsRequest\x1a\x18.shortlist.v1.PriorLabel0\x01\x12G\n\x0bListSamples\x12 .shortlist.v1.ListSamplesRequest\x1a\x14.shortlist.v1.Sample0\x01\x12\x41\n\tGetStatus\x12\x1e.shortlist.v1.GetStatusRequest\x1a\x14.shortlist.v1.Status\x12\x45\n\x0bReloadModel\x12 .shortlist.v1.ReloadModelRequest\x1a\x14.shortlist.v1.Statusb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18shortlist/v1/agent.proto\x12\x0cshortlist.v1\"\xe3\x01\n\x06Sample\x12\n\n\x02id\x18\x01 \x01(\t\x12\x17\n\rencoded_image\x18\x02 \x01(\x0cH\x00\x12&\n\x06tensor\x18\x03 \x01(\x0b\x32\x14.shortlist.v1.TensorH\x00\x12\x0b\n\x03uri\x18\x04 \x01(\t\x12\x34\n\x08metadata\x18\x05 \x03(\x0b\x32\".shortlist.v1.Sample.MetadataEntry\x12\r\n\x05label\x18\x06 \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\t\n\x07payload\"4\n\x06Tensor\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"6\n\rIngestRequest\x12%\n\x07samples\x18\x01 \x03(\x0b\x32\x14.shortlist.v1.Sample\"^\n\x0bIngestReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x03\x12\x12\n\nduplicates\x18\x02 \x01(\x03\x12)\n\x08rejected\x18\x03 \x03(\x0b\x32\x17.shortlist.v1.Rejection\"\'\n\tRejection\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x8c\x02\n\rSelectRequest\x12\x0e\n\x06\x62udget\x18\x01 \x01(\x05\x12\x10\n\x08strategy\x18\x02 \x01(\t\x12\x37\n\x06params\x18\x03 \x03(\x0b\x32\'.shortlist.v1.SelectRequest.ParamsEntry\x12\x0c\n\x04seed\x18\x04 \x01(\x04\x12\x35\n\x05where\x18\x05 \x03(\x0b\x32&.shortlist.v1.SelectRequest.WhereEntry\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a,\n\nWhereEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xdf\x01\n\x0bSelectReply\x12(\n\x08selected\x18\x01 \x03(\x0b\x32\x16.shortlist.v1.Selected\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x10\n\x08strategy\x18\x03 \x01(\t\x12\x14\n\x0cselection_id\x18\x04 \x01(\t\x12\x37\n\x07\x64\x65tails\x18\x05 \x03(\x0b\x32&.shortlist.v1.SelectReply.DetailsEntry\x1a.\n\x0c\x44\x65tailsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"%\n\x08Selected\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\"W\n\x13SubmitLabelsRequest\x12-\n\x06labels\x18\x01 \x03(\x0b\x32\x1d.shortlist.v1.LabelAssignment\x12\x11\n\tannotator\x18\x02 \x01(\t\",\n\x0fLabelAssignment\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05label\x18\x02 \x01(\t\"P\n\x11SubmitLabelsReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x03\x12)\n\x08rejected\x18\x02 \x03(\x0b\x32\x17.shortlist.v1.Rejection\"\x9e\x01\n\x12PriorLabelsRequest\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x0b\n\x03ids\x18\x02 \x03(\t\x12<\n\x06params\x18\x03 \x03(\x0b\x32,.shortlist.v1.PriorLabelsRequest.ParamsEntry\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xb4\x01\n\nPriorLabel\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05label\x18\x02 \x01(\t\x12\x12\n\nconfidence\x18\x03 \x01(\x02\x12\x32\n\x05probs\x18\x04 \x03(\x0b\x32#.shortlist.v1.PriorLabel.ProbsEntry\x12\x15\n\rmodel_version\x18\x05 \x01(\t\x1a,\n\nProbsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\"C\n\x12ListSamplesRequest\x12\x14\n\x0clabeled_only\x18\x01 \x01(\x08\x12\x17\n\x0finclude_payload\x18\x02 \x01(\x08\"\x12\n\x10GetStatusRequest\"\xda\x01\n\x06Status\x12\x0f\n\x07samples\x18\x01 \x01(\x03\x12\x0f\n\x07labeled\x18\x02 \x01(\x03\x12\x10\n\x08\x65mbedded\x18\x03 \x01(\x03\x12\x15\n\rmodel_version\x18\x04 \x01(\t\x12\x12\n\nstrategies\x18\x05 \x03(\t\x12\x15\n\rprior_methods\x18\x06 \x03(\t\x12\x0f\n\x07\x63lasses\x18\x07 \x03(\t\x12\x1d\n\x15pending_model_version\x18\x08 \x01(\t\x12\x18\n\x10pending_embedded\x18\t \x01(\x03\x12\x10\n\x08warnings\x18\n \x03(\t\"\x14\n\x12ReloadModelRequest2\x81\x04\n\x05\x41gent\x12\x42\n\x06Ingest\x12\x1b.shortlist.v1.IngestRequest\x1a\x19.shortlist.v1.IngestReply(\x01\x12@\n\x06Select\x12\x1b.shortlist.v1.SelectRequest\x1a\x19.shortlist.v1.SelectReply\x12R\n\x0cSubmitLabels\x12!.shortlist.v1.SubmitLabelsRequest\x1a\x1f.shortlist.v1.SubmitLabelsReply\x12K\n\x0bPriorLabels\x12 .shortlist.v1.PriorLabelsRequest\x1a\x18.shortlist.v1.PriorLabel0\x01\x12G\n\x0bListSamples\x12 .shortlist.v1.ListSamplesRequest\x1a\x14.shortlist.v1.Sample0\x01\x12\x41\n\tGetStatus\x12\x1e.shortlist.v1.GetStatusRequest\x1a\x14.shortlist.v1.Status\x12\x45\n\x0bReloadModel\x12 .shortlist.v1.ReloadModelRequest\x1a\x14.shortlist.v1.Statusb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,6 +37,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SELECTREQUEST_PARAMSENTRY']._serialized_options = b'8\001'
   _globals['_SELECTREQUEST_WHEREENTRY']._loaded_options = None
   _globals['_SELECTREQUEST_WHEREENTRY']._serialized_options = b'8\001'
+  _globals['_SELECTREPLY_DETAILSENTRY']._loaded_options = None
+  _globals['_SELECTREPLY_DETAILSENTRY']._serialized_options = b'8\001'
   _globals['_PRIORLABELSREQUEST_PARAMSENTRY']._loaded_options = None
   _globals['_PRIORLABELSREQUEST_PARAMSENTRY']._serialized_options = b'8\001'
   _globals['_PRIORLABEL_PROBSENTRY']._loaded_options = None
@@ -59,32 +61,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SELECTREQUEST_PARAMSENTRY']._serialized_end=742
   _globals['_SELECTREQUEST_WHEREENTRY']._serialized_start=744
   _globals['_SELECTREQUEST_WHEREENTRY']._serialized_end=788
-  _globals['_SELECTREPLY']._serialized_start=790
-  _globals['_SELECTREPLY']._serialized_end=908
-  _globals['_SELECTED']._serialized_start=910
-  _globals['_SELECTED']._serialized_end=947
-  _globals['_SUBMITLABELSREQUEST']._serialized_start=949
-  _globals['_SUBMITLABELSREQUEST']._serialized_end=1036
-  _globals['_LABELASSIGNMENT']._serialized_start=1038
-  _globals['_LABELASSIGNMENT']._serialized_end=1082
-  _globals['_SUBMITLABELSREPLY']._serialized_start=1084
-  _globals['_SUBMITLABELSREPLY']._serialized_end=1164
-  _globals['_PRIORLABELSREQUEST']._serialized_start=1167
-  _globals['_PRIORLABELSREQUEST']._serialized_end=1325
+  _globals['_SELECTREPLY']._serialized_start=791
+  _globals['_SELECTREPLY']._serialized_end=1014
+  _globals['_SELECTREPLY_DETAILSENTRY']._serialized_start=968
+  _globals['_SELECTREPLY_DETAILSENTRY']._serialized_end=1014
+  _globals['_SELECTED']._serialized_start=1016
+  _globals['_SELECTED']._serialized_end=1053
+  _globals['_SUBMITLABELSREQUEST']._serialized_start=1055
+  _globals['_SUBMITLABELSREQUEST']._serialized_end=1142
+  _globals['_LABELASSIGNMENT']._serialized_start=1144
+  _globals['_LABELASSIGNMENT']._serialized_end=1188
+  _globals['_SUBMITLABELSREPLY']._serialized_start=1190
+  _globals['_SUBMITLABELSREPLY']._serialized_end=1270
+  _globals['_PRIORLABELSREQUEST']._serialized_start=1273
+  _globals['_PRIORLABELSREQUEST']._serialized_end=1431
   _globals['_PRIORLABELSREQUEST_PARAMSENTRY']._serialized_start=697
   _globals['_PRIORLABELSREQUEST_PARAMSENTRY']._serialized_end=742
-  _globals['_PRIORLABEL']._serialized_start=1328
-  _globals['_PRIORLABEL']._serialized_end=1508
-  _globals['_PRIORLABEL_PROBSENTRY']._serialized_start=1464
-  _globals['_PRIORLABEL_PROBSENTRY']._serialized_end=1508
-  _globals['_LISTSAMPLESREQUEST']._serialized_start=1510
-  _globals['_LISTSAMPLESREQUEST']._serialized_end=1577
-  _globals['_GETSTATUSREQUEST']._serialized_start=1579
-  _globals['_GETSTATUSREQUEST']._serialized_end=1597
-  _globals['_STATUS']._serialized_start=1600
-  _globals['_STATUS']._serialized_end=1818
-  _globals['_RELOADMODELREQUEST']._serialized_start=1820
-  _globals['_RELOADMODELREQUEST']._serialized_end=1840
-  _globals['_AGENT']._serialized_start=1843
-  _globals['_AGENT']._serialized_end=2356
+  _globals['_PRIORLABEL']._serialized_start=1434
+  _globals['_PRIORLABEL']._serialized_end=1614
+  _globals['_PRIORLABEL_PROBSENTRY']._serialized_start=1570
+  _globals['_PRIORLABEL_PROBSENTRY']._serialized_end=1614
+  _globals['_LISTSAMPLESREQUEST']._serialized_start=1616
+  _globals['_LISTSAMPLESREQUEST']._serialized_end=1683
+  _globals['_GETSTATUSREQUEST']._serialized_start=1685
+  _globals['_GETSTATUSREQUEST']._serialized_end=1703
+  _globals['_STATUS']._serialized_start=1706
+  _globals['_STATUS']._serialized_end=1924
+  _globals['_RELOADMODELREQUEST']._serialized_start=1926
+  _globals['_RELOADMODELREQUEST']._serialized_end=1946
+  _globals['_AGENT']._serialized_start=1949
+  _globals['_AGENT']._serialized_end=2462
 # @@protoc_insertion_point(module_scope)

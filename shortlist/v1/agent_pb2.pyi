@@ -92,16 +92,25 @@ class SelectRequest(_message.Message):
     def __init__(self, budget: _Optional[int] = ..., strategy: _Optional[str] = ..., params: _Optional[_Mapping[str, str]] = ..., seed: _Optional[int] = ..., where: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class SelectReply(_message.Message):
-    __slots__ = ("selected", "model_version", "strategy", "selection_id")
+    __slots__ = ("selected", "model_version", "strategy", "selection_id", "details")
+    class DetailsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     SELECTED_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
     SELECTION_ID_FIELD_NUMBER: _ClassVar[int]
+    DETAILS_FIELD_NUMBER: _ClassVar[int]
     selected: _containers.RepeatedCompositeFieldContainer[Selected]
     model_version: str
     strategy: str
     selection_id: str
-    def __init__(self, selected: _Optional[_Iterable[_Union[Selected, _Mapping]]] = ..., model_version: _Optional[str] = ..., strategy: _Optional[str] = ..., selection_id: _Optional[str] = ...) -> None: ...
+    details: _containers.ScalarMap[str, str]
+    def __init__(self, selected: _Optional[_Iterable[_Union[Selected, _Mapping]]] = ..., model_version: _Optional[str] = ..., strategy: _Optional[str] = ..., selection_id: _Optional[str] = ..., details: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Selected(_message.Message):
     __slots__ = ("id", "score")

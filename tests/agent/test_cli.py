@@ -46,7 +46,10 @@ def test_commands_json(tmp_path: Path, running: Running) -> None:
     sel = json.loads(run("select", "--agent", running.address, "--budget", "3", "--strategy", "coreset",
                          "--seed", "2", "--json"))
     ids = [s["id"] for s in sel["selected"]]
-    assert len(ids) == 3 and sel["model_version"] == "v0001"
+    assert len(ids) == 3 and sel["model_version"] == "v0001" and sel["details"] == {}
+    pc = json.loads(run("select", "--agent", running.address, "--budget", "2", "--strategy", "probcover", "--json"))
+    assert float(pc["details"]["delta"]) > 0
+    assert "delta: " in run("select", "--agent", running.address, "--budget", "2", "--strategy", "probcover")
     north = json.loads(run("select", "--agent", running.address, "--budget", "50", "--where", "site=north", "--json"))
     assert len(north["selected"]) == 8  # the first 8 files (the second ingest's duplicates stay unlabelled)
     csv_path = tmp_path / "labels.csv"

@@ -113,6 +113,10 @@ def test_select_every_strategy(running: Running) -> None:
         only_a = [s.id for s in select(running, 5, name, seed=1, site="a").selected]
         assert all(int(i[1:]) % 2 == 0 for i in only_a), name
     assert len(running.agent.state.selections()) == 3 * len(STRATEGIES)
+    details = select(running, 3, "probcover").details
+    assert {"delta", "delta_from", "covered", "median_nn_distance"} <= set(details)
+    assert float(details["delta"]) > 0 and 0.0 < float(details["covered"]) <= 1.0
+    assert select(running, 3, "random").details == {}
 
 
 def test_select_budget_and_errors(running: Running) -> None:

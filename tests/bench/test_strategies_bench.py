@@ -53,8 +53,8 @@ def test_bench_strategies_runs_variants_with_params(tmp_path: Path) -> None:
     out = tmp_path / "out"
     base = ["bench", "strategies", "--embeddings", str(tmp_path / "x.npy"), "--labels", str(tmp_path / "y.npy"),
             "--budgets", "3", "--seeds", "1", "--priors", "knn", "--out", str(out)]
-    result = CliRunner().invoke(app, base + ["--strategies", "random", "--variant", "probcover:delta=0.5",
-                                             "--variant", "probcover:delta=0.01,alpha=0.9"])
+    result = CliRunner().invoke(app, [*base, "--strategies", "random", "--variant", "probcover:delta=0.5",
+                                      "--variant", "probcover:delta=0.01,alpha=0.9"])
     assert result.exit_code == 0, result.output
     records = json.loads((out / "results.json").read_text())
     by_label = {r["strategy"]: r for r in records}
@@ -63,11 +63,11 @@ def test_bench_strategies_runs_variants_with_params(tmp_path: Path) -> None:
     assert by_label["probcover delta=0.5"]["coverage"] == 3  # balls of 0.5 around three tight blobs
     assert "| probcover delta=0.5 |" in (out / "results.md").read_text()
     # Without --strategies only the variants run; a bad param fails before any work, naming the param.
-    result = CliRunner().invoke(app, base + ["--variant", "probcover:delta=0.5"])
+    result = CliRunner().invoke(app, [*base, "--variant", "probcover:delta=0.5"])
     assert result.exit_code == 0, result.output
     assert {r["strategy"] for r in json.loads((out / "results.json").read_text())} == {"probcover delta=0.5"}
     for bad, says in (("probcover:radius=2", "radius"), ("probcover:delta=-1", "delta"), ("nope:k=1", "valid"),
                       ("probcover", "key=value"), ("probcover:delta", "key=value")):
-        result = CliRunner().invoke(app, base + ["--variant", bad])
+        result = CliRunner().invoke(app, [*base, "--variant", bad])
         assert result.exit_code == 2, (bad, result.output)
         assert says in result.output, (bad, result.output)

@@ -129,6 +129,22 @@ def test_probcover_is_exact_greedy_max_coverage(delta: float, budget: int, bigge
     assert sel.rows.tolist() == picks
 
 
+def test_probcover_reports_delta_and_warns_when_balls_hold_one_point() -> None:
+    x, y = blobs(clusters=4, per_cluster=30, dim=16, spread=0.05, seed=3)
+    pool = make_pool(x, y)
+    wide = STRATEGIES["probcover"](pool, 4, np.random.default_rng(0), {"delta": "0.6"})
+    assert wide.details["delta"] == "0.6000" and wide.details["delta_from"] == "params"
+    assert float(wide.details["covered"]) == 1.0 and "warning" not in wide.details  # a ball per blob
+    nn = float(wide.details["median_nn_distance"])
+    assert 0.05 < nn < 0.6
+    tiny = STRATEGIES["probcover"](pool, 4, np.random.default_rng(0), {"delta": f"{nn / 2:.4f}"})
+    assert float(tiny.details["covered"]) == pytest.approx(4 / len(x), abs=0.02)
+    assert "median nearest-neighbour distance" in tiny.details["warning"]
+    assert "Pass a larger delta" in tiny.details["warning"]
+    auto = STRATEGIES["probcover"](pool, 4, np.random.default_rng(0), {})
+    assert auto.details["delta_from"].startswith("purity heuristic (alpha=0.95")
+
+
 def test_uncertainty_scores_hand_computed() -> None:
     p = np.array([[0.5, 0.5], [1.0, 0.0], [0.7, 0.3]])
     np.testing.assert_allclose(entropy_of(p), [np.log(2), 0.0, -(0.7 * np.log(0.7) + 0.3 * np.log(0.3))])
