@@ -398,7 +398,8 @@ def register(bench_app: typer.Typer) -> None:
         from rich.table import Table
 
         console = Console()
-        names = _names(strategies, STRATEGIES, "strategy")
+        names = _names(strategies, STRATEGIES, "strategy") if strategies or not variant else []
+        variants = [Variant(name) for name in names] + [parse_variant(v) for v in variant]
         t0 = time.perf_counter()
         x = scale_pool(n, dim, seed=0)
         console.print(f"generated {n} x {dim} in {time.perf_counter() - t0:.1f} s; building hnswlib index...")
@@ -419,13 +420,16 @@ def register(bench_app: typer.Typer) -> None:
         table.add_column("wall s", justify="right")
         table.add_column("CPU s", justify="right")
         table.add_column("picked", justify="right")
-        for name in names:
+        for v in variants:
             t0, c0 = time.perf_counter(), time.process_time()
-            sel = STRATEGIES[name](pool, budget, np.random.default_rng(0), {})
+            try:
+                sel = STRATEGIES[v.name](pool, budget, np.random.default_rng(0), v.params)
+            except InvalidArgument as e:
+                raise typer.BadParameter(f"--variant {v.label}: {e}") from None
             # CPU seconds (all threads) do not grow when other processes share the cores; on two
             # dedicated cores the wall time is at most this.
             seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
-            table.add_row(name, f"{seconds:.2f}", f"{cpu:.2f}", str(len(sel.rows)))
-            console.print(f"{name}: {seconds:.2f} s wall, {cpu:.2f} s CPU ({len(sel.rows)} picked)")
+            table.add_row(v.label, f"{seconds:.2f}", f"{cpu:.2f}", str(len(sel.rows)))
+            console.print(f"{v.label}: {seconds:.2f} s wall, {cpu:.2f} s CPU ({len(sel.rows)} picked)")
         console.print(table)
         console.print(f"load average while running (1, 5, 15 min): {os.getloadavg()}")

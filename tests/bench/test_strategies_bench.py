@@ -71,3 +71,13 @@ def test_bench_strategies_runs_variants_with_params(tmp_path: Path) -> None:
         result = CliRunner().invoke(app, [*base, "--variant", bad])
         assert result.exit_code == 2, (bad, result.output)
         assert says in result.output, (bad, result.output)
+
+
+def test_bench_select_scale_times_strategies_and_variants() -> None:
+    base = ["bench", "select-scale", "--n", "3000", "--dim", "16", "--budget", "5", "--threads", "1"]
+    result = CliRunner().invoke(app, [*base, "--strategies", "random,coreset", "--variant", "probcover:delta=0.5"])
+    assert result.exit_code == 0, result.output
+    for label in ("random:", "coreset:", "probcover delta=0.5:"):
+        assert label in result.output and "5 picked" in result.output, result.output
+    result = CliRunner().invoke(app, [*base, "--variant", "probcover:radius=1"])
+    assert result.exit_code == 2 and "radius" in result.output, result.output
