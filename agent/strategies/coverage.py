@@ -113,8 +113,8 @@ def probcover(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping
     ``alpha`` (0.95), ``clusters`` (k-means clusters for purity; default the class count, else 10).
     Score: sample points the pick's ball newly covered. Details: ``delta``, ``delta_from``, ``covered``
     (fraction of the pool within delta of the labelled rows and the picks), ``median_nn_distance``, and
-    a ``warning`` when delta is below that distance (most balls then hold only their centre, and greedy
-    coverage degenerates to picking the densest spots).
+    a ``warning`` when delta is not above that distance (at least half the balls then hold only their
+    centre, and greedy coverage degenerates to picking the densest spots).
     """
     check_params(params, {"delta", "alpha", "clusters"}, "probcover")
     alpha = param_float(params, "alpha", PROBCOVER_ALPHA, minimum=0.0, maximum=1.0)
@@ -165,7 +165,6 @@ def probcover(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping
         v = int(np.argmax(gain))  # ties: lowest row (centre_rows is sorted)
         if gain[v] <= 0:
             break
-        # Membership from the same centre-major products as ``gain``, so the counts stay consistent.
         newly = ~covered & (xc[v:v + 1] @ xs.T > cos_min)[0]
         rows.append(int(centre_rows[v]))
         scores.append(float(newly.sum()))
