@@ -178,6 +178,34 @@ def publish_encoder(encoder: Path, registry: Path) -> tuple[str, dict[str, Any]]
     return version, {"encoder": str(encoder), "kind": "training run"}
 
 
+def _shown(value: Any) -> str:
+    """A config value for a message: long lists (a pool's rows) as their length."""
+    return f"{len(value)} rows" if isinstance(value, list) and len(value) > 8 else repr(value)
+
+
+def earlier_pretraining(run_dir: Path, config: Any, options: dict[str, Any]) -> str:
+    """What ``run_dir`` holds from an earlier run of this benchmark: "none", "finished" (encoder.pt and
+    summary.json written) or "unfinished" (checkpointed, e.g. interrupted). Raises typer.BadParameter when
+    it holds a run whose benchmark-set settings (data, method, arch, minutes, pool rows, seed and the
+    profile's ``options``) differ from ``config``'s (a PretrainConfig), so a rerun never mixes in an
+    encoder made for another benchmark.
+    """
+    if not (run_dir / "checkpoint.pt").exists():
+        return "none"
+    try:
+        saved = json.loads((run_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        saved = {}
+    now = asdict(config)
+    keys = ["data", "method", "arch", "minutes", "subset", "seed", *sorted(options)]
+    diff = [f"{k} {_shown(saved.get(k, '(not recorded)'))} there, {_shown(now[k])} now" for k in keys
+            if saved.get(k) != now[k]]
+    if diff:
+        raise typer.BadParameter(f"{run_dir} holds a pretraining run with other settings ({'; '.join(diff)}): "
+                                 "remove that folder to pretrain again, or pass another --out")
+    return "finished" if (run_dir / "encoder.pt").is_file() and (run_dir / "summary.json").is_file() else "unfinished"
+
+
 def prepare_encoder(encoder: Path | None, profile: Profile, data: Path, pool_idx: np.ndarray, out: Path,
                     console: Any, train: ImageArray | None = None,
                     test: ImageArray | None = None) -> tuple[str, dict[str, Any]]:
@@ -195,11 +223,28 @@ def prepare_encoder(encoder: Path | None, profile: Profile, data: Path, pool_idx
     from training.pretrain import PretrainConfig, preprocess_by_name, pretrain
 
     run_dir = out / "pretrain"
-    console.print(f"[bold]pretraining[/] {profile.method} {profile.arch} for {profile.pretrain_minutes:g} min "
-                  f"on {len(pool_idx)} pool images -> {run_dir}")
     config = PretrainConfig(data=str(data), method=profile.method, arch=profile.arch,
                             minutes=profile.pretrain_minutes, out=str(run_dir), subset=pool_idx.tolist(),
                             **profile.pretrain_options)
+    earlier = earlier_pretraining(run_dir, config, profile.pretrain_options)
+    provenance = {"encoder": str(run_dir), "kind": "pretrained here", "minutes": profile.pretrain_minutes}
+    if earlier == "finished":
+        # A rerun (the README's quickstart run twice, or after an interruption later on): the encoder is
+        # the one this benchmark made before with the same settings; retraining it would only cost time.
+        own = newest_complete(registry) if registry.exists() else None
+        source = str(run_dir.resolve())
+        console.print(f"[bold]reusing[/] the encoder pretrained in {run_dir} by an earlier run of this benchmark "
+                      "(remove that folder to pretrain again)")
+        provenance["kind"] = "pretrained here by an earlier run"
+        if own is not None and own[1].source_run == source:
+            return own[0], provenance
+        return export_run(run_dir, registry), provenance
+    if earlier == "unfinished":
+        console.print(f"[bold]resuming[/] the interrupted pretraining run in {run_dir}")
+        config = replace(config, resume=True)
+    else:
+        console.print(f"[bold]pretraining[/] {profile.method} {profile.arch} for {profile.pretrain_minutes:g} min "
+                      f"on {len(pool_idx)} pool images -> {run_dir}")
     size = preprocess_by_name(config.preprocess).size
     if train is not None and test is not None and train.images.shape[1:3] == size == test.images.shape[1:3]:
         from training.data import from_hwc
@@ -209,8 +254,7 @@ def prepare_encoder(encoder: Path | None, profile: Profile, data: Path, pool_idx
                  test_data=from_hwc(test.images, test.labels, test.classes, test.ids))
     else:
         pretrain(config)
-    version = export_run(run_dir, registry)
-    return version, {"encoder": str(run_dir), "kind": "pretrained here", "minutes": profile.pretrain_minutes}
+    return export_run(run_dir, registry), provenance
 
 
 def embed_images(version_dir: Path, images: np.ndarray, batch: int = 512) -> np.ndarray:

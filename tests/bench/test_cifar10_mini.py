@@ -4,10 +4,12 @@ agent process; checks that results.json is complete and consistent."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+import typer
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -95,6 +97,23 @@ def test_benchmark_pretrains_its_own_encoder(tmp_path: Path) -> None:
     summary = json.loads((tmp_path / "out" / "pretrain" / "summary.json").read_text())
     assert summary["train_images"] == 30 and summary["knn_test"] == 12
     assert {r["budget"] for r in run.records} == {3, 6}
+    # Run again into the same folder (the quickstart twice): the encoder is reused, not retrained or
+    # re-exported.
+    encoder_bytes = (tmp_path / "out" / "pretrain" / "encoder.pt").read_bytes()
+    again = run_benchmark(tmp_path / "data", profile, tmp_path / "out")
+    assert again.complete and again.encoder["kind"] == "pretrained here by an earlier run"
+    assert again.model_version == "v0001" and sorted(p.name for p in (tmp_path / "out" / "models").iterdir()) == [
+        "v0001"]
+    assert (tmp_path / "out" / "pretrain" / "encoder.pt").read_bytes() == encoder_bytes
+    # Interrupted after its checkpoint: the rerun resumes it (the time budget is already spent, so it
+    # only writes the encoder), exports it and runs the benchmark.
+    for name in ("encoder.pt", "summary.json"):
+        (tmp_path / "out" / "pretrain" / name).unlink()
+    resumed = run_benchmark(tmp_path / "data", profile, tmp_path / "out")
+    assert resumed.complete and (tmp_path / "out" / "pretrain" / "encoder.pt").is_file()
+    # Other settings into the same folder: refused, naming what differs, and nothing is touched.
+    with pytest.raises(typer.BadParameter, match=r"minutes 0.02 there, 0.05 now.*another --out"):
+        run_benchmark(tmp_path / "data", replace(profile, pretrain_minutes=0.05), tmp_path / "out")
 
 
 def test_bench_embeddings_writes_the_inputs_of_bench_strategies(tiny_cifar: Path, tmp_path: Path) -> None:
