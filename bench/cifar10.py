@@ -626,6 +626,7 @@ def run_benchmark(data: Path, profile: Profile, out: Path, encoder: Path | None 
         task = progress.add_task("ingest", total=len(items))
         if reuse:
             console.print(f"reusing the ingested pool in {base}")
+            progress.update(task, completed=len(items), description="ingest (reused)")
         else:
             with agent_process(base, registry, out / "agent.log") as address:
                 stub = client.connect(address)
