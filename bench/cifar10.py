@@ -190,10 +190,12 @@ def earlier_pretraining(run_dir: Path, config: Any, options: dict[str, Any]) -> 
     profile's ``options``) differ from ``config``'s (a PretrainConfig), so a rerun never mixes in an
     encoder made for another benchmark.
     """
-    if not (run_dir / "checkpoint.pt").exists():
+    from training import loop
+
+    if not (run_dir / loop.CHECKPOINT).exists():
         return "none"
     try:
-        saved = json.loads((run_dir / "config.json").read_text())
+        saved = json.loads((run_dir / loop.CONFIG).read_text())
     except (OSError, ValueError):
         saved = {}
     now = asdict(config)
@@ -203,7 +205,8 @@ def earlier_pretraining(run_dir: Path, config: Any, options: dict[str, Any]) -> 
     if diff:
         raise typer.BadParameter(f"{run_dir} holds a pretraining run with other settings ({'; '.join(diff)}): "
                                  "remove that folder to pretrain again, or pass another --out")
-    return "finished" if (run_dir / "encoder.pt").is_file() and (run_dir / "summary.json").is_file() else "unfinished"
+    finished = (run_dir / loop.ENCODER).is_file() and (run_dir / loop.SUMMARY).is_file()
+    return "finished" if finished else "unfinished"
 
 
 def prepare_encoder(encoder: Path | None, profile: Profile, data: Path, pool_idx: np.ndarray, out: Path,

@@ -176,7 +176,7 @@ def probcover(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping
         extra = rng.choice(rest, size=min(take - len(rows), len(rest)), replace=False)
         rows.extend(int(r) for r in extra)
         scores.extend([0.0] * len(extra))
-    nn = median_nn_distance(pool, sample[:NN_PROBE_ROWS] if len(sample) <= NN_PROBE_ROWS
+    nn = median_nn_distance(pool, sample if len(sample) <= NN_PROBE_ROWS
                             else np.sort(rng.choice(sample, NN_PROBE_ROWS, replace=False)))
     details = {"delta": f"{delta:.4f}", "delta_from": delta_from, "covered": f"{covered.mean():.4f}",
                "median_nn_distance": f"{nn:.4f}"}
