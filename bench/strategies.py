@@ -261,10 +261,8 @@ def check_variants(variants: list[Variant], x: np.ndarray, labels: np.ndarray, p
     """Each variant with params called once on the first 64 rows (two of them labelled), so a bad
     param fails before the benchmark's minutes of work, with the strategy's own message."""
     rows = min(len(x), 64)
-    small = Pool(embeddings=x[:rows], labeled=np.arange(min(2, rows)), labels=labels[:min(2, rows)],
-                 classes=[str(c) for c in range(int(labels.max()) + 1)], candidates=np.arange(min(2, rows), rows),
-                 knn=hnsw_knn(hnsw_index(x[:rows], threads=1), rows),
-                 pretext_loss=None if pretext_loss is None else pretext_loss[:rows])
+    small = make_pool(x[:rows], labels[:rows], np.arange(min(2, rows)), hnsw_knn(hnsw_index(x[:rows], threads=1), rows),
+                      int(labels.max()) + 1, None if pretext_loss is None else pretext_loss[:rows])
     for v in variants:
         if v.params:
             try:
@@ -273,6 +271,13 @@ def check_variants(variants: list[Variant], x: np.ndarray, labels: np.ndarray, p
                 raise typer.BadParameter(f"--variant {v.label}: {e}") from None
             except FailedPrecondition:
                 pass  # the params were accepted; the small pool just cannot answer (e.g. one class)
+
+
+def selected_variants(strategies: str, variant: list[str]) -> list[Variant]:
+    """What --strategies (comma-separated names; all when empty, unless --variant is given) and the
+    --variant options (NAME:key=value,...) ask for, in that order."""
+    names = _names(strategies, STRATEGIES, "strategy") if strategies or not variant else []
+    return [Variant(n) for n in names] + [parse_variant(v) for v in variant]
 
 
 def _names(raw: str, valid: dict[str, Any], what: str) -> list[str]:
@@ -352,8 +357,7 @@ def register(bench_app: typer.Typer) -> None:
         if (tx is None) != (ty is None):
             raise typer.BadParameter("give both --test-embeddings and --test-labels, or neither")
         loss = np.asarray(np.load(pretext_loss), np.float32) if pretext_loss else None
-        names = _names(strategies, STRATEGIES, "strategy") if strategies or not variant else []
-        variants = [Variant(n) for n in names] + [parse_variant(v) for v in variant]
+        variants = selected_variants(strategies, variant)
         if loss is None and any(v.name == "das" for v in variants):
             if strategies or variant:  # asked for by name
                 raise typer.BadParameter("das needs --pretext-loss (per-sample rotation losses)")
@@ -398,8 +402,7 @@ def register(bench_app: typer.Typer) -> None:
         from rich.table import Table
 
         console = Console()
-        names = _names(strategies, STRATEGIES, "strategy") if strategies or not variant else []
-        variants = [Variant(name) for name in names] + [parse_variant(v) for v in variant]
+        variants = selected_variants(strategies, variant)
         t0 = time.perf_counter()
         x = scale_pool(n, dim, seed=0)
         console.print(f"generated {n} x {dim} in {time.perf_counter() - t0:.1f} s; building hnswlib index...")
@@ -412,9 +415,7 @@ def register(bench_app: typer.Typer) -> None:
         picked = rng.choice(n, size=labelled, replace=False)
         y = np.full(n, -1, np.int64)
         y[picked] = np.arange(labelled) % classes
-        pool = Pool(embeddings=x, labeled=picked, labels=y[picked], classes=[str(c) for c in range(classes)],
-                    candidates=np.setdiff1d(np.arange(n), picked), knn=hnsw_knn(index, n),
-                    pretext_loss=rng.random(n).astype(np.float32))
+        pool = make_pool(x, y, picked, hnsw_knn(index, n), classes, rng.random(n).astype(np.float32))
         table = Table(title=f"Select, budget {budget}, {n} x {dim} random unit vectors, {labelled} labelled")
         table.add_column("strategy")
         table.add_column("wall s", justify="right")
