@@ -360,6 +360,7 @@ class Agent:
         if budget <= 0:
             raise InvalidArgument(f"budget must be >= 1 (got {budget})")
         fn = get_strategy(strategy)
+        fn.check(params)  # before any work: unknown params and values out of their declared ranges
         serving = self.manager.current
         if serving is None:
             if strategy not in MODEL_FREE:
@@ -391,6 +392,7 @@ class Agent:
     # ---- PriorLabels -----------------------------------------------------------------------------
     def prior_labels(self, method: str, ids: Sequence[str], params: Mapping[str, str]) -> list[PriorResult]:
         fn = get_prior_method(method)
+        fn.check(params)
         serving = self.manager.current
         if serving is None:
             raise FailedPrecondition(no_model_message(self.models))

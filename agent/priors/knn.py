@@ -6,7 +6,9 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from agent.pool import Pool, Priors, check_params, param_float, param_int
+from agent.cancel import checkpoint
+from agent.params import Param, prior_method
+from agent.pool import Pool, Priors
 from agent.priors._common import normalise_rows, require_labels, with_known_labels
 from agent.strategies._common import block_rows
 
@@ -16,6 +18,10 @@ KNN_TEMPERATURE = 0.07
 # (blocked dot products, ~1 s per 1e9 on two cores); beyond, the pool's hnswlib index is asked for
 # enough neighbours to expect k labelled ones among them.
 EXACT_WORK = 2e9
+KNN_PARAMS = (
+    Param("k", "int", KNN_K, "labelled neighbours that vote", 1, 200),
+    Param("temperature", "float", KNN_TEMPERATURE, "tau of the vote weights exp(s / tau)", 1e-4, 100.0),
+)
 
 
 def _labelled_neighbours(pool: Pool, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -27,6 +33,7 @@ def _labelled_neighbours(pool: Pool, rows: np.ndarray, k: int) -> tuple[np.ndarr
         sim_out = np.empty((len(rows), k), np.float32)
         step = block_rows(len(lab_x))
         for start in range(0, len(rows), step):
+            checkpoint()
             sim = pool.embeddings[rows[start:start + step]] @ lab_x.T  # BxL
             top = np.argpartition(-sim, k - 1, axis=1)[:, :k] if k < sim.shape[1] else np.argsort(-sim, axis=1)
             cls[start:start + step] = pool.labels[top]
@@ -42,6 +49,7 @@ def _labelled_neighbours(pool: Pool, rows: np.ndarray, k: int) -> tuple[np.ndarr
     return np.maximum(np.take_along_axis(found, top, axis=1), 0), np.take_along_axis(sim, top, axis=1)
 
 
+@prior_method("knn", *KNN_PARAMS)
 def knn_prior(pool: Pool, rows: np.ndarray, rng: np.random.Generator, params: Mapping[str, str]) -> Priors:
     """Weighted k-nearest-neighbour vote (Wu et al., "Unsupervised Feature Learning via Non-Parametric
     Instance Discrimination", CVPR 2018, its weighted kNN classifier, as used by DINO):
@@ -49,10 +57,8 @@ def knn_prior(pool: Pool, rows: np.ndarray, rng: np.random.Generator, params: Ma
     cosine similarity; probs are the normalised votes. Params: ``k`` (20), ``temperature`` (0.07).
     Confidence: the winning class's share of the vote.
     """
-    check_params(params, {"k", "temperature"}, "knn")
-    k = param_int(params, "k", KNN_K, minimum=1)
-    tau = param_float(params, "temperature", KNN_TEMPERATURE, minimum=1e-6)
-    assert tau is not None
+    k = KNN_PARAMS[0].get_int(params)
+    tau = KNN_PARAMS[1].get_float(params)
     require_labels(pool, "knn")
     rows = np.asarray(rows, np.int64)
     cls, sim = _labelled_neighbours(pool, rows, k)

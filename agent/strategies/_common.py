@@ -11,6 +11,7 @@ from collections.abc import Callable
 import numpy as np
 from sklearn.cluster import KMeans
 
+from agent.cancel import checkpoint
 from agent.pool import Pool, Selection
 
 # k-means is fitted on at most this many rows (a uniform sample) and then every row is assigned to its
@@ -23,6 +24,8 @@ KMEANS_INIT = 3
 # Lloyd iterations per start. Structured embeddings converge in tens; structureless ones (the 1M random
 # vectors of the scale benchmark) would run sklearn's 300 without changing what a strategy picks much.
 KMEANS_MAX_ITER = 50
+# Lloyd iterations per uninterruptible scikit-learn call (a cancellation checkpoint between calls).
+KMEANS_STEP_ITER = 10
 # Rows per block in blocked matrix products, so a 1M-row pool never needs an NxK float64 temporary.
 CHUNK = 65_536
 # Elements (rows x columns) of one block of a pairwise-similarity product: ~32 MB of float32.
@@ -53,15 +56,32 @@ def fit_kmeans(x: np.ndarray, k: int, rng: np.random.Generator, fit_rows: int = 
                n_init: int = KMEANS_INIT) -> np.ndarray:
     """Lloyd's k-means (scikit-learn, k-means++ init, best of ``n_init`` starts) on ``x`` (NxD), fitted on
     a uniform sample of at most ``fit_rows`` rows. Returns the KxD float32 centres; k is clipped to the
-    number of rows."""
+    number of rows.
+
+    The starts run one at a time, and each start's Lloyd iterations in steps of KMEANS_STEP_ITER
+    (every step resumes from the previous step's centres, which is what one longer run does), with a
+    cancellation checkpoint between steps: one uninterruptible scikit-learn call is at most
+    KMEANS_STEP_ITER iterations (or the k-means++ init) on at most ``fit_rows`` rows."""
     n = len(x)
     k = max(1, min(k, n))
     sample = x if n <= fit_rows else x[np.sort(rng.choice(n, size=fit_rows, replace=False))]
-    km = KMeans(n_clusters=k, n_init=n_init, max_iter=KMEANS_MAX_ITER, random_state=seed_of(rng))
     # float64 on purpose: sklearn's k-means++ computes float32 distances through a slow chunked upcast
     # (8x slower init on 20k x 128), and the sample is small.
-    km.fit(np.asarray(sample, np.float64))
-    return np.asarray(km.cluster_centers_, np.float32)
+    data = np.asarray(sample, np.float64)
+    best: tuple[float, np.ndarray] | None = None
+    for seed in rng.integers(0, 2**31 - 1, size=max(1, n_init)):
+        checkpoint()
+        km = KMeans(n_clusters=k, n_init=1, max_iter=KMEANS_STEP_ITER, random_state=int(seed)).fit(data)
+        done = int(km.n_iter_)
+        while done < KMEANS_MAX_ITER and km.n_iter_ >= KMEANS_STEP_ITER:  # not converged yet: resume
+            checkpoint()
+            km = KMeans(n_clusters=k, init=km.cluster_centers_, n_init=1,
+                        max_iter=min(KMEANS_STEP_ITER, KMEANS_MAX_ITER - done)).fit(data)
+            done += int(km.n_iter_)
+        if best is None or float(km.inertia_) < best[0]:
+            best = (float(km.inertia_), km.cluster_centers_)
+    assert best is not None
+    return np.asarray(best[1], np.float32)
 
 
 def assign(x: np.ndarray, centres: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -74,6 +94,7 @@ def assign(x: np.ndarray, centres: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     c = np.asarray(centres, np.float32)
     half_norm = 0.5 * np.einsum("kd,kd->k", c, c)  # K: ||c||^2 / 2
     for start in range(0, n, CHUNK):
+        checkpoint()
         block = np.asarray(x[start:start + CHUNK], np.float32)
         # argmin ||x - c||^2 = argmax (x.c - ||c||^2/2): one matrix product per block.
         score = block @ c.T - half_norm  # BxK
@@ -137,6 +158,7 @@ def pick_from_clusters(cluster_sizes: np.ndarray, labelled_per_cluster: np.ndarr
     scores: list[float] = []
     ids = np.arange(k)
     while len(rows) < take and alive.any():
+        checkpoint()
         # Lexicographic (small, covered, -size, id) over live clusters; K is at most a few hundred.
         live = ids[alive]
         order = np.lexsort((live, -cluster_sizes[live], covered[live], small[live]))
