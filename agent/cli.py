@@ -77,7 +77,12 @@ def serve(data_dir: Path = typer.Option(..., "--data-dir", help="agent state fol
           poll: float = typer.Option(5.0, "--poll", help="seconds between registry checks"),
           batch_size: int = typer.Option(256, "--batch-size", help="images per onnxruntime call"),
           max_message_mb: int = typer.Option(64, "--max-message-mb", help="largest gRPC message accepted"),
-          cpu: bool = typer.Option(False, "--cpu", help="never try CUDAExecutionProvider")) -> None:
+          cpu: bool = typer.Option(False, "--cpu", help="never try CUDAExecutionProvider"),
+          max_concurrent_work: int = typer.Option(2, "--max-concurrent-work", min=1,
+                                                  help="Selects / PriorLabels computed at once"),
+          max_queued_work: int = typer.Option(8, "--max-queued-work", min=0,
+                                              help="Selects / PriorLabels waiting for a turn; beyond, "
+                                              "RESOURCE_EXHAUSTED with a retry hint")) -> None:
     """Run the agent until SIGTERM/SIGINT (then finish in-flight calls, snapshot the index, exit)."""
     from agent.service import create_server, stop_server
     from agent.state import ClassListError
@@ -87,7 +92,9 @@ def serve(data_dir: Path = typer.Option(..., "--data-dir", help="agent state fol
     try:
         server, bound, agent = create_server(data_dir, models, host=host, port=port, classes=class_list,
                                              blobs=not no_blobs, poll_s=poll, batch_size=batch_size,
-                                             max_message_bytes=max_message_mb * 1024 * 1024, use_cuda=not cpu)
+                                             max_message_bytes=max_message_mb * 1024 * 1024, use_cuda=not cpu,
+                                             max_concurrent_work=max_concurrent_work,
+                                             max_queued_work=max_queued_work)
     except (ClassListError, OSError) as e:
         console.print(f"[red]cannot start[/red]: {e}")
         raise typer.Exit(2) from None

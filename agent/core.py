@@ -21,7 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
+from agent import cancel
+from agent.admission import Admission
 from agent.blobs import BlobStore, sha256_hex
+from agent.cache import LruCache, fingerprint, frozen
 from agent.embedder import EmbedOutput, decode_payload, tensor_pixels
 from agent.models import ModelManager, Serving
 from agent.pool import FailedPrecondition, InvalidArgument, Pool
@@ -34,6 +37,14 @@ from shortlist.manifest import Manifest
 log = logging.getLogger(__name__)
 
 MAX_ID_LENGTH = 512
+# Heavy work (strategies, prior methods): at most this many at once, this many waiting (agent/admission.py).
+MAX_CONCURRENT_WORK = 2
+MAX_QUEUED_WORK = 8
+# Answers of repeated identical Selects / PriorLabels kept (agent/cache.py), and the rows they may hold.
+CACHE_ENTRIES = 64
+CACHE_ROWS = 500_000
+# Pool.knn answers at most this many queries per index call, with a cancellation checkpoint between.
+KNN_BLOCK = 4096
 
 
 class NotFound(LookupError):
@@ -140,8 +151,14 @@ class Agent:
 
     def __init__(self, data_dir: Path, models: Path, classes: Sequence[str] | None = None, blobs: bool = True,
                  poll_s: float = 5.0, batch_size: int = 256, use_cuda: bool = True, background: bool = True,
-                 snapshot_s: float = 30.0) -> None:
+                 snapshot_s: float = 30.0, max_concurrent_work: int = MAX_CONCURRENT_WORK,
+                 max_queued_work: int = MAX_QUEUED_WORK, cache_entries: int = CACHE_ENTRIES) -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
+        self.work = Admission(max_concurrent_work, max_queued_work)
+        # Select: (chosen ids and scores, details); PriorLabels: (rows, probs, confidence).
+        self.select_cache: LruCache[tuple[list[tuple[str, float]], dict[str, str]]] = LruCache(cache_entries,
+                                                                                                 CACHE_ROWS)
+        self.prior_cache: LruCache[tuple[np.ndarray, np.ndarray]] = LruCache(cache_entries, CACHE_ROWS)
         self.data_dir = data_dir
         self.models = models
         self.state = State(data_dir / "state.sqlite", classes)
@@ -152,6 +169,7 @@ class Agent:
         self.manager.start(background=background)
 
     def close(self) -> None:
+        self.work.shutdown()  # cancels heavy work still running (it stops at its next checkpoint)
         self.manager.stop()
         self.state.close()
 
@@ -331,7 +349,13 @@ class Agent:
         index = serving.index
 
         def knn(queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-            return index.knn(queries, k, limit=view.n)
+            if len(queries) <= KNN_BLOCK:
+                return index.knn(queries, k, limit=view.n)
+            parts = []
+            for start in range(0, len(queries), KNN_BLOCK):
+                cancel.checkpoint()
+                parts.append(index.knn(queries[start:start + KNN_BLOCK], k, limit=view.n))
+            return np.concatenate([r for r, _ in parts]), np.concatenate([d for _, d in parts])
 
         pool = Pool(embeddings=view.vecs, labeled=labeled.astype(np.int64), labels=labels[labeled],
                     classes=classes, candidates=candidates.astype(np.int64), knn=knn, logits=logits,
@@ -356,7 +380,9 @@ class Agent:
 
     # ---- Select ----------------------------------------------------------------------------------
     def select(self, budget: int, strategy: str, params: Mapping[str, str], seed: int,
-               where: Mapping[str, str]) -> SelectResult:
+               where: Mapping[str, str], token: cancel.CancelToken | None = None) -> SelectResult:
+        """Run ``strategy`` (in an admission slot, cancelled through ``token``), or answer a repeated
+        identical request from the cache; either way the selection is recorded under a new id."""
         if budget <= 0:
             raise InvalidArgument(f"budget must be >= 1 (got {budget})")
         fn = get_strategy(strategy)
@@ -371,10 +397,20 @@ class Agent:
             pool, seqs = self.model_pool(serving, where)
             version = serving.version
         details: dict[str, str] = {}
-        if len(pool.candidates) == 0:
+        take = min(budget, len(pool.candidates))  # a budget beyond the candidates costs nothing more
+        # Everything the answer depends on: the model version, the pool's rows, the labelled set with
+        # its labels, the candidates (the where filter's result), the strategy, params, seed and budget.
+        key = ("select", version, len(pool.embeddings), fingerprint(pool.labeled, pool.labels, pool.candidates),
+               strategy, frozen(params), seed, take)
+        cached = self.select_cache.get(key) if take else None
+        if take == 0:
             chosen: list[tuple[str, float]] = []
+        elif cached is not None:
+            chosen, details = list(cached[0]), dict(cached[1])
         else:
-            sel = fn(pool, budget, np.random.default_rng(seed), dict(params))
+            token = token or cancel.CancelToken()
+            with self.work.slot(token, f"Select {strategy!r}"), cancel.scope(token):
+                sel = fn(pool, take, np.random.default_rng(seed), dict(params))
             rows = np.asarray(sel.rows, np.int64)
             scores = np.asarray(sel.scores, np.float64)
             if (len(rows) > budget or len(np.unique(rows)) != len(rows) or len(scores) != len(rows)
@@ -383,6 +419,7 @@ class Agent:
                                    f"candidates, at most the budget); this is a bug in the strategy")
             chosen = [(self.state.record(int(seqs[r])).id, float(s)) for r, s in zip(rows, scores, strict=True)]
             details = dict(sel.details)
+            self.select_cache.put(key, (list(chosen), dict(details)), weight=max(1, len(chosen)))
         selection_id = uuid.uuid4().hex
         request = {"budget": budget, "strategy": strategy, "params": dict(params), "seed": seed,
                    "where": dict(where)}
@@ -390,7 +427,10 @@ class Agent:
         return SelectResult(chosen, version, strategy, selection_id, details)
 
     # ---- PriorLabels -----------------------------------------------------------------------------
-    def prior_labels(self, method: str, ids: Sequence[str], params: Mapping[str, str]) -> list[PriorResult]:
+    def prior_labels(self, method: str, ids: Sequence[str], params: Mapping[str, str],
+                     token: cancel.CancelToken | None = None) -> list[PriorResult]:
+        """Prior labels of ``ids`` (all unlabelled candidates when empty) from ``method``, run in an admission
+        slot and cancelled through ``token``, or from the cache for a repeated identical request."""
         fn = get_prior_method(method)
         fn.check(params)
         serving = self.manager.current
@@ -416,9 +456,18 @@ class Agent:
                                      "before asking for prior labels")
         if len(rows) == 0:
             return []
-        pri = fn(pool, rows, np.random.default_rng(0), dict(params))
+        key = ("prior", serving.version, len(pool.embeddings), fingerprint(pool.labeled, pool.labels, rows), method,
+               frozen(params))
+        cached = self.prior_cache.get(key)
+        if cached is None:
+            token = token or cancel.CancelToken()
+            with self.work.slot(token, f"PriorLabels {method!r}"), cancel.scope(token):
+                pri = fn(pool, rows, np.random.default_rng(0), dict(params))
+            cached = (np.asarray(pri.probs), np.asarray(pri.confidence))
+            self.prior_cache.put(key, cached, weight=len(rows))
+        probs, confidence = cached
         out = []
-        for r, p, c in zip(rows, np.asarray(pri.probs), np.asarray(pri.confidence), strict=True):
+        for r, p, c in zip(rows, probs, confidence, strict=True):
             k = int(np.argmax(p))
             out.append(PriorResult(self.state.record(int(seqs[r])).id, pool.classes[k], float(c),
                                    {name: float(v) for name, v in zip(pool.classes, p, strict=True)},

@@ -20,7 +20,19 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from agent.core import Agent, AgentStatus, Embedded, Incoming, IngestResult, NotFound, Prepared
+from agent.admission import Busy
+from agent.cancel import Cancelled, CancelToken, DeadlineExceeded, ShuttingDown
+from agent.core import (
+    MAX_CONCURRENT_WORK,
+    MAX_QUEUED_WORK,
+    Agent,
+    AgentStatus,
+    Embedded,
+    Incoming,
+    IngestResult,
+    NotFound,
+    Prepared,
+)
 from agent.pool import FailedPrecondition, InvalidArgument
 from shortlist.v1 import agent_pb2, agent_pb2_grpc
 
@@ -63,11 +75,29 @@ def _call(context: grpc.ServicerContext, fn: Callable[[], T]) -> T:
         context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
     except NotFound as e:
         context.abort(grpc.StatusCode.NOT_FOUND, str(e.args[0] if e.args else e))
+    except Busy as e:
+        context.set_trailing_metadata((("retry-after-ms", str(e.retry_after_ms)),))
+        context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
+    except DeadlineExceeded as e:
+        context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(e))
+    except ShuttingDown as e:
+        context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
+    except Cancelled as e:
+        context.abort(grpc.StatusCode.CANCELLED, str(e))
     except Exception as e:  # a bug or a broken disk: say so, log the traceback, keep serving
         log.exception("request failed")
         context.abort(grpc.StatusCode.INTERNAL, f"internal error ({type(e).__name__}: {e}); nothing was "
                       "changed by this request; see the agent's log")
     raise AssertionError("unreachable")  # context.abort always raises
+
+
+def call_token(context: grpc.ServicerContext) -> CancelToken:
+    """A cancellation token for this call's heavy work: cancelled when the client cancels or leaves, and
+    past the call's deadline (if it has one)."""
+    token = CancelToken.within(context.time_remaining())
+    if not context.add_callback(lambda: token.cancel("the client cancelled the call")):
+        token.cancel("the call had already ended")
+    return token
 
 
 class AgentServicer(agent_pb2_grpc.AgentServicer):
@@ -147,8 +177,9 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
             rejected=[agent_pb2.Rejection(id=i, reason=r) for i, r in total.rejected])
 
     def Select(self, request: agent_pb2.SelectRequest, context: grpc.ServicerContext) -> agent_pb2.SelectReply:
+        token = call_token(context)
         res = _call(context, lambda: self.agent.select(request.budget, request.strategy, dict(request.params),
-                                                       request.seed, dict(request.where)))
+                                                       request.seed, dict(request.where), token))
         return agent_pb2.SelectReply(selected=[agent_pb2.Selected(id=i, score=s) for i, s in res.selected],
                                      model_version=res.model_version, strategy=res.strategy,
                                      selection_id=res.selection_id, details=res.details)
@@ -161,8 +192,9 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
 
     def PriorLabels(self, request: agent_pb2.PriorLabelsRequest,
                     context: grpc.ServicerContext) -> Iterator[agent_pb2.PriorLabel]:
+        token = call_token(context)
         results = _call(context, lambda: self.agent.prior_labels(request.method, list(request.ids),
-                                                                 dict(request.params)))
+                                                                 dict(request.params), token))
         for r in results:
             yield agent_pb2.PriorLabel(id=r.id, label=r.label, confidence=r.confidence, probs=r.probs,
                                        model_version=r.model_version)
@@ -190,14 +222,20 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
 def create_server(data_dir: Path, models: Path, host: str = "127.0.0.1", port: int = 0,
                   classes: Sequence[str] | None = None, blobs: bool = True, poll_s: float = 5.0,
                   max_message_bytes: int = MAX_MESSAGE_BYTES, workers: int = 16, batch_size: int = 256,
-                  use_cuda: bool = True) -> tuple[grpc.Server, int, Agent]:
+                  use_cuda: bool = True, max_concurrent_work: int = MAX_CONCURRENT_WORK,
+                  max_queued_work: int = MAX_QUEUED_WORK) -> tuple[grpc.Server, int, Agent]:
     """Open the data folder, start the model manager and a started gRPC server on host:port
-    (port 0 = any free port). Returns (server, bound port, agent); stop with ``stop_server``."""
+    (port 0 = any free port). Returns (server, bound port, agent); stop with ``stop_server``.
+
+    ``workers`` threads serve the light calls; the heavy ones (Select, PriorLabels: at most
+    ``max_concurrent_work`` running and ``max_queued_work`` waiting, agent/admission.py) get threads of
+    their own on top, so a light call never waits for a thread behind heavy ones."""
     agent = Agent(data_dir, models, classes=classes, blobs=blobs, poll_s=poll_s, batch_size=batch_size,
-                  use_cuda=use_cuda)
+                  use_cuda=use_cuda, max_concurrent_work=max_concurrent_work, max_queued_work=max_queued_work)
     options = [("grpc.max_receive_message_length", max_message_bytes),
                ("grpc.max_send_message_length", max_message_bytes)]
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rpc"),
+    threads = workers + max_concurrent_work + max_queued_work
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="rpc"),
                          options=options)
     agent_pb2_grpc.add_AgentServicer_to_server(AgentServicer(agent), server)
     health_servicer = health.HealthServicer()
@@ -219,9 +257,11 @@ def create_server(data_dir: Path, models: Path, host: str = "127.0.0.1", port: i
 
 
 def stop_server(server: grpc.Server, agent: Agent, grace: float = 5.0) -> None:
-    """Graceful stop: NOT_SERVING, finish in-flight calls (up to ``grace`` s), snapshot, close state."""
+    """Graceful stop: NOT_SERVING, cancel heavy work (Select, PriorLabels answer UNAVAILABLE at their next
+    checkpoint), finish the other in-flight calls (up to ``grace`` s), snapshot, close state."""
     health_servicer = getattr(server, "health", None)
     if health_servicer is not None:
         health_servicer.enter_graceful_shutdown()
+    agent.work.shutdown()
     server.stop(grace).wait()
     agent.close()
