@@ -19,15 +19,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from agent.cancel import CancelToken, ShuttingDown
+from agent.errors import ResourceExhausted
 
 
-class Busy(Exception):
-    """Too much heavy work already running and queued (gRPC RESOURCE_EXHAUSTED); ``retry_after_ms`` is a
-    hint for when to retry (also sent as trailing metadata ``retry-after-ms``)."""
-
-    def __init__(self, message: str, retry_after_ms: int) -> None:
-        super().__init__(message)
-        self.retry_after_ms = retry_after_ms
+class Busy(ResourceExhausted):
+    """Too much heavy work already running and queued (RESOURCE_EXHAUSTED); ``retry_after_s`` is a hint
+    for when to retry (sent as trailing metadata ``retry-after-ms``)."""
 
 
 @dataclass(frozen=True)
@@ -72,14 +69,14 @@ class Admission:
         (Cancelled, DeadlineExceeded, ShuttingDown) when it ends while waiting."""
         with self._cond:
             if self._closed:
-                raise ShuttingDown("the agent is shutting down; retry when it is back")
+                raise ShuttingDown()
             if self._running >= self.max_concurrent and self._queued >= self.max_queued:
                 self._refused += 1
                 hint = self._retry_after_ms()
                 raise Busy(f"the agent is busy: {self._running} heavy requests (Select, PriorLabels) running and "
                            f"{self._queued} queued, the limits (max_concurrent={self.max_concurrent}, "
                            f"max_queued={self.max_queued}; `shortlist serve --max-concurrent-work / "
-                           f"--max-queued-work`); {what} was not started; retry in about {hint} ms", hint)
+                           f"--max-queued-work`); {what} was not started; retry in about {hint} ms", hint / 1000)
             self._tokens.add(token)
             self._queued += 1
             try:
@@ -110,5 +107,5 @@ class Admission:
         with self._cond:
             self._closed = True
             for t in self._tokens:
-                t.cancel("the agent is shutting down; retry when it is back", ShuttingDown)
+                t.cancel("the agent is shutting down; the work was stopped; retry when it is back", ShuttingDown)
             self._cond.notify_all()

@@ -4,7 +4,8 @@ The service makes a ``CancelToken`` per Select / PriorLabels call: it is cancell
 cancels or leaves (``context.add_callback``), when the call's deadline passes (``context.time_remaining``),
 or when the agent shuts down. The token is made current with ``scope`` for the code running the work, and
 the algorithms call ``checkpoint()`` in their loops (greedy picks, k-means restarts and Lloyd steps, runs,
-blocked products): it raises ``Cancelled`` / ``DeadlineExceeded`` / ``ShuttingDown`` so the work stops
+blocked products): it raises ``Cancelled`` / ``DeadlineExceeded`` / ``ShuttingDown`` (agent/errors.py:
+CANCELLED, DEADLINE_EXCEEDED, UNAVAILABLE) so the work stops
 within one loop step. Each step between checkpoints is bounded by the parameter ranges (agent/params.py).
 Without a current token ``checkpoint()`` does nothing, so the algorithms stay plain functions.
 """
@@ -17,17 +18,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
+from agent.errors import AgentError, Cancelled, DeadlineExceeded, Unavailable
 
-class Cancelled(Exception):
-    """The client cancelled the call (maps to gRPC CANCELLED)."""
-
-
-class DeadlineExceeded(Cancelled):
-    """The call's deadline passed before the work finished (maps to gRPC DEADLINE_EXCEEDED)."""
+__all__ = ["CancelToken", "Cancelled", "DeadlineExceeded", "ShuttingDown", "checkpoint", "current", "scope"]
 
 
-class ShuttingDown(Cancelled):
-    """The agent is shutting down (maps to gRPC UNAVAILABLE: retry against the restarted agent)."""
+class ShuttingDown(Unavailable):
+    """The agent is shutting down (UNAVAILABLE: retry against the restarted agent)."""
+
+    def __init__(self, message: str = "the agent is shutting down; retry when it is back",
+                 retry_after_s: float | None = 5.0) -> None:
+        super().__init__(message, retry_after_s)
 
 
 class CancelToken:
@@ -36,7 +37,7 @@ class CancelToken:
     def __init__(self, deadline: float | None = None) -> None:
         self.deadline = deadline
         self._event = threading.Event()
-        self._reason: type[Cancelled] = Cancelled
+        self._reason: type[AgentError] = Cancelled
         self._message = ""
 
     @classmethod
@@ -44,7 +45,7 @@ class CancelToken:
         """A token whose deadline is ``seconds`` from now (None: no deadline)."""
         return cls(None if seconds is None else time.monotonic() + max(0.0, seconds))
 
-    def cancel(self, message: str = "the client cancelled the call", reason: type[Cancelled] = Cancelled) -> None:
+    def cancel(self, message: str = "the client cancelled the call", reason: type[AgentError] = Cancelled) -> None:
         if not self._event.is_set():
             self._reason, self._message = reason, message
             self._event.set()
@@ -58,7 +59,9 @@ class CancelToken:
         return None if self.deadline is None else self.deadline - time.monotonic()
 
     def check(self) -> None:
-        """Raise when cancelled or past the deadline; return at once otherwise."""
+        """Raise when cancelled (Cancelled, or ShuttingDown) or past the deadline (DeadlineExceeded)."""
+        if self._event.is_set() and self._reason is not Cancelled:
+            raise self._reason(self._message)
         if self.deadline is not None and time.monotonic() > self.deadline:
             raise DeadlineExceeded("the call's deadline passed before the work finished; the work was stopped. "
                                    "Retry with a longer deadline, a smaller budget or cheaper params")

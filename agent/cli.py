@@ -84,18 +84,19 @@ def serve(data_dir: Path = typer.Option(..., "--data-dir", help="agent state fol
                                               help="Selects / PriorLabels waiting for a turn; beyond, "
                                               "RESOURCE_EXHAUSTED with a retry hint")) -> None:
     """Run the agent until SIGTERM/SIGINT (then finish in-flight calls, snapshot the index, exit)."""
+    from agent.config import MIB, AgentConfig, Limits, WorkConfig
     from agent.service import create_server, stop_server
     from agent.state import ClassListError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    class_list = [c.strip() for c in classes.split(",") if c.strip()] or None
+    class_list = tuple(c.strip() for c in classes.split(",") if c.strip()) or None
     try:
-        server, bound, agent = create_server(data_dir, models, host=host, port=port, classes=class_list,
-                                             blobs=not no_blobs, poll_s=poll, batch_size=batch_size,
-                                             max_message_bytes=max_message_mb * 1024 * 1024, use_cuda=not cpu,
-                                             max_concurrent_work=max_concurrent_work,
-                                             max_queued_work=max_queued_work)
-    except (ClassListError, OSError) as e:
+        limits = Limits(max_message_bytes=max_message_mb * MIB)
+        config = AgentConfig(data_dir, models, host=host, port=port, classes=class_list, blobs=not no_blobs,
+                             poll_s=poll, batch_size=batch_size, use_cuda=not cpu, limits=limits,
+                             work=WorkConfig(max_concurrent=max_concurrent_work, max_queued=max_queued_work))
+        server, bound, agent = create_server(config)
+    except (ClassListError, OSError, ValueError) as e:
         console.print(f"[red]cannot start[/red]: {e}")
         raise typer.Exit(2) from None
     st = agent.status()

@@ -1,8 +1,8 @@
 """The agent as plain Python: ingest, select, labels, priors, status over State + blobs + models.
 
 agent/service.py is a thin gRPC layer over ``Agent``; tests and benchmarks can also call it directly.
-Errors are agent.pool's InvalidArgument / FailedPrecondition and ``NotFound`` here; the service maps
-them to status codes.
+Errors are agent.errors' domain exceptions (InvalidArgument, FailedPrecondition, NotFound, ...); the
+service maps them, and every other exception, to status codes in one place (agent.errors.ErrorMapping).
 
 Data folder layout::
 
@@ -25,9 +25,11 @@ from agent import cancel
 from agent.admission import Admission
 from agent.blobs import BlobStore, sha256_hex
 from agent.cache import LruCache, fingerprint, frozen
+from agent.config import AgentConfig
 from agent.embedder import EmbedOutput, decode_payload, tensor_pixels
+from agent.errors import FailedPrecondition, InvalidArgument, NotFound
 from agent.models import ModelManager, Serving
-from agent.pool import FailedPrecondition, InvalidArgument, Pool
+from agent.pool import Pool
 from agent.priors import PRIOR_METHODS, get_prior_method
 from agent.state import EmbeddingRows, NewSample, SampleRecord, State
 from agent.strategies import MODEL_FREE, STRATEGIES, get_strategy
@@ -37,18 +39,8 @@ from shortlist.manifest import Manifest
 log = logging.getLogger(__name__)
 
 MAX_ID_LENGTH = 512
-# Heavy work (strategies, prior methods): at most this many at once, this many waiting (agent/admission.py).
-MAX_CONCURRENT_WORK = 2
-MAX_QUEUED_WORK = 8
-# Answers of repeated identical Selects / PriorLabels kept (agent/cache.py), and the rows they may hold.
-CACHE_ENTRIES = 64
-CACHE_ROWS = 500_000
 # Pool.knn answers at most this many queries per index call, with a cancellation checkpoint between.
 KNN_BLOCK = 4096
-
-
-class NotFound(LookupError):
-    """Unknown sample ids (maps to gRPC NOT_FOUND)."""
 
 
 @dataclass
@@ -149,24 +141,23 @@ def no_model_message(models: Path) -> str:
 class Agent:
     """State, blobs and the model manager of one data folder."""
 
-    def __init__(self, data_dir: Path, models: Path, classes: Sequence[str] | None = None, blobs: bool = True,
-                 poll_s: float = 5.0, batch_size: int = 256, use_cuda: bool = True, background: bool = True,
-                 snapshot_s: float = 30.0, max_concurrent_work: int = MAX_CONCURRENT_WORK,
-                 max_queued_work: int = MAX_QUEUED_WORK, cache_entries: int = CACHE_ENTRIES) -> None:
+    def __init__(self, config: AgentConfig) -> None:
+        data_dir = config.data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
-        self.work = Admission(max_concurrent_work, max_queued_work)
-        # Select: (chosen ids and scores, details); PriorLabels: (rows, probs, confidence).
-        self.select_cache: LruCache[tuple[list[tuple[str, float]], dict[str, str]]] = LruCache(cache_entries,
-                                                                                                 CACHE_ROWS)
-        self.prior_cache: LruCache[tuple[np.ndarray, np.ndarray]] = LruCache(cache_entries, CACHE_ROWS)
+        self.config = config
+        self.limits = config.limits
+        work = config.work
+        self.work = Admission(work.max_concurrent, work.max_queued)
+        # Select: (chosen ids and scores, details); PriorLabels: (probs, confidence).
+        self.select_cache: LruCache[tuple[list[tuple[str, float]], dict[str, str]]] = LruCache(work.cache_entries,
+                                                                                                 work.cache_rows)
+        self.prior_cache: LruCache[tuple[np.ndarray, np.ndarray]] = LruCache(work.cache_entries, work.cache_rows)
         self.data_dir = data_dir
-        self.models = models
-        self.state = State(data_dir / "state.sqlite", classes)
-        self.blobs = BlobStore(data_dir / "blobs") if blobs else None
-        self.manager = ModelManager(models, self.state, self.blobs, data_dir / "index", poll_s=poll_s,
-                                    batch_size=batch_size, use_cuda=use_cuda, snapshot_s=snapshot_s,
-                                    on_classes=self._adopt_manifest_classes)
-        self.manager.start(background=background)
+        self.models = config.models
+        self.state = State(data_dir / "state.sqlite", None if config.classes is None else list(config.classes))
+        self.blobs = BlobStore(data_dir / "blobs") if config.blobs else None
+        self.manager = ModelManager(config, self.state, self.blobs, on_classes=self._adopt_manifest_classes)
+        self.manager.start(background=config.background)
 
     def close(self) -> None:
         self.work.shutdown()  # cancels heavy work still running (it stops at its next checkpoint)

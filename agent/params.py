@@ -18,7 +18,8 @@ from typing import Literal
 
 import numpy as np
 
-from agent.pool import InvalidArgument, Pool, PriorMethod, Priors, Selection, Strategy
+from agent.errors import InvalidArgument
+from agent.pool import Pool, PriorMethod, Priors, Selection, Strategy
 
 ParamValue = int | float | str
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from agent import cancel
+from agent.errors import FailedPrecondition, InvalidArgument
 from agent.params import Param, PriorEntry, StrategyEntry, params_table
-from agent.pool import FailedPrecondition, InvalidArgument
 from agent.priors import PRIOR_METHODS
 from agent.strategies import STRATEGIES
 from tests.agent.strategies.pools import blobs, make_pool

@@ -19,6 +19,7 @@ import pytest
 from agent import cancel, client
 from agent.admission import Admission, Busy
 from agent.cancel import CancelToken, DeadlineExceeded, ShuttingDown
+from agent.config import WorkConfig
 from agent.params import PriorEntry, StrategyEntry
 from agent.priors import PRIOR_METHODS
 from agent.service import stop_server
@@ -67,7 +68,8 @@ def test_admission_bounds_running_and_queued_and_hints_a_retry() -> None:
     assert wait_until(lambda: adm.stats().queued == 1)
     with pytest.raises(Busy) as busy, adm.slot(CancelToken()):
         pass
-    assert busy.value.retry_after_ms >= 100 and "max_concurrent=1" in str(busy.value)
+    assert busy.value.retry_after_s is not None and busy.value.retry_after_s >= 0.1
+    assert "max_concurrent=1" in str(busy.value)
     assert adm.stats().refused == 1
     queued.cancel()  # the client left while waiting: it leaves the queue
     waiter.join(5)
@@ -136,7 +138,7 @@ def slow_registered(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def small(tmp_path: Path, registry: Path, slow_registered: None) -> Running:  # type: ignore[misc]
-    r = start(tmp_path / "data", registry, max_concurrent_work=1, max_queued_work=1)
+    r = start(tmp_path / "data", registry, work=WorkConfig(max_concurrent=1, max_queued=1))
     client.ingest(r.stub, make_samples(30, labels=6))
     yield r
     r.stop()
