@@ -41,11 +41,12 @@ class Admission:
     # Weight of the newest duration in the running mean behind the retry hint.
     EWMA = 0.2
 
-    def __init__(self, max_concurrent: int, max_queued: int) -> None:
+    def __init__(self, max_concurrent: int, max_queued: int, lane: str = "heavy") -> None:
         if max_concurrent < 1 or max_queued < 0:
             raise ValueError("max_concurrent must be >= 1 and max_queued >= 0")
         self.max_concurrent = max_concurrent
         self.max_queued = max_queued
+        self.lane = lane
         self._cond = threading.Condition()
         self._running = 0
         self._queued = 0
@@ -73,10 +74,12 @@ class Admission:
             if self._running >= self.max_concurrent and self._queued >= self.max_queued:
                 self._refused += 1
                 hint = self._retry_after_ms()
-                raise Busy(f"the agent is busy: {self._running} heavy requests (Select, PriorLabels) running and "
-                           f"{self._queued} queued, the limits (max_concurrent={self.max_concurrent}, "
-                           f"max_queued={self.max_queued}; `shortlist serve --max-concurrent-work / "
-                           f"--max-queued-work`); {what} was not started; retry in about {hint} ms", hint / 1000)
+                flags = "--max-concurrent-work / --max-queued-work" if self.lane == "heavy" else \
+                    "--max-concurrent-light / --max-queued-light"
+                raise Busy(f"the agent is busy: {self._running} {self.lane} requests (Select, PriorLabels) running "
+                           f"and {self._queued} queued, the limits (max_concurrent={self.max_concurrent}, "
+                           f"max_queued={self.max_queued}; `shortlist serve {flags}`); {what} was not started; "
+                           f"retry in about {hint} ms", hint / 1000)
             self._tokens.add(token)
             self._queued += 1
             try:

@@ -82,7 +82,11 @@ def serve(data_dir: Path = typer.Option(..., "--data-dir", help="agent state fol
                                                   help="Selects / PriorLabels computed at once"),
           max_queued_work: int = typer.Option(8, "--max-queued-work", min=0,
                                               help="Selects / PriorLabels waiting for a turn; beyond, "
-                                              "RESOURCE_EXHAUSTED with a retry hint")) -> None:
+                                              "RESOURCE_EXHAUSTED with a retry hint"),
+          max_concurrent_light: int = typer.Option(4, "--max-concurrent-light", min=1,
+                                                   help="light Selects (random, margin, ...) computed at once"),
+          max_queued_light: int = typer.Option(16, "--max-queued-light", min=0,
+                                               help="light Selects waiting for a turn")) -> None:
     """Run the agent until SIGTERM/SIGINT (then finish in-flight calls, snapshot the index, exit)."""
     from agent.config import MIB, AgentConfig, Limits, WorkConfig
     from agent.service import create_server, stop_server
@@ -94,7 +98,9 @@ def serve(data_dir: Path = typer.Option(..., "--data-dir", help="agent state fol
         limits = Limits(max_message_bytes=max_message_mb * MIB)
         config = AgentConfig(data_dir, models, host=host, port=port, classes=class_list, blobs=not no_blobs,
                              poll_s=poll, batch_size=batch_size, use_cuda=not cpu, limits=limits,
-                             work=WorkConfig(max_concurrent=max_concurrent_work, max_queued=max_queued_work))
+                             work=WorkConfig(max_concurrent=max_concurrent_work, max_queued=max_queued_work,
+                                             light_max_concurrent=max_concurrent_light,
+                                             light_max_queued=max_queued_light))
         server, bound, agent = create_server(config)
     except (ClassListError, OSError, ValueError) as e:
         console.print(f"[red]cannot start[/red]: {e}")

@@ -148,6 +148,7 @@ class Agent:
         self.limits = config.limits
         work = config.work
         self.work = Admission(work.max_concurrent, work.max_queued)
+        self.light_work = Admission(work.light_max_concurrent, work.light_max_queued, lane="light")
         # Select: (chosen ids and scores, details); PriorLabels: (probs, confidence).
         self.select_cache: LruCache[tuple[list[tuple[str, float]], dict[str, str]]] = LruCache(work.cache_entries,
                                                                                                  work.cache_rows)
@@ -161,6 +162,7 @@ class Agent:
 
     def close(self) -> None:
         self.work.shutdown()  # cancels heavy work still running (it stops at its next checkpoint)
+        self.light_work.shutdown()
         self.manager.stop()
         self.state.close()
 
@@ -400,7 +402,8 @@ class Agent:
             chosen, details = list(cached[0]), dict(cached[1])
         else:
             token = token or cancel.CancelToken()
-            with self.work.slot(token, f"Select {strategy!r}"), cancel.scope(token):
+            lane = self.light_work if fn.is_light(take) else self.work
+            with lane.slot(token, f"Select {strategy!r}"), cancel.scope(token):
                 sel = fn(pool, take, np.random.default_rng(seed), dict(params))
             rows = np.asarray(sel.rows, np.int64)
             scores = np.asarray(sel.scores, np.float64)

@@ -164,6 +164,10 @@ class _Entry:
         """Name, one-line summary and params (name, kind, default, range, doc): what a UI lists."""
         return {"name": self.name, "summary": self.summary, "params": [p.describe() for p in self.params]}
 
+    def is_light(self, budget: int) -> bool:
+        """Whether a call with this (capped) budget is light work (prior methods never are)."""
+        return False
+
 
 def _summary(doc: str | None) -> str:
     first = (doc or "").strip().split("\n\n")[0]
@@ -173,9 +177,15 @@ def _summary(doc: str | None) -> str:
 @dataclass(frozen=True)
 class StrategyEntry(_Entry):
     """A registered strategy: call it like the function; the request's params are checked first and the
-    budget is capped by the candidate count (so a huge budget costs nothing)."""
+    budget is capped by the candidate count (so a huge budget costs nothing). A call whose (capped) budget
+    is at most ``light_budget`` is light work: it takes well under a second on a 50,000-row pool, and the
+    agent runs it in a lane of its own so it never queues behind k-means (agent/admission.py)."""
 
     fn: Strategy
+    light_budget: int = 0
+
+    def is_light(self, budget: int) -> bool:
+        return budget <= self.light_budget
 
     def __call__(self, pool: Pool, budget: int, rng: np.random.Generator, params: Mapping[str, str]) -> Selection:
         self.check(params)
@@ -197,10 +207,16 @@ class PriorEntry(_Entry):
         return self.fn(pool, rows, rng, params)
 
 
-def strategy(name: str, *declared: Param) -> Callable[[Strategy], StrategyEntry]:
-    """Declare a strategy's name and params; the entry's ``__doc__`` is the function's plus the params."""
+# light_budget of strategies whose cost does not grow with the budget (one pass over the candidates).
+ALWAYS_LIGHT = 2**63 - 1
+
+
+def strategy(name: str, *declared: Param, light_budget: int = 0) -> Callable[[Strategy], StrategyEntry]:
+    """Declare a strategy's name, params and light budget (see StrategyEntry); the entry's ``__doc__`` is
+    the function's plus the params."""
     def wrap(fn: Strategy) -> StrategyEntry:
-        entry = StrategyEntry(name=name, params=tuple(declared), summary=_summary(fn.__doc__), fn=fn)
+        entry = StrategyEntry(name=name, params=tuple(declared), summary=_summary(fn.__doc__), fn=fn,
+                              light_budget=light_budget)
         object.__setattr__(entry, "__doc__", (fn.__doc__ or "") + _params_doc(declared))
         return entry
     return wrap

@@ -225,5 +225,6 @@ def stop_server(server: grpc.Server, agent: Agent, grace: float = 5.0) -> None:
     if health_servicer is not None:
         health_servicer.enter_graceful_shutdown()
     agent.work.shutdown()
+    agent.light_work.shutdown()
     server.stop(grace).wait()
     agent.close()

@@ -15,7 +15,7 @@ from agent.cancel import checkpoint
 from agent.params import Param, prior_method
 from agent.pool import Pool, Priors
 from agent.priors._common import nearest_labelled_distance, normalise_rows, require_labels, with_known_labels
-from agent.strategies._common import KMEANS_FIT_ROWS, assign, seed_of
+from agent.strategies._common import KMEANS_FIT_ROWS, assign, one_blas_thread, seed_of
 
 AS3L_RUNS = 6  # C: K = 1*classes, ..., 6*classes (10, 20, ..., 60 for CIFAR-10, as issue 3 gives them)
 MAX_ITER = 50
@@ -46,8 +46,9 @@ def constrained_seed_kmeans(x: np.ndarray, seed_rows: np.ndarray, seed_cluster: 
     centres[:s] /= np.maximum(np.bincount(seed_cluster, minlength=s), 1)[:, None]
     if k > s:
         free = np.setdiff1d(np.arange(len(x)), seed_rows)
-        extra, _ = kmeans_plusplus(x[free].astype(np.float32), n_clusters=min(k - s, len(free)),
-                                   random_state=seed_of(rng))
+        with one_blas_thread():
+            extra, _ = kmeans_plusplus(x[free].astype(np.float64), n_clusters=min(k - s, len(free)),
+                                       random_state=seed_of(rng))
         centres[s:s + len(extra)] = extra
         k = s + len(extra)
         centres = centres[:k]

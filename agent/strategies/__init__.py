@@ -11,7 +11,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from agent.params import StrategyEntry, strategy
+from agent.params import ALWAYS_LIGHT, StrategyEntry, strategy
 from agent.pool import InvalidArgument, Pool, Selection
 from agent.strategies.as3l import as3l
 from agent.strategies.clustering import kmedoids, typiclust
@@ -19,7 +19,7 @@ from agent.strategies.coverage import coreset, probcover
 from agent.strategies.uncertainty import badge, das, entropy, least_confidence, margin, qbc
 
 
-@strategy("random")
+@strategy("random", light_budget=ALWAYS_LIGHT)
 def random_strategy(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping[str, str]) -> Selection:
     """Uniform random sample of the candidates, without replacement. Needs no model and no labels."""
     take = min(budget, len(pool.candidates))

@@ -9,10 +9,18 @@ import numpy as np
 from agent.cancel import checkpoint
 from agent.params import Param, strategy
 from agent.pool import Pool, Selection
-from agent.strategies._common import MAX_CLUSTERS, assign, block_rows, cosine_to_l2, fit_kmeans, rows_matrix
+from agent.strategies._common import (
+    LIGHT_GREEDY_BUDGET,
+    MAX_CLUSTERS,
+    assign,
+    block_rows,
+    cosine_to_l2,
+    fit_kmeans,
+    rows_matrix,
+)
 
 
-@strategy("coreset")
+@strategy("coreset", light_budget=LIGHT_GREEDY_BUDGET)
 def coreset(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping[str, str]) -> Selection:
     """Core-set selection by k-center greedy (Sener & Savarese, "Active Learning for Convolutional Neural
     Networks: A Core-Set Approach", ICLR 2018, Sec. 4, Algorithm 1 "k-Center-Greedy"): repeatedly pick the candidate
@@ -65,9 +73,10 @@ PROBCOVER_ALPHA = 0.95
 # (blocked dot products): the hnswlib index answers k nearest neighbours, not "everything within
 # delta", and a k-truncated graph undercounts every ball holding more than k points, after which the
 # greedy is no longer greedy (measured on CIFAR-10 embeddings at delta = 0.3: a first pick covering 329
-# points, a second 722). The cost is at most 2 x centres x rows x D multiply-adds, ~1e11 for 1M rows.
-PROBCOVER_ROWS = 20_000
-PROBCOVER_CENTRES = 20_000
+# points, a second 722). The cost is at most 2 x centres x rows x D multiply-adds, ~5e10 at D = 256
+# (10k each: 20k each made the first ball count ~4x that, most of ProbCover's time at 50,000 rows).
+PROBCOVER_ROWS = 10_000
+PROBCOVER_CENTRES = 10_000
 # The purity radii are measured exactly against a uniform reference sample of this many rows.
 PURITY_REFERENCE = 5_000
 # Rows whose nearest-neighbour distance is measured for ProbCover's warning (index queries).

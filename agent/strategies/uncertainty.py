@@ -13,9 +13,9 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 
 from agent.cancel import checkpoint
-from agent.params import Param, strategy
+from agent.params import ALWAYS_LIGHT, Param, strategy
 from agent.pool import FailedPrecondition, Pool, Selection
-from agent.strategies._common import CHUNK, rows_matrix, seed_of, top_k
+from agent.strategies._common import CHUNK, LIGHT_GREEDY_BUDGET, one_blas_thread, rows_matrix, seed_of, top_k
 
 # Inverse L2 strength of the fitted head. The embeddings are unit vectors, so at sklearn's default C=1
 # the weights (and logits) stay tiny and every probability is close to uniform; C=10 gives a head whose
@@ -35,7 +35,8 @@ def _need_labels(what: str, pool: Pool) -> FailedPrecondition:
 
 def fit_head(x: np.ndarray, y: np.ndarray, seed: int) -> LogisticRegression:
     """Multinomial logistic regression (L-BFGS, C = HEAD_C) on x (LxD) / y (L int)."""
-    return LogisticRegression(C=HEAD_C, max_iter=500, random_state=seed).fit(x, y)
+    with one_blas_thread():
+        return LogisticRegression(C=HEAD_C, max_iter=500, random_state=seed).fit(x, y)
 
 
 def predict_proba(head: LogisticRegression, x: np.ndarray) -> np.ndarray:
@@ -80,7 +81,7 @@ def margin_of(probs: np.ndarray) -> np.ndarray:
     return np.asarray(top2[:, 1] - top2[:, 0], np.float64)
 
 
-@strategy("entropy")
+@strategy("entropy", light_budget=ALWAYS_LIGHT)
 def entropy(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping[str, str]) -> Selection:
     """Maximum-entropy sampling (Shannon 1948; Settles, "Active Learning Literature Survey" 2009,
     Sec. 3.1 "Uncertainty Sampling": x*_H = argmax_x -sum_y P(y|x) log P(y|x)). No params. Score: entropy (nats)."""
@@ -88,7 +89,7 @@ def entropy(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping[s
     return top_k(pool.candidates, entropy_of(probs), budget)
 
 
-@strategy("margin")
+@strategy("margin", light_budget=ALWAYS_LIGHT)
 def margin(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping[str, str]) -> Selection:
     """Smallest-margin sampling (Scheffer et al. 2001; Settles 2009, Sec. 3.1:
     x*_M = argmin_x P(y1|x) - P(y2|x)). No params. Score: 1 - margin."""
@@ -96,7 +97,7 @@ def margin(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping[st
     return top_k(pool.candidates, 1.0 - margin_of(probs), budget)
 
 
-@strategy("least_confidence")
+@strategy("least_confidence", light_budget=ALWAYS_LIGHT)
 def least_confidence(pool: Pool, budget: int, rng: np.random.Generator,
                      params: Mapping[str, str]) -> Selection:
     """Least-confident sampling (Lewis & Gale 1994; Settles 2009, Sec. 3.1: x*_LC = argmax_x 1 - P(y^|x)).
@@ -105,7 +106,7 @@ def least_confidence(pool: Pool, budget: int, rng: np.random.Generator,
     return top_k(pool.candidates, 1.0 - probs.max(axis=1), budget)
 
 
-@strategy("badge")
+@strategy("badge", light_budget=LIGHT_GREEDY_BUDGET)
 def badge(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping[str, str]) -> Selection:
     """BADGE (Ash et al., "Deep Batch Active Learning by Diverse, Uncertain Gradient Lower Bounds",
     ICLR 2020, Algorithm 1): k-means++ seeding (Arthur & Vassilvitskii 2007) over the gradient
@@ -201,7 +202,7 @@ DAS_LAMBDA = 1.0
 DAS_LAMBDA_PARAM = Param("lambda", "float", DAS_LAMBDA, "weight of the rotation loss against the entropy", 0.0, 1000.0)
 
 
-@strategy("das", DAS_LAMBDA_PARAM)
+@strategy("das", DAS_LAMBDA_PARAM, light_budget=ALWAYS_LIGHT)
 def das(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping[str, str]) -> Selection:
     """Deep active sampling with self-supervised learning (Shi & Zhou, "Deep active sampling with
     self-supervised learning", Front. Comput. Sci. 2023, 17(4): 174323): the sampling metric

@@ -186,6 +186,10 @@ def test_overload_is_resource_exhausted_at_once_and_light_calls_do_not_wait(smal
     reply = small.stub.SubmitLabels(agent_pb2.SubmitLabelsRequest(
         labels=[agent_pb2.LabelAssignment(id="s20", label="cat")]), timeout=5)
     assert reply.accepted == 1
+    # So do light Selects (one pass over the candidates, or a small greedy budget): a lane of their own.
+    for strategy in ("random", "margin", "coreset"):
+        light = small.stub.Select(agent_pb2.SelectRequest(budget=3, strategy=strategy), timeout=10)
+        assert len(light.selected) == 3
     for call in (running, waiting):
         call.cancel()
     assert wait_until(lambda: small.agent.work.stats().running == 0 and small.agent.work.stats().queued == 0)
