@@ -171,6 +171,21 @@ def test_ingest_error_while_reading_shows_its_message(tmp_path: Path, running: R
     assert res.exit_code == 1 and "not a complete, readable tar archive" in " ".join(res.output.split())
 
 
+def test_two_folders_with_the_same_file_names_need_id_prefix(tmp_path: Path, running: Running) -> None:
+    a, b = make_images(2)
+    for name, img in (("site1", a), ("site2", b)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "photo.png").write_bytes(png(img))
+    run("ingest", str(tmp_path / "site1"), "--agent", running.address)
+    res = runner.invoke(app, ["ingest", str(tmp_path / "site2"), "--agent", running.address])
+    text = " ".join(res.output.split())  # the id photo.png is taken by another image: say what to do
+    assert res.exit_code == 0 and "rejected 1" in text and "give each source its own --id-prefix" in text
+    out = json.loads(run("ingest", str(tmp_path / "site2"), "--agent", running.address, "--id-prefix", "site2/",
+                         "--json"))
+    assert out["accepted"] == 1 and sorted(s.id for s in client.list_samples(running.stub)) == [
+        "photo.png", "site2/photo.png"]
+
+
 def test_label_csv_with_or_without_header_and_bom(tmp_path: Path, running: Running) -> None:
     """A one-row CSV without header is one label (not silently nothing); Excel's UTF-8 BOM and an ID,Label
     header in any case and order are fine; unusable files say why, with line numbers, and send nothing."""
