@@ -20,6 +20,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from agent import client
+from agent.config import Limits
 from shortlist.cli import app
 from shortlist.datasets import ImageItem
 from shortlist.v1 import agent_pb2
@@ -95,7 +96,7 @@ def test_ingest_splits_requests_by_bytes(tmp_path: Path, registry: Path, monkeyp
     huge = noisy_jpeg(photos / "IMG_huge.jpg", (420, 420), 99)
     monkeypatch.setattr(client, "REQUEST_BYTES", 125_000)
     monkeypatch.setattr(client, "MAX_MESSAGE_BYTES", huge - 1000)
-    r = start(tmp_path / "data", registry, max_message_bytes=500_000)
+    r = start(tmp_path / "data", registry, limits=Limits(max_message_bytes=500_000))
     try:
         out = json.loads(run("ingest", str(photos), "--agent", r.address, "--json"))
         assert out["accepted"] == 21 and [x["id"] for x in out["rejected"]] == ["IMG_huge.jpg"]
