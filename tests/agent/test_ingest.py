@@ -91,7 +91,12 @@ def test_writing_holds_the_one_write_lock(agent: Agent) -> None:
     with agent.manager.writing() as serving:
         assert serving is agent.manager.current
         done = threading.Event()
-        t = threading.Thread(target=lambda: (agent.ingest.batch(batches(1, 1)[0]), done.set()))
+
+        def commit() -> None:
+            agent.ingest.batch(batches(1, 1)[0])
+            done.set()
+
+        t = threading.Thread(target=commit)
         t.start()
         assert not done.wait(0.3)  # the commit waits for the lock
     t.join(10)
