@@ -176,14 +176,15 @@ def map_exception(e: BaseException) -> Mapped:
                               "report it with the agent's log", e))
 
 
-def abort(context: grpc.ServicerContext, e: BaseException) -> None:
-    """End the RPC with ``e``'s mapped status (raises). Logs the traceback for INTERNAL only."""
+def abort(context: grpc.ServicerContext, e: BaseException, method: str = "") -> None:
+    """End the RPC with ``e``'s mapped status (raises). Logs the traceback for INTERNAL only (never the
+    request's metadata, so never a token)."""
     m = map_exception(e)
     if m.code == grpc.StatusCode.INTERNAL:
-        log.error("request failed with a bug", exc_info=e)
+        log.error("%s failed with a bug", method or "a request", exc_info=e)
     elif m.code in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.DATA_LOSS,
                     grpc.StatusCode.FAILED_PRECONDITION) and not isinstance(e, AgentError):
-        log.error("storage problem: %s", m.message)  # an operator must see a full or read-only disk
+        log.error("%s: storage problem: %s", method or "a request", m.message)  # a full or read-only disk
     if m.retry_after_s is not None:
         context.set_trailing_metadata(((RETRY_AFTER_KEY, str(round(m.retry_after_s * 1000))),))
     context.abort(m.code, m.message)
@@ -217,15 +218,16 @@ def _parsed_stream(parse: Parser | None, raw: Iterator[Any]) -> Iterator[Any]:
         yield _parse(parse, item)
 
 
-def wrap_handler(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-    """``handler`` with requests parsed inside the mapping and every exception mapped by ``abort``."""
+def wrap_handler(handler: grpc.RpcMethodHandler, method: str = "") -> grpc.RpcMethodHandler:
+    """``handler`` with requests parsed inside the mapping and every exception mapped by ``abort``
+    (``method``, e.g. "/shortlist.v1.Agent/Select", names it in the log)."""
     parse = handler.request_deserializer
     serialize = handler.response_serializer
 
     def guard(context: grpc.ServicerContext, e: Exception) -> None:
         if _already_ended(context):
             raise e
-        abort(context, e)
+        abort(context, e, method)
 
     if handler.unary_unary is not None:
         fn_uu = handler.unary_unary
@@ -287,4 +289,4 @@ class ErrorMapping(grpc.ServerInterceptor):
         method: str = getattr(handler_call_details, "method", "") or ""
         if handler is None or not method.startswith(self.prefixes):
             return handler
-        return wrap_handler(handler)
+        return wrap_handler(handler, method)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import sqlite3
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -19,11 +20,12 @@ from agent.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
     ResourceExhausted,
     map_exception,
 )
 from shortlist.v1 import agent_pb2
-from tests.agent.conftest import Running, make_samples
+from tests.agent.conftest import Running, make_samples, start
 
 SVC = "/shortlist.v1.Agent/"
 CODE = grpc.StatusCode
@@ -161,3 +163,36 @@ def test_invalid_utf8_is_invalid_argument_and_changes_nothing(running: Running) 
     err = rpc_error(lambda: running.channel.stream_unary(SVC + "Ingest")(iter([bad]), timeout=10))
     assert err.code() == CODE.INVALID_ARGUMENT
     assert running.stub.GetStatus(agent_pb2.GetStatusRequest()).samples == 0
+
+
+class _Guard(grpc.ServerInterceptor):
+    """What a security layer plugs into create_server: Select raises a domain exception, GetStatus aborts
+    itself, everything else passes."""
+
+    def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
+        handler = continuation(details)
+        if details.method.endswith("/Select"):  # type: ignore[attr-defined]
+            def deny(request: Any, context: grpc.ServicerContext) -> Any:
+                raise PermissionDenied("a read token cannot do that")
+            return grpc.unary_unary_rpc_method_handler(deny, handler.request_deserializer,
+                                                       handler.response_serializer)
+        if details.method.endswith("/GetStatus"):  # type: ignore[attr-defined]
+            def refuse(request: Any, context: grpc.ServicerContext) -> Any:
+                context.abort(CODE.UNAUTHENTICATED, "no token")
+            return grpc.unary_unary_rpc_method_handler(refuse, handler.request_deserializer,
+                                                       handler.response_serializer)
+        return handler
+
+
+def test_extra_interceptors_run_inside_the_mapping(tmp_path: Path, registry: Path) -> None:
+    r = start(tmp_path / "data", registry, interceptors=[_Guard()])
+    try:
+        err = rpc_error(lambda: r.stub.Select(agent_pb2.SelectRequest(budget=1, strategy="random")))
+        assert err.code() == CODE.PERMISSION_DENIED and "read token" in err.details()
+        err = rpc_error(lambda: r.stub.GetStatus(agent_pb2.GetStatusRequest()))
+        assert err.code() == CODE.UNAUTHENTICATED and err.details() == "no token"  # its own abort stands
+        err = rpc_error(lambda: r.channel.unary_unary(SVC + "Select")(b"\xff", timeout=10))
+        assert err.code() == CODE.INVALID_ARGUMENT  # still parsed inside the mapping
+        assert client.ingest(r.stub, make_samples(2)).accepted == 2
+    finally:
+        r.stop()
