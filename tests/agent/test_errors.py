@@ -45,6 +45,9 @@ def rpc_error(fn: Callable[[], Any]) -> grpc.RpcError:
     (OSError(errno.EROFS, "Read-only file system"), CODE.FAILED_PRECONDITION, "make it writable"),
     (PermissionError(errno.EACCES, "Permission denied"), CODE.FAILED_PRECONDITION, "make it writable"),
     (sqlite3.OperationalError("attempt to write a readonly database"), CODE.FAILED_PRECONDITION, "writable"),
+    (sqlite3.OperationalError("disk I/O error"), CODE.UNAVAILABLE, "check its disk"),
+    (OSError(errno.EIO, "Input/output error"), CODE.UNAVAILABLE, "check its disk"),
+    (sqlite3.DatabaseError("database disk image is malformed"), CODE.DATA_LOSS, "backup"),
     (DecodeError("Error parsing message"), CODE.INVALID_ARGUMENT, "malformed request"),
     (ResourceExhausted("too many", retry_after_s=2), CODE.RESOURCE_EXHAUSTED, "too many"),
     (NotFound("unknown id 'x'"), CODE.NOT_FOUND, "unknown id"),
@@ -53,6 +56,20 @@ def rpc_error(fn: Callable[[], Any]) -> grpc.RpcError:
 def test_mapping(exc: BaseException, code: grpc.StatusCode, words: str) -> None:
     m = map_exception(exc)
     assert m.code == code and words in m.message
+
+
+def test_real_sqlite_errors_by_result_code(tmp_path: Path) -> None:
+    db = tmp_path / "x.sqlite"
+    sqlite3.connect(db).execute("CREATE TABLE t (x)").connection.commit()
+    ro = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    with pytest.raises(sqlite3.OperationalError) as e:
+        ro.execute("INSERT INTO t VALUES (1)")
+    assert map_exception(e.value).code == CODE.FAILED_PRECONDITION
+    full = sqlite3.connect(tmp_path / "full.sqlite")
+    full.execute("PRAGMA max_page_count=2")  # SQLite's own way to make a database "full"
+    with pytest.raises(sqlite3.OperationalError) as e:
+        full.execute("CREATE TABLE t (x)").execute("INSERT INTO t VALUES (randomblob(100000))")
+    assert map_exception(e.value).code == CODE.RESOURCE_EXHAUSTED
 
 
 def test_notes_and_retry_hint() -> None:
