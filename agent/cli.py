@@ -54,8 +54,10 @@ def _rpc(fn: Any) -> Any:
     except grpc.RpcError as e:
         code = e.code()
         detail = e.details()
-        if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-            detail = f"{detail} (send fewer samples per message: lower --batch)"
+        if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in (detail or ""):
+            # gRPC's own message-size check (the agent's limits say in their message what to do)
+            detail = (f"{detail} (send fewer samples per message: lower --batch; the agent's limit is "
+                      "`shortlist serve --max-message-mb`)")
         console.print(f"[red]{code.name}[/red]: {detail}")
         raise typer.Exit(1) from None
     except client.AgentUnavailable as e:
