@@ -114,7 +114,7 @@ def test_errors_mid_stream_are_mapped(running: Running, monkeypatch: pytest.Monk
     real_priors = agent.prior_labels
 
     def failing_priors(*args: Any) -> Iterator[Any]:
-        yield from real_priors(*args)[:1]
+        yield from list(real_priors(*args))[:1]
         raise NotFound("sample 's5' vanished")
 
     monkeypatch.setattr(agent, "prior_labels", failing_priors)
@@ -125,7 +125,7 @@ def test_errors_mid_stream_are_mapped(running: Running, monkeypatch: pytest.Monk
 
 
 def test_ingest_commit_failure_says_what_was_stored(running: Running, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(running.agent, "store", _raise(sqlite3.OperationalError("database or disk is full")))
+    monkeypatch.setattr(running.agent.ingest, "store", _raise(sqlite3.OperationalError("database or disk is full")))
     err = rpc_error(lambda: client.ingest(running.stub, make_samples(3)))
     assert err.code() == CODE.RESOURCE_EXHAUSTED
     assert "free space" in err.details() and "0 samples of this stream were stored" in err.details()
