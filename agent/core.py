@@ -182,9 +182,10 @@ class Agent:
         if budget > self.limits.max_select_budget:
             raise InvalidArgument(f"budget {budget:,} is above the limit of {self.limits.max_select_budget:,} "
                                   f"{limit_hint('max_select_budget')}")
-        where_problem = metadata_problem(where, self.limits, "where filter")
-        if where_problem is not None:
-            raise InvalidArgument(where_problem)
+        for problem in (metadata_problem(where, self.limits, "where filter"),
+                        metadata_problem(params, self.limits, "params")):
+            if problem is not None:
+                raise InvalidArgument(problem)
         fn = get_strategy(strategy)
         serving = self.manager.current
         if serving is None:
@@ -219,6 +220,9 @@ class Agent:
         """Checks and computes at the call (errors raise here), then yields one result per row: the
         reply streams, it is never built whole."""
         check_count(ids, self.limits.max_ids_per_request, "max_ids_per_request", "ids")
+        problem = metadata_problem(params, self.limits, "params")
+        if problem is not None:
+            raise InvalidArgument(problem)
         fn = get_prior_method(method)
         serving = self.manager.current
         if serving is None:
