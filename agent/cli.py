@@ -56,9 +56,10 @@ def _rpc(fn: Any) -> Any:
     except grpc.RpcError as e:
         code = e.code()
         detail = e.details()
-        if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "message larger than max" in (detail or ""):
-            detail = (f"{detail} (send smaller requests: lower --batch-mb below the agent's --max-message-mb, "
-                      "or start the agent with a larger --max-message-mb)")
+        if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in (detail or ""):
+            # gRPC's own message-size check (the agent's limits say in their message what to do)
+            detail = (f"{detail} (send smaller requests: lower --batch-mb below the agent's limit, or start "
+                      "the agent with a larger `shortlist serve --max-message-mb`)")
         console.print(f"[red]{code.name}[/red]: {escape(detail or '')}", highlight=False)
         raise typer.Exit(1) from None
     except client.AgentUnavailable as e:
