@@ -71,7 +71,7 @@ def rows_matrix(embeddings: np.ndarray, rows: np.ndarray) -> np.ndarray:
 
 
 def fit_kmeans(x: np.ndarray, k: int, rng: np.random.Generator, fit_rows: int = KMEANS_FIT_ROWS,
-               n_init: int = KMEANS_INIT) -> np.ndarray:
+               n_init: int = KMEANS_INIT, max_iter: int = KMEANS_MAX_ITER) -> np.ndarray:
     """Lloyd's k-means (scikit-learn, k-means++ init, best of ``n_init`` starts) on ``x`` (NxD), fitted on
     a uniform sample of at most ``fit_rows`` rows (and at most KMEANS_ROWS_PER_CENTRE per centre, at least
     KMEANS_MIN_ROWS). Returns the KxD float32 centres; k is clipped to the
@@ -92,13 +92,14 @@ def fit_kmeans(x: np.ndarray, k: int, rng: np.random.Generator, fit_rows: int = 
     for seed in rng.integers(0, 2**31 - 1, size=max(1, n_init)):
         checkpoint()
         with one_blas_thread():
-            km = KMeans(n_clusters=k, n_init=1, max_iter=KMEANS_STEP_ITER, random_state=int(seed)).fit(data)
+            km = KMeans(n_clusters=k, n_init=1, max_iter=min(KMEANS_STEP_ITER, max_iter),
+                        random_state=int(seed)).fit(data)
         done = int(km.n_iter_)
-        while done < KMEANS_MAX_ITER and km.n_iter_ >= KMEANS_STEP_ITER:  # not converged yet: resume
+        while done < max_iter and km.n_iter_ >= KMEANS_STEP_ITER:  # not converged yet: resume
             checkpoint()
             with one_blas_thread():
                 km = KMeans(n_clusters=k, init=km.cluster_centers_, n_init=1,
-                            max_iter=min(KMEANS_STEP_ITER, KMEANS_MAX_ITER - done)).fit(data)
+                            max_iter=min(KMEANS_STEP_ITER, max_iter - done)).fit(data)
             done += int(km.n_iter_)
         if best is None or float(km.inertia_) < best[0]:
             best = (float(km.inertia_), km.cluster_centers_)
