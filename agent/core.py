@@ -24,7 +24,7 @@ import numpy as np
 from agent.blobs import BlobStore, sha256_hex
 from agent.embedder import EmbedOutput, decode_payload, tensor_pixels
 from agent.models import ModelManager, Serving
-from agent.pool import FailedPrecondition, InvalidArgument, Pool
+from agent.pool import FailedPrecondition, InvalidArgument, Pool, state_rng
 from agent.priors import PRIOR_METHODS, get_prior_method
 from agent.state import EmbeddingRows, NewSample, SampleRecord, State
 from agent.strategies import MODEL_FREE, STRATEGIES, get_strategy
@@ -354,6 +354,11 @@ class Agent:
                     candidates=candidates.astype(np.int64), knn=knn)
         return pool, seqs
 
+    def labelled_ids(self) -> list[str]:
+        """Ids of every labelled sample (the selection state that, with the seed, seeds a request's rng)."""
+        labels = self.state.labels_by_seq()
+        return [self.state.record(int(q)).id for q in np.flatnonzero(labels >= 0)]
+
     # ---- Select ----------------------------------------------------------------------------------
     def select(self, budget: int, strategy: str, params: Mapping[str, str], seed: int,
                where: Mapping[str, str]) -> SelectResult:
@@ -373,7 +378,8 @@ class Agent:
         if len(pool.candidates) == 0:
             chosen: list[tuple[str, float]] = []
         else:
-            sel = fn(pool, budget, np.random.default_rng(seed), dict(params))
+            # Seeded by the seed and the labelled set: a loop that keeps its seed still draws afresh each round.
+            sel = fn(pool, budget, state_rng(seed, self.labelled_ids()), dict(params))
             rows = np.asarray(sel.rows, np.int64)
             scores = np.asarray(sel.scores, np.float64)
             if (len(rows) > budget or len(np.unique(rows)) != len(rows) or len(scores) != len(rows)
@@ -414,7 +420,7 @@ class Agent:
                                      "before asking for prior labels")
         if len(rows) == 0:
             return []
-        pri = fn(pool, rows, np.random.default_rng(0), dict(params))
+        pri = fn(pool, rows, state_rng(0, self.labelled_ids()), dict(params))
         out = []
         for r, p, c in zip(rows, np.asarray(pri.probs), np.asarray(pri.confidence), strict=True):
             k = int(np.argmax(p))
