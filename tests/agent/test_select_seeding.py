@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from agent.config import AgentConfig
 from agent.core import Agent
 from agent.pool import state_rng
 from agent.state import NewSample
@@ -18,7 +19,8 @@ PER_CLASS = 100
 
 def sorted_pool_agent(folder: Path) -> Agent:
     """An agent with no model whose 1,000 samples are stored in class order (c0 x 100, c1 x 100, ...)."""
-    agent = Agent(folder / "data", folder / "models", classes=CLASSES, blobs=False, background=False)
+    agent = Agent(AgentConfig(folder / "data", folder / "models", classes=tuple(CLASSES), blobs=False,
+                              use_cuda=False, background=False))
     agent.state.add_samples([NewSample(f"s{i:04d}", "", {}, "image", f"{i:064x}") for i in range(10 * PER_CLASS)])
     return agent
 
