@@ -116,11 +116,22 @@ def test_whole_request_limits_are_statuses(tight: Running) -> None:
     err = rpc_error(lambda: tight.stub.Select(agent_pb2.SelectRequest(
         budget=1, strategy="random", where={"a": "1", "b": "2", "c": "3"})))
     assert err.code() == CODE.INVALID_ARGUMENT and "--max-metadata-entries" in err.details()
+    err = rpc_error(lambda: tight.stub.Select(agent_pb2.SelectRequest(
+        budget=1, strategy="random", params={"k" * 7: "1"})))
+    assert err.code() == CODE.INVALID_ARGUMENT and "params key" in err.details()
+    err = rpc_error(lambda: tight.stub.Select(agent_pb2.SelectRequest(budget=1, strategy="x" * 1_000_000)))
+    assert err.code() == CODE.INVALID_ARGUMENT and len(err.details()) < 2100  # echoed names are cut
+    err = rpc_error(lambda: list(tight.stub.PriorLabels(agent_pb2.PriorLabelsRequest(
+        method="knn", params={"a": "1", "b": "2", "c": "3"}))))
+    assert err.code() == CODE.INVALID_ARGUMENT and "--max-metadata-entries" in err.details()
     err = rpc_error(lambda: list(tight.stub.PriorLabels(agent_pb2.PriorLabelsRequest(
         method="knn", ids=["s2", "s3", "s2", "s3"]))))
     assert err.code() == CODE.RESOURCE_EXHAUSTED and "--max-ids-per-request" in err.details()
     assert counts(tight) == before
     assert len(tight.agent.state.selections()) == 0
+    # The client splits a long label list into requests the agent takes.
+    reply = client.submit_labels(tight.stub, [(f"s{i}", "cat") for i in range(4)], chunk=3)
+    assert reply.accepted == 4 and counts(tight) == (4, 4)
 
 
 def test_concurrent_ingest_streams_beyond_the_limit_are_refused_at_once(tight: Running) -> None:
@@ -136,7 +147,10 @@ def test_concurrent_ingest_streams_beyond_the_limit_are_refused_at_once(tight: R
     t.start()
     try:
         assert entered.wait(10)
-        time.sleep(0.2)  # the server has taken the first message
+        deadline = time.monotonic() + 20
+        while counts(tight)[0] < 2:  # the first batch is stored: the stream holds the only slot
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
         err = rpc_error(lambda: client.ingest(tight.stub, make_samples(2, prefix="b"), timeout=10))
         assert err.code() == CODE.RESOURCE_EXHAUSTED and "--max-ingest-streams" in err.details()
         assert int(dict(err.trailing_metadata())[RETRY_AFTER_KEY]) > 0
