@@ -30,7 +30,7 @@ from agent.errors import FailedPrecondition, InvalidArgument, NotFound
 from agent.ingest import IngestPipeline, unknown_label_reason
 from agent.limits import check_count, check_text, limit_hint, metadata_problem, text_problem
 from agent.models import ModelManager, Serving
-from agent.pool import Pool
+from agent.pool import Pool, state_rng
 from agent.priors import PRIOR_METHODS, get_prior_method
 from agent.state import SampleRecord, State
 from agent.strategies import MODEL_FREE, STRATEGIES, get_strategy
@@ -195,6 +195,11 @@ class Agent:
                     candidates=candidates.astype(np.int64), knn=knn)
         return pool, seqs
 
+    def labelled_ids(self) -> list[str]:
+        """Ids of every labelled sample (the selection state that, with the seed, seeds a request's rng)."""
+        labels = self.state.labels_by_seq()
+        return [self.state.record(int(q)).id for q in np.flatnonzero(labels >= 0)]
+
     # ---- Select ----------------------------------------------------------------------------------
     def select(self, budget: int, strategy: str, params: Mapping[str, str], seed: int,
                where: Mapping[str, str], token: cancel.CancelToken | None = None) -> SelectResult:
@@ -235,7 +240,9 @@ class Agent:
             token = token or cancel.CancelToken()
             lane = self.light_work if fn.is_light(take) else self.work
             with lane.slot(token, f"Select {strategy!r}"), cancel.scope(token):
-                sel = fn(pool, take, np.random.default_rng(seed), dict(params))
+                # Seeded by the seed and the labelled set: a loop that keeps its seed still draws afresh
+                # each round.
+                sel = fn(pool, take, state_rng(seed, self.labelled_ids()), dict(params))
             rows = np.asarray(sel.rows, np.int64)
             scores = np.asarray(sel.scores, np.float64)
             if (len(rows) > budget or len(np.unique(rows)) != len(rows) or len(scores) != len(rows)
@@ -292,7 +299,7 @@ class Agent:
         if cached is None:
             token = token or cancel.CancelToken()
             with self.work.slot(token, f"PriorLabels {method!r}"), cancel.scope(token):
-                pri = fn(pool, rows, np.random.default_rng(0), dict(params))
+                pri = fn(pool, rows, state_rng(0, self.labelled_ids()), dict(params))
             cached = (np.asarray(pri.probs), np.asarray(pri.confidence))
             self.prior_cache.put(key, cached, weight=len(rows))
         return self._iter_priors(rows, seqs, cached[0], cached[1], pool.classes, serving.version)
