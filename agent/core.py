@@ -26,6 +26,7 @@ from agent.embedder import EmbedOutput, decode_payload, tensor_pixels
 from agent.models import ModelManager, Serving
 from agent.pool import FailedPrecondition, InvalidArgument, Pool
 from agent.priors import PRIOR_METHODS, get_prior_method
+from agent.security import DataDirLock, owner_only_dir
 from agent.state import EmbeddingRows, NewSample, SampleRecord, State
 from agent.strategies import MODEL_FREE, STRATEGIES, get_strategy
 from shortlist.images import decode_image
@@ -141,10 +142,15 @@ class Agent:
     def __init__(self, data_dir: Path, models: Path, classes: Sequence[str] | None = None, blobs: bool = True,
                  poll_s: float = 5.0, batch_size: int = 256, use_cuda: bool = True, background: bool = True,
                  snapshot_s: float = 30.0) -> None:
-        data_dir.mkdir(parents=True, exist_ok=True)
-        self.data_dir = data_dir
-        self.models = models
-        self.state = State(data_dir / "state.sqlite", classes)
+        owner_only_dir(data_dir)  # 0700: only the agent's user can read anything inside
+        self.folder_lock = DataDirLock(data_dir)  # one agent per folder; DataDirLocked otherwise
+        try:
+            self.data_dir = data_dir
+            self.models = models
+            self.state = State(data_dir / "state.sqlite", classes)
+        except BaseException:
+            self.folder_lock.release()
+            raise
         self.blobs = BlobStore(data_dir / "blobs") if blobs else None
         self.manager = ModelManager(models, self.state, self.blobs, data_dir / "index", poll_s=poll_s,
                                     batch_size=batch_size, use_cuda=use_cuda, snapshot_s=snapshot_s,
@@ -152,8 +158,11 @@ class Agent:
         self.manager.start(background=background)
 
     def close(self) -> None:
-        self.manager.stop()
-        self.state.close()
+        try:
+            self.manager.stop()
+            self.state.close()
+        finally:
+            self.folder_lock.release()
 
     def _adopt_manifest_classes(self, manifest: Manifest) -> None:
         """With no class list yet, a model's class names become the closed list (so its logits apply)."""

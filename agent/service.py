@@ -22,6 +22,7 @@ from grpc_reflection.v1alpha import reflection
 
 from agent.core import Agent, AgentStatus, Embedded, Incoming, IngestResult, NotFound, Prepared
 from agent.pool import FailedPrecondition, InvalidArgument
+from agent.security import ServerSecurity
 from shortlist.v1 import agent_pb2, agent_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -71,8 +72,14 @@ def _call(context: grpc.ServicerContext, fn: Callable[[], T]) -> T:
 
 
 class AgentServicer(agent_pb2_grpc.AgentServicer):
-    def __init__(self, agent: Agent) -> None:
+    def __init__(self, agent: Agent, warnings: Sequence[str] = ()) -> None:
         self.agent = agent
+        self.warnings = list(warnings)  # about how the server runs (e.g. --insecure), shown in GetStatus
+
+    def _status(self) -> agent_pb2.Status:
+        msg = status_message(self.agent.status())
+        msg.warnings.extend(self.warnings)
+        return msg
 
     def Ingest(self, request_iterator: Iterator[agent_pb2.IngestRequest],
                context: grpc.ServicerContext) -> agent_pb2.IngestReply:
@@ -180,39 +187,54 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
             yield msg
 
     def GetStatus(self, request: agent_pb2.GetStatusRequest, context: grpc.ServicerContext) -> agent_pb2.Status:
-        return status_message(self.agent.status())
+        return self._status()
 
     def ReloadModel(self, request: agent_pb2.ReloadModelRequest, context: grpc.ServicerContext) -> agent_pb2.Status:
         self.agent.manager.reload()
-        return status_message(self.agent.status())
+        return self._status()
 
 
 def create_server(data_dir: Path, models: Path, host: str = "127.0.0.1", port: int = 0,
                   classes: Sequence[str] | None = None, blobs: bool = True, poll_s: float = 5.0,
                   max_message_bytes: int = MAX_MESSAGE_BYTES, workers: int = 16, batch_size: int = 256,
-                  use_cuda: bool = True) -> tuple[grpc.Server, int, Agent]:
+                  use_cuda: bool = True, security: ServerSecurity | None = None,
+                  interceptors: Sequence[grpc.ServerInterceptor] = ()) -> tuple[grpc.Server, int, Agent]:
     """Open the data folder, start the model manager and a started gRPC server on host:port
-    (port 0 = any free port). Returns (server, bound port, agent); stop with ``stop_server``."""
+    (port 0 = any free port). Returns (server, bound port, agent); stop with ``stop_server``.
+
+    ``security`` (TLS, tokens, --insecure) is checked before anything is opened: SecurityError says
+    what is missing. A port another process holds is an OSError (SO_REUSEPORT is off, so two agents
+    never share one), and so is a data folder another agent holds (agent.security.DataDirLocked)."""
+    security = security or ServerSecurity()
+    warnings = security.check_exposure(host)
+    credentials = security.credentials()
+    auth = security.interceptors()
+    for w in warnings:
+        log.warning("%s", w)
     agent = Agent(data_dir, models, classes=classes, blobs=blobs, poll_s=poll_s, batch_size=batch_size,
                   use_cuda=use_cuda)
     options = [("grpc.max_receive_message_length", max_message_bytes),
-               ("grpc.max_send_message_length", max_message_bytes)]
+               ("grpc.max_send_message_length", max_message_bytes),
+               ("grpc.so_reuseport", 0)]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rpc"),
-                         options=options)
-    agent_pb2_grpc.add_AgentServicer_to_server(AgentServicer(agent), server)
+                         options=options, interceptors=[*auth, *interceptors])
+    agent_pb2_grpc.add_AgentServicer_to_server(AgentServicer(agent, warnings), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
+    address = f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
     try:
-        bound = server.add_insecure_port(f"{host}:{port}")
+        bound = (server.add_insecure_port(address) if credentials is None
+                 else server.add_secure_port(address, credentials))
     except RuntimeError:  # grpcio raises when the address cannot be bound
         bound = 0
     if bound == 0:
         agent.close()
-        raise OSError(f"cannot listen on {host}:{port} (in use by another process?); pick another --port")
+        raise OSError(f"cannot listen on {address}: the port is in use by another process (another agent?) or "
+                      "the address is not one of this machine's; pick another --port or --host")
     server.start()
     server.health = health_servicer  # type: ignore[attr-defined]  # so stop_server can announce shutdown
     return server, bound, agent
