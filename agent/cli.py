@@ -20,10 +20,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from agent import client
+from agent.cli_options import AgentTarget, agent_options
 from shortlist.v1 import agent_pb2
 
-DEFAULT_AGENT = os.environ.get("SHORTLIST_AGENT", "127.0.0.1:50051")
-AgentOpt = typer.Option(DEFAULT_AGENT, "--agent", help="HOST:PORT of a running agent (env SHORTLIST_AGENT)")
 JsonOpt = typer.Option(False, "--json", help="machine-readable output on stdout")
 
 console = Console(stderr=True)
@@ -69,7 +68,8 @@ def _status_dict(s: agent_pb2.Status) -> dict[str, Any]:
 
 def serve(data_dir: Path = typer.Option(..., "--data-dir", help="agent state folder (created if missing)"),
           models: Path = typer.Option(..., "--models", help="model registry folder (vNNNN/ versions)"),
-          host: str = typer.Option("127.0.0.1", "--host"),
+          host: str = typer.Option("127.0.0.1", "--host", help="address to listen on (0.0.0.0: every interface; "
+                                   "anything but loopback needs TLS and tokens, or --insecure)"),
           port: int = typer.Option(50051, "--port"),
           classes: str = typer.Option("", "--classes", help="closed class list a,b,c (default: open)"),
           no_blobs: bool = typer.Option(False, "--no-blobs", help="do not keep payloads (no re-embedding, "
@@ -77,24 +77,45 @@ def serve(data_dir: Path = typer.Option(..., "--data-dir", help="agent state fol
           poll: float = typer.Option(5.0, "--poll", help="seconds between registry checks"),
           batch_size: int = typer.Option(256, "--batch-size", help="images per onnxruntime call"),
           max_message_mb: int = typer.Option(64, "--max-message-mb", help="largest gRPC message accepted"),
-          cpu: bool = typer.Option(False, "--cpu", help="never try CUDAExecutionProvider")) -> None:
+          cpu: bool = typer.Option(False, "--cpu", help="never try CUDAExecutionProvider"),
+          tls_cert: Path | None = typer.Option(None, "--tls-cert", dir_okay=False,
+                                               help="serve TLS with this certificate (PEM; with --tls-key)"),
+          tls_key: Path | None = typer.Option(None, "--tls-key", dir_okay=False, help="the private key of --tls-cert"),
+          tls_client_ca: Path | None = typer.Option(None, "--tls-client-ca", dir_okay=False,
+                                                    help="mutual TLS: require client certificates signed by this CA"),
+          tokens: Path | None = typer.Option(None, "--tokens", dir_okay=False,
+                                             help="require bearer tokens: a file of `role:token` lines, role read "
+                                                  "or write (re-read when it changes)"),
+          insecure: bool = typer.Option(False, "--insecure", help="allow a non-loopback --host without TLS and "
+                                        "tokens: anyone who reaches the port can read and change the data")) -> None:
     """Run the agent until SIGTERM/SIGINT (then finish in-flight calls, snapshot the index, exit)."""
+    from agent.security import SecurityError, ServerSecurity, is_loopback
     from agent.service import create_server, stop_server
     from agent.state import ClassListError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.umask(0o077)  # whatever the agent or a library creates is readable by its user only
+    security = ServerSecurity(tls_cert=tls_cert, tls_key=tls_key, tls_client_ca=tls_client_ca, tokens=tokens,
+                              insecure=insecure)
     class_list = [c.strip() for c in classes.split(",") if c.strip()] or None
     try:
         server, bound, agent = create_server(data_dir, models, host=host, port=port, classes=class_list,
                                              blobs=not no_blobs, poll_s=poll, batch_size=batch_size,
-                                             max_message_bytes=max_message_mb * 1024 * 1024, use_cuda=not cpu)
-    except (ClassListError, OSError) as e:
+                                             max_message_bytes=max_message_mb * 1024 * 1024, use_cuda=not cpu,
+                                             security=security)
+    except (ClassListError, SecurityError, OSError) as e:
         console.print(f"[red]cannot start[/red]: {e}")
         raise typer.Exit(2) from None
     st = agent.status()
     provider = agent.manager.current.embedder.provider if agent.manager.current else "none"
     console.print(f"agent on {host}:{bound}: {st.samples} samples, model {st.model_version or '(none yet)'} "
                   f"({provider}), registry {models}")
+    mode = ("mutual TLS" if tls_client_ca else "TLS" if tls_cert else "plaintext") + \
+        (", tokens required" if tokens else ", no tokens")
+    console.print(f"security: {mode}")
+    if insecure and not is_loopback(host):
+        console.print(f"[yellow]warning[/yellow]: --insecure: anyone who reaches {host}:{bound} can read and change "
+                      "this agent's data")
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -115,8 +136,9 @@ def _source_samples(source: str, split: str, limit: int | None, with_labels: boo
             yield client.tensor_sample(item.id, item.pixels, label=label, uri=item.uri, metadata=metadata)
 
 
-def ingest(source: str = typer.Argument(..., help="folder of images, ImageFolder tree, tar, CIFAR folder"),
-           agent: str = AgentOpt,
+@agent_options
+def ingest(agent: AgentTarget,
+           source: str = typer.Argument(..., help="folder of images, ImageFolder tree, tar, CIFAR folder"),
            with_labels: bool = typer.Option(False, "--with-labels", help="class folders become labels"),
            split: str = typer.Option("train", "--split"),
            batch: int = typer.Option(256, "--batch", min=1),
@@ -126,7 +148,7 @@ def ingest(source: str = typer.Argument(..., help="folder of images, ImageFolder
            as_json: bool = JsonOpt) -> None:
     """Stream a source's images into the agent (acknowledged once durable)."""
     metadata = _pairs(meta, "--meta")
-    stub = _rpc(lambda: client.connect(agent))
+    stub = _rpc(agent.connect)
     with _progress() as progress:
         task = progress.add_task("ingest", total=limit)
         reply = _rpc(lambda: client.ingest(stub, _source_samples(source, split, limit, with_labels, metadata), batch,
@@ -141,7 +163,8 @@ def ingest(source: str = typer.Argument(..., help="folder of images, ImageFolder
         console.print(f"  {r.id}: {r.reason}")
 
 
-def select(agent: str = AgentOpt,
+@agent_options
+def select(agent: AgentTarget,
            budget: int = typer.Option(..., "--budget"),
            strategy: str = typer.Option("random", "--strategy"),
            param: list[str] = typer.Option([], "--param", help="strategy parameter k=v (repeatable)"),
@@ -149,7 +172,7 @@ def select(agent: str = AgentOpt,
            seed: int = typer.Option(0, "--seed", min=0),
            as_json: bool = JsonOpt) -> None:
     """Which samples to label next."""
-    stub = _rpc(lambda: client.connect(agent))
+    stub = _rpc(agent.connect)
     req = agent_pb2.SelectRequest(budget=budget, strategy=strategy, params=_pairs(param, "--param"), seed=seed,
                                   where=_pairs(where, "--where"))
     reply = _rpc(lambda: stub.Select(req))
@@ -170,8 +193,9 @@ def select(agent: str = AgentOpt,
         console.print(f"{key}: {value}", style="yellow" if key == "warning" else None)
 
 
-def label(file: Path = typer.Argument(..., exists=True, dir_okay=False, help="CSV with columns id,label"),
-          agent: str = AgentOpt,
+@agent_options
+def label(agent: AgentTarget,
+          file: Path = typer.Argument(..., exists=True, dir_okay=False, help="CSV with columns id,label"),
           annotator: str = typer.Option(os.environ.get("USER", "cli"), "--annotator"),
           as_json: bool = JsonOpt) -> None:
     """Submit labels from a CSV file (header id,label)."""
@@ -179,7 +203,7 @@ def label(file: Path = typer.Argument(..., exists=True, dir_okay=False, help="CS
         rows = list(csv.DictReader(f))
     if rows and not {"id", "label"} <= set(rows[0]):
         raise typer.BadParameter(f"{file} needs a header with columns id,label (has {list(rows[0])})")
-    stub = _rpc(lambda: client.connect(agent))
+    stub = _rpc(agent.connect)
     reply = _rpc(lambda: client.submit_labels(stub, [(r["id"], r["label"]) for r in rows], annotator))
     if as_json:
         print(json.dumps({"accepted": reply.accepted,
@@ -190,13 +214,14 @@ def label(file: Path = typer.Argument(..., exists=True, dir_okay=False, help="CS
         console.print(f"  {r.id}: {r.reason}")
 
 
-def prior(agent: str = AgentOpt,
+@agent_options
+def prior(agent: AgentTarget,
           method: str = typer.Option("knn", "--method"),
           ids: list[str] = typer.Option([], "--id", help="sample id (repeatable; default: every unlabelled)"),
           param: list[str] = typer.Option([], "--param", help="method parameter k=v (repeatable)"),
           as_json: bool = JsonOpt) -> None:
     """Prior pseudo-labels (class probabilities) for unlabelled samples."""
-    stub = _rpc(lambda: client.connect(agent))
+    stub = _rpc(agent.connect)
     req = agent_pb2.PriorLabelsRequest(method=method, ids=ids, params=_pairs(param, "--param"))
     rows = _rpc(lambda: list(stub.PriorLabels(req)))
     if as_json:
@@ -212,9 +237,10 @@ def prior(agent: str = AgentOpt,
     Console().print(table)
 
 
-def status(agent: str = AgentOpt, as_json: bool = JsonOpt) -> None:
+@agent_options
+def status(agent: AgentTarget, as_json: bool = JsonOpt) -> None:
     """The agent's pool, labels, serving model and available strategies."""
-    stub = _rpc(lambda: client.connect(agent))
+    stub = _rpc(agent.connect)
     s = _rpc(lambda: stub.GetStatus(agent_pb2.GetStatusRequest()))
     d = _status_dict(s)
     if as_json:
