@@ -89,21 +89,22 @@ def serve(data_dir: Path = typer.Option(..., "--data-dir", help="agent state fol
           insecure: bool = typer.Option(False, "--insecure", help="allow a non-loopback --host without TLS and "
                                         "tokens: anyone who reaches the port can read and change the data")) -> None:
     """Run the agent until SIGTERM/SIGINT (then finish in-flight calls, snapshot the index, exit)."""
-    from agent.security import SecurityError, ServerSecurity, is_loopback
+    from agent.config import MIB, AgentConfig, Limits
+    from agent.security import ServerSecurity, is_loopback
     from agent.service import create_server, stop_server
     from agent.state import ClassListError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.umask(0o077)  # whatever the agent or a library creates is readable by its user only
-    security = ServerSecurity(tls_cert=tls_cert, tls_key=tls_key, tls_client_ca=tls_client_ca, tokens=tokens,
-                              insecure=insecure)
-    class_list = [c.strip() for c in classes.split(",") if c.strip()] or None
+    class_list = tuple(c.strip() for c in classes.split(",") if c.strip()) or None
     try:
-        server, bound, agent = create_server(data_dir, models, host=host, port=port, classes=class_list,
-                                             blobs=not no_blobs, poll_s=poll, batch_size=batch_size,
-                                             max_message_bytes=max_message_mb * 1024 * 1024, use_cuda=not cpu,
-                                             security=security)
-    except (ClassListError, SecurityError, OSError) as e:
+        limits = Limits(max_message_bytes=max_message_mb * MIB)
+        security = ServerSecurity(tls_cert=tls_cert, tls_key=tls_key, tls_client_ca=tls_client_ca, tokens=tokens,
+                                  insecure=insecure)
+        config = AgentConfig(data_dir, models, host=host, port=port, classes=class_list, blobs=not no_blobs,
+                             poll_s=poll, batch_size=batch_size, use_cuda=not cpu, limits=limits, security=security)
+        server, bound, agent = create_server(config)
+    except (ClassListError, OSError, ValueError) as e:  # SecurityError is a ValueError
         console.print(f"[red]cannot start[/red]: {e}")
         raise typer.Exit(2) from None
     st = agent.status()

@@ -153,6 +153,7 @@ def test_a_bad_agent_address_fails_fast_and_says_why() -> None:
 
 
 def test_tls_and_tokens_from_flags_and_environment(tmp_path: Path, registry: Path) -> None:
+    from agent.config import AgentConfig
     from agent.security import ServerSecurity
     from agent.service import create_server, stop_server
     from tests.agent.pki import make_pki
@@ -161,9 +162,9 @@ def test_tls_and_tokens_from_flags_and_environment(tmp_path: Path, registry: Pat
     read, write = "read-token-" + "r" * 20, "write-token-" + "w" * 20
     tokens = tmp_path / "tokens"
     tokens.write_text(f"read:{read}\nwrite:{write}\n")
-    server, port, agent = create_server(tmp_path / "data", registry, poll_s=0.2, use_cuda=False,
-                                        security=ServerSecurity(tls_cert=pki.server_cert, tls_key=pki.server_key,
-                                                                tokens=tokens))
+    security = ServerSecurity(tls_cert=pki.server_cert, tls_key=pki.server_key, tokens=tokens)
+    server, port, agent = create_server(AgentConfig(tmp_path / "data", registry, port=0, poll_s=0.2, use_cuda=False,
+                                                    security=security))
     address = f"localhost:{port}"
     try:
         ok = runner.invoke(app, ["status", "--agent", address, "--tls-ca", str(pki.ca), "--token", read, "--json"])

@@ -21,6 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from typer.testing import CliRunner
 
 from agent import client, security
+from agent.config import AgentConfig
 from agent.core import Agent
 from agent.security import (
     RPC_ROLES,
@@ -54,9 +55,15 @@ def tokens_file(tmp_path: Path) -> Path:
     return path
 
 
+def offline(data: Path, registry: Path) -> AgentConfig:
+    """An Agent's config without the background thread or CUDA."""
+    return AgentConfig(data, registry, use_cuda=False, background=False)
+
+
 def serve(tmp_path: Path, registry: Path, sec: ServerSecurity, host: str = "127.0.0.1",
           data: str = "data") -> tuple[grpc.Server, int, Agent]:
-    return create_server(tmp_path / data, registry, host=host, poll_s=0.2, use_cuda=False, security=sec)
+    return create_server(AgentConfig(tmp_path / data, registry, host=host, port=0, poll_s=0.2, use_cuda=False,
+                                     security=sec))
 
 
 @pytest.fixture
@@ -299,22 +306,22 @@ def test_a_port_held_by_another_agent_is_refused(tmp_path: Path, registry: Path)
     server, port, agent = serve(tmp_path, registry, ServerSecurity())
     try:
         with pytest.raises(OSError, match=f"cannot listen on 127.0.0.1:{port}: the port is in use"):
-            create_server(tmp_path / "other", registry, port=port, use_cuda=False)
+            create_server(AgentConfig(tmp_path / "other", registry, port=port, use_cuda=False))
         # the refused agent let go of its folder
-        Agent(tmp_path / "other", registry, use_cuda=False, background=False).close()
+        Agent(offline(tmp_path / "other", registry)).close()
         assert status(port, host="127.0.0.1").strategies  # the first one still answers
     finally:
         stop_server(server, agent, grace=0.5)
 
 
 def test_a_data_folder_held_by_another_agent_is_refused(tmp_path: Path, registry: Path) -> None:
-    first = Agent(tmp_path / "d", registry, use_cuda=False, background=False)
+    first = Agent(offline(tmp_path / "d", registry))
     try:
         with pytest.raises(DataDirLocked, match=f"{tmp_path / 'd'} is in use by another agent \\(pid {os.getpid()}\\)"):
-            Agent(tmp_path / "d", registry, use_cuda=False, background=False)
+            Agent(offline(tmp_path / "d", registry))
     finally:
         first.close()
-    Agent(tmp_path / "d", registry, use_cuda=False, background=False).close()  # free again after close
+    Agent(offline(tmp_path / "d", registry)).close()  # free again after close
 
 
 def test_the_lock_is_per_process_and_dies_with_a_sigkilled_agent(tmp_path: Path, registry: Path) -> None:
@@ -342,7 +349,7 @@ def test_the_lock_is_per_process_and_dies_with_a_sigkilled_agent(tmp_path: Path,
         first.wait(timeout=30)
         lock = DataDirLock(data)  # at once: no stale lock
         lock.release()
-        Agent(data, registry, use_cuda=False, background=False).close()
+        Agent(offline(data, registry)).close()
     finally:
         if first.poll() is None:
             first.kill()
@@ -376,7 +383,7 @@ def test_data_folder_and_files_are_owner_only(tmp_path: Path, registry: Path) ->
         # an existing folder made with a wider mode is narrowed when an agent opens it
         wide = tmp_path / "wide"
         wide.mkdir(mode=0o755)
-        Agent(wide, registry, use_cuda=False, background=False).close()
+        Agent(offline(wide, registry)).close()
         assert _mode(wide) == 0o700
     finally:
         os.umask(old)
@@ -386,7 +393,7 @@ def test_data_folder_and_files_are_owner_only(tmp_path: Path, registry: Path) ->
 def test_ids_uris_and_metadata_stay_inside_the_data_folder(tmp_path: Path, registry: Path) -> None:
     before = {p for p in tmp_path.rglob("*")}
     data = tmp_path / "a" / "data"
-    server, port, agent = create_server(data, registry, poll_s=0.2, use_cuda=False)
+    server, port, agent = create_server(AgentConfig(data, registry, port=0, poll_s=0.2, use_cuda=False))
     try:
         stub = client.connect(f"127.0.0.1:{port}")
         hostile = ["../../escape", "/tmp/absolute", "a\x00b", "..\\..\\win", "../" * 30 + "etc/passwd",
