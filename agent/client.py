@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import socket
 import ssl
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -221,35 +220,27 @@ def channel(address: str, timeout: float | None = None, config: ClientConfig | N
         options.append(("grpc.ssl_target_name_override", config.tls_server_name))
     ch = grpc.insecure_channel(address, options=options) if creds is None else \
         grpc.secure_channel(address, creds, options=options)
-    changed = threading.Condition()
-    states: list[grpc.ChannelConnectivity] = []
-
-    def seen(state: grpc.ChannelConnectivity) -> None:
-        with changed:
-            states.append(state)
-            changed.notify_all()
-
-    ch.subscribe(seen, try_to_connect=True)
+    ready_future = grpc.channel_ready_future(ch)
     reason = ""
-    try:
-        with changed:
-            while grpc.ChannelConnectivity.READY not in states:
-                if grpc.ChannelConnectivity.TRANSIENT_FAILURE in states and hp is not None and not reason:
-                    changed.release()  # probe without holding the lock the callback needs
-                    try:
-                        reason = _probe_tls(address, *hp, config, min(wait, 5.0))
-                    finally:
-                        changed.acquire()
-                    if reason:
-                        break
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                changed.wait(left)
-            ready = grpc.ChannelConnectivity.READY in states
-    finally:
-        ch.unsubscribe(seen)
+    probed = False
+    ready = False
+    while True:
+        left = deadline - time.monotonic()
+        try:  # a connection TCP reaches is ready within milliseconds unless TLS (or the protocol) disagrees
+            ready_future.result(timeout=max(0.0, min(left, 1.0)))
+            ready = True
+            break
+        except grpc.FutureTimeoutError:
+            pass
+        if hp is not None and not probed:
+            probed = True
+            reason = _probe_tls(address, *hp, config, min(wait, 5.0))
+            if reason:
+                break
+        if time.monotonic() >= deadline:
+            break
     if not ready:
+        ready_future.cancel()
         ch.close()
         raise AgentUnavailable(reason or f"no agent answers at {address} after {wait:g}s; start one with "
                                "`shortlist serve --data-dir D --models M --port PORT`, or raise --connect-timeout")
