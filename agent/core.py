@@ -191,9 +191,10 @@ class Agent:
         if budget > self.limits.max_select_budget:
             raise InvalidArgument(f"budget {budget:,} is above the limit of {self.limits.max_select_budget:,} "
                                   f"{limit_hint('max_select_budget')}")
-        where_problem = metadata_problem(where, self.limits, "where filter")
-        if where_problem is not None:
-            raise InvalidArgument(where_problem)
+        for problem in (metadata_problem(where, self.limits, "where filter"),
+                        metadata_problem(params, self.limits, "params")):
+            if problem is not None:
+                raise InvalidArgument(problem)
         fn = get_strategy(strategy)
         serving = self.manager.current
         if serving is None:
@@ -228,6 +229,9 @@ class Agent:
         """Checks and computes at the call (errors raise here), then yields one result per row: the
         reply streams, it is never built whole."""
         check_count(ids, self.limits.max_ids_per_request, "max_ids_per_request", "ids")
+        problem = metadata_problem(params, self.limits, "params")
+        if problem is not None:
+            raise InvalidArgument(problem)
         fn = get_prior_method(method)
         serving = self.manager.current
         if serving is None:
@@ -274,7 +278,17 @@ class Agent:
             strategies=sorted(STRATEGIES), prior_methods=sorted(PRIOR_METHODS), classes=list(self.state.classes),
             pending_model_version=self.manager.pending_version,
             pending_embedded=0 if pending is None else pending.n,
-            warnings=[w for w in [self.manager.warning, *self.manager.failed.values()] if w])
+            warnings=[w for w in [self.registry_warning(), self.manager.warning, *self.manager.failed.values()] if w])
+
+    def registry_warning(self) -> str:
+        """Why the registry folder cannot hold models now ("" when it is a folder). The agent still starts
+        and serves the first version published there: a folder made later is picked up by the poll."""
+        if self.models.is_dir():
+            return ""
+        what = "is not a folder" if self.models.exists() else "does not exist"
+        return (f"model registry {self.models} {what}: the agent stores ingested samples and answers model-free "
+                f"strategies ({', '.join(sorted(MODEL_FREE))}) until a version is published there "
+                f"(`shortlist export` writes {self.models}/vNNNN/); check --models if you expected a model")
 
     def list_samples(self, labeled_only: bool, include_payload: bool) -> Iterator[tuple[SampleRecord, str, bytes]]:
         """(record, current label or "", payload blob or b"") for every sample, in ingest order."""

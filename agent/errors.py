@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 
 # Trailing metadata key with the suggested wait (milliseconds) on RESOURCE_EXHAUSTED / UNAVAILABLE.
 RETRY_AFTER_KEY = "retry-after-ms"
+# Longest status message sent: it travels in the trailers, which clients cap (8 KiB by default), and a
+# message may echo a client's string (a strategy name, a param). Longer ones keep their head and tail.
+MAX_DETAILS_CHARS = 2000
 
 
 class AgentError(Exception):
@@ -195,7 +198,15 @@ def abort(context: grpc.ServicerContext, e: BaseException, method: str = "") -> 
         log.error("%s: storage problem: %s", method or "a request", m.message)  # a full or read-only disk
     if m.retry_after_s is not None:
         context.set_trailing_metadata(((RETRY_AFTER_KEY, str(round(m.retry_after_s * 1000))),))
-    context.abort(m.code, m.message)
+    context.abort(m.code, shorten(m.message))
+
+
+def shorten(message: str, limit: int = MAX_DETAILS_CHARS) -> str:
+    """``message`` cut to ``limit`` characters in the middle (the head says what, the tail holds notes)."""
+    if len(message) <= limit:
+        return message
+    head = limit * 3 // 5
+    return f"{message[:head]} ...[{len(message) - limit:,} characters cut]... {message[-(limit - head):]}"
 
 
 def _already_ended(context: grpc.ServicerContext) -> bool:

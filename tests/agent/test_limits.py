@@ -116,6 +116,14 @@ def test_whole_request_limits_are_statuses(tight: Running) -> None:
     err = rpc_error(lambda: tight.stub.Select(agent_pb2.SelectRequest(
         budget=1, strategy="random", where={"a": "1", "b": "2", "c": "3"})))
     assert err.code() == CODE.INVALID_ARGUMENT and "--max-metadata-entries" in err.details()
+    err = rpc_error(lambda: tight.stub.Select(agent_pb2.SelectRequest(
+        budget=1, strategy="random", params={"k" * 7: "1"})))
+    assert err.code() == CODE.INVALID_ARGUMENT and "params key" in err.details()
+    err = rpc_error(lambda: tight.stub.Select(agent_pb2.SelectRequest(budget=1, strategy="x" * 1_000_000)))
+    assert err.code() == CODE.INVALID_ARGUMENT and len(err.details()) < 2100  # echoed names are cut
+    err = rpc_error(lambda: list(tight.stub.PriorLabels(agent_pb2.PriorLabelsRequest(
+        method="knn", params={"a": "1", "b": "2", "c": "3"}))))
+    assert err.code() == CODE.INVALID_ARGUMENT and "--max-metadata-entries" in err.details()
     err = rpc_error(lambda: list(tight.stub.PriorLabels(agent_pb2.PriorLabelsRequest(
         method="knn", ids=["s2", "s3", "s2", "s3"]))))
     assert err.code() == CODE.RESOURCE_EXHAUSTED and "--max-ids-per-request" in err.details()
