@@ -498,7 +498,7 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 def summarise(calls: Sequence[Call]) -> list[dict[str, Any]]:
     """One row per RPC and, for Select and PriorLabels, per strategy / method: requests, ok, errors by
-    code, p50/p99/max latency of every call and p99 of the errors alone."""
+    code, p50/p99/max latency of every call, p50/p99 of the answered (OK) calls alone and p99 per error code."""
     groups: dict[str, list[Call]] = defaultdict(list)
     for c in calls:
         groups[c.rpc].append(c)
@@ -515,10 +515,13 @@ def summarise(calls: Sequence[Call]) -> list[dict[str, Any]]:
                 if c.code != "OK":
                     errors[c.code] += 1
             err_secs = [c.seconds for c in group if c.code != "OK"]
+            ok_secs = [c.seconds for c in group if c.code == "OK"]
             rows.append({"name": name, "requests": len(group), "ok": len(group) - len(err_secs),
                          "errors": dict(sorted(errors.items())), "p50_s": percentile(secs, 50),
                          "p99_s": percentile(secs, 99), "max_s": max(secs),
-                         "errors_p99_s": percentile(err_secs, 99) if err_secs else None})
+                         "ok_p50_s": percentile(ok_secs, 50), "ok_p99_s": percentile(ok_secs, 99),
+                         "errors_p99_s": {code: percentile([c.seconds for c in group if c.code == code], 99)
+                                          for code in sorted(errors)}})
     return rows
 
 
@@ -547,15 +550,17 @@ def goals(rows: list[dict[str, Any]], solo: list[dict[str, Any]], rss: dict[str,
     bad = {f"{r['name']}: {code}": n for r in rows if " " not in r["name"]
            for code, n in r["errors"].items() if code != "RESOURCE_EXHAUSTED"}
     out.append({"goal": "no error but RESOURCE_EXHAUSTED", "ok": not bad, "value": bad or "none"})
-    exhausted = [r["errors_p99_s"] for r in rows if " " not in r["name"] and "RESOURCE_EXHAUSTED" in r["errors"]]
+    exhausted = [r["errors_p99_s"]["RESOURCE_EXHAUSTED"] for r in rows
+                 if " " not in r["name"] and "RESOURCE_EXHAUSTED" in r["errors"]]
     if exhausted:
-        worst = max(v for v in exhausted if v is not None)
+        worst = max(exhausted)
         out.append({"goal": f"RESOURCE_EXHAUSTED prompt (error p99 < {FAST_P99_S:g} s)", "ok": worst < FAST_P99_S,
                     "value": round(worst, 3)})
-    for name in FAST_RPCS:
+    for name in FAST_RPCS:  # over the calls answered: a refusal is fast, it must not hide slow answers
         if name in by_name:
-            p99 = by_name[name]["p99_s"]
-            out.append({"goal": f"{name} p99 < {FAST_P99_S:g} s", "ok": p99 < FAST_P99_S, "value": round(p99, 3)})
+            p99 = by_name[name]["ok_p99_s"]
+            out.append({"goal": f"{name} p99 < {FAST_P99_S:g} s (answered calls)", "ok": p99 < FAST_P99_S,
+                        "value": round(p99, 3) if p99 == p99 else "no call answered"})
     for s in solo:
         if s["rpc"] == "Select":
             out.append({"goal": f"Select {s['name']} alone < {SOLO_LIMIT_S:g} s",
@@ -691,13 +696,13 @@ def print_results(res: dict[str, Any], console: Console) -> None:
                         f"ended after {load['seconds']:.0f} s), {load['requests']} requests "
                         f"({load['requests_per_s']:.1f}/s), pool {res['agent']['samples_before']}")
     for col, just in (("rpc", "left"), ("requests", "right"), ("ok", "right"), ("errors", "left"),
-                      ("p50 s", "right"), ("p99 s", "right"), ("max s", "right")):
+                      ("p50 s", "right"), ("p99 s", "right"), ("max s", "right"), ("answered p99 s", "right")):
         table.add_column(col, justify=just)  # type: ignore[arg-type]
     for r in load["rpcs"]:
-        errors = ", ".join(f"{k} {v}" for k, v in r["errors"].items()) or "-"
+        errors = ", ".join(f"{k} {v} (p99 {r['errors_p99_s'][k]:.3f} s)" for k, v in r["errors"].items()) or "-"
         name = r["name"] if " " not in r["name"] else "  " + r["name"]
         table.add_row(name, str(r["requests"]), str(r["ok"]), errors, f"{r['p50_s']:.3f}", f"{r['p99_s']:.3f}",
-                      f"{r['max_s']:.3f}")
+                      f"{r['max_s']:.3f}", f"{r['ok_p99_s']:.3f}" if r["ok"] else "-")
     console.print(table)
     if res["solo"]:
         solo = Table(title="each alone, before the load")

@@ -45,7 +45,8 @@ def test_load_starts_an_agent_builds_a_pool_and_reports(tmp_path: Path) -> None:
     # every accepted sample is counted by the agent
     assert load["ingested"] == 8 * rows.get("Ingest", {"ok": 0})["ok"]
     assert res["agent"]["samples_after"] == 200 + res["warmup"]["ingested"] + load["ingested"]
-    assert {g["goal"] for g in res["goals"]} >= {"no error but RESOURCE_EXHAUSTED", "GetStatus p99 < 1 s"}
+    goals = {g["goal"] for g in res["goals"]}
+    assert {"no error but RESOURCE_EXHAUSTED", "GetStatus p99 < 1 s (answered calls)"} <= goals
 
     # a second run on the same folder reuses the pool it built
     again = CliRunner().invoke(app, [*args[:-1], "--seconds", "0.5", "--warmup", "0", "--solo", "none",
