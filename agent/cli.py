@@ -243,9 +243,8 @@ def ingest(source: str = typer.Argument(..., help="an image file, a folder of im
         else:
             _print_ingest(e.reply)
         console.print(f"[red]stopped reading {escape(source)}[/red] after {e.sent} samples: {escape(str(e))}; the "
-                      "samples acknowledged "
-                      "above are stored; fix the source and run the same command again (resent samples count as "
-                      "duplicates)", highlight=False)
+                      "samples acknowledged above are stored; fix the source and run the same command again "
+                      "(resent samples count as duplicates)", highlight=False)
         raise typer.Exit(1) from None
     if counter[0] == 0:
         console.print(f"[red]no images found in {resolved.path}[/red] (split '{resolved.split}'); image files end "
