@@ -73,9 +73,10 @@ class Param:
         """``raw`` as this parameter's value; InvalidArgument naming the parameter and its range."""
         bad = InvalidArgument(f"param {self.name}={raw!r} is out of range: must be {self.range_text()}")
         if self.kind == "choice":
-            if raw not in self.choices:
+            word = raw.strip().lower()
+            if word not in self.choices:
                 raise bad
-            return raw
+            return word
         assert self.lo is not None and self.hi is not None
         value: int | float
         try:
@@ -139,7 +140,7 @@ def check_declared(params: Mapping[str, str], declared: Sequence[Param], what: s
             by_name[name].parse(raw)
 
 
-def _params_doc(declared: Sequence[Param]) -> str:
+def params_doc(declared: Sequence[Param]) -> str:
     if not declared:
         return "\n\nParams: none."
     lines = [f"    {p.name}: {p.doc} Default {p.default_text()}; {p.range_text()}." for p in declared]
@@ -217,7 +218,7 @@ def strategy(name: str, *declared: Param, light_budget: int = 0) -> Callable[[St
     def wrap(fn: Strategy) -> StrategyEntry:
         entry = StrategyEntry(name=name, params=tuple(declared), summary=_summary(fn.__doc__), fn=fn,
                               light_budget=light_budget)
-        object.__setattr__(entry, "__doc__", (fn.__doc__ or "") + _params_doc(declared))
+        object.__setattr__(entry, "__doc__", (fn.__doc__ or "") + params_doc(declared))
         return entry
     return wrap
 
@@ -226,7 +227,7 @@ def prior_method(name: str, *declared: Param) -> Callable[[PriorMethod], PriorEn
     """Declare a prior method's name and params; the entry's ``__doc__`` is the function's plus the params."""
     def wrap(fn: PriorMethod) -> PriorEntry:
         entry = PriorEntry(name=name, params=tuple(declared), summary=_summary(fn.__doc__), fn=fn)
-        object.__setattr__(entry, "__doc__", (fn.__doc__ or "") + _params_doc(declared))
+        object.__setattr__(entry, "__doc__", (fn.__doc__ or "") + params_doc(declared))
         return entry
     return wrap
 

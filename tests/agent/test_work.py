@@ -214,7 +214,7 @@ def test_sigterm_stops_a_busy_agent_process_within_seconds(tmp_path: Path, regis
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             cwd=Path(__file__).resolve().parents[2])
     try:
-        stub = client.connect(f"127.0.0.1:{port}", timeout=60)
+        stub = client.connect(f"127.0.0.1:{port}", timeout=60, starting=True)
         client.ingest(stub, make_samples(10))
         calls = [stub.Select.future(agent_pb2.SelectRequest(budget=2, strategy="slow", seed=i,
                                                             params={"seconds": "600"})) for i in range(3)]
