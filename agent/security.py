@@ -108,7 +108,18 @@ def parse_tokens(text: str, source: str) -> list[tuple[bytes, str]]:
     return pairs
 
 
+def warn_if_shared(path: Path, what: str) -> None:
+    """Log a warning when a secret file can be read by users other than its owner."""
+    try:
+        mode = path.stat().st_mode & 0o777
+    except OSError:
+        return
+    if mode & 0o077:
+        log.warning("%s %s can be read by other users (mode %03o); `chmod 600 %s`", what, path, mode, path)
+
+
 def read_tokens(path: Path) -> list[tuple[bytes, str]]:
+    warn_if_shared(path, "the tokens file")
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as e:
@@ -272,6 +283,7 @@ class ServerSecurity:
                 raise SecurityError("--tls-client-ca needs --tls-cert and --tls-key (mutual TLS is on top of TLS)")
             return None
         cert, key = _read(self.tls_cert, "--tls-cert"), _read(self.tls_key, "--tls-key")
+        warn_if_shared(self.tls_key, "the TLS key")
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         try:
             ctx.load_cert_chain(self.tls_cert, self.tls_key)

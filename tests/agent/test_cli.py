@@ -12,7 +12,6 @@ import socket
 import subprocess
 import sys
 import tarfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -354,12 +353,13 @@ def test_every_agent_command_takes_the_connection_options(command: str) -> None:
 
 
 def test_a_bad_agent_address_fails_fast_and_says_why() -> None:
-    t = time.monotonic()
-    refused = runner.invoke(app, ["status", "--agent", f"127.0.0.1:{free_port()}"])
+    """Refused and unresolved are answered at once with their reason (a wait would end in the generic
+    'no agent answers ... after 120s' message instead)."""
+    refused = runner.invoke(app, ["status", "--agent", f"127.0.0.1:{free_port()}", "--connect-timeout", "120"])
     assert refused.exit_code == 1 and "connection refused" in out(refused)
-    unresolved = runner.invoke(app, ["select", "--budget", "1", "--agent", "no-such-host.invalid:50051"])
+    unresolved = runner.invoke(app, ["select", "--budget", "1", "--agent", "no-such-host.invalid:50051",
+                                     "--connect-timeout", "120"])
     assert unresolved.exit_code == 1 and "cannot resolve the agent's host name" in out(unresolved)
-    assert time.monotonic() - t < 5  # was 10-17 s each
 
 
 def test_tls_and_tokens_from_flags_and_environment(tmp_path: Path, registry: Path) -> None:

@@ -416,3 +416,18 @@ def test_ids_uris_and_metadata_stay_inside_the_data_folder(tmp_path: Path, regis
     for p in (data / "blobs").rglob("*"):  # blobs are named by their content's sha256 only
         rel = p.relative_to(data / "blobs").as_posix()
         assert re.fullmatch(r"[0-9a-f]{2}(/[0-9a-f]{62})?", rel), rel
+
+
+def test_secret_files_readable_by_others_are_warned_about(tmp_path: Path, pki: Pki,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "tokens"
+    path.write_text(f"read:{READ_TOKEN}\n")
+    path.chmod(0o644)
+    with caplog.at_level(logging.WARNING):
+        TokenStore(path)
+    assert "can be read by other users (mode 644); `chmod 600" in caplog.text and READ_TOKEN not in caplog.text
+    caplog.clear()
+    path.chmod(0o600)
+    with caplog.at_level(logging.WARNING):
+        TokenStore(path)
+    assert "other users" not in caplog.text
