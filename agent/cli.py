@@ -182,7 +182,9 @@ def _source_samples(source: Any, limit: int | None, with_labels: bool, metadata:
 
 def _ingest_out(reply: agent_pb2.IngestReply) -> dict[str, Any]:
     return {"accepted": reply.accepted, "duplicates": reply.duplicates,
-            "rejected": [{"id": r.id, "reason": r.reason} for r in reply.rejected]}
+            "rejected": [{"id": r.id, "reason": r.reason} for r in reply.rejected],
+            "same_payload": reply.same_payload,
+            "same_payload_examples": [{"id": x.id, "other_id": x.other_id} for x in reply.same_payload_examples]}
 
 
 def _print_ingest(reply: agent_pb2.IngestReply) -> None:
@@ -191,6 +193,11 @@ def _print_ingest(reply: agent_pb2.IngestReply) -> None:
         console.print(f"  {r.id}: {r.reason}", markup=False, highlight=False)
     if len(reply.rejected) > 10:
         console.print(f"  ... and {len(reply.rejected) - 10} more (--json lists all)")
+    if reply.same_payload:
+        shown = ", ".join(f"{x.id} = {x.other_id}" for x in reply.same_payload_examples[:3])
+        console.print(f"[yellow]same image under another id[/yellow]: {reply.same_payload} accepted samples have the "
+                      f"exact bytes of a sample already stored under another id (e.g. {escape(shown)}); both are "
+                      "kept", highlight=False)
     if any("already in the pool with a different payload" in r.reason for r in reply.rejected):
         console.print("hint: another source already used these ids (ids are paths inside the source); give each "
                       "source its own --id-prefix, e.g. --id-prefix site2/")

@@ -48,7 +48,7 @@ def test_commands_json(tmp_path: Path, running: Running) -> None:
     src = image_folder(tmp_path / "imgs", 12)
     out = json.loads(run("ingest", str(src), "--agent", running.address, "--json", "--batch", "5", "--limit", "8",
                          "--meta", "site=north"))
-    assert out == {"accepted": 8, "duplicates": 0, "rejected": []}
+    assert out == {"accepted": 8, "duplicates": 0, "rejected": [], "same_payload": 0, "same_payload_examples": []}
     out = json.loads(run("ingest", str(src), "--agent", running.address, "--json", "--with-labels"))
     assert (out["accepted"], out["duplicates"]) == (4, 8)
     st = json.loads(run("status", "--agent", running.address, "--json"))
@@ -185,6 +185,20 @@ def test_two_folders_with_the_same_file_names_need_id_prefix(tmp_path: Path, run
                          "--json"))
     assert out["accepted"] == 1 and sorted(s.id for s in client.list_samples(running.stub)) == [
         "photo.png", "site2/photo.png"]
+    # The same image under two names is kept twice, and said so (within a stream and across streams).
+    (tmp_path / "site3").mkdir()
+    (tmp_path / "site3" / "copy1.png").write_bytes(png(b))
+    (tmp_path / "site3" / "copy2.png").write_bytes(png(b))
+    out = json.loads(run("ingest", str(tmp_path / "site3"), "--agent", running.address, "--json"))
+    assert out["accepted"] == 2 and out["same_payload"] == 2
+    assert out["same_payload_examples"] == [{"id": "copy1.png", "other_id": "site2/photo.png"},
+                                            {"id": "copy2.png", "other_id": "site2/photo.png"}]
+    (tmp_path / "site4").mkdir()
+    (tmp_path / "site4" / "a.png").write_bytes(png(255 - a))
+    (tmp_path / "site4" / "b.png").write_bytes(png(255 - a))
+    res = runner.invoke(app, ["ingest", str(tmp_path / "site4"), "--agent", running.address])
+    assert res.exit_code == 0 and "same image under another id: 1 accepted samples" in " ".join(res.output.split())
+    assert "b.png = a.png" in res.output
 
 
 def test_label_csv_with_or_without_header_and_bom(tmp_path: Path, running: Running) -> None:
