@@ -243,9 +243,8 @@ def ingest(source: str = typer.Argument(..., help="an image file, a folder of im
         else:
             _print_ingest(e.reply)
         console.print(f"[red]stopped reading {escape(source)}[/red] after {e.sent} samples: {escape(str(e))}; the "
-                      "samples acknowledged "
-                      "above are stored; fix the source and run the same command again (resent samples count as "
-                      "duplicates)", highlight=False)
+                      "samples acknowledged above are stored; fix the source and run the same command again "
+                      "(resent samples count as duplicates)", highlight=False)
         raise typer.Exit(1) from None
     if counter[0] == 0:
         console.print(f"[red]no images found in {resolved.path}[/red] (split '{resolved.split}'); image files end "
@@ -308,7 +307,10 @@ def read_labels_csv(path: Path) -> list[tuple[int, str, str]]:
     first = next((ln for ln in lines if ln.strip()), "")
     delimiter = "," if "," in first or not ({";", "\t"} & set(first)) else (";" if ";" in first else "\t")
     reader = csv.reader(lines, delimiter=delimiter)
-    rows = [(reader.line_num, [c.strip() for c in cells]) for cells in reader if any(c.strip() for c in cells)]
+    try:
+        rows = [(reader.line_num, [c.strip() for c in cells]) for cells in reader if any(c.strip() for c in cells)]
+    except csv.Error as e:  # a NUL byte, an unterminated quote at the end, a huge field
+        raise LabelFileError(f"{path} line {reader.line_num}: not readable as CSV ({e})") from None
     id_col, label_col = 0, 1
     if rows:
         head = [c.lower() for c in rows[0][1]]
