@@ -34,6 +34,9 @@ from shortlist.manifest import Manifest
 log = logging.getLogger(__name__)
 
 MAX_ID_LENGTH = 512
+# ListSamples(include_payload) sends a sample whose stored payload is missing or corrupt without a
+# payload and with this metadata key saying why (instead of ending the stream).
+PAYLOAD_ERROR_KEY = "shortlist.payload_error"
 
 
 class NotFound(LookupError):
@@ -188,6 +191,8 @@ class Agent:
             if stored is not None:  # a resend: no need to decode (stage 3 re-checks new ids under the lock)
                 self._duplicate_or_conflict(stored, digest, s.id, out)
                 seen[s.id] = digest
+                if stored.sha256 == digest:
+                    self._repair_blob(stored, s.blob)
                 continue
             try:
                 if serving is not None:
@@ -210,6 +215,20 @@ class Agent:
             # Before the commit: a committed sample's blob is always there (orphans are harmless).
             self.blobs.put_many([(d, s.blob) for d, s in zip(out.digests, out.samples, strict=True)])
         return out
+
+    def _repair_blob(self, rec: SampleRecord, blob: bytes) -> None:
+        """A resent payload of a stored sample whose blob is missing or corrupt: store it again, and
+        let the model manager embed the sample again."""
+        if self.blobs is None:
+            return
+        known_bad = any(rec.seq in bad for bad in self.manager.unembeddable.values())
+        if not known_bad and self.blobs.has(rec.sha256):  # cheap test for every resend; hash only suspects
+            return
+        if not self.blobs.damaged(rec.sha256):
+            return
+        self.blobs.repair(rec.sha256, blob)
+        self.manager.forgive(rec.seq)
+        log.warning("payload of sample %r repaired by a re-ingest", rec.id)
 
     def embed(self, prep: Prepared) -> Embedded:
         """Stage 2 of Ingest (no lock): embed the batch's new samples with the serving version."""
@@ -434,7 +453,7 @@ class Agent:
             strategies=sorted(STRATEGIES), prior_methods=sorted(PRIOR_METHODS), classes=list(self.state.classes),
             pending_model_version=self.manager.pending_version,
             pending_embedded=0 if pending is None else pending.n,
-            warnings=[w for w in [self.manager.warning, *self.manager.failed.values()] if w])
+            warnings=self.manager.warnings())
 
     def list_samples(self, labeled_only: bool, include_payload: bool) -> Iterator[tuple[SampleRecord, str, bytes]]:
         """(record, current label or "", payload blob or b"") for every sample, in ingest order."""
@@ -448,5 +467,13 @@ class Agent:
         for rec in self.state.iter_records(labeled_only):
             lab = int(labels[rec.seq]) if rec.seq < len(labels) else -1
             name = self.state.classes[lab] if lab >= 0 else ""
-            data = self.blobs.get(rec.sha256) if include_payload and self.blobs is not None else b""
+            data = b""
+            if include_payload and self.blobs is not None:
+                try:
+                    data = self.blobs.get(rec.sha256)
+                except OSError as e:  # missing or corrupt: flag this sample, keep the stream going
+                    why = "payload file missing" if isinstance(e, FileNotFoundError) else str(e)
+                    log.error("ListSamples: sample %r has no readable payload: %s", rec.id, why)
+                    rec = SampleRecord(rec.seq, rec.id, rec.uri, {**rec.metadata, PAYLOAD_ERROR_KEY: why},
+                                       rec.kind, rec.sha256)
             yield rec, name, data
