@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
+import time
 from pathlib import Path
 
 import numpy as np
@@ -141,6 +142,10 @@ def test_embeddings_that_disagree_with_the_samples_are_repaired_at_start(tmp_pat
     try:
         [w] = [w for w in r.stub.GetStatus(agent_pb2.GetStatusRequest()).warnings if "did not agree" in w]
         assert "1 row(s) of samples that do not exist" in w and "1 repeated" in w
+        deadline = time.monotonic() + 20
+        while r.stub.GetStatus(agent_pb2.GetStatusRequest()).embedded < 20:  # the dropped row is re-embedded
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
         view = r.agent.manager.current.index.view()  # type: ignore[union-attr]
         assert sorted(view.seqs.tolist()) == r.agent.state.all_seqs().tolist()  # the missing row re-embedded
         assert r.agent.manager.current.index.loaded_from_snapshot == 0  # type: ignore[union-attr]
