@@ -79,16 +79,18 @@ def serve(data_dir: Path = typer.Option(..., "--data-dir", help="agent state fol
           max_message_mb: int = typer.Option(64, "--max-message-mb", help="largest gRPC message accepted"),
           cpu: bool = typer.Option(False, "--cpu", help="never try CUDAExecutionProvider")) -> None:
     """Run the agent until SIGTERM/SIGINT (then finish in-flight calls, snapshot the index, exit)."""
+    from agent.config import MIB, AgentConfig, Limits
     from agent.service import create_server, stop_server
     from agent.state import ClassListError, SchemaVersionError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    class_list = [c.strip() for c in classes.split(",") if c.strip()] or None
+    class_list = tuple(c.strip() for c in classes.split(",") if c.strip()) or None
     try:
-        server, bound, agent = create_server(data_dir, models, host=host, port=port, classes=class_list,
-                                             blobs=not no_blobs, poll_s=poll, batch_size=batch_size,
-                                             max_message_bytes=max_message_mb * 1024 * 1024, use_cuda=not cpu)
-    except (ClassListError, SchemaVersionError, OSError) as e:
+        limits = Limits(max_message_bytes=max_message_mb * MIB)
+        config = AgentConfig(data_dir, models, host=host, port=port, classes=class_list, blobs=not no_blobs,
+                             poll_s=poll, batch_size=batch_size, use_cuda=not cpu, limits=limits)
+        server, bound, agent = create_server(config)
+    except (ClassListError, SchemaVersionError, OSError, ValueError) as e:
         console.print(f"[red]cannot start[/red]: {e}")
         raise typer.Exit(2) from None
     st = agent.status()

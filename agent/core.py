@@ -1,8 +1,8 @@
 """The agent as plain Python: ingest, select, labels, priors, status over State + blobs + models.
 
 agent/service.py is a thin gRPC layer over ``Agent``; tests and benchmarks can also call it directly.
-Errors are agent.pool's InvalidArgument / FailedPrecondition and ``NotFound`` here; the service maps
-them to status codes.
+Errors are agent.errors' domain exceptions (InvalidArgument, FailedPrecondition, NotFound, ...); the
+service maps them, and every other exception, to status codes in one place (agent.errors.ErrorMapping).
 
 Data folder layout::
 
@@ -22,9 +22,11 @@ from pathlib import Path
 import numpy as np
 
 from agent.blobs import BlobStore, sha256_hex
+from agent.config import AgentConfig
 from agent.embedder import EmbedOutput, decode_payload, tensor_pixels
+from agent.errors import FailedPrecondition, InvalidArgument, NotFound
 from agent.models import ModelManager, Serving
-from agent.pool import FailedPrecondition, InvalidArgument, Pool
+from agent.pool import Pool
 from agent.priors import PRIOR_METHODS, get_prior_method
 from agent.state import EmbeddingRows, NewSample, SampleRecord, State
 from agent.strategies import MODEL_FREE, STRATEGIES, get_strategy
@@ -37,10 +39,6 @@ MAX_ID_LENGTH = 512
 # ListSamples(include_payload) sends a sample whose stored payload is missing or corrupt without a
 # payload and with this metadata key saying why (instead of ending the stream).
 PAYLOAD_ERROR_KEY = "shortlist.payload_error"
-
-
-class NotFound(LookupError):
-    """Unknown sample ids (maps to gRPC NOT_FOUND)."""
 
 
 @dataclass
@@ -141,18 +139,17 @@ def no_model_message(models: Path) -> str:
 class Agent:
     """State, blobs and the model manager of one data folder."""
 
-    def __init__(self, data_dir: Path, models: Path, classes: Sequence[str] | None = None, blobs: bool = True,
-                 poll_s: float = 5.0, batch_size: int = 256, use_cuda: bool = True, background: bool = True,
-                 snapshot_s: float = 30.0) -> None:
+    def __init__(self, config: AgentConfig) -> None:
+        data_dir = config.data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
+        self.config = config
+        self.limits = config.limits
         self.data_dir = data_dir
-        self.models = models
-        self.state = State(data_dir / "state.sqlite", classes)
-        self.blobs = BlobStore(data_dir / "blobs") if blobs else None
-        self.manager = ModelManager(models, self.state, self.blobs, data_dir / "index", poll_s=poll_s,
-                                    batch_size=batch_size, use_cuda=use_cuda, snapshot_s=snapshot_s,
-                                    on_classes=self._adopt_manifest_classes)
-        self.manager.start(background=background)
+        self.models = config.models
+        self.state = State(data_dir / "state.sqlite", None if config.classes is None else list(config.classes))
+        self.blobs = BlobStore(data_dir / "blobs") if config.blobs else None
+        self.manager = ModelManager(config, self.state, self.blobs, on_classes=self._adopt_manifest_classes)
+        self.manager.start(background=config.background)
 
     def close(self) -> None:
         self.manager.stop()

@@ -24,11 +24,11 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from agent.blobs import BlobStore
+from agent.config import AgentConfig
 from agent.embedder import Embedder, decode_payload
 from agent.index import VersionIndex
 from agent.state import EmbeddingRows, SampleRecord, State
@@ -61,17 +61,16 @@ def decode_record(rec: SampleRecord, data: bytes, embedder: Embedder) -> np.ndar
 class ModelManager:
     """Loads, re-embeds and swaps model versions from ``registry`` for one agent's ``state``."""
 
-    def __init__(self, registry: Path, state: State, blobs: BlobStore | None, index_dir: Path,
-                 poll_s: float = 5.0, batch_size: int = 256, use_cuda: bool = True,
-                 snapshot_s: float = 30.0, on_classes: Callable[[Manifest], None] | None = None) -> None:
-        self.registry = registry
+    def __init__(self, config: AgentConfig, state: State, blobs: BlobStore | None,
+                 on_classes: Callable[[Manifest], None] | None = None) -> None:
+        self.registry = config.models
         self.state = state
         self.blobs = blobs
-        self.index_dir = index_dir
-        self.poll_s = poll_s
-        self.batch_size = batch_size
-        self.use_cuda = use_cuda
-        self.snapshot_s = snapshot_s
+        self.index_dir = config.data_dir / "index"
+        self.poll_s = config.poll_s
+        self.batch_size = config.batch_size
+        self.use_cuda = config.use_cuda
+        self.snapshot_s = config.snapshot_s
         self.on_classes = on_classes
         self.current: Serving | None = None
         self.pending_version = ""

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.config import AgentConfig
 from agent.core import Agent, Incoming
 from agent.testing import publish_linear
 from shortlist.manifest import MANIFEST_NAME, ONNX_NAME, check_version, sha256_file
@@ -18,7 +19,7 @@ from tests.agent.conftest import CLASSES, SIZE, make_images, png
 
 
 def agent(tmp_path: Path, models: Path) -> Agent:
-    return Agent(tmp_path / "data", models, background=False, use_cuda=False)
+    return Agent(AgentConfig(tmp_path / "data", models, background=False, use_cuda=False))
 
 
 def edit_manifest(folder: Path, **changes: object) -> None:

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from agent import client
+from agent.config import AgentConfig
 from agent.core import PAYLOAD_ERROR_KEY, Agent, Incoming
 from agent.state import SCHEMA_VERSION, SchemaVersionError, State
 from agent.testing import publish_linear
@@ -78,7 +79,7 @@ def test_serve_refuses_a_newer_folder_with_a_message(tmp_path: Path) -> None:
 def test_unembeddable_payloads_are_reported_and_do_not_block_a_swap(tmp_path: Path) -> None:
     models = tmp_path / "models"
     publish_linear(models, size=SIZE, dim=16, classes=CLASSES, seed=0)
-    a = Agent(tmp_path / "data", models, background=False, use_cuda=False, batch_size=4)
+    a = Agent(AgentConfig(tmp_path / "data", models, background=False, use_cuda=False, batch_size=4))
     try:
         imgs = make_images(12)
         assert a.ingest([Incoming(f"s{i}", "image", png(im), png(im)) for i, im in enumerate(imgs)]).accepted == 12
