@@ -14,6 +14,7 @@ Data folder layout::
 from __future__ import annotations
 
 import logging
+import os
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ import numpy as np
 from agent.blobs import BlobStore, sha256_hex
 from agent.config import AgentConfig
 from agent.embedder import EmbedOutput, decode_payload, tensor_pixels
-from agent.errors import FailedPrecondition, InvalidArgument, NotFound
+from agent.errors import FailedPrecondition, InvalidArgument, NotFound, storage_problem
 from agent.models import ModelManager, Serving
 from agent.pool import Pool
 from agent.priors import PRIOR_METHODS, get_prior_method
@@ -136,12 +137,59 @@ def no_model_message(models: Path) -> str:
             f"{', '.join(sorted(MODEL_FREE))}")
 
 
+# SelectReply.details key present when the selection could not be recorded (disk full or read-only);
+# its value says why. The selection itself is complete and valid.
+SELECTION_NOT_RECORDED = "selection_not_recorded"
+
+
+class DataFolderError(OSError):
+    """The data folder cannot be used at start (read-only, no permission); the message says what to do."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def check_writable(folder: Path) -> None:
+    """Create ``folder`` if needed and prove it writable (a probe file); DataFolderError otherwise."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-probe-{os.getpid()}"
+        fd = os.open(probe, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+        os.close(fd)
+        probe.unlink()
+    except OSError as e:
+        raise DataFolderError(e.errno, f"the data folder {folder} is not writable ({e.strerror or e}): the agent "
+                              "stores samples and labels there; remount it read-write, fix its permissions or "
+                              "free space, or pick another --data-dir") from None
+
+
+def storage_warnings(data_dir: Path, min_free_bytes: int) -> list[str]:
+    """GetStatus warnings about the data folder's file system: read-only, or little space left."""
+    stats = []
+    for folder in (data_dir, data_dir / "blobs"):
+        try:
+            stats.append((folder, os.statvfs(folder)))
+        except OSError:
+            continue
+    for folder, st in stats:
+        if st.f_flag & os.ST_RDONLY:
+            return [f"the data folder {folder} is read-only: Ingest, SubmitLabels and model swaps fail with "
+                    "FAILED_PRECONDITION (reads and Select keep working); remount it read-write"]
+    for folder, st in stats:
+        free = st.f_bavail * st.f_frsize
+        if free < min_free_bytes:
+            return [f"the data folder {folder} has {free / 2**20:.1f} MiB free (warning below "
+                    f"{min_free_bytes / 2**20:.0f} MiB): when it is full, Ingest, SubmitLabels and model swaps "
+                    "fail with RESOURCE_EXHAUSTED (reads and Select keep working); free space there"]
+    return []
+
+
 class Agent:
     """State, blobs and the model manager of one data folder."""
 
     def __init__(self, config: AgentConfig) -> None:
         data_dir = config.data_dir
-        data_dir.mkdir(parents=True, exist_ok=True)
+        check_writable(data_dir)
         self.config = config
         self.limits = config.limits
         self.data_dir = data_dir
@@ -401,7 +449,14 @@ class Agent:
         selection_id = uuid.uuid4().hex
         request = {"budget": budget, "strategy": strategy, "params": dict(params), "seed": seed,
                    "where": dict(where)}
-        self.state.record_selection(selection_id, request, chosen, version)
+        try:
+            self.state.record_selection(selection_id, request, chosen, version)
+        except Exception as e:  # a full or read-only disk must not stop the team from getting its shortlist
+            problem = storage_problem(e)
+            if problem is None:
+                raise
+            log.warning("Select answered without recording its selection: %s", problem.message)
+            details = {**details, SELECTION_NOT_RECORDED: problem.message}
         return SelectResult(chosen, version, strategy, selection_id, details)
 
     # ---- PriorLabels -----------------------------------------------------------------------------
@@ -450,7 +505,7 @@ class Agent:
             strategies=sorted(STRATEGIES), prior_methods=sorted(PRIOR_METHODS), classes=list(self.state.classes),
             pending_model_version=self.manager.pending_version,
             pending_embedded=0 if pending is None else pending.n,
-            warnings=self.manager.warnings())
+            warnings=storage_warnings(self.data_dir, self.config.min_free_bytes) + self.manager.warnings())
 
     def list_samples(self, labeled_only: bool, include_payload: bool) -> Iterator[tuple[SampleRecord, str, bytes]]:
         """(record, current label or "", payload blob or b"") for every sample, in ingest order."""

@@ -73,7 +73,8 @@ def test_serve_refuses_a_newer_folder_with_a_message(tmp_path: Path) -> None:
     db.commit()
     db.close()
     out = CliRunner().invoke(app, ["serve", "--data-dir", str(data), "--models", str(tmp_path / "m"), "--port", "0"])
-    assert out.exit_code == 2 and "newer shortlist agent" in out.output and "Traceback" not in out.output
+    text = " ".join(out.output.split())  # rich wraps lines
+    assert out.exit_code == 2 and "newer shortlist agent" in text and "Traceback" not in text, text
 
 
 def test_unembeddable_payloads_are_reported_and_do_not_block_a_swap(tmp_path: Path) -> None:
