@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 
 # Trailing metadata key with the suggested wait (milliseconds) on RESOURCE_EXHAUSTED / UNAVAILABLE.
 RETRY_AFTER_KEY = "retry-after-ms"
+# Longest status message sent: it travels in the trailers, which clients cap (8 KiB by default), and a
+# message may echo a client's string (a strategy name, a param). Longer ones keep their head and tail.
+MAX_DETAILS_CHARS = 2000
 
 
 class AgentError(Exception):
@@ -122,6 +125,8 @@ class Mapped:
 
 _DISK_FULL = ("the agent's data folder is full (no space left on its disk or quota): free space there and "
               "retry; nothing of this request past what an earlier reply acknowledged was stored")
+_IO_ERROR = ("the agent could not read or write its data folder (I/O error): check its disk (full, failing, "
+             "unmounted?) and retry; nothing of this request past what an earlier reply acknowledged was stored")
 _READ_ONLY = ("the agent's data folder is not writable (read-only file system or permissions): make it "
               "writable for the user running `shortlist serve` and retry; reads keep working")
 
@@ -132,22 +137,28 @@ def _with_notes(message: str, e: BaseException) -> str:
 
 
 def storage_problem(e: BaseException) -> Mapped | None:
-    """A full or read-only data folder, from an OSError or sqlite3 error; None for anything else."""
+    """A full, read-only, failing or corrupt data folder, from an OSError or sqlite3 error (by its
+    errno / SQLite result code, else its text); None for anything else."""
     if isinstance(e, OSError):
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
             return Mapped(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{_DISK_FULL} ({e})", 30.0)
         if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
             return Mapped(grpc.StatusCode.FAILED_PRECONDITION, f"{_READ_ONLY} ({e})")
+        if e.errno == errno.EIO:
+            return Mapped(grpc.StatusCode.UNAVAILABLE, f"{_IO_ERROR} ({e})", 30.0)
         return None
     if isinstance(e, sqlite3.Error):
+        name = (getattr(e, "sqlite_errorname", "") or "").upper()  # e.g. SQLITE_FULL, SQLITE_READONLY_DBMOVED
         text = str(e).lower()
-        if "disk is full" in text or "database or disk is full" in text:
+        if name == "SQLITE_FULL" or "disk is full" in text:
             return Mapped(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{_DISK_FULL} (sqlite: {e})", 30.0)
-        if "readonly" in text or "read-only" in text:
+        if name.startswith(("SQLITE_READONLY", "SQLITE_PERM")) or "readonly" in text or "read-only" in text:
             return Mapped(grpc.StatusCode.FAILED_PRECONDITION, f"{_READ_ONLY} (sqlite: {e})")
-        if "database is locked" in text or "database is busy" in text:
+        if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "database is locked" in text:
             return Mapped(grpc.StatusCode.UNAVAILABLE, f"the agent's database is busy ({e}); retry shortly", 1.0)
-        if "malformed" in text or "not a database" in text:
+        if name.startswith(("SQLITE_IOERR", "SQLITE_CANTOPEN")) or "disk i/o error" in text:
+            return Mapped(grpc.StatusCode.UNAVAILABLE, f"{_IO_ERROR} (sqlite: {e})", 30.0)
+        if name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")) or "malformed" in text or "not a database" in text:
             return Mapped(grpc.StatusCode.DATA_LOSS, f"the agent's database is corrupt ({e}); stop the agent and "
                           "restore the data folder from a backup")
     return None
@@ -176,17 +187,26 @@ def map_exception(e: BaseException) -> Mapped:
                               "report it with the agent's log", e))
 
 
-def abort(context: grpc.ServicerContext, e: BaseException) -> None:
-    """End the RPC with ``e``'s mapped status (raises). Logs the traceback for INTERNAL only."""
+def abort(context: grpc.ServicerContext, e: BaseException, method: str = "") -> None:
+    """End the RPC with ``e``'s mapped status (raises). Logs the traceback for INTERNAL only (never the
+    request's metadata, so never a token)."""
     m = map_exception(e)
     if m.code == grpc.StatusCode.INTERNAL:
-        log.error("request failed with a bug", exc_info=e)
+        log.error("%s failed with a bug", method or "a request", exc_info=e)
     elif m.code in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.DATA_LOSS,
                     grpc.StatusCode.FAILED_PRECONDITION) and not isinstance(e, AgentError):
-        log.error("storage problem: %s", m.message)  # an operator must see a full or read-only disk
+        log.error("%s: storage problem: %s", method or "a request", m.message)  # a full or read-only disk
     if m.retry_after_s is not None:
         context.set_trailing_metadata(((RETRY_AFTER_KEY, str(round(m.retry_after_s * 1000))),))
-    context.abort(m.code, m.message)
+    context.abort(m.code, shorten(m.message))
+
+
+def shorten(message: str, limit: int = MAX_DETAILS_CHARS) -> str:
+    """``message`` cut to ``limit`` characters in the middle (the head says what, the tail holds notes)."""
+    if len(message) <= limit:
+        return message
+    head = limit * 3 // 5
+    return f"{message[:head]} ...[{len(message) - limit:,} characters cut]... {message[-(limit - head):]}"
 
 
 def _already_ended(context: grpc.ServicerContext) -> bool:
@@ -217,15 +237,16 @@ def _parsed_stream(parse: Parser | None, raw: Iterator[Any]) -> Iterator[Any]:
         yield _parse(parse, item)
 
 
-def wrap_handler(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-    """``handler`` with requests parsed inside the mapping and every exception mapped by ``abort``."""
+def wrap_handler(handler: grpc.RpcMethodHandler, method: str = "") -> grpc.RpcMethodHandler:
+    """``handler`` with requests parsed inside the mapping and every exception mapped by ``abort``
+    (``method``, e.g. "/shortlist.v1.Agent/Select", names it in the log)."""
     parse = handler.request_deserializer
     serialize = handler.response_serializer
 
     def guard(context: grpc.ServicerContext, e: Exception) -> None:
         if _already_ended(context):
             raise e
-        abort(context, e)
+        abort(context, e, method)
 
     if handler.unary_unary is not None:
         fn_uu = handler.unary_unary
@@ -287,4 +308,4 @@ class ErrorMapping(grpc.ServerInterceptor):
         method: str = getattr(handler_call_details, "method", "") or ""
         if handler is None or not method.startswith(self.prefixes):
             return handler
-        return wrap_handler(handler)
+        return wrap_handler(handler, method)

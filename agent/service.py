@@ -10,8 +10,6 @@ service and server reflection are registered beside ``shortlist.v1.Agent``.
 from __future__ import annotations
 
 import logging
-import queue
-import threading
 from collections.abc import Iterator, Sequence
 from concurrent import futures
 from typing import Any
@@ -21,8 +19,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from agent.config import AgentConfig
-from agent.core import Agent, AgentStatus, Embedded, Incoming, IngestResult, Prepared
-from agent.errors import Cancelled, ErrorMapping
+from agent.core import Agent, AgentStatus
+from agent.errors import ErrorMapping
+from agent.ingest import Incoming
 from shortlist.v1 import agent_pb2, agent_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -31,7 +30,7 @@ SERVICE_NAME = agent_pb2.DESCRIPTOR.services_by_name["Agent"].full_name
 
 
 def incoming(s: agent_pb2.Sample) -> Incoming:
-    """A Sample message -> agent.core.Incoming (the blob kept for a tensor is its serialised message)."""
+    """A Sample message -> agent.ingest.Incoming (the blob kept for a tensor is its serialised message)."""
     kind = s.WhichOneof("payload")
     if kind == "encoded_image":
         return Incoming(s.id, "image", s.encoded_image, s.encoded_image, uri=s.uri, metadata=dict(s.metadata),
@@ -51,78 +50,15 @@ def status_message(st: AgentStatus) -> agent_pb2.Status:
                             warnings=st.warnings)
 
 
-def _stored_note(e: BaseException, accepted: int) -> BaseException:
-    """``e`` with a note (appended to the status message) on what this stream stored before it failed."""
-    e.add_note(f"{accepted} samples of this stream were stored before the failure; resend the rest "
-               "(resent samples are counted as duplicates)")
-    return e
-
-
 class AgentServicer(agent_pb2_grpc.AgentServicer):
     def __init__(self, agent: Agent) -> None:
         self.agent = agent
 
     def Ingest(self, request_iterator: Iterator[agent_pb2.IngestRequest],
                context: grpc.ServicerContext) -> agent_pb2.IngestReply:
-        # Three-stage pipeline over the stream's batches: a reader thread decodes, validates and
-        # writes blobs (batch k+2), an embedding thread runs onnxruntime (batch k+1), and this thread
-        # commits (batch k). onnxruntime, Pillow, SQLite and fsync release the GIL, so they overlap.
-        done = threading.Event()
-        prepared: queue.Queue[object] = queue.Queue(maxsize=2)
-        embedded: queue.Queue[object] = queue.Queue(maxsize=2)
-
-        def put(q: queue.Queue[object], item: object) -> bool:
-            while not done.is_set():  # never block forever once this RPC has ended
-                try:
-                    q.put(item, timeout=0.5)
-                    return True
-                except queue.Full:
-                    continue
-            return False
-
-        def read() -> None:
-            try:
-                for req in request_iterator:
-                    if not put(prepared, self.agent.prepare([incoming(s) for s in req.samples])):
-                        return
-                put(prepared, None)
-            except BaseException as e:  # client cancelled, or a bug: hand it on
-                put(prepared, e)
-
-        def embed() -> None:
-            while True:
-                item = prepared.get()
-                if item is None or isinstance(item, BaseException):
-                    put(embedded, item)
-                    return
-                try:
-                    assert isinstance(item, Prepared)
-                    if not put(embedded, self.agent.embed(item)):
-                        return
-                except BaseException as e:
-                    put(embedded, e)
-                    return
-
-        threading.Thread(target=read, name="ingest-read", daemon=True).start()
-        threading.Thread(target=embed, name="ingest-embed", daemon=True).start()
-        total = IngestResult()
-        try:
-            while True:
-                item = embedded.get()
-                if item is None:
-                    break
-                if isinstance(item, BaseException):
-                    if isinstance(item, grpc.RpcError) or not context.is_active():
-                        raise Cancelled("ingest stream broken by the client; batches acknowledged before are "
-                                        "stored, resend the rest (duplicates are counted)") from item
-                    raise _stored_note(item, total.accepted)
-                try:
-                    assert isinstance(item, Embedded)
-                    total.add(self.agent.store(item))
-                except Exception as e:  # e.g. disk full: earlier batches stay stored, this one is not
-                    raise _stored_note(e, total.accepted) from None
-        finally:
-            done.set()
+        # The pipeline (agent.ingest) reads the stream lazily in its own thread.
+        batches = ([incoming(s) for s in req.samples] for req in request_iterator)
+        total = self.agent.ingest.stream(batches, active=context.is_active)
         return agent_pb2.IngestReply(
             accepted=total.accepted, duplicates=total.duplicates,
             rejected=[agent_pb2.Rejection(id=i, reason=r) for i, r in total.rejected])

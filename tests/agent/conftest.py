@@ -70,8 +70,10 @@ class Running:
 
 
 def start(data: Path, models: Path, **kw: Any) -> Running:
-    """A real agent on a free loopback port; ``kw`` are AgentConfig fields (``limits=Limits(...)``)."""
-    server, port, agent = create_server(AgentConfig(data, models, port=0, poll_s=0.2, use_cuda=False, **kw))
+    """A real agent on a free loopback port; ``kw`` are AgentConfig fields (``limits=Limits(...)``), and
+    create_server's ``interceptors`` / ``credentials``."""
+    hooks = {k: kw.pop(k) for k in ("interceptors", "credentials") if k in kw}
+    server, port, agent = create_server(AgentConfig(data, models, port=0, poll_s=0.2, use_cuda=False, **kw), **hooks)
     ch = client.channel(f"127.0.0.1:{port}")
     return Running(server, port, agent, agent_pb2_grpc.AgentStub(ch), ch, data, models)
 

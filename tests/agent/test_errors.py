@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import sqlite3
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -19,11 +20,12 @@ from agent.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
     ResourceExhausted,
     map_exception,
 )
 from shortlist.v1 import agent_pb2
-from tests.agent.conftest import Running, make_samples
+from tests.agent.conftest import Running, make_samples, start
 
 SVC = "/shortlist.v1.Agent/"
 CODE = grpc.StatusCode
@@ -43,6 +45,9 @@ def rpc_error(fn: Callable[[], Any]) -> grpc.RpcError:
     (OSError(errno.EROFS, "Read-only file system"), CODE.FAILED_PRECONDITION, "make it writable"),
     (PermissionError(errno.EACCES, "Permission denied"), CODE.FAILED_PRECONDITION, "make it writable"),
     (sqlite3.OperationalError("attempt to write a readonly database"), CODE.FAILED_PRECONDITION, "writable"),
+    (sqlite3.OperationalError("disk I/O error"), CODE.UNAVAILABLE, "check its disk"),
+    (OSError(errno.EIO, "Input/output error"), CODE.UNAVAILABLE, "check its disk"),
+    (sqlite3.DatabaseError("database disk image is malformed"), CODE.DATA_LOSS, "backup"),
     (DecodeError("Error parsing message"), CODE.INVALID_ARGUMENT, "malformed request"),
     (ResourceExhausted("too many", retry_after_s=2), CODE.RESOURCE_EXHAUSTED, "too many"),
     (NotFound("unknown id 'x'"), CODE.NOT_FOUND, "unknown id"),
@@ -51,6 +56,20 @@ def rpc_error(fn: Callable[[], Any]) -> grpc.RpcError:
 def test_mapping(exc: BaseException, code: grpc.StatusCode, words: str) -> None:
     m = map_exception(exc)
     assert m.code == code and words in m.message
+
+
+def test_real_sqlite_errors_by_result_code(tmp_path: Path) -> None:
+    db = tmp_path / "x.sqlite"
+    sqlite3.connect(db).execute("CREATE TABLE t (x)").connection.commit()
+    ro = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    with pytest.raises(sqlite3.OperationalError) as e:
+        ro.execute("INSERT INTO t VALUES (1)")
+    assert map_exception(e.value).code == CODE.FAILED_PRECONDITION
+    full = sqlite3.connect(tmp_path / "full.sqlite")
+    full.execute("PRAGMA max_page_count=2")  # SQLite's own way to make a database "full"
+    with pytest.raises(sqlite3.OperationalError) as e:
+        full.execute("CREATE TABLE t (x)").execute("INSERT INTO t VALUES (randomblob(100000))")
+    assert map_exception(e.value).code == CODE.RESOURCE_EXHAUSTED
 
 
 def test_notes_and_retry_hint() -> None:
@@ -114,7 +133,7 @@ def test_errors_mid_stream_are_mapped(running: Running, monkeypatch: pytest.Monk
     real_priors = agent.prior_labels
 
     def failing_priors(*args: Any) -> Iterator[Any]:
-        yield from real_priors(*args)[:1]
+        yield from list(real_priors(*args))[:1]
         raise NotFound("sample 's5' vanished")
 
     monkeypatch.setattr(agent, "prior_labels", failing_priors)
@@ -125,7 +144,7 @@ def test_errors_mid_stream_are_mapped(running: Running, monkeypatch: pytest.Monk
 
 
 def test_ingest_commit_failure_says_what_was_stored(running: Running, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(running.agent, "store", _raise(sqlite3.OperationalError("database or disk is full")))
+    monkeypatch.setattr(running.agent.ingest, "store", _raise(sqlite3.OperationalError("database or disk is full")))
     err = rpc_error(lambda: client.ingest(running.stub, make_samples(3)))
     assert err.code() == CODE.RESOURCE_EXHAUSTED
     assert "free space" in err.details() and "0 samples of this stream were stored" in err.details()
@@ -161,3 +180,36 @@ def test_invalid_utf8_is_invalid_argument_and_changes_nothing(running: Running) 
     err = rpc_error(lambda: running.channel.stream_unary(SVC + "Ingest")(iter([bad]), timeout=10))
     assert err.code() == CODE.INVALID_ARGUMENT
     assert running.stub.GetStatus(agent_pb2.GetStatusRequest()).samples == 0
+
+
+class _Guard(grpc.ServerInterceptor):
+    """What a security layer plugs into create_server: Select raises a domain exception, GetStatus aborts
+    itself, everything else passes."""
+
+    def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
+        handler = continuation(details)
+        if details.method.endswith("/Select"):  # type: ignore[attr-defined]
+            def deny(request: Any, context: grpc.ServicerContext) -> Any:
+                raise PermissionDenied("a read token cannot do that")
+            return grpc.unary_unary_rpc_method_handler(deny, handler.request_deserializer,
+                                                       handler.response_serializer)
+        if details.method.endswith("/GetStatus"):  # type: ignore[attr-defined]
+            def refuse(request: Any, context: grpc.ServicerContext) -> Any:
+                context.abort(CODE.UNAUTHENTICATED, "no token")
+            return grpc.unary_unary_rpc_method_handler(refuse, handler.request_deserializer,
+                                                       handler.response_serializer)
+        return handler
+
+
+def test_extra_interceptors_run_inside_the_mapping(tmp_path: Path, registry: Path) -> None:
+    r = start(tmp_path / "data", registry, interceptors=[_Guard()])
+    try:
+        err = rpc_error(lambda: r.stub.Select(agent_pb2.SelectRequest(budget=1, strategy="random")))
+        assert err.code() == CODE.PERMISSION_DENIED and "read token" in err.details()
+        err = rpc_error(lambda: r.stub.GetStatus(agent_pb2.GetStatusRequest()))
+        assert err.code() == CODE.UNAUTHENTICATED and err.details() == "no token"  # its own abort stands
+        err = rpc_error(lambda: r.channel.unary_unary(SVC + "Select")(b"\xff", timeout=10))
+        assert err.code() == CODE.INVALID_ARGUMENT  # still parsed inside the mapping
+        assert client.ingest(r.stub, make_samples(2)).accepted == 2
+    finally:
+        r.stop()

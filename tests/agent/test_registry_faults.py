@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from agent.config import AgentConfig
-from agent.core import Agent, Incoming
+from agent.core import Agent
+from agent.ingest import Incoming
 from agent.testing import publish_linear
 from shortlist.manifest import MANIFEST_NAME, ONNX_NAME, check_version, sha256_file
 from tests.agent.conftest import CLASSES, SIZE, make_images, png
@@ -81,7 +82,7 @@ def test_broken_version_is_refused_with_a_reason(tmp_path: Path, breakage: str) 
     publish_linear(models, size=SIZE, dim=16, classes=CLASSES, seed=0)
     a = agent(tmp_path, models)
     try:
-        assert a.ingest([Incoming("x", "image", png(im), png(im)) for im in make_images(1)]).accepted == 1
+        assert a.ingest.batch([Incoming("x", "image", png(im), png(im)) for im in make_images(1)]).accepted == 1
         good = publish_linear(models, size=SIZE, dim=16, classes=CLASSES, seed=1)  # v0002: good
         broken = publish_linear(models, size=SIZE, dim=16, classes=CLASSES, seed=2)  # v0003: broken below
         breaks, why = BREAKAGES[breakage]

@@ -13,7 +13,8 @@ import pytest
 
 from agent import client
 from agent.config import AgentConfig
-from agent.core import PAYLOAD_ERROR_KEY, Agent, Incoming
+from agent.core import PAYLOAD_ERROR_KEY, Agent
+from agent.ingest import Incoming
 from agent.state import SCHEMA_VERSION, SchemaVersionError, State
 from agent.testing import publish_linear
 from shortlist.v1 import agent_pb2
@@ -83,7 +84,8 @@ def test_unembeddable_payloads_are_reported_and_do_not_block_a_swap(tmp_path: Pa
     a = Agent(AgentConfig(tmp_path / "data", models, background=False, use_cuda=False, batch_size=4))
     try:
         imgs = make_images(12)
-        assert a.ingest([Incoming(f"s{i}", "image", png(im), png(im)) for i, im in enumerate(imgs)]).accepted == 12
+        samples = [Incoming(f"s{i}", "image", png(im), png(im)) for i, im in enumerate(imgs)]
+        assert a.ingest.batch(samples).accepted == 12
         assert a.blobs is not None
         gone, bad = a.state.lookup("s3"), a.state.lookup("s7")
         assert gone is not None and bad is not None
@@ -100,7 +102,7 @@ def test_unembeddable_payloads_are_reported_and_do_not_block_a_swap(tmp_path: Pa
         assert rows["s3"] == ({PAYLOAD_ERROR_KEY: "payload file missing"}, b"")
         assert "corrupt" in rows["s7"][0][PAYLOAD_ERROR_KEY] and rows["s7"][1] == b""
         # re-ingesting the same payloads repairs them (counted as duplicates)
-        res = a.ingest([Incoming(f"s{i}", "image", png(imgs[i]), png(imgs[i])) for i in (3, 7)])
+        res = a.ingest.batch([Incoming(f"s{i}", "image", png(imgs[i]), png(imgs[i])) for i in (3, 7)])
         assert (res.accepted, res.duplicates) == (0, 2)
         a.manager.check()
         st = a.status()
