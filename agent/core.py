@@ -327,7 +327,18 @@ class Agent:
             strategies=sorted(STRATEGIES), prior_methods=sorted(PRIOR_METHODS), classes=list(self.state.classes),
             pending_model_version=self.manager.pending_version,
             pending_embedded=0 if pending is None else pending.n,
-            warnings=storage_warnings(self.data_dir, self.config.min_free_bytes) + self.manager.warnings())
+            warnings=[w for w in [self.registry_warning(), *storage_warnings(self.data_dir, self.config.min_free_bytes),
+                                  *self.manager.warnings()] if w])
+
+    def registry_warning(self) -> str:
+        """Why the registry folder cannot hold models now ("" when it is a folder). The agent still starts
+        and serves the first version published there: a folder made later is picked up by the poll."""
+        if self.models.is_dir():
+            return ""
+        what = "is not a folder" if self.models.exists() else "does not exist"
+        return (f"model registry {self.models} {what}: the agent stores ingested samples and answers model-free "
+                f"strategies ({', '.join(sorted(MODEL_FREE))}) until a version is published there "
+                f"(`shortlist export` writes {self.models}/vNNNN/); check --models if you expected a model")
 
     def list_samples(self, labeled_only: bool, include_payload: bool) -> Iterator[tuple[SampleRecord, str, bytes]]:
         """(record, current label or "", payload blob or b"") for every sample, in ingest order."""

@@ -540,6 +540,23 @@ def goals(rows: list[dict[str, Any]], solo: list[dict[str, Any]], rss: dict[str,
     return out
 
 
+def drained_status(stub: agent_pb2_grpc.AgentStub, timeout: float,
+                   limit: float = 300.0) -> tuple[agent_pb2.Status | None, float]:
+    """GetStatus once the agent answers again after the load (work the clients gave up on may still
+    run), and how many seconds that took; (None, limit) when it never did within ``limit``."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < limit:
+        try:
+            return stub.GetStatus(agent_pb2.GetStatusRequest(), timeout=timeout), time.monotonic() - t0
+        except grpc.RpcError as e:
+            if isinstance(e, grpc.Call) and e.code() not in (grpc.StatusCode.DEADLINE_EXCEEDED,
+                                                             grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                                             grpc.StatusCode.UNAVAILABLE):
+                raise
+            time.sleep(1.0)
+    return None, limit
+
+
 def loadavg() -> list[float]:
     try:
         return [round(v, 2) for v in os.getloadavg()]
@@ -612,20 +629,23 @@ def _run(cfg: LoadConfig, target: Target, say: Callable[[str], None]) -> dict[st
         elapsed = time.monotonic() - t0
         time.sleep(0.5)
         rss_after = rss_bytes(target.pid) if target.pid else {}
-        after = stub.GetStatus(agent_pb2.GetStatusRequest(), timeout=cfg.timeout)
+        after, drain = drained_status(stub, cfg.timeout)
+        rss_drained = rss_bytes(target.pid) if target.pid else {}
     finally:
         ch.close()
     rows = summarise(world.calls)
     rss: dict[str, int] = {}
     if rss_before:
         rss = {"start": rss_start.get("VmRSS", 0), "before": rss_before["VmRSS"],
-               "after": rss_after.get("VmRSS", 0), "peak": rss_after.get("VmHWM", 0)}
+               "after": rss_after.get("VmRSS", 0), "drained": rss_drained.get("VmRSS", 0),
+               "peak": rss_drained.get("VmHWM", 0)}
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
     return {
         "config": config,
         "agent": {"address": cfg.agent, "pid": target.pid, "started_here": target.process is not None,
                   "model_version": status.model_version, "samples_before": status.samples,
-                  "samples_after": after.samples, "labeled_before": status.labeled, "labeled_after": after.labeled},
+                  "samples_after": after.samples if after else None, "labeled_before": status.labeled,
+                  "labeled_after": after.labeled if after else None, "answers_again_after_s": round(drain, 2)},
         "machine": {"cpus": os.cpu_count(), "loadavg_before": load_before, "loadavg_after": loadavg()},
         "solo": solo,
         "load": {"seconds": round(elapsed, 2), "clients": cfg.clients, "requests": len(world.calls),
@@ -642,8 +662,9 @@ def _mb(n: int) -> str:
 
 def print_results(res: dict[str, Any], console: Console) -> None:
     load = res["load"]
-    table = Table(title=f"bench load: {load['clients']} clients, {load['seconds']:.0f} s, {load['requests']} "
-                        f"requests ({load['requests_per_s']:.1f}/s), pool {res['agent']['samples_before']}")
+    table = Table(title=f"bench load: {load['clients']} clients for {res['config']['seconds']:g} s (the last call "
+                        f"ended after {load['seconds']:.0f} s), {load['requests']} requests "
+                        f"({load['requests_per_s']:.1f}/s), pool {res['agent']['samples_before']}")
     for col, just in (("rpc", "left"), ("requests", "right"), ("ok", "right"), ("errors", "left"),
                       ("p50 s", "right"), ("p99 s", "right"), ("max s", "right")):
         table.add_column(col, justify=just)  # type: ignore[arg-type]
@@ -663,9 +684,15 @@ def print_results(res: dict[str, Any], console: Console) -> None:
     rss = res["rss"]
     if rss:
         console.print(f"agent RSS: {_mb(rss['start'])} at start, {_mb(rss['before'])} before the load, "
-                      f"{_mb(rss['after'])} after ({rss['after'] / rss['before'] - 1:+.1%}), peak {_mb(rss['peak'])}")
+                      f"{_mb(rss['after'])} after ({rss['after'] / rss['before'] - 1:+.1%}), {_mb(rss['drained'])} "
+                      f"once it answered again, peak {_mb(rss['peak'])}")
     else:
         console.print("agent RSS: unknown (no local agent process found; pass --agent-pid)")
+    again = res["agent"]["answers_again_after_s"]
+    if res["agent"]["samples_after"] is None:
+        console.print(f"[red]the agent did not answer GetStatus within {again:.0f} s after the load[/red]")
+    elif again > 1:
+        console.print(f"the agent answered GetStatus again {again:.1f} s after the load ended")
     m = res["machine"]
     console.print(f"machine: {m['cpus']} CPUs, load average {m['loadavg_before']} before, {m['loadavg_after']} after")
     for g in res["goals"]:
@@ -728,7 +755,7 @@ def register(bench_app: typer.Typer) -> None:
         folder = out or data_dir
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "results.json").write_text(json.dumps(res, indent=2) + "\n")
-        print_results(res, console if as_json else Console())
+        print_results(res, console if as_json else Console(width=None if sys.stdout.isatty() else 140))
         console.print(f"results: {folder / 'results.json'}")
         if as_json:
             print(json.dumps(res))

@@ -36,7 +36,8 @@ def test_load_starts_an_agent_builds_a_pool_and_reports(tmp_path: Path) -> None:
         assert 0 <= r["p50_s"] <= r["p99_s"] <= r["max_s"]
     assert [(s["rpc"], s["name"]) for s in res["solo"]] == [("Select", "random"), ("Select", "coreset"),
                                                            ("PriorLabels", "knn")]
-    assert set(res["rss"]) == {"start", "before", "after", "peak"} and all(v > 0 for v in res["rss"].values())
+    assert set(res["rss"]) == {"start", "before", "after", "drained", "peak"}
+    assert all(v > 0 for v in res["rss"].values())
     assert res["agent"]["samples_after"] == 200 + 8 * rows["Ingest"]["ok"]  # every accepted batch counted
     assert {g["goal"] for g in res["goals"]} >= {"no error but RESOURCE_EXHAUSTED", "GetStatus p99 < 1 s"}
 
