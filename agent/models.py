@@ -181,12 +181,15 @@ class ModelManager:
             return "missing"
         return ";".join(f"{n}:{st.st_size}:{st.st_mtime_ns}" for n, st in entries)
 
-    def _refuse(self, name: str, why: str, fingerprint: str | None = None) -> None:
+    def _refuse(self, name: str, why: str, fingerprint: str | None = None, for_good: bool = False) -> None:
+        """Refuse ``name`` until its folder changes. ``for_good``: the reason lies in the folder alone
+        (check_version), so a restart need not look again; otherwise (cannot load it, --no-blobs) the
+        next start tries it again. The warning is stored either way."""
         log.error("model version refused: %s", why)
         fp = self._fingerprint(name) if fingerprint is None else fingerprint
         self.failed[name], self._fingerprints[name] = why, fp
         try:
-            self.state.set_model_version(name, "failed", 0, why, fingerprint=fp)
+            self.state.set_model_version(name, "failed", 0, why, fingerprint=fp if for_good else "")
         except Exception as e:  # e.g. disk full: the warning is still shown, just not persisted
             log.warning("could not record that %s was refused: %s", name, e)
 
@@ -199,7 +202,7 @@ class ModelManager:
         try:
             manifest = check_version(self.registry / name)
         except ManifestError as e:
-            self._refuse(name, f"{name} refused: {e}", fp)
+            self._refuse(name, f"{name} refused: {e}", fp, for_good=True)
             return None
         if name in self.failed:  # repaired (e.g. a copy that has now finished)
             del self.failed[name]

@@ -131,3 +131,26 @@ def test_check_version_rejects_nul_and_backslash_names(tmp_path: Path) -> None:
         edit_manifest(v, files={ONNX_NAME: sha256_file(v / ONNX_NAME), name: "0" * 64})
         with pytest.raises(ValueError, match="invalid file name"):
             check_version(v)
+
+
+def test_a_version_refused_for_a_setting_is_tried_again_after_a_restart(tmp_path: Path) -> None:
+    """--no-blobs refuses a new version (the pool cannot be re-embedded); that is about the agent's
+    settings, not the folder, so a restart with blobs on tries it again."""
+    models = tmp_path / "models"
+    publish_linear(models, size=SIZE, dim=16, seed=0)
+    a = Agent(AgentConfig(tmp_path / "data", models, background=False, use_cuda=False, blobs=False))
+    try:
+        assert a.ingest.batch([Incoming(f"x{i}", "image", png(im), png(im))
+                               for i, im in enumerate(make_images(2))]).accepted == 2
+        v2 = publish_linear(models, size=SIZE, dim=24, seed=1)
+        a.manager.check()
+        assert a.status().model_version == "v0001" and [w for w in a.status().warnings if "--no-blobs" in w]
+    finally:
+        a.close()
+    a = agent(tmp_path, models)
+    try:
+        a.manager.check()
+        st = a.status()  # served; the two samples whose payloads were never kept are reported
+        assert st.model_version == v2 and [w for w in st.warnings if "2 sample(s) cannot be embedded" in w]
+    finally:
+        a.close()
