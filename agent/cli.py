@@ -132,6 +132,8 @@ def serve(data_dir: Path = typer.Option(..., "--data-dir", help="agent state fol
                                          help="largest Select budget"),
           max_ingest_streams: int = typer.Option(LIMITS.max_ingest_streams, "--max-ingest-streams", min=1,
                                                  help="Ingest streams served at once (more: RESOURCE_EXHAUSTED)"),
+          min_free_mb: float = typer.Option(256.0, "--min-free-mb", min=0,
+                                            help="GetStatus warns when the data folder has less free space"),
           cpu: bool = typer.Option(False, "--cpu", help="never try CUDAExecutionProvider")) -> None:
     """Run the agent until SIGTERM/SIGINT (then finish in-flight calls, snapshot the index, exit)."""
     from agent.config import AgentConfig
@@ -148,7 +150,8 @@ def serve(data_dir: Path = typer.Option(..., "--data-dir", help="agent state fol
                         max_ids_per_request=max_ids_per_request, max_select_budget=max_budget,
                         max_ingest_streams=max_ingest_streams)
         config = AgentConfig(data_dir, models, host=host, port=port, classes=class_list, blobs=not no_blobs,
-                             poll_s=poll, batch_size=batch_size, use_cuda=not cpu, limits=limits)
+                             poll_s=poll, batch_size=batch_size, use_cuda=not cpu, limits=limits,
+                             min_free_bytes=int(min_free_mb * MIB))
         server, bound, agent = create_server(config)
     except (ClassListError, SchemaVersionError, OSError, ValueError) as e:
         console.print(f"[red]cannot start[/red]: {e}")

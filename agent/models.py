@@ -31,6 +31,7 @@ import numpy as np
 from agent.blobs import BlobStore
 from agent.config import AgentConfig
 from agent.embedder import Embedder
+from agent.errors import storage_problem
 from agent.index import VersionIndex
 from agent.state import EmbeddingRows, State
 from shortlist.images import decode_stored
@@ -142,8 +143,12 @@ class ModelManager:
         while not self._stop.is_set():
             try:
                 self.check()
-            except Exception:  # keep serving the current version whatever goes wrong
-                log.exception("model check failed")
+            except Exception as e:  # keep serving the current version whatever goes wrong
+                stored = storage_problem(e)
+                if stored is not None:  # full or read-only disk: one line a poll, retried until it is fixed
+                    log.warning("model check: %s", stored.message)
+                else:
+                    log.exception("model check failed")
             if time.monotonic() - self._saved_at > self.snapshot_s:
                 try:
                     self.save_snapshot()
