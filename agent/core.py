@@ -28,8 +28,9 @@ from agent.errors import FailedPrecondition, InvalidArgument, NotFound, storage_
 from agent.ingest import IngestPipeline, unknown_label_reason
 from agent.limits import check_count, check_text, limit_hint, metadata_problem, text_problem
 from agent.models import ModelManager, Serving
-from agent.pool import Pool
+from agent.pool import Pool, state_rng
 from agent.priors import PRIOR_METHODS, get_prior_method
+from agent.security import DataDirLock, owner_only_dir
 from agent.state import SampleRecord, State
 from agent.strategies import MODEL_FREE, STRATEGIES, get_strategy
 from shortlist.images import allow_pixels
@@ -94,7 +95,7 @@ class DataFolderError(OSError):
 def check_writable(folder: Path) -> None:
     """Create ``folder`` if needed and prove it writable (a probe file); DataFolderError otherwise."""
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         probe = folder / f".write-probe-{os.getpid()}"
         fd = os.open(probe, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
         os.close(fd)
@@ -131,21 +132,30 @@ class Agent:
 
     def __init__(self, config: AgentConfig) -> None:
         data_dir = config.data_dir
-        check_writable(data_dir)
+        check_writable(data_dir)  # a clear message for a read-only or full folder
+        owner_only_dir(data_dir)  # 0700: only the agent's user can read anything inside
+        self.folder_lock = DataDirLock(data_dir)  # one agent per folder; DataDirLocked otherwise
         self.config = config
         self.limits = config.limits
         self.data_dir = data_dir
         self.models = config.models
         allow_pixels(config.limits.max_pixels)
-        self.state = State(data_dir / "state.sqlite", None if config.classes is None else list(config.classes))
+        try:
+            self.state = State(data_dir / "state.sqlite", None if config.classes is None else list(config.classes))
+        except BaseException:
+            self.folder_lock.release()
+            raise
         self.blobs = BlobStore(data_dir / "blobs") if config.blobs else None
         self.manager = ModelManager(config, self.state, self.blobs, on_classes=self._adopt_manifest_classes)
         self.ingest = IngestPipeline(self.state, self.blobs, self.manager, config.limits)
         self.manager.start(background=config.background)
 
     def close(self) -> None:
-        self.manager.stop()
-        self.state.close()
+        try:
+            self.manager.stop()
+            self.state.close()
+        finally:
+            self.folder_lock.release()
 
     def _adopt_manifest_classes(self, manifest: Manifest) -> None:
         """With no class list yet, a model's class names become the closed list (so its logits apply)."""
@@ -225,6 +235,11 @@ class Agent:
                     candidates=candidates.astype(np.int64), knn=knn)
         return pool, seqs
 
+    def labelled_ids(self) -> list[str]:
+        """Ids of every labelled sample (the selection state that, with the seed, seeds a request's rng)."""
+        labels = self.state.labels_by_seq()
+        return [self.state.record(int(q)).id for q in np.flatnonzero(labels >= 0)]
+
     # ---- Select ----------------------------------------------------------------------------------
     def select(self, budget: int, strategy: str, params: Mapping[str, str], seed: int,
                where: Mapping[str, str]) -> SelectResult:
@@ -251,7 +266,8 @@ class Agent:
         if len(pool.candidates) == 0:
             chosen: list[tuple[str, float]] = []
         else:
-            sel = fn(pool, budget, np.random.default_rng(seed), dict(params))
+            # Seeded by the seed and the labelled set: a loop that keeps its seed still draws afresh each round.
+            sel = fn(pool, budget, state_rng(seed, self.labelled_ids()), dict(params))
             rows = np.asarray(sel.rows, np.int64)
             scores = np.asarray(sel.scores, np.float64)
             if (len(rows) > budget or len(np.unique(rows)) != len(rows) or len(scores) != len(rows)
@@ -305,7 +321,7 @@ class Agent:
                                      "before asking for prior labels")
         if len(rows) == 0:
             return iter(())
-        pri = fn(pool, rows, np.random.default_rng(0), dict(params))
+        pri = fn(pool, rows, state_rng(0, self.labelled_ids()), dict(params))
         return self._iter_priors(rows, seqs, np.asarray(pri.probs), np.asarray(pri.confidence), pool.classes,
                                  serving.version)
 

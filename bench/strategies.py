@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import time
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from typing import Any
 import numpy as np
 import typer
 
-from agent.pool import FailedPrecondition, InvalidArgument, KnnFn, Pool
+from agent.pool import FailedPrecondition, InvalidArgument, KnnFn, Pool, state_rng
 from agent.priors import PRIOR_METHODS
 from agent.strategies import LABEL_FREE, STRATEGIES
 from bench.metrics import class_coverage, expected_calibration_error, linear_probe_accuracy, prior_accuracy
@@ -121,33 +120,42 @@ def make_pool(x: np.ndarray, labels: np.ndarray, picked: np.ndarray, knn: KnnFn,
                 candidates=np.setdiff1d(np.arange(len(x)), picked), knn=knn, pretext_loss=pretext_loss)
 
 
+def row_ids(rows: np.ndarray) -> list[str]:
+    """The benchmark's sample ids: pool row numbers as text (what ``state_rng`` hashes)."""
+    return [str(int(r)) for r in rows]
+
+
 def simulate(variant: Variant, budget: int, seed: int, x: np.ndarray, labels: np.ndarray, knn: KnnFn,
              num_classes: int, pretext_loss: np.ndarray | None) -> tuple[np.ndarray, str, dict[str, str]]:
     """Rows an annotator would have labelled with ``variant`` at ``budget``: one cold-start shot
     for the strategies that need no labels; for the others a random first half (the usual warm start
-    of uncertainty sampling), then the strategy for the second half. Returns (rows, note, the
+    of uncertainty sampling), then the strategy for the second half. Each Select gets the generator the
+    agent would give it (agent.pool.state_rng: the seed and the labelled set). Returns (rows, note, the
     strategy's Selection.details)."""
     name, params = variant.name, variant.params
-    rng = np.random.default_rng([seed, budget, zlib.crc32(name.encode())])
     empty = np.zeros(0, np.int64)
+    cold = make_pool(x, labels, empty, knn, num_classes, pretext_loss)
     if name in LABEL_FREE:
-        sel = STRATEGIES[name](make_pool(x, labels, empty, knn, num_classes, pretext_loss), budget, rng, params)
+        sel = STRATEGIES[name](cold, budget, state_rng(seed, []), params)
         return sel.rows, "", sel.details
-    first = rng.choice(len(x), size=max(budget // 2, 1), replace=False)
+    first = STRATEGIES["random"](cold, max(budget // 2, 1), state_rng(seed, []), {}).rows
     pool = make_pool(x, labels, first, knn, num_classes, pretext_loss)
+    rng = state_rng(seed, row_ids(first))
     try:
         sel = STRATEGIES[name](pool, budget - len(first), rng, params)
         return np.concatenate([first, sel.rows]), "random first half", sel.details
     except FailedPrecondition:  # e.g. the random half held one class: fill at random and say so
-        rest = rng.choice(pool.candidates, size=budget - len(first), replace=False)
+        rest = STRATEGIES["random"](pool, budget - len(first), rng, {}).rows
         return np.concatenate([first, rest]), "random (strategy refused: one class in first half)", {}
 
 
 def run_benchmark(x: np.ndarray, labels: np.ndarray, test_x: np.ndarray | None, test_y: np.ndarray | None,
                   budgets: list[int], seeds: int, strategies: list[Variant], priors: list[str],
-                  pretext_loss: np.ndarray | None, progress: Any = None) -> list[dict[str, Any]]:
-    """Every (strategy, budget, seed): pick, reveal labels, run each prior method on the unlabelled rest.
-    Returns flat records (one per strategy, budget, seed and prior method)."""
+                  pretext_loss: np.ndarray | None, progress: Any = None,
+                  prior_params: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """Every (strategy, budget, seed): pick, reveal labels, run each prior method on the unlabelled rest
+    (with ``prior_params``, e.g. {"calibrate": "false"}). Returns flat records (one per strategy, budget,
+    seed and prior method)."""
     num_classes = int(labels.max()) + 1
     knn = CachedKnn(x, hnsw_index(x))
     records: list[dict[str, Any]] = []
@@ -167,7 +175,7 @@ def run_benchmark(x: np.ndarray, labels: np.ndarray, test_x: np.ndarray | None, 
                 rows = pool.candidates
                 for method in priors:
                     t1 = time.perf_counter()
-                    pr = PRIOR_METHODS[method](pool, rows, np.random.default_rng(seed), {})
+                    pr = PRIOR_METHODS[method](pool, rows, state_rng(0, row_ids(picked)), dict(prior_params or {}))
                     records.append({
                         "strategy": variant.label, "params": variant.params, "budget": budget, "seed": seed,
                         "prior_method": method,
@@ -341,6 +349,8 @@ def register(bench_app: typer.Typer) -> None:
                                           "(e.g. probcover:delta=0.4); repeat for a sweep"),
         priors: str = typer.Option("", help="comma-separated prior methods (default: all)"),
         pretext_loss: Path | None = typer.Option(None, help="N float .npy rotation losses (enables das)"),
+        uncalibrated: bool = typer.Option(False, "--uncalibrated", help="the prior methods' raw probabilities "
+                                          "(calibrate=false), to compare with the calibrated default"),
     ) -> None:
         """Every strategy at every budget and seed: class coverage, prior-label accuracy and ECE per prior
         method, linear-probe accuracy. Writes results.json (flat records), results.md, results.png."""
@@ -375,7 +385,8 @@ def register(bench_app: typer.Typer) -> None:
         console.print(f"{len(x)} rows x {x.shape[1]} dims, {int(y.max()) + 1} classes; building the index...")
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=console) as progress:
-            records = run_benchmark(x, y, tx, ty, budget_list, seeds, variants, methods, loss, progress)
+            records = run_benchmark(x, y, tx, ty, budget_list, seeds, variants, methods, loss, progress,
+                                    prior_params={"calibrate": "false"} if uncalibrated else None)
         summary = summarise(records)
         (out / "results.json").write_text(json.dumps(records, indent=1))
         table = markdown_table(summary, methods)
