@@ -15,6 +15,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from agent.security import OWNER_DIR, OWNER_FILE, owner_only_dir
 from shortlist.manifest import fsync_path
 
 # Shared by every BlobStore of the process; fsync releases the GIL, so these threads overlap.
@@ -31,7 +32,7 @@ class BlobStore:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        root.mkdir(parents=True, exist_ok=True)
+        owner_only_dir(root)
         for tmp in root.glob("*/.tmp-*"):  # left by a crash between write and rename
             tmp.unlink(missing_ok=True)
 
@@ -58,9 +59,9 @@ class BlobStore:
             try:
                 for digest in digests[start:start + _OPEN_FILES]:
                     final = self.path(digest)
-                    final.parent.mkdir(exist_ok=True)
+                    final.parent.mkdir(mode=OWNER_DIR, exist_ok=True)
                     tmp = final.parent / f".tmp-{digest[2:]}-{os.getpid()}-{threading.get_ident()}"
-                    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, OWNER_FILE)
                     todo.append((tmp, final, fd))
                     view = memoryview(pending[digest])
                     while view:
@@ -73,6 +74,21 @@ class BlobStore:
                 os.replace(tmp, final)
                 placed.append(final)
         list(_FSYNC_POOL.map(fsync_path, {final.parent for final in placed}))
+
+    def damaged(self, digest: str) -> bool:
+        """Whether the blob is missing or its content does not hash to ``digest``."""
+        try:
+            self.get(digest)
+        except OSError:
+            return True
+        return False
+
+    def repair(self, digest: str, data: bytes) -> None:
+        """Replace a missing or corrupt blob with ``data`` (which must hash to ``digest``)."""
+        if sha256_hex(data) != digest:
+            raise ValueError("repair data does not match the digest")
+        self.path(digest).unlink(missing_ok=True)
+        self.put_many([(digest, data)])
 
     def get(self, digest: str) -> bytes:
         """The bytes stored under ``digest``; FileNotFoundError if absent, OSError if corrupt."""
