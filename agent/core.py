@@ -363,7 +363,8 @@ class Agent:
         cached = self.prior_cache.get(key)
         if cached is None:
             token = token or cancel.CancelToken()
-            with self.work.slot(token, f"PriorLabels {method!r}"), cancel.scope(token):
+            lane = self.light_work if fn.is_light(len(rows)) else self.work
+            with lane.slot(token, f"PriorLabels {method!r}"), cancel.scope(token):
                 pri = fn(pool, rows, state_rng(0, self.labelled_ids()), dict(params))
             cached = (np.asarray(pri.probs), np.asarray(pri.confidence))
             self.prior_cache.put(key, cached, weight=len(rows))

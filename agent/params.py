@@ -195,9 +195,14 @@ class StrategyEntry(_Entry):
 
 @dataclass(frozen=True)
 class PriorEntry(_Entry):
-    """A registered prior-label method: call it like the function; params are checked first."""
+    """A registered prior-label method: call it like the function; params are checked first. A call for
+    at most ``light_rows`` rows is light work (its own admission lane, as for StrategyEntry)."""
 
     fn: PriorMethod
+    light_rows: int = 0
+
+    def is_light(self, budget: int) -> bool:
+        return budget <= self.light_rows
 
     @property
     def kind_name(self) -> str:
@@ -223,10 +228,11 @@ def strategy(name: str, *declared: Param, light_budget: int = 0) -> Callable[[St
     return wrap
 
 
-def prior_method(name: str, *declared: Param) -> Callable[[PriorMethod], PriorEntry]:
+def prior_method(name: str, *declared: Param, light_rows: int = 0) -> Callable[[PriorMethod], PriorEntry]:
     """Declare a prior method's name and params; the entry's ``__doc__`` is the function's plus the params."""
     def wrap(fn: PriorMethod) -> PriorEntry:
-        entry = PriorEntry(name=name, params=tuple(declared), summary=_summary(fn.__doc__), fn=fn)
+        entry = PriorEntry(name=name, params=tuple(declared), summary=_summary(fn.__doc__), fn=fn,
+                           light_rows=light_rows)
         object.__setattr__(entry, "__doc__", (fn.__doc__ or "") + params_doc(declared))
         return entry
     return wrap

@@ -157,6 +157,7 @@ def calibrated(method: PriorEntry, default_temperature: float = 1.0) -> PriorEnt
         return apply_calibration(pool, np.asarray(rows, np.int64), priors, t)
 
     params = (*method.params, CALIBRATE_PARAM)
-    entry = PriorEntry(name=method.name, params=params, summary=method.summary, fn=run)
+    entry = PriorEntry(name=method.name, params=params, summary=method.summary, fn=run,
+                       light_rows=method.light_rows)
     object.__setattr__(entry, "__doc__", (method.fn.__doc__ or "") + params_doc(params))
     return entry

@@ -26,6 +26,9 @@ SPREAD_ROWS = 2000
 # (blocked dot products, ~1 s per 1e9 on two cores); beyond, the pool's hnswlib index is asked for
 # enough neighbours to expect k labelled ones among them, and those are re-ranked by the centred cosine.
 EXACT_WORK = 2e9
+# PriorLabels knn for at most this many rows is light work (its own admission lane): an exact vote over
+# the labelled rows, ~0.4 s for 16 ids at 50,000 rows (docs/reliability.md, Load), not k-means.
+KNN_LIGHT_ROWS = 1000
 KNN_PARAMS = (
     Param("k", "int", KNN_K, "labelled neighbours that vote", 1, 200),
     Param("relative_temperature", "float", KNN_RELATIVE_TEMPERATURE,
@@ -89,7 +92,7 @@ def similarity_spread(space: _Space) -> float:
     return float(np.std(space.rows(sample) @ space.lab.T))
 
 
-@prior_method("knn", *KNN_PARAMS)
+@prior_method("knn", *KNN_PARAMS, light_rows=KNN_LIGHT_ROWS)
 def knn_prior(pool: Pool, rows: np.ndarray, rng: np.random.Generator, params: Mapping[str, str]) -> Priors:
     """Weighted k-nearest-neighbour vote (Wu et al., "Unsupervised Feature Learning via Non-Parametric
     Instance Discrimination", CVPR 2018, its weighted kNN classifier, as used by DINO): each of the k most

@@ -190,6 +190,8 @@ def test_overload_is_resource_exhausted_at_once_and_light_calls_do_not_wait(smal
     for strategy in ("random", "margin", "coreset"):
         light = small.stub.Select(agent_pb2.SelectRequest(budget=3, strategy=strategy), timeout=10)
         assert len(light.selected) == 3
+    few = list(small.stub.PriorLabels(agent_pb2.PriorLabelsRequest(method="knn", ids=["s20", "s21"]), timeout=10))
+    assert [p.id for p in few] == ["s20", "s21"]
     for call in (running, waiting):
         call.cancel()
     assert wait_until(lambda: small.agent.work.stats().running == 0 and small.agent.work.stats().queued == 0)
