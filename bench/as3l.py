@@ -183,6 +183,26 @@ def choose_labels(address: str, strategy: str, budget: int, seed: int, truth: di
     return picked, ids, np.asarray(probs, np.float64).reshape(len(ids), len(classes)), reply.model_version
 
 
+def check_settings(cells: Path, settings: dict[str, Any]) -> None:
+    """Record what the cells under ``cells`` are made with; a rerun with other settings is refused (its
+    finished cells would otherwise be mixed with new ones). Seeds, budgets and arms may change: they name
+    the cells. A budget's steps may differ only for budgets not yet run."""
+    path = cells / "settings.json"
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        steps = {**saved.get("steps", {}), **settings["steps"]}
+        clash = {b for b in saved.get("steps", {}) if b in settings["steps"] and saved["steps"][b] !=
+                 settings["steps"][b]}
+        diff = [f"{k} {saved.get(k)!r} there, {v!r} now" for k, v in settings.items()
+                if k != "steps" and saved.get(k) != v] + [f"steps at {b} labels {saved['steps'][b]} there, "
+                                                          f"{settings['steps'][b]} now" for b in sorted(clash)]
+        if diff:
+            raise typer.BadParameter(f"{cells.parent} holds results made with other settings ({'; '.join(diff)}): "
+                                     "pass another --out, or remove that folder to start over")
+        settings = {**settings, "steps": steps}
+    _write_json(path, settings)
+
+
 def label_cell(cells: Path, base: Path, registry: Path, log: Path, strategy: str, budget: int, seed: int,
                truth: dict[str, int], classes: list[str], pool_ids: list[str], pool_emb: np.ndarray,
                test_emb: np.ndarray, test_y: np.ndarray) -> dict[str, Any]:
@@ -250,13 +270,15 @@ def arm_cell(cells: Path, profile: Profile, arm: Arm, budget: int, seed: int, la
                          eval_every=max(1, steps // profile.evals), threads=profile.threads, device=profile.device,
                          seed=seed, progress=False, checkpoint_minutes=5.0,
                          resume=(run_dir / loop.CHECKPOINT).is_file())
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     finetune(cfg, data, priors, console, eval_data=test)
     summary = json.loads((run_dir / loop.SUMMARY).read_text())
     cell = {"arm": arm.name, "strategy": arm.strategy, "prior_after": arm.prior_after, "budget": budget,
             "seed": seed, "steps": summary["steps"], "eval": summary["eval"],
             "test_accuracy": summary["test_accuracy"], "best_test_accuracy": summary["best_test_accuracy"],
-            "seconds": time.perf_counter() - t0, "train_seconds": summary["seconds"]}
+            "seconds": time.perf_counter() - t0, "train_seconds": summary["seconds"],
+            # CPU seconds of this process (all threads): the cost on an idle machine, whatever else ran
+            "cpu_seconds": time.process_time() - c0}
     for name in (loop.CHECKPOINT, loop.ENCODER):  # the cell is done: keep what it reports, not 2 x 10 MB of weights
         (run_dir / name).unlink(missing_ok=True)
     _write_json(folder / "cell.json", cell)
@@ -312,7 +334,7 @@ def save_run(run: Run, out: Path) -> None:
 
 def run_benchmark(data: Path, profile: Profile, out: Path, encoder: Path | None = None, seeds: int | None = None,
                   budgets: list[int] | None = None, arms: list[str] | None = None, steps: int | None = None,
-                  console: Any = None) -> Run:
+                  prior_iters: int | None = None, console: Any = None) -> Run:
     """Run (or resume) the whole benchmark into ``out``; returns the run (also in out/results.json)."""
     from rich.console import Console
 
@@ -323,6 +345,8 @@ def run_benchmark(data: Path, profile: Profile, out: Path, encoder: Path | None 
     profile = replace(profile, seeds=seeds or profile.seeds, budgets=tuple(budgets or profile.budgets))
     if steps is not None:
         profile = replace(profile, steps={b: steps for b in profile.budgets})
+    if prior_iters is not None:
+        profile = replace(profile, prior_iters=prior_iters)
     chosen = [a for a in ARMS if arms is None or a.name in arms]
     out.mkdir(parents=True, exist_ok=True)
     walls: dict[str, float] = {}
@@ -365,6 +389,10 @@ def run_benchmark(data: Path, profile: Profile, out: Path, encoder: Path | None 
               batch_size=profile.batch_size, mu=profile.mu, model_version=version, encoder=provenance,
               git_commit=cifar10._git_commit())
     cells = out / "cells"
+    check_settings(cells, {"data": str(data), "pool_size": run.pool_size, "test_size": run.test_size,
+                           "size": side, "steps": run.steps, "prior_iters": profile.prior_iters,
+                           "batch_size": profile.batch_size, "mu": profile.mu, "lr": profile.lr,
+                           "model_version": version, "encoder": str(init)})
     strategies = [s for s in LABEL_STRATEGIES if any(a.strategy == s for a in chosen)]
     # Seeds outermost: an interrupted run has every arm at the first seeds.
     for seed in range(profile.seeds):
@@ -416,6 +444,8 @@ def register(bench_app: typer.Typer) -> None:
                                         + ", ".join(a.name for a in ARMS)),
         steps: int | None = typer.Option(None, min=1, help="training iterations per arm at every budget "
                                          "(default: the profile's)"),
+        prior_iters: int | None = typer.Option(None, min=1, help="T, the iterations that mix the prior into the "
+                                               "pseudo-labels (default: the profile's; the paper's 6900 in gpu)"),
     ) -> None:
         """AS3L against its baselines (Tables 1, 3-6): labels through the agent, prior-guided FlexMatch."""
         if profile not in PROFILES:
@@ -428,6 +458,6 @@ def register(bench_app: typer.Typer) -> None:
             raise typer.BadParameter("--budgets: label counts must be positive")
         arm_list = [a.strip() for a in arms.split(",") if a.strip()] if arms else None
         try:
-            run_benchmark(data, PROFILES[profile], out, encoder, seeds, budget_list, arm_list, steps)
+            run_benchmark(data, PROFILES[profile], out, encoder, seeds, budget_list, arm_list, steps, prior_iters)
         except FileNotFoundError as e:
             raise typer.BadParameter(str(e)) from None

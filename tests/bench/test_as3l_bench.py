@@ -76,6 +76,9 @@ def test_smoke_profile_end_to_end_and_resumes(tiny_data: Path, tmp_path: Path,
     third = CliRunner().invoke(app, args)
     assert third.exit_code == 0, third.output
     assert len(calls) == 1 and "as3l+prior+remove-6-seed0" in calls[0]
+    # Other settings into the same folder: refused, naming what differs; nothing trains.
+    other = CliRunner().invoke(app, [*args, "--steps", "5"])
+    assert other.exit_code != 0 and "steps at 3 labels 4 there, 5 now" in other.output and len(calls) == 1
 
 
 def test_bad_arguments_are_clear(tiny_data: Path, tmp_path: Path) -> None:
