@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from agent import client
+from agent.config import AgentConfig
 from agent.embedder import Embedder
 from agent.service import create_server, stop_server
 from agent.testing import conv_encoder, publish_model
@@ -80,7 +81,8 @@ def bench_ingest(models: Path | None, n: int = 4096, batch: int = 256, rounds: i
             for i, b in enumerate(data):
                 yield client.image_sample(f"{prefix}{i}", b)
 
-        server, port, agent = create_server(Path(tmp) / "data", registry, batch_size=batch, use_cuda=use_cuda)
+        server, port, agent = create_server(AgentConfig(Path(tmp) / "data", registry, port=0, batch_size=batch,
+                                                        use_cuda=use_cuda))
         raws, e2es = [], []
         try:
             stub = client.connect(f"127.0.0.1:{port}")

@@ -20,7 +20,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from agent import client
+from agent.limits import MIB, Limits
 from shortlist.v1 import agent_pb2
+
+LIMITS = Limits()  # the defaults, shown by `shortlist serve --help`
 
 DEFAULT_AGENT = os.environ.get("SHORTLIST_AGENT", "127.0.0.1:50051")
 AgentOpt = typer.Option(DEFAULT_AGENT, "--agent", help="HOST:PORT of a running agent (env SHORTLIST_AGENT)")
@@ -51,8 +54,10 @@ def _rpc(fn: Any) -> Any:
     except grpc.RpcError as e:
         code = e.code()
         detail = e.details()
-        if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-            detail = f"{detail} (send fewer samples per message: lower --batch)"
+        if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in (detail or ""):
+            # gRPC's own message-size check (the agent's limits say in their message what to do)
+            detail = (f"{detail} (send fewer samples per message: lower --batch; the agent's limit is "
+                      "`shortlist serve --max-message-mb`)")
         console.print(f"[red]{code.name}[/red]: {detail}")
         raise typer.Exit(1) from None
     except client.AgentUnavailable as e:
@@ -76,19 +81,47 @@ def serve(data_dir: Path = typer.Option(..., "--data-dir", help="agent state fol
                                         "no ListSamples payloads)"),
           poll: float = typer.Option(5.0, "--poll", help="seconds between registry checks"),
           batch_size: int = typer.Option(256, "--batch-size", help="images per onnxruntime call"),
-          max_message_mb: int = typer.Option(64, "--max-message-mb", help="largest gRPC message accepted"),
+          max_message_mb: int = typer.Option(64, "--max-message-mb", min=1, help="largest gRPC message accepted"),
+          max_samples_per_request: int = typer.Option(
+              LIMITS.max_samples_per_request, "--max-samples-per-request", min=1,
+              help="samples in one IngestRequest message"),
+          max_image_mb: float = typer.Option(LIMITS.max_image_bytes / MIB, "--max-image-mb", min=0.001,
+                                             help="encoded image (or raw tensor) size of one sample"),
+          max_pixels: int = typer.Option(LIMITS.max_pixels, "--max-pixels", min=1,
+                                         help="decoded pixels (H x W) of one image, checked from its header"),
+          max_id_chars: int = typer.Option(LIMITS.max_id_chars, "--max-id-chars", min=1, help="sample id length"),
+          max_label_chars: int = typer.Option(LIMITS.max_label_chars, "--max-label-chars", min=1,
+                                              help="label and annotator name length"),
+          max_uri_chars: int = typer.Option(LIMITS.max_uri_chars, "--max-uri-chars", min=1, help="uri length"),
+          max_metadata_entries: int = typer.Option(LIMITS.max_metadata_entries, "--max-metadata-entries", min=1,
+                                                   help="metadata entries of one sample (and --where filters)"),
+          max_metadata_chars: int = typer.Option(LIMITS.max_metadata_chars, "--max-metadata-chars", min=1,
+                                                 help="length of each metadata key and value"),
+          max_ids_per_request: int = typer.Option(LIMITS.max_ids_per_request, "--max-ids-per-request", min=1,
+                                                  help="labels in one SubmitLabels, ids in one PriorLabels"),
+          max_budget: int = typer.Option(LIMITS.max_select_budget, "--max-budget", min=1,
+                                         help="largest Select budget"),
+          max_ingest_streams: int = typer.Option(LIMITS.max_ingest_streams, "--max-ingest-streams", min=1,
+                                                 help="Ingest streams served at once (more: RESOURCE_EXHAUSTED)"),
           cpu: bool = typer.Option(False, "--cpu", help="never try CUDAExecutionProvider")) -> None:
     """Run the agent until SIGTERM/SIGINT (then finish in-flight calls, snapshot the index, exit)."""
+    from agent.config import AgentConfig
     from agent.service import create_server, stop_server
     from agent.state import ClassListError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    class_list = [c.strip() for c in classes.split(",") if c.strip()] or None
+    class_list = tuple(c.strip() for c in classes.split(",") if c.strip()) or None
     try:
-        server, bound, agent = create_server(data_dir, models, host=host, port=port, classes=class_list,
-                                             blobs=not no_blobs, poll_s=poll, batch_size=batch_size,
-                                             max_message_bytes=max_message_mb * 1024 * 1024, use_cuda=not cpu)
-    except (ClassListError, OSError) as e:
+        limits = Limits(max_message_bytes=max_message_mb * MIB, max_samples_per_request=max_samples_per_request,
+                        max_image_bytes=round(max_image_mb * MIB), max_pixels=max_pixels, max_id_chars=max_id_chars,
+                        max_label_chars=max_label_chars, max_uri_chars=max_uri_chars,
+                        max_metadata_entries=max_metadata_entries, max_metadata_chars=max_metadata_chars,
+                        max_ids_per_request=max_ids_per_request, max_select_budget=max_budget,
+                        max_ingest_streams=max_ingest_streams)
+        config = AgentConfig(data_dir, models, host=host, port=port, classes=class_list, blobs=not no_blobs,
+                             poll_s=poll, batch_size=batch_size, use_cuda=not cpu, limits=limits)
+        server, bound, agent = create_server(config)
+    except (ClassListError, OSError, ValueError) as e:
         console.print(f"[red]cannot start[/red]: {e}")
         raise typer.Exit(2) from None
     st = agent.status()

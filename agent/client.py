@@ -15,6 +15,7 @@ import numpy as np
 from shortlist.v1 import agent_pb2, agent_pb2_grpc
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+LABELS_PER_REQUEST = 10_000  # well below the agent's default --max-ids-per-request (100,000)
 # Transient failures worth retrying for unary calls (the agent restarting, a brief network blip).
 RETRY_POLICY = ('{"methodConfig": [{"name": [{"service": "shortlist.v1.Agent"}], '
                 '"retryPolicy": {"maxAttempts": 5, "initialBackoff": "0.2s", "maxBackoff": "2s", '
@@ -90,8 +91,16 @@ def list_samples(stub: agent_pb2_grpc.AgentStub, labeled_only: bool = False,
 
 
 def submit_labels(stub: agent_pb2_grpc.AgentStub, labels: Iterable[tuple[str, str]],
-                  annotator: str = "") -> agent_pb2.SubmitLabelsReply:
-    req = agent_pb2.SubmitLabelsRequest(labels=[agent_pb2.LabelAssignment(id=i, label=lab) for i, lab in labels],
-                                        annotator=annotator)
-    reply: agent_pb2.SubmitLabelsReply = stub.SubmitLabels(req)
-    return reply
+                  annotator: str = "", chunk: int = LABELS_PER_REQUEST) -> agent_pb2.SubmitLabelsReply:
+    """Submit (id, label) pairs, ``chunk`` per request (the agent takes at most ``--max-ids-per-request``
+    in one); the replies are summed. Each request is durable on its own."""
+    total = agent_pb2.SubmitLabelsReply()
+    pairs = list(labels)
+    for start in range(0, max(len(pairs), 1), chunk):
+        req = agent_pb2.SubmitLabelsRequest(
+            labels=[agent_pb2.LabelAssignment(id=i, label=lab) for i, lab in pairs[start:start + chunk]],
+            annotator=annotator)
+        reply: agent_pb2.SubmitLabelsReply = stub.SubmitLabels(req)
+        total.accepted += reply.accepted
+        total.rejected.extend(reply.rejected)
+    return total

@@ -1,8 +1,8 @@
 """The agent as plain Python: ingest, select, labels, priors, status over State + blobs + models.
 
 agent/service.py is a thin gRPC layer over ``Agent``; tests and benchmarks can also call it directly.
-Errors are agent.pool's InvalidArgument / FailedPrecondition and ``NotFound`` here; the service maps
-them to status codes.
+Errors are agent.errors' domain exceptions (InvalidArgument, FailedPrecondition, NotFound, ...); the
+service maps them, and every other exception, to status codes in one place (agent.errors.ErrorMapping).
 
 Data folder layout::
 
@@ -21,75 +21,20 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.blobs import BlobStore, sha256_hex
-from agent.embedder import EmbedOutput, decode_payload, tensor_pixels
+from agent.blobs import BlobStore
+from agent.config import AgentConfig
+from agent.errors import FailedPrecondition, InvalidArgument, NotFound
+from agent.ingest import IngestPipeline, unknown_label_reason
+from agent.limits import check_count, check_text, limit_hint, metadata_problem, text_problem
 from agent.models import ModelManager, Serving
-from agent.pool import FailedPrecondition, InvalidArgument, Pool
+from agent.pool import Pool
 from agent.priors import PRIOR_METHODS, get_prior_method
-from agent.state import EmbeddingRows, NewSample, SampleRecord, State
+from agent.state import SampleRecord, State
 from agent.strategies import MODEL_FREE, STRATEGIES, get_strategy
-from shortlist.images import decode_image
+from shortlist.images import allow_pixels
 from shortlist.manifest import Manifest
 
 log = logging.getLogger(__name__)
-
-MAX_ID_LENGTH = 512
-
-
-class NotFound(LookupError):
-    """Unknown sample ids (maps to gRPC NOT_FOUND)."""
-
-
-@dataclass
-class Incoming:
-    """One sample as received: ``kind`` "image" (``data`` = encoded bytes) or "tensor" (``data`` =
-    raw pixel bytes with ``dtype``/``shape``), ``blob`` = the bytes to keep (the encoded image, or the
-    serialised Tensor message), or kind "" when the sample carried no payload."""
-
-    id: str
-    kind: str
-    data: bytes
-    blob: bytes
-    dtype: str = ""
-    shape: tuple[int, ...] = ()
-    uri: str = ""
-    metadata: dict[str, str] = field(default_factory=dict)
-    label: str = ""
-
-
-@dataclass
-class Prepared:
-    """A batch after decoding (stage 1 of Ingest, no lock): samples still to store, their sha256 and
-    pixels (HxWx3 uint8 at ``version``'s size; None when no model), and the rejections so far."""
-
-    samples: list[Incoming]
-    digests: list[str]
-    pixels: list[np.ndarray | None]
-    version: str
-    rejected: list[tuple[str, str]]
-    duplicates: int = 0
-
-
-@dataclass
-class Embedded:
-    """A batch after embedding (stage 2): ``fresh`` = positions in ``prep.samples`` not yet stored when
-    it ran, ``early`` = their embeddings under ``prep.version`` (None without a model)."""
-
-    prep: Prepared
-    fresh: list[int]
-    early: EmbedOutput | None
-
-
-@dataclass
-class IngestResult:
-    accepted: int = 0
-    duplicates: int = 0
-    rejected: list[tuple[str, str]] = field(default_factory=list)
-
-    def add(self, other: IngestResult) -> None:
-        self.accepted += other.accepted
-        self.duplicates += other.duplicates
-        self.rejected.extend(other.rejected)
 
 
 @dataclass
@@ -124,11 +69,6 @@ class AgentStatus:
     warnings: list[str] = field(default_factory=list)
 
 
-def _px(pixels: np.ndarray | None) -> np.ndarray:
-    assert pixels is not None  # decoded in stage 1 whenever a model was serving
-    return pixels
-
-
 def no_model_message(models: Path) -> str:
     return (f"no model is published in {models}; publish one with `shortlist export` (or any exporter "
             f"writing {models}/vNNNN/), then retry; strategies that work without a model: "
@@ -138,18 +78,19 @@ def no_model_message(models: Path) -> str:
 class Agent:
     """State, blobs and the model manager of one data folder."""
 
-    def __init__(self, data_dir: Path, models: Path, classes: Sequence[str] | None = None, blobs: bool = True,
-                 poll_s: float = 5.0, batch_size: int = 256, use_cuda: bool = True, background: bool = True,
-                 snapshot_s: float = 30.0) -> None:
+    def __init__(self, config: AgentConfig) -> None:
+        data_dir = config.data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
+        self.config = config
+        self.limits = config.limits
         self.data_dir = data_dir
-        self.models = models
-        self.state = State(data_dir / "state.sqlite", classes)
-        self.blobs = BlobStore(data_dir / "blobs") if blobs else None
-        self.manager = ModelManager(models, self.state, self.blobs, data_dir / "index", poll_s=poll_s,
-                                    batch_size=batch_size, use_cuda=use_cuda, snapshot_s=snapshot_s,
-                                    on_classes=self._adopt_manifest_classes)
-        self.manager.start(background=background)
+        self.models = config.models
+        allow_pixels(config.limits.max_pixels)
+        self.state = State(data_dir / "state.sqlite", None if config.classes is None else list(config.classes))
+        self.blobs = BlobStore(data_dir / "blobs") if config.blobs else None
+        self.manager = ModelManager(config, self.state, self.blobs, on_classes=self._adopt_manifest_classes)
+        self.ingest = IngestPipeline(self.state, self.blobs, self.manager, config.limits)
+        self.manager.start(background=config.background)
 
     def close(self) -> None:
         self.manager.stop()
@@ -160,142 +101,21 @@ class Agent:
         if manifest.classes and not self.state.classes and not self.state.closed:
             self.state.set_closed_classes(list(manifest.classes))
 
-    # ---- Ingest ----------------------------------------------------------------------------------
-    def prepare(self, samples: Sequence[Incoming]) -> Prepared:
-        """Stage 1 of Ingest (no lock, runs beside stage 2 of the previous batch): validate ids and
-        payloads, decode them at the serving model's size, drop repeats within the batch."""
-        serving = self.manager.current
-        out = Prepared([], [], [], "" if serving is None else serving.version, [])
-        seen: dict[str, str] = {}
-        for s in samples:
-            if not s.id:
-                out.rejected.append(("", "empty id: every sample needs a client-chosen unique id"))
-                continue
-            if len(s.id) > MAX_ID_LENGTH:
-                out.rejected.append((s.id[:64], f"id longer than {MAX_ID_LENGTH} characters"))
-                continue
-            if not s.kind:
-                out.rejected.append((s.id, "no payload: set encoded_image or tensor"))
-                continue
-            digest = sha256_hex(s.blob)
-            if s.id in seen:
-                if seen[s.id] == digest:
-                    out.duplicates += 1
-                else:
-                    out.rejected.append((s.id, "the same id appears twice in this batch with different payloads"))
-                continue
-            stored = self.state.lookup(s.id)
-            if stored is not None:  # a resend: no need to decode (stage 3 re-checks new ids under the lock)
-                self._duplicate_or_conflict(stored, digest, s.id, out)
-                seen[s.id] = digest
-                continue
-            try:
-                if serving is not None:
-                    pixels: np.ndarray | None = decode_payload(s.kind, s.data, s.dtype, s.shape,
-                                                               serving.manifest.preprocess)
-                else:  # no model yet: still refuse what could never be embedded
-                    pixels = None
-                    if s.kind == "image":
-                        decode_image(s.data)
-                    else:
-                        tensor_pixels(s.dtype, s.shape, s.data)
-            except ValueError as e:
-                out.rejected.append((s.id, str(e)))
-                continue
-            seen[s.id] = digest
-            out.samples.append(s)
-            out.digests.append(digest)
-            out.pixels.append(pixels)
-        if self.blobs is not None and out.samples:
-            # Before the commit: a committed sample's blob is always there (orphans are harmless).
-            self.blobs.put_many([(d, s.blob) for d, s in zip(out.digests, out.samples, strict=True)])
-        return out
-
-    def embed(self, prep: Prepared) -> Embedded:
-        """Stage 2 of Ingest (no lock): embed the batch's new samples with the serving version."""
-        fresh = [i for i, s in enumerate(prep.samples) if self.state.lookup(s.id) is None]
-        serving = self.manager.current
-        early: EmbedOutput | None = None
-        if serving is not None and serving.version == prep.version and fresh:
-            early = serving.embedder.embed(np.stack([_px(prep.pixels[i]) for i in fresh]))
-        return Embedded(prep, fresh, early)
-
-    def commit(self, prep: Prepared) -> IngestResult:
-        """Stages 2 and 3 of Ingest for one batch."""
-        return self.store(self.embed(prep))
-
-    def store(self, emb: Embedded) -> IngestResult:
-        """Stage 3 of Ingest: store samples, labels and embeddings in one durable transaction (and
-        the index). Returns only after the commit."""
-        prep, fresh, early = emb.prep, emb.fresh, emb.early
-        res = IngestResult(duplicates=prep.duplicates, rejected=list(prep.rejected))
-        with self.manager.write_lock:
-            # Decide under the lock: another stream may have stored the same id meanwhile.
-            new: list[NewSample] = []
-            took: list[int] = []  # positions in ``fresh`` of the samples in ``new``
-            pos = {i: j for j, i in enumerate(fresh)}
-            for i, (s, digest) in enumerate(zip(prep.samples, prep.digests, strict=True)):
-                rec = self.state.lookup(s.id)
-                if rec is not None:
-                    self._duplicate_or_conflict(rec, digest, s.id, res)
-                    continue
-                assert i in pos
-                label = -1
-                if s.label:
-                    idx = self.state.class_index(s.label)
-                    if idx is None:
-                        res.rejected.append((s.id, self._unknown_label(s.label)))
-                        continue
-                    label = idx
-                new.append(NewSample(s.id, s.uri, dict(s.metadata), s.kind, digest, label))
-                took.append(pos[i])
-            if not new:
-                return res
-            serving = self.manager.current
-            if serving is None:
-                self.state.add_samples(new)
-            else:
-                if early is not None and serving.version == prep.version:
-                    sel = np.array(took, np.int64)
-                    out = EmbedOutput(early.vecs[sel], None if early.logits is None else early.logits[sel],
-                                      None if early.pretext is None else early.pretext[sel])
-                else:  # a model arrived or was swapped in since stage 1: decode for it now
-                    pre = serving.manifest.preprocess
-                    srcs = [prep.samples[fresh[j]] for j in took]
-                    out = serving.embedder.embed(np.stack(
-                        [decode_payload(s.kind, s.data, s.dtype, s.shape, pre) for s in srcs]))
-                vindex = serving.index
-                seqs = self.state.add_samples(
-                    new, EmbeddingRows(serving.version, vindex.n, out.vecs, out.logits, out.pretext))
-                vindex.add(np.array(seqs, np.int64), out.vecs, out.logits, out.pretext)
-            res.accepted += len(new)
-        return res
-
-    def _duplicate_or_conflict(self, rec: SampleRecord | None, digest: str, sid: str,
-                               res: IngestResult | Prepared) -> None:
-        if rec is None:
-            return
-        if rec.sha256 == digest:
-            res.duplicates += 1
-        else:
-            res.rejected.append((sid, f"id {sid!r} is already in the pool with a different payload; ids must "
-                                      "be unique (use a new id for a new image)"))
-
-    def _unknown_label(self, label: str) -> str:
-        shown = ", ".join(self.state.classes[:20]) + (" ..." if len(self.state.classes) > 20 else "")
-        return f"unknown label {label!r}: the class list is closed; valid: {shown}"
-
-    def ingest(self, samples: Sequence[Incoming]) -> IngestResult:
-        """Both stages for one batch (the service pipelines them across batches)."""
-        return self.commit(self.prepare(samples))
-
     # ---- Labels ----------------------------------------------------------------------------------
     def submit_labels(self, labels: Sequence[tuple[str, str]], annotator: str) -> tuple[int, list[tuple[str, str]]]:
         """Record (id, label) pairs durably; per-item rejections for unknown ids / labels."""
+        lim = self.limits
+        check_count(labels, lim.max_ids_per_request, "max_ids_per_request", "labels")
+        check_text(annotator, lim.max_label_chars, "max_label_chars", "annotator name")
         rejected: list[tuple[str, str]] = []
         good: list[tuple[int, int]] = []
-        with self.manager.write_lock:
+        with self.manager.writing():
             for sid, label in labels:
+                too_long = (text_problem(sid, lim.max_id_chars, "max_id_chars", "id")
+                            or text_problem(label, lim.max_label_chars, "max_label_chars", "label"))
+                if too_long is not None:
+                    rejected.append((sid[:64], too_long))
+                    continue
                 rec = self.state.lookup(sid) if sid else None
                 if rec is None:
                     rejected.append((sid, "empty id" if not sid else f"unknown id {sid!r}: ingest it first"))
@@ -305,7 +125,7 @@ class Agent:
                     continue
                 idx = self.state.class_index(label)
                 if idx is None:
-                    rejected.append((sid, self._unknown_label(label)))
+                    rejected.append((sid, unknown_label_reason(self.state.classes, label)))
                     continue
                 good.append((rec.seq, idx))
             if good:
@@ -359,6 +179,13 @@ class Agent:
                where: Mapping[str, str]) -> SelectResult:
         if budget <= 0:
             raise InvalidArgument(f"budget must be >= 1 (got {budget})")
+        if budget > self.limits.max_select_budget:
+            raise InvalidArgument(f"budget {budget:,} is above the limit of {self.limits.max_select_budget:,} "
+                                  f"{limit_hint('max_select_budget')}")
+        for problem in (metadata_problem(where, self.limits, "where filter"),
+                        metadata_problem(params, self.limits, "params")):
+            if problem is not None:
+                raise InvalidArgument(problem)
         fn = get_strategy(strategy)
         serving = self.manager.current
         if serving is None:
@@ -389,7 +216,13 @@ class Agent:
         return SelectResult(chosen, version, strategy, selection_id, details)
 
     # ---- PriorLabels -----------------------------------------------------------------------------
-    def prior_labels(self, method: str, ids: Sequence[str], params: Mapping[str, str]) -> list[PriorResult]:
+    def prior_labels(self, method: str, ids: Sequence[str], params: Mapping[str, str]) -> Iterator[PriorResult]:
+        """Checks and computes at the call (errors raise here), then yields one result per row: the
+        reply streams, it is never built whole."""
+        check_count(ids, self.limits.max_ids_per_request, "max_ids_per_request", "ids")
+        problem = metadata_problem(params, self.limits, "params")
+        if problem is not None:
+            raise InvalidArgument(problem)
         fn = get_prior_method(method)
         serving = self.manager.current
         if serving is None:
@@ -413,15 +246,17 @@ class Agent:
             raise FailedPrecondition("no labelled samples yet: submit labels (`shortlist label FILE.csv`) "
                                      "before asking for prior labels")
         if len(rows) == 0:
-            return []
+            return iter(())
         pri = fn(pool, rows, np.random.default_rng(0), dict(params))
-        out = []
-        for r, p, c in zip(rows, np.asarray(pri.probs), np.asarray(pri.confidence), strict=True):
+        return self._iter_priors(rows, seqs, np.asarray(pri.probs), np.asarray(pri.confidence), pool.classes,
+                                 serving.version)
+
+    def _iter_priors(self, rows: np.ndarray, seqs: np.ndarray, probs: np.ndarray, confidence: np.ndarray,
+                     classes: list[str], version: str) -> Iterator[PriorResult]:
+        for r, p, c in zip(rows, probs, confidence, strict=True):
             k = int(np.argmax(p))
-            out.append(PriorResult(self.state.record(int(seqs[r])).id, pool.classes[k], float(c),
-                                   {name: float(v) for name, v in zip(pool.classes, p, strict=True)},
-                                   serving.version))
-        return out
+            yield PriorResult(self.state.record(int(seqs[r])).id, classes[k], float(c),
+                              {name: float(v) for name, v in zip(classes, p, strict=True)}, version)
 
     # ---- Status / listing ------------------------------------------------------------------------
     def status(self) -> AgentStatus:
@@ -444,9 +279,7 @@ class Agent:
         return self._iter_samples(labeled_only, include_payload)
 
     def _iter_samples(self, labeled_only: bool, include_payload: bool) -> Iterator[tuple[SampleRecord, str, bytes]]:
-        labels = self.state.labels_by_seq()
-        for rec in self.state.iter_records(labeled_only):
-            lab = int(labels[rec.seq]) if rec.seq < len(labels) else -1
+        for rec, lab in self.state.iter_records(labeled_only):
             name = self.state.classes[lab] if lab >= 0 else ""
             data = self.blobs.get(rec.sha256) if include_payload and self.blobs is not None else b""
             yield rec, name, data

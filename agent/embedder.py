@@ -1,65 +1,24 @@
-"""One published model version as an onnxruntime session, plus payload decoding and validation.
+"""One published model version as an onnxruntime session.
 
 Preprocessing is read from the version's manifest (shortlist.manifest.Preprocess, the single
-definition); images are decoded with shortlist.images (Pillow). No torch.
+definition); payloads are decoded and validated by shortlist.images (Pillow), their one home. No torch.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
-from shortlist.images import MAX_PIXELS, decode_image, resize_array
-from shortlist.manifest import EMBEDDING_OUTPUT, LOGITS_OUTPUT, ONNX_NAME, ROTATION_OUTPUT, Manifest, Preprocess
+from shortlist.manifest import EMBEDDING_OUTPUT, LOGITS_OUTPUT, ONNX_NAME, ROTATION_OUTPUT, Manifest
 
 log = logging.getLogger(__name__)
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
-
-
-def decode_payload(kind: str, data: bytes, dtype: str, shape: tuple[int, ...], pre: Preprocess) -> np.ndarray:
-    """A sample's payload -> HxWx3 uint8 RGB at ``pre.size`` (H, W). Raises ValueError with a message
-    fit for a per-sample Rejection.
-
-    kind "image": encoded bytes (any format Pillow reads, any size; resized as ``pre`` says).
-    kind "tensor": raw pixels, ``dtype`` uint8 with shape (H, W, 3|1) or float32 with shape (3|1, H, W)
-    in [0, 1]; ``data`` is C-contiguous and exactly prod(shape) * itemsize bytes.
-    """
-    if kind == "image":
-        return decode_image(data, pre.size, pre.interpolation)
-    pixels = tensor_pixels(dtype, shape, data)
-    return resize_array(pixels, pre.size, pre.interpolation)
-
-
-def tensor_pixels(dtype: str, shape: tuple[int, ...], data: bytes) -> np.ndarray:
-    """Validate a raw tensor payload and return it as HxWxC uint8 (C = 1 or 3)."""
-    if dtype not in ("uint8", "float32"):
-        raise ValueError(f"tensor dtype {dtype!r} not supported; send uint8 HWC or float32 CHW")
-    if len(shape) != 3 or min(shape) <= 0:
-        raise ValueError(f"tensor shape {list(shape)} must have 3 positive dims (uint8 HWC or float32 CHW)")
-    channels = shape[2] if dtype == "uint8" else shape[0]
-    if channels not in (1, 3):
-        layout = "HWC with C" if dtype == "uint8" else "CHW with C"
-        raise ValueError(f"{dtype} tensor shape {list(shape)} must be {layout} = 1 or 3")
-    if math.prod(shape) // channels > MAX_PIXELS:
-        raise ValueError(f"tensor of {math.prod(shape) // channels} pixels exceeds the {MAX_PIXELS} limit")
-    itemsize = 1 if dtype == "uint8" else 4
-    if len(data) != math.prod(shape) * itemsize:
-        raise ValueError(f"tensor data is {len(data)} bytes but shape {list(shape)} {dtype} needs "
-                         f"{math.prod(shape) * itemsize}")
-    if dtype == "uint8":
-        return np.frombuffer(data, np.uint8).reshape(shape)
-    x = np.frombuffer(data, np.float32).reshape(shape)
-    if not np.isfinite(x).all():
-        raise ValueError("float32 tensor holds NaN or infinite values")
-    # [0, 1] floats -> uint8 HWC so every payload goes through the one preprocessing path.
-    return np.ascontiguousarray((np.clip(x, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8).transpose(1, 2, 0))
 
 
 @dataclass

@@ -14,18 +14,19 @@ import logging
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from agent.blobs import BlobStore
-from agent.embedder import Embedder, decode_payload
+from agent.config import AgentConfig
+from agent.embedder import Embedder
 from agent.index import VersionIndex
-from agent.state import EmbeddingRows, SampleRecord, State
+from agent.state import EmbeddingRows, State
+from shortlist.images import decode_stored
 from shortlist.manifest import Manifest, newest_complete, read_complete, version_number
-from shortlist.v1 import agent_pb2
 
 log = logging.getLogger(__name__)
 
@@ -42,41 +43,42 @@ class Serving:
     index: VersionIndex
 
 
-def decode_record(rec: SampleRecord, data: bytes, embedder: Embedder) -> np.ndarray:
-    """A stored sample's blob -> HxWx3 uint8 at the model's input size."""
-    if rec.kind == "tensor":
-        t = agent_pb2.Tensor.FromString(data)
-        return decode_payload("tensor", t.data, t.dtype, tuple(t.shape), embedder.manifest.preprocess)
-    return decode_payload("image", data, "", (), embedder.manifest.preprocess)
-
-
 class ModelManager:
     """Loads, re-embeds and swaps model versions from ``registry`` for one agent's ``state``."""
 
-    def __init__(self, registry: Path, state: State, blobs: BlobStore | None, index_dir: Path,
-                 poll_s: float = 5.0, batch_size: int = 256, use_cuda: bool = True,
-                 snapshot_s: float = 30.0, on_classes: Callable[[Manifest], None] | None = None) -> None:
-        self.registry = registry
+    def __init__(self, config: AgentConfig, state: State, blobs: BlobStore | None,
+                 on_classes: Callable[[Manifest], None] | None = None) -> None:
+        self.registry = config.models
         self.state = state
         self.blobs = blobs
-        self.index_dir = index_dir
-        self.poll_s = poll_s
-        self.batch_size = batch_size
-        self.use_cuda = use_cuda
-        self.snapshot_s = snapshot_s
+        self.index_dir = config.data_dir / "index"
+        self.poll_s = config.poll_s
+        self.batch_size = config.batch_size
+        self.use_cuda = config.use_cuda
+        self.snapshot_s = config.snapshot_s
+        self.max_pixels = config.limits.max_pixels
         self.on_classes = on_classes
         self.current: Serving | None = None
         self.pending_version = ""
         self.pending: VersionIndex | None = None
         self.failed: dict[str, str] = {}  # version -> why it could not be served
         self.warning = ""  # e.g. samples that cannot be embedded because blobs are off
-        # Held by Ingest while it commits and adds to the serving index, and by the swap.
-        self.write_lock = threading.Lock()
+        # Held by Ingest while it commits and adds to the serving index (via ``writing``), by SubmitLabels,
+        # and by the swap. Only this class takes it.
+        self._write_lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._saved_rows = 0
         self._saved_at = time.monotonic()
+
+    @contextmanager
+    def writing(self) -> Iterator[Serving | None]:
+        """Hold the write lock: the serving version (yielded; None before the first model) cannot change,
+        and no other writer runs, until the block ends. Ingest commits its samples, embeddings and index
+        rows under it, so no sample is embedded by one version and missed by the next."""
+        with self._write_lock:
+            yield self.current
 
     # ---- life cycle ------------------------------------------------------------------------------
     def start(self, background: bool = True) -> None:
@@ -137,7 +139,7 @@ class ModelManager:
     def _adopt_first(self, version: str, manifest: Manifest) -> None:
         """The first model: serve it at once; samples stored before it are embedded by ``check``."""
         serving = self._load(version, manifest)
-        with self.write_lock:
+        with self._write_lock:
             self.current = serving
         self._saved_rows = serving.index.loaded_from_snapshot
         self.state.set_meta(SERVING_KEY, version)
@@ -206,7 +208,8 @@ class ModelManager:
             for q in missing[start:start + self.batch_size]:
                 rec = self.state.record(q)
                 try:
-                    images.append(decode_record(rec, self.blobs.get(rec.sha256), emb))
+                    images.append(decode_stored(rec.kind, self.blobs.get(rec.sha256), emb.manifest.preprocess,
+                                                self.max_pixels))
                     seqs.append(q)
                 except (OSError, ValueError) as e:
                     log.error("sample %r cannot be re-embedded: %s", rec.id, e)
@@ -214,7 +217,7 @@ class ModelManager:
                 continue
             out = emb.embed(np.stack(images))
             if hold_lock:
-                with self.write_lock:
+                with self._write_lock:
                     self._commit_rows(index, np.array(seqs, np.int64), out.vecs, out.logits, out.pretext)
             else:
                 self._commit_rows(index, np.array(seqs, np.int64), out.vecs, out.logits, out.pretext)
@@ -265,7 +268,7 @@ class ModelManager:
                 remaining = self._catch_up(new.embedder, new.index, hold_lock=False)
             if self._stop.is_set():
                 return
-            with self.write_lock:  # the few samples ingested since, then the swap
+            with self._write_lock:  # the few samples ingested since, then the swap
                 self._catch_up(new.embedder, new.index, hold_lock=False)
                 old = self.current
                 self.current = new

@@ -12,18 +12,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from agent.errors import FailedPrecondition, InvalidArgument
+
+__all__ = ["FailedPrecondition", "InvalidArgument", "KnnFn", "Pool", "PriorMethod", "Priors", "Selection", "Strategy",
+           "check_params", "param_float", "param_int"]
+
 # (queries QxD float32 L2-normalised, k) -> (rows QxK int64 into Pool.embeddings, distances QxK float32,
 # cosine distance 1 - cos, ascending). A query that is itself in the pool finds itself first.
 KnnFn = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
-
-
-class InvalidArgument(ValueError):
-    """Bad request parameter (maps to gRPC INVALID_ARGUMENT). The message says what to do."""
-
-
-class FailedPrecondition(RuntimeError):
-    """The request is well-formed but the pool's state cannot answer it yet (FAILED_PRECONDITION),
-    e.g. an uncertainty strategy with too few labels, or no model published. The message says what to do."""
 
 
 @dataclass

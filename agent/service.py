@@ -1,39 +1,36 @@
 """The gRPC servicer: a thin translation between shortlist.v1 messages and agent.core.Agent.
 
-Errors: InvalidArgument -> INVALID_ARGUMENT, FailedPrecondition -> FAILED_PRECONDITION, NotFound ->
-NOT_FOUND (all with the exception's message, which says what to do); messages larger than
-``max_message_bytes`` are refused by gRPC itself with RESOURCE_EXHAUSTED. The standard health service
-and server reflection are registered beside ``shortlist.v1.Agent``.
+Errors: the servicer raises, it never aborts; agent.errors.ErrorMapping (installed here as the outermost
+interceptor) turns every exception of every RPC into its status code, parses requests itself (malformed
+bytes: INVALID_ARGUMENT) and maps errors raised mid-stream. Messages larger than
+``Limits.max_message_bytes`` are refused by gRPC itself with RESOURCE_EXHAUSTED. The standard health
+service and server reflection are registered beside ``shortlist.v1.Agent``.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
-import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent import futures
-from pathlib import Path
-from typing import TypeVar
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from agent.core import Agent, AgentStatus, Embedded, Incoming, IngestResult, NotFound, Prepared
-from agent.pool import FailedPrecondition, InvalidArgument
+from agent.config import AgentConfig
+from agent.core import Agent, AgentStatus
+from agent.errors import ErrorMapping
+from agent.ingest import Incoming
 from shortlist.v1 import agent_pb2, agent_pb2_grpc
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = agent_pb2.DESCRIPTOR.services_by_name["Agent"].full_name
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-
-T = TypeVar("T")
 
 
 def incoming(s: agent_pb2.Sample) -> Incoming:
-    """A Sample message -> agent.core.Incoming (the blob kept for a tensor is its serialised message)."""
+    """A Sample message -> agent.ingest.Incoming (the blob kept for a tensor is its serialised message)."""
     kind = s.WhichOneof("payload")
     if kind == "encoded_image":
         return Incoming(s.id, "image", s.encoded_image, s.encoded_image, uri=s.uri, metadata=dict(s.metadata),
@@ -53,124 +50,42 @@ def status_message(st: AgentStatus) -> agent_pb2.Status:
                             warnings=st.warnings)
 
 
-def _call(context: grpc.ServicerContext, fn: Callable[[], T]) -> T:
-    """Run ``fn``; turn the agent's exceptions into status codes (abort raises, ending the RPC)."""
-    try:
-        return fn()
-    except InvalidArgument as e:
-        context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-    except FailedPrecondition as e:
-        context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
-    except NotFound as e:
-        context.abort(grpc.StatusCode.NOT_FOUND, str(e.args[0] if e.args else e))
-    except Exception as e:  # a bug or a broken disk: say so, log the traceback, keep serving
-        log.exception("request failed")
-        context.abort(grpc.StatusCode.INTERNAL, f"internal error ({type(e).__name__}: {e}); nothing was "
-                      "changed by this request; see the agent's log")
-    raise AssertionError("unreachable")  # context.abort always raises
-
-
 class AgentServicer(agent_pb2_grpc.AgentServicer):
     def __init__(self, agent: Agent) -> None:
         self.agent = agent
 
     def Ingest(self, request_iterator: Iterator[agent_pb2.IngestRequest],
                context: grpc.ServicerContext) -> agent_pb2.IngestReply:
-        # Three-stage pipeline over the stream's batches: a reader thread decodes, validates and
-        # writes blobs (batch k+2), an embedding thread runs onnxruntime (batch k+1), and this thread
-        # commits (batch k). onnxruntime, Pillow, SQLite and fsync release the GIL, so they overlap.
-        done = threading.Event()
-        prepared: queue.Queue[object] = queue.Queue(maxsize=2)
-        embedded: queue.Queue[object] = queue.Queue(maxsize=2)
-
-        def put(q: queue.Queue[object], item: object) -> bool:
-            while not done.is_set():  # never block forever once this RPC has ended
-                try:
-                    q.put(item, timeout=0.5)
-                    return True
-                except queue.Full:
-                    continue
-            return False
-
-        def read() -> None:
-            try:
-                for req in request_iterator:
-                    if not put(prepared, self.agent.prepare([incoming(s) for s in req.samples])):
-                        return
-                put(prepared, None)
-            except BaseException as e:  # client cancelled, or a bug: hand it on
-                put(prepared, e)
-
-        def embed() -> None:
-            while True:
-                item = prepared.get()
-                if item is None or isinstance(item, BaseException):
-                    put(embedded, item)
-                    return
-                try:
-                    assert isinstance(item, Prepared)
-                    if not put(embedded, self.agent.embed(item)):
-                        return
-                except BaseException as e:
-                    put(embedded, e)
-                    return
-
-        threading.Thread(target=read, name="ingest-read", daemon=True).start()
-        threading.Thread(target=embed, name="ingest-embed", daemon=True).start()
-        total = IngestResult()
-        try:
-            while True:
-                item = embedded.get()
-                if item is None:
-                    break
-                if isinstance(item, BaseException):
-                    if isinstance(item, grpc.RpcError) or not context.is_active():
-                        context.abort(grpc.StatusCode.CANCELLED, "ingest stream broken by the client; batches "
-                                      "acknowledged before are stored, resend the rest (duplicates are counted)")
-                    log.error("ingest stream failed: %r", item)
-                    context.abort(grpc.StatusCode.INTERNAL,
-                                  f"could not read, decode or embed a batch ({type(item).__name__}: {item}); "
-                                  f"{total.accepted} samples of this stream were stored; resend the rest")
-                    raise AssertionError("unreachable")  # abort raises
-                try:
-                    assert isinstance(item, Embedded)
-                    total.add(self.agent.store(item))
-                except Exception as e:  # e.g. disk full: earlier batches stay stored, this one is not
-                    log.exception("ingest commit failed")
-                    context.abort(grpc.StatusCode.INTERNAL,
-                                  f"could not store a batch ({type(e).__name__}: {e}); {total.accepted} samples "
-                                  "of this stream were stored before it; resend the rest (duplicates are counted)")
-        finally:
-            done.set()
+        # The pipeline (agent.ingest) reads the stream lazily in its own thread.
+        batches = ([incoming(s) for s in req.samples] for req in request_iterator)
+        total = self.agent.ingest.stream(batches, active=context.is_active)
         return agent_pb2.IngestReply(
             accepted=total.accepted, duplicates=total.duplicates,
             rejected=[agent_pb2.Rejection(id=i, reason=r) for i, r in total.rejected])
 
     def Select(self, request: agent_pb2.SelectRequest, context: grpc.ServicerContext) -> agent_pb2.SelectReply:
-        res = _call(context, lambda: self.agent.select(request.budget, request.strategy, dict(request.params),
-                                                       request.seed, dict(request.where)))
+        res = self.agent.select(request.budget, request.strategy, dict(request.params), request.seed,
+                                dict(request.where))
         return agent_pb2.SelectReply(selected=[agent_pb2.Selected(id=i, score=s) for i, s in res.selected],
                                      model_version=res.model_version, strategy=res.strategy,
                                      selection_id=res.selection_id, details=res.details)
 
     def SubmitLabels(self, request: agent_pb2.SubmitLabelsRequest,
                      context: grpc.ServicerContext) -> agent_pb2.SubmitLabelsReply:
-        accepted, rejected = self.agent.submit_labels([(a.id, a.label) for a in request.labels], request.annotator)
+        accepted, rejected = self.agent.submit_labels([(a.id, a.label) for a in request.labels],
+                                                      request.annotator)
         return agent_pb2.SubmitLabelsReply(accepted=accepted,
                                            rejected=[agent_pb2.Rejection(id=i, reason=r) for i, r in rejected])
 
     def PriorLabels(self, request: agent_pb2.PriorLabelsRequest,
                     context: grpc.ServicerContext) -> Iterator[agent_pb2.PriorLabel]:
-        results = _call(context, lambda: self.agent.prior_labels(request.method, list(request.ids),
-                                                                 dict(request.params)))
-        for r in results:
+        for r in self.agent.prior_labels(request.method, list(request.ids), dict(request.params)):
             yield agent_pb2.PriorLabel(id=r.id, label=r.label, confidence=r.confidence, probs=r.probs,
                                        model_version=r.model_version)
 
     def ListSamples(self, request: agent_pb2.ListSamplesRequest,
                     context: grpc.ServicerContext) -> Iterator[agent_pb2.Sample]:
-        rows = _call(context, lambda: self.agent.list_samples(request.labeled_only, request.include_payload))
-        for rec, label, data in rows:
+        for rec, label, data in self.agent.list_samples(request.labeled_only, request.include_payload):
             msg = agent_pb2.Sample(id=rec.id, uri=rec.uri, metadata=rec.metadata, label=label)
             if data:
                 if rec.kind == "tensor":
@@ -187,33 +102,43 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
         return status_message(self.agent.status())
 
 
-def create_server(data_dir: Path, models: Path, host: str = "127.0.0.1", port: int = 0,
-                  classes: Sequence[str] | None = None, blobs: bool = True, poll_s: float = 5.0,
-                  max_message_bytes: int = MAX_MESSAGE_BYTES, workers: int = 16, batch_size: int = 256,
-                  use_cuda: bool = True) -> tuple[grpc.Server, int, Agent]:
-    """Open the data folder, start the model manager and a started gRPC server on host:port
-    (port 0 = any free port). Returns (server, bound port, agent); stop with ``stop_server``."""
-    agent = Agent(data_dir, models, classes=classes, blobs=blobs, poll_s=poll_s, batch_size=batch_size,
-                  use_cuda=use_cuda)
-    options = [("grpc.max_receive_message_length", max_message_bytes),
-               ("grpc.max_send_message_length", max_message_bytes)]
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rpc"),
-                         options=options)
-    agent_pb2_grpc.add_AgentServicer_to_server(AgentServicer(agent), server)
-    health_servicer = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    for name in ("", SERVICE_NAME):
-        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
+def create_server(config: AgentConfig, interceptors: Sequence[grpc.ServerInterceptor] = (),
+                  credentials: grpc.ServerCredentials | None = None,
+                  options: Sequence[tuple[str, Any]] = ()) -> tuple[grpc.Server, int, Agent]:
+    """Open the data folder, start the model manager and a started gRPC server on ``config.address``
+    (port 0 = any free port). Returns (server, bound port, agent); stop with ``stop_server``.
+
+    ``interceptors`` run inside the error mapping (so what they raise is mapped too), in order;
+    ``credentials`` (e.g. ``grpc.ssl_server_credentials``) make the port a TLS port; ``options`` are
+    extra gRPC server options."""
+    limits = config.limits
+    agent = Agent(config)
     try:
-        bound = server.add_insecure_port(f"{host}:{port}")
-    except RuntimeError:  # grpcio raises when the address cannot be bound
-        bound = 0
-    if bound == 0:
+        server_options: list[tuple[str, Any]] = [
+            ("grpc.max_receive_message_length", limits.max_message_bytes),
+            ("grpc.max_send_message_length", limits.max_message_bytes),
+            *options]
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="rpc"),
+                             interceptors=[ErrorMapping((SERVICE_NAME,)), *interceptors], options=server_options)
+        agent_pb2_grpc.add_AgentServicer_to_server(AgentServicer(agent), server)
+        health_servicer = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        for name in ("", SERVICE_NAME):
+            health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            server)
+        try:
+            bound = (server.add_secure_port(config.address, credentials) if credentials is not None
+                     else server.add_insecure_port(config.address))
+        except RuntimeError:  # grpcio raises when the address cannot be bound
+            bound = 0
+        if bound == 0:
+            raise OSError(f"cannot listen on {config.address} (in use by another process?); pick another --port")
+        server.start()
+    except BaseException:
         agent.close()
-        raise OSError(f"cannot listen on {host}:{port} (in use by another process?); pick another --port")
-    server.start()
+        raise
     server.health = health_servicer  # type: ignore[attr-defined]  # so stop_server can announce shutdown
     return server, bound, agent
 

@@ -260,14 +260,20 @@ class State:
         with self._lock:
             return self._label[: len(self._records)].copy()
 
-    def iter_records(self, labeled_only: bool = False) -> Iterator[SampleRecord]:
-        """Every sample in ingest order (a snapshot taken at the call)."""
+    def iter_records(self, labeled_only: bool = False, chunk: int = 1024) -> Iterator[tuple[SampleRecord, int]]:
+        """(record, current class index or -1) of every sample stored when the call started, in ingest
+        order, taken ``chunk`` at a time under the lock (never a copy of the whole pool), so a long
+        listing streams while ingestion and labelling go on."""
         with self._lock:
-            recs = [r for r in self._records if r is not None]
-            labels = self._label.copy()
-        for r in recs:
-            if not labeled_only or labels[r.seq] >= 0:
-                yield r
+            end = len(self._records)
+        for start in range(1, end, chunk):
+            with self._lock:
+                stop = min(start + chunk, end)
+                part = self._records[start:stop]
+                labels = self._label[start:stop].tolist()
+            for r, lab in zip(part, labels, strict=True):
+                if r is not None and (not labeled_only or lab >= 0):
+                    yield r, lab
 
     def all_seqs(self) -> np.ndarray:
         """Seqs of every stored sample, ascending (S int64)."""

@@ -1,4 +1,4 @@
-"""``shortlist bench ...`` commands that live in bench/ (cifar10, report) and the strategy benchmarks."""
+"""``shortlist bench ...`` commands that live in bench/ (cifar10, report, load) and the strategy benchmarks."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import typer
 
 
 def register(app: typer.Typer, bench_app: typer.Typer) -> None:
-    for module in ("bench.cifar10", "bench.strategies", "bench.as3l"):
+    for module in ("bench.cifar10", "bench.strategies", "bench.load", "bench.as3l"):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as e:

@@ -2,7 +2,7 @@
 
 - agent/cli.py: serve, ingest, select, label, prior, status, bench agent (no torch imported)
 - training/cli.py: pretrain, finetune, export, cycle (torch imported inside the commands)
-- bench/cli.py: bench cifar10, bench strategies, bench report
+- bench/cli.py: bench cifar10, bench strategies, bench load, bench report
 """
 
 from __future__ import annotations

@@ -1,17 +1,38 @@
-"""Image decoding shared by the agent, the CLI, training and the benchmarks (Pillow; no torch)."""
+"""Image and payload decoding shared by the agent, the CLI, training and the benchmarks (Pillow; no torch).
+
+The one home of payload decoding: ``decode_image`` (encoded bytes), ``tensor_pixels`` (a raw Tensor
+payload, validated against dtype x shape before anything is allocated), ``image_header`` (size from the
+header only, refusing decompression bombs before decoding), and over them ``decode_payload`` (what
+Ingest receives), ``decode_stored`` (what the agent's blob store holds) and ``decode_sample`` (a
+``shortlist.v1.Sample`` message, e.g. from ListSamples).
+"""
 
 from __future__ import annotations
 
 import io
+import math
 import warnings
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from shortlist.manifest import Preprocess
+from shortlist.v1 import agent_pb2
+
 # Decompression-bomb guard: a field pipeline must not be able to make the agent allocate gigabytes
 # from a small file. 64 megapixels covers any camera we expect.
 MAX_PIXELS = 64_000_000
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+
+
+class TooManyPixels(ValueError):
+    """An image or tensor above the pixel limit, found from its header or shape (nothing was decoded)."""
+
+
+def allow_pixels(max_pixels: int) -> None:
+    """Let Pillow open images up to ``max_pixels`` (its own bomb check, ``Image.MAX_IMAGE_PIXELS``, is
+    process-wide; it never goes below the default ``MAX_PIXELS``). ``image_header`` enforces the limit."""
+    Image.MAX_IMAGE_PIXELS = max(MAX_PIXELS, max_pixels, Image.MAX_IMAGE_PIXELS or 0)
 
 _RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
              "nearest": Image.Resampling.NEAREST, "lanczos": Image.Resampling.LANCZOS}
@@ -59,3 +80,94 @@ def encode_png(pixels: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(pixels, dtype=np.uint8)).save(buf, format="PNG")
     return buf.getvalue()
+
+
+def image_header(data: bytes, max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
+    """(width, height) of encoded image bytes from the header alone (``Image.open`` does not decode the
+    pixels). TooManyPixels above ``max_pixels`` (a decompression bomb is refused here, before any
+    decoding); ValueError when the bytes are not an image."""
+    if not data:
+        raise ValueError("empty image payload")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                width, height = img.size
+    except Image.DecompressionBombError as e:  # Pillow's own guard (above 2 x Image.MAX_IMAGE_PIXELS)
+        raise TooManyPixels(f"image refused before decoding: {e}") from None
+    except UnidentifiedImageError as e:
+        raise ValueError(f"not a readable image ({type(e).__name__}: {e})") from None
+    except (OSError, SyntaxError, ValueError) as e:  # truncated or corrupt headers
+        raise ValueError(f"corrupt image data ({type(e).__name__}: {e})") from None
+    if width * height > max_pixels:
+        raise TooManyPixels(f"image of {width}x{height} = {width * height:,} pixels exceeds the limit of "
+                            f"{max_pixels:,} pixels; refused before decoding")
+    return width, height
+
+
+def tensor_pixels(dtype: str, shape: tuple[int, ...], data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Validate a raw tensor payload and return it as HxWxC uint8 (C = 1 or 3). Shape, pixel count and
+    byte length are checked against dtype x shape before anything is allocated."""
+    if dtype not in ("uint8", "float32"):
+        raise ValueError(f"tensor dtype {dtype!r} not supported; send uint8 HWC or float32 CHW")
+    if len(shape) != 3 or min(shape) <= 0:
+        raise ValueError(f"tensor shape {list(shape)} must have 3 positive dims (uint8 HWC or float32 CHW)")
+    channels = shape[2] if dtype == "uint8" else shape[0]
+    if channels not in (1, 3):
+        layout = "HWC with C" if dtype == "uint8" else "CHW with C"
+        raise ValueError(f"{dtype} tensor shape {list(shape)} must be {layout} = 1 or 3")
+    pixels = math.prod(shape) // channels
+    if pixels > max_pixels:
+        raise TooManyPixels(f"tensor of {pixels:,} pixels exceeds the limit of {max_pixels:,} pixels")
+    itemsize = 1 if dtype == "uint8" else 4
+    if len(data) != math.prod(shape) * itemsize:
+        raise ValueError(f"tensor data is {len(data)} bytes but shape {list(shape)} {dtype} needs "
+                         f"{math.prod(shape) * itemsize}")
+    if dtype == "uint8":
+        return np.frombuffer(data, np.uint8).reshape(shape)
+    x = np.frombuffer(data, np.float32).reshape(shape)
+    if not np.isfinite(x).all():
+        raise ValueError("float32 tensor holds NaN or infinite values")
+    # [0, 1] floats -> uint8 HWC so every payload goes through the one preprocessing path.
+    return np.ascontiguousarray((np.clip(x, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8).transpose(1, 2, 0))
+
+
+def decode_payload(kind: str, data: bytes, dtype: str, shape: tuple[int, ...], pre: Preprocess | None,
+                   max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """A sample's payload -> HxWx3 uint8 RGB at ``pre.size`` (H, W) (any size when ``pre`` is None: the
+    payload is only validated). Raises ValueError (TooManyPixels above ``max_pixels``) with a message fit
+    for a per-sample Rejection.
+
+    kind "image": encoded bytes (any format Pillow reads, any size; resized as ``pre`` says); the pixel
+    count is checked from the header before decoding.
+    kind "tensor": raw pixels, ``dtype`` uint8 with shape (H, W, 3|1) or float32 with shape (3|1, H, W)
+    in [0, 1]; ``data`` is C-contiguous and exactly prod(shape) * itemsize bytes.
+    """
+    size, interpolation = (None, "bilinear") if pre is None else (pre.size, pre.interpolation)
+    if kind == "image":
+        image_header(data, max_pixels)
+        return decode_image(data, size, interpolation)
+    if kind == "tensor":
+        return resize_array(tensor_pixels(dtype, shape, data, max_pixels), size, interpolation)
+    raise ValueError("no payload: set encoded_image or tensor")
+
+
+def decode_stored(kind: str, blob: bytes, pre: Preprocess | None, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """A payload as the agent's blob store keeps it (kind "image": the encoded bytes; "tensor": a
+    serialised shortlist.v1.Tensor) -> HxWx3 uint8 at ``pre.size``."""
+    if kind == "tensor":
+        t = agent_pb2.Tensor.FromString(blob)
+        return decode_payload("tensor", t.data, t.dtype, tuple(t.shape), pre, max_pixels)
+    return decode_payload(kind, blob, "", (), pre, max_pixels)
+
+
+def decode_sample(sample: agent_pb2.Sample, pre: Preprocess | None,
+                  max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """A shortlist.v1.Sample message with a payload (e.g. from ListSamples) -> HxWx3 uint8 at ``pre.size``."""
+    which = sample.WhichOneof("payload")
+    if which == "encoded_image":
+        return decode_payload("image", sample.encoded_image, "", (), pre, max_pixels)
+    if which == "tensor":
+        t = sample.tensor
+        return decode_payload("tensor", t.data, t.dtype, tuple(int(d) for d in t.shape), pre, max_pixels)
+    raise ValueError("no payload (ask ListSamples with include_payload=true)")

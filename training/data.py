@@ -2,7 +2,7 @@
 
 Sources: anything ``shortlist.datasets.load_array`` reads (ImageFolder folders, tars of them, torchvision
 CIFAR folders, split folders like ../shared/datasets/cifar10), or samples pulled from an agent
-(``from_samples``, decoded with ``shortlist.images.decode_image``).
+(``from_samples``, decoded with ``shortlist.images.decode_sample``).
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from shortlist.images import decode_image, resize_array
+from shortlist.images import decode_sample
+from shortlist.manifest import Preprocess
 
 
 @dataclass
@@ -59,15 +60,10 @@ def from_samples(samples: Sequence[object], size: tuple[int, int], classes: list
     found = sorted({s.label for s in samples if s.label})  # type: ignore[attr-defined]
     class_list = list(classes) if classes is not None else found
     index = {c: i for i, c in enumerate(class_list)}
+    pre = Preprocess(size=size)  # only its size is used here
     for s in samples:
-        which = s.WhichOneof("payload")  # type: ignore[attr-defined]
         try:
-            if which == "encoded_image":
-                img = decode_image(s.encoded_image, size)  # type: ignore[attr-defined]
-            elif which == "tensor":
-                img = resize_array(_tensor_to_hwc(s.tensor), size)  # type: ignore[attr-defined]
-            else:
-                raise ValueError("no payload (ask ListSamples with include_payload=true)")
+            img = decode_sample(s, pre)  # type: ignore[arg-type]
         except ValueError as e:
             raise ValueError(f"sample {s.id}: {e}") from None  # type: ignore[attr-defined]
         images.append(img)
@@ -79,15 +75,3 @@ def from_samples(samples: Sequence[object], size: tuple[int, int], classes: list
     if not images:
         raise ValueError("no samples to train on")
     return from_hwc(np.stack(images), np.asarray(labels), class_list, ids)
-
-
-def _tensor_to_hwc(t: object) -> np.ndarray:
-    """The proto Tensor (uint8 HWC or float32 CHW in [0, 1]) -> HxWxC uint8."""
-    shape = tuple(int(v) for v in t.shape)  # type: ignore[attr-defined]
-    dtype = t.dtype  # type: ignore[attr-defined]
-    if dtype == "uint8":
-        return np.frombuffer(t.data, np.uint8).reshape(shape)  # type: ignore[attr-defined]
-    if dtype == "float32":
-        chw = np.frombuffer(t.data, np.float32).reshape(shape)  # type: ignore[attr-defined]
-        return (np.clip(chw, 0, 1) * 255 + 0.5).astype(np.uint8).transpose(1, 2, 0)
-    raise ValueError(f"tensor dtype {dtype!r} is not uint8 or float32")

@@ -7,6 +7,7 @@ import io
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -14,6 +15,7 @@ import pytest
 from PIL import Image
 
 from agent import client
+from agent.config import AgentConfig
 from agent.core import Agent
 from agent.service import create_server, stop_server
 from agent.testing import publish_linear
@@ -67,8 +69,11 @@ class Running:
         stop_server(self.server, self.agent, grace=1.0)
 
 
-def start(data: Path, models: Path, **kw: object) -> Running:
-    server, port, agent = create_server(data, models, poll_s=0.2, use_cuda=False, **kw)  # type: ignore[arg-type]
+def start(data: Path, models: Path, **kw: Any) -> Running:
+    """A real agent on a free loopback port; ``kw`` are AgentConfig fields (``limits=Limits(...)``), and
+    create_server's ``interceptors`` / ``credentials``."""
+    hooks = {k: kw.pop(k) for k in ("interceptors", "credentials") if k in kw}
+    server, port, agent = create_server(AgentConfig(data, models, port=0, poll_s=0.2, use_cuda=False, **kw), **hooks)
     ch = client.channel(f"127.0.0.1:{port}")
     return Running(server, port, agent, agent_pb2_grpc.AgentStub(ch), ch, data, models)
 

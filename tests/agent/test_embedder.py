@@ -8,8 +8,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from agent.embedder import Embedder, decode_payload, tensor_pixels
+from agent.embedder import Embedder
 from agent.testing import linear_encoder, publish_model
+from shortlist.images import decode_payload, tensor_pixels
 from shortlist.manifest import Preprocess, newest_complete
 from tests.agent.conftest import png
 

@@ -10,6 +10,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from agent import client
+from agent.config import Limits
 from agent.priors import PRIOR_METHODS
 from agent.service import SERVICE_NAME
 from agent.strategies import LABEL_FREE, STRATEGIES
@@ -89,7 +90,7 @@ def test_bad_samples_are_rejected_one_by_one(running: Running) -> None:
 
 
 def test_oversized_message_is_resource_exhausted(tmp_path, registry) -> None:
-    r = start(tmp_path / "data", registry, max_message_bytes=200_000)
+    r = start(tmp_path / "data", registry, limits=Limits(max_message_bytes=200_000))
     try:
         big = client.image_sample("big", np.random.default_rng(0).bytes(300_000))
         code, msg = code_of(lambda: client.ingest(r.stub, [big]))

@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image
 
 from agent import client
+from agent.config import AgentConfig
 from agent.service import create_server, stop_server
 from shortlist.manifest import newest_complete
 from shortlist.v1 import agent_pb2
@@ -36,7 +37,8 @@ def _wait_embedded(stub: object, version: str, timeout: float = 60.0) -> agent_p
 def test_cycle_against_real_agent(tmp_path: Path) -> None:
     models = tmp_path / "models"
     models.mkdir()
-    server, port, agent = create_server(tmp_path / "data", models, classes=CLASSES, poll_s=0.2, use_cuda=False)
+    server, port, agent = create_server(AgentConfig(tmp_path / "data", models, port=0, classes=tuple(CLASSES),
+                                                    poll_s=0.2, use_cuda=False))
     try:
         address = f"127.0.0.1:{port}"
         stub = client.connect(address)

@@ -1,0 +1,39 @@
+"""The agent's settings: one frozen ``AgentConfig`` (with its input ``Limits``) built once by
+``shortlist serve`` (or a test) and handed to agent.service.create_server, which passes it on to
+``Agent``, the ingest pipeline and the model manager. Defaults live here and nowhere else.
+The input limits (``Limits``) are defined in agent.limits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agent.limits import MIB, Limits
+
+__all__ = ["MIB", "AgentConfig", "Limits"]
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """Everything one agent process is configured with. Security settings (TLS, tokens, --insecure)
+    are added beside these by the security layer; create_server also takes extra interceptors and
+    server credentials directly."""
+
+    data_dir: Path
+    models: Path
+    host: str = "127.0.0.1"
+    port: int = 50051  # 0 = any free port (tests)
+    classes: tuple[str, ...] | None = None  # a closed class list; None = the model's, else open
+    blobs: bool = True  # keep payloads (needed to re-embed under a new model and for ListSamples payloads)
+    poll_s: float = 5.0  # seconds between registry checks
+    batch_size: int = 256  # images per onnxruntime call
+    use_cuda: bool = True
+    workers: int = 16  # gRPC worker threads (concurrent RPCs)
+    snapshot_s: float = 30.0  # seconds between index snapshots
+    background: bool = True  # run the model manager's polling thread (False: tests call check())
+    limits: Limits = field(default_factory=Limits)
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"

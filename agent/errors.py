@@ -1,0 +1,311 @@
+"""The agent's domain exceptions and the ONE place that turns any exception into a gRPC status.
+
+Code anywhere in the agent (core, ingest, strategies, priors, models) raises these; it never calls
+``context.abort`` itself. ``ErrorMapping`` (a ``grpc.ServerInterceptor``, installed by
+agent.service.create_server around every ``shortlist.v1.Agent`` method) catches what escapes a method,
+including errors raised in the middle of a server stream (ListSamples, PriorLabels) and while the
+client stream of Ingest is read, and answers the mapped status code with the exception's message,
+which says what to do. It also parses every request itself (the handlers get raw bytes), so a
+malformed message or invalid UTF-8 answers INVALID_ARGUMENT instead of gRPC's default INTERNAL.
+
+No RPC answers UNKNOWN: anything not recognised below is a bug, answered INTERNAL (its traceback is
+logged; request metadata, and so any token, is never logged).
+
+A message may carry context added with ``BaseException.add_note`` (e.g. Ingest adds how many samples
+of the stream were stored before the failure): the notes are appended to the status message.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import sqlite3
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from google.protobuf.message import DecodeError
+
+log = logging.getLogger(__name__)
+
+# Trailing metadata key with the suggested wait (milliseconds) on RESOURCE_EXHAUSTED / UNAVAILABLE.
+RETRY_AFTER_KEY = "retry-after-ms"
+# Longest status message sent: it travels in the trailers, which clients cap (8 KiB by default), and a
+# message may echo a client's string (a strategy name, a param). Longer ones keep their head and tail.
+MAX_DETAILS_CHARS = 2000
+
+
+class AgentError(Exception):
+    """Base of the agent's domain exceptions: ``code`` is the gRPC status they map to; the message says
+    what to do."""
+
+    code = grpc.StatusCode.INTERNAL
+
+
+class InvalidArgument(AgentError, ValueError):
+    """Bad request parameter (INVALID_ARGUMENT). The message says what to do."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class FailedPrecondition(AgentError, RuntimeError):
+    """The request is well-formed but the state cannot answer it yet (FAILED_PRECONDITION), e.g. an
+    uncertainty strategy with too few labels, no model published, or a read-only data folder."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class NotFound(AgentError, LookupError):
+    """Unknown sample ids (NOT_FOUND)."""
+
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class _Retryable(AgentError):
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class ResourceExhausted(_Retryable):
+    """A limit was reached (RESOURCE_EXHAUSTED): too many concurrent streams, a full disk, a request
+    above a size limit. ``retry_after_s``, when set, is sent as trailing metadata ``retry-after-ms``."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class Unavailable(_Retryable):
+    """The agent cannot take the request now (UNAVAILABLE), e.g. shutting down; retrying later may work."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+Overloaded = ResourceExhausted  # the name admission control reads best with
+
+
+class Cancelled(AgentError):
+    """The client went away or cancelled (CANCELLED)."""
+
+    code = grpc.StatusCode.CANCELLED
+
+
+class DeadlineExceeded(AgentError):
+    """The request's deadline passed before the work finished (DEADLINE_EXCEEDED)."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class PermissionDenied(AgentError):
+    """An authenticated caller whose role does not allow this RPC (PERMISSION_DENIED)."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class Unauthenticated(AgentError):
+    """No or an unknown credential (UNAUTHENTICATED)."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class DataLoss(AgentError):
+    """Stored data is corrupt (DATA_LOSS), e.g. a payload blob whose hash differs."""
+
+    code = grpc.StatusCode.DATA_LOSS
+
+
+@dataclass(frozen=True)
+class Mapped:
+    """What a client gets for an exception: status code, message, optional retry hint (seconds)."""
+
+    code: grpc.StatusCode
+    message: str
+    retry_after_s: float | None = None
+
+
+_DISK_FULL = ("the agent's data folder is full (no space left on its disk or quota): free space there and "
+              "retry; nothing of this request past what an earlier reply acknowledged was stored")
+_IO_ERROR = ("the agent could not read or write its data folder (I/O error): check its disk (full, failing, "
+             "unmounted?) and retry; nothing of this request past what an earlier reply acknowledged was stored")
+_READ_ONLY = ("the agent's data folder is not writable (read-only file system or permissions): make it "
+              "writable for the user running `shortlist serve` and retry; reads keep working")
+
+
+def _with_notes(message: str, e: BaseException) -> str:
+    notes = getattr(e, "__notes__", None) or []
+    return " ".join([message, *notes]) if notes else message
+
+
+def storage_problem(e: BaseException) -> Mapped | None:
+    """A full, read-only, failing or corrupt data folder, from an OSError or sqlite3 error (by its
+    errno / SQLite result code, else its text); None for anything else."""
+    if isinstance(e, OSError):
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return Mapped(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{_DISK_FULL} ({e})", 30.0)
+        if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            return Mapped(grpc.StatusCode.FAILED_PRECONDITION, f"{_READ_ONLY} ({e})")
+        if e.errno == errno.EIO:
+            return Mapped(grpc.StatusCode.UNAVAILABLE, f"{_IO_ERROR} ({e})", 30.0)
+        return None
+    if isinstance(e, sqlite3.Error):
+        name = (getattr(e, "sqlite_errorname", "") or "").upper()  # e.g. SQLITE_FULL, SQLITE_READONLY_DBMOVED
+        text = str(e).lower()
+        if name == "SQLITE_FULL" or "disk is full" in text:
+            return Mapped(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{_DISK_FULL} (sqlite: {e})", 30.0)
+        if name.startswith(("SQLITE_READONLY", "SQLITE_PERM")) or "readonly" in text or "read-only" in text:
+            return Mapped(grpc.StatusCode.FAILED_PRECONDITION, f"{_READ_ONLY} (sqlite: {e})")
+        if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "database is locked" in text:
+            return Mapped(grpc.StatusCode.UNAVAILABLE, f"the agent's database is busy ({e}); retry shortly", 1.0)
+        if name.startswith(("SQLITE_IOERR", "SQLITE_CANTOPEN")) or "disk i/o error" in text:
+            return Mapped(grpc.StatusCode.UNAVAILABLE, f"{_IO_ERROR} (sqlite: {e})", 30.0)
+        if name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")) or "malformed" in text or "not a database" in text:
+            return Mapped(grpc.StatusCode.DATA_LOSS, f"the agent's database is corrupt ({e}); stop the agent and "
+                          "restore the data folder from a backup")
+    return None
+
+
+def map_exception(e: BaseException) -> Mapped:
+    """The status a client gets for ``e``. INTERNAL only for what is not recognised (a bug)."""
+    if isinstance(e, AgentError):
+        return Mapped(e.code, _with_notes(str(e), e), getattr(e, "retry_after_s", None))
+    if isinstance(e, DecodeError):
+        return Mapped(grpc.StatusCode.INVALID_ARGUMENT,
+                      f"malformed request: not a valid protobuf message for this RPC, or a string field is not "
+                      f"valid UTF-8 ({e}); send messages built from protos/shortlist/v1/agent.proto")
+    storage = storage_problem(e)
+    if storage is not None:
+        return Mapped(storage.code, _with_notes(storage.message, e), storage.retry_after_s)
+    if isinstance(e, MemoryError):
+        return Mapped(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                      _with_notes("the agent ran out of memory for this request; send smaller requests "
+                                  "or lower the limits of `shortlist serve`", e), 10.0)
+    if isinstance(e, grpc.RpcError):  # reading the client's stream failed: it cancelled or went away
+        return Mapped(grpc.StatusCode.CANCELLED,
+                      _with_notes("the request stream was broken by the client", e))
+    return Mapped(grpc.StatusCode.INTERNAL,
+                  _with_notes(f"internal error ({type(e).__name__}: {e}); this is a bug in the agent, please "
+                              "report it with the agent's log", e))
+
+
+def abort(context: grpc.ServicerContext, e: BaseException, method: str = "") -> None:
+    """End the RPC with ``e``'s mapped status (raises). Logs the traceback for INTERNAL only (never the
+    request's metadata, so never a token)."""
+    m = map_exception(e)
+    if m.code == grpc.StatusCode.INTERNAL:
+        log.error("%s failed with a bug", method or "a request", exc_info=e)
+    elif m.code in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.DATA_LOSS,
+                    grpc.StatusCode.FAILED_PRECONDITION) and not isinstance(e, AgentError):
+        log.error("%s: storage problem: %s", method or "a request", m.message)  # a full or read-only disk
+    if m.retry_after_s is not None:
+        context.set_trailing_metadata(((RETRY_AFTER_KEY, str(round(m.retry_after_s * 1000))),))
+    context.abort(m.code, shorten(m.message))
+
+
+def shorten(message: str, limit: int = MAX_DETAILS_CHARS) -> str:
+    """``message`` cut to ``limit`` characters in the middle (the head says what, the tail holds notes)."""
+    if len(message) <= limit:
+        return message
+    head = limit * 3 // 5
+    return f"{message[:head]} ...[{len(message) - limit:,} characters cut]... {message[-(limit - head):]}"
+
+
+def _already_ended(context: grpc.ServicerContext) -> bool:
+    """True when the handler itself called ``context.abort`` / ``set_code`` (its status stands)."""
+    try:
+        code = context.code()
+    except (AttributeError, NotImplementedError):
+        return False
+    return code is not None and code != grpc.StatusCode.OK
+
+
+Parser = Callable[[bytes], Any]
+
+
+def _parse(parse: Parser | None, raw: Any) -> Any:
+    if parse is None or not isinstance(raw, bytes | bytearray | memoryview):
+        return raw
+    try:
+        return parse(bytes(raw))
+    except DecodeError:
+        raise
+    except Exception as e:  # upb raises DecodeError, the pure-Python backend others: all malformed input
+        raise DecodeError(str(e)) from e
+
+
+def _parsed_stream(parse: Parser | None, raw: Iterator[Any]) -> Iterator[Any]:
+    for item in raw:
+        yield _parse(parse, item)
+
+
+def wrap_handler(handler: grpc.RpcMethodHandler, method: str = "") -> grpc.RpcMethodHandler:
+    """``handler`` with requests parsed inside the mapping and every exception mapped by ``abort``
+    (``method``, e.g. "/shortlist.v1.Agent/Select", names it in the log)."""
+    parse = handler.request_deserializer
+    serialize = handler.response_serializer
+
+    def guard(context: grpc.ServicerContext, e: Exception) -> None:
+        if _already_ended(context):
+            raise e
+        abort(context, e, method)
+
+    if handler.unary_unary is not None:
+        fn_uu = handler.unary_unary
+
+        def unary_unary(raw: Any, context: grpc.ServicerContext) -> Any:
+            try:
+                return fn_uu(_parse(parse, raw), context)
+            except Exception as e:
+                guard(context, e)
+                raise
+
+        return grpc.unary_unary_rpc_method_handler(unary_unary, None, serialize)
+    if handler.unary_stream is not None:
+        fn_us = handler.unary_stream
+
+        def unary_stream(raw: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            try:
+                yield from fn_us(_parse(parse, raw), context)
+            except Exception as e:
+                guard(context, e)
+                raise
+
+        return grpc.unary_stream_rpc_method_handler(unary_stream, None, serialize)
+    if handler.stream_unary is not None:
+        fn_su = handler.stream_unary
+
+        def stream_unary(raw: Iterator[Any], context: grpc.ServicerContext) -> Any:
+            try:
+                return fn_su(_parsed_stream(parse, raw), context)
+            except Exception as e:
+                guard(context, e)
+                raise
+
+        return grpc.stream_unary_rpc_method_handler(stream_unary, None, serialize)
+    fn_ss = handler.stream_stream
+    assert fn_ss is not None
+
+    def stream_stream(raw: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
+        try:
+            yield from fn_ss(_parsed_stream(parse, raw), context)
+        except Exception as e:
+            guard(context, e)
+            raise
+
+    return grpc.stream_stream_rpc_method_handler(stream_stream, None, serialize)
+
+
+class ErrorMapping(grpc.ServerInterceptor):
+    """Wraps every method of the services named in ``services`` (full names, e.g. ``shortlist.v1.Agent``)
+    with ``wrap_handler``. Install it first (outermost) so it also maps errors raised by handlers that
+    other interceptors return."""
+
+    def __init__(self, services: tuple[str, ...]) -> None:
+        self.prefixes = tuple(f"/{s}/" for s in services)
+
+    def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+                          handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        handler = continuation(handler_call_details)
+        method: str = getattr(handler_call_details, "method", "") or ""
+        if handler is None or not method.startswith(self.prefixes):
+            return handler
+        return wrap_handler(handler, method)

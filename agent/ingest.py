@@ -1,0 +1,331 @@
+"""The Ingest pipeline, without gRPC: decode, blob, embed, commit, index.
+
+One batch (one IngestRequest message) goes through three stages:
+
+1. ``prepare`` (no lock): per-sample checks (id, payload, the input limits of agent.limits), decoding
+   at the serving model's size (shortlist.images, the one home of payload decoding; decompression
+   bombs are refused from the header), repeats within the batch dropped, and the payload blobs
+   written and fsynced before anything refers to them.
+2. ``embed`` (no lock): onnxruntime on the batch's new samples under the serving version.
+3. ``store``: under the model manager's write lock (``ModelManager.writing``, the only way to take
+   it; the same lock the model swap holds, so no sample is embedded by one version and missed by the
+   next) decide which samples are new, then store samples, labels and embeddings in one durable
+   SQLite transaction and add them to the serving index.
+
+``stream`` runs the stages of a stream's batches in three threads (reader: batch k+2, embedder:
+batch k+1, committer: batch k; onnxruntime, Pillow, SQLite and fsync release the GIL, so they
+overlap), with at most ``Limits.max_ingest_streams`` streams at once. Per-sample problems are
+Rejections; a whole-request problem (too many samples in one message, a full disk, a broken stream)
+is raised as an agent.errors exception, with a note on how many samples of the stream were stored.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from agent.blobs import BlobStore, sha256_hex
+from agent.embedder import EmbedOutput
+from agent.errors import Cancelled, ResourceExhausted
+from agent.limits import Limits, check_count, limit_hint, metadata_problem, text_problem
+from agent.models import ModelManager
+from agent.state import EmbeddingRows, NewSample, SampleRecord, State
+from shortlist.images import TooManyPixels, decode_payload
+from shortlist.manifest import Preprocess
+
+
+@dataclass
+class Incoming:
+    """One sample as received: ``kind`` "image" (``data`` = encoded bytes) or "tensor" (``data`` =
+    raw pixel bytes with ``dtype``/``shape``), ``blob`` = the bytes to keep (the encoded image, or the
+    serialised Tensor message), or kind "" when the sample carried no payload."""
+
+    id: str
+    kind: str
+    data: bytes
+    blob: bytes
+    dtype: str = ""
+    shape: tuple[int, ...] = ()
+    uri: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)
+    label: str = ""
+
+
+@dataclass
+class Prepared:
+    """A batch after stage 1: samples still to store, their sha256 and pixels (HxWx3 uint8 at
+    ``version``'s size; None when no model), and the rejections so far."""
+
+    samples: list[Incoming]
+    digests: list[str]
+    pixels: list[np.ndarray | None]
+    version: str
+    rejected: list[tuple[str, str]]
+    duplicates: int = 0
+
+
+@dataclass
+class Embedded:
+    """A batch after stage 2: ``fresh`` = positions in ``prep.samples`` not yet stored when it ran,
+    ``early`` = their embeddings under ``prep.version`` (None without a model)."""
+
+    prep: Prepared
+    fresh: list[int]
+    early: EmbedOutput | None
+
+
+@dataclass
+class IngestResult:
+    accepted: int = 0
+    duplicates: int = 0
+    rejected: list[tuple[str, str]] = field(default_factory=list)
+
+    def add(self, other: IngestResult) -> None:
+        self.accepted += other.accepted
+        self.duplicates += other.duplicates
+        self.rejected.extend(other.rejected)
+
+
+def unknown_label_reason(classes: Sequence[str], label: str) -> str:
+    shown = ", ".join(classes[:20]) + (" ..." if len(classes) > 20 else "")
+    return f"unknown label {label!r}: the class list is closed; valid: {shown}"
+
+
+def _stored_note(e: BaseException, accepted: int) -> BaseException:
+    """``e`` with a note (appended to its status message) on what the stream stored before it failed."""
+    e.add_note(f"{accepted} samples of this stream were stored before the failure; resend the rest "
+               "(resent samples are counted as duplicates)")
+    return e
+
+
+class IngestPipeline:
+    """Ingest for one agent: its state, blob store (None with --no-blobs), model manager and limits."""
+
+    def __init__(self, state: State, blobs: BlobStore | None, manager: ModelManager, limits: Limits) -> None:
+        self.state = state
+        self.blobs = blobs
+        self.manager = manager
+        self.limits = limits
+        self._streams = threading.BoundedSemaphore(limits.max_ingest_streams)
+
+    # ---- per-sample checks -----------------------------------------------------------------------
+    def sample_problem(self, s: Incoming) -> str | None:
+        """Why ``s`` breaks a rule or an input limit before decoding (a Rejection reason), or None."""
+        lim = self.limits
+        if not s.id:
+            return "empty id: every sample needs a client-chosen unique id"
+        problem = (text_problem(s.id, lim.max_id_chars, "max_id_chars", "id")
+                   or text_problem(s.label, lim.max_label_chars, "max_label_chars", "label")
+                   or text_problem(s.uri, lim.max_uri_chars, "max_uri_chars", "uri")
+                   or metadata_problem(s.metadata, lim))
+        if problem is not None:
+            return problem
+        if not s.kind:
+            return "no payload: set encoded_image or tensor"
+        if len(s.data) > lim.max_image_bytes:
+            return (f"{'encoded image' if s.kind == 'image' else 'tensor'} of {len(s.data):,} bytes is larger than "
+                    f"the limit of {lim.max_image_bytes:,} bytes {limit_hint('max_image_bytes')}")
+        return None
+
+    def _decode(self, s: Incoming, pre: Preprocess | None) -> np.ndarray:
+        try:
+            return decode_payload(s.kind, s.data, s.dtype, s.shape, pre, self.limits.max_pixels)
+        except TooManyPixels as e:
+            raise TooManyPixels(f"{e} {limit_hint('max_pixels')}") from None
+
+    # ---- the three stages of one batch -----------------------------------------------------------
+    def prepare(self, samples: Sequence[Incoming]) -> Prepared:
+        """Stage 1 (no lock, runs beside stage 2 of the previous batch): validate ids, limits and
+        payloads, decode them at the serving model's size, drop repeats within the batch, write blobs."""
+        check_count(samples, self.limits.max_samples_per_request, "max_samples_per_request", "samples",
+                    "send fewer samples per IngestRequest (`shortlist ingest --batch`)")
+        serving = self.manager.current
+        out = Prepared([], [], [], "" if serving is None else serving.version, [])
+        seen: dict[str, str] = {}
+        for s in samples:
+            problem = self.sample_problem(s)
+            if problem is not None:
+                out.rejected.append((s.id[:64], problem))
+                continue
+            digest = sha256_hex(s.blob)
+            if s.id in seen:
+                if seen[s.id] == digest:
+                    out.duplicates += 1
+                else:
+                    out.rejected.append((s.id, "the same id appears twice in this batch with different payloads"))
+                continue
+            stored = self.state.lookup(s.id)
+            if stored is not None:  # a resend: no need to decode (stage 3 re-checks new ids under the lock)
+                self._duplicate_or_conflict(stored, digest, s.id, out)
+                seen[s.id] = digest
+                continue
+            try:
+                # Without a model, still refuse what could never be embedded (decoded at full size).
+                pixels: np.ndarray | None = self._decode(s, None if serving is None else serving.manifest.preprocess)
+                if serving is None:
+                    pixels = None
+            except ValueError as e:
+                out.rejected.append((s.id, str(e)))
+                continue
+            seen[s.id] = digest
+            out.samples.append(s)
+            out.digests.append(digest)
+            out.pixels.append(pixels)
+        if self.blobs is not None and out.samples:
+            # Before the commit: a committed sample's blob is always there (orphans are harmless).
+            self.blobs.put_many([(d, s.blob) for d, s in zip(out.digests, out.samples, strict=True)])
+        return out
+
+    def embed(self, prep: Prepared) -> Embedded:
+        """Stage 2 (no lock): embed the batch's new samples with the serving version."""
+        fresh = [i for i, s in enumerate(prep.samples) if self.state.lookup(s.id) is None]
+        serving = self.manager.current
+        early: EmbedOutput | None = None
+        if serving is not None and serving.version == prep.version and fresh:
+            early = serving.embedder.embed(np.stack([_px(prep.pixels[i]) for i in fresh]))
+        return Embedded(prep, fresh, early)
+
+    def store(self, emb: Embedded) -> IngestResult:
+        """Stage 3: store samples, labels and embeddings in one durable transaction (and the index).
+        Returns only after the commit."""
+        prep, fresh, early = emb.prep, emb.fresh, emb.early
+        res = IngestResult(duplicates=prep.duplicates, rejected=list(prep.rejected))
+        with self.manager.writing() as serving:
+            # Decide under the lock: another stream may have stored the same id meanwhile.
+            new: list[NewSample] = []
+            took: list[int] = []  # positions in ``fresh`` of the samples in ``new``
+            pos = {i: j for j, i in enumerate(fresh)}
+            for i, (s, digest) in enumerate(zip(prep.samples, prep.digests, strict=True)):
+                rec = self.state.lookup(s.id)
+                if rec is not None:
+                    self._duplicate_or_conflict(rec, digest, s.id, res)
+                    continue
+                assert i in pos
+                label = -1
+                if s.label:
+                    idx = self.state.class_index(s.label)
+                    if idx is None:
+                        res.rejected.append((s.id, unknown_label_reason(self.state.classes, s.label)))
+                        continue
+                    label = idx
+                new.append(NewSample(s.id, s.uri, dict(s.metadata), s.kind, digest, label))
+                took.append(pos[i])
+            if not new:
+                return res
+            if serving is None:
+                self.state.add_samples(new)
+            else:
+                if early is not None and serving.version == prep.version:
+                    sel = np.array(took, np.int64)
+                    out = EmbedOutput(early.vecs[sel], None if early.logits is None else early.logits[sel],
+                                      None if early.pretext is None else early.pretext[sel])
+                else:  # a model arrived or was swapped in since stage 1: decode for it now
+                    pre = serving.manifest.preprocess
+                    srcs = [prep.samples[fresh[j]] for j in took]
+                    out = serving.embedder.embed(np.stack([self._decode(s, pre) for s in srcs]))
+                vindex = serving.index
+                seqs = self.state.add_samples(
+                    new, EmbeddingRows(serving.version, vindex.n, out.vecs, out.logits, out.pretext))
+                vindex.add(np.array(seqs, np.int64), out.vecs, out.logits, out.pretext)
+            res.accepted += len(new)
+        return res
+
+    def _duplicate_or_conflict(self, rec: SampleRecord, digest: str, sid: str,
+                               res: IngestResult | Prepared) -> None:
+        if rec.sha256 == digest:
+            res.duplicates += 1
+        else:
+            res.rejected.append((sid, f"id {sid!r} is already in the pool with a different payload; ids must "
+                                      "be unique (use a new id for a new image)"))
+
+    def batch(self, samples: Sequence[Incoming]) -> IngestResult:
+        """All three stages for one batch, in this thread."""
+        return self.store(self.embed(self.prepare(samples)))
+
+    # ---- a stream of batches ---------------------------------------------------------------------
+    @contextmanager
+    def stream_slot(self) -> Iterator[None]:
+        """One of the ``max_ingest_streams`` slots, or ResourceExhausted at once (with a retry hint)."""
+        if not self._streams.acquire(blocking=False):
+            lim = self.limits
+            raise ResourceExhausted(
+                f"the agent is already serving {lim.max_ingest_streams} Ingest streams, its limit; retry in "
+                f"{lim.ingest_retry_after_s:g} s {limit_hint('max_ingest_streams')}", lim.ingest_retry_after_s)
+        try:
+            yield
+        finally:
+            self._streams.release()
+
+    def stream(self, batches: Iterable[Sequence[Incoming]], active: Callable[[], bool] = lambda: True) -> IngestResult:
+        """Ingest every batch of ``batches`` (read lazily, e.g. from a gRPC client stream) through the
+        three stages in three threads. ``active()`` False means the client went away (then a failure
+        is Cancelled). Raises what a stage raised, noting how many samples were stored before it."""
+        with self.stream_slot():
+            return self._pipeline(batches, active)
+
+    def _pipeline(self, batches: Iterable[Sequence[Incoming]], active: Callable[[], bool]) -> IngestResult:
+        done = threading.Event()
+        prepared: queue.Queue[object] = queue.Queue(maxsize=2)
+        embedded: queue.Queue[object] = queue.Queue(maxsize=2)
+
+        def put(q: queue.Queue[object], item: object) -> bool:
+            while not done.is_set():  # never block forever once this stream has ended
+                try:
+                    q.put(item, timeout=0.5)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def read() -> None:
+            try:
+                for samples in batches:
+                    if not put(prepared, self.prepare(samples)):
+                        return
+                put(prepared, None)
+            except BaseException as e:  # a malformed message, the client cancelled, or a bug: hand it on
+                put(prepared, e)
+
+        def embed() -> None:
+            while True:
+                item = prepared.get()
+                if item is None or isinstance(item, BaseException):
+                    put(embedded, item)
+                    return
+                try:
+                    assert isinstance(item, Prepared)
+                    if not put(embedded, self.embed(item)):
+                        return
+                except BaseException as e:
+                    put(embedded, e)
+                    return
+
+        threading.Thread(target=read, name="ingest-read", daemon=True).start()
+        threading.Thread(target=embed, name="ingest-embed", daemon=True).start()
+        total = IngestResult()
+        try:
+            while True:
+                item = embedded.get()
+                if item is None:
+                    return total
+                if isinstance(item, BaseException):
+                    if not active():
+                        raise _stored_note(Cancelled("ingest stream broken by the client"), total.accepted) from item
+                    raise _stored_note(item, total.accepted)
+                try:
+                    assert isinstance(item, Embedded)
+                    total.add(self.store(item))
+                except Exception as e:  # e.g. disk full: earlier batches stay stored, this one is not
+                    raise _stored_note(e, total.accepted) from None
+        finally:
+            done.set()
+
+
+def _px(pixels: np.ndarray | None) -> np.ndarray:
+    assert pixels is not None  # decoded in stage 1 whenever a model was serving
+    return pixels

@@ -1,0 +1,109 @@
+"""Input limits: what one request may ask of the agent, so that no request can crash it, hang it or
+exhaust its memory. ``Limits`` is part of agent.config.AgentConfig; ``shortlist serve`` sets each
+field with the flag in ``LIMIT_FLAGS``; docs/agent.md has the table (flag, default, what it guards,
+the status code a client gets).
+
+A whole request over a limit is a status (RESOURCE_EXHAUSTED for sizes and counts, INVALID_ARGUMENT for
+a field out of range); one sample over a limit inside an Ingest batch is a per-sample Rejection. Every
+message names the limit and the flag that changes it (``limit_hint``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sized
+from dataclasses import dataclass
+
+from agent.errors import InvalidArgument, ResourceExhausted
+
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on what one request may ask of the agent (so that no request can crash it, hang it or
+    exhaust its memory). ``flag`` names the ``shortlist serve`` option that sets each one."""
+
+    # Largest gRPC message, either direction (gRPC itself answers RESOURCE_EXHAUSTED).
+    max_message_bytes: int = 64 * MIB
+    # Samples in one IngestRequest message (a stream may carry any number of messages).
+    max_samples_per_request: int = 4096
+    # Encoded image bytes of one sample (and raw tensor bytes).
+    max_image_bytes: int = 32 * MIB
+    # Decoded pixels (height x width) of one image or tensor, checked from the header before decoding.
+    max_pixels: int = 64_000_000
+    # String lengths, in characters.
+    max_id_chars: int = 512
+    max_label_chars: int = 256  # labels (class names) and annotator names
+    max_uri_chars: int = 4096
+    max_metadata_entries: int = 64
+    max_metadata_chars: int = 4096  # each key and each value
+    # (id, label) pairs in one SubmitLabelsRequest, and ids in one PriorLabelsRequest.
+    max_ids_per_request: int = 100_000
+    # Largest Select budget accepted (budgets above the candidate count return what is left).
+    max_select_budget: int = 100_000
+    # Ingest streams served at once; more get RESOURCE_EXHAUSTED at once with a retry hint.
+    max_ingest_streams: int = 4
+    # The retry hint (seconds) sent with that RESOURCE_EXHAUSTED.
+    ingest_retry_after_s: float = 2.0
+
+    def __post_init__(self) -> None:
+        for name, value in vars(self).items():
+            if value <= 0:
+                raise ValueError(f"limit {name} must be positive (got {value})")
+
+
+# The `shortlist serve` flag that sets each limit (for messages that say how to change it).
+LIMIT_FLAGS = {
+    "max_message_bytes": "--max-message-mb",
+    "max_samples_per_request": "--max-samples-per-request",
+    "max_image_bytes": "--max-image-mb",
+    "max_pixels": "--max-pixels",
+    "max_id_chars": "--max-id-chars",
+    "max_label_chars": "--max-label-chars",
+    "max_uri_chars": "--max-uri-chars",
+    "max_metadata_entries": "--max-metadata-entries",
+    "max_metadata_chars": "--max-metadata-chars",
+    "max_ids_per_request": "--max-ids-per-request",
+    "max_select_budget": "--max-budget",
+    "max_ingest_streams": "--max-ingest-streams",
+}
+
+
+def limit_hint(name: str) -> str:
+    """'(limit max_x; change it with `shortlist serve --max-x`)' for a Limits field name."""
+    return f"(limit {name}; the operator can change it with `shortlist serve {LIMIT_FLAGS[name]} ...`)"
+
+
+def check_count(items: Sized, limit: int, name: str, what: str, advice: str = "split it into several") -> None:
+    """ResourceExhausted when ``items`` holds more than ``limit`` entries."""
+    if len(items) > limit:
+        raise ResourceExhausted(f"{len(items):,} {what} in one request message, above the limit of {limit:,}; "
+                                f"{advice} {limit_hint(name)}")
+
+
+def text_problem(value: str, limit: int, name: str, what: str) -> str | None:
+    """Why ``value`` is too long for ``limit`` characters (a Rejection reason), or None."""
+    if len(value) <= limit:
+        return None
+    return f"{what} of {len(value):,} characters is longer than the limit of {limit:,} {limit_hint(name)}"
+
+
+def check_text(value: str, limit: int, name: str, what: str) -> None:
+    """InvalidArgument when ``value`` is longer than ``limit`` characters."""
+    problem = text_problem(value, limit, name, what)
+    if problem is not None:
+        raise InvalidArgument(problem)
+
+
+def metadata_problem(metadata: Mapping[str, str], limits: Limits, what: str = "metadata") -> str | None:
+    """Why a metadata map (or a Select ``where`` filter) breaks the limits, or None."""
+    if len(metadata) > limits.max_metadata_entries:
+        return (f"{what} has {len(metadata)} entries, more than the limit of {limits.max_metadata_entries} "
+                f"{limit_hint('max_metadata_entries')}")
+    for key, value in metadata.items():
+        limit = limits.max_metadata_chars
+        problem = (text_problem(key, limit, "max_metadata_chars", f"{what} key")
+                   or text_problem(value, limit, "max_metadata_chars", f"{what} value of {key[:64]!r}"))
+        if problem is not None:
+            return problem
+    return None

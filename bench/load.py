@@ -1,0 +1,761 @@
+"""``shortlist bench load``: many concurrent clients against one agent, as a team would use it.
+
+N client threads, each with its own gRPC channel, pick RPCs at random by ``--mix`` weight and call
+them back to back: Ingest (a small batch of fresh synthetic PNGs), Select (a strategy picked from
+``--strategies``), SubmitLabels (a few pool ids with a label), PriorLabels (a few pool ids) and
+GetStatus. It stops by itself after ``--seconds`` or ``--max-requests`` calls (each call has a
+``--timeout`` deadline, so the run is bounded by seconds + timeout), then prints requests, errors by
+status code and p50/p99 latency per RPC (and per strategy for Select), the time of every strategy
+and prior method called alone (before the load), and the agent's RSS before and after the load
+(/proc/PID/status VmRSS of the local agent process). The figures also go to ``OUT/results.json``.
+
+Loopback only: it refuses a non-loopback ``--agent`` (this is a load generator, not a tool to point
+at a service on the network). Without ``--agent`` it starts ``shortlist serve`` itself, as a separate
+process, on a free loopback port, over ``DATA_DIR/agent`` with the registry ``DATA_DIR/models``
+(``--models`` to use another). The pool (``--pool N`` samples: synthetic 32x32 images, or the first N
+images of ``--data``) is ingested before the load and kept: a second run with the same ``--data-dir``
+ingests only what is missing.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from agent import client
+from shortlist.v1 import agent_pb2, agent_pb2_grpc
+
+RPCS = ("Ingest", "Select", "SubmitLabels", "PriorLabels", "GetStatus")
+MIX_KEYS = {"ingest": "Ingest", "select": "Select", "labels": "SubmitLabels", "prior": "PriorLabels",
+            "status": "GetStatus"}
+DEFAULT_MIX = "status=3,select=3,labels=2,ingest=1,prior=1"
+DEFAULT_STRATEGIES = "random,margin,coreset,typiclust,as3l"
+SYNTHETIC_CLASSES = ("c0", "c1", "c2", "c3", "c4", "c5", "c6", "c7", "c8", "c9")
+IMAGE_SIZE = (32, 32)
+POOL_PREFIX = "pool/"
+# The goals of issue 13 for this benchmark (checked and printed; informative, never an exit status).
+FAST_RPCS = ("GetStatus", "SubmitLabels", "Select random", "Select margin", "Select coreset")
+FAST_P99_S = 1.0
+SOLO_LIMIT_S = 10.0
+RSS_GROWTH = 0.10
+
+
+class LoadError(Exception):
+    """A setting or a target the benchmark cannot work with (message says what to change)."""
+
+
+@dataclass(frozen=True)
+class LoadConfig:
+    """Everything ``bench load`` runs with (one frozen record, written into results.json)."""
+
+    agent: str = ""  # HOST:PORT of a running agent; "" = start one here
+    data_dir: Path = Path("runs/load")
+    out: Path | None = None  # folder for results.json (default: data_dir)
+    pool: int = 0  # samples the pool should hold (topped up with synthetic images or --data)
+    data: str = ""  # image source for the pool (any shortlist.datasets source)
+    split: str = "train"
+    models: Path | None = None  # registry for an agent started here (default: data_dir/models, built once)
+    dim: int = 128  # embedding size of the model built here
+    clients: int = 16
+    seconds: float = 60.0
+    max_requests: int = 200_000
+    timeout: float = 30.0  # deadline of every call
+    mix: dict[str, float] = field(default_factory=lambda: parse_mix(DEFAULT_MIX))
+    strategies: tuple[str, ...] = tuple(DEFAULT_STRATEGIES.split(","))
+    priors: tuple[str, ...] = ("knn",)
+    solo: tuple[str, ...] = ("all",)  # strategies timed alone before the load ("all", or none: ())
+    budget: int = 10
+    ingest_batch: int = 8
+    label_batch: int = 5
+    prior_ids: int = 16
+    seed_labels: int = 50  # labelled samples the pool should have before the load (for priors, uncertainty)
+    seed: int = 0
+    agent_pid: int = 0  # pid of a running agent (default: found from its listening port)
+
+
+def parse_mix(text: str) -> dict[str, float]:
+    """``status=3,select=3,...`` -> {RPC name: weight}; every key one of MIX_KEYS, weights >= 0."""
+    out: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = part.partition("=")
+        if not sep or key not in MIX_KEYS:
+            raise LoadError(f"--mix item {part!r} must be NAME=WEIGHT with NAME one of {', '.join(MIX_KEYS)}")
+        try:
+            weight = float(value)
+        except ValueError:
+            raise LoadError(f"--mix weight {value!r} of {key} is not a number") from None
+        if not weight >= 0:
+            raise LoadError(f"--mix weight of {key} must be >= 0 (got {value})")
+        out[MIX_KEYS[key]] = weight
+    if not any(out.values()):
+        raise LoadError("--mix gives every RPC weight 0; give at least one a positive weight")
+    return out
+
+
+# ---- the target ------------------------------------------------------------------------------------
+def split_address(address: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise LoadError(f"--agent {address!r} must be HOST:PORT (e.g. 127.0.0.1:50051)")
+    return host, int(port)
+
+
+def require_loopback(address: str) -> tuple[str, int]:
+    """(host, port) of ``address`` when every address it resolves to is loopback; LoadError otherwise."""
+    host, port = split_address(address)
+    try:
+        infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
+    except socket.gaierror as e:
+        raise LoadError(f"--agent {address!r}: cannot resolve {host!r} ({e})") from None
+    addrs = {str(info[4][0]) for info in infos}
+    outside = sorted(a for a in addrs if not ipaddress.ip_address(a.split("%")[0]).is_loopback)
+    if outside:
+        raise LoadError(f"--agent {address!r} resolves to {', '.join(outside)}, not a loopback address: "
+                        "bench load only drives an agent on this machine (127.0.0.1, ::1 or localhost)")
+    return host, port
+
+
+def listening_pid(port: int) -> int:
+    """The pid of the local process listening on TCP ``port`` (from /proc), or 0 when not found
+    (another user's process, or no /proc)."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            cols = line.split()
+            if len(cols) > 9 and cols[3] == "0A" and int(cols[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(cols[9])
+    if not inodes:
+        return 0
+    targets = {f"socket:[{i}]" for i in inodes}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            for fd in (proc / "fd").iterdir():
+                if os.readlink(fd) in targets:
+                    return int(proc.name)
+        except OSError:
+            continue
+    return 0
+
+
+def rss_bytes(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM (peak) of ``pid`` in bytes; {} when unreadable."""
+    out: dict[str, int] = {}
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return out
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            out[key] = int(value.split()[0]) * 1024
+    return out
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Target:
+    address: str
+    pid: int
+    process: subprocess.Popen[bytes] | None = None
+    log: Path | None = None
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def ensure_registry(cfg: LoadConfig, classes: Sequence[str]) -> Path:
+    """``--models``, or DATA_DIR/models with a linear 32x32 encoder (logits and rotation heads) built once."""
+    if cfg.models is not None:
+        if not cfg.models.is_dir():
+            raise LoadError(f"--models {cfg.models} is not a folder")
+        return cfg.models
+    from agent.testing import linear_encoder, publish_model
+    from shortlist.manifest import Preprocess, newest_complete
+
+    registry = cfg.data_dir / "models"
+    if newest_complete(registry) is None:
+        model = linear_encoder(IMAGE_SIZE, cfg.dim, list(classes), rotation=True, seed=cfg.seed)
+        publish_model(registry, model, Preprocess(size=IMAGE_SIZE), list(classes), method="bench-load")
+    return registry
+
+
+def start_agent(cfg: LoadConfig, registry: Path) -> Target:
+    """``shortlist serve`` as a child process on a free loopback port; waits until it answers."""
+    port = free_port()
+    cfg.data_dir.mkdir(parents=True, exist_ok=True)
+    log = cfg.data_dir / "agent.log"
+    cmd = [sys.executable, "-m", "shortlist.cli", "serve", "--data-dir", str(cfg.data_dir / "agent"),
+           "--models", str(registry), "--host", "127.0.0.1", "--port", str(port), "--cpu"]
+    with open(log, "ab") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    address = f"127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        if proc.poll() is not None:
+            raise LoadError(f"the agent exited at start (status {proc.returncode}); see {log}")
+        try:
+            client.channel(address, timeout=2.0).close()
+            break
+        except client.AgentUnavailable:
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise LoadError(f"the agent did not answer within 120 s; see {log}") from None
+    return Target(address, proc.pid, proc, log)
+
+
+# ---- the pool --------------------------------------------------------------------------------------
+def synthetic_image(i: int, seed: int, classes: int) -> np.ndarray:
+    """32x32x3 uint8: smooth noise tinted by class ``i % classes`` (a colour per class), deterministic."""
+    rng = np.random.default_rng([seed, i])
+    small = rng.integers(0, 120, (8, 8, 3)).astype(np.float32)
+    img = np.repeat(np.repeat(small, 4, axis=0), 4, axis=1)
+    c = i % classes
+    tint = np.array([(c * 37) % 136, (c * 91) % 136, (c * 53) % 136], np.float32)
+    return np.clip(img + tint, 0, 255).astype(np.uint8)
+
+
+def pool_items(cfg: LoadConfig, have: set[str]) -> tuple[list[str], Iterator[agent_pb2.Sample]]:
+    """(class names, the pool's samples not in ``have``): the first cfg.pool images of --data, or
+    synthetic ones (ids ``pool/NNNNNN``, label = class)."""
+    from shortlist.images import encode_png
+
+    if cfg.data:
+        from shortlist.datasets import iter_images
+
+        items = list(iter_images(cfg.data, split=cfg.split, limit=cfg.pool))
+        names = sorted({it.label for it in items if it.label})
+        if len(items) < cfg.pool:
+            raise LoadError(f"--data {cfg.data} has {len(items)} images in split {cfg.split!r}, fewer than "
+                            f"--pool {cfg.pool}")
+
+        def from_source() -> Iterator[agent_pb2.Sample]:
+            for it in items:
+                sid = POOL_PREFIX + it.id
+                if sid in have:
+                    continue
+                data = it.encoded if it.encoded is not None else encode_png(np.asarray(it.pixels))
+                yield client.image_sample(sid, data, label=it.label or "", uri=it.uri)
+
+        return names or list(SYNTHETIC_CLASSES), from_source()
+    names = list(SYNTHETIC_CLASSES)
+
+    def synthetic() -> Iterator[agent_pb2.Sample]:
+        for i in range(cfg.pool):
+            sid = f"{POOL_PREFIX}{i:06d}"
+            if sid not in have:
+                yield client.image_sample(sid, encode_png(synthetic_image(i, cfg.seed, len(names))))
+
+    return names, synthetic()
+
+
+def pool_classes(cfg: LoadConfig) -> list[str]:
+    if cfg.data:
+        from shortlist.datasets import iter_images
+
+        names = sorted({it.label for it in iter_images(cfg.data, split=cfg.split, limit=cfg.pool) if it.label})
+        return names or list(SYNTHETIC_CLASSES)
+    return list(SYNTHETIC_CLASSES)
+
+
+def list_pool(stub: agent_pb2_grpc.AgentStub) -> tuple[list[str], dict[str, str]]:
+    """(every id, {id: label} of the labelled ones) from ListSamples."""
+    ids: list[str] = []
+    labels: dict[str, str] = {}
+    for s in stub.ListSamples(agent_pb2.ListSamplesRequest()):
+        ids.append(s.id)
+        if s.label:
+            labels[s.id] = s.label
+    return ids, labels
+
+
+def fill_pool(cfg: LoadConfig, stub: agent_pb2_grpc.AgentStub, say: Callable[[str], None]) -> None:
+    """Top the pool up to cfg.pool samples (resumable: samples already there are skipped)."""
+    if cfg.pool <= 0:
+        return
+    ids, _ = list_pool(stub)
+    have = {i for i in ids if i.startswith(POOL_PREFIX)}
+    missing = cfg.pool - len(have)
+    if missing <= 0:
+        say(f"pool: {len(have)} samples already there (reused)")
+        return
+    _, todo = pool_items(cfg, have)
+    say(f"pool: ingesting {missing} samples ({len(have)} already there)")
+    t0 = time.monotonic()
+    done = 0
+    chunk: list[agent_pb2.Sample] = []
+    for s in todo:  # streams of 4096, so an interrupted build keeps what was acknowledged
+        chunk.append(s)
+        if len(chunk) == 4096:
+            done += _ingest_chunk(stub, chunk)
+            chunk = []
+            say(f"  {done}/{missing} ({done / (time.monotonic() - t0):.0f}/s)")
+    if chunk:
+        done += _ingest_chunk(stub, chunk)
+    say(f"pool: ingested {done} in {time.monotonic() - t0:.0f} s")
+
+
+def _ingest_chunk(stub: agent_pb2_grpc.AgentStub, chunk: list[agent_pb2.Sample]) -> int:
+    reply = client.ingest(stub, chunk, batch=256)
+    if reply.rejected:
+        r = reply.rejected[0]
+        raise LoadError(f"the agent rejected {len(reply.rejected)} pool samples, e.g. {r.id}: {r.reason}")
+    return int(reply.accepted + reply.duplicates)
+
+
+def seed_labels(cfg: LoadConfig, stub: agent_pb2_grpc.AgentStub, ids: list[str], labels: dict[str, str],
+                classes: list[str]) -> None:
+    """Label pool samples until cfg.seed_labels are labelled (every class at least once when possible)."""
+    need = cfg.seed_labels - len(labels)
+    if need <= 0 or not classes:
+        return
+    todo = [i for i in ids if i not in labels][:need]
+    pairs = [(sid, true_label(sid, classes, cfg)) for sid in todo]
+    reply = client.submit_labels(stub, pairs, annotator="bench-load")
+    for sid, lab in pairs:
+        labels[sid] = lab
+    if reply.rejected:
+        r = reply.rejected[0]
+        raise LoadError(f"the agent rejected {len(reply.rejected)} seed labels, e.g. {r.id}: {r.reason}")
+
+
+def true_label(sid: str, classes: Sequence[str], cfg: LoadConfig) -> str:
+    """The synthetic pool's class of ``sid``; a class chosen by the id's hash for other samples."""
+    tail = sid[len(POOL_PREFIX):] if sid.startswith(POOL_PREFIX) else ""
+    if tail.isdigit() and not cfg.data:
+        return classes[int(tail) % len(classes)]
+    return classes[sum(sid.encode()) % len(classes)]
+
+
+# ---- the load --------------------------------------------------------------------------------------
+@dataclass
+class Call:
+    rpc: str
+    variant: str  # the strategy / prior method, or ""
+    code: str  # "OK", a grpc.StatusCode name, or "CLIENT:<exception>"
+    seconds: float
+
+
+@dataclass
+class World:
+    """What the clients share: pool ids, classes, the stop signal and the calls recorded."""
+
+    cfg: LoadConfig
+    ids: list[str]
+    classes: list[str]
+    run_tag: str
+    stop: threading.Event = field(default_factory=threading.Event)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    calls: list[Call] = field(default_factory=list)
+    started: int = 0
+
+    def claim(self) -> bool:
+        """One more call allowed (the --max-requests bound)?"""
+        with self.lock:
+            if self.stop.is_set() or self.started >= self.cfg.max_requests:
+                self.stop.set()
+                return False
+            self.started += 1
+            return True
+
+    def record(self, call: Call) -> None:
+        with self.lock:
+            self.calls.append(call)
+
+
+def timed(fn: Callable[[], object]) -> tuple[str, float]:
+    t0 = time.perf_counter()
+    try:
+        fn()
+        code = "OK"
+    except grpc.RpcError as e:
+        code = e.code().name if isinstance(e, grpc.Call) else "UNKNOWN"
+    except Exception as e:  # the client's own failure: recorded, never fatal to the run
+        code = f"CLIENT:{type(e).__name__}"
+    return code, time.perf_counter() - t0
+
+
+def drain(call: Callable[..., Iterator[Any]], request: object, timeout: float) -> list[Any]:
+    """A server-streaming call read to its end."""
+    return list(call(request, timeout=timeout))
+
+
+def client_loop(world: World, k: int) -> None:
+    cfg = world.cfg
+    rng = np.random.default_rng([cfg.seed, k, 1])
+    ch = client.channel(cfg.agent)
+    stub = agent_pb2_grpc.AgentStub(ch)
+    names = [r for r in RPCS if cfg.mix.get(r, 0) > 0]
+    weights = np.array([cfg.mix[r] for r in names], np.float64)
+    weights /= weights.sum()
+    from shortlist.images import encode_png
+
+    made = 0
+    try:
+        while world.claim():
+            rpc = names[int(rng.choice(len(names), p=weights))]
+            variant = ""
+            fn: Callable[[], object]
+            if rpc == "Ingest":
+                samples = []
+                for _ in range(cfg.ingest_batch):
+                    img = synthetic_image(made, cfg.seed + 1 + k, len(world.classes))
+                    img[0, 0, :] = [made % 256, (made // 256) % 256, k % 256]  # fresh payloads, always
+                    samples.append(client.image_sample(f"load/{world.run_tag}/{k}/{made}", encode_png(img)))
+                    made += 1
+                req = agent_pb2.IngestRequest(samples=samples)
+                fn = partial(stub.Ingest, iter([req]), timeout=cfg.timeout)
+            elif rpc == "Select":
+                variant = cfg.strategies[int(rng.integers(len(cfg.strategies)))]
+                sel = agent_pb2.SelectRequest(budget=cfg.budget, strategy=variant, seed=int(rng.integers(2**31)))
+                fn = partial(stub.Select, sel, timeout=cfg.timeout)
+            elif rpc == "SubmitLabels":
+                pick = rng.choice(len(world.ids), size=min(cfg.label_batch, len(world.ids)), replace=False)
+                lab = agent_pb2.SubmitLabelsRequest(
+                    labels=[agent_pb2.LabelAssignment(id=world.ids[int(i)],
+                                                      label=true_label(world.ids[int(i)], world.classes, cfg))
+                            for i in pick], annotator=f"bench-load-{k}")
+                fn = partial(stub.SubmitLabels, lab, timeout=cfg.timeout)
+            elif rpc == "PriorLabels":
+                variant = cfg.priors[int(rng.integers(len(cfg.priors)))]
+                pick = rng.choice(len(world.ids), size=min(cfg.prior_ids, len(world.ids)), replace=False)
+                pri = agent_pb2.PriorLabelsRequest(method=variant, ids=[world.ids[int(i)] for i in pick])
+                fn = partial(drain, stub.PriorLabels, pri, cfg.timeout)
+            else:
+                fn = partial(stub.GetStatus, agent_pb2.GetStatusRequest(), timeout=cfg.timeout)
+            code, seconds = timed(fn)
+            world.record(Call(rpc, variant, code, seconds))
+    finally:
+        ch.close()
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values, np.float64), q)) if values else float("nan")
+
+
+def summarise(calls: Sequence[Call]) -> list[dict[str, Any]]:
+    """One row per RPC and, for Select and PriorLabels, per strategy / method: requests, ok, errors by
+    code, p50/p99/max latency of every call and p99 of the errors alone."""
+    groups: dict[str, list[Call]] = defaultdict(list)
+    for c in calls:
+        groups[c.rpc].append(c)
+        if c.variant:
+            groups[f"{c.rpc} {c.variant}"].append(c)
+    order = [r for r in RPCS if r in groups]
+    rows = []
+    for rpc in order:
+        for name in [rpc, *sorted(g for g in groups if g.startswith(rpc + " "))]:
+            group = groups[name]
+            secs = [c.seconds for c in group]
+            errors: dict[str, int] = defaultdict(int)
+            for c in group:
+                if c.code != "OK":
+                    errors[c.code] += 1
+            err_secs = [c.seconds for c in group if c.code != "OK"]
+            rows.append({"name": name, "requests": len(group), "ok": len(group) - len(err_secs),
+                         "errors": dict(sorted(errors.items())), "p50_s": percentile(secs, 50),
+                         "p99_s": percentile(secs, 99), "max_s": max(secs),
+                         "errors_p99_s": percentile(err_secs, 99) if err_secs else None})
+    return rows
+
+
+def solo_timings(cfg: LoadConfig, stub: agent_pb2_grpc.AgentStub, strategies: Sequence[str],
+                 ids: list[str], say: Callable[[str], None]) -> list[dict[str, Any]]:
+    """Every strategy (and prior method) called once with nothing else running."""
+    out = []
+    for name in strategies:
+        req = agent_pb2.SelectRequest(budget=cfg.budget, strategy=name, seed=cfg.seed)
+        code, secs = timed(partial(stub.Select, req, timeout=cfg.timeout))
+        out.append({"rpc": "Select", "name": name, "code": code, "seconds": secs})
+        say(f"  alone: Select {name}: {secs:.2f} s {code}")
+    pick = ids[: cfg.prior_ids]
+    for method in cfg.priors:
+        pri = agent_pb2.PriorLabelsRequest(method=method, ids=pick)
+        code, secs = timed(partial(drain, stub.PriorLabels, pri, cfg.timeout))
+        out.append({"rpc": "PriorLabels", "name": method, "code": code, "seconds": secs})
+        say(f"  alone: PriorLabels {method}: {secs:.2f} s {code}")
+    return out
+
+
+def goals(rows: list[dict[str, Any]], solo: list[dict[str, Any]], rss: dict[str, int]) -> list[dict[str, Any]]:
+    """Issue 13's goals, checked against the figures."""
+    by_name = {r["name"]: r for r in rows}
+    out: list[dict[str, Any]] = []
+    bad = {f"{r['name']}: {code}": n for r in rows if " " not in r["name"]
+           for code, n in r["errors"].items() if code != "RESOURCE_EXHAUSTED"}
+    out.append({"goal": "no error but RESOURCE_EXHAUSTED", "ok": not bad, "value": bad or "none"})
+    exhausted = [r["errors_p99_s"] for r in rows if " " not in r["name"] and "RESOURCE_EXHAUSTED" in r["errors"]]
+    if exhausted:
+        worst = max(v for v in exhausted if v is not None)
+        out.append({"goal": f"RESOURCE_EXHAUSTED prompt (error p99 < {FAST_P99_S:g} s)", "ok": worst < FAST_P99_S,
+                    "value": round(worst, 3)})
+    for name in FAST_RPCS:
+        if name in by_name:
+            p99 = by_name[name]["p99_s"]
+            out.append({"goal": f"{name} p99 < {FAST_P99_S:g} s", "ok": p99 < FAST_P99_S, "value": round(p99, 3)})
+    for s in solo:
+        if s["rpc"] == "Select":
+            out.append({"goal": f"Select {s['name']} alone < {SOLO_LIMIT_S:g} s",
+                        "ok": s["code"] == "OK" and s["seconds"] < SOLO_LIMIT_S, "value": round(s["seconds"], 3)})
+    if rss.get("before") and rss.get("after"):
+        growth = rss["after"] / rss["before"] - 1
+        out.append({"goal": f"RSS growth < {RSS_GROWTH:.0%}", "ok": growth < RSS_GROWTH, "value": round(growth, 4)})
+    return out
+
+
+def drained_status(stub: agent_pb2_grpc.AgentStub, timeout: float,
+                   limit: float = 300.0) -> tuple[agent_pb2.Status | None, float]:
+    """GetStatus once the agent answers again after the load (work the clients gave up on may still
+    run), and how many seconds that took; (None, limit) when it never did within ``limit``."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < limit:
+        try:
+            return stub.GetStatus(agent_pb2.GetStatusRequest(), timeout=timeout), time.monotonic() - t0
+        except grpc.RpcError as e:
+            if isinstance(e, grpc.Call) and e.code() not in (grpc.StatusCode.DEADLINE_EXCEEDED,
+                                                             grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                                             grpc.StatusCode.UNAVAILABLE):
+                raise
+            time.sleep(1.0)
+    return None, limit
+
+
+def loadavg() -> list[float]:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return []
+
+
+def run_load(cfg: LoadConfig, say: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+    """Set up (agent, pool, seed labels), time each strategy alone, run the load; returns the results."""
+    if cfg.clients < 1 or cfg.seconds <= 0 or cfg.max_requests < 1 or cfg.timeout <= 0:
+        raise LoadError("--clients, --seconds, --max-requests and --timeout must be positive")
+    if not cfg.strategies and cfg.mix.get("Select", 0) > 0:
+        raise LoadError("--strategies is empty but --mix gives Select a weight")
+    if not cfg.priors and cfg.mix.get("PriorLabels", 0) > 0:
+        raise LoadError("--priors is empty but --mix gives PriorLabels a weight")
+    target: Target | None = None
+    if cfg.agent:
+        _, port = require_loopback(cfg.agent)
+        target = Target(cfg.agent, cfg.agent_pid or listening_pid(port))
+    else:
+        if cfg.pool <= 0:
+            raise LoadError("give --agent HOST:PORT of a running agent, or --pool N for an agent started here")
+        classes = pool_classes(cfg)
+        registry = ensure_registry(cfg, classes)
+        say(f"starting an agent on {cfg.data_dir / 'agent'} with registry {registry}")
+        target = start_agent(cfg, registry)
+    cfg = LoadConfig(**{**asdict(cfg), "agent": target.address})
+    try:
+        return _run(cfg, target, say)
+    finally:
+        target.stop()
+
+
+def _run(cfg: LoadConfig, target: Target, say: Callable[[str], None]) -> dict[str, Any]:
+    ch = client.channel(cfg.agent, timeout=30)
+    stub = agent_pb2_grpc.AgentStub(ch)
+    try:
+        fill_pool(cfg, stub, say)
+        status = stub.GetStatus(agent_pb2.GetStatusRequest(), timeout=cfg.timeout)
+        ids, labels = list_pool(stub)
+        if not ids:
+            raise LoadError(f"the agent at {cfg.agent} holds no samples; give --pool N to ingest a synthetic pool")
+        classes = list(status.classes) or pool_classes(cfg)
+        seed_labels(cfg, stub, ids, labels, classes)
+        status = stub.GetStatus(agent_pb2.GetStatusRequest(), timeout=cfg.timeout)
+        unknown = sorted(set(cfg.strategies) - set(status.strategies))
+        if unknown:
+            raise LoadError(f"unknown strategies {', '.join(unknown)}; the agent has {', '.join(status.strategies)}")
+        bad_priors = sorted(set(cfg.priors) - set(status.prior_methods))
+        if bad_priors:
+            raise LoadError(f"unknown prior methods {', '.join(bad_priors)}; the agent has "
+                            f"{', '.join(status.prior_methods)}")
+        solo_names = list(status.strategies) if "all" in cfg.solo else [s for s in cfg.solo if s]
+        say(f"pool {status.samples} samples, {len(labels)} labelled, model {status.model_version or '(none)'}")
+        rss_start = rss_bytes(target.pid) if target.pid else {}
+        solo = solo_timings(cfg, stub, solo_names, [i for i in ids if i not in labels], say) if solo_names else []
+        rss_before = rss_bytes(target.pid) if target.pid else {}
+        load_before = loadavg()
+        world = World(cfg, ids, classes, run_tag=f"{int(time.time())}-{os.getpid()}")
+        threads = [threading.Thread(target=client_loop, args=(world, k), name=f"load-{k}", daemon=True)
+                   for k in range(cfg.clients)]
+        say(f"load: {cfg.clients} clients for {cfg.seconds:g} s")
+        t0 = time.monotonic()
+        for t in threads:
+            t.start()
+        world.stop.wait(cfg.seconds)
+        world.stop.set()
+        for t in threads:
+            t.join(cfg.timeout + 30)
+        elapsed = time.monotonic() - t0
+        time.sleep(0.5)
+        rss_after = rss_bytes(target.pid) if target.pid else {}
+        after, drain = drained_status(stub, cfg.timeout)
+        rss_drained = rss_bytes(target.pid) if target.pid else {}
+    finally:
+        ch.close()
+    rows = summarise(world.calls)
+    rss: dict[str, int] = {}
+    if rss_before:
+        rss = {"start": rss_start.get("VmRSS", 0), "before": rss_before["VmRSS"],
+               "after": rss_after.get("VmRSS", 0), "drained": rss_drained.get("VmRSS", 0),
+               "peak": rss_drained.get("VmHWM", 0)}
+    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
+    return {
+        "config": config,
+        "agent": {"address": cfg.agent, "pid": target.pid, "started_here": target.process is not None,
+                  "model_version": status.model_version, "samples_before": status.samples,
+                  "samples_after": after.samples if after else None, "labeled_before": status.labeled,
+                  "labeled_after": after.labeled if after else None, "answers_again_after_s": round(drain, 2)},
+        "machine": {"cpus": os.cpu_count(), "loadavg_before": load_before, "loadavg_after": loadavg()},
+        "solo": solo,
+        "load": {"seconds": round(elapsed, 2), "clients": cfg.clients, "requests": len(world.calls),
+                 "requests_per_s": round(len(world.calls) / elapsed, 2), "rpcs": rows},
+        "rss": rss,
+        "goals": goals(rows, solo, rss),
+    }
+
+
+# ---- the command -----------------------------------------------------------------------------------
+def _mb(n: int) -> str:
+    return f"{n / 2**20:.0f} MB"
+
+
+def print_results(res: dict[str, Any], console: Console) -> None:
+    load = res["load"]
+    table = Table(title=f"bench load: {load['clients']} clients for {res['config']['seconds']:g} s (the last call "
+                        f"ended after {load['seconds']:.0f} s), {load['requests']} requests "
+                        f"({load['requests_per_s']:.1f}/s), pool {res['agent']['samples_before']}")
+    for col, just in (("rpc", "left"), ("requests", "right"), ("ok", "right"), ("errors", "left"),
+                      ("p50 s", "right"), ("p99 s", "right"), ("max s", "right")):
+        table.add_column(col, justify=just)  # type: ignore[arg-type]
+    for r in load["rpcs"]:
+        errors = ", ".join(f"{k} {v}" for k, v in r["errors"].items()) or "-"
+        name = r["name"] if " " not in r["name"] else "  " + r["name"]
+        table.add_row(name, str(r["requests"]), str(r["ok"]), errors, f"{r['p50_s']:.3f}", f"{r['p99_s']:.3f}",
+                      f"{r['max_s']:.3f}")
+    console.print(table)
+    if res["solo"]:
+        solo = Table(title="each alone, before the load")
+        for col in ("rpc", "name", "seconds", "status"):
+            solo.add_column(col)
+        for s in res["solo"]:
+            solo.add_row(s["rpc"], s["name"], f"{s['seconds']:.2f}", s["code"])
+        console.print(solo)
+    rss = res["rss"]
+    if rss:
+        console.print(f"agent RSS: {_mb(rss['start'])} at start, {_mb(rss['before'])} before the load, "
+                      f"{_mb(rss['after'])} after ({rss['after'] / rss['before'] - 1:+.1%}), {_mb(rss['drained'])} "
+                      f"once it answered again, peak {_mb(rss['peak'])}")
+    else:
+        console.print("agent RSS: unknown (no local agent process found; pass --agent-pid)")
+    again = res["agent"]["answers_again_after_s"]
+    if res["agent"]["samples_after"] is None:
+        console.print(f"[red]the agent did not answer GetStatus within {again:.0f} s after the load[/red]")
+    elif again > 1:
+        console.print(f"the agent answered GetStatus again {again:.1f} s after the load ended")
+    m = res["machine"]
+    console.print(f"machine: {m['cpus']} CPUs, load average {m['loadavg_before']} before, {m['loadavg_after']} after")
+    for g in res["goals"]:
+        mark = "[green]ok[/green]  " if g["ok"] else "[red]MISS[/red]"
+        console.print(f"{mark} {g['goal']}: {g['value']}")
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(s.strip() for s in text.split(",") if s.strip())
+
+
+def register(bench_app: typer.Typer) -> None:
+    @bench_app.command("load")
+    def load_cmd(
+        agent: str = typer.Option("", "--agent", help="HOST:PORT of a running agent on this machine "
+                                  "(default: start one over --data-dir)"),
+        pool: int = typer.Option(0, "--pool", min=0, help="samples the pool should hold: synthetic 32x32 "
+                                 "images (or the first N of --data) are ingested until it does (kept for reuse)"),
+        data: str = typer.Option("", "--data", help="image source for the pool (folder, ImageFolder, tar, CIFAR)"),
+        split: str = typer.Option("train", "--split", help="split of --data"),
+        data_dir: Path = typer.Option(Path("runs/load"), "--data-dir", help="the started agent's folder "
+                                      "(DATA_DIR/agent) and model registry (DATA_DIR/models); reused"),
+        models: Path | None = typer.Option(None, "--models", help="registry for the started agent (default: "
+                                           "a linear 32x32 encoder built into DATA_DIR/models)"),
+        clients: int = typer.Option(16, "--clients", min=1, help="concurrent clients, one channel each"),
+        seconds: float = typer.Option(60.0, "--seconds", min=0.1, help="how long the load runs"),
+        max_requests: int = typer.Option(200_000, "--max-requests", min=1, help="stop after this many calls"),
+        timeout: float = typer.Option(30.0, "--timeout", min=0.1, help="deadline of every call, seconds"),
+        mix: str = typer.Option(DEFAULT_MIX, "--mix", help="RPC weights (ingest, select, labels, prior, status)"),
+        strategies: str = typer.Option(DEFAULT_STRATEGIES, "--strategies", help="Select strategies the clients "
+                                       "pick from"),
+        priors: str = typer.Option("knn", "--priors", help="PriorLabels methods the clients pick from"),
+        solo: str = typer.Option("all", "--solo", help="strategies timed alone before the load: all, none, or "
+                                 "a comma-separated list"),
+        budget: int = typer.Option(10, "--budget", min=1, help="Select budget"),
+        agent_pid: int = typer.Option(0, "--agent-pid", help="pid of --agent for its RSS (default: found "
+                                      "from the port)"),
+        out: Path | None = typer.Option(None, "--out", help="folder for results.json (default: --data-dir)"),
+        seed: int = typer.Option(0, "--seed", min=0),
+        as_json: bool = typer.Option(False, "--json", help="print results.json on stdout"),
+    ) -> None:
+        """N concurrent clients mixing Ingest, Select, SubmitLabels, PriorLabels and GetStatus against one
+        agent on this machine; requests, errors by status and p50/p99 latency per RPC, agent RSS."""
+        console = Console(stderr=True)
+        try:
+            cfg = LoadConfig(agent=agent, data_dir=data_dir, out=out, pool=pool, data=data, split=split,
+                             models=models, clients=clients, seconds=seconds, max_requests=max_requests,
+                             timeout=timeout, mix=parse_mix(mix), strategies=_names(strategies),
+                             priors=_names(priors), solo=() if solo.strip() == "none" else _names(solo),
+                             budget=budget, seed=seed, agent_pid=agent_pid)
+            res = run_load(cfg, say=console.print)
+        except (LoadError, client.AgentUnavailable) as e:
+            console.print(f"[red]bench load[/red]: {e}")
+            raise typer.Exit(2) from None
+        except grpc.RpcError as e:
+            code = e.code().name if isinstance(e, grpc.Call) else "UNKNOWN"
+            details = e.details() if isinstance(e, grpc.Call) else str(e)
+            console.print(f"[red]bench load[/red]: the agent answered {code}: {details}")
+            raise typer.Exit(1) from None
+        folder = out or data_dir
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "results.json").write_text(json.dumps(res, indent=2) + "\n")
+        print_results(res, console if as_json else Console(width=None if sys.stdout.isatty() else 140))
+        console.print(f"results: {folder / 'results.json'}")
+        if as_json:
+            print(json.dumps(res))

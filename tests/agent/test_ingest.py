@@ -1,0 +1,103 @@
+"""The Ingest pipeline (agent.ingest) without gRPC: stages, the three-thread stream, failures that
+say what was stored, stream slots, and the one write lock (ModelManager.writing)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agent.config import AgentConfig, Limits
+from agent.core import Agent
+from agent.errors import Cancelled, ResourceExhausted
+from agent.ingest import Incoming
+from tests.agent.conftest import make_images, png
+
+
+def image(sid: str, pixels: np.ndarray, label: str = "") -> Incoming:
+    data = png(pixels)
+    return Incoming(sid, "image", data, data, label=label)
+
+
+def batches(n: int, size: int, prefix: str = "s") -> list[list[Incoming]]:
+    imgs = make_images(n)
+    items = [image(f"{prefix}{i}", img) for i, img in enumerate(imgs)]
+    return [items[i:i + size] for i in range(0, n, size)]
+
+
+@pytest.fixture
+def agent(tmp_path: Path, registry: Path) -> Iterator[Agent]:
+    a = Agent(AgentConfig(tmp_path / "data", registry, use_cuda=False, background=False,
+                          limits=Limits(max_ingest_streams=1)))
+    yield a
+    a.close()
+
+
+def test_stream_stores_every_batch_and_counts_duplicates(agent: Agent) -> None:
+    res = agent.ingest.stream(batches(25, 4))
+    assert (res.accepted, res.duplicates, res.rejected) == (25, 0, [])
+    assert agent.state.count() == 25 and agent.manager.current is not None and agent.manager.current.index.n == 25
+    again = agent.ingest.stream(batches(25, 7))
+    assert (again.accepted, again.duplicates) == (0, 25)
+
+
+def test_stages_one_by_one(agent: Agent) -> None:
+    items = batches(3, 3)[0] + [Incoming("bad", "image", b"xx", b"xx"), Incoming("", "image", b"x", b"x")]
+    prep = agent.ingest.prepare(items)
+    assert len(prep.samples) == 3 and [r[0] for r in prep.rejected] == ["bad", ""]
+    assert agent.state.count() == 0  # nothing stored before stage 3
+    res = agent.ingest.store(agent.ingest.embed(prep))
+    assert res.accepted == 3 and agent.state.count() == 3
+
+
+def test_a_failing_stream_says_what_it_stored(agent: Agent) -> None:
+    good = batches(6, 3)
+
+    def broken() -> Iterator[Sequence[Incoming]]:
+        yield from good
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError) as e:
+        agent.ingest.stream(broken())
+    assert "6 samples of this stream were stored" in " ".join(e.value.__notes__)
+    assert agent.state.count() == 6
+    with pytest.raises(Cancelled):  # the same failure once the client has gone is a cancellation
+        agent.ingest.stream(broken(), active=lambda: False)
+
+
+def test_stream_slots_are_limited(agent: Agent) -> None:
+    entered, release = threading.Event(), threading.Event()
+
+    def slow() -> Iterator[Sequence[Incoming]]:
+        yield batches(2, 2, prefix="a")[0]
+        entered.set()
+        release.wait(10)
+
+    t = threading.Thread(target=agent.ingest.stream, args=(slow(),))
+    t.start()
+    assert entered.wait(10)
+    with pytest.raises(ResourceExhausted) as e:
+        agent.ingest.stream(batches(2, 2, prefix="b"))
+    assert e.value.retry_after_s and "--max-ingest-streams" in str(e.value)
+    release.set()
+    t.join(10)
+    assert agent.ingest.stream(batches(2, 2, prefix="b")).accepted == 2  # the slot came back
+
+
+def test_writing_holds_the_one_write_lock(agent: Agent) -> None:
+    with agent.manager.writing() as serving:
+        assert serving is agent.manager.current
+        done = threading.Event()
+
+        def commit() -> None:
+            agent.ingest.batch(batches(1, 1)[0])
+            done.set()
+
+        t = threading.Thread(target=commit)
+        t.start()
+        assert not done.wait(0.3)  # the commit waits for the lock
+    t.join(10)
+    assert done.is_set() and agent.state.count() == 1

@@ -1,0 +1,171 @@
+"""Every input limit (agent.limits) over a real server: the code, a message that names the limit and the
+`shortlist serve` flag, and state unchanged by what was refused. Decompression bombs and lying tensors
+are refused before anything is decoded or allocated."""
+
+from __future__ import annotations
+
+import struct
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+
+from agent import client
+from agent.config import Limits
+from agent.errors import RETRY_AFTER_KEY
+from shortlist.images import TooManyPixels, image_header
+from shortlist.v1 import agent_pb2
+from tests.agent.conftest import Running, make_images, make_samples, png, start
+
+CODE = grpc.StatusCode
+
+
+def bomb_png(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims width x height 8-bit grey pixels (a decompression bomb's header)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+            + chunk(b"IEND", b""))
+
+
+def rpc_error(fn: Callable[[], Any]) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as e:
+        fn()
+    return e.value
+
+
+def counts(r: Running) -> tuple[int, int]:
+    st = r.stub.GetStatus(agent_pb2.GetStatusRequest())
+    return st.samples, st.labeled
+
+
+@pytest.fixture
+def tight(tmp_path: Path, registry: Path) -> Iterator[Running]:
+    limits = Limits(max_samples_per_request=20, max_image_bytes=4000, max_pixels=200, max_id_chars=10,
+                    max_label_chars=8, max_uri_chars=20, max_metadata_entries=2, max_metadata_chars=6,
+                    max_ids_per_request=3, max_select_budget=50, max_ingest_streams=1)
+    r = start(tmp_path / "data", registry, limits=limits)
+    yield r
+    r.stop()
+
+
+def test_header_check_refuses_bombs_before_decoding() -> None:
+    t0 = time.perf_counter()
+    with pytest.raises(TooManyPixels, match="refused before decoding"):
+        image_header(bomb_png(100_000, 100_000))  # 10 gigapixels: Pillow's own bomb guard fires at open
+    with pytest.raises(TooManyPixels, match="90,000,000 pixels exceeds the limit of 64,000,000"):
+        image_header(bomb_png(9000, 10_000))  # between Pillow's warning and error: our check
+    assert time.perf_counter() - t0 < 5  # header only: decoding 10 gigapixels would take minutes and 10 GB
+    assert image_header(bomb_png(30, 20), max_pixels=600) == (30, 20)
+
+
+def test_per_sample_limits_are_rejections(tight: Running) -> None:
+    img = make_images(1, hw=(10, 10))[0]  # 100 pixels
+    bad = [
+        client.image_sample("a" * 11, png(img)),
+        client.image_sample("lbl", png(img), label="x" * 9),
+        client.image_sample("uri", png(img), uri="u" * 21),
+        client.image_sample("meta", png(img), metadata={"a": "1", "b": "2", "c": "3"}),
+        client.image_sample("mkey", png(img), metadata={"k" * 7: "1"}),
+        client.image_sample("big", np.random.default_rng(0).bytes(4001)),
+        client.image_sample("pixels", png(make_images(1, hw=(20, 20))[0])),
+        client.image_sample("bomb", bomb_png(100_000, 100_000)),
+        client.tensor_sample("tpix", make_images(1, hw=(15, 15))[0]),
+        agent_pb2.Sample(id="lying", tensor=agent_pb2.Tensor(dtype="uint8", shape=[2**40, 2**20, 3], data=b"x")),
+        agent_pb2.Sample(id="short", tensor=agent_pb2.Tensor(dtype="float32", shape=[3, 4, 4], data=bytes(8))),
+        agent_pb2.Sample(id="neg", tensor=agent_pb2.Tensor(dtype="uint8", shape=[-4, -4, 3], data=bytes(48))),
+        client.image_sample("ok", png(img)),
+    ]
+    reply = client.ingest(tight.stub, bad)
+    reasons = {r.id: r.reason for r in reply.rejected}
+    assert reply.accepted == 1 and len(reasons) == 12
+    assert "--max-id-chars" in reasons["a" * 11] and "max_id_chars" in reasons["a" * 11]
+    assert "--max-label-chars" in reasons["lbl"] and "--max-uri-chars" in reasons["uri"]
+    assert "--max-metadata-entries" in reasons["meta"] and "--max-metadata-chars" in reasons["mkey"]
+    assert "4,001 bytes" in reasons["big"] and "--max-image-mb" in reasons["big"]
+    assert "400 pixels exceeds the limit of 200" in reasons["pixels"] and "--max-pixels" in reasons["pixels"]
+    assert "refused before decoding" in reasons["bomb"] and "--max-pixels" in reasons["bomb"]
+    assert "--max-pixels" in reasons["tpix"] and "--max-pixels" in reasons["lying"]
+    assert "needs 192" in reasons["short"] and "positive dims" in reasons["neg"]
+    assert counts(tight) == (1, 0)
+
+
+def test_whole_request_limits_are_statuses(tight: Running) -> None:
+    client.ingest(tight.stub, make_samples(4, labels=2), batch=4)
+    before = counts(tight)
+    err = rpc_error(lambda: client.ingest(tight.stub, make_samples(21, prefix="n"), batch=21))
+    assert err.code() == CODE.RESOURCE_EXHAUSTED and "--max-samples-per-request" in err.details()
+    err = rpc_error(lambda: client.submit_labels(tight.stub, [("s0", "cat")] * 4))
+    assert err.code() == CODE.RESOURCE_EXHAUSTED and "--max-ids-per-request" in err.details()
+    err = rpc_error(lambda: client.submit_labels(tight.stub, [("s0", "cat")], annotator="z" * 9))
+    assert err.code() == CODE.INVALID_ARGUMENT and "annotator" in err.details()
+    reply = client.submit_labels(tight.stub, [("s3", "dog" * 3), ("s" * 11, "cat")])
+    assert reply.accepted == 0 and all("limit" in r.reason for r in reply.rejected)
+    err = rpc_error(lambda: tight.stub.Select(agent_pb2.SelectRequest(budget=51, strategy="random")))
+    assert err.code() == CODE.INVALID_ARGUMENT and "--max-budget" in err.details()
+    err = rpc_error(lambda: tight.stub.Select(agent_pb2.SelectRequest(budget=2147483647, strategy="coreset")))
+    assert err.code() == CODE.INVALID_ARGUMENT
+    err = rpc_error(lambda: tight.stub.Select(agent_pb2.SelectRequest(
+        budget=1, strategy="random", where={"a": "1", "b": "2", "c": "3"})))
+    assert err.code() == CODE.INVALID_ARGUMENT and "--max-metadata-entries" in err.details()
+    err = rpc_error(lambda: tight.stub.Select(agent_pb2.SelectRequest(
+        budget=1, strategy="random", params={"k" * 7: "1"})))
+    assert err.code() == CODE.INVALID_ARGUMENT and "params key" in err.details()
+    err = rpc_error(lambda: tight.stub.Select(agent_pb2.SelectRequest(budget=1, strategy="x" * 1_000_000)))
+    assert err.code() == CODE.INVALID_ARGUMENT and len(err.details()) < 2100  # echoed names are cut
+    err = rpc_error(lambda: list(tight.stub.PriorLabels(agent_pb2.PriorLabelsRequest(
+        method="knn", params={"a": "1", "b": "2", "c": "3"}))))
+    assert err.code() == CODE.INVALID_ARGUMENT and "--max-metadata-entries" in err.details()
+    err = rpc_error(lambda: list(tight.stub.PriorLabels(agent_pb2.PriorLabelsRequest(
+        method="knn", ids=["s2", "s3", "s2", "s3"]))))
+    assert err.code() == CODE.RESOURCE_EXHAUSTED and "--max-ids-per-request" in err.details()
+    assert counts(tight) == before
+    assert len(tight.agent.state.selections()) == 0
+    # The client splits a long label list into requests the agent takes.
+    reply = client.submit_labels(tight.stub, [(f"s{i}", "cat") for i in range(4)], chunk=3)
+    assert reply.accepted == 4 and counts(tight) == (4, 4)
+
+
+def test_concurrent_ingest_streams_beyond_the_limit_are_refused_at_once(tight: Running) -> None:
+    entered, release = threading.Event(), threading.Event()
+
+    def slow() -> Iterator[agent_pb2.IngestRequest]:
+        yield agent_pb2.IngestRequest(samples=make_samples(2, prefix="a"))
+        entered.set()
+        release.wait(20)
+
+    first: list[agent_pb2.IngestReply] = []
+    t = threading.Thread(target=lambda: first.append(tight.stub.Ingest(slow(), timeout=30)))
+    t.start()
+    try:
+        assert entered.wait(10)
+        deadline = time.monotonic() + 20
+        while counts(tight)[0] < 2:  # the first batch is stored: the stream holds the only slot
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        err = rpc_error(lambda: client.ingest(tight.stub, make_samples(2, prefix="b"), timeout=10))
+        assert err.code() == CODE.RESOURCE_EXHAUSTED and "--max-ingest-streams" in err.details()
+        assert int(dict(err.trailing_metadata())[RETRY_AFTER_KEY]) > 0
+    finally:
+        release.set()
+        t.join(30)
+    assert first[0].accepted == 2
+    assert client.ingest(tight.stub, make_samples(2, prefix="b")).accepted == 2
+
+
+def test_list_and_prior_replies_stream(running: Running) -> None:
+    client.ingest(running.stub, make_samples(30, labels=6), batch=8)
+    agent = running.agent
+    assert not isinstance(agent.list_samples(False, True), list)
+    priors = agent.prior_labels("knn", [], {})
+    assert not isinstance(priors, list) and len(list(priors)) == 24
+    assert [r.id for r, _ in agent.state.iter_records(chunk=7)] == [f"s{i}" for i in range(30)]
+    assert [lab for _, lab in agent.state.iter_records(labeled_only=True, chunk=4)] == [0, 1, 2, 0, 1, 2]

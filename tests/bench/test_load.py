@@ -1,0 +1,83 @@
+"""``shortlist bench load`` at tiny scale: the structure of what it prints and writes, never its timings."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from agent.testing import publish_linear
+from bench.load import LoadError, listening_pid, parse_mix, require_loopback
+from shortlist.cli import app
+from tests.agent.conftest import CLASSES, SIZE, start
+
+RPC_NAMES = {"Ingest", "Select", "SubmitLabels", "PriorLabels", "GetStatus"}
+
+
+def test_load_starts_an_agent_builds_a_pool_and_reports(tmp_path: Path) -> None:
+    args = ["bench", "load", "--pool", "200", "--clients", "3", "--seconds", "3", "--data-dir", str(tmp_path / "d"),
+            "--strategies", "random,margin,coreset", "--solo", "random,coreset", "--priors", "knn", "--json"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    res = json.loads((tmp_path / "d" / "results.json").read_text())
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == res
+    assert res["agent"]["started_here"] and res["agent"]["pid"] > 0
+    assert res["agent"]["samples_before"] == 200 and res["agent"]["labeled_before"] >= 50
+    assert res["config"]["clients"] == 3 and res["machine"]["cpus"] >= 1 and len(res["machine"]["loadavg_before"]) == 3
+    load = res["load"]
+    rows = {r["name"]: r for r in load["rpcs"]}
+    assert set(rows) >= RPC_NAMES, rows.keys()  # 3 clients for 3 s call every RPC of the mix
+    assert {"Select random", "Select margin", "Select coreset", "PriorLabels knn"} <= set(rows)
+    assert load["requests"] == sum(rows[n]["requests"] for n in RPC_NAMES) > 0
+    for r in rows.values():
+        assert r["ok"] + sum(r["errors"].values()) == r["requests"]
+        assert 0 <= r["p50_s"] <= r["p99_s"] <= r["max_s"]
+    assert [(s["rpc"], s["name"]) for s in res["solo"]] == [("Select", "random"), ("Select", "coreset"),
+                                                           ("PriorLabels", "knn")]
+    assert set(res["rss"]) == {"start", "before", "after", "drained", "peak"}
+    assert all(v > 0 for v in res["rss"].values())
+    assert res["agent"]["samples_after"] == 200 + 8 * rows["Ingest"]["ok"]  # every accepted batch counted
+    assert {g["goal"] for g in res["goals"]} >= {"no error but RESOURCE_EXHAUSTED", "GetStatus p99 < 1 s"}
+
+    # a second run on the same folder reuses the pool it built
+    again = CliRunner().invoke(app, [*args[:-1], "--seconds", "0.5", "--solo", "none", "--clients", "1"])
+    assert again.exit_code == 0, again.output
+    assert "already there (reused)" in again.output
+
+
+def test_load_against_a_running_agent(tmp_path: Path) -> None:
+    publish_linear(tmp_path / "models", size=SIZE, dim=16, classes=CLASSES)
+    r = start(tmp_path / "data", tmp_path / "models")
+    try:
+        args = ["bench", "load", "--agent", r.address, "--pool", "30", "--clients", "2", "--seconds", "1",
+                "--strategies", "random", "--solo", "none", "--out", str(tmp_path / "out")]
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 0, result.output
+        res = json.loads((tmp_path / "out" / "results.json").read_text())
+        assert not res["agent"]["started_here"] and res["agent"]["samples_before"] == 30
+        assert res["rss"]["before"] > 0  # found this process from its listening port
+    finally:
+        r.stop()
+
+
+@pytest.mark.parametrize("address", ["10.1.2.3:50051", "8.8.8.8:1", "[2001:db8::1]:50051"])
+def test_load_refuses_non_loopback_targets(address: str) -> None:
+    with pytest.raises(LoadError, match="not a loopback"):
+        require_loopback(address)
+    result = CliRunner().invoke(app, ["bench", "load", "--agent", address, "--seconds", "1"])
+    assert result.exit_code == 2 and "not a loopback" in " ".join(result.output.split())
+
+
+def test_load_arguments() -> None:
+    assert require_loopback("127.0.0.1:5") == ("127.0.0.1", 5) and require_loopback("[::1]:7") == ("::1", 7)
+    with pytest.raises(LoadError, match="HOST:PORT"):
+        require_loopback("localhost")
+    assert parse_mix("status=1,select=0.5") == {"GetStatus": 1.0, "Select": 0.5}
+    for bad in ("nope=1", "status", "status=x", "status=-1", "status=0"):
+        with pytest.raises(LoadError):
+            parse_mix(bad)
+    assert listening_pid(1) == 0  # nothing listens on port 1
+    result = CliRunner().invoke(app, ["bench", "load", "--seconds", "1"])
+    assert result.exit_code == 2 and "--pool" in result.output
