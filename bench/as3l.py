@@ -364,6 +364,15 @@ def run_benchmark(data: Path, profile: Profile, out: Path, encoder: Path | None 
     init = torch_run_of(provenance, version_dir)
     saved = json.loads((init / "config.json").read_text()) if (init / "config.json").is_file() else {}
     base_pre = str(saved.get("preprocess", "cifar10")).partition("@")[0]
+    manifest = read_complete(version_dir, verify_hashes=False)
+    assert manifest is not None, f"{version_dir} is not a complete model version"
+    side = profile.size or int(manifest.preprocess.size[0])
+    cells = out / "cells"
+    # Before any work: a rerun with other settings is refused at once.
+    check_settings(cells, {"data": str(data), "pool_size": len(pool_idx), "test_size": len(test_idx), "size": side,
+                           "steps": {str(b): profile.steps_at(b) for b in profile.budgets},
+                           "prior_iters": profile.prior_iters, "batch_size": profile.batch_size, "mu": profile.mu,
+                           "lr": profile.lr, "model_version": version, "encoder": str(init)})
 
     t = time.perf_counter()
     pool_ids = [train.ids[i] for i in pool_idx]
@@ -371,7 +380,6 @@ def run_benchmark(data: Path, profile: Profile, out: Path, encoder: Path | None 
     pool_emb, test_emb = cifar10.embed_images(version_dir, pool_images), cifar10.embed_images(version_dir, test_images)
     walls["embed"] = time.perf_counter() - t
     truth = {i: int(train.labels[r]) for i, r in zip(pool_ids, pool_idx, strict=True)}
-    side = profile.size or int(pool_images.shape[1])
     pool_arr = _at_size(data, "train", train, pool_idx, side, train.classes)
     test_arr = test_set if test_set.images.shape[1:3] == (side, side) else _at_size(
         data, "test", load_array(data, "test", size=(side, side), classes=train.classes), test_idx, side,
@@ -388,11 +396,6 @@ def run_benchmark(data: Path, profile: Profile, out: Path, encoder: Path | None 
               steps={str(b): profile.steps_at(b) for b in profile.budgets}, prior_iters=profile.prior_iters,
               batch_size=profile.batch_size, mu=profile.mu, model_version=version, encoder=provenance,
               git_commit=cifar10._git_commit())
-    cells = out / "cells"
-    check_settings(cells, {"data": str(data), "pool_size": run.pool_size, "test_size": run.test_size,
-                           "size": side, "steps": run.steps, "prior_iters": profile.prior_iters,
-                           "batch_size": profile.batch_size, "mu": profile.mu, "lr": profile.lr,
-                           "model_version": version, "encoder": str(init)})
     strategies = [s for s in LABEL_STRATEGIES if any(a.strategy == s for a in chosen)]
     # Seeds outermost: an interrupted run has every arm at the first seeds.
     for seed in range(profile.seeds):

@@ -32,20 +32,23 @@ def tiny_data(tmp_path: Path) -> Path:
     return tmp_path / "data"
 
 
+# About 25 CPU seconds (three agent processes, ten 4-step trainings); the wider limit is for a machine that
+# lends this test a fraction of a core (measured: 23 s of CPU in 400 s of wall time at load 20 on 2 cores).
+@pytest.mark.timeout(900)
 def test_smoke_profile_end_to_end_and_resumes(tiny_data: Path, tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "out"
-    args = ["bench", "as3l", "--data", str(tiny_data), "--profile", "smoke", "--budgets", "3,6", "--out", str(out)]
+    args = ["bench", "as3l", "--data", str(tiny_data), "--profile", "smoke", "--budgets", "3", "--out", str(out)]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     run = json.loads((out / "results.json").read_text())
     assert run["complete"] and run["profile"] == "smoke" and run["pool_size"] == 30 and run["test_size"] == 12
-    assert run["budgets"] == [3, 6] and run["size"] == [8, 8] and run["encoder"]["kind"] == "pretrained here"
-    assert {(r["strategy"], r["budget"]) for r in run["labels"]} == {(s, b) for s in ("random", "as3l") for b in (3, 6)}
+    assert run["budgets"] == [3] and run["size"] == [8, 8] and run["encoder"]["kind"] == "pretrained here"
+    assert {(r["strategy"], r["budget"]) for r in run["labels"]} == {("random", 3), ("as3l", 3)}
     for r in run["labels"]:
         assert 1 <= r["coverage"] <= 3 and 0 <= r["prior_accuracy"] <= 1 and 0 <= r["ece"] <= 1
         assert 0 <= r["linear_accuracy"] <= 1 and 1 / 3 - 1e-6 <= r["mean_confidence"] <= 1
-    assert {(r["arm"], r["budget"]) for r in run["results"]} == {(a.name, b) for a in ARMS for b in (3, 6)}
+    assert {r["arm"] for r in run["results"]} == {a.name for a in ARMS}
     for r in run["results"]:
         # Equal steps for every arm; test accuracy at evenly spaced points and at the end.
         assert r["steps"] == 4 and [s for s, _ in r["eval"]] == [2, 4]
@@ -58,7 +61,7 @@ def test_smoke_profile_end_to_end_and_resumes(tiny_data: Path, tmp_path: Path,
     assert "| as3l+prior+update |" in md and "Table 3" in md  # beside the paper's tables
     assert (out / "accuracy_vs_steps.png").stat().st_size > 1000
 
-    # Rerun: every finished cell is read back, nothing trains again; a removed cell alone is redone.
+    # Rerun: every finished cell is read back, nothing else trains; a removed cell alone is redone.
     import training.finetune as ft
 
     calls: list[str] = []
@@ -69,13 +72,13 @@ def test_smoke_profile_end_to_end_and_resumes(tiny_data: Path, tmp_path: Path,
         return real(cfg, *a, **k)  # type: ignore[arg-type]
 
     monkeypatch.setattr(ft, "finetune", counting)
+    (out / "cells" / "arms" / "as3l+prior+remove-3-seed0" / "cell.json").unlink()
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 0, again.output
-    assert calls == [] and json.loads((out / "results.json").read_text())["results"] == run["results"]
-    (out / "cells" / "arms" / "as3l+prior+remove-6-seed0" / "cell.json").unlink()
-    third = CliRunner().invoke(app, args)
-    assert third.exit_code == 0, third.output
-    assert len(calls) == 1 and "as3l+prior+remove-6-seed0" in calls[0]
+    assert len(calls) == 1 and "as3l+prior+remove-3-seed0" in calls[0]
+    rerun = json.loads((out / "results.json").read_text())["results"]
+    assert [r for r in rerun if r["arm"] != "as3l+prior+remove"] == [
+        r for r in run["results"] if r["arm"] != "as3l+prior+remove"]
     # Other settings into the same folder: refused, naming what differs; nothing trains.
     other = CliRunner().invoke(app, [*args, "--steps", "5"])
     assert other.exit_code != 0 and "steps at 3 labels 4 there, 5 now" in other.output and len(calls) == 1
