@@ -16,8 +16,10 @@ from typing import Any
 import grpc
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from typer.core import TyperCommand
 
 from agent import client
 from agent.limits import MIB, Limits
@@ -56,13 +58,40 @@ def _rpc(fn: Any) -> Any:
         detail = e.details()
         if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in (detail or ""):
             # gRPC's own message-size check (the agent's limits say in their message what to do)
-            detail = (f"{detail} (send fewer samples per message: lower --batch; the agent's limit is "
-                      "`shortlist serve --max-message-mb`)")
-        console.print(f"[red]{code.name}[/red]: {detail}")
+            detail = (f"{detail} (send smaller requests: lower --batch-mb below the agent's limit, or start "
+                      "the agent with a larger `shortlist serve --max-message-mb`)")
+        console.print(f"[red]{code.name}[/red]: {escape(detail or '')}", highlight=False)
         raise typer.Exit(1) from None
     except client.AgentUnavailable as e:
-        console.print(f"[red]UNAVAILABLE[/red]: {e}")
+        console.print(f"[red]UNAVAILABLE[/red]: {escape(str(e))}", highlight=False)
         raise typer.Exit(1) from None
+
+
+class _RegistryHelp(TyperCommand):
+    """A command whose ``--help`` lists the names of a registry next to the option that takes them. The
+    registry is imported only when help is shown (importing the strategies pulls scikit-learn: seconds)."""
+
+    option = ""
+    registry = ""  # "module:NAME"
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        import importlib
+
+        module, name = self.registry.split(":")
+        names = ", ".join(sorted(getattr(importlib.import_module(module), name)))
+        for param in self.params:
+            if param.name == self.option and hasattr(param, "help"):
+                base = (param.help or "").split(", one of:")[0]
+                param.help = f"{base}, one of: {names} (see docs/strategies.md)"
+        super().format_help(ctx, formatter)
+
+
+class _StrategyHelp(_RegistryHelp):
+    option, registry = "strategy", "agent.strategies:STRATEGIES"
+
+
+class _PriorHelp(_RegistryHelp):
+    option, registry = "method", "agent.priors:PRIOR_METHODS"
 
 
 def _status_dict(s: agent_pb2.Status) -> dict[str, Any]:
@@ -128,6 +157,8 @@ def serve(data_dir: Path = typer.Option(..., "--data-dir", help="agent state fol
     provider = agent.manager.current.embedder.provider if agent.manager.current else "none"
     console.print(f"agent on {host}:{bound}: {st.samples} samples, model {st.model_version or '(none yet)'} "
                   f"({provider}), registry {models}")
+    if agent.registry_warning():
+        console.print(f"[yellow]warning[/yellow]: {escape(agent.registry_warning())}", highlight=False)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -136,11 +167,12 @@ def serve(data_dir: Path = typer.Option(..., "--data-dir", help="agent state fol
     stop_server(server, agent)
 
 
-def _source_samples(source: str, split: str, limit: int | None, with_labels: bool,
-                    metadata: dict[str, str]) -> Iterator[agent_pb2.Sample]:
+def _source_samples(source: Any, limit: int | None, with_labels: bool, metadata: dict[str, str],
+                    id_prefix: str, counter: list[int]) -> Iterator[agent_pb2.Sample]:
     from shortlist.datasets import iter_images
 
-    for item in iter_images(source, split=split, limit=limit):
+    for item in iter_images(source, limit=limit, id_prefix=id_prefix):
+        counter[0] += 1
         label = item.label or "" if with_labels else ""
         if item.encoded is not None:
             yield client.image_sample(item.id, item.encoded, label=label, uri=item.uri, metadata=metadata)
@@ -148,35 +180,86 @@ def _source_samples(source: str, split: str, limit: int | None, with_labels: boo
             yield client.tensor_sample(item.id, item.pixels, label=label, uri=item.uri, metadata=metadata)
 
 
-def ingest(source: str = typer.Argument(..., help="folder of images, ImageFolder tree, tar, CIFAR folder"),
+def _ingest_out(reply: agent_pb2.IngestReply) -> dict[str, Any]:
+    return {"accepted": reply.accepted, "duplicates": reply.duplicates,
+            "rejected": [{"id": r.id, "reason": r.reason} for r in reply.rejected],
+            "same_payload": reply.same_payload,
+            "same_payload_examples": [{"id": x.id, "other_id": x.other_id} for x in reply.same_payload_examples]}
+
+
+def _print_ingest(reply: agent_pb2.IngestReply) -> None:
+    console.print(f"accepted {reply.accepted}, duplicates {reply.duplicates}, rejected {len(reply.rejected)}")
+    for r in reply.rejected[:10]:
+        console.print(f"  {r.id}: {r.reason}", markup=False, highlight=False)
+    if len(reply.rejected) > 10:
+        console.print(f"  ... and {len(reply.rejected) - 10} more (--json lists all)")
+    if reply.same_payload:
+        shown = ", ".join(f"{x.id} = {x.other_id}" for x in reply.same_payload_examples[:3])
+        console.print(f"[yellow]same image under another id[/yellow]: {reply.same_payload} accepted samples have the "
+                      f"exact bytes of a sample already stored under another id (e.g. {escape(shown)}); both are "
+                      "kept", highlight=False)
+    if any("already in the pool with a different payload" in r.reason for r in reply.rejected):
+        console.print("hint: another source already used these ids (ids are paths inside the source); give each "
+                      "source its own --id-prefix, e.g. --id-prefix site2/")
+
+
+def ingest(source: str = typer.Argument(..., help="an image file, a folder of images, an ImageFolder tree, a "
+                                        "tar of one, torchvision's CIFAR folder, or a folder of train/test splits"),
            agent: str = AgentOpt,
            with_labels: bool = typer.Option(False, "--with-labels", help="class folders become labels"),
-           split: str = typer.Option("train", "--split"),
-           batch: int = typer.Option(256, "--batch", min=1),
+           split: str = typer.Option("train", "--split", help="which split of a source that has splits"),
+           batch: int = typer.Option(256, "--batch", min=1, help="most samples per request (one transaction)"),
+           batch_mb: float | None = typer.Option(None, "--batch-mb", min=0.01, show_default=False,
+                                                 help=f"most MiB per request [default: {client.REQUEST_BYTES >> 20}]; "
+                                                 "keep it under the agent's --max-message-mb"),
            limit: int | None = typer.Option(None, "--limit", min=1),
+           id_prefix: str = typer.Option("", "--id-prefix", help="put in front of every sample id (ids are the "
+                                         "paths inside the source: give two sources that share file names "
+                                         "different prefixes, e.g. site2/)"),
            meta: list[str] = typer.Option([], "--meta", help="metadata k=v on every sample (repeatable; "
                                           "select --where k=v filters on it)"),
            as_json: bool = JsonOpt) -> None:
-    """Stream a source's images into the agent (acknowledged once durable)."""
+    """Stream a source's images into the agent (acknowledged once durable). Sample ids are the paths
+    inside the source (``cat/0001.jpg``; CIFAR pickles: ``data_batch_1/00000``), after --id-prefix."""
+    from shortlist.datasets import IMAGE_EXTENSIONS, resolve_source
+
     metadata = _pairs(meta, "--meta")
+    try:  # before the stream: a missing source or split is a clear error, not a broken stream
+        resolved = resolve_source(source, split)
+    except (FileNotFoundError, NotADirectoryError, PermissionError) as e:
+        console.print(f"[red]cannot read {escape(source)}[/red]: {escape(str(e))}", highlight=False)
+        raise typer.Exit(2) from None
     stub = _rpc(lambda: client.connect(agent))
-    with _progress() as progress:
-        task = progress.add_task("ingest", total=limit)
-        reply = _rpc(lambda: client.ingest(stub, _source_samples(source, split, limit, with_labels, metadata), batch,
-                                           on_batch=lambda n: progress.advance(task, n)))
-    out = {"accepted": reply.accepted, "duplicates": reply.duplicates,
-           "rejected": [{"id": r.id, "reason": r.reason} for r in reply.rejected]}
+    counter = [0]
+    samples = _source_samples(resolved, limit, with_labels, metadata, id_prefix, counter)
+    try:
+        with _progress() as progress:
+            task = progress.add_task("ingest", total=limit)
+            reply = _rpc(lambda: client.ingest(stub, samples, batch, on_batch=lambda n: progress.advance(task, n),
+                                               max_bytes=None if batch_mb is None else int(batch_mb * 2**20)))
+    except client.IngestInterrupted as e:
+        if as_json:
+            print(json.dumps({**_ingest_out(e.reply), "error": str(e)}))
+        else:
+            _print_ingest(e.reply)
+        console.print(f"[red]stopped reading {escape(source)}[/red] after {e.sent} samples: {escape(str(e))}; the "
+                      "samples acknowledged "
+                      "above are stored; fix the source and run the same command again (resent samples count as "
+                      "duplicates)", highlight=False)
+        raise typer.Exit(1) from None
+    if counter[0] == 0:
+        console.print(f"[red]no images found in {resolved.path}[/red] (split '{resolved.split}'); image files end "
+                      f"in {', '.join(IMAGE_EXTENSIONS)}", highlight=False)
+        raise typer.Exit(2)
     if as_json:
-        print(json.dumps(out))
+        print(json.dumps(_ingest_out(reply)))
         return
-    console.print(f"accepted {reply.accepted}, duplicates {reply.duplicates}, rejected {len(reply.rejected)}")
-    for r in reply.rejected[:10]:
-        console.print(f"  {r.id}: {r.reason}")
+    _print_ingest(reply)
 
 
 def select(agent: str = AgentOpt,
            budget: int = typer.Option(..., "--budget"),
-           strategy: str = typer.Option("random", "--strategy"),
+           strategy: str = typer.Option("random", "--strategy", help="selection strategy"),
            param: list[str] = typer.Option([], "--param", help="strategy parameter k=v (repeatable)"),
            where: list[str] = typer.Option([], "--where", help="metadata filter k=v (repeatable)"),
            seed: int = typer.Option(0, "--seed", min=0),
@@ -191,40 +274,95 @@ def select(agent: str = AgentOpt,
                           "strategy": reply.strategy, "details": dict(reply.details),
                           "selected": [{"id": s.id, "score": s.score} for s in reply.selected]}))
         return
-    table = Table(title=f"{reply.strategy} @ {reply.model_version or 'no model'}",
-                  caption=f"selection {reply.selection_id}")
+    table = Table(title=f"{reply.strategy} @ {reply.model_version or 'no model'}")
     table.add_column("id")
     table.add_column("score", justify="right")
     for s in reply.selected:
         table.add_row(s.id, f"{s.score:.4g}")
     console = Console()
     console.print(table)
+    # Its own line, never wrapped (a caption wraps at the table's width): it is meant to be copied.
+    console.print(f"selection {reply.selection_id}", soft_wrap=True, highlight=False)
     for key, value in sorted(reply.details.items()):
         console.print(f"{key}: {value}", style="yellow" if key == "warning" else None)
 
 
-def label(file: Path = typer.Argument(..., exists=True, dir_okay=False, help="CSV with columns id,label"),
+class LabelFileError(ValueError):
+    """A labels CSV that cannot be used as a whole (nothing is sent): the message lists its problems."""
+
+
+def read_labels_csv(path: Path) -> list[tuple[int, str, str]]:
+    """(line number, id, label) of every row of a labels CSV.
+
+    Columns ``id,label``; the first row is a header when its cells include ``id`` and ``label`` (any
+    case; then other columns are ignored and the two may be in any order), else it is data. UTF-8 with
+    or without a byte order mark (Excel's "CSV UTF-8"); comma-separated, or semicolon / tab when the
+    first row has no comma. Blank lines are skipped; cells are stripped. Raises LabelFileError naming
+    the lines of rows without an id or a label, and when no row is left.
+    """
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise LabelFileError(f"{path} is not UTF-8 text ({e}); save it as CSV UTF-8") from None
+    lines = text.splitlines()
+    first = next((ln for ln in lines if ln.strip()), "")
+    delimiter = "," if "," in first or not ({";", "\t"} & set(first)) else (";" if ";" in first else "\t")
+    reader = csv.reader(lines, delimiter=delimiter)
+    rows = [(reader.line_num, [c.strip() for c in cells]) for cells in reader if any(c.strip() for c in cells)]
+    id_col, label_col = 0, 1
+    if rows:
+        head = [c.lower() for c in rows[0][1]]
+        if "id" in head and "label" in head:
+            id_col, label_col = head.index("id"), head.index("label")
+            rows = rows[1:]
+    out: list[tuple[int, str, str]] = []
+    problems: list[str] = []
+    for n, cells in rows:
+        sid = cells[id_col] if len(cells) > id_col else ""
+        lab = cells[label_col] if len(cells) > label_col else ""
+        if not sid or not lab:
+            problems.append(f"line {n}: {'no id' if not sid else 'no label'} in {delimiter.join(cells)!r}")
+        else:
+            out.append((n, sid, lab))
+    if problems:
+        more = f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""
+        raise LabelFileError(f"{path}: rows need an id and a label (columns id,label); nothing was sent:\n  "
+                             + "\n  ".join(problems[:10]) + more)
+    if not out:
+        raise LabelFileError(f"{path} has no labels: it needs rows 'id,label' (a header line 'id,label' is "
+                             "optional)")
+    return out
+
+
+def label(file: Path = typer.Argument(..., exists=True, dir_okay=False, help="CSV with columns id,label (header "
+                                      "line optional; UTF-8, with or without BOM)"),
           agent: str = AgentOpt,
           annotator: str = typer.Option(os.environ.get("USER", "cli"), "--annotator"),
           as_json: bool = JsonOpt) -> None:
-    """Submit labels from a CSV file (header id,label)."""
-    with open(file, newline="") as f:
-        rows = list(csv.DictReader(f))
-    if rows and not {"id", "label"} <= set(rows[0]):
-        raise typer.BadParameter(f"{file} needs a header with columns id,label (has {list(rows[0])})")
+    """Submit labels from a CSV file: rows id,label, with or without a header line id,label."""
+    try:
+        rows = read_labels_csv(file)
+    except (LabelFileError, OSError) as e:
+        console.print(f"[red]cannot use {escape(str(file))}[/red]: {escape(str(e))}", highlight=False)
+        raise typer.Exit(2) from None
     stub = _rpc(lambda: client.connect(agent))
-    reply = _rpc(lambda: client.submit_labels(stub, [(r["id"], r["label"]) for r in rows], annotator))
+    reply = _rpc(lambda: client.submit_labels(stub, [(sid, lab) for _, sid, lab in rows], annotator))
+    line_of: dict[str, int] = {}
+    for n, sid, _ in rows:
+        line_of.setdefault(sid, n)
+    rejected = [{"line": line_of.get(r.id, 0), "id": r.id, "reason": r.reason} for r in reply.rejected]
     if as_json:
-        print(json.dumps({"accepted": reply.accepted,
-                          "rejected": [{"id": r.id, "reason": r.reason} for r in reply.rejected]}))
+        print(json.dumps({"accepted": reply.accepted, "rejected": rejected}))
         return
     console.print(f"accepted {reply.accepted}, rejected {len(reply.rejected)}")
-    for r in reply.rejected[:10]:
-        console.print(f"  {r.id}: {r.reason}")
+    for r in rejected[:10]:
+        console.print(f"  line {r['line']}: {r['id']}: {r['reason']}", markup=False, highlight=False)
+    if len(rejected) > 10:
+        console.print(f"  ... and {len(rejected) - 10} more (--json lists all)")
 
 
 def prior(agent: str = AgentOpt,
-          method: str = typer.Option("knn", "--method"),
+          method: str = typer.Option("knn", "--method", help="prior method"),
           ids: list[str] = typer.Option([], "--id", help="sample id (repeatable; default: every unlabelled)"),
           param: list[str] = typer.Option([], "--param", help="method parameter k=v (repeatable)"),
           as_json: bool = JsonOpt) -> None:
@@ -292,8 +430,8 @@ def bench_agent(models: Path | None = typer.Option(None, "--models", help="regis
 def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     app.command("serve")(serve)
     app.command("ingest")(ingest)
-    app.command("select")(select)
+    app.command("select", cls=_StrategyHelp)(select)
     app.command("label")(label)
-    app.command("prior")(prior)
+    app.command("prior", cls=_PriorHelp)(prior)
     app.command("status")(status)
     bench_app.command("agent")(bench_agent)

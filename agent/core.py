@@ -27,7 +27,7 @@ from agent.errors import FailedPrecondition, InvalidArgument, NotFound
 from agent.ingest import IngestPipeline, unknown_label_reason
 from agent.limits import check_count, check_text, limit_hint, metadata_problem, text_problem
 from agent.models import ModelManager, Serving
-from agent.pool import Pool
+from agent.pool import Pool, state_rng
 from agent.priors import PRIOR_METHODS, get_prior_method
 from agent.state import SampleRecord, State
 from agent.strategies import MODEL_FREE, STRATEGIES, get_strategy
@@ -174,6 +174,11 @@ class Agent:
                     candidates=candidates.astype(np.int64), knn=knn)
         return pool, seqs
 
+    def labelled_ids(self) -> list[str]:
+        """Ids of every labelled sample (the selection state that, with the seed, seeds a request's rng)."""
+        labels = self.state.labels_by_seq()
+        return [self.state.record(int(q)).id for q in np.flatnonzero(labels >= 0)]
+
     # ---- Select ----------------------------------------------------------------------------------
     def select(self, budget: int, strategy: str, params: Mapping[str, str], seed: int,
                where: Mapping[str, str]) -> SelectResult:
@@ -200,7 +205,8 @@ class Agent:
         if len(pool.candidates) == 0:
             chosen: list[tuple[str, float]] = []
         else:
-            sel = fn(pool, budget, np.random.default_rng(seed), dict(params))
+            # Seeded by the seed and the labelled set: a loop that keeps its seed still draws afresh each round.
+            sel = fn(pool, budget, state_rng(seed, self.labelled_ids()), dict(params))
             rows = np.asarray(sel.rows, np.int64)
             scores = np.asarray(sel.scores, np.float64)
             if (len(rows) > budget or len(np.unique(rows)) != len(rows) or len(scores) != len(rows)
@@ -247,7 +253,7 @@ class Agent:
                                      "before asking for prior labels")
         if len(rows) == 0:
             return iter(())
-        pri = fn(pool, rows, np.random.default_rng(0), dict(params))
+        pri = fn(pool, rows, state_rng(0, self.labelled_ids()), dict(params))
         return self._iter_priors(rows, seqs, np.asarray(pri.probs), np.asarray(pri.confidence), pool.classes,
                                  serving.version)
 
@@ -269,7 +275,17 @@ class Agent:
             strategies=sorted(STRATEGIES), prior_methods=sorted(PRIOR_METHODS), classes=list(self.state.classes),
             pending_model_version=self.manager.pending_version,
             pending_embedded=0 if pending is None else pending.n,
-            warnings=[w for w in [self.manager.warning, *self.manager.failed.values()] if w])
+            warnings=[w for w in [self.registry_warning(), self.manager.warning, *self.manager.failed.values()] if w])
+
+    def registry_warning(self) -> str:
+        """Why the registry folder cannot hold models now ("" when it is a folder). The agent still starts
+        and serves the first version published there: a folder made later is picked up by the poll."""
+        if self.models.is_dir():
+            return ""
+        what = "is not a folder" if self.models.exists() else "does not exist"
+        return (f"model registry {self.models} {what}: the agent stores ingested samples and answers model-free "
+                f"strategies ({', '.join(sorted(MODEL_FREE))}) until a version is published there "
+                f"(`shortlist export` writes {self.models}/vNNNN/); check --models if you expected a model")
 
     def list_samples(self, labeled_only: bool, include_payload: bool) -> Iterator[tuple[SampleRecord, str, bytes]]:
         """(record, current label or "", payload blob or b"") for every sample, in ingest order."""

@@ -79,16 +79,30 @@ class Embedded:
     early: EmbedOutput | None
 
 
+SAME_PAYLOAD_EXAMPLES = 10  # (id, other id) pairs an IngestReply names besides the count
+
+
 @dataclass
 class IngestResult:
     accepted: int = 0
     duplicates: int = 0
     rejected: list[tuple[str, str]] = field(default_factory=list)
+    # Accepted samples whose payload another id already holds, and the first few (id, other id).
+    same_payload: int = 0
+    same_payload_examples: list[tuple[str, str]] = field(default_factory=list)
 
     def add(self, other: IngestResult) -> None:
         self.accepted += other.accepted
         self.duplicates += other.duplicates
         self.rejected.extend(other.rejected)
+        self.same_payload += other.same_payload
+        room = SAME_PAYLOAD_EXAMPLES - len(self.same_payload_examples)
+        self.same_payload_examples.extend(other.same_payload_examples[:max(room, 0)])
+
+    def note_same_payload(self, sample_id: str, other_id: str) -> None:
+        self.same_payload += 1
+        if len(self.same_payload_examples) < SAME_PAYLOAD_EXAMPLES:
+            self.same_payload_examples.append((sample_id, other_id))
 
 
 def unknown_label_reason(classes: Sequence[str], label: str) -> str:
@@ -200,6 +214,7 @@ class IngestPipeline:
             new: list[NewSample] = []
             took: list[int] = []  # positions in ``fresh`` of the samples in ``new``
             pos = {i: j for j, i in enumerate(fresh)}
+            first_with: dict[str, str] = {}  # payload -> the first new id of this batch holding it
             for i, (s, digest) in enumerate(zip(prep.samples, prep.digests, strict=True)):
                 rec = self.state.lookup(s.id)
                 if rec is not None:
@@ -215,6 +230,11 @@ class IngestPipeline:
                     label = idx
                 new.append(NewSample(s.id, s.uri, dict(s.metadata), s.kind, digest, label))
                 took.append(pos[i])
+                same = self.state.lookup_payload(digest)
+                other = same.id if same is not None else first_with.get(digest)
+                if other is not None:
+                    res.note_same_payload(s.id, other)
+                first_with.setdefault(digest, s.id)
             if not new:
                 return res
             if serving is None:

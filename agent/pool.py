@@ -7,7 +7,8 @@ which are plain functions of a ``Pool``). No torch here: the agent runs with onn
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import hashlib
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -76,6 +77,22 @@ class Priors:
 Strategy = Callable[[Pool, int, np.random.Generator, Mapping[str, str]], Selection]
 # A prior method: (pool, rows R int64 to label, seeded rng, params) -> Priors.
 PriorMethod = Callable[[Pool, np.ndarray, np.random.Generator, Mapping[str, str]], Priors]
+
+
+def state_rng(seed: int, labelled_ids: Iterable[str]) -> np.random.Generator:
+    """The generator a Select (or PriorLabels) request gets: seeded by the request's ``seed`` AND the
+    selection state, the set of labelled sample ids (order does not matter).
+
+    Seeding with ``seed`` alone made a loop that keeps one seed while its labels grow draw the same
+    positions every round from a slightly shorter candidate array, so on a pool stored in class order
+    cumulative random picks never left the first round's classes (issue 15). Here the sorted ids are
+    hashed (SHA-256) and the digest joins the seed as entropy of a numpy ``SeedSequence`` (numpy's
+    recommended way to derive independent streams from several integers): the same seed and labelled
+    set give the same generator, so a request is reproducible, and any new label gives an unrelated
+    stream. ``bench strategies`` derives its rounds' generators the same way (ids = pool row numbers).
+    """
+    digest = hashlib.sha256("\n".join(sorted(labelled_ids)).encode()).digest()
+    return np.random.default_rng(np.random.SeedSequence([int(seed) % 2**64, int.from_bytes(digest[:16], "little")]))
 
 
 def param_int(params: Mapping[str, str], name: str, default: int, minimum: int | None = None) -> int:

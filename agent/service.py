@@ -61,7 +61,9 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
         total = self.agent.ingest.stream(batches, active=context.is_active)
         return agent_pb2.IngestReply(
             accepted=total.accepted, duplicates=total.duplicates,
-            rejected=[agent_pb2.Rejection(id=i, reason=r) for i, r in total.rejected])
+            rejected=[agent_pb2.Rejection(id=i, reason=r) for i, r in total.rejected],
+            same_payload=total.same_payload,
+            same_payload_examples=[agent_pb2.SamePayload(id=i, other_id=o) for i, o in total.same_payload_examples])
 
     def Select(self, request: agent_pb2.SelectRequest, context: grpc.ServicerContext) -> agent_pb2.SelectReply:
         res = self.agent.select(request.budget, request.strategy, dict(request.params), request.seed,

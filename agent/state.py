@@ -119,6 +119,7 @@ class State:
         self._db.executescript(SCHEMA)
         self._records: list[SampleRecord | None] = [None]  # index = seq (seqs start at 1)
         self._seq_by_id: dict[str, int] = {}
+        self._seq_by_sha: dict[str, int] = {}  # the first sample stored with each payload
         self._label = np.full(1024, -1, np.int64)  # current class index by seq, -1 = unlabelled
         self._labeled_count = 0
         for seq, sid, uri, meta, kind, digest in self._db.execute(
@@ -138,6 +139,7 @@ class State:
             self._records.append(None)
         self._records.append(rec)
         self._seq_by_id[rec.id] = rec.seq
+        self._seq_by_sha.setdefault(rec.sha256, rec.seq)
         if rec.seq >= len(self._label):
             grown = np.full(max(2 * len(self._label), rec.seq + 1), -1, np.int64)
             grown[: len(self._label)] = self._label
@@ -210,6 +212,12 @@ class State:
         return State._Tx(self._db)
 
     # ---- samples ---------------------------------------------------------------------------------
+    def lookup_payload(self, sha256: str) -> SampleRecord | None:
+        """The first sample stored with payload ``sha256``, if any."""
+        with self._lock:
+            seq = self._seq_by_sha.get(sha256)
+            return None if seq is None else self._records[seq]
+
     def lookup(self, sample_id: str) -> SampleRecord | None:
         with self._lock:
             seq = self._seq_by_id.get(sample_id)

@@ -77,6 +77,7 @@ class LoadConfig:
     dim: int = 128  # embedding size of the model built here
     clients: int = 16
     seconds: float = 60.0
+    warmup: float = 10.0  # seconds of the same load before the measured one (not counted; RSS "before" after it)
     max_requests: int = 200_000
     timeout: float = 30.0  # deadline of every call
     mix: dict[str, float] = field(default_factory=lambda: parse_mix(DEFAULT_MIX))
@@ -385,6 +386,8 @@ class World:
     lock: threading.Lock = field(default_factory=threading.Lock)
     calls: list[Call] = field(default_factory=list)
     started: int = 0
+    accepted: int = 0  # samples the agent accepted from this world's Ingest calls
+    salt: int = 1  # seeds the clients' choices (the warm-up's differ from the load's)
 
     def claim(self) -> bool:
         """One more call allowed (the --max-requests bound)?"""
@@ -400,11 +403,14 @@ class World:
             self.calls.append(call)
 
 
-def timed(fn: Callable[[], object]) -> tuple[str, float]:
+def timed(fn: Callable[[], object], sink: list[object] | None = None) -> tuple[str, float]:
+    """(status code name, seconds) of one call; its reply is appended to ``sink`` when given."""
     t0 = time.perf_counter()
     try:
-        fn()
+        reply = fn()
         code = "OK"
+        if sink is not None:
+            sink.append(reply)
     except grpc.RpcError as e:
         code = e.code().name if isinstance(e, grpc.Call) else "UNKNOWN"
     except Exception as e:  # the client's own failure: recorded, never fatal to the run
@@ -419,7 +425,7 @@ def drain(call: Callable[..., Iterator[Any]], request: object, timeout: float) -
 
 def client_loop(world: World, k: int) -> None:
     cfg = world.cfg
-    rng = np.random.default_rng([cfg.seed, k, 1])
+    rng = np.random.default_rng([cfg.seed, k, world.salt])
     ch = client.channel(cfg.agent)
     stub = agent_pb2_grpc.AgentStub(ch)
     names = [r for r in RPCS if cfg.mix.get(r, 0) > 0]
@@ -460,10 +466,30 @@ def client_loop(world: World, k: int) -> None:
                 fn = partial(drain, stub.PriorLabels, pri, cfg.timeout)
             else:
                 fn = partial(stub.GetStatus, agent_pb2.GetStatusRequest(), timeout=cfg.timeout)
-            code, seconds = timed(fn)
+            replies: list[object] = []
+            code, seconds = timed(fn, replies)
             world.record(Call(rpc, variant, code, seconds))
+            for reply in replies:
+                if isinstance(reply, agent_pb2.IngestReply):
+                    with world.lock:
+                        world.accepted += reply.accepted
     finally:
         ch.close()
+
+
+def drive(world: World, seconds: float) -> tuple[World, float]:
+    """Run cfg.clients client loops for ``seconds`` (or until max_requests calls); returns the world
+    with its calls and the seconds until the last call ended."""
+    threads = [threading.Thread(target=client_loop, args=(world, k), name=f"load-{k}", daemon=True)
+               for k in range(world.cfg.clients)]
+    t0 = time.monotonic()
+    for t in threads:
+        t.start()
+    world.stop.wait(seconds)
+    world.stop.set()
+    for t in threads:
+        t.join(world.cfg.timeout + 30)
+    return world, time.monotonic() - t0
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -472,7 +498,7 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 def summarise(calls: Sequence[Call]) -> list[dict[str, Any]]:
     """One row per RPC and, for Select and PriorLabels, per strategy / method: requests, ok, errors by
-    code, p50/p99/max latency of every call and p99 of the errors alone."""
+    code, p50/p99/max latency of every call, p50/p99 of the answered (OK) calls alone and p99 per error code."""
     groups: dict[str, list[Call]] = defaultdict(list)
     for c in calls:
         groups[c.rpc].append(c)
@@ -489,10 +515,13 @@ def summarise(calls: Sequence[Call]) -> list[dict[str, Any]]:
                 if c.code != "OK":
                     errors[c.code] += 1
             err_secs = [c.seconds for c in group if c.code != "OK"]
+            ok_secs = [c.seconds for c in group if c.code == "OK"]
             rows.append({"name": name, "requests": len(group), "ok": len(group) - len(err_secs),
                          "errors": dict(sorted(errors.items())), "p50_s": percentile(secs, 50),
                          "p99_s": percentile(secs, 99), "max_s": max(secs),
-                         "errors_p99_s": percentile(err_secs, 99) if err_secs else None})
+                         "ok_p50_s": percentile(ok_secs, 50), "ok_p99_s": percentile(ok_secs, 99),
+                         "errors_p99_s": {code: percentile([c.seconds for c in group if c.code == code], 99)
+                                          for code in sorted(errors)}})
     return rows
 
 
@@ -521,15 +550,17 @@ def goals(rows: list[dict[str, Any]], solo: list[dict[str, Any]], rss: dict[str,
     bad = {f"{r['name']}: {code}": n for r in rows if " " not in r["name"]
            for code, n in r["errors"].items() if code != "RESOURCE_EXHAUSTED"}
     out.append({"goal": "no error but RESOURCE_EXHAUSTED", "ok": not bad, "value": bad or "none"})
-    exhausted = [r["errors_p99_s"] for r in rows if " " not in r["name"] and "RESOURCE_EXHAUSTED" in r["errors"]]
+    exhausted = [r["errors_p99_s"]["RESOURCE_EXHAUSTED"] for r in rows
+                 if " " not in r["name"] and "RESOURCE_EXHAUSTED" in r["errors"]]
     if exhausted:
-        worst = max(v for v in exhausted if v is not None)
+        worst = max(exhausted)
         out.append({"goal": f"RESOURCE_EXHAUSTED prompt (error p99 < {FAST_P99_S:g} s)", "ok": worst < FAST_P99_S,
                     "value": round(worst, 3)})
-    for name in FAST_RPCS:
+    for name in FAST_RPCS:  # over the calls answered: a refusal is fast, it must not hide slow answers
         if name in by_name:
-            p99 = by_name[name]["p99_s"]
-            out.append({"goal": f"{name} p99 < {FAST_P99_S:g} s", "ok": p99 < FAST_P99_S, "value": round(p99, 3)})
+            p99 = by_name[name]["ok_p99_s"]
+            out.append({"goal": f"{name} p99 < {FAST_P99_S:g} s (answered calls)", "ok": p99 < FAST_P99_S,
+                        "value": round(p99, 3) if p99 == p99 else "no call answered"})
     for s in solo:
         if s["rpc"] == "Select":
             out.append({"goal": f"Select {s['name']} alone < {SOLO_LIMIT_S:g} s",
@@ -613,20 +644,15 @@ def _run(cfg: LoadConfig, target: Target, say: Callable[[str], None]) -> dict[st
         say(f"pool {status.samples} samples, {len(labels)} labelled, model {status.model_version or '(none)'}")
         rss_start = rss_bytes(target.pid) if target.pid else {}
         solo = solo_timings(cfg, stub, solo_names, [i for i in ids if i not in labels], say) if solo_names else []
+        tag = f"{int(time.time())}-{os.getpid()}"
+        warm: World | None = None
+        if cfg.warmup > 0:
+            say(f"warm-up: {cfg.clients} clients for {cfg.warmup:g} s (not counted)")
+            warm, _ = drive(World(cfg, ids, classes, run_tag=tag + "w", salt=0), cfg.warmup)
         rss_before = rss_bytes(target.pid) if target.pid else {}
         load_before = loadavg()
-        world = World(cfg, ids, classes, run_tag=f"{int(time.time())}-{os.getpid()}")
-        threads = [threading.Thread(target=client_loop, args=(world, k), name=f"load-{k}", daemon=True)
-                   for k in range(cfg.clients)]
         say(f"load: {cfg.clients} clients for {cfg.seconds:g} s")
-        t0 = time.monotonic()
-        for t in threads:
-            t.start()
-        world.stop.wait(cfg.seconds)
-        world.stop.set()
-        for t in threads:
-            t.join(cfg.timeout + 30)
-        elapsed = time.monotonic() - t0
+        world, elapsed = drive(World(cfg, ids, classes, run_tag=tag), cfg.seconds)
         time.sleep(0.5)
         rss_after = rss_bytes(target.pid) if target.pid else {}
         after, drain = drained_status(stub, cfg.timeout)
@@ -648,7 +674,11 @@ def _run(cfg: LoadConfig, target: Target, say: Callable[[str], None]) -> dict[st
                   "labeled_after": after.labeled if after else None, "answers_again_after_s": round(drain, 2)},
         "machine": {"cpus": os.cpu_count(), "loadavg_before": load_before, "loadavg_after": loadavg()},
         "solo": solo,
+        "warmup": {"seconds": cfg.warmup, "requests": len(warm.calls) if warm else 0,
+                   "errors": sum(c.code != "OK" for c in warm.calls) if warm else 0,
+                   "ingested": warm.accepted if warm else 0},
         "load": {"seconds": round(elapsed, 2), "clients": cfg.clients, "requests": len(world.calls),
+                 "ingested": world.accepted,
                  "requests_per_s": round(len(world.calls) / elapsed, 2), "rpcs": rows},
         "rss": rss,
         "goals": goals(rows, solo, rss),
@@ -666,13 +696,13 @@ def print_results(res: dict[str, Any], console: Console) -> None:
                         f"ended after {load['seconds']:.0f} s), {load['requests']} requests "
                         f"({load['requests_per_s']:.1f}/s), pool {res['agent']['samples_before']}")
     for col, just in (("rpc", "left"), ("requests", "right"), ("ok", "right"), ("errors", "left"),
-                      ("p50 s", "right"), ("p99 s", "right"), ("max s", "right")):
+                      ("p50 s", "right"), ("p99 s", "right"), ("max s", "right"), ("answered p99 s", "right")):
         table.add_column(col, justify=just)  # type: ignore[arg-type]
     for r in load["rpcs"]:
-        errors = ", ".join(f"{k} {v}" for k, v in r["errors"].items()) or "-"
+        errors = ", ".join(f"{k} {v} (p99 {r['errors_p99_s'][k]:.3f} s)" for k, v in r["errors"].items()) or "-"
         name = r["name"] if " " not in r["name"] else "  " + r["name"]
         table.add_row(name, str(r["requests"]), str(r["ok"]), errors, f"{r['p50_s']:.3f}", f"{r['p99_s']:.3f}",
-                      f"{r['max_s']:.3f}")
+                      f"{r['max_s']:.3f}", f"{r['ok_p99_s']:.3f}" if r["ok"] else "-")
     console.print(table)
     if res["solo"]:
         solo = Table(title="each alone, before the load")
@@ -683,9 +713,9 @@ def print_results(res: dict[str, Any], console: Console) -> None:
         console.print(solo)
     rss = res["rss"]
     if rss:
-        console.print(f"agent RSS: {_mb(rss['start'])} at start, {_mb(rss['before'])} before the load, "
-                      f"{_mb(rss['after'])} after ({rss['after'] / rss['before'] - 1:+.1%}), {_mb(rss['drained'])} "
-                      f"once it answered again, peak {_mb(rss['peak'])}")
+        console.print(f"agent RSS: {_mb(rss['start'])} at start, {_mb(rss['before'])} before the load (after the "
+                      f"warm-up), {_mb(rss['after'])} after ({rss['after'] / rss['before'] - 1:+.1%}), "
+                      f"{_mb(rss['drained'])} once it answered again, peak {_mb(rss['peak'])}")
     else:
         console.print("agent RSS: unknown (no local agent process found; pass --agent-pid)")
     again = res["agent"]["answers_again_after_s"]
@@ -719,6 +749,8 @@ def register(bench_app: typer.Typer) -> None:
                                            "a linear 32x32 encoder built into DATA_DIR/models)"),
         clients: int = typer.Option(16, "--clients", min=1, help="concurrent clients, one channel each"),
         seconds: float = typer.Option(60.0, "--seconds", min=0.1, help="how long the load runs"),
+        warmup: float = typer.Option(10.0, "--warmup", min=0.0, help="seconds of the same load before it, not "
+                                     "counted (RSS 'before' is taken after it)"),
         max_requests: int = typer.Option(200_000, "--max-requests", min=1, help="stop after this many calls"),
         timeout: float = typer.Option(30.0, "--timeout", min=0.1, help="deadline of every call, seconds"),
         mix: str = typer.Option(DEFAULT_MIX, "--mix", help="RPC weights (ingest, select, labels, prior, status)"),
@@ -739,7 +771,8 @@ def register(bench_app: typer.Typer) -> None:
         console = Console(stderr=True)
         try:
             cfg = LoadConfig(agent=agent, data_dir=data_dir, out=out, pool=pool, data=data, split=split,
-                             models=models, clients=clients, seconds=seconds, max_requests=max_requests,
+                             models=models, clients=clients, seconds=seconds, warmup=warmup,
+                             max_requests=max_requests,
                              timeout=timeout, mix=parse_mix(mix), strategies=_names(strategies),
                              priors=_names(priors), solo=() if solo.strip() == "none" else _names(solo),
                              budget=budget, seed=seed, agent_pid=agent_pid)

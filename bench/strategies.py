@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import time
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from typing import Any
 import numpy as np
 import typer
 
-from agent.pool import FailedPrecondition, InvalidArgument, KnnFn, Pool
+from agent.pool import FailedPrecondition, InvalidArgument, KnnFn, Pool, state_rng
 from agent.priors import PRIOR_METHODS
 from agent.strategies import LABEL_FREE, STRATEGIES
 from bench.metrics import class_coverage, expected_calibration_error, linear_probe_accuracy, prior_accuracy
@@ -121,25 +120,32 @@ def make_pool(x: np.ndarray, labels: np.ndarray, picked: np.ndarray, knn: KnnFn,
                 candidates=np.setdiff1d(np.arange(len(x)), picked), knn=knn, pretext_loss=pretext_loss)
 
 
+def row_ids(rows: np.ndarray) -> list[str]:
+    """The benchmark's sample ids: pool row numbers as text (what ``state_rng`` hashes)."""
+    return [str(int(r)) for r in rows]
+
+
 def simulate(variant: Variant, budget: int, seed: int, x: np.ndarray, labels: np.ndarray, knn: KnnFn,
              num_classes: int, pretext_loss: np.ndarray | None) -> tuple[np.ndarray, str, dict[str, str]]:
     """Rows an annotator would have labelled with ``variant`` at ``budget``: one cold-start shot
     for the strategies that need no labels; for the others a random first half (the usual warm start
-    of uncertainty sampling), then the strategy for the second half. Returns (rows, note, the
+    of uncertainty sampling), then the strategy for the second half. Each Select gets the generator the
+    agent would give it (agent.pool.state_rng: the seed and the labelled set). Returns (rows, note, the
     strategy's Selection.details)."""
     name, params = variant.name, variant.params
-    rng = np.random.default_rng([seed, budget, zlib.crc32(name.encode())])
     empty = np.zeros(0, np.int64)
+    cold = make_pool(x, labels, empty, knn, num_classes, pretext_loss)
     if name in LABEL_FREE:
-        sel = STRATEGIES[name](make_pool(x, labels, empty, knn, num_classes, pretext_loss), budget, rng, params)
+        sel = STRATEGIES[name](cold, budget, state_rng(seed, []), params)
         return sel.rows, "", sel.details
-    first = rng.choice(len(x), size=max(budget // 2, 1), replace=False)
+    first = STRATEGIES["random"](cold, max(budget // 2, 1), state_rng(seed, []), {}).rows
     pool = make_pool(x, labels, first, knn, num_classes, pretext_loss)
+    rng = state_rng(seed, row_ids(first))
     try:
         sel = STRATEGIES[name](pool, budget - len(first), rng, params)
         return np.concatenate([first, sel.rows]), "random first half", sel.details
     except FailedPrecondition:  # e.g. the random half held one class: fill at random and say so
-        rest = rng.choice(pool.candidates, size=budget - len(first), replace=False)
+        rest = STRATEGIES["random"](pool, budget - len(first), rng, {}).rows
         return np.concatenate([first, rest]), "random (strategy refused: one class in first half)", {}
 
 
@@ -167,7 +173,7 @@ def run_benchmark(x: np.ndarray, labels: np.ndarray, test_x: np.ndarray | None, 
                 rows = pool.candidates
                 for method in priors:
                     t1 = time.perf_counter()
-                    pr = PRIOR_METHODS[method](pool, rows, np.random.default_rng(seed), {})
+                    pr = PRIOR_METHODS[method](pool, rows, state_rng(0, row_ids(picked)), {})
                     records.append({
                         "strategy": variant.label, "params": variant.params, "budget": budget, "seed": seed,
                         "prior_method": method,

@@ -7,4 +7,8 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 DATA=${DATA:-../shared/datasets/cifar10}
 OUT=${OUT:-runs/quick}
-exec .venv/bin/shortlist bench cifar10 --profile quick --data "$DATA" --out "$OUT" "$@"
+.venv/bin/shortlist bench cifar10 --profile quick --data "$DATA" --out "$OUT" "$@"
+echo
+echo "The shortlist command is in .venv/bin. Put it on PATH in this shell with:"
+echo "    source .venv/bin/activate"
+echo "(or call .venv/bin/shortlist). Next: README.md, 'How a pipeline uses it'."

@@ -1,10 +1,12 @@
-"""Image sources Shortlist reads, without torch: a plain folder of images, an ImageFolder tree
-(``root/<class>/<image>``), a tar of either, torchvision's CIFAR-10/100 python folders, and a folder that
-holds splits (``train.tar``/``test.tar`` or ``train/``/``test/``, like ../shared/datasets/cifar10).
+"""Image sources Shortlist reads, without torch: one image file, a plain folder of images, an ImageFolder
+tree (``root/<class>/<image>``), a tar of either, torchvision's CIFAR-10/100 python folders, and a folder
+that holds splits (``train.tar``/``test.tar`` or ``train/``/``test/``, like ../shared/datasets/cifar10).
 
-Sample ids are stable across runs: the path inside the source (``train/cat/0001.jpg``) or, for CIFAR
-pickles, ``<batch file>/<index>``. Labels are the class folder names (CIFAR: the class names); a file at
-the top of a plain folder has no label. Nothing is ever downloaded.
+Sample ids are stable across runs: the path inside the source (``cat/0001.jpg`` for a folder, the member
+name ``train/cat/0001.jpg`` for a tar, the file name for one image file) or, for CIFAR pickles,
+``<batch file>/<index>``; ``id_prefix`` is put in front of each (two folders that both hold
+``photo.jpg`` need different prefixes). Labels are the class folder names (CIFAR: the class names); a
+file at the top of a plain folder has no label. Nothing is ever downloaded.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ class ImageArray:
 
 @dataclass(frozen=True)
 class Resolved:
-    kind: str  # "folder" | "tar" | "cifar"
+    kind: str  # "folder" | "tar" | "cifar" | "file"
     path: Path
     split: str
 
@@ -68,19 +70,26 @@ def _cifar_dir(path: Path) -> Path | None:
 
 
 def resolve_source(source: str | Path, split: str = "train") -> Resolved:
-    """Which reader handles ``source`` for ``split``. A plain folder or tar without splits is the train split.
+    """Which reader handles ``source`` for ``split``. A plain folder, tar or image file without splits is
+    the train split.
 
-    Raises FileNotFoundError with what was looked for when the source or the split is missing.
+    Raises FileNotFoundError with what was looked for when the source or the split is missing (call it
+    before streaming, so the error comes before any work).
     """
     path = Path(source).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"image source {path} does not exist")
     if _is_tar(path):
         return Resolved("tar", path, split)
+    if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
+        return Resolved("file", path, split)
     if not path.is_dir():
-        raise FileNotFoundError(f"{path} is neither a folder nor a tar archive ({', '.join(TAR_SUFFIXES)})")
+        raise FileNotFoundError(f"{path} is neither a folder, a tar archive ({', '.join(TAR_SUFFIXES)}) nor an "
+                                f"image file ({', '.join(IMAGE_EXTENSIONS)})")
     cifar = _cifar_dir(path)
     if cifar is not None:
+        if split not in ("train", "test"):
+            raise FileNotFoundError(f"{cifar} has only the 'train' and 'test' splits, not '{split}' (--split)")
         return Resolved("cifar", cifar, split)
     if (path / split).is_dir():
         return Resolved("folder", path / split, split)
@@ -91,7 +100,7 @@ def resolve_source(source: str | Path, split: str = "train") -> Resolved:
         (path / f"{s}{x}").is_file() for x in TAR_SUFFIXES)]
     if has_splits or split != "train":
         found = ", ".join(has_splits) or "none"
-        raise FileNotFoundError(f"{path} has no '{split}' split (splits found: {found})")
+        raise FileNotFoundError(f"{path} has no '{split}' split (splits found: {found}; choose one with --split)")
     return Resolved("folder", path, split)
 
 
@@ -108,7 +117,18 @@ def _iter_folder(root: Path, prefix: str) -> Iterator[ImageItem]:
                         encoded=p.read_bytes())
 
 
-def _iter_tar(path: Path, split: str) -> Iterator[ImageItem]:
+def _iter_file(path: Path, prefix: str) -> Iterator[ImageItem]:
+    yield ImageItem(id=f"{prefix}{path.name}", label=None, uri=str(path), encoded=path.read_bytes())
+
+
+def _iter_tar(path: Path, split: str, prefix: str) -> Iterator[ImageItem]:
+    try:
+        yield from _iter_tar_members(path, split, prefix)
+    except (tarfile.TarError, EOFError) as e:  # truncated download, not a tar, corrupt compression
+        raise OSError(f"{path} is not a complete, readable tar archive ({type(e).__name__}: {e})") from e
+
+
+def _iter_tar_members(path: Path, split: str, prefix: str) -> Iterator[ImageItem]:
     with tarfile.open(path) as tar:
         members = sorted((m for m in tar.getmembers() if m.isfile() and m.name.lower().endswith(IMAGE_EXTENSIONS)),
                          key=lambda m: m.name)
@@ -125,10 +145,11 @@ def _iter_tar(path: Path, split: str) -> Iterator[ImageItem]:
             if f is None:
                 continue
             rel = parts[1:] if strip else parts
-            yield ImageItem(id="/".join(parts), label=_label_of(rel), uri=f"{path}:{m.name}", encoded=f.read())
+            yield ImageItem(id=prefix + "/".join(parts), label=_label_of(rel), uri=f"{path}:{m.name}",
+                            encoded=f.read())
 
 
-def _iter_cifar(root: Path, split: str) -> Iterator[ImageItem]:
+def _iter_cifar(root: Path, split: str, prefix: str) -> Iterator[ImageItem]:
     if (root / "batches.meta").is_file():  # CIFAR-10
         with open(root / "batches.meta", "rb") as f:
             raw_names = pickle.load(f, encoding="bytes")[b"label_names"]
@@ -140,26 +161,28 @@ def _iter_cifar(root: Path, split: str) -> Iterator[ImageItem]:
             classes = [c.decode() for c in pickle.load(f, encoding="bytes")[b"fine_label_names"]]
         files = ["train"] if split == "train" else ["test"]
         label_key = b"fine_labels"
-    if split not in ("train", "test"):
-        raise FileNotFoundError(f"{root} has only the 'train' and 'test' splits, not '{split}'")
     for name in files:
         with open(root / name, "rb") as f:
             batch = pickle.load(f, encoding="bytes")
         data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
         for i, (img, y) in enumerate(zip(data, batch[label_key], strict=True)):
-            yield ImageItem(id=f"{name}/{i:05d}", label=classes[int(y)], uri=f"{root / name}#{i}",
+            yield ImageItem(id=f"{prefix}{name}/{i:05d}", label=classes[int(y)], uri=f"{root / name}#{i}",
                             pixels=np.ascontiguousarray(img))
 
 
-def iter_images(source: str | Path, split: str = "train", limit: int | None = None) -> Iterator[ImageItem]:
-    """Every image of ``source`` (see the module docstring) for ``split``, in a stable order."""
-    r = resolve_source(source, split)
+def iter_images(source: str | Path | Resolved, split: str = "train", limit: int | None = None,
+                id_prefix: str = "") -> Iterator[ImageItem]:
+    """Every image of ``source`` (see the module docstring; or what ``resolve_source`` made of it) for
+    ``split``, in a stable order, each id preceded by ``id_prefix``."""
+    r = source if isinstance(source, Resolved) else resolve_source(source, split)
     if r.kind == "tar":
-        it = _iter_tar(r.path, split)
+        it = _iter_tar(r.path, r.split, id_prefix)
     elif r.kind == "cifar":
-        it = _iter_cifar(r.path, split)
+        it = _iter_cifar(r.path, r.split, id_prefix)
+    elif r.kind == "file":
+        it = _iter_file(r.path, id_prefix)
     else:
-        it = _iter_folder(r.path, "")
+        it = _iter_folder(r.path, id_prefix)
     for n, item in enumerate(it):
         if limit is not None and n >= limit:
             return

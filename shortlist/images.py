@@ -14,7 +14,7 @@ import math
 import warnings
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from shortlist.manifest import Preprocess
 from shortlist.v1 import agent_pb2
@@ -47,8 +47,74 @@ def resize_rgb(img: Image.Image, size: tuple[int, int] | None, interpolation: st
     return np.asarray(img, dtype=np.uint8)
 
 
+def _unreadable(data: bytes) -> str:
+    """Pillow's UnidentifiedImageError names the BytesIO object; say what the bytes are instead."""
+    return (f"not a readable image: no image format Pillow reads starts like these {len(data):,} bytes "
+            f"(first bytes {data[:8].hex(' ')}); send JPEG, PNG, WebP, TIFF, BMP, GIF, ...")
+
+
+# Transparent pixels are composited over this colour (white, as a page shows a transparent logo), so an
+# image's look does not depend on the colours its fully transparent pixels happen to hold.
+BACKGROUND = (255, 255, 255)
+
+
+class UnsupportedImage(ValueError):
+    """A readable image whose pixel values have no defined 8-bit RGB meaning here (the message says why)."""
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Any Pillow mode -> 8-bit RGB with the pixel values the file means (see ``decode_image``)."""
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode.startswith("I;16") or mode == "I":  # 16-bit (and 32-bit integer) greyscale
+        x = np.asarray(img)
+        if mode == "I" and (x.min() < 0 or x.max() > 65535):
+            raise UnsupportedImage(f"32-bit integer image with values in [{x.min()}, {x.max()}]: only 0..65535 "
+                             "(16-bit) integer images are supported")
+        scaled = (x.astype(np.float64) / 257.0 + 0.5).astype(np.uint8)  # 65535 -> 255, 257 -> 1
+        return Image.fromarray(scaled, "L").convert("RGB")
+    if mode == "F":  # 32-bit float greyscale (TIFF)
+        x = np.asarray(img, dtype=np.float64)
+        if not np.isfinite(x).all():
+            raise UnsupportedImage("float image holds NaN or infinite values")
+        lo, hi = float(x.min()), float(x.max())
+        if lo < 0.0 or hi > 255.0:
+            raise UnsupportedImage(f"float image with values in [{lo:.4g}, {hi:.4g}]: floats must be in [0, 1] "
+                             "(scaled by 255) or [0, 255]")
+        scale = 255.0 if hi <= 1.0 else 1.0
+        return Image.fromarray((x * scale + 0.5).astype(np.uint8), "L").convert("RGB")
+    if mode == "CMYK" and img.info.get("icc_profile"):
+        try:  # the file's own profile says what its inks look like
+            profile = ImageCms.ImageCmsProfile(io.BytesIO(img.info["icc_profile"]))
+            out = ImageCms.profileToProfile(img, profile, ImageCms.createProfile("sRGB"), outputMode="RGB")
+            if out is not None:
+                return out
+        except (ImageCms.PyCMSError, OSError, ValueError):
+            pass  # a broken profile: Pillow's plain conversion below
+    try:
+        if (mode == "P" and "transparency" in img.info) or mode in ("PA", "LA", "RGBa", "La"):
+            img = img.convert("RGBA")
+        if img.mode == "RGBA":
+            background = Image.new("RGBA", img.size, (*BACKGROUND, 255))
+            return Image.alpha_composite(background, img).convert("RGB")
+        return img.convert("RGB")
+    except ValueError as e:  # a mode Pillow cannot convert
+        raise UnsupportedImage(f"image mode {mode} cannot be converted to RGB ({e})") from None
+
+
 def decode_image(data: bytes, size: tuple[int, int] | None = None, interpolation: str = "bilinear") -> np.ndarray:
-    """Encoded image bytes (any format Pillow reads) -> HxWx3 uint8 RGB, resized to ``size`` = (H, W).
+    """Encoded image bytes (any format Pillow reads) -> HxWx3 uint8 RGB as the file means it to be seen,
+    resized to ``size`` = (H, W):
+
+    - EXIF orientation is applied (a portrait phone photo comes out portrait);
+    - 16-bit greyscale (PNG, TIFF: modes I;16*, and I with values 0..65535) is scaled to 8 bits (v / 257);
+    - float greyscale (TIFF, mode F) in [0, 1] is scaled by 255, in [0, 255] taken as is; other ranges,
+      NaN and infinities are refused (UnsupportedImage, with the range found);
+    - transparency (palette with a transparent index, RGBA, LA, PA) is composited over white;
+    - CMYK goes through the file's ICC profile when it has one (else Pillow's conversion); every other
+      mode (1, L, P, YCbCr, LAB, HSV, ...) through Pillow's conversion to RGB; a multi-frame file
+      (GIF, TIFF) gives its first frame.
 
     Raises ValueError with a message fit for a per-item rejection when the bytes are not a readable image.
     """
@@ -59,8 +125,13 @@ def decode_image(data: bytes, size: tuple[int, int] | None = None, interpolation
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as img:
                 img.load()
-                return resize_rgb(img, size, interpolation)
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+                ImageOps.exif_transpose(img, in_place=True)
+                return resize_rgb(_to_rgb(img), size, interpolation)
+    except UnsupportedImage:
+        raise
+    except UnidentifiedImageError:
+        raise ValueError(_unreadable(data)) from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ValueError(f"not a readable image ({type(e).__name__}: {e})") from None
     except (OSError, SyntaxError, ValueError) as e:  # truncated or corrupt files
         raise ValueError(f"corrupt image data ({type(e).__name__}: {e})") from None
@@ -95,8 +166,8 @@ def image_header(data: bytes, max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
                 width, height = img.size
     except Image.DecompressionBombError as e:  # Pillow's own guard (above 2 x Image.MAX_IMAGE_PIXELS)
         raise TooManyPixels(f"image refused before decoding: {e}") from None
-    except UnidentifiedImageError as e:
-        raise ValueError(f"not a readable image ({type(e).__name__}: {e})") from None
+    except UnidentifiedImageError:
+        raise ValueError(_unreadable(data)) from None
     except (OSError, SyntaxError, ValueError) as e:  # truncated or corrupt headers
         raise ValueError(f"corrupt image data ({type(e).__name__}: {e})") from None
     if width * height > max_pixels:

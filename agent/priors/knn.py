@@ -1,4 +1,4 @@
-"""k-nearest-neighbour vote over the labelled rows."""
+"""k-nearest-neighbour vote over the labelled rows, with a temperature that follows the embedding's scale."""
 
 from __future__ import annotations
 
@@ -6,58 +6,114 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from agent.pool import Pool, Priors, check_params, param_float, param_int
+from agent.pool import InvalidArgument, Pool, Priors, check_params, param_float, param_int
 from agent.priors._common import normalise_rows, require_labels, with_known_labels
 from agent.strategies._common import block_rows
 
 KNN_K = 20
-KNN_TEMPERATURE = 0.07
+# Default: similarities are measured after centring (SimpleShot's CL2N) and the temperature is this
+# fraction of their spread (the standard deviation of the centred cosine similarities between pool rows
+# and labelled rows), so the vote is as sharp on an encoder whose cosines all sit near 0.96 as on one
+# whose cosines spread over [-1, 1]. Chosen on concentrated synthetic blobs and on scikit-learn's digits
+# (docs/strategies.md, "knn prior"): 0.1-0.3 tie with 1-NN at 10-40 labels, 0.3 is ahead at 100.
+KNN_RELATIVE_TEMPERATURE = 0.3
+# Rows of the pool (an even stride) whose similarities to the labelled rows estimate the spread.
+SPREAD_ROWS = 2000
 # While R x L (requested x labelled rows) stays under this, the vote searches the labelled rows exactly
 # (blocked dot products, ~1 s per 1e9 on two cores); beyond, the pool's hnswlib index is asked for
-# enough neighbours to expect k labelled ones among them.
+# enough neighbours to expect k labelled ones among them, and those are re-ranked by the centred cosine.
 EXACT_WORK = 2e9
 
 
-def _labelled_neighbours(pool: Pool, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per row, up to k nearest labelled rows: (class ids RxK, cosine similarities RxK; -inf = none)."""
+def _unit(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+class _Space:
+    """Cosine similarity after subtracting ``centre`` and re-normalising (``centre`` = 0: the raw cosine)."""
+
+    def __init__(self, pool: Pool, centre: np.ndarray) -> None:
+        self.pool = pool
+        self.centre = centre.astype(np.float32)
+        self.lab = self.rows(pool.labeled)
+
+    def rows(self, rows: np.ndarray) -> np.ndarray:
+        return _unit(self.pool.embeddings[rows] - self.centre)
+
+
+def _labelled_neighbours(space: _Space, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, up to k most similar labelled rows in ``space``: (class ids RxK, similarities RxK;
+    -inf = none)."""
+    pool = space.pool
     if len(rows) * len(pool.labeled) <= EXACT_WORK:
-        lab_x = pool.embeddings[pool.labeled]
+        lab_x = space.lab
         k = min(k, len(pool.labeled))
         cls = np.empty((len(rows), k), np.int64)
         sim_out = np.empty((len(rows), k), np.float32)
         step = block_rows(len(lab_x))
         for start in range(0, len(rows), step):
-            sim = pool.embeddings[rows[start:start + step]] @ lab_x.T  # BxL
+            sim = space.rows(rows[start:start + step]) @ lab_x.T  # BxL
             top = np.argpartition(-sim, k - 1, axis=1)[:, :k] if k < sim.shape[1] else np.argsort(-sim, axis=1)
             cls[start:start + step] = pool.labels[top]
             sim_out[start:start + step] = np.take_along_axis(sim, top, axis=1)
         return cls, sim_out
-    label_of = np.full(len(pool.embeddings), -1, np.int64)
-    label_of[pool.labeled] = pool.labels
+    pos_of = np.full(len(pool.embeddings), -1, np.int64)
+    pos_of[pool.labeled] = np.arange(len(pool.labeled))
     ask = int(min(len(pool.embeddings), max(4 * k, np.ceil(4 * k * len(pool.embeddings) / len(pool.labeled)))))
-    nbr, dist = pool.knn(pool.embeddings[rows], min(ask, 2048))
-    found = label_of[nbr]
-    sim = np.where(found >= 0, 1.0 - dist, -np.inf)
+    nbr, _ = pool.knn(pool.embeddings[rows], min(ask, 2048))
+    found = pos_of[nbr]  # RxA positions in pool.labeled, -1 = unlabelled neighbour
+    sim = np.einsum("rd,rad->ra", space.rows(rows), space.lab[np.maximum(found, 0)])
+    sim = np.where(found >= 0, sim, -np.inf)
     top = np.argsort(-sim, axis=1, kind="stable")[:, :k]
-    return np.maximum(np.take_along_axis(found, top, axis=1), 0), np.take_along_axis(sim, top, axis=1)
+    cls = pool.labels[np.maximum(np.take_along_axis(found, top, axis=1), 0)]
+    return cls, np.take_along_axis(sim, top, axis=1)
+
+
+def similarity_spread(space: _Space) -> float:
+    """Standard deviation of the similarities between an even-stride sample of SPREAD_ROWS pool rows and
+    the labelled rows (a function of the pool and its labels, not of the rows requested)."""
+    n = len(space.pool.embeddings)
+    sample = np.arange(0, n, max(1, n // SPREAD_ROWS))
+    return float(np.std(space.rows(sample) @ space.lab.T))
 
 
 def knn_prior(pool: Pool, rows: np.ndarray, rng: np.random.Generator, params: Mapping[str, str]) -> Priors:
     """Weighted k-nearest-neighbour vote (Wu et al., "Unsupervised Feature Learning via Non-Parametric
-    Instance Discrimination", CVPR 2018, its weighted kNN classifier, as used by DINO):
-    each of the k most similar labelled rows votes for its class with weight exp(s_i / tau), s_i the
-    cosine similarity; probs are the normalised votes. Params: ``k`` (20), ``temperature`` (0.07).
+    Instance Discrimination", CVPR 2018, its weighted kNN classifier, as used by DINO): each of the k most
+    similar labelled rows votes for its class with weight exp(s_i / tau); probs are the normalised votes.
+
+    A fixed tau (0.07 there) assumes cosine similarities spread over much of [-1, 1]; on an encoder whose
+    cosines concentrate (mean 0.96 on issue 15's digits pool) every weight is about equal and the vote is
+    near chance. So by default (ours, to make it scale-free):
+    - s_i is the cosine after centring: every embedding minus the pool's mean embedding, re-normalised
+      (CL2N of Wang, Chao, Weinberger & van der Maaten, "SimpleShot: Revisiting Nearest-Neighbor
+      Classification for Few-Shot Learning", arXiv 1911.04623, Sec. 3), which removes the direction all
+      rows share;
+    - tau = ``relative_temperature`` (0.3) x the standard deviation of those similarities between pool
+      rows and labelled rows, so a neighbour one spread closer weighs e^(1/0.3) ~ 28 times more.
+    Giving ``temperature`` restores the fixed-tau vote on the raw cosine (Wu et al.'s classifier as is).
+    Params: ``k`` (20), ``relative_temperature`` (0.3), ``temperature`` (unset).
     Confidence: the winning class's share of the vote.
     """
-    check_params(params, {"k", "temperature"}, "knn")
+    check_params(params, {"k", "temperature", "relative_temperature"}, "knn")
     k = param_int(params, "k", KNN_K, minimum=1)
-    tau = param_float(params, "temperature", KNN_TEMPERATURE, minimum=1e-6)
-    assert tau is not None
+    tau = param_float(params, "temperature", None, minimum=1e-6)
+    relative = param_float(params, "relative_temperature", KNN_RELATIVE_TEMPERATURE, minimum=1e-6)
+    assert relative is not None
+    if tau is not None and params.get("relative_temperature"):
+        raise InvalidArgument("knn: give temperature (a fixed tau on the raw cosine) or relative_temperature "
+                              "(a fraction of the centred similarities' spread), not both")
     require_labels(pool, "knn")
     rows = np.asarray(rows, np.int64)
-    cls, sim = _labelled_neighbours(pool, rows, k)
-    # exp((s - 1) / tau): the same weights up to a per-row constant, without overflow at small tau.
-    weight = np.where(np.isfinite(sim), np.exp((sim - 1.0) / tau), 0.0)
+    d = pool.embeddings.shape[1]
+    space = _Space(pool, np.zeros(d, np.float32) if tau is not None else pool.embeddings.mean(axis=0))
+    if tau is None:
+        tau = relative * max(similarity_spread(space), 1e-6)
+    cls, sim = _labelled_neighbours(space, rows, k)
+    # exp((s - max_j s_j) / tau): the same weights up to a per-row constant, without overflow at small tau.
+    best = np.max(np.where(np.isfinite(sim), sim, -np.inf), axis=1, keepdims=True) if sim.size else sim
+    weight = np.where(np.isfinite(sim), np.exp((sim - np.where(np.isfinite(best), best, 0.0)) / tau), 0.0)
     votes = np.zeros((len(rows), pool.num_classes))
     at = np.arange(len(rows))
     for j in range(cls.shape[1]):  # one column at a time: no repeated (row, class) pair within a column

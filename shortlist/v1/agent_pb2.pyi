@@ -46,14 +46,26 @@ class IngestRequest(_message.Message):
     def __init__(self, samples: _Optional[_Iterable[_Union[Sample, _Mapping]]] = ...) -> None: ...
 
 class IngestReply(_message.Message):
-    __slots__ = ("accepted", "duplicates", "rejected")
+    __slots__ = ("accepted", "duplicates", "rejected", "same_payload", "same_payload_examples")
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     DUPLICATES_FIELD_NUMBER: _ClassVar[int]
     REJECTED_FIELD_NUMBER: _ClassVar[int]
+    SAME_PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    SAME_PAYLOAD_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
     accepted: int
     duplicates: int
     rejected: _containers.RepeatedCompositeFieldContainer[Rejection]
-    def __init__(self, accepted: _Optional[int] = ..., duplicates: _Optional[int] = ..., rejected: _Optional[_Iterable[_Union[Rejection, _Mapping]]] = ...) -> None: ...
+    same_payload: int
+    same_payload_examples: _containers.RepeatedCompositeFieldContainer[SamePayload]
+    def __init__(self, accepted: _Optional[int] = ..., duplicates: _Optional[int] = ..., rejected: _Optional[_Iterable[_Union[Rejection, _Mapping]]] = ..., same_payload: _Optional[int] = ..., same_payload_examples: _Optional[_Iterable[_Union[SamePayload, _Mapping]]] = ...) -> None: ...
+
+class SamePayload(_message.Message):
+    __slots__ = ("id", "other_id")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    OTHER_ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    other_id: str
+    def __init__(self, id: _Optional[str] = ..., other_id: _Optional[str] = ...) -> None: ...
 
 class Rejection(_message.Message):
     __slots__ = ("id", "reason")

@@ -3,18 +3,28 @@ ingest/select/label/prior/status --json through typer's runner."""
 
 from __future__ import annotations
 
+import io
 import json
+import pickle
 import signal
 import socket
 import subprocess
 import sys
+import tarfile
+from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
+import pytest
+from PIL import Image
 from typer.testing import CliRunner
 
 from agent import client
+from agent.config import Limits
 from shortlist.cli import app
-from tests.agent.conftest import Running, make_images, png
+from shortlist.datasets import ImageItem
+from shortlist.v1 import agent_pb2
+from tests.agent.conftest import Running, make_images, png, start
 
 runner = CliRunner()
 
@@ -38,7 +48,7 @@ def test_commands_json(tmp_path: Path, running: Running) -> None:
     src = image_folder(tmp_path / "imgs", 12)
     out = json.loads(run("ingest", str(src), "--agent", running.address, "--json", "--batch", "5", "--limit", "8",
                          "--meta", "site=north"))
-    assert out == {"accepted": 8, "duplicates": 0, "rejected": []}
+    assert out == {"accepted": 8, "duplicates": 0, "rejected": [], "same_payload": 0, "same_payload_examples": []}
     out = json.loads(run("ingest", str(src), "--agent", running.address, "--json", "--with-labels"))
     assert (out["accepted"], out["duplicates"]) == (4, 8)
     st = json.loads(run("status", "--agent", running.address, "--json"))
@@ -59,8 +69,205 @@ def test_commands_json(tmp_path: Path, running: Running) -> None:
     lines = run("prior", "--agent", running.address, "--method", "knn", "--json").strip().splitlines()
     priors = [json.loads(line) for line in lines]
     assert len(priors) == 12 - 4 - 3 and all(p["model_version"] == "v0001" for p in priors)
+    table = run("select", "--agent", running.address, "--budget", "1", "--seed", "5")
+    shown = [line.split()[1] for line in table.splitlines() if line.startswith("selection ")]
+    assert shown and shown[0] in {sid for sid, *_ in running.agent.state.selections()}  # copyable, unwrapped
     bad = runner.invoke(app, ["select", "--agent", running.address, "--budget", "0"])
     assert bad.exit_code == 1 and "INVALID_ARGUMENT" in bad.output
+
+
+def noisy_jpeg(path: Path, hw: tuple[int, int], seed: int) -> int:
+    """A JPEG of noise (incompressible, like a phone photo's detail) at ``path``; returns its size."""
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (*hw, 3), dtype=np.uint8)).save(
+        buf, format="JPEG", quality=95)
+    path.write_bytes(buf.getvalue())
+    return len(buf.getvalue())
+
+
+def test_ingest_splits_requests_by_bytes(tmp_path: Path, registry: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """21 photos that together exceed the agent's message limit (here 500 kB, standing for 64 MiB with
+    3-5 MB phone photos; the client's request cap scaled alike) all go in: requests are cut by bytes,
+    not only by count. A photo too large for any message is rejected by the client; the rest still go."""
+    photos = tmp_path / "phone"
+    photos.mkdir()
+    sizes = [noisy_jpeg(photos / f"IMG_{i:04d}.jpg", (160, 160), i) for i in range(21)]
+    assert sum(sizes) > 500_000
+    huge = noisy_jpeg(photos / "IMG_huge.jpg", (420, 420), 99)
+    monkeypatch.setattr(client, "REQUEST_BYTES", 125_000)
+    monkeypatch.setattr(client, "MAX_MESSAGE_BYTES", huge - 1000)
+    r = start(tmp_path / "data", registry, limits=Limits(max_message_bytes=500_000))
+    try:
+        out = json.loads(run("ingest", str(photos), "--agent", r.address, "--json"))
+        assert out["accepted"] == 21 and [x["id"] for x in out["rejected"]] == ["IMG_huge.jpg"]
+        assert "larger than the largest gRPC message" in out["rejected"][0]["reason"]
+        monkeypatch.setattr(client, "MAX_MESSAGE_BYTES", 64 * 2**20)  # a request above the agent's own limit:
+        res = runner.invoke(app, ["ingest", str(photos), "--agent", r.address, "--batch-mb", "2"])
+        assert res.exit_code == 1 and "RESOURCE_EXHAUSTED" in res.output and "--batch-mb" in res.output
+    finally:
+        r.stop()
+
+
+def test_batches_respect_count_and_bytes() -> None:
+    samples = [client.image_sample(f"s{i}", bytes(n)) for i, n in enumerate([100, 100, 100, 900, 100, 50, 50])]
+    rejected: list[agent_pb2.Rejection] = []
+    done: list[int] = []
+    reqs = list(client.batches(samples, batch=2, on_batch=done.append, max_bytes=350, rejected=rejected))
+    assert [[s.id for s in r.samples] for r in reqs] == [["s0", "s1"], ["s2"], ["s3"], ["s4", "s5"], ["s6"]]
+    assert all(r.ByteSize() <= 350 for r in reqs if len(r.samples) > 1) and sum(done) == 7 and not rejected
+
+
+def test_ingest_bad_sources_say_what_is_wrong(tmp_path: Path, running: Running) -> None:
+    """A missing folder, a file that is no image, a split that is not there: a clear message and exit 2
+    before any stream opens (never UNKNOWN "Exception iterating requests!" or a traceback)."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("hello")
+    splits = tmp_path / "splits"
+    (splits / "train").mkdir(parents=True)
+    (splits / "test").mkdir()
+    cifar = tmp_path / "cifar-10-batches-py"
+    cifar.mkdir()
+    (cifar / "batches.meta").write_bytes(pickle.dumps({b"label_names": [b"a"]}))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cases = [([str(tmp_path / "no" / "such")], "does not exist"), ([str(notes)], "neither a folder"),
+             ([str(splits), "--split", "val"], "no 'val' split (splits found: train, test"),
+             ([str(cifar), "--split", "val"], "only the 'train' and 'test' splits"),
+             ([str(empty)], "no images found")]
+    for args, message in cases:
+        res = runner.invoke(app, ["ingest", *args, "--agent", running.address])
+        assert res.exit_code == 2 and message in " ".join(res.output.split()), (args, res.output)
+        assert "UNKNOWN" not in res.output and isinstance(res.exception, SystemExit)
+    one = tmp_path / "photo.png"
+    one.write_bytes(png(make_images(1)[0]))
+    assert json.loads(run("ingest", str(one), "--agent", running.address, "--json"))["accepted"] == 1
+    assert [s.id for s in client.list_samples(running.stub)] == ["photo.png"]
+
+
+def test_ingest_error_while_reading_shows_its_message(tmp_path: Path, running: Running,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A source that fails after some images (a file vanished, a disk error) stops the stream cleanly:
+    the images read before are stored and reported, and the error is printed as it was raised."""
+    import shortlist.datasets as datasets
+
+    def failing(root: Path, prefix: str) -> Iterator[ImageItem]:
+        for i, img in enumerate(make_images(3)):
+            yield ImageItem(id=f"{prefix}{i}.png", label=None, uri=f"{root}/{i}.png", encoded=png(img))
+        raise PermissionError(13, "Permission denied", str(root / "3.png"))
+
+    monkeypatch.setattr(datasets, "_iter_folder", failing)
+    res = runner.invoke(app, ["ingest", str(tmp_path), "--agent", running.address])
+    text = " ".join(res.output.split())
+    assert res.exit_code == 1 and "accepted 3" in text and "Permission denied" in text and "3.png" in text
+    assert "UNKNOWN" not in text and running.agent.state.count() == 3
+    truncated = tmp_path / "photos.tar"
+    with tarfile.open(truncated, "w") as tar:
+        for i, img in enumerate(make_images(4)):
+            data = png(img)
+            info = tarfile.TarInfo(f"{i}.png")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    truncated.write_bytes(truncated.read_bytes()[:2600])
+    res = runner.invoke(app, ["ingest", str(truncated), "--agent", running.address])
+    assert res.exit_code == 1 and "not a complete, readable tar archive" in " ".join(res.output.split())
+
+
+def test_two_folders_with_the_same_file_names_need_id_prefix(tmp_path: Path, running: Running) -> None:
+    a, b = make_images(2)
+    for name, img in (("site1", a), ("site2", b)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "photo.png").write_bytes(png(img))
+    run("ingest", str(tmp_path / "site1"), "--agent", running.address)
+    res = runner.invoke(app, ["ingest", str(tmp_path / "site2"), "--agent", running.address])
+    text = " ".join(res.output.split())  # the id photo.png is taken by another image: say what to do
+    assert res.exit_code == 0 and "rejected 1" in text and "give each source its own --id-prefix" in text
+    out = json.loads(run("ingest", str(tmp_path / "site2"), "--agent", running.address, "--id-prefix", "site2/",
+                         "--json"))
+    assert out["accepted"] == 1 and sorted(s.id for s in client.list_samples(running.stub)) == [
+        "photo.png", "site2/photo.png"]
+    # The same image under two names is kept twice, and said so (within a stream and across streams).
+    (tmp_path / "site3").mkdir()
+    (tmp_path / "site3" / "copy1.png").write_bytes(png(b))
+    (tmp_path / "site3" / "copy2.png").write_bytes(png(b))
+    out = json.loads(run("ingest", str(tmp_path / "site3"), "--agent", running.address, "--json"))
+    assert out["accepted"] == 2 and out["same_payload"] == 2
+    assert out["same_payload_examples"] == [{"id": "copy1.png", "other_id": "site2/photo.png"},
+                                            {"id": "copy2.png", "other_id": "site2/photo.png"}]
+    (tmp_path / "site4").mkdir()
+    (tmp_path / "site4" / "a.png").write_bytes(png(255 - a))
+    (tmp_path / "site4" / "b.png").write_bytes(png(255 - a))
+    res = runner.invoke(app, ["ingest", str(tmp_path / "site4"), "--agent", running.address])
+    assert res.exit_code == 0 and "same image under another id: 1 accepted samples" in " ".join(res.output.split())
+    assert "b.png = a.png" in res.output
+
+
+def test_label_csv_with_or_without_header_and_bom(tmp_path: Path, running: Running) -> None:
+    """A one-row CSV without header is one label (not silently nothing); Excel's UTF-8 BOM and an ID,Label
+    header in any case and order are fine; unusable files say why, with line numbers, and send nothing."""
+    client.ingest(running.stub, [client.image_sample(f"s{i}", png(img)) for i, img in enumerate(make_images(4))])
+
+    def label(text: str, encoding: str = "utf-8") -> tuple[int, str]:
+        path = tmp_path / "answers.csv"
+        path.write_bytes(text.encode(encoding))
+        res = runner.invoke(app, ["label", str(path), "--agent", running.address, "--json"])
+        return res.exit_code, res.stdout if res.exit_code == 0 else " ".join(res.output.split())
+
+    code, out = label("s0,cat\n")
+    assert code == 0 and json.loads(out) == {"accepted": 1, "rejected": []}
+    code, out = label("id,label\r\ns1,dog\r\n", encoding="utf-8-sig")  # Excel "CSV UTF-8"
+    assert code == 0 and json.loads(out)["accepted"] == 1
+    code, out = label("Label;ID\nfrog;s2\n\nfrog;nope\n")  # semicolons, other order, a blank line
+    assert code == 0 and json.loads(out) == {"accepted": 1, "rejected": [
+        {"line": 4, "id": "nope", "reason": "unknown id 'nope': ingest it first"}]}
+    code, out = label("id,label\n")
+    assert code == 2 and "has no labels" in out
+    code, out = label("s3,cat\ns0\n,dog\n")
+    assert code == 2 and "line 2: no label" in out and "line 3: no id" in out and "nothing was sent" in out
+    assert running.agent.state.labeled_count() == 3  # s0, s1, s2: the refused file changed nothing
+
+
+def test_serve_warns_about_a_missing_registry(tmp_path: Path) -> None:
+    """``serve --models`` on a folder that is not there starts (samples can be ingested before the first
+    model), but says so at start and in GetStatus warnings until a version is published there."""
+    from agent.testing import publish_linear
+
+    models = tmp_path / "models"
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "shortlist.cli", "serve", "--data-dir", str(tmp_path / "d"),
+                             "--models", str(models), "--port", str(port), "--cpu", "--poll", "0.2"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        started = ""
+        for _ in range(50):  # the start line, then the warning (rich wraps long lines; logging may interleave)
+            started += proc.stderr.readline()
+            if "check --models" in started or proc.poll() is not None:
+                break
+        started = " ".join(started.split())
+        assert "agent on" in started and f"warning: model registry {models} does not exist" in started
+        address = f"127.0.0.1:{port}"
+        st = json.loads(run("status", "--agent", address, "--json"))
+        assert any("does not exist" in w for w in st["warnings"]) and st["model_version"] == ""
+        publish_linear(models, size=(8, 8), dim=4, classes=["a", "b"])
+        stub = client.connect(address)
+        for _ in range(100):
+            st = json.loads(run("status", "--agent", address, "--json"))
+            if st["model_version"]:
+                break
+            stub.ReloadModel(agent_pb2.ReloadModelRequest())
+        assert st["model_version"] == "v0001" and not any("registry" in w for w in st["warnings"])
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+def test_help_lists_strategies_and_prior_methods() -> None:
+    from agent.priors import PRIOR_METHODS
+    from agent.strategies import STRATEGIES
+
+    for command, names in (("select", STRATEGIES), ("prior", PRIOR_METHODS)):
+        text = " ".join(run(command, "--help").replace("│", " ").split())
+        assert all(f" {name}," in text or f" {name} " in text for name in names), (command, text)
 
 
 def free_port() -> int:

@@ -90,3 +90,32 @@ def test_decode_rejects_garbage_and_resizes() -> None:
     px = np.zeros((5, 7, 3), np.uint8)
     assert decode_image(encode_png(px), (3, 2)).shape == (3, 2, 3)
     np.testing.assert_array_equal(decode_image(encode_png(px)), px)
+
+
+def test_id_prefix_and_one_image_file(tmp_path: Path) -> None:
+    _image_folder(tmp_path / "tree", n=1)
+    assert [it.id for it in iter_images(tmp_path / "tree", id_prefix="site2/")] == ["site2/cat/0000.png",
+                                                                                 "site2/dog/0000.png"]
+    one = tmp_path / "tree" / "cat" / "0000.png"
+    assert resolve_source(one).kind == "file"
+    items = list(iter_images(one, id_prefix="x/"))
+    assert [(it.id, it.label, it.uri) for it in items] == [("x/0000.png", None, str(one))]
+
+
+def test_sources_that_cannot_be_read_fail_in_resolve(tmp_path: Path) -> None:
+    """resolve_source is where every 'this source cannot be used' error is raised, so a caller can check
+    a source before streaming it."""
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        resolve_source(tmp_path / "missing")
+    tmp_path.joinpath("notes.txt").write_text("x")
+    with pytest.raises(FileNotFoundError, match="neither a folder, a tar archive"):
+        resolve_source(tmp_path / "notes.txt")
+    cifar = tmp_path / "cifar-10-batches-py"
+    cifar.mkdir()
+    (cifar / "batches.meta").write_bytes(pickle.dumps({b"label_names": [b"a"]}))
+    with pytest.raises(FileNotFoundError, match="only the 'train' and 'test' splits"):
+        resolve_source(tmp_path, "val")
+    bad_tar = tmp_path / "broken.tar"
+    bad_tar.write_bytes(b"\x00" * 100 + b"garbage" * 200)
+    with pytest.raises(OSError, match="not a complete, readable tar archive"):
+        list(iter_images(bad_tar))
