@@ -15,6 +15,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from agent.security import OWNER_DIR, OWNER_FILE, owner_only_dir
 from shortlist.manifest import fsync_path
 
 # Shared by every BlobStore of the process; fsync releases the GIL, so these threads overlap.
@@ -31,7 +32,7 @@ class BlobStore:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        root.mkdir(parents=True, exist_ok=True)
+        owner_only_dir(root)
         for tmp in root.glob("*/.tmp-*"):  # left by a crash between write and rename
             tmp.unlink(missing_ok=True)
 
@@ -58,9 +59,9 @@ class BlobStore:
             try:
                 for digest in digests[start:start + _OPEN_FILES]:
                     final = self.path(digest)
-                    final.parent.mkdir(exist_ok=True)
+                    final.parent.mkdir(mode=OWNER_DIR, exist_ok=True)
                     tmp = final.parent / f".tmp-{digest[2:]}-{os.getpid()}-{threading.get_ident()}"
-                    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, OWNER_FILE)
                     todo.append((tmp, final, fd))
                     view = memoryview(pending[digest])
                     while view:

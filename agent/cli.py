@@ -22,13 +22,12 @@ from rich.table import Table
 from typer.core import TyperCommand
 
 from agent import client
+from agent.cli_options import AgentTarget, agent_options
 from agent.limits import MIB, Limits
 from shortlist.v1 import agent_pb2
 
 LIMITS = Limits()  # the defaults, shown by `shortlist serve --help`
 
-DEFAULT_AGENT = os.environ.get("SHORTLIST_AGENT", "127.0.0.1:50051")
-AgentOpt = typer.Option(DEFAULT_AGENT, "--agent", help="HOST:PORT of a running agent (env SHORTLIST_AGENT)")
 JsonOpt = typer.Option(False, "--json", help="machine-readable output on stdout")
 
 console = Console(stderr=True)
@@ -103,7 +102,8 @@ def _status_dict(s: agent_pb2.Status) -> dict[str, Any]:
 
 def serve(data_dir: Path = typer.Option(..., "--data-dir", help="agent state folder (created if missing)"),
           models: Path = typer.Option(..., "--models", help="model registry folder (vNNNN/ versions)"),
-          host: str = typer.Option("127.0.0.1", "--host"),
+          host: str = typer.Option("127.0.0.1", "--host", help="address to listen on (0.0.0.0: every interface; "
+                                   "anything but loopback needs TLS and tokens, or --insecure)"),
           port: int = typer.Option(50051, "--port"),
           classes: str = typer.Option("", "--classes", help="closed class list a,b,c (default: open)"),
           no_blobs: bool = typer.Option(False, "--no-blobs", help="do not keep payloads (no re-embedding, "
@@ -132,13 +132,25 @@ def serve(data_dir: Path = typer.Option(..., "--data-dir", help="agent state fol
                                          help="largest Select budget"),
           max_ingest_streams: int = typer.Option(LIMITS.max_ingest_streams, "--max-ingest-streams", min=1,
                                                  help="Ingest streams served at once (more: RESOURCE_EXHAUSTED)"),
-          cpu: bool = typer.Option(False, "--cpu", help="never try CUDAExecutionProvider")) -> None:
+          cpu: bool = typer.Option(False, "--cpu", help="never try CUDAExecutionProvider"),
+          tls_cert: Path | None = typer.Option(None, "--tls-cert", dir_okay=False,
+                                               help="serve TLS with this certificate (PEM; with --tls-key)"),
+          tls_key: Path | None = typer.Option(None, "--tls-key", dir_okay=False, help="the private key of --tls-cert"),
+          tls_client_ca: Path | None = typer.Option(None, "--tls-client-ca", dir_okay=False,
+                                                    help="mutual TLS: require client certificates signed by this CA"),
+          tokens: Path | None = typer.Option(None, "--tokens", dir_okay=False,
+                                             help="require bearer tokens: a file of `role:token` lines, role read "
+                                                  "or write (re-read when it changes)"),
+          insecure: bool = typer.Option(False, "--insecure", help="allow a non-loopback --host without TLS and "
+                                        "tokens: anyone who reaches the port can read and change the data")) -> None:
     """Run the agent until SIGTERM/SIGINT (then finish in-flight calls, snapshot the index, exit)."""
     from agent.config import AgentConfig
+    from agent.security import ServerSecurity, is_loopback
     from agent.service import create_server, stop_server
     from agent.state import ClassListError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.umask(0o077)  # whatever the agent or a library creates is readable by its user only
     class_list = tuple(c.strip() for c in classes.split(",") if c.strip()) or None
     try:
         limits = Limits(max_message_bytes=max_message_mb * MIB, max_samples_per_request=max_samples_per_request,
@@ -147,16 +159,24 @@ def serve(data_dir: Path = typer.Option(..., "--data-dir", help="agent state fol
                         max_metadata_entries=max_metadata_entries, max_metadata_chars=max_metadata_chars,
                         max_ids_per_request=max_ids_per_request, max_select_budget=max_budget,
                         max_ingest_streams=max_ingest_streams)
+        security = ServerSecurity(tls_cert=tls_cert, tls_key=tls_key, tls_client_ca=tls_client_ca, tokens=tokens,
+                                  insecure=insecure)
         config = AgentConfig(data_dir, models, host=host, port=port, classes=class_list, blobs=not no_blobs,
-                             poll_s=poll, batch_size=batch_size, use_cuda=not cpu, limits=limits)
+                             poll_s=poll, batch_size=batch_size, use_cuda=not cpu, limits=limits, security=security)
         server, bound, agent = create_server(config)
-    except (ClassListError, OSError, ValueError) as e:
+    except (ClassListError, OSError, ValueError) as e:  # SecurityError is a ValueError
         console.print(f"[red]cannot start[/red]: {e}")
         raise typer.Exit(2) from None
     st = agent.status()
     provider = agent.manager.current.embedder.provider if agent.manager.current else "none"
     console.print(f"agent on {host}:{bound}: {st.samples} samples, model {st.model_version or '(none yet)'} "
                   f"({provider}), registry {models}")
+    mode = ("mutual TLS" if tls_client_ca else "TLS" if tls_cert else "plaintext") + \
+        (", tokens required" if tokens else ", no tokens")
+    console.print(f"security: {mode}")
+    if insecure and not is_loopback(host):
+        console.print(f"[yellow]warning[/yellow]: --insecure: anyone who reaches {host}:{bound} can read and change "
+                      "this agent's data")
     if agent.registry_warning():
         console.print(f"[yellow]warning[/yellow]: {escape(agent.registry_warning())}", highlight=False)
     stop = threading.Event()
@@ -203,9 +223,10 @@ def _print_ingest(reply: agent_pb2.IngestReply) -> None:
                       "source its own --id-prefix, e.g. --id-prefix site2/")
 
 
-def ingest(source: str = typer.Argument(..., help="an image file, a folder of images, an ImageFolder tree, a "
+@agent_options
+def ingest(agent: AgentTarget,
+           source: str = typer.Argument(..., help="an image file, a folder of images, an ImageFolder tree, a "
                                         "tar of one, torchvision's CIFAR folder, or a folder of train/test splits"),
-           agent: str = AgentOpt,
            with_labels: bool = typer.Option(False, "--with-labels", help="class folders become labels"),
            split: str = typer.Option("train", "--split", help="which split of a source that has splits"),
            batch: int = typer.Option(256, "--batch", min=1, help="most samples per request (one transaction)"),
@@ -229,7 +250,7 @@ def ingest(source: str = typer.Argument(..., help="an image file, a folder of im
     except (FileNotFoundError, NotADirectoryError, PermissionError) as e:
         console.print(f"[red]cannot read {escape(source)}[/red]: {escape(str(e))}", highlight=False)
         raise typer.Exit(2) from None
-    stub = _rpc(lambda: client.connect(agent))
+    stub = _rpc(agent.connect)
     counter = [0]
     samples = _source_samples(resolved, limit, with_labels, metadata, id_prefix, counter)
     try:
@@ -243,9 +264,8 @@ def ingest(source: str = typer.Argument(..., help="an image file, a folder of im
         else:
             _print_ingest(e.reply)
         console.print(f"[red]stopped reading {escape(source)}[/red] after {e.sent} samples: {escape(str(e))}; the "
-                      "samples acknowledged "
-                      "above are stored; fix the source and run the same command again (resent samples count as "
-                      "duplicates)", highlight=False)
+                      "samples acknowledged above are stored; fix the source and run the same command again "
+                      "(resent samples count as duplicates)", highlight=False)
         raise typer.Exit(1) from None
     if counter[0] == 0:
         console.print(f"[red]no images found in {resolved.path}[/red] (split '{resolved.split}'); image files end "
@@ -257,7 +277,8 @@ def ingest(source: str = typer.Argument(..., help="an image file, a folder of im
     _print_ingest(reply)
 
 
-def select(agent: str = AgentOpt,
+@agent_options
+def select(agent: AgentTarget,
            budget: int = typer.Option(..., "--budget"),
            strategy: str = typer.Option("random", "--strategy", help="selection strategy"),
            param: list[str] = typer.Option([], "--param", help="strategy parameter k=v (repeatable)"),
@@ -265,7 +286,7 @@ def select(agent: str = AgentOpt,
            seed: int = typer.Option(0, "--seed", min=0),
            as_json: bool = JsonOpt) -> None:
     """Which samples to label next."""
-    stub = _rpc(lambda: client.connect(agent))
+    stub = _rpc(agent.connect)
     req = agent_pb2.SelectRequest(budget=budget, strategy=strategy, params=_pairs(param, "--param"), seed=seed,
                                   where=_pairs(where, "--where"))
     reply = _rpc(lambda: stub.Select(req))
@@ -308,7 +329,10 @@ def read_labels_csv(path: Path) -> list[tuple[int, str, str]]:
     first = next((ln for ln in lines if ln.strip()), "")
     delimiter = "," if "," in first or not ({";", "\t"} & set(first)) else (";" if ";" in first else "\t")
     reader = csv.reader(lines, delimiter=delimiter)
-    rows = [(reader.line_num, [c.strip() for c in cells]) for cells in reader if any(c.strip() for c in cells)]
+    try:
+        rows = [(reader.line_num, [c.strip() for c in cells]) for cells in reader if any(c.strip() for c in cells)]
+    except csv.Error as e:  # a NUL byte, an unterminated quote at the end, a huge field
+        raise LabelFileError(f"{path} line {reader.line_num}: not readable as CSV ({e})") from None
     id_col, label_col = 0, 1
     if rows:
         head = [c.lower() for c in rows[0][1]]
@@ -334,9 +358,10 @@ def read_labels_csv(path: Path) -> list[tuple[int, str, str]]:
     return out
 
 
-def label(file: Path = typer.Argument(..., exists=True, dir_okay=False, help="CSV with columns id,label (header "
+@agent_options
+def label(agent: AgentTarget,
+          file: Path = typer.Argument(..., exists=True, dir_okay=False, help="CSV with columns id,label (header "
                                       "line optional; UTF-8, with or without BOM)"),
-          agent: str = AgentOpt,
           annotator: str = typer.Option(os.environ.get("USER", "cli"), "--annotator"),
           as_json: bool = JsonOpt) -> None:
     """Submit labels from a CSV file: rows id,label, with or without a header line id,label."""
@@ -345,7 +370,7 @@ def label(file: Path = typer.Argument(..., exists=True, dir_okay=False, help="CS
     except (LabelFileError, OSError) as e:
         console.print(f"[red]cannot use {escape(str(file))}[/red]: {escape(str(e))}", highlight=False)
         raise typer.Exit(2) from None
-    stub = _rpc(lambda: client.connect(agent))
+    stub = _rpc(agent.connect)
     reply = _rpc(lambda: client.submit_labels(stub, [(sid, lab) for _, sid, lab in rows], annotator))
     line_of: dict[str, int] = {}
     for n, sid, _ in rows:
@@ -361,13 +386,14 @@ def label(file: Path = typer.Argument(..., exists=True, dir_okay=False, help="CS
         console.print(f"  ... and {len(rejected) - 10} more (--json lists all)")
 
 
-def prior(agent: str = AgentOpt,
+@agent_options
+def prior(agent: AgentTarget,
           method: str = typer.Option("knn", "--method", help="prior method"),
           ids: list[str] = typer.Option([], "--id", help="sample id (repeatable; default: every unlabelled)"),
           param: list[str] = typer.Option([], "--param", help="method parameter k=v (repeatable)"),
           as_json: bool = JsonOpt) -> None:
     """Prior pseudo-labels (class probabilities) for unlabelled samples."""
-    stub = _rpc(lambda: client.connect(agent))
+    stub = _rpc(agent.connect)
     req = agent_pb2.PriorLabelsRequest(method=method, ids=ids, params=_pairs(param, "--param"))
     rows = _rpc(lambda: list(stub.PriorLabels(req)))
     if as_json:
@@ -383,9 +409,10 @@ def prior(agent: str = AgentOpt,
     Console().print(table)
 
 
-def status(agent: str = AgentOpt, as_json: bool = JsonOpt) -> None:
+@agent_options
+def status(agent: AgentTarget, as_json: bool = JsonOpt) -> None:
     """The agent's pool, labels, serving model and available strategies."""
-    stub = _rpc(lambda: client.connect(agent))
+    stub = _rpc(agent.connect)
     s = _rpc(lambda: stub.GetStatus(agent_pb2.GetStatusRequest()))
     d = _status_dict(s)
     if as_json:

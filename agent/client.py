@@ -1,6 +1,7 @@
 """A small typed client for the agent: used by the CLI, training's ``cycle`` and the benchmarks.
 
-    stub = connect("127.0.0.1:50051")            # waits until the agent answers (or times out)
+    stub = connect("127.0.0.1:50051")            # waits until the agent answers (or says why it cannot)
+    stub = connect("agent.lab:50051", config=ClientConfig(tls_ca=Path("ca.pem"), token="..."))
     reply = ingest(stub, samples, batch=256)      # one client stream, requests of <= 256 samples and
                                                   # <= REQUEST_BYTES each
     ids = [s.id for s in stub.Select(agent_pb2.SelectRequest(budget=10, strategy="random")).selected]
@@ -8,7 +9,14 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import ssl
+import time
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -16,6 +24,7 @@ import numpy as np
 from shortlist.v1 import agent_pb2, agent_pb2_grpc
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+CONNECT_TIMEOUT_S = 10.0
 # Ingest packs samples into requests of at most this many bytes (besides at most ``batch`` samples): a
 # quarter of both sides' default 64 MiB message limit, so a folder of phone photos (3-5 MB each) goes
 # in requests of a few photos. A sample above it travels alone; one above MAX_MESSAGE_BYTES minus
@@ -30,7 +39,7 @@ RETRY_POLICY = ('{"methodConfig": [{"name": [{"service": "shortlist.v1.Agent"}],
 
 
 class AgentUnavailable(ConnectionError):
-    """The agent did not answer in time."""
+    """The agent could not be reached; the message says why (refused, unresolved name, TLS, timeout)."""
 
 
 class IngestInterrupted(RuntimeError):
@@ -45,25 +54,224 @@ class IngestInterrupted(RuntimeError):
         self.sent = sent
 
 
-def channel(address: str, timeout: float = 10.0) -> grpc.Channel:
-    """An insecure channel to ``address`` (HOST:PORT), ready (or AgentUnavailable after ``timeout`` s)."""
-    ch = grpc.insecure_channel(address, options=[
+@dataclass(frozen=True)
+class ClientConfig:
+    """How to reach an agent: TLS (``tls_ca`` trusts the agent's certificate; ``tls_cert``/``tls_key``
+    are this client's certificate for mutual TLS; ``tls_server_name`` overrides the name checked in
+    the agent's certificate), the bearer ``token``, and how long to wait for the connection.
+
+    ``from_env()`` reads SHORTLIST_TLS_CA, SHORTLIST_TLS_CERT, SHORTLIST_TLS_KEY,
+    SHORTLIST_TLS_SERVER_NAME and SHORTLIST_TOKEN (the CLI's --tls-ca ... --token default to them)."""
+
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_server_name: str = ""
+    token: str = ""
+    connect_timeout: float = CONNECT_TIMEOUT_S
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_ca is not None or self.tls_cert is not None
+
+    @staticmethod
+    def from_env() -> ClientConfig:
+        def path(name: str) -> Path | None:
+            value = os.environ.get(name, "")
+            return Path(value) if value else None
+
+        return ClientConfig(tls_ca=path("SHORTLIST_TLS_CA"), tls_cert=path("SHORTLIST_TLS_CERT"),
+                            tls_key=path("SHORTLIST_TLS_KEY"),
+                            tls_server_name=os.environ.get("SHORTLIST_TLS_SERVER_NAME", ""),
+                            token=os.environ.get("SHORTLIST_TOKEN", ""))
+
+    def _read(self, path: Path, flag: str) -> bytes:
+        try:
+            return path.read_bytes()
+        except OSError as e:
+            raise AgentUnavailable(f"cannot read {flag} {path}: {e.strerror or e}") from None
+
+    def credentials(self) -> grpc.ChannelCredentials | None:
+        if not self.tls:
+            return None
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise AgentUnavailable("a client certificate needs both --tls-cert FILE and --tls-key FILE")
+        return grpc.ssl_channel_credentials(
+            root_certificates=None if self.tls_ca is None else self._read(self.tls_ca, "--tls-ca"),
+            private_key=None if self.tls_key is None else self._read(self.tls_key, "--tls-key"),
+            certificate_chain=None if self.tls_cert is None else self._read(self.tls_cert, "--tls-cert"))
+
+
+class _BearerToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
+                   grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
+    """Adds ``authorization: Bearer TOKEN`` to every call (works on TLS and on loopback plaintext channels,
+    where gRPC refuses call credentials)."""
+
+    def __init__(self, token: str) -> None:
+        self._header = ("authorization", f"Bearer {token}")
+
+    def _details(self, details: Any) -> Any:
+        return details._replace(metadata=[*(details.metadata or ()), self._header])
+
+    def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
+        return continuation(self._details(client_call_details), request)
+
+    def intercept_unary_stream(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
+        return continuation(self._details(client_call_details), request)
+
+    def intercept_stream_unary(self, continuation: Any, client_call_details: Any, request_iterator: Any) -> Any:
+        return continuation(self._details(client_call_details), request_iterator)
+
+    def intercept_stream_stream(self, continuation: Any, client_call_details: Any, request_iterator: Any) -> Any:
+        return continuation(self._details(client_call_details), request_iterator)
+
+
+def _host_port(address: str) -> tuple[str, int] | None:
+    """(host, port) of a plain HOST:PORT / [V6]:PORT address; None for other gRPC targets (unix:, dns:///)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or "/" in address or host in ("unix", "unix-abstract", "vsock"):
+        return None
+    return host.strip("[]"), int(port)
+
+
+def _probe_tcp(address: str, host: str, port: int, timeout: float) -> None:
+    """Fail at once with a precise reason when the name does not resolve or nothing listens."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise AgentUnavailable(f"cannot resolve the agent's host name {host!r} ({e.strerror}); check --agent "
+                               f"{address} (or SHORTLIST_AGENT)") from None
+    last: OSError | None = None
+    for family, kind, proto, _, sockaddr in infos:
+        try:
+            with socket.socket(family, kind, proto) as s:
+                s.settimeout(timeout)
+                s.connect(sockaddr)
+                return
+        except OSError as e:
+            last = e
+    if isinstance(last, ConnectionRefusedError):
+        raise AgentUnavailable(f"connection refused by {address}: no agent listens there; check --agent (or "
+                               "SHORTLIST_AGENT), or start one with `shortlist serve --data-dir D --models M "
+                               f"--port {port}`") from None
+    if isinstance(last, TimeoutError | socket.timeout):
+        raise AgentUnavailable(f"no answer from {address} within {timeout:g} s (a firewall, or the wrong address?); "
+                               "raise --connect-timeout if the network is slow") from None
+    raise AgentUnavailable(f"cannot reach {address}: {last.strerror if last else 'no address'}") from None
+
+
+def _client_cert_refused(address: str, config: ClientConfig) -> str:
+    if config.tls_cert is None:
+        return (f"the agent at {address} requires a client certificate (mutual TLS): pass --tls-cert FILE "
+                "--tls-key FILE (env SHORTLIST_TLS_CERT, SHORTLIST_TLS_KEY)")
+    return (f"the agent at {address} refused the client certificate {config.tls_cert}: it must be signed by the "
+            "CA the agent trusts (its --tls-client-ca)")
+
+
+def _probe_tls(address: str, host: str, port: int, config: ClientConfig, timeout: float) -> str:
+    """Why gRPC could not set up a channel that TCP reaches: a TLS mismatch or a handshake failure ("" if
+    none is seen, e.g. the agent was only briefly unavailable)."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as raw:
+            if not config.tls:
+                ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+                ctx.check_hostname = False
+                ctx.verify_mode = ssl.CERT_NONE
+                ctx.set_alpn_protocols(["h2"])
+                try:
+                    with ctx.wrap_socket(raw, server_hostname=host):
+                        return (f"the agent at {address} uses TLS: pass --tls-ca FILE (the CA that signed its "
+                                "certificate; env SHORTLIST_TLS_CA)")
+                except (ssl.SSLError, OSError):
+                    return ""
+            ctx = ssl.create_default_context(cafile=None if config.tls_ca is None else str(config.tls_ca))
+            ctx.set_alpn_protocols(["h2"])
+            if config.tls_cert is not None and config.tls_key is not None:
+                ctx.load_cert_chain(config.tls_cert, config.tls_key)
+            name = config.tls_server_name or host
+            with ctx.wrap_socket(raw, server_hostname=name) as tls:
+                tls.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+                if not tls.recv(1):  # TLS 1.3: a refused client certificate shows as a closed connection
+                    return _client_cert_refused(address, config)
+    except ssl.SSLCertVerificationError as e:
+        return (f"TLS handshake with {address} failed: its certificate is not trusted ({e.verify_message}); pass "
+                "--tls-ca with the CA that signed the agent's certificate, and --tls-server-name NAME when you "
+                "connect by an address the certificate does not name")
+    except ssl.SSLError as e:
+        reason = e.reason or str(e)
+        if "CERTIFICATE_REQUIRED" in reason or "HANDSHAKE_FAILURE" in reason or "BAD_CERTIFICATE" in reason \
+                or "UNKNOWN_CA" in reason:
+            return _client_cert_refused(address, config)
+        if "WRONG_VERSION_NUMBER" in reason or "RECORD_LAYER" in reason or "PACKET_LENGTH" in reason:
+            return f"the agent at {address} does not speak TLS: drop --tls-ca/--tls-cert (and SHORTLIST_TLS_*)"
+        return f"TLS handshake with {address} failed: {reason}"
+    except (OSError, ValueError):
+        return ""
+    return ""
+
+
+def channel(address: str, timeout: float | None = None, config: ClientConfig | None = None,
+            starting: bool = False) -> grpc.Channel:
+    """A channel to ``address`` (HOST:PORT) with ``config``'s TLS and token, once ready; AgentUnavailable
+    says why not (name not resolved, connection refused, TLS mismatch or untrusted certificate, or no
+    answer within ``timeout`` s, default ``config.connect_timeout``). A wrong token shows at the first call
+    as UNAUTHENTICATED or PERMISSION_DENIED. ``starting``: the agent was just started, so a refused
+    connection is retried until the timeout instead of failing at once."""
+    config = config or ClientConfig()
+    wait = config.connect_timeout if timeout is None else timeout
+    deadline = time.monotonic() + wait
+    hp = _host_port(address)
+    while hp is not None:
+        try:
+            _probe_tcp(address, *hp, min(wait, 5.0))
+            break
+        except AgentUnavailable:
+            if not starting or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+    options: list[tuple[str, Any]] = [
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.enable_retries", 1),
-        ("grpc.service_config", RETRY_POLICY)])
-    try:
-        grpc.channel_ready_future(ch).result(timeout=timeout)
-    except grpc.FutureTimeoutError:
+        ("grpc.service_config", RETRY_POLICY)]
+    creds = config.credentials()
+    if creds is not None and config.tls_server_name:
+        options.append(("grpc.ssl_target_name_override", config.tls_server_name))
+    ch = grpc.insecure_channel(address, options=options) if creds is None else \
+        grpc.secure_channel(address, creds, options=options)
+    ready_future = grpc.channel_ready_future(ch)
+    reason = ""
+    probed = False
+    ready = False
+    while True:
+        left = deadline - time.monotonic()
+        try:  # a connection TCP reaches is ready within milliseconds unless TLS (or the protocol) disagrees
+            ready_future.result(timeout=max(0.0, min(left, 1.0)))
+            ready = True
+            break
+        except grpc.FutureTimeoutError:
+            pass
+        if hp is not None and not probed:
+            probed = True
+            reason = _probe_tls(address, *hp, config, min(wait, 5.0))
+            if reason:
+                break
+        if time.monotonic() >= deadline:
+            break
+    if not ready:
+        ready_future.cancel()
         ch.close()
-        raise AgentUnavailable(f"no agent answers at {address} after {timeout:.0f}s; start one with "
-                               f"`shortlist serve --data-dir D --models M --port PORT`") from None
+        raise AgentUnavailable(reason or f"no agent answers at {address} after {wait:g}s; start one with "
+                               "`shortlist serve --data-dir D --models M --port PORT`, or raise --connect-timeout")
+    if config.token:
+        return grpc.intercept_channel(ch, _BearerToken(config.token))
     return ch
 
 
-def connect(address: str, timeout: float = 10.0) -> agent_pb2_grpc.AgentStub:
-    """A stub for the agent at ``address``, once its channel is ready (retries UNAVAILABLE)."""
-    return agent_pb2_grpc.AgentStub(channel(address, timeout))
+def connect(address: str, timeout: float | None = None, config: ClientConfig | None = None,
+            starting: bool = False) -> agent_pb2_grpc.AgentStub:
+    """A stub for the agent at ``address``, once its channel is ready (retries UNAVAILABLE); see ``channel``."""
+    return agent_pb2_grpc.AgentStub(channel(address, timeout, config, starting))
 
 
 def image_sample(sample_id: str, encoded: bytes, label: str = "", uri: str = "",

@@ -10,15 +10,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.limits import MIB, Limits
+from agent.security import ServerSecurity
 
 __all__ = ["MIB", "AgentConfig", "Limits"]
 
 
 @dataclass(frozen=True)
 class AgentConfig:
-    """Everything one agent process is configured with. Security settings (TLS, tokens, --insecure)
-    are added beside these by the security layer; create_server also takes extra interceptors and
-    server credentials directly."""
+    """Everything one agent process is configured with. ``security`` holds TLS, tokens and --insecure
+    (agent/security.py); create_server also takes extra interceptors and server credentials directly."""
 
     data_dir: Path
     models: Path
@@ -33,7 +33,9 @@ class AgentConfig:
     snapshot_s: float = 30.0  # seconds between index snapshots
     background: bool = True  # run the model manager's polling thread (False: tests call check())
     limits: Limits = field(default_factory=Limits)
+    security: ServerSecurity = field(default_factory=ServerSecurity)
 
     @property
     def address(self) -> str:
-        return f"{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host and not self.host.startswith("[") else self.host
+        return f"{host}:{self.port}"

@@ -29,6 +29,7 @@ from agent.limits import check_count, check_text, limit_hint, metadata_problem, 
 from agent.models import ModelManager, Serving
 from agent.pool import Pool, state_rng
 from agent.priors import PRIOR_METHODS, get_prior_method
+from agent.security import DataDirLock, owner_only_dir
 from agent.state import SampleRecord, State
 from agent.strategies import MODEL_FREE, STRATEGIES, get_strategy
 from shortlist.images import allow_pixels
@@ -80,21 +81,29 @@ class Agent:
 
     def __init__(self, config: AgentConfig) -> None:
         data_dir = config.data_dir
-        data_dir.mkdir(parents=True, exist_ok=True)
+        owner_only_dir(data_dir)  # 0700: only the agent's user can read anything inside
+        self.folder_lock = DataDirLock(data_dir)  # one agent per folder; DataDirLocked otherwise
         self.config = config
         self.limits = config.limits
         self.data_dir = data_dir
         self.models = config.models
         allow_pixels(config.limits.max_pixels)
-        self.state = State(data_dir / "state.sqlite", None if config.classes is None else list(config.classes))
+        try:
+            self.state = State(data_dir / "state.sqlite", None if config.classes is None else list(config.classes))
+        except BaseException:
+            self.folder_lock.release()
+            raise
         self.blobs = BlobStore(data_dir / "blobs") if config.blobs else None
         self.manager = ModelManager(config, self.state, self.blobs, on_classes=self._adopt_manifest_classes)
         self.ingest = IngestPipeline(self.state, self.blobs, self.manager, config.limits)
         self.manager.start(background=config.background)
 
     def close(self) -> None:
-        self.manager.stop()
-        self.state.close()
+        try:
+            self.manager.stop()
+            self.state.close()
+        finally:
+            self.folder_lock.release()
 
     def _adopt_manifest_classes(self, manifest: Manifest) -> None:
         """With no class list yet, a model's class names become the closed list (so its logits apply)."""

@@ -25,6 +25,7 @@ from pathlib import Path
 import hnswlib
 import numpy as np
 
+from agent.security import OWNER_DIR, OWNER_FILE
 from agent.state import StoredEmbeddings
 
 log = logging.getLogger(__name__)
@@ -128,16 +129,17 @@ class VersionIndex:
     # ---- persistence -----------------------------------------------------------------------------
     def save(self, folder: Path) -> None:
         """Snapshot the graph and id map to ``folder`` atomically (temp folder + rename)."""
-        folder.parent.mkdir(parents=True, exist_ok=True)
+        folder.parent.mkdir(mode=OWNER_DIR, parents=True, exist_ok=True)
         tmp = folder.parent / f".tmp-{folder.name}-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
+        tmp.mkdir(mode=OWNER_DIR)
         with self.lock:
             n = self.n
             self._graph.save_index(str(tmp / "hnsw.bin"))
             np.save(tmp / "rows.npy", self._seqs[:n])
         (tmp / "meta.json").write_text(json.dumps({"version": self.version, "dim": self.dim, "rows": n}))
         for name in ("hnsw.bin", "rows.npy", "meta.json"):
+            os.chmod(tmp / name, OWNER_FILE)  # hnswlib and numpy create files with the umask's mode
             with open(tmp / name, "rb") as f:
                 os.fsync(f.fileno())
         old = folder.parent / f".old-{folder.name}-{os.getpid()}"

@@ -51,8 +51,14 @@ def status_message(st: AgentStatus) -> agent_pb2.Status:
 
 
 class AgentServicer(agent_pb2_grpc.AgentServicer):
-    def __init__(self, agent: Agent) -> None:
+    def __init__(self, agent: Agent, warnings: Sequence[str] = ()) -> None:
         self.agent = agent
+        self.warnings = list(warnings)  # about how the server runs (e.g. --insecure), shown in GetStatus
+
+    def _status(self) -> agent_pb2.Status:
+        msg = status_message(self.agent.status())
+        msg.warnings.extend(self.warnings)
+        return msg
 
     def Ingest(self, request_iterator: Iterator[agent_pb2.IngestRequest],
                context: grpc.ServicerContext) -> agent_pb2.IngestReply:
@@ -97,11 +103,11 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
             yield msg
 
     def GetStatus(self, request: agent_pb2.GetStatusRequest, context: grpc.ServicerContext) -> agent_pb2.Status:
-        return status_message(self.agent.status())
+        return self._status()
 
     def ReloadModel(self, request: agent_pb2.ReloadModelRequest, context: grpc.ServicerContext) -> agent_pb2.Status:
         self.agent.manager.reload()
-        return status_message(self.agent.status())
+        return self._status()
 
 
 def create_server(config: AgentConfig, interceptors: Sequence[grpc.ServerInterceptor] = (),
@@ -112,17 +118,31 @@ def create_server(config: AgentConfig, interceptors: Sequence[grpc.ServerInterce
 
     ``interceptors`` run inside the error mapping (so what they raise is mapped too), in order;
     ``credentials`` (e.g. ``grpc.ssl_server_credentials``) make the port a TLS port; ``options`` are
-    extra gRPC server options."""
+    extra gRPC server options.
+
+    ``config.security`` (TLS, tokens, --insecure) is checked before the data folder is opened:
+    agent.security.SecurityError says what is missing. Its token check runs outermost, before the error
+    mapping, so a caller without a valid token costs no parsing. A port another process holds is an
+    OSError (SO_REUSEPORT is off, so two agents never share a port), and so is a data folder another
+    agent holds (agent.security.DataDirLocked)."""
     limits = config.limits
+    security = config.security
+    warnings = security.check_exposure(config.host)
+    credentials = credentials if credentials is not None else security.credentials()
+    auth = security.interceptors()
+    for w in warnings:
+        log.warning("%s", w)
     agent = Agent(config)
     try:
         server_options: list[tuple[str, Any]] = [
             ("grpc.max_receive_message_length", limits.max_message_bytes),
             ("grpc.max_send_message_length", limits.max_message_bytes),
+            ("grpc.so_reuseport", 0),
             *options]
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="rpc"),
-                             interceptors=[ErrorMapping((SERVICE_NAME,)), *interceptors], options=server_options)
-        agent_pb2_grpc.add_AgentServicer_to_server(AgentServicer(agent), server)
+                             interceptors=[*auth, ErrorMapping((SERVICE_NAME,)), *interceptors],
+                             options=server_options)
+        agent_pb2_grpc.add_AgentServicer_to_server(AgentServicer(agent, warnings), server)
         health_servicer = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         for name in ("", SERVICE_NAME):
@@ -136,7 +156,8 @@ def create_server(config: AgentConfig, interceptors: Sequence[grpc.ServerInterce
         except RuntimeError:  # grpcio raises when the address cannot be bound
             bound = 0
         if bound == 0:
-            raise OSError(f"cannot listen on {config.address} (in use by another process?); pick another --port")
+            raise OSError(f"cannot listen on {config.address}: the port is in use by another process (another "
+                          "agent?) or the address is not one of this machine's; pick another --port or --host")
         server.start()
     except BaseException:
         agent.close()

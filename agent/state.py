@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from agent.security import owner_only_file
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS samples (
     seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, uri TEXT NOT NULL, metadata TEXT NOT NULL,
@@ -112,6 +114,7 @@ class State:
     def __init__(self, path: Path, classes: Sequence[str] | None = None) -> None:
         self.path = path
         self._lock = threading.RLock()
+        owner_only_file(path)  # 0600; SQLite gives -wal and -shm the database file's mode
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")

@@ -233,7 +233,7 @@ def start_agent(cfg: LoadConfig, registry: Path) -> Target:
         if proc.poll() is not None:
             raise LoadError(f"the agent exited at start (status {proc.returncode}); see {log}")
         try:
-            client.channel(address, timeout=2.0).close()
+            client.channel(address, timeout=2.0, starting=True).close()
             break
         except client.AgentUnavailable:
             if time.monotonic() > deadline:

@@ -24,6 +24,13 @@ def load_run(path: Path) -> dict[str, Any]:
     return run
 
 
+def dataset_name(run: dict[str, Any]) -> str:
+    """The data set a run was given, as its folder's name (e.g. ``cifar10``, ``digits``) with the path."""
+    data = str(run.get("data", "")) or "unknown data"
+    name = Path(data.rstrip("/")).name or data
+    return name if name == data else f"{name} ({data})"
+
+
 def _mean_std(values: list[float]) -> tuple[float, float]:
     a = np.asarray(values, np.float64)
     a = a[np.isfinite(a)]
@@ -64,7 +71,8 @@ def markdown(runs: list[dict[str, Any]]) -> str:
     sums = [summarize(r) for r in runs]
     labels = [r["label"] for r in runs]
     first = runs[0]
-    lines.append("# CIFAR-10 (JPEG q75) low-budget benchmark through the agent\n")
+    names = list(dict.fromkeys(dataset_name(r) for r in runs))
+    lines.append(f"# Low-budget benchmark through the agent: {', '.join(names)}\n")
     for r in runs:
         walls = r.get("wall_seconds", {})
         lines.append(f"- **{r['label']}**: profile `{r['profile']}`, pool {r['pool_size']}, test {r['test_size']}, "
@@ -152,7 +160,8 @@ def plot(runs: list[dict[str, Any]], metric: str, ylabel: str, path: Path) -> No
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
-    ax.set_title(f"CIFAR-10 (JPEG q75), {', '.join(r['label'] for r in runs)}", fontsize=9)
+    names = ", ".join(dict.fromkeys(Path(str(r.get("data", "")).rstrip("/")).name or "?" for r in runs))
+    ax.set_title(f"{names}: {', '.join(r['label'] for r in runs)}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -151,9 +151,11 @@ def simulate(variant: Variant, budget: int, seed: int, x: np.ndarray, labels: np
 
 def run_benchmark(x: np.ndarray, labels: np.ndarray, test_x: np.ndarray | None, test_y: np.ndarray | None,
                   budgets: list[int], seeds: int, strategies: list[Variant], priors: list[str],
-                  pretext_loss: np.ndarray | None, progress: Any = None) -> list[dict[str, Any]]:
-    """Every (strategy, budget, seed): pick, reveal labels, run each prior method on the unlabelled rest.
-    Returns flat records (one per strategy, budget, seed and prior method)."""
+                  pretext_loss: np.ndarray | None, progress: Any = None,
+                  prior_params: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """Every (strategy, budget, seed): pick, reveal labels, run each prior method on the unlabelled rest
+    (with ``prior_params``, e.g. {"calibrate": "false"}). Returns flat records (one per strategy, budget,
+    seed and prior method)."""
     num_classes = int(labels.max()) + 1
     knn = CachedKnn(x, hnsw_index(x))
     records: list[dict[str, Any]] = []
@@ -173,7 +175,7 @@ def run_benchmark(x: np.ndarray, labels: np.ndarray, test_x: np.ndarray | None, 
                 rows = pool.candidates
                 for method in priors:
                     t1 = time.perf_counter()
-                    pr = PRIOR_METHODS[method](pool, rows, state_rng(0, row_ids(picked)), {})
+                    pr = PRIOR_METHODS[method](pool, rows, state_rng(0, row_ids(picked)), dict(prior_params or {}))
                     records.append({
                         "strategy": variant.label, "params": variant.params, "budget": budget, "seed": seed,
                         "prior_method": method,
@@ -347,6 +349,8 @@ def register(bench_app: typer.Typer) -> None:
                                           "(e.g. probcover:delta=0.4); repeat for a sweep"),
         priors: str = typer.Option("", help="comma-separated prior methods (default: all)"),
         pretext_loss: Path | None = typer.Option(None, help="N float .npy rotation losses (enables das)"),
+        uncalibrated: bool = typer.Option(False, "--uncalibrated", help="the prior methods' raw probabilities "
+                                          "(calibrate=false), to compare with the calibrated default"),
     ) -> None:
         """Every strategy at every budget and seed: class coverage, prior-label accuracy and ECE per prior
         method, linear-probe accuracy. Writes results.json (flat records), results.md, results.png."""
@@ -381,7 +385,8 @@ def register(bench_app: typer.Typer) -> None:
         console.print(f"{len(x)} rows x {x.shape[1]} dims, {int(y.max()) + 1} classes; building the index...")
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=console) as progress:
-            records = run_benchmark(x, y, tx, ty, budget_list, seeds, variants, methods, loss, progress)
+            records = run_benchmark(x, y, tx, ty, budget_list, seeds, variants, methods, loss, progress,
+                                    prior_params={"calibrate": "false"} if uncalibrated else None)
         summary = summarise(records)
         (out / "results.json").write_text(json.dumps(records, indent=1))
         table = markdown_table(summary, methods)

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING
 import typer
 from rich.console import Console
 
+from agent.cli_options import AgentTarget, agent_options
+
 if TYPE_CHECKING:
     from training.pretrain import PretrainConfig
 
@@ -164,8 +166,9 @@ def export_cmd(
     print(version)
 
 
+@agent_options
 def cycle_cmd(
-    agent: str = typer.Option(..., help="HOST:PORT of the running agent"),
+    agent: AgentTarget,
     models: Path = typer.Option(..., help="the registry folder the agent serves from"),
     out: Path = typer.Option(..., help="run folder for this cycle's training"),
     mode: str = typer.Option("full", help="linear | full | as3l | moby_al | simsiam | rotnet | moby"),
@@ -184,9 +187,9 @@ def cycle_cmd(
     from training.cycle import run_cycle
 
     try:
-        run_cycle(agent, models, out, mode=mode, init=str(init) if init else None, steps=steps, minutes=minutes,
+        run_cycle(agent.address, models, out, mode=mode, init=str(init) if init else None, steps=steps, minutes=minutes,
                   epochs=epochs, prior_method=prior_method, arch=arch, threads=threads, device=device,
-                  console=console)
+                  console=console, client_config=agent.config)
     except grpc.RpcError as e:
         console.print(f"[red]{e.code().name}[/]: {e.details()}")
         raise typer.Exit(1) from None

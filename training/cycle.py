@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from rich.console import Console
 
+from agent.client import ClientConfig
 from shortlist.manifest import newest_complete
 from shortlist.v1 import agent_pb2
 from training.data import TensorData, from_samples
@@ -68,9 +69,10 @@ def run_cycle(agent: str, models: str | Path, out: str | Path, mode: str = "full
               steps: int | None = None, minutes: float | None = None, epochs: int | None = None,
               prior_method: str = "knn", preprocess: str = "cifar10", arch: str = "resnet18_w32",
               batch_size: int | None = None, threads: int | None = None, device: str = "auto",
-              console: Console | None = None) -> CycleResult:
+              console: Console | None = None, client_config: ClientConfig | None = None) -> CycleResult:
     """One cycle (see module docstring). ``mode``: a fine-tuning mode (linear, full, as3l, moby_al) or a
-    pretraining method (simsiam, rotnet, moby: self-supervised on every sample in the agent)."""
+    pretraining method (simsiam, rotnet, moby: self-supervised on every sample in the agent).
+    ``client_config``: TLS and token to reach the agent (agent.client.ClientConfig)."""
     from agent import client
     from exporters.export import export_run
 
@@ -80,7 +82,7 @@ def run_cycle(agent: str, models: str | Path, out: str | Path, mode: str = "full
     if steps is None and minutes is None and epochs is None:
         raise ValueError("give one of --steps, --minutes or --epochs")
     models = Path(models)
-    stub = client.connect(agent)
+    stub = client.connect(agent, config=client_config)
     before = stub.GetStatus(agent_pb2.GetStatusRequest())
     newest = newest_complete(models)
     pre = newest[1].preprocess if newest is not None else preprocess_by_name(preprocess)

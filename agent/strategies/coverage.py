@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from agent.pool import Pool, Selection, check_params, param_float, param_int
+from agent.pool import InvalidArgument, Pool, Selection, check_params, param_float, param_int
 from agent.strategies._common import assign, block_rows, cosine_to_l2, fit_kmeans, rows_matrix
 
 
@@ -68,6 +68,29 @@ PROBCOVER_CENTRES = 20_000
 PURITY_REFERENCE = 5_000
 # Rows whose nearest-neighbour distance is measured for ProbCover's warning (index queries).
 NN_PROBE_ROWS = 1_000
+# ProbCover's default radius (ours, issue 15): the delta at which the median ball holds this share of the
+# pool. The purity heuristic gives about the nearest-neighbour distance on CPU encoders' features (empty
+# balls, below random); a radius defined by ball occupancy is non-trivial on any encoder and does not
+# change with the pool's size. docs/strategies.md, "ProbCover's radius", has the measurements.
+PROBCOVER_BALL_SHARE = 0.02
+# Rows whose distance to their k-th nearest sample point sets that radius (exact, blocked).
+BALL_PROBE_ROWS = 1_000
+DELTA_FROM = ("auto", "occupancy", "purity")
+
+
+def occupancy_delta(xs: np.ndarray, share: float, rng: np.random.Generator) -> float:
+    """The median, over up to BALL_PROBE_ROWS rows of ``xs`` (SxD unit rows), of the Euclidean distance to
+    their k-th nearest other row, k = max(1, round(share x S)): a ball of that radius around a typical
+    point holds about ``share`` of the points."""
+    k = min(max(1, round(share * len(xs))), len(xs) - 1)
+    probe = np.arange(len(xs)) if len(xs) <= BALL_PROBE_ROWS else rng.choice(len(xs), BALL_PROBE_ROWS,
+                                                                               replace=False)
+    kth = np.empty(len(probe))
+    step = block_rows(len(xs))
+    for start in range(0, len(probe), step):
+        sim = xs[probe[start:start + step]] @ xs.T  # BxS; the row itself is its own first neighbour
+        kth[start:start + step] = -np.partition(-sim, k, axis=1)[:, k]
+    return float(np.median(np.sqrt(np.maximum(2.0 - 2.0 * kth, 0.0))))
 
 
 def impurity_radii(points: np.ndarray, own: np.ndarray, reference: np.ndarray, ref_cluster: np.ndarray) -> np.ndarray:
@@ -109,16 +132,24 @@ def probcover(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping
     the authors' code. When no candidate's ball holds an uncovered point the rest is picked at random
     (ours; the authors' code has no such rule). See PROBCOVER_* for how this scales to 1M rows.
 
-    Params: ``delta`` (Euclidean, on unit vectors; default from ``purity_delta`` with ``alpha``),
-    ``alpha`` (0.95), ``clusters`` (k-means clusters for purity; default the class count, else 10).
+    Params: ``delta`` (Euclidean, on unit vectors), else ``delta_from``: ``purity`` (the paper's
+    heuristic, ``purity_delta`` with ``alpha`` = 0.95 and ``clusters`` k-means clusters, default the class
+    count, else 10), ``occupancy`` (ours: ``occupancy_delta``, the radius at which the median ball holds
+    ``ball_share`` = 0.02 of the pool) or ``auto`` (default, ours: the larger of the two, so separated
+    clusters keep the paper's cluster-sized balls and features whose clusters overlap, where purity
+    gives about the nearest-neighbour distance, still get balls that hold points).
     Score: sample points the pick's ball newly covered. Details: ``delta``, ``delta_from``, ``covered``
     (fraction of the pool within delta of the labelled rows and the picks), ``median_nn_distance``, and
     a ``warning`` when delta is not above that distance (at least half the balls then hold only their
     centre, and greedy coverage degenerates to picking the densest spots).
     """
-    check_params(params, {"delta", "alpha", "clusters"}, "probcover")
+    check_params(params, {"delta", "delta_from", "ball_share", "alpha", "clusters"}, "probcover")
     alpha = param_float(params, "alpha", PROBCOVER_ALPHA, minimum=0.0, maximum=1.0)
-    assert alpha is not None
+    share = param_float(params, "ball_share", PROBCOVER_BALL_SHARE, minimum=1e-6, maximum=1.0)
+    assert alpha is not None and share is not None
+    rule = params.get("delta_from") or DELTA_FROM[0]
+    if rule not in DELTA_FROM:
+        raise InvalidArgument(f"param delta_from={rule!r}: valid: {', '.join(DELTA_FROM)}")
     delta_param = param_float(params, "delta", None, minimum=0.0)
     clusters = param_int(params, "clusters", pool.num_classes if pool.num_classes >= 2 else 10, minimum=2)
     cand = pool.candidates
@@ -130,14 +161,21 @@ def probcover(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping
     sample = np.arange(n) if n <= PROBCOVER_ROWS else np.sort(rng.choice(n, PROBCOVER_ROWS, replace=False))
     xs = rows_matrix(emb, sample).astype(np.float32)  # SxD, the points to cover
     if delta_param is None:
-        # Several starts: a blob split in two would shrink delta a lot. k is small, so 10k rows suffice.
-        centres = fit_kmeans(emb, clusters, rng, fit_rows=10_000, n_init=5)
-        ref = sample if len(sample) <= PURITY_REFERENCE else np.sort(rng.choice(sample, PURITY_REFERENCE,
-                                                                                 replace=False))
-        own, _ = assign(xs, centres)
-        ref_cluster, _ = assign(emb[ref], centres)
-        delta = purity_delta(impurity_radii(xs, own, emb[ref], ref_cluster), alpha)
-        delta_from = f"purity heuristic (alpha={alpha:g}, {clusters} k-means clusters)"
+        delta, delta_from = np.inf, ""
+        if rule in ("auto", "purity"):
+            # Several starts: a blob split in two would shrink delta a lot. k is small, so 10k rows suffice.
+            centres = fit_kmeans(emb, clusters, rng, fit_rows=10_000, n_init=5)
+            ref = sample if len(sample) <= PURITY_REFERENCE else np.sort(rng.choice(sample, PURITY_REFERENCE,
+                                                                                     replace=False))
+            own, _ = assign(xs, centres)
+            ref_cluster, _ = assign(emb[ref], centres)
+            delta = purity_delta(impurity_radii(xs, own, emb[ref], ref_cluster), alpha)
+            delta_from = f"purity heuristic (alpha={alpha:g}, {clusters} k-means clusters)"
+        if rule in ("auto", "occupancy"):
+            occupied = occupancy_delta(xs, share, rng) if len(xs) > 1 else 2.0
+            if rule == "occupancy" or occupied > delta:
+                delta = occupied
+                delta_from = f"ball occupancy (median ball holds {share:g} of the pool)"
     else:
         delta, delta_from = delta_param, "params"
     centre_rows = cand if len(cand) <= PROBCOVER_CENTRES else np.sort(rng.choice(cand, PROBCOVER_CENTRES,
@@ -187,7 +225,7 @@ def probcover(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping
             f"({100 * covered.mean():.1f}% of the pool covered). "
             + ("The purity heuristic gives so small a delta when k-means clusters are not separated in this "
                "feature space; typiclust or as3l suit such features better, or pass a larger delta."
-               if delta_param is None else "Pass a larger delta."))
+               if delta_from.startswith("purity") else "Pass a larger delta."))
     return Selection(rows=np.asarray(rows, np.int64), scores=np.asarray(scores, np.float64), details=details)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import pickle
 import signal
 import socket
@@ -13,6 +14,7 @@ import sys
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -223,6 +225,10 @@ def test_label_csv_with_or_without_header_and_bom(tmp_path: Path, running: Runni
     assert code == 2 and "has no labels" in out
     code, out = label("s3,cat\ns0\n,dog\n")
     assert code == 2 and "line 2: no label" in out and "line 3: no id" in out and "nothing was sent" in out
+    code, out = label("s3,cat\ns0," + "x" * 200_000 + "\n")  # above the csv module's field limit
+    assert code == 2 and "line 2: not readable as CSV" in out
+    code, out = label("s3,cat\n", encoding="utf-16")
+    assert code == 2 and "not UTF-8" in out
     assert running.agent.state.labeled_count() == 3  # s0, s1, s2: the refused file changed nothing
 
 
@@ -299,7 +305,7 @@ def test_kill_9_loses_no_acknowledged_sample(tmp_path: Path, registry: Path) -> 
     port = free_port()
     proc = serve(port)
     try:
-        stub = client.connect(f"127.0.0.1:{port}", timeout=60)
+        stub = client.connect(f"127.0.0.1:{port}", timeout=60, starting=True)
         acked: list[str] = []
         for k in range(3):
             batch = make_samples(20, prefix=f"a{k}-", seed=k)
@@ -317,7 +323,7 @@ def test_kill_9_loses_no_acknowledged_sample(tmp_path: Path, registry: Path) -> 
     port = free_port()
     proc = serve(port)
     try:
-        stub = client.connect(f"127.0.0.1:{port}", timeout=60)
+        stub = client.connect(f"127.0.0.1:{port}", timeout=60, starting=True)
         from shortlist.v1 import agent_pb2
 
         st = stub.GetStatus(agent_pb2.GetStatusRequest())
@@ -331,3 +337,79 @@ def test_kill_9_loses_no_acknowledged_sample(tmp_path: Path, registry: Path) -> 
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+# ---- connecting: TLS, tokens, fast and precise failures -----------------------------------------------
+def out(result: Any) -> str:
+    return " ".join(result.output.split())  # rich wraps long lines
+
+
+@pytest.mark.parametrize("command", ["ingest", "select", "label", "prior", "status", "cycle"])
+def test_every_agent_command_takes_the_connection_options(command: str) -> None:
+    text = out(runner.invoke(app, [command, "--help"], env={"COLUMNS": "200"}))
+    for flag in ("--agent", "--tls-ca", "--tls-cert", "--tls-key", "--token", "--connect-timeout",
+                 "SHORTLIST_TLS_CA", "SHORTLIST_TOKEN"):
+        assert flag in text, (command, flag)
+
+
+def test_a_bad_agent_address_fails_fast_and_says_why() -> None:
+    """Refused and unresolved are answered at once with their reason (a wait would end in the generic
+    'no agent answers ... after 120s' message instead)."""
+    refused = runner.invoke(app, ["status", "--agent", f"127.0.0.1:{free_port()}", "--connect-timeout", "120"])
+    assert refused.exit_code == 1 and "connection refused" in out(refused)
+    unresolved = runner.invoke(app, ["select", "--budget", "1", "--agent", "no-such-host.invalid:50051",
+                                     "--connect-timeout", "120"])
+    assert unresolved.exit_code == 1 and "cannot resolve the agent's host name" in out(unresolved)
+
+
+def test_tls_and_tokens_from_flags_and_environment(tmp_path: Path, registry: Path) -> None:
+    from agent.config import AgentConfig
+    from agent.security import ServerSecurity
+    from agent.service import create_server, stop_server
+    from tests.agent.pki import make_pki
+
+    pki = make_pki(tmp_path / "pki")
+    read, write = "read-token-" + "r" * 20, "write-token-" + "w" * 20
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"read:{read}\nwrite:{write}\n")
+    security = ServerSecurity(tls_cert=pki.server_cert, tls_key=pki.server_key, tokens=tokens)
+    server, port, agent = create_server(AgentConfig(tmp_path / "data", registry, port=0, poll_s=0.2, use_cuda=False,
+                                                    security=security))
+    address = f"localhost:{port}"
+    try:
+        ok = runner.invoke(app, ["status", "--agent", address, "--tls-ca", str(pki.ca), "--token", read, "--json"])
+        assert ok.exit_code == 0, ok.output
+        assert json.loads(ok.stdout)["warnings"] == []
+        env = {"SHORTLIST_AGENT": address, "SHORTLIST_TLS_CA": str(pki.ca), "SHORTLIST_TOKEN": write}
+        folder = image_folder(tmp_path / "imgs", 4)
+        ingest = runner.invoke(app, ["ingest", str(folder), "--json"], env=env)
+        assert ingest.exit_code == 0 and json.loads(ingest.stdout)["accepted"] == 4, ingest.output
+        plain = runner.invoke(app, ["status", "--agent", address])
+        assert plain.exit_code == 1 and "uses TLS: pass --tls-ca" in out(plain)
+        no_token = runner.invoke(app, ["status"], env={**env, "SHORTLIST_TOKEN": ""})
+        assert no_token.exit_code == 1 and "UNAUTHENTICATED" in out(no_token) and "--token" in out(no_token)
+        labels = tmp_path / "labels.csv"
+        labels.write_text("id,label\ncat/000.png,cat\n")
+        denied = runner.invoke(app, ["label", str(labels)], env={**env, "SHORTLIST_TOKEN": read})
+        assert denied.exit_code == 1 and "PERMISSION_DENIED" in out(denied) and "role write" in out(denied)
+        assert read not in denied.output and write not in ingest.output
+    finally:
+        stop_server(server, agent, grace=0.5)
+
+
+def test_serve_refuses_an_exposed_address_and_a_bad_tokens_file(tmp_path: Path, registry: Path) -> None:
+    umask = os.umask(0o022)  # serve sets the process umask; keep the test process's
+    try:
+        exposed = runner.invoke(app, ["serve", "--data-dir", str(tmp_path / "d"), "--models", str(registry),
+                                      "--host", "0.0.0.0", "--port", "0", "--cpu"])
+        assert exposed.exit_code == 2
+        assert "--tls-cert" in out(exposed) and "--tokens" in out(exposed) and "--insecure" in out(exposed)
+        secret = "a-secret-in-a-line-with-no-role-xyz"
+        tokens = tmp_path / "tokens"
+        tokens.write_text(f"# ok\n{secret}\n")
+        bad = runner.invoke(app, ["serve", "--data-dir", str(tmp_path / "d"), "--models", str(registry),
+                                  "--tokens", str(tokens), "--port", "0", "--cpu"])
+        assert bad.exit_code == 2 and "line 2" in out(bad) and secret not in bad.output
+        assert not (tmp_path / "d").exists()
+    finally:
+        os.umask(umask)

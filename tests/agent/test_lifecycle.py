@@ -132,6 +132,7 @@ def test_restart_without_snapshot_after_a_crash(tmp_path: Path, registry: Path) 
     r.agent.manager._stop.set()  # stop polling, but no agent.close(): no snapshot, SQLite left open
     assert r.agent.manager._thread is not None
     r.agent.manager._thread.join()
+    r.agent.folder_lock.release()  # as the kernel does for a killed process
     r = start(tmp_path / "data", registry)
     try:
         assert status(r).embedded == 30

@@ -65,6 +65,8 @@ def test_mini_benchmark_through_agent(tiny_cifar: Path, tmp_path: Path) -> None:
     last = [r for r in records if r["budget"] == 12]
     assert all(r["linear_accuracy"] > 0.8 and r["prior_accuracy"] > 0.8 for r in last), last
     assert (out / "results.md").read_text().count("| kmedoids |") >= 3
+    # The title names the data set it was given (its folder), not CIFAR-10.
+    assert (out / "results.md").read_text().startswith(f"# Low-budget benchmark through the agent: data ({tiny_cifar})")
     assert (out / "accuracy_vs_labels.png").stat().st_size > 1000
     assert np.load(out / "embeddings" / "pool_x.npy").shape == (60, 16)
     # bench report re-renders from results.json alone

@@ -61,7 +61,8 @@ def test_constrained_seed_kmeans_keeps_seeds_in_their_class() -> None:
 
 def test_as3l_confidence_lower_far_from_labels() -> None:
     pool = make_pool(X, Y, LABELED)
-    pr = PRIOR_METHODS["as3l"](pool, pool.candidates, np.random.default_rng(0), {})
+    # The method's own confidence (calibrate=false): calibrated, confidence is the calibrated top probability.
+    pr = PRIOR_METHODS["as3l"](pool, pool.candidates, np.random.default_rng(0), {"calibrate": "false"})
     d = 1.0 - (X[pool.candidates] @ X[LABELED].T).max(axis=1)
     near, far = d < np.quantile(d, 0.25), d > np.quantile(d, 0.75)
     assert pr.confidence[near].mean() > pr.confidence[far].mean()
@@ -73,7 +74,8 @@ def test_knn_vote_hand_computed() -> None:
     x = np.stack([np.cos(ang), np.sin(ang)], axis=1).astype(np.float32)
     y = np.array([0, 0, 1, 1])
     pool = make_pool(x, y, np.array([1, 2, 3]))
-    pr = PRIOR_METHODS["knn"](pool, np.array([0]), np.random.default_rng(0), {"k": "2", "temperature": "0.1"})
+    pr = PRIOR_METHODS["knn"](pool, np.array([0]), np.random.default_rng(0),
+                              {"k": "2", "temperature": "0.1", "calibrate": "false"})
     w0, w1 = np.exp(np.cos(np.deg2rad(10)) / 0.1), np.exp(np.cos(np.deg2rad(20)) / 0.1)
     np.testing.assert_allclose(pr.probs[0], [w0 / (w0 + w1), w1 / (w0 + w1)], rtol=1e-5)
 
@@ -150,3 +152,57 @@ def test_knn_index_path_agrees_with_exact_search(monkeypatch: pytest.MonkeyPatch
     # The index ranks by the raw cosine and the vote re-ranks its labelled hits by the centred one, so
     # a few rows may see other neighbours; their top classes agree almost everywhere.
     assert np.mean(exact.probs.argmax(axis=1) == via_index.probs.argmax(axis=1)) > 0.95
+
+
+def overlapping_blobs(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """4 classes x 150 rows whose blobs overlap, so every prior is wrong on a good share of rows."""
+    return blobs(clusters=4, per_cluster=150, dim=8, spread=0.45, seed=seed)
+
+
+@pytest.mark.parametrize("name", sorted(PRIOR_METHODS))
+def test_calibration_brings_ece_down_and_keeps_accuracy(name: str) -> None:
+    from bench.metrics import expected_calibration_error
+
+    raw_ece, cal_ece = [], []
+    for seed in range(3):
+        x, y = overlapping_blobs(seed)
+        lab = np.random.default_rng(seed).choice(len(x), 40, replace=False)
+        pool = make_pool(x, y, lab)
+        rows = pool.candidates
+        raw = PRIOR_METHODS[name](pool, rows, np.random.default_rng(0), {"calibrate": "false"})
+        cal = PRIOR_METHODS[name](pool, rows, np.random.default_rng(0), {})
+        np.testing.assert_allclose(cal.probs.sum(axis=1), 1.0, rtol=1e-5)
+        np.testing.assert_allclose(cal.confidence, cal.probs.max(axis=1), rtol=1e-6)
+        # every class has labels here, so calibration cannot change any row's top class
+        np.testing.assert_array_equal(cal.probs.argmax(axis=1), raw.probs.argmax(axis=1))
+        raw_ece.append(expected_calibration_error(raw.probs, y[rows]))
+        cal_ece.append(expected_calibration_error(cal.probs, y[rows]))
+    assert np.mean(cal_ece) <= 0.08, (raw_ece, cal_ece)
+    assert np.mean(cal_ece) <= np.mean(raw_ece) + 0.01, (raw_ece, cal_ece)
+
+
+def test_calibration_gives_unlabelled_classes_their_share() -> None:
+    x, y = overlapping_blobs(0)
+    lab = np.flatnonzero(y < 2)[::10]  # classes 2 and 3 have no label
+    pool = make_pool(x, y, lab)
+    pr = PRIOR_METHODS["knn"](pool, pool.candidates, np.random.default_rng(0), {})
+    np.testing.assert_allclose(pr.probs[:, 2:], 0.25, rtol=1e-5)  # (1 - 2/4) / 2 each
+    np.testing.assert_allclose(pr.probs[:, :2].sum(axis=1), 0.5, rtol=1e-5)
+
+
+def test_calibration_param_and_fallback() -> None:
+    from agent.priors.calibration import fit_temperature, held_out
+    from agent.priors.knn import knn_prior
+
+    pool = make_pool(X, Y, LABELED)
+    with pytest.raises(InvalidArgument, match="calibrate"):
+        PRIOR_METHODS["knn"](pool, pool.candidates, np.random.default_rng(0), {"calibrate": "maybe"})
+    with pytest.raises(InvalidArgument, match="calibrate"):
+        PRIOR_METHODS["knn"](pool, pool.candidates, np.random.default_rng(0), {"nope": "1"})
+    # calibrate=false is the method itself
+    raw = knn_prior(pool, pool.candidates, np.random.default_rng(0), {})
+    off = PRIOR_METHODS["knn"](pool, pool.candidates, np.random.default_rng(0), {"calibrate": "false"})
+    np.testing.assert_array_equal(raw.probs, off.probs)
+    # One label per class: no held-out sample keeps its class, so the temperature is the default.
+    assert held_out(pool, knn_prior, {}, np.random.default_rng(0)) == []
+    assert fit_temperature([], 1.0) == 1.0

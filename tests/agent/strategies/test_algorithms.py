@@ -141,8 +141,28 @@ def test_probcover_reports_delta_and_warns_when_balls_hold_one_point() -> None:
     assert float(tiny.details["covered"]) == pytest.approx(4 / len(x), abs=0.02)
     assert "median nearest-neighbour distance" in tiny.details["warning"]
     assert "Pass a larger delta" in tiny.details["warning"]
+    # Separated blobs: the purity radius is cluster-sized, larger than the occupancy one, and wins.
     auto = STRATEGIES["probcover"](pool, 4, np.random.default_rng(0), {})
     assert auto.details["delta_from"].startswith("purity heuristic (alpha=0.95")
+    occ = STRATEGIES["probcover"](pool, 4, np.random.default_rng(0), {"delta_from": "occupancy"})
+    assert occ.details["delta_from"].startswith("ball occupancy")
+    assert float(occ.details["delta"]) < float(auto.details["delta"])
+    with pytest.raises(InvalidArgument, match="auto, occupancy, purity"):
+        STRATEGIES["probcover"](pool, 4, np.random.default_rng(0), {"delta_from": "median"})
+
+
+@pytest.mark.parametrize("share", [0.02, 0.1])
+def test_probcover_default_delta_gives_balls_of_the_asked_occupancy(share: float) -> None:
+    # Whatever the embedding's scale (tight or loose blobs), the median ball holds about ``share`` of the pool.
+    for spread in (0.02, 0.3):
+        x, y = blobs(clusters=5, per_cluster=80, dim=16, spread=spread, seed=4)
+        sel = STRATEGIES["probcover"](make_pool(x, y), 3, np.random.default_rng(0),
+                                      {"ball_share": str(share), "delta_from": "occupancy"})
+        delta = float(sel.details["delta"])
+        dist = np.sqrt(np.maximum(2 - 2 * (x @ x.T), 0))
+        in_ball = (dist < delta).sum(axis=1) - 1  # other points in each point's ball
+        assert abs(np.median(in_ball) / len(x) - share) <= 0.01, (spread, np.median(in_ball))
+        assert float(sel.details["covered"]) > 3 * share * 0.5
 
 
 def test_uncertainty_scores_hand_computed() -> None:

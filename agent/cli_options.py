@@ -1,0 +1,88 @@
+"""The options every command that talks to an agent shares, added by one decorator.
+
+    @agent_options
+    def status(agent: AgentTarget, as_json: bool = JsonOpt) -> None:
+        stub = agent.connect()
+
+``agent_options`` replaces the command's ``agent: AgentTarget`` parameter by ``--agent``, ``--tls-ca``,
+``--tls-cert``, ``--tls-key``, ``--tls-server-name``, ``--token`` and ``--connect-timeout`` (each also
+from its environment variable) and hands the command one ``AgentTarget`` built from them.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import typer
+
+from agent import client
+from shortlist.v1 import agent_pb2_grpc
+
+F = TypeVar("F", bound=Callable[..., Any])
+DEFAULT_ADDRESS = "127.0.0.1:50051"
+
+
+@dataclass(frozen=True)
+class AgentTarget:
+    """Where the agent is and how to reach it."""
+
+    address: str
+    config: client.ClientConfig
+
+    def connect(self) -> agent_pb2_grpc.AgentStub:
+        return client.connect(self.address, config=self.config)
+
+
+def _option(name: str, annotation: object, option: Any) -> inspect.Parameter:
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation)
+
+
+_PARAMS = [
+    _option("agent", str, typer.Option(
+        DEFAULT_ADDRESS, "--agent", envvar="SHORTLIST_AGENT", help="HOST:PORT of a running agent")),
+    _option("tls_ca", Path | None, typer.Option(
+        None, "--tls-ca", envvar="SHORTLIST_TLS_CA", dir_okay=False,
+        help="use TLS, trusting agent certificates signed by this CA (PEM)")),
+    _option("tls_cert", Path | None, typer.Option(
+        None, "--tls-cert", envvar="SHORTLIST_TLS_CERT", dir_okay=False,
+        help="this client's certificate (PEM), for an agent that requires client certificates (mutual TLS)")),
+    _option("tls_key", Path | None, typer.Option(
+        None, "--tls-key", envvar="SHORTLIST_TLS_KEY", dir_okay=False, help="the private key of --tls-cert (PEM)")),
+    _option("tls_server_name", str, typer.Option(
+        "", "--tls-server-name", envvar="SHORTLIST_TLS_SERVER_NAME",
+        help="the name to expect in the agent's certificate (default: the host of --agent)")),
+    _option("token", str, typer.Option(
+        "", "--token", envvar="SHORTLIST_TOKEN", show_default=False,
+        help="bearer token for an agent started with --tokens (prefer the environment variable: a command "
+             "line is visible to other users)")),
+    _option("connect_timeout", float, typer.Option(
+        client.CONNECT_TIMEOUT_S, "--connect-timeout", envvar="SHORTLIST_CONNECT_TIMEOUT", min=0.1,
+        help="seconds to wait for the agent to answer")),
+]
+_NAMES = [p.name for p in _PARAMS]
+
+
+def agent_options(fn: F) -> F:
+    """Give ``fn`` the shared agent-connection options in place of its ``agent: AgentTarget`` parameter."""
+    sig = inspect.signature(fn, eval_str=True)
+    if "agent" not in sig.parameters:
+        raise TypeError(f"{fn.__name__} needs a parameter `agent: AgentTarget`")
+    own = [p for p in sig.parameters.values() if p.name != "agent"]
+
+    @functools.wraps(fn)
+    def wrapper(**kwargs: Any) -> Any:
+        values = {name: kwargs.pop(name) for name in _NAMES}
+        config = client.ClientConfig(tls_ca=values["tls_ca"], tls_cert=values["tls_cert"], tls_key=values["tls_key"],
+                                     tls_server_name=values["tls_server_name"], token=values["token"],
+                                     connect_timeout=values["connect_timeout"])
+        return fn(agent=AgentTarget(values["agent"], config), **kwargs)
+
+    params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + _PARAMS
+    wrapper.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in params if p.annotation is not inspect.Parameter.empty}
+    return wrapper  # type: ignore[return-value]

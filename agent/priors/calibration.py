@@ -1,0 +1,158 @@
+"""Calibration of every prior-label method, on by default: the registry wraps each method with
+``calibrated`` (agent/priors/__init__.py), so a new method is covered by its registry line alone.
+
+What a calibrated prior means here: among unlabelled rows whose top class has probability p, about a
+fraction p is right (top-label calibration; Guo et al. 2017, "On Calibration of Modern Neural Networks",
+their ECE is the measure the benchmarks report). Two corrections, in this order:
+
+1. Temperature scaling (Guo et al. 2017, Sec. 4.2) of the method's probabilities, q = softmax(log(p + eps)
+   / T) over the classes that have labels, with T fitted on held-out labelled samples: the labelled set is
+   split into class-stratified folds, the method is run once per fold with that fold's labels hidden, and
+   T maximises the likelihood of the hidden labels (cross-fitting, so each sample is predicted without its
+   own label, as in leave-one-out, at ``CALIBRATION_FOLDS`` calls instead of one per label).
+   A hidden sample counts only if its class keeps a label in the other folds: a class's only label, once
+   hidden, cannot be predicted by any method, and counting it would describe "this class has no label"
+   rather than this prior. With one label per class (a diverse first batch) no sample counts, so T
+   rests on its prior: T is the MAP estimate under a log-normal prior centred on the method's default
+   temperature with the weight of ``PRIOR_WEIGHT`` samples, which keeps few held-out samples from
+   swinging it and lets many decide.
+2. Classes without any label: no method can name them, so every row of such a class is wrong whatever its
+   confidence. With C classes of which S have labels, the tempered probabilities of the labelled classes
+   are scaled by S / C and the remaining mass is spread evenly over the unlabelled classes: the share of
+   rows of unlabelled classes is taken as their share of the class list (a uniform class prior, the
+   maximum-entropy guess; exact for a balanced pool). With an open class list (classes = those labelled
+   so far) S = C and nothing changes.
+
+Audit labels (a random sample labelled only to check the priors; a later issue) would be a better fitting
+set than the selected samples, which a strategy chose for being typical or diverse and so are not a
+random sample of the pool: ``fit_temperature`` takes any (probs, labels) set, and ``held_out`` is the
+one place to swap it.
+
+Calibration changes probabilities, not the ranking within a row; the top class only changes when a row's
+best labelled class falls below the even share of the unlabelled classes (then no labelled class is
+likely anyway). ``confidence`` becomes the calibrated top probability. ``calibrate=false`` returns the
+method's own answer unchanged.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from dataclasses import replace
+
+import numpy as np
+from scipy.optimize import minimize_scalar
+
+from agent.pool import InvalidArgument, Pool, PriorMethod, Priors
+from agent.priors._common import with_known_labels
+
+CALIBRATION_FOLDS = 5
+# Added to the probabilities before the log, so a class with no vote (as3l, knn) can still gain mass.
+EPS = 1e-3
+# The temperature prior: log T ~ Normal(log T0, 1 / PRIOR_WEIGHT) ~ the evidence of PRIOR_WEIGHT samples.
+PRIOR_WEIGHT = 2.0
+T_RANGE = (0.02, 50.0)
+TRUE = {"", "1", "true", "yes", "on"}
+FALSE = {"0", "false", "no", "off"}
+
+
+def calibrate_flag(params: Mapping[str, str]) -> bool:
+    """The ``calibrate`` param (default true); InvalidArgument when it is not a yes/no word."""
+    raw = params.get("calibrate", "").strip().lower()
+    if raw in TRUE:
+        return True
+    if raw in FALSE:
+        return False
+    raise InvalidArgument(f"param calibrate={params['calibrate']!r} must be true or false")
+
+
+def tempered(probs: np.ndarray, covered: np.ndarray, t: float) -> np.ndarray:
+    """softmax(log(probs + EPS) / t) over the ``covered`` classes (C bools), zero elsewhere: RxC."""
+    z = np.log(np.asarray(probs, np.float64) + EPS) / t
+    z = np.where(covered[None, :], z, -np.inf)
+    z -= z.max(axis=1, keepdims=True)
+    q = np.exp(z)
+    return np.asarray(q / q.sum(axis=1, keepdims=True))
+
+
+def held_out(pool: Pool, method: PriorMethod, params: Mapping[str, str],
+             rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Cross-fitted predictions for the labelled samples: per fold, (probs RxC from the method run without
+    the fold's labels, true classes R, classes covered by the other folds C bools), only for samples whose
+    class keeps a label outside the fold."""
+    n_lab = len(pool.labeled)
+    if n_lab < 2:
+        return []
+    folds = min(CALIBRATION_FOLDS, n_lab)
+    fold = np.empty(n_lab, np.int64)
+    for c in np.unique(pool.labels):  # each class dealt round-robin from a random fold: stratified
+        members = rng.permutation(np.flatnonzero(pool.labels == c))
+        fold[members] = (int(rng.integers(folds)) + np.arange(len(members))) % folds
+    out = []
+    for f in range(folds):
+        hidden = fold == f
+        rest = pool.labels[~hidden]
+        keep = hidden & np.isin(pool.labels, rest)
+        if not keep.any():
+            continue
+        sub = replace(pool, labeled=pool.labeled[~hidden], labels=rest,
+                      candidates=np.union1d(pool.candidates, pool.labeled[hidden]))
+        child = np.random.default_rng(int(rng.integers(2**63)))
+        pr = method(sub, pool.labeled[keep], child, params)
+        covered = np.zeros(pool.num_classes, bool)
+        covered[rest] = True
+        out.append((np.asarray(pr.probs, np.float64), pool.labels[keep], covered))
+    return out
+
+
+def fit_temperature(held: list[tuple[np.ndarray, np.ndarray, np.ndarray]], default: float) -> float:
+    """MAP temperature: held-out negative log-likelihood + PRIOR_WEIGHT / 2 (log T - log default)^2."""
+    if not held:
+        return default
+    u0 = np.log(default)
+
+    def loss(u: float) -> float:
+        nll = 0.0
+        for probs, labels, covered in held:
+            q = tempered(probs, covered, float(np.exp(u)))
+            nll -= float(np.sum(np.log(np.maximum(q[np.arange(len(labels)), labels], 1e-12))))
+        return nll + 0.5 * PRIOR_WEIGHT * (u - u0) ** 2
+
+    res = minimize_scalar(loss, bounds=(np.log(T_RANGE[0]), np.log(T_RANGE[1])), method="bounded",
+                          options={"xatol": 1e-3})
+    return float(np.exp(res.x))
+
+
+def apply_calibration(pool: Pool, rows: np.ndarray, priors: Priors, t: float) -> Priors:
+    """Temper with ``t`` over the labelled classes, then give the classes without labels their share."""
+    c = pool.num_classes
+    covered = np.zeros(c, bool)
+    covered[pool.labels] = True
+    s = int(covered.sum())
+    q = tempered(priors.probs, covered, t) * (s / c)
+    if s < c:
+        q[:, ~covered] = (1.0 - s / c) / (c - s)
+    q32 = q.astype(np.float32)
+    return with_known_labels(pool, rows, Priors(probs=q32, confidence=q32.max(axis=1)))
+
+
+def calibrated(method: PriorMethod, default_temperature: float = 1.0) -> PriorMethod:
+    """``method`` with calibration on by default (module docstring) and its ``calibrate`` param.
+    ``default_temperature``: the temperature used when no held-out sample counts (the prior's centre)."""
+
+    @functools.wraps(method)
+    def run(pool: Pool, rows: np.ndarray, rng: np.random.Generator, params: Mapping[str, str]) -> Priors:
+        on = calibrate_flag(params)
+        own = {k: v for k, v in params.items() if k != "calibrate"}
+        try:
+            priors = method(pool, rows, rng, own)
+        except InvalidArgument as e:
+            if "valid:" in str(e):
+                raise InvalidArgument(f"{e}; and calibrate (true/false), which every prior method takes") from None
+            raise
+        if not on:
+            return priors
+        t = fit_temperature(held_out(pool, method, own, rng), default_temperature)
+        return apply_calibration(pool, np.asarray(rows, np.int64), priors, t)
+
+    return run

@@ -1,0 +1,371 @@
+"""Who may reach the agent and what it may touch: TLS, bearer tokens with roles, the exposure rule,
+one agent per data folder, owner-only files.
+
+Tokens: a file of ``role:token`` lines (roles ``read`` and ``write``; write implies read; blank lines
+and ``#`` comments are ignored). Clients send gRPC metadata ``authorization: Bearer TOKEN``.
+``AuthInterceptor`` checks every call of ``shortlist.v1.Agent`` against ``RPC_ROLES`` (the health
+service and reflection need no token): a missing or unknown token is UNAUTHENTICATED, a read token on
+a write RPC PERMISSION_DENIED. Tokens are compared with ``hmac.compare_digest`` against every known
+token (no early exit), never logged, and the file is re-read when it changes (a broken new file is
+refused with a logged error naming the line; the previous tokens stay in force).
+
+Exposure: ``serve`` on an address that is not loopback needs TLS and authentication (tokens, or
+client certificates with ``--tls-client-ca``), or an explicit ``--insecure`` (then a warning at start
+and in GetStatus).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hmac
+import ipaddress
+import logging
+import os
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from shortlist.v1 import agent_pb2
+
+log = logging.getLogger(__name__)
+
+READ = "read"
+WRITE = "write"
+ROLES = (READ, WRITE)
+_IMPLIES = {READ: {READ}, WRITE: {READ, WRITE}}
+
+AGENT_SERVICE = agent_pb2.DESCRIPTOR.services_by_name["Agent"]
+# The one place that says which role each RPC of shortlist.v1.Agent needs. A new RPC must be added
+# here: ``check_roles`` (run by create_server and by the tests) refuses a service with a method missing.
+RPC_ROLES: Mapping[str, str] = {
+    "Select": READ,
+    "PriorLabels": READ,
+    "ListSamples": READ,
+    "GetStatus": READ,
+    "Ingest": WRITE,
+    "SubmitLabels": WRITE,
+    "ReloadModel": WRITE,
+}
+
+MIN_TOKEN_LENGTH = 16
+TOKEN_HINT = "generate one with `openssl rand -hex 32`"
+OWNER_DIR = 0o700
+OWNER_FILE = 0o600
+LOCK_FILE = "agent.lock"
+
+
+class SecurityError(ValueError):
+    """A security setting is wrong or missing; the message says what to pass instead."""
+
+
+class DataDirLocked(OSError):
+    """Another agent process holds the data folder."""
+
+
+def check_roles() -> None:
+    """Every method of shortlist.v1.Agent has a role in RPC_ROLES, and RPC_ROLES names no other."""
+    methods = {m.name for m in AGENT_SERVICE.methods}
+    missing = sorted(methods - set(RPC_ROLES))
+    extra = sorted(set(RPC_ROLES) - methods)
+    if missing or extra:
+        raise AssertionError(f"agent/security.py RPC_ROLES is out of date: give a role to {missing}, "
+                             f"remove {extra}")
+
+
+# ---- tokens --------------------------------------------------------------------------------------
+def parse_tokens(text: str, source: str) -> list[tuple[bytes, str]]:
+    """(token, role) pairs from a tokens file's text. SecurityError names the bad line (never its token)."""
+    pairs: list[tuple[bytes, str]] = []
+    seen: dict[bytes, int] = {}
+    for n, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        role, sep, token = line.partition(":")
+        role, token = role.strip(), token.strip()
+        where = f"{source} line {n}"
+        if not sep or role not in ROLES:
+            raise SecurityError(f"{where}: expected `role:token` with role {' or '.join(ROLES)}")
+        if len(token) < MIN_TOKEN_LENGTH or not token.isascii() or not token.isprintable() or " " in token:
+            raise SecurityError(f"{where}: a token must be at least {MIN_TOKEN_LENGTH} printable ASCII characters "
+                                f"without spaces ({TOKEN_HINT})")
+        key = token.encode()
+        if key in seen:
+            raise SecurityError(f"{where}: the same token is already given on line {seen[key]}")
+        seen[key] = n
+        pairs.append((key, role))
+    if not pairs:
+        raise SecurityError(f"{source}: no tokens (one `role:token` a line, role read or write; {TOKEN_HINT})")
+    return pairs
+
+
+def warn_if_shared(path: Path, what: str) -> None:
+    """Log a warning when a secret file can be read by users other than its owner."""
+    try:
+        mode = path.stat().st_mode & 0o777
+    except OSError:
+        return
+    if mode & 0o077:
+        log.warning("%s %s can be read by other users (mode %03o); `chmod 600 %s`", what, path, mode, path)
+
+
+def read_tokens(path: Path) -> list[tuple[bytes, str]]:
+    warn_if_shared(path, "the tokens file")
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise SecurityError(f"cannot read --tokens {path}: {e}") from None
+    return parse_tokens(text, str(path))
+
+
+class TokenStore:
+    """The tokens of a file, re-read when the file changes (checked at most every ``recheck_s``)."""
+
+    def __init__(self, path: Path, recheck_s: float = 1.0) -> None:
+        self.path = path
+        self.recheck_s = recheck_s
+        self._lock = threading.Lock()
+        self._tokens = read_tokens(path)
+        self._stamp = self._stat()
+        self._checked = time.monotonic()
+
+    def _stat(self) -> tuple[int, int, int]:
+        try:
+            st = self.path.stat()
+        except OSError:
+            return (0, 0, 0)
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def _maybe_reload(self) -> None:
+        now = time.monotonic()
+        if now - self._checked < self.recheck_s:
+            return
+        with self._lock:
+            self._checked = now
+            stamp = self._stat()
+            if stamp == self._stamp:
+                return
+            self._stamp = stamp
+            try:
+                self._tokens = read_tokens(self.path)
+                log.info("re-read the tokens file %s: %d tokens", self.path, len(self._tokens))
+            except SecurityError as e:
+                log.error("kept the previous tokens: %s", e)
+
+    def role(self, token: str) -> str | None:
+        """The role of ``token`` (None when unknown), compared in constant time with every known token."""
+        self._maybe_reload()
+        given = token.encode()
+        found: str | None = None
+        for known, role in self._tokens:  # no early exit: the time does not depend on which one matches
+            if hmac.compare_digest(given, known):
+                found = role
+        return found
+
+
+def bearer(metadata: Any) -> str | None:
+    """The token of an ``authorization: Bearer TOKEN`` metadata entry; "" when the header is malformed,
+    None when absent."""
+    for key, value in metadata or ():
+        if key == "authorization":
+            text = value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+            scheme, _, token = text.strip().partition(" ")
+            return token.strip() if scheme.lower() == "bearer" and token.strip() else ""
+    return None
+
+
+def _deny(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
+    """A handler of the same shape as ``handler`` that ends the call with ``code``."""
+    def abort(_request: Any, context: grpc.ServicerContext) -> Any:
+        context.abort(code, message)
+
+    if handler.request_streaming and handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(abort, handler.request_deserializer, handler.response_serializer)
+    if handler.request_streaming:
+        return grpc.stream_unary_rpc_method_handler(abort, handler.request_deserializer, handler.response_serializer)
+    if handler.response_streaming:
+        return grpc.unary_stream_rpc_method_handler(abort, handler.request_deserializer, handler.response_serializer)
+    return grpc.unary_unary_rpc_method_handler(abort, handler.request_deserializer, handler.response_serializer)
+
+
+class AuthInterceptor(grpc.ServerInterceptor):
+    """Bearer-token check for every RPC of shortlist.v1.Agent (other services pass untouched)."""
+
+    def __init__(self, tokens: TokenStore) -> None:
+        check_roles()
+        self.tokens = tokens
+        self._prefix = f"/{AGENT_SERVICE.full_name}/"
+
+    def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+                          handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        method: str = handler_call_details.method  # type: ignore[attr-defined]
+        handler = continuation(handler_call_details)
+        if handler is None or not method.startswith(self._prefix):
+            return handler
+        name = method[len(self._prefix):]
+        need = RPC_ROLES.get(name, WRITE)
+        token = bearer(handler_call_details.invocation_metadata)  # type: ignore[attr-defined]
+        if token is None:
+            log.warning("refused %s: no token", name)
+            return _deny(handler, grpc.StatusCode.UNAUTHENTICATED,
+                         "this agent requires a token: pass --token TOKEN or set SHORTLIST_TOKEN (API clients send "
+                         "the metadata `authorization: Bearer TOKEN`); ask the agent's operator for one")
+        if not token:
+            log.warning("refused %s: malformed authorization metadata", name)
+            return _deny(handler, grpc.StatusCode.UNAUTHENTICATED,
+                         "malformed authorization metadata: send `authorization: Bearer TOKEN`")
+        role = self.tokens.role(token)
+        if role is None:
+            log.warning("refused %s: unknown token", name)
+            return _deny(handler, grpc.StatusCode.UNAUTHENTICATED,
+                         "unknown token: check --token / SHORTLIST_TOKEN against the agent's --tokens file")
+        if need not in _IMPLIES[role]:
+            log.warning("refused %s: a %s token", name, role)
+            return _deny(handler, grpc.StatusCode.PERMISSION_DENIED,
+                         f"{name} needs a token with role {need}; this token has role {role} "
+                         "(ask the agent's operator for a write token)")
+        return handler
+
+
+# ---- TLS and exposure ----------------------------------------------------------------------------
+def _read(path: Path, flag: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise SecurityError(f"cannot read {flag} {path}: {e.strerror or e}") from None
+
+
+def is_loopback(host: str) -> bool:
+    """True when ``host`` (an address or a name) only reaches this machine."""
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except OSError:
+        return False
+    return bool(infos) and all(ipaddress.ip_address(str(info[4][0]).split("%")[0]).is_loopback for info in infos)
+
+
+@dataclass(frozen=True)
+class ServerSecurity:
+    """Security settings of ``serve``: TLS files, the tokens file, and the explicit ``--insecure``."""
+
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    tokens: Path | None = None
+    insecure: bool = False
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
+
+    def credentials(self) -> grpc.ServerCredentials | None:
+        """Server TLS credentials (None without --tls-cert), after checking the files belong together."""
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise SecurityError("TLS needs both --tls-cert FILE and --tls-key FILE")
+        if self.tls_cert is None or self.tls_key is None:
+            if self.tls_client_ca is not None:
+                raise SecurityError("--tls-client-ca needs --tls-cert and --tls-key (mutual TLS is on top of TLS)")
+            return None
+        cert, key = _read(self.tls_cert, "--tls-cert"), _read(self.tls_key, "--tls-key")
+        warn_if_shared(self.tls_key, "the TLS key")
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        try:
+            ctx.load_cert_chain(self.tls_cert, self.tls_key)
+        except ssl.SSLError as e:
+            raise SecurityError(f"--tls-cert {self.tls_cert} and --tls-key {self.tls_key} are not a PEM certificate "
+                                f"and its matching private key ({e.reason or e})") from None
+        client_ca = None
+        if self.tls_client_ca is not None:
+            client_ca = _read(self.tls_client_ca, "--tls-client-ca")
+            try:
+                ctx.load_verify_locations(cafile=self.tls_client_ca)
+            except ssl.SSLError as e:
+                raise SecurityError(f"--tls-client-ca {self.tls_client_ca} is not a PEM CA certificate "
+                                    f"({e.reason or e})") from None
+        return grpc.ssl_server_credentials([(key, cert)], root_certificates=client_ca,
+                                           require_client_auth=client_ca is not None)
+
+    def interceptors(self) -> list[grpc.ServerInterceptor]:
+        check_roles()
+        return [] if self.tokens is None else [AuthInterceptor(TokenStore(self.tokens))]
+
+    def check_exposure(self, host: str) -> list[str]:
+        """Refuse (SecurityError) a non-loopback ``host`` without TLS and authentication unless insecure;
+        returns the warnings to show at start and in GetStatus."""
+        authenticated = self.tokens is not None or self.tls_client_ca is not None
+        if is_loopback(host) or (self.tls and authenticated):
+            return []
+        missing = []
+        if not self.tls:
+            missing.append("TLS (--tls-cert FILE --tls-key FILE)")
+        if not authenticated:
+            missing.append("tokens (--tokens FILE) or client certificates (--tls-client-ca FILE)")
+        if not self.insecure:
+            raise SecurityError(
+                f"refusing to serve on {host}, which other machines can reach, without {' and '.join(missing)}; "
+                "pass them (see README, 'Running the agent on a network'), listen on --host 127.0.0.1, or pass "
+                "--insecure to accept that anyone who reaches the port can read and change the agent's data")
+        return [f"insecure: serving on {host} without {' and '.join(missing)} (--insecure): anyone who reaches "
+                "this port can read and change the agent's data"]
+
+
+# ---- the data folder -----------------------------------------------------------------------------
+def owner_only_dir(path: Path) -> None:
+    """Create ``path`` (and parents) and make it 0700: only the agent's user can enter it."""
+    path.mkdir(mode=OWNER_DIR, parents=True, exist_ok=True)
+    if path.stat().st_mode & 0o777 != OWNER_DIR:
+        try:
+            path.chmod(OWNER_DIR)
+        except PermissionError:
+            log.warning("cannot make %s readable by its owner only (it belongs to another user)", path)
+
+
+def owner_only_file(path: Path) -> None:
+    """Create ``path`` empty with mode 0600 unless it exists (SQLite then gives its -wal/-shm the same mode)."""
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, OWNER_FILE))
+
+
+class DataDirLock:
+    """An exclusive ``flock`` on ``<data>/agent.lock`` for as long as the agent has the folder open.
+
+    The kernel drops it when the process ends in any way (SIGKILL included), so a lock is never stale;
+    a second agent (another process, or another Agent in this one) is refused at start."""
+
+    def __init__(self, data_dir: Path) -> None:
+        path = data_dir / LOCK_FILE
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, OWNER_FILE)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            os.close(fd)
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            who = f" (pid {holder})" if holder.isdigit() else ""
+            raise DataDirLocked(f"the data folder {data_dir} is in use by another agent{who}; stop it, or give this "
+                                "agent its own --data-dir") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd: int | None = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the only descriptor drops the flock
+            self._fd = None

@@ -1,0 +1,433 @@
+"""TLS and mutual TLS, bearer tokens and roles, the exposure rule, one agent per port and per data
+folder, owner-only files, and ids/uris/metadata that try to steer paths out of the data folder."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import signal
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from typer.testing import CliRunner
+
+from agent import client, security
+from agent.config import AgentConfig
+from agent.core import Agent
+from agent.security import (
+    RPC_ROLES,
+    DataDirLock,
+    DataDirLocked,
+    SecurityError,
+    ServerSecurity,
+    TokenStore,
+    check_roles,
+    parse_tokens,
+)
+from agent.service import create_server, stop_server
+from shortlist.cli import app
+from shortlist.v1 import agent_pb2, agent_pb2_grpc
+from tests.agent.conftest import make_samples
+from tests.agent.pki import Pki, make_pki
+
+READ_TOKEN = "r" * 8 + "-read-token-0123456789"
+WRITE_TOKEN = "w" * 8 + "-write-token-0123456789"
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture
+def tokens_file(tmp_path: Path) -> Path:
+    path = tmp_path / "tokens"
+    path.write_text(f"# annotators\nread:{READ_TOKEN}\n\n  write:{WRITE_TOKEN}  \n")
+    return path
+
+
+def offline(data: Path, registry: Path) -> AgentConfig:
+    """An Agent's config without the background thread or CUDA."""
+    return AgentConfig(data, registry, use_cuda=False, background=False)
+
+
+def serve(tmp_path: Path, registry: Path, sec: ServerSecurity, host: str = "127.0.0.1",
+          data: str = "data") -> tuple[grpc.Server, int, Agent]:
+    return create_server(AgentConfig(tmp_path / data, registry, host=host, port=0, poll_s=0.2, use_cuda=False,
+                                     security=sec))
+
+
+@pytest.fixture
+def tls_server(tmp_path: Path, registry: Path, pki: Pki) -> Iterator[int]:
+    server, port, agent = serve(tmp_path, registry, ServerSecurity(tls_cert=pki.server_cert, tls_key=pki.server_key))
+    yield port
+    stop_server(server, agent, grace=0.5)
+
+
+@pytest.fixture
+def mtls_server(tmp_path: Path, registry: Path, pki: Pki) -> Iterator[int]:
+    server, port, agent = serve(tmp_path, registry, ServerSecurity(tls_cert=pki.server_cert, tls_key=pki.server_key,
+                                                                   tls_client_ca=pki.ca))
+    yield port
+    stop_server(server, agent, grace=0.5)
+
+
+@pytest.fixture
+def token_server(tmp_path: Path, registry: Path, tokens_file: Path) -> Iterator[int]:
+    server, port, agent = serve(tmp_path, registry, ServerSecurity(tokens=tokens_file))
+    yield port
+    stop_server(server, agent, grace=0.5)
+
+
+def status(port: int, config: client.ClientConfig | None = None, host: str = "localhost") -> agent_pb2.Status:
+    stub = client.connect(f"{host}:{port}", timeout=5, config=config)
+    reply: agent_pb2.Status = stub.GetStatus(agent_pb2.GetStatusRequest(), timeout=10)
+    return reply
+
+
+# ---- TLS ---------------------------------------------------------------------------------------------
+def test_tls_with_the_right_ca(tls_server: int, pki: Pki) -> None:
+    assert status(tls_server, client.ClientConfig(tls_ca=pki.ca)).strategies
+    # by IP address too (the certificate names 127.0.0.1)
+    assert status(tls_server, client.ClientConfig(tls_ca=pki.ca), host="127.0.0.1").strategies
+
+
+def test_tls_wrong_ca_or_plaintext_client_is_refused_with_the_reason(tls_server: int, pki: Pki) -> None:
+    with pytest.raises(client.AgentUnavailable, match=r"not trusted.*--tls-ca"):
+        status(tls_server, client.ClientConfig(tls_ca=pki.other_ca))
+    with pytest.raises(client.AgentUnavailable, match="uses TLS: pass --tls-ca"):
+        status(tls_server)
+
+
+def test_tls_client_against_a_plaintext_agent(running: object, pki: Pki) -> None:
+    port = running.port  # type: ignore[attr-defined]
+    with pytest.raises(client.AgentUnavailable, match="does not speak TLS"):
+        status(port, client.ClientConfig(tls_ca=pki.ca))
+
+
+def test_mutual_tls_needs_a_client_certificate_from_the_ca(mtls_server: int, pki: Pki) -> None:
+    with pytest.raises(client.AgentUnavailable, match=r"requires a client certificate.*--tls-cert"):
+        status(mtls_server, client.ClientConfig(tls_ca=pki.ca))
+    with pytest.raises(client.AgentUnavailable, match="refused the client certificate"):
+        status(mtls_server, client.ClientConfig(tls_ca=pki.ca, tls_cert=pki.other_client_cert,
+                                                tls_key=pki.other_client_key))
+    ok = client.ClientConfig(tls_ca=pki.ca, tls_cert=pki.client_cert, tls_key=pki.client_key)
+    assert status(mtls_server, ok).strategies
+
+
+def test_tls_files_are_checked_at_start(tmp_path: Path, registry: Path, pki: Pki) -> None:
+    with pytest.raises(SecurityError, match="both --tls-cert FILE and --tls-key FILE"):
+        serve(tmp_path, registry, ServerSecurity(tls_cert=pki.server_cert))
+    with pytest.raises(SecurityError, match="not a PEM certificate and its matching private key"):
+        serve(tmp_path, registry, ServerSecurity(tls_cert=pki.server_cert, tls_key=pki.client_key))
+    with pytest.raises(SecurityError, match="cannot read --tls-client-ca"):
+        serve(tmp_path, registry, ServerSecurity(tls_cert=pki.server_cert, tls_key=pki.server_key,
+                                                 tls_client_ca=tmp_path / "missing.pem"))
+    assert not (tmp_path / "data").exists()  # refused before the data folder was opened
+
+
+# ---- tokens ------------------------------------------------------------------------------------------
+def test_every_agent_rpc_has_a_role() -> None:
+    check_roles()
+    methods = {m.name for m in agent_pb2.DESCRIPTOR.services_by_name["Agent"].methods}
+    assert set(RPC_ROLES) == methods
+    assert {n for n, r in RPC_ROLES.items() if r == "write"} == {"Ingest", "SubmitLabels", "ReloadModel"}
+
+
+def _code(fn: object) -> grpc.StatusCode:
+    with pytest.raises(grpc.RpcError) as e:
+        fn()  # type: ignore[operator]
+    return e.value.code()  # type: ignore[no-any-return]
+
+
+def test_tokens_and_roles(token_server: int) -> None:
+    address = f"127.0.0.1:{token_server}"
+    none = client.connect(address)
+    unknown = client.connect(address, config=client.ClientConfig(token="x" * 32))
+    reader = client.connect(address, config=client.ClientConfig(token=READ_TOKEN))
+    writer = client.connect(address, config=client.ClientConfig(token=WRITE_TOKEN))
+    get = agent_pb2.GetStatusRequest()
+    with pytest.raises(grpc.RpcError) as e:
+        none.GetStatus(get)
+    assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED and "--token" in str(e.value.details())
+    assert "SHORTLIST_TOKEN" in str(e.value.details())
+    with pytest.raises(grpc.RpcError) as e:
+        unknown.GetStatus(get)
+    assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED and "unknown token" in str(e.value.details())
+    # read: every read RPC works, every write RPC (unary, client-streaming) is PERMISSION_DENIED
+    assert reader.GetStatus(get).strategies
+    assert reader.Select(agent_pb2.SelectRequest(budget=1, strategy="random")).strategy == "random"
+    assert list(reader.ListSamples(agent_pb2.ListSamplesRequest())) == []
+    with pytest.raises(grpc.RpcError) as e:
+        client.ingest(reader, make_samples(2))
+    assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED and "role write" in str(e.value.details())
+    assert _code(lambda: client.submit_labels(reader, [("s0", "cat")])) == grpc.StatusCode.PERMISSION_DENIED
+    assert _code(lambda: reader.ReloadModel(agent_pb2.ReloadModelRequest())) == grpc.StatusCode.PERMISSION_DENIED
+    assert _code(lambda: list(none.ListSamples(agent_pb2.ListSamplesRequest()))) == \
+        grpc.StatusCode.UNAUTHENTICATED
+    # write implies read
+    assert client.ingest(writer, make_samples(4)).accepted == 4
+    assert client.submit_labels(writer, [("s0", "cat")]).accepted == 1
+    assert writer.GetStatus(get).labeled == 1
+    assert len(list(writer.PriorLabels(agent_pb2.PriorLabelsRequest(method="knn")))) == 3
+    # a malformed header is UNAUTHENTICATED too
+    raw = agent_pb2_grpc.AgentStub(grpc.insecure_channel(address))
+    assert _code(lambda: raw.GetStatus(get, metadata=[("authorization", f"Basic {WRITE_TOKEN}")])) == \
+        grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_health_and_reflection_need_no_token(token_server: int) -> None:
+    ch = grpc.insecure_channel(f"127.0.0.1:{token_server}")
+    reply = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service="shortlist.v1.Agent"))
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    stub = reflection_pb2_grpc.ServerReflectionStub(ch)
+    answers = list(stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
+    assert "shortlist.v1.Agent" in {s.name for s in answers[0].list_services_response.service}
+    ch.close()
+
+
+def test_tokens_are_compared_in_constant_time_against_every_token(tokens_file: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    store = TokenStore(tokens_file)
+    calls: list[tuple[bytes, bytes]] = []
+    real = security.hmac.compare_digest
+
+    def spy(a: bytes, b: bytes) -> bool:
+        calls.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(security.hmac, "compare_digest", spy)
+    assert store.role(READ_TOKEN) == "read"  # matches the first token, and still compares with the second
+    assert len(calls) == 2 and {b for _, b in calls} == {READ_TOKEN.encode(), WRITE_TOKEN.encode()}
+    calls.clear()
+    assert store.role("nope") is None and len(calls) == 2
+
+
+def test_bad_tokens_file_names_the_line_never_the_token(tmp_path: Path, registry: Path) -> None:
+    secret = "s3cr3t-but-in-a-broken-line-0123"
+    cases = {f"read:{READ_TOKEN}\nadmin:{secret}\n": "line 2: expected `role:token` with role read or write",
+             f"# c\n\nwrite {secret}\n": "line 3: expected `role:token`",
+             "read:short\n": "line 1: a token must be at least 16",
+             f"read:{secret}\nwrite:{secret}\n": "line 2: the same token is already given on line 1",
+             "# nothing\n": "no tokens"}
+    for text, message in cases.items():
+        path = tmp_path / "tokens"
+        path.write_text(text)
+        with pytest.raises(SecurityError) as e:
+            parse_tokens(text, str(path))
+        assert message in str(e.value) and secret not in str(e.value)
+        with pytest.raises(SecurityError):
+            serve(tmp_path, registry, ServerSecurity(tokens=path))
+    assert not (tmp_path / "data").exists()
+
+
+def test_tokens_file_is_reread_when_it_changes(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "tokens"
+    path.write_text(f"read:{READ_TOKEN}\n")
+    store = TokenStore(path, recheck_s=0.0)
+    assert store.role(READ_TOKEN) == "read" and store.role(WRITE_TOKEN) is None
+    path.write_text(f"write:{WRITE_TOKEN}\n")
+    os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))
+    assert store.role(WRITE_TOKEN) == "write" and store.role(READ_TOKEN) is None
+    secret = "half-typed-token-that-is-long-enough"
+    path.write_text(f"write:{WRITE_TOKEN}\nwrite {secret}\n")  # broken: the previous tokens stay
+    os.utime(path, ns=(time.time_ns(), time.time_ns() + 2 * 10**9))
+    with caplog.at_level(logging.DEBUG):
+        assert store.role(WRITE_TOKEN) == "write"
+    assert "line 2" in caplog.text and secret not in caplog.text
+
+
+def test_no_token_in_the_logs(tmp_path: Path, registry: Path, tokens_file: Path,
+                              caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.DEBUG):
+        server, port, agent = serve(tmp_path, registry, ServerSecurity(tokens=tokens_file))
+        try:
+            address = f"127.0.0.1:{port}"
+            for token in ("", READ_TOKEN, WRITE_TOKEN, "not-a-known-token-000000"):
+                stub = client.connect(address, config=client.ClientConfig(token=token))
+                with contextlib.suppress(grpc.RpcError):
+                    stub.GetStatus(agent_pb2.GetStatusRequest())
+                with contextlib.suppress(grpc.RpcError):
+                    client.ingest(stub, make_samples(2, prefix=f"t{len(token)}-"))
+                with contextlib.suppress(grpc.RpcError):
+                    stub.ReloadModel(agent_pb2.ReloadModelRequest())
+        finally:
+            stop_server(server, agent, grace=0.5)
+    assert "refused" in caplog.text  # the refusals are logged ...
+    for token in (READ_TOKEN, WRITE_TOKEN, "not-a-known-token-000000"):
+        assert token not in caplog.text  # ... without the token
+
+
+# ---- exposure ----------------------------------------------------------------------------------------
+def test_non_loopback_without_tls_and_tokens_is_refused(tmp_path: Path, registry: Path, pki: Pki,
+                                                        tokens_file: Path) -> None:
+    with pytest.raises(SecurityError) as e:
+        serve(tmp_path, registry, ServerSecurity(), host="0.0.0.0")
+    msg = str(e.value)
+    assert "--tls-cert" in msg and "--tokens" in msg and "--insecure" in msg and "127.0.0.1" in msg
+    with pytest.raises(SecurityError, match="without tokens"):
+        serve(tmp_path, registry, ServerSecurity(tls_cert=pki.server_cert, tls_key=pki.server_key), host="0.0.0.0")
+    with pytest.raises(SecurityError, match=r"without TLS \(--tls-cert"):
+        serve(tmp_path, registry, ServerSecurity(tokens=tokens_file), host="0.0.0.0")
+    assert not (tmp_path / "data").exists()
+    server, port, agent = serve(tmp_path, registry, ServerSecurity(insecure=True), host="0.0.0.0")
+    try:
+        st = status(port, host="127.0.0.1")
+        assert any(w.startswith("insecure: serving on 0.0.0.0") for w in st.warnings)
+    finally:
+        stop_server(server, agent, grace=0.5)
+    server, port, agent = serve(tmp_path, registry, ServerSecurity(tls_cert=pki.server_cert, tls_key=pki.server_key,
+                                                                   tokens=tokens_file), host="0.0.0.0")
+    try:
+        st = status(port, client.ClientConfig(tls_ca=pki.ca, token=READ_TOKEN))
+        assert not any("insecure" in w for w in st.warnings)
+    finally:
+        stop_server(server, agent, grace=0.5)
+
+
+def test_loopback_names() -> None:
+    assert all(security.is_loopback(h) for h in ("127.0.0.1", "localhost", "::1", "[::1]", "127.3.2.1"))
+    assert not any(security.is_loopback(h) for h in ("0.0.0.0", "::", "10.1.2.3", "example.invalid"))
+
+
+# ---- one agent per port and per data folder ----------------------------------------------------------
+def test_a_port_held_by_another_agent_is_refused(tmp_path: Path, registry: Path) -> None:
+    server, port, agent = serve(tmp_path, registry, ServerSecurity())
+    try:
+        with pytest.raises(OSError, match=f"cannot listen on 127.0.0.1:{port}: the port is in use"):
+            create_server(AgentConfig(tmp_path / "other", registry, port=port, use_cuda=False))
+        # the refused agent let go of its folder
+        Agent(offline(tmp_path / "other", registry)).close()
+        assert status(port, host="127.0.0.1").strategies  # the first one still answers
+    finally:
+        stop_server(server, agent, grace=0.5)
+
+
+def test_a_data_folder_held_by_another_agent_is_refused(tmp_path: Path, registry: Path) -> None:
+    first = Agent(offline(tmp_path / "d", registry))
+    try:
+        with pytest.raises(DataDirLocked, match=f"{tmp_path / 'd'} is in use by another agent \\(pid {os.getpid()}\\)"):
+            Agent(offline(tmp_path / "d", registry))
+    finally:
+        first.close()
+    Agent(offline(tmp_path / "d", registry)).close()  # free again after close
+
+
+def test_the_lock_is_per_process_and_dies_with_a_sigkilled_agent(tmp_path: Path, registry: Path) -> None:
+    """A second ``shortlist serve`` on a folder a running agent holds exits with a clear message; once
+    that agent is SIGKILLed the folder opens at once (the kernel dropped the flock)."""
+    data = tmp_path / "d"
+    cmd = [sys.executable, "-m", "shortlist.cli", "serve", "--data-dir", str(data), "--models", str(registry),
+           "--cpu", "--poll", "0.2"]
+    first = subprocess.Popen([*cmd, "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while not (data / security.LOCK_FILE).is_file() or not (data / security.LOCK_FILE).read_text().strip():
+            assert first.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        umask = os.umask(0o022)
+        try:  # `shortlist serve` in this process: a second agent beside the first one's process
+            second = CliRunner().invoke(app, [*cmd[3:], "--port", "0"])
+        finally:
+            os.umask(umask)
+        assert second.exit_code == 2
+        assert f"is in use by another agent (pid {first.pid})" in " ".join(second.output.split())
+        with pytest.raises(DataDirLocked):
+            DataDirLock(data)
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=30)
+        lock = DataDirLock(data)  # at once: no stale lock
+        lock.release()
+        Agent(offline(data, registry)).close()
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+        if first.stdout is not None:
+            first.stdout.close()
+
+
+# ---- owner-only files --------------------------------------------------------------------------------
+def _mode(p: Path) -> int:
+    return stat.S_IMODE(p.stat().st_mode)
+
+
+def test_data_folder_and_files_are_owner_only(tmp_path: Path, registry: Path) -> None:
+    old = os.umask(0o022)  # a permissive umask, as a service manager might leave it
+    try:
+        server, port, agent = serve(tmp_path, registry, ServerSecurity())
+        try:
+            stub = client.connect(f"127.0.0.1:{port}")
+            assert client.ingest(stub, make_samples(6)).accepted == 6
+            data = tmp_path / "data"
+            for name in ("state.sqlite", "state.sqlite-wal", "state.sqlite-shm", security.LOCK_FILE):
+                assert _mode(data / name) == 0o600, name
+            blobs = [p for p in (data / "blobs").rglob("*")]
+            assert blobs and all(_mode(p) == (0o700 if p.is_dir() else 0o600) for p in blobs)
+            assert _mode(data) == 0o700 and _mode(data / "blobs") == 0o700
+        finally:
+            stop_server(server, agent, grace=0.5)  # writes the index snapshot
+        snapshot = [data / "index", *(data / "index").rglob("*")]
+        assert len(snapshot) > 2 and all(_mode(p) == (0o700 if p.is_dir() else 0o600) for p in snapshot)
+        # an existing folder made with a wider mode is narrowed when an agent opens it
+        wide = tmp_path / "wide"
+        wide.mkdir(mode=0o755)
+        Agent(offline(wide, registry)).close()
+        assert _mode(wide) == 0o700
+    finally:
+        os.umask(old)
+
+
+# ---- ids, uris and metadata never steer a path -------------------------------------------------------
+def test_ids_uris_and_metadata_stay_inside_the_data_folder(tmp_path: Path, registry: Path) -> None:
+    before = {p for p in tmp_path.rglob("*")}
+    data = tmp_path / "a" / "data"
+    server, port, agent = create_server(AgentConfig(data, registry, port=0, poll_s=0.2, use_cuda=False))
+    try:
+        stub = client.connect(f"127.0.0.1:{port}")
+        hostile = ["../../escape", "/tmp/absolute", "a\x00b", "..\\..\\win", "../" * 30 + "etc/passwd",
+                   str(tmp_path / "outside"), "blobs/../../x", "."]
+        samples = make_samples(len(hostile))
+        for s, sid in zip(samples, hostile, strict=True):
+            s.id = sid
+            s.uri = "../" * 10 + "etc/shadow" if sid != "." else "/etc/passwd\x00.png"
+            s.metadata["../path"] = "/abs/../../x\x00"
+        reply = client.ingest(stub, samples)
+        assert reply.accepted == len(hostile), reply.rejected
+        assert client.submit_labels(stub, [(sid, "cat") for sid in hostile]).accepted == len(hostile)
+        listed = {s.id: s for s in client.list_samples(stub, include_payload=True)}
+        assert set(listed) == set(hostile) and listed["a\x00b"].metadata["../path"] == "/abs/../../x\x00"
+    finally:
+        stop_server(server, agent, grace=0.5)
+    new = {p for p in tmp_path.rglob("*")} - before
+    assert new and all(p == data.parent or p.is_relative_to(data) for p in new), sorted(new)
+    assert not (tmp_path / "outside").exists()
+    for p in (data / "blobs").rglob("*"):  # blobs are named by their content's sha256 only
+        rel = p.relative_to(data / "blobs").as_posix()
+        assert re.fullmatch(r"[0-9a-f]{2}(/[0-9a-f]{62})?", rel), rel
+
+
+def test_secret_files_readable_by_others_are_warned_about(tmp_path: Path, pki: Pki,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "tokens"
+    path.write_text(f"read:{READ_TOKEN}\n")
+    path.chmod(0o644)
+    with caplog.at_level(logging.WARNING):
+        TokenStore(path)
+    assert "can be read by other users (mode 644); `chmod 600" in caplog.text and READ_TOKEN not in caplog.text
+    caplog.clear()
+    path.chmod(0o600)
+    with caplog.at_level(logging.WARNING):
+        TokenStore(path)
+    assert "other users" not in caplog.text
