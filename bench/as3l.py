@@ -162,9 +162,9 @@ def torch_run_of(provenance: dict[str, Any], version_dir: Path) -> Path:
 
 
 def choose_labels(address: str, strategy: str, budget: int, seed: int, truth: dict[str, int],
-                  classes: list[str]) -> tuple[list[str], list[str], np.ndarray, str]:
+                  classes: list[str]) -> tuple[list[str], list[str], np.ndarray, np.ndarray, str]:
     """Single-shot Select + SubmitLabels + PriorLabels(as3l) against a fresh agent: (picked ids, the
-    ids PriorLabels answered for, their probs RxC, model version)."""
+    ids PriorLabels answered for, their probs RxC uncalibrated and calibrated, model version)."""
     from agent import client
     from shortlist.v1 import agent_pb2
 
@@ -176,11 +176,17 @@ def choose_labels(address: str, strategy: str, budget: int, seed: int, truth: di
     lab = client.submit_labels(stub, [(i, classes[truth[i]]) for i in picked], annotator="simulated")
     if lab.rejected:
         raise RuntimeError(f"labels rejected: {lab.rejected[0].id}: {lab.rejected[0].reason}")
-    ids, probs = [], []
-    for p in stub.PriorLabels(agent_pb2.PriorLabelsRequest(method="as3l"), timeout=3600):
-        ids.append(p.id)
-        probs.append([p.probs.get(c, 0.0) for c in classes])
-    return picked, ids, np.asarray(probs, np.float64).reshape(len(ids), len(classes)), reply.model_version
+    out = []
+    # The paper's y_prior (Sec. 3.3: normalised votes) trains the arms; the calibrated one (the agent's
+    # default) is reported beside it.
+    for calibrate in ("false", "true"):
+        ids, probs = [], []
+        req = agent_pb2.PriorLabelsRequest(method="as3l", params={"calibrate": calibrate})
+        for p in stub.PriorLabels(req, timeout=3600):
+            ids.append(p.id)
+            probs.append([p.probs.get(c, 0.0) for c in classes])
+        out.append((ids, np.asarray(probs, np.float64).reshape(len(ids), len(classes))))
+    return picked, out[0][0], out[0][1], out[1][1], reply.model_version
 
 
 def check_settings(cells: Path, settings: dict[str, Any]) -> None:
@@ -218,12 +224,14 @@ def label_cell(cells: Path, base: Path, registry: Path, log: Path, strategy: str
     t0 = time.perf_counter()
     try:
         with cifar10.agent_process(work, registry, log) as address:
-            picked, ids, probs, version = choose_labels(address, strategy, budget, seed, truth, classes)
+            picked, ids, probs, calibrated, version = choose_labels(address, strategy, budget, seed, truth, classes)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     row = {sid: i for i, sid in enumerate(pool_ids)}
     prior = np.full((len(pool_ids), len(classes)), 1.0 / len(classes))
     prior[[row[i] for i in ids]] = probs
+    cal = prior.copy()
+    cal[[row[i] for i in ids]] = calibrated
     folder.mkdir(parents=True, exist_ok=True)
     np.save(folder / "prior.npy", prior.astype(np.float32))  # pool order; labelled rows one-hot
     picked_set = set(picked)
@@ -235,7 +243,9 @@ def label_cell(cells: Path, base: Path, registry: Path, log: Path, strategy: str
             "coverage": class_coverage(lab_y, len(classes)),
             "linear_accuracy": linear_probe_accuracy(pool_emb[lab_rows], lab_y, test_emb, test_y, seed),
             "prior_accuracy": prior_accuracy(prior[unl], y), "ece": expected_calibration_error(prior[unl], y),
-            "mean_confidence": float(prior[unl].max(axis=1).mean()), "seconds": time.perf_counter() - t0}
+            "mean_confidence": float(prior[unl].max(axis=1).mean()),
+            "ece_calibrated": expected_calibration_error(cal[unl], y),
+            "mean_confidence_calibrated": float(cal[unl].max(axis=1).mean()), "seconds": time.perf_counter() - t0}
     _write_json(folder / "cell.json", cell)
     return cell
 

@@ -113,24 +113,24 @@ def markdown(run: dict[str, Any]) -> str:
                          + " |")
         lines.append("")
     lines.append("## The labels: class coverage, `as3l` prior accuracy (%) and ECE on the unlabelled pool "
-                 "(Tables 4-6)\n")
+                 "(Tables 4-6; the paper's prior, which trains the arms, and the agent's calibrated default)\n")
     head = ["labels by"]
     for b in budgets:
-        head += [f"{b}: classes", f"{b}: prior acc", f"{b}: ECE", f"{b}: mean conf", f"{b}: paper (acc / classes / "
-                 "ECE)"]
+        head += [f"{b}: classes", f"{b}: prior acc", f"{b}: ECE", f"{b}: mean conf", f"{b}: ECE calibrated",
+                 f"{b}: paper (acc / classes / ECE)"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     metrics = {m: _by(run["labels"], ("strategy", "budget"), m) for m in
-               ("coverage", "prior_accuracy", "ece", "mean_confidence")}
+               ("coverage", "prior_accuracy", "ece", "mean_confidence", "ece_calibrated")}
     for s in ("random", "as3l"):
         cells = [s]
         for b in budgets:
-            cov, acc, ece, conf = (metrics[m].get((s, b), []) for m in metrics)
+            cov, acc, ece, conf, ece_cal = (metrics[m].get((s, b), []) for m in metrics)
             paper = [f"{PAPER_PRIOR[(s, b)]:.2f}" if (s, b) in PAPER_PRIOR else "—",
                      f"{PAPER_COVERAGE[(s, b)]:.1f}" if (s, b) in PAPER_COVERAGE else "—",
                      f"{PAPER_ECE[(s, b)]:.3f}" if (s, b) in PAPER_ECE else "—"]
             cells += [_fmt(*_mean_std(cov), len(cov), 1.0), _fmt(*_mean_std(acc), len(acc)),
                       _fmt(*_mean_std(ece), len(ece), 1.0, 3), _fmt(*_mean_std(conf), len(conf), 1.0, 3),
-                      " / ".join(paper)]
+                      _fmt(*_mean_std(ece_cal), len(ece_cal), 1.0, 3), " / ".join(paper)]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines.append("Paper: Table 4 / 5 (multi-cluster selection on fine-tuned features + the proposed propagation; "

@@ -190,7 +190,8 @@ def recluster_prior(enc: Encoder, data: TensorData, lab: torch.Tensor, unl: torc
 
     pool = Pool(embeddings=feats, labeled=lab.numpy().astype(np.int64), labels=data.labels[lab].numpy(),
                 classes=list(data.classes), candidates=unl.numpy().astype(np.int64), knn=knn)
-    priors = get_prior_method("as3l")(pool, pool.candidates, np.random.default_rng(seed), {})
+    # The paper's y_prior (normalised votes), not the agent's calibrated default.
+    priors = get_prior_method("as3l")(pool, pool.candidates, np.random.default_rng(seed), {"calibrate": "false"})
     return torch.from_numpy(np.asarray(priors.probs, np.float32))
 
 

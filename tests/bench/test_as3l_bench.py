@@ -48,6 +48,7 @@ def test_smoke_profile_end_to_end_and_resumes(tiny_data: Path, tmp_path: Path,
     for r in run["labels"]:
         assert 1 <= r["coverage"] <= 3 and 0 <= r["prior_accuracy"] <= 1 and 0 <= r["ece"] <= 1
         assert 0 <= r["linear_accuracy"] <= 1 and 1 / 3 - 1e-6 <= r["mean_confidence"] <= 1
+        assert 0 <= r["ece_calibrated"] <= 1
     assert {r["arm"] for r in run["results"]} == {a.name for a in ARMS}
     for r in run["results"]:
         # Equal steps for every arm; test accuracy at evenly spaced points and at the end.
