@@ -30,7 +30,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -91,6 +91,7 @@ class LoadConfig:
     seed_labels: int = 50  # labelled samples the pool should have before the load (for priors, uncertainty)
     seed: int = 0
     agent_pid: int = 0  # pid of a running agent (default: found from its listening port)
+    connection: client.ClientConfig = field(default_factory=client.ClientConfig)  # TLS and token for --agent
 
 
 def parse_mix(text: str) -> dict[str, float]:
@@ -426,7 +427,7 @@ def drain(call: Callable[..., Iterator[Any]], request: object, timeout: float) -
 def client_loop(world: World, k: int) -> None:
     cfg = world.cfg
     rng = np.random.default_rng([cfg.seed, k, world.salt])
-    ch = client.channel(cfg.agent)
+    ch = client.channel(cfg.agent, config=cfg.connection)
     stub = agent_pb2_grpc.AgentStub(ch)
     names = [r for r in RPCS if cfg.mix.get(r, 0) > 0]
     weights = np.array([cfg.mix[r] for r in names], np.float64)
@@ -614,7 +615,7 @@ def run_load(cfg: LoadConfig, say: Callable[[str], None] = lambda s: None) -> di
         registry = ensure_registry(cfg, classes)
         say(f"starting an agent on {cfg.data_dir / 'agent'} with registry {registry}")
         target = start_agent(cfg, registry)
-    cfg = LoadConfig(**{**asdict(cfg), "agent": target.address})
+    cfg = replace(cfg, agent=target.address)
     try:
         return _run(cfg, target, say)
     finally:
@@ -622,7 +623,7 @@ def run_load(cfg: LoadConfig, say: Callable[[str], None] = lambda s: None) -> di
 
 
 def _run(cfg: LoadConfig, target: Target, say: Callable[[str], None]) -> dict[str, Any]:
-    ch = client.channel(cfg.agent, timeout=30)
+    ch = client.channel(cfg.agent, timeout=30, config=cfg.connection)
     stub = agent_pb2_grpc.AgentStub(ch)
     try:
         fill_pool(cfg, stub, say)
@@ -665,7 +666,9 @@ def _run(cfg: LoadConfig, target: Target, say: Callable[[str], None]) -> dict[st
         rss = {"start": rss_start.get("VmRSS", 0), "before": rss_before["VmRSS"],
                "after": rss_after.get("VmRSS", 0), "drained": rss_drained.get("VmRSS", 0),
                "peak": rss_drained.get("VmHWM", 0)}
-    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
+    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items() if k != "connection"}
+    config["tls"] = cfg.connection.tls  # never the token itself
+    config["token"] = bool(cfg.connection.token)
     return {
         "config": config,
         "agent": {"address": cfg.agent, "pid": target.pid, "started_here": target.process is not None,
@@ -762,6 +765,14 @@ def register(bench_app: typer.Typer) -> None:
         budget: int = typer.Option(10, "--budget", min=1, help="Select budget"),
         agent_pid: int = typer.Option(0, "--agent-pid", help="pid of --agent for its RSS (default: found "
                                       "from the port)"),
+        tls_ca: Path | None = typer.Option(None, "--tls-ca", envvar="SHORTLIST_TLS_CA", dir_okay=False,
+                                           help="--agent uses TLS: trust certificates signed by this CA (PEM)"),
+        tls_cert: Path | None = typer.Option(None, "--tls-cert", envvar="SHORTLIST_TLS_CERT", dir_okay=False,
+                                             help="this client's certificate (PEM), for mutual TLS"),
+        tls_key: Path | None = typer.Option(None, "--tls-key", envvar="SHORTLIST_TLS_KEY", dir_okay=False,
+                                            help="the private key of --tls-cert (PEM)"),
+        token: str = typer.Option("", "--token", envvar="SHORTLIST_TOKEN", show_default=False,
+                                  help="bearer token (write role: the load ingests and labels) for --agent"),
         out: Path | None = typer.Option(None, "--out", help="folder for results.json (default: --data-dir)"),
         seed: int = typer.Option(0, "--seed", min=0),
         as_json: bool = typer.Option(False, "--json", help="print results.json on stdout"),
@@ -775,7 +786,9 @@ def register(bench_app: typer.Typer) -> None:
                              max_requests=max_requests,
                              timeout=timeout, mix=parse_mix(mix), strategies=_names(strategies),
                              priors=_names(priors), solo=() if solo.strip() == "none" else _names(solo),
-                             budget=budget, seed=seed, agent_pid=agent_pid)
+                             budget=budget, seed=seed, agent_pid=agent_pid,
+                             connection=client.ClientConfig(tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key,
+                                                            token=token))
             res = run_load(cfg, say=console.print)
         except (LoadError, client.AgentUnavailable) as e:
             console.print(f"[red]bench load[/red]: {e}")

@@ -11,18 +11,28 @@
 
 Every method maps a batch of two (or, RotNet, one) augmented views to a scalar loss; the embedding the
 exporters serve is always the backbone's output (``Encoder``), never a projection head's.
+
+Each method is one ``SSLMethod`` subclass that declares what ``training.pretrain.pretrain`` (the one
+shared loop) needs to know about it: its published ``defaults`` (lr, weight decay, batch), its views
+(``views`` / ``make_views``), whether its encoder needs the rotation head, its constructor keywords
+(``option_names``), and its hooks (``before_step``, ``after_step``, ``fixed_lr_params``,
+``knn_encoder``). A new method is one subclass plus one line in ``METHODS``.
 """
 
 from __future__ import annotations
 
 import copy
+import inspect
 import math
-from collections.abc import Callable
-from typing import Any, cast
+from dataclasses import dataclass
+from typing import Any, ClassVar, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from shortlist.manifest import Preprocess
+from training.augment import AugmentConfig, augment
 
 
 class Encoder(nn.Module):
@@ -98,15 +108,71 @@ def rotate_batch(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 # --------------------------------------------------------------------------------------------- methods
 
 
-class SimSiam(nn.Module):
+@dataclass(frozen=True)
+class MethodDefaults:
+    """A method's published training settings: base lr per 256 images, SGD weight decay, global batch."""
+
+    lr: float
+    weight_decay: float
+    batch_size: int
+
+
+class SSLMethod(nn.Module):
+    """What every self-supervised method declares for the shared pretraining loop (``pretrain``).
+
+    Subclasses set ``defaults`` (and ``views`` / ``rotation_head`` when not 2 / False), take the
+    ``Encoder`` as their first constructor argument and only keyword options after it (those become
+    ``method_options`` / config.json), fill ``self.options`` with every option's value, and return a
+    scalar loss from ``forward(*views)``. The hooks below default to doing nothing.
+    """
+
+    defaults: ClassVar[MethodDefaults]
+    views: ClassVar[int] = 2  # augmented views per image that ``forward`` takes
+    rotation_head: ClassVar[bool] = False  # the Encoder needs its 4-way rotation head (RotNet)
+    resume_hint: ClassVar[str] = ""  # added to the error when a --resume checkpoint does not fit the model
+    encoder: Encoder
+    options: dict[str, Any]
+
+    @classmethod
+    def option_names(cls) -> set[str]:
+        """The constructor keywords ``method_options`` may set (every parameter after the encoder)."""
+        return set(list(inspect.signature(cls.__init__).parameters)[2:])
+
+    def make_views(self, images: torch.Tensor, pre: Preprocess, aug: AugmentConfig, gen: torch.Generator,
+                   channels_last: bool) -> list[torch.Tensor]:
+        """The inputs of one step from a uint8 Bx3xHxW batch on the device: ``views`` independent
+        augmentations at ``pre``'s size (RotNet rotates inside ``forward``)."""
+        return [augment(images, pre, aug, gen, channels_last) for _ in range(self.views)]
+
+    def before_step(self, progress: float) -> None:
+        """Called before each step's forward with the run's progress in [0, 1] (MoBY: momentum schedule)."""
+
+    def after_step(self, progress: float) -> None:
+        """Called after each optimizer step with the progress the step ran at."""
+
+    def fixed_lr_params(self) -> list[nn.Parameter]:
+        """Parameters kept at the base lr instead of following the schedule (SimSiam's predictor)."""
+        return []
+
+    def knn_encoder(self) -> nn.Module:
+        """The module whose output the periodic and final kNN checks embed."""
+        return self.encoder
+
+
+class SimSiam(SSLMethod):
     """Backbone + projector (CIFAR: 2 layers, BN on the output; Sec. 4.1 / appendix D) + predictor
     (bottleneck proj_dim -> pred_dim -> proj_dim, Sec. 3). Two views Nx3xHxW -> scalar loss.
 
     Head widths: the paper's are 2048 / 512 (pass ``proj_dim=2048, pred_dim=512`` for its recipe). Ours
     default to 256 / 64: with resnet18_w32 (256-d features) in 8-minute CPU runs they gave 36.0% kNN vs
-    32.7% for 2048 / 512 (docs/training.md, "Equal-time runs"), and a step is cheaper."""
+    32.7% for 2048 / 512 (docs/training.md, "Equal-time runs"), and a step is cheaper.
 
-    views = 2
+    Defaults (Chen & He 2021, appendix D: SGD, lr 0.03 x B/256 at B=512, wd 5e-4, predictor lr fixed): we
+    use 0.06 x B/256 (the value lightly / solo-learn CIFAR benchmarks use), which converges faster in short
+    runs."""
+
+    defaults = MethodDefaults(lr=0.06, weight_decay=5e-4, batch_size=512)
+    resume_hint = "SimSiam runs from before its heads defaulted to 256 / 64 need --proj-dim 2048 --pred-dim 512"
 
     def __init__(self, encoder: Encoder, proj_dim: int = 256, pred_dim: int = 64) -> None:
         super().__init__()
@@ -127,11 +193,19 @@ class SimSiam(nn.Module):
     def predictor_params(self) -> list[nn.Parameter]:
         return list(self.predictor.parameters())
 
+    def fixed_lr_params(self) -> list[nn.Parameter]:
+        # Chen & He 2021, Sec. 4.3: a constant predictor lr works better
+        return self.predictor_params()
 
-class RotNet(nn.Module):
-    """Backbone + linear 4-way rotation head (the encoder's ``rotation`` head). One view -> scalar loss."""
 
+class RotNet(SSLMethod):
+    """Backbone + linear 4-way rotation head (the encoder's ``rotation`` head). One view -> scalar loss.
+
+    Defaults: Gidaris et al. 2018, Sec. 3: SGD lr 0.1, wd 5e-4, B=128."""
+
+    defaults = MethodDefaults(lr=0.1, weight_decay=5e-4, batch_size=128)
     views = 1
+    rotation_head = True
 
     def __init__(self, encoder: Encoder) -> None:
         super().__init__()
@@ -146,15 +220,15 @@ class RotNet(nn.Module):
         return rotation_loss(self.encoder.rotation(self.encoder(rotated)), targets)
 
 
-class MoBY(nn.Module):
+class MoBY(SSLMethod):
     """Online (encoder + projector + predictor) vs momentum target (encoder + projector), two key queues.
 
     Loss (MoBY Sec. 3): info_nce(q1, k2, queue2) + info_nce(q2, k1, queue1); then the target is
     updated by EMA with momentum ``m`` (raised to 1 by a cosine schedule, ``set_progress``) and the
-    keys enqueued.
+    keys enqueued. Defaults (MoCo v2 CIFAR): SGD lr 0.06 x B/256, wd 5e-4, B=512.
     """
 
-    views = 2
+    defaults = MethodDefaults(lr=0.06, weight_decay=5e-4, batch_size=512)
 
     def __init__(self, encoder: Encoder, proj_dim: int = 256, hidden: int = 2048, queue: int = 4096,
                  tau: float = 0.2, momentum: float = 0.99) -> None:
@@ -176,6 +250,9 @@ class MoBY(nn.Module):
     def set_progress(self, frac: float) -> None:
         """Cosine momentum schedule, BYOL Sec. 3.2: m = 1 - (1 - m0)(cos(pi t / T) + 1)/2."""
         self.momentum = 1 - (1 - self.base_momentum) * (math.cos(math.pi * min(frac, 1.0)) + 1) / 2
+
+    def before_step(self, progress: float) -> None:
+        self.set_progress(progress)
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
         q = self.predictor(self.projector(self.encoder(torch.cat([x1, x2]))))
@@ -224,11 +301,11 @@ def _all_gather(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts)
 
 
-# Method name -> constructor from an Encoder (RotNet's encoder needs rotation_head=True).
-METHODS: dict[str, Callable[..., nn.Module]] = {"simsiam": SimSiam, "rotnet": RotNet, "moby": MoBY}
+# Method name -> class (``--method``): the one line a new method adds.
+METHODS: dict[str, type[SSLMethod]] = {"simsiam": SimSiam, "rotnet": RotNet, "moby": MoBY}
 
 
-def build_method(method: str, encoder: Encoder, **options: Any) -> nn.Module:
+def build_method(method: str, encoder: Encoder, **options: Any) -> SSLMethod:
     """A self-supervised method module by name; ValueError listing the valid names otherwise.
     ``options`` are the method's constructor keywords (e.g. SimSiam's ``proj_dim`` / ``pred_dim``)."""
     if method not in METHODS:

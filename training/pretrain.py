@@ -25,29 +25,18 @@ from torch import nn
 
 from shortlist.manifest import CIFAR10_PREPROCESS, CIFAR100_PREPROCESS, IMAGENET_PREPROCESS, Preprocess
 from training import loop
-from training.augment import AugmentConfig, augment
+from training.augment import AugmentConfig
 from training.backbones import build_backbone
 from training.data import TensorData, load
 from training.knn import embed, knn_accuracy
-from training.methods import METHODS, MoBY, SimSiam, build_method
+from training.methods import METHODS, SSLMethod, build_method
 from training.methods import Encoder as Encoder
 
 PREPROCESS: dict[str, Preprocess] = {"cifar10": CIFAR10_PREPROCESS, "cifar100": CIFAR100_PREPROCESS,
                                      "imagenet": IMAGENET_PREPROCESS}
 
-# Constructor keywords each method accepts through ``method_options`` (CLI: --proj-dim, --pred-dim).
-METHOD_OPTIONS: dict[str, set[str]] = {
-    "simsiam": {"proj_dim", "pred_dim"}, "rotnet": set(), "moby": {"proj_dim", "hidden", "queue", "tau", "momentum"}}
-# Published defaults per method: base lr (scaled by batch/256), weight decay, batch size.
-# SimSiam CIFAR (Chen & He 2021, appendix D): SGD, lr 0.03 x B/256 at B=512, wd 5e-4, predictor lr fixed;
-# we default to 0.06 x B/256 (the value lightly / solo-learn CIFAR benchmarks use), which converges faster
-# in short runs. RotNet (Gidaris et al. 2018, Sec. 3): SGD lr 0.1, wd 5e-4, B=128. MoBY / MoCo v2 CIFAR:
-# SGD lr 0.06 x B/256, wd 5e-4.
-METHOD_DEFAULTS: dict[str, dict[str, float]] = {
-    "simsiam": {"lr": 0.06, "weight_decay": 5e-4, "batch_size": 512},
-    "rotnet": {"lr": 0.1, "weight_decay": 5e-4, "batch_size": 128},
-    "moby": {"lr": 0.06, "weight_decay": 5e-4, "batch_size": 512},
-}
+# Each method's constructor keywords (``method_options``; CLI: --proj-dim, --pred-dim) and published
+# defaults (base lr scaled by batch/256, weight decay, batch) are declared on its class in training.methods.
 
 
 @dataclass
@@ -101,14 +90,15 @@ class PretrainConfig:
         """A copy with the method's defaults filled in (what config.json records)."""
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; valid: {', '.join(METHODS)}")
-        bad = sorted(set(self.method_options) - METHOD_OPTIONS[self.method])
+        cls = METHODS[self.method]
+        bad = sorted(set(self.method_options) - cls.option_names())
         if bad:
-            valid = ", ".join(sorted(METHOD_OPTIONS[self.method])) or "none"
+            valid = ", ".join(sorted(cls.option_names())) or "none"
             raise ValueError(f"{self.method} has no option {', '.join(bad)}; valid: {valid}")
-        d = METHOD_DEFAULTS[self.method]
+        d = cls.defaults
         return dataclasses.replace(
-            self, batch_size=self.batch_size or int(d["batch_size"]), lr=self.lr if self.lr is not None else d["lr"],
-            weight_decay=self.weight_decay if self.weight_decay is not None else d["weight_decay"])
+            self, batch_size=self.batch_size or d.batch_size, lr=self.lr if self.lr is not None else d.lr,
+            weight_decay=self.weight_decay if self.weight_decay is not None else d.weight_decay)
 
 
 # On a CPU, training views default to half the model's side (16 px for CIFAR's 32): convolutions cost
@@ -188,14 +178,14 @@ def evaluate_knn(encoder: nn.Module, train: TensorData, test: TensorData, pre: P
                         len(train.classes), k=k)
 
 
-def build_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    """SGD (momentum 0.9). SimSiam's predictor group is marked ``fixed_lr`` (Chen & He 2021, Sec. 4.3:
-    a constant predictor lr works better), every other group follows the schedule."""
-    pred_ids = {id(p) for p in model.predictor_params()} if isinstance(model, SimSiam) else set()
+def build_optimizer(model: SSLMethod, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """SGD (momentum 0.9). The method's ``fixed_lr_params`` (SimSiam's predictor: Chen & He 2021, Sec. 4.3,
+    a constant predictor lr works better) form a group marked ``fixed_lr``; the rest follow the schedule."""
+    fixed_ids = {id(p) for p in model.fixed_lr_params()}
     params = [p for p in model.parameters() if p.requires_grad]
-    groups: list[dict[str, Any]] = [{"params": [p for p in params if id(p) not in pred_ids], "fixed_lr": False}]
-    if pred_ids:
-        groups.append({"params": [p for p in params if id(p) in pred_ids], "fixed_lr": True})
+    groups: list[dict[str, Any]] = [{"params": [p for p in params if id(p) not in fixed_ids], "fixed_lr": False}]
+    if fixed_ids:
+        groups.append({"params": [p for p in params if id(p) in fixed_ids], "fixed_lr": True})
     return torch.optim.SGD(groups, lr=lr, momentum=0.9, weight_decay=weight_decay)
 
 
@@ -255,7 +245,7 @@ def pretrain(config: PretrainConfig, console: Console | None = None, train_data:
                           f"(--max-res {pre.size[0]} for full-size views)")
     torch.manual_seed(cfg.seed + rt.rank)
     # the model first: a --resume with other settings is refused before the data is decoded
-    encoder = Encoder(build_backbone(cfg.arch), rotation_head=cfg.method == "rotnet")
+    encoder = Encoder(build_backbone(cfg.arch), rotation_head=METHODS[cfg.method].rotation_head)
     model = build_method(cfg.method, encoder, **cfg.method_options)
     # record every option, defaults included, so that a later change of a default cannot break --resume
     cfg = dataclasses.replace(cfg, method_options=dict(cast(dict[str, Any], model.options)))
@@ -275,7 +265,7 @@ def pretrain(config: PretrainConfig, console: Console | None = None, train_data:
                       f"in {time.perf_counter() - t_load:.1f} s ({rt.device}, amp={rt.amp_dtype}, world={rt.world})")
 
     if rt.device.type == "cuda" and rt.world > 1:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = cast(SSLMethod, nn.SyncBatchNorm.convert_sync_batchnorm(model))  # converts in place
     model = model.to(rt.device)
     if rt.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -291,9 +281,8 @@ def pretrain(config: PretrainConfig, console: Console | None = None, train_data:
         except RuntimeError as e:  # torch's state-dict mismatch: say which settings to pass
             raise ValueError(
                 f"--resume: {run_dir / loop.CHECKPOINT} does not fit the model these settings build "
-                f"({cfg.method}, {cfg.arch}, options {cfg.method_options}); pass the first run's flags (SimSiam "
-                "runs from before its heads defaulted to 256 / 64 need --proj-dim 2048 --pred-dim 512)"
-                f". torch: {str(e).splitlines()[0]}") from e
+                f"({cfg.method}, {cfg.arch}, options {cfg.method_options}); pass the first run's flags"
+                f"{f' ({model.resume_hint})' if model.resume_hint else ''}. torch: {str(e).splitlines()[0]}") from e
         if rt.is_main:
             console.print(f"resumed {run_dir} at step {state.step} (epoch {state.epoch}, {state.seconds:.0f} s)")
     elif rt.is_main:
@@ -309,7 +298,6 @@ def pretrain(config: PretrainConfig, console: Console | None = None, train_data:
     aug = AugmentConfig(crop_scale=(cfg.crop_min, 1.0))
     budget = loop.Budget(len(train) // rt.world // per_rank, cfg.epochs, cfg.minutes)
     log = loop.MetricsLog(run_dir, rt.is_main)
-    n_views = int(getattr(model, "views", 2))
     knn_hist: list[tuple[int, float]] = []
 
     def checkpoint() -> None:
@@ -336,10 +324,9 @@ def pretrain(config: PretrainConfig, console: Console | None = None, train_data:
                 imgs = train.images[rows].to(rt.device, non_blocking=True)
                 frac = budget.progress(state.step, state.seconds)
                 vpre = view_size(cfg, pre, frac)
-                views = [augment(imgs, vpre, aug, gen, rt.channels_last) for _ in range(n_views)]
+                views = model.make_views(imgs, vpre, aug, gen, rt.channels_last)
                 set_lr(opt, base_lr, loop.cosine_lr(base_lr, frac, cfg.warmup))
-                if isinstance(model, MoBY):
-                    model.set_progress(frac)
+                model.before_step(frac)
                 with rt.autocast():
                     loss = train_model(*views)
                 if not torch.isfinite(loss):
@@ -348,6 +335,7 @@ def pretrain(config: PretrainConfig, console: Console | None = None, train_data:
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+                model.after_step(frac)
                 loss_val = float(loss.detach())
                 dt = time.perf_counter() - t0
                 state.step += 1
@@ -385,7 +373,8 @@ def pretrain(config: PretrainConfig, console: Console | None = None, train_data:
                 state.batch_in_epoch = 0
                 if test is not None and cfg.knn_every and state.epoch % cfg.knn_every == 0 \
                         and not budget.done(state.step, state.seconds) and rt.is_main:
-                    acc = evaluate_knn(encoder, train, test, pre, rt, cfg.knn_k, cfg.knn_bank, cfg.knn_test)
+                    acc = evaluate_knn(model.knn_encoder(), train, test, pre, rt, cfg.knn_k, cfg.knn_bank,
+                                       cfg.knn_test)
                     knn_hist.append((state.epoch, acc))
                     log.write(kind="knn", step=state.step, epoch=state.epoch, knn_acc=acc, k=cfg.knn_k,
                               bank=min(cfg.knn_bank, len(train)), test=min(cfg.knn_test, len(test)))
@@ -406,7 +395,7 @@ def pretrain(config: PretrainConfig, console: Console | None = None, train_data:
         t0 = time.perf_counter()
         bank = None if cfg.final_knn_full else cfg.knn_bank
         ntest = None if cfg.final_knn_full else cfg.knn_test
-        acc = evaluate_knn(encoder, train, test, pre, rt, cfg.knn_k, bank, ntest)
+        acc = evaluate_knn(model.knn_encoder(), train, test, pre, rt, cfg.knn_k, bank, ntest)
         nbank, ntest = min(bank or len(train), len(train.labeled_rows)), min(ntest or len(test), len(test))
         summary.update(knn_acc=acc, knn_k=cfg.knn_k, knn_bank=nbank, knn_test=ntest,
                        knn_seconds=time.perf_counter() - t0)

@@ -15,9 +15,9 @@ import time
 
 import torch
 
-from training.augment import AugmentConfig, augment
+from training.augment import AugmentConfig
 from training.backbones import build_backbone
-from training.methods import Encoder, build_method
+from training.methods import METHODS, Encoder, build_method
 from training.pretrain import build_optimizer, preprocess_by_name
 
 
@@ -26,18 +26,17 @@ def main(argv: list[str]) -> None:
     channels_last = (argv[5] if len(argv) > 5 else "cl") == "cl"
     method = argv[6] if len(argv) > 6 else "simsiam"
     torch.set_num_threads(threads)
-    model = build_method(method, Encoder(build_backbone(arch), rotation_head=method == "rotnet"))
+    model = build_method(method, Encoder(build_backbone(arch), rotation_head=METHODS[method].rotation_head))
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = build_optimizer(model, 0.1, 5e-4)
-    n_views = int(getattr(model, "views", 2))  # RotNet: 1
     pre = dataclasses.replace(preprocess_by_name("cifar10"), size=(res, res))
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 255, (bs, 3, 32, 32), dtype=torch.uint8)  # Bx3x32x32
 
     def step() -> float:
         t = time.perf_counter()
-        views = [augment(images, pre, AugmentConfig(), g, channels_last) for _ in range(n_views)]
+        views = model.make_views(images, pre, AugmentConfig(), g, channels_last)
         t_aug = time.perf_counter() - t
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
             loss = model(*views)

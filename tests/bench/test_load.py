@@ -89,3 +89,30 @@ def test_load_arguments() -> None:
     assert listening_pid(1) == 0  # nothing listens on port 1
     result = CliRunner().invoke(app, ["bench", "load", "--seconds", "1"])
     assert result.exit_code == 2 and "--pool" in result.output
+
+
+def test_load_against_an_agent_with_tls_and_tokens(tmp_path: Path) -> None:
+    from agent.config import AgentConfig
+    from agent.security import ServerSecurity
+    from agent.service import create_server, stop_server
+    from tests.agent.pki import make_pki
+
+    pki = make_pki(tmp_path / "pki")
+    write = "write-token-" + "w" * 20
+    (tmp_path / "tokens").write_text(f"write:{write}\n")
+    publish_linear(tmp_path / "models", size=SIZE, dim=16, classes=CLASSES)
+    security = ServerSecurity(tls_cert=pki.server_cert, tls_key=pki.server_key, tokens=tmp_path / "tokens")
+    server, port, agent = create_server(AgentConfig(tmp_path / "data", tmp_path / "models", port=0, poll_s=0.2,
+                                                    use_cuda=False, security=security))
+    try:
+        args = ["bench", "load", "--agent", f"localhost:{port}", "--tls-ca", str(pki.ca), "--pool", "20",
+                "--clients", "2", "--seconds", "1", "--warmup", "0", "--strategies", "random", "--solo", "none",
+                "--out", str(tmp_path / "out")]
+        result = CliRunner().invoke(app, args, env={"SHORTLIST_TOKEN": write})
+        assert result.exit_code == 0, result.output
+        text = (tmp_path / "out" / "results.json").read_text()
+        res = json.loads(text)
+        assert res["config"]["tls"] and res["config"]["token"] and write not in text + result.output
+        assert res["agent"]["samples_before"] == 20 and all(not r["errors"] for r in res["load"]["rpcs"])
+    finally:
+        stop_server(server, agent)

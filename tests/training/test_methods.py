@@ -1,0 +1,90 @@
+"""The method extension point: a new self-supervised method is one SSLMethod subclass plus one METHODS line,
+and the shared loop (``pretrain``) runs it through its declared defaults, views and hooks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from tests.training.conftest import PRE
+from training import loop
+from training.methods import METHODS, Encoder, MethodDefaults, SSLMethod
+from training.pretrain import PretrainConfig, load_encoder, pretrain
+
+CALLS: dict[str, list[Any]] = {}
+
+
+class ThreeViews(SSLMethod):
+    """A toy method: three views, features pulled together by a small head (kept at a fixed lr)."""
+
+    defaults = MethodDefaults(lr=0.01, weight_decay=1e-4, batch_size=16)
+    views = 3
+
+    def __init__(self, encoder: Encoder, width: int = 8) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head = nn.Linear(encoder.dim, width)
+        self.options: dict[str, Any] = {"width": width}
+
+    def forward(self, *views: torch.Tensor) -> torch.Tensor:
+        CALLS["forward_views"].append(len(views))
+        z = self.head(self.encoder(torch.cat(views))).float()
+        return z.reshape(len(views), len(views[0]), -1).var(dim=0).mean()  # views' disagreement
+
+    def before_step(self, progress: float) -> None:
+        CALLS["before"].append(progress)
+
+    def after_step(self, progress: float) -> None:
+        CALLS["after"].append(progress)
+
+    def fixed_lr_params(self) -> list[nn.Parameter]:
+        return list(self.head.parameters())
+
+    def knn_encoder(self) -> nn.Module:
+        CALLS["knn"].append(True)
+        return self.encoder
+
+
+@pytest.fixture
+def three_views(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(METHODS, "three_views", ThreeViews)  # the one registry line
+    for k in ("forward_views", "before", "after", "knn"):
+        CALLS[k] = []
+
+
+def test_a_fourth_method_is_one_class(three_views: None, tiny_data: Path, tmp_path: Path) -> None:
+    cfg = PretrainConfig(data=str(tiny_data), out=str(tmp_path / "run"), method="three_views", arch="resnet18_w32",
+                         epochs=1, preprocess=PRE, knn_every=0, knn_k=5, progress=False, threads=1,
+                         channels_last=False, method_options={"width": 4})
+    run = pretrain(cfg)
+    config = json.loads((run / loop.CONFIG).read_text())
+    # its declared defaults and options reach config.json; 48 images / batch 16 = 3 steps
+    assert (config["batch_size"], config["lr"], config["weight_decay"]) == (16, 0.01, 1e-4)
+    assert config["method_options"] == {"width": 4}
+    assert json.loads((run / loop.SUMMARY).read_text())["steps"] == 3
+    # three views a step, each hook once a step with the same, growing progress; kNN embeds its encoder
+    assert CALLS["forward_views"] == [3, 3, 3]
+    assert CALLS["before"] == CALLS["after"] and len(CALLS["before"]) == 3
+    assert CALLS["before"] == sorted(CALLS["before"]) and CALLS["before"][0] == 0.0
+    assert CALLS["knn"]
+    enc, meta = load_encoder(run)
+    assert meta["method"] == "three_views" and enc.rotation is None
+    with pytest.raises(ValueError, match="three_views has no option depth; valid: width"):
+        PretrainConfig(data=".", out=".", method="three_views", method_options={"depth": 2}).resolved()
+
+
+def test_fixed_lr_params_keep_the_base_lr(three_views: None) -> None:
+    from training.backbones import build_backbone
+    from training.pretrain import build_optimizer, set_lr
+
+    model = ThreeViews(Encoder(build_backbone("resnet18_w32")))
+    opt = build_optimizer(model, 0.1, 0.0)
+    set_lr(opt, 0.1, 0.02)
+    fixed = [g for g in opt.param_groups if g["fixed_lr"]]
+    assert len(fixed) == 1 and fixed[0]["lr"] == 0.1 and len(fixed[0]["params"]) == 2
+    assert all(g["lr"] == 0.02 for g in opt.param_groups if not g["fixed_lr"])
