@@ -345,7 +345,7 @@ def save_run(run: Run, out: Path) -> None:
 
 def run_benchmark(data: Path, profile: Profile, out: Path, encoder: Path | None = None, seeds: int | None = None,
                   budgets: list[int] | None = None, arms: list[str] | None = None, steps: int | None = None,
-                  prior_iters: int | None = None, console: Any = None) -> Run:
+                  prior_iters: int | None = None, evals: int | None = None, console: Any = None) -> Run:
     """Run (or resume) the whole benchmark into ``out``; returns the run (also in out/results.json)."""
     from rich.console import Console
 
@@ -358,6 +358,8 @@ def run_benchmark(data: Path, profile: Profile, out: Path, encoder: Path | None 
         profile = replace(profile, steps={b: steps for b in profile.budgets})
     if prior_iters is not None:
         profile = replace(profile, prior_iters=prior_iters)
+    if evals is not None:
+        profile = replace(profile, evals=evals)
     chosen = [a for a in ARMS if arms is None or a.name in arms]
     out.mkdir(parents=True, exist_ok=True)
     walls: dict[str, float] = {}
@@ -382,7 +384,8 @@ def run_benchmark(data: Path, profile: Profile, out: Path, encoder: Path | None 
     # Before any work: a rerun with other settings is refused at once.
     check_settings(cells, {"data": str(data), "pool_size": len(pool_idx), "test_size": len(test_idx), "size": side,
                            "steps": {str(b): profile.steps_at(b) for b in profile.budgets},
-                           "prior_iters": profile.prior_iters, "batch_size": profile.batch_size, "mu": profile.mu,
+                           "prior_iters": profile.prior_iters, "evals": profile.evals,
+                           "batch_size": profile.batch_size, "mu": profile.mu,
                            "lr": profile.lr, "model_version": version, "encoder": str(init)})
 
     t = time.perf_counter()
@@ -460,6 +463,8 @@ def register(bench_app: typer.Typer) -> None:
                                          "(default: the profile's)"),
         prior_iters: int | None = typer.Option(None, min=1, help="T, the iterations that mix the prior into the "
                                                "pseudo-labels (default: the profile's; the paper's 6900 in gpu)"),
+        evals: int | None = typer.Option(None, min=1, help="test evaluations along training, evenly spaced "
+                                         "(default: the profile's)"),
     ) -> None:
         """AS3L against its baselines (Tables 1, 3-6): labels through the agent, prior-guided FlexMatch."""
         if profile not in PROFILES:
@@ -472,6 +477,7 @@ def register(bench_app: typer.Typer) -> None:
             raise typer.BadParameter("--budgets: label counts must be positive")
         arm_list = [a.strip() for a in arms.split(",") if a.strip()] if arms else None
         try:
-            run_benchmark(data, PROFILES[profile], out, encoder, seeds, budget_list, arm_list, steps, prior_iters)
+            run_benchmark(data, PROFILES[profile], out, encoder, seeds, budget_list, arm_list, steps, prior_iters,
+                          evals)
         except FileNotFoundError as e:
             raise typer.BadParameter(str(e)) from None
