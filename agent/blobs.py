@@ -75,6 +75,21 @@ class BlobStore:
                 placed.append(final)
         list(_FSYNC_POOL.map(fsync_path, {final.parent for final in placed}))
 
+    def damaged(self, digest: str) -> bool:
+        """Whether the blob is missing or its content does not hash to ``digest``."""
+        try:
+            self.get(digest)
+        except OSError:
+            return True
+        return False
+
+    def repair(self, digest: str, data: bytes) -> None:
+        """Replace a missing or corrupt blob with ``data`` (which must hash to ``digest``)."""
+        if sha256_hex(data) != digest:
+            raise ValueError("repair data does not match the digest")
+        self.path(digest).unlink(missing_ok=True)
+        self.put_many([(digest, data)])
+
     def get(self, digest: str) -> bytes:
         """The bytes stored under ``digest``; FileNotFoundError if absent, OSError if corrupt."""
         data = self.path(digest).read_bytes()

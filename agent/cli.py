@@ -132,6 +132,8 @@ def serve(data_dir: Path = typer.Option(..., "--data-dir", help="agent state fol
                                          help="largest Select budget"),
           max_ingest_streams: int = typer.Option(LIMITS.max_ingest_streams, "--max-ingest-streams", min=1,
                                                  help="Ingest streams served at once (more: RESOURCE_EXHAUSTED)"),
+          min_free_mb: float = typer.Option(256.0, "--min-free-mb", min=0,
+                                            help="GetStatus warns when the data folder has less free space"),
           cpu: bool = typer.Option(False, "--cpu", help="never try CUDAExecutionProvider"),
           tls_cert: Path | None = typer.Option(None, "--tls-cert", dir_okay=False,
                                                help="serve TLS with this certificate (PEM; with --tls-key)"),
@@ -147,7 +149,7 @@ def serve(data_dir: Path = typer.Option(..., "--data-dir", help="agent state fol
     from agent.config import AgentConfig
     from agent.security import ServerSecurity, is_loopback
     from agent.service import create_server, stop_server
-    from agent.state import ClassListError
+    from agent.state import ClassListError, SchemaVersionError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.umask(0o077)  # whatever the agent or a library creates is readable by its user only
@@ -162,9 +164,10 @@ def serve(data_dir: Path = typer.Option(..., "--data-dir", help="agent state fol
         security = ServerSecurity(tls_cert=tls_cert, tls_key=tls_key, tls_client_ca=tls_client_ca, tokens=tokens,
                                   insecure=insecure)
         config = AgentConfig(data_dir, models, host=host, port=port, classes=class_list, blobs=not no_blobs,
-                             poll_s=poll, batch_size=batch_size, use_cuda=not cpu, limits=limits, security=security)
+                             poll_s=poll, batch_size=batch_size, use_cuda=not cpu, limits=limits, security=security,
+                             min_free_bytes=int(min_free_mb * MIB))
         server, bound, agent = create_server(config)
-    except (ClassListError, OSError, ValueError) as e:  # SecurityError is a ValueError
+    except (ClassListError, SchemaVersionError, OSError, ValueError) as e:  # SecurityError is a ValueError
         console.print(f"[red]cannot start[/red]: {e}")
         raise typer.Exit(2) from None
     st = agent.status()

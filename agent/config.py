@@ -32,6 +32,7 @@ class AgentConfig:
     workers: int = 16  # gRPC worker threads (concurrent RPCs)
     snapshot_s: float = 30.0  # seconds between index snapshots
     background: bool = True  # run the model manager's polling thread (False: tests call check())
+    min_free_bytes: int = 256 * MIB  # GetStatus warns when the data folder has less free space
     limits: Limits = field(default_factory=Limits)
     security: ServerSecurity = field(default_factory=ServerSecurity)
 

@@ -14,6 +14,7 @@ Data folder layout::
 from __future__ import annotations
 
 import logging
+import os
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ import numpy as np
 
 from agent.blobs import BlobStore
 from agent.config import AgentConfig
-from agent.errors import FailedPrecondition, InvalidArgument, NotFound
+from agent.errors import FailedPrecondition, InvalidArgument, NotFound, storage_problem
 from agent.ingest import IngestPipeline, unknown_label_reason
 from agent.limits import check_count, check_text, limit_hint, metadata_problem, text_problem
 from agent.models import ModelManager, Serving
@@ -76,11 +77,62 @@ def no_model_message(models: Path) -> str:
             f"{', '.join(sorted(MODEL_FREE))}")
 
 
+# SelectReply.details key present when the selection could not be recorded (disk full or read-only);
+# its value says why. The selection itself is complete and valid.
+SELECTION_NOT_RECORDED = "selection_not_recorded"
+# ListSamples(include_payload) sends a sample whose stored payload is missing or corrupt without a
+# payload and with this metadata key saying why (instead of ending the stream).
+PAYLOAD_ERROR_KEY = "shortlist.payload_error"
+
+
+class DataFolderError(OSError):
+    """The data folder cannot be used at start (read-only, no permission); the message says what to do."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def check_writable(folder: Path) -> None:
+    """Create ``folder`` if needed and prove it writable (a probe file); DataFolderError otherwise."""
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        probe = folder / f".write-probe-{os.getpid()}"
+        fd = os.open(probe, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+        os.close(fd)
+        probe.unlink()
+    except OSError as e:
+        raise DataFolderError(e.errno, f"the data folder {folder} is not writable ({e.strerror or e}): the agent "
+                              "stores samples and labels there; remount it read-write, fix its permissions or "
+                              "free space, or pick another --data-dir") from None
+
+
+def storage_warnings(data_dir: Path, min_free_bytes: int) -> list[str]:
+    """GetStatus warnings about the data folder's file system: read-only, or little space left."""
+    stats = []
+    for folder in (data_dir, data_dir / "blobs"):
+        try:
+            stats.append((folder, os.statvfs(folder)))
+        except OSError:
+            continue
+    for folder, st in stats:
+        if st.f_flag & os.ST_RDONLY:
+            return [f"the data folder {folder} is read-only: Ingest, SubmitLabels and model swaps fail with "
+                    "FAILED_PRECONDITION (reads and Select keep working); remount it read-write"]
+    for folder, st in stats:
+        free = st.f_bavail * st.f_frsize
+        if free < min_free_bytes:
+            return [f"the data folder {folder} has {free / 2**20:.1f} MiB free (warning below "
+                    f"{min_free_bytes / 2**20:.0f} MiB): when it is full, Ingest, SubmitLabels and model swaps "
+                    "fail with RESOURCE_EXHAUSTED (reads and Select keep working); free space there"]
+    return []
+
+
 class Agent:
     """State, blobs and the model manager of one data folder."""
 
     def __init__(self, config: AgentConfig) -> None:
         data_dir = config.data_dir
+        check_writable(data_dir)  # a clear message for a read-only or full folder
         owner_only_dir(data_dir)  # 0700: only the agent's user can read anything inside
         self.folder_lock = DataDirLock(data_dir)  # one agent per folder; DataDirLocked otherwise
         self.config = config
@@ -227,7 +279,14 @@ class Agent:
         selection_id = uuid.uuid4().hex
         request = {"budget": budget, "strategy": strategy, "params": dict(params), "seed": seed,
                    "where": dict(where)}
-        self.state.record_selection(selection_id, request, chosen, version)
+        try:
+            self.state.record_selection(selection_id, request, chosen, version)
+        except Exception as e:  # a full or read-only disk must not stop the team from getting its shortlist
+            stored = storage_problem(e)
+            if stored is None:
+                raise
+            log.warning("Select answered without recording its selection: %s", stored.message)
+            details = {**details, SELECTION_NOT_RECORDED: stored.message}
         return SelectResult(chosen, version, strategy, selection_id, details)
 
     # ---- PriorLabels -----------------------------------------------------------------------------
@@ -284,7 +343,8 @@ class Agent:
             strategies=sorted(STRATEGIES), prior_methods=sorted(PRIOR_METHODS), classes=list(self.state.classes),
             pending_model_version=self.manager.pending_version,
             pending_embedded=0 if pending is None else pending.n,
-            warnings=[w for w in [self.registry_warning(), self.manager.warning, *self.manager.failed.values()] if w])
+            warnings=[w for w in [self.registry_warning(), *storage_warnings(self.data_dir, self.config.min_free_bytes),
+                                  *self.manager.warnings()] if w])
 
     def registry_warning(self) -> str:
         """Why the registry folder cannot hold models now ("" when it is a folder). The agent still starts
@@ -306,5 +366,13 @@ class Agent:
     def _iter_samples(self, labeled_only: bool, include_payload: bool) -> Iterator[tuple[SampleRecord, str, bytes]]:
         for rec, lab in self.state.iter_records(labeled_only):
             name = self.state.classes[lab] if lab >= 0 else ""
-            data = self.blobs.get(rec.sha256) if include_payload and self.blobs is not None else b""
+            data = b""
+            if include_payload and self.blobs is not None:
+                try:
+                    data = self.blobs.get(rec.sha256)
+                except OSError as e:  # missing or corrupt: flag this sample, keep the stream going
+                    why = "payload file missing" if isinstance(e, FileNotFoundError) else str(e)
+                    log.error("ListSamples: sample %r has no readable payload: %s", rec.id, why)
+                    rec = SampleRecord(rec.seq, rec.id, rec.uri, {**rec.metadata, PAYLOAD_ERROR_KEY: why},
+                                       rec.kind, rec.sha256)
             yield rec, name, data

@@ -167,6 +167,9 @@ class VersionIndex:
                     idx._graph.set_ef(EF_SEARCH)
                     idx._graph.set_num_threads(1)
                     loaded = m
+                else:  # the agent's own writes never cause this: damage, or a folder restored from elsewhere
+                    log.warning("index snapshot %s (%d rows, dim %s) does not match the %d stored embeddings of "
+                                "%s; rebuilding the graph from them", folder, m, meta["dim"], n, version)
             except (OSError, ValueError, KeyError, RuntimeError) as e:
                 log.warning("index snapshot %s unusable (%s); rebuilding from stored embeddings", folder, e)
                 idx = VersionIndex(version, dim, num_logits, stored.pretext is not None, capacity=max(1024, 2 * n))

@@ -21,6 +21,7 @@ is raised as an agent.errors exception, with a note on how many samples of the s
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -37,6 +38,8 @@ from agent.models import ModelManager
 from agent.state import EmbeddingRows, NewSample, SampleRecord, State
 from shortlist.images import TooManyPixels, decode_payload
 from shortlist.manifest import Preprocess
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -177,6 +180,8 @@ class IngestPipeline:
             if stored is not None:  # a resend: no need to decode (stage 3 re-checks new ids under the lock)
                 self._duplicate_or_conflict(stored, digest, s.id, out)
                 seen[s.id] = digest
+                if stored.sha256 == digest:
+                    self._repair_blob(stored, s.blob)
                 continue
             try:
                 # Without a model, still refuse what could never be embedded (decoded at full size).
@@ -194,6 +199,20 @@ class IngestPipeline:
             # Before the commit: a committed sample's blob is always there (orphans are harmless).
             self.blobs.put_many([(d, s.blob) for d, s in zip(out.digests, out.samples, strict=True)])
         return out
+
+    def _repair_blob(self, rec: SampleRecord, blob: bytes) -> None:
+        """A resent payload of a stored sample whose blob is missing or corrupt: store it again, and
+        let the model manager embed the sample again."""
+        if self.blobs is None:
+            return
+        known_bad = any(rec.seq in bad for bad in self.manager.unembeddable.values())
+        if not known_bad and self.blobs.has(rec.sha256):  # a cheap test for every resend; hash only suspects
+            return
+        if not self.blobs.damaged(rec.sha256):
+            return
+        self.blobs.repair(rec.sha256, blob)
+        self.manager.forgive(rec.seq)
+        log.warning("payload of sample %r repaired by a re-ingest", rec.id)
 
     def embed(self, prep: Prepared) -> Embedded:
         """Stage 2 (no lock): embed the batch's new samples with the serving version."""

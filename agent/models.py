@@ -1,11 +1,19 @@
 """Which model version the agent serves, and moving to a newer one without stopping.
 
-A background thread polls the registry (and wakes on ReloadModel). When a newer complete version
-appears it loads it, re-embeds every stored sample from the blob store into a new ``VersionIndex``
+A background thread polls the registry (and wakes on ReloadModel). When a newer version appears it
+checks it (shortlist.manifest.check_version: manifest, paths, hashes; then the ONNX graph against the
+manifest) and, when it is good, loads it, re-embeds every stored sample from the blob store into a new ``VersionIndex``
 (embeddings stored durably in SQLite as it goes), catches up with samples ingested meanwhile, and
 then swaps ``ModelManager.current`` (one reference assignment) while holding the write lock that
 Ingest also holds, so no sample is embedded by one version and missed by the other. Until the swap,
 every query uses the previous version.
+
+Faults: a version that fails the checks is *refused*: the reason is stored (model_versions, status
+``failed``) and shown in GetStatus warnings while it is newer than the serving version, and the folder is
+looked at again only when its contents change (a half-copied folder is accepted once complete). The
+newest *good* version is adopted, so a broken newest version never hides a good one published before it.
+A sample whose stored payload cannot be read or decoded is left out of a version's index and reported
+(``unembeddable``) instead of holding a swap back; re-ingesting the same payload repairs it.
 """
 
 from __future__ import annotations
@@ -23,10 +31,11 @@ import numpy as np
 from agent.blobs import BlobStore
 from agent.config import AgentConfig
 from agent.embedder import Embedder
+from agent.errors import storage_problem
 from agent.index import VersionIndex
 from agent.state import EmbeddingRows, State
 from shortlist.images import decode_stored
-from shortlist.manifest import Manifest, newest_complete, read_complete, version_number
+from shortlist.manifest import Manifest, ManifestError, check_version, list_versions, version_number
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +70,10 @@ class ModelManager:
         self.current: Serving | None = None
         self.pending_version = ""
         self.pending: VersionIndex | None = None
-        self.failed: dict[str, str] = {}  # version -> why it could not be served
+        self.failed: dict[str, str] = {}  # version -> why it was refused
+        self._fingerprints: dict[str, str] = {}  # version -> its folder's fingerprint when refused
+        self.unembeddable: dict[str, dict[int, str]] = {}  # version -> seq -> why its payload cannot be embedded
+        self.notices: list[str] = []  # repairs made at start (shown in GetStatus warnings)
         self.warning = ""  # e.g. samples that cannot be embedded because blobs are off
         # Held by Ingest while it commits and adds to the serving index (via ``writing``), by SubmitLabels,
         # and by the swap. Only this class takes it.
@@ -82,24 +94,46 @@ class ModelManager:
 
     # ---- life cycle ------------------------------------------------------------------------------
     def start(self, background: bool = True) -> None:
-        """Load the version served before a restart (or else the newest), then start polling."""
+        """Load the version served before a restart (or else the newest good one), then start polling."""
+        for name, (status, _, error, fingerprint) in self.state.model_versions_full().items():
+            if status == "failed":  # warnings survive a restart; the folder is re-checked only if it changed
+                self.failed[name], self._fingerprints[name] = error, fingerprint
         last = self.state.get_meta(SERVING_KEY)
-        manifest = read_complete(self.registry / last) if last else None
-        if last and manifest is not None:
-            self.current = self._load(last, manifest)
-            self._saved_rows = self.current.index.loaded_from_snapshot
-        else:
+        if last:
+            try:
+                manifest = check_version(self.registry / last)
+                self.current = self._load(last, manifest)
+                self._saved_rows = self.current.index.loaded_from_snapshot
+            except Exception as e:  # gone or broken since: serve the newest good version instead
+                self._refuse(last, f"{last}, served before the restart, cannot be loaded any more: {e}")
+        self._cleanup()
+        if self.current is None:
             self._adopt_newest()
         if background:
             self._thread = threading.Thread(target=self._loop, name="model-manager", daemon=True)
             self._thread.start()
+
+    def _cleanup(self) -> None:
+        """Remove what a crash during a swap can leave: embeddings and index snapshots of retired
+        versions, and snapshot folders being written (``.tmp-*``, ``.old-*``)."""
+        keep = {self.current.version} if self.current is not None else set()
+        for name, (status, _, _, _) in self.state.model_versions_full().items():
+            if status == "retired" and name not in keep:
+                self.state.drop_embeddings(name)
+        if self.index_dir.is_dir():
+            for p in self.index_dir.iterdir():
+                if p.name.startswith((".tmp-", ".old-")) or (p.is_dir() and keep and p.name not in keep):
+                    shutil.rmtree(p, ignore_errors=True)
 
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
-        self.save_snapshot()
+        try:
+            self.save_snapshot()
+        except OSError as e:  # disk full or read-only: the next start rebuilds the graph from SQLite
+            log.warning("could not save the index snapshot at shutdown: %s", e)
 
     def reload(self) -> None:
         """Look at the registry now (ReloadModel); the work happens in the background thread."""
@@ -109,12 +143,81 @@ class ModelManager:
         while not self._stop.is_set():
             try:
                 self.check()
-            except Exception:  # keep serving the current version whatever goes wrong
-                log.exception("model check failed")
+            except Exception as e:  # keep serving the current version whatever goes wrong
+                stored = storage_problem(e)
+                if stored is not None:  # full or read-only disk: one line a poll, retried until it is fixed
+                    log.warning("model check: %s", stored.message)
+                else:
+                    log.exception("model check failed")
             if time.monotonic() - self._saved_at > self.snapshot_s:
-                self.save_snapshot()
+                try:
+                    self.save_snapshot()
+                except Exception as e:  # e.g. disk full: SQLite holds every row, the snapshot is a cache
+                    log.warning("could not save the index snapshot: %s", e)
             self._wake.wait(self.poll_s)
             self._wake.clear()
+
+    # ---- warnings --------------------------------------------------------------------------------
+    def warnings(self) -> list[str]:
+        """What an operator should know: refused versions newer than the serving one, samples that
+        cannot be embedded, repairs made at start."""
+        cur = self.current
+        cur_no = -1 if cur is None else (version_number(cur.version) or 0)
+        out = [w for w in (self.warning, *self.notices) if w]
+        serving = "no version is served" if cur is None else f"{cur.version} keeps serving"
+        out += [f"{why} ({serving}; fix or replace the folder, or publish a new version)"
+                for name, why in sorted(self.failed.items()) if (version_number(name) or 0) > cur_no]
+        for version, bad in list(self.unembeddable.items()):
+            if bad and ((cur is not None and version == cur.version) or version == self.pending_version):
+                seq, why = next(iter(bad.items()))
+                rec = self.state.record(seq)
+                out.append(f"{len(bad)} sample(s) cannot be embedded by {version}: their stored payload is "
+                           f"missing or unreadable (e.g. {rec.id!r}: {why}); they are left out of Select and "
+                           "PriorLabels; re-ingest the same payload under the same id to repair them")
+        return out
+
+    def _fingerprint(self, name: str) -> str:
+        """Cheap summary of a version folder (names, sizes, mtimes): a refused version is looked at
+        again only when this changes."""
+        folder = self.registry / name
+        try:
+            entries = sorted((p.name, p.lstat()) for p in folder.iterdir())
+        except OSError:
+            return "missing"
+        return ";".join(f"{n}:{st.st_size}:{st.st_mtime_ns}" for n, st in entries)
+
+    def _refuse(self, name: str, why: str, fingerprint: str | None = None, for_good: bool = False) -> None:
+        """Refuse ``name`` until its folder changes. ``for_good``: the reason lies in the folder alone
+        (check_version), so a restart need not look again; otherwise (cannot load it, --no-blobs) the
+        next start tries it again. The warning is stored either way."""
+        log.error("model version refused: %s", why)
+        fp = self._fingerprint(name) if fingerprint is None else fingerprint
+        self.failed[name], self._fingerprints[name] = why, fp
+        try:
+            self.state.set_model_version(name, "failed", 0, why, fingerprint=fp if for_good else "")
+        except Exception as e:  # e.g. disk full: the warning is still shown, just not persisted
+            log.warning("could not record that %s was refused: %s", name, e)
+
+    def _checked(self, name: str) -> Manifest | None:
+        """``name``'s manifest when its folder passes check_version; None (refused, with a reason) when
+        not. A folder refused before is not read again until it changes."""
+        fp = self._fingerprint(name)
+        if name in self.failed and self._fingerprints.get(name) == fp:
+            return None
+        try:
+            manifest = check_version(self.registry / name)
+        except ManifestError as e:
+            self._refuse(name, f"{name} refused: {e}", fp, for_good=True)
+            return None
+        if name in self.failed:  # repaired (e.g. a copy that has now finished)
+            del self.failed[name]
+        return manifest
+
+    def _candidates(self) -> list[str]:
+        """Versions newer than the serving one (every version when none is served), newest first."""
+        cur = self.current
+        cur_no = -1 if cur is None else (version_number(cur.version) or 0)
+        return [n for n in reversed(list_versions(self.registry)) if (version_number(n) or 0) > cur_no]
 
     # ---- loading ---------------------------------------------------------------------------------
     def _embedder(self, version: str, manifest: Manifest) -> Embedder:
@@ -123,6 +226,13 @@ class ModelManager:
     def _load(self, version: str, manifest: Manifest) -> Serving:
         """A version with its stored embeddings and persisted index (no re-embedding)."""
         emb = self._embedder(version, manifest)
+        fixed = self.state.repair_embeddings(version, emb.dim)
+        if fixed:
+            note = (f"on start, the stored embeddings of {version} did not agree with the samples table "
+                    f"({'; '.join(fixed)}); repaired and the index rebuilt from them")
+            log.warning(note)
+            self.notices.append(note)
+            shutil.rmtree(self.index_dir / version, ignore_errors=True)  # the snapshot's rows are stale
         stored = self.state.load_embeddings(version, emb.dim, len(emb.classes))
         if emb.rotation and stored.pretext is None and len(stored.seqs):
             stored.pretext = np.zeros(len(stored.seqs), np.float32)
@@ -147,51 +257,45 @@ class ModelManager:
 
     # ---- the background step ---------------------------------------------------------------------
     def _adopt_newest(self) -> None:
-        """With no model served yet: serve the newest complete version, if any (and loadable)."""
-        found = newest_complete(self.registry, verify_hashes=False)
-        if found is None or found[0] in self.failed:
-            return
-        name = found[0]
-        manifest = read_complete(self.registry / name)  # now with hashes
-        try:
-            if manifest is None:  # published atomically, so a mismatch is corruption, not a partial write
-                raise ValueError("a file is missing or its sha256 differs from the manifest")
-            self._adopt_first(name, manifest)
-        except Exception as e:
-            why = f"cannot load {name}: {e}"
-            log.error(why)
-            self.failed[name] = why
-            self.state.set_model_version(name, "failed", 0, why)
+        """With no model served yet: serve the newest good version, if any."""
+        for name in self._candidates():
+            manifest = self._checked(name)
+            if manifest is None:
+                continue
+            try:
+                self._adopt_first(name, manifest)
+                return
+            except Exception as e:
+                self._refuse(name, f"{name} refused: cannot load it: {e}")
 
     def check(self) -> None:
         """Adopt/embed/swap as needed; called by the polling thread (and directly by tests)."""
-        cur = self.current
-        if cur is None:
+        if self.current is None:
             self._adopt_newest()
         else:
-            found = newest_complete(self.registry, verify_hashes=False)
-            if found is not None and found[0] not in self.failed and \
-                    (version_number(found[0]) or 0) > (version_number(cur.version) or 0):
-                name = found[0]
-                manifest = read_complete(self.registry / name)  # now with hashes
-                if manifest is None:  # published atomically, so a mismatch is corruption, not a partial write
-                    why = f"{name} is corrupt (a file is missing or its sha256 differs from the manifest)"
-                    log.error(why)
-                    self.failed[name] = why
-                    self.state.set_model_version(name, "failed", 0, why)
-                else:
-                    self._switch(name, manifest)
+            for name in self._candidates():  # newest first: the newest good one wins
+                manifest = self._checked(name)
+                if manifest is not None and self._switch(name, manifest):
+                    break
         if self.current is not None:
             self._catch_up(self.current.embedder, self.current.index, hold_lock=True)
 
     def _missing(self, index: VersionIndex) -> list[int]:
-        return [int(q) for q in self.state.all_seqs() if not index.has(int(q))]
+        """Stored samples ``index`` lacks, less those known to be unembeddable for it."""
+        bad = self.unembeddable.get(index.version, {})
+        return [int(q) for q in self.state.all_seqs() if not index.has(int(q)) and int(q) not in bad]
+
+    def forgive(self, seq: int) -> None:
+        """``seq``'s payload was stored again (re-ingested): try to embed it again."""
+        for bad in self.unembeddable.values():
+            bad.pop(seq, None)
 
     def _catch_up(self, emb: Embedder, index: VersionIndex, hold_lock: bool, limit: int | None = None) -> int:
         """Embed stored samples ``index`` lacks, from their blobs, a batch at a time. With
         ``hold_lock`` each batch's commit+add holds the write lock (the serving index). Returns how
         many samples are still missing (0 when done)."""
         missing = self._missing(index)
+        bad = self.unembeddable.setdefault(index.version, {})
         if not missing:
             self.warning = ""
             return 0
@@ -211,8 +315,9 @@ class ModelManager:
                     images.append(decode_stored(rec.kind, self.blobs.get(rec.sha256), emb.manifest.preprocess,
                                                 self.max_pixels))
                     seqs.append(q)
-                except (OSError, ValueError) as e:
-                    log.error("sample %r cannot be re-embedded: %s", rec.id, e)
+                except (OSError, ValueError) as e:  # blob missing or corrupt: report it, do not retry
+                    log.error("sample %r cannot be embedded by %s: %s", rec.id, index.version, e)
+                    bad[q] = str(e) if not isinstance(e, FileNotFoundError) else "payload file missing"
             if not seqs:
                 continue
             out = emb.embed(np.stack(images))
@@ -240,25 +345,20 @@ class ModelManager:
         self.state.add_embeddings(EmbeddingRows(index.version, index.n, vecs, logits, pretext), seqs.tolist())
         index.add(seqs, vecs, logits, pretext)
 
-    def _switch(self, version: str, manifest: Manifest) -> None:
-        """Re-embed the pool under ``version`` in the background, then swap to it atomically."""
+    def _switch(self, version: str, manifest: Manifest) -> bool:
+        """Re-embed the pool under ``version`` in the background, then swap to it atomically. False
+        when the version cannot be used (refused, with a warning)."""
         cur = self.current
         assert cur is not None
         if self.blobs is None and self.state.count() > 0:
-            why = (f"cannot move to {version}: the pool must be re-embedded from stored payloads, but the "
-                   "agent runs with --no-blobs; restart without --no-blobs (and re-ingest) to use it")
-            log.error(why)
-            self.failed[version] = why
-            self.state.set_model_version(version, "failed", 0, why)
-            return
+            self._refuse(version, f"cannot move to {version}: the pool must be re-embedded from stored payloads, "
+                         "but the agent runs with --no-blobs; restart without --no-blobs (and re-ingest) to use it")
+            return False
         try:
             new = self._load(version, manifest)
         except Exception as e:
-            why = f"cannot load {version}: {e}"
-            log.exception(why)
-            self.failed[version] = why
-            self.state.set_model_version(version, "failed", 0, why)
-            return
+            self._refuse(version, f"{version} refused: cannot load it: {e}")
+            return False
         self.pending_version, self.pending = version, new.index
         self.state.set_model_version(version, "pending", new.index.n)
         try:
@@ -267,7 +367,7 @@ class ModelManager:
             while remaining > self.batch_size and not self._stop.is_set():
                 remaining = self._catch_up(new.embedder, new.index, hold_lock=False)
             if self._stop.is_set():
-                return
+                return True
             with self._write_lock:  # the few samples ingested since, then the swap
                 self._catch_up(new.embedder, new.index, hold_lock=False)
                 old = self.current
@@ -280,7 +380,9 @@ class ModelManager:
                 self.state.set_model_version(old.version, "retired", old.index.n)
                 self.state.drop_embeddings(old.version)
                 shutil.rmtree(self.index_dir / old.version, ignore_errors=True)
+            self.unembeddable.pop(old.version if old is not None else "", None)
             log.info("now serving %s (%d rows)", version, new.index.n)
+            return True
         finally:
             self.pending_version, self.pending = "", None
 

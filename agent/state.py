@@ -6,8 +6,15 @@ Tables:
     classes        the class list in index order; ``meta.classes_closed`` says whether it is closed
     embeddings     per model version, row r of its index: sample seq, vector (float32 bytes), logits, pretext loss
     selections     every Select: request, result, model version, time
-    model_versions name, status (serving|pending|retired|failed), embedded count, error, updated
+    model_versions name, status (serving|pending|retired|failed), embedded count, error (why refused),
+                   updated, fingerprint (of the refused folder, so it is looked at again only when changed)
     meta           key/value
+
+Schema version: ``PRAGMA user_version`` holds ``SCHEMA_VERSION``. Opening a folder written by an older
+agent migrates it (``MIGRATIONS``, each step in one transaction, so a crash leaves it at the old or the
+new version); a folder written by a newer agent is refused (``SchemaVersionError``) before anything is
+changed. To change the schema: change ``SCHEMA`` (what a new folder gets), append the step that brings a
+folder of the previous version to it to ``MIGRATIONS``, and add a test that opens an old folder.
 
 Durability: ``journal_mode=WAL`` with ``synchronous=FULL``, so a commit is on disk (WAL fsynced) when
 ``commit`` returns; the agent acknowledges Ingest and SubmitLabels only after that. (``NORMAL`` would
@@ -21,16 +28,19 @@ All methods are thread-safe (one lock; SQLite writes are serialised anyway). The
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from agent.security import owner_only_file
+
+log = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS samples (
@@ -49,11 +59,30 @@ CREATE TABLE IF NOT EXISTS selections (
     model_version TEXT NOT NULL, time REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS model_versions (
     name TEXT PRIMARY KEY, status TEXT NOT NULL, embedded INTEGER NOT NULL, error TEXT NOT NULL,
-    updated REAL NOT NULL);
+    updated REAL NOT NULL, fingerprint TEXT NOT NULL DEFAULT '');
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 INGEST_ANNOTATOR = "ingest"
+
+SCHEMA_VERSION = 1
+
+
+def _v0_to_v1(db: sqlite3.Connection) -> None:
+    """Schema 0 (the release before schema versions) -> 1: refused model versions remember their
+    folder's fingerprint."""
+    cols = [r[1] for r in db.execute("PRAGMA table_info(model_versions)")]
+    if "fingerprint" not in cols:
+        db.execute("ALTER TABLE model_versions ADD COLUMN fingerprint TEXT NOT NULL DEFAULT ''")
+
+
+# MIGRATIONS[v] brings a folder from schema v to v + 1.
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v0_to_v1]
+assert len(MIGRATIONS) == SCHEMA_VERSION
+
+
+class SchemaVersionError(RuntimeError):
+    """The data folder was written by a newer agent (its schema version is higher than this agent's)."""
 
 
 @dataclass(frozen=True)
@@ -119,7 +148,7 @@ class State:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.executescript(SCHEMA)
+        self._open_schema()
         self._records: list[SampleRecord | None] = [None]  # index = seq (seqs start at 1)
         self._seq_by_id: dict[str, int] = {}
         self._seq_by_sha: dict[str, int] = {}  # the first sample stored with each payload
@@ -135,6 +164,33 @@ class State:
         self.closed = self.get_meta("classes_closed") == "1"
         if classes is not None:
             self.set_closed_classes(list(classes))
+
+    def _open_schema(self) -> None:
+        """Create the schema in a new database, migrate an older one, refuse a newer one."""
+        found = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+        if found > SCHEMA_VERSION:
+            self._db.close()
+            raise SchemaVersionError(
+                f"{self.path} was written by a newer shortlist agent (schema version {found}; this agent reads "
+                f"schema versions up to {SCHEMA_VERSION}); upgrade shortlist, or use another --data-dir")
+        fresh = self._db.execute("SELECT COUNT(*) FROM sqlite_master WHERE name='samples'").fetchone()[0] == 0
+        if fresh:
+            with self._transaction():
+                # statement by statement: executescript would commit the open transaction
+                for stmt in SCHEMA.split(";"):
+                    if stmt.strip():
+                        self._db.execute(stmt)
+                self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            return
+        for version in range(found, SCHEMA_VERSION):
+            log.warning("migrating %s from schema version %d to %d", self.path, version, version + 1)
+            with self._transaction():
+                MIGRATIONS[version](self._db)
+                self._db.execute(f"PRAGMA user_version={version + 1}")
+
+    def schema_version(self) -> int:
+        with self._lock:
+            return int(self._db.execute("PRAGMA user_version").fetchone()[0])
 
     # ---- mirror helpers (call with the lock held) -------------------------------------------------
     def _append_record(self, rec: SampleRecord) -> None:
@@ -343,6 +399,51 @@ class State:
             pretext = np.array([r[3] for r in rows], np.float32)
         return StoredEmbeddings(seqs, vecs.copy(), None if logits is None else logits.copy(), pretext)
 
+    def repair_embeddings(self, version: str, dim: int) -> list[str]:
+        """Make ``version``'s stored rows agree with the samples table: rows of samples that do not
+        exist, repeated samples and vectors of the wrong size are dropped, and rows renumbered densely
+        from 0. Returns what was wrong (empty, and nothing written, when all was well). Cannot happen
+        through the agent's own writes (each is one transaction); guards against damage from outside."""
+        with self._lock:
+            rows = self._db.execute("SELECT row, seq, length(vec) FROM embeddings WHERE version=? ORDER BY row",
+                                    (version,)).fetchall()
+            problems: list[str] = []
+            seen: set[int] = set()
+            keep: list[int] = []
+            orphans = dups = wrong = 0
+            for row, seq, nbytes in rows:
+                if seq >= len(self._records) or self._records[seq] is None:
+                    orphans += 1
+                elif seq in seen:
+                    dups += 1
+                elif nbytes != 4 * dim:
+                    wrong += 1
+                else:
+                    seen.add(seq)
+                    keep.append(row)
+            if orphans:
+                problems.append(f"{orphans} row(s) of samples that do not exist")
+            if dups:
+                problems.append(f"{dups} repeated sample(s)")
+            if wrong:
+                problems.append(f"{wrong} vector(s) not {dim}-dimensional")
+            if keep != list(range(len(keep))) and not problems:
+                problems.append("row numbers with gaps")
+            if not problems:
+                return []
+            with self._transaction():
+                self._db.execute("CREATE TEMP TABLE IF NOT EXISTS keep_rows (old INTEGER PRIMARY KEY, new INTEGER)")
+                self._db.execute("DELETE FROM keep_rows")
+                self._db.executemany("INSERT INTO keep_rows(old, new) VALUES (?, ?)",
+                                     [(old, new) for new, old in enumerate(keep)])
+                self._db.execute("DELETE FROM embeddings WHERE version=? AND row NOT IN (SELECT old FROM keep_rows)",
+                                 (version,))
+                # Two steps so renumbering never collides with a row not yet moved.
+                self._db.execute("UPDATE embeddings SET row = -1 - (SELECT new FROM keep_rows WHERE old = row) "
+                                 "WHERE version=?", (version,))
+                self._db.execute("UPDATE embeddings SET row = -1 - row WHERE version=?", (version,))
+            return problems
+
     def drop_embeddings(self, version: str) -> None:
         """Forget a retired version's embeddings (space)."""
         with self._lock, self._transaction():
@@ -363,17 +464,22 @@ class State:
                 "SELECT selection_id, request, result, model_version FROM selections ORDER BY time").fetchall()
         return [(s, json.loads(req), json.loads(res), v) for s, req, res, v in rows]
 
-    def set_model_version(self, name: str, status: str, embedded: int, error: str = "") -> None:
+    def set_model_version(self, name: str, status: str, embedded: int, error: str = "",
+                          fingerprint: str = "") -> None:
         with self._lock, self._transaction():
             self._db.execute(
-                "INSERT OR REPLACE INTO model_versions(name, status, embedded, error, updated) VALUES (?,?,?,?,?)",
-                (name, status, embedded, error, time.time()))
+                "INSERT OR REPLACE INTO model_versions(name, status, embedded, error, updated, fingerprint) "
+                "VALUES (?,?,?,?,?,?)", (name, status, embedded, error, time.time(), fingerprint))
 
     def model_versions(self) -> dict[str, tuple[str, int, str]]:
         """name -> (status, embedded, error)."""
+        return {n: (s, e, err) for n, (s, e, err, _) in self.model_versions_full().items()}
+
+    def model_versions_full(self) -> dict[str, tuple[str, int, str, str]]:
+        """name -> (status, embedded, error, fingerprint)."""
         with self._lock:
-            rows = self._db.execute("SELECT name, status, embedded, error FROM model_versions").fetchall()
-        return {n: (s, e, err) for n, s, e, err in rows}
+            rows = self._db.execute("SELECT name, status, embedded, error, fingerprint FROM model_versions").fetchall()
+        return {n: (s, e, err, fp) for n, s, e, err, fp in rows}
 
     def _set_meta(self, key: str, value: str) -> None:
         self._db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))

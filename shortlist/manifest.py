@@ -11,8 +11,10 @@ Registry layout (a folder, ``--models M``)::
         manifest.json        this module's ``Manifest``; written last inside the temporary folder
       .tmp-v0002-1234/       a publish in progress: never loaded (starts with a dot)
 
-A version is *complete* when its folder name matches ``v<digits>``, holds ``manifest.json`` and every
-file the manifest lists with the sha256 it records. The newest complete version has the highest number.
+A version is *complete* when its folder name matches ``v<digits>``, holds a valid ``manifest.json`` and
+every file the manifest lists (plain names inside the folder, never leaving the registry through a
+symlink) with the sha256 it records; ``check_version`` says why a folder is not. The newest complete
+version has the highest number.
 Publishing writes ``.tmp-*`` and renames it to ``vNNNN`` (``os.rename`` is atomic on POSIX, and fails
 if the target exists, so two publishers never overwrite each other).
 """
@@ -40,6 +42,11 @@ INPUT_NAME = "image"
 EMBEDDING_OUTPUT = "embedding"
 LOGITS_OUTPUT = "logits"
 ROTATION_OUTPUT = "rotation_logits"
+MAX_INPUT_SIDE = 4096  # a manifest asking for larger inputs is refused (memory per decoded image)
+
+
+class ManifestError(ValueError):
+    """A version folder cannot be served; the message says why (shown in the agent's warnings)."""
 
 
 @dataclass(frozen=True)
@@ -62,11 +69,19 @@ class Preprocess:
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> Preprocess:
-        size = tuple(int(v) for v in d["size"])
-        mean = tuple(float(v) for v in d["mean"])
-        std = tuple(float(v) for v in d["std"])
-        if len(size) != 2 or len(mean) != 3 or len(std) != 3 or min(size) <= 0 or min(std) <= 0:
-            raise ValueError(f"invalid preprocess block in manifest: {d!r}")
+        try:
+            size = tuple(int(v) for v in d["size"])
+            mean = tuple(float(v) for v in d["mean"])
+            std = tuple(float(v) for v in d["std"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise ManifestError(f"invalid preprocess block in manifest ({e}): {d!r}") from None
+        if len(size) != 2 or len(mean) != 3 or len(std) != 3:
+            raise ManifestError(f"invalid preprocess block in manifest (size needs 2 values, mean and std 3): {d!r}")
+        if min(size) <= 0 or max(size) > MAX_INPUT_SIDE:
+            raise ManifestError(f"preprocess size {list(size)} must be 1..{MAX_INPUT_SIDE} pixels a side")
+        if not all(np.isfinite(mean)) or not all(np.isfinite(std)) or min(std) <= 0:
+            raise ManifestError(f"preprocess mean must be finite and std finite and positive (got mean "
+                                f"{list(mean)}, std {list(std)}); a zero std would divide by zero")
         return Preprocess(size=(size[0], size[1]), mean=(mean[0], mean[1], mean[2]),
                           std=(std[0], std[1], std[2]), interpolation=str(d.get("interpolation", "bilinear")))
 
@@ -112,15 +127,30 @@ class Manifest:
 
     @staticmethod
     def from_json(text: str) -> Manifest:
+        """Parse and validate a manifest; ManifestError (a ValueError) says what is wrong."""
         d = json.loads(text)
-        if int(d.get("format", 0)) != MANIFEST_FORMAT:
-            raise ValueError(f"unsupported manifest format {d.get('format')!r} (expected {MANIFEST_FORMAT})")
+        if not isinstance(d, dict):
+            raise ManifestError("manifest is not a JSON object")
+        fmt = d.get("format", 0)
+        if fmt != MANIFEST_FORMAT:
+            raise ManifestError(f"unsupported manifest format {fmt!r} (this agent reads format {MANIFEST_FORMAT}; "
+                                "upgrade shortlist to serve it)")
         d["preprocess"] = Preprocess.from_dict(d["preprocess"])
-        outputs = list(d["outputs"])
+        outputs = d["outputs"]
+        if not isinstance(outputs, list) or not all(isinstance(o, str) for o in outputs):
+            raise ManifestError(f"manifest 'outputs' must be a list of names: {outputs!r}")
         if EMBEDDING_OUTPUT not in outputs:
-            raise ValueError(f"manifest lists no '{EMBEDDING_OUTPUT}' output: {outputs}")
-        if int(d["embedding_dim"]) <= 0:
-            raise ValueError("manifest embedding_dim must be positive")
+            raise ManifestError(f"manifest lists no '{EMBEDDING_OUTPUT}' output: {outputs}")
+        dim = d["embedding_dim"]
+        if not isinstance(dim, int) or isinstance(dim, bool) or dim <= 0:
+            raise ManifestError(f"manifest embedding_dim must be a positive integer (got {dim!r})")
+        classes = d.get("classes")
+        if classes is not None and (not isinstance(classes, list) or not all(isinstance(c, str) and c
+                                                                              for c in classes)):
+            raise ManifestError(f"manifest 'classes' must be a list of non-empty names: {classes!r}")
+        files = d.get("files", {})
+        if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+            raise ManifestError(f"manifest 'files' must map file names to sha256 hex digests: {files!r}")
         known = {f for f in Manifest.__dataclass_fields__}
         return Manifest(**{k: v for k, v in d.items() if k in known})
 
@@ -150,23 +180,84 @@ def version_name(number: int) -> str:
     return f"v{number:04d}"
 
 
-def read_complete(version_dir: Path, verify_hashes: bool = True) -> Manifest | None:
-    """The manifest of a complete version folder, or None if it is incomplete or corrupt."""
-    if version_number(version_dir.name) is None:
-        return None
+def _safe_file(version_dir: Path, name: object, root: Path) -> Path:
+    """``version_dir / name`` when ``name`` is a plain relative path that stays inside ``version_dir``
+    and (after symlinks) inside ``root``; ManifestError otherwise."""
+    if not isinstance(name, str) or not name or "\x00" in name or "\\" in name:
+        raise ManifestError(f"manifest lists an invalid file name {name!r}")
+    rel = Path(name)
+    if rel.is_absolute() or ".." in rel.parts:
+        raise ManifestError(f"manifest lists {name!r}, a path outside its version folder (files must be "
+                            "plain names inside it)")
+    path = version_dir / rel
     try:
-        manifest = Manifest.from_json((version_dir / MANIFEST_NAME).read_text())
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    if ONNX_NAME not in manifest.files:
-        return None
+        real = path.resolve(strict=True)
+    except (OSError, RuntimeError):
+        raise ManifestError(f"{name} is missing (the folder is incomplete or still being written)") from None
+    if not real.is_relative_to(root):
+        raise ManifestError(f"{name} is a symlink to {real}, outside the registry {root}")
+    if not real.is_file():
+        raise ManifestError(f"{name} is not a regular file")
+    return path
+
+
+def check_version(version_dir: Path, verify_hashes: bool = True) -> Manifest:
+    """The manifest of a complete, well-formed version folder; ManifestError saying why otherwise.
+
+    Checks: the name is ``v<digits>``; the folder stays inside its registry (a symlinked version or
+    file may not point out of it); ``manifest.json`` parses (known format, an ``embedding`` output, a
+    positive embedding size, finite mean and positive std, a sane input size); it lists
+    ``encoder.onnx``; every listed file is a plain name inside the folder, present, with the sha256
+    recorded (``verify_hashes``). Whether the ONNX graph agrees with the manifest is checked by the
+    agent when it loads it (agent/embedder.py)."""
+    if version_number(version_dir.name) is None:
+        raise ManifestError(f"{version_dir.name} is not a version folder name (v<digits>)")
+    root = version_dir.parent.resolve()
+    try:
+        real_dir = version_dir.resolve(strict=True)
+    except (OSError, RuntimeError):
+        raise ManifestError(f"{version_dir} does not exist") from None
+    if not real_dir.is_relative_to(root):
+        raise ManifestError(f"{version_dir.name} is a symlink to {real_dir}, outside the registry {root}")
+    mpath = version_dir / MANIFEST_NAME
+    if not mpath.is_file():
+        raise ManifestError(f"no {MANIFEST_NAME} (the folder is incomplete or still being written; publish "
+                            "with a temporary folder and one rename, as exporters/ do)")
+    _safe_file(version_dir, MANIFEST_NAME, root)
+    try:
+        manifest = Manifest.from_json(mpath.read_text())
+    except UnicodeDecodeError:
+        raise ManifestError(f"{MANIFEST_NAME} is not UTF-8 text") from None
+    except json.JSONDecodeError as e:
+        raise ManifestError(f"{MANIFEST_NAME} is not JSON ({e})") from None
+    except ManifestError:
+        raise
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ManifestError(f"{MANIFEST_NAME} is invalid ({type(e).__name__}: {e})") from None
+    except OSError as e:
+        raise ManifestError(f"cannot read {MANIFEST_NAME} ({e})") from None
+    if not isinstance(manifest.files, dict) or ONNX_NAME not in manifest.files:
+        raise ManifestError(f"{MANIFEST_NAME} does not list {ONNX_NAME} in 'files'")
     for name, digest in manifest.files.items():
-        path = version_dir / name
-        if not path.is_file():
-            return None
-        if verify_hashes and sha256_file(path) != digest:
-            return None
+        path = _safe_file(version_dir, name, root)
+        if verify_hashes:
+            try:
+                actual = sha256_file(path)
+            except OSError as e:
+                raise ManifestError(f"cannot read {name} ({e})") from None
+            if actual != digest:
+                raise ManifestError(f"{name} is corrupt or was changed after publishing: its sha256 is "
+                                    f"{actual[:12]}..., the manifest records {str(digest)[:12]}...")
     return manifest
+
+
+def read_complete(version_dir: Path, verify_hashes: bool = True) -> Manifest | None:
+    """The manifest of a complete version folder, or None if it is incomplete, corrupt or unsafe
+    (``check_version`` says why)."""
+    try:
+        return check_version(version_dir, verify_hashes)
+    except ManifestError:
+        return None
 
 
 def list_versions(registry: Path) -> list[str]:

@@ -1,0 +1,156 @@
+"""Broken published versions are refused with a reason in GetStatus warnings (kept across restarts),
+the previous version keeps serving, and a broken newest version never hides a good one before it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from agent.config import AgentConfig
+from agent.core import Agent
+from agent.ingest import Incoming
+from agent.testing import publish_linear
+from shortlist.manifest import MANIFEST_NAME, ONNX_NAME, check_version, sha256_file
+from tests.agent.conftest import CLASSES, SIZE, make_images, png
+
+
+def agent(tmp_path: Path, models: Path) -> Agent:
+    return Agent(AgentConfig(tmp_path / "data", models, background=False, use_cuda=False))
+
+
+def edit_manifest(folder: Path, **changes: object) -> None:
+    m = json.loads((folder / MANIFEST_NAME).read_text())
+    m.update(changes)
+    (folder / MANIFEST_NAME).write_text(json.dumps(m))
+
+
+def corrupt_onnx_hash_ok(v: Path) -> None:  # the bytes are garbage but the manifest's hash matches them
+    (v / ONNX_NAME).write_bytes(b"not an onnx graph" * 10)
+    edit_manifest(v, files={ONNX_NAME: sha256_file(v / ONNX_NAME)})
+
+
+def truncated_onnx(v: Path) -> None:
+    data = (v / ONNX_NAME).read_bytes()
+    (v / ONNX_NAME).write_bytes(data[: len(data) // 2])
+
+
+def symlink_out(v: Path) -> None:
+    outside = v.parent.parent / "elsewhere.onnx"
+    shutil.copy(v / ONNX_NAME, outside)
+    (v / ONNX_NAME).unlink()
+    os.symlink(outside, v / ONNX_NAME)
+
+
+def version_symlink_out(v: Path) -> None:
+    outside = v.parent.parent / "elsewhere"
+    shutil.move(v, outside)
+    os.symlink(outside, v)
+
+
+def absolute_path(v: Path) -> None:
+    edit_manifest(v, files={ONNX_NAME: sha256_file(v / ONNX_NAME), "/etc/passwd": sha256_file(Path("/etc/passwd"))})
+
+
+BREAKAGES: dict[str, tuple[Callable[[Path], object], str]] = {
+    "onnx garbage": (corrupt_onnx_hash_ok, "cannot load"),
+    "onnx truncated": (truncated_onnx, "sha256"),
+    "wrong embedding size": (lambda v: edit_manifest(v, embedding_dim=8), "disagree"),
+    "no embedding output": (lambda v: edit_manifest(v, outputs=["feature"]), "no 'embedding' output"),
+    "unknown format": (lambda v: edit_manifest(v, format=99), "unsupported manifest format 99"),
+    "zero std": (lambda v: edit_manifest(v, preprocess={"size": [8, 8], "mean": [0, 0, 0], "std": [1, 0, 1]}),
+                 "std"),
+    "dotdot path": (lambda v: edit_manifest(v, files={"../" + ONNX_NAME: "0" * 64, ONNX_NAME: sha256_file(
+        v / ONNX_NAME)}), "outside its version folder"),
+    "absolute path": (absolute_path, "outside its version folder"),
+    "symlinked file": (symlink_out, "outside the registry"),
+    "symlinked folder": (version_symlink_out, "outside the registry"),
+    "not json": (lambda v: (v / MANIFEST_NAME).write_text("{not json"), "not JSON"),
+    "not an object": (lambda v: (v / MANIFEST_NAME).write_text("[1, 2]"), "not a JSON object"),
+    "no manifest": (lambda v: (v / MANIFEST_NAME).unlink(), "no manifest.json"),
+    "manifest before files": (lambda v: (v / ONNX_NAME).unlink(), "missing"),
+}
+
+
+@pytest.mark.parametrize("breakage", sorted(BREAKAGES))
+def test_broken_version_is_refused_with_a_reason(tmp_path: Path, breakage: str) -> None:
+    models = tmp_path / "models"
+    publish_linear(models, size=SIZE, dim=16, classes=CLASSES, seed=0)
+    a = agent(tmp_path, models)
+    try:
+        assert a.ingest.batch([Incoming("x", "image", png(im), png(im)) for im in make_images(1)]).accepted == 1
+        good = publish_linear(models, size=SIZE, dim=16, classes=CLASSES, seed=1)  # v0002: good
+        broken = publish_linear(models, size=SIZE, dim=16, classes=CLASSES, seed=2)  # v0003: broken below
+        breaks, why = BREAKAGES[breakage]
+        breaks(models / broken)
+        a.manager.check()
+        st = a.status()
+        assert st.model_version == good, st.warnings  # the newest GOOD version, not the one before it
+        assert st.embedded == 1
+        assert [w for w in st.warnings if broken in w and why in w], st.warnings
+    finally:
+        a.close()
+    a = agent(tmp_path, models)  # the warning survives a restart
+    try:
+        assert a.status().model_version == good
+        assert [w for w in a.status().warnings if broken in w and why in w]
+    finally:
+        a.close()
+
+
+def test_refused_first_version_and_a_copy_that_completes(tmp_path: Path) -> None:
+    """No model yet and the only version is half copied: nothing served, a warning; once the copy is
+    complete the same folder is looked at again and served."""
+    models = tmp_path / "models"
+    v = publish_linear(models, size=SIZE, dim=16, seed=0)
+    manifest = (models / v / MANIFEST_NAME).read_text()
+    (models / v / MANIFEST_NAME).unlink()
+    a = agent(tmp_path, models)
+    try:
+        st = a.status()
+        assert st.model_version == "" and [w for w in st.warnings if "no manifest.json" in w]
+        a.manager.check()  # unchanged folder: not read again, still refused
+        assert a.status().model_version == ""
+        (models / v / MANIFEST_NAME).write_text(manifest)
+        a.manager.check()
+        st = a.status()
+        assert st.model_version == v and not st.warnings
+    finally:
+        a.close()
+
+
+def test_check_version_rejects_nul_and_backslash_names(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    v = models / publish_linear(models, size=SIZE, dim=16, seed=0)
+    check_version(v)
+    for name in ("a\x00b", "..\\x", ""):
+        edit_manifest(v, files={ONNX_NAME: sha256_file(v / ONNX_NAME), name: "0" * 64})
+        with pytest.raises(ValueError, match="invalid file name"):
+            check_version(v)
+
+
+def test_a_version_refused_for_a_setting_is_tried_again_after_a_restart(tmp_path: Path) -> None:
+    """--no-blobs refuses a new version (the pool cannot be re-embedded); that is about the agent's
+    settings, not the folder, so a restart with blobs on tries it again."""
+    models = tmp_path / "models"
+    publish_linear(models, size=SIZE, dim=16, seed=0)
+    a = Agent(AgentConfig(tmp_path / "data", models, background=False, use_cuda=False, blobs=False))
+    try:
+        assert a.ingest.batch([Incoming(f"x{i}", "image", png(im), png(im))
+                               for i, im in enumerate(make_images(2))]).accepted == 2
+        v2 = publish_linear(models, size=SIZE, dim=24, seed=1)
+        a.manager.check()
+        assert a.status().model_version == "v0001" and [w for w in a.status().warnings if "--no-blobs" in w]
+    finally:
+        a.close()
+    a = agent(tmp_path, models)
+    try:
+        a.manager.check()
+        st = a.status()  # served; the two samples whose payloads were never kept are reported
+        assert st.model_version == v2 and [w for w in st.warnings if "2 sample(s) cannot be embedded" in w]
+    finally:
+        a.close()
