@@ -25,7 +25,7 @@ import numpy as np
 from agent.blobs import BlobStore
 from agent.config import AgentConfig
 from agent.errors import FailedPrecondition, InvalidArgument, NotFound, storage_problem
-from agent.ingest import IngestPipeline, unknown_label_reason
+from agent.ingest import PAYLOAD_ERROR_KEY, IngestPipeline, unknown_label_reason
 from agent.limits import check_count, check_text, limit_hint, metadata_problem, text_problem
 from agent.models import ModelManager, Serving
 from agent.pool import Pool, state_rng
@@ -80,9 +80,6 @@ def no_model_message(models: Path) -> str:
 # SelectReply.details key present when the selection could not be recorded (disk full or read-only);
 # its value says why. The selection itself is complete and valid.
 SELECTION_NOT_RECORDED = "selection_not_recorded"
-# ListSamples(include_payload) sends a sample whose stored payload is missing or corrupt without a
-# payload and with this metadata key saying why (instead of ending the stream).
-PAYLOAD_ERROR_KEY = "shortlist.payload_error"
 
 
 class DataFolderError(OSError):

@@ -41,6 +41,10 @@ from shortlist.manifest import Preprocess
 
 log = logging.getLogger(__name__)
 
+# ListSamples(include_payload) sends a sample whose stored payload is missing or corrupt without a
+# payload and with this metadata key saying why (instead of ending the stream); Ingest refuses it.
+PAYLOAD_ERROR_KEY = "shortlist.payload_error"
+
 
 @dataclass
 class Incoming:
@@ -142,6 +146,9 @@ class IngestPipeline:
                    or metadata_problem(s.metadata, lim))
         if problem is not None:
             return problem
+        if PAYLOAD_ERROR_KEY in s.metadata:
+            return (f"metadata key {PAYLOAD_ERROR_KEY!r} is reserved: ListSamples uses it to flag a sample whose "
+                    "stored payload cannot be read; rename it")
         if not s.kind:
             return "no payload: set encoded_image or tensor"
         if len(s.data) > lim.max_image_bytes:

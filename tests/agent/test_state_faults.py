@@ -125,6 +125,9 @@ def test_list_samples_stream_flags_a_missing_payload(tmp_path: Path) -> None:
         assert [s.id for s in got] == [f"s{i}" for i in range(5)]
         assert got[2].WhichOneof("payload") is None and got[2].metadata[PAYLOAD_ERROR_KEY] == "payload file missing"
         assert all(s.encoded_image for i, s in enumerate(got) if i != 2)
+        reserved = client.ingest(r.stub, [client.image_sample("x", got[0].encoded_image,
+                                                              metadata={PAYLOAD_ERROR_KEY: "fake"})])
+        assert reserved.accepted == 0 and "reserved" in reserved.rejected[0].reason
     finally:
         r.stop()
 
