@@ -144,9 +144,18 @@ def serve(data_dir: Path = typer.Option(..., "--data-dir", help="agent state fol
                                              help="require bearer tokens: a file of `role:token` lines, role read "
                                                   "or write (re-read when it changes)"),
           insecure: bool = typer.Option(False, "--insecure", help="allow a non-loopback --host without TLS and "
-                                        "tokens: anyone who reaches the port can read and change the data")) -> None:
+                                        "tokens: anyone who reaches the port can read and change the data"),
+          max_concurrent_work: int = typer.Option(2, "--max-concurrent-work", min=1,
+                                                  help="Selects / PriorLabels computed at once"),
+          max_queued_work: int = typer.Option(8, "--max-queued-work", min=0,
+                                              help="Selects / PriorLabels waiting for a turn; beyond, "
+                                              "RESOURCE_EXHAUSTED with a retry hint"),
+          max_concurrent_light: int = typer.Option(4, "--max-concurrent-light", min=1,
+                                                   help="light Selects (random, margin, ...) computed at once"),
+          max_queued_light: int = typer.Option(16, "--max-queued-light", min=0,
+                                               help="light Selects waiting for a turn")) -> None:
     """Run the agent until SIGTERM/SIGINT (then finish in-flight calls, snapshot the index, exit)."""
-    from agent.config import AgentConfig
+    from agent.config import AgentConfig, WorkConfig
     from agent.security import ServerSecurity, is_loopback
     from agent.service import create_server, stop_server
     from agent.state import ClassListError, SchemaVersionError
@@ -165,7 +174,10 @@ def serve(data_dir: Path = typer.Option(..., "--data-dir", help="agent state fol
                                   insecure=insecure)
         config = AgentConfig(data_dir, models, host=host, port=port, classes=class_list, blobs=not no_blobs,
                              poll_s=poll, batch_size=batch_size, use_cuda=not cpu, limits=limits, security=security,
-                             min_free_bytes=int(min_free_mb * MIB))
+                             min_free_bytes=int(min_free_mb * MIB),
+                             work=WorkConfig(max_concurrent=max_concurrent_work, max_queued=max_queued_work,
+                                             light_max_concurrent=max_concurrent_light,
+                                             light_max_queued=max_queued_light))
         server, bound, agent = create_server(config)
     except (ClassListError, SchemaVersionError, OSError, ValueError) as e:  # SecurityError is a ValueError
         console.print(f"[red]cannot start[/red]: {e}")

@@ -16,6 +16,33 @@ __all__ = ["MIB", "AgentConfig", "Limits"]
 
 
 @dataclass(frozen=True)
+class WorkConfig:
+    """Heavy work (Select, PriorLabels: strategies and prior methods), agent/admission.py and agent/cache.py."""
+
+    # Heavy calls computing at once (`shortlist serve --max-concurrent-work`) and waiting for a turn
+    # (`--max-queued-work`); one more is RESOURCE_EXHAUSTED at once with a retry hint.
+    max_concurrent: int = 2
+    max_queued: int = 8
+    # Light work (strategies declared light at the request's budget: random, margin, entropy, ..., coreset
+    # and badge at small budgets) has a lane of its own, so it never waits behind k-means.
+    light_max_concurrent: int = 4
+    light_max_queued: int = 16
+    # Answers of repeated identical Selects / PriorLabels kept, and the rows they may hold in all.
+    cache_entries: int = 64
+    cache_rows: int = 500_000
+
+    def __post_init__(self) -> None:
+        if (min(self.max_concurrent, self.light_max_concurrent) < 1
+                or min(self.max_queued, self.light_max_queued, self.cache_entries, self.cache_rows) < 0):
+            raise ValueError("work: max_concurrent must be >= 1; max_queued, cache_entries, cache_rows >= 0")
+
+    @property
+    def threads(self) -> int:
+        """gRPC threads the heavy and light lanes may hold at once (added to AgentConfig.workers)."""
+        return self.max_concurrent + self.max_queued + self.light_max_concurrent + self.light_max_queued
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     """Everything one agent process is configured with. ``security`` holds TLS, tokens and --insecure
     (agent/security.py); create_server also takes extra interceptors and server credentials directly."""
@@ -34,6 +61,7 @@ class AgentConfig:
     background: bool = True  # run the model manager's polling thread (False: tests call check())
     min_free_bytes: int = 256 * MIB  # GetStatus warns when the data folder has less free space
     limits: Limits = field(default_factory=Limits)
+    work: WorkConfig = field(default_factory=WorkConfig)
     security: ServerSecurity = field(default_factory=ServerSecurity)
 
     @property

@@ -22,7 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
+from agent import cancel
+from agent.admission import Admission
 from agent.blobs import BlobStore
+from agent.cache import LruCache, fingerprint, frozen
 from agent.config import AgentConfig
 from agent.errors import FailedPrecondition, InvalidArgument, NotFound, storage_problem
 from agent.ingest import PAYLOAD_ERROR_KEY, IngestPipeline, unknown_label_reason
@@ -37,6 +40,9 @@ from shortlist.images import allow_pixels
 from shortlist.manifest import Manifest
 
 log = logging.getLogger(__name__)
+
+# Pool.knn answers at most this many queries per index call, with a cancellation checkpoint between.
+KNN_BLOCK = 4096
 
 
 @dataclass
@@ -134,6 +140,13 @@ class Agent:
         self.folder_lock = DataDirLock(data_dir)  # one agent per folder; DataDirLocked otherwise
         self.config = config
         self.limits = config.limits
+        work = config.work
+        self.work = Admission(work.max_concurrent, work.max_queued)
+        self.light_work = Admission(work.light_max_concurrent, work.light_max_queued, lane="light")
+        # Select: (chosen ids and scores, details); PriorLabels: (probs, confidence).
+        self.select_cache: LruCache[tuple[list[tuple[str, float]], dict[str, str]]] = LruCache(work.cache_entries,
+                                                                                                 work.cache_rows)
+        self.prior_cache: LruCache[tuple[np.ndarray, np.ndarray]] = LruCache(work.cache_entries, work.cache_rows)
         self.data_dir = data_dir
         self.models = config.models
         allow_pixels(config.limits.max_pixels)
@@ -148,6 +161,8 @@ class Agent:
         self.manager.start(background=config.background)
 
     def close(self) -> None:
+        self.work.shutdown()  # cancels heavy work still running (it stops at its next checkpoint)
+        self.light_work.shutdown()
         try:
             self.manager.stop()
             self.state.close()
@@ -209,7 +224,13 @@ class Agent:
         index = serving.index
 
         def knn(queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-            return index.knn(queries, k, limit=view.n)
+            if len(queries) <= KNN_BLOCK:
+                return index.knn(queries, k, limit=view.n)
+            parts = []
+            for start in range(0, len(queries), KNN_BLOCK):
+                cancel.checkpoint()
+                parts.append(index.knn(queries[start:start + KNN_BLOCK], k, limit=view.n))
+            return np.concatenate([r for r, _ in parts]), np.concatenate([d for _, d in parts])
 
         pool = Pool(embeddings=view.vecs, labeled=labeled.astype(np.int64), labels=labels[labeled],
                     classes=classes, candidates=candidates.astype(np.int64), knn=knn, logits=logits,
@@ -239,7 +260,9 @@ class Agent:
 
     # ---- Select ----------------------------------------------------------------------------------
     def select(self, budget: int, strategy: str, params: Mapping[str, str], seed: int,
-               where: Mapping[str, str]) -> SelectResult:
+               where: Mapping[str, str], token: cancel.CancelToken | None = None) -> SelectResult:
+        """Run ``strategy`` (in an admission slot, cancelled through ``token``), or answer a repeated
+        identical request from the cache; either way the selection is recorded under a new id."""
         if budget <= 0:
             raise InvalidArgument(f"budget must be >= 1 (got {budget})")
         if budget > self.limits.max_select_budget:
@@ -250,6 +273,7 @@ class Agent:
             if problem is not None:
                 raise InvalidArgument(problem)
         fn = get_strategy(strategy)
+        fn.check(params)  # before any work: unknown params and values out of their declared ranges
         serving = self.manager.current
         if serving is None:
             if strategy not in MODEL_FREE:
@@ -260,11 +284,23 @@ class Agent:
             pool, seqs = self.model_pool(serving, where)
             version = serving.version
         details: dict[str, str] = {}
-        if len(pool.candidates) == 0:
+        take = min(budget, len(pool.candidates))  # a budget beyond the candidates costs nothing more
+        # Everything the answer depends on: the model version, the pool's rows, the labelled set with
+        # its labels, the candidates (the where filter's result), the strategy, params, seed and budget.
+        key = ("select", version, len(pool.embeddings), fingerprint(pool.labeled, pool.labels, pool.candidates),
+               strategy, frozen(params), seed, take)
+        cached = self.select_cache.get(key) if take else None
+        if take == 0:
             chosen: list[tuple[str, float]] = []
+        elif cached is not None:
+            chosen, details = list(cached[0]), dict(cached[1])
         else:
-            # Seeded by the seed and the labelled set: a loop that keeps its seed still draws afresh each round.
-            sel = fn(pool, budget, state_rng(seed, self.labelled_ids()), dict(params))
+            token = token or cancel.CancelToken()
+            lane = self.light_work if fn.is_light(take) else self.work
+            with lane.slot(token, f"Select {strategy!r}"), cancel.scope(token):
+                # Seeded by the seed and the labelled set: a loop that keeps its seed still draws afresh
+                # each round.
+                sel = fn(pool, take, state_rng(seed, self.labelled_ids()), dict(params))
             rows = np.asarray(sel.rows, np.int64)
             scores = np.asarray(sel.scores, np.float64)
             if (len(rows) > budget or len(np.unique(rows)) != len(rows) or len(scores) != len(rows)
@@ -273,6 +309,7 @@ class Agent:
                                    f"candidates, at most the budget); this is a bug in the strategy")
             chosen = [(self.state.record(int(seqs[r])).id, float(s)) for r, s in zip(rows, scores, strict=True)]
             details = dict(sel.details)
+            self.select_cache.put(key, (list(chosen), dict(details)), weight=max(1, len(chosen)))
         selection_id = uuid.uuid4().hex
         request = {"budget": budget, "strategy": strategy, "params": dict(params), "seed": seed,
                    "where": dict(where)}
@@ -287,14 +324,17 @@ class Agent:
         return SelectResult(chosen, version, strategy, selection_id, details)
 
     # ---- PriorLabels -----------------------------------------------------------------------------
-    def prior_labels(self, method: str, ids: Sequence[str], params: Mapping[str, str]) -> Iterator[PriorResult]:
-        """Checks and computes at the call (errors raise here), then yields one result per row: the
-        reply streams, it is never built whole."""
+    def prior_labels(self, method: str, ids: Sequence[str], params: Mapping[str, str],
+                     token: cancel.CancelToken | None = None) -> Iterator[PriorResult]:
+        """Checks and computes at the call (errors raise here; in an admission slot, cancelled through
+        ``token``, or from the cache for a repeated identical request), then yields one result per row:
+        the reply streams, it is never built whole."""
         check_count(ids, self.limits.max_ids_per_request, "max_ids_per_request", "ids")
         problem = metadata_problem(params, self.limits, "params")
         if problem is not None:
             raise InvalidArgument(problem)
         fn = get_prior_method(method)
+        fn.check(params)
         serving = self.manager.current
         if serving is None:
             raise FailedPrecondition(no_model_message(self.models))
@@ -318,9 +358,16 @@ class Agent:
                                      "before asking for prior labels")
         if len(rows) == 0:
             return iter(())
-        pri = fn(pool, rows, state_rng(0, self.labelled_ids()), dict(params))
-        return self._iter_priors(rows, seqs, np.asarray(pri.probs), np.asarray(pri.confidence), pool.classes,
-                                 serving.version)
+        key = ("prior", serving.version, len(pool.embeddings), fingerprint(pool.labeled, pool.labels, rows), method,
+               frozen(params))
+        cached = self.prior_cache.get(key)
+        if cached is None:
+            token = token or cancel.CancelToken()
+            with self.work.slot(token, f"PriorLabels {method!r}"), cancel.scope(token):
+                pri = fn(pool, rows, state_rng(0, self.labelled_ids()), dict(params))
+            cached = (np.asarray(pri.probs), np.asarray(pri.confidence))
+            self.prior_cache.put(key, cached, weight=len(rows))
+        return self._iter_priors(rows, seqs, cached[0], cached[1], pool.classes, serving.version)
 
     def _iter_priors(self, rows: np.ndarray, seqs: np.ndarray, probs: np.ndarray, confidence: np.ndarray,
                      classes: list[str], version: str) -> Iterator[PriorResult]:

@@ -16,7 +16,7 @@ import numpy as np
 from agent.errors import FailedPrecondition, InvalidArgument
 
 __all__ = ["FailedPrecondition", "InvalidArgument", "KnnFn", "Pool", "PriorMethod", "Priors", "Selection", "Strategy",
-           "check_params", "param_float", "param_int"]
+           "state_rng"]
 
 # (queries QxD float32 L2-normalised, k) -> (rows QxK int64 into Pool.embeddings, distances QxK float32,
 # cosine distance 1 - cos, ascending). A query that is itself in the pool finds itself first.
@@ -73,7 +73,8 @@ class Priors:
     confidence: np.ndarray
 
 
-# A strategy: (pool, budget >= 1, seeded rng, params) -> Selection.
+# A strategy: (pool, 1 <= budget <= #candidates, seeded rng, params) -> Selection. Params are declared
+# and checked by agent/params.py before it runs.
 Strategy = Callable[[Pool, int, np.random.Generator, Mapping[str, str]], Selection]
 # A prior method: (pool, rows R int64 to label, seeded rng, params) -> Priors.
 PriorMethod = Callable[[Pool, np.ndarray, np.random.Generator, Mapping[str, str]], Priors]
@@ -93,44 +94,3 @@ def state_rng(seed: int, labelled_ids: Iterable[str]) -> np.random.Generator:
     """
     digest = hashlib.sha256("\n".join(sorted(labelled_ids)).encode()).digest()
     return np.random.default_rng(np.random.SeedSequence([int(seed) % 2**64, int.from_bytes(digest[:16], "little")]))
-
-
-def param_int(params: Mapping[str, str], name: str, default: int, minimum: int | None = None) -> int:
-    """An integer parameter from a request's params map, or ``default``; InvalidArgument if malformed."""
-    raw = params.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise InvalidArgument(f"param {name}={raw!r} must be an integer") from None
-    if minimum is not None and value < minimum:
-        raise InvalidArgument(f"param {name}={value} must be >= {minimum}")
-    return value
-
-
-def param_float(params: Mapping[str, str], name: str, default: float | None,
-                minimum: float | None = None, maximum: float | None = None) -> float | None:
-    """A float parameter from a request's params map, or ``default``; InvalidArgument if malformed."""
-    raw = params.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise InvalidArgument(f"param {name}={raw!r} must be a number") from None
-    if not np.isfinite(value):
-        raise InvalidArgument(f"param {name}={raw!r} must be finite")
-    if minimum is not None and value < minimum:
-        raise InvalidArgument(f"param {name}={value} must be >= {minimum}")
-    if maximum is not None and value > maximum:
-        raise InvalidArgument(f"param {name}={value} must be <= {maximum}")
-    return value
-
-
-def check_params(params: Mapping[str, str], known: set[str], what: str) -> None:
-    """InvalidArgument naming the valid params when ``params`` has a key ``what`` does not take."""
-    unknown = sorted(set(params) - known)
-    if unknown:
-        valid = ", ".join(sorted(known)) or "none"
-        raise InvalidArgument(f"{what} does not take param(s) {', '.join(unknown)}; valid: {valid}")

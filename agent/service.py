@@ -18,6 +18,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from agent.cancel import CancelToken
 from agent.config import AgentConfig
 from agent.core import Agent, AgentStatus
 from agent.errors import ErrorMapping
@@ -50,6 +51,15 @@ def status_message(st: AgentStatus) -> agent_pb2.Status:
                             warnings=st.warnings)
 
 
+def call_token(context: grpc.ServicerContext) -> CancelToken:
+    """A cancellation token for this call's heavy work: cancelled when the client cancels or leaves, and
+    past the call's deadline (if it has one)."""
+    token = CancelToken.within(context.time_remaining())
+    if not context.add_callback(lambda: token.cancel("the client cancelled the call")):
+        token.cancel("the call had already ended")
+    return token
+
+
 class AgentServicer(agent_pb2_grpc.AgentServicer):
     def __init__(self, agent: Agent, warnings: Sequence[str] = ()) -> None:
         self.agent = agent
@@ -73,7 +83,7 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
 
     def Select(self, request: agent_pb2.SelectRequest, context: grpc.ServicerContext) -> agent_pb2.SelectReply:
         res = self.agent.select(request.budget, request.strategy, dict(request.params), request.seed,
-                                dict(request.where))
+                                dict(request.where), call_token(context))
         return agent_pb2.SelectReply(selected=[agent_pb2.Selected(id=i, score=s) for i, s in res.selected],
                                      model_version=res.model_version, strategy=res.strategy,
                                      selection_id=res.selection_id, details=res.details)
@@ -87,7 +97,8 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
 
     def PriorLabels(self, request: agent_pb2.PriorLabelsRequest,
                     context: grpc.ServicerContext) -> Iterator[agent_pb2.PriorLabel]:
-        for r in self.agent.prior_labels(request.method, list(request.ids), dict(request.params)):
+        for r in self.agent.prior_labels(request.method, list(request.ids), dict(request.params),
+                                         call_token(context)):
             yield agent_pb2.PriorLabel(id=r.id, label=r.label, confidence=r.confidence, probs=r.probs,
                                        model_version=r.model_version)
 
@@ -167,9 +178,12 @@ def create_server(config: AgentConfig, interceptors: Sequence[grpc.ServerInterce
 
 
 def stop_server(server: grpc.Server, agent: Agent, grace: float = 5.0) -> None:
-    """Graceful stop: NOT_SERVING, finish in-flight calls (up to ``grace`` s), snapshot, close state."""
+    """Graceful stop: NOT_SERVING, cancel heavy work (Select, PriorLabels answer UNAVAILABLE at their next
+    checkpoint), finish the other in-flight calls (up to ``grace`` s), snapshot, close state."""
     health_servicer = getattr(server, "health", None)
     if health_servicer is not None:
         health_servicer.enter_graceful_shutdown()
+    agent.work.shutdown()
+    agent.light_work.shutdown()
     server.stop(grace).wait()
     agent.close()

@@ -393,6 +393,31 @@ def ingest_items(stub: agent_pb2_grpc.AgentStub, items: Sequence[ImageItem], bat
     return int(reply.accepted + reply.duplicates)
 
 
+def ingest_pool(data: Path, pool_ids: Sequence[str], version: str, registry: Path, base: Path, log: Path,
+                console: Any, progress: Any = None) -> None:
+    """Make ``base`` an agent data folder holding the pool's samples (the original encoded files of
+    ``data``'s train split, streamed through Ingest the way a field pipeline would) embedded under
+    ``version``. A rerun with the same pool and model finds base/bench-ingested.json and skips Ingest."""
+    wanted = set(pool_ids)
+    items = [it for it in iter_images(data, "train") if it.id in wanted]
+    marker = base / "bench-ingested.json"  # what the base holds: a rerun with the same pool skips Ingest
+    want = {"model_version": version, "ids": len(pool_ids), "digest": hash_ids(list(pool_ids))}
+    reuse = marker.is_file() and json.loads(marker.read_text()) == want
+    if base.exists() and not reuse:
+        shutil.rmtree(base)
+    task = progress.add_task("ingest", total=len(items)) if progress is not None else None
+    if reuse:
+        console.print(f"reusing the ingested pool in {base}")
+        if progress is not None:
+            progress.update(task, completed=len(items), description="ingest (reused)")
+        return
+    with agent_process(base, registry, log) as address:
+        stub = client.connect(address)
+        ingest_items(stub, items, progress=progress, task=task)
+        wait_embedded(stub, len(items), version)
+    marker.write_text(json.dumps(want))
+
+
 # ---------------------------------------------------------------------------------------------------
 # The loop
 
@@ -608,15 +633,7 @@ def run_benchmark(data: Path, profile: Profile, out: Path, encoder: Path | None 
         ssl = SemiSupervised(at=profile.semi_supervised_at, minutes=profile.semi_supervised_minutes,
                              steps=semi_supervised_steps, init=init, prior_method="as3l", out=out / "semi-supervised")
 
-    # Ingest the pool once, the way a field pipeline streams it: the original encoded files.
-    wanted = set(pool_ids)
-    items = [it for it in iter_images(data, "train") if it.id in wanted]
     base = out / "agent-base"
-    marker = base / "bench-ingested.json"  # what the base holds: a rerun with the same pool skips Ingest
-    want = {"model_version": version, "ids": len(pool_ids), "digest": hash_ids(pool_ids)}
-    reuse = marker.is_file() and json.loads(marker.read_text()) == want
-    if base.exists() and not reuse:
-        shutil.rmtree(base)
     budget_list = resolve_budgets(profile.budgets, len(pool_ids))
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("left"), TimeRemainingColumn())
@@ -626,16 +643,7 @@ def run_benchmark(data: Path, profile: Profile, out: Path, encoder: Path | None 
               git_commit=_git_commit())
     with Progress(*columns, console=console, transient=False) as progress:
         t = time.perf_counter()
-        task = progress.add_task("ingest", total=len(items))
-        if reuse:
-            console.print(f"reusing the ingested pool in {base}")
-            progress.update(task, completed=len(items), description="ingest (reused)")
-        else:
-            with agent_process(base, registry, out / "agent.log") as address:
-                stub = client.connect(address)
-                ingest_items(stub, items, progress=progress, task=task)
-                wait_embedded(stub, len(items), version)
-            marker.write_text(json.dumps(want))
+        ingest_pool(data, pool_ids, version, registry, base, out / "agent.log", console, progress)
         walls["ingest"] = time.perf_counter() - t
 
         loop = progress.add_task("strategies", total=len(profile.strategies) * profile.seeds * len(budget_list))

@@ -124,7 +124,10 @@ def finetune_cmd(
     steps: int | None = typer.Option(None),
     batch_size: int = typer.Option(64, help="labelled batch (unlabelled: mu x this)"),
     lr: float = typer.Option(0.03),
-    prior_iters: int = typer.Option(1000, help="as3l: iterations T using normalize(prior + prediction)"),
+    prior_iters: int = typer.Option(6900, min=0, help="as3l: iterations T using normalize(prior + prediction) "
+                                    "(AS3L Sec. 4.1: 6900)"),
+    prior_after: str = typer.Option("remove", help="as3l: after T, remove the prior or update it by "
+                                    "re-clustering the semi-supervised features (AS3L Sec. 3.4)"),
     preprocess: str = typer.Option("cifar10"),
     threads: int | None = typer.Option(None),
     device: str = typer.Option("auto"),
@@ -136,7 +139,8 @@ def finetune_cmd(
 
     cfg = FinetuneConfig(out=str(out), mode=mode, init=str(init) if init else None, arch=arch, data=data,
                          labels_per_class=labels_per_class, epochs=epochs, minutes=minutes, steps=steps,
-                         batch_size=batch_size, lr=lr, prior_iters=prior_iters, preprocess=preprocess,
+                         batch_size=batch_size, lr=lr, prior_iters=prior_iters, prior_after=prior_after,
+                         preprocess=preprocess,
                          threads=threads, device=device, seed=seed)
     try:
         run = finetune(cfg, console=console)

@@ -5,13 +5,20 @@ Modes (``FINETUNE_MODES``):
 - ``linear``: linear probe on the frozen encoder (Bengar et al., "Reducing Label Effort: Self-Supervised
   Meets Active Learning", ICCV Workshops 2021): features computed once, a softmax classifier trained on them.
 - ``full``: encoder + classifier trained end to end with cross-entropy on weakly augmented labelled images.
-- ``as3l``: the semi-supervised stage of AS3L (Wen et al., "Active self-semi-supervised learning for few
-  labeled samples", Neurocomputing 2024; Eqs. 2-5 as issue 4 numbers them, unverified): FixMatch's
-  weak/strong consistency (Sohn et al. 2020) with FlexMatch's class-wise thresholds (Zhang et al. 2021,
-  with the convex mapping M(x) = x / (2 - x) and threshold warm-up, checked against the USB reference
-  code), where the pseudo-label comes from the posterior
-  ``normalize(prior + prediction)`` for the first ``prior_iters`` (T) iterations and from the prediction
-  alone afterwards. The priors are the agent's PriorLabels (class probabilities per unlabelled sample).
+- ``as3l``: the semi-supervised stage of AS3L (Wen, Pizarro & Williams, "Active self-semi-supervised learning
+  for few labeled samples", Neurocomputing 2024; Sec. 3.4 and Sec. 4.1, checked against the paper's text in
+  ../shared/papers/001_972fd52aa54e2368.txt). Eq. 2: loss = CE(labelled, weak view) (Eq. 3) + lambda *
+  Loss_un; Eq. 4: Loss_un is FixMatch's consistency loss (Sohn et al. 2020) over the mu*B unlabelled rows,
+  the hard pseudo-label of the posterior against the strong view, masked by FlexMatch's class-wise
+  thresholds (Zhang et al. 2021, convex mapping M(x) = x / (2 - x) with threshold warm-up, checked against
+  the USB reference code); Eq. 5: the posterior is ``normalize(prior + prediction)`` for the first T
+  (``prior_iters``) iterations and the prediction alone afterwards (``prior_after="remove"``), or, with
+  ``prior_after="update"``, the prior is re-computed by clustering the semi-supervised features (the
+  agent's as3l prior method on the current encoder's features) every T iterations and kept in Eq. 5
+  ("update y_prior by re-clustering on semi-supervised features", Sec. 3.4). Sec. 4.1's settings are the
+  defaults: SGD momentum 0.9 (Nesterov, as FixMatch), lr 0.03 with FixMatch's cosine decay
+  lr * cos(7 pi k / (16 K)), lambda = 1, mu = 7, batch 64, T = 6900, tau = 0.95. The priors are the agent's
+  PriorLabels (class probabilities per unlabelled sample).
 - ``moby_al``: MoBYv2AL's joint objective (Caramalau et al. 2022, Sec. 3.1): cross-entropy on the labelled
   batch + lambda_c * MoBY contrastive loss on unlabelled views, lambda_c = 0.5.
 
@@ -25,11 +32,13 @@ moby_al's two contrastive views are SimCLR-strength crop + colour jitter (``CONT
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from rich.console import Console
@@ -44,6 +53,7 @@ from training.methods import Encoder, MoBY
 from training.pretrain import load_encoder, preprocess_by_name, save_encoder
 
 FINETUNE_MODES = ("linear", "full", "as3l", "moby_al")
+PRIOR_AFTER = ("remove", "update")  # AS3L Sec. 3.4: what happens to the prior after T iterations
 CONTRASTIVE = AugmentConfig(crop_scale=(0.2, 1.0))  # moby_al's views (SimSiam / SimCLR CIFAR strength)
 
 
@@ -67,7 +77,9 @@ class FinetuneConfig:
     weight_decay: float = 5e-4
     threshold: float = 0.95  # FixMatch tau
     lambda_u: float = 1.0
-    prior_iters: int = 1000  # AS3L's T: iterations that use normalize(prior + prediction)
+    prior_iters: int = 6900  # AS3L's T (Sec. 4.1): iterations that use normalize(prior + prediction)
+    prior_after: str = "remove"  # after T: "remove" the prior or "update" it by re-clustering (Sec. 3.4)
+    eval_every: int = 0  # steps between test-set evaluations (finetune's eval_data); 0: at the end only
     flex: bool = True  # FlexMatch class-wise thresholds (else FixMatch's fixed one)
     lambda_c: float = 0.5  # MoBYv2AL contrastive weight
     linear_epochs: int = 100
@@ -96,7 +108,8 @@ def keep_labels_per_class(data: TensorData, n: int, seed: int) -> TensorData:
 
 
 def as3l_posterior(probs: torch.Tensor, prior: torch.Tensor | None, step: int, prior_iters: int) -> torch.Tensor:
-    """AS3L's posterior (Eqs. 2-3 as issue 4 numbers them): q = normalize(prior + p) while step < T, else p.
+    """AS3L's posterior (Sec. 3.4, Eq. 5): q = normalize(prior + p) for the first T iterations (steps 0..T-1,
+    the paper's t <= T counting from 1), else p.
 
     probs, prior: UxC -> UxC, rows sum to 1."""
     if prior is None or step >= prior_iters:
@@ -122,8 +135,9 @@ def flex_thresholds(learned: torch.Tensor, num_classes: int, tau: float, n_unlab
 
 def fixmatch_unlabeled_loss(logits_strong: torch.Tensor, posterior: torch.Tensor,
                             thresholds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """FixMatch's unlabelled loss (Sohn et al. 2020) with per-class thresholds: the batch mean of
-    1[max q >= t_argmax] CE(strong, argmax q).
+    """AS3L's Loss_un (Sec. 3.4, Eq. 4), FixMatch's unlabelled loss (Sohn et al. 2020) with per-class
+    thresholds: the batch mean of 1[max q >= t_argmax] CE(strong, argmax q). Eq. 4 writes ">"; ">=" is the
+    FlexMatch reference code's (the two differ only on exact ties).
 
     logits_strong: UxC; posterior: UxC (no gradient); thresholds: C. Returns (loss, mask U float).
     """
@@ -131,6 +145,54 @@ def fixmatch_unlabeled_loss(logits_strong: torch.Tensor, posterior: torch.Tensor
     mask = (conf >= thresholds[pseudo]).float()
     ce = F.cross_entropy(logits_strong.float(), pseudo, reduction="none")
     return (ce * mask).mean(), mask
+
+
+def fixmatch_lr(base: float, progress: float) -> float:
+    """FixMatch's cosine decay (Sohn et al. 2020, Sec. 4; FlexMatch's too), the "cosine annealing learning
+    rate scheduler" of AS3L's Sec. 4.1: base * cos(7 pi k / (16 K)), ``progress`` = k / K in [0, 1]."""
+    return base * math.cos(7 * math.pi * min(max(progress, 0.0), 1.0) / 16)
+
+
+@torch.no_grad()
+def test_accuracy(enc: Encoder, data: TensorData, pre: Preprocess, rt: loop.Runtime) -> float:
+    """Top-1 accuracy in [0, 1] of enc's classifier on ``data`` (plain preprocessing, eval mode); the
+    module's train/eval mode is restored."""
+    from training.augment import plain
+
+    was = enc.training
+    enc.eval()
+    correct = 0
+    for i in range(0, len(data), 512):
+        with rt.autocast():
+            logits = _logits(enc, plain(data.images[i:i + 512].to(rt.device), pre))
+        correct += int((logits.float().argmax(dim=1).cpu() == data.labels[i:i + 512]).sum())
+    enc.train(was)
+    return correct / max(1, len(data))
+
+
+def recluster_prior(enc: Encoder, data: TensorData, lab: torch.Tensor, unl: torch.Tensor, pre: Preprocess,
+                    rt: loop.Runtime, seed: int) -> torch.Tensor:
+    """AS3L's prior update (Sec. 3.4: "update y_prior by re-clustering on semi-supervised features"): the
+    agent's as3l prior method (constrained seed k-means, Sec. 3.3) on the current encoder's L2-normalised
+    features of every row, seeded by the labelled rows. Returns UxC float32 (rows of ``unl``)."""
+    from agent.pool import Pool
+    from agent.priors import get_prior_method
+
+    was = enc.training
+    feats = _raw_features(enc, data.images, pre, rt).cpu().numpy().astype(np.float32)
+    enc.train(was)
+    feats /= np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
+
+    def knn(q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:  # exact, for methods that ask
+        sim = q @ feats.T
+        idx = np.argsort(-sim, axis=1)[:, :k]
+        return idx.astype(np.int64), (1.0 - np.take_along_axis(sim, idx, axis=1)).astype(np.float32)
+
+    pool = Pool(embeddings=feats, labeled=lab.numpy().astype(np.int64), labels=data.labels[lab].numpy(),
+                classes=list(data.classes), candidates=unl.numpy().astype(np.int64), knn=knn)
+    # The paper's y_prior (normalised votes), not the agent's calibrated default.
+    priors = get_prior_method("as3l")(pool, pool.candidates, np.random.default_rng(seed), {"calibrate": "false"})
+    return torch.from_numpy(np.asarray(priors.probs, np.float32))
 
 
 # ---------------------------------------------------------------------------------------------- runner
@@ -178,12 +240,17 @@ def _raw_features(enc: Encoder, images: torch.Tensor, pre: Preprocess, rt: loop.
 
 
 def finetune(config: FinetuneConfig, data: TensorData | None = None, priors: torch.Tensor | None = None,
-             console: Console | None = None) -> Path:
+             console: Console | None = None, eval_data: TensorData | None = None) -> Path:
     """Train per ``config``; ``data`` overrides config.data; ``priors`` is UxC (rows of the unlabelled
-    samples of ``data`` in order) for as3l. Returns the run folder (encoder.pt has the classifier)."""
+    samples of ``data`` in order) for as3l. ``eval_data`` (labelled, at the model's input size): test
+    accuracy every ``eval_every`` steps and at the end, in metrics.jsonl (kind "eval") and the summary
+    (``eval``: [[step, accuracy], ...], ``test_accuracy``, ``best_test_accuracy``). Returns the run folder
+    (encoder.pt has the classifier)."""
     cfg = config
     if cfg.mode not in FINETUNE_MODES:
         raise ValueError(f"unknown fine-tuning mode {cfg.mode!r}; valid: {', '.join(FINETUNE_MODES)}")
+    if cfg.prior_after not in PRIOR_AFTER:
+        raise ValueError(f"unknown prior_after {cfg.prior_after!r}; valid: {', '.join(PRIOR_AFTER)}")
     console = console or Console()
     rt = loop.setup_runtime(cfg.device, cfg.amp, cfg.channels_last, cfg.threads)
     pre = preprocess_by_name(cfg.preprocess)
@@ -217,8 +284,10 @@ def finetune(config: FinetuneConfig, data: TensorData | None = None, priors: tor
         acc = linear_probe(enc, data, pre, rt, cfg.linear_epochs, cfg.seed)
         summary.update(train_acc=acc)
         log.write(kind="linear", train_acc=acc)
+        if eval_data is not None:
+            summary.update(test_accuracy=test_accuracy(enc, eval_data, pre, rt))
     else:
-        summary.update(_train_loop(cfg, enc, data, lab, unl, priors, pre, rt, run_dir, log, console))
+        summary.update(_train_loop(cfg, enc, data, lab, unl, priors, pre, rt, run_dir, log, console, eval_data))
     summary["seconds"] = time.perf_counter() - t0
     save_encoder(run_dir, enc, arch=arch, method=f"finetune:{cfg.mode}", pre=pre, classes=data.classes,
                  config=config_dict, dataset=cfg.data or "", metrics=summary)
@@ -228,7 +297,7 @@ def finetune(config: FinetuneConfig, data: TensorData | None = None, priors: tor
 
 def _train_loop(cfg: FinetuneConfig, enc: Encoder, data: TensorData, lab: torch.Tensor, unl: torch.Tensor,
                 priors: torch.Tensor | None, pre: Preprocess, rt: loop.Runtime, run_dir: Path,
-                log: loop.MetricsLog, console: Console) -> dict[str, Any]:
+                log: loop.MetricsLog, console: Console, eval_data: TensorData | None = None) -> dict[str, Any]:
     semi = cfg.mode in ("as3l", "moby_al") and len(unl) > 0
     moby = MoBY(enc).to(rt.device) if cfg.mode == "moby_al" else None
     model: nn.Module = moby if moby is not None else enc
@@ -251,6 +320,16 @@ def _train_loop(cfg: FinetuneConfig, enc: Encoder, data: TensorData, lab: torch.
     if "learned" in state.extra:
         learned = torch.tensor(state.extra["learned"], dtype=torch.long)
     prior_dev = priors.to(rt.device).float() if priors is not None else None
+    update = cfg.prior_after == "update" and prior_dev is not None
+    if update and state.step >= cfg.prior_iters:  # resumed after an update: re-cluster from where it is
+        prior_dev = recluster_prior(enc, data, lab, unl, pre, rt, cfg.seed + state.step).to(rt.device)
+    evals: list[list[float]] = [list(e) for e in state.extra.get("eval", [])]
+
+    def evaluate() -> None:
+        if eval_data is not None and (not evals or evals[-1][0] != state.step):
+            acc = test_accuracy(enc, eval_data, pre, rt)
+            evals.append([state.step, acc])
+            log.write(kind="eval", step=state.step, test_accuracy=acc, seconds=state.seconds)
     last_ckpt = time.perf_counter()
     model.train()
     mask_rate, loss_val = 0.0, float("nan")
@@ -261,7 +340,8 @@ def _train_loop(cfg: FinetuneConfig, enc: Encoder, data: TensorData, lab: torch.
             lrows = lab[torch.randint(0, len(lab), (bs,), generator=g_cpu)]
             xl = augment(data.images[lrows].to(rt.device), pre, WEAK, gen, rt.channels_last)
             yl = data.labels[lrows].to(rt.device)
-            lr = loop.cosine_lr(cfg.lr, budget.progress(state.step, state.seconds), 0.0)
+            progress = budget.progress(state.step, state.seconds)
+            lr = fixmatch_lr(cfg.lr, progress) if cfg.mode == "as3l" else loop.cosine_lr(cfg.lr, progress, 0.0)
             for group in opt.param_groups:
                 group["lr"] = lr
             with rt.autocast():
@@ -273,8 +353,9 @@ def _train_loop(cfg: FinetuneConfig, enc: Encoder, data: TensorData, lab: torch.
                     xs = strong_augment(imgs, pre, gen, rt.channels_last)
                     with torch.no_grad():
                         probs = _logits(enc, xw).float().softmax(dim=1)
-                    post = as3l_posterior(probs, prior_dev[pick.to(rt.device)] if prior_dev is not None else None,
-                                          state.step, cfg.prior_iters)
+                    # Eq. 5; with "update" the (re-clustered) prior stays in the posterior after T.
+                    prior_batch = prior_dev[pick.to(rt.device)] if prior_dev is not None else None
+                    post = as3l_posterior(probs, prior_batch, 0 if update else state.step, cfg.prior_iters)
                     if cfg.flex:
                         thr = flex_thresholds(learned, len(data.classes), cfg.threshold, len(unl)).to(rt.device)
                     else:
@@ -301,18 +382,28 @@ def _train_loop(cfg: FinetuneConfig, enc: Encoder, data: TensorData, lab: torch.
             state.step += 1
             state.seconds += time.perf_counter() - t0
             state.images += bs + ubs
+            if update and cfg.prior_iters > 0 and state.step % cfg.prior_iters == 0:  # Sec. 3.4: every T
+                prior_dev = recluster_prior(enc, data, lab, unl, pre, rt, cfg.seed + state.step).to(rt.device)
+            if cfg.eval_every and state.step % cfg.eval_every == 0:
+                evaluate()
             if state.step % 20 == 0 or budget.done(state.step, state.seconds):
                 log.write(kind="train", step=state.step, loss=loss_val, lr=lr, mask_rate=mask_rate,
                           seconds=state.seconds)
             if stop.stop or time.perf_counter() - last_ckpt >= cfg.checkpoint_minutes * 60:
                 state.extra["learned"] = learned.tolist()
+                state.extra["eval"] = evals
                 loop.save_checkpoint(run_dir, state, modules, gen, dataclasses.asdict(cfg))
                 last_ckpt = time.perf_counter()
                 if stop.stop:
                     console.print(f"[yellow]{stop.signal_name}: checkpointed at step {state.step}[/]")
                     break
+    evaluate()
     state.extra["learned"] = learned.tolist()
+    state.extra["eval"] = evals
     loop.save_checkpoint(run_dir, state, modules, gen, dataclasses.asdict(cfg))
     enc.eval()
-    return {"steps": state.step, "final_loss": loss_val, "mask_rate": mask_rate,
-            "images_per_s": state.images / max(state.seconds, 1e-9)}
+    out: dict[str, Any] = {"steps": state.step, "final_loss": loss_val, "mask_rate": mask_rate,
+                           "images_per_s": state.images / max(state.seconds, 1e-9)}
+    if evals:
+        out.update(eval=evals, test_accuracy=evals[-1][1], best_test_accuracy=max(a for _, a in evals))
+    return out

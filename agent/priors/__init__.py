@@ -1,25 +1,28 @@
 """Prior-label methods: plain functions ``(pool, rows, rng, params) -> Priors`` in one registry.
 
+Adding a method = one function declared with ``@prior_method(name, Param...)`` (agent/params.py) and one
+line in ``PRIOR_METHODS``; loops that can run long call ``agent.cancel.checkpoint()``.
 Every registered method is wrapped by ``calibrated`` (agent/priors/calibration.py): calibration is on by
-default and ``calibrate=false`` turns it off, for a new method too.
+default and ``calibrate=false`` turns it off, for a new method too (the wrapper declares that param).
 """
 
 from __future__ import annotations
 
-from agent.pool import InvalidArgument, PriorMethod
+from agent.params import PriorEntry
+from agent.pool import InvalidArgument
 from agent.priors.as3l import as3l_prior
 from agent.priors.calibration import calibrated
 from agent.priors.knn import knn_prior
 from agent.priors.llgc import llgc_prior
 
-PRIOR_METHODS: dict[str, PriorMethod] = {
+PRIOR_METHODS: dict[str, PriorEntry] = {
     "knn": calibrated(knn_prior),  # weighted k-nearest-neighbour vote over the labelled samples
     "as3l": calibrated(as3l_prior),  # AS3L constrained seed k-means, C runs
     "llgc": calibrated(llgc_prior, default_temperature=0.1),  # label spreading over the sparse kNN graph
 }
 
 
-def get_prior_method(name: str) -> PriorMethod:
+def get_prior_method(name: str) -> PriorEntry:
     """The prior-label method called ``name``; InvalidArgument listing the valid names otherwise."""
     try:
         return PRIOR_METHODS[name]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from agent.cancel import checkpoint
 from agent.pool import FailedPrecondition, Pool, Priors
 
 
@@ -48,6 +49,7 @@ def nearest_labelled_distance(pool: Pool, rows: np.ndarray) -> np.ndarray:
     out = np.empty(len(rows), np.float32)
     step = block_rows(len(lab))
     for start in range(0, len(rows), step):
+        checkpoint()
         sim = pool.embeddings[rows[start:start + step]] @ lab.T
         out[start:start + step] = 1.0 - sim.max(axis=1)
     return out

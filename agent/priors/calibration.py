@@ -36,13 +36,14 @@ method's own answer unchanged.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping
 from dataclasses import replace
 
 import numpy as np
 from scipy.optimize import minimize_scalar
 
+from agent.cancel import checkpoint
+from agent.params import Param, PriorEntry, params_doc
 from agent.pool import InvalidArgument, Pool, PriorMethod, Priors
 from agent.priors._common import with_known_labels
 
@@ -90,6 +91,7 @@ def held_out(pool: Pool, method: PriorMethod, params: Mapping[str, str],
         fold[members] = (int(rng.integers(folds)) + np.arange(len(members))) % folds
     out = []
     for f in range(folds):
+        checkpoint()
         hidden = fold == f
         rest = pool.labels[~hidden]
         keep = hidden & np.isin(pool.labels, rest)
@@ -136,23 +138,25 @@ def apply_calibration(pool: Pool, rows: np.ndarray, priors: Priors, t: float) ->
     return with_known_labels(pool, rows, Priors(probs=q32, confidence=q32.max(axis=1)))
 
 
-def calibrated(method: PriorMethod, default_temperature: float = 1.0) -> PriorMethod:
-    """``method`` with calibration on by default (module docstring) and its ``calibrate`` param.
-    ``default_temperature``: the temperature used when no held-out sample counts (the prior's centre)."""
+CALIBRATE_PARAM = Param("calibrate", "choice", "true", "temperature-scale the probabilities on held-out labels",
+                        choices=("true", "false", "1", "0", "yes", "no", "on", "off"))
 
-    @functools.wraps(method)
+
+def calibrated(method: PriorEntry, default_temperature: float = 1.0) -> PriorEntry:
+    """``method`` with calibration on by default (module docstring) and its ``calibrate`` param (declared
+    beside the method's own params). ``default_temperature``: the temperature used when no held-out sample
+    counts (the prior's centre)."""
+
     def run(pool: Pool, rows: np.ndarray, rng: np.random.Generator, params: Mapping[str, str]) -> Priors:
         on = calibrate_flag(params)
         own = {k: v for k, v in params.items() if k != "calibrate"}
-        try:
-            priors = method(pool, rows, rng, own)
-        except InvalidArgument as e:
-            if "valid:" in str(e):
-                raise InvalidArgument(f"{e}; and calibrate (true/false), which every prior method takes") from None
-            raise
+        priors = method(pool, rows, rng, own)
         if not on:
             return priors
         t = fit_temperature(held_out(pool, method, own, rng), default_temperature)
         return apply_calibration(pool, np.asarray(rows, np.int64), priors, t)
 
-    return run
+    params = (*method.params, CALIBRATE_PARAM)
+    entry = PriorEntry(name=method.name, params=params, summary=method.summary, fn=run)
+    object.__setattr__(entry, "__doc__", (method.fn.__doc__ or "") + params_doc(params))
+    return entry

@@ -6,7 +6,10 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from agent.pool import InvalidArgument, Pool, Priors, check_params, param_float, param_int
+from agent.cancel import checkpoint
+from agent.errors import InvalidArgument
+from agent.params import Param, prior_method
+from agent.pool import Pool, Priors
 from agent.priors._common import normalise_rows, require_labels, with_known_labels
 from agent.strategies._common import block_rows
 
@@ -23,6 +26,13 @@ SPREAD_ROWS = 2000
 # (blocked dot products, ~1 s per 1e9 on two cores); beyond, the pool's hnswlib index is asked for
 # enough neighbours to expect k labelled ones among them, and those are re-ranked by the centred cosine.
 EXACT_WORK = 2e9
+KNN_PARAMS = (
+    Param("k", "int", KNN_K, "labelled neighbours that vote", 1, 200),
+    Param("relative_temperature", "float", KNN_RELATIVE_TEMPERATURE,
+          "tau as a fraction of the centred similarities' spread", 1e-4, 100.0),
+    Param("temperature", "float", None, "a fixed tau on the raw cosine instead (Wu et al.'s vote as is)", 1e-4,
+          100.0, default_doc="unset (relative_temperature is used)"),
+)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -53,6 +63,7 @@ def _labelled_neighbours(space: _Space, rows: np.ndarray, k: int) -> tuple[np.nd
         sim_out = np.empty((len(rows), k), np.float32)
         step = block_rows(len(lab_x))
         for start in range(0, len(rows), step):
+            checkpoint()
             sim = space.rows(rows[start:start + step]) @ lab_x.T  # BxL
             top = np.argpartition(-sim, k - 1, axis=1)[:, :k] if k < sim.shape[1] else np.argsort(-sim, axis=1)
             cls[start:start + step] = pool.labels[top]
@@ -78,6 +89,7 @@ def similarity_spread(space: _Space) -> float:
     return float(np.std(space.rows(sample) @ space.lab.T))
 
 
+@prior_method("knn", *KNN_PARAMS)
 def knn_prior(pool: Pool, rows: np.ndarray, rng: np.random.Generator, params: Mapping[str, str]) -> Priors:
     """Weighted k-nearest-neighbour vote (Wu et al., "Unsupervised Feature Learning via Non-Parametric
     Instance Discrimination", CVPR 2018, its weighted kNN classifier, as used by DINO): each of the k most
@@ -96,11 +108,10 @@ def knn_prior(pool: Pool, rows: np.ndarray, rng: np.random.Generator, params: Ma
     Params: ``k`` (20), ``relative_temperature`` (0.3), ``temperature`` (unset).
     Confidence: the winning class's share of the vote.
     """
-    check_params(params, {"k", "temperature", "relative_temperature"}, "knn")
-    k = param_int(params, "k", KNN_K, minimum=1)
-    tau = param_float(params, "temperature", None, minimum=1e-6)
-    relative = param_float(params, "relative_temperature", KNN_RELATIVE_TEMPERATURE, minimum=1e-6)
-    assert relative is not None
+    p_k, p_relative, p_tau = KNN_PARAMS
+    k = p_k.get_int(params)
+    tau = p_tau.get_float_or_none(params)
+    relative = p_relative.get_float(params)
     if tau is not None and params.get("relative_temperature"):
         raise InvalidArgument("knn: give temperature (a fixed tau on the raw cosine) or relative_temperature "
                               "(a fraction of the centred similarities' spread), not both")

@@ -8,7 +8,9 @@ import numpy as np
 from scipy import sparse
 from scipy.sparse.linalg import cg
 
-from agent.pool import Pool, Priors, check_params, param_float, param_int
+from agent.cancel import checkpoint
+from agent.params import Param, prior_method
+from agent.pool import Pool, Priors
 from agent.priors._common import normalise_rows, require_labels, with_known_labels
 from agent.strategies._common import rows_matrix
 
@@ -18,6 +20,11 @@ LLGC_K = 50
 LLGC_GAMMA = 3.0
 LLGC_ALPHA = 0.99
 CG_ITERS = 20
+LLGC_PARAMS = (
+    Param("k", "int", LLGC_K, "neighbours per row in the kNN graph", 1, 100),
+    Param("alpha", "float", LLGC_ALPHA, "spreading strength (Zhou et al.'s alpha)", 0.0, 0.9999),
+    Param("gamma", "float", LLGC_GAMMA, "affinity exponent: max(cos, 0)^gamma", 0.0, 20.0),
+)
 
 
 def knn_affinity(nbr: np.ndarray, dist: np.ndarray, gamma: float) -> sparse.csr_matrix:
@@ -46,10 +53,12 @@ def spread(w: sparse.csr_matrix, y: np.ndarray, alpha: float, iters: int = CG_IT
     for c in range(y.shape[1]):
         if not y[:, c].any():
             continue
-        f[:, c], _ = cg(system, y[:, c], maxiter=iters)
+        checkpoint()
+        f[:, c], _ = cg(system, y[:, c], maxiter=iters, callback=lambda _: checkpoint())
     return (1.0 - alpha) * f
 
 
+@prior_method("llgc", *LLGC_PARAMS)
 def llgc_prior(pool: Pool, rows: np.ndarray, rng: np.random.Generator, params: Mapping[str, str]) -> Priors:
     """LLGC label spreading (Zhou et al. 2003, see ``spread``) over the sparse kNN graph of the whole pool
     from Pool.knn (``knn_affinity``). probs: the spread scores of each requested row, clipped at zero,
@@ -57,11 +66,10 @@ def llgc_prior(pool: Pool, rows: np.ndarray, rng: np.random.Generator, params: M
     Confidence: 1 - H(probs) / log C, the per-sample entropy weight of Iscen et al. 2019.
     Params: ``k`` (50), ``alpha`` (0.99), ``gamma`` (3).
     """
-    check_params(params, {"k", "alpha", "gamma"}, "llgc")
-    k = param_int(params, "k", LLGC_K, minimum=1)
-    alpha = param_float(params, "alpha", LLGC_ALPHA, minimum=0.0, maximum=0.9999)
-    gamma = param_float(params, "gamma", LLGC_GAMMA, minimum=0.0)
-    assert alpha is not None and gamma is not None
+    p_k, p_alpha, p_gamma = LLGC_PARAMS
+    k = p_k.get_int(params)
+    alpha = p_alpha.get_float(params)
+    gamma = p_gamma.get_float(params)
     require_labels(pool, "llgc")
     rows = np.asarray(rows, np.int64)
     n = len(pool.embeddings)

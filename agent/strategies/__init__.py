@@ -1,6 +1,8 @@
 """Selection strategies: plain functions ``(pool, budget, rng, params) -> Selection`` in one registry.
 
-Adding a strategy = writing one function and adding one line to ``STRATEGIES``.
+Adding a strategy = writing one function, declaring its name and params with ``@strategy(name, Param...)``
+(agent/params.py: each param's default and valid range, checked before the function runs) and adding
+one line to ``STRATEGIES``. Loops that can run long call ``agent.cancel.checkpoint()``.
 """
 
 from __future__ import annotations
@@ -9,22 +11,23 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from agent.pool import InvalidArgument, Pool, Selection, Strategy, check_params
+from agent.params import ALWAYS_LIGHT, StrategyEntry, strategy
+from agent.pool import InvalidArgument, Pool, Selection
 from agent.strategies.as3l import as3l
 from agent.strategies.clustering import kmedoids, typiclust
 from agent.strategies.coverage import coreset, probcover
 from agent.strategies.uncertainty import badge, das, entropy, least_confidence, margin, qbc
 
 
+@strategy("random", light_budget=ALWAYS_LIGHT)
 def random_strategy(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping[str, str]) -> Selection:
     """Uniform random sample of the candidates, without replacement. Needs no model and no labels."""
-    check_params(params, set(), "random")
     take = min(budget, len(pool.candidates))
     rows = rng.choice(pool.candidates, size=take, replace=False) if take else pool.candidates[:0]
     return Selection(rows=np.asarray(rows, np.int64), scores=np.ones(take))
 
 
-STRATEGIES: dict[str, Strategy] = {
+STRATEGIES: dict[str, StrategyEntry] = {
     "random": random_strategy,
     # Uncertainty (need the model's logits head or >= 2 labelled classes).
     "entropy": entropy,
@@ -47,7 +50,7 @@ MODEL_FREE: frozenset[str] = frozenset({"random"})
 LABEL_FREE: frozenset[str] = frozenset({"random", "coreset", "kmedoids", "typiclust", "probcover", "as3l"})
 
 
-def get_strategy(name: str) -> Strategy:
+def get_strategy(name: str) -> StrategyEntry:
     """The strategy called ``name``; InvalidArgument listing the valid names otherwise."""
     try:
         return STRATEGIES[name]

@@ -10,19 +10,28 @@ from collections.abc import Callable
 
 import numpy as np
 from sklearn.cluster import KMeans
+from threadpoolctl import threadpool_limits
 
+from agent.cancel import checkpoint
 from agent.pool import Pool, Selection
 
 # k-means is fitted on at most this many rows (a uniform sample) and then every row is assigned to its
 # nearest centre. Lloyd's centres from a uniform sample of 20k rows estimate the full-data centres well
 # for k <= a few hundred (the same trick MiniBatchKMeans uses), and keep Select on 1M rows within seconds.
 KMEANS_FIT_ROWS = 20_000
+# ... and on no more than this many rows per centre (at least KMEANS_MIN_ROWS): 50 sample rows per centre
+# estimate its mean well, and k-means' cost is rows x k, so a 50,000-row pool at k = 120 fits on 6,000
+# rows instead of 20,000 (3x faster; Select at 50,000 rows in docs/reliability.md).
+KMEANS_ROWS_PER_CENTRE = 50
+KMEANS_MIN_ROWS = 5_000
 # k-means restarts (best inertia kept): one k-means++ start too often puts two centres in one blob and
 # merges two others, which costs a whole class at budget = #classes.
 KMEANS_INIT = 3
 # Lloyd iterations per start. Structured embeddings converge in tens; structureless ones (the 1M random
 # vectors of the scale benchmark) would run sklearn's 300 without changing what a strategy picks much.
 KMEANS_MAX_ITER = 50
+# Lloyd iterations per uninterruptible scikit-learn call (a cancellation checkpoint between calls).
+KMEANS_STEP_ITER = 10
 # Rows per block in blocked matrix products, so a 1M-row pool never needs an NxK float64 temporary.
 CHUNK = 65_536
 # Elements (rows x columns) of one block of a pairwise-similarity product: ~32 MB of float32.
@@ -30,6 +39,18 @@ BLOCK_ELEMENTS = 8_000_000
 # Cap on k-means clusters for the cluster strategies (TypiClust's max_clusters); with thousands of labels
 # labelled + budget clusters would make k-means the whole cost of a request.
 MAX_CLUSTERS = 500
+# Greedy strategies with one matrix-vector product over the candidates per pick (coreset, badge) are
+# light work (agent/params.py StrategyEntry.light_budget) up to this budget: ~5 ms a pick at 50,000 x 256.
+LIGHT_GREEDY_BUDGET = 200
+
+
+def one_blas_thread() -> threadpool_limits:
+    """A context in which BLAS runs single-threaded. For scikit-learn's k-means (its Lloyd loop is already
+    parallel with OpenMP, and k-means++ makes hundreds of thin products) and small logistic-regression
+    fits: multi-threaded BLAS on such products costs 2-4x the CPU (threads spinning), and far more wall
+    time when other requests share the cores (k-means++ with k = 120 on 6,000 x 256 rows: 0.97 -> 0.23 CPU s,
+    6.5 -> 1.8 s wall under load, measured with sklearn.cluster.kmeans_plusplus)."""
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 def block_rows(columns: int) -> int:
@@ -50,18 +71,40 @@ def rows_matrix(embeddings: np.ndarray, rows: np.ndarray) -> np.ndarray:
 
 
 def fit_kmeans(x: np.ndarray, k: int, rng: np.random.Generator, fit_rows: int = KMEANS_FIT_ROWS,
-               n_init: int = KMEANS_INIT) -> np.ndarray:
+               n_init: int = KMEANS_INIT, max_iter: int = KMEANS_MAX_ITER) -> np.ndarray:
     """Lloyd's k-means (scikit-learn, k-means++ init, best of ``n_init`` starts) on ``x`` (NxD), fitted on
-    a uniform sample of at most ``fit_rows`` rows. Returns the KxD float32 centres; k is clipped to the
-    number of rows."""
+    a uniform sample of at most ``fit_rows`` rows (and at most KMEANS_ROWS_PER_CENTRE per centre, at least
+    KMEANS_MIN_ROWS). Returns the KxD float32 centres; k is clipped to the
+    number of rows.
+
+    The starts run one at a time, and each start's Lloyd iterations in steps of KMEANS_STEP_ITER
+    (every step resumes from the previous step's centres, which is what one longer run does), with a
+    cancellation checkpoint between steps: one uninterruptible scikit-learn call is at most
+    KMEANS_STEP_ITER iterations (or the k-means++ init) on at most ``fit_rows`` rows."""
     n = len(x)
     k = max(1, min(k, n))
+    fit_rows = min(fit_rows, max(KMEANS_ROWS_PER_CENTRE * k, KMEANS_MIN_ROWS))
     sample = x if n <= fit_rows else x[np.sort(rng.choice(n, size=fit_rows, replace=False))]
-    km = KMeans(n_clusters=k, n_init=n_init, max_iter=KMEANS_MAX_ITER, random_state=seed_of(rng))
     # float64 on purpose: sklearn's k-means++ computes float32 distances through a slow chunked upcast
     # (8x slower init on 20k x 128), and the sample is small.
-    km.fit(np.asarray(sample, np.float64))
-    return np.asarray(km.cluster_centers_, np.float32)
+    data = np.asarray(sample, np.float64)
+    best: tuple[float, np.ndarray] | None = None
+    for seed in rng.integers(0, 2**31 - 1, size=max(1, n_init)):
+        checkpoint()
+        with one_blas_thread():
+            km = KMeans(n_clusters=k, n_init=1, max_iter=min(KMEANS_STEP_ITER, max_iter),
+                        random_state=int(seed)).fit(data)
+        done = int(km.n_iter_)
+        while done < max_iter and km.n_iter_ >= KMEANS_STEP_ITER:  # not converged yet: resume
+            checkpoint()
+            with one_blas_thread():
+                km = KMeans(n_clusters=k, init=km.cluster_centers_, n_init=1,
+                            max_iter=min(KMEANS_STEP_ITER, max_iter - done)).fit(data)
+            done += int(km.n_iter_)
+        if best is None or float(km.inertia_) < best[0]:
+            best = (float(km.inertia_), km.cluster_centers_)
+    assert best is not None
+    return np.asarray(best[1], np.float32)
 
 
 def assign(x: np.ndarray, centres: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -74,6 +117,7 @@ def assign(x: np.ndarray, centres: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     c = np.asarray(centres, np.float32)
     half_norm = 0.5 * np.einsum("kd,kd->k", c, c)  # K: ||c||^2 / 2
     for start in range(0, n, CHUNK):
+        checkpoint()
         block = np.asarray(x[start:start + CHUNK], np.float32)
         # argmin ||x - c||^2 = argmax (x.c - ||c||^2/2): one matrix product per block.
         score = block @ c.T - half_norm  # BxK
@@ -137,6 +181,7 @@ def pick_from_clusters(cluster_sizes: np.ndarray, labelled_per_cluster: np.ndarr
     scores: list[float] = []
     ids = np.arange(k)
     while len(rows) < take and alive.any():
+        checkpoint()
         # Lexicographic (small, covered, -size, id) over live clusters; K is at most a few hundred.
         live = ids[alive]
         order = np.lexsort((live, -cluster_sizes[live], covered[live], small[live]))

@@ -6,10 +6,21 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from agent.pool import InvalidArgument, Pool, Selection, check_params, param_float, param_int
-from agent.strategies._common import assign, block_rows, cosine_to_l2, fit_kmeans, rows_matrix
+from agent.cancel import checkpoint
+from agent.params import Param, strategy
+from agent.pool import Pool, Selection
+from agent.strategies._common import (
+    LIGHT_GREEDY_BUDGET,
+    MAX_CLUSTERS,
+    assign,
+    block_rows,
+    cosine_to_l2,
+    fit_kmeans,
+    rows_matrix,
+)
 
 
+@strategy("coreset", light_budget=LIGHT_GREEDY_BUDGET)
 def coreset(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping[str, str]) -> Selection:
     """Core-set selection by k-center greedy (Sener & Savarese, "Active Learning for Convolutional Neural
     Networks: A Core-Set Approach", ICLR 2018, Sec. 4, Algorithm 1 "k-Center-Greedy"): repeatedly pick the candidate
@@ -20,7 +31,6 @@ def coreset(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping[s
     Cost O((L + budget) * M * D): blocked dot products, one matrix-vector product per pick.
     No params. Score: the pick's distance to the set at the time it was picked.
     """
-    check_params(params, set(), "coreset")
     cand = pool.candidates
     take = min(budget, len(cand))
     if take == 0:
@@ -32,12 +42,14 @@ def coreset(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping[s
         labelled_x = pool.embeddings[pool.labeled]
         step = block_rows(len(labelled_x))
         for start in range(0, len(cand), step):
+            checkpoint()
             sim = x[start:start + step] @ labelled_x.T  # BxL
             best_sim[start:start + step] = sim.max(axis=1)
     rows: list[int] = []
     scores: list[float] = []
     picked = np.zeros(len(cand), bool)
     for _ in range(take):
+        checkpoint()
         if np.isneginf(best_sim).all():
             i = int(rng.integers(len(cand)))
             score = float("inf")
@@ -61,9 +73,10 @@ PROBCOVER_ALPHA = 0.95
 # (blocked dot products): the hnswlib index answers k nearest neighbours, not "everything within
 # delta", and a k-truncated graph undercounts every ball holding more than k points, after which the
 # greedy is no longer greedy (measured on CIFAR-10 embeddings at delta = 0.3: a first pick covering 329
-# points, a second 722). The cost is at most 2 x centres x rows x D multiply-adds, ~1e11 for 1M rows.
-PROBCOVER_ROWS = 20_000
-PROBCOVER_CENTRES = 20_000
+# points, a second 722). The cost is at most 2 x centres x rows x D multiply-adds, ~5e10 at D = 256
+# (10k each: 20k each made the first ball count ~4x that, most of ProbCover's time at 50,000 rows).
+PROBCOVER_ROWS = 10_000
+PROBCOVER_CENTRES = 10_000
 # The purity radii are measured exactly against a uniform reference sample of this many rows.
 PURITY_REFERENCE = 5_000
 # Rows whose nearest-neighbour distance is measured for ProbCover's warning (index queries).
@@ -76,6 +89,16 @@ PROBCOVER_BALL_SHARE = 0.02
 # Rows whose distance to their k-th nearest sample point sets that radius (exact, blocked).
 BALL_PROBE_ROWS = 1_000
 DELTA_FROM = ("auto", "occupancy", "purity")
+PROBCOVER_PARAMS = (
+    Param("delta", "float", None, "ball radius (Euclidean distance between unit vectors)", 0.0, 2.0,
+          default_doc="from delta_from"),
+    Param("delta_from", "choice", DELTA_FROM[0], "rule for the default radius", choices=DELTA_FROM),
+    Param("ball_share", "float", PROBCOVER_BALL_SHARE, "share of the pool the median ball holds (occupancy rule)",
+          1e-6, 1.0),
+    Param("alpha", "float", PROBCOVER_ALPHA, "purity the purity rule's delta keeps", 0.0, 1.0),
+    Param("clusters", "int", None, "k-means clusters of the purity rule", 2, MAX_CLUSTERS,
+          default_doc=f"the class count (at most {MAX_CLUSTERS}), 10 with fewer than 2 classes"),
+)
 
 
 def occupancy_delta(xs: np.ndarray, share: float, rng: np.random.Generator) -> float:
@@ -88,6 +111,7 @@ def occupancy_delta(xs: np.ndarray, share: float, rng: np.random.Generator) -> f
     kth = np.empty(len(probe))
     step = block_rows(len(xs))
     for start in range(0, len(probe), step):
+        checkpoint()
         sim = xs[probe[start:start + step]] @ xs.T  # BxS; the row itself is its own first neighbour
         kth[start:start + step] = -np.partition(-sim, k, axis=1)[:, k]
     return float(np.median(np.sqrt(np.maximum(2.0 - 2.0 * kth, 0.0))))
@@ -100,6 +124,7 @@ def impurity_radii(points: np.ndarray, own: np.ndarray, reference: np.ndarray, r
     ref_sq = np.einsum("rd,rd->r", reference, reference)
     step = block_rows(len(reference))
     for start in range(0, len(points), step):
+        checkpoint()
         block = points[start:start + step]
         sq = np.einsum("bd,bd->b", block, block)[:, None] + ref_sq[None, :] - 2.0 * block @ reference.T
         sq[own[start:start + step, None] == ref_cluster[None, :]] = np.inf
@@ -123,6 +148,7 @@ def purity_delta(radius: np.ndarray, alpha: float) -> float:
     return float(r[m]) if np.isfinite(r[m]) else float(finite.max() if len(finite) else 2.0)
 
 
+@strategy("probcover", *PROBCOVER_PARAMS)
 def probcover(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping[str, str]) -> Selection:
     """ProbCover (Yehuda et al., "Active Learning Through a Covering Lens", NeurIPS 2022, its greedy
     algorithm): build the directed graph with an edge v -> u when ||x_u - x_v|| < delta; mark every point
@@ -143,15 +169,12 @@ def probcover(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping
     a ``warning`` when delta is not above that distance (at least half the balls then hold only their
     centre, and greedy coverage degenerates to picking the densest spots).
     """
-    check_params(params, {"delta", "delta_from", "ball_share", "alpha", "clusters"}, "probcover")
-    alpha = param_float(params, "alpha", PROBCOVER_ALPHA, minimum=0.0, maximum=1.0)
-    share = param_float(params, "ball_share", PROBCOVER_BALL_SHARE, minimum=1e-6, maximum=1.0)
-    assert alpha is not None and share is not None
-    rule = params.get("delta_from") or DELTA_FROM[0]
-    if rule not in DELTA_FROM:
-        raise InvalidArgument(f"param delta_from={rule!r}: valid: {', '.join(DELTA_FROM)}")
-    delta_param = param_float(params, "delta", None, minimum=0.0)
-    clusters = param_int(params, "clusters", pool.num_classes if pool.num_classes >= 2 else 10, minimum=2)
+    p_delta, p_rule, p_share, p_alpha, p_clusters = PROBCOVER_PARAMS
+    alpha = p_alpha.get_float(params)
+    share = p_share.get_float(params)
+    rule = p_rule.get_choice(params)
+    delta_param = p_delta.get_float_or_none(params)
+    clusters = p_clusters.get_int(params, min(pool.num_classes, MAX_CLUSTERS) if pool.num_classes >= 2 else 10)
     cand = pool.candidates
     take = min(budget, len(cand))
     if take == 0:
@@ -186,6 +209,7 @@ def probcover(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping
     covered = np.zeros(len(sample), bool)
     step = block_rows(len(xs))
     for start in range(0, len(pool.labeled), step):
+        checkpoint()
         covered |= (xs @ emb[pool.labeled[start:start + step]].T > cos_min).any(axis=1)
 
     def ball_counts(points: np.ndarray) -> np.ndarray:
@@ -193,6 +217,7 @@ def probcover(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping
         out = np.zeros(len(xc), np.int64)
         block = block_rows(len(points))
         for start in range(0, len(xc), block):
+            checkpoint()
             out[start:start + block] = (xc[start:start + block] @ points.T > cos_min).sum(axis=1)
         return out
 
@@ -200,6 +225,7 @@ def probcover(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping
     rows: list[int] = []
     scores: list[float] = []
     while len(rows) < take:
+        checkpoint()
         v = int(np.argmax(gain))  # ties: lowest row (centre_rows is sorted)
         if gain[v] <= 0:
             break

@@ -12,8 +12,10 @@ from collections.abc import Mapping
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
-from agent.pool import FailedPrecondition, Pool, Selection, check_params, param_float, param_int
-from agent.strategies._common import CHUNK, rows_matrix, seed_of, top_k
+from agent.cancel import checkpoint
+from agent.params import ALWAYS_LIGHT, Param, strategy
+from agent.pool import FailedPrecondition, Pool, Selection
+from agent.strategies._common import CHUNK, LIGHT_GREEDY_BUDGET, one_blas_thread, rows_matrix, seed_of, top_k
 
 # Inverse L2 strength of the fitted head. The embeddings are unit vectors, so at sklearn's default C=1
 # the weights (and logits) stay tiny and every probability is close to uniform; C=10 gives a head whose
@@ -33,13 +35,15 @@ def _need_labels(what: str, pool: Pool) -> FailedPrecondition:
 
 def fit_head(x: np.ndarray, y: np.ndarray, seed: int) -> LogisticRegression:
     """Multinomial logistic regression (L-BFGS, C = HEAD_C) on x (LxD) / y (L int)."""
-    return LogisticRegression(C=HEAD_C, max_iter=500, random_state=seed).fit(x, y)
+    with one_blas_thread():
+        return LogisticRegression(C=HEAD_C, max_iter=500, random_state=seed).fit(x, y)
 
 
 def predict_proba(head: LogisticRegression, x: np.ndarray) -> np.ndarray:
     """head.predict_proba in blocks of CHUNK rows: MxC' float32 over head.classes_."""
     out = np.empty((len(x), len(head.classes_)), np.float32)
     for start in range(0, len(x), CHUNK):
+        checkpoint()
         out[start:start + CHUNK] = head.predict_proba(x[start:start + CHUNK])
     return out
 
@@ -77,31 +81,32 @@ def margin_of(probs: np.ndarray) -> np.ndarray:
     return np.asarray(top2[:, 1] - top2[:, 0], np.float64)
 
 
+@strategy("entropy", light_budget=ALWAYS_LIGHT)
 def entropy(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping[str, str]) -> Selection:
     """Maximum-entropy sampling (Shannon 1948; Settles, "Active Learning Literature Survey" 2009,
     Sec. 3.1 "Uncertainty Sampling": x*_H = argmax_x -sum_y P(y|x) log P(y|x)). No params. Score: entropy (nats)."""
-    check_params(params, set(), "entropy")
     probs = candidate_probs(pool, "entropy", rng)
     return top_k(pool.candidates, entropy_of(probs), budget)
 
 
+@strategy("margin", light_budget=ALWAYS_LIGHT)
 def margin(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping[str, str]) -> Selection:
     """Smallest-margin sampling (Scheffer et al. 2001; Settles 2009, Sec. 3.1:
     x*_M = argmin_x P(y1|x) - P(y2|x)). No params. Score: 1 - margin."""
-    check_params(params, set(), "margin")
     probs = candidate_probs(pool, "margin", rng)
     return top_k(pool.candidates, 1.0 - margin_of(probs), budget)
 
 
+@strategy("least_confidence", light_budget=ALWAYS_LIGHT)
 def least_confidence(pool: Pool, budget: int, rng: np.random.Generator,
                      params: Mapping[str, str]) -> Selection:
     """Least-confident sampling (Lewis & Gale 1994; Settles 2009, Sec. 3.1: x*_LC = argmax_x 1 - P(y^|x)).
     No params. Score: 1 - max probability."""
-    check_params(params, set(), "least_confidence")
     probs = candidate_probs(pool, "least_confidence", rng)
     return top_k(pool.candidates, 1.0 - probs.max(axis=1), budget)
 
 
+@strategy("badge", light_budget=LIGHT_GREEDY_BUDGET)
 def badge(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping[str, str]) -> Selection:
     """BADGE (Ash et al., "Deep Batch Active Learning by Diverse, Uncertain Gradient Lower Bounds",
     ICLR 2020, Algorithm 1): k-means++ seeding (Arthur & Vassilvitskii 2007) over the gradient
@@ -113,7 +118,6 @@ def badge(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping[str
     D-dim dot products (h = the L2-normalised embedding). No params. Score: squared distance to the
     nearest earlier seed when picked (inf for the first).
     """
-    check_params(params, set(), "badge")
     probs = candidate_probs(pool, "badge", rng).astype(np.float64)  # MxC'
     cand = pool.candidates
     take = min(budget, len(cand))
@@ -130,6 +134,7 @@ def badge(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping[str
     scores = [float("inf")]
     d2 = np.full(len(cand), np.inf)
     while len(chosen) < take:
+        checkpoint()
         c = chosen[-1]
         dist = g_sq + g_sq[c] - 2.0 * (a @ a[c]) * (h @ h[c]).astype(np.float64)
         np.minimum(d2, np.maximum(dist, 0.0), out=d2)
@@ -146,6 +151,8 @@ def badge(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping[str
 
 
 QBC_MEMBERS = 5
+# Each member is one logistic-regression fit on the labelled rows and one pass over the candidates.
+QBC_MEMBERS_PARAM = Param("members", "int", QBC_MEMBERS, "committee size (bootstrap-resampled heads)", 2, 20)
 
 
 def vote_entropy(votes: np.ndarray, num_classes: int) -> np.ndarray:
@@ -159,6 +166,7 @@ def vote_entropy(votes: np.ndarray, num_classes: int) -> np.ndarray:
     return -np.sum(frac * np.log(np.where(frac > 0, frac, 1.0)), axis=1)
 
 
+@strategy("qbc", QBC_MEMBERS_PARAM)
 def qbc(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping[str, str]) -> Selection:
     """Query by committee (Seung, Opper & Sompolinsky 1992) with a bagged committee (query by bagging,
     Abe & Mamitsuka 1998): ``members`` logistic-regression heads, each fitted on a bootstrap resample of
@@ -168,8 +176,7 @@ def qbc(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping[str, 
     Needs >= 2 labelled classes (the model's logits are one member, not a committee).
     Params: ``members`` (5). Score: vote entropy (nats) + tie-break.
     """
-    check_params(params, {"members"}, "qbc")
-    members = param_int(params, "members", QBC_MEMBERS, minimum=2)
+    members = QBC_MEMBERS_PARAM.get_int(params)
     classes = np.unique(pool.labels)
     if len(classes) < 2:
         raise _need_labels("qbc", pool)
@@ -179,6 +186,7 @@ def qbc(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping[str, 
     votes = np.empty((len(x), members), np.int64)
     mean_p = np.zeros((len(x), len(classes)))
     for e in range(members):
+        checkpoint()
         boot = np.concatenate([rng.choice(idx, size=len(idx), replace=True) for idx in by_class])
         head = fit_head(x_lab[boot], pool.labels[boot], seed_of(rng))
         p = predict_proba(head, x)
@@ -191,8 +199,10 @@ def qbc(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping[str, 
 
 
 DAS_LAMBDA = 1.0
+DAS_LAMBDA_PARAM = Param("lambda", "float", DAS_LAMBDA, "weight of the rotation loss against the entropy", 0.0, 1000.0)
 
 
+@strategy("das", DAS_LAMBDA_PARAM, light_budget=ALWAYS_LIGHT)
 def das(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping[str, str]) -> Selection:
     """Deep active sampling with self-supervised learning (Shi & Zhou, "Deep active sampling with
     self-supervised learning", Front. Comput. Sci. 2023, 17(4): 174323): the sampling metric
@@ -208,9 +218,7 @@ def das(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping[str, 
     Needs that head (FailedPrecondition without it) and a classifier (as entropy).
     Params: ``lambda`` (1.0). Score: s(x).
     """
-    check_params(params, {"lambda"}, "das")
-    lam = param_float(params, "lambda", DAS_LAMBDA, minimum=0.0)
-    assert lam is not None
+    lam = DAS_LAMBDA_PARAM.get_float(params)
     if pool.pretext_loss is None:
         raise FailedPrecondition(
             "strategy 'das' needs the pretext-task loss, and the current model has no rotation head "

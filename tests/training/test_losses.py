@@ -77,3 +77,10 @@ def test_fixmatch_unlabeled_loss_masks_by_class_threshold() -> None:
     assert mask.tolist() == [0.0, 1.0]  # 0.9 < 0.95 for class 0; 0.8 >= 0.5 for class 1
     ce = -(1.0 - math.log(math.e + 1.0))
     assert abs(float(loss) - ce / 2) < 1e-6
+
+
+def test_fixmatch_lr_decays_to_cos_7pi_16() -> None:
+    from training.finetune import fixmatch_lr
+
+    assert fixmatch_lr(0.03, 0.0) == 0.03
+    assert abs(fixmatch_lr(0.03, 1.0) - 0.03 * math.cos(7 * math.pi / 16)) < 1e-12

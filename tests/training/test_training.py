@@ -171,3 +171,33 @@ def test_sigterm_checkpoints_and_resume_continues(tiny_data: Path, tmp_path: Pat
                    stop_after=step + 2)
     pretrain(resumed)
     assert torch.load(run / loop.CHECKPOINT, weights_only=False)["state"]["step"] == step + 2
+
+
+def test_as3l_update_reclusters_and_evaluates(tiny_data: Path, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """AS3L Sec. 3.4's "update": the prior is re-clustered on the semi-supervised features every T steps
+    and stays in Eq. 5; test accuracy is logged every eval_every steps and at the end."""
+    from training import finetune as ft
+
+    pre = preprocess_by_name(PRE)
+    data = load(str(tiny_data), "train", pre.size)
+    calls: list[int] = []
+    real = ft.recluster_prior
+
+    def counting(*args: object, **kwargs: object) -> torch.Tensor:
+        calls.append(1)
+        out = real(*args, **kwargs)  # type: ignore[arg-type]
+        assert out.shape == (42, 3) and torch.allclose(out.sum(dim=1), torch.ones(42), atol=1e-5)
+        return out
+
+    monkeypatch.setattr(ft, "recluster_prior", counting)
+    cfg = FinetuneConfig(out=str(tmp_path / "u"), mode="as3l", arch="resnet18_w32", preprocess=PRE,
+                         labels_per_class=2, steps=4, batch_size=6, mu=2, threads=1, channels_last=False,
+                         prior_iters=2, prior_after="update", eval_every=2)
+    run = finetune(cfg, data, torch.full((42, 3), 1 / 3), eval_data=data)
+    summary = json.loads((run / loop.SUMMARY).read_text())
+    assert len(calls) == 2  # at steps 2 and 4
+    assert [e[0] for e in summary["eval"]] == [2, 4]
+    assert 0.0 <= summary["test_accuracy"] <= summary["best_test_accuracy"] <= 1.0
+    with pytest.raises(ValueError, match="prior_after"):
+        finetune(FinetuneConfig(out=str(tmp_path / "v"), mode="as3l", prior_after="keep", steps=1), data)

@@ -1,0 +1,243 @@
+"""Declared parameters of the selection strategies and prior-label methods, and their registries' entries.
+
+Every parameter a strategy or prior method takes is a ``Param`` with its kind, default and valid range,
+declared once beside the function (``@strategy(...)`` / ``@prior_method(...)``). The entry the decorator
+returns is what the registries hold: calling it checks the request's params (unknown names, malformed
+values, values out of range: InvalidArgument naming the parameter and its range) before any work
+starts, then runs the function. The ranges keep every request bounded in time and memory on a
+50,000-row pool (docs/strategies.md, "Parameters"); the entries are introspectable (``describe``) so a
+client can list the strategies and their params.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from agent.errors import InvalidArgument
+from agent.pool import Pool, PriorMethod, Priors, Selection, Strategy
+
+ParamValue = int | float | str
+
+
+def _num(x: float) -> str:
+    """A bound as people write it: 100, 0.9999, 1e+06 -> 1e6."""
+    if float(x).is_integer() and abs(x) < 1e5:
+        return str(int(x))
+    return f"{x:g}".replace("e+0", "e").replace("e+", "e").replace("e-0", "e-")
+
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter: ``kind`` "int" or "float" with the closed range [lo, hi] (``lo_open``: lo itself
+    excluded), or "choice" with ``choices``. ``default`` None means it is derived from the pool or the
+    request, as ``default_doc`` says."""
+
+    name: str
+    kind: Literal["int", "float", "choice"]
+    default: ParamValue | None
+    doc: str
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    choices: tuple[str, ...] = ()
+    default_doc: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind == "choice":
+            if not self.choices:
+                raise ValueError(f"param {self.name}: a choice needs choices")
+        elif self.lo is None or self.hi is None or not (math.isfinite(self.lo) and math.isfinite(self.hi)):
+            raise ValueError(f"param {self.name}: a number needs a finite range lo..hi")
+        if self.default is None and not self.default_doc:
+            raise ValueError(f"param {self.name}: say how a derived default is derived (default_doc)")
+
+    def range_text(self) -> str:
+        """The valid range as the error messages and the docs say it."""
+        if self.kind == "choice":
+            return "one of " + ", ".join(self.choices)
+        assert self.lo is not None and self.hi is not None
+        if self.kind == "int":
+            return f"an integer {_num(self.lo)}..{_num(self.hi)}"
+        return f"a number in {'(' if self.lo_open else '['}{_num(self.lo)}, {_num(self.hi)}]"
+
+    def default_text(self) -> str:
+        return self.default_doc if self.default is None else (
+            _num(self.default) if isinstance(self.default, (int, float)) else str(self.default))
+
+    def parse(self, raw: str) -> ParamValue:
+        """``raw`` as this parameter's value; InvalidArgument naming the parameter and its range."""
+        bad = InvalidArgument(f"param {self.name}={raw!r} is out of range: must be {self.range_text()}")
+        if self.kind == "choice":
+            word = raw.strip().lower()
+            if word not in self.choices:
+                raise bad
+            return word
+        assert self.lo is not None and self.hi is not None
+        value: int | float
+        try:
+            value = int(raw) if self.kind == "int" else float(raw)
+        except ValueError:
+            raise bad from None
+        if self.kind == "float" and not math.isfinite(value):
+            raise bad
+        if value < self.lo or value > self.hi or (self.lo_open and value == self.lo):
+            raise bad
+        return value
+
+    def _raw(self, params: Mapping[str, str]) -> str | None:
+        raw = params.get(self.name)
+        return None if raw is None or raw == "" else raw
+
+    def get_int(self, params: Mapping[str, str], default: int | None = None) -> int:
+        """This (int) parameter from a request's params, else ``default`` (for a derived default), else
+        the declared default."""
+        raw = self._raw(params)
+        if raw is not None:
+            return int(self.parse(raw))
+        value = self.default if default is None else default
+        assert isinstance(value, int)
+        return value
+
+    def get_float(self, params: Mapping[str, str], default: float | None = None) -> float:
+        raw = self._raw(params)
+        if raw is not None:
+            return float(self.parse(raw))
+        value = self.default if default is None else default
+        assert isinstance(value, (int, float))
+        return float(value)
+
+    def get_float_or_none(self, params: Mapping[str, str]) -> float | None:
+        """This (float) parameter, or None when the request does not set it (a derived default)."""
+        raw = self._raw(params)
+        return None if raw is None else float(self.parse(raw))
+
+    def get_choice(self, params: Mapping[str, str]) -> str:
+        raw = self._raw(params)
+        if raw is None:
+            assert isinstance(self.default, str)
+            return self.default
+        return str(self.parse(raw))
+
+    def describe(self) -> dict[str, object]:
+        return {"name": self.name, "kind": self.kind, "default": self.default_text(), "range": self.range_text(),
+                "lo": self.lo, "hi": self.hi, "choices": list(self.choices), "doc": self.doc}
+
+
+def check_declared(params: Mapping[str, str], declared: Sequence[Param], what: str) -> None:
+    """InvalidArgument for a param ``what`` does not take (naming the valid ones) or a value out of range."""
+    by_name = {p.name: p for p in declared}
+    unknown = sorted(set(params) - set(by_name))
+    if unknown:
+        valid = ", ".join(f"{p.name} ({p.range_text()})" for p in declared) or "none"
+        raise InvalidArgument(f"{what} does not take param(s) {', '.join(unknown)}; valid: {valid}")
+    for name, raw in params.items():
+        if raw != "":
+            by_name[name].parse(raw)
+
+
+def params_doc(declared: Sequence[Param]) -> str:
+    if not declared:
+        return "\n\nParams: none."
+    lines = [f"    {p.name}: {p.doc} Default {p.default_text()}; {p.range_text()}." for p in declared]
+    return "\n\nParams (checked before any work starts; INVALID_ARGUMENT outside the range):\n" + "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class _Entry:
+    name: str
+    params: tuple[Param, ...]
+    summary: str
+
+    def check(self, params: Mapping[str, str]) -> None:
+        """Unknown params and values out of range: InvalidArgument, before any work starts."""
+        check_declared(params, self.params, self.kind_name + " " + repr(self.name))
+
+    @property
+    def kind_name(self) -> str:
+        return "strategy"
+
+    def describe(self) -> dict[str, object]:
+        """Name, one-line summary and params (name, kind, default, range, doc): what a UI lists."""
+        return {"name": self.name, "summary": self.summary, "params": [p.describe() for p in self.params]}
+
+    def is_light(self, budget: int) -> bool:
+        """Whether a call with this (capped) budget is light work (prior methods never are)."""
+        return False
+
+
+def _summary(doc: str | None) -> str:
+    first = (doc or "").strip().split("\n\n")[0]
+    return " ".join(first.split())
+
+
+@dataclass(frozen=True)
+class StrategyEntry(_Entry):
+    """A registered strategy: call it like the function; the request's params are checked first and the
+    budget is capped by the candidate count (so a huge budget costs nothing). A call whose (capped) budget
+    is at most ``light_budget`` is light work: it takes well under a second on a 50,000-row pool, and the
+    agent runs it in a lane of its own so it never queues behind k-means (agent/admission.py)."""
+
+    fn: Strategy
+    light_budget: int = 0
+
+    def is_light(self, budget: int) -> bool:
+        return budget <= self.light_budget
+
+    def __call__(self, pool: Pool, budget: int, rng: np.random.Generator, params: Mapping[str, str]) -> Selection:
+        self.check(params)
+        return self.fn(pool, max(0, min(budget, len(pool.candidates))), rng, params)
+
+
+@dataclass(frozen=True)
+class PriorEntry(_Entry):
+    """A registered prior-label method: call it like the function; params are checked first."""
+
+    fn: PriorMethod
+
+    @property
+    def kind_name(self) -> str:
+        return "prior method"
+
+    def __call__(self, pool: Pool, rows: np.ndarray, rng: np.random.Generator, params: Mapping[str, str]) -> Priors:
+        self.check(params)
+        return self.fn(pool, rows, rng, params)
+
+
+# light_budget of strategies whose cost does not grow with the budget (one pass over the candidates).
+ALWAYS_LIGHT = 2**63 - 1
+
+
+def strategy(name: str, *declared: Param, light_budget: int = 0) -> Callable[[Strategy], StrategyEntry]:
+    """Declare a strategy's name, params and light budget (see StrategyEntry); the entry's ``__doc__`` is
+    the function's plus the params."""
+    def wrap(fn: Strategy) -> StrategyEntry:
+        entry = StrategyEntry(name=name, params=tuple(declared), summary=_summary(fn.__doc__), fn=fn,
+                              light_budget=light_budget)
+        object.__setattr__(entry, "__doc__", (fn.__doc__ or "") + params_doc(declared))
+        return entry
+    return wrap
+
+
+def prior_method(name: str, *declared: Param) -> Callable[[PriorMethod], PriorEntry]:
+    """Declare a prior method's name and params; the entry's ``__doc__`` is the function's plus the params."""
+    def wrap(fn: PriorMethod) -> PriorEntry:
+        entry = PriorEntry(name=name, params=tuple(declared), summary=_summary(fn.__doc__), fn=fn)
+        object.__setattr__(entry, "__doc__", (fn.__doc__ or "") + params_doc(declared))
+        return entry
+    return wrap
+
+
+def params_table(entries: Sequence[_Entry]) -> str:
+    """The markdown table of every entry's params (docs/strategies.md carries it; a test keeps it current)."""
+    rows = ["| name | param | default | valid range | meaning |", "|---|---|---|---|---|"]
+    for e in entries:
+        if not e.params:
+            rows.append(f"| `{e.name}` | - | | | no params |")
+        for p in e.params:
+            rows.append(f"| `{e.name}` | `{p.name}` | {p.default_text()} | {p.range_text()} | {p.doc} |")
+    return "\n".join(rows)

@@ -1,0 +1,278 @@
+"""Work that can't run away: admission control (bounded concurrency and queue, RESOURCE_EXHAUSTED with a
+retry hint, light calls never waiting behind heavy ones), cancellation on the client's deadline, on its
+cancel and on shutdown (in process and for a ``shortlist serve`` process under SIGTERM), and the cache
+of repeated identical Selects and PriorLabels."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from agent import cancel, client
+from agent.admission import Admission, Busy
+from agent.cancel import CancelToken, DeadlineExceeded, ShuttingDown
+from agent.config import WorkConfig
+from agent.params import PriorEntry, StrategyEntry
+from agent.priors import PRIOR_METHODS
+from agent.service import stop_server
+from agent.strategies import STRATEGIES
+from shortlist.v1 import agent_pb2
+from tests.agent.conftest import Running, make_samples, start
+from tests.agent.slow import slow_prior, slow_strategy
+from tests.agent.strategies.pools import blobs, make_pool
+from tests.agent.test_cli import free_port
+
+
+def wait_until(cond, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(0.02)
+    return bool(cond())
+
+
+# ---- the admission controller alone ------------------------------------------------------------------
+
+def test_admission_bounds_running_and_queued_and_hints_a_retry() -> None:
+    adm = Admission(max_concurrent=1, max_queued=1)
+    release = threading.Event()
+    entered = threading.Event()
+    outcomes: list[str] = []
+
+    def hold(token: CancelToken) -> None:
+        try:
+            with adm.slot(token):
+                entered.set()
+                while not release.is_set():
+                    token.check()
+                    time.sleep(0.01)
+            outcomes.append("done")
+        except Exception as e:
+            outcomes.append(type(e).__name__)
+
+    running = CancelToken()
+    threading.Thread(target=hold, args=(running,)).start()
+    assert entered.wait(5)
+    queued = CancelToken()
+    waiter = threading.Thread(target=hold, args=(queued,))
+    waiter.start()
+    assert wait_until(lambda: adm.stats().queued == 1)
+    with pytest.raises(Busy) as busy, adm.slot(CancelToken()):
+        pass
+    assert busy.value.retry_after_s is not None and busy.value.retry_after_s >= 0.1
+    assert "max_concurrent=1" in str(busy.value)
+    assert adm.stats().refused == 1
+    queued.cancel()  # the client left while waiting: it leaves the queue
+    waiter.join(5)
+    assert outcomes == ["Cancelled"] and adm.stats().queued == 0
+    adm.shutdown()  # cancels the running one and refuses new ones
+    assert wait_until(lambda: adm.stats().running == 0)
+    assert outcomes == ["Cancelled", "ShuttingDown"]
+    with pytest.raises(ShuttingDown), adm.slot(CancelToken()):
+        pass
+
+
+def test_a_deadline_ends_the_wait_for_a_slot() -> None:
+    adm = Admission(max_concurrent=1, max_queued=4)
+    with adm.slot(CancelToken()):
+        t0 = time.monotonic()
+        with pytest.raises(DeadlineExceeded), adm.slot(CancelToken.within(0.2)):
+            pass
+        assert time.monotonic() - t0 < 3
+    assert adm.stats().queued == 0 and adm.stats().running == 0
+
+
+# ---- the algorithms stop at their checkpoints ---------------------------------------------------------
+
+X, Y = blobs(clusters=4, per_cluster=40, dim=8, spread=0.2, seed=1)
+LABELED = np.array([0, 1, 40, 41, 80, 120])
+# One pass, no loop worth checking: these answer in milliseconds whatever the pool.
+NO_LOOP = {"random", "entropy", "margin", "least_confidence", "das"}
+
+
+@pytest.mark.parametrize("name", sorted(set(STRATEGIES) - NO_LOOP))
+def test_every_looping_strategy_stops_at_a_checkpoint(name: str) -> None:
+    pool = make_pool(X, Y, LABELED, pretext_loss=np.ones(len(X), np.float32))
+    with cancel.scope(CancelToken.within(0.0)), pytest.raises(DeadlineExceeded):
+        STRATEGIES[name](pool, 20, np.random.default_rng(0), {})
+
+
+@pytest.mark.parametrize("name", sorted(PRIOR_METHODS))
+def test_every_prior_method_stops_at_a_checkpoint(name: str) -> None:
+    pool = make_pool(X, Y, LABELED)
+    token = CancelToken()
+    token.cancel()
+    with cancel.scope(token), pytest.raises(cancel.Cancelled):
+        PRIOR_METHODS[name](pool, pool.candidates, np.random.default_rng(0), {})
+
+
+def test_a_long_greedy_loop_stops_soon_after_its_deadline() -> None:
+    """A real strategy on a pool big enough to take many seconds (coreset picking every one of 20,000
+    candidates, one matrix-vector product per pick) stops within a fraction of a second of its deadline."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(20_000, 32)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    pool = make_pool(x, np.zeros(len(x), np.int64), np.array([0]))
+    t0 = time.monotonic()
+    with cancel.scope(CancelToken.within(0.3)), pytest.raises(DeadlineExceeded):
+        STRATEGIES["coreset"](pool, len(x), np.random.default_rng(0), {})
+    assert time.monotonic() - t0 < 3.0
+
+
+# ---- over gRPC ----------------------------------------------------------------------------------------
+
+@pytest.fixture
+def slow_registered(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(STRATEGIES, "slow", slow_strategy)
+    monkeypatch.setitem(PRIOR_METHODS, "slow", slow_prior)
+
+
+@pytest.fixture
+def small(tmp_path: Path, registry: Path, slow_registered: None) -> Running:  # type: ignore[misc]
+    r = start(tmp_path / "data", registry, work=WorkConfig(max_concurrent=1, max_queued=1))
+    client.ingest(r.stub, make_samples(30, labels=6))
+    yield r
+    r.stop()
+
+
+def slow_select(r: Running, seconds: float, timeout: float | None = None, seed: int = 0) -> agent_pb2.SelectReply:
+    return r.stub.Select(agent_pb2.SelectRequest(budget=2, strategy="slow", seed=seed,
+                                                 params={"seconds": str(seconds)}), timeout=timeout)
+
+
+def test_deadline_returns_promptly_and_frees_the_slot(small: Running) -> None:
+    t0 = time.monotonic()
+    with pytest.raises(grpc.RpcError) as err:
+        slow_select(small, 600, timeout=0.5)
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert time.monotonic() - t0 < 3
+    # The server-side work stopped: its slot is free again soon after, and a new call runs.
+    assert wait_until(lambda: small.agent.work.stats().running == 0, timeout=3)
+    assert len(slow_select(small, 0, seed=1).selected) == 2
+
+
+def test_client_cancel_stops_the_work(small: Running) -> None:
+    call = small.stub.Select.future(agent_pb2.SelectRequest(budget=2, strategy="slow", params={"seconds": "600"}))
+    assert wait_until(lambda: small.agent.work.stats().running == 1)
+    call.cancel()
+    assert wait_until(lambda: small.agent.work.stats().running == 0, timeout=3)
+
+
+def test_overload_is_resource_exhausted_at_once_and_light_calls_do_not_wait(small: Running) -> None:
+    running = small.stub.Select.future(agent_pb2.SelectRequest(budget=2, strategy="slow", params={"seconds": "600"}))
+    waiting = small.stub.Select.future(agent_pb2.SelectRequest(budget=2, strategy="slow", seed=3,
+                                                               params={"seconds": "600"}))
+    assert wait_until(lambda: small.agent.work.stats().running == 1 and small.agent.work.stats().queued == 1)
+    t0 = time.monotonic()
+    with pytest.raises(grpc.RpcError) as err:
+        small.stub.PriorLabels(agent_pb2.PriorLabelsRequest(method="slow", params={"seconds": "1"}),
+                               timeout=30).__next__()
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "max_concurrent=1" in err.value.details() and "retry in about" in err.value.details()
+    assert int(dict(err.value.trailing_metadata())["retry-after-ms"]) >= 100
+    assert time.monotonic() - t0 < 2
+    # Light calls answer while the heavy slots are taken.
+    st = small.stub.GetStatus(agent_pb2.GetStatusRequest(), timeout=5)
+    assert st.samples == 30
+    reply = small.stub.SubmitLabels(agent_pb2.SubmitLabelsRequest(
+        labels=[agent_pb2.LabelAssignment(id="s20", label="cat")]), timeout=5)
+    assert reply.accepted == 1
+    # So do light Selects (one pass over the candidates, or a small greedy budget): a lane of their own.
+    for strategy in ("random", "margin", "coreset"):
+        light = small.stub.Select(agent_pb2.SelectRequest(budget=3, strategy=strategy), timeout=10)
+        assert len(light.selected) == 3
+    for call in (running, waiting):
+        call.cancel()
+    assert wait_until(lambda: small.agent.work.stats().running == 0 and small.agent.work.stats().queued == 0)
+
+
+def test_stop_server_cancels_heavy_work(tmp_path: Path, registry: Path, slow_registered: None) -> None:
+    r = start(tmp_path / "data", registry)
+    client.ingest(r.stub, make_samples(10))
+    call = r.stub.Select.future(agent_pb2.SelectRequest(budget=2, strategy="slow", params={"seconds": "600"}))
+    assert wait_until(lambda: r.agent.work.stats().running == 1)
+    t0 = time.monotonic()
+    r.channel.close()
+    stop_server(r.server, r.agent, grace=30.0)
+    assert time.monotonic() - t0 < 5
+    assert call.done()
+
+
+def test_sigterm_stops_a_busy_agent_process_within_seconds(tmp_path: Path, registry: Path) -> None:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "tests.agent.slow", "serve", "--data-dir", str(tmp_path / "d"),
+                             "--models", str(registry), "--port", str(port), "--cpu"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            cwd=Path(__file__).resolve().parents[2])
+    try:
+        stub = client.connect(f"127.0.0.1:{port}", timeout=60, starting=True)
+        client.ingest(stub, make_samples(10))
+        calls = [stub.Select.future(agent_pb2.SelectRequest(budget=2, strategy="slow", seed=i,
+                                                            params={"seconds": "600"})) for i in range(3)]
+        time.sleep(1.0)  # the heavy calls are running or queued
+        assert not any(c.done() for c in calls)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+        assert time.monotonic() - t0 < 8
+        for c in calls:
+            assert c.exception(timeout=5) is not None
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+# ---- the cache ----------------------------------------------------------------------------------------
+
+def test_repeated_select_and_prior_labels_come_from_the_cache(running: Running,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    counts = {"select": 0, "prior": 0}
+    real_select, real_prior = STRATEGIES["typiclust"], PRIOR_METHODS["knn"]
+
+    def counted_select(*a, **k):  # type: ignore[no-untyped-def]
+        counts["select"] += 1
+        return real_select.fn(*a, **k)
+
+    def counted_prior(*a, **k):  # type: ignore[no-untyped-def]
+        counts["prior"] += 1
+        return real_prior.fn(*a, **k)
+
+    monkeypatch.setitem(STRATEGIES, "typiclust", StrategyEntry("typiclust", real_select.params, "", counted_select))
+    monkeypatch.setitem(PRIOR_METHODS, "knn", PriorEntry("knn", real_prior.params, "", counted_prior))
+    client.ingest(running.stub, make_samples(40, labels=6))
+
+    def sel() -> agent_pb2.SelectReply:
+        return running.stub.Select(agent_pb2.SelectRequest(budget=4, strategy="typiclust", seed=3,
+                                                           params={"knn": "5"}))
+
+    def pri() -> list[tuple[str, str]]:
+        return [(p.id, p.label) for p in running.stub.PriorLabels(agent_pb2.PriorLabelsRequest(method="knn"))]
+
+    first, second = sel(), sel()
+    assert counts["select"] == 1
+    assert [s.id for s in first.selected] == [s.id for s in second.selected]
+    assert first.selection_id != second.selection_id  # every Select is still recorded
+    assert len(running.agent.state.selections()) == 2
+    p1, p2 = pri(), pri()
+    assert counts["prior"] == 1 and p1 == p2
+    # Another seed or params is another key; a new label invalidates both.
+    running.stub.Select(agent_pb2.SelectRequest(budget=4, strategy="typiclust", seed=4, params={"knn": "5"}))
+    assert counts["select"] == 2
+    running.stub.SubmitLabels(agent_pb2.SubmitLabelsRequest(labels=[agent_pb2.LabelAssignment(id="s30", label="dog")]))
+    sel()
+    pri()
+    assert counts == {"select": 3, "prior": 2}
+    # So does a new sample.
+    client.ingest(running.stub, make_samples(3, prefix="late"))
+    sel()
+    assert counts["select"] == 4

@@ -1,0 +1,93 @@
+"""``shortlist bench as3l --profile smoke`` end to end on tiny generated data: it pretrains a tiny encoder,
+picks labels through a real agent (Select random / as3l, PriorLabels as3l), trains every arm a few steps,
+writes results.json / results.md / the plot, and a rerun skips the finished cells."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from bench.as3l import ARMS
+from shortlist.cli import app
+
+CLASSES = ["circle", "square", "stripe"]
+
+
+@pytest.fixture()
+def tiny_data(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 10), ("test", 4)):
+        for ci, c in enumerate(CLASSES):
+            (tmp_path / "data" / split / c).mkdir(parents=True)
+            for i in range(n):
+                img = np.full((32, 32, 3), 40.0)
+                img[..., ci] = 200  # each class has its own dominant colour channel
+                img = np.clip(img + rng.normal(0, 25, img.shape), 0, 255).astype(np.uint8)
+                Image.fromarray(img).save(tmp_path / "data" / split / c / f"{i:04d}.png")
+    return tmp_path / "data"
+
+
+# About 25 CPU seconds (three agent processes, ten 4-step trainings); the wider limit is for a machine that
+# lends this test a fraction of a core (measured: 23 s of CPU in 400 s of wall time at load 20 on 2 cores).
+@pytest.mark.timeout(900)
+def test_smoke_profile_end_to_end_and_resumes(tiny_data: Path, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "out"
+    args = ["bench", "as3l", "--data", str(tiny_data), "--profile", "smoke", "--budgets", "3", "--out", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    run = json.loads((out / "results.json").read_text())
+    assert run["complete"] and run["profile"] == "smoke" and run["pool_size"] == 30 and run["test_size"] == 12
+    assert run["budgets"] == [3] and run["size"] == [8, 8] and run["encoder"]["kind"] == "pretrained here"
+    assert {(r["strategy"], r["budget"]) for r in run["labels"]} == {("random", 3), ("as3l", 3)}
+    for r in run["labels"]:
+        assert 1 <= r["coverage"] <= 3 and 0 <= r["prior_accuracy"] <= 1 and 0 <= r["ece"] <= 1
+        assert 0 <= r["linear_accuracy"] <= 1 and 1 / 3 - 1e-6 <= r["mean_confidence"] <= 1
+        assert 0 <= r["ece_calibrated"] <= 1
+    assert {r["arm"] for r in run["results"]} == {a.name for a in ARMS}
+    for r in run["results"]:
+        # Equal steps for every arm; test accuracy at evenly spaced points and at the end.
+        assert r["steps"] == 4 and [s for s, _ in r["eval"]] == [2, 4]
+        assert 0 <= r["test_accuracy"] <= r["best_test_accuracy"] <= 1
+    labels = json.loads((out / "cells" / "labels" / "as3l-3-seed0" / "cell.json").read_text())
+    assert len(labels["labeled"]) == 3
+    prior = np.load(out / "cells" / "labels" / "as3l-3-seed0" / "prior.npy")
+    assert prior.shape == (30, 3) and np.allclose(prior.sum(axis=1), 1, atol=1e-4)
+    md = (out / "results.md").read_text()
+    assert "| as3l+prior+update |" in md and "Table 3" in md  # beside the paper's tables
+    assert (out / "accuracy_vs_steps.png").stat().st_size > 1000
+
+    # Rerun: every finished cell is read back, nothing else trains; a removed cell alone is redone.
+    import training.finetune as ft
+
+    calls: list[str] = []
+    real = ft.finetune
+
+    def counting(cfg: ft.FinetuneConfig, *a: object, **k: object) -> Path:
+        calls.append(cfg.out)
+        return real(cfg, *a, **k)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ft, "finetune", counting)
+    (out / "cells" / "arms" / "as3l+prior+remove-3-seed0" / "cell.json").unlink()
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0, again.output
+    assert len(calls) == 1 and "as3l+prior+remove-3-seed0" in calls[0]
+    rerun = json.loads((out / "results.json").read_text())["results"]
+    assert [r for r in rerun if r["arm"] != "as3l+prior+remove"] == [
+        r for r in run["results"] if r["arm"] != "as3l+prior+remove"]
+    # Other settings into the same folder: refused, naming what differs; nothing trains.
+    other = CliRunner().invoke(app, [*args, "--steps", "5"])
+    assert other.exit_code != 0 and "steps at 3 labels 4 there, 5 now" in other.output and len(calls) == 1
+
+
+def test_bad_arguments_are_clear(tiny_data: Path, tmp_path: Path) -> None:
+    r = CliRunner().invoke(app, ["bench", "as3l", "--data", str(tiny_data), "--profile", "nope"])
+    assert r.exit_code != 0 and "unknown profile 'nope'" in r.output
+    r = CliRunner().invoke(app, ["bench", "as3l", "--data", str(tiny_data), "--profile", "smoke", "--arms", "magic",
+                                 "--out", str(tmp_path / "o")])
+    assert r.exit_code != 0 and "unknown arm(s) magic" in r.output
