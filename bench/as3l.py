@@ -300,6 +300,10 @@ def arm_cell(cells: Path, profile: Profile, arm: Arm, budget: int, seed: int, la
     t0, c0 = time.perf_counter(), time.process_time()
     finetune(cfg, data, priors, console, eval_data=test)
     summary = json.loads((run_dir / loop.SUMMARY).read_text())
+    if summary["steps"] < steps:  # stopped by SIGTERM / SIGINT: checkpointed, not finished
+        console.print(f"[yellow]{arm.name} {budget} seed {seed} stopped at step {summary['steps']} of {steps}; "
+                      "rerun the same command to resume[/]")
+        raise typer.Exit(130)
     cell = {"arm": arm.name, "strategy": arm.strategy, "prior_after": arm.prior_after, "budget": budget,
             "seed": seed, "steps": summary["steps"], "eval": summary["eval"],
             "test_accuracy": summary["test_accuracy"], "best_test_accuracy": summary["best_test_accuracy"],
