@@ -162,6 +162,22 @@ def torch_run_of(provenance: dict[str, Any], version_dir: Path) -> Path:
                              "pass --encoder RUN_FOLDER (a `shortlist pretrain` output)")
 
 
+def prepare_encoder(encoder: Path | None, profile: Profile, data: Path, pool_idx: np.ndarray, out: Path, console: Any,
+                    train: ImageArray, test: ImageArray) -> tuple[str, dict[str, Any]]:
+    """bench cifar10's prepare_encoder, except that a training run folder this --out already exported is
+    served as that version again (a rerun resumes instead of publishing a new version of the same weights)."""
+    from shortlist.manifest import list_versions
+
+    registry = out / "models"
+    if encoder is not None and (encoder / "encoder.pt").is_file() and registry.is_dir():
+        source = str(encoder.expanduser().resolve())
+        for version in list_versions(registry):
+            manifest = read_complete(registry / version, verify_hashes=False)
+            if manifest is not None and manifest.source_run == source:
+                return version, {"encoder": str(encoder), "kind": "training run (exported by an earlier run)"}
+    return cifar10.prepare_encoder(encoder, profile.pretrain, data, pool_idx, out, console, train, test)
+
+
 def choose_labels(address: str, strategy: str, budget: int, seed: int, truth: dict[str, int],
                   classes: list[str]) -> tuple[list[str], list[str], np.ndarray, np.ndarray, str]:
     """Single-shot Select + SubmitLabels + PriorLabels(as3l) against a fresh agent: (picked ids, the
@@ -284,6 +300,10 @@ def arm_cell(cells: Path, profile: Profile, arm: Arm, budget: int, seed: int, la
     t0, c0 = time.perf_counter(), time.process_time()
     finetune(cfg, data, priors, console, eval_data=test)
     summary = json.loads((run_dir / loop.SUMMARY).read_text())
+    if summary["steps"] < steps:  # stopped by SIGTERM / SIGINT: checkpointed, not finished
+        console.print(f"[yellow]{arm.name} {budget} seed {seed} stopped at step {summary['steps']} of {steps}; "
+                      "rerun the same command to resume[/]")
+        raise typer.Exit(130)
     cell = {"arm": arm.name, "strategy": arm.strategy, "prior_after": arm.prior_after, "budget": budget,
             "seed": seed, "steps": summary["steps"], "eval": summary["eval"],
             "test_accuracy": summary["test_accuracy"], "best_test_accuracy": summary["best_test_accuracy"],
@@ -369,8 +389,7 @@ def run_benchmark(data: Path, profile: Profile, out: Path, encoder: Path | None 
     console.print(f"[bold]data[/] {data}: pool {len(pool_idx)} of {len(train.ids)} train images, test "
                   f"{len(test_idx)}, classes {', '.join(train.classes)}")
     t = time.perf_counter()
-    version, provenance = cifar10.prepare_encoder(encoder, profile.pretrain, data, pool_idx, out, console, train,
-                                                  test_set)
+    version, provenance = prepare_encoder(encoder, profile, data, pool_idx, out, console, train, test_set)
     walls["encoder"] = time.perf_counter() - t
     registry = out / "models"
     version_dir = registry / version
