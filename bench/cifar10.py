@@ -36,7 +36,7 @@ import typer
 
 from agent import client
 from bench.metrics import class_coverage, expected_calibration_error, linear_probe_accuracy, prior_accuracy
-from shortlist.datasets import ImageArray, ImageItem, iter_images, load_array
+from shortlist.datasets import ImageArray, ImageItem, iter_images, load_array, resolve_source
 from shortlist.images import resize_array
 from shortlist.manifest import newest_complete, read_complete
 from shortlist.v1 import agent_pb2, agent_pb2_grpc
@@ -684,6 +684,18 @@ def run_benchmark(data: Path, profile: Profile, out: Path, encoder: Path | None 
     return run
 
 
+def require_splits(data: Path) -> None:
+    """Exit 2 with a message (no traceback) unless ``data`` holds a train and a test split: checked before
+    any work, so a wrong ``--data`` fails at once instead of after pretraining has started."""
+    try:
+        for split in ("train", "test"):
+            resolve_source(data, split)
+    except FileNotFoundError as e:
+        typer.echo(f"error: {e}; pass --data: the folder of train.tar/test.tar, an ImageFolder tree with train/ "
+                   "and test/, or torchvision's CIFAR-10 folder", err=True)
+        raise typer.Exit(2) from None
+
+
 def register(bench_app: typer.Typer) -> None:
     @bench_app.command("cifar10")
     def cifar10_command(
@@ -706,6 +718,7 @@ def register(bench_app: typer.Typer) -> None:
         """CIFAR-10 accuracy against labels per strategy, through a real agent with a simulated annotator."""
         if profile not in PROFILES:
             raise typer.BadParameter(f"unknown profile {profile!r}; valid: {', '.join(PROFILES)}")
+        require_splits(data)
 
         def split(s: str | None) -> list[str] | None:
             return [x.strip() for x in s.split(",") if x.strip()] if s else None
@@ -725,6 +738,7 @@ def register(bench_app: typer.Typer) -> None:
         out: Path = typer.Option(..., help="folder for pool_x.npy, pool_y.npy, test_x.npy, test_y.npy, meta.json"),
     ) -> None:
         """Embed a data set with an encoder (as the agent would) for `shortlist bench strategies`."""
+        require_splits(data)
         meta = write_embeddings(data, encoder, out, pool, test)
         typer.echo(f"{meta['pool_size']} pool and {meta['test_size']} test embeddings ({meta['dim']}-d, model "
                    f"{meta['model_version']}, {meta['embed_seconds']:.0f} s) -> {out}\nnext: shortlist bench "

@@ -145,3 +145,15 @@ def test_bench_embeddings_writes_the_inputs_of_bench_strategies(tiny_cifar: Path
                                    "--out", str(tmp_path / "bad")])
     assert bad.exit_code == 2 and "training run folder" in bad.output
     assert not (tmp_path / "bad" / "models").exists() or not any((tmp_path / "bad" / "models").iterdir())
+
+
+def test_a_wrong_data_folder_fails_at_once_without_a_traceback(tmp_path: Path) -> None:
+    (tmp_path / "only-train" / "train" / "cat").mkdir(parents=True)
+    for data in (tmp_path / "missing", tmp_path / "only-train"):
+        for cmd in (["bench", "cifar10", "--data", str(data), "--out", str(tmp_path / "out")],
+                    ["bench", "embeddings", "--encoder", str(tmp_path), "--data", str(data), "--out",
+                     str(tmp_path / "emb")]):
+            result = CliRunner().invoke(app, cmd)
+            assert result.exit_code == 2, result.output
+            assert "pass --data" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()
