@@ -141,6 +141,7 @@ def plot(runs: list[dict[str, Any]], metric: str, ylabel: str, path: Path) -> No
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
     styles = ["-", "--", ":", "-."]
     strategies = list(dict.fromkeys(s for r in runs for s in r["strategies"]))
+    budgets: set[int] = set()
     colors = {s: plt.get_cmap("tab10")(i % 10) for i, s in enumerate(strategies)}
     for ri, run in enumerate(runs):
         summ = summarize(run).get(metric, {})
@@ -149,6 +150,7 @@ def plot(runs: list[dict[str, Any]], metric: str, ylabel: str, path: Path) -> No
             if not pts:
                 continue
             x = np.asarray([p[0] for p in pts])
+            budgets.update(int(b) for b in x)
             y = np.asarray([p[1] for p in pts]) * 100
             e = np.asarray([p[2] for p in pts]) * 100
             label = s if len(runs) == 1 else f"{s} ({run['label']})"
@@ -156,6 +158,9 @@ def plot(runs: list[dict[str, Any]], metric: str, ylabel: str, path: Path) -> No
             if len(run["seeds"]) > 1:
                 ax.fill_between(x, y - e, y + e, color=colors[s], alpha=0.12)
     ax.set_xscale("log")
+    if budgets:  # tick the measured label counts (a log axis alone marks only 10, 100, ...)
+        ax.set_xticks(sorted(budgets), [str(b) for b in sorted(budgets)])
+        ax.minorticks_off()
     ax.set_xlabel("labelled samples")
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
