@@ -1,4 +1,4 @@
-"""The agent's commands: ``shortlist serve | ingest | select | label | prior | status`` and
+"""The agent's commands: ``shortlist serve | ingest | select | label | prior | status | export-labels`` and
 ``shortlist bench agent``. No torch: these run with onnxruntime alone."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from typer.core import TyperCommand
 
-from agent import client
+from agent import client, exports
 from agent.cli_options import AgentTarget, agent_options
 from agent.limits import MIB, Limits
 from shortlist.v1 import agent_pb2
@@ -485,6 +485,41 @@ def status(agent: AgentTarget, as_json: bool = JsonOpt) -> None:
         out.print(line, markup=False, highlight=False)
 
 
+@agent_options
+def export_labels(agent: AgentTarget,
+                  out: Path = typer.Option(..., "--out", help="folder to create (must not exist, or be empty)"),
+                  formats: str = typer.Option("csv,jsonl,imagefolder,fiftyone", "--format",
+                                              help="comma-separated: csv, jsonl (labels and priors), imagefolder "
+                                                   "(class folders of the labelled images), fiftyone "
+                                                   "(FiftyOneImageClassificationDataset)"),
+                  prior_method: str = typer.Option("knn", "--prior-method",
+                                                   help="prior method for the unlabelled samples ('' = no priors)"),
+                  history: bool = typer.Option(False, "--history",
+                                               help="every label ever given, not only each sample's current one"),
+                  as_json: bool = JsonOpt) -> None:
+    """Export labels and priors (CSV, JSON Lines), and the labelled images (ImageFolder, FiftyOne)."""
+    try:
+        config = exports.ExportConfig(formats=tuple(f.strip() for f in formats.split(",") if f.strip()),
+                              prior_method=prior_method, history=history)
+    except exports.ExportError as e:
+        console.print(f"[red]cannot export[/red]: {escape(str(e))}", highlight=False)
+        raise typer.Exit(2) from None
+    stub = _rpc(agent.connect)
+    try:
+        summary = _rpc(lambda: exports.export_labels(stub, out, config))
+    except (exports.ExportError, OSError) as e:
+        console.print(f"[red]cannot export to {escape(str(out))}[/red]: {escape(str(e))}", highlight=False)
+        raise typer.Exit(2) from None
+    if as_json:
+        print(json.dumps({"out": str(out), "labels": summary.labels, "priors": summary.priors,
+                          "images": summary.images, "files": summary.files, "notes": summary.notes}))
+        return
+    console.print(f"exported {summary.labels} labels, {summary.priors} priors, {summary.images} images to {out}: "
+                  f"{', '.join(summary.files)}", markup=False, highlight=False)
+    for note in summary.notes:
+        console.print(note, markup=False, highlight=False, style="yellow")
+
+
 # ---- shortlist bench agent ---------------------------------------------------------------------------
 def bench_agent(models: Path | None = typer.Option(None, "--models", help="registry to take the newest "
                                                    "version from (default: a ~0.2 GMAC CNN built here)"),
@@ -524,4 +559,5 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     app.command("label")(label)
     app.command("prior", cls=_PriorHelp)(prior)
     app.command("status")(status)
+    app.command("export-labels")(export_labels)
     bench_app.command("agent")(bench_agent)
