@@ -35,8 +35,8 @@ CLEAN_CODES = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc
 TIMEOUT = 30.0
 BASE = 30  # samples ingested before the examples (ids base0..base29, the first 9 labelled)
 BASE_IDS = [f"base{i}" for i in range(BASE)]
-STRATEGY_NAMES = ["random", "audit", "entropy", "margin", "least_confidence", "badge", "qbc", "das", "coreset", "kmedoids",
-                  "typiclust", "probcover", "as3l"]
+STRATEGY_NAMES = ["random", "audit", "entropy", "margin", "least_confidence", "badge", "qbc", "das", "coreset",
+                  "kmedoids", "typiclust", "probcover", "as3l"]
 PRIOR_NAMES = ["knn", "as3l", "llgc"]
 PARAM_NAMES = ["alpha", "clusters", "delta", "gamma", "k", "knn", "lambda", "max_clusters", "members",
                "min_cluster_size", "neighbours", "ridge", "runs", "temperature"]
