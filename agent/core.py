@@ -339,14 +339,15 @@ class Agent:
         if serving is None:
             raise FailedPrecondition(no_model_message(self.models))
         pool, seqs = self.model_pool(serving, {})
-        row_of = {int(q): r for r, q in enumerate(seqs)}
+        row_of = np.full(int(seqs.max(initial=0)) + 1, -1, np.int64)  # seq -> row under this version, -1 = none
+        row_of[seqs] = np.arange(len(seqs))
         if ids:
             unknown = [i for i in ids if self.state.lookup(i) is None]
             if unknown:
                 shown = ", ".join(repr(u) for u in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
                 raise NotFound(f"{len(unknown)} unknown id(s): {shown}; ingest them first")
             recs = [self.state.lookup(i) for i in ids]
-            missing = [r.id for r in recs if r is not None and r.seq not in row_of]
+            missing = [r.id for r in recs if r is not None and (r.seq >= len(row_of) or row_of[r.seq] < 0)]
             if missing:
                 raise FailedPrecondition(f"{len(missing)} sample(s) not embedded yet by {serving.version} "
                                          f"(e.g. {missing[0]!r}); retry when Status.embedded reaches Status.samples")

@@ -20,8 +20,11 @@ KNN_K = 20
 # whose cosines spread over [-1, 1]. Chosen on concentrated synthetic blobs and on scikit-learn's digits
 # (docs/strategies.md, "knn prior"): 0.1-0.3 tie with 1-NN at 10-40 labels, 0.3 is ahead at 100.
 KNN_RELATIVE_TEMPERATURE = 0.3
-# Rows of the pool (an even stride) whose similarities to the labelled rows estimate the spread.
+# Rows of the pool (an even stride) whose similarities to the labelled rows estimate the spread, and at
+# most this many labelled rows (an even stride): 2000 x 500 similarities estimate one standard deviation
+# well, and the cost no longer grows with the labelled set.
 SPREAD_ROWS = 2000
+SPREAD_LABELLED = 500
 # While R x L (requested x labelled rows) stays under this, the vote searches the labelled rows exactly
 # (blocked dot products, ~1 s per 1e9 on two cores); beyond, the pool's hnswlib index is asked for
 # enough neighbours to expect k labelled ones among them, and those are re-ranked by the centred cosine.
@@ -86,10 +89,11 @@ def _labelled_neighbours(space: _Space, rows: np.ndarray, k: int) -> tuple[np.nd
 
 def similarity_spread(space: _Space) -> float:
     """Standard deviation of the similarities between an even-stride sample of SPREAD_ROWS pool rows and
-    the labelled rows (a function of the pool and its labels, not of the rows requested)."""
+    of SPREAD_LABELLED labelled rows (a function of the pool and its labels, not of the rows requested)."""
     n = len(space.pool.embeddings)
     sample = np.arange(0, n, max(1, n // SPREAD_ROWS))
-    return float(np.std(space.rows(sample) @ space.lab.T))
+    lab = space.lab[::max(1, len(space.lab) // SPREAD_LABELLED)]
+    return float(np.std(space.rows(sample) @ lab.T))
 
 
 @prior_method("knn", *KNN_PARAMS, light_rows=KNN_LIGHT_ROWS)
