@@ -234,7 +234,7 @@ class Agent:
 
         pool = Pool(embeddings=view.vecs, labeled=labeled.astype(np.int64), labels=labels[labeled],
                     classes=classes, candidates=candidates.astype(np.int64), knn=knn, logits=logits,
-                    pretext_loss=view.pretext)
+                    pretext_loss=view.pretext, memo=index.memo)
         return pool, view.seqs
 
     def free_pool(self, where: Mapping[str, str]) -> tuple[Pool, np.ndarray]:

@@ -29,6 +29,7 @@ import fasteners
 import hnswlib
 import numpy as np
 
+from agent.pool import PoolMemo
 from agent.security import OWNER_DIR, OWNER_FILE
 from agent.state import StoredEmbeddings
 
@@ -72,6 +73,7 @@ class VersionIndex:
         self._graph.set_ef(EF_SEARCH)
         self._graph.set_num_threads(1)  # deterministic graph; the agent's parallelism is across requests
         self._seq_set: set[int] = set()
+        self.memo = PoolMemo()  # what strategies derive from these rows and reuse (agent.pool.PoolMemo)
 
     # ---- growth ----------------------------------------------------------------------------------
     def _ensure_capacity(self, need: int) -> None:

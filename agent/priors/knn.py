@@ -11,7 +11,7 @@ from agent.errors import InvalidArgument
 from agent.params import Param, prior_method
 from agent.pool import Pool, Priors
 from agent.priors._common import normalise_rows, require_labels, with_known_labels
-from agent.strategies._common import block_rows
+from agent.strategies._common import block_rows, embedding_mean
 
 KNN_K = 20
 # Default: similarities are measured after centring (SimpleShot's CL2N) and the temperature is this
@@ -125,7 +125,7 @@ def knn_prior(pool: Pool, rows: np.ndarray, rng: np.random.Generator, params: Ma
     require_labels(pool, "knn")
     rows = np.asarray(rows, np.int64)
     d = pool.embeddings.shape[1]
-    space = _Space(pool, np.zeros(d, np.float32) if tau is not None else pool.embeddings.mean(axis=0))
+    space = _Space(pool, np.zeros(d, np.float32) if tau is not None else embedding_mean(pool))
     if tau is None:
         tau = relative * max(similarity_spread(space), 1e-6)
     cls, sim = _labelled_neighbours(space, rows, k)

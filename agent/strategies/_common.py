@@ -128,6 +128,60 @@ def assign(x: np.ndarray, centres: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return labels, dist
 
 
+def _max_similarity(rows_x: np.ndarray, lab_x: np.ndarray, out: np.ndarray) -> None:
+    """out[i] = max(out[i], max_j rows_x[i] . lab_x[j]), in blocks of BLOCK_ELEMENTS products."""
+    if len(lab_x) == 0:
+        return
+    step = block_rows(len(lab_x))
+    for start in range(0, len(rows_x), step):
+        checkpoint()
+        part = out[start:start + step]
+        np.maximum(part, (rows_x[start:start + step] @ lab_x.T).max(axis=1), out=part)
+
+
+def labelled_similarity(pool: Pool) -> np.ndarray:
+    """Per pool row, the cosine similarity to its most similar labelled row (N float32, read-only; -inf
+    with no labels): k-center greedy's starting distances (coreset).
+
+    A full computation is N x L x D multiply-adds (50,000 rows x 5,000 labels x 128: ~2 s on two cores),
+    and labels arrive a few at a time between Selects, so the answer is kept in ``pool.memo`` and brought
+    up to date from the last one whose labelled rows are a subset of this pool's: only the new labelled
+    rows (against every row) and the new rows (against every labelled row) are multiplied. Labels are
+    only ever added or changed (a labelled row stays labelled), so under one model version the update
+    is the common case; anything else computes afresh."""
+    x = pool.embeddings
+    n = len(x)
+    lab = np.unique(pool.labeled)
+    best = np.full(n, -np.inf, np.float32)
+    prev = pool.memo.get("labelled_similarity") if pool.memo is not None else None
+    if prev is not None and prev[0] <= n and np.isin(prev[1], lab, assume_unique=True).all():
+        n0, lab0, best0 = prev
+        best[:n0] = best0
+        _max_similarity(x[:n0], x[np.setdiff1d(lab, lab0, assume_unique=True)], best[:n0])
+        _max_similarity(x[n0:], x[lab], best[n0:])
+    else:
+        _max_similarity(x, x[lab], best)
+    best.setflags(write=False)
+    if pool.memo is not None and (prev is None or (n >= prev[0] and len(lab) >= len(prev[1]))):
+        pool.memo.put("labelled_similarity", (n, lab, best))
+    return best
+
+
+def embedding_mean(pool: Pool) -> np.ndarray:
+    """The mean of the pool's embeddings (D float32), from a running float64 sum kept in ``pool.memo``
+    (rows of a version only grow: the rows added since are summed)."""
+    x = pool.embeddings
+    n = len(x)
+    prev = pool.memo.get("embedding_sum") if pool.memo is not None else None
+    if prev is not None and prev[0] <= n:
+        total = prev[1] + x[prev[0]:].sum(axis=0, dtype=np.float64)
+    else:
+        total = x.sum(axis=0, dtype=np.float64)
+    if pool.memo is not None and (prev is None or n > prev[0]):
+        pool.memo.put("embedding_sum", (n, total))
+    return np.asarray(total / max(n, 1), np.float32)
+
+
 def top_k(rows: np.ndarray, scores: np.ndarray, take: int) -> Selection:
     """The ``take`` rows with the highest scores, best first; ties go to the lower row index (so the
     answer is a function of the pool alone)."""
