@@ -29,6 +29,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import ClassVar
 
 from agent.cancel import CancelToken, ShuttingDown
 from agent.errors import ResourceExhausted
@@ -95,9 +96,17 @@ class Admission:
             wait_s = self._mean_s * (len(self._running) + len(self._waiting) + 1) / self.max_concurrent
         return int(min(60_000, max(100, math.ceil(1000 * wait_s))))  # never hint below 100 ms
 
+    # Per lane: what its calls are, and the `shortlist serve` flags that size it.
+    LANES: ClassVar[dict[str, tuple[str, str]]] = {
+        "heavy": ("Select, PriorLabels", "--max-concurrent-work / --max-queued-work"),
+        "light": ("Select, PriorLabels", "--max-concurrent-light / --max-queued-light"),
+        "decode": ("large-image decodes in Ingest", "--max-concurrent-decodes / --max-queued-decodes")}
+
     def _flags(self) -> str:
-        return ("--max-concurrent-work / --max-queued-work" if self.lane == "heavy" else
-                "--max-concurrent-light / --max-queued-light")
+        return self.LANES.get(self.lane, self.LANES["heavy"])[1]
+
+    def _calls(self) -> str:
+        return self.LANES.get(self.lane, self.LANES["heavy"])[0]
 
     @contextmanager
     def slot(self, token: CancelToken, what: str = "this request", kind: str | None = None) -> Iterator[None]:
@@ -113,7 +122,7 @@ class Admission:
             if full and len(self._waiting) >= self.max_queued:
                 self._refused += 1
                 hint = self._retry_after_ms()
-                raise Busy(f"the agent is busy: {len(self._running)} {self.lane} requests (Select, PriorLabels) "
+                raise Busy(f"the agent is busy: {len(self._running)} {self.lane} requests ({self._calls()}) "
                            f"running and {len(self._waiting)} queued, the limits (max_concurrent="
                            f"{self.max_concurrent}, max_queued={self.max_queued}; `shortlist serve {self._flags()}`)"
                            f"; {what} was not started; retry in about {hint} ms", hint / 1000)

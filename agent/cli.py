@@ -153,7 +153,16 @@ def serve(data_dir: Path = typer.Option(..., "--data-dir", help="agent state fol
           max_concurrent_light: int = typer.Option(4, "--max-concurrent-light", min=1,
                                                    help="light Selects (random, margin, ...) computed at once"),
           max_queued_light: int = typer.Option(16, "--max-queued-light", min=0,
-                                               help="light Selects waiting for a turn")) -> None:
+                                               help="light Selects waiting for a turn"),
+          max_concurrent_decodes: int = typer.Option(2, "--max-concurrent-decodes", min=1,
+                                                     help="Ingest: images above --large-image-pixels decoded "
+                                                          "at once"),
+          max_queued_decodes: int = typer.Option(4, "--max-queued-decodes", min=0,
+                                                 help="large images waiting to be decoded; beyond, that Ingest "
+                                                      "is RESOURCE_EXHAUSTED with a retry hint"),
+          large_image_pixels: int = typer.Option(4_000_000, "--large-image-pixels", min=0,
+                                                 help="images above this many pixels decode in the bounded "
+                                                      "decode lane")) -> None:
     """Run the agent until SIGTERM/SIGINT (then finish in-flight calls, snapshot the index, exit)."""
     from agent.config import AgentConfig, WorkConfig
     from agent.security import ServerSecurity, is_loopback
@@ -177,7 +186,10 @@ def serve(data_dir: Path = typer.Option(..., "--data-dir", help="agent state fol
                              min_free_bytes=int(min_free_mb * MIB),
                              work=WorkConfig(max_concurrent=max_concurrent_work, max_queued=max_queued_work,
                                              light_max_concurrent=max_concurrent_light,
-                                             light_max_queued=max_queued_light))
+                                             light_max_queued=max_queued_light,
+                                             decode_max_concurrent=max_concurrent_decodes,
+                                             decode_max_queued=max_queued_decodes,
+                                             large_image_pixels=large_image_pixels))
         server, bound, agent = create_server(config)
     except (ClassListError, SchemaVersionError, OSError, ValueError) as e:  # SecurityError is a ValueError
         console.print(f"[red]cannot start[/red]: {e}")

@@ -143,6 +143,7 @@ class Agent:
         work = config.work
         self.work = Admission(work.max_concurrent, work.max_queued)
         self.light_work = Admission(work.light_max_concurrent, work.light_max_queued, lane="light")
+        self.decode_work = Admission(work.decode_max_concurrent, work.decode_max_queued, lane="decode")
         # Select: (chosen ids and scores, details); PriorLabels: (probs, confidence).
         self.select_cache: LruCache[tuple[list[tuple[str, float]], dict[str, str]]] = LruCache(work.cache_entries,
                                                                                                  work.cache_rows)
@@ -157,12 +158,14 @@ class Agent:
             raise
         self.blobs = BlobStore(data_dir / "blobs") if config.blobs else None
         self.manager = ModelManager(config, self.state, self.blobs, on_classes=self._adopt_manifest_classes)
-        self.ingest = IngestPipeline(self.state, self.blobs, self.manager, config.limits)
+        self.ingest = IngestPipeline(self.state, self.blobs, self.manager, config.limits, self.decode_work,
+                                     work.large_image_pixels)
         self.manager.start(background=config.background)
 
     def close(self) -> None:
         self.work.shutdown()  # cancels heavy work still running (it stops at its next checkpoint)
         self.light_work.shutdown()
+        self.decode_work.shutdown()
         try:
             self.manager.stop()
             self.state.close()

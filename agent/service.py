@@ -74,7 +74,7 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
                context: grpc.ServicerContext) -> agent_pb2.IngestReply:
         # The pipeline (agent.ingest) reads the stream lazily in its own thread.
         batches = ([incoming(s) for s in req.samples] for req in request_iterator)
-        total = self.agent.ingest.stream(batches, active=context.is_active)
+        total = self.agent.ingest.stream(batches, active=context.is_active, token=call_token(context))
         return agent_pb2.IngestReply(
             accepted=total.accepted, duplicates=total.duplicates,
             rejected=[agent_pb2.Rejection(id=i, reason=r) for i, r in total.rejected],
@@ -185,5 +185,6 @@ def stop_server(server: grpc.Server, agent: Agent, grace: float = 5.0) -> None:
         health_servicer.enter_graceful_shutdown()
     agent.work.shutdown()
     agent.light_work.shutdown()
+    agent.decode_work.shutdown()
     server.stop(grace).wait()
     agent.close()

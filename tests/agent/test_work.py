@@ -20,12 +20,13 @@ from agent import cancel, client
 from agent.admission import Admission, Busy
 from agent.cancel import CancelToken, DeadlineExceeded, ShuttingDown
 from agent.config import WorkConfig
+from agent.errors import RETRY_AFTER_KEY
 from agent.params import PriorEntry, StrategyEntry
 from agent.priors import PRIOR_METHODS
 from agent.service import stop_server
 from agent.strategies import STRATEGIES
 from shortlist.v1 import agent_pb2
-from tests.agent.conftest import Running, make_samples, start
+from tests.agent.conftest import Running, make_samples, png, start
 from tests.agent.slow import slow_prior, slow_strategy
 from tests.agent.strategies.pools import blobs, make_pool
 from tests.agent.test_cli import free_port
@@ -313,3 +314,25 @@ def test_repeated_select_and_prior_labels_come_from_the_cache(running: Running,
     client.ingest(running.stub, make_samples(3, prefix="late"))
     sel()
     assert counts["select"] == 4
+
+
+def test_large_images_decode_in_a_bounded_lane(tmp_path: Path, registry: Path) -> None:
+    r = start(tmp_path / "data", registry,
+              work=WorkConfig(decode_max_concurrent=1, decode_max_queued=0, large_image_pixels=1000))
+    try:
+        rng = np.random.default_rng(0)
+        big = client.image_sample("big", png(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)))  # 1,600 px
+        small = client.image_sample("small", png(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)))  # 400 px
+        with r.agent.decode_work.slot(CancelToken(), kind="held by the test"):  # the lane is full
+            with pytest.raises(grpc.RpcError) as err:
+                r.stub.Ingest(iter([agent_pb2.IngestRequest(samples=[big])]), timeout=10)
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "--max-concurrent-decodes" in (err.value.details() or "")
+            assert any(k == RETRY_AFTER_KEY for k, _ in err.value.trailing_metadata() or ())
+            # Images at or under the threshold never wait for the lane.
+            assert r.stub.Ingest(iter([agent_pb2.IngestRequest(samples=[small])]), timeout=10).accepted == 1
+        assert r.agent.status().samples == 1  # the refused Ingest stored nothing
+        assert r.stub.Ingest(iter([agent_pb2.IngestRequest(samples=[big])]), timeout=10).accepted == 1
+        assert r.agent.decode_work.stats().running == 0
+    finally:
+        r.stop()
