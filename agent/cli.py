@@ -206,12 +206,14 @@ def serve(data_dir: Path = typer.Option(..., "--data-dir", help="agent state fol
                                                       "decode lane")) -> None:
     """Run the agent until SIGTERM/SIGINT (then finish in-flight calls, snapshot the index, exit)."""
     from agent.config import AgentConfig, WorkConfig
+    from agent.memory import tune_malloc
     from agent.security import ServerSecurity, is_loopback
     from agent.service import create_server, stop_server
     from agent.state import ClassListError, SchemaVersionError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.umask(0o077)  # whatever the agent or a library creates is readable by its user only
+    tune_malloc()  # before the gRPC threads start: two malloc arenas, large blocks returned when freed
     class_list = tuple(c.strip() for c in classes.split(",") if c.strip()) or None
     try:
         limits = Limits(max_message_bytes=max_message_mb * MIB, max_samples_per_request=max_samples_per_request,
