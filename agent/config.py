@@ -25,7 +25,8 @@ class WorkConfig:
     max_concurrent: int = 2
     max_queued: int = 8
     # Light work (strategies declared light at the request's budget: random, margin, entropy, ..., coreset
-    # and badge at small budgets) has a lane of its own, so it never waits behind k-means.
+    # and badge at small budgets) has a lane of its own, so it never waits behind k-means; light
+    # PriorLabels (knn for at most 1,000 ids) a second lane of the same size.
     light_max_concurrent: int = 4
     light_max_queued: int = 16
     # Decoding an encoded image of more than ``large_image_pixels`` pixels (a 63.8-megapixel PNG of a few
@@ -49,7 +50,7 @@ class WorkConfig:
     @property
     def threads(self) -> int:
         """gRPC threads the heavy and light lanes may hold at once (added to AgentConfig.workers)."""
-        return (self.max_concurrent + self.max_queued + self.light_max_concurrent + self.light_max_queued
+        return (self.max_concurrent + self.max_queued + 2 * (self.light_max_concurrent + self.light_max_queued)
                 + self.decode_max_concurrent + self.decode_max_queued)
 
 

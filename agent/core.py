@@ -161,6 +161,10 @@ class Agent:
         work = config.work
         self.work = Admission(work.max_concurrent, work.max_queued)
         self.light_work = Admission(work.light_max_concurrent, work.light_max_queued, lane="light")
+        # Light PriorLabels (knn for a few ids: ~0.3 CPU s at 50,000 rows and 5,000 labels, mostly its
+        # calibration) get a lane of the same size of their own, so light Selects (random, margin: tens of
+        # ms) never queue behind them (docs/reliability.md, Load).
+        self.light_prior_work = Admission(work.light_max_concurrent, work.light_max_queued, lane="light")
         self.decode_work = Admission(work.decode_max_concurrent, work.decode_max_queued, lane="decode")
         # Select: (chosen ids and scores, details); PriorLabels: (probs, confidence).
         self.select_cache: LruCache[tuple[list[tuple[str, float]], dict[str, str]]] = LruCache(work.cache_entries,
@@ -198,6 +202,7 @@ class Agent:
         self.auditor.stop()
         self.work.shutdown()  # cancels heavy work still running (it stops at its next checkpoint)
         self.light_work.shutdown()
+        self.light_prior_work.shutdown()
         self.decode_work.shutdown()
         try:
             self.manager.stop()
@@ -412,7 +417,7 @@ class Agent:
         cached = self.prior_cache.get(key)
         if cached is None:
             token = token or cancel.CancelToken()
-            lane = self.light_work if fn.is_light(len(rows)) else self.work
+            lane = self.light_prior_work if fn.is_light(len(rows)) else self.work
             with lane.slot(token, f"PriorLabels {method!r}"), cancel.scope(token):
                 pri = fn(pool, rows, state_rng(0, self.labelled_ids()), dict(params))
             cached = (np.asarray(pri.probs), np.asarray(pri.confidence))

@@ -172,7 +172,10 @@ def create_server(config: AgentConfig, interceptors: Sequence[grpc.ServerInterce
             ("grpc.max_send_message_length", limits.max_message_bytes),
             ("grpc.so_reuseport", 0),
             *options]
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="rpc"),
+        # The lanes' running and queued calls hold gRPC threads of their own on top of ``workers``, so a
+        # full queue of heavy calls never leaves GetStatus, SubmitLabels or Ingest without a thread.
+        threads = config.workers + config.work.threads
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="rpc"),
                              interceptors=[*auth, ErrorMapping((SERVICE_NAME,)), *interceptors],
                              options=server_options)
         agent_pb2_grpc.add_AgentServicer_to_server(AgentServicer(agent, warnings), server)
@@ -207,6 +210,7 @@ def stop_server(server: grpc.Server, agent: Agent, grace: float = 5.0) -> None:
         health_servicer.enter_graceful_shutdown()
     agent.work.shutdown()
     agent.light_work.shutdown()
+    agent.light_prior_work.shutdown()
     agent.decode_work.shutdown()
     server.stop(grace).wait()
     agent.close()
