@@ -367,16 +367,19 @@ def list_samples(stub: agent_pb2_grpc.AgentStub, labeled_only: bool = False,
 
 
 def submit_labels(stub: agent_pb2_grpc.AgentStub, labels: Iterable[tuple[str, str]],
-                  annotator: str = "", chunk: int = LABELS_PER_REQUEST) -> agent_pb2.SubmitLabelsReply:
+                  annotator: str = "", chunk: int = LABELS_PER_REQUEST, source: str = "",
+                  timeout: float | None = None) -> agent_pb2.SubmitLabelsReply:
     """Submit (id, label) pairs, ``chunk`` per request (the agent takes at most ``--max-ids-per-request``
-    in one); the replies are summed. Each request is durable on its own."""
+    in one); the replies are summed. Each request is durable on its own. ``source`` tags every label
+    (LabelAssignment.source: "" when the annotator chose it, "prior:METHOD" when a prior was accepted)."""
     total = agent_pb2.SubmitLabelsReply()
     pairs = list(labels)
     for start in range(0, max(len(pairs), 1), chunk):
         req = agent_pb2.SubmitLabelsRequest(
-            labels=[agent_pb2.LabelAssignment(id=i, label=lab) for i, lab in pairs[start:start + chunk]],
+            labels=[agent_pb2.LabelAssignment(id=i, label=lab, source=source)
+                    for i, lab in pairs[start:start + chunk]],
             annotator=annotator)
-        reply: agent_pb2.SubmitLabelsReply = stub.SubmitLabels(req)
+        reply: agent_pb2.SubmitLabelsReply = stub.SubmitLabels(req, timeout=timeout)
         total.accepted += reply.accepted
         total.rejected.extend(reply.rejected)
     return total

@@ -10,9 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.limits import MIB, Limits
+from agent.pool_map import MapConfig
 from agent.security import ServerSecurity
 
-__all__ = ["MIB", "AgentConfig", "Limits"]
+__all__ = ["MIB", "AgentConfig", "Limits", "MapConfig"]
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,7 @@ class AgentConfig:
     min_free_bytes: int = 256 * MIB  # GetStatus warns when the data folder has less free space
     limits: Limits = field(default_factory=Limits)
     work: WorkConfig = field(default_factory=WorkConfig)
+    map: MapConfig = field(default_factory=MapConfig)  # the 2-D pool map (GetMap), agent/pool_map.py
     security: ServerSecurity = field(default_factory=ServerSecurity)
 
     @property

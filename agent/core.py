@@ -9,6 +9,7 @@ Data folder layout::
     D/state.sqlite   (+ -wal, -shm)   samples, labels, embeddings, selections, model versions
     D/blobs/ab/cdef...                payloads by sha256 (absent with blobs off)
     D/index/v0003/                    hnswlib snapshot of the serving version
+    D/map/v0003.npz                   2-D map of the pool under the serving version (agent/pool_map.py)
 """
 
 from __future__ import annotations
@@ -28,10 +29,12 @@ from agent.blobs import BlobStore
 from agent.cache import LruCache, fingerprint, frozen
 from agent.config import AgentConfig
 from agent.errors import FailedPrecondition, InvalidArgument, NotFound, storage_problem
+from agent.index import IndexView
 from agent.ingest import PAYLOAD_ERROR_KEY, IngestPipeline, unknown_label_reason
 from agent.limits import check_count, check_text, limit_hint, metadata_problem, text_problem
 from agent.models import ModelManager, Serving
 from agent.pool import Pool, state_rng
+from agent.pool_map import MapStatus, PoolMap
 from agent.priors import PRIOR_METHODS, get_prior_method
 from agent.security import DataDirLock, owner_only_dir
 from agent.state import SampleRecord, State
@@ -40,6 +43,12 @@ from shortlist.images import allow_pixels
 from shortlist.manifest import Manifest
 
 log = logging.getLogger(__name__)
+
+# GetMap: points per streamed message by default, and at most.
+MAP_CHUNK = 4096
+MAX_MAP_CHUNK = 65_536
+# (id, x, y, current label or "") of one map point.
+MapPointRow = tuple[str, float, float, str]
 
 # Pool.knn answers at most this many queries per index call, with a cancellation checkpoint between.
 KNN_BLOCK = 4096
@@ -159,11 +168,15 @@ class Agent:
         self.manager = ModelManager(config, self.state, self.blobs, on_classes=self._adopt_manifest_classes)
         self.ingest = IngestPipeline(self.state, self.blobs, self.manager, config.limits)
         self.manager.start(background=config.background)
+        self.map = PoolMap(config.map, data_dir / "map", self._serving_view)
+        if config.background:
+            self.map.start()
 
     def close(self) -> None:
         self.work.shutdown()  # cancels heavy work still running (it stops at its next checkpoint)
         self.light_work.shutdown()
         try:
+            self.map.stop()
             self.manager.stop()
             self.state.close()
         finally:
@@ -175,17 +188,24 @@ class Agent:
             self.state.set_closed_classes(list(manifest.classes))
 
     # ---- Labels ----------------------------------------------------------------------------------
-    def submit_labels(self, labels: Sequence[tuple[str, str]], annotator: str) -> tuple[int, list[tuple[str, str]]]:
-        """Record (id, label) pairs durably; per-item rejections for unknown ids / labels."""
+    def submit_labels(self, labels: Sequence[tuple[str, str]], annotator: str,
+                      sources: Sequence[str] | None = None) -> tuple[int, list[tuple[str, str]]]:
+        """Record (id, label) pairs durably, each with how it was made (``sources``, aligned with
+        ``labels``: "" or "prior:METHOD"; all "" when None); per-item rejections for unknown ids / labels."""
         lim = self.limits
         check_count(labels, lim.max_ids_per_request, "max_ids_per_request", "labels")
         check_text(annotator, lim.max_label_chars, "max_label_chars", "annotator name")
+        tags = [""] * len(labels) if sources is None else list(sources)
+        if len(tags) != len(labels):
+            raise InvalidArgument(f"{len(tags)} sources for {len(labels)} labels: give one per label")
         rejected: list[tuple[str, str]] = []
         good: list[tuple[int, int]] = []
+        good_sources: list[str] = []
         with self.manager.writing():
-            for sid, label in labels:
+            for (sid, label), source in zip(labels, tags, strict=True):
                 too_long = (text_problem(sid, lim.max_id_chars, "max_id_chars", "id")
-                            or text_problem(label, lim.max_label_chars, "max_label_chars", "label"))
+                            or text_problem(label, lim.max_label_chars, "max_label_chars", "label")
+                            or text_problem(source, lim.max_label_chars, "max_label_chars", "label source"))
                 if too_long is not None:
                     rejected.append((sid[:64], too_long))
                     continue
@@ -201,8 +221,9 @@ class Agent:
                     rejected.append((sid, unknown_label_reason(self.state.classes, label)))
                     continue
                 good.append((rec.seq, idx))
+                good_sources.append(source)
             if good:
-                self.state.add_labels(good, annotator or "unknown")
+                self.state.add_labels(good, annotator or "unknown", good_sources)
         return len(good), rejected
 
     # ---- Pools -----------------------------------------------------------------------------------
@@ -376,6 +397,41 @@ class Agent:
             k = int(np.argmax(p))
             yield PriorResult(self.state.record(int(seqs[r])).id, classes[k], float(c),
                               {name: float(v) for name, v in zip(classes, p, strict=True)}, version)
+
+    # ---- GetMap ----------------------------------------------------------------------------------
+    def _serving_view(self) -> tuple[str, IndexView] | None:
+        serving = self.manager.current
+        return None if serving is None else (serving.version, serving.index.view())
+
+    def get_map(self, offset: int, limit: int, chunk: int) -> tuple[MapStatus, Iterator[list[MapPointRow]]]:
+        """The map's header and its points ``offset`` .. ``offset + limit`` (all when ``limit`` is 0) as
+        (id, x, y, current label or "") rows, ``chunk`` per list (0: MAP_CHUNK). Answered from memory:
+        the map is made by the background thread (agent/pool_map.py), which this call wakes so samples
+        ingested since are placed within seconds."""
+        if offset < 0 or limit < 0:
+            raise InvalidArgument(f"offset and limit must be >= 0 (got offset {offset}, limit {limit})")
+        if not 0 <= chunk <= MAX_MAP_CHUNK:
+            raise InvalidArgument(f"chunk must be between 1 and {MAX_MAP_CHUNK:,} points (0: {MAP_CHUNK:,}); "
+                                  f"got {chunk}")
+        self.map.wake()
+        st = self.map.status()
+        m = self.map.snapshot(st.version) if st.state == "ready" else None
+        if m is None:
+            return st, iter(())
+        stop = m.n if limit == 0 else min(m.n, offset + limit)
+        return st, self._iter_map(m.seqs, m.xy, offset, stop, chunk or MAP_CHUNK)
+
+    def _iter_map(self, seqs: np.ndarray, xy: np.ndarray, start: int, stop: int,
+                  chunk: int) -> Iterator[list[MapPointRow]]:
+        classes = list(self.state.classes)
+        for a in range(start, stop, chunk):
+            b = min(stop, a + chunk)
+            labels = self.state.labels_by_seq()  # fresh per chunk: a label given meanwhile shows up
+            part = []
+            for q, (x, y) in zip(seqs[a:b].tolist(), xy[a:b].tolist(), strict=True):
+                lab = int(labels[q]) if q < len(labels) else -1
+                part.append((self.state.record(q).id, x, y, classes[lab] if 0 <= lab < len(classes) else ""))
+            yield part
 
     # ---- Status / listing ------------------------------------------------------------------------
     def status(self) -> AgentStatus:

@@ -91,7 +91,7 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
     def SubmitLabels(self, request: agent_pb2.SubmitLabelsRequest,
                      context: grpc.ServicerContext) -> agent_pb2.SubmitLabelsReply:
         accepted, rejected = self.agent.submit_labels([(a.id, a.label) for a in request.labels],
-                                                      request.annotator)
+                                                      request.annotator, [a.source for a in request.labels])
         return agent_pb2.SubmitLabelsReply(accepted=accepted,
                                            rejected=[agent_pb2.Rejection(id=i, reason=r) for i, r in rejected])
 
@@ -112,6 +112,23 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
                 else:
                     msg.encoded_image = data
             yield msg
+
+    def GetMap(self, request: agent_pb2.GetMapRequest, context: grpc.ServicerContext) -> Iterator[agent_pb2.MapChunk]:
+        st, chunks = self.agent.get_map(request.offset, request.limit, request.chunk)
+
+        def chunk_message() -> agent_pb2.MapChunk:
+            return agent_pb2.MapChunk(model_version=st.version, state=st.state, progress=st.progress,
+                                      method=st.method, total=st.total, fitted=st.fitted, pending=st.pending,
+                                      recomputing=st.recomputing, message=st.message)
+
+        sent = False
+        for part in chunks:
+            sent = True
+            msg = chunk_message()
+            msg.points.extend(agent_pb2.MapPoint(id=i, x=x, y=y, label=lab) for i, x, y, lab in part)
+            yield msg
+        if not sent:
+            yield chunk_message()
 
     def GetStatus(self, request: agent_pb2.GetStatusRequest, context: grpc.ServicerContext) -> agent_pb2.Status:
         return self._status()

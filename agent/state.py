@@ -2,7 +2,8 @@
 
 Tables:
     samples        seq (rowid, ingest order), id, uri, metadata (JSON), kind (image|tensor), sha256, ingested_at
-    labels         every label ever given (seq, class, annotator, time); the current label is the latest
+    labels         every label ever given (seq, class, annotator, time, source); the current label is the latest;
+                   source says how it was made ("" the annotator chose it, "prior:METHOD" a prior accepted)
     classes        the class list in index order; ``meta.classes_closed`` says whether it is closed
     embeddings     per model version, row r of its index: sample seq, vector (float32 bytes), logits, pretext loss
     selections     every Select: request, result, model version, time
@@ -48,7 +49,7 @@ CREATE TABLE IF NOT EXISTS samples (
     kind TEXT NOT NULL, sha256 TEXT NOT NULL, ingested_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS labels (
     n INTEGER PRIMARY KEY, seq INTEGER NOT NULL REFERENCES samples(seq), class INTEGER NOT NULL,
-    annotator TEXT NOT NULL, time REAL NOT NULL);
+    annotator TEXT NOT NULL, time REAL NOT NULL, source TEXT NOT NULL DEFAULT '');
 CREATE INDEX IF NOT EXISTS labels_seq ON labels(seq);
 CREATE TABLE IF NOT EXISTS classes (idx INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
 CREATE TABLE IF NOT EXISTS embeddings (
@@ -65,7 +66,7 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 
 INGEST_ANNOTATOR = "ingest"
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def _v0_to_v1(db: sqlite3.Connection) -> None:
@@ -76,8 +77,15 @@ def _v0_to_v1(db: sqlite3.Connection) -> None:
         db.execute("ALTER TABLE model_versions ADD COLUMN fingerprint TEXT NOT NULL DEFAULT ''")
 
 
+def _v1_to_v2(db: sqlite3.Connection) -> None:
+    """Schema 1 -> 2: each label says how it was made (``source``; "" for every earlier label)."""
+    cols = [r[1] for r in db.execute("PRAGMA table_info(labels)")]
+    if "source" not in cols:
+        db.execute("ALTER TABLE labels ADD COLUMN source TEXT NOT NULL DEFAULT ''")
+
+
 # MIGRATIONS[v] brings a folder from schema v to v + 1.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v0_to_v1]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v0_to_v1, _v1_to_v2]
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 
@@ -348,23 +356,27 @@ class State:
             return np.array([r.seq for r in self._records if r is not None], np.int64)
 
     # ---- labels ----------------------------------------------------------------------------------
-    def add_labels(self, assignments: list[tuple[int, int]], annotator: str) -> None:
-        """Durably record (seq, class index) labels; earlier labels stay in the history."""
+    def add_labels(self, assignments: list[tuple[int, int]], annotator: str,
+                   sources: Sequence[str] | None = None) -> None:
+        """Durably record (seq, class index) labels, each with its ``sources`` entry (aligned with
+        ``assignments``; "" for all when None); earlier labels stay in the history."""
         now = time.time()
+        tags = [""] * len(assignments) if sources is None else list(sources)
         with self._lock:
             with self._transaction():
                 self._persist_new_classes()
-                self._db.executemany("INSERT INTO labels(seq, class, annotator, time) VALUES (?,?,?,?)",
-                                     [(q, c, annotator, now) for q, c in assignments])
+                self._db.executemany("INSERT INTO labels(seq, class, annotator, time, source) VALUES (?,?,?,?,?)",
+                                     [(q, c, annotator, now, src) for (q, c), src in zip(assignments, tags,
+                                                                                          strict=True)])
             for q, c in assignments:
                 self._set_label(q, c)
 
-    def label_history(self, seq: int) -> list[tuple[str, str, float]]:
-        """(label, annotator, time) of every label given to ``seq``, oldest first."""
+    def label_history(self, seq: int) -> list[tuple[str, str, float, str]]:
+        """(label, annotator, time, source) of every label given to ``seq``, oldest first."""
         with self._lock:
-            rows = self._db.execute("SELECT class, annotator, time FROM labels WHERE seq=? ORDER BY n",
+            rows = self._db.execute("SELECT class, annotator, time, source FROM labels WHERE seq=? ORDER BY n",
                                     (seq,)).fetchall()
-            return [(self.classes[c], a, t) for c, a, t in rows]
+            return [(self.classes[c], a, t, src) for c, a, t, src in rows]
 
     # ---- embeddings ------------------------------------------------------------------------------
     def _insert_embeddings(self, e: EmbeddingRows, seqs: Sequence[int]) -> None:

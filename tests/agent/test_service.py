@@ -153,10 +153,14 @@ def test_labels_keep_history_and_priors(running: Running) -> None:
     assert code == grpc.StatusCode.FAILED_PRECONDITION  # no labels yet
     reply = client.submit_labels(running.stub, [(f"s{i}", CLASSES[i % 3]) for i in range(9)], annotator="ann")
     assert reply.accepted == 9
-    client.submit_labels(running.stub, [("s0", "dog")], annotator="other")
+    client.submit_labels(running.stub, [("s0", "dog")], annotator="other", source="prior:knn")
     state = running.agent.state
     rec = state.lookup("s0")
     assert rec is not None and [h[:2] for h in state.label_history(rec.seq)] == [("cat", "ann"), ("dog", "other")]
+    assert [h[3] for h in state.label_history(rec.seq)] == ["", "prior:knn"]  # LabelAssignment.source is kept
+    long_source = running.stub.SubmitLabels(agent_pb2.SubmitLabelsRequest(
+        labels=[agent_pb2.LabelAssignment(id="s1", label="cat", source="x" * 10_000)]))
+    assert long_source.accepted == 0 and "label source" in long_source.rejected[0].reason
     assert status(running).labeled == 9
     client.submit_labels(running.stub, [("s0", "cat")], annotator="ann")
     for method in sorted(PRIOR_METHODS):
