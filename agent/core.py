@@ -25,6 +25,7 @@ import numpy as np
 
 from agent import cancel
 from agent.admission import Admission
+from agent.audit import AuditReport, PriorAuditor
 from agent.blobs import BlobStore
 from agent.cache import LruCache, fingerprint, frozen
 from agent.config import AgentConfig
@@ -37,8 +38,9 @@ from agent.pool import Pool, state_rng
 from agent.pool_map import MapStatus, PoolMap
 from agent.priors import PRIOR_METHODS, get_prior_method
 from agent.security import DataDirLock, owner_only_dir
-from agent.state import SampleRecord, State
+from agent.state import INGEST_SOURCE, MANUAL_SOURCE, LabelEvent, SampleRecord, State
 from agent.strategies import MODEL_FREE, STRATEGIES, get_strategy
+from agent.strategies.audit import AUDIT
 from shortlist.images import allow_pixels
 from shortlist.manifest import Manifest
 
@@ -84,12 +86,28 @@ class AgentStatus:
     pending_model_version: str
     pending_embedded: int
     warnings: list[str] = field(default_factory=list)
+    audit: AuditReport = field(default_factory=AuditReport)
 
 
 def no_model_message(models: Path) -> str:
     return (f"no model is published in {models}; publish one with `shortlist export` (or any exporter "
             f"writing {models}/vNNNN/), then retry; strategies that work without a model: "
             f"{', '.join(sorted(MODEL_FREE))}")
+
+
+# SubmitLabelsRequest.source: lower-case letters, digits and ":_.-" ("manual", "prior:knn", "labelstudio").
+SOURCE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789:_.-")
+MAX_SOURCE_CHARS = 64
+
+
+def source_problem(source: str) -> str | None:
+    """Why ``source`` cannot be a label source (None when it can; "" means "manual")."""
+    if len(source) > MAX_SOURCE_CHARS or not set(source) <= SOURCE_CHARS:
+        return (f"source {source[:MAX_SOURCE_CHARS]!r} must be at most {MAX_SOURCE_CHARS} lower-case letters, digits "
+                "and ':_.-' (e.g. manual, prior:knn, labelstudio)")
+    if source == INGEST_SOURCE:
+        return "source 'ingest' is reserved for labels that come with Ingest; use e.g. 'manual' or 'import'"
+    return None
 
 
 # SelectReply.details key present when the selection could not be recorded (disk full or read-only);
@@ -167,12 +185,27 @@ class Agent:
         self.blobs = BlobStore(data_dir / "blobs") if config.blobs else None
         self.manager = ModelManager(config, self.state, self.blobs, on_classes=self._adopt_manifest_classes)
         self.ingest = IngestPipeline(self.state, self.blobs, self.manager, config.limits)
+        self.auditor = PriorAuditor(config.audit, self.state.audit_seqs, self.state.labels_by_seq, self._audit_pool,
+                                    lambda seq: self.state.record(seq).id, self._served_version, self.work,
+                                    background=config.background)
         self.manager.start(background=config.background)
         self.map = PoolMap(config.map, data_dir / "map", self._serving_view)
         if config.background:
             self.map.start()
 
+    def _served_version(self) -> str:
+        serving = self.manager.current
+        return "" if serving is None else serving.version
+
+    def _audit_pool(self) -> tuple[Pool, np.ndarray, str] | None:
+        serving = self.manager.current
+        if serving is None:
+            return None
+        pool, seqs = self.model_pool(serving, {})
+        return pool, seqs, serving.version
+
     def close(self) -> None:
+        self.auditor.stop()
         self.work.shutdown()  # cancels heavy work still running (it stops at its next checkpoint)
         self.light_work.shutdown()
         try:
@@ -189,23 +222,21 @@ class Agent:
 
     # ---- Labels ----------------------------------------------------------------------------------
     def submit_labels(self, labels: Sequence[tuple[str, str]], annotator: str,
-                      sources: Sequence[str] | None = None) -> tuple[int, list[tuple[str, str]]]:
-        """Record (id, label) pairs durably, each with how it was made (``sources``, aligned with
-        ``labels``: "" or "prior:METHOD"; all "" when None); per-item rejections for unknown ids / labels."""
+                      source: str = "") -> tuple[int, list[tuple[str, str]]]:
+        """Record (id, label) pairs durably, with who gave them and how (``source``, "" = "manual") and
+        the model version served now; per-item rejections for unknown ids / labels."""
         lim = self.limits
         check_count(labels, lim.max_ids_per_request, "max_ids_per_request", "labels")
         check_text(annotator, lim.max_label_chars, "max_label_chars", "annotator name")
-        tags = [""] * len(labels) if sources is None else list(sources)
-        if len(tags) != len(labels):
-            raise InvalidArgument(f"{len(tags)} sources for {len(labels)} labels: give one per label")
+        problem = source_problem(source)
+        if problem is not None:
+            raise InvalidArgument(problem)
         rejected: list[tuple[str, str]] = []
         good: list[tuple[int, int]] = []
-        good_sources: list[str] = []
-        with self.manager.writing():
-            for (sid, label), source in zip(labels, tags, strict=True):
+        with self.manager.writing() as serving:
+            for sid, label in labels:
                 too_long = (text_problem(sid, lim.max_id_chars, "max_id_chars", "id")
-                            or text_problem(label, lim.max_label_chars, "max_label_chars", "label")
-                            or text_problem(source, lim.max_label_chars, "max_label_chars", "label source"))
+                            or text_problem(label, lim.max_label_chars, "max_label_chars", "label"))
                 if too_long is not None:
                     rejected.append((sid[:64], too_long))
                     continue
@@ -221,9 +252,9 @@ class Agent:
                     rejected.append((sid, unknown_label_reason(self.state.classes, label)))
                     continue
                 good.append((rec.seq, idx))
-                good_sources.append(source)
             if good:
-                self.state.add_labels(good, annotator or "unknown", good_sources)
+                self.state.add_labels(good, annotator or "unknown", source or MANUAL_SOURCE,
+                                      "" if serving is None else serving.version)
         return len(good), rejected
 
     # ---- Pools -----------------------------------------------------------------------------------
@@ -295,6 +326,9 @@ class Agent:
                 raise InvalidArgument(problem)
         fn = get_strategy(strategy)
         fn.check(params)  # before any work: unknown params and values out of their declared ranges
+        if strategy == AUDIT and where:
+            raise InvalidArgument("the audit draws from the whole unlabelled pool (its estimate is for the pool): "
+                                  "drop the where filter")
         serving = self.manager.current
         if serving is None:
             if strategy not in MODEL_FREE:
@@ -332,6 +366,9 @@ class Agent:
             details = dict(sel.details)
             self.select_cache.put(key, (list(chosen), dict(details)), weight=max(1, len(chosen)))
         selection_id = uuid.uuid4().hex
+        if strategy == AUDIT and chosen:  # durable before the answer: an unrecorded draw would not be audited
+            drawn = [rec.seq for rec in (self.state.lookup(i) for i, _ in chosen) if rec is not None]
+            self.state.add_audit(drawn, selection_id)
         request = {"budget": budget, "strategy": strategy, "params": dict(params), "seed": seed,
                    "where": dict(where)}
         try:
@@ -444,6 +481,7 @@ class Agent:
             strategies=sorted(STRATEGIES), prior_methods=sorted(PRIOR_METHODS), classes=list(self.state.classes),
             pending_model_version=self.manager.pending_version,
             pending_embedded=0 if pending is None else pending.n,
+            audit=self.auditor.report(),
             warnings=[w for w in [self.registry_warning(), *storage_warnings(self.data_dir, self.config.min_free_bytes),
                                   *self.manager.warnings()] if w])
 
@@ -456,6 +494,10 @@ class Agent:
         return (f"model registry {self.models} {what}: the agent stores ingested samples and answers model-free "
                 f"strategies ({', '.join(sorted(MODEL_FREE))}) until a version is published there "
                 f"(`shortlist export` writes {self.models}/vNNNN/); check --models if you expected a model")
+
+    def list_labels(self, history: bool) -> Iterator[LabelEvent]:
+        """Every label (``history``) or each labelled sample's current one, oldest first, streamed."""
+        return self.state.label_events(history)
 
     def list_samples(self, labeled_only: bool, include_payload: bool) -> Iterator[tuple[SampleRecord, str, bytes]]:
         """(record, current label or "", payload blob or b"") for every sample, in ingest order."""

@@ -111,9 +111,11 @@ def test_select_every_strategy(running: Running) -> None:
         assert 0 < len(ids) <= 7 and len(set(ids)) == len(ids), name
         assert not set(ids) & labelled, name
         assert ids == [s.id for s in b.selected], f"{name} is not deterministic for a seed"
+        if name == "audit":  # draws from the whole pool: a where filter is refused (tests/agent/test_audit.py)
+            continue
         only_a = [s.id for s in select(running, 5, name, seed=1, site="a").selected]
         assert all(int(i[1:]) % 2 == 0 for i in only_a), name
-    assert len(running.agent.state.selections()) == 3 * len(STRATEGIES)
+    assert len(running.agent.state.selections()) == 3 * len(STRATEGIES) - 1
     details = select(running, 3, "probcover").details
     assert {"delta", "delta_from", "covered", "median_nn_distance"} <= set(details)
     assert float(details["delta"]) > 0 and 0.0 < float(details["covered"]) <= 1.0
@@ -153,14 +155,10 @@ def test_labels_keep_history_and_priors(running: Running) -> None:
     assert code == grpc.StatusCode.FAILED_PRECONDITION  # no labels yet
     reply = client.submit_labels(running.stub, [(f"s{i}", CLASSES[i % 3]) for i in range(9)], annotator="ann")
     assert reply.accepted == 9
-    client.submit_labels(running.stub, [("s0", "dog")], annotator="other", source="prior:knn")
+    client.submit_labels(running.stub, [("s0", "dog")], annotator="other")
     state = running.agent.state
     rec = state.lookup("s0")
     assert rec is not None and [h[:2] for h in state.label_history(rec.seq)] == [("cat", "ann"), ("dog", "other")]
-    assert [h[3] for h in state.label_history(rec.seq)] == ["", "prior:knn"]  # LabelAssignment.source is kept
-    long_source = running.stub.SubmitLabels(agent_pb2.SubmitLabelsRequest(
-        labels=[agent_pb2.LabelAssignment(id="s1", label="cat", source="x" * 10_000)]))
-    assert long_source.accepted == 0 and "label source" in long_source.rejected[0].reason
     assert status(running).labeled == 9
     client.submit_labels(running.stub, [("s0", "cat")], annotator="ann")
     for method in sorted(PRIOR_METHODS):

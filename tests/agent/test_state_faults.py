@@ -15,7 +15,7 @@ from agent import client
 from agent.config import AgentConfig
 from agent.core import PAYLOAD_ERROR_KEY, Agent
 from agent.ingest import Incoming
-from agent.state import SCHEMA_VERSION, NewSample, SchemaVersionError, State
+from agent.state import SCHEMA_VERSION, SchemaVersionError, State
 from agent.testing import publish_linear
 from shortlist.v1 import agent_pb2
 from tests.agent.conftest import CLASSES, SIZE, make_images, make_samples, png, start
@@ -39,32 +39,21 @@ def test_a_folder_from_the_release_before_schema_versions_is_migrated(tmp_path: 
             {"old0": "cat", "old1": "dog", "old2": "", "old3": "frog", "old4": "", "old5": ""}
         assert listed["old3"].uri == "file:///old3.png" and listed["old3"].encoded_image
         assert r.agent.state.label_history(4)[-1][1] == "alice" and len(r.agent.state.selections()) == 1
-        assert r.agent.state.label_history(4)[-1][3] == ""  # labels from before sources have none
+        # schema 2: labels got a source (older ones: "ingest" or "manual") and a model version (unknown)
+        listed_labels = {e.id: e for e in client.list_labels(r.stub, history=True)}
+        assert {i: (e.source, e.annotator, e.model_version, e.audit) for i, e in listed_labels.items()} == {
+            "old0": ("ingest", "ingest", "", False), "old1": ("ingest", "ingest", "", False),
+            "old3": ("manual", "alice", "", False)}
+        assert r.stub.GetStatus(agent_pb2.GetStatusRequest()).audit.drawn == 0
         # still writable and queryable after the migration
         assert client.ingest(r.stub, make_samples(4, prefix="new")).accepted == 4
         assert len(r.stub.Select(agent_pb2.SelectRequest(budget=3, strategy="coreset")).selected) == 3
+        assert len(r.stub.Select(agent_pb2.SelectRequest(budget=2, strategy="audit")).selected) == 2
+        assert r.stub.GetStatus(agent_pb2.GetStatusRequest()).audit.drawn == 2
     finally:
         r.stop()
     db = sqlite3.connect(data / "state.sqlite")
     assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-
-
-def test_schema1_labels_get_a_source_column(tmp_path: Path) -> None:
-    path = tmp_path / "state.sqlite"
-    st = State(path, ["cat", "dog"])
-    [seq] = st.add_samples([NewSample("a", "", {}, "image", "0" * 64)])
-    st.add_labels([(seq, 0)], "alice")
-    st.close()
-    db = sqlite3.connect(path)  # what a schema-1 agent wrote: no source column
-    db.execute("ALTER TABLE labels DROP COLUMN source")
-    db.execute("PRAGMA user_version=1")
-    db.commit()
-    db.close()
-    st = State(path)
-    assert st.schema_version() == SCHEMA_VERSION
-    st.add_labels([(seq, 1)], "bob", ["prior:knn"])
-    assert [(h[0], h[1], h[3]) for h in st.label_history(seq)] == [("cat", "alice", ""), ("dog", "bob", "prior:knn")]
-    st.close()
 
 
 def test_a_folder_from_a_newer_agent_is_refused_untouched(tmp_path: Path) -> None:
