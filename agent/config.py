@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Literal
 
 from agent.limits import MIB, Limits
+from agent.pool_map import MapConfig
 from agent.security import ServerSecurity
 
-__all__ = ["MIB", "AgentConfig", "Limits"]
+__all__ = ["MIB", "AgentConfig", "Limits", "MapConfig"]
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,7 @@ class AgentConfig:
     limits: Limits = field(default_factory=Limits)
     work: WorkConfig = field(default_factory=WorkConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
+    map: MapConfig = field(default_factory=MapConfig)  # the 2-D pool map (GetMap), agent/pool_map.py
     security: ServerSecurity = field(default_factory=ServerSecurity)
 
     @property

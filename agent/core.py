@@ -9,6 +9,7 @@ Data folder layout::
     D/state.sqlite   (+ -wal, -shm)   samples, labels, embeddings, selections, model versions
     D/blobs/ab/cdef...                payloads by sha256 (absent with blobs off)
     D/index/v0003/                    hnswlib snapshot of the serving version
+    D/map/v0003.npz                   2-D map of the pool under the serving version (agent/pool_map.py)
 """
 
 from __future__ import annotations
@@ -29,10 +30,12 @@ from agent.blobs import BlobStore
 from agent.cache import LruCache, fingerprint, frozen
 from agent.config import AgentConfig
 from agent.errors import FailedPrecondition, InvalidArgument, NotFound, storage_problem
+from agent.index import IndexView
 from agent.ingest import PAYLOAD_ERROR_KEY, IngestPipeline, unknown_label_reason
 from agent.limits import check_count, check_text, limit_hint, metadata_problem, text_problem
 from agent.models import ModelManager, Serving
 from agent.pool import Pool, state_rng
+from agent.pool_map import MapStatus, PoolMap
 from agent.priors import PRIOR_METHODS, get_prior_method
 from agent.security import DataDirLock, owner_only_dir
 from agent.state import INGEST_SOURCE, MANUAL_SOURCE, LabelEvent, SampleRecord, State
@@ -42,6 +45,12 @@ from shortlist.images import allow_pixels
 from shortlist.manifest import Manifest
 
 log = logging.getLogger(__name__)
+
+# GetMap: points per streamed message by default, and at most.
+MAP_CHUNK = 4096
+MAX_MAP_CHUNK = 65_536
+# (id, x, y, current label or "") of one map point.
+MapPointRow = tuple[str, float, float, str]
 
 # Pool.knn answers at most this many queries per index call, with a cancellation checkpoint between.
 KNN_BLOCK = 4096
@@ -186,6 +195,9 @@ class Agent:
                                     lambda seq: self.state.record(seq).id, self._served_version, self.work,
                                     background=config.background)
         self.manager.start(background=config.background)
+        self.map = PoolMap(config.map, data_dir / "map", self._serving_view)
+        if config.background:
+            self.map.start()
 
     def _served_version(self) -> str:
         serving = self.manager.current
@@ -205,6 +217,7 @@ class Agent:
         self.light_prior_work.shutdown()
         self.decode_work.shutdown()
         try:
+            self.map.stop()
             self.manager.stop()
             self.state.close()
         finally:
@@ -430,6 +443,41 @@ class Agent:
             k = int(np.argmax(p))
             yield PriorResult(self.state.record(int(seqs[r])).id, classes[k], float(c),
                               {name: float(v) for name, v in zip(classes, p, strict=True)}, version)
+
+    # ---- GetMap ----------------------------------------------------------------------------------
+    def _serving_view(self) -> tuple[str, IndexView] | None:
+        serving = self.manager.current
+        return None if serving is None else (serving.version, serving.index.view())
+
+    def get_map(self, offset: int, limit: int, chunk: int) -> tuple[MapStatus, Iterator[list[MapPointRow]]]:
+        """The map's header and its points ``offset`` .. ``offset + limit`` (all when ``limit`` is 0) as
+        (id, x, y, current label or "") rows, ``chunk`` per list (0: MAP_CHUNK). Answered from memory:
+        the map is made by the background thread (agent/pool_map.py), which this call wakes so samples
+        ingested since are placed within seconds."""
+        if offset < 0 or limit < 0:
+            raise InvalidArgument(f"offset and limit must be >= 0 (got offset {offset}, limit {limit})")
+        if not 0 <= chunk <= MAX_MAP_CHUNK:
+            raise InvalidArgument(f"chunk must be between 1 and {MAX_MAP_CHUNK:,} points (0: {MAP_CHUNK:,}); "
+                                  f"got {chunk}")
+        self.map.wake()
+        st = self.map.status()
+        m = self.map.snapshot(st.version) if st.state == "ready" else None
+        if m is None:
+            return st, iter(())
+        stop = m.n if limit == 0 else min(m.n, offset + limit)
+        return st, self._iter_map(m.seqs, m.xy, offset, stop, chunk or MAP_CHUNK)
+
+    def _iter_map(self, seqs: np.ndarray, xy: np.ndarray, start: int, stop: int,
+                  chunk: int) -> Iterator[list[MapPointRow]]:
+        classes = list(self.state.classes)
+        for a in range(start, stop, chunk):
+            b = min(stop, a + chunk)
+            labels = self.state.labels_by_seq()  # fresh per chunk: a label given meanwhile shows up
+            part = []
+            for q, (x, y) in zip(seqs[a:b].tolist(), xy[a:b].tolist(), strict=True):
+                lab = int(labels[q]) if q < len(labels) else -1
+                part.append((self.state.record(q).id, x, y, classes[lab] if 0 <= lab < len(classes) else ""))
+            yield part
 
     # ---- Status / listing ------------------------------------------------------------------------
     def status(self) -> AgentStatus:

@@ -135,6 +135,23 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
             yield agent_pb2.LabelRecord(id=e.id, label=e.label, annotator=e.annotator, time=e.time, source=e.source,
                                         model_version=e.model_version, audit=e.audit, current=e.current)
 
+    def GetMap(self, request: agent_pb2.GetMapRequest, context: grpc.ServicerContext) -> Iterator[agent_pb2.MapChunk]:
+        st, chunks = self.agent.get_map(request.offset, request.limit, request.chunk)
+
+        def chunk_message() -> agent_pb2.MapChunk:
+            return agent_pb2.MapChunk(model_version=st.version, state=st.state, progress=st.progress,
+                                      method=st.method, total=st.total, fitted=st.fitted, pending=st.pending,
+                                      recomputing=st.recomputing, message=st.message)
+
+        sent = False
+        for part in chunks:
+            sent = True
+            msg = chunk_message()
+            msg.points.extend(agent_pb2.MapPoint(id=i, x=x, y=y, label=lab) for i, x, y, lab in part)
+            yield msg
+        if not sent:
+            yield chunk_message()
+
     def GetStatus(self, request: agent_pb2.GetStatusRequest, context: grpc.ServicerContext) -> agent_pb2.Status:
         return self._status()
 
