@@ -24,6 +24,7 @@ from agent.config import AgentConfig
 from agent.core import Agent, AgentStatus
 from agent.errors import ErrorMapping
 from agent.ingest import Incoming
+from agent.lazy import warm_in_background
 from shortlist.v1 import agent_pb2, agent_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -212,6 +213,7 @@ def create_server(config: AgentConfig, interceptors: Sequence[grpc.ServerInterce
             raise OSError(f"cannot listen on {config.address}: the port is in use by another process (another "
                           "agent?) or the address is not one of this machine's; pick another --port or --host")
         server.start()
+        warm_in_background()  # scikit-learn, scipy.stats: imported after the port answers (agent/lazy.py)
     except BaseException:
         agent.close()
         raise
