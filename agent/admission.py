@@ -140,7 +140,9 @@ class Admission:
                 # With a slot free, only a kind measured within PROBE_AFTER_S is refused for its own length:
                 # an older (or no) estimate is measured afresh by letting the call run.
                 fresh = now - self._kind_at.get(kind, -math.inf) <= self.PROBE_AFTER_S
-                if wait + own > remaining and (full or fresh):
+                if not full and not fresh and kind in self._kind_at and wait + own > remaining:
+                    self._kind_at[kind] = now  # this call is the one probe: the next ones see a fresh estimate
+                elif wait + own > remaining and (full or fresh):
                     self._refused += 1
                     self._refused_deadline += 1
                     hint = self._retry_after_ms(wait)

@@ -349,12 +349,14 @@ def test_a_kind_slower_than_the_deadline_is_refused_even_with_a_slot_free(monkey
         pass
     with adm.slot(CancelToken.within(0.1), kind="never seen"):  # no estimate of its own yet: runs
         pass
-    # Once the estimate is older than PROBE_AFTER_S, one call runs to measure it again.
-    monkeypatch.setattr(Admission, "PROBE_AFTER_S", 0.0)
-    time.sleep(0.01)
-    with adm.slot(CancelToken.within(0.1), kind="as3l"):
+    # Once the estimate is older than PROBE_AFTER_S, one call (only one) runs to measure it again.
+    monkeypatch.setattr(Admission, "PROBE_AFTER_S", 0.2)
+    time.sleep(0.3)
+    # The probe holds one slot; a second call with a slot still free is refused (the probe is under way).
+    with adm.slot(CancelToken.within(0.1), kind="as3l"), pytest.raises(Busy), \
+            adm.slot(CancelToken.within(0.1), kind="as3l"):
         pass
-    assert adm.stats().refused_for_deadline == 1
+    assert adm.stats().refused_for_deadline == 2
 
 
 def test_a_run_cut_by_its_deadline_raises_its_kinds_estimate_to_what_it_ran() -> None:
