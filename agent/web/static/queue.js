@@ -4,8 +4,30 @@
   const data = JSON.parse(document.getElementById("queue-data").textContent);
   const grid = document.getElementById("grid");
   const tiles = grid ? Array.from(grid.querySelectorAll(".tile")) : [];
+  const HOTKEYS = "1234567890abcdefghijklmnopqrstuvwxyz";
   const keyOf = {};  // hotkey -> class name
   for (const [key, name] of data.classes) if (key) keyOf[key] = name;
+  // A class given for the first time (open class list) joins the list with the next free key.
+  function addClass(name) {
+    if (data.classes.some(([, n]) => n === name)) return;
+    const key = HOTKEYS[data.classes.length] || "";
+    data.classes.push([key, name]);
+    if (key) keyOf[key] = name;
+    const li = document.createElement("li");
+    li.dataset.class = name;
+    const kbd = document.createElement("kbd");
+    kbd.textContent = key;
+    const span = document.createElement("span");
+    span.textContent = name;
+    li.append(kbd, " ", span);
+    li.addEventListener("click", () => label(name));
+    document.getElementById("classes").appendChild(li);
+  }
+  function bumpLabelled(delta) {
+    const el = document.getElementById("labelled-count");
+    if (el) el.textContent = (Number(el.dataset.n) + delta).toLocaleString("en");
+    if (el) el.dataset.n = Number(el.dataset.n) + delta;
+  }
   const undoStack = [];  // {tile, label (before), mark (before)}
   let focus = 0;
 
@@ -114,6 +136,8 @@
     try {
       const res = await Shortlist.api("POST", "/api/labels", { labels: [{ id: tile.dataset.id, label }] });
       if (res.rejected.length) throw new Error(res.rejected[0].reason);
+      if (!tile.dataset.label) bumpLabelled(1);
+      addClass(label);
       tile.dataset.label = label;
       tile.classList.remove("pending");
       tile.dataset.saved = "1";

@@ -21,7 +21,8 @@ def test_keyboard_labelling(live_web: WebAgent, page: Any) -> None:
     tiles = page.locator(".tile")
     assert tiles.count() == 12
     ids = [tiles.nth(i).get_attribute("data-id") for i in range(12)]
-    page.wait_for_function("Array.from(document.querySelectorAll('.tile img')).every(i => i.complete && i.naturalWidth > 0)")
+    page.wait_for_function("Array.from(document.querySelectorAll('.tile img'))"
+                           ".every(i => i.complete && i.naturalWidth > 0)")
     # 1 = circle, 2 = square on the first two tiles (focus moves on after each label)
     page.keyboard.press("1")
     page.keyboard.press("2")
