@@ -256,6 +256,7 @@ VALID: dict[str, bytes] = {
     "ListSamples": agent_pb2.ListSamplesRequest(labeled_only=True).SerializeToString(),
     "GetStatus": b"",
     "ReloadModel": b"",
+    "GetImages": agent_pb2.GetImagesRequest(ids=["base0"], max_side=32, format="webp").SerializeToString(),
 }
 INVALID_UTF8 = b"\xff\xfe\xc0\x80"
 
@@ -306,5 +307,5 @@ def test_raw_bytes_as_request(served: Running, req: tuple[str, bytes]) -> None:
         assert after == before, "a refused request changes nothing"
     elif name == "Ingest":
         assert isinstance(reply, bytes) and after[0] == before[0] + agent_pb2.IngestReply.FromString(reply).accepted
-    elif name in ("Select", "PriorLabels", "ListSamples", "GetStatus", "ReloadModel"):
+    elif name in ("Select", "PriorLabels", "ListSamples", "GetStatus", "ReloadModel", "GetImages"):
         assert after == before
