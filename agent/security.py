@@ -51,6 +51,7 @@ RPC_ROLES: Mapping[str, str] = {
     "PriorLabels": READ,
     "ListSamples": READ,
     "GetStatus": READ,
+    "ListLabels": READ,
     "GetImages": READ,
     "Ingest": WRITE,
     "SubmitLabels": WRITE,
