@@ -273,6 +273,7 @@ VALID: dict[str, bytes] = {
     "GetStatus": b"",
     "ReloadModel": b"",
     "GetMap": agent_pb2.GetMapRequest(offset=1, limit=5, chunk=2).SerializeToString(),
+    "GetImages": agent_pb2.GetImagesRequest(ids=["base0"], max_side=32, format="webp").SerializeToString(),
 }
 INVALID_UTF8 = b"\xff\xfe\xc0\x80"
 
@@ -323,5 +324,6 @@ def test_raw_bytes_as_request(served: Running, req: tuple[str, bytes]) -> None:
         assert after == before, "a refused request changes nothing"
     elif name == "Ingest":
         assert isinstance(reply, bytes) and after[0] == before[0] + agent_pb2.IngestReply.FromString(reply).accepted
-    elif name in ("Select", "PriorLabels", "ListSamples", "ListLabels", "GetStatus", "ReloadModel", "GetMap"):
+    elif name in ("Select", "PriorLabels", "ListSamples", "ListLabels", "GetStatus", "ReloadModel", "GetMap",
+                  "GetImages"):
         assert after == before
