@@ -26,8 +26,8 @@ A Label Studio project connected to ``http://AGENT:P/labelstudio`` (Settings > M
   a Label Studio event is 400 with what is wrong.
 
 Tasks are matched to samples by ``MatchRule`` (``--labelstudio-match``): ``url`` (default; the image
-URL's path, or the ``d`` parameter of a local-files URL, ends with a sample's id or uri, or its file name
-is a unique sample file name), ``field:NAME`` (``task.data[NAME]`` is the sample id) or
+URL's path, or the ``d`` parameter of a local-files URL, ends with a sample's id or uri, or its file name,
+less the ``8f2a1c3e-`` Label Studio puts in front of an uploaded file's name, is a unique sample file name), ``field:NAME`` (``task.data[NAME]`` is the sample id) or
 ``regex:PATTERN`` (applied to the image URL; the group named ``id``, else group 1, else the whole match
 is the sample id).
 
@@ -70,6 +70,7 @@ MAX_TASKS = 10_000  # tasks in one /predict (Label Studio sends batches of up to
 MAX_PROJECTS = 256  # label configs remembered from /setup
 LABEL_EVENTS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_CREATED")
 DELETE_EVENTS = ("ANNOTATIONS_DELETED", "ANNOTATION_DELETED")
+UPLOAD_PREFIX = re.compile(r"^[0-9a-f]{8}-")
 
 # Prediction scores (see order_score): ascending order = Shortlist's labelling order.
 SELECTED_SPAN = 0.5   # the current selection: rank r of n -> 0.5 * r / n, in [0, 0.5)
@@ -236,6 +237,8 @@ class SampleIndex:
                     return found
         for path in url_paths(url):
             name = PurePosixPath(path).name
+            if path.startswith("data/upload/"):  # Label Studio renames an uploaded file "8f2a1c3e-NAME"
+                name = UPLOAD_PREFIX.sub("", name)
             if name in self.by_name:
                 return self.by_name[name]
         return None

@@ -142,7 +142,9 @@ def test_match_rules() -> None:
     assert m("https://h.example/flat/img_0003.jpg") is None  # two samples are called img_0003.jpg
     assert m("https://h.example/other/img_0003.jpg") == "other/img_0003.jpg"
     assert m("/mnt/cam/2026/IMG_1.JPG") == "x1"  # the sample's uri
-    assert m("/data/upload/7/8f2a1c3e-img_0006.jpg") is None
+    assert m("/data/upload/7/8f2a1c3e-img_0006.jpg") == "reef/site-a/img_0006.jpg"  # a file uploaded to LS
+    assert m("/data/upload/7/8f2a1c3e-img_0003.jpg") is None
+    assert m("/media/8f2a1c3e-img_0006.jpg") is None
     assert m("/data/upload/7/8f2a1c3e-img_0006.jpg", r"regex:[0-9a-f]{8}-(.+)$") is None  # group 1 is no id
     assert m("/data/upload/7/8f2a1c3e-img_0006.jpg", r"regex:[0-9a-f]{8}-(?P<n>img_\d+)\.jpg$") is None
     assert m("/u/8f2a1c3e-reef%2Fsite-a%2Fimg_0006.jpg", r"regex:[0-9a-f]{8}-(?P<id>.+)$") == \
