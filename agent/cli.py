@@ -1,4 +1,4 @@
-"""The agent's commands: ``shortlist serve | ingest | select | label | prior | status`` and
+"""The agent's commands: ``shortlist serve | ingest | select | label | prior | status | export-labels`` and
 ``shortlist bench agent``. No torch: these run with onnxruntime alone."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from typer.core import TyperCommand
 
-from agent import client
+from agent import client, exports
 from agent.cli_options import AgentTarget, agent_options
 from agent.limits import MIB, Limits
 from shortlist.v1 import agent_pb2
@@ -93,11 +93,52 @@ class _PriorHelp(_RegistryHelp):
     option, registry = "method", "agent.priors:PRIOR_METHODS"
 
 
+def _accuracy_dict(a: agent_pb2.Accuracy) -> dict[str, Any]:
+    return {"correct": a.correct, "total": a.total, "accuracy": a.accuracy, "low": a.low, "high": a.high}
+
+
+def audit_dict(a: agent_pb2.PriorAudit) -> dict[str, Any]:
+    """GetStatus's audit as plain data (``shortlist status --json``, the web app)."""
+    return {"drawn": a.drawn, "labelled": a.labelled, "current": a.current, "model_version": a.model_version,
+            "confidence_level": a.confidence_level, "interval_method": a.interval_method,
+            "computed_at": a.computed_at, "error": a.error,
+            "methods": [{"method": m.method, "error": m.error, "mean_confidence": m.mean_confidence,
+                         "overall": _accuracy_dict(m.overall) if m.HasField("overall") else None,
+                         "per_class": {c.class_name: _accuracy_dict(c.accuracy) for c in m.per_class}}
+                        for m in a.methods]}
+
+
 def _status_dict(s: agent_pb2.Status) -> dict[str, Any]:
     return {"samples": s.samples, "labeled": s.labeled, "embedded": s.embedded, "model_version": s.model_version,
             "pending_model_version": s.pending_model_version, "pending_embedded": s.pending_embedded,
             "classes": list(s.classes), "strategies": list(s.strategies), "prior_methods": list(s.prior_methods),
-            "warnings": list(s.warnings)}
+            "warnings": list(s.warnings), "audit": audit_dict(s.audit)}
+
+
+def audit_lines(a: agent_pb2.PriorAudit) -> list[str]:
+    """GetStatus's audit for people: one line per prior method, accuracy with its interval."""
+    if a.drawn == 0:
+        return ["audit: none drawn (`shortlist select --strategy audit --budget 50`, then label those samples)"]
+    head = f"audit: {a.labelled} of {a.drawn} drawn samples labelled"
+    if a.model_version:
+        head += f", priors under {a.model_version}"
+    if not a.current and a.labelled:
+        head += " (recomputing; showing the last estimate)"
+    out = [head]
+    if a.error:
+        out.append(f"  {a.error}")
+    level = f"{a.confidence_level:.0%} {a.interval_method}"
+    for m in a.methods:
+        if m.error or not m.HasField("overall"):
+            out.append(f"  {m.method}: {m.error}")
+            continue
+        o = m.overall
+        out.append(f"  {m.method}: {o.accuracy:.1%} right ({o.correct}/{o.total}; {level} interval {o.low:.1%}-"
+                   f"{o.high:.1%}; mean confidence {m.mean_confidence:.1%})")
+        for c in m.per_class:
+            ca = c.accuracy
+            out.append(f"    {c.class_name}: {ca.accuracy:.1%} ({ca.correct}/{ca.total}; {ca.low:.1%}-{ca.high:.1%})")
+    return out
 
 
 def serve(data_dir: Path = typer.Option(..., "--data-dir", help="agent state folder (created if missing)"),
@@ -378,6 +419,8 @@ def label(agent: AgentTarget,
           file: Path = typer.Argument(..., exists=True, dir_okay=False, help="CSV with columns id,label (header "
                                       "line optional; UTF-8, with or without BOM)"),
           annotator: str = typer.Option(os.environ.get("USER", "cli"), "--annotator"),
+          source: str = typer.Option("manual", "--source", help="how the labels were made: manual, prior:METHOD "
+                                     "(accepted priors), import, ... (lower-case letters, digits, ':_.-')"),
           as_json: bool = JsonOpt) -> None:
     """Submit labels from a CSV file: rows id,label, with or without a header line id,label."""
     try:
@@ -386,7 +429,8 @@ def label(agent: AgentTarget,
         console.print(f"[red]cannot use {escape(str(file))}[/red]: {escape(str(e))}", highlight=False)
         raise typer.Exit(2) from None
     stub = _rpc(agent.connect)
-    reply = _rpc(lambda: client.submit_labels(stub, [(sid, lab) for _, sid, lab in rows], annotator))
+    reply = _rpc(lambda: client.submit_labels(stub, [(sid, lab) for _, sid, lab in rows], annotator,
+                                              source=source))
     line_of: dict[str, int] = {}
     for n, sid, _ in rows:
         line_of.setdefault(sid, n)
@@ -433,8 +477,47 @@ def status(agent: AgentTarget, as_json: bool = JsonOpt) -> None:
     if as_json:
         print(json.dumps(d))
         return
+    out = Console()
     for k, v in d.items():
-        Console().print(f"{k}: {', '.join(v) if isinstance(v, list) else v}")
+        if k != "audit":
+            out.print(f"{k}: {', '.join(v) if isinstance(v, list) else v}", markup=False, highlight=False)
+    for line in audit_lines(s.audit):
+        out.print(line, markup=False, highlight=False)
+
+
+@agent_options
+def export_labels(agent: AgentTarget,
+                  out: Path = typer.Option(..., "--out", help="folder to create (must not exist, or be empty)"),
+                  formats: str = typer.Option("csv,jsonl,imagefolder,fiftyone", "--format",
+                                              help="comma-separated: csv, jsonl (labels and priors), imagefolder "
+                                                   "(class folders of the labelled images), fiftyone "
+                                                   "(FiftyOneImageClassificationDataset)"),
+                  prior_method: str = typer.Option("knn", "--prior-method",
+                                                   help="prior method for the unlabelled samples ('' = no priors)"),
+                  history: bool = typer.Option(False, "--history",
+                                               help="every label ever given, not only each sample's current one"),
+                  as_json: bool = JsonOpt) -> None:
+    """Export labels and priors (CSV, JSON Lines), and the labelled images (ImageFolder, FiftyOne)."""
+    try:
+        config = exports.ExportConfig(formats=tuple(f.strip() for f in formats.split(",") if f.strip()),
+                              prior_method=prior_method, history=history)
+    except exports.ExportError as e:
+        console.print(f"[red]cannot export[/red]: {escape(str(e))}", highlight=False)
+        raise typer.Exit(2) from None
+    stub = _rpc(agent.connect)
+    try:
+        summary = _rpc(lambda: exports.export_labels(stub, out, config))
+    except (exports.ExportError, OSError) as e:
+        console.print(f"[red]cannot export to {escape(str(out))}[/red]: {escape(str(e))}", highlight=False)
+        raise typer.Exit(2) from None
+    if as_json:
+        print(json.dumps({"out": str(out), "labels": summary.labels, "priors": summary.priors,
+                          "images": summary.images, "files": summary.files, "notes": summary.notes}))
+        return
+    console.print(f"exported {summary.labels} labels, {summary.priors} priors, {summary.images} images to {out}: "
+                  f"{', '.join(summary.files)}", markup=False, highlight=False)
+    for note in summary.notes:
+        console.print(note, markup=False, highlight=False, style="yellow")
 
 
 # ---- shortlist bench agent ---------------------------------------------------------------------------
@@ -476,4 +559,5 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     app.command("label")(label)
     app.command("prior", cls=_PriorHelp)(prior)
     app.command("status")(status)
+    app.command("export-labels")(export_labels)
     bench_app.command("agent")(bench_agent)

@@ -366,16 +366,23 @@ def list_samples(stub: agent_pb2_grpc.AgentStub, labeled_only: bool = False,
                                                              include_payload=include_payload))
 
 
+def list_labels(stub: agent_pb2_grpc.AgentStub, history: bool = False) -> Iterator[agent_pb2.LabelRecord]:
+    """Each labelled sample's current label (``history``: every label ever given), oldest first."""
+    yield from stub.ListLabels(agent_pb2.ListLabelsRequest(history=history))
+
+
 def submit_labels(stub: agent_pb2_grpc.AgentStub, labels: Iterable[tuple[str, str]],
-                  annotator: str = "", chunk: int = LABELS_PER_REQUEST) -> agent_pb2.SubmitLabelsReply:
+                  annotator: str = "", chunk: int = LABELS_PER_REQUEST,
+                  source: str = "") -> agent_pb2.SubmitLabelsReply:
     """Submit (id, label) pairs, ``chunk`` per request (the agent takes at most ``--max-ids-per-request``
-    in one); the replies are summed. Each request is durable on its own."""
+    in one); the replies are summed. Each request is durable on its own. ``source`` says how they were
+    made ("" = "manual"; "prior:METHOD" for accepted priors, "labelstudio", ...)."""
     total = agent_pb2.SubmitLabelsReply()
     pairs = list(labels)
     for start in range(0, max(len(pairs), 1), chunk):
         req = agent_pb2.SubmitLabelsRequest(
             labels=[agent_pb2.LabelAssignment(id=i, label=lab) for i, lab in pairs[start:start + chunk]],
-            annotator=annotator)
+            annotator=annotator, source=source)
         reply: agent_pb2.SubmitLabelsReply = stub.SubmitLabels(req)
         total.accepted += reply.accepted
         total.rejected.extend(reply.rejected)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from agent.limits import MIB, Limits
 from agent.security import ServerSecurity
@@ -43,6 +44,25 @@ class WorkConfig:
 
 
 @dataclass(frozen=True)
+class AuditConfig:
+    """The audit of the prior methods (agent/audit.py): how its estimates are computed and shown."""
+
+    confidence_level: float = 0.95
+    # scipy.stats.binomtest(...).proportion_ci method: "wilson" (score interval; close to the nominal
+    # coverage on average) or "exact" (Clopper-Pearson; at least the nominal coverage, wider).
+    interval: Literal["wilson", "exact"] = "wilson"
+    # A class gets its own estimate once it has this many labelled audit samples.
+    min_per_class: int = 5
+    # Prior methods audited (None: every registered one).
+    methods: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.confidence_level < 1.0 or self.min_per_class < 1 or self.interval not in ("wilson",
+                                                                                                      "exact"):
+            raise ValueError("audit: confidence_level in (0, 1), min_per_class >= 1, interval wilson or exact")
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     """Everything one agent process is configured with. ``security`` holds TLS, tokens and --insecure
     (agent/security.py); create_server also takes extra interceptors and server credentials directly."""
@@ -62,6 +82,7 @@ class AgentConfig:
     min_free_bytes: int = 256 * MIB  # GetStatus warns when the data folder has less free space
     limits: Limits = field(default_factory=Limits)
     work: WorkConfig = field(default_factory=WorkConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
     security: ServerSecurity = field(default_factory=ServerSecurity)
 
     @property

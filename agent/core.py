@@ -24,6 +24,7 @@ import numpy as np
 
 from agent import cancel
 from agent.admission import Admission
+from agent.audit import AuditReport, PriorAuditor
 from agent.blobs import BlobStore
 from agent.cache import LruCache, fingerprint, frozen
 from agent.config import AgentConfig
@@ -34,8 +35,9 @@ from agent.models import ModelManager, Serving
 from agent.pool import Pool, state_rng
 from agent.priors import PRIOR_METHODS, get_prior_method
 from agent.security import DataDirLock, owner_only_dir
-from agent.state import SampleRecord, State
+from agent.state import INGEST_SOURCE, MANUAL_SOURCE, LabelEvent, SampleRecord, State
 from agent.strategies import MODEL_FREE, STRATEGIES, get_strategy
+from agent.strategies.audit import AUDIT
 from shortlist.images import allow_pixels
 from shortlist.manifest import Manifest
 
@@ -75,12 +77,28 @@ class AgentStatus:
     pending_model_version: str
     pending_embedded: int
     warnings: list[str] = field(default_factory=list)
+    audit: AuditReport = field(default_factory=AuditReport)
 
 
 def no_model_message(models: Path) -> str:
     return (f"no model is published in {models}; publish one with `shortlist export` (or any exporter "
             f"writing {models}/vNNNN/), then retry; strategies that work without a model: "
             f"{', '.join(sorted(MODEL_FREE))}")
+
+
+# SubmitLabelsRequest.source: lower-case letters, digits and ":_.-" ("manual", "prior:knn", "labelstudio").
+SOURCE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789:_.-")
+MAX_SOURCE_CHARS = 64
+
+
+def source_problem(source: str) -> str | None:
+    """Why ``source`` cannot be a label source (None when it can; "" means "manual")."""
+    if len(source) > MAX_SOURCE_CHARS or not set(source) <= SOURCE_CHARS:
+        return (f"source {source[:MAX_SOURCE_CHARS]!r} must be at most {MAX_SOURCE_CHARS} lower-case letters, digits "
+                "and ':_.-' (e.g. manual, prior:knn, labelstudio)")
+    if source == INGEST_SOURCE:
+        return "source 'ingest' is reserved for labels that come with Ingest; use e.g. 'manual' or 'import'"
+    return None
 
 
 # SelectReply.details key present when the selection could not be recorded (disk full or read-only);
@@ -158,9 +176,24 @@ class Agent:
         self.blobs = BlobStore(data_dir / "blobs") if config.blobs else None
         self.manager = ModelManager(config, self.state, self.blobs, on_classes=self._adopt_manifest_classes)
         self.ingest = IngestPipeline(self.state, self.blobs, self.manager, config.limits)
+        self.auditor = PriorAuditor(config.audit, self.state.audit_seqs, self.state.labels_by_seq, self._audit_pool,
+                                    lambda seq: self.state.record(seq).id, self._served_version, self.work,
+                                    background=config.background)
         self.manager.start(background=config.background)
 
+    def _served_version(self) -> str:
+        serving = self.manager.current
+        return "" if serving is None else serving.version
+
+    def _audit_pool(self) -> tuple[Pool, np.ndarray, str] | None:
+        serving = self.manager.current
+        if serving is None:
+            return None
+        pool, seqs = self.model_pool(serving, {})
+        return pool, seqs, serving.version
+
     def close(self) -> None:
+        self.auditor.stop()
         self.work.shutdown()  # cancels heavy work still running (it stops at its next checkpoint)
         self.light_work.shutdown()
         try:
@@ -175,14 +208,19 @@ class Agent:
             self.state.set_closed_classes(list(manifest.classes))
 
     # ---- Labels ----------------------------------------------------------------------------------
-    def submit_labels(self, labels: Sequence[tuple[str, str]], annotator: str) -> tuple[int, list[tuple[str, str]]]:
-        """Record (id, label) pairs durably; per-item rejections for unknown ids / labels."""
+    def submit_labels(self, labels: Sequence[tuple[str, str]], annotator: str,
+                      source: str = "") -> tuple[int, list[tuple[str, str]]]:
+        """Record (id, label) pairs durably, with who gave them and how (``source``, "" = "manual") and
+        the model version served now; per-item rejections for unknown ids / labels."""
         lim = self.limits
         check_count(labels, lim.max_ids_per_request, "max_ids_per_request", "labels")
         check_text(annotator, lim.max_label_chars, "max_label_chars", "annotator name")
+        problem = source_problem(source)
+        if problem is not None:
+            raise InvalidArgument(problem)
         rejected: list[tuple[str, str]] = []
         good: list[tuple[int, int]] = []
-        with self.manager.writing():
+        with self.manager.writing() as serving:
             for sid, label in labels:
                 too_long = (text_problem(sid, lim.max_id_chars, "max_id_chars", "id")
                             or text_problem(label, lim.max_label_chars, "max_label_chars", "label"))
@@ -202,7 +240,8 @@ class Agent:
                     continue
                 good.append((rec.seq, idx))
             if good:
-                self.state.add_labels(good, annotator or "unknown")
+                self.state.add_labels(good, annotator or "unknown", source or MANUAL_SOURCE,
+                                      "" if serving is None else serving.version)
         return len(good), rejected
 
     # ---- Pools -----------------------------------------------------------------------------------
@@ -274,6 +313,9 @@ class Agent:
                 raise InvalidArgument(problem)
         fn = get_strategy(strategy)
         fn.check(params)  # before any work: unknown params and values out of their declared ranges
+        if strategy == AUDIT and where:
+            raise InvalidArgument("the audit draws from the whole unlabelled pool (its estimate is for the pool): "
+                                  "drop the where filter")
         serving = self.manager.current
         if serving is None:
             if strategy not in MODEL_FREE:
@@ -311,6 +353,9 @@ class Agent:
             details = dict(sel.details)
             self.select_cache.put(key, (list(chosen), dict(details)), weight=max(1, len(chosen)))
         selection_id = uuid.uuid4().hex
+        if strategy == AUDIT and chosen:  # durable before the answer: an unrecorded draw would not be audited
+            drawn = [rec.seq for rec in (self.state.lookup(i) for i, _ in chosen) if rec is not None]
+            self.state.add_audit(drawn, selection_id)
         request = {"budget": budget, "strategy": strategy, "params": dict(params), "seed": seed,
                    "where": dict(where)}
         try:
@@ -388,6 +433,7 @@ class Agent:
             strategies=sorted(STRATEGIES), prior_methods=sorted(PRIOR_METHODS), classes=list(self.state.classes),
             pending_model_version=self.manager.pending_version,
             pending_embedded=0 if pending is None else pending.n,
+            audit=self.auditor.report(),
             warnings=[w for w in [self.registry_warning(), *storage_warnings(self.data_dir, self.config.min_free_bytes),
                                   *self.manager.warnings()] if w])
 
@@ -400,6 +446,10 @@ class Agent:
         return (f"model registry {self.models} {what}: the agent stores ingested samples and answers model-free "
                 f"strategies ({', '.join(sorted(MODEL_FREE))}) until a version is published there "
                 f"(`shortlist export` writes {self.models}/vNNNN/); check --models if you expected a model")
+
+    def list_labels(self, history: bool) -> Iterator[LabelEvent]:
+        """Every label (``history``) or each labelled sample's current one, oldest first, streamed."""
+        return self.state.label_events(history)
 
     def list_samples(self, labeled_only: bool, include_payload: bool) -> Iterator[tuple[SampleRecord, str, bytes]]:
         """(record, current label or "", payload blob or b"") for every sample, in ingest order."""

@@ -276,7 +276,8 @@ class IngestPipeline:
                     out = serving.embedder.embed(np.stack([self._decode(s, pre) for s in srcs]))
                 vindex = serving.index
                 seqs = self.state.add_samples(
-                    new, EmbeddingRows(serving.version, vindex.n, out.vecs, out.logits, out.pretext))
+                    new, EmbeddingRows(serving.version, vindex.n, out.vecs, out.logits, out.pretext),
+                    model_version=serving.version)
                 vindex.add(np.array(seqs, np.int64), out.vecs, out.logits, out.pretext)
             res.accepted += len(new)
         return res

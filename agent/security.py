@@ -51,6 +51,7 @@ RPC_ROLES: Mapping[str, str] = {
     "PriorLabels": READ,
     "ListSamples": READ,
     "GetStatus": READ,
+    "ListLabels": READ,
     "Ingest": WRITE,
     "SubmitLabels": WRITE,
     "ReloadModel": WRITE,

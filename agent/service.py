@@ -18,6 +18,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from agent.audit import Accuracy, AuditReport
 from agent.cancel import CancelToken
 from agent.config import AgentConfig
 from agent.core import Agent, AgentStatus
@@ -43,12 +44,27 @@ def incoming(s: agent_pb2.Sample) -> Incoming:
     return Incoming(s.id, "", b"", b"", uri=s.uri, metadata=dict(s.metadata), label=s.label)
 
 
+def accuracy_message(a: Accuracy) -> agent_pb2.Accuracy:
+    return agent_pb2.Accuracy(correct=a.correct, total=a.total, accuracy=a.accuracy, low=a.low, high=a.high)
+
+
+def audit_message(r: AuditReport) -> agent_pb2.PriorAudit:
+    return agent_pb2.PriorAudit(
+        drawn=r.drawn, labelled=r.labelled, current=r.current, model_version=r.model_version,
+        confidence_level=r.confidence_level, interval_method=r.interval_method, computed_at=r.computed_at,
+        error=r.error,
+        methods=[agent_pb2.PriorAccuracy(
+            method=m.method, overall=None if m.overall is None else accuracy_message(m.overall),
+            per_class=[agent_pb2.ClassAccuracy(class_name=c, accuracy=accuracy_message(a)) for c, a in m.per_class],
+            mean_confidence=m.mean_confidence, error=m.error) for m in r.methods])
+
+
 def status_message(st: AgentStatus) -> agent_pb2.Status:
     return agent_pb2.Status(samples=st.samples, labeled=st.labeled, embedded=st.embedded,
                             model_version=st.model_version, strategies=st.strategies,
                             prior_methods=st.prior_methods, classes=st.classes,
                             pending_model_version=st.pending_model_version, pending_embedded=st.pending_embedded,
-                            warnings=st.warnings)
+                            warnings=st.warnings, audit=audit_message(st.audit))
 
 
 def call_token(context: grpc.ServicerContext) -> CancelToken:
@@ -91,7 +107,7 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
     def SubmitLabels(self, request: agent_pb2.SubmitLabelsRequest,
                      context: grpc.ServicerContext) -> agent_pb2.SubmitLabelsReply:
         accepted, rejected = self.agent.submit_labels([(a.id, a.label) for a in request.labels],
-                                                      request.annotator)
+                                                      request.annotator, request.source)
         return agent_pb2.SubmitLabelsReply(accepted=accepted,
                                            rejected=[agent_pb2.Rejection(id=i, reason=r) for i, r in rejected])
 
@@ -112,6 +128,12 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
                 else:
                     msg.encoded_image = data
             yield msg
+
+    def ListLabels(self, request: agent_pb2.ListLabelsRequest,
+                   context: grpc.ServicerContext) -> Iterator[agent_pb2.LabelRecord]:
+        for e in self.agent.list_labels(request.history):
+            yield agent_pb2.LabelRecord(id=e.id, label=e.label, annotator=e.annotator, time=e.time, source=e.source,
+                                        model_version=e.model_version, audit=e.audit, current=e.current)
 
     def GetStatus(self, request: agent_pb2.GetStatusRequest, context: grpc.ServicerContext) -> agent_pb2.Status:
         return self._status()

@@ -2,7 +2,9 @@
 
 Tables:
     samples        seq (rowid, ingest order), id, uri, metadata (JSON), kind (image|tensor), sha256, ingested_at
-    labels         every label ever given (seq, class, annotator, time); the current label is the latest
+    labels         every label ever given (seq, class, annotator, time, source, model version served then);
+                   the current label is the latest
+    audit          samples drawn by Select strategy "audit" (seq, selection id, time): agent/audit.py
     classes        the class list in index order; ``meta.classes_closed`` says whether it is closed
     embeddings     per model version, row r of its index: sample seq, vector (float32 bytes), logits, pretext loss
     selections     every Select: request, result, model version, time
@@ -48,8 +50,11 @@ CREATE TABLE IF NOT EXISTS samples (
     kind TEXT NOT NULL, sha256 TEXT NOT NULL, ingested_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS labels (
     n INTEGER PRIMARY KEY, seq INTEGER NOT NULL REFERENCES samples(seq), class INTEGER NOT NULL,
-    annotator TEXT NOT NULL, time REAL NOT NULL);
+    annotator TEXT NOT NULL, time REAL NOT NULL, source TEXT NOT NULL DEFAULT '',
+    model_version TEXT NOT NULL DEFAULT '');
 CREATE INDEX IF NOT EXISTS labels_seq ON labels(seq);
+CREATE TABLE IF NOT EXISTS audit (
+    seq INTEGER PRIMARY KEY REFERENCES samples(seq), selection_id TEXT NOT NULL, time REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS classes (idx INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
 CREATE TABLE IF NOT EXISTS embeddings (
     version TEXT NOT NULL, row INTEGER NOT NULL, seq INTEGER NOT NULL, vec BLOB NOT NULL,
@@ -64,8 +69,10 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 INGEST_ANNOTATOR = "ingest"
+INGEST_SOURCE = "ingest"  # labels.source of labels that came with Ingest
+MANUAL_SOURCE = "manual"  # ... of SubmitLabels without a source
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def _v0_to_v1(db: sqlite3.Connection) -> None:
@@ -76,8 +83,23 @@ def _v0_to_v1(db: sqlite3.Connection) -> None:
         db.execute("ALTER TABLE model_versions ADD COLUMN fingerprint TEXT NOT NULL DEFAULT ''")
 
 
+def _v1_to_v2(db: sqlite3.Connection) -> None:
+    """Schema 1 -> 2: labels remember their source and the model version served when they arrived (older
+    labels: "ingest" for those that came with Ingest, "manual" for the rest; version unknown), and the
+    audit table records Select strategy "audit"'s draws."""
+    cols = [r[1] for r in db.execute("PRAGMA table_info(labels)")]
+    if "source" not in cols:
+        db.execute("ALTER TABLE labels ADD COLUMN source TEXT NOT NULL DEFAULT ''")
+        db.execute("UPDATE labels SET source = CASE WHEN annotator = ? THEN ? ELSE ? END",
+                   (INGEST_ANNOTATOR, INGEST_SOURCE, MANUAL_SOURCE))
+    if "model_version" not in cols:
+        db.execute("ALTER TABLE labels ADD COLUMN model_version TEXT NOT NULL DEFAULT ''")
+    db.execute("CREATE TABLE IF NOT EXISTS audit (seq INTEGER PRIMARY KEY REFERENCES samples(seq), "
+               "selection_id TEXT NOT NULL, time REAL NOT NULL)")
+
+
 # MIGRATIONS[v] brings a folder from schema v to v + 1.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v0_to_v1]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v0_to_v1, _v1_to_v2]
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 
@@ -133,6 +155,21 @@ class StoredEmbeddings:
     pretext: np.ndarray | None
 
 
+@dataclass(frozen=True)
+class LabelEvent:
+    """One label as stored: ``label`` is the class name; ``current`` whether it is the sample's latest."""
+
+    seq: int
+    id: str
+    label: str
+    annotator: str
+    time: float
+    source: str
+    model_version: str
+    audit: bool
+    current: bool
+
+
 class ClassListError(ValueError):
     """The class list given at start-up conflicts with labels already stored."""
 
@@ -160,6 +197,7 @@ class State:
         for seq, cls in self._db.execute(
                 "SELECT seq, class FROM labels WHERE n IN (SELECT MAX(n) FROM labels GROUP BY seq)"):
             self._set_label(seq, cls)
+        self._audit: set[int] = {q for (q,) in self._db.execute("SELECT seq FROM audit")}
         self.classes: list[str] = [n for (n,) in self._db.execute("SELECT name FROM classes ORDER BY idx")]
         self.closed = self.get_meta("classes_closed") == "1"
         if classes is not None:
@@ -287,9 +325,11 @@ class State:
         assert rec is not None
         return rec
 
-    def add_samples(self, samples: list[NewSample], embeddings: EmbeddingRows | None = None) -> list[int]:
-        """Store new samples (their labels with annotator "ingest") and, when given, their embeddings
-        (aligned with ``samples``) in one durable transaction. Returns the new samples' seqs."""
+    def add_samples(self, samples: list[NewSample], embeddings: EmbeddingRows | None = None,
+                    model_version: str = "") -> list[int]:
+        """Store new samples (their labels with annotator and source "ingest", under ``model_version``)
+        and, when given, their embeddings (aligned with ``samples``) in one durable transaction. Returns
+        the new samples' seqs."""
         now = time.time()
         with self._lock:
             seqs: list[int] = []
@@ -302,9 +342,9 @@ class State:
                     assert cur.lastrowid is not None
                     seqs.append(cur.lastrowid)
                 self._db.executemany(
-                    "INSERT INTO labels(seq, class, annotator, time) VALUES (?,?,?,?)",
-                    [(q, s.label, INGEST_ANNOTATOR, now) for q, s in zip(seqs, samples, strict=True)
-                     if s.label >= 0])
+                    "INSERT INTO labels(seq, class, annotator, time, source, model_version) VALUES (?,?,?,?,?,?)",
+                    [(q, s.label, INGEST_ANNOTATOR, now, INGEST_SOURCE, model_version)
+                     for q, s in zip(seqs, samples, strict=True) if s.label >= 0])
                 if embeddings is not None:
                     self._insert_embeddings(embeddings, seqs)
             for q, s in zip(seqs, samples, strict=True):
@@ -348,14 +388,17 @@ class State:
             return np.array([r.seq for r in self._records if r is not None], np.int64)
 
     # ---- labels ----------------------------------------------------------------------------------
-    def add_labels(self, assignments: list[tuple[int, int]], annotator: str) -> None:
-        """Durably record (seq, class index) labels; earlier labels stay in the history."""
+    def add_labels(self, assignments: list[tuple[int, int]], annotator: str, source: str = MANUAL_SOURCE,
+                   model_version: str = "") -> None:
+        """Durably record (seq, class index) labels given by ``annotator`` through ``source`` while
+        ``model_version`` was served; earlier labels stay in the history."""
         now = time.time()
         with self._lock:
             with self._transaction():
                 self._persist_new_classes()
-                self._db.executemany("INSERT INTO labels(seq, class, annotator, time) VALUES (?,?,?,?)",
-                                     [(q, c, annotator, now) for q, c in assignments])
+                self._db.executemany(
+                    "INSERT INTO labels(seq, class, annotator, time, source, model_version) VALUES (?,?,?,?,?,?)",
+                    [(q, c, annotator, now, source, model_version) for q, c in assignments])
             for q, c in assignments:
                 self._set_label(q, c)
 
@@ -365,6 +408,49 @@ class State:
             rows = self._db.execute("SELECT class, annotator, time FROM labels WHERE seq=? ORDER BY n",
                                     (seq,)).fetchall()
             return [(self.classes[c], a, t) for c, a, t in rows]
+
+    def label_events(self, history: bool = False, chunk: int = 4096) -> Iterator[LabelEvent]:
+        """Every label stored when the call started (or, without ``history``, each labelled sample's
+        current one), oldest first, read ``chunk`` rows at a time so a long listing never holds the lock
+        (nor a copy of the whole table) while labelling goes on."""
+        with self._lock:
+            end = int(self._db.execute("SELECT COALESCE(MAX(n), 0) FROM labels").fetchone()[0])
+            audit = self._audit_set()
+        where = "" if history else " AND n IN (SELECT MAX(n) FROM labels GROUP BY seq)"
+        after = 0
+        while True:
+            with self._lock:
+                rows = self._db.execute(
+                    "SELECT n, seq, class, annotator, time, source, model_version, "
+                    "n = (SELECT MAX(n) FROM labels l2 WHERE l2.seq = labels.seq) "
+                    f"FROM labels WHERE n > ? AND n <= ?{where} ORDER BY n LIMIT ?", (after, end, chunk)).fetchall()
+                classes = list(self.classes)
+            if not rows:
+                return
+            for n, seq, cls, annotator, t, source, version, current in rows:
+                rec = self._records[seq]
+                if rec is not None:
+                    yield LabelEvent(seq, rec.id, classes[cls], annotator, float(t), source, version, seq in audit,
+                                     bool(current))
+                after = n
+
+    # ---- audit draws (agent/audit.py) ------------------------------------------------------------
+    def _audit_set(self) -> set[int]:
+        return set(self._audit)
+
+    def add_audit(self, seqs: Sequence[int], selection_id: str) -> None:
+        """Durably record samples drawn by Select strategy "audit" (a sample drawn twice keeps its first draw)."""
+        now = time.time()
+        with self._lock:
+            with self._transaction():
+                self._db.executemany("INSERT OR IGNORE INTO audit(seq, selection_id, time) VALUES (?,?,?)",
+                                     [(int(q), selection_id, now) for q in seqs])
+            self._audit.update(int(q) for q in seqs)
+
+    def audit_seqs(self) -> np.ndarray:
+        """Seqs of every sample ever drawn by the audit, ascending (int64)."""
+        with self._lock:
+            return np.array(sorted(self._audit), np.int64)
 
     # ---- embeddings ------------------------------------------------------------------------------
     def _insert_embeddings(self, e: EmbeddingRows, seqs: Sequence[int]) -> None:

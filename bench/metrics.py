@@ -1,4 +1,4 @@
-"""Evaluation helpers shared by the benchmarks (bench/strategies.py, bench/cifar10.py). Torch-free.
+"""Evaluation helpers shared by the benchmarks (bench/strategies.py, bench/cifar10/). Torch-free.
 
 All inputs are numpy arrays; class indices are int64 in ``[0, C)``; ``-1`` means "unknown" and is
 ignored where noted.

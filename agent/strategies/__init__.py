@@ -14,6 +14,7 @@ import numpy as np
 from agent.params import ALWAYS_LIGHT, StrategyEntry, strategy
 from agent.pool import InvalidArgument, Pool, Selection
 from agent.strategies.as3l import as3l
+from agent.strategies.audit import audit_strategy
 from agent.strategies.clustering import kmedoids, typiclust
 from agent.strategies.coverage import coreset, probcover
 from agent.strategies.uncertainty import badge, das, entropy, least_confidence, margin, qbc
@@ -42,12 +43,14 @@ STRATEGIES: dict[str, StrategyEntry] = {
     "typiclust": typiclust,
     "probcover": probcover,
     "as3l": as3l,
+    # A uniform random sample recorded as audit draws: measures the priors (agent/audit.py).
+    "audit": audit_strategy,
 }
 
 # Strategies that need no model at all (the agent answers them before the first model is published).
-MODEL_FREE: frozenset[str] = frozenset({"random"})
+MODEL_FREE: frozenset[str] = frozenset({"random", "audit"})
 # Strategies that work from zero labels (named in the error when an uncertainty strategy has too few).
-LABEL_FREE: frozenset[str] = frozenset({"random", "coreset", "kmedoids", "typiclust", "probcover", "as3l"})
+LABEL_FREE: frozenset[str] = frozenset({"random", "audit", "coreset", "kmedoids", "typiclust", "probcover", "as3l"})
 
 
 def get_strategy(name: str) -> StrategyEntry:

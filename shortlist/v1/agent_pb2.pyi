@@ -133,12 +133,14 @@ class Selected(_message.Message):
     def __init__(self, id: _Optional[str] = ..., score: _Optional[float] = ...) -> None: ...
 
 class SubmitLabelsRequest(_message.Message):
-    __slots__ = ("labels", "annotator")
+    __slots__ = ("labels", "annotator", "source")
     LABELS_FIELD_NUMBER: _ClassVar[int]
     ANNOTATOR_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
     labels: _containers.RepeatedCompositeFieldContainer[LabelAssignment]
     annotator: str
-    def __init__(self, labels: _Optional[_Iterable[_Union[LabelAssignment, _Mapping]]] = ..., annotator: _Optional[str] = ...) -> None: ...
+    source: str
+    def __init__(self, labels: _Optional[_Iterable[_Union[LabelAssignment, _Mapping]]] = ..., annotator: _Optional[str] = ..., source: _Optional[str] = ...) -> None: ...
 
 class LabelAssignment(_message.Message):
     __slots__ = ("id", "label")
@@ -207,7 +209,7 @@ class GetStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Status(_message.Message):
-    __slots__ = ("samples", "labeled", "embedded", "model_version", "strategies", "prior_methods", "classes", "pending_model_version", "pending_embedded", "warnings")
+    __slots__ = ("samples", "labeled", "embedded", "model_version", "strategies", "prior_methods", "classes", "pending_model_version", "pending_embedded", "warnings", "audit")
     SAMPLES_FIELD_NUMBER: _ClassVar[int]
     LABELED_FIELD_NUMBER: _ClassVar[int]
     EMBEDDED_FIELD_NUMBER: _ClassVar[int]
@@ -218,6 +220,7 @@ class Status(_message.Message):
     PENDING_MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     PENDING_EMBEDDED_FIELD_NUMBER: _ClassVar[int]
     WARNINGS_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_FIELD_NUMBER: _ClassVar[int]
     samples: int
     labeled: int
     embedded: int
@@ -228,7 +231,92 @@ class Status(_message.Message):
     pending_model_version: str
     pending_embedded: int
     warnings: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, samples: _Optional[int] = ..., labeled: _Optional[int] = ..., embedded: _Optional[int] = ..., model_version: _Optional[str] = ..., strategies: _Optional[_Iterable[str]] = ..., prior_methods: _Optional[_Iterable[str]] = ..., classes: _Optional[_Iterable[str]] = ..., pending_model_version: _Optional[str] = ..., pending_embedded: _Optional[int] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
+    audit: PriorAudit
+    def __init__(self, samples: _Optional[int] = ..., labeled: _Optional[int] = ..., embedded: _Optional[int] = ..., model_version: _Optional[str] = ..., strategies: _Optional[_Iterable[str]] = ..., prior_methods: _Optional[_Iterable[str]] = ..., classes: _Optional[_Iterable[str]] = ..., pending_model_version: _Optional[str] = ..., pending_embedded: _Optional[int] = ..., warnings: _Optional[_Iterable[str]] = ..., audit: _Optional[_Union[PriorAudit, _Mapping]] = ...) -> None: ...
+
+class PriorAudit(_message.Message):
+    __slots__ = ("drawn", "labelled", "current", "model_version", "confidence_level", "interval_method", "methods", "computed_at", "error")
+    DRAWN_FIELD_NUMBER: _ClassVar[int]
+    LABELLED_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CONFIDENCE_LEVEL_FIELD_NUMBER: _ClassVar[int]
+    INTERVAL_METHOD_FIELD_NUMBER: _ClassVar[int]
+    METHODS_FIELD_NUMBER: _ClassVar[int]
+    COMPUTED_AT_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    drawn: int
+    labelled: int
+    current: bool
+    model_version: str
+    confidence_level: float
+    interval_method: str
+    methods: _containers.RepeatedCompositeFieldContainer[PriorAccuracy]
+    computed_at: float
+    error: str
+    def __init__(self, drawn: _Optional[int] = ..., labelled: _Optional[int] = ..., current: _Optional[bool] = ..., model_version: _Optional[str] = ..., confidence_level: _Optional[float] = ..., interval_method: _Optional[str] = ..., methods: _Optional[_Iterable[_Union[PriorAccuracy, _Mapping]]] = ..., computed_at: _Optional[float] = ..., error: _Optional[str] = ...) -> None: ...
+
+class PriorAccuracy(_message.Message):
+    __slots__ = ("method", "overall", "per_class", "mean_confidence", "error")
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    OVERALL_FIELD_NUMBER: _ClassVar[int]
+    PER_CLASS_FIELD_NUMBER: _ClassVar[int]
+    MEAN_CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    method: str
+    overall: Accuracy
+    per_class: _containers.RepeatedCompositeFieldContainer[ClassAccuracy]
+    mean_confidence: float
+    error: str
+    def __init__(self, method: _Optional[str] = ..., overall: _Optional[_Union[Accuracy, _Mapping]] = ..., per_class: _Optional[_Iterable[_Union[ClassAccuracy, _Mapping]]] = ..., mean_confidence: _Optional[float] = ..., error: _Optional[str] = ...) -> None: ...
+
+class Accuracy(_message.Message):
+    __slots__ = ("correct", "total", "accuracy", "low", "high")
+    CORRECT_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    LOW_FIELD_NUMBER: _ClassVar[int]
+    HIGH_FIELD_NUMBER: _ClassVar[int]
+    correct: int
+    total: int
+    accuracy: float
+    low: float
+    high: float
+    def __init__(self, correct: _Optional[int] = ..., total: _Optional[int] = ..., accuracy: _Optional[float] = ..., low: _Optional[float] = ..., high: _Optional[float] = ...) -> None: ...
+
+class ClassAccuracy(_message.Message):
+    __slots__ = ("class_name", "accuracy")
+    CLASS_NAME_FIELD_NUMBER: _ClassVar[int]
+    ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    class_name: str
+    accuracy: Accuracy
+    def __init__(self, class_name: _Optional[str] = ..., accuracy: _Optional[_Union[Accuracy, _Mapping]] = ...) -> None: ...
+
+class ListLabelsRequest(_message.Message):
+    __slots__ = ("history",)
+    HISTORY_FIELD_NUMBER: _ClassVar[int]
+    history: bool
+    def __init__(self, history: _Optional[bool] = ...) -> None: ...
+
+class LabelRecord(_message.Message):
+    __slots__ = ("id", "label", "annotator", "time", "source", "model_version", "audit", "current")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    ANNOTATOR_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    label: str
+    annotator: str
+    time: float
+    source: str
+    model_version: str
+    audit: bool
+    current: bool
+    def __init__(self, id: _Optional[str] = ..., label: _Optional[str] = ..., annotator: _Optional[str] = ..., time: _Optional[float] = ..., source: _Optional[str] = ..., model_version: _Optional[str] = ..., audit: _Optional[bool] = ..., current: _Optional[bool] = ...) -> None: ...
 
 class ReloadModelRequest(_message.Message):
     __slots__ = ()

@@ -69,6 +69,11 @@ class AgentStub:
                 request_serializer=shortlist_dot_v1_dot_agent__pb2.ReloadModelRequest.SerializeToString,
                 response_deserializer=shortlist_dot_v1_dot_agent__pb2.Status.FromString,
                 _registered_method=True)
+        self.ListLabels = channel.unary_stream(
+                '/shortlist.v1.Agent/ListLabels',
+                request_serializer=shortlist_dot_v1_dot_agent__pb2.ListLabelsRequest.SerializeToString,
+                response_deserializer=shortlist_dot_v1_dot_agent__pb2.LabelRecord.FromString,
+                _registered_method=True)
 
 
 class AgentServicer:
@@ -123,6 +128,14 @@ class AgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListLabels(self, request, context):
+        """Every label given (or only each sample's current one), oldest first: who gave it, when, how
+        (source) and under which model version; for progress charts and exports.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -160,6 +173,11 @@ def add_AgentServicer_to_server(servicer, server):
                     servicer.ReloadModel,
                     request_deserializer=shortlist_dot_v1_dot_agent__pb2.ReloadModelRequest.FromString,
                     response_serializer=shortlist_dot_v1_dot_agent__pb2.Status.SerializeToString,
+            ),
+            'ListLabels': grpc.unary_stream_rpc_method_handler(
+                    servicer.ListLabels,
+                    request_deserializer=shortlist_dot_v1_dot_agent__pb2.ListLabelsRequest.FromString,
+                    response_serializer=shortlist_dot_v1_dot_agent__pb2.LabelRecord.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -351,6 +369,33 @@ class Agent:
             '/shortlist.v1.Agent/ReloadModel',
             shortlist_dot_v1_dot_agent__pb2.ReloadModelRequest.SerializeToString,
             shortlist_dot_v1_dot_agent__pb2.Status.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListLabels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/shortlist.v1.Agent/ListLabels',
+            shortlist_dot_v1_dot_agent__pb2.ListLabelsRequest.SerializeToString,
+            shortlist_dot_v1_dot_agent__pb2.LabelRecord.FromString,
             options,
             channel_credentials,
             insecure,

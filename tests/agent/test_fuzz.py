@@ -35,8 +35,8 @@ CLEAN_CODES = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc
 TIMEOUT = 30.0
 BASE = 30  # samples ingested before the examples (ids base0..base29, the first 9 labelled)
 BASE_IDS = [f"base{i}" for i in range(BASE)]
-STRATEGY_NAMES = ["random", "entropy", "margin", "least_confidence", "badge", "qbc", "das", "coreset", "kmedoids",
-                  "typiclust", "probcover", "as3l"]
+STRATEGY_NAMES = ["random", "audit", "entropy", "margin", "least_confidence", "badge", "qbc", "das", "coreset",
+                  "kmedoids", "typiclust", "probcover", "as3l"]
 PRIOR_NAMES = ["knn", "as3l", "llgc"]
 PARAM_NAMES = ["alpha", "clusters", "delta", "gamma", "k", "knn", "lambda", "max_clusters", "members",
                "min_cluster_size", "neighbours", "ridge", "runs", "temperature"]
@@ -194,12 +194,13 @@ def test_select_huge_params_are_refused_or_bounded(served: Running, strategy: st
     counts(served)
 
 
-@given(labels=st.lists(st.tuples(IDS, LABELS), max_size=8), annotator=ANY_TEXT)
-@example(labels=[("base20", "dog"), ("base20", "horse"), ("nope", "cat"), ("", "")], annotator="\x00")
-def test_submit_labels_any(served: Running, labels: list[tuple[str, str]], annotator: str) -> None:
+@given(labels=st.lists(st.tuples(IDS, LABELS), max_size=8), annotator=ANY_TEXT,
+       source=st.one_of(st.sampled_from(["", "manual", "prior:knn", "ingest", "Manual"]), ANY_TEXT))
+@example(labels=[("base20", "dog"), ("base20", "horse"), ("nope", "cat"), ("", "")], annotator="\x00", source="")
+def test_submit_labels_any(served: Running, labels: list[tuple[str, str]], annotator: str, source: str) -> None:
     before = counts(served)
     req = agent_pb2.SubmitLabelsRequest(labels=[agent_pb2.LabelAssignment(id=i, label=lab) for i, lab in labels],
-                                        annotator=annotator)
+                                        annotator=annotator, source=source)
     reply, code, details = call(lambda: served.stub.SubmitLabels(req, timeout=TIMEOUT))
     assert_clean(code, details, req)
     after = counts(served)
@@ -254,6 +255,7 @@ VALID: dict[str, bytes] = {
                                                   annotator="ann").SerializeToString(),
     "PriorLabels": agent_pb2.PriorLabelsRequest(method="knn", ids=["base20"]).SerializeToString(),
     "ListSamples": agent_pb2.ListSamplesRequest(labeled_only=True).SerializeToString(),
+    "ListLabels": agent_pb2.ListLabelsRequest(history=True).SerializeToString(),
     "GetStatus": b"",
     "ReloadModel": b"",
 }
@@ -306,5 +308,5 @@ def test_raw_bytes_as_request(served: Running, req: tuple[str, bytes]) -> None:
         assert after == before, "a refused request changes nothing"
     elif name == "Ingest":
         assert isinstance(reply, bytes) and after[0] == before[0] + agent_pb2.IngestReply.FromString(reply).accepted
-    elif name in ("Select", "PriorLabels", "ListSamples", "GetStatus", "ReloadModel"):
+    elif name in ("Select", "PriorLabels", "ListSamples", "ListLabels", "GetStatus", "ReloadModel"):
         assert after == before

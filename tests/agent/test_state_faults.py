@@ -39,9 +39,17 @@ def test_a_folder_from_the_release_before_schema_versions_is_migrated(tmp_path: 
             {"old0": "cat", "old1": "dog", "old2": "", "old3": "frog", "old4": "", "old5": ""}
         assert listed["old3"].uri == "file:///old3.png" and listed["old3"].encoded_image
         assert r.agent.state.label_history(4)[-1][1] == "alice" and len(r.agent.state.selections()) == 1
+        # schema 2: labels got a source (older ones: "ingest" or "manual") and a model version (unknown)
+        listed_labels = {e.id: e for e in client.list_labels(r.stub, history=True)}
+        assert {i: (e.source, e.annotator, e.model_version, e.audit) for i, e in listed_labels.items()} == {
+            "old0": ("ingest", "ingest", "", False), "old1": ("ingest", "ingest", "", False),
+            "old3": ("manual", "alice", "", False)}
+        assert r.stub.GetStatus(agent_pb2.GetStatusRequest()).audit.drawn == 0
         # still writable and queryable after the migration
         assert client.ingest(r.stub, make_samples(4, prefix="new")).accepted == 4
         assert len(r.stub.Select(agent_pb2.SelectRequest(budget=3, strategy="coreset")).selected) == 3
+        assert len(r.stub.Select(agent_pb2.SelectRequest(budget=2, strategy="audit")).selected) == 2
+        assert r.stub.GetStatus(agent_pb2.GetStatusRequest()).audit.drawn == 2
     finally:
         r.stop()
     db = sqlite3.connect(data / "state.sqlite")

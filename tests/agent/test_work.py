@@ -96,7 +96,7 @@ def test_a_deadline_ends_the_wait_for_a_slot() -> None:
 X, Y = blobs(clusters=4, per_cluster=40, dim=8, spread=0.2, seed=1)
 LABELED = np.array([0, 1, 40, 41, 80, 120])
 # One pass, no loop worth checking: these answer in milliseconds whatever the pool.
-NO_LOOP = {"random", "entropy", "margin", "least_confidence", "das"}
+NO_LOOP = {"random", "audit", "entropy", "margin", "least_confidence", "das"}
 
 
 @pytest.mark.parametrize("name", sorted(set(STRATEGIES) - NO_LOOP))

@@ -1,0 +1,250 @@
+"""The audit of the prior methods: how often each one names the right class, measured on labels of a
+uniform random sample of the unlabelled pool, with a confidence interval.
+
+Why a separate sample. The labels a team gives through the other strategies were chosen (typical,
+diverse, uncertain samples), so a prior's accuracy on them says little about its accuracy on the rest
+of the pool. Select strategy ``audit`` (agent/strategies/audit.py) draws a uniform random sample of the
+samples unlabelled at that moment and the agent records the draw (agent/state.py, table ``audit``).
+Once a drawn sample is labelled, by anyone and through any tool, its label is an *audit label*.
+
+The estimator (docs/app.md, "How good are the priors?"):
+
+1. The prior being audited is computed as if the audit labels did not exist: its seeds are the labels of
+   every non-audit sample, and the audit samples are unlabelled rows of its pool (its rng too is seeded by
+   the non-audit labelled set, as a PriorLabels call in that state would be). An audit label used as a
+   seed would be predicted from itself (kNN finds the sample itself at distance 0) and the estimate
+   would read near 100%.
+2. Each labelled audit sample is one Bernoulli trial: "the prior's top class equals its label". They
+   were drawn uniformly (without replacement) from the unlabelled samples and were not seeds, so the
+   fraction right is an unbiased estimate of the prior's accuracy on the samples unlabelled at the draw,
+   and the count right is binomial (the pool is large next to the sample, so the finite-population
+   correction is ignored; it would only narrow the interval).
+3. The interval is a binomial proportion interval from scipy (``binomtest(k, n).proportion_ci``): Wilson's
+   score interval by default, Clopper-Pearson ("exact") on request. Per class: the same on the audit
+   samples of each true class (that class's recall), for classes with at least ``min_per_class`` of them.
+
+What it does not claim: PriorLabels itself uses the audit labels as seeds too, so the served prior has a
+few more seeds than the audited one and is usually a little better (the estimate is conservative).
+Labels given after the draw through other strategies shrink the unlabelled pool in a non-random way;
+when they are many, draw a fresh audit. Audit samples left unlabelled are not counted; an annotator who
+skips the hard ones biases the estimate upwards, so GetStatus reports drawn and labelled counts side by side.
+
+The computation runs prior methods over the whole pool (seconds at 50,000 samples), so GetStatus never
+runs it: it reports the last estimate, and starts a recomputation in the background (one at a time, in
+the heavy admission lane, cancelled at shutdown) when the labels, the audit draws or the model changed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+from scipy.stats import binomtest
+
+from agent import cancel
+from agent.admission import Admission
+from agent.cache import fingerprint
+from agent.config import AuditConfig
+from agent.errors import AgentError
+from agent.pool import Pool, state_rng
+from agent.priors import PRIOR_METHODS
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Accuracy:
+    correct: int
+    total: int
+    accuracy: float
+    low: float
+    high: float
+
+
+def accuracy(correct: int, total: int, config: AuditConfig) -> Accuracy:
+    """``correct`` out of ``total`` with its binomial confidence interval (scipy)."""
+    if total == 0:
+        return Accuracy(0, 0, 0.0, 0.0, 1.0)
+    ci = binomtest(int(correct), int(total)).proportion_ci(confidence_level=config.confidence_level,
+                                                            method=config.interval)
+    return Accuracy(int(correct), int(total), correct / total, float(ci.low), float(ci.high))
+
+
+@dataclass
+class MethodAccuracy:
+    method: str
+    overall: Accuracy | None = None
+    per_class: list[tuple[str, Accuracy]] = field(default_factory=list)
+    mean_confidence: float = 0.0
+    error: str = ""
+
+
+@dataclass
+class AuditReport:
+    drawn: int = 0
+    labelled: int = 0
+    current: bool = True
+    model_version: str = ""
+    confidence_level: float = 0.95
+    interval_method: str = "wilson"
+    methods: list[MethodAccuracy] = field(default_factory=list)
+    computed_at: float = 0.0
+    error: str = ""
+
+
+def audited_pool(pool: Pool, audit_rows: np.ndarray) -> Pool:
+    """``pool`` as if the samples at ``audit_rows`` had no labels: they leave the seeds and join the
+    unlabelled candidates."""
+    keep = ~np.isin(pool.labeled, audit_rows)
+    labeled = pool.labeled[keep]
+    n = len(pool.embeddings)
+    unlabelled = np.ones(n, bool)
+    unlabelled[labeled] = False
+    return replace(pool, labeled=labeled, labels=pool.labels[keep], candidates=np.flatnonzero(unlabelled))
+
+
+def measure(pool: Pool, audit_rows: np.ndarray, truth: np.ndarray, seed_ids: Sequence[str],
+            methods: Sequence[str], config: AuditConfig) -> list[MethodAccuracy]:
+    """Accuracy of each prior method on the labelled audit rows (``truth``: their class indices), with
+    the prior computed from ``audited_pool`` (seeds: the non-audit labels, whose sample ids are
+    ``seed_ids``)."""
+    seeded = audited_pool(pool, audit_rows)
+    out: list[MethodAccuracy] = []
+    for name in methods:
+        res = MethodAccuracy(name)
+        out.append(res)
+        if len(seeded.labeled) == 0:
+            res.error = ("no labels outside the audit: the prior has no seeds (label some samples through the "
+                         "other strategies)")
+            continue
+        try:
+            pri = PRIOR_METHODS[name](seeded, audit_rows, state_rng(0, seed_ids), {})
+        except AgentError as e:
+            res.error = str(e)
+            continue
+        pred = np.argmax(np.asarray(pri.probs), axis=1)
+        right = pred == truth
+        res.overall = accuracy(int(right.sum()), len(truth), config)
+        res.mean_confidence = float(np.mean(pri.confidence)) if len(truth) else 0.0
+        for c in np.unique(truth):
+            of_c = truth == c
+            if of_c.sum() >= config.min_per_class:
+                res.per_class.append((pool.classes[int(c)], accuracy(int(right[of_c].sum()), int(of_c.sum()), config)))
+    return out
+
+
+# The pool under the serving version, the seq of each of its rows and the version; None before any model.
+PoolSource = Callable[[], tuple[Pool, np.ndarray, str] | None]
+
+
+class PriorAuditor:
+    """Keeps the last audit estimate and recomputes it (in the background, or at once with
+    ``background=False``) when what it depends on changed."""
+
+    def __init__(self, config: AuditConfig, audit_seqs: Callable[[], np.ndarray],
+                 labels_by_seq: Callable[[], np.ndarray], pool_source: PoolSource, id_of: Callable[[int], str],
+                 version: Callable[[], str],
+                 work: Admission, background: bool = True) -> None:
+        self.config = config
+        self._audit_seqs = audit_seqs
+        self._labels_by_seq = labels_by_seq
+        self._pool_source = pool_source
+        self._id_of = id_of
+        self._version = version
+        self._work = work
+        self._background = background
+        self._lock = threading.Lock()
+        self._last: AuditReport | None = None
+        self._last_key: object = None
+        self._running_key: object = None
+        self._token = cancel.CancelToken()
+        self._thread: threading.Thread | None = None
+
+    def _methods(self) -> list[str]:
+        return [m for m in (self.config.methods or sorted(PRIOR_METHODS)) if m in PRIOR_METHODS]
+
+    def report(self) -> AuditReport:
+        """The latest estimate (cheap: never computes on the caller's thread unless background is off)."""
+        audit = self._audit_seqs()
+        base = AuditReport(drawn=len(audit), confidence_level=self.config.confidence_level,
+                           interval_method=self.config.interval)
+        if len(audit) == 0:
+            return base
+        labels = self._labels_by_seq()
+        audit = audit[audit < len(labels)]
+        base.labelled = int(np.count_nonzero(labels[audit] >= 0))
+        if base.labelled == 0:
+            return base
+        key = (self._version(), fingerprint(labels, audit))
+        with self._lock:
+            if key == self._last_key and self._last is not None:
+                return replace(self._last, current=True)
+            if not self._background:
+                compute_now = True
+            else:
+                compute_now = False
+                if self._running_key is None and not self._token.cancelled:
+                    self._running_key = key
+                    self._thread = threading.Thread(target=self._run, args=(key,), name="prior-audit", daemon=True)
+                    self._thread.start()
+            last = self._last
+        if compute_now:
+            rep = self._compute()
+            with self._lock:
+                self._last, self._last_key = rep, key
+            return rep
+        if last is None:
+            return replace(base, current=False)
+        return replace(last, current=False, drawn=base.drawn, labelled=base.labelled)
+
+    def _run(self, key: object) -> None:
+        try:
+            with self._work.slot(self._token, "the prior audit"), cancel.scope(self._token):
+                rep = self._compute()
+        except AgentError as e:  # busy or shutting down: the next GetStatus tries again
+            log.info("prior audit not computed now: %s", str(e))
+            with self._lock:
+                self._running_key = None
+            return
+        except Exception:
+            log.exception("prior audit failed")
+            rep = AuditReport(error="the audit estimate failed (see the agent's log)")
+        with self._lock:
+            self._last, self._last_key, self._running_key = rep, key, None
+
+    def _compute(self) -> AuditReport:
+        cfg = self.config
+        rep = AuditReport(confidence_level=cfg.confidence_level, interval_method=cfg.interval, computed_at=time.time())
+        audit = self._audit_seqs()
+        labels = self._labels_by_seq()
+        audit = audit[audit < len(labels)]
+        rep.drawn = len(audit)
+        rep.labelled = int(np.count_nonzero(labels[audit] >= 0))
+        got = self._pool_source()
+        if got is None:
+            rep.error = "no model is served yet: the priors are measured once one is published"
+            return rep
+        pool, seqs, version = got
+        rep.model_version = version
+        label_of_row = np.full(len(seqs), -1, np.int64)
+        label_of_row[pool.labeled] = pool.labels
+        audit_rows = np.flatnonzero(np.isin(seqs, audit))
+        labelled_audit = audit_rows[label_of_row[audit_rows] >= 0]
+        if len(labelled_audit) == 0:
+            rep.error = f"no labelled audit sample is embedded by {version} yet"
+            return rep
+        truth = label_of_row[labelled_audit]
+        audit_seq_set = set(audit.tolist())
+        seed_ids = [self._id_of(int(seqs[r])) for r in pool.labeled if int(seqs[r]) not in audit_seq_set]
+        rep.methods = measure(pool, labelled_audit, truth, seed_ids, self._methods(), cfg)
+        return rep
+
+    def stop(self) -> None:
+        self._token.cancel("the agent is shutting down", cancel.ShuttingDown)
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout=10)

@@ -1,0 +1,300 @@
+"""Exports of an agent's labels and priors (``shortlist export-labels`` and the app's Progress page).
+
+What one export folder holds (each part optional, see ``FORMATS``)::
+
+    OUT/labels.csv, labels.jsonl   one row per labelled sample (or per label given, with history):
+                                   id, label, annotator, time (ISO 8601, UTC), source, model_version, audit
+    OUT/priors.csv, priors.jsonl   one row per unlabelled sample: id, label (the prior's top class),
+                                   confidence, method, model_version (+ probs, class -> probability, in JSONL)
+    OUT/imagefolder/CLASS/NAME.EXT the labelled images, one folder per class: what torchvision's
+                                   ImageFolder and ``shortlist finetune --data`` read; ids.csv maps
+                                   each file back to its sample id
+    OUT/fiftyone/data/NAME.EXT     FiftyOne's FiftyOneImageClassificationDataset: labels.json is
+    OUT/fiftyone/labels.json       {"classes": [...], "labels": {NAME: class index}} (NAME = file stem)
+
+``labels.csv`` is also what ``shortlist label`` reads (columns id,label), so labels move between agents.
+Every format has its reader here (``read_*``), and tests/agent/test_exports.py round-trips each one.
+Everything comes from the agent over gRPC (ListLabels, PriorLabels, ListSamples): nothing else is read.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import grpc
+from PIL import Image
+
+from agent import client
+from shortlist.images import encode_png, tensor_pixels
+from shortlist.v1 import agent_pb2, agent_pb2_grpc
+
+FORMATS = ("csv", "jsonl", "imagefolder", "fiftyone")
+LABEL_FIELDS = ["id", "label", "annotator", "time", "source", "model_version", "audit"]
+PRIOR_FIELDS = ["id", "label", "confidence", "method", "model_version"]
+IDS_FILE = "ids.csv"  # in imagefolder/ and fiftyone/: file (relative path), id, label
+# Pillow format -> file extension torchvision's ImageFolder accepts; any other format is re-encoded as PNG.
+EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp", "TIFF": ".tif", "PPM": ".ppm",
+              "GIF": ".gif"}
+MAX_STEM = 120
+
+
+class ExportError(ValueError):
+    """An export that cannot be written as asked (nothing is left behind); the message says what to do."""
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """What ``export_labels`` writes: ``formats`` (a subset of FORMATS), the priors of ``prior_method``
+    for the unlabelled samples ("" = none), every label ever given (``history``) or only the current ones."""
+
+    formats: tuple[str, ...] = FORMATS
+    prior_method: str = "knn"
+    history: bool = False
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.formats) - set(FORMATS))
+        if unknown or not self.formats:
+            raise ExportError(f"unknown export format(s) {unknown}; valid: {', '.join(FORMATS)}")
+
+
+@dataclass
+class ExportSummary:
+    labels: int = 0
+    priors: int = 0
+    images: int = 0
+    files: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+# ---- rows ------------------------------------------------------------------------------------------
+def iso_time(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="microseconds")
+
+
+def unix_time(text: str) -> float:
+    return datetime.fromisoformat(text).timestamp()
+
+
+def label_row(r: agent_pb2.LabelRecord) -> dict[str, Any]:
+    return {"id": r.id, "label": r.label, "annotator": r.annotator, "time": iso_time(r.time), "source": r.source,
+            "model_version": r.model_version, "audit": r.audit}
+
+
+def prior_row(p: agent_pb2.PriorLabel, method: str) -> dict[str, Any]:
+    return {"id": p.id, "label": p.label, "confidence": round(float(p.confidence), 6), "method": method,
+            "model_version": p.model_version, "probs": {k: round(float(v), 6) for k, v in sorted(p.probs.items())}}
+
+
+def write_rows(rows: Iterable[dict[str, Any]], fields: list[str], csv_path: Path | None,
+               jsonl_path: Path | None) -> int:
+    """Write ``rows`` to a CSV (``fields`` only) and/or a JSON Lines file (every key); returns the count."""
+    n = 0
+    with open(csv_path or os.devnull, "w", newline="", encoding="utf-8") as cf, \
+            open(jsonl_path or os.devnull, "w", encoding="utf-8") as jf:
+        writer = csv.DictWriter(cf, fieldnames=fields, extrasaction="ignore")
+        if csv_path is not None:
+            writer.writeheader()
+        for row in rows:
+            if csv_path is not None:
+                writer.writerow({k: (str(v).lower() if isinstance(v, bool) else v) for k, v in row.items()})
+            if jsonl_path is not None:
+                jf.write(json.dumps(row, ensure_ascii=False) + "\n")
+            n += 1
+    return n
+
+
+def read_csv_rows(path: Path) -> list[dict[str, Any]]:
+    """Rows of an exported labels.csv / priors.csv with their types back (time as Unix seconds)."""
+    with open(path, newline="", encoding="utf-8") as f:
+        return [_typed(dict(r)) for r in csv.DictReader(f)]
+
+
+def read_jsonl_rows(path: Path) -> list[dict[str, Any]]:
+    """Rows of an exported labels.jsonl / priors.jsonl (time as Unix seconds)."""
+    with open(path, encoding="utf-8") as f:
+        return [_typed(json.loads(line)) for line in f if line.strip()]
+
+
+def _typed(row: dict[str, Any]) -> dict[str, Any]:
+    if "time" in row:
+        row["time"] = unix_time(str(row["time"]))
+    if isinstance(row.get("audit"), str):
+        row["audit"] = row["audit"] == "true"
+    if isinstance(row.get("confidence"), str):
+        row["confidence"] = float(row["confidence"])
+    return row
+
+
+# ---- images ----------------------------------------------------------------------------------------
+def image_file(sample: agent_pb2.Sample) -> tuple[bytes, str]:
+    """(file bytes, extension) of a sample's payload: the stored encoding when torchvision's ImageFolder
+    reads it, else PNG (raw tensors, other formats)."""
+    if sample.WhichOneof("payload") == "tensor":
+        t = sample.tensor
+        return encode_png(tensor_pixels(t.dtype, tuple(int(d) for d in t.shape), t.data)), ".png"
+    data = sample.encoded_image
+    with Image.open(io.BytesIO(data)) as im:
+        fmt = im.format or ""
+        if fmt in EXTENSIONS:
+            return data, EXTENSIONS[fmt]
+        buf = io.BytesIO()
+        im.convert("RGB").save(buf, format="PNG")
+        return buf.getvalue(), ".png"
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def file_stem(sample_id: str, taken: set[str]) -> str:
+    """A file-name stem for ``sample_id``: its safe characters (an image extension dropped), made unique
+    among ``taken`` (case-insensitively, for case-insensitive file systems) with a short hash."""
+    base = sample_id
+    if Path(base).suffix.lower() in {*EXTENSIONS.values(), ".jpeg", ".tiff"}:
+        base = base[: -len(Path(base).suffix)]
+    stem = _UNSAFE.sub("_", base).strip("._")[:MAX_STEM] or "sample"
+    if stem.lower() in taken:
+        stem = f"{stem}-{hashlib.sha256(sample_id.encode()).hexdigest()[:10]}"
+    taken.add(stem.lower())
+    return stem
+
+
+def check_class_folder(name: str) -> None:
+    """An ImageFolder class is a folder name: refuse names that cannot be one (or would be hidden)."""
+    if not name or name in (".", "..") or name.startswith(".") or "/" in name or "\\" in name or "\0" in name:
+        raise ExportError(f"class {name!r} cannot be a folder name, so it cannot be written as an ImageFolder "
+                          "tree; export with --format csv,jsonl,fiftyone")
+
+
+def write_images(samples: Iterable[agent_pb2.Sample], out: Path, formats: tuple[str, ...],
+                 classes: list[str]) -> int:
+    """Write labelled samples (with payloads) as an ImageFolder tree (out/imagefolder) and/or FiftyOne's
+    image classification layout (out/fiftyone); returns the number of images."""
+    tree = out / "imagefolder" if "imagefolder" in formats else None
+    fo = out / "fiftyone" if "fiftyone" in formats else None
+    taken: set[str] = set()
+    fo_labels: dict[str, int] = {}
+    index = {c: i for i, c in enumerate(classes)}
+    n = 0
+    ids_files = []
+    for folder in (tree, fo):
+        if folder is not None:
+            folder.mkdir(parents=True)
+            f = open(folder / IDS_FILE, "w", newline="", encoding="utf-8")  # noqa: SIM115 - closed below
+            w = csv.writer(f)
+            w.writerow(["file", "id", "label"])
+            ids_files.append((folder, f, w))
+    try:
+        for s in samples:
+            if not s.label:
+                continue
+            data, ext = image_file(s)
+            stem = file_stem(s.id, taken)
+            if tree is not None:
+                check_class_folder(s.label)
+                (tree / s.label).mkdir(exist_ok=True)
+                (tree / s.label / f"{stem}{ext}").write_bytes(data)
+            if fo is not None:
+                (fo / "data").mkdir(exist_ok=True)
+                (fo / "data" / f"{stem}{ext}").write_bytes(data)
+                fo_labels[stem] = index.setdefault(s.label, len(index))
+            for folder, _, w in ids_files:
+                rel = f"{s.label}/{stem}{ext}" if folder == tree else f"data/{stem}{ext}"
+                w.writerow([rel, s.id, s.label])
+            n += 1
+    finally:
+        for _, f, _ in ids_files:
+            f.close()
+    if fo is not None:
+        names = sorted(index, key=index.__getitem__)
+        (fo / "labels.json").write_text(json.dumps({"classes": names, "labels": fo_labels}, ensure_ascii=False,
+                                                   indent=1), encoding="utf-8")
+    return n
+
+
+def read_ids(folder: Path) -> dict[str, str]:
+    """file (relative to ``folder``) -> sample id, from an exported image tree's ids.csv."""
+    with open(folder / IDS_FILE, newline="", encoding="utf-8") as f:
+        return {r["file"]: r["id"] for r in csv.DictReader(f)}
+
+
+def read_fiftyone_classification(folder: Path) -> dict[str, str]:
+    """FiftyOneImageClassificationDataset at ``folder`` -> {data/FILE: class name}: labels.json maps each
+    file stem in data/ to an index into ``classes`` (or to the class name itself when there is no
+    ``classes``); ``None`` (unlabelled) is left out."""
+    doc = json.loads((folder / "labels.json").read_text(encoding="utf-8"))
+    classes = doc.get("classes")
+    files = {p.stem: p.name for p in (folder / "data").iterdir() if p.is_file()}
+    out: dict[str, str] = {}
+    for stem, target in doc["labels"].items():
+        if target is None:
+            continue
+        out[f"data/{files[stem]}"] = classes[target] if classes else str(target)
+    return out
+
+
+# ---- the whole export ------------------------------------------------------------------------------
+def _fetch_priors(stub: agent_pb2_grpc.AgentStub, method: str,
+                  notes: list[str]) -> Iterator[agent_pb2.PriorLabel] | None:
+    """The streamed priors, or None (with a note) when the agent cannot give any yet (no model, no labels)."""
+    stream = stub.PriorLabels(agent_pb2.PriorLabelsRequest(method=method))
+    try:
+        first = next(iter(stream), None)
+    except grpc.RpcError as e:
+        if e.code() == grpc.StatusCode.FAILED_PRECONDITION:
+            notes.append(f"no priors exported: {e.details()}")
+            return None
+        raise
+
+    def rest() -> Iterator[agent_pb2.PriorLabel]:
+        if first is not None:
+            yield first
+            yield from stream
+
+    return rest()
+
+
+def export_labels(stub: agent_pb2_grpc.AgentStub, out: Path, config: ExportConfig) -> ExportSummary:
+    """Write the export into ``out`` (which must not exist or be empty): into a sibling folder first,
+    renamed into place once complete, so a failed export leaves nothing half-written."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ExportError(f"{out} already exists and is not an empty folder; choose a new folder (or remove it)")
+    summary = ExportSummary()
+    part = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(part, ignore_errors=True)
+    part.mkdir(parents=True)
+    try:
+        fmt = config.formats
+        want_rows = "csv" in fmt or "jsonl" in fmt
+        priors = _fetch_priors(stub, config.prior_method, summary.notes) if config.prior_method and want_rows \
+            else None
+        if want_rows:
+            csv_l, jsonl_l = (part / "labels.csv" if "csv" in fmt else None), \
+                (part / "labels.jsonl" if "jsonl" in fmt else None)
+            summary.labels = write_rows((label_row(r) for r in client.list_labels(stub, history=config.history)),
+                                        LABEL_FIELDS, csv_l, jsonl_l)
+            if priors is not None:
+                summary.priors = write_rows((prior_row(p, config.prior_method) for p in priors), PRIOR_FIELDS,
+                                            part / "priors.csv" if "csv" in fmt else None,
+                                            part / "priors.jsonl" if "jsonl" in fmt else None)
+        if "imagefolder" in fmt or "fiftyone" in fmt:
+            classes = list(stub.GetStatus(agent_pb2.GetStatusRequest()).classes)
+            summary.images = write_images(client.list_samples(stub, labeled_only=True, include_payload=True), part,
+                                          fmt, classes)
+        summary.files = sorted(str(p.relative_to(part)) for p in part.iterdir())
+        if out.exists():
+            out.rmdir()
+        os.replace(part, out)
+    finally:
+        shutil.rmtree(part, ignore_errors=True)
+    return summary

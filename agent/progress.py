@@ -1,0 +1,172 @@
+"""What the app's Progress page shows, computed from the agent's answers (ListLabels with history,
+GetStatus): labels over time (overall and per annotator), per class (class balance), per annotator and
+per source, the audit's prior-accuracy estimates, and the model version served and re-embedding state.
+Charts are server-rendered SVG from matplotlib's object API (no pyplot state, so requests can render in
+parallel threads); nothing is fetched by the browser from elsewhere.
+"""
+
+from __future__ import annotations
+
+import io
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from shortlist.v1 import agent_pb2
+
+# Chart size (inches at 100 dpi: 720 x 260 px) and colours (matplotlib's tab10, colour-blind friendlier
+# than the default cycle's order for a few series).
+WIDTH, HEIGHT = 7.2, 2.6
+MAX_SERIES = 8  # annotators drawn as their own line; the rest are summed as "others"
+
+
+@dataclass
+class AnnotatorStats:
+    name: str
+    labels: int = 0  # labels given (relabels count)
+    samples: set[str] = field(default_factory=set)
+    first: float = 0.0
+    last: float = 0.0
+    sources: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass
+class Progress:
+    """Label history aggregated for the page."""
+
+    events: int = 0  # labels ever given
+    labelled: int = 0  # samples with a current label
+    # (time, samples labelled so far) at each label that labelled a new sample
+    timeline: list[tuple[float, int]] = field(default_factory=list)
+    # annotator -> [(time, labels given so far)]
+    annotator_timeline: dict[str, list[tuple[float, int]]] = field(default_factory=dict)
+    annotators: dict[str, AnnotatorStats] = field(default_factory=dict)
+    per_class: Counter[str] = field(default_factory=Counter)  # current labels per class
+    per_source: Counter[str] = field(default_factory=Counter)  # current labels per source
+    audit_labelled: int = 0
+    relabelled: int = 0  # samples labelled more than once
+
+
+def collect(history: Iterable[agent_pb2.LabelRecord], classes: Iterable[str] = ()) -> Progress:
+    """Aggregate ListLabels(history=True) (oldest first) into a Progress; ``classes`` (GetStatus) makes
+    classes without labels show with 0."""
+    p = Progress()
+    seen: dict[str, int] = {}
+    for name in classes:
+        p.per_class[name] += 0
+    for r in history:
+        p.events += 1
+        seen[r.id] = seen.get(r.id, 0) + 1
+        if seen[r.id] == 1:
+            p.timeline.append((r.time, len(seen)))
+        a = p.annotators.get(r.annotator)
+        if a is None:
+            a = p.annotators[r.annotator] = AnnotatorStats(r.annotator, first=r.time)
+        a.labels += 1
+        a.samples.add(r.id)
+        a.last = r.time
+        a.sources[r.source] += 1
+        p.annotator_timeline.setdefault(r.annotator, []).append((r.time, a.labels))
+        if r.current:
+            p.per_class[r.label] += 1
+            p.per_source[r.source] += 1
+            p.audit_labelled += int(r.audit)
+    p.labelled = len(seen)
+    p.relabelled = sum(1 for n in seen.values() if n > 1)
+    return p
+
+
+def _figure(height: float = HEIGHT) -> Any:
+    from matplotlib.figure import Figure  # imported on first use: ~1 s, and only the web app draws
+
+    fig = Figure(figsize=(WIDTH, height), dpi=100, layout="constrained")
+    return fig
+
+
+def _svg(fig: Any) -> str:
+    import matplotlib
+
+    buf = io.StringIO()
+    with matplotlib.rc_context({"svg.fonttype": "none", "font.family": "sans-serif"}):  # text stays text
+        fig.savefig(buf, format="svg")
+    text = buf.getvalue()
+    return text[text.index("<svg"):]  # drop the XML prolog and DOCTYPE: the SVG is inlined in HTML
+
+
+def _dates(ts: list[float]) -> list[Any]:
+    from datetime import UTC, datetime
+
+    return [datetime.fromtimestamp(t, UTC) for t in ts]
+
+
+def timeline_svg(p: Progress) -> str:
+    """Samples labelled over time, and labels given per annotator (the busiest MAX_SERIES)."""
+    fig = _figure()
+    ax = fig.add_subplot()
+    if not p.timeline:
+        ax.text(0.5, 0.5, "no labels yet", ha="center", va="center", transform=ax.transAxes)
+        ax.set_axis_off()
+        return _svg(fig)
+    ts, ns = zip(*p.timeline, strict=True)
+    ax.step(_dates(list(ts)), ns, where="post", color="black", linewidth=2, label="samples labelled")
+    busiest = sorted(p.annotators.values(), key=lambda a: -a.labels)[:MAX_SERIES]
+    for a in busiest:
+        series = p.annotator_timeline[a.name]
+        at, an = zip(*series, strict=True)
+        ax.step(_dates(list(at)), an, where="post", linewidth=1.2, label=f"{a.name} (labels given)")
+    ax.set_ylabel("count")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8, frameon=False)
+    import matplotlib.dates as mdates
+
+    loc = mdates.AutoDateLocator()
+    ax.xaxis.set_major_locator(loc)
+    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(loc))
+    return _svg(fig)
+
+
+def class_balance_svg(p: Progress) -> str:
+    """Current labels per class, as horizontal bars (most labelled first)."""
+    items = sorted(p.per_class.items(), key=lambda kv: (-kv[1], kv[0]))
+    fig = _figure(max(1.2, 0.28 * len(items) + 0.6))
+    ax = fig.add_subplot()
+    if not items:
+        ax.text(0.5, 0.5, "no classes yet", ha="center", va="center", transform=ax.transAxes)
+        ax.set_axis_off()
+        return _svg(fig)
+    names = [k for k, _ in items][::-1]
+    counts = [v for _, v in items][::-1]
+    bars = ax.barh(names, counts, color="#4c78a8")
+    total = max(1, sum(counts))
+    ax.bar_label(bars, labels=[f"{c} ({c / total:.0%})" for c in counts], padding=3, fontsize=8)
+    ax.set_xlabel("labelled samples")
+    ax.set_xlim(0, max(counts) * 1.25 + 1)
+    ax.grid(axis="x", alpha=0.3)
+    return _svg(fig)
+
+
+def audit_svg(audit: agent_pb2.PriorAudit) -> str:
+    """Each prior method's measured accuracy with its interval (error bars); "" without estimates."""
+    rows = [m for m in audit.methods if m.HasField("overall") and m.overall.total]
+    if not rows:
+        return ""
+    fig = _figure(max(1.2, 0.45 * len(rows) + 0.7))
+    ax = fig.add_subplot()
+    names = [m.method for m in rows]
+    acc = [m.overall.accuracy for m in rows]
+    lo = [m.overall.accuracy - m.overall.low for m in rows]
+    hi = [m.overall.high - m.overall.accuracy for m in rows]
+    ax.errorbar(acc, names, xerr=[lo, hi], fmt="o", color="#e45756", ecolor="#555555", capsize=4)
+    conf = [m.mean_confidence for m in rows]
+    ax.scatter(conf, names, marker="|", s=200, color="#4c78a8", label="mean confidence")
+    for y, m in enumerate(rows):
+        o = m.overall
+        ax.annotate(f"{o.accuracy:.0%} ({o.low:.0%}-{o.high:.0%}), {o.correct}/{o.total}", (1.02, y),
+                    xycoords=("axes fraction", "data"), va="center", fontsize=8)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(-0.6, len(rows) - 0.4)
+    ax.set_xlabel(f"accuracy on the audit labels ({audit.confidence_level:.0%} {audit.interval_method} interval)")
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(loc="lower left", fontsize=8, frameon=False)
+    return _svg(fig)

@@ -1,0 +1,72 @@
+"""The commands: ``bench cifar10``, ``bench embeddings``, ``bench report``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from bench.cifar10.data import require_splits
+from bench.cifar10.evaluation import write_embeddings
+from bench.cifar10.profiles import PROFILES
+from bench.cifar10.run import run_benchmark
+
+
+def register(bench_app: typer.Typer) -> None:
+    @bench_app.command("cifar10")
+    def cifar10_command(
+        data: Path = typer.Option(Path("../shared/datasets/cifar10"), help="CIFAR-10: the shared folder of tars, "
+                                  "an ImageFolder tree with train/ and test/, or torchvision's CIFAR-10 folder"),
+        profile: str = typer.Option("quick", help=f"one of {', '.join(PROFILES)}"),
+        out: Path = typer.Option(Path("runs/bench-cifar10"), help="output folder"),
+        encoder: Path | None = typer.Option(None, help="a training run folder, a model version folder or a "
+                                            "registry, instead of pretraining one"),
+        strategies: str | None = typer.Option(None, help="comma-separated strategies (default: the profile's)"),
+        seeds: int | None = typer.Option(None, min=1, help="number of seeds (default: the profile's)"),
+        budgets: str | None = typer.Option(None, help="comma-separated label counts or pool percentages, "
+                                           "e.g. 10,20,40,1%"),
+        prior_methods: str | None = typer.Option(None, help="comma-separated prior-label methods"),
+        semi_supervised_at: str | None = typer.Option(None, help="label counts at which to run the AS3L "
+                                                      "semi-supervised stage (default: the profile's; gpu: 10,40)"),
+        semi_supervised_steps: int | None = typer.Option(None, min=1, help="training steps per semi-supervised "
+                                                         "point (default: the profile's minutes)"),
+    ) -> None:
+        """CIFAR-10 accuracy against labels per strategy, through a real agent with a simulated annotator."""
+        if profile not in PROFILES:
+            raise typer.BadParameter(f"unknown profile {profile!r}; valid: {', '.join(PROFILES)}")
+        require_splits(data)
+
+        def split(s: str | None) -> list[str] | None:
+            return [x.strip() for x in s.split(",") if x.strip()] if s else None
+
+        at = [int(x) for x in split(semi_supervised_at) or []] if semi_supervised_at is not None else None
+        run_benchmark(data, PROFILES[profile], out, encoder, split(strategies), seeds, split(budgets),
+                      split(prior_methods), semi_supervised_at=at, semi_supervised_steps=semi_supervised_steps)
+
+    @bench_app.command("embeddings")
+    def embeddings_command(
+        encoder: Path = typer.Option(..., help="a training run folder, a model version folder or a registry"),
+        data: Path = typer.Option(Path("../shared/datasets/cifar10"), help="labelled train/ and test/ splits: "
+                                  "the shared CIFAR-10 tars, an ImageFolder tree or torchvision's CIFAR-10 folder"),
+        pool: int | None = typer.Option(None, min=1, help="class-balanced subset of the training split "
+                                        "(default: all of it)"),
+        test: int | None = typer.Option(None, min=1, help="class-balanced subset of the test split (default: all)"),
+        out: Path = typer.Option(..., help="folder for pool_x.npy, pool_y.npy, test_x.npy, test_y.npy, meta.json"),
+    ) -> None:
+        """Embed a data set with an encoder (as the agent would) for `shortlist bench strategies`."""
+        require_splits(data)
+        meta = write_embeddings(data, encoder, out, pool, test)
+        typer.echo(f"{meta['pool_size']} pool and {meta['test_size']} test embeddings ({meta['dim']}-d, model "
+                   f"{meta['model_version']}, {meta['embed_seconds']:.0f} s) -> {out}\nnext: shortlist bench "
+                   f"strategies --embeddings {out}/pool_x.npy --labels {out}/pool_y.npy --test-embeddings "
+                   f"{out}/test_x.npy --test-labels {out}/test_y.npy --out DIR")
+
+    @bench_app.command("report")
+    def report_command(
+        runs: list[Path] = typer.Argument(..., help="benchmark output folders (with results.json)"),
+        out: Path | None = typer.Option(None, help="where to write the report (default: the first run's folder)"),
+    ) -> None:
+        """Re-render tables and plots from results.json; several runs go side by side."""
+        from bench.report import write_report
+
+        write_report(runs, out or runs[0])

@@ -1,0 +1,53 @@
+"""The benchmark's data: the pool and test rows of a source's train and test splits, at the model's size."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import typer
+
+from bench.cifar10.profiles import stratified_subset
+from shortlist.datasets import ImageArray, load_array, resolve_source
+from shortlist.manifest import read_complete
+
+
+def load_pool_and_test(data: Path, pool_size: int | None,
+                       test_size: int | None) -> tuple[ImageArray, np.ndarray, ImageArray, np.ndarray]:
+    """Decode both splits at the source's size and take class-balanced subsets (seed 0; None: all rows):
+    (train split, pool row indices, the test subset, its row indices in the test split). BadParameter
+    when a split has unlabelled rows."""
+    train = load_array(data, "train", size=None)
+    test = load_array(data, "test", size=(train.images.shape[1], train.images.shape[2]), classes=train.classes)
+    pool_idx = stratified_subset(train.labels, pool_size, seed=0)
+    test_idx = stratified_subset(test.labels, test_size, seed=0)
+    if np.any(train.labels[pool_idx] < 0) or np.any(test.labels[test_idx] < 0):
+        raise typer.BadParameter(f"{data}: the benchmark needs labelled train and test splits (class folders)")
+    test_set = ImageArray(test.images[test_idx], test.labels[test_idx], test.classes, [test.ids[i] for i in test_idx])
+    return train, pool_idx, test_set, test_idx
+
+
+def images_at_model_size(data: Path, version_dir: Path, train: ImageArray, test_set: ImageArray,
+                         pool_idx: np.ndarray, test_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The pool rows of ``train`` and ``test_set`` (the ``test_idx`` rows of the test split) as PxHxWx3 and
+    TxHxWx3 uint8 at the model version's input size; splits decoded at another size are decoded again."""
+    manifest = read_complete(version_dir, verify_hashes=False)
+    assert manifest is not None, f"{version_dir} is not a complete model version"
+    size = manifest.preprocess.size
+    pool_images = train.images[pool_idx] if train.images.shape[1:3] == size else \
+        load_array(data, "train", size=size).images[pool_idx]
+    test_images = test_set.images if test_set.images.shape[1:3] == size else \
+        load_array(data, "test", size=size, classes=train.classes).images[test_idx]
+    return pool_images, test_images
+
+
+def require_splits(data: Path) -> None:
+    """Exit 2 with a message (no traceback) unless ``data`` holds a train and a test split: checked before
+    any work, so a wrong ``--data`` fails at once instead of after pretraining has started."""
+    try:
+        for split in ("train", "test"):
+            resolve_source(data, split)
+    except FileNotFoundError as e:
+        typer.echo(f"error: {e}; pass --data: the folder of train.tar/test.tar, an ImageFolder tree with train/ "
+                   "and test/, or torchvision's CIFAR-10 folder", err=True)
+        raise typer.Exit(2) from None

@@ -1,0 +1,155 @@
+"""The encoder a benchmark serves: published from ``--encoder``, or pretrained here (resumable) and exported;
+and the embeddings the agent's own Embedder computes with it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import typer
+
+from bench.cifar10.profiles import Profile
+from shortlist.datasets import ImageArray
+from shortlist.manifest import newest_complete, read_complete
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+
+
+def _copy_version_into(registry: Path, version_dir: Path) -> str:
+    """Publish a copy of an already exported version folder into ``registry``."""
+    from shortlist.manifest import publish
+
+    registry.mkdir(parents=True, exist_ok=True)
+    staging = registry / f".tmp-copy-{os.getpid()}"
+    if staging.exists():
+        shutil.rmtree(staging)
+    shutil.copytree(version_dir, staging)
+    return publish(registry, staging)
+
+
+def publish_encoder(encoder: Path, registry: Path) -> tuple[str, dict[str, Any]]:
+    """Put ``encoder`` (a model version folder, a registry: its newest version, or a training run folder:
+    exported first) into ``registry`` as its newest version; returns (version, provenance)."""
+    encoder = encoder.expanduser()
+    own = newest_complete(registry) if encoder.resolve() == registry.resolve() else None
+    if own is not None:  # this run's own registry (a rerun): serve what it holds, no copy
+        return own[0], {"encoder": str(registry / own[0]), "kind": "registry"}
+    if read_complete(encoder, verify_hashes=True) is not None or (encoder / "manifest.json").is_file():
+        version = _copy_version_into(registry, encoder)
+        return version, {"encoder": str(encoder), "kind": "model version folder"}
+    newest = newest_complete(encoder)
+    if newest is not None:
+        version = _copy_version_into(registry, encoder / newest[0])
+        return version, {"encoder": f"{encoder}/{newest[0]}", "kind": "registry"}
+    if not (encoder / "encoder.pt").is_file():
+        raise typer.BadParameter(f"{encoder} is neither a model version folder, a registry nor a training run "
+                                 "folder (with encoder.pt)")
+    from exporters.export import export_run  # torch: only when a training run must be exported
+
+    version = export_run(encoder, registry)
+    return version, {"encoder": str(encoder), "kind": "training run"}
+
+
+def _shown(value: Any) -> str:
+    """A config value for a message: long lists (a pool's rows) as their length."""
+    return f"{len(value)} rows" if isinstance(value, list) and len(value) > 8 else repr(value)
+
+
+def earlier_pretraining(run_dir: Path, config: Any, options: dict[str, Any]) -> str:
+    """What ``run_dir`` holds from an earlier run of this benchmark: "none", "finished" (encoder.pt and
+    summary.json written) or "unfinished" (checkpointed, e.g. interrupted). Raises typer.BadParameter when
+    it holds a run whose benchmark-set settings (data, method, arch, minutes, pool rows, seed and the
+    profile's ``options``) differ from ``config``'s (a PretrainConfig), so a rerun never mixes in an
+    encoder made for another benchmark.
+    """
+    from training import loop
+
+    if not (run_dir / loop.CHECKPOINT).exists():
+        return "none"
+    try:
+        saved = json.loads((run_dir / loop.CONFIG).read_text())
+    except (OSError, ValueError):
+        saved = {}
+    now = asdict(config)
+    keys = ["data", "method", "arch", "minutes", "subset", "seed", *sorted(options)]
+    diff = [f"{k} {_shown(saved.get(k, '(not recorded)'))} there, {_shown(now[k])} now" for k in keys
+            if saved.get(k) != now[k]]
+    if diff:
+        raise typer.BadParameter(f"{run_dir} holds a pretraining run with other settings ({'; '.join(diff)}): "
+                                 "remove that folder to pretrain again, or pass another --out")
+    finished = (run_dir / loop.ENCODER).is_file() and (run_dir / loop.SUMMARY).is_file()
+    return "finished" if finished else "unfinished"
+
+
+def prepare_encoder(encoder: Path | None, profile: Profile, data: Path, pool_idx: np.ndarray, out: Path,
+                    console: Any, train: ImageArray | None = None,
+                    test: ImageArray | None = None) -> tuple[str, dict[str, Any]]:
+    """Publish the benchmark's encoder into ``out/models``; returns (version, provenance).
+
+    ``train`` / ``test`` are the splits the benchmark already decoded: when they are at the model's input
+    size, pretraining takes the pool's rows (and the test rows for its kNN check) from them instead of
+    decoding the source again."""
+    registry = out / "models"
+    if encoder is not None:
+        return publish_encoder(encoder, registry)
+    if profile.pretrain_minutes <= 0:
+        raise typer.BadParameter(f"profile {profile.name} trains no encoder itself; pass --encoder RUN_OR_MODEL")
+    from exporters.export import export_run
+    from training.pretrain import PretrainConfig, preprocess_by_name, pretrain
+
+    run_dir = out / "pretrain"
+    config = PretrainConfig(data=str(data), method=profile.method, arch=profile.arch,
+                            minutes=profile.pretrain_minutes, out=str(run_dir), subset=pool_idx.tolist(),
+                            **profile.pretrain_options)
+    earlier = earlier_pretraining(run_dir, config, profile.pretrain_options)
+    provenance = {"encoder": str(run_dir), "kind": "pretrained here", "minutes": profile.pretrain_minutes}
+    if earlier == "finished":
+        # A rerun (the README's quickstart run twice, or after an interruption later on): the encoder is
+        # the one this benchmark made before with the same settings; retraining it would only cost time.
+        own = newest_complete(registry) if registry.exists() else None
+        source = str(run_dir.resolve())
+        console.print(f"[bold]reusing[/] the encoder pretrained in {run_dir} by an earlier run of this benchmark "
+                      "(remove that folder to pretrain again)")
+        provenance["kind"] = "pretrained here by an earlier run"
+        if own is not None and own[1].source_run == source:
+            return own[0], provenance
+        return export_run(run_dir, registry), provenance
+    if earlier == "unfinished":
+        console.print(f"[bold]resuming[/] the interrupted pretraining run in {run_dir}")
+        config = replace(config, resume=True)
+    else:
+        console.print(f"[bold]pretraining[/] {profile.method} {profile.arch} for {profile.pretrain_minutes:g} min "
+                      f"on {len(pool_idx)} pool images -> {run_dir}")
+    size = preprocess_by_name(config.preprocess).size
+    if train is not None and test is not None and train.images.shape[1:3] == size == test.images.shape[1:3]:
+        from training.data import from_hwc
+
+        # the whole split: pretrain() takes config.subset itself, and config.json records it
+        pretrain(config, train_data=from_hwc(train.images, train.labels, train.classes, train.ids),
+                 test_data=from_hwc(test.images, test.labels, test.classes, test.ids))
+    else:
+        pretrain(config)
+    return export_run(run_dir, registry), provenance
+
+
+def embed_images(version_dir: Path, images: np.ndarray, batch: int = 512) -> np.ndarray:
+    """NxHxWx3 uint8 (at the manifest's size) -> NxD float32 L2-normalised embeddings, computed by the
+    agent's own Embedder so the probe sees exactly what the agent indexes."""
+    from agent.embedder import Embedder
+
+    manifest = read_complete(version_dir, verify_hashes=False)
+    assert manifest is not None, f"{version_dir} is not a complete model version"
+    return Embedder(version_dir, manifest, batch_size=batch, use_cuda=False, pretext=False).embed(images).vecs

@@ -1,0 +1,202 @@
+"""Evaluation: the cumulative Select -> label -> prior -> evaluate loop for one strategy and seed, the
+records it writes (``Point``, ``Run``), the AS3L semi-supervised point, and the embedding files of
+``bench embeddings``."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+
+from agent import client
+from bench.cifar10.data import images_at_model_size, load_pool_and_test
+from bench.cifar10.encoder import embed_images, publish_encoder
+from bench.cifar10.profiles import hash_ids
+from bench.metrics import class_coverage, expected_calibration_error, linear_probe_accuracy, prior_accuracy
+from shortlist.images import resize_array
+from shortlist.manifest import read_complete
+from shortlist.v1 import agent_pb2, agent_pb2_grpc
+
+
+def save_embeddings(folder: Path, pool_x: np.ndarray, pool_y: np.ndarray, test_x: np.ndarray,
+                    test_y: np.ndarray) -> None:
+    """pool_x.npy (NxD float32), pool_y.npy (N int), test_x.npy, test_y.npy: `bench strategies`' inputs."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, arr in (("pool_x", pool_x), ("pool_y", pool_y), ("test_x", test_x), ("test_y", test_y)):
+        np.save(folder / f"{name}.npy", arr)
+
+
+def write_embeddings(data: Path, encoder: Path, out: Path, pool_size: int | None = None,
+                     test_size: int | None = None) -> dict[str, Any]:
+    """``shortlist bench embeddings``: publish ``encoder`` into ``out/models`` and write the embeddings of a
+    class-balanced pool of the training split (all of it by default) and of the test split into ``out``,
+    with the agent's own Embedder (what Select and PriorLabels see). Returns what it wrote (meta.json)."""
+    train, pool_idx, test_set, test_idx = load_pool_and_test(data, pool_size, test_size)
+    version, provenance = publish_encoder(encoder, out / "models")
+    t = time.perf_counter()
+    version_dir = out / "models" / version
+    pool_images, test_images = images_at_model_size(data, version_dir, train, test_set, pool_idx, test_idx)
+    pool_x, test_x = embed_images(version_dir, pool_images), embed_images(version_dir, test_images)
+    save_embeddings(out, pool_x, train.labels[pool_idx], test_x, test_set.labels)
+    meta = {"data": str(data), "encoder": provenance, "model_version": version, "classes": train.classes,
+            "pool_size": len(pool_idx), "test_size": len(test_idx), "dim": int(pool_x.shape[1]),
+            "pool_ids_sha256": hash_ids([train.ids[i] for i in pool_idx]), "embed_seconds": time.perf_counter() - t}
+    (out / "meta.json").write_text(json.dumps(meta, indent=1))
+    return meta
+
+
+@dataclass
+class Point:
+    strategy: str
+    seed: int
+    budget: int
+    prior_method: str
+    coverage: int
+    linear_accuracy: float
+    prior_accuracy: float
+    ece: float
+    n_labeled: int
+    model_version: str
+    select_seconds: float
+    prior_seconds: float
+    first_round: str  # the strategy that picked the first labels ("random" for ones that need labels)
+    semi_supervised_accuracy: float | None = None  # AS3L stage (prior-guided FlexMatch) test accuracy
+    # Mean max probability of the priors: above prior_accuracy = over-confident, below = under-confident
+    # (ECE alone does not say which).
+    mean_confidence: float | None = None
+
+
+@dataclass
+class Run:
+    profile: str
+    data: str
+    seeds: list[int]
+    budgets: list[int]
+    strategies: list[str]
+    prior_methods: list[str]
+    pool_size: int
+    test_size: int
+    model_version: str
+    encoder: dict[str, Any]
+    git_commit: str
+    wall_seconds: dict[str, float] = field(default_factory=dict)
+    records: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+    complete: bool = False  # False while running (results.json is rewritten after each strategy and seed)
+
+
+def _save(run: Run, out: Path) -> None:
+    """Write results.json atomically (a reader never sees half a file)."""
+    tmp = out / "results.json.tmp"
+    tmp.write_text(json.dumps(asdict(run), indent=1))
+    os.replace(tmp, out / "results.json")
+
+
+@dataclass(frozen=True)
+class SemiSupervised:
+    """Where and how long to run AS3L's semi-supervised stage inside the loop (the ``gpu`` profile)."""
+
+    at: tuple[int, ...]
+    minutes: float | None
+    steps: int | None
+    init: Path | None  # the pretraining run to start from (needs its torch checkpoint)
+    prior_method: str
+    out: Path
+
+
+def semi_supervised_accuracy(address: str, ssl: SemiSupervised, strategy: str, seed: int, budget: int,
+                             test_images: np.ndarray, test_y: np.ndarray, classes: list[str]) -> float:
+    """Run training's AS3L stage through ``shortlist cycle`` machinery against the agent (priors from its
+    PriorLabels), publish into a registry the agent does not serve, and score the classifier's ``logits``
+    on the test images with onnxruntime. Returns test accuracy in [0, 1]."""
+    from training.cycle import run_cycle
+
+    run_dir = ssl.out / f"{strategy}-seed{seed}-{budget}"
+    registry = ssl.out / "models"
+    version = run_cycle(address, registry, run_dir, mode="as3l", init=str(ssl.init) if ssl.init else None,
+                        steps=ssl.steps, minutes=None if ssl.steps else ssl.minutes,
+                        prior_method=ssl.prior_method).published
+    from agent.embedder import Embedder
+
+    manifest = read_complete(registry / version, verify_hashes=False)
+    assert manifest is not None and manifest.classes, f"{registry / version} has no classifier"
+    if test_images.shape[1:3] != manifest.preprocess.size:
+        test_images = np.stack([resize_array(im, manifest.preprocess.size) for im in test_images])
+    logits = Embedder(registry / version, manifest, batch_size=512, use_cuda=False, pretext=False).embed(
+        test_images).logits
+    assert logits is not None
+    pred = np.asarray(manifest.classes)[logits.argmax(axis=1)]
+    correct = int(np.sum(pred == np.asarray(classes)[test_y]))
+    return correct / max(1, len(test_images))
+
+
+def run_strategy(stub: agent_pb2_grpc.AgentStub, strategy: str, seed: int, budgets: list[int],
+                 prior_methods: Sequence[str], truth: dict[str, int], classes: list[str],
+                 pool_emb: dict[str, np.ndarray], test_emb: np.ndarray, test_y: np.ndarray,
+                 progress: Any = None, task: Any = None, ssl: SemiSupervised | None = None,
+                 address: str = "", test_images: np.ndarray | None = None) -> list[Point]:
+    """The cumulative Select -> label -> prior -> evaluate loop for one strategy and seed."""
+    labeled: list[str] = []
+    points: list[Point] = []
+    first_round = strategy
+    for budget in budgets:
+        if progress is not None:
+            progress.update(task, description=f"{strategy} seed {seed} budget {budget}")
+        want = budget - len(labeled)
+        t0 = time.perf_counter()
+        name = strategy
+        try:
+            reply = stub.Select(agent_pb2.SelectRequest(budget=want, strategy=name, seed=seed), timeout=3600)
+        except grpc.RpcError as e:
+            if e.code() != grpc.StatusCode.FAILED_PRECONDITION or labeled:
+                raise
+            # Uncertainty strategies need labels to start from: the first labels are drawn at random,
+            # as in the papers' active-learning protocols.
+            name = first_round = "random"
+            reply = stub.Select(agent_pb2.SelectRequest(budget=want, strategy=name, seed=seed), timeout=3600)
+        select_s = time.perf_counter() - t0
+        picked = [s.id for s in reply.selected]
+        if len(picked) != want or set(picked) & set(labeled) or len(set(picked)) != len(picked):
+            raise RuntimeError(f"{strategy}: asked {want} new samples, got {len(picked)} "
+                               f"({len(set(picked) & set(labeled))} already labelled)")
+        lab = client.submit_labels(stub, [(i, classes[truth[i]]) for i in picked], annotator="simulated")
+        if lab.rejected:
+            raise RuntimeError(f"labels rejected: {lab.rejected[0].id}: {lab.rejected[0].reason}")
+        labeled += picked
+        lab_y = np.asarray([truth[i] for i in labeled])
+        lab_x = np.stack([pool_emb[i] for i in labeled])
+        lin = linear_probe_accuracy(lab_x, lab_y, test_emb, test_y, seed)
+        cov = class_coverage(lab_y, len(classes))
+        ssl_acc = None
+        if ssl is not None and budget in ssl.at and test_images is not None:
+            ssl_acc = semi_supervised_accuracy(address, ssl, strategy, seed, budget, test_images, test_y, classes)
+        for method in prior_methods:
+            t1 = time.perf_counter()
+            ids, probs, conf = [], [], []
+            for p in stub.PriorLabels(agent_pb2.PriorLabelsRequest(method=method), timeout=3600):
+                ids.append(p.id)
+                probs.append([p.probs.get(c, 0.0) for c in classes])
+                conf.append(p.confidence)
+            prior_s = time.perf_counter() - t1
+            y = np.asarray([truth[i] for i in ids])
+            pr = np.asarray(probs, np.float64).reshape(len(ids), len(classes))
+            points.append(Point(strategy=strategy, seed=seed, budget=budget, prior_method=method, coverage=cov,
+                                linear_accuracy=lin, prior_accuracy=prior_accuracy(pr, y),
+                                ece=expected_calibration_error(pr, y), n_labeled=len(labeled),
+                                model_version=reply.model_version, select_seconds=select_s,
+                                prior_seconds=prior_s, first_round=first_round,
+                                semi_supervised_accuracy=ssl_acc,
+                                mean_confidence=float(pr.max(axis=1).mean()) if len(pr) else None))
+        if progress is not None:
+            progress.advance(task)
+            summary = ", ".join(f"{p.prior_method} {p.prior_accuracy:.3f}" for p in points[-len(prior_methods):])
+            progress.console.print(f"{strategy:>10} seed {seed} labels {budget:>5}: classes {cov:>2}, "
+                                   f"linear {lin:.3f}, priors {summary} (select {select_s:.1f} s)")
+    return points

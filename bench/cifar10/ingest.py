@@ -1,0 +1,52 @@
+"""Ingest reuse: a base agent data folder holding the pool, streamed through Ingest once per (pool, model)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from agent import client
+from bench.cifar10.process import agent_process, wait_embedded
+from bench.cifar10.profiles import hash_ids
+from shortlist.datasets import ImageItem, iter_images
+from shortlist.v1 import agent_pb2_grpc
+
+
+def ingest_items(stub: agent_pb2_grpc.AgentStub, items: Sequence[ImageItem], batch: int = 256,
+                 progress: Any = None, task: Any = None) -> int:
+    """Stream ``items`` (no labels: the annotator gives them later) through Ingest; returns accepted."""
+    samples = (client.image_sample(it.id, it.encoded or b"", uri=it.uri, metadata={"split": "train"}) for it in items)
+    on_batch = (lambda n: progress.advance(task, n)) if progress is not None else None
+    reply = client.ingest(stub, samples, batch=batch, on_batch=on_batch, timeout=3600)
+    if reply.rejected:
+        first = reply.rejected[0]
+        raise RuntimeError(f"agent rejected {len(reply.rejected)} samples, e.g. {first.id}: {first.reason}")
+    return int(reply.accepted + reply.duplicates)
+
+
+def ingest_pool(data: Path, pool_ids: Sequence[str], version: str, registry: Path, base: Path, log: Path,
+                console: Any, progress: Any = None) -> None:
+    """Make ``base`` an agent data folder holding the pool's samples (the original encoded files of
+    ``data``'s train split, streamed through Ingest the way a field pipeline would) embedded under
+    ``version``. A rerun with the same pool and model finds base/bench-ingested.json and skips Ingest."""
+    wanted = set(pool_ids)
+    items = [it for it in iter_images(data, "train") if it.id in wanted]
+    marker = base / "bench-ingested.json"  # what the base holds: a rerun with the same pool skips Ingest
+    want = {"model_version": version, "ids": len(pool_ids), "digest": hash_ids(list(pool_ids))}
+    reuse = marker.is_file() and json.loads(marker.read_text()) == want
+    if base.exists() and not reuse:
+        shutil.rmtree(base)
+    task = progress.add_task("ingest", total=len(items)) if progress is not None else None
+    if reuse:
+        console.print(f"reusing the ingested pool in {base}")
+        if progress is not None:
+            progress.update(task, completed=len(items), description="ingest (reused)")
+        return
+    with agent_process(base, registry, log) as address:
+        stub = client.connect(address)
+        ingest_items(stub, items, progress=progress, task=task)
+        wait_embedded(stub, len(items), version)
+    marker.write_text(json.dumps(want))

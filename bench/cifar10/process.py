@@ -1,0 +1,67 @@
+"""The agent as a separate process: ``shortlist serve`` on a free loopback port, and waiting for it."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import grpc
+
+from shortlist.v1 import agent_pb2, agent_pb2_grpc
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def agent_process(data_dir: Path, models: Path, log: Path, timeout: float = 60.0) -> Iterator[str]:
+    """Start ``shortlist serve`` as a separate process on a free loopback port; yields its address."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "shortlist.cli", "serve", "--data-dir", str(data_dir), "--models", str(models),
+           "--host", "127.0.0.1", "--port", str(port)]
+    with open(log, "ab") as logf:
+        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT)
+    address = f"127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the agent exited with {proc.returncode}; see {log}")
+            try:
+                with grpc.insecure_channel(address) as ch:
+                    agent_pb2_grpc.AgentStub(ch).GetStatus(agent_pb2.GetStatusRequest(), timeout=2)
+                break
+            except grpc.RpcError as e:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"no answer from the agent on {address} in {timeout:.0f} s; see {log}") from e
+                time.sleep(0.3)
+        yield address
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def wait_embedded(stub: agent_pb2_grpc.AgentStub, n: int, version: str, timeout: float = 1800.0) -> None:
+    """Block until the agent serves ``version`` with ``n`` samples embedded."""
+    deadline = time.monotonic() + timeout
+    while True:
+        s = stub.GetStatus(agent_pb2.GetStatusRequest(), timeout=30)
+        if s.model_version == version and s.embedded >= n:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"agent has {s.embedded}/{n} embedded under {s.model_version!r} (want {version})")
+        time.sleep(0.5)

@@ -1,0 +1,176 @@
+"""The audit of the prior methods (agent/audit.py): the estimator on hand-built pools (the audit labels are
+never seeds; the interval covers the prior's real accuracy on the pool) and the whole path through gRPC
+(Select strategy "audit" recorded durably, GetStatus's estimates, ListLabels' sources and audit flags)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from agent import client
+from agent.audit import accuracy, audited_pool, measure
+from agent.config import AuditConfig
+from agent.pool import state_rng
+from agent.priors import PRIOR_METHODS
+from shortlist.v1 import agent_pb2
+from tests.agent.conftest import CLASSES, Running, make_samples, start
+from tests.agent.strategies.pools import blobs, make_pool
+
+CFG = AuditConfig()
+
+
+def test_accuracy_interval_is_scipys_wilson_and_exact() -> None:
+    a = accuracy(8, 10, CFG)
+    assert (a.correct, a.total, a.accuracy) == (8, 10, 0.8)
+    assert a.low == pytest.approx(0.4902, abs=1e-4) and a.high == pytest.approx(0.9433, abs=1e-4)  # Wilson 1927
+    cp = accuracy(8, 10, AuditConfig(interval="exact"))
+    assert cp.low == pytest.approx(0.4439, abs=1e-4) and cp.high == pytest.approx(0.9748, abs=1e-4)  # Clopper-Pearson
+    assert accuracy(0, 0, CFG).low == 0.0 and accuracy(0, 0, CFG).high == 1.0
+
+
+def test_audit_labels_are_not_seeds_of_the_audited_prior() -> None:
+    # Structureless embeddings and random labels: no prior can beat chance (1/3). Had the audit labels been
+    # seeds, kNN would find each audit sample itself and read ~100%.
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 16)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    y = rng.integers(0, 3, 400)
+    audit = np.arange(300, 400)
+    pool = make_pool(x, y, labeled=np.arange(400))  # everything labelled, the audit rows too
+    seeded = audited_pool(pool, audit)
+    assert not np.isin(audit, seeded.labeled).any() and np.isin(audit, seeded.candidates).all()
+    assert len(seeded.labeled) == 300
+    got = measure(pool, audit, y[audit], [str(i) for i in range(300)], ["knn"], CFG)[0]
+    assert got.overall is not None and got.overall.total == 100
+    assert got.overall.accuracy < 0.55 and got.overall.low < 1 / 3 < got.overall.high
+
+
+def test_the_interval_covers_the_priors_accuracy_on_the_unlabelled_pool() -> None:
+    # 4 blobs; the seeds never name class 3, so every prior is wrong on its blob: accuracy on the
+    # unlabelled pool is about 3/4. A uniform audit must find that, within its interval.
+    x, y = blobs(clusters=4, per_cluster=300, seed=1)
+    rng = np.random.default_rng(1)
+    seeds = np.concatenate([rng.choice(np.flatnonzero(y == c), 5, replace=False) for c in range(3)])
+    unlabelled = np.setdiff1d(np.arange(len(y)), seeds)
+    ids = [str(i) for i in seeds]
+
+    def truth(name: str, rows: np.ndarray) -> float:
+        full = PRIOR_METHODS[name](make_pool(x, y, labeled=seeds), rows, state_rng(0, ids), {})
+        return float(np.mean(np.argmax(full.probs, axis=1) == y[rows]))
+
+    def audit_of(size: int) -> tuple[np.ndarray, np.ndarray]:
+        audit = np.sort(rng.choice(unlabelled, size, replace=False))
+        pool = make_pool(x, y, labeled=np.concatenate([seeds, audit]))
+        pool.classes = [f"c{i}" for i in range(4)]
+        return audit, pool  # type: ignore[return-value]
+
+    # Every method, one audit of 150 at a 99.9% level.
+    audit, pool = audit_of(150)
+    got = {m.method: m for m in measure(pool, audit, y[audit], ids, sorted(PRIOR_METHODS),  # type: ignore[arg-type]
+                                        AuditConfig(confidence_level=0.999))}
+    assert set(got) == set(PRIOR_METHODS)
+    for name, m in got.items():
+        real = truth(name, np.setdiff1d(unlabelled, audit))
+        assert m.overall is not None and m.overall.low <= real <= m.overall.high, (name, real, m.overall)
+        per_class = dict(m.per_class)
+        assert set(per_class) == {"c0", "c1", "c2", "c3"} and per_class["c3"].correct == 0
+        assert per_class["c0"].accuracy > 0.9 and 0.0 <= m.mean_confidence <= 1.0
+    # kNN, 40 audits of 60 at 95%: the interval covers the real accuracy about 95% of the time
+    # (Wilson's coverage at n = 60, p = 0.75 is 93-96%); fewer than 34 of 40 would be a broken interval.
+    real = truth("knn", unlabelled)
+    covered = 0
+    for _ in range(40):
+        audit, pool = audit_of(60)
+        m = measure(pool, audit, y[audit], ids, ["knn"], CFG)[0]  # type: ignore[arg-type]
+        assert m.overall is not None
+        covered += m.overall.low <= real <= m.overall.high
+    assert covered >= 34, covered
+
+
+def test_a_class_needs_min_per_class_audit_labels_for_its_own_estimate() -> None:
+    x, y = blobs(clusters=3, per_cluster=30, seed=2)
+    seeds = np.array([0, 30, 60])
+    audit = np.array([1, 2, 3, 4, 5, 31, 32, 61])  # 5 of c0, 2 of c1, 1 of c2
+    pool = make_pool(x, y, labeled=np.concatenate([seeds, audit]))
+    m = measure(pool, audit, y[audit], ["0", "30", "60"], ["knn"], CFG)[0]
+    assert [c for c, _ in m.per_class] == ["c0"] and m.overall is not None and m.overall.total == 8
+
+
+def test_no_seeds_outside_the_audit_is_said_not_guessed() -> None:
+    x, y = blobs(clusters=3, per_cluster=10, seed=3)
+    pool = make_pool(x, y, labeled=np.array([0, 10, 20]))
+    m = measure(pool, np.array([0, 10, 20]), y[[0, 10, 20]], [], ["knn"], CFG)[0]
+    assert m.overall is None and "no labels outside the audit" in m.error
+
+
+def wait_audit(r: Running, labelled: int, timeout: float = 60.0) -> agent_pb2.PriorAudit:
+    """GetStatus's audit once it is current and counts ``labelled`` audit labels (it is computed in the
+    background)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        a = r.stub.GetStatus(agent_pb2.GetStatusRequest()).audit
+        if a.current and a.labelled == labelled and (a.methods or a.error):
+            return a
+        assert time.monotonic() < deadline, a
+        time.sleep(0.05)
+
+
+def true_label(sample_id: str) -> str:
+    return CLASSES[int(sample_id[1:]) % 3]
+
+
+def test_audit_through_grpc_draw_label_estimate_list_and_restart(tmp_path: Path, registry: Path) -> None:
+    r = start(tmp_path / "data", registry)
+    try:
+        assert client.ingest(r.stub, make_samples(36, labels=6)).accepted == 36
+        st = r.stub.GetStatus(agent_pb2.GetStatusRequest())
+        assert "audit" in st.strategies and st.audit.drawn == 0 and not st.audit.methods
+        drawn = [s.id for s in r.stub.Select(agent_pb2.SelectRequest(budget=9, strategy="audit", seed=3)).selected]
+        assert len(drawn) == 9 and all(int(i[1:]) >= 6 for i in drawn)  # only unlabelled samples
+        st = r.stub.GetStatus(agent_pb2.GetStatusRequest())
+        assert (st.audit.drawn, st.audit.labelled) == (9, 0)
+        # label them (one wrongly first, then corrected: the current label counts)
+        client.submit_labels(r.stub, [(drawn[0], "dog" if true_label(drawn[0]) != "dog" else "cat")], "bob")
+        client.submit_labels(r.stub, [(i, true_label(i)) for i in drawn], "alice", source="manual")
+        a = wait_audit(r, 9)
+        assert a.model_version == "v0001" and a.interval_method == "wilson" and a.confidence_level == 0.95
+        assert sorted(m.method for m in a.methods) == sorted(PRIOR_METHODS)
+        for m in a.methods:
+            assert not m.error and m.overall.total == 9
+            assert 0.0 <= m.overall.low <= m.overall.accuracy <= m.overall.high <= 1.0
+        # the colour clusters are easy: the priors from 6 seeds get most audit samples right
+        assert max(m.overall.accuracy for m in a.methods) >= 7 / 9
+        # ListLabels: current labels, then the whole history
+        current = list(client.list_labels(r.stub))
+        assert len(current) == 15 and all(c.current for c in current)
+        by_id = {c.id: c for c in current}
+        assert {by_id[i].audit for i in drawn} == {True} and not by_id["s0"].audit
+        assert (by_id["s0"].source, by_id["s0"].annotator) == ("ingest", "ingest")
+        assert (by_id[drawn[0]].source, by_id[drawn[0]].annotator, by_id[drawn[0]].label) == \
+            ("manual", "alice", true_label(drawn[0]))
+        assert {c.model_version for c in current} == {"v0001"}
+        history = list(client.list_labels(r.stub, history=True))
+        assert len(history) == 16 and [h.time for h in history] == sorted(h.time for h in history)
+        first = [h for h in history if h.id == drawn[0]]
+        assert [(h.annotator, h.current) for h in first] == [("bob", False), ("alice", True)]
+        # bad input changes nothing
+        with pytest.raises(grpc.RpcError) as e:
+            r.stub.Select(agent_pb2.SelectRequest(budget=3, strategy="audit", where={"site": "a"}))
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "where" in (e.value.details() or "")
+        for bad in ("ingest", "Bad Source!"):
+            with pytest.raises(grpc.RpcError) as e:
+                client.submit_labels(r.stub, [("s7", "cat")], "x", source=bad)
+            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "source" in (e.value.details() or "")
+        assert len(list(client.list_labels(r.stub, history=True))) == 16
+    finally:
+        r.stop()
+    r = start(tmp_path / "data", registry)  # the draws are durable
+    try:
+        a = wait_audit(r, 9)
+        assert a.drawn == 9 and len(a.methods) == len(PRIOR_METHODS)
+    finally:
+        r.stop()

@@ -1,0 +1,40 @@
+"""agent/progress.py: the Progress page's aggregation of the label history and its SVG charts."""
+
+from __future__ import annotations
+
+from agent.progress import audit_svg, class_balance_svg, collect, timeline_svg
+from shortlist.v1 import agent_pb2
+
+
+def rec(i: str, label: str, who: str, t: float, current: bool = True, source: str = "manual",
+        audit: bool = False) -> agent_pb2.LabelRecord:
+    return agent_pb2.LabelRecord(id=i, label=label, annotator=who, time=t, source=source, current=current,
+                                 audit=audit)
+
+
+HISTORY = [rec("a", "cat", "ingest", 100.0, source="ingest"), rec("b", "dog", "alice", 200.0, current=False),
+           rec("c", "cat", "alice", 250.0, audit=True), rec("b", "cat", "bob", 300.0, source="prior:knn"),
+           rec("d", "dog", "bob", 400.0)]
+
+
+def test_collect_counts_samples_labels_classes_and_annotators() -> None:
+    p = collect(HISTORY, classes=["cat", "dog", "frog"])
+    assert (p.events, p.labelled, p.relabelled, p.audit_labelled) == (5, 4, 1, 1)
+    assert p.timeline == [(100.0, 1), (200.0, 2), (250.0, 3), (400.0, 4)]  # b's relabel adds no sample
+    assert dict(p.per_class) == {"cat": 3, "dog": 1, "frog": 0}  # current labels only
+    assert dict(p.per_source) == {"ingest": 1, "manual": 2, "prior:knn": 1}
+    bob = p.annotators["bob"]
+    assert (bob.labels, bob.samples, bob.first, bob.last) == (2, {"b", "d"}, 300.0, 400.0)
+    assert p.annotator_timeline["alice"] == [(200.0, 1), (250.0, 2)]
+
+
+def test_charts_are_inline_svg() -> None:
+    p = collect(HISTORY, classes=["cat", "dog", "frog"])
+    for svg in (timeline_svg(p), class_balance_svg(p), timeline_svg(collect([]))):
+        assert svg.startswith("<svg") and svg.rstrip().endswith("</svg>")
+    audit = agent_pb2.PriorAudit(drawn=10, labelled=10, confidence_level=0.95, interval_method="wilson", methods=[
+        agent_pb2.PriorAccuracy(method="knn", overall=agent_pb2.Accuracy(correct=8, total=10, accuracy=0.8,
+                                                                         low=0.49, high=0.94), mean_confidence=0.7)])
+    svg = audit_svg(audit)
+    assert svg.startswith("<svg") and "knn" in svg
+    assert audit_svg(agent_pb2.PriorAudit()) == ""
