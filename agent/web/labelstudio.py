@@ -511,8 +511,8 @@ class LabelStudioBackend:
         rejected: list[dict[str, str]] = []
         for annotator, assignments in by_annotator.items():
             req = agent_pb2.SubmitLabelsRequest(
-                labels=[agent_pb2.LabelAssignment(id=i, label=lab) for i, lab in assignments], annotator=annotator)
-            _set_source(req)
+                labels=[agent_pb2.LabelAssignment(id=i, label=lab) for i, lab in assignments], annotator=annotator,
+                source=SOURCE)
             reply = stub.SubmitLabels(req)
             accepted += reply.accepted
             rejected.extend({"id": r.id, "reason": r.reason} for r in reply.rejected)
@@ -525,11 +525,6 @@ class LabelStudioBackend:
 def _project_id(project: Any) -> str:
     """Label Studio's project uid "ID.CREATED_TIMESTAMP" (or a plain ID) -> "ID"."""
     return str(project).split(".", 1)[0] if project is not None else ""
-
-
-def _set_source(req: agent_pb2.SubmitLabelsRequest) -> None:
-    if "source" in req.DESCRIPTOR.fields_by_name:  # SubmitLabelsRequest.source (issue 14's label history)
-        req.source = SOURCE  # type: ignore[attr-defined]
 
 
 def _annotator(completed_by: Any) -> str:
