@@ -33,6 +33,7 @@ ROUTERS = [
     "auth",
     "images",
     "queue",
+    "labelstudio",
 ]
 
 

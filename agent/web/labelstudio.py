@@ -25,17 +25,19 @@ A Label Studio project connected to ``http://AGENT:P/labelstudio`` (Settings > M
   Studio, or label the sample again). Every other event is answered 200 and ignored; a body that is not
   a Label Studio event is 400 with what is wrong.
 
-Tasks are matched to samples by ``MatchRule`` (``--labelstudio-match``): ``url`` (default; the image
-URL's path, or the ``d`` parameter of a local-files URL, ends with a sample's id or uri, or its file name,
-less the ``8f2a1c3e-`` Label Studio puts in front of an uploaded file's name, is a unique sample file name), ``field:NAME`` (``task.data[NAME]`` is the sample id) or
-``regex:PATTERN`` (applied to the image URL; the group named ``id``, else group 1, else the whole match
-is the sample id).
+Tasks are matched to samples by ``MatchRule`` (agent/web/config.py, ``--labelstudio-match``): ``url``
+(default; the image URL's path, or the ``d`` parameter of a local-files URL, ends with a sample's id or
+uri; else its file name, less the ``8f2a1c3e-`` Label Studio puts in front of an uploaded file's name, is a
+unique sample file name), ``field:NAME`` (``task.data[NAME]`` is the sample id) or ``regex:PATTERN``
+(applied to the image URL; the group named ``id``, else group 1, else the whole match is the sample id).
 
 Auth: Label Studio's ML backend connection sends HTTP Basic auth (its "Basic Authentication" user and
 password, or ``http://USER:TOKEN@AGENT:P/labelstudio`` in the URL); webhooks send their configured
 headers (or the URL's user and password). The token is the Basic password (the user name is ignored),
-or an ``Authorization: Bearer TOKEN`` / ``Token TOKEN`` header. It is forwarded to the agent like every
-web request, so the agent's roles apply: /setup and /predict need a read token, /webhook a write token.
+or, as for every web route, an ``Authorization: Bearer TOKEN`` header (``Token TOKEN`` too), the login
+cookie or the app's default token. It travels to the agent with each call, so the agent's roles apply:
+/setup and /predict need a read token, /webhook a write token; gRPC errors become HTTP in
+agent/web/errors.py.
 """
 
 from __future__ import annotations
@@ -49,17 +51,20 @@ import threading
 import xml.etree.ElementTree as ET
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import grpc
-from fastapi import APIRouter, HTTPException, Request
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from shortlist.v1 import agent_pb2, agent_pb2_grpc
+from agent.web.auth import Caller, session, token_of
+from agent.web.config import LabelStudioConfig, MatchRule
+from agent.web.errors import error_response
+from shortlist.v1 import agent_pb2
 
 log = logging.getLogger(__name__)
 
@@ -80,60 +85,8 @@ NO_PRIOR_SCORE = 0.97  # unlabelled, but no prior yet (no labels, or not embedde
 LABELLED_SCORE = 0.99
 UNMATCHED_SCORE = 1.0
 
-StubFactory = Callable[[str], agent_pb2_grpc.AgentStub]  # the caller's token ("" for none) -> a stub
-
-
 class BadRequest(ValueError):
     """A request body Label Studio would not send; the message says what is wrong (HTTP 400)."""
-
-
-# ---- settings ------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class MatchRule:
-    """How a Label Studio task finds its sample: ``kind`` is ``url``, ``field`` or ``regex``."""
-
-    kind: str = "url"
-    arg: str = ""
-
-    @staticmethod
-    def parse(text: str) -> MatchRule:
-        text = text.strip()
-        kind, sep, arg = text.partition(":")
-        if text == "url":
-            return MatchRule()
-        if sep and kind == "field" and arg:
-            return MatchRule("field", arg)
-        if sep and kind == "regex" and arg:
-            try:
-                re.compile(arg)
-            except re.error as e:
-                raise ValueError(f"--labelstudio-match regex:{arg}: not a regular expression ({e})") from None
-            return MatchRule("regex", arg)
-        raise ValueError(f"--labelstudio-match {text!r}: expected `url`, `field:NAME` (the task data field holding "
-                         "the sample id) or `regex:PATTERN` (applied to the image URL; group `id`, else group 1, "
-                         "else the whole match is the sample id)")
-
-    def __str__(self) -> str:
-        return self.kind if self.kind == "url" else f"{self.kind}:{self.arg}"
-
-
-@dataclass(frozen=True)
-class LabelStudioConfig:
-    """The Label Studio backend's settings (``serve``/``web`` flags ``--labelstudio-*``, env
-    ``SHORTLIST_LABELSTUDIO_*``): how tasks match samples, the selection that orders them (strategy,
-    budget, seed) and the prior method of the pre-annotations."""
-
-    match: MatchRule = field(default_factory=MatchRule)
-    strategy: str = "typiclust"
-    budget: int = 100
-    seed: int = 0
-    prior: str = "knn"
-
-    def __post_init__(self) -> None:
-        if self.budget < 1:
-            raise ValueError(f"--labelstudio-budget must be >= 1 (got {self.budget})")
-        if not self.strategy or not self.prior:
-            raise ValueError("--labelstudio-strategy and --labelstudio-prior must name a strategy and a prior method")
 
 
 # ---- the label config ----------------------------------------------------------------------------
@@ -284,48 +237,38 @@ def order_score(rank: int | None, selected: int, labelled: bool, confidence: flo
 
 
 # ---- tokens --------------------------------------------------------------------------------------
-def request_token(authorization: str | None) -> str:
-    """The Shortlist token of a request: the password of HTTP Basic auth (Label Studio's ML backend
-    "Basic Authentication", or ``USER:TOKEN@`` in the URL; the user name is ignored, or is the token
-    when the password is empty), or an ``Authorization: Bearer TOKEN`` / ``Token TOKEN`` header."""
-    if not authorization:
-        return ""
-    scheme, _, value = authorization.strip().partition(" ")
+class Unauthorized(ValueError):
+    """An Authorization header this backend cannot read (HTTP 401)."""
+
+
+def request_token(request: Request) -> str:
+    """The Shortlist token of a request: the password of HTTP Basic auth (Label Studio's model connection
+    "Basic Authentication", or ``USER:TOKEN@`` in the URL; the user name is ignored, or is the token when
+    the password is empty), else what every web route takes (``Authorization: Bearer TOKEN``, the login
+    cookie, the app's default token; agent/web/auth.py). ``Token TOKEN`` is accepted like Bearer."""
+    header = request.headers.get("authorization", "").strip()
+    scheme, _, value = header.partition(" ")
     value = value.strip()
-    if scheme.lower() in ("bearer", "token"):
-        return value
     if scheme.lower() == "basic":
         try:
             user, _, password = base64.b64decode(value, validate=True).decode("utf-8").partition(":")
         except (binascii.Error, UnicodeDecodeError):
-            raise HTTPException(401, "malformed Basic authorization header") from None
+            raise Unauthorized("malformed Basic authorization header") from None
         return password or user
-    raise HTTPException(401, f"unsupported authorization scheme {scheme!r}: use Basic (the token as the "
-                             "password) or Bearer TOKEN")
-
-
-_HTTP_OF: dict[grpc.StatusCode, int] = {
-    grpc.StatusCode.UNAUTHENTICATED: 401,
-    grpc.StatusCode.PERMISSION_DENIED: 403,
-    grpc.StatusCode.INVALID_ARGUMENT: 400,
-    grpc.StatusCode.NOT_FOUND: 404,
-    grpc.StatusCode.FAILED_PRECONDITION: 409,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
-    grpc.StatusCode.UNAVAILABLE: 503,
-    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
-}
-
-
-def http_error(e: grpc.RpcError) -> HTTPException:
-    code: grpc.StatusCode = e.code()  # type: ignore[attr-defined]
-    details: str = e.details() or code.name  # type: ignore[attr-defined]
-    status = _HTTP_OF.get(code, 502)
-    headers = {"WWW-Authenticate": 'Basic realm="shortlist"'} if status == 401 else None
-    return HTTPException(status, f"agent: {code.name}: {details}", headers=headers)
+    if scheme.lower() == "token" and value:
+        return value
+    if header and scheme.lower() != "bearer":
+        raise Unauthorized(f"unsupported authorization scheme {scheme!r}: use Basic (the token as the password) "
+                           "or Bearer TOKEN")
+    return token_of(request)
 
 
 def _code(e: grpc.RpcError) -> grpc.StatusCode:
     return e.code()  # type: ignore[attr-defined,no-any-return]
+
+
+def _details(e: grpc.RpcError) -> str:
+    return e.details() or ""  # type: ignore[attr-defined,no-any-return]
 
 
 # ---- the backend ---------------------------------------------------------------------------------
@@ -337,11 +280,12 @@ class _Selection:
 
 
 class LabelStudioBackend:
-    """The protocol's logic, one instance per web app; thread-safe (routes run in the threadpool)."""
+    """The protocol's logic, one per web app (``app.state.labelstudio``); thread-safe (routes run in the
+    threadpool). Every agent call goes through the request's ``Caller`` (its token), so the agent's roles
+    apply; grpc.RpcError escapes to agent/web/errors.py."""
 
-    def __init__(self, config: LabelStudioConfig, stub_for: StubFactory) -> None:
+    def __init__(self, config: LabelStudioConfig) -> None:
         self.config = config
-        self.stub_for = stub_for
         self._lock = threading.Lock()
         self._schemas: OrderedDict[str, str] = OrderedDict()  # project id -> label config from /setup
         self._index: tuple[int, SampleIndex] | None = None
@@ -371,69 +315,70 @@ class LabelStudioBackend:
         model = status.model_version or "no-model"
         return f"shortlist-{model}-{self.config.strategy}-{status.labeled}labels"
 
-    def _sample_index(self, stub: agent_pb2_grpc.AgentStub, status: agent_pb2.Status) -> SampleIndex:
+    def _sample_index(self, call: Caller, status: agent_pb2.Status) -> SampleIndex:
         with self._lock:
             if self._index is not None and self._index[0] == status.samples:
                 return self._index[1]
-        samples = stub.ListSamples(agent_pb2.ListSamplesRequest())
+        samples = call(call.stub.ListSamples, agent_pb2.ListSamplesRequest(), call.config.select_timeout_s)
         index = SampleIndex((s.id, s.uri) for s in samples)
         with self._lock:
             self._index = (status.samples, index)
         return index
 
-    def _ranks(self, stub: agent_pb2_grpc.AgentStub, status: agent_pb2.Status) -> _Selection:
-        """The current selection, computed once per model version and labelled set size."""
+    def _ranks(self, call: Caller, status: agent_pb2.Status) -> _Selection:
+        """The current selection, computed once per model version, pool and labelled set size."""
         key = (status.model_version, status.labeled, status.samples, status.embedded)
         with self._lock:
             if self._selection is not None and self._selection.key == key:
                 return self._selection
         c = self.config
         try:
-            reply = stub.Select(agent_pb2.SelectRequest(budget=c.budget, strategy=c.strategy, seed=c.seed))
+            reply = call(call.stub.Select, agent_pb2.SelectRequest(budget=c.budget, strategy=c.strategy, seed=c.seed),
+                         call.config.select_timeout_s)
             sel = _Selection(key, {s.id: r for r, s in enumerate(reply.selected)})
         except grpc.RpcError as e:
             if _code(e) not in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INVALID_ARGUMENT):
                 raise
-            log.warning("Label Studio ordering: Select %s failed: %s", c.strategy, e.details())  # type: ignore[attr-defined]
-            sel = _Selection(key, {}, f"Select {c.strategy}: {e.details()}")  # type: ignore[attr-defined]
+            log.warning("Label Studio ordering: Select %s failed: %s", c.strategy, _details(e))
+            sel = _Selection(key, {}, f"Select {c.strategy}: {_details(e)}")
         with self._lock:
             self._selection = sel
         return sel
 
-    def _priors(self, stub: agent_pb2_grpc.AgentStub, ids: Sequence[str]) -> dict[str, agent_pb2.PriorLabel]:
+    def _priors(self, call: Caller, ids: Sequence[str]) -> dict[str, agent_pb2.PriorLabel]:
         """Prior labels of ``ids`` (unlabelled); samples that cannot have one yet are left out."""
         if not ids:
             return {}
         req = agent_pb2.PriorLabelsRequest(method=self.config.prior, ids=list(ids))
         try:
-            return {p.id: p for p in stub.PriorLabels(req)}
+            return {p.id: p for p in call(call.stub.PriorLabels, req, call.config.select_timeout_s)}
         except grpc.RpcError as e:
             if _code(e) != grpc.StatusCode.FAILED_PRECONDITION:
                 raise
-            if "not embedded" not in (e.details() or "") or len(ids) == 1:  # type: ignore[attr-defined]
+            if "not embedded" not in _details(e) or len(ids) == 1:
                 return {}
         out: dict[str, agent_pb2.PriorLabel] = {}
         for i in ids:  # some are not embedded yet: ask one by one, keep those that have a prior
-            out.update(self._priors(stub, [i]))
+            out.update(self._priors(call, [i]))
         return out
 
     # -- the protocol
-    def health(self, token: str) -> dict[str, Any]:
+    def health(self, call: Caller) -> tuple[int, dict[str, Any]]:
         try:
-            self.stub_for(token).GetStatus(agent_pb2.GetStatusRequest(), timeout=5.0)
+            call.status()
         except grpc.RpcError as e:
             if _code(e) in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                raise http_error(e) from None
-        return {"status": "UP", "model_class": MODEL_CLASS}
+                return 503, {"status": "DOWN", "model_class": MODEL_CLASS, "message": _details(e)}
+        return 200, {"status": "UP", "model_class": MODEL_CLASS}
 
-    def setup(self, token: str, body: Mapping[str, Any]) -> dict[str, Any]:
+    def setup(self, call: Caller, body: Mapping[str, Any]) -> dict[str, Any]:
         schema_xml = body.get("schema", body.get("label_config"))
         parse_schema(schema_xml)  # refuse a project Shortlist cannot serve at connection time
-        status = self.stub_for(token).GetStatus(agent_pb2.GetStatusRequest())
+        status = call.status()
         self._remember(_project_id(body.get("project")), schema_xml)
         return {"model_version": self.model_version(status)}
 
-    def predict(self, token: str, body: Mapping[str, Any]) -> dict[str, Any]:
+    def predict(self, call: Caller, body: Mapping[str, Any]) -> dict[str, Any]:
         tasks = body.get("tasks")
         if isinstance(tasks, dict):
             tasks = [tasks]
@@ -442,19 +387,18 @@ class LabelStudioBackend:
         if len(tasks) > MAX_TASKS:
             raise BadRequest(f"{len(tasks)} tasks in one request; send at most {MAX_TASKS}")
         schema = self._schema(body.get("label_config"), body.get("project"))
-        stub = self.stub_for(token)
-        status = stub.GetStatus(agent_pb2.GetStatusRequest())  # first: checks the token before any cache
+        status = call.status()  # first: the agent checks the token before anything cached is used
         version = self.model_version(status)
-        index = self._sample_index(stub, status)
+        index = self._sample_index(call, status)
         ids = [match_task(t, schema, self.config.match, index) for t in tasks]
-        matched = {i for i in ids if i is not None}
+        matched = sorted({i for i in ids if i is not None})
         labels: dict[str, str] = {}
         if matched and status.labeled:
-            labels = {s.id: s.label for s in stub.ListSamples(agent_pb2.ListSamplesRequest(labeled_only=True))
-                      if s.id in matched}
-        unlabelled = sorted(matched - set(labels))
-        selection = self._ranks(stub, status) if unlabelled else None
-        priors = self._priors(stub, unlabelled) if status.labeled and status.model_version else {}
+            listed = call(call.stub.ListSamples, agent_pb2.ListSamplesRequest(ids=matched))
+            labels = {s.id: s.label for s in listed if s.label}
+        unlabelled = [i for i in matched if i not in labels]
+        selection = self._ranks(call, status) if unlabelled else None
+        priors = self._priors(call, unlabelled) if status.labeled and status.model_version else {}
         ranks = selection.rank if selection is not None else {}
         results = []
         for sid in ids:
@@ -474,7 +418,7 @@ class LabelStudioBackend:
             results.append({"result": region, "score": round(score, 6), "model_version": version})
         return {"results": results, "model_version": version}
 
-    def webhook(self, token: str, body: Mapping[str, Any]) -> dict[str, Any]:
+    def webhook(self, call: Caller, body: Mapping[str, Any]) -> dict[str, Any]:
         action = body.get("action")
         if not isinstance(action, str) or not action:
             raise BadRequest("not a Label Studio webhook event: no `action`")
@@ -488,9 +432,8 @@ class LabelStudioBackend:
         project = body.get("project")
         xml = project.get("label_config") if isinstance(project, dict) else None
         schema = self._schema(xml, project.get("id") if isinstance(project, dict) else None)
-        stub = self.stub_for(token)
-        status = stub.GetStatus(agent_pb2.GetStatusRequest())
-        index = self._sample_index(stub, status)
+        status = call.status()
+        index = self._sample_index(call, status)
         by_annotator: dict[str, list[tuple[str, str]]] = {}
         skipped: list[dict[str, Any]] = []
         for annotation, task in pairs:
@@ -513,7 +456,7 @@ class LabelStudioBackend:
             req = agent_pb2.SubmitLabelsRequest(
                 labels=[agent_pb2.LabelAssignment(id=i, label=lab) for i, lab in assignments], annotator=annotator,
                 source=SOURCE)
-            reply = stub.SubmitLabels(req)
+            reply = call(call.stub.SubmitLabels, req)
             accepted += reply.accepted
             rejected.extend({"id": r.id, "reason": r.reason} for r in reply.rejected)
         if skipped or rejected:
@@ -577,55 +520,64 @@ def _choice(annotation: Mapping[str, Any], schema: Schema) -> tuple[str | None, 
 
 
 # ---- the routes ----------------------------------------------------------------------------------
+router = APIRouter(prefix=PREFIX, tags=["labelstudio"])
+
+
+def setup(app: FastAPI) -> None:
+    """The app's one backend, with the settings of ``WebConfig.labelstudio``."""
+    app.state.labelstudio = LabelStudioBackend(app.state.config.labelstudio)
+
+
+def _caller(request: Request) -> Caller:
+    state = request.app.state
+    return Caller(state.stub(), request_token(request), session(request).user, state.config)
+
+
 async def _json_body(request: Request) -> dict[str, Any]:
     raw = await request.body()
     try:
         body = json.loads(raw or b"null")
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise HTTPException(400, f"the body is not JSON ({e})") from None
+        raise BadRequest(f"the body is not JSON ({e})") from None
     if not isinstance(body, dict):
-        raise HTTPException(400, "the body must be a JSON object")
+        raise BadRequest("the body must be a JSON object")
     return body
 
 
-def _call(fn: Callable[[str, Mapping[str, Any]], dict[str, Any]], token: str,
-          body: Mapping[str, Any]) -> dict[str, Any]:
+async def _answer(request: Request, method: Callable[[Caller, Mapping[str, Any]], dict[str, Any]]) -> Response:
+    """Parse the body, then run ``method`` in the threadpool (its gRPC calls block); a BadRequest is 400 and
+    an unreadable Authorization header 401 (JSON, like the app's other APIs)."""
     try:
-        return fn(token, body)
+        call = _caller(request)
+        body = await _json_body(request)
+        return JSONResponse(await run_in_threadpool(method, call, body))
     except BadRequest as e:
-        raise HTTPException(400, str(e)) from None
-    except grpc.RpcError as e:
-        raise http_error(e) from None
+        return error_response(request, 400, "BAD_REQUEST", str(e))
+    except Unauthorized as e:
+        return error_response(request, 401, "UNAUTHENTICATED", str(e), {"WWW-Authenticate": 'Basic realm="shortlist"'})
 
 
-def create_router(config: LabelStudioConfig, stub_for: StubFactory) -> APIRouter:
-    """The ``/labelstudio`` routes, answered by one LabelStudioBackend (gRPC calls in the threadpool)."""
-    backend = LabelStudioBackend(config, stub_for)
-    router = APIRouter(prefix=PREFIX, tags=["labelstudio"])
+@router.get("/health")
+@router.get("/")
+async def health(request: Request) -> Response:
+    try:
+        call = _caller(request)
+    except Unauthorized:
+        return JSONResponse({"status": "UP", "model_class": MODEL_CLASS})
+    status, answer = await run_in_threadpool(request.app.state.labelstudio.health, call)
+    return JSONResponse(answer, status_code=status)
 
-    @router.get("/health")
-    @router.get("/")
-    async def health(request: Request) -> dict[str, Any]:
-        token = request_token(request.headers.get("authorization"))
-        return await run_in_threadpool(backend.health, token)
 
-    @router.post("/setup")
-    async def setup(request: Request) -> JSONResponse:
-        token = request_token(request.headers.get("authorization"))
-        body = await _json_body(request)
-        return JSONResponse(await run_in_threadpool(_call, backend.setup, token, body))
+@router.post("/setup")
+async def setup_project(request: Request) -> Response:
+    return await _answer(request, request.app.state.labelstudio.setup)
 
-    @router.post("/predict")
-    async def predict(request: Request) -> JSONResponse:
-        token = request_token(request.headers.get("authorization"))
-        body = await _json_body(request)
-        return JSONResponse(await run_in_threadpool(_call, backend.predict, token, body))
 
-    @router.post("/webhook")
-    async def webhook(request: Request) -> JSONResponse:
-        token = request_token(request.headers.get("authorization"))
-        body = await _json_body(request)
-        return JSONResponse(await run_in_threadpool(_call, backend.webhook, token, body))
+@router.post("/predict")
+async def predict(request: Request) -> Response:
+    return await _answer(request, request.app.state.labelstudio.predict)
 
-    router.backend = backend  # type: ignore[attr-defined]  # for tests and the app's status
-    return router
+
+@router.post("/webhook")
+async def webhook(request: Request) -> Response:
+    return await _answer(request, request.app.state.labelstudio.webhook)

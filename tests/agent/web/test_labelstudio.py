@@ -6,38 +6,44 @@ from __future__ import annotations
 import base64
 import copy
 import json
+import os
 import random
+import subprocess
+import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from typer.testing import CliRunner
 
 from agent import client
 from agent.security import ServerSecurity
+from agent.web.app import create_app
+from agent.web.config import LabelStudioConfig, MatchRule, WebConfig
 from agent.web.labelstudio import (
     LABELLED_SCORE,
     UNMATCHED_SCORE,
     BadRequest,
-    LabelStudioConfig,
-    MatchRule,
     SampleIndex,
-    create_router,
     match_task,
     order_score,
     parse_schema,
-    request_token,
     url_paths,
 )
+from shortlist.cli import app as cli_app
 from shortlist.v1 import agent_pb2, agent_pb2_grpc
-from tests.agent.conftest import CLASSES, Running, make_images, png, start
+from tests.agent.conftest import CLASSES, Running, make_images, make_samples, png, start
+from tests.agent.test_cli import free_port, out
+from tests.agent.web.test_cli import stop, wait_http
 
 DATA = Path(__file__).parent / "data" / "labelstudio"
 READ_TOKEN = "r" * 8 + "-read-token-0123456789"
 WRITE_TOKEN = "w" * 8 + "-write-token-0123456789"
+runner = CliRunner()
 N = 20
 LABELLED = 6  # img_0000 .. img_0005 carry their class at ingest
 BUDGET = 5
@@ -60,23 +66,6 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-class Stubs:
-    """The web app's client factory in miniature: one channel per token, to the agent's gRPC port."""
-
-    def __init__(self, address: str) -> None:
-        self.address = address
-        self.channels: dict[str, grpc.Channel] = {}
-
-    def __call__(self, token: str) -> agent_pb2_grpc.AgentStub:
-        if token not in self.channels:
-            self.channels[token] = client.channel(self.address, config=client.ClientConfig(token=token))
-        return agent_pb2_grpc.AgentStub(self.channels[token])
-
-    def close(self) -> None:
-        for ch in self.channels.values():
-            ch.close()
-
-
 @pytest.fixture
 def agent(tmp_path: Path, registry: Path) -> Iterator[Running]:
     tokens = tmp_path / "tokens"
@@ -90,11 +79,11 @@ def agent(tmp_path: Path, registry: Path) -> Iterator[Running]:
     r.stop()
 
 
-def app_for(r: Running, config: LabelStudioConfig | None = None) -> tuple[TestClient, Stubs]:
-    stubs = Stubs(r.address)
-    app = FastAPI()
-    app.include_router(create_router(config or LabelStudioConfig(budget=BUDGET), stubs))
-    return TestClient(app), stubs
+def app_for(r: Running, config: LabelStudioConfig | None = None) -> tuple[TestClient, FastAPI]:
+    """The web app (create_app, as `shortlist web` builds it) on the agent, with its TestClient."""
+    web = WebConfig(port=0, agent=r.address, labelstudio=config or LabelStudioConfig(budget=BUDGET))
+    app = create_app(web, lambda: client.channel(r.address))
+    return TestClient(app), app
 
 
 def reader(r: Running) -> agent_pb2_grpc.AgentStub:
@@ -166,15 +155,9 @@ def test_order_score_puts_shortlists_order_first() -> None:
     assert scores[0] == 0.0 and scores[-2:] == [LABELLED_SCORE, UNMATCHED_SCORE]
 
 
-def test_request_token() -> None:
-    assert request_token(None) == "" and request_token("Bearer abc") == "abc" and request_token("Token abc") == "abc"
-    assert request_token(basic("tok")["Authorization"]) == "tok"
-    assert request_token("Basic " + base64.b64encode(b"tok:").decode()) == "tok"
-
-
 # ---- through the agent ---------------------------------------------------------------------------
 def test_health_and_setup(agent: Running) -> None:
-    http, stubs = app_for(agent)
+    http, app = app_for(agent)
     try:
         for path in ("/labelstudio/health", "/labelstudio/"):
             r = http.get(path)
@@ -184,20 +167,25 @@ def test_health_and_setup(agent: Running) -> None:
         assert r.status_code == 200, r.text
         assert r.json()["model_version"] == f"shortlist-v0001-typiclust-{LABELLED}labels"
         r = http.post("/labelstudio/setup", json=setup)
-        assert r.status_code == 401 and "requires a token" in r.json()["detail"]
+        assert r.status_code == 401 and "requires a token" in r.json()["message"]
         r = http.post("/labelstudio/setup", json=setup, headers=basic("x" * 32))
-        assert r.status_code == 401 and "unknown token" in r.json()["detail"]
+        assert r.status_code == 401 and "unknown token" in r.json()["message"]
         wrong = dict(setup, schema='<View><Image name="i" value="$image"/></View>')
         r = http.post("/labelstudio/setup", json=wrong, headers=basic(READ_TOKEN))
-        assert r.status_code == 400 and "no <Choices" in r.json()["detail"]
+        assert r.status_code == 400 and "no <Choices" in r.json()["message"]
         r = http.post("/labelstudio/setup", json=setup, headers={"Authorization": "Digest abc"})
-        assert r.status_code == 401 and "Basic" in r.json()["detail"]
+        assert r.status_code == 401 and "Basic" in r.json()["message"]
+        r = http.post("/labelstudio/setup", json=setup, headers={"Authorization": "Basic %%%"})
+        assert r.status_code == 401 and "malformed" in r.json()["message"]
+        only_user = {"Authorization": "Basic " + base64.b64encode(f"{READ_TOKEN}:".encode()).decode()}
+        for headers in (only_user, {"Authorization": f"Token {READ_TOKEN}"}, bearer(READ_TOKEN)):
+            assert http.post("/labelstudio/setup", json=setup, headers=headers).status_code == 200
     finally:
-        stubs.close()
+        app.state.stub.close()
 
 
 def test_predict_gives_priors_in_the_tasks_order(agent: Running) -> None:
-    http, stubs = app_for(agent)
+    http, app = app_for(agent)
     try:
         r = http.post("/labelstudio/predict", json=body("predict.json"), headers=basic(READ_TOKEN))
         assert r.status_code == 200, r.text
@@ -225,11 +213,11 @@ def test_predict_gives_priors_in_the_tasks_order(agent: Running) -> None:
         r = http.post("/labelstudio/predict", json=one, headers=bearer(READ_TOKEN))
         assert r.json()["results"] == results[1:2]
     finally:
-        stubs.close()
+        app.state.stub.close()
 
 
 def test_sorting_by_prediction_score_follows_the_selection(agent: Running) -> None:
-    http, stubs = app_for(agent)
+    http, app = app_for(agent)
     try:
         template = body("predict.json")["tasks"][0]
         tasks = []
@@ -252,15 +240,15 @@ def test_sorting_by_prediction_score_follows_the_selection(agent: Running) -> No
                                                                                                      ids=rest))}
         assert [conf[i] for i in rest] == sorted(conf[i] for i in rest)
     finally:
-        stubs.close()
+        app.state.stub.close()
 
 
 def test_webhook_annotations_become_labels(agent: Running) -> None:
-    http, stubs = app_for(agent)
+    http, app = app_for(agent)
     try:
         created = body("webhook_annotation_created.json")
         r = http.post("/labelstudio/webhook", json=created, headers=basic(READ_TOKEN))
-        assert r.status_code == 403 and "role write" in r.json()["detail"]
+        assert r.status_code == 403 and "role write" in r.json()["message"]
         r = http.post("/labelstudio/webhook", json=created, headers=basic(WRITE_TOKEN))
         assert r.status_code == 200, r.text
         assert r.json()["accepted"] == 1
@@ -296,11 +284,11 @@ def test_webhook_annotations_become_labels(agent: Running) -> None:
         assert res["results"][0]["score"] == LABELLED_SCORE
         assert res["model_version"].endswith(f"-{LABELLED + 2}labels")
     finally:
-        stubs.close()
+        app.state.stub.close()
 
 
 def test_webhook_bad_bodies_are_400(agent: Running) -> None:
-    http, stubs = app_for(agent)
+    http, app = app_for(agent)
     created = body("webhook_annotation_created.json")
     no_task = {k: v for k, v in created.items() if k != "task"}
     bad_choices = copy.deepcopy(created)
@@ -317,24 +305,63 @@ def test_webhook_bad_bodies_are_400(agent: Running) -> None:
         for payload, says in cases:
             kw: dict[str, Any] = {"content": payload} if isinstance(payload, bytes) else {"json": payload}
             r = http.post("/labelstudio/webhook", headers=w, **kw)
-            assert r.status_code == 400 and says in r.json()["detail"], (says, r.text)
+            assert r.status_code == 400 and says in r.json()["message"], (says, r.text)
         r = http.post("/labelstudio/webhook", json=two, headers=w)  # valid body, but not one class: not labelled
         assert r.status_code == 200 and r.json()["accepted"] == 0 and "2 choices" in r.json()["skipped"][0]["reason"]
         r = http.post("/labelstudio/predict", json={"tasks": "x"}, headers=basic(READ_TOKEN))
-        assert r.status_code == 400 and "`tasks`" in r.json()["detail"]
+        assert r.status_code == 400 and "`tasks`" in r.json()["message"]
         assert labels_of(agent) == {sample_id(i): CLASSES[i % 3] for i in range(LABELLED)}
     finally:
-        stubs.close()
+        app.state.stub.close()
 
 
 def test_setup_schema_serves_predictions_without_label_config(agent: Running) -> None:
-    http, stubs = app_for(agent)
+    http, app = app_for(agent)
     try:
         req = {k: v for k, v in body("predict.json").items() if k != "label_config"}
         r = http.post("/labelstudio/predict", json=req, headers=basic(READ_TOKEN))
-        assert r.status_code == 400 and "no label config" in r.json()["detail"]
+        assert r.status_code == 400 and "no label config" in r.json()["message"]
         assert http.post("/labelstudio/setup", json=body("setup.json"), headers=basic(READ_TOKEN)).status_code == 200
         r = http.post("/labelstudio/predict", json=req, headers=basic(READ_TOKEN))
         assert r.status_code == 200 and len(r.json()["results"]) == 5
     finally:
-        stubs.close()
+        app.state.stub.close()
+
+
+# ---- the command line ----------------------------------------------------------------------------
+def test_flags_reach_the_backend(tmp_path: Path, registry: Path) -> None:
+    """`serve --web-port` with the match rule from the environment: a task whose `sample_id` field names a
+    sample gets its prior, over real HTTP with Basic auth (what Label Studio sends)."""
+    port, web_port = free_port(), free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "shortlist.cli", "serve", "--data-dir", str(tmp_path / "d"),
+                             "--models", str(registry), "--port", str(port), "--cpu", "--web-port", str(web_port),
+                             "--labelstudio-budget", "3"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "SHORTLIST_LABELSTUDIO_MATCH": "field:sample_id"})
+    try:
+        stub = client.connect(f"127.0.0.1:{port}", starting=True, timeout=60)
+        client.ingest(stub, make_samples(12, labels=6))
+        url = f"http://127.0.0.1:{web_port}/labelstudio"
+        assert json.loads(wait_http(f"{url}/health", proc))["status"] == "UP"
+        req = body("predict.json")
+        req["tasks"] = [dict(req["tasks"][0], data={"image": "x.jpg", "sample_id": "s7"}),
+                        dict(req["tasks"][1], data={"image": "reef/site-b/img_0007.jpg"})]
+        post = urllib.request.Request(f"{url}/predict", data=json.dumps(req).encode(), method="POST",
+                                      headers={"Content-Type": "application/json", **basic("anything")})
+        with urllib.request.urlopen(post, timeout=60) as r:
+            results = json.loads(r.read())["results"]
+        (prior,) = stub.PriorLabels(agent_pb2.PriorLabelsRequest(method="knn", ids=["s7"]))
+        assert results[0]["result"][0]["value"]["choices"] == [prior.label]
+        assert results[1] == {"result": [], "score": UNMATCHED_SCORE, "model_version": results[0]["model_version"]}
+    finally:
+        stop(proc)
+
+
+def test_bad_flags_are_usage_errors(running: Running, tmp_path: Path, registry: Path) -> None:
+    for args, says in [(["--labelstudio-match", "regex:("], "not a regular expression"),
+                       (["--labelstudio-strategy", "nope"], "not a strategy of the agent; valid: "),
+                       (["--labelstudio-prior", "nope"], "not a prior method of the agent; valid: as3l")]:
+        res = runner.invoke(cli_app, ["web", "--agent", running.address, "--port", "0", *args])
+        assert res.exit_code == 2 and says in out(res), out(res)
+    res = runner.invoke(cli_app, ["serve", "--data-dir", str(tmp_path / "d"), "--models", str(registry), "--port",
+                                  "0", "--cpu", "--web-port", "0", "--labelstudio-strategy", "nope"])
+    assert res.exit_code == 2 and "not a strategy of the agent" in out(res) and not (tmp_path / "d").exists()
