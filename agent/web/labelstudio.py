@@ -71,6 +71,11 @@ log = logging.getLogger(__name__)
 PREFIX = "/labelstudio"
 SOURCE = "labelstudio"  # SubmitLabelsRequest.source of the labels that arrive through the webhook
 MODEL_CLASS = "Shortlist"
+# The model version of every prediction. Label Studio 1.23 sorts and filters the Data Manager's
+# "Prediction score" by the predictions of the project's model version, which it sets to the model
+# connection's name when the model is connected: so it is one constant (name the connection "shortlist"),
+# not one per agent model or label count (which would need picking anew in the project settings each round).
+MODEL_VERSION = "shortlist"
 MAX_TASKS = 10_000  # tasks in one /predict (Label Studio sends batches of up to a few hundred)
 MAX_PROJECTS = 256  # label configs remembered from /setup
 LABEL_EVENTS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_CREATED")
@@ -309,11 +314,10 @@ class LabelStudioBackend:
                              "`label_config` (Label Studio does), or connect the model again")
         return parse_schema(known)
 
-    def model_version(self, status: agent_pb2.Status) -> str:
-        """Names what the predictions were made from: the agent's model, the strategy and the number of
-        labels, so that Label Studio asks again after new labels or a new model."""
-        model = status.model_version or "no-model"
-        return f"shortlist-{model}-{self.config.strategy}-{status.labeled}labels"
+    @staticmethod
+    def _about(status: agent_pb2.Status) -> dict[str, Any]:
+        """What the predictions are made from (extra keys of /setup and /predict; Label Studio ignores them)."""
+        return {"agent_model_version": status.model_version, "labelled": status.labeled}
 
     def _sample_index(self, call: Caller, status: agent_pb2.Status) -> SampleIndex:
         with self._lock:
@@ -376,7 +380,7 @@ class LabelStudioBackend:
         parse_schema(schema_xml)  # refuse a project Shortlist cannot serve at connection time
         status = call.status()
         self._remember(_project_id(body.get("project")), schema_xml)
-        return {"model_version": self.model_version(status)}
+        return {"model_version": MODEL_VERSION, **self._about(status)}
 
     def predict(self, call: Caller, body: Mapping[str, Any]) -> dict[str, Any]:
         tasks = body.get("tasks")
@@ -388,7 +392,7 @@ class LabelStudioBackend:
             raise BadRequest(f"{len(tasks)} tasks in one request; send at most {MAX_TASKS}")
         schema = self._schema(body.get("label_config"), body.get("project"))
         status = call.status()  # first: the agent checks the token before anything cached is used
-        version = self.model_version(status)
+        version = MODEL_VERSION
         index = self._sample_index(call, status)
         ids = [match_task(t, schema, self.config.match, index) for t in tasks]
         matched = sorted({i for i in ids if i is not None})
@@ -416,7 +420,7 @@ class LabelStudioBackend:
                                "score": 1.0 if sid in labels else round(confidence or 0.0, 6)})
             score = order_score(ranks.get(sid), len(ranks), sid in labels, confidence)
             results.append({"result": region, "score": round(score, 6), "model_version": version})
-        return {"results": results, "model_version": version}
+        return {"results": results, "model_version": version, **self._about(status)}
 
     def webhook(self, call: Caller, body: Mapping[str, Any]) -> dict[str, Any]:
         action = body.get("action")

@@ -26,6 +26,7 @@ from agent.web.app import create_app
 from agent.web.config import LabelStudioConfig, MatchRule, WebConfig
 from agent.web.labelstudio import (
     LABELLED_SCORE,
+    MODEL_VERSION,
     UNMATCHED_SCORE,
     BadRequest,
     SampleIndex,
@@ -165,7 +166,7 @@ def test_health_and_setup(agent: Running) -> None:
         setup = body("setup.json")
         r = http.post("/labelstudio/setup", json=setup, headers=basic(READ_TOKEN))
         assert r.status_code == 200, r.text
-        assert r.json()["model_version"] == f"shortlist-v0001-typiclust-{LABELLED}labels"
+        assert r.json() == {"model_version": MODEL_VERSION, "agent_model_version": "v0001", "labelled": LABELLED}
         r = http.post("/labelstudio/setup", json=setup)
         assert r.status_code == 401 and "requires a token" in r.json()["message"]
         r = http.post("/labelstudio/setup", json=setup, headers=basic("x" * 32))
@@ -203,7 +204,7 @@ def test_predict_gives_priors_in_the_tasks_order(agent: Running) -> None:
             assert region["score"] == pytest.approx(priors[sid].confidence, abs=1e-5)
             want = order_score(rank.get(sid), len(rank), False, priors[sid].confidence)
             assert res["score"] == pytest.approx(want, abs=1e-6)
-            assert res["model_version"] == f"shortlist-v0001-typiclust-{LABELLED}labels"
+            assert res["model_version"] == MODEL_VERSION
         assert results[3] == {"result": [], "score": UNMATCHED_SCORE, "model_version": results[0]["model_version"]}
         (region,) = results[4]["result"]  # img_0000 is labelled: its label, sorted after the unlabelled
         assert region["value"]["choices"] == [CLASSES[0]] and region["score"] == 1.0
@@ -278,11 +279,11 @@ def test_webhook_annotations_become_labels(agent: Running) -> None:
         assert r.status_code == 200 and r.json()["accepted"] == 2
         labels["reef/site-b/img_0007.jpg"] = "cat"
         assert labels_of(agent) == labels
-        # the next predictions show the new labels and a new model version
+        # the next predictions show the new labels
         res = http.post("/labelstudio/predict", json=body("predict.json"), headers=basic(READ_TOKEN)).json()
         assert res["results"][0]["result"][0]["value"]["choices"] == ["cat"]
         assert res["results"][0]["score"] == LABELLED_SCORE
-        assert res["model_version"].endswith(f"-{LABELLED + 2}labels")
+        assert res["labelled"] == LABELLED + 2
     finally:
         app.state.stub.close()
 
@@ -324,6 +325,35 @@ def test_setup_schema_serves_predictions_without_label_config(agent: Running) ->
         assert http.post("/labelstudio/setup", json=body("setup.json"), headers=basic(READ_TOKEN)).status_code == 200
         r = http.post("/labelstudio/predict", json=req, headers=basic(READ_TOKEN))
         assert r.status_code == 200 and len(r.json()["results"]) == 5
+    finally:
+        app.state.stub.close()
+
+
+def test_bodies_recorded_from_label_studio(agent: Running) -> None:
+    """The requests a live Label Studio 1.23.2 sent (data/labelstudio/recorded/README.md): its /setup and
+    /predict (Basic auth), and the webhook events of its annotation created, updated, skipped, deleted."""
+    http, app = app_for(agent)
+    rec = DATA / "recorded"
+
+    def post(path: str, name: str, token: str) -> dict[str, Any]:
+        r = http.post(f"/labelstudio/{path}", json=json.loads((rec / name).read_text()), headers=basic(token))
+        assert r.status_code == 200, r.text
+        answer: dict[str, Any] = r.json()
+        return answer
+
+    try:
+        assert post("setup", "setup.json", READ_TOKEN)["model_version"] == MODEL_VERSION
+        results = post("predict", "predict.json", READ_TOKEN)["results"]
+        ids = ["reef/site-b/img_0007.jpg", "reef/site-a/img_0012.jpg"]
+        priors = {p.id: p for p in reader(agent).PriorLabels(agent_pb2.PriorLabelsRequest(method="knn", ids=ids))}
+        assert [r["result"][0]["value"]["choices"][0] for r in results] == [priors[i].label for i in ids]
+        assert post("webhook", "webhook_annotation_created.json", WRITE_TOKEN)["accepted"] == 1
+        assert labels_of(agent)[ids[0]] == "frog"
+        assert post("webhook", "webhook_annotation_updated.json", WRITE_TOKEN)["accepted"] == 1
+        assert post("webhook", "webhook_annotation_skipped.json", WRITE_TOKEN)["accepted"] == 0
+        assert post("webhook", "webhook_annotations_deleted.json", WRITE_TOKEN)["status"] == "ignored"
+        labels = labels_of(agent)
+        assert labels[ids[0]] == "cat" and ids[1] not in labels
     finally:
         app.state.stub.close()
 
