@@ -33,6 +33,8 @@ ROUTERS = [
     "auth",
     "images",
     "queue",
+    "priors",
+    "map",
     "labelstudio",
 ]
 
