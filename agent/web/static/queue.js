@@ -22,6 +22,8 @@
     li.append(kbd, " ", span);
     li.addEventListener("click", () => label(name));
     document.getElementById("classes").appendChild(li);
+    const none = document.getElementById("no-classes");
+    if (none) none.remove();
   }
   function bumpLabelled(delta) {
     const el = document.getElementById("labelled-count");
