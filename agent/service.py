@@ -24,6 +24,7 @@ from agent.config import AgentConfig
 from agent.core import Agent, AgentStatus
 from agent.errors import ErrorMapping
 from agent.ingest import Incoming
+from agent.lazy import warm_in_background
 from shortlist.v1 import agent_pb2, agent_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,8 @@ def status_message(st: AgentStatus) -> agent_pb2.Status:
                             model_version=st.model_version, strategies=st.strategies,
                             prior_methods=st.prior_methods, classes=st.classes,
                             pending_model_version=st.pending_model_version, pending_embedded=st.pending_embedded,
-                            warnings=st.warnings, audit=audit_message(st.audit))
+                            warnings=st.warnings, audit=audit_message(st.audit),
+                            classes_open=st.classes_open)
 
 
 def call_token(context: grpc.ServicerContext) -> CancelToken:
@@ -90,7 +92,7 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
                context: grpc.ServicerContext) -> agent_pb2.IngestReply:
         # The pipeline (agent.ingest) reads the stream lazily in its own thread.
         batches = ([incoming(s) for s in req.samples] for req in request_iterator)
-        total = self.agent.ingest.stream(batches, active=context.is_active)
+        total = self.agent.ingest.stream(batches, active=context.is_active, token=call_token(context))
         return agent_pb2.IngestReply(
             accepted=total.accepted, duplicates=total.duplicates,
             rejected=[agent_pb2.Rejection(id=i, reason=r) for i, r in total.rejected],
@@ -120,7 +122,8 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
 
     def ListSamples(self, request: agent_pb2.ListSamplesRequest,
                     context: grpc.ServicerContext) -> Iterator[agent_pb2.Sample]:
-        for rec, label, data in self.agent.list_samples(request.labeled_only, request.include_payload):
+        for rec, label, data in self.agent.list_samples(request.labeled_only, request.include_payload,
+                                                        list(request.ids)):
             msg = agent_pb2.Sample(id=rec.id, uri=rec.uri, metadata=rec.metadata, label=label)
             if data:
                 if rec.kind == "tensor":
@@ -135,6 +138,23 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
             yield agent_pb2.LabelRecord(id=e.id, label=e.label, annotator=e.annotator, time=e.time, source=e.source,
                                         model_version=e.model_version, audit=e.audit, current=e.current)
 
+    def GetMap(self, request: agent_pb2.GetMapRequest, context: grpc.ServicerContext) -> Iterator[agent_pb2.MapChunk]:
+        st, chunks = self.agent.get_map(request.offset, request.limit, request.chunk)
+
+        def chunk_message() -> agent_pb2.MapChunk:
+            return agent_pb2.MapChunk(model_version=st.version, state=st.state, progress=st.progress,
+                                      method=st.method, total=st.total, fitted=st.fitted, pending=st.pending,
+                                      recomputing=st.recomputing, message=st.message)
+
+        sent = False
+        for part in chunks:
+            sent = True
+            msg = chunk_message()
+            msg.points.extend(agent_pb2.MapPoint(id=i, x=x, y=y, label=lab) for i, x, y, lab in part)
+            yield msg
+        if not sent:
+            yield chunk_message()
+
     def GetStatus(self, request: agent_pb2.GetStatusRequest, context: grpc.ServicerContext) -> agent_pb2.Status:
         return self._status()
 
@@ -142,16 +162,26 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
         self.agent.manager.reload()
         return self._status()
 
+    def GetImages(self, request: agent_pb2.GetImagesRequest,
+                  context: grpc.ServicerContext) -> agent_pb2.GetImagesReply:
+        found = self.agent.images.get(list(request.ids), request.max_side, request.format)
+        return agent_pb2.GetImagesReply(images=[
+            agent_pb2.Image(id=r.id, data=r.data, mime_type=r.mime_type, width=r.width, height=r.height,
+                            sha256=r.sha256, error=r.error) for r in found])
+
 
 def create_server(config: AgentConfig, interceptors: Sequence[grpc.ServerInterceptor] = (),
                   credentials: grpc.ServerCredentials | None = None,
-                  options: Sequence[tuple[str, Any]] = ()) -> tuple[grpc.Server, int, Agent]:
+                  options: Sequence[tuple[str, Any]] = (),
+                  local_socket: str | None = None) -> tuple[grpc.Server, int, Agent]:
     """Open the data folder, start the model manager and a started gRPC server on ``config.address``
     (port 0 = any free port). Returns (server, bound port, agent); stop with ``stop_server``.
 
     ``interceptors`` run inside the error mapping (so what they raise is mapped too), in order;
     ``credentials`` (e.g. ``grpc.ssl_server_credentials``) make the port a TLS port; ``options`` are
-    extra gRPC server options.
+    extra gRPC server options; ``local_socket`` (a path) adds a plaintext Unix-socket port there, for a client
+    in this process (the web app of ``serve --web-port``): put it in a folder only this user can enter.
+    Tokens are checked on it like on the TCP port.
 
     ``config.security`` (TLS, tokens, --insecure) is checked before the data folder is opened:
     agent.security.SecurityError says what is missing. Its token check runs outermost, before the error
@@ -172,7 +202,10 @@ def create_server(config: AgentConfig, interceptors: Sequence[grpc.ServerInterce
             ("grpc.max_send_message_length", limits.max_message_bytes),
             ("grpc.so_reuseport", 0),
             *options]
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="rpc"),
+        # The lanes' running and queued calls hold gRPC threads of their own on top of ``workers``, so a
+        # full queue of heavy calls never leaves GetStatus, SubmitLabels or Ingest without a thread.
+        threads = config.workers + config.work.threads
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="rpc"),
                              interceptors=[*auth, ErrorMapping((SERVICE_NAME,)), *interceptors],
                              options=server_options)
         agent_pb2_grpc.add_AgentServicer_to_server(AgentServicer(agent, warnings), server)
@@ -191,7 +224,10 @@ def create_server(config: AgentConfig, interceptors: Sequence[grpc.ServerInterce
         if bound == 0:
             raise OSError(f"cannot listen on {config.address}: the port is in use by another process (another "
                           "agent?) or the address is not one of this machine's; pick another --port or --host")
+        if local_socket is not None and server.add_insecure_port(f"unix:{local_socket}") == 0:
+            raise OSError(f"cannot listen on the local socket {local_socket}")
         server.start()
+        warm_in_background()  # scikit-learn, scipy.stats: imported after the port answers (agent/lazy.py)
     except BaseException:
         agent.close()
         raise
@@ -207,5 +243,7 @@ def stop_server(server: grpc.Server, agent: Agent, grace: float = 5.0) -> None:
         health_servicer.enter_graceful_shutdown()
     agent.work.shutdown()
     agent.light_work.shutdown()
+    agent.light_prior_work.shutdown()
+    agent.decode_work.shutdown()
     server.stop(grace).wait()
     agent.close()

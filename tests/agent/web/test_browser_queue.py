@@ -1,0 +1,95 @@
+"""The Queue page in a real browser: ask for samples, label with the keyboard (number keys, a new class,
+skip, not sure, undo), and check the labels through gRPC."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.agent.web.conftest import WebAgent, shape_of, shot
+
+pytestmark = pytest.mark.browser
+
+
+def test_keyboard_labelling(live_web: WebAgent, page: Any) -> None:
+    page.context.add_cookies([{"name": "shortlist_user", "value": "ana", "url": live_web.url}])
+    page.goto(live_web.url + "/queue")
+    page.select_option("#strategy", "random")
+    page.fill("input[name=budget]", "18")
+    page.click("#ask-button")
+    page.wait_for_selector(".tile")
+    tiles = page.locator(".tile")
+    assert tiles.count() == 18
+    ids = [str(tiles.nth(i).get_attribute("data-id")) for i in range(18)]
+    page.wait_for_function("Array.from(document.querySelectorAll('.tile img'))"
+                           ".every(i => i.complete && i.naturalWidth > 0)")
+    keys = {"circle": "1", "square": "2"}  # the class list on the page: triangle is not a class yet
+    want: dict[str, str] = {}
+    for i, sid in enumerate(ids[:9]):  # focus moves to the next tile after each action
+        shape = shape_of(sid)
+        if i == 5:
+            page.keyboard.press(" ")  # skip
+        elif i == 6:
+            page.keyboard.press("?")  # not sure
+        elif shape in keys:
+            page.keyboard.press(keys[shape])
+            want[sid] = shape
+        else:  # a new class: "+" opens the box, Enter labels the focused tile with it
+            page.keyboard.press("+")
+            page.keyboard.type(shape)
+            page.keyboard.press("Enter")
+            page.wait_for_selector(f'.tile[data-id="{sid}"][data-saved="1"]')
+            keys[shape] = "3"
+            want[sid] = shape
+        page.wait_for_selector(f'.tile[data-id="{sid}"]:not(.pending)')
+    for sid in want:
+        page.wait_for_selector(f'.tile[data-id="{sid}"][data-saved="1"]')
+    assert [" ".join(t.split()) for t in page.locator("#classes li").all_inner_texts()] == [
+        "1 circle", "2 square", "3 triangle"]
+    labels = live_web.labels()
+    assert {sid: labels.get(sid) for sid in want} == want
+    assert ids[5] not in labels and ids[6] not in labels
+    assert page.locator(f'.tile[data-id="{ids[6]}"] .badge').inner_text() == "not sure"
+    # back to the first tile with the arrows, a wrong label, then undo: the right one is back
+    for _ in range(9):
+        page.keyboard.press("ArrowLeft")
+    first, shape = ids[0], shape_of(ids[0])
+    wrong = next(k for s, k in keys.items() if s != shape)
+    page.keyboard.press(wrong)
+    page.wait_for_selector(f'.tile[data-id="{first}"][data-saved="1"]:not([data-label="{shape}"])')
+    page.keyboard.press("Backspace")
+    page.wait_for_selector(f'.tile[data-id="{first}"][data-label="{shape}"]:not(.pending)')
+    history = live_web.history(first)
+    assert [a for _, a in history] == ["ana"] * 3 and history[0][0] == history[2][0] == shape != history[1][0]
+    assert live_web.labels()[first] == shape
+    # Enter shows the focused image large (the stored image), Escape closes it
+    page.keyboard.press("Enter")
+    page.wait_for_function("(() => { const i = document.querySelector('#lightbox img');"
+                           " return !document.getElementById('lightbox').hidden"
+                           " && i.complete && i.naturalWidth > 0 })()")
+    assert first in page.locator("#lightbox p").inner_text()
+    page.keyboard.press("Escape")
+    page.wait_for_selector("#lightbox", state="hidden")
+    for _ in range(9):
+        page.keyboard.press("ArrowRight")
+    page.mouse.move(0, 0)
+    shot(page, "app-queue")
+
+
+def test_filter_and_labels_from_elsewhere_show_up(live_web_fast: WebAgent, page: Any) -> None:
+    """Ask with a metadata filter; a label given through gRPC (another client) appears on the open page."""
+    from shortlist.v1 import agent_pb2
+
+    web = live_web_fast
+    page.goto(web.url + "/queue")
+    page.fill("input[name=where]", "site=b")
+    page.fill("input[name=budget]", "6")
+    page.click("#ask-button")
+    page.wait_for_selector(".tile")
+    ids = [str(t.get_attribute("data-id")) for t in page.locator(".tile").all()]
+    assert len(ids) == 6 and all(int(i[3:6]) % 2 == 1 for i in ids)  # site b: the odd ones
+    web.stub.SubmitLabels(agent_pb2.SubmitLabelsRequest(
+        labels=[agent_pb2.LabelAssignment(id=ids[2], label="octagon")], annotator="pipeline"))
+    page.wait_for_selector(f'.tile[data-id="{ids[2]}"][data-label="octagon"]')
+    assert " ".join(page.locator("#classes li").last.inner_text().split()) == "3 octagon"

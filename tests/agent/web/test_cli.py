@@ -1,0 +1,135 @@
+"""``shortlist serve --web-port`` and ``shortlist web`` as processes, and their listen rule."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from agent import client
+from shortlist.cli import app
+from tests.agent.conftest import Running, make_samples
+from tests.agent.test_cli import free_port, out
+
+runner = CliRunner()
+
+
+def wait_http(url: str, proc: subprocess.Popen[str], timeout: float = 60.0) -> bytes:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                return bytes(r.read())
+        except (urllib.error.URLError, ConnectionError):
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else "exited"
+            assert time.monotonic() < deadline, f"no answer from {url}"
+            time.sleep(0.2)
+
+
+def stop(proc: subprocess.Popen[str]) -> str:
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    return err
+
+
+def test_serve_with_web_port(tmp_path: Path, registry: Path) -> None:
+    port, web_port = free_port(), free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "shortlist.cli", "serve", "--data-dir", str(tmp_path / "d"),
+                             "--models", str(registry), "--port", str(port), "--cpu", "--web-port", str(web_port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "COLUMNS": "200"})
+    try:
+        stub = client.connect(f"127.0.0.1:{port}", starting=True, timeout=60)
+        client.ingest(stub, make_samples(4))
+        assert json.loads(wait_http(f"http://127.0.0.1:{web_port}/healthz", proc)) == {"status": "ok"}
+        page = wait_http(f"http://127.0.0.1:{web_port}/queue", proc).decode()
+        assert "Ask the agent" in page and f"127.0.0.1:{port}" in page
+        assert wait_http(f"http://127.0.0.1:{web_port}/thumb/s1?size=32", proc)[:3] == b"\xff\xd8\xff"  # a JPEG
+    finally:
+        err = stop(proc)
+    assert f"web app on http://127.0.0.1:{web_port}" in " ".join(err.split())
+
+
+def test_web_against_a_running_agent(running: Running) -> None:
+    client.ingest(running.stub, make_samples(3))
+    web_port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "shortlist.cli", "web", "--agent", running.address,
+                             "--port", str(web_port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        assert json.loads(wait_http(f"http://127.0.0.1:{web_port}/api/queue", proc))["total"] == 0
+        assert wait_http(f"http://127.0.0.1:{web_port}/thumb/s2", proc)[:3] == b"\xff\xd8\xff"
+    finally:
+        stop(proc)
+
+
+def test_web_listen_rule_and_bad_agent(running: Running) -> None:
+    exposed = runner.invoke(app, ["web", "--agent", running.address, "--host", "0.0.0.0", "--port", "0"])
+    assert exposed.exit_code == 2
+    assert "--https-cert" in out(exposed) and "tokens" in out(exposed) and "--insecure" in out(exposed)
+    gone = runner.invoke(app, ["web", "--agent", f"127.0.0.1:{free_port()}", "--port", "0"])
+    assert gone.exit_code == 1 and "connection refused" in out(gone)
+
+
+def test_serve_refuses_an_exposed_web_port(tmp_path: Path, registry: Path) -> None:
+    umask = os.umask(0o022)
+    try:
+        exposed = runner.invoke(app, ["serve", "--data-dir", str(tmp_path / "d"), "--models", str(registry),
+                                      "--port", "0", "--cpu", "--web-port", "0", "--web-host", "0.0.0.0"])
+    finally:
+        os.umask(umask)
+    assert exposed.exit_code == 2 and "web app" in out(exposed) and "--insecure" in out(exposed)
+    assert not (tmp_path / "d").exists()
+
+
+def test_serve_web_port_with_client_certificates_needs_tokens(tmp_path: Path, registry: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("not read: refused before\n")
+    umask = os.umask(0o022)
+    try:
+        r = runner.invoke(app, ["serve", "--data-dir", str(tmp_path / "d"), "--models", str(registry), "--port", "0",
+                                "--cpu", "--web-port", "0", "--tls-client-ca", str(ca)])
+    finally:
+        os.umask(umask)
+    assert r.exit_code == 2 and "--tokens" in out(r) and not (tmp_path / "d").exists()
+
+
+def test_web_token_is_the_default_for_browsers_without_one(tmp_path: Path, registry: Path) -> None:
+    from agent.config import AgentConfig
+    from agent.security import ServerSecurity
+    from agent.service import create_server, stop_server
+    from tests.agent.web.conftest import READ_TOKEN, WRITE_TOKEN
+
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"read:{READ_TOKEN}\nwrite:{WRITE_TOKEN}\n")
+    server, port, agent = create_server(AgentConfig(tmp_path / "data", registry, port=0, use_cuda=False,
+                                                    security=ServerSecurity(tokens=tokens)))
+    procs = []
+    try:
+        urls = []
+        for token in ("", READ_TOKEN):
+            web_port = free_port()
+            env = {k: v for k, v in os.environ.items() if k != "SHORTLIST_TOKEN"}
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "shortlist.cli", "web", "--agent", f"127.0.0.1:{port}", "--port", str(web_port),
+                 *(["--token", token] if token else [])], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                env=env))
+            urls.append(f"http://127.0.0.1:{web_port}")
+        wait_http(urls[1] + "/healthz", procs[1])
+        wait_http(urls[0] + "/healthz", procs[0])
+        with __import__("pytest").raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(urls[0] + "/api/queue", timeout=10)
+        assert e.value.code == 401  # each browser signs in with its own token
+        assert json.loads(wait_http(urls[1] + "/api/queue", procs[1]))["total"] == 0  # the app's token
+    finally:
+        for p in procs:
+            stop(p)
+        stop_server(server, agent, grace=0.5)
