@@ -67,8 +67,8 @@ class Profile:
     device: str
     pretrain: cifar10.Profile  # the encoder it pretrains when --encoder is not given
     description: str = ""
-    # FinetuneConfig.head_init / .ema of every arm: "random" is the paper's fresh classifier; the short profiles
-    # start from the linear probe's head (see docs/strategies.md: a fresh head's pseudo-labels are one class)
+    # FinetuneConfig.head_init / .ema of every arm: "random" is the paper's fresh classifier ("probe", LP-FT, did
+    # not stop the short runs' collapse: docs/benchmarks.md, "Why the FlexMatch arms fall below the probe")
     head_init: str = "random"
     ema: float = 0.999  # FlexMatch's evaluation EMA (its code's ema_m), warmed up (training.finetune.ema_avg_fn)
 
@@ -128,7 +128,6 @@ PROFILES: dict[str, Profile] = {
         name="cpu", pool_size=5000, test_size=2000, budgets=(10, 40), seeds=3, steps={10: 80, 40: 80}, evals=4,
         prior_iters=27, batch_size=16, mu=7, lr=0.03, size=16, threads=None, device="cpu",
         pretrain=_CPU_PRETRAIN,
-        head_init="probe",
         description="2-core CPU in about 2 hours: 5,000-image pool, 2,000 test images, 16 px, batch 16 + 7 x 16, "
                     "80 iterations per arm (T = 27, a third), 3 seeds; measured 4.0 CPU-seconds per iteration "
                     "(docs/benchmarks.md)"),
@@ -136,7 +135,6 @@ PROFILES: dict[str, Profile] = {
         name="gpu-lease", pool_size=10000, test_size=5000, budgets=(10, 40), seeds=3, steps={10: 300, 40: 300},
         evals=3, prior_iters=100, batch_size=64, mu=7, lr=0.03, size=None, threads=None, device="auto",
         pretrain=replace(cifar10.PROFILES["gpu"], pretrain_minutes=0.0),
-        head_init="probe",
         description="a few minutes on one GPU (a short device lease): 10,000-image pool, 5,000 test images, the "
                     "encoder's resolution, the paper's batch 64 + 7 x 64 and lr, 300 iterations per arm (T = 100, "
                     "a third), 3 seeds; pass --encoder RUN_FOLDER"),
