@@ -35,6 +35,7 @@ ROUTERS = [
     "queue",
     "priors",
     "map",
+    "labelstudio",
 ]
 
 
