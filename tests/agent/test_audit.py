@@ -4,6 +4,7 @@ never seeds; the interval covers the prior's real accuracy on the pool) and the 
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -174,3 +175,26 @@ def test_audit_through_grpc_draw_label_estimate_list_and_restart(tmp_path: Path,
         assert a.drawn == 9 and len(a.methods) == len(PRIOR_METHODS)
     finally:
         r.stop()
+
+
+def test_shortlist_status_shows_the_audit(running: Running) -> None:
+    from typer.testing import CliRunner
+
+    from shortlist.cli import app
+
+    def status(*extra: str) -> str:
+        res = CliRunner().invoke(app, ["status", "--agent", running.address, *extra])
+        assert res.exit_code == 0, res.output
+        return res.stdout
+
+    client.ingest(running.stub, make_samples(24, labels=6))
+    assert "audit: none drawn" in status()
+    drawn = [s.id for s in running.stub.Select(agent_pb2.SelectRequest(budget=6, strategy="audit")).selected]
+    client.submit_labels(running.stub, [(i, true_label(i)) for i in drawn], "alice")
+    wait_audit(running, 6)
+    text = status()
+    assert "audit: 6 of 6 drawn samples labelled, priors under v0001" in text
+    assert all(f"  {m}: " in text and "95% wilson interval" in text for m in PRIOR_METHODS)
+    audit = json.loads(status("--json"))["audit"]
+    assert audit["labelled"] == 6 and {m["method"] for m in audit["methods"]} == set(PRIOR_METHODS)
+    assert all(m["overall"]["total"] == 6 for m in audit["methods"])
