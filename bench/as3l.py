@@ -127,6 +127,13 @@ PROFILES: dict[str, Profile] = {
         description="2-core CPU in about 2 hours: 5,000-image pool, 2,000 test images, 16 px, batch 16 + 7 x 16, "
                     "80 iterations per arm (T = 27, a third), 3 seeds; measured 4.0 CPU-seconds per iteration "
                     "(docs/benchmarks.md)"),
+    "gpu-lease": Profile(
+        name="gpu-lease", pool_size=10000, test_size=5000, budgets=(10, 40), seeds=3, steps={10: 300, 40: 300},
+        evals=3, prior_iters=100, batch_size=64, mu=7, lr=0.03, size=None, threads=None, device="auto",
+        pretrain=replace(cifar10.PROFILES["gpu"], pretrain_minutes=0.0),
+        description="a few minutes on one GPU (a short device lease): 10,000-image pool, 5,000 test images, the "
+                    "encoder's resolution, the paper's batch 64 + 7 x 64 and lr, 300 iterations per arm (T = 100, "
+                    "a third), 3 seeds; pass --encoder RUN_FOLDER"),
     "gpu": Profile(
         name="gpu", pool_size=None, test_size=None, budgets=(10, 40), seeds=3, steps={10: 112 * 1024, 40: 112 * 2304},
         evals=16, prior_iters=6900, batch_size=64, mu=7, lr=0.03, size=None, threads=None, device="auto",

@@ -8,7 +8,7 @@ import typer
 
 
 def register(app: typer.Typer, bench_app: typer.Typer) -> None:
-    for module in ("bench.cifar10", "bench.strategies", "bench.load", "bench.as3l"):
+    for module in ("bench.cifar10", "bench.strategies", "bench.load", "bench.as3l", "bench.recipes.commands"):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as e:

@@ -131,8 +131,30 @@ def markdown(runs: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+Curve = list[tuple[int, float, float]]  # (labels, mean, std) points of one line
+
+
 def plot(runs: list[dict[str, Any]], metric: str, ylabel: str, path: Path) -> None:
     """Metric vs number of labels (log x), one line per strategy (and linestyle per run)."""
+    strategies = list(dict.fromkeys(s for r in runs for s in r["strategies"]))
+    lines: list[tuple[str, int, Curve, bool]] = []
+    for ri, run in enumerate(runs):
+        summ = summarize(run).get(metric, {})
+        for s in strategies:
+            pts = sorted((b, m, sd) for (st, b), (m, sd, _) in summ.items() if st == s and np.isfinite(m))
+            if pts:
+                label = s if len(runs) == 1 else f"{s} ({run['label']})"
+                lines.append((label, ri, [(int(b), m * 100, sd * 100) for b, m, sd in pts], len(run["seeds"]) > 1))
+    names = ", ".join(dict.fromkeys(Path(str(r.get("data", "")).rstrip("/")).name or "?" for r in runs))
+    plot_curves(lines, ylabel, f"{names}: {', '.join(r['label'] for r in runs)}", path,
+                color_keys=[s for r in runs for s in r["strategies"]])
+
+
+def plot_curves(lines: list[tuple[str, int, Curve, bool]], ylabel: str, title: str, path: Path,
+                color_keys: list[str] | None = None, log_x: bool = True) -> None:
+    """Accuracy-vs-labels style plot: each line (label, style index, [(x, mean, std)...], band) drawn with
+    its error band (mean +- std over seeds) when ``band``; the measured x values are ticked. A line's
+    colour follows its label's first word (so one strategy keeps its colour across runs)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -140,33 +162,28 @@ def plot(runs: list[dict[str, Any]], metric: str, ylabel: str, path: Path) -> No
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
     styles = ["-", "--", ":", "-."]
-    strategies = list(dict.fromkeys(s for r in runs for s in r["strategies"]))
-    budgets: set[int] = set()
-    colors = {s: plt.get_cmap("tab10")(i % 10) for i, s in enumerate(strategies)}
-    for ri, run in enumerate(runs):
-        summ = summarize(run).get(metric, {})
-        for s in strategies:
-            pts = sorted((b, m, sd) for (st, b), (m, sd, _) in summ.items() if st == s and np.isfinite(m))
-            if not pts:
-                continue
-            x = np.asarray([p[0] for p in pts])
-            budgets.update(int(b) for b in x)
-            y = np.asarray([p[1] for p in pts]) * 100
-            e = np.asarray([p[2] for p in pts]) * 100
-            label = s if len(runs) == 1 else f"{s} ({run['label']})"
-            ax.plot(x, y, styles[ri % len(styles)], marker="o", ms=3, color=colors[s], label=label)
-            if len(run["seeds"]) > 1:
-                ax.fill_between(x, y - e, y + e, color=colors[s], alpha=0.12)
-    ax.set_xscale("log")
-    if budgets:  # tick the measured label counts (a log axis alone marks only 10, 100, ...)
-        ax.set_xticks(sorted(budgets), [str(b) for b in sorted(budgets)])
+    keys = list(dict.fromkeys([*(color_keys or []), *(label.split(" ")[0] for label, *_ in lines)]))
+    colors = {k: plt.get_cmap("tab10")(i % 10) for i, k in enumerate(keys)}
+    xs: set[int] = set()
+    for label, style, pts, band in lines:
+        x = np.asarray([p[0] for p in pts])
+        xs.update(int(v) for v in x)
+        y = np.asarray([p[1] for p in pts])
+        e = np.asarray([p[2] for p in pts])
+        color = colors[label.split(" ")[0]]
+        ax.plot(x, y, styles[style % len(styles)], marker="o", ms=3, color=color, label=label)
+        if band:
+            ax.fill_between(x, y - e, y + e, color=color, alpha=0.12)
+    if log_x:
+        ax.set_xscale("log")
+    if xs:  # tick the measured label counts (a log axis alone marks only 10, 100, ...)
+        ax.set_xticks(sorted(xs), [str(b) for b in sorted(xs)])
         ax.minorticks_off()
     ax.set_xlabel("labelled samples")
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
-    names = ", ".join(dict.fromkeys(Path(str(r.get("data", "")).rstrip("/")).name or "?" for r in runs))
-    ax.set_title(f"{names}: {', '.join(r['label'] for r in runs)}", fontsize=9)
+    ax.set_title(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -115,7 +115,7 @@ def _launch_local(cfg: PretrainConfig, procs: int) -> None:
 def finetune_cmd(
     out: Path = typer.Option(..., help="run folder"),
     data: str = typer.Option(..., help="labelled image source (ImageFolder, tar, CIFAR folder)"),
-    mode: str = typer.Option("full", help="linear | full | as3l | moby_al"),
+    mode: str = typer.Option("full", help="linear | svm | full | as3l | moby_al"),
     init: Path | None = typer.Option(None, help="a pretraining run folder to start from"),
     arch: str = typer.Option("resnet18_w32", help="architecture when not starting from --init"),
     labels_per_class: int | None = typer.Option(None, help="keep only N labels per class (rest unlabelled)"),
@@ -171,7 +171,7 @@ def cycle_cmd(
     agent: AgentTarget,
     models: Path = typer.Option(..., help="the registry folder the agent serves from"),
     out: Path = typer.Option(..., help="run folder for this cycle's training"),
-    mode: str = typer.Option("full", help="linear | full | as3l | moby_al | simsiam | rotnet | moby"),
+    mode: str = typer.Option("full", help="linear | svm | full | as3l | moby_al | simsiam | rotnet | moby"),
     init: Path | None = typer.Option(None, help="pretraining run to start from"),
     steps: int | None = typer.Option(None),
     minutes: float | None = typer.Option(None),

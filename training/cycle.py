@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,10 +71,12 @@ def run_cycle(agent: str, models: str | Path, out: str | Path, mode: str = "full
               steps: int | None = None, minutes: float | None = None, epochs: int | None = None,
               prior_method: str = "knn", preprocess: str = "cifar10", arch: str = "resnet18_w32",
               batch_size: int | None = None, threads: int | None = None, device: str = "auto",
-              console: Console | None = None, client_config: ClientConfig | None = None) -> CycleResult:
-    """One cycle (see module docstring). ``mode``: a fine-tuning mode (linear, full, as3l, moby_al) or a
+              console: Console | None = None, client_config: ClientConfig | None = None,
+              options: Mapping[str, Any] | None = None) -> CycleResult:
+    """One cycle (see module docstring). ``mode``: a fine-tuning mode (linear, svm, full, as3l, moby_al) or a
     pretraining method (simsiam, rotnet, moby: self-supervised on every sample in the agent).
-    ``client_config``: TLS and token to reach the agent (agent.client.ClientConfig)."""
+    ``client_config``: TLS and token to reach the agent (agent.client.ClientConfig). ``options``: more
+    FinetuneConfig fields for a fine-tuning mode (e.g. ``seed``, ``svm_c``, ``unlabeled_ratio``)."""
     from agent import client
     from exporters.export import export_run
 
@@ -107,6 +111,8 @@ def run_cycle(agent: str, models: str | Path, out: str | Path, mode: str = "full
                               threads=threads, device=device, progress=False)
         if batch_size:
             fcfg.batch_size = batch_size
+        if options:
+            fcfg = dataclasses.replace(fcfg, **options)
         if steps is None and epochs is None and minutes is None:
             fcfg.steps = 100
         finetune(fcfg, data, priors, console)

@@ -19,8 +19,22 @@ Modes (``FINETUNE_MODES``):
   defaults: SGD momentum 0.9 (Nesterov, as FixMatch), lr 0.03 with FixMatch's cosine decay
   lr * cos(7 pi k / (16 K)), lambda = 1, mu = 7, batch 64, T = 6900, tau = 0.95. The priors are the agent's
   PriorLabels (class probabilities per unlabelled sample).
+- ``svm``: a linear SVM on the same frozen features (Bengar et al. 2021 use "a linear classifier or an
+  SVM"): scikit-learn's ``LinearSVC`` (one-vs-rest, squared hinge, C = ``svm_c``) on standardised
+  features; the scaling is folded into the weights so the exported ``logits`` are the SVM's decision
+  values (signed distances to the hyperplanes, the SVM uncertainty of Barda et al. Sec. 2.1 item 4).
 - ``moby_al``: MoBYv2AL's joint objective (Caramalau et al. 2022, Sec. 3.1): cross-entropy on the labelled
-  batch + lambda_c * MoBY contrastive loss on unlabelled views, lambda_c = 0.5.
+  batch + lambda_c * MoBY contrastive loss on unlabelled views, lambda_c = 0.5. ``contrast_labeled`` adds
+  the labelled images to the contrastive batch (Sec. 3.1: the queue and the moving average are updated
+  with both). ``unlabeled_ratio`` limits the unlabelled rows trained on to ratio x the labelled count (Sec.
+  4.1 "Comparison with other SSL-AL": an amount equal to the labelled samples), chosen by
+  ``unlabeled_pick``: "random", or "low_contrastive" (Sec. 4.2: the unlabelled samples with the lowest
+  contrastive loss, re-ranked under the current model at the start of every pass over the subset; the
+  first pass takes a random subset).
+
+Any mode: ``rotation_weight`` > 0 adds that weight times the RotNet loss of the labelled batch (the encoder
+needs its rotation head, i.e. a RotNet-pretrained init), so the exported rotation head stays matched to
+the fine-tuned backbone and the agent's pretext loss (strategy ``das``) is the current model's.
 
 Augmentation (training.augment, batched on the device with per-sample draws from the run's generator): the
 labelled batch and as3l's weak view get the weak crop + flip (``WEAK``); as3l's strong view is FixMatch's,
@@ -49,10 +63,12 @@ from training import loop
 from training.augment import WEAK, AugmentConfig, augment, strong_augment
 from training.backbones import build_backbone
 from training.data import TensorData, load
-from training.methods import Encoder, MoBY
+from training.methods import Encoder, MoBY, rotate_batch, rotation_loss
 from training.pretrain import load_encoder, preprocess_by_name, save_encoder
 
-FINETUNE_MODES = ("linear", "full", "as3l", "moby_al")
+FINETUNE_MODES = ("linear", "svm", "full", "as3l", "moby_al")
+FROZEN_MODES = ("linear", "svm")  # heads on frozen features, computed once
+UNLABELED_PICKS = ("random", "low_contrastive")
 PRIOR_AFTER = ("remove", "update")  # AS3L Sec. 3.4: what happens to the prior after T iterations
 CONTRASTIVE = AugmentConfig(crop_scale=(0.2, 1.0))  # moby_al's views (SimSiam / SimCLR CIFAR strength)
 
@@ -83,6 +99,12 @@ class FinetuneConfig:
     flex: bool = True  # FlexMatch class-wise thresholds (else FixMatch's fixed one)
     lambda_c: float = 0.5  # MoBYv2AL contrastive weight
     linear_epochs: int = 100
+    svm_c: float = 1.0  # LinearSVC's C (mode svm)
+    contrast_labeled: bool = False  # moby_al: labelled images in the contrastive batch too
+    unlabeled_ratio: float | None = None  # moby_al: train on ratio x labelled unlabelled rows (None: all)
+    unlabeled_pick: str = "random"  # moby_al with unlabeled_ratio: "random" or "low_contrastive"
+    rotation_weight: float = 0.0  # weight of the RotNet loss on the labelled batch (keeps the head matched)
+    keep_head: bool = False  # an ``init`` run's classifier is kept when it has as many classes (warm start)
     device: str = "auto"
     amp: bool = True
     channels_last: bool = True
@@ -201,7 +223,8 @@ def recluster_prior(enc: Encoder, data: TensorData, lab: torch.Tensor, unl: torc
 def _init_encoder(cfg: FinetuneConfig, num_classes: int) -> tuple[Encoder, str]:
     if cfg.init:
         enc, meta = load_encoder(Path(cfg.init))
-        enc.classifier = nn.Linear(enc.dim, num_classes)
+        if not (cfg.keep_head and enc.classifier is not None and enc.classifier.out_features == num_classes):
+            enc.classifier = nn.Linear(enc.dim, num_classes)
         return enc, str(meta["arch"])
     return Encoder(build_backbone(cfg.arch), num_classes=num_classes), cfg.arch
 
@@ -230,6 +253,56 @@ def linear_probe(enc: Encoder, data: TensorData, pre: Preprocess, rt: loop.Runti
         return float((enc.classifier(feats).argmax(1) == y).float().mean())
 
 
+def svm_probe(enc: Encoder, data: TensorData, pre: Preprocess, rt: loop.Runtime, c: float, seed: int) -> float:
+    """Fit a linear SVM (scikit-learn ``LinearSVC``, one-vs-rest, C = ``c``) on the standardised frozen raw
+    features of the labelled rows and write it into enc.classifier: for standardisation (mu, sigma) and
+    SVM weights (w, b), logits = x @ (w / sigma).T + (b - (w / sigma) @ mu), the decision values. Classes
+    with no labelled row get weight 0 and bias -10 (far below any labelled class's margin); with two
+    labelled classes the single hyperplane d becomes (-d/2, +d/2). Returns the training accuracy."""
+    from sklearn.svm import LinearSVC
+
+    assert enc.classifier is not None
+    rows = data.labeled_rows
+    feats = _raw_features(enc, data.images[rows], pre, rt).cpu().double().numpy()
+    y = data.labels[rows].numpy()
+    mu, sigma = feats.mean(axis=0), feats.std(axis=0) + 1e-6
+    classes = np.unique(y)
+    weight = np.zeros((enc.classifier.out_features, feats.shape[1]))
+    bias = np.full(enc.classifier.out_features, -10.0)
+    if len(classes) == 1:  # one labelled class: it wins everywhere
+        bias[classes[0]] = 10.0
+    else:
+        svm = LinearSVC(C=c, random_state=seed, max_iter=5000).fit((feats - mu) / sigma, y)
+        w, b = svm.coef_, svm.intercept_
+        if len(classes) == 2:
+            w, b = np.stack([-w[0] / 2, w[0] / 2]), np.asarray([-b[0] / 2, b[0] / 2])
+        weight[classes] = w / sigma
+        bias[classes] = b - (w / sigma) @ mu
+    with torch.no_grad():
+        enc.classifier.weight.copy_(torch.from_numpy(weight).float())
+        enc.classifier.bias.copy_(torch.from_numpy(bias).float())
+        logits = enc.classifier(torch.from_numpy(feats).float().to(enc.classifier.weight.device))
+        return float((logits.argmax(1).cpu().numpy() == y).mean())
+
+
+@torch.no_grad()
+def contrastive_losses(moby: MoBY, images: torch.Tensor, pre: Preprocess, gen: torch.Generator,
+                       rt: loop.Runtime, batch: int = 512) -> torch.Tensor:
+    """Per-image MoBY contrastive loss (MoBYv2AL Sec. 4.2) under the current model, without updating it:
+    two ``CONTRASTIVE`` views, ``MoBY.per_sample_loss``. images: Nx3xHxW uint8 -> N float (nats)."""
+    was = moby.training
+    moby.eval()
+    out = []
+    for i in range(0, len(images), batch):
+        x = images[i:i + batch].to(rt.device)
+        v1 = augment(x, pre, CONTRASTIVE, gen, rt.channels_last)
+        v2 = augment(x, pre, CONTRASTIVE, gen, rt.channels_last)
+        with rt.autocast():
+            out.append(moby.per_sample_loss(v1, v2).float().cpu())
+    moby.train(was)
+    return torch.cat(out) if out else torch.zeros(0)
+
+
 @torch.no_grad()
 def _raw_features(enc: Encoder, images: torch.Tensor, pre: Preprocess, rt: loop.Runtime) -> torch.Tensor:
     from training.augment import plain
@@ -251,6 +324,8 @@ def finetune(config: FinetuneConfig, data: TensorData | None = None, priors: tor
         raise ValueError(f"unknown fine-tuning mode {cfg.mode!r}; valid: {', '.join(FINETUNE_MODES)}")
     if cfg.prior_after not in PRIOR_AFTER:
         raise ValueError(f"unknown prior_after {cfg.prior_after!r}; valid: {', '.join(PRIOR_AFTER)}")
+    if cfg.unlabeled_pick not in UNLABELED_PICKS:
+        raise ValueError(f"unknown unlabeled_pick {cfg.unlabeled_pick!r}; valid: {', '.join(UNLABELED_PICKS)}")
     console = console or Console()
     rt = loop.setup_runtime(cfg.device, cfg.amp, cfg.channels_last, cfg.threads)
     pre = preprocess_by_name(cfg.preprocess)
@@ -271,6 +346,8 @@ def finetune(config: FinetuneConfig, data: TensorData | None = None, priors: tor
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     enc, arch = _init_encoder(cfg, len(data.classes))
+    if cfg.rotation_weight > 0 and enc.rotation is None:
+        raise ValueError("rotation_weight needs an encoder with a rotation head: --init a RotNet pretraining run")
     enc = enc.to(rt.device)
     if rt.channels_last:
         enc = enc.to(memory_format=torch.channels_last)
@@ -280,10 +357,13 @@ def finetune(config: FinetuneConfig, data: TensorData | None = None, priors: tor
     t0 = time.perf_counter()
     summary: dict[str, Any] = {"mode": cfg.mode, "labeled": len(lab), "unlabeled": len(unl)}
 
-    if cfg.mode == "linear":
-        acc = linear_probe(enc, data, pre, rt, cfg.linear_epochs, cfg.seed)
+    if cfg.mode in FROZEN_MODES:
+        if cfg.mode == "svm":
+            acc = svm_probe(enc, data, pre, rt, cfg.svm_c, cfg.seed)
+        else:
+            acc = linear_probe(enc, data, pre, rt, cfg.linear_epochs, cfg.seed)
         summary.update(train_acc=acc)
-        log.write(kind="linear", train_acc=acc)
+        log.write(kind=cfg.mode, train_acc=acc)
         if eval_data is not None:
             summary.update(test_accuracy=test_accuracy(enc, eval_data, pre, rt))
     else:
@@ -304,8 +384,11 @@ def _train_loop(cfg: FinetuneConfig, enc: Encoder, data: TensorData, lab: torch.
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, momentum=0.9,
                           nesterov=True, weight_decay=cfg.weight_decay)
     bs = min(cfg.batch_size, len(lab))
-    ubs = min(cfg.mu * cfg.batch_size, len(unl)) if semi else 0
-    epoch_rows = len(unl) if semi else len(lab)
+    # moby_al with unlabeled_ratio: the unlabelled rows trained on are a subset ``pool`` (indices into unl)
+    subset = len(unl) if cfg.unlabeled_ratio is None else max(1, min(len(unl), round(cfg.unlabeled_ratio *
+                                                                                     len(lab))))
+    ubs = min(cfg.mu * cfg.batch_size, subset) if semi else 0
+    epoch_rows = subset if semi else len(lab)
     steps_per_epoch = max(1, epoch_rows // (ubs if semi else bs))
     if cfg.steps is not None:
         budget = loop.Budget(1, epochs=cfg.steps)
@@ -324,6 +407,11 @@ def _train_loop(cfg: FinetuneConfig, enc: Encoder, data: TensorData, lab: torch.
     if update and state.step >= cfg.prior_iters:  # resumed after an update: re-cluster from where it is
         prior_dev = recluster_prior(enc, data, lab, unl, pre, rt, cfg.seed + state.step).to(rt.device)
     evals: list[list[float]] = [list(e) for e in state.extra.get("eval", [])]
+    # moby_al's unlabelled subset (indices into unl): all of them, or a random ``subset`` to start with
+    upool = torch.arange(len(unl)) if subset >= len(unl) else \
+        torch.randperm(len(unl), generator=torch.Generator().manual_seed(cfg.seed + 7))[:subset]
+    if "upool" in state.extra:
+        upool = torch.tensor(state.extra["upool"], dtype=torch.long)
 
     def evaluate() -> None:
         if eval_data is not None and (not evals or evals[-1][0] != state.step):
@@ -367,12 +455,22 @@ def _train_loop(cfg: FinetuneConfig, enc: Encoder, data: TensorData, lab: torch.
                     loss = loss + cfg.lambda_u * lu
                     mask_rate = float(mask.mean())
                 elif semi and moby is not None:
-                    pick = torch.randint(0, len(unl), (ubs,), generator=g_cpu)
+                    if (cfg.unlabeled_pick == "low_contrastive" and subset < len(unl) and state.step > 0
+                            and state.step % steps_per_epoch == 0):  # Sec. 4.2, once per pass over the subset
+                        losses = contrastive_losses(moby, data.images[unl], pre, gen, rt)
+                        upool = torch.argsort(losses)[:subset]
+                    pick = upool[torch.randint(0, len(upool), (ubs,), generator=g_cpu)]
                     imgs = data.images[unl[pick]].to(rt.device)
+                    if cfg.contrast_labeled:
+                        imgs = torch.cat([data.images[lrows].to(rt.device), imgs])
                     v1 = augment(imgs, pre, CONTRASTIVE, gen, rt.channels_last)
                     v2 = augment(imgs, pre, CONTRASTIVE, gen, rt.channels_last)
                     moby.set_progress(budget.progress(state.step, state.seconds))
                     loss = loss + cfg.lambda_c * moby(v1, v2)
+                if cfg.rotation_weight > 0:
+                    rotated, targets = rotate_batch(xl)
+                    assert enc.rotation is not None
+                    loss = loss + cfg.rotation_weight * rotation_loss(enc.rotation(enc(rotated)), targets)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss is {float(loss)} at step {state.step}: lower --lr")
             opt.zero_grad(set_to_none=True)
@@ -392,6 +490,8 @@ def _train_loop(cfg: FinetuneConfig, enc: Encoder, data: TensorData, lab: torch.
             if stop.stop or time.perf_counter() - last_ckpt >= cfg.checkpoint_minutes * 60:
                 state.extra["learned"] = learned.tolist()
                 state.extra["eval"] = evals
+                if subset < len(unl):
+                    state.extra["upool"] = upool.tolist()
                 loop.save_checkpoint(run_dir, state, modules, gen, dataclasses.asdict(cfg))
                 last_ckpt = time.perf_counter()
                 if stop.stop:
@@ -400,6 +500,8 @@ def _train_loop(cfg: FinetuneConfig, enc: Encoder, data: TensorData, lab: torch.
     evaluate()
     state.extra["learned"] = learned.tolist()
     state.extra["eval"] = evals
+    if subset < len(unl):
+        state.extra["upool"] = upool.tolist()
     loop.save_checkpoint(run_dir, state, modules, gen, dataclasses.asdict(cfg))
     enc.eval()
     out: dict[str, Any] = {"steps": state.step, "final_loss": loss_val, "mask_rate": mask_rate,

@@ -84,18 +84,19 @@ def rotation_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float(), targets)
 
 
-def info_nce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, tau: float) -> torch.Tensor:
+def info_nce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, tau: float,
+             reduction: str = "mean") -> torch.Tensor:
     """MoCo InfoNCE, He et al. 2020, Eq. 1: -log exp(q.k/tau) / (exp(q.k/tau) + sum_queue exp(q.n/tau)).
 
     q: NxP queries, k: NxP positive keys (no gradient), queue: KxP negatives; all L2-normalised here.
-    Scalar, nats.
+    Scalar (``reduction="none"``: N per-sample values), nats.
     """
     q = F.normalize(q.float(), dim=1)
     k = F.normalize(k.detach().float(), dim=1)
     pos = (q * k).sum(dim=1, keepdim=True)  # Nx1
     neg = q @ F.normalize(queue.float(), dim=1).T  # NxK
     logits = torch.cat([pos, neg], dim=1) / tau
-    return F.cross_entropy(logits, torch.zeros(len(q), dtype=torch.long, device=q.device))
+    return F.cross_entropy(logits, torch.zeros(len(q), dtype=torch.long, device=q.device), reduction=reduction)
 
 
 def rotate_batch(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -266,6 +267,16 @@ class MoBY(SSLMethod):
         loss = info_nce(q1, k2, queue2, self.tau) + info_nce(q2, k1, queue1, self.tau)
         self._enqueue(k1, k2)
         return loss
+
+    @torch.no_grad()
+    def per_sample_loss(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+        """The loss of ``forward`` per image (N), without the momentum update or enqueueing: what
+        MoBYv2AL Sec. 4.2 ranks unlabelled samples by."""
+        q1, q2 = self.predictor(self.projector(self.encoder(torch.cat([x1, x2])))).chunk(2)
+        k1, k2 = self.target_projector(self.target_encoder(torch.cat([x1, x2]))).float().chunk(2)
+        queue1, queue2 = cast(torch.Tensor, self.queue1), cast(torch.Tensor, self.queue2)
+        return (info_nce(q1, k2, queue2, self.tau, reduction="none")
+                + info_nce(q2, k1, queue1, self.tau, reduction="none"))
 
     @torch.no_grad()
     def _momentum_update(self) -> None:

@@ -105,14 +105,16 @@ def prepare_encoder(encoder: Path | None, profile: Profile, data: Path, pool_idx
     registry = out / "models"
     if encoder is not None:
         return publish_encoder(encoder, registry)
-    if profile.pretrain_minutes <= 0:
+    by_epochs = profile.pretrain_options.get("epochs") is not None  # e.g. a paper's 800 epochs (gpu profiles)
+    if profile.pretrain_minutes <= 0 and not by_epochs:
         raise typer.BadParameter(f"profile {profile.name} trains no encoder itself; pass --encoder RUN_OR_MODEL")
     from exporters.export import export_run
     from training.pretrain import PretrainConfig, preprocess_by_name, pretrain
 
     run_dir = out / "pretrain"
     config = PretrainConfig(data=str(data), method=profile.method, arch=profile.arch,
-                            minutes=profile.pretrain_minutes, out=str(run_dir), subset=pool_idx.tolist(),
+                            minutes=None if by_epochs else profile.pretrain_minutes, out=str(run_dir),
+                            subset=pool_idx.tolist(),
                             **profile.pretrain_options)
     earlier = earlier_pretraining(run_dir, config, profile.pretrain_options)
     provenance = {"encoder": str(run_dir), "kind": "pretrained here", "minutes": profile.pretrain_minutes}
@@ -131,7 +133,8 @@ def prepare_encoder(encoder: Path | None, profile: Profile, data: Path, pool_idx
         console.print(f"[bold]resuming[/] the interrupted pretraining run in {run_dir}")
         config = replace(config, resume=True)
     else:
-        console.print(f"[bold]pretraining[/] {profile.method} {profile.arch} for {profile.pretrain_minutes:g} min "
+        length = f"{config.epochs} epochs" if by_epochs else f"{profile.pretrain_minutes:g} min"
+        console.print(f"[bold]pretraining[/] {profile.method} {profile.arch} for {length} "
                       f"on {len(pool_idx)} pool images -> {run_dir}")
     size = preprocess_by_name(config.preprocess).size
     if train is not None and test is not None and train.images.shape[1:3] == size == test.images.shape[1:3]:

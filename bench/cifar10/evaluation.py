@@ -123,14 +123,20 @@ def semi_supervised_accuracy(address: str, ssl: SemiSupervised, strategy: str, s
     version = run_cycle(address, registry, run_dir, mode="as3l", init=str(ssl.init) if ssl.init else None,
                         steps=ssl.steps, minutes=None if ssl.steps else ssl.minutes,
                         prior_method=ssl.prior_method).published
+    return classifier_accuracy(registry / version, test_images, test_y, classes)
+
+
+def classifier_accuracy(version_dir: Path, test_images: np.ndarray, test_y: np.ndarray, classes: list[str]) -> float:
+    """Test accuracy in [0, 1] of a published model version's classifier (its ``logits`` output, run by the
+    agent's own Embedder with onnxruntime, as the agent serves it) on TxHxWx3 uint8 images (resized to the
+    manifest's size when needed); ``test_y`` indexes ``classes``, matched to the manifest's classes by name."""
     from agent.embedder import Embedder
 
-    manifest = read_complete(registry / version, verify_hashes=False)
-    assert manifest is not None and manifest.classes, f"{registry / version} has no classifier"
+    manifest = read_complete(version_dir, verify_hashes=False)
+    assert manifest is not None and manifest.classes, f"{version_dir} has no classifier"
     if test_images.shape[1:3] != manifest.preprocess.size:
         test_images = np.stack([resize_array(im, manifest.preprocess.size) for im in test_images])
-    logits = Embedder(registry / version, manifest, batch_size=512, use_cuda=False, pretext=False).embed(
-        test_images).logits
+    logits = Embedder(version_dir, manifest, batch_size=512, use_cuda=False, pretext=False).embed(test_images).logits
     assert logits is not None
     pred = np.asarray(manifest.classes)[logits.argmax(axis=1)]
     correct = int(np.sum(pred == np.asarray(classes)[test_y]))

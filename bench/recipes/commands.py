@@ -1,0 +1,49 @@
+"""The ``bench recipe`` command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from bench.recipes import RECIPES, get_recipe
+
+
+def register(bench_app: typer.Typer) -> None:
+    @bench_app.command("recipe")
+    def recipe_command(
+        name: str = typer.Argument(..., help=f"the system to run: {', '.join(RECIPES)}"),
+        profile: str = typer.Option("cpu", help="smoke (seconds), cpu (about 90 min on 2 cores) or gpu (the "
+                                    "paper's settings)"),
+        data: Path = typer.Option(Path("../shared/datasets/cifar10"), help="labelled train/ and test/ splits: the "
+                                  "shared CIFAR-10 tars, an ImageFolder tree or torchvision's CIFAR-10 folder"),
+        out: Path | None = typer.Option(None, help="output folder (default runs/recipe-NAME-PROFILE); a rerun "
+                                        "resumes what it holds"),
+        encoder: Path | None = typer.Option(None, help="a pretext training run folder (encoder.pt) instead of "
+                                            "pretraining one"),
+        seeds: int | None = typer.Option(None, min=1, help="number of seeds (default: the profile's)"),
+        arms: str | None = typer.Option(None, help="comma-separated arms (default: all of the recipe's)"),
+        budgets: str | None = typer.Option(None, help="comma-separated cumulative label budgets per round, counts "
+                                           "or pool percentages (default: the profile's)"),
+        imbalance: str | None = typer.Option(None, help="CLASS=COUNT,... cut these classes of the pool to COUNT "
+                                             "images (or N%% of theirs), e.g. cat=500,dog=10%%"),
+    ) -> None:
+        """Run a paper's active-learning system end to end through the agent, with its baselines."""
+        from bench import cifar10
+        from bench.recipes.loop import run_recipe
+        from bench.recipes.spec import parse_imbalance
+
+        recipe = get_recipe(name)
+        if profile not in recipe.profiles:
+            raise typer.BadParameter(f"recipe {name} has no profile {profile!r}; valid: {', '.join(recipe.profiles)}")
+        cifar10.require_splits(data)
+        arm_list = [a.strip() for a in arms.split(",") if a.strip()] if arms else None
+        for a in arm_list or []:
+            recipe.arm(a)  # unknown arm: a usage error before any work
+        budget_list = [b.strip() for b in budgets.split(",") if b.strip()] if budgets else None
+        imb = parse_imbalance(imbalance) if imbalance is not None else None
+        try:
+            run_recipe(recipe, recipe.profiles[profile], data, out or Path(f"runs/recipe-{name}-{profile}"), encoder,
+                       seeds, arm_list, imb, budget_list)
+        except FileNotFoundError as e:
+            raise typer.BadParameter(str(e)) from None

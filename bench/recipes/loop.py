@@ -1,0 +1,283 @@
+"""The one loop every recipe runs (``run_recipe``), through a real agent process the way a user's pipeline
+runs Shortlist.
+
+Once per run: decode the pool and test rows (``--data``: CIFAR-10 or any ImageFolder with train/ and
+test/; ``--imbalance`` cuts named classes of the pool), pretrain the recipe's pretext encoder on the pool
+(or publish ``--encoder``), export it into ``out/models`` and ingest the pool into a base agent data
+folder (both reused by a rerun). Then one *cell* per (arm, seed), on its own copy of that data folder and
+its own registry, round by round over the schedule of cumulative budgets::
+
+    Select(budget_r - labelled, strategy (random in round 0), seed)   -> the agent, over gRPC
+    SubmitLabels(true labels)                                         -> the simulated annotator
+    run_cycle: ListSamples -> fine-tune the arm's head -> export -> publish into the cell's registry
+               -> ReloadModel                                         -> the agent hot-swaps once embedded
+    test accuracy of the published version's classifier (onnxruntime, the agent's Embedder)
+
+Each round is recorded in the cell's rounds.json as it finishes, with the model version Select answered
+with (the previous round's publication: the hot swap is checked, not assumed); a finished cell writes
+cell.json and is skipped by a rerun, an interrupted one resumes at its first unfinished round (the labels
+it had are in its agent's data folder). results.json, results.md and the plots are rewritten after
+every cell.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import typer
+
+from bench import cifar10
+from bench.recipes.spec import Arm, Recipe, Scale, apply_imbalance
+
+CELL = "cell.json"
+ROUNDS = "rounds.json"
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+@dataclass(frozen=True)
+class Context:
+    """What every cell of one run shares."""
+
+    recipe: Recipe
+    scale: Scale
+    out: Path
+    registry: Path  # out/models: the pretext encoder's version
+    version: str
+    pretext_run: Path | None  # the training run behind it (encoder.pt), for heads that start from it
+    base: Path  # the agent data folder holding the ingested pool
+    pool_ids: list[str]
+    truth: dict[str, int]
+    classes: list[str]
+    budgets: list[int]
+    test_images: np.ndarray
+    test_y: np.ndarray
+
+
+def pretext_profile(recipe: Recipe, scale: Scale) -> cifar10.Profile:
+    """The bench cifar10 profile whose pretraining makes this recipe's pretext encoder."""
+    return cifar10.Profile(name=f"recipe-{recipe.name}-{scale.name}", pool_size=scale.pool_size,
+                           test_size=scale.test_size, pretrain_minutes=scale.pretrain_minutes, arch=scale.arch,
+                           method=recipe.pretext, seeds=1, budgets=(), strategies=(), prior_methods=(),
+                           pretrain_options={"preprocess": scale.preprocess, **scale.pretrain_options})
+
+
+def torch_run_of(provenance: dict[str, Any], version_dir: Path) -> Path | None:
+    """The training run folder (encoder.pt) behind the served encoder, or None (an ONNX-only --encoder)."""
+    from shortlist.manifest import read_complete
+
+    candidates = [Path(provenance["encoder"])]
+    manifest = read_complete(version_dir, verify_hashes=False)
+    if manifest is not None and manifest.source_run:
+        candidates.append(Path(manifest.source_run))
+    return next((c for c in candidates if (c / "encoder.pt").is_file()), None)
+
+
+def check_settings(cells: Path, settings: dict[str, Any]) -> None:
+    """Refuse a rerun into the same --out with other settings (its finished cells would be mixed with new
+    ones); seeds and arms may change, they name the cells."""
+    path = cells / "settings.json"
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        diff = [f"{k} {saved.get(k)!r} there, {v!r} now" for k, v in settings.items() if saved.get(k) != v]
+        if diff:
+            raise typer.BadParameter(f"{cells.parent} holds results made with other settings ({'; '.join(diff)}): "
+                                     "pass another --out, or remove that folder to start over")
+    _write_json(path, settings)
+
+
+def _labelled_ids(stub: Any) -> list[str]:
+    from agent import client
+
+    return [s.id for s in client.list_samples(stub, labeled_only=True)]
+
+
+def run_round(ctx: Context, arm: Arm, seed: int, r: int, address: str, folder: Path, registry: Path,
+              console: Any) -> dict[str, Any]:
+    """One round of one cell against the running agent at ``address``: labels up to the round's budget,
+    retrain + publish + reload, wait for the swap, evaluate. Returns the round's record."""
+    from agent import client
+    from bench.metrics import class_coverage
+    from shortlist.v1 import agent_pb2
+    from training.cycle import run_cycle
+
+    stub = client.connect(address)
+    target = ctx.budgets[r]
+    strategy = "random" if r == 0 else arm.strategy
+    t0 = time.perf_counter()
+    labelled = _labelled_ids(stub)
+    want = target - len(labelled)
+    select_version = ""
+    if want > 0:  # (a resumed round may already have its labels)
+        reply = stub.Select(agent_pb2.SelectRequest(budget=want, strategy=strategy, seed=seed * 1000 + r,
+                                                    params=dict(arm.params) if r else {}), timeout=3600)
+        picked = [s.id for s in reply.selected]
+        if len(set(picked)) != want or set(picked) & set(labelled):
+            raise RuntimeError(f"{arm.name}: asked {want} new samples, got {len(set(picked) - set(labelled))}")
+        lab = client.submit_labels(stub, [(i, ctx.classes[ctx.truth[i]]) for i in picked], annotator="simulated")
+        if lab.rejected:
+            raise RuntimeError(f"labels rejected: {lab.rejected[0].id}: {lab.rejected[0].reason}")
+        labelled += picked
+        select_version = reply.model_version
+    select_s = time.perf_counter() - t0
+
+    head, scale = arm.head, ctx.scale
+    t1 = time.perf_counter()
+    run_dir = folder / f"round{r}"
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    previous = folder / f"round{r - 1}"
+    warm = head.warm_start and r > 0 and (previous / "encoder.pt").is_file()
+    if warm:
+        init: str | None = str(previous)
+    elif head.init == "pretext":
+        if ctx.pretext_run is None:
+            raise typer.BadParameter(f"arm {arm.name} fine-tunes the pretext encoder, whose training run "
+                                     "(encoder.pt) is not available: pass --encoder RUN_FOLDER")
+        init = str(ctx.pretext_run)
+    else:
+        init = None
+    options = {"seed": seed * 1000 + r, "progress": False, "checkpoint_minutes": 1e9, "keep_head": warm,
+               **scale.head_options, **head.options}
+    trained = head.trains_network
+    result = run_cycle(address, registry, run_dir, mode=head.mode, init=init,
+                       steps=(scale.steps if trained else 1) if (scale.epochs is None or not trained) else None,
+                       epochs=scale.epochs if trained else None, preprocess=scale.preprocess, arch=scale.arch,
+                       batch_size=scale.batch_size, threads=scale.threads, device=scale.device, console=console,
+                       options=options)
+    train_s = time.perf_counter() - t1
+    t2 = time.perf_counter()
+    cifar10.wait_embedded(stub, len(ctx.pool_ids), result.published)  # the agent hot-swapped
+    swap_s = time.perf_counter() - t2
+    t3 = time.perf_counter()
+    acc = cifar10.classifier_accuracy(registry / result.published, ctx.test_images, ctx.test_y, ctx.classes)
+    eval_s = time.perf_counter() - t3
+    (run_dir / "checkpoint.pt").unlink(missing_ok=True)
+    if r > 0:  # only the newest round's weights are needed (warm start, resume)
+        (previous / "encoder.pt").unlink(missing_ok=True)
+    lab_y = np.asarray([ctx.truth[i] for i in labelled])
+    return {"round": r, "budget": target, "labeled": len(labelled), "strategy": strategy,
+            "coverage": class_coverage(lab_y, len(ctx.classes)), "test_accuracy": acc,
+            "select_model_version": select_version, "published": result.published,
+            "train_steps": result.summary.get("steps"), "select_seconds": select_s, "train_seconds": train_s,
+            "swap_seconds": swap_s, "eval_seconds": eval_s}
+
+
+def run_cell(ctx: Context, arm: Arm, seed: int, log: Path, console: Any) -> dict[str, Any]:
+    """All rounds of (arm, seed); a finished cell is read back, an unfinished one resumes."""
+    folder = ctx.out / "cells" / f"{arm.name}-seed{seed}"
+    if (folder / CELL).is_file():
+        done: dict[str, Any] = json.loads((folder / CELL).read_text())
+        return done
+    work, registry = folder / "agent", folder / "models"
+    rounds: list[dict[str, Any]] = []
+    if (folder / ROUNDS).is_file() and work.is_dir():
+        rounds = json.loads((folder / ROUNDS).read_text())
+        console.print(f"[bold]resuming[/] {arm.name} seed {seed} after round {len(rounds) - 1}")
+    else:
+        if folder.exists():
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True)
+        shutil.copytree(ctx.base, work)  # the ingested pool, zero labels
+        shutil.copytree(ctx.registry / ctx.version, registry / ctx.version)  # the pretext encoder
+    t0 = time.perf_counter()
+    with cifar10.agent_process(work, registry, log) as address:
+        for r in range(len(rounds), len(ctx.budgets)):
+            rec = run_round(ctx, arm, seed, r, address, folder, registry, console)
+            rounds.append(rec)
+            _write_json(folder / ROUNDS, rounds)
+            console.print(f"{ctx.recipe.name} {arm.name:>16} seed {seed} round {r}: {rec['labeled']:>6} labels "
+                          f"({rec['strategy']}), test {rec['test_accuracy']:.3f} [select {rec['select_seconds']:.0f} "
+                          f"s, train {rec['train_seconds']:.0f} s, swap {rec['swap_seconds']:.0f} s]")
+    last = folder / f"round{len(ctx.budgets) - 1}"
+    (last / "encoder.pt").unlink(missing_ok=True)
+    shutil.rmtree(work, ignore_errors=True)  # the cell is done: keep what it reports, not its agent and models
+    shutil.rmtree(registry, ignore_errors=True)
+    cell = {"arm": arm.name, "seed": seed, "strategy": arm.strategy, "head": asdict(arm.head) | {
+        "options": dict(arm.head.options)}, "rounds": rounds, "seconds": time.perf_counter() - t0}
+    _write_json(folder / CELL, cell)
+    return cell
+
+
+def run_recipe(recipe: Recipe, scale: Scale, data: Path, out: Path, encoder: Path | None = None,
+               seeds: int | None = None, arms: list[str] | None = None, imbalance: dict[str, str] | None = None,
+               budgets: list[str] | None = None, console: Any = None) -> dict[str, Any]:
+    """Run (or resume) ``recipe`` at ``scale`` into ``out``; returns results.json's content."""
+    from rich.console import Console
+
+    from bench.recipes.report import write_report
+
+    console = console or Console()
+    chosen = [recipe.arm(a) for a in arms] if arms else list(recipe.arms)
+    scale = replace(scale, seeds=seeds or scale.seeds, budgets=tuple(budgets or scale.budgets))
+    imbalance = dict(recipe.imbalance) if imbalance is None else imbalance
+    walls: dict[str, float] = {}
+    t_all = time.perf_counter()
+
+    train, pool_idx, test_set, test_idx = cifar10.load_pool_and_test(data, scale.pool_size, scale.test_size)
+    pool_idx = apply_imbalance(train.labels, pool_idx, imbalance, train.classes)
+    pool_ids = [train.ids[i] for i in pool_idx]
+    budget_list = cifar10.resolve_budgets(scale.budgets, len(pool_ids))
+    out.mkdir(parents=True, exist_ok=True)  # after the checks of the arguments: bad input writes nothing
+    counts = np.bincount(train.labels[pool_idx], minlength=len(train.classes)).tolist()
+    per_class = ", ".join(f"{c} {n}" for c, n in zip(train.classes, counts, strict=True))
+    console.print(f"[bold]{recipe.name}[/] ({scale.name}) on {data}: pool {len(pool_ids)} ({per_class}), "
+                  f"test {len(test_idx)}, budgets {budget_list}, arms {', '.join(a.name for a in chosen)}")
+    check_settings(out / "cells", {"recipe": recipe.name, "profile": scale.name, "data": str(data),
+                                   "pool": cifar10.hash_ids(pool_ids), "test_size": len(test_idx),
+                                   "budgets": budget_list, "steps": scale.steps, "epochs": scale.epochs,
+                                   "arch": scale.arch, "preprocess": scale.preprocess, "imbalance": imbalance,
+                                   "encoder": str(encoder) if encoder else None})
+    t = time.perf_counter()
+    version, provenance = cifar10.prepare_encoder(encoder, pretext_profile(recipe, scale), data, pool_idx, out,
+                                                  console, train, test_set)
+    walls["encoder"] = time.perf_counter() - t
+    registry = out / "models"
+    _, test_images = cifar10.images_at_model_size(data, registry / version, train, test_set, pool_idx[:1], test_idx)
+    t = time.perf_counter()
+    base = out / "agent-base"
+    cifar10.ingest_pool(data, pool_ids, version, registry, base, out / "agent.log", console)
+    walls["ingest"] = time.perf_counter() - t
+    ctx = Context(recipe=recipe, scale=scale, out=out, registry=registry, version=version,
+                  pretext_run=torch_run_of(provenance, registry / version), base=base, pool_ids=pool_ids,
+                  truth={i: int(train.labels[r]) for i, r in zip(pool_ids, pool_idx, strict=True)},
+                  classes=list(train.classes), budgets=budget_list, test_images=test_images, test_y=test_set.labels)
+    results: dict[str, Any] = {
+        "recipe": recipe.name, "title": recipe.title, "paper": recipe.paper, "claims": list(recipe.claims),
+        "reference": recipe.reference, "profile": scale.name, "profile_description": scale.description,
+        "data": str(data), "imbalance": imbalance, "pool_size": len(pool_ids), "pool_class_counts": counts,
+        "classes": list(train.classes), "test_size": len(test_idx), "budgets": budget_list,
+        "seeds": list(range(scale.seeds)), "arms": [{"name": a.name, "strategy": a.strategy, "mode": a.head.mode,
+                                                      "init": a.head.init, "note": a.note} for a in chosen],
+        "scale": {"arch": scale.arch, "preprocess": scale.preprocess, "steps": scale.steps, "epochs": scale.epochs,
+                  "batch_size": scale.batch_size, "pretrain_minutes": scale.pretrain_minutes,
+                  "pretrain_options": dict(scale.pretrain_options)},
+        "model_version": version, "encoder": provenance, "git_commit": cifar10._git_commit(), "cells": [],
+        "wall_seconds": walls, "complete": False}
+    # Seeds outermost: an interrupted run has every arm at the first seeds.
+    for seed in range(scale.seeds):
+        for arm in chosen:
+            t = time.perf_counter()
+            results["cells"].append(run_cell(ctx, arm, seed, out / "agent.log", console))
+            walls[f"cell/{arm.name}/seed{seed}"] = time.perf_counter() - t
+            walls["total"] = time.perf_counter() - t_all
+            _write_json(out / "results.json", results)
+            write_report(out)
+    walls["total"] = time.perf_counter() - t_all
+    results["complete"] = True
+    _write_json(out / "results.json", results)
+    paths = write_report(out)
+    console.print(f"[bold]report:[/] {', '.join(str(p) for p in paths)}")
+    return results

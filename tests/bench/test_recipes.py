@@ -1,0 +1,139 @@
+"""``shortlist bench recipe``: each recipe's smoke profile through the real loop (a real agent process,
+Select -> simulated annotator -> retrain -> publish -> hot swap -> evaluate) on tiny generated data."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import typer
+from PIL import Image
+from typer.testing import CliRunner
+
+from bench.recipes import RECIPES
+from bench.recipes.spec import apply_imbalance, parse_imbalance
+from shortlist.cli import app
+
+CLASSES = ["circle", "square", "stripe"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """train/ (20 per class) and test/ (6 per class) ImageFolder splits of 8x8 colour-coded images."""
+    root = tmp_path_factory.mktemp("recipes") / "data"
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 20), ("test", 6)):
+        for ci, c in enumerate(CLASSES):
+            (root / split / c).mkdir(parents=True)
+            for i in range(n):
+                base = np.zeros((8, 8, 3))
+                base[..., ci] = 200
+                img = np.clip(base + rng.normal(0, 25, base.shape), 0, 255).astype(np.uint8)
+                Image.fromarray(img).save(root / split / c / f"{i:04d}.png")
+    return root
+
+
+def _run(name: str, data: Path, out: Path, *extra: str) -> dict[str, Any]:
+    result = CliRunner().invoke(app, ["bench", "recipe", name, "--profile", "smoke", "--data", str(data),
+                                      "--out", str(out), *extra])
+    assert result.exit_code == 0, result.output
+    run: dict[str, Any] = json.loads((out / "results.json").read_text())
+    assert run["complete"] and run["recipe"] == name and run["budgets"] == [6, 12]
+    for cell in run["cells"]:
+        rounds = cell["rounds"]
+        assert [r["labeled"] for r in rounds] == [6, 12] and rounds[0]["strategy"] == "random"
+        assert rounds[1]["strategy"] == cell["strategy"]
+        # the agent hot-swapped: round 1's Select was answered by the model round 0 published
+        assert rounds[0]["published"] == "v0002" and rounds[1]["select_model_version"] == "v0002"
+        assert rounds[1]["published"] == "v0003"
+        assert all(0.0 <= r["test_accuracy"] <= 1.0 for r in rounds)
+    md = (out / "results.md").read_text()
+    assert md.startswith(f"# `bench recipe {name}`") and "hot swap: " in md
+    assert (out / "accuracy_vs_labels.png").stat().st_size > 1000
+    return run
+
+
+def test_simsiam_al_linear_and_svm_heads(tiny: Path, tmp_path: Path) -> None:
+    run = _run("simsiam_al", tiny, tmp_path / "out", "--arms", "svm-entropy,scratch-random")
+    acc = {c["arm"]: c["rounds"][-1]["test_accuracy"] for c in run["cells"]}
+    assert acc["svm-entropy"] > 0.8  # colour classes on frozen features: the SVM separates them
+    assert "| svm-entropy | entropy | svm (pretext) |" in (tmp_path / "out" / "results.md").read_text()
+
+
+def test_rotnet_entropy_continues_the_same_model(tiny: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    run = _run("rotnet_entropy", tiny, out, "--arms", "entropy")
+    config = json.loads((out / "cells" / "entropy-seed0" / "round1" / "config.json").read_text())
+    assert config["init"] == str(out / "cells" / "entropy-seed0" / "round0") and config["keep_head"]
+    assert run["encoder"]["kind"] == "pretrained here"
+    assert json.loads((out / "pretrain" / "config.json").read_text())["method"] == "rotnet"
+
+
+def test_das_scores_with_the_pretext_loss_and_resumes(tiny: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from bench.recipes import loop
+
+    out = tmp_path / "out"
+    real = loop.run_round
+
+    def interrupted(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        if args[3] == 1:  # round 1 of the first cell: as if the run were killed there
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "run_round", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        loop.run_recipe(RECIPES["das"], RECIPES["das"].profiles["smoke"], tiny, out, arms=["das"])
+    rounds = json.loads((out / "cells" / "das-seed0" / "rounds.json").read_text())
+    assert len(rounds) == 1 and not (out / "cells" / "das-seed0" / "cell.json").exists()
+    monkeypatch.setattr(loop, "run_round", real)
+    run = _run("das", tiny, out, "--arms", "das")  # resumes round 1 with the labels the agent kept
+    (cell,) = run["cells"]
+    assert cell["rounds"][0] == rounds[0] and cell["rounds"][1]["strategy"] == "das"
+    config = json.loads((out / "cells" / "das-seed0" / "round1" / "config.json").read_text())
+    assert config["rotation_weight"] == 1.0  # the rotation head the das score uses stays trained
+    # a rerun of a finished run trains nothing
+    again = _run("das", tiny, out, "--arms", "das")
+    assert again["cells"] == run["cells"]
+
+
+def test_mobyv2al_joint_training_on_an_imbalanced_pool(tiny: Path, tmp_path: Path) -> None:
+    run = _run("mobyv2al", tiny, tmp_path / "out", "--arms", "joint-coreset", "--imbalance", "circle=5")
+    assert run["pool_size"] == 45 and run["pool_class_counts"] == [5, 20, 20]
+    config = json.loads((tmp_path / "out" / "cells" / "joint-coreset-seed0" / "round1" / "config.json").read_text())
+    assert config["mode"] == "moby_al" and config["init"] is None and config["unlabeled_pick"] == "low_contrastive"
+    assert config["unlabeled_ratio"] == 1.0 and config["contrast_labeled"] and config["lambda_c"] == 0.5
+    assert "imbalanced by circle=5" in (tmp_path / "out" / "results.md").read_text()
+    # the registered imbalanced variant: the paper's five CIFAR-10 classes at 10% of their images
+    assert dict(RECIPES["mobyv2al_imbalanced"].imbalance) == {
+        c: "10%" for c in ("airplane", "automobile", "bird", "cat", "deer")}
+
+
+def test_bad_arguments_are_usage_errors_that_write_nothing(tiny: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    for args, message in ((["nope"], "valid: simsiam_al, rotnet_entropy, das, mobyv2al"),
+                          (["das", "--profile", "huge"], "valid: smoke, cpu, gpu"),
+                          (["das", "--arms", "das,nope"], "has no arm 'nope'"),
+                          (["das", "--imbalance", "circle"], "CLASS=COUNT"),
+                          (["das", "--imbalance", "nope=3"], "unknown class 'nope'")):
+        result = CliRunner().invoke(app, ["bench", "recipe", *args, "--profile", "smoke", "--data", str(tiny),
+                                          "--out", str(out)] if "--profile" not in args else
+                                    ["bench", "recipe", *args, "--data", str(tiny), "--out", str(out)])
+        assert result.exit_code == 2, result.output
+        flat = re.sub(r"[\s│╭╮╰╯─]+", " ", result.output)  # rich's box, wrapped at any width
+        assert message in flat and "Traceback" not in result.output
+    assert not out.exists()
+
+
+def test_imbalance_cuts_only_the_named_classes() -> None:
+    labels = np.repeat(np.arange(3), 10)
+    pool = np.arange(30)
+    assert parse_imbalance("0=3, square=50%") == {"0": "3", "square": "50%"}
+    kept = apply_imbalance(labels, pool, {"0": "3", "square": "50%"}, CLASSES)
+    assert np.bincount(labels[kept]).tolist() == [3, 5, 10] and np.all(np.diff(kept) > 0)
+    with pytest.raises(typer.BadParameter, match="CLASS=COUNT"):
+        parse_imbalance("circle=-1")
