@@ -25,7 +25,7 @@ from agent import client, exports
 from agent.cli_options import AgentTarget, agent_options
 from agent.limits import MIB, Limits
 from agent.progress import audit_dict
-from shortlist.v1 import agent_pb2
+from shortlist.v1 import agent_pb2, agent_pb2_grpc
 
 LIMITS = Limits()  # the defaults, shown by `shortlist serve --help`
 
@@ -180,7 +180,11 @@ def serve(data_dir: Path = typer.Option(..., "--data-dir", help="agent state fol
           max_concurrent_light: int = typer.Option(4, "--max-concurrent-light", min=1,
                                                    help="light Selects (random, margin, ...) computed at once"),
           max_queued_light: int = typer.Option(16, "--max-queued-light", min=0,
-                                               help="light Selects waiting for a turn")) -> None:
+                                               help="light Selects waiting for a turn"),
+          web_port: int | None = typer.Option(None, "--web-port", min=0, show_default=False,
+                                              help="also serve the labelling web app on this port (docs/app.md)"),
+          web_host: str = typer.Option("127.0.0.1", "--web-host", help="address of the web app (anything but "
+                                       "loopback needs --tls-cert/--tls-key and --tokens, or --insecure)")) -> None:
     """Run the agent until SIGTERM/SIGINT (then finish in-flight calls, snapshot the index, exit)."""
     from agent.config import AgentConfig, WorkConfig
     from agent.security import ServerSecurity, is_loopback
@@ -205,10 +209,40 @@ def serve(data_dir: Path = typer.Option(..., "--data-dir", help="agent state fol
                              work=WorkConfig(max_concurrent=max_concurrent_work, max_queued=max_queued_work,
                                              light_max_concurrent=max_concurrent_light,
                                              light_max_queued=max_queued_light))
-        server, bound, agent = create_server(config)
+        web_config = None
+        if web_port is not None:
+            from agent.web.config import WebConfig
+            from agent.web.server import check_listen
+
+            web_config = WebConfig(host=web_host, port=web_port, agent=f"{host}:{port}", https_cert=tls_cert,
+                                   https_key=tls_key, insecure=insecure)
+            for w in check_listen(web_config, tokens is not None, "--tls-cert FILE --tls-key FILE",
+                                  "tokens (--tokens FILE)"):
+                console.print(f"[yellow]warning[/yellow]: web app: {escape(w)}", highlight=False)
+        local = None
+        if web_config is not None:
+            from agent.web.server import LocalSocket
+
+            local = LocalSocket()
+        server, bound, agent = create_server(config, local_socket=None if local is None else local.path)
     except (ClassListError, SchemaVersionError, OSError, ValueError) as e:  # SecurityError is a ValueError
         console.print(f"[red]cannot start[/red]: {e}")
         raise typer.Exit(2) from None
+    web = None
+    if web_config is not None and local is not None:
+        from dataclasses import replace
+
+        from agent.web.app import create_app
+        from agent.web.server import WebServer
+
+        web_config = replace(web_config, agent=f"{host}:{bound}")
+        try:
+            web = WebServer(create_app(web_config, local.factory()), web_config).start()
+        except OSError as e:
+            console.print(f"[red]cannot start[/red]: {e}")
+            stop_server(server, agent)
+            local.cleanup()
+            raise typer.Exit(2) from None
     st = agent.status()
     provider = agent.manager.current.embedder.provider if agent.manager.current else "none"
     console.print(f"agent on {host}:{bound}: {st.samples} samples, model {st.model_version or '(none yet)'} "
@@ -221,12 +255,77 @@ def serve(data_dir: Path = typer.Option(..., "--data-dir", help="agent state fol
                       "this agent's data")
     if agent.registry_warning():
         console.print(f"[yellow]warning[/yellow]: {escape(agent.registry_warning())}", highlight=False)
+    if web is not None:
+        console.print(f"web app on {web.url}", highlight=False)
+    _wait_for_signal()
+    console.print("stopping: finishing in-flight calls")
+    if web is not None:
+        web.stop()
+    stop_server(server, agent)
+    if local is not None:
+        local.cleanup()
+
+
+def _wait_for_signal() -> None:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
-    console.print("stopping: finishing in-flight calls")
-    stop_server(server, agent)
+
+
+@agent_options
+def web(agent: AgentTarget,
+        port: int = typer.Option(8080, "--port", min=0, help="port of the web app"),
+        host: str = typer.Option("127.0.0.1", "--host", help="address of the web app (anything but loopback needs "
+                                 "--https-cert/--https-key and an agent that requires tokens, or --insecure)"),
+        https_cert: Path | None = typer.Option(None, "--https-cert", dir_okay=False,
+                                               help="serve HTTPS with this certificate (PEM; with --https-key)"),
+        https_key: Path | None = typer.Option(None, "--https-key", dir_okay=False,
+                                              help="the private key of --https-cert"),
+        insecure: bool = typer.Option(False, "--insecure", help="allow a non-loopback --host without HTTPS and "
+                                      "authentication")) -> None:
+    """Serve the labelling web app (docs/app.md) for a running agent, until SIGTERM/SIGINT. Browsers sign in
+    with their own token; --token (or SHORTLIST_TOKEN), when given, is used for browsers that bring none."""
+    from agent.security import SecurityError
+    from agent.web.app import create_app
+    from agent.web.config import WebConfig
+    from agent.web.server import WebServer, check_listen, remote_factory
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    factory = remote_factory(agent.address, agent.config)
+    ch = _rpc(factory)
+    try:
+        requires_tokens = False
+        try:
+            agent_pb2_grpc.AgentStub(ch).GetStatus(agent_pb2.GetStatusRequest(), timeout=agent.config.connect_timeout)
+        except grpc.RpcError as e:
+            if e.code() != grpc.StatusCode.UNAUTHENTICATED:
+                raise
+            requires_tokens = True
+        if agent.config.token:
+            agent_pb2_grpc.AgentStub(ch).GetStatus(agent_pb2.GetStatusRequest(), timeout=agent.config.connect_timeout,
+                                                   metadata=(("authorization", f"Bearer {agent.config.token}"),))
+    except grpc.RpcError as e:
+        console.print(f"[red]cannot start[/red]: the agent at {agent.address} answered {e.code().name}: "
+                      f"{escape(e.details() or '')}", highlight=False)
+        raise typer.Exit(2) from None
+    finally:
+        ch.close()
+    try:
+        config = WebConfig(host=host, port=port, agent=agent.address, default_token=agent.config.token,
+                           https_cert=https_cert, https_key=https_key, insecure=insecure)
+        for w in check_listen(config, requires_tokens, "--https-cert FILE --https-key FILE",
+                              "an agent that requires tokens (its --tokens) and no --token here"):
+            console.print(f"[yellow]warning[/yellow]: {escape(w)}", highlight=False)
+        server = WebServer(create_app(config, factory), config).start()
+    except (SecurityError, OSError, ValueError) as e:
+        console.print(f"[red]cannot start[/red]: {escape(str(e))}", highlight=False)
+        raise typer.Exit(2) from None
+    console.print(f"web app on {server.url} for the agent at {agent.address}"
+                  + (" (browsers sign in with their token)" if requires_tokens and not agent.config.token else ""),
+                  highlight=False)
+    _wait_for_signal()
+    server.stop()
 
 
 def _source_samples(source: Any, limit: int | None, with_labels: bool, metadata: dict[str, str],
@@ -546,4 +645,5 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     app.command("prior", cls=_PriorHelp)(prior)
     app.command("status")(status)
     app.command("export-labels")(export_labels)
+    app.command("web")(web)
     bench_app.command("agent")(bench_agent)

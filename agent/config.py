@@ -63,6 +63,23 @@ class AuditConfig:
 
 
 @dataclass(frozen=True)
+class ImagesConfig:
+    """GetImages (agent/images.py): request bounds and the thumbnail cache."""
+
+    max_ids: int = 256  # ids in one GetImagesRequest
+    min_side: int = 16  # thumbnail sizes accepted (longer side, pixels)
+    max_side: int = 1024
+    quality: int = 80  # JPEG / WebP quality of thumbnails
+    cache_entries: int = 20_000  # thumbnails kept ...
+    cache_bytes: int = 64 * MIB  # ... and their encoded bytes in all
+
+    def __post_init__(self) -> None:
+        if not (1 <= self.min_side <= self.max_side and self.max_ids >= 1 and 1 <= self.quality <= 100
+                and min(self.cache_entries, self.cache_bytes) >= 0):
+            raise ValueError("images: need 1 <= min_side <= max_side, max_ids >= 1, quality 1..100, cache sizes >= 0")
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     """Everything one agent process is configured with. ``security`` holds TLS, tokens and --insecure
     (agent/security.py); create_server also takes extra interceptors and server credentials directly."""
@@ -83,6 +100,7 @@ class AgentConfig:
     limits: Limits = field(default_factory=Limits)
     work: WorkConfig = field(default_factory=WorkConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
+    images: ImagesConfig = field(default_factory=ImagesConfig)
     security: ServerSecurity = field(default_factory=ServerSecurity)
 
     @property

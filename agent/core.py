@@ -29,6 +29,7 @@ from agent.blobs import BlobStore
 from agent.cache import LruCache, fingerprint, frozen
 from agent.config import AgentConfig
 from agent.errors import FailedPrecondition, InvalidArgument, NotFound, storage_problem
+from agent.images import Images
 from agent.ingest import PAYLOAD_ERROR_KEY, IngestPipeline, unknown_label_reason
 from agent.limits import check_count, check_text, limit_hint, metadata_problem, text_problem
 from agent.models import ModelManager, Serving
@@ -78,6 +79,7 @@ class AgentStatus:
     pending_embedded: int
     warnings: list[str] = field(default_factory=list)
     audit: AuditReport = field(default_factory=AuditReport)
+    classes_open: bool = True
 
 
 def no_model_message(models: Path) -> str:
@@ -179,6 +181,8 @@ class Agent:
         self.auditor = PriorAuditor(config.audit, self.state.audit_seqs, self.state.labels_by_seq, self._audit_pool,
                                     lambda seq: self.state.record(seq).id, self._served_version, self.work,
                                     background=config.background)
+        self.images = Images(self.state, self.blobs, config.images, config.limits.max_message_bytes,
+                             config.limits.max_pixels)
         self.manager.start(background=config.background)
 
     def _served_version(self) -> str:
@@ -435,7 +439,8 @@ class Agent:
             pending_embedded=0 if pending is None else pending.n,
             audit=self.auditor.report(),
             warnings=[w for w in [self.registry_warning(), *storage_warnings(self.data_dir, self.config.min_free_bytes),
-                                  *self.manager.warnings()] if w])
+                                  *self.manager.warnings()] if w],
+            classes_open=not self.state.closed)
 
     def registry_warning(self) -> str:
         """Why the registry folder cannot hold models now ("" when it is a folder). The agent still starts
@@ -451,15 +456,34 @@ class Agent:
         """Every label (``history``) or each labelled sample's current one, oldest first, streamed."""
         return self.state.label_events(history)
 
-    def list_samples(self, labeled_only: bool, include_payload: bool) -> Iterator[tuple[SampleRecord, str, bytes]]:
-        """(record, current label or "", payload blob or b"") for every sample, in ingest order."""
+    def list_samples(self, labeled_only: bool, include_payload: bool,
+                     ids: Sequence[str] = ()) -> Iterator[tuple[SampleRecord, str, bytes]]:
+        """(record, current label or "", payload blob or b"") for every sample, in ingest order; with ``ids``,
+        for those samples only, in their order (NotFound for an unknown one)."""
         if include_payload and self.blobs is None:
             raise FailedPrecondition("payloads are not kept (the agent runs with --no-blobs); "
                                      "list without include_payload")
-        return self._iter_samples(labeled_only, include_payload)
+        if ids:
+            check_count(ids, self.limits.max_ids_per_request, "max_ids_per_request", "ids")
+            unknown = [i for i in ids if self.state.lookup(i) is None]
+            if unknown:
+                shown = ", ".join(repr(u[:64]) for u in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+                raise NotFound(f"{len(unknown)} unknown id(s): {shown}")
+        return self._iter_samples(labeled_only, include_payload, ids)
 
-    def _iter_samples(self, labeled_only: bool, include_payload: bool) -> Iterator[tuple[SampleRecord, str, bytes]]:
-        for rec, lab in self.state.iter_records(labeled_only):
+    def _records(self, labeled_only: bool, ids: Sequence[str]) -> Iterator[tuple[SampleRecord, int]]:
+        if not ids:
+            yield from self.state.iter_records(labeled_only)
+            return
+        labels = self.state.labels_by_seq()
+        for i in ids:
+            rec = self.state.lookup(i)
+            if rec is not None and (not labeled_only or labels[rec.seq] >= 0):
+                yield rec, int(labels[rec.seq])
+
+    def _iter_samples(self, labeled_only: bool, include_payload: bool,
+                      ids: Sequence[str] = ()) -> Iterator[tuple[SampleRecord, str, bytes]]:
+        for rec, lab in self._records(labeled_only, ids):
             name = self.state.classes[lab] if lab >= 0 else ""
             data = b""
             if include_payload and self.blobs is not None:

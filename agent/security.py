@@ -52,6 +52,7 @@ RPC_ROLES: Mapping[str, str] = {
     "ListSamples": READ,
     "GetStatus": READ,
     "ListLabels": READ,
+    "GetImages": READ,
     "Ingest": WRITE,
     "SubmitLabels": WRITE,
     "ReloadModel": WRITE,
@@ -310,20 +311,30 @@ class ServerSecurity:
         """Refuse (SecurityError) a non-loopback ``host`` without TLS and authentication unless insecure;
         returns the warnings to show at start and in GetStatus."""
         authenticated = self.tokens is not None or self.tls_client_ca is not None
-        if is_loopback(host) or (self.tls and authenticated):
-            return []
-        missing = []
-        if not self.tls:
-            missing.append("TLS (--tls-cert FILE --tls-key FILE)")
-        if not authenticated:
-            missing.append("tokens (--tokens FILE) or client certificates (--tls-client-ca FILE)")
-        if not self.insecure:
-            raise SecurityError(
-                f"refusing to serve on {host}, which other machines can reach, without {' and '.join(missing)}; "
-                "pass them (see README, 'Running the agent on a network'), listen on --host 127.0.0.1, or pass "
-                "--insecure to accept that anyone who reaches the port can read and change the agent's data")
-        return [f"insecure: serving on {host} without {' and '.join(missing)} (--insecure): anyone who reaches "
-                "this port can read and change the agent's data"]
+        return check_exposure(host, tls=self.tls, authenticated=authenticated, insecure=self.insecure)
+
+
+def check_exposure(host: str, *, tls: bool, authenticated: bool, insecure: bool,
+                   tls_flags: str = "--tls-cert FILE --tls-key FILE",
+                   auth_flags: str = "tokens (--tokens FILE) or client certificates (--tls-client-ca FILE)",
+                   what: str = "serve") -> list[str]:
+    """The one exposure rule (the agent's gRPC port and the web app's HTTP port): a ``host`` other machines
+    can reach needs TLS and authentication, or an explicit ``insecure``. SecurityError (saying what to pass)
+    when refused; else the warnings to show (non-empty only for an accepted --insecure)."""
+    if is_loopback(host) or (tls and authenticated):
+        return []
+    missing = []
+    if not tls:
+        missing.append(f"TLS ({tls_flags})")
+    if not authenticated:
+        missing.append(auth_flags)
+    if not insecure:
+        raise SecurityError(
+            f"refusing to {what} on {host}, which other machines can reach, without {' and '.join(missing)}; "
+            "pass them (see README, 'Running the agent on a network'), listen on --host 127.0.0.1, or pass "
+            "--insecure to accept that anyone who reaches the port can read and change the agent's data")
+    return [f"insecure: serving on {host} without {' and '.join(missing)} (--insecure): anyone who reaches "
+            "this port can read and change the agent's data"]
 
 
 # ---- the data folder -----------------------------------------------------------------------------

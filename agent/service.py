@@ -64,7 +64,8 @@ def status_message(st: AgentStatus) -> agent_pb2.Status:
                             model_version=st.model_version, strategies=st.strategies,
                             prior_methods=st.prior_methods, classes=st.classes,
                             pending_model_version=st.pending_model_version, pending_embedded=st.pending_embedded,
-                            warnings=st.warnings, audit=audit_message(st.audit))
+                            warnings=st.warnings, audit=audit_message(st.audit),
+                            classes_open=st.classes_open)
 
 
 def call_token(context: grpc.ServicerContext) -> CancelToken:
@@ -120,7 +121,8 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
 
     def ListSamples(self, request: agent_pb2.ListSamplesRequest,
                     context: grpc.ServicerContext) -> Iterator[agent_pb2.Sample]:
-        for rec, label, data in self.agent.list_samples(request.labeled_only, request.include_payload):
+        for rec, label, data in self.agent.list_samples(request.labeled_only, request.include_payload,
+                                                        list(request.ids)):
             msg = agent_pb2.Sample(id=rec.id, uri=rec.uri, metadata=rec.metadata, label=label)
             if data:
                 if rec.kind == "tensor":
@@ -142,16 +144,26 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
         self.agent.manager.reload()
         return self._status()
 
+    def GetImages(self, request: agent_pb2.GetImagesRequest,
+                  context: grpc.ServicerContext) -> agent_pb2.GetImagesReply:
+        found = self.agent.images.get(list(request.ids), request.max_side, request.format)
+        return agent_pb2.GetImagesReply(images=[
+            agent_pb2.Image(id=r.id, data=r.data, mime_type=r.mime_type, width=r.width, height=r.height,
+                            sha256=r.sha256, error=r.error) for r in found])
+
 
 def create_server(config: AgentConfig, interceptors: Sequence[grpc.ServerInterceptor] = (),
                   credentials: grpc.ServerCredentials | None = None,
-                  options: Sequence[tuple[str, Any]] = ()) -> tuple[grpc.Server, int, Agent]:
+                  options: Sequence[tuple[str, Any]] = (),
+                  local_socket: str | None = None) -> tuple[grpc.Server, int, Agent]:
     """Open the data folder, start the model manager and a started gRPC server on ``config.address``
     (port 0 = any free port). Returns (server, bound port, agent); stop with ``stop_server``.
 
     ``interceptors`` run inside the error mapping (so what they raise is mapped too), in order;
     ``credentials`` (e.g. ``grpc.ssl_server_credentials``) make the port a TLS port; ``options`` are
-    extra gRPC server options.
+    extra gRPC server options; ``local_socket`` (a path) adds a plaintext Unix-socket port there, for a client
+    in this process (the web app of ``serve --web-port``): put it in a folder only this user can enter.
+    Tokens are checked on it like on the TCP port.
 
     ``config.security`` (TLS, tokens, --insecure) is checked before the data folder is opened:
     agent.security.SecurityError says what is missing. Its token check runs outermost, before the error
@@ -191,6 +203,8 @@ def create_server(config: AgentConfig, interceptors: Sequence[grpc.ServerInterce
         if bound == 0:
             raise OSError(f"cannot listen on {config.address}: the port is in use by another process (another "
                           "agent?) or the address is not one of this machine's; pick another --port or --host")
+        if local_socket is not None and server.add_insecure_port(f"unix:{local_socket}") == 0:
+            raise OSError(f"cannot listen on the local socket {local_socket}")
         server.start()
     except BaseException:
         agent.close()

@@ -242,3 +242,37 @@ def decode_sample(sample: agent_pb2.Sample, pre: Preprocess | None,
         t = sample.tensor
         return decode_payload("tensor", t.data, t.dtype, tuple(int(d) for d in t.shape), pre, max_pixels)
     raise ValueError("no payload (ask ListSamples with include_payload=true)")
+
+
+def thumbnail(kind: str, blob: bytes, max_side: int, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """A stored payload (as ``decode_stored`` takes it) -> an upright 8-bit RGB Pillow image whose longer
+    side is at most ``max_side`` (never enlarged), with the colours ``decode_image`` gives. JPEGs are
+    decoded at a reduced scale (Pillow's ``draft``), so a thumbnail of a 24-megapixel photo costs a
+    fraction of a full decode. Raises ValueError (TooManyPixels above ``max_pixels``) like ``decode_payload``."""
+    if kind == "tensor":
+        t = agent_pb2.Tensor.FromString(blob)
+        pixels = tensor_pixels(t.dtype, tuple(t.shape), t.data, max_pixels)
+        img = Image.fromarray(resize_array(pixels, None))
+    elif kind == "image":
+        image_header(blob, max_pixels)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(io.BytesIO(blob)) as src:
+                    src.draft("RGB", (max_side, max_side))  # JPEG only: decode at 1/2, 1/4 or 1/8 scale
+                    src.load()
+                    img = ImageOps.exif_transpose(src)
+                    img = _to_rgb(img)
+        except UnsupportedImage:
+            raise
+        except UnidentifiedImageError:
+            raise ValueError(_unreadable(blob)) from None
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError,
+                Image.DecompressionBombWarning) as e:
+            raise ValueError(f"corrupt image data ({type(e).__name__}: {e})") from None
+    else:
+        raise ValueError("no payload: set encoded_image or tensor")
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    img.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    return img

@@ -197,19 +197,21 @@ class PriorLabel(_message.Message):
     def __init__(self, id: _Optional[str] = ..., label: _Optional[str] = ..., confidence: _Optional[float] = ..., probs: _Optional[_Mapping[str, float]] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class ListSamplesRequest(_message.Message):
-    __slots__ = ("labeled_only", "include_payload")
+    __slots__ = ("labeled_only", "include_payload", "ids")
     LABELED_ONLY_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    IDS_FIELD_NUMBER: _ClassVar[int]
     labeled_only: bool
     include_payload: bool
-    def __init__(self, labeled_only: _Optional[bool] = ..., include_payload: _Optional[bool] = ...) -> None: ...
+    ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, labeled_only: _Optional[bool] = ..., include_payload: _Optional[bool] = ..., ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GetStatusRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class Status(_message.Message):
-    __slots__ = ("samples", "labeled", "embedded", "model_version", "strategies", "prior_methods", "classes", "pending_model_version", "pending_embedded", "warnings", "audit")
+    __slots__ = ("samples", "labeled", "embedded", "model_version", "strategies", "prior_methods", "classes", "pending_model_version", "pending_embedded", "warnings", "audit", "classes_open")
     SAMPLES_FIELD_NUMBER: _ClassVar[int]
     LABELED_FIELD_NUMBER: _ClassVar[int]
     EMBEDDED_FIELD_NUMBER: _ClassVar[int]
@@ -221,6 +223,7 @@ class Status(_message.Message):
     PENDING_EMBEDDED_FIELD_NUMBER: _ClassVar[int]
     WARNINGS_FIELD_NUMBER: _ClassVar[int]
     AUDIT_FIELD_NUMBER: _ClassVar[int]
+    CLASSES_OPEN_FIELD_NUMBER: _ClassVar[int]
     samples: int
     labeled: int
     embedded: int
@@ -232,7 +235,8 @@ class Status(_message.Message):
     pending_embedded: int
     warnings: _containers.RepeatedScalarFieldContainer[str]
     audit: PriorAudit
-    def __init__(self, samples: _Optional[int] = ..., labeled: _Optional[int] = ..., embedded: _Optional[int] = ..., model_version: _Optional[str] = ..., strategies: _Optional[_Iterable[str]] = ..., prior_methods: _Optional[_Iterable[str]] = ..., classes: _Optional[_Iterable[str]] = ..., pending_model_version: _Optional[str] = ..., pending_embedded: _Optional[int] = ..., warnings: _Optional[_Iterable[str]] = ..., audit: _Optional[_Union[PriorAudit, _Mapping]] = ...) -> None: ...
+    classes_open: bool
+    def __init__(self, samples: _Optional[int] = ..., labeled: _Optional[int] = ..., embedded: _Optional[int] = ..., model_version: _Optional[str] = ..., strategies: _Optional[_Iterable[str]] = ..., prior_methods: _Optional[_Iterable[str]] = ..., classes: _Optional[_Iterable[str]] = ..., pending_model_version: _Optional[str] = ..., pending_embedded: _Optional[int] = ..., warnings: _Optional[_Iterable[str]] = ..., audit: _Optional[_Union[PriorAudit, _Mapping]] = ..., classes_open: _Optional[bool] = ...) -> None: ...
 
 class PriorAudit(_message.Message):
     __slots__ = ("drawn", "labelled", "current", "model_version", "confidence_level", "interval_method", "methods", "computed_at", "error")
@@ -321,3 +325,37 @@ class LabelRecord(_message.Message):
 class ReloadModelRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class GetImagesRequest(_message.Message):
+    __slots__ = ("ids", "max_side", "format")
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    MAX_SIDE_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    ids: _containers.RepeatedScalarFieldContainer[str]
+    max_side: int
+    format: str
+    def __init__(self, ids: _Optional[_Iterable[str]] = ..., max_side: _Optional[int] = ..., format: _Optional[str] = ...) -> None: ...
+
+class GetImagesReply(_message.Message):
+    __slots__ = ("images",)
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    images: _containers.RepeatedCompositeFieldContainer[Image]
+    def __init__(self, images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ...) -> None: ...
+
+class Image(_message.Message):
+    __slots__ = ("id", "data", "mime_type", "width", "height", "sha256", "error")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    MIME_TYPE_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    data: bytes
+    mime_type: str
+    width: int
+    height: int
+    sha256: str
+    error: str
+    def __init__(self, id: _Optional[str] = ..., data: _Optional[bytes] = ..., mime_type: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., sha256: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...

@@ -74,6 +74,11 @@ class AgentStub:
                 request_serializer=shortlist_dot_v1_dot_agent__pb2.ListLabelsRequest.SerializeToString,
                 response_deserializer=shortlist_dot_v1_dot_agent__pb2.LabelRecord.FromString,
                 _registered_method=True)
+        self.GetImages = channel.unary_unary(
+                '/shortlist.v1.Agent/GetImages',
+                request_serializer=shortlist_dot_v1_dot_agent__pb2.GetImagesRequest.SerializeToString,
+                response_deserializer=shortlist_dot_v1_dot_agent__pb2.GetImagesReply.FromString,
+                _registered_method=True)
 
 
 class AgentServicer:
@@ -136,6 +141,14 @@ class AgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetImages(self, request, context):
+        """Samples' images for people to look at (the web app's grid, Label Studio): the stored payload as
+        ingested, or a small thumbnail (EXIF orientation applied, JPEG or WebP), cached by the agent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -178,6 +191,11 @@ def add_AgentServicer_to_server(servicer, server):
                     servicer.ListLabels,
                     request_deserializer=shortlist_dot_v1_dot_agent__pb2.ListLabelsRequest.FromString,
                     response_serializer=shortlist_dot_v1_dot_agent__pb2.LabelRecord.SerializeToString,
+            ),
+            'GetImages': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetImages,
+                    request_deserializer=shortlist_dot_v1_dot_agent__pb2.GetImagesRequest.FromString,
+                    response_serializer=shortlist_dot_v1_dot_agent__pb2.GetImagesReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -396,6 +414,33 @@ class Agent:
             '/shortlist.v1.Agent/ListLabels',
             shortlist_dot_v1_dot_agent__pb2.ListLabelsRequest.SerializeToString,
             shortlist_dot_v1_dot_agent__pb2.LabelRecord.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetImages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shortlist.v1.Agent/GetImages',
+            shortlist_dot_v1_dot_agent__pb2.GetImagesRequest.SerializeToString,
+            shortlist_dot_v1_dot_agent__pb2.GetImagesReply.FromString,
             options,
             channel_credentials,
             insecure,

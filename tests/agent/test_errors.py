@@ -120,8 +120,8 @@ def test_errors_mid_stream_are_mapped(running: Running, monkeypatch: pytest.Monk
     agent = running.agent
     real_list = agent.list_samples
 
-    def failing_list(labeled_only: bool, include_payload: bool) -> Iterator[Any]:
-        rows = real_list(labeled_only, include_payload)
+    def failing_list(labeled_only: bool, include_payload: bool, ids: Any = ()) -> Iterator[Any]:
+        rows = real_list(labeled_only, include_payload, ids)
         yield next(iter(rows))
         raise OSError(errno.EROFS, "Read-only file system")
 

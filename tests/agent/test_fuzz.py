@@ -258,6 +258,7 @@ VALID: dict[str, bytes] = {
     "ListLabels": agent_pb2.ListLabelsRequest(history=True).SerializeToString(),
     "GetStatus": b"",
     "ReloadModel": b"",
+    "GetImages": agent_pb2.GetImagesRequest(ids=["base0"], max_side=32, format="webp").SerializeToString(),
 }
 INVALID_UTF8 = b"\xff\xfe\xc0\x80"
 
@@ -308,5 +309,5 @@ def test_raw_bytes_as_request(served: Running, req: tuple[str, bytes]) -> None:
         assert after == before, "a refused request changes nothing"
     elif name == "Ingest":
         assert isinstance(reply, bytes) and after[0] == before[0] + agent_pb2.IngestReply.FromString(reply).accepted
-    elif name in ("Select", "PriorLabels", "ListSamples", "ListLabels", "GetStatus", "ReloadModel"):
+    elif name in ("Select", "PriorLabels", "ListSamples", "ListLabels", "GetStatus", "ReloadModel", "GetImages"):
         assert after == before

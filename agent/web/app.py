@@ -1,0 +1,87 @@
+"""The web app: ``create_app(config, client_factory)`` and the list of its route modules.
+
+Each page or API is one module of agent/web/ with a ``router`` (fastapi.APIRouter) and, for a page in
+the nav, ``NAV = (label, path, order)``; it is switched on by one line in ``ROUTERS``. Pages render
+templates/ (``base.html`` holds the nav) with ``agent.web.pages.render``; static files (vendored, no CDN,
+no build step) are under /static. Routes are sync ``def`` functions (FastAPI runs them in its
+threadpool) that reach the agent only through ``agent.web.auth.Caller`` (gRPC, with the caller's
+token); errors map to HTTP in agent/web/errors.py.
+
+``client_factory()`` returns a ready gRPC channel to the agent (no token: each call carries the
+caller's); it is called once, at the first request that needs the agent, and the channel is shared.
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+from collections.abc import Callable
+
+import grpc
+from fastapi import FastAPI
+from fastapi.responses import RedirectResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.responses import Response
+
+from agent.web import errors
+from agent.web.config import WebConfig
+from agent.web.pages import STATIC
+from shortlist.v1 import agent_pb2_grpc
+
+# Route modules of agent/web/, in order. A new page or API: its module, plus one line here.
+ROUTERS = [
+    "auth",
+    "images",
+    "queue",
+]
+
+
+class _Stub:
+    """The shared stub, created on first use (so the app starts even while the agent is still starting)."""
+
+    def __init__(self, factory: Callable[[], grpc.Channel]) -> None:
+        self._factory = factory
+        self._lock = threading.Lock()
+        self._stub: agent_pb2_grpc.AgentStub | None = None
+        self.channel: grpc.Channel | None = None
+
+    def __call__(self) -> agent_pb2_grpc.AgentStub:
+        with self._lock:
+            if self._stub is None:
+                self.channel = self._factory()
+                self._stub = agent_pb2_grpc.AgentStub(self.channel)
+            return self._stub
+
+    def close(self) -> None:
+        with self._lock:
+            if self.channel is not None:
+                self.channel.close()
+            self.channel, self._stub = None, None
+
+
+def create_app(config: WebConfig, client_factory: Callable[[], grpc.Channel]) -> FastAPI:
+    app = FastAPI(title=config.title, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.config = config
+    app.state.stub = _Stub(client_factory)
+    nav: list[tuple[int, str, str]] = []
+    for name in ROUTERS:
+        module = importlib.import_module(f"agent.web.{name}")
+        app.include_router(module.router)
+        if hasattr(module, "NAV"):
+            label, path, order = module.NAV
+            nav.append((order, label, path))
+        if hasattr(module, "setup"):  # per-app state a module keeps (e.g. the queue)
+            module.setup(app)
+    app.state.nav = [(label, path) for _, label, path in sorted(nav)]
+    app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
+    errors.install(app)
+
+    @app.get("/", include_in_schema=False)
+    def home() -> Response:
+        return RedirectResponse(app.state.nav[0][1] if app.state.nav else "/login", status_code=303)
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app

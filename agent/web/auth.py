@@ -1,0 +1,175 @@
+"""Who is calling: the browser's token (``Authorization: Bearer`` header, else the login cookie, else the
+app's ``default_token``) is forwarded to the agent as the gRPC ``authorization`` metadata, so the agent's
+one auth interceptor (agent/security.py) decides: a read token can view, a write token can label. The
+login name (a cookie) becomes the annotator of the labels given.
+
+/login checks a token with the agent (GetStatus: valid at all; an empty SubmitLabels: may it label?) and
+sets HttpOnly, SameSite=Strict cookies (Secure under HTTPS); /logout clears them. The cookies are
+SameSite=Strict and the write APIs take JSON only, so another site cannot make a signed-in browser label.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import grpc
+from fastapi import APIRouter, Depends, Form, Request
+from fastapi.responses import RedirectResponse
+from starlette.responses import Response
+
+from agent.web.config import WebConfig
+from agent.web.pages import render
+from shortlist.v1 import agent_pb2, agent_pb2_grpc
+
+TOKEN_COOKIE = "shortlist_token"
+USER_COOKIE = "shortlist_user"
+ROLE_COOKIE = "shortlist_role"  # "read" / "write": only what the pages show; the agent enforces the roles
+COOKIE_MAX_AGE = 30 * 24 * 3600
+MAX_NAME_CHARS = 64
+
+R = TypeVar("R")
+router = APIRouter()
+
+
+@dataclass(frozen=True)
+class Session:
+    """What the pages know of the caller (for display; the agent enforces the roles)."""
+
+    user: str
+    role: str  # "write", "read", or "" when unknown
+    has_token: bool
+
+    @property
+    def can_label(self) -> bool:
+        return self.role != "read"
+
+
+def token_of(request: Request) -> str:
+    """The caller's token: a bearer header, else the login cookie, else the app's default token ("": none)."""
+    header = request.headers.get("authorization", "")
+    scheme, _, value = header.strip().partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    cookie = request.cookies.get(TOKEN_COOKIE, "")
+    if cookie:
+        return cookie
+    config: WebConfig = request.app.state.config
+    return config.default_token
+
+
+def session(request: Request) -> Session:
+    return Session(user=request.cookies.get(USER_COOKIE, "")[:MAX_NAME_CHARS],
+                   role=request.cookies.get(ROLE_COOKIE, "") if request.cookies.get(ROLE_COOKIE) in ("read", "write")
+                   else "", has_token=bool(token_of(request)))
+
+
+def annotator_for(user: str, token: str) -> str:
+    """The annotator recorded with a label: the login name, else a fingerprint of the token (never the token)."""
+    if user:
+        return user
+    if token:
+        return "token-" + hashlib.sha256(token.encode()).hexdigest()[:8]
+    return "web"
+
+
+@dataclass(frozen=True)
+class Caller:
+    """One request's way to the agent: the app's shared channel plus this caller's token."""
+
+    stub: agent_pb2_grpc.AgentStub
+    token: str
+    user: str
+    config: WebConfig
+
+    @property
+    def annotator(self) -> str:
+        return annotator_for(self.user, self.token)
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.token}"),) if self.token else ()
+
+    def __call__(self, rpc: Callable[..., R], request: Any, timeout: float | None = None) -> R:
+        """``rpc(request)`` with this caller's token and a deadline (``config.rpc_timeout_s`` by default).
+        A grpc.RpcError escapes to agent/web/errors.py, which maps it to HTTP."""
+        return rpc(request, metadata=self.metadata, timeout=timeout or self.config.rpc_timeout_s)
+
+    def status(self) -> agent_pb2.Status:
+        return self(self.stub.GetStatus, agent_pb2.GetStatusRequest())
+
+    def stream(self, rpc: Callable[..., Iterable[R]], request: Any, timeout: float | None = None) -> list[R]:
+        return list(self(rpc, request, timeout))
+
+
+def caller(request: Request) -> Caller:
+    """FastAPI dependency: the Caller of this request (route functions are sync ``def``: FastAPI runs them
+    in its threadpool, so the blocking gRPC calls never run on the event loop)."""
+    state = request.app.state
+    return Caller(state.stub(), token_of(request), session(request).user, state.config)
+
+
+CallerDep = Depends(caller)
+
+
+def _safe_next(target: str) -> str:
+    """Only a local path (no scheme, no host): a login link cannot send the browser elsewhere."""
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc or not target.startswith("/") or target.startswith("//"):
+        return "/"
+    return target
+
+
+def probe_role(stub: agent_pb2_grpc.AgentStub, token: str, timeout: float) -> str:
+    """"write" or "read" for ``token`` (an empty SubmitLabels stores nothing: PERMISSION_DENIED = read only);
+    grpc.RpcError (UNAUTHENTICATED for an unknown token) escapes."""
+    metadata = (("authorization", f"Bearer {token}"),) if token else ()
+    stub.GetStatus(agent_pb2.GetStatusRequest(), metadata=metadata, timeout=timeout)
+    try:
+        stub.SubmitLabels(agent_pb2.SubmitLabelsRequest(), metadata=metadata, timeout=timeout)
+    except grpc.RpcError as e:
+        if e.code() == grpc.StatusCode.PERMISSION_DENIED:
+            return "read"
+        raise
+    return "write"
+
+
+@router.get("/login")
+def login_page(request: Request, next: str = "/") -> Response:
+    return render(request, "login.html", {"next": _safe_next(next), "error": "", "name": session(request).user})
+
+
+@router.post("/login")
+def login(request: Request, name: str = Form(""), token: str = Form(""), next: str = Form("/")) -> Response:
+    config: WebConfig = request.app.state.config
+    name = " ".join(name.split())[:MAX_NAME_CHARS]
+    token = token.strip() or config.default_token
+    try:
+        role = probe_role(request.app.state.stub(), token, config.rpc_timeout_s)
+    except grpc.RpcError as e:
+        if e.code() not in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+            raise
+        return render(request, "login.html", {"next": _safe_next(next), "name": name,
+                                              "error": e.details() or "the agent refused this token"},
+                      status_code=401)
+    response = RedirectResponse(_safe_next(next), status_code=303)
+    opts: dict[str, Any] = {"max_age": COOKIE_MAX_AGE, "samesite": "strict", "secure": config.https, "path": "/"}
+    if token and token != config.default_token:
+        response.set_cookie(TOKEN_COOKIE, token, httponly=True, **opts)
+    else:
+        response.delete_cookie(TOKEN_COOKIE, path="/")
+    if name:
+        response.set_cookie(USER_COOKIE, name, httponly=True, **opts)
+    response.set_cookie(ROLE_COOKIE, role, httponly=True, **opts)
+    return response
+
+
+@router.post("/logout")
+def logout() -> Response:
+    response = RedirectResponse("/login", status_code=303)
+    for cookie in (TOKEN_COOKIE, USER_COOKIE, ROLE_COOKIE):
+        response.delete_cookie(cookie, path="/")
+    return response

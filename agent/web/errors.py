@@ -1,0 +1,106 @@
+"""The ONE place that turns a gRPC status (or an unreachable agent) into an HTTP answer.
+
+Every page and API route calls the agent through gRPC and lets ``grpc.RpcError`` escape; the handlers
+installed by ``install`` answer with the status below and the agent's own message (which says what to
+do). API routes (paths under /api/, /thumb/, /image/, or a request that accepts JSON) get JSON
+``{"error": CODE, "message": ...}``; pages get the error page, and an UNAUTHENTICATED page request is
+redirected to /login.
+"""
+
+from __future__ import annotations
+
+import logging
+from urllib.parse import quote
+
+import grpc
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+
+from agent.client import AgentUnavailable
+from agent.errors import RETRY_AFTER_KEY
+
+log = logging.getLogger(__name__)
+
+HTTP_STATUS: dict[grpc.StatusCode, int] = {
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.FAILED_PRECONDITION: 409,
+    grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.CANCELLED: 503,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.DATA_LOSS: 500,
+    grpc.StatusCode.INTERNAL: 500,
+    grpc.StatusCode.UNKNOWN: 502,
+}
+
+API_PREFIXES = ("/api/", "/thumb/", "/image/", "/labelstudio/")
+
+
+class HttpError(Exception):
+    """A request the web layer itself refuses (before or besides the agent): answered like a mapped status."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def http_status(code: grpc.StatusCode) -> int:
+    return HTTP_STATUS.get(code, 502)
+
+
+def wants_json(request: Request) -> bool:
+    return request.url.path.startswith(API_PREFIXES) or "application/json" in request.headers.get("accept", "")
+
+
+def retry_after(e: grpc.RpcError) -> str | None:
+    """Seconds (rounded up) from the agent's ``retry-after-ms`` trailer, for an HTTP Retry-After header."""
+    trailers = e.trailing_metadata() if hasattr(e, "trailing_metadata") else None
+    for key, value in trailers or ():
+        if key == RETRY_AFTER_KEY:
+            try:
+                return str(max(1, -(-int(value) // 1000)))
+            except ValueError:
+                return None
+    return None
+
+
+def error_response(request: Request, status: int, code: str, message: str,
+                   headers: dict[str, str] | None = None) -> Response:
+    if wants_json(request):
+        return JSONResponse({"error": code, "message": message}, status_code=status, headers=headers)
+    if status == 401:
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        return RedirectResponse(f"/login?next={quote(target)}", status_code=303)
+    from agent.web.pages import render  # late: pages imports this module
+
+    return render(request, "error.html", {"status": status, "code": code, "message": message},
+                  status_code=status, headers=headers)
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(grpc.RpcError)
+    def _rpc_error(request: Request, e: grpc.RpcError) -> Response:
+        code = e.code() if hasattr(e, "code") else grpc.StatusCode.UNKNOWN
+        message = (e.details() if hasattr(e, "details") else "") or code.name
+        status = http_status(code)
+        if status >= 500:
+            log.warning("%s %s: the agent answered %s: %s", request.method, request.url.path, code.name, message)
+        wait = retry_after(e) if status in (429, 503) else None
+        return error_response(request, status, code.name, message, {"Retry-After": wait} if wait else None)
+
+    @app.exception_handler(HttpError)
+    def _http_error(request: Request, e: HttpError) -> Response:
+        return error_response(request, e.status, e.code, e.message)
+
+    @app.exception_handler(AgentUnavailable)
+    def _unavailable(request: Request, e: AgentUnavailable) -> Response:
+        return error_response(request, 503, "UNAVAILABLE", f"the agent cannot be reached: {e}", {"Retry-After": "5"})

@@ -1,0 +1,213 @@
+"""The Queue page: the current selection as a thumbnail grid, "ask for the next N" with a strategy
+chooser built from the strategy registry's ``describe()`` (agent/params.py), and keyboard labelling.
+
+The queue (ids in order, where they came from, and per-item "skipped" / "not sure" marks) is kept by the
+web process for everyone using it (``QueueStore``); labels are never kept here: each one is a
+SubmitLabels (annotator: the login name) and the page shows it saved only once that RPC returned.
+APIs (JSON): ``GET /api/queue``, ``POST /api/queue/select`` (a Select fills the queue),
+``POST /api/queue`` (set the queue to given ids, e.g. a selection on the map), ``POST /api/labels``,
+``POST /api/queue/mark``.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from fastapi import APIRouter, FastAPI, Query, Request
+from pydantic import BaseModel, Field
+from starlette.responses import Response
+
+from agent.web.auth import Caller, CallerDep, session
+from agent.web.errors import HttpError
+from agent.web.pages import render
+from shortlist.v1 import agent_pb2
+
+NAV = ("Queue", "/queue", 10)
+router = APIRouter()
+
+# Keys of the keyboard, in the order classes get them (the page's own commands use other keys).
+HOTKEYS = "1234567890abcdefghijklmnopqrstuvwxyz"
+MAX_QUEUE = 10_000  # ids a queue may hold (POST /api/queue)
+
+
+@dataclass
+class QueueState:
+    ids: list[str] = field(default_factory=list)
+    source: str = ""  # "select" or what set it (e.g. "map")
+    strategy: str = ""
+    params: dict[str, str] = field(default_factory=dict)
+    model_version: str = ""
+    selection_id: str = ""
+    details: dict[str, str] = field(default_factory=dict)
+    created: float = 0.0
+    marks: dict[str, str] = field(default_factory=dict)  # id -> "skip" | "unsure"
+
+
+class QueueStore:
+    """The app's one queue (thread-safe; routes run in a threadpool)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._state = QueueState()
+
+    def set(self, state: QueueState) -> None:
+        with self._lock:
+            self._state = state
+
+    def get(self) -> QueueState:
+        with self._lock:
+            s = self._state
+            return QueueState(list(s.ids), s.source, s.strategy, dict(s.params), s.model_version, s.selection_id,
+                              dict(s.details), s.created, dict(s.marks))
+
+    def mark(self, sample_id: str, mark: str) -> None:
+        with self._lock:
+            if mark:
+                self._state.marks[sample_id] = mark
+            else:
+                self._state.marks.pop(sample_id, None)
+
+
+def setup(app: FastAPI) -> None:
+    app.state.queue = QueueStore()
+
+
+def store(request: Request) -> QueueStore:
+    queue: QueueStore = request.app.state.queue
+    return queue
+
+
+def strategy_choices(status: agent_pb2.Status) -> list[dict[str, object]]:
+    """The registry's description of each strategy the agent offers (name, summary, params with kind,
+    default, range, doc); the summary cut to its first sentence for the chooser."""
+    from agent.strategies import STRATEGIES  # imports scikit-learn: only when a page needs it
+
+    out = []
+    for name in status.strategies:
+        entry = STRATEGIES.get(name)
+        d: dict[str, object] = entry.describe() if entry is not None else {"name": name, "summary": "", "params": []}
+        summary = str(d.get("summary", ""))
+        cut = summary.find(". ")
+        d["short"] = summary if cut < 0 else summary[:cut + 1]
+        out.append(d)
+    return out
+
+
+def hotkeys(classes: list[str]) -> list[tuple[str, str]]:
+    return [(HOTKEYS[i] if i < len(HOTKEYS) else "", c) for i, c in enumerate(classes)]
+
+
+def items(caller: Caller, state: QueueState, ids: list[str]) -> list[dict[str, Any]]:
+    """Queue items with their current label (one ListSamples of these ids)."""
+    labels: dict[str, str] = {}
+    if ids:
+        for s in caller.stream(caller.stub.ListSamples, agent_pb2.ListSamplesRequest(ids=ids)):
+            labels[s.id] = s.label
+    return [{"id": i, "label": labels.get(i, ""), "mark": state.marks.get(i, "")} for i in ids]
+
+
+def page_of(state: QueueState, page: int, size: int) -> tuple[list[str], int, int]:
+    pages = max(1, math.ceil(len(state.ids) / size))
+    page = min(max(1, page), pages)
+    return state.ids[(page - 1) * size: page * size], page, pages
+
+
+@router.get("/queue")
+def queue_page(request: Request, page: int = Query(1), caller: Caller = CallerDep) -> Response:
+    status = caller.status()
+    state = store(request).get()
+    config = caller.config
+    ids, page, pages = page_of(state, page, config.page_size)
+    return render(request, "queue.html", {
+        "status": status, "queue": state, "items": items(caller, state, ids), "page": page, "pages": pages,
+        "offset": (page - 1) * config.page_size, "classes": hotkeys(list(status.classes)),
+        "strategies": strategy_choices(status),
+        "can_label": session(request).can_label, "annotator": caller.annotator})
+
+
+@router.get("/api/queue")
+def queue_api(request: Request, page: int = Query(1), caller: Caller = CallerDep) -> dict[str, Any]:
+    caller.status()  # the caller's token must be valid even for an empty queue
+    state = store(request).get()
+    ids, page, pages = page_of(state, page, caller.config.page_size)
+    return {"total": len(state.ids), "page": page, "pages": pages, "source": state.source,
+            "strategy": state.strategy, "selection_id": state.selection_id, "model_version": state.model_version,
+            "items": items(caller, state, ids)}
+
+
+class SelectBody(BaseModel):
+    strategy: str = Field(max_length=64)
+    budget: int
+    params: dict[str, str] = Field(default_factory=dict)
+    where: dict[str, str] = Field(default_factory=dict)
+    seed: int = Field(default=0, ge=0)
+
+
+@router.post("/api/queue/select")
+def ask(request: Request, body: SelectBody, caller: Caller = CallerDep) -> dict[str, Any]:
+    """Ask the agent for the next ``budget`` samples by ``strategy``; they become the queue."""
+    limit = caller.config.max_ask
+    if not 1 <= body.budget <= limit:
+        raise HttpError(400, "INVALID_ARGUMENT", f"ask for 1..{limit} samples at a time")
+    params = {k: v for k, v in body.params.items() if v.strip() != ""}
+    reply = caller(caller.stub.Select, agent_pb2.SelectRequest(budget=body.budget, strategy=body.strategy,
+                                                               params=params, seed=body.seed, where=body.where),
+                   timeout=caller.config.select_timeout_s)
+    state = QueueState(ids=[s.id for s in reply.selected], source="select", strategy=reply.strategy, params=params,
+                       model_version=reply.model_version, selection_id=reply.selection_id,
+                       details=dict(reply.details), created=time.time())
+    store(request).set(state)
+    return {"total": len(state.ids), "selection_id": reply.selection_id, "strategy": reply.strategy,
+            "model_version": reply.model_version, "details": dict(reply.details)}
+
+
+class SetBody(BaseModel):
+    ids: list[str]
+    source: str = Field(default="api", max_length=64)
+
+
+@router.post("/api/queue")
+def set_queue(request: Request, body: SetBody, caller: Caller = CallerDep) -> dict[str, Any]:
+    """Make ``ids`` the queue (e.g. samples chosen on the map); unknown ids are NOT_FOUND (404)."""
+    ids = list(dict.fromkeys(body.ids))
+    if not ids or len(ids) > MAX_QUEUE:
+        raise HttpError(400, "INVALID_ARGUMENT", f"send 1..{MAX_QUEUE} ids")
+    caller.stream(caller.stub.ListSamples, agent_pb2.ListSamplesRequest(ids=ids))  # NOT_FOUND for unknown ids
+    store(request).set(QueueState(ids=ids, source=body.source, created=time.time()))
+    return {"total": len(ids)}
+
+
+class LabelItem(BaseModel):
+    id: str
+    label: str
+
+
+class LabelsBody(BaseModel):
+    labels: list[LabelItem] = Field(min_length=1, max_length=1000)
+
+
+@router.post("/api/labels")
+def submit(body: LabelsBody, caller: Caller = CallerDep) -> dict[str, Any]:
+    """One SubmitLabels with the caller's annotator name; answers once the agent has stored them."""
+    reply = caller(caller.stub.SubmitLabels, agent_pb2.SubmitLabelsRequest(
+        labels=[agent_pb2.LabelAssignment(id=x.id, label=x.label.strip()) for x in body.labels],
+        annotator=caller.annotator))
+    return {"accepted": reply.accepted, "annotator": caller.annotator,
+            "rejected": [{"id": r.id, "reason": r.reason} for r in reply.rejected]}
+
+
+class MarkBody(BaseModel):
+    id: str
+    mark: Literal["", "skip", "unsure"]
+
+
+@router.post("/api/queue/mark")
+def mark(request: Request, body: MarkBody, caller: Caller = CallerDep) -> dict[str, Any]:
+    """Mark a queue item skipped or not sure ("" clears): kept by the app, not sent to the agent."""
+    caller.status()  # only callers the agent accepts
+    store(request).mark(body.id, body.mark)
+    return {"id": body.id, "mark": body.mark}

@@ -1,0 +1,126 @@
+"""Running the web app: uvicorn in a thread of this process (``shortlist serve --web-port`` and
+``shortlist web`` both wait for a signal in the main thread), the listen rule, and the channel factories.
+
+Listen rule: the one of ``serve`` (agent.security.check_exposure): an address other machines can reach
+needs HTTPS and authentication (the agent requires tokens, and the app has no default token that would
+let anyone in), or an explicit --insecure.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import shutil
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import grpc
+import uvicorn
+from fastapi import FastAPI
+
+from agent import client
+from agent.security import check_exposure
+from agent.web.config import WebConfig
+
+log = logging.getLogger(__name__)
+START_TIMEOUT_S = 30.0
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on host:port (port 0: any free port); OSError saying what to change."""
+    host = host.strip("[]")
+    try:
+        family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+    except ValueError:
+        family = socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(128)
+    except OSError as e:
+        sock.close()
+        raise OSError(f"the web app cannot listen on {host}:{port} ({e.strerror or e}): the port is in use or the "
+                      "address is not one of this machine's; pick another --web-port / --port or host") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def check_listen(config: WebConfig, agent_requires_tokens: bool, tls_flags: str, auth_flags: str) -> list[str]:
+    """The exposure rule for the app's address (SecurityError when refused; warnings for --insecure)."""
+    authenticated = agent_requires_tokens and not config.default_token
+    return check_exposure(config.host, tls=config.https, authenticated=authenticated, insecure=config.insecure,
+                          tls_flags=tls_flags, auth_flags=auth_flags,
+                          what="serve the web app")
+
+
+class WebServer:
+    """uvicorn serving ``app`` from a thread; ``start`` returns once it accepts connections."""
+
+    def __init__(self, app: FastAPI, config: WebConfig) -> None:
+        self.config = config
+        self.sock = bind(config.host, config.port)
+        self.port: int = self.sock.getsockname()[1]
+        ssl = {} if config.https_cert is None else {"ssl_certfile": str(config.https_cert),
+                                                     "ssl_keyfile": str(config.https_key)}
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False,
+                                                    timeout_graceful_shutdown=5, **ssl))  # type: ignore[arg-type]
+        self.thread = threading.Thread(target=self._run, name="web", daemon=True)
+        self.error: BaseException | None = None
+
+    def _run(self) -> None:
+        try:
+            self.server.run(sockets=[self.sock])
+        except BaseException as e:  # uvicorn exits with SystemExit on a bad TLS file, for instance
+            self.error = e
+
+    @property
+    def url(self) -> str:
+        host = self.config.host
+        host = f"[{host}]" if ":" in host and not host.startswith("[") else host
+        return f"{'https' if self.config.https else 'http'}://{host}:{self.port}"
+
+    def start(self) -> WebServer:
+        self.thread.start()
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                self.stop()
+                raise OSError(f"the web app did not start on {self.url}"
+                              + (f" ({type(self.error).__name__}: {self.error})" if self.error else ""))
+            time.sleep(0.02)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        if self.thread.is_alive():
+            self.thread.join(timeout=10)
+        self.sock.close()
+
+
+class LocalSocket:
+    """A Unix socket path in a fresh folder only this user can enter (mkdtemp: 0700), for the agent's
+    plaintext port that the in-process web app uses; removed by ``cleanup``."""
+
+    def __init__(self) -> None:
+        self.folder = Path(tempfile.mkdtemp(prefix="shortlist-web-"))
+        os.chmod(self.folder, 0o700)
+        self.path = str(self.folder / "agent.sock")
+
+    def factory(self, timeout: float = client.CONNECT_TIMEOUT_S) -> Callable[[], grpc.Channel]:
+        return lambda: client.channel(f"unix:{self.path}", timeout=timeout)
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def remote_factory(address: str, config: client.ClientConfig) -> Callable[[], grpc.Channel]:
+    """Channels to an agent elsewhere, with ``config``'s TLS but no token (each call carries its caller's)."""
+    bare = replace(config, token="")
+    return lambda: client.channel(address, config=bare)

@@ -1,0 +1,36 @@
+// Shortlist web app: helpers every page uses (no framework, no build step).
+"use strict";
+const Shortlist = (() => {
+  let toastTimer = null;
+  function toast(message, bad = false) {
+    const el = document.getElementById("toast");
+    if (!el) return;
+    el.textContent = message;
+    el.classList.toggle("bad", bad);
+    el.classList.add("show");
+    clearTimeout(toastTimer);
+    toastTimer = setTimeout(() => el.classList.remove("show"), bad ? 6000 : 2500);
+  }
+  // POST/GET JSON; resolves with the parsed body, rejects with Error(message from the server).
+  async function api(method, url, body) {
+    const opts = { method, headers: { "Accept": "application/json" }, credentials: "same-origin" };
+    if (body !== undefined) {
+      opts.headers["Content-Type"] = "application/json";
+      opts.body = JSON.stringify(body);
+    }
+    const res = await fetch(url, opts);
+    let data = null;
+    try { data = await res.json(); } catch (e) { data = null; }
+    if (!res.ok) {
+      const err = new Error((data && data.message) || `${res.status} ${res.statusText}`);
+      err.status = res.status;
+      err.code = data && data.error;
+      if (res.status === 401) {
+        window.location.href = "/login?next=" + encodeURIComponent(location.pathname + location.search);
+      }
+      throw err;
+    }
+    return data;
+  }
+  return { toast, api };
+})();

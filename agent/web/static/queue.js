@@ -1,0 +1,255 @@
+// Queue page: keyboard labelling, undo, skip / not sure, new classes, and the strategy chooser.
+"use strict";
+(() => {
+  const data = JSON.parse(document.getElementById("queue-data").textContent);
+  const grid = document.getElementById("grid");
+  const tiles = grid ? Array.from(grid.querySelectorAll(".tile")) : [];
+  const HOTKEYS = "1234567890abcdefghijklmnopqrstuvwxyz";
+  const keyOf = {};  // hotkey -> class name
+  for (const [key, name] of data.classes) if (key) keyOf[key] = name;
+  // A class given for the first time (open class list) joins the list with the next free key.
+  function addClass(name) {
+    if (data.classes.some(([, n]) => n === name)) return;
+    const key = HOTKEYS[data.classes.length] || "";
+    data.classes.push([key, name]);
+    if (key) keyOf[key] = name;
+    const li = document.createElement("li");
+    li.dataset.class = name;
+    const kbd = document.createElement("kbd");
+    kbd.textContent = key;
+    const span = document.createElement("span");
+    span.textContent = name;
+    li.append(kbd, " ", span);
+    li.addEventListener("click", () => label(name));
+    document.getElementById("classes").appendChild(li);
+  }
+  function bumpLabelled(delta) {
+    const el = document.getElementById("labelled-count");
+    if (el) el.textContent = (Number(el.dataset.n) + delta).toLocaleString("en");
+    if (el) el.dataset.n = Number(el.dataset.n) + delta;
+  }
+  const undoStack = [];  // {tile, label (before), mark (before)}
+  let focus = 0;
+
+  // ---- strategy chooser: built from the registry's describe() -----------------------------------
+  const strategySelect = document.getElementById("strategy");
+  const paramsBox = document.getElementById("params");
+  const summary = document.getElementById("strategy-summary");
+  function showStrategy() {
+    const s = data.strategies.find((x) => x.name === strategySelect.value);
+    paramsBox.innerHTML = "";
+    summary.textContent = s ? s.short : "";
+    summary.title = s ? s.summary : "";
+    if (!s) return;
+    for (const p of s.params) {
+      const label = document.createElement("label");
+      label.textContent = p.name + " ";
+      label.title = p.doc;
+      let input;
+      if (p.kind === "choice") {
+        input = document.createElement("select");
+        for (const c of p.choices) {
+          const o = document.createElement("option");
+          o.value = c; o.textContent = c;
+          input.appendChild(o);
+        }
+        input.value = (data.params && data.params[p.name]) || p.default;
+      } else {
+        input = document.createElement("input");
+        input.type = "number";
+        input.step = p.kind === "int" ? "1" : "any";
+        if (p.lo !== null) input.min = p.lo;
+        if (p.hi !== null) input.max = p.hi;
+        input.placeholder = `default ${p.default}`;
+        if (data.params && data.params[p.name] !== undefined) input.value = data.params[p.name];
+      }
+      input.name = "param:" + p.name;
+      const hint = document.createElement("span");
+      hint.className = "small muted";
+      hint.textContent = p.range;
+      label.append(input, hint);
+      paramsBox.appendChild(label);
+    }
+  }
+  if (strategySelect) {
+    strategySelect.addEventListener("change", showStrategy);
+    showStrategy();
+  }
+  const ask = document.getElementById("ask");
+  if (ask) ask.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const form = new FormData(ask);
+    const params = {};
+    for (const [k, v] of form.entries()) if (k.startsWith("param:") && String(v).trim() !== "") params[k.slice(6)] = String(v);
+    const button = document.getElementById("ask-button");
+    button.disabled = true;
+    button.textContent = "Asking…";
+    try {
+      const res = await Shortlist.api("POST", "/api/queue/select",
+        { strategy: form.get("strategy"), budget: Number(form.get("budget")), params });
+      Shortlist.toast(`${res.total} samples from ${res.strategy}`);
+      window.location.href = "/queue";
+    } catch (e) {
+      Shortlist.toast(e.message, true);
+    } finally {
+      button.disabled = false;
+      button.textContent = "Ask the agent";
+    }
+  });
+
+  // ---- grid -------------------------------------------------------------------------------------
+  function setFocus(i, scroll = true) {
+    if (!tiles.length) return;
+    focus = Math.max(0, Math.min(tiles.length - 1, i));
+    tiles.forEach((t, j) => t.classList.toggle("focus", j === focus));
+    if (scroll) tiles[focus].scrollIntoView({ block: "nearest" });
+  }
+  function columns() {
+    if (tiles.length < 2) return 1;
+    const top = tiles[0].offsetTop;
+    const n = tiles.findIndex((t) => t.offsetTop !== top);
+    return n < 0 ? tiles.length : n;
+  }
+  function badge(tile) { return tile.querySelector("[data-role=badge]"); }
+  function show(tile) {
+    const label = tile.dataset.label, mark = tile.dataset.mark;
+    tile.classList.toggle("labelled", !!label);
+    tile.classList.remove("mark-skip", "mark-unsure");
+    if (!label && mark) tile.classList.add("mark-" + mark);
+    badge(tile).textContent = label || (mark === "skip" ? "skipped" : mark === "unsure" ? "not sure" : "");
+    updateCount();
+  }
+  function updateCount() {
+    const done = tiles.filter((t) => t.dataset.label || t.dataset.mark).length;
+    const el = document.getElementById("done-count");
+    if (el) el.textContent = done;
+  }
+  function nextOpen(from) {
+    for (let j = from + 1; j < tiles.length; j++) if (!tiles[j].dataset.label && !tiles[j].dataset.mark) return j;
+    return Math.min(from + 1, tiles.length - 1);
+  }
+
+  async function sendLabel(tile, label) {
+    tile.classList.remove("failed");
+    tile.classList.add("pending");
+    badge(tile).textContent = label + " …";
+    try {
+      const res = await Shortlist.api("POST", "/api/labels", { labels: [{ id: tile.dataset.id, label }] });
+      if (res.rejected.length) throw new Error(res.rejected[0].reason);
+      if (!tile.dataset.label) bumpLabelled(1);
+      addClass(label);
+      tile.dataset.label = label;
+      tile.classList.remove("pending");
+      tile.dataset.saved = "1";
+      show(tile);
+      return true;
+    } catch (e) {
+      tile.classList.remove("pending");
+      tile.classList.add("failed");
+      badge(tile).textContent = "not saved";
+      Shortlist.toast(`${tile.dataset.id}: ${e.message}`, true);
+      return false;
+    }
+  }
+  async function sendMark(tile, mark) {
+    await Shortlist.api("POST", "/api/queue/mark", { id: tile.dataset.id, mark });
+    tile.dataset.mark = mark;
+    show(tile);
+  }
+
+  async function label(name) {
+    if (!tiles.length) return;
+    if (!data.can_label) { Shortlist.toast("your token can view but not label: sign in with a write token", true); return; }
+    const tile = tiles[focus];
+    const before = { tile, label: tile.dataset.label, mark: tile.dataset.mark };
+    const here = focus;
+    setFocus(nextOpen(here));
+    if (await sendLabel(tile, name)) {
+      undoStack.push(before);
+      if (before.mark) sendMark(tile, "").catch(() => {});
+    }
+  }
+  async function mark(kind) {
+    if (!tiles.length) return;
+    const tile = tiles[focus];
+    const before = { tile, label: tile.dataset.label, mark: tile.dataset.mark };
+    setFocus(nextOpen(focus));
+    try {
+      await sendMark(tile, kind);
+      undoStack.push(before);
+    } catch (e) { Shortlist.toast(e.message, true); }
+  }
+  async function undo() {
+    const last = undoStack.pop();
+    if (!last) { Shortlist.toast("nothing to undo"); return; }
+    const tile = last.tile;
+    setFocus(tiles.indexOf(tile));
+    if (tile.dataset.label !== last.label) {
+      if (last.label) {
+        await sendLabel(tile, last.label);
+      } else {
+        Shortlist.toast("the agent keeps every label given; press a class key to replace this one", true);
+      }
+    }
+    if ((tile.dataset.mark || "") !== (last.mark || "")) await sendMark(tile, last.mark || "");
+  }
+  function lightbox(open) {
+    const box = document.getElementById("lightbox");
+    if (!open) { box.hidden = true; return; }
+    const tile = tiles[focus];
+    box.querySelector("img").src = "/image/" + encodeURIComponent(tile.dataset.id);
+    box.querySelector("p").textContent = tile.dataset.id + (tile.dataset.label ? " · " + tile.dataset.label : "");
+    box.hidden = false;
+  }
+  const lb = document.getElementById("lightbox");
+  if (lb) lb.addEventListener("click", () => lightbox(false));
+
+  const newClass = document.getElementById("new-class");
+  const newInput = document.getElementById("new-class-input");
+  if (newClass) newClass.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const name = newInput.value.trim();
+    if (!name) return;
+    newInput.value = "";
+    newInput.blur();
+    await label(name);
+  });
+  document.querySelectorAll("#classes li").forEach((li) => li.addEventListener("click", () => label(li.dataset.class)));
+  tiles.forEach((t, i) => {
+    t.addEventListener("click", () => setFocus(i, false));
+    t.addEventListener("dblclick", () => { setFocus(i, false); lightbox(true); });
+  });
+
+  document.addEventListener("keydown", (ev) => {
+    const tag = (ev.target.tagName || "").toLowerCase();
+    if (tag === "input" || tag === "select" || tag === "textarea") {
+      if (ev.key === "Escape") ev.target.blur();
+      return;
+    }
+    const box = document.getElementById("lightbox");
+    if (box && !box.hidden) {
+      if (ev.key === "Escape" || ev.key === "Enter") { lightbox(false); ev.preventDefault(); }
+      return;
+    }
+    if (ev.altKey || ev.metaKey) return;
+    if (ev.ctrlKey) {
+      if (ev.key === "z") { ev.preventDefault(); undo(); }
+      return;
+    }
+    const cols = columns();
+    const go = { ArrowRight: 1, ArrowLeft: -1, ArrowDown: cols, ArrowUp: -cols }[ev.key];
+    if (go !== undefined) { ev.preventDefault(); setFocus(focus + go); return; }
+    if (ev.key === " ") { ev.preventDefault(); mark("skip"); return; }
+    if (ev.key === "?") { ev.preventDefault(); mark("unsure"); return; }
+    if (ev.key === "Backspace") { ev.preventDefault(); undo(); return; }
+    if (ev.key === "Enter") { ev.preventDefault(); lightbox(true); return; }
+    if (ev.key === "+" && newInput) { ev.preventDefault(); newInput.focus(); return; }
+    if (ev.key === "]") { const a = document.getElementById("next-page"); if (a) a.click(); return; }
+    if (ev.key === "[") { const a = document.getElementById("prev-page"); if (a) a.click(); return; }
+    const name = keyOf[ev.key.toLowerCase()];
+    if (name !== undefined && ev.key.length === 1) { ev.preventDefault(); label(name); }
+  });
+  const firstOpen = tiles.findIndex((t) => !t.dataset.label && !t.dataset.mark);
+  setFocus(firstOpen < 0 ? 0 : firstOpen, false);
+  updateCount();
+})();

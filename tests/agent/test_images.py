@@ -1,0 +1,92 @@
+"""GetImages: originals, thumbnails (upright, bounded, cached), limits, errors; ListSamples by ids."""
+
+from __future__ import annotations
+
+import io
+
+import grpc
+import numpy as np
+import pytest
+from PIL import Image
+
+from agent import client
+from shortlist.v1 import agent_pb2
+from tests.agent.conftest import Running, make_samples
+
+
+def _rpc_code(fn) -> grpc.StatusCode:  # type: ignore[no-untyped-def]
+    with pytest.raises(grpc.RpcError) as e:
+        fn()
+    return e.value.code()
+
+
+def _jpeg_rotated(width: int, height: int, orientation: int) -> bytes:
+    """A JPEG stored width x height with EXIF Orientation ``orientation`` (6: shown rotated 90 degrees)."""
+    img = Image.new("RGB", (width, height), (200, 30, 30))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", exif=exif.tobytes())
+    return buf.getvalue()
+
+
+def test_thumbnails_are_upright_bounded_and_cached(running: Running) -> None:
+    client.ingest(running.stub, [*make_samples(3),
+                                 client.image_sample("phone", _jpeg_rotated(400, 200, 6))])
+    reply = running.stub.GetImages(agent_pb2.GetImagesRequest(ids=["phone", "s1"], max_side=64))
+    phone, s1 = reply.images
+    assert (phone.id, phone.mime_type, phone.error) == ("phone", "image/jpeg", "")
+    assert (phone.width, phone.height) == (32, 64)  # stored landscape, EXIF says portrait
+    with Image.open(io.BytesIO(phone.data)) as img:
+        assert img.size == (32, 64)
+    assert (s1.width, s1.height) == (10, 12)  # never enlarged
+    assert len(phone.sha256) == 64
+    hits = running.agent.images.cache.hits
+    again = running.stub.GetImages(agent_pb2.GetImagesRequest(ids=["phone"], max_side=64, format="webp"))
+    assert again.images[0].mime_type == "image/webp"
+    running.stub.GetImages(agent_pb2.GetImagesRequest(ids=["phone"], max_side=64))
+    assert running.agent.images.cache.hits == hits + 1
+
+
+def test_original_is_the_stored_payload(running: Running) -> None:
+    samples = make_samples(2)
+    pixels = np.zeros((5, 7, 3), np.uint8)
+    client.ingest(running.stub, [*samples, client.tensor_sample("t", pixels)])
+    reply = running.stub.GetImages(agent_pb2.GetImagesRequest(ids=["s0", "t"]))
+    assert reply.images[0].data == samples[0].encoded_image and reply.images[0].mime_type == "image/png"
+    assert (reply.images[1].mime_type, reply.images[1].width, reply.images[1].height) == ("image/png", 7, 5)
+
+
+def test_bad_requests(running: Running) -> None:
+    client.ingest(running.stub, make_samples(2))
+    get = running.stub.GetImages
+    assert _rpc_code(lambda: get(agent_pb2.GetImagesRequest(ids=["nope"]))) == grpc.StatusCode.NOT_FOUND
+    assert _rpc_code(lambda: get(agent_pb2.GetImagesRequest(ids=["s0"], max_side=8))) == \
+        grpc.StatusCode.INVALID_ARGUMENT
+    assert _rpc_code(lambda: get(agent_pb2.GetImagesRequest(ids=["s0"], max_side=5000))) == \
+        grpc.StatusCode.INVALID_ARGUMENT
+    assert _rpc_code(lambda: get(agent_pb2.GetImagesRequest(ids=["s0"] * 257, max_side=64))) == \
+        grpc.StatusCode.INVALID_ARGUMENT
+    assert _rpc_code(lambda: get(agent_pb2.GetImagesRequest(ids=["s0"], max_side=64, format="gif"))) == \
+        grpc.StatusCode.INVALID_ARGUMENT
+    assert _rpc_code(lambda: get(agent_pb2.GetImagesRequest())) == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_missing_blob_is_an_error_for_that_image_only(running: Running) -> None:
+    client.ingest(running.stub, make_samples(2))
+    rec = running.agent.state.lookup("s0")
+    assert rec is not None and running.agent.blobs is not None
+    running.agent.blobs.path(rec.sha256).unlink()
+    reply = running.stub.GetImages(agent_pb2.GetImagesRequest(ids=["s0", "s1"], max_side=32))
+    assert "missing" in reply.images[0].error and not reply.images[0].data
+    assert reply.images[1].data and not reply.images[1].error
+
+
+def test_list_samples_by_ids(running: Running) -> None:
+    client.ingest(running.stub, make_samples(4, labels=2))
+    got = list(running.stub.ListSamples(agent_pb2.ListSamplesRequest(ids=["s3", "s0"])))
+    assert [(s.id, s.label) for s in got] == [("s3", ""), ("s0", "cat")]
+    labelled = list(running.stub.ListSamples(agent_pb2.ListSamplesRequest(ids=["s3", "s0"], labeled_only=True)))
+    assert [s.id for s in labelled] == ["s0"]
+    assert _rpc_code(lambda: list(running.stub.ListSamples(agent_pb2.ListSamplesRequest(ids=["x"])))) == \
+        grpc.StatusCode.NOT_FOUND

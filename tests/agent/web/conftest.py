@@ -1,0 +1,202 @@
+"""Fixtures every web test shares: a tiny agent with a few dozen generated images, the web app on it
+(through the same in-process Unix-socket channel as `shortlist serve --web-port`), FastAPI's TestClient,
+and for ``@pytest.mark.browser`` tests the app on a free port driven by Debian's chromium via Playwright.
+
+Browser tests are skipped when /usr/bin/chromium or playwright is missing, unless SHORTLIST_REQUIRE_BROWSER=1
+(set by .ci/run, which installs both): then they fail. SHORTLIST_SCREENSHOTS=DIR makes ``shot`` save the
+pages' screenshots there (docs/img for the docs).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from PIL import Image, ImageDraw
+
+from agent import client
+from agent.config import AgentConfig
+from agent.core import Agent
+from agent.security import ServerSecurity
+from agent.service import create_server, stop_server
+from agent.testing import publish_linear
+from agent.web.app import create_app
+from agent.web.config import WebConfig
+from agent.web.server import LocalSocket, WebServer
+from shortlist.v1 import agent_pb2, agent_pb2_grpc
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+SHAPES = ["circle", "square", "triangle"]
+READ_TOKEN = "r" * 24
+WRITE_TOKEN = "w" * 24
+N_IMAGES = 36
+LABELLED = 6  # the first ones carry their shape as label (so the class list starts with three classes)
+
+
+def shape_image(i: int, side: int = 96) -> bytes:
+    """Image ``i``: a shape (circle / square / triangle by i % 3) in a varied colour on a varied background."""
+    rng = np.random.default_rng(i)
+    bg = tuple(int(v) for v in rng.integers(150, 240, 3))
+    fg = tuple(int(v) for v in rng.integers(20, 140, 3))
+    img = Image.new("RGB", (side, side), bg)
+    d = ImageDraw.Draw(img)
+    m = int(rng.integers(12, 24))
+    kind = SHAPES[i % 3]
+    if kind == "circle":
+        d.ellipse((m, m, side - m, side - m), fill=fg)
+    elif kind == "square":
+        d.rectangle((m, m, side - m, side - m), fill=fg)
+    else:
+        d.polygon([(side // 2, m), (side - m, side - m), (m, side - m)], fill=fg)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def shape_samples(n: int = N_IMAGES, labelled: int = LABELLED) -> list[agent_pb2.Sample]:
+    return [client.image_sample(f"img{i:03d}.png", shape_image(i), label=SHAPES[i % 3] if i < labelled else "")
+            for i in range(n)]
+
+
+@dataclass
+class WebAgent:
+    """An agent and its web app (``url`` is set when the app listens on a port)."""
+
+    agent: Agent
+    server: Any
+    local: LocalSocket
+    stub: agent_pb2_grpc.AgentStub
+    app: FastAPI
+    config: WebConfig
+    tokens: bool = False  # the agent requires READ_TOKEN / WRITE_TOKEN
+    web: WebServer | None = None
+    closers: list[Any] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        assert self.web is not None, "this WebAgent has no HTTP server (listen=True)"
+        return self.web.url
+
+    def labels(self) -> dict[str, str]:
+        """Current labels by id, read back through gRPC (ListSamples)."""
+        return {s.id: s.label for s in self.stub.ListSamples(agent_pb2.ListSamplesRequest(labeled_only=True),
+                                                              metadata=self.metadata(WRITE_TOKEN))}
+
+    def metadata(self, token: str) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {token}"),) if self.tokens else ()
+
+    def client(self, **kw: Any) -> TestClient:
+        c = TestClient(self.app, **kw)
+        self.closers.append(c)
+        return c
+
+    def stop(self) -> None:
+        for c in self.closers:
+            c.close()
+        if self.web is not None:
+            self.web.stop()
+        self.app.state.stub.close()
+        stop_server(self.server, self.agent, grace=1.0)
+        self.local.cleanup()
+
+
+def start_web_agent(tmp: Path, tokens: bool = False, listen: bool = False, n: int = N_IMAGES,
+                    **web: Any) -> WebAgent:
+    """A real agent (tiny linear model without classes: an open class list) holding ``n`` shape images,
+    and the web app on it. ``tokens``: the agent requires READ_TOKEN / WRITE_TOKEN. ``listen``: serve
+    the app on a free loopback port. ``web``: WebConfig fields."""
+    registry = tmp / "models"
+    publish_linear(registry, size=(8, 8), dim=16, seed=0)
+    security = ServerSecurity()
+    if tokens:
+        path = tmp / "tokens"
+        path.write_text(f"read:{READ_TOKEN}\nwrite:{WRITE_TOKEN}\n")
+        path.chmod(0o600)
+        security = ServerSecurity(tokens=path)
+    local = LocalSocket()
+    server, port, agent = create_server(AgentConfig(tmp / "data", registry, port=0, poll_s=0.2, use_cuda=False,
+                                                    security=security), local_socket=local.path)
+    ch = client.channel(f"127.0.0.1:{port}", config=client.ClientConfig(token=WRITE_TOKEN if tokens else ""))
+    stub = agent_pb2_grpc.AgentStub(ch)
+    reply = client.ingest(stub, shape_samples(n))
+    assert reply.accepted == n, reply
+    config = WebConfig(port=0, agent=f"127.0.0.1:{port}", **web)
+    app = create_app(config, local.factory())
+    wa = WebAgent(agent, server, local, stub, app, config, tokens)
+    wa.closers.append(ch)
+    if listen:
+        wa.web = WebServer(app, config).start()
+    return wa
+
+
+@pytest.fixture
+def web_agent(tmp_path: Path) -> Iterator[WebAgent]:
+    wa = start_web_agent(tmp_path)
+    yield wa
+    wa.stop()
+
+
+@pytest.fixture
+def token_web_agent(tmp_path: Path) -> Iterator[WebAgent]:
+    wa = start_web_agent(tmp_path, tokens=True)
+    yield wa
+    wa.stop()
+
+
+@pytest.fixture
+def web_client(web_agent: WebAgent) -> TestClient:
+    return web_agent.client()
+
+
+# ---- browser tests --------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    required = os.environ.get("SHORTLIST_REQUIRE_BROWSER") == "1"
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        if required:
+            raise
+        pytest.skip("playwright is not installed (pip install -r requirements-dev.txt)")
+    if not os.access(CHROMIUM, os.X_OK):
+        if required:
+            raise FileNotFoundError(f"{CHROMIUM} is missing: apt-get install -y chromium")
+        pytest.skip(f"{CHROMIUM} is missing (apt-get install -y chromium)")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def live_web(tmp_path: Path) -> Iterator[WebAgent]:
+    """The agent and the web app listening on a free loopback port (for the browser)."""
+    wa = start_web_agent(tmp_path, listen=True)
+    yield wa
+    wa.stop()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    context = browser.new_context(viewport={"width": 1400, "height": 900}, device_scale_factor=1)
+    pg = context.new_page()
+    pg.set_default_timeout(15_000)
+    yield pg
+    context.close()
+
+
+def shot(page: Any, name: str) -> None:
+    """Save a screenshot of ``page`` as SHORTLIST_SCREENSHOTS/NAME.png (nothing when the variable is unset)."""
+    folder = os.environ.get("SHORTLIST_SCREENSHOTS")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(Path(folder) / f"{name}.png"))

@@ -1,0 +1,108 @@
+"""Route tests (FastAPI's TestClient) of the app skeleton: pages, thumbnails with HTTP caching, the
+gRPC -> HTTP mapping, and auth (bearer header, login cookie, read vs write tokens)."""
+
+from __future__ import annotations
+
+import io
+
+import grpc
+import pytest
+from PIL import Image
+
+from agent.web.errors import HTTP_STATUS, http_status
+from tests.agent.web.conftest import READ_TOKEN, WRITE_TOKEN, WebAgent
+
+
+def test_home_and_nav(web_agent: WebAgent) -> None:
+    c = web_agent.client()
+    r = c.get("/", follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/queue"
+    page = c.get("/queue")
+    assert page.status_code == 200
+    assert '<a href="/queue" class="active">Queue</a>' in page.text
+    assert c.get("/static/app.css").status_code == 200
+
+
+def test_thumbnail_is_small_upright_and_cacheable(web_agent: WebAgent) -> None:
+    c = web_agent.client()
+    r = c.get("/thumb/img000.png?size=48")
+    assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
+    with Image.open(io.BytesIO(r.content)) as img:
+        assert img.size == (48, 48)
+    etag = r.headers["etag"]
+    assert "private" in r.headers["cache-control"] and "max-age" in r.headers["cache-control"]
+    again = c.get("/thumb/img000.png?size=48", headers={"If-None-Match": etag})
+    assert again.status_code == 304 and not again.content
+    full = c.get("/image/img000.png")
+    assert full.headers["content-type"] == "image/png" and full.headers["etag"] != etag
+
+
+@pytest.mark.parametrize(("url", "status", "code"), [
+    ("/thumb/nope.png", 404, "NOT_FOUND"),
+    ("/thumb/img000.png?size=5", 400, "INVALID_ARGUMENT"),
+    ("/thumb/img000.png?size=64&format=gif", 400, "INVALID_ARGUMENT"),
+])
+def test_grpc_errors_map_to_http(web_agent: WebAgent, url: str, status: int, code: str) -> None:
+    r = web_agent.client().get(url)
+    assert r.status_code == status
+    assert r.json()["error"] == code and r.json()["message"]
+
+
+def test_status_table_covers_what_the_agent_answers() -> None:
+    assert http_status(grpc.StatusCode.UNAUTHENTICATED) == 401
+    assert http_status(grpc.StatusCode.PERMISSION_DENIED) == 403
+    assert http_status(grpc.StatusCode.RESOURCE_EXHAUSTED) == 429
+    assert http_status(grpc.StatusCode.UNAVAILABLE) == 503
+    assert all(400 <= v < 600 for v in HTTP_STATUS.values())
+
+
+def test_tokens_header_cookie_and_roles(token_web_agent: WebAgent) -> None:
+    c = token_web_agent.client()
+    # no token: pages send the browser to /login, APIs answer 401
+    r = c.get("/queue", follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"].startswith("/login?next=/queue")
+    assert c.get("/thumb/img000.png").status_code == 401
+    # a bearer header is forwarded to the agent
+    assert c.get("/thumb/img000.png", headers={"Authorization": f"Bearer {READ_TOKEN}"}).status_code == 200
+    assert c.get("/thumb/img000.png", headers={"Authorization": "Bearer wrong-token-0123456789"}).status_code == 401
+    # a read token can view, not label
+    read = token_web_agent.client()
+    bad = read.post("/login", data={"name": "viewer", "token": "nope-nope-nope-nope"}, follow_redirects=False)
+    assert bad.status_code == 401 and "unknown token" in bad.text
+    ok = read.post("/login", data={"name": "viewer", "token": READ_TOKEN, "next": "/queue"}, follow_redirects=False)
+    assert ok.status_code == 303 and ok.headers["location"] == "/queue"
+    assert "httponly" in ok.headers["set-cookie"].lower() and "samesite=strict" in ok.headers["set-cookie"].lower()
+    page = read.get("/queue")
+    assert page.status_code == 200 and "read only" in page.text
+    denied = read.post("/api/labels", json={"labels": [{"id": "img010.png", "label": "circle"}]})
+    assert denied.status_code == 403 and denied.json()["error"] == "PERMISSION_DENIED"
+    # a write token labels, recorded under the login name
+    write = token_web_agent.client()
+    write.post("/login", data={"name": "Ana", "token": WRITE_TOKEN})
+    saved = write.post("/api/labels", json={"labels": [{"id": "img010.png", "label": "circle"}]})
+    assert saved.status_code == 200 and saved.json()["accepted"] == 1 and saved.json()["annotator"] == "Ana"
+    assert token_web_agent.labels()["img010.png"] == "circle"
+    rec = token_web_agent.agent.state.lookup("img010.png")
+    assert rec is not None and token_web_agent.agent.state.label_history(rec.seq)[-1][1] == "Ana"
+    # logging out drops the cookies
+    out = write.post("/logout", follow_redirects=False)
+    assert out.status_code == 303
+    assert write.get("/api/queue").status_code == 401
+
+
+def test_login_next_stays_on_this_site(token_web_agent: WebAgent) -> None:
+    c = token_web_agent.client()
+    r = c.post("/login", data={"token": READ_TOKEN, "next": "https://evil.example/"}, follow_redirects=False)
+    assert r.headers["location"] == "/"
+    r = c.post("/login", data={"token": READ_TOKEN, "next": "//evil.example/"}, follow_redirects=False)
+    assert r.headers["location"] == "/"
+
+
+def test_agent_gone_is_503(web_agent: WebAgent) -> None:
+    c = web_agent.client()
+    web_agent.app.state.stub.close()
+    web_agent.local.cleanup()  # the socket is gone: the next channel cannot connect
+    web_agent.app.state.stub._factory = lambda: __import__("agent.client", fromlist=["channel"]).channel(
+        "unix:/nonexistent/agent.sock", timeout=0.5)
+    r = c.get("/api/queue")
+    assert r.status_code == 503 and r.json()["error"] == "UNAVAILABLE"

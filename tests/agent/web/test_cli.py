@@ -1,0 +1,90 @@
+"""``shortlist serve --web-port`` and ``shortlist web`` as processes, and their listen rule."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from agent import client
+from shortlist.cli import app
+from tests.agent.conftest import Running, make_samples
+from tests.agent.test_cli import free_port, out
+
+runner = CliRunner()
+
+
+def wait_http(url: str, proc: subprocess.Popen[str], timeout: float = 60.0) -> bytes:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                return bytes(r.read())
+        except (urllib.error.URLError, ConnectionError):
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else "exited"
+            assert time.monotonic() < deadline, f"no answer from {url}"
+            time.sleep(0.2)
+
+
+def stop(proc: subprocess.Popen[str]) -> str:
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    return err
+
+
+def test_serve_with_web_port(tmp_path: Path, registry: Path) -> None:
+    port, web_port = free_port(), free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "shortlist.cli", "serve", "--data-dir", str(tmp_path / "d"),
+                             "--models", str(registry), "--port", str(port), "--cpu", "--web-port", str(web_port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "COLUMNS": "200"})
+    try:
+        stub = client.connect(f"127.0.0.1:{port}", starting=True, timeout=60)
+        client.ingest(stub, make_samples(4))
+        assert json.loads(wait_http(f"http://127.0.0.1:{web_port}/healthz", proc)) == {"status": "ok"}
+        page = wait_http(f"http://127.0.0.1:{web_port}/queue", proc).decode()
+        assert "Ask the agent" in page and f"127.0.0.1:{port}" in page
+        assert wait_http(f"http://127.0.0.1:{web_port}/thumb/s1?size=32", proc)[:3] == b"\xff\xd8\xff"  # a JPEG
+    finally:
+        err = stop(proc)
+    assert f"web app on http://127.0.0.1:{web_port}" in " ".join(err.split())
+
+
+def test_web_against_a_running_agent(running: Running) -> None:
+    client.ingest(running.stub, make_samples(3))
+    web_port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "shortlist.cli", "web", "--agent", running.address,
+                             "--port", str(web_port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        assert json.loads(wait_http(f"http://127.0.0.1:{web_port}/api/queue", proc))["total"] == 0
+        assert wait_http(f"http://127.0.0.1:{web_port}/thumb/s2", proc)[:3] == b"\xff\xd8\xff"
+    finally:
+        stop(proc)
+
+
+def test_web_listen_rule_and_bad_agent(running: Running) -> None:
+    exposed = runner.invoke(app, ["web", "--agent", running.address, "--host", "0.0.0.0", "--port", "0"])
+    assert exposed.exit_code == 2
+    assert "--https-cert" in out(exposed) and "tokens" in out(exposed) and "--insecure" in out(exposed)
+    gone = runner.invoke(app, ["web", "--agent", f"127.0.0.1:{free_port()}", "--port", "0"])
+    assert gone.exit_code == 1 and "connection refused" in out(gone)
+
+
+def test_serve_refuses_an_exposed_web_port(tmp_path: Path, registry: Path) -> None:
+    umask = os.umask(0o022)
+    try:
+        exposed = runner.invoke(app, ["serve", "--data-dir", str(tmp_path / "d"), "--models", str(registry),
+                                      "--port", "0", "--cpu", "--web-port", "0", "--web-host", "0.0.0.0"])
+    finally:
+        os.umask(umask)
+    assert exposed.exit_code == 2 and "web app" in out(exposed) and "--insecure" in out(exposed)
+    assert not (tmp_path / "d").exists()

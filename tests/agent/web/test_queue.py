@@ -1,0 +1,79 @@
+"""Queue routes: ask the agent for the next N (strategies from the registry), the queue's pages, labels
+as SubmitLabels with the annotator, marks, setting the queue from ids (the map's selections)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from tests.agent.web.conftest import LABELLED, N_IMAGES, WebAgent
+
+
+def _data(html: str) -> dict:  # type: ignore[type-arg]
+    m = re.search(r'<script type="application/json" id="queue-data">(.*?)</script>', html, re.S)
+    assert m
+    return json.loads(m.group(1))
+
+
+def test_strategy_chooser_comes_from_the_registry(web_agent: WebAgent) -> None:
+    from agent.strategies import STRATEGIES
+
+    data = _data(web_agent.client().get("/queue").text)
+    names = [s["name"] for s in data["strategies"]]
+    assert names == sorted(STRATEGIES)
+    typiclust = next(s for s in data["strategies"] if s["name"] == "typiclust")
+    assert typiclust["params"] == STRATEGIES["typiclust"].describe()["params"]
+    assert [c[0] for c in data["classes"]] == ["1", "2", "3"] and data["classes_open"] is True
+
+
+def test_ask_label_mark_and_page(web_agent: WebAgent) -> None:
+    c = web_agent.client(cookies={"shortlist_user": "Bea"})
+    r = c.post("/api/queue/select", json={"strategy": "random", "budget": 20, "seed": 1})
+    assert r.status_code == 200 and r.json()["total"] == 20
+    q = c.get("/api/queue").json()
+    assert q["total"] == 20 and q["strategy"] == "random" and len(q["items"]) == 20
+    ids = [it["id"] for it in q["items"]]
+    assert all(it["label"] == "" for it in q["items"])  # random picks unlabelled samples
+    saved = c.post("/api/labels", json={"labels": [{"id": ids[0], "label": "square"}]}).json()
+    assert saved == {"accepted": 1, "annotator": "Bea", "rejected": []}
+    assert web_agent.labels()[ids[0]] == "square"
+    assert c.post("/api/queue/mark", json={"id": ids[1], "mark": "unsure"}).status_code == 200
+    items = {it["id"]: it for it in c.get("/api/queue").json()["items"]}
+    assert items[ids[0]]["label"] == "square" and items[ids[1]]["mark"] == "unsure"
+    page = c.get("/queue")
+    assert page.status_code == 200 and f'data-id="{ids[0]}" data-label="square"' in page.text
+    # a new class name (the class list is open) is a label like any other
+    assert c.post("/api/labels", json={"labels": [{"id": ids[2], "label": "hexagon"}]}).json()["accepted"] == 1
+    assert "hexagon" in web_agent.stub.GetStatus(__import__("shortlist.v1.agent_pb2", fromlist=["x"])
+                                                 .GetStatusRequest()).classes
+
+
+def test_pages_of_the_queue(web_agent: WebAgent) -> None:
+    c = web_agent.client()
+    unlabelled = N_IMAGES - LABELLED
+    assert c.post("/api/queue/select", json={"strategy": "random", "budget": unlabelled}).json()["total"] == unlabelled
+    web_agent.app.state.config.__dict__["page_size"] = 12  # frozen dataclass: tests only
+    first, last = c.get("/api/queue?page=1").json(), c.get("/api/queue?page=99").json()
+    assert (first["pages"], len(first["items"]), last["page"], len(last["items"])) == (3, 12, 3, 6)
+
+
+def test_bad_requests_are_400_with_what_to_do(web_agent: WebAgent) -> None:
+    c = web_agent.client()
+    r = c.post("/api/queue/select", json={"strategy": "typiclust", "budget": 5, "params": {"knn": "1000"}})
+    assert r.status_code == 400 and "knn" in r.json()["message"]
+    r = c.post("/api/queue/select", json={"strategy": "nope", "budget": 5})
+    assert r.status_code == 400 and "valid" in r.json()["message"]
+    assert c.post("/api/queue/select", json={"strategy": "random", "budget": 0}).status_code == 400
+    assert c.post("/api/queue", json={"ids": ["img001.png", "nope"]}).status_code == 404
+    rejected = c.post("/api/labels", json={"labels": [{"id": "nope", "label": "circle"}]}).json()
+    assert rejected["accepted"] == 0 and "unknown id" in rejected["rejected"][0]["reason"]
+    assert c.post("/api/labels", content="id=1", headers={"content-type": "application/x-www-form-urlencoded"}
+                  ).status_code == 422  # forms (another site's) cannot label: JSON only
+
+
+def test_set_queue_from_ids(web_agent: WebAgent) -> None:
+    c = web_agent.client()
+    r = c.post("/api/queue", json={"ids": ["img030.png", "img031.png", "img030.png"], "source": "map"})
+    assert r.json() == {"total": 2}
+    q = c.get("/api/queue").json()
+    assert [it["id"] for it in q["items"]] == ["img030.png", "img031.png"] and q["source"] == "map"
