@@ -15,9 +15,9 @@ from typing import Any
 
 from shortlist.v1 import agent_pb2
 
-# Chart size (inches at 100 dpi: 720 x 260 px) and colours (matplotlib's tab10, colour-blind friendlier
-# than the default cycle's order for a few series).
-WIDTH, HEIGHT = 7.2, 2.6
+# Chart size in inches (the SVG is shown at its natural size, 72 pt an inch, shrunk to fit narrower panels).
+WIDTH, HEIGHT = 12.0, 2.8
+NARROW = 6.0  # the class balance chart (half a page wide)
 MAX_SERIES = 8  # annotators drawn as their own line; the rest are summed as "others"
 
 
@@ -92,10 +92,10 @@ def audit_dict(a: agent_pb2.PriorAudit) -> dict[str, Any]:
                         for m in a.methods]}
 
 
-def _figure(height: float = HEIGHT) -> Any:
+def _figure(height: float = HEIGHT, width: float = WIDTH) -> Any:
     from matplotlib.figure import Figure  # imported on first use: ~1 s, and only the web app draws
 
-    fig = Figure(figsize=(WIDTH, height), dpi=100, layout="constrained")
+    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
     return fig
 
 
@@ -130,6 +130,9 @@ def timeline_svg(p: Progress) -> str:
         series = p.annotator_timeline[a.name]
         at, an = zip(*series, strict=True)
         ax.step(_dates(list(at)), an, where="post", linewidth=1.2, label=f"{a.name} (labels given)")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("count")
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", fontsize=8, frameon=False)
@@ -144,7 +147,7 @@ def timeline_svg(p: Progress) -> str:
 def class_balance_svg(p: Progress) -> str:
     """Current labels per class, as horizontal bars (most labelled first)."""
     items = sorted(p.per_class.items(), key=lambda kv: (-kv[1], kv[0]))
-    fig = _figure(max(1.2, 0.28 * len(items) + 0.6))
+    fig = _figure(max(1.2, 0.28 * len(items) + 0.6), NARROW)
     ax = fig.add_subplot()
     if not items:
         ax.text(0.5, 0.5, "no classes yet", ha="center", va="center", transform=ax.transAxes)
@@ -166,7 +169,7 @@ def audit_svg(audit: agent_pb2.PriorAudit) -> str:
     rows = [m for m in audit.methods if m.HasField("overall") and m.overall.total]
     if not rows:
         return ""
-    fig = _figure(max(1.2, 0.45 * len(rows) + 0.7))
+    fig = _figure(max(1.4, 0.45 * len(rows) + 0.9))
     ax = fig.add_subplot()
     names = [m.method for m in rows]
     acc = [m.overall.accuracy for m in rows]
@@ -174,14 +177,14 @@ def audit_svg(audit: agent_pb2.PriorAudit) -> str:
     hi = [m.overall.high - m.overall.accuracy for m in rows]
     ax.errorbar(acc, names, xerr=[lo, hi], fmt="o", color="#e45756", ecolor="#555555", capsize=4)
     conf = [m.mean_confidence for m in rows]
-    ax.scatter(conf, names, marker="|", s=200, color="#4c78a8", label="mean confidence")
+    ax.scatter(conf, names, marker="|", s=200, color="#4c78a8")
     for y, m in enumerate(rows):
         o = m.overall
         ax.annotate(f"{o.accuracy:.0%} ({o.low:.0%}-{o.high:.0%}), {o.correct}/{o.total}", (1.02, y),
                     xycoords=("axes fraction", "data"), va="center", fontsize=8)
     ax.set_xlim(0, 1)
-    ax.set_ylim(-0.6, len(rows) - 0.4)
-    ax.set_xlabel(f"accuracy on the audit labels ({audit.confidence_level:.0%} {audit.interval_method} interval)")
+    ax.set_ylim(len(rows) - 0.4, -0.6)  # first method on top, as in the table
+    ax.set_xlabel(f"red: accuracy on the audit labels with its {audit.confidence_level:.0%} "
+                  f"{audit.interval_method} interval; blue tick: the method's mean confidence")
     ax.grid(axis="x", alpha=0.3)
-    ax.legend(loc="lower left", fontsize=8, frameon=False)
     return _svg(fig)

@@ -33,6 +33,7 @@ ROUTERS = [
     "auth",
     "images",
     "queue",
+    "progress",  # labels over time, class balance, annotators, the audit, exports
 ]
 
 
