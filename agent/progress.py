@@ -41,6 +41,8 @@ class Progress:
     timeline: list[tuple[float, int]] = field(default_factory=list)
     # annotator -> [(time, labels given so far)]
     annotator_timeline: dict[str, list[tuple[float, int]]] = field(default_factory=dict)
+    # class -> [(time, current labels of that class given by then)]
+    class_timeline: dict[str, list[tuple[float, int]]] = field(default_factory=dict)
     annotators: dict[str, AnnotatorStats] = field(default_factory=dict)
     per_class: Counter[str] = field(default_factory=Counter)  # current labels per class
     per_source: Counter[str] = field(default_factory=Counter)  # current labels per source
@@ -70,6 +72,7 @@ def collect(history: Iterable[agent_pb2.LabelRecord], classes: Iterable[str] = (
         p.annotator_timeline.setdefault(r.annotator, []).append((r.time, a.labels))
         if r.current:
             p.per_class[r.label] += 1
+            p.class_timeline.setdefault(r.label, []).append((r.time, p.per_class[r.label]))
             p.per_source[r.source] += 1
             p.audit_labelled += int(r.audit)
     p.labelled = len(seen)
@@ -130,18 +133,39 @@ def timeline_svg(p: Progress) -> str:
         series = p.annotator_timeline[a.name]
         at, an = zip(*series, strict=True)
         ax.step(_dates(list(at)), an, where="post", linewidth=1.2, label=f"{a.name} (labels given)")
-    from matplotlib.ticker import MaxNLocator
-
-    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    _time_axis(ax)
     ax.set_ylabel("count")
-    ax.grid(alpha=0.3)
     ax.legend(loc="upper left", fontsize=8, frameon=False)
+    return _svg(fig)
+
+
+def class_timeline_svg(p: Progress) -> str:
+    """Current labels per class by the time they were given (the MAX_SERIES largest classes)."""
+    fig = _figure()
+    ax = fig.add_subplot()
+    if not p.class_timeline:
+        ax.text(0.5, 0.5, "no labels yet", ha="center", va="center", transform=ax.transAxes)
+        ax.set_axis_off()
+        return _svg(fig)
+    largest = sorted(p.class_timeline, key=lambda c: (-p.per_class[c], c))[:MAX_SERIES]
+    for name in largest:
+        ts, ns = zip(*p.class_timeline[name], strict=True)
+        ax.step(_dates(list(ts)), ns, where="post", linewidth=1.4, label=name)
+    _time_axis(ax)
+    ax.set_ylabel("labels (current)")
+    ax.legend(loc="upper left", fontsize=8, frameon=False, ncols=2)
+    return _svg(fig)
+
+
+def _time_axis(ax: Any) -> None:
     import matplotlib.dates as mdates
+    from matplotlib.ticker import MaxNLocator
 
     loc = mdates.AutoDateLocator()
     ax.xaxis.set_major_locator(loc)
     ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(loc))
-    return _svg(fig)
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
 
 
 def class_balance_svg(p: Progress) -> str:

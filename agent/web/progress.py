@@ -23,7 +23,7 @@ from starlette.background import BackgroundTask
 from starlette.responses import FileResponse, Response
 
 from agent import exports
-from agent.progress import Progress, audit_dict, audit_svg, class_balance_svg, collect, timeline_svg
+from agent.progress import Progress, audit_dict, audit_svg, class_balance_svg, class_timeline_svg, collect, timeline_svg
 from agent.web.auth import Caller, CallerDep, session
 from agent.web.errors import HttpError
 from agent.web.pages import render
@@ -54,7 +54,8 @@ def charts(status: agent_pb2.Status, p: Progress) -> dict[str, str]:
         if hit is not None:
             _CHARTS.move_to_end(key)
             return hit
-    drawn = {"timeline": timeline_svg(p), "classes": class_balance_svg(p), "audit": audit_svg(status.audit)}
+    drawn = {"timeline": timeline_svg(p), "class_timeline": class_timeline_svg(p), "classes": class_balance_svg(p),
+             "audit": audit_svg(status.audit)}
     with _CHARTS_LOCK:
         _CHARTS[key] = drawn
         while len(_CHARTS) > CHART_CACHE:
