@@ -181,18 +181,29 @@ def serve(data_dir: Path = typer.Option(..., "--data-dir", help="agent state fol
                                                    help="light Selects (random, margin, ...) computed at once"),
           max_queued_light: int = typer.Option(16, "--max-queued-light", min=0,
                                                help="light Selects waiting for a turn"),
+          max_concurrent_decodes: int = typer.Option(2, "--max-concurrent-decodes", min=1,
+                                                     help="Ingest: images above --large-image-pixels decoded "
+                                                          "at once"),
+          max_queued_decodes: int = typer.Option(4, "--max-queued-decodes", min=0,
+                                                 help="large images waiting to be decoded; beyond, that Ingest "
+                                                      "is RESOURCE_EXHAUSTED with a retry hint"),
+          large_image_pixels: int = typer.Option(4_000_000, "--large-image-pixels", min=0,
+                                                 help="images above this many pixels decode in the bounded "
+                                                      "decode lane"),
           web_port: int | None = typer.Option(None, "--web-port", min=0, show_default=False,
                                               help="also serve the labelling web app on this port (docs/app.md)"),
           web_host: str = typer.Option("127.0.0.1", "--web-host", help="address of the web app (anything but "
                                        "loopback needs --tls-cert/--tls-key and --tokens, or --insecure)")) -> None:
     """Run the agent until SIGTERM/SIGINT (then finish in-flight calls, snapshot the index, exit)."""
     from agent.config import AgentConfig, WorkConfig
+    from agent.memory import tune_malloc
     from agent.security import ServerSecurity, is_loopback
     from agent.service import create_server, stop_server
     from agent.state import ClassListError, SchemaVersionError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.umask(0o077)  # whatever the agent or a library creates is readable by its user only
+    tune_malloc()  # before the gRPC threads start: two malloc arenas, large blocks returned when freed
     class_list = tuple(c.strip() for c in classes.split(",") if c.strip()) or None
     try:
         limits = Limits(max_message_bytes=max_message_mb * MIB, max_samples_per_request=max_samples_per_request,
@@ -208,7 +219,10 @@ def serve(data_dir: Path = typer.Option(..., "--data-dir", help="agent state fol
                              min_free_bytes=int(min_free_mb * MIB),
                              work=WorkConfig(max_concurrent=max_concurrent_work, max_queued=max_queued_work,
                                              light_max_concurrent=max_concurrent_light,
-                                             light_max_queued=max_queued_light))
+                                             light_max_queued=max_queued_light,
+                                             decode_max_concurrent=max_concurrent_decodes,
+                                             decode_max_queued=max_queued_decodes,
+                                             large_image_pixels=large_image_pixels))
         web_config = None
         if web_port is not None:
             from agent.web.config import WebConfig

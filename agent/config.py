@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Literal
 
 from agent.limits import MIB, Limits
+from agent.pool_map import MapConfig
 from agent.security import ServerSecurity
 
-__all__ = ["MIB", "AgentConfig", "Limits"]
+__all__ = ["MIB", "AgentConfig", "Limits", "MapConfig"]
 
 
 @dataclass(frozen=True)
@@ -25,22 +26,33 @@ class WorkConfig:
     max_concurrent: int = 2
     max_queued: int = 8
     # Light work (strategies declared light at the request's budget: random, margin, entropy, ..., coreset
-    # and badge at small budgets) has a lane of its own, so it never waits behind k-means.
+    # and badge at small budgets) has a lane of its own, so it never waits behind k-means; light
+    # PriorLabels (knn for at most 1,000 ids) a second lane of the same size.
     light_max_concurrent: int = 4
     light_max_queued: int = 16
+    # Decoding an encoded image of more than ``large_image_pixels`` pixels (a 63.8-megapixel PNG of a few
+    # hundred KB decodes to 190 MB of RGB) takes a slot of its own lane: at most ``decode_max_concurrent``
+    # at once and ``decode_max_queued`` waiting (`--max-concurrent-decodes`, `--max-queued-decodes`);
+    # beyond, that Ingest is RESOURCE_EXHAUSTED at once with a retry hint (earlier batches stay stored).
+    large_image_pixels: int = 4_000_000
+    decode_max_concurrent: int = 2
+    decode_max_queued: int = 4
     # Answers of repeated identical Selects / PriorLabels kept, and the rows they may hold in all.
     cache_entries: int = 64
     cache_rows: int = 500_000
 
     def __post_init__(self) -> None:
-        if (min(self.max_concurrent, self.light_max_concurrent) < 1
-                or min(self.max_queued, self.light_max_queued, self.cache_entries, self.cache_rows) < 0):
-            raise ValueError("work: max_concurrent must be >= 1; max_queued, cache_entries, cache_rows >= 0")
+        if (min(self.max_concurrent, self.light_max_concurrent, self.decode_max_concurrent) < 1
+                or min(self.max_queued, self.light_max_queued, self.decode_max_queued, self.cache_entries,
+                       self.cache_rows, self.large_image_pixels) < 0):
+            raise ValueError("work: max_concurrent must be >= 1; max_queued, cache_entries, cache_rows, "
+                             "large_image_pixels >= 0")
 
     @property
     def threads(self) -> int:
         """gRPC threads the heavy and light lanes may hold at once (added to AgentConfig.workers)."""
-        return self.max_concurrent + self.max_queued + self.light_max_concurrent + self.light_max_queued
+        return (self.max_concurrent + self.max_queued + 2 * (self.light_max_concurrent + self.light_max_queued)
+                + self.decode_max_concurrent + self.decode_max_queued)
 
 
 @dataclass(frozen=True)
@@ -100,6 +112,7 @@ class AgentConfig:
     limits: Limits = field(default_factory=Limits)
     work: WorkConfig = field(default_factory=WorkConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
+    map: MapConfig = field(default_factory=MapConfig)  # the 2-D pool map (GetMap), agent/pool_map.py
     images: ImagesConfig = field(default_factory=ImagesConfig)
     security: ServerSecurity = field(default_factory=ServerSecurity)
 

@@ -9,6 +9,7 @@ Data folder layout::
     D/state.sqlite   (+ -wal, -shm)   samples, labels, embeddings, selections, model versions
     D/blobs/ab/cdef...                payloads by sha256 (absent with blobs off)
     D/index/v0003/                    hnswlib snapshot of the serving version
+    D/map/v0003.npz                   2-D map of the pool under the serving version (agent/pool_map.py)
 """
 
 from __future__ import annotations
@@ -30,10 +31,12 @@ from agent.cache import LruCache, fingerprint, frozen
 from agent.config import AgentConfig
 from agent.errors import FailedPrecondition, InvalidArgument, NotFound, storage_problem
 from agent.images import Images
+from agent.index import IndexView
 from agent.ingest import PAYLOAD_ERROR_KEY, IngestPipeline, unknown_label_reason
 from agent.limits import check_count, check_text, limit_hint, metadata_problem, text_problem
 from agent.models import ModelManager, Serving
 from agent.pool import Pool, state_rng
+from agent.pool_map import MapStatus, PoolMap
 from agent.priors import PRIOR_METHODS, get_prior_method
 from agent.security import DataDirLock, owner_only_dir
 from agent.state import INGEST_SOURCE, MANUAL_SOURCE, LabelEvent, SampleRecord, State
@@ -43,6 +46,12 @@ from shortlist.images import allow_pixels
 from shortlist.manifest import Manifest
 
 log = logging.getLogger(__name__)
+
+# GetMap: points per streamed message by default, and at most.
+MAP_CHUNK = 4096
+MAX_MAP_CHUNK = 65_536
+# (id, x, y, current label or "") of one map point.
+MapPointRow = tuple[str, float, float, str]
 
 # Pool.knn answers at most this many queries per index call, with a cancellation checkpoint between.
 KNN_BLOCK = 4096
@@ -163,6 +172,11 @@ class Agent:
         work = config.work
         self.work = Admission(work.max_concurrent, work.max_queued)
         self.light_work = Admission(work.light_max_concurrent, work.light_max_queued, lane="light")
+        # Light PriorLabels (knn for a few ids: ~0.3 CPU s at 50,000 rows and 5,000 labels, mostly its
+        # calibration) get a lane of the same size of their own, so light Selects (random, margin: tens of
+        # ms) never queue behind them (docs/reliability.md, Load).
+        self.light_prior_work = Admission(work.light_max_concurrent, work.light_max_queued, lane="light")
+        self.decode_work = Admission(work.decode_max_concurrent, work.decode_max_queued, lane="decode")
         # Select: (chosen ids and scores, details); PriorLabels: (probs, confidence).
         self.select_cache: LruCache[tuple[list[tuple[str, float]], dict[str, str]]] = LruCache(work.cache_entries,
                                                                                                  work.cache_rows)
@@ -177,13 +191,17 @@ class Agent:
             raise
         self.blobs = BlobStore(data_dir / "blobs") if config.blobs else None
         self.manager = ModelManager(config, self.state, self.blobs, on_classes=self._adopt_manifest_classes)
-        self.ingest = IngestPipeline(self.state, self.blobs, self.manager, config.limits)
+        self.ingest = IngestPipeline(self.state, self.blobs, self.manager, config.limits, self.decode_work,
+                                     work.large_image_pixels)
         self.auditor = PriorAuditor(config.audit, self.state.audit_seqs, self.state.labels_by_seq, self._audit_pool,
                                     lambda seq: self.state.record(seq).id, self._served_version, self.work,
                                     background=config.background)
         self.images = Images(self.state, self.blobs, config.images, config.limits.max_message_bytes,
                              config.limits.max_pixels)
         self.manager.start(background=config.background)
+        self.map = PoolMap(config.map, data_dir / "map", self._serving_view)
+        if config.background:
+            self.map.start()
 
     def _served_version(self) -> str:
         serving = self.manager.current
@@ -200,7 +218,10 @@ class Agent:
         self.auditor.stop()
         self.work.shutdown()  # cancels heavy work still running (it stops at its next checkpoint)
         self.light_work.shutdown()
+        self.light_prior_work.shutdown()
+        self.decode_work.shutdown()
         try:
+            self.map.stop()
             self.manager.stop()
             self.state.close()
         finally:
@@ -277,7 +298,7 @@ class Agent:
 
         pool = Pool(embeddings=view.vecs, labeled=labeled.astype(np.int64), labels=labels[labeled],
                     classes=classes, candidates=candidates.astype(np.int64), knn=knn, logits=logits,
-                    pretext_loss=view.pretext)
+                    pretext_loss=view.pretext, memo=index.memo)
         return pool, view.seqs
 
     def free_pool(self, where: Mapping[str, str]) -> tuple[Pool, np.ndarray]:
@@ -388,14 +409,15 @@ class Agent:
         if serving is None:
             raise FailedPrecondition(no_model_message(self.models))
         pool, seqs = self.model_pool(serving, {})
-        row_of = {int(q): r for r, q in enumerate(seqs)}
+        row_of = np.full(int(seqs.max(initial=0)) + 1, -1, np.int64)  # seq -> row under this version, -1 = none
+        row_of[seqs] = np.arange(len(seqs))
         if ids:
             unknown = [i for i in ids if self.state.lookup(i) is None]
             if unknown:
                 shown = ", ".join(repr(u) for u in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
                 raise NotFound(f"{len(unknown)} unknown id(s): {shown}; ingest them first")
             recs = [self.state.lookup(i) for i in ids]
-            missing = [r.id for r in recs if r is not None and r.seq not in row_of]
+            missing = [r.id for r in recs if r is not None and (r.seq >= len(row_of) or row_of[r.seq] < 0)]
             if missing:
                 raise FailedPrecondition(f"{len(missing)} sample(s) not embedded yet by {serving.version} "
                                          f"(e.g. {missing[0]!r}); retry when Status.embedded reaches Status.samples")
@@ -412,7 +434,7 @@ class Agent:
         cached = self.prior_cache.get(key)
         if cached is None:
             token = token or cancel.CancelToken()
-            lane = self.light_work if fn.is_light(len(rows)) else self.work
+            lane = self.light_prior_work if fn.is_light(len(rows)) else self.work
             with lane.slot(token, f"PriorLabels {method!r}"), cancel.scope(token):
                 pri = fn(pool, rows, state_rng(0, self.labelled_ids()), dict(params))
             cached = (np.asarray(pri.probs), np.asarray(pri.confidence))
@@ -425,6 +447,41 @@ class Agent:
             k = int(np.argmax(p))
             yield PriorResult(self.state.record(int(seqs[r])).id, classes[k], float(c),
                               {name: float(v) for name, v in zip(classes, p, strict=True)}, version)
+
+    # ---- GetMap ----------------------------------------------------------------------------------
+    def _serving_view(self) -> tuple[str, IndexView] | None:
+        serving = self.manager.current
+        return None if serving is None else (serving.version, serving.index.view())
+
+    def get_map(self, offset: int, limit: int, chunk: int) -> tuple[MapStatus, Iterator[list[MapPointRow]]]:
+        """The map's header and its points ``offset`` .. ``offset + limit`` (all when ``limit`` is 0) as
+        (id, x, y, current label or "") rows, ``chunk`` per list (0: MAP_CHUNK). Answered from memory:
+        the map is made by the background thread (agent/pool_map.py), which this call wakes so samples
+        ingested since are placed within seconds."""
+        if offset < 0 or limit < 0:
+            raise InvalidArgument(f"offset and limit must be >= 0 (got offset {offset}, limit {limit})")
+        if not 0 <= chunk <= MAX_MAP_CHUNK:
+            raise InvalidArgument(f"chunk must be between 1 and {MAX_MAP_CHUNK:,} points (0: {MAP_CHUNK:,}); "
+                                  f"got {chunk}")
+        self.map.wake()
+        st = self.map.status()
+        m = self.map.snapshot(st.version) if st.state == "ready" else None
+        if m is None:
+            return st, iter(())
+        stop = m.n if limit == 0 else min(m.n, offset + limit)
+        return st, self._iter_map(m.seqs, m.xy, offset, stop, chunk or MAP_CHUNK)
+
+    def _iter_map(self, seqs: np.ndarray, xy: np.ndarray, start: int, stop: int,
+                  chunk: int) -> Iterator[list[MapPointRow]]:
+        classes = list(self.state.classes)
+        for a in range(start, stop, chunk):
+            b = min(stop, a + chunk)
+            labels = self.state.labels_by_seq()  # fresh per chunk: a label given meanwhile shows up
+            part = []
+            for q, (x, y) in zip(seqs[a:b].tolist(), xy[a:b].tolist(), strict=True):
+                lab = int(labels[q]) if q < len(labels) else -1
+                part.append((self.state.record(q).id, x, y, classes[lab] if 0 <= lab < len(classes) else ""))
+            yield part
 
     # ---- Status / listing ------------------------------------------------------------------------
     def status(self) -> AgentStatus:

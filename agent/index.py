@@ -8,8 +8,12 @@ graph is a cache persisted to ``<data>/index/<version>/`` (``hnsw.bin``, the row
 sees the old snapshot or the new one; on start-up the snapshot is loaded and the rows stored after it
 are added from SQLite, instead of rebuilding the graph (or re-embedding the pool).
 
-hnswlib is not safe for ``add_items`` during ``knn_query`` (nor for resizing during either), so every
-use of the graph holds ``self.lock``.
+hnswlib's ``knn_query`` may run in many threads at once, but not beside ``add_items`` or a resize, so
+``self.lock`` is a readers-writer lock (fasteners.ReaderWriterLock, writer-preferring): queries,
+views and snapshots share it, ``add`` holds it alone. A query therefore never waits for another query,
+only for an add in progress (one Ingest batch). Rows added after a caller's view are left out of its
+answer by asking for that many more neighbours and dropping them in numpy, not by hnswlib's filter
+callback (a Python call per visited node, under the GIL).
 """
 
 from __future__ import annotations
@@ -18,13 +22,14 @@ import json
 import logging
 import os
 import shutil
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+import fasteners
 import hnswlib
 import numpy as np
 
+from agent.pool import PoolMemo
 from agent.security import OWNER_DIR, OWNER_FILE
 from agent.state import StoredEmbeddings
 
@@ -32,7 +37,10 @@ log = logging.getLogger(__name__)
 
 M = 16  # graph degree (hnswlib's default); with ef below, recall@10 is well above 0.95 at our sizes
 EF_CONSTRUCTION = 100
-EF_SEARCH = 128
+EF_SEARCH = 128  # hnswlib searches with max(ef, k), so a larger k needs no set_ef (a graph-wide setting)
+# A query whose view lacks at most this many of the graph's rows (added since the view) over-fetches
+# and filters in numpy; beyond, hnswlib's filter callback leaves them out (slower, but exact in count).
+OVERFETCH_MAX = 4096
 
 
 @dataclass
@@ -53,7 +61,7 @@ class VersionIndex:
     def __init__(self, version: str, dim: int, num_logits: int, with_pretext: bool, capacity: int = 1024) -> None:
         self.version = version
         self.dim = dim
-        self.lock = threading.RLock()
+        self.lock = fasteners.ReaderWriterLock()
         self.n = 0
         cap = max(capacity, 16)
         self._seqs = np.zeros(cap, np.int64)
@@ -65,6 +73,7 @@ class VersionIndex:
         self._graph.set_ef(EF_SEARCH)
         self._graph.set_num_threads(1)  # deterministic graph; the agent's parallelism is across requests
         self._seq_set: set[int] = set()
+        self.memo = PoolMemo()  # what strategies derive from these rows and reuse (agent.pool.PoolMemo)
 
     # ---- growth ----------------------------------------------------------------------------------
     def _ensure_capacity(self, need: int) -> None:
@@ -83,7 +92,7 @@ class VersionIndex:
             pretext: np.ndarray | None = None) -> int:
         """Append K rows (seqs K, vecs KxD unit rows, logits KxC, pretext K); returns the first row."""
         k = len(seqs)
-        with self.lock:
+        with self.lock.write_lock():
             start = self.n
             if k == 0:
                 return start
@@ -103,7 +112,7 @@ class VersionIndex:
         return seq in self._seq_set
 
     def view(self) -> IndexView:
-        with self.lock:
+        with self.lock.read_lock():
             n = self.n
             return IndexView(n, self._seqs[:n], self._vecs[:n],
                              None if self._logits is None else self._logits[:n],
@@ -114,17 +123,27 @@ class VersionIndex:
         """k nearest rows (< ``limit`` when given: a view's size) of each query (QxD unit rows).
         Returns rows QxK int64 and cosine distances QxK float32, ascending."""
         q = np.ascontiguousarray(queries, np.float32)
-        with self.lock:
+        with self.lock.read_lock():
             n = self.n if limit is None else min(limit, self.n)
             k = min(k, n)
             if k <= 0 or len(q) == 0:
                 return np.zeros((len(q), 0), np.int64), np.zeros((len(q), 0), np.float32)
-            self._graph.set_ef(max(EF_SEARCH, k))
-            if n < self.n:  # rows added after the caller's view: leave them out
-                rows, dists = self._graph.knn_query(q, k=k, filter=lambda r: r < n)
-            else:
+            extra = self.n - n  # rows added after the caller's view: leave them out
+            if extra == 0:
                 rows, dists = self._graph.knn_query(q, k=k)
-        return rows.astype(np.int64), dists.astype(np.float32)
+            elif extra <= OVERFETCH_MAX:
+                rows, dists = self._graph.knn_query(q, k=k + extra)
+            else:
+                rows, dists = self._graph.knn_query(q, k=k, filter=lambda r: r < n)
+        rows = rows.astype(np.int64)
+        dists = dists.astype(np.float32)
+        if rows.shape[1] > k:
+            # At most ``extra`` of each query's k + extra neighbours are new rows: keep the first k old
+            # ones, in order (a stable sort of "is new" puts them first).
+            keep = np.argsort(rows >= n, axis=1, kind="stable")[:, :k]
+            rows = np.take_along_axis(rows, keep, axis=1)
+            dists = np.take_along_axis(dists, keep, axis=1)
+        return rows, dists
 
     # ---- persistence -----------------------------------------------------------------------------
     def save(self, folder: Path) -> None:
@@ -133,7 +152,7 @@ class VersionIndex:
         tmp = folder.parent / f".tmp-{folder.name}-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(mode=OWNER_DIR)
-        with self.lock:
+        with self.lock.read_lock():
             n = self.n
             self._graph.save_index(str(tmp / "hnsw.bin"))
             np.save(tmp / "rows.npy", self._seqs[:n])

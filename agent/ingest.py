@@ -30,13 +30,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from agent.admission import Admission
 from agent.blobs import BlobStore, sha256_hex
+from agent.cancel import CancelToken
 from agent.embedder import EmbedOutput
 from agent.errors import Cancelled, ResourceExhausted
 from agent.limits import Limits, check_count, limit_hint, metadata_problem, text_problem
 from agent.models import ModelManager
 from agent.state import EmbeddingRows, NewSample, SampleRecord, State
-from shortlist.images import TooManyPixels, decode_payload
+from shortlist.images import TooManyPixels, decode_payload, image_header
 from shortlist.manifest import Preprocess
 
 log = logging.getLogger(__name__)
@@ -127,12 +129,16 @@ def _stored_note(e: BaseException, accepted: int) -> BaseException:
 class IngestPipeline:
     """Ingest for one agent: its state, blob store (None with --no-blobs), model manager and limits."""
 
-    def __init__(self, state: State, blobs: BlobStore | None, manager: ModelManager, limits: Limits) -> None:
+    def __init__(self, state: State, blobs: BlobStore | None, manager: ModelManager, limits: Limits,
+                 decodes: Admission | None = None, large_image_pixels: int = 0) -> None:
         self.state = state
         self.blobs = blobs
         self.manager = manager
         self.limits = limits
         self._streams = threading.BoundedSemaphore(limits.max_ingest_streams)
+        # Encoded images above large_image_pixels decode in a slot of ``decodes`` (None: no bound).
+        self.decodes = decodes
+        self.large_image_pixels = large_image_pixels
 
     # ---- per-sample checks -----------------------------------------------------------------------
     def sample_problem(self, s: Incoming) -> str | None:
@@ -156,16 +162,25 @@ class IngestPipeline:
                     f"the limit of {lim.max_image_bytes:,} bytes {limit_hint('max_image_bytes')}")
         return None
 
-    def _decode(self, s: Incoming, pre: Preprocess | None) -> np.ndarray:
+    def _decode(self, s: Incoming, pre: Preprocess | None, token: CancelToken | None = None) -> np.ndarray:
         try:
+            if self.decodes is not None and s.kind == "image":
+                width, height = image_header(s.data, self.limits.max_pixels)  # the header only: cheap
+                if width * height > self.large_image_pixels:
+                    # Its decoded pixels (3 bytes each, and Pillow's copies) are what 16 concurrent Ingests
+                    # of one small PNG turned into gigabytes: a bounded number decode at once.
+                    with self.decodes.slot(token or CancelToken(), f"decoding the {width}x{height} image {s.id!r}",
+                                           kind="large image decode"):
+                        return decode_payload(s.kind, s.data, s.dtype, s.shape, pre, self.limits.max_pixels)
             return decode_payload(s.kind, s.data, s.dtype, s.shape, pre, self.limits.max_pixels)
         except TooManyPixels as e:
             raise TooManyPixels(f"{e} {limit_hint('max_pixels')}") from None
 
     # ---- the three stages of one batch -----------------------------------------------------------
-    def prepare(self, samples: Sequence[Incoming]) -> Prepared:
+    def prepare(self, samples: Sequence[Incoming], token: CancelToken | None = None) -> Prepared:
         """Stage 1 (no lock, runs beside stage 2 of the previous batch): validate ids, limits and
-        payloads, decode them at the serving model's size, drop repeats within the batch, write blobs."""
+        payloads, decode them at the serving model's size, drop repeats within the batch, write blobs.
+        ``token`` (the call's) bounds the wait for a large-image decode slot."""
         check_count(samples, self.limits.max_samples_per_request, "max_samples_per_request", "samples",
                     "send fewer samples per IngestRequest (`shortlist ingest --batch`)")
         serving = self.manager.current
@@ -192,7 +207,8 @@ class IngestPipeline:
                 continue
             try:
                 # Without a model, still refuse what could never be embedded (decoded at full size).
-                pixels: np.ndarray | None = self._decode(s, None if serving is None else serving.manifest.preprocess)
+                pixels: np.ndarray | None = self._decode(s, None if serving is None else serving.manifest.preprocess,
+                                                         token)
                 if serving is None:
                     pixels = None
             except ValueError as e:
@@ -308,14 +324,17 @@ class IngestPipeline:
         finally:
             self._streams.release()
 
-    def stream(self, batches: Iterable[Sequence[Incoming]], active: Callable[[], bool] = lambda: True) -> IngestResult:
+    def stream(self, batches: Iterable[Sequence[Incoming]], active: Callable[[], bool] = lambda: True,
+               token: CancelToken | None = None) -> IngestResult:
         """Ingest every batch of ``batches`` (read lazily, e.g. from a gRPC client stream) through the
         three stages in three threads. ``active()`` False means the client went away (then a failure
-        is Cancelled). Raises what a stage raised, noting how many samples were stored before it."""
+        is Cancelled). Raises what a stage raised, noting how many samples were stored before it.
+        ``token``: the call's (its deadline and cancellation end a wait for a large-image decode slot)."""
         with self.stream_slot():
-            return self._pipeline(batches, active)
+            return self._pipeline(batches, active, token)
 
-    def _pipeline(self, batches: Iterable[Sequence[Incoming]], active: Callable[[], bool]) -> IngestResult:
+    def _pipeline(self, batches: Iterable[Sequence[Incoming]], active: Callable[[], bool],
+                  token: CancelToken | None = None) -> IngestResult:
         done = threading.Event()
         prepared: queue.Queue[object] = queue.Queue(maxsize=2)
         embedded: queue.Queue[object] = queue.Queue(maxsize=2)
@@ -332,7 +351,7 @@ class IngestPipeline:
         def read() -> None:
             try:
                 for samples in batches:
-                    if not put(prepared, self.prepare(samples)):
+                    if not put(prepared, self.prepare(samples, token)):
                         return
                 put(prepared, None)
             except BaseException as e:  # a malformed message, the client cancelled, or a bug: hand it on

@@ -8,19 +8,41 @@ which are plain functions of a ``Pool``). No torch here: the agent runs with onn
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from agent.errors import FailedPrecondition, InvalidArgument
 
-__all__ = ["FailedPrecondition", "InvalidArgument", "KnnFn", "Pool", "PriorMethod", "Priors", "Selection", "Strategy",
-           "state_rng"]
+__all__ = ["FailedPrecondition", "InvalidArgument", "KnnFn", "Pool", "PoolMemo", "PriorMethod", "Priors", "Selection",
+           "Strategy", "state_rng"]
 
 # (queries QxD float32 L2-normalised, k) -> (rows QxK int64 into Pool.embeddings, distances QxK float32,
 # cosine distance 1 - cos, ascending). A query that is itself in the pool finds itself first.
 KnnFn = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
+
+
+class PoolMemo:
+    """What algorithms derive from one model version's embeddings and may reuse across requests: a few
+    named entries (e.g. the similarity of every row to the labelled set, kept up to date as labels and
+    rows are added), each replaced as a whole. Rows of a version never change, only grow, so an entry
+    computed over the first n rows stays true of them. The agent keeps one per serving version
+    (agent/index.py); a Pool without one (tests, benchmarks) computes everything afresh."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._items: dict[str, Any] = {}
+
+    def get(self, name: str) -> Any:
+        with self._lock:
+            return self._items.get(name)
+
+    def put(self, name: str, value: Any) -> None:
+        with self._lock:
+            self._items[name] = value
 
 
 @dataclass
@@ -37,6 +59,7 @@ class Pool:
         logits: NxC float32 from the model's ``logits`` output when its classes equal ``classes``, else None.
         pretext_loss: N float32 per-sample pretext-task loss (RotNet 4-way rotation cross-entropy, nats)
             when the model has a ``rotation_logits`` head, else None.
+        memo: derived arrays of this version's embeddings shared across requests (PoolMemo), or None.
     """
 
     embeddings: np.ndarray
@@ -47,6 +70,7 @@ class Pool:
     knn: KnnFn
     logits: np.ndarray | None = None
     pretext_loss: np.ndarray | None = None
+    memo: PoolMemo | None = None
 
     @property
     def num_classes(self) -> int:

@@ -52,6 +52,7 @@ RPC_ROLES: Mapping[str, str] = {
     "ListSamples": READ,
     "GetStatus": READ,
     "ListLabels": READ,
+    "GetMap": READ,
     "GetImages": READ,
     "Ingest": WRITE,
     "SubmitLabels": WRITE,

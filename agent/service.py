@@ -91,7 +91,7 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
                context: grpc.ServicerContext) -> agent_pb2.IngestReply:
         # The pipeline (agent.ingest) reads the stream lazily in its own thread.
         batches = ([incoming(s) for s in req.samples] for req in request_iterator)
-        total = self.agent.ingest.stream(batches, active=context.is_active)
+        total = self.agent.ingest.stream(batches, active=context.is_active, token=call_token(context))
         return agent_pb2.IngestReply(
             accepted=total.accepted, duplicates=total.duplicates,
             rejected=[agent_pb2.Rejection(id=i, reason=r) for i, r in total.rejected],
@@ -136,6 +136,23 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
         for e in self.agent.list_labels(request.history):
             yield agent_pb2.LabelRecord(id=e.id, label=e.label, annotator=e.annotator, time=e.time, source=e.source,
                                         model_version=e.model_version, audit=e.audit, current=e.current)
+
+    def GetMap(self, request: agent_pb2.GetMapRequest, context: grpc.ServicerContext) -> Iterator[agent_pb2.MapChunk]:
+        st, chunks = self.agent.get_map(request.offset, request.limit, request.chunk)
+
+        def chunk_message() -> agent_pb2.MapChunk:
+            return agent_pb2.MapChunk(model_version=st.version, state=st.state, progress=st.progress,
+                                      method=st.method, total=st.total, fitted=st.fitted, pending=st.pending,
+                                      recomputing=st.recomputing, message=st.message)
+
+        sent = False
+        for part in chunks:
+            sent = True
+            msg = chunk_message()
+            msg.points.extend(agent_pb2.MapPoint(id=i, x=x, y=y, label=lab) for i, x, y, lab in part)
+            yield msg
+        if not sent:
+            yield chunk_message()
 
     def GetStatus(self, request: agent_pb2.GetStatusRequest, context: grpc.ServicerContext) -> agent_pb2.Status:
         return self._status()
@@ -184,7 +201,10 @@ def create_server(config: AgentConfig, interceptors: Sequence[grpc.ServerInterce
             ("grpc.max_send_message_length", limits.max_message_bytes),
             ("grpc.so_reuseport", 0),
             *options]
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="rpc"),
+        # The lanes' running and queued calls hold gRPC threads of their own on top of ``workers``, so a
+        # full queue of heavy calls never leaves GetStatus, SubmitLabels or Ingest without a thread.
+        threads = config.workers + config.work.threads
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="rpc"),
                              interceptors=[*auth, ErrorMapping((SERVICE_NAME,)), *interceptors],
                              options=server_options)
         agent_pb2_grpc.add_AgentServicer_to_server(AgentServicer(agent, warnings), server)
@@ -221,5 +241,7 @@ def stop_server(server: grpc.Server, agent: Agent, grace: float = 5.0) -> None:
         health_servicer.enter_graceful_shutdown()
     agent.work.shutdown()
     agent.light_work.shutdown()
+    agent.light_prior_work.shutdown()
+    agent.decode_work.shutdown()
     server.stop(grace).wait()
     agent.close()

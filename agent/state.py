@@ -538,11 +538,21 @@ class State:
     # ---- selections, model versions, meta --------------------------------------------------------
     def record_selection(self, selection_id: str, request: dict[str, object], result: list[tuple[str, float]],
                          model_version: str) -> None:
-        with self._lock, self._transaction():
-            self._db.execute(
-                "INSERT INTO selections(selection_id, request, result, model_version, time) VALUES (?,?,?,?,?)",
-                (selection_id, json.dumps(request, sort_keys=True), json.dumps(result), model_version,
-                 time.time()))
+        """Record a Select. Its commit is ``synchronous=NORMAL``: written to the WAL (a crash of the process
+        keeps it) but not fsynced, so every Select does not wait for the disk under the state lock
+        (queueing behind each other's and SubmitLabels' fsyncs); the next FULL commit (a label, a sample)
+        or checkpoint makes it durable. A power loss can lose the last selection records, never an
+        acknowledged label or sample. Disk full / read-only still fail here (the write itself fails)."""
+        with self._lock:
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            try:
+                with self._transaction():
+                    self._db.execute(
+                        "INSERT INTO selections(selection_id, request, result, model_version, time) VALUES (?,?,?,?,?)",
+                        (selection_id, json.dumps(request, sort_keys=True), json.dumps(result), model_version,
+                         time.time()))
+            finally:
+                self._db.execute("PRAGMA synchronous=FULL")
 
     def selections(self) -> list[tuple[str, dict[str, object], list[list[object]], str]]:
         with self._lock:

@@ -8,7 +8,8 @@ import typer
 
 
 def register(app: typer.Typer, bench_app: typer.Typer) -> None:
-    for module in ("bench.cifar10", "bench.strategies", "bench.load", "bench.as3l", "bench.recipes.commands"):
+    for module in ("bench.cifar10", "bench.strategies", "bench.load", "bench.as3l", "bench.recipes.commands",
+                   "bench.map"):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as e:

@@ -526,21 +526,39 @@ def summarise(calls: Sequence[Call]) -> list[dict[str, Any]]:
     return rows
 
 
+def cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU seconds ``pid`` has used, all its threads (/proc/PID/stat); None when unreadable."""
+    if not pid:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime (fields 14, 15)
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def solo_timings(cfg: LoadConfig, stub: agent_pb2_grpc.AgentStub, strategies: Sequence[str],
-                 ids: list[str], say: Callable[[str], None]) -> list[dict[str, Any]]:
-    """Every strategy (and prior method) called once with nothing else running."""
+                 ids: list[str], say: Callable[[str], None], pid: int | None = None) -> list[dict[str, Any]]:
+    """Every strategy (and prior method) called once with nothing else running: wall seconds, and the CPU
+    seconds the agent process used meanwhile (all its threads; ``pid`` known). On a machine shared with
+    other work the wall time stretches and the CPU time does not: with the machine to itself the call
+    would take at most its CPU time (less where it uses several cores)."""
     out = []
-    for name in strategies:
-        req = agent_pb2.SelectRequest(budget=cfg.budget, strategy=name, seed=cfg.seed)
-        code, secs = timed(partial(stub.Select, req, timeout=cfg.timeout))
-        out.append({"rpc": "Select", "name": name, "code": code, "seconds": secs})
-        say(f"  alone: Select {name}: {secs:.2f} s {code}")
-    pick = ids[: cfg.prior_ids]
-    for method in cfg.priors:
-        pri = agent_pb2.PriorLabelsRequest(method=method, ids=pick)
-        code, secs = timed(partial(drain, stub.PriorLabels, pri, cfg.timeout))
-        out.append({"rpc": "PriorLabels", "name": method, "code": code, "seconds": secs})
-        say(f"  alone: PriorLabels {method}: {secs:.2f} s {code}")
+    calls: list[tuple[str, str, Callable[[], object]]] = [
+        ("Select", name, partial(stub.Select, agent_pb2.SelectRequest(budget=cfg.budget, strategy=name,
+                                                                      seed=cfg.seed), timeout=cfg.timeout))
+        for name in strategies]
+    calls += [("PriorLabels", method, partial(drain, stub.PriorLabels,
+                                              agent_pb2.PriorLabelsRequest(method=method, ids=ids[: cfg.prior_ids]),
+                                              cfg.timeout))
+              for method in cfg.priors]
+    for rpc, name, call in calls:
+        cpu0 = cpu_seconds(pid)
+        code, secs = timed(call)
+        cpu1 = cpu_seconds(pid)
+        cpu = None if cpu0 is None or cpu1 is None else round(cpu1 - cpu0, 2)
+        out.append({"rpc": rpc, "name": name, "code": code, "seconds": secs, "cpu_seconds": cpu})
+        say(f"  alone: {rpc} {name}: {secs:.2f} s {code}" + ("" if cpu is None else f", agent CPU {cpu:.2f} s"))
     return out
 
 
@@ -644,7 +662,8 @@ def _run(cfg: LoadConfig, target: Target, say: Callable[[str], None]) -> dict[st
         solo_names = list(status.strategies) if "all" in cfg.solo else [s for s in cfg.solo if s]
         say(f"pool {status.samples} samples, {len(labels)} labelled, model {status.model_version or '(none)'}")
         rss_start = rss_bytes(target.pid) if target.pid else {}
-        solo = solo_timings(cfg, stub, solo_names, [i for i in ids if i not in labels], say) if solo_names else []
+        solo = (solo_timings(cfg, stub, solo_names, [i for i in ids if i not in labels], say, target.pid)
+                if solo_names else [])
         tag = f"{int(time.time())}-{os.getpid()}"
         warm: World | None = None
         if cfg.warmup > 0:
@@ -709,10 +728,11 @@ def print_results(res: dict[str, Any], console: Console) -> None:
     console.print(table)
     if res["solo"]:
         solo = Table(title="each alone, before the load")
-        for col in ("rpc", "name", "seconds", "status"):
+        for col in ("rpc", "name", "seconds", "agent CPU s", "status"):
             solo.add_column(col)
         for s in res["solo"]:
-            solo.add_row(s["rpc"], s["name"], f"{s['seconds']:.2f}", s["code"])
+            cpu = s.get("cpu_seconds")
+            solo.add_row(s["rpc"], s["name"], f"{s['seconds']:.2f}", "-" if cpu is None else f"{cpu:.2f}", s["code"])
         console.print(solo)
     rss = res["rss"]
     if rss:

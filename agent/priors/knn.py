@@ -11,7 +11,7 @@ from agent.errors import InvalidArgument
 from agent.params import Param, prior_method
 from agent.pool import Pool, Priors
 from agent.priors._common import normalise_rows, require_labels, with_known_labels
-from agent.strategies._common import block_rows
+from agent.strategies._common import block_rows, embedding_mean
 
 KNN_K = 20
 # Default: similarities are measured after centring (SimpleShot's CL2N) and the temperature is this
@@ -20,8 +20,11 @@ KNN_K = 20
 # whose cosines spread over [-1, 1]. Chosen on concentrated synthetic blobs and on scikit-learn's digits
 # (docs/strategies.md, "knn prior"): 0.1-0.3 tie with 1-NN at 10-40 labels, 0.3 is ahead at 100.
 KNN_RELATIVE_TEMPERATURE = 0.3
-# Rows of the pool (an even stride) whose similarities to the labelled rows estimate the spread.
+# Rows of the pool (an even stride) whose similarities to the labelled rows estimate the spread, and at
+# most this many labelled rows (an even stride): 2000 x 500 similarities estimate one standard deviation
+# well, and the cost no longer grows with the labelled set.
 SPREAD_ROWS = 2000
+SPREAD_LABELLED = 500
 # While R x L (requested x labelled rows) stays under this, the vote searches the labelled rows exactly
 # (blocked dot products, ~1 s per 1e9 on two cores); beyond, the pool's hnswlib index is asked for
 # enough neighbours to expect k labelled ones among them, and those are re-ranked by the centred cosine.
@@ -86,10 +89,11 @@ def _labelled_neighbours(space: _Space, rows: np.ndarray, k: int) -> tuple[np.nd
 
 def similarity_spread(space: _Space) -> float:
     """Standard deviation of the similarities between an even-stride sample of SPREAD_ROWS pool rows and
-    the labelled rows (a function of the pool and its labels, not of the rows requested)."""
+    of SPREAD_LABELLED labelled rows (a function of the pool and its labels, not of the rows requested)."""
     n = len(space.pool.embeddings)
     sample = np.arange(0, n, max(1, n // SPREAD_ROWS))
-    return float(np.std(space.rows(sample) @ space.lab.T))
+    lab = space.lab[::max(1, len(space.lab) // SPREAD_LABELLED)]
+    return float(np.std(space.rows(sample) @ lab.T))
 
 
 @prior_method("knn", *KNN_PARAMS, light_rows=KNN_LIGHT_ROWS)
@@ -121,7 +125,7 @@ def knn_prior(pool: Pool, rows: np.ndarray, rng: np.random.Generator, params: Ma
     require_labels(pool, "knn")
     rows = np.asarray(rows, np.int64)
     d = pool.embeddings.shape[1]
-    space = _Space(pool, np.zeros(d, np.float32) if tau is not None else pool.embeddings.mean(axis=0))
+    space = _Space(pool, np.zeros(d, np.float32) if tau is not None else embedding_mean(pool))
     if tau is None:
         tau = relative * max(similarity_spread(space), 1e-6)
     cls, sim = _labelled_neighbours(space, rows, k)

@@ -16,6 +16,7 @@ from agent.strategies._common import (
     block_rows,
     cosine_to_l2,
     fit_kmeans,
+    labelled_similarity,
     rows_matrix,
 )
 
@@ -28,7 +29,8 @@ def coreset(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping[s
     of the k-center problem). Delta is the Euclidean distance between the L2-normalised
     embeddings. With no labels the first centre is a random candidate (seeded).
 
-    Cost O((L + budget) * M * D): blocked dot products, one matrix-vector product per pick.
+    Cost O((L + budget) * M * D): blocked dot products, one matrix-vector product per pick; the L part
+    only for labels added since the last Select under the same model version (labelled_similarity).
     No params. Score: the pick's distance to the set at the time it was picked.
     """
     cand = pool.candidates
@@ -37,14 +39,8 @@ def coreset(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping[s
         return Selection(rows=cand[:0], scores=np.zeros(0))
     x = rows_matrix(pool.embeddings, cand)  # MxD
     # Cosine similarity to the nearest centre; Euclidean distance of unit vectors = sqrt(2 - 2 cos).
-    best_sim = np.full(len(cand), -np.inf, np.float32)
-    if len(pool.labeled):
-        labelled_x = pool.embeddings[pool.labeled]
-        step = block_rows(len(labelled_x))
-        for start in range(0, len(cand), step):
-            checkpoint()
-            sim = x[start:start + step] @ labelled_x.T  # BxL
-            best_sim[start:start + step] = sim.max(axis=1)
+    # The labelled rows' part is kept up to date across requests (labelled_similarity).
+    best_sim = np.array(labelled_similarity(pool)[cand], np.float32)
     rows: list[int] = []
     scores: list[float] = []
     picked = np.zeros(len(cand), bool)

@@ -326,6 +326,52 @@ class ReloadModelRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class GetMapRequest(_message.Message):
+    __slots__ = ("offset", "limit", "chunk")
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    offset: int
+    limit: int
+    chunk: int
+    def __init__(self, offset: _Optional[int] = ..., limit: _Optional[int] = ..., chunk: _Optional[int] = ...) -> None: ...
+
+class MapChunk(_message.Message):
+    __slots__ = ("model_version", "state", "progress", "method", "total", "fitted", "pending", "recomputing", "message", "points")
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    FITTED_FIELD_NUMBER: _ClassVar[int]
+    PENDING_FIELD_NUMBER: _ClassVar[int]
+    RECOMPUTING_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    POINTS_FIELD_NUMBER: _ClassVar[int]
+    model_version: str
+    state: str
+    progress: float
+    method: str
+    total: int
+    fitted: int
+    pending: int
+    recomputing: bool
+    message: str
+    points: _containers.RepeatedCompositeFieldContainer[MapPoint]
+    def __init__(self, model_version: _Optional[str] = ..., state: _Optional[str] = ..., progress: _Optional[float] = ..., method: _Optional[str] = ..., total: _Optional[int] = ..., fitted: _Optional[int] = ..., pending: _Optional[int] = ..., recomputing: _Optional[bool] = ..., message: _Optional[str] = ..., points: _Optional[_Iterable[_Union[MapPoint, _Mapping]]] = ...) -> None: ...
+
+class MapPoint(_message.Message):
+    __slots__ = ("id", "x", "y", "label")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    X_FIELD_NUMBER: _ClassVar[int]
+    Y_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    x: float
+    y: float
+    label: str
+    def __init__(self, id: _Optional[str] = ..., x: _Optional[float] = ..., y: _Optional[float] = ..., label: _Optional[str] = ...) -> None: ...
+
 class GetImagesRequest(_message.Message):
     __slots__ = ("ids", "max_side", "format")
     IDS_FIELD_NUMBER: _ClassVar[int]

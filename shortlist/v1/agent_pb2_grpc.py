@@ -74,6 +74,11 @@ class AgentStub:
                 request_serializer=shortlist_dot_v1_dot_agent__pb2.ListLabelsRequest.SerializeToString,
                 response_deserializer=shortlist_dot_v1_dot_agent__pb2.LabelRecord.FromString,
                 _registered_method=True)
+        self.GetMap = channel.unary_stream(
+                '/shortlist.v1.Agent/GetMap',
+                request_serializer=shortlist_dot_v1_dot_agent__pb2.GetMapRequest.SerializeToString,
+                response_deserializer=shortlist_dot_v1_dot_agent__pb2.MapChunk.FromString,
+                _registered_method=True)
         self.GetImages = channel.unary_unary(
                 '/shortlist.v1.Agent/GetImages',
                 request_serializer=shortlist_dot_v1_dot_agent__pb2.GetImagesRequest.SerializeToString,
@@ -141,6 +146,15 @@ class AgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetMap(self, request, context):
+        """2-D coordinates of the pool's embeddings under the serving model version (PCA then t-SNE, computed
+        in the background per model version and cached in the data folder), streamed in chunks. While no
+        map exists for the version yet the stream is one message with state "computing" and its progress.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetImages(self, request, context):
         """Samples' images for people to look at (the web app's grid, Label Studio): the stored payload as
         ingested, or a small thumbnail (EXIF orientation applied, JPEG or WebP), cached by the agent.
@@ -191,6 +205,11 @@ def add_AgentServicer_to_server(servicer, server):
                     servicer.ListLabels,
                     request_deserializer=shortlist_dot_v1_dot_agent__pb2.ListLabelsRequest.FromString,
                     response_serializer=shortlist_dot_v1_dot_agent__pb2.LabelRecord.SerializeToString,
+            ),
+            'GetMap': grpc.unary_stream_rpc_method_handler(
+                    servicer.GetMap,
+                    request_deserializer=shortlist_dot_v1_dot_agent__pb2.GetMapRequest.FromString,
+                    response_serializer=shortlist_dot_v1_dot_agent__pb2.MapChunk.SerializeToString,
             ),
             'GetImages': grpc.unary_unary_rpc_method_handler(
                     servicer.GetImages,
@@ -414,6 +433,33 @@ class Agent:
             '/shortlist.v1.Agent/ListLabels',
             shortlist_dot_v1_dot_agent__pb2.ListLabelsRequest.SerializeToString,
             shortlist_dot_v1_dot_agent__pb2.LabelRecord.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetMap(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/shortlist.v1.Agent/GetMap',
+            shortlist_dot_v1_dot_agent__pb2.GetMapRequest.SerializeToString,
+            shortlist_dot_v1_dot_agent__pb2.MapChunk.FromString,
             options,
             channel_credentials,
             insecure,

@@ -244,6 +244,20 @@ def test_list_samples_flags(served: Running, labeled_only: bool, include_payload
     assert all(s.label for s in rows) if labeled_only else True
 
 
+INT64 = st.one_of(st.integers(-(2**63), 2**63 - 1), st.sampled_from([0, -1, 1, 2**63 - 1, -(2**63)]))
+
+
+@given(offset=INT64, limit=INT64, chunk=INT32)
+def test_get_map_any_page(served: Running, offset: int, limit: int, chunk: int) -> None:
+    req = agent_pb2.GetMapRequest(offset=offset, limit=limit, chunk=chunk)
+    chunks, code, details = call(lambda: list(served.stub.GetMap(req, timeout=TIMEOUT)))
+    assert_clean(code, details, req)
+    if code is None:
+        assert chunks and all(len(c.points) <= (chunk or 4096) for c in chunks)
+        assert sum(len(c.points) for c in chunks) <= (limit or 2**63)
+    counts(served)
+
+
 # ---- bytes that are not (quite) a message ----------------------------------------------------------
 METHODS = {m.name: m for m in agent_pb2.DESCRIPTOR.services_by_name["Agent"].methods}
 VALID: dict[str, bytes] = {
@@ -258,6 +272,7 @@ VALID: dict[str, bytes] = {
     "ListLabels": agent_pb2.ListLabelsRequest(history=True).SerializeToString(),
     "GetStatus": b"",
     "ReloadModel": b"",
+    "GetMap": agent_pb2.GetMapRequest(offset=1, limit=5, chunk=2).SerializeToString(),
     "GetImages": agent_pb2.GetImagesRequest(ids=["base0"], max_side=32, format="webp").SerializeToString(),
 }
 INVALID_UTF8 = b"\xff\xfe\xc0\x80"
@@ -309,5 +324,6 @@ def test_raw_bytes_as_request(served: Running, req: tuple[str, bytes]) -> None:
         assert after == before, "a refused request changes nothing"
     elif name == "Ingest":
         assert isinstance(reply, bytes) and after[0] == before[0] + agent_pb2.IngestReply.FromString(reply).accepted
-    elif name in ("Select", "PriorLabels", "ListSamples", "ListLabels", "GetStatus", "ReloadModel", "GetImages"):
+    elif name in ("Select", "PriorLabels", "ListSamples", "ListLabels", "GetStatus", "ReloadModel", "GetMap",
+                  "GetImages"):
         assert after == before

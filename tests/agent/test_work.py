@@ -20,12 +20,13 @@ from agent import cancel, client
 from agent.admission import Admission, Busy
 from agent.cancel import CancelToken, DeadlineExceeded, ShuttingDown
 from agent.config import WorkConfig
+from agent.errors import RETRY_AFTER_KEY
 from agent.params import PriorEntry, StrategyEntry
 from agent.priors import PRIOR_METHODS
 from agent.service import stop_server
 from agent.strategies import STRATEGIES
 from shortlist.v1 import agent_pb2
-from tests.agent.conftest import Running, make_samples, start
+from tests.agent.conftest import Running, make_samples, png, start
 from tests.agent.slow import slow_prior, slow_strategy
 from tests.agent.strategies.pools import blobs, make_pool
 from tests.agent.test_cli import free_port
@@ -82,13 +83,48 @@ def test_admission_bounds_running_and_queued_and_hints_a_retry() -> None:
 
 
 def test_a_deadline_ends_the_wait_for_a_slot() -> None:
-    adm = Admission(max_concurrent=1, max_queued=4)
+    # The running call is expected to take 0.05 s, so a call with 0.2 s left is queued; it runs long.
+    adm = Admission(max_concurrent=1, max_queued=4, initial_estimate_s=0.05)
     with adm.slot(CancelToken()):
         t0 = time.monotonic()
         with pytest.raises(DeadlineExceeded), adm.slot(CancelToken.within(0.2)):
             pass
         assert time.monotonic() - t0 < 3
     assert adm.stats().queued == 0 and adm.stats().running == 0
+
+
+def test_a_call_that_cannot_get_a_turn_within_its_deadline_is_refused_at_once() -> None:
+    adm = Admission(max_concurrent=1, max_queued=8, initial_estimate_s=0.05)
+    with adm.slot(CancelToken(), kind="slow"):
+        time.sleep(0.3)
+    assert adm.estimate("slow") == pytest.approx(0.3, abs=0.2)  # learnt from the run
+    assert adm.estimate("new kind") < 0.3  # a kind not seen yet gets the lane's mean
+    with adm.slot(CancelToken(), kind="slow"):  # a free slot: always admitted, whatever its deadline
+        # Expected: ~0.3 s until the running one ends, then ~0.3 s of its own: more than 0.2 s left.
+        t0 = time.monotonic()
+        with pytest.raises(Busy) as busy, adm.slot(CancelToken.within(0.2), "Select 'slow'", kind="slow"):
+            pass
+        assert time.monotonic() - t0 < 0.1  # at once, not after the deadline
+        assert "longer deadline" in str(busy.value) and "Select 'slow'" in str(busy.value)
+        assert busy.value.retry_after_s is not None and 0.1 <= busy.value.retry_after_s <= 1.0
+        assert adm.stats().refused_for_deadline == 1 and adm.stats().queued == 0
+        # Without a deadline, or with enough of one, the call queues as before.
+        done: list[float] = []
+
+        def queued(token: CancelToken) -> None:
+            with adm.slot(token, kind="slow"):
+                done.append(time.monotonic())
+
+        waiters = [threading.Thread(target=queued, args=(t,)) for t in (CancelToken(), CancelToken.within(30))]
+        for w in waiters:
+            w.start()
+        assert wait_until(lambda: adm.stats().queued == 2)
+        # Two queued ahead, each ~0.3 s: a third with 0.8 s left would not get a turn in time.
+        with pytest.raises(Busy), adm.slot(CancelToken.within(0.8), kind="slow"):
+            pass
+    for w in waiters:
+        w.join(5)
+    assert len(done) == 2 and adm.stats().refused_for_deadline == 2
 
 
 # ---- the algorithms stop at their checkpoints ---------------------------------------------------------
@@ -278,3 +314,25 @@ def test_repeated_select_and_prior_labels_come_from_the_cache(running: Running,
     client.ingest(running.stub, make_samples(3, prefix="late"))
     sel()
     assert counts["select"] == 4
+
+
+def test_large_images_decode_in_a_bounded_lane(tmp_path: Path, registry: Path) -> None:
+    r = start(tmp_path / "data", registry,
+              work=WorkConfig(decode_max_concurrent=1, decode_max_queued=0, large_image_pixels=1000))
+    try:
+        rng = np.random.default_rng(0)
+        big = client.image_sample("big", png(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)))  # 1,600 px
+        small = client.image_sample("small", png(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)))  # 400 px
+        with r.agent.decode_work.slot(CancelToken(), kind="held by the test"):  # the lane is full
+            with pytest.raises(grpc.RpcError) as err:
+                r.stub.Ingest(iter([agent_pb2.IngestRequest(samples=[big])]), timeout=10)
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "--max-concurrent-decodes" in (err.value.details() or "")
+            assert any(k == RETRY_AFTER_KEY for k, _ in err.value.trailing_metadata() or ())
+            # Images at or under the threshold never wait for the lane.
+            assert r.stub.Ingest(iter([agent_pb2.IngestRequest(samples=[small])]), timeout=10).accepted == 1
+        assert r.agent.status().samples == 1  # the refused Ingest stored nothing
+        assert r.stub.Ingest(iter([agent_pb2.IngestRequest(samples=[big])]), timeout=10).accepted == 1
+        assert r.agent.decode_work.stats().running == 0
+    finally:
+        r.stop()

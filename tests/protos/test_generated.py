@@ -25,7 +25,7 @@ def test_contract_names_are_kept() -> None:
 
     service = agent_pb2.DESCRIPTOR.services_by_name["Agent"]
     assert {m.name for m in service.methods} >= {
-        "Ingest", "Select", "SubmitLabels", "PriorLabels", "ListSamples", "GetStatus", "ReloadModel"}
+        "Ingest", "Select", "SubmitLabels", "PriorLabels", "ListSamples", "GetStatus", "ReloadModel", "GetMap"}
     sample = agent_pb2.Sample.DESCRIPTOR.fields_by_name
     assert (sample["id"].number, sample["encoded_image"].number, sample["tensor"].number, sample["label"].number) == (
         1, 2, 3, 6)

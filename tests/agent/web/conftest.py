@@ -39,7 +39,8 @@ SHAPES = ["circle", "square", "triangle"]
 READ_TOKEN = "r" * 24
 WRITE_TOKEN = "w" * 24
 N_IMAGES = 36
-LABELLED = 6  # the first ones carry their shape as label (so the class list starts with three classes)
+LABELLED = 6  # the circles and squares among the first ones carry their shape as label (the class list
+# starts as circle, square: "triangle" is a new class for the browser test to type)
 
 
 def shape_image(i: int, side: int = 96) -> bytes:
@@ -63,8 +64,14 @@ def shape_image(i: int, side: int = 96) -> bytes:
 
 
 def shape_samples(n: int = N_IMAGES, labelled: int = LABELLED) -> list[agent_pb2.Sample]:
-    return [client.image_sample(f"img{i:03d}.png", shape_image(i), label=SHAPES[i % 3] if i < labelled else "")
+    return [client.image_sample(f"img{i:03d}.png", shape_image(i),
+                                label=SHAPES[i % 3] if i < labelled and i % 3 != 2 else "")
             for i in range(n)]
+
+
+def shape_of(sample_id: str) -> str:
+    """The shape drawn in sample ``imgNNN.png``."""
+    return SHAPES[int(sample_id[3:6]) % 3]
 
 
 @dataclass
@@ -74,7 +81,7 @@ class WebAgent:
     agent: Agent
     server: Any
     local: LocalSocket
-    stub: agent_pb2_grpc.AgentStub
+    stub: agent_pb2_grpc.AgentStub  # carries WRITE_TOKEN when the agent requires tokens
     app: FastAPI
     config: WebConfig
     tokens: bool = False  # the agent requires READ_TOKEN / WRITE_TOKEN
@@ -88,11 +95,12 @@ class WebAgent:
 
     def labels(self) -> dict[str, str]:
         """Current labels by id, read back through gRPC (ListSamples)."""
-        return {s.id: s.label for s in self.stub.ListSamples(agent_pb2.ListSamplesRequest(labeled_only=True),
-                                                              metadata=self.metadata(WRITE_TOKEN))}
+        return {s.id: s.label for s in self.stub.ListSamples(agent_pb2.ListSamplesRequest(labeled_only=True))}
 
-    def metadata(self, token: str) -> tuple[tuple[str, str], ...]:
-        return (("authorization", f"Bearer {token}"),) if self.tokens else ()
+    def history(self, sample_id: str) -> list[tuple[str, str]]:
+        """(label, annotator) of every label ``sample_id`` was given, oldest first, through gRPC (ListLabels)."""
+        return [(r.label, r.annotator) for r in self.stub.ListLabels(agent_pb2.ListLabelsRequest(history=True))
+                if r.id == sample_id]
 
     def client(self, **kw: Any) -> TestClient:
         c = TestClient(self.app, **kw)
@@ -195,8 +203,11 @@ def page(browser: Any) -> Iterator[Any]:
 
 
 def shot(page: Any, name: str) -> None:
-    """Save a screenshot of ``page`` as SHORTLIST_SCREENSHOTS/NAME.png (nothing when the variable is unset)."""
+    """Save a screenshot of ``page`` as SHORTLIST_SCREENSHOTS/NAME.png, in 256 colours (nothing when the
+    variable is unset)."""
     folder = os.environ.get("SHORTLIST_SCREENSHOTS")
     if folder:
         Path(folder).mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(Path(folder) / f"{name}.png"))
+        with Image.open(io.BytesIO(page.screenshot())) as img:  # 256 colours: a third of the bytes, same look
+            img.convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT).save(
+                Path(folder) / f"{name}.png", optimize=True)

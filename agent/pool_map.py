@@ -1,0 +1,424 @@
+"""A 2-D map of the pool's embeddings under the serving model version (GetMap; the web app's Map page).
+
+How the coordinates are made:
+    1. **Fit** on at most ``MapConfig.max_fit`` embedded samples (all of them below the cap, else a
+       uniform random subsample, seeded): PCA to ``pca_dims`` dimensions (scikit-learn), then t-SNE to 2-D
+       with openTSNE (FFT-accelerated interpolation t-SNE, Linderman et al. 2019, "Fast interpolation-based
+       t-SNE for improved visualization of single-cell RNA-seq data", Nat. Methods 16; openTSNE: Poličar
+       et al. 2024, J. Stat. Softw. 109(3)). openTSNE's callbacks give the progress shown in GetMap and
+       stop a fit whose model version is no longer served.
+    2. **Place** every other embedded sample (beyond the cap, or ingested after the fit) at the
+       coordinate-wise median of its ``neighbours`` nearest fitted samples (cosine, in the model's
+       embedding space; a small hnswlib index over the fitted rows): the "median" initialisation openTSNE
+       uses for new points (``TSNEEmbedding.prepare_partial``, Poličar et al. 2024, Sec. 4.3), without
+       its optimisation step, so a new sample appears within seconds, inside the cluster of its
+       neighbours. A small deterministic jitter (a tenth of the neighbours' spread) keeps samples with
+       the same neighbours apart.
+    3. **Refit** when the embedded pool has grown to ``refit_growth`` times the fitted count while the fit
+       is below the cap (a map made from the first 40 samples is redone once there are 80, ...; with
+       the default cap of 10,000 the last refit happens at 20,000 samples). The old map is served, with
+       new samples placed on it, until the new fit is done (``MapChunk.recomputing``).
+
+Cost and priority: one daemon thread (``pool-map``) per agent, at nice +19 (Linux niceness is per
+thread), openTSNE with ``n_jobs=1``, outside the admission lanes so it never holds a slot that a Select
+or PriorLabels waits for. A fit of 10,000 samples took about 50 s of one core on the 2-core dev machine
+(under load); placement costs one hnswlib query per sample. A model swap cancels a running fit at its
+next callback (every ``CALLBACK_EVERY`` iterations) and starts the new version's map.
+
+Durability: ``D/map/<version>.npz`` holds the covered index rows' sample seqs, coordinates, the fitted
+mask and the method, written atomically (temporary file, fsync, rename, fsync of the folder) after each
+fit and, at most every ``save_every_s``, after placements; a restart loads it (when its seqs are a
+prefix of the version's index rows) instead of recomputing. Maps of other versions are removed once
+the serving version's map is saved.
+
+Points are the serving index's rows in row order (row r = the r-th sample embedded by that version),
+so "what is new" is a row range and GetMap pages by offset without scanning the pool.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import hnswlib
+import numpy as np
+
+from agent.index import IndexView
+from agent.security import OWNER_DIR, OWNER_FILE
+
+log = logging.getLogger(__name__)
+
+CALLBACK_EVERY = 10  # openTSNE iterations between progress / cancellation callbacks
+MIN_TSNE = 10  # fewer fitted samples than this: PCA to 2-D alone (t-SNE needs a few neighbours per point)
+PLACE_BATCH = 2048  # samples placed per hnswlib query (the map lock is not held while querying)
+NONE, COMPUTING, READY, FAILED = "none", "computing", "ready", "failed"
+
+
+@dataclass(frozen=True)
+class MapConfig:
+    """The pool map (agent/pool_map.py): how it is fitted, placed and refreshed."""
+
+    max_fit: int = 10_000  # samples the t-SNE is fitted on; the others are placed by their neighbours
+    pca_dims: int = 50  # PCA dimensions before t-SNE
+    perplexity: float = 30.0  # t-SNE perplexity (lowered to (n - 1) / 3 for small fits)
+    early_iterations: int = 250  # t-SNE early-exaggeration iterations (openTSNE's default)
+    iterations: int = 500  # t-SNE iterations after that (openTSNE's default)
+    neighbours: int = 10  # fitted neighbours whose median places a sample not fitted
+    refit_growth: float = 2.0  # refit when the pool reaches this multiple of the fitted count (below max_fit)
+    poll_s: float = 2.0  # seconds between looks at the serving version and new samples
+    save_every_s: float = 30.0  # at most this often, placements are saved
+    nice: int = 19  # niceness of the map thread (Linux: per thread)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.max_fit < 2 or self.pca_dims < 2 or self.neighbours < 1 or self.refit_growth <= 1:
+            raise ValueError("map: max_fit >= 2, pca_dims >= 2, neighbours >= 1 and refit_growth > 1 are needed")
+
+
+@dataclass
+class PoolMapData:
+    """The map of one model version: index rows 0..n-1 (their sample ``seqs``), coordinates ``xy`` (Nx2
+    float32) and which rows the projection was ``fitted`` on (N bool)."""
+
+    version: str
+    seqs: np.ndarray
+    xy: np.ndarray
+    fitted: np.ndarray
+    method: str
+
+    @property
+    def n(self) -> int:
+        return len(self.seqs)
+
+
+@dataclass
+class MapStatus:
+    """What GetMap's header says."""
+
+    version: str
+    state: str
+    progress: float
+    method: str
+    total: int
+    fitted: int
+    pending: int
+    recomputing: bool
+    message: str
+
+
+class FitCancelled(Exception):
+    """The model version changed (or the agent stops) during a fit."""
+
+
+class _Placer:
+    """Nearest fitted neighbours (hnswlib, cosine) of the map's fitted rows, for placing the others."""
+
+    def __init__(self, vecs: np.ndarray, xy: np.ndarray) -> None:
+        self.xy = xy
+        self.index = hnswlib.Index(space="cosine", dim=vecs.shape[1])
+        self.index.init_index(max_elements=max(len(vecs), 1), ef_construction=100, M=16, random_seed=100)
+        self.index.set_num_threads(1)
+        self.index.add_items(np.ascontiguousarray(vecs, np.float32), np.arange(len(vecs)))
+        self.index.set_ef(64)
+
+    def place(self, vecs: np.ndarray, rows: np.ndarray, k: int, seed: int) -> np.ndarray:
+        k = min(k, len(self.xy))
+        nn, _ = self.index.knn_query(np.ascontiguousarray(vecs, np.float32), k=k)
+        coords = self.xy[nn]  # Q x k x 2
+        out = np.median(coords, axis=1)
+        spread = coords.std(axis=1)
+        # Deterministic per row: the same sample lands at the same spot after a restart.
+        jitter = np.stack([np.random.default_rng([seed, int(r)]).standard_normal(2) for r in rows]) if len(rows) \
+            else np.zeros((0, 2))
+        return (out + 0.1 * spread * jitter).astype(np.float32)
+
+
+class PoolMap:
+    """Keeps the serving version's map up to date in a background thread; ``status`` and ``snapshot``
+    answer GetMap from memory."""
+
+    def __init__(self, config: MapConfig, folder: Path, current: Callable[[], tuple[str, IndexView] | None]) -> None:
+        """``current()`` gives the serving version and a view of its index (None before any model)."""
+        self.config = config
+        self.folder = folder
+        self.current = current
+        self._lock = threading.Lock()
+        self._map: PoolMapData | None = None
+        self._placer: _Placer | None = None
+        self._fitting: str = ""  # version being fitted ("" when none)
+        self._progress = 1.0
+        self._failed: dict[str, str] = {}  # version -> why its fit failed
+        self._saved_n = 0
+        self._saved_at = 0.0
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # ---- life cycle ------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="pool-map", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        with self._lock:
+            m = self._map
+        if m is not None and m.n != self._saved_n:
+            try:
+                self._save(m)
+            except OSError as e:  # disk full or read-only: placements are recomputed at the next start
+                log.warning("could not save the pool map at shutdown: %s", e)
+
+    def wake(self) -> None:
+        """Look for new samples now (GetMap calls it so a sample ingested a moment ago is placed soon)."""
+        self._wake.set()
+
+    def _loop(self) -> None:
+        try:  # lowest priority for this thread only (Linux niceness is per thread); best effort elsewhere
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.config.nice)
+        except (OSError, AttributeError) as e:
+            log.info("pool map thread keeps its priority: %s", e)
+        while not self._stop.is_set():
+            try:
+                self.step()
+            except FitCancelled:
+                continue  # a new version is served: start on it at once
+            except Exception:  # keep the thread alive whatever goes wrong; the state says "failed"
+                log.exception("pool map step failed")
+            self._wake.wait(self.config.poll_s)
+            self._wake.clear()
+
+    # ---- answers ---------------------------------------------------------------------------------
+    def status(self) -> MapStatus:
+        cur = self.current()
+        with self._lock:
+            m = self._map
+            fitting, progress = self._fitting, self._progress
+            failed = dict(self._failed)
+        if cur is None:
+            return MapStatus("", NONE, 1.0, "", 0, 0, 0, False, "")
+        version, view = cur
+        if m is not None and m.version == version:
+            return MapStatus(version, READY, progress if fitting == version else 1.0, m.method, m.n,
+                             int(m.fitted.sum()), max(0, view.n - m.n), fitting == version, "")
+        if version in failed:
+            return MapStatus(version, FAILED, 1.0, "", 0, 0, view.n, False, failed[version])
+        return MapStatus(version, COMPUTING, progress if fitting == version else 0.0, "", 0, 0, view.n, False, "")
+
+    def snapshot(self, version: str) -> PoolMapData | None:
+        """The map of ``version`` (arrays never change in place: a new fit or placement makes new ones)."""
+        with self._lock:
+            m = self._map
+        return m if m is not None and m.version == version else None
+
+    # ---- the background step ---------------------------------------------------------------------
+    def step(self) -> None:
+        """Load, fit, refit or place as needed for the serving version (the thread calls it; tests too)."""
+        cur = self.current()
+        if cur is None:
+            return
+        version, view = cur
+        with self._lock:
+            m = self._map
+        if m is None or m.version != version:
+            m = self._load(version, view)
+            if m is None:
+                self._saved_n = -1
+            with self._lock:
+                self._map, self._placer = m, None
+        if version in self._failed:
+            return
+        if m is None or self._needs_refit(m, view.n):
+            try:
+                new = self._fit(version, view)
+            except FitCancelled:
+                raise
+            except Exception as e:
+                log.exception("pool map of %s failed", version)
+                with self._lock:
+                    self._failed[version] = f"the map could not be computed: {type(e).__name__}: {e}"
+                return
+            finally:
+                with self._lock:
+                    self._fitting, self._progress = "", 1.0
+            with self._lock:
+                self._map, self._placer = new, None
+            m = new
+            self._save_quietly(m)
+            self._remove_others(version)
+        self._place_new(m, version)
+
+    def _needs_refit(self, m: PoolMapData, n: int) -> bool:
+        fitted = int(m.fitted.sum())
+        return fitted < self.config.max_fit and n >= self.config.refit_growth * max(fitted, 1) and n > fitted
+
+    def _check_current(self, version: str) -> None:
+        cur = self.current()
+        if self._stop.is_set() or cur is None or cur[0] != version:
+            raise FitCancelled(version)
+
+    def _fit(self, version: str, view: IndexView) -> PoolMapData:
+        cfg = self.config
+        n = view.n
+        with self._lock:
+            self._fitting, self._progress = version, 0.0
+        rng = np.random.default_rng(cfg.seed)
+        fit_rows = np.arange(n) if n <= cfg.max_fit else np.sort(rng.choice(n, cfg.max_fit, replace=False))
+        vecs = np.asarray(view.vecs[fit_rows], np.float32)
+        t0 = time.monotonic()
+        xy, method = self._project(vecs, version)
+        fitted = np.zeros(n, bool)
+        fitted[fit_rows] = True
+        coords = np.zeros((n, 2), np.float32)
+        coords[fit_rows] = xy
+        rest = np.flatnonzero(~fitted)
+        if len(rest):
+            placer = _Placer(vecs, xy)
+            for start in range(0, len(rest), PLACE_BATCH):
+                self._check_current(version)
+                rows = rest[start:start + PLACE_BATCH]
+                coords[rows] = placer.place(view.vecs[rows], rows, cfg.neighbours, cfg.seed)
+        log.info("pool map of %s: %s on %d of %d samples in %.1f s", version, method, len(fit_rows), n,
+                 time.monotonic() - t0)
+        return PoolMapData(version, np.array(view.seqs[:n], np.int64), coords, fitted, method)
+
+    def _project(self, vecs: np.ndarray, version: str) -> tuple[np.ndarray, str]:
+        """Nx2 coordinates of ``vecs`` and the method's name."""
+        from sklearn.decomposition import PCA  # imported here: the agent starts without paying for them
+
+        cfg = self.config
+        n, dim = vecs.shape
+        if n < 3:
+            return np.stack([np.arange(n, dtype=np.float32), np.zeros(n, np.float32)], axis=1), "trivial"
+        dims = min(cfg.pca_dims, n - 1, dim)
+        reduced = PCA(n_components=dims, random_state=cfg.seed).fit_transform(vecs).astype(np.float32)
+        with self._lock:
+            self._progress = 0.1
+        if n < MIN_TSNE:
+            return np.ascontiguousarray(reduced[:, :2]), "pca"
+        from openTSNE import TSNE
+
+        total_calls = max(1, (cfg.early_iterations + cfg.iterations) // CALLBACK_EVERY)
+        calls = 0
+
+        def callback(iteration: int, error: float, embedding: np.ndarray) -> bool:
+            nonlocal calls
+            calls += 1
+            with self._lock:
+                self._progress = min(0.99, 0.2 + 0.8 * calls / total_calls)
+            cur = self.current()
+            return self._stop.is_set() or cur is None or cur[0] != version  # True stops openTSNE
+
+        tsne = TSNE(n_components=2, perplexity=min(cfg.perplexity, (n - 1) / 3), n_jobs=1, random_state=cfg.seed,
+                    early_exaggeration_iter=cfg.early_iterations, n_iter=cfg.iterations, callbacks=callback,
+                    callbacks_every_iters=CALLBACK_EVERY, verbose=False)
+        self._check_current(version)
+        emb = tsne.fit(reduced)
+        self._check_current(version)  # openTSNE returns the partial embedding when a callback stopped it
+        return np.ascontiguousarray(np.asarray(emb, np.float32)), f"pca{dims}+opentsne"
+
+    def _place_new(self, m: PoolMapData, version: str) -> None:
+        """Place the index rows added since the map was made (or last placed), in batches."""
+        while True:
+            cur = self.current()
+            if cur is None or cur[0] != version or self._stop.is_set():
+                return
+            view = cur[1]
+            with self._lock:
+                m = self._map if self._map is not None else m
+                placer = self._placer
+            if m.version != version or view.n <= m.n:
+                break
+            if placer is None:
+                fitted_rows = np.flatnonzero(m.fitted)
+                if len(fitted_rows) == 0:
+                    return
+                placer = _Placer(np.asarray(view.vecs[fitted_rows], np.float32), m.xy[fitted_rows])
+                with self._lock:
+                    if self._map is m:
+                        self._placer = placer
+            stop = min(view.n, m.n + PLACE_BATCH)
+            rows = np.arange(m.n, stop)
+            xy = placer.place(view.vecs[rows], rows, self.config.neighbours, self.config.seed)
+            grown = PoolMapData(version, np.concatenate([m.seqs, view.seqs[m.n:stop]]),
+                                np.concatenate([m.xy, xy]), np.concatenate([m.fitted, np.zeros(len(rows), bool)]),
+                                m.method)
+            with self._lock:
+                if self._map is not m:  # a fit finished meanwhile: place on the new map next round
+                    continue
+                self._map = grown
+        with self._lock:
+            m = self._map if self._map is not None else m
+        if m.n != self._saved_n and time.monotonic() - self._saved_at >= self.config.save_every_s:
+            self._save_quietly(m)
+
+    # ---- persistence -----------------------------------------------------------------------------
+    def _path(self, version: str) -> Path:
+        return self.folder / f"{version}.npz"
+
+    def _save_quietly(self, m: PoolMapData) -> None:
+        try:
+            self._save(m)
+        except OSError as e:  # disk full or read-only: the map is served from memory, recomputed after a restart
+            log.warning("could not save the pool map of %s: %s", m.version, e)
+
+    def _save(self, m: PoolMapData) -> None:
+        """Write ``m`` to D/map/<version>.npz atomically (temp file, fsync, rename, fsync the folder)."""
+        self.folder.mkdir(mode=OWNER_DIR, parents=True, exist_ok=True)
+        path = self._path(m.version)
+        tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
+        meta = json.dumps({"version": m.version, "method": m.method, "rows": m.n})
+        fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, OWNER_FILE)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, seqs=m.seqs, xy=m.xy, fitted=m.fitted, meta=np.array(meta))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        dfd = os.open(self.folder, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+        self._saved_n, self._saved_at = m.n, time.monotonic()
+
+    def _load(self, version: str, view: IndexView) -> PoolMapData | None:
+        """The saved map of ``version`` when it matches the index (its seqs a prefix of the index's rows)."""
+        path = self._path(version)
+        if not path.is_file():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                seqs, xy, fitted = z["seqs"].astype(np.int64), z["xy"].astype(np.float32), z["fitted"].astype(bool)
+                meta = json.loads(str(z["meta"]))
+            n = len(seqs)
+            if (meta.get("version") != version or xy.shape != (n, 2) or fitted.shape != (n,) or n > view.n
+                    or not np.array_equal(seqs, view.seqs[:n]) or not np.isfinite(xy).all()):
+                log.warning("saved pool map %s does not match the index of %s; computing it again", path, version)
+                return None
+        except (OSError, ValueError, KeyError) as e:
+            log.warning("saved pool map %s unusable (%s); computing it again", path, e)
+            return None
+        self._saved_n, self._saved_at = n, time.monotonic()
+        log.info("pool map of %s loaded: %d points", version, n)
+        return PoolMapData(version, seqs, xy, fitted, str(meta.get("method", "")))
+
+    def _remove_others(self, version: str) -> None:
+        """Maps of other (retired) versions, and temporary files left by a crash."""
+        if not self.folder.is_dir():
+            return
+        for p in self.folder.iterdir():
+            if p.name != f"{version}.npz":
+                p.unlink(missing_ok=True)

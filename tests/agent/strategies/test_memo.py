@@ -1,0 +1,57 @@
+"""agent.pool.PoolMemo: what strategies keep across requests under one model version gives the answer a
+fresh computation gives, while labels and rows are added (coreset's similarity to the labelled set,
+the knn prior's embedding mean)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from agent.pool import PoolMemo
+from agent.priors import get_prior_method
+from agent.strategies import get_strategy
+from agent.strategies._common import embedding_mean, labelled_similarity
+from tests.agent.strategies.pools import blobs, make_pool
+
+
+def fresh_similarity(x: np.ndarray, labeled: np.ndarray) -> np.ndarray:
+    return (x @ x[labeled].T).max(axis=1) if len(labeled) else np.full(len(x), -np.inf, np.float32)
+
+
+def test_labelled_similarity_is_brought_up_to_date_as_labels_and_rows_arrive() -> None:
+    x, y = blobs(clusters=6, per_cluster=60, dim=16, spread=0.3, seed=3)
+    memo = PoolMemo()
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(x))
+    # (rows the version has, labelled rows): labels trickle in, rows are added, a label changes class,
+    # and a request with fewer labels (a calibration fold) comes between.
+    steps = [(200, order[:0]), (200, order[:5]), (250, order[:9]), (300, order[:9]), (360, order[:30]),
+             (360, order[:12]), (360, order[:31])]
+    for n, labeled in steps:
+        labeled = labeled[labeled < n]
+        pool = make_pool(x[:n], y[:n], labeled=labeled)
+        pool = replace(pool, memo=memo)
+        got = labelled_similarity(pool)
+        np.testing.assert_allclose(got, fresh_similarity(x[:n], labeled), rtol=0, atol=1e-6)
+        assert not got.flags.writeable
+        np.testing.assert_allclose(embedding_mean(pool), x[:n].mean(axis=0), atol=1e-6)
+    n0, lab0, _ = memo.get("labelled_similarity")
+    assert n0 == 360 and len(lab0) == 31  # the fold with fewer labels did not replace the newest
+
+
+def test_coreset_and_knn_prior_answer_the_same_with_a_memo() -> None:
+    x, y = blobs(clusters=5, per_cluster=50, dim=16, spread=0.3, seed=4)
+    memo = PoolMemo()
+    coreset = get_strategy("coreset")
+    knn = get_prior_method("knn")
+    for labelled in (np.array([0, 50, 100]), np.array([0, 50, 100, 150, 7]), np.array([0, 50, 100, 150, 7, 200])):
+        plain = make_pool(x, y, labeled=labelled)
+        kept = replace(plain, memo=memo)
+        a = coreset(plain, 10, np.random.default_rng(1), {})
+        b = coreset(kept, 10, np.random.default_rng(1), {})
+        np.testing.assert_array_equal(a.rows, b.rows)
+        rows = plain.candidates[:20]
+        pa = knn(plain, rows, np.random.default_rng(2), {})
+        pb = knn(kept, rows, np.random.default_rng(2), {})
+        np.testing.assert_allclose(pa.probs, pb.probs, atol=1e-5)

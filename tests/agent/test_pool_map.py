@@ -1,0 +1,199 @@
+"""The pool map (agent/pool_map.py) and GetMap: fit, placement of new samples, refit, durability, swap."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from agent import client
+from agent.index import IndexView
+from agent.pool_map import COMPUTING, READY, FitCancelled, MapConfig, PoolMap
+from agent.testing import publish_linear
+from shortlist.v1 import agent_pb2
+from tests.agent.conftest import CLASSES, SIZE, Running, make_samples, start
+
+
+def blobs(n: int, dim: int = 16, clusters: int = 3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """n unit vectors in ``clusters`` tight clusters, and each row's cluster."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(clusters, dim))
+    which = np.arange(n) % clusters
+    vecs = centres[which] + 0.05 * rng.normal(size=(n, dim))
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    return vecs.astype(np.float32), which
+
+
+class FakeServing:
+    """What PoolMap reads: the serving version and a view of its index rows (growable, swappable)."""
+
+    def __init__(self, vecs: np.ndarray, version: str = "v0001") -> None:
+        self.version = version
+        self.vecs = vecs
+        self.n = len(vecs)
+
+    def __call__(self) -> tuple[str, IndexView] | None:
+        n = self.n
+        return self.version, IndexView(n, np.arange(1, n + 1, dtype=np.int64), self.vecs[:n], None, None)
+
+
+def separated(xy: np.ndarray, which: np.ndarray) -> bool:
+    """Every point is nearer its own cluster's centre on the map than any other cluster's."""
+    centres = np.stack([xy[which == c].mean(axis=0) for c in np.unique(which)])
+    d = np.linalg.norm(xy[:, None, :] - centres[None], axis=2)
+    return bool((d.argmin(axis=1) == which).all())
+
+
+def test_fit_place_refit_and_reload(tmp_path: Path) -> None:
+    vecs, which = blobs(200)
+    serving = FakeServing(vecs)
+    serving.n = 60
+    cfg = MapConfig(max_fit=100, early_iterations=50, iterations=100, save_every_s=0.0)
+    pm = PoolMap(cfg, tmp_path / "map", serving)
+    assert pm.status().state == COMPUTING and pm.status().pending == 60
+    pm.step()
+    st = pm.status()
+    assert (st.state, st.total, st.fitted, st.pending, st.method) == (READY, 60, 60, 0, "pca16+opentsne")
+    m = pm.snapshot("v0001")
+    assert m is not None and np.isfinite(m.xy).all() and separated(m.xy, which[:60])
+    # Samples ingested after the fit are placed next to their neighbours, without a refit (below 2x).
+    serving.n = 110
+    pm.step()
+    m = pm.snapshot("v0001")
+    assert m is not None and (m.n, int(m.fitted.sum())) == (110, 60)
+    assert separated(m.xy, which[:110])
+    assert (tmp_path / "map" / "v0001.npz").is_file()
+    # A restart loads the saved map (same coordinates) instead of fitting again.
+    again = PoolMap(cfg, tmp_path / "map", serving)
+    again.step()
+    m2 = again.snapshot("v0001")
+    assert m2 is not None and np.array_equal(m2.xy, m.xy) and int(m2.fitted.sum()) == 60
+    # The pool doubled since the fit, and the fit is below max_fit: a refit, on a uniform subsample of max_fit.
+    serving.n = 200
+    again.step()
+    m3 = again.snapshot("v0001")
+    assert m3 is not None and (m3.n, int(m3.fitted.sum())) == (200, 100) and separated(m3.xy, which)
+
+
+def test_a_damaged_saved_map_is_computed_again(tmp_path: Path) -> None:
+    vecs, _ = blobs(30)
+    serving = FakeServing(vecs)
+    folder = tmp_path / "map"
+    folder.mkdir()
+    (folder / "v0001.npz").write_bytes(b"not a zip file")
+    pm = PoolMap(MapConfig(early_iterations=20, iterations=20), folder, serving)
+    pm.step()
+    m = pm.snapshot("v0001")
+    assert m is not None and m.n == 30
+    with np.load(folder / "v0001.npz") as z:
+        assert z["xy"].shape == (30, 2)
+
+
+def test_a_new_version_cancels_the_fit_and_replaces_the_map(tmp_path: Path) -> None:
+    vecs, _ = blobs(300)
+    serving = FakeServing(vecs)
+    pm = PoolMap(MapConfig(save_every_s=0.0), tmp_path / "map", serving)
+    real_current = pm.current
+    calls = 0
+
+    def swapping() -> tuple[str, IndexView] | None:  # the version changes while the fit runs
+        nonlocal calls
+        calls += 1
+        if calls == 6:
+            serving.version = "v0002"
+        return real_current()
+
+    pm.current = swapping
+    with pytest.raises(FitCancelled):
+        pm.step()
+    assert pm.snapshot("v0001") is None and not (tmp_path / "map" / "v0001.npz").exists()
+    pm.current = real_current
+    (tmp_path / "map").mkdir(exist_ok=True)
+    (tmp_path / "map" / "v0000.npz").write_bytes(b"old")  # a retired version's map is removed
+    pm.step()
+    st = pm.status()
+    assert (st.version, st.state, st.total) == ("v0002", READY, 300)
+    assert sorted(p.name for p in (tmp_path / "map").iterdir()) == ["v0002.npz"]
+
+
+def test_tiny_pools(tmp_path: Path) -> None:
+    for n, method in ((1, "trivial"), (5, "pca")):
+        vecs, _ = blobs(n)
+        pm = PoolMap(MapConfig(), tmp_path / f"m{n}", FakeServing(vecs))
+        pm.step()
+        st = pm.status()
+        assert (st.state, st.total, st.method) == (READY, n, method)
+
+
+def fetch_map(r: Running, **kw: int) -> list[agent_pb2.MapChunk]:
+    return list(r.stub.GetMap(agent_pb2.GetMapRequest(**kw), timeout=10))
+
+
+def wait_ready(r: Running, total: int, version: str = "v0001", timeout: float = 90.0) -> list[agent_pb2.MapChunk]:
+    end = time.monotonic() + timeout
+    while True:
+        chunks = fetch_map(r)
+        h = chunks[0]
+        if h.state == READY and h.total == total and h.model_version == version:
+            return chunks
+        assert time.monotonic() < end, f"map not ready: {h}"
+        time.sleep(0.2)
+
+
+def test_get_map_over_grpc(tmp_path: Path, registry: Path) -> None:
+    r = start(tmp_path / "data", registry)
+    try:
+        client.ingest(r.stub, make_samples(30, labels=6))
+        chunks = wait_ready(r, 30)
+        points = [p for c in chunks for p in c.points]
+        assert sorted(p.id for p in points) == sorted(f"s{i}" for i in range(30))
+        assert {p.id: p.label for p in points if p.label} == {f"s{i}": CLASSES[i % 3] for i in range(6)}
+        xy = np.array([(p.x, p.y) for p in points])
+        assert np.isfinite(xy).all() and chunks[0].fitted == 30 and chunks[0].progress == 1.0
+        # Pages: offset / limit / chunk give the same points in the same order.
+        paged = fetch_map(r, offset=10, limit=15, chunk=4)
+        assert [len(c.points) for c in paged] == [4, 4, 4, 3]
+        assert [p.id for c in paged for p in c.points] == [p.id for p in points[10:25]]
+        assert [p.id for c in fetch_map(r, offset=29, limit=0) for p in c.points] == [points[29].id]
+        assert list(fetch_map(r, offset=100)[0].points) == []
+        for bad in ({"chunk": -1}, {"chunk": 70_000}, {"offset": -1}, {"limit": -5}):
+            with pytest.raises(grpc.RpcError) as e:
+                fetch_map(r, **bad)
+            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        # A label given now shows at once; samples ingested now are placed within seconds (no refit).
+        client.submit_labels(r.stub, [("s10", "dog")], annotator="ann")
+        client.ingest(r.stub, make_samples(40, prefix="s", seed=0)[30:])
+        chunks = wait_ready(r, 40)
+        assert chunks[0].fitted == 30
+        assert {p.id: p.label for c in chunks for p in c.points}["s10"] == "dog"
+    finally:
+        r.stop()
+    # After a restart the saved map is served at once.
+    assert (tmp_path / "data" / "map" / "v0001.npz").is_file()
+    r = start(tmp_path / "data", registry)
+    try:
+        again = wait_ready(r, 40, timeout=10)
+        assert [(p.id, p.x, p.y) for c in again for p in c.points] == [(p.id, p.x, p.y) for c in chunks
+                                                                       for p in c.points]
+        # A new model version gets its own map; the old one's file goes.
+        publish_linear(registry, size=SIZE, dim=16, classes=CLASSES, rotation=True, seed=1)
+        r.stub.ReloadModel(agent_pb2.ReloadModelRequest())
+        wait_ready(r, 40, version="v0002")
+        end = time.monotonic() + 10
+        while (tmp_path / "data" / "map" / "v0001.npz").exists() and time.monotonic() < end:
+            time.sleep(0.1)
+        assert sorted(p.name for p in (tmp_path / "data" / "map").iterdir()) == ["v0002.npz"]
+    finally:
+        r.stop()
+
+
+def test_get_map_before_any_model(tmp_path: Path) -> None:
+    r = start(tmp_path / "data", tmp_path / "empty-registry")
+    try:
+        [h] = fetch_map(r)
+        assert (h.state, h.model_version, h.total) == ("none", "", 0)
+    finally:
+        r.stop()
