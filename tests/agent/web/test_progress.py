@@ -14,28 +14,27 @@ from fastapi.testclient import TestClient
 
 from agent import client, exports
 from shortlist.v1 import agent_pb2
-from tests.agent.web.conftest import READ_TOKEN, SHAPES, WebAgent, shot
+from tests.agent.web.conftest import LABELLED, READ_TOKEN, WebAgent, shape_of, shot
 
-
-def true_shape(sample_id: str) -> str:
-    return SHAPES[int(sample_id[3:6]) % 3]
+INGESTED = len([i for i in range(LABELLED) if shape_of(f"img{i:03d}.png") != "triangle"])  # labelled at ingest
 
 
 def label_some(wa: WebAgent) -> None:
-    md = wa.metadata("w" * 24)
+    """alice labels img006-008 (a triangle among them: a new class), bob img009 and relabels img006 from
+    its prior."""
     wa.stub.SubmitLabels(agent_pb2.SubmitLabelsRequest(labels=[
-        agent_pb2.LabelAssignment(id=f"img{i:03d}.png", label=true_shape(f"img{i:03d}.png")) for i in (6, 7, 8)],
-        annotator="alice"), metadata=md)
+        agent_pb2.LabelAssignment(id=f"img{i:03d}.png", label=shape_of(f"img{i:03d}.png")) for i in (6, 7, 8)],
+        annotator="alice"))
     wa.stub.SubmitLabels(agent_pb2.SubmitLabelsRequest(labels=[
         agent_pb2.LabelAssignment(id="img009.png", label="circle"), agent_pb2.LabelAssignment(id="img006.png",
                                                                                               label="square")],
-        annotator="bob", source="prior:knn"), metadata=md)
+        annotator="bob", source="prior:knn"))
 
 
 def wait_audit(wa: WebAgent, labelled: int) -> agent_pb2.PriorAudit:
     deadline = time.monotonic() + 60
     while True:
-        a = wa.stub.GetStatus(agent_pb2.GetStatusRequest(), metadata=wa.metadata("w" * 24)).audit
+        a = wa.stub.GetStatus(agent_pb2.GetStatusRequest()).audit
         if a.current and a.labelled == labelled and a.methods:
             return a
         assert time.monotonic() < deadline, a
@@ -51,16 +50,16 @@ def test_progress_page_and_api(web_agent: WebAgent, web_client: TestClient) -> N
                  'id="chart-timeline"><svg', "/progress/export", "v0001"):
         assert part in html, part
     data = web_client.get("/api/progress").json()
-    assert (data["labelled"], data["label_events"], data["relabelled"]) == (10, 11, 1)
+    assert (data["labelled"], data["label_events"], data["relabelled"]) == (INGESTED + 4, INGESTED + 5, 1)
     assert data["model_version"] == "v0001" and data["pending_model_version"] == ""
-    assert {c: v["labels"] for c, v in data["classes"].items()} == {"circle": 3, "square": 4, "triangle": 3}
+    assert {c: v["labels"] for c, v in data["classes"].items()} == {"circle": 3, "square": 4, "triangle": 1}
     by_name = {a["name"]: a for a in data["annotators"]}
     assert by_name["bob"]["sources"] == {"prior:knn": 2} and by_name["alice"]["labels"] == 3
-    assert data["sources"] == {"ingest": 6, "manual": 2, "prior:knn": 2}
+    assert data["sources"] == {"ingest": INGESTED, "manual": 2, "prior:knn": 2}
     assert data["audit"]["drawn"] == 0
     # an audit drawn and labelled shows its estimates with their intervals
     drawn = [s.id for s in web_agent.stub.Select(agent_pb2.SelectRequest(budget=8, strategy="audit", seed=1)).selected]
-    client.submit_labels(web_agent.stub, [(i, true_shape(i)) for i in drawn], "carol")
+    client.submit_labels(web_agent.stub, [(i, shape_of(i)) for i in drawn], "carol")
     a = wait_audit(web_agent, 8)
     html = web_client.get("/progress").text
     assert 'id="audit-table"' in html and 'id="chart-audit"><svg' in html
@@ -103,8 +102,7 @@ def test_a_read_token_sees_progress_and_downloads_but_cannot_draw(token_web_agen
     # Select is a read RPC (like every Select, the draw is recorded): a reader may draw; labelling needs write
     assert reader.post("/api/queue/select", json={"strategy": "audit", "budget": 3}).status_code == 200
     assert reader.post("/api/labels", json={"labels": [{"id": "img010.png", "label": "circle"}]}).status_code == 403
-    assert token_web_agent.stub.GetStatus(agent_pb2.GetStatusRequest(),
-                                          metadata=token_web_agent.metadata("w" * 24)).labeled == 6
+    assert token_web_agent.stub.GetStatus(agent_pb2.GetStatusRequest()).labeled == INGESTED
 
 
 @pytest.mark.browser
@@ -126,7 +124,7 @@ def test_progress_in_a_browser_audit_button_estimate_and_download(live_web: WebA
     page.wait_for_function("Array.from(document.querySelectorAll('.tile img'))"
                            ".every(i => i.complete && i.naturalWidth > 0)")
     for sid in ids:
-        page.keyboard.press(keys[true_shape(str(sid))])
+        page.keyboard.press(keys[shape_of(str(sid))])
     page.wait_for_selector(f'.tile[data-id="{ids[-1]}"][data-saved="1"]')
     wait_audit(live_web, 9)
     page.goto(live_web.url + "/progress")
