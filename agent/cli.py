@@ -225,8 +225,13 @@ def serve(data_dir: Path = typer.Option(..., "--data-dir", help="agent state fol
                                              large_image_pixels=large_image_pixels))
         web_config = None
         if web_port is not None:
+            from agent.security import SecurityError
             from agent.web.config import WebConfig
             from agent.web.server import check_listen
+
+            if tls_client_ca is not None and tokens is None:
+                raise SecurityError("--web-port with --tls-client-ca needs --tokens too: browsers have no client "
+                                    "certificate, so the web app lets people in by token (they sign in with one)")
 
             web_config = WebConfig(host=web_host, port=web_port, agent=f"{host}:{port}", https_cert=tls_cert,
                                    https_key=tls_key, insecure=insecure)

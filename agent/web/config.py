@@ -27,6 +27,7 @@ class WebConfig:
     page_size: int = 48  # queue items per page
     thumb_side: int = 192  # thumbnail size of the grids (pixels, longer side)
     max_ask: int = 500  # largest "ask for the next N"
+    refresh_s: float = 5.0  # pages re-read their items' labels (given elsewhere) this often
     rpc_timeout_s: float = 30.0  # light calls
     select_timeout_s: float = 600.0  # Select / PriorLabels (heavy work may queue)
 
@@ -37,5 +38,5 @@ class WebConfig:
     def __post_init__(self) -> None:
         if (self.https_cert is None) != (self.https_key is None):
             raise ValueError("HTTPS needs both a certificate and its key")
-        if self.page_size < 1 or self.max_ask < 1 or not 16 <= self.thumb_side <= 1024:
-            raise ValueError("web: page_size and max_ask must be >= 1, thumb_side 16..1024")
+        if self.page_size < 1 or self.max_ask < 1 or not 16 <= self.thumb_side <= 1024 or self.refresh_s <= 0:
+            raise ValueError("web: page_size and max_ask must be >= 1, thumb_side 16..1024, refresh_s > 0")

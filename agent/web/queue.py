@@ -125,7 +125,7 @@ def queue_page(request: Request, page: int = Query(1), caller: Caller = CallerDe
     return render(request, "queue.html", {
         "status": status, "queue": state, "items": items(caller, state, ids), "page": page, "pages": pages,
         "offset": (page - 1) * config.page_size, "classes": hotkeys(list(status.classes)),
-        "strategies": strategy_choices(status),
+        "strategies": strategy_choices(status), "refresh_ms": round(config.refresh_s * 1000),
         "can_label": session(request).can_label, "annotator": caller.annotator})
 
 

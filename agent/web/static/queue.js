@@ -81,12 +81,17 @@
     const form = new FormData(ask);
     const params = {};
     for (const [k, v] of form.entries()) if (k.startsWith("param:") && String(v).trim() !== "") params[k.slice(6)] = String(v);
+    const where = {};
+    for (const part of String(form.get("where") || "").split(",")) {
+      const [k, ...rest] = part.split("=");
+      if (k.trim() && rest.length) where[k.trim()] = rest.join("=").trim();
+    }
     const button = document.getElementById("ask-button");
     button.disabled = true;
     button.textContent = "Asking…";
     try {
       const res = await Shortlist.api("POST", "/api/queue/select",
-        { strategy: form.get("strategy"), budget: Number(form.get("budget")), params });
+        { strategy: form.get("strategy"), budget: Number(form.get("budget")), params, where });
       Shortlist.toast(`${res.total} samples from ${res.strategy}`);
       window.location.href = "/queue";
     } catch (e) {
@@ -249,6 +254,27 @@
     const name = keyOf[ev.key.toLowerCase()];
     if (name !== undefined && ev.key.length === 1) { ev.preventDefault(); label(name); }
   });
+  // Labels given elsewhere (another annotator, a gRPC client) show up without a reload.
+  async function refresh() {
+    if (document.hidden || !tiles.length) return;
+    let res;
+    try { res = await Shortlist.api("GET", `/api/queue?page=${data.page}`); } catch (e) { return; }
+    const byId = new Map(res.items.map((it) => [it.id, it]));
+    for (const tile of tiles) {
+      const it = byId.get(tile.dataset.id);
+      if (!it || tile.classList.contains("pending")) continue;
+      if (it.label !== (tile.dataset.label || "") || it.mark !== (tile.dataset.mark || "")) {
+        if (it.label && !tile.dataset.label) bumpLabelled(1);
+        if (it.label) addClass(it.label);
+        tile.dataset.label = it.label;
+        tile.dataset.mark = it.mark;
+        tile.classList.remove("failed");
+        show(tile);
+      }
+    }
+  }
+  setInterval(refresh, data.refresh_ms);
+
   const firstOpen = tiles.findIndex((t) => !t.dataset.label && !t.dataset.mark);
   setFocus(firstOpen < 0 ? 0 : firstOpen, false);
   updateCount();

@@ -65,7 +65,8 @@ def shape_image(i: int, side: int = 96) -> bytes:
 
 def shape_samples(n: int = N_IMAGES, labelled: int = LABELLED) -> list[agent_pb2.Sample]:
     return [client.image_sample(f"img{i:03d}.png", shape_image(i),
-                                label=SHAPES[i % 3] if i < labelled and i % 3 != 2 else "")
+                                label=SHAPES[i % 3] if i < labelled and i % 3 != 2 else "",
+                                metadata={"site": "a" if i % 2 == 0 else "b"})
             for i in range(n)]
 
 
@@ -189,6 +190,14 @@ def browser() -> Iterator[Any]:
 def live_web(tmp_path: Path) -> Iterator[WebAgent]:
     """The agent and the web app listening on a free loopback port (for the browser)."""
     wa = start_web_agent(tmp_path, listen=True)
+    yield wa
+    wa.stop()
+
+
+@pytest.fixture
+def live_web_fast(tmp_path: Path) -> Iterator[WebAgent]:
+    """``live_web`` whose pages re-read their labels every 0.3 s."""
+    wa = start_web_agent(tmp_path, listen=True, refresh_s=0.3)
     yield wa
     wa.stop()
 

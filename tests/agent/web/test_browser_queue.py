@@ -67,3 +67,21 @@ def test_keyboard_labelling(live_web: WebAgent, page: Any) -> None:
         page.keyboard.press("ArrowRight")
     page.mouse.move(0, 0)
     shot(page, "app-queue")
+
+
+def test_filter_and_labels_from_elsewhere_show_up(live_web_fast: WebAgent, page: Any) -> None:
+    """Ask with a metadata filter; a label given through gRPC (another client) appears on the open page."""
+    from shortlist.v1 import agent_pb2
+
+    web = live_web_fast
+    page.goto(web.url + "/queue")
+    page.fill("input[name=where]", "site=b")
+    page.fill("input[name=budget]", "6")
+    page.click("#ask-button")
+    page.wait_for_selector(".tile")
+    ids = [str(t.get_attribute("data-id")) for t in page.locator(".tile").all()]
+    assert len(ids) == 6 and all(int(i[3:6]) % 2 == 1 for i in ids)  # site b: the odd ones
+    web.stub.SubmitLabels(agent_pb2.SubmitLabelsRequest(
+        labels=[agent_pb2.LabelAssignment(id=ids[2], label="octagon")], annotator="pipeline"))
+    page.wait_for_selector(f'.tile[data-id="{ids[2]}"][data-label="octagon"]')
+    assert " ".join(page.locator("#classes li").last.inner_text().split()) == "3 octagon"

@@ -88,3 +88,15 @@ def test_serve_refuses_an_exposed_web_port(tmp_path: Path, registry: Path) -> No
         os.umask(umask)
     assert exposed.exit_code == 2 and "web app" in out(exposed) and "--insecure" in out(exposed)
     assert not (tmp_path / "d").exists()
+
+
+def test_serve_web_port_with_client_certificates_needs_tokens(tmp_path: Path, registry: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("not read: refused before\n")
+    umask = os.umask(0o022)
+    try:
+        r = runner.invoke(app, ["serve", "--data-dir", str(tmp_path / "d"), "--models", str(registry), "--port", "0",
+                                "--cpu", "--web-port", "0", "--tls-client-ca", str(ca)])
+    finally:
+        os.umask(umask)
+    assert r.exit_code == 2 and "--tokens" in out(r) and not (tmp_path / "d").exists()
