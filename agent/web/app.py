@@ -33,6 +33,8 @@ ROUTERS = [
     "auth",
     "images",
     "queue",
+    "priors",
+    "map",
     "progress",  # labels over time, class balance, annotators, the audit, exports
 ]
 

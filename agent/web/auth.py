@@ -124,8 +124,8 @@ def _safe_next(target: str) -> str:
 
 
 def probe_role(stub: agent_pb2_grpc.AgentStub, token: str, timeout: float) -> str:
-    """"write" or "read" for ``token`` (an empty SubmitLabels stores nothing: PERMISSION_DENIED = read only);
-    grpc.RpcError (UNAUTHENTICATED for an unknown token) escapes."""
+    """"write" or "read" for ``token`` (an empty SubmitLabels stores nothing: PERMISSION_DENIED = read only),
+    "" when the probe cannot tell; grpc.RpcError (UNAUTHENTICATED for an unknown token) escapes."""
     metadata = (("authorization", f"Bearer {token}"),) if token else ()
     stub.GetStatus(agent_pb2.GetStatusRequest(), metadata=metadata, timeout=timeout)
     try:
@@ -133,7 +133,9 @@ def probe_role(stub: agent_pb2_grpc.AgentStub, token: str, timeout: float) -> st
     except grpc.RpcError as e:
         if e.code() == grpc.StatusCode.PERMISSION_DENIED:
             return "read"
-        raise
+        if e.code() == grpc.StatusCode.UNAUTHENTICATED:
+            raise
+        return ""  # the agent cannot take writes now (e.g. a read-only data folder): role unknown, sign in anyway
     return "write"
 
 
@@ -163,7 +165,10 @@ def login(request: Request, name: str = Form(""), token: str = Form(""), next: s
         response.delete_cookie(TOKEN_COOKIE, path="/")
     if name:
         response.set_cookie(USER_COOKIE, name, httponly=True, **opts)
-    response.set_cookie(ROLE_COOKIE, role, httponly=True, **opts)
+    if role:
+        response.set_cookie(ROLE_COOKIE, role, httponly=True, **opts)
+    else:
+        response.delete_cookie(ROLE_COOKIE, path="/")
     return response
 
 

@@ -22,6 +22,8 @@
     li.append(kbd, " ", span);
     li.addEventListener("click", () => label(name));
     document.getElementById("classes").appendChild(li);
+    const none = document.getElementById("no-classes");
+    if (none) none.remove();
   }
   function bumpLabelled(delta) {
     const el = document.getElementById("labelled-count");
@@ -124,10 +126,17 @@
     badge(tile).textContent = label || (mark === "skip" ? "skipped" : mark === "unsure" ? "not sure" : "");
     updateCount();
   }
+  let pageDone = null;
   function updateCount() {
     const done = tiles.filter((t) => t.dataset.label || t.dataset.mark).length;
     const el = document.getElementById("done-count");
     if (el) el.textContent = done;
+    const all = tiles.length > 0 && done === tiles.length;
+    if (all && pageDone === false) {
+      Shortlist.toast(data.page < data.pages ? "Page done: ] for the next page"
+        : "Queue done: ask the agent for the next samples");
+    }
+    pageDone = all;
   }
   function nextOpen(from) {
     for (let j = from + 1; j < tiles.length; j++) if (!tiles[j].dataset.label && !tiles[j].dataset.mark) return j;

@@ -4,6 +4,7 @@ gRPC -> HTTP mapping, and auth (bearer header, login cookie, read vs write token
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import grpc
 import pytest
@@ -106,3 +107,61 @@ def test_agent_gone_is_503(web_agent: WebAgent) -> None:
         "unix:/nonexistent/agent.sock", timeout=0.5)
     r = c.get("/api/queue")
     assert r.status_code == 503 and r.json()["error"] == "UNAVAILABLE"
+
+
+def test_retry_after_from_the_agents_hint(web_agent: WebAgent) -> None:
+    """RESOURCE_EXHAUSTED with the agent's retry-after-ms trailer: 429 with Retry-After in seconds."""
+    from agent.errors import RETRY_AFTER_KEY
+
+    class Exhausted(grpc.RpcError):
+        def code(self) -> grpc.StatusCode:
+            return grpc.StatusCode.RESOURCE_EXHAUSTED
+
+        def details(self) -> str:
+            return "8 Selects are queued; retry later"
+
+        def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
+            return ((RETRY_AFTER_KEY, "2500"),)
+
+    class Busy:
+        def Select(self, *args: object, **kw: object) -> None:
+            raise Exhausted()
+
+        def GetStatus(self, *args: object, **kw: object) -> None:
+            raise Exhausted()
+
+    web_agent.app.state.stub._stub = Busy()  # the shared stub, as the app created it, answers like a busy agent
+    c = web_agent.client()
+    r = c.post("/api/queue/select", json={"strategy": "random", "budget": 3})
+    assert r.status_code == 429 and r.headers["retry-after"] == "3" and "queued" in r.json()["message"]
+    page = c.get("/queue")
+    assert page.status_code == 429 and "retry later" in page.text and "<nav" in page.text
+
+
+def test_https_and_secure_cookies(tmp_path: Path) -> None:
+    import ssl
+    import urllib.parse
+    import urllib.request
+
+    from tests.agent.pki import make_pki
+    from tests.agent.web.conftest import start_web_agent
+
+    pki = make_pki(tmp_path / "pki")
+    wa = start_web_agent(tmp_path, tokens=True, listen=True, https_cert=pki.server_cert, https_key=pki.server_key)
+    try:
+        assert wa.url.startswith("https://")
+        ctx = ssl.create_default_context(cafile=str(pki.ca))
+
+        class NoRedirect(urllib.request.HTTPRedirectHandler):
+            def redirect_request(self, *args: object, **kw: object) -> None:
+                return None
+
+        opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=ctx), NoRedirect())
+        body = urllib.parse.urlencode({"name": "ana", "token": WRITE_TOKEN}).encode()
+        with pytest.raises(urllib.error.HTTPError) as e:  # the 303 after a good login
+            opener.open(wa.url + "/login", data=body, timeout=10)
+        assert e.value.code == 303
+        cookies = e.value.headers.get_all("set-cookie")
+        assert cookies and all("Secure" in c and "HttpOnly" in c for c in cookies)
+    finally:
+        wa.stop()

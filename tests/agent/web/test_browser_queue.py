@@ -63,6 +63,14 @@ def test_keyboard_labelling(live_web: WebAgent, page: Any) -> None:
     history = live_web.history(first)
     assert [a for _, a in history] == ["ana"] * 3 and history[0][0] == history[2][0] == shape != history[1][0]
     assert live_web.labels()[first] == shape
+    # Enter shows the focused image large (the stored image), Escape closes it
+    page.keyboard.press("Enter")
+    page.wait_for_function("(() => { const i = document.querySelector('#lightbox img');"
+                           " return !document.getElementById('lightbox').hidden"
+                           " && i.complete && i.naturalWidth > 0 })()")
+    assert first in page.locator("#lightbox p").inner_text()
+    page.keyboard.press("Escape")
+    page.wait_for_selector("#lightbox", state="hidden")
     for _ in range(9):
         page.keyboard.press("ArrowRight")
     page.mouse.move(0, 0)

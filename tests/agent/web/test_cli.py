@@ -100,3 +100,36 @@ def test_serve_web_port_with_client_certificates_needs_tokens(tmp_path: Path, re
     finally:
         os.umask(umask)
     assert r.exit_code == 2 and "--tokens" in out(r) and not (tmp_path / "d").exists()
+
+
+def test_web_token_is_the_default_for_browsers_without_one(tmp_path: Path, registry: Path) -> None:
+    from agent.config import AgentConfig
+    from agent.security import ServerSecurity
+    from agent.service import create_server, stop_server
+    from tests.agent.web.conftest import READ_TOKEN, WRITE_TOKEN
+
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"read:{READ_TOKEN}\nwrite:{WRITE_TOKEN}\n")
+    server, port, agent = create_server(AgentConfig(tmp_path / "data", registry, port=0, use_cuda=False,
+                                                    security=ServerSecurity(tokens=tokens)))
+    procs = []
+    try:
+        urls = []
+        for token in ("", READ_TOKEN):
+            web_port = free_port()
+            env = {k: v for k, v in os.environ.items() if k != "SHORTLIST_TOKEN"}
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "shortlist.cli", "web", "--agent", f"127.0.0.1:{port}", "--port", str(web_port),
+                 *(["--token", token] if token else [])], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                env=env))
+            urls.append(f"http://127.0.0.1:{web_port}")
+        wait_http(urls[1] + "/healthz", procs[1])
+        wait_http(urls[0] + "/healthz", procs[0])
+        with __import__("pytest").raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(urls[0] + "/api/queue", timeout=10)
+        assert e.value.code == 401  # each browser signs in with its own token
+        assert json.loads(wait_http(urls[1] + "/api/queue", procs[1]))["total"] == 0  # the app's token
+    finally:
+        for p in procs:
+            stop(p)
+        stop_server(server, agent, grace=0.5)

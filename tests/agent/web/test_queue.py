@@ -77,3 +77,24 @@ def test_set_queue_from_ids(web_agent: WebAgent) -> None:
     assert r.json() == {"total": 2}
     q = c.get("/api/queue").json()
     assert [it["id"] for it in q["items"]] == ["img030.png", "img031.png"] and q["source"] == "map"
+
+
+def test_ids_with_slashes_and_odd_characters(live_web: WebAgent) -> None:
+    """Sample ids are paths inside a source: the grid's image URLs and the large view's reach them. (Over
+    HTTP: Starlette's TestClient decodes a path twice, so "%20" in an id would not survive it.)"""
+    import urllib.request
+    from urllib.parse import quote
+
+    from agent import client
+    from tests.agent.web.conftest import shape_image
+
+    odd = "site 2/cam#1/a?b%20c.png"
+    client.ingest(live_web.stub, [client.image_sample(odd, shape_image(1))])
+    c = live_web.client()
+    assert c.post("/api/queue", json={"ids": [odd]}).status_code == 200
+    page = c.get("/queue").text
+    m = re.search(r'<img decoding="async" alt="[^"]*" src="([^"]+)"', page)
+    assert m
+    for url in (m.group(1).replace("&amp;", "&"), "/image/" + quote(odd, safe="")):  # the large view's URL
+        with urllib.request.urlopen(live_web.url + url, timeout=10) as r:
+            assert r.status == 200 and r.headers["content-type"].startswith("image/")

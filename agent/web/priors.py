@@ -1,0 +1,285 @@
+"""The Review priors page: unlabelled samples grouped by prior label, sorted by confidence, filtered by
+class and confidence range, paginated; accept a prior (a SubmitLabels with ``source = "prior:METHOD"``,
+the annotator being the caller) or correct it (a SubmitLabels with the chosen class, source "manual").
+
+Priors come from one ``PriorLabels`` call per (method, model version) over every unlabelled embedded
+sample, kept by the web process (``PriorsCache``, shared by every caller the agent accepts) and
+paginated here, so paging and filtering never call the agent again; on a 50,000-sample pool a page
+costs a numpy mask and a slice. Samples labelled through this page drop out at once; the priors of the
+others are those computed from the labels at ``computed_at`` (the page says how many labels were given
+since and offers "Recompute"); a new model version recomputes them at the next request.
+
+APIs (JSON): ``GET /api/priors`` (a page), ``POST /api/priors/labels`` (accept or correct),
+``GET /api/priors/all`` (id -> prior class for every sample, for the Map page's colouring).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import grpc
+import numpy as np
+from fastapi import APIRouter, FastAPI, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from starlette.responses import Response
+
+from agent.web.auth import Caller, CallerDep, session
+from agent.web.errors import HttpError
+from agent.web.pages import render
+from shortlist.v1 import agent_pb2
+
+NAV = ("Review priors", "/priors", 20)
+router = APIRouter()
+
+ACCEPT_PREFIX = "prior:"  # SubmitLabelsRequest.source of accepted priors: "prior:METHOD"
+MAX_PAGE_SIZE = 200
+MAX_LABELS = 1000  # labels in one POST /api/priors/labels
+
+
+@dataclass
+class PriorSet:
+    """PriorLabels of one method over every unlabelled sample, as arrays (row i = ``ids[i]``)."""
+
+    method: str
+    model_version: str
+    classes: list[str]
+    ids: list[str]
+    label: np.ndarray  # class index of the prior
+    confidence: np.ndarray
+    second: np.ndarray  # the runner-up class index (-1 with one class)
+    second_p: np.ndarray
+    labeled_at: int  # Status.labeled when computed
+    computed_at: float
+    row_of: dict[str, int] = field(default_factory=dict)
+    done: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # labelled since, through this app
+
+    def __post_init__(self) -> None:
+        self.row_of = {i: r for r, i in enumerate(self.ids)}
+        self.done = np.zeros(len(self.ids), bool)
+        # Grouped by prior class (in the class list's order), most confident first within a group.
+        self.order = np.lexsort((-self.confidence, self.label)) if len(self.ids) else np.zeros(0, np.int64)
+
+    @classmethod
+    def from_stream(cls, method: str, classes: list[str], labeled: int,
+                    rows: list[agent_pb2.PriorLabel]) -> PriorSet:
+        index = {c: k for k, c in enumerate(classes)}
+        n = len(rows)
+        label = np.zeros(n, np.int64)
+        conf = np.zeros(n, np.float32)
+        second = np.full(n, -1, np.int64)
+        second_p = np.zeros(n, np.float32)
+        version = ""
+        for r, p in enumerate(rows):
+            label[r] = index.get(p.label, -1)
+            conf[r] = p.confidence
+            version = p.model_version
+            if len(p.probs) > 1:
+                ranked = sorted(p.probs.items(), key=lambda kv: -kv[1])
+                second[r], second_p[r] = index.get(ranked[1][0], -1), ranked[1][1]
+        return cls(method, version, classes, [p.id for p in rows], label, conf, second, second_p, labeled,
+                   time.time())
+
+
+class PriorsCache:
+    """The app's prior sets, one per method (thread-safe; one computation per method at a time)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sets: dict[str, PriorSet] = {}
+        self._computing: dict[str, threading.Lock] = {}
+
+    def get(self, caller: Caller, method: str, status: agent_pb2.Status, refresh: bool = False) -> PriorSet:
+        """The prior set of ``method`` at the served model version, computed now when missing, stale
+        (another model version) or ``refresh``; grpc.RpcError escapes (FAILED_PRECONDITION before any label)."""
+        with self._lock:
+            gate = self._computing.setdefault(method, threading.Lock())
+            cached = self._sets.get(method)
+        if cached is not None and cached.model_version == status.model_version and not refresh:
+            return cached
+        started = time.time()
+        with gate:
+            with self._lock:
+                cached = self._sets.get(method)
+            if cached is not None and cached.model_version == status.model_version and cached.computed_at >= started:
+                return cached  # another request computed it while this one waited
+            rows = caller.stream(caller.stub.PriorLabels, agent_pb2.PriorLabelsRequest(method=method),
+                                 timeout=caller.config.select_timeout_s)
+            fresh = PriorSet.from_stream(method, list(status.classes), status.labeled, rows)
+            if not rows:
+                fresh.model_version = status.model_version
+            with self._lock:
+                self._sets[method] = fresh
+            return fresh
+
+    def peek(self, method: str) -> PriorSet | None:
+        with self._lock:
+            return self._sets.get(method)
+
+    def labelled(self, ids: list[str]) -> None:
+        """These samples are labelled now: they leave every prior set."""
+        with self._lock:
+            sets = list(self._sets.values())
+        for s in sets:
+            for i in ids:
+                r = s.row_of.get(i)
+                if r is not None:
+                    s.done[r] = True
+
+
+def setup(app: FastAPI) -> None:
+    app.state.priors = PriorsCache()
+
+
+def cache(request: Request) -> PriorsCache:
+    c: PriorsCache = request.app.state.priors
+    return c
+
+
+def method_choices(status: agent_pb2.Status) -> list[dict[str, object]]:
+    """The prior-method registry's description of each method the agent offers (for the chooser)."""
+    from agent.priors import PRIOR_METHODS  # imports scikit-learn: only when a page needs it
+
+    out = []
+    for name in status.prior_methods:
+        entry = PRIOR_METHODS.get(name)
+        d: dict[str, object] = entry.describe() if entry is not None else {"name": name, "summary": "", "params": []}
+        summary = str(d.get("summary", ""))
+        cut = summary.find(". ")
+        d["short"] = summary if cut < 0 else summary[:cut + 1]
+        out.append(d)
+    return out
+
+
+def default_method(status: agent_pb2.Status) -> str:
+    return "knn" if "knn" in status.prior_methods else (status.prior_methods[0] if status.prior_methods else "")
+
+
+@router.get("/priors")
+def priors_page(request: Request, caller: Caller = CallerDep) -> Response:
+    status = caller.status()
+    return render(request, "priors.html", {
+        "status": status, "methods": method_choices(status), "default_method": default_method(status),
+        "classes": list(status.classes), "can_label": session(request).can_label, "annotator": caller.annotator,
+        "page_size": min(caller.config.page_size, MAX_PAGE_SIZE)})
+
+
+def check_method(status: agent_pb2.Status, method: str) -> None:
+    if method not in status.prior_methods:
+        raise HttpError(400, "INVALID_ARGUMENT", f"unknown prior method {method!r}; valid: "
+                        f"{', '.join(status.prior_methods) or 'none'}")
+
+
+@router.get("/api/priors")
+def priors_api(request: Request, method: str = Query(""), label: str = Query(""),
+               min_conf: float = Query(0.0, alias="min"), max_conf: float = Query(1.0, alias="max"),
+               sort: Literal["desc", "asc"] = Query("desc"), page: int = Query(1), size: int = Query(0),
+               refresh: bool = Query(False), caller: Caller = CallerDep) -> dict[str, Any]:
+    """One page of unlabelled samples with their prior: grouped by prior class, by confidence within a
+    group (``sort``: most confident first, or least), only class ``label`` ("" all) and confidence in
+    [``min``, ``max``]."""
+    status = caller.status()
+    method = method or default_method(status)
+    check_method(status, method)
+    if not (0.0 <= min_conf <= max_conf <= 1.0):
+        raise HttpError(400, "INVALID_ARGUMENT",
+                              f"the confidence range must satisfy 0 <= min <= max <= 1 (got {min_conf}, {max_conf})")
+    size = size or min(caller.config.page_size, MAX_PAGE_SIZE)
+    if not 1 <= size <= MAX_PAGE_SIZE or page < 1:
+        raise HttpError(400, "INVALID_ARGUMENT", f"page >= 1 and size 1..{MAX_PAGE_SIZE} please")
+    if label and label not in status.classes:
+        raise HttpError(400, "INVALID_ARGUMENT", f"unknown class {label!r}")
+    ps = cache(request).get(caller, method, status, refresh)
+    in_range = ~ps.done & (ps.confidence >= min_conf - 1e-6) & (ps.confidence <= max_conf + 1e-6) & (ps.label >= 0)
+    counts = np.bincount(ps.label[in_range], minlength=len(ps.classes)) if len(ps.ids) else np.zeros(len(ps.classes))
+    wanted = ps.classes.index(label) if label in ps.classes else -2  # a class newer than these priors: none
+    mask = in_range if not label else in_range & (ps.label == wanted)
+    order = ps.order if sort == "desc" else np.lexsort((ps.confidence, ps.label)) if len(ps.ids) else ps.order
+    rows = order[mask[order]]
+    pages = max(1, math.ceil(len(rows) / size))
+    page = min(page, pages)
+    part = rows[(page - 1) * size: page * size]
+    items = [{"id": ps.ids[r], "label": ps.classes[ps.label[r]], "confidence": round(float(ps.confidence[r]), 4),
+              "second": ps.classes[ps.second[r]] if ps.second[r] >= 0 else "",
+              "second_p": round(float(ps.second_p[r]), 4)} for r in part.tolist()]
+    return {"method": method, "model_version": ps.model_version, "computed_at": ps.computed_at,
+            "labeled_at": ps.labeled_at, "labeled_now": status.labeled, "unlabelled": int((~ps.done).sum()),
+            "total": len(rows), "page": page, "pages": pages, "size": size, "offset": (page - 1) * size,
+            "counts": {c: int(n) for c, n in zip(ps.classes, counts, strict=False)}, "items": items}
+
+
+class LabelItem(BaseModel):
+    id: str = Field(max_length=4096)
+    label: str = Field(max_length=4096)
+
+
+class PriorLabelsBody(BaseModel):
+    method: str = Field(max_length=64)
+    labels: list[LabelItem] = Field(min_length=1, max_length=MAX_LABELS)
+
+
+@router.post("/api/priors/labels")
+def label_api(request: Request, body: PriorLabelsBody, caller: Caller = CallerDep) -> dict[str, Any]:
+    """Accept priors or correct them (annotator: the caller). A label equal to the sample's prior under
+    ``method`` is an accepted prior (source "prior:METHOD"); any other is a correction (source "manual").
+    The prior is the one this app showed (its cached set), else asked of the agent for those ids; when
+    the agent has no prior for them (an unknown or labelled id among them) they are corrections, and
+    SubmitLabels refuses the unknown ids one by one."""
+    status = caller.status()
+    check_method(status, body.method)
+    ps = cache(request).peek(body.method)
+    shown: dict[str, str] = {}
+    unknown = []
+    for x in body.labels:
+        r = ps.row_of.get(x.id) if ps is not None and ps.model_version == status.model_version else None
+        if ps is not None and r is not None and ps.label[r] >= 0:
+            shown[x.id] = ps.classes[ps.label[r]]
+        else:
+            unknown.append(x.id)
+    if unknown:  # not in the cached set (e.g. the app restarted): the agent's prior for them now
+        try:
+            rows = caller.stream(caller.stub.PriorLabels, agent_pb2.PriorLabelsRequest(method=body.method,
+                                                                                      ids=unknown),
+                                 timeout=caller.config.select_timeout_s)
+            shown.update({p.id: p.label for p in rows})
+        except grpc.RpcError as e:  # an unknown or labelled id among them: no prior to accept for any of them
+            if e.code() not in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION):
+                raise
+    accepts = [x for x in body.labels if shown.get(x.id) == x.label.strip()]
+    fixes = [x for x in body.labels if shown.get(x.id) != x.label.strip()]
+    accepted, rejected = 0, []
+    stored: list[str] = []
+    # Two SubmitLabels (the source is per request): the accepted priors, then the corrections.
+    for part, source in ((accepts, ACCEPT_PREFIX + body.method), (fixes, "manual")):
+        if not part:
+            continue
+        reply = caller(caller.stub.SubmitLabels, agent_pb2.SubmitLabelsRequest(
+            labels=[agent_pb2.LabelAssignment(id=x.id, label=x.label.strip()) for x in part],
+            annotator=caller.annotator, source=source))
+        refused = {r.id for r in reply.rejected}
+        accepted += reply.accepted
+        rejected += [{"id": r.id, "reason": r.reason} for r in reply.rejected]
+        stored += [x.id for x in part if x.id not in refused]
+    cache(request).labelled(stored)
+    done = set(stored)
+    return {"accepted": accepted, "annotator": caller.annotator,
+            "accepted_priors": sum(1 for x in accepts if x.id in done),
+            "corrected": sum(1 for x in fixes if x.id in done), "rejected": rejected}
+
+
+@router.get("/api/priors/all")
+def all_priors(request: Request, method: str = Query(""), caller: Caller = CallerDep) -> Response:
+    """The prior class of every unlabelled sample as two aligned lists (``ids``, ``label`` = index into
+    ``classes``), for colouring the map."""
+    status = caller.status()
+    method = method or default_method(status)
+    check_method(status, method)
+    ps = cache(request).get(caller, method, status)
+    keep = np.flatnonzero(~ps.done)
+    return JSONResponse({"method": method, "model_version": ps.model_version, "classes": ps.classes,
+                         "ids": [ps.ids[r] for r in keep.tolist()], "label": ps.label[keep].tolist(),
+                         "confidence": np.round(ps.confidence[keep].astype(np.float64), 3).tolist()})

@@ -1,0 +1,338 @@
+// Map page: draws /api/map's points on a canvas (no library), colours them, shows the hovered sample's
+// thumbnail, and turns a lasso / box selection into the queue (POST /api/queue, source "map").
+"use strict";
+(() => {
+  const cfg = window.MAP;
+  const $ = (id) => document.getElementById(id);
+  const canvas = $("map"), wrap = $("map-wrap"), ctx = canvas.getContext("2d");
+  // Tableau 20: distinct, print-safe class colours.
+  const PALETTE = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7",
+    "#9c755f", "#bab0ac", "#1f77b4", "#aec7e8", "#ff7f0e", "#ffbb78", "#2ca02c", "#98df8a", "#d62728",
+    "#ff9896", "#9467bd", "#c5b0d5"];
+  const GREY = "#c3c8d1";
+  const pts = { ids: [], x: [], y: [], label: [], prior: null, inQueue: null, selected: null, n: 0 };
+  let classes = [], header = null, tool = "lasso", colour = "label";
+  let view = { sx: 1, sy: 1, tx: 0, ty: 0 };  // screen = data * s + t
+  let drag = null, hoverIdx = -1, buckets = null, pollTimer = null;
+  const dpr = () => window.devicePixelRatio || 1;
+  const esc = (s) => String(s).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
+  const colourOf = (k) => PALETTE[k % PALETTE.length];
+
+  function resize() {
+    const r = wrap.getBoundingClientRect();
+    canvas.width = Math.max(1, Math.floor(r.width * dpr()));
+    canvas.height = Math.max(1, Math.floor(r.height * dpr()));
+    canvas.style.width = `${r.width}px`; canvas.style.height = `${r.height}px`;
+    draw();
+  }
+
+  function fit() {
+    if (!pts.n) return;
+    let x0 = Infinity, x1 = -Infinity, y0 = Infinity, y1 = -Infinity;
+    for (let i = 0; i < pts.n; i++) {
+      x0 = Math.min(x0, pts.x[i]); x1 = Math.max(x1, pts.x[i]); y0 = Math.min(y0, pts.y[i]); y1 = Math.max(y1, pts.y[i]);
+    }
+    const w = canvas.width / dpr(), h = canvas.height / dpr(), pad = 24;
+    const s = Math.min((w - 2 * pad) / Math.max(x1 - x0, 1e-9), (h - 2 * pad) / Math.max(y1 - y0, 1e-9));
+    view = { sx: s, sy: -s, tx: w / 2 - s * (x0 + x1) / 2, ty: h / 2 + s * (y0 + y1) / 2 };
+    draw();
+  }
+  const sx = (i) => pts.x[i] * view.sx + view.tx;
+  const sy = (i) => pts.y[i] * view.sy + view.ty;
+
+  // What colour group a point is in for the current mode: -1 = background grey.
+  function group(i) {
+    if (colour === "label") return pts.label[i];
+    if (colour === "prior") return pts.label[i] >= 0 ? pts.label[i] : (pts.prior ? pts.prior[i] : -1);
+    return pts.inQueue && pts.inQueue[i] ? 0 : -1;
+  }
+
+  function draw() {
+    const w = canvas.width / dpr(), h = canvas.height / dpr();
+    ctx.setTransform(dpr(), 0, 0, dpr(), 0, 0);
+    ctx.fillStyle = "#fbfbfc"; ctx.fillRect(0, 0, w, h);
+    const r = pts.n > 20000 ? 1.6 : pts.n > 3000 ? 2.2 : 3.2;
+    buckets = new Map();
+    const cell = 12;
+    const layers = [[], []];
+    for (let i = 0; i < pts.n; i++) {
+      const x = sx(i), y = sy(i);
+      if (x < -5 || y < -5 || x > w + 5 || y > h + 5) continue;
+      layers[group(i) >= 0 ? 1 : 0].push(i);
+      const key = `${Math.floor(x / cell)},${Math.floor(y / cell)}`;
+      let b = buckets.get(key);
+      if (!b) { b = []; buckets.set(key, b); }
+      b.push(i);
+    }
+    ctx.globalAlpha = 0.55; ctx.fillStyle = GREY;
+    for (const i of layers[0]) ctx.fillRect(sx(i) - r, sy(i) - r, 2 * r, 2 * r);
+    ctx.globalAlpha = 0.9;
+    for (const i of layers[1]) {
+      const g = group(i);
+      ctx.fillStyle = colour === "queue" ? "#f28e2b" : colourOf(g);
+      // labelled samples: filled squares; priors: circles, lighter
+      if (colour === "prior" && pts.label[i] < 0) {
+        ctx.globalAlpha = 0.55; ctx.beginPath(); ctx.arc(sx(i), sy(i), r * 1.05, 0, 2 * Math.PI); ctx.fill(); ctx.globalAlpha = 0.9;
+      } else {
+        ctx.fillRect(sx(i) - r * 1.15, sy(i) - r * 1.15, 2.3 * r, 2.3 * r);
+      }
+    }
+    ctx.globalAlpha = 1;
+    if (pts.selected) {  // selected: dark ring
+      ctx.strokeStyle = "#161b26"; ctx.lineWidth = 1.2;
+      for (let i = 0; i < pts.n; i++) if (pts.selected[i]) ctx.strokeRect(sx(i) - r - 1.5, sy(i) - r - 1.5, 2 * r + 3, 2 * r + 3);
+    }
+    if (hoverIdx >= 0) {
+      ctx.strokeStyle = "#2f6fed"; ctx.lineWidth = 2;
+      ctx.beginPath(); ctx.arc(sx(hoverIdx), sy(hoverIdx), r + 5, 0, 2 * Math.PI); ctx.stroke();
+    }
+    if (drag && drag.kind === "lasso" && drag.path.length > 1) {
+      ctx.strokeStyle = "#2f6fed"; ctx.fillStyle = "rgba(47,111,237,.08)"; ctx.lineWidth = 1.5; ctx.setLineDash([5, 4]);
+      ctx.beginPath(); ctx.moveTo(drag.path[0][0], drag.path[0][1]);
+      for (const [x, y] of drag.path) ctx.lineTo(x, y);
+      ctx.closePath(); ctx.fill(); ctx.stroke(); ctx.setLineDash([]);
+    }
+    if (drag && drag.kind === "box") {
+      const [x0, y0] = drag.start, [x1, y1] = drag.end;
+      ctx.strokeStyle = "#2f6fed"; ctx.fillStyle = "rgba(47,111,237,.08)"; ctx.setLineDash([5, 4]);
+      ctx.fillRect(x0, y0, x1 - x0, y1 - y0); ctx.strokeRect(x0, y0, x1 - x0, y1 - y0); ctx.setLineDash([]);
+    }
+  }
+
+  function nearest(x, y) {
+    if (!buckets) return -1;
+    const cell = 12, cx = Math.floor(x / cell), cy = Math.floor(y / cell);
+    let best = -1, bd = 10 * 10;
+    for (let dx = -1; dx <= 1; dx++) for (let dy = -1; dy <= 1; dy++) {
+      for (const i of buckets.get(`${cx + dx},${cy + dy}`) || []) {
+        const d = (sx(i) - x) ** 2 + (sy(i) - y) ** 2;
+        if (d < bd) { bd = d; best = i; }
+      }
+    }
+    return best;
+  }
+
+  function showHover(i, x, y) {
+    const card = $("hover");
+    if (i < 0) { card.hidden = true; return; }
+    const id = pts.ids[i];
+    const img = $("hover-img");
+    const src = `/thumb/${encodeURIComponent(id)}?size=160`;
+    if (img.getAttribute("src") !== src) img.setAttribute("src", src);
+    const lab = pts.label[i] >= 0 ? classes[pts.label[i]] : "";
+    const pri = pts.prior && pts.label[i] < 0 && pts.prior[i] >= 0 ? `${classes[pts.prior[i]]} ${Math.round(pts.priorConf[i] * 100)}%` : "";
+    $("hover-text").innerHTML = `<code>${esc(id)}</code><br>${lab ? `label <b>${esc(lab)}</b>` : "unlabelled"}${pri ? `<br>prior ${esc(pri)}` : ""}${pts.inQueue && pts.inQueue[i] ? "<br>in the queue" : ""}`;
+    card.hidden = false;
+    const w = wrap.clientWidth, h = wrap.clientHeight;
+    card.style.left = `${Math.min(x + 16, w - 190)}px`;
+    card.style.top = `${Math.min(y + 16, h - 230)}px`;
+  }
+
+  function inPolygon(x, y, poly) {  // ray casting (even-odd rule)
+    let inside = false;
+    for (let a = 0, b = poly.length - 1; a < poly.length; b = a++) {
+      const [xa, ya] = poly[a], [xb, yb] = poly[b];
+      if ((ya > y) !== (yb > y) && x < ((xb - xa) * (y - ya)) / (yb - ya) + xa) inside = !inside;
+    }
+    return inside;
+  }
+
+  function select(test, add) {
+    if (!pts.selected || !add) pts.selected = new Uint8Array(pts.n);
+    const onlyUnlabelled = $("unlabelled-only").checked;
+    for (let i = 0; i < pts.n; i++) {
+      if (onlyUnlabelled && pts.label[i] >= 0) continue;
+      if (test(sx(i), sy(i))) pts.selected[i] = 1;
+    }
+    updateSelection();
+  }
+
+  function selectedIds() {
+    const out = [];
+    if (pts.selected) for (let i = 0; i < pts.n; i++) if (pts.selected[i]) out.push(pts.ids[i]);
+    return out;
+  }
+
+  function updateSelection() {
+    const n = selectedIds().length;
+    $("stat-selected").textContent = n.toLocaleString();
+    $("sel-text").textContent = n ? `${n.toLocaleString()} sample(s) selected.` : "Draw a lasso (or a box) around points to select them.";
+    $("to-queue").disabled = !n || !cfg.canLabel;
+    $("clear-sel").disabled = !n;
+    draw();
+  }
+
+  canvas.addEventListener("mousedown", (ev) => {
+    const x = ev.offsetX, y = ev.offsetY;
+    if (tool === "pan" || ev.button === 1) drag = { kind: "pan", last: [x, y] };
+    else if (tool === "box") drag = { kind: "box", start: [x, y], end: [x, y], add: ev.shiftKey };
+    else drag = { kind: "lasso", path: [[x, y]], add: ev.shiftKey };
+    $("hover").hidden = true;
+  });
+  window.addEventListener("mousemove", (ev) => {
+    const r = canvas.getBoundingClientRect();
+    const x = ev.clientX - r.left, y = ev.clientY - r.top;
+    if (!drag) {
+      if (x < 0 || y < 0 || x > r.width || y > r.height) return;
+      const i = nearest(x, y);
+      if (i !== hoverIdx) { hoverIdx = i; draw(); }
+      showHover(i, x, y);
+      return;
+    }
+    if (drag.kind === "pan") {
+      view.tx += x - drag.last[0]; view.ty += y - drag.last[1]; drag.last = [x, y];
+    } else if (drag.kind === "box") drag.end = [x, y];
+    else drag.path.push([x, y]);
+    draw();
+  });
+  window.addEventListener("mouseup", () => {
+    if (!drag) return;
+    const d = drag; drag = null;
+    if (d.kind === "lasso" && d.path.length > 2) select((x, y) => inPolygon(x, y, d.path), d.add);
+    else if (d.kind === "box") {
+      const [x0, x1] = [Math.min(d.start[0], d.end[0]), Math.max(d.start[0], d.end[0])];
+      const [y0, y1] = [Math.min(d.start[1], d.end[1]), Math.max(d.start[1], d.end[1])];
+      if (x1 - x0 > 2 && y1 - y0 > 2) select((x, y) => x >= x0 && x <= x1 && y >= y0 && y <= y1, d.add);
+    }
+    draw();
+  });
+  canvas.addEventListener("mouseleave", () => { if (!drag) { hoverIdx = -1; $("hover").hidden = true; draw(); } });
+  canvas.addEventListener("wheel", (ev) => {
+    ev.preventDefault();
+    const f = Math.exp(-ev.deltaY * 0.0015), x = ev.offsetX, y = ev.offsetY;
+    view.tx = x - (x - view.tx) * f; view.ty = y - (y - view.ty) * f; view.sx *= f; view.sy *= f;
+    draw();
+  }, { passive: false });
+  canvas.addEventListener("dblclick", (ev) => {
+    const i = nearest(ev.offsetX, ev.offsetY);
+    if (i >= 0) window.open(`/image/${encodeURIComponent(pts.ids[i])}`, "_blank");
+  });
+  document.querySelectorAll("[data-tool]").forEach((b) => b.addEventListener("click", () => {
+    tool = b.dataset.tool;
+    document.querySelectorAll("[data-tool]").forEach((o) => o.classList.toggle("active", o === b));
+    canvas.style.cursor = tool === "pan" ? "grab" : "crosshair";
+  }));
+  $("reset-view").addEventListener("click", fit);
+  $("clear-sel").addEventListener("click", () => { pts.selected = null; updateSelection(); });
+  $("to-queue").addEventListener("click", async () => {
+    const ids = selectedIds();
+    if (!ids.length) return;
+    $("to-queue").disabled = true;
+    try {
+      const r = await Shortlist.api("POST", "/api/queue", { ids, source: "map" });
+      Shortlist.toast(`${r.total.toLocaleString()} sample(s) are the queue now`);
+      $("queue-link").hidden = false;
+      await loadQueue();
+    } catch (e) {
+      Shortlist.toast(e.message, true);
+    } finally {
+      $("to-queue").disabled = false;
+    }
+  });
+  $("colour").addEventListener("change", async () => {
+    colour = $("colour").value;
+    $("method-wrap").hidden = colour !== "prior";
+    if (colour === "prior") await loadPriors();
+    if (colour === "queue") await loadQueue();
+    legend(); draw();
+  });
+  $("method").addEventListener("change", async () => { await loadPriors(); legend(); draw(); });
+  document.addEventListener("keydown", (ev) => {
+    if (ev.target.closest("input, select, textarea")) return;
+    if (ev.key === "0") fit();
+    else if (ev.key === "Escape") { pts.selected = null; updateSelection(); }
+  });
+
+  function legend() {
+    const counts = new Map();
+    for (let i = 0; i < pts.n; i++) { const g = group(i); counts.set(g, (counts.get(g) || 0) + 1); }
+    let html = "";
+    if (colour === "queue") {
+      html = `<li><i style="background:#f28e2b"></i>in the queue <span class="count">${(counts.get(0) || 0).toLocaleString()}</span></li>`;
+      html += `<li><i style="background:${GREY}"></i>not in the queue <span class="count">${(counts.get(-1) || 0).toLocaleString()}</span></li>`;
+    } else {
+      classes.forEach((c, k) => { html += `<li><i style="background:${colourOf(k)}"></i>${esc(c)} <span class="count">${(counts.get(k) || 0).toLocaleString()}</span></li>`; });
+      const rest = colour === "label" ? "unlabelled" : "no prior";
+      html += `<li><i style="background:${GREY}"></i>${rest} <span class="count">${(counts.get(-1) || 0).toLocaleString()}</span></li>`;
+      if (colour === "prior") html += `<li class="muted small">squares: labels · dots: priors</li>`;
+    }
+    $("legend").innerHTML = html;
+  }
+
+  async function loadPriors() {
+    try {
+      const d = await Shortlist.api("GET", `/api/priors/all?method=${encodeURIComponent($("method").value)}`);
+      const pos = new Map(pts.ids.map((id, i) => [id, i]));
+      const idx = new Map(classes.map((c, k) => [c, k]));
+      pts.prior = new Int32Array(pts.n).fill(-1); pts.priorConf = new Float32Array(pts.n);
+      d.ids.forEach((id, k) => {
+        const i = pos.get(id);
+        if (i !== undefined) { pts.prior[i] = idx.has(d.classes[d.label[k]]) ? idx.get(d.classes[d.label[k]]) : -1; pts.priorConf[i] = d.confidence[k]; }
+      });
+    } catch (e) {
+      pts.prior = null;
+      Shortlist.toast(`priors: ${e.message}`, true);
+    }
+  }
+
+  async function loadQueue() {
+    const d = await Shortlist.api("GET", "/api/map/queue");
+    const inq = new Set(d.ids);
+    pts.inQueue = new Uint8Array(pts.n);
+    for (let i = 0; i < pts.n; i++) if (inq.has(pts.ids[i])) pts.inQueue[i] = 1;
+    legend(); draw();
+  }
+
+  function facts(h) {
+    const rows = [["model", h.model_version || "none"], ["method", h.method || "–"], ["points", h.total.toLocaleString()],
+      ["fitted on", h.fitted.toLocaleString()], ["not placed yet", h.pending.toLocaleString()]];
+    if (h.recomputing) rows.push(["refit", `running, ${Math.round(h.progress * 100)}%`]);
+    $("map-facts").innerHTML = rows.map(([k, v]) => `<dt>${esc(k)}</dt><dd>${esc(v)}</dd>`).join("");
+  }
+
+  async function load() {
+    clearTimeout(pollTimer);
+    const st = $("map-state");
+    try {
+      let offset = 0, h = null;
+      const ids = [], x = [], y = [], label = [];
+      for (;;) {
+        const d = await Shortlist.api("GET", `/api/map?offset=${offset}&limit=${cfg.pageSize}`);
+        h = h || d;
+        classes = d.classes;
+        ids.push(...d.ids); x.push(...d.x); y.push(...d.y); label.push(...d.label);
+        offset += d.ids.length;
+        if (!d.ids.length || offset >= d.total) break;
+      }
+      header = h;
+      facts(h);
+      $("stat-points").textContent = h.total.toLocaleString();
+      if (h.state === "none") { st.textContent = "No model is served yet: the map appears once the agent serves one."; st.hidden = false; }
+      else if (h.state === "computing") { st.innerHTML = `Computing the map for ${esc(h.model_version)}… <b>${Math.round(h.progress * 100)}%</b><div class="bar"><span style="width:${Math.round(h.progress * 100)}%"></span></div>`; st.hidden = false; }
+      else if (h.state === "failed") { st.textContent = h.message; st.hidden = false; st.classList.add("error"); }
+      else st.hidden = ids.length > 0;
+      if (h.state === "ready" && !ids.length) { st.textContent = "The pool is empty."; st.hidden = false; }
+      $("map-meta").textContent = h.state === "ready"
+        ? `${h.method} of ${h.total.toLocaleString()} samples at model ${h.model_version}` + (h.recomputing ? ` · refitting in the background (${Math.round(h.progress * 100)}%)` : "")
+        : "The pool's embeddings in 2-D: nearby points look alike to the model.";
+      const first = pts.n === 0;
+      const keep = new Set(selectedIds());
+      Object.assign(pts, { ids, x, y, label, n: ids.length, prior: null, inQueue: null, selected: null });
+      if (keep.size) { pts.selected = new Uint8Array(pts.n); ids.forEach((id, i) => { if (keep.has(id)) pts.selected[i] = 1; }); }
+      if (colour === "prior") await loadPriors();
+      await loadQueue();
+      if (first) fit();
+      legend(); updateSelection();
+      canvas.dataset.ready = h.state === "ready" && ids.length ? "1" : "0";
+      if (h.state === "computing" || h.state === "none" || h.pending > 0 || h.recomputing) pollTimer = setTimeout(load, h.state === "ready" ? 5000 : 1500);
+    } catch (e) {
+      st.textContent = e.message; st.hidden = false;
+    }
+  }
+
+  // For tests and scripts: select by data-space polygon is the same as a user's lasso.
+  window.ShortlistMap = { points: () => pts, view: () => view, header: () => header, selectedIds };
+  window.addEventListener("resize", resize);
+  resize();
+  load();
+})();

@@ -1,0 +1,169 @@
+// Review priors page: fetches /api/priors pages, accepts / corrects through /api/priors/labels.
+"use strict";
+(() => {
+  const cfg = window.PRIORS;
+  const $ = (id) => document.getElementById(id);
+  const grid = $("grid"), form = $("filters");
+  const q = new URLSearchParams(location.search);
+  const state = {
+    method: q.get("method") || $("method").value, label: q.get("label") || "",
+    min: Number(q.get("min") || 0), max: Number(q.get("max") || 100), sort: q.get("sort") || "desc",
+    page: Number(q.get("page") || 1), data: null, busy: false,
+  };
+  $("method").value = state.method; $("label").value = state.label;
+  $("min").value = state.min; $("max").value = state.max; $("sort").value = state.sort;
+
+  function pct(p) { return `${Math.round(p * 100)}%`; }
+  function esc(s) { return String(s).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c])); }
+  function confClass(p) { return p >= 0.8 ? "hi" : p >= 0.5 ? "mid" : "lo"; }
+
+  function syncUrl() {
+    const p = new URLSearchParams({ method: state.method, page: state.page });
+    if (state.label) p.set("label", state.label);
+    if (state.min > 0) p.set("min", state.min);
+    if (state.max < 100) p.set("max", state.max);
+    if (state.sort !== "desc") p.set("sort", state.sort);
+    history.replaceState(null, "", `/priors?${p}`);
+    document.querySelectorAll("#method-summary [data-method]").forEach((el) => { el.hidden = el.dataset.method !== state.method; });
+  }
+
+  async function load(refresh = false) {
+    syncUrl();
+    const p = new URLSearchParams({ method: state.method, label: state.label, min: state.min / 100,
+      max: state.max / 100, sort: state.sort, page: state.page, size: cfg.pageSize });
+    if (refresh) p.set("refresh", "true");
+    grid.setAttribute("aria-busy", "true");
+    if (!state.data) grid.innerHTML = '<p class="muted">Computing the priors…</p>';
+    try {
+      const d = await Shortlist.api("GET", `/api/priors?${p}`);
+      state.data = d; state.page = d.page;
+      render(d);
+    } catch (e) {
+      grid.innerHTML = `<p class="error">${esc(e.message)}</p>`;
+      $("pager").hidden = true; $("bulkbar").hidden = true;
+    } finally {
+      grid.removeAttribute("aria-busy");
+    }
+  }
+
+  function render(d) {
+    syncUrl();
+    $("stat-shown").textContent = d.total.toLocaleString();
+    $("stat-unlabelled").textContent = d.unlabelled.toLocaleString();
+    const when = new Date(d.computed_at * 1000).toLocaleTimeString();
+    $("priors-meta").textContent = `${d.method} priors at model ${d.model_version || "–"}, computed ${when} from ${d.labeled_at.toLocaleString()} labels; grouped by prior class, ${state.sort === "desc" ? "most" : "least"} confident first.`;
+    const since = d.labeled_now - d.labeled_at;
+    $("stale").hidden = since <= 0;
+    $("stale").textContent = `${since.toLocaleString()} label(s) were given since these priors were computed. Recompute to propagate them.`;
+    // class tabs with counts in the confidence range
+    const tabs = [["", Object.values(d.counts).reduce((a, b) => a + b, 0)], ...Object.entries(d.counts)];
+    $("class-tabs").innerHTML = tabs.map(([c, n]) =>
+      `<button role="tab" class="tab${c === state.label ? " active" : ""}" data-label="${esc(c)}" aria-selected="${c === state.label}">${c ? esc(c) : "all"} <span class="count">${n.toLocaleString()}</span></button>`).join("");
+    if (!d.items.length) {
+      grid.innerHTML = `<p class="muted">No unlabelled sample has a prior in this class and confidence range.</p>`;
+    } else {
+      let html = "", last = null;
+      d.items.forEach((it, k) => {
+        if (it.label !== last) {
+          html += `<div class="group-head"><span class="chip">${esc(it.label)}</span> <span class="muted small">${(d.counts[it.label] || 0).toLocaleString()} in range</span></div>`;
+          last = it.label;
+        }
+        const options = cfg.classes.map((c) => `<option value="${esc(c)}">${esc(c)}</option>`).join("");
+        html += `<figure class="tile prior" data-id="${esc(it.id)}" data-label="${esc(it.label)}" data-index="${k}">
+          <div class="thumb"><img loading="lazy" alt="${esc(it.id)}" src="/thumb/${encodeURIComponent(it.id)}"></div>
+          <figcaption class="stack0">
+            <div class="line"><span class="sid" title="${esc(it.id)}">${esc(it.id)}</span>
+              <span class="conf ${confClass(it.confidence)}" title="confidence of ${esc(it.label)}">${pct(it.confidence)}</span></div>
+            <div class="bar"><span style="width:${pct(it.confidence)}" class="${confClass(it.confidence)}"></span></div>
+            <div class="line muted small">${it.second ? `next: ${esc(it.second)} ${pct(it.second_p)}` : "&nbsp;"}</div>
+            ${cfg.canLabel ? `<div class="actions">
+              <button class="accept" data-act="accept" title="label it ${esc(it.label)}">&#10003; ${esc(it.label)}</button>
+              <select data-act="correct" aria-label="correct the class"><option value="">correct…</option>${options}</select>
+            </div>` : ""}
+            <div class="done-note" hidden></div>
+          </figcaption>
+        </figure>`;
+      });
+      grid.innerHTML = html;
+    }
+    $("pager").hidden = d.pages <= 1;
+    $("page-label").textContent = `page ${d.page} of ${d.pages}`;
+    $("prev-page").disabled = d.page <= 1;
+    $("next-page").disabled = d.page >= d.pages;
+    $("bulkbar").hidden = !d.items.length;
+    $("page-info").textContent = `${d.offset + 1}–${d.offset + d.items.length} of ${d.total.toLocaleString()}`;
+  }
+
+  async function submit(labels, tiles) {
+    if (state.busy) return;
+    state.busy = true;
+    tiles.forEach((t) => t.classList.add("pending"));
+    try {
+      const r = await Shortlist.api("POST", "/api/priors/labels", { method: state.method, labels });
+      const refused = new Map(r.rejected.map((x) => [x.id, x.reason]));
+      tiles.forEach((t, k) => {
+        t.classList.remove("pending");
+        const note = t.querySelector(".done-note");
+        if (refused.has(t.dataset.id)) {
+          t.classList.add("failed"); note.hidden = false; note.textContent = refused.get(t.dataset.id);
+        } else {
+          const accepted = labels[k].label === t.dataset.label;
+          t.classList.add("done", accepted ? "accepted" : "corrected");
+          note.hidden = false;
+          note.textContent = accepted ? `✓ accepted: ${labels[k].label}` : `✎ labelled ${labels[k].label}`;
+          t.querySelectorAll(".actions button, .actions select").forEach((el) => { el.disabled = true; });
+        }
+      });
+      Shortlist.toast(`${r.accepted} label(s) saved as ${r.annotator}` +
+        (r.accepted_priors ? ` · ${r.accepted_priors} accepted prior(s)` : "") + (r.corrected ? ` · ${r.corrected} corrected` : "") +
+        (r.rejected.length ? ` · ${r.rejected.length} refused` : ""), r.rejected.length > 0);
+    } catch (e) {
+      tiles.forEach((t) => t.classList.remove("pending"));
+      Shortlist.toast(e.message, true);
+    } finally {
+      state.busy = false;
+    }
+  }
+
+  grid.addEventListener("click", (ev) => {
+    const btn = ev.target.closest("button[data-act=accept]");
+    if (!btn) return;
+    const tile = btn.closest(".tile");
+    submit([{ id: tile.dataset.id, label: tile.dataset.label }], [tile]);
+  });
+  grid.addEventListener("change", (ev) => {
+    const sel = ev.target.closest("select[data-act=correct]");
+    if (!sel || !sel.value) return;
+    const tile = sel.closest(".tile");
+    submit([{ id: tile.dataset.id, label: sel.value }], [tile]);
+  });
+  function acceptPage() {
+    const tiles = [...grid.querySelectorAll(".tile:not(.done)")];
+    if (!tiles.length) return;
+    submit(tiles.map((t) => ({ id: t.dataset.id, label: t.dataset.label })), tiles);
+  }
+  if ($("accept-page")) $("accept-page").addEventListener("click", acceptPage);
+  $("class-tabs").addEventListener("click", (ev) => {
+    const tab = ev.target.closest(".tab");
+    if (!tab) return;
+    state.label = tab.dataset.label; $("label").value = state.label; state.page = 1; load();
+  });
+  form.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const min = Number($("min").value), max = Number($("max").value);
+    if (!(min >= 0 && max <= 100 && min <= max)) { Shortlist.toast("confidence: 0 ≤ from ≤ to ≤ 100", true); return; }
+    Object.assign(state, { method: $("method").value, label: $("label").value, min, max, sort: $("sort").value, page: 1 });
+    state.data = null; load();
+  });
+  $("method").addEventListener("change", () => form.requestSubmit());
+  $("refresh").addEventListener("click", () => { state.method = $("method").value; state.data = null; load(true); });
+  $("prev-page").addEventListener("click", () => { state.page -= 1; load(); });
+  $("next-page").addEventListener("click", () => { state.page += 1; load(); });
+  document.addEventListener("keydown", (ev) => {
+    if (ev.target.closest("input, select, textarea") || ev.ctrlKey || ev.metaKey || ev.altKey) return;
+    if ((ev.key === "a" || ev.key === "A") && cfg.canLabel) { ev.preventDefault(); acceptPage(); }
+    else if (ev.key === "ArrowRight" && state.data && state.page < state.data.pages) { state.page += 1; load(); }
+    else if (ev.key === "ArrowLeft" && state.page > 1) { state.page -= 1; load(); }
+  });
+  load();
+})();

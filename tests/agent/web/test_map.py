@@ -1,0 +1,47 @@
+"""Route tests of the Map page (agent/web/map.py): the map's state and pages of points from GetMap, and
+the queue's ids for colouring."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from fastapi.testclient import TestClient
+
+from tests.agent.web.conftest import LABELLED, N_IMAGES, SHAPES, WebAgent
+
+
+def ready_map(c: TestClient, total: int = N_IMAGES, timeout: float = 60.0) -> dict[str, Any]:
+    end = time.monotonic() + timeout
+    while True:
+        d: dict[str, Any] = c.get("/api/map").json()
+        if d["state"] == "ready" and d["total"] == total:
+            return d
+        assert time.monotonic() < end, d
+        time.sleep(0.2)
+
+
+def test_map_page_and_points(web_agent: WebAgent) -> None:
+    c = web_agent.client()
+    page = c.get("/map")
+    assert page.status_code == 200 and '<canvas id="map"' in page.text and "/static/map.js" in page.text
+    d = ready_map(c)
+    assert d["model_version"] == "v0001" and d["fitted"] == N_IMAGES and d["pending"] == 0
+    assert sorted(d["ids"]) == [f"img{i:03d}.png" for i in range(N_IMAGES)]
+    assert len(d["x"]) == len(d["y"]) == len(d["label"]) == N_IMAGES
+    labelled = {i: d["classes"][k] for i, k in zip(d["ids"], d["label"], strict=True) if k >= 0}
+    assert labelled == {f"img{i:03d}.png": SHAPES[i % 3] for i in range(LABELLED) if i % 3 != 2}
+    # pages: offset / limit
+    parts = [c.get("/api/map", params={"offset": o, "limit": 10}).json() for o in (0, 10, 20, 30)]
+    assert [i for p in parts for i in p["ids"]] == d["ids"] and [len(p["ids"]) for p in parts] == [10, 10, 10, 6]
+    for params in ({"limit": 0}, {"limit": 10**6}, {"offset": -1}):
+        r = c.get("/api/map", params=params)
+        assert r.status_code == 400 and r.json()["error"] == "INVALID_ARGUMENT"
+
+
+def test_queue_ids_for_colouring(web_agent: WebAgent) -> None:
+    c = web_agent.client()
+    assert c.get("/api/map/queue").json()["ids"] == []
+    ids = ["img010.png", "img011.png"]
+    assert c.post("/api/queue", json={"ids": ids, "source": "map"}).status_code == 200
+    assert c.get("/api/map/queue").json() == {"ids": ids, "source": "map"}

@@ -1,0 +1,129 @@
+"""Browser tests (Playwright driving Debian's chromium) of the Review priors and Map pages: accept a
+prior and correct one, lasso samples on the map into the queue; each result is read back through gRPC.
+Screenshots: docs/img/priors.png, map.png, map-hover.png (with SHORTLIST_SCREENSHOTS=docs/img)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent import client
+from shortlist.v1 import agent_pb2
+from tests.agent.web.conftest import LABELLED, N_IMAGES, WebAgent, shot, start_web_agent
+
+pytestmark = pytest.mark.browser
+MAP_POOL = 240  # a pool large enough for the map to show its clusters (and a screenshot worth looking at)
+
+
+def label_triangles(wa: WebAgent, ids: list[int]) -> None:
+    """The fixture labels circles and squares only: give a few triangles their class too."""
+    reply = client.submit_labels(wa.stub, [(f"img{i:03d}.png", "triangle") for i in ids], annotator="setup")
+    assert reply.accepted == len(ids)
+
+
+@pytest.fixture
+def live_map(tmp_path: Path) -> Iterator[WebAgent]:
+    wa = start_web_agent(tmp_path, listen=True, n=MAP_POOL)
+    label_triangles(wa, [2, 5])
+    yield wa
+    wa.stop()
+
+
+def wait_map_ready(page: Any) -> None:
+    page.wait_for_selector("canvas#map[data-ready='1']", timeout=60_000)
+
+
+def test_accept_and_correct_priors_in_the_browser(live_web: WebAgent, page: Any) -> None:
+    label_triangles(live_web, [2, 5])
+    page.goto(f"{live_web.url}/priors?method=knn")
+    page.wait_for_selector(".tile.prior")
+    tiles = page.locator(".tile.prior")
+    unlabelled = N_IMAGES - LABELLED
+    assert tiles.count() == min(unlabelled, live_web.config.page_size)
+    # the thumbnails in view have loaded (the others load lazily as the page scrolls)
+    page.wait_for_function("() => [...document.querySelectorAll('.tile img')].slice(0, 10)"
+                           ".every((i) => i.complete && i.naturalWidth > 0)")
+    shot(page, "priors")
+    first = tiles.nth(0)
+    sid, prior = first.get_attribute("data-id"), first.get_attribute("data-label")
+    first.locator("button[data-act=accept]").click()
+    page.wait_for_selector(f".tile.done.accepted[data-id='{sid}']")
+    second = tiles.nth(1)
+    sid2, prior2 = second.get_attribute("data-id"), second.get_attribute("data-label")
+    other = next(c for c in ("circle", "square", "triangle") if c != prior2)
+    second.locator("select[data-act=correct]").select_option(other)
+    page.wait_for_selector(f".tile.done.corrected[data-id='{sid2}']")
+    labels = live_web.labels()  # through gRPC (ListSamples)
+    assert labels[sid] == prior and labels[sid2] == other
+    sources = {e.id: e.source for e in live_web.stub.ListLabels(agent_pb2.ListLabelsRequest())}
+    assert (sources[sid], sources[sid2]) == ("prior:knn", "manual")
+    # the class tab filters; the reloaded page no longer shows the two samples
+    page.reload()
+    page.wait_for_selector(".tile.prior")
+    ids = page.locator(".tile.prior").evaluate_all("(els) => els.map((e) => e.dataset.id)")
+    assert sid not in ids and sid2 not in ids
+    page.locator(f".class-tabs .tab[data-label='{other}']").click()
+    page.wait_for_function("(c) => [...document.querySelectorAll('.tile.prior')].every((t) => t.dataset.label === c)",
+                           arg=other)
+
+
+def test_lasso_on_the_map_fills_the_queue(live_map: WebAgent, page: Any) -> None:
+    live_web = live_map
+    page.goto(f"{live_web.url}/map")
+    wait_map_ready(page)
+    page.wait_for_timeout(200)
+    box = page.locator("canvas#map").bounding_box()
+    # Screen positions of the unlabelled points; lasso a polygon around the left half of them.
+    pts = page.evaluate("""() => { const p = window.ShortlistMap.points(), v = window.ShortlistMap.view();
+        return p.ids.map((id, i) => ({id, x: p.x[i] * v.sx + v.tx, y: p.y[i] * v.sy + v.ty,
+                                      labelled: p.label[i] >= 0})); }""")
+    unl = sorted((p for p in pts if not p["labelled"]), key=lambda p: p["x"])
+    cut = (unl[len(unl) // 2 - 1]["x"] + unl[len(unl) // 2]["x"]) / 2
+    want = {p["id"] for p in unl if p["x"] < cut}
+    x0 = min(p["x"] for p in pts) - 15
+    y0, y1 = min(p["y"] for p in pts) - 15, max(p["y"] for p in pts) + 15
+    poly = [(x0, y0), (cut, y0), (cut, y1), (x0, y1)]
+    page.mouse.move(box["x"] + poly[0][0], box["y"] + poly[0][1])
+    page.mouse.down()
+    for a, b in zip(poly, poly[1:] + poly[:1], strict=True):
+        for t in (0.25, 0.5, 0.75, 1.0):
+            page.mouse.move(box["x"] + a[0] + t * (b[0] - a[0]), box["y"] + a[1] + t * (b[1] - a[1]))
+    page.mouse.up()
+    assert set(page.evaluate("() => window.ShortlistMap.selectedIds()")) == want
+    assert page.locator("#stat-selected").inner_text() == str(len(want))
+    # hover a point: its thumbnail shows
+    p = unl[-1]
+    page.mouse.move(box["x"] + p["x"], box["y"] + p["y"])
+    page.wait_for_selector("#hover:not([hidden])")
+    page.wait_for_function("() => { const i = document.getElementById('hover-img'); "
+                           "return i.complete && i.naturalWidth > 0; }")
+    assert p["id"] in page.locator("#hover-text").inner_text()
+    shot(page, "map-hover")
+    page.select_option("#colour", "prior")
+    page.wait_for_function("() => window.ShortlistMap.points().prior !== null")
+    page.mouse.move(box["x"] + p["x"], box["y"] + p["y"] + 1)
+    page.wait_for_selector("#hover:not([hidden])")
+    shot(page, "map")
+    page.locator("#to-queue").click()
+    page.wait_for_selector("#queue-link:not([hidden])")
+    # the queue holds exactly the lassoed samples, in the map's order
+    queue = live_web.app.state.queue.get()
+    assert set(queue.ids) == want and len(queue.ids) == len(want) and queue.source == "map"
+    page.select_option("#colour", "queue")
+    page.wait_for_function("() => document.getElementById('legend').textContent.includes('in the queue')")
+    assert f"in the queue {len(want)}" in " ".join(page.locator("#legend").inner_text().split())
+    # label the queue's first sample there with the keyboard, and read it back through gRPC
+    page.goto(f"{live_web.url}/queue")
+    page.wait_for_selector(".tile")
+    first = page.locator(".tile").first.get_attribute("data-id")
+    assert first == queue.ids[0]
+    page.locator("#grid").focus()
+    page.keyboard.press("1")
+    end = time.monotonic() + 10
+    while first not in live_web.labels():
+        assert time.monotonic() < end
+        time.sleep(0.1)

@@ -1,0 +1,107 @@
+"""Route tests of the Review priors page (agent/web/priors.py): grouping, order, filters, pages,
+accepting (source "prior:METHOD") and correcting a prior, and the read-only role."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shortlist.v1 import agent_pb2
+from tests.agent.web.conftest import LABELLED, N_IMAGES, READ_TOKEN, SHAPES, WRITE_TOKEN, WebAgent
+
+# The fixture's labelled samples: the circles and squares among the first LABELLED (classes circle, square).
+LABELLED_IDS = {f"img{i:03d}.png" for i in range(LABELLED) if i % 3 != 2}
+UNLABELLED = N_IMAGES - len(LABELLED_IDS)
+
+
+def history(wa: WebAgent, sample_id: str) -> list[tuple[str, str, str]]:
+    """(label, annotator, source) of every label of ``sample_id``, read through gRPC (ListLabels)."""
+    return [(e.label, e.annotator, e.source) for e in wa.stub.ListLabels(agent_pb2.ListLabelsRequest(history=True))
+            if e.id == sample_id]
+
+
+def test_priors_page_lists_the_registry(web_agent: WebAgent) -> None:
+    r = web_agent.client().get("/priors")
+    assert r.status_code == 200
+    for method in ("knn", "as3l", "llgc"):
+        assert f'<option value="{method}"' in r.text
+    assert '<a href="/priors" class="active">Review priors</a>' in r.text
+
+
+def test_priors_grouped_sorted_filtered_paginated(web_agent: WebAgent) -> None:
+    c = web_agent.client()
+    d = c.get("/api/priors", params={"method": "knn", "size": 200}).json()
+    unlabelled = UNLABELLED
+    assert (d["total"], d["unlabelled"], d["labeled_at"], d["pages"]) == (unlabelled, unlabelled, len(LABELLED_IDS), 1)
+    assert {it["id"] for it in d["items"]} == {f"img{i:03d}.png" for i in range(N_IMAGES)} - LABELLED_IDS
+    assert sum(d["counts"].values()) == unlabelled and set(d["counts"]) == {"circle", "square"}
+    classes = list(d["counts"])
+    keys = [(classes.index(it["label"]), -it["confidence"]) for it in d["items"]]
+    assert keys == sorted(keys)  # grouped by prior class, most confident first within a group
+    assert all(0 <= it["confidence"] <= 1 and it["second"] not in ("", it["label"]) for it in d["items"])
+    # the ascending order, one class, a confidence range
+    asc = c.get("/api/priors", params={"method": "knn", "size": 200, "sort": "asc", "label": classes[0]}).json()
+    confs = [it["confidence"] for it in asc["items"]]
+    assert confs == sorted(confs) and {it["label"] for it in asc["items"]} == {classes[0]}
+    assert asc["total"] == d["counts"][classes[0]]
+    mid = sorted(it["confidence"] for it in d["items"])[len(d["items"]) // 2]
+    hi = c.get("/api/priors", params={"method": "knn", "size": 200, "min": mid}).json()
+    assert hi["total"] == sum(1 for it in d["items"] if it["confidence"] >= mid - 1e-6) and hi["total"] < unlabelled
+    # pages of 7 (32 unlabelled: 4 full pages and 4 on the last)
+    pages = [c.get("/api/priors", params={"method": "knn", "size": 7, "page": p}).json() for p in (1, 2, 3, 4, 5)]
+    assert [p["pages"] for p in pages] == [5] * 5 and [len(p["items"]) for p in pages] == [7, 7, 7, 7, 4]
+    assert [it["id"] for p in pages for it in p["items"]] == [it["id"] for it in d["items"]]
+
+
+def test_bad_filters_are_400(web_agent: WebAgent) -> None:
+    c = web_agent.client()
+    for params in ({"method": "nope"}, {"min": 0.8, "max": 0.2}, {"max": 2}, {"label": "hexagon"},
+                   {"size": -1}, {"size": 5000}, {"page": 0}):
+        r = c.get("/api/priors", params=params)
+        assert r.status_code == 400 and r.json()["error"] == "INVALID_ARGUMENT", params
+        assert r.json()["message"]
+
+
+def test_accept_and_correct(web_agent: WebAgent) -> None:
+    c = web_agent.client()
+    items: list[dict[str, Any]] = c.get("/api/priors", params={"method": "knn", "size": 200}).json()["items"]
+    keep, fix = items[0], items[1]
+    other = next(s for s in SHAPES if s != fix["label"])
+    r = c.post("/api/priors/labels", json={"method": "knn", "labels": [
+        {"id": keep["id"], "label": keep["label"]}, {"id": fix["id"], "label": other},
+        {"id": "no-such.png", "label": other}]})
+    assert r.status_code == 200
+    body = r.json()
+    assert (body["accepted"], body["accepted_priors"], body["corrected"]) == (2, 1, 1)
+    assert [x["id"] for x in body["rejected"]] == ["no-such.png"]
+    # through gRPC: both are labels now, by this annotator, the first marked as an accepted knn prior
+    labels = web_agent.labels()
+    assert labels[keep["id"]] == keep["label"] and labels[fix["id"]] == other
+    assert history(web_agent, keep["id"]) == [(keep["label"], body["annotator"], "prior:knn")]
+    assert history(web_agent, fix["id"]) == [(other, body["annotator"], "manual")]
+    # they leave the review at once; the page says the priors predate 2 labels
+    d = c.get("/api/priors", params={"method": "knn", "size": 200}).json()
+    assert d["unlabelled"] == UNLABELLED - 2 and d["labeled_now"] - d["labeled_at"] == 2
+    assert not {keep["id"], fix["id"]} & {it["id"] for it in d["items"]}
+    fresh = c.get("/api/priors", params={"method": "knn", "size": 200, "refresh": "true"}).json()
+    assert fresh["labeled_at"] == len(LABELLED_IDS) + 2 and fresh["total"] == UNLABELLED - 2
+
+
+def test_a_prior_not_shown_by_this_app_is_checked_with_the_agent(web_agent: WebAgent) -> None:
+    c = web_agent.client()
+    sid = f"img{LABELLED + 1:03d}.png"
+    [prior] = list(web_agent.stub.PriorLabels(agent_pb2.PriorLabelsRequest(method="llgc", ids=[sid])))
+    r = c.post("/api/priors/labels", json={"method": "llgc", "labels": [{"id": sid, "label": prior.label}]})
+    assert r.json()["accepted_priors"] == 1 and history(web_agent, sid)[-1][2] == "prior:llgc"
+
+
+def test_a_read_token_can_review_but_not_accept(token_web_agent: WebAgent) -> None:
+    reader = token_web_agent.client(headers={"Authorization": f"Bearer {READ_TOKEN}"})
+    items = reader.get("/api/priors", params={"method": "knn"}).json()["items"]
+    r = reader.post("/api/priors/labels", json={"method": "knn", "labels": [{"id": items[0]["id"],
+                                                                              "label": items[0]["label"]}]})
+    assert r.status_code == 403 and r.json()["error"] == "PERMISSION_DENIED"
+    writer = token_web_agent.client(headers={"Authorization": f"Bearer {WRITE_TOKEN}"})
+    r = writer.post("/api/priors/labels", json={"method": "knn", "labels": [{"id": items[0]["id"],
+                                                                              "label": items[0]["label"]}]})
+    assert r.status_code == 200 and r.json()["accepted_priors"] == 1
+    assert token_web_agent.client().get("/api/priors").status_code == 401
