@@ -16,8 +16,10 @@ run counting with the time it had run). A call that would have to queue is refus
 ahead of it, ``max_concurrent`` at a time) plus its own expected duration exceeds its remaining
 deadline: it would time out in the queue or be cut off mid-way, so a prompt RESOURCE_EXHAUSTED with a
 retry hint (the expected wait) tells the client more, sooner, and frees the queue for calls that can
-finish. A call that finds a slot free is always admitted, so the estimates keep being measured; its own
-deadline still stops its work (DEADLINE_EXCEEDED).
+finish. A call that finds a slot free is refused the same way when its kind's recent runs took longer
+than its remaining deadline (as3l on a saturated machine); once that estimate is older than
+``PROBE_AFTER_S`` one call is let through to measure it again. An admitted call's own deadline still
+stops its work (DEADLINE_EXCEEDED).
 """
 
 from __future__ import annotations
@@ -54,6 +56,9 @@ class Admission:
 
     # Weight of the newest duration in the running means behind the retry hint and the expected wait.
     EWMA = 0.2
+    # A call that finds a slot free is refused for its own expected length only while that kind's
+    # estimate is this recent; after, one call runs and measures it again (the machine may be quieter).
+    PROBE_AFTER_S = 60.0
 
     def __init__(self, max_concurrent: int, max_queued: int, lane: str = "heavy",
                  initial_estimate_s: float = 1.0) -> None:
@@ -70,6 +75,7 @@ class Admission:
         self._closed = False
         self._mean_s = initial_estimate_s  # over every kind: the estimate of a kind not seen yet
         self._kind_s: dict[str, float] = {}
+        self._kind_at: dict[str, float] = {}  # when each kind's estimate was last updated (time.monotonic)
 
     def stats(self) -> AdmissionStats:
         with self._cond:
@@ -127,18 +133,24 @@ class Admission:
                            f"{self.max_concurrent}, max_queued={self.max_queued}; `shortlist serve {self._flags()}`)"
                            f"; {what} was not started; retry in about {hint} ms", hint / 1000)
             remaining = token.remaining()
-            if full and remaining is not None:
-                wait = self._expected_wait(time.monotonic())
+            if remaining is not None:
+                now = time.monotonic()
+                wait = self._expected_wait(now) if full else 0.0
                 own = self._kind_s.get(kind, self._mean_s)
-                if wait + own > remaining:
+                # With a slot free, only a kind measured within PROBE_AFTER_S is refused for its own length:
+                # an older (or no) estimate is measured afresh by letting the call run.
+                fresh = now - self._kind_at.get(kind, -math.inf) <= self.PROBE_AFTER_S
+                if not full and not fresh and kind in self._kind_at and wait + own > remaining:
+                    self._kind_at[kind] = now  # this call is the one probe: the next ones see a fresh estimate
+                elif wait + own > remaining and (full or fresh):
                     self._refused += 1
                     self._refused_deadline += 1
                     hint = self._retry_after_ms(wait)
                     running, queued, left = len(self._running), len(self._waiting), max(0.0, remaining)
                     raise Busy(f"the agent is busy: {what} would wait about {wait:.1f} s for a turn ({running} "
-                               f"{self.lane} requests running, {queued} queued) and then take about {own:.1f} s, "
-                               f"more than the {left:.1f} s left of the call's deadline; it was not started; "
-                               f"retry in about {hint} ms or with a longer deadline", hint / 1000)
+                               f"{self.lane} requests running, {queued} queued) and then take about {own:.1f} s "
+                               f"(its recent runs), more than the {left:.1f} s left of the call's deadline; it was "
+                               f"not started; retry in about {hint} ms or with a longer deadline", hint / 1000)
             self._waiting[token] = kind
             try:
                 while len(self._running) >= self.max_concurrent:
@@ -150,16 +162,23 @@ class Admission:
                 del self._waiting[token]
             start = time.monotonic()
             self._running[token] = (kind, start)
+        cut = False
         try:
             yield
+        except BaseException:
+            cut = token.cancelled  # stopped by its deadline or its client: it needed longer than it ran
+            raise
         finally:
             took = time.monotonic() - start
             with self._cond:
                 del self._running[token]
-                # A cancelled run counts with the time it ran: a lower bound, but the wait it caused.
                 self._mean_s = (1 - self.EWMA) * self._mean_s + self.EWMA * took
                 old = self._kind_s.get(kind)
-                self._kind_s[kind] = took if old is None else (1 - self.EWMA) * old + self.EWMA * took
+                new = took if old is None else (1 - self.EWMA) * old + self.EWMA * took
+                # A run cut short counts with the time it ran, and its kind's estimate is at least that: a
+                # lower bound that the mean alone would take many runs (each timing out) to reach.
+                self._kind_s[kind] = max(new, took) if cut else new
+                self._kind_at[kind] = time.monotonic()
                 self._cond.notify()
 
     def shutdown(self) -> None:

@@ -43,7 +43,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
-from scipy.stats import binomtest
 
 from agent import cancel
 from agent.admission import Admission
@@ -69,6 +68,8 @@ def accuracy(correct: int, total: int, config: AuditConfig) -> Accuracy:
     """``correct`` out of ``total`` with its binomial confidence interval (scipy)."""
     if total == 0:
         return Accuracy(0, 0, 0.0, 0.0, 1.0)
+    from scipy.stats import binomtest  # on first use: scipy.stats costs ~2 s of start-up (agent.lazy)
+
     ci = binomtest(int(correct), int(total)).proportion_ci(confidence_level=config.confidence_level,
                                                             method=config.interval)
     return Accuracy(int(correct), int(total), correct / total, float(ci.low), float(ci.high))

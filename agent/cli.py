@@ -22,9 +22,10 @@ from rich.table import Table
 from typer.core import TyperCommand
 
 from agent import client, exports
-from agent.cli_options import AgentTarget, agent_options
+from agent.cli_options import AgentTarget, agent_options, labelstudio_options
 from agent.limits import MIB, Limits
 from agent.progress import audit_dict
+from agent.web.config import LabelStudioConfig
 from shortlist.v1 import agent_pb2, agent_pb2_grpc
 
 LIMITS = Limits()  # the defaults, shown by `shortlist serve --help`
@@ -127,7 +128,9 @@ def audit_lines(a: agent_pb2.PriorAudit) -> list[str]:
     return out
 
 
-def serve(data_dir: Path = typer.Option(..., "--data-dir", help="agent state folder (created if missing)"),
+@labelstudio_options
+def serve(labelstudio: LabelStudioConfig,
+          data_dir: Path = typer.Option(..., "--data-dir", help="agent state folder (created if missing)"),
           models: Path = typer.Option(..., "--models", help="model registry folder (vNNNN/ versions)"),
           host: str = typer.Option("127.0.0.1", "--host", help="address to listen on (0.0.0.0: every interface; "
                                    "anything but loopback needs TLS and tokens, or --insecure)"),
@@ -234,7 +237,13 @@ def serve(data_dir: Path = typer.Option(..., "--data-dir", help="agent state fol
                                     "certificate, so the web app lets people in by token (they sign in with one)")
 
             web_config = WebConfig(host=web_host, port=web_port, agent=f"{host}:{port}", https_cert=tls_cert,
-                                   https_key=tls_key, insecure=insecure)
+                                   https_key=tls_key, insecure=insecure, labelstudio=labelstudio)
+            from agent.priors import PRIOR_METHODS
+            from agent.strategies import STRATEGIES
+
+            problem = labelstudio.problem(STRATEGIES, PRIOR_METHODS)
+            if problem:
+                raise ValueError(problem)
             for w in check_listen(web_config, tokens is not None, "--tls-cert FILE --tls-key FILE",
                                   "tokens (--tokens FILE)"):
                 console.print(f"[yellow]warning[/yellow]: web app: {escape(w)}", highlight=False)
@@ -293,7 +302,8 @@ def _wait_for_signal() -> None:
 
 
 @agent_options
-def web(agent: AgentTarget,
+@labelstudio_options
+def web(agent: AgentTarget, labelstudio: LabelStudioConfig,
         port: int = typer.Option(8080, "--port", min=0, help="port of the web app"),
         host: str = typer.Option("127.0.0.1", "--host", help="address of the web app (anything but loopback needs "
                                  "--https-cert/--https-key and an agent that requires tokens, or --insecure)"),
@@ -315,24 +325,31 @@ def web(agent: AgentTarget,
     ch = _rpc(factory)
     try:
         requires_tokens = False
+        status: agent_pb2.Status | None = None
         try:
-            agent_pb2_grpc.AgentStub(ch).GetStatus(agent_pb2.GetStatusRequest(), timeout=agent.config.connect_timeout)
+            status = agent_pb2_grpc.AgentStub(ch).GetStatus(agent_pb2.GetStatusRequest(),
+                                                            timeout=agent.config.connect_timeout)
         except grpc.RpcError as e:
             if e.code() != grpc.StatusCode.UNAUTHENTICATED:
                 raise
             requires_tokens = True
         if agent.config.token:
-            agent_pb2_grpc.AgentStub(ch).GetStatus(agent_pb2.GetStatusRequest(), timeout=agent.config.connect_timeout,
-                                                   metadata=(("authorization", f"Bearer {agent.config.token}"),))
+            status = agent_pb2_grpc.AgentStub(ch).GetStatus(
+                agent_pb2.GetStatusRequest(), timeout=agent.config.connect_timeout,
+                metadata=(("authorization", f"Bearer {agent.config.token}"),))
     except grpc.RpcError as e:
         console.print(f"[red]cannot start[/red]: the agent at {agent.address} answered {e.code().name}: "
                       f"{escape(e.details() or '')}", highlight=False)
         raise typer.Exit(2) from None
     finally:
         ch.close()
+    problem = "" if status is None else labelstudio.problem(status.strategies, status.prior_methods)
+    if problem:
+        console.print(f"[red]cannot start[/red]: {escape(problem)}", highlight=False)
+        raise typer.Exit(2)
     try:
         config = WebConfig(host=host, port=port, agent=agent.address, default_token=agent.config.token,
-                           https_cert=https_cert, https_key=https_key, insecure=insecure)
+                           https_cert=https_cert, https_key=https_key, insecure=insecure, labelstudio=labelstudio)
         for w in check_listen(config, requires_tokens, "--https-cert FILE --https-key FILE",
                               "an agent that requires tokens (its --tokens) and no --token here"):
             console.print(f"[yellow]warning[/yellow]: {escape(w)}", highlight=False)

@@ -86,3 +86,52 @@ def agent_options(fn: F) -> F:
     wrapper.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
     wrapper.__annotations__ = {p.name: p.annotation for p in params if p.annotation is not inspect.Parameter.empty}
     return wrapper  # type: ignore[return-value]
+
+
+# ---- the Label Studio backend's options (``serve --web-port`` and ``web``) ---------------------------
+_LS_PARAMS = [
+    _option("labelstudio_match", str, typer.Option(
+        "url", "--labelstudio-match", envvar="SHORTLIST_LABELSTUDIO_MATCH",
+        help="how a Label Studio task finds its sample: `url` (the image URL ends with the sample id), "
+             "`field:NAME` (task data field NAME holds the id) or `regex:PATTERN` (on the image URL; group `id`, "
+             "else group 1, is the id); docs/app.md, Label Studio")),
+    _option("labelstudio_strategy", str, typer.Option(
+        "typiclust", "--labelstudio-strategy", envvar="SHORTLIST_LABELSTUDIO_STRATEGY",
+        help="the Select strategy whose order Label Studio's prediction scores follow")),
+    _option("labelstudio_budget", int, typer.Option(
+        100, "--labelstudio-budget", envvar="SHORTLIST_LABELSTUDIO_BUDGET", min=1,
+        help="how many samples that selection ranks first")),
+    _option("labelstudio_seed", int, typer.Option(
+        0, "--labelstudio-seed", envvar="SHORTLIST_LABELSTUDIO_SEED", min=0, help="the selection's seed")),
+    _option("labelstudio_prior", str, typer.Option(
+        "knn", "--labelstudio-prior", envvar="SHORTLIST_LABELSTUDIO_PRIOR",
+        help="the prior method of Label Studio's pre-annotations")),
+]
+_LS_NAMES = [p.name for p in _LS_PARAMS]
+
+
+def labelstudio_options(fn: F) -> F:
+    """Give ``fn`` the Label Studio backend's options in place of its ``labelstudio: LabelStudioConfig``
+    parameter (a bad --labelstudio-match is a usage error, exit 2)."""
+    sig = inspect.signature(fn, eval_str=True)
+    if "labelstudio" not in sig.parameters:
+        raise TypeError(f"{fn.__name__} needs a parameter `labelstudio: LabelStudioConfig`")
+    own = [p for p in sig.parameters.values() if p.name != "labelstudio"]
+
+    @functools.wraps(fn)
+    def wrapper(**kwargs: Any) -> Any:
+        from agent.web.config import LabelStudioConfig, MatchRule
+
+        values = {name: kwargs.pop(name) for name in _LS_NAMES}
+        try:
+            config = LabelStudioConfig(match=MatchRule.parse(values["labelstudio_match"]),
+                                       strategy=values["labelstudio_strategy"], budget=values["labelstudio_budget"],
+                                       seed=values["labelstudio_seed"], prior=values["labelstudio_prior"])
+        except ValueError as e:
+            raise typer.BadParameter(str(e)) from None
+        return fn(labelstudio=config, **kwargs)
+
+    params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + _LS_PARAMS
+    wrapper.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in params if p.annotation is not inspect.Parameter.empty}
+    return wrapper  # type: ignore[return-value]

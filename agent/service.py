@@ -24,6 +24,7 @@ from agent.config import AgentConfig
 from agent.core import Agent, AgentStatus
 from agent.errors import ErrorMapping
 from agent.ingest import Incoming
+from agent.lazy import warm_in_background
 from shortlist.v1 import agent_pb2, agent_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -226,6 +227,7 @@ def create_server(config: AgentConfig, interceptors: Sequence[grpc.ServerInterce
         if local_socket is not None and server.add_insecure_port(f"unix:{local_socket}") == 0:
             raise OSError(f"cannot listen on the local socket {local_socket}")
         server.start()
+        warm_in_background()  # scikit-learn, scipy.stats: imported after the port answers (agent/lazy.py)
     except BaseException:
         agent.close()
         raise

@@ -29,8 +29,10 @@ Modes (``FINETUNE_MODES``):
   with both). ``unlabeled_ratio`` limits the unlabelled rows trained on to ratio x the labelled count (Sec.
   4.1 "Comparison with other SSL-AL": an amount equal to the labelled samples), chosen by
   ``unlabeled_pick``: "random", or "low_contrastive" (Sec. 4.2: the unlabelled samples with the lowest
-  contrastive loss, re-ranked under the current model at the start of every pass over the subset; the
-  first pass takes a random subset).
+  contrastive loss). The paper does not say how often or over what the loss is ranked; ours: training
+  starts on a random subset, and at 1/3 and 2/3 of the run the subset becomes the lowest-loss rows under
+  the current model among a random candidate set ``rank_candidates`` x the subset's size (ranking all of
+  a 45,000-image pool would cost more than the training).
 
 Any mode: ``rotation_weight`` > 0 adds that weight times the RotNet loss of the labelled batch (the encoder
 needs its rotation head, i.e. a RotNet-pretrained init), so the exported rotation head stays matched to
@@ -103,6 +105,7 @@ class FinetuneConfig:
     contrast_labeled: bool = False  # moby_al: labelled images in the contrastive batch too
     unlabeled_ratio: float | None = None  # moby_al: train on ratio x labelled unlabelled rows (None: all)
     unlabeled_pick: str = "random"  # moby_al with unlabeled_ratio: "random" or "low_contrastive"
+    rank_candidates: float = 4.0  # low_contrastive: rank this many x the subset's size random unlabelled rows
     rotation_weight: float = 0.0  # weight of the RotNet loss on the labelled batch (keeps the head matched)
     keep_head: bool = False  # an ``init`` run's classifier is kept when it has as many classes (warm start)
     device: str = "auto"
@@ -455,10 +458,14 @@ def _train_loop(cfg: FinetuneConfig, enc: Encoder, data: TensorData, lab: torch.
                     loss = loss + cfg.lambda_u * lu
                     mask_rate = float(mask.mean())
                 elif semi and moby is not None:
-                    if (cfg.unlabeled_pick == "low_contrastive" and subset < len(unl) and state.step > 0
-                            and state.step % steps_per_epoch == 0):  # Sec. 4.2, once per pass over the subset
-                        losses = contrastive_losses(moby, data.images[unl], pre, gen, rt)
-                        upool = torch.argsort(losses)[:subset]
+                    ranks_due = int(3 * budget.progress(state.step, state.seconds))  # 0, 1 at 1/3, 2 at 2/3
+                    if (cfg.unlabeled_pick == "low_contrastive" and subset < len(unl)
+                            and min(ranks_due, 2) > int(state.extra.get("ranked", 0))):  # Sec. 4.2
+                        n_cand = min(len(unl), max(subset, round(cfg.rank_candidates * subset)))
+                        cand = torch.randperm(len(unl), generator=g_cpu)[:n_cand]
+                        losses = contrastive_losses(moby, data.images[unl[cand]], pre, gen, rt)
+                        upool = cand[torch.argsort(losses)[:subset]]
+                        state.extra["ranked"] = min(ranks_due, 2)
                     pick = upool[torch.randint(0, len(upool), (ubs,), generator=g_cpu)]
                     imgs = data.images[unl[pick]].to(rt.device)
                     if cfg.contrast_labeled:

@@ -9,7 +9,6 @@ from collections.abc import Mapping
 
 import numpy as np
 from scipy import sparse
-from sklearn.cluster import kmeans_plusplus
 
 from agent.cancel import checkpoint
 from agent.params import Param, prior_method
@@ -47,6 +46,8 @@ def constrained_seed_kmeans(x: np.ndarray, seed_rows: np.ndarray, seed_cluster: 
     if k > s:
         free = np.setdiff1d(np.arange(len(x)), seed_rows)
         with one_blas_thread():
+            from sklearn.cluster import kmeans_plusplus  # on first use (agent.lazy)
+
             extra, _ = kmeans_plusplus(x[free].astype(np.float64), n_clusters=min(k - s, len(free)),
                                        random_state=seed_of(rng))
         centres[s:s + len(extra)] = extra

@@ -8,14 +8,17 @@ than two labelled classes there is nothing to be uncertain about: FailedPrecondi
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
-from sklearn.linear_model import LogisticRegression
 
 from agent.cancel import checkpoint
 from agent.params import ALWAYS_LIGHT, Param, strategy
 from agent.pool import FailedPrecondition, Pool, Selection
 from agent.strategies._common import CHUNK, LIGHT_GREEDY_BUDGET, one_blas_thread, rows_matrix, seed_of, top_k
+
+if TYPE_CHECKING:
+    from sklearn.linear_model import LogisticRegression
 
 # Inverse L2 strength of the fitted head. The embeddings are unit vectors, so at sklearn's default C=1
 # the weights (and logits) stay tiny and every probability is close to uniform; C=10 gives a head whose
@@ -36,6 +39,8 @@ def _need_labels(what: str, pool: Pool) -> FailedPrecondition:
 def fit_head(x: np.ndarray, y: np.ndarray, seed: int) -> LogisticRegression:
     """Multinomial logistic regression (L-BFGS, C = HEAD_C) on x (LxD) / y (L int)."""
     with one_blas_thread():
+        from sklearn.linear_model import LogisticRegression  # on first use (agent.lazy)
+
         return LogisticRegression(C=HEAD_C, max_iter=500, random_state=seed).fit(x, y)
 
 

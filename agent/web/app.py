@@ -36,6 +36,7 @@ ROUTERS = [
     "priors",
     "map",
     "progress",  # labels over time, class balance, annotators, the audit, exports
+    "labelstudio",
 ]
 
 

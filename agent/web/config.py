@@ -3,8 +3,68 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from collections.abc import Collection
+from dataclasses import dataclass, field
 from pathlib import Path
+
+
+@dataclass(frozen=True)
+class MatchRule:
+    """How a Label Studio task finds its sample: ``kind`` is ``url``, ``field`` or ``regex``."""
+
+    kind: str = "url"
+    arg: str = ""
+
+    @staticmethod
+    def parse(text: str) -> MatchRule:
+        text = text.strip()
+        kind, sep, arg = text.partition(":")
+        if text == "url":
+            return MatchRule()
+        if sep and kind == "field" and arg:
+            return MatchRule("field", arg)
+        if sep and kind == "regex" and arg:
+            try:
+                re.compile(arg)
+            except re.error as e:
+                raise ValueError(f"--labelstudio-match regex:{arg}: not a regular expression ({e})") from None
+            return MatchRule("regex", arg)
+        raise ValueError(f"--labelstudio-match {text!r}: expected `url`, `field:NAME` (the task data field holding "
+                         "the sample id) or `regex:PATTERN` (applied to the image URL; group `id`, else group 1, "
+                         "else the whole match is the sample id)")
+
+    def __str__(self) -> str:
+        return self.kind if self.kind == "url" else f"{self.kind}:{self.arg}"
+
+
+@dataclass(frozen=True)
+class LabelStudioConfig:
+    """The Label Studio backend's settings (``serve``/``web`` flags ``--labelstudio-*``, env
+    ``SHORTLIST_LABELSTUDIO_*``): how tasks match samples, the selection that orders them (strategy,
+    budget, seed) and the prior method of the pre-annotations."""
+
+    match: MatchRule = field(default_factory=MatchRule)
+    strategy: str = "typiclust"
+    budget: int = 100
+    seed: int = 0
+    prior: str = "knn"
+
+    def __post_init__(self) -> None:
+        if self.budget < 1:
+            raise ValueError(f"--labelstudio-budget must be >= 1 (got {self.budget})")
+        if not self.strategy or not self.prior:
+            raise ValueError("--labelstudio-strategy and --labelstudio-prior must name a strategy and a prior method")
+
+    def problem(self, strategies: Collection[str], priors: Collection[str]) -> str:
+        """Why an agent with these strategies and prior methods cannot serve these settings ("" if it can)."""
+        if self.strategy not in strategies:
+            return f"--labelstudio-strategy {self.strategy!r} is not a strategy of the agent; valid: " \
+                   f"{', '.join(sorted(strategies))}"
+        if self.prior not in priors:
+            return f"--labelstudio-prior {self.prior!r} is not a prior method of the agent; valid: " \
+                   f"{', '.join(sorted(priors))}"
+        return ""
 
 
 @dataclass(frozen=True)
@@ -30,6 +90,7 @@ class WebConfig:
     refresh_s: float = 5.0  # pages re-read their items' labels (given elsewhere) this often
     rpc_timeout_s: float = 30.0  # light calls
     select_timeout_s: float = 600.0  # Select / PriorLabels (heavy work may queue)
+    labelstudio: LabelStudioConfig = field(default_factory=LabelStudioConfig)  # the /labelstudio backend
 
     @property
     def https(self) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import typer
@@ -27,6 +28,12 @@ def register(bench_app: typer.Typer) -> None:
                                            "or pool percentages (default: the profile's)"),
         imbalance: str | None = typer.Option(None, help="CLASS=COUNT,... cut these classes of the pool to COUNT "
                                              "images (or N%% of theirs), e.g. cat=500,dog=10%%"),
+        pool: int | None = typer.Option(None, min=1, help="class-balanced pool size (default: the profile's)"),
+        test: int | None = typer.Option(None, min=1, help="class-balanced test subset (default: the profile's)"),
+        pretrain_minutes: float | None = typer.Option(None, min=0.01, help="pretext pretraining minutes "
+                                                      "(default: the profile's)"),
+        steps: int | None = typer.Option(None, min=1, help="training steps per round of the heads that train the "
+                                         "network (default: the profile's)"),
     ) -> None:
         """Run a paper's active-learning system end to end through the agent, with its baselines."""
         from bench import cifar10
@@ -42,8 +49,12 @@ def register(bench_app: typer.Typer) -> None:
             recipe.arm(a)  # unknown arm: a usage error before any work
         budget_list = [b.strip() for b in budgets.split(",") if b.strip()] if budgets else None
         imb = parse_imbalance(imbalance) if imbalance is not None else None
+        scale = recipe.profiles[profile]
+        scale = replace(scale, pool_size=pool or scale.pool_size, test_size=test or scale.test_size,
+                        pretrain_minutes=scale.pretrain_minutes if pretrain_minutes is None else pretrain_minutes,
+                        steps=steps or scale.steps, epochs=None if steps else scale.epochs)
         try:
-            run_recipe(recipe, recipe.profiles[profile], data, out or Path(f"runs/recipe-{name}-{profile}"), encoder,
+            run_recipe(recipe, scale, data, out or Path(f"runs/recipe-{name}-{profile}"), encoder,
                        seeds, arm_list, imb, budget_list)
         except FileNotFoundError as e:
             raise typer.BadParameter(str(e)) from None

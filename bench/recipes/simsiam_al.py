@@ -52,7 +52,7 @@ RECIPE = Recipe(
             name="cpu", pool_size=5000, test_size=2000, arch="resnet18_w32", preprocess="cifar10",
             budgets=("1%", "2%", "10%", "20%"), seeds=3, pretrain_minutes=20.0,
             pretrain_options={"batch_size": 128}, steps=100, batch_size=32,
-            description="2-core CPU, about 90 min: 5,000-image class-balanced pool, 2,000 test images, "
+            description="2-core CPU, about 75 min by estimate: 5,000-image class-balanced pool, 2,000 test images, "
                         "resnet18_w32 at 32 px (SimSiam 20 min with 16 px views), budgets 1/2/10/20% of the "
                         "pool (50/100/500/1000 labels), 3 seeds; the scratch arm trains 100 steps of 32 per round"),
         "gpu": Scale(

@@ -336,3 +336,36 @@ def test_large_images_decode_in_a_bounded_lane(tmp_path: Path, registry: Path) -
         assert r.agent.decode_work.stats().running == 0
     finally:
         r.stop()
+
+
+def test_a_kind_slower_than_the_deadline_is_refused_even_with_a_slot_free(monkeypatch: pytest.MonkeyPatch) -> None:
+    adm = Admission(max_concurrent=2, max_queued=2)
+    with adm.slot(CancelToken(), kind="as3l"):
+        time.sleep(0.3)  # its recent run: ~0.3 s
+    with pytest.raises(Busy) as busy, adm.slot(CancelToken.within(0.1), kind="as3l"):
+        pass
+    assert "its recent runs" in str(busy.value) and adm.stats().refused_for_deadline == 1
+    with adm.slot(CancelToken.within(5), kind="as3l"):  # enough deadline: runs
+        pass
+    with adm.slot(CancelToken.within(0.1), kind="never seen"):  # no estimate of its own yet: runs
+        pass
+    # Once the estimate is older than PROBE_AFTER_S, one call (only one) runs to measure it again.
+    monkeypatch.setattr(Admission, "PROBE_AFTER_S", 0.2)
+    time.sleep(0.3)
+    # The probe holds one slot; a second call with a slot still free is refused (the probe is under way).
+    with adm.slot(CancelToken.within(0.1), kind="as3l"), pytest.raises(Busy), \
+            adm.slot(CancelToken.within(0.1), kind="as3l"):
+        pass
+    assert adm.stats().refused_for_deadline == 2
+
+
+def test_a_run_cut_by_its_deadline_raises_its_kinds_estimate_to_what_it_ran() -> None:
+    adm = Admission(max_concurrent=1, max_queued=1, initial_estimate_s=0.01)
+    with adm.slot(CancelToken(), kind="k"):
+        pass  # a quick first run: estimate ~0
+    token = CancelToken.within(0.3)
+    with pytest.raises(DeadlineExceeded), adm.slot(token, kind="k"):
+        while True:
+            token.check()
+            time.sleep(0.01)
+    assert adm.estimate("k") >= 0.3  # not 0.8 * 0 + 0.2 * 0.3

@@ -60,6 +60,7 @@ def test_moby_al_trains_on_a_low_contrastive_subset(tiny_data: Path, tmp_path: P
     state = torch.load(run / loop.CHECKPOINT, weights_only=False)
     upool = state["state"]["extra"]["upool"]  # the subset: as large as the labelled set (6 of 42 unlabelled rows)
     assert len(upool) == 6 and len(set(upool)) == 6 and all(0 <= i < 42 for i in upool)
+    assert state["state"]["extra"]["ranked"] == 2  # re-ranked at 1/3 and 2/3 of the run
     with pytest.raises(ValueError, match="unlabeled_pick"):
         finetune(_cfg(tmp_path / "bad", "moby_al", unlabeled_pick="highest"), data)
 

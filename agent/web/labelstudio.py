@@ -1,0 +1,587 @@
+"""Label Studio ML backend, served by the web app at ``/labelstudio`` (no ``label-studio-ml`` dependency).
+
+A Label Studio project connected to ``http://AGENT:P/labelstudio`` (Settings > Model) calls:
+
+- ``GET /health`` (and ``GET /``): ``{"status": "UP", ...}``; 503 when the agent cannot be reached.
+- ``POST /setup`` ``{"project": "ID.TIMESTAMP", "schema": LABEL_CONFIG_XML, "hostname", "access_token",
+  "extra_params"}``: checks that the label config is an image classification (``<Image name=N
+  value="$KEY">`` and a ``<Choices name=C toName=N>``), remembers it for the project, answers
+  ``{"model_version": ...}``. The access token is never stored: Shortlist never calls Label Studio.
+- ``POST /predict`` ``{"tasks": [{"id", "data": {KEY: URL, ...}}, ...], "label_config", "project",
+  "params"}``: ``{"results": [...]}``, one prediction per task in the tasks' order:
+  ``{"result": [{"from_name": C, "to_name": N, "type": "choices", "value": {"choices": [LABEL]},
+  "score": CONFIDENCE}], "score": ORDER, "model_version": ...}``. LABEL is the sample's prior label
+  (PriorLabels, method ``--labelstudio-prior``) with its confidence, or its label when it already has one
+  (confidence 1); ``result`` is empty for a task that matches no sample. ORDER (see ``order_score``) makes
+  an ascending sort by prediction score follow Shortlist's selection: the samples of the current
+  selection (Select with ``--labelstudio-strategy`` / ``--labelstudio-budget``) first, in the
+  strategy's order, then the other unlabelled samples from the least to the most confident prior, then
+  the labelled ones, then the tasks that match no sample.
+- ``POST /webhook`` (Label Studio's webhook events): ANNOTATION_CREATED / ANNOTATION_UPDATED (and the
+  bulk ANNOTATIONS_CREATED) become SubmitLabels with source ``labelstudio`` and annotator
+  ``labelstudio:USER`` (the annotation's ``completed_by``); a skipped (cancelled) or empty annotation
+  labels nothing. ANNOTATIONS_DELETED is acknowledged and changes nothing: the agent keeps every label's
+  history and has no "unlabel", so a label stays until it is replaced (update the annotation in Label
+  Studio, or label the sample again). Every other event is answered 200 and ignored; a body that is not
+  a Label Studio event is 400 with what is wrong.
+
+Tasks are matched to samples by ``MatchRule`` (agent/web/config.py, ``--labelstudio-match``): ``url``
+(default; the image URL's path, or the ``d`` parameter of a local-files URL, ends with a sample's id or
+uri; else its file name, less the ``8f2a1c3e-`` Label Studio puts in front of an uploaded file's name, is a
+unique sample file name), ``field:NAME`` (``task.data[NAME]`` is the sample id) or ``regex:PATTERN``
+(applied to the image URL; the group named ``id``, else group 1, else the whole match is the sample id).
+
+Auth: Label Studio's ML backend connection sends HTTP Basic auth (its "Basic Authentication" user and
+password, or ``http://USER:TOKEN@AGENT:P/labelstudio`` in the URL); webhooks send their configured
+headers (or the URL's user and password). The token is the Basic password (the user name is ignored),
+or, as for every web route, an ``Authorization: Bearer TOKEN`` header (``Token TOKEN`` too), the login
+cookie or the app's default token. It travels to the agent with each call, so the agent's roles apply:
+/setup and /predict need a read token, /webhook a write token; gRPC errors become HTTP in
+agent/web/errors.py.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import re
+import threading
+import xml.etree.ElementTree as ET
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import grpc
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from agent.web.auth import Caller, session, token_of
+from agent.web.config import LabelStudioConfig, MatchRule
+from agent.web.errors import error_response
+from shortlist.v1 import agent_pb2
+
+log = logging.getLogger(__name__)
+
+PREFIX = "/labelstudio"
+SOURCE = "labelstudio"  # SubmitLabelsRequest.source of the labels that arrive through the webhook
+MODEL_CLASS = "Shortlist"
+# The model version of every prediction. Label Studio 1.23 sorts and filters the Data Manager's
+# "Prediction score" by the predictions of the project's model version, which it sets to the model
+# connection's name when the model is connected: so it is one constant (name the connection "shortlist"),
+# not one per agent model or label count (which would need picking anew in the project settings each round).
+MODEL_VERSION = "shortlist"
+MAX_TASKS = 10_000  # tasks in one /predict (Label Studio sends batches of up to a few hundred)
+MAX_PROJECTS = 256  # label configs remembered from /setup
+LABEL_EVENTS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_CREATED")
+DELETE_EVENTS = ("ANNOTATIONS_DELETED", "ANNOTATION_DELETED")
+UPLOAD_PREFIX = re.compile(r"^[0-9a-f]{8}-")
+
+# Prediction scores (see order_score): ascending order = Shortlist's labelling order.
+SELECTED_SPAN = 0.5   # the current selection: rank r of n -> 0.5 * r / n, in [0, 0.5)
+PRIOR_BASE = 0.5      # other unlabelled samples: 0.5 + 0.45 * prior confidence, in [0.5, 0.95]
+PRIOR_SPAN = 0.45
+NO_PRIOR_SCORE = 0.97  # unlabelled, but no prior yet (no labels, or not embedded yet)
+LABELLED_SCORE = 0.99
+UNMATCHED_SCORE = 1.0
+
+class BadRequest(ValueError):
+    """A request body Label Studio would not send; the message says what is wrong (HTTP 400)."""
+
+
+# ---- the label config ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Schema:
+    """An image-classification label config: the ``<Choices>`` control (``from_name``) on the
+    ``<Image>`` object (``to_name``) whose URL is ``task.data[data_key]``; ``choices`` are the names
+    results carry (a Choice's alias, else its value); empty when the choices come from the task data."""
+
+    from_name: str
+    to_name: str
+    data_key: str
+    choices: tuple[str, ...]
+
+    def choice_for(self, label: str) -> str | None:
+        """The choice a Shortlist class name is shown as, or None when the config has no such choice."""
+        if not self.choices or label in self.choices:
+            return label
+        folded = {c.casefold(): c for c in self.choices}
+        return folded.get(label.casefold())
+
+
+def parse_schema(xml: str) -> Schema:
+    """The image-classification part of a Label Studio label config; BadRequest says what is missing."""
+    if not isinstance(xml, str) or not xml.strip():
+        raise BadRequest("no label config: expected the project's labeling config XML")
+    try:
+        root = ET.fromstring(xml)  # stdlib expat (>= 2.4.1 in Python 3.11) refuses entity expansion bombs
+    except ET.ParseError as e:
+        raise BadRequest(f"the label config is not valid XML ({e})") from None
+    images: dict[str, str] = {}
+    for el in root.iter("Image"):
+        name, value = el.get("name", ""), el.get("value", "")
+        if name and value.startswith("$") and len(value) > 1:
+            images[name] = value[1:]
+    if not images:
+        raise BadRequest('the label config has no <Image name="..." value="$FIELD"/>: Shortlist pre-annotates '
+                         "image classification projects")
+    for el in root.iter("Choices"):
+        to_name = el.get("toName", "")
+        if el.get("name") and to_name in images:
+            choices = tuple(c.get("alias") or c.get("value") or "" for c in el.iter("Choice") if c.get("value"))
+            return Schema(el.get("name", ""), to_name, images[to_name], choices)
+    raise BadRequest(f"the label config has no <Choices name=\"...\" toName=\"{next(iter(images))}\"> for its image: "
+                     "Shortlist pre-annotates image classification projects (one <Choices> on an <Image>)")
+
+
+# ---- tasks -> samples ----------------------------------------------------------------------------
+def url_paths(url: str) -> list[str]:
+    """The paths a task's image URL can name a sample by: the ``d`` parameter of a Label Studio
+    local-files URL, the URL's unquoted path (without the scheme, host and leading slashes) and, for a
+    cloud URL (``s3://bucket/key``), the key with and without the bucket."""
+    parts = urlsplit(url)
+    out: list[str] = []
+    for d in parse_qs(parts.query).get("d", []):
+        out.append(d.strip("/"))
+    path = unquote(parts.path).strip("/")
+    if parts.scheme in ("s3", "gs", "azure-blob") and parts.netloc:
+        out.append(f"{parts.netloc}/{path}")
+    if path:
+        out.append(path)
+    if not parts.scheme and not parts.netloc and not out:
+        out.append(url.strip("/"))
+    return out
+
+
+class SampleIndex:
+    """Sample ids and uris of the pool, for matching task URLs (from one ListSamples without payloads)."""
+
+    def __init__(self, samples: Iterable[tuple[str, str]]) -> None:
+        self.ids: set[str] = set()
+        self.by_uri: dict[str, str] = {}
+        by_name: dict[str, str | None] = {}
+        for sid, uri in samples:
+            self.ids.add(sid)
+            keys = [sid]
+            if uri:
+                self.by_uri[uri] = sid
+                self.by_uri.setdefault(uri.strip("/"), sid)
+                keys.append(uri)
+            for key in keys:
+                name = PurePosixPath(key.replace("\\", "/")).name
+                if name:
+                    by_name[name] = sid if by_name.get(name, sid) == sid else None  # None: ambiguous
+        self.by_name = {k: v for k, v in by_name.items() if v is not None}
+
+    def exact(self, key: str) -> str | None:
+        if key in self.ids:
+            return key
+        return self.by_uri.get(key)
+
+    def by_url(self, url: str) -> str | None:
+        found = self.exact(url)
+        if found is not None:
+            return found
+        for path in url_paths(url):
+            comps = path.split("/")
+            for k in range(len(comps)):  # the longest suffix first: "a/b/c.jpg", "b/c.jpg", "c.jpg"
+                found = self.exact("/".join(comps[k:]))
+                if found is not None:
+                    return found
+        for path in url_paths(url):
+            name = PurePosixPath(path).name
+            if path.startswith("data/upload/"):  # Label Studio renames an uploaded file "8f2a1c3e-NAME"
+                name = UPLOAD_PREFIX.sub("", name)
+            if name in self.by_name:
+                return self.by_name[name]
+        return None
+
+
+def match_task(task: Mapping[str, Any], schema: Schema, rule: MatchRule, index: SampleIndex) -> str | None:
+    """The sample id of a task, or None when it matches none."""
+    data = task.get("data")
+    if not isinstance(data, dict):
+        return None
+    if rule.kind == "field":
+        value = data.get(rule.arg)
+        return None if value is None else index.exact(str(value))
+    url = data.get(schema.data_key)
+    if not isinstance(url, str) or not url:
+        return None
+    if rule.kind == "regex":
+        m = re.search(rule.arg, url)
+        if m is None:
+            return None
+        key = m.group("id") if "id" in m.groupdict() else m.group(1) if m.re.groups else m.group(0)
+        return None if key is None else index.exact(unquote(key))
+    return index.by_url(url)
+
+
+# ---- scores --------------------------------------------------------------------------------------
+def order_score(rank: int | None, selected: int, labelled: bool, confidence: float | None,
+                matched: bool = True) -> float:
+    """The prediction score that orders a task (ascending = Shortlist's labelling order):
+
+    - in the current selection at rank ``rank`` (0 = first) of ``selected``: ``0.5 * rank / selected``;
+    - unlabelled, not selected, prior confidence c: ``0.5 + 0.45 * c`` (least confident first);
+    - unlabelled without a prior: 0.97; labelled: 0.99; a task matching no sample: 1.0."""
+    if not matched:
+        return UNMATCHED_SCORE
+    if labelled:
+        return LABELLED_SCORE
+    if rank is not None and selected > 0:
+        return SELECTED_SPAN * rank / selected
+    if confidence is None:
+        return NO_PRIOR_SCORE
+    return PRIOR_BASE + PRIOR_SPAN * min(max(confidence, 0.0), 1.0)
+
+
+# ---- tokens --------------------------------------------------------------------------------------
+class Unauthorized(ValueError):
+    """An Authorization header this backend cannot read (HTTP 401)."""
+
+
+def request_token(request: Request) -> str:
+    """The Shortlist token of a request: the password of HTTP Basic auth (Label Studio's model connection
+    "Basic Authentication", or ``USER:TOKEN@`` in the URL; the user name is ignored, or is the token when
+    the password is empty), else what every web route takes (``Authorization: Bearer TOKEN``, the login
+    cookie, the app's default token; agent/web/auth.py). ``Token TOKEN`` is accepted like Bearer."""
+    header = request.headers.get("authorization", "").strip()
+    scheme, _, value = header.partition(" ")
+    value = value.strip()
+    if scheme.lower() == "basic":
+        try:
+            user, _, password = base64.b64decode(value, validate=True).decode("utf-8").partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            raise Unauthorized("malformed Basic authorization header") from None
+        return password or user
+    if scheme.lower() == "token" and value:
+        return value
+    if header and scheme.lower() != "bearer":
+        raise Unauthorized(f"unsupported authorization scheme {scheme!r}: use Basic (the token as the password) "
+                           "or Bearer TOKEN")
+    return token_of(request)
+
+
+def _code(e: grpc.RpcError) -> grpc.StatusCode:
+    return e.code()  # type: ignore[attr-defined,no-any-return]
+
+
+def _details(e: grpc.RpcError) -> str:
+    return e.details() or ""  # type: ignore[attr-defined,no-any-return]
+
+
+# ---- the backend ---------------------------------------------------------------------------------
+@dataclass
+class _Selection:
+    key: tuple[Any, ...]
+    rank: dict[str, int]
+    problem: str = ""
+
+
+class LabelStudioBackend:
+    """The protocol's logic, one per web app (``app.state.labelstudio``); thread-safe (routes run in the
+    threadpool). Every agent call goes through the request's ``Caller`` (its token), so the agent's roles
+    apply; grpc.RpcError escapes to agent/web/errors.py."""
+
+    def __init__(self, config: LabelStudioConfig) -> None:
+        self.config = config
+        self._lock = threading.Lock()
+        self._schemas: OrderedDict[str, str] = OrderedDict()  # project id -> label config from /setup
+        self._index: tuple[int, SampleIndex] | None = None
+        self._selection: _Selection | None = None
+
+    # -- helpers
+    def _remember(self, project: str, xml: str) -> None:
+        with self._lock:
+            self._schemas[project] = xml
+            self._schemas.move_to_end(project)
+            while len(self._schemas) > MAX_PROJECTS:
+                self._schemas.popitem(last=False)
+
+    def _schema(self, xml: Any, project: Any) -> Schema:
+        if isinstance(xml, str) and xml.strip():
+            return parse_schema(xml)
+        with self._lock:
+            known = self._schemas.get(_project_id(project))
+        if known is None:
+            raise BadRequest("no label config in the request, and none from a /setup of this project: send "
+                             "`label_config` (Label Studio does), or connect the model again")
+        return parse_schema(known)
+
+    @staticmethod
+    def _about(status: agent_pb2.Status) -> dict[str, Any]:
+        """What the predictions are made from (extra keys of /setup and /predict; Label Studio ignores them)."""
+        return {"agent_model_version": status.model_version, "labelled": status.labeled}
+
+    def _sample_index(self, call: Caller, status: agent_pb2.Status) -> SampleIndex:
+        with self._lock:
+            if self._index is not None and self._index[0] == status.samples:
+                return self._index[1]
+        samples = call(call.stub.ListSamples, agent_pb2.ListSamplesRequest(), call.config.select_timeout_s)
+        index = SampleIndex((s.id, s.uri) for s in samples)
+        with self._lock:
+            self._index = (status.samples, index)
+        return index
+
+    def _ranks(self, call: Caller, status: agent_pb2.Status) -> _Selection:
+        """The current selection, computed once per model version, pool and labelled set size."""
+        key = (status.model_version, status.labeled, status.samples, status.embedded)
+        with self._lock:
+            if self._selection is not None and self._selection.key == key:
+                return self._selection
+        c = self.config
+        try:
+            reply = call(call.stub.Select, agent_pb2.SelectRequest(budget=c.budget, strategy=c.strategy, seed=c.seed),
+                         call.config.select_timeout_s)
+            sel = _Selection(key, {s.id: r for r, s in enumerate(reply.selected)})
+        except grpc.RpcError as e:
+            if _code(e) not in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INVALID_ARGUMENT):
+                raise
+            log.warning("Label Studio ordering: Select %s failed: %s", c.strategy, _details(e))
+            sel = _Selection(key, {}, f"Select {c.strategy}: {_details(e)}")
+        with self._lock:
+            self._selection = sel
+        return sel
+
+    def _priors(self, call: Caller, ids: Sequence[str]) -> dict[str, agent_pb2.PriorLabel]:
+        """Prior labels of ``ids`` (unlabelled); samples that cannot have one yet are left out."""
+        if not ids:
+            return {}
+        req = agent_pb2.PriorLabelsRequest(method=self.config.prior, ids=list(ids))
+        try:
+            return {p.id: p for p in call(call.stub.PriorLabels, req, call.config.select_timeout_s)}
+        except grpc.RpcError as e:
+            if _code(e) != grpc.StatusCode.FAILED_PRECONDITION:
+                raise
+            if "not embedded" not in _details(e) or len(ids) == 1:
+                return {}
+        out: dict[str, agent_pb2.PriorLabel] = {}
+        for i in ids:  # some are not embedded yet: ask one by one, keep those that have a prior
+            out.update(self._priors(call, [i]))
+        return out
+
+    # -- the protocol
+    def health(self, call: Caller) -> tuple[int, dict[str, Any]]:
+        try:
+            call.status()
+        except grpc.RpcError as e:
+            if _code(e) in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                return 503, {"status": "DOWN", "model_class": MODEL_CLASS, "message": _details(e)}
+        return 200, {"status": "UP", "model_class": MODEL_CLASS}
+
+    def setup(self, call: Caller, body: Mapping[str, Any]) -> dict[str, Any]:
+        schema_xml = body.get("schema", body.get("label_config"))
+        parse_schema(schema_xml)  # refuse a project Shortlist cannot serve at connection time
+        status = call.status()
+        self._remember(_project_id(body.get("project")), schema_xml)
+        return {"model_version": MODEL_VERSION, **self._about(status)}
+
+    def predict(self, call: Caller, body: Mapping[str, Any]) -> dict[str, Any]:
+        tasks = body.get("tasks")
+        if isinstance(tasks, dict):
+            tasks = [tasks]
+        if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
+            raise BadRequest("`tasks` must be a list of Label Studio tasks ({\"id\": ..., \"data\": {...}})")
+        if len(tasks) > MAX_TASKS:
+            raise BadRequest(f"{len(tasks)} tasks in one request; send at most {MAX_TASKS}")
+        schema = self._schema(body.get("label_config"), body.get("project"))
+        status = call.status()  # first: the agent checks the token before anything cached is used
+        version = MODEL_VERSION
+        index = self._sample_index(call, status)
+        ids = [match_task(t, schema, self.config.match, index) for t in tasks]
+        matched = sorted({i for i in ids if i is not None})
+        labels: dict[str, str] = {}
+        if matched and status.labeled:
+            listed = call(call.stub.ListSamples, agent_pb2.ListSamplesRequest(ids=matched))
+            labels = {s.id: s.label for s in listed if s.label}
+        unlabelled = [i for i in matched if i not in labels]
+        selection = self._ranks(call, status) if unlabelled else None
+        priors = self._priors(call, unlabelled) if status.labeled and status.model_version else {}
+        ranks = selection.rank if selection is not None else {}
+        results = []
+        for sid in ids:
+            if sid is None:
+                results.append({"result": [], "score": UNMATCHED_SCORE, "model_version": version})
+                continue
+            label, confidence = labels.get(sid), None
+            if label is None and sid in priors:
+                label, confidence = priors[sid].label, float(priors[sid].confidence)
+            region = []
+            choice = None if label is None else schema.choice_for(label)
+            if choice is not None:
+                region.append({"from_name": schema.from_name, "to_name": schema.to_name, "type": "choices",
+                               "value": {"choices": [choice]},
+                               "score": 1.0 if sid in labels else round(confidence or 0.0, 6)})
+            score = order_score(ranks.get(sid), len(ranks), sid in labels, confidence)
+            results.append({"result": region, "score": round(score, 6), "model_version": version})
+        return {"results": results, "model_version": version, **self._about(status)}
+
+    def webhook(self, call: Caller, body: Mapping[str, Any]) -> dict[str, Any]:
+        action = body.get("action")
+        if not isinstance(action, str) or not action:
+            raise BadRequest("not a Label Studio webhook event: no `action`")
+        if action in DELETE_EVENTS:
+            return {"status": "ignored", "action": action,
+                    "reason": "Shortlist keeps every label; a label stays until replaced (update the annotation "
+                              "or label the sample again)"}
+        if action not in LABEL_EVENTS:
+            return {"status": "ignored", "action": action}
+        pairs = _annotations_with_tasks(action, body)
+        project = body.get("project")
+        xml = project.get("label_config") if isinstance(project, dict) else None
+        schema = self._schema(xml, project.get("id") if isinstance(project, dict) else None)
+        status = call.status()
+        index = self._sample_index(call, status)
+        by_annotator: dict[str, list[tuple[str, str]]] = {}
+        skipped: list[dict[str, Any]] = []
+        for annotation, task in pairs:
+            task_id = task.get("id", annotation.get("task"))
+            if annotation.get("was_cancelled"):
+                skipped.append({"task": task_id, "reason": "skipped in Label Studio"})
+                continue
+            label, problem = _choice(annotation, schema)
+            if label is None:
+                skipped.append({"task": task_id, "reason": problem})
+                continue
+            sid = match_task(task, schema, self.config.match, index)
+            if sid is None:
+                skipped.append({"task": task_id, "reason": f"matches no sample (rule {self.config.match})"})
+                continue
+            by_annotator.setdefault(_annotator(annotation.get("completed_by")), []).append((sid, label))
+        accepted = 0
+        rejected: list[dict[str, str]] = []
+        for annotator, assignments in by_annotator.items():
+            req = agent_pb2.SubmitLabelsRequest(
+                labels=[agent_pb2.LabelAssignment(id=i, label=lab) for i, lab in assignments], annotator=annotator,
+                source=SOURCE)
+            reply = call(call.stub.SubmitLabels, req)
+            accepted += reply.accepted
+            rejected.extend({"id": r.id, "reason": r.reason} for r in reply.rejected)
+        if skipped or rejected:
+            log.info("Label Studio %s: %d labels accepted, %d skipped, %d rejected", action, accepted,
+                     len(skipped), len(rejected))
+        return {"status": "ok", "action": action, "accepted": accepted, "rejected": rejected, "skipped": skipped}
+
+
+def _project_id(project: Any) -> str:
+    """Label Studio's project uid "ID.CREATED_TIMESTAMP" (or a plain ID) -> "ID"."""
+    return str(project).split(".", 1)[0] if project is not None else ""
+
+
+def _annotator(completed_by: Any) -> str:
+    """``labelstudio:USER``: the Label Studio user id (or email, when the annotation carries the user)."""
+    if isinstance(completed_by, dict):
+        completed_by = completed_by.get("email") or completed_by.get("id")
+    return f"{SOURCE}:{completed_by}" if completed_by not in (None, "") else SOURCE
+
+
+def _annotations_with_tasks(action: str, body: Mapping[str, Any]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(annotation, task) pairs of an annotation event; BadRequest when the body lacks them."""
+    annotation, task = body.get("annotation"), body.get("task")
+    if action == "ANNOTATIONS_CREATED":
+        annotations: list[Any] = annotation if isinstance(annotation, list) else [annotation]
+        tasks: list[Any] = task if isinstance(task, list) else [task]
+    else:
+        annotations, tasks = [annotation], [task]
+    good_annotations = [a for a in annotations if isinstance(a, dict) and isinstance(a.get("result"), list)]
+    if len(good_annotations) != len(annotations):
+        raise BadRequest(f"{action} without `annotation` (an object with a `result` list)")
+    good_tasks = [t for t in tasks if isinstance(t, dict) and isinstance(t.get("data"), dict)]
+    if len(good_tasks) != len(tasks):
+        raise BadRequest(f"{action} without `task` (an object with its `data`): use Label Studio >= 1.4, whose "
+                         "annotation webhooks carry the task")
+    by_id = {t.get("id"): t for t in good_tasks}
+    pairs: list[tuple[dict[str, Any], dict[str, Any]]] = []
+    for a in good_annotations:
+        t = good_tasks[0] if len(good_tasks) == 1 else by_id.get(a.get("task"))
+        if t is None:
+            raise BadRequest(f"{action}: annotation {a.get('id')} is for task {a.get('task')}, which is not in `task`")
+        pairs.append((a, t))
+    return pairs
+
+
+def _choice(annotation: Mapping[str, Any], schema: Schema) -> tuple[str | None, str]:
+    """The class an annotation gives through the schema's Choices, or (None, why not)."""
+    for item in annotation.get("result", []):
+        if not isinstance(item, dict) or item.get("from_name") != schema.from_name:
+            continue
+        value = item.get("value")
+        choices = value.get("choices") if isinstance(value, dict) else None
+        if not isinstance(choices, list) or not all(isinstance(c, str) for c in choices):
+            raise BadRequest(f"annotation {annotation.get('id')}: result `{schema.from_name}` has no "
+                             "value.choices list")
+        if len(choices) == 1 and choices[0]:
+            return choices[0], ""
+        if len(choices) > 1:
+            return None, f"{len(choices)} choices selected; a Shortlist label is one class"
+    return None, f"no `{schema.from_name}` choice in the annotation"
+
+
+# ---- the routes ----------------------------------------------------------------------------------
+router = APIRouter(prefix=PREFIX, tags=["labelstudio"])
+
+
+def setup(app: FastAPI) -> None:
+    """The app's one backend, with the settings of ``WebConfig.labelstudio``."""
+    app.state.labelstudio = LabelStudioBackend(app.state.config.labelstudio)
+
+
+def _caller(request: Request) -> Caller:
+    state = request.app.state
+    return Caller(state.stub(), request_token(request), session(request).user, state.config)
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    try:
+        body = json.loads(raw or b"null")
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BadRequest(f"the body is not JSON ({e})") from None
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object")
+    return body
+
+
+async def _answer(request: Request, method: Callable[[Caller, Mapping[str, Any]], dict[str, Any]]) -> Response:
+    """Parse the body, then run ``method`` in the threadpool (its gRPC calls block); a BadRequest is 400 and
+    an unreadable Authorization header 401 (JSON, like the app's other APIs)."""
+    try:
+        call = _caller(request)
+        body = await _json_body(request)
+        return JSONResponse(await run_in_threadpool(method, call, body))
+    except BadRequest as e:
+        return error_response(request, 400, "BAD_REQUEST", str(e))
+    except Unauthorized as e:
+        return error_response(request, 401, "UNAUTHENTICATED", str(e), {"WWW-Authenticate": 'Basic realm="shortlist"'})
+
+
+@router.get("/health")
+@router.get("/")
+async def health(request: Request) -> Response:
+    try:
+        call = _caller(request)
+    except Unauthorized:
+        return JSONResponse({"status": "UP", "model_class": MODEL_CLASS})
+    status, answer = await run_in_threadpool(request.app.state.labelstudio.health, call)
+    return JSONResponse(answer, status_code=status)
+
+
+@router.post("/setup")
+async def setup_project(request: Request) -> Response:
+    return await _answer(request, request.app.state.labelstudio.setup)
+
+
+@router.post("/predict")
+async def predict(request: Request) -> Response:
+    return await _answer(request, request.app.state.labelstudio.predict)
+
+
+@router.post("/webhook")
+async def webhook(request: Request) -> Response:
+    return await _answer(request, request.app.state.labelstudio.webhook)

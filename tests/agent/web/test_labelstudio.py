@@ -1,0 +1,397 @@
+"""The Label Studio ML backend (agent/web/labelstudio.py) against the real gRPC agent, with request bodies
+written from Label Studio's published reference (tests/agent/web/data/labelstudio/README.md)."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import os
+import random
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+from agent import client
+from agent.security import ServerSecurity
+from agent.web.app import create_app
+from agent.web.config import LabelStudioConfig, MatchRule, WebConfig
+from agent.web.labelstudio import (
+    LABELLED_SCORE,
+    MODEL_VERSION,
+    UNMATCHED_SCORE,
+    BadRequest,
+    SampleIndex,
+    match_task,
+    order_score,
+    parse_schema,
+    url_paths,
+)
+from shortlist.cli import app as cli_app
+from shortlist.v1 import agent_pb2, agent_pb2_grpc
+from tests.agent.conftest import CLASSES, Running, make_images, make_samples, png, start
+from tests.agent.test_cli import free_port, out
+from tests.agent.web.test_cli import stop, wait_http
+
+DATA = Path(__file__).parent / "data" / "labelstudio"
+READ_TOKEN = "r" * 8 + "-read-token-0123456789"
+WRITE_TOKEN = "w" * 8 + "-write-token-0123456789"
+runner = CliRunner()
+N = 20
+LABELLED = 6  # img_0000 .. img_0005 carry their class at ingest
+BUDGET = 5
+
+
+def body(name: str) -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads((DATA / name).read_text())
+    return loaded
+
+
+def sample_id(i: int) -> str:
+    return f"reef/site-{'a' if i % 2 == 0 else 'b'}/img_{i:04d}.jpg"
+
+
+def basic(token: str, user: str = "labelstudio") -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{token}".encode()).decode()}
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+def agent(tmp_path: Path, registry: Path) -> Iterator[Running]:
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"read:{READ_TOKEN}\nwrite:{WRITE_TOKEN}\n")
+    r = start(tmp_path / "data", registry, security=ServerSecurity(tokens=tokens))
+    writer = client.connect(r.address, config=client.ClientConfig(token=WRITE_TOKEN))
+    samples = [client.image_sample(sample_id(i), png(img), label=CLASSES[i % 3] if i < LABELLED else "")
+               for i, img in enumerate(make_images(N, seed=3))]
+    assert client.ingest(writer, samples).accepted == N
+    yield r
+    r.stop()
+
+
+def app_for(r: Running, config: LabelStudioConfig | None = None) -> tuple[TestClient, FastAPI]:
+    """The web app (create_app, as `shortlist web` builds it) on the agent, with its TestClient."""
+    web = WebConfig(port=0, agent=r.address, labelstudio=config or LabelStudioConfig(budget=BUDGET))
+    app = create_app(web, lambda: client.channel(r.address))
+    return TestClient(app), app
+
+
+def reader(r: Running) -> agent_pb2_grpc.AgentStub:
+    return client.connect(r.address, config=client.ClientConfig(token=READ_TOKEN))
+
+
+def labels_of(r: Running) -> dict[str, str]:
+    return {s.id: s.label for s in reader(r).ListSamples(agent_pb2.ListSamplesRequest(labeled_only=True))}
+
+
+# ---- pure parts ----------------------------------------------------------------------------------
+def test_parse_schema_finds_the_choices_on_the_image() -> None:
+    s = parse_schema(body("setup.json")["schema"])
+    assert (s.from_name, s.to_name, s.data_key, s.choices) == ("species", "image", "image", ("cat", "dog", "frog"))
+    aliased = parse_schema('<View><Text name="t" value="$text"/><Image name="img" value="$url"/>'
+                           '<Choices name="c" toName="img"><Choice value="Felis catus" alias="cat"/>'
+                           '<Choice value="dog"/></Choices></View>\n<!-- {"data": {"url": "x.jpg"}} -->')
+    assert aliased.choices == ("cat", "dog") and aliased.data_key == "url"
+    assert aliased.choice_for("Dog") == "dog" and aliased.choice_for("frog") is None
+    dynamic = parse_schema('<View><Image name="i" value="$image"/><Choices name="c" toName="i" value="$options"/>'
+                           '</View>')
+    assert dynamic.choices == () and dynamic.choice_for("anything") == "anything"
+    for xml, says in [("<View><Image", "not valid XML"), ("", "no label config"),
+                      ('<View><Text name="t" value="$text"/><Choices name="c" toName="t"/></View>', "no <Image"),
+                      ('<View><Image name="i" value="$image"/><RectangleLabels name="r" toName="i"/></View>',
+                       "no <Choices")]:
+        with pytest.raises(BadRequest, match=says):
+            parse_schema(xml)
+
+
+def test_match_rules() -> None:
+    index = SampleIndex([(sample_id(i), "") for i in range(N)] + [("other/img_0003.jpg", ""),
+                                                                  ("x1", "/mnt/cam/2026/IMG_1.JPG")])
+    schema = parse_schema(body("setup.json")["schema"])
+
+    def m(image: str, rule: str = "url", **data: str) -> str | None:
+        return match_task({"id": 1, "data": {"image": image, **data}}, schema, MatchRule.parse(rule), index)
+
+    assert url_paths("/data/local-files/?d=reef/site-a/img_0000.jpg") == ["reef/site-a/img_0000.jpg",
+                                                                          "data/local-files"]
+    assert m("/data/local-files/?d=reef/site-a/img_0000.jpg") == "reef/site-a/img_0000.jpg"
+    assert m("s3://bucket/reef/site-b/img_0001.jpg") == "reef/site-b/img_0001.jpg"
+    assert m("https://h.example/media/reef/site-a/img%5F0002.jpg") == "reef/site-a/img_0002.jpg"
+    assert m("https://h.example/flat/img_0004.jpg") == "reef/site-a/img_0004.jpg"  # a unique file name
+    assert m("https://h.example/flat/img_0003.jpg") is None  # two samples are called img_0003.jpg
+    assert m("https://h.example/other/img_0003.jpg") == "other/img_0003.jpg"
+    assert m("/mnt/cam/2026/IMG_1.JPG") == "x1"  # the sample's uri
+    assert m("/data/upload/7/8f2a1c3e-img_0006.jpg") == "reef/site-a/img_0006.jpg"  # a file uploaded to LS
+    assert m("/data/upload/7/8f2a1c3e-img_0003.jpg") is None
+    assert m("/media/8f2a1c3e-img_0006.jpg") is None
+    assert m("/data/upload/7/8f2a1c3e-img_0006.jpg", r"regex:[0-9a-f]{8}-(.+)$") is None  # group 1 is no id
+    assert m("/data/upload/7/8f2a1c3e-img_0006.jpg", r"regex:[0-9a-f]{8}-(?P<n>img_\d+)\.jpg$") is None
+    assert m("/u/8f2a1c3e-reef%2Fsite-a%2Fimg_0006.jpg", r"regex:[0-9a-f]{8}-(?P<id>.+)$") == \
+        "reef/site-a/img_0006.jpg"
+    assert m("whatever.png", "field:sample_id", sample_id="reef/site-b/img_0009.jpg") == "reef/site-b/img_0009.jpg"
+    assert m("whatever.png", "field:sample_id", sample_id="nope") is None
+    assert m("whatever.png", "field:sample_id") is None
+    assert str(MatchRule.parse("field:sid")) == "field:sid"
+    for bad in ["", "name", "field:", "regex:(", "url:x"]:
+        with pytest.raises(ValueError, match="--labelstudio-match"):
+            MatchRule.parse(bad)
+
+
+def test_order_score_puts_shortlists_order_first() -> None:
+    scores = [order_score(0, 4, False, 0.9), order_score(3, 4, False, 0.1), order_score(None, 4, False, 0.0),
+              order_score(None, 4, False, 1.0), order_score(None, 4, False, None), order_score(None, 4, True, None),
+              order_score(None, 0, False, None, matched=False)]
+    assert scores == sorted(scores) and len(set(scores)) == len(scores)
+    assert scores[0] == 0.0 and scores[-2:] == [LABELLED_SCORE, UNMATCHED_SCORE]
+
+
+# ---- through the agent ---------------------------------------------------------------------------
+def test_health_and_setup(agent: Running) -> None:
+    http, app = app_for(agent)
+    try:
+        for path in ("/labelstudio/health", "/labelstudio/"):
+            r = http.get(path)
+            assert r.status_code == 200 and r.json()["status"] == "UP"
+        setup = body("setup.json")
+        r = http.post("/labelstudio/setup", json=setup, headers=basic(READ_TOKEN))
+        assert r.status_code == 200, r.text
+        assert r.json() == {"model_version": MODEL_VERSION, "agent_model_version": "v0001", "labelled": LABELLED}
+        r = http.post("/labelstudio/setup", json=setup)
+        assert r.status_code == 401 and "requires a token" in r.json()["message"]
+        r = http.post("/labelstudio/setup", json=setup, headers=basic("x" * 32))
+        assert r.status_code == 401 and "unknown token" in r.json()["message"]
+        wrong = dict(setup, schema='<View><Image name="i" value="$image"/></View>')
+        r = http.post("/labelstudio/setup", json=wrong, headers=basic(READ_TOKEN))
+        assert r.status_code == 400 and "no <Choices" in r.json()["message"]
+        r = http.post("/labelstudio/setup", json=setup, headers={"Authorization": "Digest abc"})
+        assert r.status_code == 401 and "Basic" in r.json()["message"]
+        r = http.post("/labelstudio/setup", json=setup, headers={"Authorization": "Basic %%%"})
+        assert r.status_code == 401 and "malformed" in r.json()["message"]
+        only_user = {"Authorization": "Basic " + base64.b64encode(f"{READ_TOKEN}:".encode()).decode()}
+        for headers in (only_user, {"Authorization": f"Token {READ_TOKEN}"}, bearer(READ_TOKEN)):
+            assert http.post("/labelstudio/setup", json=setup, headers=headers).status_code == 200
+    finally:
+        app.state.stub.close()
+
+
+def test_predict_gives_priors_in_the_tasks_order(agent: Running) -> None:
+    http, app = app_for(agent)
+    try:
+        r = http.post("/labelstudio/predict", json=body("predict.json"), headers=basic(READ_TOKEN))
+        assert r.status_code == 200, r.text
+        results = r.json()["results"]
+        assert len(results) == 5
+        ids = ["reef/site-b/img_0007.jpg", "reef/site-a/img_0012.jpg", "reef/site-a/img_0010.jpg"]
+        stub = reader(agent)
+        priors = {p.id: p for p in stub.PriorLabels(agent_pb2.PriorLabelsRequest(method="knn", ids=ids))}
+        selected = stub.Select(agent_pb2.SelectRequest(budget=BUDGET, strategy="typiclust", seed=0)).selected
+        rank = {s.id: k for k, s in enumerate(selected)}
+        for res, sid in zip(results[:3], ids, strict=True):
+            (region,) = res["result"]
+            assert region["from_name"] == "species" and region["to_name"] == "image" and region["type"] == "choices"
+            assert region["value"]["choices"] == [priors[sid].label]
+            assert region["score"] == pytest.approx(priors[sid].confidence, abs=1e-5)
+            want = order_score(rank.get(sid), len(rank), False, priors[sid].confidence)
+            assert res["score"] == pytest.approx(want, abs=1e-6)
+            assert res["model_version"] == MODEL_VERSION
+        assert results[3] == {"result": [], "score": UNMATCHED_SCORE, "model_version": results[0]["model_version"]}
+        (region,) = results[4]["result"]  # img_0000 is labelled: its label, sorted after the unlabelled
+        assert region["value"]["choices"] == [CLASSES[0]] and region["score"] == 1.0
+        assert results[4]["score"] == LABELLED_SCORE
+        # a task alone gets the same answer as in the batch (scores do not depend on the batch)
+        one = dict(body("predict.json"), tasks=body("predict.json")["tasks"][1:2])
+        r = http.post("/labelstudio/predict", json=one, headers=bearer(READ_TOKEN))
+        assert r.json()["results"] == results[1:2]
+    finally:
+        app.state.stub.close()
+
+
+def test_sorting_by_prediction_score_follows_the_selection(agent: Running) -> None:
+    http, app = app_for(agent)
+    try:
+        template = body("predict.json")["tasks"][0]
+        tasks = []
+        for i in range(N):
+            t = copy.deepcopy(template)
+            t["id"], t["data"]["image"] = 200 + i, f"/data/local-files/?d={sample_id(i)}"
+            tasks.append(t)
+        random.Random(0).shuffle(tasks)
+        req = dict(body("predict.json"), tasks=tasks)
+        results = http.post("/labelstudio/predict", json=req, headers=basic(READ_TOKEN)).json()["results"]
+        by_score = [sample_id(t["id"] - 200) for _, t in sorted(zip([r["score"] for r in results], tasks,
+                                                                     strict=True), key=lambda p: p[0])]
+        selected = [s.id for s in reader(agent).Select(
+            agent_pb2.SelectRequest(budget=BUDGET, strategy="typiclust", seed=0)).selected]
+        assert by_score[:BUDGET] == selected
+        assert set(by_score[-LABELLED:]) == {sample_id(i) for i in range(LABELLED)}
+        # the rest: least confident prior first
+        rest = by_score[BUDGET:-LABELLED]
+        conf = {p.id: p.confidence for p in reader(agent).PriorLabels(agent_pb2.PriorLabelsRequest(method="knn",
+                                                                                                     ids=rest))}
+        assert [conf[i] for i in rest] == sorted(conf[i] for i in rest)
+    finally:
+        app.state.stub.close()
+
+
+def test_webhook_annotations_become_labels(agent: Running) -> None:
+    http, app = app_for(agent)
+    try:
+        created = body("webhook_annotation_created.json")
+        r = http.post("/labelstudio/webhook", json=created, headers=basic(READ_TOKEN))
+        assert r.status_code == 403 and "role write" in r.json()["message"]
+        r = http.post("/labelstudio/webhook", json=created, headers=basic(WRITE_TOKEN))
+        assert r.status_code == 200, r.text
+        assert r.json()["accepted"] == 1
+        updated = body("webhook_annotation_updated.json")
+        assert http.post("/labelstudio/webhook", json=updated, headers=bearer(WRITE_TOKEN)).json()["accepted"] == 1
+        labels = labels_of(agent)
+        assert labels["reef/site-b/img_0007.jpg"] == "frog" and labels["reef/site-a/img_0010.jpg"] == "dog"
+        assert len(labels) == LABELLED + 2
+        given = {(r.id, r.label, r.annotator, r.source)
+                 for r in reader(agent).ListLabels(agent_pb2.ListLabelsRequest(history=True))}
+        assert {("reef/site-b/img_0007.jpg", "frog", "labelstudio:1", "labelstudio"),
+                ("reef/site-a/img_0010.jpg", "dog", "labelstudio:2", "labelstudio")} <= given
+        # a skipped task labels nothing; deletions and other events change nothing and answer 200
+        r = http.post("/labelstudio/webhook", json=body("webhook_annotation_skipped.json"), headers=basic(WRITE_TOKEN))
+        assert r.status_code == 200 and r.json()["accepted"] == 0 and "skipped" in r.json()["skipped"][0]["reason"]
+        for name in ("webhook_annotations_deleted.json", "webhook_tasks_created.json",
+                     "webhook_start_training.json"):
+            r = http.post("/labelstudio/webhook", json=body(name), headers=basic(WRITE_TOKEN))
+            assert r.status_code == 200 and r.json()["status"] == "ignored", name
+        assert labels_of(agent) == labels
+        # the bulk event (annotations created by an import or an action) pairs annotations with their tasks
+        bulk = {"action": "ANNOTATIONS_CREATED", "project": created["project"],
+                "annotation": [copy.deepcopy(created["annotation"]), copy.deepcopy(updated["annotation"])],
+                "task": [updated["task"], created["task"]]}
+        bulk["annotation"][0]["result"][0]["value"]["choices"] = ["cat"]
+        r = http.post("/labelstudio/webhook", json=bulk, headers=basic(WRITE_TOKEN))
+        assert r.status_code == 200 and r.json()["accepted"] == 2
+        labels["reef/site-b/img_0007.jpg"] = "cat"
+        assert labels_of(agent) == labels
+        # the next predictions show the new labels
+        res = http.post("/labelstudio/predict", json=body("predict.json"), headers=basic(READ_TOKEN)).json()
+        assert res["results"][0]["result"][0]["value"]["choices"] == ["cat"]
+        assert res["results"][0]["score"] == LABELLED_SCORE
+        assert res["labelled"] == LABELLED + 2
+    finally:
+        app.state.stub.close()
+
+
+def test_webhook_bad_bodies_are_400(agent: Running) -> None:
+    http, app = app_for(agent)
+    created = body("webhook_annotation_created.json")
+    no_task = {k: v for k, v in created.items() if k != "task"}
+    bad_choices = copy.deepcopy(created)
+    bad_choices["annotation"]["result"][0]["value"] = {"choices": "frog"}
+    two = copy.deepcopy(created)
+    two["annotation"]["result"][0]["value"]["choices"] = ["frog", "dog"]
+    try:
+        w = basic(WRITE_TOKEN)
+        cases: list[tuple[Any, str]] = [
+            (b"{not json", "not JSON"), ([1, 2], "JSON object"), ({"annotation": {}}, "no `action`"),
+            (no_task, "without `task`"), (dict(created, annotation={"id": 3}), "without `annotation`"),
+            (bad_choices, "value.choices"),
+            (dict(created, project={"id": 99}), "no label config")]
+        for payload, says in cases:
+            kw: dict[str, Any] = {"content": payload} if isinstance(payload, bytes) else {"json": payload}
+            r = http.post("/labelstudio/webhook", headers=w, **kw)
+            assert r.status_code == 400 and says in r.json()["message"], (says, r.text)
+        r = http.post("/labelstudio/webhook", json=two, headers=w)  # valid body, but not one class: not labelled
+        assert r.status_code == 200 and r.json()["accepted"] == 0 and "2 choices" in r.json()["skipped"][0]["reason"]
+        r = http.post("/labelstudio/predict", json={"tasks": "x"}, headers=basic(READ_TOKEN))
+        assert r.status_code == 400 and "`tasks`" in r.json()["message"]
+        assert labels_of(agent) == {sample_id(i): CLASSES[i % 3] for i in range(LABELLED)}
+    finally:
+        app.state.stub.close()
+
+
+def test_setup_schema_serves_predictions_without_label_config(agent: Running) -> None:
+    http, app = app_for(agent)
+    try:
+        req = {k: v for k, v in body("predict.json").items() if k != "label_config"}
+        r = http.post("/labelstudio/predict", json=req, headers=basic(READ_TOKEN))
+        assert r.status_code == 400 and "no label config" in r.json()["message"]
+        assert http.post("/labelstudio/setup", json=body("setup.json"), headers=basic(READ_TOKEN)).status_code == 200
+        r = http.post("/labelstudio/predict", json=req, headers=basic(READ_TOKEN))
+        assert r.status_code == 200 and len(r.json()["results"]) == 5
+    finally:
+        app.state.stub.close()
+
+
+def test_bodies_recorded_from_label_studio(agent: Running) -> None:
+    """The requests a live Label Studio 1.23.2 sent (data/labelstudio/recorded/README.md): its /setup and
+    /predict (Basic auth), and the webhook events of its annotation created, updated, skipped, deleted."""
+    http, app = app_for(agent)
+    rec = DATA / "recorded"
+
+    def post(path: str, name: str, token: str) -> dict[str, Any]:
+        r = http.post(f"/labelstudio/{path}", json=json.loads((rec / name).read_text()), headers=basic(token))
+        assert r.status_code == 200, r.text
+        answer: dict[str, Any] = r.json()
+        return answer
+
+    try:
+        assert post("setup", "setup.json", READ_TOKEN)["model_version"] == MODEL_VERSION
+        results = post("predict", "predict.json", READ_TOKEN)["results"]
+        ids = ["reef/site-b/img_0007.jpg", "reef/site-a/img_0012.jpg"]
+        priors = {p.id: p for p in reader(agent).PriorLabels(agent_pb2.PriorLabelsRequest(method="knn", ids=ids))}
+        assert [r["result"][0]["value"]["choices"][0] for r in results] == [priors[i].label for i in ids]
+        assert post("webhook", "webhook_annotation_created.json", WRITE_TOKEN)["accepted"] == 1
+        assert labels_of(agent)[ids[0]] == "frog"
+        assert post("webhook", "webhook_annotation_updated.json", WRITE_TOKEN)["accepted"] == 1
+        assert post("webhook", "webhook_annotation_skipped.json", WRITE_TOKEN)["accepted"] == 0
+        assert post("webhook", "webhook_annotations_deleted.json", WRITE_TOKEN)["status"] == "ignored"
+        labels = labels_of(agent)
+        assert labels[ids[0]] == "cat" and ids[1] not in labels
+    finally:
+        app.state.stub.close()
+
+
+# ---- the command line ----------------------------------------------------------------------------
+def test_flags_reach_the_backend(tmp_path: Path, registry: Path) -> None:
+    """`serve --web-port` with the match rule from the environment: a task whose `sample_id` field names a
+    sample gets its prior, over real HTTP with Basic auth (what Label Studio sends)."""
+    port, web_port = free_port(), free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "shortlist.cli", "serve", "--data-dir", str(tmp_path / "d"),
+                             "--models", str(registry), "--port", str(port), "--cpu", "--web-port", str(web_port),
+                             "--labelstudio-budget", "3"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "SHORTLIST_LABELSTUDIO_MATCH": "field:sample_id"})
+    try:
+        stub = client.connect(f"127.0.0.1:{port}", starting=True, timeout=60)
+        client.ingest(stub, make_samples(12, labels=6))
+        url = f"http://127.0.0.1:{web_port}/labelstudio"
+        assert json.loads(wait_http(f"{url}/health", proc))["status"] == "UP"
+        req = body("predict.json")
+        req["tasks"] = [dict(req["tasks"][0], data={"image": "x.jpg", "sample_id": "s7"}),
+                        dict(req["tasks"][1], data={"image": "reef/site-b/img_0007.jpg"})]
+        post = urllib.request.Request(f"{url}/predict", data=json.dumps(req).encode(), method="POST",
+                                      headers={"Content-Type": "application/json", **basic("anything")})
+        with urllib.request.urlopen(post, timeout=60) as r:
+            results = json.loads(r.read())["results"]
+        (prior,) = stub.PriorLabels(agent_pb2.PriorLabelsRequest(method="knn", ids=["s7"]))
+        assert results[0]["result"][0]["value"]["choices"] == [prior.label]
+        assert results[1] == {"result": [], "score": UNMATCHED_SCORE, "model_version": results[0]["model_version"]}
+    finally:
+        stop(proc)
+
+
+def test_bad_flags_are_usage_errors(running: Running, tmp_path: Path, registry: Path) -> None:
+    for args, says in [(["--labelstudio-match", "regex:("], "not a regular expression"),
+                       (["--labelstudio-strategy", "nope"], "not a strategy of the agent; valid: "),
+                       (["--labelstudio-prior", "nope"], "not a prior method of the agent; valid: as3l")]:
+        res = runner.invoke(cli_app, ["web", "--agent", running.address, "--port", "0", *args])
+        assert res.exit_code == 2 and says in out(res), out(res)
+    res = runner.invoke(cli_app, ["serve", "--data-dir", str(tmp_path / "d"), "--models", str(registry), "--port",
+                                  "0", "--cpu", "--web-port", "0", "--labelstudio-strategy", "nope"])
+    assert res.exit_code == 2 and "not a strategy of the agent" in out(res) and not (tmp_path / "d").exists()
