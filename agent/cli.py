@@ -203,10 +203,12 @@ def serve(labelstudio: LabelStudioConfig,
     from agent.security import ServerSecurity, is_loopback
     from agent.service import create_server, stop_server
     from agent.state import ClassListError, SchemaVersionError
+    from agent.threads import one_blas_thread_per_call
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.umask(0o077)  # whatever the agent or a library creates is readable by its user only
     tune_malloc()  # before the gRPC threads start: two malloc arenas, large blocks returned when freed
+    one_blas_thread_per_call()  # the agent's parallelism is across requests (agent/threads.py)
     class_list = tuple(c.strip() for c in classes.split(",") if c.strip()) or None
     try:
         limits = Limits(max_message_bytes=max_message_mb * MIB, max_samples_per_request=max_samples_per_request,

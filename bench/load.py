@@ -153,15 +153,28 @@ def listening_pid(port: int) -> int:
     if not inodes:
         return 0
     targets = {f"socket:[{i}]" for i in inodes}
+    holders: set[int] = set()
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         try:
-            for fd in (proc / "fd").iterdir():
-                if os.readlink(fd) in targets:
-                    return int(proc.name)
+            if any(os.readlink(fd) in targets for fd in (proc / "fd").iterdir()):
+                holders.add(int(proc.name))
         except OSError:
             continue
+    # A child forked by the listener holds the socket too until it execs (or for good, if it inherits it):
+    # the listener is the holder whose parent is not a holder.
+    roots = sorted(p for p in holders if _parent_pid(p) not in holders)
+    return roots[0] if roots else (min(holders) if holders else 0)
+
+
+def _parent_pid(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("PPid:"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
     return 0
 
 

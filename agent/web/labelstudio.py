@@ -532,9 +532,10 @@ def setup(app: FastAPI) -> None:
     app.state.labelstudio = LabelStudioBackend(app.state.config.labelstudio)
 
 
-def _caller(request: Request) -> Caller:
+def _caller(request: Request, token: str) -> Caller:
+    """The request's Caller; in the threadpool: the app's first call creates the channel, which can wait."""
     state = request.app.state
-    return Caller(state.stub(), request_token(request), session(request).user, state.config)
+    return Caller(state.stub(), token, session(request).user, state.config)
 
 
 async def _json_body(request: Request) -> dict[str, Any]:
@@ -552,9 +553,9 @@ async def _answer(request: Request, method: Callable[[Caller, Mapping[str, Any]]
     """Parse the body, then run ``method`` in the threadpool (its gRPC calls block); a BadRequest is 400 and
     an unreadable Authorization header 401 (JSON, like the app's other APIs)."""
     try:
-        call = _caller(request)
+        token = request_token(request)
         body = await _json_body(request)
-        return JSONResponse(await run_in_threadpool(method, call, body))
+        return JSONResponse(await run_in_threadpool(lambda: method(_caller(request, token), body)))
     except BadRequest as e:
         return error_response(request, 400, "BAD_REQUEST", str(e))
     except Unauthorized as e:
@@ -564,11 +565,13 @@ async def _answer(request: Request, method: Callable[[Caller, Mapping[str, Any]]
 @router.get("/health")
 @router.get("/")
 async def health(request: Request) -> Response:
+    """UP when the agent answers (any token, or none: a token's problems show at /setup); 503 when it cannot
+    be reached."""
     try:
-        call = _caller(request)
+        token = request_token(request)
     except Unauthorized:
-        return JSONResponse({"status": "UP", "model_class": MODEL_CLASS})
-    status, answer = await run_in_threadpool(request.app.state.labelstudio.health, call)
+        token = ""
+    status, answer = await run_in_threadpool(lambda: request.app.state.labelstudio.health(_caller(request, token)))
     return JSONResponse(answer, status_code=status)
 
 

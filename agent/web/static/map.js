@@ -64,23 +64,25 @@
       if (!b) { b = []; buckets.set(key, b); }
       b.push(i);
     }
-    ctx.globalAlpha = 0.55; ctx.fillStyle = GREY;
-    for (const i of layers[0]) ctx.fillRect(sx(i) - r, sy(i) - r, 2 * r, 2 * r);
-    ctx.globalAlpha = 0.9;
+    // With a selection, the other points fade, so the selection reads at any density.
+    const sel = pts.selected && pts.selected.some((v) => v) ? pts.selected : null;
+    const fade = (i, a) => (sel && !sel[i] ? a * 0.22 : a);
+    ctx.fillStyle = GREY;
+    for (const i of layers[0]) { ctx.globalAlpha = fade(i, 0.55); ctx.fillRect(sx(i) - r, sy(i) - r, 2 * r, 2 * r); }
     for (const i of layers[1]) {
       const g = group(i);
       ctx.fillStyle = colour === "queue" ? "#f28e2b" : colourOf(g);
       // labelled samples: filled squares; priors: circles, lighter
       if (colour === "prior" && pts.label[i] < 0) {
-        ctx.globalAlpha = 0.55; ctx.beginPath(); ctx.arc(sx(i), sy(i), r * 1.05, 0, 2 * Math.PI); ctx.fill(); ctx.globalAlpha = 0.9;
+        ctx.globalAlpha = fade(i, 0.55); ctx.beginPath(); ctx.arc(sx(i), sy(i), r * 1.05, 0, 2 * Math.PI); ctx.fill();
       } else {
-        ctx.fillRect(sx(i) - r * 1.15, sy(i) - r * 1.15, 2.3 * r, 2.3 * r);
+        ctx.globalAlpha = fade(i, 0.9); ctx.fillRect(sx(i) - r * 1.15, sy(i) - r * 1.15, 2.3 * r, 2.3 * r);
       }
     }
     ctx.globalAlpha = 1;
-    if (pts.selected) {  // selected: dark ring
+    if (sel && pts.n <= 3000) {  // few points: a dark ring around each selected one too
       ctx.strokeStyle = "#161b26"; ctx.lineWidth = 1.2;
-      for (let i = 0; i < pts.n; i++) if (pts.selected[i]) ctx.strokeRect(sx(i) - r - 1.5, sy(i) - r - 1.5, 2 * r + 3, 2 * r + 3);
+      for (let i = 0; i < pts.n; i++) if (sel[i]) ctx.strokeRect(sx(i) - r - 1.5, sy(i) - r - 1.5, 2 * r + 3, 2 * r + 3);
     }
     if (hoverIdx >= 0) {
       ctx.strokeStyle = "#2f6fed"; ctx.lineWidth = 2;

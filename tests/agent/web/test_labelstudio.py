@@ -185,6 +185,17 @@ def test_health_and_setup(agent: Running) -> None:
         app.state.stub.close()
 
 
+def test_health_without_an_agent() -> None:
+    """Label Studio shows the model as disconnected: 503 while no agent answers."""
+    dead = f"127.0.0.1:{free_port()}"
+    app = create_app(WebConfig(port=0, agent=dead), lambda: client.channel(dead, timeout=0.5))
+    with TestClient(app) as http:
+        r = http.get("/labelstudio/health")
+        assert r.status_code == 503 and "connection refused" in r.json()["message"]
+        r = http.post("/labelstudio/setup", json=body("setup.json"))
+        assert r.status_code == 503
+
+
 def test_predict_gives_priors_in_the_tasks_order(agent: Running) -> None:
     http, app = app_for(agent)
     try:
