@@ -66,6 +66,17 @@ class Context:
     test_y: np.ndarray
 
 
+def overrides(recipe: Recipe, scale: Scale, encoder: Path | None) -> dict[str, Any]:
+    """What this run changed from the registered profile (a reduced run says so in its report)."""
+    base = recipe.profiles.get(scale.name)
+    out: dict[str, Any] = {} if base is None else {
+        f: getattr(scale, f) for f in ("pool_size", "test_size", "pretrain_minutes", "steps", "epochs", "seeds",
+                                       "budgets") if getattr(scale, f) != getattr(base, f)}
+    if encoder is not None:
+        out["encoder"] = str(encoder)
+    return out
+
+
 def pretext_profile(recipe: Recipe, scale: Scale) -> cifar10.Profile:
     """The bench cifar10 profile whose pretraining makes this recipe's pretext encoder."""
     return cifar10.Profile(name=f"recipe-{recipe.name}-{scale.name}", pool_size=scale.pool_size,
@@ -257,6 +268,7 @@ def run_recipe(recipe: Recipe, scale: Scale, data: Path, out: Path, encoder: Pat
     results: dict[str, Any] = {
         "recipe": recipe.name, "title": recipe.title, "paper": recipe.paper, "claims": list(recipe.claims),
         "reference": recipe.reference, "profile": scale.name, "profile_description": scale.description,
+        "overrides": overrides(recipe, scale, encoder),
         "data": str(data), "imbalance": imbalance, "pool_size": len(pool_ids), "pool_class_counts": counts,
         "classes": list(train.classes), "test_size": len(test_idx), "budgets": budget_list,
         "seeds": list(range(scale.seeds)), "arms": [{"name": a.name, "strategy": a.strategy, "mode": a.head.mode,

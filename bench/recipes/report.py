@@ -44,7 +44,9 @@ def markdown(results: dict[str, Any]) -> str:
     imb = results.get("imbalance") or {}
     lines = [f"# `bench recipe {results['recipe']}`: {results['title']}\n",
              f"- paper: {results['paper']}",
-             f"- profile `{results['profile']}`: {results.get('profile_description', '')}",
+             f"- profile `{results['profile']}`: {results.get('profile_description', '')}"
+             + (f"; **overridden here**: {', '.join(f'{k} {v}' for k, v in results['overrides'].items())}"
+                if results.get("overrides") else ""),
              f"- data {results['data']}: pool {results['pool_size']} (per class "
              f"{', '.join(f'{k} {v}' for k, v in zip(results['classes'], results['pool_class_counts'], strict=True))})"
              + (f", imbalanced by {', '.join(f'{k}={v}' for k, v in imb.items())}" if imb else "")
@@ -93,6 +95,7 @@ def write_report(out: Path) -> list[Path]:
              for arm, pts in curves(results).items()]
     png = out / "accuracy_vs_labels.png"
     name = Path(results["data"].rstrip("/")).name
-    plot_curves(lines, "test accuracy (%)", f"{results['recipe']} ({results['profile']}) on {name}", png,
+    profile = results["profile"] + (", overridden" if results.get("overrides") else "")
+    plot_curves(lines, "test accuracy (%)", f"{results['recipe']} ({profile}) on {name}", png,
                 log_x=False)
     return [out / "results.md", png]

@@ -106,6 +106,8 @@ def test_mobyv2al_joint_training_on_an_imbalanced_pool(tiny: Path, tmp_path: Pat
                "3", "--test", "9")
     assert run["pool_size"] == 45 and run["pool_class_counts"] == [5, 20, 20] and run["test_size"] == 9
     assert [r["train_steps"] for r in run["cells"][0]["rounds"]] == [3, 3]
+    assert run["overrides"] == {"test_size": 9, "steps": 3}  # the report says what differs from the profile
+    assert "**overridden here**: test_size 9, steps 3" in (tmp_path / "out" / "results.md").read_text()
     config = json.loads((tmp_path / "out" / "cells" / "joint-coreset-seed0" / "round1" / "config.json").read_text())
     assert config["mode"] == "moby_al" and config["init"] is None and config["unlabeled_pick"] == "low_contrastive"
     assert config["unlabeled_ratio"] == 1.0 and config["contrast_labeled"] and config["lambda_c"] == 0.5
