@@ -24,6 +24,7 @@ from typer.core import TyperCommand
 from agent import client, exports
 from agent.cli_options import AgentTarget, agent_options, labelstudio_options
 from agent.limits import MIB, Limits
+from agent.progress import audit_dict
 from agent.web.config import LabelStudioConfig
 from shortlist.v1 import agent_pb2, agent_pb2_grpc
 
@@ -92,21 +93,6 @@ class _StrategyHelp(_RegistryHelp):
 
 class _PriorHelp(_RegistryHelp):
     option, registry = "method", "agent.priors:PRIOR_METHODS"
-
-
-def _accuracy_dict(a: agent_pb2.Accuracy) -> dict[str, Any]:
-    return {"correct": a.correct, "total": a.total, "accuracy": a.accuracy, "low": a.low, "high": a.high}
-
-
-def audit_dict(a: agent_pb2.PriorAudit) -> dict[str, Any]:
-    """GetStatus's audit as plain data (``shortlist status --json``, the web app)."""
-    return {"drawn": a.drawn, "labelled": a.labelled, "current": a.current, "model_version": a.model_version,
-            "confidence_level": a.confidence_level, "interval_method": a.interval_method,
-            "computed_at": a.computed_at, "error": a.error,
-            "methods": [{"method": m.method, "error": m.error, "mean_confidence": m.mean_confidence,
-                         "overall": _accuracy_dict(m.overall) if m.HasField("overall") else None,
-                         "per_class": {c.class_name: _accuracy_dict(c.accuracy) for c in m.per_class}}
-                        for m in a.methods]}
 
 
 def _status_dict(s: agent_pb2.Status) -> dict[str, Any]:

@@ -26,7 +26,7 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,7 +35,6 @@ from typing import Any
 import grpc
 from PIL import Image
 
-from agent import client
 from shortlist.images import encode_png, tensor_pixels
 from shortlist.v1 import agent_pb2, agent_pb2_grpc
 
@@ -244,10 +243,13 @@ def read_fiftyone_classification(folder: Path) -> dict[str, str]:
 
 
 # ---- the whole export ------------------------------------------------------------------------------
-def _fetch_priors(stub: agent_pb2_grpc.AgentStub, method: str,
-                  notes: list[str]) -> Iterator[agent_pb2.PriorLabel] | None:
+Metadata = Sequence[tuple[str, str]]
+
+
+def _fetch_priors(stub: agent_pb2_grpc.AgentStub, method: str, notes: list[str],
+                  metadata: Metadata) -> Iterator[agent_pb2.PriorLabel] | None:
     """The streamed priors, or None (with a note) when the agent cannot give any yet (no model, no labels)."""
-    stream = stub.PriorLabels(agent_pb2.PriorLabelsRequest(method=method))
+    stream = stub.PriorLabels(agent_pb2.PriorLabelsRequest(method=method), metadata=metadata)
     try:
         first = next(iter(stream), None)
     except grpc.RpcError as e:
@@ -264,9 +266,11 @@ def _fetch_priors(stub: agent_pb2_grpc.AgentStub, method: str,
     return rest()
 
 
-def export_labels(stub: agent_pb2_grpc.AgentStub, out: Path, config: ExportConfig) -> ExportSummary:
+def export_labels(stub: agent_pb2_grpc.AgentStub, out: Path, config: ExportConfig,
+                  metadata: Metadata = ()) -> ExportSummary:
     """Write the export into ``out`` (which must not exist or be empty): into a sibling folder first,
-    renamed into place once complete, so a failed export leaves nothing half-written."""
+    renamed into place once complete, so a failed export leaves nothing half-written. ``metadata`` goes
+    with every call (the web app forwards its caller's token)."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ExportError(f"{out} already exists and is not an empty folder; choose a new folder (or remove it)")
     summary = ExportSummary()
@@ -276,21 +280,22 @@ def export_labels(stub: agent_pb2_grpc.AgentStub, out: Path, config: ExportConfi
     try:
         fmt = config.formats
         want_rows = "csv" in fmt or "jsonl" in fmt
-        priors = _fetch_priors(stub, config.prior_method, summary.notes) if config.prior_method and want_rows \
-            else None
+        priors = _fetch_priors(stub, config.prior_method, summary.notes, metadata) \
+            if config.prior_method and want_rows else None
         if want_rows:
             csv_l, jsonl_l = (part / "labels.csv" if "csv" in fmt else None), \
                 (part / "labels.jsonl" if "jsonl" in fmt else None)
-            summary.labels = write_rows((label_row(r) for r in client.list_labels(stub, history=config.history)),
-                                        LABEL_FIELDS, csv_l, jsonl_l)
+            records = stub.ListLabels(agent_pb2.ListLabelsRequest(history=config.history), metadata=metadata)
+            summary.labels = write_rows((label_row(r) for r in records), LABEL_FIELDS, csv_l, jsonl_l)
             if priors is not None:
                 summary.priors = write_rows((prior_row(p, config.prior_method) for p in priors), PRIOR_FIELDS,
                                             part / "priors.csv" if "csv" in fmt else None,
                                             part / "priors.jsonl" if "jsonl" in fmt else None)
         if "imagefolder" in fmt or "fiftyone" in fmt:
-            classes = list(stub.GetStatus(agent_pb2.GetStatusRequest()).classes)
-            summary.images = write_images(client.list_samples(stub, labeled_only=True, include_payload=True), part,
-                                          fmt, classes)
+            classes = list(stub.GetStatus(agent_pb2.GetStatusRequest(), metadata=metadata).classes)
+            samples = stub.ListSamples(agent_pb2.ListSamplesRequest(labeled_only=True, include_payload=True),
+                                       metadata=metadata)
+            summary.images = write_images(samples, part, fmt, classes)
         summary.files = sorted(str(p.relative_to(part)) for p in part.iterdir())
         if out.exists():
             out.rmdir()

@@ -15,9 +15,9 @@ from typing import Any
 
 from shortlist.v1 import agent_pb2
 
-# Chart size (inches at 100 dpi: 720 x 260 px) and colours (matplotlib's tab10, colour-blind friendlier
-# than the default cycle's order for a few series).
-WIDTH, HEIGHT = 7.2, 2.6
+# Chart size in inches (the SVG is shown at its natural size, 72 pt an inch, shrunk to fit narrower panels).
+WIDTH, HEIGHT = 12.0, 2.8
+NARROW = 6.0  # the class balance chart (half a page wide)
 MAX_SERIES = 8  # annotators drawn as their own line; the rest are summed as "others"
 
 
@@ -41,6 +41,8 @@ class Progress:
     timeline: list[tuple[float, int]] = field(default_factory=list)
     # annotator -> [(time, labels given so far)]
     annotator_timeline: dict[str, list[tuple[float, int]]] = field(default_factory=dict)
+    # class -> [(time, current labels of that class given by then)]
+    class_timeline: dict[str, list[tuple[float, int]]] = field(default_factory=dict)
     annotators: dict[str, AnnotatorStats] = field(default_factory=dict)
     per_class: Counter[str] = field(default_factory=Counter)  # current labels per class
     per_source: Counter[str] = field(default_factory=Counter)  # current labels per source
@@ -70,6 +72,7 @@ def collect(history: Iterable[agent_pb2.LabelRecord], classes: Iterable[str] = (
         p.annotator_timeline.setdefault(r.annotator, []).append((r.time, a.labels))
         if r.current:
             p.per_class[r.label] += 1
+            p.class_timeline.setdefault(r.label, []).append((r.time, p.per_class[r.label]))
             p.per_source[r.source] += 1
             p.audit_labelled += int(r.audit)
     p.labelled = len(seen)
@@ -77,10 +80,25 @@ def collect(history: Iterable[agent_pb2.LabelRecord], classes: Iterable[str] = (
     return p
 
 
-def _figure(height: float = HEIGHT) -> Any:
+def _accuracy_dict(a: agent_pb2.Accuracy) -> dict[str, Any]:
+    return {"correct": a.correct, "total": a.total, "accuracy": a.accuracy, "low": a.low, "high": a.high}
+
+
+def audit_dict(a: agent_pb2.PriorAudit) -> dict[str, Any]:
+    """GetStatus's audit as plain data (``shortlist status --json``, the app's /api/progress)."""
+    return {"drawn": a.drawn, "labelled": a.labelled, "current": a.current, "model_version": a.model_version,
+            "confidence_level": a.confidence_level, "interval_method": a.interval_method,
+            "computed_at": a.computed_at, "error": a.error,
+            "methods": [{"method": m.method, "error": m.error, "mean_confidence": m.mean_confidence,
+                         "overall": _accuracy_dict(m.overall) if m.HasField("overall") else None,
+                         "per_class": {c.class_name: _accuracy_dict(c.accuracy) for c in m.per_class}}
+                        for m in a.methods]}
+
+
+def _figure(height: float = HEIGHT, width: float = WIDTH) -> Any:
     from matplotlib.figure import Figure  # imported on first use: ~1 s, and only the web app draws
 
-    fig = Figure(figsize=(WIDTH, height), dpi=100, layout="constrained")
+    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
     return fig
 
 
@@ -115,21 +133,45 @@ def timeline_svg(p: Progress) -> str:
         series = p.annotator_timeline[a.name]
         at, an = zip(*series, strict=True)
         ax.step(_dates(list(at)), an, where="post", linewidth=1.2, label=f"{a.name} (labels given)")
+    _time_axis(ax)
     ax.set_ylabel("count")
-    ax.grid(alpha=0.3)
     ax.legend(loc="upper left", fontsize=8, frameon=False)
+    return _svg(fig)
+
+
+def class_timeline_svg(p: Progress) -> str:
+    """Current labels per class by the time they were given (the MAX_SERIES largest classes)."""
+    fig = _figure()
+    ax = fig.add_subplot()
+    if not p.class_timeline:
+        ax.text(0.5, 0.5, "no labels yet", ha="center", va="center", transform=ax.transAxes)
+        ax.set_axis_off()
+        return _svg(fig)
+    largest = sorted(p.class_timeline, key=lambda c: (-p.per_class[c], c))[:MAX_SERIES]
+    for name in largest:
+        ts, ns = zip(*p.class_timeline[name], strict=True)
+        ax.step(_dates(list(ts)), ns, where="post", linewidth=1.4, label=name)
+    _time_axis(ax)
+    ax.set_ylabel("labels (current)")
+    ax.legend(loc="upper left", fontsize=8, frameon=False, ncols=2)
+    return _svg(fig)
+
+
+def _time_axis(ax: Any) -> None:
     import matplotlib.dates as mdates
+    from matplotlib.ticker import MaxNLocator
 
     loc = mdates.AutoDateLocator()
     ax.xaxis.set_major_locator(loc)
     ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(loc))
-    return _svg(fig)
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
 
 
 def class_balance_svg(p: Progress) -> str:
     """Current labels per class, as horizontal bars (most labelled first)."""
     items = sorted(p.per_class.items(), key=lambda kv: (-kv[1], kv[0]))
-    fig = _figure(max(1.2, 0.28 * len(items) + 0.6))
+    fig = _figure(max(1.2, 0.28 * len(items) + 0.6), NARROW)
     ax = fig.add_subplot()
     if not items:
         ax.text(0.5, 0.5, "no classes yet", ha="center", va="center", transform=ax.transAxes)
@@ -151,7 +193,7 @@ def audit_svg(audit: agent_pb2.PriorAudit) -> str:
     rows = [m for m in audit.methods if m.HasField("overall") and m.overall.total]
     if not rows:
         return ""
-    fig = _figure(max(1.2, 0.45 * len(rows) + 0.7))
+    fig = _figure(max(1.4, 0.45 * len(rows) + 0.9))
     ax = fig.add_subplot()
     names = [m.method for m in rows]
     acc = [m.overall.accuracy for m in rows]
@@ -159,14 +201,14 @@ def audit_svg(audit: agent_pb2.PriorAudit) -> str:
     hi = [m.overall.high - m.overall.accuracy for m in rows]
     ax.errorbar(acc, names, xerr=[lo, hi], fmt="o", color="#e45756", ecolor="#555555", capsize=4)
     conf = [m.mean_confidence for m in rows]
-    ax.scatter(conf, names, marker="|", s=200, color="#4c78a8", label="mean confidence")
+    ax.scatter(conf, names, marker="|", s=200, color="#4c78a8")
     for y, m in enumerate(rows):
         o = m.overall
         ax.annotate(f"{o.accuracy:.0%} ({o.low:.0%}-{o.high:.0%}), {o.correct}/{o.total}", (1.02, y),
                     xycoords=("axes fraction", "data"), va="center", fontsize=8)
     ax.set_xlim(0, 1)
-    ax.set_ylim(-0.6, len(rows) - 0.4)
-    ax.set_xlabel(f"accuracy on the audit labels ({audit.confidence_level:.0%} {audit.interval_method} interval)")
+    ax.set_ylim(len(rows) - 0.4, -0.6)  # first method on top, as in the table
+    ax.set_xlabel(f"red: accuracy on the audit labels with its {audit.confidence_level:.0%} "
+                  f"{audit.interval_method} interval; blue tick: the method's mean confidence")
     ax.grid(axis="x", alpha=0.3)
-    ax.legend(loc="lower left", fontsize=8, frameon=False)
     return _svg(fig)

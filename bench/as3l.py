@@ -67,6 +67,10 @@ class Profile:
     device: str
     pretrain: cifar10.Profile  # the encoder it pretrains when --encoder is not given
     description: str = ""
+    # FinetuneConfig.head_init / .ema of every arm: "random" is the paper's fresh classifier ("probe", LP-FT, did
+    # not stop the short runs' collapse: docs/benchmarks.md, "Why the FlexMatch arms fall below the probe")
+    head_init: str = "random"
+    ema: float = 0.999  # FlexMatch's evaluation EMA (its code's ema_m), warmed up (training.finetune.ema_avg_fn)
 
     def steps_at(self, budget: int) -> int:
         return self.steps.get(budget, max(self.steps.values()))
@@ -302,6 +306,7 @@ def arm_cell(cells: Path, profile: Profile, arm: Arm, budget: int, seed: int, la
                          batch_size=profile.batch_size, mu=profile.mu, lr=profile.lr,
                          prior_iters=profile.prior_iters, prior_after=arm.prior_after or "remove",
                          eval_every=max(1, steps // profile.evals), threads=profile.threads, device=profile.device,
+                         head_init=profile.head_init, ema=profile.ema,
                          seed=seed, progress=False, checkpoint_minutes=5.0,
                          resume=(run_dir / loop.CHECKPOINT).is_file())
     t0, c0 = time.perf_counter(), time.process_time()
@@ -412,7 +417,8 @@ def run_benchmark(data: Path, profile: Profile, out: Path, encoder: Path | None 
                            "steps": {str(b): profile.steps_at(b) for b in profile.budgets},
                            "prior_iters": profile.prior_iters, "evals": profile.evals,
                            "batch_size": profile.batch_size, "mu": profile.mu,
-                           "lr": profile.lr, "model_version": version, "encoder": str(init)})
+                           "lr": profile.lr, "model_version": version, "encoder": str(init),
+                           "head_init": profile.head_init, "ema": profile.ema})
 
     t = time.perf_counter()
     pool_ids = [train.ids[i] for i in pool_idx]

@@ -128,6 +128,10 @@ def finetune_cmd(
                                     "(AS3L Sec. 4.1: 6900)"),
     prior_after: str = typer.Option("remove", help="as3l: after T, remove the prior or update it by "
                                     "re-clustering the semi-supervised features (AS3L Sec. 3.4)"),
+    head_init: str = typer.Option("random", help="full / as3l / moby_al: start from a random classifier (AS3L's "
+                                  "recipe) or from the linear probe on the labelled rows (probe: LP-FT)"),
+    ema: float = typer.Option(0.0, min=0.0, max=0.9999, help="evaluate and export an EMA of the weights with this "
+                              "momentum (FlexMatch's code: 0.999, warmed up); 0: the live weights"),
     preprocess: str = typer.Option("cifar10"),
     threads: int | None = typer.Option(None),
     device: str = typer.Option("auto"),
@@ -140,7 +144,7 @@ def finetune_cmd(
     cfg = FinetuneConfig(out=str(out), mode=mode, init=str(init) if init else None, arch=arch, data=data,
                          labels_per_class=labels_per_class, epochs=epochs, minutes=minutes, steps=steps,
                          batch_size=batch_size, lr=lr, prior_iters=prior_iters, prior_after=prior_after,
-                         preprocess=preprocess,
+                         head_init=head_init, ema=ema, preprocess=preprocess,
                          threads=threads, device=device, seed=seed)
     try:
         run = finetune(cfg, console=console)

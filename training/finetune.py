@@ -59,6 +59,7 @@ import torch
 import torch.nn.functional as F
 from rich.console import Console
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 
 from shortlist.manifest import Preprocess
 from training import loop
@@ -72,6 +73,7 @@ FINETUNE_MODES = ("linear", "svm", "full", "as3l", "moby_al")
 FROZEN_MODES = ("linear", "svm")  # heads on frozen features, computed once
 UNLABELED_PICKS = ("random", "low_contrastive")
 PRIOR_AFTER = ("remove", "update")  # AS3L Sec. 3.4: what happens to the prior after T iterations
+HEAD_INITS = ("random", "probe")  # the classifier a trained mode starts from (see FinetuneConfig.head_init)
 CONTRASTIVE = AugmentConfig(crop_scale=(0.2, 1.0))  # moby_al's views (SimSiam / SimCLR CIFAR strength)
 
 
@@ -108,6 +110,10 @@ class FinetuneConfig:
     rank_candidates: float = 4.0  # low_contrastive: rank this many x the subset's size random unlabelled rows
     rotation_weight: float = 0.0  # weight of the RotNet loss on the labelled batch (keeps the head matched)
     keep_head: bool = False  # an ``init`` run's classifier is kept when it has as many classes (warm start)
+    # "random": a fresh linear head (the paper's recipe); "probe": the linear probe on the frozen features of
+    # the labelled rows first (LP-FT, Kumar et al. ICLR 2022), so training starts at the probe's accuracy
+    head_init: str = "random"
+    ema: float = 0.0  # momentum of the weight EMA evaluated and exported (0: off; FlexMatch/USB: 0.999), see ema_avg_fn
     device: str = "auto"
     amp: bool = True
     channels_last: bool = True
@@ -170,6 +176,23 @@ def fixmatch_unlabeled_loss(logits_strong: torch.Tensor, posterior: torch.Tensor
     mask = (conf >= thresholds[pseudo]).float()
     ce = F.cross_entropy(logits_strong.float(), pseudo, reduction="none")
     return (ce * mask).mean(), mask
+
+
+def ema_avg_fn(momentum: float) -> Any:
+    """The averaging function of the weight EMA (``torch.optim.swa_utils.AveragedModel``'s ``avg_fn``).
+
+    FlexMatch's reference code (USB, config/classic_cv/flexmatch/flexmatch_cifar10_40_0.yaml: ema_m 0.999;
+    TorchSSL likewise, as FixMatch, Sohn et al. 2020) evaluates an EMA of the parameters, started from the
+    initial weights, with the live model's BatchNorm statistics (``use_buffers=False`` here). Over the few
+    hundred iterations of a short run a 0.999 EMA would still be mostly the initial weights (0.999^300 =
+    0.74), so the momentum warms up as in ``tf.train.ExponentialMovingAverage(num_updates=n)``:
+    d_n = min(momentum, (1 + n) / (10 + n)); from n of about 9,000 on it is the reference's 0.999."""
+
+    def avg(ema_p: torch.Tensor, p: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+        d = ((1.0 + n) / (10.0 + n)).clamp(max=momentum).to(ema_p.dtype)
+        return ema_p * d + p * (1 - d)
+
+    return avg
 
 
 def fixmatch_lr(base: float, progress: float) -> float:
@@ -329,6 +352,10 @@ def finetune(config: FinetuneConfig, data: TensorData | None = None, priors: tor
         raise ValueError(f"unknown prior_after {cfg.prior_after!r}; valid: {', '.join(PRIOR_AFTER)}")
     if cfg.unlabeled_pick not in UNLABELED_PICKS:
         raise ValueError(f"unknown unlabeled_pick {cfg.unlabeled_pick!r}; valid: {', '.join(UNLABELED_PICKS)}")
+    if cfg.head_init not in HEAD_INITS:
+        raise ValueError(f"unknown head_init {cfg.head_init!r}; valid: {', '.join(HEAD_INITS)}")
+    if not 0.0 <= cfg.ema < 1.0:
+        raise ValueError(f"ema must be in [0, 1) (0: off; FlexMatch's 0.999), got {cfg.ema}")
     console = console or Console()
     rt = loop.setup_runtime(cfg.device, cfg.amp, cfg.channels_last, cfg.threads)
     pre = preprocess_by_name(cfg.preprocess)
@@ -370,6 +397,8 @@ def finetune(config: FinetuneConfig, data: TensorData | None = None, priors: tor
         if eval_data is not None:
             summary.update(test_accuracy=test_accuracy(enc, eval_data, pre, rt))
     else:
+        if cfg.head_init == "probe" and not cfg.resume:  # LP-FT: the probe's head, then train end to end
+            summary.update(probe_train_acc=linear_probe(enc, data, pre, rt, cfg.linear_epochs, cfg.seed))
         summary.update(_train_loop(cfg, enc, data, lab, unl, priors, pre, rt, run_dir, log, console, eval_data))
     summary["seconds"] = time.perf_counter() - t0
     save_encoder(run_dir, enc, arch=arch, method=f"finetune:{cfg.mode}", pre=pre, classes=data.classes,
@@ -399,7 +428,11 @@ def _train_loop(cfg: FinetuneConfig, enc: Encoder, data: TensorData, lab: torch.
         budget = loop.Budget(steps_per_epoch, cfg.epochs, cfg.minutes)
     gen = torch.Generator(device=rt.device).manual_seed(cfg.seed)
     state = loop.TrainState()
-    modules = {"model": model, "optimizer": opt}
+    modules: dict[str, Any] = {"model": model, "optimizer": opt}
+    # The weights that are evaluated and exported: an EMA of enc's (FlexMatch's evaluation), or enc itself.
+    ema = AveragedModel(enc, avg_fn=ema_avg_fn(cfg.ema), use_buffers=False) if cfg.ema > 0 else None
+    if ema is not None:
+        modules["ema"] = ema
     if cfg.resume:
         state = loop.load_checkpoint(run_dir, modules, gen)
     learned = torch.full((len(unl),), -1, dtype=torch.long)  # FlexMatch: confident class per unlabelled row
@@ -416,12 +449,17 @@ def _train_loop(cfg: FinetuneConfig, enc: Encoder, data: TensorData, lab: torch.
     if "upool" in state.extra:
         upool = torch.tensor(state.extra["upool"], dtype=torch.long)
 
+    def evaluated() -> Encoder:
+        return enc if ema is None else ema.module  # type: ignore[return-value]
+
     def evaluate() -> None:
         if eval_data is not None and (not evals or evals[-1][0] != state.step):
-            acc = test_accuracy(enc, eval_data, pre, rt)
+            acc = test_accuracy(evaluated(), eval_data, pre, rt)
             evals.append([state.step, acc])
             log.write(kind="eval", step=state.step, test_accuracy=acc, seconds=state.seconds)
     last_ckpt = time.perf_counter()
+    if cfg.eval_every and state.step == 0:
+        evaluate()  # the starting point (the probe's accuracy with head_init="probe", chance with a random head)
     model.train()
     mask_rate, loss_val = 0.0, float("nan")
     with loop.StopFlag() as stop:
@@ -436,14 +474,20 @@ def _train_loop(cfg: FinetuneConfig, enc: Encoder, data: TensorData, lab: torch.
             for group in opt.param_groups:
                 group["lr"] = lr
             with rt.autocast():
-                loss = F.cross_entropy(_logits(enc, xl).float(), yl)
                 if semi and cfg.mode == "as3l":
                     pick = torch.randint(0, len(unl), (ubs,), generator=g_cpu)
                     imgs = data.images[unl[pick]].to(rt.device)
                     xw = augment(imgs, pre, WEAK, gen, rt.channels_last)
                     xs = strong_augment(imgs, pre, gen, rt.channels_last)
-                    with torch.no_grad():
-                        probs = _logits(enc, xw).float().softmax(dim=1)
+                    # One forward pass over labelled + weak + strong, as FlexMatch's code (TorchSSL; USB's
+                    # use_cat): BatchNorm normalises all three with the statistics of the whole batch, and its
+                    # running statistics (eval mode) are those of that mix. Separate passes normalised the
+                    # labelled CE with the statistics of a batch of a few distinct images (10 labels: 64 draws
+                    # of 10) and left the running statistics to the strongly augmented batch, the last pass.
+                    logits_l, logits_w, logits_s = _logits(enc, torch.cat([xl, xw, xs])).split(
+                        [len(xl), len(xw), len(xs)])
+                    loss = F.cross_entropy(logits_l.float(), yl)
+                    probs = logits_w.detach().float().softmax(dim=1)
                     # Eq. 5; with "update" the (re-clustered) prior stays in the posterior after T.
                     prior_batch = prior_dev[pick.to(rt.device)] if prior_dev is not None else None
                     post = as3l_posterior(probs, prior_batch, 0 if update else state.step, cfg.prior_iters)
@@ -451,13 +495,15 @@ def _train_loop(cfg: FinetuneConfig, enc: Encoder, data: TensorData, lab: torch.
                         thr = flex_thresholds(learned, len(data.classes), cfg.threshold, len(unl)).to(rt.device)
                     else:
                         thr = torch.full((len(data.classes),), cfg.threshold, device=rt.device)
-                    lu, mask = fixmatch_unlabeled_loss(_logits(enc, xs), post, thr)
+                    lu, mask = fixmatch_unlabeled_loss(logits_s, post, thr)
                     conf, pseudo = post.max(dim=1)
                     hit = (conf >= cfg.threshold).cpu()  # >= as the reference code
                     learned[pick[hit]] = pseudo.cpu()[hit]
                     loss = loss + cfg.lambda_u * lu
                     mask_rate = float(mask.mean())
-                elif semi and moby is not None:
+                else:
+                    loss = F.cross_entropy(_logits(enc, xl).float(), yl)
+                if semi and moby is not None:
                     ranks_due = int(3 * budget.progress(state.step, state.seconds))  # 0, 1 at 1/3, 2 at 2/3
                     if (cfg.unlabeled_pick == "low_contrastive" and subset < len(unl)
                             and min(ranks_due, 2) > int(state.extra.get("ranked", 0))):  # Sec. 4.2
@@ -483,6 +529,8 @@ def _train_loop(cfg: FinetuneConfig, enc: Encoder, data: TensorData, lab: torch.
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if ema is not None:
+                ema.update_parameters(enc)
             loss_val = float(loss.detach())
             state.step += 1
             state.seconds += time.perf_counter() - t0
@@ -510,6 +558,8 @@ def _train_loop(cfg: FinetuneConfig, enc: Encoder, data: TensorData, lab: torch.
     if subset < len(unl):
         state.extra["upool"] = upool.tolist()
     loop.save_checkpoint(run_dir, state, modules, gen, dataclasses.asdict(cfg))
+    if ema is not None:  # the exported encoder is the evaluated one (the checkpoint keeps both)
+        enc.load_state_dict(evaluated().state_dict())
     enc.eval()
     out: dict[str, Any] = {"steps": state.step, "final_loss": loss_val, "mask_rate": mask_rate,
                            "images_per_s": state.images / max(state.seconds, 1e-9)}

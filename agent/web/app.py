@@ -35,6 +35,7 @@ ROUTERS = [
     "queue",
     "priors",
     "map",
+    "progress",  # labels over time, class balance, annotators, the audit, exports
     "labelstudio",
 ]
 

@@ -4,6 +4,8 @@ never seeds; the interval covers the prior's real accuracy on the pool) and the 
 
 from __future__ import annotations
 
+import json
+import threading
 import time
 from pathlib import Path
 
@@ -12,9 +14,10 @@ import numpy as np
 import pytest
 
 from agent import client
-from agent.audit import accuracy, audited_pool, measure
+from agent.admission import Admission
+from agent.audit import PriorAuditor, accuracy, audited_pool, measure
 from agent.config import AuditConfig
-from agent.pool import state_rng
+from agent.pool import Pool, state_rng
 from agent.priors import PRIOR_METHODS
 from shortlist.v1 import agent_pb2
 from tests.agent.conftest import CLASSES, Running, make_samples, start
@@ -174,3 +177,56 @@ def test_audit_through_grpc_draw_label_estimate_list_and_restart(tmp_path: Path,
         assert a.drawn == 9 and len(a.methods) == len(PRIOR_METHODS)
     finally:
         r.stop()
+
+
+def test_shortlist_status_shows_the_audit(running: Running) -> None:
+    from typer.testing import CliRunner
+
+    from shortlist.cli import app
+
+    def status(*extra: str) -> str:
+        res = CliRunner().invoke(app, ["status", "--agent", running.address, *extra])
+        assert res.exit_code == 0, res.output
+        return res.stdout
+
+    client.ingest(running.stub, make_samples(24, labels=6))
+    assert "audit: none drawn" in status()
+    drawn = [s.id for s in running.stub.Select(agent_pb2.SelectRequest(budget=6, strategy="audit")).selected]
+    client.submit_labels(running.stub, [(i, true_label(i)) for i in drawn], "alice")
+    wait_audit(running, 6)
+    text = status()
+    assert "audit: 6 of 6 drawn samples labelled, priors under v0001" in text
+    assert all(f"  {m}: " in text and "95% wilson interval" in text for m in PRIOR_METHODS)
+    audit = json.loads(status("--json"))["audit"]
+    assert audit["labelled"] == 6 and {m["method"] for m in audit["methods"]} == set(PRIOR_METHODS)
+    assert all(m["overall"]["total"] == 6 for m in audit["methods"])
+
+
+def test_get_status_never_waits_for_the_estimate() -> None:
+    # background=True (the agent's default): report() hands the computation to a thread and answers with
+    # what it has (current=False) while the pool source is blocked; the estimate arrives later.
+    x, y = blobs(clusters=3, per_cluster=10, seed=4)
+    pool = make_pool(x, y, labeled=np.arange(30))
+    seqs = np.arange(1, 31, dtype=np.int64)  # row r holds seq r + 1
+    labels = np.concatenate([[-1], y])
+    release = threading.Event()
+
+    def source() -> tuple[Pool, np.ndarray, str]:
+        release.wait(30)
+        return pool, seqs, "v1"
+
+    auditor = PriorAuditor(CFG, lambda: np.array([2, 3, 12, 22]), lambda: labels, source, lambda q: f"s{q}",
+                           lambda: "v1", Admission(1, 1), background=True)
+    try:
+        first = auditor.report()
+        assert (first.current, first.drawn, first.labelled, first.methods) == (False, 4, 4, [])
+        release.set()
+        deadline = time.monotonic() + 60
+        while not (rep := auditor.report()).current:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert rep.model_version == "v1" and {m.method for m in rep.methods} == set(PRIOR_METHODS)
+        assert all(m.overall is not None and m.overall.total == 4 for m in rep.methods)
+    finally:
+        release.set()
+        auditor.stop()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from agent.progress import audit_svg, class_balance_svg, collect, timeline_svg
+from agent.progress import audit_svg, class_balance_svg, class_timeline_svg, collect, timeline_svg
 from shortlist.v1 import agent_pb2
 
 
@@ -26,11 +26,13 @@ def test_collect_counts_samples_labels_classes_and_annotators() -> None:
     bob = p.annotators["bob"]
     assert (bob.labels, bob.samples, bob.first, bob.last) == (2, {"b", "d"}, 300.0, 400.0)
     assert p.annotator_timeline["alice"] == [(200.0, 1), (250.0, 2)]
+    assert p.class_timeline == {"cat": [(100.0, 1), (250.0, 2), (300.0, 3)], "dog": [(400.0, 1)]}
 
 
 def test_charts_are_inline_svg() -> None:
     p = collect(HISTORY, classes=["cat", "dog", "frog"])
-    for svg in (timeline_svg(p), class_balance_svg(p), timeline_svg(collect([]))):
+    for svg in (timeline_svg(p), class_timeline_svg(p), class_balance_svg(p), timeline_svg(collect([])),
+                class_timeline_svg(collect([]))):
         assert svg.startswith("<svg") and svg.rstrip().endswith("</svg>")
     audit = agent_pb2.PriorAudit(drawn=10, labelled=10, confidence_level=0.95, interval_method="wilson", methods=[
         agent_pb2.PriorAccuracy(method="knn", overall=agent_pb2.Accuracy(correct=8, total=10, accuracy=0.8,

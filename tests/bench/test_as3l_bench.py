@@ -51,8 +51,8 @@ def test_smoke_profile_end_to_end_and_resumes(tiny_data: Path, tmp_path: Path,
         assert 0 <= r["ece_calibrated"] <= 1
     assert {r["arm"] for r in run["results"]} == {a.name for a in ARMS}
     for r in run["results"]:
-        # Equal steps for every arm; test accuracy at evenly spaced points and at the end.
-        assert r["steps"] == 4 and [s for s, _ in r["eval"]] == [2, 4]
+        # Equal steps for every arm; test accuracy at the start, at evenly spaced points and at the end.
+        assert r["steps"] == 4 and [s for s, _ in r["eval"]] == [0, 2, 4]
         assert 0 <= r["test_accuracy"] <= r["best_test_accuracy"] <= 1
     labels = json.loads((out / "cells" / "labels" / "as3l-3-seed0" / "cell.json").read_text())
     assert len(labels["labeled"]) == 3

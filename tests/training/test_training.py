@@ -197,7 +197,7 @@ def test_as3l_update_reclusters_and_evaluates(tiny_data: Path, tmp_path: Path,
     run = finetune(cfg, data, torch.full((42, 3), 1 / 3), eval_data=data)
     summary = json.loads((run / loop.SUMMARY).read_text())
     assert len(calls) == 2  # at steps 2 and 4
-    assert [e[0] for e in summary["eval"]] == [2, 4]
+    assert [e[0] for e in summary["eval"]] == [0, 2, 4]  # 0: the start
     assert 0.0 <= summary["test_accuracy"] <= summary["best_test_accuracy"] <= 1.0
     with pytest.raises(ValueError, match="prior_after"):
         finetune(FinetuneConfig(out=str(tmp_path / "v"), mode="as3l", prior_after="keep", steps=1), data)

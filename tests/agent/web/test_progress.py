@@ -1,0 +1,147 @@
+"""The Progress page (agent/web/progress.py): route tests with TestClient, and in a real browser the audit
+button, the audit estimate once its samples are labelled, the charts and the export download."""
+
+from __future__ import annotations
+
+import io
+import time
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from agent import client, exports
+from shortlist.v1 import agent_pb2
+from tests.agent.web.conftest import LABELLED, READ_TOKEN, WebAgent, shape_of, shot
+
+INGESTED = len([i for i in range(LABELLED) if shape_of(f"img{i:03d}.png") != "triangle"])  # labelled at ingest
+
+
+def label_some(wa: WebAgent) -> None:
+    """alice labels img006-008 (a triangle among them: a new class), bob img009 and relabels img006 from
+    its prior."""
+    wa.stub.SubmitLabels(agent_pb2.SubmitLabelsRequest(labels=[
+        agent_pb2.LabelAssignment(id=f"img{i:03d}.png", label=shape_of(f"img{i:03d}.png")) for i in (6, 7, 8)],
+        annotator="alice"))
+    wa.stub.SubmitLabels(agent_pb2.SubmitLabelsRequest(labels=[
+        agent_pb2.LabelAssignment(id="img009.png", label="circle"), agent_pb2.LabelAssignment(id="img006.png",
+                                                                                              label="square")],
+        annotator="bob", source="prior:knn"))
+
+
+def wait_audit(wa: WebAgent, labelled: int) -> agent_pb2.PriorAudit:
+    deadline = time.monotonic() + 60
+    while True:
+        a = wa.stub.GetStatus(agent_pb2.GetStatusRequest()).audit
+        if a.current and a.labelled == labelled and a.methods:
+            return a
+        assert time.monotonic() < deadline, a
+        time.sleep(0.05)
+
+
+def test_progress_page_and_api(web_agent: WebAgent, web_client: TestClient) -> None:
+    label_some(web_agent)
+    page = web_client.get("/progress")
+    assert page.status_code == 200
+    html = page.text
+    for part in ("Labels over time", "Class balance", "Annotators", "How good are the priors?", "No audit yet",
+                 'id="chart-timeline"><svg', "/progress/export", "v0001"):
+        assert part in html, part
+    data = web_client.get("/api/progress").json()
+    assert (data["labelled"], data["label_events"], data["relabelled"]) == (INGESTED + 4, INGESTED + 5, 1)
+    assert data["model_version"] == "v0001" and data["pending_model_version"] == ""
+    assert {c: v["labels"] for c, v in data["classes"].items()} == {"circle": 3, "square": 4, "triangle": 1}
+    by_name = {a["name"]: a for a in data["annotators"]}
+    assert by_name["bob"]["sources"] == {"prior:knn": 2} and by_name["alice"]["labels"] == 3
+    assert data["sources"] == {"ingest": INGESTED, "manual": 2, "prior:knn": 2}
+    assert data["audit"]["drawn"] == 0
+    # an audit drawn and labelled shows its estimates with their intervals
+    drawn = [s.id for s in web_agent.stub.Select(agent_pb2.SelectRequest(budget=8, strategy="audit", seed=1)).selected]
+    client.submit_labels(web_agent.stub, [(i, shape_of(i)) for i in drawn], "carol")
+    a = wait_audit(web_agent, 8)
+    html = web_client.get("/progress").text
+    assert 'id="audit-table"' in html and 'id="chart-audit"><svg' in html
+    for m in a.methods:
+        assert f'data-method="{m.method}"' in html
+        assert f"{m.overall.low:.1%} – {m.overall.high:.1%}" in html
+    assert web_client.get("/api/progress").json()["audit"]["labelled"] == 8
+
+
+def test_export_download_round_trips(web_agent: WebAgent, web_client: TestClient) -> None:
+    label_some(web_agent)
+    res = web_client.get("/progress/export", params=[("format", "csv"), ("format", "fiftyone"),
+                                                     ("prior_method", "knn")])
+    assert res.status_code == 200 and res.headers["content-type"] == "application/zip"
+    assert "shortlist-export.zip" in res.headers["content-disposition"]
+    z = zipfile.ZipFile(io.BytesIO(res.content))
+    names = set(z.namelist())
+    assert {"shortlist-export/labels.csv", "shortlist-export/priors.csv", "shortlist-export/fiftyone/labels.json",
+            "shortlist-export/fiftyone/ids.csv"} <= names
+    assert not any(n.startswith("shortlist-export/imagefolder") for n in names)
+    with z.open("shortlist-export/labels.csv") as f:
+        text = f.read().decode()
+    current = {r.id: r.label for r in client.list_labels(web_agent.stub)}
+    rows = [line.split(",")[:2] for line in text.splitlines()[1:]]
+    assert dict((i, lab) for i, lab in rows) == current
+    assert sum(1 for n in names if n.startswith("shortlist-export/fiftyone/data/")) == len(current)
+    # errors are the app's error page (the link is followed by a browser), with the agent's message
+    bad = web_client.get("/progress/export", params={"format": "xml"})
+    assert bad.status_code == 400 and "xml" in bad.text
+    bad = web_client.get("/progress/export", params={"prior_method": "nope"})
+    assert bad.status_code == 400 and "unknown prior method" in bad.text
+
+
+def test_a_read_token_sees_progress_and_downloads_but_cannot_draw(token_web_agent: WebAgent) -> None:
+    anonymous = token_web_agent.client()
+    assert anonymous.get("/api/progress").status_code == 401
+    reader = token_web_agent.client(headers={"Authorization": f"Bearer {READ_TOKEN}"})
+    assert reader.get("/api/progress").status_code == 200
+    assert reader.get("/progress/export", params={"format": "csv"}).status_code == 200
+    # Select is a read RPC (like every Select, the draw is recorded): a reader may draw; labelling needs write
+    assert reader.post("/api/queue/select", json={"strategy": "audit", "budget": 3}).status_code == 200
+    assert reader.post("/api/labels", json={"labels": [{"id": "img010.png", "label": "circle"}]}).status_code == 403
+    assert token_web_agent.stub.GetStatus(agent_pb2.GetStatusRequest()).labeled == INGESTED
+
+
+@pytest.mark.browser
+def test_progress_in_a_browser_audit_button_estimate_and_download(live_web: WebAgent, page: Any,
+                                                                  tmp_path: Path) -> None:
+    label_some(live_web)
+    page.goto(live_web.url + "/progress")
+    page.wait_for_selector("#chart-timeline svg")
+    assert "No audit yet" in page.inner_text("#audit-state")
+    page.fill("#audit-form input[name=budget]", "9")
+    page.click("#audit-button")
+    page.wait_for_url("**/queue")
+    page.wait_for_selector(".tile")
+    ids = [page.locator(".tile").nth(i).get_attribute("data-id") for i in range(page.locator(".tile").count())]
+    assert len(ids) == 9
+    # label them with the keyboard, in the Queue, as an annotator would
+    keys = {name: str(i + 1) for i, name in enumerate(list(live_web.stub.GetStatus(
+        agent_pb2.GetStatusRequest()).classes))}
+    page.wait_for_function("Array.from(document.querySelectorAll('.tile img'))"
+                           ".every(i => i.complete && i.naturalWidth > 0)")
+    for sid in ids:
+        page.keyboard.press(keys[shape_of(str(sid))])
+    page.wait_for_selector(f'.tile[data-id="{ids[-1]}"][data-saved="1"]')
+    wait_audit(live_web, 9)
+    page.goto(live_web.url + "/progress")
+    page.wait_for_selector("#audit-table")
+    text = page.inner_text("#audit-state")
+    assert "9 of 9 audit samples labelled" in " ".join(text.split())
+    assert page.locator("#audit-table tbody tr").count() == len(live_web.stub.GetStatus(
+        agent_pb2.GetStatusRequest()).prior_methods)
+    with page.expect_download() as info:
+        page.click("#export-button")
+    path = info.value.path()
+    with zipfile.ZipFile(path) as z:  # the same folder as `shortlist export-labels` writes
+        z.extractall(tmp_path)
+    rows = exports.read_csv_rows(tmp_path / "shortlist-export" / "labels.csv")
+    assert {r["id"]: r["label"] for r in rows} == {r.id: r.label for r in client.list_labels(live_web.stub)}
+    page.mouse.move(0, 0)
+    page.evaluate("window.scrollTo(0, 0)")
+    shot(page, "app-progress")
+    page.locator("#audit-panel").scroll_into_view_if_needed()
+    shot(page, "app-progress-audit")
