@@ -102,6 +102,13 @@ def _figure(height: float = HEIGHT, width: float = WIDTH) -> Any:
     return fig
 
 
+def _empty(fig: Any, ax: Any, message: str) -> str:
+    """The chart's SVG with only ``message`` in it (nothing to draw yet)."""
+    ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes)
+    ax.set_axis_off()
+    return _svg(fig)
+
+
 def _svg(fig: Any) -> str:
     import matplotlib
 
@@ -123,9 +130,7 @@ def timeline_svg(p: Progress) -> str:
     fig = _figure()
     ax = fig.add_subplot()
     if not p.timeline:
-        ax.text(0.5, 0.5, "no labels yet", ha="center", va="center", transform=ax.transAxes)
-        ax.set_axis_off()
-        return _svg(fig)
+        return _empty(fig, ax, "no labels yet")
     ts, ns = zip(*p.timeline, strict=True)
     ax.step(_dates(list(ts)), ns, where="post", color="black", linewidth=2, label="samples labelled")
     busiest = sorted(p.annotators.values(), key=lambda a: -a.labels)[:MAX_SERIES]
@@ -144,9 +149,7 @@ def class_timeline_svg(p: Progress) -> str:
     fig = _figure()
     ax = fig.add_subplot()
     if not p.class_timeline:
-        ax.text(0.5, 0.5, "no labels yet", ha="center", va="center", transform=ax.transAxes)
-        ax.set_axis_off()
-        return _svg(fig)
+        return _empty(fig, ax, "no labels yet")
     largest = sorted(p.class_timeline, key=lambda c: (-p.per_class[c], c))[:MAX_SERIES]
     for name in largest:
         ts, ns = zip(*p.class_timeline[name], strict=True)
@@ -174,9 +177,7 @@ def class_balance_svg(p: Progress) -> str:
     fig = _figure(max(1.2, 0.28 * len(items) + 0.6), NARROW)
     ax = fig.add_subplot()
     if not items:
-        ax.text(0.5, 0.5, "no classes yet", ha="center", va="center", transform=ax.transAxes)
-        ax.set_axis_off()
-        return _svg(fig)
+        return _empty(fig, ax, "no classes yet")
     names = [k for k, _ in items][::-1]
     counts = [v for _, v in items][::-1]
     bars = ax.barh(names, counts, color="#4c78a8")

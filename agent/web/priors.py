@@ -30,7 +30,7 @@ from starlette.responses import Response
 
 from agent.web.auth import Caller, CallerDep, session
 from agent.web.errors import HttpError
-from agent.web.pages import render
+from agent.web.pages import registry_choices, render
 from shortlist.v1 import agent_pb2
 
 NAV = ("Review priors", "/priors", 20)
@@ -144,15 +144,7 @@ def method_choices(status: agent_pb2.Status) -> list[dict[str, object]]:
     """The prior-method registry's description of each method the agent offers (for the chooser)."""
     from agent.priors import PRIOR_METHODS  # imports scikit-learn: only when a page needs it
 
-    out = []
-    for name in status.prior_methods:
-        entry = PRIOR_METHODS.get(name)
-        d: dict[str, object] = entry.describe() if entry is not None else {"name": name, "summary": "", "params": []}
-        summary = str(d.get("summary", ""))
-        cut = summary.find(". ")
-        d["short"] = summary if cut < 0 else summary[:cut + 1]
-        out.append(d)
-    return out
+    return registry_choices(PRIOR_METHODS, status.prior_methods)
 
 
 def default_method(status: agent_pb2.Status) -> str:

@@ -23,7 +23,7 @@ from starlette.responses import Response
 
 from agent.web.auth import Caller, CallerDep, session
 from agent.web.errors import HttpError
-from agent.web.pages import render
+from agent.web.pages import registry_choices, render
 from shortlist.v1 import agent_pb2
 
 NAV = ("Queue", "/queue", 10)
@@ -86,15 +86,7 @@ def strategy_choices(status: agent_pb2.Status) -> list[dict[str, object]]:
     default, range, doc); the summary cut to its first sentence for the chooser."""
     from agent.strategies import STRATEGIES  # imports scikit-learn: only when a page needs it
 
-    out = []
-    for name in status.strategies:
-        entry = STRATEGIES.get(name)
-        d: dict[str, object] = entry.describe() if entry is not None else {"name": name, "summary": "", "params": []}
-        summary = str(d.get("summary", ""))
-        cut = summary.find(". ")
-        d["short"] = summary if cut < 0 else summary[:cut + 1]
-        out.append(d)
-    return out
+    return registry_choices(STRATEGIES, status.strategies)
 
 
 def hotkeys(classes: list[str]) -> list[tuple[str, str]]:
