@@ -168,28 +168,24 @@ def listening_pid(port: int) -> int:
     return roots[0] if roots else (min(holders) if holders else 0)
 
 
-def _parent_pid(pid: int) -> int:
+def _proc_status(pid: int) -> dict[str, str]:
+    """/proc/PID/status as {field: value}; {} when unreadable."""
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("PPid:"):
-                return int(line.split()[1])
-    except (OSError, ValueError):
-        pass
-    return 0
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return {}
+    return {k: v.strip() for k, _, v in (line.partition(":") for line in text.splitlines())}
+
+
+def _parent_pid(pid: int) -> int:
+    ppid = _proc_status(pid).get("PPid", "0")
+    return int(ppid) if ppid.isdigit() else 0
 
 
 def rss_bytes(pid: int) -> dict[str, int]:
     """VmRSS and VmHWM (peak) of ``pid`` in bytes; {} when unreadable."""
-    out: dict[str, int] = {}
-    try:
-        text = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return out
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            out[key] = int(value.split()[0]) * 1024
-    return out
+    status = _proc_status(pid)
+    return {key: int(status[key].split()[0]) * 1024 for key in ("VmRSS", "VmHWM") if key in status}
 
 
 def free_port() -> int:
