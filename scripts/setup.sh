@@ -11,6 +11,17 @@ fi
 stamp=.venv/.shortlist-deps
 want=$(cat requirements.txt requirements-train.txt requirements-dev.txt pyproject.toml | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  # torch 2.14.1 with torchvision 0.29.1 is a CUDA build: the environment takes about 6.2 GB. Say so
+  # before pip fails halfway with a bare "No space left on device".
+  need_kb=$((7 * 1024 * 1024))
+  free_kb=$(df -Pk . | awk 'NR==2 {print $4}')
+  if [ -n "$free_kb" ] && [ "$free_kb" -lt "$need_kb" ]; then
+    echo "setup: .venv needs about 7 GB free here; $((free_kb / 1024)) MB are free on $(df -P . | awk 'NR==2 {print $6}')." >&2
+    echo "setup: free some space (pip's cache: ~/.cache/pip) and run again." >&2
+    exit 1
+  fi
+  # --no-cache-dir: a wheel fetched from the registry is not kept a second time in ~/.cache/pip.
+  export PIP_NO_CACHE_DIR=1
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -r requirements-dev.txt
   .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e . --config-settings editable_mode=compat
