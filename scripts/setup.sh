@@ -13,10 +13,10 @@ want=$(cat requirements.txt requirements-train.txt requirements-dev.txt pyprojec
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   # torch 2.14.1 with torchvision 0.29.1 is a CUDA build: the environment takes about 6.2 GB. Say so
   # before pip fails halfway with a bare "No space left on device".
-  need_kb=$((7 * 1024 * 1024))
+  need_kb=$((6656 * 1024))  # 6.5 GB
   free_kb=$(df -Pk . | awk 'NR==2 {print $4}')
   if [ -n "$free_kb" ] && [ "$free_kb" -lt "$need_kb" ]; then
-    echo "setup: .venv needs about 7 GB free here; $((free_kb / 1024)) MB are free on $(df -P . | awk 'NR==2 {print $6}')." >&2
+    echo "setup: .venv needs about 6.5 GB free here; $((free_kb / 1024)) MB are free on $(df -P . | awk 'NR==2 {print $6}')." >&2
     echo "setup: free some space (pip's cache: ~/.cache/pip) and run again." >&2
     exit 1
   fi
