@@ -387,3 +387,17 @@ def submit_labels(stub: agent_pb2_grpc.AgentStub, labels: Iterable[tuple[str, st
         total.accepted += reply.accepted
         total.rejected.extend(reply.rejected)
     return total
+
+
+def retract_labels(stub: agent_pb2_grpc.AgentStub, ids: Iterable[str], annotator: str = "",
+                   chunk: int = LABELS_PER_REQUEST, source: str = "") -> agent_pb2.RetractLabelsReply:
+    """Take the labels of ``ids`` back (the samples become unlabelled; the history keeps what was given),
+    ``chunk`` ids per request; the replies are summed. Each request is durable on its own."""
+    total = agent_pb2.RetractLabelsReply()
+    todo = list(ids)
+    for start in range(0, max(len(todo), 1), chunk):
+        req = agent_pb2.RetractLabelsRequest(ids=todo[start:start + chunk], annotator=annotator, source=source)
+        reply: agent_pb2.RetractLabelsReply = stub.RetractLabels(req)
+        total.accepted += reply.accepted
+        total.rejected.extend(reply.rejected)
+    return total

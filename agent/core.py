@@ -38,6 +38,7 @@ from agent.models import ModelManager, Serving
 from agent.pool import Pool, state_rng
 from agent.pool_map import MapStatus, PoolMap
 from agent.priors import PRIOR_METHODS, get_prior_method
+from agent.queues import Queues
 from agent.security import DataDirLock, owner_only_dir
 from agent.state import INGEST_SOURCE, MANUAL_SOURCE, LabelEvent, SampleRecord, State
 from agent.strategies import MODEL_FREE, STRATEGIES, get_strategy
@@ -196,6 +197,7 @@ class Agent:
         self.auditor = PriorAuditor(config.audit, self.state.audit_seqs, self.state.labels_by_seq, self._audit_pool,
                                     lambda seq: self.state.record(seq).id, self._served_version, self.work,
                                     background=config.background)
+        self.queues = Queues(self.state, config.limits)
         self.images = Images(self.state, self.blobs, config.images, config.limits.max_message_bytes,
                              config.limits.max_pixels)
         self.manager.start(background=config.background)
@@ -267,6 +269,39 @@ class Agent:
             if good:
                 self.state.add_labels(good, annotator or "unknown", source or MANUAL_SOURCE,
                                       "" if serving is None else serving.version)
+        return len(good), rejected
+
+    def retract_labels(self, ids: Sequence[str], annotator: str,
+                       source: str = "") -> tuple[int, list[tuple[str, str]]]:
+        """Make the samples ``ids`` unlabelled, durably, recording who took the labels back and how
+        (``source``, "" = "manual"); per-item rejections for unknown, unlabelled or repeated ids."""
+        lim = self.limits
+        check_count(ids, lim.max_ids_per_request, "max_ids_per_request", "ids")
+        check_text(annotator, lim.max_label_chars, "max_label_chars", "annotator name")
+        problem = source_problem(source)
+        if problem is not None:
+            raise InvalidArgument(problem)
+        rejected: list[tuple[str, str]] = []
+        good: list[int] = []
+        with self.manager.writing() as serving:
+            labels = self.state.labels_by_seq()
+            for sid in ids:
+                too_long = text_problem(sid, lim.max_id_chars, "max_id_chars", "id")
+                if too_long is not None:
+                    rejected.append((sid[:64], too_long))
+                    continue
+                rec = self.state.lookup(sid) if sid else None
+                if rec is None:
+                    rejected.append((sid, "empty id" if not sid else f"unknown id {sid!r}: ingest it first"))
+                elif rec.seq in good:
+                    rejected.append((sid, "listed twice in this request"))
+                elif labels[rec.seq] < 0:
+                    rejected.append((sid, "not labelled: nothing to retract"))
+                else:
+                    good.append(rec.seq)
+            if good:
+                self.state.retract_labels(good, annotator or "unknown", source or MANUAL_SOURCE,
+                                          "" if serving is None else serving.version)
         return len(good), rejected
 
     # ---- Pools -----------------------------------------------------------------------------------

@@ -85,9 +85,13 @@ def unix_time(text: str) -> float:
     return datetime.fromisoformat(text).timestamp()
 
 
-def label_row(r: agent_pb2.LabelRecord) -> dict[str, Any]:
-    return {"id": r.id, "label": r.label, "annotator": r.annotator, "time": iso_time(r.time), "source": r.source,
-            "model_version": r.model_version, "audit": r.audit}
+def label_row(r: agent_pb2.LabelRecord, history: bool = False) -> dict[str, Any]:
+    """A labels.csv / labels.jsonl row; with ``history`` also ``retracted`` (a retraction's label is "")."""
+    row: dict[str, Any] = {"id": r.id, "label": r.label, "annotator": r.annotator, "time": iso_time(r.time),
+                           "source": r.source, "model_version": r.model_version, "audit": r.audit}
+    if history:
+        row["retracted"] = r.retracted
+    return row
 
 
 def prior_row(p: agent_pb2.PriorLabel, method: str) -> dict[str, Any]:
@@ -128,8 +132,9 @@ def read_jsonl_rows(path: Path) -> list[dict[str, Any]]:
 def _typed(row: dict[str, Any]) -> dict[str, Any]:
     if "time" in row:
         row["time"] = unix_time(str(row["time"]))
-    if isinstance(row.get("audit"), str):
-        row["audit"] = row["audit"] == "true"
+    for flag in ("audit", "retracted"):
+        if isinstance(row.get(flag), str):
+            row[flag] = row[flag] == "true"
     if isinstance(row.get("confidence"), str):
         row["confidence"] = float(row["confidence"])
     return row
@@ -286,7 +291,8 @@ def export_labels(stub: agent_pb2_grpc.AgentStub, out: Path, config: ExportConfi
             csv_l, jsonl_l = (part / "labels.csv" if "csv" in fmt else None), \
                 (part / "labels.jsonl" if "jsonl" in fmt else None)
             records = stub.ListLabels(agent_pb2.ListLabelsRequest(history=config.history), metadata=metadata)
-            summary.labels = write_rows((label_row(r) for r in records), LABEL_FIELDS, csv_l, jsonl_l)
+            fields = [*LABEL_FIELDS, "retracted"] if config.history else LABEL_FIELDS
+            summary.labels = write_rows((label_row(r, config.history) for r in records), fields, csv_l, jsonl_l)
             if priors is not None:
                 summary.priors = write_rows((prior_row(p, config.prior_method) for p in priors), PRIOR_FIELDS,
                                             part / "priors.csv" if "csv" in fmt else None,

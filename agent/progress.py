@@ -36,8 +36,9 @@ class Progress:
     """Label history aggregated for the page."""
 
     events: int = 0  # labels ever given
+    retractions: int = 0  # labels taken back (RetractLabels)
     labelled: int = 0  # samples with a current label
-    # (time, samples labelled so far) at each label that labelled a new sample
+    # (time, samples labelled then) at each label that labelled an unlabelled sample and each retraction
     timeline: list[tuple[float, int]] = field(default_factory=list)
     # annotator -> [(time, labels given so far)]
     annotator_timeline: dict[str, list[tuple[float, int]]] = field(default_factory=dict)
@@ -55,13 +56,21 @@ def collect(history: Iterable[agent_pb2.LabelRecord], classes: Iterable[str] = (
     classes without labels show with 0."""
     p = Progress()
     seen: dict[str, int] = {}
+    labelled: set[str] = set()
     for name in classes:
         p.per_class[name] += 0
     for r in history:
+        if r.retracted:  # the sample is unlabelled from here on; not a label given
+            p.retractions += 1
+            if r.id in labelled:
+                labelled.discard(r.id)
+                p.timeline.append((r.time, len(labelled)))
+            continue
         p.events += 1
         seen[r.id] = seen.get(r.id, 0) + 1
-        if seen[r.id] == 1:
-            p.timeline.append((r.time, len(seen)))
+        if r.id not in labelled:
+            labelled.add(r.id)
+            p.timeline.append((r.time, len(labelled)))
         a = p.annotators.get(r.annotator)
         if a is None:
             a = p.annotators[r.annotator] = AnnotatorStats(r.annotator, first=r.time)
@@ -75,7 +84,7 @@ def collect(history: Iterable[agent_pb2.LabelRecord], classes: Iterable[str] = (
             p.class_timeline.setdefault(r.label, []).append((r.time, p.per_class[r.label]))
             p.per_source[r.source] += 1
             p.audit_labelled += int(r.audit)
-    p.labelled = len(seen)
+    p.labelled = len(labelled)
     p.relabelled = sum(1 for n in seen.values() if n > 1)
     return p
 

@@ -54,8 +54,11 @@ RPC_ROLES: Mapping[str, str] = {
     "ListLabels": READ,
     "GetMap": READ,
     "GetImages": READ,
+    "GetQueue": READ,
     "Ingest": WRITE,
     "SubmitLabels": WRITE,
+    "RetractLabels": WRITE,
+    "UpdateQueue": WRITE,
     "ReloadModel": WRITE,
 }
 

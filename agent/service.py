@@ -25,6 +25,7 @@ from agent.core import Agent, AgentStatus
 from agent.errors import ErrorMapping
 from agent.ingest import Incoming
 from agent.lazy import warm_in_background
+from agent.queues import QueueData
 from shortlist.v1 import agent_pb2, agent_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,12 @@ def status_message(st: AgentStatus) -> agent_pb2.Status:
                             pending_model_version=st.pending_model_version, pending_embedded=st.pending_embedded,
                             warnings=st.warnings, audit=audit_message(st.audit),
                             classes_open=st.classes_open)
+
+
+def queue_message(q: QueueData) -> agent_pb2.Queue:
+    return agent_pb2.Queue(name=q.name, ids=q.ids, source=q.source, strategy=q.strategy, params=q.params,
+                           model_version=q.model_version, selection_id=q.selection_id, details=q.details,
+                           created=q.created, marks=q.marks)
 
 
 def call_token(context: grpc.ServicerContext) -> CancelToken:
@@ -113,6 +120,24 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
         return agent_pb2.SubmitLabelsReply(accepted=accepted,
                                            rejected=[agent_pb2.Rejection(id=i, reason=r) for i, r in rejected])
 
+    def RetractLabels(self, request: agent_pb2.RetractLabelsRequest,
+                      context: grpc.ServicerContext) -> agent_pb2.RetractLabelsReply:
+        accepted, rejected = self.agent.retract_labels(list(request.ids), request.annotator, request.source)
+        return agent_pb2.RetractLabelsReply(accepted=accepted,
+                                            rejected=[agent_pb2.Rejection(id=i, reason=r) for i, r in rejected])
+
+    def GetQueue(self, request: agent_pb2.GetQueueRequest, context: grpc.ServicerContext) -> agent_pb2.Queue:
+        return queue_message(self.agent.queues.get(request.name))
+
+    def UpdateQueue(self, request: agent_pb2.UpdateQueueRequest, context: grpc.ServicerContext) -> agent_pb2.Queue:
+        replace = None
+        if request.HasField("queue"):
+            q = request.queue
+            replace = QueueData(request.name, list(q.ids), q.source, q.strategy, dict(q.params), q.model_version,
+                                q.selection_id, dict(q.details))
+        return queue_message(self.agent.queues.update(request.name, replace,
+                                                      [(m.id, m.mark) for m in request.marks]))
+
     def PriorLabels(self, request: agent_pb2.PriorLabelsRequest,
                     context: grpc.ServicerContext) -> Iterator[agent_pb2.PriorLabel]:
         for r in self.agent.prior_labels(request.method, list(request.ids), dict(request.params),
@@ -136,7 +161,8 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
                    context: grpc.ServicerContext) -> Iterator[agent_pb2.LabelRecord]:
         for e in self.agent.list_labels(request.history):
             yield agent_pb2.LabelRecord(id=e.id, label=e.label, annotator=e.annotator, time=e.time, source=e.source,
-                                        model_version=e.model_version, audit=e.audit, current=e.current)
+                                        model_version=e.model_version, audit=e.audit, current=e.current,
+                                        retracted=e.retracted)
 
     def GetMap(self, request: agent_pb2.GetMapRequest, context: grpc.ServicerContext) -> Iterator[agent_pb2.MapChunk]:
         st, chunks = self.agent.get_map(request.offset, request.limit, request.chunk)

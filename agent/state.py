@@ -3,11 +3,13 @@
 Tables:
     samples        seq (rowid, ingest order), id, uri, metadata (JSON), kind (image|tensor), sha256, ingested_at
     labels         every label ever given (seq, class, annotator, time, source, model version served then);
-                   the current label is the latest
+                   the current label is the latest; a row with class RETRACTED (-1) is a retraction
+                   (RetractLabels): the sample is unlabelled from then on, until labelled again
     audit          samples drawn by Select strategy "audit" (seq, selection id, time): agent/audit.py
     classes        the class list in index order; ``meta.classes_closed`` says whether it is closed
     embeddings     per model version, row r of its index: sample seq, vector (float32 bytes), logits, pretext loss
     selections     every Select: request, result, model version, time
+    queues         labelling queues (GetQueue / UpdateQueue; the web app's Queue page): name -> JSON body
     model_versions name, status (serving|pending|retired|failed), embedded count, error (why refused),
                    updated, fingerprint (of the refused folder, so it is looked at again only when changed)
     meta           key/value
@@ -37,6 +39,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -65,6 +68,7 @@ CREATE TABLE IF NOT EXISTS selections (
 CREATE TABLE IF NOT EXISTS model_versions (
     name TEXT PRIMARY KEY, status TEXT NOT NULL, embedded INTEGER NOT NULL, error TEXT NOT NULL,
     updated REAL NOT NULL, fingerprint TEXT NOT NULL DEFAULT '');
+CREATE TABLE IF NOT EXISTS queues (name TEXT PRIMARY KEY, body TEXT NOT NULL, time REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
@@ -72,7 +76,9 @@ INGEST_ANNOTATOR = "ingest"
 INGEST_SOURCE = "ingest"  # labels.source of labels that came with Ingest
 MANUAL_SOURCE = "manual"  # ... of SubmitLabels without a source
 
-SCHEMA_VERSION = 2
+RETRACTED = -1  # labels.class of a retraction (RetractLabels)
+
+SCHEMA_VERSION = 3
 
 
 def _v0_to_v1(db: sqlite3.Connection) -> None:
@@ -98,8 +104,14 @@ def _v1_to_v2(db: sqlite3.Connection) -> None:
                "selection_id TEXT NOT NULL, time REAL NOT NULL)")
 
 
+def _v2_to_v3(db: sqlite3.Connection) -> None:
+    """Schema 2 -> 3: labelling queues are kept (the queues table), and labels may be retracted (rows
+    with class RETRACTED; an agent of schema 2 would read -1 as the last class, hence the new version)."""
+    db.execute("CREATE TABLE IF NOT EXISTS queues (name TEXT PRIMARY KEY, body TEXT NOT NULL, time REAL NOT NULL)")
+
+
 # MIGRATIONS[v] brings a folder from schema v to v + 1.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v0_to_v1, _v1_to_v2]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v0_to_v1, _v1_to_v2, _v2_to_v3]
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 
@@ -157,7 +169,8 @@ class StoredEmbeddings:
 
 @dataclass(frozen=True)
 class LabelEvent:
-    """One label as stored: ``label`` is the class name; ``current`` whether it is the sample's latest."""
+    """One label as stored: ``label`` is the class name ("" for a retraction); ``current`` whether it is the
+    sample's current label (the latest, and not a retraction)."""
 
     seq: int
     id: str
@@ -168,6 +181,7 @@ class LabelEvent:
     model_version: str
     audit: bool
     current: bool
+    retracted: bool = False
 
 
 class ClassListError(ValueError):
@@ -196,7 +210,8 @@ class State:
             self._append_record(SampleRecord(seq, sid, uri, json.loads(meta), kind, digest))
         for seq, cls in self._db.execute(
                 "SELECT seq, class FROM labels WHERE n IN (SELECT MAX(n) FROM labels GROUP BY seq)"):
-            self._set_label(seq, cls)
+            if cls != RETRACTED:
+                self._set_label(seq, cls)
         self._audit: set[int] = {q for (q,) in self._db.execute("SELECT seq FROM audit")}
         self.classes: list[str] = [n for (n,) in self._db.execute("SELECT name FROM classes ORDER BY idx")]
         self.closed = self.get_meta("classes_closed") == "1"
@@ -247,6 +262,11 @@ class State:
             self._labeled_count += 1
         self._label[seq] = cls
 
+    def _unset_label(self, seq: int) -> None:
+        if self._label[seq] >= 0:
+            self._labeled_count -= 1
+        self._label[seq] = -1
+
     # ---- classes ---------------------------------------------------------------------------------
     def set_closed_classes(self, classes: list[str]) -> None:
         """Make ``classes`` the closed class list. Stored labels keep their names: each must be in the
@@ -256,7 +276,7 @@ class State:
         with self._lock:
             if self.closed and classes == self.classes:
                 return
-            used = {self.classes[c] for (c,) in self._db.execute("SELECT DISTINCT class FROM labels")}
+            used = {self.classes[c] for (c,) in self._db.execute("SELECT DISTINCT class FROM labels WHERE class >= 0")}
             missing = sorted(used - set(classes))
             if missing:
                 raise ClassListError(
@@ -402,21 +422,33 @@ class State:
             for q, c in assignments:
                 self._set_label(q, c)
 
+    def retract_labels(self, seqs: list[int], annotator: str, source: str = MANUAL_SOURCE,
+                       model_version: str = "") -> None:
+        """Durably make ``seqs`` unlabelled: one retraction row each (the labels given stay in the history)."""
+        now = time.time()
+        with self._lock:
+            with self._transaction():
+                self._db.executemany(
+                    "INSERT INTO labels(seq, class, annotator, time, source, model_version) VALUES (?,?,?,?,?,?)",
+                    [(q, RETRACTED, annotator, now, source, model_version) for q in seqs])
+            for q in seqs:
+                self._unset_label(q)
+
     def label_history(self, seq: int) -> list[tuple[str, str, float]]:
-        """(label, annotator, time) of every label given to ``seq``, oldest first."""
+        """(label, annotator, time) of every label given to ``seq``, oldest first ("" for a retraction)."""
         with self._lock:
             rows = self._db.execute("SELECT class, annotator, time FROM labels WHERE seq=? ORDER BY n",
                                     (seq,)).fetchall()
-            return [(self.classes[c], a, t) for c, a, t in rows]
+            return [(self.classes[c] if c != RETRACTED else "", a, t) for c, a, t in rows]
 
     def label_events(self, history: bool = False, chunk: int = 4096) -> Iterator[LabelEvent]:
-        """Every label stored when the call started (or, without ``history``, each labelled sample's
-        current one), oldest first, read ``chunk`` rows at a time so a long listing never holds the lock
-        (nor a copy of the whole table) while labelling goes on."""
+        """Every label and retraction stored when the call started (or, without ``history``, each labelled
+        sample's current label), oldest first, read ``chunk`` rows at a time so a long listing never holds the
+        lock (nor a copy of the whole table) while labelling goes on."""
         with self._lock:
             end = int(self._db.execute("SELECT COALESCE(MAX(n), 0) FROM labels").fetchone()[0])
             audit = self._audit_set()
-        where = "" if history else " AND n IN (SELECT MAX(n) FROM labels GROUP BY seq)"
+        where = "" if history else f" AND n IN (SELECT MAX(n) FROM labels GROUP BY seq) AND class != {RETRACTED}"
         after = 0
         while True:
             with self._lock:
@@ -430,8 +462,9 @@ class State:
             for n, seq, cls, annotator, t, source, version, current in rows:
                 rec = self._records[seq]
                 if rec is not None:
-                    yield LabelEvent(seq, rec.id, classes[cls], annotator, float(t), source, version, seq in audit,
-                                     bool(current))
+                    gone = cls == RETRACTED
+                    yield LabelEvent(seq, rec.id, "" if gone else classes[cls], annotator, float(t), source, version,
+                                     seq in audit, bool(current) and not gone, gone)
                 after = n
 
     # ---- audit draws (agent/audit.py) ------------------------------------------------------------
@@ -553,6 +586,19 @@ class State:
                          time.time()))
             finally:
                 self._db.execute("PRAGMA synchronous=FULL")
+
+    def queue(self, name: str) -> tuple[dict[str, Any], float] | None:
+        """The stored body of queue ``name`` (JSON object) and when it was stored, or None."""
+        with self._lock:
+            row = self._db.execute("SELECT body, time FROM queues WHERE name=?", (name,)).fetchone()
+        return None if row is None else (json.loads(row[0]), float(row[1]))
+
+    def set_queue(self, name: str, body: dict[str, Any]) -> None:
+        """Durably store queue ``name`` (a JSON-serialisable object), replacing what was there."""
+        text = json.dumps(body, sort_keys=True)
+        with self._lock, self._transaction():
+            self._db.execute("INSERT OR REPLACE INTO queues(name, body, time) VALUES (?,?,?)",
+                             (name, text, time.time()))
 
     def selections(self) -> list[tuple[str, dict[str, object], list[list[object]], str]]:
         with self._lock:

@@ -303,7 +303,7 @@ class ListLabelsRequest(_message.Message):
     def __init__(self, history: _Optional[bool] = ...) -> None: ...
 
 class LabelRecord(_message.Message):
-    __slots__ = ("id", "label", "annotator", "time", "source", "model_version", "audit", "current")
+    __slots__ = ("id", "label", "annotator", "time", "source", "model_version", "audit", "current", "retracted")
     ID_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
     ANNOTATOR_FIELD_NUMBER: _ClassVar[int]
@@ -312,6 +312,7 @@ class LabelRecord(_message.Message):
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     AUDIT_FIELD_NUMBER: _ClassVar[int]
     CURRENT_FIELD_NUMBER: _ClassVar[int]
+    RETRACTED_FIELD_NUMBER: _ClassVar[int]
     id: str
     label: str
     annotator: str
@@ -320,7 +321,95 @@ class LabelRecord(_message.Message):
     model_version: str
     audit: bool
     current: bool
-    def __init__(self, id: _Optional[str] = ..., label: _Optional[str] = ..., annotator: _Optional[str] = ..., time: _Optional[float] = ..., source: _Optional[str] = ..., model_version: _Optional[str] = ..., audit: _Optional[bool] = ..., current: _Optional[bool] = ...) -> None: ...
+    retracted: bool
+    def __init__(self, id: _Optional[str] = ..., label: _Optional[str] = ..., annotator: _Optional[str] = ..., time: _Optional[float] = ..., source: _Optional[str] = ..., model_version: _Optional[str] = ..., audit: _Optional[bool] = ..., current: _Optional[bool] = ..., retracted: _Optional[bool] = ...) -> None: ...
+
+class RetractLabelsRequest(_message.Message):
+    __slots__ = ("ids", "annotator", "source")
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    ANNOTATOR_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    ids: _containers.RepeatedScalarFieldContainer[str]
+    annotator: str
+    source: str
+    def __init__(self, ids: _Optional[_Iterable[str]] = ..., annotator: _Optional[str] = ..., source: _Optional[str] = ...) -> None: ...
+
+class RetractLabelsReply(_message.Message):
+    __slots__ = ("accepted", "rejected")
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_FIELD_NUMBER: _ClassVar[int]
+    accepted: int
+    rejected: _containers.RepeatedCompositeFieldContainer[Rejection]
+    def __init__(self, accepted: _Optional[int] = ..., rejected: _Optional[_Iterable[_Union[Rejection, _Mapping]]] = ...) -> None: ...
+
+class GetQueueRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class Queue(_message.Message):
+    __slots__ = ("name", "ids", "source", "strategy", "params", "model_version", "selection_id", "details", "created", "marks")
+    class ParamsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class DetailsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class MarksEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    STRATEGY_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SELECTION_ID_FIELD_NUMBER: _ClassVar[int]
+    DETAILS_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    MARKS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    ids: _containers.RepeatedScalarFieldContainer[str]
+    source: str
+    strategy: str
+    params: _containers.ScalarMap[str, str]
+    model_version: str
+    selection_id: str
+    details: _containers.ScalarMap[str, str]
+    created: float
+    marks: _containers.ScalarMap[str, str]
+    def __init__(self, name: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ..., source: _Optional[str] = ..., strategy: _Optional[str] = ..., params: _Optional[_Mapping[str, str]] = ..., model_version: _Optional[str] = ..., selection_id: _Optional[str] = ..., details: _Optional[_Mapping[str, str]] = ..., created: _Optional[float] = ..., marks: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class UpdateQueueRequest(_message.Message):
+    __slots__ = ("name", "queue", "marks")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    MARKS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    queue: Queue
+    marks: _containers.RepeatedCompositeFieldContainer[QueueMark]
+    def __init__(self, name: _Optional[str] = ..., queue: _Optional[_Union[Queue, _Mapping]] = ..., marks: _Optional[_Iterable[_Union[QueueMark, _Mapping]]] = ...) -> None: ...
+
+class QueueMark(_message.Message):
+    __slots__ = ("id", "mark")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    MARK_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    mark: str
+    def __init__(self, id: _Optional[str] = ..., mark: _Optional[str] = ...) -> None: ...
 
 class ReloadModelRequest(_message.Message):
     __slots__ = ()
@@ -337,7 +426,7 @@ class GetMapRequest(_message.Message):
     def __init__(self, offset: _Optional[int] = ..., limit: _Optional[int] = ..., chunk: _Optional[int] = ...) -> None: ...
 
 class MapChunk(_message.Message):
-    __slots__ = ("model_version", "state", "progress", "method", "total", "fitted", "pending", "recomputing", "message", "points")
+    __slots__ = ("model_version", "state", "progress", "method", "total", "fitted", "pending", "recomputing", "message", "points", "shown_version")
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
@@ -348,6 +437,7 @@ class MapChunk(_message.Message):
     RECOMPUTING_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     POINTS_FIELD_NUMBER: _ClassVar[int]
+    SHOWN_VERSION_FIELD_NUMBER: _ClassVar[int]
     model_version: str
     state: str
     progress: float
@@ -358,7 +448,8 @@ class MapChunk(_message.Message):
     recomputing: bool
     message: str
     points: _containers.RepeatedCompositeFieldContainer[MapPoint]
-    def __init__(self, model_version: _Optional[str] = ..., state: _Optional[str] = ..., progress: _Optional[float] = ..., method: _Optional[str] = ..., total: _Optional[int] = ..., fitted: _Optional[int] = ..., pending: _Optional[int] = ..., recomputing: _Optional[bool] = ..., message: _Optional[str] = ..., points: _Optional[_Iterable[_Union[MapPoint, _Mapping]]] = ...) -> None: ...
+    shown_version: str
+    def __init__(self, model_version: _Optional[str] = ..., state: _Optional[str] = ..., progress: _Optional[float] = ..., method: _Optional[str] = ..., total: _Optional[int] = ..., fitted: _Optional[int] = ..., pending: _Optional[int] = ..., recomputing: _Optional[bool] = ..., message: _Optional[str] = ..., points: _Optional[_Iterable[_Union[MapPoint, _Mapping]]] = ..., shown_version: _Optional[str] = ...) -> None: ...
 
 class MapPoint(_message.Message):
     __slots__ = ("id", "x", "y", "label")

@@ -84,6 +84,21 @@ class AgentStub:
                 request_serializer=shortlist_dot_v1_dot_agent__pb2.GetImagesRequest.SerializeToString,
                 response_deserializer=shortlist_dot_v1_dot_agent__pb2.GetImagesReply.FromString,
                 _registered_method=True)
+        self.RetractLabels = channel.unary_unary(
+                '/shortlist.v1.Agent/RetractLabels',
+                request_serializer=shortlist_dot_v1_dot_agent__pb2.RetractLabelsRequest.SerializeToString,
+                response_deserializer=shortlist_dot_v1_dot_agent__pb2.RetractLabelsReply.FromString,
+                _registered_method=True)
+        self.GetQueue = channel.unary_unary(
+                '/shortlist.v1.Agent/GetQueue',
+                request_serializer=shortlist_dot_v1_dot_agent__pb2.GetQueueRequest.SerializeToString,
+                response_deserializer=shortlist_dot_v1_dot_agent__pb2.Queue.FromString,
+                _registered_method=True)
+        self.UpdateQueue = channel.unary_unary(
+                '/shortlist.v1.Agent/UpdateQueue',
+                request_serializer=shortlist_dot_v1_dot_agent__pb2.UpdateQueueRequest.SerializeToString,
+                response_deserializer=shortlist_dot_v1_dot_agent__pb2.Queue.FromString,
+                _registered_method=True)
 
 
 class AgentServicer:
@@ -163,6 +178,32 @@ class AgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RetractLabels(self, request, context):
+        """Take labels back: each sample becomes unlabelled again, for Select, PriorLabels, the audit and every
+        listing of current labels. Nothing is lost: the retraction is added to the label history (ListLabels
+        with history shows it as a record with `retracted` set) and the sample can be labelled again.
+        Durable before the reply; per-sample problems (an unknown id, a sample without a label) are Rejections.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetQueue(self, request, context):
+        """A labelling queue (the web app's Queue page): ids in order, where they came from, and per-sample
+        marks (skipped, not sure), kept by the agent so that it survives restarts of the agent and the app
+        and is shared by every app process of the agent. A queue never filled is empty.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateQueue(self, request, context):
+        """Replace a queue and/or mark samples in it; durable before the reply, which is the queue as stored.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -215,6 +256,21 @@ def add_AgentServicer_to_server(servicer, server):
                     servicer.GetImages,
                     request_deserializer=shortlist_dot_v1_dot_agent__pb2.GetImagesRequest.FromString,
                     response_serializer=shortlist_dot_v1_dot_agent__pb2.GetImagesReply.SerializeToString,
+            ),
+            'RetractLabels': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetractLabels,
+                    request_deserializer=shortlist_dot_v1_dot_agent__pb2.RetractLabelsRequest.FromString,
+                    response_serializer=shortlist_dot_v1_dot_agent__pb2.RetractLabelsReply.SerializeToString,
+            ),
+            'GetQueue': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetQueue,
+                    request_deserializer=shortlist_dot_v1_dot_agent__pb2.GetQueueRequest.FromString,
+                    response_serializer=shortlist_dot_v1_dot_agent__pb2.Queue.SerializeToString,
+            ),
+            'UpdateQueue': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateQueue,
+                    request_deserializer=shortlist_dot_v1_dot_agent__pb2.UpdateQueueRequest.FromString,
+                    response_serializer=shortlist_dot_v1_dot_agent__pb2.Queue.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -487,6 +543,87 @@ class Agent:
             '/shortlist.v1.Agent/GetImages',
             shortlist_dot_v1_dot_agent__pb2.GetImagesRequest.SerializeToString,
             shortlist_dot_v1_dot_agent__pb2.GetImagesReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetractLabels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shortlist.v1.Agent/RetractLabels',
+            shortlist_dot_v1_dot_agent__pb2.RetractLabelsRequest.SerializeToString,
+            shortlist_dot_v1_dot_agent__pb2.RetractLabelsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetQueue(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shortlist.v1.Agent/GetQueue',
+            shortlist_dot_v1_dot_agent__pb2.GetQueueRequest.SerializeToString,
+            shortlist_dot_v1_dot_agent__pb2.Queue.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateQueue(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shortlist.v1.Agent/UpdateQueue',
+            shortlist_dot_v1_dot_agent__pb2.UpdateQueueRequest.SerializeToString,
+            shortlist_dot_v1_dot_agent__pb2.Queue.FromString,
             options,
             channel_credentials,
             insecure,

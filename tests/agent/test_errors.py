@@ -157,6 +157,7 @@ BAD_UTF8_SELECT = b"\x08\x01\x12\x02\xff\xfe"  # budget=1, strategy=<2 bytes tha
 
 @pytest.mark.parametrize(("method", "kind"), [
     ("Select", "uu"), ("SubmitLabels", "uu"), ("GetStatus", "uu"), ("ReloadModel", "uu"),
+    ("RetractLabels", "uu"), ("GetQueue", "uu"), ("UpdateQueue", "uu"),
     ("PriorLabels", "us"), ("ListSamples", "us"), ("GetMap", "us"), ("Ingest", "su"),
 ])
 def test_malformed_bytes_are_invalid_argument(running: Running, method: str, kind: str) -> None:

@@ -114,7 +114,17 @@ def test_history_lists_every_label(running: Running, tmp_path: Path) -> None:
     assert code == 0, text
     rows = exports.read_jsonl_rows(tmp_path / "h" / "labels.jsonl")
     assert len(rows) == 10 and [r["annotator"] for r in rows if r["id"] == "s6"] == ["bob", "alice"]
-    assert not (tmp_path / "h" / "priors.jsonl").exists()
+    assert not (tmp_path / "h" / "priors.jsonl").exists() and not any(r["retracted"] for r in rows)
+    # a retraction is a row of the history (empty label), and the sample leaves the current labels
+    assert client.retract_labels(running.stub, ["s6"], annotator="carol").accepted == 1
+    code, text = cli(running, "--out", str(tmp_path / "r"), "--format", "csv", "--history", "--prior-method", "")
+    assert code == 0, text
+    rows = exports.read_csv_rows(tmp_path / "r" / "labels.csv")
+    assert [(r["label"], r["annotator"], r["retracted"]) for r in rows if r["id"] == "s6"] == [
+        ("cat", "bob", False), ("cat", "alice", False), ("", "carol", True)]
+    code, text = cli(running, "--out", str(tmp_path / "c"), "--format", "csv", "--prior-method", "")
+    current = exports.read_csv_rows(tmp_path / "c" / "labels.csv")
+    assert code == 0 and "s6" not in {r["id"] for r in current} and "retracted" not in current[0]
 
 
 def test_bad_requests_change_nothing(running: Running, tmp_path: Path) -> None:

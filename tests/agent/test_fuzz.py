@@ -212,6 +212,40 @@ def test_submit_labels_any(served: Running, labels: list[tuple[str, str]], annot
         assert after == before
 
 
+@given(ids=st.lists(st.one_of(st.sampled_from(BASE_IDS), IDS), max_size=6), annotator=ANY_TEXT,
+       source=st.one_of(st.sampled_from(["", "manual", "ingest"]), ANY_TEXT))
+def test_retract_labels_any(served: Running, ids: list[str], annotator: str, source: str) -> None:
+    before = counts(served)
+    req = agent_pb2.RetractLabelsRequest(ids=ids, annotator=annotator, source=source)
+    reply, code, details = call(lambda: served.stub.RetractLabels(req, timeout=TIMEOUT))
+    assert_clean(code, details, req)
+    after = counts(served)
+    if reply is not None:
+        assert reply.accepted + len(reply.rejected) == len(ids)
+        assert after[1] == before[1] - reply.accepted
+        client.submit_labels(served.stub, [(i, "cat") for i in ids if i in BASE_IDS])  # keep labels for the rest
+    else:
+        assert after == before
+
+
+@given(name=st.one_of(st.sampled_from(["", "web"]), TEXT), ids=st.lists(st.one_of(st.sampled_from(BASE_IDS), IDS),
+                                                                       max_size=6),
+       marks=st.lists(st.tuples(st.one_of(st.sampled_from(BASE_IDS), IDS),
+                                st.one_of(st.sampled_from(["", "skip", "unsure"]), TEXT)), max_size=4),
+       replace=st.booleans())
+def test_update_queue_any(served: Running, name: str, ids: list[str], marks: list[tuple[str, str]],
+                          replace: bool) -> None:
+    before = counts(served)
+    req = agent_pb2.UpdateQueueRequest(name=name, marks=[agent_pb2.QueueMark(id=i, mark=m) for i, m in marks])
+    if replace:
+        req.queue.CopyFrom(agent_pb2.Queue(ids=ids, source="map"))
+    reply, code, details = call(lambda: served.stub.UpdateQueue(req, timeout=TIMEOUT))
+    assert_clean(code, details, req)
+    assert counts(served) == before
+    if reply is not None:
+        assert served.stub.GetQueue(agent_pb2.GetQueueRequest(name=name), timeout=TIMEOUT) == reply
+
+
 @given(method=st.one_of(st.sampled_from(PRIOR_NAMES), TEXT, LONG),
        ids=st.lists(st.one_of(st.sampled_from(BASE_IDS), IDS), max_size=6), params=PARAMS)
 def test_prior_labels_any(served: Running, method: str, ids: list[str], params: dict[str, str]) -> None:
@@ -274,6 +308,11 @@ VALID: dict[str, bytes] = {
     "ReloadModel": b"",
     "GetMap": agent_pb2.GetMapRequest(offset=1, limit=5, chunk=2).SerializeToString(),
     "GetImages": agent_pb2.GetImagesRequest(ids=["base0"], max_side=32, format="webp").SerializeToString(),
+    "RetractLabels": agent_pb2.RetractLabelsRequest(ids=["base25"], annotator="ann").SerializeToString(),
+    "GetQueue": agent_pb2.GetQueueRequest(name="web").SerializeToString(),
+    "UpdateQueue": agent_pb2.UpdateQueueRequest(name="web", queue=agent_pb2.Queue(ids=["base1"], source="map"),
+                                                marks=[agent_pb2.QueueMark(id="base1", mark="skip")]
+                                                ).SerializeToString(),
 }
 INVALID_UTF8 = b"\xff\xfe\xc0\x80"
 
@@ -325,5 +364,8 @@ def test_raw_bytes_as_request(served: Running, req: tuple[str, bytes]) -> None:
     elif name == "Ingest":
         assert isinstance(reply, bytes) and after[0] == before[0] + agent_pb2.IngestReply.FromString(reply).accepted
     elif name in ("Select", "PriorLabels", "ListSamples", "ListLabels", "GetStatus", "ReloadModel", "GetMap",
-                  "GetImages"):
+                  "GetImages", "GetQueue", "UpdateQueue"):
         assert after == before
+    elif name == "RetractLabels":
+        assert isinstance(reply, bytes)
+        assert after[1] == before[1] - agent_pb2.RetractLabelsReply.FromString(reply).accepted

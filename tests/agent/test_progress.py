@@ -29,6 +29,15 @@ def test_collect_counts_samples_labels_classes_and_annotators() -> None:
     assert p.class_timeline == {"cat": [(100.0, 1), (250.0, 2), (300.0, 3)], "dog": [(400.0, 1)]}
 
 
+def test_retractions_unlabel_and_are_not_labels_given() -> None:
+    gone = agent_pb2.LabelRecord(id="c", annotator="alice", time=260.0, source="manual", retracted=True)
+    history = [*HISTORY[:2], rec("c", "cat", "alice", 250.0, current=False), gone, *HISTORY[3:]]
+    p = collect(history, classes=["cat", "dog"])
+    assert (p.events, p.retractions, p.labelled, p.relabelled) == (5, 1, 3, 1)
+    assert p.timeline == [(100.0, 1), (200.0, 2), (250.0, 3), (260.0, 2), (400.0, 3)]
+    assert dict(p.per_class) == {"cat": 2, "dog": 1} and p.annotators["alice"].labels == 2
+
+
 def test_charts_are_inline_svg() -> None:
     p = collect(HISTORY, classes=["cat", "dog", "frog"])
     for svg in (timeline_svg(p), class_timeline_svg(p), class_balance_svg(p), timeline_svg(collect([])),

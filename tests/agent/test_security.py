@@ -140,7 +140,8 @@ def test_every_agent_rpc_has_a_role() -> None:
     check_roles()
     methods = {m.name for m in agent_pb2.DESCRIPTOR.services_by_name["Agent"].methods}
     assert set(RPC_ROLES) == methods
-    assert {n for n, r in RPC_ROLES.items() if r == "write"} == {"Ingest", "SubmitLabels", "ReloadModel"}
+    assert {n for n, r in RPC_ROLES.items() if r == "write"} == {
+        "Ingest", "SubmitLabels", "RetractLabels", "UpdateQueue", "ReloadModel"}
 
 
 def _code(fn: object) -> grpc.StatusCode:

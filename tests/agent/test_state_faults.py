@@ -50,6 +50,11 @@ def test_a_folder_from_the_release_before_schema_versions_is_migrated(tmp_path: 
         assert len(r.stub.Select(agent_pb2.SelectRequest(budget=3, strategy="coreset")).selected) == 3
         assert len(r.stub.Select(agent_pb2.SelectRequest(budget=2, strategy="audit")).selected) == 2
         assert r.stub.GetStatus(agent_pb2.GetStatusRequest()).audit.drawn == 2
+        # schema 3: queues are kept, labels can be retracted
+        r.stub.UpdateQueue(agent_pb2.UpdateQueueRequest(queue=agent_pb2.Queue(ids=["old2", "old4"])))
+        assert list(r.stub.GetQueue(agent_pb2.GetQueueRequest()).ids) == ["old2", "old4"]
+        assert client.retract_labels(r.stub, ["old3"]).accepted == 1
+        assert r.stub.GetStatus(agent_pb2.GetStatusRequest()).labeled == 2
     finally:
         r.stop()
     db = sqlite3.connect(data / "state.sqlite")

@@ -1,0 +1,140 @@
+"""Labelling queues (GetQueue / UpdateQueue): what the web app's Queue page works through.
+
+A queue is a named list of sample ids in labelling order, with where it came from (a Select: its
+strategy, params, model version, selection id and details; or e.g. "map" for samples chosen on the map)
+and per-sample marks ("skip", "unsure") that people set while they work. Labels are never kept here:
+whether a sample of the queue is labelled is the label table's business (a queue item labelled
+anywhere shows labelled, one retracted shows open again).
+
+Kept by the agent in the ``queues`` table of its SQLite state (one JSON row per name, written in one
+durable transaction before UpdateQueue answers), so a queue survives restarts of the agent and of the
+web app, and every app process of the agent (``serve --web-port``, any number of ``shortlist web``)
+shows the same queue. Updates of one queue are serialised (one lock), so two people marking samples at
+the same moment never lose each other's marks.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+from agent.errors import InvalidArgument, NotFound
+from agent.limits import Limits, check_count, metadata_problem, text_problem
+from agent.state import State
+
+DEFAULT_QUEUE = "default"
+MARKS = ("skip", "unsure")  # "" clears a mark
+NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789:_.-")
+MAX_NAME_CHARS = 64  # queue names and the source / strategy / model_version / selection_id fields
+
+
+@dataclass
+class QueueData:
+    """One queue as stored (``created``: Unix time it was filled, 0 = never; ``marks``: id -> mark)."""
+
+    name: str
+    ids: list[str] = field(default_factory=list)
+    source: str = ""
+    strategy: str = ""
+    params: dict[str, str] = field(default_factory=dict)
+    model_version: str = ""
+    selection_id: str = ""
+    details: dict[str, str] = field(default_factory=dict)
+    created: float = 0.0
+    marks: dict[str, str] = field(default_factory=dict)
+
+
+def queue_name(name: str) -> str:
+    """The stored name of a requested one ("" = DEFAULT_QUEUE); InvalidArgument for a bad name."""
+    name = name or DEFAULT_QUEUE
+    if len(name) > MAX_NAME_CHARS or not set(name) <= NAME_CHARS:
+        raise InvalidArgument(f"queue name {name[:MAX_NAME_CHARS]!r} must be at most {MAX_NAME_CHARS} lower-case "
+                              "letters, digits and ':_.-' (e.g. default, web, team-a)")
+    return name
+
+
+class Queues:
+    """GetQueue / UpdateQueue over State (thread-safe)."""
+
+    def __init__(self, state: State, limits: Limits) -> None:
+        self.state = state
+        self.limits = limits
+        self._lock = threading.Lock()  # read-modify-write of a queue (marks) must not interleave
+
+    def get(self, name: str) -> QueueData:
+        name = queue_name(name)
+        stored = self.state.queue(name)
+        if stored is None:
+            return QueueData(name)
+        body = stored[0]
+        return QueueData(name=name, ids=[str(i) for i in body.get("ids", [])],
+                         source=str(body.get("source", "")), strategy=str(body.get("strategy", "")),
+                         params=dict(body.get("params", {})),
+                         model_version=str(body.get("model_version", "")),
+                         selection_id=str(body.get("selection_id", "")),
+                         details=dict(body.get("details", {})),
+                         created=float(body.get("created", 0.0)),
+                         marks=dict(body.get("marks", {})))
+
+    def _check_new(self, q: QueueData) -> None:
+        lim = self.limits
+        check_count(q.ids, lim.max_ids_per_request, "max_ids_per_request", "queue ids",
+                    advice="send a shorter queue")
+        for what, value in (("source", q.source), ("strategy", q.strategy), ("model_version", q.model_version),
+                            ("selection_id", q.selection_id)):
+            if len(value) > MAX_NAME_CHARS:
+                raise InvalidArgument(f"queue {what} {value[:MAX_NAME_CHARS]!r}... is longer than "
+                                      f"{MAX_NAME_CHARS} characters")
+        for what, m in (("params", q.params), ("details", q.details)):
+            problem = metadata_problem(m, lim, f"queue {what}")
+            if problem is not None:
+                raise InvalidArgument(problem)
+        seen: set[str] = set()
+        unknown: list[str] = []
+        for i in q.ids:
+            problem = text_problem(i, lim.max_id_chars, "max_id_chars", "id")
+            if problem is not None:
+                raise InvalidArgument(problem)
+            if i in seen:
+                raise InvalidArgument(f"id {i!r} is in the queue twice; send each id once")
+            seen.add(i)
+            if self.state.lookup(i) is None:
+                unknown.append(i)
+        if unknown:
+            shown = ", ".join(repr(u[:64]) for u in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+            raise NotFound(f"{len(unknown)} unknown id(s) for the queue: {shown}; ingest them first")
+
+    def update(self, name: str, replace: QueueData | None, marks: Sequence[tuple[str, str]]) -> QueueData:
+        """Replace queue ``name`` by ``replace`` (when given; created now, no marks), then apply ``marks``
+        ((id, "skip" | "unsure" | "")) in order; stored durably before it returns the queue as stored."""
+        name = queue_name(name)
+        check_count(marks, self.limits.max_ids_per_request, "max_ids_per_request", "marks")
+        for i, mark in marks:
+            if mark not in ("", *MARKS):
+                raise InvalidArgument(f"mark {mark[:16]!r} of {i[:64]!r}: use one of {', '.join(MARKS)} or '' to clear")
+        if replace is not None:
+            self._check_new(replace)
+        with self._lock:
+            q = self.get(name)
+            if replace is not None:
+                q = QueueData(name, list(replace.ids), replace.source, replace.strategy, dict(replace.params),
+                              replace.model_version, replace.selection_id, dict(replace.details), time.time(), {})
+            if marks:
+                members = set(q.ids)
+                missing = [i for i, _ in marks if i not in members]
+                if missing:
+                    raise NotFound(f"{missing[0][:64]!r} is not in queue {name!r} (it was replaced meanwhile?): "
+                                   "reload the queue and mark again")
+                for i, mark in marks:
+                    if mark:
+                        q.marks[i] = mark
+                    else:
+                        q.marks.pop(i, None)
+            body = asdict(q)
+            body.pop("name")
+            self.state.set_queue(name, body)
+            return q
+
+
