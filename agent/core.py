@@ -500,7 +500,7 @@ class Agent:
                                   f"got {chunk}")
         self.map.wake()
         st = self.map.status()
-        m = self.map.snapshot(st.version) if st.state == "ready" else None
+        m = self.map.snapshot(st.shown) if st.shown else None  # the previous version's while this one's computes
         if m is None:
             return st, iter(())
         stop = m.n if limit == 0 else min(m.n, offset + limit)

@@ -18,6 +18,11 @@ How the coordinates are made:
        is below the cap (a map made from the first 40 samples is redone once there are 80, ...; with
        the default cap of 10,000 the last refit happens at 20,000 samples). The old map is served, with
        new samples placed on it, until the new fit is done (``MapChunk.recomputing``).
+    4. **A new model version** needs a map of its own (its embeddings differ). Until that map is ready,
+       the previous version's map is served as it was (``MapChunk.shown_version``; samples embedded
+       since are not on it, labels are current), so a viewer keeps a map while the new one computes;
+       after a restart in that window it is read back from its file, which is removed only once the
+       new map is saved.
 
 Cost and priority: one daemon thread (``pool-map``) per agent, at nice +19 (Linux niceness is per
 thread), openTSNE with ``n_jobs=1``, outside the admission lanes so it never holds a slot that a Select
@@ -110,6 +115,7 @@ class MapStatus:
     pending: int
     recomputing: bool
     message: str
+    shown: str = ""  # the version whose map the points are: ``version`` when ready, else the previous one's
 
 
 class FitCancelled(Exception):
@@ -150,6 +156,7 @@ class PoolMap:
         self.current = current
         self._lock = threading.Lock()
         self._map: PoolMapData | None = None
+        self._previous: PoolMapData | None = None  # an older version's map, served until ``_map`` is ready
         self._placer: _Placer | None = None
         self._fitting: str = ""  # version being fitted ("" when none)
         self._progress = 1.0
@@ -202,6 +209,7 @@ class PoolMap:
         cur = self.current()
         with self._lock:
             m = self._map
+            prev = self._previous
             fitting, progress = self._fitting, self._progress
             failed = dict(self._failed)
         if cur is None:
@@ -209,16 +217,22 @@ class PoolMap:
         version, view = cur
         if m is not None and m.version == version:
             return MapStatus(version, READY, progress if fitting == version else 1.0, m.method, m.n,
-                             int(m.fitted.sum()), max(0, view.n - m.n), fitting == version, "")
+                             int(m.fitted.sum()), max(0, view.n - m.n), fitting == version, "", version)
+        # Not ready: the previous version's map (if any) is what a viewer gets meanwhile.
+        shown = (prev.method, prev.n, int(prev.fitted.sum()), prev.version) if prev is not None and \
+            prev.version != version else ("", 0, 0, "")
         if version in failed:
-            return MapStatus(version, FAILED, 1.0, "", 0, 0, view.n, False, failed[version])
-        return MapStatus(version, COMPUTING, progress if fitting == version else 0.0, "", 0, 0, view.n, False, "")
+            return MapStatus(version, FAILED, 1.0, shown[0], shown[1], shown[2], view.n, False, failed[version],
+                             shown[3])
+        return MapStatus(version, COMPUTING, progress if fitting == version else 0.0, shown[0], shown[1], shown[2],
+                         view.n, False, "", shown[3])
 
     def snapshot(self, version: str) -> PoolMapData | None:
-        """The map of ``version`` (arrays never change in place: a new fit or placement makes new ones)."""
+        """The map of ``version`` (the serving one's, or the previous one's while the serving one is not
+        ready; arrays never change in place: a new fit or placement makes new ones)."""
         with self._lock:
-            m = self._map
-        return m if m is not None and m.version == version else None
+            maps = (self._map, self._previous)
+        return next((m for m in maps if m is not None and m.version == version), None)
 
     # ---- the background step ---------------------------------------------------------------------
     def step(self) -> None:
@@ -230,11 +244,22 @@ class PoolMap:
         with self._lock:
             m = self._map
         if m is None or m.version != version:
+            old = m
             m = self._load(version, view)
             if m is None:
                 self._saved_n = -1
             with self._lock:
+                if m is not None:
+                    self._previous = None
+                elif old is not None:  # the map served until now stays visible while the new one computes
+                    self._previous = old
+                prev_missing = m is None and self._previous is None
                 self._map, self._placer = m, None
+            if prev_missing:  # a restart while a new version's map computed: its predecessor's file
+                found = self._load_previous(version)
+                with self._lock:
+                    if self._map is None and self._previous is None:
+                        self._previous = found
         if version in self._failed:
             return
         if m is None or self._needs_refit(m, view.n):
@@ -251,7 +276,7 @@ class PoolMap:
                 with self._lock:
                     self._fitting, self._progress = "", 1.0
             with self._lock:
-                self._map, self._placer = new, None
+                self._map, self._placer, self._previous = new, None, None
             m = new
             self._save_quietly(m)
             self._remove_others(version)
@@ -414,6 +439,28 @@ class PoolMap:
         self._saved_n, self._saved_at = n, time.monotonic()
         log.info("pool map of %s loaded: %d points", version, n)
         return PoolMapData(version, seqs, xy, fitted, str(meta.get("method", "")))
+
+    def _load_previous(self, version: str) -> PoolMapData | None:
+        """The newest saved map of another version (kept until ``version``'s map is saved), or None."""
+        if not self.folder.is_dir():
+            return None
+        paths = sorted((p for p in self.folder.glob("*.npz") if p.name != f"{version}.npz"),
+                       key=lambda p: p.stat().st_mtime, reverse=True)
+        for path in paths:
+            try:
+                with np.load(path, allow_pickle=False) as z:
+                    seqs, xy, fitted = z["seqs"].astype(np.int64), z["xy"].astype(np.float32), z["fitted"].astype(bool)
+                    meta = json.loads(str(z["meta"]))
+                n = len(seqs)
+                if meta.get("version") != path.stem or xy.shape != (n, 2) or fitted.shape != (n,) \
+                        or not np.isfinite(xy).all():
+                    continue
+            except (OSError, ValueError, KeyError) as e:
+                log.warning("saved pool map %s unusable (%s)", path, e)
+                continue
+            log.info("pool map of %s shown until the map of %s is ready", path.stem, version)
+            return PoolMapData(path.stem, seqs, xy, fitted, str(meta.get("method", "")))
+        return None
 
     def _remove_others(self, version: str) -> None:
         """Maps of other (retired) versions, and temporary files left by a crash."""

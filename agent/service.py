@@ -170,7 +170,7 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
         def chunk_message() -> agent_pb2.MapChunk:
             return agent_pb2.MapChunk(model_version=st.version, state=st.state, progress=st.progress,
                                       method=st.method, total=st.total, fitted=st.fitted, pending=st.pending,
-                                      recomputing=st.recomputing, message=st.message)
+                                      recomputing=st.recomputing, message=st.message, shown_version=st.shown)
 
         sent = False
         for part in chunks:

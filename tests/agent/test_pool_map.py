@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -11,7 +13,7 @@ import pytest
 
 from agent import client
 from agent.index import IndexView
-from agent.pool_map import COMPUTING, READY, FitCancelled, MapConfig, PoolMap
+from agent.pool_map import COMPUTING, READY, FitCancelled, MapConfig, MapStatus, PoolMap, PoolMapData
 from agent.testing import publish_linear
 from shortlist.v1 import agent_pb2
 from tests.agent.conftest import CLASSES, SIZE, Running, make_samples, start
@@ -119,6 +121,36 @@ def test_a_new_version_cancels_the_fit_and_replaces_the_map(tmp_path: Path) -> N
     assert sorted(p.name for p in (tmp_path / "map").iterdir()) == ["v0002.npz"]
 
 
+def test_the_previous_versions_map_is_shown_while_the_new_one_computes(tmp_path: Path) -> None:
+    vecs, _ = blobs(60)
+    serving = FakeServing(vecs)
+    cfg = MapConfig(early_iterations=20, iterations=20, save_every_s=0.0)
+    pm = PoolMap(cfg, tmp_path / "map", serving)
+    pm.step()
+    old = pm.snapshot("v0001")
+    assert old is not None and pm.status().shown == "v0001"
+    shutil.copytree(tmp_path / "map", tmp_path / "restarted")
+    serving.version, serving.n = "v0002", 50
+    seen: list[tuple[MapStatus, PoolMapData | None]] = []
+    # The same process, and one restarted after the swap (the old map read back from its file).
+    for p in (pm, PoolMap(cfg, tmp_path / "restarted", serving)):
+        real = p._fit
+
+        def fit(version: str, view: IndexView, p: PoolMap = p, real: Callable[..., PoolMapData] = real) -> PoolMapData:
+            seen.append((p.status(), p.snapshot("v0001")))
+            return real(version, view)
+
+        p._fit = fit  # type: ignore[method-assign]
+        p.step()
+        st = p.status()
+        assert (st.version, st.state, st.shown, st.total) == ("v0002", READY, "v0002", 50)
+        assert p.snapshot("v0001") is None and not (p.folder / "v0001.npz").exists()
+    assert len(seen) == 2
+    for st, m in seen:
+        assert (st.version, st.state, st.shown, st.total, st.pending) == ("v0002", COMPUTING, "v0001", 60, 50)
+        assert m is not None and np.array_equal(m.xy, old.xy)
+
+
 def test_tiny_pools(tmp_path: Path) -> None:
     for n, method in ((1, "trivial"), (5, "pca")):
         vecs, _ = blobs(n)
@@ -181,6 +213,9 @@ def test_get_map_over_grpc(tmp_path: Path, registry: Path) -> None:
         # A new model version gets its own map; the old one's file goes.
         publish_linear(registry, size=SIZE, dim=16, classes=CLASSES, rotation=True, seed=1)
         r.stub.ReloadModel(agent_pb2.ReloadModelRequest())
+        h = fetch_map(r)[0]  # the old map is sent until the new one is ready (too fast to see, often)
+        if h.state == "computing" and h.model_version == "v0002":
+            assert h.shown_version == "v0001" and h.total == 40
         wait_ready(r, 40, version="v0002")
         end = time.monotonic() + 10
         while (tmp_path / "data" / "map" / "v0001.npz").exists() and time.monotonic() < end:
