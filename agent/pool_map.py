@@ -218,7 +218,10 @@ class PoolMap:
         if m is not None and m.version == version:
             return MapStatus(version, READY, progress if fitting == version else 1.0, m.method, m.n,
                              int(m.fitted.sum()), max(0, view.n - m.n), fitting == version, "", version)
-        # Not ready: the previous version's map (if any) is what a viewer gets meanwhile.
+        # Not ready: the previous version's map (if any) is what a viewer gets meanwhile (still ``m`` until
+        # the thread's next step notices the swap).
+        if m is not None:
+            prev = m
         shown = (prev.method, prev.n, int(prev.fitted.sum()), prev.version) if prev is not None and \
             prev.version != version else ("", 0, 0, "")
         if version in failed:

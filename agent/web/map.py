@@ -4,6 +4,10 @@ prior label (GET /api/priors/all of agent/web/priors.py) or "in the queue"; hove
 thumbnail; a lasso or box selection becomes the Queue page's queue (POST /api/queue with source "map",
 agent/web/queue.py), so the samples chosen on the map are labelled there with the keyboard.
 
+While a new model version's map computes, the agent sends the previous version's map
+(``shown_version``): the page keeps drawing it, with a notice, and polls the header alone until the
+new map is ready.
+
 APIs (JSON): ``GET /api/map?offset=&limit=`` (one page of points as column arrays: ids, x, y, label
 index into ``classes``; the page fetches MAP_PAGE points at a time), ``GET /api/map/queue`` (the ids in
 the queue).
@@ -63,7 +67,8 @@ def map_api(request: Request, offset: int = Query(0), limit: int = Query(MAP_PAG
     return JSONResponse({
         "model_version": h.model_version, "state": h.state, "progress": round(h.progress, 3), "method": h.method,
         "total": h.total, "fitted": h.fitted, "pending": h.pending, "recomputing": h.recomputing,
-        "message": h.message, "offset": offset, "classes": classes, "labeled": status.labeled,
+        "message": h.message, "shown_version": h.shown_version, "offset": offset, "classes": classes,
+        "labeled": status.labeled,
         "ids": ids, "x": xs, "y": ys, "label": labels})
 
 

@@ -286,10 +286,41 @@
   }
 
   function facts(h) {
-    const rows = [["model", h.model_version || "none"], ["method", h.method || "–"], ["points", h.total.toLocaleString()],
-      ["fitted on", h.fitted.toLocaleString()], ["not placed yet", h.pending.toLocaleString()]];
+    const stale = h.shown_version && h.shown_version !== h.model_version;
+    const rows = [["model", h.model_version || "none"]];
+    if (stale) rows.push(["map shown", `of ${h.shown_version} (${h.model_version}'s: ${h.state}${h.state === "computing" ? ", " + Math.round(h.progress * 100) + "%" : ""})`]);
+    rows.push(["method", h.method || "–"], ["points", h.total.toLocaleString()], ["fitted on", h.fitted.toLocaleString()]);
+    if (!stale) rows.push(["not placed yet", h.pending.toLocaleString()]);
     if (h.recomputing) rows.push(["refit", `running, ${Math.round(h.progress * 100)}%`]);
     $("map-facts").innerHTML = rows.map(([k, v]) => `<dt>${esc(k)}</dt><dd>${esc(v)}</dd>`).join("");
+  }
+
+  function notice(h) {
+    // The agent sends the previous version's map while the serving version's map computes.
+    const el = $("map-notice");
+    const stale = h.shown_version && h.shown_version !== h.model_version;
+    if (stale) {
+      const pct = Math.round(h.progress * 100);
+      el.innerHTML = h.state === "failed"
+        ? `The map of model ${esc(h.model_version)} could not be computed (${esc(h.message)}); showing the map of ${esc(h.shown_version)}.`
+        : `A newer map is being computed for model ${esc(h.model_version)} (${pct}%); showing the map of ${esc(h.shown_version)} until it is ready (samples embedded since are not on it).`;
+    }
+    el.hidden = !stale;
+    return stale;
+  }
+
+  async function poll() {
+    // While an older map is shown: look at the header only (one point), reload everything once it changes.
+    clearTimeout(pollTimer);
+    try {
+      const h = await Shortlist.api("GET", "/api/map?offset=0&limit=1");
+      if (h.shown_version === header.shown_version && h.state === header.state) {
+        notice(h); facts(h);
+        pollTimer = setTimeout(poll, 1500);
+        return;
+      }
+    } catch (e) { /* the next full load says what is wrong */ }
+    load();
   }
 
   async function load() {
@@ -309,13 +340,16 @@
       header = h;
       facts(h);
       $("stat-points").textContent = h.total.toLocaleString();
-      if (h.state === "none") { st.textContent = "No model is served yet: the map appears once the agent serves one."; st.hidden = false; }
+      st.classList.remove("error");
+      const stale = notice(h) && ids.length > 0;
+      if (stale) st.hidden = true;
+      else if (h.state === "none") { st.textContent = "No model is served yet: the map appears once the agent serves one."; st.hidden = false; }
       else if (h.state === "computing") { st.innerHTML = `Computing the map for ${esc(h.model_version)}… <b>${Math.round(h.progress * 100)}%</b><div class="bar"><span style="width:${Math.round(h.progress * 100)}%"></span></div>`; st.hidden = false; }
       else if (h.state === "failed") { st.textContent = h.message; st.hidden = false; st.classList.add("error"); }
       else st.hidden = ids.length > 0;
       if (h.state === "ready" && !ids.length) { st.textContent = "The pool is empty."; st.hidden = false; }
-      $("map-meta").textContent = h.state === "ready"
-        ? `${h.method} of ${h.total.toLocaleString()} samples at model ${h.model_version}` + (h.recomputing ? ` · refitting in the background (${Math.round(h.progress * 100)}%)` : "")
+      $("map-meta").textContent = h.state === "ready" || stale
+        ? `${h.method} of ${h.total.toLocaleString()} samples at model ${h.shown_version || h.model_version}` + (h.recomputing ? ` · refitting in the background (${Math.round(h.progress * 100)}%)` : "")
         : "The pool's embeddings in 2-D: nearby points look alike to the model.";
       const first = pts.n === 0;
       const keep = new Set(selectedIds());
@@ -325,8 +359,10 @@
       await loadQueue();
       if (first) fit();
       legend(); updateSelection();
-      canvas.dataset.ready = h.state === "ready" && ids.length ? "1" : "0";
-      if (h.state === "computing" || h.state === "none" || h.pending > 0 || h.recomputing) pollTimer = setTimeout(load, h.state === "ready" ? 5000 : 1500);
+      canvas.dataset.ready = (h.state === "ready" || stale) && ids.length ? "1" : "0";
+      canvas.dataset.shown = h.shown_version || "";
+      if (stale) pollTimer = setTimeout(poll, 1500);
+      else if (h.state === "computing" || h.state === "none" || h.pending > 0 || h.recomputing) pollTimer = setTimeout(load, h.state === "ready" ? 5000 : 1500);
     } catch (e) {
       st.textContent = e.message; st.hidden = false;
     }

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import io
 import os
+import threading
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +28,7 @@ from PIL import Image, ImageDraw
 from agent import client
 from agent.config import AgentConfig
 from agent.core import Agent
+from agent.pool_map import PoolMapData
 from agent.security import ServerSecurity
 from agent.service import create_server, stop_server
 from agent.testing import publish_linear
@@ -145,6 +149,30 @@ def start_web_agent(tmp: Path, tokens: bool = False, listen: bool = False, n: in
     if listen:
         wa.web = WebServer(app, config).start()
     return wa
+
+
+@contextmanager
+def new_version_held(wa: WebAgent) -> Iterator[threading.Event]:
+    """Publish and serve model v0002 with its map's fit held until the yielded event is set (or the
+    block ends), so the new map stays "computing" meanwhile."""
+    agent: Agent = wa.agent
+    gate = threading.Event()
+    real = agent.map._fit
+
+    def held(version: str, view: Any) -> PoolMapData:
+        gate.wait(60)
+        return real(version, view)
+
+    agent.map._fit = held  # type: ignore[method-assign]
+    try:
+        publish_linear(agent.models, size=(8, 8), dim=16, seed=1)
+        end = time.monotonic() + 60
+        while wa.stub.ReloadModel(agent_pb2.ReloadModelRequest()).model_version != "v0002":
+            assert time.monotonic() < end, "v0002 not served"
+            time.sleep(0.2)
+        yield gate
+    finally:
+        gate.set()
 
 
 @pytest.fixture

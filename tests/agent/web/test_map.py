@@ -8,14 +8,14 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
-from tests.agent.web.conftest import LABELLED, N_IMAGES, SHAPES, WebAgent
+from tests.agent.web.conftest import LABELLED, N_IMAGES, SHAPES, WebAgent, new_version_held
 
 
-def ready_map(c: TestClient, total: int = N_IMAGES, timeout: float = 60.0) -> dict[str, Any]:
+def ready_map(c: TestClient, total: int = N_IMAGES, timeout: float = 60.0, version: str = "v0001") -> dict[str, Any]:
     end = time.monotonic() + timeout
     while True:
         d: dict[str, Any] = c.get("/api/map").json()
-        if d["state"] == "ready" and d["total"] == total:
+        if d["state"] == "ready" and d["total"] == total and d["model_version"] == version:
             return d
         assert time.monotonic() < end, d
         time.sleep(0.2)
@@ -45,3 +45,16 @@ def test_queue_ids_for_colouring(web_agent: WebAgent) -> None:
     ids = ["img010.png", "img011.png"]
     assert c.post("/api/queue", json={"ids": ids, "source": "map"}).status_code == 200
     assert c.get("/api/map/queue").json() == {"ids": ids, "source": "map"}
+
+
+def test_the_old_map_is_served_while_the_new_versions_map_computes(web_agent: WebAgent) -> None:
+    c = web_agent.client()
+    old = ready_map(c)
+    assert old["shown_version"] == "v0001"
+    with new_version_held(web_agent) as gate:
+        d = c.get("/api/map").json()
+        assert (d["model_version"], d["state"], d["shown_version"], d["total"]) == ("v0002", "computing", "v0001", 36)
+        assert (d["ids"], d["x"], d["y"]) == (old["ids"], old["x"], old["y"])
+        gate.set()
+        new = ready_map(c, version="v0002")
+    assert new["shown_version"] == "v0002" and new["x"] != old["x"]

@@ -13,7 +13,7 @@ import pytest
 
 from agent import client
 from shortlist.v1 import agent_pb2
-from tests.agent.web.conftest import LABELLED, N_IMAGES, WebAgent, shot, start_web_agent
+from tests.agent.web.conftest import LABELLED, N_IMAGES, WebAgent, new_version_held, shot, start_web_agent
 
 pytestmark = pytest.mark.browser
 MAP_POOL = 240  # a pool large enough for the map to show its clusters (and a screenshot worth looking at)
@@ -127,3 +127,23 @@ def test_lasso_on_the_map_fills_the_queue(live_map: WebAgent, page: Any) -> None
     while first not in live_web.labels():
         assert time.monotonic() < end
         time.sleep(0.1)
+
+
+def test_the_old_map_stays_while_the_new_versions_map_computes(live_web: WebAgent, page: Any) -> None:
+    page.goto(f"{live_web.url}/map")
+    wait_map_ready(page)
+    notice = page.locator("#map-notice")
+    assert notice.is_hidden()
+    with new_version_held(live_web) as gate:
+        page.reload()  # a page opened now gets the old map too, not an empty canvas
+        page.wait_for_selector("canvas#map[data-ready='1'][data-shown='v0001']")
+        notice.wait_for(state="visible")
+        text = notice.inner_text()
+        assert "newer map is being computed for model v0002" in text and "showing the map of v0001" in text, text
+        assert page.evaluate("window.ShortlistMap.points().n") == N_IMAGES and page.locator("#map-state").is_hidden()
+        shot(page, "map-computing")
+        gate.set()
+        # the page notices the new map by itself and draws it
+        page.wait_for_selector("canvas#map[data-ready='1'][data-shown='v0002']", timeout=60_000)
+    notice.wait_for(state="hidden")
+    assert page.evaluate("window.ShortlistMap.header().model_version") == "v0002"
