@@ -55,10 +55,11 @@ RPC_ROLES: Mapping[str, str] = {
     "GetMap": READ,
     "GetImages": READ,
     "GetQueue": READ,
+    # Like Select (whose draws are recorded too): changes what people look at, never a label.
+    "UpdateQueue": READ,
     "Ingest": WRITE,
     "SubmitLabels": WRITE,
     "RetractLabels": WRITE,
-    "UpdateQueue": WRITE,
     "ReloadModel": WRITE,
 }
 

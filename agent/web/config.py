@@ -84,6 +84,7 @@ class WebConfig:
     https_key: Path | None = None
     insecure: bool = False
     title: str = "Shortlist"
+    queue: str = "web"  # the agent's queue (GetQueue / UpdateQueue) the Queue page shows
     page_size: int = 48  # queue items per page
     thumb_side: int = 192  # thumbnail size of the grids (pixels, longer side)
     max_ask: int = 500  # largest "ask for the next N"

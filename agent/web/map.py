@@ -75,8 +75,7 @@ def map_api(request: Request, offset: int = Query(0), limit: int = Query(MAP_PAG
 @router.get("/api/map/queue")
 def queue_ids(request: Request, caller: Caller = CallerDep) -> dict[str, Any]:
     """Every id in the Queue page's queue (for colouring "in the queue")."""
-    from agent.web.queue import store  # the queue module owns the queue
+    from agent.web.queue import current  # the queue module owns the queue
 
-    caller.status()  # only callers the agent accepts
-    state = store(request).get()
+    state = current(caller)
     return {"ids": state.ids, "source": state.source}

@@ -2,22 +2,23 @@
 chooser built from the strategy registry's ``describe()`` (agent/params.py), and keyboard labelling.
 
 The queue (ids in order, where they came from, and per-item "skipped" / "not sure" marks) is kept by the
-web process for everyone using it (``QueueStore``); labels are never kept here: each one is a
-SubmitLabels (annotator: the login name) and the page shows it saved only once that RPC returned.
+agent (GetQueue / UpdateQueue, queue ``WebConfig.queue``, in its SQLite state: agent/queues.py), so it
+survives restarts of the app and of the agent and every app process of the agent shows the same one.
+Labels are never kept here: each one is a SubmitLabels (annotator: the login name) and the page shows it
+saved only once that RPC returned; undoing a first label is a RetractLabels (the sample is unlabelled
+again, the history keeps both).
 APIs (JSON): ``GET /api/queue``, ``POST /api/queue/select`` (a Select fills the queue),
 ``POST /api/queue`` (set the queue to given ids, e.g. a selection on the map), ``POST /api/labels``,
-``POST /api/queue/mark``.
+``POST /api/labels/retract``, ``POST /api/queue/mark``.
 """
 
 from __future__ import annotations
 
 import math
-import threading
-import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from fastapi import APIRouter, FastAPI, Query, Request
+from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 from starlette.responses import Response
 
@@ -47,38 +48,21 @@ class QueueState:
     marks: dict[str, str] = field(default_factory=dict)  # id -> "skip" | "unsure"
 
 
-class QueueStore:
-    """The app's one queue (thread-safe; routes run in a threadpool)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._state = QueueState()
-
-    def set(self, state: QueueState) -> None:
-        with self._lock:
-            self._state = state
-
-    def get(self) -> QueueState:
-        with self._lock:
-            s = self._state
-            return QueueState(list(s.ids), s.source, s.strategy, dict(s.params), s.model_version, s.selection_id,
-                              dict(s.details), s.created, dict(s.marks))
-
-    def mark(self, sample_id: str, mark: str) -> None:
-        with self._lock:
-            if mark:
-                self._state.marks[sample_id] = mark
-            else:
-                self._state.marks.pop(sample_id, None)
+    @classmethod
+    def of(cls, q: agent_pb2.Queue) -> QueueState:
+        return cls(list(q.ids), q.source, q.strategy, dict(q.params), q.model_version, q.selection_id,
+                   dict(q.details), q.created, dict(q.marks))
 
 
-def setup(app: FastAPI) -> None:
-    app.state.queue = QueueStore()
+def current(caller: Caller) -> QueueState:
+    """The app's queue as the agent keeps it (GetQueue)."""
+    return QueueState.of(caller(caller.stub.GetQueue, agent_pb2.GetQueueRequest(name=caller.config.queue)))
 
 
-def store(request: Request) -> QueueStore:
-    queue: QueueStore = request.app.state.queue
-    return queue
+def replace(caller: Caller, queue: agent_pb2.Queue) -> QueueState:
+    """Make ``queue`` the app's queue (UpdateQueue: durable before it answers; unknown ids are NOT_FOUND)."""
+    return QueueState.of(caller(caller.stub.UpdateQueue,
+                                agent_pb2.UpdateQueueRequest(name=caller.config.queue, queue=queue)))
 
 
 def strategy_choices(status: agent_pb2.Status) -> list[dict[str, object]]:
@@ -111,7 +95,7 @@ def page_of(state: QueueState, page: int, size: int) -> tuple[list[str], int, in
 @router.get("/queue")
 def queue_page(request: Request, page: int = Query(1), caller: Caller = CallerDep) -> Response:
     status = caller.status()
-    state = store(request).get()
+    state = current(caller)
     config = caller.config
     ids, page, pages = page_of(state, page, config.page_size)
     return render(request, "queue.html", {
@@ -123,8 +107,7 @@ def queue_page(request: Request, page: int = Query(1), caller: Caller = CallerDe
 
 @router.get("/api/queue")
 def queue_api(request: Request, page: int = Query(1), caller: Caller = CallerDep) -> dict[str, Any]:
-    caller.status()  # the caller's token must be valid even for an empty queue
-    state = store(request).get()
+    state = current(caller)
     ids, page, pages = page_of(state, page, caller.config.page_size)
     return {"total": len(state.ids), "page": page, "pages": pages, "source": state.source,
             "strategy": state.strategy, "selection_id": state.selection_id, "model_version": state.model_version,
@@ -149,10 +132,9 @@ def ask(request: Request, body: SelectBody, caller: Caller = CallerDep) -> dict[
     reply = caller(caller.stub.Select, agent_pb2.SelectRequest(budget=body.budget, strategy=body.strategy,
                                                                params=params, seed=body.seed, where=body.where),
                    timeout=caller.config.select_timeout_s)
-    state = QueueState(ids=[s.id for s in reply.selected], source="select", strategy=reply.strategy, params=params,
-                       model_version=reply.model_version, selection_id=reply.selection_id,
-                       details=dict(reply.details), created=time.time())
-    store(request).set(state)
+    state = replace(caller, agent_pb2.Queue(ids=[s.id for s in reply.selected], source="select",
+                                            strategy=reply.strategy, params=params, model_version=reply.model_version,
+                                            selection_id=reply.selection_id, details=dict(reply.details)))
     return {"total": len(state.ids), "selection_id": reply.selection_id, "strategy": reply.strategy,
             "model_version": reply.model_version, "details": dict(reply.details)}
 
@@ -168,9 +150,8 @@ def set_queue(request: Request, body: SetBody, caller: Caller = CallerDep) -> di
     ids = list(dict.fromkeys(body.ids))
     if not ids or len(ids) > MAX_QUEUE:
         raise HttpError(400, "INVALID_ARGUMENT", f"send 1..{MAX_QUEUE} ids")
-    caller.stream(caller.stub.ListSamples, agent_pb2.ListSamplesRequest(ids=ids))  # NOT_FOUND for unknown ids
-    store(request).set(QueueState(ids=ids, source=body.source, created=time.time()))
-    return {"total": len(ids)}
+    state = replace(caller, agent_pb2.Queue(ids=ids, source=body.source))
+    return {"total": len(state.ids)}
 
 
 class LabelItem(BaseModel):
@@ -192,6 +173,19 @@ def submit(body: LabelsBody, caller: Caller = CallerDep) -> dict[str, Any]:
             "rejected": [{"id": r.id, "reason": r.reason} for r in reply.rejected]}
 
 
+class RetractBody(BaseModel):
+    ids: list[str] = Field(min_length=1, max_length=1000)
+
+
+@router.post("/api/labels/retract")
+def retract(body: RetractBody, caller: Caller = CallerDep) -> dict[str, Any]:
+    """Take labels back (the queue's undo of a first label): one RetractLabels with the caller's annotator
+    name; the samples are unlabelled once it answers (their history keeps the label and the retraction)."""
+    reply = caller(caller.stub.RetractLabels, agent_pb2.RetractLabelsRequest(ids=body.ids, annotator=caller.annotator))
+    return {"accepted": reply.accepted, "annotator": caller.annotator,
+            "rejected": [{"id": r.id, "reason": r.reason} for r in reply.rejected]}
+
+
 class MarkBody(BaseModel):
     id: str
     mark: Literal["", "skip", "unsure"]
@@ -199,7 +193,8 @@ class MarkBody(BaseModel):
 
 @router.post("/api/queue/mark")
 def mark(request: Request, body: MarkBody, caller: Caller = CallerDep) -> dict[str, Any]:
-    """Mark a queue item skipped or not sure ("" clears): kept by the app, not sent to the agent."""
-    caller.status()  # only callers the agent accepts
-    store(request).mark(body.id, body.mark)
+    """Mark a queue item skipped or not sure ("" clears): kept with the queue by the agent (UpdateQueue);
+    the sample stays unlabelled. An id no longer in the queue (replaced meanwhile) is 404."""
+    caller(caller.stub.UpdateQueue, agent_pb2.UpdateQueueRequest(
+        name=caller.config.queue, marks=[agent_pb2.QueueMark(id=body.id, mark=body.mark)]))
     return {"id": body.id, "mark": body.mark}

@@ -141,7 +141,7 @@ def test_every_agent_rpc_has_a_role() -> None:
     methods = {m.name for m in agent_pb2.DESCRIPTOR.services_by_name["Agent"].methods}
     assert set(RPC_ROLES) == methods
     assert {n for n, r in RPC_ROLES.items() if r == "write"} == {
-        "Ingest", "SubmitLabels", "RetractLabels", "UpdateQueue", "ReloadModel"}
+        "Ingest", "SubmitLabels", "RetractLabels", "ReloadModel"}
 
 
 def _code(fn: object) -> grpc.StatusCode:

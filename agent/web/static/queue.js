@@ -165,6 +165,28 @@
       return false;
     }
   }
+  // Undo of a first label: the agent takes it back (RetractLabels) and the sample is unlabelled again.
+  async function sendRetract(tile) {
+    tile.classList.remove("failed");
+    tile.classList.add("pending");
+    badge(tile).textContent = "undo …";
+    try {
+      const res = await Shortlist.api("POST", "/api/labels/retract", { ids: [tile.dataset.id] });
+      if (res.rejected.length) throw new Error(res.rejected[0].reason);
+      bumpLabelled(-1);
+      tile.dataset.label = "";
+      tile.classList.remove("pending");
+      tile.dataset.saved = "";
+      show(tile);
+      return true;
+    } catch (e) {
+      tile.classList.remove("pending");
+      tile.classList.add("failed");
+      badge(tile).textContent = "not undone";
+      Shortlist.toast(`${tile.dataset.id}: ${e.message}`, true);
+      return false;
+    }
+  }
   async function sendMark(tile, mark) {
     await Shortlist.api("POST", "/api/queue/mark", { id: tile.dataset.id, mark });
     tile.dataset.mark = mark;
@@ -198,12 +220,9 @@
     if (!last) { Shortlist.toast("nothing to undo"); return; }
     const tile = last.tile;
     setFocus(tiles.indexOf(tile));
-    if (tile.dataset.label !== last.label) {
-      if (last.label) {
-        await sendLabel(tile, last.label);
-      } else {
-        Shortlist.toast("the agent keeps every label given; press a class key to replace this one", true);
-      }
+    if ((tile.dataset.label || "") !== (last.label || "")) {
+      const ok = last.label ? await sendLabel(tile, last.label) : await sendRetract(tile);
+      if (!ok) { undoStack.push(last); return; }  // nothing changed: the same undo can be tried again
     }
     if ((tile.dataset.mark || "") !== (last.mark || "")) await sendMark(tile, last.mark || "");
   }
@@ -274,6 +293,7 @@
       if (!it || tile.classList.contains("pending")) continue;
       if (it.label !== (tile.dataset.label || "") || it.mark !== (tile.dataset.mark || "")) {
         if (it.label && !tile.dataset.label) bumpLabelled(1);
+        if (!it.label && tile.dataset.label) bumpLabelled(-1);  // taken back elsewhere
         if (it.label) addClass(it.label);
         tile.dataset.label = it.label;
         tile.dataset.mark = it.mark;

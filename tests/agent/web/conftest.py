@@ -125,10 +125,12 @@ class WebAgent:
 def start_web_agent(tmp: Path, tokens: bool = False, listen: bool = False, n: int = N_IMAGES,
                     **web: Any) -> WebAgent:
     """A real agent (tiny linear model without classes: an open class list) holding ``n`` shape images,
-    and the web app on it. ``tokens``: the agent requires READ_TOKEN / WRITE_TOKEN. ``listen``: serve
-    the app on a free loopback port. ``web``: WebConfig fields."""
+    and the web app on it (a second call on the same ``tmp`` restarts the agent on its data folder).
+    ``tokens``: the agent requires READ_TOKEN / WRITE_TOKEN. ``listen``: serve the app on a free loopback
+    port. ``web``: WebConfig fields."""
     registry = tmp / "models"
-    publish_linear(registry, size=(8, 8), dim=16, seed=0)
+    if not registry.exists():  # else: the agent of an earlier start_web_agent(tmp), restarted
+        publish_linear(registry, size=(8, 8), dim=16, seed=0)
     security = ServerSecurity()
     if tokens:
         path = tmp / "tokens"
@@ -141,7 +143,7 @@ def start_web_agent(tmp: Path, tokens: bool = False, listen: bool = False, n: in
     ch = client.channel(f"127.0.0.1:{port}", config=client.ClientConfig(token=WRITE_TOKEN if tokens else ""))
     stub = agent_pb2_grpc.AgentStub(ch)
     reply = client.ingest(stub, shape_samples(n))
-    assert reply.accepted == n, reply
+    assert reply.accepted + reply.duplicates == n, reply
     config = WebConfig(port=0, agent=f"127.0.0.1:{port}", **web)
     app = create_app(config, local.factory())
     wa = WebAgent(agent, server, local, stub, app, config, tokens)

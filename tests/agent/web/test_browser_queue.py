@@ -1,5 +1,5 @@
 """The Queue page in a real browser: ask for samples, label with the keyboard (number keys, a new class,
-skip, not sure, undo), and check the labels through gRPC."""
+skip, not sure, undo to the previous label and to unlabelled), and check the labels through gRPC."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from shortlist.v1 import agent_pb2
 from tests.agent.web.conftest import WebAgent, shape_of, shot
 
 pytestmark = pytest.mark.browser
@@ -71,6 +72,27 @@ def test_keyboard_labelling(live_web: WebAgent, page: Any) -> None:
     assert first in page.locator("#lightbox p").inner_text()
     page.keyboard.press("Escape")
     page.wait_for_selector("#lightbox", state="hidden")
+    # undo of a first label takes it back: the sample is unlabelled again (RetractLabels), the history keeps both
+    for _ in range(9):
+        page.keyboard.press("ArrowRight")
+    tenth, shape = ids[9], shape_of(ids[9])
+    count = page.locator("#labelled-count").inner_text()
+    page.keyboard.press(keys[shape])
+    page.wait_for_selector(f'.tile[data-id="{tenth}"][data-saved="1"][data-label="{shape}"]')
+    assert live_web.labels()[tenth] == shape
+    page.keyboard.press("Control+z")
+    page.wait_for_selector(f'.tile[data-id="{tenth}"][data-label=""]:not(.pending):not(.failed)')
+    assert page.locator(f'.tile[data-id="{tenth}"] .badge').inner_text() == ""
+    assert page.locator("#labelled-count").inner_text() == count
+    assert tenth not in live_web.labels()
+    records = [r for r in live_web.stub.ListLabels(agent_pb2.ListLabelsRequest(history=True)) if r.id == tenth]
+    assert [(r.label, r.annotator, r.retracted) for r in records] == [(shape, "ana", False), ("", "ana", True)]
+    # the queue and its marks are the agent's: a reload (or a restarted app) shows them as they were
+    page.reload()
+    page.wait_for_selector(".tile")
+    assert [str(t.get_attribute("data-id")) for t in page.locator(".tile").all()] == ids
+    assert page.locator(f'.tile[data-id="{ids[5]}"] .badge').inner_text() == "skipped"
+    assert page.locator(f'.tile[data-id="{ids[6]}"] .badge').inner_text() == "not sure"
     for _ in range(9):
         page.keyboard.press("ArrowRight")
     page.mouse.move(0, 0)
@@ -79,8 +101,6 @@ def test_keyboard_labelling(live_web: WebAgent, page: Any) -> None:
 
 def test_filter_and_labels_from_elsewhere_show_up(live_web_fast: WebAgent, page: Any) -> None:
     """Ask with a metadata filter; a label given through gRPC (another client) appears on the open page."""
-    from shortlist.v1 import agent_pb2
-
     web = live_web_fast
     page.goto(web.url + "/queue")
     page.fill("input[name=where]", "site=b")

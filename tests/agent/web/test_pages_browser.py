@@ -111,7 +111,7 @@ def test_lasso_on_the_map_fills_the_queue(live_map: WebAgent, page: Any) -> None
     page.locator("#to-queue").click()
     page.wait_for_selector("#queue-link:not([hidden])")
     # the queue holds exactly the lassoed samples, in the map's order
-    queue = live_web.app.state.queue.get()
+    queue = live_web.stub.GetQueue(agent_pb2.GetQueueRequest(name="web"))  # kept by the agent
     assert set(queue.ids) == want and len(queue.ids) == len(want) and queue.source == "map"
     page.select_option("#colour", "queue")
     page.wait_for_function("() => document.getElementById('legend').textContent.includes('in the queue')")

@@ -5,8 +5,13 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
-from tests.agent.web.conftest import LABELLED, N_IMAGES, WebAgent
+from fastapi.testclient import TestClient
+
+from agent.web.app import create_app
+from shortlist.v1 import agent_pb2
+from tests.agent.web.conftest import LABELLED, N_IMAGES, READ_TOKEN, WebAgent, start_web_agent
 
 
 def _data(html: str) -> dict:  # type: ignore[type-arg]
@@ -98,3 +103,54 @@ def test_ids_with_slashes_and_odd_characters(live_web: WebAgent) -> None:
     for url in (m.group(1).replace("&amp;", "&"), "/image/" + quote(odd, safe="")):  # the large view's URL
         with urllib.request.urlopen(live_web.url + url, timeout=10) as r:
             assert r.status == 200 and r.headers["content-type"].startswith("image/")
+
+
+def test_undo_of_a_first_label_retracts_it(web_agent: WebAgent) -> None:
+    c = web_agent.client(cookies={"shortlist_user": "Bea"})
+    sid = "img020.png"
+    assert c.post("/api/labels", json={"labels": [{"id": sid, "label": "circle"}]}).json()["accepted"] == 1
+    r = c.post("/api/labels/retract", json={"ids": [sid, "nope", "img021.png"]}).json()
+    assert r["accepted"] == 1 and r["annotator"] == "Bea"
+    assert {x["id"]: x["reason"] for x in r["rejected"]} == {
+        "nope": "unknown id 'nope': ingest it first", "img021.png": "not labelled: nothing to retract"}
+    assert sid not in web_agent.labels()
+    history = [(e.label, e.annotator, e.retracted) for e in web_agent.stub.ListLabels(
+        agent_pb2.ListLabelsRequest(history=True)) if e.id == sid]
+    assert history == [("circle", "Bea", False), ("", "Bea", True)]
+    assert c.post("/api/labels/retract", json={"ids": []}).status_code == 422
+
+
+def test_a_read_token_cannot_retract(token_web_agent: WebAgent) -> None:
+    reader = token_web_agent.client(headers={"Authorization": f"Bearer {READ_TOKEN}"})
+    r = reader.post("/api/labels/retract", json={"ids": ["img000.png"]})
+    assert r.status_code == 403 and r.json()["error"] == "PERMISSION_DENIED"
+    assert "img000.png" in token_web_agent.labels()
+
+
+def test_the_queue_survives_a_restart_of_the_app_and_of_the_agent(tmp_path: Path) -> None:
+    wa = start_web_agent(tmp_path)
+    try:
+        c = wa.client(cookies={"shortlist_user": "Bea"})
+        c.post("/api/queue/select", json={"strategy": "random", "budget": 8, "seed": 3})
+        ids = [it["id"] for it in c.get("/api/queue").json()["items"]]
+        c.post("/api/labels", json={"labels": [{"id": ids[0], "label": "circle"}]})
+        c.post("/api/queue/mark", json={"id": ids[1], "mark": "skip"})
+        assert c.post("/api/queue/mark", json={"id": "img000.png", "mark": "skip"}).status_code == 404  # not queued
+        # another app process on the same agent (e.g. `shortlist web` beside `serve --web-port`) sees the same
+        other = create_app(wa.config, wa.local.factory())
+        with TestClient(other) as c2:
+            assert [it["id"] for it in c2.get("/api/queue").json()["items"]] == ids
+        other.state.stub.close()
+        before = c.get("/api/queue").json()
+    finally:
+        wa.stop()
+    again = start_web_agent(tmp_path)  # agent and app restarted on the same data folder
+    try:
+        c = again.client()
+        after = c.get("/api/queue").json()
+        assert after == before and after["strategy"] == "random" and after["source"] == "select"
+        items = {it["id"]: it for it in after["items"]}
+        assert items[ids[0]]["label"] == "circle" and items[ids[1]]["mark"] == "skip"
+        assert f'data-id="{ids[1]}"' in c.get("/queue").text
+    finally:
+        again.stop()
