@@ -568,6 +568,64 @@ def label(agent: AgentTarget,
         console.print(f"  ... and {len(rejected) - 10} more (--json lists all)")
 
 
+def read_ids_file(path: Path) -> list[str]:
+    """Sample ids from a file: one a line (an optional header line ``id``), or a CSV whose header row has an
+    ``id`` column among others (e.g. an exported labels.csv; the other columns are ignored). UTF-8 with or
+    without BOM; blank lines skipped; ids stripped."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise LabelFileError(f"{path} is not UTF-8 text ({e}); save it as CSV UTF-8") from None
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    if not lines:
+        return []
+    first = lines[0]
+    delimiter = "," if "," in first or not ({";", "\t"} & set(first)) else (";" if ";" in first else "\t")
+    head = [c.strip().lower() for c in next(csv.reader([first], delimiter=delimiter))]
+    if "id" not in head or len(head) == 1:
+        return [ln.strip() for ln in lines if ln.strip().lower() != "id"]  # one id a line (commas and all)
+    col = head.index("id")
+    try:
+        rows = [[c.strip() for c in cells] for cells in csv.reader(lines[1:], delimiter=delimiter)]
+    except csv.Error as e:  # a NUL byte, an unterminated quote at the end, a huge field
+        raise LabelFileError(f"{path}: not readable as CSV ({e})") from None
+    return [r[col] for r in rows if len(r) > col and r[col]]
+
+
+@agent_options
+def retract_labels(agent: AgentTarget,
+                   ids: list[str] = typer.Argument(None, help="sample ids whose labels to take back"),
+                   file: Path | None = typer.Option(None, "--file", exists=True, dir_okay=False,
+                                                    help="more ids: one a line, or a CSV with an id column "
+                                                         "(e.g. an exported labels.csv)"),
+                   annotator: str = typer.Option(os.environ.get("USER", "cli"), "--annotator"),
+                   source: str = typer.Option("manual", "--source", help="how: manual, review, ... (lower-case "
+                                              "letters, digits, ':_.-')"),
+                   as_json: bool = JsonOpt) -> None:
+    """Take labels back: the samples become unlabelled again (the history keeps the labels and the retraction)."""
+    todo = list(ids or [])
+    if file is not None:
+        try:
+            todo += read_ids_file(file)
+        except (LabelFileError, OSError) as e:
+            console.print(f"[red]cannot use {escape(str(file))}[/red]: {escape(str(e))}", highlight=False)
+            raise typer.Exit(2) from None
+    if not todo:
+        console.print("[red]no ids[/red]: give sample ids as arguments or --file FILE", highlight=False)
+        raise typer.Exit(2)
+    stub = _rpc(agent.connect)
+    reply = _rpc(lambda: client.retract_labels(stub, todo, annotator, source=source))
+    rejected = [{"id": r.id, "reason": r.reason} for r in reply.rejected]
+    if as_json:
+        print(json.dumps({"accepted": reply.accepted, "rejected": rejected}))
+        return
+    console.print(f"unlabelled {reply.accepted}, rejected {len(rejected)}")
+    for r in rejected[:10]:
+        console.print(f"  {r['id']}: {r['reason']}", markup=False, highlight=False)
+    if len(rejected) > 10:
+        console.print(f"  ... and {len(rejected) - 10} more (--json lists all)")
+
+
 @agent_options
 def prior(agent: AgentTarget,
           method: str = typer.Option("knn", "--method", help="prior method"),
@@ -680,6 +738,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     app.command("ingest")(ingest)
     app.command("select", cls=_StrategyHelp)(select)
     app.command("label")(label)
+    app.command("retract-labels")(retract_labels)
     app.command("prior", cls=_PriorHelp)(prior)
     app.command("status")(status)
     app.command("export-labels")(export_labels)

@@ -232,6 +232,28 @@ def test_label_csv_with_or_without_header_and_bom(tmp_path: Path, running: Runni
     assert running.agent.state.labeled_count() == 3  # s0, s1, s2: the refused file changed nothing
 
 
+def test_retract_labels_from_arguments_and_files(tmp_path: Path, running: Running) -> None:
+    client.ingest(running.stub, [client.image_sample(f"s{i}", png(img), label="cat" if i < 5 else "")
+                                 for i, img in enumerate(make_images(6))])
+    res = runner.invoke(app, ["retract-labels", "s0", "nope", "--agent", running.address, "--annotator", "ann",
+                              "--json"])
+    assert res.exit_code == 0 and json.loads(res.stdout) == {"accepted": 1, "rejected": [
+        {"id": "nope", "reason": "unknown id 'nope': ingest it first"}]}
+    (tmp_path / "labels.csv").write_text("id,label,annotator\ns1,cat,x\ns2,cat,x\n")  # e.g. an export
+    (tmp_path / "ids.txt").write_text("s3\n\ns5\n")
+    res = runner.invoke(app, ["retract-labels", "--file", str(tmp_path / "labels.csv"), "--agent", running.address])
+    assert res.exit_code == 0 and "unlabelled 2, rejected 0" in out(res)
+    res = runner.invoke(app, ["retract-labels", "s4", "--file", str(tmp_path / "ids.txt"), "--agent",
+                              running.address])
+    assert res.exit_code == 0 and "unlabelled 2, rejected 1" in out(res) and "s5: not labelled" in out(res)
+    assert running.agent.state.labeled_count() == 0
+    history = [(r.id, r.annotator, r.retracted) for r in client.list_labels(running.stub, history=True)
+               if r.retracted]
+    assert history[0] == ("s0", "ann", True) and len(history) == 5
+    res = runner.invoke(app, ["retract-labels", "--agent", running.address])
+    assert res.exit_code == 2 and "no ids" in out(res)
+
+
 def test_serve_warns_about_a_missing_registry(tmp_path: Path) -> None:
     """``serve --models`` on a folder that is not there starts (samples can be ingested before the first
     model), but says so at start and in GetStatus warnings until a version is published there."""
@@ -344,7 +366,7 @@ def out(result: Any) -> str:
     return " ".join(result.output.split())  # rich wraps long lines
 
 
-@pytest.mark.parametrize("command", ["ingest", "select", "label", "prior", "status", "cycle", "web"])
+@pytest.mark.parametrize("command", ["ingest", "select", "label", "retract-labels", "prior", "status", "cycle", "web"])
 def test_every_agent_command_takes_the_connection_options(command: str) -> None:
     text = out(runner.invoke(app, [command, "--help"], env={"COLUMNS": "200"}))
     for flag in ("--agent", "--tls-ca", "--tls-cert", "--tls-key", "--token", "--connect-timeout",
