@@ -5,7 +5,7 @@ of one id (the undo of a first label), and prints median and max per call.
 Without ``--agent`` it starts an agent of its own in a temporary folder under ``--dir`` (a tiny linear
 model, ``--pool`` raw-tensor samples); with ``--agent HOST:PORT`` it uses that agent's first samples,
 on the queue ``bench`` (never the app's ``web``), and labels then retracts unlabelled samples (a write
-token in SHORTLIST_TOKEN where tokens are required; their history keeps both).
+token with ``--token`` where tokens are required; their history keeps both).
 
     python -m bench.queue_latency --dir . --pool 5000 --sizes 500,5000
 """
@@ -70,6 +70,7 @@ def run(stub: agent_pb2_grpc.AgentStub, sizes: list[int], reps: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--agent", default="", help="HOST:PORT of a running agent (default: start one)")
+    ap.add_argument("--token", default="", help="a write token, for an agent that requires tokens")
     ap.add_argument("--dir", type=Path, default=None, help="where the agent of its own keeps its temporary folder")
     ap.add_argument("--pool", type=int, default=5000)
     ap.add_argument("--sizes", default="500,5000")
@@ -77,7 +78,7 @@ def main() -> None:
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     if args.agent:
-        run(client.connect(args.agent), sizes, args.reps)
+        run(client.connect(args.agent, config=client.ClientConfig(token=args.token)), sizes, args.reps)
         return
     with tempfile.TemporaryDirectory(dir=args.dir) as d:
         root = Path(d)

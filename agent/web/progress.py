@@ -68,6 +68,7 @@ def summary(status: agent_pb2.Status, p: Progress) -> dict[str, Any]:
     total = sum(p.per_class.values())
     return {
         "samples": status.samples, "labelled": status.labeled, "label_events": p.events, "relabelled": p.relabelled,
+        "retracted": p.retractions,
         "model_version": status.model_version, "embedded": status.embedded,
         "pending_model_version": status.pending_model_version, "pending_embedded": status.pending_embedded,
         "classes": {c: {"labels": n, "share": n / total if total else 0.0}

@@ -67,6 +67,12 @@ def test_progress_page_and_api(web_agent: WebAgent, web_client: TestClient) -> N
         assert f'data-method="{m.method}"' in html
         assert f"{m.overall.low:.1%} – {m.overall.high:.1%}" in html
     assert web_client.get("/api/progress").json()["audit"]["labelled"] == 8
+    # a label taken back: the sample counts as unlabelled again (and as an open audit draw), nothing is lost
+    assert client.retract_labels(web_agent.stub, [drawn[0]], annotator="carol").accepted == 1
+    data = web_client.get("/api/progress").json()
+    assert (data["labelled"], data["retracted"], data["audit"]["labelled"]) == (INGESTED + 4 + 8 - 1, 1, 7)
+    assert sum(v["labels"] for v in data["classes"].values()) == INGESTED + 4 + 8 - 1
+    assert "1 taken back" in web_client.get("/progress").text
 
 
 def test_export_download_round_trips(web_agent: WebAgent, web_client: TestClient) -> None:
