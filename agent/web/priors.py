@@ -120,15 +120,16 @@ class PriorsCache:
         with self._lock:
             return self._sets.get(method)
 
-    def labelled(self, ids: list[str]) -> None:
-        """These samples are labelled now: they leave every prior set."""
+    def labelled(self, ids: list[str], done: bool = True) -> None:
+        """These samples are labelled now: they leave every prior set (``done=False``: their labels were
+        taken back, they are back in the sets that had them)."""
         with self._lock:
             sets = list(self._sets.values())
         for s in sets:
             for i in ids:
                 r = s.row_of.get(i)
                 if r is not None:
-                    s.done[r] = True
+                    s.done[r] = done
 
 
 def setup(app: FastAPI) -> None:

@@ -109,7 +109,7 @@ def queue_page(request: Request, page: int = Query(1), caller: Caller = CallerDe
 def queue_api(request: Request, page: int = Query(1), caller: Caller = CallerDep) -> dict[str, Any]:
     state = current(caller)
     ids, page, pages = page_of(state, page, caller.config.page_size)
-    return {"total": len(state.ids), "page": page, "pages": pages, "source": state.source,
+    return {"total": len(state.ids), "page": page, "pages": pages, "source": state.source, "created": state.created,
             "strategy": state.strategy, "selection_id": state.selection_id, "model_version": state.model_version,
             "items": items(caller, state, ids)}
 
@@ -178,10 +178,14 @@ class RetractBody(BaseModel):
 
 
 @router.post("/api/labels/retract")
-def retract(body: RetractBody, caller: Caller = CallerDep) -> dict[str, Any]:
+def retract(request: Request, body: RetractBody, caller: Caller = CallerDep) -> dict[str, Any]:
     """Take labels back (the queue's undo of a first label): one RetractLabels with the caller's annotator
     name; the samples are unlabelled once it answers (their history keeps the label and the retraction)."""
+    from agent.web.priors import cache  # the Review priors page shows them again (with their cached prior)
+
     reply = caller(caller.stub.RetractLabels, agent_pb2.RetractLabelsRequest(ids=body.ids, annotator=caller.annotator))
+    refused = {r.id for r in reply.rejected}
+    cache(request).labelled([i for i in body.ids if i not in refused], done=False)
     return {"accepted": reply.accepted, "annotator": caller.annotator,
             "rejected": [{"id": r.id, "reason": r.reason} for r in reply.rejected]}
 

@@ -282,11 +282,18 @@
     const name = keyOf[ev.key.toLowerCase()];
     if (name !== undefined && ev.key.length === 1) { ev.preventDefault(); label(name); }
   });
+  let replacedSaid = false;
   // Labels given elsewhere (another annotator, a gRPC client) show up without a reload.
   async function refresh() {
     if (document.hidden || !tiles.length) return;
     let res;
     try { res = await Shortlist.api("GET", `/api/queue?page=${data.page}`); } catch (e) { return; }
+    if (res.created !== data.created && !replacedSaid) {  // someone asked for new samples (or sent a map selection)
+      replacedSaid = true;
+      const note = document.getElementById("queue-replaced");
+      if (note) note.hidden = false;
+      Shortlist.toast("the queue was replaced by a new one: reload the page to see it");
+    }
     const byId = new Map(res.items.map((it) => [it.id, it]));
     for (const tile of tiles) {
       const it = byId.get(tile.dataset.id);

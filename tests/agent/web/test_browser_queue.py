@@ -113,3 +113,11 @@ def test_filter_and_labels_from_elsewhere_show_up(live_web_fast: WebAgent, page:
         labels=[agent_pb2.LabelAssignment(id=ids[2], label="octagon")], annotator="pipeline"))
     page.wait_for_selector(f'.tile[data-id="{ids[2]}"][data-label="octagon"]')
     assert " ".join(page.locator("#classes li").last.inner_text().split()) == "3 octagon"
+    # taken back elsewhere: the tile is open again; the queue replaced elsewhere: the page says so
+    web.stub.RetractLabels(agent_pb2.RetractLabelsRequest(ids=[ids[2]], annotator="pipeline"))
+    page.wait_for_selector(f'.tile[data-id="{ids[2]}"][data-label=""]')
+    assert page.locator("#queue-replaced").is_hidden()
+    web.stub.UpdateQueue(agent_pb2.UpdateQueueRequest(name="web", queue=agent_pb2.Queue(ids=ids[:2], source="api")))
+    page.wait_for_selector("#queue-replaced:not([hidden])")
+    page.click("#queue-replaced a")
+    page.wait_for_function("document.querySelectorAll('.tile').length === 2")

@@ -118,6 +118,16 @@ def test_undo_of_a_first_label_retracts_it(web_agent: WebAgent) -> None:
         agent_pb2.ListLabelsRequest(history=True)) if e.id == sid]
     assert history == [("circle", "Bea", False), ("", "Bea", True)]
     assert c.post("/api/labels/retract", json={"ids": []}).status_code == 422
+    # a prior accepted on the Review priors page, then taken back: the sample is on that page again
+    prior = c.get("/api/priors", params={"method": "knn"}).json()["items"][0]
+    assert c.post("/api/priors/labels", json={"method": "knn", "labels": [prior]}).json()["accepted"] == 1
+
+    def ids() -> set[str]:
+        return {it["id"] for it in c.get("/api/priors", params={"method": "knn", "size": 100}).json()["items"]}
+
+    assert prior["id"] not in ids()
+    assert c.post("/api/labels/retract", json={"ids": [prior["id"]]}).json()["accepted"] == 1
+    assert prior["id"] in ids()
 
 
 def test_a_read_token_cannot_retract(token_web_agent: WebAgent) -> None:
