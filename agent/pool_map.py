@@ -55,6 +55,7 @@ import hnswlib
 import numpy as np
 
 from agent.index import IndexView
+from agent.lazy import deferred
 from agent.security import OWNER_DIR, OWNER_FILE
 
 log = logging.getLogger(__name__)
@@ -321,7 +322,7 @@ class PoolMap:
 
     def _project(self, vecs: np.ndarray, version: str) -> tuple[np.ndarray, str]:
         """Nx2 coordinates of ``vecs`` and the method's name."""
-        from sklearn.decomposition import PCA  # imported here: the agent starts without paying for them
+        PCA = deferred("sklearn.decomposition").PCA  # imported here: the agent starts without paying for it
 
         cfg = self.config
         n, dim = vecs.shape
@@ -333,7 +334,7 @@ class PoolMap:
             self._progress = 0.1
         if n < MIN_TSNE:
             return np.ascontiguousarray(reduced[:, :2]), "pca"
-        from openTSNE import TSNE
+        TSNE = deferred("openTSNE").TSNE
 
         total_calls = max(1, (cfg.early_iterations + cfg.iterations) // CALLBACK_EVERY)
         calls = 0
