@@ -283,6 +283,7 @@ class Agent:
             raise InvalidArgument(problem)
         rejected: list[tuple[str, str]] = []
         good: list[int] = []
+        seen: set[int] = set()
         with self.manager.writing() as serving:
             labels = self.state.labels_by_seq()
             for sid in ids:
@@ -293,12 +294,13 @@ class Agent:
                 rec = self.state.lookup(sid) if sid else None
                 if rec is None:
                     rejected.append((sid, "empty id" if not sid else f"unknown id {sid!r}: ingest it first"))
-                elif rec.seq in good:
+                elif rec.seq in seen:
                     rejected.append((sid, "listed twice in this request"))
                 elif labels[rec.seq] < 0:
                     rejected.append((sid, "not labelled: nothing to retract"))
                 else:
                     good.append(rec.seq)
+                    seen.add(rec.seq)
             if good:
                 self.state.retract_labels(good, annotator or "unknown", source or MANUAL_SOURCE,
                                           "" if serving is None else serving.version)
