@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from agent import client
 from shortlist.cli import app
+from shortlist.v1 import agent_pb2
 from tests.agent.conftest import Running, make_samples
 from tests.agent.test_cli import free_port, out
 
@@ -41,22 +42,45 @@ def stop(proc: subprocess.Popen[str]) -> str:
     return err
 
 
-def test_serve_with_web_port(tmp_path: Path, registry: Path) -> None:
+def serve_web(data: Path, registry: Path) -> tuple[subprocess.Popen[str], int, int]:
     port, web_port = free_port(), free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "shortlist.cli", "serve", "--data-dir", str(tmp_path / "d"),
+    proc = subprocess.Popen([sys.executable, "-m", "shortlist.cli", "serve", "--data-dir", str(data),
                              "--models", str(registry), "--port", str(port), "--cpu", "--web-port", str(web_port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "COLUMNS": "200"})
+    return proc, port, web_port
+
+
+def post_json(url: str, body: object) -> object:
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())
+
+
+def test_serve_with_web_port(tmp_path: Path, registry: Path) -> None:
+    proc, port, web_port = serve_web(tmp_path / "d", registry)
+    base = f"http://127.0.0.1:{web_port}"
     try:
         stub = client.connect(f"127.0.0.1:{port}", starting=True, timeout=60)
         client.ingest(stub, make_samples(4))
-        assert json.loads(wait_http(f"http://127.0.0.1:{web_port}/healthz", proc)) == {"status": "ok"}
-        page = wait_http(f"http://127.0.0.1:{web_port}/queue", proc).decode()
+        assert json.loads(wait_http(f"{base}/healthz", proc)) == {"status": "ok"}
+        page = wait_http(f"{base}/queue", proc).decode()
         assert "Ask the agent" in page and f"127.0.0.1:{port}" in page
-        assert wait_http(f"http://127.0.0.1:{web_port}/thumb/s1?size=32", proc)[:3] == b"\xff\xd8\xff"  # a JPEG
+        assert wait_http(f"{base}/thumb/s1?size=32", proc)[:3] == b"\xff\xd8\xff"  # a JPEG
+        assert post_json(f"{base}/api/queue", {"ids": ["s3", "s1", "s2"], "source": "map"}) == {"total": 3}
+        post_json(f"{base}/api/queue/mark", {"id": "s1", "mark": "skip"})
+        post_json(f"{base}/api/labels", {"labels": [{"id": "s2", "label": "cat"}]})
     finally:
         err = stop(proc)
-    assert f"web app on http://127.0.0.1:{web_port}" in " ".join(err.split())
+    assert f"web app on {base}" in " ".join(err.split())
+    # the queue is the agent's: a restarted `serve --web-port` shows it as it was
+    proc, _, web_port = serve_web(tmp_path / "d", registry)
+    try:
+        q = json.loads(wait_http(f"http://127.0.0.1:{web_port}/api/queue", proc))
+        assert q["source"] == "map" and [(it["id"], it["label"], it["mark"]) for it in q["items"]] == [
+            ("s3", "", ""), ("s1", "", "skip"), ("s2", "cat", "")]
+    finally:
+        stop(proc)
 
 
 def test_web_against_a_running_agent(running: Running) -> None:
@@ -66,6 +90,10 @@ def test_web_against_a_running_agent(running: Running) -> None:
                              "--port", str(web_port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         assert json.loads(wait_http(f"http://127.0.0.1:{web_port}/api/queue", proc))["total"] == 0
+        # a queue set elsewhere (another app process, a script through gRPC) is the one this app shows
+        running.stub.UpdateQueue(agent_pb2.UpdateQueueRequest(name="web", queue=agent_pb2.Queue(ids=["s2", "s0"])))
+        q = json.loads(wait_http(f"http://127.0.0.1:{web_port}/api/queue", proc))
+        assert [it["id"] for it in q["items"]] == ["s2", "s0"]
         assert wait_http(f"http://127.0.0.1:{web_port}/thumb/s2", proc)[:3] == b"\xff\xd8\xff"
     finally:
         stop(proc)
