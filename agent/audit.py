@@ -49,6 +49,7 @@ from agent.admission import Admission
 from agent.cache import fingerprint
 from agent.config import AuditConfig
 from agent.errors import AgentError
+from agent.lazy import deferred
 from agent.pool import Pool, state_rng
 from agent.priors import PRIOR_METHODS
 
@@ -68,7 +69,7 @@ def accuracy(correct: int, total: int, config: AuditConfig) -> Accuracy:
     """``correct`` out of ``total`` with its binomial confidence interval (scipy)."""
     if total == 0:
         return Accuracy(0, 0, 0.0, 0.0, 1.0)
-    from scipy.stats import binomtest  # on first use: scipy.stats costs ~2 s of start-up (agent.lazy)
+    binomtest = deferred("scipy.stats").binomtest  # on first use: scipy.stats costs ~2 s of start-up
 
     ci = binomtest(int(correct), int(total)).proportion_ci(confidence_level=config.confidence_level,
                                                             method=config.interval)

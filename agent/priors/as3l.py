@@ -11,6 +11,7 @@ import numpy as np
 from scipy import sparse
 
 from agent.cancel import checkpoint
+from agent.lazy import deferred
 from agent.params import Param, prior_method
 from agent.pool import Pool, Priors
 from agent.priors._common import nearest_labelled_distance, normalise_rows, require_labels, with_known_labels
@@ -46,8 +47,7 @@ def constrained_seed_kmeans(x: np.ndarray, seed_rows: np.ndarray, seed_cluster: 
     if k > s:
         free = np.setdiff1d(np.arange(len(x)), seed_rows)
         with one_blas_thread():
-            from sklearn.cluster import kmeans_plusplus  # on first use (agent.lazy)
-
+            kmeans_plusplus = deferred("sklearn.cluster").kmeans_plusplus  # on first use (agent.lazy)
             extra, _ = kmeans_plusplus(x[free].astype(np.float64), n_clusters=min(k - s, len(free)),
                                        random_state=seed_of(rng))
         centres[s:s + len(extra)] = extra

@@ -12,6 +12,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from agent.cancel import checkpoint
+from agent.lazy import deferred
 from agent.pool import Pool, Selection
 
 # k-means is fitted on at most this many rows (a uniform sample) and then every row is assigned to its
@@ -94,7 +95,8 @@ def fit_kmeans(x: np.ndarray, k: int, rng: np.random.Generator, fit_rows: int = 
     # chunked upcast (8x slower init on 20k x 128), and the sample is small. Lloyd's iterations run in
     # float32 (sklearn keeps the input's dtype): 0.88 -> 0.51 CPU s for 20 iterations at k = 500 on
     # 10,000 x 128 rows, the same inertia to 4 digits.
-    from sklearn.cluster import KMeans, kmeans_plusplus  # imported on first use (agent.lazy: ~1.5 s at start)
+    cluster = deferred("sklearn.cluster")  # imported on first use (agent.lazy: ~1.5 s at start)
+    KMeans, kmeans_plusplus = cluster.KMeans, cluster.kmeans_plusplus
 
     data64 = np.asarray(sample, np.float64)
     data = np.asarray(sample, np.float32)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from agent.cancel import checkpoint
+from agent.lazy import deferred
 from agent.params import ALWAYS_LIGHT, Param, strategy
 from agent.pool import FailedPrecondition, Pool, Selection
 from agent.strategies._common import CHUNK, LIGHT_GREEDY_BUDGET, one_blas_thread, rows_matrix, seed_of, top_k
@@ -39,8 +40,7 @@ def _need_labels(what: str, pool: Pool) -> FailedPrecondition:
 def fit_head(x: np.ndarray, y: np.ndarray, seed: int) -> LogisticRegression:
     """Multinomial logistic regression (L-BFGS, C = HEAD_C) on x (LxD) / y (L int)."""
     with one_blas_thread():
-        from sklearn.linear_model import LogisticRegression  # on first use (agent.lazy)
-
+        LogisticRegression = deferred("sklearn.linear_model").LogisticRegression  # on first use
         return LogisticRegression(C=HEAD_C, max_iter=500, random_state=seed).fit(x, y)
 
 
