@@ -9,6 +9,15 @@ stop at their next ``agent.cancel.checkpoint()``) and refuses new ones, so the a
 Light calls (GetStatus, SubmitLabels, ListSamples, Ingest) never pass through here, so they never wait
 behind heavy ones.
 
+Threads of its own (``LaneThreads``; the heavy lane of ``shortlist serve``): ``run`` executes a call's work
+in one of the lane's ``max_concurrent`` worker threads instead of the gRPC thread that asked for it. Each
+worker runs at a lower CPU priority (Linux niceness is per thread: ``nice`` +10 gives it a tenth of the
+CPU weight of a normal thread, so GetStatus, SubmitLabels and light Selects preempt k-means instead of
+waiting seconds for a core) and with ``openmp_threads`` OpenMP threads (scikit-learn's k-means: libgomp's
+thread count is per calling thread, so the limit covers only the lane's work; BLAS is one thread in the
+whole agent, agent/threads.py). Niceness cannot be lowered again without privileges, which is why the
+work moves to threads that stay low instead of renicing the gRPC thread for the call.
+
 Deadline-aware admission: the lane keeps a running mean of how long each kind of call takes (``kind``:
 "Select 'as3l'", "PriorLabels 'knn'", ...; an exponentially weighted mean of the last runs, a cancelled
 run counting with the time it had run). A call that would have to queue is refused at once with
@@ -20,21 +29,41 @@ finish. A call that finds a slot free is refused the same way when its kind's re
 than its remaining deadline (as3l on a saturated machine); once that estimate is older than
 ``PROBE_AFTER_S`` one call is let through to measure it again. An admitted call's own deadline still
 stops its work (DEADLINE_EXCEEDED).
+
+Concurrency-aware estimates: times measured alone (or on a quieter machine) say little about a call
+admitted while the cores are saturated, so each kind also keeps its mean CPU seconds (the CPU clock of
+the thread doing the work: exact for single-threaded lane work) and, while calls of the lane are running,
+the lane's current CPU share (CPU seconds per wall second those calls get now) turns CPU seconds into
+expected wall seconds: a kind that took 1.6 s alone is expected to take 16 s while the running calls get
+a tenth of a core each. Running calls also bound their kind from below (a kind is expected to need at
+least the CPU a running call of that kind has already used), a running call past its estimate is
+expected to need a quarter of it more, and a queued call whose expected wait plus run no longer fits its
+deadline leaves the queue with ``Busy`` at once instead of waiting to end DEADLINE_EXCEEDED. Work that
+is not CPU-bound in its own thread (it sleeps or waits on other threads) keeps the wall-time estimates.
 """
 
 from __future__ import annotations
 
 import heapq
+import logging
 import math
+import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
+from threadpoolctl import threadpool_limits
+
+from agent import cancel
 from agent.cancel import CancelToken, ShuttingDown
 from agent.errors import ResourceExhausted
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class Busy(ResourceExhausted):
@@ -51,31 +80,88 @@ class AdmissionStats:
     refused_for_deadline: int = 0
 
 
+@dataclass(frozen=True)
+class LaneThreads:
+    """A lane whose work runs in threads of its own (``Admission.run``): ``nice`` steps of niceness below
+    the thread that starts them (Linux, per thread; at most 19; 0 keeps it) and with at most
+    ``openmp_threads`` OpenMP threads per call."""
+
+    nice: int = 10
+    openmp_threads: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.nice <= 19 or self.openmp_threads < 1:
+            raise ValueError("lane threads: nice in 0..19 and openmp_threads >= 1")
+
+
+def _thread_clock() -> tuple[int | None, float]:
+    """(the calling thread's CPU clock id, its reading now); (None, 0) where threads have no CPU clock."""
+    try:
+        clock = time.pthread_getcpuclockid(threading.get_ident())
+        return clock, time.clock_gettime(clock)
+    except (AttributeError, OSError):
+        return None, 0.0
+
+
+@dataclass
+class _Run:
+    """A running call: its kind, when it got its slot (time.monotonic()) and the CPU clock of the thread
+    doing its work, with that clock's reading at the start."""
+
+    kind: str
+    start: float
+    clock: int | None
+    cpu0: float
+
+    def cpu(self) -> float | None:
+        """CPU seconds the work's thread has used since the start (None: not measurable)."""
+        if self.clock is None:
+            return None
+        try:
+            return time.clock_gettime(self.clock) - self.cpu0
+        except OSError:  # the thread has ended
+            return None
+
+
 class Admission:
-    """Slots for heavy work: ``with admission.slot(token, kind): ...`` runs the block once a slot is free."""
+    """Slots for heavy work: ``with admission.slot(token, kind): ...`` runs the block once a slot is free;
+    ``admission.run(token, fn)`` runs ``fn`` in a slot, in the lane's own threads when it has them."""
 
     # Weight of the newest duration in the running means behind the retry hint and the expected wait.
     EWMA = 0.2
     # A call that finds a slot free is refused for its own expected length only while that kind's
-    # estimate is this recent; after, one call runs and measures it again (the machine may be quieter).
+    # estimate is this recent (or the lane's running calls measure the machine now); after, one call runs
+    # and measures it again (the machine may be quieter).
     PROBE_AFTER_S = 60.0
+    # A work thread using less CPU than this per wall second is not CPU-bound (it sleeps, or waits on other
+    # threads): its kind keeps wall-time estimates, and it says nothing about the lane's CPU share.
+    MIN_SHARE = 0.01
+    # A running call is measured for this long before its CPU share counts as the lane's current one.
+    MIN_LIVE_S = 0.2
+    # A running call past its kind's estimate is expected to need this fraction of the estimate more.
+    OVERRUN = 0.25
 
     def __init__(self, max_concurrent: int, max_queued: int, lane: str = "heavy",
-                 initial_estimate_s: float = 1.0) -> None:
+                 initial_estimate_s: float = 1.0, threads: LaneThreads | None = None) -> None:
         if max_concurrent < 1 or max_queued < 0:
             raise ValueError("max_concurrent must be >= 1 and max_queued >= 0")
         self.max_concurrent = max_concurrent
         self.max_queued = max_queued
         self.lane = lane
+        self.threads = threads
         self._cond = threading.Condition()
-        self._running: dict[CancelToken, tuple[str, float]] = {}  # token -> (kind, start)
+        self._running: dict[CancelToken, _Run] = {}
         self._waiting: dict[CancelToken, str] = {}  # token -> kind, in arrival order
         self._refused = 0
         self._refused_deadline = 0
         self._closed = False
         self._mean_s = initial_estimate_s  # over every kind: the estimate of a kind not seen yet
-        self._kind_s: dict[str, float] = {}
+        self._mean_cpu = initial_estimate_s
+        self._kind_s: dict[str, float] = {}  # wall seconds per kind (running means)
+        self._kind_cpu: dict[str, float] = {}  # CPU seconds of the work's thread per kind (running means)
         self._kind_at: dict[str, float] = {}  # when each kind's estimate was last updated (time.monotonic)
+        self._pool = None if threads is None else ThreadPoolExecutor(
+            max_workers=max_concurrent, thread_name_prefix=f"{lane}-work", initializer=self._lower_priority)
 
     def stats(self) -> AdmissionStats:
         with self._cond:
@@ -83,18 +169,59 @@ class Admission:
                                   self._refused_deadline)
 
     def estimate(self, kind: str) -> float:
-        """Expected seconds a call of ``kind`` runs (its running mean, else the lane's)."""
+        """Expected wall seconds a call of ``kind`` arriving now runs (given what runs now)."""
         with self._cond:
-            return self._kind_s.get(kind, self._mean_s)
+            return self._own(kind, self._share_now(time.monotonic()))
 
-    def _expected_wait(self, now: float) -> float:
-        """Seconds until a slot is expected to free for a call arriving now (call with the lock held): the
-        running calls' expected remaining time, then each queued call's expected duration in turn."""
-        ends = [max(0.0, self._kind_s.get(k, self._mean_s) - (now - start)) for k, start in self._running.values()]
+    # ---- estimates (all with the lock held) --------------------------------------------------------
+    def _share_now(self, now: float) -> float | None:
+        """CPU seconds per wall second the lane's CPU-bound running calls get now (None: none measured)."""
+        cpu = wall = 0.0
+        for r in self._running.values():
+            used, ran = r.cpu(), now - r.start
+            if used is not None and ran >= self.MIN_LIVE_S and used >= self.MIN_SHARE * ran:
+                cpu, wall = cpu + used, wall + ran
+        return cpu / wall if wall > 0 else None
+
+    def _cpu_bound(self, kind: str) -> bool:
+        cpu, wall = self._kind_cpu.get(kind, self._mean_cpu), self._kind_s.get(kind, self._mean_s)
+        return cpu >= self.MIN_SHARE * wall
+
+    def _kind_cpu_now(self, kind: str) -> float:
+        """A kind's CPU estimate, at least what a running call of that kind has already used."""
+        est = self._kind_cpu.get(kind, self._mean_cpu)
+        for r in self._running.values():
+            used = r.cpu() if r.kind == kind else None
+            if used is not None:
+                est = max(est, used)
+        return est
+
+    def _own(self, kind: str, share: float | None) -> float:
+        """Expected wall seconds of a call of ``kind`` started now: its CPU seconds at the running calls'
+        CPU share, or (nothing CPU-bound running, or a kind not CPU-bound) its recent wall time."""
+        if share is not None and self._cpu_bound(kind):
+            return self._kind_cpu_now(kind) / share
+        return self._kind_s.get(kind, self._mean_s)
+
+    def _remaining(self, r: _Run, now: float, share: float | None) -> float:
+        """Expected wall seconds until running call ``r`` ends."""
+        used = r.cpu()
+        if share is not None and used is not None and self._cpu_bound(r.kind):
+            est = self._kind_cpu.get(r.kind, self._mean_cpu)
+            return max(est - used, self.OVERRUN * est) / share
+        est = self._kind_s.get(r.kind, self._mean_s)
+        return max(est - (now - r.start), self.OVERRUN * est)
+
+    def _expected_wait(self, now: float, share: float | None, before: CancelToken | None = None) -> float:
+        """Seconds until a slot is expected to free for a call arriving now (or for the queued call
+        ``before``): the running calls' expected remaining time, then each queued call ahead in turn."""
+        ends = [self._remaining(r, now, share) for r in self._running.values()]
         ends += [0.0] * (self.max_concurrent - len(ends))
         heapq.heapify(ends)
-        for kind in self._waiting.values():
-            heapq.heappush(ends, heapq.heappop(ends) + self._kind_s.get(kind, self._mean_s))
+        for token, kind in self._waiting.items():
+            if token is before:
+                break
+            heapq.heappush(ends, heapq.heappop(ends) + self._own(kind, share))
         return ends[0]
 
     def _retry_after_ms(self, wait_s: float | None = None) -> int:
@@ -114,12 +241,24 @@ class Admission:
     def _calls(self) -> str:
         return self.LANES.get(self.lane, self.LANES["heavy"])[0]
 
+    def _too_late(self, what: str, wait: float, own: float, remaining: float) -> Busy:
+        """The refusal of a call that could not finish within its deadline (counted; lock held)."""
+        self._refused += 1
+        self._refused_deadline += 1
+        hint = self._retry_after_ms(wait)
+        running, queued, left = len(self._running), len(self._waiting), max(0.0, remaining)
+        return Busy(f"the agent is busy: {what} would wait about {wait:.1f} s for a turn ({running} "
+                    f"{self.lane} requests running, {queued} queued) and then take about {own:.1f} s "
+                    f"(its recent runs, at the CPU share such calls get now), more than the {left:.1f} s left of "
+                    f"the call's deadline; it was not started; retry in about {hint} ms or with a longer deadline",
+                    hint / 1000)
+
     @contextmanager
     def slot(self, token: CancelToken, what: str = "this request", kind: str | None = None) -> Iterator[None]:
         """Run the block in a slot; Busy at once when running and queue are full, or when the call would
-        have to queue and could not finish within its deadline; the token's exception (Cancelled,
-        DeadlineExceeded, ShuttingDown) when it ends while waiting. ``kind`` names what the running means
-        are kept by (default ``what``)."""
+        have to queue and could not finish within its deadline (also later, while it waits, once that
+        becomes so); the token's exception (Cancelled, DeadlineExceeded, ShuttingDown) when it ends while
+        waiting. ``kind`` names what the running means are kept by (default ``what``)."""
         kind = kind or what
         with self._cond:
             if self._closed:
@@ -135,33 +274,39 @@ class Admission:
             remaining = token.remaining()
             if remaining is not None:
                 now = time.monotonic()
-                wait = self._expected_wait(now) if full else 0.0
-                own = self._kind_s.get(kind, self._mean_s)
-                # With a slot free, only a kind measured within PROBE_AFTER_S is refused for its own length:
-                # an older (or no) estimate is measured afresh by letting the call run.
-                fresh = now - self._kind_at.get(kind, -math.inf) <= self.PROBE_AFTER_S
+                share = self._share_now(now)
+                wait = self._expected_wait(now, share) if full else 0.0
+                own = self._own(kind, share)
+                # With a slot free, a call is refused for its own length only when the lane's running calls
+                # measure the machine now (a kind not seen yet: at the lane's mean CPU) or its kind was
+                # measured within PROBE_AFTER_S: an older (or no) estimate is measured afresh by letting it run.
+                fresh = now - self._kind_at.get(kind, -math.inf) <= self.PROBE_AFTER_S or share is not None
                 if not full and not fresh and kind in self._kind_at and wait + own > remaining:
                     self._kind_at[kind] = now  # this call is the one probe: the next ones see a fresh estimate
                 elif wait + own > remaining and (full or fresh):
-                    self._refused += 1
-                    self._refused_deadline += 1
-                    hint = self._retry_after_ms(wait)
-                    running, queued, left = len(self._running), len(self._waiting), max(0.0, remaining)
-                    raise Busy(f"the agent is busy: {what} would wait about {wait:.1f} s for a turn ({running} "
-                               f"{self.lane} requests running, {queued} queued) and then take about {own:.1f} s "
-                               f"(its recent runs), more than the {left:.1f} s left of the call's deadline; it was "
-                               f"not started; retry in about {hint} ms or with a longer deadline", hint / 1000)
+                    raise self._too_late(what, wait, own, remaining)
             self._waiting[token] = kind
             try:
                 while len(self._running) >= self.max_concurrent:
                     token.check()
                     rem = token.remaining()
-                    self._cond.wait(0.1 if rem is None else max(0.001, min(0.1, rem)))
+                    timeout = 0.1
+                    if rem is not None:
+                        # The machine may have slowed since it queued: leave as soon as the call could no
+                        # longer finish in time, rather than time out in the queue or mid-way.
+                        now = time.monotonic()
+                        share = self._share_now(now)
+                        wait, own = self._expected_wait(now, share, before=token), self._own(kind, share)
+                        if wait + own > rem:
+                            raise self._too_late(what, wait, own, rem)
+                        timeout = max(0.001, min(timeout, rem - wait - own))
+                    self._cond.wait(timeout)
                 token.check()
             finally:
                 del self._waiting[token]
-            start = time.monotonic()
-            self._running[token] = (kind, start)
+            clock, cpu0 = _thread_clock()
+            run = _Run(kind, time.monotonic(), clock, cpu0)
+            self._running[token] = run
         cut = False
         try:
             yield
@@ -169,7 +314,8 @@ class Admission:
             cut = token.cancelled  # stopped by its deadline or its client: it needed longer than it ran
             raise
         finally:
-            took = time.monotonic() - start
+            took = time.monotonic() - run.start
+            used = run.cpu()
             with self._cond:
                 del self._running[token]
                 self._mean_s = (1 - self.EWMA) * self._mean_s + self.EWMA * took
@@ -178,8 +324,50 @@ class Admission:
                 # A run cut short counts with the time it ran, and its kind's estimate is at least that: a
                 # lower bound that the mean alone would take many runs (each timing out) to reach.
                 self._kind_s[kind] = max(new, took) if cut else new
+                if used is not None:
+                    self._mean_cpu = (1 - self.EWMA) * self._mean_cpu + self.EWMA * used
+                    old = self._kind_cpu.get(kind)
+                    new = used if old is None else (1 - self.EWMA) * old + self.EWMA * used
+                    self._kind_cpu[kind] = max(new, used) if cut else new
+                else:  # not measurable: the CPU estimate follows the wall time
+                    self._kind_cpu[kind] = self._kind_s[kind]
                 self._kind_at[kind] = time.monotonic()
                 self._cond.notify()
+
+    # ---- the lane's own threads --------------------------------------------------------------------
+    def _lower_priority(self) -> None:
+        """Initializer of each worker thread: its niceness, ``threads.nice`` above the thread that started it
+        (inherited; Linux: per thread; best effort elsewhere)."""
+        if self.threads is None or self.threads.nice == 0:
+            return
+        try:
+            tid = threading.get_native_id()
+            os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + self.threads.nice))
+        except (OSError, AttributeError) as e:
+            log.info("%s lane threads keep their priority: %s", self.lane, e)
+
+    def _work(self, token: CancelToken, fn: Callable[[], T]) -> T:
+        """In a worker thread: measure this thread's CPU for the call, limit OpenMP, run ``fn``."""
+        assert self.threads is not None
+        clock, cpu0 = _thread_clock()
+        with self._cond:
+            run = self._running.get(token)
+            if run is not None:
+                run.clock, run.cpu0 = clock, cpu0
+        # libgomp's thread count is per calling thread: this limits this call only. A runtime loaded during
+        # the call (the first import of scikit-learn; agent/lazy.py imports it at start) is limited from the
+        # next call on.
+        with threadpool_limits(limits=self.threads.openmp_threads, user_api="openmp"), cancel.scope(token):
+            return fn()
+
+    def run(self, token: CancelToken, fn: Callable[[], T], what: str = "this request", kind: str | None = None) -> T:
+        """``fn()`` in a slot (as ``slot``), with ``token`` current for its checkpoints; in one of the lane's
+        worker threads when it has ``threads`` (this thread waits for it), else in this thread."""
+        with self.slot(token, what, kind):
+            if self._pool is None:
+                with cancel.scope(token):
+                    return fn()
+            return self._pool.submit(self._work, token, fn).result()
 
     def shutdown(self) -> None:
         """Cancel every running and waiting call and refuse new ones."""
@@ -188,3 +376,5 @@ class Admission:
             for t in [*self._running, *self._waiting]:
                 t.cancel("the agent is shutting down; the work was stopped; retry when it is back", ShuttingDown)
             self._cond.notify_all()
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)  # idle workers exit; a running call stops at its next checkpoint

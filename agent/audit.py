@@ -205,8 +205,7 @@ class PriorAuditor:
 
     def _run(self, key: object) -> None:
         try:
-            with self._work.slot(self._token, "the prior audit"), cancel.scope(self._token):
-                rep = self._compute()
+            rep = self._work.run(self._token, self._compute, "the prior audit")
         except AgentError as e:  # busy or shutting down: the next GetStatus tries again
             log.info("prior audit not computed now: %s", str(e))
             with self._lock:

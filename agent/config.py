@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from agent.admission import LaneThreads
 from agent.limits import MIB, Limits
 from agent.pool_map import MapConfig
 from agent.security import ServerSecurity
@@ -25,6 +26,10 @@ class WorkConfig:
     # (`--max-queued-work`); one more is RESOURCE_EXHAUSTED at once with a retry hint.
     max_concurrent: int = 2
     max_queued: int = 8
+    # The heavy lane's work runs in threads of its own at niceness +10 and with one OpenMP thread per call
+    # (agent/admission.py LaneThreads): light calls preempt it, and two heavy calls take at most the two
+    # cores of a small machine (one thread each was also faster per call under load: docs/reliability.md).
+    heavy_threads: LaneThreads = field(default_factory=LaneThreads)
     # Light work (strategies declared light at the request's budget: random, margin, entropy, ..., coreset
     # and badge at small budgets) has a lane of its own, so it never waits behind k-means; light
     # PriorLabels (knn for at most 1,000 ids) a second lane of the same size.

@@ -171,7 +171,9 @@ class Agent:
         self.config = config
         self.limits = config.limits
         work = config.work
-        self.work = Admission(work.max_concurrent, work.max_queued)
+        # Heavy work runs in the lane's own threads, at a lower priority and with one OpenMP thread, so
+        # light calls get a core at once (agent/admission.py, LaneThreads; docs/reliability.md, Load).
+        self.work = Admission(work.max_concurrent, work.max_queued, threads=work.heavy_threads)
         self.light_work = Admission(work.light_max_concurrent, work.light_max_queued, lane="light")
         # Light PriorLabels (knn for a few ids: ~0.3 CPU s at 50,000 rows and 5,000 labels, mostly its
         # calibration) get a lane of the same size of their own, so light Selects (random, margin: tens of
@@ -401,10 +403,9 @@ class Agent:
         else:
             token = token or cancel.CancelToken()
             lane = self.light_work if fn.is_light(take) else self.work
-            with lane.slot(token, f"Select {strategy!r}"), cancel.scope(token):
-                # Seeded by the seed and the labelled set: a loop that keeps its seed still draws afresh
-                # each round.
-                sel = fn(pool, take, state_rng(seed, self.labelled_ids()), dict(params))
+            # Seeded by the seed and the labelled set: a loop that keeps its seed still draws afresh each round.
+            rng = state_rng(seed, self.labelled_ids())
+            sel = lane.run(token, lambda: fn(pool, take, rng, dict(params)), f"Select {strategy!r}")
             rows = np.asarray(sel.rows, np.int64)
             scores = np.asarray(sel.scores, np.float64)
             if (len(rows) > budget or len(np.unique(rows)) != len(rows) or len(scores) != len(rows)
@@ -472,8 +473,8 @@ class Agent:
         if cached is None:
             token = token or cancel.CancelToken()
             lane = self.light_prior_work if fn.is_light(len(rows)) else self.work
-            with lane.slot(token, f"PriorLabels {method!r}"), cancel.scope(token):
-                pri = fn(pool, rows, state_rng(0, self.labelled_ids()), dict(params))
+            rng = state_rng(0, self.labelled_ids())
+            pri = lane.run(token, lambda: fn(pool, rows, rng, dict(params)), f"PriorLabels {method!r}")
             cached = (np.asarray(pri.probs), np.asarray(pri.confidence))
             self.prior_cache.put(key, cached, weight=len(rows))
         return self._iter_priors(rows, seqs, cached[0], cached[1], pool.classes, serving.version)

@@ -6,8 +6,9 @@ them, and OpenBLAS's threads busy-wait for work: on the shared 2-core machine, i
 54,000-row load pool (`python scripts/load/profile_calls.py ...` with OPENBLAS_NUM_THREADS=2, then 1),
 PriorLabels knn took 0.23 -> 0.08 CPU s, a warm coreset Select 0.10 -> 0.03, probcover 4.6 -> 4.0 and as3l
 10.5 -> 8.9, with wall times lower too (docs/reliability.md, Load). k-means already ran its BLAS on one
-thread (agent/strategies/_common.py ``one_blas_thread``); scikit-learn's Lloyd iterations keep their
-OpenMP threads.
+thread (agent/strategies/_common.py ``one_blas_thread``); scikit-learn's Lloyd iterations (OpenMP) run
+with one thread in the heavy lane's own threads (agent/admission.py ``LaneThreads``: libgomp's thread
+count is per calling thread, so it is set there, per call, not here).
 
 ``one_blas_thread_per_call`` sets this at the start of ``shortlist serve`` (not on import: the library
 and tests keep the process's settings), for the BLAS already loaded (threadpoolctl) and for any loaded

@@ -5,6 +5,7 @@ of repeated identical Selects and PriorLabels."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import numpy as np
 import pytest
 
 from agent import cancel, client
-from agent.admission import Admission, Busy
+from agent.admission import Admission, Busy, LaneThreads
 from agent.cancel import CancelToken, DeadlineExceeded, ShuttingDown
 from agent.config import WorkConfig
 from agent.errors import RETRY_AFTER_KEY
@@ -82,15 +83,17 @@ def test_admission_bounds_running_and_queued_and_hints_a_retry() -> None:
         pass
 
 
-def test_a_deadline_ends_the_wait_for_a_slot() -> None:
-    # The running call is expected to take 0.05 s, so a call with 0.2 s left is queued; it runs long.
+def test_a_queued_call_leaves_the_queue_once_it_could_not_finish_in_time() -> None:
+    # The running call is expected to take 0.05 s, so a call with 0.2 s left is queued; the running one runs
+    # long, and the queued one leaves with RESOURCE_EXHAUSTED before its deadline instead of timing out.
     adm = Admission(max_concurrent=1, max_queued=4, initial_estimate_s=0.05)
     with adm.slot(CancelToken()):
         t0 = time.monotonic()
-        with pytest.raises(DeadlineExceeded), adm.slot(CancelToken.within(0.2)):
+        with pytest.raises(Busy) as busy, adm.slot(CancelToken.within(0.2), "Select 'x'"):
             pass
-        assert time.monotonic() - t0 < 3
-    assert adm.stats().queued == 0 and adm.stats().running == 0
+        assert time.monotonic() - t0 < 0.2
+        assert "Select 'x' would wait" in str(busy.value)
+    assert adm.stats().queued == 0 and adm.stats().running == 0 and adm.stats().refused_for_deadline == 1
 
 
 def test_a_call_that_cannot_get_a_turn_within_its_deadline_is_refused_at_once() -> None:
@@ -369,3 +372,119 @@ def test_a_run_cut_by_its_deadline_raises_its_kinds_estimate_to_what_it_ran() ->
             token.check()
             time.sleep(0.01)
     assert adm.estimate("k") >= 0.3  # not 0.8 * 0 + 0.2 * 0.3
+
+
+# ---- heavy work in threads of its own, and estimates at the CPU share calls get now ---------------------
+
+def spin(cpu_s: float) -> None:
+    """Use ``cpu_s`` CPU seconds of this thread."""
+    end = time.thread_time() + cpu_s
+    while time.thread_time() < end:
+        pass
+
+
+def throttled(token: CancelToken, share: float, step_s: float = 0.01) -> None:
+    """CPU-bound work that gets ``share`` CPU seconds per wall second (or less on a busy machine), as a
+    niced call does while the cores are saturated, until ``token`` is cancelled."""
+    while not token.cancelled:
+        spin(step_s * share)
+        time.sleep(step_s * (1 - share))
+
+
+def test_heavy_lane_work_runs_niced_with_one_openmp_thread_and_the_callers_token() -> None:
+    import sklearn.cluster  # noqa: F401  # loads scikit-learn's OpenMP runtime (libgomp)
+    from threadpoolctl import threadpool_info
+
+    def inside() -> tuple[int, str, CancelToken | None, list[int]]:
+        return (os.getpriority(os.PRIO_PROCESS, threading.get_native_id()), threading.current_thread().name,
+                cancel.current(), [i["num_threads"] for i in threadpool_info() if i["user_api"] == "openmp"])
+
+    caller_nice = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    adm = Admission(max_concurrent=2, max_queued=2, threads=LaneThreads(nice=10, openmp_threads=1))
+    token = CancelToken()
+    nice, thread, current, openmp = adm.run(token, inside, "Select 'k'")
+    assert thread.startswith("heavy-work") and nice == min(19, caller_nice + 10)
+    assert current is token and openmp and set(openmp) == {1}
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == caller_nice  # the caller is untouched
+    # OpenMP's limit is per thread: this thread keeps its own.
+    assert all(i["num_threads"] >= 1 for i in threadpool_info() if i["user_api"] == "openmp")
+    # Errors and cancellation come back to the caller; the slot is free after.
+    with pytest.raises(ValueError):
+        adm.run(CancelToken(), lambda: int("x"))
+    stopped = CancelToken()
+    stopped.cancel()
+    with pytest.raises(cancel.Cancelled):
+        adm.run(stopped, lambda: cancel.checkpoint())
+    assert adm.stats().running == 0
+    adm.shutdown()
+
+
+def test_the_agents_heavy_selects_run_in_the_heavy_lane_threads(tmp_path: Path, registry: Path,
+                                                               slow_registered: None,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.agent import slow
+
+    names: list[str] = []
+    monkeypatch.setattr(slow, "_work", lambda seconds: names.append(threading.current_thread().name))
+    r = start(tmp_path / "data", registry)
+    try:
+        client.ingest(r.stub, make_samples(30, labels=6))
+        assert len(slow_select(r, 0).selected) == 2
+        assert names and names[0].startswith("heavy-work")
+        assert r.agent.work.threads == WorkConfig().heavy_threads
+    finally:
+        r.stop()
+
+
+def test_a_kinds_estimate_follows_the_cpu_share_running_calls_get_now() -> None:
+    adm = Admission(max_concurrent=2, max_queued=2)
+    with adm.slot(CancelToken(), kind="k"):
+        spin(0.1)  # alone: ~0.1 CPU s in ~0.1 s (more wall time on a busy machine)
+    alone = adm.estimate("k")
+    assert alone < 0.6
+    # A CPU-bound call running at a twentieth of a core: "k" would take ~2 s now, not its ~0.1 s.
+    busy_token = CancelToken()
+    t = threading.Thread(target=lambda: adm.run(busy_token, lambda: throttled(busy_token, 0.05), kind="busy"))
+    t.start()
+    try:
+        assert wait_until(lambda: adm.stats().running == 1)
+        time.sleep(0.5)  # measured for a while
+        assert adm.estimate("k") > 1.0 > alone
+        t0 = time.monotonic()
+        with pytest.raises(Busy) as busy, adm.slot(CancelToken.within(1.0), "Select 'k'", kind="k"):
+            pass  # a slot is free, but the call could not finish in its 1 s
+        assert time.monotonic() - t0 < 0.1 and "CPU share" in str(busy.value)
+        # A kind never seen is expected at the lane's mean CPU at that share: refused the same way.
+        with pytest.raises(Busy), adm.slot(CancelToken.within(0.5), "Select 'new'", kind="new"):
+            pass
+        assert adm.stats().refused_for_deadline == 2
+    finally:
+        busy_token.cancel()
+        t.join(5)
+    # Once the machine is quiet again (nothing running), the same call runs.
+    with adm.slot(CancelToken.within(1.0), kind="k"):
+        spin(0.01)
+
+
+def test_a_running_call_bounds_its_kinds_estimate_from_below() -> None:
+    # "k" took ~0 s before; a call of "k" now running has used 0.3 CPU s: a new one needs at least that.
+    adm = Admission(max_concurrent=2, max_queued=2)
+    with adm.slot(CancelToken(), kind="k"):
+        spin(0.01)
+    token = CancelToken()
+    started = threading.Event()
+
+    def long_k() -> None:
+        started.set()
+        throttled(token, 1.0)
+
+    t = threading.Thread(target=lambda: adm.run(token, long_k, kind="k"))
+    t.start()
+    try:
+        assert started.wait(5)
+        spent = time.monotonic()
+        assert wait_until(lambda: adm.estimate("k") >= 0.3, timeout=10)
+        assert time.monotonic() - spent >= 0.25
+    finally:
+        token.cancel()
+        t.join(5)
