@@ -32,14 +32,15 @@ stops its work (DEADLINE_EXCEEDED).
 
 Concurrency-aware estimates: times measured alone (or on a quieter machine) say little about a call
 admitted while the cores are saturated, so each kind also keeps its mean CPU seconds (the CPU clock of
-the thread doing the work: exact for single-threaded lane work) and, while calls of the lane are running,
-the lane's current CPU share (CPU seconds per wall second those calls get now) turns CPU seconds into
-expected wall seconds: a kind that took 1.6 s alone is expected to take 16 s while the running calls get
-a tenth of a core each. Running calls also bound their kind from below (a kind is expected to need at
-least the CPU a running call of that kind has already used), a running call past its estimate is
-expected to need a quarter of it more, and a queued call whose expected wait plus run no longer fits its
-deadline leaves the queue with ``Busy`` at once instead of waiting to end DEADLINE_EXCEEDED. Work that
-is not CPU-bound in its own thread (it sleeps or waits on other threads) keeps the wall-time estimates.
+the thread doing the work: exact for single-threaded lane work), and the lane's current CPU share (CPU
+seconds per wall second its calls get now: measured on the running calls, else the running mean of the
+calls that ended within ``PROBE_AFTER_S``) turns CPU seconds into expected wall seconds: a kind that
+took 1.6 s alone is expected to take 16 s while the lane's calls get a tenth of a core each. Running
+calls also bound their kind from below (a kind is expected to need at least the CPU a running call of
+that kind has already used), a running call past its estimate is expected to need a quarter of it
+more, and a queued call whose expected wait plus run no longer fits its deadline leaves the queue with
+``Busy`` at once instead of waiting to end DEADLINE_EXCEEDED. Work that is not CPU-bound in its own
+thread (it sleeps or waits on other threads) keeps the wall-time estimates.
 """
 
 from __future__ import annotations
@@ -160,6 +161,8 @@ class Admission:
         self._kind_s: dict[str, float] = {}  # wall seconds per kind (running means)
         self._kind_cpu: dict[str, float] = {}  # CPU seconds of the work's thread per kind (running means)
         self._kind_at: dict[str, float] = {}  # when each kind's estimate was last updated (time.monotonic)
+        self._share = 1.0  # CPU share of the recent finished CPU-bound calls (running mean; the first sets it) ...
+        self._share_at = -math.inf  # ... and when it was last updated
         self._pool = None if threads is None else ThreadPoolExecutor(
             max_workers=max_concurrent, thread_name_prefix=f"{lane}-work", initializer=self._lower_priority)
 
@@ -175,13 +178,16 @@ class Admission:
 
     # ---- estimates (all with the lock held) --------------------------------------------------------
     def _share_now(self, now: float) -> float | None:
-        """CPU seconds per wall second the lane's CPU-bound running calls get now (None: none measured)."""
+        """CPU seconds per wall second the lane's CPU-bound calls get now: the running ones' when they have
+        run long enough to tell, else the recent finished ones' (within PROBE_AFTER_S); None when neither."""
         cpu = wall = 0.0
         for r in self._running.values():
             used, ran = r.cpu(), now - r.start
             if used is not None and ran >= self.MIN_LIVE_S and used >= self.MIN_SHARE * ran:
                 cpu, wall = cpu + used, wall + ran
-        return cpu / wall if wall > 0 else None
+        if wall > 0:
+            return cpu / wall
+        return self._share if now - self._share_at <= self.PROBE_AFTER_S else None
 
     def _cpu_bound(self, kind: str) -> bool:
         cpu, wall = self._kind_cpu.get(kind, self._mean_cpu), self._kind_s.get(kind, self._mean_s)
@@ -324,6 +330,11 @@ class Admission:
                 # A run cut short counts with the time it ran, and its kind's estimate is at least that: a
                 # lower bound that the mean alone would take many runs (each timing out) to reach.
                 self._kind_s[kind] = max(new, took) if cut else new
+                if used is not None and took >= self.MIN_LIVE_S and used >= self.MIN_SHARE * took:
+                    fresh_share = used / took
+                    self._share = fresh_share if self._share_at == -math.inf else (
+                        (1 - self.EWMA) * self._share + self.EWMA * fresh_share)
+                    self._share_at = time.monotonic()
                 if used is not None:
                     self._mean_cpu = (1 - self.EWMA) * self._mean_cpu + self.EWMA * used
                     old = self._kind_cpu.get(kind)

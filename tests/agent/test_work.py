@@ -436,7 +436,7 @@ def test_the_agents_heavy_selects_run_in_the_heavy_lane_threads(tmp_path: Path, 
         r.stop()
 
 
-def test_a_kinds_estimate_follows_the_cpu_share_running_calls_get_now() -> None:
+def test_a_kinds_estimate_follows_the_cpu_share_running_calls_get_now(monkeypatch: pytest.MonkeyPatch) -> None:
     adm = Admission(max_concurrent=2, max_queued=2)
     with adm.slot(CancelToken(), kind="k"):
         spin(0.1)  # alone: ~0.1 CPU s in ~0.1 s (more wall time on a busy machine)
@@ -461,7 +461,12 @@ def test_a_kinds_estimate_follows_the_cpu_share_running_calls_get_now() -> None:
     finally:
         busy_token.cancel()
         t.join(5)
-    # Once the machine is quiet again (nothing running), the same call runs.
+    # Right after, the lane's recent calls still say a twentieth of a core: refused at once ...
+    with pytest.raises(Busy), adm.slot(CancelToken.within(1.0), kind="k"):
+        pass
+    # ... until that measure (and "k"'s own) is older than PROBE_AFTER_S: then the call runs and measures.
+    monkeypatch.setattr(Admission, "PROBE_AFTER_S", 0.2)
+    time.sleep(0.3)
     with adm.slot(CancelToken.within(1.0), kind="k"):
         spin(0.01)
 
