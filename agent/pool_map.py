@@ -25,10 +25,13 @@ How the coordinates are made:
        new map is saved.
 
 Cost and priority: one daemon thread (``pool-map``) per agent, at nice +19 (Linux niceness is per
-thread), openTSNE with ``n_jobs=1``, outside the admission lanes so it never holds a slot that a Select
-or PriorLabels waits for. A fit of 10,000 samples took about 50 s of one core on the 2-core dev machine
-(under load); placement costs one hnswlib query per sample. A model swap cancels a running fit at its
-next callback (every ``CALLBACK_EVERY`` iterations) and starts the new version's map.
+thread), outside the admission lanes so it never holds a slot that a Select or PriorLabels waits for;
+the fit itself (PCA + openTSNE with ``n_jobs=1``) runs in a child process at nice 19 (agent/map_fit.py,
+``MapConfig.child_process``), so its memory is returned to the system when it ends instead of staying
+with the agent. A fit of 10,000 samples took about 50 s of one core on the 2-core dev machine (under
+load), with a peak of ~90 MB above the imports; placement (in the agent) costs one hnswlib query per
+sample. A model swap kills a running fit (in the map thread: stops it at openTSNE's next callback, every
+``CALLBACK_EVERY`` iterations) and starts the new version's map.
 
 Durability: ``D/map/<version>.npz`` holds the covered index rows' sample seqs, coordinates, the fitted
 mask and the method, written atomically (temporary file, fsync, rename, fsync of the folder) after each
@@ -55,13 +58,11 @@ import hnswlib
 import numpy as np
 
 from agent.index import IndexView
-from agent.lazy import deferred
+from agent.map_fit import MIN_TSNE, FitStopped, Projection, fit_in_child, project
 from agent.security import OWNER_DIR, OWNER_FILE
 
 log = logging.getLogger(__name__)
 
-CALLBACK_EVERY = 10  # openTSNE iterations between progress / cancellation callbacks
-MIN_TSNE = 10  # fewer fitted samples than this: PCA to 2-D alone (t-SNE needs a few neighbours per point)
 PLACE_BATCH = 2048  # samples placed per hnswlib query (the map lock is not held while querying)
 NONE, COMPUTING, READY, FAILED = "none", "computing", "ready", "failed"
 
@@ -79,7 +80,10 @@ class MapConfig:
     refit_growth: float = 2.0  # refit when the pool reaches this multiple of the fitted count (below max_fit)
     poll_s: float = 2.0  # seconds between looks at the serving version and new samples
     save_every_s: float = 30.0  # at most this often, placements are saved
-    nice: int = 19  # niceness of the map thread (Linux: per thread)
+    nice: int = 19  # niceness of the map thread (Linux: per thread) and of the fit's child process
+    # Fit the t-SNE in a child process (agent/map_fit.py): its memory never stays with the agent and a
+    # cancelled fit is killed. False: in the map thread (tests; a platform without subprocesses).
+    child_process: bool = True
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -321,39 +325,24 @@ class PoolMap:
         return PoolMapData(version, np.array(view.seqs[:n], np.int64), coords, fitted, method)
 
     def _project(self, vecs: np.ndarray, version: str) -> tuple[np.ndarray, str]:
-        """Nx2 coordinates of ``vecs`` and the method's name."""
-        PCA = deferred("sklearn.decomposition").PCA  # imported here: the agent starts without paying for it
-
+        """Nx2 coordinates of ``vecs`` and the method's name: in a child process (MapConfig.child_process,
+        agent/map_fit.py) for a t-SNE, else here."""
         cfg = self.config
-        n, dim = vecs.shape
-        if n < 3:
-            return np.stack([np.arange(n, dtype=np.float32), np.zeros(n, np.float32)], axis=1), "trivial"
-        dims = min(cfg.pca_dims, n - 1, dim)
-        reduced = PCA(n_components=dims, random_state=cfg.seed).fit_transform(vecs).astype(np.float32)
-        with self._lock:
-            self._progress = 0.1
-        if n < MIN_TSNE:
-            return np.ascontiguousarray(reduced[:, :2]), "pca"
-        TSNE = deferred("openTSNE").TSNE
 
-        total_calls = max(1, (cfg.early_iterations + cfg.iterations) // CALLBACK_EVERY)
-        calls = 0
-
-        def callback(iteration: int, error: float, embedding: np.ndarray) -> bool:
-            nonlocal calls
-            calls += 1
+        def progress(fraction: float) -> bool:  # True stops the fit: the version is no longer served
             with self._lock:
-                self._progress = min(0.99, 0.2 + 0.8 * calls / total_calls)
+                self._progress = max(self._progress, fraction)
             cur = self.current()
-            return self._stop.is_set() or cur is None or cur[0] != version  # True stops openTSNE
+            return self._stop.is_set() or cur is None or cur[0] != version
 
-        tsne = TSNE(n_components=2, perplexity=min(cfg.perplexity, (n - 1) / 3), n_jobs=1, random_state=cfg.seed,
-                    early_exaggeration_iter=cfg.early_iterations, n_iter=cfg.iterations, callbacks=callback,
-                    callbacks_every_iters=CALLBACK_EVERY, verbose=False)
+        p = Projection(cfg.pca_dims, cfg.perplexity, cfg.early_iterations, cfg.iterations, cfg.seed, cfg.nice)
         self._check_current(version)
-        emb = tsne.fit(reduced)
-        self._check_current(version)  # openTSNE returns the partial embedding when a callback stopped it
-        return np.ascontiguousarray(np.asarray(emb, np.float32)), f"pca{dims}+opentsne"
+        try:
+            if cfg.child_process and len(vecs) >= MIN_TSNE:
+                return fit_in_child(vecs, p, progress)
+            return project(vecs, p, progress)
+        except FitStopped:
+            raise FitCancelled(version) from None
 
     def _place_new(self, m: PoolMapData, version: str) -> None:
         """Place the index rows added since the map was made (or last placed), in batches."""

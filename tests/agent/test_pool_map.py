@@ -13,6 +13,7 @@ import pytest
 
 from agent import client
 from agent.index import IndexView
+from agent.map_fit import FitStopped, Projection, fit_in_child
 from agent.pool_map import COMPUTING, READY, FitCancelled, MapConfig, MapStatus, PoolMap, PoolMapData
 from agent.testing import publish_linear
 from shortlist.v1 import agent_pb2
@@ -53,7 +54,7 @@ def test_fit_place_refit_and_reload(tmp_path: Path) -> None:
     vecs, which = blobs(200)
     serving = FakeServing(vecs)
     serving.n = 60
-    cfg = MapConfig(max_fit=100, early_iterations=50, iterations=100, save_every_s=0.0)
+    cfg = MapConfig(max_fit=100, early_iterations=50, iterations=100, save_every_s=0.0, child_process=False)
     pm = PoolMap(cfg, tmp_path / "map", serving)
     assert pm.status().state == COMPUTING and pm.status().pending == 60
     pm.step()
@@ -86,7 +87,7 @@ def test_a_damaged_saved_map_is_computed_again(tmp_path: Path) -> None:
     folder = tmp_path / "map"
     folder.mkdir()
     (folder / "v0001.npz").write_bytes(b"not a zip file")
-    pm = PoolMap(MapConfig(early_iterations=20, iterations=20), folder, serving)
+    pm = PoolMap(MapConfig(early_iterations=20, iterations=20, child_process=False), folder, serving)
     pm.step()
     m = pm.snapshot("v0001")
     assert m is not None and m.n == 30
@@ -97,7 +98,7 @@ def test_a_damaged_saved_map_is_computed_again(tmp_path: Path) -> None:
 def test_a_new_version_cancels_the_fit_and_replaces_the_map(tmp_path: Path) -> None:
     vecs, _ = blobs(300)
     serving = FakeServing(vecs)
-    pm = PoolMap(MapConfig(save_every_s=0.0), tmp_path / "map", serving)
+    pm = PoolMap(MapConfig(save_every_s=0.0, child_process=False), tmp_path / "map", serving)
     real_current = pm.current
     calls = 0
 
@@ -124,7 +125,7 @@ def test_a_new_version_cancels_the_fit_and_replaces_the_map(tmp_path: Path) -> N
 def test_the_previous_versions_map_is_shown_while_the_new_one_computes(tmp_path: Path) -> None:
     vecs, _ = blobs(60)
     serving = FakeServing(vecs)
-    cfg = MapConfig(early_iterations=20, iterations=20, save_every_s=0.0)
+    cfg = MapConfig(early_iterations=20, iterations=20, save_every_s=0.0, child_process=False)
     pm = PoolMap(cfg, tmp_path / "map", serving)
     pm.step()
     old = pm.snapshot("v0001")
@@ -149,6 +150,41 @@ def test_the_previous_versions_map_is_shown_while_the_new_one_computes(tmp_path:
     for st, m in seen:
         assert (st.version, st.state, st.shown, st.total, st.pending) == ("v0002", COMPUTING, "v0001", 60, 50)
         assert m is not None and np.array_equal(m.xy, old.xy)
+
+
+def test_the_fit_runs_in_a_child_process_that_is_killed_when_stopped(tmp_path: Path) -> None:
+    vecs, which = blobs(120)
+    p = Projection(pca_dims=8, perplexity=30.0, early_iterations=50, iterations=100, seed=0)
+    seen: list[float] = []
+
+    def progress(fraction: float) -> bool:
+        seen.append(fraction)
+        return False
+
+    xy, method = fit_in_child(vecs, p, progress, poll_s=0.05)
+    assert method == "pca8+opentsne" and xy.shape == (120, 2) and xy.dtype == np.float32
+    assert separated(xy, which) and seen
+    # Stopped (a new version is served): the child is killed at once, however long its fit would take.
+    import subprocess
+
+    started: list[subprocess.Popen[str]] = []
+    real = subprocess.Popen
+
+    def recording(*a: object, **kw: object) -> subprocess.Popen[str]:
+        proc = real(*a, **kw)  # type: ignore[call-overload]
+        started.append(proc)
+        return proc  # type: ignore[no-any-return]
+
+    long = Projection(pca_dims=8, perplexity=30.0, early_iterations=100_000, iterations=100_000, seed=0)
+    t0 = time.monotonic()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(subprocess, "Popen", recording)
+        with pytest.raises(FitStopped):
+            fit_in_child(vecs, long, lambda f: time.monotonic() - t0 > 0.3, poll_s=0.05)
+    assert time.monotonic() - t0 < 5 and started and started[0].poll() is not None
+    # A child that fails says why.
+    with pytest.raises(RuntimeError, match="exited with"):
+        fit_in_child(np.full((20, 4), np.nan, np.float32), p, lambda f: False)
 
 
 def test_tiny_pools(tmp_path: Path) -> None:
