@@ -20,15 +20,15 @@ work moves to threads that stay low instead of renicing the gRPC thread for the 
 
 Deadline-aware admission: the lane keeps a running mean of how long each kind of call takes (``kind``:
 "Select 'as3l'", "PriorLabels 'knn'", ...; an exponentially weighted mean of the last runs, a cancelled
-run counting with the time it had run). A call that would have to queue is refused at once with
-``Busy`` when its expected wait (the running calls' expected remaining time, then the queued calls
-ahead of it, ``max_concurrent`` at a time) plus its own expected duration exceeds its remaining
-deadline: it would time out in the queue or be cut off mid-way, so a prompt RESOURCE_EXHAUSTED with a
-retry hint (the expected wait) tells the client more, sooner, and frees the queue for calls that can
-finish. A call that finds a slot free is refused the same way when its kind's recent runs took longer
-than its remaining deadline (as3l on a saturated machine); once that estimate is older than
-``PROBE_AFTER_S`` one call is let through to measure it again. An admitted call's own deadline still
-stops its work (DEADLINE_EXCEEDED).
+run counting with the time it had run). A call that would have to queue is refused at once with ``Busy``
+when its expected wait (the running calls' expected remaining time, then the queued calls ahead of it,
+``max_concurrent`` at a time) plus its own expected duration, times ``SAFETY`` (1.5), exceeds its
+remaining deadline: it would (probably) time out in the queue or be cut off mid-way, so a prompt
+RESOURCE_EXHAUSTED with a retry hint (the expected wait) tells the client more, sooner, and frees the
+queue for calls that can finish. A call that finds a slot free is refused the same way when its kind's
+recent runs took longer than its remaining deadline (as3l on a saturated machine); once that estimate is
+older than ``PROBE_AFTER_S`` one call is let through to measure it again. An admitted call's own
+deadline still stops its work (DEADLINE_EXCEEDED).
 
 Concurrency-aware estimates: times measured alone (or on a quieter machine) say little about a call
 admitted while the cores are saturated, so each kind also keeps its mean CPU seconds (the CPU clock of
@@ -137,10 +137,14 @@ class Admission:
     # A work thread using less CPU than this per wall second is not CPU-bound (it sleeps, or waits on other
     # threads): its kind keeps wall-time estimates, and it says nothing about the lane's CPU share.
     MIN_SHARE = 0.01
-    # A running call is measured for this long before its CPU share counts as the lane's current one.
-    MIN_LIVE_S = 0.2
     # A running call past its kind's estimate is expected to need this fraction of the estimate more.
     OVERRUN = 0.25
+    # A call is admitted only when this multiple of its expected wait and run fits in its deadline (the
+    # estimates are means, and a loaded machine varies), and a queued call leaves once the plain
+    # expectation no longer fits: the margin between the two keeps refusals at admission, i.e. prompt.
+    SAFETY = 1.5
+    # A running call is measured for this long before its CPU share counts as the lane's current one.
+    MIN_LIVE_S = 0.1
 
     def __init__(self, max_concurrent: int, max_queued: int, lane: str = "heavy",
                  initial_estimate_s: float = 1.0, threads: LaneThreads | None = None) -> None:
@@ -287,9 +291,10 @@ class Admission:
                 # measure the machine now (a kind not seen yet: at the lane's mean CPU) or its kind was
                 # measured within PROBE_AFTER_S: an older (or no) estimate is measured afresh by letting it run.
                 fresh = now - self._kind_at.get(kind, -math.inf) <= self.PROBE_AFTER_S or share is not None
-                if not full and not fresh and kind in self._kind_at and wait + own > remaining:
+                late = self.SAFETY * (wait + own) > remaining
+                if not full and not fresh and kind in self._kind_at and late:
                     self._kind_at[kind] = now  # this call is the one probe: the next ones see a fresh estimate
-                elif wait + own > remaining and (full or fresh):
+                elif late and (full or fresh):
                     raise self._too_late(what, wait, own, remaining)
             self._waiting[token] = kind
             try:
