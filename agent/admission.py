@@ -137,7 +137,7 @@ class Admission:
     # A work thread using less CPU than this per wall second is not CPU-bound (it sleeps, or waits on other
     # threads): its kind keeps wall-time estimates, and it says nothing about the lane's CPU share.
     MIN_SHARE = 0.01
-    # A running call past its kind's estimate is expected to need this fraction of the estimate more.
+    # A running call past its kind's estimate is expected to need this fraction of what it has used more.
     OVERRUN = 0.25
     # A call is admitted only when this multiple of its expected wait and run fits in its deadline (the
     # estimates are means, and a loaded machine varies), and a queued call leaves once the plain
@@ -147,13 +147,15 @@ class Admission:
     MIN_LIVE_S = 0.1
 
     def __init__(self, max_concurrent: int, max_queued: int, lane: str = "heavy",
-                 initial_estimate_s: float = 1.0, threads: LaneThreads | None = None) -> None:
+                 initial_estimate_s: float = 1.0, threads: LaneThreads | None = None,
+                 max_wait_s: float | None = None) -> None:
         if max_concurrent < 1 or max_queued < 0:
             raise ValueError("max_concurrent must be >= 1 and max_queued >= 0")
         self.max_concurrent = max_concurrent
         self.max_queued = max_queued
         self.lane = lane
         self.threads = threads
+        self.max_wait_s = max_wait_s  # longest wait in the queue (None: until the deadline)
         self._cond = threading.Condition()
         self._running: dict[CancelToken, _Run] = {}
         self._waiting: dict[CancelToken, str] = {}  # token -> kind, in arrival order
@@ -218,9 +220,10 @@ class Admission:
         used = r.cpu()
         if share is not None and used is not None and self._cpu_bound(r.kind):
             est = self._kind_cpu.get(r.kind, self._mean_cpu)
-            return max(est - used, self.OVERRUN * est) / share
+            return max(est - used, self.OVERRUN * max(est, used)) / share
         est = self._kind_s.get(r.kind, self._mean_s)
-        return max(est - (now - r.start), self.OVERRUN * est)
+        ran = now - r.start
+        return max(est - ran, self.OVERRUN * max(est, ran))
 
     def _expected_wait(self, now: float, share: float | None, before: CancelToken | None = None) -> float:
         """Seconds until a slot is expected to free for a call arriving now (or for the queued call
@@ -250,6 +253,16 @@ class Admission:
 
     def _calls(self) -> str:
         return self.LANES.get(self.lane, self.LANES["heavy"])[0]
+
+    def _waited_too_long(self, what: str, wait: float, queued: bool) -> Busy:
+        """The refusal of a call that would wait (or has waited) longer than ``max_wait_s`` (lock held)."""
+        self._refused += 1
+        self._refused_deadline += 1
+        hint = self._retry_after_ms(wait)
+        done = "waited" if queued else "would wait about"
+        return Busy(f"the agent is busy: {what} {done} {wait:.1f} s for a turn ({len(self._running)} {self.lane} "
+                    f"requests running, {len(self._waiting)} queued), longer than the lane's queue wait limit of "
+                    f"{self.max_wait_s:g} s; it was not started; retry in about {hint} ms", hint / 1000)
 
     def _too_late(self, what: str, wait: float, own: float, remaining: float) -> Busy:
         """The refusal of a call that could not finish within its deadline (counted; lock held)."""
@@ -296,12 +309,23 @@ class Admission:
                     self._kind_at[kind] = now  # this call is the one probe: the next ones see a fresh estimate
                 elif late and (full or fresh):
                     raise self._too_late(what, wait, own, remaining)
+            if full and self.max_wait_s is not None:
+                now = time.monotonic()
+                wait = self._expected_wait(now, self._share_now(now))
+                if wait > self.max_wait_s:
+                    raise self._waited_too_long(what, wait, queued=False)
             self._waiting[token] = kind
+            queued_at = time.monotonic()
             try:
                 while len(self._running) >= self.max_concurrent:
                     token.check()
                     rem = token.remaining()
                     timeout = 0.1
+                    if self.max_wait_s is not None:
+                        waited = time.monotonic() - queued_at
+                        if waited >= self.max_wait_s:  # estimates were wrong: leave now, still promptly
+                            raise self._waited_too_long(what, waited, queued=True)
+                        timeout = max(0.001, min(timeout, self.max_wait_s - waited))
                     if rem is not None:
                         # The machine may have slowed since it queued: leave as soon as the call could no
                         # longer finish in time, rather than time out in the queue or mid-way.

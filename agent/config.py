@@ -30,6 +30,11 @@ class WorkConfig:
     # (agent/admission.py LaneThreads): light calls preempt it, and two heavy calls take at most the two
     # cores of a small machine (one thread each was also faster per call under load: docs/reliability.md).
     heavy_threads: LaneThreads = field(default_factory=LaneThreads)
+    # The longest a heavy call waits in the queue for a turn (seconds; None: until its deadline). A call
+    # expected to wait longer is refused at once; one whose turn has not come by then (the estimates were
+    # wrong: the machine slowed) leaves the queue with RESOURCE_EXHAUSTED then. Either way the refusal is
+    # prompt and the client retries with the hint, instead of waiting most of its deadline to hear no.
+    max_queue_wait_s: float | None = 1.0
     # Light work (strategies declared light at the request's budget: random, margin, entropy, ..., coreset
     # and badge at small budgets) has a lane of its own, so it never waits behind k-means; light
     # PriorLabels (knn for at most 1,000 ids) a second lane of the same size.
@@ -47,6 +52,8 @@ class WorkConfig:
     cache_rows: int = 500_000
 
     def __post_init__(self) -> None:
+        if self.max_queue_wait_s is not None and not self.max_queue_wait_s > 0:
+            raise ValueError("work: max_queue_wait_s must be > 0 (or None)")
         if (min(self.max_concurrent, self.light_max_concurrent, self.decode_max_concurrent) < 1
                 or min(self.max_queued, self.light_max_queued, self.decode_max_queued, self.cache_entries,
                        self.cache_rows, self.large_image_pixels) < 0):

@@ -173,7 +173,8 @@ class Agent:
         work = config.work
         # Heavy work runs in the lane's own threads, at a lower priority and with one OpenMP thread, so
         # light calls get a core at once (agent/admission.py, LaneThreads; docs/reliability.md, Load).
-        self.work = Admission(work.max_concurrent, work.max_queued, threads=work.heavy_threads)
+        self.work = Admission(work.max_concurrent, work.max_queued, threads=work.heavy_threads,
+                              max_wait_s=work.max_queue_wait_s)
         self.light_work = Admission(work.light_max_concurrent, work.light_max_queued, lane="light")
         # Light PriorLabels (knn for a few ids: ~0.3 CPU s at 50,000 rows and 5,000 labels, mostly its
         # calibration) get a lane of the same size of their own, so light Selects (random, margin: tens of

@@ -177,7 +177,8 @@ def slow_registered(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def small(tmp_path: Path, registry: Path, slow_registered: None) -> Running:  # type: ignore[misc]
-    r = start(tmp_path / "data", registry, work=WorkConfig(max_concurrent=1, max_queued=1))
+    # No queue wait limit: these tests hold a call in the queue for as long as they look at it.
+    r = start(tmp_path / "data", registry, work=WorkConfig(max_concurrent=1, max_queued=1, max_queue_wait_s=None))
     client.ingest(r.stub, make_samples(30, labels=6))
     yield r
     r.stop()
@@ -494,3 +495,24 @@ def test_a_running_call_bounds_its_kinds_estimate_from_below() -> None:
     finally:
         token.cancel()
         t.join(5)
+
+
+def test_no_call_waits_in_the_queue_longer_than_the_lanes_limit() -> None:
+    adm = Admission(max_concurrent=1, max_queued=4, max_wait_s=0.3)
+    with adm.slot(CancelToken(), kind="long"):
+        time.sleep(0.6)  # "long" takes ~0.6 s
+    with adm.slot(CancelToken(), kind="long"):
+        # Expected to wait ~0.6 s for the running one: more than 0.3 s, refused at once (no deadline needed).
+        t0 = time.monotonic()
+        with pytest.raises(Busy) as busy, adm.slot(CancelToken(), "Select 'x'"):
+            pass
+        assert time.monotonic() - t0 < 0.1 and "queue wait limit of 0.3 s" in str(busy.value)
+    with adm.slot(CancelToken(), kind="short"):
+        pass  # "short" takes ~0 s
+    with adm.slot(CancelToken(), kind="short"):
+        # Expected to wait ~0 s, so it queues; the running one takes longer than that: it leaves at 0.3 s.
+        t0 = time.monotonic()
+        with pytest.raises(Busy) as busy, adm.slot(CancelToken(), "Select 'y'"):
+            pass
+        assert 0.25 < time.monotonic() - t0 < 1.0 and "Select 'y' waited" in str(busy.value)
+    assert adm.stats().queued == 0 and adm.stats().refused == 2
