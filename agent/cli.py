@@ -180,6 +180,10 @@ def serve(labelstudio: LabelStudioConfig,
           max_queued_work: int = typer.Option(8, "--max-queued-work", min=0,
                                               help="Selects / PriorLabels waiting for a turn; beyond, "
                                               "RESOURCE_EXHAUSTED with a retry hint"),
+          max_queue_wait: float = typer.Option(1.0, "--max-queue-wait", min=0.0,
+                                               help="seconds a heavy Select / PriorLabels may wait for a turn "
+                                               "before RESOURCE_EXHAUSTED with a retry hint (0: until its "
+                                               "deadline)"),
           max_concurrent_light: int = typer.Option(4, "--max-concurrent-light", min=1,
                                                    help="light Selects (random, margin, ...) computed at once"),
           max_queued_light: int = typer.Option(16, "--max-queued-light", min=0,
@@ -223,6 +227,7 @@ def serve(labelstudio: LabelStudioConfig,
                              poll_s=poll, batch_size=batch_size, use_cuda=not cpu, limits=limits, security=security,
                              min_free_bytes=int(min_free_mb * MIB),
                              work=WorkConfig(max_concurrent=max_concurrent_work, max_queued=max_queued_work,
+                                             max_queue_wait_s=max_queue_wait or None,
                                              light_max_concurrent=max_concurrent_light,
                                              light_max_queued=max_queued_light,
                                              decode_max_concurrent=max_concurrent_decodes,
