@@ -27,7 +27,8 @@ remaining deadline: it would (probably) time out in the queue or be cut off mid-
 RESOURCE_EXHAUSTED with a retry hint (the expected wait) tells the client more, sooner, and frees the
 queue for calls that can finish. A call that finds a slot free is refused the same way when its kind's
 recent runs took longer than its remaining deadline (as3l on a saturated machine); once that estimate is
-older than ``PROBE_AFTER_S`` one call is let through to measure it again. An admitted call's own
+older than ``PROBE_AFTER_S`` one call is let through to measure it again (a lane with threads of its own
+samples the CPU share instead: ``SAMPLE_S``). An admitted call's own
 deadline still stops its work (DEADLINE_EXCEEDED).
 
 Concurrency-aware estimates: times measured alone (or on a quieter machine) say little about a call
@@ -45,6 +46,7 @@ thread (it sleeps or waits on other threads) keeps the wall-time estimates.
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import logging
 import math
@@ -104,6 +106,17 @@ def _thread_clock() -> tuple[int | None, float]:
         return None, 0.0
 
 
+def _renice(steps: int, lane: str) -> None:
+    """This thread's niceness ``steps`` above what it inherited (at most 19; Linux: per thread; best effort)."""
+    if steps == 0:
+        return
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + steps))
+    except (OSError, AttributeError) as e:
+        log.info("%s lane threads keep their priority: %s", lane, e)
+
+
 @dataclass
 class _Run:
     """A running call: its kind, when it got its slot (time.monotonic()) and the CPU clock of the thread
@@ -145,6 +158,13 @@ class Admission:
     SAFETY = 1.5
     # A running call is measured for this long before its CPU share counts as the lane's current one.
     MIN_LIVE_S = 0.1
+    # With no call of the lane running or ended within PROBE_AFTER_S, a lane with threads of its own
+    # measures the share one of them would get now: a thread at the lane's niceness hashes for SAMPLE_S
+    # (hashlib releases the GIL: this measures the CPU, not the interpreter lock); the sample stands for
+    # SAMPLE_VALID_S. It replaces letting a call run blind to measure the machine (which, on a saturated
+    # machine, ended DEADLINE_EXCEEDED).
+    SAMPLE_S = 0.1
+    SAMPLE_VALID_S = 2.0
 
     def __init__(self, max_concurrent: int, max_queued: int, lane: str = "heavy",
                  initial_estimate_s: float = 1.0, threads: LaneThreads | None = None,
@@ -169,6 +189,8 @@ class Admission:
         self._kind_at: dict[str, float] = {}  # when each kind's estimate was last updated (time.monotonic)
         self._share = 1.0  # CPU share of the recent finished CPU-bound calls (running mean; the first sets it) ...
         self._share_at = -math.inf  # ... and when it was last updated
+        self._sampled, self._sampled_at = 1.0, -math.inf  # the last sampled share (SAMPLE_S) and when
+        self._sampling = False
         self._pool = None if threads is None else ThreadPoolExecutor(
             max_workers=max_concurrent, thread_name_prefix=f"{lane}-work", initializer=self._lower_priority)
 
@@ -193,7 +215,51 @@ class Admission:
                 cpu, wall = cpu + used, wall + ran
         if wall > 0:
             return cpu / wall
-        return self._share if now - self._share_at <= self.PROBE_AFTER_S else None
+        if now - self._share_at <= self.PROBE_AFTER_S:
+            return self._share
+        return self._sampled if now - self._sampled_at <= self.SAMPLE_VALID_S else None
+
+    def _measure_share(self) -> float | None:
+        """CPU seconds per wall second a thread at the lane's niceness gets now (SAMPLE_S of hashing)."""
+        nice = 0 if self.threads is None else self.threads.nice
+        out: list[float] = []
+
+        def sample() -> None:
+            _renice(nice, self.lane)
+            buf = bytes(1 << 20)  # ~2 ms of SHA-256 per call, the GIL released
+            t0, c0 = time.monotonic(), time.thread_time()
+            while time.monotonic() - t0 < self.SAMPLE_S:
+                hashlib.sha256(buf).digest()
+            out.append((time.thread_time() - c0) / max(1e-6, time.monotonic() - t0))
+
+        t = threading.Thread(target=sample, name=f"{self.lane}-share", daemon=True)
+        t.start()
+        t.join(20 * self.SAMPLE_S)
+        return out[0] if out else None
+
+    def _sample_if_blind(self, token: CancelToken) -> None:
+        """Before admission: sample the CPU share when nothing else tells it (lanes with threads, calls with
+        a deadline, a slot free); a call arriving while another samples waits for that sample."""
+        if self.threads is None or token.remaining() is None:
+            return
+        with self._cond:
+            end = time.monotonic() + 20 * self.SAMPLE_S
+            while self._sampling and time.monotonic() < end:
+                self._cond.wait(self.SAMPLE_S)
+            now = time.monotonic()
+            if (self._closed or self._sampling or len(self._running) >= self.max_concurrent
+                    or self._share_now(now) is not None):
+                return
+            self._sampling = True
+        share = None
+        try:
+            share = self._measure_share()
+        finally:
+            with self._cond:
+                self._sampling = False
+                if share is not None:
+                    self._sampled, self._sampled_at = max(share, self.MIN_SHARE), time.monotonic()
+                self._cond.notify_all()
 
     def _cpu_bound(self, kind: str) -> bool:
         cpu, wall = self._kind_cpu.get(kind, self._mean_cpu), self._kind_s.get(kind, self._mean_s)
@@ -283,6 +349,7 @@ class Admission:
         becomes so); the token's exception (Cancelled, DeadlineExceeded, ShuttingDown) when it ends while
         waiting. ``kind`` names what the running means are kept by (default ``what``)."""
         kind = kind or what
+        self._sample_if_blind(token)
         with self._cond:
             if self._closed:
                 raise ShuttingDown()
@@ -300,10 +367,12 @@ class Admission:
                 share = self._share_now(now)
                 wait = self._expected_wait(now, share) if full else 0.0
                 own = self._own(kind, share)
-                # With a slot free, a call is refused for its own length only when the lane's running calls
-                # measure the machine now (a kind not seen yet: at the lane's mean CPU) or its kind was
-                # measured within PROBE_AFTER_S: an older (or no) estimate is measured afresh by letting it run.
-                fresh = now - self._kind_at.get(kind, -math.inf) <= self.PROBE_AFTER_S or share is not None
+                # With a slot free, a call is refused for its own length only when its kind was measured
+                # within PROBE_AFTER_S, or the lane's CPU share is known now (running or recent calls, or a
+                # sample) and its kind, or any kind of the lane (a kind not seen yet: at the lane's mean CPU),
+                # was ever measured; otherwise (a lane with no history at all) it runs and measures.
+                fresh = (now - self._kind_at.get(kind, -math.inf) <= self.PROBE_AFTER_S
+                         or (share is not None and bool(self._kind_at)))
                 late = self.SAFETY * (wait + own) > remaining
                 if not full and not fresh and kind in self._kind_at and late:
                     self._kind_at[kind] = now  # this call is the one probe: the next ones see a fresh estimate
@@ -378,13 +447,8 @@ class Admission:
     def _lower_priority(self) -> None:
         """Initializer of each worker thread: its niceness, ``threads.nice`` above the thread that started it
         (inherited; Linux: per thread; best effort elsewhere)."""
-        if self.threads is None or self.threads.nice == 0:
-            return
-        try:
-            tid = threading.get_native_id()
-            os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + self.threads.nice))
-        except (OSError, AttributeError) as e:
-            log.info("%s lane threads keep their priority: %s", self.lane, e)
+        if self.threads is not None:
+            _renice(self.threads.nice, self.lane)
 
     def _work(self, token: CancelToken, fn: Callable[[], T]) -> T:
         """In a worker thread: measure this thread's CPU for the call, limit OpenMP, run ``fn``."""

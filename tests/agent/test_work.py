@@ -252,7 +252,8 @@ def test_stop_server_cancels_heavy_work(tmp_path: Path, registry: Path, slow_reg
 def test_sigterm_stops_a_busy_agent_process_within_seconds(tmp_path: Path, registry: Path) -> None:
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "tests.agent.slow", "serve", "--data-dir", str(tmp_path / "d"),
-                             "--models", str(registry), "--port", str(port), "--cpu"],
+                             "--models", str(registry), "--port", str(port), "--cpu",
+                             "--max-queue-wait", "0"],  # the third call stays queued until the SIGTERM
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             cwd=Path(__file__).resolve().parents[2])
     try:
@@ -516,3 +517,31 @@ def test_no_call_waits_in_the_queue_longer_than_the_lanes_limit() -> None:
             pass
         assert 0.25 < time.monotonic() - t0 < 1.0 and "Select 'y' waited" in str(busy.value)
     assert adm.stats().queued == 0 and adm.stats().refused == 2
+
+
+def test_with_nothing_measured_lately_a_lane_samples_the_cpu_share_instead_of_running_blind(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Admission, "EWMA", 1.0)
+    adm = Admission(max_concurrent=2, max_queued=2, threads=LaneThreads())
+    share = adm._measure_share()  # a thread at the lane's niceness, hashing for SAMPLE_S
+    assert share is not None and 0.0 < share <= 1.05
+    adm.run(CancelToken(), lambda: spin(0.1), kind="k")  # "k": ~0.1 CPU s
+    monkeypatch.setattr(Admission, "PROBE_AFTER_S", 0.2)
+    time.sleep(0.3)  # "k"'s estimate and the lane's recent share are stale now
+    samples: list[float] = []
+
+    def starved() -> float:  # the machine is saturated: a lane thread would get a hundredth of a core
+        samples.append(time.monotonic())
+        return 0.01
+
+    monkeypatch.setattr(adm, "_measure_share", starved)
+    t0 = time.monotonic()
+    with pytest.raises(Busy) as busy:  # "k" would take ~10 s: refused at once, not let through to measure
+        adm.run(CancelToken.within(1.0), lambda: None, "Select 'k'", kind="k")
+    assert time.monotonic() - t0 < 0.5 and "CPU share" in str(busy.value) and len(samples) == 1
+    with pytest.raises(Busy):  # the sample stands for SAMPLE_VALID_S: not taken again
+        adm.run(CancelToken.within(1.0), lambda: None, kind="k")
+    assert len(samples) == 1
+    # Without a deadline nothing is estimated or sampled: the call runs.
+    assert adm.run(CancelToken(), lambda: 7, kind="k") == 7 and len(samples) == 1
+    adm.shutdown()
