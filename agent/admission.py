@@ -22,7 +22,7 @@ Deadline-aware admission: the lane keeps a running mean of how long each kind of
 "Select 'as3l'", "PriorLabels 'knn'", ...; an exponentially weighted mean of the last runs, a cancelled
 run counting with the time it had run). A call that would have to queue is refused at once with ``Busy``
 when its expected wait (the running calls' expected remaining time, then the queued calls ahead of it,
-``max_concurrent`` at a time) plus its own expected duration, times ``SAFETY`` (1.5), exceeds its
+``max_concurrent`` at a time) plus its own expected duration, times ``SAFETY`` (2), exceeds its
 remaining deadline: it would (probably) time out in the queue or be cut off mid-way, so a prompt
 RESOURCE_EXHAUSTED with a retry hint (the expected wait) tells the client more, sooner, and frees the
 queue for calls that can finish. A call that finds a slot free is refused the same way when its kind's
@@ -155,7 +155,7 @@ class Admission:
     # A call is admitted only when this multiple of its expected wait and run fits in its deadline (the
     # estimates are means, and a loaded machine varies), and a queued call leaves once the plain
     # expectation no longer fits: the margin between the two keeps refusals at admission, i.e. prompt.
-    SAFETY = 1.5
+    SAFETY = 2.0
     # A running call is measured for this long before its CPU share counts as the lane's current one.
     MIN_LIVE_S = 0.1
     # With no call of the lane running or ended within PROBE_AFTER_S, a lane with threads of its own
