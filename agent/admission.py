@@ -38,10 +38,13 @@ seconds per wall second its calls get now: measured on the running calls, else t
 calls that ended within ``PROBE_AFTER_S``) turns CPU seconds into expected wall seconds: a kind that
 took 1.6 s alone is expected to take 16 s while the lane's calls get a tenth of a core each. Running
 calls also bound their kind from below (a kind is expected to need at least the CPU a running call of
-that kind has already used), a running call past its estimate is expected to need a quarter of it
-more, and a queued call whose expected wait plus run no longer fits its deadline leaves the queue with
-``Busy`` at once instead of waiting to end DEADLINE_EXCEEDED. Work that is not CPU-bound in its own
-thread (it sleeps or waits on other threads) keeps the wall-time estimates.
+that kind has already used); when the running calls get less than ``CONTENDED`` of a core each, the CPU
+left to the lane is saturated and one more call would split it, so a call that finds a slot free is
+expected at the split share and refused when it, or a running call, would then miss its deadline; a
+running call past its estimate is expected to need a quarter of it more, and a queued call whose
+expected wait plus run no longer fits its deadline leaves the queue with ``Busy`` at once instead of
+waiting to end DEADLINE_EXCEEDED. Work that is not CPU-bound in its own thread (it sleeps or waits on
+other threads) keeps the wall-time estimates.
 """
 
 from __future__ import annotations
@@ -165,6 +168,10 @@ class Admission:
     # machine, ended DEADLINE_EXCEEDED).
     SAMPLE_S = 0.1
     SAMPLE_VALID_S = 2.0
+    # Running calls getting less than this CPU share each are taken to have saturated the CPU left to the
+    # lane: one more call would split it (n running at share s -> n + 1 at s * n / (n + 1)), so it is
+    # admitted only when it, and every running call, is still expected to finish within its deadline.
+    CONTENDED = 0.9
 
     def __init__(self, max_concurrent: int, max_queued: int, lane: str = "heavy",
                  initial_estimate_s: float = 1.0, threads: LaneThreads | None = None,
@@ -208,13 +215,9 @@ class Admission:
     def _share_now(self, now: float) -> float | None:
         """CPU seconds per wall second the lane's CPU-bound calls get now: the running ones' when they have
         run long enough to tell, else the recent finished ones' (within PROBE_AFTER_S); None when neither."""
-        cpu = wall = 0.0
-        for r in self._running.values():
-            used, ran = r.cpu(), now - r.start
-            if used is not None and ran >= self.MIN_LIVE_S and used >= self.MIN_SHARE * ran:
-                cpu, wall = cpu + used, wall + ran
-        if wall > 0:
-            return cpu / wall
+        live = self._live(now)
+        if live:
+            return sum(used for _, _, used in live) / sum(now - r.start for _, r, _ in live)
         if now - self._share_at <= self.PROBE_AFTER_S:
             return self._share
         return self._sampled if now - self._sampled_at <= self.SAMPLE_VALID_S else None
@@ -260,6 +263,23 @@ class Admission:
                 if share is not None:
                     self._sampled, self._sampled_at = max(share, self.MIN_SHARE), time.monotonic()
                 self._cond.notify_all()
+
+    def _live(self, now: float) -> list[tuple[CancelToken, _Run, float]]:
+        """The running CPU-bound calls measured for MIN_LIVE_S: (token, run, CPU seconds used)."""
+        out = []
+        for token, r in self._running.items():
+            used, ran = r.cpu(), now - r.start
+            if used is not None and ran >= self.MIN_LIVE_S and used >= self.MIN_SHARE * ran:
+                out.append((token, r, used))
+        return out
+
+    def _share_with_one_more(self, live: list[tuple[CancelToken, _Run, float]], now: float) -> float:
+        """The CPU share each call would get with one more running (``live`` non-empty)."""
+        share = sum(used for _, _, used in live) / sum(now - r.start for _, r, _ in live)
+        if share >= self.CONTENDED:
+            return share  # the running calls have cores to themselves: assume one more has too
+        n = len(self._running)
+        return share * n / (n + 1)
 
     def _cpu_bound(self, kind: str) -> bool:
         cpu, wall = self._kind_cpu.get(kind, self._mean_cpu), self._kind_s.get(kind, self._mean_s)
@@ -330,6 +350,24 @@ class Admission:
                     f"requests running, {len(self._waiting)} queued), longer than the lane's queue wait limit of "
                     f"{self.max_wait_s:g} s; it was not started; retry in about {hint} ms", hint / 1000)
 
+    def _check_others(self, what: str, live: list[tuple[CancelToken, _Run, float]], share: float,
+                      now: float) -> None:
+        """Busy when a running call with a deadline would no longer finish in time at ``share`` (the CPU
+        share each gets once this call runs too; lock held)."""
+        for token, r, used in live:
+            left = token.remaining()
+            if left is None or not self._cpu_bound(r.kind):
+                continue
+            est = self._kind_cpu_now(r.kind)
+            if max(est - used, self.OVERRUN * max(est, used)) / share > left:
+                self._refused += 1
+                self._refused_deadline += 1
+                ends = [self._remaining(x, now, share) for x in self._running.values()]
+                hint = self._retry_after_ms(min(ends))
+                raise Busy(f"the agent is busy: starting {what} now would slow the {len(self._running)} running "
+                           f"{self.lane} requests past their deadlines (the CPU left to them is taken: each would "
+                           f"get {share:.2f} of a core); it was not started; retry in about {hint} ms", hint / 1000)
+
     def _too_late(self, what: str, wait: float, own: float, remaining: float) -> Busy:
         """The refusal of a call that could not finish within its deadline (counted; lock held)."""
         self._refused += 1
@@ -361,10 +399,16 @@ class Admission:
                            f"running and {len(self._waiting)} queued, the limits (max_concurrent="
                            f"{self.max_concurrent}, max_queued={self.max_queued}; `shortlist serve {self._flags()}`)"
                            f"; {what} was not started; retry in about {hint} ms", hint / 1000)
+            now = time.monotonic()
+            live = [] if full else self._live(now)
+            # A slot is free, and the calls running now measure how much CPU one more would get: admitted
+            # only when it would not slow them past their deadlines (whether or not it has one itself).
+            more = self._share_with_one_more(live, now) if live else None
+            if more is not None:
+                self._check_others(what, live, more, now)
             remaining = token.remaining()
             if remaining is not None:
-                now = time.monotonic()
-                share = self._share_now(now)
+                share = self._share_now(now) if more is None else more
                 wait = self._expected_wait(now, share) if full else 0.0
                 own = self._own(kind, share)
                 # With a slot free, a call is refused for its own length only when its kind was measured

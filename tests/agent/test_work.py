@@ -545,3 +545,33 @@ def test_with_nothing_measured_lately_a_lane_samples_the_cpu_share_instead_of_ru
     # Without a deadline nothing is estimated or sampled: the call runs.
     assert adm.run(CancelToken(), lambda: 7, kind="k") == 7 and len(samples) == 1
     adm.shutdown()
+
+
+def test_a_call_that_would_slow_a_running_one_past_its_deadline_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Admission, "EWMA", 1.0)
+    adm = Admission(max_concurrent=2, max_queued=2)
+    with adm.slot(CancelToken(), kind="a"):
+        spin(0.6)  # "a": ~0.6 CPU s
+    with adm.slot(CancelToken(), kind="b"):
+        spin(0.01)  # "b": ~0.01 CPU s
+    # An "a" running at a quarter of a core (the machine is saturated) with 3 s to go: ~2 s of work left.
+    token = CancelToken()
+    t = threading.Thread(target=lambda: adm.run(token, lambda: throttled(token, 0.25), kind="a"))
+    t.start()
+    try:
+        assert wait_until(lambda: adm.stats().running == 1)
+        token.deadline = time.monotonic() + 3.0  # (set once running: its own admission is not under test)
+        time.sleep(0.3)
+        # "b" alone would fit easily, but sharing the CPU left would leave "a" ~4 s of work for its ~2.7 s.
+        t0 = time.monotonic()
+        with pytest.raises(Busy) as busy, adm.slot(CancelToken.within(30), "Select 'b'", kind="b"):
+            pass
+        assert time.monotonic() - t0 < 0.5 and "would slow the 1 running" in str(busy.value)
+        # A call with no deadline of its own is held to the same rule (it is the running one's deadline).
+        with pytest.raises(Busy), adm.slot(CancelToken(), kind="b"):
+            pass
+    finally:
+        token.cancel()
+        t.join(5)
+    with adm.slot(CancelToken.within(30), kind="b"):  # nothing running: it runs
+        pass
