@@ -1,8 +1,9 @@
 """Check the Label Studio backend against a live Label Studio (docs/app.md, "Label Studio").
 
 Needs a running agent with its web app (`shortlist serve ... --web-port P`) and a running Label Studio
-(started with ML_BLOCK_LOCAL_IP=false when both run on one machine; an API token that Label Studio accepts
-as `Authorization: Token ...`: LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN=true for a fresh 1.23 instance). It creates
+(started with ML_BLOCK_LOCAL_IP=false and SSRF_PROTECTION_ENABLED=false when both run on one machine; an
+API token that Label Studio accepts as `Authorization: Token ...`: LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN=true
+for a fresh 1.23 instance). It creates
 a project with the agent's classes and one task per sample (plus one that matches none), connects the model
 named "shortlist" with Basic auth, gives the webhook it creates the write token, retrieves predictions,
 compares the Data Manager's order by prediction score with Select, annotates the first task and reads the
