@@ -515,7 +515,11 @@ class Admission:
             if self._pool is None:
                 with cancel.scope(token):
                     return fn()
-            return self._pool.submit(self._work, token, fn).result()
+            try:
+                future = self._pool.submit(self._work, token, fn)
+            except RuntimeError:  # the pool was shut down between this call's admission and now
+                raise ShuttingDown() from None
+            return future.result()
 
     def shutdown(self) -> None:
         """Cancel every running and waiting call and refuse new ones."""

@@ -418,6 +418,13 @@ def test_heavy_lane_work_runs_niced_with_one_openmp_thread_and_the_callers_token
     with pytest.raises(cancel.Cancelled):
         adm.run(stopped, lambda: cancel.checkpoint())
     assert adm.stats().running == 0
+    # Shut down between a call's admission and its hand-over to a worker (the pool is already closed, the
+    # slot not yet): UNAVAILABLE, not a RuntimeError from the thread pool.
+    assert adm._pool is not None
+    adm._pool.shutdown()
+    with pytest.raises(ShuttingDown):
+        adm.run(CancelToken(), lambda: 1)
+    assert adm.stats().running == 0
     adm.shutdown()
 
 
