@@ -1,9 +1,9 @@
 """End to end through a real Label Studio (docs/app.md, "Label Studio", "Set it up, step by step"): an agent
-with its web app, a Label Studio (scripts/labelstudio_setup.sh installs it in .venv-labelstudio) whose project
-shows the agent's images from a local-files storage, the ML backend connected at /labelstudio; Debian's chromium
-logs into Label Studio, retrieves the predictions in the Data Manager, sorts by prediction score (Shortlist's
-order), opens the first task, picks a class and submits; the label arrives in the agent through the webhook,
-read back through gRPC with its annotator.
+with its web app and a Label Studio (scripts/labelstudio_setup.sh installs it in .venv-labelstudio); Debian's
+chromium logs into Label Studio, adds the agent's images as a local-files storage, connects the ML backend at
+/labelstudio, gives its webhook the write token, retrieves the predictions in the Data Manager, orders by
+prediction score (Shortlist's order), labels the first task as displayed and submits; the label arrives in the
+agent through the webhook, read back through gRPC with its annotator.
 
 Skipped when .venv-labelstudio is missing (``bash scripts/labelstudio_setup.sh``), unless
 SHORTLIST_REQUIRE_LABELSTUDIO=1 (set by .ci/run, which runs the setup): then it fails.
@@ -168,30 +168,40 @@ def test_label_in_label_studio_with_shortlist_as_ml_backend(ls_agent: WebAgent, 
                                                             page: Any) -> None:
     """docs/app.md's steps 1-7, in that order (step 1 is the ``ls_agent`` fixture)."""
     wa, ls = ls_agent, label_studio
-    # Steps 2-4 through Label Studio's API (what its project wizard and Settings > Cloud Storage send): the
-    # agent's images (imgNNN.png) as a local-files source storage ("Treat every bucket object as a source
-    # file"), synced into tasks whose image URL is /data/local-files/?d=shapes/imgNNN.png (rule `url`).
+    # The images (imgNNN.png, the agent's sample ids) as files under Label Studio's local-files root; the
+    # project with step 4's label config through Label Studio's API (what its Create Project form sends).
     shapes = ls.files / "shapes"
     shapes.mkdir()
     for i in range(N_IMAGES):
         (shapes / f"img{i:03d}.png").write_bytes(shape_image(i))
     project = ls.api("POST", "/api/projects", {"title": "Shapes", "label_config": LABEL_CONFIG})["id"]
-    storage = ls.api("POST", "/api/storages/localfiles", {"project": project, "title": "shapes", "path": str(shapes),
-                                                          "use_blob_urls": True})
-    ls.api("POST", f"/api/storages/localfiles/{storage['id']}/sync")
-    wait_for("the storage's tasks", lambda: ls.api("GET", f"/api/projects/{project}")["task_number"] == N_IMAGES,
-             30, ls)
-    tasks = {Path(urllib.parse.unquote(t["data"]["image"])).name: t["id"]
-             for t in ls.api("GET", "/api/tasks", project=project, page_size=N_IMAGES)["tasks"]}
-    assert sorted(tasks) == sorted(s.id for s in wa.stub.ListSamples(agent_pb2.ListSamplesRequest()))
-    user = ls.api("GET", "/api/current-user/whoami")["id"]
-
     page.set_viewport_size({"width": 1400, "height": 1000})
     page.goto(f"{ls.url}/user/login/")
     page.fill("input[name=email]", LS_USER)
     page.fill("input[name=password]", LS_PASSWORD)
     page.click("button[type=submit]")
     page.wait_for_url(lambda url: "/user/login" not in url)
+    # Step 2: Settings > Cloud Storage > Add Source Storage: Local Files, the folder, "Files" (a task per
+    # image), Save & Sync.
+    page.goto(f"{ls.url}/projects/{project}/settings/storage")
+    page.get_by_role("button", name="Add Source Storage").click()
+    page.get_by_text("Local Files", exact=True).click()
+    page.get_by_role("button", name="Next").click()
+    page.fill("input[name=title]", "shapes")
+    page.fill("input[name=path]", str(shapes))
+    page.get_by_role("button", name="Test Connection").click()
+    page.get_by_role("button", name="Next").and_(page.locator(":enabled")).click()
+    page.locator("[data-testid^=select-trigger-use_blob_urls]").click()  # Import Method
+    page.get_by_text(re.compile(r"^Files - Automatically creates a task for each storage object")).click()
+    page.get_by_role("button", name="Next").click()
+    page.get_by_role("button", name="Save & Sync").click()
+    wait_for("the storage's tasks", lambda: ls.api("GET", f"/api/projects/{project}")["task_number"] == N_IMAGES,
+             60, ls)
+    tasks = {Path(urllib.parse.unquote(t["data"]["image"])).name: t["id"]
+             for t in ls.api("GET", "/api/tasks", project=project, page_size=N_IMAGES)["tasks"]}
+    assert sorted(tasks) == sorted(s.id for s in wa.stub.ListSamples(agent_pb2.ListSamplesRequest()))
+    user = ls.api("GET", "/api/current-user/whoami")["id"]
+
     # Step 5: Settings > Model > Connect Model: name `shortlist`, the backend URL, Basic Authentication.
     page.goto(f"{ls.url}/projects/{project}/settings/ml")
     page.get_by_role("button", name="Add machine learning model").click()  # "Connect Model"
