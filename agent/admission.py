@@ -90,10 +90,12 @@ class AdmissionStats:
 class LaneThreads:
     """A lane whose work runs in threads of its own (``Admission.run``): ``nice`` steps of niceness below
     the thread that starts them (Linux, per thread; at most 19; 0 keeps it) and with at most
-    ``openmp_threads`` OpenMP threads per call."""
+    ``openmp_threads`` OpenMP threads per call; ``sample_share``: when nothing tells the CPU share its
+    calls get, admission samples it (``Admission.SAMPLE_S``) rather than letting a call run blind."""
 
     nice: int = 10
     openmp_threads: int = 1
+    sample_share: bool = True
 
     def __post_init__(self) -> None:
         if not 0 <= self.nice <= 19 or self.openmp_threads < 1:
@@ -243,7 +245,7 @@ class Admission:
     def _sample_if_blind(self, token: CancelToken) -> None:
         """Before admission: sample the CPU share when nothing else tells it (lanes with threads, calls with
         a deadline, a slot free); a call arriving while another samples waits for that sample."""
-        if self.threads is None or token.remaining() is None:
+        if self.threads is None or not self.threads.sample_share or token.remaining() is None:
             return
         with self._cond:
             end = time.monotonic() + 20 * self.SAMPLE_S

@@ -179,7 +179,8 @@ class Agent:
         # Light PriorLabels (knn for a few ids: ~0.3 CPU s at 50,000 rows and 5,000 labels, mostly its
         # calibration) get a lane of the same size of their own, so light Selects (random, margin: tens of
         # ms) never queue behind them (docs/reliability.md, Load).
-        self.light_prior_work = Admission(work.light_max_concurrent, work.light_max_queued, lane="light")
+        self.light_prior_work = Admission(work.light_max_concurrent, work.light_max_queued, lane="light",
+                                          threads=work.light_prior_threads)
         self.decode_work = Admission(work.decode_max_concurrent, work.decode_max_queued, lane="decode")
         # Select: (chosen ids and scores, details); PriorLabels: (probs, confidence).
         self.select_cache: LruCache[tuple[list[tuple[str, float]], dict[str, str]]] = LruCache(work.cache_entries,

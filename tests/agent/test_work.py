@@ -582,3 +582,28 @@ def test_a_call_that_would_slow_a_running_one_past_its_deadline_is_refused(monke
         t.join(5)
     with adm.slot(CancelToken.within(30), kind="b"):  # nothing running: it runs
         pass
+
+
+def test_light_prior_labels_run_in_threads_of_their_own_below_light_selects(tmp_path: Path, registry: Path) -> None:
+    r = start(tmp_path / "data", registry)
+    try:
+        client.ingest(r.stub, make_samples(30, labels=6))
+        seen: list[tuple[str, int]] = []
+        lane = r.agent.light_prior_work
+        real_run = lane.run
+
+        def run(token, fn, *a, **kw):  # type: ignore[no-untyped-def]
+            def inside():  # type: ignore[no-untyped-def]
+                seen.append((threading.current_thread().name,
+                             os.getpriority(os.PRIO_PROCESS, threading.get_native_id())))
+                return fn()
+            return real_run(token, inside, *a, **kw)
+
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(lane, "run", run)
+            list(r.stub.PriorLabels(agent_pb2.PriorLabelsRequest(method="knn", ids=["s20", "s21"]), timeout=30))
+        [(name, nice)] = seen
+        assert name.startswith("light-work") and nice == min(19, os.getpriority(os.PRIO_PROCESS, 0) + 5)
+        assert r.agent.light_prior_work.threads == WorkConfig().light_prior_threads
+    finally:
+        r.stop()
