@@ -184,7 +184,9 @@ def test_label_in_label_studio_with_shortlist_as_ml_backend(ls_agent: WebAgent, 
     # Step 2: Settings > Cloud Storage > Add Source Storage: Local Files, the folder, "Files" (a task per
     # image), Save & Sync.
     page.goto(f"{ls.url}/projects/{project}/settings/storage")
-    page.get_by_role("button", name="Add Source Storage").click()
+    # The project has no storage yet: the button of the empty page (the list's, disabled while the page
+    # loads, then hidden, is another).
+    page.get_by_test_id("add-source-storage-button-empty-state").click()
     page.get_by_text("Local Files", exact=True).click()
     page.get_by_role("button", name="Next").click()
     page.fill("input[name=title]", "shapes")
