@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence, Sized
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -239,16 +239,21 @@ class Agent:
             self.state.set_closed_classes(list(manifest.classes))
 
     # ---- Labels ----------------------------------------------------------------------------------
+    def _check_label_call(self, items: Sized, what: str, annotator: str, source: str) -> None:
+        """The request-wide checks of SubmitLabels and RetractLabels (InvalidArgument / limits)."""
+        lim = self.limits
+        check_count(items, lim.max_ids_per_request, "max_ids_per_request", what)
+        check_text(annotator, lim.max_label_chars, "max_label_chars", "annotator name")
+        problem = source_problem(source)
+        if problem is not None:
+            raise InvalidArgument(problem)
+
     def submit_labels(self, labels: Sequence[tuple[str, str]], annotator: str,
                       source: str = "") -> tuple[int, list[tuple[str, str]]]:
         """Record (id, label) pairs durably, with who gave them and how (``source``, "" = "manual") and
         the model version served now; per-item rejections for unknown ids / labels."""
         lim = self.limits
-        check_count(labels, lim.max_ids_per_request, "max_ids_per_request", "labels")
-        check_text(annotator, lim.max_label_chars, "max_label_chars", "annotator name")
-        problem = source_problem(source)
-        if problem is not None:
-            raise InvalidArgument(problem)
+        self._check_label_call(labels, "labels", annotator, source)
         rejected: list[tuple[str, str]] = []
         good: list[tuple[int, int]] = []
         with self.manager.writing() as serving:
@@ -280,11 +285,7 @@ class Agent:
         """Make the samples ``ids`` unlabelled, durably, recording who took the labels back and how
         (``source``, "" = "manual"); per-item rejections for unknown, unlabelled or repeated ids."""
         lim = self.limits
-        check_count(ids, lim.max_ids_per_request, "max_ids_per_request", "ids")
-        check_text(annotator, lim.max_label_chars, "max_label_chars", "annotator name")
-        problem = source_problem(source)
-        if problem is not None:
-            raise InvalidArgument(problem)
+        self._check_label_call(ids, "ids", annotator, source)
         rejected: list[tuple[str, str]] = []
         good: list[int] = []
         seen: set[int] = set()
