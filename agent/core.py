@@ -90,6 +90,7 @@ class AgentStatus:
     warnings: list[str] = field(default_factory=list)
     audit: AuditReport = field(default_factory=AuditReport)
     classes_open: bool = True
+    label_events: int = 0  # label rows ever stored: changes with every label change (Status.label_events)
 
 
 def no_model_message(models: Path) -> str:
@@ -538,7 +539,7 @@ class Agent:
             audit=self.auditor.report(),
             warnings=[w for w in [self.registry_warning(), *storage_warnings(self.data_dir, self.config.min_free_bytes),
                                   *self.manager.warnings()] if w],
-            classes_open=not self.state.closed)
+            classes_open=not self.state.closed, label_events=self.state.label_event_count())
 
     def registry_warning(self) -> str:
         """Why the registry folder cannot hold models now ("" when it is a folder). The agent still starts

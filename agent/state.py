@@ -205,6 +205,9 @@ class State:
         self._seq_by_sha: dict[str, int] = {}  # the first sample stored with each payload
         self._label = np.full(1024, -1, np.int64)  # current class index by seq, -1 = unlabelled
         self._labeled_count = 0
+        # Label rows ever stored (labels, changes, retractions): Status.label_events, a revision of the labels
+        # that changes with every label change (the labelled count does not: retract one, label another).
+        self._label_events = int(self._db.execute("SELECT COUNT(*) FROM labels").fetchone()[0])
         for seq, sid, uri, meta, kind, digest in self._db.execute(
                 "SELECT seq, id, uri, metadata, kind, sha256 FROM samples ORDER BY seq"):
             self._append_record(SampleRecord(seq, sid, uri, json.loads(meta), kind, digest))
@@ -371,6 +374,7 @@ class State:
                 self._append_record(SampleRecord(q, s.id, s.uri, s.metadata, s.kind, s.sha256))
                 if s.label >= 0:
                     self._set_label(q, s.label)
+                    self._label_events += 1
             return seqs
 
     def count(self) -> int:
@@ -378,6 +382,10 @@ class State:
 
     def labeled_count(self) -> int:
         return self._labeled_count
+
+    def label_event_count(self) -> int:
+        """Label rows ever stored (labels, changes, retractions, ingested labels): a revision of the labels."""
+        return self._label_events
 
     def max_seq(self) -> int:
         return len(self._records) - 1
@@ -421,6 +429,7 @@ class State:
                     [(q, c, annotator, now, source, model_version) for q, c in assignments])
             for q, c in assignments:
                 self._set_label(q, c)
+            self._label_events += len(assignments)
 
     def retract_labels(self, seqs: list[int], annotator: str, source: str = MANUAL_SOURCE,
                        model_version: str = "") -> None:
@@ -433,6 +442,7 @@ class State:
                     [(q, RETRACTED, annotator, now, source, model_version) for q in seqs])
             for q in seqs:
                 self._unset_label(q)
+            self._label_events += len(seqs)
 
     def label_history(self, seq: int) -> list[tuple[str, str, float]]:
         """(label, annotator, time) of every label given to ``seq``, oldest first ("" for a retraction)."""

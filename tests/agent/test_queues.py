@@ -23,17 +23,25 @@ def current(r: Running) -> dict[str, str]:
     return {x.id: x.label for x in client.list_labels(r.stub)}
 
 
+def events(r: Running) -> int:
+    return r.stub.GetStatus(agent_pb2.GetStatusRequest()).label_events
+
+
 def test_retract_makes_samples_unlabelled_and_keeps_the_history(tmp_path: Path, registry: Path) -> None:
     r = start(tmp_path / "data", registry)
     try:
+        assert events(r) == 0
         client.ingest(r.stub, make_samples(30, labels=6))
+        assert events(r) == 6  # the labels given at ingest
         client.submit_labels(r.stub, [("s10", "dog")], annotator="ann")
+        assert events(r) == 7
         reply = client.retract_labels(r.stub, ["s1", "s10", "s20", "nope", "s1", ""], annotator="bob")
         assert reply.accepted == 2
         assert {(x.id, x.reason) for x in reply.rejected} == {
             ("s20", "not labelled: nothing to retract"), ("nope", "unknown id 'nope': ingest it first"),
             ("s1", "listed twice in this request"), ("", "empty id")}
         assert r.stub.GetStatus(agent_pb2.GetStatusRequest()).labeled == 5
+        assert events(r) == 9  # the two retractions; the rejected ids change nothing
         assert set(current(r)) == {"s0", "s2", "s3", "s4", "s5"}
         assert "s1" not in {s.id for s in client.list_samples(r.stub, labeled_only=True)}
         history = [x for x in client.list_labels(r.stub, history=True) if x.id == "s10"]
@@ -45,6 +53,7 @@ def test_retract_makes_samples_unlabelled_and_keeps_the_history(tmp_path: Path, 
         assert {p.id for p in r.stub.PriorLabels(agent_pb2.PriorLabelsRequest(method="knn"))} >= {"s1", "s10"}
         client.submit_labels(r.stub, [("s10", "cat")], annotator="ann")  # labelled again
         assert current(r)["s10"] == "cat"
+        assert (r.stub.GetStatus(agent_pb2.GetStatusRequest()).labeled, events(r)) == (6, 10)  # labeled: as before
         code, details = code_of(lambda: r.stub.RetractLabels(agent_pb2.RetractLabelsRequest(ids=["s0"],
                                                                                              source="ingest")))
         assert code == grpc.StatusCode.INVALID_ARGUMENT and "reserved" in details
@@ -54,6 +63,7 @@ def test_retract_makes_samples_unlabelled_and_keeps_the_history(tmp_path: Path, 
     try:
         assert set(current(again)) == {"s0", "s2", "s3", "s4", "s5", "s10"}
         assert again.stub.GetStatus(agent_pb2.GetStatusRequest()).labeled == 6
+        assert events(again) == 10  # counted from the history at start
     finally:
         again.stop()
 
