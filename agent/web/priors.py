@@ -6,8 +6,9 @@ Priors come from one ``PriorLabels`` call per (method, model version) over every
 sample, kept by the web process (``PriorsCache``, shared by every caller the agent accepts) and
 paginated here, so paging and filtering never call the agent again; on a 50,000-sample pool a page
 costs a numpy mask and a slice. Samples labelled through this page drop out at once; the priors of the
-others are those computed from the labels at ``computed_at`` (the page says how many labels were given
-since and offers "Recompute"); a new model version recomputes them at the next request.
+others are those computed from the labels at ``computed_at`` (the page says how many label changes --
+labels given or taken back, counted by ``Status.label_events`` -- came since, and offers "Recompute"); a
+new model version recomputes them at the next request.
 
 APIs (JSON): ``GET /api/priors`` (a page), ``POST /api/priors/labels`` (accept or correct),
 ``GET /api/priors/all`` (id -> prior class for every sample, for the Map page's colouring).
@@ -54,6 +55,7 @@ class PriorSet:
     second: np.ndarray  # the runner-up class index (-1 with one class)
     second_p: np.ndarray
     labeled_at: int  # Status.labeled when computed
+    events_at: int  # Status.label_events when computed (the labelled count alone misses a retraction + a label)
     computed_at: float
     row_of: dict[str, int] = field(default_factory=dict)
     done: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # labelled since, through this app
@@ -65,8 +67,9 @@ class PriorSet:
         self.order = np.lexsort((-self.confidence, self.label)) if len(self.ids) else np.zeros(0, np.int64)
 
     @classmethod
-    def from_stream(cls, method: str, classes: list[str], labeled: int,
+    def from_stream(cls, method: str, classes: list[str], status: agent_pb2.Status,
                     rows: list[agent_pb2.PriorLabel]) -> PriorSet:
+        """The set from PriorLabels ``rows`` computed at ``status`` (its labelled count and label revision)."""
         index = {c: k for k, c in enumerate(classes)}
         n = len(rows)
         label = np.zeros(n, np.int64)
@@ -81,8 +84,8 @@ class PriorSet:
             if len(p.probs) > 1:
                 ranked = sorted(p.probs.items(), key=lambda kv: -kv[1])
                 second[r], second_p[r] = index.get(ranked[1][0], -1), ranked[1][1]
-        return cls(method, version, classes, [p.id for p in rows], label, conf, second, second_p, labeled,
-                   time.time())
+        return cls(method, version, classes, [p.id for p in rows], label, conf, second, second_p, status.labeled,
+                   status.label_events, time.time())
 
 
 class PriorsCache:
@@ -109,7 +112,7 @@ class PriorsCache:
                 return cached  # another request computed it while this one waited
             rows = caller.stream(caller.stub.PriorLabels, agent_pb2.PriorLabelsRequest(method=method),
                                  timeout=caller.config.select_timeout_s)
-            fresh = PriorSet.from_stream(method, list(status.classes), status.labeled, rows)
+            fresh = PriorSet.from_stream(method, list(status.classes), status, rows)
             if not rows:
                 fresh.model_version = status.model_version
             with self._lock:
@@ -200,7 +203,8 @@ def priors_api(request: Request, method: str = Query(""), label: str = Query("")
               "second": ps.classes[ps.second[r]] if ps.second[r] >= 0 else "",
               "second_p": round(float(ps.second_p[r]), 4)} for r in part.tolist()]
     return {"method": method, "model_version": ps.model_version, "computed_at": ps.computed_at,
-            "labeled_at": ps.labeled_at, "labeled_now": status.labeled, "unlabelled": int((~ps.done).sum()),
+            "labeled_at": ps.labeled_at, "labeled_now": status.labeled,
+            "events_since": max(0, status.label_events - ps.events_at), "unlabelled": int((~ps.done).sum()),
             "total": len(rows), "page": page, "pages": pages, "size": size, "offset": (page - 1) * size,
             "counts": {c: int(n) for c, n in zip(ps.classes, counts, strict=False)}, "items": items}
 

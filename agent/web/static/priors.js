@@ -52,9 +52,9 @@
     $("stat-unlabelled").textContent = d.unlabelled.toLocaleString();
     const when = new Date(d.computed_at * 1000).toLocaleTimeString();
     $("priors-meta").textContent = `${d.method} priors at model ${d.model_version || "–"}, computed ${when} from ${d.labeled_at.toLocaleString()} labels; grouped by prior class, ${state.sort === "desc" ? "most" : "least"} confident first.`;
-    const since = d.labeled_now - d.labeled_at;
+    const since = d.events_since;  // labels given, changed or taken back since (Status.label_events)
     $("stale").hidden = since <= 0;
-    $("stale").textContent = `${since.toLocaleString()} label(s) were given since these priors were computed. Recompute to propagate them.`;
+    $("stale").textContent = `${since.toLocaleString()} label change(s) (labels given or taken back) since these priors were computed. Recompute to propagate them.`;
     // class tabs with counts in the confidence range
     const tabs = [["", Object.values(d.counts).reduce((a, b) => a + b, 0)], ...Object.entries(d.counts)];
     $("class-tabs").innerHTML = tabs.map(([c, n]) =>

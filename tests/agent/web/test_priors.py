@@ -80,10 +80,27 @@ def test_accept_and_correct(web_agent: WebAgent) -> None:
     assert history(web_agent, fix["id"]) == [(other, body["annotator"], "manual")]
     # they leave the review at once; the page says the priors predate 2 labels
     d = c.get("/api/priors", params={"method": "knn", "size": 200}).json()
-    assert d["unlabelled"] == UNLABELLED - 2 and d["labeled_now"] - d["labeled_at"] == 2
+    assert d["unlabelled"] == UNLABELLED - 2 and d["labeled_now"] - d["labeled_at"] == 2 and d["events_since"] == 2
     assert not {keep["id"], fix["id"]} & {it["id"] for it in d["items"]}
     fresh = c.get("/api/priors", params={"method": "knn", "size": 200, "refresh": "true"}).json()
     assert fresh["labeled_at"] == len(LABELLED_IDS) + 2 and fresh["total"] == UNLABELLED - 2
+
+
+def test_a_retraction_and_a_new_label_count_as_two_changes(web_agent: WebAgent) -> None:
+    """The page's "label changes since" follows Status.label_events: one label taken back and another given
+    leave the labelled count as it was, yet the priors predate two changes."""
+    c = web_agent.client()
+    before = c.get("/api/priors", params={"method": "knn", "size": 200}).json()
+    assert before["events_since"] == 0
+    unlabelled = before["items"][0]["id"]
+    taken_back = sorted(LABELLED_IDS)[0]
+    assert web_agent.stub.RetractLabels(agent_pb2.RetractLabelsRequest(ids=[taken_back], annotator="t")).accepted == 1
+    assert web_agent.stub.SubmitLabels(agent_pb2.SubmitLabelsRequest(
+        labels=[agent_pb2.LabelAssignment(id=unlabelled, label=SHAPES[0])], annotator="t")).accepted == 1
+    d = c.get("/api/priors", params={"method": "knn", "size": 200}).json()
+    assert d["labeled_now"] == d["labeled_at"] == len(LABELLED_IDS) and d["events_since"] == 2
+    fresh = c.get("/api/priors", params={"method": "knn", "size": 200, "refresh": "true"}).json()
+    assert fresh["events_since"] == 0 and taken_back in {it["id"] for it in fresh["items"]}
 
 
 def test_a_prior_not_shown_by_this_app_is_checked_with_the_agent(web_agent: WebAgent) -> None:
