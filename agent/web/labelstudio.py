@@ -20,10 +20,17 @@ A Label Studio project connected to ``http://AGENT:P/labelstudio`` (Settings > M
 - ``POST /webhook`` (Label Studio's webhook events): ANNOTATION_CREATED / ANNOTATION_UPDATED (and the
   bulk ANNOTATIONS_CREATED) become SubmitLabels with source ``labelstudio`` and annotator
   ``labelstudio:USER`` (the annotation's ``completed_by``); a skipped (cancelled) or empty annotation
-  labels nothing. ANNOTATIONS_DELETED is acknowledged and changes nothing: the agent keeps every label's
-  history and has no "unlabel", so a label stays until it is replaced (update the annotation in Label
-  Studio, or label the sample again). Every other event is answered 200 and ignored; a body that is not
-  a Label Studio event is 400 with what is wrong.
+  labels nothing. ANNOTATIONS_DELETED (Label Studio's delete event; its body names the deleted annotations
+  by id only: no task, result or user) becomes RetractLabels (source ``labelstudio``, annotator
+  ``labelstudio``: the body does not say who deleted) for each deleted annotation whose label is still the
+  sample's current one. The rule (``_Given``): this app remembers, for each annotation it turned into a
+  label, the sample, class and annotator; a deletion retracts the sample's label only when that annotation
+  is the last one this app labelled the sample from and the agent's current label of the sample is still
+  that label (source ``labelstudio``, same class and annotator). A label given since by anyone else (the
+  Queue, Review priors, another annotation) stays; so does everything when the annotation is unknown (it
+  was made before this web app started: the memory is per process, ``MAX_GIVEN`` annotations). Every
+  other event is answered 200 and ignored; a body that is not a Label Studio event is 400 with what is
+  wrong.
 
 Tasks are matched to samples by ``MatchRule`` (agent/web/config.py, ``--labelstudio-match``): ``url``
 (default; the image URL's path, or the ``d`` parameter of a local-files URL, ends with a sample's id or
@@ -78,6 +85,7 @@ MODEL_CLASS = "Shortlist"
 MODEL_VERSION = "shortlist"
 MAX_TASKS = 10_000  # tasks in one /predict (Label Studio sends batches of up to a few hundred)
 MAX_PROJECTS = 256  # label configs remembered from /setup
+MAX_GIVEN = 200_000  # annotations remembered (what they labelled), for ANNOTATIONS_DELETED
 LABEL_EVENTS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_CREATED")
 DELETE_EVENTS = ("ANNOTATIONS_DELETED", "ANNOTATION_DELETED")
 UPLOAD_PREFIX = re.compile(r"^[0-9a-f]{8}-")
@@ -277,6 +285,15 @@ def _details(e: grpc.RpcError) -> str:
 
 
 # ---- the backend ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Given:
+    """The label an annotation gave through the webhook: ``sample`` got ``label`` from ``annotator``."""
+
+    sample: str
+    label: str
+    annotator: str
+
+
 @dataclass
 class _Selection:
     key: tuple[Any, ...]
@@ -295,6 +312,9 @@ class LabelStudioBackend:
         self._schemas: OrderedDict[str, str] = OrderedDict()  # project id -> label config from /setup
         self._index: tuple[int, SampleIndex] | None = None
         self._selection: _Selection | None = None
+        # (project id, annotation id) -> the label it gave; sample id -> the annotation it was last labelled from
+        self._given: OrderedDict[tuple[str, str], _Given] = OrderedDict()
+        self._last: dict[str, tuple[str, str]] = {}
 
     # -- helpers
     def _remember(self, project: str, xml: str) -> None:
@@ -330,8 +350,9 @@ class LabelStudioBackend:
         return index
 
     def _ranks(self, call: Caller, status: agent_pb2.Status) -> _Selection:
-        """The current selection, computed once per model version, pool and labelled set size."""
-        key = (status.model_version, status.labeled, status.samples, status.embedded)
+        """The current selection, computed once per model version, pool, embedded count and label revision
+        (``label_events``: the labelled count alone misses a retraction followed by a new label)."""
+        key = (status.model_version, status.label_events, status.samples, status.embedded)
         with self._lock:
             if self._selection is not None and self._selection.key == key:
                 return self._selection
@@ -427,9 +448,7 @@ class LabelStudioBackend:
         if not isinstance(action, str) or not action:
             raise BadRequest("not a Label Studio webhook event: no `action`")
         if action in DELETE_EVENTS:
-            return {"status": "ignored", "action": action,
-                    "reason": "Shortlist keeps every label; a label stays until replaced (update the annotation "
-                              "or label the sample again)"}
+            return self._deleted(call, action, body)
         if action not in LABEL_EVENTS:
             return {"status": "ignored", "action": action}
         pairs = _annotations_with_tasks(action, body)
@@ -439,6 +458,8 @@ class LabelStudioBackend:
         status = call.status()
         index = self._sample_index(call, status)
         by_annotator: dict[str, list[tuple[str, str]]] = {}
+        sources: dict[tuple[str, str], tuple[str, str]] = {}  # (annotator, sample) -> (project, annotation id)
+        project_id = _project_id(project.get("id") if isinstance(project, dict) else None)
         skipped: list[dict[str, Any]] = []
         for annotation, task in pairs:
             task_id = task.get("id", annotation.get("task"))
@@ -453,7 +474,9 @@ class LabelStudioBackend:
             if sid is None:
                 skipped.append({"task": task_id, "reason": f"matches no sample (rule {self.config.match})"})
                 continue
-            by_annotator.setdefault(_annotator(annotation.get("completed_by")), []).append((sid, label))
+            annotator = _annotator(annotation.get("completed_by"))
+            by_annotator.setdefault(annotator, []).append((sid, label))
+            sources[annotator, sid] = (project_id, str(annotation.get("id")))
         accepted = 0
         rejected: list[dict[str, str]] = []
         for annotator, assignments in by_annotator.items():
@@ -463,10 +486,76 @@ class LabelStudioBackend:
             reply = call(call.stub.SubmitLabels, req)
             accepted += reply.accepted
             rejected.extend({"id": r.id, "reason": r.reason} for r in reply.rejected)
+            refused = {r.id for r in reply.rejected}
+            self._remember_given([(sources[annotator, i], _Given(i, lab, annotator)) for i, lab in assignments
+                                  if i not in refused])
         if skipped or rejected:
             log.info("Label Studio %s: %d labels accepted, %d skipped, %d rejected", action, accepted,
                      len(skipped), len(rejected))
         return {"status": "ok", "action": action, "accepted": accepted, "rejected": rejected, "skipped": skipped}
+
+    def _remember_given(self, given: list[tuple[tuple[str, str], _Given]]) -> None:
+        with self._lock:
+            for key, g in given:
+                self._given[key] = g
+                self._given.move_to_end(key)
+                self._last[g.sample] = key
+            while len(self._given) > MAX_GIVEN:
+                key, old = self._given.popitem(last=False)
+                if self._last.get(old.sample) == key:
+                    del self._last[old.sample]
+
+    def _deleted(self, call: Caller, action: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """ANNOTATIONS_DELETED: retract the labels the deleted annotations gave that are still current (the
+        rule in the module docstring); the others are listed in ``skipped`` with why."""
+        listed = body.get("annotations", body.get("annotation"))
+        if isinstance(listed, dict):
+            listed = [listed]
+        if not isinstance(listed, list) or not all(isinstance(a, dict) and "id" in a for a in listed):
+            raise BadRequest(f"{action} without `annotations` (a list of {{\"id\": ...}})")
+        project = body.get("project")
+        project_id = _project_id(project.get("id") if isinstance(project, dict) else project)
+        call.status()  # the agent checks the token, even when there is nothing to take back
+        skipped: list[dict[str, Any]] = []
+        wanted: dict[str, tuple[Any, _Given]] = {}  # sample -> (the annotation's id, its label) to take back
+        with self._lock:
+            for a in listed:
+                key = (project_id, str(a["id"]))
+                g = self._given.get(key)
+                if g is None:
+                    skipped.append({"annotation": a["id"], "reason": "not a label this web app gave since it "
+                                    "started: nothing retracted"})
+                elif self._last.get(g.sample) != key:
+                    skipped.append({"annotation": a["id"], "id": g.sample,
+                                    "reason": "the sample was labelled from another annotation since"})
+                else:
+                    wanted[g.sample] = (a["id"], g)
+        retracted = 0
+        if wanted:
+            current = {r.id: r for r in call.stream(call.stub.ListLabels, agent_pb2.ListLabelsRequest(),
+                                                    call.config.select_timeout_s) if r.id in wanted}
+            ids = []
+            for sid, (annotation_id, g) in wanted.items():
+                r = current.get(sid)
+                if r is None or (r.source, r.label, r.annotator) != (SOURCE, g.label, g.annotator):
+                    skipped.append({"annotation": annotation_id, "id": sid, "reason": "the sample's label is no longer "
+                                    "this annotation's (labelled or taken back since): kept"})
+                else:
+                    ids.append(sid)
+            if ids:
+                reply = call(call.stub.RetractLabels, agent_pb2.RetractLabelsRequest(
+                    ids=ids, annotator=_annotator(None), source=SOURCE))
+                retracted = reply.accepted
+                skipped.extend({"id": r.id, "reason": r.reason} for r in reply.rejected)
+        with self._lock:  # done (an error above keeps them): a deleted annotation is never named again
+            for a in listed:
+                key = (project_id, str(a["id"]))
+                g = self._given.pop(key, None)
+                if g is not None and self._last.get(g.sample) == key:
+                    del self._last[g.sample]
+        if skipped:
+            log.info("Label Studio %s: %d labels retracted, %d kept", action, retracted, len(skipped))
+        return {"status": "ok", "action": action, "retracted": retracted, "skipped": skipped}
 
 
 def _project_id(project: Any) -> str:

@@ -27,6 +27,7 @@ from agent.web.config import LabelStudioConfig, MatchRule, WebConfig
 from agent.web.labelstudio import (
     LABELLED_SCORE,
     MODEL_VERSION,
+    SELECTED_SPAN,
     UNMATCHED_SCORE,
     BadRequest,
     SampleIndex,
@@ -91,8 +92,25 @@ def reader(r: Running) -> agent_pb2_grpc.AgentStub:
     return client.connect(r.address, config=client.ClientConfig(token=READ_TOKEN))
 
 
+def writer(r: Running) -> agent_pb2_grpc.AgentStub:
+    return client.connect(r.address, config=client.ClientConfig(token=WRITE_TOKEN))
+
+
 def labels_of(r: Running) -> dict[str, str]:
     return {s.id: s.label for s in reader(r).ListSamples(agent_pb2.ListSamplesRequest(labeled_only=True))}
+
+
+def ordered(http: TestClient) -> list[tuple[float, str]]:
+    """(prediction score, sample id) of every sample's task, as Label Studio sorts them (ascending score)."""
+    template = body("predict.json")["tasks"][0]
+    tasks = []
+    for i in range(N):
+        t = copy.deepcopy(template)
+        t["id"], t["data"]["image"] = 200 + i, f"/data/local-files/?d={sample_id(i)}"
+        tasks.append(t)
+    random.Random(0).shuffle(tasks)
+    r = http.post("/labelstudio/predict", json=dict(body("predict.json"), tasks=tasks), headers=basic(READ_TOKEN))
+    return sorted((res["score"], sample_id(t["id"] - 200)) for res, t in zip(r.json()["results"], tasks, strict=True))
 
 
 # ---- pure parts ----------------------------------------------------------------------------------
@@ -273,11 +291,10 @@ def test_webhook_annotations_become_labels(agent: Running) -> None:
                  for r in reader(agent).ListLabels(agent_pb2.ListLabelsRequest(history=True))}
         assert {("reef/site-b/img_0007.jpg", "frog", "labelstudio:1", "labelstudio"),
                 ("reef/site-a/img_0010.jpg", "dog", "labelstudio:2", "labelstudio")} <= given
-        # a skipped task labels nothing; deletions and other events change nothing and answer 200
+        # a skipped task labels nothing; other events change nothing and answer 200
         r = http.post("/labelstudio/webhook", json=body("webhook_annotation_skipped.json"), headers=basic(WRITE_TOKEN))
         assert r.status_code == 200 and r.json()["accepted"] == 0 and "skipped" in r.json()["skipped"][0]["reason"]
-        for name in ("webhook_annotations_deleted.json", "webhook_tasks_created.json",
-                     "webhook_start_training.json"):
+        for name in ("webhook_tasks_created.json", "webhook_start_training.json"):
             r = http.post("/labelstudio/webhook", json=body(name), headers=basic(WRITE_TOKEN))
             assert r.status_code == 200 and r.json()["status"] == "ignored", name
         assert labels_of(agent) == labels
@@ -295,6 +312,28 @@ def test_webhook_annotations_become_labels(agent: Running) -> None:
         assert res["results"][0]["result"][0]["value"]["choices"] == ["cat"]
         assert res["results"][0]["score"] == LABELLED_SCORE
         assert res["labelled"] == LABELLED + 2
+        # annotations deleted: 17's label (cat, from the bulk event) is current, so it is taken back; 18's
+        # sample was labelled by someone else since, so that label stays; 99 this app never saw
+        client.submit_labels(writer(agent), [("reef/site-a/img_0010.jpg", "frog")], annotator="ann")
+        deleted = body("webhook_annotations_deleted.json")
+        deleted["annotations"] += [{"id": 18}, {"id": 99}]
+        assert http.post("/labelstudio/webhook", json=deleted).status_code == 401
+        r = http.post("/labelstudio/webhook", json=deleted, headers=basic(READ_TOKEN))
+        assert r.status_code == 403  # and nothing forgotten: the write token's event below still retracts
+        r = http.post("/labelstudio/webhook", json=deleted, headers=basic(WRITE_TOKEN))
+        assert r.status_code == 200 and r.json()["retracted"] == 1, r.text
+        assert sorted(x["annotation"] for x in r.json()["skipped"]) == [18, 99]
+        del labels["reef/site-b/img_0007.jpg"]
+        labels["reef/site-a/img_0010.jpg"] = "frog"
+        assert labels_of(agent) == labels
+        last = [(x.label, x.annotator, x.source, x.retracted) for x in reader(agent).ListLabels(
+            agent_pb2.ListLabelsRequest(history=True)) if x.id == "reef/site-b/img_0007.jpg"][-1]
+        assert last == ("", "labelstudio", "labelstudio", True)
+        # deleted twice (Label Studio retries a webhook): nothing more
+        r = http.post("/labelstudio/webhook", json=deleted, headers=basic(WRITE_TOKEN))
+        assert r.json()["retracted"] == 0 and labels_of(agent) == labels
+        res = http.post("/labelstudio/predict", json=body("predict.json"), headers=basic(READ_TOKEN)).json()
+        assert res["results"][0]["score"] < LABELLED_SCORE  # unlabelled again: ordered by its prior
     finally:
         app.state.stub.close()
 
@@ -362,9 +401,31 @@ def test_bodies_recorded_from_label_studio(agent: Running) -> None:
         assert labels_of(agent)[ids[0]] == "frog"
         assert post("webhook", "webhook_annotation_updated.json", WRITE_TOKEN)["accepted"] == 1
         assert post("webhook", "webhook_annotation_skipped.json", WRITE_TOKEN)["accepted"] == 0
-        assert post("webhook", "webhook_annotations_deleted.json", WRITE_TOKEN)["status"] == "ignored"
+        assert labels_of(agent)[ids[0]] == "cat"
+        # the deleted annotation (3) gave the sample's current label: it is taken back
+        assert post("webhook", "webhook_annotations_deleted.json", WRITE_TOKEN)["retracted"] == 1
         labels = labels_of(agent)
-        assert labels[ids[0]] == "cat" and ids[1] not in labels
+        assert ids[0] not in labels and ids[1] not in labels
+    finally:
+        app.state.stub.close()
+
+
+def test_a_retraction_and_a_new_label_refresh_the_ordering(agent: Running) -> None:
+    """The cached selection is keyed on Status.label_events: after one label taken back and another given
+    (the labelled count as before) the next /predict orders by a new Select."""
+    http, app = app_for(agent)
+    try:
+        first = ordered(http)[0][1]  # rank 0 of the current selection, unlabelled
+        w = writer(agent)
+        assert w.RetractLabels(agent_pb2.RetractLabelsRequest(ids=[sample_id(0)], annotator="t")).accepted == 1
+        assert client.submit_labels(w, [(first, CLASSES[0])], annotator="t").accepted == 1
+        assert reader(agent).GetStatus(agent_pb2.GetStatusRequest()).labeled == LABELLED
+        order = ordered(http)
+        selected = [s.id for s in reader(agent).Select(
+            agent_pb2.SelectRequest(budget=BUDGET, strategy="typiclust", seed=0)).selected]
+        assert first not in selected
+        # a stale selection would rank only BUDGET - 1 tasks (its first is labelled now) and none of the new one
+        assert [sid for score, sid in order if score < SELECTED_SPAN] == selected
     finally:
         app.state.stub.close()
 
