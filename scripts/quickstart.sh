@@ -12,3 +12,6 @@ echo
 echo "The shortlist command is in .venv/bin. Put it on PATH in this shell with:"
 echo "    source .venv/bin/activate"
 echo "(or call .venv/bin/shortlist). Next: README.md, 'How a pipeline uses it'."
+echo "Label this pool in the browser (a copy: the benchmark reuses $OUT/agent-base as it is):"
+echo "    cp -r $OUT/agent-base runs/label && .venv/bin/shortlist serve --data-dir runs/label --models $OUT/models --web-port 8080"
+echo "then open http://127.0.0.1:8080 (README.md, 'Labelling in the browser')."
