@@ -266,6 +266,21 @@ class Admission:
                     self._sampled, self._sampled_at = max(share, self.MIN_SHARE), time.monotonic()
                 self._cond.notify_all()
 
+    def _await_measure(self, token: CancelToken) -> None:
+        """With a slot free and calls of the lane running for less than MIN_LIVE_S, wait (lock held; at most
+        MIN_LIVE_S) until they have run long enough to tell the CPU share they get: two calls arriving
+        together were otherwise both admitted on the share measured before either ran (at an expected 0.94
+        of a core each in a run where both then got 0.28, the load having started a second before)."""
+        if token.remaining() is None:
+            return
+        end = time.monotonic() + self.MIN_LIVE_S
+        while not self._closed and len(self._running) < self.max_concurrent:
+            now = time.monotonic()
+            young = max((r.start + self.MIN_LIVE_S - now for r in self._running.values()), default=0.0)
+            if young <= 0 or now >= end:
+                return
+            self._cond.wait(min(young, end - now) + 0.001)
+
     def _live(self, now: float) -> list[tuple[CancelToken, _Run, float]]:
         """The running CPU-bound calls measured for MIN_LIVE_S: (token, run, CPU seconds used)."""
         out = []
@@ -393,6 +408,7 @@ class Admission:
         with self._cond:
             if self._closed:
                 raise ShuttingDown()
+            self._await_measure(token)
             full = len(self._running) >= self.max_concurrent
             if full and len(self._waiting) >= self.max_queued:
                 self._refused += 1
@@ -457,6 +473,8 @@ class Admission:
             clock, cpu0 = _thread_clock()
             run = _Run(kind, time.monotonic(), clock, cpu0)
             self._running[token] = run
+            log.debug("%s: %s admitted (share now %s, %s of its CPU s, %s s left)", self.lane, kind,
+                      self._share_now(run.start), self._kind_cpu.get(kind), token.remaining())
         cut = False
         try:
             yield
@@ -476,7 +494,10 @@ class Admission:
                 self._kind_s[kind] = max(new, took) if cut else new
                 if used is not None and took >= self.MIN_LIVE_S and used >= self.MIN_SHARE * took:
                     fresh_share = used / took
-                    self._share = fresh_share if self._share_at == -math.inf else (
+                    # Down at once, up by the running mean: a mean of shares measured on a quieter machine
+                    # had admitted two as3l Selects at an expected 0.70 of a core each right after two had
+                    # got 0.28, and both then ran past their 30 s deadline (docs/reliability.md, Load).
+                    self._share = fresh_share if self._share_at == -math.inf or fresh_share < self._share else (
                         (1 - self.EWMA) * self._share + self.EWMA * fresh_share)
                     self._share_at = time.monotonic()
                 if used is not None:
@@ -487,6 +508,7 @@ class Admission:
                 else:  # not measurable: the CPU estimate follows the wall time
                     self._kind_cpu[kind] = self._kind_s[kind]
                 self._kind_at[kind] = time.monotonic()
+                log.debug("%s: %s ended after %.2f s, %s CPU s%s", self.lane, kind, took, used, " (cut)" if cut else "")
                 self._cond.notify()
 
     # ---- the lane's own threads --------------------------------------------------------------------

@@ -584,6 +584,54 @@ def test_a_call_that_would_slow_a_running_one_past_its_deadline_is_refused(monke
         pass
 
 
+def test_the_lanes_share_drops_at_once_to_a_slower_call_and_rises_by_the_running_mean() -> None:
+    adm = Admission(max_concurrent=2, max_queued=2)
+    with adm.slot(CancelToken(), kind="k"):
+        spin(0.2)  # alone: "k" ~0.2 CPU s at about a full core
+    token = CancelToken()
+    t = threading.Thread(target=lambda: adm.run(token, lambda: throttled(token, 0.05), kind="slow"))
+    t.start()
+    time.sleep(0.6)
+    token.cancel()
+    t.join(5)
+    # The call that just ended got a twentieth of a core: "k" is expected at ~4 s now, not at a mean still
+    # weighted by the quiet run (0.8 * 1 + 0.2 * 0.05 -> ~0.25 s), so a 1 s deadline is refused at once.
+    assert adm.estimate("k") > 1.0
+    with pytest.raises(Busy), adm.slot(CancelToken.within(1.0), kind="k"):
+        pass
+    with adm.slot(CancelToken(), kind="k"):
+        spin(0.2)  # a full core again: the share rises by the running mean only (~0.2 * 1 + 0.8 * 0.05)
+    assert 0.5 < adm.estimate("k") < 2.0
+
+
+def test_a_call_arriving_beside_one_just_admitted_waits_to_see_its_share(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Admission, "EWMA", 1.0)
+    adm = Admission(max_concurrent=2, max_queued=2)
+    with adm.slot(CancelToken(), kind="a"):
+        spin(0.3)  # "a": ~0.3 CPU s, at about a full core
+    # An "a" starts and gets a twentieth of a core (the load began after the quiet run): a second "a"
+    # arriving at once is not admitted on the quiet run's share, but after MIN_LIVE_S, on the running
+    # one's (~6 s expected, twice that over its 3 s).
+    token = CancelToken.within(30)
+    started = threading.Event()
+
+    def starved() -> None:
+        started.set()
+        throttled(token, 0.05)
+
+    t = threading.Thread(target=lambda: adm.run(token, starved, kind="a"))
+    t.start()
+    try:
+        assert started.wait(5)
+        t0 = time.monotonic()
+        with pytest.raises(Busy), adm.slot(CancelToken.within(3.0), kind="a"):
+            pass
+        assert 0.05 < time.monotonic() - t0 < 0.5
+    finally:
+        token.cancel()
+        t.join(5)
+
+
 def test_light_prior_labels_run_in_threads_of_their_own_below_light_selects(tmp_path: Path, registry: Path) -> None:
     r = start(tmp_path / "data", registry)
     try:
