@@ -604,6 +604,18 @@ def test_the_lanes_share_drops_at_once_to_a_slower_call_and_rises_by_the_running
     assert 0.5 < adm.estimate("k") < 2.0
 
 
+def test_a_kinds_cpu_estimate_rises_at_once_to_a_longer_run_and_falls_by_the_running_mean() -> None:
+    adm = Admission(max_concurrent=2, max_queued=2)
+    with adm.slot(CancelToken(), kind="k"):
+        spin(0.05)
+    with adm.slot(CancelToken(), kind="k"):
+        spin(0.5)  # "k" costs more now (as3l as the labelled set grows): not the mean's ~0.14 CPU s
+    assert adm._kind_cpu["k"] >= 0.45
+    with adm.slot(CancelToken(), kind="k"):
+        spin(0.05)
+    assert 0.3 < adm._kind_cpu["k"] < 0.45  # down by the running mean (0.8 * 0.5 + 0.2 * 0.05)
+
+
 def test_a_call_arriving_beside_one_just_admitted_waits_to_see_its_share(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(Admission, "EWMA", 1.0)
     adm = Admission(max_concurrent=2, max_queued=2)
