@@ -22,7 +22,8 @@ Deadline-aware admission: the lane keeps a running mean of how long each kind of
 "Select 'as3l'", "PriorLabels 'knn'", ...; an exponentially weighted mean of the last runs, a cancelled
 run counting with the time it had run). A call that would have to queue is refused at once with ``Busy``
 when its expected wait (the running calls' expected remaining time, then the queued calls ahead of it,
-``max_concurrent`` at a time) plus its own expected duration, times ``SAFETY`` (2), exceeds its
+``max_concurrent`` at a time) plus its own expected duration, times ``SAFETY`` (2; 3 while the lane's
+calls get less than ``CONTENDED`` of a core), exceeds its
 remaining deadline: it would (probably) time out in the queue or be cut off mid-way, so a prompt
 RESOURCE_EXHAUSTED with a retry hint (the expected wait) tells the client more, sooner, and frees the
 queue for calls that can finish. A call that finds a slot free is refused the same way when its kind's
@@ -45,6 +46,13 @@ running call past its estimate is expected to need a quarter of it more, and a q
 expected wait plus run no longer fits its deadline leaves the queue with ``Busy`` at once instead of
 waiting to end DEADLINE_EXCEEDED. Work that is not CPU-bound in its own thread (it sleeps or waits on
 other threads) keeps the wall-time estimates.
+
+Both running means lean to the safe side: a kind's CPU seconds rise at once to a longer run (a kind's
+cost grows with the labelled set) and the lane's share falls at once to a slower finished call (the
+load can change within seconds), each going back by the running mean only; and a call that finds a slot
+free beside a call admitted less than ``MIN_LIVE_S`` ago waits (at most that long) until the running
+call's share is measured, so two calls arriving together are not both admitted on a share measured
+before either ran (docs/reliability.md, Load).
 """
 
 from __future__ import annotations
@@ -161,6 +169,10 @@ class Admission:
     # estimates are means, and a loaded machine varies), and a queued call leaves once the plain
     # expectation no longer fits: the margin between the two keeps refusals at admission, i.e. prompt.
     SAFETY = 2.0
+    # ... and this multiple while the lane's calls get less than CONTENDED of a core: under 16 clients the
+    # share a heavy call got fell 2-3x within seconds of the previous call's end (0.38 -> 0.17, 0.41 ->
+    # 0.26, 0.39 -> 0.14 of a core), so calls admitted at twice their expected length ran past 30 s.
+    SAFETY_CONTENDED = 3.0
     # A running call is measured for this long before its CPU share counts as the lane's current one.
     MIN_LIVE_S = 0.1
     # With no call of the lane running or ended within PROBE_AFTER_S, a lane with threads of its own
@@ -435,7 +447,8 @@ class Admission:
                 # was ever measured; otherwise (a lane with no history at all) it runs and measures.
                 fresh = (now - self._kind_at.get(kind, -math.inf) <= self.PROBE_AFTER_S
                          or (share is not None and bool(self._kind_at)))
-                late = self.SAFETY * (wait + own) > remaining
+                safety = self.SAFETY if share is None or share >= self.CONTENDED else self.SAFETY_CONTENDED
+                late = safety * (wait + own) > remaining
                 if not full and not fresh and kind in self._kind_at and late:
                     self._kind_at[kind] = now  # this call is the one probe: the next ones see a fresh estimate
                 elif late and (full or fresh):

@@ -616,6 +616,23 @@ def test_a_kinds_cpu_estimate_rises_at_once_to_a_longer_run_and_falls_by_the_run
     assert 0.3 < adm._kind_cpu["k"] < 0.45  # down by the running mean (0.8 * 0.5 + 0.2 * 0.05)
 
 
+def test_under_contention_a_call_needs_three_times_its_expected_length_left() -> None:
+    adm = Admission(max_concurrent=2, max_queued=2)
+    with adm.slot(CancelToken(), kind="k"):
+        spin(0.1)  # "k": ~0.1 CPU s
+    token = CancelToken()
+    t = threading.Thread(target=lambda: adm.run(token, lambda: throttled(token, 0.5), kind="busy"))
+    t.start()
+    time.sleep(0.6)
+    token.cancel()
+    t.join(5)
+    own = adm.estimate("k")  # ~0.2 s at the ~half a core the last call got (more on a busy machine)
+    with pytest.raises(Busy), adm.slot(CancelToken.within(2.5 * own), kind="k"):
+        pass  # 2.5x its expected length left: twice would fit, three times does not
+    with adm.slot(CancelToken.within(3.5 * own + 0.1), kind="k"):
+        pass
+
+
 def test_a_call_arriving_beside_one_just_admitted_waits_to_see_its_share(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(Admission, "EWMA", 1.0)
     adm = Admission(max_concurrent=2, max_queued=2)
