@@ -240,6 +240,20 @@ class Agent:
             self.state.set_closed_classes(list(manifest.classes))
 
     # ---- Labels ----------------------------------------------------------------------------------
+    def _item_sample(self, sid: str, rejected: list[tuple[str, str]],
+                         item_problem: str | None = None) -> SampleRecord | None:
+        """The sample a SubmitLabels / RetractLabels item names, or None with its rejection appended: an id
+        too long, then ``item_problem`` (the item's other field, e.g. a label too long), then an empty or
+        unknown id."""
+        problem = text_problem(sid, self.limits.max_id_chars, "max_id_chars", "id") or item_problem
+        if problem is not None:
+            rejected.append((sid[:64], problem))
+            return None
+        rec = self.state.lookup(sid) if sid else None
+        if rec is None:
+            rejected.append((sid, "empty id" if not sid else f"unknown id {sid!r}: ingest it first"))
+        return rec
+
     def _check_label_call(self, items: Sized, what: str, annotator: str, source: str) -> None:
         """The request-wide checks of SubmitLabels and RetractLabels (InvalidArgument / limits)."""
         lim = self.limits
@@ -259,14 +273,9 @@ class Agent:
         good: list[tuple[int, int]] = []
         with self.manager.writing() as serving:
             for sid, label in labels:
-                too_long = (text_problem(sid, lim.max_id_chars, "max_id_chars", "id")
-                            or text_problem(label, lim.max_label_chars, "max_label_chars", "label"))
-                if too_long is not None:
-                    rejected.append((sid[:64], too_long))
-                    continue
-                rec = self.state.lookup(sid) if sid else None
+                label_problem = text_problem(label, lim.max_label_chars, "max_label_chars", "label")
+                rec = self._item_sample(sid, rejected, label_problem)
                 if rec is None:
-                    rejected.append((sid, "empty id" if not sid else f"unknown id {sid!r}: ingest it first"))
                     continue
                 if not label:
                     rejected.append((sid, "empty label"))
@@ -285,7 +294,6 @@ class Agent:
                        source: str = "") -> tuple[int, list[tuple[str, str]]]:
         """Make the samples ``ids`` unlabelled, durably, recording who took the labels back and how
         (``source``, "" = "manual"); per-item rejections for unknown, unlabelled or repeated ids."""
-        lim = self.limits
         self._check_label_call(ids, "ids", annotator, source)
         rejected: list[tuple[str, str]] = []
         good: list[int] = []
@@ -293,14 +301,10 @@ class Agent:
         with self.manager.writing() as serving:
             labels = self.state.labels_by_seq()
             for sid in ids:
-                too_long = text_problem(sid, lim.max_id_chars, "max_id_chars", "id")
-                if too_long is not None:
-                    rejected.append((sid[:64], too_long))
-                    continue
-                rec = self.state.lookup(sid) if sid else None
+                rec = self._item_sample(sid, rejected)
                 if rec is None:
-                    rejected.append((sid, "empty id" if not sid else f"unknown id {sid!r}: ingest it first"))
-                elif rec.seq in seen:
+                    continue
+                if rec.seq in seen:
                     rejected.append((sid, "listed twice in this request"))
                 elif labels[rec.seq] < 0:
                     rejected.append((sid, "not labelled: nothing to retract"))
