@@ -9,7 +9,7 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -563,12 +563,19 @@ def label(agent: AgentTarget,
     for n, sid, _ in rows:
         line_of.setdefault(sid, n)
     rejected = [{"line": line_of.get(r.id, 0), "id": r.id, "reason": r.reason} for r in reply.rejected]
+    _print_reply("accepted", reply.accepted, rejected, as_json,
+                 lambda r: f"  line {r['line']}: {r['id']}: {r['reason']}")
+
+
+def _print_reply(verb: str, accepted: int, rejected: list[dict[str, Any]], as_json: bool,
+                 line: Callable[[dict[str, Any]], str]) -> None:
+    """A SubmitLabels / RetractLabels reply: JSON, or a count line and the first 10 rejections."""
     if as_json:
-        print(json.dumps({"accepted": reply.accepted, "rejected": rejected}))
+        print(json.dumps({"accepted": accepted, "rejected": rejected}))
         return
-    console.print(f"accepted {reply.accepted}, rejected {len(reply.rejected)}")
+    console.print(f"{verb} {accepted}, rejected {len(rejected)}")
     for r in rejected[:10]:
-        console.print(f"  line {r['line']}: {r['id']}: {r['reason']}", markup=False, highlight=False)
+        console.print(line(r), markup=False, highlight=False)
     if len(rejected) > 10:
         console.print(f"  ... and {len(rejected) - 10} more (--json lists all)")
 
@@ -621,14 +628,7 @@ def retract_labels(agent: AgentTarget,
     stub = _rpc(agent.connect)
     reply = _rpc(lambda: client.retract_labels(stub, todo, annotator, source=source))
     rejected = [{"id": r.id, "reason": r.reason} for r in reply.rejected]
-    if as_json:
-        print(json.dumps({"accepted": reply.accepted, "rejected": rejected}))
-        return
-    console.print(f"unlabelled {reply.accepted}, rejected {len(rejected)}")
-    for r in rejected[:10]:
-        console.print(f"  {r['id']}: {r['reason']}", markup=False, highlight=False)
-    if len(rejected) > 10:
-        console.print(f"  ... and {len(rejected) - 10} more (--json lists all)")
+    _print_reply("unlabelled", reply.accepted, rejected, as_json, lambda r: f"  {r['id']}: {r['reason']}")
 
 
 @agent_options
