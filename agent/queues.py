@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from agent.errors import InvalidArgument, NotFound
 from agent.limits import Limits, check_count, metadata_problem, text_problem
 from agent.state import State
+from shortlist.v1 import agent_pb2
 
 DEFAULT_QUEUE = "default"
 MARKS = ("skip", "unsure")  # "" clears a mark
@@ -44,6 +45,12 @@ class QueueData:
     details: dict[str, str] = field(default_factory=dict)
     created: float = 0.0
     marks: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, q: agent_pb2.Queue) -> QueueData:
+        """A GetQueue / UpdateQueue reply, whole (the web app's view of its queue)."""
+        return cls(q.name, list(q.ids), q.source, q.strategy, dict(q.params), q.model_version, q.selection_id,
+                   dict(q.details), q.created, dict(q.marks))
 
 
 def queue_name(name: str) -> str:

@@ -15,13 +15,13 @@ APIs (JSON): ``GET /api/queue``, ``POST /api/queue/select`` (a Select fills the 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 from starlette.responses import Response
 
+from agent.queues import QueueData
 from agent.web.auth import Caller, CallerDep, session
 from agent.web.errors import HttpError
 from agent.web.pages import registry_choices, render
@@ -35,33 +35,14 @@ HOTKEYS = "1234567890abcdefghijklmnopqrstuvwxyz"
 MAX_QUEUE = 10_000  # ids a queue may hold (POST /api/queue)
 
 
-@dataclass
-class QueueState:
-    ids: list[str] = field(default_factory=list)
-    source: str = ""  # "select" or what set it (e.g. "map")
-    strategy: str = ""
-    params: dict[str, str] = field(default_factory=dict)
-    model_version: str = ""
-    selection_id: str = ""
-    details: dict[str, str] = field(default_factory=dict)
-    created: float = 0.0
-    marks: dict[str, str] = field(default_factory=dict)  # id -> "skip" | "unsure"
-
-
-    @classmethod
-    def of(cls, q: agent_pb2.Queue) -> QueueState:
-        return cls(list(q.ids), q.source, q.strategy, dict(q.params), q.model_version, q.selection_id,
-                   dict(q.details), q.created, dict(q.marks))
-
-
-def current(caller: Caller) -> QueueState:
+def current(caller: Caller) -> QueueData:
     """The app's queue as the agent keeps it (GetQueue)."""
-    return QueueState.of(caller(caller.stub.GetQueue, agent_pb2.GetQueueRequest(name=caller.config.queue)))
+    return QueueData.of(caller(caller.stub.GetQueue, agent_pb2.GetQueueRequest(name=caller.config.queue)))
 
 
-def replace(caller: Caller, queue: agent_pb2.Queue) -> QueueState:
+def replace(caller: Caller, queue: agent_pb2.Queue) -> QueueData:
     """Make ``queue`` the app's queue (UpdateQueue: durable before it answers; unknown ids are NOT_FOUND)."""
-    return QueueState.of(caller(caller.stub.UpdateQueue,
+    return QueueData.of(caller(caller.stub.UpdateQueue,
                                 agent_pb2.UpdateQueueRequest(name=caller.config.queue, queue=queue)))
 
 
@@ -77,7 +58,7 @@ def hotkeys(classes: list[str]) -> list[tuple[str, str]]:
     return [(HOTKEYS[i] if i < len(HOTKEYS) else "", c) for i, c in enumerate(classes)]
 
 
-def items(caller: Caller, state: QueueState, ids: list[str]) -> list[dict[str, Any]]:
+def items(caller: Caller, state: QueueData, ids: list[str]) -> list[dict[str, Any]]:
     """Queue items with their current label (one ListSamples of these ids)."""
     labels: dict[str, str] = {}
     if ids:
@@ -86,7 +67,7 @@ def items(caller: Caller, state: QueueState, ids: list[str]) -> list[dict[str, A
     return [{"id": i, "label": labels.get(i, ""), "mark": state.marks.get(i, "")} for i in ids]
 
 
-def page_of(state: QueueState, page: int, size: int) -> tuple[list[str], int, int]:
+def page_of(state: QueueData, page: int, size: int) -> tuple[list[str], int, int]:
     pages = max(1, math.ceil(len(state.ids) / size))
     page = min(max(1, page), pages)
     return state.ids[(page - 1) * size: page * size], page, pages
