@@ -35,10 +35,10 @@ from pathlib import Path
 import numpy as np
 
 from agent.lazy import deferred
+from agent.threads import THREAD_ENV
 
 CALLBACK_EVERY = 10  # openTSNE iterations between progress / cancellation callbacks
 MIN_TSNE = 10  # fewer fitted samples than this: PCA to 2-D alone (t-SNE needs a few neighbours per point)
-CHILD_THREADS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 @dataclass(frozen=True)
@@ -103,7 +103,7 @@ def fit_in_child(vecs: np.ndarray, p: Projection, progress: Callable[[float], bo
         # The child imports this package from where this process has it, whatever its working folder.
         here = str(Path(__file__).resolve().parent.parent)
         path = os.pathsep.join(x for x in (here, os.environ.get("PYTHONPATH", "")) if x)
-        env = {**os.environ, **{name: "1" for name in CHILD_THREADS}, "PYTHONPATH": path}
+        env = {**os.environ, **{name: "1" for name in THREAD_ENV}, "PYTHONPATH": path}
         proc = subprocess.Popen([sys.executable, "-m", "agent.map_fit", str(src), str(out),
                                  json.dumps(asdict(p)), str(os.getpid())],
                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
