@@ -61,6 +61,8 @@ def _rpc(fn: Any) -> Any:
             # gRPC's own message-size check (the agent's limits say in their message what to do)
             detail = (f"{detail} (send smaller requests: lower --batch-mb below the agent's limit, or start "
                       "the agent with a larger `shortlist serve --max-message-mb`)")
+        else:  # a busy refusal also says the agent's retry hint and how long the client retried
+            detail = client.describe(e).partition(": ")[2]
         console.print(f"[red]{code.name}[/red]: {escape(detail or '')}", highlight=False)
         raise typer.Exit(1) from None
     except client.AgentUnavailable as e:

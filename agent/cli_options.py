@@ -5,8 +5,8 @@
         stub = agent.connect()
 
 ``agent_options`` replaces the command's ``agent: AgentTarget`` parameter by ``--agent``, ``--tls-ca``,
-``--tls-cert``, ``--tls-key``, ``--tls-server-name``, ``--token`` and ``--connect-timeout`` (each also
-from its environment variable) and hands the command one ``AgentTarget`` built from them.
+``--tls-cert``, ``--tls-key``, ``--tls-server-name``, ``--token``, ``--connect-timeout`` and
+``--busy-retry-s`` (each also from its environment variable) and hands the command one ``AgentTarget`` built from them.
 """
 
 from __future__ import annotations
@@ -63,6 +63,10 @@ _PARAMS = [
     _option("connect_timeout", float, typer.Option(
         client.CONNECT_TIMEOUT_S, "--connect-timeout", envvar="SHORTLIST_CONNECT_TIMEOUT", min=0.1,
         help="seconds to wait for the agent to answer")),
+    _option("busy_retry_s", float, typer.Option(
+        client.BusyRetry().max_wait_s, "--busy-retry-s", envvar="SHORTLIST_BUSY_RETRY_S", min=0.0,
+        help="when the agent is busy (RESOURCE_EXHAUSTED with a retry hint), retry Select, PriorLabels and "
+             "reads after the hinted wait for at most this many seconds of waiting per call; 0 = never")),
 ]
 _NAMES = [p.name for p in _PARAMS]
 
@@ -79,7 +83,8 @@ def agent_options(fn: F) -> F:
         values = {name: kwargs.pop(name) for name in _NAMES}
         config = client.ClientConfig(tls_ca=values["tls_ca"], tls_cert=values["tls_cert"], tls_key=values["tls_key"],
                                      tls_server_name=values["tls_server_name"], token=values["token"],
-                                     connect_timeout=values["connect_timeout"])
+                                     connect_timeout=values["connect_timeout"],
+                                     busy_retry=client.busy_retry(values["busy_retry_s"]))
         return fn(agent=AgentTarget(values["agent"], config), **kwargs)
 
     params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + _PARAMS

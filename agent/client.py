@@ -9,18 +9,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import random
 import socket
 import ssl
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import grpc
 import numpy as np
 
+from agent.errors import RETRY_AFTER_KEY
 from shortlist.v1 import agent_pb2, agent_pb2_grpc
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -36,6 +39,187 @@ LABELS_PER_REQUEST = 10_000  # well below the agent's default --max-ids-per-requ
 RETRY_POLICY = ('{"methodConfig": [{"name": [{"service": "shortlist.v1.Agent"}], '
                 '"retryPolicy": {"maxAttempts": 5, "initialBackoff": "0.2s", "maxBackoff": "2s", '
                 '"backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]}}]}')
+
+
+# RPCs a busy refusal is retried for (BusyRetry): those whose RESOURCE_EXHAUSTED with a hint means that
+# nothing was done, and whose repetition changes nothing but the answer's freshness. Select and
+# PriorLabels are the heavy work that admission (agent/admission.py) refuses with Busy "it was not
+# started": a refused Select wrote no selection record (it is written once the work is done), so the
+# repeat is the first one that runs; the rest only read. Not retried: Ingest (a client stream: its
+# samples are read from the caller's iterator as they are sent, so they cannot be sent again; its
+# refusals are per stream and ``ingest`` callers resume by ids), SubmitLabels and RetractLabels (each
+# applied call is a label event in the history, and their RESOURCE_EXHAUSTED is a size limit or a full
+# disk, never a busy lane), UpdateQueue and ReloadModel (writes).
+BUSY_RETRY_METHODS = frozenset({"Select", "PriorLabels", "GetStatus", "ListSamples", "ListLabels", "GetMap",
+                                "GetImages", "GetQueue"})
+
+
+@dataclass(frozen=True)
+class BusyRetry:
+    """How the client retries a call the agent refused with RESOURCE_EXHAUSTED and a retry hint (the
+    trailing metadata ``retry-after-ms`` that admission's ``Busy`` sends; a RESOURCE_EXHAUSTED without
+    it, e.g. a size limit, is never retried), for the blocking calls (``stub.Select(req)``,
+    ``.with_call``, and server streams refused before their first item) of ``methods``; ``.future()``
+    calls are not retried.
+
+    Each wait is the hint times a random factor in [1, 1 + ``jitter``] (clients refused together do not
+    come back together). A retry is made only while its wait fits in what is left of ``max_wait_s``
+    (seconds of waiting in all, per call) and of the call's own deadline (``timeout=``; the retried call
+    gets what is left of it), and at most ``attempts`` calls in all (the first one included): otherwise
+    the last refusal is raised, with ``busy_attempts`` and ``busy_waited_s`` set on it (``describe``
+    words it). ``BusyRetry.OFF`` (or ``attempts=1``, or ``max_wait_s=0``) turns it off: ``bench load``
+    measures the agent's refusals, and the web app passes the hint on to the browser as Retry-After."""
+
+    attempts: int = 5
+    max_wait_s: float = 20.0
+    jitter: float = 0.5
+    methods: frozenset[str] = field(default=BUSY_RETRY_METHODS)
+
+    OFF: ClassVar[BusyRetry]
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1 or self.max_wait_s < 0 or self.jitter < 0:
+            raise ValueError("busy retry: attempts >= 1, max_wait_s >= 0 and jitter >= 0")
+
+    @property
+    def enabled(self) -> bool:
+        return self.attempts > 1 and self.max_wait_s > 0 and bool(self.methods)
+
+
+BusyRetry.OFF = BusyRetry(attempts=1, max_wait_s=0.0)
+
+
+def retry_hint_s(e: grpc.RpcError) -> float | None:
+    """The agent's retry hint (seconds) on a refusal, from its ``retry-after-ms`` trailer; None without one."""
+    trailers = e.trailing_metadata() if isinstance(e, grpc.Call) else None
+    for key, value in trailers or ():
+        if key == RETRY_AFTER_KEY:
+            try:
+                return max(0.0, int(value) / 1000)
+            except ValueError:
+                return None
+    return None
+
+
+def describe(e: grpc.RpcError) -> str:
+    """``CODE: message`` of a failed call, for people; for a busy refusal the client gave up on, also the
+    agent's hint and how long the client retried."""
+    if not isinstance(e, grpc.Call):
+        return str(e)
+    code = e.code()
+    text = f"{code.name}: {e.details() or ''}"
+    hint = retry_hint_s(e)
+    if code != grpc.StatusCode.RESOURCE_EXHAUSTED or hint is None:
+        return text
+    attempts = getattr(e, "busy_attempts", 1)
+    waited = getattr(e, "busy_waited_s", 0.0)
+    tried = (f"gave up after {attempts} attempts and {waited:.1f} s of waiting" if attempts > 1 else
+             "did not retry (the wait would not fit in its retry budget or the call's deadline)")
+    return (f"{text} [the agent asks to retry in {hint:g} s; the client {tried}: retry later, or allow longer "
+            "waits with --busy-retry-s (env SHORTLIST_BUSY_RETRY_S)]")
+
+
+class _BusyRetrier(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
+    """Retries busy refusals of ``policy.methods`` (see BusyRetry)."""
+
+    def __init__(self, policy: BusyRetry, sleep: Callable[[float], None] = time.sleep) -> None:
+        self.policy = policy
+        self._sleep = sleep
+
+    def _applies(self, details: Any) -> bool:
+        method = details.method.decode() if isinstance(details.method, bytes) else str(details.method)
+        return method.rpartition("/")[2] in self.policy.methods
+
+    def _wait(self, e: grpc.RpcError, attempt: int, waited: float, deadline: float | None) -> float | None:
+        """Seconds to wait before the next attempt, or None to give up with ``e``."""
+        if not isinstance(e, grpc.Call) or e.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+            return None
+        hint = retry_hint_s(e)
+        if hint is None or attempt >= self.policy.attempts:
+            return None
+        wait = hint * (1 + self.policy.jitter * random.random())
+        if waited + wait > self.policy.max_wait_s:
+            return None
+        if deadline is not None and time.monotonic() + wait >= deadline:
+            return None
+        return wait
+
+    @staticmethod
+    def _gave_up(e: Any, attempt: int, waited: float) -> None:
+        with contextlib.suppress(AttributeError):  # an error object that takes no attributes: not worded
+            e.busy_attempts, e.busy_waited_s = attempt, waited
+
+    @staticmethod
+    def _deadline(details: Any) -> float | None:
+        return None if details.timeout is None else time.monotonic() + details.timeout
+
+    @staticmethod
+    def _left(details: Any, deadline: float | None) -> Any:
+        if deadline is None:
+            return details
+        return details._replace(timeout=max(0.001, deadline - time.monotonic()))
+
+    def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
+        outcome = continuation(client_call_details, request)
+        if not self._applies(client_call_details) or not outcome.done():  # .future(): not retried
+            return outcome
+        deadline = self._deadline(client_call_details)
+        attempt, waited = 1, 0.0
+        while True:
+            e = outcome.exception()
+            if e is None:
+                return outcome
+            wait = self._wait(e, attempt, waited, deadline)
+            if wait is None:
+                self._gave_up(e, attempt, waited)
+                return outcome
+            self._sleep(wait)
+            attempt, waited = attempt + 1, waited + wait
+            outcome = continuation(self._left(client_call_details, deadline), request)
+
+    def intercept_unary_stream(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
+        call = continuation(client_call_details, request)
+        if not self._applies(client_call_details):
+            return call
+        return _RetriedStream(self, continuation, client_call_details, request, call)
+
+
+class _RetriedStream:
+    """A server stream whose busy refusal before the first item is retried (``_BusyRetrier``); it
+    delegates everything else (``cancel``, ``code``, ``details``, metadata) to the current call."""
+
+    def __init__(self, retrier: _BusyRetrier, continuation: Any, details: Any, request: Any, call: Any) -> None:
+        self._retrier, self._continuation, self._details, self._request = retrier, continuation, details, request
+        self._call = call
+        self._started = False
+        self._deadline = retrier._deadline(details)
+
+    def __iter__(self) -> _RetriedStream:
+        return self
+
+    def __next__(self) -> Any:
+        if self._started:
+            return next(self._call)
+        attempt, waited = 1, 0.0
+        while True:
+            try:
+                item = next(self._call)
+                self._started = True
+                return item
+            except StopIteration:
+                self._started = True
+                raise
+            except grpc.RpcError as e:
+                wait = self._retrier._wait(e, attempt, waited, self._deadline)
+                if wait is None:
+                    self._retrier._gave_up(e, attempt, waited)
+                    raise
+                self._retrier._sleep(wait)
+                attempt, waited = attempt + 1, waited + wait
+                self._call = self._continuation(self._retrier._left(self._details, self._deadline), self._request)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._call, name)
 
 
 class AgentUnavailable(ConnectionError):
@@ -58,10 +242,12 @@ class IngestInterrupted(RuntimeError):
 class ClientConfig:
     """How to reach an agent: TLS (``tls_ca`` trusts the agent's certificate; ``tls_cert``/``tls_key``
     are this client's certificate for mutual TLS; ``tls_server_name`` overrides the name checked in
-    the agent's certificate), the bearer ``token``, and how long to wait for the connection.
+    the agent's certificate), the bearer ``token``, how long to wait for the connection, and how calls
+    refused by a busy agent are retried (``busy_retry``; ``BusyRetry.OFF`` turns it off).
 
     ``from_env()`` reads SHORTLIST_TLS_CA, SHORTLIST_TLS_CERT, SHORTLIST_TLS_KEY,
-    SHORTLIST_TLS_SERVER_NAME and SHORTLIST_TOKEN (the CLI's --tls-ca ... --token default to them)."""
+    SHORTLIST_TLS_SERVER_NAME, SHORTLIST_TOKEN and SHORTLIST_BUSY_RETRY_S (seconds of waiting for a busy
+    agent per call, 0 = off; the CLI's --tls-ca ... --token, --busy-retry-s default to them)."""
 
     tls_ca: Path | None = None
     tls_cert: Path | None = None
@@ -69,6 +255,7 @@ class ClientConfig:
     tls_server_name: str = ""
     token: str = ""
     connect_timeout: float = CONNECT_TIMEOUT_S
+    busy_retry: BusyRetry = BusyRetry()
 
     @property
     def tls(self) -> bool:
@@ -83,7 +270,9 @@ class ClientConfig:
         return ClientConfig(tls_ca=path("SHORTLIST_TLS_CA"), tls_cert=path("SHORTLIST_TLS_CERT"),
                             tls_key=path("SHORTLIST_TLS_KEY"),
                             tls_server_name=os.environ.get("SHORTLIST_TLS_SERVER_NAME", ""),
-                            token=os.environ.get("SHORTLIST_TOKEN", ""))
+                            token=os.environ.get("SHORTLIST_TOKEN", ""),
+                            busy_retry=busy_retry(float(os.environ.get("SHORTLIST_BUSY_RETRY_S", "") or
+                                                        BusyRetry().max_wait_s)))
 
     def _read(self, path: Path, flag: str) -> bytes:
         try:
@@ -100,6 +289,11 @@ class ClientConfig:
             root_certificates=None if self.tls_ca is None else self._read(self.tls_ca, "--tls-ca"),
             private_key=None if self.tls_key is None else self._read(self.tls_key, "--tls-key"),
             certificate_chain=None if self.tls_cert is None else self._read(self.tls_cert, "--tls-cert"))
+
+
+def busy_retry(max_wait_s: float) -> BusyRetry:
+    """The default BusyRetry with at most ``max_wait_s`` seconds of waiting per call (0: off)."""
+    return BusyRetry(max_wait_s=max_wait_s) if max_wait_s > 0 else BusyRetry.OFF
 
 
 class _BearerToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
@@ -263,14 +457,17 @@ def channel(address: str, timeout: float | None = None, config: ClientConfig | N
         ch.close()
         raise AgentUnavailable(reason or f"no agent answers at {address} after {wait:g}s; start one with "
                                "`shortlist serve --data-dir D --models M --port PORT`, or raise --connect-timeout")
-    if config.token:
-        return grpc.intercept_channel(ch, _BearerToken(config.token))
-    return ch
+    # The token goes first, so that every retried attempt carries it too.
+    interceptors: list[Any] = [_BearerToken(config.token)] if config.token else []
+    if config.busy_retry.enabled:
+        interceptors.append(_BusyRetrier(config.busy_retry))
+    return grpc.intercept_channel(ch, *interceptors) if interceptors else ch
 
 
 def connect(address: str, timeout: float | None = None, config: ClientConfig | None = None,
             starting: bool = False) -> agent_pb2_grpc.AgentStub:
-    """A stub for the agent at ``address``, once its channel is ready (retries UNAVAILABLE); see ``channel``."""
+    """A stub for the agent at ``address``, once its channel is ready (retries UNAVAILABLE, and busy refusals
+    as ``config.busy_retry`` says); see ``channel``."""
     return agent_pb2_grpc.AgentStub(channel(address, timeout, config, starting))
 
 

@@ -436,7 +436,8 @@ def drain(call: Callable[..., Iterator[Any]], request: object, timeout: float) -
 def client_loop(world: World, k: int) -> None:
     cfg = world.cfg
     rng = np.random.default_rng([cfg.seed, k, world.salt])
-    ch = client.channel(cfg.agent, config=cfg.connection)
+    # No busy retries: the load measures the agent's own answers, refusals included (each counted once).
+    ch = client.channel(cfg.agent, config=replace(cfg.connection, busy_retry=client.BusyRetry.OFF))
     stub = agent_pb2_grpc.AgentStub(ch)
     names = [r for r in RPCS if cfg.mix.get(r, 0) > 0]
     weights = np.array([cfg.mix[r] for r in names], np.float64)
@@ -650,7 +651,7 @@ def run_load(cfg: LoadConfig, say: Callable[[str], None] = lambda s: None) -> di
 
 
 def _run(cfg: LoadConfig, target: Target, say: Callable[[str], None]) -> dict[str, Any]:
-    ch = client.channel(cfg.agent, timeout=30, config=cfg.connection)
+    ch = client.channel(cfg.agent, timeout=30, config=replace(cfg.connection, busy_retry=client.BusyRetry.OFF))
     stub = agent_pb2_grpc.AgentStub(ch)
     try:
         fill_pool(cfg, stub, say)

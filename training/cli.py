@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from agent.cli_options import AgentTarget, agent_options
 
@@ -195,7 +196,9 @@ def cycle_cmd(
                   epochs=epochs, prior_method=prior_method, arch=arch, threads=threads, device=device,
                   console=console, client_config=agent.config)
     except grpc.RpcError as e:
-        console.print(f"[red]{e.code().name}[/]: {e.details()}")
+        from agent.client import describe
+
+        console.print(f"[red]{e.code().name}[/]: {escape(describe(e).partition(': ')[2])}", highlight=False)
         raise typer.Exit(1) from None
     except (ValueError, FileNotFoundError, ConnectionError) as e:
         console.print(f"[red]error:[/] {e}")

@@ -114,13 +114,16 @@ class LocalSocket:
         self.path = str(self.folder / "agent.sock")
 
     def factory(self, timeout: float = client.CONNECT_TIMEOUT_S) -> Callable[[], grpc.Channel]:
-        return lambda: client.channel(f"unix:{self.path}", timeout=timeout)
+        # No busy retries in the app: a refusal goes to the browser as 429 with the agent's hint as Retry-After.
+        return lambda: client.channel(f"unix:{self.path}", timeout=timeout,
+                                      config=client.ClientConfig(busy_retry=client.BusyRetry.OFF))
 
     def cleanup(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def remote_factory(address: str, config: client.ClientConfig) -> Callable[[], grpc.Channel]:
-    """Channels to an agent elsewhere, with ``config``'s TLS but no token (each call carries its caller's)."""
-    bare = replace(config, token="")
+    """Channels to an agent elsewhere, with ``config``'s TLS but no token (each call carries its caller's) and
+    no busy retries (a refusal goes to the browser as 429 with the agent's hint as Retry-After)."""
+    bare = replace(config, token="", busy_retry=client.BusyRetry.OFF)
     return lambda: client.channel(address, config=bare)
