@@ -1,12 +1,14 @@
 """agent.pool.PoolMemo: what strategies keep across requests under one model version gives the answer a
 fresh computation gives, while labels and rows are added (coreset's similarity to the labelled set,
-the knn prior's embedding mean)."""
+the knn prior's embedding mean, its spread's sample moments and the fitted calibration temperature)."""
 
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
+import pytest
 
 from agent.pool import PoolMemo
 from agent.priors import get_prior_method
@@ -55,3 +57,58 @@ def test_coreset_and_knn_prior_answer_the_same_with_a_memo() -> None:
         pa = knn(plain, rows, np.random.default_rng(2), {})
         pb = knn(kept, rows, np.random.default_rng(2), {})
         np.testing.assert_allclose(pa.probs, pb.probs, atol=1e-5)
+
+
+def test_the_fitted_temperature_is_kept_per_labelled_set_and_answers_as_without_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """PriorLabels for other rows under the same labels reuses the temperature (no calibration folds)
+    and answers exactly as a pool without a memo; a new label fits it again."""
+    import agent.priors.calibration as calibration
+
+    x, y = blobs(clusters=5, per_cluster=60, dim=16, spread=0.4, seed=5)
+    lab = np.random.default_rng(5).choice(len(x), 40, replace=False)
+    memo = PoolMemo()
+    knn = get_prior_method("knn")
+    fits: list[int] = []
+    real = calibration.held_out
+
+    def counted(*args: Any) -> Any:
+        fits.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(calibration, "held_out", counted)
+    memo_fitted = []
+    new_label = next(i for i in range(len(x)) if i not in lab)
+    for labelled in (lab, lab.copy(), np.append(lab, new_label)):
+        plain = make_pool(x, y, labeled=labelled)
+        kept = replace(plain, memo=memo)
+        for rows in (plain.candidates[:20], plain.candidates[20:50]):
+            a = knn(plain, rows, np.random.default_rng(2), {})
+            n = len(fits)
+            b = knn(kept, rows, np.random.default_rng(2), {})
+            memo_fitted.append(len(fits) - n)
+            np.testing.assert_array_equal(a.probs, b.probs)
+            np.testing.assert_array_equal(a.confidence, b.confidence)
+    # the memo fitted for the first request of each labelled set only (the second set equals the first)
+    assert memo_fitted == [1, 0, 0, 0, 1, 0]
+    # other params or another generator: another temperature
+    kept = replace(make_pool(x, y, labeled=lab), memo=memo)
+    n = len(fits)
+    knn(kept, kept.candidates[:5], np.random.default_rng(3), {})
+    knn(kept, kept.candidates[:5], np.random.default_rng(2), {"k": "5"})
+    assert len(fits) - n == 2
+
+
+def test_the_knn_spread_from_moments_is_the_spread_of_the_similarities() -> None:
+    from agent.priors.knn import SPREAD_LABELLED, SPREAD_ROWS, _Space, similarity_spread
+
+    x, y = blobs(clusters=6, per_cluster=700, dim=32, spread=0.5, seed=6)
+    memo = PoolMemo()
+    for labelled in (np.arange(0, len(x), 7), np.arange(0, len(x), 3), np.array([5])):
+        pool = replace(make_pool(x, y, labeled=labelled), memo=memo)
+        space = _Space(pool, embedding_mean(pool))
+        sample = np.arange(0, len(x), max(1, len(x) // SPREAD_ROWS))
+        lab = space.lab[::max(1, len(space.lab) // SPREAD_LABELLED)]
+        direct = float(np.std(space.rows(sample) @ lab.T))
+        assert similarity_spread(space) == pytest.approx(direct, rel=1e-5)
+    assert memo.get("knn_spread_moments") is not None
