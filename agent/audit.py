@@ -32,6 +32,9 @@ skips the hard ones biases the estimate upwards, so GetStatus reports drawn and 
 The computation runs prior methods over the whole pool (seconds at 50,000 samples), so GetStatus never
 runs it: it reports the last estimate, and starts a recomputation in the background (one at a time, in
 the heavy admission lane, cancelled at shutdown) when the labels, the audit draws or the model changed.
+A recomputation has a deadline (``AuditConfig.max_seconds``, its wait for a slot included): past it, it
+stops at its next checkpoint and frees the lane, the report keeps the last estimate with a note, and no
+new one starts before as long again has passed and what it depends on has changed.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ import numpy as np
 from agent import cancel
 from agent.admission import Admission
 from agent.cache import fingerprint
+from agent.cancel import DeadlineExceeded
 from agent.config import AuditConfig
 from agent.errors import AgentError
 from agent.lazy import deferred
@@ -163,7 +167,9 @@ class PriorAuditor:
         self._last: AuditReport | None = None
         self._last_key: object = None
         self._running_key: object = None
-        self._token = cancel.CancelToken()
+        self._token = cancel.CancelToken()  # cancelled by stop(): no more runs
+        self._run_token: cancel.CancelToken | None = None  # the running recomputation's (its deadline)
+        self._cut: tuple[object, float] | None = None  # (key, time.monotonic()) of the last run cut by its deadline
         self._thread: threading.Thread | None = None
 
     def _methods(self) -> list[str]:
@@ -189,33 +195,56 @@ class PriorAuditor:
                 compute_now = True
             else:
                 compute_now = False
-                if self._running_key is None and not self._token.cancelled:
+                if self._running_key is None and not self._token.cancelled and not self._backing_off(key):
                     self._running_key = key
                     self._thread = threading.Thread(target=self._run, args=(key,), name="prior-audit", daemon=True)
                     self._thread.start()
             last = self._last
+            cut = self._cut_note() if self._cut is not None and self._cut[0] == key else ""
         if compute_now:
             rep = self._compute()
             with self._lock:
                 self._last, self._last_key = rep, key
             return rep
         if last is None:
-            return replace(base, current=False)
-        return replace(last, current=False, drawn=base.drawn, labelled=base.labelled)
+            return replace(base, current=False, error=cut or base.error)
+        return replace(last, current=False, drawn=base.drawn, labelled=base.labelled, error=cut or last.error)
+
+    def _backing_off(self, key: object) -> bool:
+        """After a run cut by its deadline: no new run for the same key, nor within max_seconds (lock held)."""
+        if self._cut is None or self.config.max_seconds is None:
+            return False
+        cut_key, at = self._cut
+        return key == cut_key or time.monotonic() - at < self.config.max_seconds
+
+    def _cut_note(self) -> str:
+        return (f"the newest recomputation took longer than its limit of {self.config.max_seconds:g} s "
+                "(AuditConfig.max_seconds) and was stopped; it is tried again once the labels change")
 
     def _run(self, key: object) -> None:
+        token = cancel.CancelToken.within(self.config.max_seconds)
+        with self._lock:
+            if self._token.cancelled:
+                self._running_key = None
+                return
+            self._run_token = token
         try:
-            rep = self._work.run(self._token, self._compute, "the prior audit")
+            rep = self._work.run(token, self._compute, "the prior audit")
+        except DeadlineExceeded:
+            log.warning("prior audit stopped: %s", self._cut_note())
+            with self._lock:
+                self._running_key, self._run_token, self._cut = None, None, (key, time.monotonic())
+            return
         except AgentError as e:  # busy or shutting down: the next GetStatus tries again
             log.info("prior audit not computed now: %s", str(e))
             with self._lock:
-                self._running_key = None
+                self._running_key, self._run_token = None, None
             return
         except Exception:
             log.exception("prior audit failed")
             rep = AuditReport(error="the audit estimate failed (see the agent's log)")
         with self._lock:
-            self._last, self._last_key, self._running_key = rep, key, None
+            self._last, self._last_key, self._running_key, self._run_token = rep, key, None, None
 
     def _compute(self) -> AuditReport:
         cfg = self.config
@@ -245,7 +274,10 @@ class PriorAuditor:
         return rep
 
     def stop(self) -> None:
-        self._token.cancel("the agent is shutting down", cancel.ShuttingDown)
+        with self._lock:
+            self._token.cancel("the agent is shutting down", cancel.ShuttingDown)
+            if self._run_token is not None:
+                self._run_token.cancel("the agent is shutting down", cancel.ShuttingDown)
         thread = self._thread
         if thread is not None:
             thread.join(timeout=10)

@@ -82,11 +82,19 @@ class AuditConfig:
     min_per_class: int = 5
     # Prior methods audited (None: every registered one).
     methods: tuple[str, ...] | None = None
+    # The longest one background recomputation may take, its wait for a heavy-lane slot included (seconds;
+    # None: no limit). Past it the work stops at its next checkpoint and frees the lane; GetStatus keeps
+    # the last estimate (current false) with a note, and the audit is not started again before as long
+    # again has passed and the labels, audit draws or model have changed (so a slow audit holds the heavy
+    # lane at most half the time). Every prior method over the audit samples took 2-6 s at 50,000 samples.
+    max_seconds: float | None = 60.0
 
     def __post_init__(self) -> None:
         if not 0.0 < self.confidence_level < 1.0 or self.min_per_class < 1 or self.interval not in ("wilson",
                                                                                                       "exact"):
             raise ValueError("audit: confidence_level in (0, 1), min_per_class >= 1, interval wilson or exact")
+        if self.max_seconds is not None and not self.max_seconds > 0:
+            raise ValueError("audit: max_seconds must be > 0 (or None: no limit)")
 
 
 @dataclass(frozen=True)

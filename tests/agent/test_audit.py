@@ -230,3 +230,52 @@ def test_get_status_never_waits_for_the_estimate() -> None:
     finally:
         release.set()
         auditor.stop()
+
+
+def test_a_recomputation_is_stopped_at_its_time_limit_and_frees_the_lane(monkeypatch: pytest.MonkeyPatch) -> None:
+    """AuditConfig.max_seconds: an audit that would run for minutes (here: a measure that only passes
+    checkpoints) stops at its limit, frees the heavy lane's slot, is reported with a note, and is not
+    started again for the same labels."""
+    import agent.audit as audit_module
+    from agent.cancel import checkpoint
+
+    runs: list[float] = []
+
+    def endless(*args: object) -> list[object]:
+        runs.append(time.monotonic())
+        while True:
+            checkpoint()
+            time.sleep(0.01)
+
+    monkeypatch.setattr(audit_module, "measure", endless)
+    x, y = blobs(clusters=3, per_cluster=10, seed=4)
+    pool = make_pool(x, y, labeled=np.arange(30))
+    seqs = np.arange(1, 31, dtype=np.int64)
+    labels = np.concatenate([[-1], y])
+    lane = Admission(1, 1)
+    auditor = PriorAuditor(AuditConfig(max_seconds=0.5), lambda: np.array([2, 3, 12, 22]), lambda: labels,
+                           lambda: (pool, seqs, "v1"), lambda q: f"s{q}", lambda: "v1", lane, background=True)
+    try:
+        t0 = time.monotonic()
+        first = auditor.report()
+        assert not first.current and first.error == ""
+        while auditor._running_key is not None:
+            assert time.monotonic() - t0 < 5, "the audit ran past its limit"
+            time.sleep(0.02)
+        assert time.monotonic() - t0 < 2.5 and len(runs) == 1
+        assert lane.stats().running == 0  # the slot is free again
+        rep = auditor.report()
+        assert not rep.current and "limit of 0.5 s" in rep.error and "max_seconds" in rep.error
+        time.sleep(0.6)  # past the back-off: still not restarted, the labels are the same
+        auditor.report()
+        assert auditor._running_key is None and len(runs) == 1
+        # A label changed, and the back-off has passed: a new recomputation is started (which the lane may
+        # refuse: its recent run of this kind took its whole deadline).
+        thread = auditor._thread
+        labels[5] = (labels[5] + 1) % 3
+        auditor.report()
+        assert auditor._thread is not thread
+    finally:
+        auditor.stop()
+    with pytest.raises(ValueError, match="max_seconds"):
+        AuditConfig(max_seconds=0)
