@@ -170,6 +170,7 @@ class PriorAuditor:
         self._token = cancel.CancelToken()  # cancelled by stop(): no more runs
         self._run_token: cancel.CancelToken | None = None  # the running recomputation's (its deadline)
         self._cut: tuple[object, float] | None = None  # (key, time.monotonic()) of the last run cut by its deadline
+        self._not_before = 0.0  # time.monotonic() before which no run starts (the lane's retry hint when it refused)
         self._thread: threading.Thread | None = None
 
     def _methods(self) -> list[str]:
@@ -211,7 +212,10 @@ class PriorAuditor:
         return replace(last, current=False, drawn=base.drawn, labelled=base.labelled, error=cut or last.error)
 
     def _backing_off(self, key: object) -> bool:
-        """After a run cut by its deadline: no new run for the same key, nor within max_seconds (lock held)."""
+        """No new run before the heavy lane's retry hint after it refused one; after a run cut by its
+        deadline, none for the same key, nor within max_seconds (lock held)."""
+        if time.monotonic() < self._not_before:
+            return True
         if self._cut is None or self.config.max_seconds is None:
             return False
         cut_key, at = self._cut
@@ -235,10 +239,12 @@ class PriorAuditor:
             with self._lock:
                 self._running_key, self._run_token, self._cut = None, None, (key, time.monotonic())
             return
-        except AgentError as e:  # busy or shutting down: the next GetStatus tries again
+        except AgentError as e:  # busy or shutting down: a GetStatus after the lane's retry hint tries again
             log.info("prior audit not computed now: %s", str(e))
+            hint = getattr(e, "retry_after_s", None) or 0.0
             with self._lock:
                 self._running_key, self._run_token = None, None
+                self._not_before = time.monotonic() + hint
             return
         except Exception:
             log.exception("prior audit failed")

@@ -86,7 +86,7 @@ class AuditConfig:
     # None: no limit). Past it the work stops at its next checkpoint and frees the lane; GetStatus keeps
     # the last estimate (current false) with a note, and the audit is not started again before as long
     # again has passed and the labels, audit draws or model have changed (so a slow audit holds the heavy
-    # lane at most half the time). Every prior method over the audit samples took 2-6 s at 50,000 samples.
+    # lane at most half the time).
     max_seconds: float | None = 60.0
 
     def __post_init__(self) -> None:

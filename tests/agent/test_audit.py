@@ -279,3 +279,43 @@ def test_a_recomputation_is_stopped_at_its_time_limit_and_frees_the_lane(monkeyp
         auditor.stop()
     with pytest.raises(ValueError, match="max_seconds"):
         AuditConfig(max_seconds=0)
+
+
+def test_a_refused_recomputation_waits_for_the_lanes_retry_hint() -> None:
+    """The heavy lane is full: the audit is refused (Busy) and not tried again before the hint."""
+    from agent.cancel import CancelToken
+
+    x, y = blobs(clusters=3, per_cluster=10, seed=4)
+    pool = make_pool(x, y, labeled=np.arange(30))
+    seqs = np.arange(1, 31, dtype=np.int64)
+    labels = np.concatenate([[-1], y])
+    lane = Admission(1, 0)
+    release = threading.Event()
+    holder = threading.Thread(target=lambda: lane.run(CancelToken(), lambda: release.wait(30)), daemon=True)
+    holder.start()
+    deadline = time.monotonic() + 5
+    while lane.stats().running == 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    auditor = PriorAuditor(CFG, lambda: np.array([2, 3, 12, 22]), lambda: labels, lambda: (pool, seqs, "v1"),
+                           lambda q: f"s{q}", lambda: "v1", lane, background=True)
+    try:
+        auditor.report()
+        while lane.stats().refused == 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        while auditor._running_key is not None:
+            time.sleep(0.01)
+        thread = auditor._thread
+        auditor.report()  # within the hint (at least 100 ms): no new attempt
+        assert auditor._thread is thread and lane.stats().refused == 1
+        release.set()
+        holder.join(5)
+        time.sleep(max(0.0, auditor._not_before - time.monotonic() + 0.01))
+        while not (rep := auditor.report()).current:
+            assert time.monotonic() < deadline + 30
+            time.sleep(0.02)
+        assert {m.method for m in rep.methods} == set(PRIOR_METHODS)
+    finally:
+        release.set()
+        auditor.stop()
