@@ -10,7 +10,7 @@ service and server reflection are registered beside ``shortlist.v1.Agent``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
 from typing import Any
 
@@ -25,6 +25,7 @@ from agent.core import Agent, AgentStatus
 from agent.errors import ErrorMapping
 from agent.ingest import Incoming
 from agent.lazy import warm_in_background
+from agent.memory import IdleTrim
 from agent.queues import QueueData
 from shortlist.v1 import agent_pb2, agent_pb2_grpc
 
@@ -196,12 +197,28 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
                             sha256=r.sha256, error=r.error) for r in found])
 
 
+class CallStarts(grpc.ServerInterceptor):
+    """Tells ``IdleTrim`` (agent/memory.py) when each call to the agent's service starts, so that the
+    malloc arenas' free pages are handed back once a burst of calls is over (health checks do not count)."""
+
+    def __init__(self, trim: IdleTrim) -> None:
+        self.trim = trim
+        self.prefix = f"/{SERVICE_NAME}/"
+
+    def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+                          handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        if (getattr(handler_call_details, "method", "") or "").startswith(self.prefix):
+            self.trim.touch()
+        return continuation(handler_call_details)
+
+
 def create_server(config: AgentConfig, interceptors: Sequence[grpc.ServerInterceptor] = (),
                   credentials: grpc.ServerCredentials | None = None,
                   options: Sequence[tuple[str, Any]] = (),
                   local_socket: str | None = None) -> tuple[grpc.Server, int, Agent]:
     """Open the data folder, start the model manager and a started gRPC server on ``config.address``
-    (port 0 = any free port). Returns (server, bound port, agent); stop with ``stop_server``.
+    (port 0 = any free port), with an ``IdleTrim`` that hands malloc's free pages back after each burst
+    of calls (agent/memory.py). Returns (server, bound port, agent); stop with ``stop_server``.
 
     ``interceptors`` run inside the error mapping (so what they raise is mapped too), in order;
     ``credentials`` (e.g. ``grpc.ssl_server_credentials``) make the port a TLS port; ``options`` are
@@ -222,6 +239,7 @@ def create_server(config: AgentConfig, interceptors: Sequence[grpc.ServerInterce
     for w in warnings:
         log.warning("%s", w)
     agent = Agent(config)
+    trim = IdleTrim()
     try:
         server_options: list[tuple[str, Any]] = [
             ("grpc.max_receive_message_length", limits.max_message_bytes),
@@ -232,7 +250,7 @@ def create_server(config: AgentConfig, interceptors: Sequence[grpc.ServerInterce
         # full queue of heavy calls never leaves GetStatus, SubmitLabels or Ingest without a thread.
         threads = config.workers + config.work.threads
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="rpc"),
-                             interceptors=[*auth, ErrorMapping((SERVICE_NAME,)), *interceptors],
+                             interceptors=[CallStarts(trim), *auth, ErrorMapping((SERVICE_NAME,)), *interceptors],
                              options=server_options)
         agent_pb2_grpc.add_AgentServicer_to_server(AgentServicer(agent, warnings), server)
         health_servicer = health.HealthServicer()
@@ -255,9 +273,11 @@ def create_server(config: AgentConfig, interceptors: Sequence[grpc.ServerInterce
         server.start()
         warm_in_background()  # scikit-learn, scipy.stats: imported after the port answers (agent/lazy.py)
     except BaseException:
+        trim.close()
         agent.close()
         raise
     server.health = health_servicer  # type: ignore[attr-defined]  # so stop_server can announce shutdown
+    server.idle_trim = trim  # type: ignore[attr-defined]  # so stop_server can stop its thread
     return server, bound, agent
 
 
@@ -272,4 +292,7 @@ def stop_server(server: grpc.Server, agent: Agent, grace: float = 5.0) -> None:
     agent.light_prior_work.shutdown()
     agent.decode_work.shutdown()
     server.stop(grace).wait()
+    trim = getattr(server, "idle_trim", None)
+    if trim is not None:
+        trim.close()
     agent.close()

@@ -1,15 +1,25 @@
-"""agent/memory.py and agent/threads.py: the process settings of `shortlist serve` (malloc, BLAS threads)."""
+"""agent/memory.py and agent/threads.py: the process settings of `shortlist serve` (malloc, BLAS threads), and
+the trimming of malloc's free pages after a burst of calls."""
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import subprocess
 import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
+from agent import blobs, service
+from agent.memory import IdleTrim
 from agent.threads import THREAD_ENV
+from shortlist.v1 import agent_pb2
+from tests.agent.conftest import make_samples, start
 
 CHECK = """
 from agent.memory import tune_malloc
@@ -42,3 +52,98 @@ def test_one_blas_thread_unless_the_environment_says_otherwise() -> None:
     out = subprocess.run([sys.executable, "-c", BLAS_CHECK], capture_output=True, text=True, timeout=60, check=True,
                          env=env)
     assert out.stdout.startswith("False")
+
+
+TRIM_CHECK = """
+import threading
+from agent.memory import malloc_trim, tune_malloc
+
+def rss_kb():
+    return int(next(l for l in open("/proc/self/status") if l.startswith("VmRSS")).split()[1])
+
+tune_malloc()  # as `shortlist serve` does: two arenas, blocks of 1 MiB and more mmapped
+held = []
+
+def burst():  # in a thread of its own, as a gRPC worker: its blocks come from the non-main arena
+    blocks = [bytes(4000) + bytes([i % 256]) for i in range(50_000)]  # ~200 MB of 4 kB blocks
+    held.extend(blocks[99::100])  # one block in 100 stays live, so the arena's top cannot shrink
+
+t = threading.Thread(target=burst)
+t.start()
+t.join()
+before = rss_kb()
+released = malloc_trim()
+print(released, before, rss_kb())
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's")
+def test_malloc_trim_hands_back_the_free_pages_a_burst_left_in_an_arena() -> None:
+    out = subprocess.run([sys.executable, "-c", TRIM_CHECK], capture_output=True, text=True, timeout=60, check=True)
+    released, before_kb, after_kb = out.stdout.split()
+    # ~198 MB of the 200 MB were freed but stayed resident (live blocks above them); trimming gives them back.
+    assert released == "True"
+    assert int(before_kb) - int(after_kb) > 150_000, out.stdout
+
+
+def test_idle_trim_waits_for_a_pause_and_trims_once_per_burst() -> None:
+    calls: list[float] = []
+
+    def fake_trim() -> bool:
+        calls.append(time.monotonic())
+        return True
+
+    trim = IdleTrim(idle_s=0.5, trim=fake_trim)  # (a thread starved 0.5 s would look like a pause)
+    try:
+        time.sleep(0.8)
+        assert calls == []  # no call yet: nothing to trim
+        end = time.monotonic() + 1.0
+        while time.monotonic() < end:  # a burst of calls, 20 ms apart: never trimmed during it
+            trim.touch()
+            time.sleep(0.02)
+        assert calls == []
+        time.sleep(1.0)
+        assert len(calls) == 1 and calls[0] - end >= 0.45  # once, after the pause
+        time.sleep(0.8)
+        assert len(calls) == 1 and trim.trims == 1  # no new call: no second trim
+    finally:
+        trim.close()
+
+
+def test_a_served_agent_trims_after_calls_and_its_threads_stay_bounded(
+        tmp_path: Path, registry: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(service, "IdleTrim", functools.partial(IdleTrim, idle_s=0.2))
+    r = start(tmp_path / "data", registry)
+    try:
+        r.stub.GetStatus(agent_pb2.GetStatusRequest(), timeout=10)
+        trim = r.server.idle_trim  # type: ignore[attr-defined]
+        deadline = time.monotonic() + 5
+        while trim.trims == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert trim.trims == 1
+
+        def ingest(k: int) -> None:
+            reply = r.stub.Ingest(iter([agent_pb2.IngestRequest(samples=make_samples(4, prefix=f"t{k}-", seed=k))]),
+                                  timeout=30)
+            assert reply.accepted == 4
+
+        def streams(first: int) -> int:  # 10 Ingest streams, 4 at a time; the thread count once they ended
+            with ThreadPoolExecutor(max_workers=4) as pool:
+                list(pool.map(ingest, range(first, first + 10)))
+            deadline = time.monotonic() + 5
+            while any(t.name.startswith("ingest-") for t in threading.enumerate()) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            return threading.active_count()
+
+        before = threading.active_count()
+        after = max(streams(k) for k in (0, 10, 20, 30))
+        names = [t.name for t in threading.enumerate()]
+        # Each stream's two pipeline threads end with it (40 streams would otherwise leave 80); what stays
+        # is the pools grown to the concurrency, and ThreadPoolExecutor keeps its threads: 4 streams at once,
+        # each one gRPC worker and the fsyncs of one batch (4 files and at most 4 folders).
+        assert not [n for n in names if n.startswith("ingest-")]
+        assert after <= before + 4 * (1 + 8), names
+        assert sum(n.startswith("fsync") for n in names) <= blobs._FSYNC_POOL._max_workers
+    finally:
+        r.stop()
+    assert not trim._thread.is_alive()
