@@ -57,6 +57,13 @@ FAST_RPCS = ("GetStatus", "SubmitLabels", "Select random", "Select margin", "Sel
 FAST_P99_S = 1.0
 SOLO_LIMIT_S = 10.0
 RSS_GROWTH = 0.10
+# An "idle" RSS reading waits until the agent has used under QUIET_CPU CPU seconds per second for QUIET_S
+# seconds in a row: the calls the clients gave up on, its own background work and the malloc trim it does
+# after a burst of calls (agent/memory.py IdleTrim, 2 s after the last call) are then over, so the reading
+# is what the agent keeps, not the working arrays of the calls running at that instant (at a 50,000-sample
+# pool those swung the RSS by +-70 MB from one reading to the next: docs/reliability.md, Load).
+QUIET_S = 3.0
+QUIET_CPU = 0.05
 
 
 class LoadError(Exception):
@@ -91,6 +98,7 @@ class LoadConfig:
     seed_labels: int = 50  # labelled samples the pool should have before the load (for priors, uncertainty)
     seed: int = 0
     agent_pid: int = 0  # pid of a running agent (default: found from its listening port)
+    idle_wait: float = 60.0  # longest wait for the agent to be idle before an idle RSS reading (0: none)
     connection: client.ClientConfig = field(default_factory=client.ClientConfig)  # TLS and token for --agent
 
 
@@ -158,14 +166,24 @@ def listening_pid(port: int) -> int:
         if not proc.name.isdigit():
             continue
         try:
-            if any(os.readlink(fd) in targets for fd in (proc / "fd").iterdir()):
-                holders.add(int(proc.name))
-        except OSError:
+            fds = list((proc / "fd").iterdir())
+        except OSError:  # another user's process, or gone
             continue
+        if any(_link(fd) in targets for fd in fds):
+            holders.add(int(proc.name))
     # A child forked by the listener holds the socket too until it execs (or for good, if it inherits it):
     # the listener is the holder whose parent is not a holder.
     roots = sorted(p for p in holders if _parent_pid(p) not in holders)
     return roots[0] if roots else (min(holders) if holders else 0)
+
+
+def _link(fd: Path) -> str:
+    """Where a /proc/PID/fd entry points; "" when it closed meanwhile (a busy process opens and closes
+    files while it is scanned: one such fd must not hide the process's others)."""
+    try:
+        return os.readlink(fd)
+    except OSError:
+        return ""
 
 
 def _proc_status(pid: int) -> dict[str, str]:
@@ -594,10 +612,33 @@ def goals(rows: list[dict[str, Any]], solo: list[dict[str, Any]], rss: dict[str,
         if s["rpc"] == "Select":
             out.append({"goal": f"Select {s['name']} alone < {SOLO_LIMIT_S:g} s",
                         "ok": s["code"] == "OK" and s["seconds"] < SOLO_LIMIT_S, "value": round(s["seconds"], 3)})
-    if rss.get("before") and rss.get("after"):
+    if rss.get("idle_before") and rss.get("idle_after"):  # what the agent keeps, idle before and after the load
+        growth = rss["idle_after"] / rss["idle_before"] - 1
+        out.append({"goal": f"RSS growth < {RSS_GROWTH:.0%} (idle before -> idle after the load)",
+                    "ok": growth < RSS_GROWTH, "value": round(growth, 4)})
+    elif rss.get("before") and rss.get("after"):  # no idle readings (--idle-wait 0): right after the clients stop
         growth = rss["after"] / rss["before"] - 1
         out.append({"goal": f"RSS growth < {RSS_GROWTH:.0%}", "ok": growth < RSS_GROWTH, "value": round(growth, 4)})
     return out
+
+
+def idle_rss(pid: int, limit: float) -> tuple[dict[str, int], float, bool]:
+    """``pid``'s VmRSS / VmHWM (rss_bytes) once it has used under QUIET_CPU CPU seconds per second for
+    QUIET_S seconds in a row, how many seconds that took, and whether it got that quiet within ``limit``
+    seconds (if not, the reading at ``limit``)."""
+    t0 = time.monotonic()
+    seen: list[tuple[float, float]] = []  # (monotonic s, agent CPU s)
+    while True:
+        now, cpu = time.monotonic(), cpu_seconds(pid)
+        if cpu is None:
+            return {}, now - t0, False
+        seen.append((now, cpu))
+        past = [(t, c) for t, c in seen if now - t >= QUIET_S]
+        if past and cpu - past[-1][1] < QUIET_CPU * (now - past[-1][0]):
+            return rss_bytes(pid), now - t0, True
+        if now - t0 >= limit:
+            return rss_bytes(pid), now - t0, False
+        time.sleep(0.25)
 
 
 def drained_status(stub: agent_pb2_grpc.AgentStub, timeout: float,
@@ -680,6 +721,8 @@ def _run(cfg: LoadConfig, target: Target, say: Callable[[str], None]) -> dict[st
             say(f"warm-up: {cfg.clients} clients for {cfg.warmup:g} s (not counted)")
             warm, _ = drive(World(cfg, ids, classes, run_tag=tag + "w", salt=0), cfg.warmup)
         rss_before = rss_bytes(target.pid) if target.pid else {}
+        quiet_before = (idle_rss(target.pid, cfg.idle_wait) if target.pid and cfg.idle_wait > 0
+                        else ({}, 0.0, False))
         load_before = loadavg()
         say(f"load: {cfg.clients} clients for {cfg.seconds:g} s")
         world, elapsed = drive(World(cfg, ids, classes, run_tag=tag), cfg.seconds)
@@ -687,6 +730,8 @@ def _run(cfg: LoadConfig, target: Target, say: Callable[[str], None]) -> dict[st
         rss_after = rss_bytes(target.pid) if target.pid else {}
         after, drain = drained_status(stub, cfg.timeout)
         rss_drained = rss_bytes(target.pid) if target.pid else {}
+        quiet_after = (idle_rss(target.pid, cfg.idle_wait) if target.pid and cfg.idle_wait > 0
+                       else ({}, 0.0, False))
     finally:
         ch.close()
     rows = summarise(world.calls)
@@ -695,6 +740,8 @@ def _run(cfg: LoadConfig, target: Target, say: Callable[[str], None]) -> dict[st
         rss = {"start": rss_start.get("VmRSS", 0), "before": rss_before["VmRSS"],
                "after": rss_after.get("VmRSS", 0), "drained": rss_drained.get("VmRSS", 0),
                "peak": rss_drained.get("VmHWM", 0)}
+        if quiet_before[0] and quiet_after[0]:
+            rss.update(idle_before=quiet_before[0]["VmRSS"], idle_after=quiet_after[0]["VmRSS"])
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items() if k != "connection"}
     config["tls"] = cfg.connection.tls  # never the token itself
     config["token"] = bool(cfg.connection.token)
@@ -713,6 +760,8 @@ def _run(cfg: LoadConfig, target: Target, say: Callable[[str], None]) -> dict[st
                  "ingested": world.accepted,
                  "requests_per_s": round(len(world.calls) / elapsed, 2), "rpcs": rows},
         "rss": rss,
+        "idle": {"wait_before_s": round(quiet_before[1], 1), "quiet_before": quiet_before[2],
+                 "wait_after_s": round(quiet_after[1], 1), "quiet_after": quiet_after[2]},
         "goals": goals(rows, solo, rss),
     }
 
@@ -749,6 +798,15 @@ def print_results(res: dict[str, Any], console: Console) -> None:
         console.print(f"agent RSS: {_mb(rss['start'])} at start, {_mb(rss['before'])} before the load (after the "
                       f"warm-up), {_mb(rss['after'])} after ({rss['after'] / rss['before'] - 1:+.1%}), "
                       f"{_mb(rss['drained'])} once it answered again, peak {_mb(rss['peak'])}")
+        idle = res.get("idle", {})
+        if "idle_before" in rss:
+            def note(key: str) -> str:
+                waited = idle[f"wait_{key}_s"]
+                return "" if idle.get(f"quiet_{key}") else f", [yellow]not idle within {waited:g} s[/yellow]"
+            console.print(f"agent RSS idle: {_mb(rss['idle_before'])} before the load ({idle['wait_before_s']:g} s "
+                          f"after the warm-up{note('before')}), {_mb(rss['idle_after'])} after it "
+                          f"({idle['wait_after_s']:g} s after{note('after')}; "
+                          f"{rss['idle_after'] / rss['idle_before'] - 1:+.1%})")
     else:
         console.print("agent RSS: unknown (no local agent process found; pass --agent-pid)")
     again = res["agent"]["answers_again_after_s"]
@@ -795,6 +853,9 @@ def register(bench_app: typer.Typer) -> None:
         budget: int = typer.Option(10, "--budget", min=1, help="Select budget"),
         agent_pid: int = typer.Option(0, "--agent-pid", help="pid of --agent for its RSS (default: found "
                                       "from the port)"),
+        idle_wait: float = typer.Option(60.0, "--idle-wait", min=0.0, help="longest wait, seconds, for the agent "
+                                        "to be idle (under 5% of a core for 3 s) after the warm-up and after the "
+                                        "load, for the RSS growth goal (0: no idle readings)"),
         tls_ca: Path | None = typer.Option(None, "--tls-ca", envvar="SHORTLIST_TLS_CA", dir_okay=False,
                                            help="--agent uses TLS: trust certificates signed by this CA (PEM)"),
         tls_cert: Path | None = typer.Option(None, "--tls-cert", envvar="SHORTLIST_TLS_CERT", dir_okay=False,
@@ -816,7 +877,7 @@ def register(bench_app: typer.Typer) -> None:
                              max_requests=max_requests,
                              timeout=timeout, mix=parse_mix(mix), strategies=_names(strategies),
                              priors=_names(priors), solo=() if solo.strip() == "none" else _names(solo),
-                             budget=budget, seed=seed, agent_pid=agent_pid,
+                             budget=budget, seed=seed, agent_pid=agent_pid, idle_wait=idle_wait,
                              connection=client.ClientConfig(tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key,
                                                             token=token))
             res = run_load(cfg, say=console.print)

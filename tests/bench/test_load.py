@@ -40,8 +40,12 @@ def test_load_starts_an_agent_builds_a_pool_and_reports(tmp_path: Path) -> None:
         assert 0 <= r["p50_s"] <= r["p99_s"] <= r["max_s"]
     assert [(s["rpc"], s["name"]) for s in res["solo"]] == [("Select", "random"), ("Select", "coreset"),
                                                            ("PriorLabels", "knn")]
-    assert set(res["rss"]) == {"start", "before", "after", "drained", "peak"}
+    assert set(res["rss"]) == {"start", "before", "after", "drained", "peak", "idle_before", "idle_after"}
     assert all(v > 0 for v in res["rss"].values())
+    # the growth goal compares the agent idle (its calls and its malloc trim done) before and after the load
+    assert res["idle"]["quiet_before"] and res["idle"]["quiet_after"], res["idle"]
+    assert res["idle"]["wait_before_s"] >= 3 and res["idle"]["wait_after_s"] >= 3
+    assert "RSS growth < 10% (idle before -> idle after the load)" in {g["goal"] for g in res["goals"]}
     # every accepted sample is counted by the agent
     assert load["ingested"] == 8 * rows.get("Ingest", {"ok": 0})["ok"]
     assert res["agent"]["samples_after"] == 200 + res["warmup"]["ingested"] + load["ingested"]
