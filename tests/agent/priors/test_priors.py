@@ -206,3 +206,63 @@ def test_calibration_param_and_fallback() -> None:
     # One label per class: no held-out sample keeps its class, so the temperature is the default.
     assert held_out(pool, knn_prior, {}, np.random.default_rng(0)) == []
     assert fit_temperature([], 1.0) == 1.0
+
+
+def few_labels_missing_classes() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """10 separated blobs; classes 0-3 have 2 labels, class 4 one, classes 5-9 none (9 labels, 5 classes):
+    about half of the unlabelled rows are of a class no method can name."""
+    x, y = blobs(clusters=10, per_cluster=60, dim=16, spread=0.05, seed=3)
+    lab = np.concatenate([np.flatnonzero(y == c)[:2] for c in range(4)] + [np.flatnonzero(y == 4)[:1]])
+    return x, y, lab
+
+
+@pytest.mark.parametrize("name", sorted(PRIOR_METHODS))
+def test_calibration_few_labels_confidence_tracks_accuracy(name: str) -> None:
+    from bench.metrics import expected_calibration_error
+
+    x, y, lab = few_labels_missing_classes()
+    pool = make_pool(x, y, lab)
+    rows = pool.candidates
+    raw = PRIOR_METHODS[name](pool, rows, np.random.default_rng(0), {"calibrate": "false"})
+    cal = PRIOR_METHODS[name](pool, rows, np.random.default_rng(0), {})
+    np.testing.assert_array_equal(cal.probs.argmax(axis=1), raw.probs.argmax(axis=1))
+    right = cal.probs.argmax(axis=1) == y[rows]
+    acc = float(right.mean())
+    assert 0.4 < acc < 0.6  # the rows of the 5 labelled classes, and only those
+    conf = cal.probs.max(axis=1)
+    # Low accuracy, so low mean confidence: within 0.1 of the accuracy (0.49)
+    assert abs(float(conf.mean()) - acc) < 0.1, (conf.mean(), acc)
+    assert expected_calibration_error(cal.probs, y[rows]) < 0.2
+    # rows of a labelled class (near a label) are trusted far more than rows of a class nobody labelled
+    # (with one share 1 - S / C = 0.5 for every row, no row's confidence could pass 0.5: knn's ECE 0.35)
+    assert conf[right].mean() > 0.8 > 0.25 > conf[~right].mean()
+
+
+@pytest.mark.parametrize("name", sorted(PRIOR_METHODS))
+def test_calibration_never_changes_the_top_class(name: str) -> None:
+    for seed in range(4):
+        x, y = blobs(clusters=6, per_cluster=50, dim=8, spread=0.45, seed=seed)
+        rng = np.random.default_rng(seed)
+        lab = rng.choice(len(x), int(rng.integers(3, 13)), replace=False)  # 3-12 labels: classes missing
+        pool = make_pool(x, y, lab)
+        rows = pool.candidates
+        raw = PRIOR_METHODS[name](pool, rows, np.random.default_rng(1), {"calibrate": "false"})
+        cal = PRIOR_METHODS[name](pool, rows, np.random.default_rng(1), {})
+        np.testing.assert_array_equal(cal.probs.argmax(axis=1), raw.probs.argmax(axis=1))
+        np.testing.assert_allclose(cal.probs.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_novelty_slope_from_the_labelled_set() -> None:
+    from agent.priors.calibration import novelty_slope, unlabelled_class_mass
+
+    x, y, lab = few_labels_missing_classes()
+    pool = make_pool(x, y, lab)
+    # the only label of class 4 is far from every other label, the pairs are close: distance matters
+    assert novelty_slope(pool, 0.5, 0.3) > 1.0
+    m = unlabelled_class_mass(pool, pool.candidates)
+    unlabelled = y[pool.candidates] >= 5
+    assert m[unlabelled].mean() > 0.75 > 0.25 > m[~unlabelled].mean()  # mean 0.5 = 1 - 5 / 10
+    # every class with two labels: nothing to contrast, so the even share 1 - S / C for every row
+    pair = make_pool(x, y, lab[:8])
+    assert novelty_slope(pair, 0.5, 0.3) == 0.0
+    np.testing.assert_allclose(unlabelled_class_mass(pair, pair.candidates), 0.6)
