@@ -29,7 +29,7 @@ their ECE is the measure the benchmarks report). Two corrections, in this order:
    probabilities are scaled by 1 - m and m is spread evenly over the unlabelled classes, capped so that a
    labelled class stays on top. With one m = 1 - S / C for every row (before), rows near a label were
    under-confident and rows far from all labels over-confident: on digits after 10 random labels
-   (7 of 10 classes) the ECE was 0.20-0.25, 0.12-0.13 with the distance (docs/benchmarks.md,
+   (7 of 10 classes) the ECE was 0.20-0.25, 0.12-0.14 with the distance (docs/benchmarks.md,
    "Few-label calibration"). With an open
    class list (classes = those labelled so far) S = C and nothing changes.
 
