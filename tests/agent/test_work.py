@@ -11,6 +11,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
@@ -393,6 +395,26 @@ def throttled(token: CancelToken, share: float, step_s: float = 0.01) -> None:
         time.sleep(step_s * (1 - share))
 
 
+@contextmanager
+def heavy_call(adm: Admission, token: CancelToken, share: float, kind: str) -> Iterator[threading.Event]:
+    """Run ``throttled(token, share)`` as a call of ``kind`` in ``adm``'s heavy lane, from a thread of its own,
+    for the body of the ``with``; yields an event set once the work has begun in its lane thread. On leaving,
+    ``token`` is cancelled and the thread joined (up to 5 s)."""
+    started = threading.Event()
+
+    def work() -> None:
+        started.set()
+        throttled(token, share)
+
+    t = threading.Thread(target=lambda: adm.run(token, work, kind=kind))
+    t.start()
+    try:
+        yield started
+    finally:
+        token.cancel()
+        t.join(5)
+
+
 def test_heavy_lane_work_runs_niced_with_one_openmp_thread_and_the_callers_token() -> None:
     import sklearn.cluster  # noqa: F401  # loads scikit-learn's OpenMP runtime (libgomp)
     from threadpoolctl import threadpool_info
@@ -453,10 +475,7 @@ def test_a_kinds_estimate_follows_the_cpu_share_running_calls_get_now(monkeypatc
     alone = adm.estimate("k")
     assert alone < 1.0
     # A CPU-bound call running at a twentieth of a core: "k" would take ~2 s now, not its ~0.1 s.
-    busy_token = CancelToken()
-    t = threading.Thread(target=lambda: adm.run(busy_token, lambda: throttled(busy_token, 0.05), kind="busy"))
-    t.start()
-    try:
+    with heavy_call(adm, CancelToken(), 0.05, kind="busy"):
         assert wait_until(lambda: adm.stats().running == 1)
         time.sleep(0.5)  # measured for a while
         assert adm.estimate("k") > 1.0 > alone
@@ -468,9 +487,6 @@ def test_a_kinds_estimate_follows_the_cpu_share_running_calls_get_now(monkeypatc
         with pytest.raises(Busy), adm.slot(CancelToken.within(0.5), "Select 'new'", kind="new"):
             pass
         assert adm.stats().refused_for_deadline == 2
-    finally:
-        busy_token.cancel()
-        t.join(5)
     # Right after, the lane's recent calls still say a twentieth of a core: refused at once ...
     with pytest.raises(Busy), adm.slot(CancelToken.within(1.0), kind="k"):
         pass
@@ -486,23 +502,11 @@ def test_a_running_call_bounds_its_kinds_estimate_from_below() -> None:
     adm = Admission(max_concurrent=2, max_queued=2)
     with adm.slot(CancelToken(), kind="k"):
         spin(0.01)
-    token = CancelToken()
-    started = threading.Event()
-
-    def long_k() -> None:
-        started.set()
-        throttled(token, 1.0)
-
-    t = threading.Thread(target=lambda: adm.run(token, long_k, kind="k"))
-    t.start()
-    try:
+    with heavy_call(adm, CancelToken(), 1.0, kind="k") as started:
         assert started.wait(5)
         spent = time.monotonic()
         assert wait_until(lambda: adm.estimate("k") >= 0.3, timeout=10)
         assert time.monotonic() - spent >= 0.25
-    finally:
-        token.cancel()
-        t.join(5)
 
 
 def test_no_call_waits_in_the_queue_longer_than_the_lanes_limit() -> None:
@@ -563,9 +567,7 @@ def test_a_call_that_would_slow_a_running_one_past_its_deadline_is_refused(monke
         spin(0.01)  # "b": ~0.01 CPU s
     # An "a" running at a quarter of a core (the machine is saturated) with 3 s to go: ~2 s of work left.
     token = CancelToken()
-    t = threading.Thread(target=lambda: adm.run(token, lambda: throttled(token, 0.25), kind="a"))
-    t.start()
-    try:
+    with heavy_call(adm, token, 0.25, kind="a"):
         assert wait_until(lambda: adm.stats().running == 1)
         token.deadline = time.monotonic() + 3.0  # (set once running: its own admission is not under test)
         time.sleep(0.3)
@@ -577,9 +579,6 @@ def test_a_call_that_would_slow_a_running_one_past_its_deadline_is_refused(monke
         # A call with no deadline of its own is held to the same rule (it is the running one's deadline).
         with pytest.raises(Busy), adm.slot(CancelToken(), kind="b"):
             pass
-    finally:
-        token.cancel()
-        t.join(5)
     with adm.slot(CancelToken.within(30), kind="b"):  # nothing running: it runs
         pass
 
@@ -588,12 +587,8 @@ def test_the_lanes_share_drops_at_once_to_a_slower_call_and_rises_by_the_running
     adm = Admission(max_concurrent=2, max_queued=2)
     with adm.slot(CancelToken(), kind="k"):
         spin(0.2)  # alone: "k" ~0.2 CPU s at about a full core
-    token = CancelToken()
-    t = threading.Thread(target=lambda: adm.run(token, lambda: throttled(token, 0.05), kind="slow"))
-    t.start()
-    time.sleep(0.6)
-    token.cancel()
-    t.join(5)
+    with heavy_call(adm, CancelToken(), 0.05, kind="slow"):
+        time.sleep(0.6)
     # The call that just ended got a twentieth of a core: "k" is expected at ~4 s now, not at a mean still
     # weighted by the quiet run (0.8 * 1 + 0.2 * 0.05 -> ~0.25 s), so a 1 s deadline is refused at once.
     assert adm.estimate("k") > 1.0
@@ -620,12 +615,8 @@ def test_under_contention_a_call_needs_three_times_its_expected_length_left() ->
     adm = Admission(max_concurrent=2, max_queued=2)
     with adm.slot(CancelToken(), kind="k"):
         spin(0.1)  # "k": ~0.1 CPU s
-    token = CancelToken()
-    t = threading.Thread(target=lambda: adm.run(token, lambda: throttled(token, 0.5), kind="busy"))
-    t.start()
-    time.sleep(0.6)
-    token.cancel()
-    t.join(5)
+    with heavy_call(adm, CancelToken(), 0.5, kind="busy"):
+        time.sleep(0.6)
     own = adm.estimate("k")  # ~0.2 s at the ~half a core the last call got (more on a busy machine)
     with pytest.raises(Busy), adm.slot(CancelToken.within(2.5 * own), kind="k"):
         pass  # 2.5x its expected length left: twice would fit, three times does not
@@ -641,24 +632,12 @@ def test_a_call_arriving_beside_one_just_admitted_waits_to_see_its_share(monkeyp
     # An "a" starts and gets a twentieth of a core (the load began after the quiet run): a second "a"
     # arriving at once is not admitted on the quiet run's share, but after MIN_LIVE_S, on the running
     # one's (~6 s expected, twice that over its 3 s).
-    token = CancelToken.within(30)
-    started = threading.Event()
-
-    def starved() -> None:
-        started.set()
-        throttled(token, 0.05)
-
-    t = threading.Thread(target=lambda: adm.run(token, starved, kind="a"))
-    t.start()
-    try:
+    with heavy_call(adm, CancelToken.within(30), 0.05, kind="a") as started:
         assert started.wait(5)
         t0 = time.monotonic()
         with pytest.raises(Busy), adm.slot(CancelToken.within(3.0), kind="a"):
             pass
         assert 0.05 < time.monotonic() - t0 < 0.5
-    finally:
-        token.cancel()
-        t.join(5)
 
 
 def test_light_prior_labels_run_in_threads_of_their_own_below_light_selects(tmp_path: Path, registry: Path) -> None:
