@@ -56,6 +56,19 @@ def body(name: str) -> dict[str, Any]:
     return loaded
 
 
+CREATED = "webhook_annotation_created.json"
+UPDATED = "webhook_annotation_updated.json"
+
+
+def event(name: str, choices: Any = None) -> dict[str, Any]:
+    """The webhook body ``data/labelstudio/<name>`` (a fresh copy); with ``choices`` (a list of choice values,
+    or any JSON value for a malformed body) in place of its annotation's first result's choices."""
+    e = body(name)
+    if choices is not None:
+        e["annotation"]["result"][0]["value"]["choices"] = choices
+    return e
+
+
 def sample_id(i: int) -> str:
     return f"reef/site-{'a' if i % 2 == 0 else 'b'}/img_{i:04d}.jpg"
 
@@ -249,17 +262,7 @@ def test_predict_gives_priors_in_the_tasks_order(agent: Running) -> None:
 def test_sorting_by_prediction_score_follows_the_selection(agent: Running) -> None:
     http, app = app_for(agent)
     try:
-        template = body("predict.json")["tasks"][0]
-        tasks = []
-        for i in range(N):
-            t = copy.deepcopy(template)
-            t["id"], t["data"]["image"] = 200 + i, f"/data/local-files/?d={sample_id(i)}"
-            tasks.append(t)
-        random.Random(0).shuffle(tasks)
-        req = dict(body("predict.json"), tasks=tasks)
-        results = http.post("/labelstudio/predict", json=req, headers=basic(READ_TOKEN)).json()["results"]
-        by_score = [sample_id(t["id"] - 200) for _, t in sorted(zip([r["score"] for r in results], tasks,
-                                                                     strict=True), key=lambda p: p[0])]
+        by_score = [sid for _, sid in ordered(http)]
         selected = [s.id for s in reader(agent).Select(
             agent_pb2.SelectRequest(budget=BUDGET, strategy="typiclust", seed=0)).selected]
         assert by_score[:BUDGET] == selected
@@ -276,13 +279,13 @@ def test_sorting_by_prediction_score_follows_the_selection(agent: Running) -> No
 def test_webhook_annotations_become_labels(agent: Running) -> None:
     http, app = app_for(agent)
     try:
-        created = body("webhook_annotation_created.json")
+        created = event(CREATED)
         r = http.post("/labelstudio/webhook", json=created, headers=basic(READ_TOKEN))
         assert r.status_code == 403 and "role write" in r.json()["message"]
         r = http.post("/labelstudio/webhook", json=created, headers=basic(WRITE_TOKEN))
         assert r.status_code == 200, r.text
         assert r.json()["accepted"] == 1
-        updated = body("webhook_annotation_updated.json")
+        updated = event(UPDATED)
         assert http.post("/labelstudio/webhook", json=updated, headers=bearer(WRITE_TOKEN)).json()["accepted"] == 1
         labels = labels_of(agent)
         assert labels["reef/site-b/img_0007.jpg"] == "frog" and labels["reef/site-a/img_0010.jpg"] == "dog"
@@ -300,9 +303,8 @@ def test_webhook_annotations_become_labels(agent: Running) -> None:
         assert labels_of(agent) == labels
         # the bulk event (annotations created by an import or an action) pairs annotations with their tasks
         bulk = {"action": "ANNOTATIONS_CREATED", "project": created["project"],
-                "annotation": [copy.deepcopy(created["annotation"]), copy.deepcopy(updated["annotation"])],
+                "annotation": [event(CREATED, ["cat"])["annotation"], event(UPDATED)["annotation"]],
                 "task": [updated["task"], created["task"]]}
-        bulk["annotation"][0]["result"][0]["value"]["choices"] = ["cat"]
         r = http.post("/labelstudio/webhook", json=bulk, headers=basic(WRITE_TOKEN))
         assert r.status_code == 200 and r.json()["accepted"] == 2
         labels["reef/site-b/img_0007.jpg"] = "cat"
@@ -340,12 +342,10 @@ def test_webhook_annotations_become_labels(agent: Running) -> None:
 
 def test_webhook_bad_bodies_are_400(agent: Running) -> None:
     http, app = app_for(agent)
-    created = body("webhook_annotation_created.json")
+    created = event(CREATED)
     no_task = {k: v for k, v in created.items() if k != "task"}
-    bad_choices = copy.deepcopy(created)
-    bad_choices["annotation"]["result"][0]["value"] = {"choices": "frog"}
-    two = copy.deepcopy(created)
-    two["annotation"]["result"][0]["value"]["choices"] = ["frog", "dog"]
+    bad_choices = event(CREATED, "frog")
+    two = event(CREATED, ["frog", "dog"])
     try:
         w = basic(WRITE_TOKEN)
         cases: list[tuple[Any, str]] = [
