@@ -7,6 +7,7 @@
 # run only checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib/free_space.sh
 VERSION=1.23.2
 VENV=${SHORTLIST_LABELSTUDIO_VENV:-.venv-labelstudio}
 PY=${PYTHON:-python3}
@@ -18,12 +19,8 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
 fi
 if [ "$("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("label-studio"))' 2>/dev/null)" != "$VERSION" ]; then
-  need_kb=$((1300 * 1024))  # the environment takes about 1.0 GB
-  free_kb=$(df -Pk . | awk 'NR==2 {print $4}')
-  if [ -n "$free_kb" ] && [ "$free_kb" -lt "$need_kb" ]; then
-    echo "labelstudio_setup: $VENV needs about 1.3 GB free here; $((free_kb / 1024)) MB are free." >&2
-    exit 1
-  fi
+  # 1300 MB: the environment takes about 1.0 GB
+  need_free_space 1300 "labelstudio_setup: $VENV needs about 1.3 GB free here; {free} MB are free." || exit 1
   PIP_NO_CACHE_DIR=1 "$VENV/bin/python" -m pip install -q --disable-pip-version-check "label-studio==$VERSION"
 fi
 # The template: `init --quiet` migrates the database and creates no user (the test creates its own at start).

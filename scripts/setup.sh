@@ -4,6 +4,7 @@
 # Idempotent: a second run only checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib/free_space.sh
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
@@ -13,13 +14,8 @@ want=$(cat requirements.txt requirements-train.txt requirements-dev.txt pyprojec
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   # torch 2.14.1 with torchvision 0.29.1 is a CUDA build: the environment takes about 6.2 GB. Say so
   # before pip fails halfway with a bare "No space left on device".
-  need_kb=$((6656 * 1024))  # 6.5 GB
-  free_kb=$(df -Pk . | awk 'NR==2 {print $4}')
-  if [ -n "$free_kb" ] && [ "$free_kb" -lt "$need_kb" ]; then
-    echo "setup: .venv needs about 6.5 GB free here; $((free_kb / 1024)) MB are free on $(df -P . | awk 'NR==2 {print $6}')." >&2
-    echo "setup: free some space (pip's cache: ~/.cache/pip) and run again." >&2
-    exit 1
-  fi
+  need_free_space 6656 "setup: .venv needs about 6.5 GB free here; {free} MB are free on {mount}." \
+    "setup: free some space (pip's cache: ~/.cache/pip) and run again." || exit 1  # 6656 MiB: 6.5 GB
   # --no-cache-dir: a wheel fetched from the registry is not kept a second time in ~/.cache/pip.
   export PIP_NO_CACHE_DIR=1
   .venv/bin/python -m pip install -q --upgrade pip
