@@ -23,6 +23,10 @@ The estimator (docs/app.md, "How good are the priors?"):
    score interval by default, Clopper-Pearson ("exact") on request. Per class: the same on the audit
    samples of each true class (that class's recall), for classes with at least ``min_per_class`` of them.
 
+PriorLabels uses the audit labels for more than seeds: once ``AUDIT_MIN_LABELS`` of them count, its
+calibration temperature is fitted on them, cross-fitted (agent/priors/calibration.py, ``audit_held_out``).
+The audited prior is calibrated on the labelled set alone (``audited_pool`` knows no draws).
+
 What it does not claim: PriorLabels itself uses the audit labels as seeds too, so the served prior has a
 few more seeds than the audited one and is usually a little better (the estimate is conservative).
 Labels given after the draw through other strategies shrink the unlabelled pool in a non-random way;
@@ -104,13 +108,15 @@ class AuditReport:
 
 def audited_pool(pool: Pool, audit_rows: np.ndarray) -> Pool:
     """``pool`` as if the samples at ``audit_rows`` had no labels: they leave the seeds and join the
-    unlabelled candidates."""
+    unlabelled candidates. It knows no audit draws either, so the calibration of the prior being audited
+    is fitted on the labelled set, never on the audit labels it is scored on."""
     keep = ~np.isin(pool.labeled, audit_rows)
     labeled = pool.labeled[keep]
     n = len(pool.embeddings)
     unlabelled = np.ones(n, bool)
     unlabelled[labeled] = False
-    return replace(pool, labeled=labeled, labels=pool.labels[keep], candidates=np.flatnonzero(unlabelled))
+    return replace(pool, labeled=labeled, labels=pool.labels[keep], candidates=np.flatnonzero(unlabelled),
+                   audit=np.zeros(0, np.int64))
 
 
 def measure(pool: Pool, audit_rows: np.ndarray, truth: np.ndarray, seed_ids: Sequence[str],

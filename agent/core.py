@@ -343,9 +343,10 @@ class Agent:
                 parts.append(index.knn(queries[start:start + KNN_BLOCK], k, limit=view.n))
             return np.concatenate([r for r, _ in parts]), np.concatenate([d for _, d in parts])
 
+        audit = np.flatnonzero(np.isin(view.seqs, self.state.audit_seqs())) if view.n else np.zeros(0, np.int64)
         pool = Pool(embeddings=view.vecs, labeled=labeled.astype(np.int64), labels=labels[labeled],
                     classes=classes, candidates=candidates.astype(np.int64), knn=knn, logits=logits,
-                    pretext_loss=view.pretext, memo=index.memo)
+                    pretext_loss=view.pretext, memo=index.memo, audit=audit.astype(np.int64))
         return pool, view.seqs
 
     def free_pool(self, where: Mapping[str, str]) -> tuple[Pool, np.ndarray]:
@@ -475,8 +476,9 @@ class Agent:
                                      "before asking for prior labels")
         if len(rows) == 0:
             return iter(())
-        key = ("prior", serving.version, len(pool.embeddings), fingerprint(pool.labeled, pool.labels, rows), method,
-               frozen(params))
+        # the audit draws too: the calibration fits its temperature on the audit labels once there are enough
+        key = ("prior", serving.version, len(pool.embeddings), fingerprint(pool.labeled, pool.labels, rows, pool.audit),
+               method, frozen(params))
         cached = self.prior_cache.get(key)
         if cached is None:
             token = token or cancel.CancelToken()

@@ -60,6 +60,10 @@ class Pool:
         pretext_loss: N float32 per-sample pretext-task loss (RotNet 4-way rotation cross-entropy, nats)
             when the model has a ``rotation_logits`` head, else None.
         memo: derived arrays of this version's embeddings shared across requests (PoolMemo), or None.
+        audit: A int64 rows drawn by Select strategy ``audit`` (agent/audit.py), ascending, labelled or not;
+            those in ``labeled`` carry *audit labels* (a uniform random sample of the pool), on which the
+            calibration fits its temperature once there are enough (agent/priors/calibration.py);
+            empty when there are none or the caller does not know them (tests, benchmarks).
     """
 
     embeddings: np.ndarray
@@ -71,6 +75,7 @@ class Pool:
     logits: np.ndarray | None = None
     pretext_loss: np.ndarray | None = None
     memo: PoolMemo | None = None
+    audit: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
     @property
     def num_classes(self) -> int:

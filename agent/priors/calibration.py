@@ -33,15 +33,27 @@ their ECE is the measure the benchmarks report). Two corrections, in this order:
    "Few-label calibration"). With an open
    class list (classes = those labelled so far) S = C and nothing changes.
 
-Audit labels (a random sample labelled only to check the priors; a later issue) would be a better fitting
-set than the selected samples, which a strategy chose for being typical or diverse and so are not a
-random sample of the pool: ``fit_temperature`` takes any (probs, labels) set, and ``held_out`` is the
-one place to swap it.
+Audit labels fit the temperature once there are enough of them (``AUDIT_MIN_LABELS``). The selected
+samples are not a random sample of the pool: a strategy chose them for being typical or diverse, and
+held out they are predicted better than the pool (after typiclust's 20 labels on a 41% CIFAR-10 encoder,
+52-56% of held-out labels right against 29-31% of pool rows, docs/benchmarks.md, "Few-label
+calibration"), so T comes out too sharp and the prior over-confident. Audit labels (Select strategy
+``audit``: a uniform random sample of the unlabelled pool, ``Pool.audit``, agent/audit.py) are not
+chosen, so ``audit_held_out`` cross-fits on them alone: the audit labels are dealt into the same
+stratified folds, each fold's are hidden in turn (the method runs with every other label as a seed,
+selected or audit) and T maximises the likelihood of the hidden audit labels (``fit_temperature``,
+the same MAP fit). Each prediction is of a random sample by a prior that never saw it, as in the
+audit's estimate (agent/audit.py); hiding one fold rather than every audit label (the audit's own
+``audited_pool``) keeps the fitted prior close to the served one, which has all of them as seeds:
+with all hidden, T is fitted to a prior seeded by the selected samples only, and on the 2,000-row
+CIFAR-10 subset after typiclust's 20 labels + 20 audit labels the ECE went up (knn 0.074 -> 0.078),
+where the cross-fit brought it down (0.074 -> 0.043; docs/benchmarks.md). Below ``AUDIT_MIN_LABELS``
+counted audit labels, the cross-fit on the whole labelled set as before.
 
 The fitted temperature is kept per model version (the pool's PoolMemo, ``cached_temperature``), keyed by
-everything it depends on (pool rows, labelled set and labels, candidates, method, params, the request's
-generator state): a request for other rows under the same labels skips the folds. On a 50,000-row pool
-with 4,000 labels the folds were 5 of a knn call's 6 runs (docs/reliability.md, "PriorLabels knn").
+everything it depends on (pool rows, labelled set and labels, candidates, audit draws, method, params,
+the request's generator state): a request for other rows under the same labels skips the folds. On a
+50,000-row pool with 4,000 labels the folds were 5 of a knn call's 6 runs (docs/reliability.md, "PriorLabels knn").
 
 Calibration changes probabilities, not the ranking within a row, and never a row's top class (a row the
 method gave no vote at all, uniform over every class, goes to its first labelled class). ``confidence``
@@ -51,8 +63,9 @@ becomes the calibrated top probability. ``calibrate=false`` returns the method's
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy.optimize import brentq, minimize, minimize_scalar
@@ -64,11 +77,20 @@ from agent.params import Param, PriorEntry, params_doc
 from agent.pool import InvalidArgument, Pool, PriorMethod, Priors
 from agent.priors._common import nearest_labelled_distance, with_known_labels
 
+log = logging.getLogger(__name__)
+
 CALIBRATION_FOLDS = 5
 # Held-out samples predicted per fold, at most (a random subset beyond): T is one number, and a few
 # hundred held-out samples pin it down; without a cap the folds' cost grows with the labelled set
 # (5,000 labels made PriorLabels knn for 16 ids take 1.1 s, docs/reliability.md, Load).
 CALIBRATION_MAX_PER_FOLD = 200
+# Audit labels that must count (their class keeps a label outside their fold) before T is fitted on them
+# rather than on the labelled set. At 20 the audit's sampling noise is below the labelled set's bias it
+# replaces: the standard error of an accuracy near 0.3 on 20 random samples is sqrt(0.3 * 0.7 / 20) =
+# 0.10, against a 0.23-0.25 gap between held-out labels and the pool (module docstring); and 20 is as
+# many predictions as the labelled cross-fit has at 10-20 labels (one per label at most), so the MAP
+# prior (PRIOR_WEIGHT samples) weighs no more than it does there. Fewer give one label a large say.
+AUDIT_MIN_LABELS = 20
 # Added to the probabilities before the log, so a class with no vote (as3l, knn) can still gain mass.
 EPS = 1e-3
 # The temperature prior: log T ~ Normal(log T0, 1 / PRIOR_WEIGHT) ~ the evidence of PRIOR_WEIGHT samples.
@@ -106,18 +128,20 @@ def tempered(probs: np.ndarray, covered: np.ndarray, t: float) -> np.ndarray:
     return np.asarray(q / q.sum(axis=1, keepdims=True))
 
 
-def held_out(pool: Pool, method: PriorMethod, params: Mapping[str, str],
-             rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def held_out(pool: Pool, method: PriorMethod, params: Mapping[str, str], rng: np.random.Generator,
+             among: np.ndarray | None = None) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Cross-fitted predictions for the labelled samples: per fold, (probs RxC from the method run without
     the fold's labels, true classes R, classes covered by the other folds C bools), only for samples whose
-    class keeps a label outside the fold."""
-    n_lab = len(pool.labeled)
+    class keeps a label outside the fold. ``among`` (L bools over ``pool.labeled``): only these samples
+    are dealt into folds and held out (the audit labels, ``audit_held_out``); the others stay seeds."""
+    eligible = np.ones(len(pool.labeled), bool) if among is None else np.asarray(among, bool)
+    n_lab = int(eligible.sum())
     if n_lab < 2:
         return []
     folds = min(CALIBRATION_FOLDS, n_lab)
-    fold = np.empty(n_lab, np.int64)
-    for c in np.unique(pool.labels):  # each class dealt round-robin from a random fold: stratified
-        members = rng.permutation(np.flatnonzero(pool.labels == c))
+    fold = np.full(len(pool.labeled), -1, np.int64)
+    for c in np.unique(pool.labels[eligible]):  # each class dealt round-robin from a random fold: stratified
+        members = rng.permutation(np.flatnonzero((pool.labels == c) & eligible))
         fold[members] = (int(rng.integers(folds)) + np.arange(len(members))) % folds
     out = []
     for f in range(folds):
@@ -144,6 +168,19 @@ def held_out(pool: Pool, method: PriorMethod, params: Mapping[str, str],
     return out
 
 
+def audit_held_out(pool: Pool, method: PriorMethod, params: Mapping[str, str],
+                   rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """``held_out`` over the audit labels only (module docstring): each audit label predicted by the
+    method without its fold of audit labels, every other label (selected or audit) a seed; [] when fewer
+    than AUDIT_MIN_LABELS audit labels are labelled, or fewer than that count (their class keeps a label
+    outside their fold)."""
+    at = np.isin(pool.labeled, pool.audit)
+    if at.sum() < AUDIT_MIN_LABELS:
+        return []
+    held = held_out(pool, method, params, rng, among=at)
+    return held if sum(len(h[1]) for h in held) >= AUDIT_MIN_LABELS else []
+
+
 def fit_temperature(held: list[tuple[np.ndarray, np.ndarray, np.ndarray]], default: float) -> float:
     """MAP temperature: held-out negative log-likelihood + PRIOR_WEIGHT / 2 (log T - log default)^2."""
     if not held:
@@ -162,6 +199,36 @@ def fit_temperature(held: list[tuple[np.ndarray, np.ndarray, np.ndarray]], defau
     return float(np.exp(res.x))
 
 
+@dataclass(frozen=True)
+class TemperatureFit:
+    """A fitted temperature and what it was fitted on: ``fitting_set`` "audit" (audit labels,
+    ``audit_held_out``), "labelled" (the labelled set's cross-fit, ``held_out``) or "default" (no sample
+    counted: the method's default temperature); ``samples`` = the predictions the fit used."""
+
+    temperature: float
+    fitting_set: str
+    samples: int
+
+    def describe(self) -> str:
+        """E.g. "temperature 0.62 fitted on 25 audit labels"."""
+        if self.fitting_set == "default":
+            return f"temperature {self.temperature:.3g} (the method's default: no held-out label counts)"
+        what = "audit labels" if self.fitting_set == "audit" else "held-out labelled samples"
+        return f"temperature {self.temperature:.3g} fitted on {self.samples} {what}"
+
+
+def temperature_fit(pool: Pool, method: PriorMethod, params: Mapping[str, str], rng: np.random.Generator,
+                    default: float) -> TemperatureFit:
+    """T fitted on the audit labels when at least AUDIT_MIN_LABELS count, else on the labelled set's
+    cross-fit (module docstring); advances ``rng``."""
+    held = audit_held_out(pool, method, params, copy.deepcopy(rng))  # the fallback's folds as without an audit
+    fitting_set = "audit"
+    if not held:
+        held = held_out(pool, method, params, rng)
+        fitting_set = "labelled" if held else "default"
+    return TemperatureFit(fit_temperature(held, default), fitting_set, sum(len(h[1]) for h in held))
+
+
 # Fitted temperatures kept per model version (in the pool's PoolMemo), for requests that differ only in
 # the rows they ask for (bench load's PriorLabels of 16 ids; the web app's pages of priors).
 FIT_CACHE_ENTRIES = 32
@@ -170,19 +237,20 @@ FIT_CACHE_ENTRIES = 32
 def _fit_key(pool: Pool, name: str, params: Mapping[str, str], rng: np.random.Generator,
              default: float) -> tuple[object, ...]:
     """Everything a fitted temperature depends on besides the model version (the memo is per version):
-    the pool's rows, its labelled set and labels, its candidates, the method and its params, and the
-    generator's state before the call (which draws the folds)."""
-    return (len(pool.embeddings), pool.num_classes, fingerprint(pool.labeled, pool.labels, pool.candidates),
+    the pool's rows, its labelled set and labels, its candidates, its audit draws, the method and its
+    params, and the generator's state before the call (which draws the folds)."""
+    return (len(pool.embeddings), pool.num_classes,
+            fingerprint(pool.labeled, pool.labels, pool.candidates, pool.audit),
             name, frozen(params), repr(rng.bit_generator.state), default)
 
 
 def cached_temperature(pool: Pool, method: PriorEntry, params: Mapping[str, str], rng: np.random.Generator,
-                       default: float) -> float:
-    """``fit_temperature(held_out(...))`` for this pool, labelled set, method, params and generator,
+                       default: float) -> TemperatureFit:
+    """``temperature_fit(...)`` for this pool, labelled set, audit draws, method, params and generator,
     kept in ``pool.memo`` (when the pool has one): a request for other rows under the same labels gets the
-    same temperature without the CALIBRATION_FOLDS runs of the method. ``rng`` is not advanced (the folds
-    are drawn from a copy), so the temperature does not depend on what the method drew for the rows."""
-    cache: LruCache[float] | None = None
+    same temperature without running the method again. ``rng`` is not advanced (the fit draws from a
+    copy), so the temperature does not depend on what the method drew for the rows."""
+    cache: LruCache[TemperatureFit] | None = None
     key: tuple[object, ...] = ()
     if pool.memo is not None:
         cache = pool.memo.get("calibration_temperature")
@@ -190,13 +258,14 @@ def cached_temperature(pool: Pool, method: PriorEntry, params: Mapping[str, str]
             cache = LruCache(FIT_CACHE_ENTRIES, FIT_CACHE_ENTRIES)
             pool.memo.put("calibration_temperature", cache)
         key = _fit_key(pool, method.name, params, rng, default)
-        t = cache.get(key)
-        if t is not None:
-            return t
-    t = fit_temperature(held_out(pool, method, params, copy.deepcopy(rng)), default)
+        got = cache.get(key)
+        if got is not None:
+            return got
+    fit = temperature_fit(pool, method, params, copy.deepcopy(rng), default)
+    log.debug("prior %s: %s", method.name, fit.describe())
     if cache is not None:
-        cache.put(key, t)
-    return t
+        cache.put(key, fit)
+    return fit
 
 
 def novelty_slope(pool: Pool, mean: float, sd: float) -> float:
@@ -286,7 +355,8 @@ def calibrated(method: PriorEntry, default_temperature: float = 1.0) -> PriorEnt
         own = {k: v for k, v in params.items() if k != "calibrate"}
         # The temperature is fitted first, from a copy of the generator as it came: the method's own draws
         # then match the uncalibrated call's, and the fit is the same whatever rows are asked for.
-        t = cached_temperature(pool, method, own, rng, default_temperature) if on else default_temperature
+        t = cached_temperature(pool, method, own, rng, default_temperature).temperature if on \
+            else default_temperature
         priors = method(pool, rows, rng, own)
         if not on:
             return priors
