@@ -128,9 +128,9 @@ PROFILES: dict[str, Profile] = {
         name="cpu", pool_size=5000, test_size=2000, budgets=(10, 40), seeds=3, steps={10: 80, 40: 80}, evals=4,
         prior_iters=27, batch_size=16, mu=7, lr=0.03, size=16, threads=None, device="cpu",
         pretrain=_CPU_PRETRAIN,
-        description="2-core CPU in about 2 hours: 5,000-image pool, 2,000 test images, 16 px, batch 16 + 7 x 16, "
-                    "80 iterations per arm (T = 27, a third), 3 seeds; measured 4.0 CPU-seconds per iteration "
-                    "(docs/benchmarks.md)"),
+        description="2-core CPU in about an hour: 5,000-image pool, 2,000 test images, 16 px, batch 16 + 7 x 16, "
+                    "80 iterations per arm (T = 27, a third), 3 seeds; measured 51 min on a shared machine, "
+                    "0.37 CPU-seconds per iteration (docs/benchmarks.md)"),
     "gpu-lease": Profile(
         name="gpu-lease", pool_size=10000, test_size=5000, budgets=(10, 40), seeds=3, steps={10: 300, 40: 300},
         evals=3, prior_iters=100, batch_size=64, mu=7, lr=0.03, size=None, threads=None, device="auto",
