@@ -1,7 +1,7 @@
 """glibc malloc settings for the long-running agent process (``shortlist serve``).
 
-With glibc's defaults the agent's resident memory kept growing under load (docs/reliability.md, Load:
-+16% over 40 s of `bench load` at 54,000 samples, 820 -> 954 MB, peak 1,048 MB) without a leak: each of
+With glibc's defaults the agent's resident memory kept growing under load without a leak
+(docs/reliability.md, Load, has the measurements behind this module): each of
 its dozens of threads (gRPC workers, admission lanes, ingest stages) gets a malloc arena of its own (up
 to 8 per core), and the mmap threshold rises to 32 MB after large blocks are freed, so numpy's large
 temporaries (k-means distances, similarity blocks) come from those arenas and their pages stay with the
@@ -12,7 +12,7 @@ process, fragmented, after they are freed. Two settings (mallopt(3)) fix it:
 - ``M_MMAP_THRESHOLD`` = 1 MiB (setting it also turns the dynamic threshold off): every block of 1 MiB
   or more is its own mapping, returned to the system when freed.
 
-The same 40 s load with them: 367 -> 356 MB (-3%), peak 629 MB. They are set by ``tune_malloc`` at the
+They are set by ``tune_malloc`` at the
 start of ``shortlist serve`` (not on import: the library and tests keep the process's own settings);
 the environment variables ``MALLOC_ARENA_MAX`` / ``MALLOC_MMAP_THRESHOLD_`` override them. Elsewhere
 than glibc (macOS, musl) nothing is changed.
@@ -22,13 +22,9 @@ buffers, ...) still come from the two arenas, and when a burst of calls frees th
 with the process wherever a live block sits above it in its arena (glibc's own trimming only gives back
 free space at an arena's top). ``IdleTrim`` hands those free pages back (``malloc_trim(3)``: it
 ``madvise``s away every whole free page of every arena) once the agent has had no new call for
-``IDLE_S``: measured on the shared 2-core machine (a background benchmark running; docs/reliability.md,
-Load), 16 clients for 40-180 s at a 3,000-sample pool left the agent idle at 237-280 MB, of which
-``malloc_trim`` gave back 8-14 MB (the arenas' free pages; the rest was live: the pool grown by the
-load's Ingests, modules imported on first use, one 32 MB-reserved OpenBLAS buffer per concurrent BLAS
-caller with 2-5 MB touched, the calls' working arrays). Trimming while calls run would stall their
-allocations behind the arena locks it holds (up to ~0.1 s, ``malloc_trim``) for pages the next call takes
-again, so it waits for a pause.
+``IDLE_S`` (how much that gives back, and what else stays live after a load: docs/reliability.md,
+Load). Trimming while calls run would stall their allocations behind the arena locks it holds while it
+walks each arena, for pages the next call takes again, so it waits for a pause.
 """
 
 from __future__ import annotations
@@ -82,10 +78,9 @@ def tune_malloc(arena_max: int = ARENA_MAX, mmap_threshold: int = MMAP_THRESHOLD
 
 
 def malloc_trim() -> bool:
-    """Hand the free pages of every malloc arena back to the system (glibc ``malloc_trim(0)``: 5 ms when
-    there is nothing to give back, 104 ms to give back 194 MB of 4 kB blocks, measured niced on the shared
-    2-core machine; each arena's lock is held meanwhile). True when memory was released; False when none
-    was, or off glibc."""
+    """Hand the free pages of every malloc arena back to the system (glibc ``malloc_trim(0)``; each arena's
+    lock is held while it is walked, milliseconds to a tenth of a second: docs/reliability.md). True when
+    memory was released; False when none was, or off glibc."""
     trim = getattr(_libc(), "malloc_trim", None)
     if trim is None:
         return False
