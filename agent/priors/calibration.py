@@ -28,16 +28,14 @@ their ECE is the measure the benchmarks report). Two corrections, in this order:
    new a priori probabilities", Neural Computation 14(1), iterate to). The labelled classes' tempered
    probabilities are scaled by 1 - m and m is spread evenly over the unlabelled classes, capped so that a
    labelled class stays on top. With one m = 1 - S / C for every row (before), rows near a label were
-   under-confident and rows far from all labels over-confident: on digits after 10 random labels
-   (7 of 10 classes) the ECE was 0.20-0.25, 0.12-0.14 with the distance (docs/benchmarks.md,
-   "Few-label calibration"). With an open
-   class list (classes = those labelled so far) S = C and nothing changes.
+   under-confident and rows far from all labels over-confident (measured before and after:
+   docs/benchmarks.md, "Few-label calibration"). With an open class list (classes = those labelled so
+   far) S = C and nothing changes.
 
 Audit labels fit the temperature once there are enough of them (``AUDIT_MIN_LABELS``). The selected
 samples are not a random sample of the pool: a strategy chose them for being typical or diverse, and
-held out they are predicted better than the pool (after typiclust's 20 labels on a 41% CIFAR-10 encoder,
-52-56% of held-out labels right against 29-31% of pool rows, docs/benchmarks.md, "Few-label
-calibration"), so T comes out too sharp and the prior over-confident. Audit labels (Select strategy
+held out they are predicted better than the pool (docs/benchmarks.md, "Few-label calibration"), so T
+comes out too sharp and the prior over-confident. Audit labels (Select strategy
 ``audit``: a uniform random sample of the unlabelled pool, ``Pool.audit``, agent/audit.py) are not
 chosen, so ``audit_held_out`` cross-fits on them alone: the audit labels are dealt into the same
 stratified folds, each fold's are hidden in turn (the method runs with every other label as a seed,
@@ -45,15 +43,14 @@ selected or audit) and T maximises the likelihood of the hidden audit labels (``
 the same MAP fit). Each prediction is of a random sample by a prior that never saw it, as in the
 audit's estimate (agent/audit.py); hiding one fold rather than every audit label (the audit's own
 ``audited_pool``) keeps the fitted prior close to the served one, which has all of them as seeds:
-with all hidden, T is fitted to a prior seeded by the selected samples only, and on the 2,000-row
-CIFAR-10 subset after typiclust's 20 labels + 20 audit labels the ECE went up (knn 0.074 -> 0.078),
-where the cross-fit brought it down (0.074 -> 0.043; docs/benchmarks.md). Below ``AUDIT_MIN_LABELS``
+with all hidden, T is fitted to a prior seeded by the selected samples only, which measured worse than
+the cross-fit (docs/benchmarks.md, "Fitting the temperature on audit labels"). Below ``AUDIT_MIN_LABELS``
 counted audit labels, the cross-fit on the whole labelled set as before.
 
 The fitted temperature is kept per model version (the pool's PoolMemo, ``cached_temperature``), keyed by
 everything it depends on (pool rows, labelled set and labels, candidates, audit draws, method, params,
-the request's generator state): a request for other rows under the same labels skips the folds. On a
-50,000-row pool with 4,000 labels the folds were 5 of a knn call's 6 runs (docs/reliability.md, "PriorLabels knn").
+the request's generator state): a request for other rows under the same labels skips the folds, which
+are most of a knn call's cost (docs/reliability.md, "PriorLabels knn").
 
 Calibration changes probabilities, not the ranking within a row, and never a row's top class (a row the
 method gave no vote at all, uniform over every class, goes to its first labelled class). ``confidence``
@@ -87,7 +84,7 @@ CALIBRATION_MAX_PER_FOLD = 200
 # Audit labels that must count (their class keeps a label outside their fold) before T is fitted on them
 # rather than on the labelled set. At 20 the audit's sampling noise is below the labelled set's bias it
 # replaces: the standard error of an accuracy near 0.3 on 20 random samples is sqrt(0.3 * 0.7 / 20) =
-# 0.10, against a 0.23-0.25 gap between held-out labels and the pool (module docstring); and 20 is as
+# 0.10, below the gap measured between held-out labels and the pool (docs/benchmarks.md); and 20 is as
 # many predictions as the labelled cross-fit has at 10-20 labels (one per label at most), so the MAP
 # prior (PRIOR_WEIGHT samples) weighs no more than it does there. Fewer give one label a large say.
 AUDIT_MIN_LABELS = 20
