@@ -137,7 +137,9 @@ def test_audit_through_grpc_draw_label_estimate_list_and_restart(tmp_path: Path,
         st = r.stub.GetStatus(agent_pb2.GetStatusRequest())
         assert (st.audit.drawn, st.audit.labelled) == (9, 0)
         # the Pool PriorLabels gets knows the draws (its calibration fits on them once enough are labelled)
-        pool, seqs = r.agent.model_pool(r.agent.manager.current, {})
+        serving = r.agent.manager.current
+        assert serving is not None
+        pool, seqs = r.agent.model_pool(serving, {})
         assert sorted(r.agent.state.record(int(seqs[row])).id for row in pool.audit) == sorted(drawn)
         # label them (one wrongly first, then corrected: the current label counts)
         client.submit_labels(r.stub, [(drawn[0], "dog" if true_label(drawn[0]) != "dog" else "cat")], "bob")
