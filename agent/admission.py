@@ -47,6 +47,14 @@ expected wait plus run no longer fits its deadline leaves the queue with ``Busy`
 waiting to end DEADLINE_EXCEEDED. Work that is not CPU-bound in its own thread (it sleeps or waits on
 other threads) keeps the wall-time estimates.
 
+Size-aware estimates: a call may say how much work it is (``size``: a number its CPU cost grows in
+proportion to, at most; Select gives the pool's rows times the k-means clusters for the strategies whose k
+is labelled + budget, agent/params.py ``StrategyEntry.work_size``). A kind's estimate is scaled up by the
+call's size over the size of the kind's last measured run (never down): on a fresh agent the strategies
+are first timed at a few dozen labels, a load's SubmitLabels then take k-means' k to its cap of 500
+within seconds, and typiclust and as3l admitted at their first (quiet, small-k) cost ran 3-6x longer in
+CPU, one of them past its 30 s deadline (docs/reliability.md, Load).
+
 Both running means lean to the safe side: a kind's CPU seconds rise at once to a longer run (a kind's
 cost grows with the labelled set) and the lane's share falls at once to a slower finished call (the
 load can change within seconds), each going back by the running mean only; and a call that finds a slot
@@ -133,12 +141,13 @@ def _renice(steps: int, lane: str) -> None:
 @dataclass
 class _Run:
     """A running call: its kind, when it got its slot (time.monotonic()) and the CPU clock of the thread
-    doing its work, with that clock's reading at the start."""
+    doing its work, with that clock's reading at the start; its work size."""
 
     kind: str
     start: float
     clock: int | None
     cpu0: float
+    size: float | None = None  # the call's work size (Admission.slot)
 
     def cpu(self) -> float | None:
         """CPU seconds the work's thread has used since the start (None: not measurable)."""
@@ -199,7 +208,7 @@ class Admission:
         self.max_wait_s = max_wait_s  # longest wait in the queue (None: until the deadline)
         self._cond = threading.Condition()
         self._running: dict[CancelToken, _Run] = {}
-        self._waiting: dict[CancelToken, str] = {}  # token -> kind, in arrival order
+        self._waiting: dict[CancelToken, tuple[str, float | None]] = {}  # token -> (kind, size), in arrival order
         self._refused = 0
         self._refused_deadline = 0
         self._closed = False
@@ -208,6 +217,7 @@ class Admission:
         self._kind_s: dict[str, float] = {}  # wall seconds per kind (running means)
         self._kind_cpu: dict[str, float] = {}  # CPU seconds of the work's thread per kind (running means)
         self._kind_at: dict[str, float] = {}  # when each kind's estimate was last updated (time.monotonic)
+        self._kind_size: dict[str, float] = {}  # the work size of each kind's last measured run (slot's size)
         self._share = 1.0  # CPU share of the recent finished CPU-bound calls (running mean; the first sets it) ...
         self._share_at = -math.inf  # ... and when it was last updated
         self._sampled, self._sampled_at = 1.0, -math.inf  # the last sampled share (SAMPLE_S) and when
@@ -220,10 +230,10 @@ class Admission:
             return AdmissionStats(len(self._running), len(self._waiting), self._refused, self._mean_s,
                                   self._refused_deadline)
 
-    def estimate(self, kind: str) -> float:
-        """Expected wall seconds a call of ``kind`` arriving now runs (given what runs now)."""
+    def estimate(self, kind: str, size: float | None = None) -> float:
+        """Expected wall seconds a call of ``kind`` (of work size ``size``) arriving now runs (given what runs now)."""
         with self._cond:
-            return self._own(kind, self._share_now(time.monotonic()))
+            return self._own(kind, self._share_now(time.monotonic()), size)
 
     # ---- estimates (all with the lock held) --------------------------------------------------------
     def _share_now(self, now: float) -> float | None:
@@ -310,33 +320,45 @@ class Admission:
         n = len(self._running)
         return share * n / (n + 1)
 
+    def _scale(self, kind: str, size: float | None) -> float:
+        """How much more a call of ``kind`` and work ``size`` is expected to cost than the kind's last measured
+        run (never less: 1 when either size is unknown or the work has not grown)."""
+        then = self._kind_size.get(kind)
+        if size is None or then is None or then <= 0:
+            return 1.0
+        return max(1.0, size / then)
+
     def _cpu_bound(self, kind: str) -> bool:
         cpu, wall = self._kind_cpu.get(kind, self._mean_cpu), self._kind_s.get(kind, self._mean_s)
         return cpu >= self.MIN_SHARE * wall
 
-    def _kind_cpu_now(self, kind: str) -> float:
-        """A kind's CPU estimate, at least what a running call of that kind has already used."""
-        est = self._kind_cpu.get(kind, self._mean_cpu)
+    def _kind_cpu_now(self, kind: str, size: float | None = None) -> float:
+        """A kind's CPU estimate for a call of work ``size`` (scaled up from the kind's last measured size),
+        at least what a running call of that kind and no larger size has already used."""
+        est = self._kind_cpu.get(kind, self._mean_cpu) * self._scale(kind, size)
         for r in self._running.values():
-            used = r.cpu() if r.kind == kind else None
+            smaller = size is None or r.size is None or r.size <= size
+            used = r.cpu() if r.kind == kind and smaller else None
             if used is not None:
                 est = max(est, used)
         return est
 
-    def _own(self, kind: str, share: float | None) -> float:
-        """Expected wall seconds of a call of ``kind`` started now: its CPU seconds at the running calls'
-        CPU share, or (nothing CPU-bound running, or a kind not CPU-bound) its recent wall time."""
+    def _own(self, kind: str, share: float | None, size: float | None = None) -> float:
+        """Expected wall seconds of a call of ``kind`` and work ``size`` started now: its CPU seconds at the
+        running calls' CPU share, or (nothing CPU-bound running, or a kind not CPU-bound) its recent wall
+        time; either scaled up when its work has grown since the kind was measured (``_scale``)."""
         if share is not None and self._cpu_bound(kind):
-            return self._kind_cpu_now(kind) / share
-        return self._kind_s.get(kind, self._mean_s)
+            return self._kind_cpu_now(kind, size) / share
+        return self._kind_s.get(kind, self._mean_s) * self._scale(kind, size)
 
     def _remaining(self, r: _Run, now: float, share: float | None) -> float:
         """Expected wall seconds until running call ``r`` ends."""
         used = r.cpu()
+        scale = self._scale(r.kind, r.size)
         if share is not None and used is not None and self._cpu_bound(r.kind):
-            est = self._kind_cpu.get(r.kind, self._mean_cpu)
+            est = self._kind_cpu.get(r.kind, self._mean_cpu) * scale
             return max(est - used, self.OVERRUN * max(est, used)) / share
-        est = self._kind_s.get(r.kind, self._mean_s)
+        est = self._kind_s.get(r.kind, self._mean_s) * scale
         ran = now - r.start
         return max(est - ran, self.OVERRUN * max(est, ran))
 
@@ -346,10 +368,10 @@ class Admission:
         ends = [self._remaining(r, now, share) for r in self._running.values()]
         ends += [0.0] * (self.max_concurrent - len(ends))
         heapq.heapify(ends)
-        for token, kind in self._waiting.items():
+        for token, (kind, size) in self._waiting.items():
             if token is before:
                 break
-            heapq.heappush(ends, heapq.heappop(ends) + self._own(kind, share))
+            heapq.heappush(ends, heapq.heappop(ends) + self._own(kind, share, size))
         return ends[0]
 
     def _retry_after_ms(self, wait_s: float | None = None) -> int:
@@ -387,7 +409,7 @@ class Admission:
             left = token.remaining()
             if left is None or not self._cpu_bound(r.kind):
                 continue
-            est = self._kind_cpu_now(r.kind)
+            est = self._kind_cpu_now(r.kind, r.size)
             if max(est - used, self.OVERRUN * max(est, used)) / share > left:
                 self._refused += 1
                 self._refused_deadline += 1
@@ -410,11 +432,14 @@ class Admission:
                     hint / 1000)
 
     @contextmanager
-    def slot(self, token: CancelToken, what: str = "this request", kind: str | None = None) -> Iterator[None]:
+    def slot(self, token: CancelToken, what: str = "this request", kind: str | None = None,
+             size: float | None = None) -> Iterator[None]:
         """Run the block in a slot; Busy at once when running and queue are full, or when the call would
         have to queue and could not finish within its deadline (also later, while it waits, once that
         becomes so); the token's exception (Cancelled, DeadlineExceeded, ShuttingDown) when it ends while
-        waiting. ``kind`` names what the running means are kept by (default ``what``)."""
+        waiting. ``kind`` names what the running means are kept by (default ``what``); ``size``: the call's
+        work, in a unit its CPU cost grows in proportion to at most (rows x k-means clusters; None: not
+        known): a call of a kind measured at a smaller size is expected to cost that much more."""
         kind = kind or what
         self._sample_if_blind(token)
         with self._cond:
@@ -440,7 +465,7 @@ class Admission:
             if remaining is not None:
                 share = self._share_now(now) if more is None else more
                 wait = self._expected_wait(now, share) if full else 0.0
-                own = self._own(kind, share)
+                own = self._own(kind, share, size)
                 # With a slot free, a call is refused for its own length only when its kind was measured
                 # within PROBE_AFTER_S, or the lane's CPU share is known now (running or recent calls, or a
                 # sample) and its kind, or any kind of the lane (a kind not seen yet: at the lane's mean CPU),
@@ -458,7 +483,7 @@ class Admission:
                 wait = self._expected_wait(now, self._share_now(now))
                 if wait > self.max_wait_s:
                     raise self._waited_too_long(what, wait, queued=False)
-            self._waiting[token] = kind
+            self._waiting[token] = (kind, size)
             queued_at = time.monotonic()
             try:
                 while len(self._running) >= self.max_concurrent:
@@ -475,7 +500,7 @@ class Admission:
                         # longer finish in time, rather than time out in the queue or mid-way.
                         now = time.monotonic()
                         share = self._share_now(now)
-                        wait, own = self._expected_wait(now, share, before=token), self._own(kind, share)
+                        wait, own = self._expected_wait(now, share, before=token), self._own(kind, share, size)
                         if wait + own > rem:
                             raise self._too_late(what, wait, own, rem)
                         timeout = max(0.001, min(timeout, rem - wait - own))
@@ -484,10 +509,11 @@ class Admission:
             finally:
                 del self._waiting[token]
             clock, cpu0 = _thread_clock()
-            run = _Run(kind, time.monotonic(), clock, cpu0)
+            run = _Run(kind, time.monotonic(), clock, cpu0, size)
             self._running[token] = run
-            log.debug("%s: %s admitted (share now %s, %s of its CPU s, %s s left)", self.lane, kind,
-                      self._share_now(run.start), self._kind_cpu.get(kind), token.remaining())
+            log.debug("%s: %s admitted (share now %s, %s of its CPU s, x%.2f for its size, %s s left)", self.lane,
+                      kind, self._share_now(run.start), self._kind_cpu.get(kind), self._scale(kind, size),
+                      token.remaining())
         cut = False
         try:
             yield
@@ -524,6 +550,8 @@ class Admission:
                 else:  # not measurable: the CPU estimate follows the wall time
                     self._kind_cpu[kind] = self._kind_s[kind]
                 self._kind_at[kind] = time.monotonic()
+                if size is not None:
+                    self._kind_size[kind] = size
                 log.debug("%s: %s ended after %.2f s, %s CPU s%s", self.lane, kind, took, used, " (cut)" if cut else "")
                 self._cond.notify()
 
@@ -548,10 +576,11 @@ class Admission:
         with threadpool_limits(limits=self.threads.openmp_threads, user_api="openmp"), cancel.scope(token):
             return fn()
 
-    def run(self, token: CancelToken, fn: Callable[[], T], what: str = "this request", kind: str | None = None) -> T:
+    def run(self, token: CancelToken, fn: Callable[[], T], what: str = "this request", kind: str | None = None,
+            size: float | None = None) -> T:
         """``fn()`` in a slot (as ``slot``), with ``token`` current for its checkpoints; in one of the lane's
         worker threads when it has ``threads`` (this thread waits for it), else in this thread."""
-        with self.slot(token, what, kind):
+        with self.slot(token, what, kind, size):
             if self._pool is None:
                 with cancel.scope(token):
                     return fn()

@@ -414,7 +414,8 @@ class Agent:
             lane = self.light_work if fn.is_light(take) else self.work
             # Seeded by the seed and the labelled set: a loop that keeps its seed still draws afresh each round.
             rng = state_rng(seed, self.labelled_ids())
-            sel = lane.run(token, lambda: fn(pool, take, rng, dict(params)), f"Select {strategy!r}")
+            sel = lane.run(token, lambda: fn(pool, take, rng, dict(params)), f"Select {strategy!r}",
+                           size=fn.work_size(len(pool.embeddings), len(pool.labeled), take))
             rows = np.asarray(sel.rows, np.int64)
             scores = np.asarray(sel.scores, np.float64)
             if (len(rows) > budget or len(np.unique(rows)) != len(rows) or len(scores) != len(rows)

@@ -184,9 +184,20 @@ class StrategyEntry(_Entry):
 
     fn: Strategy
     light_budget: int = 0
+    # > 0: the strategy fits k-means with k = min(labelled + budget, kmeans_clusters) clusters, and its cost
+    # grows with that k (see work_size).
+    kmeans_clusters: int = 0
 
     def is_light(self, budget: int) -> bool:
         return budget <= self.light_budget
+
+    def work_size(self, rows: int, labelled: int, budget: int) -> float:
+        """What a call's CPU cost grows in proportion to (at most), for admission's estimates
+        (agent/admission.py, ``size``): the pool's rows, times the k-means clusters for a strategy whose k
+        follows the labelled set (typiclust's CPU seconds rose 6x within seconds of a load's start, its labels
+        taking k from 60 towards 500: docs/reliability.md, Load)."""
+        k = min(labelled + budget, self.kmeans_clusters) if self.kmeans_clusters > 0 else 1
+        return float(max(1, rows) * max(1, k))
 
     def __call__(self, pool: Pool, budget: int, rng: np.random.Generator, params: Mapping[str, str]) -> Selection:
         self.check(params)
@@ -217,12 +228,13 @@ class PriorEntry(_Entry):
 ALWAYS_LIGHT = 2**63 - 1
 
 
-def strategy(name: str, *declared: Param, light_budget: int = 0) -> Callable[[Strategy], StrategyEntry]:
-    """Declare a strategy's name, params and light budget (see StrategyEntry); the entry's ``__doc__`` is
-    the function's plus the params."""
+def strategy(name: str, *declared: Param, light_budget: int = 0,
+             kmeans_clusters: int = 0) -> Callable[[Strategy], StrategyEntry]:
+    """Declare a strategy's name, params, light budget and k-means cap (see StrategyEntry); the entry's
+    ``__doc__`` is the function's plus the params."""
     def wrap(fn: Strategy) -> StrategyEntry:
         entry = StrategyEntry(name=name, params=tuple(declared), summary=_summary(fn.__doc__), fn=fn,
-                              light_budget=light_budget)
+                              light_budget=light_budget, kmeans_clusters=kmeans_clusters)
         object.__setattr__(entry, "__doc__", (fn.__doc__ or "") + params_doc(declared))
         return entry
     return wrap

@@ -87,7 +87,7 @@ def consensus_groups(assignments: np.ndarray) -> np.ndarray:
     return np.asarray(group, np.int64).ravel()
 
 
-@strategy("as3l", *AS3L_PARAMS)
+@strategy("as3l", *AS3L_PARAMS, kmeans_clusters=MAX_CLUSTERS)
 def as3l(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping[str, str]) -> Selection:
     """AS3L active labelling (Wen et al., Sec. 3.2): fine-tune the self-supervised features with one linear
     layer towards the centres of C k-means runs (Sec. 3.2.1, Eq. 1, solved in closed form by

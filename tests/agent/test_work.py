@@ -663,3 +663,40 @@ def test_light_prior_labels_run_in_threads_of_their_own_below_light_selects(tmp_
         assert r.agent.light_prior_work.threads == WorkConfig().light_prior_threads
     finally:
         r.stop()
+
+
+def test_a_kinds_estimate_grows_with_the_work_size_it_was_measured_at() -> None:
+    """The first load on a fresh agent: typiclust measured alone at 50 labels (k-means k = 60) cost 0.6 CPU s,
+    then the load's labels took k to 500 within seconds and one admitted at that estimate cost 3.6 CPU s
+    (docs/reliability.md, Load). A call of a larger work size is expected to cost that much more."""
+    adm = Admission(max_concurrent=2, max_queued=2)
+    with adm.slot(CancelToken(), kind="typiclust", size=60.0):
+        spin(0.01)
+    assert adm._kind_size["typiclust"] == 60.0
+    # No timing in what follows: the kind's CPU seconds and the lane's share set to known values.
+    adm._kind_cpu["typiclust"], adm._kind_s["typiclust"] = 1.0, 1.0
+    adm._share, adm._share_at = 0.2, time.monotonic()
+    assert adm.estimate("typiclust", 60.0) == pytest.approx(5.0)  # 1 CPU s at a fifth of a core
+    assert adm.estimate("typiclust", 30.0) == pytest.approx(5.0)  # never below what was measured
+    assert adm.estimate("typiclust") == pytest.approx(5.0)  # size unknown: as measured
+    assert adm.estimate("typiclust", 500.0) == pytest.approx(5.0 * 500 / 60)
+    # 3 x 5 s fits a 30 s deadline (contended: share < CONTENDED); 3 x 41.7 s does not: refused at once.
+    with adm.slot(CancelToken.within(30.0), kind="typiclust", size=60.0):
+        pass
+    adm._kind_cpu["typiclust"], adm._share, adm._share_at = 1.0, 0.2, time.monotonic()
+    adm._kind_size["typiclust"] = 60.0
+    with pytest.raises(Busy) as busy, adm.slot(CancelToken.within(30.0), kind="typiclust", size=500.0):
+        pass
+    assert "its recent runs" in str(busy.value) and adm.stats().refused_for_deadline == 1
+    # A measured run at the larger size is the new reference.
+    with adm.slot(CancelToken(), kind="typiclust", size=500.0):
+        spin(0.01)
+    assert adm._kind_size["typiclust"] == 500.0
+
+
+def test_a_strategys_work_size_follows_its_kmeans_clusters() -> None:
+    typiclust, margin = STRATEGIES["typiclust"], STRATEGIES["margin"]
+    assert typiclust.work_size(50_000, 50, 10) == 50_000 * 60
+    assert typiclust.work_size(50_000, 4_000, 10) == 50_000 * 500  # k capped at 500
+    assert STRATEGIES["as3l"].kmeans_clusters == STRATEGIES["kmedoids"].kmeans_clusters == 500
+    assert margin.work_size(50_000, 4_000, 10) == 50_000  # rows only
