@@ -359,7 +359,14 @@ class IngestPipeline:
 
         def embed() -> None:
             while True:
-                item = prepared.get()
+                try:
+                    # with a timeout: when the stream ends early (a store failed, the client left), the read
+                    # stage may never hand on its end marker, and this thread must not wait for it forever
+                    item = prepared.get(timeout=0.5)
+                except queue.Empty:
+                    if done.is_set():
+                        return
+                    continue
                 if item is None or isinstance(item, BaseException):
                     put(embedded, item)
                     return
