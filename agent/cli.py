@@ -62,7 +62,7 @@ def _rpc(fn: Any) -> Any:
             detail = (f"{detail} (send smaller requests: lower --batch-mb below the agent's limit, or start "
                       "the agent with a larger `shortlist serve --max-message-mb`)")
         else:  # a busy refusal also says the agent's retry hint and how long the client retried
-            detail = client.describe(e).partition(": ")[2]
+            detail = client.detail(e)
         console.print(f"[red]{code.name}[/red]: {escape(detail or '')}", highlight=False)
         raise typer.Exit(1) from None
     except client.AgentUnavailable as e:

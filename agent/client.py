@@ -102,14 +102,20 @@ def retry_hint_s(e: grpc.RpcError) -> float | None:
 
 
 def describe(e: grpc.RpcError) -> str:
-    """``CODE: message`` of a failed call, for people; for a busy refusal the client gave up on, also the
-    agent's hint and how long the client retried."""
+    """``CODE: message`` of a failed call, for people (the message as ``detail`` words it)."""
     if not isinstance(e, grpc.Call):
         return str(e)
-    code = e.code()
-    text = f"{code.name}: {e.details() or ''}"
+    return f"{e.code().name}: {detail(e)}"
+
+
+def detail(e: grpc.RpcError) -> str:
+    """The message of a failed call, for people (the CLIs print it after the code); for a busy refusal the
+    client gave up on, also the agent's hint and how long the client retried."""
+    if not isinstance(e, grpc.Call):
+        return str(e)
+    text = e.details() or ""
     hint = retry_hint_s(e)
-    if code != grpc.StatusCode.RESOURCE_EXHAUSTED or hint is None:
+    if e.code() != grpc.StatusCode.RESOURCE_EXHAUSTED or hint is None:
         return text
     attempts = getattr(e, "busy_attempts", 1)
     waited = getattr(e, "busy_waited_s", 0.0)

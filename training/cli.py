@@ -196,9 +196,9 @@ def cycle_cmd(
                   epochs=epochs, prior_method=prior_method, arch=arch, threads=threads, device=device,
                   console=console, client_config=agent.config)
     except grpc.RpcError as e:
-        from agent.client import describe
+        from agent.client import detail
 
-        console.print(f"[red]{e.code().name}[/]: {escape(describe(e).partition(': ')[2])}", highlight=False)
+        console.print(f"[red]{e.code().name}[/]: {escape(detail(e))}", highlight=False)
         raise typer.Exit(1) from None
     except (ValueError, FileNotFoundError, ConnectionError) as e:
         console.print(f"[red]error:[/] {e}")
