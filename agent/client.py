@@ -125,6 +125,22 @@ def detail(e: grpc.RpcError) -> str:
             "waits with --busy-retry-s (env SHORTLIST_BUSY_RETRY_S)]")
 
 
+# grpc hands intercept_unary_unary the outcome of a blocking call (complete: a reply, or the error) and the
+# call object of a ``.future()`` call, which may already be complete too when the agent refuses at once,
+# so ``done()`` cannot tell them apart; the future's class can (grpc._channel, not a public name: an
+# unknown outcome that is still running counts as a future as well).
+try:
+    from grpc import _channel as _grpc_channel
+
+    _FUTURE_CLASS: type | None = getattr(_grpc_channel, "_MultiThreadedRendezvous", None)
+except ImportError:
+    _FUTURE_CLASS = None
+
+
+def _is_future(outcome: Any) -> bool:
+    return not outcome.done() or (_FUTURE_CLASS is not None and isinstance(outcome, _FUTURE_CLASS))
+
+
 class _BusyRetrier(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
     """Retries busy refusals of ``policy.methods`` (see BusyRetry)."""
 
@@ -167,7 +183,7 @@ class _BusyRetrier(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInter
 
     def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
         outcome = continuation(client_call_details, request)
-        if not self._applies(client_call_details) or not outcome.done():  # .future(): not retried
+        if not self._applies(client_call_details) or _is_future(outcome):  # .future(): not retried
             return outcome
         deadline = self._deadline(client_call_details)
         attempt, waited = 1, 0.0
