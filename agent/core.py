@@ -38,6 +38,7 @@ from agent.models import ModelManager, Serving
 from agent.pool import Pool, state_rng
 from agent.pool_map import MapStatus, PoolMap
 from agent.priors import PRIOR_METHODS, get_prior_method
+from agent.priors.calibration import calibrate_flag
 from agent.queues import Queues
 from agent.security import DataDirLock, owner_only_dir
 from agent.state import INGEST_SOURCE, MANUAL_SOURCE, LabelEvent, SampleRecord, State
@@ -324,8 +325,12 @@ class Agent:
         return np.array([all(self.state.record(int(q)).metadata.get(k) == v for k, v in items) for q in seqs],
                         bool)
 
-    def model_pool(self, serving: Serving, where: Mapping[str, str]) -> tuple[Pool, np.ndarray]:
-        """The Pool under ``serving`` (rows = its index rows) and the seq of every row."""
+    def model_pool(self, serving: Serving, where: Mapping[str, str],
+                   audit: bool = False) -> tuple[Pool, np.ndarray]:
+        """The Pool under ``serving`` (rows = its index rows) and the seq of every row. ``audit``: fill
+        ``Pool.audit`` with the rows the audit drew; only a calibrated prior reads them (its temperature
+        fit, agent/priors/calibration.py), so Select, an uncalibrated PriorLabels and the auditor (whose
+        ``audited_pool`` knows no draws) leave it empty and skip the lookup."""
         view = serving.index.view()
         labels = self.state.labels_by_seq()[view.seqs] if view.n else np.zeros(0, np.int64)
         labeled = np.flatnonzero(labels >= 0)
@@ -343,10 +348,11 @@ class Agent:
                 parts.append(index.knn(queries[start:start + KNN_BLOCK], k, limit=view.n))
             return np.concatenate([r for r, _ in parts]), np.concatenate([d for _, d in parts])
 
-        audit = np.flatnonzero(np.isin(view.seqs, self.state.audit_seqs())) if view.n else np.zeros(0, np.int64)
+        drawn = np.flatnonzero(np.isin(view.seqs, self.state.audit_seqs())) if audit and view.n \
+            else np.zeros(0, np.int64)
         pool = Pool(embeddings=view.vecs, labeled=labeled.astype(np.int64), labels=labels[labeled],
                     classes=classes, candidates=candidates.astype(np.int64), knn=knn, logits=logits,
-                    pretext_loss=view.pretext, memo=index.memo, audit=audit.astype(np.int64))
+                    pretext_loss=view.pretext, memo=index.memo, audit=drawn.astype(np.int64))
         return pool, view.seqs
 
     def free_pool(self, where: Mapping[str, str]) -> tuple[Pool, np.ndarray]:
@@ -456,7 +462,9 @@ class Agent:
         serving = self.manager.current
         if serving is None:
             raise FailedPrecondition(no_model_message(self.models))
-        pool, seqs = self.model_pool(serving, {})
+        # the audit draws only for a calibrated prior: its temperature is fitted on the audit labels once
+        # there are enough; uncalibrated, no method reads them (and the cache key below then omits them)
+        pool, seqs = self.model_pool(serving, {}, audit=calibrate_flag(params))
         row_of = np.full(int(seqs.max(initial=0)) + 1, -1, np.int64)  # seq -> row under this version, -1 = none
         row_of[seqs] = np.arange(len(seqs))
         if ids:
@@ -477,7 +485,8 @@ class Agent:
                                      "before asking for prior labels")
         if len(rows) == 0:
             return iter(())
-        # the audit draws too: the calibration fits its temperature on the audit labels once there are enough
+        # the audit draws too (empty when uncalibrated): the calibration fits its temperature on the audit
+        # labels once there are enough
         key = ("prior", serving.version, len(pool.embeddings), fingerprint(pool.labeled, pool.labels, rows, pool.audit),
                method, frozen(params))
         cached = self.prior_cache.get(key)

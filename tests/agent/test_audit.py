@@ -126,7 +126,8 @@ def true_label(sample_id: str) -> str:
     return CLASSES[int(sample_id[1:]) % 3]
 
 
-def test_audit_through_grpc_draw_label_estimate_list_and_restart(tmp_path: Path, registry: Path) -> None:
+def test_audit_through_grpc_draw_label_estimate_list_and_restart(tmp_path: Path, registry: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     r = start(tmp_path / "data", registry)
     try:
         assert client.ingest(r.stub, make_samples(36, labels=6)).accepted == 36
@@ -136,11 +137,28 @@ def test_audit_through_grpc_draw_label_estimate_list_and_restart(tmp_path: Path,
         assert len(drawn) == 9 and all(int(i[1:]) >= 6 for i in drawn)  # only unlabelled samples
         st = r.stub.GetStatus(agent_pb2.GetStatusRequest())
         assert (st.audit.drawn, st.audit.labelled) == (9, 0)
-        # the Pool PriorLabels gets knows the draws (its calibration fits on them once enough are labelled)
+        # the Pool a calibrated PriorLabels gets knows the draws (its calibration fits on them once enough
+        # are labelled); only it looks them up: Select and an uncalibrated PriorLabels do not
         serving = r.agent.manager.current
         assert serving is not None
-        pool, seqs = r.agent.model_pool(serving, {})
+        pool, seqs = r.agent.model_pool(serving, {}, audit=True)
         assert sorted(r.agent.state.record(int(seqs[row])).id for row in pool.audit) == sorted(drawn)
+        assert len(r.agent.model_pool(serving, {})[0].audit) == 0
+        lookups: list[int] = []
+        real_audit_seqs = r.agent.state.audit_seqs
+
+        def counted_audit_seqs() -> np.ndarray:
+            lookups.append(1)
+            return real_audit_seqs()
+
+        monkeypatch.setattr(r.agent.state, "audit_seqs", counted_audit_seqs)
+        assert len(r.stub.Select(agent_pb2.SelectRequest(budget=2, strategy="random", seed=1)).selected) == 2
+        assert len(list(r.stub.PriorLabels(agent_pb2.PriorLabelsRequest(method="knn", ids=drawn[:2],
+                                                                        params={"calibrate": "false"})))) == 2
+        assert lookups == []
+        assert len(list(r.stub.PriorLabels(agent_pb2.PriorLabelsRequest(method="knn", ids=drawn[:2])))) == 2
+        assert lookups == [1]
+        monkeypatch.undo()
         # label them (one wrongly first, then corrected: the current label counts)
         client.submit_labels(r.stub, [(drawn[0], "dog" if true_label(drawn[0]) != "dog" else "cat")], "bob")
         client.submit_labels(r.stub, [(i, true_label(i)) for i in drawn], "alice", source="manual")
