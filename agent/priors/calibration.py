@@ -50,7 +50,9 @@ counted audit labels, the cross-fit on the whole labelled set as before.
 The fitted temperature is kept per model version (the pool's PoolMemo, ``cached_temperature``), keyed by
 everything it depends on (pool rows, labelled set and labels, candidates, audit draws, method, params,
 the request's generator state): a request for other rows under the same labels skips the folds, which
-are most of a knn call's cost (docs/reliability.md, "PriorLabels knn").
+are most of a knn call's cost (docs/reliability.md, "PriorLabels knn"). Step 2's model (the novelty
+slope, the reference rows' distance mean and spread, the intercept) is kept there too, per labelled set
+(``cached_novelty_fit``): while a class has no label, a call computes only the requested rows' distances.
 
 Calibration changes probabilities, not the ranking within a row, and never a row's top class (a row the
 method gave no vote at all, uniform over every class, goes to its first labelled class). ``confidence``
@@ -292,31 +294,79 @@ def novelty_slope(pool: Pool, mean: float, sd: float) -> float:
     return max(float(res.x[1]), 0.0)
 
 
+@dataclass(frozen=True)
+class NoveltyFit:
+    """``unlabelled_class_mass``'s model for one pool and labelled set: m = expit(b + slope * (d - mean) / sd)
+    with d a row's cosine distance to its nearest labelled sample; ``slope`` 0 means the even ``share``
+    (1 - S / C) for every row."""
+
+    share: float
+    slope: float = 0.0
+    mean: float = 0.0
+    sd: float = 1.0
+    b: float = 0.0
+
+
+def novelty_fit(pool: Pool) -> NoveltyFit:
+    """Fit ``unlabelled_class_mass``'s model (its docstring) on NOVELTY_ROWS unlabelled reference rows and
+    the labelled set; a function of the pool's rows and its labelled set with labels only. Call it only
+    while some class has no label (S < C)."""
+    c = pool.num_classes
+    share = 1.0 - len(np.unique(pool.labels)) / c
+    unl = np.setdiff1d(np.arange(len(pool.embeddings)), pool.labeled)
+    ref = unl[::max(1, len(unl) // NOVELTY_ROWS)]
+    if len(ref) < 2:
+        return NoveltyFit(share)
+    d_ref = nearest_labelled_distance(pool, ref).astype(np.float64)
+    mean, sd = float(d_ref.mean()), float(d_ref.std())
+    slope = novelty_slope(pool, mean, sd) if np.isfinite(sd) and sd > 1e-9 else 0.0
+    if slope == 0.0:
+        return NoveltyFit(share)
+    z_ref = slope * (d_ref - mean) / sd
+    b = brentq(lambda b: float(expit(b + z_ref).mean()) - share, -60.0, 60.0, xtol=1e-6)
+    return NoveltyFit(share, slope, mean, sd, float(b))
+
+
+# Novelty fits kept per model version (in the pool's PoolMemo): one per labelled set, whatever the method,
+# params or rows; a few sets live at once (PriorLabels' and the auditor's, which hides the audit labels).
+NOVELTY_CACHE_ENTRIES = 8
+
+
+def cached_novelty_fit(pool: Pool) -> NoveltyFit:
+    """``novelty_fit(pool)``, kept in ``pool.memo`` (when the pool has one) under the pool's row count,
+    class count and labelled set with its labels (the memo is per model version, whose rows never change):
+    repeated PriorLabels under the same labels skip the reference rows' distances and the slope's fit."""
+    if pool.memo is None:
+        return novelty_fit(pool)
+    cache: LruCache[NoveltyFit] | None = pool.memo.get("calibration_novelty")
+    if cache is None:
+        cache = LruCache(NOVELTY_CACHE_ENTRIES, NOVELTY_CACHE_ENTRIES)
+        pool.memo.put("calibration_novelty", cache)
+    key = (len(pool.embeddings), pool.num_classes, fingerprint(pool.labeled, pool.labels))
+    fit = cache.get(key)
+    if fit is None:
+        fit = novelty_fit(pool)
+        cache.put(key, fit)
+    return fit
+
+
 def unlabelled_class_mass(pool: Pool, rows: np.ndarray) -> np.ndarray:
     """Per requested row, the probability m that it belongs to one of the classes with no label: R floats.
 
     logit m = b + slope * z, z = (d - mean) / std with d the cosine distance to the nearest labelled sample
     (mean and std over NOVELTY_ROWS unlabelled pool rows), the slope from ``novelty_slope`` and b set so
     that the mean of m over those rows is 1 - S / C (module docstring, step 2). All zeros when every class
-    has a label; the even share 1 - S / C for every row when the slope is 0 or the distances do not vary."""
-    c = pool.num_classes
+    has a label; the even share 1 - S / C for every row when the slope is 0 or the distances do not vary.
+    The model (slope, mean, std, b) is kept per labelled set in the pool's memo (``cached_novelty_fit``);
+    only the requested rows' distances are computed per call."""
     s = len(np.unique(pool.labels))
-    if s >= c or len(rows) == 0:
+    if s >= pool.num_classes or len(rows) == 0:
         return np.zeros(len(rows))
-    share = 1.0 - s / c
-    unl = np.setdiff1d(np.arange(len(pool.embeddings)), pool.labeled)
-    ref = unl[::max(1, len(unl) // NOVELTY_ROWS)]
-    if len(ref) < 2:
-        return np.full(len(rows), share)
-    d_ref = nearest_labelled_distance(pool, ref).astype(np.float64)
-    mean, sd = float(d_ref.mean()), float(d_ref.std())
-    slope = novelty_slope(pool, mean, sd) if np.isfinite(sd) and sd > 1e-9 else 0.0
-    if slope == 0.0:
-        return np.full(len(rows), share)
-    z_ref = slope * (d_ref - mean) / sd
-    b = brentq(lambda b: float(expit(b + z_ref).mean()) - share, -60.0, 60.0, xtol=1e-6)
-    z = slope * (nearest_labelled_distance(pool, rows).astype(np.float64) - mean) / sd
-    return np.asarray(expit(b + z))
+    fit = cached_novelty_fit(pool)
+    if fit.slope == 0.0:
+        return np.full(len(rows), fit.share)
+    z = fit.slope * (nearest_labelled_distance(pool, rows).astype(np.float64) - fit.mean) / fit.sd
+    return np.asarray(expit(fit.b + z))
 
 
 def apply_calibration(pool: Pool, rows: np.ndarray, priors: Priors, t: float) -> Priors:

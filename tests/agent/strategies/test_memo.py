@@ -112,3 +112,43 @@ def test_the_knn_spread_from_moments_is_the_spread_of_the_similarities() -> None
         direct = float(np.std(space.rows(sample) @ lab.T))
         assert similarity_spread(space) == pytest.approx(direct, rel=1e-5)
     assert memo.get("knn_spread_moments") is not None
+
+
+def test_the_novelty_fit_is_kept_per_labelled_set_and_answers_as_without_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """While a class has no label, repeated PriorLabels under the same labels reuse the unlabelled-class
+    mass's model (no slope fit, no reference-row distances), whatever the rows, method or params, and
+    answer exactly as a pool without a memo; a changed labelled set fits it again."""
+    import agent.priors.calibration as calibration
+
+    # 10 separated blobs: classes 0-3 with 2 labels, class 4 with 1, classes 5-9 none (as test_priors')
+    x, y = blobs(clusters=10, per_cluster=60, dim=16, spread=0.05, seed=3)
+    lab = np.concatenate([np.flatnonzero(y == c)[:2] for c in range(4)] + [np.flatnonzero(y == 4)[:1]])
+    memo = PoolMemo()
+    fits: list[int] = []
+    real = calibration.novelty_fit
+
+    def counted(pool: Any) -> Any:
+        fits.append(1)
+        return real(pool)
+
+    monkeypatch.setattr(calibration, "novelty_fit", counted)
+    memo_fitted = []
+    new_label = np.flatnonzero(y == 5)[0]  # a first label of class 5: classes 6-9 still have none
+    calls = [(lab, "knn", {}), (lab.copy(), "knn", {"k": "5"}), (lab, "llgc", {}),
+             (np.append(lab, new_label), "knn", {})]
+    for labelled, name, params in calls:
+        plain = make_pool(x, y, labeled=labelled)
+        kept = replace(plain, memo=memo)
+        assert len(np.unique(plain.labels)) < plain.num_classes
+        for rows in (plain.candidates[:20], plain.candidates[20:50]):
+            a = get_prior_method(name)(plain, rows, np.random.default_rng(2), params)
+            n = len(fits)
+            b = get_prior_method(name)(kept, rows, np.random.default_rng(2), params)
+            memo_fitted.append(len(fits) - n)
+            np.testing.assert_array_equal(a.probs, b.probs)
+            np.testing.assert_array_equal(a.confidence, b.confidence)
+    # fitted for the first call under each labelled set only (the second and third sets equal the first)
+    assert memo_fitted == [1, 0, 0, 0, 0, 0, 1, 0]
+    # the model really varies with the distance (the memo holds a slope, not only the even share)
+    assert calibration.cached_novelty_fit(replace(make_pool(x, y, labeled=lab), memo=memo)).slope > 0.0
