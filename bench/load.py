@@ -451,11 +451,16 @@ def drain(call: Callable[..., Iterator[Any]], request: object, timeout: float) -
     return list(call(request, timeout=timeout))
 
 
+def load_channel(cfg: LoadConfig, timeout: float | None = None) -> grpc.Channel:
+    """A channel to ``cfg.agent`` with ``cfg.connection``'s TLS and token but no busy retries: the load
+    measures the agent's own answers, refusals included (each counted once)."""
+    return client.channel(cfg.agent, timeout=timeout, config=replace(cfg.connection, busy_retry=client.BusyRetry.OFF))
+
+
 def client_loop(world: World, k: int) -> None:
     cfg = world.cfg
     rng = np.random.default_rng([cfg.seed, k, world.salt])
-    # No busy retries: the load measures the agent's own answers, refusals included (each counted once).
-    ch = client.channel(cfg.agent, config=replace(cfg.connection, busy_retry=client.BusyRetry.OFF))
+    ch = load_channel(cfg)
     stub = agent_pb2_grpc.AgentStub(ch)
     names = [r for r in RPCS if cfg.mix.get(r, 0) > 0]
     weights = np.array([cfg.mix[r] for r in names], np.float64)
@@ -692,7 +697,7 @@ def run_load(cfg: LoadConfig, say: Callable[[str], None] = lambda s: None) -> di
 
 
 def _run(cfg: LoadConfig, target: Target, say: Callable[[str], None]) -> dict[str, Any]:
-    ch = client.channel(cfg.agent, timeout=30, config=replace(cfg.connection, busy_retry=client.BusyRetry.OFF))
+    ch = load_channel(cfg, timeout=30)
     stub = agent_pb2_grpc.AgentStub(ch)
     try:
         fill_pool(cfg, stub, say)

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from agent import client
 from agent.testing import publish_linear
-from bench.load import LoadError, listening_pid, parse_mix, require_loopback
+from bench.load import LoadConfig, LoadError, listening_pid, load_channel, parse_mix, require_loopback
 from shortlist.cli import app
 from tests.agent.conftest import CLASSES, SIZE, start
 
@@ -93,6 +94,22 @@ def test_load_arguments() -> None:
     assert listening_pid(1) == 0  # nothing listens on port 1
     result = CliRunner().invoke(app, ["bench", "load", "--seconds", "1"])
     assert result.exit_code == 2 and "--pool" in result.output
+
+
+def test_load_channels_never_busy_retry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both of the load's channels (the set-up's and each client's) keep --agent's TLS and token and turn
+    busy retries off: the load counts the agent's own refusals."""
+    opened: list[tuple[str, float | None, client.ClientConfig]] = []
+    monkeypatch.setattr(client, "channel", lambda address, timeout=None, config=None: opened.append(
+        (address, timeout, config)))
+    conn = client.ClientConfig(token="t0k", tls_ca=Path("ca.pem"))
+    cfg = LoadConfig(agent="127.0.0.1:5", connection=conn)
+    load_channel(cfg)
+    load_channel(cfg, timeout=30)
+    assert [(a, t) for a, t, _ in opened] == [("127.0.0.1:5", None), ("127.0.0.1:5", 30)]
+    for _, _, config in opened:
+        assert config.busy_retry == client.BusyRetry.OFF and (config.token, config.tls_ca) == ("t0k", Path("ca.pem"))
+    assert conn.busy_retry != client.BusyRetry.OFF  # the caller's config is left as it was
 
 
 def test_load_against_an_agent_with_tls_and_tokens(tmp_path: Path) -> None:
