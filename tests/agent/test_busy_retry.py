@@ -15,7 +15,7 @@ import grpc
 import pytest
 
 from agent import client
-from agent.admission import Busy
+from agent.admission import Admission, Busy, LaneThreads
 from agent.config import WorkConfig
 from agent.errors import ResourceExhausted
 from agent.params import PriorEntry, StrategyEntry
@@ -72,9 +72,20 @@ def slow_registered(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def one_slot(tmp_path: Path, registry: Path, slow_registered: None) -> Iterator[Running]:
-    """An agent whose heavy lane runs one call and queues none: a second heavy call is refused at once."""
-    r = start(tmp_path / "data", registry, work=WorkConfig(max_concurrent=1, max_queued=0))
+def one_slot(tmp_path: Path, registry: Path, slow_registered: None,
+             monkeypatch: pytest.MonkeyPatch) -> Iterator[Running]:
+    """An agent whose heavy lane runs one call and queues none: a second heavy call is refused at once.
+
+    Its refusals must not depend on how fast this machine is now, only on capacity. The slow method sleeps;
+    here no CPU share is known to admission (the lane does not sample it, ``sample_share=False``, and a
+    call using less than half a core is not taken as CPU-bound, ``MIN_SHARE``), so every estimate is the
+    wall time of the method's sleeps (at most ~1.5 s, far within the calls' 30 s). Without this, the share
+    measured on a busy machine (a hundredth of a core or so: a sample, or a slow call's bookkeeping) turned
+    the lane's mean CPU seconds (1.0 to start with) into ~48 s for a kind not seen yet (PriorLabels
+    'slow'), more than its deadline: refused for its deadline, and the retries could never get it in."""
+    monkeypatch.setattr(Admission, "MIN_SHARE", 0.5)
+    r = start(tmp_path / "data", registry,
+              work=WorkConfig(max_concurrent=1, max_queued=0, heavy_threads=LaneThreads(sample_share=False)))
     client.ingest(r.stub, make_samples(30, labels=6))
     yield r
     r.stop()
