@@ -53,7 +53,30 @@ is labelled + budget, agent/params.py ``StrategyEntry.work_size``). A kind's est
 call's size over the size of the kind's last measured run (never down): on a fresh agent the strategies
 are first timed at a few dozen labels, a load's SubmitLabels then take k-means' k to its cap of 500
 within seconds, and typiclust and as3l admitted at their first (quiet, small-k) cost ran 3-6x longer in
-CPU, one of them past its 30 s deadline (docs/reliability.md, Load).
+CPU, one of them past its 30 s deadline (docs/reliability.md, Load). A kind never measured has no run to
+scale from: with nothing timed before a load (``bench load --solo none``) the first typiclust Select on a
+50,000-sample pool was expected at the lane's mean (a few cheap calls, or the 1 s start value) and ran to
+its 30 s deadline. So a call may also bring a prior (``prior_cpu_s``): the CPU seconds it is expected to
+take at its size, declared with the strategy as CPU seconds per unit of work size (``@strategy(...,
+cpu_per_unit=...)``, ``StrategyEntry.prior_cpu_s``), which stands for the kind's estimate until one of
+its runs is measured (then the measured run, scaled as above, replaces it). A prior per kind, rather than
+a lane-wide CPU seconds per unit of size learnt from whatever ran, because the work sizes of different
+kinds are in different units (rows x clusters for typiclust, rows for probcover; per unit of its size,
+probcover alone costs about a hundred times what typiclust does, docs/reliability.md): a lane-wide rate
+taken on the safe side would refuse typiclust's first call on an idle machine for ever (a kind refused
+is never measured), one taken on the low side would not refuse it under load. What the lane does learn
+across kinds is how far the declared priors are off here: every run of a kind with a prior updates a
+factor, its CPU seconds over its prior (never below 1; up at once, down by the running mean), that
+multiplies the priors of the kinds not measured yet. A prior is declared for the pools it was measured
+on, and the data moves it (k-means iterations): a slower machine, wider embeddings or harder clusters
+make the k-means strategies' priors too low alike (on random 512-d blobs they took 1.6-14x theirs,
+docs/reliability.md), so after the first of them has run the others are expected at that much more. A
+kind with a prior is judged by it as soon as the lane's CPU share is known (a sample will do), even with
+nothing of the lane measured: on an idle machine it is admitted when twice its prior fits the deadline
+(a prior must allow that for the sizes it is meant for, or its kind would never run), under load it is
+refused at once with the usual hint. A kind with neither a measurement nor a prior (no size information,
+or a strategy that declares no cost: PriorLabels, the light strategies) is expected at the lane's mean
+as before, and the first call of a lane with no history at all runs and measures.
 
 Both running means lean to the safe side: a kind's CPU seconds rise at once to a longer run (a kind's
 cost grows with the labelled set) and the lane's share falls at once to a slower finished call (the
@@ -141,13 +164,14 @@ def _renice(steps: int, lane: str) -> None:
 @dataclass
 class _Run:
     """A running call: its kind, when it got its slot (time.monotonic()) and the CPU clock of the thread
-    doing its work, with that clock's reading at the start; its work size."""
+    doing its work, with that clock's reading at the start; its work size and prior CPU seconds."""
 
     kind: str
     start: float
     clock: int | None
     cpu0: float
     size: float | None = None  # the call's work size (Admission.slot)
+    prior: float | None = None  # its declared prior CPU seconds (Admission.slot's prior_cpu_s)
 
     def cpu(self) -> float | None:
         """CPU seconds the work's thread has used since the start (None: not measurable)."""
@@ -208,7 +232,8 @@ class Admission:
         self.max_wait_s = max_wait_s  # longest wait in the queue (None: until the deadline)
         self._cond = threading.Condition()
         self._running: dict[CancelToken, _Run] = {}
-        self._waiting: dict[CancelToken, tuple[str, float | None]] = {}  # token -> (kind, size), in arrival order
+        # token -> (kind, size, prior CPU seconds), in arrival order
+        self._waiting: dict[CancelToken, tuple[str, float | None, float | None]] = {}
         self._refused = 0
         self._refused_deadline = 0
         self._closed = False
@@ -218,6 +243,7 @@ class Admission:
         self._kind_cpu: dict[str, float] = {}  # CPU seconds of the work's thread per kind (running means)
         self._kind_at: dict[str, float] = {}  # when each kind's estimate was last updated (time.monotonic)
         self._kind_size: dict[str, float] = {}  # the work size of each kind's last measured run (slot's size)
+        self._slower = 1.0  # measured CPU seconds over declared prior ones, at least 1 (running max-leaning mean)
         self._share = 1.0  # CPU share of the recent finished CPU-bound calls (running mean; the first sets it) ...
         self._share_at = -math.inf  # ... and when it was last updated
         self._sampled, self._sampled_at = 1.0, -math.inf  # the last sampled share (SAMPLE_S) and when
@@ -230,10 +256,11 @@ class Admission:
             return AdmissionStats(len(self._running), len(self._waiting), self._refused, self._mean_s,
                                   self._refused_deadline)
 
-    def estimate(self, kind: str, size: float | None = None) -> float:
-        """Expected wall seconds a call of ``kind`` (of work size ``size``) arriving now runs (given what runs now)."""
+    def estimate(self, kind: str, size: float | None = None, prior_cpu_s: float | None = None) -> float:
+        """Expected wall seconds a call of ``kind`` (of work size ``size``, with prior CPU seconds
+        ``prior_cpu_s``: see ``slot``) arriving now runs (given what runs now)."""
         with self._cond:
-            return self._own(kind, self._share_now(time.monotonic()), size)
+            return self._own(kind, self._share_now(time.monotonic()), size, prior_cpu_s)
 
     # ---- estimates (all with the lock held) --------------------------------------------------------
     def _share_now(self, now: float) -> float | None:
@@ -328,14 +355,28 @@ class Admission:
             return 1.0
         return max(1.0, size / then)
 
-    def _cpu_bound(self, kind: str) -> bool:
-        cpu, wall = self._kind_cpu.get(kind, self._mean_cpu), self._kind_s.get(kind, self._mean_s)
-        return cpu >= self.MIN_SHARE * wall
+    def _base_cpu(self, kind: str, prior: float | None) -> float:
+        """CPU seconds of a call of ``kind`` at the size it was measured at; for a kind never measured, its
+        prior (times how much slower than declared this lane's calls have run) or else the lane's mean."""
+        cpu = self._kind_cpu.get(kind)
+        if cpu is not None:
+            return cpu
+        return self._mean_cpu if prior is None else prior * self._slower
 
-    def _kind_cpu_now(self, kind: str, size: float | None = None) -> float:
+    def _base_s(self, kind: str, prior: float | None) -> float:
+        """Wall seconds of a call of ``kind`` as ``_base_cpu`` (a prior: at a full core)."""
+        wall = self._kind_s.get(kind)
+        if wall is not None:
+            return wall
+        return self._mean_s if prior is None else prior * self._slower
+
+    def _cpu_bound(self, kind: str, prior: float | None = None) -> bool:
+        return self._base_cpu(kind, prior) >= self.MIN_SHARE * self._base_s(kind, prior)
+
+    def _kind_cpu_now(self, kind: str, size: float | None = None, prior: float | None = None) -> float:
         """A kind's CPU estimate for a call of work ``size`` (scaled up from the kind's last measured size),
         at least what a running call of that kind and no larger size has already used."""
-        est = self._kind_cpu.get(kind, self._mean_cpu) * self._scale(kind, size)
+        est = self._base_cpu(kind, prior) * self._scale(kind, size)
         for r in self._running.values():
             smaller = size is None or r.size is None or r.size <= size
             used = r.cpu() if r.kind == kind and smaller else None
@@ -343,22 +384,23 @@ class Admission:
                 est = max(est, used)
         return est
 
-    def _own(self, kind: str, share: float | None, size: float | None = None) -> float:
-        """Expected wall seconds of a call of ``kind`` and work ``size`` started now: its CPU seconds at the
-        running calls' CPU share, or (nothing CPU-bound running, or a kind not CPU-bound) its recent wall
-        time; either scaled up when its work has grown since the kind was measured (``_scale``)."""
-        if share is not None and self._cpu_bound(kind):
-            return self._kind_cpu_now(kind, size) / share
-        return self._kind_s.get(kind, self._mean_s) * self._scale(kind, size)
+    def _own(self, kind: str, share: float | None, size: float | None = None, prior: float | None = None) -> float:
+        """Expected wall seconds of a call of ``kind``, work ``size`` and prior CPU seconds ``prior`` started
+        now: its CPU seconds at the running calls' CPU share, or (nothing CPU-bound running, or a kind not
+        CPU-bound) its recent wall time; either scaled up when its work has grown since the kind was
+        measured (``_scale``); a kind never measured: its prior (``_base_cpu``)."""
+        if share is not None and self._cpu_bound(kind, prior):
+            return self._kind_cpu_now(kind, size, prior) / share
+        return self._base_s(kind, prior) * self._scale(kind, size)
 
     def _remaining(self, r: _Run, now: float, share: float | None) -> float:
         """Expected wall seconds until running call ``r`` ends."""
         used = r.cpu()
         scale = self._scale(r.kind, r.size)
-        if share is not None and used is not None and self._cpu_bound(r.kind):
-            est = self._kind_cpu.get(r.kind, self._mean_cpu) * scale
+        if share is not None and used is not None and self._cpu_bound(r.kind, r.prior):
+            est = self._base_cpu(r.kind, r.prior) * scale
             return max(est - used, self.OVERRUN * max(est, used)) / share
-        est = self._kind_s.get(r.kind, self._mean_s) * scale
+        est = self._base_s(r.kind, r.prior) * scale
         ran = now - r.start
         return max(est - ran, self.OVERRUN * max(est, ran))
 
@@ -368,10 +410,10 @@ class Admission:
         ends = [self._remaining(r, now, share) for r in self._running.values()]
         ends += [0.0] * (self.max_concurrent - len(ends))
         heapq.heapify(ends)
-        for token, (kind, size) in self._waiting.items():
+        for token, (kind, size, prior) in self._waiting.items():
             if token is before:
                 break
-            heapq.heappush(ends, heapq.heappop(ends) + self._own(kind, share, size))
+            heapq.heappush(ends, heapq.heappop(ends) + self._own(kind, share, size, prior))
         return ends[0]
 
     def _retry_after_ms(self, wait_s: float | None = None) -> int:
@@ -407,9 +449,9 @@ class Admission:
         share each gets once this call runs too; lock held)."""
         for token, r, used in live:
             left = token.remaining()
-            if left is None or not self._cpu_bound(r.kind):
+            if left is None or not self._cpu_bound(r.kind, r.prior):
                 continue
-            est = self._kind_cpu_now(r.kind, r.size)
+            est = self._kind_cpu_now(r.kind, r.size, r.prior)
             if max(est - used, self.OVERRUN * max(est, used)) / share > left:
                 self._refused += 1
                 self._refused_deadline += 1
@@ -419,28 +461,34 @@ class Admission:
                            f"{self.lane} requests past their deadlines (the CPU left to them is taken: each would "
                            f"get {share:.2f} of a core); it was not started; retry in about {hint} ms", hint / 1000)
 
-    def _too_late(self, what: str, wait: float, own: float, remaining: float) -> Busy:
-        """The refusal of a call that could not finish within its deadline (counted; lock held)."""
+    def _too_late(self, what: str, wait: float, own: float, remaining: float,
+                  basis: str = "its recent runs") -> Busy:
+        """The refusal of a call that could not finish within its deadline (counted; lock held); ``basis``:
+        what its expected length comes from."""
         self._refused += 1
         self._refused_deadline += 1
         hint = self._retry_after_ms(wait)
         running, queued, left = len(self._running), len(self._waiting), max(0.0, remaining)
         return Busy(f"the agent is busy: {what} would wait about {wait:.1f} s for a turn ({running} "
                     f"{self.lane} requests running, {queued} queued) and then take about {own:.1f} s "
-                    f"(its recent runs, at the CPU share such calls get now), more than the {left:.1f} s left of "
+                    f"({basis}, at the CPU share such calls get now), more than the {left:.1f} s left of "
                     f"the call's deadline; it was not started; retry in about {hint} ms or with a longer deadline",
                     hint / 1000)
 
     @contextmanager
     def slot(self, token: CancelToken, what: str = "this request", kind: str | None = None,
-             size: float | None = None) -> Iterator[None]:
+             size: float | None = None, prior_cpu_s: float | None = None) -> Iterator[None]:
         """Run the block in a slot; Busy at once when running and queue are full, or when the call would
         have to queue and could not finish within its deadline (also later, while it waits, once that
         becomes so); the token's exception (Cancelled, DeadlineExceeded, ShuttingDown) when it ends while
         waiting. ``kind`` names what the running means are kept by (default ``what``); ``size``: the call's
         work, in a unit its CPU cost grows in proportion to at most (rows x k-means clusters; None: not
-        known): a call of a kind measured at a smaller size is expected to cost that much more."""
+        known): a call of a kind measured at a smaller size is expected to cost that much more;
+        ``prior_cpu_s``: CPU seconds the call is expected to take while its kind has never been measured (a
+        conservative prior for its size, declared by the strategy: StrategyEntry.prior_cpu_s; None: the
+        lane's mean, as for any kind not seen yet)."""
         kind = kind or what
+        prior = prior_cpu_s
         self._sample_if_blind(token)
         with self._cond:
             if self._closed:
@@ -465,25 +513,28 @@ class Admission:
             if remaining is not None:
                 share = self._share_now(now) if more is None else more
                 wait = self._expected_wait(now, share) if full else 0.0
-                own = self._own(kind, share, size)
+                own = self._own(kind, share, size, prior)
                 # With a slot free, a call is refused for its own length only when its kind was measured
                 # within PROBE_AFTER_S, or the lane's CPU share is known now (running or recent calls, or a
                 # sample) and its kind, or any kind of the lane (a kind not seen yet: at the lane's mean CPU),
-                # was ever measured; otherwise (a lane with no history at all) it runs and measures.
+                # was ever measured, or it has a prior; otherwise (a lane with no history at all and no
+                # prior) it runs and measures.
                 fresh = (now - self._kind_at.get(kind, -math.inf) <= self.PROBE_AFTER_S
-                         or (share is not None and bool(self._kind_at)))
+                         or (share is not None and (bool(self._kind_at) or prior is not None)))
                 safety = self.SAFETY if share is None or share >= self.CONTENDED else self.SAFETY_CONTENDED
                 late = safety * (wait + own) > remaining
                 if not full and not fresh and kind in self._kind_at and late:
                     self._kind_at[kind] = now  # this call is the one probe: the next ones see a fresh estimate
                 elif late and (full or fresh):
-                    raise self._too_late(what, wait, own, remaining)
+                    basis = "its declared cost at its size" if prior is not None and kind not in self._kind_at \
+                        else "its recent runs"
+                    raise self._too_late(what, wait, own, remaining, basis)
             if full and self.max_wait_s is not None:
                 now = time.monotonic()
                 wait = self._expected_wait(now, self._share_now(now))
                 if wait > self.max_wait_s:
                     raise self._waited_too_long(what, wait, queued=False)
-            self._waiting[token] = (kind, size)
+            self._waiting[token] = (kind, size, prior)
             queued_at = time.monotonic()
             try:
                 while len(self._running) >= self.max_concurrent:
@@ -500,7 +551,8 @@ class Admission:
                         # longer finish in time, rather than time out in the queue or mid-way.
                         now = time.monotonic()
                         share = self._share_now(now)
-                        wait, own = self._expected_wait(now, share, before=token), self._own(kind, share, size)
+                        wait = self._expected_wait(now, share, before=token)
+                        own = self._own(kind, share, size, prior)
                         if wait + own > rem:
                             raise self._too_late(what, wait, own, rem)
                         timeout = max(0.001, min(timeout, rem - wait - own))
@@ -509,10 +561,10 @@ class Admission:
             finally:
                 del self._waiting[token]
             clock, cpu0 = _thread_clock()
-            run = _Run(kind, time.monotonic(), clock, cpu0, size)
+            run = _Run(kind, time.monotonic(), clock, cpu0, size, prior)
             self._running[token] = run
             log.debug("%s: %s admitted (share now %s, %s of its CPU s, x%.2f for its size, %s s left)", self.lane,
-                      kind, self._share_now(run.start), self._kind_cpu.get(kind), self._scale(kind, size),
+                      kind, self._share_now(run.start), self._kind_cpu.get(kind, prior), self._scale(kind, size),
                       token.remaining())
         cut = False
         try:
@@ -539,6 +591,11 @@ class Admission:
                     self._share = fresh_share if self._share_at == -math.inf or fresh_share < self._share else (
                         (1 - self.EWMA) * self._share + self.EWMA * fresh_share)
                     self._share_at = time.monotonic()
+                if used is not None and prior is not None and prior > 0:
+                    # How much more CPU than declared this lane's calls take (a slower machine, wider
+                    # embeddings): up at once, down by the running mean, never below the declared cost.
+                    ratio = used / prior
+                    self._slower = max(1.0, ratio, (1 - self.EWMA) * self._slower + self.EWMA * ratio)
                 if used is not None:
                     self._mean_cpu = (1 - self.EWMA) * self._mean_cpu + self.EWMA * used
                     old = self._kind_cpu.get(kind)
@@ -577,10 +634,10 @@ class Admission:
             return fn()
 
     def run(self, token: CancelToken, fn: Callable[[], T], what: str = "this request", kind: str | None = None,
-            size: float | None = None) -> T:
+            size: float | None = None, prior_cpu_s: float | None = None) -> T:
         """``fn()`` in a slot (as ``slot``), with ``token`` current for its checkpoints; in one of the lane's
         worker threads when it has ``threads`` (this thread waits for it), else in this thread."""
-        with self.slot(token, what, kind, size):
+        with self.slot(token, what, kind, size, prior_cpu_s):
             if self._pool is None:
                 with cancel.scope(token):
                     return fn()

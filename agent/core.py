@@ -420,8 +420,9 @@ class Agent:
             lane = self.light_work if fn.is_light(take) else self.work
             # Seeded by the seed and the labelled set: a loop that keeps its seed still draws afresh each round.
             rng = state_rng(seed, self.labelled_ids())
+            work = (len(pool.embeddings), len(pool.labeled), take)
             sel = lane.run(token, lambda: fn(pool, take, rng, dict(params)), f"Select {strategy!r}",
-                           size=fn.work_size(len(pool.embeddings), len(pool.labeled), take))
+                           size=fn.work_size(*work), prior_cpu_s=fn.prior_cpu_s(*work))
             rows = np.asarray(sel.rows, np.int64)
             scores = np.asarray(sel.scores, np.float64)
             if (len(rows) > budget or len(np.unique(rows)) != len(rows) or len(scores) != len(rows)

@@ -180,13 +180,18 @@ class StrategyEntry(_Entry):
     """A registered strategy: call it like the function; the request's params are checked first and the
     budget is capped by the candidate count (so a huge budget costs nothing). A call whose (capped) budget
     is at most ``light_budget`` is light work: it takes well under a second on a 50,000-row pool, and the
-    agent runs it in a lane of its own so it never queues behind k-means (agent/admission.py)."""
+    agent runs it in a lane of its own so it never queues behind k-means (agent/admission.py). ``work_size``
+    and ``prior_cpu_s`` tell admission how large a call is and what it is expected to cost before any call
+    of the strategy has been measured."""
 
     fn: Strategy
     light_budget: int = 0
     # > 0: the strategy fits k-means with k = min(labelled + budget, kmeans_clusters) clusters, and its cost
     # grows with that k (see work_size).
     kmeans_clusters: int = 0
+    # > 0: a conservative prior of the strategy's CPU seconds per unit of work_size on one core (see
+    # prior_cpu_s); 0: none declared.
+    cpu_per_unit: float = 0.0
 
     def is_light(self, budget: int) -> bool:
         return budget <= self.light_budget
@@ -198,6 +203,12 @@ class StrategyEntry(_Entry):
         taking k from 60 towards 500: docs/reliability.md, Load)."""
         k = min(labelled + budget, self.kmeans_clusters) if self.kmeans_clusters > 0 else 1
         return float(max(1, rows) * max(1, k))
+
+    def prior_cpu_s(self, rows: int, labelled: int, budget: int) -> float | None:
+        """CPU seconds (one core) a call is expected to take at most before admission has measured any call
+        of this strategy: ``cpu_per_unit`` x ``work_size`` (agent/admission.py, ``prior_cpu_s``, "Size-aware
+        estimates"); None when the strategy declares no cost (then the lane's mean stands in, as before)."""
+        return self.cpu_per_unit * self.work_size(rows, labelled, budget) if self.cpu_per_unit > 0 else None
 
     def __call__(self, pool: Pool, budget: int, rng: np.random.Generator, params: Mapping[str, str]) -> Selection:
         self.check(params)
@@ -228,13 +239,17 @@ class PriorEntry(_Entry):
 ALWAYS_LIGHT = 2**63 - 1
 
 
-def strategy(name: str, *declared: Param, light_budget: int = 0,
-             kmeans_clusters: int = 0) -> Callable[[Strategy], StrategyEntry]:
-    """Declare a strategy's name, params, light budget and k-means cap (see StrategyEntry); the entry's
-    ``__doc__`` is the function's plus the params."""
+def strategy(name: str, *declared: Param, light_budget: int = 0, kmeans_clusters: int = 0,
+             cpu_per_unit: float = 0.0) -> Callable[[Strategy], StrategyEntry]:
+    """Declare a strategy's name, params, light budget, k-means cap and prior CPU seconds per unit of work
+    size (see StrategyEntry); the entry's ``__doc__`` is the function's plus the params."""
+    if not (math.isfinite(cpu_per_unit) and cpu_per_unit >= 0):
+        raise ValueError(f"strategy {name}: cpu_per_unit must be a finite number >= 0")
+
     def wrap(fn: Strategy) -> StrategyEntry:
         entry = StrategyEntry(name=name, params=tuple(declared), summary=_summary(fn.__doc__), fn=fn,
-                              light_budget=light_budget, kmeans_clusters=kmeans_clusters)
+                              light_budget=light_budget, kmeans_clusters=kmeans_clusters,
+                              cpu_per_unit=cpu_per_unit)
         object.__setattr__(entry, "__doc__", (fn.__doc__ or "") + params_doc(declared))
         return entry
     return wrap

@@ -2,7 +2,10 @@
 
 Adding a strategy = writing one function, declaring its name and params with ``@strategy(name, Param...)``
 (agent/params.py: each param's default and valid range, checked before the function runs) and adding
-one line to ``STRATEGIES``. Loops that can run long call ``agent.cancel.checkpoint()``.
+one line to ``STRATEGIES``. Loops that can run long call ``agent.cancel.checkpoint()``. A strategy whose
+cost grows with a k-means k says so in the same decorator (``kmeans_clusters``), and may declare a prior of
+its CPU seconds per unit of work size (``cpu_per_unit``), which admission expects of its first call before
+it has measured one (agent/params.py StrategyEntry, agent/admission.py "Size-aware estimates").
 """
 
 from __future__ import annotations

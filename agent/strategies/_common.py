@@ -45,6 +45,14 @@ BLOCK_ELEMENTS = 8_000_000
 # Cap on k-means clusters for the cluster strategies (TypiClust's max_clusters); with thousands of labels
 # labelled + budget clusters would make k-means the whole cost of a request.
 MAX_CLUSTERS = 500
+# Prior CPU seconds per unit of work size (rows x min(labelled + budget, MAX_CLUSTERS)) of the k-means
+# strategies (typiclust, kmedoids, as3l), which admission expects of a first call before any of theirs is
+# measured (agent/admission.py, "Size-aware estimates"; @strategy's cpu_per_unit). On the load's
+# 50,000-row pool typiclust took 2.0e-7 (k = 60) and 1.4e-7 (k = 500), as3l 4.2e-7 (k = 60) CPU s per unit
+# (docs/reliability.md, Load): 5e-7 is above them all, and a first call at the cap (50,000 x 500: 12.5 CPU s)
+# is still admitted alone within a 30 s deadline (twice its prior). Not an upper bound for every pool: k-means
+# iterations depend on the data (10,000 random 512-d blobs: 0.8-7.2e-6 per unit, docs/reliability.md).
+KMEANS_CPU_PER_UNIT = 5e-7
 # Greedy strategies with one matrix-vector product over the candidates per pick (coreset, badge) are
 # light work (agent/params.py StrategyEntry.light_budget) up to this budget: ~5 ms a pick at 50,000 x 256.
 LIGHT_GREEDY_BUDGET = 200

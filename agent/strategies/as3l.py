@@ -18,7 +18,7 @@ import numpy as np
 from agent.cancel import checkpoint
 from agent.params import Param, strategy
 from agent.pool import Pool, Selection
-from agent.strategies._common import CHUNK, MAX_CLUSTERS, assign, fit_kmeans, pick_from_clusters
+from agent.strategies._common import CHUNK, KMEANS_CPU_PER_UNIT, MAX_CLUSTERS, assign, fit_kmeans, pick_from_clusters
 
 AS3L_RUNS = 6  # C, the number of k-means runs (Sec. 4.1: clustering is done 6 times)
 # AS3L runs 2C k-means, so each is fitted on a smaller uniform sample than the other strategies' one
@@ -87,7 +87,7 @@ def consensus_groups(assignments: np.ndarray) -> np.ndarray:
     return np.asarray(group, np.int64).ravel()
 
 
-@strategy("as3l", *AS3L_PARAMS, kmeans_clusters=MAX_CLUSTERS)
+@strategy("as3l", *AS3L_PARAMS, kmeans_clusters=MAX_CLUSTERS, cpu_per_unit=KMEANS_CPU_PER_UNIT)
 def as3l(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping[str, str]) -> Selection:
     """AS3L active labelling (Wen et al., Sec. 3.2): fine-tune the self-supervised features with one linear
     layer towards the centres of C k-means runs (Sec. 3.2.1, Eq. 1, solved in closed form by

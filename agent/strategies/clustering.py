@@ -15,6 +15,7 @@ from agent.cancel import checkpoint
 from agent.params import Param, strategy
 from agent.pool import Pool, Selection
 from agent.strategies._common import (
+    KMEANS_CPU_PER_UNIT,
     MAX_CLUSTERS,
     assign,
     candidate_clusters,
@@ -35,7 +36,7 @@ KMEDOIDS_K = Param("k", "int", None, "k-means clusters", 1, MAX_CLUSTERS,
                    default_doc=f"labelled + budget, at most {MAX_CLUSTERS}")
 
 
-@strategy("kmedoids", KMEDOIDS_K, kmeans_clusters=MAX_CLUSTERS)
+@strategy("kmedoids", KMEDOIDS_K, kmeans_clusters=MAX_CLUSTERS, cpu_per_unit=KMEANS_CPU_PER_UNIT)
 def kmedoids(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping[str, str]) -> Selection:
     """k-medoids selection, the representative baseline of AS3L's experiments (Wen et al., Tables 4/5): k-means
     with k = budget (+ the labelled count), then the medoid of each cluster, largest uncovered cluster
@@ -124,7 +125,7 @@ def index_typicality(pool: Pool, rows: np.ndarray, k: int) -> np.ndarray:
     return 1.0 / (keep.mean(axis=1) + 1e-12)
 
 
-@strategy("typiclust", *TYPICLUST_PARAMS, kmeans_clusters=MAX_CLUSTERS)
+@strategy("typiclust", *TYPICLUST_PARAMS, kmeans_clusters=MAX_CLUSTERS, cpu_per_unit=KMEANS_CPU_PER_UNIT)
 def typiclust(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping[str, str]) -> Selection:
     """TypiClust (Hacohen, Dekel & Weinshall, "Active Learning on a Budget: Opposite Strategies Suit High
     and Low Budgets", ICML 2022, PMLR 162:8175-8195).

@@ -1,0 +1,129 @@
+"""Admission's estimate of a kind it has never measured (agent/admission.py, "Size-aware estimates"): a
+strategy's declared prior CPU seconds for the call's size stand in until a run of the kind is measured,
+scaled by how much slower than declared the lane's calls have run; no timing in these tests: the lane's
+CPU share and the work's CPU seconds are set or injected."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from agent import admission, client
+from agent.admission import Admission, Busy
+from agent.cancel import CancelToken
+from agent.strategies import STRATEGIES
+from agent.strategies._common import KMEANS_CPU_PER_UNIT
+from shortlist.v1 import agent_pb2
+from tests.agent.conftest import make_samples, start
+
+
+def lane_with_share(share: float) -> Admission:
+    """A lane (no threads of its own) whose calls got ``share`` of a core just now (as after a finished call)."""
+    adm = Admission(max_concurrent=2, max_queued=2)
+    adm._share, adm._share_at = share, time.monotonic()
+    return adm
+
+
+def test_a_kind_never_measured_is_expected_at_its_prior_for_its_size() -> None:
+    # typiclust's first call on 50,000 rows at k = 500: a prior of 7.5 CPU s (3e-7 per row-cluster).
+    adm = lane_with_share(1.0)
+    assert adm.estimate("Select 'typiclust'", 2.5e7, prior_cpu_s=7.5) == pytest.approx(7.5)
+    assert adm.estimate("Select 'typiclust'", 2.5e7) == pytest.approx(1.0)  # no prior: the lane's mean, as before
+    # The machine idle (a full core): 2 x 7.5 s fits a 30 s deadline, so it runs, although nothing was measured.
+    with adm.slot(CancelToken.within(30.0), kind="Select 'typiclust'", size=2.5e7, prior_cpu_s=7.5):
+        pass
+    # Under load (a fifth of a core), a kind still never measured: 37.5 s expected, 3x that over 30 s:
+    # refused at once, saying why, instead of being admitted at the lane's 1 s and running to its deadline.
+    adm = lane_with_share(0.2)
+    t0 = time.monotonic()
+    with pytest.raises(Busy) as busy, adm.slot(CancelToken.within(30.0), "Select 'as3l'", kind="Select 'as3l'",
+                                               size=2.5e7, prior_cpu_s=7.5):
+        pass
+    assert time.monotonic() - t0 < 0.5 and busy.value.retry_after_s is not None
+    assert "its declared cost at its size" in str(busy.value) and adm.stats().refused_for_deadline == 1
+    # The same kind at a small size (k = 60: 0.9 CPU s, 4.5 s at a fifth of a core, 13.5 s with the 3x margin) runs.
+    with adm.slot(CancelToken.within(30.0), kind="Select 'as3l'", size=3e6, prior_cpu_s=0.9):
+        pass
+
+
+def test_with_no_size_information_a_kind_never_measured_behaves_as_before() -> None:
+    # No prior: a lane with no history lets the call run to measure it, whatever its deadline ...
+    adm = Admission(max_concurrent=2, max_queued=2, initial_estimate_s=100.0)
+    with adm.slot(CancelToken.within(1.0), kind="new", size=2.5e7):
+        pass
+    # ... while a prior is judged as soon as the share is known (even with nothing of the lane measured).
+    adm = Admission(max_concurrent=2, max_queued=2)
+    adm._sampled, adm._sampled_at = 0.1, time.monotonic()  # a sample: a tenth of a core
+    with pytest.raises(Busy), adm.slot(CancelToken.within(30.0), kind="new", size=2.5e7, prior_cpu_s=7.5):
+        pass
+    with adm.slot(CancelToken.within(30.0), kind="new", size=2.5e7):  # no prior, no history: runs
+        pass
+
+
+def test_a_kinds_own_measurement_replaces_its_prior(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(admission._Run, "cpu", lambda self: 0.5)  # every run used 0.5 CPU s
+    adm = lane_with_share(1.0)
+    with adm.slot(CancelToken(), kind="k", size=100.0, prior_cpu_s=2.0):
+        pass
+    assert adm.estimate("k", 100.0, prior_cpu_s=2.0) == pytest.approx(0.5)  # measured: the prior no longer counts
+    assert adm.estimate("k", 400.0, prior_cpu_s=8.0) == pytest.approx(2.0)  # scaled by size from its run
+
+
+def test_priors_of_kinds_not_measured_yet_follow_how_much_slower_than_declared_the_lane_ran(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    used = {"cpu": 3.0}
+    monkeypatch.setattr(admission._Run, "cpu", lambda self: used["cpu"])
+    adm = lane_with_share(1.0)
+    # "a" declared 1 CPU s and took 3: this machine (or these embeddings) is 3x slower than declared.
+    with adm.slot(CancelToken(), kind="a", size=10.0, prior_cpu_s=1.0):
+        pass
+    assert adm.estimate("b", 10.0, prior_cpu_s=4.0) == pytest.approx(12.0)
+    # 2 x 12 s no longer fits 20 s: "b", never measured, is refused on an idle lane at its scaled prior.
+    with pytest.raises(Busy), adm.slot(CancelToken.within(20.0), kind="b", size=10.0, prior_cpu_s=4.0):
+        pass
+    # Faster than declared: down by the running mean only (0.8 * 3 + 0.2 * 0.5), never below 1.
+    used["cpu"] = 0.5
+    with adm.slot(CancelToken(), kind="a", size=10.0, prior_cpu_s=1.0):
+        pass
+    assert adm._slower == pytest.approx(2.5)
+    for _ in range(30):
+        with adm.slot(CancelToken(), kind="a", size=10.0, prior_cpu_s=1.0):
+            pass
+    assert adm._slower == 1.0
+    assert adm.estimate("b", 10.0, prior_cpu_s=4.0) == pytest.approx(4.0)
+
+
+def test_the_kmeans_strategies_declare_a_prior_that_grows_with_their_work_size() -> None:
+    for name in ("typiclust", "kmedoids", "as3l"):
+        entry = STRATEGIES[name]
+        small, large = entry.prior_cpu_s(50_000, 50, 10), entry.prior_cpu_s(50_000, 4_000, 10)
+        assert small is not None and large is not None and large == pytest.approx(small * 500 / 60)
+        assert large == pytest.approx(entry.cpu_per_unit * entry.work_size(50_000, 4_000, 10))
+        # Alone on an idle machine the first call on a 50,000-row pool at k = 500 is admitted within the
+        # load's 30 s deadline (twice its prior fits), so the prior never starves it.
+        assert 2 * large < 30
+    assert STRATEGIES["margin"].prior_cpu_s(50_000, 50, 10) is None  # none declared: the lane's mean
+
+
+def test_the_agents_select_passes_its_size_and_prior_to_admission(tmp_path: Path, registry: Path) -> None:
+    r = start(tmp_path / "data", registry)
+    try:
+        client.ingest(r.stub, make_samples(30, labels=6))
+        seen: list[tuple[object, object]] = []
+        real_run = r.agent.work.run
+
+        def run(token, fn, *a, **kw):  # type: ignore[no-untyped-def]
+            seen.append((kw.get("size"), kw.get("prior_cpu_s")))
+            return real_run(token, fn, *a, **kw)
+
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(r.agent.work, "run", run)
+            r.stub.Select(agent_pb2.SelectRequest(budget=250, strategy="typiclust"), timeout=60)
+        typiclust = STRATEGIES["typiclust"]
+        # 30 rows, 6 labelled, the budget capped at the 24 candidates: k = 30.
+        assert seen == [(typiclust.work_size(30, 6, 24), typiclust.prior_cpu_s(30, 6, 24))]
+        assert seen[0][1] == pytest.approx(KMEANS_CPU_PER_UNIT * 30 * 30)
+    finally:
+        r.stop()
