@@ -62,8 +62,13 @@ RSS_GROWTH = 0.10
 # after a burst of calls (agent/memory.py IdleTrim, 2 s after the last call) are then over, so the reading
 # is what the agent keeps, not the working arrays of the calls running at that instant (at a 50,000-sample
 # pool those swung the RSS by +-70 MB from one reading to the next: docs/reliability.md, Load).
+# A thread in state R (running, or runnable and waiting for a CPU) or D (uninterruptible I/O) in more than
+# BUSY_SHARE of the readings over those QUIET_S seconds also means "not idle": on a busy machine a heavy call
+# in its lane's threads (niceness +10 over the agent's) can get under QUIET_CPU of a core while it still holds
+# its working arrays (50-110 MB at 50,000 samples: docs/reliability.md, "What a fresh agent's first load fills").
 QUIET_S = 3.0
 QUIET_CPU = 0.05
+BUSY_SHARE = 0.5
 
 
 class LoadError(Exception):
@@ -84,7 +89,8 @@ class LoadConfig:
     dim: int = 128  # embedding size of the model built here
     clients: int = 16
     seconds: float = 60.0
-    warmup: float = 10.0  # seconds of the same load before the measured one (not counted; RSS "before" after it)
+    warmup: float | None = None  # seconds of the same load before the measured one (not counted; RSS "before"
+    # after it); None: as long as the load (``seconds``), so that the agent has reached its working set first
     max_requests: int = 200_000
     timeout: float = 30.0  # deadline of every call
     mix: dict[str, float] = field(default_factory=lambda: parse_mix(DEFAULT_MIX))
@@ -627,19 +633,58 @@ def goals(rows: list[dict[str, Any]], solo: list[dict[str, Any]], rss: dict[str,
     return out
 
 
+def busy_threads(pid: int) -> frozenset[int]:
+    """Ids of ``pid``'s threads in state R (running or waiting for a CPU) or D (uninterruptible, e.g. disk
+    I/O), from /proc/PID/task/TID/stat, the calling thread left out; empty when unreadable (not Linux, or
+    the process is gone)."""
+    out: set[int] = set()
+    me = threading.get_native_id() if pid == os.getpid() else None  # this thread is running: it reads them
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return frozenset()
+    for tid in tids:
+        try:
+            state = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue  # the thread ended
+        if state in ("R", "D") and int(tid) != me:
+            out.add(int(tid))
+    return frozenset(out)
+
+
+def quiet(seen: Sequence[tuple[float, float, frozenset[int]]]) -> bool:
+    """Whether readings (monotonic s, process CPU s, busy thread ids), oldest first, end with QUIET_S seconds
+    of idleness: under QUIET_CPU CPU seconds per second since the newest reading at least QUIET_S old, and no
+    thread busy (R or D) in more than BUSY_SHARE of the readings since then (a thread that only wakes up
+    now and then is idle; a starved one that holds a call's working arrays is not)."""
+    now, cpu, _ = seen[-1]
+    past = [i for i, (t, _, _) in enumerate(seen) if now - t >= QUIET_S]
+    if not past:
+        return False
+    t_ref, cpu_ref, _ = seen[past[-1]]
+    if cpu - cpu_ref >= QUIET_CPU * (now - t_ref):
+        return False
+    window = seen[past[-1]:]
+    counts: dict[int, int] = defaultdict(int)
+    for _, _, busy in window:
+        for tid in busy:
+            counts[tid] += 1
+    return all(n <= BUSY_SHARE * len(window) for n in counts.values())
+
+
 def idle_rss(pid: int, limit: float) -> tuple[dict[str, int], float, bool]:
-    """``pid``'s VmRSS / VmHWM (rss_bytes) once it has used under QUIET_CPU CPU seconds per second for
-    QUIET_S seconds in a row, how many seconds that took, and whether it got that quiet within ``limit``
-    seconds (if not, the reading at ``limit``)."""
+    """``pid``'s VmRSS / VmHWM (rss_bytes) once it is ``quiet`` (QUIET_S seconds under QUIET_CPU of a core,
+    no thread kept busy), how many seconds that took, and whether it got that quiet within ``limit`` seconds
+    (if not, the reading at ``limit``)."""
     t0 = time.monotonic()
-    seen: list[tuple[float, float]] = []  # (monotonic s, agent CPU s)
+    seen: list[tuple[float, float, frozenset[int]]] = []  # (monotonic s, agent CPU s, busy thread ids)
     while True:
         now, cpu = time.monotonic(), cpu_seconds(pid)
         if cpu is None:
             return {}, now - t0, False
-        seen.append((now, cpu))
-        past = [(t, c) for t, c in seen if now - t >= QUIET_S]
-        if past and cpu - past[-1][1] < QUIET_CPU * (now - past[-1][0]):
+        seen.append((now, cpu, busy_threads(pid)))
+        if quiet(seen):
             return rss_bytes(pid), now - t0, True
         if now - t0 >= limit:
             return rss_bytes(pid), now - t0, False
@@ -678,6 +723,8 @@ def run_load(cfg: LoadConfig, say: Callable[[str], None] = lambda s: None) -> di
         raise LoadError("--strategies is empty but --mix gives Select a weight")
     if not cfg.priors and cfg.mix.get("PriorLabels", 0) > 0:
         raise LoadError("--priors is empty but --mix gives PriorLabels a weight")
+    if cfg.warmup is None:  # as long as the load: the growth is then measured after the working set is reached
+        cfg = replace(cfg, warmup=cfg.seconds)
     target: Target | None = None
     if cfg.agent:
         _, port = require_loopback(cfg.agent)
@@ -718,13 +765,16 @@ def _run(cfg: LoadConfig, target: Target, say: Callable[[str], None]) -> dict[st
         solo_names = list(status.strategies) if "all" in cfg.solo else [s for s in cfg.solo if s]
         say(f"pool {status.samples} samples, {len(labels)} labelled, model {status.model_version or '(none)'}")
         rss_start = rss_bytes(target.pid) if target.pid else {}
+        quiet_start = (idle_rss(target.pid, cfg.idle_wait) if target.pid and cfg.idle_wait > 0
+                       else ({}, 0.0, False))
         solo = (solo_timings(cfg, stub, solo_names, [i for i in ids if i not in labels], say, target.pid)
                 if solo_names else [])
         tag = f"{int(time.time())}-{os.getpid()}"
         warm: World | None = None
-        if cfg.warmup > 0:
-            say(f"warm-up: {cfg.clients} clients for {cfg.warmup:g} s (not counted)")
-            warm, _ = drive(World(cfg, ids, classes, run_tag=tag + "w", salt=0), cfg.warmup)
+        warmup = cfg.seconds if cfg.warmup is None else cfg.warmup  # run_load resolves None; callers of _run may not
+        if warmup > 0:
+            say(f"warm-up: {cfg.clients} clients for {warmup:g} s (not counted)")
+            warm, _ = drive(World(cfg, ids, classes, run_tag=tag + "w", salt=0), warmup)
         rss_before = rss_bytes(target.pid) if target.pid else {}
         quiet_before = (idle_rss(target.pid, cfg.idle_wait) if target.pid and cfg.idle_wait > 0
                         else ({}, 0.0, False))
@@ -747,6 +797,8 @@ def _run(cfg: LoadConfig, target: Target, say: Callable[[str], None]) -> dict[st
                "peak": rss_drained.get("VmHWM", 0)}
         if quiet_before[0] and quiet_after[0]:
             rss.update(idle_before=quiet_before[0]["VmRSS"], idle_after=quiet_after[0]["VmRSS"])
+        if quiet_start[0]:  # before any load: what the solo runs and the warm-up brought is the working set
+            rss["idle_start"] = quiet_start[0]["VmRSS"]
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items() if k != "connection"}
     config["tls"] = cfg.connection.tls  # never the token itself
     config["token"] = bool(cfg.connection.token)
@@ -758,14 +810,15 @@ def _run(cfg: LoadConfig, target: Target, say: Callable[[str], None]) -> dict[st
                   "labeled_after": after.labeled if after else None, "answers_again_after_s": round(drain, 2)},
         "machine": {"cpus": os.cpu_count(), "loadavg_before": load_before, "loadavg_after": loadavg()},
         "solo": solo,
-        "warmup": {"seconds": cfg.warmup, "requests": len(warm.calls) if warm else 0,
+        "warmup": {"seconds": warmup, "requests": len(warm.calls) if warm else 0,
                    "errors": sum(c.code != "OK" for c in warm.calls) if warm else 0,
                    "ingested": warm.accepted if warm else 0},
         "load": {"seconds": round(elapsed, 2), "clients": cfg.clients, "requests": len(world.calls),
                  "ingested": world.accepted,
                  "requests_per_s": round(len(world.calls) / elapsed, 2), "rpcs": rows},
         "rss": rss,
-        "idle": {"wait_before_s": round(quiet_before[1], 1), "quiet_before": quiet_before[2],
+        "idle": {"wait_start_s": round(quiet_start[1], 1), "quiet_start": quiet_start[2],
+                 "wait_before_s": round(quiet_before[1], 1), "quiet_before": quiet_before[2],
                  "wait_after_s": round(quiet_after[1], 1), "quiet_after": quiet_after[2]},
         "goals": goals(rows, solo, rss),
     }
@@ -808,9 +861,13 @@ def print_results(res: dict[str, Any], console: Console) -> None:
             def note(key: str) -> str:
                 waited = idle[f"wait_{key}_s"]
                 return "" if idle.get(f"quiet_{key}") else f", [yellow]not idle within {waited:g} s[/yellow]"
-            console.print(f"agent RSS idle: {_mb(rss['idle_before'])} before the load ({idle['wait_before_s']:g} s "
-                          f"after the warm-up{note('before')}), {_mb(rss['idle_after'])} after it "
-                          f"({idle['wait_after_s']:g} s after{note('after')}; "
+            start = ""
+            if rss.get("idle_start"):  # the working set a first load brings (informative, not a goal)
+                start = (f"{_mb(rss['idle_start'])} at start ({idle['wait_start_s']:g} s{note('start')}), "
+                         f"then the warm-up brought it to ")
+            console.print(f"agent RSS idle: {start}{_mb(rss['idle_before'])} before the load "
+                          f"({idle['wait_before_s']:g} s after the warm-up{note('before')}), "
+                          f"{_mb(rss['idle_after'])} after it ({idle['wait_after_s']:g} s after{note('after')}; "
                           f"{rss['idle_after'] / rss['idle_before'] - 1:+.1%})")
     else:
         console.print("agent RSS: unknown (no local agent process found; pass --agent-pid)")
@@ -845,8 +902,9 @@ def register(bench_app: typer.Typer) -> None:
                                            "a linear 32x32 encoder built into DATA_DIR/models)"),
         clients: int = typer.Option(16, "--clients", min=1, help="concurrent clients, one channel each"),
         seconds: float = typer.Option(60.0, "--seconds", min=0.1, help="how long the load runs"),
-        warmup: float = typer.Option(10.0, "--warmup", min=0.0, help="seconds of the same load before it, not "
-                                     "counted (RSS 'before' is taken after it)"),
+        warmup: float | None = typer.Option(None, "--warmup", min=0.0, show_default="as long as --seconds",
+                                            help="seconds of the same load before it, not counted (RSS 'before' "
+                                            "is taken after it: the agent's working set is reached first)"),
         max_requests: int = typer.Option(200_000, "--max-requests", min=1, help="stop after this many calls"),
         timeout: float = typer.Option(30.0, "--timeout", min=0.1, help="deadline of every call, seconds"),
         mix: str = typer.Option(DEFAULT_MIX, "--mix", help="RPC weights (ingest, select, labels, prior, status)"),

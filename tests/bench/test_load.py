@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -10,7 +15,17 @@ from typer.testing import CliRunner
 
 from agent import client
 from agent.testing import publish_linear
-from bench.load import LoadConfig, LoadError, listening_pid, load_channel, parse_mix, require_loopback
+from bench.load import (
+    QUIET_S,
+    LoadConfig,
+    LoadError,
+    busy_threads,
+    listening_pid,
+    load_channel,
+    parse_mix,
+    quiet,
+    require_loopback,
+)
 from shortlist.cli import app
 from tests.agent.conftest import CLASSES, SIZE, start
 
@@ -41,10 +56,10 @@ def test_load_starts_an_agent_builds_a_pool_and_reports(tmp_path: Path) -> None:
         assert 0 <= r["p50_s"] <= r["p99_s"] <= r["max_s"]
     assert [(s["rpc"], s["name"]) for s in res["solo"]] == [("Select", "random"), ("Select", "coreset"),
                                                            ("PriorLabels", "knn")]
-    assert set(res["rss"]) == {"start", "before", "after", "drained", "peak", "idle_before", "idle_after"}
+    assert set(res["rss"]) == {"start", "before", "after", "drained", "peak", "idle_start", "idle_before", "idle_after"}
     assert all(v > 0 for v in res["rss"].values())
     # the growth goal compares the agent idle (its calls and its malloc trim done) before and after the load
-    assert res["idle"]["quiet_before"] and res["idle"]["quiet_after"], res["idle"]
+    assert res["idle"]["quiet_start"] and res["idle"]["quiet_before"] and res["idle"]["quiet_after"], res["idle"]
     assert res["idle"]["wait_before_s"] >= 3 and res["idle"]["wait_after_s"] >= 3
     assert "RSS growth < 10% (idle before -> idle after the load)" in {g["goal"] for g in res["goals"]}
     # every accepted sample is counted by the agent
@@ -65,14 +80,57 @@ def test_load_against_a_running_agent(tmp_path: Path) -> None:
     r = start(tmp_path / "data", tmp_path / "models")
     try:
         args = ["bench", "load", "--agent", r.address, "--pool", "30", "--clients", "2", "--seconds", "1",
-                "--warmup", "0", "--strategies", "random", "--solo", "none", "--out", str(tmp_path / "out")]
+                "--strategies", "random", "--solo", "none", "--out", str(tmp_path / "out")]
         result = CliRunner().invoke(app, args)
         assert result.exit_code == 0, result.output
         res = json.loads((tmp_path / "out" / "results.json").read_text())
         assert not res["agent"]["started_here"] and res["agent"]["samples_before"] == 30
         assert res["rss"]["before"] > 0  # found this process from its listening port
+        # no --warmup: one as long as the load, so the growth is measured once the working set is reached
+        assert res["config"]["warmup"] == res["warmup"]["seconds"] == 1 and res["warmup"]["requests"] > 0
+        # the agent is this process: the thread reading /proc is not taken for a busy one
+        assert res["idle"]["quiet_before"] and res["idle"]["quiet_after"], res["idle"]
     finally:
         r.stop()
+
+
+def test_idle_means_quiet_cpu_and_no_thread_kept_busy() -> None:
+    step = 0.25
+    n = int(QUIET_S / step) + 1  # readings spanning QUIET_S
+
+    def readings(cpu_per_s: float, busy: list[frozenset[int]]) -> list[tuple[float, float, frozenset[int]]]:
+        return [(i * step, i * step * cpu_per_s, busy[i]) for i in range(len(busy))]
+
+    none: list[frozenset[int]] = [frozenset()] * n
+    assert quiet(readings(0.0, none))
+    assert not quiet(readings(0.0, none[:-2]))  # not QUIET_S seconds of readings yet
+    assert not quiet(readings(0.5, none))  # half a core
+    # a call starved of CPU (a niced lane thread on a busy machine): little CPU, but its thread always runnable
+    assert not quiet(readings(0.01, [frozenset({42})] * n))
+    # a thread that wakes up now and then (a timer, a poller) is idle
+    assert quiet(readings(0.01, [frozenset({42}) if i % 4 == 0 else frozenset() for i in range(n)]))
+
+
+def test_busy_threads_sees_running_threads_not_waiting_ones() -> None:
+    stop = threading.Event()
+    waiting = threading.Thread(target=stop.wait)
+    waiting.start()
+    try:
+        time.sleep(0.05)
+        busy = busy_threads(os.getpid())
+        assert waiting.native_id is not None and waiting.native_id not in busy
+        assert threading.get_native_id() not in busy  # the calling thread, reading /proc, is left out
+    finally:
+        stop.set()
+        waiting.join()
+    assert busy_threads(2**22 + 1) == frozenset()  # no such process
+    spinning = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.2)
+        assert busy_threads(spinning.pid) == {spinning.pid}  # running, or runnable waiting for a CPU
+    finally:
+        spinning.kill()
+        spinning.wait()
 
 
 @pytest.mark.parametrize("address", ["10.1.2.3:50051", "8.8.8.8:1", "[2001:db8::1]:50051"])
