@@ -21,10 +21,18 @@ What the two settings leave: blocks under 1 MiB (Python objects over 512 bytes, 
 buffers, ...) still come from the two arenas, and when a burst of calls frees them, the free space stays
 with the process wherever a live block sits above it in its arena (glibc's own trimming only gives back
 free space at an arena's top). ``IdleTrim`` hands those free pages back (``malloc_trim(3)``: it
-``madvise``s away every whole free page of every arena) once the agent has had no new call for
+``madvise``s away every whole free page of every arena) once no call of the agent has started or ended for
 ``IDLE_S`` (how much that gives back, and what else stays live after a load: docs/reliability.md,
 Load). Trimming while calls run would stall their allocations behind the arena locks it holds while it
 walks each arena, for pages the next call takes again, so it waits for a pause.
+
+What neither gives back, by design, is the working set a served agent reaches in its first minute of load
+and then keeps (docs/reliability.md, "What a fresh agent's first load fills", has its parts measured):
+OpenBLAS's buffers (outside malloc: numpy's and scipy's copies of OpenBLAS each keep one buffer per thread
+that called BLAS at the same time as another, for the life of the process, bounded by the agent's threads),
+the thread pools grown to their peak size (they never shrink), the live blocks of the second arena, and
+the pages of shared libraries first touched by the heavy calls. None of it grows with further load; the
+pool's own rows (the index and its graph, which grow with every sample ingested) are data, not this.
 """
 
 from __future__ import annotations
@@ -45,7 +53,7 @@ M_MMAP_THRESHOLD = -3  # glibc malloc.h
 M_ARENA_MAX = -8
 ARENA_MAX = 2
 MMAP_THRESHOLD = 1 << 20
-IDLE_S = 2.0  # seconds without a new call before the free pages are handed back (IdleTrim)
+IDLE_S = 2.0  # seconds without a call starting or ending before the free pages are handed back (IdleTrim)
 
 
 @functools.cache  # find_library runs `ldconfig -p` in a child process: once, not at every trim
@@ -91,21 +99,21 @@ def malloc_trim() -> bool:
 
 class IdleTrim:
     """Calls ``malloc_trim`` once after each burst of calls: when ``IDLE_S`` seconds have passed without
-    a new call (``touch``) and at least one call came since the last trim. A daemon thread checks every
+    a call starting or ending (``touch``) and at least one did since the last trim. A daemon thread checks every
     ``idle_s / 4`` seconds; ``close`` stops it. ``trims`` counts the trims done (for tests and logs)."""
 
     def __init__(self, idle_s: float = IDLE_S, trim: Callable[[], bool] = malloc_trim) -> None:
         self.idle_s = idle_s
         self.trims = 0
         self._trim = trim
-        self._last = time.monotonic()  # when the last call started
-        self._pending = False  # a call started since the last trim
+        self._last = time.monotonic()  # when a call last started or ended
+        self._pending = False  # a call started or ended since the last trim
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="malloc-trim", daemon=True)
         self._thread.start()
 
     def touch(self) -> None:
-        """A call started (cheap: two stores, no lock; called on every RPC)."""
+        """A call started or ended (cheap: two stores, no lock; called twice per RPC)."""
         self._last = time.monotonic()
         self._pending = True
 

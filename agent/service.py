@@ -198,8 +198,10 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
 
 
 class CallStarts(grpc.ServerInterceptor):
-    """Tells ``IdleTrim`` (agent/memory.py) when each call to the agent's service starts, so that the
-    malloc arenas' free pages are handed back once a burst of calls is over (health checks do not count)."""
+    """Tells ``IdleTrim`` (agent/memory.py) when each call to the agent's service starts and when it ends,
+    so that the malloc arenas' free pages are handed back once a burst of calls is over (health checks do not
+    count). The end counts too: a call that outlasts ``IDLE_S`` after the last start (a heavy Select, a
+    PriorLabels) frees its blocks after the trim that the pause brought, and they are handed back after it."""
 
     def __init__(self, trim: IdleTrim) -> None:
         self.trim = trim
@@ -207,9 +209,58 @@ class CallStarts(grpc.ServerInterceptor):
 
     def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
                           handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
-        if (getattr(handler_call_details, "method", "") or "").startswith(self.prefix):
-            self.trim.touch()
-        return continuation(handler_call_details)
+        if not (getattr(handler_call_details, "method", "") or "").startswith(self.prefix):
+            return continuation(handler_call_details)
+        self.trim.touch()
+        handler = continuation(handler_call_details)
+        return None if handler is None else _touch_when_done(handler, self.trim.touch)
+
+
+def _touch_when_done(handler: grpc.RpcMethodHandler, touch: Callable[[], None]) -> grpc.RpcMethodHandler:
+    """``handler`` calling ``touch`` when its behaviour returns or raises (a response stream: when it ends or
+    is closed)."""
+    des, ser = handler.request_deserializer, handler.response_serializer
+    if handler.unary_unary is not None:
+        fn_uu = handler.unary_unary
+
+        def unary_unary(request: Any, context: grpc.ServicerContext) -> Any:
+            try:
+                return fn_uu(request, context)
+            finally:
+                touch()
+
+        return grpc.unary_unary_rpc_method_handler(unary_unary, des, ser)
+    if handler.unary_stream is not None:
+        fn_us = handler.unary_stream
+
+        def unary_stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            try:
+                yield from fn_us(request, context)
+            finally:
+                touch()
+
+        return grpc.unary_stream_rpc_method_handler(unary_stream, des, ser)
+    if handler.stream_unary is not None:
+        fn_su = handler.stream_unary
+
+        def stream_unary(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
+            try:
+                return fn_su(requests, context)
+            finally:
+                touch()
+
+        return grpc.stream_unary_rpc_method_handler(stream_unary, des, ser)
+    fn_ss = handler.stream_stream
+    if fn_ss is None:
+        return handler
+
+    def stream_stream(requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
+        try:
+            yield from fn_ss(requests, context)
+        finally:
+            touch()
+
+    return grpc.stream_stream_rpc_method_handler(stream_stream, des, ser)
 
 
 def create_server(config: AgentConfig, interceptors: Sequence[grpc.ServerInterceptor] = (),

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -106,6 +107,52 @@ def test_idle_trim_waits_for_a_pause_and_trims_once_per_burst() -> None:
         assert len(calls) == 1 and calls[0] - end >= 0.45  # once, after the pause
         time.sleep(0.8)
         assert len(calls) == 1 and trim.trims == 1  # no new call: no second trim
+    finally:
+        trim.close()
+
+
+def test_a_call_that_outlasts_the_pause_is_trimmed_after_too() -> None:
+    """The blocks a long call frees after the pause's trim are handed back once it ends (CallStarts touches
+    IdleTrim when a call ends as well as when it starts), also for a response stream."""
+    import types
+
+    import grpc
+
+    calls: list[float] = []
+
+    def fake_trim() -> bool:
+        calls.append(time.monotonic())
+        return True
+
+    def slow(request: object, context: object) -> str:
+        time.sleep(0.8)
+        return "done"
+
+    def slow_stream(request: object, context: object) -> Iterator[str]:
+        time.sleep(0.8)
+        yield "done"
+
+    trim = IdleTrim(idle_s=0.3, trim=fake_trim)
+    try:
+        starts = service.CallStarts(trim)
+        details = types.SimpleNamespace(method=f"/{service.SERVICE_NAME}/GetStatus")
+        handler = starts.intercept_service(lambda d: grpc.unary_unary_rpc_method_handler(slow), details)
+        assert handler is not None and handler.unary_unary is not None
+        assert handler.unary_unary(None, None) == "done"
+        assert len(calls) == 1  # the pause 0.3 s into the call
+        time.sleep(0.6)
+        assert len(calls) == 2  # and once more after it ended
+        handler = starts.intercept_service(lambda d: grpc.unary_stream_rpc_method_handler(slow_stream), details)
+        assert handler is not None and handler.unary_stream is not None
+        assert list(handler.unary_stream(None, None)) == ["done"]
+        time.sleep(0.6)
+        assert len(calls) == 4
+        health = types.SimpleNamespace(method="/grpc.health.v1.Health/Check")  # not the agent's: not counted
+        handler = starts.intercept_service(lambda d: grpc.unary_unary_rpc_method_handler(slow), health)
+        assert handler is not None and handler.unary_unary is not None
+        handler.unary_unary(None, None)
+        time.sleep(0.6)
+        assert len(calls) == 4
     finally:
         trim.close()
 
