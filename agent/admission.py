@@ -48,8 +48,9 @@ waiting to end DEADLINE_EXCEEDED. Work that is not CPU-bound in its own thread (
 other threads) keeps the wall-time estimates.
 
 Size-aware estimates: a call may say how much work it is (``size``: a number its CPU cost grows in
-proportion to, at most; Select gives the pool's rows times the k-means clusters for the strategies whose k
-is labelled + budget, agent/params.py ``StrategyEntry.work_size``). A kind's estimate is scaled up by the
+proportion to, at most; Select gives the pool's rows times the k-means clusters and fits of the strategies
+that declare them, from the request's params and labelled set as the strategy's function computes them:
+agent/params.py ``StrategyEntry.work_size``). A kind's estimate is scaled up by the
 call's size over the size of the kind's last measured run (never down): on a fresh agent the strategies
 are first timed at a few dozen labels, a load's SubmitLabels then take k-means' k to its cap of 500
 within seconds, and typiclust and as3l admitted at their first (quiet, small-k) cost ran 3-6x longer in

@@ -176,6 +176,23 @@ def _summary(doc: str | None) -> str:
 
 
 @dataclass(frozen=True)
+class KMeansWork:
+    """The k-means fits a strategy's call makes, for its work size (``StrategyEntry.work_size``): ``k``, the
+    clusters, exactly as the strategy's function computes them from the request's params, the labelled count
+    and the (capped) budget (before k-means clips k to the pool's rows); ``fits``, how many k-means fits the
+    call makes relative to the strategy's default params (as3l with ``runs=3``: 0.5), the params a declared
+    ``cpu_per_unit`` was measured at."""
+
+    k: int
+    fits: float = 1.0
+
+
+# A strategy's k-means for a call: (the request's params, already checked; labelled rows; capped budget) ->
+# its KMeansWork. Declared beside the strategy and used by its function too, so the two cannot disagree.
+KMeansPlan = Callable[[Mapping[str, str], int, int], KMeansWork]
+
+
+@dataclass(frozen=True)
 class StrategyEntry(_Entry):
     """A registered strategy: call it like the function; the request's params are checked first and the
     budget is capped by the candidate count (so a huge budget costs nothing). A call whose (capped) budget
@@ -186,29 +203,37 @@ class StrategyEntry(_Entry):
 
     fn: Strategy
     light_budget: int = 0
-    # > 0: the strategy fits k-means with k = min(labelled + budget, kmeans_clusters) clusters, and its cost
-    # grows with that k (see work_size).
-    kmeans_clusters: int = 0
-    # > 0: a conservative prior of the strategy's CPU seconds per unit of work_size on one core (see
-    # prior_cpu_s); 0: none declared.
+    # The strategy's cost grows with the k-means it fits: its k and number of fits for a call's params,
+    # labelled count and budget (see work_size); None: no k-means whose size the params or labels set.
+    kmeans: KMeansPlan | None = None
+    # > 0: a conservative prior of the strategy's CPU seconds per unit of work_size on one core, at its
+    # default params (see prior_cpu_s); 0: none declared.
     cpu_per_unit: float = 0.0
 
     def is_light(self, budget: int) -> bool:
         return budget <= self.light_budget
 
-    def work_size(self, rows: int, labelled: int, budget: int) -> float:
+    def work_size(self, rows: int, labelled: int, budget: int, params: Mapping[str, str]) -> float:
         """What a call's CPU cost grows in proportion to (at most), for admission's estimates
-        (agent/admission.py, ``size``): the pool's rows, times the k-means clusters for a strategy whose k
-        follows the labelled set (typiclust's CPU seconds rose 6x within seconds of a load's start, its labels
-        taking k from 60 towards 500: docs/reliability.md, Load)."""
-        k = min(labelled + budget, self.kmeans_clusters) if self.kmeans_clusters > 0 else 1
-        return float(max(1, rows) * max(1, k))
+        (agent/admission.py, ``size``): the pool's rows, times, for a strategy that declares its ``kmeans``,
+        the k-means clusters the call fits (k from the params when they set it, else following the labelled
+        set: typiclust's CPU seconds rose 6x within seconds of a load's start, its labels taking k from 60
+        towards 500, docs/reliability.md, Load; clipped to the rows, as k-means does) and the number of fits
+        relative to the default params (as3l's ``runs``). ``params``: the request's, checked already
+        (``check``); ``budget``: capped by the candidates, as the function gets it."""
+        if self.kmeans is None:
+            return float(max(1, rows))
+        plan = self.kmeans(params, labelled, budget)
+        k = max(1, min(plan.k, rows))
+        return float(max(1, rows) * k * max(plan.fits, 0.0))
 
-    def prior_cpu_s(self, rows: int, labelled: int, budget: int) -> float | None:
+    def prior_cpu_s(self, rows: int, labelled: int, budget: int, params: Mapping[str, str]) -> float | None:
         """CPU seconds (one core) a call is expected to take at most before admission has measured any call
         of this strategy: ``cpu_per_unit`` x ``work_size`` (agent/admission.py, ``prior_cpu_s``, "Size-aware
         estimates"); None when the strategy declares no cost (then the lane's mean stands in, as before)."""
-        return self.cpu_per_unit * self.work_size(rows, labelled, budget) if self.cpu_per_unit > 0 else None
+        if self.cpu_per_unit <= 0:
+            return None
+        return self.cpu_per_unit * self.work_size(rows, labelled, budget, params)
 
     def __call__(self, pool: Pool, budget: int, rng: np.random.Generator, params: Mapping[str, str]) -> Selection:
         self.check(params)
@@ -239,16 +264,16 @@ class PriorEntry(_Entry):
 ALWAYS_LIGHT = 2**63 - 1
 
 
-def strategy(name: str, *declared: Param, light_budget: int = 0, kmeans_clusters: int = 0,
+def strategy(name: str, *declared: Param, light_budget: int = 0, kmeans: KMeansPlan | None = None,
              cpu_per_unit: float = 0.0) -> Callable[[Strategy], StrategyEntry]:
-    """Declare a strategy's name, params, light budget, k-means cap and prior CPU seconds per unit of work
+    """Declare a strategy's name, params, light budget, k-means plan and prior CPU seconds per unit of work
     size (see StrategyEntry); the entry's ``__doc__`` is the function's plus the params."""
     if not (math.isfinite(cpu_per_unit) and cpu_per_unit >= 0):
         raise ValueError(f"strategy {name}: cpu_per_unit must be a finite number >= 0")
 
     def wrap(fn: Strategy) -> StrategyEntry:
         entry = StrategyEntry(name=name, params=tuple(declared), summary=_summary(fn.__doc__), fn=fn,
-                              light_budget=light_budget, kmeans_clusters=kmeans_clusters,
+                              light_budget=light_budget, kmeans=kmeans,
                               cpu_per_unit=cpu_per_unit)
         object.__setattr__(entry, "__doc__", (fn.__doc__ or "") + params_doc(declared))
         return entry

@@ -3,7 +3,8 @@
 Adding a strategy = writing one function, declaring its name and params with ``@strategy(name, Param...)``
 (agent/params.py: each param's default and valid range, checked before the function runs) and adding
 one line to ``STRATEGIES``. Loops that can run long call ``agent.cancel.checkpoint()``. A strategy whose
-cost grows with a k-means k says so in the same decorator (``kmeans_clusters``), and may declare a prior of
+cost grows with the k-means it fits says so in the same decorator (``kmeans``: the k and fits a call's params,
+labelled count and budget give, the function using the same), and may declare a prior of
 its CPU seconds per unit of work size (``cpu_per_unit``), which admission expects of its first call before
 it has measured one (agent/params.py StrategyEntry, agent/admission.py "Size-aware estimates").
 """

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from agent.cancel import checkpoint
-from agent.params import Param, strategy
+from agent.params import KMeansWork, Param, strategy
 from agent.pool import Pool, Selection
 from agent.strategies._common import CHUNK, KMEANS_CPU_PER_UNIT, MAX_CLUSTERS, assign, fit_kmeans, pick_from_clusters
 
@@ -35,6 +35,13 @@ AS3L_PARAMS = (
           default_doc=f"labelled + budget, at most {MAX_CLUSTERS}"),
     Param("ridge", "float", 1e-3, "ridge of Eq. 1's least squares, relative to tr(X^T X) / D", 0.0, 1e6, lo_open=True),
 )
+
+
+def as3l_kmeans(params: Mapping[str, str], labelled: int, budget: int) -> KMeansWork:
+    """AS3L's k-means: k = the ``k`` param, else labelled + budget, at most MAX_CLUSTERS; 2C fits (C = the
+    ``runs`` param: C for Eq. 1's targets, C on the fine-tuned features), counted relative to the default C."""
+    p_runs, p_k, _ = AS3L_PARAMS
+    return KMeansWork(p_k.get_int(params, min(labelled + budget, MAX_CLUSTERS)), p_runs.get_int(params) / AS3L_RUNS)
 
 
 def cluster_targets(x: np.ndarray, k: int, runs: int, rng: np.random.Generator) -> np.ndarray:
@@ -87,7 +94,7 @@ def consensus_groups(assignments: np.ndarray) -> np.ndarray:
     return np.asarray(group, np.int64).ravel()
 
 
-@strategy("as3l", *AS3L_PARAMS, kmeans_clusters=MAX_CLUSTERS, cpu_per_unit=KMEANS_CPU_PER_UNIT)
+@strategy("as3l", *AS3L_PARAMS, kmeans=as3l_kmeans, cpu_per_unit=KMEANS_CPU_PER_UNIT)
 def as3l(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping[str, str]) -> Selection:
     """AS3L active labelling (Wen et al., Sec. 3.2): fine-tune the self-supervised features with one linear
     layer towards the centres of C k-means runs (Sec. 3.2.1, Eq. 1, solved in closed form by
@@ -106,14 +113,14 @@ def as3l(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping[str,
     Params: ``runs`` (C = 6), ``k`` (clusters; default labelled + budget, at most 500), ``ridge`` (1e-3).
     Score: core size as a share of its cluster (how stable the pick's neighbourhood is).
     """
-    p_runs, p_k, p_ridge = AS3L_PARAMS
+    p_runs, _, p_ridge = AS3L_PARAMS
     runs = p_runs.get_int(params)
     ridge = p_ridge.get_float(params)
     cand = pool.candidates
     take = min(budget, len(cand))
     if take == 0:
         return Selection(rows=cand[:0], scores=np.zeros(0))
-    k = p_k.get_int(params, min(len(pool.labeled) + budget, MAX_CLUSTERS))
+    k = as3l_kmeans(params, len(pool.labeled), budget).k
     x = pool.embeddings
     # Eq. 1 is fitted on a uniform sample (a DxD least-squares map is well determined by 10k rows);
     # the map is then applied to every row.

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from agent.cancel import checkpoint
-from agent.params import Param, strategy
+from agent.params import KMeansWork, Param, strategy
 from agent.pool import Pool, Selection
 from agent.strategies._common import (
     KMEANS_CPU_PER_UNIT,
@@ -36,7 +36,12 @@ KMEDOIDS_K = Param("k", "int", None, "k-means clusters", 1, MAX_CLUSTERS,
                    default_doc=f"labelled + budget, at most {MAX_CLUSTERS}")
 
 
-@strategy("kmedoids", KMEDOIDS_K, kmeans_clusters=MAX_CLUSTERS, cpu_per_unit=KMEANS_CPU_PER_UNIT)
+def kmedoids_kmeans(params: Mapping[str, str], labelled: int, budget: int) -> KMeansWork:
+    """kmedoids' k-means (one fit): k = the ``k`` param, else labelled + budget, at most MAX_CLUSTERS."""
+    return KMeansWork(KMEDOIDS_K.get_int(params, min(labelled + budget, MAX_CLUSTERS)))
+
+
+@strategy("kmedoids", KMEDOIDS_K, kmeans=kmedoids_kmeans, cpu_per_unit=KMEANS_CPU_PER_UNIT)
 def kmedoids(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping[str, str]) -> Selection:
     """k-medoids selection, the representative baseline of AS3L's experiments (Wen et al., Tables 4/5): k-means
     with k = budget (+ the labelled count), then the medoid of each cluster, largest uncovered cluster
@@ -48,7 +53,7 @@ def kmedoids(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping[
     Score: the cluster's share of the pool (0..1).
     """
     take = min(budget, len(pool.candidates))
-    k = KMEDOIDS_K.get_int(params, min(len(pool.labeled) + budget, MAX_CLUSTERS))
+    k = kmedoids_kmeans(params, len(pool.labeled), budget).k
     if take == 0:
         return Selection(rows=pool.candidates[:0], scores=np.zeros(0))
     centres = fit_kmeans(pool.embeddings, k, rng)
@@ -125,7 +130,12 @@ def index_typicality(pool: Pool, rows: np.ndarray, k: int) -> np.ndarray:
     return 1.0 / (keep.mean(axis=1) + 1e-12)
 
 
-@strategy("typiclust", *TYPICLUST_PARAMS, kmeans_clusters=MAX_CLUSTERS, cpu_per_unit=KMEANS_CPU_PER_UNIT)
+def typiclust_kmeans(params: Mapping[str, str], labelled: int, budget: int) -> KMeansWork:
+    """typiclust's k-means (one fit): k = labelled + budget, at most the ``max_clusters`` param."""
+    return KMeansWork(min(labelled + budget, TYPICLUST_PARAMS[1].get_int(params)))
+
+
+@strategy("typiclust", *TYPICLUST_PARAMS, kmeans=typiclust_kmeans, cpu_per_unit=KMEANS_CPU_PER_UNIT)
 def typiclust(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping[str, str]) -> Selection:
     """TypiClust (Hacohen, Dekel & Weinshall, "Active Learning on a Budget: Opposite Strategies Suit High
     and Low Budgets", ICML 2022, PMLR 162:8175-8195).
@@ -144,16 +154,15 @@ def typiclust(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping
     Params: ``knn`` (20), ``max_clusters`` (500), ``min_cluster_size`` (5), ``neighbours`` (index).
     Score: typicality.
     """
-    p_knn, p_max, p_min, p_neighbours = TYPICLUST_PARAMS
+    p_knn, _, p_min, p_neighbours = TYPICLUST_PARAMS
     knn = p_knn.get_int(params)
-    max_clusters = p_max.get_int(params)
     min_size = p_min.get_int(params)
     neighbours = p_neighbours.get_choice(params)
     take = min(budget, len(pool.candidates))
     if take == 0:
         return Selection(rows=pool.candidates[:0], scores=np.zeros(0))
     emb = pool.embeddings
-    centres = fit_kmeans(emb, min(len(pool.labeled) + budget, max_clusters), rng)
+    centres = fit_kmeans(emb, typiclust_kmeans(params, len(pool.labeled), budget).k, rng)
     labels_all, _ = assign(emb, centres)
     k = len(centres)
     sizes, labelled, has = candidate_clusters(pool, labels_all, k)

@@ -31,7 +31,7 @@ def main(rows: int, dim: int) -> None:
                 c0 = time.thread_time()
                 fn(pool, 10, np.random.default_rng(1), {})
                 used = time.thread_time() - c0
-                size = fn.work_size(len(x), labelled, 10)
+                size = fn.work_size(len(x), labelled, 10, {})
                 print(f"{name} rows={len(x)} dim={dim} k={min(labelled + 10, 500)} cpu={used:.2f} s "
                       f"per_unit={used / size:.2e}", flush=True)
 

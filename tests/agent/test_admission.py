@@ -98,13 +98,79 @@ def test_priors_of_kinds_not_measured_yet_follow_how_much_slower_than_declared_t
 def test_the_kmeans_strategies_declare_a_prior_that_grows_with_their_work_size() -> None:
     for name in ("typiclust", "kmedoids", "as3l"):
         entry = STRATEGIES[name]
-        small, large = entry.prior_cpu_s(50_000, 50, 10), entry.prior_cpu_s(50_000, 4_000, 10)
+        small, large = entry.prior_cpu_s(50_000, 50, 10, {}), entry.prior_cpu_s(50_000, 4_000, 10, {})
         assert small is not None and large is not None and large == pytest.approx(small * 500 / 60)
-        assert large == pytest.approx(entry.cpu_per_unit * entry.work_size(50_000, 4_000, 10))
+        assert large == pytest.approx(entry.cpu_per_unit * entry.work_size(50_000, 4_000, 10, {}))
         # Alone on an idle machine the first call on a 50,000-row pool at k = 500 is admitted within the
         # load's 30 s deadline (twice its prior fits), so the prior never starves it.
         assert 2 * large < 30
-    assert STRATEGIES["margin"].prior_cpu_s(50_000, 50, 10) is None  # none declared: the lane's mean
+    assert STRATEGIES["margin"].prior_cpu_s(50_000, 50, 10, {}) is None  # none declared: the lane's mean
+
+
+def test_an_explicit_k_or_runs_sets_the_work_size_and_prior_proportionally() -> None:
+    rows, labelled, budget = 50_000, 5, 10  # k = labelled + budget = 15 when the params do not set it
+    for name in ("kmedoids", "as3l"):
+        entry = STRATEGIES[name]
+        default = entry.prior_cpu_s(rows, labelled, budget, {})
+        large = entry.prior_cpu_s(rows, labelled, budget, {"k": "450"})
+        assert entry.work_size(rows, labelled, budget, {"k": "450"}) == rows * 450
+        assert default is not None and large == pytest.approx(default * 450 / 15)
+        assert entry.work_size(rows, labelled, budget, {"k": ""}) == rows * 15  # an empty value: the default
+        assert entry.work_size(100, labelled, budget, {"k": "450"}) == 100 * 100  # k-means clips k to the rows
+    # typiclust's max_clusters caps its k below the labelled set's.
+    typiclust = STRATEGIES["typiclust"]
+    assert typiclust.work_size(rows, 4_000, budget, {"max_clusters": "20"}) == rows * 20
+    assert typiclust.work_size(rows, labelled, budget, {"max_clusters": "400"}) == rows * 15
+    # as3l fits 2C k-means: its size counts them relative to the default C = 6 its prior was measured at.
+    as3l = STRATEGIES["as3l"]
+    assert as3l.work_size(rows, labelled, budget, {"runs": "6"}) == as3l.work_size(rows, labelled, budget, {})
+    assert as3l.work_size(rows, labelled, budget, {"runs": "3", "k": "450"}) == pytest.approx(rows * 450 * 0.5)
+    assert as3l.prior_cpu_s(rows, labelled, budget, {"runs": "10", "k": "450"}) == pytest.approx(
+        KMEANS_CPU_PER_UNIT * rows * 450 * 10 / 6)
+    # ... so admission expects the larger call at proportionally more: refused on a quarter of a core where
+    # the default call (0.38 CPU s: 1.5 s, 4.5 s with the margin) runs.
+    adm = lane_with_share(0.25)
+    big = as3l.prior_cpu_s(rows, labelled, budget, {"runs": "10", "k": "450"})
+    small = as3l.prior_cpu_s(rows, labelled, budget, {})
+    assert big is not None and small is not None
+    assert adm.estimate("Select 'as3l'", rows * 450 * 10 / 6, big) == pytest.approx(big / 0.25)
+    with pytest.raises(Busy), adm.slot(CancelToken.within(30.0), kind="Select 'as3l'",
+                                       size=as3l.work_size(rows, labelled, budget, {"runs": "10", "k": "450"}),
+                                       prior_cpu_s=big):
+        pass
+    with adm.slot(CancelToken.within(30.0), kind="Select 'as3l'", size=as3l.work_size(rows, labelled, budget, {}),
+                  prior_cpu_s=small):
+        pass
+
+
+@pytest.mark.parametrize("name,params,runs", [("kmedoids", {"k": "37"}, 1), ("kmedoids", {}, 1),
+                                              ("typiclust", {"max_clusters": "7"}, 1), ("typiclust", {}, 1),
+                                              ("as3l", {"k": "37", "runs": "2"}, 2), ("as3l", {}, 6)])
+def test_a_strategys_kmeans_plan_is_the_k_its_function_fits(name: str, params: dict[str, str], runs: int,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+
+    import numpy as np
+
+    from tests.agent.strategies.pools import blobs, make_pool
+
+    ks: list[int] = []  # the k of every k-means fit the strategy makes
+    for module in map(importlib.import_module, ("agent.strategies.clustering", "agent.strategies.as3l")):
+        real = module.fit_kmeans
+
+        def record(x, k, *a, _real=real, **kw):  # type: ignore[no-untyped-def]
+            ks.append(k)
+            return _real(x, k, *a, **kw)
+        monkeypatch.setattr(module, "fit_kmeans", record)
+    x, y = blobs(clusters=6, per_cluster=20, dim=8)
+    pool = make_pool(x, y, labeled=np.arange(0, 120, 10))  # 12 labelled: k = 12 + budget by default
+    entry = STRATEGIES[name]
+    entry(pool, 5, np.random.default_rng(0), params)
+    plan = entry.kmeans
+    assert plan is not None
+    work = plan(params, len(pool.labeled), 5)
+    assert ks == [work.k] * (2 * runs if name == "as3l" else 1)
+    assert work.fits == pytest.approx(runs / 6 if name == "as3l" else 1.0)
 
 
 def test_the_agents_select_passes_its_size_and_prior_to_admission(tmp_path: Path, registry: Path) -> None:
@@ -121,9 +187,13 @@ def test_the_agents_select_passes_its_size_and_prior_to_admission(tmp_path: Path
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(r.agent.work, "run", run)
             r.stub.Select(agent_pb2.SelectRequest(budget=250, strategy="typiclust"), timeout=60)
+            # kmedoids at budget 2 (k = 6 + 2 = 8 by default) with an explicit k = 24: three times the size.
+            r.stub.Select(agent_pb2.SelectRequest(budget=2, strategy="kmedoids", params={"k": "24"}), timeout=60)
         typiclust = STRATEGIES["typiclust"]
         # 30 rows, 6 labelled, the budget capped at the 24 candidates: k = 30.
-        assert seen == [(typiclust.work_size(30, 6, 24), typiclust.prior_cpu_s(30, 6, 24))]
+        assert seen[0] == (typiclust.work_size(30, 6, 24, {}), typiclust.prior_cpu_s(30, 6, 24, {}))
         assert seen[0][1] == pytest.approx(KMEANS_CPU_PER_UNIT * 30 * 30)
+        assert seen[1][0] == 30 * 24 == 3 * STRATEGIES["kmedoids"].work_size(30, 6, 2, {})
+        assert seen[1][1] == pytest.approx(KMEANS_CPU_PER_UNIT * 30 * 24)
     finally:
         r.stop()

@@ -696,7 +696,8 @@ def test_a_kinds_estimate_grows_with_the_work_size_it_was_measured_at() -> None:
 
 def test_a_strategys_work_size_follows_its_kmeans_clusters() -> None:
     typiclust, margin = STRATEGIES["typiclust"], STRATEGIES["margin"]
-    assert typiclust.work_size(50_000, 50, 10) == 50_000 * 60
-    assert typiclust.work_size(50_000, 4_000, 10) == 50_000 * 500  # k capped at 500
-    assert STRATEGIES["as3l"].kmeans_clusters == STRATEGIES["kmedoids"].kmeans_clusters == 500
-    assert margin.work_size(50_000, 4_000, 10) == 50_000  # rows only
+    assert typiclust.work_size(50_000, 50, 10, {}) == 50_000 * 60
+    assert typiclust.work_size(50_000, 4_000, 10, {}) == 50_000 * 500  # k capped at 500
+    for name in ("as3l", "kmedoids"):
+        assert STRATEGIES[name].work_size(50_000, 4_000, 10, {}) == 50_000 * 500
+    assert margin.work_size(50_000, 4_000, 10, {}) == 50_000  # rows only
