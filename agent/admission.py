@@ -30,7 +30,9 @@ queue for calls that can finish. A call that finds a slot free is refused the sa
 recent runs took longer than its remaining deadline (as3l on a saturated machine); once that estimate is
 older than ``PROBE_AFTER_S`` one call is let through to measure it again (a lane with threads of its own
 samples the CPU share instead: ``SAMPLE_S``). An admitted call's own
-deadline still stops its work (DEADLINE_EXCEEDED).
+deadline still stops its work (DEADLINE_EXCEEDED). Every refusal is logged at DEBUG (the lane, the kind, the
+rule, its expected wait and run, the deadline left, the CPU share assumed; never the request's ids, params
+or token), and at INFO a kind's refusals are summed up at most once per ``REFUSAL_LOG_S``.
 
 Concurrency-aware estimates: times measured alone (or on a quieter machine) say little about a call
 admitted while the cores are saturated, so each kind also keeps its mean CPU seconds (the CPU clock of
@@ -220,6 +222,9 @@ class Admission:
     # lane: one more call would split it (n running at share s -> n + 1 at s * n / (n + 1)), so it is
     # admitted only when it, and every running call, is still expected to finish within its deadline.
     CONTENDED = 0.9
+    # Each refusal is logged at DEBUG; at INFO, a kind's refusals are summed up at most once per this many
+    # seconds (the first at once), so a saturated agent refusing a load's calls does not flood its log.
+    REFUSAL_LOG_S = 60.0
 
     def __init__(self, max_concurrent: int, max_queued: int, lane: str = "heavy",
                  initial_estimate_s: float = 1.0, threads: LaneThreads | None = None,
@@ -249,6 +254,8 @@ class Admission:
         self._share_at = -math.inf  # ... and when it was last updated
         self._sampled, self._sampled_at = 1.0, -math.inf  # the last sampled share (SAMPLE_S) and when
         self._sampling = False
+        # kind -> (refusals not yet in an INFO summary, when its last summary was logged: time.monotonic())
+        self._refusal_log: dict[str, tuple[int, float]] = {}
         self._pool = None if threads is None else ThreadPoolExecutor(
             max_workers=max_concurrent, thread_name_prefix=f"{lane}-work", initializer=self._lower_priority)
 
@@ -434,6 +441,30 @@ class Admission:
     def _calls(self) -> str:
         return self.LANES.get(self.lane, self.LANES["heavy"])[0]
 
+    def _log_refusal(self, kind: str, why: str, wait: float | None, own: float | None, remaining: float | None,
+                     share: float | None) -> None:
+        """Log a Busy refusal of a call of ``kind`` (lock held): a DEBUG line each, and an INFO summary per kind
+        at most once per REFUSAL_LOG_S (the refusals since the last one). ``why``: which rule refused it;
+        ``wait``, ``own``: its expected wait for a turn and run (seconds; None: not estimated); ``remaining``:
+        seconds left of its deadline (None: none); ``share``: the CPU share its estimate assumed. Only the kind
+        (a strategy or method name, never the request's ids, params or token) and these figures are logged."""
+        def num(x: float | None, fmt: str = ".1f") -> str:
+            return "-" if x is None else format(x, fmt)
+
+        figures = (f"expected wait {num(wait)} s + run {num(own)} s, deadline {num(remaining)} s left, "
+                   f"CPU share {num(share, '.2f')}")
+        log.debug("%s: %s refused (%s): %s", self.lane, kind, why, figures)
+        now = time.monotonic()
+        count, last = self._refusal_log.get(kind, (0, -math.inf))
+        count += 1
+        if now - last < self.REFUSAL_LOG_S:
+            self._refusal_log[kind] = (count, last)
+            return
+        self._refusal_log[kind] = (0, now)
+        since = "" if last == -math.inf else f" in the last {now - last:.0f} s"
+        log.info("%s: refused %d %s call(s) with RESOURCE_EXHAUSTED%s; the last: %s (%s); %d running, %d queued",
+                 self.lane, count, kind, since, why, figures, len(self._running), len(self._waiting))
+
     def _waited_too_long(self, what: str, wait: float, queued: bool) -> Busy:
         """The refusal of a call that would wait (or has waited) longer than ``max_wait_s`` (lock held)."""
         self._refused += 1
@@ -499,6 +530,12 @@ class Admission:
             if full and len(self._waiting) >= self.max_queued:
                 self._refused += 1
                 hint = self._retry_after_ms()
+                if log.isEnabledFor(logging.INFO):
+                    now = time.monotonic()
+                    share = self._share_now(now)
+                    self._log_refusal(kind, "running and queued calls at the lane's limits",
+                                      self._expected_wait(now, share), self._own(kind, share, size, prior),
+                                      token.remaining(), share)
                 raise Busy(f"the agent is busy: {len(self._running)} {self.lane} requests ({self._calls()}) "
                            f"running and {len(self._waiting)} queued, the limits (max_concurrent="
                            f"{self.max_concurrent}, max_queued={self.max_queued}; `shortlist serve {self._flags()}`)"
@@ -509,7 +546,12 @@ class Admission:
             # only when it would not slow them past their deadlines (whether or not it has one itself).
             more = self._share_with_one_more(live, now) if live else None
             if more is not None:
-                self._check_others(what, live, more, now)
+                try:
+                    self._check_others(what, live, more, now)
+                except Busy:
+                    self._log_refusal(kind, "it would slow the running calls past their deadlines", 0.0,
+                                      self._own(kind, more, size, prior), token.remaining(), more)
+                    raise
             remaining = token.remaining()
             if remaining is not None:
                 share = self._share_now(now) if more is None else more
@@ -529,11 +571,16 @@ class Admission:
                 elif late and (full or fresh):
                     basis = "its declared cost at its size" if prior is not None and kind not in self._kind_at \
                         else "its recent runs"
+                    self._log_refusal(kind, f"it would not finish within its deadline ({basis})", wait, own,
+                                      remaining, share)
                     raise self._too_late(what, wait, own, remaining, basis)
             if full and self.max_wait_s is not None:
                 now = time.monotonic()
-                wait = self._expected_wait(now, self._share_now(now))
+                share = self._share_now(now)
+                wait = self._expected_wait(now, share)
                 if wait > self.max_wait_s:
+                    self._log_refusal(kind, "its wait would pass the lane's queue wait limit", wait,
+                                      self._own(kind, share, size, prior), token.remaining(), share)
                     raise self._waited_too_long(what, wait, queued=False)
             self._waiting[token] = (kind, size, prior)
             queued_at = time.monotonic()
@@ -545,6 +592,8 @@ class Admission:
                     if self.max_wait_s is not None:
                         waited = time.monotonic() - queued_at
                         if waited >= self.max_wait_s:  # estimates were wrong: leave now, still promptly
+                            self._log_refusal(kind, "it waited in the queue for the lane's queue wait limit", waited,
+                                              None, token.remaining(), self._share_now(time.monotonic()))
                             raise self._waited_too_long(what, waited, queued=True)
                         timeout = max(0.001, min(timeout, self.max_wait_s - waited))
                     if rem is not None:
@@ -555,6 +604,8 @@ class Admission:
                         wait = self._expected_wait(now, share, before=token)
                         own = self._own(kind, share, size, prior)
                         if wait + own > rem:
+                            self._log_refusal(kind, "it could no longer finish within its deadline once queued",
+                                              wait, own, rem, share)
                             raise self._too_late(what, wait, own, rem)
                         timeout = max(0.001, min(timeout, rem - wait - own))
                     self._cond.wait(timeout)

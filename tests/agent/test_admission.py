@@ -5,6 +5,7 @@ CPU share and the work's CPU seconds are set or injected."""
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -93,6 +94,36 @@ def test_priors_of_kinds_not_measured_yet_follow_how_much_slower_than_declared_t
             pass
     assert adm._slower == 1.0
     assert adm.estimate("b", 10.0, prior_cpu_s=4.0) == pytest.approx(4.0)
+
+
+def test_a_refusal_is_logged_with_its_estimates_and_summed_up_once_a_minute(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="agent.admission")
+    adm = lane_with_share(0.2)
+    kind = "Select 'as3l'"
+    for _ in range(3):  # 37.5 s expected at a fifth of a core: refused for its 30 s deadline
+        with pytest.raises(Busy), adm.slot(CancelToken.within(30.0), "Select 'as3l' on the sample 'secret-id'",
+                                           kind=kind, size=2.5e7, prior_cpu_s=7.5):
+            pass
+    debug = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG and "refused" in r.getMessage()]
+    assert len(debug) == 3
+    assert (f"heavy: {kind} refused (it would not finish within its deadline (its declared cost at its size)): "
+            "expected wait 0.0 s + run 37.5 s, deadline 30.0 s left, CPU share 0.20") in debug[0]
+    # At INFO, the first refusal of a kind at once, then at most one summary a minute with the count since.
+    info = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert len(info) == 1 and f"refused 1 {kind} call(s) with RESOURCE_EXHAUSTED;" in info[0]
+    count, _ = adm._refusal_log[kind]
+    adm._refusal_log[kind] = (count, time.monotonic() - adm.REFUSAL_LOG_S - 1)  # a minute has passed
+    with pytest.raises(Busy), adm.slot(CancelToken.within(30.0), kind=kind, size=2.5e7, prior_cpu_s=7.5):
+        pass
+    info = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert len(info) == 2 and f"refused 3 {kind} call(s) with RESOURCE_EXHAUSTED in the last 61 s" in info[1]
+    # A full lane's refusal too; never the request's description (its ids) or its token.
+    full = Admission(max_concurrent=1, max_queued=0)
+    with full.slot(CancelToken(), kind="a"), pytest.raises(Busy), \
+            full.slot(CancelToken.within(5.0), "decoding 'secret-id'", kind="b"):
+        pass
+    assert "heavy: b refused (running and queued calls at the lane's limits)" in caplog.text
+    assert "secret-id" not in caplog.text and "CancelToken" not in caplog.text
 
 
 def test_the_kmeans_strategies_declare_a_prior_that_grows_with_their_work_size() -> None:
