@@ -16,9 +16,9 @@ their ECE is the measure the benchmarks report). Two corrections, in this order:
    rests on its prior: T is the MAP estimate under a log-normal prior centred on the method's default
    temperature with the weight of ``PRIOR_WEIGHT`` samples, which keeps few held-out samples from
    swinging it and lets many decide.
-   Which held-out samples speak for the pool: each held-out sample's log-likelihood is weighted toward
-   every class among them weighing the same (``class_balanced_weights``: label-shift importance weighting
-   toward the uniform class prior of step 2, flattened by ``BALANCE_POWER``). Unweighted, a class enters
+   Which held-out samples speak for the pool: each held-out sample's log-likelihood is weighted so that
+   every class among them weighs the same (``class_balanced_weights``: label-shift importance weighting
+   toward the uniform class prior of step 2). Unweighted, a class enters
    the fit once per label and only from its second label on, so the classes the strategy labelled most
    dominate it, and those are the classes the prior gets right most often (their seeds pull the vote);
    the held-out accuracy then overstates the pool's and T comes out too sharp (measured:
@@ -103,11 +103,6 @@ EPS = 1e-3
 # The temperature prior: log T ~ Normal(log T0, 1 / PRIOR_WEIGHT) ~ the evidence of PRIOR_WEIGHT samples.
 PRIOR_WEIGHT = 2.0
 T_RANGE = (0.02, 50.0)
-# The labelled set's cross-fit weighs each held-out sample by (1 / its class's held-out count)^this
-# (``class_balanced_weights``): 1 would weigh every class the same, 0 every sample. Half-way, because on
-# CIFAR-10 and digits 1 and 0.5 lowered the few-label ECE alike while 1 also raised knn's ECE from 40
-# labels on (docs/benchmarks.md, "Class-balanced cross-fit").
-BALANCE_POWER = 0.5
 # Classes without a label (step 2): the odds that a row belongs to one of them grow by e^slope per standard
 # deviation of its distance to the nearest labelled sample; the slope is fitted on the labelled set with a
 # Normal(0, NOVELTY_SLOPE_SD^2) prior (0: the distance says nothing, the even share of the earlier rule).
@@ -193,11 +188,10 @@ def audit_held_out(pool: Pool, method: PriorMethod, params: Mapping[str, str],
     return held if sum(len(h[1]) for h in held) >= AUDIT_MIN_LABELS else []
 
 
-def class_balanced_weights(labels: np.ndarray, power: float = 1.0) -> np.ndarray:
-    """Per held-out sample (R true classes), a label-shift importance weight toward equal class weights:
-    w_i proportional to (1 / h_c)^power for a sample of class c, h_c the held-out samples of class c,
-    scaled so the weights sum to R (R floats). ``power`` 1: every class among them weighs the same;
-    0: all ones.
+def class_balanced_weights(labels: np.ndarray) -> np.ndarray:
+    """Per held-out sample (R true classes), the label-shift importance weight that gives every class among
+    them the same total weight, scaled so the weights sum to R: w_i = R / (K h_c) for a sample of class c,
+    with h_c the held-out samples of class c and K the classes that have any (R floats).
 
     Why (module docstring, step 1): the held-out samples' class frequencies are the strategy's, not the
     pool's. A class gets a held-out sample per label, and only once it has two labels, so the classes the
@@ -205,31 +199,25 @@ def class_balanced_weights(labels: np.ndarray, power: float = 1.0) -> np.ndarray
     seeds pull the vote their way). Reweighting to the pool's class prior is the importance weighting of
     label shift, w = q(y) / p(y) (Lipton, Wang & Smola, "Detecting and Correcting for Label Shift with
     Black Box Predictors", ICML 2018, Sec. 2), with q the uniform class prior that step 2 assumes for
-    the pool (maximum entropy) and p the held-out frequencies. Those are counts of a few samples per
-    class at few labels, so the weights are noisy; a power below 1 is Shimodaira's flattened weighting
-    ("Improving predictive inference under covariate shift by weighting the log-likelihood function", Journal of
-    Statistical Planning and Inference 90(2), 2000, Sec. 4: w^lambda, lambda in [0, 1], trades the bias
-    of lambda = 0 against the variance of lambda = 1 at small samples). Summing to R keeps the evidence's
-    weight against the MAP prior that of R samples."""
+    the pool (maximum entropy) and p the held-out frequencies. Summing to R keeps the evidence's weight
+    against the MAP prior that of R samples."""
     labels = np.asarray(labels, np.int64)
     if len(labels) == 0:
         return np.zeros(0)
-    _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
-    w = counts[inverse].astype(np.float64) ** -power
-    return np.asarray(w * (len(labels) / w.sum()))
+    classes, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    return np.asarray(len(labels) / (len(classes) * counts[inverse]), np.float64)
 
 
 def fit_temperature(held: list[tuple[np.ndarray, np.ndarray, np.ndarray]], default: float,
                     balance: bool = False) -> float:
     """MAP temperature: held-out negative log-likelihood + PRIOR_WEIGHT / 2 (log T - log default)^2.
-    ``balance``: each sample's log-likelihood weighted by ``class_balanced_weights`` (power BALANCE_POWER)
-    over all of ``held`` (the labelled set's cross-fit; an audit sample is a uniform draw of the pool and
-    is not reweighted)."""
+    ``balance``: each sample's log-likelihood weighted by ``class_balanced_weights`` over all of ``held``
+    (the labelled set's cross-fit; an audit sample is a uniform draw of the pool and is not reweighted)."""
     if not held:
         return default
     u0 = np.log(default)
     all_labels = np.concatenate([labels for _, labels, _ in held])
-    weights = class_balanced_weights(all_labels, BALANCE_POWER) if balance else np.ones(len(all_labels))
+    weights = class_balanced_weights(all_labels) if balance else np.ones(len(all_labels))
     starts = np.cumsum([0] + [len(labels) for _, labels, _ in held])
 
     def loss(u: float) -> float:

@@ -339,17 +339,14 @@ def test_audit_fit_needs_enough_audit_labels() -> None:
     assert len(audited_pool(ok, drawn).audit) == 0
 
 
-def test_class_balanced_fit_matches_the_pools_accuracy_not_the_popular_class(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_class_balanced_fit_matches_the_pools_accuracy_not_the_popular_class() -> None:
     """Known answer: three covered classes, every held-out sample's raw top probability 0.9. The class
     the labelled set holds most of (120 held-out samples) is predicted right 90% of the time, the two
     others (30 each) 30%: the held-out accuracy is 0.7, the pool's (balanced classes) 0.5. With a constant
-    top probability the likelihood-optimal tempered top probability is the weighted accuracy: 0.5 with
-    every class weighted alike (power 1), 0.6 at the default power 0.5 (class weights 1 : 2 : 2), 0.7
-    unweighted. On a balanced synthetic pool with the same per-class rates the power-1 fit is calibrated
-    and the unweighted one over-confident. (180 samples, so the MAP prior's pull toward the default
-    temperature, the weight of 2 samples, is small.)"""
-    from agent.priors import calibration
+    top probability the likelihood-optimal tempered top probability is the (weighted) accuracy, so the
+    class-balanced fit lands near 0.5, the unweighted one near 0.7; on a balanced synthetic pool with the
+    same per-class rates the first is calibrated and the second over-confident. (180 samples, so the MAP
+    prior's pull toward the default temperature, the weight of 2 samples, is small.)"""
     from agent.priors.calibration import class_balanced_weights, fit_temperature, tempered
     from bench.metrics import expected_calibration_error
 
@@ -367,9 +364,7 @@ def test_class_balanced_fit_matches_the_pools_accuracy_not_the_popular_class(
     covered = np.ones(3, bool)
     probs, labels = rows({0: (108, 12), 1: (9, 21), 2: (9, 21)})
     np.testing.assert_allclose(class_balanced_weights(labels)[[0, 120, 150]], [0.5, 2.0, 2.0])
-    np.testing.assert_allclose(class_balanced_weights(labels, 0.0), 1.0)
-    for power in (1.0, 0.5, 0.0):
-        assert class_balanced_weights(labels, power).sum() == pytest.approx(len(labels))
+    assert class_balanced_weights(labels).sum() == pytest.approx(len(labels))
     held = [(probs, labels, covered)]
     pool_probs, pool_labels = rows({0: (900, 100), 1: (300, 700), 2: (300, 700)})  # balanced: accuracy 0.5
 
@@ -379,10 +374,7 @@ def test_class_balanced_fit_matches_the_pools_accuracy_not_the_popular_class(
                 expected_calibration_error(tempered(pool_probs, covered, t), pool_labels))
 
     top_plain, ece_plain = fit(False)
-    top_default, ece_default = fit(True)
-    monkeypatch.setattr(calibration, "BALANCE_POWER", 1.0)
     top_balanced, ece_balanced = fit(True)
     assert abs(top_plain - 0.7) < 0.04, top_plain
-    assert abs(top_default - 0.6) < 0.04, top_default
     assert abs(top_balanced - 0.5) < 0.04, top_balanced
-    assert ece_balanced < 0.04 < ece_default < 0.13 < 0.15 < ece_plain, (ece_balanced, ece_default, ece_plain)
+    assert ece_balanced < 0.04 < 0.15 < ece_plain, (ece_balanced, ece_plain)
