@@ -495,7 +495,8 @@ class Agent:
             token = token or cancel.CancelToken()
             lane = self.light_prior_work if fn.is_light(len(rows)) else self.work
             rng = state_rng(0, self.labelled_ids())
-            pri = lane.run(token, lambda: fn(pool, rows, rng, dict(params)), f"PriorLabels {method!r}")
+            size = fn.work_size(len(pool.embeddings), len(pool.labeled), pool.num_classes, len(rows), params)
+            pri = lane.run(token, lambda: fn(pool, rows, rng, dict(params)), f"PriorLabels {method!r}", size=size)
             cached = (np.asarray(pri.probs), np.asarray(pri.confidence))
             self.prior_cache.put(key, cached, weight=len(rows))
         return self._iter_priors(rows, seqs, cached[0], cached[1], pool.classes, serving.version)

@@ -240,16 +240,32 @@ class StrategyEntry(_Entry):
         return self.fn(pool, max(0, min(budget, len(pool.candidates))), rng, params)
 
 
+# A prior method's work size for a call: (the request's params, already checked; pool rows; labelled rows;
+# classes; requested rows) -> a number the call's CPU cost grows in proportion to, at most.
+PriorWork = Callable[[Mapping[str, str], int, int, int, int], float]
+
+
 @dataclass(frozen=True)
 class PriorEntry(_Entry):
     """A registered prior-label method: call it like the function; params are checked first. A call for
-    at most ``light_rows`` rows is light work (its own admission lane, as for StrategyEntry)."""
+    at most ``light_rows`` rows is light work (its own admission lane, as for StrategyEntry). ``work``: how
+    large a call is, for admission's estimates (``work_size``); None: not declared."""
 
     fn: PriorMethod
     light_rows: int = 0
+    work: PriorWork | None = None
 
     def is_light(self, budget: int) -> bool:
         return budget <= self.light_rows
+
+    def work_size(self, rows: int, labelled: int, classes: int, requested: int,
+                  params: Mapping[str, str]) -> float | None:
+        """What a call's CPU cost grows in proportion to (at most), for admission (agent/admission.py ``size``:
+        a kind's estimate is scaled up by a call's size over that of its last measured run): the method's
+        declared ``work`` for the pool's ``rows``, ``labelled`` rows and ``classes``, the ``requested`` rows
+        and the request's (checked) ``params``; None when the method declares none (its kind's estimate is
+        then not scaled)."""
+        return None if self.work is None else self.work(params, rows, labelled, classes, requested)
 
     @property
     def kind_name(self) -> str:
@@ -280,11 +296,13 @@ def strategy(name: str, *declared: Param, light_budget: int = 0, kmeans: KMeansP
     return wrap
 
 
-def prior_method(name: str, *declared: Param, light_rows: int = 0) -> Callable[[PriorMethod], PriorEntry]:
-    """Declare a prior method's name and params; the entry's ``__doc__`` is the function's plus the params."""
+def prior_method(name: str, *declared: Param, light_rows: int = 0,
+                 work: PriorWork | None = None) -> Callable[[PriorMethod], PriorEntry]:
+    """Declare a prior method's name, params, light rows and work size (see PriorEntry); the entry's
+    ``__doc__`` is the function's plus the params."""
     def wrap(fn: PriorMethod) -> PriorEntry:
         entry = PriorEntry(name=name, params=tuple(declared), summary=_summary(fn.__doc__), fn=fn,
-                           light_rows=light_rows)
+                           light_rows=light_rows, work=work)
         object.__setattr__(entry, "__doc__", (fn.__doc__ or "") + params_doc(declared))
         return entry
     return wrap

@@ -1,7 +1,9 @@
 """Prior-label methods: plain functions ``(pool, rows, rng, params) -> Priors`` in one registry.
 
 Adding a method = one function declared with ``@prior_method(name, Param...)`` (agent/params.py) and one
-line in ``PRIOR_METHODS``; loops that can run long call ``agent.cancel.checkpoint()``.
+line in ``PRIOR_METHODS``; loops that can run long call ``agent.cancel.checkpoint()``. A method whose cost
+grows with its params or the pool says how in the same decorator (``work``: its work size for a call, which
+admission scales a measured run's estimate by; agent/params.py PriorEntry.work_size).
 Every registered method is wrapped by ``calibrated`` (agent/priors/calibration.py): calibration is on by
 default and ``calibrate=false`` turns it off, for a new method too (the wrapper declares that param).
 """

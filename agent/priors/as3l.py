@@ -69,7 +69,20 @@ def constrained_seed_kmeans(x: np.ndarray, seed_rows: np.ndarray, seed_cluster: 
     return centres, assignment
 
 
-@prior_method("as3l", AS3L_RUNS_PARAM)
+def fit_rows_count(rows: int, labelled: int) -> int:
+    """Rows the constrained k-means are fitted on: every labelled row and up to KMEANS_FIT_ROWS others."""
+    return labelled + min(max(rows - labelled, 0), KMEANS_FIT_ROWS)
+
+
+def as3l_prior_work(params: Mapping[str, str], rows: int, labelled: int, classes: int, requested: int) -> float:
+    """What an as3l PriorLabels call's CPU cost grows in proportion to (at most): C constrained k-means with
+    K_c = c * classes clusters (c = 1..C, C the ``runs`` param), each over the fit rows (``fit_rows_count``)
+    and then assigning the ``requested`` rows: (fit rows + requested) x classes x C (C + 1) / 2."""
+    runs = AS3L_RUNS_PARAM.get_int(params)
+    return float(max(1, fit_rows_count(rows, labelled) + requested) * max(1, classes) * runs * (runs + 1) // 2)
+
+
+@prior_method("as3l", AS3L_RUNS_PARAM, work=as3l_prior_work)
 def as3l_prior(pool: Pool, rows: np.ndarray, rng: np.random.Generator, params: Mapping[str, str]) -> Priors:
     """AS3L prior pseudo-labels (Wen et al., Sec. 3.3; K and C from Sec. 4.1): constrained seed k-means run
     C times with K_c = c * (number of classes), c = 1..C; in each run every labelled sample seeds its own cluster
@@ -94,7 +107,7 @@ def as3l_prior(pool: Pool, rows: np.ndarray, rng: np.random.Generator, params: M
     n = len(pool.embeddings)
     num_classes = pool.num_classes
     unl = np.setdiff1d(np.arange(n), pool.labeled)
-    take = min(len(unl), KMEANS_FIT_ROWS)
+    take = min(len(unl), KMEANS_FIT_ROWS)  # (as fit_rows_count)
     fit_rows = np.concatenate([pool.labeled, np.sort(rng.choice(unl, take, replace=False))])
     x_fit = pool.embeddings[fit_rows]
     seed_rows = np.arange(len(pool.labeled))  # the labelled rows come first in fit_rows

@@ -14,6 +14,7 @@ import pytest
 from agent import admission, client
 from agent.admission import Admission, Busy
 from agent.cancel import CancelToken
+from agent.priors import PRIOR_METHODS
 from agent.strategies import STRATEGIES
 from agent.strategies._common import KMEANS_CPU_PER_UNIT
 from shortlist.v1 import agent_pb2
@@ -203,6 +204,26 @@ def test_a_strategys_kmeans_plan_is_the_k_its_function_fits(name: str, params: d
     assert work.fits == pytest.approx(runs / 6 if name == "as3l" else 1.0)
 
 
+def test_the_as3l_prior_methods_work_size_follows_its_runs_and_rows() -> None:
+    as3l = PRIOR_METHODS["as3l"]  # (the registry's entry: wrapped by the calibration, which keeps its work)
+    rows, labelled, classes, requested = 50_000, 200, 10, 1_000
+    default = as3l.work_size(rows, labelled, classes, requested, {})
+    # C constrained k-means with K_c = c * classes, over the 200 + 20,000 fit rows and the requested rows.
+    assert default is not None and default == (200 + 20_000 + 1_000) * classes * 21
+    assert as3l.work_size(rows, labelled, classes, requested, {"runs": "10", "calibrate": "false"}) == \
+        pytest.approx(default * 55 / 21)
+    every = as3l.work_size(rows, labelled, classes, 49_800, {})  # every candidate asked for
+    assert every is not None and every > default
+    assert as3l.work_size(rows, labelled, classes, requested, {"runs": "1"}) == pytest.approx(default / 21)
+    assert PRIOR_METHODS["knn"].work_size(rows, labelled, classes, requested, {}) is None  # none declared
+    # Admission scales the kind's measured run by it: runs=10 after a measured default run, 55/21 the time.
+    adm = lane_with_share(1.0)
+    adm._kind_cpu["PriorLabels 'as3l'"] = adm._kind_s["PriorLabels 'as3l'"] = 2.0
+    adm._kind_size["PriorLabels 'as3l'"] = default
+    big = as3l.work_size(rows, labelled, classes, requested, {"runs": "10"})
+    assert adm.estimate("PriorLabels 'as3l'", big) == pytest.approx(2.0 * 55 / 21)
+
+
 def test_the_agents_select_passes_its_size_and_prior_to_admission(tmp_path: Path, registry: Path) -> None:
     r = start(tmp_path / "data", registry)
     try:
@@ -225,5 +246,17 @@ def test_the_agents_select_passes_its_size_and_prior_to_admission(tmp_path: Path
         assert seen[0][1] == pytest.approx(KMEANS_CPU_PER_UNIT * 30 * 30)
         assert seen[1][0] == 30 * 24 == 3 * STRATEGIES["kmedoids"].work_size(30, 6, 2, {})
         assert seen[1][1] == pytest.approx(KMEANS_CPU_PER_UNIT * 30 * 24)
+        # PriorLabels passes the work size its method declares (as3l: C (C + 1) / 2 for C runs), and no prior.
+        seen.clear()
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(r.agent.work, "run", run)
+            for runs in ("1", "4"):
+                params = {"runs": runs, "calibrate": "false"}
+                list(r.stub.PriorLabels(agent_pb2.PriorLabelsRequest(method="as3l", params=params), timeout=60))
+        as3l = PRIOR_METHODS["as3l"]
+        # 30 rows, 6 labelled of 3 classes, the 24 candidates asked for.
+        assert seen == [(as3l.work_size(30, 6, 3, 24, {"runs": "1"}), None),
+                        (as3l.work_size(30, 6, 3, 24, {"runs": "4"}), None)]
+        assert seen[1][0] == 10 * seen[0][0] == 10 * (30 + 24) * 3
     finally:
         r.stop()
