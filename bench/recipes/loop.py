@@ -236,6 +236,9 @@ def run_recipe(recipe: Recipe, scale: Scale, data: Path, out: Path, encoder: Pat
     imbalance = dict(recipe.imbalance) if imbalance is None else imbalance
     walls: dict[str, float] = {}
     t_all = time.perf_counter()
+    # the code at the start: the encoder's pretraining can take most of the run, and an editable install
+    # picks up a checkout that moves meanwhile (recorded again at the end when it did)
+    commit = cifar10._git_commit()
 
     train, pool_idx, test_set, test_idx = cifar10.load_pool_and_test(data, scale.pool_size, scale.test_size)
     pool_idx = apply_imbalance(train.labels, pool_idx, imbalance, train.classes)
@@ -276,7 +279,7 @@ def run_recipe(recipe: Recipe, scale: Scale, data: Path, out: Path, encoder: Pat
         "scale": {"arch": scale.arch, "preprocess": scale.preprocess, "steps": scale.steps, "epochs": scale.epochs,
                   "batch_size": scale.batch_size, "pretrain_minutes": scale.pretrain_minutes,
                   "pretrain_options": dict(scale.pretrain_options)},
-        "model_version": version, "encoder": provenance, "git_commit": cifar10._git_commit(), "cells": [],
+        "model_version": version, "encoder": provenance, "git_commit": commit, "cells": [],
         "wall_seconds": walls, "complete": False}
     # Seeds outermost: an interrupted run has every arm at the first seeds.
     for seed in range(scale.seeds):
@@ -289,6 +292,8 @@ def run_recipe(recipe: Recipe, scale: Scale, data: Path, out: Path, encoder: Pat
             write_report(out)
     walls["total"] = time.perf_counter() - t_all
     results["complete"] = True
+    if (end := cifar10._git_commit()) != commit:
+        results["git_commit_end"] = end
     _write_json(out / "results.json", results)
     paths = write_report(out)
     console.print(f"[bold]report:[/] {', '.join(str(p) for p in paths)}")

@@ -55,7 +55,10 @@ def markdown(results: dict[str, Any]) -> str:
              f"{results['model_version']} ({results['encoder'].get('kind', '')}: "
              f"{results['encoder'].get('encoder', '')})"
              f", steps per round {results['scale']['steps']}, epochs per round {results['scale']['epochs']}",
-             f"- seeds {len(results['seeds'])}, commit {results['git_commit'][:10]}, wall time "
+             f"- seeds {len(results['seeds'])}, commit {results['git_commit'][:10]}"
+             + (f" (checkout at {results['git_commit_end'][:10]} by the end: the code changed during the run)"
+                if results.get("git_commit_end") else "")
+             + ", wall time "
              f"{walls.get('total', float('nan')) / 60:.1f} min"
              + ("" if results.get("complete") else " (INCOMPLETE: still running or interrupted)"),
              f"- hot swap: {ok} of {n} rounds after the first were selected by the model the previous round published",
