@@ -643,17 +643,43 @@ def prior(agent: AgentTarget,
     stub = _rpc(agent.connect)
     req = agent_pb2.PriorLabelsRequest(method=method, ids=ids, params=_pairs(param, "--param"))
     rows = _rpc(lambda: list(stub.PriorLabels(req)))
+    cal = rows[0].calibration if rows and rows[0].HasField("calibration") else None
     if as_json:
-        for p in rows:
-            print(json.dumps({"id": p.id, "label": p.label, "confidence": p.confidence, "probs": dict(p.probs),
-                              "model_version": p.model_version}))
+        for i, p in enumerate(rows):
+            row = {"id": p.id, "label": p.label, "confidence": p.confidence, "probs": dict(p.probs),
+                   "model_version": p.model_version}
+            if i == 0 and cal is not None:  # as in the reply: on the first row only
+                row["calibration"] = calibration_dict(cal)
+            print(json.dumps(row))
+        if cal is not None and cal.warning:  # stdout stays JSON lines
+            typer.echo(cal.warning, err=True)
         return
     table = Table(title=f"{method} priors ({rows[0].model_version if rows else 'none'})")
     for col in ("id", "label", "confidence"):
         table.add_column(col)
     for p in rows:
         table.add_row(p.id, p.label, f"{p.confidence:.3f}")
-    Console().print(table)
+    out = Console()
+    out.print(table)
+    if cal is not None:
+        out.print(calibration_line(cal), markup=False, highlight=False, soft_wrap=True)
+
+
+def calibration_dict(c: agent_pb2.Calibration) -> dict[str, object]:
+    """PriorLabel.calibration as JSON."""
+    return {"source": c.source, "held_out": c.held_out, "temperature": c.temperature,
+            "audit_labels": c.audit_labels, "warning": c.warning}
+
+
+def calibration_line(c: agent_pb2.Calibration) -> str:
+    """One line under ``shortlist prior``'s table: the agent's warning when the confidences rest on few
+    held-out labels, else where they were calibrated."""
+    if c.warning:
+        return c.warning
+    if c.source == "off":
+        return "confidences not calibrated (calibrate=false): the method's own"
+    what = "audit labels" if c.source == "audit" else "held-out labels"
+    return f"confidences calibrated on {c.held_out} {what} (temperature {c.temperature:.3g})"
 
 
 @agent_options

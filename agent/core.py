@@ -18,7 +18,7 @@ import logging
 import os
 import uuid
 from collections.abc import Iterator, Mapping, Sequence, Sized
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +38,7 @@ from agent.models import ModelManager, Serving
 from agent.pool import Pool, state_rng
 from agent.pool_map import MapStatus, PoolMap
 from agent.priors import PRIOR_METHODS, get_prior_method
-from agent.priors.calibration import calibrate_flag
+from agent.priors.calibration import AUDIT_MIN_LABELS, TemperatureFit, calibrate_flag
 from agent.queues import Queues
 from agent.security import DataDirLock, owner_only_dir
 from agent.state import INGEST_SOURCE, MANUAL_SOURCE, LabelEvent, SampleRecord, State
@@ -75,6 +75,9 @@ class PriorResult:
     confidence: float
     probs: dict[str, float]
     model_version: str
+    # How the confidences were calibrated (agent/priors/calibration.py, "Provenance"): on the first
+    # result of a reply only (the same for every row), None on the others.
+    calibration: TemperatureFit | None = None
 
 
 @dataclass
@@ -184,10 +187,14 @@ class Agent:
         self.light_prior_work = Admission(work.light_max_concurrent, work.light_max_queued, lane="light",
                                           threads=work.light_prior_threads)
         self.decode_work = Admission(work.decode_max_concurrent, work.decode_max_queued, lane="decode")
-        # Select: (chosen ids and scores, details); PriorLabels: (probs, confidence).
+        # Select: (chosen ids and scores, details); PriorLabels: (probs, confidence, calibration).
         self.select_cache: LruCache[tuple[list[tuple[str, float]], dict[str, str]]] = LruCache(work.cache_entries,
                                                                                                  work.cache_rows)
-        self.prior_cache: LruCache[tuple[np.ndarray, np.ndarray]] = LruCache(work.cache_entries, work.cache_rows)
+        self.prior_cache: LruCache[tuple[np.ndarray, np.ndarray, TemperatureFit | None]] = LruCache(
+            work.cache_entries, work.cache_rows)
+        # The method and calibration of the last calibrated PriorLabels answered, for GetStatus's warning
+        # while its confidences rest on few held-out labels (``status``); None before any.
+        self.last_prior_fit: tuple[str, TemperatureFit] | None = None
         self.data_dir = data_dir
         self.models = config.models
         allow_pixels(config.limits.max_pixels)
@@ -497,16 +504,20 @@ class Agent:
             rng = state_rng(0, self.labelled_ids())
             size = fn.work_size(len(pool.embeddings), len(pool.labeled), pool.num_classes, len(rows), params)
             pri = lane.run(token, lambda: fn(pool, rows, rng, dict(params)), f"PriorLabels {method!r}", size=size)
-            cached = (np.asarray(pri.probs), np.asarray(pri.confidence))
+            cached = (np.asarray(pri.probs), np.asarray(pri.confidence), pri.calibration)
             self.prior_cache.put(key, cached, weight=len(rows))
-        return self._iter_priors(rows, seqs, cached[0], cached[1], pool.classes, serving.version)
+        fit = cached[2]
+        if fit is not None and fit.fitting_set != "off":
+            self.last_prior_fit = (method, fit)
+        return self._iter_priors(rows, seqs, cached[0], cached[1], fit, pool.classes, serving.version)
 
     def _iter_priors(self, rows: np.ndarray, seqs: np.ndarray, probs: np.ndarray, confidence: np.ndarray,
-                     classes: list[str], version: str) -> Iterator[PriorResult]:
-        for r, p, c in zip(rows, probs, confidence, strict=True):
+                     calibration: TemperatureFit | None, classes: list[str], version: str) -> Iterator[PriorResult]:
+        for i, (r, p, c) in enumerate(zip(rows, probs, confidence, strict=True)):
             k = int(np.argmax(p))
             yield PriorResult(self.state.record(int(seqs[r])).id, classes[k], float(c),
-                              {name: float(v) for name, v in zip(classes, p, strict=True)}, version)
+                              {name: float(v) for name, v in zip(classes, p, strict=True)}, version,
+                              calibration if i == 0 else None)
 
     # ---- GetMap ----------------------------------------------------------------------------------
     def _serving_view(self) -> tuple[str, IndexView] | None:
@@ -547,6 +558,7 @@ class Agent:
     def status(self) -> AgentStatus:
         serving = self.manager.current
         pending = self.manager.pending
+        audit = self.auditor.report()
         return AgentStatus(
             samples=self.state.count(), labeled=self.state.labeled_count(),
             embedded=0 if serving is None else serving.index.n,
@@ -554,10 +566,21 @@ class Agent:
             strategies=sorted(STRATEGIES), prior_methods=sorted(PRIOR_METHODS), classes=list(self.state.classes),
             pending_model_version=self.manager.pending_version,
             pending_embedded=0 if pending is None else pending.n,
-            audit=self.auditor.report(),
+            audit=audit,
             warnings=[w for w in [self.registry_warning(), *storage_warnings(self.data_dir, self.config.min_free_bytes),
-                                  *self.manager.warnings()] if w],
+                                  *self.manager.warnings(), self.calibration_warning(audit.labelled)] if w],
             classes_open=not self.state.closed, label_events=self.state.label_event_count())
+
+    def calibration_warning(self, audit_labelled: int) -> str:
+        """GetStatus's hint while prior confidences cannot be trusted: the last calibrated PriorLabels rested
+        on few held-out labels (``TemperatureFit.few``) and fewer than AUDIT_MIN_LABELS audit labels are
+        labelled now ("" otherwise, and before any PriorLabels). Computes nothing: it reads what the last
+        PriorLabels recorded, with ``audit_labelled`` (the audit report's count) for the labels still to give."""
+        last = self.last_prior_fit
+        if last is None or audit_labelled >= AUDIT_MIN_LABELS or not last[1].few:
+            return ""
+        method, fit = last
+        return f"prior {method} (last PriorLabels): " + replace(fit, audit_labels=audit_labelled).warning()
 
     def registry_warning(self) -> str:
         """Why the registry folder cannot hold models now ("" when it is a folder). The agent still starts

@@ -11,11 +11,14 @@ import hashlib
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from agent.errors import FailedPrecondition, InvalidArgument
+
+if TYPE_CHECKING:  # agent.priors.calibration imports this module
+    from agent.priors.calibration import TemperatureFit
 
 __all__ = ["FailedPrecondition", "InvalidArgument", "KnnFn", "Pool", "PoolMemo", "PriorMethod", "Priors", "Selection",
            "Strategy", "state_rng"]
@@ -96,10 +99,13 @@ class Selection:
 @dataclass
 class Priors:
     """A prior-label method's answer for the requested rows: ``probs`` RxC float32 (rows sum to 1) and
-    ``confidence`` R float32 in [0, 1] (how much to trust the row; not always max(probs))."""
+    ``confidence`` R float32 in [0, 1] (how much to trust the row; not always max(probs)). ``calibration``:
+    how the confidences were calibrated (set by the ``calibrated`` wrapper, agent/priors/calibration.py,
+    "off" when ``calibrate=false``; None from a method called unwrapped)."""
 
     probs: np.ndarray
     confidence: np.ndarray
+    calibration: TemperatureFit | None = None
 
 
 # A strategy: (pool, 1 <= budget <= #candidates, seeded rng, params) -> Selection. Params are declared

@@ -26,6 +26,7 @@ from agent.errors import ErrorMapping
 from agent.ingest import Incoming
 from agent.lazy import warm_in_background
 from agent.memory import IdleTrim
+from agent.priors.calibration import TemperatureFit
 from agent.queues import QueueData
 from shortlist.v1 import agent_pb2, agent_pb2_grpc
 
@@ -49,6 +50,12 @@ def incoming(s: agent_pb2.Sample) -> Incoming:
 
 def accuracy_message(a: Accuracy) -> agent_pb2.Accuracy:
     return agent_pb2.Accuracy(correct=a.correct, total=a.total, accuracy=a.accuracy, low=a.low, high=a.high)
+
+
+def calibration_message(fit: TemperatureFit) -> agent_pb2.Calibration:
+    """PriorLabel.calibration for a reply whose confidences were calibrated by ``fit``."""
+    return agent_pb2.Calibration(source=fit.fitting_set, held_out=fit.samples, temperature=fit.temperature,
+                                 audit_labels=fit.audit_labels, warning=fit.warning())
 
 
 def audit_message(r: AuditReport) -> agent_pb2.PriorAudit:
@@ -143,8 +150,11 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
                     context: grpc.ServicerContext) -> Iterator[agent_pb2.PriorLabel]:
         for r in self.agent.prior_labels(request.method, list(request.ids), dict(request.params),
                                          call_token(context)):
-            yield agent_pb2.PriorLabel(id=r.id, label=r.label, confidence=r.confidence, probs=r.probs,
+            msg = agent_pb2.PriorLabel(id=r.id, label=r.label, confidence=r.confidence, probs=r.probs,
                                        model_version=r.model_version)
+            if r.calibration is not None:  # the first row only (agent/core.py)
+                msg.calibration.CopyFrom(calibration_message(r.calibration))
+            yield msg
 
     def ListSamples(self, request: agent_pb2.ListSamplesRequest,
                     context: grpc.ServicerContext) -> Iterator[agent_pb2.Sample]:

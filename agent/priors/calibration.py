@@ -65,6 +65,13 @@ slope, the reference rows' distance mean and spread, the intercept) is kept ther
 Calibration changes probabilities, not the ranking within a row, and never a row's top class (a row the
 method gave no vote at all, uniform over every class, goes to its first labelled class). ``confidence``
 becomes the calibrated top probability. ``calibrate=false`` returns the method's own answer unchanged.
+
+Provenance: every answer says how its confidences were calibrated (``Priors.calibration``, a
+``TemperatureFit``; PriorLabels' ``Calibration`` message, docs/agent.md): the fitting set ("audit",
+"labelled", "default" or "off"), the held-out predictions the fit used, the temperature, and a warning when
+the confidences cannot be trusted yet: the temperature is the default, or rests on fewer than
+``FEW_HELD_OUT`` held-out labelled samples. There the measured ECE is 0.10-0.26 (10-20 labels, 2-18
+held-out samples; docs/benchmarks.md, "Class-balanced cross-fit"), and the fix is audit labels.
 """
 
 from __future__ import annotations
@@ -98,6 +105,11 @@ CALIBRATION_MAX_PER_FOLD = 200
 # many predictions as the labelled cross-fit has at 10-20 labels (one per label at most), so the MAP
 # prior (PRIOR_WEIGHT samples) weighs no more than it does there. Fewer give one label a large say.
 AUDIT_MIN_LABELS = 20
+# A temperature fitted on fewer held-out labelled samples than this (or the default, none counting) is
+# reported as "few" (``TemperatureFit.warning``): at 10-20 labels (2-18 held-out samples) the measured ECE
+# is 0.10-0.26 (docs/benchmarks.md, "Class-balanced cross-fit"); the same count as AUDIT_MIN_LABELS, the
+# audit labels that replace such a fit.
+FEW_HELD_OUT = AUDIT_MIN_LABELS
 # Added to the probabilities before the log, so a class with no vote (as3l, knn) can still gain mass.
 EPS = 1e-3
 # The temperature prior: log T ~ Normal(log T0, 1 / PRIOR_WEIGHT) ~ the evidence of PRIOR_WEIGHT samples.
@@ -236,19 +248,45 @@ def fit_temperature(held: list[tuple[np.ndarray, np.ndarray, np.ndarray]], defau
 @dataclass(frozen=True)
 class TemperatureFit:
     """A fitted temperature and what it was fitted on: ``fitting_set`` "audit" (audit labels,
-    ``audit_held_out``), "labelled" (the labelled set's cross-fit, ``held_out``) or "default" (no sample
-    counted: the method's default temperature); ``samples`` = the predictions the fit used."""
+    ``audit_held_out``), "labelled" (the labelled set's cross-fit, ``held_out``), "default" (no sample
+    counted: the method's default temperature) or "off" (``calibrate=false``: no temperature applied,
+    ``temperature`` 0); ``samples`` = the held-out predictions the fit used; ``audit_labels`` = the audit
+    labels among the labels at the fit (labelled samples drawn by Select strategy "audit")."""
 
     temperature: float
     fitting_set: str
     samples: int
+    audit_labels: int = 0
 
     def describe(self) -> str:
         """E.g. "temperature 0.62 fitted on 25 audit labels"."""
+        if self.fitting_set == "off":
+            return "not calibrated (calibrate=false): the method's own confidences"
         if self.fitting_set == "default":
             return f"temperature {self.temperature:.3g} (the method's default: no held-out label counts)"
         what = "audit labels" if self.fitting_set == "audit" else "held-out labelled samples"
         return f"temperature {self.temperature:.3g} fitted on {self.samples} {what}"
+
+    @property
+    def few(self) -> bool:
+        """The confidences cannot be trusted yet: the default temperature, or a labelled-set fit on fewer
+        than FEW_HELD_OUT held-out samples (an audit fit has at least AUDIT_MIN_LABELS; "off" is asked for)."""
+        return self.fitting_set == "default" or (self.fitting_set == "labelled" and self.samples < FEW_HELD_OUT)
+
+    def warning(self) -> str:
+        """What to tell a user when ``few`` ("" otherwise), e.g. "confidences calibrated on 3 held-out labels
+        (few): label 20 audit samples (shortlist select --strategy audit) for trustworthy confidences"."""
+        if not self.few:
+            return ""
+        basis = ("no held-out label (the method's default temperature)" if self.fitting_set == "default"
+                 else f"{self.samples} held-out label{'' if self.samples == 1 else 's'}")
+        more = AUDIT_MIN_LABELS - self.audit_labels
+        todo = f"label {more} audit sample{'' if more == 1 else 's'}" if more > 0 else "label more audit samples"
+        return (f"confidences calibrated on {basis} (few, under {FEW_HELD_OUT}): {todo} "
+                "(shortlist select --strategy audit) for trustworthy confidences")
+
+
+OFF = TemperatureFit(0.0, "off", 0)
 
 
 def temperature_fit(pool: Pool, method: PriorMethod, params: Mapping[str, str], rng: np.random.Generator,
@@ -261,7 +299,7 @@ def temperature_fit(pool: Pool, method: PriorMethod, params: Mapping[str, str], 
         held = held_out(pool, method, params, rng)
         fitting_set = "labelled" if held else "default"
     return TemperatureFit(fit_temperature(held, default, balance=fitting_set == "labelled"), fitting_set,
-                          sum(len(h[1]) for h in held))
+                          sum(len(h[1]) for h in held), int(np.isin(pool.labeled, pool.audit).sum()))
 
 
 # Fitted temperatures kept per model version (in the pool's PoolMemo), for requests that differ only in
@@ -438,12 +476,11 @@ def calibrated(method: PriorEntry, default_temperature: float = 1.0) -> PriorEnt
         own = {k: v for k, v in params.items() if k != "calibrate"}
         # The temperature is fitted first, from a copy of the generator as it came: the method's own draws
         # then match the uncalibrated call's, and the fit is the same whatever rows are asked for.
-        t = cached_temperature(pool, method, own, rng, default_temperature).temperature if on \
-            else default_temperature
+        fit = cached_temperature(pool, method, own, rng, default_temperature) if on else OFF
         priors = method(pool, rows, rng, own)
         if not on:
-            return priors
-        return apply_calibration(pool, np.asarray(rows, np.int64), priors, t)
+            return replace(priors, calibration=OFF)
+        return replace(apply_calibration(pool, np.asarray(rows, np.int64), priors, fit.temperature), calibration=fit)
 
     params = (*method.params, CALIBRATE_PARAM)
     entry = PriorEntry(name=method.name, params=params, summary=method.summary, fn=run,

@@ -176,7 +176,7 @@ class PriorLabelsRequest(_message.Message):
     def __init__(self, method: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ..., params: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class PriorLabel(_message.Message):
-    __slots__ = ("id", "label", "confidence", "probs", "model_version")
+    __slots__ = ("id", "label", "confidence", "probs", "model_version", "calibration")
     class ProbsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -189,12 +189,28 @@ class PriorLabel(_message.Message):
     CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
     PROBS_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATION_FIELD_NUMBER: _ClassVar[int]
     id: str
     label: str
     confidence: float
     probs: _containers.ScalarMap[str, float]
     model_version: str
-    def __init__(self, id: _Optional[str] = ..., label: _Optional[str] = ..., confidence: _Optional[float] = ..., probs: _Optional[_Mapping[str, float]] = ..., model_version: _Optional[str] = ...) -> None: ...
+    calibration: Calibration
+    def __init__(self, id: _Optional[str] = ..., label: _Optional[str] = ..., confidence: _Optional[float] = ..., probs: _Optional[_Mapping[str, float]] = ..., model_version: _Optional[str] = ..., calibration: _Optional[_Union[Calibration, _Mapping]] = ...) -> None: ...
+
+class Calibration(_message.Message):
+    __slots__ = ("source", "held_out", "temperature", "audit_labels", "warning")
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    HELD_OUT_FIELD_NUMBER: _ClassVar[int]
+    TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_LABELS_FIELD_NUMBER: _ClassVar[int]
+    WARNING_FIELD_NUMBER: _ClassVar[int]
+    source: str
+    held_out: int
+    temperature: float
+    audit_labels: int
+    warning: str
+    def __init__(self, source: _Optional[str] = ..., held_out: _Optional[int] = ..., temperature: _Optional[float] = ..., audit_labels: _Optional[int] = ..., warning: _Optional[str] = ...) -> None: ...
 
 class ListSamplesRequest(_message.Message):
     __slots__ = ("labeled_only", "include_payload", "ids")

@@ -342,3 +342,56 @@ def test_a_refused_recomputation_waits_for_the_lanes_retry_hint() -> None:
     finally:
         release.set()
         auditor.stop()
+
+
+def test_prior_labels_say_how_their_confidences_were_calibrated(running: Running) -> None:
+    """PriorLabel.calibration (first row only): few held-out labels -> "labelled" with a warning that GetStatus
+    repeats once priors were asked for; calibrate=false -> "off"; after AUDIT_MIN_LABELS audit labels ->
+    "audit", no warning anywhere. ``shortlist prior`` prints the warning (stderr with --json)."""
+    from typer.testing import CliRunner
+
+    from agent.priors.calibration import AUDIT_MIN_LABELS
+    from shortlist.cli import app
+
+    def priors(**params: str) -> list[agent_pb2.PriorLabel]:
+        return list(running.stub.PriorLabels(agent_pb2.PriorLabelsRequest(method="knn", params=params)))
+
+    def calibration_warnings() -> list[str]:
+        return [w for w in running.stub.GetStatus(agent_pb2.GetStatusRequest()).warnings if "audit sample" in w]
+
+    client.ingest(running.stub, make_samples(60, labels=3))  # one label per class: no held-out label counts
+    assert calibration_warnings() == []  # no PriorLabels asked for yet
+    cal = priors()[0].calibration
+    assert (cal.source, cal.held_out, cal.temperature) == ("default", 0, 1.0)
+    assert cal.warning.startswith("confidences calibrated on no held-out label (the method's default temperature)")
+    client.submit_labels(running.stub, [(f"s{i}", true_label(f"s{i}")) for i in range(3, 6)], "alice")
+    rows = priors()  # 2 labels per class: at most 6 held out
+    cal = rows[0].calibration
+    assert cal.source == "labelled" and 0 < cal.held_out <= 6 and cal.temperature > 0 and cal.audit_labels == 0
+    assert cal.warning == (f"confidences calibrated on {cal.held_out} held-out labels (few, under 20): label "
+                           f"{AUDIT_MIN_LABELS} audit samples (shortlist select --strategy audit) for trustworthy "
+                           "confidences")
+    assert not any(r.HasField("calibration") for r in rows[1:])  # once per stream
+    assert calibration_warnings() == [f"prior knn (last PriorLabels): {cal.warning}"]
+    cached = priors()  # the same request again, from the agent's cache: the same provenance
+    assert cached[0].calibration == cal
+    off = priors(calibrate="false")
+    assert (off[0].calibration.source, off[0].calibration.held_out, off[0].calibration.warning) == ("off", 0, "")
+    res = CliRunner().invoke(app, ["prior", "--agent", running.address, "--method", "knn"])
+    assert res.exit_code == 0 and res.stdout.rstrip().splitlines()[-1] == cal.warning, res.output
+    res = CliRunner().invoke(app, ["prior", "--agent", running.address, "--method", "knn", "--json"])
+    first = json.loads(res.stdout.splitlines()[0])
+    assert first["calibration"]["source"] == "labelled" and res.stderr.strip() == cal.warning
+    assert "calibration" not in json.loads(res.stdout.splitlines()[1])
+    res = CliRunner().invoke(app, ["prior", "--agent", running.address, "--param", "calibrate=false"])
+    assert res.stdout.rstrip().splitlines()[-1] == "confidences not calibrated (calibrate=false): the method's own"
+    # the audit: 22 uniform draws, labelled
+    drawn = [s.id for s in running.stub.Select(agent_pb2.SelectRequest(budget=22, strategy="audit", seed=1)).selected]
+    client.submit_labels(running.stub, [(i, true_label(i)) for i in drawn], "alice")
+    assert calibration_warnings() == []  # enough audit labels now, before any new PriorLabels
+    cal = priors()[0].calibration
+    assert (cal.source, cal.audit_labels, cal.warning) == ("audit", 22, "")
+    assert AUDIT_MIN_LABELS <= cal.held_out <= 22 and cal.temperature > 0
+    res = CliRunner().invoke(app, ["prior", "--agent", running.address, "--method", "knn"])
+    assert res.stdout.rstrip().splitlines()[-1] == \
+        f"confidences calibrated on {cal.held_out} audit labels (temperature {cal.temperature:.3g})"

@@ -378,3 +378,38 @@ def test_class_balanced_fit_matches_the_pools_accuracy_not_the_popular_class() -
     assert abs(top_plain - 0.7) < 0.04, top_plain
     assert abs(top_balanced - 0.5) < 0.04, top_balanced
     assert ece_balanced < 0.04 < 0.15 < ece_plain, (ece_balanced, ece_plain)
+
+
+def test_every_answer_says_how_it_was_calibrated() -> None:
+    """Priors.calibration: "default" with one label per class, "labelled" with its held-out count (few under
+    FEW_HELD_OUT, with the audit labels still to give), "audit" once enough audit labels count, "off"
+    uncalibrated; only the first two carry a warning."""
+    from dataclasses import replace
+
+    from agent.priors.calibration import AUDIT_MIN_LABELS, FEW_HELD_OUT, TemperatureFit
+
+    knn = PRIOR_METHODS["knn"]
+    one_each = make_pool(X, Y, LABELED)
+    got = knn(one_each, one_each.candidates, np.random.default_rng(0), {}).calibration
+    assert got is not None and (got.fitting_set, got.samples, got.temperature) == ("default", 0, 1.0)
+    assert got.few and got.warning() == (
+        f"confidences calibrated on no held-out label (the method's default temperature) (few, under "
+        f"{FEW_HELD_OUT}): label {AUDIT_MIN_LABELS} audit samples (shortlist select --strategy audit) for "
+        "trustworthy confidences")
+    off = knn(one_each, one_each.candidates, np.random.default_rng(0), {"calibrate": "false"}).calibration
+    assert off is not None and off.fitting_set == "off" and off.temperature == 0.0 and off.warning() == ""
+    first_three = [np.flatnonzero(np.equal(Y, c))[:3] for c in range(5)]
+    three_each = make_pool(X, Y, np.sort(np.concatenate(first_three)))
+    assert len(three_each.labeled) == 15
+    lab = knn(three_each, three_each.candidates, np.random.default_rng(0), {}).calibration
+    assert lab is not None and lab.fitting_set == "labelled" and 0 < lab.samples < FEW_HELD_OUT and lab.few
+    assert f"calibrated on {lab.samples} held-out labels (few" in lab.warning()
+    x, y, labelled, drawn = typical_labels_and_audit(0, audit=AUDIT_MIN_LABELS + 5)
+    audited = replace(make_pool(x, y, labelled), audit=drawn)
+    fit = knn(audited, audited.candidates, np.random.default_rng(0), {}).calibration
+    assert fit is not None and fit.fitting_set == "audit" and fit.samples >= AUDIT_MIN_LABELS
+    assert fit.audit_labels == AUDIT_MIN_LABELS + 5 and not fit.few and fit.warning() == ""
+    # many held-out labelled samples are not "few"; a labelled fit past the audit threshold asks for "more"
+    assert not TemperatureFit(0.5, "labelled", FEW_HELD_OUT).few
+    assert "label more audit samples" in TemperatureFit(0.5, "labelled", 3, AUDIT_MIN_LABELS).warning()
+    assert "label 1 audit sample (" in TemperatureFit(0.5, "labelled", 1, AUDIT_MIN_LABELS - 1).warning()
