@@ -59,6 +59,8 @@ class PriorSet:
     computed_at: float
     row_of: dict[str, int] = field(default_factory=dict)
     done: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # labelled since, through this app
+    # PriorLabel.calibration of the stream's first row as JSON ({} from an agent that does not send it)
+    calibration: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.row_of = {i: r for r, i in enumerate(self.ids)}
@@ -84,8 +86,11 @@ class PriorSet:
             if len(p.probs) > 1:
                 ranked = sorted(p.probs.items(), key=lambda kv: -kv[1])
                 second[r], second_p[r] = index.get(ranked[1][0], -1), ranked[1][1]
+        cal = rows[0].calibration if rows and rows[0].HasField("calibration") else None
+        calibration = {} if cal is None else {"source": cal.source, "held_out": cal.held_out,
+                                              "temperature": cal.temperature, "warning": cal.warning}
         return cls(method, version, classes, [p.id for p in rows], label, conf, second, second_p, status.labeled,
-                   status.label_events, time.time())
+                   status.label_events, time.time(), calibration=calibration)
 
 
 class PriorsCache:
@@ -206,7 +211,8 @@ def priors_api(request: Request, method: str = Query(""), label: str = Query("")
             "labeled_at": ps.labeled_at, "labeled_now": status.labeled,
             "events_since": max(0, status.label_events - ps.events_at), "unlabelled": int((~ps.done).sum()),
             "total": len(rows), "page": page, "pages": pages, "size": size, "offset": (page - 1) * size,
-            "counts": {c: int(n) for c, n in zip(ps.classes, counts, strict=False)}, "items": items}
+            "counts": {c: int(n) for c, n in zip(ps.classes, counts, strict=False)}, "items": items,
+            "calibration": ps.calibration}
 
 
 class LabelItem(BaseModel):

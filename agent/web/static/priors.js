@@ -52,6 +52,9 @@
     $("stat-unlabelled").textContent = d.unlabelled.toLocaleString();
     const when = new Date(d.computed_at * 1000).toLocaleTimeString();
     $("priors-meta").textContent = `${d.method} priors at model ${d.model_version || "–"}, computed ${when} from ${d.labeled_at.toLocaleString()} labels; grouped by prior class, ${state.sort === "desc" ? "most" : "least"} confident first.`;
+    const cal = d.calibration || {};  // PriorLabel.calibration: a warning while confidences rest on few labels
+    $("calibration").hidden = !cal.warning;
+    $("calibration").textContent = cal.warning || "";
     const since = d.events_since;  // labels given, changed or taken back since (Status.label_events)
     $("stale").hidden = since <= 0;
     $("stale").textContent = `${since.toLocaleString()} label change(s) (labels given or taken back) since these priors were computed. Recompute to propagate them.`;

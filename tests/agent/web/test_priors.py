@@ -34,6 +34,12 @@ def test_priors_grouped_sorted_filtered_paginated(web_agent: WebAgent) -> None:
     assert (d["total"], d["unlabelled"], d["labeled_at"], d["pages"]) == (unlabelled, unlabelled, len(LABELLED_IDS), 1)
     assert {it["id"] for it in d["items"]} == {f"img{i:03d}.png" for i in range(N_IMAGES)} - LABELLED_IDS
     assert sum(d["counts"].values()) == unlabelled and set(d["counts"]) == {"circle", "square"}
+    # PriorLabel.calibration: a few labels, so the page carries the agent's warning (priors.js shows it)
+    cal = d["calibration"]
+    assert cal["source"] in ("default", "labelled") and cal["held_out"] < 20
+    assert cal["warning"].startswith("confidences calibrated on ")
+    assert "shortlist select --strategy audit" in cal["warning"]
+    assert 'id="calibration"' in c.get("/priors").text
     classes = list(d["counts"])
     keys = [(classes.index(it["label"]), -it["confidence"]) for it in d["items"]]
     assert keys == sorted(keys)  # grouped by prior class, most confident first within a group
