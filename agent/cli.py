@@ -23,6 +23,7 @@ from typer.core import TyperCommand
 
 from agent import client, exports
 from agent.cli_options import AgentTarget, agent_options, labelstudio_options
+from agent.client import calibration_dict, calibration_line
 from agent.limits import MIB, Limits
 from agent.progress import audit_dict
 from agent.web.config import LabelStudioConfig
@@ -665,23 +666,6 @@ def prior(agent: AgentTarget,
         out.print(calibration_line(cal), markup=False, highlight=False, soft_wrap=True)
 
 
-def calibration_dict(c: agent_pb2.Calibration) -> dict[str, object]:
-    """PriorLabel.calibration as JSON."""
-    return {"source": c.source, "held_out": c.held_out, "temperature": c.temperature,
-            "audit_labels": c.audit_labels, "warning": c.warning}
-
-
-def calibration_line(c: agent_pb2.Calibration) -> str:
-    """One line under ``shortlist prior``'s table: the agent's warning when the confidences rest on few
-    held-out labels, else where they were calibrated."""
-    if c.warning:
-        return c.warning
-    if c.source == "off":
-        return "confidences not calibrated (calibrate=false): the method's own"
-    what = "audit labels" if c.source == "audit" else "held-out labels"
-    return f"confidences calibrated on {c.held_out} {what} (temperature {c.temperature:.3g})"
-
-
 @agent_options
 def status(agent: AgentTarget, as_json: bool = JsonOpt) -> None:
     """The agent's pool, labels, serving model and available strategies."""
@@ -693,7 +677,11 @@ def status(agent: AgentTarget, as_json: bool = JsonOpt) -> None:
         return
     out = Console()
     for k, v in d.items():
-        if k != "audit":
+        if k == "warnings":  # one a line: each is a sentence (a version refused, a calibration warning, ...)
+            out.print("warnings:" if v else "warnings: none", markup=False, highlight=False)
+            for w in v:
+                out.print(f"  - {w}", markup=False, highlight=False, soft_wrap=True, style="yellow")
+        elif k != "audit":
             out.print(f"{k}: {', '.join(v) if isinstance(v, list) else v}", markup=False, highlight=False)
     for line in audit_lines(s.audit):
         out.print(line, markup=False, highlight=False)
@@ -726,7 +714,8 @@ def export_labels(agent: AgentTarget,
         raise typer.Exit(2) from None
     if as_json:
         print(json.dumps({"out": str(out), "labels": summary.labels, "priors": summary.priors,
-                          "images": summary.images, "files": summary.files, "notes": summary.notes}))
+                          "images": summary.images, "files": summary.files, "notes": summary.notes,
+                          "calibration": summary.calibration}))
         return
     console.print(f"exported {summary.labels} labels, {summary.priors} priors, {summary.images} images to {out}: "
                   f"{', '.join(summary.files)}", markup=False, highlight=False)

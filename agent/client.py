@@ -620,3 +620,30 @@ def retract_labels(stub: agent_pb2_grpc.AgentStub, ids: Iterable[str], annotator
         total.accepted += reply.accepted
         total.rejected.extend(reply.rejected)
     return total
+
+
+# ---- calibration provenance (PriorLabel.calibration, docs/agent.md "Calibration provenance") -----------
+def first_calibration(rows: Iterable[agent_pb2.PriorLabel]) -> agent_pb2.Calibration | None:
+    """The ``calibration`` of a PriorLabels reply (set on its first row only), or None when no row carries
+    one (no rows, or an agent older than the field)."""
+    for p in rows:
+        if p.HasField("calibration"):
+            return p.calibration
+    return None
+
+
+def calibration_dict(c: agent_pb2.Calibration) -> dict[str, object]:
+    """PriorLabel.calibration as JSON."""
+    return {"source": c.source, "held_out": c.held_out, "temperature": c.temperature,
+            "audit_labels": c.audit_labels, "warning": c.warning}
+
+
+def calibration_line(c: agent_pb2.Calibration) -> str:
+    """One line under ``shortlist prior``'s table: the agent's warning when the confidences rest on few
+    held-out labels, else where they were calibrated."""
+    if c.warning:
+        return c.warning
+    if c.source == "off":
+        return "confidences not calibrated (calibrate=false): the method's own"
+    what = "audit labels" if c.source == "audit" else "held-out labels"
+    return f"confidences calibrated on {c.held_out} {what} (temperature {c.temperature:.3g})"

@@ -6,6 +6,10 @@ What one export folder holds (each part optional, see ``FORMATS``)::
                                    id, label, annotator, time (ISO 8601, UTC), source, model_version, audit
     OUT/priors.csv, priors.jsonl   one row per unlabelled sample: id, label (the prior's top class),
                                    confidence, method, model_version (+ probs, class -> probability, in JSONL)
+    OUT/priors.meta.json           with the priors: how their confidences were calibrated
+                                   {"method", "model_version", "priors": N, "calibration": {"source",
+                                   "held_out", "temperature", "audit_labels", "warning"} or null}
+                                   (PriorLabel.calibration; docs/agent.md "Calibration provenance")
     OUT/imagefolder/CLASS/NAME.EXT the labelled images, one folder per class: what torchvision's
                                    ImageFolder and ``shortlist finetune --data`` read; ids.csv maps
                                    each file back to its sample id
@@ -35,12 +39,14 @@ from typing import Any
 import grpc
 from PIL import Image
 
+from agent.client import calibration_dict, first_calibration
 from shortlist.images import encode_png, tensor_pixels
 from shortlist.v1 import agent_pb2, agent_pb2_grpc
 
 FORMATS = ("csv", "jsonl", "imagefolder", "fiftyone")
 LABEL_FIELDS = ["id", "label", "annotator", "time", "source", "model_version", "audit"]
 PRIOR_FIELDS = ["id", "label", "confidence", "method", "model_version"]
+PRIORS_META = "priors.meta.json"  # the priors' provenance (calibration), next to priors.csv / priors.jsonl
 IDS_FILE = "ids.csv"  # in imagefolder/ and fiftyone/: file (relative path), id, label
 # Pillow format -> file extension torchvision's ImageFolder accepts; any other format is re-encoded as PNG.
 EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp", "TIFF": ".tif", "PPM": ".ppm",
@@ -74,6 +80,9 @@ class ExportSummary:
     images: int = 0
     files: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # PriorLabel.calibration of the exported priors as JSON (agent.client.calibration_dict); None when no
+    # priors were exported or the agent sent none
+    calibration: dict[str, object] | None = None
 
 
 # ---- rows ------------------------------------------------------------------------------------------
@@ -115,6 +124,24 @@ def write_rows(rows: Iterable[dict[str, Any]], fields: list[str], csv_path: Path
                 jf.write(json.dumps(row, ensure_ascii=False) + "\n")
             n += 1
     return n
+
+
+def write_priors_meta(path: Path, method: str, rows: Sequence[agent_pb2.PriorLabel], count: int) -> dict[str, Any]:
+    """Write ``priors.meta.json``: the method, model version, number of priors and the reply's calibration
+    (``rows``: the first rows of the PriorLabels stream, which carry it); returns what was written."""
+    cal = first_calibration(rows)
+    meta = {"method": method, "model_version": rows[0].model_version if rows else "", "priors": count,
+            "calibration": None if cal is None else calibration_dict(cal)}
+    path.write_text(json.dumps(meta, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    return meta
+
+
+def read_priors_meta(path: Path) -> dict[str, Any]:
+    """An exported ``priors.meta.json`` (``path``: the file or the export folder)."""
+    if path.is_dir():
+        path = path / PRIORS_META
+    meta: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return meta
 
 
 def read_csv_rows(path: Path) -> list[dict[str, Any]]:
@@ -294,9 +321,21 @@ def export_labels(stub: agent_pb2_grpc.AgentStub, out: Path, config: ExportConfi
             fields = [*LABEL_FIELDS, "retracted"] if config.history else LABEL_FIELDS
             summary.labels = write_rows((label_row(r, config.history) for r in records), fields, csv_l, jsonl_l)
             if priors is not None:
-                summary.priors = write_rows((prior_row(p, config.prior_method) for p in priors), PRIOR_FIELDS,
+                first: list[agent_pb2.PriorLabel] = []  # the stream's first row: it carries the calibration
+
+                def kept(stream: Iterator[agent_pb2.PriorLabel]) -> Iterator[agent_pb2.PriorLabel]:
+                    for p in stream:
+                        if not first:
+                            first.append(p)
+                        yield p
+
+                summary.priors = write_rows((prior_row(p, config.prior_method) for p in kept(priors)), PRIOR_FIELDS,
                                             part / "priors.csv" if "csv" in fmt else None,
                                             part / "priors.jsonl" if "jsonl" in fmt else None)
+                meta = write_priors_meta(part / PRIORS_META, config.prior_method, first, summary.priors)
+                summary.calibration = meta["calibration"]
+                if summary.calibration and summary.calibration["warning"]:
+                    summary.notes.append(f"priors: {summary.calibration['warning']}")
         if "imagefolder" in fmt or "fiftyone" in fmt:
             classes = list(stub.GetStatus(agent_pb2.GetStatusRequest(), metadata=metadata).classes)
             samples = stub.ListSamples(agent_pb2.ListSamplesRequest(labeled_only=True, include_payload=True),

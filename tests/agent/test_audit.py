@@ -373,6 +373,8 @@ def test_prior_labels_say_how_their_confidences_were_calibrated(running: Running
                            "confidences")
     assert not any(r.HasField("calibration") for r in rows[1:])  # once per stream
     assert calibration_warnings() == [f"prior knn (last PriorLabels): {cal.warning}"]
+    res = CliRunner().invoke(app, ["status", "--agent", running.address])  # one warning a line
+    assert f"  - prior knn (last PriorLabels): {cal.warning}" in res.stdout.splitlines(), res.output
     cached = priors()  # the same request again, from the agent's cache: the same provenance
     assert cached[0].calibration == cal
     off = priors(calibrate="false")

@@ -435,3 +435,28 @@ def test_serve_refuses_an_exposed_address_and_a_bad_tokens_file(tmp_path: Path, 
         assert not (tmp_path / "d").exists()
     finally:
         os.umask(umask)
+
+
+def test_status_prints_one_warning_a_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``shortlist status`` lists GetStatus warnings one a line (each is a sentence with its own commas); --json
+    keeps them as a list. A fake stub: the printing alone is under test (tests/agent/test_audit.py has the
+    calibration warning from a real agent)."""
+    from agent.cli_options import AgentTarget
+
+    warnings = ["version v0003 cannot be served: input 3x32x32, expected 3x64x64",
+                "prior knn (last PriorLabels): confidences calibrated on 3 held-out labels (few, under 20): label 20 "
+                "audit samples (shortlist select --strategy audit) for trustworthy confidences"]
+    status = agent_pb2.Status(samples=5, labeled=2, classes=["cat", "dog"], warnings=warnings)
+
+    class Stub:
+        def GetStatus(self, request: agent_pb2.GetStatusRequest) -> agent_pb2.Status:
+            return status
+
+    monkeypatch.setattr(AgentTarget, "connect", lambda self: Stub())
+    lines = run("status").splitlines()
+    at = lines.index("warnings:")
+    assert lines[at + 1:at + 3] == [f"  - {w}" for w in warnings]
+    assert "classes: cat, dog" in lines  # other lists stay comma-joined
+    assert json.loads(run("status", "--json"))["warnings"] == warnings
+    status.ClearField("warnings")
+    assert "warnings: none" in run("status").splitlines()

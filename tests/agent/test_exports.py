@@ -46,7 +46,7 @@ def test_every_format_round_trips(running: Running, tmp_path: Path) -> None:
     summary = json.loads(text)
     assert (summary["labels"], summary["images"], summary["priors"]) == (9, 9, 4)
     assert summary["files"] == ["fiftyone", "imagefolder", "labels.csv", "labels.jsonl", "priors.csv",
-                                "priors.jsonl"]
+                                "priors.jsonl", exports.PRIORS_META]
     current = {r.id: r for r in client.list_labels(running.stub)}
     # labels.csv and labels.jsonl: every field of ListLabels, times to the microsecond
     for rows in (exports.read_csv_rows(out / "labels.csv"), exports.read_jsonl_rows(out / "labels.jsonl")):
@@ -67,6 +67,15 @@ def test_every_format_round_trips(running: Running, tmp_path: Path) -> None:
             p = served[row["id"]]
             assert (row["label"], row["method"], row["model_version"]) == (p.label, "knn", "v0001")
             assert row["confidence"] == pytest.approx(p.confidence, abs=1e-6)
+    # priors.meta.json: the reply's calibration provenance (3 labels a class: few held out, so a warning,
+    # which the summary's notes repeat)
+    cal = next(iter(running.stub.PriorLabels(agent_pb2.PriorLabelsRequest(method="knn")))).calibration
+    meta = exports.read_priors_meta(out)
+    assert (meta["method"], meta["model_version"], meta["priors"]) == ("knn", "v0001", 4)
+    assert meta["calibration"] == summary["calibration"] == client.calibration_dict(cal)
+    assert meta["calibration"]["source"] in ("default", "labelled") and meta["calibration"]["held_out"] < 20
+    assert meta["calibration"]["warning"].startswith("confidences calibrated on ")
+    assert summary["notes"] == [f"priors: {meta['calibration']['warning']}"]
     probs = exports.read_jsonl_rows(out / "priors.jsonl")[0]["probs"]
     assert set(probs) == set(CLASSES) and sum(probs.values()) == pytest.approx(1.0, abs=1e-4)
     # the images: ImageFolder through shortlist's reader, FiftyOne through ours, payloads byte for byte
