@@ -236,7 +236,10 @@ def test_predict_gives_priors_in_the_tasks_order(agent: Running) -> None:
         assert len(results) == 5
         ids = ["reef/site-b/img_0007.jpg", "reef/site-a/img_0012.jpg", "reef/site-a/img_0010.jpg"]
         stub = reader(agent)
-        priors = {p.id: p for p in stub.PriorLabels(agent_pb2.PriorLabelsRequest(method="knn", ids=ids))}
+        rows = list(stub.PriorLabels(agent_pb2.PriorLabelsRequest(method="knn", ids=ids)))
+        priors = {p.id: p for p in rows}
+        cal = rows[0].calibration  # 6 labels, 2 a class: few held out, so the agent warns
+        assert cal.source in ("default", "labelled") and cal.warning.startswith("confidences calibrated on ")
         selected = stub.Select(agent_pb2.SelectRequest(budget=BUDGET, strategy="typiclust", seed=0)).selected
         rank = {s.id: k for k, s in enumerate(selected)}
         for res, sid in zip(results[:3], ids, strict=True):
@@ -244,12 +247,14 @@ def test_predict_gives_priors_in_the_tasks_order(agent: Running) -> None:
             assert region["from_name"] == "species" and region["to_name"] == "image" and region["type"] == "choices"
             assert region["value"]["choices"] == [priors[sid].label]
             assert region["score"] == pytest.approx(priors[sid].confidence, abs=1e-5)
+            assert region["meta"] == {"text": [cal.warning]}  # the calibration warning, on every prior
             want = order_score(rank.get(sid), len(rank), False, priors[sid].confidence)
             assert res["score"] == pytest.approx(want, abs=1e-6)
             assert res["model_version"] == MODEL_VERSION
         assert results[3] == {"result": [], "score": UNMATCHED_SCORE, "model_version": results[0]["model_version"]}
         (region,) = results[4]["result"]  # img_0000 is labelled: its label, sorted after the unlabelled
-        assert region["value"]["choices"] == [CLASSES[0]] and region["score"] == 1.0
+        assert region["value"]["choices"] == [CLASSES[0]] and region["score"] == 1.0 and "meta" not in region
+        assert r.json()["calibration"] == client.calibration_dict(cal)  # the whole provenance (Label Studio ignores it)
         assert results[4]["score"] == LABELLED_SCORE
         # a task alone gets the same answer as in the batch (scores do not depend on the batch)
         one = dict(body("predict.json"), tasks=body("predict.json")["tasks"][1:2])
