@@ -111,48 +111,71 @@ def test_idle_trim_waits_for_a_pause_and_trims_once_per_burst() -> None:
         trim.close()
 
 
-def test_a_call_that_outlasts_the_pause_is_trimmed_after_too() -> None:
-    """The blocks a long call frees after the pause's trim are handed back once it ends (CallStarts touches
-    IdleTrim when a call ends as well as when it starts), also for a response stream."""
+def test_a_call_that_outlasts_the_pause_is_trimmed_after_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The blocks a long call frees after the pause's trim are handed back once it ends: CallStarts touches
+    IdleTrim when a call ends as well as when it starts (a unary call, a response stream, one that raises,
+    one the client stops reading), and not for calls outside the agent's service. No timing: the touches
+    are recorded in order with what the handler did (that a touch after a trim brings one more trim is
+    ``test_idle_trim_waits_for_a_pause_and_trims_once_per_burst``'s)."""
     import types
 
     import grpc
 
-    calls: list[float] = []
+    events: list[str] = []
+    trim = IdleTrim(idle_s=3600.0, trim=lambda: True)  # its thread never trims within the test
+    monkeypatch.setattr(trim, "touch", lambda: events.append("touch"))
 
-    def fake_trim() -> bool:
-        calls.append(time.monotonic())
-        return True
-
-    def slow(request: object, context: object) -> str:
-        time.sleep(0.8)
+    def unary(request: object, context: object) -> str:
+        events.append("run")
         return "done"
 
-    def slow_stream(request: object, context: object) -> Iterator[str]:
-        time.sleep(0.8)
-        yield "done"
+    def failing(request: object, context: object) -> str:
+        events.append("run")
+        raise RuntimeError("boom")
 
-    trim = IdleTrim(idle_s=0.3, trim=fake_trim)
+    def stream(request: object, context: object) -> Iterator[str]:
+        events.append("run")
+        yield "a"
+        events.append("more")
+        yield "b"
+
     try:
         starts = service.CallStarts(trim)
         details = types.SimpleNamespace(method=f"/{service.SERVICE_NAME}/GetStatus")
-        handler = starts.intercept_service(lambda d: grpc.unary_unary_rpc_method_handler(slow), details)
-        assert handler is not None and handler.unary_unary is not None
-        assert handler.unary_unary(None, None) == "done"
-        assert len(calls) == 1  # the pause 0.3 s into the call
-        time.sleep(0.6)
-        assert len(calls) == 2  # and once more after it ended
-        handler = starts.intercept_service(lambda d: grpc.unary_stream_rpc_method_handler(slow_stream), details)
-        assert handler is not None and handler.unary_stream is not None
-        assert list(handler.unary_stream(None, None)) == ["done"]
-        time.sleep(0.6)
-        assert len(calls) == 4
+
+        def wrapped(handler: grpc.RpcMethodHandler,
+                    call: types.SimpleNamespace = details) -> grpc.RpcMethodHandler:
+            got = starts.intercept_service(lambda d: handler, call)
+            assert got is not None
+            return got
+
+        h = wrapped(grpc.unary_unary_rpc_method_handler(unary))
+        assert events == ["touch"]  # the start: when the call arrives
+        assert h.unary_unary is not None and h.unary_unary(None, None) == "done"
+        assert events == ["touch", "run", "touch"]  # and its end
+        events.clear()
+        h = wrapped(grpc.unary_unary_rpc_method_handler(failing))
+        with pytest.raises(RuntimeError):
+            assert h.unary_unary is not None
+            h.unary_unary(None, None)
+        assert events == ["touch", "run", "touch"]
+        events.clear()
+        h = wrapped(grpc.unary_stream_rpc_method_handler(stream))
+        assert h.unary_stream is not None and list(h.unary_stream(None, None)) == ["a", "b"]
+        assert events == ["touch", "run", "more", "touch"]  # once the stream has ended, not at its first message
+        events.clear()
+        h = wrapped(grpc.unary_stream_rpc_method_handler(stream))
+        assert h.unary_stream is not None
+        replies = h.unary_stream(None, None)
+        assert next(iter(replies)) == "a"
+        assert events == ["touch", "run"]
+        replies.close()  # the client went away: the stream is closed
+        assert events == ["touch", "run", "touch"]
+        events.clear()
         health = types.SimpleNamespace(method="/grpc.health.v1.Health/Check")  # not the agent's: not counted
-        handler = starts.intercept_service(lambda d: grpc.unary_unary_rpc_method_handler(slow), health)
-        assert handler is not None and handler.unary_unary is not None
-        handler.unary_unary(None, None)
-        time.sleep(0.6)
-        assert len(calls) == 4
+        h = wrapped(grpc.unary_unary_rpc_method_handler(unary), health)
+        assert h.unary_unary is not None and h.unary_unary(None, None) == "done"
+        assert events == ["run"]
     finally:
         trim.close()
 
