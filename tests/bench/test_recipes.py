@@ -141,3 +141,19 @@ def test_imbalance_cuts_only_the_named_classes() -> None:
     assert np.bincount(labels[kept]).tolist() == [3, 5, 10] and np.all(np.diff(kept) > 0)
     with pytest.raises(typer.BadParameter, match="CLASS=COUNT"):
         parse_imbalance("circle=-1")
+
+
+def test_the_report_says_when_the_code_changed_during_the_run() -> None:
+    """results.json's git_commit is the commit at the run's start; git_commit_end, present only when the
+    checkout moved during the run, makes results.md say so (a committed run's results as the input)."""
+    from bench.recipes.report import markdown
+
+    committed = Path(__file__).resolve().parents[2] / "docs" / "results" / "recipe-rotnet_entropy-cpu"
+    results = json.loads((committed / "results.json").read_text())
+    start = results["git_commit"]
+    assert "git_commit_end" not in results
+    line = next(x for x in markdown(results).splitlines() if f"commit {start[:10]}" in x)
+    assert "code changed" not in line
+    results["git_commit_end"] = "f" * 40
+    line = next(x for x in markdown(results).splitlines() if f"commit {start[:10]}" in x)
+    assert f"commit {start[:10]} (checkout at ffffffffff by the end: the code changed during the run)" in line
