@@ -65,16 +65,16 @@ cpu_per_unit=...)``, ``StrategyEntry.prior_cpu_s``), which stands for the kind's
 its runs is measured (then the measured run, scaled as above, replaces it). A prior per kind, rather than
 a lane-wide CPU seconds per unit of size learnt from whatever ran, because the work sizes of different
 kinds are in different units (rows x clusters for typiclust, rows for probcover; per unit of its size,
-probcover alone costs about a hundred times what typiclust does, docs/reliability.md): a lane-wide rate
+probcover alone costs far more than typiclust does: docs/reliability.md has the figures): a lane-wide rate
 taken on the safe side would refuse typiclust's first call on an idle machine for ever (a kind refused
 is never measured), one taken on the low side would not refuse it under load. What the lane does learn
 across kinds is how far the declared priors are off here: every run of a kind with a prior updates a
 factor, its CPU seconds over its prior (never below 1; up at once, down by the running mean), that
 multiplies the priors of the kinds not measured yet. A prior is declared for the pools it was measured
 on, and the data moves it (k-means iterations): a slower machine, wider embeddings or harder clusters
-make the k-means strategies' priors too low alike (on random 512-d blobs they took 1.6-14x theirs,
-docs/reliability.md), so after the first of them has run the others are expected at that much more. A
-kind with a prior is judged by it as soon as the lane's CPU share is known (a sample will do), even with
+make the k-means strategies' priors too low alike (random 512-d blobs: docs/reliability.md), so after
+the first of them has run the others are expected at that much more. A kind with a prior is judged by
+it as soon as the lane's CPU share is known (a sample will do), even with
 nothing of the lane measured: on an idle machine it is admitted when twice its prior fits the deadline
 (a prior must allow that for the sizes it is meant for, or its kind would never run), under load it is
 refused at once with the usual hint. A kind with neither a measurement nor a prior (no size information,

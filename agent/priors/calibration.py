@@ -70,8 +70,8 @@ Provenance: every answer says how its confidences were calibrated (``Priors.cali
 ``TemperatureFit``; PriorLabels' ``Calibration`` message, docs/agent.md): the fitting set ("audit",
 "labelled", "default" or "off"), the held-out predictions the fit used, the temperature, and a warning when
 the confidences cannot be trusted yet: the temperature is the default, or rests on fewer than
-``FEW_HELD_OUT`` held-out labelled samples. There the measured ECE is 0.10-0.26 (10-20 labels, 2-18
-held-out samples; docs/benchmarks.md, "Class-balanced cross-fit"), and the fix is audit labels.
+``FEW_HELD_OUT`` held-out labelled samples, where the measured calibration error is far above the goal
+(docs/benchmarks.md, "Class-balanced cross-fit"), and the fix is audit labels.
 """
 
 from __future__ import annotations
@@ -106,8 +106,8 @@ CALIBRATION_MAX_PER_FOLD = 200
 # prior (PRIOR_WEIGHT samples) weighs no more than it does there. Fewer give one label a large say.
 AUDIT_MIN_LABELS = 20
 # A temperature fitted on fewer held-out labelled samples than this (or the default, none counting) is
-# reported as "few" (``TemperatureFit.warning``): at 10-20 labels (2-18 held-out samples) the measured ECE
-# is 0.10-0.26 (docs/benchmarks.md, "Class-balanced cross-fit"); the same count as AUDIT_MIN_LABELS, the
+# reported as "few" (``TemperatureFit.warning``): at 10-20 labels the measured ECE misses the goal
+# (docs/benchmarks.md, "Class-balanced cross-fit"); the same count as AUDIT_MIN_LABELS, the
 # audit labels that replace such a fit.
 FEW_HELD_OUT = AUDIT_MIN_LABELS
 # Added to the probabilities before the log, so a class with no vote (as3l, knn) can still gain mass.
