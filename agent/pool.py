@@ -66,7 +66,8 @@ class Pool:
         audit: A int64 rows drawn by Select strategy ``audit`` (agent/audit.py), ascending, labelled or not;
             those in ``labeled`` carry *audit labels* (a uniform random sample of the pool), on which the
             calibration fits its temperature once there are enough (agent/priors/calibration.py);
-            empty when there are none or the caller does not know them (tests, benchmarks).
+            empty when there are none, the caller does not know them (tests, benchmarks) or the call does
+            not read them (Select, an uncalibrated PriorLabels, the auditor: agent/core.py ``model_pool``).
     """
 
     embeddings: np.ndarray
