@@ -29,6 +29,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.responses import Response
 
+from agent.client import calibration_dict, first_calibration
 from agent.web.auth import Caller, CallerDep, session
 from agent.web.errors import HttpError
 from agent.web.pages import registry_choices, render
@@ -86,9 +87,8 @@ class PriorSet:
             if len(p.probs) > 1:
                 ranked = sorted(p.probs.items(), key=lambda kv: -kv[1])
                 second[r], second_p[r] = index.get(ranked[1][0], -1), ranked[1][1]
-        cal = rows[0].calibration if rows and rows[0].HasField("calibration") else None
-        calibration = {} if cal is None else {"source": cal.source, "held_out": cal.held_out,
-                                              "temperature": cal.temperature, "warning": cal.warning}
+        cal = first_calibration(rows)
+        calibration = {} if cal is None else calibration_dict(cal)
         return cls(method, version, classes, [p.id for p in rows], label, conf, second, second_p, status.labeled,
                    status.label_events, time.time(), calibration=calibration)
 

@@ -37,6 +37,7 @@ def test_priors_grouped_sorted_filtered_paginated(web_agent: WebAgent) -> None:
     # PriorLabel.calibration: a few labels, so the page carries the agent's warning (priors.js shows it)
     cal = d["calibration"]
     assert cal["source"] in ("default", "labelled") and cal["held_out"] < 20
+    assert set(cal) == {"source", "held_out", "temperature", "audit_labels", "warning"}  # as everywhere else
     assert cal["warning"].startswith("confidences calibrated on ")
     assert "shortlist select --strategy audit" in cal["warning"]
     assert 'id="calibration"' in c.get("/priors").text
