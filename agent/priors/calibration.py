@@ -70,7 +70,7 @@ Provenance: every answer says how its confidences were calibrated (``Priors.cali
 ``TemperatureFit``; PriorLabels' ``Calibration`` message, docs/agent.md): the fitting set ("audit",
 "labelled", "default" or "off"), the held-out predictions the fit used, the temperature, and a warning when
 the confidences cannot be trusted yet: the temperature is the default, or rests on fewer than
-``FEW_HELD_OUT`` held-out labelled samples, where the measured calibration error is far above the goal
+``FEW_HELD_OUT`` held-out labelled samples, where the measured calibration error misses the goal in most cells
 (docs/benchmarks.md, "Class-balanced cross-fit"), and the fix is audit labels.
 """
 
@@ -106,7 +106,7 @@ CALIBRATION_MAX_PER_FOLD = 200
 # prior (PRIOR_WEIGHT samples) weighs no more than it does there. Fewer give one label a large say.
 AUDIT_MIN_LABELS = 20
 # A temperature fitted on fewer held-out labelled samples than this (or the default, none counting) is
-# reported as "few" (``TemperatureFit.warning``): at 10-20 labels the measured ECE misses the goal
+# reported as "few" (``TemperatureFit.warning``): at 10-20 labels the measured ECE misses the goal in most cells
 # (docs/benchmarks.md, "Class-balanced cross-fit"); the same count as AUDIT_MIN_LABELS, the
 # audit labels that replace such a fit.
 FEW_HELD_OUT = AUDIT_MIN_LABELS
