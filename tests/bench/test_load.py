@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -111,23 +112,32 @@ def test_idle_means_quiet_cpu_and_no_thread_kept_busy() -> None:
     assert quiet(readings(0.01, [frozenset({42}) if i % 4 == 0 else frozenset() for i in range(n)]))
 
 
+def eventually(cond: Callable[[], bool], timeout: float = 10.0) -> bool:
+    """Whether ``cond()`` holds within ``timeout`` seconds (polled): a thread just started may not have
+    reached its wait yet, nor a process its loop, on a loaded machine."""
+    end = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.02)
+    return True
+
+
 def test_busy_threads_sees_running_threads_not_waiting_ones() -> None:
     stop = threading.Event()
     waiting = threading.Thread(target=stop.wait)
     waiting.start()
     try:
-        time.sleep(0.05)
-        busy = busy_threads(os.getpid())
-        assert waiting.native_id is not None and waiting.native_id not in busy
-        assert threading.get_native_id() not in busy  # the calling thread, reading /proc, is left out
+        assert waiting.native_id is not None
+        assert eventually(lambda: waiting.native_id not in busy_threads(os.getpid()))  # once it sleeps
+        assert threading.get_native_id() not in busy_threads(os.getpid())  # the thread reading /proc is left out
     finally:
         stop.set()
         waiting.join()
     assert busy_threads(2**22 + 1) == frozenset()  # no such process
     spinning = subprocess.Popen([sys.executable, "-c", "while True: pass"])
-    try:
-        time.sleep(0.2)
-        assert busy_threads(spinning.pid) == {spinning.pid}  # running, or runnable waiting for a CPU
+    try:  # running, or runnable waiting for a CPU, once its interpreter has started
+        assert eventually(lambda: busy_threads(spinning.pid) == {spinning.pid})
     finally:
         spinning.kill()
         spinning.wait()
