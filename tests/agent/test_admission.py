@@ -116,7 +116,9 @@ def test_a_refusal_is_logged_with_its_estimates_and_summed_up_once_a_minute(capl
     with pytest.raises(Busy), adm.slot(CancelToken.within(30.0), kind=kind, size=2.5e7, prior_cpu_s=7.5):
         pass
     info = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
-    assert len(info) == 2 and f"refused 3 {kind} call(s) with RESOURCE_EXHAUSTED in the last 61 s" in info[1]
+    # (61 s and however long this thread was kept from running since: the figure is not what is under test)
+    assert len(info) == 2 and f"refused 3 {kind} call(s) with RESOURCE_EXHAUSTED in the last " in info[1]
+    assert int(info[1].split(" in the last ")[1].split(" s")[0]) >= 61
     # A full lane's refusal too; never the request's description (its ids) or its token.
     full = Admission(max_concurrent=1, max_queued=0)
     with full.slot(CancelToken(), kind="a"), pytest.raises(Busy), \
