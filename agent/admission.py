@@ -69,17 +69,25 @@ probcover alone costs far more than typiclust does: docs/reliability.md has the 
 taken on the safe side would refuse typiclust's first call on an idle machine for ever (a kind refused
 is never measured), one taken on the low side would not refuse it under load. What the lane does learn
 across kinds is how far the declared priors are off here: every run of a kind with a prior updates a
-factor, its CPU seconds over its prior (never below 1; up at once, down by the running mean), that
-multiplies the priors of the kinds not measured yet. A prior is declared for the pools it was measured
-on, and the data moves it (k-means iterations): a slower machine, wider embeddings or harder clusters
-make the k-means strategies' priors too low alike (random 512-d blobs: docs/reliability.md), so after
-the first of them has run the others are expected at that much more. A kind with a prior is judged by
-it as soon as the lane's CPU share is known (a sample will do), even with
+factor, its CPU seconds over its prior (never below 1; up at once, down by the running mean; a run cut
+short by its deadline or its client would have used at least its CPU seconds, so it may raise the factor,
+never lower it), that multiplies the priors of the kinds not measured yet. A prior is declared for the
+pools it was measured on, and the data moves it (k-means iterations): a slower machine, wider embeddings
+or harder clusters make the k-means strategies' priors too low alike (random 512-d blobs:
+docs/reliability.md), so after the first of them has run the others are expected at that much more. A
+kind with a prior is judged by it as soon as the lane's CPU share is known (a sample will do), even with
 nothing of the lane measured: on an idle machine it is admitted when twice its prior fits the deadline
 (a prior must allow that for the sizes it is meant for, or its kind would never run), under load it is
-refused at once with the usual hint. A kind with neither a measurement nor a prior (no size information,
-or a strategy that declares no cost: PriorLabels, the light strategies) is expected at the lane's mean
-as before, and the first call of a lane with no history at all runs and measures.
+refused at once with the usual hint. A kind refused is never measured, and the factor comes down only
+through runs with a prior, so one slow run could keep the kinds judged by their priors out of an idle
+lane for good; they get a probe like the one measured kinds get: once the factor is older than
+``PROBE_AFTER_S`` (no run with a prior ended, and no call was let through to probe it, since), one call
+that finds a slot free on a lane that is not contended (its calls get ``CONTENDED`` of a core or more,
+or nothing tells the share) and is late only for the factor (it fits at its declared prior) is let
+through to measure itself and the factor; under contention such a call is still refused at once. A
+kind with neither a measurement nor a prior (no size information, or a strategy that declares no cost:
+PriorLabels, the light strategies) is expected at the lane's mean as before, and the first call of a
+lane with no history at all runs and measures.
 
 Both running means lean to the safe side: a kind's CPU seconds rise at once to a longer run (a kind's
 cost grows with the labelled set) and the lane's share falls at once to a slower finished call (the
@@ -249,7 +257,8 @@ class Admission:
         self._kind_cpu: dict[str, float] = {}  # CPU seconds of the work's thread per kind (running means)
         self._kind_at: dict[str, float] = {}  # when each kind's estimate was last updated (time.monotonic)
         self._kind_size: dict[str, float] = {}  # the work size of each kind's last measured run (slot's size)
-        self._slower = 1.0  # measured CPU seconds over declared prior ones, at least 1 (running max-leaning mean)
+        self._slower = 1.0  # measured CPU seconds over declared prior ones, at least 1 (running max-leaning mean) ...
+        self._slower_at = -math.inf  # ... and when a run with a prior last ended, or a call was let through to probe it
         self._share = 1.0  # CPU share of the recent finished CPU-bound calls (running mean; the first sets it) ...
         self._share_at = -math.inf  # ... and when it was last updated
         self._sampled, self._sampled_at = 1.0, -math.inf  # the last sampled share (SAMPLE_S) and when
@@ -400,6 +409,21 @@ class Admission:
         if share is not None and self._cpu_bound(kind, prior):
             return self._kind_cpu_now(kind, size, prior) / share
         return self._base_s(kind, prior) * self._scale(kind, size)
+
+    def _probes_factor(self, kind: str, share: float | None, size: float | None, prior: float | None,
+                       safety: float, remaining: float, now: float) -> bool:
+        """Whether a call that found a slot free and is late only for the factor its prior is scaled by
+        (``_slower``) is let through to measure it (lock held): its kind is judged by its prior (never
+        measured), the factor is older than PROBE_AFTER_S (no run with a prior ended, and no call was let
+        through to probe it, since), the lane is not contended (its calls get CONTENDED of a core or more,
+        or nothing tells the share) and the call would fit at its declared prior (a call late even at that
+        would be refused whatever the factor measured)."""
+        if prior is None or prior <= 0 or kind in self._kind_at or self._slower <= 1.0:
+            return False
+        if now - self._slower_at <= self.PROBE_AFTER_S or (share is not None and share < self.CONTENDED):
+            return False
+        # prior / factor: the call's own estimate at its declared prior, the factor taken out (_base_cpu).
+        return safety * self._own(kind, share, size, prior / self._slower) <= remaining
 
     def _remaining(self, r: _Run, now: float, share: float | None) -> float:
         """Expected wall seconds until running call ``r`` ends."""
@@ -561,13 +585,18 @@ class Admission:
                 # within PROBE_AFTER_S, or the lane's CPU share is known now (running or recent calls, or a
                 # sample) and its kind, or any kind of the lane (a kind not seen yet: at the lane's mean CPU),
                 # was ever measured, or it has a prior; otherwise (a lane with no history at all and no
-                # prior) it runs and measures.
+                # prior) it runs and measures. A kind judged by its prior and late only for the factor its
+                # prior is scaled by gets the same probe on an uncontended lane (_probes_factor).
                 fresh = (now - self._kind_at.get(kind, -math.inf) <= self.PROBE_AFTER_S
                          or (share is not None and (bool(self._kind_at) or prior is not None)))
                 safety = self.SAFETY if share is None or share >= self.CONTENDED else self.SAFETY_CONTENDED
                 late = safety * (wait + own) > remaining
                 if not full and not fresh and kind in self._kind_at and late:
                     self._kind_at[kind] = now  # this call is the one probe: the next ones see a fresh estimate
+                elif late and not full and self._probes_factor(kind, share, size, prior, safety, remaining, now):
+                    log.debug("%s: %s let through to measure the factor its prior is scaled by (x%.2f, %.0f s old)",
+                              self.lane, kind, self._slower, now - self._slower_at)
+                    self._slower_at = now  # this call is the factor's one probe: the next ones see it fresh
                 elif late and (full or fresh):
                     basis = "its declared cost at its size" if prior is not None and kind not in self._kind_at \
                         else "its recent runs"
@@ -645,9 +674,13 @@ class Admission:
                     self._share_at = time.monotonic()
                 if used is not None and prior is not None and prior > 0:
                     # How much more CPU than declared this lane's calls take (a slower machine, wider
-                    # embeddings): up at once, down by the running mean, never below the declared cost.
+                    # embeddings): up at once, down by the running mean, never below the declared cost. A run
+                    # cut short (its deadline, its client) would have used at least this much: it may push the
+                    # factor up, never down.
                     ratio = used / prior
-                    self._slower = max(1.0, ratio, (1 - self.EWMA) * self._slower + self.EWMA * ratio)
+                    self._slower = max(self._slower, ratio) if cut else max(
+                        1.0, ratio, (1 - self.EWMA) * self._slower + self.EWMA * ratio)
+                    self._slower_at = time.monotonic()
                 if used is not None:
                     self._mean_cpu = (1 - self.EWMA) * self._mean_cpu + self.EWMA * used
                     old = self._kind_cpu.get(kind)

@@ -7,17 +7,20 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
 
 from agent import admission, client
 from agent.admission import Admission, Busy
-from agent.cancel import CancelToken
+from agent.cancel import Cancelled, CancelToken
+from agent.errors import DeadlineExceeded
 from agent.priors import PRIOR_METHODS
 from agent.strategies import STRATEGIES
 from agent.strategies._common import KMEANS_CPU_PER_UNIT
 from shortlist.v1 import agent_pb2
+from tests.agent.admission_clock import FakeClock
 from tests.agent.conftest import make_samples, start
 
 
@@ -29,7 +32,8 @@ def lane_with_share(share: float) -> Admission:
 
 
 def test_a_kind_never_measured_is_expected_at_its_prior_for_its_size() -> None:
-    # typiclust's first call on 50,000 rows at k = 500: a prior of 7.5 CPU s (3e-7 per row-cluster).
+    # A first call on 50,000 rows at k = 500 (2.5e7 row-clusters) with a prior of 7.5 CPU s: 3e-7 per
+    # row-cluster, this test's figure (typiclust declares KMEANS_CPU_PER_UNIT, 5e-7: 12.5 CPU s).
     adm = lane_with_share(1.0)
     assert adm.estimate("Select 'typiclust'", 2.5e7, prior_cpu_s=7.5) == pytest.approx(7.5)
     assert adm.estimate("Select 'typiclust'", 2.5e7) == pytest.approx(1.0)  # no prior: the lane's mean, as before
@@ -94,6 +98,85 @@ def test_priors_of_kinds_not_measured_yet_follow_how_much_slower_than_declared_t
             pass
     assert adm._slower == 1.0
     assert adm.estimate("b", 10.0, prior_cpu_s=4.0) == pytest.approx(4.0)
+
+
+def test_a_kind_judged_by_its_scaled_prior_gets_one_probe_once_the_factor_is_older_than_probe_after_s(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = FakeClock(monkeypatch)  # admission's wall and CPU clocks: the timings are the test's, not the machine's
+    adm = Admission(max_concurrent=2, max_queued=2)
+    # "a" declared 1 CPU s and took 14 (unusual data): every prior is now expected at 14x.
+    with adm.slot(CancelToken(), kind="a", size=10.0, prior_cpu_s=1.0):
+        clock.advance(14.0, cpu=14.0)
+    assert adm._slower == pytest.approx(14.0)
+
+    def idle() -> None:  # the lane's sample says a full core (the heavy lane samples when nothing runs)
+        adm._sampled, adm._sampled_at = 1.0, clock.now
+
+    def b(token: CancelToken | None = None) -> AbstractContextManager[None]:
+        """A call of "b", never measured, that declares 4 CPU s: 2 x 4 fits 30 s, 2 x 4 x 14 does not."""
+        return adm.slot(token or CancelToken.within(30.0), "Select 'b'", kind="b", size=10.0, prior_cpu_s=4.0)
+
+    # Within PROBE_AFTER_S of the run that set the factor: refused on an idle lane.
+    clock.advance(Admission.PROBE_AFTER_S - 1.0)
+    idle()
+    with pytest.raises(Busy) as busy, b():
+        pass
+    assert "its declared cost at its size" in str(busy.value)
+    # Older than that, but the lane contended (a running call gets a tenth of a core): still refused at once.
+    clock.advance(2.0)
+    with adm.slot(CancelToken(), kind="busy"):
+        clock.advance(0.5, cpu=0.05)
+        with pytest.raises(Busy), b():
+            pass
+    # The lane idle again (and the contended share older than PROBE_AFTER_S): one call is let through ...
+    clock.advance(Admission.PROBE_AFTER_S + 1.0)
+    idle()
+    probe = CancelToken.within(30.0)
+    with b(probe):
+        clock.advance(0.5, cpu=0.5)
+        # ... and only one: another kind judged by its prior is refused while it runs (the factor counts as
+        # fresh). (The probe's deadline dropped: a running call expected past its deadline, as the probe is
+        # at 56 s, refuses newcomers by a rule of its own, not under test here.)
+        probe.deadline = None
+        with pytest.raises(Busy) as busy, adm.slot(CancelToken.within(30.0), kind="c", size=10.0, prior_cpu_s=4.0):
+            pass
+        assert "its declared cost at its size" in str(busy.value)
+        clock.advance(3.5, cpu=3.5)  # "b" takes its declared 4 CPU s
+    assert adm._kind_cpu["b"] == pytest.approx(4.0)  # measured: its own CPU s, no longer its prior x 14
+    assert adm._slower == pytest.approx(0.8 * 14.0 + 0.2 * 1.0)  # and the factor comes down by the running mean
+    # A call late even at its declared prior (2 x 4 s over 5 s) gets no probe: the factor is not what refuses it.
+    clock.advance(Admission.PROBE_AFTER_S + 1.0)
+    idle()
+    with pytest.raises(Busy), adm.slot(CancelToken.within(5.0), kind="c", size=10.0, prior_cpu_s=4.0):
+        pass
+    assert adm.stats().refused_for_deadline == 4
+
+
+@pytest.mark.parametrize("how", ["cancelled", "deadline"])
+def test_a_run_cut_short_may_raise_the_factor_but_never_lowers_it(monkeypatch: pytest.MonkeyPatch, how: str) -> None:
+    clock = FakeClock(monkeypatch)  # admission's wall and CPU clocks: the timings are the test's, not the machine's
+    adm = Admission(max_concurrent=2, max_queued=2)
+    with adm.slot(CancelToken(), kind="a", size=10.0, prior_cpu_s=1.0):
+        clock.advance(3.0, cpu=3.0)
+    assert adm._slower == pytest.approx(3.0)
+
+    def cut(kind: str, cpu: float) -> None:  # a run of ``kind`` (1 CPU s declared) stopped after ``cpu`` CPU s
+        token = CancelToken()
+        with pytest.raises(Cancelled if how == "cancelled" else DeadlineExceeded), \
+                adm.slot(token, kind=kind, size=10.0, prior_cpu_s=1.0):
+            clock.advance(cpu, cpu=cpu)
+            if how == "cancelled":
+                token.cancel()
+            else:
+                token.deadline = time.monotonic() - 1.0  # (the real clock: its deadline has passed)
+            token.check()
+
+    # Stopped at half its declared CPU: it would have used at least that, which says nothing against 3x.
+    cut("b", 0.5)
+    assert adm._slower == pytest.approx(3.0)
+    # Stopped at 5x its declared CPU: it needed at least that much, so the factor rises at once.
+    cut("c", 5.0)
+    assert adm._slower == pytest.approx(5.0)
 
 
 def test_a_refusal_is_logged_with_its_estimates_and_summed_up_once_a_minute(caplog: pytest.LogCaptureFixture) -> None:
