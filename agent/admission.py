@@ -19,17 +19,21 @@ whole agent, agent/threads.py). Niceness cannot be lowered again without privile
 work moves to threads that stay low instead of renicing the gRPC thread for the call.
 
 Deadline-aware admission: the lane keeps a running mean of how long each kind of call takes (``kind``:
-"Select 'as3l'", "PriorLabels 'knn'", ...; an exponentially weighted mean of the last runs, a cancelled
-run counting with the time it had run). A call that would have to queue is refused at once with ``Busy``
+"Select 'as3l'", "PriorLabels 'knn'", ...; an exponentially weighted mean of the last runs; a run cut
+short by its deadline or its client took at least the time it had run, so it may raise its kind's
+estimate, never lower it). A call that would have to queue is refused at once with ``Busy``
 when its expected wait (the running calls' expected remaining time, then the queued calls ahead of it,
 ``max_concurrent`` at a time) plus its own expected duration, times ``SAFETY`` (2; 3 while the lane's
 calls get less than ``CONTENDED`` of a core), exceeds its
 remaining deadline: it would (probably) time out in the queue or be cut off mid-way, so a prompt
 RESOURCE_EXHAUSTED with a retry hint (the expected wait) tells the client more, sooner, and frees the
 queue for calls that can finish. A call that finds a slot free is refused the same way when its kind's
-recent runs took longer than its remaining deadline (as3l on a saturated machine); once that estimate is
-older than ``PROBE_AFTER_S`` one call is let through to measure it again (a lane with threads of its own
-samples the CPU share instead: ``SAMPLE_S``). An admitted call's own
+recent runs took longer than its remaining deadline (as3l on a saturated machine). One unusual run must not
+keep a kind out of an idle lane for good: once that estimate is older than ``PROBE_AFTER_S``, one call
+that finds a slot free on a lane that is not contended (its calls get ``CONTENDED`` of a core or more, or
+nothing tells the share; a lane with threads of its own samples it, ``SAMPLE_S``) is let through to
+measure it again, one such probe at a time per lane; under contention a late call is still refused at
+once. An admitted call's own
 deadline still stops its work (DEADLINE_EXCEEDED). Every refusal is logged at DEBUG (the lane, the kind, the
 rule, its expected wait and run, the deadline left, the CPU share assumed; never the request's ids, params
 or token), and at INFO a kind's refusals are summed up at most once per ``REFUSAL_LOG_S``.
@@ -43,7 +47,9 @@ took 1.6 s alone is expected to take 16 s while the lane's calls get a tenth of 
 calls also bound their kind from below (a kind is expected to need at least the CPU a running call of
 that kind has already used); when the running calls get less than ``CONTENDED`` of a core each, the CPU
 left to the lane is saturated and one more call would split it, so a call that finds a slot free is
-expected at the split share and refused when it, or a running call, would then miss its deadline; a
+expected at the split share and refused when it, or a running call, would then miss its deadline (on a
+lane that is not contended one more call takes nothing from the running ones, so a running call expected
+past its deadline, a probe's, refuses no one); a
 running call past its estimate is expected to need a quarter of it more, and a queued call whose
 expected wait plus run no longer fits its deadline leaves the queue with ``Busy`` at once instead of
 waiting to end DEADLINE_EXCEEDED. Work that is not CPU-bound in its own thread (it sleeps or waits on
@@ -80,18 +86,20 @@ nothing of the lane measured: on an idle machine it is admitted when twice its p
 (a prior must allow that for the sizes it is meant for, or its kind would never run), under load it is
 refused at once with the usual hint. A kind refused is never measured, and the factor comes down only
 through runs with a prior, so one slow run could keep the kinds judged by their priors out of an idle
-lane for good; they get a probe like the one measured kinds get: once the factor is older than
-``PROBE_AFTER_S`` (no run with a prior ended, and no call was let through to probe it, since), one call
-that finds a slot free on a lane that is not contended (its calls get ``CONTENDED`` of a core or more,
-or nothing tells the share) and is late only for the factor (it fits at its declared prior) is let
-through to measure itself and the factor; under contention such a call is still refused at once. A
+lane for good; they get the probe measured kinds get (the lane's one at a time, on a lane that is not
+contended): once the factor is older than ``PROBE_AFTER_S`` (no run with a prior ended, and no call was
+let through to probe it, since), one call that finds a slot free and is late only for the factor (it
+fits at its declared prior) is let through to measure itself and the factor; under contention such a
+call is still refused at once. A
 kind with neither a measurement nor a prior (no size information, or a strategy that declares no cost:
 PriorLabels, the light strategies) is expected at the lane's mean as before, and the first call of a
 lane with no history at all runs and measures.
 
 Both running means lean to the safe side: a kind's CPU seconds rise at once to a longer run (a kind's
 cost grows with the labelled set) and the lane's share falls at once to a slower finished call (the
-load can change within seconds), each going back by the running mean only; and a call that finds a slot
+load can change within seconds), each going back by the running mean only (a run cut short never brings
+its kind's estimate down, and a share older than ``PROBE_AFTER_S`` is replaced by the next one measured,
+not averaged with it: it says nothing of the load now); and a call that finds a slot
 free beside a call admitted less than ``MIN_LIVE_S`` ago waits (at most that long) until the running
 call's share is measured, so two calls arriving together are not both admitted on a share measured
 before either ran (docs/reliability.md, Load).
@@ -200,9 +208,10 @@ class Admission:
 
     # Weight of the newest duration in the running means behind the retry hint and the expected wait.
     EWMA = 0.2
-    # A call that finds a slot free is refused for its own expected length only while that kind's
-    # estimate is this recent (or the lane's running calls measure the machine now); after, one call runs
-    # and measures it again (the machine may be quieter).
+    # A call that finds a slot free is refused for its own expected length at once while that kind's
+    # estimate is this recent or the lane is contended; after, on a lane that is not, one call (one at a
+    # time per lane) runs and measures it again (the machine may be quieter). A share older than this is
+    # replaced by the next one measured, and a lane with nothing newer samples it (SAMPLE_S).
     PROBE_AFTER_S = 60.0
     # A work thread using less CPU than this per wall second is not CPU-bound (it sleeps, or waits on other
     # threads): its kind keeps wall-time estimates, and it says nothing about the lane's CPU share.
@@ -259,6 +268,7 @@ class Admission:
         self._kind_size: dict[str, float] = {}  # the work size of each kind's last measured run (slot's size)
         self._slower = 1.0  # measured CPU seconds over declared prior ones, at least 1 (running max-leaning mean) ...
         self._slower_at = -math.inf  # ... and when a run with a prior last ended, or a call was let through to probe it
+        self._probe: CancelToken | None = None  # the call let through to measure an old estimate (_probes), running
         self._share = 1.0  # CPU share of the recent finished CPU-bound calls (running mean; the first sets it) ...
         self._share_at = -math.inf  # ... and when it was last updated
         self._sampled, self._sampled_at = 1.0, -math.inf  # the last sampled share (SAMPLE_S) and when
@@ -410,20 +420,36 @@ class Admission:
             return self._kind_cpu_now(kind, size, prior) / share
         return self._base_s(kind, prior) * self._scale(kind, size)
 
-    def _probes_factor(self, kind: str, share: float | None, size: float | None, prior: float | None,
-                       safety: float, remaining: float, now: float) -> bool:
-        """Whether a call that found a slot free and is late only for the factor its prior is scaled by
-        (``_slower``) is let through to measure it (lock held): its kind is judged by its prior (never
-        measured), the factor is older than PROBE_AFTER_S (no run with a prior ended, and no call was let
-        through to probe it, since), the lane is not contended (its calls get CONTENDED of a core or more,
-        or nothing tells the share) and the call would fit at its declared prior (a call late even at that
-        would be refused whatever the factor measured)."""
-        if prior is None or prior <= 0 or kind in self._kind_at or self._slower <= 1.0:
+    def _probes(self, kind: str, share: float | None, size: float | None, prior: float | None,
+                safety: float, remaining: float, now: float) -> bool:
+        """Whether a call that found a slot free and is late for its deadline is let through to measure the
+        estimate that makes it late, and if so record it (lock held). The lane's one probe at a time: none
+        runs now, and the lane is not contended (its calls get CONTENDED of a core or more, or nothing tells
+        the share: under contention a late call is refused at once); then either its kind was measured, that
+        estimate is older than PROBE_AFTER_S and it is marked fresh (one unusual run had pushed it up for
+        good, the lane's share being known once sampled), or its kind is judged by its prior (never
+        measured), the factor its prior is scaled by (``_slower``) is older than PROBE_AFTER_S (no run with a
+        prior ended, and no call was let through to probe it, since) and the call would fit at its declared
+        prior (a call late even at that would be refused whatever the factor measured), and the factor is
+        marked fresh. The probe's run then measures them again."""
+        if self._probe is not None or (share is not None and share < self.CONTENDED):
             return False
-        if now - self._slower_at <= self.PROBE_AFTER_S or (share is not None and share < self.CONTENDED):
+        at = self._kind_at.get(kind)
+        if at is not None:
+            if now - at <= self.PROBE_AFTER_S:
+                return False
+            log.debug("%s: %s let through to measure its estimate again (%.0f s old)", self.lane, kind, now - at)
+            self._kind_at[kind] = now  # the next calls see a fresh estimate
+            return True
+        if prior is None or prior <= 0 or self._slower <= 1.0 or now - self._slower_at <= self.PROBE_AFTER_S:
             return False
         # prior / factor: the call's own estimate at its declared prior, the factor taken out (_base_cpu).
-        return safety * self._own(kind, share, size, prior / self._slower) <= remaining
+        if safety * self._own(kind, share, size, prior / self._slower) > remaining:
+            return False
+        log.debug("%s: %s let through to measure the factor its prior is scaled by (x%.2f, %.0f s old)",
+                  self.lane, kind, self._slower, now - self._slower_at)
+        self._slower_at = now  # the next calls see the factor fresh
+        return True
 
     def _remaining(self, r: _Run, now: float, share: float | None) -> float:
         """Expected wall seconds until running call ``r`` ends."""
@@ -545,6 +571,7 @@ class Admission:
         lane's mean, as for any kind not seen yet)."""
         kind = kind or what
         prior = prior_cpu_s
+        probing = False  # let through to measure an estimate older than PROBE_AFTER_S (_probes)
         self._sample_if_blind(token)
         with self._cond:
             if self._closed:
@@ -566,10 +593,12 @@ class Admission:
                            f"; {what} was not started; retry in about {hint} ms", hint / 1000)
             now = time.monotonic()
             live = [] if full else self._live(now)
-            # A slot is free, and the calls running now measure how much CPU one more would get: admitted
-            # only when it would not slow them past their deadlines (whether or not it has one itself).
+            # A slot is free, and the calls running now measure how much CPU one more would get. Under
+            # contention (they get less than CONTENDED of a core each) one more splits it: admitted only when
+            # it would not slow them past their deadlines (whether or not it has one itself). Uncontended,
+            # it takes nothing from them, so their own expected lateness (a probe's) refuses no one.
             more = self._share_with_one_more(live, now) if live else None
-            if more is not None:
+            if more is not None and more < self.CONTENDED:
                 try:
                     self._check_others(what, live, more, now)
                 except Busy:
@@ -581,23 +610,18 @@ class Admission:
                 share = self._share_now(now) if more is None else more
                 wait = self._expected_wait(now, share) if full else 0.0
                 own = self._own(kind, share, size, prior)
-                # With a slot free, a call is refused for its own length only when its kind was measured
-                # within PROBE_AFTER_S, or the lane's CPU share is known now (running or recent calls, or a
-                # sample) and its kind, or any kind of the lane (a kind not seen yet: at the lane's mean CPU),
-                # was ever measured, or it has a prior; otherwise (a lane with no history at all and no
-                # prior) it runs and measures. A kind judged by its prior and late only for the factor its
-                # prior is scaled by gets the same probe on an uncontended lane (_probes_factor).
-                fresh = (now - self._kind_at.get(kind, -math.inf) <= self.PROBE_AFTER_S
-                         or (share is not None and (bool(self._kind_at) or prior is not None)))
+                # With a slot free, a late call is refused unless it is let through as the lane's one probe
+                # (_probes: an estimate older than PROBE_AFTER_S, on an uncontended lane). A kind ever
+                # measured is judged by its estimate; a kind never measured only when the lane's CPU share is
+                # known now (running or recent calls, or a sample) and any kind of the lane was ever measured
+                # (a kind not seen yet: at the lane's mean CPU) or it has a prior; otherwise (a lane with no
+                # history at all and no prior, or nothing tells the share) it runs and measures.
+                judged = kind in self._kind_at or (share is not None and (bool(self._kind_at) or prior is not None))
                 safety = self.SAFETY if share is None or share >= self.CONTENDED else self.SAFETY_CONTENDED
                 late = safety * (wait + own) > remaining
-                if not full and not fresh and kind in self._kind_at and late:
-                    self._kind_at[kind] = now  # this call is the one probe: the next ones see a fresh estimate
-                elif late and not full and self._probes_factor(kind, share, size, prior, safety, remaining, now):
-                    log.debug("%s: %s let through to measure the factor its prior is scaled by (x%.2f, %.0f s old)",
-                              self.lane, kind, self._slower, now - self._slower_at)
-                    self._slower_at = now  # this call is the factor's one probe: the next ones see it fresh
-                elif late and (full or fresh):
+                if late and not full and self._probes(kind, share, size, prior, safety, remaining, now):
+                    probing = True
+                elif late and (full or judged):
                     basis = "its declared cost at its size" if prior is not None and kind not in self._kind_at \
                         else "its recent runs"
                     self._log_refusal(kind, f"it would not finish within its deadline ({basis})", wait, own,
@@ -644,6 +668,8 @@ class Admission:
             clock, cpu0 = _thread_clock()
             run = _Run(kind, time.monotonic(), clock, cpu0, size, prior)
             self._running[token] = run
+            if probing:
+                self._probe = token  # the lane's one probe, until it ends
             log.debug("%s: %s admitted (share now %s, %s of its CPU s, x%.2f for its size, %s s left)", self.lane,
                       kind, self._share_now(run.start), self._kind_cpu.get(kind, prior), self._scale(kind, size),
                       token.remaining())
@@ -658,18 +684,23 @@ class Admission:
             used = run.cpu()
             with self._cond:
                 del self._running[token]
+                if self._probe is token:
+                    self._probe = None
                 self._mean_s = (1 - self.EWMA) * self._mean_s + self.EWMA * took
                 old = self._kind_s.get(kind)
                 new = took if old is None else (1 - self.EWMA) * old + self.EWMA * took
-                # A run cut short counts with the time it ran, and its kind's estimate is at least that: a
-                # lower bound that the mean alone would take many runs (each timing out) to reach.
-                self._kind_s[kind] = max(new, took) if cut else new
+                # A run cut short (its deadline, its client) would have taken at least the time it ran: its
+                # kind's estimate rises at once to that lower bound (the mean alone would take many runs, each
+                # timing out, to reach it) and never falls for it.
+                self._kind_s[kind] = max(old if old is not None else took, took) if cut else new
                 if used is not None and took >= self.MIN_LIVE_S and used >= self.MIN_SHARE * took:
                     fresh_share = used / took
                     # Down at once, up by the running mean: a mean of shares measured on a quieter machine
                     # had admitted two as3l Selects at an expected 0.70 of a core each right after two had
-                    # got 0.28, and both then ran past their 30 s deadline (docs/reliability.md, Load).
-                    self._share = fresh_share if self._share_at == -math.inf or fresh_share < self._share else (
+                    # got 0.28, and both then ran past their 30 s deadline (docs/reliability.md, Load). A
+                    # share older than PROBE_AFTER_S says nothing of the load now: the new one replaces it.
+                    stale = time.monotonic() - self._share_at > self.PROBE_AFTER_S
+                    self._share = fresh_share if stale or fresh_share < self._share else (
                         (1 - self.EWMA) * self._share + self.EWMA * fresh_share)
                     self._share_at = time.monotonic()
                 if used is not None and prior is not None and prior > 0:
@@ -687,8 +718,9 @@ class Admission:
                     new = used if old is None else (1 - self.EWMA) * old + self.EWMA * used
                     # Up at once to a longer run, down by the running mean: a kind's cost grows with the
                     # labelled set (as3l: 5.3 -> 6.4 CPU s between two runs a few seconds apart under load),
-                    # and a mean lagging behind it admitted a call that then ran past its deadline.
-                    self._kind_cpu[kind] = max(new, used)
+                    # and a mean lagging behind it admitted a call that then ran past its deadline. A run cut
+                    # short used at least this much: it may raise the estimate, never lower it.
+                    self._kind_cpu[kind] = max(old if cut and old is not None else new, used)
                 else:  # not measurable: the CPU estimate follows the wall time
                     self._kind_cpu[kind] = self._kind_s[kind]
                 self._kind_at[kind] = time.monotonic()

@@ -135,9 +135,7 @@ def test_a_kind_judged_by_its_scaled_prior_gets_one_probe_once_the_factor_is_old
     with b(probe):
         clock.advance(0.5, cpu=0.5)
         # ... and only one: another kind judged by its prior is refused while it runs (the factor counts as
-        # fresh). (The probe's deadline dropped: a running call expected past its deadline, as the probe is
-        # at 56 s, refuses newcomers by a rule of its own, not under test here.)
-        probe.deadline = None
+        # fresh, and the lane's one probe runs).
         with pytest.raises(Busy) as busy, adm.slot(CancelToken.within(30.0), kind="c", size=10.0, prior_cpu_s=4.0):
             pass
         assert "its declared cost at its size" in str(busy.value)
@@ -177,6 +175,118 @@ def test_a_run_cut_short_may_raise_the_factor_but_never_lowers_it(monkeypatch: p
     # Stopped at 5x its declared CPU: it needed at least that much, so the factor rises at once.
     cut("c", 5.0)
     assert adm._slower == pytest.approx(5.0)
+
+
+def test_a_measured_kind_gets_one_probe_on_an_idle_lane_whose_share_is_known(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = FakeClock(monkeypatch)  # admission's wall and CPU clocks: the timings are the test's, not the machine's
+    adm = Admission(max_concurrent=2, max_queued=2)
+
+    def idle() -> None:  # the lane's sample says a full core (the heavy lane of `shortlist serve` samples it)
+        adm._sampled, adm._sampled_at = 1.0, clock.now
+
+    def k(token: CancelToken | None = None, kind: str = "k") -> AbstractContextManager[None]:
+        return adm.slot(token or CancelToken.within(20.0), f"Select '{kind}'", kind=kind)
+
+    # "m" took 14 CPU s once; "k" takes 2, then one unusual run 14 (its estimate rises at once).
+    for kind, cpu in (("m", 14.0), ("k", 2.0), ("k", 14.0)):
+        with adm.slot(CancelToken(), kind=kind):
+            clock.advance(cpu, cpu=cpu)
+    assert adm._kind_cpu["k"] == pytest.approx(14.0)
+    # 2 x 14 s over a 20 s deadline: refused on an idle lane while the estimate is recent ...
+    clock.advance(Admission.PROBE_AFTER_S - 1.0)
+    idle()
+    with pytest.raises(Busy) as busy, k():
+        pass
+    assert "its recent runs" in str(busy.value)
+    # ... and older than that but on a contended lane (a running call gets a tenth of a core): at once.
+    clock.advance(2.0)
+    with adm.slot(CancelToken(), kind="busy"):
+        clock.advance(0.5, cpu=0.05)
+        with pytest.raises(Busy), k():
+            pass
+    # The lane idle again, its share known (a sample), the estimate old: one call is let through to measure.
+    clock.advance(Admission.PROBE_AFTER_S + 1.0)
+    idle()
+    with k():
+        clock.advance(0.5, cpu=0.5)
+        # One probe at a time per lane: another "k" (its estimate now fresh) and "m" (old too) are refused.
+        for kind in ("k", "m"):
+            with pytest.raises(Busy), k(kind=kind):
+                pass
+        clock.advance(1.5, cpu=1.5)  # "k" takes its usual 2 CPU s
+    assert adm._kind_cpu["k"] == pytest.approx(0.8 * 14.0 + 0.2 * 2.0)  # down by the running mean
+    # The probe over, "m" gets its own (its estimate is older than PROBE_AFTER_S, the lane idle).
+    with k(kind="m"):
+        clock.advance(2.0, cpu=2.0)
+    assert adm.stats().refused_for_deadline == 4
+    # Probe by probe the estimate comes down until a call fits (2 x 9.7 s within 20 s) without one.
+    for _ in range(2):
+        clock.advance(Admission.PROBE_AFTER_S + 1.0)
+        idle()
+        with k():
+            clock.advance(2.0, cpu=2.0)
+    idle()
+    with k():
+        clock.advance(2.0, cpu=2.0)
+    assert adm.stats().refused_for_deadline == 4
+
+
+@pytest.mark.parametrize("how", ["cancelled", "deadline"])
+def test_a_run_cut_short_may_raise_its_kinds_estimate_but_never_lowers_it(monkeypatch: pytest.MonkeyPatch,
+                                                                        how: str) -> None:
+    clock = FakeClock(monkeypatch)  # admission's wall and CPU clocks: the timings are the test's, not the machine's
+    adm = Admission(max_concurrent=2, max_queued=2)
+    with adm.slot(CancelToken(), kind="k"):
+        clock.advance(5.0, cpu=5.0)
+
+    def cut(cpu: float) -> None:  # a run of "k" stopped after ``cpu`` CPU s (at a full core)
+        token = CancelToken()
+        with pytest.raises(Cancelled if how == "cancelled" else DeadlineExceeded), adm.slot(token, kind="k"):
+            clock.advance(cpu, cpu=cpu)
+            if how == "cancelled":
+                token.cancel()
+            else:
+                token.deadline = time.monotonic() - 1.0  # (the real clock: its deadline has passed)
+            token.check()
+
+    # Stopped after 1 CPU s: it would have used at least that, which says nothing against 5.
+    cut(1.0)
+    assert adm._kind_cpu["k"] == pytest.approx(5.0) and adm._kind_s["k"] == pytest.approx(5.0)
+    # Stopped after 8: it needed at least that, so the estimate rises at once.
+    cut(8.0)
+    assert adm._kind_cpu["k"] == pytest.approx(8.0) and adm._kind_s["k"] == pytest.approx(8.0)
+
+
+def test_a_probes_own_expected_lateness_refuses_no_one_on_an_uncontended_lane(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = FakeClock(monkeypatch)  # admission's wall and CPU clocks: the timings are the test's, not the machine's
+    adm = Admission(max_concurrent=2, max_queued=2)
+    with adm.slot(CancelToken(), kind="a", size=10.0, prior_cpu_s=1.0):
+        clock.advance(14.0, cpu=14.0)  # "a" declared 1 CPU s and took 14: priors are expected at 14x
+    with adm.slot(CancelToken(), kind="q"):
+        clock.advance(0.2, cpu=0.2)  # "q": 0.2 CPU s
+    clock.advance(Admission.PROBE_AFTER_S + 1.0)
+    adm._sampled, adm._sampled_at = 1.0, clock.now  # idle: a full core
+    # The factor's probe, "b" (4 CPU s declared, 56 s expected): let through, expected past its 30 s deadline ...
+    with adm.slot(CancelToken.within(30.0), kind="b", size=10.0, prior_cpu_s=4.0):
+        clock.advance(0.5, cpu=0.5)  # ... at a full core: the lane is not contended
+        with adm.slot(CancelToken.within(30.0), "Select 'q'", kind="q"):  # it takes nothing from the probe: runs
+            pass
+    assert adm.stats().refused_for_deadline == 0
+
+
+def test_a_share_older_than_probe_after_s_is_replaced_not_averaged(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = FakeClock(monkeypatch)  # admission's wall and CPU clocks: the timings are the test's, not the machine's
+    adm = Admission(max_concurrent=2, max_queued=2)
+    with adm.slot(CancelToken(), kind="k"):
+        clock.advance(1.0, cpu=0.1)  # a tenth of a core
+    assert adm._share == pytest.approx(0.1)
+    with adm.slot(CancelToken(), kind="k"):
+        clock.advance(1.0, cpu=1.0)  # a full core right after: up by the running mean only
+    assert adm._share == pytest.approx(0.8 * 0.1 + 0.2 * 1.0)
+    clock.advance(Admission.PROBE_AFTER_S + 1.0)
+    with adm.slot(CancelToken(), kind="k"):
+        clock.advance(1.0, cpu=1.0)  # a full core a minute on: the old share says nothing of the load now
+    assert adm._share == pytest.approx(1.0)
 
 
 def test_a_refusal_is_logged_with_its_estimates_and_summed_up_once_a_minute(caplog: pytest.LogCaptureFixture) -> None:
