@@ -408,6 +408,16 @@ class Call:
     seconds: float
 
 
+def warmup_errors(calls: list[Call]) -> dict[str, dict[str, int]]:
+    """The failed calls by "RPC variant" and status code (e.g. {"Select typiclust": {"RESOURCE_EXHAUSTED": 3}})."""
+    out: dict[str, dict[str, int]] = {}
+    for c in calls:
+        if c.code != "OK":
+            codes = out.setdefault(f"{c.rpc} {c.variant}".strip(), {})
+            codes[c.code] = codes.get(c.code, 0) + 1
+    return {k: dict(sorted(v.items())) for k, v in sorted(out.items())}
+
+
 @dataclass
 class World:
     """What the clients share: pool ids, classes, the stop signal and the calls recorded."""
@@ -775,6 +785,9 @@ def _run(cfg: LoadConfig, target: Target, say: Callable[[str], None]) -> dict[st
         if warmup > 0:
             say(f"warm-up: {cfg.clients} clients for {warmup:g} s (not counted)")
             warm, _ = drive(World(cfg, ids, classes, run_tag=tag + "w", salt=0), warmup)
+            if failed := warmup_errors(warm.calls):  # not counted, but a deadline missed there is still news
+                say("warm-up errors: " + ", ".join(f"{name} {code} {n}" for name, codes in failed.items()
+                                                   for code, n in codes.items()))
         rss_before = rss_bytes(target.pid) if target.pid else {}
         quiet_before = (idle_rss(target.pid, cfg.idle_wait) if target.pid and cfg.idle_wait > 0
                         else ({}, 0.0, False))
@@ -812,6 +825,7 @@ def _run(cfg: LoadConfig, target: Target, say: Callable[[str], None]) -> dict[st
         "solo": solo,
         "warmup": {"seconds": warmup, "requests": len(warm.calls) if warm else 0,
                    "errors": sum(c.code != "OK" for c in warm.calls) if warm else 0,
+                   "errors_by_call": warmup_errors(warm.calls) if warm else {},
                    "ingested": warm.accepted if warm else 0},
         "load": {"seconds": round(elapsed, 2), "clients": cfg.clients, "requests": len(world.calls),
                  "ingested": world.accepted,

@@ -18,6 +18,7 @@ from agent import client
 from agent.testing import publish_linear
 from bench.load import (
     QUIET_S,
+    Call,
     LoadConfig,
     LoadError,
     busy_threads,
@@ -26,6 +27,7 @@ from bench.load import (
     parse_mix,
     quiet,
     require_loopback,
+    warmup_errors,
 )
 from shortlist.cli import app
 from tests.agent.conftest import CLASSES, SIZE, start
@@ -205,3 +207,12 @@ def test_load_against_an_agent_with_tls_and_tokens(tmp_path: Path) -> None:
         assert res["agent"]["samples_before"] == 20 and all(not r["errors"] for r in res["load"]["rpcs"])
     finally:
         stop_server(server, agent)
+
+
+def test_warmup_errors_are_counted_by_call_and_code() -> None:
+    calls = [Call("Select", "typiclust", "RESOURCE_EXHAUSTED", 0.01), Call("Select", "typiclust", "OK", 0.5),
+             Call("Select", "typiclust", "DEADLINE_EXCEEDED", 30.0), Call("GetStatus", "", "OK", 0.01),
+             Call("Select", "typiclust", "RESOURCE_EXHAUSTED", 0.02), Call("Ingest", "", "UNAVAILABLE", 0.1)]
+    assert warmup_errors(calls) == {"Ingest": {"UNAVAILABLE": 1},
+                                    "Select typiclust": {"DEADLINE_EXCEEDED": 1, "RESOURCE_EXHAUSTED": 2}}
+    assert warmup_errors(calls[1:2]) == {}
