@@ -246,8 +246,8 @@ class PriorAuditor:
                 self._running_key, self._run_token, self._cut = None, None, (key, time.monotonic())
             return
         except AgentError as e:  # busy or shutting down: a GetStatus after the lane's retry hint tries again
-            log.info("prior audit not computed now: %s", str(e))
-            hint = getattr(e, "retry_after_s", None) or 0.0
+            hint = max(getattr(e, "retry_after_s", None) or 0.0, self.config.busy_backoff_s)
+            log.info("prior audit not computed now (tried again in %.0f s at the earliest): %s", hint, str(e))
             with self._lock:
                 self._running_key, self._run_token = None, None
                 self._not_before = time.monotonic() + hint

@@ -88,8 +88,14 @@ class AuditConfig:
     # again has passed and the labels, audit draws or model have changed (so a slow audit holds the heavy
     # lane at most half the time).
     max_seconds: float | None = 60.0
+    # After the heavy lane refused a recomputation (busy), none is tried again before this many seconds or
+    # the lane's retry hint, whichever is later: a refusal for the deadline hints 0 s (nothing to wait
+    # for, the run itself would be too long), and every GetStatus would otherwise try, and log, again.
+    busy_backoff_s: float = 10.0
 
     def __post_init__(self) -> None:
+        if self.busy_backoff_s < 0:
+            raise ValueError("audit: busy_backoff_s must be >= 0")
         if not 0.0 < self.confidence_level < 1.0 or self.min_per_class < 1 or self.interval not in ("wilson",
                                                                                                       "exact"):
             raise ValueError("audit: confidence_level in (0, 1), min_per_class >= 1, interval wilson or exact")

@@ -7,7 +7,9 @@ from __future__ import annotations
 import json
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -320,8 +322,8 @@ def test_a_refused_recomputation_waits_for_the_lanes_retry_hint() -> None:
     while lane.stats().running == 0:
         assert time.monotonic() < deadline
         time.sleep(0.01)
-    auditor = PriorAuditor(CFG, lambda: np.array([2, 3, 12, 22]), lambda: labels, lambda: (pool, seqs, "v1"),
-                           lambda q: f"s{q}", lambda: "v1", lane, background=True)
+    auditor = PriorAuditor(replace(CFG, busy_backoff_s=2.0), lambda: np.array([2, 3, 12, 22]), lambda: labels,
+                           lambda: (pool, seqs, "v1"), lambda q: f"s{q}", lambda: "v1", lane, background=True)
     try:
         auditor.report()
         while lane.stats().refused == 0:
@@ -330,7 +332,9 @@ def test_a_refused_recomputation_waits_for_the_lanes_retry_hint() -> None:
         while auditor._running_key is not None:
             time.sleep(0.01)
         thread = auditor._thread
-        auditor.report()  # within the hint (at least 100 ms): no new attempt
+        # within the hint (at least 100 ms) and the back-off (2 s): no new attempt
+        assert auditor._not_before > time.monotonic()
+        auditor.report()
         assert auditor._thread is thread and lane.stats().refused == 1
         release.set()
         holder.join(5)
@@ -397,3 +401,37 @@ def test_prior_labels_say_how_their_confidences_were_calibrated(running: Running
     res = CliRunner().invoke(app, ["prior", "--agent", running.address, "--method", "knn"])
     assert res.stdout.rstrip().splitlines()[-1] == \
         f"confidences calibrated on {cal.held_out} audit labels (temperature {cal.temperature:.3g})"
+
+
+def test_a_refusal_with_no_wait_hinted_still_backs_off() -> None:
+    """A refusal for the deadline hints 0 s (nothing to wait for): without a floor every GetStatus would
+    start, and log, another refused attempt (hundreds a minute under a 16-client load)."""
+    from agent.admission import Busy
+
+    class Refusing:
+        calls = 0
+
+        def run(self, token: Any, fn: Any, what: str) -> Any:
+            Refusing.calls += 1
+            raise Busy("it would not finish within its deadline", retry_after_s=0.0)
+
+    x, y = blobs(clusters=3, per_cluster=10, seed=4)
+    pool = make_pool(x, y, labeled=np.arange(30))
+    labels = np.concatenate([[-1], y])
+    auditor = PriorAuditor(replace(CFG, busy_backoff_s=30.0), lambda: np.array([2, 3, 12, 22]), lambda: labels,
+                           lambda: (pool, np.arange(1, 31, dtype=np.int64), "v1"), lambda q: f"s{q}",
+                           lambda: "v1", Refusing(), background=True)  # type: ignore[arg-type]
+    try:
+        auditor.report()
+        deadline = time.monotonic() + 5
+        while Refusing.calls == 0 or auditor._running_key is not None:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        for _ in range(20):
+            auditor.report()
+        assert Refusing.calls == 1
+        assert auditor._not_before - time.monotonic() > 20
+    finally:
+        auditor.stop()
+    with pytest.raises(ValueError, match="busy_backoff_s"):
+        AuditConfig(busy_backoff_s=-1)
