@@ -237,61 +237,65 @@ def _parsed_stream(parse: Parser | None, raw: Iterator[Any]) -> Iterator[Any]:
         yield _parse(parse, item)
 
 
+# A handler's behaviour: (request or request iterator, context) -> response or response iterator.
+Behaviour = Callable[[Any, grpc.ServicerContext], Any]
+
+
+def rewrap_handler(handler: grpc.RpcMethodHandler,
+                   around: Callable[[Behaviour, bool, bool], Behaviour],
+                   request_deserializer: Callable[[bytes], Any] | None) -> grpc.RpcMethodHandler:
+    """``handler`` with its behaviour replaced by ``around(behaviour, request_streaming, response_streaming)``
+    (a generator function where the response streams) and requests parsed by ``request_deserializer``; the
+    response serializer kept. The one place that tells the four kinds of gRPC method apart for a server
+    interceptor that wraps them (ErrorMapping here, agent.service.CallStarts); a handler with no behaviour
+    is returned as it is."""
+    ser = handler.response_serializer
+    if handler.unary_unary is not None:
+        return grpc.unary_unary_rpc_method_handler(around(handler.unary_unary, False, False),
+                                                   request_deserializer, ser)
+    if handler.unary_stream is not None:
+        return grpc.unary_stream_rpc_method_handler(around(handler.unary_stream, False, True),
+                                                    request_deserializer, ser)
+    if handler.stream_unary is not None:
+        return grpc.stream_unary_rpc_method_handler(around(handler.stream_unary, True, False),
+                                                    request_deserializer, ser)
+    if handler.stream_stream is not None:
+        return grpc.stream_stream_rpc_method_handler(around(handler.stream_stream, True, True),
+                                                     request_deserializer, ser)
+    return handler
+
+
 def wrap_handler(handler: grpc.RpcMethodHandler, method: str = "") -> grpc.RpcMethodHandler:
     """``handler`` with requests parsed inside the mapping and every exception mapped by ``abort``
     (``method``, e.g. "/shortlist.v1.Agent/Select", names it in the log)."""
     parse = handler.request_deserializer
-    serialize = handler.response_serializer
 
     def guard(context: grpc.ServicerContext, e: Exception) -> None:
         if _already_ended(context):
             raise e
         abort(context, e, method)
 
-    if handler.unary_unary is not None:
-        fn_uu = handler.unary_unary
+    def around(fn: Behaviour, request_streaming: bool, response_streaming: bool) -> Behaviour:
+        def parsed(raw: Any) -> Any:
+            return _parsed_stream(parse, raw) if request_streaming else _parse(parse, raw)
 
-        def unary_unary(raw: Any, context: grpc.ServicerContext) -> Any:
+        def returning(raw: Any, context: grpc.ServicerContext) -> Any:
             try:
-                return fn_uu(_parse(parse, raw), context)
+                return fn(parsed(raw), context)
             except Exception as e:
                 guard(context, e)
                 raise
 
-        return grpc.unary_unary_rpc_method_handler(unary_unary, None, serialize)
-    if handler.unary_stream is not None:
-        fn_us = handler.unary_stream
-
-        def unary_stream(raw: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        def streaming(raw: Any, context: grpc.ServicerContext) -> Iterator[Any]:
             try:
-                yield from fn_us(_parse(parse, raw), context)
+                yield from fn(parsed(raw), context)
             except Exception as e:
                 guard(context, e)
                 raise
 
-        return grpc.unary_stream_rpc_method_handler(unary_stream, None, serialize)
-    if handler.stream_unary is not None:
-        fn_su = handler.stream_unary
+        return streaming if response_streaming else returning
 
-        def stream_unary(raw: Iterator[Any], context: grpc.ServicerContext) -> Any:
-            try:
-                return fn_su(_parsed_stream(parse, raw), context)
-            except Exception as e:
-                guard(context, e)
-                raise
-
-        return grpc.stream_unary_rpc_method_handler(stream_unary, None, serialize)
-    fn_ss = handler.stream_stream
-    assert fn_ss is not None
-
-    def stream_stream(raw: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
-        try:
-            yield from fn_ss(_parsed_stream(parse, raw), context)
-        except Exception as e:
-            guard(context, e)
-            raise
-
-    return grpc.stream_stream_rpc_method_handler(stream_stream, None, serialize)
+    return rewrap_handler(handler, around, None)  # parsed inside, so a malformed request is mapped too
 
 
 class ErrorMapping(grpc.ServerInterceptor):

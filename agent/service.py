@@ -22,7 +22,7 @@ from agent.audit import Accuracy, AuditReport
 from agent.cancel import CancelToken
 from agent.config import AgentConfig
 from agent.core import Agent, AgentStatus
-from agent.errors import ErrorMapping
+from agent.errors import Behaviour, ErrorMapping, rewrap_handler
 from agent.ingest import Incoming
 from agent.lazy import warm_in_background
 from agent.memory import IdleTrim
@@ -229,48 +229,22 @@ class CallStarts(grpc.ServerInterceptor):
 def _touch_when_done(handler: grpc.RpcMethodHandler, touch: Callable[[], None]) -> grpc.RpcMethodHandler:
     """``handler`` calling ``touch`` when its behaviour returns or raises (a response stream: when it ends or
     is closed)."""
-    des, ser = handler.request_deserializer, handler.response_serializer
-    if handler.unary_unary is not None:
-        fn_uu = handler.unary_unary
-
-        def unary_unary(request: Any, context: grpc.ServicerContext) -> Any:
+    def around(fn: Behaviour, request_streaming: bool, response_streaming: bool) -> Behaviour:
+        def returning(request: Any, context: grpc.ServicerContext) -> Any:
             try:
-                return fn_uu(request, context)
+                return fn(request, context)
             finally:
                 touch()
 
-        return grpc.unary_unary_rpc_method_handler(unary_unary, des, ser)
-    if handler.unary_stream is not None:
-        fn_us = handler.unary_stream
-
-        def unary_stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        def streaming(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
             try:
-                yield from fn_us(request, context)
+                yield from fn(request, context)
             finally:
                 touch()
 
-        return grpc.unary_stream_rpc_method_handler(unary_stream, des, ser)
-    if handler.stream_unary is not None:
-        fn_su = handler.stream_unary
+        return streaming if response_streaming else returning
 
-        def stream_unary(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
-            try:
-                return fn_su(requests, context)
-            finally:
-                touch()
-
-        return grpc.stream_unary_rpc_method_handler(stream_unary, des, ser)
-    fn_ss = handler.stream_stream
-    if fn_ss is None:
-        return handler
-
-    def stream_stream(requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
-        try:
-            yield from fn_ss(requests, context)
-        finally:
-            touch()
-
-    return grpc.stream_stream_rpc_method_handler(stream_stream, des, ser)
+    return rewrap_handler(handler, around, handler.request_deserializer)
 
 
 def create_server(config: AgentConfig, interceptors: Sequence[grpc.ServerInterceptor] = (),
