@@ -57,7 +57,8 @@ other threads) keeps the wall-time estimates.
 
 Size-aware estimates: a call may say how much work it is (``size``: a number its CPU cost grows in
 proportion to, at most; Select gives the pool's rows times the k-means clusters and fits of the strategies
-that declare them, from the request's params and labelled set as the strategy's function computes them:
+that declare them, from the request's params and labelled set as the strategy's function computes them,
+and the size probcover and qbc declare from theirs (``@strategy(work=...)``):
 agent/params.py ``StrategyEntry.work_size``). A kind's estimate is scaled up by the
 call's size over the size of the kind's last measured run (never down): on a fresh agent the strategies
 are first timed at a few dozen labels, a load's SubmitLabels then take k-means' k to its cap of 500
@@ -70,8 +71,8 @@ take at its size, declared with the strategy as CPU seconds per unit of work siz
 cpu_per_unit=...)``, ``StrategyEntry.prior_cpu_s``), which stands for the kind's estimate until one of
 its runs is measured (then the measured run, scaled as above, replaces it). A prior per kind, rather than
 a lane-wide CPU seconds per unit of size learnt from whatever ran, because the work sizes of different
-kinds are in different units (rows x clusters for typiclust, rows for probcover; per unit of its size,
-probcover alone costs far more than typiclust does: docs/reliability.md has the figures): a lane-wide rate
+kinds are in different units (rows x clusters for typiclust, dot products for probcover, rows x members / 5
+for qbc, rows for the rest): a lane-wide rate
 taken on the safe side would refuse typiclust's first call on an idle machine for ever (a kind refused
 is never measured), one taken on the low side would not refuse it under load. What the lane does learn
 across kinds is how far the declared priors are off here: every run of a kind with a prior updates a

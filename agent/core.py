@@ -429,7 +429,8 @@ class Agent:
             rng = state_rng(seed, self.labelled_ids())
             work = (len(pool.embeddings), len(pool.labeled), take)
             sel = lane.run(token, lambda: fn(pool, take, rng, dict(params)), f"Select {strategy!r}",
-                           size=fn.work_size(*work, params), prior_cpu_s=fn.prior_cpu_s(*work, params))
+                           size=fn.work_size(*work, params, pool.num_classes),
+                           prior_cpu_s=fn.prior_cpu_s(*work, params, pool.num_classes))
             rows = np.asarray(sel.rows, np.int64)
             scores = np.asarray(sel.scores, np.float64)
             if (len(rows) > budget or len(np.unique(rows)) != len(rows) or len(scores) != len(rows)

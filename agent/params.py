@@ -191,6 +191,11 @@ class KMeansWork:
 # its KMeansWork. Declared beside the strategy and used by its function too, so the two cannot disagree.
 KMeansPlan = Callable[[Mapping[str, str], int, int], KMeansWork]
 
+# A strategy's work size for a call when its cost is not a k-means' rows x k (``@strategy(work=...)``): (the
+# request's params, already checked; pool rows; labelled rows; capped budget; classes) -> a number the call's
+# CPU cost grows in proportion to, at most, in a unit of the strategy's own (its docstring says which).
+StrategyWork = Callable[[Mapping[str, str], int, int, int, int], float]
+
 
 @dataclass(frozen=True)
 class StrategyEntry(_Entry):
@@ -209,31 +214,39 @@ class StrategyEntry(_Entry):
     # > 0: a conservative prior of the strategy's CPU seconds per unit of work_size on one core, at its
     # default params (see prior_cpu_s); 0: none declared.
     cpu_per_unit: float = 0.0
+    # The strategy's cost follows its params in another way than a k-means' rows x k (probcover's radius
+    # rule and clusters, qbc's members): its work size for a call (see work_size); None: the pool's rows.
+    work: StrategyWork | None = None
 
     def is_light(self, budget: int) -> bool:
         return budget <= self.light_budget
 
-    def work_size(self, rows: int, labelled: int, budget: int, params: Mapping[str, str]) -> float:
+    def work_size(self, rows: int, labelled: int, budget: int, params: Mapping[str, str], classes: int = 0) -> float:
         """What a call's CPU cost grows in proportion to (at most), for admission's estimates
         (agent/admission.py, ``size``): the pool's rows, times, for a strategy that declares its ``kmeans``,
         the k-means clusters the call fits (k from the params when they set it, else following the labelled
         set: typiclust's CPU seconds rose 6x within seconds of a load's start, its labels taking k from 60
         towards 500, docs/reliability.md, Load; clipped to the rows, as k-means does) and the number of fits
-        relative to the default params (as3l's ``runs``). ``params``: the request's, checked already
-        (``check``); ``budget``: capped by the candidates, as the function gets it."""
+        relative to the default params (as3l's ``runs``); for a strategy that declares its ``work``, that
+        (probcover's, in dot products; qbc's, rows x members over the default members). ``params``: the
+        request's, checked already (``check``); ``budget``: capped by the candidates, as the function gets
+        it; ``classes``: the agent's class count (Pool.num_classes; probcover's default clusters follow it)."""
+        if self.work is not None:
+            return float(max(1.0, self.work(params, rows, labelled, budget, classes)))
         if self.kmeans is None:
             return float(max(1, rows))
         plan = self.kmeans(params, labelled, budget)
         k = max(1, min(plan.k, rows))
         return float(max(1, rows) * k * max(plan.fits, 0.0))
 
-    def prior_cpu_s(self, rows: int, labelled: int, budget: int, params: Mapping[str, str]) -> float | None:
+    def prior_cpu_s(self, rows: int, labelled: int, budget: int, params: Mapping[str, str],
+                    classes: int = 0) -> float | None:
         """CPU seconds (one core) a call is expected to take at most before admission has measured any call
         of this strategy: ``cpu_per_unit`` x ``work_size`` (agent/admission.py, ``prior_cpu_s``, "Size-aware
         estimates"); None when the strategy declares no cost (then the lane's mean stands in, as before)."""
         if self.cpu_per_unit <= 0:
             return None
-        return self.cpu_per_unit * self.work_size(rows, labelled, budget, params)
+        return self.cpu_per_unit * self.work_size(rows, labelled, budget, params, classes)
 
     def __call__(self, pool: Pool, budget: int, rng: np.random.Generator, params: Mapping[str, str]) -> Selection:
         self.check(params)
@@ -281,16 +294,18 @@ ALWAYS_LIGHT = 2**63 - 1
 
 
 def strategy(name: str, *declared: Param, light_budget: int = 0, kmeans: KMeansPlan | None = None,
-             cpu_per_unit: float = 0.0) -> Callable[[Strategy], StrategyEntry]:
-    """Declare a strategy's name, params, light budget, k-means plan and prior CPU seconds per unit of work
-    size (see StrategyEntry); the entry's ``__doc__`` is the function's plus the params."""
+             cpu_per_unit: float = 0.0, work: StrategyWork | None = None) -> Callable[[Strategy], StrategyEntry]:
+    """Declare a strategy's name, params, light budget, k-means plan or other work size, and prior CPU seconds
+    per unit of work size (see StrategyEntry); the entry's ``__doc__`` is the function's plus the params."""
     if not (math.isfinite(cpu_per_unit) and cpu_per_unit >= 0):
         raise ValueError(f"strategy {name}: cpu_per_unit must be a finite number >= 0")
+    if kmeans is not None and work is not None:
+        raise ValueError(f"strategy {name}: declare its work size by kmeans or by work, not both")
 
     def wrap(fn: Strategy) -> StrategyEntry:
         entry = StrategyEntry(name=name, params=tuple(declared), summary=_summary(fn.__doc__), fn=fn,
                               light_budget=light_budget, kmeans=kmeans,
-                              cpu_per_unit=cpu_per_unit)
+                              cpu_per_unit=cpu_per_unit, work=work)
         object.__setattr__(entry, "__doc__", (fn.__doc__ or "") + params_doc(declared))
         return entry
     return wrap

@@ -10,6 +10,9 @@ from agent.cancel import checkpoint
 from agent.params import Param, strategy
 from agent.pool import Pool, Selection
 from agent.strategies._common import (
+    KMEANS_MAX_ITER,
+    KMEANS_MIN_ROWS,
+    KMEANS_ROWS_PER_CENTRE,
     LIGHT_GREEDY_BUDGET,
     MAX_CLUSTERS,
     assign,
@@ -75,6 +78,10 @@ PROBCOVER_ROWS = 10_000
 PROBCOVER_CENTRES = 10_000
 # The purity radii are measured exactly against a uniform reference sample of this many rows.
 PURITY_REFERENCE = 5_000
+# The purity rule's k-means: fitted on at most this many rows, best of this many starts (a blob split in two
+# would shrink delta a lot; k is small, so 10k rows suffice).
+PURITY_KMEANS_ROWS = 10_000
+PURITY_KMEANS_INIT = 5
 # Rows whose nearest-neighbour distance is measured for ProbCover's warning (index queries).
 NN_PROBE_ROWS = 1_000
 # ProbCover's default radius (ours, issue 15): the delta at which the median ball holds this share of the
@@ -95,6 +102,44 @@ PROBCOVER_PARAMS = (
     Param("clusters", "int", None, "k-means clusters of the purity rule", 2, MAX_CLUSTERS,
           default_doc=f"the class count (at most {MAX_CLUSTERS}), 10 with fewer than 2 classes"),
 )
+
+
+def probcover_clusters(params: Mapping[str, str], classes: int) -> int:
+    """The purity rule's k-means clusters: the ``clusters`` param, else the class count (at most
+    MAX_CLUSTERS), else 10 with fewer than 2 classes."""
+    return PROBCOVER_PARAMS[4].get_int(params, min(classes, MAX_CLUSTERS) if classes >= 2 else 10)
+
+
+def probcover_rules(params: Mapping[str, str]) -> tuple[bool, bool]:
+    """Which default-radius rules a call runs: (purity, occupancy); neither when ``delta`` is given."""
+    if PROBCOVER_PARAMS[0].get_float_or_none(params) is not None:
+        return False, False
+    rule = PROBCOVER_PARAMS[1].get_choice(params)
+    return rule in ("auto", "purity"), rule in ("auto", "occupancy")
+
+
+def probcover_work(params: Mapping[str, str], rows: int, labelled: int, budget: int, classes: int) -> float:
+    """ProbCover's work size for a call (StrategyEntry.work_size), in D-dimensional dot products, at most, as
+    ``probcover`` computes them from the same params (``probcover_clusters``, ``probcover_rules``): the
+    balls' counts, 2 x centres x sample points S (the first counts, and their updates, which pass each
+    point once as it gets covered), one pass over the sample points per pick and per labelled row; for a
+    radius from the purity rule its k-means (PURITY_KMEANS_INIT starts of at most KMEANS_MAX_ITER Lloyd
+    iterations over its fit rows x ``clusters``), the assignments and the impurity radii (S x
+    PURITY_REFERENCE); for the occupancy rule BALL_PROBE_ROWS x S. At 50,000 rows and the default 10
+    clusters that is ~2.7e8, with ``clusters`` = 500 ~1.5e9 (the k-means then dominates), and with a given
+    ``delta`` ~2.0e8 (neither rule runs)."""
+    s = min(rows, PROBCOVER_ROWS)
+    centres = min(max(rows - labelled, 1), PROBCOVER_CENTRES)
+    work = 2.0 * centres * s + (budget + labelled) * s
+    purity, occupancy = probcover_rules(params)
+    if purity:
+        k = max(1, min(probcover_clusters(params, classes), rows))
+        fit = min(rows, PURITY_KMEANS_ROWS, max(KMEANS_ROWS_PER_CENTRE * k, KMEANS_MIN_ROWS))
+        reference = min(s, PURITY_REFERENCE)
+        work += PURITY_KMEANS_INIT * fit * k * KMEANS_MAX_ITER + (s + reference) * k + s * reference
+    if occupancy:
+        work += min(s, BALL_PROBE_ROWS) * s
+    return work
 
 
 def occupancy_delta(xs: np.ndarray, share: float, rng: np.random.Generator) -> float:
@@ -144,7 +189,7 @@ def purity_delta(radius: np.ndarray, alpha: float) -> float:
     return float(r[m]) if np.isfinite(r[m]) else float(finite.max() if len(finite) else 2.0)
 
 
-@strategy("probcover", *PROBCOVER_PARAMS)
+@strategy("probcover", *PROBCOVER_PARAMS, work=probcover_work)
 def probcover(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping[str, str]) -> Selection:
     """ProbCover (Yehuda et al., "Active Learning Through a Covering Lens", NeurIPS 2022, its greedy
     algorithm): build the directed graph with an edge v -> u when ||x_u - x_v|| < delta; mark every point
@@ -165,12 +210,13 @@ def probcover(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping
     a ``warning`` when delta is not above that distance (at least half the balls then hold only their
     centre, and greedy coverage degenerates to picking the densest spots).
     """
-    p_delta, p_rule, p_share, p_alpha, p_clusters = PROBCOVER_PARAMS
+    p_delta, p_rule, p_share, p_alpha, _ = PROBCOVER_PARAMS
     alpha = p_alpha.get_float(params)
     share = p_share.get_float(params)
     rule = p_rule.get_choice(params)
     delta_param = p_delta.get_float_or_none(params)
-    clusters = p_clusters.get_int(params, min(pool.num_classes, MAX_CLUSTERS) if pool.num_classes >= 2 else 10)
+    clusters = probcover_clusters(params, pool.num_classes)
+    purity, occupancy = probcover_rules(params)  # (both False when delta is given)
     cand = pool.candidates
     take = min(budget, len(cand))
     if take == 0:
@@ -181,16 +227,15 @@ def probcover(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping
     xs = rows_matrix(emb, sample).astype(np.float32)  # SxD, the points to cover
     if delta_param is None:
         delta, delta_from = np.inf, ""
-        if rule in ("auto", "purity"):
-            # Several starts: a blob split in two would shrink delta a lot. k is small, so 10k rows suffice.
-            centres = fit_kmeans(emb, clusters, rng, fit_rows=10_000, n_init=5)
+        if purity:
+            centres = fit_kmeans(emb, clusters, rng, fit_rows=PURITY_KMEANS_ROWS, n_init=PURITY_KMEANS_INIT)
             ref = sample if len(sample) <= PURITY_REFERENCE else np.sort(rng.choice(sample, PURITY_REFERENCE,
                                                                                      replace=False))
             own, _ = assign(xs, centres)
             ref_cluster, _ = assign(emb[ref], centres)
             delta = purity_delta(impurity_radii(xs, own, emb[ref], ref_cluster), alpha)
             delta_from = f"purity heuristic (alpha={alpha:g}, {clusters} k-means clusters)"
-        if rule in ("auto", "occupancy"):
+        if occupancy:
             occupied = occupancy_delta(xs, share, rng) if len(xs) > 1 else 2.0
             if rule == "occupancy" or occupied > delta:
                 delta = occupied

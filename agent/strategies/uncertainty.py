@@ -160,6 +160,13 @@ QBC_MEMBERS = 5
 QBC_MEMBERS_PARAM = Param("members", "int", QBC_MEMBERS, "committee size (bootstrap-resampled heads)", 2, 20)
 
 
+def qbc_work(params: Mapping[str, str], rows: int, labelled: int, budget: int, classes: int) -> float:
+    """qbc's work size for a call (StrategyEntry.work_size): the pool's rows times the committee's ``members``
+    over the default QBC_MEMBERS (each member is one head fitted and one pass over the candidates), so a
+    default call's size is the pool's rows, as for the other uncertainty strategies, and ``members=20`` 4x it."""
+    return max(1, rows) * QBC_MEMBERS_PARAM.get_int(params) / QBC_MEMBERS
+
+
 def vote_entropy(votes: np.ndarray, num_classes: int) -> np.ndarray:
     """Vote entropy (Dagan & Engelson 1995; Settles 2009, Sec. 3.2 "Query-By-Committee"):
     -sum_y V(y)/|committee| log(V(y)/|committee|) for votes MxE (class index per member)."""
@@ -171,7 +178,7 @@ def vote_entropy(votes: np.ndarray, num_classes: int) -> np.ndarray:
     return -np.sum(frac * np.log(np.where(frac > 0, frac, 1.0)), axis=1)
 
 
-@strategy("qbc", QBC_MEMBERS_PARAM)
+@strategy("qbc", QBC_MEMBERS_PARAM, work=qbc_work)
 def qbc(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping[str, str]) -> Selection:
     """Query by committee (Seung, Opper & Sompolinsky 1992) with a bagged committee (query by bagging,
     Abe & Mamitsuka 1998): ``members`` logistic-regression heads, each fitted on a bootstrap resample of

@@ -399,6 +399,100 @@ def test_a_strategys_kmeans_plan_is_the_k_its_function_fits(name: str, params: d
     assert work.fits == pytest.approx(runs / 6 if name == "as3l" else 1.0)
 
 
+def test_probcovers_work_size_follows_its_clusters_and_radius_params() -> None:
+    from agent.strategies.coverage import probcover_work
+
+    probcover = STRATEGIES["probcover"]
+    rows, labelled, budget, classes = 50_000, 75, 10, 10
+
+    def size(params: dict[str, str], classes: int = classes) -> float:
+        return probcover.work_size(rows, labelled, budget, params, classes)
+
+    default = size({})
+    assert default == probcover_work({}, rows, labelled, budget, classes)
+    assert default == pytest.approx(2.74e8, rel=0.01)
+    # The purity rule's k-means grows with its clusters (explicit, or the class count by default) ...
+    assert size({"clusters": "500"}) == size({}, classes=500) == pytest.approx(1.52e9, rel=0.01)
+    assert default < size({"clusters": "100"}) < size({"clusters": "500"})
+    assert size({"clusters": "10"}) == default and size({"clusters": ""}) == default  # the default's own k
+    assert size({}, classes=0) == default  # fewer than 2 classes: 10 clusters
+    # ... and only a call that runs that rule pays for it: a given delta runs no rule, occupancy no k-means.
+    given = size({"delta": "0.5"})
+    assert given < size({"delta_from": "occupancy"}) < default
+    assert size({"delta": "0.5", "clusters": "500"}) == given
+    assert size({"delta_from": "occupancy", "clusters": "500"}) == size({"delta_from": "occupancy"})
+    assert size({"delta_from": "purity", "clusters": "500"}) > size({"delta_from": "purity"})
+    # Beyond 10,000 rows the sample points and ball centres stop growing: the size as well, but for the picks.
+    assert probcover.work_size(200_000, labelled, budget, {}, classes) == pytest.approx(
+        probcover.work_size(100_000, labelled, budget, {}, classes))
+    assert probcover.prior_cpu_s(rows, labelled, budget, {"clusters": "500"}, classes) is None  # no prior declared
+    # So admission expects a call with 500 clusters, after a measured default one, at that many times its cost.
+    adm = lane_with_share(1.0)
+    with adm.slot(CancelToken(), kind="Select 'probcover'", size=default):
+        pass
+    measured = adm.estimate("Select 'probcover'", default)
+    assert adm.estimate("Select 'probcover'", size({"clusters": "500"})) == pytest.approx(
+        measured * size({"clusters": "500"}) / default)
+    assert adm.estimate("Select 'probcover'", given) == pytest.approx(measured)  # never scaled down
+
+
+def test_qbcs_work_size_follows_its_members() -> None:
+    qbc = STRATEGIES["qbc"]
+    rows, labelled, budget = 50_000, 75, 10
+    assert qbc.work_size(rows, labelled, budget, {}) == rows  # the default committee: the rows, as margin
+    assert qbc.work_size(rows, labelled, budget, {"members": "5"}) == rows
+    assert qbc.work_size(rows, labelled, budget, {"members": "20"}) == 4 * rows
+    assert qbc.work_size(rows, labelled, budget, {"members": "2"}) == pytest.approx(0.4 * rows)
+    assert qbc.prior_cpu_s(rows, labelled, budget, {"members": "20"}) is None
+
+
+@pytest.mark.parametrize("params", [{}, {"clusters": "7"}, {"delta": "0.4"}, {"delta_from": "occupancy"},
+                                    {"delta_from": "purity", "clusters": "3"}])
+def test_probcovers_work_counts_the_kmeans_its_function_fits(params: dict[str, str],
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import numpy as np
+
+    from agent.strategies import coverage
+    from tests.agent.strategies.pools import blobs, make_pool
+
+    fits: list[tuple[int, int]] = []  # (k, n_init) of every k-means fit
+    real = coverage.fit_kmeans
+
+    def record(x, k, *a, **kw):  # type: ignore[no-untyped-def]
+        fits.append((k, kw["n_init"]))
+        return real(x, k, *a, **kw)
+    monkeypatch.setattr(coverage, "fit_kmeans", record)
+    x, y = blobs(clusters=6, per_cluster=20, dim=8)
+    pool = make_pool(x, y, labeled=np.arange(0, 120, 10))  # 12 labelled of 6 classes: 6 clusters by default
+    STRATEGIES["probcover"](pool, 5, np.random.default_rng(0), params)
+    purity, _ = coverage.probcover_rules(params)
+    k = coverage.probcover_clusters(params, pool.num_classes)
+    assert fits == ([(k, coverage.PURITY_KMEANS_INIT)] if purity else [])
+    assert k == int(params.get("clusters", 6))
+
+
+def test_qbcs_work_counts_the_heads_its_function_fits(monkeypatch: pytest.MonkeyPatch) -> None:
+    import numpy as np
+
+    from agent.strategies import uncertainty
+    from tests.agent.strategies.pools import blobs, make_pool
+
+    heads: list[int] = []
+    real = uncertainty.fit_head
+
+    def record(*a, **kw):  # type: ignore[no-untyped-def]
+        heads.append(1)
+        return real(*a, **kw)
+    monkeypatch.setattr(uncertainty, "fit_head", record)
+    x, y = blobs(clusters=3, per_cluster=20, dim=8)
+    pool = make_pool(x, y, labeled=np.arange(0, 60, 6))
+    for members in (2, 7):
+        heads.clear()
+        STRATEGIES["qbc"](pool, 5, np.random.default_rng(0), {"members": str(members)})
+        assert len(heads) == members
+        assert STRATEGIES["qbc"].work_size(60, 10, 5, {"members": str(members)}) == pytest.approx(60 * members / 5)
+
+
 def test_the_as3l_prior_methods_work_size_follows_its_runs_and_rows() -> None:
     as3l = PRIOR_METHODS["as3l"]  # (the registry's entry: wrapped by the calibration, which keeps its work)
     rows, labelled, classes, requested = 50_000, 200, 10, 1_000
@@ -435,12 +529,23 @@ def test_the_agents_select_passes_its_size_and_prior_to_admission(tmp_path: Path
             r.stub.Select(agent_pb2.SelectRequest(budget=250, strategy="typiclust"), timeout=60)
             # kmedoids at budget 2 (k = 6 + 2 = 8 by default) with an explicit k = 24: three times the size.
             r.stub.Select(agent_pb2.SelectRequest(budget=2, strategy="kmedoids", params={"k": "24"}), timeout=60)
+            # probcover's purity rule at its default clusters (the 3 classes) and at 12; qbc with 10 members.
+            r.stub.Select(agent_pb2.SelectRequest(budget=2, strategy="probcover"), timeout=60)
+            r.stub.Select(agent_pb2.SelectRequest(budget=2, strategy="probcover", params={"clusters": "12"}),
+                          timeout=60)
+            r.stub.Select(agent_pb2.SelectRequest(budget=2, strategy="qbc", params={"members": "10"}), timeout=60)
         typiclust = STRATEGIES["typiclust"]
         # 30 rows, 6 labelled, the budget capped at the 24 candidates: k = 30.
         assert seen[0] == (typiclust.work_size(30, 6, 24, {}), typiclust.prior_cpu_s(30, 6, 24, {}))
         assert seen[0][1] == pytest.approx(KMEANS_CPU_PER_UNIT * 30 * 30)
         assert seen[1][0] == 30 * 24 == 3 * STRATEGIES["kmedoids"].work_size(30, 6, 2, {})
         assert seen[1][1] == pytest.approx(KMEANS_CPU_PER_UNIT * 30 * 24)
+        probcover = STRATEGIES["probcover"]
+        assert seen[2] == (probcover.work_size(30, 6, 2, {}, 3), None)  # the agent's class count sets k = 3
+        assert seen[2][0] != probcover.work_size(30, 6, 2, {}, 0)  # (not the 10 clusters of no classes)
+        assert seen[3] == (probcover.work_size(30, 6, 2, {"clusters": "12"}, 3), None)
+        assert seen[3][0] > seen[2][0]
+        assert seen[4] == (2 * 30, None)  # 10 members: twice the default committee's rows
         # PriorLabels passes the work size its method declares (as3l: C (C + 1) / 2 for C runs), and no prior.
         seen.clear()
         with pytest.MonkeyPatch.context() as mp:
