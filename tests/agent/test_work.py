@@ -87,34 +87,62 @@ def test_admission_bounds_running_and_queued_and_hints_a_retry() -> None:
         pass
 
 
-def test_a_queued_call_leaves_the_queue_once_it_could_not_finish_in_time(caplog: pytest.LogCaptureFixture) -> None:
+def queued_call(adm: Admission, token: CancelToken, what: str, kind: str | None = None) -> tuple[threading.Thread,
+                                                                                                list[BaseException]]:
+    """A call of ``adm`` from a thread of its own, which may wait in the queue while the test advances a
+    FakeClock: (the started thread, the exception the call ended with, once it has: [] while it runs)."""
+    ended: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            with adm.slot(token, what, kind):
+                pass
+        except BaseException as e:
+            ended.append(e)
+
+    t = threading.Thread(target=call)
+    t.start()
+    return t, ended
+
+
+def test_a_queued_call_leaves_the_queue_once_it_could_not_finish_in_time(caplog: pytest.LogCaptureFixture,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     # The running call is expected to take 0.25 s, so a call with 1 s left is queued (twice 0.25 + 0.25 fits);
     # the running one runs long (a running call past its estimate is expected to need a quarter of what it
-    # ran more), and at ~0.6 s the queued one leaves with RESOURCE_EXHAUSTED, 0.4 s before its deadline,
-    # instead of timing out (DEADLINE_EXCEEDED: a wake-up that late on a loaded machine would fail here).
+    # ran more: 0.25 t at t s), and once 0.25 t + 0.25 > 1 - t, past t = 0.6 s, the queued one leaves with
+    # RESOURCE_EXHAUSTED, 0.4 s before its deadline, instead of timing out. Admission's clock and the
+    # deadline's are the test's: when it leaves is the rule's, not a wake-up's on a loaded machine.
     caplog.set_level(logging.DEBUG, logger="agent.admission")
+    clock = FakeClock(monkeypatch, deadlines=True)
     adm = Admission(max_concurrent=1, max_queued=4, initial_estimate_s=0.25)
     with adm.slot(CancelToken()):
-        with pytest.raises(Busy) as busy, adm.slot(CancelToken.within(1.0), "Select 'x'"):
-            pass
-        assert "Select 'x' would wait" in str(busy.value)
+        t, ended = queued_call(adm, CancelToken.within(1.0), "Select 'x'")
+        assert wait_until(lambda: adm.stats().queued == 1)
+        clock.advance(0.55)  # 0.39 s expected (0.14 s left of the running one, then its own 0.25), 0.45 s left
+        time.sleep(0.3)  # (its queue sees this clock within 0.1 s; whenever it looks, it stays)
+        assert t.is_alive() and adm.stats().queued == 1 and not ended
+        clock.advance(0.1)  # 0.41 s expected, 0.35 s left: it leaves
+        t.join(10)
+    assert not t.is_alive() and len(ended) == 1 and isinstance(ended[0], Busy)
+    assert "Select 'x' would wait" in str(ended[0])
     assert "refused (it could no longer finish within its deadline once queued)" in caplog.text  # it had queued
     assert adm.stats().queued == 0 and adm.stats().running == 0 and adm.stats().refused_for_deadline == 1
 
 
 def test_a_call_that_cannot_get_a_turn_within_its_deadline_is_refused_at_once(
-        caplog: pytest.LogCaptureFixture) -> None:
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     caplog.set_level(logging.DEBUG, logger="agent.admission")
+    clock = FakeClock(monkeypatch, deadlines=True)  # admission's and the deadlines' clock: the test's
     adm = Admission(max_concurrent=1, max_queued=8, initial_estimate_s=0.05)
     with adm.slot(CancelToken(), kind="slow"):
-        time.sleep(0.3)
-    assert adm.estimate("slow") == pytest.approx(0.3, abs=0.2)  # learnt from the run
+        clock.advance(0.3)
+    assert adm.estimate("slow") == pytest.approx(0.3)  # learnt from the run
     assert adm.estimate("new kind") < 0.3  # a kind not seen yet gets the lane's mean
     with adm.slot(CancelToken(), kind="slow"):  # a free slot: always admitted, whatever its deadline
-        # Expected: ~0.3 s until the running one ends, then ~0.3 s of its own: more than 0.2 s left.
+        # Expected: 0.3 s until the running one ends, then 0.3 s of its own: more than 0.2 s left.
         with pytest.raises(Busy) as busy, adm.slot(CancelToken.within(0.2), "Select 'slow'", kind="slow"):
             pass
-        # At once, by admission's rule, not from the queue (whatever the machine's load: no wall time asserted).
+        # At once, by admission's rule, not from the queue.
         assert "slow refused (it would not finish within its deadline (its recent runs))" in caplog.text
         assert "once queued" not in caplog.text
         assert "longer deadline" in str(busy.value) and "Select 'slow'" in str(busy.value)
@@ -131,7 +159,7 @@ def test_a_call_that_cannot_get_a_turn_within_its_deadline_is_refused_at_once(
         for w in waiters:
             w.start()
         assert wait_until(lambda: adm.stats().queued == 2)
-        # Two queued ahead, each ~0.3 s: a third with 0.8 s left would not get a turn in time.
+        # Two queued ahead, each 0.3 s: a third with 0.8 s left would not get a turn in time.
         with pytest.raises(Busy), adm.slot(CancelToken.within(0.8), kind="slow"):
             pass
     for w in waiters:
@@ -517,24 +545,32 @@ def test_a_running_call_bounds_its_kinds_estimate_from_below() -> None:
         assert time.monotonic() - spent >= 0.25
 
 
-def test_no_call_waits_in_the_queue_longer_than_the_lanes_limit() -> None:
+def test_no_call_waits_in_the_queue_longer_than_the_lanes_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = FakeClock(monkeypatch)  # admission's wall clock: the waits are the test's, not the machine's
     adm = Admission(max_concurrent=1, max_queued=4, max_wait_s=0.3)
     with adm.slot(CancelToken(), kind="long"):
-        time.sleep(0.6)  # "long" takes ~0.6 s
+        clock.advance(0.6)  # "long" takes 0.6 s
     with adm.slot(CancelToken(), kind="long"):
-        # Expected to wait ~0.6 s for the running one: more than 0.3 s, refused at once (no deadline needed):
-        # before it queued ("would wait", not "waited"; no wall time asserted).
+        # Expected to wait 0.6 s for the running one: more than 0.3 s, refused at once (no deadline needed):
+        # before it queued ("would wait", not "waited").
         with pytest.raises(Busy) as busy, adm.slot(CancelToken(), "Select 'x'"):
             pass
-        assert "Select 'x' would wait about" in str(busy.value) and "queue wait limit of 0.3 s" in str(busy.value)
+        assert "Select 'x' would wait about 0.6 s" in str(busy.value)
+        assert "queue wait limit of 0.3 s" in str(busy.value)
     with adm.slot(CancelToken(), kind="short"):
-        pass  # "short" takes ~0 s
+        pass  # "short" takes 0 s
     with adm.slot(CancelToken(), kind="short"):
-        # Expected to wait ~0 s, so it queues; the running one takes longer than that: it leaves at 0.3 s.
-        t0 = time.monotonic()
-        with pytest.raises(Busy) as busy, adm.slot(CancelToken(), "Select 'y'"):
-            pass
-        assert 0.25 < time.monotonic() - t0 < 2.0 and "Select 'y' waited" in str(busy.value)
+        # Expected to wait 0 s, so it queues; the running one takes longer than that: it leaves once it has
+        # waited 0.3 s (on the test's clock).
+        t, ended = queued_call(adm, CancelToken(), "Select 'y'")
+        assert wait_until(lambda: adm.stats().queued == 1)
+        clock.advance(0.2)
+        time.sleep(0.3)  # (its queue sees this clock within 0.1 s; whenever it looks, it has waited 0.2 s)
+        assert t.is_alive() and adm.stats().queued == 1 and not ended
+        clock.advance(0.2)
+        t.join(10)
+    assert not t.is_alive() and len(ended) == 1 and isinstance(ended[0], Busy)
+    assert "Select 'y' waited 0.4 s" in str(ended[0])
     assert adm.stats().queued == 0 and adm.stats().refused == 2
 
 
