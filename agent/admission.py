@@ -121,11 +121,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import ClassVar, TypeVar
 
-from threadpoolctl import threadpool_limits
-
 from agent import cancel
 from agent.cancel import CancelToken, ShuttingDown
 from agent.errors import ResourceExhausted
+from agent.threads import limited
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -747,8 +746,8 @@ class Admission:
                 run.clock, run.cpu0 = clock, cpu0
         # libgomp's thread count is per calling thread: this limits this call only. A runtime loaded during
         # the call (the first import of scikit-learn; agent/lazy.py imports it at start) is limited from the
-        # next call on.
-        with threadpool_limits(limits=self.threads.openmp_threads, user_api="openmp"), cancel.scope(token):
+        # next call on (agent/threads.py ``limited``: the libraries' controller is kept between calls).
+        with limited(self.threads.openmp_threads, "openmp"), cancel.scope(token):
             return fn()
 
     def run(self, token: CancelToken, fn: Callable[[], T], what: str = "this request", kind: str | None = None,

@@ -7,13 +7,14 @@ Everything works on L2-normalised embeddings (Pool.embeddings); numpy / scikit-l
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
 from agent.cancel import checkpoint
 from agent.lazy import deferred
 from agent.pool import Pool, Selection
+from agent.threads import limited
 
 # k-means is fitted on at most this many rows (a uniform sample) and then every row is assigned to its
 # nearest centre. Lloyd's centres from a uniform sample of 20k rows estimate the full-data centres well
@@ -58,13 +59,13 @@ KMEANS_CPU_PER_UNIT = 5e-7
 LIGHT_GREEDY_BUDGET = 200
 
 
-def one_blas_thread() -> threadpool_limits:
+def one_blas_thread() -> AbstractContextManager[object]:
     """A context in which BLAS runs single-threaded. For scikit-learn's k-means (its Lloyd loop is already
     parallel with OpenMP, and k-means++ makes hundreds of thin products) and small logistic-regression
     fits: multi-threaded BLAS on such products costs 2-4x the CPU (threads spinning), and far more wall
     time when other requests share the cores (k-means++ with k = 120 on 6,000 x 256 rows: 0.97 -> 0.23 CPU s,
     6.5 -> 1.8 s wall under load, measured with sklearn.cluster.kmeans_plusplus)."""
-    return threadpool_limits(limits=1, user_api="blas")
+    return limited(1, "blas")  # threadpool_limits(limits=1, user_api="blas"), without its scan of the libraries
 
 
 def block_rows(columns: int) -> int:

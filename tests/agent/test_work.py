@@ -485,6 +485,33 @@ def test_heavy_lane_work_runs_niced_with_one_openmp_thread_and_the_callers_token
     adm.shutdown()
 
 
+def test_thread_limits_come_from_controllers_kept_until_a_module_is_imported(monkeypatch: pytest.MonkeyPatch) -> None:
+    import types
+
+    import sklearn.cluster  # noqa: F401  # loads scikit-learn's OpenMP runtime (libgomp)
+    from threadpoolctl import threadpool_info
+
+    from agent import threads
+
+    def openmp() -> set[int]:
+        return {i["num_threads"] for i in threadpool_info() if i["user_api"] == "openmp"}
+
+    modules = dict(sys.modules)  # what threads.limited sees as imported: this test's, not other threads' imports
+    monkeypatch.setattr(threads, "sys", types.SimpleNamespace(modules=modules))
+    before = openmp()
+    with threads.limited(1, "openmp"):
+        assert openmp() == {1}  # as threadpool_limits(limits=1, user_api="openmp")
+    assert openmp() == before  # restored
+    kept = threads._kept["openmp"][2]
+    with threads.limited(1, "openmp"):
+        assert openmp() == {1}
+    assert threads._kept["openmp"][2] is kept  # no new scan of the libraries
+    modules["a_module_imported_since"] = types.ModuleType("a_module_imported_since")  # it may load a library
+    with threads.limited(1, "openmp"):
+        assert openmp() == {1}
+    assert threads._kept["openmp"][2] is not kept
+
+
 def test_the_agents_heavy_selects_run_in_the_heavy_lane_threads(tmp_path: Path, registry: Path,
                                                                slow_registered: None,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
