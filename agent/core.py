@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence, Sized
 from dataclasses import dataclass, field, replace
@@ -230,17 +231,23 @@ class Agent:
         return pool, seqs, serving.version
 
     def close(self) -> None:
+        t0 = time.monotonic()
         self.auditor.stop()
         self.work.shutdown()  # cancels heavy work still running (it stops at its next checkpoint)
         self.light_work.shutdown()
         self.light_prior_work.shutdown()
         self.decode_work.shutdown()
+        t1 = time.monotonic()
         try:
             self.map.stop()
+            t2 = time.monotonic()
             self.manager.stop()
+            t3 = time.monotonic()
             self.state.close()
         finally:
             self.folder_lock.release()
+        log.info("close: auditor and lanes %.2f s, pool map %.2f s, model manager %.2f s, state %.2f s",
+                 t1 - t0, t2 - t1, t3 - t2, time.monotonic() - t3)
 
     def _adopt_manifest_classes(self, manifest: Manifest) -> None:
         """With no class list yet, a model's class names become the closed list (so its logits apply)."""
