@@ -116,10 +116,10 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from agent import cancel
 from agent.cancel import CancelToken, ShuttingDown
@@ -762,7 +762,29 @@ class Admission:
                 future = self._pool.submit(self._work, token, fn)
             except RuntimeError:  # the pool was shut down between this call's admission and now
                 raise ShuttingDown() from None
-            return future.result()
+            return self._result(token, future)
+
+    def _result(self, token: CancelToken, future: Future[T]) -> T:
+        """The worker's result; ShuttingDown at once when the lane shuts down first. The computation is then
+        abandoned, not waited for: a lane's work (strategies, prior methods, the prior audit) computes and
+        writes nothing, and its worker, at the lane's lower priority, may need long on a saturated machine to
+        reach its next checkpoint (the answer and ``stop_server``'s grace would wait for it). It stops there.
+        A call cancelled by its client or deadline still waits for its worker, so a slot is never free while
+        its work runs on."""
+        with self._cond:
+            future.add_done_callback(self._wake)
+            while not future.done() and not self._closed:
+                self._cond.wait()
+            if not future.done():
+                log.info("%s: %s abandoned at shutdown; its thread stops at its next checkpoint", self.lane,
+                         self._running[token].kind if token in self._running else "a call")
+                token.check()  # its ShuttingDown (shutdown cancelled it)
+                raise ShuttingDown()
+        return future.result()
+
+    def _wake(self, _: Future[Any]) -> None:
+        with self._cond:
+            self._cond.notify_all()
 
     def shutdown(self) -> None:
         """Cancel every running and waiting call and refuse new ones."""

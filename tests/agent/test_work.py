@@ -286,6 +286,48 @@ def test_stop_server_cancels_heavy_work(tmp_path: Path, registry: Path, slow_reg
     assert call.done()
 
 
+def test_shutdown_answers_at_once_without_waiting_for_a_computation_between_checkpoints() -> None:
+    """A lane's computation writes nothing: at shutdown its call answers UNAVAILABLE at once and the work is
+    abandoned (it stops at its next checkpoint), however long its step. Before shutdown, a call its client
+    cancelled waits for its worker, so its slot is not free while the work runs on."""
+    adm = Admission(max_concurrent=2, max_queued=0, threads=LaneThreads(nice=0))
+    inside = [threading.Event(), threading.Event()]
+    release = threading.Event()
+    outcomes: dict[int, str] = {}
+
+    ended: list[int] = []
+
+    def compute(i: int) -> str:  # one long step: no checkpoint until released
+        inside[i].set()
+        try:
+            release.wait(30)
+            cancel.checkpoint()
+            return "done"
+        finally:
+            ended.append(i)
+
+    def call(i: int, token: CancelToken) -> None:
+        try:
+            outcomes[i] = adm.run(token, lambda: compute(i))
+        except Exception as e:
+            outcomes[i] = type(e).__name__
+
+    left = CancelToken()
+    threads = [threading.Thread(target=call, args=(i, t)) for i, t in enumerate((left, CancelToken()))]
+    for t in threads:
+        t.start()
+    assert inside[0].wait(5) and inside[1].wait(5)
+    left.cancel()  # its client left: the call waits for its worker to reach a checkpoint
+    threads[0].join(0.2)
+    assert threads[0].is_alive() and adm.stats().running == 2 and not outcomes
+    adm.shutdown()
+    for t in threads:
+        t.join(5)
+    assert outcomes == {0: "Cancelled", 1: "ShuttingDown"} and not ended  # answered while their work ran on
+    release.set()  # the workers end at their checkpoint
+    assert wait_until(lambda: sorted(ended) == [0, 1])
+
+
 def test_sigterm_stops_a_busy_agent_process_within_seconds(tmp_path: Path, registry: Path) -> None:
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "tests.agent.slow", "serve", "--data-dir", str(tmp_path / "d"),
