@@ -3,15 +3,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
 import os
 import signal
+import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 import typer
@@ -296,12 +299,15 @@ def serve(labelstudio: LabelStudioConfig,
     if web is not None:
         console.print(f"web app on {web.url}", highlight=False)
     _wait_for_signal()
+    signalled = time.monotonic()
     console.print("stopping: finishing in-flight calls")
     if web is not None:
         web.stop()
     stop_server(server, agent)
     if local is not None:
         local.cleanup()
+    logging.getLogger("agent.cli").info("stopped %.2f s after the signal; exiting", time.monotonic() - signalled)
+    _exit_without_teardown()
 
 
 def _wait_for_signal() -> None:
@@ -309,6 +315,28 @@ def _wait_for_signal() -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
+
+
+def _exit_without_teardown() -> NoReturn:
+    """End ``shortlist serve`` (exit status 0) once ``stop_server`` has returned, skipping the interpreter's
+    own exit work: nothing of it concerns what the agent acknowledged.
+
+    By then everything acknowledged is durable and nothing can still write it: the state database is closed
+    under its write lock (``State.close`` waits for a commit in progress; any later write fails), and the
+    index snapshot and pool map are saved. A normal exit would go on to (1) join every ThreadPoolExecutor
+    worker (concurrent.futures' exit hook), among them a lane thread still inside a strategy or prior
+    computation abandoned at shutdown (``Admission.run``): it writes nothing, but runs at +10 niceness until
+    its next checkpoint; and (2) tear down the ~1,600 modules (scikit-learn, scipy: agent/lazy.py) and
+    collect their objects: ~0.26 CPU s, which on the 2-core machine with two busy loops beside the benchmark,
+    the agent at niceness 10, took 6.6-9.1 s of the 7.4-10.2 s from SIGTERM to exit (docs/reliability.md,
+    Shutdown).
+    The lanes' priority cannot be raised back at shutdown instead (lowering a niceness needs CAP_SYS_NICE).
+    So: flush the logs and the console, then ``os._exit``."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # closed or broken: nothing more can be said there
+            stream.flush()
+    os._exit(0)
 
 
 @agent_options

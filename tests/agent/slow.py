@@ -1,6 +1,7 @@
 """A deliberately slow strategy and prior method for the cancellation, admission and shutdown tests:
 they work for ``seconds`` (a param) in small steps, calling ``agent.cancel.checkpoint()`` between steps
-as every real algorithm does in its loops. ``register()`` adds them to the registries (a subprocess
+as every real algorithm does in its loops; and a "stuck" strategy that works ``seconds`` in one step
+with no checkpoint (a long BLAS call, say). ``register()`` adds them to the registries (a subprocess
 agent imports this module and calls it before ``shortlist serve``)."""
 
 from __future__ import annotations
@@ -35,6 +36,15 @@ def slow_strategy(pool: Pool, budget: int, rng: np.random.Generator, params: Map
     return Selection(rows=np.asarray(rows, np.int64), scores=np.ones(len(rows)))
 
 
+@strategy("stuck", SECONDS)
+def stuck_strategy(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping[str, str]) -> Selection:
+    """Works ``seconds`` in one step, without a checkpoint, then picks the first candidates."""
+    time.sleep(SECONDS.get_float(params))
+    checkpoint()
+    rows = pool.candidates[:budget]
+    return Selection(rows=np.asarray(rows, np.int64), scores=np.ones(len(rows)))
+
+
 @prior_method("slow", SECONDS)
 def slow_prior(pool: Pool, rows: np.ndarray, rng: np.random.Generator, params: Mapping[str, str]) -> Priors:
     """Works ``seconds`` then answers uniform probabilities."""
@@ -45,6 +55,7 @@ def slow_prior(pool: Pool, rows: np.ndarray, rng: np.random.Generator, params: M
 
 def register() -> None:
     STRATEGIES["slow"] = slow_strategy
+    STRATEGIES["stuck"] = stuck_strategy
     PRIOR_METHODS["slow"] = slow_prior
 
 

@@ -338,8 +338,12 @@ def test_sigterm_stops_a_busy_agent_process_within_seconds(tmp_path: Path, regis
     try:
         stub = client.connect(f"127.0.0.1:{port}", timeout=60, starting=True)
         client.ingest(stub, make_samples(10))
-        calls = [stub.Select.future(agent_pb2.SelectRequest(budget=2, strategy="slow", seed=i,
-                                                            params={"seconds": "600"})) for i in range(3)]
+        # First one in 600 s step with no checkpoint: the agent must not wait for it, neither in
+        # stop_server's grace nor at the process's exit (which joined its thread: for the 600 s).
+        calls = [stub.Select.future(agent_pb2.SelectRequest(budget=2, strategy="stuck", params={"seconds": "600"}))]
+        time.sleep(0.3)  # it takes a slot first
+        calls += [stub.Select.future(agent_pb2.SelectRequest(budget=2, strategy="slow", seed=i,
+                                                             params={"seconds": "600"})) for i in range(2)]
         time.sleep(1.0)  # the heavy calls are running or queued
         assert not any(c.done() for c in calls)
         t0 = time.monotonic()
@@ -347,7 +351,8 @@ def test_sigterm_stops_a_busy_agent_process_within_seconds(tmp_path: Path, regis
         assert proc.wait(timeout=20) == 0
         assert time.monotonic() - t0 < 8
         for c in calls:
-            assert c.exception(timeout=5) is not None
+            err = c.exception(timeout=5)
+            assert isinstance(err, grpc.RpcError) and err.code() == grpc.StatusCode.UNAVAILABLE
     finally:
         if proc.poll() is None:
             proc.kill()
