@@ -34,6 +34,7 @@ from typing import Any
 
 import grpc
 
+from agent.errors import rewrap_handler
 from shortlist.v1 import agent_pb2
 
 log = logging.getLogger(__name__)
@@ -191,17 +192,12 @@ def bearer(metadata: Any) -> str | None:
 
 
 def _deny(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
-    """A handler of the same shape as ``handler`` that ends the call with ``code``."""
+    """A handler of the same kind as ``handler`` (agent.errors.rewrap_handler) that ends the call with ``code``."""
     def abort(_request: Any, context: grpc.ServicerContext) -> Any:
         context.abort(code, message)
 
-    if handler.request_streaming and handler.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(abort, handler.request_deserializer, handler.response_serializer)
-    if handler.request_streaming:
-        return grpc.stream_unary_rpc_method_handler(abort, handler.request_deserializer, handler.response_serializer)
-    if handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(abort, handler.request_deserializer, handler.response_serializer)
-    return grpc.unary_unary_rpc_method_handler(abort, handler.request_deserializer, handler.response_serializer)
+    return rewrap_handler(handler, lambda _behaviour, _request_streaming, _response_streaming: abort,
+                          handler.request_deserializer)
 
 
 class AuthInterceptor(grpc.ServerInterceptor):
