@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Protocol
 
 import grpc
 import typer
@@ -301,13 +301,10 @@ def serve(labelstudio: LabelStudioConfig,
     _wait_for_signal()
     signalled = time.monotonic()
     console.print("stopping: finishing in-flight calls")
-    if web is not None:
-        web.stop()
-    stop_server(server, agent)
-    if local is not None:
-        local.cleanup()
-    logging.getLogger("agent.cli").info("stopped %.2f s after the signal; exiting", time.monotonic() - signalled)
-    _exit_without_teardown()
+    code = _stop_serving(lambda: stop_server(server, agent), web, local)
+    logging.getLogger("agent.cli").info("stopped %.2f s after the signal; exiting with status %d",
+                                        time.monotonic() - signalled, code)
+    _exit_without_teardown(code)
 
 
 def _wait_for_signal() -> None:
@@ -317,26 +314,63 @@ def _wait_for_signal() -> None:
     stop.wait()
 
 
-def _exit_without_teardown() -> NoReturn:
-    """End ``shortlist serve`` (exit status 0) once ``stop_server`` has returned, skipping the interpreter's
-    own exit work: nothing of it concerns what the agent acknowledged.
+class _Stoppable(Protocol):
+    def stop(self) -> None: ...
+
+
+class _Removable(Protocol):
+    def cleanup(self) -> None: ...
+
+
+def _stop_serving(stop_agent: Callable[[], None], web: _Stoppable | None, local: _Removable | None) -> int:
+    """``shortlist serve``'s shutdown after the signal: the web app (if any), then ``stop_agent``
+    (``stop_server``), then the web app's socket folder (whatever happened before). The exit status: 0, or 1
+    when a step raised (logged with its traceback): the agent is still stopped when the web app's stop
+    failed, and a failing stop never exits 0. No exception escapes, so the process still ends through
+    ``_exit_without_teardown``: a normal exit would join the lane threads of computations abandoned at
+    shutdown (a long step without a checkpoint could hold the exit for minutes)."""
+    code = 0
+    try:
+        try:
+            if web is not None:
+                web.stop()
+        finally:
+            stop_agent()
+    except Exception:
+        logging.getLogger("agent.cli").exception("shutdown failed")
+        code = 1
+    finally:
+        if local is not None:
+            try:
+                local.cleanup()
+            except Exception:
+                logging.getLogger("agent.cli").exception("could not remove the web app's socket folder")
+                code = 1
+    return code
+
+
+def _exit_without_teardown(code: int = 0) -> NoReturn:
+    """End ``shortlist serve`` with exit status ``code`` once ``stop_server`` has returned or failed
+    (``_stop_serving``), skipping the interpreter's own exit work: nothing of it concerns what the agent
+    acknowledged.
 
     By then everything acknowledged is durable and nothing can still write it: the state database is closed
     under its write lock (``State.close`` waits for a commit in progress; any later write fails), and the
-    index snapshot and pool map are saved. A normal exit would go on to (1) join every ThreadPoolExecutor
-    worker (concurrent.futures' exit hook), among them a lane thread still inside a strategy or prior
-    computation abandoned at shutdown (``Admission.run``): it writes nothing, but runs at +10 niceness until
-    its next checkpoint; and (2) tear down the ~1,600 modules (scikit-learn, scipy: agent/lazy.py) and
-    collect their objects: ~0.26 CPU s, which on the 2-core machine with two busy loops beside the benchmark,
-    the agent at niceness 10, took 6.6-9.1 s of the 7.4-10.2 s from SIGTERM to exit (docs/reliability.md,
-    Shutdown).
+    index snapshot and pool map are saved. (After a failed stop, status 1, every commit is still durable:
+    SQLite's WAL at synchronous=FULL; the snapshot and the map are caches the next start rebuilds.) A normal
+    exit would go on to (1) join every ThreadPoolExecutor worker (concurrent.futures' exit hook), among them
+    a lane thread still inside a strategy or prior computation abandoned at shutdown (``Admission.run``): it
+    writes nothing, but runs at +10 niceness until its next checkpoint; and (2) tear down the ~1,600 modules
+    (scikit-learn, scipy: agent/lazy.py) and collect their objects: ~0.26 CPU s, which on the 2-core machine
+    with two busy loops beside the benchmark, the agent at niceness 10, took 6.6-9.1 s of the 7.4-10.2 s from
+    SIGTERM to exit (docs/reliability.md, Shutdown).
     The lanes' priority cannot be raised back at shutdown instead (lowering a niceness needs CAP_SYS_NICE).
     So: flush the logs and the console, then ``os._exit``."""
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError):  # closed or broken: nothing more can be said there
             stream.flush()
-    os._exit(0)
+    os._exit(code)
 
 
 @agent_options

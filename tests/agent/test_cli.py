@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import pickle
 import signal
@@ -460,3 +461,41 @@ def test_status_prints_one_warning_a_line(monkeypatch: pytest.MonkeyPatch) -> No
     assert json.loads(run("status", "--json"))["warnings"] == warnings
     status.ClearField("warnings")
     assert "warnings: none" in run("status").splitlines()
+
+
+def test_serves_shutdown_stops_the_agent_and_cleans_up_whatever_fails_and_says_so_in_its_status(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """``_stop_serving`` (after the signal, before ``os._exit``): web app, agent, socket folder, in that order;
+    a failing step still lets the later ones run and makes the exit status 1, never 0, without raising (a
+    raised exception would end the process through the interpreter's exit, which joins abandoned lane work)."""
+    from agent.cli import _stop_serving
+
+    steps: list[str] = []
+
+    class Step:
+        def __init__(self, name: str, fails: bool = False) -> None:
+            self.name, self.fails = name, fails
+
+        def __call__(self) -> None:
+            steps.append(self.name)
+            if self.fails:
+                raise RuntimeError(f"{self.name} failed")
+
+        def stop(self) -> None:
+            self()
+
+        def cleanup(self) -> None:
+            self()
+
+    assert _stop_serving(Step("agent"), Step("web"), Step("local")) == 0
+    assert steps == ["web", "agent", "local"]
+    assert _stop_serving(Step("agent"), None, None) == 0
+    for failing in ("web", "agent", "local"):
+        steps.clear()
+        caplog.clear()
+        with caplog.at_level(logging.ERROR, logger="agent.cli"):
+            code = _stop_serving(Step("agent", failing == "agent"), Step("web", failing == "web"),
+                                 Step("local", failing == "local"))
+        assert steps == ["web", "agent", "local"]  # every step ran
+        assert f"{failing} failed" in caplog.text  # logged with its traceback
+        assert code == 1
