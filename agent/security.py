@@ -196,8 +196,12 @@ def _deny(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str) -
     def abort(_request: Any, context: grpc.ServicerContext) -> Any:
         context.abort(code, message)
 
-    return rewrap_handler(handler, lambda _behaviour, _request_streaming, _response_streaming: abort,
-                          handler.request_deserializer)
+    denied = rewrap_handler(handler, lambda _behaviour, _request_streaming, _response_streaming: abort,
+                            handler.request_deserializer)
+    if denied is handler:  # no behaviour to replace (rewrap_handler returns such a handler as it is): never let
+        # it through; a unary-unary handler that aborts
+        return grpc.unary_unary_rpc_method_handler(abort, handler.request_deserializer, handler.response_serializer)
+    return denied
 
 
 class AuthInterceptor(grpc.ServerInterceptor):

@@ -432,3 +432,38 @@ def test_secret_files_readable_by_others_are_warned_about(tmp_path: Path, pki: P
     with caplog.at_level(logging.WARNING):
         TokenStore(path)
     assert "other users" not in caplog.text
+
+
+def test_a_denied_call_ends_with_its_code_whatever_kind_of_method_and_never_runs_the_handler() -> None:
+    """``_deny`` (through errors.rewrap_handler) for each of the four kinds of gRPC method, and for a handler
+    with no behaviour at all (rewrap_handler returns that as it is): the call aborts with the code given and
+    the method's own behaviour never runs."""
+    ran: list[str] = []
+
+    def behaviour(_request: object, _context: object) -> None:
+        ran.append("ran")
+
+    class Aborted(Exception):
+        pass
+
+    class Context:
+        def abort(self, code: grpc.StatusCode, message: str) -> None:
+            raise Aborted(code, message)
+
+    handlers = [grpc.unary_unary_rpc_method_handler(behaviour), grpc.unary_stream_rpc_method_handler(behaviour),
+                grpc.stream_unary_rpc_method_handler(behaviour), grpc.stream_stream_rpc_method_handler(behaviour),
+                grpc.unary_unary_rpc_method_handler(None)]  # type: ignore[arg-type]
+    for handler in handlers:
+        denied = security._deny(handler, grpc.StatusCode.PERMISSION_DENIED, "no")
+        kinds = [f for f in ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
+                 if getattr(denied, f) is not None]
+        assert len(kinds) == 1 and denied is not handler
+        if handler.unary_unary is not None or handler.unary_stream is not None or handler.stream_unary is not None \
+                or handler.stream_stream is not None:  # the same kind of method as the handler
+            assert getattr(handler, kinds[0]) is not None
+            assert denied.request_streaming == handler.request_streaming
+            assert denied.response_streaming == handler.response_streaming
+        with pytest.raises(Aborted) as aborted:
+            getattr(denied, kinds[0])(object(), Context())
+        assert aborted.value.args == (grpc.StatusCode.PERMISSION_DENIED, "no")
+    assert not ran
