@@ -50,12 +50,15 @@ def limited(limits: int, user_api: str) -> AbstractContextManager[object]:
     ``user_api`` ("blas", "openmp") libraries loaded in the process, restored on leaving; OpenMP's is per
     calling thread), without scanning the process's libraries at each call: threadpool_limits builds a
     ThreadpoolController every time, which walks every loaded shared library (dl_iterate_phdr, ctypes calls
-    that release and retake the GIL), 2.0 ms a call alone and 53 ms beside 4 busy Python threads (measured
-    with scikit-learn and onnxruntime loaded, docs/reliability.md, "PriorLabels knn under load"), paid by
-    every call of an admission lane with threads of its own and every k-means or head fit. The controller of
-    the ``user_api`` libraries is kept and rebuilt when a module was imported since it was built (a library
-    loaded by the import, e.g. scikit-learn's libgomp on its first use, is limited from the next call on, as
-    before) or after REFRESH_S; limiting through it took 0.02 ms alone, 8 ms beside the 4 busy threads."""
+    that release and retake the GIL), paid by every call of an admission lane with threads of its own and
+    every k-means or head fit. The controller of the ``user_api`` libraries is kept and rebuilt when a module
+    was imported since it was built (a library loaded by the import, e.g. scikit-learn's libgomp on its first
+    use, is limited from the next call on, as before) or after REFRESH_S. Figures (scikit-learn and
+    onnxruntime loaded; scripts/load/prior_knn_lane.py, docs/reliability.md, "PriorLabels knn under load"):
+    threadpool_limits 2.5 ms a call alone, p90 42-458 ms beside 4 busy Python threads; through the kept
+    controller under 0.1 ms alone, p90 2-9 ms beside them. Thread-safe: the controller is shared, each call
+    gets a limiter of its own (OpenMP's limit is per calling thread; BLAS's is process-wide, as with
+    threadpool_limits)."""
     now = time.monotonic()
     modules = len(sys.modules)
     with _kept_lock:

@@ -545,6 +545,8 @@ def test_thread_limits_come_from_controllers_kept_until_a_module_is_imported(mon
 
     modules = dict(sys.modules)  # what threads.limited sees as imported: this test's, not other threads' imports
     monkeypatch.setattr(threads, "sys", types.SimpleNamespace(modules=modules))
+    # None kept from earlier tests: one kept for nearly REFRESH_S would be rebuilt between the calls below.
+    monkeypatch.setattr(threads, "_kept", {})
     before = openmp()
     with threads.limited(1, "openmp"):
         assert openmp() == {1}  # as threadpool_limits(limits=1, user_api="openmp")
@@ -554,6 +556,11 @@ def test_thread_limits_come_from_controllers_kept_until_a_module_is_imported(mon
         assert openmp() == {1}
     assert threads._kept["openmp"][2] is kept  # no new scan of the libraries
     modules["a_module_imported_since"] = types.ModuleType("a_module_imported_since")  # it may load a library
+    with threads.limited(1, "openmp"):
+        assert openmp() == {1}
+    assert threads._kept["openmp"][2] is not kept
+    kept = threads._kept["openmp"][2]
+    monkeypatch.setattr(threads, "REFRESH_S", -1.0)  # (as REFRESH_S after the last build): rebuilt, no import
     with threads.limited(1, "openmp"):
         assert openmp() == {1}
     assert threads._kept["openmp"][2] is not kept
