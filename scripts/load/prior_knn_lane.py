@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 
 import numpy as np
+from prior_knn_timing import label_one, make_pool  # this script's folder is on sys.path when it runs
 from threadpoolctl import threadpool_limits
 
 import agent.admission as admission
@@ -34,7 +35,6 @@ from agent.lazy import deferred
 from agent.pool import state_rng
 from agent.priors import PRIOR_METHODS
 from agent.threads import limited, one_blas_thread_per_call
-from scripts.load.prior_knn_timing import label_one, make_pool
 
 
 def scan_each_call(limits: int, user_api: str) -> AbstractContextManager[object]:
