@@ -81,6 +81,11 @@ class MapConfig:
     poll_s: float = 2.0  # seconds between looks at the serving version and new samples
     save_every_s: float = 30.0  # at most this often, placements are saved
     nice: int = 19  # niceness of the map thread (Linux: per thread) and of the fit's child process
+    # How long stop() waits for the map thread. At nice 19 on a saturated machine the thread gets a
+    # fraction of a percent of a core, so even a short step can take tens of seconds of wall time to
+    # reach its next stop check; the map is a cache (placements are recomputed after a restart), so a
+    # shutdown does not wait for it: stop() saves the newest map itself and leaves the (daemon) thread.
+    stop_wait_s: float = 0.5
     # Fit the t-SNE in a child process (agent/map_fit.py): its memory never stays with the agent and a
     # cancelled fit is killed. False: in the map thread (tests; a platform without subprocesses).
     child_process: bool = True
@@ -168,9 +173,11 @@ class PoolMap:
         self._failed: dict[str, str] = {}  # version -> why its fit failed
         self._saved_n = 0
         self._saved_at = 0.0
+        self._saved_version = ""
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+        self._save_lock = threading.Lock()  # one writer of the map files: the thread, or stop() after its wait
 
     # ---- life cycle ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -178,10 +185,14 @@ class PoolMap:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop the thread (waiting at most ``stop_wait_s`` for it) and save the newest map if unsaved."""
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
-            self._thread.join(timeout=30)
+            self._thread.join(timeout=self.config.stop_wait_s)
+            if self._thread.is_alive():
+                log.info("pool map: the thread has not reached a stop check within %.1f s (it runs at nice %d); "
+                         "not waiting for it", self.config.stop_wait_s, self.config.nice)
         with self._lock:
             m = self._map
         if m is not None and m.n != self._saved_n:
@@ -391,6 +402,12 @@ class PoolMap:
 
     def _save(self, m: PoolMapData) -> None:
         """Write ``m`` to D/map/<version>.npz atomically (temp file, fsync, rename, fsync the folder)."""
+        with self._save_lock:
+            if self._stop.is_set() and m.version == self._saved_version and m.n < self._saved_n:
+                return  # the thread, late after stop(): never replace the newer map stop() saved
+            self._save_unlocked(m)
+
+    def _save_unlocked(self, m: PoolMapData) -> None:
         self.folder.mkdir(mode=OWNER_DIR, parents=True, exist_ok=True)
         path = self._path(m.version)
         tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
@@ -410,7 +427,7 @@ class PoolMap:
             os.fsync(dfd)
         finally:
             os.close(dfd)
-        self._saved_n, self._saved_at = m.n, time.monotonic()
+        self._saved_n, self._saved_at, self._saved_version = m.n, time.monotonic(), m.version
 
     def _load(self, version: str, view: IndexView) -> PoolMapData | None:
         """The saved map of ``version`` when it matches the index (its seqs a prefix of the index's rows)."""
@@ -429,7 +446,7 @@ class PoolMap:
         except (OSError, ValueError, KeyError) as e:
             log.warning("saved pool map %s unusable (%s); computing it again", path, e)
             return None
-        self._saved_n, self._saved_at = n, time.monotonic()
+        self._saved_n, self._saved_at, self._saved_version = n, time.monotonic(), version
         log.info("pool map of %s loaded: %d points", version, n)
         return PoolMapData(version, seqs, xy, fitted, str(meta.get("method", "")))
 

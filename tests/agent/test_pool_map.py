@@ -268,3 +268,38 @@ def test_get_map_before_any_model(tmp_path: Path) -> None:
         assert (h.state, h.model_version, h.total) == ("none", "", 0)
     finally:
         r.stop()
+
+
+def test_stop_does_not_wait_for_a_starved_map_thread_and_saves_the_newest_map(tmp_path: Path) -> None:
+    """At nice 19 on a saturated machine the map thread may not run for seconds: stop() waits stop_wait_s
+    for it, then saves the newest map itself; a save the late thread makes afterwards never replaces it."""
+    import threading
+
+    vecs, _ = blobs(80)
+    serving = FakeServing(vecs)
+    cfg = MapConfig(max_fit=100, early_iterations=50, iterations=100, save_every_s=1e9, child_process=False,
+                    stop_wait_s=0.2)
+    pm = PoolMap(cfg, tmp_path / "map", serving)
+    pm.step()  # fitted on 80 rows and saved
+    serving.vecs = np.concatenate([vecs, blobs(20, seed=1)[0]])
+    serving.n = 100
+    pm.step()  # 20 more placed in memory, not yet saved (save_every_s)
+    assert pm.snapshot("v0001") is not None and pm.snapshot("v0001").n == 100  # type: ignore[union-attr]
+    stale = PoolMapData("v0001", np.arange(1, 81), np.zeros((80, 2), np.float32), np.ones(80, bool), "old")
+    release = threading.Event()
+
+    def starved() -> None:  # the thread, in a step that does not reach a stop check for a long time
+        release.wait(30)
+        pm._save_quietly(stale)  # and then it saves what it held: older than what stop() saved
+
+    pm._thread = threading.Thread(target=starved, daemon=True)
+    pm._thread.start()
+    t0 = time.monotonic()
+    pm.stop()
+    assert time.monotonic() - t0 < 2
+    release.set()
+    pm._thread.join(5)
+    again = PoolMap(cfg, tmp_path / "map", serving)
+    again.step()
+    m = again.snapshot("v0001")
+    assert m is not None and m.n == 100 and m.method != "old"
