@@ -64,11 +64,12 @@ class BusyRetry:
 
     Each wait is the hint times a random factor in [1, 1 + ``jitter``] (clients refused together do not
     come back together). A retry is made only while its wait fits in what is left of ``max_wait_s``
-    (seconds of waiting in all, per call) and of the call's own deadline (``timeout=``; the retried call
-    gets what is left of it), and at most ``attempts`` calls in all (the first one included): otherwise
-    the last refusal is raised, with ``busy_attempts`` and ``busy_waited_s`` set on it (``describe``
-    words it). ``BusyRetry.OFF`` (or ``attempts=1``, or ``max_wait_s=0``) turns it off: ``bench load``
-    measures the agent's refusals, and the web app passes the hint on to the browser as Retry-After."""
+    (seconds of waiting in all, per call) and, with as long again as the refused attempt took, in what is
+    left of the call's own deadline (``timeout=``; the retried call gets what is left of it), and at most
+    ``attempts`` calls in all (the first one included): otherwise the last refusal is raised, with
+    ``busy_attempts`` and ``busy_waited_s`` set on it (``describe`` words it). ``BusyRetry.OFF`` (or
+    ``attempts=1``, or ``max_wait_s=0``) turns it off: ``bench load`` measures the agent's refusals, and
+    the web app passes the hint on to the browser as Retry-After."""
 
     attempts: int = 5
     max_wait_s: float = 20.0
@@ -152,8 +153,12 @@ class _BusyRetrier(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInter
         method = details.method.decode() if isinstance(details.method, bytes) else str(details.method)
         return method.rpartition("/")[2] in self.policy.methods
 
-    def _wait(self, e: grpc.RpcError, attempt: int, waited: float, deadline: float | None) -> float | None:
-        """Seconds to wait before the next attempt, or None to give up with ``e``."""
+    def _wait(self, e: grpc.RpcError, attempt: int, waited: float, deadline: float | None,
+              attempt_s: float = 0.0) -> float | None:
+        """Seconds to wait before the next attempt, or None to give up with ``e``. ``attempt_s``: how long
+        the refused attempt took (seconds); the next one is expected to take as long, so a retry whose wait
+        plus that would not end before the deadline is not made (the caller gets the refusal, which says
+        what to do, rather than DEADLINE_EXCEEDED a moment later)."""
         if not isinstance(e, grpc.Call) or e.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
             return None
         hint = retry_hint_s(e)
@@ -162,7 +167,7 @@ class _BusyRetrier(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInter
         wait = hint * (1 + self.policy.jitter * random.random())
         if waited + wait > self.policy.max_wait_s:
             return None
-        if deadline is not None and time.monotonic() + wait >= deadline:
+        if deadline is not None and time.monotonic() + wait + attempt_s >= deadline:
             return None
         return wait
 
@@ -182,21 +187,23 @@ class _BusyRetrier(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInter
         return details._replace(timeout=max(0.001, deadline - time.monotonic()))
 
     def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
+        deadline = self._deadline(client_call_details)
+        t0 = time.monotonic()
         outcome = continuation(client_call_details, request)
         if not self._applies(client_call_details) or _is_future(outcome):  # .future(): not retried
             return outcome
-        deadline = self._deadline(client_call_details)
         attempt, waited = 1, 0.0
         while True:
             e = outcome.exception()
             if e is None:
                 return outcome
-            wait = self._wait(e, attempt, waited, deadline)
+            wait = self._wait(e, attempt, waited, deadline, time.monotonic() - t0)
             if wait is None:
                 self._gave_up(e, attempt, waited)
                 return outcome
             self._sleep(wait)
             attempt, waited = attempt + 1, waited + wait
+            t0 = time.monotonic()
             outcome = continuation(self._left(client_call_details, deadline), request)
 
     def intercept_unary_stream(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
@@ -215,6 +222,7 @@ class _RetriedStream:
         self._call = call
         self._started = False
         self._deadline = retrier._deadline(details)
+        self._t0 = time.monotonic()  # when the current attempt started (about: the first call was just made)
 
     def __iter__(self) -> _RetriedStream:
         return self
@@ -232,12 +240,13 @@ class _RetriedStream:
                 self._started = True
                 raise
             except grpc.RpcError as e:
-                wait = self._retrier._wait(e, attempt, waited, self._deadline)
+                wait = self._retrier._wait(e, attempt, waited, self._deadline, time.monotonic() - self._t0)
                 if wait is None:
                     self._retrier._gave_up(e, attempt, waited)
                     raise
                 self._retrier._sleep(wait)
                 attempt, waited = attempt + 1, waited + wait
+                self._t0 = time.monotonic()
                 self._call = self._continuation(self._retrier._left(self._details, self._deadline), self._request)
 
     def __getattr__(self, name: str) -> Any:
