@@ -40,7 +40,7 @@ CPU = Scale(
     name="cpu", pool_size=3000, test_size=1000, arch="resnet18_w32", preprocess="cifar10@16",
     budgets=("10%", "15%", "20%", "25%", "30%", "35%", "40%"), seeds=2, pretrain_minutes=10.0,
     pretrain_options={"batch_size": 128}, steps=300, batch_size=32, head_options={"rank_candidates": 2.0},
-    description="2-core CPU, about 75 min by measured step costs: 3,000-image pool, 1,000 test images, "
+    description="2-core CPU, about 70-90 min measured (docs/benchmarks.md): 3,000-image pool, 1,000 test images, "
                 "resnet18_w32 at 16 px, 7 cycles from 10% to 40% of the pool (300 to 1,200 labels), 300 steps of "
                 "32 labelled + 32 unlabelled per cycle from scratch (lowest-loss subset ranked among 2x "
                 "candidates; the multi-stage arm the same 300 steps), MoBY 10 min for the multi-stage arm, 2 seeds")

@@ -36,7 +36,7 @@ RECIPE = Recipe(
             name="cpu", pool_size=5000, test_size=2000, arch="resnet18_w32", preprocess="cifar10@16",
             budgets=SCHEDULE, seeds=3, pretrain_minutes=15.0, pretrain_options={"batch_size": 128},
             steps=400, batch_size=64,
-            description="2-core CPU, about 70 min by measured step costs: 5,000-image pool, 2,000 test images, "
+            description="2-core CPU, about 50 min measured (docs/benchmarks.md): 5,000-image pool, 2,000 test images, "
                         "resnet18_w32 "
                         "at 16 px, RotNet 15 min, 20% to 50% of the pool in 7 rounds (1,000 to 2,500 labels), 400 "
                         "steps of 64 per round continuing the same model, 3 seeds"),
