@@ -544,17 +544,21 @@ class Admission:
                            f"get {share:.2f} of a core); it was not started; retry in about {hint} ms", hint / 1000)
 
     def _too_late(self, what: str, wait: float, own: float, remaining: float,
-                  basis: str = "its recent runs") -> Busy:
+                  basis: str = "its recent runs", safety: float = 1.0) -> Busy:
         """The refusal of a call that could not finish within its deadline (counted; lock held); ``basis``:
-        what its expected length comes from."""
+        what its expected length comes from; ``safety``: the margin the estimate was multiplied by."""
         self._refused += 1
         self._refused_deadline += 1
         hint = self._retry_after_ms(wait)
         running, queued, left = len(self._running), len(self._waiting), max(0.0, remaining)
+        # the estimate is uncertain on a busy machine: say the margin, or "21 s, more than the 60 s left" reads wrong
+        margin = f", {safety * (wait + own):.1f} s with the {safety:g}x margin kept for estimates" if safety > 1 \
+            else ""
         return Busy(f"the agent is busy: {what} would wait about {wait:.1f} s for a turn ({running} "
                     f"{self.lane} requests running, {queued} queued) and then take about {own:.1f} s "
-                    f"({basis}, at the CPU share such calls get now), more than the {left:.1f} s left of "
-                    f"the call's deadline; it was not started; retry in about {hint} ms or with a longer deadline",
+                    f"({basis}, at the CPU share such calls get now){margin}, more than the {left:.1f} s left "
+                    f"of the call's deadline; it was not started; retry in about {hint} ms or with a longer "
+                    "deadline",
                     hint / 1000)
 
     @contextmanager
@@ -626,7 +630,7 @@ class Admission:
                         else "its recent runs"
                     self._log_refusal(kind, f"it would not finish within its deadline ({basis})", wait, own,
                                       remaining, share)
-                    raise self._too_late(what, wait, own, remaining, basis)
+                    raise self._too_late(what, wait, own, remaining, basis, safety)
             if full and self.max_wait_s is not None:
                 now = time.monotonic()
                 share = self._share_now(now)
