@@ -48,7 +48,7 @@ RECIPE = Recipe(
             name="cpu", pool_size=5000, test_size=2000, arch="resnet18_w32", preprocess="cifar10@16",
             budgets=("2%", "4%", "6%", "8%", "10%", "12%"), seeds=3, pretrain_minutes=15.0,
             pretrain_options={"batch_size": 128}, steps=250, batch_size=32,
-            description="2-core CPU, about 70 min by measured step costs: 5,000-image pool, 2,000 test images, "
+            description="2-core CPU, about 60 min measured (docs/benchmarks.md): 5,000-image pool, 2,000 test images, "
                         "resnet18_w32 "
                         "at 16 px, RotNet 15 min, 2% to 12% of the pool in 6 rounds (100 to 600 labels), 250 steps "
                         "of 32 per round (each also through the four rotations) continuing the same model, 3 seeds"),
