@@ -55,7 +55,11 @@ FORMATS = ("onnx", "torchscript")
 REDUCED_FORMATS = ("int8", "fp16")  # optional, verified by kNN-neighbour agreement (exporters.reduced)
 
 
-class VerificationError(RuntimeError):
+class ExportError(RuntimeError):
+    """The encoder could not be exported or verified: nothing is published."""
+
+
+class VerificationError(ExportError):
     """An exported model disagrees with the eager model beyond TOLERANCE: nothing is published."""
 
 
@@ -104,8 +108,13 @@ def export_onnx(wrapper: ExportWrapper, path: Path, size: tuple[int, int], metad
     # the TorchScript-based exporter: exact for these static CNNs and fast; its deprecation notice is noise
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(wrapper, (example,), str(path), input_names=[INPUT_NAME], output_names=names,
-                          dynamic_axes=axes, opset_version=OPSET, dynamo=False, do_constant_folding=True)
+        try:
+            torch.onnx.export(wrapper, (example,), str(path), input_names=[INPUT_NAME], output_names=names,
+                              dynamic_axes=axes, opset_version=OPSET, dynamo=False, do_constant_folding=True)
+        except Exception as e:  # the exporter's own errors (unsupported operators) have no common base class
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ExportError(f"the encoder cannot be exported to ONNX at {size[0]}x{size[1]} px ({first}); "
+                              "nothing published: use another --arch or input size") from e
     model = onnx.load(str(path))
     for k, v in metadata.items():
         prop = model.metadata_props.add()

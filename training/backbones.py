@@ -5,6 +5,7 @@
 - ``resnet18_w32``: the same with base width 32 instead of 64 (about 4x fewer multiply-adds) for CPU runs;
   D = 256.
 - ``wrn28_2``: Wide-ResNet-28-2 (Zagoruyko & Komodakis 2016), the FixMatch/FlexMatch standard; D = 128.
+- ``vgg16_bn_cifar``: VGG-16 with batch norm for 32 px inputs (MoBYv2AL's CIFAR encoder); D = 512.
 - any torchvision classification model by name (``torchvision:resnet50``), its classifier removed.
 """
 
@@ -100,6 +101,23 @@ class WideResNet(nn.Module):
         return torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
 
 
+class CifarVGG(nn.Module):
+    """VGG-16 with batch norm for 32 px inputs, the CIFAR encoder of MoBYv2AL (Caramalau et al. 2022, Sec. 4,
+    "Models"): torchvision's vgg16_bn convolutions (13 conv-BN-ReLU, 5 max-pools: 32 px -> 1 px), then a
+    global average pool where the ImageNet model has its 7x7 pool and 4096-wide classifier (which on 32 px
+    inputs upsamples a 1x1 map and cannot be exported to ONNX). Nx3xHxW (H, W >= 32) -> Nx512."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        import torchvision
+
+        self.features = torchvision.models.vgg16_bn(weights=None).features
+        self.out_dim = 512
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(F.adaptive_avg_pool2d(self.features(x), 1), 1)  # NxC
+
+
 class TorchvisionBackbone(nn.Module):
     """A torchvision classifier (random init, nothing downloaded) with its last Linear layer removed."""
 
@@ -140,7 +158,9 @@ BACKBONES: dict[str, Callable[[], nn.Module]] = {
     "resnet18": lambda: CifarResNet(64),
     "resnet18_w32": lambda: CifarResNet(32),
     "wrn28_2": lambda: WideResNet(28, 2),
+    "vgg16_bn_cifar": CifarVGG,
 }
+_MIN_SIDE = {"vgg16_bn_cifar": 32}  # the others here downsample 8x (CIFAR stems) or 4x (WRN)
 
 
 def build_backbone(arch: str) -> nn.Module:
@@ -156,6 +176,13 @@ def build_backbone(arch: str) -> nn.Module:
     except ValueError:
         valid = ", ".join(sorted(BACKBONES))
         raise ValueError(f"unknown arch {arch!r}; valid: {valid}, or torchvision:<model name>") from None
+
+
+def min_input_side(arch: str) -> int:
+    """The smallest square input side (pixels) ``arch`` accepts. torchvision's ImageNet models downsample 32x
+    and VGG's fifth max-pool fails below 32 px ("Output size is too small"); the CIFAR-stem networks here
+    downsample 8x."""
+    return _MIN_SIDE.get(arch, 8) if arch in BACKBONES else 32
 
 
 def feature_dim(backbone: nn.Module) -> int:

@@ -161,11 +161,11 @@ def export_cmd(
     format: str = typer.Option("onnx,torchscript", help="comma-separated: onnx (required), torchscript, int8, fp16"),
 ) -> None:
     """Export a run's encoder, verify it against eager PyTorch, publish it atomically; prints the version."""
-    from exporters.export import VerificationError, export_run
+    from exporters.export import ExportError, export_run
 
     try:
         version = export_run(run, models, [f.strip() for f in format.split(",") if f.strip()], log=console.print)
-    except (ValueError, FileNotFoundError, VerificationError) as e:
+    except (ValueError, FileNotFoundError, ExportError) as e:
         console.print(f"[red]error:[/] {e}")
         raise typer.Exit(2) from None
     print(version)
@@ -189,6 +189,7 @@ def cycle_cmd(
     """Pull samples from the agent, train, export, publish, ask the agent to reload, print what changed."""
     import grpc
 
+    from exporters.export import ExportError
     from training.cycle import run_cycle
 
     try:
@@ -200,7 +201,7 @@ def cycle_cmd(
 
         console.print(f"[red]{e.code().name}[/]: {escape(detail(e))}", highlight=False)
         raise typer.Exit(1) from None
-    except (ValueError, FileNotFoundError, ConnectionError) as e:
+    except (ValueError, FileNotFoundError, ConnectionError, ExportError) as e:
         console.print(f"[red]error:[/] {e}")
         raise typer.Exit(2) from None
 

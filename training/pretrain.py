@@ -26,7 +26,7 @@ from torch import nn
 from shortlist.manifest import CIFAR10_PREPROCESS, CIFAR100_PREPROCESS, IMAGENET_PREPROCESS, Preprocess
 from training import loop
 from training.augment import AugmentConfig
-from training.backbones import build_backbone
+from training.backbones import build_backbone, min_input_side
 from training.data import TensorData, load
 from training.knn import embed, knn_accuracy
 from training.methods import METHODS, SSLMethod, build_method
@@ -111,10 +111,12 @@ CPU_VIEW_FRACTION = 0.5
 
 def cpu_view_res(cfg: PretrainConfig, pre: Preprocess, device: torch.device) -> int | None:
     """The view-size cap a run uses: ``cfg.max_res`` when given (or when progressive resizing is on, or
-    on a GPU), else CPU_VIEW_FRACTION of the model's side on a CPU, a multiple of 4 and at least 8."""
+    on a GPU), else CPU_VIEW_FRACTION of the model's side on a CPU, a multiple of 4 and at least what the
+    backbone accepts (8 px; 32 for torchvision's ImageNet models: VGG-16 fails on 16 px views)."""
     if cfg.max_res is not None or cfg.min_res is not None or device.type != "cpu":
         return cfg.max_res
-    return max(8, round(pre.size[0] * CPU_VIEW_FRACTION / 4) * 4)
+    res = max(min_input_side(cfg.arch), round(pre.size[0] * CPU_VIEW_FRACTION / 4) * 4)
+    return res if res < pre.size[0] else cfg.max_res  # no smaller view the backbone accepts: full size
 
 
 def preprocess_by_name(name: str) -> Preprocess:

@@ -116,6 +116,11 @@ def prepare_encoder(encoder: Path | None, profile: Profile, data: Path, pool_idx
                             minutes=None if by_epochs else profile.pretrain_minutes, out=str(run_dir),
                             subset=pool_idx.tolist(),
                             **profile.pretrain_options)
+    batch = config.resolved().batch_size or 0
+    if len(pool_idx) < batch:
+        # caught here, not deep in the training loop, so the message names the flag a bench user has
+        raise typer.BadParameter(f"the pool ({len(pool_idx)} images) is smaller than one pretraining batch of "
+                                 f"profile {profile.name} ({batch}); give --pool {batch} or more, or pass --encoder")
     earlier = earlier_pretraining(run_dir, config, profile.pretrain_options)
     provenance = {"encoder": str(run_dir), "kind": "pretrained here", "minutes": profile.pretrain_minutes}
     if earlier == "finished":

@@ -31,7 +31,7 @@ def register(bench_app: typer.Typer) -> None:
         pool: int | None = typer.Option(None, min=1, help="class-balanced pool size (default: the profile's)"),
         test: int | None = typer.Option(None, min=1, help="class-balanced test subset (default: the profile's)"),
         pretrain_minutes: float | None = typer.Option(None, min=0.01, help="pretext pretraining minutes "
-                                                      "(default: the profile's)"),
+                                                      "(default: the profile's minutes or epochs)"),
         steps: int | None = typer.Option(None, min=1, help="training steps per round of the heads that train the "
                                          "network (default: the profile's)"),
     ) -> None:
@@ -50,9 +50,13 @@ def register(bench_app: typer.Typer) -> None:
         budget_list = [b.strip() for b in budgets.split(",") if b.strip()] if budgets else None
         imb = parse_imbalance(imbalance) if imbalance is not None else None
         scale = recipe.profiles[profile]
+        pretrain_options = dict(scale.pretrain_options)
+        if pretrain_minutes is not None:
+            pretrain_options.pop("epochs", None)  # a gpu profile's pretraining counts epochs; the flag replaces them
         scale = replace(scale, pool_size=pool or scale.pool_size, test_size=test or scale.test_size,
                         pretrain_minutes=scale.pretrain_minutes if pretrain_minutes is None else pretrain_minutes,
-                        steps=steps or scale.steps, epochs=None if steps else scale.epochs)
+                        pretrain_options=pretrain_options, steps=steps or scale.steps,
+                        epochs=None if steps else scale.epochs)
         try:
             run_recipe(recipe, scale, data, out or Path(f"runs/recipe-{name}-{profile}"), encoder,
                        seeds, arm_list, imb, budget_list)

@@ -45,7 +45,7 @@ CPU = Scale(
                 "32 labelled + 32 unlabelled per cycle from scratch (lowest-loss subset ranked among 2x "
                 "candidates; the multi-stage arm the same 300 steps), MoBY 10 min for the multi-stage arm, 2 seeds")
 GPU = Scale(
-    name="gpu", pool_size=None, test_size=None, arch="torchvision:vgg16_bn", preprocess="cifar10",
+    name="gpu", pool_size=None, test_size=None, arch="vgg16_bn_cifar", preprocess="cifar10",
     budgets=("5000", "7500", "10000", "12500", "15000", "17500", "20000"), seeds=5,
     pretrain_options={"epochs": 200, "batch_size": 128}, epochs=200, batch_size=128,
     head_options={"lr": 0.01},

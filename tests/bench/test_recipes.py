@@ -133,6 +133,17 @@ def test_bad_arguments_are_usage_errors_that_write_nothing(tiny: Path, tmp_path:
     assert not out.exists()
 
 
+def test_a_pool_smaller_than_the_pretraining_batch_is_a_usage_error(tiny: Path, tmp_path: Path) -> None:
+    """The gpu profile's SimSiam batch (512) on a 60-image pool: a message naming --pool, not a traceback
+    from deep in the training loop."""
+    result = CliRunner().invoke(app, ["bench", "recipe", "simsiam_al", "--profile", "gpu", "--data", str(tiny),
+                                      "--pretrain-minutes", "0.01", "--budgets", "6,12", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    flat = re.sub(r"[\s│╭╮╰╯─]+", " ", result.output)
+    assert "smaller than one pretraining batch" in flat and "give --pool 512 or more" in flat
+    assert "Traceback" not in result.output
+
+
 def test_imbalance_cuts_only_the_named_classes() -> None:
     labels = np.repeat(np.arange(3), 10)
     pool = np.arange(30)

@@ -128,3 +128,36 @@ def test_int8_and_fp16_exports_keep_neighbours(tmp_path: Path) -> None:
     e /= np.linalg.norm(e, axis=1, keepdims=True)
     assert neighbour_agreement(e, e) == 1.0
     assert neighbour_agreement(e, e[np.random.default_rng(1).permutation(30)]) < 0.6
+
+
+class _UpsamplingPool(torch.nn.Module):
+    """A backbone the ONNX exporter refuses: an adaptive pool to a size that does not divide its input (as
+    torchvision's ImageNet VGG-16 does on 32 px images, 1x1 -> 7x7)."""
+
+    out_dim = 27
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.adaptive_avg_pool2d(x[:, :, :2, :2], 3).flatten(1)  # Nx27
+
+
+def test_an_unexportable_encoder_is_an_export_error(tmp_path: Path) -> None:
+    from exporters.export import ExportError, export_onnx
+
+    with pytest.raises(ExportError, match=r"cannot be exported to ONNX at .* nothing published"):
+        export_onnx(ExportWrapper(Encoder(_UpsamplingPool())), tmp_path / "m.onnx", (SIZE, SIZE), {})
+
+
+def test_cifar_vgg_exports_at_32_px(tmp_path: Path) -> None:
+    """MoBYv2AL's CIFAR VGG-16-BN (the recipe's gpu profile) runs on 32 px and exports to ONNX exactly."""
+    from exporters.export import export_onnx
+
+    torch.manual_seed(0)
+    enc = Encoder(build_backbone("vgg16_bn_cifar")).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        want = enc(x)
+    assert want.shape == (2, 512)
+    export_onnx(ExportWrapper(enc), tmp_path / "vgg.onnx", (32, 32), {})
+    sess = ort.InferenceSession(str(tmp_path / "vgg.onnx"), providers=["CPUExecutionProvider"])
+    got = sess.run(["embedding"], {"image": x.numpy()})[0]
+    np.testing.assert_allclose(got, want.numpy(), rtol=1e-3, atol=1e-4)

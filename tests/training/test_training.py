@@ -13,7 +13,7 @@ from training import loop
 from training.augment import NONE, AugmentConfig, augment
 from training.data import load
 from training.finetune import FinetuneConfig, finetune
-from training.pretrain import PretrainConfig, load_encoder, preprocess_by_name, pretrain
+from training.pretrain import PretrainConfig, cpu_view_res, load_encoder, preprocess_by_name, pretrain
 
 
 def _cfg(data: Path, out: Path, method: str, **kw: object) -> PretrainConfig:
@@ -61,6 +61,19 @@ def test_cpu_views_default_to_half_the_model_size(tiny_data: Path, tmp_path: Pat
     # progressive resizing keeps its own schedule up to the model's size
     prog = pretrain(_cfg(tiny_data, tmp_path / "prog", "simsiam", knn_every=0, final_knn=False, min_res=8))
     assert json.loads((prog / loop.CONFIG).read_text())["max_res"] is None
+
+
+def test_cpu_views_never_go_below_what_the_backbone_accepts() -> None:
+    """VGG-16's fifth max-pool fails on 16 px views (MoBYv2AL's gpu profile run on a CPU did): torchvision's
+    ImageNet models keep CIFAR's full 32 px on a CPU, the CIFAR-stem networks halve it."""
+    cifar = preprocess_by_name("cifar10")
+    cpu = torch.device("cpu")
+    for arch, res in (("resnet18_w32", 16), ("resnet18", 16), ("torchvision:vgg16_bn", None),
+                      ("torchvision:resnet18", None)):
+        cfg = PretrainConfig(data="unused", method="moby", arch=arch, epochs=1, out="unused")
+        assert cpu_view_res(cfg, cifar, cpu) == res, arch
+    assert cpu_view_res(PretrainConfig(data="unused", arch="torchvision:vgg16_bn", epochs=1, out="unused"),
+                        preprocess_by_name("imagenet"), cpu) == 112  # 224 px halved is still above 32
 
 
 def test_resume_continues_exactly(tiny_data: Path, tmp_path: Path) -> None:
