@@ -109,10 +109,18 @@ class CifarVGG(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        import torchvision
+        from torchvision.models.vgg import cfgs, make_layers
 
-        self.features = torchvision.models.vgg16_bn(weights=None).features
+        self.features = make_layers(cfgs["D"], batch_norm=True)  # "D": VGG-16's 13 convolutions
         self.out_dim = 512
+        for m in self.modules():  # torchvision's VGG init (its constructor would also build the 4096-wide head)
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.flatten(F.adaptive_avg_pool2d(self.features(x), 1), 1)  # NxC
