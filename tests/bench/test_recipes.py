@@ -137,7 +137,8 @@ def test_a_pool_smaller_than_the_pretraining_batch_is_a_usage_error(tiny: Path, 
     """The gpu profile's SimSiam batch (512) on a 60-image pool: a message naming --pool, not a traceback
     from deep in the training loop."""
     result = CliRunner().invoke(app, ["bench", "recipe", "simsiam_al", "--profile", "gpu", "--data", str(tiny),
-                                      "--pretrain-minutes", "0.01", "--budgets", "6,12", "--out", str(tmp_path / "out")])
+                                      "--pretrain-minutes", "0.01", "--budgets", "6,12",
+                                      "--out", str(tmp_path / "out")])
     assert result.exit_code == 2, result.output
     flat = re.sub(r"[\s│╭╮╰╯─]+", " ", result.output)
     assert "smaller than one pretraining batch" in flat and "give --pool 512 or more" in flat
