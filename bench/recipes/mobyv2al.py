@@ -72,7 +72,8 @@ IMBALANCED = replace(
         "cpu": replace(CPU, pool_size=5000, budgets=("200", "300", "400", "500", "600", "700", "800"),
                        description="as mobyv2al's cpu profile on the imbalanced pool (2,750 images), 200 labels + "
                                    "100 per cycle (the paper's 1,000 + 1,000 of 27,500, scaled up to a workable "
-                                   "start), 7 cycles, 2 seeds"),
+                                   "start), 7 cycles, 2 seeds; 79 min measured beside other work, about 64 alone "
+                                   "(docs/benchmarks.md)"),
         "gpu": replace(GPU, arch="resnet18", budgets=tuple(str(1000 * i) for i in range(1, 8)),
                        description="the paper's imbalanced setting: ResNet-18, pool 27,500 (five classes at 500), "
                                    "1,000 labels + 1,000 per cycle, 7 cycles")},
