@@ -75,6 +75,8 @@ METHODS: dict[str, PriorMethod] = {"knn": knn_prior, "llgc": llgc_prior, "as3l":
 T0 = {"knn": 1.0, "as3l": 1.0, "llgc": 0.1}  # the methods' default temperatures (agent.priors.PRIOR_METHODS)
 LO, HI = np.log(0.02), np.log(50.0)  # log T range
 Held = list[tuple[np.ndarray, np.ndarray, np.ndarray]]  # per fold: probs RxC, true classes R, covered C
+# collect --seed-singletons: a class's only label is never hidden (stays a seed in every fold run)
+SEED_SINGLETONS = False
 
 
 # ---- collect ------------------------------------------------------------------------------------------
@@ -84,10 +86,12 @@ def held_out_plus(pool: Pool, method: PriorMethod, rng: np.random.Generator) -> 
     rows: per fold, held-out probs (HxC float64), their classes (H), ``keep`` (H bools: the class keeps a
     label outside the fold), covered (C bools) and the unlabelled rows' probs (UxC float32)."""
     n_lab = len(pool.labeled)
+    classes, counts = np.unique(pool.labels, return_counts=True)
+    dealt = np.isin(pool.labels, classes[counts >= 2]) if SEED_SINGLETONS else np.ones(n_lab, bool)
     folds = min(cal.CALIBRATION_FOLDS, n_lab)
     fold = np.full(n_lab, -1, np.int64)
-    for c in np.unique(pool.labels):
-        members = rng.permutation(np.flatnonzero(pool.labels == c))
+    for c in np.unique(pool.labels[dealt]):
+        members = rng.permutation(np.flatnonzero((pool.labels == c) & dealt))
         fold[members] = (int(rng.integers(folds)) + np.arange(len(members))) % folds
     out = []
     for f in range(folds):
@@ -335,6 +339,29 @@ def oracle(paths: list[Path]) -> None:
               f"{a[:, 1:].max():.2f}, agreement / mean accuracy {ratio.min():.2f}-{ratio.max():.2f}")
 
 
+def best_vs_fitted(paths: list[Path]) -> None:
+    """Per seed cell and method: the ECE-best T on the truth (120-point log grid), the held-out maximum-
+    likelihood T (no prior), the held-out accuracy and mean confidence at that T, and the unlabelled rows'
+    accuracy and mean confidence at both Ts: whether a fit that matches the held-out samples' confidence to
+    their accuracy (as a likelihood fit does) misses because the held-out accuracy is not the pool's."""
+    ts = np.exp(np.linspace(LO, HI, 120))
+    for (ds, strategy, budget, seed), cell in load(paths):
+        y, m = cell["y"], cell["m"]
+        for meth in METHODS:
+            mc = cell[meth]
+            probs, covered, held = mc["raw"].astype(np.float64), covered_of(mc), held_of(mc)
+            if not held:
+                continue
+            best = ts[int(np.argmin([ece(apply(probs, covered, m, t), y) for t in ts]))]
+            t_mle = fit(held, T0[meth], prior_weight=1e-6)
+            h_conf = np.concatenate([cal.tempered(p, cov, t_mle).max(axis=1) for p, _, cov in held]).mean()
+            h_acc = np.concatenate([p.argmax(axis=1) == lab for p, lab, _ in held]).mean()
+            q_mle, q_best = apply(probs, covered, m, t_mle), apply(probs, covered, m, best)
+            print(f"{ds} {strategy:9s} {budget:3d} {seed} {meth:5s} T best {best:5.2f} mle {t_mle:5.2f} | "
+                  f"held out: acc {h_acc:.2f} conf {h_conf:.2f} | pool: acc {(q_mle.argmax(axis=1) == y).mean():.2f} "
+                  f"conf at mle {q_mle.max(axis=1).mean():.2f} at best {q_best.max(axis=1).mean():.2f}")
+
+
 def folds(paths: list[Path]) -> None:
     """Per cell and method, the mean over folds of the share of unlabelled rows where the fold prior's
     argmax is the full prior's."""
@@ -495,15 +522,19 @@ def main() -> None:
     c.add_argument("--strategies", default="random,typiclust")
     c.add_argument("--budgets", default="10,20,40")
     c.add_argument("--seeds", type=int, default=3)
+    c.add_argument("--seed-singletons", action="store_true",
+                   help="never hide a class's only label: every fold run competes among all labelled classes")
     b = sub.add_parser("tables")
     b.add_argument("prefixes", nargs="+", help="PREFIX of PREFIX-raw, PREFIX-main, PREFIX-new (bench strategies --out)")
     t = sub.add_parser("typicality")
     t.add_argument("embeddings", type=Path)
     t.add_argument("cells", type=Path, nargs="+")
-    for name in ("variants", "matching", "oracle", "folds", "heldout", "knn-t"):
+    for name in ("variants", "matching", "oracle", "best-vs-fitted", "folds", "heldout", "knn-t"):
         sub.add_parser(name).add_argument("cells", type=Path, nargs="+")
     args = ap.parse_args()
     if args.cmd == "collect":
+        global SEED_SINGLETONS
+        SEED_SINGLETONS = args.seed_singletons
         collect(args.name, args.embeddings, args.labels, args.out, args.strategies.split(","),
                 [int(b) for b in args.budgets.split(",")], args.seeds)
     elif args.cmd == "tables":
@@ -511,8 +542,8 @@ def main() -> None:
     elif args.cmd == "typicality":
         typicality(args.embeddings, args.cells)
     else:
-        {"variants": variants, "matching": matching, "oracle": oracle, "folds": folds, "heldout": heldout,
-         "knn-t": knn_t}[args.cmd](args.cells)
+        {"variants": variants, "matching": matching, "oracle": oracle, "best-vs-fitted": best_vs_fitted,
+         "folds": folds, "heldout": heldout, "knn-t": knn_t}[args.cmd](args.cells)
 
 
 if __name__ == "__main__":
