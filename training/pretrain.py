@@ -226,14 +226,44 @@ def _check_resume_matches(saved: dict[str, Any], cfg: PretrainConfig) -> None:
                          "pass the same flags as the first run")
 
 
-def pretrain(config: PretrainConfig, console: Console | None = None, train_data: TensorData | None = None,
-             test_data: TensorData | None = None) -> Path:
-    """Run (or, with ``resume``, continue) a pretraining run; returns its folder.
+@dataclass
+class _Run:
+    """One pretraining run, set up: what the step loop and the summary share (``_prepare``)."""
 
-    ``train_data`` / ``test_data`` (e.g. samples pulled from an agent) replace loading ``config.data``.
-    """
+    cfg: PretrainConfig  # resolved, with the method's options and the CPU view size filled in
+    rt: loop.Runtime
+    run_dir: Path
+    pre: Preprocess
+    encoder: Encoder
+    model: SSLMethod
+    train_model: nn.Module  # ``model``, wrapped by DDP and/or torch.compile when asked
+    opt: torch.optim.Optimizer
+    gen: torch.Generator
+    state: loop.TrainState
+    train: TensorData
+    test: TensorData | None
+    config_dict: dict[str, Any]
+    base_lr: float  # lr scaled by batch / 256
+    per_rank: int  # images per step on this rank
+
+    def checkpoint(self) -> None:
+        """checkpoint.pt and encoder.pt, written atomically by the main rank."""
+        if self.rt.is_main:
+            loop.save_checkpoint(self.run_dir, self.state, {"model": self.model, "optimizer": self.opt}, self.gen,
+                                 self.config_dict)
+            self.save_encoder()
+
+    def save_encoder(self, metrics: dict[str, Any] | None = None) -> None:
+        save_encoder(self.run_dir, self.encoder, arch=self.cfg.arch, method=self.cfg.method, pre=self.pre,
+                     classes=self.train.classes or None, config=self.config_dict, dataset=self.cfg.data,
+                     metrics=metrics)
+
+
+def _prepare(config: PretrainConfig, console: Console, train_data: TensorData | None,
+             test_data: TensorData | None) -> _Run:
+    """Resolve the settings, build the model (before decoding the data, so that a ``--resume`` with other
+    settings is refused at once), load the data, and restore the checkpoint when resuming."""
     cfg = config.resolved()
-    console = console or Console()
     rt = loop.setup_runtime(cfg.device, cfg.amp, cfg.channels_last, cfg.threads)
     run_dir = Path(cfg.out)
     if run_dir.exists() and (run_dir / loop.CHECKPOINT).exists() and not cfg.resume:
@@ -246,7 +276,6 @@ def pretrain(config: PretrainConfig, console: Console | None = None, train_data:
             console.print(f"CPU: training views at {res} px, evaluation and export at {pre.size[0]} px "
                           f"(--max-res {pre.size[0]} for full-size views)")
     torch.manual_seed(cfg.seed + rt.rank)
-    # the model first: a --resume with other settings is refused before the data is decoded
     encoder = Encoder(build_backbone(cfg.arch), rotation_head=METHODS[cfg.method].rotation_head)
     model = build_method(cfg.method, encoder, **cfg.method_options)
     # record every option, defaults included, so that a later change of a default cannot break --resume
@@ -271,7 +300,6 @@ def pretrain(config: PretrainConfig, console: Console | None = None, train_data:
     model = model.to(rt.device)
     if rt.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    per_rank = cfg.batch_size // rt.world
     base_lr = cfg.lr * cfg.batch_size / 256
     opt = build_optimizer(model, base_lr, cfg.weight_decay)
     gen = torch.Generator(device=rt.device).manual_seed(cfg.seed * 7919 + rt.rank)
@@ -296,21 +324,50 @@ def pretrain(config: PretrainConfig, console: Console | None = None, train_data:
                                                           else None)
     if cfg.compile:
         train_model = torch.compile(train_model)  # type: ignore[assignment]
+    return _Run(cfg=cfg, rt=rt, run_dir=run_dir, pre=pre, encoder=encoder, model=model, train_model=train_model,
+                opt=opt, gen=gen, state=state, train=train, test=test, config_dict=config_dict, base_lr=base_lr,
+                per_rank=cfg.batch_size // rt.world)
 
+
+def _step(run: _Run, rows: torch.Tensor, frac: float, aug: AugmentConfig) -> tuple[float, Preprocess]:
+    """One optimisation step on the batch ``rows`` at training progress ``frac`` in [0, 1]: the method's
+    views, the scheduled lr, its loss under autocast, backward, SGD; returns (loss, the views' preprocess)."""
+    model = run.model
+    imgs = run.train.images[rows].to(run.rt.device, non_blocking=True)
+    vpre = view_size(run.cfg, run.pre, frac)
+    views = model.make_views(imgs, vpre, aug, run.gen, run.rt.channels_last)
+    set_lr(run.opt, run.base_lr, loop.cosine_lr(run.base_lr, frac, run.cfg.warmup))
+    model.before_step(frac)
+    with run.rt.autocast():
+        loss = run.train_model(*views)
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"loss is {loss.item()} at step {run.state.step}: lower --lr or turn off --amp")
+    run.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    run.opt.step()
+    model.after_step(frac)
+    return float(loss.detach()), vpre
+
+
+def _epoch_knn(run: _Run, log: loop.MetricsLog, console: Console) -> None:
+    """The periodic kNN evaluation (every ``knn_every`` epochs, main rank), logged and printed."""
+    cfg, state, test = run.cfg, run.state, run.test
+    assert test is not None
+    acc = evaluate_knn(run.model.knn_encoder(), run.train, test, run.pre, run.rt, cfg.knn_k, cfg.knn_bank,
+                       cfg.knn_test)
+    bank, ntest = min(cfg.knn_bank, len(run.train)), min(cfg.knn_test, len(test))
+    log.write(kind="knn", step=state.step, epoch=state.epoch, knn_acc=acc, k=cfg.knn_k, bank=bank, test=ntest)
+    console.print(f"epoch {state.epoch}: kNN(k={cfg.knn_k}) accuracy {acc:.4f} (bank {bank}, test {ntest})")
+
+
+def _train(run: _Run, console: Console, log: loop.MetricsLog) -> str:
+    """The step loop, until the budget is spent or a signal / ``stop_after`` stops it; checkpoints every
+    ``checkpoint_minutes`` and at the end. Returns why it stopped early ("" when the budget ran out)."""
+    cfg, rt, state = run.cfg, run.rt, run.state
     aug = AugmentConfig(crop_scale=(cfg.crop_min, 1.0))
-    budget = loop.Budget(len(train) // rt.world // per_rank, cfg.epochs, cfg.minutes)
-    log = loop.MetricsLog(run_dir, rt.is_main)
-    knn_hist: list[tuple[int, float]] = []
-
-    def checkpoint() -> None:
-        if rt.is_main:
-            loop.save_checkpoint(run_dir, state, {"model": model, "optimizer": opt}, gen, config_dict)
-            save_encoder(run_dir, encoder, arch=cfg.arch, method=cfg.method, pre=pre, classes=train.classes or None,
-                         config=config_dict, dataset=cfg.data)
-
+    budget = loop.Budget(len(run.train) // rt.world // run.per_rank, cfg.epochs, cfg.minutes)
     tuner = (loop.ThreadTuner([1, torch.get_num_threads()]) if rt.device.type == "cpu" and cfg.threads is None
              else None)
-    wall0 = time.perf_counter()
     last_ckpt = last_log = time.perf_counter()
     loss_sum, loss_n, img_window, t_window = 0.0, 0, 0, 0.0
     total = cfg.epochs * budget.steps_per_epoch if cfg.epochs is not None else (cfg.minutes or 0) * 60
@@ -318,27 +375,12 @@ def pretrain(config: PretrainConfig, console: Console | None = None, train_data:
     stopped = ""
     with loop.StopFlag() as stop, progress:
         task = progress.add_task(f"{cfg.method} {cfg.arch}", total=total, info="")
-        model.train()
+        run.model.train()
         while not budget.done(state.step, state.seconds) and not stopped:
-            order = loop.epoch_order(len(train), state.epoch, cfg.seed, rt.rank, rt.world)
-            for b, rows in loop.batches(order, per_rank, state.batch_in_epoch, budget.steps_per_epoch):
+            order = loop.epoch_order(len(run.train), state.epoch, cfg.seed, rt.rank, rt.world)
+            for b, rows in loop.batches(order, run.per_rank, state.batch_in_epoch, budget.steps_per_epoch):
                 t0 = time.perf_counter()
-                imgs = train.images[rows].to(rt.device, non_blocking=True)
-                frac = budget.progress(state.step, state.seconds)
-                vpre = view_size(cfg, pre, frac)
-                views = model.make_views(imgs, vpre, aug, gen, rt.channels_last)
-                set_lr(opt, base_lr, loop.cosine_lr(base_lr, frac, cfg.warmup))
-                model.before_step(frac)
-                with rt.autocast():
-                    loss = train_model(*views)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"loss is {loss.item()} at step {state.step}: lower --lr or "
-                                             "turn off --amp")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                model.after_step(frac)
-                loss_val = float(loss.detach())
+                loss_val, vpre = _step(run, rows, budget.progress(state.step, state.seconds), aug)
                 dt = time.perf_counter() - t0
                 state.step += 1
                 state.batch_in_epoch = b + 1
@@ -354,9 +396,8 @@ def pretrain(config: PretrainConfig, console: Console | None = None, train_data:
                 now = time.perf_counter()
                 if now - last_log >= cfg.log_seconds:
                     log.write(kind="train", step=state.step, epoch=state.epoch, loss=loss_sum / loss_n,
-                              res=vpre.size[0], threads=torch.get_num_threads(), lr=opt.param_groups[0]["lr"],
-                              images_per_s=img_window / t_window,
-                              seconds=state.seconds)
+                              res=vpre.size[0], threads=torch.get_num_threads(), lr=run.opt.param_groups[0]["lr"],
+                              images_per_s=img_window / t_window, seconds=state.seconds)
                     loss_sum, loss_n, img_window, t_window, last_log = 0.0, 0, 0, 0.0, now
                 if rt.world > 1:
                     state.seconds, peer_stop = loop.sync_max([state.seconds, float(stop.stop)], rt.device)
@@ -366,29 +407,24 @@ def pretrain(config: PretrainConfig, console: Console | None = None, train_data:
                                                    else f"stop_after={cfg.stop_after}")
                     break
                 if now - last_ckpt >= cfg.checkpoint_minutes * 60:
-                    checkpoint()
+                    run.checkpoint()
                     last_ckpt = time.perf_counter()
                 if budget.done(state.step, state.seconds):
                     break
             else:  # the epoch ran to its end
                 state.epoch += 1
                 state.batch_in_epoch = 0
-                if test is not None and cfg.knn_every and state.epoch % cfg.knn_every == 0 \
+                if run.test is not None and cfg.knn_every and state.epoch % cfg.knn_every == 0 \
                         and not budget.done(state.step, state.seconds) and rt.is_main:
-                    acc = evaluate_knn(model.knn_encoder(), train, test, pre, rt, cfg.knn_k, cfg.knn_bank,
-                                       cfg.knn_test)
-                    knn_hist.append((state.epoch, acc))
-                    log.write(kind="knn", step=state.step, epoch=state.epoch, knn_acc=acc, k=cfg.knn_k,
-                              bank=min(cfg.knn_bank, len(train)), test=min(cfg.knn_test, len(test)))
-                    sizes = f"bank {min(cfg.knn_bank, len(train))}, test {min(cfg.knn_test, len(test))}"
-                    progress.console.print(f"epoch {state.epoch}: kNN(k={cfg.knn_k}) accuracy {acc:.4f} ({sizes})")
-        checkpoint()
-    if stopped:
-        if rt.is_main:
-            console.print(f"[yellow]{stopped}: checkpointed at step {state.step}; continue with --resume[/]")
-        log.write(kind="stopped", signal=stopped, step=state.step)
-        return run_dir
+                    _epoch_knn(run, log, progress.console)
+        run.checkpoint()
+    return stopped
 
+
+def _summarise(run: _Run, console: Console, log: loop.MetricsLog, wall0: float) -> None:
+    """summary.json and the final encoder.pt: steps, throughput and, with a test split, the final kNN
+    accuracy (on the whole bank and test split with ``final_knn_full``)."""
+    cfg, rt, state, train, test = run.cfg, run.rt, run.state, run.train, run.test
     summary: dict[str, Any] = {"method": cfg.method, "arch": cfg.arch, "steps": state.step, "epochs": state.epoch,
                                "train_seconds": state.seconds, "wall_seconds_this_process": time.perf_counter() - wall0,
                                "images_per_s": state.images * rt.world / max(state.seconds, 1e-9),
@@ -397,7 +433,7 @@ def pretrain(config: PretrainConfig, console: Console | None = None, train_data:
         t0 = time.perf_counter()
         bank = None if cfg.final_knn_full else cfg.knn_bank
         ntest = None if cfg.final_knn_full else cfg.knn_test
-        acc = evaluate_knn(model.knn_encoder(), train, test, pre, rt, cfg.knn_k, bank, ntest)
+        acc = evaluate_knn(run.model.knn_encoder(), train, test, run.pre, rt, cfg.knn_k, bank, ntest)
         nbank, ntest = min(bank or len(train), len(train.labeled_rows)), min(ntest or len(test), len(test))
         summary.update(knn_acc=acc, knn_k=cfg.knn_k, knn_bank=nbank, knn_test=ntest,
                        knn_seconds=time.perf_counter() - t0)
@@ -406,9 +442,29 @@ def pretrain(config: PretrainConfig, console: Console | None = None, train_data:
         console.print(f"final kNN(k={cfg.knn_k}) accuracy {acc:.4f} on {ntest} held-out images "
                       f"(bank {nbank})")
     if rt.is_main:
-        save_encoder(run_dir, encoder, arch=cfg.arch, method=cfg.method, pre=pre, classes=train.classes or None,
-                     config=config_dict, dataset=cfg.data, metrics=summary)
-        loop.write_json(run_dir / loop.SUMMARY, summary)
+        run.save_encoder(metrics=summary)
+        loop.write_json(run.run_dir / loop.SUMMARY, summary)
         console.print(f"{state.step} steps, {summary['images_per_s']:.0f} img/s, {state.seconds / 60:.1f} min "
-                      f"training -> {run_dir}")
-    return run_dir
+                      f"training -> {run.run_dir}")
+
+
+def pretrain(config: PretrainConfig, console: Console | None = None, train_data: TensorData | None = None,
+             test_data: TensorData | None = None) -> Path:
+    """Run (or, with ``resume``, continue) a pretraining run; returns its folder.
+
+    ``train_data`` / ``test_data`` (e.g. samples pulled from an agent) replace loading ``config.data``.
+    The method is whatever ``config.method`` names: its views, step hooks, kNN encoder and rotation head
+    come from its class (training.methods), so nothing here special-cases one.
+    """
+    console = console or Console()
+    run = _prepare(config, console, train_data, test_data)
+    wall0 = time.perf_counter()  # the summary's wall time is of the training, not of decoding the data
+    log = loop.MetricsLog(run.run_dir, run.rt.is_main)
+    stopped = _train(run, console, log)
+    if stopped:
+        if run.rt.is_main:
+            console.print(f"[yellow]{stopped}: checkpointed at step {run.state.step}; continue with --resume[/]")
+        log.write(kind="stopped", signal=stopped, step=run.state.step)
+        return run.run_dir
+    _summarise(run, console, log, wall0)
+    return run.run_dir
