@@ -31,7 +31,10 @@ def register(bench_app: typer.Typer) -> None:
         semi_supervised_steps: int | None = typer.Option(None, min=1, help="training steps per semi-supervised "
                                                          "point (default: the profile's minutes)"),
     ) -> None:
-        """CIFAR-10 accuracy against labels per strategy, through a real agent with a simulated annotator."""
+        """CIFAR-10 accuracy against labels per strategy, through a real agent with a simulated annotator.
+
+        Resumable: a rerun into the same --out reuses every (strategy, seed) run its results.json finished
+        with the same settings and embeddings, and runs the rest."""
         if profile not in PROFILES:
             raise typer.BadParameter(f"unknown profile {profile!r}; valid: {', '.join(PROFILES)}")
         require_splits(data)

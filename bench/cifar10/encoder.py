@@ -40,9 +40,26 @@ def _copy_version_into(registry: Path, version_dir: Path) -> str:
     return publish(registry, staging)
 
 
+def _exported_from(manifest: Any, run_dir: Path) -> bool:
+    """Whether a published version was exported from ``run_dir``'s current encoder.pt: its manifest names
+    that run and was created after encoder.pt was last written (a retrained encoder is exported again)."""
+    from datetime import datetime
+
+    if not manifest.source_run or Path(manifest.source_run).resolve() != run_dir.resolve():
+        return False
+    try:
+        created = datetime.fromisoformat(manifest.created).timestamp()
+    except ValueError:
+        return False
+    return created > (run_dir / "encoder.pt").stat().st_mtime
+
+
 def publish_encoder(encoder: Path, registry: Path) -> tuple[str, dict[str, Any]]:
     """Put ``encoder`` (a model version folder, a registry: its newest version, or a training run folder:
-    exported first) into ``registry`` as its newest version; returns (version, provenance)."""
+    exported first) into ``registry`` as its newest version; returns (version, provenance). A training run
+    that ``registry``'s newest version was already exported from (a rerun into the same --out) is served as
+    that version, not exported again: ONNX export is not byte-for-byte repeatable, and the same embeddings
+    are what lets the rerun reuse the finished runs."""
     encoder = encoder.expanduser()
     own = newest_complete(registry) if encoder.resolve() == registry.resolve() else None
     if own is not None:  # this run's own registry (a rerun): serve what it holds, no copy
@@ -57,6 +74,9 @@ def publish_encoder(encoder: Path, registry: Path) -> tuple[str, dict[str, Any]]
     if not (encoder / "encoder.pt").is_file():
         raise typer.BadParameter(f"{encoder} is neither a model version folder, a registry nor a training run "
                                  "folder (with encoder.pt)")
+    mine = newest_complete(registry) if registry.exists() else None
+    if mine is not None and _exported_from(mine[1], encoder):  # a rerun: the same export, so resumable
+        return mine[0], {"encoder": str(encoder), "kind": "training run", "exported_as": mine[0]}
     from exporters.export import export_run  # torch: only when a training run must be exported
 
     version = export_run(encoder, registry)

@@ -90,6 +90,57 @@ class Run:
     records: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[dict[str, Any]] = field(default_factory=list)
     complete: bool = False  # False while running (results.json is rewritten after each strategy and seed)
+    # What the records depend on besides the fields above (``inputs_fingerprint``): a rerun into the same
+    # --out reuses the (strategy, seed) runs of a results.json with the same fingerprint and settings.
+    fingerprint: str = ""
+
+
+def inputs_fingerprint(pool_ids: Sequence[str], pool_y: np.ndarray, pool_x: np.ndarray, test_x: np.ndarray,
+                       test_y: np.ndarray, semi_supervised: SemiSupervised | None) -> str:
+    """sha256 (hex) of what a (strategy, seed) run's records depend on beyond ``Run``'s settings: the pool's
+    ids and labels, the served model's embeddings of the pool (NxD) and test set (TxD), byte for byte, and
+    the semi-supervised stage's settings. Another encoder, or the same one exported differently, gives
+    another fingerprint, so its records are never mixed with these."""
+    import hashlib
+
+    h = hashlib.sha256()
+    h.update("\n".join(pool_ids).encode())
+    for arr in (pool_y, pool_x, test_x, test_y):
+        a = np.ascontiguousarray(arr)
+        h.update(f"{a.dtype}{a.shape}".encode())
+        h.update(a.tobytes())
+    if semi_supervised is not None:
+        h.update(repr((semi_supervised.at, semi_supervised.minutes, semi_supervised.steps,
+                       str(semi_supervised.init), semi_supervised.prior_method)).encode())
+    return h.hexdigest()
+
+
+RESUME_FIELDS = ("profile", "data", "budgets", "prior_methods", "pool_size", "test_size", "fingerprint")
+
+
+def finished_runs(out: Path, run: Run) -> tuple[dict[tuple[str, int], list[dict[str, Any]]], str]:
+    """The (strategy, seed) runs an earlier results.json in ``out`` finished with the same settings
+    (``RESUME_FIELDS``) as ``run``: their records, and a line saying what is reused or why nothing is
+    ({} and "" when there is no results.json). Skipped runs (an RPC error) are not reused: they run again."""
+    path = out / "results.json"
+    if not path.is_file():
+        return {}, ""
+    try:
+        old = json.loads(path.read_text())
+        diff = [k for k in RESUME_FIELDS if old.get(k) != getattr(run, k)]
+    except (OSError, ValueError, AttributeError) as e:
+        return {}, f"not resuming: {path} cannot be read ({e}); it will be replaced"
+    if diff:
+        return {}, (f"not resuming: {path} was written with other {', '.join(diff)}; its runs are replaced "
+                    "(pass another --out to keep them)")
+    done: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for r in old.get("records", []):
+        if r["strategy"] in run.strategies and r["seed"] in run.seeds:
+            done.setdefault((r["strategy"], r["seed"]), []).append(r)
+    # a (strategy, seed) run is saved whole, so every budget is there; a partial one is not reused
+    done = {k: v for k, v in done.items() if {r["budget"] for r in v} == set(run.budgets)}
+    at = f" (written at commit {old.get('git_commit') or 'unknown'})" if done else ""
+    return done, f"resuming: {len(done)} finished (strategy, seed) runs reused from {path}{at}"
 
 
 def _save(run: Run, out: Path) -> None:

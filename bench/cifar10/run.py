@@ -15,7 +15,15 @@ import grpc
 from agent import client
 from bench.cifar10.data import images_at_model_size, load_pool_and_test
 from bench.cifar10.encoder import _git_commit, embed_images, prepare_encoder
-from bench.cifar10.evaluation import Run, SemiSupervised, _save, run_strategy, save_embeddings
+from bench.cifar10.evaluation import (
+    Run,
+    SemiSupervised,
+    _save,
+    finished_runs,
+    inputs_fingerprint,
+    run_strategy,
+    save_embeddings,
+)
 from bench.cifar10.ingest import ingest_pool
 from bench.cifar10.process import agent_process
 from bench.cifar10.profiles import Profile, resolve_budgets
@@ -89,7 +97,11 @@ def run_benchmark(data: Path, profile: Profile, out: Path, encoder: Path | None 
     run = Run(profile=profile.name, data=str(data), seeds=list(range(profile.seeds)), budgets=budget_list,
               strategies=list(profile.strategies), prior_methods=list(profile.prior_methods),
               pool_size=len(pool_ids), test_size=len(test_idx), model_version=version, encoder=provenance,
-              git_commit=_git_commit())
+              git_commit=_git_commit(),
+              fingerprint=inputs_fingerprint(pool_ids, train.labels[pool_idx], pool_emb_arr, test_emb, test_y, ssl))
+    done, note = finished_runs(out, run)  # a rerun into the same --out resumes where the last one stopped
+    if note:
+        console.print(note)
     with Progress(*columns, console=console, transient=False) as progress:
         t = time.perf_counter()
         ingest_pool(data, pool_ids, version, registry, base, out / "agent.log", console, progress)
@@ -101,6 +113,10 @@ def run_benchmark(data: Path, profile: Profile, out: Path, encoder: Path | None 
         # results.json is rewritten after each (strategy, seed) so nothing finished is lost.
         for seed in range(profile.seeds):
             for strategy in profile.strategies:
+                if (strategy, seed) in done:
+                    run.records += done[(strategy, seed)]
+                    progress.advance(loop, len(budget_list))
+                    continue
                 work = out / "agent-work"
                 if work.exists():
                     shutil.rmtree(work)

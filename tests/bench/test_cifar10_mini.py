@@ -157,3 +157,50 @@ def test_a_wrong_data_folder_fails_at_once_without_a_traceback(tmp_path: Path) -
             assert result.exit_code == 2, result.output
             assert "pass --data" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_a_rerun_into_the_same_folder_resumes_the_finished_runs(tiny_cifar: Path, tmp_path: Path) -> None:
+    """A rerun reuses the (strategy, seed) runs results.json already holds with the same settings and
+    embeddings, runs only the rest, and starts over (saying why) when a setting differs."""
+    encoder = tmp_path / "encoder"
+    publish_linear(encoder, size=(8, 8), dim=16)
+    out = tmp_path / "out"
+    common = ["bench", "cifar10", "--data", str(tiny_cifar), "--profile", "quick", "--encoder", str(encoder),
+              "--seeds", "1", "--budgets", "3,6", "--out", str(out)]
+    first = CliRunner().invoke(app, [*common, "--strategies", "random", "--prior-methods", "knn"])
+    assert first.exit_code == 0, first.output
+    before = json.loads((out / "results.json").read_text())["records"]
+
+    more = CliRunner().invoke(app, [*common, "--strategies", "random,kmedoids", "--prior-methods", "knn"])
+    assert more.exit_code == 0, more.output
+    assert "resuming: 1 finished (strategy, seed) runs reused" in more.output
+    run = json.loads((out / "results.json").read_text())
+    assert run["complete"] and not run["skipped"]
+    # random's records are the first run's, timings included (a re-run would have measured new ones)
+    assert [r for r in run["records"] if r["strategy"] == "random"] == before
+    assert {r["budget"] for r in run["records"] if r["strategy"] == "kmedoids"} == {3, 6}
+    assert (out / "results.md").read_text().count("| kmedoids |") >= 3
+
+    other = CliRunner().invoke(app, [*common, "--strategies", "random", "--prior-methods", "knn,llgc"])
+    assert other.exit_code == 0, other.output
+    assert "not resuming" in other.output and "prior_methods" in other.output
+    assert {r["prior_method"] for r in json.loads((out / "results.json").read_text())["records"]} == {"knn", "llgc"}
+
+
+def test_a_training_run_already_exported_into_the_registry_is_served_again(tmp_path: Path) -> None:
+    """publish_encoder's rerun rule: the newest version exported from this run's current encoder.pt is
+    served as it is (ONNX export is not byte-for-byte repeatable); a newer encoder.pt is exported again."""
+    import os
+    from types import SimpleNamespace
+
+    from bench.cifar10.encoder import _exported_from
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "encoder.pt").write_bytes(b"weights")
+    os.utime(run_dir / "encoder.pt", (1_700_000_000, 1_700_000_000))  # 2023-11-14T22:13:20Z
+    later, earlier = "2023-11-15T00:00:00+00:00", "2023-11-14T00:00:00+00:00"
+    assert _exported_from(SimpleNamespace(source_run=str(run_dir), created=later), run_dir)
+    assert not _exported_from(SimpleNamespace(source_run=str(run_dir), created=earlier), run_dir)  # retrained
+    assert not _exported_from(SimpleNamespace(source_run=str(tmp_path / "other"), created=later), run_dir)
+    assert not _exported_from(SimpleNamespace(source_run="", created=later), run_dir)
