@@ -33,8 +33,7 @@ def register(bench_app: typer.Typer) -> None:
     ) -> None:
         """CIFAR-10 accuracy against labels per strategy, through a real agent with a simulated annotator.
 
-        Resumable: a rerun into the same --out reuses every (strategy, seed) run its results.json finished
-        with the same settings and embeddings, and runs the rest."""
+        Resumable: a rerun into the same --out reuses the (strategy, seed) runs it finished (same settings)."""
         if profile not in PROFILES:
             raise typer.BadParameter(f"unknown profile {profile!r}; valid: {', '.join(PROFILES)}")
         require_splits(data)
