@@ -33,7 +33,7 @@ def register(bench_app: typer.Typer) -> None:
     ) -> None:
         """CIFAR-10 accuracy against labels per strategy, through a real agent with a simulated annotator.
 
-        Resumable: a rerun into the same --out reuses the (strategy, seed) runs it finished (same settings)."""
+        Resumable: a rerun into the same --out reuses the (strategy, seed) runs it finished (same settings, commit)."""
         if profile not in PROFILES:
             raise typer.BadParameter(f"unknown profile {profile!r}; valid: {', '.join(PROFILES)}")
         require_splits(data)

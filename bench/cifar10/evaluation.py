@@ -115,7 +115,9 @@ def inputs_fingerprint(pool_ids: Sequence[str], pool_y: np.ndarray, pool_x: np.n
     return h.hexdigest()
 
 
-RESUME_FIELDS = ("profile", "data", "budgets", "prior_methods", "pool_size", "test_size", "fingerprint")
+# git_commit too: records another version of the code measured are not mixed with this one's
+RESUME_FIELDS = ("profile", "data", "budgets", "prior_methods", "pool_size", "test_size", "fingerprint",
+                 "git_commit")
 
 
 def finished_runs(out: Path, run: Run) -> tuple[dict[tuple[str, int], list[dict[str, Any]]], str]:
@@ -139,8 +141,7 @@ def finished_runs(out: Path, run: Run) -> tuple[dict[tuple[str, int], list[dict[
             done.setdefault((r["strategy"], r["seed"]), []).append(r)
     # a (strategy, seed) run is saved whole, so every budget is there; a partial one is not reused
     done = {k: v for k, v in done.items() if {r["budget"] for r in v} == set(run.budgets)}
-    at = f" (written at commit {old.get('git_commit') or 'unknown'})" if done else ""
-    return done, f"resuming: {len(done)} finished (strategy, seed) runs reused from {path}{at}"
+    return done, f"resuming: {len(done)} finished (strategy, seed) runs reused from {path}"
 
 
 def _save(run: Run, out: Path) -> None:
