@@ -191,12 +191,14 @@ def sample_weights(labels: np.ndarray, power: float = 1.0, per_class: bool = Fal
     return np.asarray((raw * total / float((raw * counts).sum()))[inverse], np.float64)
 
 
-def log_posterior(held: Held, u: float, t0: float, weights: np.ndarray, prior_weight: float) -> float:
-    """Weighted held-out log-likelihood at log T = u + the Normal(log t0, 1 / prior_weight) prior."""
+def log_posterior(held: Held, u: float, t0: float, weights: np.ndarray, prior_weight: float,
+                  top_label: bool = False) -> float:
+    """Weighted held-out log-likelihood at log T = u (multiclass, or ``top_label``: of whether each top
+    class is right, ``calibration.log_likelihoods``) + the Normal(log t0, 1 / prior_weight) prior."""
     ll, k = 0.0, 0
     for probs, labels, cov in held:
         q = cal.tempered(probs, cov, float(np.exp(u)))
-        ll += float(weights[k:k + len(labels)] @ np.log(np.maximum(q[np.arange(len(labels)), labels], 1e-12)))
+        ll += float(weights[k:k + len(labels)] @ cal.log_likelihoods(q, labels, top_label))
         k += len(labels)
     return ll - 0.5 * prior_weight * (u - np.log(t0)) ** 2
 
@@ -207,12 +209,14 @@ def weights_of(held: Held, balance: bool, power: float, per_class: bool) -> np.n
 
 
 def fit(held: Held, t0: float, prior_weight: float = 2.0, balance: bool = False, power: float = 1.0,
-        per_class: bool = False) -> float:
-    """MAP temperature (t0 when nothing is held out)."""
+        per_class: bool = False, top_from: float = np.inf) -> float:
+    """MAP temperature (t0 when nothing is held out); the top-label likelihood from ``top_from`` held-out
+    samples on (the agent's rule with top_from = calibration.TOP_LABEL_MIN_HELD_OUT)."""
     if not held:
         return t0
     w = weights_of(held, balance, power, per_class)
-    r = minimize_scalar(lambda u: -log_posterior(held, u, t0, w, prior_weight), bounds=(LO, HI),
+    top = len(w) >= top_from
+    r = minimize_scalar(lambda u: -log_posterior(held, u, t0, w, prior_weight, top), bounds=(LO, HI),
                         method="bounded", options={"xatol": 1e-3})
     return float(np.exp(r.x))
 
@@ -251,11 +255,13 @@ def summarise(res: dict[tuple[Any, ...], list[float]], names: list[str]) -> None
 
 MAP_VARIANTS: dict[str, dict[str, Any]] = {
     "main": {},                                          # MAP, prior weight 2
-    "cb": dict(balance=True),                            # class-balanced weights (now)
+    "cb": dict(balance=True),                            # class-balanced weights (before the top-label fit)
     "cb_half": dict(balance=True, power=0.5),            # flattened to the power 0.5
     "flat": dict(prior_weight=1e-6),                     # no prior on T
     "cb_w1": dict(balance=True, prior_weight=1.0),       # class-balanced, prior weight 1
     "cb_ksum": dict(balance=True, per_class=True),       # weights summing to K
+    "cb_top": dict(balance=True, top_from=0),            # class-balanced, top-label likelihood always
+    "cb_top20": dict(balance=True, top_from=cal.TOP_LABEL_MIN_HELD_OUT),  # top-label from 20 held out (now)
 }
 
 

@@ -413,3 +413,35 @@ def test_every_answer_says_how_it_was_calibrated() -> None:
     assert not TemperatureFit(0.5, "labelled", FEW_HELD_OUT).few
     assert "label more audit samples" in TemperatureFit(0.5, "labelled", 3, AUDIT_MIN_LABELS).warning()
     assert "label 1 audit sample (" in TemperatureFit(0.5, "labelled", 1, AUDIT_MIN_LABELS - 1).warning()
+
+
+def test_log_likelihoods_by_hand() -> None:
+    from agent.priors.calibration import log_likelihoods
+
+    q = np.array([[0.7, 0.2, 0.1], [0.5, 0.3, 0.2]])
+    labels = np.array([0, 1])  # the first row's top class is right, the second's wrong
+    np.testing.assert_allclose(log_likelihoods(q, labels, top_label=False), np.log([0.7, 0.3]))
+    np.testing.assert_allclose(log_likelihoods(q, labels, top_label=True), np.log([0.7, 1 - 0.5]))
+
+
+def test_the_temperature_fits_the_top_label_once_enough_samples_are_held_out(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A vote that gives nothing to the true class of its wrong rows (a class outside its neighbours):
+    every row puts 0.98 on its top class, 0.02 on a runner-up and 0 on the third, and the wrong rows'
+    true class is the third; 70% are right. The top-label fit (from TOP_LABEL_MIN_HELD_OUT held-out samples
+    on) sets the top probability near 0.7, calibrated; the multiclass likelihood (used below that count)
+    flattens T to lift the empty class, and leaves the top class under-confident."""
+    from agent.priors import calibration
+    from agent.priors.calibration import fit_temperature, tempered
+
+    covered = np.ones(3, bool)
+    row = np.array([[0.98, 0.02, 0.0]])
+    held = [(np.repeat(row, 200, axis=0), np.where(np.arange(200) < 140, 0, 2), covered)]
+
+    def top_probability() -> float:
+        return float(tempered(row, covered, fit_temperature(held, 1.0)).max())
+
+    assert calibration.TOP_LABEL_MIN_HELD_OUT <= 200
+    assert abs(top_probability() - 0.7) < 0.02  # (the MAP prior toward T = 1 weighs 2 samples)
+    monkeypatch.setattr(calibration, "TOP_LABEL_MIN_HELD_OUT", 10**6)  # the multiclass likelihood instead
+    assert top_probability() < 0.62
