@@ -236,11 +236,10 @@ def log_likelihoods(q: np.ndarray, labels: np.ndarray, top_label: bool) -> np.nd
     likelihood also scores the mass a wrong row gives its true class. One temperature can satisfy both only
     if the method's runner-up mass has the right shape, and a vote's does not: the knn prior gives ~0 (the
     EPS floor) to every class outside its k neighbours, so the multiclass fit flattens T to lift those,
-    leaving the top class under-confident (after 500-1000 random labels on the 61%-kNN CIFAR-10 encoder, its
-    held-out top confidence at the likelihood's T was 0.43-0.50 against an accuracy of 0.50-0.56;
-    docs/benchmarks.md, "Top-label fit"). The binary outcome says less per sample than the true class's
-    probability, so with few held-out samples the multiclass fit is the less noisy of the two, and it is
-    kept below TOP_LABEL_MIN_HELD_OUT (``fit_temperature``)."""
+    leaving the top class under-confident (measured: docs/benchmarks.md, "Top-label fit"). The binary
+    outcome says less per sample than the true class's probability, so with few held-out samples the
+    multiclass fit is the less noisy of the two, and it is kept below TOP_LABEL_MIN_HELD_OUT
+    (``fit_temperature``; that section finds 20 too low: the 40-label cells got worse)."""
     if top_label:
         top = np.clip(q.max(axis=1), 1e-12, 1 - 1e-12)
         return np.where(q.argmax(axis=1) == labels, np.log(top), np.log1p(-top))
