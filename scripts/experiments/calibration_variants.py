@@ -75,19 +75,18 @@ METHODS: dict[str, PriorMethod] = {"knn": knn_prior, "llgc": llgc_prior, "as3l":
 T0 = {"knn": 1.0, "as3l": 1.0, "llgc": 0.1}  # the methods' default temperatures (agent.priors.PRIOR_METHODS)
 LO, HI = np.log(0.02), np.log(50.0)  # log T range
 Held = list[tuple[np.ndarray, np.ndarray, np.ndarray]]  # per fold: probs RxC, true classes R, covered C
-# collect --seed-singletons: a class's only label is never hidden (stays a seed in every fold run)
-SEED_SINGLETONS = False
 
 
 # ---- collect ------------------------------------------------------------------------------------------
 
-def held_out_plus(pool: Pool, method: PriorMethod, rng: np.random.Generator) -> list[dict[str, Any]]:
+def held_out_plus(pool: Pool, method: PriorMethod, rng: np.random.Generator,
+                  seed_singletons: bool = False) -> list[dict[str, Any]]:
     """The cross-fit of calibration.held_out at f7e05f9, but each fold run also predicts the unlabelled
     rows: per fold, held-out probs (HxC float64), their classes (H), ``keep`` (H bools: the class keeps a
     label outside the fold), covered (C bools) and the unlabelled rows' probs (UxC float32)."""
     n_lab = len(pool.labeled)
     classes, counts = np.unique(pool.labels, return_counts=True)
-    dealt = np.isin(pool.labels, classes[counts >= 2]) if SEED_SINGLETONS else np.ones(n_lab, bool)
+    dealt = np.isin(pool.labels, classes[counts >= 2]) if seed_singletons else np.ones(n_lab, bool)
     folds = min(cal.CALIBRATION_FOLDS, n_lab)
     fold = np.full(n_lab, -1, np.int64)
     for c in np.unique(pool.labels[dealt]):
@@ -114,8 +113,10 @@ def held_out_plus(pool: Pool, method: PriorMethod, rng: np.random.Generator) -> 
 
 
 def collect(name: str, x_path: Path, y_path: Path, out: Path, strategies: list[str], budgets: list[int],
-            seeds: int) -> None:
-    """Write one pickle per (strategy, budget, seed) cell to ``out`` (existing ones are kept)."""
+            seeds: int, seed_singletons: bool = False) -> None:
+    """Write one pickle per (strategy, budget, seed) cell to ``out`` (existing ones are kept).
+    ``seed_singletons`` (--seed-singletons): a class's only label is never hidden, so every fold run
+    competes among all labelled classes."""
     out.mkdir(parents=True, exist_ok=True)
     x = normalise(np.load(x_path))
     y = np.asarray(np.load(y_path), np.int64)
@@ -137,7 +138,7 @@ def collect(name: str, x_path: Path, y_path: Path, out: Path, strategies: list[s
                     rng = state_rng(0, row_ids(picked))
                     fit_rng = copy.deepcopy(rng)  # the wrapper fits T on a copy of the method's generator
                     cell[mname] = dict(raw=np.asarray(fn(pool, rows, rng, {}).probs, np.float32),
-                                       folds=held_out_plus(pool, fn, fit_rng))
+                                       folds=held_out_plus(pool, fn, fit_rng, seed_singletons))
                 path.write_bytes(pickle.dumps(cell))
                 print(path, round(time.time() - t0, 1), flush=True)
 
@@ -539,10 +540,8 @@ def main() -> None:
         sub.add_parser(name).add_argument("cells", type=Path, nargs="+")
     args = ap.parse_args()
     if args.cmd == "collect":
-        global SEED_SINGLETONS
-        SEED_SINGLETONS = args.seed_singletons
         collect(args.name, args.embeddings, args.labels, args.out, args.strategies.split(","),
-                [int(b) for b in args.budgets.split(",")], args.seeds)
+                [int(b) for b in args.budgets.split(",")], args.seeds, args.seed_singletons)
     elif args.cmd == "tables":
         bench_tables(args.prefixes)
     elif args.cmd == "typicality":
