@@ -44,28 +44,36 @@ def constrained_seed_kmeans(x: np.ndarray, seed_rows: np.ndarray, seed_cluster: 
     centres = np.zeros((k, d), np.float32)
     np.add.at(centres, seed_cluster, x[seed_rows])
     centres[:s] /= np.maximum(np.bincount(seed_cluster, minlength=s), 1)[:, None]
+    # One float64 copy for k-means++ and the centre sums, made once: made in every Lloyd step it was a
+    # third of the step's time (docs/reliability.md, "PriorLabels as3l and llgc").
+    x64 = np.asarray(x, np.float64)
     if k > s:
         free = np.setdiff1d(np.arange(len(x)), seed_rows)
         with one_blas_thread():
             kmeans_plusplus = deferred("sklearn.cluster").kmeans_plusplus  # on first use (agent.lazy)
-            extra, _ = kmeans_plusplus(x[free].astype(np.float64), n_clusters=min(k - s, len(free)),
+            extra, _ = kmeans_plusplus(x64[free], n_clusters=min(k - s, len(free)),
                                        random_state=seed_of(rng))
         centres[s:s + len(extra)] = extra
         k = s + len(extra)
         centres = centres[:k]
     assignment = np.full(len(x), -1, np.int64)
-    for _ in range(max_iter):
-        checkpoint()
-        new, _ = assign(x, centres)
-        new[seed_rows] = seed_cluster  # the constraint
-        if np.array_equal(new, assignment):
-            break
-        assignment = new
-        counts = np.bincount(assignment, minlength=k)
-        onehot = sparse.csr_matrix((np.ones(len(x)), (assignment, np.arange(len(x)))), shape=(k, len(x)))
-        sums = np.asarray(onehot @ x.astype(np.float64))  # KxD per-cluster sums
-        alive = counts > 0  # an emptied cluster keeps its old centre
-        centres[alive] = (sums[alive] / counts[alive, None]).astype(np.float32)
+    # One BLAS thread (as for k-means++; ``shortlist serve`` runs BLAS at one thread anyway, agent/threads.py,
+    # so this is for library use: bench strategies, scripts): a step's products are thin (NxD by DxK), and
+    # BLAS threads spinning beside another busy process made a calibrated call about twice as slow
+    # (docs/reliability.md, "PriorLabels as3l and llgc").
+    with one_blas_thread():
+        for _ in range(max_iter):
+            checkpoint()
+            new, _ = assign(x, centres)
+            new[seed_rows] = seed_cluster  # the constraint
+            if np.array_equal(new, assignment):
+                break
+            assignment = new
+            counts = np.bincount(assignment, minlength=k)
+            onehot = sparse.csr_matrix((np.ones(len(x)), (assignment, np.arange(len(x)))), shape=(k, len(x)))
+            sums = np.asarray(onehot @ x64)  # KxD per-cluster sums
+            alive = counts > 0  # an emptied cluster keeps its old centre
+            centres[alive] = (sums[alive] / counts[alive, None]).astype(np.float32)
     return centres, assignment
 
 

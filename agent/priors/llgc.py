@@ -12,7 +12,7 @@ from agent.cancel import checkpoint
 from agent.params import Param, prior_method
 from agent.pool import Pool, Priors
 from agent.priors._common import normalise_rows, require_labels, with_known_labels
-from agent.strategies._common import rows_matrix
+from agent.strategies._common import one_blas_thread, pool_knn_graph
 
 # Defaults of Iscen et al., "Label Propagation for Deep Semi-supervised Learning", CVPR 2019, experiments
 # (k = 50 neighbours, gamma = 3, alpha = 0.99), who run Zhou et al.'s spreading on a CNN's kNN graph.
@@ -50,18 +50,24 @@ def spread(w: sparse.csr_matrix, y: np.ndarray, alpha: float, iters: int = CG_IT
     s = sparse.diags(inv_sqrt) @ w @ sparse.diags(inv_sqrt)
     system = (sparse.identity(w.shape[0], format="csr") - alpha * s).tocsr()
     f = np.zeros(y.shape)
-    for c in range(y.shape[1]):
-        if not y[:, c].any():
-            continue
-        checkpoint()
-        f[:, c], _ = cg(system, y[:, c], maxiter=iters, callback=lambda _: checkpoint())
+    # One BLAS thread (``shortlist serve`` runs BLAS at one thread anyway, agent/threads.py, so this is for
+    # library use: bench strategies, scripts): CG's dot products are of single N-vectors, too small to
+    # split, and BLAS threads spinning on them beside another busy process made a calibrated call several
+    # times slower (docs/reliability.md, "PriorLabels as3l and llgc").
+    with one_blas_thread():
+        for c in range(y.shape[1]):
+            if not y[:, c].any():
+                continue
+            checkpoint()
+            f[:, c], _ = cg(system, y[:, c], maxiter=iters, callback=lambda _: checkpoint())
     return (1.0 - alpha) * f
 
 
 @prior_method("llgc", *LLGC_PARAMS)
 def llgc_prior(pool: Pool, rows: np.ndarray, rng: np.random.Generator, params: Mapping[str, str]) -> Priors:
     """LLGC label spreading (Zhou et al. 2003, see ``spread``) over the sparse kNN graph of the whole pool
-    from Pool.knn (``knn_affinity``). probs: the spread scores of each requested row, clipped at zero,
+    from Pool.knn (``knn_affinity``; the graph is kept per model version, ``pool_knn_graph``).
+    probs: the spread scores of each requested row, clipped at zero,
     class-mass normalised and row-normalised (uniform for a row the graph does not reach).
     Confidence: 1 - H(probs) / log C, the per-sample entropy weight of Iscen et al. 2019.
     Params: ``k`` (50), ``alpha`` (0.99), ``gamma`` (3).
@@ -73,8 +79,8 @@ def llgc_prior(pool: Pool, rows: np.ndarray, rng: np.random.Generator, params: M
     require_labels(pool, "llgc")
     rows = np.asarray(rows, np.int64)
     n = len(pool.embeddings)
-    nbr, dist = pool.knn(rows_matrix(pool.embeddings, np.arange(n)), min(k + 1, n))
-    w = knn_affinity(np.asarray(nbr, np.int64), np.asarray(dist), gamma)
+    nbr, dist = pool_knn_graph(pool, min(k + 1, n))  # kept across the calibration's fold runs
+    w = knn_affinity(nbr, dist, gamma)
     y = np.zeros((n, pool.num_classes))
     y[pool.labeled, pool.labels] = 1.0
     f = spread(w, y, alpha)

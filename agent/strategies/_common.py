@@ -209,6 +209,26 @@ def embedding_mean(pool: Pool) -> np.ndarray:
     return np.asarray(total / max(n, 1), np.float32)
 
 
+def pool_knn_graph(pool: Pool, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``pool.knn`` of every row (rows NxK int64, cosine distances NxK float32, read-only), kept in
+    ``pool.memo`` for this row count and k. The graph depends on the embeddings alone, not on the labels,
+    and a calibrated prior runs its method once per fold and once more for the answer
+    (agent/priors/calibration.py), so a whole-pool query of the agent's hnswlib index was most of a
+    PriorLabels llgc call (docs/reliability.md, "PriorLabels as3l and llgc"). One entry, replaced as a
+    whole: N x K x 12 bytes."""
+    n = len(pool.embeddings)
+    prev = pool.memo.get("pool_knn_graph") if pool.memo is not None else None
+    if prev is not None and prev[0] == n and prev[1] == k:
+        return prev[2], prev[3]
+    nbr, dist = pool.knn(rows_matrix(pool.embeddings, np.arange(n)), k)
+    nbr, dist = np.asarray(nbr, np.int64), np.asarray(dist, np.float32)
+    nbr.setflags(write=False)
+    dist.setflags(write=False)
+    if pool.memo is not None:
+        pool.memo.put("pool_knn_graph", (n, k, nbr, dist))
+    return nbr, dist
+
+
 def top_k(rows: np.ndarray, scores: np.ndarray, take: int) -> Selection:
     """The ``take`` rows with the highest scores, best first; ties go to the lower row index (so the
     answer is a function of the pool alone)."""

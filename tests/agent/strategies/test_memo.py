@@ -1,6 +1,7 @@
 """agent.pool.PoolMemo: what strategies keep across requests under one model version gives the answer a
 fresh computation gives, while labels and rows are added (coreset's similarity to the labelled set,
-the knn prior's embedding mean, its spread's sample moments and the fitted calibration temperature)."""
+the knn prior's embedding mean, its spread's sample moments, llgc's whole-pool kNN graph and the fitted
+calibration temperature)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from agent.pool import PoolMemo
+from agent.pool import KnnFn, PoolMemo
 from agent.priors import get_prior_method
 from agent.strategies import get_strategy
-from agent.strategies._common import embedding_mean, labelled_similarity
+from agent.strategies._common import embedding_mean, labelled_similarity, pool_knn_graph
 from tests.agent.strategies.pools import blobs, make_pool
 
 
@@ -57,6 +58,39 @@ def test_coreset_and_knn_prior_answer_the_same_with_a_memo() -> None:
         pa = knn(plain, rows, np.random.default_rng(2), {})
         pb = knn(kept, rows, np.random.default_rng(2), {})
         np.testing.assert_allclose(pa.probs, pb.probs, atol=1e-5)
+
+
+def test_the_whole_pool_knn_graph_is_queried_once_per_row_count_and_k() -> None:
+    """A calibrated llgc call (its fold runs and the answer) queries the index for the whole pool once, and
+    answers exactly as a pool without a memo; more rows or another k query it again."""
+    x, y = blobs(clusters=5, per_cluster=60, dim=16, spread=0.4, seed=7)
+    lab = np.random.default_rng(7).choice(len(x), 30, replace=False)
+    plain = make_pool(x, y, labeled=lab)
+    queries: list[int] = []
+
+    def counted(knn: KnnFn) -> KnnFn:
+        def query(q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+            queries.append(len(q))
+            return knn(q, k)
+        return query
+
+    memo = PoolMemo()
+    kept = replace(plain, knn=counted(plain.knn), memo=memo)
+    llgc = get_prior_method("llgc")
+    a = llgc(plain, plain.candidates[:40], np.random.default_rng(2), {})
+    b = llgc(kept, kept.candidates[:40], np.random.default_rng(2), {})
+    np.testing.assert_array_equal(a.probs, b.probs)
+    assert b.calibration is not None and b.calibration.fitting_set == "labelled"  # the folds ran
+    assert queries == [len(x)]
+    llgc(kept, kept.candidates[:5], np.random.default_rng(3), {})  # other rows, other labels: still kept
+    assert queries == [len(x)]
+    llgc(kept, kept.candidates[:5], np.random.default_rng(3), {"k": "5"})
+    assert queries == [len(x)] * 2
+    fewer = make_pool(x[:250], y[:250], labeled=lab[lab < 250])
+    fewer = replace(fewer, knn=counted(fewer.knn), memo=memo)
+    nbr, dist = pool_knn_graph(fewer, 6)
+    assert queries == [len(x)] * 2 + [250] and nbr.shape == dist.shape == (250, 6)
+    assert not nbr.flags.writeable and not dist.flags.writeable
 
 
 def test_the_fitted_temperature_is_kept_per_labelled_set_and_answers_as_without_it(
