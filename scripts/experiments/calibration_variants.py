@@ -250,6 +250,12 @@ def summarise(res: dict[tuple[Any, ...], list[float]], names: list[str]) -> None
         print(f"{k!s:34s}", " ".join(f"{r:10.3f}" for r in row))
     print("mean".ljust(34), " ".join(f"{np.mean(tot[v]):10.3f}" for v in names))
     print("missed".ljust(34), " ".join(f"{miss[v]:10d}" for v in names))
+    for budget in sorted({k[2] for k in keys}):  # per label count: mean ECE / cells missing the goal
+        at = [k for k in keys if k[2] == budget]
+        goal = 0.05 if budget >= 40 else 0.10
+        cells = {v: [float(np.mean(res[(*k, v)])) for k in at] for v in names}
+        print(f"{budget} labels ({len(at)} cells)".ljust(34),
+              " ".join(f"{np.mean(cells[v]):.3f}/{sum(c > goal for c in cells[v]):<4d}" for v in names))
 
 
 # ---- analyses -----------------------------------------------------------------------------------------
@@ -262,7 +268,9 @@ MAP_VARIANTS: dict[str, dict[str, Any]] = {
     "cb_w1": dict(balance=True, prior_weight=1.0),       # class-balanced, prior weight 1
     "cb_ksum": dict(balance=True, per_class=True),       # weights summing to K
     "cb_top": dict(balance=True, top_from=0),            # class-balanced, top-label likelihood always
-    "cb_top20": dict(balance=True, top_from=cal.TOP_LABEL_MIN_HELD_OUT),  # top-label from 20 held out (now)
+    "cb_top20": dict(balance=True, top_from=20),         # top-label from 20 held out (b6686f6)
+    # the threshold raised (TOP_LABEL_MIN_HELD_OUT, 200 since): top-label from N held-out samples on
+    **{f"cb_top{n}": dict(balance=True, top_from=n) for n in (40, 60, 100, 150, 200, 300)},
 }
 
 
