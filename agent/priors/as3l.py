@@ -59,8 +59,7 @@ def constrained_seed_kmeans(x: np.ndarray, seed_rows: np.ndarray, seed_cluster: 
     assignment = np.full(len(x), -1, np.int64)
     # One BLAS thread (as for k-means++; ``shortlist serve`` runs BLAS at one thread anyway, agent/threads.py,
     # so this is for library use: bench strategies, scripts): a step's products are thin (NxD by DxK), and
-    # BLAS threads spinning beside another busy process made a calibrated call about twice as slow
-    # (docs/reliability.md, "PriorLabels as3l and llgc").
+    # BLAS threads spin beside another busy process (docs/reliability.md, "PriorLabels as3l and llgc").
     with one_blas_thread():
         for _ in range(max_iter):
             checkpoint()

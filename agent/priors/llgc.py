@@ -52,8 +52,8 @@ def spread(w: sparse.csr_matrix, y: np.ndarray, alpha: float, iters: int = CG_IT
     f = np.zeros(y.shape)
     # One BLAS thread (``shortlist serve`` runs BLAS at one thread anyway, agent/threads.py, so this is for
     # library use: bench strategies, scripts): CG's dot products are of single N-vectors, too small to
-    # split, and BLAS threads spinning on them beside another busy process made a calibrated call several
-    # times slower (docs/reliability.md, "PriorLabels as3l and llgc").
+    # split, and BLAS threads spin on them beside another busy process (docs/reliability.md, "PriorLabels
+    # as3l and llgc").
     with one_blas_thread():
         for c in range(y.shape[1]):
             if not y[:, c].any():

@@ -4,13 +4,14 @@
         --methods as3l,llgc --labelled 10,500
 
 The pool: the rows of EMB.npy (NxD, L2-normalised here) in the agent's own index (agent/index.py
-``VersionIndex``: hnswlib built and queried with one thread, its PoolMemo), BLAS at one thread (as
-``shortlist serve`` runs it, agent/threads.py), ``--labelled`` random rows labelled with their class from
-LABELS.npy. Each call asks for every unlabelled row, as ``bench cifar10`` does (bench/cifar10/evaluation.py),
-with the generator the agent gives it (state_rng of the labelled ids), first on a fresh memo (a new model
-version) and then again under the same labels (the fitted temperature kept). Prints wall and CPU seconds
-(this process) and the prior's accuracy, so that a speed-up can be checked not to move the answer.
-The gRPC streaming of the answer, which ``bench cifar10``'s prior_seconds include, is not part of it.
+``VersionIndex``: hnswlib built and queried with one thread, its PoolMemo), BLAS at one thread as
+``shortlist serve`` runs it (agent/threads.py; ``--library-threads``: as the library leaves it), and
+``--labelled`` random rows labelled with their class from LABELS.npy. Each call asks for every unlabelled
+row, as ``bench cifar10`` does (bench/cifar10/evaluation.py), with the generator the agent gives it
+(state_rng of the labelled ids), first on a fresh memo (a new model version), then again under the same
+labels (the fitted temperature kept). Prints wall and CPU seconds (this process) and the prior's accuracy,
+so that a speed-up can be checked not to move the answer. The gRPC streaming of the answer, which
+``bench cifar10``'s prior_seconds include, is not part of it.
 """
 
 from __future__ import annotations
@@ -35,8 +36,11 @@ def main() -> None:
     ap.add_argument("--methods", default="as3l,llgc")
     ap.add_argument("--labelled", default="10,500", help="comma-separated labelled-set sizes")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--library-threads", action="store_true",
+                    help="leave BLAS at the library's thread count (as bench strategies and scripts run)")
     args = ap.parse_args()
-    one_blas_thread_per_call()
+    if not args.library_threads:
+        one_blas_thread_per_call()
     x = np.load(args.embeddings).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     y = np.load(args.labels).astype(np.int64)
