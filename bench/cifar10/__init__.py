@@ -18,6 +18,7 @@ The package, one concern per module (other benchmarks, e.g. ``bench as3l`` and `
 - ``profiles``: ``Profile``, ``PROFILES``, budgets, class-balanced subsets;
 - ``data``: the pool and test rows of the splits, at the model's input size; ``require_splits``;
 - ``encoder``: publish ``--encoder`` or pretrain (resumable) and export; ``embed_images``; ``_git_commit``;
+  ``code_fingerprint``;
 - ``process``: the agent as a subprocess (``agent_process``, ``wait_embedded``);
 - ``ingest``: the pool ingested once per (pool, model) into a base data folder (``ingest_pool``);
 - ``evaluation``: the per-strategy loop (``run_strategy``), its records, the semi-supervised point;

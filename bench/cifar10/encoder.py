@@ -28,6 +28,28 @@ def _git_commit() -> str:
         return ""
 
 
+# The source a benchmark's records depend on (not docs/, tests/, scripts/ or the README), and its files.
+CODE_DIRS = ("agent", "bench", "exporters", "protos", "shortlist", "training")
+CODE_SUFFIXES = (".py", ".proto")
+
+
+def code_fingerprint(root: Path | None = None) -> str:
+    """sha256 (hex) of the benchmark's source as it is on disk: the path and content of every .py and
+    .proto file under CODE_DIRS of ``root`` (default: the folder holding this package, a checkout or an
+    installed copy alike). Commits
+    elsewhere (docs) keep it; any change to the code, committed or not, changes it, so a resumed run
+    never mixes records of two versions of the code."""
+    import hashlib
+
+    root = root or Path(__file__).resolve().parents[2]
+    h = hashlib.sha256()
+    for d in CODE_DIRS:
+        for path in sorted((root / d).rglob("*")):
+            if path.suffix in CODE_SUFFIXES and path.is_file() and "__pycache__" not in path.parts:
+                h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
 def _copy_version_into(registry: Path, version_dir: Path) -> str:
     """Publish a copy of an already exported version folder into ``registry``."""
     from shortlist.manifest import publish

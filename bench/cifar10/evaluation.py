@@ -93,6 +93,9 @@ class Run:
     # What the records depend on besides the fields above (``inputs_fingerprint``): a rerun into the same
     # --out reuses the (strategy, seed) runs of a results.json with the same fingerprint and settings.
     fingerprint: str = ""
+    # The source the records were measured with (bench.cifar10.encoder.code_fingerprint): git_commit
+    # alone would miss uncommitted changes and restart a run after a docs-only commit.
+    code: str = ""
 
 
 def inputs_fingerprint(pool_ids: Sequence[str], pool_y: np.ndarray, pool_x: np.ndarray, test_x: np.ndarray,
@@ -115,9 +118,8 @@ def inputs_fingerprint(pool_ids: Sequence[str], pool_y: np.ndarray, pool_x: np.n
     return h.hexdigest()
 
 
-# git_commit too: records another version of the code measured are not mixed with this one's
-RESUME_FIELDS = ("profile", "data", "budgets", "prior_methods", "pool_size", "test_size", "fingerprint",
-                 "git_commit")
+# code too: records another version of the code measured are not mixed with this one's
+RESUME_FIELDS = ("profile", "data", "budgets", "prior_methods", "pool_size", "test_size", "fingerprint", "code")
 
 
 def finished_runs(out: Path, run: Run) -> tuple[dict[tuple[str, int], list[dict[str, Any]]], str]:

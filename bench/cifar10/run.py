@@ -14,7 +14,7 @@ import grpc
 
 from agent import client
 from bench.cifar10.data import images_at_model_size, load_pool_and_test
-from bench.cifar10.encoder import _git_commit, embed_images, prepare_encoder
+from bench.cifar10.encoder import _git_commit, code_fingerprint, embed_images, prepare_encoder
 from bench.cifar10.evaluation import (
     Run,
     SemiSupervised,
@@ -97,7 +97,7 @@ def run_benchmark(data: Path, profile: Profile, out: Path, encoder: Path | None 
     run = Run(profile=profile.name, data=str(data), seeds=list(range(profile.seeds)), budgets=budget_list,
               strategies=list(profile.strategies), prior_methods=list(profile.prior_methods),
               pool_size=len(pool_ids), test_size=len(test_idx), model_version=version, encoder=provenance,
-              git_commit=_git_commit(),
+              git_commit=_git_commit(), code=code_fingerprint(),
               fingerprint=inputs_fingerprint(pool_ids, train.labels[pool_idx], pool_emb_arr, test_emb, test_y, ssl))
     done, note = finished_runs(out, run)  # a rerun into the same --out resumes where the last one stopped
     if note:

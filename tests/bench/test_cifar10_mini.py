@@ -13,6 +13,7 @@ import typer
 from PIL import Image
 from typer.testing import CliRunner
 
+import bench.cifar10.run as cifar10_run
 from agent.testing import publish_linear
 from shortlist.cli import app
 
@@ -159,9 +160,10 @@ def test_a_wrong_data_folder_fails_at_once_without_a_traceback(tmp_path: Path) -
     assert not (tmp_path / "out").exists()
 
 
-def test_a_rerun_into_the_same_folder_resumes_the_finished_runs(tiny_cifar: Path, tmp_path: Path) -> None:
-    """A rerun reuses the (strategy, seed) runs results.json already holds with the same settings and
-    embeddings, runs only the rest, and starts over (saying why) when a setting differs."""
+def test_a_rerun_into_the_same_folder_resumes_the_finished_runs(tiny_cifar: Path, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rerun reuses the (strategy, seed) runs results.json already holds with the same settings,
+    embeddings and code, runs only the rest, and starts over (saying why) when one differs."""
     encoder = tmp_path / "encoder"
     publish_linear(encoder, size=(8, 8), dim=16)
     out = tmp_path / "out"
@@ -185,6 +187,30 @@ def test_a_rerun_into_the_same_folder_resumes_the_finished_runs(tiny_cifar: Path
     assert other.exit_code == 0, other.output
     assert "not resuming" in other.output and "prior_methods" in other.output
     assert {r["prior_method"] for r in json.loads((out / "results.json").read_text())["records"]} == {"knn", "llgc"}
+
+    monkeypatch.setattr(cifar10_run, "code_fingerprint", lambda: "changed code")
+    changed = CliRunner().invoke(app, [*common, "--strategies", "random", "--prior-methods", "knn,llgc"])
+    assert changed.exit_code == 0, changed.output
+    assert "not resuming" in changed.output and "code" in changed.output
+
+
+def test_the_code_fingerprint_follows_the_code_not_the_docs(tmp_path: Path) -> None:
+    """Uncommitted or committed, a change to a source file changes it; docs and caches do not."""
+    from bench.cifar10.encoder import code_fingerprint
+
+    (tmp_path / "agent" / "__pycache__").mkdir(parents=True)
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "agent" / "a.py").write_text("x = 1\n")
+    (tmp_path / "docs" / "d.md").write_text("figures\n")
+    first = code_fingerprint(tmp_path)
+    (tmp_path / "docs" / "d.md").write_text("new figures\n")
+    (tmp_path / "agent" / "__pycache__" / "a.cpython-311.pyc").write_bytes(b"\0")
+    assert code_fingerprint(tmp_path) == first
+    (tmp_path / "agent" / "a.py").write_text("x = 2\n")
+    assert code_fingerprint(tmp_path) != first
+    (tmp_path / "agent" / "a.py").write_text("x = 1\n")
+    (tmp_path / "agent" / "b.py").write_text("")
+    assert code_fingerprint(tmp_path) != first
 
 
 def test_a_training_run_already_exported_into_the_registry_is_served_again(tmp_path: Path) -> None:
