@@ -45,7 +45,7 @@ def constrained_seed_kmeans(x: np.ndarray, seed_rows: np.ndarray, seed_cluster: 
     np.add.at(centres, seed_cluster, x[seed_rows])
     centres[:s] /= np.maximum(np.bincount(seed_cluster, minlength=s), 1)[:, None]
     # One float64 copy for k-means++ and the centre sums, made once: made in every Lloyd step it was a
-    # third of the step's time (docs/reliability.md, "PriorLabels as3l and llgc").
+    # large part of the step's time (docs/reliability.md, "PriorLabels as3l and llgc").
     x64 = np.asarray(x, np.float64)
     if k > s:
         free = np.setdiff1d(np.arange(len(x)), seed_rows)

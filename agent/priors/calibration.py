@@ -115,9 +115,9 @@ FEW_HELD_OUT = AUDIT_MIN_LABELS
 # From this many held-out predictions on, T maximises the top-label likelihood (``log_likelihoods``); below
 # it, the multiclass likelihood. The binary outcome's noise is that of an accuracy estimated on n samples,
 # sqrt(p (1 - p) / n): 0.035 at n = 200 and p = 0.5, below the 0.05 ECE goal, while at n = 40 (0.079) it
-# exceeds it. Measured (docs/benchmarks.md, "Top-label fit", "The threshold"): from 20 on, 40-label cells
-# got worse in the product; 60-300 labels on other embeddings changed little for any threshold; 500-5000
-# labels gained.
+# exceeds it. Measured (docs/benchmarks.md, "The threshold raised to 200 held-out samples"): from 20 on,
+# 40-label cells got worse in the product; 60-300 labels on other embeddings changed little for any
+# threshold; 500-5000 labels gained.
 TOP_LABEL_MIN_HELD_OUT = 200
 # Added to the probabilities before the log, so a class with no vote (as3l, knn) can still gain mass.
 EPS = 1e-3

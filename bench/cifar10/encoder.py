@@ -36,9 +36,8 @@ CODE_SUFFIXES = (".py", ".proto")
 def code_fingerprint(root: Path | None = None) -> str:
     """sha256 (hex) of the benchmark's source as it is on disk: the path and content of every .py and
     .proto file under CODE_DIRS of ``root`` (default: the folder holding this package, a checkout or an
-    installed copy alike). Commits
-    elsewhere (docs) keep it; any change to the code, committed or not, changes it, so a resumed run
-    never mixes records of two versions of the code."""
+    installed copy alike). Commits elsewhere (docs) keep it; any change to the code, committed or not,
+    changes it, so a resumed run never mixes records of two versions of the code."""
     import hashlib
 
     root = root or Path(__file__).resolve().parents[2]
