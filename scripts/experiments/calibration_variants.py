@@ -465,6 +465,31 @@ def knn_t(paths: list[Path]) -> None:
     print(f"class-balanced T higher in {raised} cells")
 
 
+def defaults(paths: list[Path]) -> None:
+    """Per (data set, labels, method), at 10-40 labels: the ECE, mean confidence and accuracy with the
+    method's default temperature scaled by 1-6 (the MAP fit as the agent makes it, class-balanced, the
+    top-label likelihood from TOP_LABEL_MIN_HELD_OUT held-out samples): whether any constant default
+    would serve every data set when few or no held-out labels count."""
+    mults = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
+    res: dict[tuple[str, int, str, float], list[tuple[float, float, float]]] = collections.defaultdict(list)
+    for (ds, _, budget, _), cell in load(paths):
+        if budget > 40:
+            continue
+        y, m = cell["y"], cell["m"]
+        for meth in METHODS:
+            mc = cell[meth]
+            probs, covered, held = mc["raw"].astype(np.float64), covered_of(mc), held_of(mc)
+            for k in mults:
+                t = fit(held, T0[meth] * k, balance=True, top_from=cal.TOP_LABEL_MIN_HELD_OUT)
+                q = apply(probs, covered, m, t)
+                res[(ds, budget, meth, k)].append((ece(q, y), float(q.max(axis=1).mean()),
+                                                   float((q.argmax(axis=1) == y).mean())))
+    print("data labels method", " ".join(f"{'x' + str(k):>20s}" for k in mults), "  (ECE conf/acc)")
+    for key in sorted({k[:3] for k in res}):
+        cells = [np.mean(res[(*key, k)], axis=0) for k in mults]
+        print(f"{key[0]:5s} {key[1]:3d} {key[2]:5s}", " ".join(f"{e:8.3f} ({c:.2f}/{a:.2f})" for e, c, a in cells))
+
+
 def bench_tables(prefixes: list[str]) -> None:
     """The docs' before/after tables from ``bench strategies`` runs: per PREFIX, PREFIX-raw, PREFIX-main and
     PREFIX-new hold the results.json of the uncalibrated, main and new runs. Prints per data set the
@@ -544,7 +569,7 @@ def main() -> None:
     t = sub.add_parser("typicality")
     t.add_argument("embeddings", type=Path)
     t.add_argument("cells", type=Path, nargs="+")
-    for name in ("variants", "matching", "oracle", "best-vs-fitted", "folds", "heldout", "knn-t"):
+    for name in ("variants", "matching", "oracle", "best-vs-fitted", "folds", "heldout", "knn-t", "defaults"):
         sub.add_parser(name).add_argument("cells", type=Path, nargs="+")
     args = ap.parse_args()
     if args.cmd == "collect":
@@ -556,7 +581,7 @@ def main() -> None:
         typicality(args.embeddings, args.cells)
     else:
         {"variants": variants, "matching": matching, "oracle": oracle, "best-vs-fitted": best_vs_fitted,
-         "folds": folds, "heldout": heldout, "knn-t": knn_t}[args.cmd](args.cells)
+         "folds": folds, "heldout": heldout, "knn-t": knn_t, "defaults": defaults}[args.cmd](args.cells)
 
 
 if __name__ == "__main__":
