@@ -52,8 +52,7 @@ def main() -> None:
     for n in (int(v) for v in args.labelled.split(",")):
         labeled = np.sort(np.random.default_rng(args.seed + n).choice(len(x), n, replace=False))
         pool = Pool(embeddings=x, labeled=labeled, labels=y[labeled], classes=classes,
-                    candidates=np.setdiff1d(np.arange(len(x)), labeled),
-                    knn=lambda q, k: index.knn(q, k), memo=PoolMemo())
+                    candidates=np.setdiff1d(np.arange(len(x)), labeled), knn=index.knn)
         for method in args.methods.split(","):
             pool = replace(pool, memo=PoolMemo())  # a fresh model version: nothing kept
             for what in ("fresh memo", "same labels"):
