@@ -418,7 +418,9 @@ def run_benchmark(data: Path, profile: Profile, out: Path, encoder: Path | None 
                            "prior_iters": profile.prior_iters, "evals": profile.evals,
                            "batch_size": profile.batch_size, "mu": profile.mu,
                            "lr": profile.lr, "model_version": version, "encoder": str(init),
-                           "head_init": profile.head_init, "ema": profile.ema})
+                           "head_init": profile.head_init, "ema": profile.ema,
+                           # the agent is told the classes since the priors' step 2 depends on it
+                           "classes": list(train.classes)})
 
     t = time.perf_counter()
     pool_ids = [train.ids[i] for i in pool_idx]
@@ -435,7 +437,7 @@ def run_benchmark(data: Path, profile: Profile, out: Path, encoder: Path | None 
 
     t = time.perf_counter()
     base = out / "agent-base"
-    cifar10.ingest_pool(data, pool_ids, version, registry, base, out / "agent.log", console)
+    cifar10.ingest_pool(data, pool_ids, version, registry, base, out / "agent.log", console, classes=train.classes)
     walls["ingest"] = time.perf_counter() - t
     run = Run(profile=profile.name, data=str(data), seeds=list(range(profile.seeds)), budgets=list(profile.budgets),
               arms=[a.name for a in chosen], pool_size=len(pool_ids), test_size=len(test_idx), size=[side, side],

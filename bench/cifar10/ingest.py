@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from agent import client
-from bench.cifar10.process import agent_process, wait_embedded
+from bench.cifar10.process import agent_process, declarable, wait_embedded
 from bench.cifar10.profiles import hash_ids
 from shortlist.datasets import ImageItem, iter_images
 from shortlist.v1 import agent_pb2_grpc
@@ -28,14 +28,22 @@ def ingest_items(stub: agent_pb2_grpc.AgentStub, items: Sequence[ImageItem], bat
 
 
 def ingest_pool(data: Path, pool_ids: Sequence[str], version: str, registry: Path, base: Path, log: Path,
-                console: Any, progress: Any = None) -> None:
+                console: Any, progress: Any = None, classes: Sequence[str] = ()) -> None:
     """Make ``base`` an agent data folder holding the pool's samples (the original encoded files of
     ``data``'s train split, streamed through Ingest the way a field pipeline would) embedded under
-    ``version``. A rerun with the same pool and model finds base/bench-ingested.json and skips Ingest."""
+    ``version``. A rerun with the same pool, model and classes finds base/bench-ingested.json and skips
+    Ingest. ``classes``: the data set's class list, declared to the agent (``shortlist serve --classes``)
+    so that every copy of ``base`` knows the classes no label covers yet, as a team that knows its
+    classes would declare them: the calibrated priors then give those classes their share (step 2 of
+    agent/priors/calibration.py). Names the option cannot carry leave the list open, with a note."""
+    if classes and not declarable(classes):
+        console.print(f"[yellow]class list left open:[/] {list(classes)} cannot be passed to --classes")
+        classes = ()
     wanted = set(pool_ids)
     items = [it for it in iter_images(data, "train") if it.id in wanted]
     marker = base / "bench-ingested.json"  # what the base holds: a rerun with the same pool skips Ingest
-    want = {"model_version": version, "ids": len(pool_ids), "digest": hash_ids(list(pool_ids))}
+    want = {"model_version": version, "ids": len(pool_ids), "digest": hash_ids(list(pool_ids)),
+            "classes": list(classes)}
     reuse = marker.is_file() and json.loads(marker.read_text()) == want
     if base.exists() and not reuse:
         shutil.rmtree(base)
@@ -45,7 +53,7 @@ def ingest_pool(data: Path, pool_ids: Sequence[str], version: str, registry: Pat
         if progress is not None:
             progress.update(task, completed=len(items), description="ingest (reused)")
         return
-    with agent_process(base, registry, log) as address:
+    with agent_process(base, registry, log, classes=classes) as address:
         stub = client.connect(address)
         ingest_items(stub, items, progress=progress, task=task)
         wait_embedded(stub, len(items), version)

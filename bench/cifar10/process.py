@@ -7,7 +7,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -22,12 +22,27 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def declarable(classes: Sequence[str]) -> bool:
+    """Whether ``shortlist serve --classes a,b,c`` can carry these names: non-empty, unique, without a comma
+    or surrounding whitespace (the option splits on commas and strips each name)."""
+    names = list(classes)
+    return bool(names) and len(set(names)) == len(names) and all(
+        n and "," not in n and n == n.strip() for n in names)
+
+
 @contextmanager
-def agent_process(data_dir: Path, models: Path, log: Path, timeout: float = 60.0) -> Iterator[str]:
-    """Start ``shortlist serve`` as a separate process on a free loopback port; yields its address."""
+def agent_process(data_dir: Path, models: Path, log: Path, timeout: float = 60.0,
+                  classes: Sequence[str] = ()) -> Iterator[str]:
+    """Start ``shortlist serve`` as a separate process on a free loopback port; yields its address.
+    ``classes``: declared as the agent's closed class list (``--classes``; ``declarable`` names only), as a
+    team that knows its classes would; empty leaves the list as ``data_dir`` has it (open when new)."""
+    if classes and not declarable(classes):
+        raise ValueError(f"class names {list(classes)} cannot be passed to shortlist serve --classes")
     port = free_port()
     cmd = [sys.executable, "-m", "shortlist.cli", "serve", "--data-dir", str(data_dir), "--models", str(models),
            "--host", "127.0.0.1", "--port", str(port)]
+    if classes:
+        cmd += ["--classes", ",".join(classes)]
     with open(log, "ab") as logf:
         proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT)
     address = f"127.0.0.1:{port}"

@@ -104,7 +104,8 @@ def run_benchmark(data: Path, profile: Profile, out: Path, encoder: Path | None 
         console.print(note)
     with Progress(*columns, console=console, transient=False) as progress:
         t = time.perf_counter()
-        ingest_pool(data, pool_ids, version, registry, base, out / "agent.log", console, progress)
+        ingest_pool(data, pool_ids, version, registry, base, out / "agent.log", console, progress,
+                    classes=train.classes)
         walls["ingest"] = time.perf_counter() - t
 
         loop = progress.add_task("strategies", total=len(profile.strategies) * profile.seeds * len(budget_list))

@@ -66,6 +66,9 @@ def test_mini_benchmark_through_agent(tiny_cifar: Path, tmp_path: Path) -> None:
     last = [r for r in records if r["budget"] == 12]
     assert all(r["linear_accuracy"] > 0.8 and r["prior_accuracy"] > 0.8 for r in last), last
     assert (out / "results.md").read_text().count("| kmedoids |") >= 3
+    # The agent was told the data set's classes (a team declares them), so a prior can name a class no label
+    # covers yet; the ingested base that every run copies records them.
+    assert json.loads((out / "agent-base" / "bench-ingested.json").read_text())["classes"] == CLASSES
     # The title names the data set it was given (its folder), not CIFAR-10.
     assert (out / "results.md").read_text().startswith(f"# Low-budget benchmark through the agent: data ({tiny_cifar})")
     assert (out / "accuracy_vs_labels.png").stat().st_size > 1000
@@ -146,6 +149,38 @@ def test_bench_embeddings_writes_the_inputs_of_bench_strategies(tiny_cifar: Path
                                    "--out", str(tmp_path / "bad")])
     assert bad.exit_code == 2 and "training run folder" in bad.output
     assert not (tmp_path / "bad" / "models").exists() or not any((tmp_path / "bad" / "models").iterdir())
+
+
+def test_the_agent_is_told_the_classes_and_priors_give_unlabelled_ones_their_share(tiny_cifar: Path,
+                                                                                 tmp_path: Path) -> None:
+    """``agent_process(classes=...)`` closes the agent's class list: after one label the calibrated prior
+    spreads mass over the two classes nobody labelled (an open list would know only the labelled one and
+    answer with confidence 1)."""
+    from agent import client
+    from bench.cifar10.ingest import ingest_items
+    from bench.cifar10.process import agent_process, declarable, wait_embedded
+    from shortlist.datasets import iter_images
+    from shortlist.v1 import agent_pb2
+
+    registry = tmp_path / "models"
+    version = publish_linear(registry, size=(8, 8), dim=16)
+    items = list(iter_images(tiny_cifar, "train"))
+    with agent_process(tmp_path / "agent", registry, tmp_path / "agent.log", classes=CLASSES) as address:
+        stub = client.connect(address)
+        status = stub.GetStatus(agent_pb2.GetStatusRequest())
+        assert list(status.classes) == CLASSES and not status.classes_open
+        ingest_items(stub, items)
+        wait_embedded(stub, len(items), version)
+        first = next(it.id for it in items if it.id.startswith("circle"))
+        assert not client.submit_labels(stub, [(first, "circle")]).rejected
+        priors = list(stub.PriorLabels(agent_pb2.PriorLabelsRequest(method="knn")))
+    assert len(priors) == len(items) - 1
+    assert all(set(p.probs) == set(CLASSES) for p in priors)
+    assert all(p.probs["square"] > 0.05 and p.probs["stripe"] > 0.05 and p.confidence < 0.95 for p in priors)
+    assert declarable(CLASSES) and not declarable(["a,b", "c"]) and not declarable([" a"]) and not declarable([])
+    with pytest.raises(ValueError, match="--classes"), agent_process(tmp_path / "other", registry,
+                                                                     tmp_path / "agent.log", classes=["a,b"]):
+        pass
 
 
 def test_a_wrong_data_folder_fails_at_once_without_a_traceback(tmp_path: Path) -> None:
