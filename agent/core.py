@@ -516,6 +516,7 @@ class Agent:
             self.prior_cache.put(key, cached, weight=len(rows))
         fit = cached[2]
         if fit is not None and fit.fitting_set != "off":
+            fit = replace(fit, open_classes=not self.state.closed)
             self.last_prior_fit = (method, fit)
         return self._iter_priors(rows, seqs, cached[0], cached[1], fit, pool.classes, serving.version)
 

@@ -283,12 +283,16 @@ class TemperatureFit:
     ``audit_held_out``), "labelled" (the labelled set's cross-fit, ``held_out``), "default" (no sample
     counted: the method's default temperature) or "off" (``calibrate=false``: no temperature applied,
     ``temperature`` 0); ``samples`` = the held-out predictions the fit used; ``audit_labels`` = the audit
-    labels among the labels at the fit (labelled samples drawn by Select strategy "audit")."""
+    labels among the labels at the fit (labelled samples drawn by Select strategy "audit");
+    ``open_classes``: the agent's class list is open (no ``--classes``), so the classes are those labelled
+    so far and step 2 cannot give a class nobody has labelled yet its share (set by the agent, which
+    knows; the methods see only ``Pool.classes``)."""
 
     temperature: float
     fitting_set: str
     samples: int
     audit_labels: int = 0
+    open_classes: bool = False
 
     def describe(self) -> str:
         """E.g. "temperature 0.62 fitted on 25 audit labels"."""
@@ -314,8 +318,10 @@ class TemperatureFit:
                  else f"{self.samples} held-out label{'' if self.samples == 1 else 's'}")
         more = AUDIT_MIN_LABELS - self.audit_labels
         todo = f"label {more} audit sample{'' if more == 1 else 's'}" if more > 0 else "label more audit samples"
+        declare = ("; the class list is open, so a class nobody has labelled yet gets no share: declare every "
+                   "class (shortlist serve --classes a,b,c)" if self.open_classes else "")
         return (f"confidences calibrated on {basis} (few, under {FEW_HELD_OUT}): {todo} "
-                "(shortlist select --strategy audit) for trustworthy confidences")
+                f"(shortlist select --strategy audit) for trustworthy confidences{declare}")
 
 
 OFF = TemperatureFit(0.0, "off", 0)

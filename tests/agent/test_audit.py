@@ -22,7 +22,7 @@ from agent.config import AuditConfig
 from agent.pool import Pool, state_rng
 from agent.priors import PRIOR_METHODS
 from shortlist.v1 import agent_pb2
-from tests.agent.conftest import CLASSES, Running, make_samples, start
+from tests.agent.conftest import CLASSES, SIZE, Running, make_samples, start
 from tests.agent.strategies.pools import blobs, make_pool
 
 CFG = AuditConfig()
@@ -346,6 +346,29 @@ def test_a_refused_recomputation_waits_for_the_lanes_retry_hint() -> None:
     finally:
         release.set()
         auditor.stop()
+
+
+def test_an_open_class_list_is_named_in_the_calibration_warning(tmp_path: Path) -> None:
+    """With no --classes and no classes in the model the agent knows only the classes labelled so far, so no
+    prior can give a class nobody labelled its share: while confidences rest on few labels, the warning
+    (and GetStatus's copy) says to declare the classes. The closed-list agent's exact warning is checked
+    in the test below."""
+    from agent.testing import publish_linear
+
+    registry = tmp_path / "models"
+    publish_linear(registry, size=SIZE, dim=16)  # no classes in the manifest: the list stays open
+    running = start(tmp_path / "data", registry)
+    try:
+        client.ingest(running.stub, make_samples(60, labels=2))  # 2 of the 3 clusters labelled
+        assert running.stub.GetStatus(agent_pb2.GetStatusRequest()).classes_open
+        cal = next(iter(running.stub.PriorLabels(agent_pb2.PriorLabelsRequest(method="knn")))).calibration
+        assert cal.source == "default" and cal.warning.endswith(
+            "; the class list is open, so a class nobody has labelled yet gets no share: declare every class "
+            "(shortlist serve --classes a,b,c)")
+        warnings = running.stub.GetStatus(agent_pb2.GetStatusRequest()).warnings
+        assert any(w.startswith("prior knn (last PriorLabels): ") and w.endswith(cal.warning) for w in warnings)
+    finally:
+        running.stop()
 
 
 def test_prior_labels_say_how_their_confidences_were_calibrated(running: Running) -> None:

@@ -413,6 +413,9 @@ def test_every_answer_says_how_it_was_calibrated() -> None:
     assert not TemperatureFit(0.5, "labelled", FEW_HELD_OUT).few
     assert "label more audit samples" in TemperatureFit(0.5, "labelled", 3, AUDIT_MIN_LABELS).warning()
     assert "label 1 audit sample (" in TemperatureFit(0.5, "labelled", 1, AUDIT_MIN_LABELS - 1).warning()
+    # an open class list is named only while the confidences rest on few labels
+    assert TemperatureFit(0.5, "default", 0, open_classes=True).warning().endswith("serve --classes a,b,c)")
+    assert TemperatureFit(0.5, "labelled", FEW_HELD_OUT, open_classes=True).warning() == ""
 
 
 def test_log_likelihoods_by_hand() -> None:
