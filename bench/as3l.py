@@ -419,7 +419,7 @@ def run_benchmark(data: Path, profile: Profile, out: Path, encoder: Path | None 
                            "batch_size": profile.batch_size, "mu": profile.mu,
                            "lr": profile.lr, "model_version": version, "encoder": str(init),
                            "head_init": profile.head_init, "ema": profile.ema,
-                           # the agent is told the classes since the priors' step 2 depends on it
+                           # the agent is told the classes: the as3l prior's K and the calibration's step 2 follow them
                            "classes": list(train.classes)})
 
     t = time.perf_counter()
