@@ -208,7 +208,7 @@ def serve(labelstudio: LabelStudioConfig,
           web_host: str = typer.Option("127.0.0.1", "--web-host", help="address of the web app (anything but "
                                        "loopback needs --tls-cert/--tls-key and --tokens, or --insecure)")) -> None:
     """Run the agent until SIGTERM/SIGINT (then finish in-flight calls, snapshot the index, exit)."""
-    from agent.config import AgentConfig, WorkConfig
+    from agent.config import AgentConfig, WorkConfig, class_list
     from agent.memory import tune_malloc
     from agent.security import ServerSecurity, is_loopback
     from agent.service import create_server, stop_server
@@ -219,7 +219,7 @@ def serve(labelstudio: LabelStudioConfig,
     os.umask(0o077)  # whatever the agent or a library creates is readable by its user only
     tune_malloc()  # before the gRPC threads start: two malloc arenas, large blocks returned when freed
     one_blas_thread_per_call()  # the agent's parallelism is across requests (agent/threads.py)
-    class_list = tuple(c.strip() for c in classes.split(",") if c.strip()) or None
+    closed = class_list(classes)
     try:
         limits = Limits(max_message_bytes=max_message_mb * MIB, max_samples_per_request=max_samples_per_request,
                         max_image_bytes=round(max_image_mb * MIB), max_pixels=max_pixels, max_id_chars=max_id_chars,
@@ -229,7 +229,7 @@ def serve(labelstudio: LabelStudioConfig,
                         max_ingest_streams=max_ingest_streams)
         security = ServerSecurity(tls_cert=tls_cert, tls_key=tls_key, tls_client_ca=tls_client_ca, tokens=tokens,
                                   insecure=insecure)
-        config = AgentConfig(data_dir, models, host=host, port=port, classes=class_list, blobs=not no_blobs,
+        config = AgentConfig(data_dir, models, host=host, port=port, classes=closed, blobs=not no_blobs,
                              poll_s=poll, batch_size=batch_size, use_cuda=not cpu, limits=limits, security=security,
                              min_free_bytes=int(min_free_mb * MIB),
                              work=WorkConfig(max_concurrent=max_concurrent_work, max_queued=max_queued_work,

@@ -120,6 +120,12 @@ class ImagesConfig:
             raise ValueError("images: need 1 <= min_side <= max_side, max_ids >= 1, quality 1..100, cache sizes >= 0")
 
 
+def class_list(text: str) -> tuple[str, ...] | None:
+    """``serve --classes a,b,c`` read into AgentConfig.classes: the comma-separated names, each stripped,
+    empty ones dropped; None (no closed list) when none is left."""
+    return tuple(c.strip() for c in text.split(",") if c.strip()) or None
+
+
 @dataclass(frozen=True)
 class AgentConfig:
     """Everything one agent process is configured with. ``security`` holds TLS, tokens and --insecure

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import grpc
 
+from agent.config import class_list
 from shortlist.v1 import agent_pb2, agent_pb2_grpc
 
 
@@ -23,11 +24,11 @@ def free_port() -> int:
 
 
 def declarable(classes: Sequence[str]) -> bool:
-    """Whether ``shortlist serve --classes a,b,c`` can carry these names: non-empty, unique, without a comma
-    or surrounding whitespace (the option splits on commas and strips each name)."""
-    names = list(classes)
-    return bool(names) and len(set(names)) == len(names) and all(
-        n and "," not in n and n == n.strip() for n in names)
+    """Whether ``shortlist serve --classes a,b,c`` can carry these names: unique, and read back as they are
+    by the option's own parser (``agent.config.class_list``; a comma, surrounding whitespace or an empty
+    name would not be)."""
+    names = tuple(classes)
+    return len(set(names)) == len(names) and class_list(",".join(names)) == names
 
 
 @contextmanager
