@@ -79,6 +79,8 @@ def markdown(runs: list[dict[str, Any]]) -> str:
                      f"seeds {len(r['seeds'])}, model {r['model_version']} ({r['encoder'].get('kind', '')}: "
                      f"{r['encoder'].get('encoder', '')}), commit {r['git_commit'][:10]}, "
                      f"wall time {walls.get('total', float('nan')) / 60:.1f} min"
+                     + (f", {r['audit']} audit labels drawn after the first budget's picks (not in the budgets)"
+                        if r.get("audit") else "")
                      + ("" if r.get("complete", True) else " (INCOMPLETE: still running or interrupted)"))
         for s in r.get("skipped", []):
             lines.append(f"  - skipped {s['strategy']} seed {s['seed']}: {s['error']}")

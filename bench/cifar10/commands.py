@@ -30,6 +30,9 @@ def register(bench_app: typer.Typer) -> None:
                                                       "semi-supervised stage (default: the profile's; gpu: 10,40)"),
         semi_supervised_steps: int | None = typer.Option(None, min=1, help="training steps per semi-supervised "
                                                          "point (default: the profile's minutes)"),
+        audit: int | None = typer.Option(None, min=0, help="audit labels (a uniform random sample, Select strategy "
+                                         "audit) drawn once after the first budget's picks and kept; the priors' "
+                                         "temperature is then fitted on them (default: the profile's, 0)"),
     ) -> None:
         """CIFAR-10 accuracy against labels per strategy, through a real agent with a simulated annotator.
 
@@ -43,7 +46,8 @@ def register(bench_app: typer.Typer) -> None:
 
         at = [int(x) for x in split(semi_supervised_at) or []] if semi_supervised_at is not None else None
         run_benchmark(data, PROFILES[profile], out, encoder, split(strategies), seeds, split(budgets),
-                      split(prior_methods), semi_supervised_at=at, semi_supervised_steps=semi_supervised_steps)
+                      split(prior_methods), semi_supervised_at=at, semi_supervised_steps=semi_supervised_steps,
+                      audit=audit)
 
     @bench_app.command("embeddings")
     def embeddings_command(

@@ -71,6 +71,11 @@ class Point:
     # Mean max probability of the priors: above prior_accuracy = over-confident, below = under-confident
     # (ECE alone does not say which).
     mean_confidence: float | None = None
+    # Audit labels among the n_labeled (``Profile.audit``; the linear probe is fitted on the strategy's
+    # labels only) and what the priors' temperature was fitted on (PriorLabels' Calibration.source:
+    # "audit", "labelled" or "default").
+    audit_labels: int = 0
+    calibration: str | None = None
 
 
 @dataclass
@@ -96,6 +101,7 @@ class Run:
     # The source the records were measured with (bench.cifar10.encoder.code_fingerprint): git_commit
     # alone would miss uncommitted changes and restart a run after a docs-only commit.
     code: str = ""
+    audit: int = 0  # audit labels drawn after the first budget's picks (Profile.audit)
 
 
 def inputs_fingerprint(pool_ids: Sequence[str], pool_y: np.ndarray, pool_x: np.ndarray, test_x: np.ndarray,
@@ -119,7 +125,8 @@ def inputs_fingerprint(pool_ids: Sequence[str], pool_y: np.ndarray, pool_x: np.n
 
 
 # code too: records another version of the code measured are not mixed with this one's
-RESUME_FIELDS = ("profile", "data", "budgets", "prior_methods", "pool_size", "test_size", "fingerprint", "code")
+RESUME_FIELDS = ("profile", "data", "budgets", "prior_methods", "pool_size", "test_size", "fingerprint", "code",
+                 "audit")
 
 
 def finished_runs(out: Path, run: Run) -> tuple[dict[tuple[str, int], list[dict[str, Any]]], str]:
@@ -131,7 +138,7 @@ def finished_runs(out: Path, run: Run) -> tuple[dict[tuple[str, int], list[dict[
         return {}, ""
     try:
         old = json.loads(path.read_text())
-        diff = [k for k in RESUME_FIELDS if old.get(k) != getattr(run, k)]
+        diff = [k for k in RESUME_FIELDS if old.get(k, 0 if k == "audit" else None) != getattr(run, k)]
     except (OSError, ValueError, AttributeError) as e:
         return {}, f"not resuming: {path} cannot be read ({e}); it will be replaced"
     if diff:
@@ -201,9 +208,13 @@ def run_strategy(stub: agent_pb2_grpc.AgentStub, strategy: str, seed: int, budge
                  prior_methods: Sequence[str], truth: dict[str, int], classes: list[str],
                  pool_emb: dict[str, np.ndarray], test_emb: np.ndarray, test_y: np.ndarray,
                  progress: Any = None, task: Any = None, ssl: SemiSupervised | None = None,
-                 address: str = "", test_images: np.ndarray | None = None) -> list[Point]:
-    """The cumulative Select -> label -> prior -> evaluate loop for one strategy and seed."""
+                 address: str = "", test_images: np.ndarray | None = None, audit: int = 0) -> list[Point]:
+    """The cumulative Select -> label -> prior -> evaluate loop for one strategy and seed. ``audit`` > 0: that
+    many audit labels (Select strategy "audit", a uniform random sample of the unlabelled pool) are drawn
+    and labelled right after the first budget's picks, as the agent's calibration warning asks a team to,
+    and kept; later budgets still count the strategy's picks only."""
     labeled: list[str] = []
+    audited: list[str] = []
     points: list[Point] = []
     first_round = strategy
     for budget in budgets:
@@ -230,6 +241,12 @@ def run_strategy(stub: agent_pb2_grpc.AgentStub, strategy: str, seed: int, budge
         if lab.rejected:
             raise RuntimeError(f"labels rejected: {lab.rejected[0].id}: {lab.rejected[0].reason}")
         labeled += picked
+        if audit and not audited:
+            drawn = stub.Select(agent_pb2.SelectRequest(budget=audit, strategy="audit", seed=seed), timeout=3600)
+            audited = [s.id for s in drawn.selected]
+            lab = client.submit_labels(stub, [(i, classes[truth[i]]) for i in audited], annotator="simulated")
+            if lab.rejected:
+                raise RuntimeError(f"audit labels rejected: {lab.rejected[0].id}: {lab.rejected[0].reason}")
         lab_y = np.asarray([truth[i] for i in labeled])
         lab_x = np.stack([pool_emb[i] for i in labeled])
         lin = linear_probe_accuracy(lab_x, lab_y, test_emb, test_y, seed)
@@ -240,7 +257,10 @@ def run_strategy(stub: agent_pb2_grpc.AgentStub, strategy: str, seed: int, budge
         for method in prior_methods:
             t1 = time.perf_counter()
             ids, probs, conf = [], [], []
+            source = None
             for p in stub.PriorLabels(agent_pb2.PriorLabelsRequest(method=method), timeout=3600):
+                if p.HasField("calibration"):  # on the first message only
+                    source = p.calibration.source
                 ids.append(p.id)
                 probs.append([p.probs.get(c, 0.0) for c in classes])
                 conf.append(p.confidence)
@@ -249,11 +269,12 @@ def run_strategy(stub: agent_pb2_grpc.AgentStub, strategy: str, seed: int, budge
             pr = np.asarray(probs, np.float64).reshape(len(ids), len(classes))
             points.append(Point(strategy=strategy, seed=seed, budget=budget, prior_method=method, coverage=cov,
                                 linear_accuracy=lin, prior_accuracy=prior_accuracy(pr, y),
-                                ece=expected_calibration_error(pr, y), n_labeled=len(labeled),
+                                ece=expected_calibration_error(pr, y), n_labeled=len(labeled) + len(audited),
                                 model_version=reply.model_version, select_seconds=select_s,
                                 prior_seconds=prior_s, first_round=first_round,
                                 semi_supervised_accuracy=ssl_acc,
-                                mean_confidence=float(pr.max(axis=1).mean()) if len(pr) else None))
+                                mean_confidence=float(pr.max(axis=1).mean()) if len(pr) else None,
+                                audit_labels=len(audited), calibration=source))
         if progress is not None:
             progress.advance(task)
             summary = ", ".join(f"{p.prior_method} {p.prior_accuracy:.3f}" for p in points[-len(prior_methods):])

@@ -29,6 +29,10 @@ class Profile:
     # PretrainConfig fields for the profile's own pretraining (e.g. view resolution, batch size)
     pretrain_options: dict[str, Any] = field(default_factory=dict)
     description: str = ""
+    # Audit labels (Select strategy "audit": a uniform random sample of the unlabelled pool) drawn and labelled
+    # once, right after the first budget's picks, and kept: what the agent's calibration warning asks a team
+    # to do when confidences rest on few labels. 0: none (the strategies' labels only).
+    audit: int = 0
 
 
 LOW_BUDGET_STRATEGIES = ("random", "entropy", "coreset", "kmedoids", "typiclust", "probcover", "as3l")

@@ -33,7 +33,7 @@ def run_benchmark(data: Path, profile: Profile, out: Path, encoder: Path | None 
                   strategies: Sequence[str] | None = None, seeds: int | None = None,
                   budgets: Sequence[str] | None = None, prior_methods: Sequence[str] | None = None,
                   console: Any = None, semi_supervised_at: Sequence[int] | None = None,
-                  semi_supervised_steps: int | None = None) -> Run:
+                  semi_supervised_steps: int | None = None, audit: int | None = None) -> Run:
     """Run the whole benchmark; writes results.json, results.md and plots into ``out``."""
     from rich.console import Console
     from rich.progress import (
@@ -52,7 +52,8 @@ def run_benchmark(data: Path, profile: Profile, out: Path, encoder: Path | None 
                       seeds=seeds or profile.seeds, budgets=tuple(budgets or profile.budgets),
                       prior_methods=tuple(prior_methods or profile.prior_methods),
                       semi_supervised_at=tuple(profile.semi_supervised_at if semi_supervised_at is None
-                                               else semi_supervised_at))
+                                               else semi_supervised_at),
+                      audit=profile.audit if audit is None else audit)
     out.mkdir(parents=True, exist_ok=True)
     walls: dict[str, float] = {}
     t_all = time.perf_counter()
@@ -97,6 +98,7 @@ def run_benchmark(data: Path, profile: Profile, out: Path, encoder: Path | None 
     run = Run(profile=profile.name, data=str(data), seeds=list(range(profile.seeds)), budgets=budget_list,
               strategies=list(profile.strategies), prior_methods=list(profile.prior_methods),
               pool_size=len(pool_ids), test_size=len(test_idx), model_version=version, encoder=provenance,
+              audit=profile.audit,
               git_commit=_git_commit(), code=code_fingerprint(),
               fingerprint=inputs_fingerprint(pool_ids, train.labels[pool_idx], pool_emb_arr, test_emb, test_y, ssl))
     done, note = finished_runs(out, run)  # a rerun into the same --out resumes where the last one stopped
@@ -127,7 +129,8 @@ def run_benchmark(data: Path, profile: Profile, out: Path, encoder: Path | None 
                     with agent_process(work, registry, out / "agent.log") as address:
                         points = run_strategy(client.connect(address), strategy, seed, budget_list,
                                               profile.prior_methods, truth, train.classes, pool_emb, test_emb,
-                                              test_y, progress, loop, ssl, address, test_images)
+                                              test_y, progress, loop, ssl, address, test_images,
+                                              audit=profile.audit)
                 except grpc.RpcError as e:
                     msg = f"{e.code().name}: {e.details()}"
                     console.print(f"[yellow]skipped[/] {strategy} seed {seed}: {msg}")

@@ -59,6 +59,8 @@ def test_mini_benchmark_through_agent(tiny_cifar: Path, tmp_path: Path) -> None:
         assert 0.0 <= r["linear_accuracy"] <= 1.0 and 0.0 <= r["prior_accuracy"] <= 1.0 and 0.0 <= r["ece"] <= 1.0
         # Three classes: the max probability of a distribution is at least 1/3.
         assert 1 / 3 - 1e-6 <= r["mean_confidence"] <= 1.0
+        # No audit labels: the temperature is fitted on the labelled set, or is the default.
+        assert r["audit_labels"] == 0 and r["calibration"] in ("labelled", "default")
     # The AS3L semi-supervised stage ran (one step, from a random init: only its plumbing is checked) at 12 only.
     assert all((r["semi_supervised_accuracy"] is not None) == (r["budget"] == 12) for r in records)
     assert all(0.0 <= r["semi_supervised_accuracy"] <= 1.0 for r in records if r["budget"] == 12)
@@ -77,6 +79,29 @@ def test_mini_benchmark_through_agent(tiny_cifar: Path, tmp_path: Path) -> None:
     again = CliRunner().invoke(app, ["bench", "report", str(out), "--out", str(tmp_path / "report")])
     assert again.exit_code == 0, again.output
     assert (tmp_path / "report" / "results.md").read_text() == (out / "results.md").read_text()
+
+
+def test_audit_labels_are_drawn_once_and_fit_the_temperature(tiny_cifar: Path, tmp_path: Path) -> None:
+    """--audit N: after the first budget's picks, N audit labels (a uniform sample) are labelled and kept; the
+    priors' temperature is then fitted on them, and the budgets still count the strategy's picks."""
+    encoder = tmp_path / "encoder"
+    publish_linear(encoder, size=(8, 8), dim=16)
+    out = tmp_path / "out"
+    args = ["bench", "cifar10", "--data", str(tiny_cifar), "--profile", "quick", "--encoder", str(encoder),
+            "--strategies", "kmedoids", "--seeds", "1", "--budgets", "3,6", "--prior-methods", "knn", "--out", str(out)]
+    result = CliRunner().invoke(app, [*args, "--audit", "21"])
+    assert result.exit_code == 0, result.output
+    run = json.loads((out / "results.json").read_text())
+    assert run["audit"] == 21 and run["complete"] and not run["skipped"]
+    assert [(r["budget"], r["n_labeled"], r["audit_labels"]) for r in run["records"]] == [(3, 24, 21), (6, 27, 21)]
+    # 21 audit labels of 3 classes all count (each class keeps labels outside its fold): fitted on them.
+    assert [r["calibration"] for r in run["records"]] == ["audit", "audit"]
+    assert "21 audit labels drawn after the first budget's picks" in (out / "results.md").read_text()
+    # Another audit count into the same folder is not mixed with these records.
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0, again.output
+    assert "not resuming" in again.output and "audit" in again.output
+    assert {r["audit_labels"] for r in json.loads((out / "results.json").read_text())["records"]} == {0}
 
 
 def test_benchmark_pretrains_its_own_encoder(tmp_path: Path) -> None:
