@@ -23,7 +23,7 @@ The estimator (docs/app.md, "How good are the priors?"):
    score interval by default, Clopper-Pearson ("exact") on request. Per class: the same on the audit
    samples of each true class (that class's recall), for classes with at least ``min_per_class`` of them.
 
-PriorLabels uses the audit labels for more than seeds: once ``AUDIT_MIN_LABELS`` of them are labelled, its
+PriorLabels uses the audit labels for more than seeds: once ``AUDIT_MIN_LABELS`` of them count, its
 calibration temperature is fitted on them, cross-fitted (agent/priors/calibration.py, ``audit_held_out``).
 The audited prior is calibrated on the labelled set alone (``audited_pool`` knows no draws).
 

@@ -54,13 +54,8 @@ the same MAP fit). Each prediction is of a random sample by a prior that never s
 audit's estimate (agent/audit.py); hiding one fold rather than every audit label (the audit's own
 ``audited_pool``) keeps the fitted prior close to the served one, which has all of them as seeds:
 with all hidden, T is fitted to a prior seeded by the selected samples only, which measured worse than
-the cross-fit (docs/benchmarks.md, "Fitting the temperature on audit labels"). The switch is on the audit
-labels labelled (the count the warning asks for), not on those that count: an audit label whose class has
-no other label cannot be predicted and is left out of the fit, and with 20 uniform draws over 10 classes one
-or two usually are; falling back to the labelled set then served its selection bias to a team that had
-labelled the 20 asked for (docs/benchmarks.md, "Audit labels through the agent"). Below
-``AUDIT_MIN_LABELS`` labelled audit labels, or when none counts, the cross-fit on the whole labelled set
-as before.
+the cross-fit (docs/benchmarks.md, "Fitting the temperature on audit labels"). Below ``AUDIT_MIN_LABELS``
+counted audit labels, the cross-fit on the whole labelled set as before.
 
 The fitted temperature is kept per model version (the pool's PoolMemo, ``cached_temperature``), keyed by
 everything it depends on (pool rows, labelled set and labels, candidates, audit draws, method, params,
@@ -105,8 +100,8 @@ CALIBRATION_FOLDS = 5
 # hundred held-out samples pin it down; without a cap the folds' cost grows with the labelled set
 # (5,000 labels made PriorLabels knn for 16 ids take 1.1 s, docs/reliability.md, Load).
 CALIBRATION_MAX_PER_FOLD = 200
-# Audit labels that must be labelled before T is fitted on those of them that count (their class keeps a
-# label outside their fold) rather than on the labelled set. At 20 the audit's sampling noise is below the labelled set's bias it
+# Audit labels that must count (their class keeps a label outside their fold) before T is fitted on them
+# rather than on the labelled set. At 20 the audit's sampling noise is below the labelled set's bias it
 # replaces: the standard error of an accuracy near 0.3 on 20 random samples is sqrt(0.3 * 0.7 / 20) =
 # 0.10, below the gap measured between held-out labels and the pool (docs/benchmarks.md); and 20 is as
 # many predictions as the labelled cross-fit has at 10-20 labels (one per label at most), so the MAP
@@ -204,13 +199,14 @@ def held_out(pool: Pool, method: PriorMethod, params: Mapping[str, str], rng: np
 def audit_held_out(pool: Pool, method: PriorMethod, params: Mapping[str, str],
                    rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """``held_out`` over the audit labels only (module docstring): each audit label predicted by the
-    method without its fold of audit labels, every other label (selected or audit) a seed, only those
-    whose class keeps a label outside their fold; [] when fewer than AUDIT_MIN_LABELS audit labels are
-    labelled, or none counts."""
+    method without its fold of audit labels, every other label (selected or audit) a seed; [] when fewer
+    than AUDIT_MIN_LABELS audit labels are labelled, or fewer than that count (their class keeps a label
+    outside their fold)."""
     at = np.isin(pool.labeled, pool.audit)
     if at.sum() < AUDIT_MIN_LABELS:
         return []
-    return held_out(pool, method, params, rng, among=at)
+    held = held_out(pool, method, params, rng, among=at)
+    return held if sum(len(h[1]) for h in held) >= AUDIT_MIN_LABELS else []
 
 
 def class_balanced_weights(labels: np.ndarray) -> np.ndarray:
@@ -310,8 +306,7 @@ class TemperatureFit:
     @property
     def few(self) -> bool:
         """The confidences cannot be trusted yet: the default temperature, or a labelled-set fit on fewer
-        than FEW_HELD_OUT held-out samples (an audit fit rests on at least AUDIT_MIN_LABELS audit labels, of
-        which all but those alone in their class are held out; "off" is asked for)."""
+        than FEW_HELD_OUT held-out samples (an audit fit has at least AUDIT_MIN_LABELS; "off" is asked for)."""
         return self.fitting_set == "default" or (self.fitting_set == "labelled" and self.samples < FEW_HELD_OUT)
 
     def warning(self) -> str:
@@ -334,8 +329,8 @@ OFF = TemperatureFit(0.0, "off", 0)
 
 def temperature_fit(pool: Pool, method: PriorMethod, params: Mapping[str, str], rng: np.random.Generator,
                     default: float) -> TemperatureFit:
-    """T fitted on the audit labels when at least AUDIT_MIN_LABELS are labelled and any counts, else on the
-    labelled set's cross-fit (module docstring); advances ``rng``."""
+    """T fitted on the audit labels when at least AUDIT_MIN_LABELS count, else on the labelled set's
+    cross-fit (module docstring); advances ``rng``."""
     held = audit_held_out(pool, method, params, copy.deepcopy(rng))  # the fallback's folds as without an audit
     fitting_set = "audit"
     if not held:

@@ -6,10 +6,8 @@ simulates it, then Select strategy ``audit`` draws A of the unlabelled rest (uni
 and both are labelled. Every prior method is then asked for every unlabelled row twice, with the same
 seeds (the B + A labels) and generator: with the audit draws unknown to the pool (the temperature is
 cross-fitted on the whole labelled set: before) and with them known (``Pool.audit``: fitted on the audit
-labels once AUDIT_MIN_LABELS are labelled: after). Prints the prior ECE (15 bins, bench.metrics) and mean
-confidence against accuracy, mean over seeds, as a markdown table; also the ECE "after" would have had
-under the rule before commit "calibration: the audit fit switches on 20 audit labels labelled" (20 had to
-count, else the labelled-set fit, i.e. "before") and the audit labels held out (those that count).
+labels once AUDIT_MIN_LABELS count: after). Prints the prior ECE (15 bins, bench.metrics) and mean
+confidence against accuracy, mean over seeds, as a markdown table.
 
     nice -n 10 python scripts/experiments/audit_calibration.py --data cifar=runs/emb/pool_x.npy,runs/emb/pool_y.npy
 """
@@ -23,7 +21,7 @@ import numpy as np
 
 from agent.pool import state_rng
 from agent.priors import PRIOR_METHODS
-from agent.priors.calibration import AUDIT_MIN_LABELS, cached_temperature
+from agent.priors.calibration import cached_temperature
 from agent.strategies import STRATEGIES
 from bench.metrics import expected_calibration_error
 from bench.strategies import CachedKnn, Variant, hnsw_index, make_pool, normalise, row_ids, simulate
@@ -39,8 +37,8 @@ def main() -> None:
     ap.add_argument("--priors", default="knn,llgc,as3l")
     args = ap.parse_args()
     print("| data | strategy | labels + audit | method | accuracy | ECE before -> after "
-          "| mean conf. before -> after | fitted on (after) | after, 20 had to count | audit held out |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| mean conf. before -> after | fitted on (after) |")
+    print("|---|---|---|---|---|---|---|---|")
     for spec in args.data:
         name, _, paths = spec.partition("=")
         xp, yp = paths.split(",")
@@ -66,21 +64,17 @@ def main() -> None:
                             b = PRIOR_METHODS[m](known, rows, state_rng(0, row_ids(labelled)), {})
                             assert (a.probs.argmax(axis=1) == b.probs.argmax(axis=1)).all()
                             acc = float(np.mean(a.probs.argmax(axis=1) == y[rows]))
+                            cells[m].append((acc, expected_calibration_error(a.probs, y[rows]),
+                                             expected_calibration_error(b.probs, y[rows]),
+                                             float(a.probs.max(axis=1).mean()), float(b.probs.max(axis=1).mean())))
                             fit = cached_temperature(known, PRIOR_METHODS[m], {}, state_rng(0, row_ids(labelled)),
                                                      0.1 if m == "llgc" else 1.0)
                             fitted[m].add(fit.fitting_set)
-                            ea = expected_calibration_error(a.probs, y[rows])
-                            eb = expected_calibration_error(b.probs, y[rows])
-                            held = fit.samples if fit.fitting_set == "audit" else 0
-                            old = ea if fit.fitting_set == "audit" and held < AUDIT_MIN_LABELS else eb
-                            cells[m].append((acc, ea, eb, float(a.probs.max(axis=1).mean()),
-                                             float(b.probs.max(axis=1).mean()), old, held))
                     for m, vals in cells.items():
-                        acc, ea, eb, ca, cb, old, held = np.mean(np.array(vals), axis=0)
+                        acc, ea, eb, ca, cb = np.mean(np.array(vals), axis=0)
                         print(f"| {name} | {strategy} | {budget} + {audit} | {m} | {acc:.1%} "
                               f"| {ea:.3f} -> **{eb:.3f}** "
-                              f"| {ca:.2f} -> {cb:.2f} | {', '.join(sorted(fitted[m]))} | {old:.3f} | {held:.1f} |",
-                              flush=True)
+                              f"| {ca:.2f} -> {cb:.2f} | {', '.join(sorted(fitted[m]))} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -337,16 +337,6 @@ def test_audit_fit_needs_enough_audit_labels() -> None:
     # every class has selected labels outside the folds, so every audit label is held out once, and only they
     np.testing.assert_array_equal(np.sort(np.concatenate([h[1] for h in held])), np.sort(y[drawn]))
     assert len(audited_pool(ok, drawn).audit) == 0
-    # The switch is on audit labels labelled, the count the warning asks for: one of the 20 alone in its class
-    # (nothing else labels class 3) cannot be held out, and the other 19 still fit T.
-    x, y, typical, _ = typical_labels_and_audit(0, audit=0)
-    typical = typical[y[typical] != 3]
-    rest = np.setdiff1d(np.arange(len(x)), typical)
-    drawn = np.sort(np.r_[rest[y[rest] != 3][:AUDIT_MIN_LABELS - 1], rest[y[rest] == 3][:1]])
-    lone = replace(make_pool(x, y, np.concatenate([typical, drawn])), audit=drawn)
-    fit = cached_temperature(lone, knn, {}, np.random.default_rng(0), 1.0)
-    assert (fit.fitting_set, fit.samples, fit.audit_labels, fit.few) == ("audit", AUDIT_MIN_LABELS - 1,
-                                                                         AUDIT_MIN_LABELS, False)
 
 
 def test_class_balanced_fit_matches_the_pools_accuracy_not_the_popular_class() -> None:
