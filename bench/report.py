@@ -148,12 +148,17 @@ def plot(runs: list[dict[str, Any]], metric: str, ylabel: str, path: Path) -> No
                 label = s if len(runs) == 1 else f"{s} ({run['label']})"
                 lines.append((label, ri, [(int(b), m * 100, sd * 100) for b, m, sd in pts], len(run["seeds"]) > 1))
     names = ", ".join(dict.fromkeys(Path(str(r.get("data", "")).rstrip("/")).name or "?" for r in runs))
+    # The x values are budgets, the strategy's picks; a run with audit labels has that many more labels.
+    audits = sorted({int(r.get("audit", 0)) for r in runs} - {0})
+    xlabel = "labelled samples" if not audits else (
+        f"labels picked by the strategy (+ {' or '.join(map(str, audits))} audit labels"
+        + (")" if len(audits) == len(runs) else " in some runs)"))
     plot_curves(lines, ylabel, f"{names}: {', '.join(r['label'] for r in runs)}", path,
-                color_keys=[s for r in runs for s in r["strategies"]])
+                color_keys=[s for r in runs for s in r["strategies"]], xlabel=xlabel)
 
 
 def plot_curves(lines: list[tuple[str, int, Curve, bool]], ylabel: str, title: str, path: Path,
-                color_keys: list[str] | None = None, log_x: bool = True) -> None:
+                color_keys: list[str] | None = None, log_x: bool = True, xlabel: str = "labelled samples") -> None:
     """Accuracy-vs-labels style plot: each line (label, style index, [(x, mean, std)...], band) drawn with
     its error band (mean +- std over seeds) when ``band``; the measured x values are ticked. A line's
     colour follows its label's first word (so one strategy keeps its colour across runs)."""
@@ -181,7 +186,7 @@ def plot_curves(lines: list[tuple[str, int, Curve, bool]], ylabel: str, title: s
     if xs:  # tick the measured label counts (a log axis alone marks only 10, 100, ...)
         ax.set_xticks(sorted(xs), [str(b) for b in sorted(xs)])
         ax.minorticks_off()
-    ax.set_xlabel("labelled samples")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)

@@ -81,7 +81,8 @@ def test_mini_benchmark_through_agent(tiny_cifar: Path, tmp_path: Path) -> None:
     assert (tmp_path / "report" / "results.md").read_text() == (out / "results.md").read_text()
 
 
-def test_audit_labels_are_drawn_once_and_fit_the_temperature(tiny_cifar: Path, tmp_path: Path) -> None:
+def test_audit_labels_are_drawn_once_and_fit_the_temperature(tiny_cifar: Path, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """--audit N: after the first budget's picks, N audit labels (a uniform sample) are labelled and kept; the
     priors' temperature is then fitted on them, and the budgets still count the strategy's picks."""
     encoder = tmp_path / "encoder"
@@ -97,6 +98,13 @@ def test_audit_labels_are_drawn_once_and_fit_the_temperature(tiny_cifar: Path, t
     # 21 audit labels of 3 classes all count (each class keeps labels outside its fold): fitted on them.
     assert [r["calibration"] for r in run["records"]] == ["audit", "audit"]
     assert "21 audit labels drawn after the first budget's picks" in (out / "results.md").read_text()
+    # The plots' x axis counts the strategy's picks, so it says the audit labels come on top.
+    import bench.report as report
+
+    seen: list[str] = []
+    monkeypatch.setattr(report, "plot_curves", lambda *a, **k: seen.append(k["xlabel"]))
+    report.plot([report.load_run(out)], "linear_accuracy", "accuracy", tmp_path / "x.png")
+    assert seen == ["labels picked by the strategy (+ 21 audit labels)"]
     # Another audit count into the same folder is not mixed with these records.
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 0, again.output
