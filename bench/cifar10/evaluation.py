@@ -138,7 +138,8 @@ def finished_runs(out: Path, run: Run) -> tuple[dict[tuple[str, int], list[dict[
         return {}, ""
     try:
         old = json.loads(path.read_text())
-        diff = [k for k in RESUME_FIELDS if old.get(k, 0 if k == "audit" else None) != getattr(run, k)]
+        # a field an older results.json lacks reads as its default (audit: 0)
+        diff = [k for k in RESUME_FIELDS if old.get(k, getattr(Run, k, None)) != getattr(run, k)]
     except (OSError, ValueError, AttributeError) as e:
         return {}, f"not resuming: {path} cannot be read ({e}); it will be replaced"
     if diff:
@@ -217,6 +218,12 @@ def run_strategy(stub: agent_pb2_grpc.AgentStub, strategy: str, seed: int, budge
     audited: list[str] = []
     points: list[Point] = []
     first_round = strategy
+
+    def label(ids: list[str], what: str) -> None:  # the simulated annotator; a rejection ends the run
+        lab = client.submit_labels(stub, [(i, classes[truth[i]]) for i in ids], annotator="simulated")
+        if lab.rejected:
+            raise RuntimeError(f"{what} rejected: {lab.rejected[0].id}: {lab.rejected[0].reason}")
+
     for budget in budgets:
         if progress is not None:
             progress.update(task, description=f"{strategy} seed {seed} budget {budget}")
@@ -237,16 +244,12 @@ def run_strategy(stub: agent_pb2_grpc.AgentStub, strategy: str, seed: int, budge
         if len(picked) != want or set(picked) & set(labeled) or len(set(picked)) != len(picked):
             raise RuntimeError(f"{strategy}: asked {want} new samples, got {len(picked)} "
                                f"({len(set(picked) & set(labeled))} already labelled)")
-        lab = client.submit_labels(stub, [(i, classes[truth[i]]) for i in picked], annotator="simulated")
-        if lab.rejected:
-            raise RuntimeError(f"labels rejected: {lab.rejected[0].id}: {lab.rejected[0].reason}")
+        label(picked, "labels")
         labeled += picked
         if audit and not audited:
             drawn = stub.Select(agent_pb2.SelectRequest(budget=audit, strategy="audit", seed=seed), timeout=3600)
             audited = [s.id for s in drawn.selected]
-            lab = client.submit_labels(stub, [(i, classes[truth[i]]) for i in audited], annotator="simulated")
-            if lab.rejected:
-                raise RuntimeError(f"audit labels rejected: {lab.rejected[0].id}: {lab.rejected[0].reason}")
+            label(audited, "audit labels")
         lab_y = np.asarray([truth[i] for i in labeled])
         lab_x = np.stack([pool_emb[i] for i in labeled])
         lin = linear_probe_accuracy(lab_x, lab_y, test_emb, test_y, seed)
@@ -257,10 +260,9 @@ def run_strategy(stub: agent_pb2_grpc.AgentStub, strategy: str, seed: int, budge
         for method in prior_methods:
             t1 = time.perf_counter()
             ids, probs, conf = [], [], []
-            source = None
-            for p in stub.PriorLabels(agent_pb2.PriorLabelsRequest(method=method), timeout=3600):
-                if p.HasField("calibration"):  # on the first message only
-                    source = p.calibration.source
+            rows = list(stub.PriorLabels(agent_pb2.PriorLabelsRequest(method=method), timeout=3600))
+            fit = client.first_calibration(rows)
+            for p in rows:
                 ids.append(p.id)
                 probs.append([p.probs.get(c, 0.0) for c in classes])
                 conf.append(p.confidence)
@@ -274,7 +276,7 @@ def run_strategy(stub: agent_pb2_grpc.AgentStub, strategy: str, seed: int, budge
                                 prior_seconds=prior_s, first_round=first_round,
                                 semi_supervised_accuracy=ssl_acc,
                                 mean_confidence=float(pr.max(axis=1).mean()) if len(pr) else None,
-                                audit_labels=len(audited), calibration=source))
+                                audit_labels=len(audited), calibration=fit.source if fit else None))
         if progress is not None:
             progress.advance(task)
             summary = ", ".join(f"{p.prior_method} {p.prior_accuracy:.3f}" for p in points[-len(prior_methods):])
