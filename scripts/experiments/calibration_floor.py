@@ -1,0 +1,109 @@
+"""How many labels a fitted temperature needs before the prior's ECE can meet a goal (issue 15; docs/benchmarks.md,
+"How many labels a temperature needs"). Per (strategy, budget, seed, method), on the labelled set that
+``bench strategies`` simulates (same seeds and generators):
+
+- served: the ECE of ``PriorLabels``' default answer (the temperature cross-fitted on the labelled set, or
+  on audit labels when the pool has them; here it has none);
+- best: the ECE at the best single temperature, chosen on the truth of every unlabelled row (the floor of
+  temperature scaling itself on this prior);
+- fitted on n uniform labels: n unlabelled rows drawn uniformly (as Select strategy ``audit`` draws), the
+  temperature fitted on their outcomes with the calibration's own MAP fit (``fit_temperature``; multiclass
+  likelihood below TOP_LABEL_MIN_HELD_OUT samples, top-label from it on), then the ECE over every unlabelled
+  row at that temperature; ``--draws`` draws per n, reported as the mean and the share within the goals.
+
+The n-label fit scores the prior as it is, before those n labels would join its seeds, so it is the
+noise of the estimate alone, without the selection bias of a strategy's picks and without the gain in
+accuracy that n more labels would bring: a floor for any fit on n labels, not a forecast of one. Why it
+matters: the fit is, at heart, an estimate of the prior's accuracy from n outcomes, whose standard error
+is sqrt(p (1 - p) / n) (0.077 at p = 0.4 and n = 40, above the 0.05 goal).
+
+    nice -n 19 python scripts/experiments/calibration_floor.py runs/dig_x.npy runs/dig_y.npy \
+        --strategies random,typiclust --budgets 40 --methods knn,llgc,as3l --seeds 2 --ns 20,40,100,200
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+from pathlib import Path
+
+import numpy as np
+
+from agent.pool import Priors, state_rng
+from agent.priors import PRIOR_METHODS
+from agent.priors import calibration as cal
+from bench.metrics import expected_calibration_error as ece
+from bench.strategies import CachedKnn, Variant, hnsw_index, make_pool, normalise, row_ids, simulate
+
+GRID = np.exp(np.linspace(np.log(0.02), np.log(50.0), 241))  # temperatures tried (log-spaced, T_RANGE)
+DEFAULT_T = {"llgc": 0.1}  # the registry's default temperatures (agent/priors/__init__.py); 1.0 otherwise
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("x", type=Path, help="pool embeddings NxD (.npy)")
+    ap.add_argument("y", type=Path, help="pool classes N (.npy)")
+    ap.add_argument("--budgets", default="40")
+    ap.add_argument("--strategies", default="random,typiclust,coreset")
+    ap.add_argument("--methods", default="knn,llgc,as3l")
+    ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--ns", default="20,40,100,200", help="uniform label counts the temperature is fitted on")
+    ap.add_argument("--draws", type=int, default=200, help="draws of the n labels per cell")
+    ap.add_argument("--likelihood", choices=("auto", "multiclass", "top"), default="auto",
+                    help="the fit's likelihood: the calibration's rule (top-label from TOP_LABEL_MIN_HELD_OUT "
+                         "samples), or one of the two at every n")
+    ap.add_argument("--prior-weight", type=float, default=cal.PRIOR_WEIGHT,
+                    help="the MAP prior's weight on log T (samples; 0: maximum likelihood)")
+    a = ap.parse_args()
+    cal.PRIOR_WEIGHT = a.prior_weight  # read by fit_temperature at each call, the served fit's included
+    if a.likelihood != "auto":  # the switch point fit_temperature reads
+        cal.TOP_LABEL_MIN_HELD_OUT = 0 if a.likelihood == "top" else 10**9
+    x = normalise(np.load(a.x))
+    y = np.asarray(np.load(a.y), np.int64)
+    c = int(y.max()) + 1
+    ns = [int(n) for n in a.ns.split(",")]
+    knn = CachedKnn(x, hnsw_index(x))
+    print("| strategy | labels | seed | method | accuracy | served ECE (T) | best ECE (T) | "
+          + " | ".join(f"n = {n}: mean ECE / <= .05 / <= .10" for n in ns) + " |")
+    print("|---|---|---|---|---|---|---|" + "---|" * len(ns))
+    for strategy in a.strategies.split(","):
+        for budget in (int(b) for b in a.budgets.split(",")):
+            for seed in range(a.seeds):
+                picked, _, _ = simulate(Variant(strategy), budget, seed, x, y, knn, c, None)
+                pool = make_pool(x, y, picked, knn, c, None)
+                rows = pool.candidates
+                truth = y[rows]
+                covered = np.zeros(c, bool)
+                covered[pool.labels] = True
+                eligible = np.flatnonzero(covered[truth])  # a row of a class with no label cannot be held out
+                for name in a.methods.split(","):
+                    entry = PRIOR_METHODS[name]
+                    rng = state_rng(0, row_ids(picked))
+                    served = entry.fn(pool, rows, copy.deepcopy(rng), {})
+                    raw = entry.fn(pool, rows, copy.deepcopy(rng), {"calibrate": "false"}).probs
+                    raw64 = np.asarray(raw, np.float64)
+                    # ECE over every unlabelled row per grid temperature; a fitted T reads it off by
+                    # interpolation in log T (the grid's step is 3%, ECE is smooth in T)
+                    curve = np.array([ece(cal.apply_calibration(pool, rows, Priors(probs=raw, confidence=raw.max(
+                        axis=1)), t).probs, truth) for t in GRID])
+                    best = int(np.argmin(curve))
+                    fit = served.calibration
+                    assert fit is not None  # the registry's methods are calibrated
+                    acc = float((served.probs.argmax(axis=1) == truth).mean())
+                    cells = []
+                    draw_rng = np.random.default_rng(seed)
+                    for n in ns:
+                        got = []
+                        for _ in range(a.draws):
+                            idx = draw_rng.choice(eligible, min(n, len(eligible)), replace=False)
+                            t = cal.fit_temperature([(raw64[idx], truth[idx], covered)], DEFAULT_T.get(name, 1.0))
+                            got.append(float(np.interp(np.log(t), np.log(GRID), curve)))
+                        g = np.array(got)
+                        cells.append(f"{g.mean():.3f} / {(g <= 0.05).mean():.2f} / {(g <= 0.10).mean():.2f}")
+                    print(f"| {strategy} | {budget} | {seed} | {name} | {acc:.3f} | "
+                          f"{ece(served.probs, truth):.3f} ({fit.temperature:.2f}, {fit.fitting_set} {fit.samples}) | "
+                          f"{curve[best]:.3f} ({GRID[best]:.2f}) | " + " | ".join(cells) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

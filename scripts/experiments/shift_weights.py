@@ -1,0 +1,172 @@
+"""Selection bias in the labelled-set temperature fit, corrected by covariate-shift weights (issue 15;
+docs/benchmarks.md, "How many labels a temperature needs").
+
+The cross-fit holds out the strategy's picks, which are not a uniform sample of the pool: typiclust's
+are typical rows (predicted better than the pool: T too sharp), coreset's isolated ones (worse: T too
+flat). Importance weighting for covariate shift (Shimodaira 2000, "Improving predictive inference under
+covariate shift by weighting the log-likelihood function", J. Stat. Plan. Inference 90(2), Eq. 4.2)
+weights each held-out sample's log-likelihood by w(s) = p_pool(s) / p_held(s) of a label-free score s.
+Here each fold's run also predicts REF uniformly drawn unlabelled rows, and w comes from a logistic
+regression of "held-out sample vs reference row" on s (the density ratio as a classifier's odds;
+Bickel, Brückner & Scheffer, ICML 2007), clipped to [1/CLIP, CLIP]. Scores tried:
+
+- conf: the log-odds of the fold run's raw top probability;
+- dist: the cosine distance to the nearest labelled sample of the fold's seeds;
+- both.
+
+Per cell: the served ECE (class-balanced cross-fit, PriorLabels' default), the same folds refitted with
+each weighting (class-balanced x shift weights), and the best T's ECE.
+
+    nice -n 19 python scripts/experiments/shift_weights.py runs/dig_x.npy runs/dig_y.npy --budgets 40
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+from scipy.optimize import minimize_scalar
+from sklearn.linear_model import LogisticRegression
+
+from agent.pool import Pool, Priors, state_rng
+from agent.priors import PRIOR_METHODS
+from agent.priors import calibration as cal
+from agent.priors._common import nearest_labelled_distance
+from bench.metrics import expected_calibration_error as ece
+from bench.strategies import CachedKnn, Variant, hnsw_index, make_pool, normalise, row_ids, simulate
+
+GRID = np.exp(np.linspace(np.log(0.02), np.log(50.0), 241))
+DEFAULT_T = {"llgc": 0.1}
+REF = 1000
+CLIP = 10.0
+
+
+def folds_with_reference(pool: Pool, name: str, rng: np.random.Generator, ref: np.ndarray) -> list[dict]:
+    """``cal.held_out``'s folds (same stratified deal), each also predicting the ``ref`` rows."""
+    entry = PRIOR_METHODS[name]
+    n_lab = len(pool.labeled)
+    folds = min(cal.CALIBRATION_FOLDS, n_lab)
+    fold = np.full(n_lab, -1, np.int64)
+    for c in np.unique(pool.labels):
+        members = rng.permutation(np.flatnonzero(pool.labels == c))
+        fold[members] = (int(rng.integers(folds)) + np.arange(len(members))) % folds
+    out = []
+    for f in range(folds):
+        hidden = fold == f
+        rest = pool.labels[~hidden]
+        keep = hidden & np.isin(pool.labels, rest)
+        if not keep.any():
+            continue
+        cand = np.zeros(len(pool.embeddings), bool)
+        cand[pool.candidates] = True
+        cand[pool.labeled[hidden]] = True
+        sub = replace(pool, labeled=pool.labeled[~hidden], labels=rest, candidates=np.flatnonzero(cand))
+        child = np.random.default_rng(int(rng.integers(2**63)))
+        rows = np.concatenate([pool.labeled[keep], ref])
+        pr = entry.fn(sub, rows, child, {"calibrate": "false"})
+        probs = np.asarray(pr.probs, np.float64)
+        covered = np.zeros(pool.num_classes, bool)
+        covered[rest] = True
+        k = int(keep.sum())
+        dist = nearest_labelled_distance(sub, rows).astype(np.float64)
+        out.append({"probs": probs[:k], "labels": pool.labels[keep], "covered": covered,
+                    "ref_probs": probs[k:], "dist": dist[:k], "ref_dist": dist[k:]})
+    return out
+
+
+def score(probs: np.ndarray, covered: np.ndarray, dist: np.ndarray, kind: str) -> np.ndarray:
+    top = np.clip(cal.tempered(probs, covered, 1.0).max(axis=1), 1e-6, 1 - 1e-6)
+    conf = np.log(top / (1 - top))
+    cols = {"conf": [conf], "dist": [dist], "both": [conf, dist]}[kind]
+    return np.stack(cols, axis=1)
+
+
+def shift_weights(folds: list[dict], kind: str) -> np.ndarray:
+    s_held = np.concatenate([score(f["probs"], f["covered"], f["dist"], kind) for f in folds])
+    s_ref = np.concatenate([score(f["ref_probs"], f["covered"], f["ref_dist"], kind) for f in folds])
+    mu, sd = s_ref.mean(axis=0), s_ref.std(axis=0) + 1e-9
+    z = np.concatenate([s_held, s_ref])
+    z = (z - mu) / sd
+    t = np.r_[np.ones(len(s_held)), np.zeros(len(s_ref))]
+    # balanced classes: the odds P(ref|s)/P(held|s) are then the density ratio p_ref(s)/p_held(s)
+    clf = LogisticRegression(C=1.0, class_weight="balanced").fit(z, t)
+    p = clf.predict_proba(z[:len(s_held)])[:, 1]
+    w = np.clip((1 - p) / p, 1 / CLIP, CLIP)
+    return w / w.mean()
+
+
+def fit(folds: list[dict], default: float, weights: np.ndarray) -> float:
+    u0 = np.log(default)
+    top_label = len(weights) >= cal.TOP_LABEL_MIN_HELD_OUT
+
+    def loss(u: float) -> float:
+        nll, start = 0.0, 0
+        for f in folds:
+            q = cal.tempered(f["probs"], f["covered"], float(np.exp(u)))
+            n = len(f["labels"])
+            nll -= float(weights[start:start + n] @ cal.log_likelihoods(q, f["labels"], top_label))
+            start += n
+        return nll + 0.5 * cal.PRIOR_WEIGHT * (u - u0) ** 2
+
+    res = minimize_scalar(loss, bounds=(np.log(cal.T_RANGE[0]), np.log(cal.T_RANGE[1])), method="bounded",
+                          options={"xatol": 1e-3})
+    return float(np.exp(res.x))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("x", type=Path)
+    ap.add_argument("y", type=Path)
+    ap.add_argument("--budgets", default="40")
+    ap.add_argument("--strategies", default="random,typiclust,coreset")
+    ap.add_argument("--methods", default="knn,llgc,as3l")
+    ap.add_argument("--seeds", type=int, default=2)
+    a = ap.parse_args()
+    x = normalise(np.load(a.x))
+    y = np.asarray(np.load(a.y), np.int64)
+    c = int(y.max()) + 1
+    knn = CachedKnn(x, hnsw_index(x))
+    kinds = ("conf", "dist", "both")
+    print("| strategy | labels | seed | method | accuracy | served (cb) | cb again | "
+          + " | ".join(f"cb x {k}" for k in kinds) + " | best |")
+    print("|---|---|---|---|---|---|---|" + "---|" * len(kinds) + "---|")
+    for strategy in a.strategies.split(","):
+        for budget in (int(b) for b in a.budgets.split(",")):
+            for seed in range(a.seeds):
+                picked, _, _ = simulate(Variant(strategy), budget, seed, x, y, knn, c, None)
+                pool = make_pool(x, y, picked, knn, c, None)
+                rows = pool.candidates
+                truth = y[rows]
+                ref = np.sort(np.random.default_rng(seed).choice(rows, min(REF, len(rows)), replace=False))
+                for name in a.methods.split(","):
+                    rng = state_rng(0, row_ids(picked))
+                    entry = PRIOR_METHODS[name]
+                    served = entry.fn(pool, rows, copy.deepcopy(rng), {})
+                    raw = entry.fn(pool, rows, copy.deepcopy(rng), {"calibrate": "false"}).probs
+                    pri = Priors(probs=raw, confidence=raw.max(axis=1))
+
+                    def e(t: float) -> float:
+                        return ece(cal.apply_calibration(pool, rows, pri, t).probs, truth)  # noqa: B023
+
+                    folds = folds_with_reference(pool, name, copy.deepcopy(rng), ref)
+                    labels = np.concatenate([f["labels"] for f in folds]) if folds else np.zeros(0, np.int64)
+                    cb = cal.class_balanced_weights(labels)
+                    default = DEFAULT_T.get(name, 1.0)
+                    cells = [f"{e(fit(folds, default, cb)):.3f}" if folds else "-"]
+                    for kind in kinds:
+                        if len(labels) < 5:
+                            cells.append("-")
+                            continue
+                        w = cb * shift_weights(folds, kind)
+                        cells.append(f"{e(fit(folds, default, w / w.mean())):.3f}")
+                    best = min(e(t) for t in GRID[::4])
+                    acc = float((served.probs.argmax(axis=1) == truth).mean())
+                    print(f"| {strategy} | {budget} | {seed} | {name} | {acc:.3f} | {ece(served.probs, truth):.3f} | "
+                          + " | ".join(cells) + f" | {best:.3f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
