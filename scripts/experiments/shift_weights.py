@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-from dataclasses import replace
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -45,36 +45,24 @@ CLIP = 10.0
 
 
 def folds_with_reference(pool: Pool, name: str, rng: np.random.Generator, ref: np.ndarray) -> list[dict]:
-    """``cal.held_out``'s folds (same stratified deal), each also predicting the ``ref`` rows."""
+    """``cal.held_out``'s folds (the served fit's, from the same generator), each fold run also predicting
+    the ``ref`` rows: per fold the held-out probs, classes and covered classes, the ref rows' probs, and
+    both sets' cosine distances to the fold's nearest seed."""
     entry = PRIOR_METHODS[name]
-    n_lab = len(pool.labeled)
-    folds = min(cal.CALIBRATION_FOLDS, n_lab)
-    fold = np.full(n_lab, -1, np.int64)
-    for c in np.unique(pool.labels):
-        members = rng.permutation(np.flatnonzero(pool.labels == c))
-        fold[members] = (int(rng.integers(folds)) + np.arange(len(members))) % folds
-    out = []
-    for f in range(folds):
-        hidden = fold == f
-        rest = pool.labels[~hidden]
-        keep = hidden & np.isin(pool.labels, rest)
-        if not keep.any():
-            continue
-        cand = np.zeros(len(pool.embeddings), bool)
-        cand[pool.candidates] = True
-        cand[pool.labeled[hidden]] = True
-        sub = replace(pool, labeled=pool.labeled[~hidden], labels=rest, candidates=np.flatnonzero(cand))
-        child = np.random.default_rng(int(rng.integers(2**63)))
-        rows = np.concatenate([pool.labeled[keep], ref])
-        pr = entry.fn(sub, rows, child, {"calibrate": "false"})
-        probs = np.asarray(pr.probs, np.float64)
-        covered = np.zeros(pool.num_classes, bool)
-        covered[rest] = True
-        k = int(keep.sum())
-        dist = nearest_labelled_distance(sub, rows).astype(np.float64)
-        out.append({"probs": probs[:k], "labels": pool.labels[keep], "covered": covered,
-                    "ref_probs": probs[k:], "dist": dist[:k], "ref_dist": dist[k:]})
-    return out
+    extra: list[dict] = []
+
+    def with_reference(sub: Pool, rows: np.ndarray, child: np.random.Generator,
+                       params: Mapping[str, str]) -> Priors:
+        ask = np.concatenate([rows, ref])
+        pr = entry.fn(sub, ask, child, {**params, "calibrate": "false"})
+        dist = nearest_labelled_distance(sub, ask).astype(np.float64)
+        k = len(rows)
+        extra.append({"ref_probs": np.asarray(pr.probs[k:], np.float64), "dist": dist[:k], "ref_dist": dist[k:]})
+        return Priors(probs=pr.probs[:k], confidence=pr.confidence[:k])
+
+    held = cal.held_out(pool, with_reference, {}, rng)
+    return [{"probs": probs, "labels": labels, "covered": covered, **more}
+            for (probs, labels, covered), more in zip(held, extra, strict=True)]
 
 
 def score(probs: np.ndarray, covered: np.ndarray, dist: np.ndarray, kind: str) -> np.ndarray:
