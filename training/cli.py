@@ -84,6 +84,7 @@ def pretrain_cmd(
 
 def _pretrain_worker(cfg: PretrainConfig) -> None:
     """One process's pretraining (the whole run, or one rank of ``--procs``); a bad setting exits 2."""
+    from training.loop import close_process_group
     from training.pretrain import pretrain
 
     try:
@@ -92,6 +93,8 @@ def _pretrain_worker(cfg: PretrainConfig) -> None:
         if int(os.environ.get("RANK", "0")) == 0:
             console.print(f"[red]error:[/] {e}")
         raise SystemExit(2) from None  # not typer.Exit: under --procs this runs outside typer
+    finally:
+        close_process_group()  # this rank is done: leave the group before the interpreter exits
 
 
 def _launch_local(cfg: PretrainConfig, procs: int) -> None:
@@ -147,11 +150,15 @@ def finetune_cmd(
                          batch_size=batch_size, lr=lr, prior_iters=prior_iters, prior_after=prior_after,
                          head_init=head_init, ema=ema, preprocess=preprocess,
                          threads=threads, device=device, seed=seed)
+    from training.loop import close_process_group
+
     try:
         run = finetune(cfg, console=console)
     except (ValueError, FileNotFoundError) as e:
         console.print(f"[red]error:[/] {e}")
         raise typer.Exit(2) from None
+    finally:
+        close_process_group()  # under torchrun: leave the group before the interpreter exits
     console.print(f"fine-tuned -> {run}")
 
 

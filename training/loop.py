@@ -81,6 +81,18 @@ def setup_runtime(device: str = "auto", amp: bool = True, channels_last: bool = 
     return Runtime(dev, rank, world, amp_dtype, channels_last)
 
 
+def close_process_group() -> None:
+    """Leave torchrun's process group, if this process joined one (``setup_runtime``); a no-op otherwise.
+
+    Call it where a rank's work ends, before the process exits. Left to the interpreter's exit, gloo's
+    worker threads can still hold work objects when Python is torn down, and the rank then aborts
+    ("terminate called without an active exception", SIGABRT) after a run that finished: torchrun reports
+    the whole run failed (seen once in `.ci/run` under load; pytorch/pytorch#190489). No barrier: nothing
+    after training is collective (rank 0's final kNN and summary are its own)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         x = x.detach().clone()

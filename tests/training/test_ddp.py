@@ -61,3 +61,35 @@ def test_procs_flag_starts_the_ranks_itself(tiny_data: Path, tmp_path: Path) -> 
     bad = _run([*base, "--out", str(tmp_path / "b"), "--method", "rotnet", "--pred-dim", "8"])
     assert bad.returncode == 2 and bad.stderr.count("rotnet has no option pred_dim") == 1, bad.stderr[-3000:]
     assert "Traceback" not in bad.stderr
+
+
+def test_a_rank_leaves_its_process_group_when_its_run_ends(tiny_data: Path, tmp_path: Path) -> None:
+    """The pretrain worker (one rank of torchrun or --procs) destroys the process group when its run ends,
+    finished or refused, so gloo's threads are gone before the interpreter exits (left to the exit, a rank
+    can abort with SIGABRT after a finished run: loop.close_process_group). A one-rank gloo group stands in
+    for torchrun's."""
+    import pytest
+    import torch.distributed as dist
+
+    from training.cli import _pretrain_worker
+    from training.pretrain import PretrainConfig
+
+    cfg = PretrainConfig(data=str(tiny_data), out=str(tmp_path / "run"), method="moby", epochs=1, batch_size=16,
+                         preprocess=PRE, threads=1, device="cpu", channels_last=False, knn_every=0,
+                         final_knn=False)
+    try:
+        for expect_exit in (False, True):  # the run, then the same --out again: refused (exit 2)
+            dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / f"store{expect_exit}"), 1),
+                                    rank=0, world_size=1)
+            if expect_exit:
+                with pytest.raises(SystemExit) as refused:
+                    _pretrain_worker(cfg)
+                assert refused.value.code == 2
+            else:
+                _pretrain_worker(cfg)
+                assert (tmp_path / "run" / loop.ENCODER).is_file()
+            assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    loop.close_process_group()  # without a group: nothing to do
