@@ -144,14 +144,13 @@ def finetune_cmd(
     """Fine-tune with labels (linear probe, full, AS3L semi-supervised, MoBYv2AL joint)."""
     _one_budget(epochs, minutes, steps)
     from training.finetune import FinetuneConfig, finetune
+    from training.loop import close_process_group
 
     cfg = FinetuneConfig(out=str(out), mode=mode, init=str(init) if init else None, arch=arch, data=data,
                          labels_per_class=labels_per_class, epochs=epochs, minutes=minutes, steps=steps,
                          batch_size=batch_size, lr=lr, prior_iters=prior_iters, prior_after=prior_after,
                          head_init=head_init, ema=ema, preprocess=preprocess,
                          threads=threads, device=device, seed=seed)
-    from training.loop import close_process_group
-
     try:
         run = finetune(cfg, console=console)
     except (ValueError, FileNotFoundError) as e:
