@@ -65,11 +65,12 @@ class BusyRetry:
     Each wait is the hint times a random factor in [1, 1 + ``jitter``] (clients refused together do not
     come back together). A retry is made only while its wait fits in what is left of ``max_wait_s``
     (seconds of waiting in all, per call) and, with as long again as the refused attempt took, in what is
-    left of the call's own deadline (``timeout=``; the retried call gets what is left of it), and at most
-    ``attempts`` calls in all (the first one included): otherwise the last refusal is raised, with
-    ``busy_attempts`` and ``busy_waited_s`` set on it (``describe`` words it). ``BusyRetry.OFF`` (or
-    ``attempts=1``, or ``max_wait_s=0``) turns it off: ``bench load`` measures the agent's refusals, and
-    the web app passes the hint on to the browser as Retry-After."""
+    left of the call's own deadline (``timeout=``; the retried call gets what is left of it; checked again
+    after the wait, which a loaded machine can overrun), and at most ``attempts`` calls in all (the first
+    one included): otherwise the last refusal is raised, with ``busy_attempts`` and ``busy_waited_s`` set
+    on it (``describe`` words it). ``BusyRetry.OFF`` (or ``attempts=1``, or ``max_wait_s=0``) turns it off:
+    ``bench load`` measures the agent's refusals, and the web app passes the hint on to the browser as
+    Retry-After."""
 
     attempts: int = 5
     max_wait_s: float = 20.0
@@ -171,6 +172,13 @@ class _BusyRetrier(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInter
             return None
         return wait
 
+    def _pause(self, wait: float, deadline: float | None, attempt_s: float) -> bool:
+        """Sleep ``wait`` s before a retry; False when the next attempt (expected to take ``attempt_s``, as
+        the refused one did) no longer fits in the deadline after the sleep: a loaded machine can oversleep
+        past what ``_wait`` allowed, and the refusal says more than DEADLINE_EXCEEDED a moment later."""
+        self._sleep(wait)
+        return deadline is None or time.monotonic() + attempt_s < deadline
+
     @staticmethod
     def _gave_up(e: Any, attempt: int, waited: float) -> None:
         with contextlib.suppress(AttributeError):  # an error object that takes no attributes: not worded
@@ -197,11 +205,14 @@ class _BusyRetrier(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInter
             e = outcome.exception()
             if e is None:
                 return outcome
-            wait = self._wait(e, attempt, waited, deadline, time.monotonic() - t0)
+            attempt_s = time.monotonic() - t0
+            wait = self._wait(e, attempt, waited, deadline, attempt_s)
             if wait is None:
                 self._gave_up(e, attempt, waited)
                 return outcome
-            self._sleep(wait)
+            if not self._pause(wait, deadline, attempt_s):
+                self._gave_up(e, attempt, waited + wait)
+                return outcome
             attempt, waited = attempt + 1, waited + wait
             t0 = time.monotonic()
             outcome = continuation(self._left(client_call_details, deadline), request)
@@ -240,11 +251,14 @@ class _RetriedStream:
                 self._started = True
                 raise
             except grpc.RpcError as e:
-                wait = self._retrier._wait(e, attempt, waited, self._deadline, time.monotonic() - self._t0)
+                attempt_s = time.monotonic() - self._t0
+                wait = self._retrier._wait(e, attempt, waited, self._deadline, attempt_s)
                 if wait is None:
                     self._retrier._gave_up(e, attempt, waited)
                     raise
-                self._retrier._sleep(wait)
+                if not self._retrier._pause(wait, self._deadline, attempt_s):
+                    self._retrier._gave_up(e, attempt, waited + wait)
+                    raise
                 attempt, waited = attempt + 1, waited + wait
                 self._t0 = time.monotonic()
                 self._call = self._continuation(self._retrier._left(self._details, self._deadline), self._request)

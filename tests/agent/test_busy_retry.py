@@ -181,6 +181,25 @@ def test_no_retry_when_the_wait_and_another_attempt_would_pass_the_deadline(tmp_
         r.stop()
 
 
+def test_a_retry_whose_wait_overran_the_deadline_is_not_made(tmp_path: Path, registry: Path) -> None:
+    """The wait fitted the deadline when chosen, but a loaded machine overslept it (here: 1 s late): the
+    client does not start an attempt that can no longer finish in time (its answer would be
+    DEADLINE_EXCEEDED); it raises the refusal, which says what to do."""
+    refuse = _Refuse({"Select"}, Busy("the agent is busy (test); retry in about 200 ms", 0.2))
+    r = start(tmp_path / "data", registry, interceptors=[refuse])
+    try:
+        client.ingest(r.stub, make_samples(10))
+        late = client._BusyRetrier(client.BusyRetry(attempts=100, max_wait_s=60, jitter=0),
+                                   sleep=lambda s: time.sleep(s + 1.0))
+        channel = grpc.intercept_channel(grpc.insecure_channel(r.address), late)
+        with channel, pytest.raises(grpc.RpcError) as err:
+            agent_pb2_grpc.AgentStub(channel).Select(agent_pb2.SelectRequest(budget=2, strategy="random"), timeout=1.0)
+        assert err.value.code() == CODE.RESOURCE_EXHAUSTED and refuse.calls["Select"] == 1
+        assert getattr(err.value, "busy_attempts", 0) == 1 and getattr(err.value, "busy_waited_s", 0) == 0.2
+    finally:
+        r.stop()
+
+
 def test_what_is_not_retried(tmp_path: Path, registry: Path) -> None:
     """A busy refusal of a method not known safe to repeat (SubmitLabels), a RESOURCE_EXHAUSTED without a
     hint (a limit), any other code, a ``.future()`` call, and a client with BusyRetry.OFF: one call each."""
