@@ -15,7 +15,9 @@ Bickel, Brückner & Scheffer, ICML 2007), clipped to [1/CLIP, CLIP]. Scores trie
 - both.
 
 Per cell: the served ECE (class-balanced cross-fit, PriorLabels' default), the same folds refitted with
-each weighting (class-balanced x shift weights), and the best T's ECE.
+each weighting (class-balanced x shift weights), and the best T's ECE. With ``--compare-pool``, instead,
+why the picks teach a wrong T: in the same fold runs, the held-out picks against the reference rows (mean
+raw top probability at T = 1, accuracy, cosine distance to the nearest seed).
 
     nice -n 19 python scripts/experiments/shift_weights.py runs/dig_x.npy runs/dig_y.npy --budgets 40
 """
@@ -104,6 +106,19 @@ def fit(folds: list[dict], default: float, weights: np.ndarray) -> float:
     return float(np.exp(res.x))
 
 
+def compare_pool(pool: Pool, folds: list[dict], y: np.ndarray, ref: np.ndarray) -> str:
+    """Held-out picks against the reference rows in the same fold runs: "n / top / accuracy / distance |
+    top / accuracy / distance" (mean raw top probability at T = 1; cosine distance to the nearest seed)."""
+    held = np.concatenate([cal.tempered(f["probs"], f["covered"], 1.0) for f in folds])
+    truth = np.concatenate([f["labels"] for f in folds])
+    rows = np.concatenate([cal.tempered(f["ref_probs"], f["covered"], 1.0) for f in folds])
+    rows_truth = np.concatenate([y[ref]] * len(folds))
+    d_held, d_rows = (np.concatenate([f[k] for f in folds]) for k in ("dist", "ref_dist"))
+    return (f"{len(truth)} / {held.max(1).mean():.3f} / {(held.argmax(1) == truth).mean():.2f} / "
+            f"{d_held.mean():.3f} | {rows.max(1).mean():.3f} / {(rows.argmax(1) == rows_truth).mean():.2f} / "
+            f"{d_rows.mean():.3f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("x", type=Path)
@@ -112,15 +127,22 @@ def main() -> None:
     ap.add_argument("--strategies", default="random,typiclust,coreset")
     ap.add_argument("--methods", default="knn,llgc,as3l")
     ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--compare-pool", action="store_true",
+                    help="print the held-out picks against uniform pool rows instead of the weighted fits")
     a = ap.parse_args()
     x = normalise(np.load(a.x))
     y = np.asarray(np.load(a.y), np.int64)
     c = int(y.max()) + 1
     knn = CachedKnn(x, hnsw_index(x))
     kinds = ("conf", "dist", "both")
-    print("| strategy | labels | seed | method | accuracy | served (cb) | cb again | "
-          + " | ".join(f"cb x {k}" for k in kinds) + " | best |")
-    print("|---|---|---|---|---|---|---|" + "---|" * len(kinds) + "---|")
+    if a.compare_pool:
+        print("| strategy | labels | seed | method | held-out picks: n / top / accuracy / distance "
+              "| pool rows: top / accuracy / distance |")
+        print("|---|---|---|---|---|---|")
+    else:
+        print("| strategy | labels | seed | method | accuracy | served (cb) | cb again | "
+              + " | ".join(f"cb x {k}" for k in kinds) + " | best |")
+        print("|---|---|---|---|---|---|---|" + "---|" * len(kinds) + "---|")
     for strategy in a.strategies.split(","):
         for budget in (int(b) for b in a.budgets.split(",")):
             for seed in range(a.seeds):
@@ -131,6 +153,11 @@ def main() -> None:
                 ref = np.sort(np.random.default_rng(seed).choice(rows, min(REF, len(rows)), replace=False))
                 for name in a.methods.split(","):
                     rng = state_rng(0, row_ids(picked))
+                    if a.compare_pool:
+                        folds = folds_with_reference(pool, name, copy.deepcopy(rng), ref)
+                        print(f"| {strategy} | {budget} | {seed} | {name} | {compare_pool(pool, folds, y, ref)} |",
+                              flush=True)
+                        continue
                     entry = PRIOR_METHODS[name]
                     served = entry.fn(pool, rows, copy.deepcopy(rng), {})
                     raw = entry.fn(pool, rows, copy.deepcopy(rng), {"calibrate": "false"}).probs
