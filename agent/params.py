@@ -262,11 +262,13 @@ PriorWork = Callable[[Mapping[str, str], int, int, int, int], float]
 class PriorEntry(_Entry):
     """A registered prior-label method: call it like the function; params are checked first. A call for
     at most ``light_rows`` rows is light work (its own admission lane, as for StrategyEntry). ``work``: how
-    large a call is, for admission's estimates (``work_size``); None: not declared."""
+    large a call is, for admission's estimates (``work_size``); None: not declared. ``default_temperature``:
+    the calibration's temperature when no held-out label counts (set by ``calibration.calibrated``)."""
 
     fn: PriorMethod
     light_rows: int = 0
     work: PriorWork | None = None
+    default_temperature: float = 1.0
 
     def is_light(self, budget: int) -> bool:
         return budget <= self.light_rows

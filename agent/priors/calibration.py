@@ -522,6 +522,6 @@ def calibrated(method: PriorEntry, default_temperature: float = 1.0) -> PriorEnt
 
     params = (*method.params, CALIBRATE_PARAM)
     entry = PriorEntry(name=method.name, params=params, summary=method.summary, fn=run,
-                       light_rows=method.light_rows, work=method.work)
+                       light_rows=method.light_rows, work=method.work, default_temperature=default_temperature)
     object.__setattr__(entry, "__doc__", (method.fn.__doc__ or "") + params_doc(params))
     return entry

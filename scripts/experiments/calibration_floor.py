@@ -36,7 +36,6 @@ from bench.metrics import expected_calibration_error as ece
 from bench.strategies import CachedKnn, Variant, hnsw_index, make_pool, normalise, row_ids, simulate
 
 GRID = np.exp(np.linspace(np.log(0.02), np.log(50.0), 241))  # temperatures tried (log-spaced, T_RANGE)
-DEFAULT_T = {"llgc": 0.1}  # the registry's default temperatures (agent/priors/__init__.py); 1.0 otherwise
 
 
 def main() -> None:
@@ -96,7 +95,7 @@ def main() -> None:
                         got = []
                         for _ in range(a.draws):
                             idx = draw_rng.choice(eligible, min(n, len(eligible)), replace=False)
-                            t = cal.fit_temperature([(raw64[idx], truth[idx], covered)], DEFAULT_T.get(name, 1.0))
+                            t = cal.fit_temperature([(raw64[idx], truth[idx], covered)], entry.default_temperature)
                             got.append(float(np.interp(np.log(t), np.log(GRID), curve)))
                         g = np.array(got)
                         cells.append(f"{g.mean():.3f} / {(g <= 0.05).mean():.2f} / {(g <= 0.10).mean():.2f}")

@@ -41,7 +41,6 @@ from bench.metrics import expected_calibration_error as ece
 from bench.strategies import CachedKnn, Variant, hnsw_index, make_pool, normalise, row_ids, simulate
 
 GRID = np.exp(np.linspace(np.log(0.02), np.log(50.0), 241))
-DEFAULT_T = {"llgc": 0.1}
 REF = 1000
 CLIP = 10.0
 
@@ -169,7 +168,7 @@ def main() -> None:
                     folds = folds_with_reference(pool, name, copy.deepcopy(rng), ref)
                     labels = np.concatenate([f["labels"] for f in folds]) if folds else np.zeros(0, np.int64)
                     cb = cal.class_balanced_weights(labels)
-                    default = DEFAULT_T.get(name, 1.0)
+                    default = entry.default_temperature
                     cells = [f"{e(fit(folds, default, cb)):.3f}" if folds else "-"]
                     for kind in kinds:
                         if len(labels) < 5:

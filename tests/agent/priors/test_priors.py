@@ -392,6 +392,10 @@ def test_every_answer_says_how_it_was_calibrated() -> None:
     one_each = make_pool(X, Y, LABELED)
     got = knn(one_each, one_each.candidates, np.random.default_rng(0), {}).calibration
     assert got is not None and (got.fitting_set, got.samples, got.temperature) == ("default", 0, 1.0)
+    for entry in PRIOR_METHODS.values():  # with nothing held out, each method's declared default is used
+        fit = entry(one_each, one_each.candidates, np.random.default_rng(0), {}).calibration
+        assert fit is not None and (fit.fitting_set, fit.temperature) == ("default", entry.default_temperature)
+    assert PRIOR_METHODS["llgc"].default_temperature == 0.1  # its probabilities are flat (agent/priors)
     assert got.few and got.warning() == (
         f"confidences calibrated on no held-out label (the method's default temperature) (few, under "
         f"{FEW_HELD_OUT}): label {AUDIT_MIN_LABELS} audit samples (shortlist select --strategy audit) for "
