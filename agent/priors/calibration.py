@@ -251,17 +251,19 @@ def log_likelihoods(q: np.ndarray, labels: np.ndarray, top_label: bool) -> np.nd
 
 
 def fit_temperature(held: list[tuple[np.ndarray, np.ndarray, np.ndarray]], default: float,
-                    balance: bool = False) -> float:
+                    balance: bool = False, weights: np.ndarray | None = None) -> float:
     """MAP temperature: held-out negative log-likelihood + PRIOR_WEIGHT / 2 (log T - log default)^2; the
     top-label likelihood from TOP_LABEL_MIN_HELD_OUT held-out samples on, the multiclass one below
     (``log_likelihoods``). ``balance``: each sample's log-likelihood weighted by ``class_balanced_weights``
     over all of ``held`` (the labelled set's cross-fit; an audit sample is a uniform draw of the pool and is
-    not reweighted)."""
+    not reweighted). ``weights``: other per-sample weights instead (R floats in ``held``'s order, summing to
+    R; e.g. scripts/experiments/shift_weights.py)."""
     if not held:
         return default
     u0 = np.log(default)
     all_labels = np.concatenate([labels for _, labels, _ in held])
-    weights = class_balanced_weights(all_labels) if balance else np.ones(len(all_labels))
+    if weights is None:
+        weights = class_balanced_weights(all_labels) if balance else np.ones(len(all_labels))
     starts = np.cumsum([0] + [len(labels) for _, labels, _ in held])
     top_label = len(all_labels) >= TOP_LABEL_MIN_HELD_OUT
 

@@ -30,7 +30,6 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
-from scipy.optimize import minimize_scalar
 from sklearn.linear_model import LogisticRegression
 
 from agent.pool import Pool, Priors, state_rng
@@ -88,21 +87,8 @@ def shift_weights(folds: list[dict], kind: str) -> np.ndarray:
 
 
 def fit(folds: list[dict], default: float, weights: np.ndarray) -> float:
-    u0 = np.log(default)
-    top_label = len(weights) >= cal.TOP_LABEL_MIN_HELD_OUT
-
-    def loss(u: float) -> float:
-        nll, start = 0.0, 0
-        for f in folds:
-            q = cal.tempered(f["probs"], f["covered"], float(np.exp(u)))
-            n = len(f["labels"])
-            nll -= float(weights[start:start + n] @ cal.log_likelihoods(q, f["labels"], top_label))
-            start += n
-        return nll + 0.5 * cal.PRIOR_WEIGHT * (u - u0) ** 2
-
-    res = minimize_scalar(loss, bounds=(np.log(cal.T_RANGE[0]), np.log(cal.T_RANGE[1])), method="bounded",
-                          options={"xatol": 1e-3})
-    return float(np.exp(res.x))
+    """The calibration's own MAP fit on the folds, with these per-sample weights."""
+    return cal.fit_temperature([(f["probs"], f["labels"], f["covered"]) for f in folds], default, weights=weights)
 
 
 def compare_pool(pool: Pool, folds: list[dict], y: np.ndarray, ref: np.ndarray) -> str:

@@ -422,6 +422,21 @@ def test_every_answer_says_how_it_was_calibrated() -> None:
     assert TemperatureFit(0.5, "labelled", FEW_HELD_OUT, open_classes=True).warning() == ""
 
 
+def test_fit_temperature_weights_are_the_class_balance_or_given() -> None:
+    """``weights`` replaces the class-balanced ones: the same weights give the same T, uniform ones give the
+    unweighted fit, and weights that drop the over-represented class move T."""
+    from agent.priors.calibration import class_balanced_weights, fit_temperature
+
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(3), 30)
+    labels = np.r_[np.zeros(20, np.int64), np.ones(5, np.int64), np.full(5, 2)]
+    held = [(probs, labels, np.ones(3, bool))]
+    cb = class_balanced_weights(labels)
+    assert fit_temperature(held, 1.0, weights=cb) == fit_temperature(held, 1.0, balance=True)
+    assert fit_temperature(held, 1.0, balance=True, weights=np.ones(30)) == fit_temperature(held, 1.0)
+    assert fit_temperature(held, 1.0, weights=np.r_[np.zeros(20), np.full(10, 3.0)]) != fit_temperature(held, 1.0)
+
+
 def test_log_likelihoods_by_hand() -> None:
     from agent.priors.calibration import log_likelihoods
 
