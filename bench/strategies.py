@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -147,6 +148,19 @@ def simulate(variant: Variant, budget: int, seed: int, x: np.ndarray, labels: np
     except FailedPrecondition:  # e.g. the random half held one class: fill at random and say so
         rest = STRATEGIES["random"](pool, budget - len(first), rng, {}).rows
         return np.concatenate([first, rest]), "random (strategy refused: one class in first half)", {}
+
+
+def simulated_pools(x: np.ndarray, labels: np.ndarray, knn: KnnFn, num_classes: int, strategies: Sequence[str],
+                    budgets: Sequence[int], seeds: int) -> Iterator[tuple[str, int, int, np.ndarray, Pool]]:
+    """(strategy, budget, seed, picked rows, pool) for every strategy, budget and seed, in that order: the
+    labelled set ``simulate`` picks (the strategy's default params, no pretext loss) and the pool
+    ``make_pool`` builds on it, as ``bench strategies`` evaluates them (the calibration experiments in
+    scripts/experiments loop over these)."""
+    for strategy in strategies:
+        for budget in budgets:
+            for seed in range(seeds):
+                picked, _, _ = simulate(Variant(strategy), budget, seed, x, labels, knn, num_classes, None)
+                yield strategy, budget, seed, picked, make_pool(x, labels, picked, knn, num_classes, None)
 
 
 def run_benchmark(x: np.ndarray, labels: np.ndarray, test_x: np.ndarray | None, test_y: np.ndarray | None,

@@ -33,7 +33,7 @@ from agent.pool import Priors, state_rng
 from agent.priors import PRIOR_METHODS
 from agent.priors import calibration as cal
 from bench.metrics import expected_calibration_error as ece
-from bench.strategies import CachedKnn, Variant, hnsw_index, make_pool, normalise, row_ids, simulate
+from bench.strategies import CachedKnn, hnsw_index, normalise, row_ids, simulated_pools
 
 GRID = np.exp(np.linspace(np.log(0.02), np.log(50.0), 241))  # temperatures tried (log-spaced, T_RANGE)
 
@@ -65,43 +65,41 @@ def main() -> None:
     print("| strategy | labels | seed | method | accuracy | served ECE (T) | best ECE (T) | "
           + " | ".join(f"n = {n}: mean ECE / <= .05 / <= .10" for n in ns) + " |")
     print("|---|---|---|---|---|---|---|" + "---|" * len(ns))
-    for strategy in a.strategies.split(","):
-        for budget in (int(b) for b in a.budgets.split(",")):
-            for seed in range(a.seeds):
-                picked, _, _ = simulate(Variant(strategy), budget, seed, x, y, knn, c, None)
-                pool = make_pool(x, y, picked, knn, c, None)
-                rows = pool.candidates
-                truth = y[rows]
-                covered = np.zeros(c, bool)
-                covered[pool.labels] = True
-                eligible = np.flatnonzero(covered[truth])  # a row of a class with no label cannot be held out
-                for name in a.methods.split(","):
-                    entry = PRIOR_METHODS[name]
-                    rng = state_rng(0, row_ids(picked))
-                    served = entry.fn(pool, rows, copy.deepcopy(rng), {})
-                    raw = entry.fn(pool, rows, copy.deepcopy(rng), {"calibrate": "false"}).probs
-                    raw64 = np.asarray(raw, np.float64)
-                    # ECE over every unlabelled row per grid temperature; a fitted T reads it off by
-                    # interpolation in log T (the grid's step is 3%, ECE is smooth in T)
-                    curve = np.array([ece(cal.apply_calibration(pool, rows, Priors(probs=raw, confidence=raw.max(
-                        axis=1)), t).probs, truth) for t in GRID])
-                    best = int(np.argmin(curve))
-                    fit = served.calibration
-                    assert fit is not None  # the registry's methods are calibrated
-                    acc = float((served.probs.argmax(axis=1) == truth).mean())
-                    cells = []
-                    draw_rng = np.random.default_rng(seed)
-                    for n in ns:
-                        got = []
-                        for _ in range(a.draws):
-                            idx = draw_rng.choice(eligible, min(n, len(eligible)), replace=False)
-                            t = cal.fit_temperature([(raw64[idx], truth[idx], covered)], entry.default_temperature)
-                            got.append(float(np.interp(np.log(t), np.log(GRID), curve)))
-                        g = np.array(got)
-                        cells.append(f"{g.mean():.3f} / {(g <= 0.05).mean():.2f} / {(g <= 0.10).mean():.2f}")
-                    print(f"| {strategy} | {budget} | {seed} | {name} | {acc:.3f} | "
-                          f"{ece(served.probs, truth):.3f} ({fit.temperature:.2f}, {fit.fitting_set} {fit.samples}) | "
-                          f"{curve[best]:.3f} ({GRID[best]:.2f}) | " + " | ".join(cells) + " |", flush=True)
+    budgets = [int(b) for b in a.budgets.split(",")]
+    for strategy, budget, seed, picked, pool in simulated_pools(x, y, knn, c, a.strategies.split(","), budgets,
+                                                                a.seeds):
+        rows = pool.candidates
+        truth = y[rows]
+        covered = np.zeros(c, bool)
+        covered[pool.labels] = True
+        eligible = np.flatnonzero(covered[truth])  # a row of a class with no label cannot be held out
+        for name in a.methods.split(","):
+            entry = PRIOR_METHODS[name]
+            rng = state_rng(0, row_ids(picked))
+            served = entry.fn(pool, rows, copy.deepcopy(rng), {})
+            raw = entry.fn(pool, rows, copy.deepcopy(rng), {"calibrate": "false"}).probs
+            raw64 = np.asarray(raw, np.float64)
+            # ECE over every unlabelled row per grid temperature; a fitted T reads it off by
+            # interpolation in log T (the grid's step is 3%, ECE is smooth in T)
+            curve = np.array([ece(cal.apply_calibration(pool, rows, Priors(probs=raw, confidence=raw.max(
+                axis=1)), t).probs, truth) for t in GRID])
+            best = int(np.argmin(curve))
+            fit = served.calibration
+            assert fit is not None  # the registry's methods are calibrated
+            acc = float((served.probs.argmax(axis=1) == truth).mean())
+            cells = []
+            draw_rng = np.random.default_rng(seed)
+            for n in ns:
+                got = []
+                for _ in range(a.draws):
+                    idx = draw_rng.choice(eligible, min(n, len(eligible)), replace=False)
+                    t = cal.fit_temperature([(raw64[idx], truth[idx], covered)], entry.default_temperature)
+                    got.append(float(np.interp(np.log(t), np.log(GRID), curve)))
+                g = np.array(got)
+                cells.append(f"{g.mean():.3f} / {(g <= 0.05).mean():.2f} / {(g <= 0.10).mean():.2f}")
+            print(f"| {strategy} | {budget} | {seed} | {name} | {acc:.3f} | "
+                  f"{ece(served.probs, truth):.3f} ({fit.temperature:.2f}, {fit.fitting_set} {fit.samples}) | "
+                  f"{curve[best]:.3f} ({GRID[best]:.2f}) | " + " | ".join(cells) + " |", flush=True)
 
 
 if __name__ == "__main__":

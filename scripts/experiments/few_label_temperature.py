@@ -27,7 +27,7 @@ from agent.pool import Priors, state_rng
 from agent.priors import PRIOR_METHODS
 from agent.priors import calibration as cal
 from bench.metrics import expected_calibration_error as ece
-from bench.strategies import CachedKnn, Variant, hnsw_index, make_pool, normalise, row_ids, simulate
+from bench.strategies import CachedKnn, hnsw_index, normalise, row_ids, simulated_pools
 
 GRID = np.exp(np.linspace(np.log(0.03), np.log(30.0), 80))  # temperatures tried (log-spaced)
 
@@ -45,39 +45,36 @@ def main() -> None:
     y = np.asarray(np.load(a.y), np.int64)
     c = int(y.max()) + 1
     knn = CachedKnn(x, hnsw_index(x))
-    for strategy in a.strategies.split(","):
-        for seed in range(a.seeds):
-            picked, _, _ = simulate(Variant(strategy), a.budget, seed, x, y, knn, c, None)
-            pool = make_pool(x, y, picked, knn, c, None)
-            rows = pool.candidates
-            truth = y[rows]
-            covered = np.zeros(c, bool)
-            covered[pool.labels] = True
-            inside = covered[truth]  # rows of a class with a label
-            m = cal.unlabelled_class_mass(pool, rows)
-            for name in a.methods.split(","):
-                entry = PRIOR_METHODS[name]
-                rng = state_rng(0, row_ids(picked))
-                served = entry.fn(pool, rows, copy.deepcopy(rng), {})
-                raw = entry.fn(pool, rows, copy.deepcopy(rng), {"calibrate": "false"}).probs
-                eces, kls = [], []
-                for t in GRID:
-                    q = cal.apply_calibration(pool, rows, Priors(probs=raw, confidence=raw.max(axis=1)), t).probs
-                    eces.append(ece(q, truth))
-                    mean_q = cal.tempered(raw, covered, t)[:, covered].mean(axis=0)  # S
-                    kls.append(float(np.mean(np.log(1.0 / covered.sum() / mean_q))))
-                best, bal = int(np.argmin(eces)), int(np.argmin(kls))
-                ok = served.probs.argmax(axis=1) == truth
-                conf = served.confidence
-                fit = served.calibration
-                assert fit is not None  # the registry's methods are calibrated
-                out = "" if inside.all() else f"conf {conf[~inside].mean():.2f} m {m[~inside].mean():.2f}"
-                print(f"{strategy:9s} seed {seed} {name:4s} S={covered.sum()} served: {fit.fitting_set} "
-                      f"({fit.samples} held out) T {fit.temperature:.2f} ECE {ece(served.probs, truth):.3f} "
-                      f"(conf {conf.mean():.2f}, acc {ok.mean():.2f}) | labelled classes' rows {inside.mean():.2f}: "
-                      f"acc {ok[inside].mean():.2f} conf {conf[inside].mean():.2f} m {m[inside].mean():.2f} | "
-                      f"others: {out or '-'} | best T {GRID[best]:.2f} ECE {eces[best]:.3f} | "
-                      f"balance T {GRID[bal]:.2f} ECE {eces[bal]:.3f}", flush=True)
+    for strategy, _, seed, picked, pool in simulated_pools(x, y, knn, c, a.strategies.split(","), [a.budget], a.seeds):
+        rows = pool.candidates
+        truth = y[rows]
+        covered = np.zeros(c, bool)
+        covered[pool.labels] = True
+        inside = covered[truth]  # rows of a class with a label
+        m = cal.unlabelled_class_mass(pool, rows)
+        for name in a.methods.split(","):
+            entry = PRIOR_METHODS[name]
+            rng = state_rng(0, row_ids(picked))
+            served = entry.fn(pool, rows, copy.deepcopy(rng), {})
+            raw = entry.fn(pool, rows, copy.deepcopy(rng), {"calibrate": "false"}).probs
+            eces, kls = [], []
+            for t in GRID:
+                q = cal.apply_calibration(pool, rows, Priors(probs=raw, confidence=raw.max(axis=1)), t).probs
+                eces.append(ece(q, truth))
+                mean_q = cal.tempered(raw, covered, t)[:, covered].mean(axis=0)  # S
+                kls.append(float(np.mean(np.log(1.0 / covered.sum() / mean_q))))
+            best, bal = int(np.argmin(eces)), int(np.argmin(kls))
+            ok = served.probs.argmax(axis=1) == truth
+            conf = served.confidence
+            fit = served.calibration
+            assert fit is not None  # the registry's methods are calibrated
+            out = "" if inside.all() else f"conf {conf[~inside].mean():.2f} m {m[~inside].mean():.2f}"
+            print(f"{strategy:9s} seed {seed} {name:4s} S={covered.sum()} served: {fit.fitting_set} "
+                  f"({fit.samples} held out) T {fit.temperature:.2f} ECE {ece(served.probs, truth):.3f} "
+                  f"(conf {conf.mean():.2f}, acc {ok.mean():.2f}) | labelled classes' rows {inside.mean():.2f}: "
+                  f"acc {ok[inside].mean():.2f} conf {conf[inside].mean():.2f} m {m[inside].mean():.2f} | "
+                  f"others: {out or '-'} | best T {GRID[best]:.2f} ECE {eces[best]:.3f} | "
+                  f"balance T {GRID[bal]:.2f} ECE {eces[bal]:.3f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ from agent.priors import PRIOR_METHODS
 from agent.priors import calibration as cal
 from agent.priors._common import nearest_labelled_distance
 from bench.metrics import expected_calibration_error as ece
-from bench.strategies import CachedKnn, Variant, hnsw_index, make_pool, normalise, row_ids, simulate
+from bench.strategies import CachedKnn, hnsw_index, normalise, row_ids, simulated_pools
 
 GRID = np.exp(np.linspace(np.log(0.02), np.log(50.0), 241))
 REF = 1000
@@ -128,44 +128,42 @@ def main() -> None:
         print("| strategy | labels | seed | method | accuracy | served (cb) | cb again | "
               + " | ".join(f"cb x {k}" for k in kinds) + " | best |")
         print("|---|---|---|---|---|---|---|" + "---|" * len(kinds) + "---|")
-    for strategy in a.strategies.split(","):
-        for budget in (int(b) for b in a.budgets.split(",")):
-            for seed in range(a.seeds):
-                picked, _, _ = simulate(Variant(strategy), budget, seed, x, y, knn, c, None)
-                pool = make_pool(x, y, picked, knn, c, None)
-                rows = pool.candidates
-                truth = y[rows]
-                ref = np.sort(np.random.default_rng(seed).choice(rows, min(REF, len(rows)), replace=False))
-                for name in a.methods.split(","):
-                    rng = state_rng(0, row_ids(picked))
-                    if a.compare_pool:
-                        folds = folds_with_reference(pool, name, copy.deepcopy(rng), ref)
-                        print(f"| {strategy} | {budget} | {seed} | {name} | {compare_pool(pool, folds, y, ref)} |",
-                              flush=True)
-                        continue
-                    entry = PRIOR_METHODS[name]
-                    served = entry.fn(pool, rows, copy.deepcopy(rng), {})
-                    raw = entry.fn(pool, rows, copy.deepcopy(rng), {"calibrate": "false"}).probs
-                    pri = Priors(probs=raw, confidence=raw.max(axis=1))
+    budgets = [int(b) for b in a.budgets.split(",")]
+    for strategy, budget, seed, picked, pool in simulated_pools(x, y, knn, c, a.strategies.split(","), budgets,
+                                                                a.seeds):
+        rows = pool.candidates
+        truth = y[rows]
+        ref = np.sort(np.random.default_rng(seed).choice(rows, min(REF, len(rows)), replace=False))
+        for name in a.methods.split(","):
+            rng = state_rng(0, row_ids(picked))
+            if a.compare_pool:
+                folds = folds_with_reference(pool, name, copy.deepcopy(rng), ref)
+                print(f"| {strategy} | {budget} | {seed} | {name} | {compare_pool(pool, folds, y, ref)} |",
+                      flush=True)
+                continue
+            entry = PRIOR_METHODS[name]
+            served = entry.fn(pool, rows, copy.deepcopy(rng), {})
+            raw = entry.fn(pool, rows, copy.deepcopy(rng), {"calibrate": "false"}).probs
+            pri = Priors(probs=raw, confidence=raw.max(axis=1))
 
-                    def e(t: float) -> float:
-                        return ece(cal.apply_calibration(pool, rows, pri, t).probs, truth)  # noqa: B023
+            def e(t: float) -> float:
+                return ece(cal.apply_calibration(pool, rows, pri, t).probs, truth)  # noqa: B023
 
-                    folds = folds_with_reference(pool, name, copy.deepcopy(rng), ref)
-                    labels = np.concatenate([f["labels"] for f in folds]) if folds else np.zeros(0, np.int64)
-                    cb = cal.class_balanced_weights(labels)
-                    default = entry.default_temperature
-                    cells = [f"{e(fit(folds, default, cb)):.3f}" if folds else "-"]
-                    for kind in kinds:
-                        if len(labels) < 5:
-                            cells.append("-")
-                            continue
-                        w = cb * shift_weights(folds, kind)
-                        cells.append(f"{e(fit(folds, default, w / w.mean())):.3f}")
-                    best = min(e(t) for t in GRID[::4])
-                    acc = float((served.probs.argmax(axis=1) == truth).mean())
-                    print(f"| {strategy} | {budget} | {seed} | {name} | {acc:.3f} | {ece(served.probs, truth):.3f} | "
-                          + " | ".join(cells) + f" | {best:.3f} |", flush=True)
+            folds = folds_with_reference(pool, name, copy.deepcopy(rng), ref)
+            labels = np.concatenate([f["labels"] for f in folds]) if folds else np.zeros(0, np.int64)
+            cb = cal.class_balanced_weights(labels)
+            default = entry.default_temperature
+            cells = [f"{e(fit(folds, default, cb)):.3f}" if folds else "-"]
+            for kind in kinds:
+                if len(labels) < 5:
+                    cells.append("-")
+                    continue
+                w = cb * shift_weights(folds, kind)
+                cells.append(f"{e(fit(folds, default, w / w.mean())):.3f}")
+            best = min(e(t) for t in GRID[::4])
+            acc = float((served.probs.argmax(axis=1) == truth).mean())
+            print(f"| {strategy} | {budget} | {seed} | {name} | {acc:.3f} | {ece(served.probs, truth):.3f} | "
+                  + " | ".join(cells) + f" | {best:.3f} |", flush=True)
 
 
 if __name__ == "__main__":
