@@ -287,7 +287,12 @@ def test_serve_warns_about_a_missing_registry(tmp_path: Path) -> None:
         assert st["model_version"] == "v0001" and not any("registry" in w for w in st["warnings"])
     finally:
         proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
+        try:
+            proc.communicate(timeout=30)  # drains stderr while it stops (wait() with a PIPE can block on it)
+        except subprocess.TimeoutExpired:  # seen once in .ci/run: kill it, and say what it logged
+            proc.kill()
+            _, err = proc.communicate()
+            raise AssertionError(f"the agent had not exited 30 s after SIGTERM; it logged:\n{err[-3000:]}") from None
 
 
 def test_help_lists_strategies_and_prior_methods() -> None:
