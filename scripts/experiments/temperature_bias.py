@@ -1,0 +1,100 @@
+"""Where a served temperature's error comes from (issue 15; docs/benchmarks.md, "The served fit after each
+label-free strategy").
+
+Per (strategy, labels, seed, method), on the labelled sets ``bench strategies`` simulates, temperatures and the
+ECE over every unlabelled row at each:
+
+- best: the single T with the lowest ECE (chosen on the truth: what temperature scaling could do);
+- MLE multiclass / top-label: T maximising that likelihood over every unlabelled row's truth (is the
+  likelihood's optimum the ECE optimum?);
+- served: PriorLabels' default (the class-balanced cross-fit on the held-out picks, MAP);
+- served without the prior on T (``PRIOR_WEIGHT`` 0) and without the class balance: is the fit's prior or
+  weighting what moves it?
+- fold rows: T fitted (multiclass MLE) on REF uniform unlabelled rows predicted in the same fold runs as the
+  held-out picks: are the fold priors, with a fifth of the seeds hidden, unlike the served prior?
+
+    python scripts/experiments/temperature_bias.py runs/emb45e/pool_x.npy runs/emb45e/pool_y.npy \\
+        --strategies random,probcover,kmedoids --methods llgc,knn,as3l
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+from pathlib import Path
+
+import numpy as np
+from scipy.optimize import minimize_scalar
+from shift_weights import GRID, folds_with_reference  # type: ignore[import-not-found]  # same folder
+
+from agent.pool import Priors, state_rng
+from agent.priors import PRIOR_METHODS
+from agent.priors import calibration as cal
+from bench.metrics import expected_calibration_error as ece
+from bench.strategies import CachedKnn, hnsw_index, normalise, row_ids, simulated_pools
+
+REF = 1000
+
+
+def mle(probs: np.ndarray, labels: np.ndarray, covered: np.ndarray, top_label: bool) -> float:
+    """T maximising the (multiclass or top-label) likelihood of ``labels``, no prior."""
+    def loss(u: float) -> float:
+        q = cal.tempered(probs, covered, float(np.exp(u)))
+        return -float(cal.log_likelihoods(q, labels, top_label).sum())
+
+    return float(np.exp(minimize_scalar(loss, bounds=np.log(cal.T_RANGE), method="bounded").x))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("x", type=Path)
+    ap.add_argument("y", type=Path)
+    ap.add_argument("--budgets", default="40")
+    ap.add_argument("--strategies", default="random,probcover,kmedoids")
+    ap.add_argument("--methods", default="llgc,knn,as3l")
+    ap.add_argument("--seeds", type=int, default=2)
+    a = ap.parse_args()
+    x = normalise(np.load(a.x))
+    y = np.asarray(np.load(a.y), np.int64)
+    c = int(y.max()) + 1
+    knn = CachedKnn(x, hnsw_index(x))
+    print("| strategy | labels | seed | method | best T (ECE) | MLE multiclass | MLE top-label | served "
+          "| served, no prior on T | served, no class balance | fold rows |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for strategy, budget, seed, picked, pool in simulated_pools(x, y, knn, c, a.strategies.split(","),
+                                                                [int(b) for b in a.budgets.split(",")], a.seeds):
+        rows = pool.candidates
+        truth = y[rows]
+        covered = np.zeros(c, bool)
+        covered[pool.labels] = True
+        if not covered.all():  # step 2 (classes without a label) would enter the ECE; not this probe's question
+            continue
+        ref = np.sort(np.random.default_rng(seed).choice(rows, min(REF, len(rows)), replace=False))
+        for name in a.methods.split(","):
+            entry = PRIOR_METHODS[name]
+            rng = state_rng(0, row_ids(picked))
+            raw = np.asarray(entry.fn(pool, rows, copy.deepcopy(rng), {"calibrate": "false"}).probs, np.float64)
+            pri = Priors(probs=raw, confidence=raw.max(axis=1))
+
+            def at(t: float) -> str:
+                return f"{t:.2f} ({ece(cal.apply_calibration(pool, rows, pri, t).probs, truth):.3f})"  # noqa: B023
+
+            eces = [ece(cal.apply_calibration(pool, rows, pri, float(t)).probs, truth) for t in GRID[::2]]
+            folds = folds_with_reference(pool, name, copy.deepcopy(rng), ref)
+            held = [(f["probs"], f["labels"], f["covered"]) for f in folds]
+            default = entry.default_temperature
+            served = cal.fit_temperature(held, default, balance=True)
+            weight = cal.PRIOR_WEIGHT
+            cal.PRIOR_WEIGHT = 0.0
+            no_prior = cal.fit_temperature(held, default, balance=True)
+            cal.PRIOR_WEIGHT = weight
+            no_balance = cal.fit_temperature(held, default, balance=False)
+            fold_rows = mle(np.concatenate([f["ref_probs"] for f in folds]), np.concatenate([y[ref]] * len(folds)),
+                            covered, False)
+            print(f"| {strategy} | {budget} | {seed} | {name} | {at(float(GRID[::2][int(np.argmin(eces))]))} | "
+                  f"{at(mle(raw, truth, covered, False))} | {at(mle(raw, truth, covered, True))} | {at(served)} | "
+                  f"{at(no_prior)} | {at(no_balance)} | {at(fold_rows)} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
