@@ -263,12 +263,15 @@ class PriorEntry(_Entry):
     """A registered prior-label method: call it like the function; params are checked first. A call for
     at most ``light_rows`` rows is light work (its own admission lane, as for StrategyEntry). ``work``: how
     large a call is, for admission's estimates (``work_size``); None: not declared. ``default_temperature``:
-    the calibration's temperature when no held-out label counts (set by ``calibration.calibrated``)."""
+    the calibration's temperature when no held-out label counts; ``top_label_from``: the held-out count from
+    which its temperature fits the top-label likelihood (None: the calibration's TOP_LABEL_MIN_HELD_OUT);
+    both set by ``calibration.calibrated`` from the method's FitSettings."""
 
     fn: PriorMethod
     light_rows: int = 0
     work: PriorWork | None = None
     default_temperature: float = 1.0
+    top_label_from: int | None = None
 
     def is_light(self, budget: int) -> bool:
         return budget <= self.light_rows

@@ -11,7 +11,8 @@ their ECE is the measure the benchmarks report). Two corrections, in this order:
    T maximises the likelihood of the hidden labels (cross-fitting, so each sample is predicted without its
    own label, as in leave-one-out, at ``CALIBRATION_FOLDS`` calls instead of one per label): from
    TOP_LABEL_MIN_HELD_OUT of them on, the likelihood of whether each one's top class is right (top-label
-   calibration, what ECE measures), below it the likelihood of its class (``log_likelihoods`` says why).
+   calibration, what ECE measures), below it the likelihood of its class (``log_likelihoods`` says why);
+   a method's ``FitSettings`` may move that switch (llgc's: from 20, agent/priors/__init__.py).
    A hidden sample counts only if its class keeps a label in the other folds: a class's only label, once
    hidden, cannot be predicted by any method, and counting it would describe "this class has no label"
    rather than this prior. With one label per class (a diverse first batch) no sample counts, so T
@@ -251,13 +252,15 @@ def log_likelihoods(q: np.ndarray, labels: np.ndarray, top_label: bool) -> np.nd
 
 
 def fit_temperature(held: list[tuple[np.ndarray, np.ndarray, np.ndarray]], default: float,
-                    balance: bool = False, weights: np.ndarray | None = None) -> float:
+                    balance: bool = False, weights: np.ndarray | None = None,
+                    top_label_from: int | None = None) -> float:
     """MAP temperature: held-out negative log-likelihood + PRIOR_WEIGHT / 2 (log T - log default)^2; the
     top-label likelihood from TOP_LABEL_MIN_HELD_OUT held-out samples on, the multiclass one below
     (``log_likelihoods``). ``balance``: each sample's log-likelihood weighted by ``class_balanced_weights``
     over all of ``held`` (the labelled set's cross-fit; an audit sample is a uniform draw of the pool and is
     not reweighted). ``weights``: other per-sample weights instead (R floats in ``held``'s order, summing to
-    R; e.g. scripts/experiments/shift_weights.py)."""
+    R; e.g. scripts/experiments/shift_weights.py). ``top_label_from``: the held-out count from which the
+    top-label likelihood is used (None: TOP_LABEL_MIN_HELD_OUT; a method's own, ``FitSettings``)."""
     if not held:
         return default
     u0 = np.log(default)
@@ -265,7 +268,7 @@ def fit_temperature(held: list[tuple[np.ndarray, np.ndarray, np.ndarray]], defau
     if weights is None:
         weights = class_balanced_weights(all_labels) if balance else np.ones(len(all_labels))
     starts = np.cumsum([0] + [len(labels) for _, labels, _ in held])
-    top_label = len(all_labels) >= TOP_LABEL_MIN_HELD_OUT
+    top_label = len(all_labels) >= (TOP_LABEL_MIN_HELD_OUT if top_label_from is None else top_label_from)
 
     def loss(u: float) -> float:
         nll = 0.0
@@ -329,16 +332,29 @@ class TemperatureFit:
 OFF = TemperatureFit(0.0, "off", 0)
 
 
+@dataclass(frozen=True)
+class FitSettings:
+    """How one prior method's temperature is fitted (``calibrated``, one per registry line).
+    ``default_temperature``: the MAP prior's centre, and the temperature when no held-out sample counts.
+    ``top_label_from``: the held-out count from which T maximises the top-label likelihood rather than the
+    multiclass one (``log_likelihoods``); None: TOP_LABEL_MIN_HELD_OUT."""
+
+    default_temperature: float = 1.0
+    top_label_from: int | None = None
+
+
 def temperature_fit(pool: Pool, method: PriorMethod, params: Mapping[str, str], rng: np.random.Generator,
-                    default: float) -> TemperatureFit:
+                    settings: FitSettings) -> TemperatureFit:
     """T fitted on the audit labels when at least AUDIT_MIN_LABELS count, else on the labelled set's
-    cross-fit (module docstring); advances ``rng``."""
+    cross-fit (module docstring), as ``settings`` say; advances ``rng``."""
     held = audit_held_out(pool, method, params, copy.deepcopy(rng))  # the fallback's folds as without an audit
     fitting_set = "audit"
     if not held:
         held = held_out(pool, method, params, rng)
         fitting_set = "labelled" if held else "default"
-    return TemperatureFit(fit_temperature(held, default, balance=fitting_set == "labelled"), fitting_set,
+    t = fit_temperature(held, settings.default_temperature, balance=fitting_set == "labelled",
+                        top_label_from=settings.top_label_from)
+    return TemperatureFit(t, fitting_set,
                           sum(len(h[1]) for h in held), int(np.isin(pool.labeled, pool.audit).sum()))
 
 
@@ -348,17 +364,17 @@ FIT_CACHE_ENTRIES = 32
 
 
 def _fit_key(pool: Pool, name: str, params: Mapping[str, str], rng: np.random.Generator,
-             default: float) -> tuple[object, ...]:
+             settings: FitSettings) -> tuple[object, ...]:
     """Everything a fitted temperature depends on besides the model version (the memo is per version):
     the pool's rows, its labelled set and labels, its candidates, its audit draws, the method and its
     params, and the generator's state before the call (which draws the folds)."""
     return (len(pool.embeddings), pool.num_classes,
             fingerprint(pool.labeled, pool.labels, pool.candidates, pool.audit),
-            name, frozen(params), repr(rng.bit_generator.state), default)
+            name, frozen(params), repr(rng.bit_generator.state), settings)
 
 
 def cached_temperature(pool: Pool, method: PriorEntry, params: Mapping[str, str], rng: np.random.Generator,
-                       default: float) -> TemperatureFit:
+                       settings: FitSettings) -> TemperatureFit:
     """``temperature_fit(...)`` for this pool, labelled set, audit draws, method, params and generator,
     kept in ``pool.memo`` (when the pool has one): a request for other rows under the same labels gets the
     same temperature without running the method again. ``rng`` is not advanced (the fit draws from a
@@ -370,11 +386,11 @@ def cached_temperature(pool: Pool, method: PriorEntry, params: Mapping[str, str]
         if cache is None:
             cache = LruCache(FIT_CACHE_ENTRIES, FIT_CACHE_ENTRIES)
             pool.memo.put("calibration_temperature", cache)
-        key = _fit_key(pool, method.name, params, rng, default)
+        key = _fit_key(pool, method.name, params, rng, settings)
         got = cache.get(key)
         if got is not None:
             return got
-    fit = temperature_fit(pool, method, params, copy.deepcopy(rng), default)
+    fit = temperature_fit(pool, method, params, copy.deepcopy(rng), settings)
     log.debug("prior %s: %s", method.name, fit.describe())
     if cache is not None:
         cache.put(key, fit)
@@ -506,17 +522,17 @@ CALIBRATE_PARAM = Param("calibrate", "choice", "true", "temperature-scale the pr
                         choices=("true", "false", "1", "0", "yes", "no", "on", "off"))
 
 
-def calibrated(method: PriorEntry, default_temperature: float = 1.0) -> PriorEntry:
+def calibrated(method: PriorEntry, settings: FitSettings = FitSettings()) -> PriorEntry:
     """``method`` with calibration on by default (module docstring) and its ``calibrate`` param (declared
-    beside the method's own params). ``default_temperature``: the temperature used when no held-out sample
-    counts (the prior's centre)."""
+    beside the method's own params), its temperature fitted as ``settings`` say (repeated on the entry, as
+    ``default_temperature`` and ``top_label_from``, for scripts and tests)."""
 
     def run(pool: Pool, rows: np.ndarray, rng: np.random.Generator, params: Mapping[str, str]) -> Priors:
         on = calibrate_flag(params)
         own = {k: v for k, v in params.items() if k != "calibrate"}
         # The temperature is fitted first, from a copy of the generator as it came: the method's own draws
         # then match the uncalibrated call's, and the fit is the same whatever rows are asked for.
-        fit = cached_temperature(pool, method, own, rng, default_temperature) if on else OFF
+        fit = cached_temperature(pool, method, own, rng, settings) if on else OFF
         priors = method(pool, rows, rng, own)
         if not on:
             return replace(priors, calibration=OFF)
@@ -524,6 +540,7 @@ def calibrated(method: PriorEntry, default_temperature: float = 1.0) -> PriorEnt
 
     params = (*method.params, CALIBRATE_PARAM)
     entry = PriorEntry(name=method.name, params=params, summary=method.summary, fn=run,
-                       light_rows=method.light_rows, work=method.work, default_temperature=default_temperature)
+                       light_rows=method.light_rows, work=method.work,
+                       default_temperature=settings.default_temperature, top_label_from=settings.top_label_from)
     object.__setattr__(entry, "__doc__", (method.fn.__doc__ or "") + params_doc(params))
     return entry

@@ -289,14 +289,14 @@ def test_audit_labels_fit_the_temperature_closer_to_the_pool(name: str) -> None:
     labels (a random sample), the mean confidence is closer to the accuracy, and no top class moves."""
     from dataclasses import replace
 
-    from agent.priors.calibration import cached_temperature
+    from agent.priors.calibration import FitSettings, cached_temperature
 
     gap_labelled, gap_audit = [], []
     for seed in range(4):
         x, y, lab, drawn = typical_labels_and_audit(seed)
         labelled_fit = make_pool(x, y, lab)  # the same labels, the audit draws unknown
         audit_fit = replace(labelled_fit, audit=drawn)
-        fit = cached_temperature(audit_fit, PRIOR_METHODS[name], {}, np.random.default_rng(0), 1.0)
+        fit = cached_temperature(audit_fit, PRIOR_METHODS[name], {}, np.random.default_rng(0), FitSettings())
         assert fit.fitting_set == "audit" and 20 <= fit.samples <= len(drawn)
         rows = labelled_fit.candidates
         raw = PRIOR_METHODS[name](labelled_fit, rows, np.random.default_rng(0), {"calibrate": "false"})
@@ -320,13 +320,13 @@ def test_audit_fit_needs_enough_audit_labels() -> None:
     from dataclasses import replace
 
     from agent.audit import audited_pool
-    from agent.priors.calibration import AUDIT_MIN_LABELS, audit_held_out, cached_temperature
+    from agent.priors.calibration import AUDIT_MIN_LABELS, FitSettings, audit_held_out, cached_temperature
 
     knn = PRIOR_METHODS["knn"]
     x, y, lab, drawn = typical_labels_and_audit(0, audit=AUDIT_MIN_LABELS - 1)
     plain = make_pool(x, y, lab)
     few = replace(plain, audit=drawn)
-    assert cached_temperature(few, knn, {}, np.random.default_rng(0), 1.0).fitting_set == "labelled"
+    assert cached_temperature(few, knn, {}, np.random.default_rng(0), FitSettings()).fitting_set == "labelled"
     np.testing.assert_array_equal(knn(plain, plain.candidates, np.random.default_rng(0), {}).probs,
                                   knn(few, few.candidates, np.random.default_rng(0), {}).probs)
     x, y, lab, drawn = typical_labels_and_audit(0, audit=AUDIT_MIN_LABELS + 5)
@@ -467,3 +467,39 @@ def test_the_temperature_fits_the_top_label_once_enough_samples_are_held_out(
     assert abs(top_probability() - 0.7) < 0.02  # (the MAP prior toward T = 1 weighs 2 samples)
     monkeypatch.setattr(calibration, "TOP_LABEL_MIN_HELD_OUT", 10**6)  # the multiclass likelihood instead
     assert top_probability() < 0.62
+
+
+def test_a_method_can_fit_the_top_label_from_fewer_held_out_samples() -> None:
+    """``top_label_from`` moves the switch for one fit: the vote above with 100 held-out samples is fitted
+    on the multiclass likelihood under the module's threshold (200), on the top-label one from 20."""
+    from agent.priors import calibration
+    from agent.priors.calibration import fit_temperature, tempered
+
+    covered = np.ones(3, bool)
+    row = np.array([[0.98, 0.02, 0.0]])
+    held = [(np.repeat(row, 100, axis=0), np.where(np.arange(100) < 70, 0, 2), covered)]
+    assert calibration.TOP_LABEL_MIN_HELD_OUT > 100
+    multiclass = float(tempered(row, covered, fit_temperature(held, 1.0)).max())
+    top = float(tempered(row, covered, fit_temperature(held, 1.0, top_label_from=20)).max())
+    assert multiclass < 0.62 and abs(top - 0.7) < 0.03
+
+
+def test_llgc_fits_the_top_label_from_20_held_out_samples(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The registry's settings reach the fit: llgc's temperature is fitted with top_label_from 20 (its
+    multiclass fit came out too sharp, docs/benchmarks.md), the other methods' with the module's rule."""
+    from agent.priors import calibration
+
+    seen: dict[str, int | None] = {}
+    fit = calibration.fit_temperature
+
+    def spy(held: list[tuple[np.ndarray, np.ndarray, np.ndarray]], default: float, balance: bool = False,
+            weights: np.ndarray | None = None, top_label_from: int | None = None) -> float:
+        seen[current] = top_label_from  # the method being called (the loop below)
+        return fit(held, default, balance, weights, top_label_from)
+
+    monkeypatch.setattr(calibration, "fit_temperature", spy)
+    pool = make_pool(X, Y, np.r_[LABELED, LABELED + 1])  # two labels per class: held-out samples count
+    for current in sorted(PRIOR_METHODS):
+        PRIOR_METHODS[current](pool, pool.candidates, np.random.default_rng(0), {})
+    assert seen == {"as3l": None, "knn": None, "llgc": 20}
+    assert PRIOR_METHODS["llgc"].top_label_from == 20

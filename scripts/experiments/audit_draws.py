@@ -1,0 +1,99 @@
+"""How much one draw of audit labels decides the audit-fitted temperature (issue 15; docs/benchmarks.md, "The
+served fit after each label-free strategy").
+
+Per seed, the strategy's picks as ``bench strategies`` simulates them, then DRAWS independent draws of A audit
+labels (Select strategy ``audit``, uniform over the unlabelled rest), each labelled beside the picks. Per
+draw: the served temperature (fitted on the audit labels, ``audit_held_out``) and its ECE over every
+unlabelled row; the best single T (chosen on the truth) and its ECE; the T that the same audit fold runs ask
+for on REF uniform unlabelled rows (multiclass maximum likelihood: the fit's answer without the audit's
+sampling noise); the held-out audit labels' accuracy against those rows' and the served prior's.
+
+    python scripts/experiments/audit_draws.py runs/emb45e/pool_x.npy runs/emb45e/pool_y.npy --strategy probcover
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+from collections.abc import Mapping
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+from shift_weights import GRID  # type: ignore[import-not-found]  # same folder
+from temperature_bias import mle  # type: ignore[import-not-found]
+
+from agent.pool import Pool, Priors, state_rng
+from agent.priors import PRIOR_METHODS
+from agent.priors import calibration as cal
+from agent.strategies import STRATEGIES
+from bench.metrics import expected_calibration_error as ece
+from bench.strategies import CachedKnn, Variant, hnsw_index, make_pool, normalise, row_ids, simulate
+
+REF = 1000
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("x", type=Path)
+    ap.add_argument("y", type=Path)
+    ap.add_argument("--strategy", default="probcover")
+    ap.add_argument("--method", default="llgc")
+    ap.add_argument("--budget", type=int, default=40)
+    ap.add_argument("--audit", type=int, default=20)
+    ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--draws", type=int, default=4)
+    a = ap.parse_args()
+    x = normalise(np.load(a.x))
+    y = np.asarray(np.load(a.y), np.int64)
+    c = int(y.max()) + 1
+    knn = CachedKnn(x, hnsw_index(x))
+    entry = PRIOR_METHODS[a.method]
+    print("| seed | draw | served T (ECE) | best T (ECE) | fold rows' T (ECE) | accuracy: held-out audit / fold rows "
+          "/ served |")
+    print("|---|---|---|---|---|---|")
+    for seed in range(a.seeds):
+        picked, _, _ = simulate(Variant(a.strategy, {}), a.budget, seed, x, y, knn, c, None)
+        before = make_pool(x, y, picked, knn, c, None)
+        for d in range(a.draws):
+            # draw 0 is audit_calibration.py's draw for this seed
+            drawn = np.sort(STRATEGIES["audit"](before, a.audit, state_rng(seed + 100 * d, row_ids(picked)), {}).rows)
+            labelled = np.concatenate([picked, drawn])
+            pool = replace(make_pool(x, y, labelled, knn, c, None), audit=drawn)
+            rows = pool.candidates
+            truth = y[rows]
+            rng = state_rng(0, row_ids(labelled))
+            served = entry.fn(pool, rows, copy.deepcopy(rng), {})
+            raw = np.asarray(entry.fn(pool, rows, copy.deepcopy(rng), {"calibrate": "false"}).probs, np.float64)
+            pri = Priors(probs=raw, confidence=raw.max(axis=1))
+
+            def at(t: float) -> str:
+                return f"{t:.2f} ({ece(cal.apply_calibration(pool, rows, pri, t).probs, truth):.3f})"  # noqa: B023
+
+            eces = [ece(cal.apply_calibration(pool, rows, pri, float(t)).probs, truth) for t in GRID[::2]]
+            ref = np.sort(np.random.default_rng(d).choice(rows, min(REF, len(rows)), replace=False))
+            extra: list[np.ndarray] = []
+
+            def with_ref(sub: Pool, ask_rows: np.ndarray, child: np.random.Generator,
+                         params: Mapping[str, str]) -> Priors:
+                ask = np.concatenate([ask_rows, ref])  # noqa: B023
+                pr = entry.fn(sub, ask, child, {**params, "calibrate": "false"})
+                extra.append(np.asarray(pr.probs[len(ask_rows):], np.float64))  # noqa: B023
+                return Priors(probs=pr.probs[:len(ask_rows)], confidence=pr.confidence[:len(ask_rows)])
+
+            held = cal.audit_held_out(pool, with_ref, {}, copy.deepcopy(rng))
+            ref_probs = np.concatenate(extra)
+            ref_truth = np.concatenate([y[ref]] * len(extra))
+            held_probs = np.concatenate([h[0] for h in held])
+            held_truth = np.concatenate([h[1] for h in held])
+            assert served.calibration is not None
+            best = float(GRID[::2][int(np.argmin(eces))])
+            fold_rows = mle(ref_probs, ref_truth, np.ones(c, bool), False)
+            accs = [(p.argmax(1) == t).mean() for p, t in ((held_probs, held_truth), (ref_probs, ref_truth),
+                                                           (served.probs, truth))]
+            print(f"| {seed} | {d} | {served.calibration.temperature:.2f} ({ece(served.probs, truth):.3f}) "
+                  f"| {at(best)} | {at(fold_rows)} | {' / '.join(f'{v:.2f}' for v in accs)} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
