@@ -13,11 +13,10 @@ median cosine distance to the fold's nearest seed over that of REF uniform unlab
 
 from __future__ import annotations
 
-import argparse
 import copy
-from pathlib import Path
 
 import numpy as np
+from cells import cell_parser, load, simulated_cells  # type: ignore[import-not-found]  # same folder
 from scipy.stats import mannwhitneyu
 from shift_weights import GRID, folds_with_reference  # type: ignore[import-not-found]  # same folder
 
@@ -25,31 +24,22 @@ from agent.pool import Priors, state_rng
 from agent.priors import PRIOR_METHODS
 from agent.priors import calibration as cal
 from bench.metrics import expected_calibration_error as ece
-from bench.strategies import CachedKnn, hnsw_index, normalise, row_ids, simulated_pools
+from bench.strategies import row_ids
 
 REF = 500
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("x", type=Path)
-    ap.add_argument("y", type=Path)
-    ap.add_argument("--budgets", default="10,20,40")
-    ap.add_argument("--strategies", default="random,typiclust,coreset,kmedoids,probcover,as3l")
-    ap.add_argument("--methods", default="knn,llgc,as3l")
-    ap.add_argument("--seeds", type=int, default=2)
+    ap = cell_parser(__doc__, budgets="10,20,40", strategies="random,typiclust,coreset,kmedoids,probcover,as3l")
     a = ap.parse_args()
-    x = normalise(np.load(a.x))
-    y = np.asarray(np.load(a.y), np.int64)
-    c = int(y.max()) + 1
-    knn = CachedKnn(x, hnsw_index(x))
+    emb = load(a)
+    y, knn = emb.y, emb.knn
     # typicality (TypiClust's: inverse mean cosine distance to the K nearest rows), label-free, per pool row
     typ = 1.0 / np.maximum(knn.dist[:, 1:21].mean(axis=1), 1e-9)
     print("| strategy | labels | seed | method | held-out | distance ratio | AUC distance | AUC typicality "
           "| served ECE (T) | best ECE (T) | gap |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for strategy, budget, seed, picked, pool in simulated_pools(x, y, knn, c, a.strategies.split(","),
-                                                                [int(b) for b in a.budgets.split(",")], a.seeds):
+    for strategy, budget, seed, picked, pool in simulated_cells(a, emb):
         rows = pool.candidates
         truth = y[rows]
         ref = np.sort(np.random.default_rng(seed).choice(rows, min(REF, len(rows)), replace=False))

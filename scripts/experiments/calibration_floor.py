@@ -23,29 +23,22 @@ is sqrt(p (1 - p) / n) (0.077 at p = 0.4 and n = 40, above the 0.05 goal).
 
 from __future__ import annotations
 
-import argparse
 import copy
-from pathlib import Path
 
 import numpy as np
+from cells import cell_parser, load, simulated_cells  # type: ignore[import-not-found]  # same folder
 
 from agent.pool import Priors, state_rng
 from agent.priors import PRIOR_METHODS
 from agent.priors import calibration as cal
 from bench.metrics import expected_calibration_error as ece
-from bench.strategies import CachedKnn, hnsw_index, normalise, row_ids, simulated_pools
+from bench.strategies import row_ids
 
 GRID = np.exp(np.linspace(np.log(0.02), np.log(50.0), 241))  # temperatures tried (log-spaced, T_RANGE)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("x", type=Path, help="pool embeddings NxD (.npy)")
-    ap.add_argument("y", type=Path, help="pool classes N (.npy)")
-    ap.add_argument("--budgets", default="40")
-    ap.add_argument("--strategies", default="random,typiclust,coreset")
-    ap.add_argument("--methods", default="knn,llgc,as3l")
-    ap.add_argument("--seeds", type=int, default=2)
+    ap = cell_parser(__doc__)
     ap.add_argument("--ns", default="20,40,100,200", help="uniform label counts the temperature is fitted on")
     ap.add_argument("--draws", type=int, default=200, help="draws of the n labels per cell")
     ap.add_argument("--likelihood", choices=("auto", "multiclass", "top"), default="auto",
@@ -57,17 +50,13 @@ def main() -> None:
     cal.PRIOR_WEIGHT = a.prior_weight  # read by fit_temperature at each call, the served fit's included
     if a.likelihood != "auto":  # the switch point fit_temperature reads
         cal.TOP_LABEL_MIN_HELD_OUT = 0 if a.likelihood == "top" else 10**9
-    x = normalise(np.load(a.x))
-    y = np.asarray(np.load(a.y), np.int64)
-    c = int(y.max()) + 1
+    emb = load(a)
+    y, c = emb.y, emb.classes
     ns = [int(n) for n in a.ns.split(",")]
-    knn = CachedKnn(x, hnsw_index(x))
     print("| strategy | labels | seed | method | accuracy | served ECE (T) | best ECE (T) | "
           + " | ".join(f"n = {n}: mean ECE / <= .05 / <= .10" for n in ns) + " |")
     print("|---|---|---|---|---|---|---|" + "---|" * len(ns))
-    budgets = [int(b) for b in a.budgets.split(",")]
-    for strategy, budget, seed, picked, pool in simulated_pools(x, y, knn, c, a.strategies.split(","), budgets,
-                                                                a.seeds):
+    for strategy, budget, seed, picked, pool in simulated_cells(a, emb):
         rows = pool.candidates
         truth = y[rows]
         covered = np.zeros(c, bool)

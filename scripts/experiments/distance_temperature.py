@@ -24,11 +24,10 @@ Results and reading: docs/benchmarks.md, "A temperature that grows with the dist
 
 from __future__ import annotations
 
-import argparse
 import copy
-from pathlib import Path
 
 import numpy as np
+from cells import cell_parser, load, simulated_cells  # type: ignore[import-not-found]  # same folder
 from scipy.optimize import minimize
 from shift_weights import folds_with_reference  # type: ignore[import-not-found]  # same folder
 
@@ -37,7 +36,7 @@ from agent.priors import PRIOR_METHODS
 from agent.priors import calibration as cal
 from agent.priors._common import nearest_labelled_distance
 from bench.metrics import expected_calibration_error as ece
-from bench.strategies import CachedKnn, hnsw_index, normalise, row_ids, simulated_pools
+from bench.strategies import row_ids
 
 B_SD = 0.5
 
@@ -81,23 +80,14 @@ def pool_ece(raw: np.ndarray, covered: np.ndarray, z: np.ndarray, truth: np.ndar
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("x", type=Path)
-    ap.add_argument("y", type=Path)
-    ap.add_argument("--budgets", default="40")
-    ap.add_argument("--strategies", default="random,typiclust,coreset")
-    ap.add_argument("--methods", default="knn,llgc,as3l")
-    ap.add_argument("--seeds", type=int, default=2)
+    ap = cell_parser(__doc__)
     a = ap.parse_args()
-    x = normalise(np.load(a.x))
-    y = np.asarray(np.load(a.y), np.int64)
-    c = int(y.max()) + 1
-    knn = CachedKnn(x, hnsw_index(x))
+    emb = load(a)
+    y, c = emb.y, emb.classes
     print("| strategy | labels | seed | method | accuracy | served | const refit | distance fit (b) "
           "| oracle const | oracle distance (b) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
-    for strategy, budget, seed, picked, pool in simulated_pools(x, y, knn, c, a.strategies.split(","),
-                                                                [int(b) for b in a.budgets.split(",")], a.seeds):
+    for strategy, budget, seed, picked, pool in simulated_cells(a, emb):
         rows = pool.candidates
         truth = y[rows]
         covered = np.zeros(c, bool)

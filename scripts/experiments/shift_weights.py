@@ -24,12 +24,11 @@ raw top probability at T = 1, accuracy, cosine distance to the nearest seed).
 
 from __future__ import annotations
 
-import argparse
 import copy
 from collections.abc import Mapping
-from pathlib import Path
 
 import numpy as np
+from cells import cell_parser, load, simulated_cells  # type: ignore[import-not-found]  # same folder
 from sklearn.linear_model import LogisticRegression
 
 from agent.pool import Pool, Priors, state_rng
@@ -37,7 +36,7 @@ from agent.priors import PRIOR_METHODS
 from agent.priors import calibration as cal
 from agent.priors._common import nearest_labelled_distance
 from bench.metrics import expected_calibration_error as ece
-from bench.strategies import CachedKnn, hnsw_index, normalise, row_ids, simulated_pools
+from bench.strategies import row_ids
 
 GRID = np.exp(np.linspace(np.log(0.02), np.log(50.0), 241))
 REF = 1000
@@ -105,20 +104,12 @@ def compare_pool(pool: Pool, folds: list[dict], y: np.ndarray, ref: np.ndarray) 
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("x", type=Path)
-    ap.add_argument("y", type=Path)
-    ap.add_argument("--budgets", default="40")
-    ap.add_argument("--strategies", default="random,typiclust,coreset")
-    ap.add_argument("--methods", default="knn,llgc,as3l")
-    ap.add_argument("--seeds", type=int, default=2)
+    ap = cell_parser(__doc__)
     ap.add_argument("--compare-pool", action="store_true",
                     help="print the held-out picks against uniform pool rows instead of the weighted fits")
     a = ap.parse_args()
-    x = normalise(np.load(a.x))
-    y = np.asarray(np.load(a.y), np.int64)
-    c = int(y.max()) + 1
-    knn = CachedKnn(x, hnsw_index(x))
+    emb = load(a)
+    y = emb.y
     kinds = ("conf", "dist", "both")
     if a.compare_pool:
         print("| strategy | labels | seed | method | held-out picks: n / top / accuracy / distance "
@@ -128,9 +119,7 @@ def main() -> None:
         print("| strategy | labels | seed | method | accuracy | served (cb) | cb again | "
               + " | ".join(f"cb x {k}" for k in kinds) + " | best |")
         print("|---|---|---|---|---|---|---|" + "---|" * len(kinds) + "---|")
-    budgets = [int(b) for b in a.budgets.split(",")]
-    for strategy, budget, seed, picked, pool in simulated_pools(x, y, knn, c, a.strategies.split(","), budgets,
-                                                                a.seeds):
+    for strategy, budget, seed, picked, pool in simulated_cells(a, emb):
         rows = pool.candidates
         truth = y[rows]
         ref = np.sort(np.random.default_rng(seed).choice(rows, min(REF, len(rows)), replace=False))

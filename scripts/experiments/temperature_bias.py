@@ -19,11 +19,10 @@ ECE over every unlabelled row at each:
 
 from __future__ import annotations
 
-import argparse
 import copy
-from pathlib import Path
 
 import numpy as np
+from cells import cell_parser, load, simulated_cells  # type: ignore[import-not-found]  # same folder
 from scipy.optimize import minimize_scalar
 from shift_weights import GRID, folds_with_reference  # type: ignore[import-not-found]  # same folder
 
@@ -31,7 +30,7 @@ from agent.pool import Priors, state_rng
 from agent.priors import PRIOR_METHODS
 from agent.priors import calibration as cal
 from bench.metrics import expected_calibration_error as ece
-from bench.strategies import CachedKnn, hnsw_index, normalise, row_ids, simulated_pools
+from bench.strategies import row_ids
 
 REF = 1000
 
@@ -46,23 +45,14 @@ def mle(probs: np.ndarray, labels: np.ndarray, covered: np.ndarray, top_label: b
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("x", type=Path)
-    ap.add_argument("y", type=Path)
-    ap.add_argument("--budgets", default="40")
-    ap.add_argument("--strategies", default="random,probcover,kmedoids")
-    ap.add_argument("--methods", default="llgc,knn,as3l")
-    ap.add_argument("--seeds", type=int, default=2)
+    ap = cell_parser(__doc__, strategies="random,probcover,kmedoids", methods="llgc,knn,as3l")
     a = ap.parse_args()
-    x = normalise(np.load(a.x))
-    y = np.asarray(np.load(a.y), np.int64)
-    c = int(y.max()) + 1
-    knn = CachedKnn(x, hnsw_index(x))
+    emb = load(a)
+    y, c = emb.y, emb.classes
     print("| strategy | labels | seed | method | best T (ECE) | MLE multiclass | MLE top-label | served "
           "| served, no prior on T | served, no class balance | fold rows |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for strategy, budget, seed, picked, pool in simulated_pools(x, y, knn, c, a.strategies.split(","),
-                                                                [int(b) for b in a.budgets.split(",")], a.seeds):
+    for strategy, budget, seed, picked, pool in simulated_cells(a, emb):
         rows = pool.candidates
         truth = y[rows]
         covered = np.zeros(c, bool)
