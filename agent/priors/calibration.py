@@ -366,8 +366,8 @@ FIT_CACHE_ENTRIES = 32
 def _fit_key(pool: Pool, name: str, params: Mapping[str, str], rng: np.random.Generator,
              settings: FitSettings) -> tuple[object, ...]:
     """Everything a fitted temperature depends on besides the model version (the memo is per version):
-    the pool's rows, its labelled set and labels, its candidates, its audit draws, the method and its
-    params, and the generator's state before the call (which draws the folds)."""
+    the pool's rows, its labelled set and labels, its candidates, its audit draws, the method, its params
+    and fit settings, and the generator's state before the call (which draws the folds)."""
     return (len(pool.embeddings), pool.num_classes,
             fingerprint(pool.labeled, pool.labels, pool.candidates, pool.audit),
             name, frozen(params), repr(rng.bit_generator.state), settings)
