@@ -259,19 +259,28 @@ PriorWork = Callable[[Mapping[str, str], int, int, int, int], float]
 
 
 @dataclass(frozen=True)
+class FitSettings:
+    """How one prior method's temperature is fitted (agent/priors/calibration.py; one per registry line,
+    ``calibration.calibrated``). ``default_temperature``: the MAP prior's centre, and the temperature when no
+    held-out sample counts. ``top_label_from``: the held-out count from which T maximises the top-label
+    likelihood rather than the multiclass one (``calibration.log_likelihoods``); None: the calibration's
+    TOP_LABEL_MIN_HELD_OUT."""
+
+    default_temperature: float = 1.0
+    top_label_from: int | None = None
+
+
+@dataclass(frozen=True)
 class PriorEntry(_Entry):
     """A registered prior-label method: call it like the function; params are checked first. A call for
     at most ``light_rows`` rows is light work (its own admission lane, as for StrategyEntry). ``work``: how
-    large a call is, for admission's estimates (``work_size``); None: not declared. ``default_temperature``:
-    the calibration's temperature when no held-out label counts; ``top_label_from``: the held-out count from
-    which its temperature fits the top-label likelihood (None: the calibration's TOP_LABEL_MIN_HELD_OUT);
-    both set by ``calibration.calibrated`` from the method's FitSettings."""
+    large a call is, for admission's estimates (``work_size``); None: not declared. ``fit``: how its
+    temperature is fitted (set by ``calibration.calibrated``)."""
 
     fn: PriorMethod
     light_rows: int = 0
     work: PriorWork | None = None
-    default_temperature: float = 1.0
-    top_label_from: int | None = None
+    fit: FitSettings = FitSettings()
 
     def is_light(self, budget: int) -> bool:
         return budget <= self.light_rows

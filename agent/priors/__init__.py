@@ -10,10 +10,10 @@ default and ``calibrate=false`` turns it off, for a new method too (the wrapper 
 
 from __future__ import annotations
 
-from agent.params import PriorEntry
+from agent.params import FitSettings, PriorEntry
 from agent.pool import InvalidArgument
 from agent.priors.as3l import as3l_prior
-from agent.priors.calibration import FitSettings, calibrated
+from agent.priors.calibration import calibrated
 from agent.priors.knn import knn_prior
 from agent.priors.llgc import llgc_prior
 

@@ -90,7 +90,7 @@ from scipy.special import expit
 
 from agent.cache import LruCache, fingerprint, frozen
 from agent.cancel import checkpoint
-from agent.params import Param, PriorEntry, params_doc
+from agent.params import FitSettings, Param, PriorEntry, params_doc
 from agent.pool import InvalidArgument, Pool, PriorMethod, Priors
 from agent.priors._common import nearest_labelled_distance, with_known_labels
 
@@ -251,6 +251,12 @@ def log_likelihoods(q: np.ndarray, labels: np.ndarray, top_label: bool) -> np.nd
     return np.log(np.maximum(q[np.arange(len(labels)), labels], 1e-12))
 
 
+def top_label_likelihood(held_out: int, top_label_from: int | None = None) -> bool:
+    """Whether a fit on ``held_out`` samples maximises the top-label likelihood (else the multiclass one):
+    from ``top_label_from`` samples on (a method's ``FitSettings``), None: from TOP_LABEL_MIN_HELD_OUT."""
+    return held_out >= (TOP_LABEL_MIN_HELD_OUT if top_label_from is None else top_label_from)
+
+
 def fit_temperature(held: list[tuple[np.ndarray, np.ndarray, np.ndarray]], default: float,
                     balance: bool = False, weights: np.ndarray | None = None,
                     top_label_from: int | None = None) -> float:
@@ -268,7 +274,7 @@ def fit_temperature(held: list[tuple[np.ndarray, np.ndarray, np.ndarray]], defau
     if weights is None:
         weights = class_balanced_weights(all_labels) if balance else np.ones(len(all_labels))
     starts = np.cumsum([0] + [len(labels) for _, labels, _ in held])
-    top_label = len(all_labels) >= (TOP_LABEL_MIN_HELD_OUT if top_label_from is None else top_label_from)
+    top_label = top_label_likelihood(len(all_labels), top_label_from)
 
     def loss(u: float) -> float:
         nll = 0.0
@@ -330,17 +336,6 @@ class TemperatureFit:
 
 
 OFF = TemperatureFit(0.0, "off", 0)
-
-
-@dataclass(frozen=True)
-class FitSettings:
-    """How one prior method's temperature is fitted (``calibrated``, one per registry line).
-    ``default_temperature``: the MAP prior's centre, and the temperature when no held-out sample counts.
-    ``top_label_from``: the held-out count from which T maximises the top-label likelihood rather than the
-    multiclass one (``log_likelihoods``); None: TOP_LABEL_MIN_HELD_OUT."""
-
-    default_temperature: float = 1.0
-    top_label_from: int | None = None
 
 
 def temperature_fit(pool: Pool, method: PriorMethod, params: Mapping[str, str], rng: np.random.Generator,
@@ -524,8 +519,8 @@ CALIBRATE_PARAM = Param("calibrate", "choice", "true", "temperature-scale the pr
 
 def calibrated(method: PriorEntry, settings: FitSettings = FitSettings()) -> PriorEntry:
     """``method`` with calibration on by default (module docstring) and its ``calibrate`` param (declared
-    beside the method's own params), its temperature fitted as ``settings`` say (repeated on the entry, as
-    ``default_temperature`` and ``top_label_from``, for scripts and tests)."""
+    beside the method's own params), its temperature fitted as ``settings`` say (kept on the entry as
+    ``fit``)."""
 
     def run(pool: Pool, rows: np.ndarray, rng: np.random.Generator, params: Mapping[str, str]) -> Priors:
         on = calibrate_flag(params)
@@ -540,7 +535,6 @@ def calibrated(method: PriorEntry, settings: FitSettings = FitSettings()) -> Pri
 
     params = (*method.params, CALIBRATE_PARAM)
     entry = PriorEntry(name=method.name, params=params, summary=method.summary, fn=run,
-                       light_rows=method.light_rows, work=method.work,
-                       default_temperature=settings.default_temperature, top_label_from=settings.top_label_from)
+                       light_rows=method.light_rows, work=method.work, fit=settings)
     object.__setattr__(entry, "__doc__", (method.fn.__doc__ or "") + params_doc(params))
     return entry

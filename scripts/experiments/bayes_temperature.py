@@ -54,7 +54,7 @@ def posterior(probs: np.ndarray, labels: np.ndarray, covered: np.ndarray, defaul
               top_label_from: int | None) -> np.ndarray:
     """G: the MAP fit's posterior over the grid (its likelihood, multiclass or top-label by the method's rule,
     and its log-normal prior)."""
-    top_label = len(labels) >= (cal.TOP_LABEL_MIN_HELD_OUT if top_label_from is None else top_label_from)
+    top_label = cal.top_label_likelihood(len(labels), top_label_from)
     lp = np.array([float(cal.log_likelihoods(cal.tempered(probs, covered, float(np.exp(u))), labels, top_label).sum())
                    - 0.5 * cal.PRIOR_WEIGHT * (u - np.log(default)) ** 2 for u in U])
     p = np.exp(lp - lp.max())
@@ -91,7 +91,7 @@ def main() -> None:
                 at_bayes: list[float] = []
                 for _ in range(a.draws):
                     i = g.choice(len(rows), n, replace=False)
-                    post = posterior(raw[i], truth[i], covered, entry.default_temperature, entry.top_label_from)
+                    post = posterior(raw[i], truth[i], covered, entry.fit.default_temperature, entry.fit.top_label_from)
                     for u, out in ((U[int(np.argmax(post))], at_map), (U[int(np.argmin(loss @ post))], at_bayes)):
                         out.append(ece(cal.tempered(raw, covered, float(np.exp(u))), truth))
                 m, b = np.array(at_map), np.array(at_bayes)

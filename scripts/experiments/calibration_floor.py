@@ -82,7 +82,7 @@ def main() -> None:
                 got = []
                 for _ in range(a.draws):
                     idx = draw_rng.choice(eligible, min(n, len(eligible)), replace=False)
-                    t = cal.fit_temperature([(raw64[idx], truth[idx], covered)], entry.default_temperature)
+                    t = cal.fit_temperature([(raw64[idx], truth[idx], covered)], entry.fit.default_temperature)
                     got.append(float(np.interp(np.log(t), np.log(GRID), curve)))
                 g = np.array(got)
                 cells.append(f"{g.mean():.3f} / {(g <= 0.05).mean():.2f} / {(g <= 0.10).mean():.2f}")

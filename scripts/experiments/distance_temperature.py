@@ -112,7 +112,7 @@ def main() -> None:
             cov = np.concatenate([np.broadcast_to(f["covered"], f["probs"].shape) for f in folds])
             z_held = (np.concatenate([f["dist"] for f in folds]) - mu) / sd
             w = cal.class_balanced_weights(labels)
-            default = entry.default_temperature
+            default = entry.fit.default_temperature
 
             const = fit_ab(probs, labels, cov, z_held, w, default, slope=False)
             dist = fit_ab(probs, labels, cov, z_held, w, default, slope=True)

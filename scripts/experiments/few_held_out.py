@@ -40,13 +40,13 @@ def main() -> None:
             served = entry.fn(pool, rows, copy.deepcopy(rng), {})
             raw = entry.fn(pool, rows, copy.deepcopy(rng), {"calibrate": "false"}).probs
             at_default = cal.apply_calibration(pool, rows, Priors(probs=raw, confidence=raw.max(axis=1)),
-                                               entry.default_temperature)
+                                               entry.fit.default_temperature)
             fit = served.calibration
             assert fit is not None
             e_served, e_default = ece(served.probs, truth), ece(at_default.probs, truth)
             seen.append((fit.samples, e_served, e_default))
             print(f"| {strategy} | {budget} | {seed} | {name} | {fit.samples} ({fit.fitting_set}) | {e_served:.3f} "
-                  f"({fit.temperature:.2f}) | {e_default:.3f} ({entry.default_temperature:.2f}) |", flush=True)
+                  f"({fit.temperature:.2f}) | {e_default:.3f} ({entry.fit.default_temperature:.2f}) |", flush=True)
     print()
     print("| held-out | cells | served: mean / within 0.10 | default: mean / within 0.10 |")
     print("|---|---|---|---|")

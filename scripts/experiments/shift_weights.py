@@ -141,7 +141,7 @@ def main() -> None:
             folds = folds_with_reference(pool, name, copy.deepcopy(rng), ref)
             labels = np.concatenate([f["labels"] for f in folds]) if folds else np.zeros(0, np.int64)
             cb = cal.class_balanced_weights(labels)
-            default = entry.default_temperature
+            default = entry.fit.default_temperature
             cells = [f"{e(fit(folds, default, cb)):.3f}" if folds else "-"]
             for kind in kinds:
                 if len(labels) < 5:

@@ -72,7 +72,7 @@ def main() -> None:
             eces = [ece(cal.apply_calibration(pool, rows, pri, float(t)).probs, truth) for t in GRID[::2]]
             folds = folds_with_reference(pool, name, copy.deepcopy(rng), ref)
             held = [(f["probs"], f["labels"], f["covered"]) for f in folds]
-            default = entry.default_temperature
+            default = entry.fit.default_temperature
             served = cal.fit_temperature(held, default, balance=True)
             weight = cal.PRIOR_WEIGHT
             cal.PRIOR_WEIGHT = 0.0

@@ -289,7 +289,8 @@ def test_audit_labels_fit_the_temperature_closer_to_the_pool(name: str) -> None:
     labels (a random sample), the mean confidence is closer to the accuracy, and no top class moves."""
     from dataclasses import replace
 
-    from agent.priors.calibration import FitSettings, cached_temperature
+    from agent.params import FitSettings
+    from agent.priors.calibration import cached_temperature
 
     gap_labelled, gap_audit = [], []
     for seed in range(4):
@@ -320,7 +321,8 @@ def test_audit_fit_needs_enough_audit_labels() -> None:
     from dataclasses import replace
 
     from agent.audit import audited_pool
-    from agent.priors.calibration import AUDIT_MIN_LABELS, FitSettings, audit_held_out, cached_temperature
+    from agent.params import FitSettings
+    from agent.priors.calibration import AUDIT_MIN_LABELS, audit_held_out, cached_temperature
 
     knn = PRIOR_METHODS["knn"]
     x, y, lab, drawn = typical_labels_and_audit(0, audit=AUDIT_MIN_LABELS - 1)
@@ -394,8 +396,8 @@ def test_every_answer_says_how_it_was_calibrated() -> None:
     assert got is not None and (got.fitting_set, got.samples, got.temperature) == ("default", 0, 1.0)
     for entry in PRIOR_METHODS.values():  # with nothing held out, each method's declared default is used
         fit = entry(one_each, one_each.candidates, np.random.default_rng(0), {}).calibration
-        assert fit is not None and (fit.fitting_set, fit.temperature) == ("default", entry.default_temperature)
-    assert PRIOR_METHODS["llgc"].default_temperature == 0.1  # its probabilities are flat (agent/priors)
+        assert fit is not None and (fit.fitting_set, fit.temperature) == ("default", entry.fit.default_temperature)
+    assert PRIOR_METHODS["llgc"].fit.default_temperature == 0.1  # its probabilities are flat (agent/priors)
     assert got.few and got.warning() == (
         f"confidences calibrated on no held-out label (the method's default temperature) (few, under "
         f"{FEW_HELD_OUT}): label {AUDIT_MIN_LABELS} audit samples (shortlist select --strategy audit) for "
@@ -502,4 +504,4 @@ def test_llgc_fits_the_top_label_from_20_held_out_samples(monkeypatch: pytest.Mo
     for current in sorted(PRIOR_METHODS):
         PRIOR_METHODS[current](pool, pool.candidates, np.random.default_rng(0), {})
     assert seen == {"as3l": None, "knn": None, "llgc": 20}
-    assert PRIOR_METHODS["llgc"].top_label_from == 20
+    assert PRIOR_METHODS["llgc"].fit.top_label_from == 20
