@@ -15,17 +15,15 @@ from __future__ import annotations
 
 import argparse
 import copy
-from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from shift_weights import GRID  # type: ignore[import-not-found]  # same folder
+from cells import GRID, folds_with_reference, uncalibrated  # type: ignore[import-not-found]  # same folder
 from temperature_bias import mle  # type: ignore[import-not-found]
 
-from agent.pool import Pool, Priors, state_rng
+from agent.pool import state_rng
 from agent.priors import PRIOR_METHODS
-from agent.priors import calibration as cal
 from agent.strategies import STRATEGIES
 from bench.metrics import expected_calibration_error as ece
 from bench.strategies import CachedKnn, Variant, hnsw_index, make_pool, normalise, row_ids, simulate
@@ -64,30 +62,19 @@ def main() -> None:
             truth = y[rows]
             rng = state_rng(0, row_ids(labelled))
             served = entry.fn(pool, rows, copy.deepcopy(rng), {})
-            raw = np.asarray(entry.fn(pool, rows, copy.deepcopy(rng), {"calibrate": "false"}).probs, np.float64)
-            pri = Priors(probs=raw, confidence=raw.max(axis=1))
+            raw = uncalibrated(entry, pool, rng, y)
 
             def at(t: float) -> str:
-                return f"{t:.2f} ({ece(cal.apply_calibration(pool, rows, pri, t).probs, truth):.3f})"  # noqa: B023
+                return f"{t:.2f} ({raw.ece(t):.3f})"  # noqa: B023
 
-            eces = [ece(cal.apply_calibration(pool, rows, pri, float(t)).probs, truth) for t in GRID[::2]]
             ref = np.sort(np.random.default_rng(d).choice(rows, min(REF, len(rows)), replace=False))
-            extra: list[np.ndarray] = []
-
-            def with_ref(sub: Pool, ask_rows: np.ndarray, child: np.random.Generator,
-                         params: Mapping[str, str]) -> Priors:
-                ask = np.concatenate([ask_rows, ref])  # noqa: B023
-                pr = entry.fn(sub, ask, child, {**params, "calibrate": "false"})
-                extra.append(np.asarray(pr.probs[len(ask_rows):], np.float64))  # noqa: B023
-                return Priors(probs=pr.probs[:len(ask_rows)], confidence=pr.confidence[:len(ask_rows)])
-
-            held = cal.audit_held_out(pool, with_ref, {}, copy.deepcopy(rng))
-            ref_probs = np.concatenate(extra)
-            ref_truth = np.concatenate([y[ref]] * len(extra))
-            held_probs = np.concatenate([h[0] for h in held])
-            held_truth = np.concatenate([h[1] for h in held])
+            folds = folds_with_reference(pool, a.method, copy.deepcopy(rng), ref, audit=True)
+            ref_probs = np.concatenate([f["ref_probs"] for f in folds])
+            ref_truth = np.concatenate([y[ref]] * len(folds))
+            held_probs = np.concatenate([f["probs"] for f in folds])
+            held_truth = np.concatenate([f["labels"] for f in folds])
             assert served.calibration is not None
-            best = float(GRID[::2][int(np.argmin(eces))])
+            best, _ = raw.best(GRID[::2])
             fold_rows = mle(ref_probs, ref_truth, np.ones(c, bool), False)
             accs = [(p.argmax(1) == t).mean() for p, t in ((held_probs, held_truth), (ref_probs, ref_truth),
                                                            (served.probs, truth))]

@@ -17,10 +17,8 @@ cell, over DRAWS draws of the n labels: the ECE over every unlabelled row at the
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
-from cells import cell_parser, load, simulated_cells  # type: ignore[import-not-found]  # same folder
+from cells import cell_parser, load, simulated_cells, uncalibrated  # type: ignore[import-not-found]  # same folder
 
 from agent.pool import state_rng
 from agent.priors import PRIOR_METHODS
@@ -83,7 +81,7 @@ def main() -> None:
         for name in a.methods.split(","):
             entry = PRIOR_METHODS[name]
             rng = state_rng(0, row_ids(picked))
-            raw = np.asarray(entry.fn(pool, rows, copy.deepcopy(rng), {"calibrate": "false"}).probs, np.float64)
+            raw = uncalibrated(entry, pool, rng, emb.y).probs
             loss = ece_matrix(tops(raw[ref], covered))
             cells = []
             for n in ns:

@@ -26,15 +26,13 @@ from __future__ import annotations
 import copy
 
 import numpy as np
-from cells import cell_parser, load, simulated_cells  # type: ignore[import-not-found]  # same folder
+from cells import GRID, cell_parser, load, simulated_cells, uncalibrated  # type: ignore[import-not-found]  # same folder
 
-from agent.pool import Priors, state_rng
+from agent.pool import state_rng
 from agent.priors import PRIOR_METHODS
 from agent.priors import calibration as cal
 from bench.metrics import expected_calibration_error as ece
 from bench.strategies import row_ids
-
-GRID = np.exp(np.linspace(np.log(0.02), np.log(50.0), 241))  # temperatures tried (log-spaced, T_RANGE)
 
 
 def main() -> None:
@@ -66,12 +64,10 @@ def main() -> None:
             entry = PRIOR_METHODS[name]
             rng = state_rng(0, row_ids(picked))
             served = entry.fn(pool, rows, copy.deepcopy(rng), {})
-            raw = entry.fn(pool, rows, copy.deepcopy(rng), {"calibrate": "false"}).probs
-            raw64 = np.asarray(raw, np.float64)
+            raw = uncalibrated(entry, pool, rng, y)
             # ECE over every unlabelled row per grid temperature; a fitted T reads it off by
             # interpolation in log T (the grid's step is 3%, ECE is smooth in T)
-            curve = np.array([ece(cal.apply_calibration(pool, rows, Priors(probs=raw, confidence=raw.max(
-                axis=1)), t).probs, truth) for t in GRID])
+            curve = np.array([raw.ece(float(t)) for t in GRID])
             best = int(np.argmin(curve))
             fit = served.calibration
             assert fit is not None  # the registry's methods are calibrated
@@ -82,7 +78,7 @@ def main() -> None:
                 got = []
                 for _ in range(a.draws):
                     idx = draw_rng.choice(eligible, min(n, len(eligible)), replace=False)
-                    t = cal.fit_temperature([(raw64[idx], truth[idx], covered)], entry.fit.default_temperature)
+                    t = cal.fit_temperature([(raw.probs[idx], truth[idx], covered)], entry.fit.default_temperature)
                     got.append(float(np.interp(np.log(t), np.log(GRID), curve)))
                 g = np.array(got)
                 cells.append(f"{g.mean():.3f} / {(g <= 0.05).mean():.2f} / {(g <= 0.10).mean():.2f}")

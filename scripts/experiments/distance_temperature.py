@@ -27,9 +27,8 @@ from __future__ import annotations
 import copy
 
 import numpy as np
-from cells import cell_parser, load, simulated_cells  # type: ignore[import-not-found]  # same folder
+from cells import cell_parser, folds_with_reference, load, simulated_cells, uncalibrated  # type: ignore[import-not-found]  # same folder
 from scipy.optimize import minimize
-from shift_weights import folds_with_reference  # type: ignore[import-not-found]  # same folder
 
 from agent.pool import state_rng
 from agent.priors import PRIOR_METHODS
@@ -100,7 +99,7 @@ def main() -> None:
             entry = PRIOR_METHODS[name]
             rng = state_rng(0, row_ids(picked))
             served = entry.fn(pool, rows, copy.deepcopy(rng), {})
-            raw = np.asarray(entry.fn(pool, rows, copy.deepcopy(rng), {"calibrate": "false"}).probs, np.float64)
+            raw = uncalibrated(entry, pool, rng, y).probs
             folds = folds_with_reference(pool, name, copy.deepcopy(rng), ref)
             acc = float((served.probs.argmax(axis=1) == truth).mean())
             head = f"| {strategy} | {budget} | {seed} | {name} | {acc:.3f} | {ece(served.probs, truth):.3f} |"

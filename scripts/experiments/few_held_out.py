@@ -13,11 +13,10 @@ from __future__ import annotations
 import copy
 
 import numpy as np
-from cells import cell_parser, load, simulated_cells  # type: ignore[import-not-found]  # same folder
+from cells import cell_parser, load, simulated_cells, uncalibrated  # type: ignore[import-not-found]  # same folder
 
-from agent.pool import Priors, state_rng
+from agent.pool import state_rng
 from agent.priors import PRIOR_METHODS
-from agent.priors import calibration as cal
 from bench.metrics import expected_calibration_error as ece
 from bench.strategies import row_ids
 
@@ -38,12 +37,10 @@ def main() -> None:
             entry = PRIOR_METHODS[name]
             rng = state_rng(0, row_ids(picked))
             served = entry.fn(pool, rows, copy.deepcopy(rng), {})
-            raw = entry.fn(pool, rows, copy.deepcopy(rng), {"calibrate": "false"}).probs
-            at_default = cal.apply_calibration(pool, rows, Priors(probs=raw, confidence=raw.max(axis=1)),
-                                               entry.fit.default_temperature)
             fit = served.calibration
             assert fit is not None
-            e_served, e_default = ece(served.probs, truth), ece(at_default.probs, truth)
+            e_served, e_default = ece(served.probs, truth), uncalibrated(entry, pool, rng, emb.y).ece(
+                entry.fit.default_temperature)
             seen.append((fit.samples, e_served, e_default))
             print(f"| {strategy} | {budget} | {seed} | {name} | {fit.samples} ({fit.fitting_set}) | {e_served:.3f} "
                   f"({fit.temperature:.2f}) | {e_default:.3f} ({entry.fit.default_temperature:.2f}) |", flush=True)

@@ -25,43 +25,19 @@ raw top probability at T = 1, accuracy, cosine distance to the nearest seed).
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
 
 import numpy as np
-from cells import cell_parser, load, simulated_cells  # type: ignore[import-not-found]  # same folder
+from cells import GRID, cell_parser, folds_with_reference, load, simulated_cells, uncalibrated  # type: ignore[import-not-found]  # same folder
 from sklearn.linear_model import LogisticRegression
 
-from agent.pool import Pool, Priors, state_rng
+from agent.pool import Pool, state_rng
 from agent.priors import PRIOR_METHODS
 from agent.priors import calibration as cal
-from agent.priors._common import nearest_labelled_distance
 from bench.metrics import expected_calibration_error as ece
 from bench.strategies import row_ids
 
-GRID = np.exp(np.linspace(np.log(0.02), np.log(50.0), 241))
 REF = 1000
 CLIP = 10.0
-
-
-def folds_with_reference(pool: Pool, name: str, rng: np.random.Generator, ref: np.ndarray) -> list[dict]:
-    """``cal.held_out``'s folds (the served fit's, from the same generator), each fold run also predicting
-    the ``ref`` rows: per fold the held-out probs, classes and covered classes, the ref rows' probs, and
-    both sets' cosine distances to the fold's nearest seed."""
-    entry = PRIOR_METHODS[name]
-    extra: list[dict] = []
-
-    def with_reference(sub: Pool, rows: np.ndarray, child: np.random.Generator,
-                       params: Mapping[str, str]) -> Priors:
-        ask = np.concatenate([rows, ref])
-        pr = entry.fn(sub, ask, child, {**params, "calibrate": "false"})
-        dist = nearest_labelled_distance(sub, ask).astype(np.float64)
-        k = len(rows)
-        extra.append({"ref_probs": np.asarray(pr.probs[k:], np.float64), "dist": dist[:k], "ref_dist": dist[k:]})
-        return Priors(probs=pr.probs[:k], confidence=pr.confidence[:k])
-
-    held = cal.held_out(pool, with_reference, {}, rng)
-    return [{"probs": probs, "labels": labels, "covered": covered, **more}
-            for (probs, labels, covered), more in zip(held, extra, strict=True)]
 
 
 def score(probs: np.ndarray, covered: np.ndarray, dist: np.ndarray, kind: str) -> np.ndarray:
@@ -132,24 +108,19 @@ def main() -> None:
                 continue
             entry = PRIOR_METHODS[name]
             served = entry.fn(pool, rows, copy.deepcopy(rng), {})
-            raw = entry.fn(pool, rows, copy.deepcopy(rng), {"calibrate": "false"}).probs
-            pri = Priors(probs=raw, confidence=raw.max(axis=1))
-
-            def e(t: float) -> float:
-                return ece(cal.apply_calibration(pool, rows, pri, t).probs, truth)  # noqa: B023
-
+            raw = uncalibrated(entry, pool, rng, y)
             folds = folds_with_reference(pool, name, copy.deepcopy(rng), ref)
             labels = np.concatenate([f["labels"] for f in folds]) if folds else np.zeros(0, np.int64)
             cb = cal.class_balanced_weights(labels)
             default = entry.fit.default_temperature
-            cells = [f"{e(fit(folds, default, cb)):.3f}" if folds else "-"]
+            cells = [f"{raw.ece(fit(folds, default, cb)):.3f}" if folds else "-"]
             for kind in kinds:
                 if len(labels) < 5:
                     cells.append("-")
                     continue
                 w = cb * shift_weights(folds, kind)
-                cells.append(f"{e(fit(folds, default, w / w.mean())):.3f}")
-            best = min(e(t) for t in GRID[::4])
+                cells.append(f"{raw.ece(fit(folds, default, w / w.mean())):.3f}")
+            _, best = raw.best(GRID[::4])
             acc = float((served.probs.argmax(axis=1) == truth).mean())
             print(f"| {strategy} | {budget} | {seed} | {name} | {acc:.3f} | {ece(served.probs, truth):.3f} | "
                   + " | ".join(cells) + f" | {best:.3f} |", flush=True)

@@ -22,14 +22,12 @@ from __future__ import annotations
 import copy
 
 import numpy as np
-from cells import cell_parser, load, simulated_cells  # type: ignore[import-not-found]  # same folder
+from cells import GRID, cell_parser, folds_with_reference, load, simulated_cells, uncalibrated  # type: ignore[import-not-found]  # same folder
 from scipy.optimize import minimize_scalar
-from shift_weights import GRID, folds_with_reference  # type: ignore[import-not-found]  # same folder
 
-from agent.pool import Priors, state_rng
+from agent.pool import state_rng
 from agent.priors import PRIOR_METHODS
 from agent.priors import calibration as cal
-from bench.metrics import expected_calibration_error as ece
 from bench.strategies import row_ids
 
 REF = 1000
@@ -63,13 +61,11 @@ def main() -> None:
         for name in a.methods.split(","):
             entry = PRIOR_METHODS[name]
             rng = state_rng(0, row_ids(picked))
-            raw = np.asarray(entry.fn(pool, rows, copy.deepcopy(rng), {"calibrate": "false"}).probs, np.float64)
-            pri = Priors(probs=raw, confidence=raw.max(axis=1))
+            raw = uncalibrated(entry, pool, rng, y)
 
             def at(t: float) -> str:
-                return f"{t:.2f} ({ece(cal.apply_calibration(pool, rows, pri, t).probs, truth):.3f})"  # noqa: B023
+                return f"{t:.2f} ({raw.ece(t):.3f})"  # noqa: B023
 
-            eces = [ece(cal.apply_calibration(pool, rows, pri, float(t)).probs, truth) for t in GRID[::2]]
             folds = folds_with_reference(pool, name, copy.deepcopy(rng), ref)
             held = [(f["probs"], f["labels"], f["covered"]) for f in folds]
             default = entry.fit.default_temperature
@@ -81,9 +77,10 @@ def main() -> None:
             no_balance = cal.fit_temperature(held, default, balance=False)
             fold_rows = mle(np.concatenate([f["ref_probs"] for f in folds]), np.concatenate([y[ref]] * len(folds)),
                             covered, False)
-            print(f"| {strategy} | {budget} | {seed} | {name} | {at(float(GRID[::2][int(np.argmin(eces))]))} | "
-                  f"{at(mle(raw, truth, covered, False))} | {at(mle(raw, truth, covered, True))} | {at(served)} | "
-                  f"{at(no_prior)} | {at(no_balance)} | {at(fold_rows)} |", flush=True)
+            likelihood_optima = [mle(raw.probs, truth, covered, top) for top in (False, True)]
+            print(f"| {strategy} | {budget} | {seed} | {name} | {at(raw.best(GRID[::2])[0])} | "
+                  + " | ".join(at(t) for t in (*likelihood_optima, served, no_prior, no_balance, fold_rows)) + " |",
+                  flush=True)
 
 
 if __name__ == "__main__":
