@@ -42,14 +42,10 @@ def main() -> None:
     if args.audit_top:
         multiclass_or_top = cal.fit_temperature
 
-        def audit_top(held: list, default: float, balance: bool = False) -> float:
-            if balance:  # the labelled set's cross-fit: as it is
-                return multiclass_or_top(held, default, balance)
-            saved, cal.TOP_LABEL_MIN_HELD_OUT = cal.TOP_LABEL_MIN_HELD_OUT, 0
-            try:
-                return multiclass_or_top(held, default, balance)
-            finally:
-                cal.TOP_LABEL_MIN_HELD_OUT = saved
+        def audit_top(held: list, default: float, balance: bool = False, weights: np.ndarray | None = None,
+                      top_label_from: int | None = None) -> float:
+            # the labelled set's cross-fit (balanced) as it is; the audit fit on the top-label likelihood
+            return multiclass_or_top(held, default, balance, weights, top_label_from if balance else 0)
 
         cal.fit_temperature = audit_top  # type: ignore[assignment]
     print("| data | strategy | labels + audit | method | accuracy | ECE before -> after "
