@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from agent.params import PriorEntry
-from agent.pool import Pool, Priors
+from agent.pool import Pool, PriorMethod, Priors
 from agent.priors import PRIOR_METHODS
 from agent.priors import calibration as cal
 from agent.priors._common import nearest_labelled_distance
@@ -71,11 +71,14 @@ class Uncalibrated:
     probs: np.ndarray
     truth: np.ndarray
 
-    def ece(self, t: float) -> float:
-        """ECE over the rows of ``cal.apply_calibration`` at temperature ``t``."""
+    def at(self, t: float) -> np.ndarray:
+        """RxC: the probabilities the calibration serves at temperature ``t`` (``cal.apply_calibration``)."""
         pri = Priors(probs=self.probs, confidence=self.probs.max(axis=1))
-        return expected_calibration_error(cal.apply_calibration(self.pool, self.pool.candidates, pri, t).probs,
-                                          self.truth)
+        return np.asarray(cal.apply_calibration(self.pool, self.pool.candidates, pri, t).probs)
+
+    def ece(self, t: float) -> float:
+        """ECE over the rows at temperature ``t``."""
+        return expected_calibration_error(self.at(t), self.truth)
 
     def best(self, grid: np.ndarray = GRID) -> tuple[float, float]:
         """(T, ECE) of the lowest ECE over ``grid`` (chosen on the truth: what temperature scaling could do)."""
@@ -90,6 +93,14 @@ def uncalibrated(entry: PriorEntry, pool: Pool, rng: np.random.Generator, y: np.
     rows = pool.candidates
     raw = entry.fn(pool, rows, copy.deepcopy(rng), {"calibrate": "false"}).probs
     return Uncalibrated(pool, np.asarray(raw, np.float64), y[rows])
+
+
+def uncalibrated_method(entry: PriorEntry) -> PriorMethod:
+    """``entry`` as a plain method that answers uncalibrated (what the ``calibrated`` wrapper fits on)."""
+    def method(pool: Pool, rows: np.ndarray, rng: np.random.Generator, params: Mapping[str, str]) -> Priors:
+        return entry.fn(pool, rows, rng, {**params, "calibrate": "false"})
+
+    return method
 
 
 def folds_with_reference(pool: Pool, name: str, rng: np.random.Generator, ref: np.ndarray,

@@ -61,9 +61,10 @@ def shift_weights(folds: list[dict], kind: str) -> np.ndarray:
     return w / w.mean()
 
 
-def fit(folds: list[dict], default: float, weights: np.ndarray) -> float:
+def fit(folds: list[dict], default: float, weights: np.ndarray, top_label_from: int | None) -> float:
     """The calibration's own MAP fit on the folds, with these per-sample weights."""
-    return cal.fit_temperature([(f["probs"], f["labels"], f["covered"]) for f in folds], default, weights=weights)
+    return cal.fit_temperature([(f["probs"], f["labels"], f["covered"]) for f in folds], default, weights=weights,
+                               top_label_from=top_label_from)
 
 
 def compare_pool(pool: Pool, folds: list[dict], y: np.ndarray, ref: np.ndarray) -> str:
@@ -113,13 +114,14 @@ def main() -> None:
             labels = np.concatenate([f["labels"] for f in folds]) if folds else np.zeros(0, np.int64)
             cb = cal.class_balanced_weights(labels)
             default = entry.fit.default_temperature
-            cells = [f"{raw.ece(fit(folds, default, cb)):.3f}" if folds else "-"]
+            switch = entry.fit.top_label_from  # the method's own switch to the top-label likelihood
+            cells = [f"{raw.ece(fit(folds, default, cb, switch)):.3f}" if folds else "-"]
             for kind in kinds:
                 if len(labels) < 5:
                     cells.append("-")
                     continue
                 w = cb * shift_weights(folds, kind)
-                cells.append(f"{raw.ece(fit(folds, default, w / w.mean())):.3f}")
+                cells.append(f"{raw.ece(fit(folds, default, w / w.mean(), switch)):.3f}")
             _, best = raw.best(GRID[::4])
             acc = float((served.probs.argmax(axis=1) == truth).mean())
             print(f"| {strategy} | {budget} | {seed} | {name} | {acc:.3f} | {ece(served.probs, truth):.3f} | "

@@ -69,12 +69,13 @@ def main() -> None:
             folds = folds_with_reference(pool, name, copy.deepcopy(rng), ref)
             held = [(f["probs"], f["labels"], f["covered"]) for f in folds]
             default = entry.fit.default_temperature
-            served = cal.fit_temperature(held, default, balance=True)
+            switch = entry.fit.top_label_from  # the method's own switch to the top-label likelihood
+            served = cal.fit_temperature(held, default, balance=True, top_label_from=switch)
             weight = cal.PRIOR_WEIGHT
             cal.PRIOR_WEIGHT = 0.0
-            no_prior = cal.fit_temperature(held, default, balance=True)
+            no_prior = cal.fit_temperature(held, default, balance=True, top_label_from=switch)
             cal.PRIOR_WEIGHT = weight
-            no_balance = cal.fit_temperature(held, default, balance=False)
+            no_balance = cal.fit_temperature(held, default, balance=False, top_label_from=switch)
             fold_rows = mle(np.concatenate([f["ref_probs"] for f in folds]), np.concatenate([y[ref]] * len(folds)),
                             covered, False)
             likelihood_optima = [mle(raw.probs, truth, covered, top) for top in (False, True)]
