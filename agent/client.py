@@ -662,11 +662,11 @@ def calibration_dict(c: agent_pb2.Calibration) -> dict[str, object]:
 
 
 def calibration_line(c: agent_pb2.Calibration) -> str:
-    """One line under ``shortlist prior``'s table: the agent's warning when the confidences rest on few
-    held-out labels, else where they were calibrated."""
+    """One line under ``shortlist prior``'s table: the agent's warning when the confidences cannot be
+    trusted yet, else where they were calibrated."""
     if c.warning:
         return c.warning
     if c.source == "off":
         return "confidences not calibrated (calibrate=false): the method's own"
-    what = "audit labels" if c.source == "audit" else "held-out labels"
+    what = "audit labels (audit or random draws)" if c.source == "audit" else "held-out labels"
     return f"confidences calibrated on {c.held_out} {what} (temperature {c.temperature:.3g})"

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence, Sized
@@ -204,6 +205,10 @@ class Agent:
         except BaseException:
             self.folder_lock.release()
             raise
+        # Samples a uniform strategy other than the audit (random) drew without a where filter, from the
+        # recorded selections: with the audit's draws, the uniform draws the calibration fits on (uniform_seqs).
+        self._draws_lock = threading.Lock()
+        self._drawn: set[int] = self._recorded_draws()
         self.blobs = BlobStore(data_dir / "blobs") if config.blobs else None
         self.manager = ModelManager(config, self.state, self.blobs, on_classes=self._adopt_manifest_classes)
         self.ingest = IngestPipeline(self.state, self.blobs, self.manager, config.limits, self.decode_work,
@@ -218,6 +223,33 @@ class Agent:
         self.map = PoolMap(config.map, data_dir / "map", self._serving_view)
         if config.background:
             self.map.start()
+
+    def _recorded_draws(self) -> set[int]:
+        """Seqs every recorded Select of a uniform strategy (``StrategyEntry.uniform``) other than the audit,
+        without a where filter, returned (a selection lost to a power loss before its commit is not among
+        them: its labels then count as chosen, the cautious side)."""
+        drawn: set[int] = set()
+        for _, request, result, _ in self.state.selections():
+            entry = STRATEGIES.get(str(request.get("strategy")))
+            if entry is None or not entry.uniform or entry.name == AUDIT or request.get("where"):
+                continue
+            drawn.update(rec.seq for rec in (self.state.lookup(str(r[0])) for r in result) if rec is not None)
+        return drawn
+
+    def uniform_seqs(self) -> np.ndarray:
+        """Seqs of every sample drawn uniformly from the whole unlabelled pool, labelled or not, ascending: the
+        audit's draws and those of other uniform strategies (random) without a where filter. Their labels
+        are a uniform sample of the pool, which the calibration fits its temperature on once enough count
+        (``Pool.audit``, agent/priors/calibration.py)."""
+        with self._draws_lock:
+            drawn = np.fromiter(self._drawn, np.int64, len(self._drawn))
+        return np.union1d(self.state.audit_seqs(), drawn)
+
+    def uniform_labelled(self) -> int:
+        """How many uniformly drawn samples (``uniform_seqs``) are labelled now."""
+        labels = self.state.labels_by_seq()
+        seqs = self.uniform_seqs()
+        return int((labels[seqs[seqs < len(labels)]] >= 0).sum())
 
     def _served_version(self) -> str:
         serving = self.manager.current
@@ -342,9 +374,10 @@ class Agent:
     def model_pool(self, serving: Serving, where: Mapping[str, str],
                    audit: bool = False) -> tuple[Pool, np.ndarray]:
         """The Pool under ``serving`` (rows = its index rows) and the seq of every row. ``audit``: fill
-        ``Pool.audit`` with the rows the audit drew; only a calibrated prior reads them (its temperature
-        fit, agent/priors/calibration.py), so Select, an uncalibrated PriorLabels and the auditor (whose
-        ``audited_pool`` knows no draws) leave it empty and skip the lookup."""
+        ``Pool.audit`` with the rows drawn uniformly (``uniform_seqs``: the audit's and random's draws); only
+        a calibrated prior reads them (its temperature fit, agent/priors/calibration.py), so Select, an
+        uncalibrated PriorLabels and the auditor (whose ``audited_pool`` knows no draws) leave it empty and
+        skip the lookup."""
         view = serving.index.view()
         labels = self.state.labels_by_seq()[view.seqs] if view.n else np.zeros(0, np.int64)
         labeled = np.flatnonzero(labels >= 0)
@@ -362,7 +395,7 @@ class Agent:
                 parts.append(index.knn(queries[start:start + KNN_BLOCK], k, limit=view.n))
             return np.concatenate([r for r, _ in parts]), np.concatenate([d for _, d in parts])
 
-        drawn = np.flatnonzero(np.isin(view.seqs, self.state.audit_seqs())) if audit and view.n \
+        drawn = np.flatnonzero(np.isin(view.seqs, self.uniform_seqs())) if audit and view.n \
             else np.zeros(0, np.int64)
         pool = Pool(embeddings=view.vecs, labeled=labeled.astype(np.int64), labels=labels[labeled],
                     classes=classes, candidates=candidates.astype(np.int64), knn=knn, logits=logits,
@@ -455,6 +488,9 @@ class Agent:
                    "where": dict(where)}
         try:
             self.state.record_selection(selection_id, request, chosen, version)
+            if fn.uniform and strategy != AUDIT and not where and chosen:  # once recorded, as a restart reads it
+                with self._draws_lock:
+                    self._drawn.update(rec.seq for rec in (self.state.lookup(i) for i, _ in chosen) if rec is not None)
         except Exception as e:  # a full or read-only disk must not stop the team from getting its shortlist
             stored = storage_problem(e)
             if stored is None:
@@ -577,19 +613,20 @@ class Agent:
             pending_embedded=0 if pending is None else pending.n,
             audit=audit,
             warnings=[w for w in [self.registry_warning(), *storage_warnings(self.data_dir, self.config.min_free_bytes),
-                                  *self.manager.warnings(), self.calibration_warning(audit.labelled)] if w],
+                                  *self.manager.warnings(), self.calibration_warning(self.uniform_labelled())] if w],
             classes_open=not self.state.closed, label_events=self.state.label_event_count())
 
-    def calibration_warning(self, audit_labelled: int) -> str:
+    def calibration_warning(self, uniform_labelled: int) -> str:
         """GetStatus's hint while prior confidences cannot be trusted: the last calibrated PriorLabels rested
-        on few held-out labels (``TemperatureFit.few``) and fewer than AUDIT_MIN_LABELS audit labels are
-        labelled now ("" otherwise, and before any PriorLabels). Computes nothing: it reads what the last
-        PriorLabels recorded, with ``audit_labelled`` (the audit report's count) for the labels still to give."""
+        on few held-out labels or on labels strategies chose (``TemperatureFit.few``, ``.chosen``) and fewer
+        than AUDIT_MIN_LABELS uniformly drawn samples are labelled now ("" otherwise, and before any
+        PriorLabels). Computes nothing: it reads what the last PriorLabels recorded, with ``uniform_labelled``
+        (``uniform_labelled()``) for the labels still to give."""
         last = self.last_prior_fit
-        if last is None or audit_labelled >= AUDIT_MIN_LABELS or not last[1].few:
+        if last is None or uniform_labelled >= AUDIT_MIN_LABELS or not (last[1].few or last[1].chosen):
             return ""
         method, fit = last
-        return f"prior {method} (last PriorLabels): " + replace(fit, audit_labels=audit_labelled).warning()
+        return f"prior {method} (last PriorLabels): " + replace(fit, audit_labels=uniform_labelled).warning()
 
     def registry_warning(self) -> str:
         """Why the registry folder cannot hold models now ("" when it is a folder). The agent still starts

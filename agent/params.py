@@ -217,6 +217,10 @@ class StrategyEntry(_Entry):
     # The strategy's cost follows its params in another way than a k-means' rows x k (probcover's radius
     # rule and clusters, qbc's members): its work size for a call (see work_size); None: the pool's rows.
     work: StrategyWork | None = None
+    # The picks are a uniform random sample of the candidates (random, audit): without a where filter, a
+    # uniform draw of the unlabelled pool, whose labels the calibration fits its temperature on like audit
+    # labels (agent/priors/calibration.py; the agent records such draws, agent/core.py ``uniform_seqs``).
+    uniform: bool = False
 
     def is_light(self, budget: int) -> bool:
         return budget <= self.light_budget
@@ -308,9 +312,11 @@ ALWAYS_LIGHT = 2**63 - 1
 
 
 def strategy(name: str, *declared: Param, light_budget: int = 0, kmeans: KMeansPlan | None = None,
-             cpu_per_unit: float = 0.0, work: StrategyWork | None = None) -> Callable[[Strategy], StrategyEntry]:
-    """Declare a strategy's name, params, light budget, k-means plan or other work size, and prior CPU seconds
-    per unit of work size (see StrategyEntry); the entry's ``__doc__`` is the function's plus the params."""
+             cpu_per_unit: float = 0.0, work: StrategyWork | None = None,
+             uniform: bool = False) -> Callable[[Strategy], StrategyEntry]:
+    """Declare a strategy's name, params, light budget, k-means plan or other work size, prior CPU seconds
+    per unit of work size, and whether its picks are a uniform draw (see StrategyEntry); the entry's
+    ``__doc__`` is the function's plus the params."""
     if not (math.isfinite(cpu_per_unit) and cpu_per_unit >= 0):
         raise ValueError(f"strategy {name}: cpu_per_unit must be a finite number >= 0")
     if kmeans is not None and work is not None:
@@ -319,7 +325,7 @@ def strategy(name: str, *declared: Param, light_budget: int = 0, kmeans: KMeansP
     def wrap(fn: Strategy) -> StrategyEntry:
         entry = StrategyEntry(name=name, params=tuple(declared), summary=_summary(fn.__doc__), fn=fn,
                               light_budget=light_budget, kmeans=kmeans,
-                              cpu_per_unit=cpu_per_unit, work=work)
+                              cpu_per_unit=cpu_per_unit, work=work, uniform=uniform)
         object.__setattr__(entry, "__doc__", (fn.__doc__ or "") + params_doc(declared))
         return entry
     return wrap

@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import typer
@@ -113,12 +113,25 @@ def parse_variant(raw: str) -> Variant:
 
 
 def make_pool(x: np.ndarray, labels: np.ndarray, picked: np.ndarray, knn: KnnFn, num_classes: int,
-              pretext_loss: np.ndarray | None) -> Pool:
-    """The pool the agent would build after the annotator labelled ``picked`` (true labels revealed)."""
+              pretext_loss: np.ndarray | None, drawn: np.ndarray | None = None) -> Pool:
+    """The pool the agent would build after the annotator labelled ``picked`` (true labels revealed), of
+    which ``drawn`` a uniform strategy drew (``Pool.audit``, as the agent records them: ``Simulated.drawn``)."""
     picked = np.asarray(picked, np.int64)
     return Pool(embeddings=x, labeled=picked, labels=labels[picked],
                 classes=[str(c) for c in range(num_classes)],
-                candidates=np.setdiff1d(np.arange(len(x)), picked), knn=knn, pretext_loss=pretext_loss)
+                candidates=np.setdiff1d(np.arange(len(x)), picked), knn=knn, pretext_loss=pretext_loss,
+                audit=np.zeros(0, np.int64) if drawn is None else np.sort(np.asarray(drawn, np.int64)))
+
+
+class Simulated(NamedTuple):
+    """``simulate``'s labelled set: ``rows`` in pick order, a ``note`` on how they were picked, the strategy's
+    Selection.details, and ``drawn``: the rows a uniform strategy (random) drew, which the calibration fits
+    on like audit labels (``make_pool``'s ``drawn``)."""
+
+    rows: np.ndarray
+    note: str
+    details: dict[str, str]
+    drawn: np.ndarray
 
 
 def row_ids(rows: np.ndarray) -> list[str]:
@@ -127,27 +140,28 @@ def row_ids(rows: np.ndarray) -> list[str]:
 
 
 def simulate(variant: Variant, budget: int, seed: int, x: np.ndarray, labels: np.ndarray, knn: KnnFn,
-             num_classes: int, pretext_loss: np.ndarray | None) -> tuple[np.ndarray, str, dict[str, str]]:
+             num_classes: int, pretext_loss: np.ndarray | None) -> Simulated:
     """Rows an annotator would have labelled with ``variant`` at ``budget``: one cold-start shot
     for the strategies that need no labels; for the others a random first half (the usual warm start
     of uncertainty sampling), then the strategy for the second half. Each Select gets the generator the
-    agent would give it (agent.pool.state_rng: the seed and the labelled set). Returns (rows, note, the
-    strategy's Selection.details)."""
+    agent would give it (agent.pool.state_rng: the seed and the labelled set)."""
     name, params = variant.name, variant.params
     empty = np.zeros(0, np.int64)
     cold = make_pool(x, labels, empty, knn, num_classes, pretext_loss)
     if name in LABEL_FREE:
-        sel = STRATEGIES[name](cold, budget, state_rng(seed, []), params)
-        return sel.rows, "", sel.details
+        entry = STRATEGIES[name]
+        sel = entry(cold, budget, state_rng(seed, []), params)
+        return Simulated(sel.rows, "", sel.details, sel.rows if entry.uniform else empty)
     first = STRATEGIES["random"](cold, max(budget // 2, 1), state_rng(seed, []), {}).rows
-    pool = make_pool(x, labels, first, knn, num_classes, pretext_loss)
+    pool = make_pool(x, labels, first, knn, num_classes, pretext_loss, drawn=first)
     rng = state_rng(seed, row_ids(first))
     try:
         sel = STRATEGIES[name](pool, budget - len(first), rng, params)
-        return np.concatenate([first, sel.rows]), "random first half", sel.details
+        return Simulated(np.concatenate([first, sel.rows]), "random first half", sel.details, first)
     except FailedPrecondition:  # e.g. the random half held one class: fill at random and say so
         rest = STRATEGIES["random"](pool, budget - len(first), rng, {}).rows
-        return np.concatenate([first, rest]), "random (strategy refused: one class in first half)", {}
+        both = np.concatenate([first, rest])
+        return Simulated(both, "random (strategy refused: one class in first half)", {}, both)
 
 
 def simulated_pools(x: np.ndarray, labels: np.ndarray, knn: KnnFn, num_classes: int, strategies: Sequence[str],
@@ -159,8 +173,8 @@ def simulated_pools(x: np.ndarray, labels: np.ndarray, knn: KnnFn, num_classes: 
     for strategy in strategies:
         for budget in budgets:
             for seed in range(seeds):
-                picked, _, _ = simulate(Variant(strategy), budget, seed, x, labels, knn, num_classes, None)
-                yield strategy, budget, seed, picked, make_pool(x, labels, picked, knn, num_classes, None)
+                picked, _, _, drawn = simulate(Variant(strategy), budget, seed, x, labels, knn, num_classes, None)
+                yield strategy, budget, seed, picked, make_pool(x, labels, picked, knn, num_classes, None, drawn)
 
 
 def run_benchmark(x: np.ndarray, labels: np.ndarray, test_x: np.ndarray | None, test_y: np.ndarray | None,
@@ -178,14 +192,15 @@ def run_benchmark(x: np.ndarray, labels: np.ndarray, test_x: np.ndarray | None, 
         for budget in budgets:
             for seed in range(seeds):
                 t0 = time.perf_counter()
-                picked, note, details = simulate(variant, budget, seed, x, labels, knn, num_classes, pretext_loss)
+                picked, note, details, drawn = simulate(variant, budget, seed, x, labels, knn, num_classes,
+                                                        pretext_loss)
                 select_s = time.perf_counter() - t0
                 if test_x is not None and test_y is not None:
                     lin = linear_probe_accuracy(x[picked], labels[picked], test_x, test_y, seed)
                 else:  # no test split: score the probe on the unlabelled rest
                     rest = np.setdiff1d(np.arange(len(x)), picked)
                     lin = linear_probe_accuracy(x[picked], labels[picked], x[rest], labels[rest], seed)
-                pool = make_pool(x, labels, picked, knn, num_classes, pretext_loss)
+                pool = make_pool(x, labels, picked, knn, num_classes, pretext_loss, drawn)
                 rows = pool.candidates
                 for method in priors:
                     t1 = time.perf_counter()

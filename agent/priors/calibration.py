@@ -47,8 +47,9 @@ Audit labels fit the temperature once there are enough of them (``AUDIT_MIN_LABE
 samples are not a random sample of the pool: a strategy chose them for being typical or diverse, and
 held out they are predicted better than the pool (docs/benchmarks.md, "Few-label calibration"), so T
 comes out too sharp and the prior over-confident. Audit labels (Select strategy
-``audit``: a uniform random sample of the unlabelled pool, ``Pool.audit``, agent/audit.py) are not
-chosen, so ``audit_held_out`` cross-fits on them alone: the audit labels are dealt into the same
+``audit``: a uniform random sample of the unlabelled pool, ``Pool.audit``, agent/audit.py; and the picks of
+``random`` without a where filter, which are the same draw) are not chosen, so ``audit_held_out``
+cross-fits on them alone: the audit labels are dealt into the same
 stratified folds, each fold's are hidden in turn (the method runs with every other label as a seed,
 selected or audit) and T maximises the likelihood of the hidden audit labels (``fit_temperature``,
 the same MAP fit). Each prediction is of a random sample by a prior that never saw it, as in the
@@ -72,9 +73,11 @@ becomes the calibrated top probability. ``calibrate=false`` returns the method's
 Provenance: every answer says how its confidences were calibrated (``Priors.calibration``, a
 ``TemperatureFit``; PriorLabels' ``Calibration`` message, docs/agent.md): the fitting set ("audit",
 "labelled", "default" or "off"), the held-out predictions the fit used, the temperature, and a warning when
-the confidences cannot be trusted yet: the temperature is the default, or rests on fewer than
-``FEW_HELD_OUT`` held-out labelled samples, where the measured calibration error misses the goal in most cells
-(docs/benchmarks.md, "Class-balanced cross-fit"), and the fix is audit labels.
+the confidences cannot be trusted yet, whose fix is audit labels: the temperature is the default, or rests
+on fewer than ``FEW_HELD_OUT`` held-out labelled samples, where the measured calibration error misses the
+goal in most cells (docs/benchmarks.md, "Class-balanced cross-fit"); or it rests on more, but chosen ones
+(a labelled-set fit: fewer than AUDIT_MIN_LABELS audit labels counted), whose error depends on the
+strategy that chose them (docs/benchmarks.md, "Random picks as audit labels").
 """
 
 from __future__ import annotations
@@ -294,7 +297,8 @@ class TemperatureFit:
     ``audit_held_out``), "labelled" (the labelled set's cross-fit, ``held_out``), "default" (no sample
     counted: the method's default temperature) or "off" (``calibrate=false``: no temperature applied,
     ``temperature`` 0); ``samples`` = the held-out predictions the fit used; ``audit_labels`` = the audit
-    labels among the labels at the fit (labelled samples drawn by Select strategy "audit");
+    labels among the labels at the fit (labelled samples drawn uniformly, ``Pool.audit``: by Select strategy
+    "audit", or "random" without a where filter);
     ``open_classes``: the agent's class list is open (no ``--classes``), so the classes are those labelled
     so far and step 2 cannot give a class nobody has labelled yet its share (set by the agent, which
     knows; the methods see only ``Pool.classes``)."""
@@ -311,7 +315,8 @@ class TemperatureFit:
             return "not calibrated (calibrate=false): the method's own confidences"
         if self.fitting_set == "default":
             return f"temperature {self.temperature:.3g} (the method's default: no held-out label counts)"
-        what = "audit labels" if self.fitting_set == "audit" else "held-out labelled samples"
+        what = ("audit labels (audit or random draws)" if self.fitting_set == "audit"
+                else "held-out labelled samples")
         return f"temperature {self.temperature:.3g} fitted on {self.samples} {what}"
 
     @property
@@ -320,18 +325,33 @@ class TemperatureFit:
         than FEW_HELD_OUT held-out samples (an audit fit has at least AUDIT_MIN_LABELS; "off" is asked for)."""
         return self.fitting_set == "default" or (self.fitting_set == "labelled" and self.samples < FEW_HELD_OUT)
 
+    @property
+    def chosen(self) -> bool:
+        """The confidences cannot be trusted yet for another reason: a labelled-set fit on enough held-out
+        samples, but fewer than AUDIT_MIN_LABELS of them drawn uniformly (else the audit fit would have
+        been made); samples a strategy chose need not speak for the pool, and how far they miss depends on
+        the strategy and the embeddings (docs/benchmarks.md, "Random picks as audit labels")."""
+        return self.fitting_set == "labelled" and self.samples >= FEW_HELD_OUT
+
     def warning(self) -> str:
-        """What to tell a user when ``few`` ("" otherwise), e.g. "confidences calibrated on 3 held-out labels
-        (few): label 20 audit samples (shortlist select --strategy audit) for trustworthy confidences"."""
-        if not self.few:
+        """What to tell a user when ``few`` or ``chosen`` ("" otherwise), e.g. "confidences calibrated on 3
+        held-out labels (few, under 20): label 20 audit samples (shortlist select --strategy audit) for
+        trustworthy confidences"."""
+        if not (self.few or self.chosen):
             return ""
-        basis = ("no held-out label (the method's default temperature)" if self.fitting_set == "default"
-                 else f"{self.samples} held-out label{'' if self.samples == 1 else 's'}")
+        if self.chosen:
+            basis = (f"{self.samples} held-out labels while {self.audit_labels} label"
+                     f"{' was' if self.audit_labels == 1 else 's were'} drawn uniformly (audit or random picks; "
+                     f"labels a strategy chose need not speak for the pool)")
+        else:
+            basis = ("no held-out label (the method's default temperature)" if self.fitting_set == "default"
+                     else f"{self.samples} held-out label{'' if self.samples == 1 else 's'}") + \
+                f" (few, under {FEW_HELD_OUT})"
         more = AUDIT_MIN_LABELS - self.audit_labels
         todo = f"label {more} audit sample{'' if more == 1 else 's'}" if more > 0 else "label more audit samples"
         declare = ("; the class list is open, so a class nobody has labelled yet gets no share: declare every "
                    "class (shortlist serve --classes a,b,c)" if self.open_classes else "")
-        return (f"confidences calibrated on {basis} (few, under {FEW_HELD_OUT}): {todo} "
+        return (f"confidences calibrated on {basis}: {todo} "
                 f"(shortlist select --strategy audit) for trustworthy confidences{declare}")
 
 

@@ -24,7 +24,7 @@ from agent.strategies.coverage import coreset, probcover
 from agent.strategies.uncertainty import badge, das, entropy, least_confidence, margin, qbc
 
 
-@strategy("random", light_budget=ALWAYS_LIGHT)
+@strategy("random", light_budget=ALWAYS_LIGHT, uniform=True)
 def random_strategy(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping[str, str]) -> Selection:
     """Uniform random sample of the candidates, without replacement. Needs no model and no labels."""
     take = min(budget, len(pool.candidates))

@@ -14,8 +14,9 @@ A Label Studio project connected to ``http://AGENT:P/labelstudio`` (Settings > M
   (PriorLabels, method ``--labelstudio-prior``) with its confidence, or its label when it already has one
   (confidence 1); ``result`` is empty for a task that matches no sample. A prior's region also carries
   ``"meta": {"text": [CALIBRATION]}``, how its confidence was calibrated (``calibration_line`` of
-  PriorLabel.calibration: the agent's warning when it rests on fewer than 20 held-out labels, else e.g.
-  "confidences calibrated on 22 audit labels (temperature 0.62)"; none from an agent that does not send
+  PriorLabel.calibration: the agent's warning while it rests on fewer than 20 audit labels, else e.g.
+  "confidences calibrated on 22 audit labels (audit or random draws) (temperature 0.62)"; none from an
+  agent that does not send
   it), and the answer's ``calibration`` key has the whole Calibration as JSON (Label Studio ignores it).
   ORDER (see ``order_score``) makes an ascending sort by prediction score follow Shortlist's selection:
   the samples of the current selection (Select with ``--labelstudio-strategy`` /

@@ -63,7 +63,7 @@ def main() -> None:
                     cells: dict[str, list[tuple[float, ...]]] = {m: [] for m in args.priors.split(",")}
                     fitted: dict[str, set[str]] = {m: set() for m in cells}
                     for seed in range(args.seeds):
-                        picked, _, _ = simulate(Variant(strategy, {}), budget, seed, x, y, knn, c, None)
+                        picked, _, _, _ = simulate(Variant(strategy, {}), budget, seed, x, y, knn, c, None)
                         before_draw = make_pool(x, y, picked, knn, c, None)
                         drawn = np.sort(STRATEGIES["audit"](before_draw, audit, state_rng(seed, row_ids(picked)),
                                                             {}).rows)

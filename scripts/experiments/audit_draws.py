@@ -51,7 +51,7 @@ def main() -> None:
           "/ served |")
     print("|---|---|---|---|---|---|")
     for seed in range(a.seeds):
-        picked, _, _ = simulate(Variant(a.strategy, {}), a.budget, seed, x, y, knn, c, None)
+        picked, _, _, _ = simulate(Variant(a.strategy, {}), a.budget, seed, x, y, knn, c, None)
         before = make_pool(x, y, picked, knn, c, None)
         for d in range(a.draws):
             # draw 0 is audit_calibration.py's draw for this seed

@@ -129,7 +129,7 @@ def collect(name: str, x_path: Path, y_path: Path, out: Path, strategies: list[s
                 if path.exists():
                     continue
                 t0 = time.time()
-                picked, _, _ = simulate(Variant(strategy), budget, seed, x, y, knn, num_classes, None)
+                picked, _, _, _ = simulate(Variant(strategy), budget, seed, x, y, knn, num_classes, None)
                 pool = make_pool(x, y, picked, knn, num_classes, None)
                 rows = pool.candidates
                 cell: dict[str, Any] = dict(picked=picked, rows=rows, y=y[rows], C=num_classes,

@@ -423,7 +423,8 @@ def test_prior_labels_say_how_their_confidences_were_calibrated(running: Running
     assert AUDIT_MIN_LABELS <= cal.held_out <= 22 and cal.temperature > 0
     res = CliRunner().invoke(app, ["prior", "--agent", running.address, "--method", "knn"])
     assert res.stdout.rstrip().splitlines()[-1] == \
-        f"confidences calibrated on {cal.held_out} audit labels (temperature {cal.temperature:.3g})"
+        f"confidences calibrated on {cal.held_out} audit labels (audit or random draws) (temperature " \
+        f"{cal.temperature:.3g})"
 
 
 def test_a_refusal_with_no_wait_hinted_still_backs_off() -> None:
@@ -458,3 +459,44 @@ def test_a_refusal_with_no_wait_hinted_still_backs_off() -> None:
         auditor.stop()
     with pytest.raises(ValueError, match="busy_backoff_s"):
         AuditConfig(busy_backoff_s=-1)
+
+
+def test_random_picks_count_as_audit_labels_and_chosen_ones_warn(tmp_path: Path, registry: Path) -> None:
+    """Select "random" without a where filter draws uniformly from the pool, as the audit does: once 20 of
+    its picks are labelled the temperature is fitted on them ("audit"), also after a restart (the draws are
+    read back from the recorded selections). Before that, a labelled-set fit on 20 or more held-out labels
+    that a strategy chose says so; random picks under a where filter are not uniform draws of the pool."""
+    from agent.priors.calibration import AUDIT_MIN_LABELS
+
+    def calibration(r: Running) -> agent_pb2.Calibration:
+        return next(iter(r.stub.PriorLabels(agent_pb2.PriorLabelsRequest(method="knn")))).calibration
+
+    def pick_and_label(r: Running, strategy: str, budget: int, **where: str) -> list[str]:
+        ids = [s.id for s in r.stub.Select(agent_pb2.SelectRequest(budget=budget, strategy=strategy, seed=2,
+                                                                   where=where)).selected]
+        client.submit_labels(r.stub, [(i, true_label(i)) for i in ids], "alice")
+        return ids
+
+    running = start(tmp_path / "data", registry)
+    try:
+        client.ingest(running.stub, make_samples(90, labels=3))
+        pick_and_label(running, "typiclust", 24)
+        cal = calibration(running)  # 27 labels a strategy chose (or ingest carried): no uniform draw
+        assert cal.source == "labelled" and cal.held_out >= 20 and cal.audit_labels == 0
+        assert cal.warning.startswith(f"confidences calibrated on {cal.held_out} held-out labels while 0 labels "
+                                      "were drawn uniformly")
+        assert f"label {AUDIT_MIN_LABELS} audit samples" in cal.warning
+        pick_and_label(running, "random", 10, site="a")  # uniform over site "a" only: not the pool's draw
+        assert calibration(running).audit_labels == 0
+        pick_and_label(running, "random", 24)
+        cal = calibration(running)
+        assert (cal.source, cal.audit_labels, cal.warning) == ("audit", 24, "")
+        assert AUDIT_MIN_LABELS <= cal.held_out <= 24
+        assert not [w for w in running.stub.GetStatus(agent_pb2.GetStatusRequest()).warnings if "audit sample" in w]
+    finally:
+        running.stop()
+    again = start(tmp_path / "data", registry)  # the draws are read back from the recorded selections
+    try:
+        assert calibration(again) == cal
+    finally:
+        again.stop()

@@ -385,7 +385,8 @@ def test_class_balanced_fit_matches_the_pools_accuracy_not_the_popular_class() -
 def test_every_answer_says_how_it_was_calibrated() -> None:
     """Priors.calibration: "default" with one label per class, "labelled" with its held-out count (few under
     FEW_HELD_OUT, with the audit labels still to give), "audit" once enough audit labels count, "off"
-    uncalibrated; only the first two carry a warning."""
+    uncalibrated; only the first two carry a warning: few held-out labels, or enough held-out labels of
+    which fewer than AUDIT_MIN_LABELS were drawn uniformly (``chosen``)."""
     from dataclasses import replace
 
     from agent.priors.calibration import AUDIT_MIN_LABELS, FEW_HELD_OUT, TemperatureFit
@@ -415,13 +416,20 @@ def test_every_answer_says_how_it_was_calibrated() -> None:
     fit = knn(audited, audited.candidates, np.random.default_rng(0), {}).calibration
     assert fit is not None and fit.fitting_set == "audit" and fit.samples >= AUDIT_MIN_LABELS
     assert fit.audit_labels == AUDIT_MIN_LABELS + 5 and not fit.few and fit.warning() == ""
-    # many held-out labelled samples are not "few"; a labelled fit past the audit threshold asks for "more"
-    assert not TemperatureFit(0.5, "labelled", FEW_HELD_OUT).few
+    # many held-out labelled samples are not "few", but a labelled fit on them rests on chosen labels: it
+    # says how many were drawn uniformly and asks for the audit labels still to give
+    many = TemperatureFit(0.5, "labelled", FEW_HELD_OUT, 3)
+    assert not many.few and many.chosen and not lab.chosen and not fit.chosen and not off.chosen
+    assert many.warning() == (
+        f"confidences calibrated on {FEW_HELD_OUT} held-out labels while 3 labels were drawn uniformly (audit or "
+        f"random picks; labels a strategy chose need not speak for the pool): label {AUDIT_MIN_LABELS - 3} audit "
+        "samples (shortlist select --strategy audit) for trustworthy confidences")
     assert "label more audit samples" in TemperatureFit(0.5, "labelled", 3, AUDIT_MIN_LABELS).warning()
     assert "label 1 audit sample (" in TemperatureFit(0.5, "labelled", 1, AUDIT_MIN_LABELS - 1).warning()
-    # an open class list is named only while the confidences rest on few labels
+    # an open class list is named while the confidences cannot be trusted, not after
     assert TemperatureFit(0.5, "default", 0, open_classes=True).warning().endswith("serve --classes a,b,c)")
-    assert TemperatureFit(0.5, "labelled", FEW_HELD_OUT, open_classes=True).warning() == ""
+    assert replace(many, open_classes=True).warning().endswith("serve --classes a,b,c)")
+    assert replace(fit, open_classes=True).warning() == ""
 
 
 def test_fit_temperature_weights_are_the_class_balance_or_given() -> None:

@@ -95,3 +95,18 @@ def test_bad_param_value_is_invalid_argument() -> None:
         STRATEGIES["as3l"](pool_for("as3l"), 3, np.random.default_rng(0), {"runs": "six"})
     with pytest.raises(InvalidArgument, match=r"lambda='-1' .*\[0, 1000\]"):
         STRATEGIES["das"](pool_for("das"), 3, np.random.default_rng(0), {"lambda": "-1"})
+
+
+@pytest.mark.parametrize("name", sorted(n for n, e in STRATEGIES.items() if e.uniform))
+def test_a_strategy_declared_uniform_draws_every_candidate_equally_often(name: str) -> None:
+    """``uniform=True`` lets the calibration fit on the picks' labels as on audit labels, so it must hold: over
+    400 draws of 7 on the clustered pool, each candidate's count is binomial (chi-square, p > 0.001)."""
+    from scipy.stats import chisquare
+
+    pool = pool_for(name)
+    counts = np.zeros(len(X), np.int64)
+    for seed in range(400):
+        np.add.at(counts, STRATEGIES[name](pool, 7, np.random.default_rng(seed), {}).rows, 1)
+    assert counts[np.setdiff1d(np.arange(len(X)), CANDIDATES)].sum() == 0
+    assert chisquare(counts[CANDIDATES]).pvalue > 1e-3
+    assert not STRATEGIES["typiclust"].uniform and not STRATEGIES["coreset"].uniform
