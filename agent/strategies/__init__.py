@@ -26,7 +26,9 @@ from agent.strategies.uncertainty import badge, das, entropy, least_confidence, 
 
 @strategy("random", light_budget=ALWAYS_LIGHT, uniform=True)
 def random_strategy(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping[str, str]) -> Selection:
-    """Uniform random sample of the candidates, without replacement. Needs no model and no labels."""
+    """Uniform random sample of the candidates, without replacement. Needs no model and no labels. Declared
+    ``uniform``: without a where filter its picks are a uniform draw of the unlabelled pool, whose labels
+    calibrate the priors as audit labels do (agent/priors/calibration.py)."""
     take = min(budget, len(pool.candidates))
     rows = rng.choice(pool.candidates, size=take, replace=False) if take else pool.candidates[:0]
     return Selection(rows=np.asarray(rows, np.int64), scores=np.ones(take))
