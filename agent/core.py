@@ -195,7 +195,7 @@ class Agent:
         self.prior_cache: LruCache[tuple[np.ndarray, np.ndarray, TemperatureFit | None]] = LruCache(
             work.cache_entries, work.cache_rows)
         # The method and calibration of the last calibrated PriorLabels answered, for GetStatus's warning
-        # while its confidences rest on few held-out labels (``status``); None before any.
+        # while its confidences cannot be trusted (``status``); None before any.
         self.last_prior_fit: tuple[str, TemperatureFit] | None = None
         self.data_dir = data_dir
         self.models = config.models
