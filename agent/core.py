@@ -617,16 +617,31 @@ class Agent:
             classes_open=not self.state.closed, label_events=self.state.label_event_count())
 
     def calibration_warning(self, uniform_labelled: int) -> str:
-        """GetStatus's hint while prior confidences cannot be trusted: the last calibrated PriorLabels rested
-        on few held-out labels or on labels strategies chose (``TemperatureFit.few``, ``.chosen``) and fewer
-        than AUDIT_MIN_LABELS uniformly drawn samples are labelled now ("" otherwise, and before any
-        PriorLabels). Computes nothing: it reads what the last PriorLabels recorded, with ``uniform_labelled``
-        (``uniform_labelled()``) for the labels still to give."""
+        """GetStatus's hint while prior confidences cannot be trusted ("" otherwise, and before any
+        PriorLabels since the start). Computes no prior: it reads what the last calibrated PriorLabels
+        recorded, with ``uniform_labelled`` (``uniform_labelled()``, the audit labels now):
+        - it rested on few held-out labels or on labels strategies chose (``TemperatureFit.few``, ``.chosen``):
+          its warning, with the labels still to give, until uniform draws labelled since then bring them to
+          AUDIT_MIN_LABELS (the next PriorLabels then fits on them, or says why not: a class's only audit
+          label cannot be held out, so 20 labelled may not be 20 counted);
+        - it rested on audit labels, but retractions left fewer than AUDIT_MIN_LABELS: the next PriorLabels
+          will not fit on them, so say that already."""
         last = self.last_prior_fit
-        if last is None or uniform_labelled >= AUDIT_MIN_LABELS or not (last[1].few or last[1].chosen):
+        if last is None:
             return ""
         method, fit = last
-        return f"prior {method} (last PriorLabels): " + replace(fit, audit_labels=uniform_labelled).warning()
+        head = f"prior {method} (last PriorLabels): "
+        if fit.few or fit.chosen:
+            if uniform_labelled >= AUDIT_MIN_LABELS and uniform_labelled > fit.audit_labels:
+                return ""
+            return head + replace(fit, audit_labels=uniform_labelled).warning()
+        if fit.fitting_set == "audit" and uniform_labelled < AUDIT_MIN_LABELS:
+            more = AUDIT_MIN_LABELS - uniform_labelled
+            return (head + f"confidences calibrated on {fit.samples} audit labels, but only {uniform_labelled} "
+                    f"uniformly drawn label{' is' if uniform_labelled == 1 else 's are'} left (labels were retracted): "
+                    f"label {more} audit sample{'' if more == 1 else 's'} (shortlist select --strategy audit) for "
+                    "trustworthy confidences")
+        return ""
 
     def registry_warning(self) -> str:
         """Why the registry folder cannot hold models now ("" when it is a folder). The agent still starts

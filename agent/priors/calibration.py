@@ -348,7 +348,9 @@ class TemperatureFit:
                      else f"{self.samples} held-out label{'' if self.samples == 1 else 's'}") + \
                 f" (few, under {FEW_HELD_OUT})"
         more = AUDIT_MIN_LABELS - self.audit_labels
-        todo = f"label {more} audit sample{'' if more == 1 else 's'}" if more > 0 else "label more audit samples"
+        todo = (f"label {more} audit sample{'' if more == 1 else 's'}" if more > 0 else
+                f"label more audit samples ({self.audit_labels} are labelled but fewer than {AUDIT_MIN_LABELS} "
+                "count: an audit label whose class has no other label cannot be held out)")
         declare = ("; the class list is open, so a class nobody has labelled yet gets no share: declare every "
                    "class (shortlist serve --classes a,b,c)" if self.open_classes else "")
         return (f"confidences calibrated on {basis}: {todo} "

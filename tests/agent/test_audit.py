@@ -500,3 +500,33 @@ def test_random_picks_count_as_audit_labels_and_chosen_ones_warn(tmp_path: Path,
         assert calibration(again) == cal
     finally:
         again.stop()
+
+
+def test_status_repeats_the_calibration_warning_until_the_labels_that_fix_it_arrive() -> None:
+    """GetStatus's copy of the last PriorLabels' warning (``Agent.calibration_warning``, given the uniformly
+    drawn labels now): it stays until uniform draws labelled since that fit reach 20 (20 labelled that did
+    not all count keep it, with the reason); an audit fit whose labels were retracted below 20 warns already."""
+    from types import SimpleNamespace
+
+    from agent.core import Agent
+    from agent.priors.calibration import TemperatureFit
+
+    def warn(fit: TemperatureFit | None, uniform: int) -> str:
+        agent = SimpleNamespace(last_prior_fit=None if fit is None else ("knn", fit))  # all the method reads
+        return Agent.calibration_warning(agent, uniform)  # type: ignore[arg-type]
+
+    assert warn(None, 0) == ""
+    chosen = TemperatureFit(0.7, "labelled", 28, 0)
+    assert warn(chosen, 10) == "prior knn (last PriorLabels): " + replace(chosen, audit_labels=10).warning()
+    assert "label 10 audit samples" in warn(chosen, 10)
+    assert warn(chosen, 20) == ""  # 20 uniform labels since: the next PriorLabels fits on them
+    short = TemperatureFit(0.7, "labelled", 21, 20)  # 20 labelled, but a class's only one cannot be held out
+    assert "label more audit samples (20 are labelled but fewer than 20 count: an audit label whose class has no " \
+           "other label cannot be held out)" in warn(short, 20)
+    assert warn(short, 21) == ""
+    audit = TemperatureFit(0.8, "audit", 24, 24)
+    assert warn(audit, 24) == warn(audit, 20) == ""
+    assert warn(audit, 14) == (
+        "prior knn (last PriorLabels): confidences calibrated on 24 audit labels, but only 14 uniformly drawn "
+        "labels are left (labels were retracted): label 6 audit samples (shortlist select --strategy audit) for "
+        "trustworthy confidences")
