@@ -555,6 +555,9 @@ def select(agent: AgentTarget,
     console.print(f"selection {reply.selection_id}", soft_wrap=True, highlight=False)
     for key, value in sorted(reply.details.items()):
         console.print(f"{key}: {value}", style="yellow" if key == "warning" else None)
+    if not reply.selected:  # an empty table alone reads like a failure with no cause
+        what = "matches " + " ".join(f"--where {w}" for w in where) if where else "is left"
+        console.print(f"nothing selected: no unlabelled sample {what}", style="yellow", highlight=False)
 
 
 class LabelFileError(ValueError):

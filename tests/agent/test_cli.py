@@ -65,6 +65,8 @@ def test_commands_json(tmp_path: Path, running: Running) -> None:
     assert "delta: " in run("select", "--agent", running.address, "--budget", "2", "--strategy", "probcover")
     north = json.loads(run("select", "--agent", running.address, "--budget", "50", "--where", "site=north", "--json"))
     assert len(north["selected"]) == 8  # the first 8 files (the second ingest's duplicates stay unlabelled)
+    nowhere = run("select", "--agent", running.address, "--budget", "5", "--where", "site=south")
+    assert "nothing selected: no unlabelled sample matches --where site=south" in nowhere
     csv_path = tmp_path / "labels.csv"
     csv_path.write_text("id,label\n" + "".join(f"{i},cat\n" for i in ids) + "missing,cat\n")
     lab = json.loads(run("label", str(csv_path), "--agent", running.address, "--json"))
