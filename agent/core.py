@@ -19,7 +19,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence, Sized
+from collections.abc import Iterable, Iterator, Mapping, Sequence, Sized
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -40,7 +40,7 @@ from agent.models import ModelManager, Serving
 from agent.pool import Pool, state_rng
 from agent.pool_map import MapStatus, PoolMap
 from agent.priors import PRIOR_METHODS, get_prior_method
-from agent.priors.calibration import AUDIT_MIN_LABELS, TemperatureFit, calibrate_flag
+from agent.priors.calibration import AUDIT_MIN_LABELS, TemperatureFit, audit_todo, calibrate_flag
 from agent.queues import Queues
 from agent.security import DataDirLock, owner_only_dir
 from agent.state import INGEST_SOURCE, MANUAL_SOURCE, LabelEvent, SampleRecord, State
@@ -80,6 +80,15 @@ class PriorResult:
     # How the confidences were calibrated (agent/priors/calibration.py, "Provenance"): on the first
     # result of a reply only (the same for every row), None on the others.
     calibration: TemperatureFit | None = None
+
+
+def random_draw(strategy: str, filtered: bool) -> bool:
+    """Whether a Select of ``strategy`` (``filtered``: with a where filter) drew uniformly from the whole
+    unlabelled pool without being the audit (whose draws have their own table): a uniform strategy
+    (``StrategyEntry.uniform``, e.g. random) and no where filter. Its picks' labels calibrate the priors as
+    audit labels (``Agent.uniform_seqs``)."""
+    entry = STRATEGIES.get(strategy)
+    return entry is not None and entry.uniform and strategy != AUDIT and not filtered
 
 
 @dataclass
@@ -230,11 +239,13 @@ class Agent:
         them: its labels then count as chosen, the cautious side)."""
         drawn: set[int] = set()
         for _, request, result, _ in self.state.selections():
-            entry = STRATEGIES.get(str(request.get("strategy")))
-            if entry is None or not entry.uniform or entry.name == AUDIT or request.get("where"):
-                continue
-            drawn.update(rec.seq for rec in (self.state.lookup(str(r[0])) for r in result) if rec is not None)
+            if random_draw(str(request.get("strategy")), bool(request.get("where"))):
+                drawn.update(self._seqs_of(str(r[0]) for r in result))
         return drawn
+
+    def _seqs_of(self, ids: Iterable[str]) -> list[int]:
+        """The seqs of the stored samples among ``ids``, in order."""
+        return [rec.seq for rec in (self.state.lookup(i) for i in ids) if rec is not None]
 
     def uniform_seqs(self) -> np.ndarray:
         """Seqs of every sample drawn uniformly from the whole unlabelled pool, labelled or not, ascending: the
@@ -481,16 +492,16 @@ class Agent:
             details = dict(sel.details)
             self.select_cache.put(key, (list(chosen), dict(details)), weight=max(1, len(chosen)))
         selection_id = uuid.uuid4().hex
-        if strategy == AUDIT and chosen:  # durable before the answer: an unrecorded draw would not be audited
-            drawn = [rec.seq for rec in (self.state.lookup(i) for i, _ in chosen) if rec is not None]
+        drawn = self._seqs_of(i for i, _ in chosen) if fn.uniform and not where else []  # (the audit refuses where)
+        if strategy == AUDIT and drawn:  # durable before the answer: an unrecorded draw would not be audited
             self.state.add_audit(drawn, selection_id)
         request = {"budget": budget, "strategy": strategy, "params": dict(params), "seed": seed,
                    "where": dict(where)}
         try:
             self.state.record_selection(selection_id, request, chosen, version)
-            if fn.uniform and strategy != AUDIT and not where and chosen:  # once recorded, as a restart reads it
+            if drawn and random_draw(strategy, bool(where)):  # once recorded, as a restart reads it
                 with self._draws_lock:
-                    self._drawn.update(rec.seq for rec in (self.state.lookup(i) for i, _ in chosen) if rec is not None)
+                    self._drawn.update(drawn)
         except Exception as e:  # a full or read-only disk must not stop the team from getting its shortlist
             stored = storage_problem(e)
             if stored is None:
@@ -613,13 +624,13 @@ class Agent:
             pending_embedded=0 if pending is None else pending.n,
             audit=audit,
             warnings=[w for w in [self.registry_warning(), *storage_warnings(self.data_dir, self.config.min_free_bytes),
-                                  *self.manager.warnings(), self.calibration_warning(self.uniform_labelled())] if w],
+                                  *self.manager.warnings(), self.calibration_warning()] if w],
             classes_open=not self.state.closed, label_events=self.state.label_event_count())
 
-    def calibration_warning(self, uniform_labelled: int) -> str:
+    def calibration_warning(self) -> str:
         """GetStatus's hint while prior confidences cannot be trusted ("" otherwise, and before any
         PriorLabels since the start). Computes no prior: it reads what the last calibrated PriorLabels
-        recorded, with ``uniform_labelled`` (``uniform_labelled()``, the audit labels now):
+        recorded, with the audit labels now (``uniform_labelled``, counted only once there is such a fit):
         - it rested on few held-out labels or on labels strategies chose (``TemperatureFit.few``, ``.chosen``):
           its warning, with the labels still to give, until uniform draws labelled since then bring them to
           AUDIT_MIN_LABELS (the next PriorLabels then fits on them, or says why not: a class's only audit
@@ -630,17 +641,16 @@ class Agent:
         if last is None:
             return ""
         method, fit = last
+        uniform_labelled = self.uniform_labelled()
         head = f"prior {method} (last PriorLabels): "
         if fit.few or fit.chosen:
             if uniform_labelled >= AUDIT_MIN_LABELS and uniform_labelled > fit.audit_labels:
                 return ""
             return head + replace(fit, audit_labels=uniform_labelled).warning()
         if fit.fitting_set == "audit" and uniform_labelled < AUDIT_MIN_LABELS:
-            more = AUDIT_MIN_LABELS - uniform_labelled
             return (head + f"confidences calibrated on {fit.samples} audit labels, but only {uniform_labelled} "
                     f"uniformly drawn label{' is' if uniform_labelled == 1 else 's are'} left (labels were retracted): "
-                    f"label {more} audit sample{'' if more == 1 else 's'} (shortlist select --strategy audit) for "
-                    "trustworthy confidences")
+                    + audit_todo(uniform_labelled))
         return ""
 
     def registry_warning(self) -> str:

@@ -347,14 +347,19 @@ class TemperatureFit:
             basis = ("no held-out label (the method's default temperature)" if self.fitting_set == "default"
                      else f"{self.samples} held-out label{'' if self.samples == 1 else 's'}") + \
                 f" (few, under {FEW_HELD_OUT})"
-        more = AUDIT_MIN_LABELS - self.audit_labels
-        todo = (f"label {more} audit sample{'' if more == 1 else 's'}" if more > 0 else
-                f"label more audit samples ({self.audit_labels} are labelled but fewer than {AUDIT_MIN_LABELS} "
-                "count: an audit label whose class has no other label cannot be held out)")
         declare = ("; the class list is open, so a class nobody has labelled yet gets no share: declare every "
                    "class (shortlist serve --classes a,b,c)" if self.open_classes else "")
-        return (f"confidences calibrated on {basis}: {todo} "
-                f"(shortlist select --strategy audit) for trustworthy confidences{declare}")
+        return f"confidences calibrated on {basis}: {audit_todo(self.audit_labels)}{declare}"
+
+
+def audit_todo(audit_labels: int) -> str:
+    """What a calibration warning asks for with ``audit_labels`` labelled now, e.g. "label 6 audit samples
+    (shortlist select --strategy audit) for trustworthy confidences" (``TemperatureFit.warning``, GetStatus)."""
+    more = AUDIT_MIN_LABELS - audit_labels
+    todo = (f"label {more} audit sample{'' if more == 1 else 's'}" if more > 0 else
+            f"label more audit samples ({audit_labels} are labelled but fewer than {AUDIT_MIN_LABELS} "
+            "count: an audit label whose class has no other label cannot be held out)")
+    return f"{todo} (shortlist select --strategy audit) for trustworthy confidences"
 
 
 OFF = TemperatureFit(0.0, "off", 0)

@@ -512,8 +512,9 @@ def test_status_repeats_the_calibration_warning_until_the_labels_that_fix_it_arr
     from agent.priors.calibration import TemperatureFit
 
     def warn(fit: TemperatureFit | None, uniform: int) -> str:
-        agent = SimpleNamespace(last_prior_fit=None if fit is None else ("knn", fit))  # all the method reads
-        return Agent.calibration_warning(agent, uniform)  # type: ignore[arg-type]
+        agent = SimpleNamespace(last_prior_fit=None if fit is None else ("knn", fit),  # all the method reads
+                                uniform_labelled=lambda: uniform)
+        return Agent.calibration_warning(agent)  # type: ignore[arg-type]
 
     assert warn(None, 0) == ""
     chosen = TemperatureFit(0.7, "labelled", 28, 0)
