@@ -18,7 +18,6 @@ ratio 2 (NLL(T_labelled) - NLL(T_audit)) above ``--chi2``, chi-square with 1 deg
 from __future__ import annotations
 
 import copy
-from dataclasses import replace
 
 import numpy as np
 from cells import GRID, cell_parser, load, uncalibrated, uncalibrated_method  # type: ignore[import-not-found]  # same folder
@@ -59,7 +58,7 @@ def main() -> None:
                     more = STRATEGIES[strategy](warm, budget - half, state_rng(seed, row_ids(first)), {}).rows
                     picked = np.concatenate([first, more])
                 pool = make_pool(x, y, picked, knn, c, None)
-                drawn = replace(pool, audit=np.sort(first))
+                drawn = make_pool(x, y, picked, knn, c, None, drawn=first)
                 rows = pool.candidates
                 truth = y[rows]
                 for name in a.methods.split(","):
