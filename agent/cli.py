@@ -26,7 +26,7 @@ from typer.core import TyperCommand
 
 from agent import client, exports
 from agent.cli_options import AgentTarget, agent_options, labelstudio_options
-from agent.client import calibration_dict, calibration_line
+from agent.client import calibration_dict, calibration_line, ranked
 from agent.limits import MIB, Limits
 from agent.progress import audit_dict
 from agent.web.config import LabelStudioConfig
@@ -111,7 +111,11 @@ def _status_dict(s: agent_pb2.Status) -> dict[str, Any]:
 def audit_lines(a: agent_pb2.PriorAudit) -> list[str]:
     """GetStatus's audit for people: one line per prior method, accuracy with its interval."""
     if a.drawn == 0:
-        return ["audit: none drawn (`shortlist select --strategy audit --budget 50`, then label those samples)"]
+        # the two numbers a team meets: 20 audit labels for the temperature (the calibration warning's
+        # AUDIT_MIN_LABELS; not imported: agent.priors loads scipy, slow for a CLI call), 50 for an accuracy
+        # interval of about +-14 points (95% Wilson, p = 0.5)
+        return ["audit: none drawn (`shortlist select --strategy audit --budget 50`, then label those samples: "
+                "20 calibrate the priors' confidences, 50 measure their accuracy to about ±14 points)"]
     head = f"audit: {a.labelled} of {a.drawn} drawn samples labelled"
     if a.model_version:
         head += f", priors under {a.model_version}"
@@ -712,7 +716,7 @@ def prior(agent: AgentTarget,
     cal = rows[0].calibration if rows and rows[0].HasField("calibration") else None
     if as_json:
         for i, p in enumerate(rows):
-            row = {"id": p.id, "label": p.label, "confidence": p.confidence, "probs": dict(p.probs),
+            row = {"id": p.id, "label": p.label, "confidence": p.confidence, "probs": ranked(p.probs),
                    "model_version": p.model_version}
             if i == 0 and cal is not None:  # as in the reply: on the first row only
                 row["calibration"] = calibration_dict(cal)

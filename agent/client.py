@@ -15,7 +15,7 @@ import random
 import socket
 import ssl
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -653,6 +653,12 @@ def first_calibration(rows: Iterable[agent_pb2.PriorLabel]) -> agent_pb2.Calibra
         if p.HasField("calibration"):
             return p.calibration
     return None
+
+
+def ranked(probs: Mapping[str, float]) -> dict[str, float]:
+    """A PriorLabel's class probabilities, most probable first (ties by name): a protobuf map has no
+    order, so printing it as it comes gives another key order on each call."""
+    return dict(sorted(probs.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
 def calibration_dict(c: agent_pb2.Calibration) -> dict[str, object]:

@@ -14,13 +14,14 @@ Data folder layout::
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence, Sized
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +60,8 @@ MapPointRow = tuple[str, float, float, str]
 
 # Pool.knn answers at most this many queries per index call, with a cancellation checkpoint between.
 KNN_BLOCK = 4096
+# The state's meta key holding the last calibrated PriorLabels' method and TemperatureFit (JSON).
+LAST_PRIOR_FIT_KEY = "last_prior_fit"
 
 
 @dataclass
@@ -203,9 +206,6 @@ class Agent:
                                                                                                  work.cache_rows)
         self.prior_cache: LruCache[tuple[np.ndarray, np.ndarray, TemperatureFit | None]] = LruCache(
             work.cache_entries, work.cache_rows)
-        # The method and calibration of the last calibrated PriorLabels answered, for GetStatus's warning
-        # while its confidences cannot be trusted (``status``); None before any.
-        self.last_prior_fit: tuple[str, TemperatureFit] | None = None
         self.data_dir = data_dir
         self.models = config.models
         allow_pixels(config.limits.max_pixels)
@@ -214,6 +214,10 @@ class Agent:
         except BaseException:
             self.folder_lock.release()
             raise
+        # The method and calibration of the last calibrated PriorLabels answered, for GetStatus's warning
+        # while its confidences cannot be trusted (``status``); None before any. Kept in the state's meta
+        # table, so a restart does not silence the warning until the next PriorLabels.
+        self.last_prior_fit: tuple[str, TemperatureFit] | None = self._stored_prior_fit()
         # Samples a uniform strategy other than the audit (random) drew without a where filter, from the
         # recorded selections: with the audit's draws, the uniform draws the calibration fits on (uniform_seqs).
         self._draws_lock = threading.Lock()
@@ -232,6 +236,27 @@ class Agent:
         self.map = PoolMap(config.map, data_dir / "map", self._serving_view)
         if config.background:
             self.map.start()
+
+    def _stored_prior_fit(self) -> tuple[str, TemperatureFit] | None:
+        """The last calibrated PriorLabels' method and fit as ``_note_prior_fit`` stored them; None when none
+        was stored or it cannot be read (written by another version: the next PriorLabels stores it again)."""
+        text = self.state.get_meta(LAST_PRIOR_FIT_KEY)
+        if text is None:
+            return None
+        try:
+            stored = json.loads(text)
+            return str(stored["method"]), TemperatureFit(**stored["fit"])
+        except (ValueError, KeyError, TypeError) as e:
+            log.warning("ignoring the stored last prior fit (%s): %s", e, text[:200])
+            return None
+
+    def _note_prior_fit(self, method: str, fit: TemperatureFit) -> None:
+        """Remember the calibration a PriorLabels answered with, durably when it changed (one small write;
+        the same request again writes nothing)."""
+        if self.last_prior_fit == (method, fit):
+            return
+        self.last_prior_fit = (method, fit)
+        self.state.set_meta(LAST_PRIOR_FIT_KEY, json.dumps({"method": method, "fit": asdict(fit)}))
 
     def _recorded_draws(self) -> set[int]:
         """Seqs every recorded Select of a uniform strategy (``StrategyEntry.uniform``) other than the audit,
@@ -564,7 +589,7 @@ class Agent:
         fit = cached[2]
         if fit is not None and fit.fitting_set != "off":
             fit = replace(fit, open_classes=not self.state.closed)
-            self.last_prior_fit = (method, fit)
+            self._note_prior_fit(method, fit)
         return self._iter_priors(rows, seqs, cached[0], cached[1], fit, pool.classes, serving.version)
 
     def _iter_priors(self, rows: np.ndarray, seqs: np.ndarray, probs: np.ndarray, confidence: np.ndarray,
@@ -629,8 +654,9 @@ class Agent:
 
     def calibration_warning(self) -> str:
         """GetStatus's hint while prior confidences cannot be trusted ("" otherwise, and before any
-        PriorLabels since the start). Computes no prior: it reads what the last calibrated PriorLabels
-        recorded, with the audit labels now (``uniform_labelled``, counted only once there is such a fit):
+        calibrated PriorLabels was answered). Computes no prior: it reads what the last calibrated PriorLabels
+        recorded (``last_prior_fit``, kept across restarts), with the audit labels now (``uniform_labelled``,
+        counted only once there is such a fit):
         - it rested on few held-out labels or on labels strategies chose (``TemperatureFit.few``, ``.chosen``):
           its warning, with the labels still to give, until uniform draws labelled since then bring them to
           AUDIT_MIN_LABELS (the next PriorLabels then fits on them, or says why not: a class's only audit

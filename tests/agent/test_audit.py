@@ -215,7 +215,9 @@ def test_shortlist_status_shows_the_audit(running: Running) -> None:
         return res.stdout
 
     client.ingest(running.stub, make_samples(24, labels=6))
-    assert "audit: none drawn" in status()
+    from agent.priors.calibration import AUDIT_MIN_LABELS
+    none = " ".join(status().split())  # rich wraps the line
+    assert "audit: none drawn" in none and f"{AUDIT_MIN_LABELS} calibrate the priors' confidences" in none
     drawn = [s.id for s in running.stub.Select(agent_pb2.SelectRequest(budget=6, strategy="audit")).selected]
     client.submit_labels(running.stub, [(i, true_label(i)) for i in drawn], "alice")
     wait_audit(running, 6)
@@ -498,6 +500,35 @@ def test_random_picks_count_as_audit_labels_and_chosen_ones_warn(tmp_path: Path,
     again = start(tmp_path / "data", registry)  # the draws are read back from the recorded selections
     try:
         assert calibration(again) == cal
+    finally:
+        again.stop()
+
+
+def test_the_status_warning_survives_a_restart(tmp_path: Path, registry: Path) -> None:
+    """GetStatus repeats the last PriorLabels' calibration warning after a restart, before any new
+    PriorLabels (the fit is kept in the state, not only in memory), and stops once the labels that fix it
+    are given."""
+    def calibration_warnings(r: Running) -> list[str]:
+        return [w for w in r.stub.GetStatus(agent_pb2.GetStatusRequest()).warnings if "audit sample" in w]
+
+    running = start(tmp_path / "data", registry)
+    try:
+        client.ingest(running.stub, make_samples(90, labels=3))
+        ids = [s.id for s in running.stub.Select(agent_pb2.SelectRequest(budget=24, strategy="typiclust",
+                                                                         seed=2)).selected]
+        client.submit_labels(running.stub, [(i, true_label(i)) for i in ids], "alice")
+        assert calibration_warnings(running) == []  # no PriorLabels yet: nothing to warn about
+        cal = next(iter(running.stub.PriorLabels(agent_pb2.PriorLabelsRequest(method="knn")))).calibration
+        assert cal.warning and calibration_warnings(running) == [f"prior knn (last PriorLabels): {cal.warning}"]
+    finally:
+        running.stop()
+    again = start(tmp_path / "data", registry)
+    try:
+        assert calibration_warnings(again) == [f"prior knn (last PriorLabels): {cal.warning}"]
+        ids = [s.id for s in again.stub.Select(agent_pb2.SelectRequest(budget=20, strategy="audit",
+                                                                       seed=3)).selected]
+        client.submit_labels(again.stub, [(i, true_label(i)) for i in ids], "alice")
+        assert calibration_warnings(again) == []  # 20 uniform draws labelled since the fit
     finally:
         again.stop()
 

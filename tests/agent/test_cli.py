@@ -74,6 +74,7 @@ def test_commands_json(tmp_path: Path, running: Running) -> None:
     lines = run("prior", "--agent", running.address, "--method", "knn", "--json").strip().splitlines()
     priors = [json.loads(line) for line in lines]
     assert len(priors) == 12 - 4 - 3 and all(p["model_version"] == "v0001" for p in priors)
+    assert all(list(p["probs"].values()) == sorted(p["probs"].values(), reverse=True) for p in priors)  # top first
     table = run("select", "--agent", running.address, "--budget", "1", "--seed", "5")
     shown = [line.split()[1] for line in table.splitlines() if line.startswith("selection ")]
     assert shown and shown[0] in {sid for sid, *_ in running.agent.state.selections()}  # copyable, unwrapped
