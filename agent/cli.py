@@ -7,6 +7,7 @@ import contextlib
 import csv
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -106,6 +107,21 @@ def _status_dict(s: agent_pb2.Status) -> dict[str, Any]:
             "pending_model_version": s.pending_model_version, "pending_embedded": s.pending_embedded,
             "classes": list(s.classes), "strategies": list(s.strategies), "prior_methods": list(s.prior_methods),
             "warnings": list(s.warnings), "audit": audit_dict(s.audit)}
+
+
+def json_line(obj: Any) -> str:
+    """``obj`` as one line of strict JSON: a float that is not finite (e.g. the score +inf of a strategy's first
+    pick, chosen before any distance exists) becomes null, since JSON has no Infinity or NaN and a parser
+    in another language refuses Python's ``Infinity``."""
+    def clean(x: Any) -> Any:
+        if isinstance(x, float):
+            return x if math.isfinite(x) else None
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items()}
+        if isinstance(x, list | tuple):
+            return [clean(v) for v in x]
+        return x
+    return json.dumps(clean(obj), allow_nan=False)
 
 
 def audit_lines(a: agent_pb2.PriorAudit) -> list[str]:
@@ -513,7 +529,7 @@ def ingest(agent: AgentTarget,
                                                max_bytes=None if batch_mb is None else int(batch_mb * 2**20)))
     except client.IngestInterrupted as e:
         if as_json:
-            print(json.dumps({**_ingest_out(e.reply), "error": str(e)}))
+            print(json_line({**_ingest_out(e.reply), "error": str(e)}))
         else:
             _print_ingest(e.reply)
         console.print(f"[red]stopped reading {escape(source)}[/red] after {e.sent} samples: {escape(str(e))}; the "
@@ -525,7 +541,7 @@ def ingest(agent: AgentTarget,
                       f"in {', '.join(IMAGE_EXTENSIONS)}", highlight=False)
         raise typer.Exit(2)
     if as_json:
-        print(json.dumps(_ingest_out(reply)))
+        print(json_line(_ingest_out(reply)))
         return
     _print_ingest(reply)
 
@@ -544,7 +560,7 @@ def select(agent: AgentTarget,
                                   where=_pairs(where, "--where"))
     reply = _rpc(lambda: stub.Select(req))
     if as_json:
-        print(json.dumps({"selection_id": reply.selection_id, "model_version": reply.model_version,
+        print(json_line({"selection_id": reply.selection_id, "model_version": reply.model_version,
                           "strategy": reply.strategy, "details": dict(reply.details),
                           "selected": [{"id": s.id, "score": s.score} for s in reply.selected]}))
         return
@@ -643,7 +659,7 @@ def _print_reply(verb: str, accepted: int, rejected: list[dict[str, Any]], as_js
                  line: Callable[[dict[str, Any]], str]) -> None:
     """A SubmitLabels / RetractLabels reply: JSON, or a count line and the first 10 rejections."""
     if as_json:
-        print(json.dumps({"accepted": accepted, "rejected": rejected}))
+        print(json_line({"accepted": accepted, "rejected": rejected}))
         return
     console.print(f"{verb} {accepted}, rejected {len(rejected)}")
     for r in rejected[:10]:
@@ -720,7 +736,7 @@ def prior(agent: AgentTarget,
                    "model_version": p.model_version}
             if i == 0 and cal is not None:  # as in the reply: on the first row only
                 row["calibration"] = calibration_dict(cal)
-            print(json.dumps(row))
+            print(json_line(row))
         if cal is not None and cal.warning:  # stdout stays JSON lines
             typer.echo(cal.warning, err=True)
         return
@@ -742,7 +758,7 @@ def status(agent: AgentTarget, as_json: bool = JsonOpt) -> None:
     s = _rpc(lambda: stub.GetStatus(agent_pb2.GetStatusRequest()))
     d = _status_dict(s)
     if as_json:
-        print(json.dumps(d))
+        print(json_line(d))
         return
     out = Console()
     for k, v in d.items():
@@ -782,7 +798,7 @@ def export_labels(agent: AgentTarget,
         console.print(f"[red]cannot export to {escape(str(out))}[/red]: {escape(str(e))}", highlight=False)
         raise typer.Exit(2) from None
     if as_json:
-        print(json.dumps({"out": str(out), "labels": summary.labels, "priors": summary.priors,
+        print(json_line({"out": str(out), "labels": summary.labels, "priors": summary.priors,
                           "images": summary.images, "files": summary.files, "notes": summary.notes,
                           "calibration": summary.calibration}))
         return
@@ -810,7 +826,7 @@ def bench_agent(models: Path | None = typer.Option(None, "--models", help="regis
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
     if as_json:
-        print(json.dumps(r))
+        print(json_line(r))
         return
     out = Console()
     out.print(f"model {r['model']} on {r['provider']}, input {r['input'][0]}x{r['input'][1]}, "

@@ -22,6 +22,8 @@ from shortlist.v1 import agent_pb2
 # Decompression-bomb guard: a field pipeline must not be able to make the agent allocate gigabytes
 # from a small file. 64 megapixels covers any camera we expect.
 MAX_PIXELS = 64_000_000
+# float32 tensors: how far outside [0, 1] a value may stray (rounding) before the tensor is refused
+FLOAT_TOLERANCE = 1e-3
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
 
@@ -196,9 +198,16 @@ def tensor_pixels(dtype: str, shape: tuple[int, ...], data: bytes, max_pixels: i
                          f"{math.prod(shape) * itemsize}")
     if dtype == "uint8":
         return np.frombuffer(data, np.uint8).reshape(shape)
-    x = np.frombuffer(data, np.float32).reshape(shape)
+    x = np.frombuffer(data, "<f4").reshape(shape)  # little-endian, as the proto says, whatever this machine
     if not np.isfinite(x).all():
         raise ValueError("float32 tensor holds NaN or infinite values")
+    low, high = float(x.min()), float(x.max())
+    # a tolerance for float rounding only: 0..255 values (8-bit pixels not divided by 255) or a normalised
+    # tensor (mean/std already applied) would otherwise be clipped to a white or black image without a word
+    if low < -FLOAT_TOLERANCE or high > 1.0 + FLOAT_TOLERANCE:
+        hint = "divide 8-bit pixel values by 255" if high > 1.0 + FLOAT_TOLERANCE else \
+            "send pixels before any mean/std normalisation (the model's manifest applies it)"
+        raise ValueError(f"float32 tensor values must lie in [0, 1], found {low:.4g} to {high:.4g}: {hint}")
     # [0, 1] floats -> uint8 HWC so every payload goes through the one preprocessing path.
     return np.ascontiguousarray((np.clip(x, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8).transpose(1, 2, 0))
 

@@ -507,3 +507,18 @@ def test_serves_shutdown_stops_the_agent_and_cleans_up_whatever_fails_and_says_s
         assert steps == ["web", "agent", "local"]  # every step ran
         assert f"{failing} failed" in caplog.text  # logged with its traceback
         assert code == 1
+
+
+def test_json_output_is_strict_json() -> None:
+    """A score of +inf (a strategy's first pick, made before any distance exists) or NaN prints as null:
+    Python's json writes ``Infinity``, which JSON parsers in other languages refuse."""
+    from agent.cli import json_line
+
+    def strict(text: str) -> object:
+        def refuse(name: str) -> None:
+            raise ValueError(f"not JSON: {name}")
+        return json.loads(text, parse_constant=refuse)
+
+    row = {"selected": [{"id": "a", "score": float("inf")}, {"id": "b", "score": 0.5}], "nan": (float("nan"),)}
+    assert strict(json_line(row)) == {"selected": [{"id": "a", "score": None}, {"id": "b", "score": 0.5}],
+                                      "nan": [None]}

@@ -45,6 +45,14 @@ def test_any_size_is_resized(tmp_path: Path) -> None:
     assert decode_payload("tensor", gray.tobytes(), "uint8", gray.shape, pre).shape == (8, 8, 3)
     with pytest.raises(ValueError, match="NaN"):
         tensor_pixels("float32", (3, 2, 2), np.full(12, np.nan, np.float32).tobytes())
+    # floats outside [0, 1] are refused with what to do, never clipped to a white or black image
+    unit = np.linspace(0, 1, 12, dtype=np.float32)
+    assert tensor_pixels("float32", (3, 2, 2), unit.tobytes()).reshape(-1).tolist() == \
+        np.round(unit.reshape(3, 2, 2).transpose(1, 2, 0) * 255).astype(int).reshape(-1).tolist()
+    with pytest.raises(ValueError, match=r"must lie in \[0, 1\], found 0 to 255: divide 8-bit pixel values by 255"):
+        tensor_pixels("float32", (3, 2, 2), (unit * 255).tobytes())
+    with pytest.raises(ValueError, match="before any mean/std normalisation"):
+        tensor_pixels("float32", (3, 2, 2), (unit - 0.5).tobytes())
 
 
 def test_rotation_pretext_loss(tmp_path: Path) -> None:
