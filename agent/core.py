@@ -62,6 +62,9 @@ MapPointRow = tuple[str, float, float, str]
 KNN_BLOCK = 4096
 # The state's meta key holding the last calibrated PriorLabels' method and TemperatureFit (JSON).
 LAST_PRIOR_FIT_KEY = "last_prior_fit"
+# A uniform draw's labels count as audit labels over the longest start of the draw of which at least this
+# share is labelled (``counted_labels``).
+DRAW_LABELLED_SHARE = 0.9
 
 
 @dataclass
@@ -85,13 +88,32 @@ class PriorResult:
     calibration: TemperatureFit | None = None
 
 
-def random_draw(strategy: str, filtered: bool) -> bool:
+def uniform_draw(strategy: str, filtered: bool) -> bool:
     """Whether a Select of ``strategy`` (``filtered``: with a where filter) drew uniformly from the whole
-    unlabelled pool without being the audit (whose draws have their own table): a uniform strategy
-    (``StrategyEntry.uniform``, e.g. random) and no where filter. Its picks' labels calibrate the priors as
-    audit labels (``Agent.uniform_seqs``)."""
+    unlabelled pool: a uniform strategy (``StrategyEntry.uniform``: audit, random) and no where filter. Its
+    picks' labels calibrate the priors as audit labels (``counted_labels``, ``Agent.uniform_seqs``)."""
     entry = STRATEGIES.get(strategy)
-    return entry is not None and entry.uniform and strategy != AUDIT and not filtered
+    return entry is not None and entry.uniform and not filtered
+
+
+def counted_labels(order: np.ndarray, labelled: np.ndarray) -> np.ndarray:
+    """The labelled picks of one uniform draw that count as a uniform sample of the pool. ``order``: the
+    draw's seqs in the order drawn (K); ``labelled``: whether each is labelled now (K bool). Counted: the
+    labelled picks of the longest start of the draw of which at least DRAW_LABELLED_SHARE is labelled.
+
+    Why a start: the first m picks of a random order are a uniform sample of the pool, whatever m; the
+    labelled picks of a large draw are not, when someone chose which of them to label (a pipeline that
+    draws the whole pool in random order and labels the cat and dog pictures it wants). The share lets an
+    annotator skip a few picks (an unreadable image) without stopping the count; skipping the hard ones
+    biases it, as it biases the audit's estimate (agent/audit.py)."""
+    if len(order) == 0:
+        return order[:0]
+    done = np.cumsum(labelled)  # K: labelled among the first m picks, m = 1..K
+    enough = np.flatnonzero(done >= DRAW_LABELLED_SHARE * np.arange(1, len(order) + 1) - 1e-9)
+    if len(enough) == 0:
+        return order[:0]
+    m = int(enough[-1]) + 1
+    return order[:m][labelled[:m]]
 
 
 @dataclass
@@ -218,10 +240,10 @@ class Agent:
         # while its confidences cannot be trusted (``status``); None before any. Kept in the state's meta
         # table, so a restart does not silence the warning until the next PriorLabels.
         self.last_prior_fit: tuple[str, TemperatureFit] | None = self._stored_prior_fit()
-        # Samples a uniform strategy other than the audit (random) drew without a where filter, from the
-        # recorded selections: with the audit's draws, the uniform draws the calibration fits on (uniform_seqs).
+        # The recorded Selects of uniform strategies (audit, random) without a where filter, each as its seqs
+        # in the order drawn: the uniform draws whose labels the calibration fits on (uniform_seqs).
         self._draws_lock = threading.Lock()
-        self._drawn: set[int] = self._recorded_draws()
+        self._draws: list[np.ndarray] = self._recorded_draws()
         self.blobs = BlobStore(data_dir / "blobs") if config.blobs else None
         self.manager = ModelManager(config, self.state, self.blobs, on_classes=self._adopt_manifest_classes)
         self.ingest = IngestPipeline(self.state, self.blobs, self.manager, config.limits, self.decode_work,
@@ -258,34 +280,42 @@ class Agent:
         self.last_prior_fit = (method, fit)
         self.state.set_meta(LAST_PRIOR_FIT_KEY, json.dumps({"method": method, "fit": asdict(fit)}))
 
-    def _recorded_draws(self) -> set[int]:
-        """Seqs every recorded Select of a uniform strategy (``StrategyEntry.uniform``) other than the audit,
-        without a where filter, returned (a selection lost to a power loss before its commit is not among
-        them: its labels then count as chosen, the cautious side)."""
-        drawn: set[int] = set()
-        for _, request, result, _ in self.state.selections():
-            if random_draw(str(request.get("strategy")), bool(request.get("where"))):
-                drawn.update(self._seqs_of(str(r[0]) for r in result))
-        return drawn
+    def _recorded_draws(self) -> list[np.ndarray]:
+        """The seqs every recorded Select of a uniform strategy (``StrategyEntry.uniform``) without a where
+        filter returned, one array per Select in the order drawn (a random Select lost to a power loss
+        before its commit is not among them: its labels then count as chosen, the cautious side; an
+        audit draw so lost is still in the audit table, ``uniform_seqs``)."""
+        return [np.array(self._seqs_of(str(r[0]) for r in result), np.int64)
+                for _, request, result, _ in self.state.selections()
+                if uniform_draw(str(request.get("strategy")), bool(request.get("where")))]
 
     def _seqs_of(self, ids: Iterable[str]) -> list[int]:
         """The seqs of the stored samples among ``ids``, in order."""
         return [rec.seq for rec in (self.state.lookup(i) for i in ids) if rec is not None]
 
     def uniform_seqs(self) -> np.ndarray:
-        """Seqs of every sample drawn uniformly from the whole unlabelled pool, labelled or not, ascending: the
-        audit's draws and those of other uniform strategies (random) without a where filter. Their labels
-        are a uniform sample of the pool, which the calibration fits its temperature on once enough count
-        (``Pool.audit``, agent/priors/calibration.py)."""
+        """Seqs of the labelled samples whose labels are a uniform sample of the pool, ascending: picks of the
+        audit and of other uniform strategies (random) without a where filter, counted per draw by
+        ``counted_labels`` (a start of the draw, in the order drawn, that is labelled). The calibration fits
+        its temperature on them once enough count (``Pool.audit``, agent/priors/calibration.py). An audit
+        draw whose Select record a power loss took (in the audit table, order unknown) counts its labelled
+        picks all."""
+        labels = self.state.labels_by_seq()
         with self._draws_lock:
-            drawn = np.fromiter(self._drawn, np.int64, len(self._drawn))
-        return np.union1d(self.state.audit_seqs(), drawn)
+            draws = list(self._draws)
+
+        def is_labelled(seqs: np.ndarray) -> np.ndarray:
+            inside = seqs < len(labels)
+            return inside & (labels[np.where(inside, seqs, 0)] >= 0)
+
+        parts = [counted_labels(order, is_labelled(order)) for order in draws]
+        orphans = np.setdiff1d(self.state.audit_seqs(), np.concatenate(draws) if draws else np.zeros(0, np.int64))
+        parts.append(orphans[is_labelled(orphans)])
+        return np.unique(np.concatenate(parts))
 
     def uniform_labelled(self) -> int:
-        """How many uniformly drawn samples (``uniform_seqs``) are labelled now."""
-        labels = self.state.labels_by_seq()
-        seqs = self.uniform_seqs()
-        return int((labels[seqs[seqs < len(labels)]] >= 0).sum())
+        """How many labels count as uniform draws now (``uniform_seqs``)."""
+        return len(self.uniform_seqs())
 
     def _served_version(self) -> str:
         serving = self.manager.current
@@ -410,7 +440,8 @@ class Agent:
     def model_pool(self, serving: Serving, where: Mapping[str, str],
                    audit: bool = False) -> tuple[Pool, np.ndarray]:
         """The Pool under ``serving`` (rows = its index rows) and the seq of every row. ``audit``: fill
-        ``Pool.audit`` with the rows drawn uniformly (``uniform_seqs``: the audit's and random's draws); only
+        ``Pool.audit`` with the rows whose labels count as uniform draws (``uniform_seqs``: the audit's and
+        random's picks, counted per draw); only
         a calibrated prior reads them (its temperature fit, agent/priors/calibration.py), so Select, an
         uncalibrated PriorLabels and the auditor (whose ``audited_pool`` knows no draws) leave it empty and
         skip the lookup."""
@@ -524,9 +555,9 @@ class Agent:
                    "where": dict(where)}
         try:
             self.state.record_selection(selection_id, request, chosen, version)
-            if drawn and random_draw(strategy, bool(where)):  # once recorded, as a restart reads it
+            if drawn and uniform_draw(strategy, bool(where)):  # once recorded, as a restart reads it
                 with self._draws_lock:
-                    self._drawn.update(drawn)
+                    self._draws.append(np.array(drawn, np.int64))
         except Exception as e:  # a full or read-only disk must not stop the team from getting its shortlist
             stored = storage_problem(e)
             if stored is None:

@@ -63,11 +63,12 @@ class Pool:
         pretext_loss: N float32 per-sample pretext-task loss (RotNet 4-way rotation cross-entropy, nats)
             when the model has a ``rotation_logits`` head, else None.
         memo: derived arrays of this version's embeddings shared across requests (PoolMemo), or None.
-        audit: A int64 rows drawn uniformly from the unlabelled pool, ascending, labelled or not: by Select
-            strategy ``audit`` (agent/audit.py) or another uniform strategy (``random``) without a where
-            filter (``StrategyEntry.uniform``); those in ``labeled`` carry *audit labels* (a uniform random
-            sample of the pool), on which the calibration fits its temperature once there are enough
-            (agent/priors/calibration.py);
+        audit: A int64 rows drawn uniformly from the unlabelled pool, ascending: by Select strategy
+            ``audit`` (agent/audit.py) or another uniform strategy (``random``) without a where filter
+            (``StrategyEntry.uniform``); those in ``labeled`` carry *audit labels* (a uniform random sample
+            of the pool), on which the calibration fits its temperature once there are enough
+            (agent/priors/calibration.py). The agent gives only the labelled picks that count (a start of
+            each draw, in the order drawn: agent/core.py ``counted_labels``); simulations, every draw;
             empty when there are none, the caller does not know them (tests, benchmarks) or the call does
             not read them (Select, an uncalibrated PriorLabels, the auditor: agent/core.py ``model_pool``).
     """

@@ -139,13 +139,11 @@ def test_audit_through_grpc_draw_label_estimate_list_and_restart(tmp_path: Path,
         assert len(drawn) == 9 and all(int(i[1:]) >= 6 for i in drawn)  # only unlabelled samples
         st = r.stub.GetStatus(agent_pb2.GetStatusRequest())
         assert (st.audit.drawn, st.audit.labelled) == (9, 0)
-        # the Pool a calibrated PriorLabels gets knows the draws (its calibration fits on them once enough
-        # are labelled); only it looks them up: Select and an uncalibrated PriorLabels do not
+        # the Pool a calibrated PriorLabels gets knows the draws' labels (its calibration fits on them once
+        # enough count): none yet; only it looks them up: Select and an uncalibrated PriorLabels do not
         serving = r.agent.manager.current
         assert serving is not None
-        pool, seqs = r.agent.model_pool(serving, {}, audit=True)
-        assert sorted(r.agent.state.record(int(seqs[row])).id for row in pool.audit) == sorted(drawn)
-        assert len(r.agent.model_pool(serving, {})[0].audit) == 0
+        assert len(r.agent.model_pool(serving, {}, audit=True)[0].audit) == 0
         lookups: list[int] = []
         real_audit_seqs = r.agent.state.audit_seqs
 
@@ -165,6 +163,9 @@ def test_audit_through_grpc_draw_label_estimate_list_and_restart(tmp_path: Path,
         client.submit_labels(r.stub, [(drawn[0], "dog" if true_label(drawn[0]) != "dog" else "cat")], "bob")
         client.submit_labels(r.stub, [(i, true_label(i)) for i in drawn], "alice", source="manual")
         a = wait_audit(r, 9)
+        pool, seqs = r.agent.model_pool(serving, {}, audit=True)
+        assert sorted(r.agent.state.record(int(seqs[row])).id for row in pool.audit) == sorted(drawn)
+        assert len(r.agent.model_pool(serving, {})[0].audit) == 0
         assert a.model_version == "v0001" and a.interval_method == "wilson" and a.confidence_level == 0.95
         assert sorted(m.method for m in a.methods) == sorted(PRIOR_METHODS)
         for m in a.methods:
@@ -502,6 +503,50 @@ def test_random_picks_count_as_audit_labels_and_chosen_ones_warn(tmp_path: Path,
         assert calibration(again) == cal
     finally:
         again.stop()
+
+
+def test_a_draws_labels_count_from_its_start() -> None:
+    """``counted_labels``: the labelled picks of the longest start of a draw that is at least 90% labelled;
+    labels scattered over a draw (someone chose which picks to label) do not count."""
+    from agent.core import counted_labels
+
+    order = np.arange(100, 200)
+
+    def counted(labelled_positions: list[int] | range) -> list[int]:
+        labelled = np.zeros(len(order), bool)
+        labelled[list(labelled_positions)] = True
+        return (counted_labels(order, labelled) - 100).tolist()
+
+    assert counted(range(30)) == list(range(30))  # the first 30 picks, labelled in order
+    assert counted([i for i in range(20) if i != 7]) == [i for i in range(20) if i != 7]  # one skipped of 20
+    assert counted([*range(10), *range(20, 30)]) == list(range(10))  # half the second ten skipped: stops at 10
+    assert counted([3, 17, 42, 58, 77, 91]) == []  # scattered: chosen, not drawn
+    assert counted([0, 50, 90]) == [0]
+    assert counted([]) == [] and len(counted_labels(order[:0], np.zeros(0, bool))) == 0
+
+
+def test_labels_chosen_from_a_large_random_draw_do_not_count(tmp_path: Path, registry: Path) -> None:
+    """A random Select of the whole pool, then labels on picks someone chose from it (here its last ones):
+    not a uniform sample, so the calibration does not fit on them and says so; labelling the draw from
+    its start does count."""
+    running = start(tmp_path / "data", registry)
+    try:
+        client.ingest(running.stub, make_samples(90, labels=3))
+        order = [s.id for s in running.stub.Select(agent_pb2.SelectRequest(budget=1000, strategy="random",
+                                                                           seed=5)).selected]
+        assert len(order) == 87
+        client.submit_labels(running.stub, [(i, true_label(i)) for i in order[-30:]], "alice")
+
+        def calibration() -> agent_pb2.Calibration:
+            return next(iter(running.stub.PriorLabels(agent_pb2.PriorLabelsRequest(method="knn")))).calibration
+
+        cal = calibration()
+        assert (cal.source, cal.audit_labels) == ("labelled", 0) and "label 20 audit samples" in cal.warning
+        client.submit_labels(running.stub, [(i, true_label(i)) for i in order[:24]], "alice")
+        cal = calibration()
+        assert (cal.source, cal.audit_labels, cal.warning) == ("audit", 24, "")
+    finally:
+        running.stop()
 
 
 def test_the_status_warning_survives_a_restart(tmp_path: Path, registry: Path) -> None:
