@@ -35,7 +35,7 @@ from agent.config import AgentConfig
 from agent.errors import FailedPrecondition, InvalidArgument, NotFound, storage_problem
 from agent.images import Images
 from agent.index import IndexView
-from agent.ingest import PAYLOAD_ERROR_KEY, IngestPipeline, unknown_label_reason
+from agent.ingest import PAYLOAD_ERROR_KEY, IngestPipeline, new_class_problem, unknown_label_reason
 from agent.limits import check_count, check_text, limit_hint, metadata_problem, text_problem
 from agent.models import ModelManager, Serving
 from agent.pool import Pool, state_rng
@@ -44,7 +44,7 @@ from agent.priors import PRIOR_METHODS, get_prior_method
 from agent.priors.calibration import AUDIT_MIN_LABELS, TemperatureFit, audit_todo, calibrate_flag
 from agent.queues import Queues
 from agent.security import DataDirLock, owner_only_dir
-from agent.state import INGEST_SOURCE, MANUAL_SOURCE, LabelEvent, SampleRecord, State
+from agent.state import INGEST_SOURCE, MANUAL_SOURCE, ClassListError, LabelEvent, SampleRecord, State
 from agent.strategies import MODEL_FREE, STRATEGIES, get_strategy
 from agent.strategies.audit import AUDIT
 from shortlist.images import allow_pixels
@@ -274,11 +274,18 @@ class Agent:
 
     def _note_prior_fit(self, method: str, fit: TemperatureFit) -> None:
         """Remember the calibration a PriorLabels answered with, durably when it changed (one small write;
-        the same request again writes nothing)."""
+        the same request again writes nothing). A full or read-only disk keeps it in memory only: PriorLabels
+        answers whatever the disk (docs/agent.md, failure table), and a restart then shows the last stored."""
         if self.last_prior_fit == (method, fit):
             return
         self.last_prior_fit = (method, fit)
-        self.state.set_meta(LAST_PRIOR_FIT_KEY, json.dumps({"method": method, "fit": asdict(fit)}))
+        try:
+            self.state.set_meta(LAST_PRIOR_FIT_KEY, json.dumps({"method": method, "fit": asdict(fit)}))
+        except Exception as e:
+            stored = storage_problem(e)
+            if stored is None:
+                raise
+            log.warning("the last prior fit is kept in memory only: %s", stored.message)
 
     def _recorded_draws(self) -> list[np.ndarray]:
         """The seqs every recorded Select of a uniform strategy (``StrategyEntry.uniform``) without a where
@@ -348,9 +355,36 @@ class Agent:
                  t1 - t0, t2 - t1, t3 - t2, time.monotonic() - t3)
 
     def _adopt_manifest_classes(self, manifest: Manifest) -> None:
-        """With no class list yet, a model's class names become the closed list (so its logits apply)."""
-        if manifest.classes and not self.state.classes and not self.state.closed:
+        """A model's class names become the agent's closed class list (so its logits apply) while the list is
+        open: at once with no labels yet; with labels given on the open list, when every class a label ever
+        used is among the model's (their indices are remapped to its order, ``State.set_closed_classes``).
+        Else the list stays open and GetStatus says why the model's logits are not used (``class_warning``)."""
+        if not manifest.classes or self.state.closed:
+            return
+        try:
             self.state.set_closed_classes(list(manifest.classes))
+        except ClassListError as e:
+            log.warning("the class list stays open: %s", e)
+
+    def class_warning(self) -> str:
+        """GetStatus's note when the serving model names classes other than the agent's list ("" otherwise):
+        its logits are then not used (Select's uncertainty strategies fit a head on the labels instead)."""
+        serving = self.manager.current
+        ours = list(self.state.classes)
+        theirs = list(serving.embedder.classes) if serving is not None else []
+        if not theirs or theirs == ours:
+            return ""
+
+        def shown(names: list[str]) -> str:
+            return ", ".join(repr(n) for n in names[:12]) + (" ..." if len(names) > 12 else "")
+
+        fix = ("labels use classes the model does not name: retract them, or publish a model trained on these "
+               "classes" if not self.state.closed else
+               "publish a model trained on this class list (same names, same order), or restart with "
+               "--classes naming the model's")
+        return (f"model {serving.version} names the classes [{shown(theirs)}] but the agent's class list is "
+                f"[{shown(ours)}]: its logits are not used (Select's uncertainty strategies fit a linear head on the "
+                f"labelled samples instead); {fix}")
 
     # ---- Labels ----------------------------------------------------------------------------------
     def _item_sample(self, sid: str, rejected: list[tuple[str, str]],
@@ -379,20 +413,27 @@ class Agent:
     def submit_labels(self, labels: Sequence[tuple[str, str]], annotator: str,
                       source: str = "") -> tuple[int, list[tuple[str, str]]]:
         """Record (id, label) pairs durably, with who gave them and how (``source``, "" = "manual") and
-        the model version served now; per-item rejections for unknown ids / labels."""
+        the model version served now; per-item rejections for unknown ids / labels, a new class name
+        that would look like another (``name_problem``) and an id listed twice (its second item)."""
         lim = self.limits
         self._check_label_call(labels, "labels", annotator, source)
         rejected: list[tuple[str, str]] = []
         good: list[tuple[int, int]] = []
+        seen: set[int] = set()
         with self.manager.writing() as serving:
             for sid, label in labels:
-                label_problem = text_problem(label, lim.max_label_chars, "max_label_chars", "label")
+                label_problem = (text_problem(label, lim.max_label_chars, "max_label_chars", "label")
+                                 or new_class_problem(self.state.classes, label))
                 rec = self._item_sample(sid, rejected, label_problem)
                 if rec is None:
                     continue
                 if not label:
                     rejected.append((sid, "empty label"))
                     continue
+                if rec.seq in seen:  # which of the two was meant is the caller's to say
+                    rejected.append((sid, "listed twice in this request: send one label per sample"))
+                    continue
+                seen.add(rec.seq)
                 idx = self.state.class_index(label)
                 if idx is None:
                     rejected.append((sid, unknown_label_reason(self.state.classes, label)))
@@ -680,7 +721,8 @@ class Agent:
             pending_embedded=0 if pending is None else pending.n,
             audit=audit,
             warnings=[w for w in [self.registry_warning(), *storage_warnings(self.data_dir, self.config.min_free_bytes),
-                                  *self.manager.warnings(), self.calibration_warning()] if w],
+                                  *self.manager.warnings(), self.class_warning(), self.calibration_warning()]
+                      if w],
             classes_open=not self.state.closed, label_events=self.state.label_event_count())
 
     def calibration_warning(self) -> str:

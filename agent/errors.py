@@ -133,7 +133,7 @@ _READ_ONLY = ("the agent's data folder is not writable (read-only file system or
 
 def _with_notes(message: str, e: BaseException) -> str:
     notes = getattr(e, "__notes__", None) or []
-    return " ".join([message, *notes]) if notes else message
+    return "; ".join([message.rstrip(" ;."), *notes]) if notes else message  # "...: do X; 3 samples ... stored"
 
 
 def storage_problem(e: BaseException) -> Mapped | None:

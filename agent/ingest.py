@@ -35,7 +35,7 @@ from agent.blobs import BlobStore, sha256_hex
 from agent.cancel import CancelToken
 from agent.embedder import EmbedOutput
 from agent.errors import Cancelled, ResourceExhausted
-from agent.limits import Limits, check_count, limit_hint, metadata_problem, text_problem
+from agent.limits import Limits, check_count, limit_hint, metadata_problem, name_problem, text_problem
 from agent.models import ModelManager
 from agent.state import EmbeddingRows, NewSample, SampleRecord, State
 from shortlist.images import TooManyPixels, decode_payload, image_header
@@ -114,6 +114,12 @@ class IngestResult:
             self.same_payload_examples.append((sample_id, other_id))
 
 
+def new_class_problem(classes: Sequence[str], label: str) -> str | None:
+    """Why ``label`` cannot become a new class (``name_problem``), or None; a class already in the list
+    passes as it is (one stored before this check keeps working)."""
+    return None if label in classes else name_problem(label, "label")
+
+
 def unknown_label_reason(classes: Sequence[str], label: str) -> str:
     shown = ", ".join(classes[:20]) + (" ..." if len(classes) > 20 else "")
     return f"unknown label {label!r}: the class list is closed; valid: {shown}"
@@ -146,8 +152,9 @@ class IngestPipeline:
         lim = self.limits
         if not s.id:
             return "empty id: every sample needs a client-chosen unique id"
-        problem = (text_problem(s.id, lim.max_id_chars, "max_id_chars", "id")
+        problem = (text_problem(s.id, lim.max_id_chars, "max_id_chars", "id") or name_problem(s.id, "id")
                    or text_problem(s.label, lim.max_label_chars, "max_label_chars", "label")
+                   or (new_class_problem(self.state.classes, s.label) if s.label else None)
                    or text_problem(s.uri, lim.max_uri_chars, "max_uri_chars", "uri")
                    or metadata_problem(s.metadata, lim))
         if problem is not None:

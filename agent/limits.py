@@ -10,6 +10,7 @@ message names the limit and the flag that changes it (``limit_hint``).
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Mapping, Sized
 from dataclasses import dataclass
 
@@ -86,6 +87,25 @@ def text_problem(value: str, limit: int, name: str, what: str) -> str | None:
     if len(value) <= limit:
         return None
     return f"{what} of {len(value):,} characters is longer than the limit of {limit:,} {limit_hint(name)}"
+
+
+# Bidirectional controls (embeddings, overrides, isolates): they make a name display as another one.
+BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def name_problem(value: str, what: str) -> str | None:
+    """Why ``value`` cannot name a sample or a class (a Rejection reason), or None: a name is compared
+    exactly, and one with white space at an end, a control character (newline, NUL, ...) or a
+    bidirectional override looks like another name in a table, a CSV file or a terminal, so "dog\\n" and
+    " dog" would become classes of their own that nobody can tell from "dog". Empty names are the
+    callers' own rejections."""
+    bad = sorted({c for c in value if unicodedata.category(c) == "Cc" or c in BIDI_CONTROLS})
+    if bad:
+        shown = ", ".join(f"U+{ord(c):04X}" for c in bad[:5])
+        return f"{what} {value[:64]!r} holds control characters ({shown}): use one line of printable text"
+    if value != value.strip():
+        return f"{what} {value[:64]!r} starts or ends with white space: send it without"
+    return None
 
 
 def check_text(value: str, limit: int, name: str, what: str) -> None:

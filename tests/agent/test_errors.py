@@ -76,7 +76,7 @@ def test_notes_and_retry_hint() -> None:
     e = sqlite3.OperationalError("database or disk is full")
     e.add_note("3 samples of this stream were stored")
     m = map_exception(e)
-    assert m.message.endswith("3 samples of this stream were stored") and m.retry_after_s
+    assert m.message.endswith("; 3 samples of this stream were stored") and m.retry_after_s
     assert map_exception(ResourceExhausted("busy", retry_after_s=1.5)).retry_after_s == 1.5
 
 

@@ -170,6 +170,60 @@ def test_closed_class_list_conflict(tmp_path: Path) -> None:
     assert s.classes == ["dog", "cat"] and s.labels_by_seq()[1] == 1 and s.class_index("bird") is None
 
 
+def test_a_models_classes_close_an_open_list_its_labels_fit(tmp_path: Path) -> None:
+    """Labels given before any model (an open class list), then a model naming those classes in another
+    order: the list closes to the model's (labels remapped), so its logits apply and a typo is refused.
+    A model naming other classes leaves the list open, and GetStatus says its logits are not used."""
+    models = tmp_path / "models"
+    models.mkdir()
+    r = start(tmp_path / "data", models)
+    try:
+        assert client.ingest(r.stub, make_samples(12, labels=6)).accepted == 12
+        assert r.stub.GetStatus(agent_pb2.GetStatusRequest()).classes_open
+        publish_linear(models, size=SIZE, dim=16, classes=["frog", "cat", "dog"])
+        r.stub.ReloadModel(agent_pb2.ReloadModelRequest())
+        wait_for(lambda: status(r).model_version == "v0001")
+        st = status(r)
+        assert st.model_version == "v0001" and not st.classes_open and list(st.classes) == ["frog", "cat", "dog"]
+        assert {(lab.id, lab.label) for lab in client.list_labels(r.stub)} == \
+            {(f"s{i}", CLASSES[i % 3]) for i in range(6)}
+        assert not [w for w in st.warnings if "logits" in w]
+        reply = client.submit_labels(r.stub, [("s7", "cta")], "alice")
+        assert reply.accepted == 0 and "unknown label 'cta'" in reply.rejected[0].reason
+    finally:
+        r.stop()
+    other = tmp_path / "other"
+    other.mkdir()
+    r = start(tmp_path / "data2", other)
+    try:
+        client.ingest(r.stub, make_samples(12, labels=6))
+        publish_linear(other, size=SIZE, dim=16, classes=["car", "truck"])
+        r.stub.ReloadModel(agent_pb2.ReloadModelRequest())
+        wait_for(lambda: status(r).model_version == "v0001")
+        st = status(r)
+        assert st.model_version == "v0001" and st.classes_open
+        assert [w for w in st.warnings if "names the classes ['car', 'truck'] but the agent's class list is "
+                "['cat', 'dog', 'frog']: its logits are not used" in w]
+    finally:
+        r.stop()
+
+
+def test_names_that_would_look_like_others_are_refused(running: Running) -> None:
+    """Ids and new class names with white space at an end or control characters are refused per item,
+    with the reason; the rest of the request is kept, and the same label twice for one sample too."""
+    bad_ids = [" lead", "trail ", "nl\nid", "nul\x00id", "bidi\u202eid"]
+    reply = client.ingest(running.stub, [*make_samples(2), *[client.image_sample(i, b"x") for i in bad_ids]])
+    assert reply.accepted == 2 and sorted(x.id for x in reply.rejected) == sorted(bad_ids)
+    assert all("white space" in x.reason or "control characters" in x.reason for x in reply.rejected)
+    reply = client.submit_labels(running.stub, [("s0", "dog\n"), ("s0", " dog"), ("s1", "cat"), ("s1", "dog")],
+                                 "alice")
+    assert reply.accepted == 1 and [x.reason for x in reply.rejected] == [
+        "label 'dog\\n' holds control characters (U+000A): use one line of printable text",
+        "label ' dog' starts or ends with white space: send it without",
+        "listed twice in this request: send one label per sample"]
+    assert [(lab.id, lab.label) for lab in client.list_labels(running.stub)] == [("s1", "cat")]
+
+
 def test_index_recall_at_10(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(3000, 32)).astype(np.float32)

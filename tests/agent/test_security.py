@@ -397,7 +397,7 @@ def test_ids_uris_and_metadata_stay_inside_the_data_folder(tmp_path: Path, regis
     server, port, agent = create_server(AgentConfig(data, registry, port=0, poll_s=0.2, use_cuda=False))
     try:
         stub = client.connect(f"127.0.0.1:{port}")
-        hostile = ["../../escape", "/tmp/absolute", "a\x00b", "..\\..\\win", "../" * 30 + "etc/passwd",
+        hostile = ["../../escape", "/tmp/absolute", "..\\..\\win", "../" * 30 + "etc/passwd",
                    str(tmp_path / "outside"), "blobs/../../x", "."]
         samples = make_samples(len(hostile))
         for s, sid in zip(samples, hostile, strict=True):
@@ -408,7 +408,9 @@ def test_ids_uris_and_metadata_stay_inside_the_data_folder(tmp_path: Path, regis
         assert reply.accepted == len(hostile), reply.rejected
         assert client.submit_labels(stub, [(sid, "cat") for sid in hostile]).accepted == len(hostile)
         listed = {s.id: s for s in client.list_samples(stub, include_payload=True)}
-        assert set(listed) == set(hostile) and listed["a\x00b"].metadata["../path"] == "/abs/../../x\x00"
+        assert set(listed) == set(hostile) and listed["."].metadata["../path"] == "/abs/../../x\x00"
+        nul = client.ingest(stub, [client.image_sample("a\x00b", samples[0].encoded_image)])  # refused, not stored
+        assert nul.accepted == 0 and "control characters (U+0000)" in nul.rejected[0].reason
     finally:
         stop_server(server, agent, grace=0.5)
     new = {p for p in tmp_path.rglob("*")} - before
