@@ -371,9 +371,9 @@ class Agent:
         its logits are then not used (Select's uncertainty strategies fit a head on the labels instead)."""
         serving = self.manager.current
         ours = list(self.state.classes)
-        theirs = list(serving.embedder.classes) if serving is not None else []
-        if not theirs or theirs == ours:
+        if serving is None or not serving.embedder.classes or list(serving.embedder.classes) == ours:
             return ""
+        theirs = list(serving.embedder.classes)
 
         def shown(names: list[str]) -> str:
             return ", ".join(repr(n) for n in names[:12]) + (" ..." if len(names) > 12 else "")
