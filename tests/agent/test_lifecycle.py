@@ -215,9 +215,9 @@ def test_names_that_would_look_like_others_are_refused(running: Running) -> None
     reply = client.ingest(running.stub, [*make_samples(2), *[client.image_sample(i, b"x") for i in bad_ids]])
     assert reply.accepted == 2 and sorted(x.id for x in reply.rejected) == sorted(bad_ids)
     assert all("white space" in x.reason or "control characters" in x.reason for x in reply.rejected)
-    reply = client.submit_labels(running.stub, [("s0", "dog\n"), ("s0", " dog"), ("s1", "cat"), ("s1", "dog")],
-                                 "alice")
-    assert reply.accepted == 1 and [x.reason for x in reply.rejected] == [
+    labelled = client.submit_labels(running.stub, [("s0", "dog\n"), ("s0", " dog"), ("s1", "cat"), ("s1", "dog")],
+                                    "alice")
+    assert labelled.accepted == 1 and [x.reason for x in labelled.rejected] == [
         "label 'dog\\n' holds control characters (U+000A): use one line of printable text",
         "label ' dog' starts or ends with white space: send it without",
         "listed twice in this request: send one label per sample"]
