@@ -37,7 +37,7 @@ from agent.embedder import EmbedOutput
 from agent.errors import Cancelled, ResourceExhausted
 from agent.limits import Limits, check_count, limit_hint, metadata_problem, name_problem, text_problem
 from agent.models import ModelManager
-from agent.state import EmbeddingRows, NewSample, SampleRecord, State
+from agent.state import INGEST_ANNOTATOR, INGEST_SOURCE, EmbeddingRows, NewSample, SampleRecord, State
 from shortlist.images import TooManyPixels, decode_payload, image_header
 from shortlist.manifest import Preprocess
 
@@ -207,7 +207,10 @@ class IngestPipeline:
                 continue
             stored = self.state.lookup(s.id)
             if stored is not None:  # a resend: no need to decode (stage 3 re-checks new ids under the lock)
-                self._duplicate_or_conflict(stored, digest, s.id, out)
+                if self._resend(stored, digest, s, out, None):  # a label for an unlabelled sample: stage 3's
+                    out.samples.append(s)
+                    out.digests.append(digest)
+                    out.pixels.append(None)
                 seen[s.id] = digest
                 if stored.sha256 == digest:
                     self._repair_blob(stored, s.blob)
@@ -264,10 +267,11 @@ class IngestPipeline:
             took: list[int] = []  # positions in ``fresh`` of the samples in ``new``
             pos = {i: j for j, i in enumerate(fresh)}
             first_with: dict[str, str] = {}  # payload -> the first new id of this batch holding it
+            resent_labels: list[tuple[int, int]] = []  # (seq, class) for stored samples without a label
             for i, (s, digest) in enumerate(zip(prep.samples, prep.digests, strict=True)):
                 rec = self.state.lookup(s.id)
                 if rec is not None:
-                    self._duplicate_or_conflict(rec, digest, s.id, res)
+                    self._resend(rec, digest, s, res, resent_labels)
                     continue
                 assert i in pos
                 label = -1
@@ -284,6 +288,9 @@ class IngestPipeline:
                 if other is not None:
                     res.note_same_payload(s.id, other)
                 first_with.setdefault(digest, s.id)
+            if resent_labels:
+                self.state.add_labels(resent_labels, INGEST_ANNOTATOR, INGEST_SOURCE,
+                                      "" if serving is None else serving.version)
             if not new:
                 return res
             if serving is None:
@@ -305,13 +312,36 @@ class IngestPipeline:
             res.accepted += len(new)
         return res
 
-    def _duplicate_or_conflict(self, rec: SampleRecord, digest: str, sid: str,
-                               res: IngestResult | Prepared) -> None:
-        if rec.sha256 == digest:
-            res.duplicates += 1
-        else:
+    def _resend(self, rec: SampleRecord, digest: str, s: Incoming, res: IngestResult | Prepared,
+                labels: list[tuple[int, int]] | None) -> bool:
+        """A sample whose id is stored (``rec``): a duplicate when it is a resend (the same payload, and each
+        of uri, metadata entry and label that it carries is the stored one; one it leaves empty says
+        nothing), so resending after a failure is safe and nothing it says is dropped unsaid. Else a
+        rejection that says what differs and where such a change goes, with one exception: a label for a
+        sample stored without one is the label that sample was missing (an ingest without labels, then again
+        with them), so it is kept, appended to ``labels`` as (seq, class index) for the caller to store under
+        the state lock. ``labels`` None (stage 1, no lock): that case is left to stage 3, and the return is
+        True."""
+        sid = s.id
+        if rec.sha256 != digest:
             res.rejected.append((sid, f"id {sid!r} is already in the pool with a different payload; ids must "
                                       "be unique (use a new id for a new image)"))
+        elif (s.uri and s.uri != rec.uri) or any(rec.metadata.get(k) != v for k, v in s.metadata.items()):
+            res.rejected.append((sid, f"id {sid!r} is stored (same payload) with another uri or metadata: both "
+                                      "are set by the first ingest and a resend does not change them"))
+        elif not s.label or s.label == (label := self.state.label_name(rec.seq)):
+            res.duplicates += 1
+        elif label:
+            res.rejected.append((sid, f"id {sid!r} is stored (same payload) with label {label!r}: a resend does "
+                                      f"not change labels; give {s.label!r} with SubmitLabels (`shortlist label`)"))
+        elif labels is None:
+            return True
+        elif (idx := self.state.class_index(s.label)) is None:
+            res.rejected.append((sid, unknown_label_reason(self.state.classes, s.label)))
+        else:
+            labels.append((rec.seq, idx))
+            res.duplicates += 1
+        return False
 
     def batch(self, samples: Sequence[Incoming]) -> IngestResult:
         """All three stages for one batch, in this thread."""

@@ -390,6 +390,12 @@ class State:
     def max_seq(self) -> int:
         return len(self._records) - 1
 
+    def label_name(self, seq: int) -> str:
+        """The current label of sample ``seq`` ("" when unlabelled)."""
+        with self._lock:
+            idx = int(self._label[seq]) if seq < len(self._label) else -1
+            return self.classes[idx] if idx >= 0 else ""
+
     def labels_by_seq(self) -> np.ndarray:
         """Current class index for every seq 0..max_seq (-1 = unlabelled; seq 0 unused). A copy."""
         with self._lock:

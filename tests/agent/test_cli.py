@@ -52,7 +52,13 @@ def test_commands_json(tmp_path: Path, running: Running) -> None:
     out = json.loads(run("ingest", str(src), "--agent", running.address, "--json", "--batch", "5", "--limit", "8",
                          "--meta", "site=north"))
     assert out == {"accepted": 8, "duplicates": 0, "rejected": [], "same_payload": 0, "same_payload_examples": []}
-    out = json.loads(run("ingest", str(src), "--agent", running.address, "--json", "--with-labels"))
+    again = json.loads(run("ingest", str(src), "--agent", running.address, "--json", "--limit", "8", "--meta",
+                           "site=south"))  # a resend must not say something else than what is stored
+    assert again["accepted"] == 0 and len(again["rejected"]) == 8
+    assert "with another uri or metadata" in again["rejected"][0]["reason"]
+    out = json.loads(run("ingest", str(src), "--agent", running.address, "--json", "--with-labels", "--limit", "4"))
+    assert (out["accepted"], out["duplicates"], out["rejected"]) == (0, 4, [])  # stored unlabelled: now labelled
+    out = json.loads(run("ingest", str(src), "--agent", running.address, "--json"))
     assert (out["accepted"], out["duplicates"]) == (4, 8)
     st = json.loads(run("status", "--agent", running.address, "--json"))
     assert st["samples"] == 12 and st["labeled"] == 4 and st["model_version"] == "v0001"
@@ -64,7 +70,7 @@ def test_commands_json(tmp_path: Path, running: Running) -> None:
     assert float(pc["details"]["delta"]) > 0
     assert "delta: " in run("select", "--agent", running.address, "--budget", "2", "--strategy", "probcover")
     north = json.loads(run("select", "--agent", running.address, "--budget", "50", "--where", "site=north", "--json"))
-    assert len(north["selected"]) == 8  # the first 8 files (the second ingest's duplicates stay unlabelled)
+    assert len(north["selected"]) == 4  # of the first 8 files, the 4 not labelled by the resend
     nowhere = run("select", "--agent", running.address, "--budget", "5", "--where", "site=south")
     assert "nothing selected: no unlabelled sample matches --where site=south" in nowhere
     csv_path = tmp_path / "labels.csv"

@@ -101,3 +101,27 @@ def test_writing_holds_the_one_write_lock(agent: Agent) -> None:
         assert not done.wait(0.3)  # the commit waits for the lock
     t.join(10)
     assert done.is_set() and agent.state.count() == 1
+
+
+def test_a_resend_is_a_duplicate_only_when_it_says_what_is_stored(agent: Agent) -> None:
+    """Same id and payload: a duplicate when its uri, metadata and label, where given, are the stored ones
+    (retries are safe); a label for a sample stored without one is kept (source ingest); any other
+    difference is a rejection naming it, and nothing stored changes."""
+    imgs = make_images(3)
+    first = [image("a", imgs[0], label="cat"), image("b", imgs[1]), image("c", imgs[2])]
+    first[2].uri, first[2].metadata = "s3://x/c.png", {"site": "north"}
+    assert agent.ingest.batch(first).accepted == 3
+    again = [image("a", imgs[0]), image("b", imgs[1], label="dog"), image("c", imgs[2])]  # no uri or meta: said nothing
+    res = agent.ingest.batch(again)
+    assert (res.accepted, res.duplicates, res.rejected) == (0, 3, [])
+    assert agent.state.label_name(agent.state.lookup("b").seq) == "dog"  # type: ignore[union-attr]
+    assert [e.source for e in agent.state.label_events() if e.id == "b"] == ["ingest"]
+    changed = [image("a", imgs[0], label="dog"), image("c", imgs[2]), image("c2", imgs[2])]
+    changed[1].metadata = {"site": "south"}
+    res = agent.ingest.batch(changed)
+    assert res.accepted == 1 and res.duplicates == 0 and [r[0] for r in res.rejected] == ["a", "c"]
+    assert "stored (same payload) with label 'cat': a resend does not change labels; give 'dog' with " \
+           "SubmitLabels" in res.rejected[0][1]
+    assert "with another uri or metadata" in res.rejected[1][1]
+    assert agent.state.label_name(agent.state.lookup("a").seq) == "cat"  # type: ignore[union-attr]
+    assert agent.state.lookup("c").metadata == {"site": "north"}  # type: ignore[union-attr]
