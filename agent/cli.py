@@ -573,11 +573,9 @@ def select(agent: AgentTarget,
     console.print(table)
     # Its own line, never wrapped (a caption wraps at the table's width): it is meant to be copied.
     console.print(f"selection {reply.selection_id}", soft_wrap=True, highlight=False)
-    for key, value in sorted(reply.details.items()):
-        console.print(f"{key}: {value}", style="yellow" if key == "warning" else None)
-    if not reply.selected:  # an empty table alone reads like a failure with no cause
-        what = "matches " + " ".join(f"--where {w}" for w in where) if where else "is left"
-        console.print(f"nothing selected: no unlabelled sample {what}", style="yellow", highlight=False)
+    for key, value in sorted(reply.details.items()):  # e.g. the agent's "nothing_selected": why the table is empty
+        console.print(f"{key}: {value}", style="yellow" if key in ("warning", "nothing_selected") else None,
+                      highlight=False)
 
 
 class LabelFileError(ValueError):

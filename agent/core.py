@@ -157,6 +157,8 @@ def source_problem(source: str) -> str | None:
 # SelectReply.details key present when the selection could not be recorded (disk full or read-only);
 # its value says why. The selection itself is complete and valid.
 SELECTION_NOT_RECORDED = "selection_not_recorded"
+# Select's details key saying why the answer is empty (an empty list alone reads like a failure).
+NOTHING_SELECTED = "nothing_selected"
 
 
 class DataFolderError(OSError):
@@ -568,6 +570,7 @@ class Agent:
         cached = self.select_cache.get(key) if take else None
         if take == 0:
             chosen: list[tuple[str, float]] = []
+            details[NOTHING_SELECTED] = self._why_nothing(where)
         elif cached is not None:
             chosen, details = list(cached[0]), dict(cached[1])
         else:
@@ -606,6 +609,17 @@ class Agent:
             log.warning("Select answered without recording its selection: %s", stored.message)
             details = {**details, SELECTION_NOT_RECORDED: stored.message}
         return SelectResult(chosen, version, strategy, selection_id, details)
+
+    def _why_nothing(self, where: Mapping[str, str]) -> str:
+        """Why a Select has no candidate: an empty pool, a where filter nothing unlabelled matches, or every
+        sample labelled."""
+        if self.state.count() == 0:
+            return "the pool is empty: ingest samples first"
+        if where:
+            shown = ", ".join(f"{k}={v}" for k, v in sorted(where.items()))
+            return (f"no unlabelled sample matches where {shown} (keys and values must equal a sample's metadata "
+                    "exactly; see ListSamples)")
+        return "every sample is labelled: nothing is left to select"
 
     # ---- PriorLabels -----------------------------------------------------------------------------
     def prior_labels(self, method: str, ids: Sequence[str], params: Mapping[str, str],

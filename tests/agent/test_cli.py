@@ -72,7 +72,9 @@ def test_commands_json(tmp_path: Path, running: Running) -> None:
     north = json.loads(run("select", "--agent", running.address, "--budget", "50", "--where", "site=north", "--json"))
     assert len(north["selected"]) == 4  # of the first 8 files, the 4 not labelled by the resend
     nowhere = run("select", "--agent", running.address, "--budget", "5", "--where", "site=south")
-    assert "nothing selected: no unlabelled sample matches --where site=south" in nowhere
+    assert "nothing_selected: no unlabelled sample matches where site=south" in " ".join(nowhere.split())
+    empty = json.loads(run("select", "--agent", running.address, "--budget", "5", "--where", "site=south", "--json"))
+    assert empty["selected"] == [] and "matches where site=south" in empty["details"]["nothing_selected"]
     csv_path = tmp_path / "labels.csv"
     csv_path.write_text("id,label\n" + "".join(f"{i},cat\n" for i in ids) + "missing,cat\n")
     lab = json.loads(run("label", str(csv_path), "--agent", running.address, "--json"))

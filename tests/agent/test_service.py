@@ -123,6 +123,8 @@ def test_select_every_strategy(running: Running) -> None:
 
 
 def test_select_budget_and_errors(running: Running) -> None:
+    empty = select(running, 3)
+    assert empty.selected == [] and empty.details["nothing_selected"] == "the pool is empty: ingest samples first"
     client.ingest(running.stub, make_samples(10, labels=4))
     assert len(select(running, 100).selected) == 6  # what is left
     assert code_of(lambda: select(running, 0))[0] == grpc.StatusCode.INVALID_ARGUMENT
@@ -131,7 +133,11 @@ def test_select_budget_and_errors(running: Running) -> None:
     code, msg = code_of(lambda: running.stub.Select(agent_pb2.SelectRequest(budget=2, strategy="random",
                                                                             params={"bogus": "1"})))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "bogus" in msg
-    assert select(running, 3, site="nowhere").selected == []
+    nowhere = select(running, 3, site="nowhere")
+    assert nowhere.selected == [] and "no unlabelled sample matches where site=nowhere" in \
+        nowhere.details["nothing_selected"]
+    client.submit_labels(running.stub, [(f"s{i}", "cat") for i in range(4, 10)], "alice")
+    assert select(running, 3).details["nothing_selected"] == "every sample is labelled: nothing is left to select"
 
 
 def test_uncertainty_without_labels_names_label_free_strategies(tmp_path) -> None:
