@@ -44,7 +44,7 @@ from agent.priors import PRIOR_METHODS, get_prior_method
 from agent.priors.calibration import AUDIT_MIN_LABELS, TemperatureFit, audit_todo, calibrate_flag
 from agent.queues import Queues
 from agent.security import DataDirLock, owner_only_dir
-from agent.state import INGEST_SOURCE, MANUAL_SOURCE, ClassListError, LabelEvent, SampleRecord, State
+from agent.state import INGEST_SOURCE, MANUAL_SOURCE, LabelEvent, SampleRecord, State
 from agent.strategies import MODEL_FREE, STRATEGIES, get_strategy
 from agent.strategies.audit import AUDIT
 from shortlist.images import allow_pixels
@@ -357,16 +357,13 @@ class Agent:
                  t1 - t0, t2 - t1, t3 - t2, time.monotonic() - t3)
 
     def _adopt_manifest_classes(self, manifest: Manifest) -> None:
-        """A model's class names become the agent's closed class list (so its logits apply) while the list is
-        open: at once with no labels yet; with labels given on the open list, when every class a label ever
-        used is among the model's (their indices are remapped to its order, ``State.set_closed_classes``).
-        Else the list stays open and GetStatus says why the model's logits are not used (``class_warning``)."""
-        if not manifest.classes or self.state.closed:
-            return
-        try:
+        """With no class list yet (no --classes, no label), a model's class names become the closed list (so
+        its logits apply). Not once labels were given on an open list: a model fine-tuned by ``shortlist
+        cycle`` names the classes labelled so far, which need not be all of them (closing the list to them
+        would refuse the next new class). A model whose classes are not the agent's list: GetStatus says
+        its logits are not used and how to make them so (``class_warning``)."""
+        if manifest.classes and not self.state.classes and not self.state.closed:
             self.state.set_closed_classes(list(manifest.classes))
-        except ClassListError as e:
-            log.warning("the class list stays open: %s", e)
 
     def class_warning(self) -> str:
         """GetStatus's note when the serving model names classes other than the agent's list ("" otherwise):
@@ -380,10 +377,9 @@ class Agent:
         def shown(names: list[str]) -> str:
             return ", ".join(repr(n) for n in names[:12]) + (" ..." if len(names) > 12 else "")
 
-        fix = ("labels use classes the model does not name: retract them, or publish a model trained on these "
-               "classes" if not self.state.closed else
-               "publish a model trained on this class list (same names, same order), or restart with "
-               "--classes naming the model's")
+        fix = ("publish a model trained on these labels (`shortlist cycle`), or, when the model's are all the "
+               f"classes, restart the agent with --classes {','.join(theirs)}" if not self.state.closed else
+               "publish a model trained on this class list (same names, same order)")
         return (f"model {serving.version} names the classes [{shown(theirs)}] but the agent's class list is "
                 f"[{shown(ours)}]: its logits are not used (Select's uncertainty strategies fit a linear head on the "
                 f"labelled samples instead); {fix}")
