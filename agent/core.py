@@ -369,7 +369,7 @@ class Agent:
         """GetStatus's note when the serving model names classes other than the agent's list ("" otherwise):
         its logits are then not used (Select's uncertainty strategies fit a head on the labels instead)."""
         serving = self.manager.current
-        ours = list(self.state.classes)
+        ours = self.pool_classes(self.state.labels_by_seq())[0]
         if serving is None or not serving.embedder.classes or list(serving.embedder.classes) == ours:
             return ""
         theirs = list(serving.embedder.classes)
@@ -485,10 +485,9 @@ class Agent:
         uncalibrated PriorLabels and the auditor (whose ``audited_pool`` knows no draws) leave it empty and
         skip the lookup."""
         view = serving.index.view()
-        labels = self.state.labels_by_seq()[view.seqs] if view.n else np.zeros(0, np.int64)
+        labels, classes = self._pool_labels(view.seqs)
         labeled = np.flatnonzero(labels >= 0)
         candidates = np.flatnonzero((labels < 0) & self._where_mask(view.seqs, where))
-        classes = list(self.state.classes)
         logits = view.logits if serving.embedder.classes and serving.embedder.classes == classes else None
         index = serving.index
 
@@ -508,10 +507,36 @@ class Agent:
                     pretext_loss=view.pretext, memo=index.memo, audit=drawn.astype(np.int64))
         return pool, view.seqs
 
+    def pool_classes(self, labels_by_seq: np.ndarray) -> tuple[list[str], np.ndarray | None]:
+        """The class list Pools and GetStatus give, and the map from the state's class indices to its (None
+        when they are the same). ``labels_by_seq``: ``State.labels_by_seq()``. The agent's list; for an open
+        list, only the classes some current label uses, in first-seen order: a class whose labels were all
+        retracted (a typo taken back) is no class of the pool, so no prior gives it a share and no cycle
+        trains an output for it; its next label brings it back."""
+        classes = list(self.state.classes)
+        if self.state.closed:
+            return classes, None
+        used = np.unique(labels_by_seq[labels_by_seq >= 0])
+        if len(used) == len(classes):
+            return classes, None
+        remap = np.full(len(classes), -1, np.int64)
+        remap[used] = np.arange(len(used))
+        return [classes[int(i)] for i in used], remap
+
+    def _pool_labels(self, seqs: np.ndarray) -> tuple[np.ndarray, list[str]]:
+        """The current label of each of ``seqs`` as an index into the pool's class list (-1 = none), and that
+        list (``pool_classes``)."""
+        every = self.state.labels_by_seq()
+        classes, remap = self.pool_classes(every)
+        labels = every[seqs] if len(seqs) else np.zeros(0, np.int64)
+        if remap is not None:
+            labels = np.where(labels >= 0, remap[np.maximum(labels, 0)], -1)
+        return labels, classes
+
     def free_pool(self, where: Mapping[str, str]) -> tuple[Pool, np.ndarray]:
         """Every stored sample, no embeddings (Nx0): what model-free strategies get before a model."""
         seqs = self.state.all_seqs()
-        labels = self.state.labels_by_seq()[seqs] if len(seqs) else np.zeros(0, np.int64)
+        labels, classes = self._pool_labels(seqs)
         labeled = np.flatnonzero(labels >= 0)
         candidates = np.flatnonzero((labels < 0) & self._where_mask(seqs, where))
         models = self.models
@@ -520,7 +545,7 @@ class Agent:
             raise FailedPrecondition(no_model_message(models))
 
         pool = Pool(embeddings=np.zeros((len(seqs), 0), np.float32), labeled=labeled.astype(np.int64),
-                    labels=labels[labeled], classes=list(self.state.classes),
+                    labels=labels[labeled], classes=classes,
                     candidates=candidates.astype(np.int64), knn=knn)
         return pool, seqs
 
@@ -726,7 +751,8 @@ class Agent:
             samples=self.state.count(), labeled=self.state.labeled_count(),
             embedded=0 if serving is None else serving.index.n,
             model_version="" if serving is None else serving.version,
-            strategies=sorted(STRATEGIES), prior_methods=sorted(PRIOR_METHODS), classes=list(self.state.classes),
+            strategies=sorted(STRATEGIES), prior_methods=sorted(PRIOR_METHODS),
+            classes=self.pool_classes(self.state.labels_by_seq())[0],
             pending_model_version=self.manager.pending_version,
             pending_embedded=0 if pending is None else pending.n,
             audit=audit,

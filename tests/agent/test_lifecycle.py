@@ -200,6 +200,30 @@ def test_a_model_naming_other_classes_is_said_and_closing_the_list_fixes_it(tmp_
         r.stop()
 
 
+def test_a_class_whose_labels_were_all_retracted_leaves_an_open_list(tmp_path: Path) -> None:
+    """An open class list holds the classes some current label uses: a typo taken back is no class of the
+    priors or of GetStatus any more (a cycle would otherwise train an output for it), and comes back with
+    its next label."""
+    publish_linear(tmp_path / "models", size=SIZE, dim=16)  # a model naming no classes: the list stays open
+    running = start(tmp_path / "data", tmp_path / "models")
+    try:
+        retract_a_typo(running)
+    finally:
+        running.stop()
+
+
+def retract_a_typo(running: Running) -> None:
+    client.ingest(running.stub, make_samples(12, labels=6))
+    client.submit_labels(running.stub, [("s6", "ten")], "alice")
+    assert list(status(running).classes) == [*CLASSES, "ten"]
+    running.stub.RetractLabels(agent_pb2.RetractLabelsRequest(ids=["s6"], annotator="alice"))
+    assert list(status(running).classes) == CLASSES
+    priors = list(running.stub.PriorLabels(agent_pb2.PriorLabelsRequest(method="knn")))
+    assert priors and all(set(p.probs) == set(CLASSES) for p in priors)
+    client.submit_labels(running.stub, [("s7", "ten")], "alice")
+    assert list(status(running).classes) == [*CLASSES, "ten"]
+
+
 def test_names_that_would_look_like_others_are_refused(running: Running) -> None:
     """Ids and new class names with white space at an end or control characters are refused per item,
     with the reason; the rest of the request is kept, and the same label twice for one sample too."""
