@@ -19,6 +19,19 @@ if TYPE_CHECKING:
 console = Console(stderr=True)
 
 
+# Exit status of a training command stopped by SIGINT / SIGTERM (the shell's 128 + SIGINT): checkpointed, unfinished.
+INTERRUPTED_EXIT = 130
+
+
+def _frozen_budget(mode: str, steps: int | None, minutes: float | None, epochs: int | None) -> None:
+    """linear / svm fit a head on frozen features once: a step or time budget would be ignored, so refuse it."""
+    if steps is not None or minutes is not None or (mode == "svm" and epochs is not None):
+        what = "--epochs N sets the linear probe's epochs (default 100)" if mode == "linear" else \
+            "the SVM is fitted in closed form"
+        raise typer.BadParameter(f"--mode {mode} fits a head on frozen features: no step or time budget applies "
+                                 f"({what}); give none, or use --mode full")
+
+
 def _one_budget(*values: float | None) -> None:
     if sum(v is not None for v in values) != 1:
         names = ["--epochs N", "--minutes M", "--steps S"][:len(values)]
@@ -31,9 +44,11 @@ def pretrain_cmd(
     out: Path = typer.Option(..., help="run folder (config.json, metrics.jsonl, checkpoint.pt, encoder.pt)"),
     method: str = typer.Option("simsiam", help="simsiam | rotnet | moby"),
     arch: str = typer.Option("resnet18_w32", help="resnet18 | resnet18_w32 | wrn28_2 | torchvision:NAME"),
-    epochs: int | None = typer.Option(None, help="train for N epochs"),
-    minutes: float | None = typer.Option(None, help="or for M minutes of training (evaluation not counted)"),
-    limit: int | None = typer.Option(None, help="only the first N samples (smoke runs)"),
+    epochs: int | None = typer.Option(None, min=1, help="train for N epochs"),
+    minutes: float | None = typer.Option(None, min=0.01, help="or for M minutes of training (evaluation not "
+                                         "counted)"),
+    limit: int | None = typer.Option(None, min=1, help="only the first N samples in the source's order (smoke "
+                                     "runs; not a random sample)"),
     batch_size: int | None = typer.Option(None, help="global batch size (default: the method's)"),
     lr: float | None = typer.Option(None, help="base learning rate per 256 images (default: the method's)"),
     weight_decay: float | None = typer.Option(None, help="SGD weight decay (default: the method's)"),
@@ -84,7 +99,7 @@ def pretrain_cmd(
 
 def _pretrain_worker(cfg: PretrainConfig) -> None:
     """One process's pretraining (the whole run, or one rank of ``--procs``); a bad setting exits 2."""
-    from training.loop import close_process_group
+    from training.loop import Interrupted, close_process_group
     from training.pretrain import pretrain
 
     try:
@@ -93,6 +108,10 @@ def _pretrain_worker(cfg: PretrainConfig) -> None:
         if int(os.environ.get("RANK", "0")) == 0:
             console.print(f"[red]error:[/] {e}")
         raise SystemExit(2) from None  # not typer.Exit: under --procs this runs outside typer
+    except Interrupted as e:
+        if int(os.environ.get("RANK", "0")) == 0:
+            console.print(f"[yellow]{e}[/]")
+        raise SystemExit(INTERRUPTED_EXIT) from None
     finally:
         close_process_group()  # this rank is done: leave the group before the interpreter exits
 
@@ -123,10 +142,10 @@ def finetune_cmd(
     init: Path | None = typer.Option(None, help="a pretraining run folder to start from"),
     arch: str = typer.Option("resnet18_w32", help="architecture when not starting from --init"),
     labels_per_class: int | None = typer.Option(None, help="keep only N labels per class (rest unlabelled)"),
-    epochs: int | None = typer.Option(None),
-    minutes: float | None = typer.Option(None),
-    steps: int | None = typer.Option(None),
-    batch_size: int = typer.Option(64, help="labelled batch (unlabelled: mu x this)"),
+    epochs: int | None = typer.Option(None, min=1, help="train for N epochs (linear, svm: the probe's own fit)"),
+    minutes: float | None = typer.Option(None, min=0.01, help="or for M minutes"),
+    steps: int | None = typer.Option(None, min=1, help="or for N optimiser steps (full, as3l, moby_al)"),
+    batch_size: int = typer.Option(64, min=1, help="labelled batch (unlabelled: mu x this)"),
     lr: float = typer.Option(0.03),
     prior_iters: int = typer.Option(6900, min=0, help="as3l: iterations T using normalize(prior + prediction) "
                                     "(AS3L Sec. 4.1: 6900)"),
@@ -142,8 +161,12 @@ def finetune_cmd(
     seed: int = typer.Option(0),
 ) -> None:
     """Fine-tune with labels (linear probe, full, AS3L semi-supervised, MoBYv2AL joint)."""
-    _one_budget(epochs, minutes, steps)
-    from training.finetune import FinetuneConfig, finetune
+    from training.finetune import FROZEN_MODES, FinetuneConfig, finetune
+
+    if mode in FROZEN_MODES:
+        _frozen_budget(mode, steps, minutes, epochs)
+    else:
+        _one_budget(epochs, minutes, steps)
     from training.loop import close_process_group
 
     cfg = FinetuneConfig(out=str(out), mode=mode, init=str(init) if init else None, arch=arch, data=data,
@@ -151,11 +174,16 @@ def finetune_cmd(
                          batch_size=batch_size, lr=lr, prior_iters=prior_iters, prior_after=prior_after,
                          head_init=head_init, ema=ema, preprocess=preprocess,
                          threads=threads, device=device, seed=seed)
+    from training.loop import Interrupted
+
     try:
         run = finetune(cfg, console=console)
     except (ValueError, FileNotFoundError) as e:
         console.print(f"[red]error:[/] {e}")
         raise typer.Exit(2) from None
+    except Interrupted as e:
+        console.print(f"[yellow]{e}[/]")
+        raise typer.Exit(INTERRUPTED_EXIT) from None
     finally:
         close_process_group()  # under torchrun: leave the group before the interpreter exits
     console.print(f"fine-tuned -> {run}")
@@ -183,10 +211,11 @@ def cycle_cmd(
     models: Path = typer.Option(..., help="the registry folder the agent serves from"),
     out: Path = typer.Option(..., help="run folder for this cycle's training"),
     mode: str = typer.Option("full", help="linear | svm | full | as3l | moby_al | simsiam | rotnet | moby"),
-    init: Path | None = typer.Option(None, help="pretraining run to start from"),
-    steps: int | None = typer.Option(None),
-    minutes: float | None = typer.Option(None),
-    epochs: int | None = typer.Option(None),
+    init: Path | None = typer.Option(None, help="pretraining run to start from (required by linear and svm; "
+                                     "full, as3l and moby_al without it train from random weights)"),
+    steps: int | None = typer.Option(None, min=1, help="train for N optimiser steps (full, as3l, moby_al)"),
+    minutes: float | None = typer.Option(None, min=0.01, help="or for M minutes"),
+    epochs: int | None = typer.Option(None, min=1, help="or for N epochs"),
     prior_method: str = typer.Option("knn", help="as3l: the agent's PriorLabels method"),
     arch: str = typer.Option("resnet18_w32"),
     threads: int | None = typer.Option(None),
@@ -195,8 +224,14 @@ def cycle_cmd(
     """Pull samples from the agent, train, export, publish, ask the agent to reload, print what changed."""
     import grpc
 
+    from training.finetune import FROZEN_MODES
+
+    if mode in FROZEN_MODES:
+        _frozen_budget(mode, steps, minutes, epochs)
+
     from exporters.export import ExportError
     from training.cycle import run_cycle
+    from training.loop import Interrupted
 
     try:
         run_cycle(agent.address, models, out, mode=mode, init=str(init) if init else None, steps=steps, minutes=minutes,
@@ -210,6 +245,9 @@ def cycle_cmd(
     except (ValueError, FileNotFoundError, ConnectionError, ExportError) as e:
         console.print(f"[red]error:[/] {e}")
         raise typer.Exit(2) from None
+    except Interrupted as e:
+        console.print(f"[yellow]{e}; nothing was published[/]")
+        raise typer.Exit(INTERRUPTED_EXIT) from None
 
 
 def register(app: typer.Typer, bench_app: typer.Typer) -> None:

@@ -24,7 +24,7 @@ from agent.client import ClientConfig
 from shortlist.manifest import newest_complete
 from shortlist.v1 import agent_pb2
 from training.data import TensorData, from_samples
-from training.finetune import FINETUNE_MODES, FinetuneConfig, finetune
+from training.finetune import FINETUNE_MODES, FROZEN_MODES, FinetuneConfig, finetune
 from training.methods import METHODS
 from training.pretrain import PretrainConfig, preprocess_by_name, pretrain
 
@@ -83,8 +83,12 @@ def run_cycle(agent: str, models: str | Path, out: str | Path, mode: str = "full
     console = console or Console()
     if mode not in CYCLE_MODES:
         raise ValueError(f"unknown cycle mode {mode!r}; valid: {', '.join(CYCLE_MODES)}")
-    if steps is None and minutes is None and epochs is None:
+    if steps is None and minutes is None and epochs is None and mode not in FROZEN_MODES:
         raise ValueError("give one of --steps, --minutes or --epochs")
+    if init is None and mode in FROZEN_MODES:
+        raise ValueError(f"--mode {mode} fits a head on a pretrained encoder's frozen features (a random encoder's "
+                         "mean nothing): give --init RUN (a `shortlist pretrain` run folder), or pretrain in the "
+                         "cycle with --mode simsiam, rotnet or moby")
     models = Path(models)
     stub = client.connect(agent, config=client_config)
     before = stub.GetStatus(agent_pb2.GetStatusRequest())
@@ -105,6 +109,9 @@ def run_cycle(agent: str, models: str | Path, out: str | Path, mode: str = "full
             cfg.epochs, cfg.minutes = max(1, steps), None
         pretrain(cfg, console, train_data=data)
     else:
+        if init is None:
+            console.print(f"[yellow]no --init: --mode {mode} trains the {arch} encoder from random weights "
+                          "(pass a `shortlist pretrain` run to start from self-supervised features)[/]")
         priors = fetch_priors(stub, data, prior_method) if mode == "as3l" else None
         fcfg = FinetuneConfig(out=str(run_dir), mode=mode, init=init, arch=arch, data=f"agent:{agent}",
                               preprocess=preprocess, epochs=epochs, minutes=minutes, steps=steps,
@@ -113,7 +120,7 @@ def run_cycle(agent: str, models: str | Path, out: str | Path, mode: str = "full
             fcfg.batch_size = batch_size
         if options:
             fcfg = dataclasses.replace(fcfg, **options)
-        if steps is None and epochs is None and minutes is None:
+        if steps is None and epochs is None and minutes is None and mode not in FROZEN_MODES:
             fcfg.steps = 100
         finetune(fcfg, data, priors, console)
     version = export_run(run_dir, models, log=console.print)

@@ -381,6 +381,8 @@ def finetune(config: FinetuneConfig, data: TensorData | None = None, priors: tor
         raise ValueError(f"unknown head_init {cfg.head_init!r}; valid: {', '.join(HEAD_INITS)}")
     if not 0.0 <= cfg.ema < 1.0:
         raise ValueError(f"ema must be in [0, 1) (0: off; FlexMatch's 0.999), got {cfg.ema}")
+    if cfg.mode == "linear" and cfg.epochs is not None:  # a head fitted once: epochs are the probe's (steps and
+        cfg = dataclasses.replace(cfg, linear_epochs=cfg.epochs)  # minutes do not apply; the CLI refuses them)
     console = console or Console()
     rt = loop.setup_runtime(cfg.device, cfg.amp, cfg.channels_last, cfg.threads)
     pre = preprocess_by_name(cfg.preprocess)
@@ -574,9 +576,9 @@ def _train_loop(cfg: FinetuneConfig, enc: Encoder, data: TensorData, lab: torch.
                     state.extra["upool"] = upool.tolist()
                 loop.save_checkpoint(run_dir, state, modules, gen, dataclasses.asdict(cfg))
                 last_ckpt = time.perf_counter()
-                if stop.stop:
-                    console.print(f"[yellow]{stop.signal_name}: checkpointed at step {state.step}[/]")
-                    break
+                if stop.stop:  # unfinished: no encoder.pt, the caller must not use the run as a result
+                    raise loop.Interrupted(stop.signal_name, state.step, run_dir,
+                                           "its checkpoint.pt resumes it (FinetuneConfig.resume)")
     evaluate()
     state.extra["learned"] = learned.tolist()
     state.extra["eval"] = evals

@@ -197,6 +197,16 @@ def load_checkpoint(run_dir: Path, modules: dict[str, Any], generator: torch.Gen
     return TrainState(**payload["state"])
 
 
+class Interrupted(RuntimeError):
+    """Training stopped by a signal (SIGINT, SIGTERM) before its budget ran out, after a checkpoint: the run is
+    unfinished, so nothing may treat it as a result (``shortlist cycle`` publishes nothing); the CLI exits 130."""
+
+    def __init__(self, signal_name: str, step: int, run_dir: Path, resume_hint: str) -> None:
+        super().__init__(f"{signal_name}: training stopped at step {step}, checkpointed in {run_dir}; {resume_hint}")
+        self.signal_name = signal_name
+        self.step = step
+
+
 class StopFlag:
     """Set by SIGTERM / SIGINT so the loop can checkpoint at the next step boundary and exit cleanly."""
 

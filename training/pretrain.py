@@ -462,9 +462,9 @@ def pretrain(config: PretrainConfig, console: Console | None = None, train_data:
     log = loop.MetricsLog(run.run_dir, run.rt.is_main)
     stopped = _train(run, console, log)
     if stopped:
-        if run.rt.is_main:
-            console.print(f"[yellow]{stopped}: checkpointed at step {run.state.step}; continue with --resume[/]")
         log.write(kind="stopped", signal=stopped, step=run.state.step)
-        return run.run_dir
+        if stopped.startswith("stop_after="):
+            return run.run_dir  # the tests' stop, not a signal
+        raise loop.Interrupted(stopped, run.state.step, run.run_dir, "continue with --resume")
     _summarise(run, console, log, wall0)
     return run.run_dir

@@ -138,8 +138,8 @@ def test_finetune_modes(tiny_data: Path, tmp_path: Path, mode: str) -> None:
     pre = preprocess_by_name(PRE)
     data = load(str(tiny_data), "train", pre.size)
     cfg = FinetuneConfig(out=str(tmp_path / mode), mode=mode, arch="resnet18_w32", preprocess=PRE,
-                         labels_per_class=2, steps=2, batch_size=6, mu=2, threads=1, channels_last=False,
-                         linear_epochs=5, prior_iters=1)
+                         labels_per_class=2, steps=None if mode == "linear" else 2, batch_size=6, mu=2, threads=1,
+                         channels_last=False, linear_epochs=5, prior_iters=1)
     priors = None
     if mode == "as3l":
         n_unl = len(data) - 6
@@ -153,6 +153,43 @@ def test_finetune_modes(tiny_data: Path, tmp_path: Path, mode: str) -> None:
     assert logits.shape == (2, 3) and torch.isfinite(logits).all()
     if mode != "linear":
         assert summary["steps"] == 2
+
+
+def test_budgets_that_cannot_train_are_refused(tiny_data: Path, tmp_path: Path) -> None:
+    """A zero or negative budget is refused by the CLI (exit 2, no traceback, no endless 0% run); a step or
+    time budget for a head fitted once (linear, svm) is refused rather than ignored."""
+    from typer.testing import CliRunner
+
+    from shortlist.cli import app
+
+    for args in (["pretrain", "--epochs", "0"], ["pretrain", "--minutes", "-1"], ["pretrain", "--epochs", "-2"],
+                 ["finetune", "--mode", "full", "--steps", "0"], ["finetune", "--mode", "full", "--steps", "-5"]):
+        res = CliRunner().invoke(app, [*args, "--data", str(tiny_data), "--out", str(tmp_path / "x")])
+        assert res.exit_code == 2 and "Invalid value" in res.output and "Traceback" not in res.output, args
+    res = CliRunner().invoke(app, ["finetune", "--mode", "linear", "--steps", "5", "--data", str(tiny_data),
+                                   "--out", str(tmp_path / "lin")])
+    said = "".join(c for c in res.output if c not in "│╭╮╰╯─")
+    assert res.exit_code == 2 and "frozen features: no step or time budget" in " ".join(said.split())
+
+
+def test_a_signal_stops_finetuning_without_a_result(tiny_data: Path, tmp_path: Path) -> None:
+    """SIGTERM / SIGINT mid fine-tune: checkpointed, then Interrupted, and no encoder.pt (which export or
+    ``shortlist cycle`` would publish as if it were trained)."""
+    import os
+    import signal
+    import threading
+
+    data = load(str(tiny_data), "train", (SIZE, SIZE))
+    cfg = FinetuneConfig(out=str(tmp_path / "f"), mode="full", preprocess=PRE, labels_per_class=2, steps=100_000,
+                         batch_size=6, threads=1, channels_last=False)
+    timer = threading.Timer(1.0, lambda: os.kill(os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        with pytest.raises(loop.Interrupted, match="SIGINT: training stopped at step"):
+            finetune(cfg, data)
+    finally:
+        timer.cancel()
+    assert (tmp_path / "f" / loop.CHECKPOINT).exists() and not (tmp_path / "f" / loop.ENCODER).exists()
 
 
 def test_as3l_rejects_misaligned_priors(tiny_data: Path, tmp_path: Path) -> None:
@@ -171,9 +208,11 @@ def test_sigterm_checkpoints_and_resume_continues(tiny_data: Path, tmp_path: Pat
     timer = threading.Timer(1.0, lambda: os.kill(os.getpid(), signal.SIGTERM))
     timer.start()
     try:
-        run = pretrain(cfg)  # returns (instead of dying) once the signal is handled at a step boundary
+        with pytest.raises(loop.Interrupted, match="SIGTERM: training stopped at step"):
+            pretrain(cfg)  # raises (instead of dying) once the signal is handled at a step boundary
     finally:
         timer.cancel()
+    run = tmp_path / "s"
     records = [json.loads(line) for line in (run / loop.METRICS).read_text().splitlines()]
     stopped = [r for r in records if r["kind"] == "stopped"]
     assert stopped and stopped[0]["signal"] == "SIGTERM"
