@@ -160,12 +160,13 @@ def serve(labelstudio: LabelStudioConfig,
           models: Path = typer.Option(..., "--models", help="model registry folder (vNNNN/ versions)"),
           host: str = typer.Option("127.0.0.1", "--host", help="address to listen on (0.0.0.0: every interface; "
                                    "anything but loopback needs TLS and tokens, or --insecure)"),
-          port: int = typer.Option(50051, "--port"),
+          port: int = typer.Option(50051, "--port", min=0, max=65535, help="gRPC port (0: any free port, "
+                                   "printed at start)"),
           classes: str = typer.Option("", "--classes", help="closed class list a,b,c (default: open)"),
           no_blobs: bool = typer.Option(False, "--no-blobs", help="do not keep payloads (no re-embedding, "
                                         "no ListSamples payloads)"),
-          poll: float = typer.Option(5.0, "--poll", help="seconds between registry checks"),
-          batch_size: int = typer.Option(256, "--batch-size", help="images per onnxruntime call"),
+          poll: float = typer.Option(5.0, "--poll", min=0.05, help="seconds between registry checks"),
+          batch_size: int = typer.Option(256, "--batch-size", min=1, help="images per onnxruntime call"),
           max_message_mb: int = typer.Option(64, "--max-message-mb", min=1, help="largest gRPC message accepted"),
           max_samples_per_request: int = typer.Option(
               LIMITS.max_samples_per_request, "--max-samples-per-request", min=1,
@@ -223,7 +224,7 @@ def serve(labelstudio: LabelStudioConfig,
           large_image_pixels: int = typer.Option(4_000_000, "--large-image-pixels", min=0,
                                                  help="images above this many pixels decode in the bounded "
                                                       "decode lane"),
-          web_port: int | None = typer.Option(None, "--web-port", min=0, show_default=False,
+          web_port: int | None = typer.Option(None, "--web-port", min=0, max=65535, show_default=False,
                                               help="also serve the labelling web app on this port (docs/app.md)"),
           web_host: str = typer.Option("127.0.0.1", "--web-host", help="address of the web app (anything but "
                                        "loopback needs --tls-cert/--tls-key and --tokens, or --insecure)")) -> None:
@@ -396,7 +397,7 @@ def _exit_without_teardown(code: int = 0) -> NoReturn:
 @agent_options
 @labelstudio_options
 def web(agent: AgentTarget, labelstudio: LabelStudioConfig,
-        port: int = typer.Option(8080, "--port", min=0, help="port of the web app"),
+        port: int = typer.Option(8080, "--port", min=0, max=65535, help="port of the web app"),
         host: str = typer.Option("127.0.0.1", "--host", help="address of the web app (anything but loopback needs "
                                  "--https-cert/--https-key and an agent that requires tokens, or --insecure)"),
         https_cert: Path | None = typer.Option(None, "--https-cert", dir_okay=False,

@@ -39,6 +39,7 @@ from shortlist.manifest import (
     ONNX_NAME,
     ROTATION_OUTPUT,
     TORCHSCRIPT_NAME,
+    VERSION_RE,
     Manifest,
     Preprocess,
     fsync_path,
@@ -185,14 +186,14 @@ def _torchscript_runner(path: Path) -> Any:
     return run
 
 
-def real_batch(meta: dict[str, Any], pre: Preprocess, n: int = 16) -> np.ndarray | None:
+def real_batch(meta: dict[str, Any], pre: Preprocess, n: int = 16, log: Any = print) -> np.ndarray | None:
     """Up to ``n`` real images of the run's data set, preprocessed (Nx3xHxW float32), or None.
 
     Evenly spread over the source (reading is cheap, decoding is not: only the chosen ones are decoded),
     so a class-sorted folder still gives every class.
     """
     data = meta.get("dataset") or ""
-    if not data:
+    if not data or data.startswith("agent:"):  # samples pulled from an agent: nothing to read back here
         return None
     try:
         from shortlist.datasets import iter_images
@@ -202,9 +203,21 @@ def real_batch(meta: dict[str, Any], pre: Preprocess, n: int = 16) -> np.ndarray
         chosen = [items[i] for i in np.linspace(0, len(items) - 1, min(n, len(items))).astype(int)]
         imgs = [resize_array(it.pixels, pre.size) if it.pixels is not None
                 else decode_image(it.encoded or b"", pre.size) for it in chosen]
-    except (OSError, ValueError):
+    except (OSError, ValueError) as e:
+        log(f"note: the run's data set {data!r} cannot be read from here ({e}); verifying on random inputs only")
         return None
     return pre.normalize(np.stack(imgs)) if imgs else None
+
+
+def registry_problem(registry: Path) -> None:
+    """ValueError when ``registry`` cannot be a model registry: a file, or a version folder inside one (whose
+    versions would nest, vNNNN/vNNNN, where no agent looks)."""
+    if registry.exists() and not registry.is_dir():
+        raise ValueError(f"{registry} is a file: --models takes the registry folder (it holds v0001/, v0002/, ...)")
+    if VERSION_RE.match(registry.name) and ((registry / MANIFEST_NAME).exists() or (registry.parent.is_dir() and any(
+            VERSION_RE.match(p.name) for p in registry.parent.iterdir() if p != registry))):
+        raise ValueError(f"{registry} is a version folder of the registry {registry.parent}: pass --models "
+                         f"{registry.parent}")
 
 
 def export_run(run_dir: str | Path, registry: str | Path, formats: Sequence[str] = FORMATS,
@@ -219,6 +232,7 @@ def export_run(run_dir: str | Path, registry: str | Path, formats: Sequence[str]
         raise ValueError(f"formats must include onnx and be among {', '.join(FORMATS + REDUCED_FORMATS)}; "
                          f"got {list(formats)}")
     reduced = [f for f in formats if f in REDUCED_FORMATS]
+    registry_problem(registry)
     encoder, meta = load_encoder(run_dir)
     wrapper = ExportWrapper(encoder).eval()
     pre = Preprocess.from_dict(meta["preprocess"])
@@ -244,7 +258,7 @@ def export_run(run_dir: str | Path, registry: str | Path, formats: Sequence[str]
         rng = np.random.default_rng(0)
         batches = {"random": rng.standard_normal((8, 3, *pre.size)).astype(np.float32)}
         real = (pre.normalize(real_images) if real_images is not None
-                else real_batch(meta, pre, 256 if reduced else 16))
+                else real_batch(meta, pre, 256 if reduced else 16, log))
         if real is not None:
             batches["real"] = real[:16].astype(np.float32)
         manifest.verification = verify(wrapper, files, batches, log=log)

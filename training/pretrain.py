@@ -131,7 +131,11 @@ def preprocess_by_name(name: str) -> Preprocess:
 def save_encoder(run_dir: Path, encoder: Encoder, *, arch: str, method: str, pre: Preprocess,
                  classes: list[str] | None, config: dict[str, Any], dataset: str,
                  metrics: dict[str, Any] | None = None) -> None:
-    """run_dir/encoder.pt: the exportable encoder (state dict + how to rebuild it), written atomically."""
+    """run_dir/encoder.pt: the exportable encoder (state dict + how to rebuild it), written atomically.
+    ``dataset``: the source it was trained on, kept absolute when it is a local path (export reads a few of
+    its images to verify on, from whatever folder it runs in)."""
+    if dataset and Path(dataset).exists():
+        dataset = str(Path(dataset).resolve())
     loop.save_atomic({"arch": arch, "method": method, "preprocess": pre.to_dict(),
                       "num_classes": encoder.classifier.out_features if encoder.classifier is not None else 0,
                       "rotation_head": encoder.rotation is not None, "classes": classes,

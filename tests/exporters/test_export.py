@@ -161,3 +161,24 @@ def test_cifar_vgg_exports_at_32_px(tmp_path: Path) -> None:
     sess = ort.InferenceSession(str(tmp_path / "vgg.onnx"), providers=["CPUExecutionProvider"])
     got = sess.run(["embedding"], {"image": x.numpy()})[0]
     np.testing.assert_allclose(got, want.numpy(), rtol=1e-3, atol=1e-4)
+
+
+def test_a_registry_that_is_a_file_or_a_version_folder_is_refused(tmp_path: Path) -> None:
+    """--models pointing at a file, or at a version inside a registry (whose versions would nest where no
+    agent looks), is refused before anything is exported; a data set moved away is said, not skipped."""
+    run = _run(tmp_path, "run")
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(ValueError, match="is a file: --models takes the registry folder"):
+        export_run(run, tmp_path / "notes.txt", formats=["onnx"])
+    registry = tmp_path / "m"
+    assert export_run(run, registry, formats=["onnx"]) == "v0001"
+    with pytest.raises(ValueError, match=f"is a version folder of the registry {registry}: pass --models"):
+        export_run(run, registry / "v0001", formats=["onnx"])
+    said: list[str] = []
+    from training.pretrain import load_encoder
+
+    _, meta = load_encoder(run)
+    from exporters.export import real_batch
+
+    assert real_batch({**meta, "dataset": str(tmp_path / "gone")}, preprocess_by_name(PRE), log=said.append) is None
+    assert said and "cannot be read from here" in said[0] and "random inputs only" in said[0]
