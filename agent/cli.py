@@ -55,8 +55,9 @@ def _progress() -> Progress:
                     console=console, transient=True)
 
 
-def _rpc(fn: Any) -> Any:
-    """Run an RPC; print the agent's message and exit 1 on a gRPC error instead of a traceback."""
+def _rpc(fn: Any, after: str = "") -> Any:
+    """Run an RPC; print the agent's message (and ``after``, what the user should know then) and exit 1 on a
+    gRPC error instead of a traceback."""
     try:
         return fn()
     except grpc.RpcError as e:
@@ -69,9 +70,13 @@ def _rpc(fn: Any) -> Any:
         else:  # a busy refusal also says the agent's retry hint and how long the client retried
             detail = client.detail(e)
         console.print(f"[red]{code.name}[/red]: {escape(detail or '')}", highlight=False)
+        if after:
+            console.print(after, highlight=False)
         raise typer.Exit(1) from None
     except client.AgentUnavailable as e:
         console.print(f"[red]UNAVAILABLE[/red]: {escape(str(e))}", highlight=False)
+        if after:
+            console.print(after, highlight=False)
         raise typer.Exit(1) from None
 
 
@@ -527,7 +532,9 @@ def ingest(agent: AgentTarget,
         with _progress() as progress:
             task = progress.add_task("ingest", total=limit)
             reply = _rpc(lambda: client.ingest(stub, samples, batch, on_batch=lambda n: progress.advance(task, n),
-                                               max_bytes=None if batch_mb is None else int(batch_mb * 2**20)))
+                                               max_bytes=None if batch_mb is None else int(batch_mb * 2**20)),
+                         after="the samples the agent stored before the stream broke are kept; run the same command "
+                               "again when the agent answers (resent samples count as duplicates)")
     except client.IngestInterrupted as e:
         if as_json:
             print(json_line({**_ingest_out(e.reply), "error": str(e)}))
@@ -543,8 +550,10 @@ def ingest(agent: AgentTarget,
         raise typer.Exit(2)
     if as_json:
         print(json_line(_ingest_out(reply)))
-        return
-    _print_ingest(reply)
+    else:
+        _print_ingest(reply)
+    if reply.rejected and not reply.accepted and not reply.duplicates:
+        raise typer.Exit(1)  # nothing stored: a script must not go on as if it had been
 
 
 @agent_options
@@ -659,12 +668,14 @@ def _print_reply(verb: str, accepted: int, rejected: list[dict[str, Any]], as_js
     """A SubmitLabels / RetractLabels reply: JSON, or a count line and the first 10 rejections."""
     if as_json:
         print(json_line({"accepted": accepted, "rejected": rejected}))
-        return
-    console.print(f"{verb} {accepted}, rejected {len(rejected)}")
-    for r in rejected[:10]:
-        console.print(line(r), markup=False, highlight=False)
-    if len(rejected) > 10:
-        console.print(f"  ... and {len(rejected) - 10} more (--json lists all)")
+    else:
+        console.print(f"{verb} {accepted}, rejected {len(rejected)}")
+        for r in rejected[:10]:
+            console.print(line(r), markup=False, highlight=False)
+        if len(rejected) > 10:
+            console.print(f"  ... and {len(rejected) - 10} more (--json lists all)")
+    if rejected and not accepted:
+        raise typer.Exit(1)  # nothing done: a script must not go on as if it had been
 
 
 def read_ids_file(path: Path) -> list[str]:

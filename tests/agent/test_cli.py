@@ -52,9 +52,10 @@ def test_commands_json(tmp_path: Path, running: Running) -> None:
     out = json.loads(run("ingest", str(src), "--agent", running.address, "--json", "--batch", "5", "--limit", "8",
                          "--meta", "site=north"))
     assert out == {"accepted": 8, "duplicates": 0, "rejected": [], "same_payload": 0, "same_payload_examples": []}
-    again = json.loads(run("ingest", str(src), "--agent", running.address, "--json", "--limit", "8", "--meta",
-                           "site=south"))  # a resend must not say something else than what is stored
-    assert again["accepted"] == 0 and len(again["rejected"]) == 8
+    resent = runner.invoke(app, ["ingest", str(src), "--agent", running.address, "--json", "--limit", "8", "--meta",
+                                 "site=south"])  # a resend must not say something else than what is stored
+    again = json.loads(resent.stdout)
+    assert resent.exit_code == 1 and again["accepted"] == 0 and len(again["rejected"]) == 8  # nothing stored: 1
     assert "with another uri or metadata" in again["rejected"][0]["reason"]
     out = json.loads(run("ingest", str(src), "--agent", running.address, "--json", "--with-labels", "--limit", "4"))
     assert (out["accepted"], out["duplicates"], out["rejected"]) == (0, 4, [])  # stored unlabelled: now labelled
@@ -78,7 +79,10 @@ def test_commands_json(tmp_path: Path, running: Running) -> None:
     csv_path = tmp_path / "labels.csv"
     csv_path.write_text("id,label\n" + "".join(f"{i},cat\n" for i in ids) + "missing,cat\n")
     lab = json.loads(run("label", str(csv_path), "--agent", running.address, "--json"))
-    assert lab["accepted"] == 3 and [r["id"] for r in lab["rejected"]] == ["missing"]
+    assert lab["accepted"] == 3 and [r["id"] for r in lab["rejected"]] == ["missing"]  # some done: exit 0
+    (tmp_path / "none.csv").write_text("id,label\nmissing,cat\n")
+    none = runner.invoke(app, ["label", str(tmp_path / "none.csv"), "--agent", running.address])
+    assert none.exit_code == 1 and "accepted 0, rejected 1" in none.output  # nothing done: exit 1
     lines = run("prior", "--agent", running.address, "--method", "knn", "--json").strip().splitlines()
     priors = [json.loads(line) for line in lines]
     assert len(priors) == 12 - 4 - 3 and all(p["model_version"] == "v0001" for p in priors)
@@ -194,7 +198,7 @@ def test_two_folders_with_the_same_file_names_need_id_prefix(tmp_path: Path, run
     run("ingest", str(tmp_path / "site1"), "--agent", running.address)
     res = runner.invoke(app, ["ingest", str(tmp_path / "site2"), "--agent", running.address])
     text = " ".join(res.output.split())  # the id photo.png is taken by another image: say what to do
-    assert res.exit_code == 0 and "rejected 1" in text and "give each source its own --id-prefix" in text
+    assert res.exit_code == 1 and "rejected 1" in text and "give each source its own --id-prefix" in text
     out = json.loads(run("ingest", str(tmp_path / "site2"), "--agent", running.address, "--id-prefix", "site2/",
                          "--json"))
     assert out["accepted"] == 1 and sorted(s.id for s in client.list_samples(running.stub)) == [
