@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from agent import client
@@ -34,7 +35,7 @@ def _wait_embedded(stub: object, version: str, timeout: float = 60.0) -> agent_p
         time.sleep(0.2)
 
 
-def test_cycle_against_real_agent(tmp_path: Path) -> None:
+def test_cycle_against_real_agent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     models = tmp_path / "models"
     models.mkdir()
     server, port, agent = create_server(AgentConfig(tmp_path / "data", models, port=0, classes=tuple(CLASSES),
@@ -63,5 +64,18 @@ def test_cycle_against_real_agent(tmp_path: Path) -> None:
         assert second.samples == 30 and second.labeled == 12
         assert second.summary["unlabeled"] == 18
         _wait_embedded(stub, "v0002")
+
+        # published where the agent does not look: said, not reported as if served
+        from rich.console import Console
+
+        from training import cycle
+
+        monkeypatch.setattr(cycle, "PICKUP_WAIT_S", 0.5)
+        said = Console(file=io.StringIO(), width=400)
+        run_cycle(address, tmp_path / "elsewhere", tmp_path / "run3", mode="linear", init=str(tmp_path / "run1"),
+                  preprocess=PRE, threads=1, console=said)
+        text = said.file.getvalue()  # type: ignore[attr-defined]
+        assert "published v0001 (agent serving v0002)" in text
+        assert f"the agent has not taken v0001 up: is {tmp_path / 'elsewhere'} the folder it serves" in text
     finally:
         stop_server(server, agent, grace=1.0)
