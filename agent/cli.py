@@ -110,8 +110,8 @@ class _PriorHelp(_RegistryHelp):
 def _status_dict(s: agent_pb2.Status) -> dict[str, Any]:
     return {"samples": s.samples, "labeled": s.labeled, "embedded": s.embedded, "model_version": s.model_version,
             "pending_model_version": s.pending_model_version, "pending_embedded": s.pending_embedded,
-            "classes": list(s.classes), "strategies": list(s.strategies), "prior_methods": list(s.prior_methods),
-            "warnings": list(s.warnings), "audit": audit_dict(s.audit)}
+            "classes": list(s.classes), "classes_open": s.classes_open, "strategies": list(s.strategies),
+            "prior_methods": list(s.prior_methods), "warnings": list(s.warnings), "audit": audit_dict(s.audit)}
 
 
 def json_line(obj: Any) -> str:
@@ -508,7 +508,8 @@ def ingest(agent: AgentTarget,
            batch_mb: float | None = typer.Option(None, "--batch-mb", min=0.01, show_default=False,
                                                  help=f"most MiB per request [default: {client.REQUEST_BYTES >> 20}]; "
                                                  "keep it under the agent's --max-message-mb"),
-           limit: int | None = typer.Option(None, "--limit", min=1),
+           limit: int | None = typer.Option(None, "--limit", min=1, help="only the first N images in the source's "
+                                            "order (a class-sorted folder gives its first classes: not a sample)"),
            id_prefix: str = typer.Option("", "--id-prefix", help="put in front of every sample id (ids are the "
                                          "paths inside the source: give two sources that share file names "
                                          "different prefixes, e.g. site2/)"),
@@ -558,7 +559,7 @@ def ingest(agent: AgentTarget,
 
 @agent_options
 def select(agent: AgentTarget,
-           budget: int = typer.Option(..., "--budget"),
+           budget: int = typer.Option(..., "--budget", min=1, help="how many samples to select"),
            strategy: str = typer.Option("random", "--strategy", help="selection strategy"),
            param: list[str] = typer.Option([], "--param", help="strategy parameter k=v (repeatable)"),
            where: list[str] = typer.Option([], "--where", help="metadata filter k=v (repeatable)"),
@@ -776,6 +777,9 @@ def status(agent: AgentTarget, as_json: bool = JsonOpt) -> None:
             out.print("warnings:" if v else "warnings: none", markup=False, highlight=False)
             for w in v:
                 out.print(f"  - {w}", markup=False, highlight=False, soft_wrap=True, style="yellow")
+        elif k == "classes_open":
+            out.print("class list: " + ("open (a new label name adds a class; `serve --classes a,b,c` closes it)"
+                                        if v else "closed"), markup=False, highlight=False)
         elif k != "audit":
             out.print(f"{k}: {', '.join(v) if isinstance(v, list) else v}", markup=False, highlight=False)
     for line in audit_lines(s.audit):

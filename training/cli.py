@@ -19,6 +19,8 @@ if TYPE_CHECKING:
 console = Console(stderr=True)
 
 
+# training.backbones.BACKBONES (not imported: it loads torch, slow for --help; a test keeps the two equal)
+ARCH_HELP = "resnet18 | resnet18_w32 | wrn28_2 | vgg16_bn_cifar | torchvision:NAME"
 # Exit status of a training command stopped by SIGINT / SIGTERM (the shell's 128 + SIGINT): checkpointed, unfinished.
 INTERRUPTED_EXIT = 130
 
@@ -43,7 +45,7 @@ def pretrain_cmd(
                                        "train.tar/test.tar (its test split is the kNN hold-out)"),
     out: Path = typer.Option(..., help="run folder (config.json, metrics.jsonl, checkpoint.pt, encoder.pt)"),
     method: str = typer.Option("simsiam", help="simsiam | rotnet | moby"),
-    arch: str = typer.Option("resnet18_w32", help="resnet18 | resnet18_w32 | wrn28_2 | torchvision:NAME"),
+    arch: str = typer.Option("resnet18_w32", help=ARCH_HELP),
     epochs: int | None = typer.Option(None, min=1, help="train for N epochs"),
     minutes: float | None = typer.Option(None, min=0.01, help="or for M minutes of training (evaluation not "
                                          "counted)"),
@@ -140,7 +142,7 @@ def finetune_cmd(
     data: str = typer.Option(..., help="labelled image source (ImageFolder, tar, CIFAR folder)"),
     mode: str = typer.Option("full", help="linear | svm | full | as3l | moby_al"),
     init: Path | None = typer.Option(None, help="a pretraining run folder to start from"),
-    arch: str = typer.Option("resnet18_w32", help="architecture when not starting from --init"),
+    arch: str = typer.Option("resnet18_w32", help=f"architecture when not starting from --init: {ARCH_HELP}"),
     labels_per_class: int | None = typer.Option(None, help="keep only N labels per class (rest unlabelled)"),
     epochs: int | None = typer.Option(None, min=1, help="train for N epochs (linear, svm: the probe's own fit)"),
     minutes: float | None = typer.Option(None, min=0.01, help="or for M minutes"),

@@ -62,7 +62,7 @@ def test_commands_json(tmp_path: Path, running: Running) -> None:
     out = json.loads(run("ingest", str(src), "--agent", running.address, "--json"))
     assert (out["accepted"], out["duplicates"]) == (4, 8)
     st = json.loads(run("status", "--agent", running.address, "--json"))
-    assert st["samples"] == 12 and st["labeled"] == 4 and st["model_version"] == "v0001"
+    assert st["samples"] == 12 and st["labeled"] == 4 and st["model_version"] == "v0001" and not st["classes_open"]
     sel = json.loads(run("select", "--agent", running.address, "--budget", "3", "--strategy", "coreset",
                          "--seed", "2", "--json"))
     ids = [s["id"] for s in sel["selected"]]
@@ -91,7 +91,7 @@ def test_commands_json(tmp_path: Path, running: Running) -> None:
     shown = [line.split()[1] for line in table.splitlines() if line.startswith("selection ")]
     assert shown and shown[0] in {sid for sid, *_ in running.agent.state.selections()}  # copyable, unwrapped
     bad = runner.invoke(app, ["select", "--agent", running.address, "--budget", "0"])
-    assert bad.exit_code == 1 and "INVALID_ARGUMENT" in bad.output
+    assert bad.exit_code == 2 and "Invalid value for '--budget'" in bad.output  # refused before any call
 
 
 def noisy_jpeg(path: Path, hw: tuple[int, int], seed: int) -> int:

@@ -253,3 +253,10 @@ def test_as3l_update_reclusters_and_evaluates(tiny_data: Path, tmp_path: Path,
     assert 0.0 <= summary["test_accuracy"] <= summary["best_test_accuracy"] <= 1.0
     with pytest.raises(ValueError, match="prior_after"):
         finetune(FinetuneConfig(out=str(tmp_path / "v"), mode="as3l", prior_after="keep", steps=1), data)
+
+
+def test_the_arch_help_names_every_backbone() -> None:
+    from training.backbones import BACKBONES
+    from training.cli import ARCH_HELP
+
+    assert ARCH_HELP.split(" | ") == [*BACKBONES, "torchvision:NAME"]
