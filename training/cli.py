@@ -63,6 +63,8 @@ def pretrain_cmd(
     pred_dim: int | None = typer.Option(None, help="simsiam predictor bottleneck (default 64, paper 512)"),
     preprocess: str = typer.Option("cifar10", help="cifar10 | cifar100 | imagenet (size, mean, std)"),
     knn_every: int = typer.Option(5, help="epochs between kNN evaluations (0: only at the end)"),
+    knn_k: int = typer.Option(200, min=1, help="neighbours of the kNN accuracy (200: the protocol for CIFAR-sized "
+                              "banks; a small data set wants about half its images per class)"),
     checkpoint_minutes: float = typer.Option(10.0, help="minutes between checkpoints (also on SIGTERM)"),
     resume: bool = typer.Option(False, help="continue the run in --out from its checkpoint"),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
@@ -82,7 +84,7 @@ def pretrain_cmd(
     options = {k: v for k, v in (("proj_dim", proj_dim), ("pred_dim", pred_dim)) if v is not None}
     cfg = PretrainConfig(data=data, out=str(out), method=method, arch=arch, epochs=epochs, minutes=minutes,
                          limit=limit, batch_size=batch_size, lr=lr, weight_decay=weight_decay, min_res=min_res,
-                         max_res=max_res, crop_min=crop_min, preprocess=preprocess, knn_every=knn_every,
+                         max_res=max_res, crop_min=crop_min, preprocess=preprocess, knn_every=knn_every, knn_k=knn_k,
                          checkpoint_minutes=checkpoint_minutes, resume=resume, device=device, amp=amp,
                          channels_last=channels_last, compile=compile, threads=threads, seed=seed,
                          method_options=options)

@@ -361,7 +361,18 @@ def _epoch_knn(run: _Run, log: loop.MetricsLog, console: Console) -> None:
                        cfg.knn_test)
     bank, ntest = min(cfg.knn_bank, len(run.train)), min(cfg.knn_test, len(test))
     log.write(kind="knn", step=state.step, epoch=state.epoch, knn_acc=acc, k=cfg.knn_k, bank=bank, test=ntest)
-    console.print(f"epoch {state.epoch}: kNN(k={cfg.knn_k}) accuracy {acc:.4f} (bank {bank}, test {ntest})")
+    console.print(f"epoch {state.epoch}: kNN(k={cfg.knn_k}) accuracy {acc:.4f} (bank {bank}, test {ntest})"
+                  f"{knn_k_note(cfg.knn_k, bank, len(run.train.classes))}")
+
+
+def knn_k_note(k: int, bank: int, classes: int) -> str:
+    """A note when k exceeds the bank's images per class: the vote then reaches far into other classes and
+    the figure understates the encoder (k = 200 is the protocol for CIFAR-sized banks); "" otherwise."""
+    per_class = bank // max(classes, 1)
+    if k <= per_class:
+        return ""
+    return (f" [yellow](k={k} is more than the bank's {per_class} images per class, so this understates the "
+            f"encoder; --knn-k {max(1, per_class // 2)} suits a bank this small)[/]")
 
 
 def _train(run: _Run, console: Console, log: loop.MetricsLog) -> str:
@@ -444,7 +455,7 @@ def _summarise(run: _Run, console: Console, log: loop.MetricsLog, wall0: float) 
         log.write(kind="knn", step=state.step, epoch=state.epoch, knn_acc=acc, k=cfg.knn_k, final=True,
                   bank=nbank, test=ntest)
         console.print(f"final kNN(k={cfg.knn_k}) accuracy {acc:.4f} on {ntest} held-out images "
-                      f"(bank {nbank})")
+                      f"(bank {nbank}){knn_k_note(cfg.knn_k, nbank, len(train.classes))}")
     if rt.is_main:
         run.save_encoder(metrics=summary)
         loop.write_json(run.run_dir / loop.SUMMARY, summary)

@@ -260,3 +260,11 @@ def test_the_arch_help_names_every_backbone() -> None:
     from training.cli import ARCH_HELP
 
     assert ARCH_HELP.split(" | ") == [*BACKBONES, "torchvision:NAME"]
+
+
+def test_a_knn_k_above_the_banks_images_per_class_is_noted() -> None:
+    from training.pretrain import knn_k_note
+
+    assert knn_k_note(200, 50_000, 10) == ""  # CIFAR-10's protocol
+    note = knn_k_note(200, 400, 10)
+    assert "k=200 is more than the bank's 40 images per class" in note and "--knn-k 20" in note
