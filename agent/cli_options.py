@@ -81,6 +81,11 @@ def agent_options(fn: F) -> F:
     @functools.wraps(fn)
     def wrapper(**kwargs: Any) -> Any:
         values = {name: kwargs.pop(name) for name in _NAMES}
+        address = str(values["agent"])
+        port = address.rpartition(":")[2]
+        if not address.startswith("unix:") and not (port.isdigit() and 0 < int(port) < 65536 and address[0] != ":"):
+            raise typer.BadParameter(f"--agent takes HOST:PORT, e.g. 127.0.0.1:50051 (got {address!r})",
+                                     param_hint="'--agent' / SHORTLIST_AGENT")
         config = client.ClientConfig(tls_ca=values["tls_ca"], tls_cert=values["tls_cert"], tls_key=values["tls_key"],
                                      tls_server_name=values["tls_server_name"], token=values["token"],
                                      connect_timeout=values["connect_timeout"],

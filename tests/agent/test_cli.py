@@ -534,3 +534,8 @@ def test_json_output_is_strict_json() -> None:
     row = {"selected": [{"id": "a", "score": float("inf")}, {"id": "b", "score": 0.5}], "nan": (float("nan"),)}
     assert strict(json_line(row)) == {"selected": [{"id": "a", "score": None}, {"id": "b", "score": 0.5}],
                                       "nan": [None]}
+
+
+def test_an_agent_address_without_a_port_is_a_usage_error() -> None:
+    res = runner.invoke(app, ["status", "--agent", "garbage"])
+    assert res.exit_code == 2 and "--agent takes HOST:PORT" in " ".join(res.output.split())
