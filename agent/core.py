@@ -14,6 +14,7 @@ Data folder layout::
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -170,6 +171,9 @@ class DataFolderError(OSError):
 
 def check_writable(folder: Path) -> None:
     """Create ``folder`` if needed and prove it writable (a probe file); DataFolderError otherwise."""
+    if folder.exists() and not folder.is_dir():
+        raise DataFolderError(errno.ENOTDIR, f"the data folder {folder} is a file, not a folder: give --data-dir a "
+                              "folder (created if missing) where the agent keeps its state")
     try:
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         probe = folder / f".write-probe-{os.getpid()}"

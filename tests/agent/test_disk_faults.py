@@ -168,3 +168,9 @@ def test_blob_folder_turning_read_only_while_running(tmp_path: Path, registry: P
             assert not [w for w in status(r).warnings if "read-only" in w]
         finally:
             r.stop()
+
+
+def test_a_data_folder_that_is_a_file_is_said(tmp_path: Path, registry: Path) -> None:
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(DataFolderError, match="is a file, not a folder: give --data-dir a folder"):
+        create_server(AgentConfig(tmp_path / "notes.txt", registry, port=0, use_cuda=False))
