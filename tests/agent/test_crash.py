@@ -97,7 +97,7 @@ def label_worker(stub: agent_pb2_grpc.AgentStub, acked: Acked, rnd: int, stop: t
         if not ids:
             time.sleep(0.01)
             continue
-        batch = [(rng.choice(ids), rng.choice(CLASSES)) for _ in range(4)]
+        batch = [(i, rng.choice(CLASSES)) for i in rng.sample(ids, min(4, len(ids)))]  # one label per sample
         annotator = f"a{rnd}-{n}"
         try:
             reply = client.submit_labels(stub, batch, annotator=annotator)
