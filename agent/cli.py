@@ -600,7 +600,7 @@ def read_labels_csv(path: Path) -> list[tuple[int, str, str]]:
     case; then other columns are ignored and the two may be in any order), else it is data. UTF-8 with
     or without a byte order mark (Excel's "CSV UTF-8"); comma-separated, or semicolon / tab when the
     first row has no comma. Blank lines are skipped; cells are stripped. Raises LabelFileError naming
-    the lines of rows without an id or a label, and when no row is left.
+    the lines of rows without an id or a label or with an id already given, and when no row is left.
     """
     try:
         text = path.read_text(encoding="utf-8-sig")
@@ -622,17 +622,21 @@ def read_labels_csv(path: Path) -> list[tuple[int, str, str]]:
             rows = rows[1:]
     out: list[tuple[int, str, str]] = []
     problems: list[str] = []
+    first_line: dict[str, int] = {}
     for n, cells in rows:
         sid = cells[id_col] if len(cells) > id_col else ""
         lab = cells[label_col] if len(cells) > label_col else ""
         if not sid or not lab:
             problems.append(f"line {n}: {'no id' if not sid else 'no label'} in {delimiter.join(cells)!r}")
+        elif sid in first_line:  # which of the two is meant is the file's author's to say
+            problems.append(f"line {n}: id {sid!r} again (first on line {first_line[sid]}): one label per sample")
         else:
+            first_line[sid] = n
             out.append((n, sid, lab))
     if problems:
         more = f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""
-        raise LabelFileError(f"{path}: rows need an id and a label (columns id,label); nothing was sent:\n  "
-                             + "\n  ".join(problems[:10]) + more)
+        raise LabelFileError(f"{path}: rows need an id and a label (columns id,label), one row per id; nothing was "
+                             "sent:\n  " + "\n  ".join(problems[:10]) + more)
     if not out:
         raise LabelFileError(f"{path} has no labels: it needs rows 'id,label' (a header line 'id,label' is "
                              "optional)")

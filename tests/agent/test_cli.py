@@ -241,6 +241,8 @@ def test_label_csv_with_or_without_header_and_bom(tmp_path: Path, running: Runni
     assert code == 2 and "has no labels" in out
     code, out = label("s3,cat\ns0\n,dog\n")
     assert code == 2 and "line 2: no label" in out and "line 3: no id" in out and "nothing was sent" in out
+    code, out = label("s3,cat\ns0,dog\ns3,frog\n")
+    assert code == 2 and "line 3: id 's3' again (first on line 1): one label per sample" in out
     code, out = label("s3,cat\ns0," + "x" * 200_000 + "\n")  # above the csv module's field limit
     assert code == 2 and "line 2: not readable as CSV" in out
     code, out = label("s3,cat\n", encoding="utf-16")
