@@ -470,7 +470,7 @@ class LabelStudioBackend:
         schema = self._schema(xml, project.get("id") if isinstance(project, dict) else None)
         status = call.status()
         index = self._sample_index(call, status)
-        by_annotator: dict[str, list[tuple[str, str]]] = {}
+        by_annotator: dict[str, dict[str, str]] = {}  # annotator -> sample -> label (the later of two annotations)
         sources: dict[tuple[str, str], tuple[str, str]] = {}  # (annotator, sample) -> (project, annotation id)
         project_id = _project_id(project.get("id") if isinstance(project, dict) else None)
         skipped: list[dict[str, Any]] = []
@@ -488,11 +488,12 @@ class LabelStudioBackend:
                 skipped.append({"task": task_id, "reason": f"matches no sample (rule {self.config.match})"})
                 continue
             annotator = _annotator(annotation.get("completed_by"))
-            by_annotator.setdefault(annotator, []).append((sid, label))
+            by_annotator.setdefault(annotator, {})[sid] = label  # SubmitLabels takes one label per sample
             sources[annotator, sid] = (project_id, str(annotation.get("id")))
         accepted = 0
         rejected: list[dict[str, str]] = []
-        for annotator, assignments in by_annotator.items():
+        for annotator, given in by_annotator.items():
+            assignments = list(given.items())
             req = agent_pb2.SubmitLabelsRequest(
                 labels=[agent_pb2.LabelAssignment(id=i, label=lab) for i, lab in assignments], annotator=annotator,
                 source=SOURCE)

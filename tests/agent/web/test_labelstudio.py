@@ -345,6 +345,24 @@ def test_webhook_annotations_become_labels(agent: Running) -> None:
         app.state.stub.close()
 
 
+def test_two_annotations_of_one_sample_in_a_bulk_event_give_the_later_label(agent: Running) -> None:
+    """SubmitLabels takes one label per sample and request: a bulk event holding two annotations of one task
+    by one annotator sends the later one, rather than having the agent refuse the repeat."""
+    http, app = app_for(agent)
+    try:
+        created = event(CREATED)
+        bulk = {"action": "ANNOTATIONS_CREATED", "project": created["project"],
+                "annotation": [event(CREATED, ["cat"])["annotation"], event(CREATED, ["frog"])["annotation"]],
+                "task": [created["task"], created["task"]]}
+        before = labels_of(agent)
+        r = http.post("/labelstudio/webhook", json=bulk, headers=basic(WRITE_TOKEN))
+        assert r.status_code == 200 and (r.json()["accepted"], r.json()["rejected"]) == (1, []), r.text
+        after = labels_of(agent)
+        assert [after[i] for i in set(after) - set(before)] == ["frog"]
+    finally:
+        app.state.stub.close()
+
+
 def test_webhook_bad_bodies_are_400(agent: Running) -> None:
     http, app = app_for(agent)
     created = event(CREATED)
