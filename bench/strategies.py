@@ -363,6 +363,47 @@ def register(bench_app: typer.Typer) -> None:
             np.save(out / f"{name}.npy", arr)
         typer.echo(f"wrote {cut} pool rows and {n - cut} test rows ({clusters} classes, {dim}-d) to {out}")
 
+    def load_array(path: Path, option: str, dtype: type, ndim: int) -> np.ndarray:
+        """``path``'s array as ``dtype`` with ``ndim`` dimensions, or a usage error saying what is wrong."""
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise typer.BadParameter(f"cannot read {path} as a .npy array ({e})", param_hint=f"'{option}'") from None
+        if arr.ndim != ndim:
+            shape = "N x D" if ndim == 2 else "N"
+            raise typer.BadParameter(f"{path} has shape {arr.shape}; it must be {shape}", param_hint=f"'{option}'")
+        if dtype is np.int64:
+            if not np.issubdtype(arr.dtype, np.integer):
+                raise typer.BadParameter(f"{path} holds {arr.dtype}, not integer class indices 0..C-1 (map names "
+                                         "to indices, e.g. np.unique(names, return_inverse=True)[1])",
+                                         param_hint=f"'{option}'")
+        elif not np.issubdtype(arr.dtype, np.number) or not np.isfinite(arr).all():
+            raise typer.BadParameter(f"{path} must hold finite numbers (found {arr.dtype}"
+                                     + (", NaN or infinite values)" if np.issubdtype(arr.dtype, np.number) else ")"),
+                                     param_hint=f"'{option}'")
+        return np.asarray(arr, dtype)
+
+    def load_rows(embeddings: Path, labels: Path, dim: int | None = None,
+                  options: tuple[str, str] = ("--embeddings", "--labels")) -> tuple[np.ndarray, np.ndarray]:
+        """Normalised N x D embeddings and their N class indices, checked: same row count, labels 0..C-1 with
+        every class present (a gap or an offset would make classes that do not exist, and change ECE), and
+        ``dim`` columns when given (the pool's, for the test set)."""
+        x = load_array(embeddings, options[0], np.float32, 2)
+        y = load_array(labels, options[1], np.int64, 1)
+        if len(x) != len(y):
+            raise typer.BadParameter(f"{embeddings} has {len(x)} rows but {labels} has {len(y)} labels")
+        if dim is not None and x.shape[1] != dim:
+            raise typer.BadParameter(f"{embeddings} has {x.shape[1]} dimensions but the pool's embeddings have {dim}")
+        present = np.unique(y)
+        if len(y) and (present[0] < 0 or present[-1] != len(present) - 1) and dim is None:
+            shown = f"{present[:12].tolist()}{' ...' if len(present) > 12 else ''}"
+            raise typer.BadParameter(f"{labels} holds classes {shown}: they must be 0..C-1 with every class "
+                                     "present (remap them, e.g. "
+                                     "np.unique(y, return_inverse=True)[1])", param_hint="'--labels'")
+        if dim is not None and len(y) and present[0] < 0:
+            raise typer.BadParameter(f"{labels} holds negative class indices", param_hint="'--test-labels'")
+        return normalise(x), y
+
     @bench_app.command("strategies")
     def strategies_cmd(
         embeddings: Path = typer.Option(..., help="N x D float32 .npy of training-pool embeddings"),
@@ -387,15 +428,16 @@ def register(bench_app: typer.Typer) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         console = Console()
-        x = normalise(np.load(embeddings))
-        y = np.asarray(np.load(labels), np.int64)
-        if len(x) != len(y):
-            raise typer.BadParameter(f"{embeddings} has {len(x)} rows but {labels} has {len(y)} labels")
-        tx = normalise(np.load(test_embeddings)) if test_embeddings else None
-        ty = np.asarray(np.load(test_labels), np.int64) if test_labels else None
-        if (tx is None) != (ty is None):
+        if (test_embeddings is None) != (test_labels is None):
             raise typer.BadParameter("give both --test-embeddings and --test-labels, or neither")
-        loss = np.asarray(np.load(pretext_loss), np.float32) if pretext_loss else None
+        x, y = load_rows(embeddings, labels)
+        tx, ty = load_rows(test_embeddings, test_labels, x.shape[1], ("--test-embeddings", "--test-labels")) \
+            if test_embeddings and test_labels else (None, None)
+        if ty is not None and ty.max(initial=0) > y.max():
+            raise typer.BadParameter(f"{test_labels} holds class {int(ty.max())}, which no pool label has")
+        loss = load_array(pretext_loss, "--pretext-loss", np.float32, 1) if pretext_loss else None
+        if loss is not None and len(loss) != len(x):
+            raise typer.BadParameter(f"{pretext_loss} has {len(loss)} losses but the pool has {len(x)} rows")
         variants = selected_variants(strategies, variant)
         if loss is None and any(v.name == "das" for v in variants):
             if strategies or variant:  # asked for by name

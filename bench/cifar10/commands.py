@@ -12,6 +12,20 @@ from bench.cifar10.profiles import PROFILES
 from bench.cifar10.run import run_benchmark
 
 
+def check_names(strategies: list[str] | None, prior_methods: list[str] | None) -> None:
+    """A usage error for a strategy or prior method no registry holds (each run would fail alone, and the
+    benchmark end with an empty table)."""
+    from agent.priors import PRIOR_METHODS
+    from agent.strategies import STRATEGIES
+
+    for names, registry, option in ((strategies, STRATEGIES, "--strategies"),
+                                    (prior_methods, PRIOR_METHODS, "--prior-methods")):
+        unknown = [n for n in names or [] if n not in registry]
+        if unknown:
+            raise typer.BadParameter(f"unknown {', '.join(map(repr, unknown))}; valid: {', '.join(sorted(registry))}",
+                                     param_hint=f"'{option}'")
+
+
 def register(bench_app: typer.Typer) -> None:
     @bench_app.command("cifar10")
     def cifar10_command(
@@ -44,6 +58,7 @@ def register(bench_app: typer.Typer) -> None:
         def split(s: str | None) -> list[str] | None:
             return [x.strip() for x in s.split(",") if x.strip()] if s else None
 
+        check_names(split(strategies), split(prior_methods))  # before minutes of loading and pretraining
         at = [int(x) for x in split(semi_supervised_at) or []] if semi_supervised_at is not None else None
         run_benchmark(data, PROFILES[profile], out, encoder, split(strategies), seeds, split(budgets),
                       split(prior_methods), semi_supervised_at=at, semi_supervised_steps=semi_supervised_steps,

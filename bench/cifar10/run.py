@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import typer
 
 from agent import client
 from bench.cifar10.data import images_at_model_size, load_pool_and_test
@@ -63,6 +64,10 @@ def run_benchmark(data: Path, profile: Profile, out: Path, encoder: Path | None 
     train, pool_idx, test_set, test_idx = load_pool_and_test(data, profile.pool_size, profile.test_size)
     test_y = test_set.labels
     walls["load_data"] = time.perf_counter() - t
+    if resolve_budgets(profile.budgets, len(pool_idx))[-1] >= len(pool_idx):  # before pretraining
+        raise typer.BadParameter(f"budgets {', '.join(profile.budgets)} reach the pool's {len(pool_idx)} images; "
+                                 "they must stay below it (the priors are scored on the unlabelled rest)",
+                                 param_hint="'--budgets'")
     console.print(f"[bold]data[/] {data}: pool {len(pool_idx)} of {len(train.ids)} train images, "
                   f"test {len(test_idx)}, classes {', '.join(train.classes)}")
 

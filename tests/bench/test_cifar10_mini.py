@@ -298,3 +298,25 @@ def test_a_training_run_already_exported_into_the_registry_is_served_again(tmp_p
     assert not _exported_from(SimpleNamespace(source_run=str(run_dir), created=earlier), run_dir)  # retrained
     assert not _exported_from(SimpleNamespace(source_run=str(tmp_path / "other"), created=later), run_dir)
     assert not _exported_from(SimpleNamespace(source_run="", created=later), run_dir)
+
+
+def test_unknown_strategy_or_prior_names_are_usage_errors_before_any_work() -> None:
+    """A typo in --strategies or --prior-methods stops the command at once (each run would fail alone and
+    the benchmark end 'complete' with an empty table)."""
+    import typer
+
+    from bench.cifar10.commands import check_names
+
+    check_names(["random", "typiclust"], ["knn"])
+    with pytest.raises(typer.BadParameter, match=r"unknown 'randon'; valid: as3l, audit"):
+        check_names(["randon"], None)
+    with pytest.raises(typer.BadParameter, match=r"unknown 'knnn'; valid: as3l, knn, llgc"):
+        check_names(None, ["knnn"])
+
+
+def test_budgets_that_reach_the_pool_are_refused_before_pretraining(tiny_cifar: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["bench", "cifar10", "--data", str(tiny_cifar), "--profile", "quick",
+                                      "--strategies", "random", "--budgets", "3,5000", "--out", str(tmp_path / "o")])
+    text = " ".join("".join(c for c in result.output if c not in "│╭╮╰╯─").split())
+    assert result.exit_code == 2 and "reach the pool's 60 images; they must stay below it" in text, text
+    assert not (tmp_path / "o" / "encoder").exists()

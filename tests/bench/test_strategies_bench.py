@@ -46,6 +46,31 @@ def test_bench_strategies_rejects_unknown_strategy(tmp_path: Path) -> None:
     assert "valid" in result.output
 
 
+def test_bench_strategies_refuses_inputs_it_cannot_score_with_what_is_wrong(tmp_path: Path) -> None:
+    """Labels that are not 0..C-1 would make classes that do not exist (and change ECE); wrong shapes, types
+    or files would end in a traceback. Each is a usage error (exit 2) naming the file and the fix."""
+    x, y = blobs(clusters=3, per_cluster=10, dim=4)
+    with_nan = x.copy()
+    with_nan[0, 0] = np.nan
+    bad = {"shifted": y + 1, "text": y.astype(str), "two_d": y[:, None], "nan": with_nan, "one_d": x[:, 0],
+           "narrow": x[:, :2]}
+    for name, arr in {"x": x, "y": y, **bad}.items():
+        np.save(tmp_path / f"{name}.npy", arr)
+    cases = [(["--labels", "shifted"], "must be 0..C-1 with every class present"),
+             (["--labels", "text"], "not integer class indices"), (["--labels", "two_d"], "it must be N"),
+             (["--embeddings", "nan"], "NaN or infinite"), (["--embeddings", "one_d"], "it must be N x D"),
+             (["--embeddings", "missing"], "cannot read"),
+             (["--test-embeddings", "narrow", "--test-labels", "y"], "has 2 dimensions but the pool's")]
+    for swap, said in cases:
+        files = {"--embeddings": "x", "--labels": "y"}
+        files.update(dict(zip(swap[::2], swap[1::2], strict=True)))
+        args = [a for k, v in files.items() for a in (k, str(tmp_path / f"{v}.npy"))]
+        res = CliRunner().invoke(app, ["bench", "strategies", *args, "--budgets", "3", "--seeds", "1",
+                                       "--strategies", "random", "--priors", "knn", "--out", str(tmp_path / "o")])
+        text = " ".join("".join(c for c in res.output if c not in "│╭╮╰╯─").split())
+        assert res.exit_code == 2 and said in text and "Traceback" not in text, (swap, text)
+
+
 def test_bench_strategies_runs_variants_with_params(tmp_path: Path) -> None:
     x, y = blobs(clusters=3, per_cluster=20, dim=8, spread=0.1, seed=1)
     np.save(tmp_path / "x.npy", x)
