@@ -67,7 +67,8 @@ def markdown(run: dict[str, Any]) -> str:
     lines.append("## Test accuracy (%) at the end / best along training, and the paper's\n")
     head = ["arm"]
     for b in budgets:
-        head += [f"{b} labels: end", f"{b}: best", f"{b}: paper", f"{b}: step reaching random+flexmatch's end"]
+        head += [f"{b} labels: end", f"{b}: best", f"{b}: paper (CIFAR-10)",
+                 f"{b}: step reaching random+flexmatch's end"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for arm in arms:
         cells = [arm]
@@ -117,7 +118,7 @@ def markdown(run: dict[str, Any]) -> str:
     head = ["labels by"]
     for b in budgets:
         head += [f"{b}: classes", f"{b}: prior acc", f"{b}: ECE", f"{b}: mean conf", f"{b}: ECE calibrated",
-                 f"{b}: paper (acc / classes / ECE)"]
+                 f"{b}: paper, CIFAR-10 (acc / classes / ECE)"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     metrics = {m: _by(run["labels"], ("strategy", "budget"), m) for m in
                ("coverage", "prior_accuracy", "ece", "mean_confidence", "ece_calibrated")}

@@ -19,7 +19,10 @@ def load_run(path: Path) -> dict[str, Any]:
     f = path / "results.json" if path.is_dir() else path
     if not f.is_file():
         raise FileNotFoundError(f"{f} does not exist: is {path} a `shortlist bench cifar10` output folder?")
-    run: dict[str, Any] = json.loads(f.read_text())
+    run = json.loads(f.read_text())
+    if not isinstance(run, dict) or "records" not in run:  # bench strategies / as3l write their own reports
+        raise ValueError(f"{f} is not a `shortlist bench cifar10` result (bench strategies and bench as3l write "
+                         "their results.md and plots themselves; rerun those commands to redraw them)")
     run.setdefault("label", f.parent.name)
     return run
 
@@ -95,7 +98,7 @@ def markdown(runs: list[dict[str, Any]]) -> str:
         ref_heads = [(col, b) for col in REFERENCE_COLUMNS for b in budgets if any(
             reference_value(col, s, b) != "—" for s in strategies)] if refs else []
         head = ["strategy"] + (["run"] if len(runs) > 1 else []) + [f"{b} labels" for b in budgets] + [
-            f"{col}, {b} labels (published)" for col, b in ref_heads]
+            f"{col}, {b} labels (published, CIFAR-10)" for col, b in ref_heads]
         lines.append("| " + " | ".join(head) + " |")
         lines.append("|" + "---|" * len(head))
         for s in strategies:
@@ -212,6 +215,8 @@ def write_report(run_dirs: list[Path], out: Path, console: Any = None) -> list[P
         p = out / f"prior_accuracy_{m}_vs_labels.png"
         plot(runs, f"prior_accuracy/{m}", f"prior-label accuracy, {m} (%)", p)
         paths.append(p)
+    for old in set(out.glob("prior_accuracy_*_vs_labels.png")) - set(paths):  # a rerun with fewer methods
+        old.unlink()
     console.print(Markdown(md.split("## Classes covered")[0]))
     console.print("[bold]report:[/] " + ", ".join(str(p) for p in paths))
     return paths

@@ -87,7 +87,11 @@ def register(bench_app: typer.Typer) -> None:
         runs: list[Path] = typer.Argument(..., help="benchmark output folders (with results.json)"),
         out: Path | None = typer.Option(None, help="where to write the report (default: the first run's folder)"),
     ) -> None:
-        """Re-render tables and plots from results.json; several runs go side by side."""
+        """Re-render the tables and plots of `bench cifar10` runs from their results.json; several runs go side
+        by side."""
         from bench.report import write_report
 
-        write_report(runs, out or runs[0])
+        try:
+            write_report(runs, out or runs[0])
+        except (FileNotFoundError, ValueError) as e:
+            raise typer.BadParameter(str(e), param_hint="'RUNS...'") from None
