@@ -460,8 +460,21 @@ def register(bench_app: typer.Typer) -> None:
                                     prior_params={"calibrate": "false"} if uncalibrated else None)
         summary = summarise(records)
         (out / "results.json").write_text(json.dumps(records, indent=1))
+        settings = {"embeddings": str(embeddings.resolve()), "labels": str(labels.resolve()), "rows": len(x),
+                    "dims": int(x.shape[1]), "classes": int(y.max()) + 1,
+                    "test_embeddings": str(test_embeddings.resolve()) if test_embeddings else None,
+                    "test_rows": None if tx is None else len(tx), "budgets": budget_list, "seeds": seeds,
+                    "strategies": [v.label for v in variants], "priors": methods,
+                    "calibrated": not uncalibrated,
+                    "pretext_loss": str(pretext_loss.resolve()) if pretext_loss else None}
+        (out / "settings.json").write_text(json.dumps(settings, indent=1))  # results.json stays the flat records
+        test = "none" if tx is None else f"{len(tx)} rows"
+        calibration = "uncalibrated (--uncalibrated)" if uncalibrated else "calibrated"
+        head = (f"`bench strategies` on {embeddings.name} ({len(x)} rows x {x.shape[1]} dims, "
+                f"{settings['classes']} classes; test {test}), {seeds} seed{'s' if seeds > 1 else ''} (mean ± std "
+                f"over them), priors {calibration}; every setting in settings.json\n\n")
         table = markdown_table(summary, methods)
-        (out / "results.md").write_text(table + "\n")
+        (out / "results.md").write_text(head + table + "\n")
         plot(summary, methods, out / "results.png")
         console.print(table)
         console.print(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'results.png'}")

@@ -32,7 +32,10 @@ def test_bench_strategies_writes_records_table_and_plot(tmp_path: Path) -> None:
     assert all(0.0 < r["mean_confidence"] <= 1.0 for r in records)
     typi = [r for r in records if r["strategy"] == "typiclust" and r["budget"] == 4]
     assert all(r["coverage"] == 4 for r in typi)  # four blobs, four picks
-    assert "| typiclust |" in (out / "results.md").read_text()
+    md = (out / "results.md").read_text()
+    assert "| typiclust |" in md and "2 seeds (mean ± std over them), priors calibrated" in md
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["seeds"] == 2 and settings["calibrated"] and settings["budgets"] == [4, 8]
     assert (out / "results.png").stat().st_size > 1000
 
 
