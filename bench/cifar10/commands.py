@@ -31,7 +31,8 @@ def register(bench_app: typer.Typer) -> None:
     def cifar10_command(
         data: Path = typer.Option(Path("../shared/datasets/cifar10"), help="CIFAR-10: the shared folder of tars, "
                                   "an ImageFolder tree with train/ and test/, or torchvision's CIFAR-10 folder"),
-        profile: str = typer.Option("quick", help=f"one of {', '.join(PROFILES)}"),
+        profile: str = typer.Option("quick", help="; ".join(f"{name}: {p.description}"
+                                                             for name, p in PROFILES.items())),
         out: Path = typer.Option(Path("runs/bench-cifar10"), help="output folder"),
         encoder: Path | None = typer.Option(None, help="a training run folder, a model version folder or a "
                                             "registry, instead of pretraining one"),

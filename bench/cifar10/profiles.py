@@ -49,8 +49,8 @@ PROFILES: dict[str, Profile] = {
         name="quick", pool_size=5000, test_size=2000, pretrain_minutes=3.0, arch="resnet18_w32", method="moby",
         seeds=1, budgets=("10", "20", "40", "2%"), strategies=LOW_BUDGET_STRATEGIES,
         prior_methods=("knn", "as3l", "llgc"), pretrain_options=CPU_PRETRAIN,
-        description="5,000-image pool, 3-minute MoBY pretraining, 1 seed, budgets 10/20/40/100: the README's "
-                    "smoke run"),
+        description="5,000-image pool, 3-minute MoBY pretraining, 1 seed, budgets 10/20/40 and 2% of the pool "
+                    "(100 of CIFAR-10's 5,000): the README's smoke run"),
     "cpu": Profile(
         name="cpu", pool_size=None, test_size=None, pretrain_minutes=45.0, arch="resnet18_w32", method="moby",
         seeds=3, budgets=PAPER_BUDGETS, strategies=LOW_BUDGET_STRATEGIES, prior_methods=("knn", "as3l", "llgc"),
