@@ -7,7 +7,6 @@ import contextlib
 import csv
 import json
 import logging
-import math
 import os
 import signal
 import sys
@@ -115,18 +114,9 @@ def _status_dict(s: agent_pb2.Status) -> dict[str, Any]:
 
 
 def json_line(obj: Any) -> str:
-    """``obj`` as one line of strict JSON: a float that is not finite (e.g. the score +inf of a strategy's first
-    pick, chosen before any distance exists) becomes null, since JSON has no Infinity or NaN and a parser
-    in another language refuses Python's ``Infinity``."""
-    def clean(x: Any) -> Any:
-        if isinstance(x, float):
-            return x if math.isfinite(x) else None
-        if isinstance(x, dict):
-            return {k: clean(v) for k, v in x.items()}
-        if isinstance(x, list | tuple):
-            return [clean(v) for v in x]
-        return x
-    return json.dumps(clean(obj), allow_nan=False)
+    """``obj`` as one line of strict JSON (``client.finite``: e.g. the score +inf of a strategy's first pick,
+    chosen before any distance exists, prints as null)."""
+    return json.dumps(client.finite(obj), allow_nan=False)
 
 
 def audit_lines(a: agent_pb2.PriorAudit) -> list[str]:

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import random
 import socket
@@ -653,6 +654,18 @@ def first_calibration(rows: Iterable[agent_pb2.PriorLabel]) -> agent_pb2.Calibra
         if p.HasField("calibration"):
             return p.calibration
     return None
+
+
+def finite(obj: Any) -> Any:
+    """``obj`` (nested dicts, lists, tuples) with every float that is not finite replaced by None, for strict
+    JSON: JSON has no Infinity or NaN, and a parser in another language refuses Python's ``Infinity``."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [finite(v) for v in obj]
+    return obj
 
 
 def ranked(probs: Mapping[str, float]) -> dict[str, float]:

@@ -157,7 +157,7 @@ def finished_runs(out: Path, run: Run) -> tuple[dict[tuple[str, int], list[dict[
 def _save(run: Run, out: Path) -> None:
     """Write results.json atomically (a reader never sees half a file)."""
     tmp = out / "results.json.tmp"
-    tmp.write_text(json.dumps(asdict(run), indent=1))
+    tmp.write_text(json.dumps(client.finite(asdict(run)), indent=1, allow_nan=False))  # NaN -> null: strict JSON
     os.replace(tmp, out / "results.json")
 
 
