@@ -5,7 +5,9 @@ Why a separate sample. The labels a team gives through the other strategies were
 diverse, uncertain samples), so a prior's accuracy on them says little about its accuracy on the rest
 of the pool. Select strategy ``audit`` (agent/strategies/audit.py) draws a uniform random sample of the
 samples unlabelled at that moment and the agent records the draw (agent/state.py, table ``audit``).
-Once a drawn sample is labelled, by anyone and through any tool, its label is an *audit label*.
+Once a drawn sample is labelled, by anyone and through any tool, its label is an *audit label*, counted
+from the start of its draw in the order drawn (agent/core.py ``counted_labels``: labels picked out of a
+large draw are not a uniform sample, and stay ordinary labels, i.e. seeds).
 
 The estimator (docs/app.md, "How good are the priors?"):
 
@@ -160,9 +162,13 @@ class PriorAuditor:
     def __init__(self, config: AuditConfig, audit_seqs: Callable[[], np.ndarray],
                  labels_by_seq: Callable[[], np.ndarray], pool_source: PoolSource, id_of: Callable[[int], str],
                  version: Callable[[], str],
-                 work: Admission, background: bool = True) -> None:
+                 work: Admission, background: bool = True,
+                 counted: Callable[[], np.ndarray] | None = None) -> None:
         self.config = config
         self._audit_seqs = audit_seqs
+        # the labelled draws whose labels count (agent/core.py ``Agent.audit_counted``: a start of each draw, in
+        # the order drawn); None: every labelled draw
+        self._counted = counted
         self._labels_by_seq = labels_by_seq
         self._pool_source = pool_source
         self._id_of = id_of
@@ -191,10 +197,10 @@ class PriorAuditor:
             return base
         labels = self._labels_by_seq()
         audit = audit[audit < len(labels)]
-        base.labelled = int(np.count_nonzero(labels[audit] >= 0))
+        base.labelled = len(self._labelled(audit, labels))
         if base.labelled == 0:
             return base
-        key = (self._version(), fingerprint(labels, audit))
+        key = (self._version(), fingerprint(labels, audit, self._labelled(audit, labels)))
         with self._lock:
             if key == self._last_key and self._last is not None:
                 return replace(self._last, current=True)
@@ -216,6 +222,12 @@ class PriorAuditor:
         if last is None:
             return replace(base, current=False, error=cut or base.error)
         return replace(last, current=False, drawn=base.drawn, labelled=base.labelled, error=cut or last.error)
+
+    def _labelled(self, audit: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """The seqs of the audit labels the estimate counts: ``counted`` when given, else every labelled draw."""
+        if self._counted is not None:
+            return np.intersect1d(self._counted(), audit)
+        return audit[labels[audit] >= 0]
 
     def _backing_off(self, key: object) -> bool:
         """No new run before the heavy lane's retry hint after it refused one; after a run cut by its
@@ -265,7 +277,8 @@ class PriorAuditor:
         labels = self._labels_by_seq()
         audit = audit[audit < len(labels)]
         rep.drawn = len(audit)
-        rep.labelled = int(np.count_nonzero(labels[audit] >= 0))
+        counted = self._labelled(audit, labels)
+        rep.labelled = len(counted)
         got = self._pool_source()
         if got is None:
             rep.error = "no model is served yet: the priors are measured once one is published"
@@ -274,14 +287,16 @@ class PriorAuditor:
         rep.model_version = version
         label_of_row = np.full(len(seqs), -1, np.int64)
         label_of_row[pool.labeled] = pool.labels
-        audit_rows = np.flatnonzero(np.isin(seqs, audit))
-        labelled_audit = audit_rows[label_of_row[audit_rows] >= 0]
+        labelled_audit = np.flatnonzero(np.isin(seqs, counted))
+        labelled_audit = labelled_audit[label_of_row[labelled_audit] >= 0]
         if len(labelled_audit) == 0:
             rep.error = f"no labelled audit sample is embedded by {version} yet"
             return rep
         truth = label_of_row[labelled_audit]
-        audit_seq_set = set(audit.tolist())
-        seed_ids = [self._id_of(int(seqs[r])) for r in pool.labeled if int(seqs[r]) not in audit_seq_set]
+        # the seeds: every label but the counted audit labels (a drawn sample labelled out of the draw's order
+        # is a label like any other), as ``audited_pool`` leaves them
+        counted_set = set(counted.tolist())
+        seed_ids = [self._id_of(int(seqs[r])) for r in pool.labeled if int(seqs[r]) not in counted_set]
         rep.methods = measure(pool, labelled_audit, truth, seed_ids, self._methods(), cfg)
         return rep
 

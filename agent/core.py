@@ -64,7 +64,7 @@ KNN_BLOCK = 4096
 # The state's meta key holding the last calibrated PriorLabels' method and TemperatureFit (JSON).
 LAST_PRIOR_FIT_KEY = "last_prior_fit"
 # A uniform draw's labels count as audit labels over the longest start of the draw of which at least this
-# share is labelled (``counted_labels``).
+# share is labelled, one unlabelled pick always allowed (``counted_labels``).
 DRAW_LABELLED_SHARE = 0.9
 
 
@@ -100,21 +100,23 @@ def uniform_draw(strategy: str, filtered: bool) -> bool:
 def counted_labels(order: np.ndarray, labelled: np.ndarray) -> np.ndarray:
     """The labelled picks of one uniform draw that count as a uniform sample of the pool. ``order``: the
     draw's seqs in the order drawn (K); ``labelled``: whether each is labelled now (K bool). Counted: the
-    labelled picks of the longest start of the draw of which at least DRAW_LABELLED_SHARE is labelled.
+    labelled picks of the longest start of the draw (its first m picks) that leaves at most one pick, or
+    1 - DRAW_LABELLED_SHARE of them when more, unlabelled.
 
     Why a start: the first m picks of a random order are a uniform sample of the pool, whatever m; the
     labelled picks of a large draw are not, when someone chose which of them to label (a pipeline that
-    draws the whole pool in random order and labels the cat and dog pictures it wants). The share lets an
-    annotator skip a few picks (an unreadable image) without stopping the count; skipping the hard ones
-    biases it, as it biases the audit's estimate (agent/audit.py)."""
+    draws the whole pool in random order and labels the cat and dog pictures it wants). The slack lets an
+    annotator skip a pick or a few (an unreadable image; a label taken back) without stopping the count;
+    skipping the hard ones biases it, as it biases the audit's estimate (agent/audit.py)."""
     if len(order) == 0:
         return order[:0]
-    done = np.cumsum(labelled)  # K: labelled among the first m picks, m = 1..K
-    enough = np.flatnonzero(done >= DRAW_LABELLED_SHARE * np.arange(1, len(order) + 1) - 1e-9)
+    m = np.arange(1, len(order) + 1)
+    skipped = m - np.cumsum(labelled)  # K: unlabelled among the first m picks
+    enough = np.flatnonzero(skipped <= np.maximum(1.0, (1.0 - DRAW_LABELLED_SHARE) * m) + 1e-9)
     if len(enough) == 0:
         return order[:0]
-    m = int(enough[-1]) + 1
-    return order[:m][labelled[:m]]
+    start = int(enough[-1]) + 1
+    return order[:start][labelled[:start]]
 
 
 @dataclass
@@ -249,14 +251,14 @@ class Agent:
         # The recorded Selects of uniform strategies (audit, random) without a where filter, each as its seqs
         # in the order drawn: the uniform draws whose labels the calibration fits on (uniform_seqs).
         self._draws_lock = threading.Lock()
-        self._draws: list[np.ndarray] = self._recorded_draws()
+        self._draws: list[tuple[str, np.ndarray]] = self._recorded_draws()
         self.blobs = BlobStore(data_dir / "blobs") if config.blobs else None
         self.manager = ModelManager(config, self.state, self.blobs, on_classes=self._adopt_manifest_classes)
         self.ingest = IngestPipeline(self.state, self.blobs, self.manager, config.limits, self.decode_work,
                                      work.large_image_pixels)
         self.auditor = PriorAuditor(config.audit, self.state.audit_seqs, self.state.labels_by_seq, self._audit_pool,
                                     lambda seq: self.state.record(seq).id, self._served_version, self.work,
-                                    background=config.background)
+                                    background=config.background, counted=self.audit_counted)
         self.queues = Queues(self.state, config.limits)
         self.images = Images(self.state, self.blobs, config.images, config.limits.max_message_bytes,
                              config.limits.max_pixels)
@@ -293,12 +295,12 @@ class Agent:
                 raise
             log.warning("the last prior fit is kept in memory only: %s", stored.message)
 
-    def _recorded_draws(self) -> list[np.ndarray]:
-        """The seqs every recorded Select of a uniform strategy (``StrategyEntry.uniform``) without a where
-        filter returned, one array per Select in the order drawn (a random Select lost to a power loss
-        before its commit is not among them: its labels then count as chosen, the cautious side; an
-        audit draw so lost is still in the audit table, ``uniform_seqs``)."""
-        return [np.array(self._seqs_of(str(r[0]) for r in result), np.int64)
+    def _recorded_draws(self) -> list[tuple[str, np.ndarray]]:
+        """(strategy, seqs in the order drawn) of every recorded Select of a uniform strategy
+        (``StrategyEntry.uniform``) without a where filter (a random Select lost to a power loss before its
+        commit is not among them: its labels then count as chosen, the cautious side; an audit draw so lost
+        is still in the audit table, ``counted_seqs``)."""
+        return [(str(request.get("strategy")), np.array(self._seqs_of(str(r[0]) for r in result), np.int64))
                 for _, request, result, _ in self.state.selections()
                 if uniform_draw(str(request.get("strategy")), bool(request.get("where")))]
 
@@ -310,19 +312,30 @@ class Agent:
         """Seqs of the labelled samples whose labels are a uniform sample of the pool, ascending: picks of the
         audit and of other uniform strategies (random) without a where filter, counted per draw by
         ``counted_labels`` (a start of the draw, in the order drawn, that is labelled). The calibration fits
-        its temperature on them once enough count (``Pool.audit``, agent/priors/calibration.py). An audit
-        draw whose Select record a power loss took (in the audit table, order unknown) counts its labelled
-        picks all."""
+        its temperature on them once enough count (``Pool.audit``, agent/priors/calibration.py)."""
+        return self.counted_seqs(audit_only=False)
+
+    def audit_counted(self) -> np.ndarray:
+        """``uniform_seqs`` of the audit's draws alone: the labels the accuracy audit scores (agent/audit.py)."""
+        return self.counted_seqs(audit_only=True)
+
+    def counted_seqs(self, audit_only: bool) -> np.ndarray:
+        """The counted labelled picks (``counted_labels``) of every uniform draw, or of the audit's only. An
+        audit draw whose Select record a power loss took (in the audit table, order unknown) counts its
+        labelled picks all."""
         labels = self.state.labels_by_seq()
         with self._draws_lock:
-            draws = list(self._draws)
+            every = list(self._draws)
+        draws = [order for strategy, order in every if strategy == AUDIT or not audit_only]
 
         def is_labelled(seqs: np.ndarray) -> np.ndarray:
             inside = seqs < len(labels)
             return inside & (labels[np.where(inside, seqs, 0)] >= 0)
 
         parts = [counted_labels(order, is_labelled(order)) for order in draws]
-        orphans = np.setdiff1d(self.state.audit_seqs(), np.concatenate(draws) if draws else np.zeros(0, np.int64))
+        recorded = [order for _, order in every]
+        orphans = np.setdiff1d(self.state.audit_seqs(),
+                               np.concatenate(recorded) if recorded else np.zeros(0, np.int64))
         parts.append(orphans[is_labelled(orphans)])
         return np.unique(np.concatenate(parts))
 
@@ -626,7 +639,7 @@ class Agent:
             self.state.record_selection(selection_id, request, chosen, version)
             if drawn and uniform_draw(strategy, bool(where)):  # once recorded, as a restart reads it
                 with self._draws_lock:
-                    self._draws.append(np.array(drawn, np.int64))
+                    self._draws.append((strategy, np.array(drawn, np.int64)))
         except Exception as e:  # a full or read-only disk must not stop the team from getting its shortlist
             stored = storage_problem(e)
             if stored is None:

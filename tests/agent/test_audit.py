@@ -506,8 +506,8 @@ def test_random_picks_count_as_audit_labels_and_chosen_ones_warn(tmp_path: Path,
 
 
 def test_a_draws_labels_count_from_its_start() -> None:
-    """``counted_labels``: the labelled picks of the longest start of a draw that is at least 90% labelled;
-    labels scattered over a draw (someone chose which picks to label) do not count."""
+    """``counted_labels``: the labelled picks of the longest start of a draw that leaves at most one pick, or
+    10% of them, unlabelled; labels scattered over a draw (someone chose which picks to label) do not count."""
     from agent.core import counted_labels
 
     order = np.arange(100, 200)
@@ -519,7 +519,8 @@ def test_a_draws_labels_count_from_its_start() -> None:
 
     assert counted(range(30)) == list(range(30))  # the first 30 picks, labelled in order
     assert counted([i for i in range(20) if i != 7]) == [i for i in range(20) if i != 7]  # one skipped of 20
-    assert counted([*range(10), *range(20, 30)]) == list(range(10))  # half the second ten skipped: stops at 10
+    assert counted([*range(10), *range(20, 30)]) == list(range(10))  # the second ten skipped: stops at 10
+    assert counted(range(1, 8)) == list(range(1, 8))  # the first of 8 taken back: one pick always allowed
     assert counted([3, 17, 42, 58, 77, 91]) == []  # scattered: chosen, not drawn
     assert counted([0, 50, 90]) == [0]
     assert counted([]) == [] and len(counted_labels(order[:0], np.zeros(0, bool))) == 0
@@ -547,6 +548,21 @@ def test_labels_chosen_from_a_large_random_draw_do_not_count(tmp_path: Path, reg
         assert (cal.source, cal.audit_labels, cal.warning) == ("audit", 24, "")
     finally:
         running.stop()
+
+
+def test_the_accuracy_audit_counts_a_draw_from_its_start(running: Running) -> None:
+    """The accuracy audit scores the same audit labels the calibration counts: labels picked from the end
+    of a large audit draw are ordinary labels (seeds), not a uniform sample to score on."""
+    client.ingest(running.stub, make_samples(40, labels=6))
+    order = [s.id for s in running.stub.Select(agent_pb2.SelectRequest(budget=1000, strategy="audit",
+                                                                       seed=4)).selected]
+    assert len(order) == 34
+    client.submit_labels(running.stub, [(i, true_label(i)) for i in order[-10:]], "alice")
+    a = running.stub.GetStatus(agent_pb2.GetStatusRequest()).audit
+    assert (a.drawn, a.labelled) == (34, 0)
+    client.submit_labels(running.stub, [(i, true_label(i)) for i in order[:8]], "alice")
+    a = wait_audit(running, 8)
+    assert a.drawn == 34 and all(m.overall.total == 8 for m in a.methods if not m.error)
 
 
 def test_the_status_warning_survives_a_restart(tmp_path: Path, registry: Path) -> None:
