@@ -20,6 +20,7 @@ import typer
 from agent.pool import FailedPrecondition, InvalidArgument, KnnFn, Pool, state_rng
 from agent.priors import PRIOR_METHODS
 from agent.strategies import LABEL_FREE, STRATEGIES
+from agent.strategies.audit import AUDIT
 from bench.metrics import class_coverage, expected_calibration_error, linear_probe_accuracy, prior_accuracy
 
 # Neighbours precomputed per row for the benchmark's kNN (covers the prior methods' k).
@@ -311,9 +312,12 @@ def check_variants(variants: list[Variant], x: np.ndarray, labels: np.ndarray, p
 
 
 def selected_variants(strategies: str, variant: list[str]) -> list[Variant]:
-    """What --strategies (comma-separated names; all when empty, unless --variant is given) and the
-    --variant options (NAME:key=value,...) ask for, in that order."""
+    """What --strategies (comma-separated names; when empty, unless --variant is given, every strategy but
+    the audit, whose draw is random's: its rows would repeat random's) and the --variant options
+    (NAME:key=value,...) ask for, in that order."""
     names = _names(strategies, STRATEGIES, "strategy") if strategies or not variant else []
+    if not strategies:
+        names = [n for n in names if n != AUDIT]
     return [Variant(n) for n in names] + [parse_variant(v) for v in variant]
 
 
@@ -414,7 +418,7 @@ def register(bench_app: typer.Typer) -> None:
         budgets: str = typer.Option("10,20,40,100", help="comma-separated label budgets"),
         seeds: int = typer.Option(3, min=1, help="seeds per (strategy, budget)"),
         strategies: str = typer.Option("", help="comma-separated strategies with their default params "
-                                       "(default: all; none when --variant is given)"),
+                                       "(default: all but audit, whose draw is random's; none with --variant)"),
         variant: list[str] = typer.Option([], help="a strategy with params, NAME:key=value[,key=value] "
                                           "(e.g. probcover:delta=0.4); repeat for a sweep"),
         priors: str = typer.Option("", help="comma-separated prior methods (default: all)"),
@@ -487,7 +491,7 @@ def register(bench_app: typer.Typer) -> None:
         labelled: int = typer.Option(20, help="rows labelled beforehand (random classes), so every strategy runs"),
         classes: int = typer.Option(10, help="class count of those labels"),
         strategies: str = typer.Option("", help="comma-separated strategies with their default params "
-                                       "(default: all; none when --variant is given)"),
+                                       "(default: all but audit, whose draw is random's; none with --variant)"),
         variant: list[str] = typer.Option([], help="a strategy with params, NAME:key=value[,key=value] "
                                           "(e.g. probcover:delta=0.4); repeat for a sweep"),
         threads: int = typer.Option(2, help="hnswlib build threads"),

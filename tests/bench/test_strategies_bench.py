@@ -126,3 +126,11 @@ def test_simulated_pools_are_the_labelled_sets_simulate_picks() -> None:
         np.testing.assert_array_equal(pool.labeled, picked)
         np.testing.assert_array_equal(pool.labels, y[picked])
         assert len(picked) == budget and len(pool.candidates) == len(x) - budget
+
+
+def test_the_default_strategies_leave_out_the_audit_whose_draw_is_randoms() -> None:
+    from agent.strategies import STRATEGIES
+    from bench.strategies import selected_variants
+
+    assert [v.name for v in selected_variants("", [])] == sorted(set(STRATEGIES) - {"audit"})
+    assert [v.name for v in selected_variants("audit,random", [])] == ["audit", "random"]
