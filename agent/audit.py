@@ -197,10 +197,11 @@ class PriorAuditor:
             return base
         labels = self._labels_by_seq()
         audit = audit[audit < len(labels)]
-        base.labelled = len(self._labelled(audit, labels))
+        counted = self._labelled(audit, labels)
+        base.labelled = len(counted)
         if base.labelled == 0:
             return base
-        key = (self._version(), fingerprint(labels, audit, self._labelled(audit, labels)))
+        key = (self._version(), fingerprint(labels, audit, counted))
         with self._lock:
             if key == self._last_key and self._last is not None:
                 return replace(self._last, current=True)

@@ -382,11 +382,11 @@ class Agent:
         if manifest.classes and not self.state.classes and not self.state.closed:
             self.state.set_closed_classes(list(manifest.classes))
 
-    def class_warning(self) -> str:
-        """GetStatus's note when the serving model names classes other than the agent's list ("" otherwise):
-        its logits are then not used (Select's uncertainty strategies fit a head on the labels instead)."""
+    def class_warning(self, ours: list[str]) -> str:
+        """GetStatus's note when the serving model names classes other than ``ours``, the agent's list
+        (``pool_classes``), "" otherwise: its logits are then not used (Select's uncertainty strategies fit a
+        head on the labels instead)."""
         serving = self.manager.current
-        ours = self.pool_classes(self.state.labels_by_seq())[0]
         if serving is None or not serving.embedder.classes or list(serving.embedder.classes) == ours:
             return ""
         theirs = list(serving.embedder.classes)
@@ -630,14 +630,14 @@ class Agent:
             details = dict(sel.details)
             self.select_cache.put(key, (list(chosen), dict(details)), weight=max(1, len(chosen)))
         selection_id = uuid.uuid4().hex
-        drawn = self._seqs_of(i for i, _ in chosen) if fn.uniform and not where else []  # (the audit refuses where)
+        drawn = self._seqs_of(i for i, _ in chosen) if uniform_draw(strategy, bool(where)) else []
         if strategy == AUDIT and drawn:  # durable before the answer: an unrecorded draw would not be audited
             self.state.add_audit(drawn, selection_id)
         request = {"budget": budget, "strategy": strategy, "params": dict(params), "seed": seed,
                    "where": dict(where)}
         try:
             self.state.record_selection(selection_id, request, chosen, version)
-            if drawn and uniform_draw(strategy, bool(where)):  # once recorded, as a restart reads it
+            if drawn:  # once recorded, as a restart reads it
                 with self._draws_lock:
                     self._draws.append((strategy, np.array(drawn, np.int64)))
         except Exception as e:  # a full or read-only disk must not stop the team from getting its shortlist
@@ -764,17 +764,18 @@ class Agent:
         serving = self.manager.current
         pending = self.manager.pending
         audit = self.auditor.report()
+        classes = self.pool_classes(self.state.labels_by_seq())[0]
         return AgentStatus(
             samples=self.state.count(), labeled=self.state.labeled_count(),
             embedded=0 if serving is None else serving.index.n,
             model_version="" if serving is None else serving.version,
             strategies=sorted(STRATEGIES), prior_methods=sorted(PRIOR_METHODS),
-            classes=self.pool_classes(self.state.labels_by_seq())[0],
+            classes=classes,
             pending_model_version=self.manager.pending_version,
             pending_embedded=0 if pending is None else pending.n,
             audit=audit,
             warnings=[w for w in [self.registry_warning(), *storage_warnings(self.data_dir, self.config.min_free_bytes),
-                                  *self.manager.warnings(), self.class_warning(), self.calibration_warning()]
+                                  *self.manager.warnings(), self.class_warning(classes), self.calibration_warning()]
                       if w],
             classes_open=not self.state.closed, label_events=self.state.label_event_count())
 

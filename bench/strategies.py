@@ -315,13 +315,15 @@ def selected_variants(strategies: str, variant: list[str]) -> list[Variant]:
     """What --strategies (comma-separated names; when empty, unless --variant is given, every strategy but
     the audit, whose draw is random's: its rows would repeat random's) and the --variant options
     (NAME:key=value,...) ask for, in that order."""
-    names = _names(strategies, STRATEGIES, "strategy") if strategies or not variant else []
+    names = registry_names(strategies, STRATEGIES, "strategy") if strategies or not variant else []
     if not strategies:
         names = [n for n in names if n != AUDIT]
     return [Variant(n) for n in names] + [parse_variant(v) for v in variant]
 
 
-def _names(raw: str, valid: dict[str, Any], what: str) -> list[str]:
+def registry_names(raw: str, valid: dict[str, Any], what: str) -> list[str]:
+    """The comma-separated names in ``raw`` (every one of ``valid`` when empty); a usage error naming the
+    valid ones when one is not in ``valid``."""
     names = [n.strip() for n in raw.split(",") if n.strip()] if raw else sorted(valid)
     unknown = [n for n in names if n not in valid]
     if unknown:
@@ -449,7 +451,7 @@ def register(bench_app: typer.Typer) -> None:
             variants = [v for v in variants if v.name != "das"]
             console.print("[yellow]skipping das: no --pretext-loss given[/]")
         check_variants(variants, x, y, loss)
-        methods = _names(priors, PRIOR_METHODS, "prior method")
+        methods = registry_names(priors, PRIOR_METHODS, "prior method")
         try:
             budget_list = [int(b) for b in budgets.split(",") if b.strip()]
         except ValueError:

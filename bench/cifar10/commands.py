@@ -17,13 +17,12 @@ def check_names(strategies: list[str] | None, prior_methods: list[str] | None) -
     benchmark end with an empty table)."""
     from agent.priors import PRIOR_METHODS
     from agent.strategies import STRATEGIES
+    from bench.strategies import registry_names
 
-    for names, registry, option in ((strategies, STRATEGIES, "--strategies"),
-                                    (prior_methods, PRIOR_METHODS, "--prior-methods")):
-        unknown = [n for n in names or [] if n not in registry]
-        if unknown:
-            raise typer.BadParameter(f"unknown {', '.join(map(repr, unknown))}; valid: {', '.join(sorted(registry))}",
-                                     param_hint=f"'{option}'")
+    for names, registry, what in ((strategies, STRATEGIES, "strategy"), (prior_methods, PRIOR_METHODS,
+                                                                        "prior method")):
+        if names:
+            registry_names(",".join(names), registry, what)
 
 
 def register(bench_app: typer.Typer) -> None:

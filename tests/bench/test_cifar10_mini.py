@@ -308,9 +308,9 @@ def test_unknown_strategy_or_prior_names_are_usage_errors_before_any_work() -> N
     from bench.cifar10.commands import check_names
 
     check_names(["random", "typiclust"], ["knn"])
-    with pytest.raises(typer.BadParameter, match=r"unknown 'randon'; valid: as3l, audit"):
+    with pytest.raises(typer.BadParameter, match=r"unknown strategy randon; valid: as3l, audit"):
         check_names(["randon"], None)
-    with pytest.raises(typer.BadParameter, match=r"unknown 'knnn'; valid: as3l, knn, llgc"):
+    with pytest.raises(typer.BadParameter, match=r"unknown prior method knnn; valid: as3l, knn, llgc"):
         check_names(None, ["knnn"])
 
 
