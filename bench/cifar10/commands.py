@@ -60,9 +60,14 @@ def register(bench_app: typer.Typer) -> None:
 
         check_names(split(strategies), split(prior_methods))  # before minutes of loading and pretraining
         at = [int(x) for x in split(semi_supervised_at) or []] if semi_supervised_at is not None else None
-        run_benchmark(data, PROFILES[profile], out, encoder, split(strategies), seeds, split(budgets),
-                      split(prior_methods), semi_supervised_at=at, semi_supervised_steps=semi_supervised_steps,
-                      audit=audit)
+        run = run_benchmark(data, PROFILES[profile], out, encoder, split(strategies), seeds, split(budgets),
+                            split(prior_methods), semi_supervised_at=at,
+                            semi_supervised_steps=semi_supervised_steps, audit=audit)
+        if run.skipped:  # a table with holes is not a success: scripts and `&&` chains must see it
+            typer.echo(f"{len(run.skipped)} (strategy, seed) run(s) skipped on agent errors (above, and in "
+                       f"{out / 'agent.log'}); run the same command again to retry them (finished runs are reused)",
+                       err=True)
+            raise typer.Exit(1)
 
     @bench_app.command("embeddings")
     def embeddings_command(

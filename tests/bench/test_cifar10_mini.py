@@ -7,6 +7,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 import typer
@@ -320,3 +321,45 @@ def test_budgets_that_reach_the_pool_are_refused_before_pretraining(tiny_cifar: 
     text = " ".join("".join(c for c in result.output if c not in "│╭╮╰╯─").split())
     assert result.exit_code == 2 and "reach the pool's 60 images; they must stay below it" in text, text
     assert not (tmp_path / "o" / "encoder").exists()
+
+
+def test_a_run_skipped_on_an_agent_error_exits_1_and_a_rerun_retries_it(tiny_cifar: Path, tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """An agent that dies under one (strategy, seed) run costs that run, not the others; the command then
+    exits 1 (a backgrounded run ended 0 with holes in its table), and the same command again runs only it."""
+    encoder = tmp_path / "encoder"
+    publish_linear(encoder, size=(8, 8), dim=16)
+    out = tmp_path / "out"
+    args = ["bench", "cifar10", "--data", str(tiny_cifar), "--profile", "quick", "--encoder", str(encoder),
+            "--seeds", "1", "--budgets", "3,6", "--out", str(out), "--strategies", "random,kmedoids",
+            "--prior-methods", "knn"]
+
+    class AgentDied(grpc.RpcError):
+        def code(self) -> grpc.StatusCode:
+            return grpc.StatusCode.UNAVAILABLE
+
+        def details(self) -> str:
+            return "Socket closed"
+
+    real = cifar10_run.run_strategy
+
+    def dies_under_random(client_: object, strategy: str, *a: object, **k: object) -> object:
+        if strategy == "random":
+            raise AgentDied()
+        return real(client_, strategy, *a, **k)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(cifar10_run, "run_strategy", dies_under_random)
+    first = CliRunner().invoke(app, args)
+    assert first.exit_code == 1, first.output
+    assert "skipped random seed 0: UNAVAILABLE: Socket closed" in first.output
+    assert "1 (strategy, seed) run(s) skipped" in first.output and "run the same command again" in first.output
+    run = json.loads((out / "results.json").read_text())
+    assert run["skipped"] == [{"strategy": "random", "seed": 0, "error": "UNAVAILABLE: Socket closed"}]
+    assert {r["strategy"] for r in run["records"]} == {"kmedoids"}
+
+    monkeypatch.setattr(cifar10_run, "run_strategy", real)
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0, again.output
+    assert "resuming: 1 finished (strategy, seed) runs reused" in again.output
+    run = json.loads((out / "results.json").read_text())
+    assert not run["skipped"] and {r["strategy"] for r in run["records"]} == {"random", "kmedoids"}
