@@ -120,7 +120,8 @@ def markdown(runs: list[dict[str, Any]]) -> str:
     table("Classes covered by the labelled set", "coverage", scale=1.0, digits=1)
     for m in methods:
         table(f"Prior-label accuracy (%) on the unlabelled pool, method `{m}`", f"prior_accuracy/{m}", refs=False)
-        table(f"Prior-label ECE (%), method `{m}`", f"ece/{m}")
+        table(f"Prior-label ECE (a fraction, as in AS3L's Table 6 and bench strategies), method `{m}`", f"ece/{m}",
+              scale=1.0, digits=3)
     lines.append("Published references are from the papers named in the column headers (see bench/references.py "
                  "for table numbers and settings); they use full-resolution CIFAR-10 and much longer training, so "
                  "they are the direction to expect, not a target for the quick or cpu profiles.\n")
