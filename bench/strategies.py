@@ -287,6 +287,9 @@ def plot(summary: list[dict[str, Any]], priors: list[str], path: Path) -> None:
                 ax.plot([r["budget"] for r in rs], [r[key] for r in rs], marker="os^v"[i % 4], label=s,
                         color=colours(i % 20))
         ax.set_xscale("log")
+        budgets = sorted({int(r["budget"]) for r in summary})
+        ax.set_xticks(budgets, [str(b) for b in budgets])  # the measured budgets, not "2x10^1" minor labels
+        ax.minorticks_off()
         ax.set_xlabel("budget (labels)")
         ax.set_title(title)
     fig.legend(*axes[0][0].get_legend_handles_labels(), loc="center right", fontsize=8)
