@@ -60,23 +60,19 @@ def _rpc(fn: Any, after: str = "") -> Any:
     try:
         return fn()
     except grpc.RpcError as e:
-        code = e.code()
-        detail = e.details()
-        if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in (detail or ""):
+        name, detail = e.code().name, e.details() or ""
+        if e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in detail:
             # gRPC's own message-size check (the agent's limits say in their message what to do)
             detail = (f"{detail} (send smaller requests: lower --batch-mb below the agent's limit, or start "
                       "the agent with a larger `shortlist serve --max-message-mb`)")
         else:  # a busy refusal also says the agent's retry hint and how long the client retried
-            detail = client.detail(e)
-        console.print(f"[red]{code.name}[/red]: {escape(detail or '')}", highlight=False)
-        if after:
-            console.print(after, highlight=False)
-        raise typer.Exit(1) from None
+            detail = client.detail(e) or ""
     except client.AgentUnavailable as e:
-        console.print(f"[red]UNAVAILABLE[/red]: {escape(str(e))}", highlight=False)
-        if after:
-            console.print(after, highlight=False)
-        raise typer.Exit(1) from None
+        name, detail = "UNAVAILABLE", str(e)
+    console.print(f"[red]{name}[/red]: {escape(detail)}", highlight=False)
+    if after:
+        console.print(after, highlight=False)
+    raise typer.Exit(1) from None
 
 
 class _RegistryHelp(TyperCommand):
@@ -859,3 +855,6 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     app.command("export-labels")(export_labels)
     app.command("web")(web)
     bench_app.command("agent")(bench_agent)
+    from agent.models_cli import models_app
+
+    app.add_typer(models_app, name="models")

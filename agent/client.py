@@ -647,6 +647,28 @@ def retract_labels(stub: agent_pb2_grpc.AgentStub, ids: Iterable[str], annotator
 
 
 # ---- calibration provenance (PriorLabel.calibration, docs/agent.md "Calibration provenance") -----------
+PICKUP_WAIT_S = 10.0  # how long a publisher waits for the agent to say what it made of a new version
+
+
+def reload_model(stub: agent_pb2_grpc.AgentStub, version: str, wait_s: float = PICKUP_WAIT_S) -> agent_pb2.Status:
+    """Ask the agent to look at its registry now (ReloadModel) and wait up to ``wait_s`` for its status to
+    show what it made of ``version``: serving it, embedding it (``pending_model_version``), or refusing it (a
+    warning that starts with the version's name). The reload is asynchronous; the last status seen is returned
+    either way, so the caller can say which it was."""
+    st = stub.ReloadModel(agent_pb2.ReloadModelRequest())
+    deadline = time.monotonic() + wait_s
+    while not (version in (st.model_version, st.pending_model_version)
+               or any(w.startswith(f"{version} ") for w in st.warnings)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+        st = stub.GetStatus(agent_pb2.GetStatusRequest())
+    return st
+
+
+def refusal(st: agent_pb2.Status, version: str) -> str | None:
+    """The agent's reason for refusing ``version`` (its GetStatus warning), or None."""
+    return next((w for w in st.warnings if w.startswith(f"{version} ")), None)
+
+
 def first_calibration(rows: Iterable[agent_pb2.PriorLabel]) -> agent_pb2.Calibration | None:
     """The ``calibration`` of a PriorLabels reply (set on its first row only), or None when no row carries
     one (no rows, or an agent older than the field)."""

@@ -1,6 +1,6 @@
 """The one ``shortlist`` command. Each part of the system registers its own commands here:
 
-- agent/cli.py: serve, ingest, select, label, prior, status, bench agent (no torch imported)
+- agent/cli.py: serve, ingest, select, label, prior, status, models, bench agent (no torch imported)
 - training/cli.py: pretrain, finetune, export, cycle (torch imported inside the commands)
 - bench/cli.py: bench cifar10, bench strategies, bench load, bench report
 """

@@ -118,6 +118,7 @@ class Manifest:
     created: str = ""  # ISO 8601, UTC
     files: dict[str, str] = field(default_factory=dict)  # file name -> sha256 hex
     verification: dict[str, Any] = field(default_factory=dict)  # max relative errors per runtime
+    republished_from: str = ""  # the version this one copies (``republish``: a rollback), else ""
     format: int = MANIFEST_FORMAT
 
     def to_json(self) -> str:
@@ -299,6 +300,36 @@ def publish(registry: Path, staging: Path) -> str:
         fsync_path(registry)
         return target.name
     raise RuntimeError("could not find a free version number")
+
+
+def republish(registry: Path, version: str) -> str:
+    """Publish a copy of ``registry/version`` as the next version (a rollback: the agent serves the newest
+    complete version, so an older model comes back by being published again, and version numbers only
+    grow). The source must be complete with its recorded hashes (ManifestError says why not); the copy's
+    manifest says ``republished_from`` and when it was made. Returns the new version name."""
+    import datetime as dt
+    import shutil
+    import uuid
+
+    source = registry / version
+    manifest = check_version(source, verify_hashes=True)
+    manifest.republished_from = version
+    manifest.created = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    staging = registry / f".tmp-republish-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    try:
+        for name, digest in manifest.files.items():
+            shutil.copyfile(source / name, staging / name)
+            if sha256_file(staging / name) != digest:  # changed between the check and the copy
+                raise ManifestError(f"{version}/{name} changed while it was copied; nothing was published")
+            fsync_path(staging / name)
+        (staging / MANIFEST_NAME).write_text(manifest.to_json())
+        fsync_path(staging / MANIFEST_NAME)
+        fsync_path(staging)
+        return publish(registry, staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 def fsync_path(path: Path) -> None:

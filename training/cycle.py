@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,11 +128,7 @@ def run_cycle(agent: str, models: str | Path, out: str | Path, mode: str = "full
             fcfg.steps = 100
         finetune(fcfg, data, priors, console)
     version = export_run(run_dir, models, log=console.print)
-    after = stub.ReloadModel(agent_pb2.ReloadModelRequest())
-    deadline = time.monotonic() + PICKUP_WAIT_S  # the reload is asynchronous: wait until the agent says
-    while not _picked_up(after, version) and time.monotonic() < deadline:  # what it made of the new version
-        time.sleep(0.2)
-        after = stub.GetStatus(agent_pb2.GetStatusRequest())
+    after = client.reload_model(stub, version, PICKUP_WAIT_S)  # waits until the agent says what it made of it
     import json
 
     summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").is_file() else {}
@@ -145,14 +140,7 @@ def run_cycle(agent: str, models: str | Path, out: str | Path, mode: str = "full
                   f"{after.model_version or 'none'}{pending}); "
                   f"trained on {result.samples} samples, {result.labeled} labels, mode {mode}; run {run_dir}")
     if version not in (after.model_version, after.pending_model_version):
-        refused = [w for w in after.warnings if w.startswith(f"{version} ")]
         console.print(f"[yellow]the agent has not taken {version} up: "
-                      + (refused[0] if refused else f"is {models} the folder it serves (`shortlist serve --models`)?")
-                      + "[/]", highlight=False)
+                      + (client.refusal(after, version)
+                         or f"is {models} the folder it serves (`shortlist serve --models`)?") + "[/]", highlight=False)
     return result
-
-
-def _picked_up(st: agent_pb2.Status, version: str) -> bool:
-    """Whether the agent's status shows what it made of ``version``: serving it, embedding it, or refusing it."""
-    return version in (st.model_version, st.pending_model_version) or any(
-        w.startswith(f"{version} ") for w in st.warnings)
