@@ -6,7 +6,9 @@ Tables:
                    the current label is the latest; a row with class RETRACTED (-1) is a retraction
                    (RetractLabels): the sample is unlabelled from then on, until labelled again
     audit          samples drawn by Select strategy "audit" (seq, selection id, time): agent/audit.py
-    classes        the class list in index order; ``meta.classes_closed`` says whether it is closed
+    classes        the class list in index order; ``meta.classes_closed`` says whether it is closed; a closed
+                   list's first ``meta.class_count`` names are its classes, the rest retired names that only
+                   the label history uses (``set_closed_classes``)
     embeddings     per model version, row r of its index: sample seq, vector (float32 bytes), logits, pretext loss
     selections     every Select: request, result, model version, time
     queues         labelling queues (GetQueue / UpdateQueue; the web app's Queue page): name -> JSON body
@@ -216,7 +218,12 @@ class State:
             if cls != RETRACTED:
                 self._set_label(seq, cls)
         self._audit: set[int] = {q for (q,) in self._db.execute("SELECT seq FROM audit")}
-        self.classes: list[str] = [n for (n,) in self._db.execute("SELECT name FROM classes ORDER BY idx")]
+        names = [n for (n,) in self._db.execute("SELECT name FROM classes ORDER BY idx")]
+        count = self.get_meta("class_count")  # absent before retired classes existed: every name is a class
+        self.classes: list[str] = names[:int(count)] if count is not None else names
+        # Names after the class list: classes of a closed list's history only (labels retracted or changed
+        # before the list was closed), kept so the history still names them; never a class of the pool.
+        self._retired: list[str] = names[len(self.classes):]
         self.closed = self.get_meta("classes_closed") == "1"
         if classes is not None:
             self.set_closed_classes(list(classes))
@@ -272,26 +279,33 @@ class State:
 
     # ---- classes ---------------------------------------------------------------------------------
     def set_closed_classes(self, classes: list[str]) -> None:
-        """Make ``classes`` the closed class list. Stored labels keep their names: each must be in the
-        new list (ClassListError otherwise), and their indices are remapped in one transaction."""
+        """Make ``classes`` the closed class list. Stored labels keep their names: each current label must be
+        in the new list (ClassListError otherwise), and their indices are remapped in one transaction. A class
+        only the history uses (a typo retracted or corrected) need not be listed: it is kept after the list,
+        as a retired name, so the history still says it."""
         if len(set(classes)) != len(classes) or not all(classes):
             raise ClassListError(f"class names must be unique and non-empty: {classes}")
         with self._lock:
             if self.closed and classes == self.classes:
                 return
-            used = {self.classes[c] for (c,) in self._db.execute("SELECT DISTINCT class FROM labels WHERE class >= 0")}
-            missing = sorted(used - set(classes))
+            names = self.classes + self._retired
+            current = {names[c] for c in np.unique(self._label[self._label >= 0])}
+            missing = sorted(current - set(classes))
             if missing:
                 raise ClassListError(
-                    f"labels already stored use classes {missing} that are not in the given class list "
-                    f"{classes}; add them to --classes or use a fresh --data-dir")
-            remap = {i: classes.index(name) for i, name in enumerate(self.classes)}
+                    f"labels stored now use classes {missing} that are not in the given class list "
+                    f"{classes}; add them to --classes, or retract those labels first (`shortlist "
+                    "retract-labels`), or use a fresh --data-dir")
+            used = {names[c] for (c,) in self._db.execute("SELECT DISTINCT class FROM labels WHERE class >= 0")}
+            order = list(classes) + [n for n in names if n in used and n not in classes]
+            remap = {i: order.index(name) for i, name in enumerate(names) if name in order}
             with self._transaction():
                 for old, new in remap.items():  # offset first so the UPDATEs never collide
                     self._db.execute("UPDATE labels SET class=? WHERE class=?", (new + 1_000_000, old))
                 self._db.execute("UPDATE labels SET class=class-1000000 WHERE class>=1000000")
                 self._db.execute("DELETE FROM classes")
-                self._db.executemany("INSERT INTO classes(idx, name) VALUES (?, ?)", list(enumerate(classes)))
+                self._db.executemany("INSERT INTO classes(idx, name) VALUES (?, ?)", list(enumerate(order)))
+                self._set_meta("class_count", str(len(classes)))
                 self._set_meta("classes_closed", "1")
             lab = self._label
             mapped = lab.copy()
@@ -299,7 +313,12 @@ class State:
                 mapped[lab == old] = new
             self._label = mapped
             self.classes = list(classes)
+            self._retired = order[len(classes):]
             self.closed = True
+
+    def _class_name(self, idx: int) -> str:
+        """The name of class index ``idx`` in a label row: a class, or a retired one (history only)."""
+        return self.classes[idx] if idx < len(self.classes) else self._retired[idx - len(self.classes)]
 
     def class_index(self, name: str) -> int | None:
         """Index of class ``name``; for an open list a new name gets the next index (stored with the
@@ -455,7 +474,7 @@ class State:
         with self._lock:
             rows = self._db.execute("SELECT class, annotator, time FROM labels WHERE seq=? ORDER BY n",
                                     (seq,)).fetchall()
-            return [(self.classes[c] if c != RETRACTED else "", a, t) for c, a, t in rows]
+            return [(self._class_name(c) if c != RETRACTED else "", a, t) for c, a, t in rows]
 
     def label_events(self, history: bool = False, chunk: int = 4096) -> Iterator[LabelEvent]:
         """Every label and retraction stored when the call started (or, without ``history``, each labelled
@@ -472,7 +491,7 @@ class State:
                     "SELECT n, seq, class, annotator, time, source, model_version, "
                     "n = (SELECT MAX(n) FROM labels l2 WHERE l2.seq = labels.seq) "
                     f"FROM labels WHERE n > ? AND n <= ?{where} ORDER BY n LIMIT ?", (after, end, chunk)).fetchall()
-                classes = list(self.classes)
+                classes = list(self.classes) + self._retired
             if not rows:
                 return
             for n, seq, cls, annotator, t, source, version, current in rows:

@@ -284,3 +284,34 @@ def test_a_model_that_disagrees_with_its_manifest_is_not_served(tmp_path: Path) 
         assert client.ingest(r.stub, make_samples(3)).accepted == 3  # still stores
     finally:
         r.stop()
+
+
+def test_closing_the_list_without_a_class_only_the_history_uses(tmp_path: Path) -> None:
+    """A typo labelled and then retracted or corrected ("catt") is no class of the pool: --classes need not
+    list it (it was refused, asking for a fresh data folder); the history keeps saying it, after restarts."""
+    from agent.state import NewSample
+
+    s = State(tmp_path / "s.sqlite")
+    s.add_samples([NewSample(f"s{i}", "", {}, "image", f"{i:02d}") for i in range(3)])
+    cat, catt, dog = (s.class_index(n) for n in ("cat", "catt", "dog"))
+    s.add_labels([(1, catt), (2, dog)], "ann")
+    s.add_labels([(1, cat)], "ann")  # corrected
+    s.add_labels([(3, catt)], "ann")
+    s.retract_labels([3], "ann")  # taken back
+    s.close()
+    with pytest.raises(ClassListError, match="dog"):
+        State(tmp_path / "s.sqlite", classes=["cat"])  # a current label's class is still required
+    s = State(tmp_path / "s.sqlite", classes=["dog", "cat"])
+    assert s.classes == ["dog", "cat"] and s.closed and list(s.labels_by_seq()[1:]) == [1, 0, -1]
+    assert [h[0] for h in s.label_history(1)] == ["catt", "cat"] and [h[0] for h in s.label_history(3)] == ["catt", ""]
+    assert s.class_index("catt") is None  # closed: the retired name is no class to label with
+    s.close()
+    s = State(tmp_path / "s.sqlite")  # a restart without --classes keeps the closed list and the history
+    assert s.classes == ["dog", "cat"] and s.closed and [h[0] for h in s.label_history(1)] == ["catt", "cat"]
+    assert [(e.id, e.label) for e in s.label_events(history=True)] == [
+        ("s0", "catt"), ("s1", "dog"), ("s0", "cat"), ("s2", "catt"), ("s2", "")]
+    s.close()
+    s = State(tmp_path / "s.sqlite", classes=["cat", "dog", "bird"])  # closed again in another order
+    assert s.classes == ["cat", "dog", "bird"] and list(s.labels_by_seq()[1:]) == [0, 1, -1]
+    assert [h[0] for h in s.label_history(3)] == ["catt", ""]
+    s.close()
