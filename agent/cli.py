@@ -219,7 +219,7 @@ def serve(labelstudio: LabelStudioConfig,
                                               help="also serve the labelling web app on this port (docs/app.md)"),
           web_host: str = typer.Option("127.0.0.1", "--web-host", help="address of the web app (anything but "
                                        "loopback needs --tls-cert/--tls-key and --tokens, or --insecure)")) -> None:
-    """Run the agent until SIGTERM/SIGINT (then finish in-flight calls, snapshot the index, exit)."""
+    """Run the agent until SIGTERM/SIGINT/SIGHUP (then finish in-flight calls, snapshot the index, exit)."""
     from agent.config import AgentConfig, WorkConfig, class_list
     from agent.memory import tune_malloc
     from agent.security import ServerSecurity, is_loopback
@@ -310,20 +310,26 @@ def serve(labelstudio: LabelStudioConfig,
         console.print(f"[yellow]warning[/yellow]: {escape(agent.registry_warning())}", highlight=False)
     if web is not None:
         console.print(f"web app on {web.url}", highlight=False)
-    _wait_for_signal()
+    name = _wait_for_signal()
     signalled = time.monotonic()
-    console.print("stopping: finishing in-flight calls")
+    console.print(f"stopping ({name}): finishing in-flight calls"
+                  + (" (SIGHUP: the terminal that started the agent closed, or a reload was asked; run it under "
+                     "systemd or nohup to keep it serving after a logout)" if name == "SIGHUP" else ""))
     code = _stop_serving(lambda: stop_server(server, agent), web, local)
     logging.getLogger("agent.cli").info("stopped %.2f s after the signal; exiting with status %d",
                                         time.monotonic() - signalled, code)
     _exit_without_teardown(code)
 
 
-def _wait_for_signal() -> None:
+def _wait_for_signal() -> str:
+    """Wait for SIGTERM, SIGINT or SIGHUP; its name. SIGHUP stops the agent as SIGTERM does: its default
+    action killed it without a word, a snapshot or a graceful end of in-flight calls."""
     stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    got: list[str] = []
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, lambda n, _f: (got.append(signal.Signals(n).name), stop.set()))
     stop.wait()
+    return got[0]
 
 
 class _Stoppable(Protocol):
@@ -397,7 +403,7 @@ def web(agent: AgentTarget, labelstudio: LabelStudioConfig,
                                               help="the private key of --https-cert"),
         insecure: bool = typer.Option(False, "--insecure", help="allow a non-loopback --host without HTTPS and "
                                       "authentication")) -> None:
-    """Serve the labelling web app (docs/app.md) for a running agent, until SIGTERM/SIGINT. Browsers sign in
+    """Serve the labelling web app (docs/app.md) for a running agent, until SIGTERM/SIGINT/SIGHUP. Browsers sign in
     with their own token; --token (or SHORTLIST_TOKEN), when given, is used for browsers that bring none."""
     from agent.security import SecurityError
     from agent.web.app import create_app

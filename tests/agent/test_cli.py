@@ -303,13 +303,14 @@ def test_serve_warns_about_a_missing_registry(tmp_path: Path) -> None:
             stub.ReloadModel(agent_pb2.ReloadModelRequest())
         assert st["model_version"] == "v0001" and not any("registry" in w for w in st["warnings"])
     finally:
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signal.SIGHUP)  # as SIGTERM: a graceful stop that says so (it was a silent death)
         try:
-            proc.communicate(timeout=30)  # drains stderr while it stops (wait() with a PIPE can block on it)
+            _, err = proc.communicate(timeout=30)  # drains stderr while it stops (wait() with a PIPE can block)
         except subprocess.TimeoutExpired:  # seen once in .ci/run: kill it, and say what it logged
             proc.kill()
             _, err = proc.communicate()
-            raise AssertionError(f"the agent had not exited 30 s after SIGTERM; it logged:\n{err[-3000:]}") from None
+            raise AssertionError(f"the agent had not exited 30 s after SIGHUP; it logged:\n{err[-3000:]}") from None
+    assert proc.returncode == 0 and "stopping (SIGHUP)" in err and "stopped" in err, err[-3000:]
 
 
 def test_help_lists_strategies_and_prior_methods() -> None:
