@@ -326,8 +326,13 @@ def _wait_for_signal() -> str:
     action killed it without a word, a snapshot or a graceful end of in-flight calls."""
     stop = threading.Event()
     got: list[str] = []
+
+    def handler(number: int, _frame: object) -> None:
+        got.append(signal.Signals(number).name)
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, lambda n, _f: (got.append(signal.Signals(n).name), stop.set()))
+        signal.signal(sig, handler)
     stop.wait()
     return got[0]
 
