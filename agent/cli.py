@@ -27,7 +27,7 @@ from typer.core import TyperCommand
 from agent import client, exports
 from agent.cli_options import AgentTarget, agent_options, labelstudio_options
 from agent.client import calibration_dict, calibration_line, ranked
-from agent.limits import MIB, Limits
+from agent.limits import MIB, Limits, class_name_problem
 from agent.progress import audit_dict
 from agent.web.config import LabelStudioConfig
 from shortlist.v1 import agent_pb2, agent_pb2_grpc
@@ -232,6 +232,9 @@ def serve(labelstudio: LabelStudioConfig,
     tune_malloc()  # before the gRPC threads start: two malloc arenas, large blocks returned when freed
     one_blas_thread_per_call()  # the agent's parallelism is across requests (agent/threads.py)
     closed = class_list(classes)
+    for i, name in enumerate(closed or ()):
+        if problem := class_name_problem(name, "class", (closed or ())[:i]):
+            raise typer.BadParameter(problem, param_hint="'--classes'")
     try:
         limits = Limits(max_message_bytes=max_message_mb * MIB, max_samples_per_request=max_samples_per_request,
                         max_image_bytes=round(max_image_mb * MIB), max_pixels=max_pixels, max_id_chars=max_id_chars,

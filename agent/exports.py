@@ -40,6 +40,7 @@ import grpc
 from PIL import Image
 
 from agent.client import calibration_dict, first_calibration
+from agent.limits import folder_name_problem
 from shortlist.images import encode_png, tensor_pixels
 from shortlist.v1 import agent_pb2, agent_pb2_grpc
 
@@ -202,7 +203,7 @@ def file_stem(sample_id: str, taken: set[str]) -> str:
 
 def check_class_folder(name: str) -> None:
     """An ImageFolder class is a folder name: refuse names that cannot be one (or would be hidden)."""
-    if not name or name in (".", "..") or name.startswith(".") or "/" in name or "\\" in name or "\0" in name:
+    if not name or "\0" in name or folder_name_problem(name, "class"):  # a class stored before the agent refused them
         raise ExportError(f"class {name!r} cannot be a folder name, so it cannot be written as an ImageFolder "
                           "tree; export with --format csv,jsonl,fiftyone")
 

@@ -35,7 +35,15 @@ from agent.blobs import BlobStore, sha256_hex
 from agent.cancel import CancelToken
 from agent.embedder import EmbedOutput
 from agent.errors import Cancelled, ResourceExhausted
-from agent.limits import Limits, check_count, limit_hint, metadata_problem, name_problem, text_problem
+from agent.limits import (
+    Limits,
+    check_count,
+    class_name_problem,
+    limit_hint,
+    metadata_problem,
+    name_problem,
+    text_problem,
+)
 from agent.models import ModelManager
 from agent.state import INGEST_ANNOTATOR, INGEST_SOURCE, EmbeddingRows, NewSample, SampleRecord, State
 from shortlist.images import TooManyPixels, decode_payload, image_header
@@ -115,9 +123,9 @@ class IngestResult:
 
 
 def new_class_problem(classes: Sequence[str], label: str) -> str | None:
-    """Why ``label`` cannot become a new class (``name_problem``), or None; a class already in the list
+    """Why ``label`` cannot become a new class (``class_name_problem``), or None; a class already in the list
     passes as it is (one stored before this check keeps working)."""
-    return None if label in classes else name_problem(label, "label")
+    return None if label in classes else class_name_problem(label, "label", classes)
 
 
 def unknown_label_reason(classes: Sequence[str], label: str) -> str:

@@ -11,7 +11,7 @@ message names the limit and the flag that changes it (``limit_hint``).
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Mapping, Sized
+from collections.abc import Mapping, Sequence, Sized
 from dataclasses import dataclass
 
 from agent.errors import InvalidArgument, ResourceExhausted
@@ -95,17 +95,42 @@ BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u206
 
 def name_problem(value: str, what: str) -> str | None:
     """Why ``value`` cannot name a sample or a class (a Rejection reason), or None: a name is compared
-    exactly, and one with white space at an end, a control character (newline, NUL, ...) or a
-    bidirectional override looks like another name in a table, a CSV file or a terminal, so "dog\\n" and
-    " dog" would become classes of their own that nobody can tell from "dog". Empty names are the
-    callers' own rejections."""
-    bad = sorted({c for c in value if unicodedata.category(c) == "Cc" or c in BIDI_CONTROLS})
+    exactly, and one with white space at an end, a control character (newline, NUL, ...) or an invisible
+    format character (a zero-width space, a bidirectional override) looks like another name in a table, a
+    CSV file or a terminal, so "dog\\n" and " dog" would become classes of their own that nobody can tell
+    from "dog". Empty names are the callers' own rejections."""
+    # Cc: control characters; Cf: invisible format characters (zero-width space U+200B, the bidi overrides)
+    bad = sorted({c for c in value if unicodedata.category(c) in ("Cc", "Cf") or c in BIDI_CONTROLS})
     if bad:
         shown = ", ".join(f"U+{ord(c):04X}" for c in bad[:5])
-        return f"{what} {value[:64]!r} holds control characters ({shown}): use one line of printable text"
+        return (f"{what} {value[:64]!r} holds control characters or invisible ones ({shown}): use one line of "
+                "printable text")
     if value != value.strip():
         return f"{what} {value[:64]!r} starts or ends with white space: send it without"
     return None
+
+
+def folder_name_problem(value: str, what: str) -> str | None:
+    """Why ``value`` cannot be a folder name (an ImageFolder export writes a folder per class), or None."""
+    if value in (".", "..") or value.startswith(".") or "/" in value or "\\" in value:
+        return (f"{what} {value[:64]!r} cannot be a folder name (a /, a \\ or a leading dot), and every class is "
+                "one in an ImageFolder export: name it without")
+    return None
+
+
+def class_name_problem(value: str, what: str = "label", classes: Sequence[str] = ()) -> str | None:
+    """Why ``value`` cannot name a new class beside ``classes`` (``name_problem``, ``folder_name_problem``,
+    or the same name as one of them but for case or Unicode form: "Fish" beside "fish"), or None. Checked
+    where a class is made (a new label, ``serve --classes``), so one label cannot break every later
+    ImageFolder export of the pool, nor split a class in two."""
+    problem = name_problem(value, what) or folder_name_problem(value, what)
+    if problem is None:
+        key = unicodedata.normalize("NFKC", value).casefold()
+        same = [c for c in classes if c != value and unicodedata.normalize("NFKC", c).casefold() == key]
+        if same:
+            problem = (f"{what} {value[:64]!r} differs from the class {same[0][:64]!r} only in case or Unicode form: "
+                       f"use {same[0][:64]!r}")
+    return problem
 
 
 def check_text(value: str, limit: int, name: str, what: str) -> None:

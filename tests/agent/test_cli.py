@@ -542,3 +542,12 @@ def test_json_output_is_strict_json() -> None:
 def test_an_agent_address_without_a_port_is_a_usage_error() -> None:
     res = runner.invoke(app, ["status", "--agent", "garbage"])
     assert res.exit_code == 2 and "--agent takes HOST:PORT" in " ".join(res.output.split())
+
+
+def test_serve_refuses_class_names_that_cannot_be_classes(tmp_path: Path) -> None:
+    for classes, said in (("reef,a/b", "'a/b' cannot be a folder name"),
+                          ("fish,Fish", "'Fish' differs from the class 'fish' only in case")):
+        result = runner.invoke(app, ["serve", "--data-dir", str(tmp_path / "d"), "--models", str(tmp_path / "m"),
+                                     "--classes", classes])
+        assert result.exit_code == 2 and said in " ".join(result.output.replace("│", " ").split()), result.output
+    assert not (tmp_path / "d").exists()  # refused before anything was made

@@ -234,10 +234,23 @@ def test_names_that_would_look_like_others_are_refused(running: Running) -> None
     labelled = client.submit_labels(running.stub, [("s0", "dog\n"), ("s0", " dog"), ("s1", "cat"), ("s1", "dog")],
                                     "alice")
     assert labelled.accepted == 1 and [x.reason for x in labelled.rejected] == [
-        "label 'dog\\n' holds control characters (U+000A): use one line of printable text",
+        "label 'dog\\n' holds control characters or invisible ones (U+000A): use one line of printable text",
         "label ' dog' starts or ends with white space: send it without",
         "listed twice in this request: send one label per sample"]
     assert [(lab.id, lab.label) for lab in client.list_labels(running.stub)] == [("s1", "cat")]
+    # names that would break an ImageFolder export, or split a class in two (found by an annotation team)
+    client.ingest(running.stub, make_samples(8))
+    odd = client.submit_labels(running.stub, [("s2", "Acropora / branching"), ("s3", ".hidden"), ("s4", "Cat"),
+                                              ("s5", "star\u200bfish"), ("s6", "ｃａｔ"), ("s7", "dog")],
+                               "alice")
+    assert odd.accepted == 1 and [(x.id, x.reason.split(":")[0]) for x in odd.rejected] == [
+        ("s2", "label 'Acropora / branching' cannot be a folder name (a /, a \\ or a leading dot), and every "
+               "class is one in an ImageFolder export"),
+        ("s3", "label '.hidden' cannot be a folder name (a /, a \\ or a leading dot), and every class is one in "
+               "an ImageFolder export"),
+        ("s4", "label 'Cat' differs from the class 'cat' only in case or Unicode form"),
+        ("s5", "label 'star\\u200bfish' holds control characters or invisible ones (U+200B)"),
+        ("s6", "label 'ｃａｔ' differs from the class 'cat' only in case or Unicode form")]
 
 
 def test_index_recall_at_10(tmp_path: Path) -> None:

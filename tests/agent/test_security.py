@@ -410,7 +410,7 @@ def test_ids_uris_and_metadata_stay_inside_the_data_folder(tmp_path: Path, regis
         listed = {s.id: s for s in client.list_samples(stub, include_payload=True)}
         assert set(listed) == set(hostile) and listed["."].metadata["../path"] == "/abs/../../x\x00"
         nul = client.ingest(stub, [client.image_sample("a\x00b", samples[0].encoded_image)])  # refused, not stored
-        assert nul.accepted == 0 and "control characters (U+0000)" in nul.rejected[0].reason
+        assert nul.accepted == 0 and "control characters or invisible ones (U+0000)" in nul.rejected[0].reason
     finally:
         stop_server(server, agent, grace=0.5)
     new = {p for p in tmp_path.rglob("*")} - before
