@@ -306,7 +306,7 @@ def test_closing_the_list_without_a_class_only_the_history_uses(tmp_path: Path) 
 
     s = State(tmp_path / "s.sqlite")
     s.add_samples([NewSample(f"s{i}", "", {}, "image", f"{i:02d}") for i in range(3)])
-    cat, catt, dog = (s.class_index(n) for n in ("cat", "catt", "dog"))
+    cat, catt, dog = (int(s.class_index(n) or 0) for n in ("cat", "catt", "dog"))  # 0, 1, 2: an open list
     s.add_labels([(1, catt), (2, dog)], "ann")
     s.add_labels([(1, cat)], "ann")  # corrected
     s.add_labels([(3, catt)], "ann")
