@@ -615,16 +615,19 @@ def list_labels(stub: agent_pb2_grpc.AgentStub, history: bool = False) -> Iterat
 
 
 def submit_labels(stub: agent_pb2_grpc.AgentStub, labels: Iterable[tuple[str, str]],
-                  annotator: str = "", chunk: int = LABELS_PER_REQUEST,
-                  source: str = "") -> agent_pb2.SubmitLabelsReply:
+                  annotator: str = "", chunk: int = LABELS_PER_REQUEST, source: str = "",
+                  if_current: Mapping[str, str] | None = None) -> agent_pb2.SubmitLabelsReply:
     """Submit (id, label) pairs, ``chunk`` per request (the agent takes at most ``--max-ids-per-request``
     in one); the replies are summed. Each request is durable on its own. ``source`` says how they were
-    made ("" = "manual"; "prior:METHOD" for accepted priors, "labelstudio", ...)."""
+    made ("" = "manual"; "prior:METHOD" for accepted priors, "labelstudio", ...). ``if_current``: id -> the
+    label it must have now ("" = unlabelled) for the new one to be stored (LabelAssignment.if_current)."""
     total = agent_pb2.SubmitLabelsReply()
     pairs = list(labels)
+    cond = if_current or {}
     for start in range(0, max(len(pairs), 1), chunk):
         req = agent_pb2.SubmitLabelsRequest(
-            labels=[agent_pb2.LabelAssignment(id=i, label=lab) for i, lab in pairs[start:start + chunk]],
+            labels=[agent_pb2.LabelAssignment(id=i, label=lab, if_current=cond.get(i)) if i in cond
+                    else agent_pb2.LabelAssignment(id=i, label=lab) for i, lab in pairs[start:start + chunk]],
             annotator=annotator, source=source)
         reply: agent_pb2.SubmitLabelsReply = stub.SubmitLabels(req)
         total.accepted += reply.accepted
@@ -633,13 +636,18 @@ def submit_labels(stub: agent_pb2_grpc.AgentStub, labels: Iterable[tuple[str, st
 
 
 def retract_labels(stub: agent_pb2_grpc.AgentStub, ids: Iterable[str], annotator: str = "",
-                   chunk: int = LABELS_PER_REQUEST, source: str = "") -> agent_pb2.RetractLabelsReply:
+                   chunk: int = LABELS_PER_REQUEST, source: str = "",
+                   if_current: Mapping[str, str] | None = None) -> agent_pb2.RetractLabelsReply:
     """Take the labels of ``ids`` back (the samples become unlabelled; the history keeps what was given),
-    ``chunk`` ids per request; the replies are summed. Each request is durable on its own."""
+    ``chunk`` ids per request; the replies are summed. Each request is durable on its own. ``if_current``:
+    id -> the label it must have now to be taken back (RetractLabelsRequest.if_current)."""
     total = agent_pb2.RetractLabelsReply()
     todo = list(ids)
+    cond = if_current or {}
     for start in range(0, max(len(todo), 1), chunk):
-        req = agent_pb2.RetractLabelsRequest(ids=todo[start:start + chunk], annotator=annotator, source=source)
+        part = todo[start:start + chunk]
+        req = agent_pb2.RetractLabelsRequest(ids=part, annotator=annotator, source=source,
+                                             if_current={i: cond[i] for i in part if i in cond})
         reply: agent_pb2.RetractLabelsReply = stub.RetractLabels(req)
         total.accepted += reply.accepted
         total.rejected.extend(reply.rejected)

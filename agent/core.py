@@ -425,11 +425,26 @@ class Agent:
         if problem is not None:
             raise InvalidArgument(problem)
 
-    def submit_labels(self, labels: Sequence[tuple[str, str]], annotator: str,
-                      source: str = "") -> tuple[int, list[tuple[str, str]]]:
+    def _changed_meanwhile(self, rec: SampleRecord, current: int, expected: str | None) -> str | None:
+        """Why a conditional write on ``rec`` is refused: its current label (class index, -1 = none) is not
+        the ``expected`` one (None: no condition); the reason names the label and who gave it."""
+        now = self.state.class_name(current) if current >= 0 else ""
+        if expected is None or now == expected:
+            return None
+        history = self.state.label_history(rec.seq)
+        who = f" by {history[-1][1]}" if history else ""
+        was = f"expected {expected!r}" if expected else "expected unlabelled"
+        now_is = f"labelled {now!r}{who}" if now else f"unlabelled (its label taken back{who})" if history \
+            else "unlabelled"
+        return f"{now_is} meanwhile ({was}): not changed; look again and resend"
+
+    def submit_labels(self, labels: Sequence[tuple[str, str]], annotator: str, source: str = "",
+                      if_current: Mapping[str, str] | None = None) -> tuple[int, list[tuple[str, str]]]:
         """Record (id, label) pairs durably, with who gave them and how (``source``, "" = "manual") and
         the model version served now; per-item rejections for unknown ids / labels, a new class name
-        that would look like another (``name_problem``) and an id listed twice (its second item)."""
+        that would look like another (``name_problem``), an id listed twice (its second item) and, for an
+        id in ``if_current``, a current label other than the one given there ("" = unlabelled) and other
+        than the new label (a concurrent annotator's; optimistic concurrency)."""
         lim = self.limits
         self._check_label_call(labels, "labels", annotator, source)
         rejected: list[tuple[str, str]] = []
@@ -449,6 +464,11 @@ class Agent:
                     rejected.append((sid, "listed twice in this request: send one label per sample"))
                     continue
                 seen.add(rec.seq)
+                current = self.state.label_index(rec.seq)
+                if label != (self.state.class_name(current) if current >= 0 else None) and (
+                        conflict := self._changed_meanwhile(rec, current, (if_current or {}).get(sid))):
+                    rejected.append((sid, conflict))
+                    continue
                 idx = self.state.class_index(label)
                 if idx is None:
                     rejected.append((sid, unknown_label_reason(self.state.classes, label)))
@@ -459,10 +479,11 @@ class Agent:
                                       "" if serving is None else serving.version)
         return len(good), rejected
 
-    def retract_labels(self, ids: Sequence[str], annotator: str,
-                       source: str = "") -> tuple[int, list[tuple[str, str]]]:
+    def retract_labels(self, ids: Sequence[str], annotator: str, source: str = "",
+                       if_current: Mapping[str, str] | None = None) -> tuple[int, list[tuple[str, str]]]:
         """Make the samples ``ids`` unlabelled, durably, recording who took the labels back and how
-        (``source``, "" = "manual"); per-item rejections for unknown, unlabelled or repeated ids."""
+        (``source``, "" = "manual"); per-item rejections for unknown, unlabelled or repeated ids, and for an
+        id in ``if_current`` whose current label is not the one given there (changed meanwhile)."""
         self._check_label_call(ids, "ids", annotator, source)
         rejected: list[tuple[str, str]] = []
         good: list[int] = []
@@ -475,6 +496,8 @@ class Agent:
                     continue
                 if rec.seq in seen:
                     rejected.append((sid, "listed twice in this request"))
+                elif conflict := self._changed_meanwhile(rec, int(labels[rec.seq]), (if_current or {}).get(sid)):
+                    rejected.append((sid, conflict))
                 elif labels[rec.seq] < 0:
                     rejected.append((sid, "not labelled: nothing to retract"))
                 else:

@@ -124,14 +124,16 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
 
     def SubmitLabels(self, request: agent_pb2.SubmitLabelsRequest,
                      context: grpc.ServicerContext) -> agent_pb2.SubmitLabelsReply:
-        accepted, rejected = self.agent.submit_labels([(a.id, a.label) for a in request.labels],
-                                                      request.annotator, request.source)
+        accepted, rejected = self.agent.submit_labels(
+            [(a.id, a.label) for a in request.labels], request.annotator, request.source,
+            {a.id: a.if_current for a in request.labels if a.HasField("if_current")})
         return agent_pb2.SubmitLabelsReply(accepted=accepted,
                                            rejected=[agent_pb2.Rejection(id=i, reason=r) for i, r in rejected])
 
     def RetractLabels(self, request: agent_pb2.RetractLabelsRequest,
                       context: grpc.ServicerContext) -> agent_pb2.RetractLabelsReply:
-        accepted, rejected = self.agent.retract_labels(list(request.ids), request.annotator, request.source)
+        accepted, rejected = self.agent.retract_labels(list(request.ids), request.annotator, request.source,
+                                                       dict(request.if_current))
         return agent_pb2.RetractLabelsReply(accepted=accepted,
                                             rejected=[agent_pb2.Rejection(id=i, reason=r) for i, r in rejected])
 

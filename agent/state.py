@@ -316,7 +316,7 @@ class State:
             self._retired = order[len(classes):]
             self.closed = True
 
-    def _class_name(self, idx: int) -> str:
+    def class_name(self, idx: int) -> str:
         """The name of class index ``idx`` in a label row: a class, or a retired one (history only)."""
         return self.classes[idx] if idx < len(self.classes) else self._retired[idx - len(self.classes)]
 
@@ -409,6 +409,11 @@ class State:
     def max_seq(self) -> int:
         return len(self._records) - 1
 
+    def label_index(self, seq: int) -> int:
+        """The current class index of sample ``seq`` (-1 when unlabelled)."""
+        with self._lock:
+            return int(self._label[seq]) if seq < len(self._label) else -1
+
     def label_name(self, seq: int) -> str:
         """The current label of sample ``seq`` ("" when unlabelled)."""
         with self._lock:
@@ -474,7 +479,7 @@ class State:
         with self._lock:
             rows = self._db.execute("SELECT class, annotator, time FROM labels WHERE seq=? ORDER BY n",
                                     (seq,)).fetchall()
-            return [(self._class_name(c) if c != RETRACTED else "", a, t) for c, a, t in rows]
+            return [(self.class_name(c) if c != RETRACTED else "", a, t) for c, a, t in rows]
 
     def label_events(self, history: bool = False, chunk: int = 4096) -> Iterator[LabelEvent]:
         """Every label and retraction stored when the call started (or, without ``history``, each labelled

@@ -143,12 +143,14 @@ class SubmitLabelsRequest(_message.Message):
     def __init__(self, labels: _Optional[_Iterable[_Union[LabelAssignment, _Mapping]]] = ..., annotator: _Optional[str] = ..., source: _Optional[str] = ...) -> None: ...
 
 class LabelAssignment(_message.Message):
-    __slots__ = ("id", "label")
+    __slots__ = ("id", "label", "if_current")
     ID_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
+    IF_CURRENT_FIELD_NUMBER: _ClassVar[int]
     id: str
     label: str
-    def __init__(self, id: _Optional[str] = ..., label: _Optional[str] = ...) -> None: ...
+    if_current: str
+    def __init__(self, id: _Optional[str] = ..., label: _Optional[str] = ..., if_current: _Optional[str] = ...) -> None: ...
 
 class SubmitLabelsReply(_message.Message):
     __slots__ = ("accepted", "rejected")
@@ -343,14 +345,23 @@ class LabelRecord(_message.Message):
     def __init__(self, id: _Optional[str] = ..., label: _Optional[str] = ..., annotator: _Optional[str] = ..., time: _Optional[float] = ..., source: _Optional[str] = ..., model_version: _Optional[str] = ..., audit: _Optional[bool] = ..., current: _Optional[bool] = ..., retracted: _Optional[bool] = ...) -> None: ...
 
 class RetractLabelsRequest(_message.Message):
-    __slots__ = ("ids", "annotator", "source")
+    __slots__ = ("ids", "annotator", "source", "if_current")
+    class IfCurrentEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     IDS_FIELD_NUMBER: _ClassVar[int]
     ANNOTATOR_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
+    IF_CURRENT_FIELD_NUMBER: _ClassVar[int]
     ids: _containers.RepeatedScalarFieldContainer[str]
     annotator: str
     source: str
-    def __init__(self, ids: _Optional[_Iterable[str]] = ..., annotator: _Optional[str] = ..., source: _Optional[str] = ...) -> None: ...
+    if_current: _containers.ScalarMap[str, str]
+    def __init__(self, ids: _Optional[_Iterable[str]] = ..., annotator: _Optional[str] = ..., source: _Optional[str] = ..., if_current: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class RetractLabelsReply(_message.Message):
     __slots__ = ("accepted", "rejected")

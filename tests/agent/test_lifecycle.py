@@ -328,3 +328,28 @@ def test_closing_the_list_without_a_class_only_the_history_uses(tmp_path: Path) 
     assert s.classes == ["cat", "dog", "bird"] and list(s.labels_by_seq()[1:]) == [0, 1, -1]
     assert [h[0] for h in s.label_history(3)] == ["catt", ""]
     s.close()
+
+
+def test_conditional_labels_never_overwrite_a_label_given_meanwhile(running: Running) -> None:
+    """Two annotators on one sample: a write that says which label it saw (if_current) is refused, with the
+    label now and who gave it, when someone changed it meanwhile; an undo takes back only its own label;
+    agreeing is no conflict; writes without the condition behave as before (last one wins)."""
+    client.ingest(running.stub, make_samples(4))
+    assert client.submit_labels(running.stub, [("s0", "cat")], "alice", if_current={"s0": ""}).accepted == 1
+    late = client.submit_labels(running.stub, [("s0", "dog")], "bob", if_current={"s0": ""})  # bob saw it empty
+    assert late.accepted == 0 and [(x.id, x.reason) for x in late.rejected] == [
+        ("s0", "labelled 'cat' by alice meanwhile (expected unlabelled): not changed; look again and resend")]
+    same = client.submit_labels(running.stub, [("s0", "cat")], "bob", if_current={"s0": ""})
+    assert same.accepted == 1  # the same label: agreement, not a conflict
+    assert client.submit_labels(running.stub, [("s0", "dog")], "bob", if_current={"s0": "cat"}).accepted == 1
+    undo = client.retract_labels(running.stub, ["s0"], "alice", if_current={"s0": "cat"})  # alice undoes hers
+    assert undo.accepted == 0 and "labelled 'dog' by bob meanwhile (expected 'cat')" in undo.rejected[0].reason
+    assert [(lab.id, lab.label) for lab in client.list_labels(running.stub)] == [("s0", "dog")]
+    assert client.retract_labels(running.stub, ["s0"], "bob", if_current={"s0": "dog"}).accepted == 1
+    gone = client.submit_labels(running.stub, [("s0", "frog")], "alice", if_current={"s0": "dog"})
+    assert "unlabelled (its label taken back by bob) meanwhile (expected 'dog')" in gone.rejected[0].reason
+    # without the condition: as before (the web app's pages and Label Studio set it where it matters)
+    assert client.submit_labels(running.stub, [("s1", "cat")], "alice").accepted == 1
+    assert client.submit_labels(running.stub, [("s1", "dog")], "bob").accepted == 1
+    assert client.retract_labels(running.stub, ["s1"], "alice").accepted == 1
+    assert not list(client.list_labels(running.stub))
