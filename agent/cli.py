@@ -207,11 +207,11 @@ def serve(labelstudio: LabelStudioConfig,
           max_queued_light: int = typer.Option(16, "--max-queued-light", min=0,
                                                help="light Selects waiting for a turn"),
           max_concurrent_decodes: int = typer.Option(2, "--max-concurrent-decodes", min=1,
-                                                     help="Ingest: images above --large-image-pixels decoded "
-                                                          "at once"),
+                                                     help="images above --large-image-pixels decoded at "
+                                                          "once (Ingest, and GetImages thumbnails)"),
           max_queued_decodes: int = typer.Option(4, "--max-queued-decodes", min=0,
                                                  help="large images waiting to be decoded; beyond, that Ingest "
-                                                      "is RESOURCE_EXHAUSTED with a retry hint"),
+                                                      "or GetImages is RESOURCE_EXHAUSTED with a retry hint"),
           large_image_pixels: int = typer.Option(4_000_000, "--large-image-pixels", min=0,
                                                  help="images above this many pixels decode in the bounded "
                                                       "decode lane"),

@@ -261,7 +261,7 @@ class Agent:
                                     background=config.background, counted=self.audit_counted)
         self.queues = Queues(self.state, config.limits)
         self.images = Images(self.state, self.blobs, config.images, config.limits.max_message_bytes,
-                             config.limits.max_pixels)
+                             config.limits.max_pixels, self.decode_work, work.large_image_pixels)
         self.manager.start(background=config.background)
         self.map = PoolMap(config.map, data_dir / "map", self._serving_view)
         if config.background:

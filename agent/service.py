@@ -204,7 +204,7 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
 
     def GetImages(self, request: agent_pb2.GetImagesRequest,
                   context: grpc.ServicerContext) -> agent_pb2.GetImagesReply:
-        found = self.agent.images.get(list(request.ids), request.max_side, request.format)
+        found = self.agent.images.get(list(request.ids), request.max_side, request.format, call_token(context))
         return agent_pb2.GetImagesReply(images=[
             agent_pb2.Image(id=r.id, data=r.data, mime_type=r.mime_type, width=r.width, height=r.height,
                             sha256=r.sha256, error=r.error) for r in found])

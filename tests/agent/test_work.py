@@ -423,6 +423,19 @@ def test_large_images_decode_in_a_bounded_lane(tmp_path: Path, registry: Path) -
         assert r.agent.status().samples == 1  # the refused Ingest stored nothing
         assert r.stub.Ingest(iter([agent_pb2.IngestRequest(samples=[big])]), timeout=10).accepted == 1
         assert r.agent.decode_work.stats().running == 0
+        # Thumbnails of large images share the lane (six at once of one huge PNG took 3 GB): refused while it
+        # is full, a small image's thumbnail never waits, and a cached thumbnail needs no decode.
+        with r.agent.decode_work.slot(CancelToken(), kind="held by the test"):
+            with pytest.raises(grpc.RpcError) as err:
+                r.stub.GetImages(agent_pb2.GetImagesRequest(ids=["big"], max_side=32), timeout=10)
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "--max-concurrent-decodes" in (err.value.details() or "")
+            assert r.stub.GetImages(agent_pb2.GetImagesRequest(ids=["small"], max_side=32), timeout=10).images[0].data
+        thumb = r.stub.GetImages(agent_pb2.GetImagesRequest(ids=["big"], max_side=32), timeout=10).images[0]
+        assert (thumb.width, thumb.height) == (32, 32) and not thumb.error
+        with r.agent.decode_work.slot(CancelToken(), kind="held by the test"):
+            again = r.stub.GetImages(agent_pb2.GetImagesRequest(ids=["big"], max_side=32), timeout=10).images[0]
+            assert again.data == thumb.data  # from the cache
     finally:
         r.stop()
 
