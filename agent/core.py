@@ -231,9 +231,10 @@ class Agent:
         self.light_prior_work = Admission(work.light_max_concurrent, work.light_max_queued, lane="light",
                                           threads=work.light_prior_threads)
         self.decode_work = Admission(work.decode_max_concurrent, work.decode_max_queued, lane="decode")
-        # Select: (chosen ids and scores, details); PriorLabels: (probs, confidence, calibration).
-        self.select_cache: LruCache[tuple[list[tuple[str, float]], dict[str, str]]] = LruCache(work.cache_entries,
-                                                                                                 work.cache_rows)
+        # Select: (chosen ids and scores, details, the recorded selection's id or ""); PriorLabels: (probs,
+        # confidence, calibration).
+        self.select_cache: LruCache[tuple[list[tuple[str, float]], dict[str, str], str]] = LruCache(
+            work.cache_entries, work.cache_rows)
         self.prior_cache: LruCache[tuple[np.ndarray, np.ndarray, TemperatureFit | None]] = LruCache(
             work.cache_entries, work.cache_rows)
         self.data_dir = data_dir
@@ -597,8 +598,9 @@ class Agent:
     # ---- Select ----------------------------------------------------------------------------------
     def select(self, budget: int, strategy: str, params: Mapping[str, str], seed: int,
                where: Mapping[str, str], token: cancel.CancelToken | None = None) -> SelectResult:
-        """Run ``strategy`` (in an admission slot, cancelled through ``token``), or answer a repeated
-        identical request from the cache; either way the selection is recorded under a new id."""
+        """Run ``strategy`` (in an admission slot, cancelled through ``token``) and record the selection
+        under a new id, or answer a repeated identical request from the cache with the selection already
+        recorded (its id; nothing written: a client repeating one call cannot grow the database)."""
         if budget <= 0:
             raise InvalidArgument(f"budget must be >= 1 (got {budget})")
         if budget > self.limits.max_select_budget:
@@ -634,6 +636,8 @@ class Agent:
             details[NOTHING_SELECTED] = self._why_nothing(where)
         elif cached is not None:
             chosen, details = list(cached[0]), dict(cached[1])
+            if cached[2]:  # recorded, with its draw: the same selection again
+                return SelectResult(chosen, version, strategy, cached[2], details)
         else:
             token = token or cancel.CancelToken()
             lane = self.light_work if fn.is_light(take) else self.work
@@ -651,15 +655,16 @@ class Agent:
                                    f"candidates, at most the budget); this is a bug in the strategy")
             chosen = [(self.state.record(int(seqs[r])).id, float(s)) for r, s in zip(rows, scores, strict=True)]
             details = dict(sel.details)
-            self.select_cache.put(key, (list(chosen), dict(details)), weight=max(1, len(chosen)))
         selection_id = uuid.uuid4().hex
         drawn = self._seqs_of(i for i, _ in chosen) if uniform_draw(strategy, bool(where)) else []
         if strategy == AUDIT and drawn:  # durable before the answer: an unrecorded draw would not be audited
             self.state.add_audit(drawn, selection_id)
         request = {"budget": budget, "strategy": strategy, "params": dict(params), "seed": seed,
                    "where": dict(where)}
+        recorded = ""
         try:
             self.state.record_selection(selection_id, request, chosen, version)
+            recorded = selection_id
             if drawn:  # once recorded, as a restart reads it
                 with self._draws_lock:
                     self._draws.append((strategy, np.array(drawn, np.int64)))
@@ -669,6 +674,9 @@ class Agent:
                 raise
             log.warning("Select answered without recording its selection: %s", stored.message)
             details = {**details, SELECTION_NOT_RECORDED: stored.message}
+        if take:  # an unrecorded answer is cached without an id: a repeat runs the recording again
+            kept = {k: v for k, v in details.items() if k != SELECTION_NOT_RECORDED}
+            self.select_cache.put(key, (list(chosen), kept, recorded), weight=max(1, len(chosen)))
         return SelectResult(chosen, version, strategy, selection_id, details)
 
     def _why_nothing(self, where: Mapping[str, str]) -> str:
