@@ -47,6 +47,13 @@ _IMPLIES = {READ: {READ}, WRITE: {READ, WRITE}}
 AGENT_SERVICE = agent_pb2.DESCRIPTOR.services_by_name["Agent"]
 # The one place that says which role each RPC of shortlist.v1.Agent needs. A new RPC must be added
 # here: ``check_roles`` (run by create_server and by the tests) refuses a service with a method missing.
+# Requests of a READ RPC that need a WRITE token all the same: Select's audit draw is recorded for everyone
+# (Status.audit.drawn, and which labels count as audit labels), so a viewer must not start one.
+WRITE_REQUESTS: Mapping[str, tuple[type[Any], Callable[[Any], str | None]]] = {
+    "Select": (agent_pb2.SelectRequest,
+               lambda r: "an audit draw (Select strategy audit)" if r.strategy == "audit" else None),
+}
+
 RPC_ROLES: Mapping[str, str] = {
     "Select": READ,
     "PriorLabels": READ,
@@ -56,8 +63,8 @@ RPC_ROLES: Mapping[str, str] = {
     "GetMap": READ,
     "GetImages": READ,
     "GetQueue": READ,
-    # Like Select (whose draws are recorded too): changes what people look at, never a label.
-    "UpdateQueue": READ,
+    # Replaces or marks the queue a whole team labels from (a viewer's click wiped its marks): a write.
+    "UpdateQueue": WRITE,
     "Ingest": WRITE,
     "SubmitLabels": WRITE,
     "RetractLabels": WRITE,
@@ -204,6 +211,32 @@ def _deny(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str) -
     return denied
 
 
+def _write_requests_denied(handler: grpc.RpcMethodHandler, name: str, role: str,
+                           check: tuple[type[Any], Callable[[Any], str | None]]) -> grpc.RpcMethodHandler:
+    """``handler`` (a unary request) refusing, with PERMISSION_DENIED, the requests ``check`` names: (the
+    request's message type, what about it needs a write token or None). The request may still be bytes here
+    (agent.errors.wrap_handler parses it inside its error mapping): it is parsed once more to look; one that
+    does not parse is left to the handler's own INVALID_ARGUMENT."""
+    message, needs_write = check
+
+    def around(behaviour: Any, _request_streaming: bool, _response_streaming: bool) -> Any:
+        def checked(request: Any, context: grpc.ServicerContext) -> Any:
+            try:
+                parsed = message.FromString(request) if isinstance(request, bytes) else request
+            except Exception:  # a malformed request: the handler's own message says so
+                return behaviour(request, context)
+            what = needs_write(parsed)
+            if what is not None:
+                log.warning("refused %s: %s with a %s token", name, what, role)
+                context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                              f"{what} needs a token with role write; this token has role {role} (ask the agent's "
+                              "operator for a write token)")
+            return behaviour(request, context)
+        return checked
+
+    return rewrap_handler(handler, around, handler.request_deserializer)
+
+
 class AuthInterceptor(grpc.ServerInterceptor):
     """Bearer-token check for every RPC of shortlist.v1.Agent (other services pass untouched)."""
 
@@ -240,6 +273,8 @@ class AuthInterceptor(grpc.ServerInterceptor):
             return _deny(handler, grpc.StatusCode.PERMISSION_DENIED,
                          f"{name} needs a token with role {need}; this token has role {role} "
                          "(ask the agent's operator for a write token)")
+        if name in WRITE_REQUESTS and WRITE not in _IMPLIES[role]:
+            return _write_requests_denied(handler, name, role, WRITE_REQUESTS[name])
         return handler
 
 

@@ -141,7 +141,7 @@ def test_every_agent_rpc_has_a_role() -> None:
     methods = {m.name for m in agent_pb2.DESCRIPTOR.services_by_name["Agent"].methods}
     assert set(RPC_ROLES) == methods
     assert {n for n, r in RPC_ROLES.items() if r == "write"} == {
-        "Ingest", "SubmitLabels", "RetractLabels", "ReloadModel"}
+        "Ingest", "SubmitLabels", "RetractLabels", "ReloadModel", "UpdateQueue"}
 
 
 def _code(fn: object) -> grpc.StatusCode:
@@ -173,6 +173,15 @@ def test_tokens_and_roles(token_server: int) -> None:
     assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED and "role write" in str(e.value.details())
     assert _code(lambda: client.submit_labels(reader, [("s0", "cat")])) == grpc.StatusCode.PERMISSION_DENIED
     assert _code(lambda: reader.ReloadModel(agent_pb2.ReloadModelRequest())) == grpc.StatusCode.PERMISSION_DENIED
+    # a viewer neither replaces the team's queue nor starts an audit draw (recorded for everyone)
+    assert _code(lambda: reader.UpdateQueue(agent_pb2.UpdateQueueRequest(queue=agent_pb2.Queue(ids=[])))) == \
+        grpc.StatusCode.PERMISSION_DENIED
+    with pytest.raises(grpc.RpcError) as e:
+        reader.Select(agent_pb2.SelectRequest(budget=1, strategy="audit"))
+    assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert e.value.details() == ("an audit draw (Select strategy audit) needs a token with role write; this token "
+                                 "has role read (ask the agent's operator for a write token)")
+    assert reader.GetQueue(agent_pb2.GetQueueRequest()).name == "default"
     assert _code(lambda: list(none.ListSamples(agent_pb2.ListSamplesRequest()))) == \
         grpc.StatusCode.UNAUTHENTICATED
     # write implies read
@@ -180,6 +189,8 @@ def test_tokens_and_roles(token_server: int) -> None:
     assert client.submit_labels(writer, [("s0", "cat")]).accepted == 1
     assert writer.GetStatus(get).labeled == 1
     assert len(list(writer.PriorLabels(agent_pb2.PriorLabelsRequest(method="knn")))) == 3
+    assert writer.Select(agent_pb2.SelectRequest(budget=1, strategy="audit")).strategy == "audit"
+    assert reader.GetStatus(get).audit.drawn == 1
     # a malformed header is UNAUTHENTICATED too
     raw = agent_pb2_grpc.AgentStub(grpc.insecure_channel(address))
     assert _code(lambda: raw.GetStatus(get, metadata=[("authorization", f"Basic {WRITE_TOKEN}")])) == \

@@ -105,8 +105,11 @@ def test_a_read_token_sees_progress_and_downloads_but_cannot_draw(token_web_agen
     reader = token_web_agent.client(headers={"Authorization": f"Bearer {READ_TOKEN}"})
     assert reader.get("/api/progress").status_code == 200
     assert reader.get("/progress/export", params={"format": "csv"}).status_code == 200
-    # Select is a read RPC (like every Select, the draw is recorded): a reader may draw; labelling needs write
-    assert reader.post("/api/queue/select", json={"strategy": "audit", "budget": 3}).status_code == 200
+    # an audit draw is recorded for everyone, and the queue is the team's: both need a write token
+    drawn = reader.post("/api/queue/select", json={"strategy": "audit", "budget": 3})
+    assert drawn.status_code == 403 and "needs a token with role write" in drawn.text
+    assert reader.post("/api/queue/select", json={"strategy": "random", "budget": 3}).status_code == 403
+    assert token_web_agent.stub.GetStatus(agent_pb2.GetStatusRequest()).audit.drawn == 0
     assert reader.post("/api/labels", json={"labels": [{"id": "img010.png", "label": "circle"}]}).status_code == 403
     assert token_web_agent.stub.GetStatus(agent_pb2.GetStatusRequest()).labeled == INGESTED
 
