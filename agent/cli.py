@@ -54,9 +54,14 @@ def _progress() -> Progress:
                     console=console, transient=True)
 
 
-def _rpc(fn: Any, after: str = "") -> Any:
-    """Run an RPC; print the agent's message (and ``after``, what the user should know then) and exit 1 on a
-    gRPC error instead of a traceback."""
+# Codes after which the same call may work when made again (the agent was away, busy or interrupted).
+TRANSIENT = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED", "RESOURCE_EXHAUSTED", "ABORTED", "INTERNAL",
+                       "UNKNOWN"})
+
+
+def _rpc(fn: Any, after: str = "", after_codes: frozenset[str] | None = None) -> Any:
+    """Run an RPC; print the agent's message (and ``after``, what the user should know then, when the error's
+    code is in ``after_codes``, default any) and exit 1 on a gRPC error instead of a traceback."""
     try:
         return fn()
     except grpc.RpcError as e:
@@ -70,7 +75,7 @@ def _rpc(fn: Any, after: str = "") -> Any:
     except client.AgentUnavailable as e:
         name, detail = "UNAVAILABLE", str(e)
     console.print(f"[red]{name}[/red]: {escape(detail)}", highlight=False)
-    if after:
+    if after and (after_codes is None or name in after_codes):
         console.print(after, highlight=False)
     raise typer.Exit(1) from None
 
@@ -535,7 +540,8 @@ def ingest(agent: AgentTarget,
             reply = _rpc(lambda: client.ingest(stub, samples, batch, on_batch=lambda n: progress.advance(task, n),
                                                max_bytes=None if batch_mb is None else int(batch_mb * 2**20)),
                          after="the samples the agent stored before the stream broke are kept; run the same command "
-                               "again when the agent answers (resent samples count as duplicates)")
+                               "again when the agent answers (resent samples count as duplicates)",
+                         after_codes=TRANSIENT)  # not after a refusal (a read token, a bad request): again fails
     except client.IngestInterrupted as e:
         if as_json:
             print(json_line({**_ingest_out(e.reply), "error": str(e)}))

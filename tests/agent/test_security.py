@@ -480,3 +480,17 @@ def test_a_denied_call_ends_with_its_code_whatever_kind_of_method_and_never_runs
             getattr(denied, kinds[0])(object(), Context())
         assert aborted.value.args == (grpc.StatusCode.PERMISSION_DENIED, "no")
     assert not ran
+
+
+def test_the_cli_does_not_advise_a_rerun_after_a_refusal(token_server: int, tmp_path: Path) -> None:
+    """`shortlist ingest` with a read token: PERMISSION_DENIED and what to do, without the "run the same
+    command again" hint of a broken stream (again would fail the same way)."""
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for s in make_samples(2):
+        (folder / f"{s.id}.png").write_bytes(s.encoded_image)
+    result = CliRunner().invoke(app, ["ingest", str(folder), "--agent", f"127.0.0.1:{token_server}",
+                                      "--token", READ_TOKEN])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 1 and "PERMISSION_DENIED: Ingest needs a token with role write" in said
+    assert "run the same command again" not in said
