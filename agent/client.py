@@ -405,7 +405,9 @@ def _client_cert_refused(address: str, config: ClientConfig) -> str:
         return (f"the agent at {address} requires a client certificate (mutual TLS): pass --tls-cert FILE "
                 "--tls-key FILE (env SHORTLIST_TLS_CERT, SHORTLIST_TLS_KEY)")
     return (f"the agent at {address} refused the client certificate {config.tls_cert}: it must be signed by the "
-            "CA the agent trusts (its --tls-client-ca)")
+            "CA the agent trusts (its --tls-client-ca), valid today, and made for a client (extendedKeyUsage "
+            "clientAuth, when it lists key usages: a server's certificate, serverAuth only, is refused); check "
+            f"with `openssl x509 -in {config.tls_cert} -noout -issuer -dates -ext extendedKeyUsage`")
 
 
 def _probe_tls(address: str, host: str, port: int, config: ClientConfig, timeout: float) -> str:

@@ -361,6 +361,17 @@ def check_exposure(host: str, *, tls: bool, authenticated: bool, insecure: bool,
     """The one exposure rule (the agent's gRPC port and the web app's HTTP port): a ``host`` other machines
     can reach needs TLS and authentication, or an explicit ``insecure``. SecurityError (saying what to pass)
     when refused; else the warnings to show (non-empty only for an accepted --insecure)."""
+    bare = host.strip("[]")
+    try:
+        ipaddress.ip_address(bare)
+    except ValueError:
+        try:  # "127.1", "10.1.2": the C library reads them as IPv4 addresses, gRPC cannot listen on them
+            full = socket.inet_ntoa(socket.inet_aton(bare))
+        except OSError:
+            full = ""
+        if full:
+            raise SecurityError(f"--host {host} is an IPv4 address in short form, which the server cannot listen on: "
+                                f"write it in full, --host {full}") from None
     if is_loopback(host) or (tls and authenticated):
         return []
     missing = []

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 import warnings
 
 import numpy as np
@@ -167,7 +168,11 @@ def image_header(data: bytes, max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
             with Image.open(io.BytesIO(data)) as img:
                 width, height = img.size
     except Image.DecompressionBombError as e:  # Pillow's own guard (above 2 x Image.MAX_IMAGE_PIXELS)
-        raise TooManyPixels(f"image refused before decoding: {e}") from None
+        # said with our limit, not Pillow's (its message names twice its own default)
+        found = re.search(r"\((\d+) pixels\)", str(e))
+        size = f"{int(found.group(1)):,} pixels" if found else "more pixels than Pillow opens"
+        raise TooManyPixels(f"image of {size} exceeds the limit of {max_pixels:,} pixels; refused before "
+                            "decoding") from None
     except UnidentifiedImageError:
         raise ValueError(_unreadable(data)) from None
     except (OSError, SyntaxError, ValueError) as e:  # truncated or corrupt headers

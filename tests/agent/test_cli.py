@@ -450,6 +450,9 @@ def test_serve_refuses_an_exposed_address_and_a_bad_tokens_file(tmp_path: Path, 
                                       "--host", "0.0.0.0", "--port", "0", "--cpu"])
         assert exposed.exit_code == 2
         assert "--tls-cert" in out(exposed) and "--tokens" in out(exposed) and "--insecure" in out(exposed)
+        short = runner.invoke(app, ["serve", "--data-dir", str(tmp_path / "d"), "--models", str(registry),
+                                    "--host", "127.1", "--port", "0", "--cpu"])  # was "the port is in use ..."
+        assert short.exit_code == 2 and "write it in full, --host 127.0.0.1" in out(short)
         secret = "a-secret-in-a-line-with-no-role-xyz"
         tokens = tmp_path / "tokens"
         tokens.write_text(f"# ok\n{secret}\n")
