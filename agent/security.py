@@ -198,9 +198,42 @@ def bearer(metadata: Any) -> str | None:
     return None
 
 
-def _deny(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
-    """A handler of the same kind as ``handler`` (agent.errors.rewrap_handler) that ends the call with ``code``."""
+class RefusalLog:
+    """Refused calls, logged with the client's address, at most one line per (reason, address) every
+    ``interval_s`` seconds, the next one saying how many were left out meanwhile: a client retrying a bad
+    token in a loop (11,000 calls in 3 s in the security review) must not fill the disk with one line each."""
+
+    def __init__(self, interval_s: float = 10.0, max_keys: int = 4096) -> None:
+        self.interval_s = interval_s
+        self.max_keys = max_keys
+        self._lock = threading.Lock()
+        self._seen: dict[tuple[str, str], tuple[float, int]] = {}  # key -> (last logged, left out since)
+
+    def refused(self, what: str, peer: str) -> None:
+        """Log (or count) one refusal; ``peer`` is gRPC's ``ipv4:HOST:PORT``, keyed by its host: a client
+        opening a new connection per call gets a new port each time."""
+        now = time.monotonic()
+        peer = peer.rpartition(":")[0] if peer.count(":") >= 2 else peer
+        key = (what, peer)
+        with self._lock:
+            last, left_out = self._seen.get(key, (-float("inf"), 0))
+            if now - last < self.interval_s:
+                self._seen[key] = (last, left_out + 1)
+                return
+            if len(self._seen) >= self.max_keys:  # many addresses: forget the old entries, not the memory bound
+                self._seen.clear()
+            self._seen[key] = (now, 0)
+        more = f" ({left_out} more from it in the last {self.interval_s:.0f} s, not logged)" if left_out else ""
+        log.warning("refused %s from %s%s", what, peer or "an unknown peer", more)
+
+
+def _deny(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str,
+          refusals: RefusalLog | None = None, what: str = "") -> grpc.RpcMethodHandler:
+    """A handler of the same kind as ``handler`` (agent.errors.rewrap_handler) that ends the call with ``code``,
+    logging ``what`` with the client's address through ``refusals``."""
     def abort(_request: Any, context: grpc.ServicerContext) -> Any:
+        if refusals is not None:
+            refusals.refused(what, context.peer())
         context.abort(code, message)
 
     denied = rewrap_handler(handler, lambda _behaviour, _request_streaming, _response_streaming: abort,
@@ -212,7 +245,8 @@ def _deny(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str) -
 
 
 def _write_requests_denied(handler: grpc.RpcMethodHandler, name: str, role: str,
-                           check: tuple[type[Any], Callable[[Any], str | None]]) -> grpc.RpcMethodHandler:
+                           check: tuple[type[Any], Callable[[Any], str | None]],
+                           refusals: RefusalLog) -> grpc.RpcMethodHandler:
     """``handler`` (a unary request) refusing, with PERMISSION_DENIED, the requests ``check`` names: (the
     request's message type, what about it needs a write token or None). The request may still be bytes here
     (agent.errors.wrap_handler parses it inside its error mapping): it is parsed once more to look; one that
@@ -227,7 +261,7 @@ def _write_requests_denied(handler: grpc.RpcMethodHandler, name: str, role: str,
                 return behaviour(request, context)
             what = needs_write(parsed)
             if what is not None:
-                log.warning("refused %s: %s with a %s token", name, what, role)
+                refusals.refused(f"{name}: {what} with a {role} token", context.peer())
                 context.abort(grpc.StatusCode.PERMISSION_DENIED,
                               f"{what} needs a token with role write; this token has role {role} (ask the agent's "
                               "operator for a write token)")
@@ -244,6 +278,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
         check_roles()
         self.tokens = tokens
         self._prefix = f"/{AGENT_SERVICE.full_name}/"
+        self.refusals = RefusalLog()
 
     def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
                           handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
@@ -255,26 +290,25 @@ class AuthInterceptor(grpc.ServerInterceptor):
         need = RPC_ROLES.get(name, WRITE)
         token = bearer(handler_call_details.invocation_metadata)  # type: ignore[attr-defined]
         if token is None:
-            log.warning("refused %s: no token", name)
             return _deny(handler, grpc.StatusCode.UNAUTHENTICATED,
                          "this agent requires a token: pass --token TOKEN or set SHORTLIST_TOKEN (API clients send "
-                         "the metadata `authorization: Bearer TOKEN`); ask the agent's operator for one")
+                         "the metadata `authorization: Bearer TOKEN`); ask the agent's operator for one",
+                         self.refusals, f"{name}: no token")
         if not token:
-            log.warning("refused %s: malformed authorization metadata", name)
             return _deny(handler, grpc.StatusCode.UNAUTHENTICATED,
-                         "malformed authorization metadata: send `authorization: Bearer TOKEN`")
+                         "malformed authorization metadata: send `authorization: Bearer TOKEN`",
+                         self.refusals, f"{name}: malformed authorization metadata")
         role = self.tokens.role(token)
         if role is None:
-            log.warning("refused %s: unknown token", name)
             return _deny(handler, grpc.StatusCode.UNAUTHENTICATED,
-                         "unknown token: check --token / SHORTLIST_TOKEN against the agent's --tokens file")
+                         "unknown token: check --token / SHORTLIST_TOKEN against the agent's --tokens file",
+                         self.refusals, f"{name}: unknown token")
         if need not in _IMPLIES[role]:
-            log.warning("refused %s: a %s token", name, role)
             return _deny(handler, grpc.StatusCode.PERMISSION_DENIED,
                          f"{name} needs a token with role {need}; this token has role {role} "
-                         "(ask the agent's operator for a write token)")
+                         "(ask the agent's operator for a write token)", self.refusals, f"{name}: a {role} token")
         if name in WRITE_REQUESTS and WRITE not in _IMPLIES[role]:
-            return _write_requests_denied(handler, name, role, WRITE_REQUESTS[name])
+            return _write_requests_denied(handler, name, role, WRITE_REQUESTS[name], self.refusals)
         return handler
 
 

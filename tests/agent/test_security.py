@@ -27,6 +27,7 @@ from agent.security import (
     RPC_ROLES,
     DataDirLock,
     DataDirLocked,
+    RefusalLog,
     SecurityError,
     ServerSecurity,
     TokenStore,
@@ -279,6 +280,28 @@ def test_no_token_in_the_logs(tmp_path: Path, registry: Path, tokens_file: Path,
     assert "refused" in caplog.text  # the refusals are logged ...
     for token in (READ_TOKEN, WRITE_TOKEN, "not-a-known-token-000000"):
         assert token not in caplog.text  # ... without the token
+
+
+def test_refusals_are_logged_with_the_client_and_throttled(token_server: int,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    """A client looping on a bad token gets every refusal, the log one line per reason and address per 10 s."""
+    stub = client.connect(f"127.0.0.1:{token_server}", config=client.ClientConfig(token="x" * 32))
+    with caplog.at_level(logging.WARNING, logger="agent.security"):
+        for _ in range(50):
+            assert _code(lambda: stub.GetStatus(agent_pb2.GetStatusRequest())) == grpc.StatusCode.UNAUTHENTICATED
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("refused")]
+    assert lines == ["refused GetStatus: unknown token from ipv4:127.0.0.1"]
+    log = RefusalLog(interval_s=0.05)
+    with caplog.at_level(logging.WARNING, logger="agent.security"):
+        caplog.clear()
+        for port in range(3):  # a new connection per call: a new port, the same client
+            log.refused("Select: no token", f"ipv4:10.0.0.9:{5000 + port}")
+        log.refused("Select: no token", "ipv6:[::1]:5000")
+        time.sleep(0.06)
+        log.refused("Select: no token", "ipv4:10.0.0.9:6000")
+    assert [r.getMessage() for r in caplog.records] == [
+        "refused Select: no token from ipv4:10.0.0.9", "refused Select: no token from ipv6:[::1]",
+        "refused Select: no token from ipv4:10.0.0.9 (2 more from it in the last 0 s, not logged)"]
 
 
 # ---- exposure ----------------------------------------------------------------------------------------
