@@ -25,6 +25,7 @@ from starlette.responses import Response
 
 from agent.web import errors
 from agent.web.config import WebConfig
+from agent.web.guards import OriginGuard
 from agent.web.pages import STATIC
 from shortlist.v1 import agent_pb2_grpc
 
@@ -79,6 +80,7 @@ def create_app(config: WebConfig, client_factory: Callable[[], grpc.Channel]) ->
     app.state.nav = [(label, path) for _, label, path in sorted(nav)]
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
     errors.install(app)
+    app.add_middleware(OriginGuard)  # agent/web/guards.py: no cross-site POSTs
 
     @app.get("/", include_in_schema=False)
     def home() -> Response:

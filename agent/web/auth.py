@@ -5,7 +5,8 @@ login name (a cookie) becomes the annotator of the labels given.
 
 /login checks a token with the agent (GetStatus: valid at all; an empty SubmitLabels: may it label?) and
 sets HttpOnly, SameSite=Strict cookies (Secure under HTTPS); /logout clears them. The cookies are
-SameSite=Strict and the write APIs take JSON only, so another site cannot make a signed-in browser label.
+SameSite=Strict, the write APIs take JSON only and every POST whose Origin is another site is refused
+(agent/web/guards.py), so another site cannot make a browser label, signed in or served by a default token.
 """
 
 from __future__ import annotations

@@ -47,9 +47,11 @@ Auth: Label Studio's ML backend connection sends HTTP Basic auth (its "Basic Aut
 password, or ``http://USER:TOKEN@AGENT:P/labelstudio`` in the URL); webhooks send their configured
 headers (or the URL's user and password). The token is the Basic password (the user name is ignored),
 or, as for every web route, an ``Authorization: Bearer TOKEN`` header (``Token TOKEN`` too), the login
-cookie or the app's default token. It travels to the agent with each call, so the agent's roles apply:
-/setup and /predict need a read token, /webhook a write token; gRPC errors become HTTP in
-agent/web/errors.py.
+cookie or the app's default token. Bodies must be ``Content-Type: application/json`` (415 otherwise) and a
+request with a foreign ``Origin`` is refused (agent/web/guards.py): with the default token, a page of another
+site could otherwise make a visitor's browser post label events. The token travels to the agent with each
+call, so the agent's roles apply: /setup and /predict need a read token, /webhook a write token; gRPC
+errors become HTTP in agent/web/errors.py.
 """
 
 from __future__ import annotations
@@ -106,6 +108,10 @@ UNMATCHED_SCORE = 1.0
 
 class BadRequest(ValueError):
     """A request body Label Studio would not send; the message says what is wrong (HTTP 400)."""
+
+
+class NotJson(ValueError):
+    """A body not declared ``Content-Type: application/json`` (HTTP 415)."""
 
 
 # ---- the label config ----------------------------------------------------------------------------
@@ -641,7 +647,19 @@ def _caller(request: Request, token: str) -> Caller:
     return Caller(state.stub(), token, session(request).user, state.config)
 
 
+def _check_json_type(request: Request) -> None:
+    """Only ``Content-Type: application/json`` (what Label Studio sends: ``requests.post(url, json=...)``)
+    is read. A browser can post ``text/plain`` (or no type) across sites without a CORS preflight, so
+    reading such a body as JSON would let any web page the user visits post webhook events (NotJson: 415)."""
+    content_type = request.headers.get("content-type", "")
+    if content_type.partition(";")[0].strip().lower() != "application/json":
+        got = f"Content-Type {content_type!r}" if content_type else "no Content-Type"
+        raise NotJson(f"the body must be JSON sent with Content-Type: application/json (got {got}); Label Studio "
+                      "sends that, so set the header when posting by hand")
+
+
 async def _json_body(request: Request) -> dict[str, Any]:
+    _check_json_type(request)
     raw = await request.body()
     try:
         body = json.loads(raw or b"null")
@@ -653,14 +671,17 @@ async def _json_body(request: Request) -> dict[str, Any]:
 
 
 async def _answer(request: Request, method: Callable[[Caller, Mapping[str, Any]], dict[str, Any]]) -> Response:
-    """Parse the body, then run ``method`` in the threadpool (its gRPC calls block); a BadRequest is 400 and
-    an unreadable Authorization header 401 (JSON, like the app's other APIs)."""
+    """Parse the body, then run ``method`` in the threadpool (its gRPC calls block); a BadRequest is 400, a
+    body that is not ``application/json`` 415 and an unreadable Authorization header 401 (JSON, like the
+    app's other APIs)."""
     try:
         token = request_token(request)
         body = await _json_body(request)
         return JSONResponse(await run_in_threadpool(lambda: method(_caller(request, token), body)))
     except BadRequest as e:
         return error_response(request, 400, "BAD_REQUEST", str(e))
+    except NotJson as e:
+        return error_response(request, 415, "UNSUPPORTED_MEDIA_TYPE", str(e))
     except Unauthorized as e:
         return error_response(request, 401, "UNAUTHENTICATED", str(e), {"WWW-Authenticate": 'Basic realm="shortlist"'})
 

@@ -3,6 +3,7 @@ gRPC -> HTTP mapping, and auth (bearer header, login cookie, read vs write token
 
 from __future__ import annotations
 
+import importlib
 import io
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import grpc
 import pytest
 from PIL import Image
 
+from agent.web.app import ROUTERS
 from agent.web.errors import HTTP_STATUS, http_status
 from tests.agent.web.conftest import READ_TOKEN, WRITE_TOKEN, WebAgent
 
@@ -97,6 +99,42 @@ def test_login_next_stays_on_this_site(token_web_agent: WebAgent) -> None:
     assert r.headers["location"] == "/"
     r = c.post("/login", data={"token": READ_TOKEN, "next": "//evil.example/"}, follow_redirects=False)
     assert r.headers["location"] == "/"
+
+
+def test_no_state_change_from_another_site(web_agent: WebAgent) -> None:
+    """Cross-site request forgery: on an agent without tokens (like an app with a default token, anyone who
+    reaches it may label), a page of another site can make the browser post, without a CORS preflight,
+    a form, text/plain or a typeless body; every POST route refuses a foreign Origin (403) and the JSON
+    APIs refuse bodies not declared JSON (422), so nothing changes. The sign-in cookies are
+    SameSite=Strict (test_tokens_header_cookie_and_roles)."""
+    c = web_agent.client()
+    before = web_agent.labels()
+    posts = sorted(r.path for name in ROUTERS for r in importlib.import_module(f"agent.web.{name}").router.routes
+                   if "POST" in getattr(r, "methods", ()))
+    assert {"/login", "/logout", "/api/labels", "/api/labels/retract", "/api/queue", "/api/queue/select",
+            "/api/queue/mark", "/api/priors/labels", "/labelstudio/webhook"} <= set(posts)
+    label = b'{"labels": [{"id": "img010.png", "label": "circle"}], "ids": ["img000.png"], "strategy": "random",' \
+            b' "budget": 3, "id": "img000.png", "mark": "skip", "action": "ANNOTATION_CREATED"}'
+    for path in posts:
+        for headers in ({"Content-Type": "text/plain", "Origin": "https://evil.example"},
+                        {"Content-Type": "application/json", "Origin": "https://evil.example"},
+                        {"Content-Type": "application/x-www-form-urlencoded", "Origin": "null"}):
+            r = c.post(path, content=label, headers=headers, follow_redirects=False)
+            assert r.status_code == 403 and "cross-origin request refused" in r.text, (path, headers, r.text)
+    for path in (p for p in posts if p.startswith("/api/")):  # without an Origin (an old browser): not JSON
+        for headers in ({"Content-Type": "text/plain"}, {}):
+            r = c.post(path, content=label, headers=headers)
+            assert r.status_code == 422, (path, headers, r.text)
+    assert web_agent.labels() == before
+    assert web_agent.agent.state.lookup("img010.png") is not None
+    # the app's own pages (same origin, default port written or not) and scripts (no Origin) still work
+    ok = c.post("/api/labels", json={"labels": [{"id": "img010.png", "label": "circle"}]},
+                headers={"Origin": "http://testserver"})
+    assert ok.status_code == 200 and ok.json()["accepted"] == 1
+    assert c.post("/api/labels/retract", json={"ids": ["img010.png"]},
+                  headers={"Origin": "http://testserver:80"}).status_code == 200
+    assert c.post("/logout", follow_redirects=False).status_code == 303
+    assert web_agent.labels() == before
 
 
 def test_agent_gone_is_503(web_agent: WebAgent) -> None:

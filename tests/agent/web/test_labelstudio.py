@@ -94,9 +94,10 @@ def agent(tmp_path: Path, registry: Path) -> Iterator[Running]:
     r.stop()
 
 
-def app_for(r: Running, config: LabelStudioConfig | None = None) -> tuple[TestClient, FastAPI]:
-    """The web app (create_app, as `shortlist web` builds it) on the agent, with its TestClient."""
-    web = WebConfig(port=0, agent=r.address, labelstudio=config or LabelStudioConfig(budget=BUDGET))
+def app_for(r: Running, config: LabelStudioConfig | None = None, **kw: Any) -> tuple[TestClient, FastAPI]:
+    """The web app (create_app, as `shortlist web` builds it) on the agent, with its TestClient; ``kw``:
+    more WebConfig fields."""
+    web = WebConfig(port=0, agent=r.address, labelstudio=config or LabelStudioConfig(budget=BUDGET), **kw)
     app = create_app(web, lambda: client.channel(r.address))
     return TestClient(app), app
 
@@ -281,6 +282,40 @@ def test_sorting_by_prediction_score_follows_the_selection(agent: Running) -> No
         app.state.stub.close()
 
 
+def test_webhook_refuses_cross_site_posts(agent: Running) -> None:
+    """A page on another site cannot make a visitor's browser post webhook events, even to an app with a
+    default token (`shortlist web --token`, the worst case: no sign-in needed): the body must be declared
+    application/json (which a cross-site form or no-cors fetch cannot send without a CORS preflight) and a
+    foreign Origin is refused. Label Studio's own requests (JSON, no Origin) still label."""
+    http, app = app_for(agent, default_token=WRITE_TOKEN)
+    try:
+        raw = json.dumps(event(CREATED)).encode()
+        csrf = [({"Content-Type": "text/plain", "Origin": "https://evil.example"}, 403),  # a text/plain form
+                ({"Content-Type": "text/plain"}, 415),  # the same, from a browser that would send no Origin
+                ({}, 415),  # a no-cors fetch of a Blob without a type: no Content-Type at all
+                ({"Content-Type": "application/x-www-form-urlencoded"}, 415),
+                ({"Content-Type": "application/json", "Origin": "https://evil.example"}, 403),
+                ({"Content-Type": "application/json", "Origin": "null"}, 403)]  # a sandboxed frame
+        for headers, status in csrf:
+            r = http.post("/labelstudio/webhook", content=raw, headers=headers)
+            assert r.status_code == status, (headers, r.text)
+            assert r.json()["error"] in ("CROSS_ORIGIN", "UNSUPPORTED_MEDIA_TYPE")
+        assert "application/json" in http.post("/labelstudio/webhook", content=raw).json()["message"]
+        assert "evil.example" in http.post("/labelstudio/webhook", json=event(CREATED),
+                                           headers={"Origin": "https://evil.example"}).json()["message"]
+        assert labels_of(agent) == {sample_id(i): CLASSES[i % 3] for i in range(LABELLED)}  # nothing labelled
+        for path in ("setup", "predict"):  # the other POSTs of the backend take JSON only too
+            r = http.post(f"/labelstudio/{path}", content=json.dumps(body(f"{path}.json")).encode(),
+                          headers={"Content-Type": "text/plain", **basic(READ_TOKEN)})
+            assert r.status_code == 415, (path, r.text)
+        # what Label Studio sends (requests.post(url, json=...): application/json, no Origin) labels
+        r = http.post("/labelstudio/webhook", content=raw, headers={"Content-Type": "application/json; charset=utf-8"})
+        assert r.status_code == 200 and r.json()["accepted"] == 1, r.text
+        assert len(labels_of(agent)) == LABELLED + 1
+    finally:
+        app.state.stub.close()
+
+
 def test_webhook_annotations_become_labels(agent: Running) -> None:
     http, app = app_for(agent)
     try:
@@ -378,7 +413,7 @@ def test_webhook_bad_bodies_are_400(agent: Running) -> None:
             (dict(created, project={"id": 99}), "no label config")]
         for payload, says in cases:
             kw: dict[str, Any] = {"content": payload} if isinstance(payload, bytes) else {"json": payload}
-            r = http.post("/labelstudio/webhook", headers=w, **kw)
+            r = http.post("/labelstudio/webhook", headers={**w, "Content-Type": "application/json"}, **kw)
             assert r.status_code == 400 and says in r.json()["message"], (says, r.text)
         r = http.post("/labelstudio/webhook", json=two, headers=w)  # valid body, but not one class: not labelled
         assert r.status_code == 200 and r.json()["accepted"] == 0 and "2 choices" in r.json()["skipped"][0]["reason"]
