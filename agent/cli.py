@@ -25,7 +25,7 @@ from rich.table import Table
 from typer.core import TyperCommand
 
 from agent import client, exports
-from agent.cli_options import AgentTarget, agent_options, labelstudio_options
+from agent.cli_options import AgentTarget, WebAllowedHostsOpt, agent_options, host_list, labelstudio_options
 from agent.client import calibration_dict, calibration_line, ranked
 from agent.limits import MIB, Limits, class_name_problem
 from agent.progress import audit_dict
@@ -223,7 +223,8 @@ def serve(labelstudio: LabelStudioConfig,
           web_port: int | None = typer.Option(None, "--web-port", min=0, max=65535, show_default=False,
                                               help="also serve the labelling web app on this port (docs/app.md)"),
           web_host: str = typer.Option("127.0.0.1", "--web-host", help="address of the web app (anything but "
-                                       "loopback needs --tls-cert/--tls-key and --tokens, or --insecure)")) -> None:
+                                       "loopback needs --tls-cert/--tls-key and --tokens, or --insecure)"),
+          web_allowed_hosts: str = WebAllowedHostsOpt) -> None:
     """Run the agent until SIGTERM/SIGINT/SIGHUP (then finish in-flight calls, snapshot the index, exit)."""
     from agent.config import AgentConfig, WorkConfig, class_list
     from agent.memory import tune_malloc
@@ -270,7 +271,8 @@ def serve(labelstudio: LabelStudioConfig,
                                     "certificate, so the web app lets people in by token (they sign in with one)")
 
             web_config = WebConfig(host=web_host, port=web_port, agent=f"{host}:{port}", https_cert=tls_cert,
-                                   https_key=tls_key, insecure=insecure, labelstudio=labelstudio)
+                                   https_key=tls_key, insecure=insecure, labelstudio=labelstudio,
+                                   allowed_hosts=host_list(web_allowed_hosts))
             from agent.priors import PRIOR_METHODS
             from agent.strategies import STRATEGIES
 
@@ -415,7 +417,8 @@ def web(agent: AgentTarget, labelstudio: LabelStudioConfig,
         https_key: Path | None = typer.Option(None, "--https-key", dir_okay=False,
                                               help="the private key of --https-cert"),
         insecure: bool = typer.Option(False, "--insecure", help="allow a non-loopback --host without HTTPS and "
-                                      "authentication")) -> None:
+                                      "authentication"),
+        web_allowed_hosts: str = WebAllowedHostsOpt) -> None:
     """Serve the labelling web app (docs/app.md) for a running agent, until SIGTERM/SIGINT/SIGHUP. Browsers sign in
     with their own token; --token (or SHORTLIST_TOKEN), when given, is used for browsers that bring none."""
     from agent.security import SecurityError
@@ -452,7 +455,8 @@ def web(agent: AgentTarget, labelstudio: LabelStudioConfig,
         raise typer.Exit(2)
     try:
         config = WebConfig(host=host, port=port, agent=agent.address, default_token=agent.config.token,
-                           https_cert=https_cert, https_key=https_key, insecure=insecure, labelstudio=labelstudio)
+                           https_cert=https_cert, https_key=https_key, insecure=insecure, labelstudio=labelstudio,
+                           allowed_hosts=host_list(web_allowed_hosts))
         for w in check_listen(config, requires_tokens, "--https-cert FILE --https-key FILE",
                               "an agent that requires tokens (its --tokens) and no --token here"):
             console.print(f"[yellow]warning[/yellow]: {escape(w)}", highlight=False)

@@ -145,3 +145,16 @@ def labelstudio_options(fn: F) -> F:
     wrapper.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
     wrapper.__annotations__ = {p.name: p.annotation for p in params if p.annotation is not inspect.Parameter.empty}
     return wrapper  # type: ignore[return-value]
+
+
+# ---- the web app's guards (``serve --web-port`` and ``web``; agent/web/guards.py) ---------------------
+WebAllowedHostsOpt = typer.Option(
+    "", "--web-allowed-hosts", envvar="SHORTLIST_WEB_ALLOWED_HOSTS", show_default=False,
+    help="more names the web app answers to (comma-separated, e.g. the name Label Studio or a reverse proxy "
+         "calls it by; *.example.com for a domain, * for any). Default: localhost, 127.0.0.1 and [::1]; on a "
+         "non-loopback address also that address, this machine's names and the HTTPS certificate's")
+
+
+def host_list(text: str) -> tuple[str, ...]:
+    """--web-allowed-hosts' comma-separated names (blanks dropped)."""
+    return tuple(name.strip() for name in text.split(",") if name.strip())

@@ -25,7 +25,7 @@ from starlette.responses import Response
 
 from agent.web import errors
 from agent.web.config import WebConfig
-from agent.web.guards import OriginGuard
+from agent.web.guards import HostGuard, OriginGuard, allowed_hosts
 from agent.web.pages import STATIC
 from shortlist.v1 import agent_pb2_grpc
 
@@ -81,6 +81,7 @@ def create_app(config: WebConfig, client_factory: Callable[[], grpc.Channel]) ->
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
     errors.install(app)
     app.add_middleware(OriginGuard)  # agent/web/guards.py: no cross-site POSTs
+    app.add_middleware(HostGuard, hosts=allowed_hosts(config))  # no DNS rebinding (outermost: checked first)
 
     @app.get("/", include_in_schema=False)
     def home() -> Response:

@@ -9,6 +9,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
+def host_pattern(name: str) -> str:
+    """A name for --web-allowed-hosts as Starlette's TrustedHostMiddleware compares it to the ``Host``
+    header: lower case, without a port, an IPv6 address in brackets; ``*`` (any) or ``*.DOMAIN``. ValueError
+    says what is wrong with anything else."""
+    text = name.strip().lower()
+    host = text
+    if text.startswith("["):  # [v6] or [v6]:port
+        host = text[:text.find("]") + 1] if "]" in text else text
+    elif text.count(":") == 1:  # name:port
+        host = text.partition(":")[0]
+    elif text.count(":") > 1:  # a bare IPv6 address
+        host = f"[{text}]"
+    bad = not host or "/" in host or " " in host or (host.endswith("]") and not host.startswith("["))
+    if bad or ("*" in host[1:]) or (host.startswith("*") and host != "*" and not host.startswith("*.")):
+        raise ValueError(f"--web-allowed-hosts {name!r}: expected a host name or address as browsers write it in "
+                         "the URL (e.g. labelling.example.com, 10.0.0.5, [fd00::5]; a port is ignored), "
+                         "*.example.com for a domain's names, or * for any name")
+    return host
+
+
 @dataclass(frozen=True)
 class MatchRule:
     """How a Label Studio task finds its sample: ``kind`` is ``url``, ``field`` or ``regex``."""
@@ -74,7 +94,12 @@ class WebConfig:
     ``default_token`` is sent to the agent for a browser that brings no token of its own (``shortlist web
     --token``: a one-person setup); with it, anyone who reaches the app acts with that token, so a
     non-loopback ``host`` then counts as unauthenticated (agent/web/server.py). ``https_cert`` /
-    ``https_key`` serve HTTPS (then cookies are marked Secure)."""
+    ``https_key`` serve HTTPS (then cookies are marked Secure).
+
+    ``allowed_hosts``: names (``Host`` headers) the app answers to besides its defaults (agent/web/guards.py:
+    loopback names on loopback; else also its address, the machine's names and the certificate's); ``*``
+    answers to any, ``*.example.com`` to a domain's names. ``max_body_bytes``: the largest request body,
+    refused with 413 before it is read."""
 
     host: str = "127.0.0.1"
     port: int = 8080  # 0 = any free port (tests)
@@ -92,6 +117,7 @@ class WebConfig:
     rpc_timeout_s: float = 30.0  # light calls
     select_timeout_s: float = 600.0  # Select / PriorLabels (heavy work may queue)
     labelstudio: LabelStudioConfig = field(default_factory=LabelStudioConfig)  # the /labelstudio backend
+    allowed_hosts: tuple[str, ...] = ()  # --web-allowed-hosts
 
     @property
     def https(self) -> bool:
@@ -100,5 +126,6 @@ class WebConfig:
     def __post_init__(self) -> None:
         if (self.https_cert is None) != (self.https_key is None):
             raise ValueError("HTTPS needs both a certificate and its key")
+        object.__setattr__(self, "allowed_hosts", tuple(host_pattern(h) for h in self.allowed_hosts))
         if self.page_size < 1 or self.max_ask < 1 or not 16 <= self.thumb_side <= 1024 or self.refresh_s <= 0:
             raise ValueError("web: page_size and max_ask must be >= 1, thumb_side 16..1024, refresh_s > 0")

@@ -8,17 +8,34 @@
   cross-site request forgery. Non-browser clients (Label Studio's server-to-server webhook, scripts) send
   no ``Origin`` and pass. Same origin means the ``Origin``'s host and port equal the request's ``Host``
   (the scheme is not compared: a TLS-terminating proxy talks plain HTTP to the app).
+- ``HostGuard``: Starlette's TrustedHostMiddleware, answering only to the app's own names (``allowed_hosts``):
+  with DNS rebinding a page of another site re-points its own name at the app's address (127.0.0.1, say)
+  and then reads the app's pages, images and labels as same-origin; its requests carry that name in
+  ``Host``, so refusing unknown names stops it. The refusal says which option adds a name.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import logging
+import socket
+import ssl
+from collections.abc import Sequence
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from starlette.datastructures import Headers
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from agent.security import is_loopback
+from agent.web.config import WebConfig, host_pattern
 from agent.web.errors import error_response
+
+log = logging.getLogger(__name__)
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+ALLOWED_HOSTS_OPTION = "--web-allowed-hosts"  # of `shortlist serve` and `shortlist web` (agent/cli_options.py)
 
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
@@ -68,3 +85,84 @@ class OriginGuard:
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+def certificate_names(cert: Path) -> list[str]:
+    """The DNS names and IP addresses of a PEM certificate's subjectAltName (else its common name): the names
+    browsers can reach an HTTPS app by without a warning. [] when the file cannot be read that way."""
+    try:
+        # The stdlib's own decoder (what SSLSocket.getpeercert returns); no public API reads a file's.
+        decoded = ssl._ssl._test_decode_cert(str(cert))  # type: ignore[attr-defined]
+    except (AttributeError, OSError, ValueError, ssl.SSLError) as e:
+        log.warning("web app: cannot read the names of %s (%s); add them with %s", cert, e, ALLOWED_HOSTS_OPTION)
+        return []
+    names = [value for kind, value in decoded.get("subjectAltName", ()) if kind in ("DNS", "IP Address")]
+    if not names:
+        names = [value for rdn in decoded.get("subject", ()) for key, value in rdn if key == "commonName"]
+    out = []
+    for name in names:
+        try:
+            out.append(host_pattern(name))
+        except ValueError:
+            continue
+    return out
+
+
+def allowed_hosts(config: WebConfig) -> list[str]:
+    """The names the app answers to. On a loopback address: localhost, 127.0.0.1 and [::1] only (no other
+    site can own those names). On another address: those, that address (unless it is a wildcard such as
+    0.0.0.0), the machine's host name and fully qualified name, and the names of the HTTPS certificate.
+    Plus ``config.allowed_hosts`` (--web-allowed-hosts) either way."""
+    names = list(LOOPBACK_HOSTS)
+    if not is_loopback(config.host):
+        host = config.host.strip("[]")
+        try:
+            wildcard = ipaddress.ip_address(host).is_unspecified
+        except ValueError:
+            wildcard = False
+        if not wildcard:
+            names.append(host_pattern(host))
+        for name in (socket.gethostname(), socket.getfqdn()):
+            if name:
+                names.append(host_pattern(name))
+        if config.https_cert is not None:
+            names += certificate_names(config.https_cert)
+    names += config.allowed_hosts
+    return list(dict.fromkeys(names))
+
+
+class HostGuard:
+    """Starlette's TrustedHostMiddleware with an answer that says what to do: a request whose ``Host`` is not
+    one of ``hosts`` is refused (400) with the names allowed and the option that adds one."""
+
+    _PASSED = "shortlist.host_allowed"
+
+    def __init__(self, app: ASGIApp, hosts: Sequence[str]) -> None:
+        self.app = app
+        self.hosts = list(hosts)
+        self.check = TrustedHostMiddleware(self._passed, allowed_hosts=self.hosts, www_redirect=False)
+
+    async def _passed(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope[self._PASSED] = True
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def discard(message: Message) -> None:  # Starlette's own "Invalid host header" answer
+            pass
+
+        await self.check(scope, receive, discard)
+        if scope.pop(self._PASSED, False):
+            await self.app(scope, receive, send)
+            return
+        host = Headers(scope=scope).get("host", "")
+        name = host.rpartition(":")[0] if host.count(":") == 1 else host
+        message = (f"this web app does not answer to the name {host!r} (the request's Host header), only to "
+                   f"{', '.join(self.hosts)}: a page of another site could otherwise read the app through DNS "
+                   f"rebinding. If {name or 'that'} is a name people or Label Studio use to reach this app, restart "
+                   f"it with {ALLOWED_HOSTS_OPTION} {name or 'NAME'} (several names: comma-separated; or the "
+                   "environment variable SHORTLIST_WEB_ALLOWED_HOSTS).")
+        response = error_response(Request(scope, receive), 400, "UNKNOWN_HOST", message)
+        await response(scope, receive, send)

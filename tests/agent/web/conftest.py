@@ -37,6 +37,7 @@ from agent.web.config import WebConfig
 from agent.web.server import LocalSocket, WebServer
 from shortlist.v1 import agent_pb2, agent_pb2_grpc
 
+BASE_URL = "http://127.0.0.1"  # TestClient's; the app's default names on loopback include 127.0.0.1
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 SHAPES = ["circle", "square", "triangle"]
@@ -108,7 +109,9 @@ class WebAgent:
                 if r.id == sample_id]
 
     def client(self, **kw: Any) -> TestClient:
-        c = TestClient(self.app, **kw)
+        """FastAPI's TestClient, sending ``Host: 127.0.0.1`` (its default, testserver, is not a name the app
+        answers to)."""
+        c = TestClient(self.app, **{"base_url": BASE_URL, **kw})
         self.closers.append(c)
         return c
 

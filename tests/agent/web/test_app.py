@@ -129,12 +129,62 @@ def test_no_state_change_from_another_site(web_agent: WebAgent) -> None:
     assert web_agent.agent.state.lookup("img010.png") is not None
     # the app's own pages (same origin, default port written or not) and scripts (no Origin) still work
     ok = c.post("/api/labels", json={"labels": [{"id": "img010.png", "label": "circle"}]},
-                headers={"Origin": "http://testserver"})
+                headers={"Origin": "http://127.0.0.1"})
     assert ok.status_code == 200 and ok.json()["accepted"] == 1
     assert c.post("/api/labels/retract", json={"ids": ["img010.png"]},
-                  headers={"Origin": "http://testserver:80"}).status_code == 200
+                  headers={"Origin": "http://127.0.0.1:80"}).status_code == 200
     assert c.post("/logout", follow_redirects=False).status_code == 303
     assert web_agent.labels() == before
+
+
+def test_dns_rebinding_refused(web_agent: WebAgent) -> None:
+    """A rebinding page's requests carry its own name in Host: refused (400, saying which option adds a
+    name), pages and APIs alike; loopback names, with any port, pass."""
+    c = web_agent.client()
+    for host in ("localhost", "localhost:8080", "127.0.0.1:1", "[::1]:8080", "LOCALHOST"):
+        assert c.get("/api/queue", headers={"Host": host}).status_code == 200, host
+    for path in ("/api/queue", "/thumb/img000.png", "/labelstudio/health"):
+        r = c.get(path, headers={"Host": "attacker.example:8080"})
+        assert r.status_code == 400 and r.json()["error"] == "UNKNOWN_HOST", path
+        assert "--web-allowed-hosts attacker.example" in r.json()["message"]
+        assert "localhost, 127.0.0.1, [::1]" in r.json()["message"]
+    page = c.get("/queue", headers={"Host": "attacker.example"})
+    assert page.status_code == 400 and "--web-allowed-hosts attacker.example" in page.text
+    assert "img000.png" not in page.text
+    assert c.post("/api/labels", json={"labels": [{"id": "img010.png", "label": "circle"}]},
+                  headers={"Host": "attacker.example"}).status_code == 400
+    assert "img010.png" not in web_agent.labels()
+
+
+def test_allowed_hosts_defaults_and_option(tmp_path: Path) -> None:
+    """Loopback: loopback names only. Another address: also it, the machine's names and the certificate's
+    (not a wildcard address). --web-allowed-hosts adds names (e.g. the one Label Studio calls the app by)."""
+    import socket
+
+    from agent.web.config import WebConfig
+    from agent.web.guards import LOOPBACK_HOSTS, allowed_hosts
+    from tests.agent.pki import make_pki
+    from tests.agent.web.conftest import start_web_agent
+
+    assert allowed_hosts(WebConfig()) == list(LOOPBACK_HOSTS) == allowed_hosts(WebConfig(host="localhost"))
+    pki = make_pki(tmp_path / "pki", names=("labelling.example", "10.1.2.3"))
+    exposed = allowed_hosts(WebConfig(host="0.0.0.0", https_cert=pki.server_cert, https_key=pki.server_key))
+    assert set(LOOPBACK_HOSTS) <= set(exposed) and "0.0.0.0" not in exposed
+    assert {socket.gethostname().lower(), socket.getfqdn().lower(), "labelling.example", "10.1.2.3"} <= set(exposed)
+    assert "192.0.2.7" in allowed_hosts(WebConfig(host="192.0.2.7", insecure=True))
+    added = WebConfig(allowed_hosts=("LS.example:8080", "fd00::5", "*.corp.example"))
+    assert added.allowed_hosts == ("ls.example", "[fd00::5]", "*.corp.example")
+    for bad in ("a/b", "x.*.example", "*example.com", ""):
+        with pytest.raises(ValueError, match="--web-allowed-hosts"):
+            WebConfig(allowed_hosts=(bad,))
+    wa = start_web_agent(tmp_path / "a", allowed_hosts=("labelstudio.internal", "*.corp.example"))
+    try:
+        c = wa.client()
+        for host in ("labelstudio.internal:8080", "app.corp.example", "127.0.0.1"):
+            assert c.get("/labelstudio/health", headers={"Host": host}).status_code == 200, host
+        assert c.get("/labelstudio/health", headers={"Host": "corp.example.attacker"}).status_code == 400
+    finally:
+        wa.stop()
 
 
 def test_agent_gone_is_503(web_agent: WebAgent) -> None:

@@ -42,13 +42,31 @@ def stop(proc: subprocess.Popen[str]) -> str:
     return err
 
 
-def serve_web(data: Path, registry: Path) -> tuple[subprocess.Popen[str], int, int]:
+def serve_web(data: Path, registry: Path, **env: str) -> tuple[subprocess.Popen[str], int, int]:
     port, web_port = free_port(), free_port()
     proc = subprocess.Popen([sys.executable, "-m", "shortlist.cli", "serve", "--data-dir", str(data),
                              "--models", str(registry), "--port", str(port), "--cpu", "--web-port", str(web_port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "COLUMNS": "200"})
+                            env={**os.environ, "COLUMNS": "200", **env})
     return proc, port, web_port
+
+
+def status_with_host(url: str, host: str) -> tuple[int, str]:
+    """(HTTP status, body) of GET ``url`` sent with ``Host: host``, as a page served under that name would."""
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers={"Host": host}), timeout=10) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def check_host_names(base: str, port: int, extra: str) -> None:
+    """The app at ``base`` (on 127.0.0.1) answers to loopback names and ``extra``, and refuses another name
+    (DNS rebinding) saying which option adds it."""
+    for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}", f"{extra}:{port}", extra):
+        assert status_with_host(f"{base}/api/queue", host)[0] == 200, host
+    status, text = status_with_host(f"{base}/api/queue", f"attacker.example:{port}")
+    assert status == 400 and "attacker.example" in text and "--web-allowed-hosts attacker.example" in text
 
 
 def post_json(url: str, body: object) -> object:
@@ -58,12 +76,13 @@ def post_json(url: str, body: object) -> object:
 
 
 def test_serve_with_web_port(tmp_path: Path, registry: Path) -> None:
-    proc, port, web_port = serve_web(tmp_path / "d", registry)
+    proc, port, web_port = serve_web(tmp_path / "d", registry, SHORTLIST_WEB_ALLOWED_HOSTS="labelling.example")
     base = f"http://127.0.0.1:{web_port}"
     try:
         stub = client.connect(f"127.0.0.1:{port}", starting=True, timeout=60)
         client.ingest(stub, make_samples(4))
         assert json.loads(wait_http(f"{base}/healthz", proc)) == {"status": "ok"}
+        check_host_names(base, web_port, "labelling.example")
         page = wait_http(f"{base}/queue", proc).decode()
         assert "Ask the agent" in page and f"127.0.0.1:{port}" in page
         assert wait_http(f"{base}/thumb/s1?size=32", proc)[:3] == b"\xff\xd8\xff"  # a JPEG
@@ -87,9 +106,11 @@ def test_web_against_a_running_agent(running: Running) -> None:
     client.ingest(running.stub, make_samples(3))
     web_port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "shortlist.cli", "web", "--agent", running.address,
-                             "--port", str(web_port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                             "--port", str(web_port), "--web-allowed-hosts", "ls.example, labelling.example"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         assert json.loads(wait_http(f"http://127.0.0.1:{web_port}/api/queue", proc))["total"] == 0
+        check_host_names(f"http://127.0.0.1:{web_port}", web_port, "labelling.example")
         # a queue set elsewhere (another app process, a script through gRPC) is the one this app shows
         running.stub.UpdateQueue(agent_pb2.UpdateQueueRequest(name="web", queue=agent_pb2.Queue(ids=["s2", "s0"])))
         q = json.loads(wait_http(f"http://127.0.0.1:{web_port}/api/queue", proc))
@@ -103,6 +124,8 @@ def test_web_listen_rule_and_bad_agent(running: Running) -> None:
     exposed = runner.invoke(app, ["web", "--agent", running.address, "--host", "0.0.0.0", "--port", "0"])
     assert exposed.exit_code == 2
     assert "--https-cert" in out(exposed) and "tokens" in out(exposed) and "--insecure" in out(exposed)
+    bad = runner.invoke(app, ["web", "--agent", running.address, "--port", "0", "--web-allowed-hosts", "a/b"])
+    assert bad.exit_code == 2 and "--web-allowed-hosts 'a/b'" in out(bad) and "*.example.com" in out(bad)
     gone = runner.invoke(app, ["web", "--agent", f"127.0.0.1:{free_port()}", "--port", "0"])
     assert gone.exit_code == 1 and "connection refused" in out(gone)
 

@@ -40,6 +40,7 @@ from shortlist.cli import app as cli_app
 from shortlist.v1 import agent_pb2, agent_pb2_grpc
 from tests.agent.conftest import CLASSES, Running, make_images, make_samples, png, start
 from tests.agent.test_cli import free_port, out
+from tests.agent.web.conftest import BASE_URL
 from tests.agent.web.test_cli import stop, wait_http
 
 DATA = Path(__file__).parent / "data" / "labelstudio"
@@ -99,7 +100,7 @@ def app_for(r: Running, config: LabelStudioConfig | None = None, **kw: Any) -> t
     more WebConfig fields."""
     web = WebConfig(port=0, agent=r.address, labelstudio=config or LabelStudioConfig(budget=BUDGET), **kw)
     app = create_app(web, lambda: client.channel(r.address))
-    return TestClient(app), app
+    return TestClient(app, base_url=BASE_URL), app
 
 
 def reader(r: Running) -> agent_pb2_grpc.AgentStub:
@@ -221,7 +222,7 @@ def test_health_without_an_agent() -> None:
     """Label Studio shows the model as disconnected: 503 while no agent answers."""
     dead = f"127.0.0.1:{free_port()}"
     app = create_app(WebConfig(port=0, agent=dead), lambda: client.channel(dead, timeout=0.5))
-    with TestClient(app) as http:
+    with TestClient(app, base_url=BASE_URL) as http:
         r = http.get("/labelstudio/health")
         assert r.status_code == 503 and "connection refused" in r.json()["message"]
         r = http.post("/labelstudio/setup", json=body("setup.json"))

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 
 from agent.web.app import create_app
 from shortlist.v1 import agent_pb2
-from tests.agent.web.conftest import LABELLED, N_IMAGES, READ_TOKEN, WebAgent, start_web_agent
+from tests.agent.web.conftest import BASE_URL, LABELLED, N_IMAGES, READ_TOKEN, WebAgent, start_web_agent
 
 
 def _data(html: str) -> dict:  # type: ignore[type-arg]
@@ -148,7 +148,7 @@ def test_the_queue_survives_a_restart_of_the_app_and_of_the_agent(tmp_path: Path
         assert c.post("/api/queue/mark", json={"id": "img000.png", "mark": "skip"}).status_code == 404  # not queued
         # another app process on the same agent (e.g. `shortlist web` beside `serve --web-port`) sees the same
         other = create_app(wa.config, wa.local.factory())
-        with TestClient(other) as c2:
+        with TestClient(other, base_url=BASE_URL) as c2:
             assert [it["id"] for it in c2.get("/api/queue").json()["items"]] == ids
         other.state.stub.close()
         before = c.get("/api/queue").json()
