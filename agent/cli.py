@@ -25,7 +25,14 @@ from rich.table import Table
 from typer.core import TyperCommand
 
 from agent import client, exports
-from agent.cli_options import AgentTarget, WebAllowedHostsOpt, agent_options, host_list, labelstudio_options
+from agent.cli_options import (
+    AgentTarget,
+    WebAllowedHostsOpt,
+    WebMaxBodyMbOpt,
+    agent_options,
+    host_list,
+    labelstudio_options,
+)
 from agent.client import calibration_dict, calibration_line, ranked
 from agent.limits import MIB, Limits, class_name_problem
 from agent.progress import audit_dict
@@ -224,7 +231,7 @@ def serve(labelstudio: LabelStudioConfig,
                                               help="also serve the labelling web app on this port (docs/app.md)"),
           web_host: str = typer.Option("127.0.0.1", "--web-host", help="address of the web app (anything but "
                                        "loopback needs --tls-cert/--tls-key and --tokens, or --insecure)"),
-          web_allowed_hosts: str = WebAllowedHostsOpt) -> None:
+          web_allowed_hosts: str = WebAllowedHostsOpt, web_max_body_mb: float = WebMaxBodyMbOpt) -> None:
     """Run the agent until SIGTERM/SIGINT/SIGHUP (then finish in-flight calls, snapshot the index, exit)."""
     from agent.config import AgentConfig, WorkConfig, class_list
     from agent.memory import tune_malloc
@@ -272,7 +279,8 @@ def serve(labelstudio: LabelStudioConfig,
 
             web_config = WebConfig(host=web_host, port=web_port, agent=f"{host}:{port}", https_cert=tls_cert,
                                    https_key=tls_key, insecure=insecure, labelstudio=labelstudio,
-                                   allowed_hosts=host_list(web_allowed_hosts))
+                                   allowed_hosts=host_list(web_allowed_hosts),
+                                   max_body_bytes=round(web_max_body_mb * MIB))
             from agent.priors import PRIOR_METHODS
             from agent.strategies import STRATEGIES
 
@@ -418,7 +426,7 @@ def web(agent: AgentTarget, labelstudio: LabelStudioConfig,
                                               help="the private key of --https-cert"),
         insecure: bool = typer.Option(False, "--insecure", help="allow a non-loopback --host without HTTPS and "
                                       "authentication"),
-        web_allowed_hosts: str = WebAllowedHostsOpt) -> None:
+        web_allowed_hosts: str = WebAllowedHostsOpt, web_max_body_mb: float = WebMaxBodyMbOpt) -> None:
     """Serve the labelling web app (docs/app.md) for a running agent, until SIGTERM/SIGINT/SIGHUP. Browsers sign in
     with their own token; --token (or SHORTLIST_TOKEN), when given, is used for browsers that bring none."""
     from agent.security import SecurityError
@@ -456,7 +464,7 @@ def web(agent: AgentTarget, labelstudio: LabelStudioConfig,
     try:
         config = WebConfig(host=host, port=port, agent=agent.address, default_token=agent.config.token,
                            https_cert=https_cert, https_key=https_key, insecure=insecure, labelstudio=labelstudio,
-                           allowed_hosts=host_list(web_allowed_hosts))
+                           allowed_hosts=host_list(web_allowed_hosts), max_body_bytes=round(web_max_body_mb * MIB))
         for w in check_listen(config, requires_tokens, "--https-cert FILE --https-key FILE",
                               "an agent that requires tokens (its --tokens) and no --token here"):
             console.print(f"[yellow]warning[/yellow]: {escape(w)}", highlight=False)

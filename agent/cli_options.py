@@ -154,6 +154,11 @@ WebAllowedHostsOpt = typer.Option(
          "calls it by; *.example.com for a domain, * for any). Default: localhost, 127.0.0.1 and [::1]; on a "
          "non-loopback address also that address, this machine's names and the HTTPS certificate's")
 
+WebMaxBodyMbOpt = typer.Option(
+    16.0, "--web-max-body-mb", envvar="SHORTLIST_WEB_MAX_BODY_MB", min=0.001,
+    help="the web app's largest request body in MiB (a labels batch or a Label Studio webhook; bigger ones are "
+         "refused with 413 before they are read)")
+
 
 def host_list(text: str) -> tuple[str, ...]:
     """--web-allowed-hosts' comma-separated names (blanks dropped)."""

@@ -25,7 +25,7 @@ from starlette.responses import Response
 
 from agent.web import errors
 from agent.web.config import WebConfig
-from agent.web.guards import HostGuard, OriginGuard, allowed_hosts
+from agent.web.guards import BodyLimitGuard, HostGuard, OriginGuard, allowed_hosts
 from agent.web.pages import STATIC
 from shortlist.v1 import agent_pb2_grpc
 
@@ -71,7 +71,10 @@ def create_app(config: WebConfig, client_factory: Callable[[], grpc.Channel]) ->
     nav: list[tuple[int, str, str]] = []
     for name in ROUTERS:
         module = importlib.import_module(f"agent.web.{name}")
-        app.include_router(module.router)
+        # max_body_size: Starlette's RequestBodyLimitMiddleware around each route, counting a body as it is read
+        # and cutting it at the limit (413, worded by agent/web/errors.py); a Content-Length above the limit is
+        # refused before any route runs (agent/web/guards.py, BodyLimitGuard).
+        app.include_router(module.router, max_body_size=config.max_body_bytes)
         if hasattr(module, "NAV"):
             label, path, order = module.NAV
             nav.append((order, label, path))
@@ -81,6 +84,7 @@ def create_app(config: WebConfig, client_factory: Callable[[], grpc.Channel]) ->
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
     errors.install(app)
     app.add_middleware(OriginGuard)  # agent/web/guards.py: no cross-site POSTs
+    app.add_middleware(BodyLimitGuard, limit=config.max_body_bytes)  # no oversized bodies
     app.add_middleware(HostGuard, hosts=allowed_hosts(config))  # no DNS rebinding (outermost: checked first)
 
     @app.get("/", include_in_schema=False)

@@ -8,6 +8,8 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent.limits import MIB
+
 
 def host_pattern(name: str) -> str:
     """A name for --web-allowed-hosts as Starlette's TrustedHostMiddleware compares it to the ``Host``
@@ -118,6 +120,9 @@ class WebConfig:
     select_timeout_s: float = 600.0  # Select / PriorLabels (heavy work may queue)
     labelstudio: LabelStudioConfig = field(default_factory=LabelStudioConfig)  # the /labelstudio backend
     allowed_hosts: tuple[str, ...] = ()  # --web-allowed-hosts
+    # The largest request body (--web-max-body-mb): the largest legitimate ones, a labels batch or a Label
+    # Studio webhook / predict batch, are well under 1 MiB; bodies are read before the agent checks the token.
+    max_body_bytes: int = 16 * MIB
 
     @property
     def https(self) -> bool:
@@ -129,3 +134,5 @@ class WebConfig:
         object.__setattr__(self, "allowed_hosts", tuple(host_pattern(h) for h in self.allowed_hosts))
         if self.page_size < 1 or self.max_ask < 1 or not 16 <= self.thumb_side <= 1024 or self.refresh_s <= 0:
             raise ValueError("web: page_size and max_ask must be >= 1, thumb_side 16..1024, refresh_s > 0")
+        if self.max_body_bytes < 1024:
+            raise ValueError(f"--web-max-body-mb must allow at least 1 KiB (got {self.max_body_bytes} bytes)")

@@ -86,6 +86,15 @@ def error_response(request: Request, status: int, code: str, message: str,
                   status_code=status, headers=headers)
 
 
+def too_large(request: Request) -> Response:
+    """The 413 for a request body above ``WebConfig.max_body_bytes``: the limit and how to raise it."""
+    limit = request.app.state.config.max_body_bytes
+    return error_response(request, 413, "CONTENT_TOO_LARGE",
+                          f"the request body is larger than this app's limit of {limit / (1 << 20):g} MiB ({limit} "
+                          "bytes); send smaller batches, or raise the limit with --web-max-body-mb (or "
+                          "SHORTLIST_WEB_MAX_BODY_MB) where the app is started")
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(grpc.RpcError)
     def _rpc_error(request: Request, e: grpc.RpcError) -> Response:
@@ -100,6 +109,10 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(HttpError)
     def _http_error(request: Request, e: HttpError) -> Response:
         return error_response(request, e.status, e.code, e.message)
+
+    @app.exception_handler(413)  # raised by Starlette's body limit (max_body_size of the routes) as it reads
+    def _too_large(request: Request, e: Exception) -> Response:
+        return too_large(request)
 
     @app.exception_handler(AgentUnavailable)
     def _unavailable(request: Request, e: AgentUnavailable) -> Response:

@@ -12,6 +12,12 @@
   with DNS rebinding a page of another site re-points its own name at the app's address (127.0.0.1, say)
   and then reads the app's pages, images and labels as same-origin; its requests carry that name in
   ``Host``, so refusing unknown names stops it. The refusal says which option adds a name.
+- ``BodyLimitGuard``: a request declaring a body above ``WebConfig.max_body_bytes`` (``Content-Length``) is
+  refused (413) before anything reads it. Bodies without a length (chunked) are counted as the route
+  reads them and cut at the limit by Starlette's RequestBodyLimitMiddleware (``max_body_size`` of the
+  routes, agent/web/app.py), whose own answer to a too long Content-Length would hide the 413's advice.
+  Bodies are read before the agent checks the caller's token, so without the limit anyone who reaches
+  the app could make it hold gigabytes.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agent.security import is_loopback
 from agent.web.config import WebConfig, host_pattern
-from agent.web.errors import error_response
+from agent.web.errors import error_response, too_large
 
 log = logging.getLogger(__name__)
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
@@ -166,3 +172,19 @@ class HostGuard:
                    "environment variable SHORTLIST_WEB_ALLOWED_HOSTS).")
         response = error_response(Request(scope, receive), 400, "UNKNOWN_HOST", message)
         await response(scope, receive, send)
+
+
+class BodyLimitGuard:
+    """Refuse a request whose Content-Length is above ``limit`` (413, unread), whatever its route."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            length = Headers(scope=scope).get("content-length", "")
+            if length.strip().isdigit() and int(length) > self.limit:
+                await too_large(Request(scope, receive))(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

@@ -3,14 +3,23 @@ gRPC -> HTTP mapping, and auth (bearer header, login cookie, read vs write token
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import io
+import json
+import re
+import socket
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 from PIL import Image
 
+from agent.limits import MIB
 from agent.web.app import ROUTERS
 from agent.web.errors import HTTP_STATUS, http_status
 from tests.agent.web.conftest import READ_TOKEN, WRITE_TOKEN, WebAgent
@@ -253,3 +262,91 @@ def test_https_and_secure_cookies(tmp_path: Path) -> None:
         assert cookies and all("Secure" in c and "HttpOnly" in c for c in cookies)
     finally:
         wa.stop()
+
+
+def _http_response(sock: socket.socket, timeout: float) -> tuple[int, str]:
+    """(status, body) of the HTTP/1.1 response read from ``sock`` (its Content-Length bytes of body)."""
+    sock.settimeout(timeout)
+    data = b""
+    with contextlib.suppress(ConnectionError, socket.timeout):
+        while chunk := sock.recv(65536):
+            data += chunk
+            head, sep, body = data.partition(b"\r\n\r\n")
+            length = re.search(rb"(?im)^content-length: *(\d+)", head)
+            if sep and length and len(body) >= int(length.group(1)):
+                break
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 "), data[:200]
+    return int(head.split()[1]), body.decode(errors="replace")
+
+
+def test_request_bodies_are_capped_before_they_are_read(tmp_path: Path) -> None:
+    """Bodies are read before the agent checks the token, so an unauthenticated client could make the app
+    hold gigabytes: a declared Content-Length above the limit is refused at once, unread; a chunked body
+    is cut where it passes the limit (the sender is stopped long before it is done); normal requests
+    pass. The 413 says the limit and the option."""
+    from tests.agent.web.conftest import start_web_agent
+
+    wa = start_web_agent(tmp_path, tokens=True, listen=True, max_body_bytes=MIB)
+    host, port = "127.0.0.1", int(wa.url.rpartition(":")[2])
+    try:
+        # 1 TB declared, nothing sent: answered at once (no wait for the body, no token needed to be refused)
+        with socket.create_connection((host, port)) as s:
+            start = time.monotonic()
+            s.sendall(f"POST /api/labels HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                      f"Content-Length: {1 << 40}\r\n\r\n".encode())
+            status, body = _http_response(s, timeout=10)
+        assert status == 413 and time.monotonic() - start < 5
+        message = json.loads(body)["message"]
+        assert "1 MiB" in message and "--web-max-body-mb" in message
+        # chunked, 1 GiB offered: cut at the limit, the generator stopped long before its end
+        sent = 0
+        total = 1 << 30
+
+        def send_chunks(s: socket.socket) -> None:
+            nonlocal sent
+            chunk = b"10000\r\n" + b" " * 0x10000 + b"\r\n"  # 64 KiB per chunk
+            with contextlib.suppress(OSError):
+                while sent < total:
+                    s.sendall(chunk)
+                    sent += 0x10000
+
+        for path in ("/api/labels", "/labelstudio/webhook"):
+            sent = 0
+            with socket.create_connection((host, port)) as s:
+                s.sendall(f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                          "Transfer-Encoding: chunked\r\n\r\n".encode())
+                sender = threading.Thread(target=send_chunks, args=(s,), daemon=True)
+                sender.start()
+                status, body = _http_response(s, timeout=30)
+                s.shutdown(socket.SHUT_RDWR)
+                sender.join(10)
+            assert status == 413 and "--web-max-body-mb" in json.loads(body)["message"], (path, body)
+            assert not sender.is_alive() and sent < 64 * MIB, (path, sent)  # the rest was never taken
+        # a labels batch well under the limit passes (to the agent, which wants a token)
+        batch = json.dumps({"labels": [{"id": f"img{i:03d}.png", "label": "circle"} for i in range(30)]}).encode()
+        req = urllib.request.Request(wa.url + "/api/labels", data=batch, headers={
+            "Content-Type": "application/json", "Authorization": f"Bearer {WRITE_TOKEN}"})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            assert r.status == 200 and json.loads(r.read())["accepted"] == 30
+    finally:
+        wa.stop()
+
+
+def test_body_limit_through_the_test_client(web_agent: WebAgent) -> None:
+    """The 413 of a streamed (chunked) body and of a declared one, JSON for the APIs, the error page for
+    pages; the default limit is 16 MiB."""
+    from agent.web.config import WebConfig
+
+    assert WebConfig().max_body_bytes == 16 * MIB
+    c = web_agent.client()
+    limit = web_agent.config.max_body_bytes
+
+    def chunks() -> Iterator[bytes]:
+        for _ in range(limit // 65536 + 2):
+            yield b" " * 65536
+
+    r = c.post("/api/labels", content=chunks(), headers={"Content-Type": "application/json"})
+    assert r.status_code == 413 and r.json()["error"] == "CONTENT_TOO_LARGE" and "16 MiB" in r.json()["message"]
+    page = c.post("/login", content=b"x" * (limit + 1), headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert page.status_code == 413 and "--web-max-body-mb" in page.text and "<nav" in page.text

@@ -12,6 +12,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from agent import client
@@ -106,11 +107,15 @@ def test_web_against_a_running_agent(running: Running) -> None:
     client.ingest(running.stub, make_samples(3))
     web_port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "shortlist.cli", "web", "--agent", running.address,
-                             "--port", str(web_port), "--web-allowed-hosts", "ls.example, labelling.example"],
+                             "--port", str(web_port), "--web-allowed-hosts", "ls.example, labelling.example",
+                             "--web-max-body-mb", "0.5"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         assert json.loads(wait_http(f"http://127.0.0.1:{web_port}/api/queue", proc))["total"] == 0
         check_host_names(f"http://127.0.0.1:{web_port}", web_port, "labelling.example")
+        with pytest.raises(urllib.error.HTTPError) as e:
+            post_json(f"http://127.0.0.1:{web_port}/api/labels", {"labels": [], "pad": "x" * 600_000})
+        assert e.value.code == 413 and "limit of 0.5 MiB" in e.value.read().decode()
         # a queue set elsewhere (another app process, a script through gRPC) is the one this app shows
         running.stub.UpdateQueue(agent_pb2.UpdateQueueRequest(name="web", queue=agent_pb2.Queue(ids=["s2", "s0"])))
         q = json.loads(wait_http(f"http://127.0.0.1:{web_port}/api/queue", proc))
