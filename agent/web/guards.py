@@ -18,6 +18,13 @@
   routes, agent/web/app.py), whose own answer to a too long Content-Length would hide the 413's advice.
   Bodies are read before the agent checks the caller's token, so without the limit anyone who reaches
   the app could make it hold gigabytes.
+- ``SecurityHeaders``: every answer says ``X-Content-Type-Options: nosniff`` (an image or JSON is never run
+  as a script or page), ``X-Frame-Options: DENY`` and CSP ``frame-ancestors 'none'`` (no other site frames
+  the pages to trick clicks), ``Referrer-Policy: same-origin`` (sample ids in URLs stay here) and a
+  Content-Security-Policy the app's pages satisfy: scripts only from /static (no inline script: page
+  data travels in ``<script type="application/json">`` blocks), styles from /static plus inline ones (the
+  charts are matplotlib SVGs with style attributes, and the pages set widths and colours), images from
+  the app and ``data:`` (the favicon), fetches to the app only.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from starlette.datastructures import Headers
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -188,3 +195,36 @@ class BodyLimitGuard:
                 await too_large(Request(scope, receive))(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+CONTENT_SECURITY_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+                           "img-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'none'; "
+                           "form-action 'self'; frame-ancestors 'none'")
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "same-origin",
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+}
+
+
+class SecurityHeaders:
+    """Add ``SECURITY_HEADERS`` to every response (a header a route set itself is kept)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name, value in SECURITY_HEADERS.items():
+                    if name not in headers:
+                        headers[name] = value
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)

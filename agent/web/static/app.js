@@ -32,5 +32,10 @@ const Shortlist = (() => {
     }
     return data;
   }
+  // The error page's "Back" link (a javascript: URL would break the Content-Security-Policy).
+  document.addEventListener("DOMContentLoaded", () => {
+    const back = document.getElementById("back");
+    if (back) back.addEventListener("click", (e) => { if (history.length > 1) { e.preventDefault(); history.back(); } });
+  });
   return { toast, api };
 })();

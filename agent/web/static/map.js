@@ -2,7 +2,7 @@
 // thumbnail, and turns a lasso / box selection into the queue (POST /api/queue, source "map").
 "use strict";
 (() => {
-  const cfg = window.MAP;
+  const cfg = JSON.parse(document.getElementById("map-data").textContent);  // no inline script: the CSP
   const $ = (id) => document.getElementById(id);
   const canvas = $("map"), wrap = $("map-wrap"), ctx = canvas.getContext("2d");
   // Tableau 20: distinct, print-safe class colours.

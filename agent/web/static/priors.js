@@ -1,7 +1,7 @@
 // Review priors page: fetches /api/priors pages, accepts / corrects through /api/priors/labels.
 "use strict";
 (() => {
-  const cfg = window.PRIORS;
+  const cfg = JSON.parse(document.getElementById("priors-data").textContent);  // no inline script: the CSP
   const $ = (id) => document.getElementById(id);
   const grid = $("grid"), form = $("filters");
   const q = new URLSearchParams(location.search);

@@ -350,3 +350,25 @@ def test_body_limit_through_the_test_client(web_agent: WebAgent) -> None:
     assert r.status_code == 413 and r.json()["error"] == "CONTENT_TOO_LARGE" and "16 MiB" in r.json()["message"]
     page = c.post("/login", content=b"x" * (limit + 1), headers={"Content-Type": "application/x-www-form-urlencoded"})
     assert page.status_code == 413 and "--web-max-body-mb" in page.text and "<nav" in page.text
+
+
+def test_hardening_headers_on_every_answer(web_agent: WebAgent) -> None:
+    """nosniff, no framing, same-origin referrers and a CSP without inline script on pages, APIs, images,
+    static files and refusals; the pages hold no inline script or javascript: URL (the browser tests check
+    that chromium reports no CSP violation)."""
+    from agent.web.guards import CONTENT_SECURITY_POLICY
+
+    c = web_agent.client()
+    answers = [c.get(p) for p in ("/queue", "/priors", "/map", "/progress", "/login", "/api/queue",
+                                  "/thumb/img000.png", "/static/app.js", "/nope")]
+    answers.append(c.get("/api/queue", headers={"Host": "attacker.example"}))
+    answers.append(c.post("/api/labels", content=b"{}", headers={"Origin": "https://evil.example"}))
+    for r in answers:
+        assert r.headers["x-content-type-options"] == "nosniff", r.url
+        assert r.headers["x-frame-options"] == "DENY" and r.headers["referrer-policy"] == "same-origin"
+        assert r.headers["content-security-policy"] == CONTENT_SECURITY_POLICY
+    assert "script-src 'self';" in CONTENT_SECURITY_POLICY and "frame-ancestors 'none'" in CONTENT_SECURITY_POLICY
+    for r in answers[:5]:
+        assert r.status_code == 200, r.url
+        assert not re.search(r"<script(?![^>]*\b(src=|type=\"application/json\"))", r.text), r.url
+        assert "javascript:" not in r.text and not re.search(r"\son[a-z]+=", r.text), r.url

@@ -23,7 +23,8 @@ def test_keyboard_labelling(live_web: WebAgent, page: Any) -> None:
     tiles = page.locator(".tile")
     assert tiles.count() == 18
     ids = [str(tiles.nth(i).get_attribute("data-id")) for i in range(18)]
-    page.wait_for_function("Array.from(document.querySelectorAll('.tile img'))"
+    # wait_for_function takes functions here: a bare expression is eval'd, which the app's CSP forbids
+    page.wait_for_function("() => Array.from(document.querySelectorAll('.tile img'))"
                            ".every(i => i.complete && i.naturalWidth > 0)")
     keys = {"circle": "1", "square": "2"}  # the class list on the page: triangle is not a class yet
     want: dict[str, str] = {}
@@ -66,9 +67,9 @@ def test_keyboard_labelling(live_web: WebAgent, page: Any) -> None:
     assert live_web.labels()[first] == shape
     # Enter shows the focused image large (the stored image), Escape closes it
     page.keyboard.press("Enter")
-    page.wait_for_function("(() => { const i = document.querySelector('#lightbox img');"
+    page.wait_for_function("() => { const i = document.querySelector('#lightbox img');"
                            " return !document.getElementById('lightbox').hidden"
-                           " && i.complete && i.naturalWidth > 0 })()")
+                           " && i.complete && i.naturalWidth > 0 }")
     assert first in page.locator("#lightbox p").inner_text()
     page.keyboard.press("Escape")
     page.wait_for_selector("#lightbox", state="hidden")
@@ -120,4 +121,4 @@ def test_filter_and_labels_from_elsewhere_show_up(live_web_fast: WebAgent, page:
     web.stub.UpdateQueue(agent_pb2.UpdateQueueRequest(name="web", queue=agent_pb2.Queue(ids=ids[:2], source="api")))
     page.wait_for_selector("#queue-replaced:not([hidden])")
     page.click("#queue-replaced a")
-    page.wait_for_function("document.querySelectorAll('.tile').length === 2")
+    page.wait_for_function("() => document.querySelectorAll('.tile').length === 2")
