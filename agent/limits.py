@@ -124,6 +124,8 @@ def class_name_problem(value: str, what: str = "label", classes: Sequence[str] =
     where a class is made (a new label, ``serve --classes``), so one label cannot break every later
     ImageFolder export of the pool, nor split a class in two."""
     problem = name_problem(value, what) or folder_name_problem(value, what)
+    if problem is None and "," in value:  # the list could never be declared (closed) again
+        problem = f"{what} {value[:64]!r} holds a comma, and `serve --classes a,b,c` splits on commas: name it without"
     if problem is None:
         key = unicodedata.normalize("NFKC", value).casefold()
         same = [c for c in classes if c != value and unicodedata.normalize("NFKC", c).casefold() == key]

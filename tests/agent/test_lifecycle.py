@@ -241,7 +241,7 @@ def test_names_that_would_look_like_others_are_refused(running: Running) -> None
     # names that would break an ImageFolder export, or split a class in two (found by an annotation team)
     client.ingest(running.stub, make_samples(8))
     odd = client.submit_labels(running.stub, [("s2", "Acropora / branching"), ("s3", ".hidden"), ("s4", "Cat"),
-                                              ("s5", "star\u200bfish"), ("s6", "ｃａｔ"), ("s7", "dog")],
+                                              ("s5", "star\u200bfish"), ("s6", "ｃａｔ"), ("s7", "dog"), ("s1", "a,b")],
                                "alice")
     assert odd.accepted == 1 and [(x.id, x.reason.split(":")[0]) for x in odd.rejected] == [
         ("s2", "label 'Acropora / branching' cannot be a folder name (a /, a \\ or a leading dot), and every "
@@ -250,7 +250,8 @@ def test_names_that_would_look_like_others_are_refused(running: Running) -> None
                "an ImageFolder export"),
         ("s4", "label 'Cat' differs from the class 'cat' only in case or Unicode form"),
         ("s5", "label 'star\\u200bfish' holds control characters or invisible ones (U+200B)"),
-        ("s6", "label 'ｃａｔ' differs from the class 'cat' only in case or Unicode form")]
+        ("s6", "label 'ｃａｔ' differs from the class 'cat' only in case or Unicode form"),
+        ("s1", "label 'a,b' holds a comma, and `serve --classes a,b,c` splits on commas")]
 
 
 def test_index_recall_at_10(tmp_path: Path) -> None:
