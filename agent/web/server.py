@@ -8,6 +8,7 @@ let anyone in), or an explicit --insecure.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import os
@@ -82,7 +83,12 @@ class WebServer:
 
     @property
     def url(self) -> str:
+        """Where a browser opens the app: on a wildcard address (0.0.0.0, ::) the machine's name, which the
+        Host check allows (agent.web.guards.allowed_hosts), not the wildcard, which it refuses."""
         host = self.config.host
+        with contextlib.suppress(ValueError):
+            if ipaddress.ip_address(host.strip("[]")).is_unspecified:
+                host = socket.getfqdn() or socket.gethostname()
         host = f"[{host}]" if ":" in host and not host.startswith("[") else host
         return f"{'https' if self.config.https else 'http'}://{host}:{self.port}"
 

@@ -181,6 +181,19 @@ def test_allowed_hosts_defaults_and_option(tmp_path: Path) -> None:
     assert set(LOOPBACK_HOSTS) <= set(exposed) and "0.0.0.0" not in exposed
     assert {socket.gethostname().lower(), socket.getfqdn().lower(), "labelling.example", "10.1.2.3"} <= set(exposed)
     assert "192.0.2.7" in allowed_hosts(WebConfig(host="192.0.2.7", insecure=True))
+    # the URL printed for a wildcard address names the machine (allowed), not 0.0.0.0 (refused)
+    from urllib.parse import urlsplit
+
+    from fastapi import FastAPI
+
+    from agent.web.server import WebServer
+
+    wildcard = WebConfig(host="0.0.0.0", port=0, insecure=True)
+    server = WebServer(FastAPI(), wildcard)
+    try:
+        assert (urlsplit(server.url).hostname or "").lower() in allowed_hosts(wildcard)
+    finally:
+        server.sock.close()
     added = WebConfig(allowed_hosts=("LS.example:8080", "fd00::5", "*.corp.example"))
     assert added.allowed_hosts == ("ls.example", "[fd00::5]", "*.corp.example")
     for bad in ("a/b", "x.*.example", "*example.com", ""):
