@@ -111,11 +111,12 @@ def test_select_every_strategy(running: Running) -> None:
         assert 0 < len(ids) <= 7 and len(set(ids)) == len(ids), name
         assert not set(ids) & labelled, name
         assert ids == [s.id for s in b.selected], f"{name} is not deterministic for a seed"
+        assert a.selection_id == b.selection_id, name  # the repeat is the recorded selection (from the cache)
         if name == "audit":  # draws from the whole pool: a where filter is refused (tests/agent/test_audit.py)
             continue
         only_a = [s.id for s in select(running, 5, name, seed=1, site="a").selected]
         assert all(int(i[1:]) % 2 == 0 for i in only_a), name
-    assert len(running.agent.state.selections()) == 3 * len(STRATEGIES) - 1
+    assert len(running.agent.state.selections()) == 2 * len(STRATEGIES) - 1  # a and the where filter's
     details = select(running, 3, "probcover").details
     assert {"delta", "delta_from", "covered", "median_nn_distance"} <= set(details)
     assert float(details["delta"]) > 0 and 0.0 < float(details["covered"]) <= 1.0
