@@ -15,6 +15,7 @@ APIs (JSON): ``GET /api/queue``, ``POST /api/queue/select`` (a Select fills the 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
 from fastapi import APIRouter, Query, Request
@@ -138,24 +139,57 @@ def set_queue(request: Request, body: SetBody, caller: Caller = CallerDep) -> di
 class LabelItem(BaseModel):
     id: str
     label: str
+    # The label the page showed for this sample ("" = open): the label is stored only if it is still that one
+    # (LabelAssignment.if_current), so two annotators on the same sample never overwrite one another unknowingly.
+    # None: no condition (API clients that want the last write to win).
+    if_current: str | None = Field(default=None, max_length=1024)
 
 
 class LabelsBody(BaseModel):
     labels: list[LabelItem] = Field(min_length=1, max_length=1000)
 
 
+def rejections(caller: Caller, rejected: Iterable[agent_pb2.Rejection], expected: Mapping[str, str]
+               ) -> list[dict[str, Any]]:
+    """The per-item rejections of a SubmitLabels / RetractLabels for the page. An item whose condition
+    (``expected``: id -> the label the page showed) failed because the sample was labelled or taken back
+    meanwhile has ``changed`` set, its ``label`` now (so the page shows it at once instead of at the next
+    refresh) and a ``reason`` for the annotator: the agent's words up to "not changed" (what it is now and
+    who gave it), since the page leaves the sample as it is rather than asking to resend."""
+    out = [{"id": r.id, "reason": r.reason, "changed": False} for r in rejected]
+    asked = [x["id"] for x in out if x["id"] in expected]
+    if not asked:
+        return out
+    now = {s.id: s.label for s in caller.stream(caller.stub.ListSamples, agent_pb2.ListSamplesRequest(ids=asked))}
+    for x in out:
+        sid = x["id"]
+        if sid in now and now[sid] != expected.get(sid, now[sid]):
+            x.update(changed=True, label=now[sid], reason=str(x["reason"]).split(": not changed")[0])
+    return out
+
+
 @router.post("/api/labels")
 def submit(body: LabelsBody, caller: Caller = CallerDep) -> dict[str, Any]:
-    """One SubmitLabels with the caller's annotator name; answers once the agent has stored them."""
-    reply = caller(caller.stub.SubmitLabels, agent_pb2.SubmitLabelsRequest(
-        labels=[agent_pb2.LabelAssignment(id=x.id, label=x.label.strip()) for x in body.labels],
-        annotator=caller.annotator))
+    """One SubmitLabels with the caller's annotator name; answers once the agent has stored them. An item
+    with ``if_current`` is stored only if the sample's label is still that one (else a rejection with
+    ``changed``: see ``rejections``)."""
+    labels = []
+    for x in body.labels:
+        item = agent_pb2.LabelAssignment(id=x.id, label=x.label.strip())
+        if x.if_current is not None:
+            item.if_current = x.if_current
+        labels.append(item)
+    reply = caller(caller.stub.SubmitLabels, agent_pb2.SubmitLabelsRequest(labels=labels, annotator=caller.annotator))
+    expected = {x.id: x.if_current for x in body.labels if x.if_current is not None}
     return {"accepted": reply.accepted, "annotator": caller.annotator,
-            "rejected": [{"id": r.id, "reason": r.reason} for r in reply.rejected]}
+            "rejected": rejections(caller, reply.rejected, expected)}
 
 
 class RetractBody(BaseModel):
     ids: list[str] = Field(min_length=1, max_length=1000)
+    # id -> the label the caller gave (the undo's): taken back only if it is still that one, so an undo never
+    # removes a label someone else gave since (RetractLabelsRequest.if_current).
+    if_current: dict[str, str] = Field(default_factory=dict)
 
 
 @router.post("/api/labels/retract")
@@ -164,11 +198,12 @@ def retract(request: Request, body: RetractBody, caller: Caller = CallerDep) -> 
     name; the samples are unlabelled once it answers (their history keeps the label and the retraction)."""
     from agent.web.priors import cache  # the Review priors page shows them again (with their cached prior)
 
-    reply = caller(caller.stub.RetractLabels, agent_pb2.RetractLabelsRequest(ids=body.ids, annotator=caller.annotator))
+    reply = caller(caller.stub.RetractLabels, agent_pb2.RetractLabelsRequest(
+        ids=body.ids, annotator=caller.annotator, if_current=body.if_current))
     refused = {r.id for r in reply.rejected}
     cache(request).labelled([i for i in body.ids if i not in refused], done=False)
     return {"accepted": reply.accepted, "annotator": caller.annotator,
-            "rejected": [{"id": r.id, "reason": r.reason} for r in reply.rejected]}
+            "rejected": rejections(caller, reply.rejected, body.if_current)}
 
 
 class MarkBody(BaseModel):

@@ -143,49 +143,77 @@
     return Math.min(from + 1, tiles.length - 1);
   }
 
-  async function sendLabel(tile, label) {
-    tile.classList.remove("failed");
+  function shortId(tile) { return tile.dataset.id.split("/").pop(); }
+  // The sample was labelled (or its label taken back) by someone else since this page showed it: the
+  // agent refused the conditional write, so show its label now and say who changed it; nothing is resent.
+  function changedMeanwhile(tile, rejection, what) {
+    const now = rejection.label || "";
+    if (now && !tile.dataset.label) bumpLabelled(1);
+    if (!now && tile.dataset.label) bumpLabelled(-1);
+    if (now) addClass(now);
+    tile.dataset.label = now;
+    tile.dataset.saved = "";
+    tile.classList.remove("pending", "failed");
+    tile.classList.add("changed");
+    show(tile);
+    Shortlist.toast(`${shortId(tile)}: ${what}: ${rejection.reason}; left as it is`, true);
+  }
+  // Store `label` for the tile's sample only if its label is still `ifCurrent` (what this page showed,
+  // "" = open; the agent refuses it otherwise). Resolves true when stored.
+  async function sendLabel(tile, label, ifCurrent, what = "not labelled") {
+    tile.classList.remove("failed", "changed");
     tile.classList.add("pending");
     badge(tile).textContent = label + " …";
+    let res;
     try {
-      const res = await Shortlist.api("POST", "/api/labels", { labels: [{ id: tile.dataset.id, label }] });
-      if (res.rejected.length) throw new Error(res.rejected[0].reason);
-      if (!tile.dataset.label) bumpLabelled(1);
-      addClass(label);
-      tile.dataset.label = label;
-      tile.classList.remove("pending");
-      tile.dataset.saved = "1";
-      show(tile);
-      return true;
+      res = await Shortlist.api("POST", "/api/labels", { labels: [{ id: tile.dataset.id, label, if_current: ifCurrent }] });
     } catch (e) {
+      res = { rejected: [{ reason: e.message }] };
+    }
+    if (res.rejected.length) {
+      const r = res.rejected[0];
+      if (r.changed) { changedMeanwhile(tile, r, what); return false; }
       tile.classList.remove("pending");
       tile.classList.add("failed");
       badge(tile).textContent = "not saved";
-      Shortlist.toast(`${tile.dataset.id}: ${e.message}`, true);
+      Shortlist.toast(`${shortId(tile)}: ${r.reason}`, true);
       return false;
     }
+    if (!tile.dataset.label) bumpLabelled(1);
+    addClass(label);
+    tile.dataset.label = label;
+    tile.classList.remove("pending");
+    tile.dataset.saved = "1";
+    show(tile);
+    return true;
   }
-  // Undo of a first label: the agent takes it back (RetractLabels) and the sample is unlabelled again.
-  async function sendRetract(tile) {
-    tile.classList.remove("failed");
+  // Undo of a first label: the agent takes it back (RetractLabels) only if it is still `given` (the label this
+  // page gave), and the sample is unlabelled again; a label someone else gave since stays.
+  async function sendRetract(tile, given) {
+    tile.classList.remove("failed", "changed");
     tile.classList.add("pending");
     badge(tile).textContent = "undo …";
+    let res;
     try {
-      const res = await Shortlist.api("POST", "/api/labels/retract", { ids: [tile.dataset.id] });
-      if (res.rejected.length) throw new Error(res.rejected[0].reason);
-      bumpLabelled(-1);
-      tile.dataset.label = "";
-      tile.classList.remove("pending");
-      tile.dataset.saved = "";
-      show(tile);
-      return true;
+      res = await Shortlist.api("POST", "/api/labels/retract", { ids: [tile.dataset.id], if_current: { [tile.dataset.id]: given } });
     } catch (e) {
+      res = { rejected: [{ reason: e.message }] };
+    }
+    if (res.rejected.length) {
+      const r = res.rejected[0];
+      if (r.changed) { changedMeanwhile(tile, r, "not undone"); return false; }
       tile.classList.remove("pending");
       tile.classList.add("failed");
       badge(tile).textContent = "not undone";
-      Shortlist.toast(`${tile.dataset.id}: ${e.message}`, true);
+      Shortlist.toast(`${shortId(tile)}: ${r.reason}`, true);
       return false;
     }
+    bumpLabelled(-1);
+    tile.dataset.label = "";
+    tile.classList.remove("pending");
+    tile.dataset.saved = "";
+    show(tile);
+    return true;
   }
   async function sendMark(tile, mark) {
     await Shortlist.api("POST", "/api/queue/mark", { id: tile.dataset.id, mark });
@@ -197,10 +225,12 @@
     if (!tiles.length) return;
     if (!data.can_label) { Shortlist.toast("your token can view but not label: sign in with a write token", true); return; }
     const tile = tiles[focus];
-    const before = { tile, label: tile.dataset.label, mark: tile.dataset.mark };
+    // `given`: what undo takes back (only while the sample still has it); the label is stored only if the
+    // sample still has the label this page shows (if_current), so a label given elsewhere is never overwritten.
+    const before = { tile, label: tile.dataset.label || "", mark: tile.dataset.mark, given: name };
     const here = focus;
     setFocus(nextOpen(here));
-    if (await sendLabel(tile, name)) {
+    if (await sendLabel(tile, name, before.label)) {
       undoStack.push(before);
       if (before.mark) sendMark(tile, "").catch(() => {});
     }
@@ -220,9 +250,15 @@
     if (!last) { Shortlist.toast("nothing to undo"); return; }
     const tile = last.tile;
     setFocus(tiles.indexOf(tile));
-    if ((tile.dataset.label || "") !== (last.label || "")) {
-      const ok = last.label ? await sendLabel(tile, last.label) : await sendRetract(tile);
-      if (!ok) { undoStack.push(last); return; }  // nothing changed: the same undo can be tried again
+    // Undo reverses this page's own action only: the label it gave goes (or the one before comes back) only
+    // while the sample still has the label it gave; someone else's label since is left as it is.
+    if (last.given !== undefined && last.given !== last.label) {
+      const ok = last.label ? await sendLabel(tile, last.label, last.given, "not undone")
+        : await sendRetract(tile, last.given);
+      if (!ok) {
+        if (!tile.classList.contains("changed")) undoStack.push(last);  // not reached: the same undo can be tried again
+        return;
+      }
     }
     if ((tile.dataset.mark || "") !== (last.mark || "")) await sendMark(tile, last.mark || "");
   }

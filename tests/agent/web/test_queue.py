@@ -130,6 +130,30 @@ def test_undo_of_a_first_label_retracts_it(web_agent: WebAgent) -> None:
     assert prior["id"] in ids()
 
 
+def test_conditional_labels_and_retractions(web_agent: WebAgent) -> None:
+    """``if_current``: a label or an undo is stored only while the sample has the label the page showed; a
+    refusal says what it is now and who gave it, and carries the label now for the page to show."""
+    alice, bob = (web_agent.client(cookies={"shortlist_user": n}) for n in ("alice", "bob"))
+    sid = "img020.png"
+    assert alice.post("/api/labels", json={"labels": [{"id": sid, "label": "circle", "if_current": ""}]}
+                      ).json()["accepted"] == 1
+    r = bob.post("/api/labels", json={"labels": [{"id": sid, "label": "square", "if_current": ""}]}).json()
+    assert r["accepted"] == 0 and r["rejected"] == [{"id": sid, "changed": True, "label": "circle",
+                                                     "reason": "labelled 'circle' by alice meanwhile (expected unlabelled)"}]
+    assert bob.post("/api/labels", json={"labels": [{"id": sid, "label": "square", "if_current": "circle"}]}
+                    ).json()["accepted"] == 1
+    r = alice.post("/api/labels/retract", json={"ids": [sid], "if_current": {sid: "circle"}}).json()  # alice's undo
+    assert r["accepted"] == 0 and r["rejected"][0]["changed"] and r["rejected"][0]["label"] == "square"
+    assert "by bob" in r["rejected"][0]["reason"]
+    assert web_agent.labels()[sid] == "square"
+    assert alice.post("/api/labels", json={"labels": [{"id": sid, "label": "circle", "if_current": "circle"}]}
+                      ).json()["rejected"][0]["changed"]
+    # without a condition the last write wins (API clients that want it)
+    assert alice.post("/api/labels", json={"labels": [{"id": sid, "label": "circle"}]}).json()["accepted"] == 1
+    assert bob.post("/api/labels/retract", json={"ids": [sid], "if_current": {sid: "circle"}}).json()["accepted"] == 1
+    assert sid not in web_agent.labels()
+
+
 def test_a_read_token_cannot_retract(token_web_agent: WebAgent) -> None:
     reader = token_web_agent.client(headers={"Authorization": f"Bearer {READ_TOKEN}"})
     r = reader.post("/api/labels/retract", json={"ids": ["img000.png"]})

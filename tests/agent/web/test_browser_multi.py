@@ -1,0 +1,94 @@
+"""Several annotators on one queue, in a real browser: undo reverses only the page's own label, a label
+is stored only if the sample still has the label the page showed, and a label someone else gave meanwhile
+is shown with who gave it instead of being overwritten. The other annotator ("bob") labels through gRPC."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shortlist.v1 import agent_pb2
+from tests.agent.web.conftest import WebAgent, start_web_agent
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture
+def slow_web(tmp_path: Path) -> Iterator[WebAgent]:
+    """The app on a port, its pages not refreshing during a test: what a page shows is what it loaded."""
+    wa = start_web_agent(tmp_path, listen=True, refresh_s=600)
+    yield wa
+    wa.stop()
+
+
+def _open_queue(web: WebAgent, page: Any, user: str, budget: int = 12) -> list[str]:
+    """Sign ``page`` in as ``user``, fill the queue by random (unless it has one) and open it."""
+    page.context.add_cookies([{"name": "shortlist_user", "value": user, "url": web.url}])
+    if not web.stub.GetQueue(agent_pb2.GetQueueRequest(name="web")).ids:
+        web.stub.UpdateQueue(agent_pb2.UpdateQueueRequest(name="web", queue=agent_pb2.Queue(
+            ids=[s.id for s in web.stub.Select(agent_pb2.SelectRequest(budget=budget, strategy="random")).selected],
+            source="select")))
+    page.goto(web.url + "/queue")
+    page.wait_for_selector(".tile.focus")
+    return [str(t.get_attribute("data-id")) for t in page.locator(".tile").all()]
+
+
+def _focused(page: Any) -> str:
+    return str(page.locator(".tile.focus").get_attribute("data-id"))
+
+
+def _bob(web: WebAgent, sid: str, label: str) -> None:
+    reply = web.stub.SubmitLabels(agent_pb2.SubmitLabelsRequest(
+        labels=[agent_pb2.LabelAssignment(id=sid, label=label)], annotator="bob"))
+    assert reply.accepted == 1, reply
+
+
+def test_undo_leaves_a_label_someone_else_gave_since(slow_web: WebAgent, page: Any) -> None:
+    web = slow_web
+    _open_queue(web, page, "alice")
+    first = _focused(page)
+    page.keyboard.press("1")  # circle
+    page.wait_for_selector(f'.tile[data-id="{first}"][data-saved="1"][data-label="circle"]')
+    _bob(web, first, "square")  # bob relabels it before alice's page refreshes
+    page.keyboard.press("Backspace")  # alice's undo: her circle is no longer there, so nothing is taken back
+    page.wait_for_selector(f'.tile[data-id="{first}"].changed[data-label="square"]')
+    assert "bob" in page.locator("#toast").inner_text() and "square" in page.locator("#toast").inner_text()
+    assert web.labels()[first] == "square"
+    assert web.history(first) == [("circle", "alice"), ("square", "bob")]
+
+
+def test_undo_of_a_relabel_changed_meanwhile(slow_web: WebAgent, page: Any) -> None:
+    web = slow_web
+    ids = _open_queue(web, page, "alice")
+    sid = _focused(page)
+    _bob(web, ids[-1], "circle")  # someone else's label elsewhere on the page: untouched by alice's undo
+    page.keyboard.press("1")
+    page.wait_for_selector(f'.tile[data-id="{sid}"][data-saved="1"][data-label="circle"]')
+    page.click(f'.tile[data-id="{sid}"]')
+    page.keyboard.press("2")  # alice changes her mind: square
+    page.wait_for_selector(f'.tile[data-id="{sid}"][data-saved="1"][data-label="square"]:not(.pending)')
+    _bob(web, sid, "triangle")
+    page.keyboard.press("Control+z")  # would put circle back over bob's triangle: refused, left as it is
+    page.wait_for_selector(f'.tile[data-id="{sid}"].changed[data-label="triangle"]')
+    assert web.labels()[sid] == "triangle" and web.labels()[ids[-1]] == "circle"
+    page.evaluate("() => { document.getElementById('toast').textContent = ''; }")
+    page.keyboard.press("Control+z")  # the undo before: alice's first label (circle) on a sample bob relabelled
+    page.wait_for_function("() => document.getElementById('toast').textContent.includes('not undone')")
+    assert web.labels()[sid] == "triangle"
+    assert [a for _, a in web.history(sid)] == ["alice", "alice", "bob"]
+
+
+def test_a_label_is_refused_when_someone_labelled_the_sample_meanwhile(slow_web: WebAgent, page: Any) -> None:
+    web = slow_web
+    _open_queue(web, page, "alice")
+    sid = _focused(page)
+    _bob(web, sid, "square")  # the page still shows it open (no refresh yet)
+    page.keyboard.press("1")
+    page.wait_for_selector(f'.tile[data-id="{sid}"].changed[data-label="square"]')
+    toast = page.locator("#toast").inner_text()
+    assert "bob" in toast and "square" in toast, toast
+    assert web.labels()[sid] == "square" and web.history(sid) == [("square", "bob")]
+    assert page.locator(f'.tile[data-id="{sid}"] .badge').inner_text() == "square"
