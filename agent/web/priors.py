@@ -33,6 +33,7 @@ from agent.client import calibration_dict, first_calibration
 from agent.web.auth import Caller, CallerDep, session
 from agent.web.errors import HttpError
 from agent.web.pages import registry_choices, render
+from agent.web.queue import rejections
 from shortlist.v1 import agent_pb2
 
 NAV = ("Review priors", "/priors", 20)
@@ -231,7 +232,9 @@ def label_api(request: Request, body: PriorLabelsBody, caller: Caller = CallerDe
     ``method`` is an accepted prior (source "prior:METHOD"); any other is a correction (source "manual").
     The prior is the one this app showed (its cached set), else asked of the agent for those ids; when
     the agent has no prior for them (an unknown or labelled id among them) they are corrections, and
-    SubmitLabels refuses the unknown ids one by one."""
+    SubmitLabels refuses the unknown ids one by one. Every label is conditional on the sample being still
+    unlabelled (``if_current=""``): one labelled since the priors were computed is refused with ``changed``,
+    its label now and who gave it, and left as it is."""
     status = caller.status()
     check_method(status, body.method)
     ps = cache(request).peek(body.method)
@@ -260,14 +263,17 @@ def label_api(request: Request, body: PriorLabelsBody, caller: Caller = CallerDe
     for part, source in ((accepts, ACCEPT_PREFIX + body.method), (fixes, "manual")):
         if not part:
             continue
+        # if_current="": this page lists unlabelled samples, and a prior was computed from the labels before;
+        # a label someone gave since stays (the item is refused with who gave it, see queue.rejections).
         reply = caller(caller.stub.SubmitLabels, agent_pb2.SubmitLabelsRequest(
-            labels=[agent_pb2.LabelAssignment(id=x.id, label=x.label.strip()) for x in part],
+            labels=[agent_pb2.LabelAssignment(id=x.id, label=x.label.strip(), if_current="") for x in part],
             annotator=caller.annotator, source=source))
         refused = {r.id for r in reply.rejected}
         accepted += reply.accepted
-        rejected += [{"id": r.id, "reason": r.reason} for r in reply.rejected]
+        rejected += rejections(caller, reply.rejected, {x.id: "" for x in part})
         stored += [x.id for x in part if x.id not in refused]
-    cache(request).labelled(stored)
+    # labelled meanwhile by someone else: off this page too
+    cache(request).labelled(stored + [str(r["id"]) for r in rejected if r.get("changed") and r.get("label")])
     done = set(stored)
     return {"accepted": accepted, "annotator": caller.annotator,
             "accepted_priors": sum(1 for x in accepts if x.id in done),

@@ -103,12 +103,18 @@
     tiles.forEach((t) => t.classList.add("pending"));
     try {
       const r = await Shortlist.api("POST", "/api/priors/labels", { method: state.method, labels });
-      const refused = new Map(r.rejected.map((x) => [x.id, x.reason]));
+      const refused = new Map(r.rejected.map((x) => [x.id, x]));
       tiles.forEach((t, k) => {
         t.classList.remove("pending");
         const note = t.querySelector(".done-note");
-        if (refused.has(t.dataset.id)) {
-          t.classList.add("failed"); note.hidden = false; note.textContent = refused.get(t.dataset.id);
+        const no = refused.get(t.dataset.id);
+        if (no && no.changed) {  // labelled by someone else since the priors were computed: their label stays
+          t.classList.add("done", "changed");
+          note.hidden = false;
+          note.textContent = `${no.reason}: left as it is`;
+          t.querySelectorAll(".actions button, .actions select").forEach((el) => { el.disabled = true; });
+        } else if (no) {
+          t.classList.add("failed"); note.hidden = false; note.textContent = no.reason;
         } else {
           const accepted = labels[k].label === t.dataset.label;
           t.classList.add("done", accepted ? "accepted" : "corrected");
@@ -117,9 +123,13 @@
           t.querySelectorAll(".actions button, .actions select").forEach((el) => { el.disabled = true; });
         }
       });
+      const changed = r.rejected.filter((x) => x.changed);
+      const by = [...new Set(changed.map((x) => x.by).filter((b) => b))];
+      const failed = r.rejected.length - changed.length;
       Shortlist.toast(`${r.accepted} label(s) saved as ${r.annotator}` +
         (r.accepted_priors ? ` · ${r.accepted_priors} accepted prior(s)` : "") + (r.corrected ? ` · ${r.corrected} corrected` : "") +
-        (r.rejected.length ? ` · ${r.rejected.length} refused` : ""), r.rejected.length > 0);
+        (changed.length ? ` · ${changed.length} labelled meanwhile${by.length ? " by " + by.join(", ") : ""}: left as it is` : "") +
+        (failed ? ` · ${failed} refused` : ""), r.rejected.length > 0);
     } catch (e) {
       tiles.forEach((t) => t.classList.remove("pending"));
       Shortlist.toast(e.message, true);

@@ -74,6 +74,23 @@ def test_accept_and_correct_priors_in_the_browser(live_web: WebAgent, page: Any)
                            arg=other)
 
 
+def test_accept_all_leaves_a_label_given_meanwhile(live_web: WebAgent, page: Any) -> None:
+    """"Accept all on this page" after someone labelled one of its samples: theirs stays, the toast says so."""
+    page.goto(f"{live_web.url}/priors?method=knn")
+    page.wait_for_selector(".tile.prior")
+    first = page.locator(".tile.prior").nth(0)
+    sid, prior = str(first.get_attribute("data-id")), first.get_attribute("data-label")
+    other = next(c for c in ("circle", "square", "triangle") if c != prior)
+    live_web.stub.SubmitLabels(agent_pb2.SubmitLabelsRequest(
+        labels=[agent_pb2.LabelAssignment(id=sid, label=other)], annotator="bob"))
+    n = page.locator(".tile.prior").count()
+    page.click("#accept-page")
+    page.wait_for_selector(f".tile.done.changed[data-id='{sid}']")
+    toast = page.locator("#toast").inner_text()
+    assert f"{n - 1} accepted prior(s)" in toast and "1 labelled meanwhile by bob: left as it is" in toast, toast
+    assert live_web.labels()[sid] == other and live_web.history(sid) == [(other, "bob")]
+
+
 def test_lasso_on_the_map_fills_the_queue(live_map: WebAgent, page: Any) -> None:
     live_web = live_map
     page.goto(f"{live_web.url}/map")

@@ -93,6 +93,22 @@ def test_accept_and_correct(web_agent: WebAgent) -> None:
     assert fresh["labeled_at"] == len(LABELLED_IDS) + 2 and fresh["total"] == UNLABELLED - 2
 
 
+def test_accepting_a_prior_leaves_a_label_given_since(web_agent: WebAgent) -> None:
+    """The priors were computed while the samples were unlabelled: a label someone gave since stays, and the
+    refusal says who gave it (if_current="")."""
+    c = web_agent.client(cookies={"shortlist_user": "alice"})
+    items = c.get("/api/priors", params={"method": "knn", "size": 200}).json()["items"]
+    a, b = items[0], items[1]
+    other = next(s for s in SHAPES if s != a["label"])
+    web_agent.stub.SubmitLabels(agent_pb2.SubmitLabelsRequest(
+        labels=[agent_pb2.LabelAssignment(id=a["id"], label=other)], annotator="bob"))
+    body = c.post("/api/priors/labels", json={"method": "knn", "labels": [a, b]}).json()
+    assert (body["accepted"], body["accepted_priors"]) == (1, 1)
+    assert [(x["id"], x["changed"], x["label"], x["by"]) for x in body["rejected"]] == [(a["id"], True, other, "bob")]
+    assert web_agent.labels()[a["id"]] == other and history(web_agent, a["id"]) == [(other, "bob", "manual")]
+    assert a["id"] not in {it["id"] for it in c.get("/api/priors", params={"method": "knn", "size": 200}).json()["items"]}
+
+
 def test_a_retraction_and_a_new_label_count_as_two_changes(web_agent: WebAgent) -> None:
     """The page's "label changes since" follows Status.label_events: one label taken back and another given
     leave the labelled count as it was, yet the priors predate two changes."""
