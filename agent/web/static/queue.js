@@ -138,9 +138,25 @@
     }
     pageDone = all;
   }
+  function isOpen(tile) { return !tile.dataset.label && !tile.dataset.mark; }
+  // The next open tile after `from`, wrapping round to the page's start (a focus that starts mid-page).
   function nextOpen(from) {
-    for (let j = from + 1; j < tiles.length; j++) if (!tiles[j].dataset.label && !tiles[j].dataset.mark) return j;
+    for (let k = 1; k < tiles.length; k++) {
+      const j = (from + k) % tiles.length;
+      if (isOpen(tiles[j])) return j;
+    }
     return Math.min(from + 1, tiles.length - 1);
+  }
+  // Where this annotator's focus starts: the open tiles of the page, counted from a stable hash of the
+  // annotator's name, so annotators sharing the queue start on different tiles instead of all on the first
+  // one (and, moving on, skip what the others labelled: see refresh). A collision is harmless: labels are
+  // conditional, so the second label is refused and shows the first.
+  function startTile() {
+    const open = tiles.map((t, i) => i).filter((i) => isOpen(tiles[i]));
+    if (!open.length) return 0;
+    let h = 0;
+    for (const ch of data.annotator || "") h = (h * 31 + ch.codePointAt(0)) >>> 0;
+    return open[h % open.length];
   }
 
   function shortId(tile) { return tile.dataset.id.split("/").pop(); }
@@ -331,6 +347,7 @@
       Shortlist.toast("the queue was replaced by a new one: reload the page to see it");
     }
     const byId = new Map(res.items.map((it) => [it.id, it]));
+    const focused = tiles[focus], wasOpen = focused && isOpen(focused);
     for (const tile of tiles) {
       const it = byId.get(tile.dataset.id);
       if (!it || tile.classList.contains("pending")) continue;
@@ -344,10 +361,11 @@
         show(tile);
       }
     }
+    // someone else labelled (or skipped) the tile this page had in focus: move on to the next open one
+    if (wasOpen && !isOpen(focused) && !focused.classList.contains("pending")) setFocus(nextOpen(focus));
   }
   setInterval(refresh, data.refresh_ms);
 
-  const firstOpen = tiles.findIndex((t) => !t.dataset.label && !t.dataset.mark);
-  setFocus(firstOpen < 0 ? 0 : firstOpen, false);
+  setFocus(startTile(), false);
   updateCount();
 })();

@@ -92,3 +92,35 @@ def test_a_label_is_refused_when_someone_labelled_the_sample_meanwhile(slow_web:
     assert "bob" in toast and "square" in toast, toast
     assert web.labels()[sid] == "square" and web.history(sid) == [("square", "bob")]
     assert page.locator(f'.tile[data-id="{sid}"] .badge').inner_text() == "square"
+
+
+def start_of(name: str, n_open: int) -> int:
+    """The open tile (0-based, among the open ones) where ``name``'s focus starts: queue.js's hash."""
+    h = 0
+    for ch in name:
+        h = (h * 31 + ord(ch)) & 0xFFFFFFFF
+    return h % n_open
+
+
+def test_annotators_start_on_different_tiles_and_skip_what_others_labelled(live_web_fast: WebAgent,
+                                                                          browser: Any) -> None:
+    web = live_web_fast
+    pages = {}
+    for name in ("alice", "bob", "dave"):
+        context = browser.new_context(viewport={"width": 1400, "height": 900})
+        pages[name] = context.new_page()
+        ids = _open_queue(web, pages[name], name)
+    starts = {name: _focused(pg) for name, pg in pages.items()}
+    assert starts == {name: ids[start_of(name, len(ids))] for name in pages}
+    assert len(set(starts.values())) == 3, starts  # these three names: three different tiles
+    # bob labels alice's focused tile: her page shows it within a refresh and her focus moves on to an open one
+    _bob(web, starts["alice"], "circle")
+    alice = pages["alice"]
+    alice.wait_for_selector(f'.tile[data-id="{starts["alice"]}"][data-label="circle"]:not(.focus)')
+    moved = _focused(alice)
+    assert moved == ids[(ids.index(starts["alice"]) + 1) % len(ids)]
+    alice.keyboard.press("2")
+    alice.wait_for_selector(f'.tile[data-id="{moved}"][data-saved="1"][data-label="square"]')
+    assert web.labels()[starts["alice"]] == "circle" and web.labels()[moved] == "square"
+    for pg in pages.values():
+        pg.context.close()

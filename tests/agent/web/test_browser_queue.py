@@ -26,6 +26,7 @@ def test_keyboard_labelling(live_web: WebAgent, page: Any) -> None:
     # wait_for_function takes functions here: a bare expression is eval'd, which the app's CSP forbids
     page.wait_for_function("() => Array.from(document.querySelectorAll('.tile img'))"
                            ".every(i => i.complete && i.naturalWidth > 0)")
+    page.click(f'.tile[data-id="{ids[0]}"]')  # each annotator's focus starts elsewhere: begin at the first
     keys = {"circle": "1", "square": "2"}  # the class list on the page: triangle is not a class yet
     want: dict[str, str] = {}
     for i, sid in enumerate(ids[:9]):  # focus moves to the next tile after each action
