@@ -56,6 +56,9 @@ def strategy_choices(status: agent_pb2.Status) -> list[dict[str, object]]:
 
 
 def hotkeys(classes: list[str]) -> list[tuple[str, str]]:
+    """(key, class) in the agent's class list order (GetStatus: the order classes were first given), so
+    every annotator who loads the page at the same time gets the same keys; the page keeps them until it is
+    reloaded (queue.js), appending classes it first sees in sorted order."""
     return [(HOTKEYS[i] if i < len(HOTKEYS) else "", c) for i, c in enumerate(classes)]
 
 
@@ -89,11 +92,13 @@ def queue_page(request: Request, page: int = Query(1), caller: Caller = CallerDe
 
 @router.get("/api/queue")
 def queue_api(request: Request, page: int = Query(1), caller: Caller = CallerDep) -> dict[str, Any]:
+    """A page of the queue with each item's label and mark, and the agent's class list now (``classes``: the
+    page compares it with its keys to warn that a reload would number them otherwise)."""
     state = current(caller)
     ids, page, pages = page_of(state, page, caller.config.page_size)
     return {"total": len(state.ids), "page": page, "pages": pages, "source": state.source, "created": state.created,
             "strategy": state.strategy, "selection_id": state.selection_id, "model_version": state.model_version,
-            "items": items(caller, state, ids)}
+            "items": items(caller, state, ids), "classes": list(caller.status().classes)}
 
 
 class SelectBody(BaseModel):

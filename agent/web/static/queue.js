@@ -335,6 +335,14 @@
     if (name !== undefined && ev.key.length === 1) { ev.preventDefault(); label(name); }
   });
   let replacedSaid = false;
+  // The keys stay as they are until a reload; when the agent's class list no longer matches them (a class
+  // added elsewhere in another order, or one whose labels were all taken back), say that a reload renumbers.
+  function checkClasses(agentClasses) {
+    const here = data.classes.map(([, n]) => n);
+    const same = agentClasses.length === here.length && agentClasses.every((n, i) => n === here[i]);
+    const note = document.getElementById("classes-changed");
+    if (note) note.hidden = same;
+  }
   // Labels given elsewhere (another annotator, a gRPC client) show up without a reload.
   async function refresh() {
     if (document.hidden || !tiles.length) return;
@@ -346,6 +354,9 @@
       if (note) note.hidden = false;
       Shortlist.toast("the queue was replaced by a new one: reload the page to see it");
     }
+    // classes first seen here join the keys in sorted order (not in tile order: the same for everyone)
+    const fresh = [...new Set(res.items.map((it) => it.label))].filter((n) => n && !data.classes.some(([, c]) => c === n));
+    fresh.sort().forEach(addClass);
     const byId = new Map(res.items.map((it) => [it.id, it]));
     const focused = tiles[focus], wasOpen = focused && isOpen(focused);
     for (const tile of tiles) {
@@ -361,6 +372,7 @@
         show(tile);
       }
     }
+    if (res.classes) checkClasses(res.classes);
     // someone else labelled (or skipped) the tile this page had in focus: move on to the next open one
     if (wasOpen && !isOpen(focused) && !focused.classList.contains("pending")) setFocus(nextOpen(focus));
   }

@@ -124,3 +124,30 @@ def test_annotators_start_on_different_tiles_and_skip_what_others_labelled(live_
     assert web.labels()[starts["alice"]] == "circle" and web.labels()[moved] == "square"
     for pg in pages.values():
         pg.context.close()
+
+
+def test_class_keys_stay_put_and_the_page_says_when_a_reload_renumbers(live_web_fast: WebAgent, page: Any) -> None:
+    web = live_web_fast
+    ids = _open_queue(web, page, "alice")
+    keys = lambda: [" ".join(t.split()) for t in page.locator("#classes li").all_inner_texts()]  # noqa: E731
+    assert keys() == ["1 circle", "2 square"]
+    assert page.locator("#classes-changed").is_hidden()
+    # two new classes given elsewhere, zebra first: the page appends them sorted (the same on every page)
+    _bob(web, ids[0], "zebra")
+    _bob(web, ids[1], "apple")
+    page.wait_for_function("() => document.querySelectorAll('#classes li').length === 4")
+    assert keys() == ["1 circle", "2 square", "3 apple", "4 zebra"]
+    page.wait_for_selector("#classes-changed:not([hidden])")  # the agent's order is zebra, apple
+    # every circle label taken back: the agent's list drops circle, the page's keys stay as they are
+    circles = [sid for sid, lab in web.labels().items() if lab == "circle"]
+    web.stub.RetractLabels(agent_pb2.RetractLabelsRequest(ids=circles, annotator="bob"))
+    assert "circle" not in web.stub.GetStatus(agent_pb2.GetStatusRequest()).classes
+    page.wait_for_timeout(1000)
+    assert keys() == ["1 circle", "2 square", "3 apple", "4 zebra"]
+    sid = _focused(page)
+    page.keyboard.press("2")
+    page.wait_for_selector(f'.tile[data-id="{sid}"][data-saved="1"][data-label="square"]')
+    # a reload numbers the keys in the agent's order now
+    page.reload()
+    page.wait_for_selector(".tile")
+    assert keys() == ["1 square", "2 zebra", "3 apple"] and page.locator("#classes-changed").is_hidden()
