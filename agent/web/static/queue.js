@@ -80,6 +80,10 @@
   const ask = document.getElementById("ask");
   if (ask) ask.addEventListener("submit", async (ev) => {
     ev.preventDefault();
+    // The queue is the team's: a new one replaces it, and its skip / not sure marks, for everyone.
+    const open = tiles.filter(isOpen).length;
+    if (open && !window.confirm(`This page of the queue still has ${open} open sample(s). A new queue replaces ` +
+      "the team's queue and its skip / not sure marks for everyone. Ask the agent anyway?")) return;
     const form = new FormData(ask);
     const params = {};
     for (const [k, v] of form.entries()) if (k.startsWith("param:") && String(v).trim() !== "") params[k.slice(6)] = String(v);
@@ -253,6 +257,7 @@
   }
   async function mark(kind) {
     if (!tiles.length) return;
+    if (!data.can_label) { Shortlist.toast("your token can view but not mark: skip and not sure need a write token; sign in with one", true); return; }
     const tile = tiles[focus];
     const before = { tile, label: tile.dataset.label, mark: tile.dataset.mark };
     setFocus(nextOpen(focus));

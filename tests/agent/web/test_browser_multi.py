@@ -151,3 +151,53 @@ def test_class_keys_stay_put_and_the_page_says_when_a_reload_renumbers(live_web_
     page.reload()
     page.wait_for_selector(".tile")
     assert keys() == ["1 square", "2 zebra", "3 apple"] and page.locator("#classes-changed").is_hidden()
+
+
+def test_a_viewer_cannot_ask_mark_or_draw(tmp_path: Path, page: Any) -> None:
+    """A read token: "Ask the agent" and the audit button are disabled with a tooltip naming the write
+    token; Space (skip) says so instead of a 403; the team's queue is untouched."""
+    from tests.agent.web.conftest import READ_TOKEN, WRITE_TOKEN
+
+    web = start_web_agent(tmp_path, tokens=True, listen=True, refresh_s=600)
+    try:
+        ids = [s.id for s in web.stub.Select(agent_pb2.SelectRequest(budget=6, strategy="random")).selected]
+        web.stub.UpdateQueue(agent_pb2.UpdateQueueRequest(name="web", queue=agent_pb2.Queue(ids=ids, source="api")))
+        page.goto(web.url + "/login")
+        page.fill("input[name=name]", "viewer")
+        page.fill("input[name=token]", READ_TOKEN)
+        page.click("button[type=submit]")
+        page.goto(web.url + "/queue")
+        page.wait_for_selector(".tile.focus")
+        ask = page.locator("#ask-button")
+        assert ask.is_disabled() and "write token" in str(ask.get_attribute("title"))
+        page.keyboard.press(" ")
+        page.wait_for_function("() => document.getElementById('toast').textContent.includes('write token')")
+        assert page.locator(".tile.mark-skip").count() == 0
+        assert not web.stub.GetQueue(agent_pb2.GetQueueRequest(name="web")).marks
+        page.goto(web.url + "/progress")
+        audit = page.locator("#audit-button")
+        assert audit.is_disabled() and "write token" in str(audit.get_attribute("title"))
+        assert WRITE_TOKEN not in page.content()
+    finally:
+        web.stop()
+
+
+def test_asking_for_a_new_queue_with_open_items_asks_first(slow_web: WebAgent, page: Any) -> None:
+    web = slow_web
+    ids = _open_queue(web, page, "alice", budget=6)
+    dialogs: list[str] = []
+
+    def dismiss(d: Any) -> None:
+        dialogs.append(d.message)
+        d.dismiss()
+
+    page.on("dialog", dismiss)
+    page.fill("input[name=budget]", "3")
+    page.click("#ask-button")
+    page.wait_for_timeout(500)
+    assert dialogs and "6 open" in dialogs[0] and "replaces" in dialogs[0]
+    assert list(web.stub.GetQueue(agent_pb2.GetQueueRequest(name="web")).ids) == ids  # dismissed: unchanged
+    page.remove_listener("dialog", dismiss)
+    page.on("dialog", lambda d: d.accept())
+    page.click("#ask-button")
+    page.wait_for_function("() => document.querySelectorAll('.tile').length === 3")

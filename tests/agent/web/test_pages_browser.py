@@ -141,7 +141,7 @@ def test_lasso_on_the_map_fills_the_queue(live_map: WebAgent, page: Any) -> None
     page.wait_for_selector(".tile")
     first = page.locator(".tile").first.get_attribute("data-id")
     assert first == queue.ids[0]
-    page.locator("#grid").focus()
+    page.locator(".tile").first.click()  # the focus starts at a tile of its own per annotator: take the first
     page.keyboard.press("1")
     end = time.monotonic() + 10
     while first not in live_web.labels():

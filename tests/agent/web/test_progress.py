@@ -132,6 +132,7 @@ def test_progress_in_a_browser_audit_button_estimate_and_download(live_web: WebA
         agent_pb2.GetStatusRequest()).classes))}
     page.wait_for_function("Array.from(document.querySelectorAll('.tile img'))"
                            ".every(i => i.complete && i.naturalWidth > 0)")
+    page.locator(".tile").first.click()  # the focus starts at a tile of its own per annotator: take the first
     for sid in ids:
         page.keyboard.press(keys[shape_of(str(sid))])
     page.wait_for_selector(f'.tile[data-id="{ids[-1]}"][data-saved="1"]')
