@@ -453,12 +453,14 @@ def _probe_tls(address: str, host: str, port: int, config: ClientConfig, timeout
 
 
 def channel(address: str, timeout: float | None = None, config: ClientConfig | None = None,
-            starting: bool = False) -> grpc.Channel:
+            starting: bool = False, max_reconnect_backoff_ms: int | None = None) -> grpc.Channel:
     """A channel to ``address`` (HOST:PORT) with ``config``'s TLS and token, once ready; AgentUnavailable
     says why not (name not resolved, connection refused, TLS mismatch or untrusted certificate, or no
     answer within ``timeout`` s, default ``config.connect_timeout``). A wrong token shows at the first call
     as UNAUTHENTICATED or PERMISSION_DENIED. ``starting``: the agent was just started, so a refused
-    connection is retried until the timeout instead of failing at once."""
+    connection is retried until the timeout instead of failing at once. ``max_reconnect_backoff_ms``: the
+    longest wait between reconnection attempts once the agent is gone (gRPC's default grows to 120 s, so a
+    long-lived channel, like the web app's, answered UNAVAILABLE for ~26 s after the agent came back)."""
     config = config or ClientConfig()
     wait = config.connect_timeout if timeout is None else timeout
     deadline = time.monotonic() + wait
@@ -476,6 +478,10 @@ def channel(address: str, timeout: float | None = None, config: ClientConfig | N
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.enable_retries", 1),
         ("grpc.service_config", RETRY_POLICY)]
+    if max_reconnect_backoff_ms is not None:
+        first = min(200, max_reconnect_backoff_ms)
+        options += [("grpc.initial_reconnect_backoff_ms", first), ("grpc.min_reconnect_backoff_ms", first),
+                    ("grpc.max_reconnect_backoff_ms", max_reconnect_backoff_ms)]
     creds = config.credentials()
     if creds is not None and config.tls_server_name:
         options.append(("grpc.ssl_target_name_override", config.tls_server_name))

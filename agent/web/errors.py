@@ -40,6 +40,10 @@ HTTP_STATUS: dict[grpc.StatusCode, int] = {
     grpc.StatusCode.UNKNOWN: 502,
 }
 
+# What a page says while the agent cannot be reached (the technical detail goes to the server log).
+NOT_REACHABLE = ("the agent is not reachable; retrying: this page works again as soon as it is back (reload in a "
+                 "moment; if it lasts, tell whoever runs the agent)")
+
 API_PREFIXES = ("/api/", "/thumb/", "/image/", "/labelstudio/")
 
 
@@ -104,6 +108,10 @@ def install(app: FastAPI) -> None:
         if status >= 500:
             log.warning("%s %s: the agent answered %s: %s", request.method, request.url.path, code.name, message)
         wait = retry_after(e) if status in (429, 503) else None
+        if code == grpc.StatusCode.UNAVAILABLE and wait is None:
+            # gRPC's own words for a connection that failed ("failed to connect to all addresses; last error:
+            # ..."), not the agent's (whose UNAVAILABLE carries a retry-after hint): logged above, not shown
+            message, wait = NOT_REACHABLE, "2"
         return error_response(request, status, code.name, message, {"Retry-After": wait} if wait else None)
 
     @app.exception_handler(HttpError)
@@ -116,4 +124,5 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(AgentUnavailable)
     def _unavailable(request: Request, e: AgentUnavailable) -> Response:
-        return error_response(request, 503, "UNAVAILABLE", f"the agent cannot be reached: {e}", {"Retry-After": "5"})
+        log.warning("%s %s: the agent cannot be reached: %s", request.method, request.url.path, e)
+        return error_response(request, 503, "UNAVAILABLE", NOT_REACHABLE, {"Retry-After": "2"})

@@ -110,6 +110,11 @@ class WebServer:
         self.sock.close()
 
 
+# The app's one channel lives as long as the app: after the agent was away, pages should work again within
+# a second or two of its return, not after gRPC's default reconnect backoff (up to 120 s; ~26 s was seen).
+RECONNECT_BACKOFF_MS = 1000
+
+
 class LocalSocket:
     """A Unix socket path in a fresh folder only this user can enter (mkdtemp: 0700), for the agent's
     plaintext port that the in-process web app uses; removed by ``cleanup``."""
@@ -122,7 +127,8 @@ class LocalSocket:
     def factory(self, timeout: float = client.CONNECT_TIMEOUT_S) -> Callable[[], grpc.Channel]:
         # No busy retries in the app: a refusal goes to the browser as 429 with the agent's hint as Retry-After.
         return lambda: client.channel(f"unix:{self.path}", timeout=timeout,
-                                      config=client.ClientConfig(busy_retry=client.BusyRetry.OFF))
+                                      config=client.ClientConfig(busy_retry=client.BusyRetry.OFF),
+                                      max_reconnect_backoff_ms=RECONNECT_BACKOFF_MS)
 
     def cleanup(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
@@ -132,4 +138,4 @@ def remote_factory(address: str, config: client.ClientConfig) -> Callable[[], gr
     """Channels to an agent elsewhere, with ``config``'s TLS but no token (each call carries its caller's) and
     no busy retries (a refusal goes to the browser as 429 with the agent's hint as Retry-After)."""
     bare = replace(config, token="", busy_retry=client.BusyRetry.OFF)
-    return lambda: client.channel(address, config=bare)
+    return lambda: client.channel(address, config=bare, max_reconnect_backoff_ms=RECONNECT_BACKOFF_MS)

@@ -22,7 +22,7 @@ from PIL import Image
 from agent.limits import MIB
 from agent.web.app import ROUTERS
 from agent.web.errors import HTTP_STATUS, http_status
-from tests.agent.web.conftest import READ_TOKEN, WRITE_TOKEN, WebAgent
+from tests.agent.web.conftest import READ_TOKEN, WRITE_TOKEN, WebAgent, start_web_agent
 
 
 def test_home_and_nav(web_agent: WebAgent) -> None:
@@ -217,6 +217,39 @@ def test_agent_gone_is_503(web_agent: WebAgent) -> None:
         "unix:/nonexistent/agent.sock", timeout=0.5)
     r = c.get("/api/queue")
     assert r.status_code == 503 and r.json()["error"] == "UNAVAILABLE"
+    assert r.json()["message"].startswith("the agent is not reachable; retrying")
+    page = c.get("/queue")
+    assert page.status_code == 503 and "the agent is not reachable; retrying" in page.text
+    assert "nonexistent" not in page.text and "failed to connect" not in page.text  # the detail is in the log
+
+
+def test_the_app_reconnects_soon_after_the_agent_comes_back(tmp_path: Path) -> None:
+    """The app's channel is long-lived: after the agent was away a while, the first pages after its return
+    work within a couple of seconds (gRPC's default reconnect backoff had grown to ~26 s), and while it is
+    away the page says so plainly, without gRPC's connection text."""
+    from agent.config import AgentConfig
+    from agent.service import create_server, stop_server
+
+    wa = start_web_agent(tmp_path)
+    c = wa.client()
+    try:
+        assert c.get("/api/queue").status_code == 200
+        config = wa.agent.config
+        stop_server(wa.server, wa.agent, grace=1.0)
+        end = time.monotonic() + 10  # away 10 s, asked all along: the backoff grows
+        while time.monotonic() < end:
+            r = c.get("/queue")
+            assert r.status_code == 503 and "the agent is not reachable; retrying" in r.text
+            assert "failed to connect" not in r.text and "UNAVAILABLE" not in r.text.split("<main", 1)[-1]
+            time.sleep(0.5)
+        wa.server, _, wa.agent = create_server(AgentConfig(config.data_dir, config.models, port=0, poll_s=0.2,
+                                                           use_cuda=False), local_socket=wa.local.path)
+        back = time.monotonic()
+        while c.get("/api/queue").status_code != 200:
+            assert time.monotonic() - back < 3, "the app did not reconnect within 3 s of the agent's return"
+            time.sleep(0.1)
+    finally:
+        wa.stop()
 
 
 def test_retry_after_from_the_agents_hint(web_agent: WebAgent) -> None:
