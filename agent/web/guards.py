@@ -208,8 +208,16 @@ SECURITY_HEADERS = {
 }
 
 
+# Answers the browser may keep: static files and images (they set their own Cache-Control; an image of an id
+# never changes). Everything else (pages, API JSON, errors, redirects) is ``Cache-Control: no-store``: a page
+# shown again by Back must not be the one from before (labels given since shown open, or the queue of a
+# user who has signed out).
+CACHEABLE_PREFIXES = ("/static/", "/thumb/", "/image/")
+
+
 class SecurityHeaders:
-    """Add ``SECURITY_HEADERS`` to every response (a header a route set itself is kept)."""
+    """Add ``SECURITY_HEADERS`` to every response (a header a route set itself is kept), and
+    ``Cache-Control: no-store`` to every one outside ``CACHEABLE_PREFIXES`` that sets none."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -225,6 +233,8 @@ class SecurityHeaders:
                 for name, value in SECURITY_HEADERS.items():
                     if name not in headers:
                         headers[name] = value
+                if "cache-control" not in headers and not str(scope.get("path", "")).startswith(CACHEABLE_PREFIXES):
+                    headers["Cache-Control"] = "no-store"
             await send(message)
 
         await self.app(scope, receive, send_with_headers)

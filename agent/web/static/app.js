@@ -32,6 +32,9 @@ const Shortlist = (() => {
     }
     return data;
   }
+  // A page the browser shows again from its back/forward cache (Back after labelling, or after Sign out) is
+  // the page as it was: load it anew, so it shows the labels now, or the sign-in page.
+  window.addEventListener("pageshow", (ev) => { if (ev.persisted) window.location.reload(); });
   // The error page's "Back" link (a javascript: URL would break the Content-Security-Policy).
   document.addEventListener("DOMContentLoaded", () => {
     const back = document.getElementById("back");

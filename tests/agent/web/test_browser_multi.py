@@ -201,3 +201,41 @@ def test_asking_for_a_new_queue_with_open_items_asks_first(slow_web: WebAgent, p
     page.on("dialog", lambda d: d.accept())
     page.click("#ask-button")
     page.wait_for_function("() => document.querySelectorAll('.tile').length === 3")
+
+
+def test_pages_and_apis_are_not_stored_but_images_are(web_agent: WebAgent) -> None:
+    c = web_agent.client()
+    for url in ("/queue", "/api/queue", "/progress", "/login", "/api/nope"):
+        assert c.get(url).headers["cache-control"] == "no-store", url
+    assert "no-store" not in c.get("/static/app.js").headers.get("cache-control", "")
+    assert c.get("/thumb/img001.png").headers["cache-control"].startswith("private, max-age=")
+
+
+def test_back_shows_the_labels_now_and_not_a_signed_out_queue(tmp_path: Path, page: Any) -> None:
+    from tests.agent.web.conftest import WRITE_TOKEN
+
+    web = start_web_agent(tmp_path, tokens=True, listen=True, refresh_s=600)
+    try:
+        ids = [s.id for s in web.stub.Select(agent_pb2.SelectRequest(budget=6, strategy="random")).selected]
+        web.stub.UpdateQueue(agent_pb2.UpdateQueueRequest(name="web", queue=agent_pb2.Queue(ids=ids, source="api")))
+        page.goto(web.url + "/login?next=/queue")
+        page.fill("input[name=name]", "alice")
+        page.fill("input[name=token]", WRITE_TOKEN)
+        page.click("button[type=submit]")
+        page.wait_for_selector(".tile.focus")
+        page.click(f'.tile[data-id="{ids[0]}"]')
+        page.keyboard.press("1")
+        page.wait_for_selector(f'.tile[data-id="{ids[0]}"][data-saved="1"]')
+        page.goto(web.url + "/progress")
+        page.go_back()
+        page.wait_for_selector(f'.tile[data-id="{ids[0]}"][data-label="circle"]')
+        assert page.locator(f'.tile[data-id="{ids[0]}"] .badge').inner_text() == "circle"
+        assert _focused(page) != ids[0]
+        # signed out, Back: the sign-in page, not the queue with alice's name
+        page.click("button:has-text('Sign out')")
+        page.wait_for_url("**/login")
+        page.go_back()
+        page.wait_for_url("**/login**")
+        assert "alice" not in page.locator("header").inner_text()
+    finally:
+        web.stop()
