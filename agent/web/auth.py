@@ -23,6 +23,7 @@ from fastapi.responses import RedirectResponse
 from starlette.responses import Response
 
 from agent.web.config import WebConfig
+from agent.web.errors import for_people
 from agent.web.pages import render
 from shortlist.v1 import agent_pb2, agent_pb2_grpc
 
@@ -156,7 +157,7 @@ def login(request: Request, name: str = Form(""), token: str = Form(""), next: s
         if e.code() not in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
             raise
         return render(request, "login.html", {"next": _safe_next(next), "name": name,
-                                              "error": e.details() or "the agent refused this token"},
+                                              "error": for_people(e.details() or "the agent refused this token")},
                       status_code=401)
     response = RedirectResponse(_safe_next(next), status_code=303)
     opts: dict[str, Any] = {"max_age": COOKIE_MAX_AGE, "samesite": "strict", "secure": config.https, "path": "/"}

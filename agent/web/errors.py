@@ -10,6 +10,7 @@ redirected to /login.
 from __future__ import annotations
 
 import logging
+import re
 from urllib.parse import quote
 
 import grpc
@@ -43,6 +44,31 @@ HTTP_STATUS: dict[grpc.StatusCode, int] = {
 # What a page says while the agent cannot be reached (the technical detail goes to the server log).
 NOT_REACHABLE = ("the agent is not reachable; retrying: this page works again as soon as it is back (reload in a "
                  "moment; if it lasts, tell whoever runs the agent)")
+
+# The agent's messages speak to CLI users and API clients ("pass --token TOKEN or set SHORTLIST_TOKEN", "run
+# shortlist select --strategy audit"); the gRPC API keeps them. What the app shows people in a browser is
+# mapped here, in this one place: (pattern, replacement) applied in order by ``for_people``.
+FOR_PEOPLE: list[tuple[re.Pattern[str], str]] = [
+    (re.compile(r"this agent requires a token: pass --token TOKEN or set SHORTLIST_TOKEN.*", re.S),
+     "This agent needs a token: sign in with the token you were given (ask whoever runs the agent for one)."),
+    (re.compile(r"unknown token: check --token / SHORTLIST_TOKEN against the agent's --tokens file.*", re.S),
+     "This token is not known to the agent; check it with whoever runs the agent."),
+    (re.compile(r"^(.+?) needs a token with role write; this token has role read.*", re.S),
+     r"Your token can view but not change anything: \1 needs a write token. Sign in with a write token "
+     "(ask whoever runs the agent for one)."),
+    (re.compile(r"\(shortlist select --strategy audit(?: --budget \d+)?\)"),
+     "(draw an audit sample on the Progress page, then label it in the Queue)"),
+    (re.compile(r"declare every class \(shortlist serve --classes [^)]*\)"),
+     "ask whoever runs the agent to declare every class"),
+]
+
+
+def for_people(message: str) -> str:
+    """``message`` (the agent's, worded for CLI users) in the words of someone using the app in a browser."""
+    for pattern, replacement in FOR_PEOPLE:
+        message = pattern.sub(replacement, message)
+    return message
+
 
 API_PREFIXES = ("/api/", "/thumb/", "/image/", "/labelstudio/")
 
@@ -108,6 +134,7 @@ def install(app: FastAPI) -> None:
         if status >= 500:
             log.warning("%s %s: the agent answered %s: %s", request.method, request.url.path, code.name, message)
         wait = retry_after(e) if status in (429, 503) else None
+        message = for_people(message)
         if code == grpc.StatusCode.UNAVAILABLE and wait is None:
             # gRPC's own words for a connection that failed ("failed to connect to all addresses; last error:
             # ..."), not the agent's (whose UNAVAILABLE carries a retry-after hint): logged above, not shown

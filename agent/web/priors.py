@@ -31,7 +31,7 @@ from starlette.responses import Response
 
 from agent.client import calibration_dict, first_calibration
 from agent.web.auth import Caller, CallerDep, session
-from agent.web.errors import HttpError
+from agent.web.errors import HttpError, for_people
 from agent.web.pages import registry_choices, render
 from agent.web.queue import rejections
 from shortlist.v1 import agent_pb2
@@ -90,6 +90,8 @@ class PriorSet:
                 second[r], second_p[r] = index.get(ranked[1][0], -1), ranked[1][1]
         cal = first_calibration(rows)
         calibration = {} if cal is None else calibration_dict(cal)
+        if calibration.get("warning"):  # the agent's words are for CLI users
+            calibration["warning"] = for_people(str(calibration["warning"]))
         return cls(method, version, classes, [p.id for p in rows], label, conf, second, second_p, status.labeled,
                    status.label_events, time.time(), calibration=calibration)
 

@@ -25,7 +25,7 @@ from starlette.responses import FileResponse, Response
 from agent import exports
 from agent.progress import Progress, audit_dict, audit_svg, class_balance_svg, class_timeline_svg, collect, timeline_svg
 from agent.web.auth import Caller, CallerDep, session
-from agent.web.errors import HttpError
+from agent.web.errors import HttpError, for_people
 from agent.web.pages import render
 from shortlist.v1 import agent_pb2
 
@@ -76,7 +76,7 @@ def summary(status: agent_pb2.Status, p: Progress) -> dict[str, Any]:
         "annotators": [{"name": a.name, "labels": a.labels, "samples": len(a.samples), "first": a.first,
                         "last": a.last, "sources": dict(a.sources)}
                        for a in sorted(p.annotators.values(), key=lambda a: -a.labels)],
-        "sources": dict(p.per_source), "audit": audit_dict(status.audit), "warnings": list(status.warnings)}
+        "sources": dict(p.per_source), "audit": audit_dict(status.audit), "warnings": [for_people(w) for w in status.warnings]}
 
 
 @router.get("/progress")

@@ -80,7 +80,8 @@ def test_tokens_header_cookie_and_roles(token_web_agent: WebAgent) -> None:
     # a read token can view, not label
     read = token_web_agent.client()
     bad = read.post("/login", data={"name": "viewer", "token": "nope-nope-nope-nope"}, follow_redirects=False)
-    assert bad.status_code == 401 and "unknown token" in bad.text
+    assert bad.status_code == 401 and "This token is not known to the agent; check it with whoever runs" in bad.text
+    assert "--token" not in bad.text and "SHORTLIST_TOKEN" not in bad.text  # a browser user's words, not the CLI's
     ok = read.post("/login", data={"name": "viewer", "token": READ_TOKEN, "next": "/queue"}, follow_redirects=False)
     assert ok.status_code == 303 and ok.headers["location"] == "/queue"
     assert "httponly" in ok.headers["set-cookie"].lower() and "samesite=strict" in ok.headers["set-cookie"].lower()
@@ -88,6 +89,8 @@ def test_tokens_header_cookie_and_roles(token_web_agent: WebAgent) -> None:
     assert page.status_code == 200 and "read only" in page.text
     denied = read.post("/api/labels", json={"labels": [{"id": "img010.png", "label": "circle"}]})
     assert denied.status_code == 403 and denied.json()["error"] == "PERMISSION_DENIED"
+    assert denied.json()["message"].startswith("Your token can view but not change anything: SubmitLabels needs a "
+                                               "write token. Sign in with a write token")
     # a write token labels, recorded under the login name
     write = token_web_agent.client()
     write.post("/login", data={"name": "Ana", "token": WRITE_TOKEN})
@@ -418,3 +421,19 @@ def test_hardening_headers_on_every_answer(web_agent: WebAgent) -> None:
         assert r.status_code == 200, r.url
         assert not re.search(r"<script(?![^>]*\b(src=|type=\"application/json\"))", r.text), r.url
         assert "javascript:" not in r.text and not re.search(r"\son[a-z]+=", r.text), r.url
+
+
+def test_the_agents_cli_words_are_mapped_for_people() -> None:
+    """The agent's messages name CLI options; the app shows people what to do in the browser instead."""
+    from agent.priors.calibration import audit_todo
+    from agent.web.errors import for_people
+
+    assert for_people("this agent requires a token: pass --token TOKEN or set SHORTLIST_TOKEN (API clients send "
+                      "the metadata `authorization: Bearer TOKEN`); ask the agent's operator for one").startswith(
+        "This agent needs a token: sign in with the token you were given")
+    todo = for_people(audit_todo(3))
+    assert todo == "label 17 audit samples (draw an audit sample on the Progress page, then label it in the Queue) " \
+                   "for trustworthy confidences"
+    assert for_people("...: declare every class (shortlist serve --classes a,b,c)") == \
+        "...: ask whoever runs the agent to declare every class"
+    assert for_people("unknown id 'x': ingest it first") == "unknown id 'x': ingest it first"  # others unchanged

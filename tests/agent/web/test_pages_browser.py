@@ -44,7 +44,8 @@ def test_accept_and_correct_priors_in_the_browser(live_web: WebAgent, page: Any)
     tiles = page.locator(".tile.prior")
     # few labels: the agent's calibration warning (PriorLabel.calibration) is shown above the grid
     assert page.locator("#calibration").is_visible()
-    assert "shortlist select --strategy audit" in page.locator("#calibration").inner_text()
+    cal = page.locator("#calibration").inner_text()  # in the words of a browser user, not the CLI
+    assert "audit sample on the Progress page" in cal and "shortlist" not in cal
     unlabelled = N_IMAGES - LABELLED
     assert tiles.count() == min(unlabelled, live_web.config.page_size)
     # the thumbnails in view have loaded (the others load lazily as the page scrolls)

@@ -39,7 +39,7 @@ def test_priors_grouped_sorted_filtered_paginated(web_agent: WebAgent) -> None:
     assert cal["source"] in ("default", "labelled") and cal["held_out"] < 20
     assert set(cal) == {"source", "held_out", "temperature", "audit_labels", "warning"}  # as everywhere else
     assert cal["warning"].startswith("confidences calibrated on ")
-    assert "shortlist select --strategy audit" in cal["warning"]
+    assert "audit sample on the Progress page" in cal["warning"] and "shortlist" not in cal["warning"]
     assert 'id="calibration"' in c.get("/priors").text
     classes = list(d["counts"])
     keys = [(classes.index(it["label"]), -it["confidence"]) for it in d["items"]]
