@@ -44,6 +44,7 @@ class Session:
     user: str
     role: str  # "write", "read", or "" when unknown
     has_token: bool
+    annotator: str = ""  # the name labels are recorded under (annotator_for): what the header shows
 
     @property
     def can_label(self) -> bool:
@@ -64,9 +65,10 @@ def token_of(request: Request) -> str:
 
 
 def session(request: Request) -> Session:
-    return Session(user=request.cookies.get(USER_COOKIE, "")[:MAX_NAME_CHARS],
+    user, token = request.cookies.get(USER_COOKIE, "")[:MAX_NAME_CHARS], token_of(request)
+    return Session(user=user,
                    role=request.cookies.get(ROLE_COOKIE, "") if request.cookies.get(ROLE_COOKIE) in ("read", "write")
-                   else "", has_token=bool(token_of(request)))
+                   else "", has_token=bool(token), annotator=annotator_for(user, token))
 
 
 def annotator_for(user: str, token: str) -> str:
@@ -149,7 +151,12 @@ def login_page(request: Request, next: str = "/") -> Response:
 @router.post("/login")
 def login(request: Request, name: str = Form(""), token: str = Form(""), next: str = Form("/")) -> Response:
     config: WebConfig = request.app.state.config
-    name = " ".join(name.split())[:MAX_NAME_CHARS]
+    name = " ".join(name.split())
+    if len(name) > MAX_NAME_CHARS:  # refused, not cut: labels are recorded under the name as given
+        return render(request, "login.html", {
+            "next": _safe_next(next), "name": name,
+            "error": f"Your name has {len(name)} characters; names may have at most {MAX_NAME_CHARS}. Shorten it "
+                     "and sign in again (labels are recorded under this name)."}, status_code=400)
     token = token.strip() or config.default_token
     try:
         role = probe_role(request.app.state.stub(), token, config.rpc_timeout_s)

@@ -437,3 +437,17 @@ def test_the_agents_cli_words_are_mapped_for_people() -> None:
     assert for_people("...: declare every class (shortlist serve --classes a,b,c)") == \
         "...: ask whoever runs the agent to declare every class"
     assert for_people("unknown id 'x': ingest it first") == "unknown id 'x': ingest it first"  # others unchanged
+
+
+def test_the_header_shows_the_name_labels_are_recorded_under(token_web_agent: WebAgent) -> None:
+    c = token_web_agent.client()
+    assert c.post("/login", data={"name": "", "token": WRITE_TOKEN}, follow_redirects=False).status_code == 303
+    saved = c.post("/api/labels", json={"labels": [{"id": "img010.png", "label": "circle"}]}).json()
+    assert saved["annotator"].startswith("token-")
+    header = c.get("/queue").text.split("<main", 1)[0]
+    assert f">{saved['annotator']}" in header  # was "token"
+    # a name over 64 characters is refused with what to do, not cut silently
+    long = "a" * 70
+    r = c.post("/login", data={"name": long, "token": WRITE_TOKEN}, follow_redirects=False)
+    assert r.status_code == 400 and "70 characters; names may have at most 64" in r.text
+    assert "shortlist_user" not in r.headers.get("set-cookie", "")
