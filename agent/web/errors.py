@@ -63,6 +63,13 @@ FOR_PEOPLE: list[tuple[re.Pattern[str], str]] = [
 ]
 
 
+def for_people_at(request: Request) -> bool:
+    """Whether ``request`` comes from the app's pages (people in a browser): not the Label Studio backend's
+    routes, whose caller is Label Studio and whose messages reach the person who set it up (who needs the
+    agent's words, "connection refused" included)."""
+    return not request.url.path.startswith("/labelstudio/")
+
+
 def for_people(message: str) -> str:
     """``message`` (the agent's, worded for CLI users) in the words of someone using the app in a browser."""
     for pattern, replacement in FOR_PEOPLE:
@@ -134,6 +141,8 @@ def install(app: FastAPI) -> None:
         if status >= 500:
             log.warning("%s %s: the agent answered %s: %s", request.method, request.url.path, code.name, message)
         wait = retry_after(e) if status in (429, 503) else None
+        if not for_people_at(request):
+            return error_response(request, status, code.name, message, {"Retry-After": wait} if wait else None)
         message = for_people(message)
         if code == grpc.StatusCode.UNAVAILABLE and wait is None:
             # gRPC's own words for a connection that failed ("failed to connect to all addresses; last error:
@@ -152,4 +161,5 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(AgentUnavailable)
     def _unavailable(request: Request, e: AgentUnavailable) -> Response:
         log.warning("%s %s: the agent cannot be reached: %s", request.method, request.url.path, e)
-        return error_response(request, 503, "UNAVAILABLE", NOT_REACHABLE, {"Retry-After": "2"})
+        message = NOT_REACHABLE if for_people_at(request) else f"the agent cannot be reached: {e}"
+        return error_response(request, 503, "UNAVAILABLE", message, {"Retry-After": "2"})

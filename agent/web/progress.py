@@ -76,7 +76,8 @@ def summary(status: agent_pb2.Status, p: Progress) -> dict[str, Any]:
         "annotators": [{"name": a.name, "labels": a.labels, "samples": len(a.samples), "first": a.first,
                         "last": a.last, "sources": dict(a.sources)}
                        for a in sorted(p.annotators.values(), key=lambda a: -a.labels)],
-        "sources": dict(p.per_source), "audit": audit_dict(status.audit), "warnings": [for_people(w) for w in status.warnings]}
+        "sources": dict(p.per_source), "audit": audit_dict(status.audit),
+        "warnings": [for_people(w) for w in status.warnings]}
 
 
 @router.get("/progress")

@@ -159,21 +159,23 @@ def rejections(caller: Caller, rejected: Iterable[agent_pb2.Rejection], expected
     """The per-item rejections of a SubmitLabels / RetractLabels for the page. An item whose condition
     (``expected``: id -> the label the page showed) failed because the sample was labelled or taken back
     meanwhile has ``changed`` set, its ``label`` now (so the page shows it at once instead of at the next
-    refresh), ``by`` (who gave it, from the agent's reason; "" when it does not say) and a ``reason`` for the annotator: the agent's words up to "not changed" (what it is now and
-    who gave it), since the page leaves the sample as it is rather than asking to resend."""
-    out = [{"id": r.id, "reason": r.reason, "changed": False} for r in rejected]
+    refresh), ``by`` (who gave it, from the agent's reason; "" when it does not say) and a ``reason`` for the
+    annotator: the agent's words up to "not changed" (what it is now and who gave it), since the page leaves
+    the sample as it is rather than asking to resend."""
+    out: list[dict[str, Any]] = [{"id": r.id, "reason": r.reason, "changed": False} for r in rejected]
     # only the refusals in the agent's words for a changed label (ListSamples refuses a whole request with an
     # unknown id among its ids); the label read back confirms it
-    asked = [x["id"] for x in out if x["id"] in expected and " meanwhile (" in str(x["reason"])]
+    asked = [str(x["id"]) for x in out if x["id"] in expected and " meanwhile (" in str(x["reason"])]
     if not asked:
         return out
     now = {s.id: s.label for s in caller.stream(caller.stub.ListSamples, agent_pb2.ListSamplesRequest(ids=asked))}
     for x in out:
-        sid = x["id"]
+        sid = str(x["id"])
         if sid in now and now[sid] != expected.get(sid, now[sid]):
             reason = str(x["reason"]).split(": not changed")[0]
             head = reason.split(" meanwhile (")[0]
-            x.update(changed=True, label=now[sid], reason=reason, by=head.rsplit(" by ", 1)[1] if " by " in head else "")
+            x.update(changed=True, label=now[sid], reason=reason,
+                     by=head.rsplit(" by ", 1)[1] if " by " in head else "")
     return out
 
 

@@ -107,7 +107,8 @@ def test_a_read_token_sees_progress_and_downloads_but_cannot_draw(token_web_agen
     assert reader.get("/progress/export", params={"format": "csv"}).status_code == 200
     # an audit draw is recorded for everyone, and the queue is the team's: both need a write token
     drawn = reader.post("/api/queue/select", json={"strategy": "audit", "budget": 3})
-    assert drawn.status_code == 403 and "an audit draw (Select strategy audit) needs a write token. Sign in" in drawn.json()["message"]
+    assert drawn.status_code == 403
+    assert "an audit draw (Select strategy audit) needs a write token. Sign in" in drawn.json()["message"]
     assert reader.post("/api/queue/select", json={"strategy": "random", "budget": 3}).status_code == 403
     assert token_web_agent.stub.GetStatus(agent_pb2.GetStatusRequest()).audit.drawn == 0
     assert reader.post("/api/labels", json={"labels": [{"id": "img010.png", "label": "circle"}]}).status_code == 403

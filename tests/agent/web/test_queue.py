@@ -138,8 +138,9 @@ def test_conditional_labels_and_retractions(web_agent: WebAgent) -> None:
     assert alice.post("/api/labels", json={"labels": [{"id": sid, "label": "circle", "if_current": ""}]}
                       ).json()["accepted"] == 1
     r = bob.post("/api/labels", json={"labels": [{"id": sid, "label": "square", "if_current": ""}]}).json()
-    assert r["accepted"] == 0 and r["rejected"] == [{"id": sid, "changed": True, "label": "circle", "by": "alice",
-                                                     "reason": "labelled 'circle' by alice meanwhile (expected unlabelled)"}]
+    assert r["accepted"] == 0 and r["rejected"] == [{
+        "id": sid, "changed": True, "label": "circle", "by": "alice",
+        "reason": "labelled 'circle' by alice meanwhile (expected unlabelled)"}]
     assert bob.post("/api/labels", json={"labels": [{"id": sid, "label": "square", "if_current": "circle"}]}
                     ).json()["accepted"] == 1
     r = alice.post("/api/labels/retract", json={"ids": [sid], "if_current": {sid: "circle"}}).json()  # alice's undo
