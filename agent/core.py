@@ -24,6 +24,7 @@ import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence, Sized
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -66,6 +67,15 @@ LAST_PRIOR_FIT_KEY = "last_prior_fit"
 # A uniform draw's labels count as audit labels over the longest start of the draw of which at least this
 # share is labelled, one unlabelled pick always allowed (``counted_labels``).
 DRAW_LABELLED_SHARE = 0.9
+
+
+class Rejected(NamedTuple):
+    """A per-item rejection of SubmitLabels / RetractLabels. ``now``: for a conditional write (if_current)
+    that found another label, (the sample's label now, "" = unlabelled; who gave or took back the last one)."""
+
+    id: str
+    reason: str
+    now: tuple[str, str] | None = None
 
 
 @dataclass
@@ -403,18 +413,18 @@ class Agent:
                 f"labelled samples instead); {fix}")
 
     # ---- Labels ----------------------------------------------------------------------------------
-    def _item_sample(self, sid: str, rejected: list[tuple[str, str]],
+    def _item_sample(self, sid: str, rejected: list[Rejected],
                          item_problem: str | None = None) -> SampleRecord | None:
         """The sample a SubmitLabels / RetractLabels item names, or None with its rejection appended: an id
         too long, then ``item_problem`` (the item's other field, e.g. a label too long), then an empty or
         unknown id."""
         problem = text_problem(sid, self.limits.max_id_chars, "max_id_chars", "id") or item_problem
         if problem is not None:
-            rejected.append((sid[:64], problem))
+            rejected.append(Rejected(sid[:64], problem))
             return None
         rec = self.state.lookup(sid) if sid else None
         if rec is None:
-            rejected.append((sid, "empty id" if not sid else f"unknown id {sid!r}: ingest it first"))
+            rejected.append(Rejected(sid, "empty id" if not sid else f"unknown id {sid!r}: ingest it first"))
         return rec
 
     def _check_label_call(self, items: Sized, what: str, annotator: str, source: str) -> None:
@@ -426,21 +436,22 @@ class Agent:
         if problem is not None:
             raise InvalidArgument(problem)
 
-    def _changed_meanwhile(self, rec: SampleRecord, current: int, expected: str | None) -> str | None:
-        """Why a conditional write on ``rec`` is refused: its current label (class index, -1 = none) is not
-        the ``expected`` one (None: no condition); the reason names the label and who gave it."""
+    def _changed_meanwhile(self, rec: SampleRecord, current: int, expected: str | None) -> Rejected | None:
+        """The rejection of a conditional write on ``rec`` whose current label (class index, -1 = none) is not
+        the ``expected`` one (None: no condition): the reason, and ``now`` = (that label, who gave it)."""
         now = self.state.class_name(current) if current >= 0 else ""
         if expected is None or now == expected:
             return None
         history = self.state.label_history(rec.seq)
-        who = f" by {history[-1][1]}" if history else ""
+        by = history[-1][1] if history else ""
+        who = f" by {by}" if by else ""
         was = f"expected {expected!r}" if expected else "expected unlabelled"
         now_is = f"labelled {now!r}{who}" if now else f"unlabelled (its label taken back{who})" if history \
             else "unlabelled"
-        return f"{now_is} meanwhile ({was}): not changed; look again and resend"
+        return Rejected(rec.id, f"{now_is} meanwhile ({was}): not changed; look again and resend", (now, by))
 
     def submit_labels(self, labels: Sequence[tuple[str, str]], annotator: str, source: str = "",
-                      if_current: Mapping[str, str] | None = None) -> tuple[int, list[tuple[str, str]]]:
+                      if_current: Mapping[str, str] | None = None) -> tuple[int, list[Rejected]]:
         """Record (id, label) pairs durably, with who gave them and how (``source``, "" = "manual") and
         the model version served now; per-item rejections for unknown ids / labels, a new class name
         that would look like another (``name_problem``), an id listed twice (its second item) and, for an
@@ -448,7 +459,7 @@ class Agent:
         than the new label (a concurrent annotator's; optimistic concurrency)."""
         lim = self.limits
         self._check_label_call(labels, "labels", annotator, source)
-        rejected: list[tuple[str, str]] = []
+        rejected: list[Rejected] = []
         good: list[tuple[int, int]] = []
         seen: set[int] = set()
         with self.manager.writing() as serving:
@@ -459,20 +470,20 @@ class Agent:
                 if rec is None:
                     continue
                 if not label:
-                    rejected.append((sid, "empty label"))
+                    rejected.append(Rejected(sid, "empty label"))
                     continue
                 if rec.seq in seen:  # which of the two was meant is the caller's to say
-                    rejected.append((sid, "listed twice in this request: send one label per sample"))
+                    rejected.append(Rejected(sid, "listed twice in this request: send one label per sample"))
                     continue
                 seen.add(rec.seq)
                 current = self.state.label_index(rec.seq)
                 if label != (self.state.class_name(current) if current >= 0 else None) and (
                         conflict := self._changed_meanwhile(rec, current, (if_current or {}).get(sid))):
-                    rejected.append((sid, conflict))
+                    rejected.append(conflict)
                     continue
                 idx = self.state.class_index(label)
                 if idx is None:
-                    rejected.append((sid, unknown_label_reason(self.state.classes, label)))
+                    rejected.append(Rejected(sid, unknown_label_reason(self.state.classes, label)))
                     continue
                 good.append((rec.seq, idx))
             if good:
@@ -481,12 +492,12 @@ class Agent:
         return len(good), rejected
 
     def retract_labels(self, ids: Sequence[str], annotator: str, source: str = "",
-                       if_current: Mapping[str, str] | None = None) -> tuple[int, list[tuple[str, str]]]:
+                       if_current: Mapping[str, str] | None = None) -> tuple[int, list[Rejected]]:
         """Make the samples ``ids`` unlabelled, durably, recording who took the labels back and how
         (``source``, "" = "manual"); per-item rejections for unknown, unlabelled or repeated ids, and for an
         id in ``if_current`` whose current label is not the one given there (changed meanwhile)."""
         self._check_label_call(ids, "ids", annotator, source)
-        rejected: list[tuple[str, str]] = []
+        rejected: list[Rejected] = []
         good: list[int] = []
         seen: set[int] = set()
         with self.manager.writing() as serving:
@@ -496,11 +507,11 @@ class Agent:
                 if rec is None:
                     continue
                 if rec.seq in seen:
-                    rejected.append((sid, "listed twice in this request"))
+                    rejected.append(Rejected(sid, "listed twice in this request"))
                 elif conflict := self._changed_meanwhile(rec, int(labels[rec.seq]), (if_current or {}).get(sid)):
-                    rejected.append((sid, conflict))
+                    rejected.append(conflict)
                 elif labels[rec.seq] < 0:
-                    rejected.append((sid, "not labelled: nothing to retract"))
+                    rejected.append(Rejected(sid, "not labelled: nothing to retract"))
                 else:
                     good.append(rec.seq)
                     seen.add(rec.seq)

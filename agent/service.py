@@ -22,7 +22,7 @@ from grpc_reflection.v1alpha import reflection
 from agent.audit import Accuracy, AuditReport
 from agent.cancel import CancelToken
 from agent.config import AgentConfig
-from agent.core import Agent, AgentStatus
+from agent.core import Agent, AgentStatus, Rejected
 from agent.errors import Behaviour, ErrorMapping, rewrap_handler
 from agent.ingest import Incoming
 from agent.lazy import warm_in_background
@@ -85,6 +85,14 @@ def queue_message(q: QueueData) -> agent_pb2.Queue:
                            created=q.created, marks=q.marks)
 
 
+def label_rejection(r: Rejected) -> agent_pb2.Rejection:
+    """A SubmitLabels / RetractLabels rejection as the API's message (``now`` for a conditional write's conflict)."""
+    msg = agent_pb2.Rejection(id=r.id, reason=r.reason)
+    if r.now is not None:
+        msg.now.CopyFrom(agent_pb2.LabelNow(label=r.now[0], annotator=r.now[1]))
+    return msg
+
+
 def call_token(context: grpc.ServicerContext) -> CancelToken:
     """A cancellation token for this call's heavy work: cancelled when the client cancels or leaves, and
     past the call's deadline (if it has one)."""
@@ -127,15 +135,13 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
         accepted, rejected = self.agent.submit_labels(
             [(a.id, a.label) for a in request.labels], request.annotator, request.source,
             {a.id: a.if_current for a in request.labels if a.HasField("if_current")})
-        return agent_pb2.SubmitLabelsReply(accepted=accepted,
-                                           rejected=[agent_pb2.Rejection(id=i, reason=r) for i, r in rejected])
+        return agent_pb2.SubmitLabelsReply(accepted=accepted, rejected=[label_rejection(r) for r in rejected])
 
     def RetractLabels(self, request: agent_pb2.RetractLabelsRequest,
                       context: grpc.ServicerContext) -> agent_pb2.RetractLabelsReply:
         accepted, rejected = self.agent.retract_labels(list(request.ids), request.annotator, request.source,
                                                        dict(request.if_current))
-        return agent_pb2.RetractLabelsReply(accepted=accepted,
-                                            rejected=[agent_pb2.Rejection(id=i, reason=r) for i, r in rejected])
+        return agent_pb2.RetractLabelsReply(accepted=accepted, rejected=[label_rejection(r) for r in rejected])
 
     def GetQueue(self, request: agent_pb2.GetQueueRequest, context: grpc.ServicerContext) -> agent_pb2.Queue:
         return queue_message(self.agent.queues.get(request.name))

@@ -272,7 +272,7 @@ def label_api(request: Request, body: PriorLabelsBody, caller: Caller = CallerDe
             annotator=caller.annotator, source=source))
         refused = {r.id for r in reply.rejected}
         accepted += reply.accepted
-        rejected += rejections(caller, reply.rejected, {x.id: "" for x in part})
+        rejected += rejections(reply.rejected)
         stored += [x.id for x in part if x.id not in refused]
     # labelled meanwhile by someone else: off this page too
     cache(request).labelled(stored + [str(r["id"]) for r in rejected if r.get("changed") and r.get("label")])

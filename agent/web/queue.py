@@ -15,7 +15,7 @@ APIs (JSON): ``GET /api/queue``, ``POST /api/queue/select`` (a Select fills the 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any, Literal
 
 from fastapi import APIRouter, Query, Request
@@ -154,28 +154,19 @@ class LabelsBody(BaseModel):
     labels: list[LabelItem] = Field(min_length=1, max_length=1000)
 
 
-def rejections(caller: Caller, rejected: Iterable[agent_pb2.Rejection], expected: Mapping[str, str]
-               ) -> list[dict[str, Any]]:
+def rejections(rejected: Iterable[agent_pb2.Rejection]) -> list[dict[str, Any]]:
     """The per-item rejections of a SubmitLabels / RetractLabels for the page. An item whose condition
-    (``expected``: id -> the label the page showed) failed because the sample was labelled or taken back
-    meanwhile has ``changed`` set, its ``label`` now (so the page shows it at once instead of at the next
-    refresh), ``by`` (who gave it, from the agent's reason; "" when it does not say) and a ``reason`` for the
-    annotator: the agent's words up to "not changed" (what it is now and who gave it), since the page leaves
-    the sample as it is rather than asking to resend."""
-    out: list[dict[str, Any]] = [{"id": r.id, "reason": r.reason, "changed": False} for r in rejected]
-    # only the refusals in the agent's words for a changed label (ListSamples refuses a whole request with an
-    # unknown id among its ids); the label read back confirms it
-    asked = [str(x["id"]) for x in out if x["id"] in expected and " meanwhile (" in str(x["reason"])]
-    if not asked:
-        return out
-    now = {s.id: s.label for s in caller.stream(caller.stub.ListSamples, agent_pb2.ListSamplesRequest(ids=asked))}
-    for x in out:
-        sid = str(x["id"])
-        if sid in now and now[sid] != expected.get(sid, now[sid]):
-            reason = str(x["reason"]).split(": not changed")[0]
-            head = reason.split(" meanwhile (")[0]
-            x.update(changed=True, label=now[sid], reason=reason,
-                     by=head.rsplit(" by ", 1)[1] if " by " in head else "")
+    (if_current: the label the page showed) failed because the sample was labelled or taken back meanwhile
+    has ``changed`` set, its ``label`` now (so the page shows it at once instead of at the next refresh) and
+    ``by`` (who gave it), from the agent's ``Rejection.now``, and a ``reason`` for the annotator: the agent's
+    words up to "not changed" (what it is now and who gave it), since the page leaves the sample as it is
+    rather than asking to resend."""
+    out: list[dict[str, Any]] = []
+    for r in rejected:
+        item: dict[str, Any] = {"id": r.id, "reason": r.reason, "changed": r.HasField("now")}
+        if r.HasField("now"):
+            item.update(label=r.now.label, by=r.now.annotator, reason=r.reason.split(": not changed")[0])
+        out.append(item)
     return out
 
 
@@ -191,9 +182,8 @@ def submit(body: LabelsBody, caller: Caller = CallerDep) -> dict[str, Any]:
             item.if_current = x.if_current
         labels.append(item)
     reply = caller(caller.stub.SubmitLabels, agent_pb2.SubmitLabelsRequest(labels=labels, annotator=caller.annotator))
-    expected = {x.id: x.if_current for x in body.labels if x.if_current is not None}
     return {"accepted": reply.accepted, "annotator": caller.annotator,
-            "rejected": rejections(caller, reply.rejected, expected)}
+            "rejected": rejections(reply.rejected)}
 
 
 class RetractBody(BaseModel):
@@ -214,7 +204,7 @@ def retract(request: Request, body: RetractBody, caller: Caller = CallerDep) -> 
     refused = {r.id for r in reply.rejected}
     cache(request).labelled([i for i in body.ids if i not in refused], done=False)
     return {"accepted": reply.accepted, "annotator": caller.annotator,
-            "rejected": rejections(caller, reply.rejected, body.if_current)}
+            "rejected": rejections(reply.rejected)}
 
 
 class MarkBody(BaseModel):

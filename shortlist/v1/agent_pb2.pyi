@@ -68,12 +68,22 @@ class SamePayload(_message.Message):
     def __init__(self, id: _Optional[str] = ..., other_id: _Optional[str] = ...) -> None: ...
 
 class Rejection(_message.Message):
-    __slots__ = ("id", "reason")
+    __slots__ = ("id", "reason", "now")
     ID_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    NOW_FIELD_NUMBER: _ClassVar[int]
     id: str
     reason: str
-    def __init__(self, id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+    now: LabelNow
+    def __init__(self, id: _Optional[str] = ..., reason: _Optional[str] = ..., now: _Optional[_Union[LabelNow, _Mapping]] = ...) -> None: ...
+
+class LabelNow(_message.Message):
+    __slots__ = ("label", "annotator")
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    ANNOTATOR_FIELD_NUMBER: _ClassVar[int]
+    label: str
+    annotator: str
+    def __init__(self, label: _Optional[str] = ..., annotator: _Optional[str] = ...) -> None: ...
 
 class SelectRequest(_message.Message):
     __slots__ = ("budget", "strategy", "params", "seed", "where")

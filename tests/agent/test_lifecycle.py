@@ -340,6 +340,7 @@ def test_conditional_labels_never_overwrite_a_label_given_meanwhile(running: Run
     late = client.submit_labels(running.stub, [("s0", "dog")], "bob", if_current={"s0": ""})  # bob saw it empty
     assert late.accepted == 0 and [(x.id, x.reason) for x in late.rejected] == [
         ("s0", "labelled 'cat' by alice meanwhile (expected unlabelled): not changed; look again and resend")]
+    assert (late.rejected[0].now.label, late.rejected[0].now.annotator) == ("cat", "alice")  # for programs
     same = client.submit_labels(running.stub, [("s0", "cat")], "bob", if_current={"s0": ""})
     assert same.accepted == 1  # the same label: agreement, not a conflict
     assert client.submit_labels(running.stub, [("s0", "dog")], "bob", if_current={"s0": "cat"}).accepted == 1
@@ -349,6 +350,9 @@ def test_conditional_labels_never_overwrite_a_label_given_meanwhile(running: Run
     assert client.retract_labels(running.stub, ["s0"], "bob", if_current={"s0": "dog"}).accepted == 1
     gone = client.submit_labels(running.stub, [("s0", "frog")], "alice", if_current={"s0": "dog"})
     assert "unlabelled (its label taken back by bob) meanwhile (expected 'dog')" in gone.rejected[0].reason
+    assert gone.rejected[0].HasField("now") and (gone.rejected[0].now.label, gone.rejected[0].now.annotator) == (
+        "", "bob")
+    assert not client.submit_labels(running.stub, [("nope", "cat")], "alice").rejected[0].HasField("now")
     # without the condition: as before (the web app's pages and Label Studio set it where it matters)
     assert client.submit_labels(running.stub, [("s1", "cat")], "alice").accepted == 1
     assert client.submit_labels(running.stub, [("s1", "dog")], "bob").accepted == 1
