@@ -112,8 +112,18 @@
   function setFocus(i, scroll = true) {
     if (!tiles.length) return;
     focus = Math.max(0, Math.min(tiles.length - 1, i));
-    tiles.forEach((t, j) => t.classList.toggle("focus", j === focus));
+    tiles.forEach((t, j) => {
+      t.classList.toggle("focus", j === focus);
+      t.setAttribute("aria-selected", j === focus ? "true" : "false");
+    });
+    // screen readers follow the grid's active descendant: the tile in focus, with its aria-label
+    document.getElementById("grid").setAttribute("aria-activedescendant", tiles[focus].id);
     if (scroll) tiles[focus].scrollIntoView({ block: "nearest" });
+  }
+  // What a screen reader hears: said once (a live region), e.g. "fis_046.jpg labelled fish".
+  function announce(text) {
+    const el = document.getElementById("announce");
+    if (el) el.textContent = text;
   }
   function columns() {
     if (tiles.length < 2) return 1;
@@ -127,7 +137,9 @@
     tile.classList.toggle("labelled", !!label);
     tile.classList.remove("mark-skip", "mark-unsure");
     if (!label && mark) tile.classList.add("mark-" + mark);
-    badge(tile).textContent = label || (mark === "skip" ? "skipped" : mark === "unsure" ? "not sure" : "");
+    const state = label || (mark === "skip" ? "skipped" : mark === "unsure" ? "not sure" : "");
+    badge(tile).textContent = state;
+    tile.setAttribute("aria-label", `${tile.dataset.id}: ${state || "not labelled"}`);
     updateCount();
   }
   let pageDone = null;
@@ -205,6 +217,7 @@
     tile.classList.remove("pending");
     tile.dataset.saved = "1";
     show(tile);
+    announce(`${shortId(tile)} labelled ${label}`);
     return true;
   }
   // Undo of a first label: the agent takes it back (RetractLabels) only if it is still `given` (the label this
@@ -233,6 +246,7 @@
     tile.classList.remove("pending");
     tile.dataset.saved = "";
     show(tile);
+    announce(`${shortId(tile)}: label taken back`);
     return true;
   }
   async function sendMark(tile, mark) {
