@@ -67,6 +67,14 @@ LAST_PRIOR_FIT_KEY = "last_prior_fit"
 # A uniform draw's labels count as audit labels over the longest start of the draw of which at least this
 # share is labelled, one unlabelled pick always allowed (``counted_labels``).
 DRAW_LABELLED_SHARE = 0.9
+# ... and, for a draw of another strategy than the audit (random), only once that start holds at least
+# this many labelled picks: smaller starts (and draws) count nothing. Many small random draws (a dashboard's
+# "3 random frames" every few seconds, with a read token) cover the whole pool between them, so hand-picked
+# labels were the first picks of some draw and counted as a uniform sample (150 draws of 3 made 25
+# hand-picked labels "audit" labels and silenced the calibration warning). A start of 10 labelled picks by
+# coincidence needs about f^10 per draw, f the labelled share of the pool. An audit draw (a write token's
+# deliberate act) counts from its first labelled pick.
+MIN_DRAW_COUNTED = 10
 
 
 class Rejected(NamedTuple):
@@ -107,11 +115,12 @@ def uniform_draw(strategy: str, filtered: bool) -> bool:
     return entry is not None and entry.uniform and not filtered
 
 
-def counted_labels(order: np.ndarray, labelled: np.ndarray) -> np.ndarray:
+def counted_labels(order: np.ndarray, labelled: np.ndarray, minimum: int = 1) -> np.ndarray:
     """The labelled picks of one uniform draw that count as a uniform sample of the pool. ``order``: the
     draw's seqs in the order drawn (K); ``labelled``: whether each is labelled now (K bool). Counted: the
     labelled picks of the longest start of the draw (its first m picks) that leaves at most one pick, or
-    1 - DRAW_LABELLED_SHARE of them when more, unlabelled.
+    1 - DRAW_LABELLED_SHARE of them when more, unlabelled, when they are at least ``minimum`` (else none:
+    MIN_DRAW_COUNTED for random's draws).
 
     Why a start: the first m picks of a random order are a uniform sample of the pool, whatever m; the
     labelled picks of a large draw are not, when someone chose which of them to label (a pipeline that
@@ -126,7 +135,8 @@ def counted_labels(order: np.ndarray, labelled: np.ndarray) -> np.ndarray:
     if len(enough) == 0:
         return order[:0]
     start = int(enough[-1]) + 1
-    return order[:start][labelled[:start]]
+    counted = order[:start][labelled[:start]]
+    return counted if len(counted) >= minimum else order[:0]
 
 
 @dataclass
@@ -337,13 +347,14 @@ class Agent:
         labels = self.state.labels_by_seq()
         with self._draws_lock:
             every = list(self._draws)
-        draws = [order for strategy, order in every if strategy == AUDIT or not audit_only]
+        draws = [(order, 1 if strategy == AUDIT else MIN_DRAW_COUNTED) for strategy, order in every
+                 if strategy == AUDIT or not audit_only]
 
         def is_labelled(seqs: np.ndarray) -> np.ndarray:
             inside = seqs < len(labels)
             return inside & (labels[np.where(inside, seqs, 0)] >= 0)
 
-        parts = [counted_labels(order, is_labelled(order)) for order in draws]
+        parts = [counted_labels(order, is_labelled(order), minimum) for order, minimum in draws]
         recorded = [order for _, order in every]
         orphans = np.setdiff1d(self.state.audit_seqs(),
                                np.concatenate(recorded) if recorded else np.zeros(0, np.int64))

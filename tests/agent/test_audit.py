@@ -508,14 +508,14 @@ def test_random_picks_count_as_audit_labels_and_chosen_ones_warn(tmp_path: Path,
 def test_a_draws_labels_count_from_its_start() -> None:
     """``counted_labels``: the labelled picks of the longest start of a draw that leaves at most one pick, or
     10% of them, unlabelled; labels scattered over a draw (someone chose which picks to label) do not count."""
-    from agent.core import counted_labels
+    from agent.core import MIN_DRAW_COUNTED, counted_labels
 
     order = np.arange(100, 200)
 
-    def counted(labelled_positions: list[int] | range) -> list[int]:
+    def counted(labelled_positions: list[int] | range, minimum: int = 1) -> list[int]:
         labelled = np.zeros(len(order), bool)
         labelled[list(labelled_positions)] = True
-        return (counted_labels(order, labelled) - 100).tolist()
+        return (counted_labels(order, labelled, minimum) - 100).tolist()
 
     assert counted(range(30)) == list(range(30))  # the first 30 picks, labelled in order
     assert counted([i for i in range(20) if i != 7]) == [i for i in range(20) if i != 7]  # one skipped of 20
@@ -524,6 +524,11 @@ def test_a_draws_labels_count_from_its_start() -> None:
     assert counted([3, 17, 42, 58, 77, 91]) == []  # scattered: chosen, not drawn
     assert counted([0, 50, 90]) == [0]
     assert counted([]) == [] and len(counted_labels(order[:0], np.zeros(0, bool))) == 0
+    # random's draws (MIN_DRAW_COUNTED): a start of fewer than 10 labelled picks counts nothing
+    assert counted([0, 50, 90], MIN_DRAW_COUNTED) == [] and counted(range(9), MIN_DRAW_COUNTED) == []
+    assert counted(range(10), MIN_DRAW_COUNTED) == list(range(10))
+    small = np.arange(3)  # a draw of 3, wholly labelled: too small to tell a uniform sample from a coincidence
+    assert len(counted_labels(small, np.ones(3, bool), MIN_DRAW_COUNTED)) == 0
 
 
 def test_labels_chosen_from_a_large_random_draw_do_not_count(tmp_path: Path, registry: Path) -> None:
@@ -548,6 +553,20 @@ def test_labels_chosen_from_a_large_random_draw_do_not_count(tmp_path: Path, reg
         assert (cal.source, cal.audit_labels, cal.warning) == ("audit", 24, "")
     finally:
         running.stop()
+
+
+def test_many_small_random_draws_do_not_make_hand_picked_labels_audit_labels(running: Running) -> None:
+    """A dashboard's "3 random samples" every few seconds: 150 draws cover the pool between them, so every
+    sample labelled by hand afterwards (the first 30 in arrival order) was the first pick of some draw. Not
+    a uniform sample: the calibration still fits on the labelled samples and keeps its warning."""
+    client.ingest(running.stub, make_samples(300, labels=0))
+    for seed in range(150):
+        running.stub.Select(agent_pb2.SelectRequest(budget=3, strategy="random", seed=seed))
+    assert len(running.agent._draws) == 150
+    client.submit_labels(running.stub, [(f"s{i}", true_label(f"s{i}")) for i in range(30)], "alice")
+    assert running.agent.uniform_labelled() == 0
+    cal = next(iter(running.stub.PriorLabels(agent_pb2.PriorLabelsRequest(method="knn")))).calibration
+    assert (cal.source, cal.audit_labels) == ("labelled", 0) and "label 20 audit samples" in cal.warning
 
 
 def test_the_accuracy_audit_counts_a_draw_from_its_start(running: Running) -> None:
