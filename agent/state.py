@@ -483,19 +483,23 @@ class State:
 
     def label_events(self, history: bool = False, chunk: int = 4096) -> Iterator[LabelEvent]:
         """Every label and retraction stored when the call started (or, without ``history``, each labelled
-        sample's current label), oldest first, read ``chunk`` rows at a time so a long listing never holds the
-        lock (nor a copy of the whole table) while labelling goes on."""
+        sample's current label then), oldest first, read ``chunk`` rows at a time so a long listing never holds
+        the lock (nor a copy of the whole table) while labelling goes on. "Current" is as of the start (rows up
+        to ``end``) on every page: judged against the table as it is at each page, a sample relabelled during
+        the listing lost its old row (no longer its latest) before its new one (past ``end``) could be read,
+        and went missing from an export."""
         with self._lock:
             end = int(self._db.execute("SELECT COALESCE(MAX(n), 0) FROM labels").fetchone()[0])
             audit = self._audit_set()
-        where = "" if history else f" AND n IN (SELECT MAX(n) FROM labels GROUP BY seq) AND class != {RETRACTED}"
+        latest = "SELECT MAX(n) FROM labels l2 WHERE l2.seq = labels.seq AND l2.n <= :end"
+        where = "" if history else f" AND n = ({latest}) AND class != {RETRACTED}"
         after = 0
         while True:
             with self._lock:
                 rows = self._db.execute(
-                    "SELECT n, seq, class, annotator, time, source, model_version, "
-                    "n = (SELECT MAX(n) FROM labels l2 WHERE l2.seq = labels.seq) "
-                    f"FROM labels WHERE n > ? AND n <= ?{where} ORDER BY n LIMIT ?", (after, end, chunk)).fetchall()
+                    f"SELECT n, seq, class, annotator, time, source, model_version, n = ({latest}) "
+                    f"FROM labels WHERE n > :after AND n <= :end{where} ORDER BY n LIMIT :chunk",
+                    {"after": after, "end": end, "chunk": chunk}).fetchall()
                 classes = list(self.classes) + self._retired
             if not rows:
                 return

@@ -358,3 +358,25 @@ def test_conditional_labels_never_overwrite_a_label_given_meanwhile(running: Run
     assert client.submit_labels(running.stub, [("s1", "dog")], "bob").accepted == 1
     assert client.retract_labels(running.stub, ["s1"], "alice").accepted == 1
     assert not list(client.list_labels(running.stub))
+
+
+def test_current_labels_listed_as_of_the_start_while_labels_change(tmp_path: Path) -> None:
+    """A listing of the current labels (ListLabels, export-labels) read in pages while someone relabels a
+    sample not read yet: the sample is listed once, with its label at the start (was: left out, its old row
+    no longer the latest and its new row past the listing's end)."""
+    from agent.state import NewSample
+
+    s = State(tmp_path / "s.sqlite")
+    s.add_samples([NewSample(f"s{i}", "", {}, "image", f"{i:02d}") for i in range(6)])
+    cat, dog = s.class_index("cat"), s.class_index("dog")
+    assert cat is not None and dog is not None
+    s.add_labels([(q, cat) for q in range(1, 7)], "ann")
+    events = s.label_events(chunk=2)
+    first = next(events)
+    s.add_labels([(6, dog)], "bob")  # the newest-labelled sample, on a later page
+    s.retract_labels([5], "bob")
+    listed = [first, *events]
+    assert [(e.id, e.label) for e in listed] == [(f"s{i}", "cat") for i in range(6)]
+    assert all(e.current for e in listed)  # current as of the start
+    assert [(e.id, e.label) for e in s.label_events()] == [*((f"s{i}", "cat") for i in range(4)), ("s5", "dog")]
+    s.close()
