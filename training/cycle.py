@@ -21,12 +21,12 @@ import torch
 from rich.console import Console
 
 from agent.client import ClientConfig
-from shortlist.manifest import newest_complete
+from shortlist.manifest import Preprocess, newest_complete
 from shortlist.v1 import agent_pb2
 from training.data import TensorData, from_samples
 from training.finetune import FINETUNE_MODES, FROZEN_MODES, FinetuneConfig, finetune
 from training.methods import METHODS
-from training.pretrain import PretrainConfig, preprocess_by_name, pretrain
+from training.pretrain import PretrainConfig, load_encoder, preprocess_by_name, pretrain
 
 CYCLE_MODES = (*FINETUNE_MODES, *METHODS)
 UNLABELED_MODES = frozenset({"as3l", "moby_al", *METHODS})
@@ -97,7 +97,10 @@ def run_cycle(agent: str, models: str | Path, out: str | Path, mode: str = "full
     stub = client.connect(agent, config=client_config)
     before = stub.GetStatus(agent_pb2.GetStatusRequest())
     newest = newest_complete(models)
-    pre = newest[1].preprocess if newest is not None else preprocess_by_name(preprocess)
+    if init is not None and mode not in METHODS:  # the images go through --init's encoder: its input size
+        pre = Preprocess.from_dict(load_encoder(Path(init))[1]["preprocess"])
+    else:  # (the served 96-px model's size refused a 32-px --init run)
+        pre = newest[1].preprocess if newest is not None else preprocess_by_name(preprocess)
     labeled_only = mode not in UNLABELED_MODES
     samples = list(client.list_samples(stub, labeled_only=labeled_only, include_payload=True))
     classes = list(before.classes) or sorted({s.label for s in samples if s.label})

@@ -65,6 +65,17 @@ def test_cycle_against_real_agent(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         assert second.summary["unlabeled"] == 18
         _wait_embedded(stub, "v0002")
 
+        # the served model takes another input size than --init's run: the images are pulled at the run's
+        # (was: at the newest registry version's, and the fine-tuning refused them)
+        from agent.testing import publish_linear
+
+        assert publish_linear(models, size=(12, 12), dim=8, classes=CLASSES) == "v0003"
+        _wait_embedded(stub, "v0003")
+        third = run_cycle(address, models, tmp_path / "run-linear", mode="linear", init=str(tmp_path / "run1"),
+                          preprocess=PRE, threads=1)
+        assert third.published == "v0004" and third.labeled == 12
+        _wait_embedded(stub, "v0004")
+
         # published where the agent does not look: said, not reported as if served
         from rich.console import Console
 
@@ -75,7 +86,7 @@ def test_cycle_against_real_agent(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         run_cycle(address, tmp_path / "elsewhere", tmp_path / "run3", mode="linear", init=str(tmp_path / "run1"),
                   preprocess=PRE, threads=1, console=said)
         text = said.file.getvalue()  # type: ignore[attr-defined]
-        assert "published v0001 (agent serving v0002)" in text
+        assert "published v0001 (agent serving v0004)" in text
         assert f"the agent has not taken v0001 up: is {tmp_path / 'elsewhere'} the folder it serves" in text
     finally:
         stop_server(server, agent, grace=1.0)
