@@ -335,8 +335,13 @@ class IngestPipeline:
             res.rejected.append((sid, f"id {sid!r} is already in the pool with a different payload; ids must "
                                       "be unique (use a new id for a new image)"))
         elif (s.uri and s.uri != rec.uri) or any(rec.metadata.get(k) != v for k, v in s.metadata.items()):
-            res.rejected.append((sid, f"id {sid!r} is stored (same payload) with another uri or metadata: both "
-                                      "are set by the first ingest and a resend does not change them"))
+            differs = ([f"uri {rec.uri[:64]!r} stored, {s.uri[:64]!r} sent"] if s.uri and s.uri != rec.uri else []) + [
+                f"{k[:64]!r}: {rec.metadata[k][:64]!r} stored, {v[:64]!r} sent" if k in rec.metadata
+                else f"{k[:64]!r}: not stored, {v[:64]!r} sent"
+                for k, v in sorted(s.metadata.items()) if rec.metadata.get(k) != v]
+            shown = "; ".join(differs[:3]) + (f"; and {len(differs) - 3} more" if len(differs) > 3 else "")
+            res.rejected.append((sid, f"id {sid!r} is stored (same payload) with another uri or metadata ({shown}): "
+                                      "both are set by the first ingest and a resend does not change them"))
         elif not s.label or s.label == (label := self.state.label_name(rec.seq)):
             res.duplicates += 1
         elif label:

@@ -117,11 +117,12 @@ def test_a_resend_is_a_duplicate_only_when_it_says_what_is_stored(agent: Agent) 
     assert agent.state.label_name(agent.state.lookup("b").seq) == "dog"  # type: ignore[union-attr]
     assert [e.source for e in agent.state.label_events() if e.id == "b"] == ["ingest"]
     changed = [image("a", imgs[0], label="dog"), image("c", imgs[2]), image("c2", imgs[2])]
-    changed[1].metadata = {"site": "south"}
+    changed[1].metadata, changed[1].uri = {"site": "south", "camera": "3"}, "s3://x/c.png"
     res = agent.ingest.batch(changed)
     assert res.accepted == 1 and res.duplicates == 0 and [r[0] for r in res.rejected] == ["a", "c"]
     assert "stored (same payload) with label 'cat': a resend does not change labels; give 'dog' with " \
            "SubmitLabels" in res.rejected[0][1]
-    assert "with another uri or metadata" in res.rejected[1][1]
+    assert ("with another uri or metadata ('camera': not stored, '3' sent; 'site': 'north' stored, 'south' "
+            "sent)") in res.rejected[1][1]  # says what differs
     assert agent.state.label_name(agent.state.lookup("a").seq) == "cat"  # type: ignore[union-attr]
     assert agent.state.lookup("c").metadata == {"site": "north"}  # type: ignore[union-attr]
