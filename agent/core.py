@@ -467,12 +467,15 @@ class Agent:
         the model version served now; per-item rejections for unknown ids / labels, a new class name
         that would look like another (``name_problem``), an id listed twice (its second item) and, for an
         id in ``if_current``, a current label other than the one given there ("" = unlabelled) and other
-        than the new label (a concurrent annotator's; optimistic concurrency)."""
+        than the new label (a concurrent annotator's; optimistic concurrency). A label that is the sample's
+        current one, last given by the same annotator through the same source, is accepted without a new
+        history row: a client that resends after a lost reply changes nothing."""
         lim = self.limits
         self._check_label_call(labels, "labels", annotator, source)
         rejected: list[Rejected] = []
         good: list[tuple[int, int]] = []
         seen: set[int] = set()
+        unchanged = 0
         with self.manager.writing() as serving:
             for sid, label in labels:
                 label_problem = (text_problem(label, lim.max_label_chars, "max_label_chars", "label")
@@ -488,9 +491,12 @@ class Agent:
                     continue
                 seen.add(rec.seq)
                 current = self.state.label_index(rec.seq)
-                if label != (self.state.class_name(current) if current >= 0 else None) and (
-                        conflict := self._changed_meanwhile(rec, current, (if_current or {}).get(sid))):
+                same = current >= 0 and label == self.state.class_name(current)
+                if not same and (conflict := self._changed_meanwhile(rec, current, (if_current or {}).get(sid))):
                     rejected.append(conflict)
+                    continue
+                if same and self.state.last_label_by(rec.seq) == (annotator or "unknown", source or MANUAL_SOURCE):
+                    unchanged += 1  # a resend (a retry after a lost reply): already stored, no second row
                     continue
                 idx = self.state.class_index(label)
                 if idx is None:
@@ -500,7 +506,7 @@ class Agent:
             if good:
                 self.state.add_labels(good, annotator or "unknown", source or MANUAL_SOURCE,
                                       "" if serving is None else serving.version)
-        return len(good), rejected
+        return len(good) + unchanged, rejected
 
     def retract_labels(self, ids: Sequence[str], annotator: str, source: str = "",
                        if_current: Mapping[str, str] | None = None) -> tuple[int, list[Rejected]]:

@@ -481,6 +481,13 @@ class State:
                                     (seq,)).fetchall()
             return [(self.class_name(c) if c != RETRACTED else "", a, t) for c, a, t in rows]
 
+    def last_label_by(self, seq: int) -> tuple[str, str] | None:
+        """(annotator, source) of the latest label row of sample ``seq`` (a label or a retraction), or None."""
+        with self._lock:
+            row = self._db.execute("SELECT annotator, source FROM labels WHERE seq=? ORDER BY n DESC LIMIT 1",
+                                   (seq,)).fetchone()
+        return None if row is None else (str(row[0]), str(row[1]))
+
     def label_events(self, history: bool = False, chunk: int = 4096) -> Iterator[LabelEvent]:
         """Every label and retraction stored when the call started (or, without ``history``, each labelled
         sample's current label then), oldest first, read ``chunk`` rows at a time so a long listing never holds

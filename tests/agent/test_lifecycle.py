@@ -355,6 +355,11 @@ def test_conditional_labels_never_overwrite_a_label_given_meanwhile(running: Run
     assert not client.submit_labels(running.stub, [("nope", "cat")], "alice").rejected[0].HasField("now")
     # without the condition: as before (the web app's pages and Label Studio set it where it matters)
     assert client.submit_labels(running.stub, [("s1", "cat")], "alice").accepted == 1
+    events = running.stub.GetStatus(agent_pb2.GetStatusRequest()).label_events
+    assert client.submit_labels(running.stub, [("s1", "cat")], "alice").accepted == 1  # a resend: no new row
+    assert running.stub.GetStatus(agent_pb2.GetStatusRequest()).label_events == events
+    s1 = running.agent.state.lookup("s1")
+    assert s1 is not None and [h[1] for h in running.agent.state.label_history(s1.seq)] == ["alice"]
     assert client.submit_labels(running.stub, [("s1", "dog")], "bob").accepted == 1
     assert client.retract_labels(running.stub, ["s1"], "alice").accepted == 1
     assert not list(client.list_labels(running.stub))
