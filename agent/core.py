@@ -514,6 +514,11 @@ class Agent:
         (``source``, "" = "manual"); per-item rejections for unknown, unlabelled or repeated ids, and for an
         id in ``if_current`` whose current label is not the one given there (changed meanwhile)."""
         self._check_label_call(ids, "ids", annotator, source)
+        stray = sorted(set(if_current or {}) - set(ids))
+        if stray:  # a condition on nothing: the caller meant another request
+            shown = ", ".join(repr(i[:64]) for i in stray[:5]) + (" ..." if len(stray) > 5 else "")
+            raise InvalidArgument(f"if_current names ids that are not in ids: {shown}; give each condition with "
+                                  "its id in ids")
         rejected: list[Rejected] = []
         good: list[int] = []
         seen: set[int] = set()

@@ -150,6 +150,8 @@ def metadata_problem(metadata: Mapping[str, str], limits: Limits, what: str = "m
     for key, value in metadata.items():
         limit = limits.max_metadata_chars
         problem = (text_problem(key, limit, "max_metadata_chars", f"{what} key")
+                   or (f"{what} has an empty key: name each entry" if not key else None)
+                   or name_problem(key, f"{what} key")  # a key is a name (compared exactly); a value is free text
                    or text_problem(value, limit, "max_metadata_chars", f"{what} value of {key[:64]!r}"))
         if problem is not None:
             return problem

@@ -347,6 +347,9 @@ def test_conditional_labels_never_overwrite_a_label_given_meanwhile(running: Run
     undo = client.retract_labels(running.stub, ["s0"], "alice", if_current={"s0": "cat"})  # alice undoes hers
     assert undo.accepted == 0 and "labelled 'dog' by bob meanwhile (expected 'cat')" in undo.rejected[0].reason
     assert [(lab.id, lab.label) for lab in client.list_labels(running.stub)] == [("s0", "dog")]
+    with pytest.raises(grpc.RpcError) as stray:  # a condition on an id the request does not retract
+        running.stub.RetractLabels(agent_pb2.RetractLabelsRequest(ids=["s0"], if_current={"s0": "dog", "s3": ""}))
+    assert stray.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "'s3'" in (stray.value.details() or "")
     assert client.retract_labels(running.stub, ["s0"], "bob", if_current={"s0": "dog"}).accepted == 1
     gone = client.submit_labels(running.stub, [("s0", "frog")], "alice", if_current={"s0": "dog"})
     assert "unlabelled (its label taken back by bob) meanwhile (expected 'dog')" in gone.rejected[0].reason

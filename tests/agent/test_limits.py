@@ -77,6 +77,8 @@ def test_per_sample_limits_are_rejections(tight: Running) -> None:
         client.image_sample("uri", png(img), uri="u" * 21),
         client.image_sample("meta", png(img), metadata={"a": "1", "b": "2", "c": "3"}),
         client.image_sample("mkey", png(img), metadata={"k" * 7: "1"}),
+        client.image_sample("mempty", png(img), metadata={"": "1"}),
+        client.image_sample("mnl", png(img), metadata={"si\nte": "1"}),
         client.image_sample("big", np.random.default_rng(0).bytes(4001)),
         client.image_sample("pixels", png(make_images(1, hw=(20, 20))[0])),
         client.image_sample("bomb", bomb_png(100_000, 100_000)),
@@ -88,7 +90,9 @@ def test_per_sample_limits_are_rejections(tight: Running) -> None:
     ]
     reply = client.ingest(tight.stub, bad)
     reasons = {r.id: r.reason for r in reply.rejected}
-    assert reply.accepted == 1 and len(reasons) == 12
+    assert reply.accepted == 1 and len(reasons) == 14
+    assert reasons["mempty"] == "metadata has an empty key: name each entry"
+    assert reasons["mnl"].startswith("metadata key 'si\\nte' holds control characters")
     assert "--max-id-chars" in reasons["a" * 11] and "max_id_chars" in reasons["a" * 11]
     assert "--max-label-chars" in reasons["lbl"] and "--max-uri-chars" in reasons["uri"]
     assert "--max-metadata-entries" in reasons["meta"] and "--max-metadata-chars" in reasons["mkey"]
