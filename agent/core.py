@@ -825,8 +825,7 @@ class Agent:
 
     # ---- Status / listing ------------------------------------------------------------------------
     def status(self) -> AgentStatus:
-        serving = self.manager.current
-        pending = self.manager.pending
+        serving, pending_version, pending = self.manager.progress()  # one consistent view of the swap
         audit = self.auditor.report()
         classes = self.pool_classes(self.state.labels_by_seq())[0]
         return AgentStatus(
@@ -835,7 +834,7 @@ class Agent:
             model_version="" if serving is None else serving.version,
             strategies=sorted(STRATEGIES), prior_methods=sorted(PRIOR_METHODS),
             classes=classes,
-            pending_model_version=self.manager.pending_version,
+            pending_model_version=pending_version,
             pending_embedded=0 if pending is None else pending.n,
             audit=audit,
             warnings=[w for w in [self.registry_warning(), *storage_warnings(self.data_dir, self.config.min_free_bytes),

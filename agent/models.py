@@ -6,7 +6,10 @@ manifest) and, when it is good, loads it, re-embeds every stored sample from the
 (embeddings stored durably in SQLite as it goes), catches up with samples ingested meanwhile, and
 then swaps ``ModelManager.current`` (one reference assignment) while holding the write lock that
 Ingest also holds, so no sample is embedded by one version and missed by the other. Until the swap,
-every query uses the previous version.
+every query uses the previous version. Between re-embedding batches the registry is looked at again (at once
+after ReloadModel): a newer good version preempts the pending one, which is abandoned (never served, its
+embeddings dropped, status ``superseded``), because embedding a version that a rollback or a fix has
+already replaced can take hours at field scale while the replacement waits.
 
 Faults: a version that fails the checks is *refused*: the reason is stored (model_versions, status
 ``failed``) and shown in GetStatus warnings while it is newer than the serving version, and the folder is
@@ -33,13 +36,20 @@ from agent.config import AgentConfig
 from agent.embedder import Embedder
 from agent.errors import storage_problem
 from agent.index import VersionIndex
-from agent.state import EmbeddingRows, State
+from agent.state import SERVING_KEY, EmbeddingRows, State
 from shortlist.images import decode_stored
 from shortlist.manifest import Manifest, ManifestError, check_version, list_versions, version_number
 
 log = logging.getLogger(__name__)
 
-SERVING_KEY = "serving_version"
+
+@dataclass
+class Newer:
+    """A complete, loadable version newer than the one being embedded (it preempts that one)."""
+
+    version: str
+    manifest: Manifest
+    embedder: Embedder
 
 
 @dataclass
@@ -83,6 +93,19 @@ class ModelManager:
         self._thread: threading.Thread | None = None
         self._saved_rows = 0
         self._saved_at = time.monotonic()
+        # Held while ``current`` and ``pending*`` change together (the swap) and while GetStatus reads them
+        # (``progress``), so a status never shows a version as both serving and pending, or as neither.
+        self._view_lock = threading.Lock()
+        self._looked_at = time.monotonic()  # when the re-embedding last looked for a newer version
+
+    def progress(self) -> tuple[Serving | None, str, VersionIndex | None]:
+        """(serving version, pending version name or "", pending index or None), read as one."""
+        with self._view_lock:
+            return self.current, self.pending_version, self.pending
+
+    def _set_pending(self, version: str, index: VersionIndex | None) -> None:
+        with self._view_lock:
+            self.pending_version, self.pending = version, index
 
     @contextmanager
     def writing(self) -> Iterator[Serving | None]:
@@ -114,16 +137,42 @@ class ModelManager:
             self._thread.start()
 
     def _cleanup(self) -> None:
-        """Remove what a crash during a swap can leave: embeddings and index snapshots of retired
-        versions, and snapshot folders being written (``.tmp-*``, ``.old-*``)."""
-        keep = {self.current.version} if self.current is not None else set()
-        for name, (status, _, _, _) in self.state.model_versions_full().items():
-            if status == "retired" and name not in keep:
-                self.state.drop_embeddings(name)
+        """Remove what a crash during a swap can leave: embeddings and index snapshots of retired or
+        superseded versions, of pending versions no newer than the serving one (they can never be resumed),
+        and snapshot folders being written (``.tmp-*``, ``.old-*``). A pending version newer than the
+        serving one is kept: ``check`` resumes it if it is still the newest good version, and drops it
+        (``_drop_stale``) when it starts embedding another one."""
+        cur = self.current
+        cur_no = -1 if cur is None else (version_number(cur.version) or 0)
+        resumable = {name for name, (status, _, _, _) in self.state.model_versions_full().items()
+                     if status == "pending" and (version_number(name) or 0) > cur_no}
+        self._drop_stale(keep=resumable)
+        keep = {cur.version} if cur is not None else set()
         if self.index_dir.is_dir():
             for p in self.index_dir.iterdir():
                 if p.name.startswith((".tmp-", ".old-")) or (p.is_dir() and keep and p.name not in keep):
                     shutil.rmtree(p, ignore_errors=True)
+
+    def _drop_stale(self, keep: set[str]) -> None:
+        """Drop the stored embeddings of every version that is neither served nor in ``keep``: retired and
+        superseded ones, and pending ones that will not be resumed (marked superseded, with the reason,
+        so a restart does not count on them). Only the served version and the one being embedded need
+        theirs; an abandoned re-embedding otherwise stays in state.sqlite for good. (A refused version
+        keeps its row and reason; a pending one can be refused at a restart when its folder changed.)"""
+        cur = self.current
+        keep = keep | ({cur.version} if cur is not None else set())
+        for name, (status, _, _, _) in self.state.model_versions_full().items():
+            if name in keep or status not in ("retired", "superseded", "pending", "failed"):
+                continue
+            if status == "pending":
+                by = self.pending_version or (cur.version if cur is not None else "another version")
+                log.info("dropping the partial embeddings of %s: %s is used instead", name, by)
+                self.state.drop_version(name, "superseded", f"{name} was not served: {by} was used instead "
+                                        "before its re-embedding finished")
+            else:
+                self.state.drop_embeddings(name)
+            self.unembeddable.pop(name, None)
+            shutil.rmtree(self.index_dir / name, ignore_errors=True)
 
     def stop(self) -> None:
         self._stop.set()
@@ -223,9 +272,9 @@ class ModelManager:
     def _embedder(self, version: str, manifest: Manifest) -> Embedder:
         return Embedder(self.registry / version, manifest, self.batch_size, self.use_cuda)
 
-    def _load(self, version: str, manifest: Manifest) -> Serving:
+    def _load(self, version: str, manifest: Manifest, embedder: Embedder | None = None) -> Serving:
         """A version with its stored embeddings and persisted index (no re-embedding)."""
-        emb = self._embedder(version, manifest)
+        emb = self._embedder(version, manifest) if embedder is None else embedder
         fixed = self.state.repair_embeddings(version, emb.dim)
         if fixed:
             note = (f"on start, the stored embeddings of {version} did not agree with the samples table "
@@ -275,10 +324,42 @@ class ModelManager:
         else:
             for name in self._candidates():  # newest first: the newest good one wins
                 manifest = self._checked(name)
-                if manifest is not None and self._switch(name, manifest):
+                if manifest is None:
+                    continue
+                outcome = self._switch(name, manifest)
+                while isinstance(outcome, Newer):  # a newer version appeared mid re-embed: move to it
+                    outcome = self._switch(outcome.version, outcome.manifest, outcome.embedder)
+                if outcome:
                     break
         if self.current is not None:
             self._catch_up(self.current.embedder, self.current.index, hold_lock=True)
+
+    def _newer_than(self, version: str) -> Newer | None:
+        """The newest complete version newer than ``version`` whose model loads, or None. Broken ones are
+        refused as ``check`` refuses them (a warning, looked at again when the folder changes), so a
+        broken newer version never interrupts the one being embedded."""
+        floor = version_number(version) or 0
+        for name in reversed(list_versions(self.registry)):
+            if (version_number(name) or 0) <= floor:
+                break
+            manifest = self._checked(name)
+            if manifest is None:
+                continue
+            try:
+                return Newer(name, manifest, self._embedder(name, manifest))
+            except Exception as e:
+                self._refuse(name, f"{name} refused: cannot load it: {e}")
+        return None
+
+    def _look_for_newer(self, version: str) -> Newer | None:
+        """Between re-embedding batches: look at the registry when woken (ReloadModel) or once a poll
+        interval, so a version published mid re-embed (a rollback, a fix) preempts the pending one
+        instead of waiting for it to be embedded and served."""
+        if not self._wake.is_set() and time.monotonic() - self._looked_at < self.poll_s:
+            return None
+        self._wake.clear()
+        self._looked_at = time.monotonic()
+        return self._newer_than(version)
 
     def _missing(self, index: VersionIndex) -> list[int]:
         """Stored samples ``index`` lacks, less those known to be unembeddable for it."""
@@ -290,10 +371,12 @@ class ModelManager:
         for bad in self.unembeddable.values():
             bad.pop(seq, None)
 
-    def _catch_up(self, emb: Embedder, index: VersionIndex, hold_lock: bool, limit: int | None = None) -> int:
+    def _catch_up(self, emb: Embedder, index: VersionIndex, hold_lock: bool, limit: int | None = None,
+                  interrupted: Callable[[], bool] | None = None) -> int:
         """Embed stored samples ``index`` lacks, from their blobs, a batch at a time. With
-        ``hold_lock`` each batch's commit+add holds the write lock (the serving index). Returns how
-        many samples are still missing (0 when done)."""
+        ``hold_lock`` each batch's commit+add holds the write lock (the serving index). ``interrupted``
+        is asked before each batch; True stops the work there. Returns how many samples are still
+        missing (0 when done)."""
         missing = self._missing(index)
         bad = self.unembeddable.setdefault(index.version, {})
         if not missing:
@@ -306,7 +389,7 @@ class ModelManager:
             return len(missing)
         done = 0
         for start in range(0, len(missing), self.batch_size):
-            if self._stop.is_set() or (limit is not None and done >= limit):
+            if self._stop.is_set() or (limit is not None and done >= limit) or (interrupted and interrupted()):
                 break
             seqs, images = [], []
             for q in missing[start:start + self.batch_size]:
@@ -345,9 +428,11 @@ class ModelManager:
         self.state.add_embeddings(EmbeddingRows(index.version, index.n, vecs, logits, pretext), seqs.tolist())
         index.add(seqs, vecs, logits, pretext)
 
-    def _switch(self, version: str, manifest: Manifest) -> bool:
+    def _switch(self, version: str, manifest: Manifest, embedder: Embedder | None = None) -> bool | Newer:
         """Re-embed the pool under ``version`` in the background, then swap to it atomically. False
-        when the version cannot be used (refused, with a warning)."""
+        when the version cannot be used (refused, with a warning). A ``Newer`` when a newer good version
+        appeared meanwhile: ``version`` is then abandoned (never served, its partial embeddings dropped,
+        marked superseded) and the caller moves to the newer one; the serving version answers throughout."""
         cur = self.current
         assert cur is not None
         if self.blobs is None and self.state.count() > 0:
@@ -355,36 +440,58 @@ class ModelManager:
                          "but the agent runs with --no-blobs; restart without --no-blobs (and re-ingest) to use it")
             return False
         try:
-            new = self._load(version, manifest)
+            new = self._load(version, manifest, embedder)
         except Exception as e:
             self._refuse(version, f"{version} refused: cannot load it: {e}")
             return False
-        self.pending_version, self.pending = version, new.index
+        self._set_pending(version, new.index)
         self.state.set_model_version(version, "pending", new.index.n)
+        self._drop_stale(keep={version})  # e.g. a version abandoned before a restart
+        newer: list[Newer] = []
+
+        def preempted() -> bool:
+            if not newer:
+                found = self._look_for_newer(version)
+                if found is not None:
+                    newer.append(found)
+            return bool(newer)
+
         try:
             # Bulk of the work without the lock: ingestion keeps going into the current version.
-            remaining = self._catch_up(new.embedder, new.index, hold_lock=False)
-            while remaining > self.batch_size and not self._stop.is_set():
-                remaining = self._catch_up(new.embedder, new.index, hold_lock=False)
+            remaining = self._catch_up(new.embedder, new.index, hold_lock=False, interrupted=preempted)
+            while remaining > self.batch_size and not self._stop.is_set() and not newer:
+                remaining = self._catch_up(new.embedder, new.index, hold_lock=False, interrupted=preempted)
             if self._stop.is_set():
                 return True
+            if newer or preempted():
+                self._abandon(version, newer[0].version)
+                return newer[0]
             with self._write_lock:  # the few samples ingested since, then the swap
                 self._catch_up(new.embedder, new.index, hold_lock=False)
                 old = self.current
-                self.current = new
-                self.state.set_meta(SERVING_KEY, version)
-                self.state.set_model_version(version, "serving", new.index.n)
+                self.state.set_serving(version, new.index.n)
+                with self._view_lock:  # GetStatus sees the swap and the end of pending as one change
+                    self.current = new
+                    self.pending_version, self.pending = "", None
             self._saved_rows = -1
             self.save_snapshot()
             if old is not None:
-                self.state.set_model_version(old.version, "retired", old.index.n)
-                self.state.drop_embeddings(old.version)
+                self.state.drop_version(old.version, "retired")
                 shutil.rmtree(self.index_dir / old.version, ignore_errors=True)
             self.unembeddable.pop(old.version if old is not None else "", None)
             log.info("now serving %s (%d rows)", version, new.index.n)
             return True
         finally:
-            self.pending_version, self.pending = "", None
+            self._set_pending("", None)
+
+    def _abandon(self, version: str, by: str) -> None:
+        """Stop embedding ``version`` for good: ``by`` (newer) replaces it. Its partial embeddings are
+        dropped and its row says why, in one transaction, so neither this run nor a restart resumes it."""
+        log.warning("%s is abandoned before it was served: %s, newer, was published meanwhile", version, by)
+        self.state.drop_version(version, "superseded", f"{version} was superseded by {by}, published while "
+                                f"{version} was being embedded; it was never served")
+        self.unembeddable.pop(version, None)
+        shutil.rmtree(self.index_dir / version, ignore_errors=True)
 
     def save_snapshot(self) -> None:
         """Persist the serving index if rows were added since the last snapshot."""

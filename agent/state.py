@@ -12,7 +12,7 @@ Tables:
     embeddings     per model version, row r of its index: sample seq, vector (float32 bytes), logits, pretext loss
     selections     every Select: request, result, model version, time
     queues         labelling queues (GetQueue / UpdateQueue; the web app's Queue page): name -> JSON body
-    model_versions name, status (serving|pending|retired|failed), embedded count, error (why refused),
+    model_versions name, status (serving|pending|retired|superseded|failed), embedded count, error (why refused),
                    updated, fingerprint (of the refused folder, so it is looked at again only when changed)
     meta           key/value
 
@@ -74,6 +74,7 @@ CREATE TABLE IF NOT EXISTS queues (name TEXT PRIMARY KEY, body TEXT NOT NULL, ti
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
+SERVING_KEY = "serving_version"  # meta key: the model version served (agent/models.py)
 INGEST_ANNOTATOR = "ingest"
 INGEST_SOURCE = "ingest"  # labels.source of labels that came with Ingest
 MANUAL_SOURCE = "manual"  # ... of SubmitLabels without a source
@@ -618,6 +619,25 @@ class State:
         """Forget a retired version's embeddings (space)."""
         with self._lock, self._transaction():
             self._db.execute("DELETE FROM embeddings WHERE version=?", (version,))
+
+    def drop_version(self, version: str, status: str, error: str = "") -> None:
+        """Mark ``version`` retired or superseded (with why) and forget its embeddings, in one transaction:
+        a crash leaves either the old row with its embeddings or the new row without them, never a
+        'pending' row whose embeddings are half gone."""
+        with self._lock, self._transaction():
+            self._db.execute("DELETE FROM embeddings WHERE version=?", (version,))
+            self._db.execute(
+                "INSERT OR REPLACE INTO model_versions(name, status, embedded, error, updated, fingerprint) "
+                "VALUES (?,?,0,?,?,'')", (version, status, error, time.time()))
+
+    def set_serving(self, version: str, embedded: int) -> None:
+        """Record that ``version`` is served (meta ``serving_version`` and its model_versions row) in one
+        transaction, so a restart loads the version the swap made current."""
+        with self._lock, self._transaction():
+            self._set_meta(SERVING_KEY, version)
+            self._db.execute(
+                "INSERT OR REPLACE INTO model_versions(name, status, embedded, error, updated, fingerprint) "
+                "VALUES (?,?,?,'',?,'')", (version, "serving", embedded, time.time()))
 
     # ---- selections, model versions, meta --------------------------------------------------------
     def record_selection(self, selection_id: str, request: dict[str, object], result: list[tuple[str, float]],

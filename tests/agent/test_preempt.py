@@ -1,0 +1,212 @@
+"""A version published while the agent re-embeds the pool for another one preempts it: the pending
+version is abandoned (never served, its embeddings dropped, marked superseded), the previous version
+answers until the newest is swapped in, and nothing an abandoned or retired version stored is kept.
+GetStatus never shows the swap half done."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agent.config import AgentConfig
+from agent.core import Agent
+from agent.embedder import Embedder, EmbedOutput
+from agent.ingest import Incoming
+from agent.models import ModelManager
+from agent.testing import publish_linear
+from shortlist.manifest import Manifest, republish
+from tests.agent.conftest import SIZE, make_images, png
+
+N = 20
+BATCH = 4  # so a re-embed of N samples takes several batches, with a look at the registry between them
+
+
+def agent(tmp_path: Path, models: Path) -> Agent:
+    return Agent(AgentConfig(tmp_path / "data", models, background=False, use_cuda=False, batch_size=BATCH,
+                             poll_s=3600.0))  # the registry is looked at between batches only when woken
+
+
+def fill(a: Agent, n: int = N) -> None:
+    assert a.ingest.batch([Incoming(f"x{i}", "image", png(im), png(im))
+                           for i, im in enumerate(make_images(n))]).accepted == n
+
+
+def rows_by_version(data: Path) -> dict[str, int]:
+    db = sqlite3.connect(data / "state.sqlite")
+    try:
+        return dict(db.execute("SELECT version, COUNT(*) FROM embeddings GROUP BY version").fetchall())
+    finally:
+        db.close()
+
+
+def on_embed(monkeypatch: pytest.MonkeyPatch, version: str, hook: Callable[[int], None]) -> list[int]:
+    """Call ``hook(k)`` before the k-th batch (from 1) that ``version``'s embedder embeds; returns the
+    list of batch sizes it embedded."""
+    sizes: list[int] = []
+    real = ModelManager._embedder
+
+    def embedder(self: ModelManager, name: str, manifest: Manifest) -> Embedder:
+        emb = real(self, name, manifest)
+        if name == version:
+            inner = emb.embed
+
+            def embed(images: np.ndarray) -> EmbedOutput:
+                sizes.append(len(images))
+                hook(len(sizes))
+                return inner(images)
+
+            emb.embed = embed  # type: ignore[method-assign]
+        return emb
+
+    monkeypatch.setattr(ModelManager, "_embedder", embedder)
+    return sizes
+
+
+def test_a_rollback_published_mid_reembed_preempts_the_pending_version(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    models = tmp_path / "models"
+    publish_linear(models, size=SIZE, dim=16, seed=0)  # v0001: served
+    a = agent(tmp_path, models)
+    try:
+        fill(a)
+        bad = publish_linear(models, size=SIZE, dim=24, seed=1)  # v0002: the bad one
+        a.state._db.executescript(  # every version recorded as served, whichever code path records it
+            "CREATE TEMP TABLE served(name TEXT); CREATE TEMP TRIGGER served_log AFTER INSERT ON model_versions "
+            "WHEN NEW.status = 'serving' BEGIN INSERT INTO served VALUES (NEW.name); END;")
+        seen: list[tuple[str, str]] = []
+
+        def rollback_during_second_batch(k: int) -> None:
+            seen.append((a.status().model_version, a.status().pending_model_version))
+            if k == 2:
+                republish(models, "v0001")  # v0003, a copy of v0001
+                a.manager.reload()  # what ReloadModel does
+
+        sizes = on_embed(monkeypatch, bad, rollback_during_second_batch)
+        a.manager.check()
+        st = a.status()
+        assert st.model_version == "v0003" and st.embedded == N and not st.pending_model_version
+        served = {n for (n,) in a.state._db.execute("SELECT name FROM served")}
+        assert served == {"v0003"}, "the abandoned version must never be served"
+        assert len(sizes) == 2 < N // BATCH  # it stopped after the batch under way, not at the end
+        assert seen == [("v0001", bad), ("v0001", bad)]  # the previous version answered meanwhile
+        status, embedded, why = a.state.model_versions()[bad]
+        assert (status, embedded) == ("superseded", 0) and "superseded by v0003" in why
+        assert rows_by_version(tmp_path / "data") == {"v0003": N}
+        assert not (tmp_path / "data" / "index" / bad).exists()
+    finally:
+        a.close()
+
+
+def test_a_broken_newer_version_does_not_interrupt_the_pending_one(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    models = tmp_path / "models"
+    publish_linear(models, size=SIZE, dim=16, seed=0)
+    a = agent(tmp_path, models)
+    try:
+        fill(a)
+        v2 = publish_linear(models, size=SIZE, dim=24, seed=1)
+
+        def broken_newer(k: int) -> None:
+            if k == 1:
+                v3 = publish_linear(models, size=SIZE, dim=16, seed=2)
+                (models / v3 / "encoder.onnx").write_bytes(b"half copied")
+                a.manager.reload()
+
+        sizes = on_embed(monkeypatch, v2, broken_newer)
+        a.manager.check()
+        st = a.status()
+        assert st.model_version == v2 and st.embedded == N and len(sizes) == N // BATCH
+        assert [w for w in st.warnings if w.startswith("v0003 refused")], st.warnings
+        assert rows_by_version(tmp_path / "data") == {v2: N}
+    finally:
+        a.close()
+
+
+def test_a_pending_version_left_by_a_restart_is_dropped_when_a_newer_one_is_embedded(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stopped mid re-embed of v0002, restarted after v0003 was published: v0003 is embedded and served,
+    and v0002's partial embeddings do not stay in state.sqlite for good."""
+    models = tmp_path / "models"
+    publish_linear(models, size=SIZE, dim=16, seed=0)
+    a = agent(tmp_path, models)
+    try:
+        fill(a)
+        v2 = publish_linear(models, size=SIZE, dim=24, seed=1)
+
+        def stop_after_two(k: int) -> None:
+            if k == 3:
+                a.manager._stop.set()  # shutting down: the pending version is kept, to be resumed
+
+        on_embed(monkeypatch, v2, stop_after_two)
+        a.manager.check()
+        assert a.state.model_versions()[v2][0] == "pending"
+    finally:
+        a.close()
+    assert rows_by_version(tmp_path / "data") == {"v0001": N, v2: 3 * BATCH}
+    monkeypatch.undo()
+    v3 = publish_linear(models, size=SIZE, dim=16, seed=2)
+    a = agent(tmp_path, models)
+    try:
+        a.manager.check()
+        assert a.status().model_version == v3
+        assert a.state.model_versions()[v2][0] == "superseded"
+    finally:
+        a.close()
+    assert rows_by_version(tmp_path / "data") == {v3: N}
+
+
+def test_a_pending_version_older_than_the_served_one_is_dropped_at_start(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    publish_linear(models, size=SIZE, dim=16, seed=0)
+    a = agent(tmp_path, models)
+    try:
+        fill(a)
+        # What an older agent could leave: a pending version that was never resumed, older than the served one.
+        a.state.set_model_version("v0000", "pending", 5)
+        a.state._db.execute("INSERT INTO embeddings SELECT 'v0000', row, seq, vec, logits, pretext FROM embeddings "
+                            "WHERE version='v0001'")
+        a.state._db.commit()
+    finally:
+        a.close()
+    assert rows_by_version(tmp_path / "data") == {"v0001": N, "v0000": N}
+    a = agent(tmp_path, models)
+    try:
+        assert a.status().model_version == "v0001"
+        assert a.state.model_versions()["v0000"][0] == "superseded"
+    finally:
+        a.close()
+    assert rows_by_version(tmp_path / "data") == {"v0001": N}
+
+
+def test_status_never_shows_a_version_both_serving_and_pending(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    publish_linear(models, size=SIZE, dim=16, seed=0)
+    a = agent(tmp_path, models)
+    try:
+        fill(a, 200)
+        seen: set[tuple[str, str]] = set()
+        done = threading.Event()
+
+        def poll() -> None:
+            while not done.is_set():
+                st = a.status()
+                seen.add((st.model_version, st.pending_model_version))
+
+        t = threading.Thread(target=poll)
+        t.start()
+        try:
+            for seed in (1, 2, 3):
+                publish_linear(models, size=SIZE, dim=16, seed=seed)
+                a.manager.check()
+        finally:
+            done.set()
+            t.join()
+        assert ("v0001", "v0002") in seen or ("v0002", "v0003") in seen  # it did look during re-embeds
+        assert not [(s, p) for s, p in seen if s == p or not s], seen
+    finally:
+        a.close()
