@@ -38,7 +38,7 @@ from agent.errors import storage_problem
 from agent.index import VersionIndex
 from agent.state import SERVING_KEY, EmbeddingRows, State
 from shortlist.images import decode_stored
-from shortlist.manifest import Manifest, ManifestError, check_version, list_versions, version_number
+from shortlist.manifest import Manifest, ManifestError, check_version, list_versions, same_model, version_number
 
 log = logging.getLogger(__name__)
 
@@ -435,6 +435,13 @@ class ModelManager:
         marked superseded) and the caller moves to the newer one; the serving version answers throughout."""
         cur = self.current
         assert cur is not None
+        if same_model(cur.manifest, manifest):  # a copy of the served model: nothing to re-embed
+            try:
+                emb = self._embedder(version, manifest) if embedder is None else embedder
+            except Exception as e:
+                self._refuse(version, f"{version} refused: cannot load it: {e}")
+                return False
+            return self._rename(version, manifest, emb)
         if self.blobs is None and self.state.count() > 0:
             self._refuse(version, f"cannot move to {version}: the pool must be re-embedded from stored payloads, "
                          "but the agent runs with --no-blobs; restart without --no-blobs (and re-ingest) to use it")
@@ -483,6 +490,29 @@ class ModelManager:
             return True
         finally:
             self._set_pending("", None)
+
+    def _rename(self, version: str, manifest: Manifest, emb: Embedder) -> bool:
+        """Serve ``version``, the same model as the served one (a republished copy: a rollback to the
+        version being served, e.g. while a bad newer one was being embedded), with the served index and
+        stored embeddings under the new name, at once: re-embedding the pool with an identical model
+        would give the same vectors after hours of work."""
+        with self._write_lock:  # no Ingest adds rows under the old name meanwhile
+            old = self.current
+            assert old is not None
+            self.state.rename_version(old.version, version, old.index.n)
+            index = old.index
+            index.version = version
+            with self._view_lock:
+                self.current = Serving(version, manifest, emb, index)
+            self.unembeddable[version] = self.unembeddable.pop(old.version, {})
+        if self.on_classes is not None:
+            self.on_classes(manifest)
+        self._saved_rows = -1
+        self.save_snapshot()
+        shutil.rmtree(self.index_dir / old.version, ignore_errors=True)
+        log.info("now serving %s, the same model as %s, with its %d embeddings (nothing re-embedded)",
+                 version, old.version, index.n)
+        return True
 
     def _abandon(self, version: str, by: str) -> None:
         """Stop embedding ``version`` for good: ``by`` (newer) replaces it. Its partial embeddings are

@@ -630,6 +630,19 @@ class State:
                 "INSERT OR REPLACE INTO model_versions(name, status, embedded, error, updated, fingerprint) "
                 "VALUES (?,?,0,?,?,'')", (version, status, error, time.time()))
 
+    def rename_version(self, old: str, new: str, embedded: int) -> None:
+        """Serve ``new`` with ``old``'s embeddings (the same model under another name: a rollback's copy):
+        the rows move to ``new``, it becomes the served version and ``old`` is retired, in one transaction,
+        so a crash leaves either ``old`` served with its rows or ``new`` served with them."""
+        now = time.time()
+        with self._lock, self._transaction():
+            self._db.execute("DELETE FROM embeddings WHERE version=?", (new,))
+            self._db.execute("UPDATE embeddings SET version=? WHERE version=?", (new, old))
+            self._set_meta(SERVING_KEY, new)
+            self._db.executemany(
+                "INSERT OR REPLACE INTO model_versions(name, status, embedded, error, updated, fingerprint) "
+                "VALUES (?,?,?,'',?,'')", [(new, "serving", embedded, now), (old, "retired", 0, now)])
+
     def set_serving(self, version: str, embedded: int) -> None:
         """Record that ``version`` is served (meta ``serving_version`` and its model_versions row) in one
         transaction, so a restart loads the version the swap made current."""

@@ -302,6 +302,16 @@ def publish(registry: Path, staging: Path) -> str:
     raise RuntimeError("could not find a free version number")
 
 
+def same_model(a: Manifest, b: Manifest) -> bool:
+    """Whether two versions compute the same outputs for every image: the same files (sha256), the same
+    preprocessing, outputs, input, embedding size and classes. A republished copy (a rollback) is the same
+    model as its source; the agent reuses the served version's embeddings for it instead of re-embedding
+    the pool, and ``shortlist models rollback`` refuses to publish a copy of what is already served."""
+    return (a.files == b.files and a.preprocess == b.preprocess and a.outputs == b.outputs
+            and a.input_name == b.input_name and a.embedding_dim == b.embedding_dim
+            and (a.classes or []) == (b.classes or []))
+
+
 def republish(registry: Path, version: str) -> str:
     """Publish a copy of ``registry/version`` as the next version (a rollback: the agent serves the newest
     complete version, so an older model comes back by being published again, and version numbers only

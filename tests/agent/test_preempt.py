@@ -210,3 +210,48 @@ def test_status_never_shows_a_version_both_serving_and_pending(tmp_path: Path) -
         assert not [(s, p) for s, p in seen if s == p or not s], seen
     finally:
         a.close()
+
+
+def test_a_copy_of_the_served_model_is_swapped_in_with_its_embeddings(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The field's rollback: v0001 served, a bad v0002 being embedded, v0001 republished as v0003. v0002 is
+    abandoned and v0003, the same files and preprocessing as the served v0001, is served at once with
+    v0001's embeddings (moved, not copied), nothing re-embedded, before and after a restart."""
+    models = tmp_path / "models"
+    publish_linear(models, size=SIZE, dim=16, seed=0)
+    a = agent(tmp_path, models)
+    try:
+        fill(a)
+        before = a.manager.current.index.view().vecs.copy()  # type: ignore[union-attr]
+        bad = publish_linear(models, size=SIZE, dim=24, seed=1)
+
+        def rollback(k: int) -> None:
+            if k == 1:
+                republish(models, "v0001")
+                a.manager.reload()
+
+        on_embed(monkeypatch, bad, rollback)
+        copy_batches = on_embed(monkeypatch, "v0003", lambda k: None)
+        a.manager.check()
+        st = a.status()
+        assert (st.model_version, st.embedded, st.pending_model_version) == ("v0003", N, "")
+        assert copy_batches == []  # nothing re-embedded
+        assert np.array_equal(a.manager.current.index.view().vecs, before)  # type: ignore[union-attr]
+        versions = a.state.model_versions()
+        assert versions["v0001"][0] == "retired" and versions[bad][0] == "superseded"
+        assert versions["v0003"][:2] == ("serving", N)
+        assert a.ingest.batch([Incoming(f"y{i}", "image", png(im), png(im))  # ingest goes on into it
+                               for i, im in enumerate(make_images(3, seed=9))]).accepted == 3
+        assert a.status().embedded == N + 3
+        copy_batches.clear()  # the 3 ingested were embedded by Ingest, with the copy's model
+    finally:
+        a.close()
+    assert rows_by_version(tmp_path / "data") == {"v0003": N + 3}
+    a = agent(tmp_path, models)
+    try:
+        a.manager.check()
+        st = a.status()
+        assert (st.model_version, st.embedded) == ("v0003", N + 3) and copy_batches == []
+        assert sorted(p.name for p in (tmp_path / "data" / "index").iterdir()) == ["v0003"]
+    finally:
+        a.close()
