@@ -2,14 +2,17 @@
 
 The agent serves the newest complete version of its ``--models`` folder (agent/models.py), so a rollback
 is a republish: ``shortlist.manifest.republish`` copies the chosen version, hashes checked, under the next
-version number, atomically; the agent re-embeds the pool with it and swaps as for any new version. Version
-numbers only grow, and every version ever served stays in the folder to go back to.
+version number, atomically; the agent re-embeds the pool with it and swaps as for any new version (at once,
+with the served embeddings, when the copy is the same model as the served one), abandoning a version it was
+embedding meanwhile. Version numbers only grow, and every version ever served stays in the folder to go
+back to. A copy that would change nothing (of the newest complete version, or of what the agent serves
+while it moves to no other) is refused: re-embedding a pool with an identical model can take hours.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 import typer
@@ -20,7 +23,17 @@ from rich.table import Table
 from agent import client
 from agent.cli import json_line
 from agent.cli_options import AgentTarget, agent_options
-from shortlist.manifest import ManifestError, check_version, list_versions, republish
+from shortlist.manifest import (
+    Manifest,
+    ManifestError,
+    check_version,
+    list_versions,
+    newest_complete,
+    republish,
+    same_model,
+    version_number,
+)
+from shortlist.v1 import agent_pb2
 
 models_app = typer.Typer(no_args_is_help=True, help="The model registry: list its versions, roll back to one.")
 
@@ -61,13 +74,15 @@ def list_command(models: Path = ModelsOpt,
             print(json_line(r))
         return
     out = Console()
+    if not out.is_terminal:  # a file or a log: rich would squeeze the table into 80 columns and cut cells
+        out = Console(width=max(out.width, 400))
     if not rows:
         out.print(f"no versions in {escape(str(models))} (publish one with `shortlist export RUN --models "
                   f"{escape(str(models))}`)", highlight=False)
         return
     table = Table(title=str(models))
     for col in ("version", "created", "method", "arch", "dim", "classes", "from", "state"):
-        table.add_column(col, no_wrap=col in ("version", "created"))
+        table.add_column(col, no_wrap=col in ("version", "created"), overflow="fold")  # fold, never cut
     for r in rows:
         if not r["complete"]:
             table.add_row(r["version"], "", "", "", "", "", "", "[red]not served[/] (below)")
@@ -94,43 +109,107 @@ def rollback(agent: AgentTarget,
                                             "reload (it takes the version up at its next registry check)"),
              as_json: bool = typer.Option(False, "--json", help="the outcome as one JSON object on stdout")) -> None:
     """Serve an older version again: publish a copy of it (hashes checked) as the next version, then ask
-    the agent to reload and say what it made of it. The versions in between stay in the registry."""
-    registry = _registry(models)
+    the agent to reload and say what it made of it. The versions in between stay in the registry. Refused
+    (nothing published) when VERSION is already the newest complete version, or what the agent serves and
+    it is moving to no other version: the copy would change nothing."""
+
+    def fail(message: str, code: int) -> NoReturn:
+        """Say why nothing was published; with --json as a JSON object on stdout too, so a script that
+        parses stdout gets an answer whatever happened (the exit status is the same either way)."""
+        if as_json:
+            print(json_line({"error": message, "published": None, "copy_of": version}))
+        else:
+            typer.echo(message, err=True)
+        raise typer.Exit(code)
+
+    if not models.is_dir():
+        fail(f"{models} is not a folder (give the registry `shortlist export` publishes into and `shortlist serve "
+             "--models` serves)", 2)
+    registry = models
     if version not in list_versions(registry):
         known = ", ".join(list_versions(registry)) or "none"
-        raise typer.BadParameter(f"no version {version!r} in {registry} (versions: {known}; `shortlist models "
-                                 "list` shows them)", param_hint="VERSION")
+        fail(f"no version {version!r} in {registry} (versions: {known}; `shortlist models list` shows them)", 2)
+    try:
+        source = check_version(registry / version, verify_hashes=True)
+    except ManifestError as e:
+        fail(f"{version} cannot be served again: {e}", 1)
+    newest = newest_complete(registry)
+    if newest is not None and (newest[0] == version or same_model(newest[1], source)):
+        what = "is" if newest[0] == version else f"is the same model as {newest[0]}, which is"
+        fail(f"{version} {what} the newest complete version in {registry}: an agent serving this folder serves "
+             "it (or is embedding the pool with it) already; nothing was published", 1)
+    stub = None
+    if not no_reload:
+        try:
+            stub = agent.connect()
+            st = stub.GetStatus(agent_pb2.GetStatusRequest())
+        except (client.AgentUnavailable, grpc.RpcError):
+            stub = None  # said below, after publishing: the agent takes the copy up at its next check
+        else:
+            served = _manifest(registry, st.model_version)
+            if not st.pending_model_version and (st.model_version == version
+                                                 or (served is not None and same_model(served, source))):
+                also = "" if st.model_version == version else f" as {st.model_version}"
+                fail(f"the agent at {agent.address} serves {version}{also} already and is not moving to another "
+                     "version; nothing was published", 1)
     try:
         new = republish(registry, version)
     except ManifestError as e:
-        typer.echo(f"{version} cannot be served again: {e}", err=True)
-        raise typer.Exit(1) from None
+        fail(f"{version} cannot be served again: {e}", 1)
     except OSError as e:
-        typer.echo(f"could not publish a copy of {version} into {registry}: {e}; nothing was published", err=True)
-        raise typer.Exit(1) from None
+        fail(f"could not publish a copy of {version} into {registry}: {e}; nothing was published", 1)
     outcome: dict[str, Any] = {"published": new, "copy_of": version, "registry": str(registry)}
     message = f"published {new}, a copy of {version}, in {registry}"
     if not no_reload:
         try:
-            st = client.reload_model(agent.connect(), new)
+            st = client.reload_model(stub if stub is not None else agent.connect(), new)
         except (client.AgentUnavailable, grpc.RpcError) as e:
             why = client.detail(e) if isinstance(e, grpc.RpcError) else str(e)
             outcome["agent"] = {"error": why}
             message += (f"; the agent at {agent.address} was not asked to reload ({why}): an agent serving this "
                         "folder takes it up at its next registry check")
         else:
+            state, said = _taken_up(st, new, registry)
             outcome["agent"] = {"serving": st.model_version, "embedding": st.pending_model_version,
-                                "refused": client.refusal(st, new) or ""}
-            if st.model_version == new:
-                message += f"; the agent at {agent.address} serves it"
-            elif st.pending_model_version == new:
-                message += (f"; the agent at {agent.address} is embedding the pool with it and serves "
-                            f"{st.model_version or 'nothing'} until then (`shortlist status` shows the progress)")
-            else:
-                message += (f"; the agent at {agent.address} has not taken it up: "
-                            + (client.refusal(st, new) or f"is {registry} the folder it serves "
-                               "(`shortlist serve --models`)?"))
+                                "refused": client.refusal(st, new) or "", "state": state}
+            message += f"; the agent at {agent.address} " + said
     if as_json:
         print(json_line(outcome))
     else:
         Console().print(escape(message), highlight=False)
+
+
+def _manifest(registry: Path, name: str) -> Manifest | None:
+    """``name``'s manifest when it is a complete version of ``registry`` (hashes not checked), else None."""
+    if not name:
+        return None
+    try:
+        return check_version(registry / name, verify_hashes=False)
+    except ManifestError:
+        return None
+
+
+def _taken_up(st: agent_pb2.Status, new: str, registry: Path) -> tuple[str, str]:
+    """What the agent made of ``new``, from its status after ReloadModel: (``serving`` | ``embedding`` |
+    ``refused`` | ``busy`` | ``superseded`` | ``not_taken_up``, a sentence). An agent embedding another
+    version is busy, not looking at another folder: it takes ``new`` up after the batch under way."""
+    no = version_number(new) or 0
+    pending = st.pending_model_version
+    if st.model_version == new:
+        return "serving", "serves it"
+    if pending == new:
+        return "embedding", (f"is embedding the pool with it and serves {st.model_version or 'nothing'} until then "
+                             "(`shortlist status` shows the progress)")
+    refused = client.refusal(st, new)
+    if refused:
+        return "refused", f"has not taken it up: {refused}"
+    newer = [v for v in (pending, st.model_version) if (version_number(v) or 0) > no]
+    if newer:
+        doing = "is embedding the pool with" if newer[0] == pending else "serves"
+        return "superseded", f"{doing} {newer[0]}, newer than {new}, so it will not serve {new}"
+    if pending:
+        return "busy", (f"is still embedding the pool with {pending} (it serves {st.model_version or 'nothing'}); it "
+                        f"abandons {pending} for {new} when the batch under way is done (`shortlist status` shows "
+                        "when)")
+    return "not_taken_up", (f"has not taken it up: is {registry} the folder it serves (`shortlist serve "
+                            "--models`)?")

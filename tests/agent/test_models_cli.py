@@ -7,13 +7,18 @@ import socket
 import time
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
-from agent.testing import publish_linear
+from agent import client
+from agent.embedder import Embedder
+from agent.models import ModelManager
+from agent.models_cli import _taken_up
+from agent.testing import linear_encoder, publish_linear, publish_model
 from shortlist.cli import app
-from shortlist.manifest import check_version
+from shortlist.manifest import Manifest, Preprocess, check_version, republish
 from shortlist.v1 import agent_pb2
-from tests.agent.conftest import CLASSES, SIZE, Running
+from tests.agent.conftest import CLASSES, SIZE, Running, make_samples, start
 
 runner = CliRunner()
 
@@ -92,3 +97,113 @@ def test_rollback_without_a_reachable_agent_publishes_and_says_when_it_is_taken_
     assert "published v0003, a copy of v0001" in words and "was not asked to reload" in words
     assert "at its next registry check" in words
     assert check_version(models / "v0003").republished_from == "v0001"
+
+
+def test_list_cuts_nothing_when_its_output_is_not_a_terminal(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    publish_linear(models, size=SIZE, dim=16, classes=CLASSES, seed=0)
+    (models / "v0002").mkdir()  # a hand-made folder: not served
+    listed = runner.invoke(app, ["models", "list", "--models", str(models)], env={"COLUMNS": "50"})
+    assert listed.exit_code == 0, listed.output
+    assert "…" not in listed.stdout
+    words = said(listed.stdout)
+    assert "complete" in words and "not served (below)" in words and str(models) in words
+
+
+def test_rollback_json_says_why_nothing_was_published(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    publish_linear(models, size=SIZE, dim=16, seed=0)
+    publish_linear(models, size=SIZE, dim=16, seed=1)
+    for args, code, why in ((["v0009"], 2, "no version 'v0009'"),
+                            (["v0002"], 1, "v0002 is the newest complete version"),
+                            (["v0001", "--models", str(tmp_path / "nowhere")], 2, "is not a folder")):
+        args = [*args, "--models", str(models)] if "--models" not in args else args
+        result = runner.invoke(app, ["models", "rollback", *args, "--json", "--no-reload"])
+        assert result.exit_code == code, result.output
+        out = json.loads(result.stdout)
+        assert why in out["error"] and out["published"] is None
+    republish(models, "v0001")  # v0003: the newest is now a copy of v0001
+    again = runner.invoke(app, ["models", "rollback", "v0001", "--models", str(models), "--no-reload"])
+    assert again.exit_code == 1 and "is the same model as v0003" in said(again.output)
+    assert sorted(p.name for p in models.iterdir()) == ["v0001", "v0002", "v0003"]  # nothing published
+
+
+def test_rollback_to_what_the_agent_serves_is_refused(tmp_path: Path) -> None:
+    """The agent serves v0001 and refused the newer v0002 (its graph disagrees with its manifest, which
+    only loading shows): a copy of v0001 would be re-embedded for nothing."""
+    models = tmp_path / "models"
+    publish_linear(models, size=SIZE, dim=16, seed=0)
+    r = start(tmp_path / "data", models)
+    try:
+        model = linear_encoder(SIZE, 16)
+        model.graph.output[0].type.tensor_type.shape.dim[1].dim_value = 8
+        publish_model(models, model, Preprocess(size=SIZE))
+        r.stub.ReloadModel(agent_pb2.ReloadModelRequest())
+        deadline = time.monotonic() + 20
+        while not any(w.startswith("v0002 ") for w in r.stub.GetStatus(agent_pb2.GetStatusRequest()).warnings):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        result = runner.invoke(app, ["models", "rollback", "v0001", "--models", str(models), "--agent", r.address,
+                                     "--json"])
+        assert result.exit_code == 1, result.output
+        assert "serves v0001 already" in json.loads(result.stdout)["error"]
+        assert sorted(p.name for p in models.iterdir()) == ["v0001", "v0002"]
+    finally:
+        r.stop()
+
+
+def test_what_the_agent_made_of_a_rollback_is_told_apart() -> None:
+    def st(serving: str, pending: str = "", warnings: tuple[str, ...] = ()) -> agent_pb2.Status:
+        return agent_pb2.Status(model_version=serving, pending_model_version=pending, warnings=list(warnings))
+
+    reg = Path("/models")
+    assert _taken_up(st("v0009"), "v0009", reg)[0] == "serving"
+    assert _taken_up(st("v0007", "v0009"), "v0009", reg)[0] == "embedding"
+    assert _taken_up(st("v0007", warnings=("v0009 refused: bad",)), "v0009", reg) == (
+        "refused", "has not taken it up: v0009 refused: bad")
+    state, words = _taken_up(st("v0007", "v0008"), "v0009", reg)  # still on the batch under way
+    assert state == "busy" and "still embedding the pool with v0008" in words and "for v0009" in words
+    assert "folder" not in words
+    state, words = _taken_up(st("v0007", "v0010"), "v0009", reg)
+    assert state == "superseded" and "v0010, newer than v0009" in words
+    assert _taken_up(st("v0010"), "v0009", reg)[0] == "superseded"
+    state, words = _taken_up(st("v0007"), "v0009", reg)
+    assert state == "not_taken_up" and "is /models the folder it serves" in words
+
+
+def test_rollback_during_a_slow_reembed_is_served_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The field's case: v0002 (bad) is being embedded slowly when v0001 is rolled back to. The agent drops
+    v0002 after its batch under way and serves the copy, the same model as the served v0001, with v0001's
+    embeddings: the CLI's answer is that it serves it; v0002 was never served."""
+    models = tmp_path / "models"
+    publish_linear(models, size=SIZE, dim=16, seed=0)
+    r = start(tmp_path / "data", models, batch_size=4)
+    try:
+        client.ingest(r.stub, make_samples(40))
+        _serving(r, "v0001")
+        real = ModelManager._embedder
+
+        def slow(self: ModelManager, name: str, manifest: Manifest) -> Embedder:
+            emb = real(self, name, manifest)
+            if name == "v0002":
+                inner = emb.embed
+                emb.embed = lambda images: (time.sleep(0.5), inner(images))[1]  # type: ignore[method-assign]
+            return emb
+
+        monkeypatch.setattr(ModelManager, "_embedder", slow)
+        publish_linear(models, size=SIZE, dim=24, seed=1)
+        deadline = time.monotonic() + 20
+        while r.stub.GetStatus(agent_pb2.GetStatusRequest()).pending_model_version != "v0002":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        back = runner.invoke(app, ["models", "rollback", "v0001", "--models", str(models), "--agent", r.address,
+                                   "--json"])
+        assert back.exit_code == 0, back.output
+        out = json.loads(back.stdout)
+        assert out["published"] == "v0003" and out["agent"]["state"] == "serving", out
+        st = r.stub.GetStatus(agent_pb2.GetStatusRequest())
+        assert (st.model_version, st.embedded, st.pending_model_version) == ("v0003", 40, "")
+        versions = r.agent.state.model_versions()
+        assert versions["v0002"][0] == "superseded" and versions["v0001"][0] == "retired"
+    finally:
+        r.stop()
