@@ -6,6 +6,7 @@ import json
 import socket
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -187,7 +188,12 @@ def test_rollback_during_a_slow_reembed_is_served_at_once(tmp_path: Path, monkey
             emb = real(self, name, manifest)
             if name == "v0002":
                 inner = emb.embed
-                emb.embed = lambda images: (time.sleep(0.5), inner(images))[1]  # type: ignore[method-assign]
+
+                def slowly(images: Any) -> Any:
+                    time.sleep(0.5)
+                    return inner(images)
+
+                emb.embed = slowly  # type: ignore[method-assign]
             return emb
 
         monkeypatch.setattr(ModelManager, "_embedder", slow)
