@@ -13,13 +13,18 @@ from tests.agent.web.conftest import WebAgent, shape_of, shot
 pytestmark = pytest.mark.browser
 
 
-def test_keyboard_labelling(live_web: WebAgent, page: Any) -> None:
+def ask_random(live_web: WebAgent, page: Any, budget: int) -> None:
+    """Open the Queue page as "ana" and ask the agent for ``budget`` random samples."""
     page.context.add_cookies([{"name": "shortlist_user", "value": "ana", "url": live_web.url}])
     page.goto(live_web.url + "/queue")
     page.select_option("#strategy", "random")
-    page.fill("input[name=budget]", "18")
+    page.fill("input[name=budget]", str(budget))
     page.click("#ask-button")
     page.wait_for_selector(".tile")
+
+
+def test_keyboard_labelling(live_web: WebAgent, page: Any) -> None:
+    ask_random(live_web, page, 18)
     tiles = page.locator(".tile")
     assert tiles.count() == 18
     ids = [str(tiles.nth(i).get_attribute("data-id")) for i in range(18)]
@@ -128,12 +133,7 @@ def test_filter_and_labels_from_elsewhere_show_up(live_web_fast: WebAgent, page:
 def test_the_queue_speaks_to_screen_readers(live_web: WebAgent, page: Any) -> None:
     """The grid is a listbox whose active descendant is the tile in focus; each tile's accessible name says
     its id and label, kept up to date; a label given or taken back is said once (a polite live region)."""
-    page.context.add_cookies([{"name": "shortlist_user", "value": "ana", "url": live_web.url}])
-    page.goto(live_web.url + "/queue")
-    page.select_option("#strategy", "random")
-    page.fill("input[name=budget]", "4")
-    page.click("#ask-button")
-    page.wait_for_selector(".tile")
+    ask_random(live_web, page, 4)
     first = page.locator(".tile").nth(0)
     sid = str(first.get_attribute("data-id"))
     first.click()
