@@ -663,14 +663,14 @@ class Agent:
         # its labels, the candidates (the where filter's result), the strategy, params, seed and budget.
         key = ("select", version, len(pool.embeddings), fingerprint(pool.labeled, pool.labels, pool.candidates),
                strategy, frozen(params), seed, take)
-        cached = self.select_cache.get(key) if take else None
-        if take == 0:
-            chosen: list[tuple[str, float]] = []
-            details[NOTHING_SELECTED] = self._why_nothing(where)
-        elif cached is not None:
+        cached = self.select_cache.get(key)
+        if cached is not None:  # an empty answer too: a client polling one that matches nothing writes nothing
             chosen, details = list(cached[0]), dict(cached[1])
             if cached[2]:  # recorded, with its draw: the same selection again
                 return SelectResult(chosen, version, strategy, cached[2], details)
+        elif take == 0:
+            chosen = []
+            details[NOTHING_SELECTED] = self._why_nothing(where)
         else:
             token = token or cancel.CancelToken()
             lane = self.light_work if fn.is_light(take) else self.work
@@ -707,9 +707,9 @@ class Agent:
                 raise
             log.warning("Select answered without recording its selection: %s", stored.message)
             details = {**details, SELECTION_NOT_RECORDED: stored.message}
-        if take:  # an unrecorded answer is cached without an id: a repeat runs the recording again
-            kept = {k: v for k, v in details.items() if k != SELECTION_NOT_RECORDED}
-            self.select_cache.put(key, (list(chosen), kept, recorded), weight=max(1, len(chosen)))
+        # an unrecorded answer is cached without an id: a repeat runs the recording again
+        kept = {k: v for k, v in details.items() if k != SELECTION_NOT_RECORDED}
+        self.select_cache.put(key, (list(chosen), kept, recorded), weight=max(1, len(chosen)))
         return SelectResult(chosen, version, strategy, selection_id, details)
 
     def _why_nothing(self, where: Mapping[str, str]) -> str:

@@ -390,6 +390,10 @@ def test_repeated_select_and_prior_labels_come_from_the_cache(running: Running,
     assert [s.id for s in first.selected] == [s.id for s in second.selected]
     # the same selection: recorded once (a client repeating a call cannot grow the database)
     assert first.selection_id == second.selection_id and len(running.agent.state.selections()) == 1
+    nowhere = [running.stub.Select(agent_pb2.SelectRequest(budget=4, strategy="random", where={"site": "x"}))
+               for _ in range(3)]  # an answer with nothing in it, polled: recorded once too
+    assert not nowhere[0].selected and "nothing_selected" in nowhere[2].details
+    assert len({r.selection_id for r in nowhere}) == 1 and len(running.agent.state.selections()) == 2
     p1, p2 = pri(), pri()
     assert counts["prior"] == 1 and p1 == p2
     # Another seed or params is another key; a new label invalidates both.
