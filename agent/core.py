@@ -180,6 +180,8 @@ def source_problem(source: str) -> str | None:
 # SelectReply.details key present when the selection could not be recorded (disk full or read-only);
 # its value says why. The selection itself is complete and valid.
 SELECTION_NOT_RECORDED = "selection_not_recorded"
+READ_ONLY_SELECT = ("made with a read token: answered, not recorded (a read token's Selects are not in the "
+                    "selections table and do not count as draws for the calibration)")
 # Select's details key saying why the answer is empty (an empty list alone reads like a failure).
 NOTHING_SELECTED = "nothing_selected"
 
@@ -630,10 +632,13 @@ class Agent:
 
     # ---- Select ----------------------------------------------------------------------------------
     def select(self, budget: int, strategy: str, params: Mapping[str, str], seed: int,
-               where: Mapping[str, str], token: cancel.CancelToken | None = None) -> SelectResult:
+               where: Mapping[str, str], token: cancel.CancelToken | None = None,
+               record: bool = True) -> SelectResult:
         """Run ``strategy`` (in an admission slot, cancelled through ``token``) and record the selection
         under a new id, or answer a repeated identical request from the cache with the selection already
-        recorded (its id; nothing written: a client repeating one call cannot grow the database)."""
+        recorded (its id; nothing written: a client repeating one call cannot grow the database).
+        ``record`` False (a read token's call): answered, not recorded, and not a draw for the calibration;
+        ``details["selection_not_recorded"]`` says so."""
         if budget <= 0:
             raise InvalidArgument(f"budget must be >= 1 (got {budget})")
         if budget > self.limits.max_select_budget:
@@ -689,6 +694,11 @@ class Agent:
             chosen = [(self.state.record(int(seqs[r])).id, float(s)) for r, s in zip(rows, scores, strict=True)]
             details = dict(sel.details)
         selection_id = uuid.uuid4().hex
+        if not record:  # cached unrecorded: a repeat by a read token is answered at once, by a write token recorded
+            if cached is None:
+                self.select_cache.put(key, (list(chosen), dict(details), ""), weight=max(1, len(chosen)))
+            return SelectResult(chosen, version, strategy, selection_id,
+                                {**details, SELECTION_NOT_RECORDED: READ_ONLY_SELECT})
         drawn = self._seqs_of(i for i, _ in chosen) if uniform_draw(strategy, bool(where)) else []
         if strategy == AUDIT and drawn:  # durable before the answer: an unrecorded draw would not be audited
             self.state.add_audit(drawn, selection_id)

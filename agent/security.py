@@ -17,6 +17,7 @@ and in GetStatus).
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import errno
 import fcntl
 import hmac
@@ -53,6 +54,12 @@ WRITE_REQUESTS: Mapping[str, tuple[type[Any], Callable[[Any], str | None]]] = {
     "Select": (agent_pb2.SelectRequest,
                lambda r: "an audit draw (Select strategy audit)" if r.strategy == "audit" else None),
 }
+
+# True while the handler of a read-token call runs (AuthInterceptor): a Select made with it is answered but not
+# recorded (agent/core.py ``Agent.select``). A viewer's or dashboard's Selects change nothing: recorded, each
+# distinct one grew the selections table (19 kB per call of a whole pool), and its random draws could make
+# hand-picked labels count as audit labels.
+READ_ONLY_CALL: contextvars.ContextVar[bool] = contextvars.ContextVar("shortlist_read_only_call", default=False)
 
 RPC_ROLES: Mapping[str, str] = {
     "Select": READ,
@@ -265,7 +272,11 @@ def _write_requests_denied(handler: grpc.RpcMethodHandler, name: str, role: str,
                 context.abort(grpc.StatusCode.PERMISSION_DENIED,
                               f"{what} needs a token with role write; this token has role {role} (ask the agent's "
                               "operator for a write token)")
-            return behaviour(request, context)
+            mark = READ_ONLY_CALL.set(True)  # answered, not recorded
+            try:
+                return behaviour(request, context)
+            finally:
+                READ_ONLY_CALL.reset(mark)
         return checked
 
     return rewrap_handler(handler, around, handler.request_deserializer)

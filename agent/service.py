@@ -29,6 +29,7 @@ from agent.lazy import warm_in_background
 from agent.memory import IdleTrim
 from agent.priors.calibration import TemperatureFit
 from agent.queues import QueueData
+from agent.security import READ_ONLY_CALL
 from shortlist.v1 import agent_pb2, agent_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -125,7 +126,7 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
 
     def Select(self, request: agent_pb2.SelectRequest, context: grpc.ServicerContext) -> agent_pb2.SelectReply:
         res = self.agent.select(request.budget, request.strategy, dict(request.params), request.seed,
-                                dict(request.where), call_token(context))
+                                dict(request.where), call_token(context), record=not READ_ONLY_CALL.get())
         return agent_pb2.SelectReply(selected=[agent_pb2.Selected(id=i, score=s) for i, s in res.selected],
                                      model_version=res.model_version, strategy=res.strategy,
                                      selection_id=res.selection_id, details=res.details)

@@ -517,3 +517,25 @@ def test_the_cli_does_not_advise_a_rerun_after_a_refusal(token_server: int, tmp_
     said = " ".join(result.output.split())
     assert result.exit_code == 1 and "PERMISSION_DENIED: Ingest needs a token with role write" in said
     assert "run the same command again" not in said
+
+
+def test_a_read_tokens_select_is_answered_not_recorded(tmp_path: Path, registry: Path, tokens_file: Path) -> None:
+    """A viewer's or dashboard's Selects change nothing: not in the selections table (each distinct one grew
+    it), not a draw for the calibration; the reply says so. A write token's Select is recorded as before."""
+    server, port, agent = serve(tmp_path, registry, ServerSecurity(tokens=tokens_file))
+    try:
+        address = f"127.0.0.1:{port}"
+        reader = client.connect(address, config=client.ClientConfig(token=READ_TOKEN))
+        writer = client.connect(address, config=client.ClientConfig(token=WRITE_TOKEN))
+        client.ingest(writer, make_samples(40))
+        for seed in range(5):
+            reply = reader.Select(agent_pb2.SelectRequest(budget=30, strategy="random", seed=seed))
+            assert len(reply.selected) == 30 and "made with a read token" in reply.details["selection_not_recorded"]
+        assert agent.state.selections() == [] and not agent._draws
+        again = reader.Select(agent_pb2.SelectRequest(budget=30, strategy="random", seed=4))  # from the cache
+        assert [s.id for s in again.selected] == [s.id for s in reply.selected]
+        mine = writer.Select(agent_pb2.SelectRequest(budget=30, strategy="random", seed=4))  # the same, recorded
+        assert [s.id for s in mine.selected] == [s.id for s in reply.selected] and not mine.details
+        assert [sid for sid, *_ in agent.state.selections()] == [mine.selection_id] and len(agent._draws) == 1
+    finally:
+        stop_server(server, agent, grace=0.5)
