@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import random
@@ -36,10 +37,16 @@ CONNECT_TIMEOUT_S = 10.0
 REQUEST_BYTES = 16 * 1024 * 1024
 REQUEST_MARGIN = 64 * 1024  # room for the request's own framing and gRPC's
 LABELS_PER_REQUEST = 10_000  # well below the agent's default --max-ids-per-request (100,000)
-# Transient failures worth retrying for unary calls (the agent restarting, a brief network blip).
-RETRY_POLICY = ('{"methodConfig": [{"name": [{"service": "shortlist.v1.Agent"}], '
-                '"retryPolicy": {"maxAttempts": 5, "initialBackoff": "0.2s", "maxBackoff": "2s", '
-                '"backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]}}]}')
+# Transient failures worth retrying (the agent restarting, a brief network blip), for every RPC but the
+# client stream Ingest: gRPC retries a stream whose sent messages still fit its retry buffer, so a small
+# Ingest that the agent ended with UNAVAILABLE at shutdown ("N samples of this stream were stored") was
+# sent again to the stopped agent and ended "failed to connect", the count lost; ``ingest`` callers resume
+# by ids instead.
+_SERVICE = agent_pb2.DESCRIPTOR.services_by_name["Agent"]
+RETRY_POLICY = json.dumps({"methodConfig": [{
+    "name": [{"service": _SERVICE.full_name, "method": m.name} for m in _SERVICE.methods if not m.client_streaming],
+    "retryPolicy": {"maxAttempts": 5, "initialBackoff": "0.2s", "maxBackoff": "2s", "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"]}}]})
 
 
 # RPCs a busy refusal is retried for (BusyRetry): those whose RESOURCE_EXHAUSTED with a hint means that

@@ -32,7 +32,7 @@ import numpy as np
 
 from agent.admission import Admission
 from agent.blobs import BlobStore, sha256_hex
-from agent.cancel import CancelToken
+from agent.cancel import CancelToken, ShuttingDown
 from agent.embedder import EmbedOutput
 from agent.errors import Cancelled, ResourceExhausted
 from agent.limits import (
@@ -140,6 +140,11 @@ def _stored_note(e: BaseException, accepted: int) -> BaseException:
     return e
 
 
+def _closing() -> ShuttingDown:
+    return ShuttingDown("the agent is shutting down and stopped reading this stream; resend the rest when it is "
+                        "back")
+
+
 class IngestPipeline:
     """Ingest for one agent: its state, blob store (None with --no-blobs), model manager and limits."""
 
@@ -150,6 +155,10 @@ class IngestPipeline:
         self.manager = manager
         self.limits = limits
         self._streams = threading.BoundedSemaphore(limits.max_ingest_streams)
+        # Set at shutdown (``close_streams``): each open stream ends after the batch it is storing, with
+        # UNAVAILABLE and how many of its samples were stored (gRPC's own cancel at the end of the grace
+        # period said "Cancelling all calls", and a pipeline could not know what was durable).
+        self.closing = threading.Event()
         # Encoded images above large_image_pixels decode in a slot of ``decodes`` (None: no bound).
         self.decodes = decodes
         self.large_image_pixels = large_image_pixels
@@ -374,6 +383,10 @@ class IngestPipeline:
         finally:
             self._streams.release()
 
+    def close_streams(self) -> None:
+        """Shutdown: every open stream ends after its current batch, saying how much of it was stored."""
+        self.closing.set()
+
     def stream(self, batches: Iterable[Sequence[Incoming]], active: Callable[[], bool] = lambda: True,
                token: CancelToken | None = None) -> IngestResult:
         """Ingest every batch of ``batches`` (read lazily, e.g. from a gRPC client stream) through the
@@ -433,7 +446,12 @@ class IngestPipeline:
         total = IngestResult()
         try:
             while True:
-                item = embedded.get()
+                try:
+                    item = embedded.get(timeout=0.2)
+                except queue.Empty:  # the client is between messages: a shutdown need not wait for it
+                    if self.closing.is_set():
+                        raise _stored_note(_closing(), total.accepted) from None
+                    continue
                 if item is None:
                     return total
                 if isinstance(item, BaseException):
@@ -445,6 +463,8 @@ class IngestPipeline:
                     total.add(self.store(item))
                 except Exception as e:  # e.g. disk full: earlier batches stay stored, this one is not
                     raise _stored_note(e, total.accepted) from None
+                if self.closing.is_set():
+                    raise _stored_note(_closing(), total.accepted)
         finally:
             done.set()
 

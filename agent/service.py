@@ -328,7 +328,8 @@ def create_server(config: AgentConfig, interceptors: Sequence[grpc.ServerInterce
 
 def stop_server(server: grpc.Server, agent: Agent, grace: float = 5.0) -> None:
     """Graceful stop: NOT_SERVING, cancel heavy work (Select, PriorLabels answer UNAVAILABLE at their next
-    checkpoint), finish the other in-flight calls (up to ``grace`` s), snapshot, close state."""
+    checkpoint), end open Ingest streams after their current batch (UNAVAILABLE, with how many of their
+    samples were stored), finish the other in-flight calls (up to ``grace`` s), snapshot, close state."""
     t0 = time.monotonic()
     health_servicer = getattr(server, "health", None)
     if health_servicer is not None:
@@ -337,6 +338,7 @@ def stop_server(server: grpc.Server, agent: Agent, grace: float = 5.0) -> None:
     agent.light_work.shutdown()
     agent.light_prior_work.shutdown()
     agent.decode_work.shutdown()
+    agent.ingest.close_streams()  # each ends after its batch, saying how much it stored
     t1 = time.monotonic()
     server.stop(grace).wait()
     t2 = time.monotonic()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -13,6 +14,7 @@ import pytest
 
 from agent import client
 from agent.index import VersionIndex
+from agent.service import stop_server
 from agent.state import ClassListError, State
 from agent.testing import linear_encoder, publish_linear
 from shortlist.v1 import agent_pb2
@@ -388,3 +390,41 @@ def test_current_labels_listed_as_of_the_start_while_labels_change(tmp_path: Pat
     assert all(e.current for e in listed)  # current as of the start
     assert [(e.id, e.label) for e in s.label_events()] == [*((f"s{i}", "cat") for i in range(4)), ("s5", "dog")]
     s.close()
+
+
+def test_a_shutdown_ends_an_open_ingest_stream_saying_what_it_stored(tmp_path: Path, registry: Path) -> None:
+    """A pipeline's long-lived Ingest stream when the agent is stopped: UNAVAILABLE with the count of its
+    samples that are stored (was gRPC's "Cancelling all calls" at the end of the grace period, no count)."""
+    r = start(tmp_path / "data", registry)
+    release = threading.Event()
+
+    def requests() -> Iterator[agent_pb2.IngestRequest]:
+        yield agent_pb2.IngestRequest(samples=make_samples(5))
+        release.wait(20)  # the pipeline waits for its next images, as a camera stream does
+        yield agent_pb2.IngestRequest(samples=make_samples(5, prefix="late"))
+
+    outcome: list[BaseException] = []
+
+    def stream() -> None:
+        try:
+            r.stub.Ingest(requests(), timeout=30)
+        except grpc.RpcError as e:
+            outcome.append(e)
+
+    t = threading.Thread(target=stream)
+    t.start()
+    deadline = time.monotonic() + 20
+    while r.agent.state.count() < 5:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    started = time.monotonic()
+    stop_server(r.server, r.agent, grace=5.0)  # the client's channel stays open: it hears the agent's answer
+    release.set()
+    t.join(10)
+    r.channel.close()
+    assert outcome, "the stream ended without an error"
+    err = outcome[0]
+    assert err.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+    details = err.details() or ""  # type: ignore[attr-defined]
+    assert "shutting down" in details and "5 samples of this stream were stored" in details
+    assert time.monotonic() - started < 5  # not the end of the grace period
