@@ -30,7 +30,20 @@
     if (el) el.textContent = (Number(el.dataset.n) + delta).toLocaleString("en");
     if (el) el.dataset.n = Number(el.dataset.n) + delta;
   }
-  const undoStack = [];  // {tile, label (before), mark (before)}
+  // {tile, label (before), mark (before), given}. It survives a reload and Back (which reload the page):
+  // kept in this tab's sessionStorage per annotator, queue and page, by sample id.
+  const undoStack = [];
+  const UNDO_KEY = `shortlist.undo:${data.annotator}:${data.created}:${data.page}`;
+  try {
+    for (const e of JSON.parse(sessionStorage.getItem(UNDO_KEY) || "[]")) {
+      const tile = tiles.find((t) => t.dataset.id === e.id);
+      if (tile) undoStack.push({ label: e.label, mark: e.mark, given: e.given, tile });
+    }
+  } catch (e) { /* storage off or unreadable: an empty history */ }
+  function saveUndo() {
+    const kept = undoStack.slice(-200).map((e) => ({ id: e.tile.dataset.id, label: e.label, mark: e.mark, given: e.given }));
+    try { sessionStorage.setItem(UNDO_KEY, JSON.stringify(kept)); } catch (e) { /* full or off: this page only */ }
+  }
   let focus = 0;
 
   // ---- strategy chooser: built from the registry's describe() -----------------------------------
@@ -266,6 +279,7 @@
     setFocus(nextOpen(here));
     if (await sendLabel(tile, name, before.label)) {
       undoStack.push(before);
+      saveUndo();
       if (before.mark) sendMark(tile, "").catch(() => {});
     }
   }
@@ -278,10 +292,12 @@
     try {
       await sendMark(tile, kind);
       undoStack.push(before);
+      saveUndo();
     } catch (e) { Shortlist.toast(e.message, true); }
   }
   async function undo() {
     const last = undoStack.pop();
+    saveUndo();
     if (!last) { Shortlist.toast("nothing to undo"); return; }
     const tile = last.tile;
     setFocus(tiles.indexOf(tile));
@@ -291,7 +307,7 @@
       const ok = last.label ? await sendLabel(tile, last.label, last.given, "not undone")
         : await sendRetract(tile, last.given);
       if (!ok) {
-        if (!tile.classList.contains("changed")) undoStack.push(last);  // not reached: the same undo can be tried again
+        if (!tile.classList.contains("changed")) { undoStack.push(last); saveUndo(); }  // not reached: can be tried again
         return;
       }
     }

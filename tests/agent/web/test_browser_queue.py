@@ -152,3 +152,22 @@ def test_the_queue_speaks_to_screen_readers(live_web: WebAgent, page: Any) -> No
     page.keyboard.press("Backspace")  # undo: taken back
     page.wait_for_function("() => document.getElementById('announce').textContent.endsWith('label taken back')")
     assert first.get_attribute("aria-label") == f"{sid}: not labelled"
+
+
+def test_undo_survives_a_reload_and_back(live_web: WebAgent, page: Any) -> None:
+    """The undo history is kept in the tab (sessionStorage): after Back from another page (which reloads the
+    queue page) Backspace still takes the last label back."""
+    ask_random(live_web, page, 4)
+    first = page.locator(".tile").nth(0)
+    sid = str(first.get_attribute("data-id"))
+    first.click()
+    page.keyboard.press("1")
+    page.wait_for_selector(f'.tile[data-id="{sid}"][data-saved="1"]')
+    assert sid in live_web.labels()
+    page.goto(live_web.url + "/progress")
+    page.go_back()
+    page.wait_for_selector(f'.tile[data-id="{sid}"].labelled')
+    page.locator("#grid").focus()
+    page.keyboard.press("Backspace")
+    page.wait_for_function("() => document.getElementById('announce').textContent.endsWith('label taken back')")
+    assert sid not in live_web.labels()
