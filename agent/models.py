@@ -28,6 +28,8 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
+from typing import TypeVar
 
 import numpy as np
 
@@ -41,6 +43,7 @@ from shortlist.images import decode_stored
 from shortlist.manifest import Manifest, ManifestError, check_version, list_versions, same_model, version_number
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass
@@ -167,12 +170,20 @@ class ModelManager:
             if status == "pending":
                 by = self.pending_version or (cur.version if cur is not None else "another version")
                 log.info("dropping the partial embeddings of %s: %s is used instead", name, by)
-                self.state.drop_version(name, "superseded", f"{name} was not served: {by} was used instead "
-                                        "before its re-embedding finished")
+                self._forget(name, "superseded", f"{name} was not served: {by} was used instead before its "
+                             "re-embedding finished")
             else:
-                self.state.drop_embeddings(name)
-            self.unembeddable.pop(name, None)
-            shutil.rmtree(self.index_dir / name, ignore_errors=True)
+                self._forget(name)  # its row keeps its status and reason (a refused version's says why)
+
+    def _forget(self, version: str, status: str | None = None, error: str = "") -> None:
+        """Drop ``version``'s stored embeddings, its index snapshot and its unembeddable list; with ``status``
+        its model_versions row becomes that (with ``error``) in the same transaction."""
+        if status is None:
+            self.state.drop_embeddings(version)
+        else:
+            self.state.drop_version(version, status, error)
+        self.unembeddable.pop(version, None)
+        shutil.rmtree(self.index_dir / version, ignore_errors=True)
 
     def stop(self) -> None:
         self._stop.set()
@@ -234,6 +245,14 @@ class ModelManager:
         except OSError:
             return "missing"
         return ";".join(f"{n}:{st.st_size}:{st.st_mtime_ns}" for n, st in entries)
+
+    def _or_refuse(self, name: str, load: Callable[[], T]) -> T | None:
+        """``load()`` (an embedder, a loaded version), or None with ``name`` refused when it raises."""
+        try:
+            return load()
+        except Exception as e:
+            self._refuse(name, f"{name} refused: cannot load it: {e}")
+            return None
 
     def _refuse(self, name: str, why: str, fingerprint: str | None = None, for_good: bool = False) -> None:
         """Refuse ``name`` until its folder changes. ``for_good``: the reason lies in the folder alone
@@ -345,10 +364,9 @@ class ModelManager:
             manifest = self._checked(name)
             if manifest is None:
                 continue
-            try:
-                return Newer(name, manifest, self._embedder(name, manifest))
-            except Exception as e:
-                self._refuse(name, f"{name} refused: cannot load it: {e}")
+            emb = self._or_refuse(name, partial(self._embedder, name, manifest))
+            if emb is not None:
+                return Newer(name, manifest, emb)
         return None
 
     def _look_for_newer(self, version: str) -> Newer | None:
@@ -436,20 +454,14 @@ class ModelManager:
         cur = self.current
         assert cur is not None
         if same_model(cur.manifest, manifest):  # a copy of the served model: nothing to re-embed
-            try:
-                emb = self._embedder(version, manifest) if embedder is None else embedder
-            except Exception as e:
-                self._refuse(version, f"{version} refused: cannot load it: {e}")
-                return False
-            return self._rename(version, manifest, emb)
+            emb = embedder or self._or_refuse(version, lambda: self._embedder(version, manifest))
+            return emb is not None and self._rename(version, manifest, emb)
         if self.blobs is None and self.state.count() > 0:
             self._refuse(version, f"cannot move to {version}: the pool must be re-embedded from stored payloads, "
                          "but the agent runs with --no-blobs; restart without --no-blobs (and re-ingest) to use it")
             return False
-        try:
-            new = self._load(version, manifest, embedder)
-        except Exception as e:
-            self._refuse(version, f"{version} refused: cannot load it: {e}")
+        new = self._or_refuse(version, lambda: self._load(version, manifest, embedder))
+        if new is None:
             return False
         self._set_pending(version, new.index)
         self.state.set_model_version(version, "pending", new.index.n)
@@ -483,9 +495,7 @@ class ModelManager:
             self._saved_rows = -1
             self.save_snapshot()
             if old is not None:
-                self.state.drop_version(old.version, "retired")
-                shutil.rmtree(self.index_dir / old.version, ignore_errors=True)
-            self.unembeddable.pop(old.version if old is not None else "", None)
+                self._forget(old.version, "retired")
             log.info("now serving %s (%d rows)", version, new.index.n)
             return True
         finally:
@@ -518,10 +528,8 @@ class ModelManager:
         """Stop embedding ``version`` for good: ``by`` (newer) replaces it. Its partial embeddings are
         dropped and its row says why, in one transaction, so neither this run nor a restart resumes it."""
         log.warning("%s is abandoned before it was served: %s, newer, was published meanwhile", version, by)
-        self.state.drop_version(version, "superseded", f"{version} was superseded by {by}, published while "
-                                f"{version} was being embedded; it was never served")
-        self.unembeddable.pop(version, None)
-        shutil.rmtree(self.index_dir / version, ignore_errors=True)
+        self._forget(version, "superseded", f"{version} was superseded by {by}, published while {version} was "
+                     "being embedded; it was never served")
 
     def save_snapshot(self) -> None:
         """Persist the serving index if rows were added since the last snapshot."""

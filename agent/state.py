@@ -626,31 +626,25 @@ class State:
         'pending' row whose embeddings are half gone."""
         with self._lock, self._transaction():
             self._db.execute("DELETE FROM embeddings WHERE version=?", (version,))
-            self._db.execute(
-                "INSERT OR REPLACE INTO model_versions(name, status, embedded, error, updated, fingerprint) "
-                "VALUES (?,?,0,?,?,'')", (version, status, error, time.time()))
+            self._put_model_version(version, status, 0, error)
 
     def rename_version(self, old: str, new: str, embedded: int) -> None:
         """Serve ``new`` with ``old``'s embeddings (the same model under another name: a rollback's copy):
         the rows move to ``new``, it becomes the served version and ``old`` is retired, in one transaction,
         so a crash leaves either ``old`` served with its rows or ``new`` served with them."""
-        now = time.time()
         with self._lock, self._transaction():
             self._db.execute("DELETE FROM embeddings WHERE version=?", (new,))
             self._db.execute("UPDATE embeddings SET version=? WHERE version=?", (new, old))
             self._set_meta(SERVING_KEY, new)
-            self._db.executemany(
-                "INSERT OR REPLACE INTO model_versions(name, status, embedded, error, updated, fingerprint) "
-                "VALUES (?,?,?,'',?,'')", [(new, "serving", embedded, now), (old, "retired", 0, now)])
+            self._put_model_version(new, "serving", embedded)
+            self._put_model_version(old, "retired", 0)
 
     def set_serving(self, version: str, embedded: int) -> None:
         """Record that ``version`` is served (meta ``serving_version`` and its model_versions row) in one
         transaction, so a restart loads the version the swap made current."""
         with self._lock, self._transaction():
             self._set_meta(SERVING_KEY, version)
-            self._db.execute(
-                "INSERT OR REPLACE INTO model_versions(name, status, embedded, error, updated, fingerprint) "
-                "VALUES (?,?,?,'',?,'')", (version, "serving", embedded, time.time()))
+            self._put_model_version(version, "serving", embedded)
 
     # ---- selections, model versions, meta --------------------------------------------------------
     def record_selection(self, selection_id: str, request: dict[str, object], result: list[tuple[str, float]],
@@ -693,9 +687,14 @@ class State:
     def set_model_version(self, name: str, status: str, embedded: int, error: str = "",
                           fingerprint: str = "") -> None:
         with self._lock, self._transaction():
-            self._db.execute(
-                "INSERT OR REPLACE INTO model_versions(name, status, embedded, error, updated, fingerprint) "
-                "VALUES (?,?,?,?,?,?)", (name, status, embedded, error, time.time(), fingerprint))
+            self._put_model_version(name, status, embedded, error, fingerprint)
+
+    def _put_model_version(self, name: str, status: str, embedded: int, error: str = "",
+                           fingerprint: str = "") -> None:
+        """Write ``name``'s model_versions row (call with the lock held, inside a transaction)."""
+        self._db.execute(
+            "INSERT OR REPLACE INTO model_versions(name, status, embedded, error, updated, fingerprint) "
+            "VALUES (?,?,?,?,?,?)", (name, status, embedded, error, time.time(), fingerprint))
 
     def model_versions(self) -> dict[str, tuple[str, int, str]]:
         """name -> (status, embedded, error)."""
