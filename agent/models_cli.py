@@ -24,11 +24,11 @@ from agent import client
 from agent.cli import json_line
 from agent.cli_options import AgentTarget, agent_options
 from shortlist.manifest import (
-    Manifest,
     ManifestError,
     check_version,
     list_versions,
     newest_complete,
+    read_complete,
     republish,
     same_model,
     version_number,
@@ -40,10 +40,14 @@ models_app = typer.Typer(no_args_is_help=True, help="The model registry: list it
 ModelsOpt = typer.Option(..., "--models", help="the registry folder (what `shortlist serve --models` serves)")
 
 
+def _not_a_registry(models: Path) -> str:
+    return (f"{models} is not a folder (give the registry `shortlist export` publishes into and `shortlist serve "
+            "--models` serves)")
+
+
 def _registry(models: Path) -> Path:
     if not models.is_dir():
-        raise typer.BadParameter(f"{models} is not a folder (give the registry `shortlist export` publishes into "
-                                 "and `shortlist serve --models` serves)", param_hint="'--models'")
+        raise typer.BadParameter(_not_a_registry(models), param_hint="'--models'")
     return models
 
 
@@ -123,8 +127,7 @@ def rollback(agent: AgentTarget,
         raise typer.Exit(code)
 
     if not models.is_dir():
-        fail(f"{models} is not a folder (give the registry `shortlist export` publishes into and `shortlist serve "
-             "--models` serves)", 2)
+        fail(_not_a_registry(models), 2)
     registry = models
     if version not in list_versions(registry):
         known = ", ".join(list_versions(registry)) or "none"
@@ -146,7 +149,7 @@ def rollback(agent: AgentTarget,
         except (client.AgentUnavailable, grpc.RpcError):
             stub = None  # said below, after publishing: the agent takes the copy up at its next check
         else:
-            served = _manifest(registry, st.model_version)
+            served = read_complete(registry / st.model_version, verify_hashes=False) if st.model_version else None
             if not st.pending_model_version and (st.model_version == version
                                                  or (served is not None and same_model(served, source))):
                 also = "" if st.model_version == version else f" as {st.model_version}"
@@ -177,16 +180,6 @@ def rollback(agent: AgentTarget,
         print(json_line(outcome))
     else:
         Console().print(escape(message), highlight=False)
-
-
-def _manifest(registry: Path, name: str) -> Manifest | None:
-    """``name``'s manifest when it is a complete version of ``registry`` (hashes not checked), else None."""
-    if not name:
-        return None
-    try:
-        return check_version(registry / name, verify_hashes=False)
-    except ManifestError:
-        return None
 
 
 def _taken_up(st: agent_pb2.Status, new: str, registry: Path) -> tuple[str, str]:
