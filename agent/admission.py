@@ -117,7 +117,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
@@ -799,3 +799,14 @@ class Admission:
             self._cond.notify_all()
         if self._pool is not None:
             self._pool.shutdown(wait=False)  # idle workers exit; a running call stops at its next checkpoint
+
+
+def large_decode_slot(decodes: Admission | None, pixels: int, large_pixels: int, token: CancelToken | None,
+                      what: str) -> AbstractContextManager[None]:
+    """A slot of ``decodes`` while an image of ``pixels`` (read from its header) above ``large_pixels``
+    decodes, nothing otherwise: its decoded pixels (3 bytes each, and Pillow's copies) are what 16
+    concurrent Ingests of one small PNG, or six thumbnails of one at different sizes, turned into gigabytes.
+    Ingest and GetImages share the lane (``--max-concurrent-decodes``)."""
+    if decodes is None or pixels <= large_pixels:
+        return nullcontext()
+    return decodes.slot(token or CancelToken(), what, kind="large image decode")

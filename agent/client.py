@@ -680,8 +680,8 @@ def reload_model(stub: agent_pb2_grpc.AgentStub, version: str, wait_s: float = P
     either way, so the caller can say which it was."""
     st = stub.ReloadModel(agent_pb2.ReloadModelRequest())
     deadline = time.monotonic() + wait_s
-    while not (version in (st.model_version, st.pending_model_version)
-               or any(w.startswith(f"{version} ") for w in st.warnings)) and time.monotonic() < deadline:
+    while not (version in (st.model_version, st.pending_model_version) or refusal(st, version) is not None) \
+            and time.monotonic() < deadline:
         time.sleep(0.2)
         st = stub.GetStatus(agent_pb2.GetStatusRequest())
     return st

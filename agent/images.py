@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from agent.admission import Admission
+from agent.admission import Admission, large_decode_slot
 from agent.blobs import BlobStore
 from agent.cache import LruCache
 from agent.cancel import CancelToken
@@ -59,8 +59,7 @@ class Images:
         self.max_reply_bytes = max_message_bytes - REPLY_MARGIN
         self.max_pixels = max_pixels
         # A thumbnail of an image above large_image_pixels decodes in a slot of ``decodes``, the lane Ingest's
-        # large decodes share (--max-concurrent-decodes): six thumbnails of one 62-megapixel PNG at once, each
-        # at another size (past the cache), took the agent from 0.4 to 3.3 GB.
+        # large decodes share (agent.admission.large_decode_slot).
         self.decodes = decodes
         self.large_image_pixels = large_image_pixels
         self.cache: LruCache[ImageResult] = LruCache(config.cache_entries, config.cache_bytes)
@@ -145,11 +144,8 @@ class Images:
             return ImageResult(sample_id, sha256=digest, error=blob)
         try:
             width, height = image_header(blob, self.max_pixels) if kind == "image" else (0, 0)  # the header: cheap
-            if self.decodes is not None and width * height > self.large_image_pixels:
-                with self.decodes.slot(token or CancelToken(), f"a thumbnail of the {width}x{height} image "
-                                       f"{sample_id!r}", kind="large image decode"):
-                    img = thumbnail(kind, blob, max_side, self.max_pixels)
-            else:
+            with large_decode_slot(self.decodes, width * height, self.large_image_pixels, token,
+                                   f"a thumbnail of the {width}x{height} image {sample_id!r}"):
                 img = thumbnail(kind, blob, max_side, self.max_pixels)
         except ValueError as e:
             return ImageResult(sample_id, sha256=digest, error=f"cannot decode the stored payload: {e}")

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from agent.admission import Admission
+from agent.admission import Admission, large_decode_slot
 from agent.blobs import BlobStore, sha256_hex
 from agent.cancel import CancelToken, ShuttingDown
 from agent.embedder import EmbedOutput
@@ -188,15 +188,11 @@ class IngestPipeline:
 
     def _decode(self, s: Incoming, pre: Preprocess | None, token: CancelToken | None = None) -> np.ndarray:
         try:
-            if self.decodes is not None and s.kind == "image":
-                width, height = image_header(s.data, self.limits.max_pixels)  # the header only: cheap
-                if width * height > self.large_image_pixels:
-                    # Its decoded pixels (3 bytes each, and Pillow's copies) are what 16 concurrent Ingests
-                    # of one small PNG turned into gigabytes: a bounded number decode at once.
-                    with self.decodes.slot(token or CancelToken(), f"decoding the {width}x{height} image {s.id!r}",
-                                           kind="large image decode"):
-                        return decode_payload(s.kind, s.data, s.dtype, s.shape, pre, self.limits.max_pixels)
-            return decode_payload(s.kind, s.data, s.dtype, s.shape, pre, self.limits.max_pixels)
+            width, height = (image_header(s.data, self.limits.max_pixels)  # the header only: cheap
+                             if self.decodes is not None and s.kind == "image" else (0, 0))
+            with large_decode_slot(self.decodes, width * height, self.large_image_pixels, token,
+                                   f"decoding the {width}x{height} image {s.id!r}"):
+                return decode_payload(s.kind, s.data, s.dtype, s.shape, pre, self.limits.max_pixels)
         except TooManyPixels as e:
             raise TooManyPixels(f"{e} {limit_hint('max_pixels')}") from None
 
