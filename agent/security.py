@@ -251,11 +251,17 @@ def _deny(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str,
     return denied
 
 
-def _write_requests_denied(handler: grpc.RpcMethodHandler, name: str, role: str,
-                           check: tuple[type[Any], Callable[[Any], str | None]],
-                           refusals: RefusalLog) -> grpc.RpcMethodHandler:
-    """``handler`` (a unary request) refusing, with PERMISSION_DENIED, the requests ``check`` names: (the
-    request's message type, what about it needs a write token or None). The request may still be bytes here
+def _needs_role(what: str, need: str, role: str) -> str:
+    """PERMISSION_DENIED's message: ``what`` needs role ``need``; the caller's token has ``role``."""
+    return (f"{what} needs a token with role {need}; this token has role {role} (ask the agent's operator for a "
+            "write token)")
+
+
+def _read_only(handler: grpc.RpcMethodHandler, name: str, role: str,
+               check: tuple[type[Any], Callable[[Any], str | None]], refusals: RefusalLog) -> grpc.RpcMethodHandler:
+    """``handler`` (a unary request) for a read token: refusing, with PERMISSION_DENIED, the requests ``check``
+    names (the request's message type, what about it needs a write token or None), and running the others
+    with READ_ONLY_CALL set (answered, not recorded). The request may still be bytes here
     (agent.errors.wrap_handler parses it inside its error mapping): it is parsed once more to look; one that
     does not parse is left to the handler's own INVALID_ARGUMENT."""
     message, needs_write = check
@@ -269,9 +275,7 @@ def _write_requests_denied(handler: grpc.RpcMethodHandler, name: str, role: str,
             what = needs_write(parsed)
             if what is not None:
                 refusals.refused(f"{name}: {what} with a {role} token", context.peer())
-                context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                              f"{what} needs a token with role write; this token has role {role} (ask the agent's "
-                              "operator for a write token)")
+                context.abort(grpc.StatusCode.PERMISSION_DENIED, _needs_role(what, WRITE, role))
             mark = READ_ONLY_CALL.set(True)  # answered, not recorded
             try:
                 return behaviour(request, context)
@@ -315,11 +319,10 @@ class AuthInterceptor(grpc.ServerInterceptor):
                          "unknown token: check --token / SHORTLIST_TOKEN against the agent's --tokens file",
                          self.refusals, f"{name}: unknown token")
         if need not in _IMPLIES[role]:
-            return _deny(handler, grpc.StatusCode.PERMISSION_DENIED,
-                         f"{name} needs a token with role {need}; this token has role {role} "
-                         "(ask the agent's operator for a write token)", self.refusals, f"{name}: a {role} token")
+            return _deny(handler, grpc.StatusCode.PERMISSION_DENIED, _needs_role(name, need, role), self.refusals,
+                         f"{name}: a {role} token")
         if name in WRITE_REQUESTS and WRITE not in _IMPLIES[role]:
-            return _write_requests_denied(handler, name, role, WRITE_REQUESTS[name], self.refusals)
+            return _read_only(handler, name, role, WRITE_REQUESTS[name], self.refusals)
         return handler
 
 
