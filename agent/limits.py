@@ -89,10 +89,6 @@ def text_problem(value: str, limit: int, name: str, what: str) -> str | None:
     return f"{what} of {len(value):,} characters is longer than the limit of {limit:,} {limit_hint(name)}"
 
 
-# Bidirectional controls (embeddings, overrides, isolates): they make a name display as another one.
-BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
-
-
 def name_problem(value: str, what: str) -> str | None:
     """Why ``value`` cannot name a sample or a class (a Rejection reason), or None: a name is compared
     exactly, and one with white space at an end, a control character (newline, NUL, ...) or an invisible
@@ -100,7 +96,7 @@ def name_problem(value: str, what: str) -> str | None:
     CSV file or a terminal, so "dog\\n" and " dog" would become classes of their own that nobody can tell
     from "dog". Empty names are the callers' own rejections."""
     # Cc: control characters; Cf: invisible format characters (zero-width space U+200B, the bidi overrides)
-    bad = sorted({c for c in value if unicodedata.category(c) in ("Cc", "Cf") or c in BIDI_CONTROLS})
+    bad = sorted({c for c in value if unicodedata.category(c) in ("Cc", "Cf")})
     if bad:
         shown = ", ".join(f"U+{ord(c):04X}" for c in bad[:5])
         return (f"{what} {value[:64]!r} holds control characters or invisible ones ({shown}): use one line of "
