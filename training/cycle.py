@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from agent.client import ClientConfig
+from agent.client import PICKUP_WAIT_S, ClientConfig  # the wait for the agent to take a version up
 from shortlist.manifest import Preprocess, newest_complete
 from shortlist.v1 import agent_pb2
 from training.data import TensorData, from_samples
@@ -67,8 +67,6 @@ def fetch_priors(stub: Any, data: TensorData, method: str) -> torch.Tensor:
     return torch.from_numpy(probs)
 
 
-# Seconds ``run_cycle`` waits for the agent to pick the published version up (its registry poll answers sooner).
-PICKUP_WAIT_S = 10.0
 
 
 def run_cycle(agent: str, models: str | Path, out: str | Path, mode: str = "full", init: str | None = None,

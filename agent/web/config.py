@@ -120,8 +120,9 @@ class WebConfig:
     select_timeout_s: float = 600.0  # Select / PriorLabels (heavy work may queue)
     labelstudio: LabelStudioConfig = field(default_factory=LabelStudioConfig)  # the /labelstudio backend
     allowed_hosts: tuple[str, ...] = ()  # --web-allowed-hosts
-    # The largest request body (--web-max-body-mb): the largest legitimate ones, a labels batch or a Label
-    # Studio webhook / predict batch, are well under 1 MiB; bodies are read before the agent checks the token.
+    # The largest request body (--web-max-body-mb): the largest legitimate ones, a labels batch (at most 1,000
+    # labels) or a Label Studio webhook / predict batch, stay far below it; bodies are read before the agent
+    # checks the token.
     max_body_bytes: int = 16 * MIB
 
     @property
