@@ -192,6 +192,9 @@ def serve(labelstudio: LabelStudioConfig,
                                          help="largest Select budget"),
           max_ingest_streams: int = typer.Option(LIMITS.max_ingest_streams, "--max-ingest-streams", min=1,
                                                  help="Ingest streams served at once (more: RESOURCE_EXHAUSTED)"),
+          ingest_idle_timeout: float = typer.Option(LIMITS.ingest_idle_timeout_s, "--ingest-idle-timeout",
+                                                    min=1.0, help="seconds an Ingest stream may send nothing "
+                                                    "before the agent ends it (DEADLINE_EXCEEDED) to free its slot"),
           min_free_mb: float = typer.Option(256.0, "--min-free-mb", min=0,
                                             help="GetStatus warns when the data folder has less free space"),
           cpu: bool = typer.Option(False, "--cpu", help="never try CUDAExecutionProvider"),
@@ -254,7 +257,7 @@ def serve(labelstudio: LabelStudioConfig,
                         max_label_chars=max_label_chars, max_uri_chars=max_uri_chars,
                         max_metadata_entries=max_metadata_entries, max_metadata_chars=max_metadata_chars,
                         max_ids_per_request=max_ids_per_request, max_select_budget=max_budget,
-                        max_ingest_streams=max_ingest_streams)
+                        max_ingest_streams=max_ingest_streams, ingest_idle_timeout_s=ingest_idle_timeout)
         security = ServerSecurity(tls_cert=tls_cert, tls_key=tls_key, tls_client_ca=tls_client_ca, tokens=tokens,
                                   insecure=insecure)
         config = AgentConfig(data_dir, models, host=host, port=port, classes=closed, blobs=not no_blobs,

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -34,7 +35,7 @@ from agent.admission import Admission, large_decode_slot
 from agent.blobs import BlobStore, sha256_hex
 from agent.cancel import CancelToken, ShuttingDown
 from agent.embedder import EmbedOutput
-from agent.errors import Cancelled, ResourceExhausted
+from agent.errors import Cancelled, DeadlineExceeded, ResourceExhausted
 from agent.limits import (
     Limits,
     check_count,
@@ -138,6 +139,14 @@ def _stored_note(e: BaseException, accepted: int) -> BaseException:
     e.add_note(f"{accepted} samples of this stream were stored before the failure; resend the rest "
                "(resent samples are counted as duplicates)")
     return e
+
+
+def _idle(limits: Limits) -> DeadlineExceeded:
+    s = limits.ingest_idle_timeout_s
+    return DeadlineExceeded(
+        f"this Ingest stream sent nothing for {s:g} s, so the agent ended it to free its slot for other "
+        f"clients: open a new stream when there is more to send, or close streams between bursts "
+        f"{limit_hint('ingest_idle_timeout_s')}")
 
 
 def _closing() -> ShuttingDown:
@@ -407,14 +416,34 @@ class IngestPipeline:
                     continue
             return False
 
+        # The idle timeout: when the read stage began waiting for the client's next message (None while
+        # it prepares one), and the batches read and stored (each written by one thread only). The stream
+        # is idle only when it waits and every batch read is stored: embedding one is the agent's time.
+        waiting_since: list[float | None] = [time.monotonic()]
+        batches_read, batches_stored = [0], [0]
+
         def read() -> None:
             try:
-                for samples in batches:
+                it = iter(batches)
+                while True:
+                    waiting_since[0] = time.monotonic()
+                    try:
+                        samples = next(it)
+                    except StopIteration:
+                        break
+                    finally:
+                        waiting_since[0] = None
+                    batches_read[0] += 1
                     if not put(prepared, self.prepare(samples, token)):
                         return
                 put(prepared, None)
             except BaseException as e:  # a malformed message, the client cancelled, or a bug: hand it on
                 put(prepared, e)
+
+        def idle() -> bool:
+            since = waiting_since[0]
+            return (since is not None and batches_read[0] == batches_stored[0]
+                    and time.monotonic() - since > self.limits.ingest_idle_timeout_s)
 
         def embed() -> None:
             while True:
@@ -447,6 +476,10 @@ class IngestPipeline:
                 except queue.Empty:  # the client is between messages: a shutdown need not wait for it
                     if self.closing.is_set():
                         raise _stored_note(_closing(), total.accepted) from None
+                    if idle():
+                        log.info("ended an Ingest stream idle for %g s (%d samples of it stored)",
+                                 self.limits.ingest_idle_timeout_s, total.accepted)
+                        raise _stored_note(_idle(self.limits), total.accepted) from None
                     continue
                 if item is None:
                     return total
@@ -459,6 +492,7 @@ class IngestPipeline:
                     total.add(self.store(item))
                 except Exception as e:  # e.g. disk full: earlier batches stay stored, this one is not
                     raise _stored_note(e, total.accepted) from None
+                batches_stored[0] += 1
                 if self.closing.is_set():
                     raise _stored_note(_closing(), total.accepted)
         finally:

@@ -46,6 +46,10 @@ class Limits:
     max_ingest_streams: int = 4
     # The retry hint (seconds) sent with that RESOURCE_EXHAUSTED.
     ingest_retry_after_s: float = 2.0
+    # Seconds an Ingest stream may send nothing while the agent holds none of its samples in work; then
+    # the agent ends it (DEADLINE_EXCEEDED, with how many of its samples were stored) to free its slot.
+    # Generous: the time counts while one message travels, and a 32 MiB image over a slow link takes minutes.
+    ingest_idle_timeout_s: float = 300.0
 
     def __post_init__(self) -> None:
         for name, value in vars(self).items():
@@ -67,6 +71,7 @@ LIMIT_FLAGS = {
     "max_ids_per_request": "--max-ids-per-request",
     "max_select_budget": "--max-budget",
     "max_ingest_streams": "--max-ingest-streams",
+    "ingest_idle_timeout_s": "--ingest-idle-timeout",
 }
 
 

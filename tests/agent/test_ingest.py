@@ -4,6 +4,7 @@ say what was stored, stream slots, and the one write lock (ModelManager.writing)
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 
 from agent.config import AgentConfig, Limits
 from agent.core import Agent
-from agent.errors import Cancelled, ResourceExhausted
+from agent.errors import Cancelled, DeadlineExceeded, ResourceExhausted
 from agent.ingest import Incoming
 from tests.agent.conftest import make_images, png
 
@@ -85,6 +86,46 @@ def test_stream_slots_are_limited(agent: Agent) -> None:
     release.set()
     t.join(10)
     assert agent.ingest.stream(batches(2, 2, prefix="b")).accepted == 2  # the slot came back
+
+
+def test_a_silent_stream_is_ended_and_frees_its_slot(tmp_path: Path, registry: Path) -> None:
+    """A stream that sends a batch and then nothing for ingest_idle_timeout_s is ended with
+    DeadlineExceeded saying what it stored, and its slot serves the next stream; the agent's own time
+    (a slow embed) and a client's pauses shorter than the timeout do not count."""
+    a = Agent(AgentConfig(tmp_path / "data", registry, use_cuda=False, background=False,
+                          limits=Limits(max_ingest_streams=1, ingest_idle_timeout_s=0.6)))
+    try:
+        release = threading.Event()
+
+        def silent() -> Iterator[Sequence[Incoming]]:
+            yield batches(2, 2, prefix="a")[0]
+            release.wait(30)  # a client that forgot its stream
+
+        start = time.monotonic()
+        with pytest.raises(DeadlineExceeded) as e:
+            a.ingest.stream(silent())
+        assert time.monotonic() - start < 10
+        message = " ".join([str(e.value), *e.value.__notes__])
+        assert "sent nothing for 0.6 s" in message and "--ingest-idle-timeout" in message
+        assert "2 samples of this stream were stored" in message and a.state.count() == 2
+        release.set()
+        assert a.ingest.stream(batches(2, 2, prefix="b")).accepted == 2  # the slot came back
+
+        def paused() -> Iterator[Sequence[Incoming]]:
+            for b in batches(3, 1, prefix="c"):
+                time.sleep(0.3)  # shorter than the timeout
+                yield b
+
+        slow_embed = a.ingest.embed
+
+        def embed(prep):  # type: ignore[no-untyped-def]
+            time.sleep(1.0)  # longer than the timeout: the agent's time, not the client's
+            return slow_embed(prep)
+
+        a.ingest.embed = embed  # type: ignore[method-assign]
+        assert a.ingest.stream(paused()).accepted == 3
+    finally:
+        a.close()
 
 
 def test_writing_holds_the_one_write_lock(agent: Agent) -> None:
