@@ -201,11 +201,13 @@
     tile.classList.remove("pending", "failed");
     tile.classList.add("changed");
     show(tile);
-    Shortlist.toast(`${shortId(tile)}: ${what}: ${rejection.reason}; left as it is`, true);
+    const who = rejection.by || "someone";
+    const did = now ? `${who} labelled it "${now}" meanwhile` : `${who} took its label back meanwhile`;
+    Shortlist.toast(`${shortId(tile)}: ${what}: ${did}; the tile shows it now`, true);
   }
   // Store `label` for the tile's sample only if its label is still `ifCurrent` (what this page showed,
   // "" = open; the agent refuses it otherwise). Resolves true when stored.
-  async function sendLabel(tile, label, ifCurrent, what = "not labelled") {
+  async function sendLabel(tile, label, ifCurrent, what = "your label was not saved") {
     tile.classList.remove("failed", "changed");
     tile.classList.add("pending");
     badge(tile).textContent = label + " …";
@@ -247,7 +249,7 @@
     }
     if (res.rejected.length) {
       const r = res.rejected[0];
-      if (r.changed) { changedMeanwhile(tile, r, "not undone"); return false; }
+      if (r.changed) { changedMeanwhile(tile, r, "your undo was not applied"); return false; }
       tile.classList.remove("pending");
       tile.classList.add("failed");
       badge(tile).textContent = "not undone";
@@ -304,7 +306,7 @@
     // Undo reverses this page's own action only: the label it gave goes (or the one before comes back) only
     // while the sample still has the label it gave; someone else's label since is left as it is.
     if (last.given !== undefined && last.given !== last.label) {
-      const ok = last.label ? await sendLabel(tile, last.label, last.given, "not undone")
+      const ok = last.label ? await sendLabel(tile, last.label, last.given, "your undo was not applied")
         : await sendRetract(tile, last.given);
       if (!ok) {
         if (!tile.classList.contains("changed")) { undoStack.push(last); saveUndo(); }  // not reached: can be tried again

@@ -76,7 +76,7 @@ def test_undo_of_a_relabel_changed_meanwhile(slow_web: WebAgent, page: Any) -> N
     assert web.labels()[sid] == "triangle" and web.labels()[ids[-1]] == "circle"
     page.evaluate("() => { document.getElementById('toast').textContent = ''; }")
     page.keyboard.press("Control+z")  # the undo before: alice's first label (circle) on a sample bob relabelled
-    page.wait_for_function("() => document.getElementById('toast').textContent.includes('not undone')")
+    page.wait_for_function("() => document.getElementById('toast').textContent.includes('your undo was not applied')")
     assert web.labels()[sid] == "triangle"
     assert [a for _, a in web.history(sid)] == ["alice", "alice", "bob"]
 
@@ -89,7 +89,7 @@ def test_a_label_is_refused_when_someone_labelled_the_sample_meanwhile(slow_web:
     page.keyboard.press("1")
     page.wait_for_selector(f'.tile[data-id="{sid}"].changed[data-label="square"]')
     toast = page.locator("#toast").inner_text()
-    assert "bob" in toast and "square" in toast, toast
+    assert "your label was not saved: bob labelled it \"square\" meanwhile" in toast, toast
     assert web.labels()[sid] == "square" and web.history(sid) == [("square", "bob")]
     assert page.locator(f'.tile[data-id="{sid}"] .badge').inner_text() == "square"
 
