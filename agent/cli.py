@@ -526,7 +526,7 @@ def ingest(agent: AgentTarget,
            split: str = typer.Option("train", "--split", help="which split of a source that has splits"),
            batch: int = typer.Option(256, "--batch", min=1, help="most samples per request (one transaction)"),
            batch_mb: float | None = typer.Option(None, "--batch-mb", min=0.01, show_default=False,
-                                                 help=f"most MiB per request [default: {client.REQUEST_BYTES >> 20}]; "
+                                                 help=f"most MiB per request (default {client.REQUEST_BYTES >> 20}); "
                                                  "keep it under the agent's --max-message-mb"),
            limit: int | None = typer.Option(None, "--limit", min=1, help="only the first N images in the source's "
                                             "order (a class-sorted folder gives its first classes: not a sample)"),

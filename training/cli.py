@@ -29,7 +29,7 @@ def _frozen_budget(mode: str, steps: int | None, minutes: float | None, epochs: 
     """linear / svm fit a head on frozen features once: a step or time budget would be ignored, so refuse it."""
     if steps is not None or minutes is not None or (mode == "svm" and epochs is not None):
         what = "--epochs N sets the linear probe's epochs (default 100)" if mode == "linear" else \
-            "the SVM is fitted in closed form"
+            "scikit-learn fits the SVM to convergence"
         raise typer.BadParameter(f"--mode {mode} fits a head on frozen features: no step or time budget applies "
                                  f"({what}); give none, or use --mode full")
 

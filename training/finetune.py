@@ -17,16 +17,17 @@ Modes (``FINETUNE_MODES``):
   agent's as3l prior method on the current encoder's features) every T iterations and kept in Eq. 5
   ("update y_prior by re-clustering on semi-supervised features", Sec. 3.4). Sec. 4.1's settings are the
   defaults: SGD momentum 0.9 (Nesterov, as FixMatch), lr 0.03 with FixMatch's cosine decay
-  lr * cos(7 pi k / (16 K)), lambda = 1, mu = 7, batch 64, T = 6900, tau = 0.95. The priors are the agent's
-  PriorLabels (class probabilities per unlabelled sample).
+  lr * cos(7 pi k / (16 K)), lambda = 1, mu = 7, batch 64, T = 6900. tau = 0.95 is FixMatch's (Sohn et al.
+  2020, Sec. 4; FlexMatch's upper threshold): AS3L's Sec. 3.4 names FlexMatch's adaptive threshold and Sec.
+  4.1 gives no value. The priors are the agent's PriorLabels (class probabilities per unlabelled sample).
 - ``svm``: a linear SVM on the same frozen features (Bengar et al. 2021 use "a linear classifier or an
   SVM"): scikit-learn's ``LinearSVC`` (one-vs-rest, squared hinge; C = ``svm_c``, or by default chosen by
   stratified cross-validation on the labelled rows from ``SVM_C_GRID``) on standardised
   features; the scaling is folded into the weights so the exported ``logits`` are the SVM's decision
   values (signed distances to the hyperplanes, the SVM uncertainty of Barda et al. Sec. 2.1 item 4).
-- ``moby_al``: MoBYv2AL's joint objective (Caramalau et al. 2022, Sec. 3.1): cross-entropy on the labelled
+- ``moby_al``: MoBYv2AL's joint objective (Caramalau et al. 2022, Sec. 3): cross-entropy on the labelled
   batch + lambda_c * MoBY contrastive loss on unlabelled views, lambda_c = 0.5. ``contrast_labeled`` adds
-  the labelled images to the contrastive batch (Sec. 3.1: the queue and the moving average are updated
+  the labelled images to the contrastive batch (Sec. 3: the queue and the moving average are updated
   with both). ``unlabeled_ratio`` limits the unlabelled rows trained on to ratio x the labelled count (Sec.
   4.1 "Comparison with other SSL-AL": an amount equal to the labelled samples), chosen by
   ``unlabeled_pick``: "random", or "low_contrastive" (Sec. 4.2: the unlabelled samples with the lowest

@@ -1,6 +1,6 @@
 """Self-supervised methods: small modules around a backbone, each with its loss as a plain function.
 
-- SimSiam (Chen & He, "Exploring Simple Siamese Representation Learning", CVPR 2021): Eq. 1-2,
+- SimSiam (Chen & He, "Exploring Simple Siamese Representation Learning", CVPR 2021): Eq. 1 and 4,
   symmetric negative cosine between predictor output and stop-gradient projection.
 - RotNet (Gidaris et al., "Unsupervised Representation Learning by Predicting Image Rotations",
   ICLR 2018): 4-way cross-entropy on rotations by 0/90/180/270 degrees (Sec. 2.1-2.2).
@@ -71,7 +71,7 @@ def mlp(dims: list[int], last_bn: bool = True, last_bn_affine: bool = True) -> n
 
 
 def simsiam_loss(p1: torch.Tensor, p2: torch.Tensor, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
-    """SimSiam, Chen & He 2021, Eq. 2: L = D(p1, sg(z2))/2 + D(p2, sg(z1))/2, D = -cosine (Eq. 1).
+    """SimSiam, Chen & He 2021, Eq. 4: L = D(p1, sg(z2))/2 + D(p2, sg(z1))/2, D = -cosine (Eq. 1).
 
     p1, p2: NxP predictor outputs; z1, z2: NxP projections. Scalar in [-1, 1]; -1 is perfect agreement.
     """
@@ -249,7 +249,7 @@ class MoBY(SSLMethod):
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
 
     def set_progress(self, frac: float) -> None:
-        """Cosine momentum schedule, BYOL Sec. 3.2: m = 1 - (1 - m0)(cos(pi t / T) + 1)/2."""
+        """Cosine momentum schedule, BYOL Sec. 3.3 ("Implementation details"): m = 1 - (1 - m0)(cos(pi t / T) + 1)/2."""
         self.momentum = 1 - (1 - self.base_momentum) * (math.cos(math.pi * min(frac, 1.0)) + 1) / 2
 
     def before_step(self, progress: float) -> None:

@@ -185,8 +185,9 @@ def evaluate_knn(encoder: nn.Module, train: TensorData, test: TensorData, pre: P
 
 
 def build_optimizer(model: SSLMethod, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    """SGD (momentum 0.9). The method's ``fixed_lr_params`` (SimSiam's predictor: Chen & He 2021, Sec. 4.3,
-    a constant predictor lr works better) form a group marked ``fixed_lr``; the rest follow the schedule."""
+    """SGD (momentum 0.9). The method's ``fixed_lr_params`` (SimSiam's predictor: Chen & He 2021, Sec. 4.2
+    "Predictor": a constant lr for h, without decay, works better) form a group marked ``fixed_lr``; the rest
+    follow the schedule."""
     fixed_ids = {id(p) for p in model.fixed_lr_params()}
     params = [p for p in model.parameters() if p.requires_grad]
     groups: list[dict[str, Any]] = [{"params": [p for p in params if id(p) not in fixed_ids], "fixed_lr": False}]

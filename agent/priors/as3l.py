@@ -99,8 +99,8 @@ def as3l_prior(pool: Pool, rows: np.ndarray, rng: np.random.Generator, params: M
     seeds, and unseeded clusters taking the nearest seeded centre's class, are ours (Basu et al. seed
     every cluster). Sec. 3.3 instead leaves the rows of a cluster without labelled samples unpropagated
     (fewer votes, "lower confidence"); we tried it, and with class-level seeding below the labelled count
-    most clusters are unseeded, which one calibration temperature cannot correct (ECE 0.146 against 0.08
-    in tests/agent/priors' calibration test), so the nearest seeded centre votes instead.
+    most clusters are unseeded, which one calibration temperature cannot correct (docs/strategies.md), so
+    the nearest seeded centre votes instead.
 
     Confidence (ours): max(probs) times a proximity factor 1 / (1 + (d / d_med)^2), d the distance to
     the nearest labelled sample and d_med its median over the pool, so rows far from every labelled

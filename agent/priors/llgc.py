@@ -86,8 +86,8 @@ def llgc_prior(pool: Pool, rows: np.ndarray, rng: np.random.Generator, params: M
     f = spread(w, y, alpha)
     # Class mass normalisation (Zhu, Ghahramani & Lafferty, ICML 2003, "class mass normalization"):
     # scale each class's column to unit total mass, so a class seeded in a denser or better-connected
-    # region does not swamp the rest; on blobs with one label per class it lifted accuracy from ~0.5
-    # to ~0.8 (k = 50).
+    # region does not swamp the rest (with one label per class, one well-connected seed otherwise takes
+    # most of the pool).
     f = np.maximum(f, 0.0)
     f = f / np.maximum(f.sum(axis=0, keepdims=True), 1e-300)
     probs = normalise_rows(f[rows])

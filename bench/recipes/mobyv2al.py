@@ -2,7 +2,7 @@
 
 Sec. 3: the learner is trained jointly: cross-entropy on the labelled set plus lambda_c = 0.5 x the MoBY
 contrastive loss (training.finetune mode ``moby_al``), with the labelled images in the contrastive batch
-too (the queue and moving average see both, Sec. 3.1), on an amount of unlabelled data equal to the
+too (the queue and moving average see both, Sec. 3), on an amount of unlabelled data equal to the
 labelled (Sec. 4.1, "Comparison with other SSL-AL"), those with the lowest contrastive loss (Sec. 4.2),
 re-trained from scratch each cycle; the pool is then ranked by CoreSet (k-center greedy, Sener &
 Savarese 2018) on the query encoder's features f_q(x), which is what the agent embeds with. App. A:
