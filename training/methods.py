@@ -195,7 +195,7 @@ class SimSiam(SSLMethod):
         return list(self.predictor.parameters())
 
     def fixed_lr_params(self) -> list[nn.Parameter]:
-        # Chen & He 2021, Sec. 4.3: a constant predictor lr works better
+        # Chen & He 2021, Sec. 4.2 ("Predictor"): a constant predictor lr works better
         return self.predictor_params()
 
 
