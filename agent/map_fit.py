@@ -54,7 +54,13 @@ class Projection:
 
 
 class FitStopped(Exception):
-    """``progress`` asked the projection to stop (or the child was killed for it)."""
+    """``progress`` asked the projection to stop (or the child was killed for it, or stopped by a signal
+    sent to the agent's whole process group)."""
+
+
+# A child ended by one of these was stopped with the agent (systemd's default KillMode, timeout(1) and a
+# terminal's Ctrl-C signal the whole process group): a stop, not a failed fit, so it is not logged as one.
+STOP_SIGNALS = frozenset({-signal.SIGTERM, -signal.SIGINT, -signal.SIGHUP})
 
 
 def project(vecs: np.ndarray, p: Projection, progress: Callable[[float], bool]) -> tuple[np.ndarray, str]:
@@ -140,6 +146,8 @@ def fit_in_child(vecs: np.ndarray, p: Projection, progress: Callable[[float], bo
                 proc.wait()
             for r in readers:
                 r.join(timeout=5)
+        if code in STOP_SIGNALS:
+            raise FitStopped()
         if code != 0:
             raise RuntimeError(f"the map's fit process exited with {code}: {''.join(err).strip()[-2000:]}")
         with open(out, "rb") as f:

@@ -182,6 +182,19 @@ def test_the_fit_runs_in_a_child_process_that_is_killed_when_stopped(tmp_path: P
         with pytest.raises(FitStopped):
             fit_in_child(vecs, long, lambda f: time.monotonic() - t0 > 0.3, poll_s=0.05)
     assert time.monotonic() - t0 < 5 and started and started[0].poll() is not None
+    # A child stopped by SIGTERM sent to the agent's process group (systemd, Ctrl-C) is a stop, not a failure.
+    import signal
+
+    def terminate(fraction: float) -> bool:
+        if started and started[-1].poll() is None:
+            started[-1].send_signal(signal.SIGTERM)  # what the group signal does to the child
+        return False
+
+    started.clear()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(subprocess, "Popen", recording)
+        with pytest.raises(FitStopped):
+            fit_in_child(vecs, long, terminate, poll_s=0.05)
     # A child that fails says why.
     with pytest.raises(RuntimeError, match="exited with"):
         fit_in_child(np.full((20, 4), np.nan, np.float32), p, lambda f: False)
