@@ -43,7 +43,9 @@ LIMITS = Limits()  # the defaults, shown by `shortlist serve --help`
 
 JsonOpt = typer.Option(False, "--json", help="machine-readable output on stdout")
 
-console = Console(stderr=True)
+# Into a file or a service manager's journal (not a terminal) a message stays one line: Rich would wrap it
+# at 80 columns, and journald would store each piece as a record of its own.
+console = Console(stderr=True, soft_wrap=not sys.stderr.isatty())
 
 
 def _pairs(items: list[str], what: str) -> dict[str, str]:
@@ -238,7 +240,7 @@ def serve(labelstudio: LabelStudioConfig,
     """Run the agent until SIGTERM/SIGINT/SIGHUP (then finish in-flight calls, snapshot the index, exit)."""
     from agent.config import AgentConfig, WorkConfig, class_list
     from agent.memory import tune_malloc
-    from agent.security import ServerSecurity, is_loopback
+    from agent.security import ServerSecurity, is_loopback, listen_socket
     from agent.service import create_server, stop_server
     from agent.state import ClassListError, SchemaVersionError
     from agent.threads import one_blas_thread_per_call
@@ -293,6 +295,11 @@ def serve(labelstudio: LabelStudioConfig,
             for w in check_listen(web_config, tokens is not None, "--tls-cert FILE --tls-key FILE",
                                   "tokens (--tokens FILE)"):
                 console.print(f"[yellow]warning[/yellow]: web app: {escape(w)}", highlight=False)
+        # Both ports before the data folder is opened: a refused start leaves nothing behind (a new folder
+        # was created and set up) and gRPC logs no error line of its own. A probe: the servers bind again.
+        listen_socket(host, port, "the agent", "--port or --host").close()
+        if web_config is not None:
+            listen_socket(web_config.host, web_config.port, "the web app", "--web-port or --web-host").close()
         local = None
         if web_config is not None:
             from agent.web.server import LocalSocket

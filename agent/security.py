@@ -402,6 +402,27 @@ class ServerSecurity:
         return check_exposure(host, tls=self.tls, authenticated=authenticated, insecure=self.insecure)
 
 
+def listen_socket(host: str, port: int, what: str, flags: str) -> socket.socket:
+    """A TCP socket listening on host:port (port 0: any free port), or OSError saying that ``what`` ("the
+    web app") cannot listen there and which ``flags`` to change. SO_REUSEADDR: a port left in TIME_WAIT by
+    the previous run is free (the kernel still refuses a port another socket listens on)."""
+    host = host.strip("[]")
+    try:
+        family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+    except ValueError:
+        family = socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(128)
+    except OSError as e:
+        sock.close()
+        raise OSError(f"{what} cannot listen on {host}:{port} ({e.strerror or e}): the port is in use by another "
+                      f"process or the address is not one of this machine's; pick another {flags}") from None
+    return sock
+
+
 def check_exposure(host: str, *, tls: bool, authenticated: bool, insecure: bool,
                    tls_flags: str = "--tls-cert FILE --tls-key FILE",
                    auth_flags: str = "tokens (--tokens FILE) or client certificates (--tls-client-ca FILE)",

@@ -26,7 +26,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from agent import client
-from agent.security import check_exposure
+from agent.security import check_exposure, listen_socket
 from agent.web.config import WebConfig
 
 log = logging.getLogger(__name__)
@@ -35,20 +35,7 @@ START_TIMEOUT_S = 30.0
 
 def bind(host: str, port: int) -> socket.socket:
     """A listening TCP socket on host:port (port 0: any free port); OSError saying what to change."""
-    host = host.strip("[]")
-    try:
-        family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
-    except ValueError:
-        family = socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(128)
-    except OSError as e:
-        sock.close()
-        raise OSError(f"the web app cannot listen on {host}:{port} ({e.strerror or e}): the port is in use or the "
-                      "address is not one of this machine's; pick another --web-port / --port or host") from None
+    sock = listen_socket(host, port, "the web app", "--web-port / --port or host")
     sock.set_inheritable(True)
     return sock
 

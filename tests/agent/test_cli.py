@@ -464,6 +464,28 @@ def test_serve_refuses_an_exposed_address_and_a_bad_tokens_file(tmp_path: Path, 
         os.umask(umask)
 
 
+def test_serve_refuses_a_port_in_use_before_opening_its_data_folder(tmp_path: Path, registry: Path) -> None:
+    """A port another process listens on (the agent's or the web app's) is refused before the data folder is
+    created, in one line saying which flag to change."""
+    import socket
+
+    umask = os.umask(0o022)  # serve sets the process umask; keep the test process's
+    held = socket.socket()
+    try:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = str(held.getsockname()[1])
+        cases = ((["--port", port], "--port or --host"), (["--port", "0", "--web-port", port], "--web-port"))
+        for flags, hint in cases:
+            res = runner.invoke(app, ["serve", "--data-dir", str(tmp_path / "d"), "--models", str(registry), "--cpu",
+                                      *flags])
+            assert res.exit_code == 2 and f"cannot listen on 127.0.0.1:{port}" in out(res) and hint in out(res)
+            assert not (tmp_path / "d").exists()
+    finally:
+        held.close()
+        os.umask(umask)
+
+
 def test_status_prints_one_warning_a_line(monkeypatch: pytest.MonkeyPatch) -> None:
     """``shortlist status`` lists GetStatus warnings one a line (each is a sentence with its own commas); --json
     keeps them as a list. A fake stub: the printing alone is under test (tests/agent/test_audit.py has the
