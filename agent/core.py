@@ -180,6 +180,10 @@ def source_problem(source: str) -> str | None:
 # SelectReply.details key present when the selection could not be recorded (disk full or read-only);
 # its value says why. The selection itself is complete and valid.
 SELECTION_NOT_RECORDED = "selection_not_recorded"
+# Recorded selections other than uniform draws kept (the newest; every draw is kept: it calibrates the priors),
+# pruned every PRUNE_EVERY records: a few kB each, so at most some tens of MB of history.
+SELECTIONS_KEPT = 10_000
+PRUNE_EVERY = 100
 READ_ONLY_SELECT = ("made with a read token: answered, not recorded (a read token's Selects are not in the "
                     "selections table and do not count as draws for the calibration)")
 # Select's details key saying why the answer is empty (an empty list alone reads like a failure).
@@ -275,6 +279,7 @@ class Agent:
         # in the order drawn: the uniform draws whose labels the calibration fits on (uniform_seqs).
         self._draws_lock = threading.Lock()
         self._draws: list[tuple[str, np.ndarray]] = self._recorded_draws()
+        self._recorded_since_prune = PRUNE_EVERY  # prune at the first record after a start
         self.blobs = BlobStore(data_dir / "blobs") if config.blobs else None
         self.manager = ModelManager(config, self.state, self.blobs, on_classes=self._adopt_manifest_classes)
         self.ingest = IngestPipeline(self.state, self.blobs, self.manager, config.limits, self.decode_work,
@@ -708,6 +713,7 @@ class Agent:
         try:
             self.state.record_selection(selection_id, request, chosen, version)
             recorded = selection_id
+            self._prune_selections()
             if drawn:  # once recorded, as a restart reads it
                 with self._draws_lock:
                     self._draws.append((strategy, np.array(drawn, np.int64)))
@@ -721,6 +727,25 @@ class Agent:
         kept = {k: v for k, v in details.items() if k != SELECTION_NOT_RECORDED}
         self.select_cache.put(key, (list(chosen), kept, recorded), weight=max(1, len(chosen)))
         return SelectResult(chosen, version, strategy, selection_id, details)
+
+    def _prune_selections(self) -> None:
+        """Every PRUNE_EVERY recorded Selects, keep the newest SELECTIONS_KEPT that are not uniform draws."""
+        with self._draws_lock:
+            self._recorded_since_prune += 1
+            if self._recorded_since_prune < PRUNE_EVERY:
+                return
+            self._recorded_since_prune = 0
+        draws = [name for name, entry in STRATEGIES.items() if entry.uniform]
+        try:
+            gone = self.state.prune_selections(SELECTIONS_KEPT, draws)
+        except Exception as e:  # history only: a full disk must not fail the Select that was recorded
+            if (stored := storage_problem(e)) is None:
+                raise
+            log.warning("old selection records not pruned: %s", stored.message)
+            return
+        if gone:
+            log.info("pruned %d old selection records (the newest %d and every uniform draw are kept)", gone,
+                     SELECTIONS_KEPT)
 
     def _why_nothing(self, where: Mapping[str, str]) -> str:
         """Why a Select has no candidate: an empty pool, a where filter nothing unlabelled matches, or every

@@ -10,7 +10,8 @@ Tables:
                    list's first ``meta.class_count`` names are its classes, the rest retired names that only
                    the label history uses (``set_closed_classes``)
     embeddings     per model version, row r of its index: sample seq, vector (float32 bytes), logits, pretext loss
-    selections     every Select: request, result, model version, time
+    selections     recorded Selects: request, result, model version, time (every uniform draw; the newest
+                   others, agent.core.SELECTIONS_KEPT)
     queues         labelling queues (GetQueue / UpdateQueue; the web app's Queue page): name -> JSON body
     model_versions name, status (serving|pending|retired|superseded|failed), embedded count, error (why refused),
                    updated, fingerprint (of the refused folder, so it is looked at again only when changed)
@@ -38,7 +39,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -664,6 +665,19 @@ class State:
                          time.time()))
             finally:
                 self._db.execute("PRAGMA synchronous=FULL")
+
+    def prune_selections(self, keep: int, draw_strategies: Collection[str]) -> int:
+        """Delete all but the newest ``keep`` recorded selections that are not uniform draws (a Select of one
+        of ``draw_strategies`` without a where filter: their labels calibrate the priors, so every draw is
+        kept); returns how many were deleted. The records are history (no RPC reads them back), and a client
+        sending distinct Selects would otherwise grow the table by a few kB each, for good."""
+        marks = ",".join("?" * len(draw_strategies)) or "NULL"
+        with self._lock, self._transaction():
+            cur = self._db.execute(
+                f"DELETE FROM selections WHERE rowid IN (SELECT rowid FROM selections WHERE NOT "
+                f"(json_extract(request, '$.strategy') IN ({marks}) AND json_extract(request, '$.where') = '{{}}') "
+                f"ORDER BY time DESC LIMIT -1 OFFSET ?)", (*draw_strategies, keep))
+            return int(cur.rowcount)
 
     def queue(self, name: str) -> tuple[dict[str, Any], float] | None:
         """The stored body of queue ``name`` (JSON object) and when it was stored, or None."""

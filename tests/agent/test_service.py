@@ -123,6 +123,29 @@ def test_select_every_strategy(running: Running) -> None:
     assert select(running, 3, "random").details == {}
 
 
+def test_old_selection_records_are_pruned_but_every_draw_is_kept(running: Running,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Distinct Selects are recorded, but only the newest SELECTIONS_KEPT of those that are not uniform draws
+    stay (pruned every PRUNE_EVERY records); every random / audit draw without a filter is kept, since its
+    labels calibrate the priors."""
+    from agent import core
+
+    monkeypatch.setattr(core, "SELECTIONS_KEPT", 3)
+    monkeypatch.setattr(core, "PRUNE_EVERY", 4)
+    running.agent._recorded_since_prune = 0
+    client.ingest(running.stub, make_samples(60, labels=12), batch=32)
+    for seed in range(12):  # distinct requests: each is recorded
+        select(running, 2, "typiclust", seed=seed)
+        select(running, 2, "random", seed=seed)
+        select(running, 2, "random", seed=seed, site="a")  # filtered: not a uniform draw
+    kept = running.agent.state.selections()
+    draws = [r for _, r, _, _ in kept if r["strategy"] == "random" and not r["where"]]
+    others = [r for _, r, _, _ in kept if r not in draws]
+    assert len(draws) == 12  # all kept
+    assert 3 <= len(others) < 3 + 4  # the newest 3 after the last prune, and those recorded since
+    assert max(r["seed"] for r in others) == 11  # the newest survive
+
+
 def test_select_budget_and_errors(running: Running) -> None:
     empty = select(running, 3)
     assert empty.selected == [] and empty.details["nothing_selected"] == "the pool is empty: ingest samples first"
