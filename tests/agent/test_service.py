@@ -143,7 +143,7 @@ def test_old_selection_records_are_pruned_but_every_draw_is_kept(running: Runnin
     others = [r for _, r, _, _ in kept if r not in draws]
     assert len(draws) == 12  # all kept
     assert 3 <= len(others) < 3 + 4  # the newest 3 after the last prune, and those recorded since
-    assert max(r["seed"] for r in others) == 11  # the newest survive
+    assert max(int(str(r["seed"])) for r in others) == 11  # the newest survive
 
 
 def test_select_budget_and_errors(running: Running) -> None:
