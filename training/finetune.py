@@ -411,6 +411,10 @@ def finetune(config: FinetuneConfig, data: TensorData | None = None, priors: tor
         enc = enc.to(memory_format=torch.channels_last)
     log = loop.MetricsLog(run_dir, rt.is_main)
     config_dict = dataclasses.asdict(cfg)
+    # A folder used before (a cycle's --out again): its encoder.pt and summary.json are another run's; left
+    # beside this run's checkpoint they would be published if this one were stopped (export refuses a run with
+    # checkpoint.pt and no summary.json). This run writes its own when it finishes.
+    loop.discard_result(run_dir)
     loop.write_json(run_dir / loop.CONFIG, config_dict)
     t0 = time.perf_counter()
     summary: dict[str, Any] = {"mode": cfg.mode, "labeled": len(lab), "unlabeled": len(unl)}
@@ -579,7 +583,8 @@ def _train_loop(cfg: FinetuneConfig, enc: Encoder, data: TensorData, lab: torch.
                 last_ckpt = time.perf_counter()
                 if stop.stop:  # unfinished: no encoder.pt, the caller must not use the run as a result
                     raise loop.Interrupted(stop.signal_name, state.step, run_dir,
-                                           "its checkpoint.pt resumes it (FinetuneConfig.resume)")
+                                           "nothing to export: run the command again to train it to the end "
+                                           "(from Python, FinetuneConfig.resume continues it)")
     evaluate()
     state.extra["learned"] = learned.tolist()
     state.extra["eval"] = evals

@@ -197,6 +197,38 @@ def load_checkpoint(run_dir: Path, modules: dict[str, Any], generator: torch.Gen
     return TrainState(**payload["state"])
 
 
+def discard_result(run_dir: Path) -> None:
+    """Remove ``run_dir``'s encoder.pt and summary.json: the folder then holds an unfinished run (its
+    checkpoint.pt), which ``unfinished_run`` names and export refuses. Called when a run is stopped by a signal
+    and when a fine-tuning run starts over in a used folder, so that a result of an earlier, other state of
+    the run is never published as this one's."""
+    for name in (ENCODER, SUMMARY):
+        (run_dir / name).unlink(missing_ok=True)
+
+
+def unfinished_run(run_dir: Path) -> str | None:
+    """Why ``run_dir`` is not a result to use (a sentence saying how to finish it), or None.
+
+    Unfinished: checkpoint.pt without summary.json. A run writes summary.json (and encoder.pt) only when its
+    budget ran out; one stopped by a signal keeps checkpoint.pt alone (folders of older versions also kept an
+    encoder.pt of the stopped state, which is not a result either)."""
+    if not (run_dir / CHECKPOINT).is_file() or (run_dir / SUMMARY).is_file():
+        return None
+    try:
+        config = json.loads((run_dir / CONFIG).read_text())
+    except (OSError, ValueError):
+        config = {}
+    if str(config.get("data") or "").startswith("agent:"):  # a `shortlist cycle` run: cycles start anew
+        how = "run `shortlist cycle` again (with another --out)"
+    elif "mode" in config:  # FinetuneConfig
+        how = "run the `shortlist finetune` command again to train it to the end"
+    else:
+        how = (f"continue it with `shortlist pretrain --resume --out {run_dir}` and the flags it was started with "
+               "(its config.json), then export it")
+    return (f"{run_dir} holds an unfinished training run (stopped before its budget ran out: {CHECKPOINT}, no "
+            f"{SUMMARY}), nothing to publish or start from; {how}")
+
+
 class Interrupted(RuntimeError):
     """Training stopped by a signal (SIGINT, SIGTERM) before its budget ran out, after a checkpoint: the run is
     unfinished, so nothing may treat it as a result (``shortlist cycle`` publishes nothing); the CLI exits 130."""

@@ -1,8 +1,9 @@
 """Self-supervised pretraining: ``pretrain(PretrainConfig(...)) -> run_dir``.
 
 The run folder holds config.json, metrics.jsonl (one JSON object per log interval / evaluation),
-checkpoint.pt (everything needed by ``resume=True``), encoder.pt (what exporters/ exports; see
-``save_encoder``) and summary.json (final kNN accuracy, images/s, wall time).
+checkpoint.pt (everything needed by ``resume=True``), and once the budget has run out encoder.pt (what
+exporters/ exports; see ``save_encoder``) and summary.json (final kNN accuracy, images/s, wall time). A run
+stopped by a signal has neither: it is unfinished (``loop.unfinished_run``), nothing may publish it.
 
 Data are decoded once into a uint8 tensor; each step gathers a batch, builds the views with
 training.augment on the device, and runs the method under bf16 autocast (CPU) / AMP (CUDA) with
@@ -145,7 +146,11 @@ def save_encoder(run_dir: Path, encoder: Encoder, *, arch: str, method: str, pre
 
 
 def load_encoder(run_dir: Path) -> tuple[Encoder, dict[str, Any]]:
-    """Rebuild the encoder saved by ``save_encoder`` (eval mode, CPU) and its metadata."""
+    """Rebuild the encoder saved by ``save_encoder`` (eval mode, CPU) and its metadata. ValueError for an
+    unfinished run (``loop.unfinished_run``: stopped by a signal), FileNotFoundError for a folder without
+    encoder.pt."""
+    if (problem := loop.unfinished_run(Path(run_dir))) is not None:
+        raise ValueError(problem)
     path = Path(run_dir) / loop.ENCODER
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: is {run_dir} a finished training run folder?")
@@ -252,11 +257,11 @@ class _Run:
     per_rank: int  # images per step on this rank
 
     def checkpoint(self) -> None:
-        """checkpoint.pt and encoder.pt, written atomically by the main rank."""
+        """checkpoint.pt, written atomically by the main rank. Not encoder.pt: that is the finished run's
+        (``_summarise``), so that export never publishes a run stopped half way."""
         if self.rt.is_main:
             loop.save_checkpoint(self.run_dir, self.state, {"model": self.model, "optimizer": self.opt}, self.gen,
                                  self.config_dict)
-            self.save_encoder()
 
     def save_encoder(self, metrics: dict[str, Any] | None = None) -> None:
         save_encoder(self.run_dir, self.encoder, arch=self.cfg.arch, method=self.cfg.method, pre=self.pre,
@@ -481,6 +486,9 @@ def pretrain(config: PretrainConfig, console: Console | None = None, train_data:
         log.write(kind="stopped", signal=stopped, step=run.state.step)
         if stopped.startswith("stop_after="):
             return run.run_dir  # the tests' stop, not a signal
-        raise loop.Interrupted(stopped, run.state.step, run.run_dir, "continue with --resume")
+        if run.rt.is_main:  # a resumed run stopped again is unfinished again: an earlier result is not this state's
+            loop.discard_result(run.run_dir)
+        raise loop.Interrupted(stopped, run.state.step, run.run_dir,
+                               "continue with the same command and --resume (nothing to export until it finishes)")
     _summarise(run, console, log, wall0)
     return run.run_dir

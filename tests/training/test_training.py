@@ -268,3 +268,79 @@ def test_a_knn_k_above_the_banks_images_per_class_is_noted() -> None:
     assert knn_k_note(200, 50_000, 10) == ""  # CIFAR-10's protocol
     note = knn_k_note(200, 400, 10)
     assert "k=200 is more than the bank's 40 images per class" in note and "--knn-k 20" in note
+
+
+def _signal_at_step(monkeypatch: pytest.MonkeyPatch, module: object, name: str, at: int, sig: int) -> None:
+    """Replace ``module.name`` (a function called once per training step) by one that sends ``sig`` to this
+    process at its ``at``-th call: a Ctrl-C mid-run at a known step, whatever the machine's speed."""
+    import os
+
+    real = getattr(module, name)
+    calls = [0]
+
+    def wrapped(*args: object, **kwargs: object) -> object:
+        calls[0] += 1
+        if calls[0] == at:
+            os.kill(os.getpid(), sig)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, wrapped)
+
+
+def test_a_pretraining_run_stopped_by_ctrl_c_cannot_be_exported_until_resumed(
+        tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/training.md: SIGINT exits 130 with no encoder.pt or summary.json, so `export` has nothing to publish
+    (it wrote encoder.pt at every checkpoint, the SIGINT one too, and export published the unfinished run);
+    --resume finishes it."""
+    import signal
+
+    from typer.testing import CliRunner
+
+    from shortlist.cli import app
+    from training import pretrain as pretrain_module
+
+    cfg = _cfg(tiny_data, tmp_path / "run", "rotnet", epochs=3, knn_every=0, final_knn=False, checkpoint_minutes=0.0)
+    with monkeypatch.context() as m:
+        _signal_at_step(m, pretrain_module, "_step", 2, signal.SIGINT)
+        with pytest.raises(loop.Interrupted, match="--resume"):
+            pretrain(cfg)
+    run = tmp_path / "run"
+    assert (run / loop.CHECKPOINT).is_file()
+    assert not (run / loop.ENCODER).exists() and not (run / loop.SUMMARY).exists()
+    refused = CliRunner().invoke(app, ["export", "--run", str(run), "--models", str(tmp_path / "models")])
+    said = " ".join(refused.output.split())
+    assert refused.exit_code == 2 and "unfinished training run" in said and "shortlist pretrain --resume" in said
+    assert "Traceback" not in said and not (tmp_path / "models").exists()
+    with pytest.raises(ValueError, match="unfinished"):  # nor is it an --init for fine-tuning
+        load_encoder(run)
+
+    pretrain(_cfg(tiny_data, run, "rotnet", epochs=3, knn_every=0, final_knn=False, resume=True))
+    assert json.loads((run / loop.SUMMARY).read_text())["steps"] == 9
+    assert load_encoder(run)[0] is not None
+    # a folder an older version left (encoder.pt of the stopped state, checkpoint.pt, no summary.json)
+    (run / loop.SUMMARY).unlink()
+    with pytest.raises(ValueError, match="unfinished training run"):
+        load_encoder(run)
+
+
+def test_a_stopped_finetuning_in_a_used_folder_leaves_no_earlier_result(
+        tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cycle's or finetune's --out used again: when the new run is stopped, the earlier run's encoder.pt and
+    summary.json are not left beside its checkpoint for export to publish as if they were this run's."""
+    import signal
+
+    from training import finetune as finetune_module
+
+    data = load(str(tiny_data), "train", (SIZE, SIZE))
+    cfg = FinetuneConfig(out=str(tmp_path / "f"), mode="full", preprocess=PRE, labels_per_class=2, steps=2,
+                         batch_size=6, threads=1, channels_last=False)
+    finetune(cfg, data)
+    assert (tmp_path / "f" / loop.ENCODER).is_file()
+    _signal_at_step(monkeypatch, finetune_module, "augment", 2, signal.SIGINT)
+    with pytest.raises(loop.Interrupted, match="SIGINT: training stopped at step 2") as stopped:
+        finetune(FinetuneConfig(**{**cfg.__dict__, "steps": 1000}), data)
+    f = tmp_path / "f"
+    assert (f / loop.CHECKPOINT).is_file() and not (f / loop.ENCODER).exists() and not (f / loop.SUMMARY).exists()
+    assert "nothing to export" in str(stopped.value)  # finetune has no --resume: not "resume it"
+    with pytest.raises(ValueError, match="run the `shortlist finetune` command again"):
+        load_encoder(f)
