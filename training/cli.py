@@ -91,8 +91,11 @@ def pretrain_cmd(
     if procs > 1:
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise typer.BadParameter("--procs starts its own processes; under torchrun leave it out")
+        from training.loop import check_device
+
         try:
             cfg.resolved()  # settings errors once, here, rather than from every rank
+            check_device(cfg.device)
         except ValueError as e:
             console.print(f"[red]error:[/] {e}")
             raise typer.Exit(2) from None

@@ -52,9 +52,23 @@ class Runtime:
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
 
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def check_device(device: str) -> None:
+    """ValueError, saying what to give, for a ``--device`` this machine cannot train on (torch's own errors
+    for them are tracebacks: "Expected one of cpu, cuda, ipu, ..." or "Found no NVIDIA driver")."""
+    kind, sep, index = device.partition(":")
+    if kind not in DEVICES or (sep and (kind != "cuda" or not index.isdigit())):
+        raise ValueError(f"--device {device!r}: give auto, cpu or cuda (cuda:N for the N-th GPU)")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: torch sees no CUDA GPU on this machine; give --device cpu (or auto)")
+
+
 def setup_runtime(device: str = "auto", amp: bool = True, channels_last: bool = True,
                   threads: int | None = None) -> Runtime:
     """Device (``auto``: CUDA when present), torchrun's process group when WORLD_SIZE > 1, precision.
+    ValueError for a device this machine does not have (``check_device``).
 
     On CUDA, autocast uses bf16 where supported (no loss scaler needed), else fp16 is avoided (fp32).
     On CPU, bf16 autocast (oneDNN uses AVX512-BF16 / AMX when the CPU has them).
@@ -62,6 +76,7 @@ def setup_runtime(device: str = "auto", amp: bool = True, channels_last: bool = 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
+    check_device(device)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(device)

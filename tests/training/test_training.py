@@ -344,3 +344,20 @@ def test_a_stopped_finetuning_in_a_used_folder_leaves_no_earlier_result(
     assert "nothing to export" in str(stopped.value)  # finetune has no --resume: not "resume it"
     with pytest.raises(ValueError, match="run the `shortlist finetune` command again"):
         load_encoder(f)
+
+
+def test_a_device_this_machine_lacks_is_a_usage_error(tiny_data: Path, tmp_path: Path) -> None:
+    """--device gpu (a typo) or cuda on a machine without a GPU: exit 2 with what to give, before the run folder is
+    made (torch's errors were tracebacks: "Expected one of cpu, cuda, ipu, ..." / "Found no NVIDIA driver")."""
+    from typer.testing import CliRunner
+
+    from shortlist.cli import app
+
+    devices = ["gpu", "cuda:x"] + ([] if torch.cuda.is_available() else ["cuda"])
+    for device in devices:
+        for command in (["pretrain", "--epochs", "1"], ["finetune", "--steps", "1"]):
+            res = CliRunner().invoke(app, [*command, "--data", str(tiny_data), "--out", str(tmp_path / "x"),
+                                           "--device", device], env={"COLUMNS": "200"})
+            said = " ".join(res.output.split())
+            assert res.exit_code == 2 and f"--device {device}" in said.replace("'", ""), (command, device, said)
+            assert "Traceback" not in said and not (tmp_path / "x").exists()
