@@ -249,11 +249,11 @@ def cycle_cmd(
 
         console.print(f"[red]{e.code().name}[/]: {escape(detail(e))}", highlight=False)
         raise typer.Exit(1) from None
-    except (ValueError, FileNotFoundError, ConnectionError, ExportError) as e:
-        console.print(f"[red]error:[/] {e}")
+    except (ValueError, FileNotFoundError, FileExistsError, ConnectionError, ExportError) as e:
+        console.print(f"[red]error:[/] {escape(str(e))}", highlight=False)
         raise typer.Exit(2) from None
     except Interrupted as e:
-        console.print(f"[yellow]{e}; nothing was published[/]")
+        console.print(f"[yellow]{escape(str(e))}[/]", highlight=False)
         raise typer.Exit(INTERRUPTED_EXIT) from None
 
 

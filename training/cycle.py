@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,8 @@ from rich.console import Console
 from agent.client import PICKUP_WAIT_S, ClientConfig  # the wait for the agent to take a version up
 from shortlist.manifest import Preprocess, newest_complete
 from shortlist.v1 import agent_pb2
+from training import loop
+from training.backbones import build_backbone
 from training.data import TensorData, from_samples
 from training.finetune import FINETUNE_MODES, FROZEN_MODES, FinetuneConfig, finetune
 from training.methods import METHODS
@@ -67,6 +70,40 @@ def fetch_priors(stub: Any, data: TensorData, method: str) -> torch.Tensor:
     return torch.from_numpy(probs)
 
 
+def _check_options(models: Path, out: Path, mode: str, init: str | None, steps: int | None, minutes: float | None,
+                   epochs: int | None, preprocess: str, arch: str, device: str) -> Preprocess | None:
+    """Every option that can be checked without the agent, before connecting to it and long before training
+    (a --models typo found at publishing cost the whole training budget). Raises ValueError (FileNotFoundError
+    for a missing --init) saying what to give instead. Returns --init's preprocessing (its input size), or
+    None without --init."""
+    from exporters.export import registry_problem
+
+    if mode not in CYCLE_MODES:
+        raise ValueError(f"unknown cycle mode {mode!r}; valid: {', '.join(CYCLE_MODES)}")
+    if steps is None and minutes is None and epochs is None and mode not in FROZEN_MODES:
+        raise ValueError("give one of --steps, --minutes or --epochs")
+    if init is None and mode in FROZEN_MODES:
+        raise ValueError(f"--mode {mode} fits a head on a pretrained encoder's frozen features (a random encoder's "
+                         "mean nothing): give --init RUN (a `shortlist pretrain` run folder), or pretrain in the "
+                         "cycle with --mode simsiam, rotnet or moby")
+    if init is not None and mode in METHODS:
+        raise ValueError(f"--mode {mode} pretrains an encoder from random weights and does not use --init: leave "
+                         "--init out, or fine-tune the --init run with --mode full, as3l, moby_al, linear or svm")
+    registry_problem(models)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file: give a folder for this cycle's training run")
+    if init is not None and out.resolve() == Path(init).resolve():
+        raise ValueError(f"--out {out} is the --init run: its encoder would be overwritten; give another --out")
+    if mode in METHODS and (out / loop.CHECKPOINT).exists():  # pretrain() would refuse it after the pull
+        raise ValueError(f"--out {out} already holds a training run: give another --out (or remove that folder)")
+    preprocess_by_name(preprocess)
+    loop.check_device(device)
+    init_pre = None
+    if init is not None:  # a finished training run (load_encoder says why not); the images go through its encoder
+        init_pre = Preprocess.from_dict(load_encoder(Path(init))[1]["preprocess"])
+    if init is None or mode in METHODS:  # the arch is built: an unknown name is said now, not after the pull
+        build_backbone(arch)
+    return init_pre
 
 
 def run_cycle(agent: str, models: str | Path, out: str | Path, mode: str = "full", init: str | None = None,
@@ -78,25 +115,25 @@ def run_cycle(agent: str, models: str | Path, out: str | Path, mode: str = "full
     """One cycle (see module docstring). ``mode``: a fine-tuning mode (linear, svm, full, as3l, moby_al) or a
     pretraining method (simsiam, rotnet, moby: self-supervised on every sample in the agent).
     ``client_config``: TLS and token to reach the agent (agent.client.ClientConfig). ``options``: more
-    FinetuneConfig fields for a fine-tuning mode (e.g. ``seed``, ``svm_c``, ``unlabeled_ratio``)."""
+    FinetuneConfig fields for a fine-tuning mode (e.g. ``seed``, ``svm_c``, ``unlabeled_ratio``).
+
+    Raises, before any training: ValueError / FileNotFoundError for a bad option (``_check_options``),
+    agent.client.AgentUnavailable when the agent cannot be reached; loop.Interrupted when a signal stopped the
+    training (nothing published)."""
     from agent import client
     from exporters.export import export_run
 
     console = console or Console()
-    if mode not in CYCLE_MODES:
-        raise ValueError(f"unknown cycle mode {mode!r}; valid: {', '.join(CYCLE_MODES)}")
-    if steps is None and minutes is None and epochs is None and mode not in FROZEN_MODES:
-        raise ValueError("give one of --steps, --minutes or --epochs")
-    if init is None and mode in FROZEN_MODES:
-        raise ValueError(f"--mode {mode} fits a head on a pretrained encoder's frozen features (a random encoder's "
-                         "mean nothing): give --init RUN (a `shortlist pretrain` run folder), or pretrain in the "
-                         "cycle with --mode simsiam, rotnet or moby")
-    models = Path(models)
+    models, run_dir = Path(models), Path(out)
+    init_pre = _check_options(models, run_dir, mode, init, steps, minutes, epochs, preprocess, arch, device)
     stub = client.connect(agent, config=client_config)
     before = stub.GetStatus(agent_pb2.GetStatusRequest())
+    if mode == "as3l" and before.prior_methods and prior_method not in before.prior_methods:
+        raise ValueError(f"--prior-method {prior_method!r} is not one of the agent's prior methods: "
+                         f"{', '.join(before.prior_methods)}")
     newest = newest_complete(models)
-    if init is not None and mode not in METHODS:  # the images go through --init's encoder: its input size
-        pre = Preprocess.from_dict(load_encoder(Path(init))[1]["preprocess"])
+    if init_pre is not None and mode not in METHODS:  # the images go through --init's encoder: its input size
+        pre = init_pre
     else:  # (the served 96-px model's size refused a 32-px --init run)
         pre = newest[1].preprocess if newest is not None else preprocess_by_name(preprocess)
     labeled_only = mode not in UNLABELED_MODES
@@ -105,34 +142,16 @@ def run_cycle(agent: str, models: str | Path, out: str | Path, mode: str = "full
     data = from_samples(samples, pre.size, classes)
     console.print(f"pulled {len(data)} samples ({int((data.labels >= 0).sum())} labelled, {len(classes)} classes) "
                   f"from {agent}; model {before.model_version or 'none'}")
-    run_dir = Path(out)
-    if mode in METHODS:
-        cfg = PretrainConfig(data=f"agent:{agent}", out=str(run_dir), method=mode, arch=arch, epochs=epochs,
-                             minutes=minutes if epochs is None else None, batch_size=batch_size,
-                             preprocess=preprocess, threads=threads, device=device, knn_every=0)
-        if steps is not None:  # steps for a pretraining cycle: whole epochs of the pool
-            cfg.epochs, cfg.minutes = max(1, steps), None
-        pretrain(cfg, console, train_data=data)
-    else:
-        if init is None:
-            console.print(f"[yellow]no --init: --mode {mode} trains the {arch} encoder from random weights "
-                          "(pass a `shortlist pretrain` run to start from self-supervised features)[/]")
-        priors = fetch_priors(stub, data, prior_method) if mode == "as3l" else None
-        fcfg = FinetuneConfig(out=str(run_dir), mode=mode, init=init, arch=arch, data=f"agent:{agent}",
-                              preprocess=preprocess, epochs=epochs, minutes=minutes, steps=steps,
-                              threads=threads, device=device, progress=False)
-        if batch_size:
-            fcfg.batch_size = batch_size
-        if options:
-            fcfg = dataclasses.replace(fcfg, **options)
-        if steps is None and epochs is None and minutes is None and mode not in FROZEN_MODES:
-            fcfg.steps = 100
-        finetune(fcfg, data, priors, console)
+    try:
+        _train(run_dir, mode, agent, data, stub, init=init, steps=steps, minutes=minutes, epochs=epochs,
+               prior_method=prior_method, preprocess=preprocess, arch=arch, batch_size=batch_size, threads=threads,
+               device=device, console=console, options=options)
+    except loop.Interrupted as e:  # pretrain's own hint (--resume) is not an option of cycle
+        raise loop.Interrupted(e.signal_name, e.step, run_dir, "nothing was published; run `shortlist cycle` "
+                               "again (with another --out) to train anew") from None
     version = export_run(run_dir, models, log=console.print)
     after = client.reload_model(stub, version, PICKUP_WAIT_S)  # waits until the agent says what it made of it
-    import json
-
-    summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").is_file() else {}
+    summary = json.loads((run_dir / loop.SUMMARY).read_text()) if (run_dir / loop.SUMMARY).is_file() else {}
     result = CycleResult(version_before=before.model_version, version_after=after.model_version or
                          after.pending_model_version, published=version, samples=len(data),
                          labeled=int((data.labels >= 0).sum()), classes=classes, run_dir=run_dir, summary=summary)
@@ -145,3 +164,33 @@ def run_cycle(agent: str, models: str | Path, out: str | Path, mode: str = "full
                       + (client.refusal(after, version)
                          or f"is {models} the folder it serves (`shortlist serve --models`)?") + "[/]", highlight=False)
     return result
+
+
+def _train(run_dir: Path, mode: str, agent: str, data: TensorData, stub: Any, *, init: str | None,
+           steps: int | None, minutes: float | None, epochs: int | None, prior_method: str, preprocess: str,
+           arch: str, batch_size: int | None, threads: int | None, device: str, console: Console,
+           options: Mapping[str, Any] | None) -> None:
+    """The cycle's training into ``run_dir``: pretraining for a method of training.methods, else fine-tuning
+    (as3l with the agent's PriorLabels for the unlabelled rows)."""
+    if mode in METHODS:
+        cfg = PretrainConfig(data=f"agent:{agent}", out=str(run_dir), method=mode, arch=arch, epochs=epochs,
+                             minutes=minutes if epochs is None else None, batch_size=batch_size,
+                             preprocess=preprocess, threads=threads, device=device, knn_every=0)
+        if steps is not None:  # steps for a pretraining cycle: whole epochs of the pool
+            cfg.epochs, cfg.minutes = max(1, steps), None
+        pretrain(cfg, console, train_data=data)
+        return
+    if init is None:
+        console.print(f"[yellow]no --init: --mode {mode} trains the {arch} encoder from random weights "
+                      "(pass a `shortlist pretrain` run to start from self-supervised features)[/]")
+    priors = fetch_priors(stub, data, prior_method) if mode == "as3l" else None
+    fcfg = FinetuneConfig(out=str(run_dir), mode=mode, init=init, arch=arch, data=f"agent:{agent}",
+                          preprocess=preprocess, epochs=epochs, minutes=minutes, steps=steps,
+                          threads=threads, device=device, progress=False)
+    if batch_size:
+        fcfg.batch_size = batch_size
+    if options:
+        fcfg = dataclasses.replace(fcfg, **options)
+    if steps is None and epochs is None and minutes is None and mode not in FROZEN_MODES:
+        fcfg.steps = 100
+    finetune(fcfg, data, priors, console)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import time
 from pathlib import Path
 
@@ -90,3 +91,97 @@ def test_cycle_against_real_agent(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         assert f"the agent has not taken v0001 up: is {tmp_path / 'elsewhere'} the folder it serves" in text
     finally:
         stop_server(server, agent, grace=1.0)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _said(result: object) -> str:
+    return " ".join(result.output.split())  # type: ignore[attr-defined]  # rich wraps long lines
+
+
+def test_cycle_checks_its_options_before_connecting_or_training(tmp_path: Path) -> None:
+    """A --models that is a file or a training run folder, and every other option that can be checked, is
+    refused before the agent is asked anything (it was found at publishing, after the whole training budget);
+    nothing listens at the address, so a check made after connecting would say UNAVAILABLE instead."""
+    from typer.testing import CliRunner
+
+    from shortlist.cli import app
+    from training import loop
+
+    nobody = f"127.0.0.1:{_free_port()}"
+    run = tmp_path / "pre"  # a training run folder (what `shortlist pretrain --out` makes)
+    run.mkdir()
+    (run / loop.ENCODER).write_bytes(b"weights")
+    (run / loop.SUMMARY).write_text("{}")
+    notes = tmp_path / "make_data.py"
+    notes.write_text("print()\n")
+    out = tmp_path / "cycle"
+    for kwargs, said in (({"models": notes}, "make_data.py is a file: --models takes the registry folder"),
+                         ({"models": run}, "is a training run folder (it holds encoder.pt), not a model registry"),
+                         ({"mode": "simsiam", "init": str(run)}, "does not use --init"),
+                         ({"mode": "full", "init": str(run), "out": run}, "is the --init run"),
+                         ({"device": "gpu"}, "--device 'gpu': give auto, cpu or cuda"),
+                         ({"arch": "resnet7"}, "unknown arch 'resnet7'"),
+                         ({"mode": "lineer"}, "unknown cycle mode 'lineer'")):
+        args: dict[str, object] = {"models": tmp_path / "models", "out": out, "mode": "full", "steps": 1, **kwargs}
+        with pytest.raises(ValueError, match=re.escape(said)):
+            run_cycle(nobody, **args)  # type: ignore[arg-type]
+    (run / loop.CHECKPOINT).write_bytes(b"state")  # stopped by a signal in an older version: unfinished
+    (run / loop.SUMMARY).unlink()
+    with pytest.raises(ValueError, match="unfinished training run"):
+        run_cycle(nobody, tmp_path / "models", out, mode="linear", init=str(run))
+    assert not out.exists() and not (tmp_path / "models").exists()
+
+    # the CLI: a bad option is a usage error (2)
+    base = ["cycle", "--agent", nobody, "--out", str(out), "--mode", "full", "--steps", "1"]
+    bad = CliRunner().invoke(app, [*base, "--models", str(notes)], env={"COLUMNS": "200"})
+    assert bad.exit_code == 2 and "--models takes the registry folder" in _said(bad) and "Traceback" not in bad.output
+    assert not out.exists()
+
+
+def test_a_cycle_stopped_by_ctrl_c_publishes_nothing_and_says_what_to_do(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Exit 130, nothing published, and a hint cycle takes (it said "continue with --resume", which cycle has
+    not); the run folder is unfinished, so `shortlist export` refuses it too."""
+    import os
+    import signal
+
+    from typer.testing import CliRunner
+
+    from shortlist.cli import app
+    from tests.agent.conftest import make_samples, start
+    from training import finetune as finetune_module
+    from training import loop
+
+    real, calls = finetune_module.augment, [0]
+
+    def augment(*args: object, **kwargs: object) -> object:  # Ctrl-C at the second training step
+        calls[0] += 1
+        if calls[0] == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(finetune_module, "augment", augment)
+    models, out = tmp_path / "models", tmp_path / "cycle"
+    agent = start(tmp_path / "data", models)
+    try:
+        assert client.ingest(agent.stub, make_samples(6, labels=6)).accepted == 6  # 3 classes
+        res = CliRunner().invoke(app, ["cycle", "--agent", agent.address, "--models", str(models), "--out", str(out),
+                                       "--mode", "full", "--steps", "1000", "--threads", "1"], env={"COLUMNS": "200"})
+    finally:
+        agent.stop()
+    said = _said(res)
+    assert res.exit_code == 130, said
+    assert "SIGINT: training stopped at step 2" in said and "nothing was published" in said
+    assert "run `shortlist cycle` again" in said and "--resume" not in said
+    assert not models.exists() or not list(models.iterdir())
+    assert (out / loop.CHECKPOINT).is_file() and not (out / loop.ENCODER).exists()
+    refused = CliRunner().invoke(app, ["export", "--run", str(out), "--models", str(models)], env={"COLUMNS": "200"})
+    assert refused.exit_code == 2 and "unfinished training run" in _said(refused)
+    assert "run `shortlist cycle` again" in _said(refused)
