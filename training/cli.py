@@ -240,6 +240,8 @@ def cycle_cmd(
     from training.cycle import run_cycle
     from training.loop import Interrupted
 
+    # Exit status (docs/agent.md): 1 when the agent answered with an error or cannot be reached; 2 for a bad
+    # option (checked before connecting); 130 when a signal stopped the training.
     try:
         run_cycle(agent.address, models, out, mode=mode, init=str(init) if init else None, steps=steps, minutes=minutes,
                   epochs=epochs, prior_method=prior_method, arch=arch, threads=threads, device=device,
@@ -249,7 +251,10 @@ def cycle_cmd(
 
         console.print(f"[red]{e.code().name}[/]: {escape(detail(e))}", highlight=False)
         raise typer.Exit(1) from None
-    except (ValueError, FileNotFoundError, FileExistsError, ConnectionError, ExportError) as e:
+    except ConnectionError as e:  # agent.client.AgentUnavailable: refused, unresolved, TLS, timeout
+        console.print(f"[red]UNAVAILABLE[/]: {escape(str(e))}", highlight=False)
+        raise typer.Exit(1) from None
+    except (ValueError, FileNotFoundError, FileExistsError, ExportError) as e:
         console.print(f"[red]error:[/] {escape(str(e))}", highlight=False)
         raise typer.Exit(2) from None
     except Interrupted as e:

@@ -138,10 +138,12 @@ def test_cycle_checks_its_options_before_connecting_or_training(tmp_path: Path) 
         run_cycle(nobody, tmp_path / "models", out, mode="linear", init=str(run))
     assert not out.exists() and not (tmp_path / "models").exists()
 
-    # the CLI: a bad option is a usage error (2)
+    # the CLI: a bad option is a usage error (2); an agent that cannot be reached is 1, as for `shortlist status`
     base = ["cycle", "--agent", nobody, "--out", str(out), "--mode", "full", "--steps", "1"]
     bad = CliRunner().invoke(app, [*base, "--models", str(notes)], env={"COLUMNS": "200"})
     assert bad.exit_code == 2 and "--models takes the registry folder" in _said(bad) and "Traceback" not in bad.output
+    away = CliRunner().invoke(app, [*base, "--models", str(tmp_path / "models")], env={"COLUMNS": "200"})
+    assert away.exit_code == 1 and "UNAVAILABLE" in _said(away) and "connection refused" in _said(away)
     assert not out.exists()
 
 
