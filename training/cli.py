@@ -237,11 +237,11 @@ def cycle_cmd(
         _frozen_budget(mode, steps, minutes, epochs)
 
     from exporters.export import ExportError
-    from training.cycle import run_cycle
+    from training.cycle import CycleRefused, run_cycle
     from training.loop import Interrupted
 
-    # Exit status (docs/agent.md): 1 when the agent answered with an error or cannot be reached; 2 for a bad
-    # option (checked before connecting); 130 when a signal stopped the training.
+    # Exit status (docs/agent.md): 1 when the agent answered with an error, cannot be reached or its pool cannot
+    # train the mode yet; 2 for a bad option (checked before connecting); 130 when a signal stopped the training.
     try:
         run_cycle(agent.address, models, out, mode=mode, init=str(init) if init else None, steps=steps, minutes=minutes,
                   epochs=epochs, prior_method=prior_method, arch=arch, threads=threads, device=device,
@@ -253,6 +253,9 @@ def cycle_cmd(
         raise typer.Exit(1) from None
     except ConnectionError as e:  # agent.client.AgentUnavailable: refused, unresolved, TLS, timeout
         console.print(f"[red]UNAVAILABLE[/]: {escape(str(e))}", highlight=False)
+        raise typer.Exit(1) from None
+    except CycleRefused as e:
+        console.print(f"[red]error:[/] {escape(str(e))}", highlight=False)
         raise typer.Exit(1) from None
     except (ValueError, FileNotFoundError, FileExistsError, ExportError) as e:
         console.print(f"[red]error:[/] {escape(str(e))}", highlight=False)

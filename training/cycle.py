@@ -1,6 +1,7 @@
 """One retraining cycle against a running agent: pull samples, train, export, publish, reload, report.
 
-    before = GetStatus
+    (options checked first, without the agent: _check_options)
+    before = GetStatus; a fine-tuning mode is refused (CycleRefused) without labels of 2 classes (ListLabels)
     samples = ListSamples(include_payload, labelled only unless the mode uses unlabelled data)
     priors  = PriorLabels(method) for the unlabelled samples      (as3l only)
     train   = finetune(mode) or pretrain(method) on those samples, starting from ``init`` if given
@@ -70,6 +71,29 @@ def fetch_priors(stub: Any, data: TensorData, method: str) -> torch.Tensor:
     return torch.from_numpy(probs)
 
 
+class CycleRefused(RuntimeError):
+    """The agent's pool cannot train the mode asked for yet (no samples, no labels, labels of one class only);
+    nothing was trained or published, and the message says what to do first. The CLI exits 1: the options
+    are right, the agent's samples are not there yet (docs/agent.md, "Exit status")."""
+
+
+def _labelled_classes_problem(labels: list[str], mode: str) -> str | None:
+    """Why ``labels`` (the current label of each labelled sample) cannot train ``mode``'s classifier, or None:
+    a fine-tuning mode needs labels of 2 classes or more (with one, the classifier's softmax is 1 for every
+    image, and the uncertainty strategies would rank the pool on all-zero scores)."""
+    if mode in METHODS:  # self-supervised: no labels needed
+        return None
+    found = sorted(set(labels))
+    if len(found) >= 2:
+        return None
+    if not found:
+        return None  # said by the caller, which knows whether there are samples at all
+    return (f"the {len(labels)} labelled samples are all of one class ({found[0]!r}): --mode {mode} trains a "
+            "classifier, which needs labels of at least 2 classes. Label at least one sample of another class "
+            "(`shortlist select` says which to label, `shortlist label FILE.csv` or the web app takes the labels), "
+            "then run the cycle again")
+
+
 def _check_options(models: Path, out: Path, mode: str, init: str | None, steps: int | None, minutes: float | None,
                    epochs: int | None, preprocess: str, arch: str, device: str) -> Preprocess | None:
     """Every option that can be checked without the agent, before connecting to it and long before training
@@ -118,8 +142,8 @@ def run_cycle(agent: str, models: str | Path, out: str | Path, mode: str = "full
     FinetuneConfig fields for a fine-tuning mode (e.g. ``seed``, ``svm_c``, ``unlabeled_ratio``).
 
     Raises, before any training: ValueError / FileNotFoundError for a bad option (``_check_options``),
-    agent.client.AgentUnavailable when the agent cannot be reached; loop.Interrupted when a signal stopped the
-    training (nothing published)."""
+    agent.client.AgentUnavailable when the agent cannot be reached, CycleRefused when its pool cannot train
+    ``mode`` yet; loop.Interrupted when a signal stopped the training (nothing published)."""
     from agent import client
     from exporters.export import export_run
 
@@ -128,9 +152,20 @@ def run_cycle(agent: str, models: str | Path, out: str | Path, mode: str = "full
     init_pre = _check_options(models, run_dir, mode, init, steps, minutes, epochs, preprocess, arch, device)
     stub = client.connect(agent, config=client_config)
     before = stub.GetStatus(agent_pb2.GetStatusRequest())
-    if mode == "as3l" and before.prior_methods and prior_method not in before.prior_methods:
-        raise ValueError(f"--prior-method {prior_method!r} is not one of the agent's prior methods: "
-                         f"{', '.join(before.prior_methods)}")
+    if before.samples == 0:
+        raise CycleRefused(f"the agent at {agent} holds no samples: ingest images first (`shortlist ingest FOLDER`)")
+    if mode not in METHODS:
+        if before.labeled == 0:
+            raise CycleRefused(
+                f"none of the agent's {before.samples} samples is labelled, and --mode {mode} trains a classifier on "
+                "labels: label some first (`shortlist select --budget N` says which, `shortlist label FILE.csv` or "
+                "the web app takes the labels), or pretrain without labels with --mode simsiam, rotnet or moby")
+        # the labels alone (no payloads): a one-class pool is refused before pulling every image
+        if problem := _labelled_classes_problem([r.label for r in client.list_labels(stub)], mode):
+            raise CycleRefused(problem)
+        if mode == "as3l" and before.prior_methods and prior_method not in before.prior_methods:
+            raise ValueError(f"--prior-method {prior_method!r} is not one of the agent's prior methods: "
+                             f"{', '.join(before.prior_methods)}")
     newest = newest_complete(models)
     if init_pre is not None and mode not in METHODS:  # the images go through --init's encoder: its input size
         pre = init_pre
@@ -138,6 +173,8 @@ def run_cycle(agent: str, models: str | Path, out: str | Path, mode: str = "full
         pre = newest[1].preprocess if newest is not None else preprocess_by_name(preprocess)
     labeled_only = mode not in UNLABELED_MODES
     samples = list(client.list_samples(stub, labeled_only=labeled_only, include_payload=True))
+    if problem := _labelled_classes_problem([s.label for s in samples if s.label], mode):
+        raise CycleRefused(problem)  # labels taken back since the check above
     classes = list(before.classes) or sorted({s.label for s in samples if s.label})
     data = from_samples(samples, pre.size, classes)
     console.print(f"pulled {len(data)} samples ({int((data.labels >= 0).sum())} labelled, {len(classes)} classes) "

@@ -187,3 +187,30 @@ def test_a_cycle_stopped_by_ctrl_c_publishes_nothing_and_says_what_to_do(tmp_pat
     refused = CliRunner().invoke(app, ["export", "--run", str(out), "--models", str(models)], env={"COLUMNS": "200"})
     assert refused.exit_code == 2 and "unfinished training run" in _said(refused)
     assert "run `shortlist cycle` again" in _said(refused)
+
+
+def test_cycle_refuses_a_pool_without_labels_of_two_classes(tmp_path: Path) -> None:
+    """No labels: said as such, with how to label (was "no samples to train on"); labels of one class only: refused
+    before training (a one-class classifier was published, and the uncertainty strategies then ranked the pool on
+    all-zero scores). Both exit 1 (the agent's pool is not ready; the options are right) and publish nothing."""
+    from typer.testing import CliRunner
+
+    from shortlist.cli import app
+    from tests.agent.conftest import make_samples, start
+
+    models, out = tmp_path / "models", tmp_path / "cycle"
+    agent = start(tmp_path / "data", models)
+    try:
+        assert client.ingest(agent.stub, make_samples(6)).accepted == 6
+        cmd = ["cycle", "--agent", agent.address, "--models", str(models), "--out", str(out), "--mode", "full",
+               "--steps", "1"]
+        none = CliRunner().invoke(app, cmd, env={"COLUMNS": "200"})
+        assert none.exit_code == 1, none.output
+        assert "none of the agent's 6 samples is labelled" in _said(none) and "shortlist select" in _said(none)
+        client.submit_labels(agent.stub, [("s0", "cat"), ("s3", "cat")])
+        one = CliRunner().invoke(app, cmd, env={"COLUMNS": "200"})
+        assert one.exit_code == 1, one.output
+        assert "all of one class ('cat')" in _said(one) and "at least one sample of another class" in _said(one)
+        assert not out.exists() and not models.exists()  # nothing trained, nothing published
+    finally:
+        agent.stop()
