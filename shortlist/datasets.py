@@ -15,12 +15,13 @@ import pickle
 import tarfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from shortlist.images import decode_image, resize_array
+from shortlist.images import decode_payload, resize_array
+from shortlist.manifest import Preprocess
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm")
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
@@ -41,12 +42,14 @@ class ImageItem:
 
 @dataclass
 class ImageArray:
-    """A whole source decoded: images NxHxWx3 uint8, labels N int64 (-1 = unknown), classes in index order."""
+    """A whole source decoded: images NxHxWx3 uint8, labels N int64 (-1 = unknown), classes in index order;
+    ``skipped``: (uri, reason) of each file that is not a readable image (left out of the N)."""
 
     images: np.ndarray
     labels: np.ndarray
     classes: list[str]
     ids: list[str]
+    skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -190,30 +193,61 @@ def iter_images(source: str | Path | Resolved, split: str = "train", limit: int 
 
 
 def _decode(item: ImageItem, size: tuple[int, int] | None) -> np.ndarray:
+    """HxWx3 uint8 at ``size`` (any size when None). ValueError with the reason when the file is not a readable
+    image: the agent's Ingest check (``decode_payload``: the pixel limit from the header, then decoding), so a
+    file that ingest rejects is the file that training skips, for the same reason."""
     if item.pixels is not None:
         return resize_array(item.pixels, size)
     assert item.encoded is not None
+    return decode_payload("image", item.encoded, "", (), None if size is None else Preprocess(size=size))
+
+
+def _try_decode(item: ImageItem, size: tuple[int, int] | None) -> np.ndarray | str:
+    """``_decode``'s image, or the reason it is not readable."""
     try:
-        return decode_image(item.encoded, size)
+        return _decode(item, size)
     except ValueError as e:
-        raise ValueError(f"{item.uri}: {e}") from None
+        return str(e)
+
+
+def first_reasons(skipped: list[tuple[str, str]], shown: int = 3) -> str:
+    """The first ``shown`` (uri, reason) pairs of ``skipped`` as "uri: reason; ...", and how many more."""
+    first = "; ".join(f"{uri}: {reason}" for uri, reason in skipped[:shown])
+    return first + (f"; and {len(skipped) - shown:,} more" if len(skipped) > shown else "")
+
+
+def skipped_summary(skipped: list[tuple[str, str]], total: int, shown: int = 3) -> str:
+    """One line about the unreadable images of a source: how many of ``total``, and the first ``shown`` with
+    their reasons ("2 of 1,220 images are not readable and were left out (a.jpg: empty image payload; ...)")."""
+    return (f"{len(skipped):,} of {total:,} images are not readable and were left out "
+            f"({first_reasons(skipped, shown)})")
 
 
 def load_array(source: str | Path, split: str = "train", size: tuple[int, int] | None = (32, 32),
                limit: int | None = None, classes: list[str] | None = None, workers: int = 2) -> ImageArray:
-    """Decode a whole source into memory: images NxHxWx3 uint8 at ``size`` = (H, W).
+    """Decode a whole source into memory: images NxHxWx3 uint8 at ``size`` = (H, W) (None: the first readable
+    image's size).
 
-    ``classes`` fixes the class index order (e.g. the train split's classes when loading the test split);
-    by default the sorted label names found. Labels outside ``classes`` raise ValueError.
+    A file that is not a readable image (truncated, empty, a macOS ``._`` AppleDouble file, ...; what Ingest
+    rejects) is left out and listed in ``skipped`` with its reason: one bad file in a folder does not stop the
+    load. ValueError when no file is readable, naming the first ones and why. ``classes`` fixes the class
+    index order (e.g. the train split's classes when loading the test split); by default the sorted label
+    names found among the readable images. Labels outside ``classes`` raise ValueError.
     """
     items = list(iter_images(source, split, limit))
     if not items:
         raise ValueError(f"no images found in {source} (split '{split}')")
-    if size is None:
-        first = _decode(items[0], None)
-        size = (first.shape[0], first.shape[1])
+    if size is None:  # the first readable image's size (the ones before it are decoded again below: a few)
+        first = next((x for x in (_try_decode(it, None) for it in items) if not isinstance(x, str)), None)
+        size = (first.shape[0], first.shape[1]) if first is not None else (32, 32)
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:  # Pillow releases the GIL while decoding
-        images = np.stack(list(pool.map(lambda it: _decode(it, size), items, chunksize=256)))
+        decoded = list(pool.map(lambda it: _try_decode(it, size), items, chunksize=256))
+    skipped = [(it.uri, x) for it, x in zip(items, decoded, strict=True) if isinstance(x, str)]
+    if len(skipped) == len(items):
+        raise ValueError(f"none of the {len(items):,} files of {source} (split '{split}') is a readable image: "
+                         f"{first_reasons(skipped)}")
+    items = [it for it, x in zip(items, decoded, strict=True) if not isinstance(x, str)]
+    images = np.stack([x for x in decoded if not isinstance(x, str)])
     found = sorted({it.label for it in items if it.label is not None})
     class_list = list(classes) if classes is not None else found
     index = {c: i for i, c in enumerate(class_list)}
@@ -221,4 +255,4 @@ def load_array(source: str | Path, split: str = "train", size: tuple[int, int] |
     if unknown:
         raise ValueError(f"labels {unknown[:5]} of {source} are not among the classes {class_list}")
     labels = np.asarray([index[it.label] if it.label is not None else -1 for it in items], dtype=np.int64)
-    return ImageArray(images=images, labels=labels, classes=class_list, ids=[it.id for it in items])
+    return ImageArray(images=images, labels=labels, classes=class_list, ids=[it.id for it in items], skipped=skipped)

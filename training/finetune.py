@@ -67,7 +67,7 @@ from shortlist.manifest import Preprocess
 from training import loop
 from training.augment import WEAK, AugmentConfig, augment, strong_augment
 from training.backbones import build_backbone
-from training.data import TensorData, load
+from training.data import TensorData, load, report_skipped
 from training.methods import Encoder, MoBY, rotate_batch, rotation_loss
 from training.pretrain import load_encoder, preprocess_by_name, save_encoder
 
@@ -134,7 +134,7 @@ def keep_labels_per_class(data: TensorData, n: int, seed: int) -> TensorData:
         rows = torch.nonzero(data.labels == c).flatten()
         keep = rows[torch.randperm(len(rows), generator=g)[:n]]
         labels[keep] = c
-    return TensorData(data.images, labels, data.classes, data.ids)
+    return TensorData(data.images, labels, data.classes, data.ids, data.skipped)
 
 
 # ------------------------------------------------------------------------------------------ AS3L pieces
@@ -416,8 +416,10 @@ def finetune(config: FinetuneConfig, data: TensorData | None = None, priors: tor
     # checkpoint.pt and no summary.json). This run writes its own when it finishes.
     loop.discard_result(run_dir)
     loop.write_json(run_dir / loop.CONFIG, config_dict)
+    skipped = report_skipped(run_dir, console, data) if rt.is_main else 0
     t0 = time.perf_counter()
-    summary: dict[str, Any] = {"mode": cfg.mode, "labeled": len(lab), "unlabeled": len(unl)}
+    summary: dict[str, Any] = {"mode": cfg.mode, "labeled": len(lab), "unlabeled": len(unl),
+                               "skipped_images": skipped}
 
     if cfg.mode in FROZEN_MODES:
         if cfg.mode == "svm":

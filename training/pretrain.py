@@ -28,7 +28,7 @@ from shortlist.manifest import CIFAR10_PREPROCESS, CIFAR100_PREPROCESS, IMAGENET
 from training import loop
 from training.augment import AugmentConfig
 from training.backbones import build_backbone, min_input_side
-from training.data import TensorData, load
+from training.data import TensorData, load, report_skipped
 from training.knn import embed, knn_accuracy
 from training.methods import METHODS, SSLMethod, build_method
 from training.methods import Encoder as Encoder
@@ -255,6 +255,7 @@ class _Run:
     config_dict: dict[str, Any]
     base_lr: float  # lr scaled by batch / 256
     per_rank: int  # images per step on this rank
+    skipped: int = 0  # files of the source left out as unreadable (listed in skipped.txt)
 
     def checkpoint(self) -> None:
         """checkpoint.pt, written atomically by the main rank. Not encoder.pt: that is the finished run's
@@ -301,9 +302,11 @@ def _prepare(config: PretrainConfig, console: Console, train_data: TensorData | 
     test = test_data
     if test is None and train_data is None and len(train.labeled_rows):
         test = _load_test(cfg, pre, train.classes, console)
+    skipped = 0
     if rt.is_main:
         console.print(f"decoded {len(train)} training images{f' and {len(test)} test images' if test else ''} "
                       f"in {time.perf_counter() - t_load:.1f} s ({rt.device}, amp={rt.amp_dtype}, world={rt.world})")
+        skipped = report_skipped(run_dir, console, train, *([test] if test is not None else []))
 
     if rt.device.type == "cuda" and rt.world > 1:
         model = cast(SSLMethod, nn.SyncBatchNorm.convert_sync_batchnorm(model))  # converts in place
@@ -336,7 +339,7 @@ def _prepare(config: PretrainConfig, console: Console, train_data: TensorData | 
         train_model = torch.compile(train_model)  # type: ignore[assignment]
     return _Run(cfg=cfg, rt=rt, run_dir=run_dir, pre=pre, encoder=encoder, model=model, train_model=train_model,
                 opt=opt, gen=gen, state=state, train=train, test=test, config_dict=config_dict, base_lr=base_lr,
-                per_rank=cfg.batch_size // rt.world)
+                per_rank=cfg.batch_size // rt.world, skipped=skipped)
 
 
 def _step(run: _Run, rows: torch.Tensor, frac: float, aug: AugmentConfig) -> tuple[float, Preprocess]:
@@ -449,7 +452,8 @@ def _summarise(run: _Run, console: Console, log: loop.MetricsLog, wall0: float) 
     summary: dict[str, Any] = {"method": cfg.method, "arch": cfg.arch, "steps": state.step, "epochs": state.epoch,
                                "train_seconds": state.seconds, "wall_seconds_this_process": time.perf_counter() - wall0,
                                "images_per_s": state.images * rt.world / max(state.seconds, 1e-9),
-                               "train_images": len(train), "device": str(rt.device), "world": rt.world}
+                               "train_images": len(train), "skipped_images": run.skipped, "device": str(rt.device),
+                               "world": rt.world}
     if test is not None and rt.is_main and cfg.final_knn:
         t0 = time.perf_counter()
         bank = None if cfg.final_knn_full else cfg.knn_bank

@@ -8,7 +8,7 @@ import numpy as np
 import typer
 
 from bench.cifar10.profiles import stratified_subset
-from shortlist.datasets import ImageArray, load_array, resolve_source
+from shortlist.datasets import ImageArray, load_array, resolve_source, skipped_summary
 from shortlist.manifest import read_complete
 
 
@@ -19,6 +19,10 @@ def load_pool_and_test(data: Path, pool_size: int | None,
     when a split has unlabelled rows."""
     train = load_array(data, "train", size=None)
     test = load_array(data, "test", size=(train.images.shape[1], train.images.shape[2]), classes=train.classes)
+    for split, arr in (("train", train), ("test", test)):  # left out by load_array: said, not silent
+        if arr.skipped:
+            typer.echo(f"warning: {data} ({split}): {skipped_summary(arr.skipped, len(arr.ids) + len(arr.skipped))}",
+                       err=True)
     pool_idx = stratified_subset(train.labels, pool_size, seed=0)
     test_idx = stratified_subset(test.labels, test_size, seed=0)
     if np.any(train.labels[pool_idx] < 0) or np.any(test.labels[test_idx] < 0):

@@ -119,3 +119,32 @@ def test_sources_that_cannot_be_read_fail_in_resolve(tmp_path: Path) -> None:
     bad_tar.write_bytes(b"\x00" * 100 + b"garbage" * 200)
     with pytest.raises(OSError, match="not a complete, readable tar archive"):
         list(iter_images(bad_tar))
+
+
+def test_unreadable_files_are_left_out_with_their_reasons_not_stopping_the_load(tmp_path: Path) -> None:
+    """A truncated JPEG, a zero-byte file and a macOS AppleDouble ``._`` file (what a messy folder or an SD card
+    holds) are left out and listed with Ingest's reasons (decode_payload), all of them at once; only a source
+    with no readable image at all is refused (the load stopped at the first bad file, one per run)."""
+    from shortlist.images import decode_payload
+
+    _image_folder(tmp_path / "tree")
+    bad = {"cat/truncated.jpg": _png(7)[:40], "dog/zero_bytes.jpg": b"",
+           "dog/._0001.png": b"\x00\x05\x16\x07\x00\x02\x00\x00" + b"Mac OS X        " + bytes(40)}
+    for name, data in bad.items():
+        (tmp_path / "tree" / name).write_bytes(data)
+    arr = load_array(tmp_path / "tree", size=(4, 4))
+    assert arr.images.shape == (6, 4, 4, 3) and arr.labels.tolist() == [0, 0, 0, 1, 1, 1]
+    assert "cat/truncated.jpg" not in arr.ids
+    assert sorted(Path(uri).relative_to(tmp_path / "tree").as_posix() for uri, _ in arr.skipped) == sorted(bad)
+    for uri, reason in arr.skipped:  # the reason Ingest gives for the same bytes
+        with pytest.raises(ValueError) as ingest:
+            decode_payload("image", Path(uri).read_bytes(), "", (), None)
+        assert reason == str(ingest.value)
+    assert load_array(tmp_path / "tree", size=None).images.shape == (6, 8, 6, 3)  # size from a readable one
+
+    only_bad = tmp_path / "bad"
+    only_bad.mkdir()
+    (only_bad / "a.jpg").write_bytes(b"")
+    (only_bad / "b.png").write_bytes(b"not an image at all")
+    with pytest.raises(ValueError, match=r"none of the 2 files of .* is a readable image: .*a.jpg: empty image"):
+        load_array(only_bad)

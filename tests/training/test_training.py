@@ -361,3 +361,66 @@ def test_a_device_this_machine_lacks_is_a_usage_error(tiny_data: Path, tmp_path:
             said = " ".join(res.output.split())
             assert res.exit_code == 2 and f"--device {device}" in said.replace("'", ""), (command, device, said)
             assert "Traceback" not in said and not (tmp_path / "x").exists()
+
+
+def test_pretrain_and_finetune_skip_unreadable_files_and_list_them(tmp_path: Path) -> None:
+    """A folder with bad files trains on the rest: one warning line with the count and the first paths with their
+    reasons, every one in the run folder's skipped.txt, the count in summary.json (pretrain stopped at the first
+    bad file, exit 2, one file per run)."""
+    from typer.testing import CliRunner
+
+    from shortlist.cli import app
+    from tests.training.conftest import write_folder
+
+    skipped_txt = "skipped.txt"
+    data = write_folder(tmp_path / "messy", 48, 0)
+    bad = {"red/truncated.jpg": (data / "red" / "002.png").read_bytes()[:60], "blue/zero_bytes.jpg": b"",
+           "green/._IMG_0001.JPG": b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        " + bytes(40),
+           "green/._IMG_0002.JPG": b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        " + bytes(40)}
+    for name, content in bad.items():
+        (data / name).write_bytes(content)
+    common = ["--data", str(data), "--preprocess", PRE, "--threads", "1"]
+    runs = {"pretrain": ["pretrain", *common, "--epochs", "1", "--batch-size", "16", "--knn-every", "0",
+                         "--no-channels-last"],
+            "finetune": ["finetune", *common, "--mode", "full", "--steps", "1", "--batch-size", "8"]}
+    for command, args in runs.items():
+        run = tmp_path / command
+        res = CliRunner().invoke(app, [*args, "--out", str(run)], env={"COLUMNS": "200"})
+        said = " ".join(res.output.split())
+        assert res.exit_code == 0, said
+        assert "4 of 52 images are not readable and were left out" in said and "and 1 more" in said
+        assert "blue/zero_bytes.jpg: empty image payload" in said and str(run / skipped_txt) in said
+        listed = [line.split("\t") for line in (run / skipped_txt).read_text().splitlines()]
+        assert sorted(Path(uri).relative_to(data).as_posix() for uri, _ in listed) == sorted(bad)
+        assert all(reason for _, reason in listed)
+        assert json.loads((run / loop.SUMMARY).read_text())["skipped_images"] == 4
+    for path in data.rglob("*.png"):
+        path.write_bytes(b"")  # nothing readable left: refused, saying why
+    res = CliRunner().invoke(app, [*runs["pretrain"], "--out", str(tmp_path / "none")], env={"COLUMNS": "200"})
+    said = " ".join(res.output.split())
+    assert res.exit_code == 2 and "none of the 52 files" in said and "is a readable image" in said, said
+
+
+def test_samples_from_an_agent_that_cannot_be_decoded_are_left_out_with_their_reasons() -> None:
+    """cycle's pull: a sample whose stored payload is missing (the agent flags it) or corrupt is left out and
+    listed, as a folder's unreadable file is, instead of stopping the cycle; none decodable is refused."""
+    import io
+
+    from PIL import Image
+
+    from agent import client
+    from agent.ingest import PAYLOAD_ERROR_KEY
+    from training.data import from_samples
+
+    buf = io.BytesIO()
+    Image.new("RGB", (6, 5), (200, 10, 10)).save(buf, format="PNG")
+    good = client.image_sample("a", buf.getvalue(), label="red")
+    corrupt = client.image_sample("b", buf.getvalue()[:30], label="red")
+    missing = client.image_sample("c", b"", label="blue")
+    missing.ClearField("encoded_image")
+    missing.metadata[PAYLOAD_ERROR_KEY] = "payload file missing"
+    data = from_samples([good, corrupt, missing], (4, 4), ["blue", "red"])
+    assert data.ids == ["a"] and data.labels.tolist() == [1] and data.images.shape == (1, 3, 4, 4)
+    assert [sid for sid, _ in data.skipped] == ["b", "c"] and data.skipped[1][1] == "payload file missing"
+    with pytest.raises(ValueError, match="none of the 2 samples the agent sent can be decoded: b: "):
+        from_samples([corrupt, missing], (4, 4), ["blue", "red"])
