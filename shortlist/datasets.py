@@ -59,6 +59,21 @@ class Resolved:
     split: str
 
 
+class MissingSplit(FileNotFoundError):
+    """A source with splits (train/, test/, train.tar, ...) but not the one asked for. Its message ends with
+    ``hint``, by default that of the commands with a ``--split`` option (ingest); a caller without that option
+    says what it takes instead with ``said``."""
+
+    def __init__(self, path: Path, split: str, found: list[str], hint: str = "choose one with --split") -> None:
+        self.path, self.split, self.found = path, split, found
+        super().__init__(self.said(hint))
+
+    def said(self, hint: str) -> str:
+        """The message with another ``hint`` ("" for none)."""
+        return (f"{self.path} has no '{self.split}' split (splits found: {', '.join(self.found) or 'none'}"
+                f"{'; ' + hint if hint else ''})")
+
+
 def _is_tar(path: Path) -> bool:
     return path.is_file() and path.name.endswith(TAR_SUFFIXES)
 
@@ -76,8 +91,8 @@ def resolve_source(source: str | Path, split: str = "train") -> Resolved:
     """Which reader handles ``source`` for ``split``. A plain folder, tar or image file without splits is
     the train split.
 
-    Raises FileNotFoundError with what was looked for when the source or the split is missing (call it
-    before streaming, so the error comes before any work).
+    Raises FileNotFoundError with what was looked for when the source or the split is missing (MissingSplit
+    for a split; call it before streaming, so the error comes before any work).
     """
     path = Path(source).expanduser()
     if not path.exists():
@@ -102,8 +117,7 @@ def resolve_source(source: str | Path, split: str = "train") -> Resolved:
     has_splits = [s for s in SPLIT_DIRS if (path / s).is_dir() or any(
         (path / f"{s}{x}").is_file() for x in TAR_SUFFIXES)]
     if has_splits or split != "train":
-        found = ", ".join(has_splits) or "none"
-        raise FileNotFoundError(f"{path} has no '{split}' split (splits found: {found}; choose one with --split)")
+        raise MissingSplit(path, split, has_splits)
     return Resolved("folder", path, split)
 
 

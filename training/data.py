@@ -20,6 +20,10 @@ from shortlist.images import decode_sample
 from shortlist.manifest import Preprocess
 
 SKIPPED = "skipped.txt"  # in a run folder: the source's files that are not readable images, one "uri<TAB>reason" a line
+# What a training command's --data must hold when a split is missing (training reads 'train', and its kNN
+# check 'test'; none of the commands has --split).
+SPLIT_HINTS = {"train": "--data takes a folder with a train/ split (or train.tar), or a folder of images itself",
+               "test": "a held-out kNN check needs --data to hold a test/ split (or test.tar) beside train/"}
 
 
 @dataclass
@@ -59,10 +63,14 @@ def load(source: str, split: str, size: tuple[int, int], limit: int | None = Non
     """Decode ``source``'s ``split`` at ``size`` = (H, W), leaving out (and listing in ``skipped``) the files
     that are not readable images (``shortlist.datasets.load_array``). FileNotFoundError if it has no such
     split; ValueError when none of its files is readable."""
-    from shortlist.datasets import load_array
+    from shortlist.datasets import MissingSplit, load_array
 
-    arr = load_array(source, split=split, size=size, limit=limit, classes=classes)
+    try:
+        arr = load_array(source, split=split, size=size, limit=limit, classes=classes)
+    except MissingSplit as e:  # its "choose one with --split" is ingest's: no training command has --split
+        raise FileNotFoundError(e.said(SPLIT_HINTS.get(split, ""))) from None
     return from_hwc(arr.images, arr.labels, arr.classes, arr.ids, arr.skipped)
+
 
 
 def report_skipped(run_dir: Path, console: Console, *parts: TensorData) -> int:

@@ -424,3 +424,28 @@ def test_samples_from_an_agent_that_cannot_be_decoded_are_left_out_with_their_re
     assert [sid for sid, _ in data.skipped] == ["b", "c"] and data.skipped[1][1] == "payload file missing"
     with pytest.raises(ValueError, match="none of the 2 samples the agent sent can be decoded: b: "):
         from_samples([corrupt, missing], (4, 4), ["blue", "red"])
+
+
+def test_a_missing_split_is_said_with_what_the_training_commands_take(tiny_data: Path, tmp_path: Path) -> None:
+    """No training command has --split: pretrain's note about its kNN check and the refusal of a --data without a
+    train split say what --data must hold (they said "choose one with --split", ingest's hint)."""
+    from typer.testing import CliRunner
+
+    from shortlist.cli import app
+
+    plain = tiny_data / "train"  # an ImageFolder without splits: trains, without a held-out kNN check
+    res = CliRunner().invoke(app, ["pretrain", "--data", str(plain), "--out", str(tmp_path / "p"), "--epochs", "1",
+                                   "--batch-size", "16", "--preprocess", PRE, "--threads", "1", "--knn-every", "0",
+                                   "--no-channels-last"], env={"COLUMNS": "200"})
+    said = " ".join(res.output.split())
+    assert res.exit_code == 0, said
+    assert f"no held-out kNN evaluation: {plain} has no 'test' split (splits found: none; a held-out kNN check " \
+           "needs --data to hold a test/ split (or test.tar) beside train/)" in said
+    assert "--split" not in said
+    only_test = tmp_path / "only_test"
+    (only_test / "test").mkdir(parents=True)
+    res = CliRunner().invoke(app, ["finetune", "--data", str(only_test), "--out", str(tmp_path / "f"), "--steps",
+                                   "1"], env={"COLUMNS": "200"})
+    said = " ".join(res.output.split())
+    assert res.exit_code == 2 and "has no 'train' split (splits found: test; --data takes a folder with a train/" \
+        in said and "--split" not in said, said
