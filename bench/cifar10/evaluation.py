@@ -14,6 +14,7 @@ from typing import Any
 
 import grpc
 import numpy as np
+import typer
 
 from agent import client
 from bench.cifar10.data import images_at_model_size, load_pool_and_test
@@ -174,17 +175,22 @@ class SemiSupervised:
 
 
 def semi_supervised_accuracy(address: str, ssl: SemiSupervised, strategy: str, seed: int, budget: int,
-                             test_images: np.ndarray, test_y: np.ndarray, classes: list[str]) -> float:
+                             test_images: np.ndarray, test_y: np.ndarray, classes: list[str]) -> float | None:
     """Run training's AS3L stage through ``shortlist cycle`` machinery against the agent (priors from its
     PriorLabels), publish into a registry the agent does not serve, and score the classifier's ``logits``
-    on the test images with onnxruntime. Returns test accuracy in [0, 1]."""
-    from training.cycle import run_cycle
+    on the test images with onnxruntime. Returns test accuracy in [0, 1], or None (said on stdout) when the
+    labels cannot train a classifier (fewer than 2 classes: ``CycleRefused``)."""
+    from training.cycle import CycleRefused, run_cycle
 
     run_dir = ssl.out / f"{strategy}-seed{seed}-{budget}"
     registry = ssl.out / "models"
-    version = run_cycle(address, registry, run_dir, mode="as3l", init=str(ssl.init) if ssl.init else None,
-                        steps=ssl.steps, minutes=None if ssl.steps else ssl.minutes,
-                        prior_method=ssl.prior_method).published
+    try:
+        version = run_cycle(address, registry, run_dir, mode="as3l", init=str(ssl.init) if ssl.init else None,
+                            steps=ssl.steps, minutes=None if ssl.steps else ssl.minutes,
+                            prior_method=ssl.prior_method).published
+    except CycleRefused as e:
+        typer.echo(f"warning: no semi-supervised run for {strategy} seed {seed} at {budget} labels: {e}")
+        return None
     return classifier_accuracy(registry / version, test_images, test_y, classes)
 
 
