@@ -47,7 +47,7 @@ from agent.priors.calibration import AUDIT_MIN_LABELS, TemperatureFit, audit_tod
 from agent.queues import Queues
 from agent.security import DataDirLock, owner_only_dir
 from agent.state import INGEST_SOURCE, MANUAL_SOURCE, LabelEvent, SampleRecord, State
-from agent.strategies import MODEL_FREE, STRATEGIES, get_strategy
+from agent.strategies import LABEL_FREE, MODEL_FREE, STRATEGIES, get_strategy
 from agent.strategies.audit import AUDIT
 from shortlist.images import allow_pixels
 from shortlist.manifest import Manifest
@@ -413,12 +413,22 @@ class Agent:
 
     def class_warning(self, ours: list[str]) -> str:
         """GetStatus's note when the serving model names classes other than ``ours``, the agent's list
-        (``pool_classes``), "" otherwise: its logits are then not used (Select's uncertainty strategies fit a
-        head on the labels instead)."""
+        (``pool_classes``): its logits are then not used (Select's uncertainty strategies fit a head on the
+        labels instead); or when they are ours but only one (a model fine-tuned on one labelled class): the
+        strategies that need class probabilities refuse (agent/strategies/uncertainty.py ``usable_logits``).
+        "" otherwise."""
         serving = self.manager.current
-        if serving is None or not serving.embedder.classes or list(serving.embedder.classes) == ours:
+        if serving is None or not serving.embedder.classes:
             return ""
         theirs = list(serving.embedder.classes)
+        if theirs == ours:
+            if len(theirs) >= 2:
+                return ""
+            return (f"model {serving.version}'s classifier knows one class ({theirs[0]!r}): the strategies that "
+                    f"need class probabilities ({', '.join(sorted(set(STRATEGIES) - LABEL_FREE))}) refuse until "
+                    "another class is labelled; label samples of another class and train a new model (`shortlist "
+                    f"cycle`); meanwhile select with one that works without a classifier: "
+                    f"{', '.join(sorted(LABEL_FREE))}")
 
         def shown(names: list[str]) -> str:
             return ", ".join(repr(n) for n in names[:12]) + (" ..." if len(names) > 12 else "")

@@ -1,8 +1,9 @@
 """Strategies that need a classifier: entropy, margin, least_confidence, badge, qbc, das.
 
-The classifier is the model's own ``logits`` head when its classes match the agent's (Pool.logits),
-else a multinomial logistic regression fitted on the labelled embeddings. With no logits and fewer
-than two labelled classes there is nothing to be uncertain about: FailedPrecondition.
+The classifier is the model's own ``logits`` head when its classes match the agent's (Pool.logits) and
+are at least two, else a multinomial logistic regression fitted on the labelled embeddings. With neither
+(no such head and fewer than two labelled classes) there is nothing to be uncertain about:
+FailedPrecondition (``_need_labels``).
 """
 
 from __future__ import annotations
@@ -28,13 +29,30 @@ HEAD_C = 10.0
 
 
 def _need_labels(what: str, pool: Pool) -> FailedPrecondition:
+    """The refusal when no classifier of at least 2 classes exists: no usable logits head
+    (``usable_logits``) and fewer than 2 labelled classes."""
     from agent.strategies import LABEL_FREE  # the registry imports this module
 
     n = len(np.unique(pool.labels))
+    free = ", ".join(sorted(LABEL_FREE))
+    if pool.logits is not None and not usable_logits(pool):  # a head for the agent's one class (cycle on one)
+        known = ", ".join(repr(c) for c in pool.classes)
+        return FailedPrecondition(
+            f"strategy {what!r} needs class probabilities over at least 2 classes: the serving model's classifier "
+            f"knows only one class ({known}) and {n} class(es) are labelled (at least 2 needed), so "
+            "every probability is 1. Label samples of another class (then train a new model with `shortlist "
+            f"cycle`), or use a strategy that works without a classifier: {free}")
     return FailedPrecondition(
         f"strategy {what!r} needs a classifier: the model has no logits head for the agent's classes and "
         f"{n} class(es) are labelled (at least 2 needed). Label a first batch chosen by a strategy that "
-        f"works from zero labels: {', '.join(sorted(LABEL_FREE))}")
+        f"works from zero labels: {free}")
+
+
+def usable_logits(pool: Pool) -> bool:
+    """Whether the model's logits head (Pool.logits) can rank uncertainty: it exists and has at least 2
+    classes. A one-class head gives every row probability 1, so every score would tie at 0 and the picks
+    would be the first rows in ingest order."""
+    return pool.logits is not None and pool.logits.shape[1] >= 2
 
 
 def fit_head(x: np.ndarray, y: np.ndarray, seed: int) -> LogisticRegression:
@@ -63,9 +81,11 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 def candidate_probs(pool: Pool, what: str, rng: np.random.Generator) -> np.ndarray:
     """Class probabilities MxC' of the candidates: softmax(Pool.logits) when the model has a matching
-    head, else a logistic-regression head fitted on the labelled rows; FailedPrecondition otherwise."""
-    if pool.logits is not None:
-        return softmax(pool.logits[pool.candidates])
+    head of at least 2 classes, else a logistic-regression head fitted on the labelled rows;
+    FailedPrecondition otherwise."""
+    logits = pool.logits if usable_logits(pool) else None
+    if logits is not None:
+        return softmax(logits[pool.candidates])
     if len(np.unique(pool.labels)) < 2:
         raise _need_labels(what, pool)
     head = fit_head(pool.embeddings[pool.labeled], pool.labels, seed_of(rng))

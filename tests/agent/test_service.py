@@ -179,6 +179,31 @@ def test_uncertainty_without_labels_names_label_free_strategies(tmp_path) -> Non
         r.stop()
 
 
+def test_a_one_class_model_is_refused_by_uncertainty_strategies_and_warned_about(tmp_path) -> None:
+    """A model fine-tuned on one labelled class (its manifest names one class, the agent's list): the
+    strategies that need class probabilities refuse (they answered exit 0 with every score 0, the first ids
+    in ingest order), and GetStatus says why; label-free strategies still answer."""
+    from agent.testing import publish_linear
+
+    reg = tmp_path / "models"
+    publish_linear(reg, size=(8, 8), dim=16, classes=["zero"], rotation=True)  # das gets to its classifier
+    r = start(tmp_path / "data", reg)
+    try:
+        client.ingest(r.stub, make_samples(20))
+        client.submit_labels(r.stub, [("s0", "zero"), ("s1", "zero")], "alice")
+        st = status(r)
+        assert list(st.classes) == ["zero"] and st.model_version == "v0001"
+        for name in sorted(set(STRATEGIES) - LABEL_FREE):
+            code, msg = code_of(lambda name=name: select(r, 3, name))
+            assert code == grpc.StatusCode.FAILED_PRECONDITION, name
+            assert "knows only one class ('zero')" in msg and "shortlist cycle" in msg and "typiclust" in msg
+        warned = [w for w in st.warnings if "knows one class ('zero')" in w]
+        assert len(warned) == 1 and "margin" in warned[0] and "typiclust" in warned[0]
+        assert len(select(r, 3, "typiclust").selected) == 3
+    finally:
+        r.stop()
+
+
 def test_labels_keep_history_and_priors(running: Running) -> None:
     client.ingest(running.stub, make_samples(30))
     code, _ = code_of(lambda: list(running.stub.PriorLabels(agent_pb2.PriorLabelsRequest(method="knn"))))

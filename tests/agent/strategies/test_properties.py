@@ -59,6 +59,22 @@ def test_needs_labels_fails_precondition_naming_label_free(name: str) -> None:
             assert free in str(err.value)
 
 
+@pytest.mark.parametrize("name", sorted(set(STRATEGIES) - LABEL_FREE))
+def test_a_one_class_model_head_fails_precondition_naming_label_free(name: str) -> None:
+    """A model fine-tuned on one labelled class has a one-column logits head for the agent's one class: every
+    probability is 1, so every score would tie and the picks be the first rows. Refused as having no
+    classifier is, saying that the model knows one class."""
+    one_class = np.zeros(len(X), np.int64)
+    logits = np.full((len(X), 1), 4.0, np.float32)
+    for labeled in (np.zeros(0, np.int64), np.array([0, 1, 2])):  # none, and that one class labelled
+        pool = make_pool(X, one_class, labeled, logits=logits, pretext_loss=LOSS)
+        with pytest.raises(FailedPrecondition) as err:
+            STRATEGIES[name](pool, 3, np.random.default_rng(0), {})
+        assert "knows only one class ('c0')" in str(err.value)
+        for free in LABEL_FREE:
+            assert free in str(err.value)
+
+
 @pytest.mark.parametrize("name", sorted(LABEL_FREE))
 def test_label_free_strategies_cold_start(name: str) -> None:
     pool = make_pool(X, Y, None)
