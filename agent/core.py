@@ -897,7 +897,9 @@ class Agent:
           AUDIT_MIN_LABELS (the next PriorLabels then fits on them, or says why not: a class's only audit
           label cannot be held out, so 20 labelled may not be 20 counted);
         - it rested on audit labels, but retractions left fewer than AUDIT_MIN_LABELS: the next PriorLabels
-          will not fit on them, so say that already."""
+          will not fit on them, so say that already.
+        Whether it asks to declare the classes follows the class list now (``State.closed``), not the one that
+        PriorLabels saw."""
         last = self.last_prior_fit
         if last is None:
             return ""
@@ -907,7 +909,9 @@ class Agent:
         if fit.few or fit.chosen:
             if uniform_labelled >= AUDIT_MIN_LABELS and uniform_labelled > fit.audit_labels:
                 return ""
-            return head + replace(fit, audit_labels=uniform_labelled).warning()
+            # The class list as it is now, not as it was at that PriorLabels: a restart with --classes closes
+            # it, and the stored fit's "declare every class" would then ask for what was done.
+            return head + replace(fit, audit_labels=uniform_labelled, open_classes=not self.state.closed).warning()
         if fit.fitting_set == "audit" and uniform_labelled < AUDIT_MIN_LABELS:
             return (head + f"confidences calibrated on {fit.samples} audit labels, but only {uniform_labelled} "
                     f"uniformly drawn label{' is' if uniform_labelled == 1 else 's are'} left (labels were retracted): "

@@ -374,6 +374,36 @@ def test_an_open_class_list_is_named_in_the_calibration_warning(tmp_path: Path) 
         running.stop()
 
 
+def test_the_calibration_warning_follows_the_class_list_after_a_restart(tmp_path: Path) -> None:
+    """GetStatus's copy of the last PriorLabels' warning, computed while the class list was open, stops asking
+    to declare the classes once the agent is restarted with --classes (it said "class list: closed" next to
+    "declare every class (shortlist serve --classes a,b,c)" until the next PriorLabels); the rest of it, which
+    still holds, stays."""
+    from agent.testing import publish_linear
+
+    registry = tmp_path / "models"
+    publish_linear(registry, size=SIZE, dim=16)  # no classes in the manifest: the list stays open
+    open_warning = "the class list is open"
+
+    def calibration_warnings(r: Running) -> list[str]:
+        return [w for w in r.stub.GetStatus(agent_pb2.GetStatusRequest()).warnings if "audit sample" in w]
+
+    running = start(tmp_path / "data", registry)
+    try:
+        client.ingest(running.stub, make_samples(60, labels=2))
+        cal = next(iter(running.stub.PriorLabels(agent_pb2.PriorLabelsRequest(method="knn")))).calibration
+        assert open_warning in cal.warning and open_warning in calibration_warnings(running)[0]
+    finally:
+        running.stop()
+    closed = start(tmp_path / "data", registry, classes=CLASSES)
+    try:
+        assert not closed.stub.GetStatus(agent_pb2.GetStatusRequest()).classes_open
+        warnings = calibration_warnings(closed)
+        assert warnings == [f"prior knn (last PriorLabels): {cal.warning.split('; the class list')[0]}"]
+    finally:
+        closed.stop()
+
+
 def test_prior_labels_say_how_their_confidences_were_calibrated(running: Running) -> None:
     """PriorLabel.calibration (first row only): few held-out labels -> "labelled" with a warning that GetStatus
     repeats once priors were asked for; calibrate=false -> "off"; after AUDIT_MIN_LABELS audit labels ->
@@ -624,7 +654,7 @@ def test_status_repeats_the_calibration_warning_until_the_labels_that_fix_it_arr
 
     def warn(fit: TemperatureFit | None, uniform: int) -> str:
         agent = SimpleNamespace(last_prior_fit=None if fit is None else ("knn", fit),  # all the method reads
-                                uniform_labelled=lambda: uniform)
+                                uniform_labelled=lambda: uniform, state=SimpleNamespace(closed=True))
         return Agent.calibration_warning(agent)  # type: ignore[arg-type]
 
     assert warn(None, 0) == ""
