@@ -50,7 +50,7 @@ from agent.state import INGEST_SOURCE, MANUAL_SOURCE, LabelEvent, SampleRecord, 
 from agent.strategies import LABEL_FREE, MODEL_FREE, STRATEGIES, get_strategy
 from agent.strategies.audit import AUDIT
 from shortlist.images import allow_pixels
-from shortlist.manifest import Manifest
+from shortlist.manifest import Manifest, registry_mistake
 
 log = logging.getLogger(__name__)
 
@@ -157,8 +157,9 @@ class AgentStatus:
 
 
 def no_model_message(models: Path) -> str:
-    return (f"no model is published in {models}; publish one with `shortlist export` (or any exporter "
-            f"writing {models}/vNNNN/), then retry; strategies that work without a model: "
+    todo = registry_mistake(models) or (f"publish one with `shortlist export --run RUN --models {models}` (or any "
+                                        f"exporter writing {models}/vNNNN/)")
+    return (f"no model is published in {models}; {todo}, then retry; strategies that work without a model: "
             f"{', '.join(sorted(MODEL_FREE))}")
 
 
@@ -919,14 +920,18 @@ class Agent:
         return ""
 
     def registry_warning(self) -> str:
-        """Why the registry folder cannot hold models now ("" when it is a folder). The agent still starts
-        and serves the first version published there: a folder made later is picked up by the poll."""
+        """Why the registry folder cannot hold models now, or looks like another folder given by mistake (a
+        training run folder, a folder of images: ``registry_mistake``); "" for a folder that holds versions or
+        nothing yet. The agent still starts and serves the first version published there: a folder made later
+        is picked up by the poll."""
+        until = (f"the agent stores ingested samples and answers model-free strategies "
+                 f"({', '.join(sorted(MODEL_FREE))}) until a version is published there")
         if self.models.is_dir():
-            return ""
+            mistake = registry_mistake(self.models)
+            return f"--models {mistake}; {until}" if mistake else ""
         what = "is not a folder" if self.models.exists() else "does not exist"
-        return (f"model registry {self.models} {what}: the agent stores ingested samples and answers model-free "
-                f"strategies ({', '.join(sorted(MODEL_FREE))}) until a version is published there "
-                f"(`shortlist export` writes {self.models}/vNNNN/); check --models if you expected a model")
+        return (f"model registry {self.models} {what}: {until} (`shortlist export` writes {self.models}/vNNNN/); "
+                "check --models if you expected a model")
 
     def list_labels(self, history: bool) -> Iterator[LabelEvent]:
         """Every label (``history``) or each labelled sample's current one, oldest first, streamed."""

@@ -29,6 +29,7 @@ from shortlist.manifest import (
     list_versions,
     newest_complete,
     read_complete,
+    registry_mistake,
     republish,
     same_model,
     version_number,
@@ -46,8 +47,13 @@ def _not_a_registry(models: Path) -> str:
 
 
 def _registry(models: Path) -> Path:
+    """``models`` when it can be a registry; BadParameter (exit 2) saying why not: not a folder, or a
+    training run or image folder given by mistake (``registry_mistake``)."""
     if not models.is_dir():
         raise typer.BadParameter(_not_a_registry(models), param_hint="'--models'")
+    mistake = registry_mistake(models)
+    if mistake:
+        raise typer.BadParameter(mistake, param_hint="'--models'")
     return models
 
 
@@ -81,7 +87,7 @@ def list_command(models: Path = ModelsOpt,
     if not out.is_terminal:  # a file or a log: rich would squeeze the table into 80 columns and cut cells
         out = Console(width=max(out.width, 400))
     if not rows:
-        out.print(f"no versions in {escape(str(models))} (publish one with `shortlist export RUN --models "
+        out.print(f"no versions in {escape(str(models))} (publish one with `shortlist export --run RUN --models "
                   f"{escape(str(models))}`)", highlight=False)
         return
     table = Table(title=str(models))
@@ -128,6 +134,8 @@ def rollback(agent: AgentTarget,
 
     if not models.is_dir():
         fail(_not_a_registry(models), 2)
+    if mistake := registry_mistake(models):
+        fail(mistake, 2)
     registry = models
     if version not in list_versions(registry):
         known = ", ".join(list_versions(registry)) or "none"

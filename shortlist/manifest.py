@@ -22,9 +22,11 @@ if the target exists, so two publishers never overwrite each other).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -267,6 +269,45 @@ def list_versions(registry: Path) -> list[str]:
         return []
     names = [p.name for p in registry.iterdir() if p.is_dir() and version_number(p.name) is not None]
     return sorted(names, key=lambda n: version_number(n) or 0)
+
+
+# What a training run folder holds at its top (training/loop.py CHECKPOINT, ENCODER, CONFIG; not imported from
+# there: training loads torch, and the agent runs without it; tests/training/test_loop.py keeps them equal).
+RUN_FILES = ("encoder.pt", "checkpoint.pt", "config.json")
+# Entries ``registry_mistake`` looks at, at most: a registry's mistake shows in its first entries, and GetStatus
+# asks on every call while no version is there (a folder of 100,000 images must not cost a listing each time).
+MISTAKE_SCAN = 1000
+
+
+def registry_mistake(folder: Path) -> str:
+    """Why ``folder``, given as a model registry (``--models``), is some other folder: a sentence that says
+    what it is and what to do, e.g. "runs/pre1 is a training run folder, not a model registry: publish it
+    with `shortlist export --run runs/pre1 --models REGISTRY`"; "" when it holds a version folder, is empty
+    or is not a folder (the callers say that themselves). A training run folder has one of RUN_FILES at its
+    top; an image folder has image files at its top or one folder down (an ImageFolder tree)."""
+    from shortlist.datasets import IMAGE_EXTENSIONS  # here: it loads Pillow, which publishing needs not
+
+    if not folder.is_dir() or list_versions(folder):
+        return ""
+    if any((folder / name).is_file() for name in RUN_FILES):
+        return (f"{folder} is a training run folder, not a model registry: publish it with `shortlist export --run "
+                f"{folder} --models REGISTRY`, and give REGISTRY to --models")
+
+    def entries() -> Iterator[Path]:
+        for entry in folder.iterdir():
+            yield entry
+            if entry.is_dir() and not entry.name.startswith("."):
+                yield from entry.iterdir()
+
+    try:
+        images = any(p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+                     for p in itertools.islice(entries(), MISTAKE_SCAN))
+    except OSError:  # unreadable: not this function's to report (the agent's poll logs it)
+        return ""
+    if images:
+        return (f"{folder} holds images, not model versions: give --models the registry that `shortlist export "
+                "--run RUN --models REGISTRY` publishes into (images go to the agent with `shortlist ingest`)")
+    return ""
 
 
 def newest_complete(registry: Path, verify_hashes: bool = True) -> tuple[str, Manifest] | None:

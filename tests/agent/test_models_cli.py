@@ -213,3 +213,49 @@ def test_rollback_during_a_slow_reembed_is_served_at_once(tmp_path: Path, monkey
         assert versions["v0002"][0] == "superseded" and versions["v0001"][0] == "retired"
     finally:
         r.stop()
+
+
+def test_a_training_run_or_image_folder_given_as_the_registry_is_said_to_be_one(tmp_path: Path) -> None:
+    """``--models runs/pre1`` (a training run) or a folder of images: ``models list`` said "no versions in
+    runs/pre1 (publish one with `shortlist export RUN --models runs/pre1`)", a command export refuses and a
+    folder to publish into by mistake; ``serve`` started without a word and ``status`` said "warnings: none".
+    Now each says what the folder is and what to do. An empty folder is an empty registry."""
+    run = tmp_path / "runs" / "pre1"
+    run.mkdir(parents=True)
+    for name in ("config.json", "metrics.jsonl", "encoder.pt"):
+        (run / name).write_text("{}")
+    images = tmp_path / "photos"
+    (images / "fox").mkdir(parents=True)
+    (images / "fox" / "001.JPG").write_bytes(b"")
+    empty = tmp_path / "models"
+    empty.mkdir()
+    listed = runner.invoke(app, ["models", "list", "--models", str(run)], env={"COLUMNS": "300"})
+    assert listed.exit_code == 2 and (
+        f"{run} is a training run folder, not a model registry: publish it with `shortlist export --run {run} "
+        "--models REGISTRY`") in said(listed.output)
+    listed = runner.invoke(app, ["models", "list", "--models", str(images)], env={"COLUMNS": "300"})
+    assert listed.exit_code == 2 and f"{images} holds images, not model versions" in said(listed.output)
+    listed = runner.invoke(app, ["models", "list", "--models", str(empty)])
+    assert listed.exit_code == 0 and said(listed.stdout) == (
+        f"no versions in {empty} (publish one with `shortlist export --run RUN --models {empty}`)")
+    for folder, what in ((run, "is a training run folder"), (images, "holds images")):
+        r = start(tmp_path / f"data-{folder.name}", folder)
+        try:
+            warnings = r.stub.GetStatus(agent_pb2.GetStatusRequest()).warnings
+            assert [w for w in warnings if w.startswith(f"--models {folder} {what}")], warnings
+            assert r.agent.registry_warning() in warnings  # what `shortlist serve` prints at start
+        finally:
+            r.stop()
+    r = start(tmp_path / "data-empty", empty)
+    try:
+        assert not r.stub.GetStatus(agent_pb2.GetStatusRequest()).warnings
+    finally:
+        r.stop()
+
+
+def test_the_run_files_are_those_training_writes() -> None:
+    """shortlist.manifest.RUN_FILES names training's files without importing training (torch)."""
+    loop = pytest.importorskip("training.loop")
+    from shortlist.manifest import RUN_FILES
+
+    assert set(RUN_FILES) == {loop.CHECKPOINT, loop.ENCODER, loop.CONFIG}
