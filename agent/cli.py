@@ -510,11 +510,15 @@ def _ingest_out(reply: agent_pb2.IngestReply) -> dict[str, Any]:
 
 
 def _print_ingest(reply: agent_pb2.IngestReply) -> None:
-    console.print(f"accepted {reply.accepted}, duplicates {reply.duplicates}, rejected {len(reply.rejected)}")
+    """An IngestReply for people: the counts and the first 10 rejections on stdout (the result, as ``select``
+    and ``status`` print theirs: `shortlist ingest data > log` keeps it), notes and hints on stderr."""
+    result = Console(soft_wrap=True)  # whole lines: a log file gets one line per rejection
+    result.print(f"accepted {reply.accepted}, duplicates {reply.duplicates}, rejected {len(reply.rejected)}",
+                 highlight=False)
     for r in reply.rejected[:10]:
-        console.print(f"  {r.id}: {r.reason}", markup=False, highlight=False)
+        result.print(f"  {r.id}: {r.reason}", markup=False, highlight=False)
     if len(reply.rejected) > 10:
-        console.print(f"  ... and {len(reply.rejected) - 10} more (--json lists all)")
+        result.print(f"  ... and {len(reply.rejected) - 10} more (--json lists all)", highlight=False)
     if reply.same_payload:
         shown = ", ".join(f"{x.id} = {x.other_id}" for x in reply.same_payload_examples[:3])
         console.print(f"[yellow]same image under another id[/yellow]: {reply.same_payload} accepted samples have the "
@@ -698,15 +702,16 @@ def label(agent: AgentTarget,
 
 def _print_reply(verb: str, accepted: int, rejected: list[dict[str, Any]], as_json: bool,
                  line: Callable[[dict[str, Any]], str]) -> None:
-    """A SubmitLabels / RetractLabels reply: JSON, or a count line and the first 10 rejections."""
+    """A SubmitLabels / RetractLabels reply on stdout: JSON, or a count line and the first 10 rejections."""
     if as_json:
         print(json_line({"accepted": accepted, "rejected": rejected}))
     else:
-        console.print(f"{verb} {accepted}, rejected {len(rejected)}")
+        result = Console(soft_wrap=True)  # whole lines: a log file gets one line per rejection
+        result.print(f"{verb} {accepted}, rejected {len(rejected)}", highlight=False)
         for r in rejected[:10]:
-            console.print(line(r), markup=False, highlight=False)
+            result.print(line(r), markup=False, highlight=False)
         if len(rejected) > 10:
-            console.print(f"  ... and {len(rejected) - 10} more (--json lists all)")
+            result.print(f"  ... and {len(rejected) - 10} more (--json lists all)", highlight=False)
     if rejected and not accepted:
         raise typer.Exit(1)  # nothing done: a script must not go on as if it had been
 
@@ -848,8 +853,8 @@ def export_labels(agent: AgentTarget,
                           "images": summary.images, "files": summary.files, "notes": summary.notes,
                           "calibration": summary.calibration}))
         return
-    console.print(f"exported {summary.labels} labels, {summary.priors} priors, {summary.images} images to {out}: "
-                  f"{', '.join(summary.files)}", markup=False, highlight=False)
+    Console().print(f"exported {summary.labels} labels, {summary.priors} priors, {summary.images} images to {out}: "
+                    f"{', '.join(summary.files)}", markup=False, highlight=False)  # the result: stdout
     for note in summary.notes:
         console.print(note, markup=False, highlight=False, style="yellow")
 

@@ -272,6 +272,26 @@ def test_retract_labels_from_arguments_and_files(tmp_path: Path, running: Runnin
     assert res.exit_code == 2 and "no ids" in out(res)
 
 
+def test_ingest_label_and_retract_print_their_results_on_stdout(tmp_path: Path, running: Running) -> None:
+    """`shortlist ingest data > log` kept nothing: the counts and rejections went to stderr, while select and
+    status print theirs on stdout. Now the result is on stdout; notes (the same image under two ids) and
+    hints stay on stderr."""
+    src = image_folder(tmp_path / "imgs", 4)
+    (src / "cat" / "copy.png").write_bytes((src / "cat" / "000.png").read_bytes())
+    res = runner.invoke(app, ["ingest", str(src), "--agent", running.address])
+    assert res.exit_code == 0 and res.stdout.splitlines() == ["accepted 5, duplicates 0, rejected 0"], res.output
+    assert "same image under another id" in res.stderr and "accepted 5" not in res.stderr
+    (tmp_path / "answers.csv").write_text("id,label\ncat/000.png,cat\nnope.png,cat\n")
+    res = runner.invoke(app, ["label", str(tmp_path / "answers.csv"), "--agent", running.address])
+    assert res.exit_code == 0 and res.stdout.splitlines() == [
+        "accepted 1, rejected 1", "  line 3: nope.png: unknown id 'nope.png': ingest it first"] and not res.stderr
+    res = runner.invoke(app, ["retract-labels", "cat/000.png", "--agent", running.address])
+    assert res.exit_code == 0 and res.stdout.splitlines() == ["unlabelled 1, rejected 0"] and not res.stderr
+    res = runner.invoke(app, ["export-labels", "--out", str(tmp_path / "export"), "--format", "csv",
+                              "--prior-method", "", "--agent", running.address])
+    assert res.exit_code == 0 and res.stdout.startswith("exported 0 labels, 0 priors, 0 images to "), res.output
+
+
 def test_serve_warns_about_a_missing_registry(tmp_path: Path) -> None:
     """``serve --models`` on a folder that is not there starts (samples can be ingested before the first
     model), but says so at start and in GetStatus warnings until a version is published there."""
