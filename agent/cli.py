@@ -63,6 +63,44 @@ def _progress() -> Progress:
                     console=console, transient=True)
 
 
+# Exit status of a command stopped by Ctrl-C (the shell's 128 + SIGINT), as training's commands exit
+# (training/cli.py INTERRUPTED_EXIT; not imported from there: training loads torch).
+INTERRUPTED_EXIT = 130
+
+
+@contextlib.contextmanager
+def _ctrl_c_stops(stop: threading.Event, doing: str) -> Iterator[None]:
+    """Within the block, the first Ctrl-C (SIGINT) sets ``stop`` and says ``doing`` (what the command still
+    does before it stops) instead of raising KeyboardInterrupt, so a command made of durable requests stops
+    between two of them and can say what was stored (client.Interrupted); a second Ctrl-C raises
+    KeyboardInterrupt at once. Outside the main thread, where no handler can be set, Ctrl-C is left alone."""
+
+    def handler(_signum: int, _frame: object) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        console.print(f"stopping (Ctrl-C): {doing}; Ctrl-C again to quit at once", highlight=False)
+
+    previous: Any = None
+    installed = False
+    with contextlib.suppress(ValueError):  # not the main thread
+        previous = signal.signal(signal.SIGINT, handler)
+        installed = True
+    try:
+        yield
+    finally:
+        if installed:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _unconfirmed_note(e: client.Interrupted, what: str) -> str:
+    """The part of an interruption's message about items sent without an answer ("" when there are none)."""
+    if not e.unconfirmed:
+        return ""
+    return (f"; {e.unconfirmed} {what} were sent without an answer (the agent may have stored them: it keeps "
+            "every request it committed)")
+
+
 # Codes after which the same call may work when made again (the agent was away, busy or interrupted).
 TRANSIENT = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED", "RESOURCE_EXHAUSTED", "ABORTED", "INTERNAL",
                        "UNKNOWN"})
@@ -560,14 +598,30 @@ def ingest(agent: AgentTarget,
     stub = _rpc(agent.connect)
     counter = [0]
     samples = _source_samples(resolved, limit, with_labels, metadata, id_prefix, counter)
+    stop = threading.Event()
     try:
-        with _progress() as progress:
+        with _ctrl_c_stops(stop, "no more images are read; waiting for the agent to acknowledge those sent"), \
+                _progress() as progress:
             task = progress.add_task("ingest", total=limit)
             reply = _rpc(lambda: client.ingest(stub, samples, batch, on_batch=lambda n: progress.advance(task, n),
-                                               max_bytes=None if batch_mb is None else int(batch_mb * 2**20)),
+                                               max_bytes=None if batch_mb is None else int(batch_mb * 2**20),
+                                               stop=stop),
                          after="the samples the agent stored before the stream broke are kept; run the same command "
                                "again when the agent answers (resent samples count as duplicates)",
                          after_codes=TRANSIENT)  # not after a refusal (a read token, a bad request): again fails
+    except client.Interrupted as e:
+        acknowledged = e.unconfirmed < e.sent or not e.sent  # the agent's reply arrived
+        if as_json:
+            print(json_line({**_ingest_out(e.reply), "interrupted": True, "sent": e.sent,
+                              "unconfirmed": e.unconfirmed}))
+        elif acknowledged:
+            _print_ingest(e.reply)
+        stored = ("the agent stored those counted above" if acknowledged else
+                  f"the agent's count did not arrive{_unconfirmed_note(e, 'samples')}")
+        console.print(f"[red]interrupted[/red] (Ctrl-C) after {e.sent} samples of {escape(source)} were sent: "
+                      f"{stored}; rerun the same command to continue: stored samples count as duplicates",
+                      highlight=False)
+        raise typer.Exit(INTERRUPTED_EXIT) from None
     except client.IngestInterrupted as e:
         if as_json:
             print(json_line({**_ingest_out(e.reply), "error": str(e)}))
@@ -690,21 +744,34 @@ def label(agent: AgentTarget,
         console.print(f"[red]cannot use {escape(str(file))}[/red]: {escape(str(e))}", highlight=False)
         raise typer.Exit(2) from None
     stub = _rpc(agent.connect)
-    reply = _rpc(lambda: client.submit_labels(stub, [(sid, lab) for _, sid, lab in rows], annotator,
-                                              source=source))
+    stop = threading.Event()
+    interrupted = None
+    try:
+        with _ctrl_c_stops(stop, "no more labels are sent; waiting for the agent's answer to those sent"):
+            reply = _rpc(lambda: client.submit_labels(stub, [(sid, lab) for _, sid, lab in rows], annotator,
+                                                      source=source, stop=stop))
+    except client.Interrupted as e:
+        reply, interrupted = e.reply, e
     line_of: dict[str, int] = {}
     for n, sid, _ in rows:
         line_of.setdefault(sid, n)
     rejected = [{"line": line_of.get(r.id, 0), "id": r.id, "reason": r.reason} for r in reply.rejected]
     _print_reply("accepted", reply.accepted, rejected, as_json,
-                 lambda r: f"  line {r['line']}: {r['id']}: {r['reason']}")
+                 lambda r: f"  line {r['line']}: {r['id']}: {r['reason']}",
+                 interrupted, len(rows), "labels", "labels already stored count as accepted again, unchanged")
 
 
 def _print_reply(verb: str, accepted: int, rejected: list[dict[str, Any]], as_json: bool,
-                 line: Callable[[dict[str, Any]], str]) -> None:
-    """A SubmitLabels / RetractLabels reply on stdout: JSON, or a count line and the first 10 rejections."""
+                 line: Callable[[dict[str, Any]], str], interrupted: client.Interrupted | None = None,
+                 total: int = 0, items: str = "", again: str = "") -> None:
+    """A SubmitLabels / RetractLabels reply on stdout: JSON, or a count line and the first 10 rejections.
+    After a Ctrl-C (``interrupted``, of ``total`` ``items``): what was answered, then (stderr) how far it got
+    and that a rerun continues (``again``: what the rerun makes of what was done), exit 130."""
     if as_json:
-        print(json_line({"accepted": accepted, "rejected": rejected}))
+        out: dict[str, Any] = {"accepted": accepted, "rejected": rejected}
+        if interrupted is not None:
+            out.update(interrupted=True, sent=interrupted.sent, unconfirmed=interrupted.unconfirmed, total=total)
+        print(json_line(out))
     else:
         result = Console(soft_wrap=True)  # whole lines: a log file gets one line per rejection
         result.print(f"{verb} {accepted}, rejected {len(rejected)}", highlight=False)
@@ -712,6 +779,12 @@ def _print_reply(verb: str, accepted: int, rejected: list[dict[str, Any]], as_js
             result.print(line(r), markup=False, highlight=False)
         if len(rejected) > 10:
             result.print(f"  ... and {len(rejected) - 10} more (--json lists all)", highlight=False)
+    if interrupted is not None:
+        answered = interrupted.sent - interrupted.unconfirmed
+        console.print(f"[red]interrupted[/red] (Ctrl-C): the agent answered for {answered} of the {total} {items} "
+                      f"(counted above; each request is stored on its own){_unconfirmed_note(interrupted, items)}; "
+                      f"rerun the same command to continue: {again}", highlight=False)
+        raise typer.Exit(INTERRUPTED_EXIT)
     if rejected and not accepted:
         raise typer.Exit(1)  # nothing done: a script must not go on as if it had been
 
@@ -762,9 +835,17 @@ def retract_labels(agent: AgentTarget,
         console.print("[red]no ids[/red]: give sample ids as arguments or --file FILE", highlight=False)
         raise typer.Exit(2)
     stub = _rpc(agent.connect)
-    reply = _rpc(lambda: client.retract_labels(stub, todo, annotator, source=source))
+    stop = threading.Event()
+    interrupted = None
+    try:
+        with _ctrl_c_stops(stop, "no more ids are sent; waiting for the agent's answer to those sent"):
+            reply = _rpc(lambda: client.retract_labels(stub, todo, annotator, source=source, stop=stop))
+    except client.Interrupted as e:
+        reply, interrupted = e.reply, e
     rejected = [{"id": r.id, "reason": r.reason} for r in reply.rejected]
-    _print_reply("unlabelled", reply.accepted, rejected, as_json, lambda r: f"  {r['id']}: {r['reason']}")
+    _print_reply("unlabelled", reply.accepted, rejected, as_json, lambda r: f"  {r['id']}: {r['reason']}",
+                 interrupted, len(todo), "ids", "ids already taken back are rejected as 'not labelled: nothing to "
+                 "retract'")
 
 
 @agent_options
@@ -848,6 +929,15 @@ def export_labels(agent: AgentTarget,
     except (exports.ExportError, OSError) as e:
         console.print(f"[red]cannot export to {escape(str(out))}[/red]: {escape(str(e))}", highlight=False)
         raise typer.Exit(2) from None
+    except KeyboardInterrupt:  # export_labels writes aside and moves the folder into place once complete
+        done = out.is_dir() and any(out.iterdir())
+        if as_json:
+            print(json_line({"out": str(out), "interrupted": True, "complete": done}))
+        console.print("[red]interrupted[/red] (Ctrl-C): " + (
+            f"the export in {escape(str(out))} was complete already" if done else
+            f"nothing was written to {escape(str(out))} (an export is moved into place only once complete); run "
+            "the same command again"), highlight=False)
+        raise typer.Exit(INTERRUPTED_EXIT) from None
     if as_json:
         print(json_line({"out": str(out), "labels": summary.labels, "priors": summary.priors,
                           "images": summary.images, "files": summary.files, "notes": summary.notes,

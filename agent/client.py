@@ -16,11 +16,12 @@ import os
 import random
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import grpc
 import numpy as np
@@ -289,6 +290,22 @@ class IngestInterrupted(RuntimeError):
         self.cause = cause
         self.reply = reply
         self.sent = sent
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT), or the caller's ``stop`` event, in the middle of a call made of requests the agent
+    makes durable one by one (``ingest``'s stream, ``submit_labels``' and ``retract_labels``' chunks): what
+    is known of what was stored, for the caller to say before it exits. ``reply``: the agent's replies
+    received, summed (what it acknowledged); ``sent``: the items sent (or taken from the source) before
+    the stop; ``unconfirmed``: those of them no reply covers (the agent may have stored them, or not).
+    Re-sending the same items is safe: stored samples count as duplicates, stored labels as accepted.
+    A KeyboardInterrupt, so a caller that does not look for it still stops as on Ctrl-C."""
+
+    def __init__(self, reply: Any, sent: int, unconfirmed: int) -> None:
+        super().__init__()
+        self.reply = reply
+        self.sent = sent
+        self.unconfirmed = unconfirmed
 
 
 @dataclass(frozen=True)
@@ -592,29 +609,44 @@ def batches(samples: Iterable[agent_pb2.Sample], batch: int,
 
 def ingest(stub: agent_pb2_grpc.AgentStub, samples: Iterable[agent_pb2.Sample], batch: int = 256,
            on_batch: Callable[[int], None] | None = None, timeout: float | None = None,
-           max_bytes: int | None = None) -> agent_pb2.IngestReply:
+           max_bytes: int | None = None, stop: threading.Event | None = None) -> agent_pb2.IngestReply:
     """Stream ``samples`` in one Ingest call, in requests of at most ``batch`` samples and ``max_bytes``
     bytes (see ``batches``); the reply comes once all are durable. Samples too large to send are in the
     reply's ``rejected`` like the agent's own rejections. When iterating ``samples`` raises, the stream
-    is closed after the samples read so far and IngestInterrupted carries the agent's reply for them."""
+    is closed after the samples read so far and IngestInterrupted carries the agent's reply for them.
+    Once ``stop`` is set (``shortlist ingest``'s first Ctrl-C) no further sample is read: the stream is
+    closed the same way and Interrupted carries the agent's reply for those sent. Ctrl-C while waiting
+    (without ``stop``, or a second one) cancels the call: Interrupted then knows only how many were sent."""
     failed: list[Exception] = []
     sent = 0
+    stopped = False
 
     def guarded() -> Iterator[agent_pb2.Sample]:
-        nonlocal sent
+        nonlocal sent, stopped
         try:
             for s in samples:
+                if stop is not None and stop.is_set():  # that sample is not sent: a rerun sends it
+                    stopped = True
+                    return
                 sent += 1
                 yield s
         except Exception as e:  # gRPC would turn it into UNKNOWN "Exception iterating requests!"
             failed.append(e)
 
     too_large: list[agent_pb2.Rejection] = []
-    reply: agent_pb2.IngestReply = stub.Ingest(batches(guarded(), batch, on_batch, max_bytes, too_large),
-                                               timeout=timeout)
+    call = stub.Ingest.future(batches(guarded(), batch, on_batch, max_bytes, too_large), timeout=timeout)
+    try:
+        reply: agent_pb2.IngestReply = call.result()
+    except KeyboardInterrupt:
+        # The agent keeps every request it committed, but the count of them would come only with the reply;
+        # cancelling tells it the stream is over at once (it would otherwise wait for the next request).
+        call.cancel()
+        raise Interrupted(agent_pb2.IngestReply(), sent, sent) from None
     reply.rejected.extend(too_large)
     if failed:
         raise IngestInterrupted(failed[0], reply, sent) from failed[0]
+    if stopped:
+        raise Interrupted(reply, sent, 0)
     return reply
 
 
@@ -629,44 +661,70 @@ def list_labels(stub: agent_pb2_grpc.AgentStub, history: bool = False) -> Iterat
     yield from stub.ListLabels(agent_pb2.ListLabelsRequest(history=history))
 
 
-def submit_labels(stub: agent_pb2_grpc.AgentStub, labels: Iterable[tuple[str, str]],
-                  annotator: str = "", chunk: int = LABELS_PER_REQUEST, source: str = "",
-                  if_current: Mapping[str, str] | None = None) -> agent_pb2.SubmitLabelsReply:
-    """Submit (id, label) pairs, ``chunk`` per request (the agent takes at most ``--max-ids-per-request``
-    in one); the replies are summed. Each request is durable on its own. ``source`` says how they were
-    made ("" = "manual"; "prior:METHOD" for accepted priors, "labelstudio", ...). ``if_current``: id -> the
-    label it must have now ("" = unlabelled) for the new one to be stored (LabelAssignment.if_current)."""
-    total = agent_pb2.SubmitLabelsReply()
-    pairs = list(labels)
-    cond = if_current or {}
-    for start in range(0, max(len(pairs), 1), chunk):
-        req = agent_pb2.SubmitLabelsRequest(
-            labels=[agent_pb2.LabelAssignment(id=i, label=lab, if_current=cond.get(i)) if i in cond
-                    else agent_pb2.LabelAssignment(id=i, label=lab) for i, lab in pairs[start:start + chunk]],
-            annotator=annotator, source=source)
-        reply: agent_pb2.SubmitLabelsReply = stub.SubmitLabels(req)
+# SubmitLabels' or RetractLabels' reply: both are (accepted, rejected), summed over chunks by ``_summed``.
+LabelsReply = TypeVar("LabelsReply", agent_pb2.SubmitLabelsReply, agent_pb2.RetractLabelsReply)
+
+
+def _summed(total: LabelsReply, calls: Iterable[tuple[int, Callable[[], LabelsReply]]],
+            stop: threading.Event | None) -> LabelsReply:
+    """Make ``calls`` ((items, call) of one request each, durable on its own) one after the other, adding
+    each reply into ``total``. Once ``stop`` is set no further request is made: Interrupted with the replies
+    so far, nothing unconfirmed; Ctrl-C during a request: Interrupted with that request's items unconfirmed."""
+    sent = 0
+    for items, call in calls:
+        if stop is not None and stop.is_set():
+            raise Interrupted(total, sent, 0)
+        sent += items
+        try:
+            reply = call()
+        except KeyboardInterrupt:
+            raise Interrupted(total, sent, items) from None
         total.accepted += reply.accepted
         total.rejected.extend(reply.rejected)
     return total
+
+
+def submit_labels(stub: agent_pb2_grpc.AgentStub, labels: Iterable[tuple[str, str]],
+                  annotator: str = "", chunk: int = LABELS_PER_REQUEST, source: str = "",
+                  if_current: Mapping[str, str] | None = None,
+                  stop: threading.Event | None = None) -> agent_pb2.SubmitLabelsReply:
+    """Submit (id, label) pairs, ``chunk`` per request (the agent takes at most ``--max-ids-per-request``
+    in one); the replies are summed. Each request is durable on its own. ``source`` says how they were
+    made ("" = "manual"; "prior:METHOD" for accepted priors, "labelstudio", ...). ``if_current``: id -> the
+    label it must have now ("" = unlabelled) for the new one to be stored (LabelAssignment.if_current).
+    ``stop`` set, or Ctrl-C: Interrupted with the replies so far (``_summed``)."""
+    pairs = list(labels)
+    cond = if_current or {}
+
+    def request(part: list[tuple[str, str]]) -> Callable[[], agent_pb2.SubmitLabelsReply]:
+        req = agent_pb2.SubmitLabelsRequest(
+            labels=[agent_pb2.LabelAssignment(id=i, label=lab, if_current=cond.get(i)) if i in cond
+                    else agent_pb2.LabelAssignment(id=i, label=lab) for i, lab in part],
+            annotator=annotator, source=source)
+        return lambda: stub.SubmitLabels(req)
+
+    parts = [pairs[start:start + chunk] for start in range(0, max(len(pairs), 1), chunk)]
+    return _summed(agent_pb2.SubmitLabelsReply(), ((len(p), request(p)) for p in parts), stop)
 
 
 def retract_labels(stub: agent_pb2_grpc.AgentStub, ids: Iterable[str], annotator: str = "",
                    chunk: int = LABELS_PER_REQUEST, source: str = "",
-                   if_current: Mapping[str, str] | None = None) -> agent_pb2.RetractLabelsReply:
+                   if_current: Mapping[str, str] | None = None,
+                   stop: threading.Event | None = None) -> agent_pb2.RetractLabelsReply:
     """Take the labels of ``ids`` back (the samples become unlabelled; the history keeps what was given),
     ``chunk`` ids per request; the replies are summed. Each request is durable on its own. ``if_current``:
-    id -> the label it must have now to be taken back (RetractLabelsRequest.if_current)."""
-    total = agent_pb2.RetractLabelsReply()
+    id -> the label it must have now to be taken back (RetractLabelsRequest.if_current). ``stop`` set, or
+    Ctrl-C: Interrupted with the replies so far (``_summed``)."""
     todo = list(ids)
     cond = if_current or {}
-    for start in range(0, max(len(todo), 1), chunk):
-        part = todo[start:start + chunk]
+
+    def request(part: list[str]) -> Callable[[], agent_pb2.RetractLabelsReply]:
         req = agent_pb2.RetractLabelsRequest(ids=part, annotator=annotator, source=source,
                                              if_current={i: cond[i] for i in part if i in cond})
-        reply: agent_pb2.RetractLabelsReply = stub.RetractLabels(req)
-        total.accepted += reply.accepted
-        total.rejected.extend(reply.rejected)
-    return total
+        return lambda: stub.RetractLabels(req)
+
+    parts = [todo[start:start + chunk] for start in range(0, max(len(todo), 1), chunk)]
+    return _summed(agent_pb2.RetractLabelsReply(), ((len(p), request(p)) for p in parts), stop)
 
 
 # ---- calibration provenance (PriorLabel.calibration, docs/agent.md "Calibration provenance") -----------

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import tarfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -188,6 +189,123 @@ def test_ingest_error_while_reading_shows_its_message(tmp_path: Path, running: R
     truncated.write_bytes(truncated.read_bytes()[:2600])
     res = runner.invoke(app, ["ingest", str(truncated), "--agent", running.address])
     assert res.exit_code == 1 and "not a complete, readable tar archive" in " ".join(res.output.split())
+
+
+def _ctrl_c_at_the_fourth_image(monkeypatch: pytest.MonkeyPatch, times: int,
+                                 release: threading.Event) -> None:
+    """``shortlist ingest`` reads 8 images; while it reads the fourth, Ctrl-C ``times`` times (each once the
+    previous one was taken); then the reading waits for ``release``."""
+    import shortlist.datasets as datasets
+
+    stops: list[threading.Event] = []
+    real_ingest = client.ingest
+
+    def ingest(*args: Any, **kw: Any) -> agent_pb2.IngestReply:
+        stops.append(kw.get("stop") or threading.Event())  # set by the CLI's Ctrl-C handler (in the main thread)
+        return real_ingest(*args, **kw)
+
+    def images(root: Path, prefix: str) -> Iterator[ImageItem]:
+        for i, img in enumerate(make_images(8)):
+            if i == 3:
+                for _ in range(times):
+                    os.kill(os.getpid(), signal.SIGINT)
+                    stops[-1].wait(2)  # until this run's handler took it
+                release.wait(10)
+            yield ImageItem(id=f"{prefix}{i}.png", label=None, uri=f"{root}/{i}.png", encoded=png(img))
+
+    monkeypatch.setattr(client, "ingest", ingest)
+    monkeypatch.setattr(datasets, "_iter_folder", images)
+
+
+def test_ctrl_c_on_ingest_says_what_was_stored(tmp_path: Path, running: Running,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C stops reading the source, and the agent's answer for what was sent is printed with how to go
+    on (it exited 130 with a blank line, and nothing with --json, though samples were stored); a second
+    Ctrl-C quits at once, saying how many were sent without an answer."""
+    src = tmp_path / "imgs"
+    src.mkdir()
+    for i, img in enumerate(make_images(8)):  # what the patched reader yields, for the rerun's real one
+        (src / f"{i}.png").write_bytes(png(img))
+    release = threading.Event()
+    release.set()
+    _ctrl_c_at_the_fourth_image(monkeypatch, 1, release)
+    res = runner.invoke(app, ["ingest", str(src), "--agent", running.address])
+    assert res.exit_code == 130 and res.stdout.splitlines() == ["accepted 3, duplicates 0, rejected 0"], res.output
+    said = " ".join(res.stderr.split())
+    assert "stopping (Ctrl-C)" in said and f"interrupted (Ctrl-C) after 3 samples of {src} were sent: the " \
+        "agent stored those counted above; rerun the same command to continue: stored samples count as " \
+        "duplicates" in said and running.agent.state.count() == 3
+    res = runner.invoke(app, ["ingest", str(src), "--agent", running.address, "--id-prefix", "b/", "--json"])
+    assert res.exit_code == 130 and json.loads(res.stdout) == {
+        "accepted": 3, "duplicates": 0, "rejected": [], "same_payload": 3,
+        "same_payload_examples": [{"id": f"b/{i}.png", "other_id": f"{i}.png"} for i in range(3)],
+        "interrupted": True, "sent": 3, "unconfirmed": 0}
+    monkeypatch.undo()
+    again = json.loads(run("ingest", str(src), "--agent", running.address, "--json"))
+    assert (again["accepted"], again["duplicates"]) == (5, 3)  # the rerun goes on where it stopped
+
+    release.clear()
+    _ctrl_c_at_the_fourth_image(monkeypatch, 2, release)
+    try:
+        res = runner.invoke(app, ["ingest", str(src), "--agent", running.address, "--id-prefix", "c/",
+                                  "--batch", "1", "--json"])
+    finally:
+        release.set()
+    out = json.loads(res.stdout)
+    assert res.exit_code == 130 and (out["interrupted"], out["sent"], out["unconfirmed"], out["accepted"]) == (
+        True, 3, 3, 0), res.output
+    assert "the agent's count did not arrive; 3 samples were sent without an answer (the agent may have " \
+        "stored them" in " ".join(res.stderr.split())
+
+
+class _CtrlCAfterFirstAnswer:
+    """An AgentStub whose SubmitLabels and RetractLabels press Ctrl-C once the agent answered the first request."""
+
+    def __init__(self, stub: Any) -> None:
+        self._stub = stub
+        self._answered = 0
+
+    def _then_ctrl_c(self, method: str, request: Any) -> Any:
+        reply = getattr(self._stub, method)(request)
+        self._answered += 1
+        if self._answered == 1:
+            signal.raise_signal(signal.SIGINT)  # handled in this (the main) thread before the next request
+        return reply
+
+    def SubmitLabels(self, request: Any) -> Any:
+        return self._then_ctrl_c("SubmitLabels", request)
+
+    def RetractLabels(self, request: Any) -> Any:
+        return self._then_ctrl_c("RetractLabels", request)
+
+
+def test_ctrl_c_on_label_and_retract_says_what_was_stored(tmp_path: Path, running: Running,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A large labels file goes in requests, each stored on its own: Ctrl-C sends no further request and says
+    what the agent answered (exit 130), and the same command again goes on."""
+    import functools
+
+    client.ingest(running.stub, [client.image_sample(f"s{i}", png(img)) for i, img in enumerate(make_images(6))])
+    (tmp_path / "answers.csv").write_text("".join(f"s{i},cat\n" for i in range(6)))
+    real_connect = client.connect
+    monkeypatch.setattr(client, "connect", lambda *a, **kw: _CtrlCAfterFirstAnswer(real_connect(*a, **kw)))
+    monkeypatch.setattr(client, "submit_labels", functools.partial(client.submit_labels, chunk=2))  # 3 requests
+    monkeypatch.setattr(client, "retract_labels", functools.partial(client.retract_labels, chunk=2))
+    res = runner.invoke(app, ["label", str(tmp_path / "answers.csv"), "--agent", running.address])
+    assert res.exit_code == 130 and res.stdout.splitlines() == ["accepted 2, rejected 0"], res.output
+    assert "interrupted (Ctrl-C): the agent answered for 2 of the 6 labels (counted above; each request is stored " \
+        "on its own); rerun the same command to continue: labels already stored count as accepted again, " \
+        "unchanged" in " ".join(res.stderr.split())
+    assert running.agent.state.labeled_count() == 2
+    res = runner.invoke(app, ["label", str(tmp_path / "answers.csv"), "--agent", running.address, "--json"])
+    assert res.exit_code == 130 and json.loads(res.stdout) == {
+        "accepted": 2, "rejected": [], "interrupted": True, "sent": 2, "unconfirmed": 0, "total": 6}
+    res = runner.invoke(app, ["retract-labels", "s0", "s1", "s2", "--agent", running.address, "--json"])
+    assert res.exit_code == 130 and json.loads(res.stdout) == {
+        "accepted": 2, "rejected": [], "interrupted": True, "sent": 2, "unconfirmed": 0, "total": 3}
+    monkeypatch.undo()
+    assert json.loads(run("label", str(tmp_path / "answers.csv"), "--agent", running.address, "--json")) == {
+        "accepted": 6, "rejected": []}
 
 
 def test_two_folders_with_the_same_file_names_need_id_prefix(tmp_path: Path, running: Running) -> None:
