@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, Protocol
 
@@ -527,12 +528,56 @@ def web(agent: AgentTarget, labelstudio: LabelStudioConfig,
     server.stop()
 
 
+@dataclass
+class _Read:
+    """What ``shortlist ingest`` took from its source: images, and how many of them came with a label (a
+    class folder's name)."""
+
+    images: int = 0
+    labelled: int = 0
+
+    def label_report(self, source: str) -> tuple[dict[str, int], str]:
+        """With --with-labels: the JSON fields (``labels_taken``, ``without_label``) and a warning ("" when
+        every image had a class folder), so labels silently not taken are said."""
+        missing = self.images - self.labelled
+        fields = {"labels_taken": self.labelled, "without_label": missing}
+        if not missing:
+            return fields, ""
+        if not self.labelled:
+            return fields, (f"--with-labels: no class folders found in {source} (labels are the names of the "
+                            f"folders right under it: {source}/<class>/<image>), so no labels were taken and the "
+                            f"{missing} samples were stored unlabelled; label them with `shortlist label FILE.csv`")
+        return fields, (f"--with-labels: {missing} of the {self.images} images are not in a class folder (they lie "
+                        f"at the top of {source}) and were stored unlabelled")
+
+
+class _ConsoleWarnings(logging.Handler):
+    """A library's warnings (shortlist.datasets: a symlink loop skipped) as the command's own warning lines on
+    stderr, while the command runs."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        # soft_wrap: paths are long words that rich would otherwise cut in the middle
+        console.print(f"[yellow]warning[/yellow]: {escape(record.getMessage())}", highlight=False, soft_wrap=True)
+
+
+@contextlib.contextmanager
+def _warnings_of(logger: str) -> Iterator[None]:
+    handler = _ConsoleWarnings(logging.WARNING)
+    log = logging.getLogger(logger)
+    log.addHandler(handler)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+
+
 def _source_samples(source: Any, limit: int | None, with_labels: bool, metadata: dict[str, str],
-                    id_prefix: str, counter: list[int]) -> Iterator[agent_pb2.Sample]:
+                    id_prefix: str, read: _Read) -> Iterator[agent_pb2.Sample]:
     from shortlist.datasets import iter_images
 
     for item in iter_images(source, limit=limit, id_prefix=id_prefix):
-        counter[0] += 1
+        read.images += 1
+        read.labelled += item.label is not None
         label = item.label or "" if with_labels else ""
         if item.encoded is not None:
             yield client.image_sample(item.id, item.encoded, label=label, uri=item.uri, metadata=metadata)
@@ -596,12 +641,23 @@ def ingest(agent: AgentTarget,
         console.print(f"[red]cannot read {escape(source)}[/red]: {escape(str(e))}", highlight=False)
         raise typer.Exit(2) from None
     stub = _rpc(agent.connect)
-    counter = [0]
-    samples = _source_samples(resolved, limit, with_labels, metadata, id_prefix, counter)
+    read = _Read()
+    samples = _source_samples(resolved, limit, with_labels, metadata, id_prefix, read)
     stop = threading.Event()
+
+    def labels_said(warn: bool = True) -> dict[str, int]:
+        """With --with-labels: the JSON fields counting the images read with and without a class folder, and
+        (``warn``: the whole source was read) a warning when some had none."""
+        if not with_labels:
+            return {}
+        fields, warning = read.label_report(source)
+        if warning and warn:
+            console.print(f"[yellow]warning[/yellow]: {escape(warning)}", highlight=False, soft_wrap=True)
+        return fields
+
     try:
         with _ctrl_c_stops(stop, "no more images are read; waiting for the agent to acknowledge those sent"), \
-                _progress() as progress:
+                _warnings_of("shortlist.datasets"), _progress() as progress:
             task = progress.add_task("ingest", total=limit)
             reply = _rpc(lambda: client.ingest(stub, samples, batch, on_batch=lambda n: progress.advance(task, n),
                                                max_bytes=None if batch_mb is None else int(batch_mb * 2**20),
@@ -612,7 +668,7 @@ def ingest(agent: AgentTarget,
     except client.Interrupted as e:
         acknowledged = e.unconfirmed < e.sent or not e.sent  # the agent's reply arrived
         if as_json:
-            print(json_line({**_ingest_out(e.reply), "interrupted": True, "sent": e.sent,
+            print(json_line({**_ingest_out(e.reply), **labels_said(warn=False), "interrupted": True, "sent": e.sent,
                               "unconfirmed": e.unconfirmed}))
         elif acknowledged:
             _print_ingest(e.reply)
@@ -624,21 +680,22 @@ def ingest(agent: AgentTarget,
         raise typer.Exit(INTERRUPTED_EXIT) from None
     except client.IngestInterrupted as e:
         if as_json:
-            print(json_line({**_ingest_out(e.reply), "error": str(e)}))
+            print(json_line({**_ingest_out(e.reply), **labels_said(warn=False), "error": str(e)}))
         else:
             _print_ingest(e.reply)
         console.print(f"[red]stopped reading {escape(source)}[/red] after {e.sent} samples: {escape(str(e))}; the "
                       "samples acknowledged above are stored; fix the source and run the same command again "
                       "(resent samples count as duplicates)", highlight=False)
         raise typer.Exit(1) from None
-    if counter[0] == 0:
+    if read.images == 0:
         console.print(f"[red]no images found in {resolved.path}[/red] (split '{resolved.split}'); image files end "
                       f"in {', '.join(IMAGE_EXTENSIONS)}", highlight=False)
         raise typer.Exit(2)
     if as_json:
-        print(json_line(_ingest_out(reply)))
+        print(json_line({**_ingest_out(reply), **labels_said()}))
     else:
         _print_ingest(reply)
+        labels_said()
     if reply.rejected and not reply.accepted and not reply.duplicates:
         raise typer.Exit(1)  # nothing stored: a script must not go on as if it had been
 

@@ -6,11 +6,14 @@ Sample ids are stable across runs: the path inside the source (``cat/0001.jpg`` 
 name ``train/cat/0001.jpg`` for a tar, the file name for one image file) or, for CIFAR pickles,
 ``<batch file>/<index>``; ``id_prefix`` is put in front of each (two folders that both hold
 ``photo.jpg`` need different prefixes). Labels are the class folder names (CIFAR: the class names); a
-file at the top of a plain folder has no label. Nothing is ever downloaded.
+file at the top of a plain folder has no label. In a folder, symlinked files and folders are followed; a
+link to a folder it is inside of (a loop) is skipped with a logged warning. Nothing is ever downloaded.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import pickle
 import tarfile
 from collections.abc import Iterator
@@ -27,6 +30,8 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 SPLIT_DIRS = ("train", "test", "val", "validation")
 CIFAR_DIRS = ("cifar-10-batches-py", "cifar-100-python")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -126,8 +131,38 @@ def _label_of(parts: tuple[str, ...]) -> str | None:
     return parts[0] if len(parts) > 1 else None
 
 
+def _folder_images(root: Path) -> list[Path]:
+    """The image files under ``root``, sorted. Symlinked files and folders are followed (Path.rglob skipped
+    a symlinked folder without a word, e.g. a folder inside a class folder linked from elsewhere), except a
+    link to a folder the walk is inside of (a loop: it would never end), which is skipped with a warning."""
+    def identity(path: str) -> tuple[int, int]:
+        st = os.stat(path)  # follows links: the folder itself
+        return st.st_dev, st.st_ino
+
+    inside: dict[str, frozenset[tuple[int, int]]] = {}  # folder -> the folders it is in, itself included
+    files: list[Path] = []
+    for folder, dirs, names in os.walk(root, followlinks=True):
+        here = inside.pop(folder, None) or frozenset({identity(folder)})
+        keep = []
+        for d in dirs:
+            path = os.path.join(folder, d)
+            try:
+                key = identity(path)
+            except OSError:  # a broken link: nothing to read there
+                continue
+            if key in here:
+                log.warning("skipped the folder %s: it is a link to %s, which it is inside of (a loop)", path,
+                            os.path.realpath(path))
+                continue
+            inside[path] = here | {key}
+            keep.append(d)
+        dirs[:] = keep  # os.walk descends into these only
+        files.extend(p for p in (Path(folder, n) for n in names) if p.suffix.lower() in IMAGE_EXTENSIONS)
+    return sorted(p for p in files if p.is_file())
+
+
 def _iter_folder(root: Path, prefix: str) -> Iterator[ImageItem]:
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    files = _folder_images(root)
     for p in files:
         rel = p.relative_to(root)
         yield ImageItem(id=f"{prefix}{rel.as_posix()}", label=_label_of(rel.parts), uri=str(p),

@@ -308,6 +308,36 @@ def test_ctrl_c_on_label_and_retract_says_what_was_stored(tmp_path: Path, runnin
         "accepted": 6, "rejected": []}
 
 
+def test_with_labels_says_when_images_have_no_class_folder(tmp_path: Path, running: Running) -> None:
+    """`ingest --with-labels` on a folder without class folders stored everything unlabelled without a word;
+    now a warning says so (and --json counts them), as for loose images beside class folders. A symlinked
+    folder is read like a real one; a link that loops is skipped with a warning."""
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for i, img in enumerate(make_images(3)):
+        (flat / f"{i}.png").write_bytes(png(img))
+    res = runner.invoke(app, ["ingest", str(flat), "--with-labels", "--agent", running.address])
+    assert res.exit_code == 0 and res.stdout.splitlines() == ["accepted 3, duplicates 0, rejected 0"], res.output
+    assert f"warning: --with-labels: no class folders found in {flat} (labels are the names of the folders right " \
+        f"under it: {flat}/<class>/<image>), so no labels were taken and the 3 samples were stored unlabelled; " \
+        "label them with `shortlist label FILE.csv`" in " ".join(res.stderr.split())
+    tree = image_folder(tmp_path / "tree", 4)
+    (tree / "loose.png").write_bytes(png(make_images(5)[4]))
+    (tree / "cat" / "night").symlink_to(flat)  # a folder linked into a class folder: read, labelled cat
+    (flat / "loop").symlink_to(flat)
+    res = runner.invoke(app, ["ingest", str(tree), "--with-labels", "--id-prefix", "t/", "--json", "--agent",
+                              running.address])
+    out = json.loads(res.stdout)
+    assert res.exit_code == 0 and (out["accepted"], out["labels_taken"], out["without_label"]) == (8, 7, 1)
+    said = " ".join(res.stderr.split())
+    assert "--with-labels: 1 of the 8 images are not in a class folder" in said
+    assert f"warning: skipped the folder {tree}/cat/night/loop: it is a link to" in said
+    labels = {r.id: r.label for r in client.list_labels(running.stub)}
+    assert labels["t/cat/night/0.png"] == "cat" and "t/loose.png" not in labels
+    out = json.loads(run("ingest", str(flat), "--id-prefix", "u/", "--json", "--agent", running.address))
+    assert "labels_taken" not in out  # without --with-labels nothing is said about labels
+
+
 def test_two_folders_with_the_same_file_names_need_id_prefix(tmp_path: Path, running: Running) -> None:
     a, b = make_images(2)
     for name, img in (("site1", a), ("site2", b)):

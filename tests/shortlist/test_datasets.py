@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import pickle
 import tarfile
 from pathlib import Path
@@ -38,6 +39,35 @@ def test_image_folder_labels_and_ids(tmp_path: Path) -> None:
     arr = load_array(tmp_path / "tree", size=(4, 4))
     assert arr.images.shape == (6, 4, 4, 3) and arr.images.dtype == np.uint8
     assert arr.classes == CLASSES and arr.labels.tolist() == [0, 0, 0, 1, 1, 1]
+
+
+def test_symlinked_folders_are_followed_and_a_loop_is_skipped_with_a_warning(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A folder linked into a class folder, and a linked class folder, are read like real ones (Path.rglob
+    skipped them without a word, while linked files were read); a link to a folder the walk is inside of
+    would never end: it is skipped, and said so."""
+    tree, night, dogs = tmp_path / "tree", tmp_path / "elsewhere" / "night", tmp_path / "elsewhere" / "dogs"
+    (tree / "cat").mkdir(parents=True)
+    (night / "deeper").mkdir(parents=True)
+    dogs.mkdir()
+    (tree / "cat" / "a.png").write_bytes(_png(1))
+    (night / "n1.png").write_bytes(_png(2))
+    (night / "deeper" / "n2.png").write_bytes(_png(3))
+    (dogs / "d.png").write_bytes(_png(4))
+    (tmp_path / "loose.png").write_bytes(_png(5))
+    (tree / "cat" / "linked_folder").symlink_to(night)
+    (tree / "dog").symlink_to(dogs)
+    (tree / "cat" / "linked_file.png").symlink_to(tmp_path / "loose.png")
+    (night / "deeper" / "back").symlink_to(tree)  # a loop through the linked folder
+    (tree / "cat" / "gone").symlink_to(tmp_path / "missing")  # a broken link
+    with caplog.at_level("WARNING", logger="shortlist.datasets"):
+        items = list(iter_images(tree))
+    assert [(it.id, it.label) for it in items] == [
+        ("cat/a.png", "cat"), ("cat/linked_file.png", "cat"), ("cat/linked_folder/deeper/n2.png", "cat"),
+        ("cat/linked_folder/n1.png", "cat"), ("dog/d.png", "dog")]
+    loops = [r.getMessage() for r in caplog.records]
+    assert loops == [f"skipped the folder {tree}/cat/linked_folder/deeper/back: it is a link to "
+                     f"{os.path.realpath(tree)}, which it is inside of (a loop)"]
 
 
 def test_plain_folder_has_no_labels(tmp_path: Path) -> None:
