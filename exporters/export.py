@@ -43,11 +43,10 @@ from shortlist.manifest import (
     Manifest,
     Preprocess,
     fsync_path,
-    list_versions,
     publish,
+    registry_mistake,
     sha256_file,
 )
-from training import loop
 from training.methods import Encoder
 from training.pretrain import load_encoder
 
@@ -217,12 +216,8 @@ def registry_problem(registry: Path) -> None:
     it). A missing or empty folder is a registry to be: the first publish creates it."""
     if registry.exists() and not registry.is_dir():
         raise ValueError(f"{registry} is a file: --models takes the registry folder (it holds v0001/, v0002/, ...)")
-    run_files = [name for name in (loop.ENCODER, loop.CHECKPOINT) if (registry / name).is_file()]
-    if run_files and not list_versions(registry):
-        raise ValueError(f"{registry} is a training run folder (it holds {run_files[0]}), not a model registry: "
-                         "--models takes the folder `shortlist export` publishes versions into (v0001/, v0002/, "
-                         f"...) and `shortlist serve --models` serves; `shortlist export --run {registry} --models "
-                         "MODELS` publishes this run")
+    if mistake := registry_mistake(registry):  # a training run folder or a folder of images
+        raise ValueError(mistake)
     if VERSION_RE.match(registry.name) and ((registry / MANIFEST_NAME).exists() or (registry.parent.is_dir() and any(
             VERSION_RE.match(p.name) for p in registry.parent.iterdir() if p != registry))):
         raise ValueError(f"{registry} is a version folder of the registry {registry.parent}: pass --models "

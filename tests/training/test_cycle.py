@@ -123,7 +123,7 @@ def test_cycle_checks_its_options_before_connecting_or_training(tmp_path: Path) 
     notes.write_text("print()\n")
     out = tmp_path / "cycle"
     for kwargs, said in (({"models": notes}, "make_data.py is a file: --models takes the registry folder"),
-                         ({"models": run}, "is a training run folder (it holds encoder.pt), not a model registry"),
+                         ({"models": run}, "is a training run folder, not a model registry"),
                          ({"mode": "simsiam", "init": str(run)}, "does not use --init"),
                          ({"mode": "full", "init": str(run), "out": run}, "is the --init run"),
                          ({"device": "gpu"}, "--device 'gpu': give auto, cpu or cuda"),
