@@ -25,6 +25,7 @@ from agent.cli import json_line
 from agent.cli_options import AgentTarget, agent_options
 from shortlist.manifest import (
     ManifestError,
+    RegistryError,
     check_version,
     list_versions,
     newest_complete,
@@ -167,7 +168,7 @@ def rollback(agent: AgentTarget,
         new = republish(registry, version)
     except ManifestError as e:
         fail(f"{version} cannot be served again: {e}", 1)
-    except OSError as e:
+    except (OSError, RegistryError) as e:
         fail(f"could not publish a copy of {version} into {registry}: {e}; nothing was published", 1)
     outcome: dict[str, Any] = {"published": new, "copy_of": version, "registry": str(registry)}
     message = f"published {new}, a copy of {version}, in {registry}"

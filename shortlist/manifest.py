@@ -10,6 +10,8 @@ Registry layout (a folder, ``--models M``)::
         encoder.ts           optional TorchScript export of the same encoder
         manifest.json        this module's ``Manifest``; written last inside the temporary folder
       .tmp-v0002-1234/       a publish in progress: never loaded (starts with a dot)
+      .last-version          the highest version number ever published here (``v0002``): the high-water mark
+      .publish.lock          taken (flock) while a version number is chosen and published
 
 A version is *complete* when its folder name matches ``v<digits>``, holds a valid ``manifest.json`` and
 every file the manifest lists (plain names inside the folder, never leaving the registry through a
@@ -17,16 +19,27 @@ symlink) with the sha256 it records; ``check_version`` says why a folder is not.
 version has the highest number.
 Publishing writes ``.tmp-*`` and renames it to ``vNNNN`` (``os.rename`` is atomic on POSIX, and fails
 if the target exists, so two publishers never overwrite each other).
+
+Version numbers are never reused, even when version folders are removed (``shortlist models prune``, or by
+hand): ``publish`` takes ``.publish.lock``, picks one more than both the highest folder and the high-water mark
+``.last-version``, writes the mark (temporary file, fsync, rename, fsync the folder) and only then renames the
+staging folder, so the mark is on disk before any folder of that number exists. A crash between the two burns a
+number (a gap), never reuses one. An agent keys the embeddings it stores by version name, so a reused name
+would let it take the embeddings of a removed model for a new one (it also checks each version's
+``model_fingerprint``: agent/models.py).
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import itertools
 import json
 import os
 import re
+import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +49,8 @@ import numpy as np
 MANIFEST_NAME = "manifest.json"
 ONNX_NAME = "encoder.onnx"
 TORCHSCRIPT_NAME = "encoder.ts"
+HIGH_WATER_NAME = ".last-version"  # the highest version number ever published in the registry
+PUBLISH_LOCK_NAME = ".publish.lock"
 VERSION_RE = re.compile(r"^v(\d+)$")
 MANIFEST_FORMAT = 1
 
@@ -49,6 +64,10 @@ MAX_INPUT_SIDE = 4096  # a manifest asking for larger inputs is refused (memory 
 
 class ManifestError(ValueError):
     """A version folder cannot be served; the message says why (shown in the agent's warnings)."""
+
+
+class RegistryError(ValueError):
+    """The registry cannot take a new version (its high-water mark is unreadable); nothing was published."""
 
 
 @dataclass(frozen=True)
@@ -319,27 +338,98 @@ def newest_complete(registry: Path, verify_hashes: bool = True) -> tuple[str, Ma
     return None
 
 
+@contextmanager
+def publish_lock(registry: Path) -> Iterator[None]:
+    """Hold the registry's publish lock (an flock on ``.publish.lock``, released when the process dies):
+    choosing a version number, writing the high-water mark and renaming the folder happen as one step."""
+    fd = os.open(registry / PUBLISH_LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def high_water(registry: Path) -> int:
+    """The highest version number ever published in ``registry`` by this scheme (its ``.last-version``; 0 when
+    there is none: a new registry, or one written before the mark existed). RegistryError when it is unreadable:
+    a guess could reuse the number of a removed version."""
+    path = registry / HIGH_WATER_NAME
+    try:
+        text = path.read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        return 0
+    except (OSError, UnicodeDecodeError) as e:
+        raise RegistryError(f"cannot read {path} ({e}), the highest version number ever published there") from None
+    number = version_number(text)
+    if number is None:
+        raise RegistryError(f"{path} should hold the highest version number ever published in {registry} (e.g. "
+                            f"v0007) but holds {text[:40]!r}: write the highest number that was ever published "
+                            "there into it (no number below it is used again), then publish again")
+    return number
+
+
+def highest_published(registry: Path) -> int:
+    """The highest version number ever published in ``registry``: of its folders (complete or not) and its
+    high-water mark, which remembers the numbers of removed folders."""
+    versions = list_versions(registry)
+    newest_folder = (version_number(versions[-1]) or 0) if versions else 0
+    return max(high_water(registry), newest_folder)
+
+
+def _write_high_water(registry: Path, number: int) -> None:
+    """Atomically set ``.last-version`` to ``number`` (temporary file, fsync, rename, fsync the folder)."""
+    tmp = registry / f".tmp-last-version-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        with open(tmp, "w", encoding="ascii") as f:
+            f.write(version_name(number) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, registry / HIGH_WATER_NAME)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_path(registry)
+
+
+def note_high_water(registry: Path) -> int:
+    """Make the high-water mark cover every version folder there now (before folders are removed: ``shortlist
+    models prune``); returns it."""
+    with publish_lock(registry):
+        number = highest_published(registry)
+        if number > high_water(registry):
+            _write_high_water(registry, number)
+        return number
+
+
 def publish(registry: Path, staging: Path) -> str:
     """Atomically move a fully written ``staging`` folder (inside ``registry``) to the next version.
 
-    ``staging`` must already hold every file and ``manifest.json``, fsynced. Returns the version name.
+    ``staging`` must already hold every file and ``manifest.json``, fsynced. Returns the version name. The
+    number is one more than any ever published there (the high-water mark is written first, under the
+    publish lock), so a removed version's number is never given to another model.
     """
     if staging.parent.resolve() != registry.resolve():
         raise ValueError("staging folder must be inside the registry (rename is atomic only there)")
     if not (staging / MANIFEST_NAME).is_file():
         raise ValueError(f"{staging} has no {MANIFEST_NAME}")
-    for _ in range(1000):
-        versions = list_versions(registry)
-        nxt = (version_number(versions[-1]) or 0) + 1 if versions else 1
-        target = registry / version_name(nxt)
-        try:
-            os.rename(staging, target)  # fails if target exists and is non-empty
-        except OSError:
-            if target.exists():
-                continue  # another publisher took this number: try the next
-            raise
-        fsync_path(registry)
-        return target.name
+    with publish_lock(registry):
+        nxt = highest_published(registry) + 1
+        for _ in range(1000):
+            target = registry / version_name(nxt)
+            if target.exists():  # e.g. a folder made by hand, or by a publisher without the lock
+                nxt += 1
+                continue
+            _write_high_water(registry, nxt)  # before the folder exists: a crash leaves a gap, never a reuse
+            try:
+                os.rename(staging, target)  # fails if target exists and is non-empty
+            except OSError:
+                if target.exists():
+                    nxt += 1
+                    continue  # another publisher took this number: try the next
+                raise
+            fsync_path(registry)
+            return target.name
     raise RuntimeError("could not find a free version number")
 
 
@@ -360,7 +450,6 @@ def republish(registry: Path, version: str) -> str:
     manifest says ``republished_from`` and when it was made. Returns the new version name."""
     import datetime as dt
     import shutil
-    import uuid
 
     source = registry / version
     manifest = check_version(source, verify_hashes=True)

@@ -17,11 +17,12 @@ from agent.models import ModelManager
 from agent.models_cli import _taken_up
 from agent.testing import linear_encoder, publish_linear, publish_model
 from shortlist.cli import app
-from shortlist.manifest import Manifest, Preprocess, check_version, republish
+from shortlist.manifest import HIGH_WATER_NAME, PUBLISH_LOCK_NAME, Manifest, Preprocess, check_version, republish
 from shortlist.v1 import agent_pb2
 from tests.agent.conftest import CLASSES, SIZE, Running, make_samples, start
 
 runner = CliRunner()
+REGISTRY_FILES = (HIGH_WATER_NAME, PUBLISH_LOCK_NAME)  # the registry's own, beside its version folders
 
 
 def said(output: str) -> str:
@@ -81,7 +82,7 @@ def test_rollback_refusals_change_nothing(tmp_path: Path) -> None:
     corrupt = runner.invoke(app, ["models", "rollback", "v0001", "--models", str(models)])
     assert corrupt.exit_code == 1 and "v0001 cannot be served again" in corrupt.output
     assert "corrupt or was changed after publishing" in said(corrupt.output)
-    assert sorted(p.name for p in models.iterdir()) == ["v0001"]
+    assert sorted(p.name for p in models.iterdir() if p.name not in REGISTRY_FILES) == ["v0001"]
     not_a_folder = runner.invoke(app, ["models", "list", "--models", str(tmp_path / "nowhere")])
     assert not_a_folder.exit_code == 2 and "is not a folder" in said(not_a_folder.output)
     assert "Traceback" not in unknown.output + corrupt.output + not_a_folder.output
@@ -126,7 +127,7 @@ def test_rollback_json_says_why_nothing_was_published(tmp_path: Path) -> None:
     republish(models, "v0001")  # v0003: the newest is now a copy of v0001
     again = runner.invoke(app, ["models", "rollback", "v0001", "--models", str(models), "--no-reload"])
     assert again.exit_code == 1 and "is the same model as v0003" in said(again.output)
-    assert sorted(p.name for p in models.iterdir()) == ["v0001", "v0002", "v0003"]  # nothing published
+    assert sorted(p.name for p in models.iterdir() if p.name not in REGISTRY_FILES) == ["v0001", "v0002", "v0003"]
 
 
 def test_rollback_to_what_the_agent_serves_is_refused(tmp_path: Path) -> None:
@@ -148,7 +149,7 @@ def test_rollback_to_what_the_agent_serves_is_refused(tmp_path: Path) -> None:
                                      "--json"])
         assert result.exit_code == 1, result.output
         assert "serves v0001 already" in json.loads(result.stdout)["error"]
-        assert sorted(p.name for p in models.iterdir()) == ["v0001", "v0002"]
+        assert sorted(p.name for p in models.iterdir() if p.name not in REGISTRY_FILES) == ["v0001", "v0002"]
     finally:
         r.stop()
 

@@ -1,0 +1,75 @@
+"""The registry never gives a removed version's number to another model: the high-water mark
+(shortlist.manifest.publish, ``.last-version``)."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+
+from agent.testing import publish_linear
+from shortlist.manifest import (
+    HIGH_WATER_NAME,
+    RegistryError,
+    check_version,
+    high_water,
+    list_versions,
+    republish,
+    same_model,
+)
+
+SIZE = (8, 8)
+
+
+def test_a_removed_versions_number_is_never_reused(tmp_path: Path) -> None:
+    """The operator's repro: v0003 served, its folder moved away, then a rollback or a new publish. Both
+    used to come out as a new v0003 (a different model under a name an agent has embeddings for)."""
+    models = tmp_path / "models"
+    for seed in range(3):
+        publish_linear(models, size=SIZE, seed=seed)
+    removed = check_version(models / "v0003")
+    shutil.move(models / "v0003", tmp_path / "v0003")
+    assert republish(models, "v0001") == "v0004"  # a rollback
+    assert publish_linear(models, size=SIZE, seed=7) == "v0005"  # a new model
+    for name in ("v0002", "v0004", "v0005"):  # every folder but the oldest removed
+        shutil.rmtree(models / name)
+    assert publish_linear(models, size=SIZE, seed=8) == "v0006"
+    assert list_versions(models) == ["v0001", "v0006"] and high_water(models) == 6
+    assert not same_model(check_version(models / "v0006"), removed)
+
+
+def test_a_registry_without_the_mark_continues_after_its_newest_folder(tmp_path: Path) -> None:
+    """A registry written before the mark existed: the next number follows its newest folder, and the mark is
+    written with it."""
+    models = tmp_path / "models"
+    for seed in range(2):
+        publish_linear(models, size=SIZE, seed=seed)
+    (models / HIGH_WATER_NAME).unlink()
+    assert high_water(models) == 0
+    assert publish_linear(models, size=SIZE, seed=2) == "v0003"
+    assert (models / HIGH_WATER_NAME).read_text() == "v0003\n"
+
+
+def test_an_unreadable_mark_publishes_nothing_and_says_what_to_do(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    publish_linear(models, size=SIZE, seed=0)
+    (models / HIGH_WATER_NAME).write_text("garbage")
+    with pytest.raises(RegistryError, match="write the highest number that was ever published"):
+        publish_linear(models, size=SIZE, seed=1)
+    assert list_versions(models) == ["v0001"]
+
+
+def test_concurrent_publishers_get_distinct_numbers_and_the_mark_the_highest(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    publish_linear(models, size=SIZE, seed=0)
+    got: list[str] = []
+    threads = [threading.Thread(target=lambda s=seed: got.append(publish_linear(models, size=SIZE, seed=s)))
+               for seed in range(1, 9)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(got) == [f"v{n:04d}" for n in range(2, 10)]
+    assert high_water(models) == 9
