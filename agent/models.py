@@ -17,6 +17,16 @@ looked at again only when its contents change (a half-copied folder is accepted 
 newest *good* version is adopted, so a broken newest version never hides a good one published before it.
 A sample whose stored payload cannot be read or decoded is left out of a version's index and reported
 (``unembeddable``) instead of holding a swap back; re-ingesting the same payload repairs it.
+
+One name, one model: embeddings are stored under a version's name, and a name can come to hold another model
+(its folder removed, then another put there: a copy by hand, or a publisher from before version numbers were
+never reused). So the model fingerprint (shortlist.manifest.model_fingerprint) is recorded with a version's
+row when it is first embedded or served, and stored embeddings are used only by the model that made them
+(``_made_by``): a folder that holds another model now has them dropped and the pool embedded again with it
+(at start, or when a pending version resumes). Rows without a fingerprint (written before it was recorded)
+are checked by embedding a few stored samples again. While the agent runs it serves the model it loaded
+(onnxruntime holds it in memory) with that model's embeddings; ``_watch_served`` warns when the served
+folder is removed or comes to hold another model, which a restart would then re-embed with.
 """
 
 from __future__ import annotations
@@ -38,9 +48,19 @@ from agent.config import AgentConfig
 from agent.embedder import Embedder
 from agent.errors import storage_problem
 from agent.index import VersionIndex
-from agent.state import SERVING_KEY, EmbeddingRows, State
+from agent.state import SERVING_KEY, EmbeddingRows, State, StoredEmbeddings
 from shortlist.images import decode_stored
-from shortlist.manifest import Manifest, ManifestError, check_version, list_versions, same_model, version_number
+from shortlist.manifest import (
+    MODEL_FINGERPRINT_PREFIX,
+    Manifest,
+    ManifestError,
+    check_version,
+    list_versions,
+    model_fingerprint,
+    same_model,
+    short_fingerprint,
+    version_number,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -55,14 +75,20 @@ class Newer:
     embedder: Embedder
 
 
+PROBE_ROWS = 8  # stored embeddings re-computed to tell whether an unfingerprinted version's folder made them
+PROBE_DISTANCE = 0.02  # the largest L2 distance between a stored and a re-computed (unit) vector of one model
+
+
 @dataclass
 class Serving:
-    """One loaded model version: its manifest, onnxruntime session and index."""
+    """One loaded model version: its manifest, onnxruntime session and index; ``folder`` is its registry
+    folder's ``_fingerprint`` (names, sizes, mtimes) when it was loaded, to notice it change or go."""
 
     version: str
     manifest: Manifest
     embedder: Embedder
     index: VersionIndex
+    folder: str = ""
 
 
 class ModelManager:
@@ -74,6 +100,7 @@ class ModelManager:
         self.state = state
         self.blobs = blobs
         self.index_dir = config.data_dir / "index"
+        self.map_dir = config.data_dir / "map"  # the pool maps (agent/pool_map.py), one per version
         self.poll_s = config.poll_s
         self.batch_size = config.batch_size
         self.use_cuda = config.use_cuda
@@ -88,6 +115,9 @@ class ModelManager:
         self.unembeddable: dict[str, dict[int, str]] = {}  # version -> seq -> why its payload cannot be embedded
         self.notices: list[str] = []  # repairs made at start (shown in GetStatus warnings)
         self.warning = ""  # e.g. samples that cannot be embedded because blobs are off
+        self.folder_warning = ""  # the served version's folder is gone or holds another model (``_watch_served``)
+        self.folder_warning_version = ""  # the version ``folder_warning`` is about
+        self._folder_seen = ("", "")  # (served version, its folder's fingerprint) when ``_watch_served`` last looked
         # Held by Ingest while it commits and adds to the serving index (via ``writing``), by SubmitLabels,
         # and by the swap. Only this class takes it.
         self._write_lock = threading.Lock()
@@ -223,7 +253,8 @@ class ModelManager:
         cannot be embedded, repairs made at start."""
         cur = self.current
         cur_no = -1 if cur is None else (version_number(cur.version) or 0)
-        out = [w for w in (self.warning, *self.notices) if w]
+        folder = self.folder_warning if cur is not None and self.folder_warning_version == cur.version else ""
+        out = [w for w in (self.warning, folder, *self.notices) if w]
         serving = "no version is served" if cur is None else f"{cur.version} keeps serving"
         out += [f"{why} ({serving}; fix or replace the folder, or publish a new version)"
                 for name, why in sorted(self.failed.items()) if (version_number(name) or 0) > cur_no]
@@ -292,7 +323,9 @@ class ModelManager:
         return Embedder(self.registry / version, manifest, self.batch_size, self.use_cuda)
 
     def _load(self, version: str, manifest: Manifest, embedder: Embedder | None = None) -> Serving:
-        """A version with its stored embeddings and persisted index (no re-embedding)."""
+        """A version with its stored embeddings and persisted index (no re-embedding), when its folder holds
+        the model that made them (``_made_by``); else without them (they are dropped: never mixed)."""
+        folder = self._fingerprint(version)
         emb = self._embedder(version, manifest) if embedder is None else embedder
         fixed = self.state.repair_embeddings(version, emb.dim)
         if fixed:
@@ -302,6 +335,21 @@ class ModelManager:
             self.notices.append(note)
             shutil.rmtree(self.index_dir / version, ignore_errors=True)  # the snapshot's rows are stale
         stored = self.state.load_embeddings(version, emb.dim, len(emb.classes))
+        other = self._made_by(version, emb, stored)
+        if other:
+            meanwhile = ("; until then Select and PriorLabels see only the samples embedded so far (`shortlist "
+                         "status` shows how many)") if self.current is None else ""
+            note = (f"{self.registry / version} holds another model ({short_fingerprint(model_fingerprint(manifest))}) "
+                    f"than the one that made the {len(stored.seqs)} embeddings stored for {version} ({other}): a "
+                    f"removed version's number was used again for another model; they were dropped, never mixed "
+                    f"with the folder's model's, and every sample is embedded again by it{meanwhile}")
+            log.warning(note)
+            self.notices.append(note)
+            self.state.drop_embeddings(version)
+            shutil.rmtree(self.index_dir / version, ignore_errors=True)
+            (self.map_dir / f"{version}.npz").unlink(missing_ok=True)  # a map of the other model's embeddings
+            stored = self.state.load_embeddings(version, emb.dim, len(emb.classes))
+        self.state.set_fingerprint(version, model_fingerprint(manifest))  # fills rows recorded without one
         if emb.rotation and stored.pretext is None and len(stored.seqs):
             stored.pretext = np.zeros(len(stored.seqs), np.float32)
         if emb.rotation and len(stored.seqs) == 0:
@@ -312,7 +360,92 @@ class ModelManager:
         log.info("loaded %s: %d rows (%d from the index snapshot)", version, idx.n, idx.loaded_from_snapshot)
         if self.on_classes is not None:
             self.on_classes(manifest)
-        return Serving(version, manifest, emb, idx)
+        return Serving(version, manifest, emb, idx, folder)
+
+    def _made_by(self, version: str, emb: Embedder, stored: StoredEmbeddings) -> str:
+        """"" when ``version``'s stored embeddings were made by the model its folder holds now (``emb``), or
+        there are none; else what made them (for the warning). A version number can name two models: a folder
+        removed, then another published under its number (a registry written before numbers were never
+        reused, or a copy made by hand). The model fingerprint recorded when the version was first embedded
+        says it; a row without one (written before fingerprints were recorded) is checked by embedding up to
+        ``PROBE_ROWS`` stored samples, spread over its rows, again: the same model gives the same vectors.
+        Without their payloads (--no-blobs) nothing can be compared, and the embeddings are kept, as before."""
+        if len(stored.seqs) == 0:
+            return ""
+        row = self.state.model_versions_full().get(version)
+        recorded = "" if row is None else row[3]
+        if recorded.startswith(MODEL_FINGERPRINT_PREFIX):
+            return "" if recorded == model_fingerprint(emb.manifest) else short_fingerprint(recorded)
+        rows = np.unique(np.linspace(0, len(stored.seqs) - 1, min(PROBE_ROWS, len(stored.seqs))).astype(int))
+        images, kept = [], []
+        blobs = self.blobs
+        for r in rows:
+            if blobs is None:  # --no-blobs: no payload kept
+                break
+            rec = self.state.record(int(stored.seqs[r]))
+            try:
+                images.append(decode_stored(rec.kind, blobs.get(rec.sha256), emb.manifest.preprocess,
+                                            self.max_pixels))
+                kept.append(r)
+            except (OSError, ValueError):  # payload missing or unreadable: that row cannot be compared
+                continue
+        if not kept:
+            log.warning("the %d embeddings stored for %s were recorded without the fingerprint of the model that "
+                        "made them and no stored payload is left to compare them with; kept as %s's", len(stored.seqs),
+                        version, version)
+            return ""
+        vecs = emb.embed(np.stack(images)).vecs
+        distance = float(np.linalg.norm(vecs - stored.vecs[np.array(kept)], axis=1).max())
+        if distance <= PROBE_DISTANCE:
+            return ""
+        log.info("%s: stored embeddings differ from its folder's model's by up to %.3f (L2, unit vectors) on %d "
+                 "samples", version, distance, len(kept))
+        return f"a model recorded without a fingerprint whose vectors differ by up to {distance:.2f}"
+
+    def _watch_served(self) -> None:
+        """Notice the served version's folder going or changing while the agent runs: the agent serves the
+        model it loaded (its onnxruntime session is in memory) with that model's embeddings, but a restart
+        could not load it again, or would load another model under the same name. One log line and a
+        GetStatus warning (``folder_warning``) while it lasts. Cheap when nothing changed (one listing of the
+        folder); a changed folder is hashed once per change."""
+        cur = self.current
+        if cur is None:
+            self.folder_warning = ""
+            return
+        now = self._fingerprint(cur.version)
+        if (cur.version, now) == self._folder_seen:
+            return
+        self._folder_seen = (cur.version, now)
+        where = self.registry / cur.version
+        warning = ""
+        if now == "missing":
+            warning = (f"the folder of {cur.version}, the version this agent serves, is gone from {self.registry} "
+                       f"(removed or renamed): {cur.version} keeps serving (its model is loaded), but a restart "
+                       "could not load it again and would serve the newest complete version left there, "
+                       "re-embedding every sample; put the folder back, or publish a new version (it is served "
+                       "as usual)")
+        elif now != cur.folder:
+            try:
+                manifest = check_version(where)
+            except ManifestError as e:
+                warning = (f"{where}, the folder of the version this agent serves, changed since it was loaded and "
+                           f"cannot be served any more ({e}): {cur.version} keeps serving the model it loaded; a "
+                           "restart would refuse it; put the folder back as it was, or publish a new version")
+            else:
+                theirs, ours = model_fingerprint(manifest), model_fingerprint(cur.manifest)
+                if theirs != ours:
+                    warning = (f"{where} now holds another model ({short_fingerprint(theirs)}) than the "
+                               f"{cur.version} this agent serves ({short_fingerprint(ours)}): a removed version's "
+                               f"number was used again (a folder copied by hand, or a publisher older than "
+                               f"version numbers that are never reused); {cur.version} keeps serving the model it "
+                               f"loaded, with its embeddings; a restart embeds every sample again with the folder's "
+                               f"model; to serve it now, restart the agent; to keep the served model, put its "
+                               f"folder back")
+        if warning and warning != self.folder_warning:
+            log.warning(warning)
+        elif self.folder_warning and not warning and self.folder_warning_version == cur.version:
+            log.info("the folder of %s, the version this agent serves, is as it was loaded again", cur.version)
+        self.folder_warning, self.folder_warning_version = warning, cur.version
 
     def _adopt_first(self, version: str, manifest: Manifest) -> None:
         """The first model: serve it at once; samples stored before it are embedded by ``check``."""
@@ -321,7 +454,7 @@ class ModelManager:
             self.current = serving
         self._saved_rows = serving.index.loaded_from_snapshot
         self.state.set_meta(SERVING_KEY, version)
-        self.state.set_model_version(version, "serving", serving.index.n)
+        self.state.set_model_version(version, "serving", serving.index.n, fingerprint=model_fingerprint(manifest))
 
     # ---- the background step ---------------------------------------------------------------------
     def _adopt_newest(self) -> None:
@@ -338,6 +471,7 @@ class ModelManager:
 
     def check(self) -> None:
         """Adopt/embed/swap as needed; called by the polling thread (and directly by tests)."""
+        self._watch_served()
         if self.current is None:
             self._adopt_newest()
         else:
@@ -377,6 +511,7 @@ class ModelManager:
             return None
         self._wake.clear()
         self._looked_at = time.monotonic()
+        self._watch_served()
         return self._newer_than(version)
 
     def _missing(self, index: VersionIndex) -> list[int]:
@@ -464,7 +599,7 @@ class ModelManager:
         if new is None:
             return False
         self._set_pending(version, new.index)
-        self.state.set_model_version(version, "pending", new.index.n)
+        self.state.set_model_version(version, "pending", new.index.n, fingerprint=model_fingerprint(manifest))
         self._drop_stale(keep={version})  # e.g. a version abandoned before a restart
         newer: list[Newer] = []
 
@@ -509,11 +644,11 @@ class ModelManager:
         with self._write_lock:  # no Ingest adds rows under the old name meanwhile
             old = self.current
             assert old is not None
-            self.state.rename_version(old.version, version, old.index.n)
+            self.state.rename_version(old.version, version, old.index.n, model_fingerprint(manifest))
             index = old.index
             index.version = version
             with self._view_lock:
-                self.current = Serving(version, manifest, emb, index)
+                self.current = Serving(version, manifest, emb, index, self._fingerprint(version))
             self.unembeddable[version] = self.unembeddable.pop(old.version, {})
         if self.on_classes is not None:
             self.on_classes(manifest)

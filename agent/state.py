@@ -14,7 +14,11 @@ Tables:
                    others, agent.core.SELECTIONS_KEPT)
     queues         labelling queues (GetQueue / UpdateQueue; the web app's Queue page): name -> JSON body
     model_versions name, status (serving|pending|retired|superseded|failed), embedded count, error (why refused),
-                   updated, fingerprint (of the refused folder, so it is looked at again only when changed)
+                   updated, fingerprint: of a refused version its folder's (names, sizes, mtimes: the folder is
+                   looked at again only when it changes); of a version embedded or served the model's
+                   (``model:<sha256>``, shortlist.manifest.model_fingerprint), which the stored embeddings were
+                   made by; '' when unknown (rows written before it was recorded: agent/models.py compares
+                   their embeddings with the folder's model when it loads them)
     meta           key/value
 
 Schema version: ``PRAGMA user_version`` holds ``SCHEMA_VERSION``. Opening a folder written by an older
@@ -629,15 +633,16 @@ class State:
             self._db.execute("DELETE FROM embeddings WHERE version=?", (version,))
             self._put_model_version(version, status, 0, error)
 
-    def rename_version(self, old: str, new: str, embedded: int) -> None:
-        """Serve ``new`` with ``old``'s embeddings (the same model under another name: a rollback's copy):
-        the rows move to ``new``, it becomes the served version and ``old`` is retired, in one transaction,
-        so a crash leaves either ``old`` served with its rows or ``new`` served with them."""
+    def rename_version(self, old: str, new: str, embedded: int, fingerprint: str) -> None:
+        """Serve ``new`` with ``old``'s embeddings (the same model under another name: a rollback's copy;
+        ``fingerprint`` its model's): the rows move to ``new``, it becomes the served version and ``old`` is
+        retired, in one transaction, so a crash leaves either ``old`` served with its rows or ``new`` served
+        with them."""
         with self._lock, self._transaction():
             self._db.execute("DELETE FROM embeddings WHERE version=?", (new,))
             self._db.execute("UPDATE embeddings SET version=? WHERE version=?", (new, old))
             self._set_meta(SERVING_KEY, new)
-            self._put_model_version(new, "serving", embedded)
+            self._put_model_version(new, "serving", embedded, fingerprint=fingerprint)
             self._put_model_version(old, "retired", 0)
 
     def set_serving(self, version: str, embedded: int) -> None:
@@ -699,16 +704,26 @@ class State:
         return [(s, json.loads(req), json.loads(res), v) for s, req, res, v in rows]
 
     def set_model_version(self, name: str, status: str, embedded: int, error: str = "",
-                          fingerprint: str = "") -> None:
+                          fingerprint: str | None = None) -> None:
+        """Write ``name``'s model_versions row; ``fingerprint`` None keeps the one it has ('' for a new row)."""
         with self._lock, self._transaction():
             self._put_model_version(name, status, embedded, error, fingerprint)
 
     def _put_model_version(self, name: str, status: str, embedded: int, error: str = "",
-                           fingerprint: str = "") -> None:
-        """Write ``name``'s model_versions row (call with the lock held, inside a transaction)."""
+                           fingerprint: str | None = None) -> None:
+        """Write ``name``'s model_versions row (call with the lock held, inside a transaction); ``fingerprint``
+        None keeps the row's."""
+        if fingerprint is None:
+            row = self._db.execute("SELECT fingerprint FROM model_versions WHERE name=?", (name,)).fetchone()
+            fingerprint = "" if row is None else str(row[0])
         self._db.execute(
             "INSERT OR REPLACE INTO model_versions(name, status, embedded, error, updated, fingerprint) "
             "VALUES (?,?,?,?,?,?)", (name, status, embedded, error, time.time(), fingerprint))
+
+    def set_fingerprint(self, name: str, fingerprint: str) -> None:
+        """Set ``name``'s recorded fingerprint (nothing when it has no row)."""
+        with self._lock, self._transaction():
+            self._db.execute("UPDATE model_versions SET fingerprint=? WHERE name=?", (fingerprint, name))
 
     def model_versions(self) -> dict[str, tuple[str, int, str]]:
         """name -> (status, embedded, error)."""

@@ -433,14 +433,38 @@ def publish(registry: Path, staging: Path) -> str:
     raise RuntimeError("could not find a free version number")
 
 
+def _model_identity(m: Manifest) -> dict[str, Any]:
+    """What decides the outputs a version computes (``same_model``, ``model_fingerprint``)."""
+    pre = m.preprocess
+    return {"files": dict(sorted(m.files.items())), "input_name": m.input_name, "outputs": list(m.outputs),
+            "embedding_dim": m.embedding_dim, "classes": list(m.classes or []),
+            "preprocess": {"size": [int(v) for v in pre.size], "mean": [float(v) for v in pre.mean],
+                           "std": [float(v) for v in pre.std], "interpolation": pre.interpolation}}
+
+
 def same_model(a: Manifest, b: Manifest) -> bool:
     """Whether two versions compute the same outputs for every image: the same files (sha256), the same
     preprocessing, outputs, input, embedding size and classes. A republished copy (a rollback) is the same
     model as its source; the agent reuses the served version's embeddings for it instead of re-embedding
     the pool, and ``shortlist models rollback`` refuses to publish a copy of what is already served."""
-    return (a.files == b.files and a.preprocess == b.preprocess and a.outputs == b.outputs
-            and a.input_name == b.input_name and a.embedding_dim == b.embedding_dim
-            and (a.classes or []) == (b.classes or []))
+    return _model_identity(a) == _model_identity(b)
+
+
+MODEL_FINGERPRINT_PREFIX = "model:"
+
+
+def model_fingerprint(m: Manifest) -> str:
+    """``model:<sha256>`` of what ``same_model`` compares (the files' sha256, preprocessing, outputs, input,
+    embedding size, classes): equal exactly when ``same_model`` is true. The agent records it with the
+    embeddings it stores for a version (model_versions.fingerprint), so a folder that holds another model
+    under a name it has embeddings for is never given them (agent/models.py)."""
+    text = json.dumps(_model_identity(m), sort_keys=True, separators=(",", ":"))
+    return MODEL_FINGERPRINT_PREFIX + hashlib.sha256(text.encode()).hexdigest()
+
+
+def short_fingerprint(fingerprint: str) -> str:
+    """A model fingerprint for people: its first 12 hex digits."""
+    return fingerprint.removeprefix(MODEL_FINGERPRINT_PREFIX)[:12]
 
 
 def republish(registry: Path, version: str) -> str:

@@ -12,10 +12,12 @@ import pytest
 from agent.testing import publish_linear
 from shortlist.manifest import (
     HIGH_WATER_NAME,
+    Preprocess,
     RegistryError,
     check_version,
     high_water,
     list_versions,
+    model_fingerprint,
     republish,
     same_model,
 )
@@ -73,3 +75,18 @@ def test_concurrent_publishers_get_distinct_numbers_and_the_mark_the_highest(tmp
         t.join()
     assert sorted(got) == [f"v{n:04d}" for n in range(2, 10)]
     assert high_water(models) == 9
+
+
+def test_the_model_fingerprint_is_equal_exactly_for_the_same_model(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    publish_linear(models, size=SIZE, seed=0)
+    publish_linear(models, size=SIZE, seed=1)
+    copy = republish(models, "v0001")
+    a, b, c = (check_version(models / v) for v in ("v0001", "v0002", copy))
+    assert model_fingerprint(a) == model_fingerprint(c) and same_model(a, c)  # a rollback's copy: the same model
+    assert model_fingerprint(a) != model_fingerprint(b) and not same_model(a, b)
+    a.preprocess = Preprocess(size=(8, 8), mean=(0, 0, 0), std=(1, 1, 1))
+    c.preprocess = Preprocess(size=(8, 8), mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    assert model_fingerprint(a) == model_fingerprint(c) and same_model(a, c)
+    c.classes = ["x"]
+    assert model_fingerprint(a) != model_fingerprint(c) and not same_model(a, c)
