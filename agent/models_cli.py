@@ -1,12 +1,18 @@
-"""``shortlist models``: what a model registry holds, and putting an older version back in service.
+"""``shortlist models``: what a model registry holds, putting an older version back in service, and removing
+old versions.
 
 The agent serves the newest complete version of its ``--models`` folder (agent/models.py), so a rollback
 is a republish: ``shortlist.manifest.republish`` copies the chosen version, hashes checked, under the next
 version number, atomically; the agent re-embeds the pool with it and swaps as for any new version (at once,
 with the served embeddings, when the copy is the same model as the served one), abandoning a version it was
-embedding meanwhile. Version numbers only grow, and every version ever served stays in the folder to go
-back to. A copy that would change nothing (of the newest complete version, or of what the agent serves
-while it moves to no other) is refused: re-embedding a pool with an identical model can take hours.
+embedding meanwhile. Version numbers only grow, never reused even when folders are removed (the registry's
+high-water mark, shortlist.manifest.publish). A copy that would change nothing (of the newest complete
+version, or of what the agent serves while it moves to no other) is refused: re-embedding a pool with an
+identical model can take hours.
+
+``prune`` removes old versions: all complete versions but the newest ``--keep`` and the ones the agent serves
+or is embedding, each atomically (shortlist.manifest.remove_version). Safe because their numbers are never
+used again: an agent's stored embeddings stay tied to the model that made them.
 """
 
 from __future__ import annotations
@@ -27,17 +33,22 @@ from shortlist.manifest import (
     ManifestError,
     RegistryError,
     check_version,
+    clear_trash,
+    highest_published,
     list_versions,
     newest_complete,
     read_complete,
     registry_mistake,
+    remove_version,
     republish,
     same_model,
+    version_name,
     version_number,
 )
 from shortlist.v1 import agent_pb2
 
-models_app = typer.Typer(no_args_is_help=True, help="The model registry: list its versions, roll back to one.")
+models_app = typer.Typer(no_args_is_help=True, help="The model registry: list its versions, roll back to one, "
+                         "remove old ones.")
 
 ModelsOpt = typer.Option(..., "--models", help="the registry folder (what `shortlist serve --models` serves)")
 
@@ -109,6 +120,16 @@ def list_command(models: Path = ModelsOpt,
     out.print(f"newest complete: {newest[-1]} (what an agent serving this folder serves; `shortlist status` says "
               "which it serves now)" if newest else "no complete version: an agent serving this folder has no model",
               highlight=False)
+    out.print(_next_version(models), markup=False, highlight=False)
+
+
+def _next_version(models: Path) -> str:
+    """The sentence saying which number the next version published in ``models`` gets."""
+    try:
+        nxt = version_name(highest_published(models) + 1)
+    except RegistryError as e:
+        return f"the next version cannot be published: {e}"
+    return f"next version published here: {nxt} (the number of a removed version is never used again)"
 
 
 @models_app.command("rollback")
@@ -215,3 +236,95 @@ def _taken_up(st: agent_pb2.Status, new: str, registry: Path) -> tuple[str, str]
                         "when)")
     return "not_taken_up", (f"has not taken it up: is {registry} the folder it serves (`shortlist serve "
                             "--models`)?")
+
+
+@models_app.command("prune")
+@agent_options
+def prune(agent: AgentTarget,
+          models: Path = ModelsOpt,
+          keep: int = typer.Option(..., "--keep", min=1, help="how many of the newest complete versions to keep"),
+          dry_run: bool = typer.Option(False, "--dry-run", help="say what would be removed; remove nothing"),
+          as_json: bool = typer.Option(False, "--json", help="the outcome as one JSON object on stdout")) -> None:
+    """Remove old versions: every complete version but the newest KEEP and the ones the agent (--agent, when it
+    answers) serves or is embedding the pool with. The newest complete version is always kept; folders that are
+    not complete (broken, or still being copied) are left alone. Each folder is first renamed to a hidden
+    trash name (at once out of the registry: no agent loads it), then deleted. Their numbers are never used
+    again, so an agent never takes a removed model's embeddings for a new one. Exit 1 when a folder could not
+    be removed (the others are), 2 for a bad option."""
+    if not models.is_dir():
+        if as_json:
+            print(json_line({"error": _not_a_registry(models), "removed": []}))
+        else:
+            typer.echo(_not_a_registry(models), err=True)
+        raise typer.Exit(2)
+    rows = version_rows(models)
+    complete = [r["version"] for r in rows if r["complete"]]
+    newest = "the newest complete version" if keep == 1 else f"one of the newest {keep} complete versions"
+    why: dict[str, str] = {v: newest for v in complete[-keep:]}
+    outcome: dict[str, Any] = {"registry": str(models), "dry_run": dry_run}
+    try:
+        st = agent.connect().GetStatus(agent_pb2.GetStatusRequest())
+    except (client.AgentUnavailable, grpc.RpcError) as e:
+        said = client.detail(e) if isinstance(e, grpc.RpcError) else str(e)
+        outcome["agent"] = {"address": agent.address, "error": said}
+        notes = [f"no agent answered at {agent.address} ({said}): kept the newest {keep} complete versions only; "
+                 "an agent serving an older one from this folder keeps serving it, warns, and after a restart serves "
+                 "the newest (give --agent HOST:PORT of the agent serving this folder to keep what it serves)"]
+    else:
+        outcome["agent"] = {"address": agent.address, "serving": st.model_version,
+                            "embedding": st.pending_model_version}
+        notes = []
+        for version, doing in ((st.model_version, "serves it"), (st.pending_model_version, "is embedding the pool "
+                                                                                           "with it")):
+            if version in complete and version not in why:
+                why[version] = f"the agent at {agent.address} {doing}"
+    removable = [v for v in complete if v not in why]
+    left = [{"version": r["version"], "problem": r["problem"]} for r in rows if not r["complete"]]
+    removed: list[str] = []
+    errors: list[str] = []
+    freed = 0
+    if not dry_run:
+        try:
+            clear_trash(models)  # what an interrupted prune left
+        except OSError as e:
+            errors.append(f"could not delete a trash folder an earlier prune left: {e}")
+        for version in removable:
+            try:
+                freed += remove_version(models, version)
+            except (OSError, RegistryError, ValueError) as e:
+                errors.append(f"{version} was not removed: {e}")
+            else:
+                removed.append(version)
+    outcome.update({"kept": sorted(why, key=lambda v: version_number(v) or 0), "kept_because": why,
+                    "removed": removable if dry_run else removed, "freed_bytes": freed, "left": left,
+                    "errors": errors})
+    try:
+        outcome["next_version"] = version_name(highest_published(models) + 1)
+    except RegistryError as e:
+        errors.append(str(e))
+    if as_json:
+        print(json_line(outcome))
+    else:
+        out = Console()
+        gone = outcome["removed"]
+        if not gone:
+            out.print(f"nothing to remove from {models}", markup=False, highlight=False)
+        elif dry_run:
+            out.print(f"would remove {', '.join(gone)} from {models} (--dry-run: nothing removed)", markup=False,
+                      highlight=False)
+        else:
+            out.print(f"removed {', '.join(gone)} from {models} ({freed / 1e6:.1f} MB)", markup=False,
+                      highlight=False)
+        for version in outcome["kept"]:
+            out.print(f"kept {version}: {why[version]}", markup=False, highlight=False)
+        for r in left:
+            out.print(f"left {r['version']} alone: not complete ({r['problem']}); remove it by hand if it is not being "
+                      "copied", markup=False, highlight=False)
+        for line in notes:
+            out.print(line, markup=False, highlight=False)
+        if not errors:
+            out.print(_next_version(models), markup=False, highlight=False)
+        for error in errors:
+            typer.echo(error, err=True)
+    if errors:
+        raise typer.Exit(1)

@@ -12,6 +12,7 @@ Registry layout (a folder, ``--models M``)::
       .tmp-v0002-1234/       a publish in progress: never loaded (starts with a dot)
       .last-version          the highest version number ever published here (``v0002``): the high-water mark
       .publish.lock          taken (flock) while a version number is chosen and published
+      .trash-v0001-...       a version being removed (``remove_version``): never loaded (starts with a dot)
 
 A version is *complete* when its folder name matches ``v<digits>``, holds a valid ``manifest.json`` and
 every file the manifest lists (plain names inside the folder, never leaving the registry through a
@@ -26,7 +27,8 @@ hand): ``publish`` takes ``.publish.lock``, picks one more than both the highest
 staging folder, so the mark is on disk before any folder of that number exists. A crash between the two burns a
 number (a gap), never reuses one. An agent keys the embeddings it stores by version name, so a reused name
 would let it take the embeddings of a removed model for a new one (it also checks each version's
-``model_fingerprint``: agent/models.py).
+``model_fingerprint``: agent/models.py). So removing old versions that no agent serves is safe
+(``remove_version``; ``shortlist models prune``).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import itertools
 import json
 import os
 import re
+import shutil
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -51,6 +54,7 @@ ONNX_NAME = "encoder.onnx"
 TORCHSCRIPT_NAME = "encoder.ts"
 HIGH_WATER_NAME = ".last-version"  # the highest version number ever published in the registry
 PUBLISH_LOCK_NAME = ".publish.lock"
+TRASH_PREFIX = ".trash-"  # a version folder being removed
 VERSION_RE = re.compile(r"^v(\d+)$")
 MANIFEST_FORMAT = 1
 
@@ -402,6 +406,40 @@ def note_high_water(registry: Path) -> int:
         return number
 
 
+def remove_version(registry: Path, version: str) -> int:
+    """Remove the folder of ``version`` from ``registry`` atomically; returns the bytes it held. The high-water
+    mark is made to cover it first, so its number is never used again; then it is renamed to a hidden trash
+    name (at once out of the registry: nothing loads a name that starts with a dot), the rename made durable,
+    and deleted. OSError when the rename fails (nothing changed); when the deletion fails the folder is already
+    out of the registry, and the error names its trash folder to delete by hand (``clear_trash`` retries)."""
+    if version_number(version) is None:
+        raise ValueError(f"{version} is not a version folder name (v<digits>)")
+    source = registry / version
+    if not source.is_dir() or source.is_symlink():
+        raise FileNotFoundError(f"{source} is not a version folder")
+    size = sum(p.lstat().st_size for p in source.rglob("*") if p.is_file() and not p.is_symlink())
+    note_high_water(registry)
+    trash = registry / f"{TRASH_PREFIX}{version}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    os.rename(source, trash)
+    fsync_path(registry)
+    try:
+        shutil.rmtree(trash)
+    except OSError as e:
+        raise OSError(e.errno, f"{version} is out of the registry, but its folder {trash} could not be deleted "
+                      f"({e.strerror or e}): delete it by hand") from None
+    return size
+
+
+def clear_trash(registry: Path) -> list[str]:
+    """Delete what an interrupted ``remove_version`` left (``.trash-*`` folders); returns their names."""
+    gone = []
+    for p in registry.iterdir() if registry.is_dir() else ():
+        if p.name.startswith(TRASH_PREFIX) and p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+            gone.append(p.name)
+    return gone
+
+
 def publish(registry: Path, staging: Path) -> str:
     """Atomically move a fully written ``staging`` folder (inside ``registry``) to the next version.
 
@@ -473,7 +511,6 @@ def republish(registry: Path, version: str) -> str:
     grow). The source must be complete with its recorded hashes (ManifestError says why not); the copy's
     manifest says ``republished_from`` and when it was made. Returns the new version name."""
     import datetime as dt
-    import shutil
 
     source = registry / version
     manifest = check_version(source, verify_hashes=True)

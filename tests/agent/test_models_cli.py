@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import time
 from pathlib import Path
@@ -17,7 +18,15 @@ from agent.models import ModelManager
 from agent.models_cli import _taken_up
 from agent.testing import linear_encoder, publish_linear, publish_model
 from shortlist.cli import app
-from shortlist.manifest import HIGH_WATER_NAME, PUBLISH_LOCK_NAME, Manifest, Preprocess, check_version, republish
+from shortlist.manifest import (
+    HIGH_WATER_NAME,
+    PUBLISH_LOCK_NAME,
+    Manifest,
+    Preprocess,
+    check_version,
+    list_versions,
+    republish,
+)
 from shortlist.v1 import agent_pb2
 from tests.agent.conftest import CLASSES, SIZE, Running, make_samples, start
 
@@ -59,6 +68,7 @@ def test_rollback_serves_a_copy_of_an_older_version_and_list_shows_why_a_folder_
     assert "not JSON" in rows[2]["problem"] and rows[0]["classes"] == CLASSES
     table = runner.invoke(app, ["models", "list", "--models", str(models)])
     assert table.exit_code == 0 and "newest complete: v0002" in said(table.stdout)
+    assert "next version published here: v0004" in said(table.stdout)  # after the hand-made v0003
 
     back = runner.invoke(app, ["models", "rollback", "v0001", "--models", str(models), "--agent", running.address,
                                "--json"])
@@ -254,9 +264,82 @@ def test_a_training_run_or_image_folder_given_as_the_registry_is_said_to_be_one(
         r.stop()
 
 
+def _publish_unloadable(models: Path) -> str:
+    """A complete version (hashes right) whose graph disagrees with its manifest: refused when loaded."""
+    model = linear_encoder(SIZE, 16)
+    model.graph.output[0].type.tensor_type.shape.dim[1].dim_value = 8
+    return publish_model(models, model, Preprocess(size=SIZE))
+
+
+def test_prune_keeps_the_newest_and_what_the_agent_serves_and_no_number_is_used_again(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    publish_linear(models, size=SIZE, dim=16, seed=0)
+    r = start(tmp_path / "data", models)
+    try:
+        r.stub.Ingest(iter([agent_pb2.IngestRequest(samples=make_samples(6))]))
+        publish_linear(models, size=SIZE, dim=16, seed=1)
+        _serving(r, "v0002")
+        _publish_unloadable(models)  # v0003 and v0004: complete, refused: v0002 keeps serving
+        _publish_unloadable(models)
+        deadline = time.monotonic() + 20
+        while not any(w.startswith("v0004 ") for w in r.stub.GetStatus(agent_pb2.GetStatusRequest()).warnings):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        (models / "v0005").mkdir()  # not complete (being copied?): left alone
+        args = ["models", "prune", "--models", str(models), "--keep", "1", "--agent", r.address]
+        dry = runner.invoke(app, [*args, "--dry-run", "--json"])
+        assert dry.exit_code == 0, dry.output
+        out = json.loads(dry.stdout)
+        assert out["removed"] == ["v0001", "v0003"] and out["kept"] == ["v0002", "v0004"] and out["dry_run"]
+        assert "serves it" in out["kept_because"]["v0002"] and out["left"][0]["version"] == "v0005"
+        assert list_versions(models) == ["v0001", "v0002", "v0003", "v0004", "v0005"]  # nothing removed
+
+        real = runner.invoke(app, args)
+        assert real.exit_code == 0, real.output
+        words = said(real.stdout)
+        assert "removed v0001, v0003 from" in words and f"kept v0002: the agent at {r.address} serves it" in words
+        assert "left v0005 alone: not complete" in words and "next version published here: v0006" in words
+        assert list_versions(models) == ["v0002", "v0004", "v0005"]
+        assert not [p for p in models.iterdir() if p.name.startswith(".trash-")]
+        st = r.stub.GetStatus(agent_pb2.GetStatusRequest())
+        assert st.model_version == "v0002" and not [w for w in st.warnings if "is gone" in w], st.warnings
+        shutil.rmtree(models / "v0005")
+        assert publish_linear(models, size=SIZE, dim=16, seed=3) == "v0006"  # never a removed number
+        _serving(r, "v0006")
+    finally:
+        r.stop()
+
+
 def test_the_run_files_are_those_training_writes() -> None:
     """shortlist.manifest.RUN_FILES names training's files without importing training (torch)."""
     loop = pytest.importorskip("training.loop")
     from shortlist.manifest import RUN_FILES
 
     assert set(RUN_FILES) == {loop.CHECKPOINT, loop.ENCODER, loop.CONFIG}
+
+
+def test_prune_without_an_agent_keeps_the_newest_and_says_so(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    for seed in range(4):
+        publish_linear(models, size=SIZE, dim=16, seed=seed)
+    leftover = models / ".trash-v0000-1-abcdef01"  # what a prune interrupted after its rename leaves
+    leftover.mkdir()
+    (leftover / "encoder.onnx").write_bytes(b"x")
+    bad = runner.invoke(app, ["models", "prune", "--models", str(models), "--keep", "0"])
+    assert bad.exit_code == 2 and list_versions(models) == ["v0001", "v0002", "v0003", "v0004"]
+    result = runner.invoke(app, ["models", "prune", "--models", str(models), "--keep", "2", "--json",
+                                 "--agent", f"127.0.0.1:{_free_port()}", "--connect-timeout", "0.5"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["removed"] == ["v0001", "v0002"] and out["kept"] == ["v0003", "v0004"] and out["freed_bytes"] > 0
+    assert out["agent"]["error"] and out["next_version"] == "v0005"
+    assert list_versions(models) == ["v0003", "v0004"] and not leftover.exists()
+    again = runner.invoke(app, ["models", "prune", "--models", str(models), "--keep", "1",
+                                "--agent", f"127.0.0.1:{_free_port()}", "--connect-timeout", "0.5"])
+    assert again.exit_code == 0 and "no agent answered" in said(again.stdout)
+    assert list_versions(models) == ["v0004"]
+    for _ in range(2):  # the newest is never removed
+        assert runner.invoke(app, ["models", "prune", "--models", str(models), "--keep", "1", "--agent",
+                                   f"127.0.0.1:{_free_port()}", "--connect-timeout", "0.5"]).exit_code == 0
+    assert list_versions(models) == ["v0004"]
+    assert publish_linear(models, size=SIZE, dim=16, seed=9) == "v0005"

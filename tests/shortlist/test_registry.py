@@ -15,9 +15,11 @@ from shortlist.manifest import (
     Preprocess,
     RegistryError,
     check_version,
+    clear_trash,
     high_water,
     list_versions,
     model_fingerprint,
+    remove_version,
     republish,
     same_model,
 )
@@ -90,3 +92,27 @@ def test_the_model_fingerprint_is_equal_exactly_for_the_same_model(tmp_path: Pat
     assert model_fingerprint(a) == model_fingerprint(c) and same_model(a, c)
     c.classes = ["x"]
     assert model_fingerprint(a) != model_fingerprint(c) and not same_model(a, c)
+
+
+def test_remove_version_is_out_of_the_registry_at_once_and_its_number_covered(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A registry written before the mark existed: removing its newest folder still never frees that number;
+    a deletion that fails after the rename leaves a trash folder no agent loads, which clear_trash deletes."""
+    models = tmp_path / "models"
+    for seed in range(3):
+        publish_linear(models, size=SIZE, seed=seed)
+    (models / HIGH_WATER_NAME).unlink()
+    assert remove_version(models, "v0001") > 0
+    assert high_water(models) == 3 and list_versions(models) == ["v0002", "v0003"]
+
+    def fail(path: object, *args: object, **kw: object) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("shortlist.manifest.shutil.rmtree", fail)
+    with pytest.raises(OSError, match=r"v0003 is out of the registry.*\.trash-v0003-.*delete it by hand"):
+        remove_version(models, "v0003")
+    monkeypatch.undo()
+    assert list_versions(models) == ["v0002"]
+    assert [p.name.startswith(".trash-v0003-") for p in models.iterdir() if p.name.startswith(".trash")] == [True]
+    assert len(clear_trash(models)) == 1 and not [p for p in models.iterdir() if p.name.startswith(".trash")]
+    assert publish_linear(models, size=SIZE, seed=9) == "v0004"
