@@ -18,15 +18,15 @@ newest *good* version is adopted, so a broken newest version never hides a good 
 A sample whose stored payload cannot be read or decoded is left out of a version's index and reported
 (``unembeddable``) instead of holding a swap back; re-ingesting the same payload repairs it.
 
-One name, one model: embeddings are stored under a version's name, and a name can come to hold another model
-(its folder removed, then another put there: a copy by hand, or a publisher from before version numbers were
-never reused). So the model fingerprint (shortlist.manifest.model_fingerprint) is recorded with a version's
-row when it is first embedded or served, and stored embeddings are used only by the model that made them
-(``_made_by``): a folder that holds another model now has them dropped and the pool embedded again with it
-(at start, or when a pending version resumes). Rows without a fingerprint (written before it was recorded)
-are checked by embedding a few stored samples again. While the agent runs it serves the model it loaded
-(onnxruntime holds it in memory) with that model's embeddings; ``_watch_served`` warns when the served
-folder is removed or comes to hold another model, which a restart would then re-embed with.
+One name, one model: embeddings are stored under a version's name, and a name can come to hold another
+model (its folder removed, then another put there: a copy by hand, or a publish by an older shortlist, which
+reused the numbers of removed versions). So the model fingerprint (shortlist.manifest.model_fingerprint) is
+recorded with a version's row when it is first embedded or served, and stored embeddings are used only by the
+model that made them (``_made_by``): a folder that holds another model now has them dropped and the pool
+embedded again with it (at start, or when a pending version resumes). Rows without a fingerprint (written
+before it was recorded) are checked by embedding a few stored samples again. While the agent runs it serves
+the model it loaded (onnxruntime holds it in memory) with that model's embeddings; ``_watch_served`` warns
+when the served folder is removed or comes to hold another model, which a restart would then re-embed with.
 """
 
 from __future__ import annotations
@@ -436,11 +436,11 @@ class ModelManager:
                 if theirs != ours:
                     warning = (f"{where} now holds another model ({short_fingerprint(theirs)}) than the "
                                f"{cur.version} this agent serves ({short_fingerprint(ours)}): a removed version's "
-                               f"number was used again (a folder copied by hand, or a publisher older than "
-                               f"version numbers that are never reused); {cur.version} keeps serving the model it "
-                               f"loaded, with its embeddings; a restart embeds every sample again with the folder's "
-                               f"model; to serve it now, restart the agent; to keep the served model, put its "
-                               f"folder back")
+                               f"number was used again (a folder copied by hand, or published by an older "
+                               f"shortlist, which reused the numbers of removed versions); {cur.version} keeps "
+                               f"serving the model it loaded, with its embeddings; a restart embeds every sample "
+                               f"again with the folder's model; to serve it now, restart the agent; to keep the "
+                               f"served model, put its folder back")
         if warning and warning != self.folder_warning:
             log.warning(warning)
         elif self.folder_warning and not warning and self.folder_warning_version == cur.version:
