@@ -144,6 +144,9 @@ class AgentConfig:
     snapshot_s: float = 30.0  # seconds between index snapshots
     background: bool = True  # run the model manager's polling thread (False: tests call check())
     min_free_bytes: int = 256 * MIB  # GetStatus warns when the data folder has less free space
+    # What opening state.sqlite verifies first: "full" (PRAGMA integrity_check), "quick" (quick_check: misses
+    # rows missing from an index) or "none" (agent/state.py, STATE_CHECKS)
+    state_check: str = "full"
     limits: Limits = field(default_factory=Limits)
     work: WorkConfig = field(default_factory=WorkConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)

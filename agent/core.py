@@ -268,7 +268,8 @@ class Agent:
         self.models = config.models
         allow_pixels(config.limits.max_pixels)
         try:
-            self.state = State(data_dir / "state.sqlite", None if config.classes is None else list(config.classes))
+            self.state = State(data_dir / "state.sqlite", None if config.classes is None else list(config.classes),
+                               check=config.state_check)
         except BaseException:
             self.folder_lock.release()
             raise

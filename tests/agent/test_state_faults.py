@@ -173,3 +173,96 @@ def test_embeddings_that_disagree_with_the_samples_are_repaired_at_start(tmp_pat
         assert len(sel.selected) == 20
     finally:
         r.stop()
+
+
+# ---- a damaged state.sqlite (a plain copy of a live folder, a bad disk) ----------------------------------------
+def small_state(path: Path, labelled: int = 4) -> list[int]:
+    """A state database with 10 samples, the first ``labelled`` labelled "cat"; their seqs."""
+    from agent.state import NewSample
+
+    s = State(path)
+    seqs = s.add_samples([NewSample(f"s{i}", "", {}, "image", f"{i:064x}") for i in range(10)])
+    s.class_index("cat")
+    s.add_labels([(q, 0) for q in seqs[:labelled]], "alice")
+    s.close()
+    return seqs
+
+
+def lose_index_rows(path: Path, seqs: list[int]) -> None:
+    """Label ``seqs`` behind the index labels_seq's back (its schema row removed meanwhile): the rows are in
+    the table but not in the index, the damage a `cp` of a live folder's state.sqlite + WAL most often has
+    (/work/explore-ops torn0: "row N missing from index labels_seq")."""
+    db = sqlite3.connect(path, isolation_level=None)
+    row = db.execute("SELECT type, name, tbl_name, rootpage, sql FROM sqlite_master WHERE name='labels_seq'").fetchone()
+    db.execute("PRAGMA writable_schema=ON")
+    db.execute("DELETE FROM sqlite_master WHERE name='labels_seq'")
+    db.close()
+    db = sqlite3.connect(path, isolation_level=None)
+    db.executemany("INSERT INTO labels(seq, class, annotator, time) VALUES (?, 0, 'bob', 0)", [(q,) for q in seqs])
+    db.execute("PRAGMA writable_schema=ON")
+    db.execute("INSERT INTO sqlite_master VALUES (?, ?, ?, ?, ?)", row)
+    db.close()
+
+
+def overwrite_page(path: Path, table: str) -> None:
+    """Fill the root page of ``table`` with garbage (what a torn copy or a bad sector leaves)."""
+    db = sqlite3.connect(path)
+    size = db.execute("PRAGMA page_size").fetchone()[0]
+    root = db.execute("SELECT rootpage FROM sqlite_master WHERE name=?", (table,)).fetchone()[0]
+    db.close()
+    with open(path, "r+b") as f:
+        f.seek((root - 1) * size)
+        f.write(b"\xa5" * size)
+
+
+def test_a_copy_whose_index_lost_rows_is_refused_where_quick_check_would_serve_it_short(tmp_path: Path) -> None:
+    from agent.state import StateCorruptError
+
+    path = tmp_path / "state.sqlite"
+    seqs = small_state(path)
+    lose_index_rows(path, seqs[4:])
+    with pytest.raises(StateCorruptError, match=r"state.sqlite is corrupt \(SQLite: row \d+ missing from index "
+                                                r"labels_seq.*restore it from a backup \(shortlist backup"):
+        State(path)
+    # why "full" is the default: quick_check finds nothing, and the labels read through the index come up short
+    s = State(path, check="quick")
+    try:
+        assert s.labeled_count() == 4 and sqlite3.connect(path).execute(
+            "SELECT COUNT(DISTINCT seq) FROM labels NOT INDEXED").fetchone()[0] == 10
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize("damage,check", [("page", "full"), ("page", "none"), ("header", "full"), ("index", "full")])
+def test_serve_refuses_a_corrupt_state_with_a_message_and_no_traceback(tmp_path: Path, damage: str,
+                                                                       check: str) -> None:
+    """A malformed state.sqlite (found by the start check, or by SQLite while the agent reads it with
+    --state-check none), a file that is no database, or one whose index lost rows (found by the check only):
+    one line saying so and what to do, exit 2, the file untouched (it printed a 60-line traceback ending in
+    `DatabaseError: database disk image is malformed`, or served the last one with labels missing)."""
+    from typer.testing import CliRunner
+
+    from shortlist.cli import app
+
+    data = tmp_path / "data"
+    data.mkdir()
+    path = data / "state.sqlite"
+    seqs = small_state(path)
+    if damage == "page":
+        overwrite_page(path, "samples")
+    elif damage == "index":
+        lose_index_rows(path, seqs[4:])
+    else:
+        with open(path, "r+b") as f:
+            f.write(b"not a database, not at all")
+    before = path.read_bytes()
+    out = CliRunner().invoke(app, ["serve", "--data-dir", str(data), "--models", str(tmp_path / "m"), "--port", "0",
+                                   "--state-check", check])
+    text = " ".join(out.output.split())  # rich wraps lines
+    why = {"page": "database disk image is malformed", "header": "file is not a database",
+           "index": "missing from index labels_seq"}[damage]
+    assert out.exit_code == 2, text
+    assert f"cannot start: {path} is corrupt (SQLite: " in text and why in text, text
+    assert 'restore it from a backup (shortlist backup, docs/agent.md "Backup and restore")' in text, text
+    assert "Traceback" not in text and len(out.output) < 800, out.output
+    assert path.read_bytes() == before
