@@ -94,6 +94,14 @@ MANUAL_SOURCE = "manual"  # ... of SubmitLabels without a source
 
 RETRACTED = -1  # labels.class of a retraction (RetractLabels)
 
+# PRAGMA journal_size_limit: once a checkpoint has copied the whole WAL into the database, the next commit
+# truncates the WAL file to this size. Without it the WAL keeps the size of its largest transaction until the
+# agent stops (92 MiB after dropping a retired version's embeddings from a 105 MiB folder, 105 MiB after an
+# outside VACUUM). Above the WAL's working size (the 1,000-page autocheckpoint: 3.9 MiB; 4.8 MiB at most while
+# a new version's embeddings are stored), so everyday commits never cut it:
+# scripts/experiments/wal_size_limit.py, docs/agent.md "Backup and restore".
+JOURNAL_SIZE_LIMIT = 16 * 1024 * 1024
+
 SCHEMA_VERSION = 3
 
 
@@ -271,6 +279,7 @@ class State:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.execute(f"PRAGMA journal_size_limit={int(JOURNAL_SIZE_LIMIT)}")
         t0 = time.monotonic()
         problems = check_database(self._db, check)
         if problems:

@@ -266,3 +266,31 @@ def test_serve_refuses_a_corrupt_state_with_a_message_and_no_traceback(tmp_path:
     assert 'restore it from a backup (shortlist backup, docs/agent.md "Backup and restore")' in text, text
     assert "Traceback" not in text and len(out.output) < 800, out.output
     assert path.read_bytes() == before
+
+
+def test_the_wal_is_cut_back_to_the_journal_size_limit_after_a_big_transaction(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A big transaction (a retired version's embeddings dropped, an outside VACUUM) grows the WAL; once it is
+    checkpointed, the next commit truncates it to JOURNAL_SIZE_LIMIT (it stayed at its largest size until the
+    agent stopped). Here with a 1 MiB limit and a ~6 MiB transaction."""
+    from agent import state as state_module
+    from agent.state import EmbeddingRows, NewSample
+
+    default = State(tmp_path / "default.sqlite")
+    assert default._db.execute("PRAGMA journal_size_limit").fetchone()[0] == state_module.JOURNAL_SIZE_LIMIT == 16 << 20
+    default.close()
+    monkeypatch.setattr(state_module, "JOURNAL_SIZE_LIMIT", 1 << 20)
+    path = tmp_path / "state.sqlite"
+    wal = tmp_path / "state.sqlite-wal"
+    s = State(path)
+    try:
+        seqs = s.add_samples([NewSample(f"s{i}", "", {}, "image", f"{i:064x}") for i in range(1500)])
+        s.add_embeddings(EmbeddingRows("v0001", 0, np.ones((1500, 1024), np.float32)), seqs)  # ~6 MiB, one commit
+        grown = wal.stat().st_size
+        s.class_index("cat")
+        s.add_labels([(seqs[0], 0)], "alice")  # the WAL was checkpointed after the big commit: this one restarts it
+        assert grown > 5 << 20 and wal.stat().st_size <= 1 << 20, (grown, wal.stat().st_size)
+        assert s.labeled_count() == 1
+    finally:
+        s.close()
+    assert State(path).labeled_count() == 1
