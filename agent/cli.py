@@ -160,7 +160,17 @@ def _status_dict(s: agent_pb2.Status) -> dict[str, Any]:
     return {"samples": s.samples, "labeled": s.labeled, "embedded": s.embedded, "model_version": s.model_version,
             "pending_model_version": s.pending_model_version, "pending_embedded": s.pending_embedded,
             "classes": list(s.classes), "classes_open": s.classes_open, "strategies": list(s.strategies),
-            "prior_methods": list(s.prior_methods), "warnings": list(s.warnings), "audit": audit_dict(s.audit)}
+            "prior_methods": list(s.prior_methods), "warnings": list(s.warnings), "audit": audit_dict(s.audit),
+            "agent_version": s.agent_version, "agent_commit": s.agent_commit, "schema_version": s.schema_version}
+
+
+def version_line(s: agent_pb2.Status) -> str:
+    """``shortlist status``'s line on which agent answers (an agent older than version reporting leaves it empty)."""
+    if not s.agent_version:
+        return "agent: version not reported (an agent older than version reporting; `shortlist --version` on its " \
+               "machine says which)"
+    commit = f" (commit {s.agent_commit})" if s.agent_commit else ""
+    return f"agent: shortlist {s.agent_version}{commit}, data folder schema version {s.schema_version}"
 
 
 def json_line(obj: Any) -> str:
@@ -969,7 +979,10 @@ def status(agent: AgentTarget, as_json: bool = JsonOpt) -> None:
         print(json_line(d))
         return
     out = Console()
+    out.print(version_line(s), markup=False, highlight=False)
     for k, v in d.items():
+        if k in ("agent_version", "agent_commit", "schema_version"):
+            continue
         if k == "warnings":  # one a line: each is a sentence (a version refused, a calibration warning, ...)
             out.print("warnings:" if v else "warnings: none", markup=False, highlight=False)
             for w in v:

@@ -51,6 +51,7 @@ from agent.strategies import LABEL_FREE, MODEL_FREE, STRATEGIES, get_strategy
 from agent.strategies.audit import AUDIT
 from shortlist.images import allow_pixels
 from shortlist.manifest import Manifest, registry_mistake
+from shortlist.version import git_commit, package_version
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +155,9 @@ class AgentStatus:
     audit: AuditReport = field(default_factory=AuditReport)
     classes_open: bool = True
     label_events: int = 0  # label rows ever stored: changes with every label change (Status.label_events)
+    agent_version: str = ""  # the package version, the git commit it runs from ("" if none), the folder's schema
+    agent_commit: str = ""
+    schema_version: int = 0
 
 
 def no_model_message(models: Path) -> str:
@@ -266,6 +270,7 @@ class Agent:
             work.cache_entries, work.cache_rows)
         self.data_dir = data_dir
         self.models = config.models
+        self.version = (package_version(), git_commit())  # GetStatus's agent_version, agent_commit
         allow_pixels(config.limits.max_pixels)
         try:
             self.state = State(data_dir / "state.sqlite", None if config.classes is None else list(config.classes),
@@ -887,7 +892,8 @@ class Agent:
             warnings=[w for w in [self.registry_warning(), *storage_warnings(self.data_dir, self.config.min_free_bytes),
                                   *self.manager.warnings(), self.class_warning(classes), self.calibration_warning()]
                       if w],
-            classes_open=not self.state.closed, label_events=self.state.label_event_count())
+            classes_open=not self.state.closed, label_events=self.state.label_event_count(),
+            agent_version=self.version[0], agent_commit=self.version[1], schema_version=self.state.schema_version())
 
     def calibration_warning(self) -> str:
         """GetStatus's hint while prior confidences cannot be trusted ("" otherwise, and before any

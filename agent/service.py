@@ -77,7 +77,9 @@ def status_message(st: AgentStatus) -> agent_pb2.Status:
                             prior_methods=st.prior_methods, classes=st.classes,
                             pending_model_version=st.pending_model_version, pending_embedded=st.pending_embedded,
                             warnings=st.warnings, audit=audit_message(st.audit),
-                            classes_open=st.classes_open, label_events=st.label_events)
+                            classes_open=st.classes_open, label_events=st.label_events,
+                            agent_version=st.agent_version, agent_commit=st.agent_commit,
+                            schema_version=st.schema_version)
 
 
 def queue_message(q: QueueData) -> agent_pb2.Queue:

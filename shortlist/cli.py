@@ -15,6 +15,27 @@ bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks: commands that pr
 app.add_typer(bench_app, name="bench")
 
 
+def _print_version(value: bool) -> None:
+    if not value:
+        return
+    from shortlist.version import version_text
+
+    try:  # the data folder schema this agent reads and writes (agent/state.py), when the agent is installed
+        from agent.state import SCHEMA_VERSION
+
+        schema: int | None = SCHEMA_VERSION
+    except ModuleNotFoundError:
+        schema = None
+    typer.echo(version_text(schema))
+    raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
+                                       help="print the version (and git commit, schema version) and exit")) -> None:
+    pass
+
+
 def _register() -> None:
     import importlib
 

@@ -744,3 +744,54 @@ def test_serve_refuses_class_names_that_cannot_be_classes(tmp_path: Path) -> Non
                                      "--classes", classes])
         assert result.exit_code == 2 and said in " ".join(result.output.replace("│", " ").split()), result.output
     assert not (tmp_path / "d").exists()  # refused before anything was made
+
+
+# ---- versions: `shortlist --version`, GetStatus, `shortlist status` ----------------------------------------
+def checkout_commit() -> str:
+    """The commit of the checkout the tests run from ("" when it is no git checkout)."""
+    from shortlist.version import ROOT
+
+    if not (ROOT / ".git").exists():
+        return ""
+    done = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
+    return done.stdout.strip() if done.returncode == 0 else ""
+
+
+def test_version_option_says_the_package_version_commit_and_schema() -> None:
+    from importlib.metadata import version
+
+    from agent.state import SCHEMA_VERSION
+
+    result = runner.invoke(app, ["--version"])
+    text = result.stdout.strip()
+    assert result.exit_code == 0 and text.startswith(f"shortlist {version('shortlist')}"), result.output
+    assert text.endswith(f", data folder schema version {SCHEMA_VERSION}") and "Traceback" not in result.output
+    commit = checkout_commit()
+    assert (f" (commit {commit[:12]})" in text) if commit else "commit" not in text, (text, commit)
+
+
+def test_status_reports_the_agents_version_and_its_folders_schema(running: Running,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from importlib.metadata import version
+
+    from agent.cli_options import AgentTarget
+    from agent.state import SCHEMA_VERSION
+
+    st = running.stub.GetStatus(agent_pb2.GetStatusRequest())
+    commit = checkout_commit()
+    assert (st.agent_version, st.schema_version) == (version("shortlist"), SCHEMA_VERSION)
+    assert st.agent_commit == commit[:12]
+    d = json.loads(run("status", "--agent", running.address, "--json"))
+    assert (d["agent_version"], d["agent_commit"], d["schema_version"]) == (version("shortlist"), commit[:12],
+                                                                            SCHEMA_VERSION)
+    human = run("status", "--agent", running.address).splitlines()
+    assert human[0] == f"agent: shortlist {version('shortlist')}" + (f" (commit {commit[:12]})" if commit else "") + \
+        f", data folder schema version {SCHEMA_VERSION}", human[:2]
+    assert not any(line.startswith(("agent_version", "schema_version")) for line in human)
+
+    class OldAgent:  # an agent from before these fields: they read empty
+        def GetStatus(self, request: agent_pb2.GetStatusRequest) -> agent_pb2.Status:
+            return agent_pb2.Status(samples=1)
+
+    monkeypatch.setattr(AgentTarget, "connect", lambda self: OldAgent())
+    assert run("status").splitlines()[0].startswith("agent: version not reported (an agent older than version")
