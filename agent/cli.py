@@ -1,4 +1,4 @@
-"""The agent's commands: ``shortlist serve | ingest | select | label | prior | status | export-labels`` and
+"""The agent's commands: ``shortlist serve | ingest | select | label | prior | status | export-labels | backup`` and
 ``shortlist bench agent``. No torch: these run with onnxruntime alone."""
 
 from __future__ import annotations
@@ -1041,6 +1041,57 @@ def export_labels(agent: AgentTarget,
         console.print(note, markup=False, highlight=False, style="yellow")
 
 
+# ---- shortlist backup ---------------------------------------------------------------------------------
+def backup(data_dir: Path = typer.Option(..., "--data-dir", help="the agent's data folder (served or not)"),
+           out: Path = typer.Option(..., "--out", help="the backup folder to create (must not exist)"),
+           copy_blobs: bool = typer.Option(False, "--copy-blobs",
+                                           help="copy the blobs even when --out is on their file system (by "
+                                                "default they are hard-linked there: no space used, but no "
+                                                "protection from a failure of that disk)"),
+           as_json: bool = JsonOpt) -> None:
+    """Back up a data folder while the agent serves it: a consistent copy of state.sqlite (SQLite's backup API)
+    and the blobs it refers to, checked and renamed into place at the end. Restore: `shortlist serve --data-dir
+    OUT` (docs/agent.md, "Backup and restore")."""
+    from agent.backup import BackupError, BackupUsageError
+    from agent.backup import backup as make_backup
+
+    try:
+        with _progress() as bar:
+            task = bar.add_task("blobs", total=None)
+            summary = make_backup(data_dir, out, link=not copy_blobs,
+                                  progress=lambda done, total: bar.update(task, completed=done, total=total))
+    except BackupUsageError as e:
+        console.print(f"[red]cannot back up[/red]: {escape(str(e))}", highlight=False)
+        raise typer.Exit(2) from None
+    except BackupError as e:
+        console.print(f"[red]backup failed[/red]: {escape(str(e))}", highlight=False)
+        raise typer.Exit(1) from None
+    if as_json:
+        print(json_line(summary.as_dict()))
+        return
+    versions = ", ".join(f"{name} {status}" for name, status in summary.versions.items()) or "none"
+    if not summary.blobs_kept:
+        blobs = "no blobs (the folder keeps no payloads: serve --no-blobs)"
+    else:
+        how = ", ".join(f"{n} {what}" for n, what in ((summary.blobs_linked, "hard-linked"),
+                                                     (summary.blobs_copied, "copied")) if n) or "none"
+        blobs = f"{summary.blobs} blobs ({how}; {summary.blob_bytes / MIB:.1f} MiB)"
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(summary.snapshot_time))
+    lines = [f"backed up {data_dir} to {out} in {summary.seconds:.1f} s: {summary.samples} samples, "
+             f"{summary.labelled} labelled ({summary.label_events} label events), {blobs}; model versions: "
+             f"{versions}; schema version {summary.schema_version}; integrity_check {summary.integrity}",
+             f"everything acknowledged before {when} is in it; restore: shortlist serve --data-dir {out} --models M "
+             "(the index is rebuilt from it at start)"]
+    for line in lines:
+        console.print(line, markup=False, highlight=False)
+    for what, digests in (("missing from", summary.missing_blobs), ("damaged in", summary.damaged_blobs)):
+        if digests:
+            console.print(f"warning: {len(digests)} blob(s) of its samples are {what} {data_dir / 'blobs'} (e.g. "
+                          f"{digests[0]}); they are not in the backup either, and the agent reports those samples "
+                          "as not embeddable; re-ingesting the same payloads repairs them", style="yellow",
+                          markup=False, highlight=False)
+
+
 # ---- shortlist bench agent ---------------------------------------------------------------------------
 def bench_agent(models: Path | None = typer.Option(None, "--models", help="registry to take the newest "
                                                    "version from (default: a ~0.2 GMAC CNN built here)"),
@@ -1082,6 +1133,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     app.command("prior", cls=_PriorHelp)(prior)
     app.command("status")(status)
     app.command("export-labels")(export_labels)
+    app.command("backup")(backup)
     app.command("web")(web)
     bench_app.command("agent")(bench_agent)
     from agent.models_cli import models_app

@@ -1,0 +1,238 @@
+"""``shortlist backup``: a consistent copy of an agent's data folder, made while the agent serves it.
+
+A plain ``cp`` of a live folder copies ``state.sqlite`` and its WAL at different moments: 3-4 of 30 such copies
+taken during labelling failed ``PRAGMA integrity_check`` (/work/explore-ops, D3). Here:
+
+1. ``state.sqlite`` through SQLite's online backup API (``sqlite3.Connection.backup``, all pages in one step,
+   so in one read transaction): the copy is the database as of one commit, every label and sample acknowledged
+   before the call included. The agent goes on writing meanwhile (a WAL reader blocks no writer).
+2. The blobs that copy refers to (``samples.sha256``), and only those: a blob written after step 1 belongs to
+   no sample of the copy. Hard links when the backup is on the blobs' file system (a blob file is never changed
+   in place: agent/blobs.py writes a new file and renames it), else copies, each checked against its sha256.
+3. ``PRAGMA integrity_check`` of the copy, every file and folder fsynced, and the temporary folder
+   (``.DEST.partial-PID`` beside DEST) renamed to DEST: DEST appears complete or not at all; an interrupted
+   backup leaves at most the partial folder, removed when the backup fails with an error.
+
+Not copied: the index snapshot (``D/index``) and the pool map (``D/map``): caches the agent rebuilds at start,
+the graph from the embeddings stored in state.sqlite (agent/index.py, ``VersionIndex.restore``: nothing is
+re-embedded) and the map in the background; ``agent.lock``, the WAL and its index (the copy is one file).
+A backup folder is a data folder: ``shortlist serve --data-dir DEST`` serves it (docs/agent.md, "Backup and
+restore"). Nothing in a data folder names an absolute path, so it can be moved or copied anywhere.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import shutil
+import sqlite3
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agent.security import OWNER_DIR, OWNER_FILE, owner_only_file
+from agent.state import RETRACTED, SERVING_KEY, check_database
+from shortlist.manifest import fsync_path
+
+STATE_FILE = "state.sqlite"
+BLOBS = "blobs"
+_THREADS = 8  # blobs linked or copied (and fsynced) at once: fsync waits on the disk, not the CPU
+
+
+class BackupUsageError(ValueError):
+    """The backup cannot start: DEST exists, the source is no data folder, ... (``shortlist backup`` exits 2)."""
+
+
+class BackupError(RuntimeError):
+    """The backup could not be made (a damaged source, a full disk, ...); nothing was left at DEST (exit 1)."""
+
+
+@dataclass
+class BackupSummary:
+    """What a backup holds (``shortlist backup --json``)."""
+
+    source: str
+    out: str
+    snapshot_time: float  # Unix time of the state copy: everything acknowledged before it is in the backup
+    seconds: float
+    schema_version: int
+    samples: int
+    labelled: int  # samples with a current label
+    label_events: int  # label rows (labels, changes, retractions)
+    serving_version: str
+    versions: dict[str, str]  # model version -> status (serving, pending, retired, superseded, failed)
+    integrity: str  # "ok": PRAGMA integrity_check of the copy
+    blobs: int = 0  # blob files in the backup
+    blobs_linked: int = 0
+    blobs_copied: int = 0
+    blob_bytes: int = 0
+    blobs_kept: bool = True  # False: the folder keeps no payloads (serve --no-blobs)
+    missing_blobs: list[str] = field(default_factory=list)  # referenced, absent from the source (sha256)
+    damaged_blobs: list[str] = field(default_factory=list)  # referenced, content not matching its sha256
+
+    def as_dict(self) -> dict[str, object]:
+        return dict(vars(self))
+
+
+def _open_source(path: Path) -> sqlite3.Connection:
+    """A connection to the live database that changes nothing in it (``query_only``). Read-write mode (without
+    create) so that, when no agent has it open, closing it removes the -wal and -shm files it opened, as the
+    agent's own close does; read-only where the folder cannot be written."""
+    uri = path.resolve().as_uri()
+    try:
+        db = sqlite3.connect(f"{uri}?mode=rw", uri=True, timeout=30)
+    except sqlite3.OperationalError:
+        db = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=30)
+    db.execute("PRAGMA query_only=1")
+    return db
+
+
+def _summary_of(db: sqlite3.Connection) -> tuple[int, int, int, int, str, dict[str, str]]:
+    """(schema version, samples, labelled, label rows, serving version, versions) of a state database."""
+    one = lambda sql: db.execute(sql).fetchone()[0]  # noqa: E731
+    labelled = one("SELECT COUNT(*) FROM labels WHERE n IN (SELECT MAX(n) FROM labels GROUP BY seq) "
+                   f"AND class != {RETRACTED}")
+    row = db.execute("SELECT value FROM meta WHERE key=?", (SERVING_KEY,)).fetchone()
+    versions = {str(n): str(s) for n, s in db.execute("SELECT name, status FROM model_versions ORDER BY name")}
+    return (int(one("PRAGMA user_version")), int(one("SELECT COUNT(*) FROM samples")), int(labelled),
+            int(one("SELECT COUNT(*) FROM labels")), "" if row is None else str(row[0]), versions)
+
+
+def _copy_blob(src: Path, dst: Path, digest: str) -> tuple[int, bool]:
+    """Copy one blob, fsynced; (bytes, whether its content matches ``digest``). A damaged blob is not copied."""
+    data = src.read_bytes()
+    if hashlib.sha256(data).hexdigest() != digest:
+        return len(data), False
+    fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, OWNER_FILE)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return len(data), True
+
+
+def backup(data_dir: Path, out: Path, link: bool = True,
+           progress: Callable[[int, int], None] | None = None) -> BackupSummary:
+    """Back up the data folder ``data_dir`` (served or not) into the new folder ``out`` (see the module's
+    docstring). ``link``: hard-link blobs when ``out`` is on their file system (else always copy them);
+    ``progress(done, total)`` after each blob. BackupUsageError before anything is written, BackupError (with
+    nothing left at ``out``) when it fails."""
+    source = data_dir / STATE_FILE
+    if not source.is_file():
+        raise BackupUsageError(f"{data_dir} is not an agent data folder (it has no {STATE_FILE}): give --data-dir "
+                               "the folder `shortlist serve --data-dir` uses")
+    if out.exists() or out.is_symlink():
+        raise BackupUsageError(f"{out} exists: give --out a new folder (a backup never overwrites one)")
+    if out.resolve().is_relative_to(data_dir.resolve()):
+        raise BackupUsageError(f"{out} is inside the data folder {data_dir}: put the backup elsewhere")
+    parent = out.parent
+    try:
+        parent.mkdir(mode=OWNER_DIR, parents=True, exist_ok=True)
+    except OSError as e:
+        raise BackupUsageError(f"cannot create {parent} for the backup: {e.strerror or e}") from None
+    tmp = parent / f".{out.name}.partial-{os.getpid()}"
+    t0 = time.monotonic()
+    shutil.rmtree(tmp, ignore_errors=True)  # left by an earlier backup of this pid's number that was killed
+    try:
+        tmp.mkdir(mode=OWNER_DIR)
+        summary = _backup_into(data_dir, tmp, link, progress)
+        summary.source, summary.out = str(data_dir), str(out)
+        if out.exists() or out.is_symlink():  # made meanwhile: rename() would replace an empty folder
+            raise BackupUsageError(f"{out} was created during the backup: give --out a new folder")
+        os.rename(tmp, out)
+        fsync_path(parent)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError):
+            space = " (free space there, or back up elsewhere)" if e.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+            raise BackupError(f"the backup failed and nothing was left at {out}: {e}{space}") from None
+        if isinstance(e, sqlite3.Error):
+            raise BackupError(f"the backup failed and nothing was left at {out}: SQLite: {e}") from None
+        raise
+    summary.seconds = round(time.monotonic() - t0, 3)
+    return summary
+
+
+def _backup_into(data_dir: Path, tmp: Path, link: bool,
+                 progress: Callable[[int, int], None] | None) -> BackupSummary:
+    """Steps 1-3 of the module's docstring into the (new, empty) folder ``tmp``, before its rename."""
+    state = tmp / STATE_FILE
+    owner_only_file(state)
+    src = _open_source(data_dir / STATE_FILE)
+    dst = sqlite3.connect(state, isolation_level=None)
+    try:
+        snapshot_time = time.time()
+        src.backup(dst)  # pages=-1: every page in one step, so in one read transaction of the source
+        src.close()
+        problems = check_database(dst, "full")
+        if problems:
+            raise BackupError(f"the copy of {data_dir / STATE_FILE} fails SQLite's integrity check ("
+                              f"{' '.join('; '.join(problems[:3]).split())}): the data folder itself is damaged "
+                              "(shortlist serve refuses it too); restore it from an earlier backup")
+        schema, samples, labelled, events, serving, versions = _summary_of(dst)
+        digests = [str(d) for (d,) in dst.execute("SELECT DISTINCT sha256 FROM samples ORDER BY sha256")]
+        dst.execute("PRAGMA journal_mode=DELETE")  # one self-contained file (the agent turns WAL on at start)
+    finally:
+        src.close()
+        dst.close()
+    summary = BackupSummary("", "", snapshot_time, 0.0, schema, samples, labelled, events, serving, versions, "ok")
+    blobs = data_dir / BLOBS
+    if not blobs.is_dir():
+        summary.blobs_kept = False
+    else:
+        _copy_blobs(blobs, tmp / BLOBS, digests, link, summary, progress)
+    fsync_path(state)
+    fsync_path(tmp)
+    return summary
+
+
+def _copy_blobs(src: Path, dst: Path, digests: list[str], link: bool, summary: BackupSummary,
+                progress: Callable[[int, int], None] | None) -> None:
+    """Link or copy the blobs ``digests`` from ``src`` into ``dst`` (``agent.blobs.BlobStore``'s layout),
+    counting what was done in ``summary``; every folder fsynced."""
+    dst.mkdir(mode=OWNER_DIR)
+    for prefix in sorted({d[:2] for d in digests}):
+        (dst / prefix).mkdir(mode=OWNER_DIR)
+    same_fs = link and os.stat(src).st_dev == os.stat(dst).st_dev
+
+    def one(digest: str) -> tuple[str, str, int]:
+        """(digest, what happened: linked, copied, missing or damaged, bytes)."""
+        a, b = src / digest[:2] / digest[2:], dst / digest[:2] / digest[2:]
+        try:
+            if same_fs:
+                try:
+                    os.link(a, b)
+                    return digest, "linked", os.stat(b).st_size
+                except OSError as e:  # a file system without hard links, too many links: copy it
+                    if e.errno == errno.ENOENT:
+                        raise
+            size, ok = _copy_blob(a, b, digest)
+            return digest, "copied" if ok else "damaged", size
+        except FileNotFoundError:
+            return digest, "missing", 0
+
+    done = 0
+    with ThreadPoolExecutor(max_workers=_THREADS, thread_name_prefix="backup") as pool:
+        for digest, what, size in pool.map(one, digests):
+            if what == "linked":
+                summary.blobs_linked += 1
+            elif what == "copied":
+                summary.blobs_copied += 1
+            elif what == "missing":
+                summary.missing_blobs.append(digest)
+            else:
+                summary.damaged_blobs.append(digest)
+            summary.blob_bytes += size if what in ("linked", "copied") else 0
+            done += 1
+            if progress is not None:
+                progress(done, len(digests))
+    summary.blobs = summary.blobs_linked + summary.blobs_copied
+    with ThreadPoolExecutor(max_workers=_THREADS, thread_name_prefix="backup") as pool:
+        list(pool.map(fsync_path, [p for p in dst.iterdir() if p.is_dir()]))
+    fsync_path(dst)

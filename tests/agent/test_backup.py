@@ -1,0 +1,177 @@
+"""``shortlist backup``: a consistent copy of a data folder taken while the agent serves it (agent/backup.py), and
+an agent started on it (docs/agent.md, "Backup and restore")."""
+
+from __future__ import annotations
+
+import errno
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from agent import client
+from agent.blobs import BlobStore, sha256_hex
+from agent.state import NewSample, State
+from shortlist.cli import app
+from shortlist.v1 import agent_pb2
+from tests.agent.conftest import CLASSES, Running, make_samples, start
+from tests.agent.test_state_faults import lose_index_rows, small_state
+
+runner = CliRunner()
+
+
+def text(result: object) -> str:
+    return " ".join(result.output.split())  # type: ignore[attr-defined]  # rich wraps long lines
+
+
+def test_an_agent_started_on_a_backup_taken_during_labelling_has_every_label_acknowledged_before_it(
+        tmp_path: Path, running: Running) -> None:
+    """Labels are submitted one by one, each with its own annotator, while `shortlist backup` runs; an agent
+    started on the backup has every label acknowledged before the backup started, all the samples, and its
+    index rebuilt from the stored embeddings (the snapshot is not copied)."""
+    samples = make_samples(30)
+    assert client.ingest(running.stub, samples).accepted == 30
+    ids = [s.id for s in samples]
+    acked: list[tuple[float, str, str, str]] = []  # (time acknowledged, id, label, annotator)
+    stop = threading.Event()
+    failed: list[BaseException] = []
+
+    def label() -> None:
+        k = 0
+        try:
+            while not stop.is_set():
+                sid, lab, who = ids[k % len(ids)], CLASSES[k % 3], f"w{k}"
+                assert client.submit_labels(running.stub, [(sid, lab)], who).accepted == 1
+                acked.append((time.time(), sid, lab, who))
+                k += 1
+        except BaseException as e:
+            failed.append(e)
+
+    writer = threading.Thread(target=label)
+    writer.start()
+    try:
+        while len(acked) < 40 and writer.is_alive():
+            time.sleep(0.01)
+        dest = tmp_path / "backups" / "b1"
+        started = time.time()
+        result = runner.invoke(app, ["backup", "--data-dir", str(running.data), "--out", str(dest), "--json"])
+        ended = time.time()
+        n_end = len(acked)
+        while len(acked) < n_end + 20 and writer.is_alive():  # labelling goes on after the backup
+            time.sleep(0.01)
+    finally:
+        stop.set()
+        writer.join()
+    assert not failed, failed
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    before = {(sid, lab, who) for t, sid, lab, who in acked if t < started}
+    assert len(before) >= 40 and any(t > ended for t, *_ in acked)  # labelled before, during and after
+    assert summary["samples"] == 30 and summary["integrity"] == "ok" and summary["schema_version"] == 3
+    assert summary["label_events"] >= len(before) and summary["labelled"] == 30
+    assert summary["versions"] == {"v0001": "serving"} and summary["serving_version"] == "v0001"
+    assert summary["blobs"] == 30 and summary["blobs_linked"] == 30 and not summary["missing_blobs"]
+    # the folder: state.sqlite (one file) and the referenced blobs; no index, lock, WAL or partial folder
+    assert sorted(p.name for p in dest.iterdir()) == ["blobs", "state.sqlite"]
+    assert [p.name for p in dest.parent.iterdir()] == ["b1"]
+    assert dest.stat().st_mode & 0o777 == 0o700 and (dest / "state.sqlite").stat().st_mode & 0o777 == 0o600
+    # no absolute path: the folder can be moved anywhere
+    for f in dest.rglob("*"):
+        if f.is_file():
+            assert str(running.data).encode() not in f.read_bytes() and str(tmp_path).encode() not in f.read_bytes()
+    moved = tmp_path / "elsewhere" / "restored"
+    moved.parent.mkdir()
+    dest.rename(moved)
+    restored = start(moved, running.models)
+    try:
+        st = restored.stub.GetStatus(agent_pb2.GetStatusRequest())
+        assert (st.samples, st.embedded, st.model_version) == (30, 30, "v0001")
+        assert restored.agent.manager.current is not None
+        assert restored.agent.manager.current.index.loaded_from_snapshot == 0  # rebuilt from SQLite
+        history = {(e.id, e.label, e.annotator) for e in client.list_labels(restored.stub, history=True)}
+        assert before <= history, sorted(before - history)[:5]
+        assert client.ingest(restored.stub, make_samples(3, prefix="new", seed=7)).accepted == 3  # it serves on
+        chosen = restored.stub.Select(agent_pb2.SelectRequest(budget=5, strategy="coreset")).selected
+        assert sorted(c.id for c in chosen) == ["new0", "new1", "new2"]  # the only unlabelled samples
+    finally:
+        restored.stop()
+
+
+def blob_folder(data: Path, n: int = 5) -> list[str]:
+    """A data folder of ``n`` samples with their blobs, and an orphan blob no sample refers to; the digests."""
+    store = BlobStore(data / "blobs")
+    payloads = [f"payload {i}".encode() for i in range(n)]
+    digests = [sha256_hex(p) for p in payloads]
+    store.put_many([*zip(digests, payloads, strict=True), (sha256_hex(b"orphan"), b"orphan")])
+    s = State(data / "state.sqlite")
+    s.add_samples([NewSample(f"s{i}", "", {}, "image", d) for i, d in enumerate(digests)])
+    s.close()
+    return digests
+
+
+def test_backup_takes_only_referenced_blobs_links_or_copies_them_and_reports_missing_ones(tmp_path: Path) -> None:
+    data = tmp_path / "d"
+    digests = blob_folder(data)
+    linked, copied = tmp_path / "linked", tmp_path / "copied"
+    one = json.loads(runner.invoke(app, ["backup", "--data-dir", str(data), "--out", str(linked), "--json"]).stdout)
+    two = json.loads(runner.invoke(app, ["backup", "--data-dir", str(data), "--out", str(copied), "--json",
+                                         "--copy-blobs"]).stdout)
+    assert (one["blobs"], one["blobs_linked"], two["blobs"], two["blobs_copied"]) == (5, 5, 5, 5)
+    for d in digests:
+        src, a, b = (root / "blobs" / d[:2] / d[2:] for root in (data, linked, copied))
+        assert a.stat().st_ino == src.stat().st_ino and b.stat().st_ino != src.stat().st_ino
+        assert b.read_bytes() == src.read_bytes() and b.stat().st_mode & 0o777 == 0o600
+    orphan = sha256_hex(b"orphan")
+    assert not (linked / "blobs" / orphan[:2] / orphan[2:]).exists()
+    assert sum(1 for p in copied.rglob("*") if p.is_file()) == 1 + 5
+    # a blob gone, another damaged: the backup still holds the rest, and says which (exit 0)
+    (data / "blobs" / digests[0][:2] / digests[0][2:]).unlink()
+    (data / "blobs" / digests[1][:2] / digests[1][2:]).write_bytes(b"bit rot")
+    result = runner.invoke(app, ["backup", "--data-dir", str(data), "--out", str(tmp_path / "third"), "--copy-blobs"])
+    assert result.exit_code == 0 and "3 blobs (3 copied" in text(result), result.output
+    assert f"1 blob(s) of its samples are missing from {data / 'blobs'} (e.g. {digests[0]})" in text(result)
+    assert f"1 blob(s) of its samples are damaged in {data / 'blobs'} (e.g. {digests[1]})" in text(result)
+
+
+def test_backup_refuses_what_it_cannot_do_and_leaves_nothing_when_it_fails(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    data = tmp_path / "d"
+    blob_folder(data)
+    (tmp_path / "exists").mkdir()
+    for out, args, why in (
+            (tmp_path / "exists", [], "exists: give --out a new folder"),
+            (tmp_path / "x1", ["--data-dir", str(tmp_path)], "is not an agent data folder (it has no state.sqlite)"),
+            (data / "inside", [], "is inside the data folder")):
+        result = runner.invoke(app, ["backup", "--data-dir", str(data), "--out", str(out), *args])
+        assert result.exit_code == 2 and why in text(result) and "Traceback" not in result.output, result.output
+        assert not (out.exists() and out.name != "exists")
+    # the disk fills up while blobs are copied: exit 1, nothing at --out, no partial folder left
+    import agent.backup
+
+    calls: list[Path] = []
+    copy = agent.backup._copy_blob
+
+    def full(src: Path, dst: Path, digest: str) -> tuple[int, bool]:
+        calls.append(dst)
+        if len(calls) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return copy(src, dst, digest)
+
+    monkeypatch.setattr(agent.backup, "_copy_blob", full)
+    out = tmp_path / "bk" / "full"
+    result = runner.invoke(app, ["backup", "--data-dir", str(data), "--out", str(out), "--copy-blobs"])
+    assert result.exit_code == 1 and "No space left on device" in text(result), result.output
+    assert "nothing was left at" in text(result) and "free space there" in text(result)
+    assert list((tmp_path / "bk").iterdir()) == []
+    monkeypatch.undo()
+    # a damaged database is not backed up as if it were sound
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    seqs = small_state(damaged / "state.sqlite")
+    lose_index_rows(damaged / "state.sqlite", seqs[4:])
+    result = runner.invoke(app, ["backup", "--data-dir", str(damaged), "--out", str(tmp_path / "bk" / "d")])
+    assert result.exit_code == 1 and "fails SQLite's integrity check (row" in text(result), result.output
+    assert "restore it from an earlier backup" in text(result) and list((tmp_path / "bk").iterdir()) == []
