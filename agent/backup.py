@@ -218,7 +218,8 @@ def _copy_blobs(src: Path, dst: Path, digests: list[str], link: bool, summary: B
             return digest, "missing", 0
 
     done = 0
-    with ThreadPoolExecutor(max_workers=_THREADS, thread_name_prefix="backup") as pool:
+    pool = ThreadPoolExecutor(max_workers=_THREADS, thread_name_prefix="backup")
+    try:
         for digest, what, size in pool.map(one, digests):
             if what == "linked":
                 summary.blobs_linked += 1
@@ -232,7 +233,9 @@ def _copy_blobs(src: Path, dst: Path, digests: list[str], link: bool, summary: B
             done += 1
             if progress is not None:
                 progress(done, len(digests))
+    finally:  # on a failure (a full disk) the blobs not started yet are not tried: the backup is abandoned
+        pool.shutdown(wait=True, cancel_futures=True)
     summary.blobs = summary.blobs_linked + summary.blobs_copied
-    with ThreadPoolExecutor(max_workers=_THREADS, thread_name_prefix="backup") as pool:
-        list(pool.map(fsync_path, [p for p in dst.iterdir() if p.is_dir()]))
+    with ThreadPoolExecutor(max_workers=_THREADS, thread_name_prefix="backup") as syncs:
+        list(syncs.map(fsync_path, [p for p in dst.iterdir() if p.is_dir()]))
     fsync_path(dst)
