@@ -1,7 +1,7 @@
 """``shortlist backup``: a consistent copy of an agent's data folder, made while the agent serves it.
 
-A plain ``cp`` of a live folder copies ``state.sqlite`` and its WAL at different moments: 3-4 of 30 such copies
-taken during labelling failed ``PRAGMA integrity_check`` (/work/explore-ops, D3). Here:
+A plain ``cp`` of a live folder copies ``state.sqlite`` and its WAL at different moments, and such copies taken
+during labelling can be damaged (docs/agent.md, "Backup and restore"). Here:
 
 1. ``state.sqlite`` through SQLite's online backup API (``sqlite3.Connection.backup``, all pages in one step,
    so in one read transaction): the copy is the database as of one commit, every label and sample acknowledged

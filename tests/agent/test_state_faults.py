@@ -191,7 +191,7 @@ def small_state(path: Path, labelled: int = 4) -> list[int]:
 def lose_index_rows(path: Path, seqs: list[int]) -> None:
     """Label ``seqs`` behind the index labels_seq's back (its schema row removed meanwhile): the rows are in
     the table but not in the index, the damage a `cp` of a live folder's state.sqlite + WAL most often has
-    (/work/explore-ops torn0: "row N missing from index labels_seq")."""
+    (an operations review's copies: "row N missing from index labels_seq"; docs/agent.md, "Backup and restore")."""
     db = sqlite3.connect(path, isolation_level=None)
     row = db.execute("SELECT type, name, tbl_name, rootpage, sql FROM sqlite_master WHERE name='labels_seq'").fetchone()
     db.execute("PRAGMA writable_schema=ON")
