@@ -337,8 +337,9 @@ class ModelManager:
         stored = self.state.load_embeddings(version, emb.dim, len(emb.classes))
         other = self._made_by(version, emb, stored)
         if other:
-            meanwhile = ("; until then Select and PriorLabels see only the samples embedded so far (`shortlist "
-                         "status` shows how many)") if self.current is None else ""
+            # No "until then ...": the note stays for the whole run (a start-up notice), long after the re-embedding
+            meanwhile = (" (`shortlist status` shows how many it has embedded; Select and PriorLabels see those "
+                         "only)") if self.current is None else ""
             note = (f"{self.registry / version} holds another model ({short_fingerprint(model_fingerprint(manifest))}) "
                     f"than the one that made the {len(stored.seqs)} embeddings stored for {version} ({other}): a "
                     f"removed version's number was used again for another model; they were dropped, never mixed "
