@@ -86,8 +86,9 @@ def report_skipped(run_dir: Path, console: Console, *parts: TensorData) -> int:
         return 0
     path.write_text("".join(f"{uri}\t{' '.join(reason.split())}\n" for uri, reason in skipped))
     total = sum(len(part) + len(part.skipped) for part in parts)
-    console.print(f"[yellow]warning:[/] {escape(skipped_summary(skipped, total))}; all {len(skipped):,} with their "
-                  f"reasons in {escape(str(path))}; training goes on with the other {total - len(skipped):,}",
+    listed = "it, with its reason," if len(skipped) == 1 else f"all {len(skipped):,}, with their reasons,"
+    console.print(f"[yellow]warning:[/] {escape(skipped_summary(skipped, total))}; {listed} in {escape(str(path))}; "
+                  f"training goes on with the other {total - len(skipped):,}",
                   highlight=False)
     return len(skipped)
 
