@@ -58,14 +58,19 @@ def _not_a_registry(models: Path) -> str:
             "--models` serves)")
 
 
-def _registry(models: Path) -> Path:
-    """``models`` when it can be a registry; BadParameter (exit 2) saying why not: not a folder, or a
-    training run or image folder given by mistake (``registry_mistake``)."""
+def registry_problem(models: Path) -> str:
+    """Why ``models`` cannot be the registry a ``shortlist models`` command works on ("" when it can): not a
+    folder, or a training run, image or version folder given by mistake (``registry_mistake``, the check
+    ``shortlist export`` and ``serve`` make too). One check for every command here."""
     if not models.is_dir():
-        raise typer.BadParameter(_not_a_registry(models), param_hint="'--models'")
-    mistake = registry_mistake(models)
-    if mistake:
-        raise typer.BadParameter(mistake, param_hint="'--models'")
+        return registry_mistake(models) or _not_a_registry(models)
+    return registry_mistake(models)
+
+
+def _registry(models: Path) -> Path:
+    """``models`` when it can be a registry; BadParameter (exit 2) saying why not (``registry_problem``)."""
+    if problem := registry_problem(models):
+        raise typer.BadParameter(problem, param_hint="'--models'")
     return models
 
 
@@ -154,10 +159,8 @@ def rollback(agent: AgentTarget,
             typer.echo(message, err=True)
         raise typer.Exit(code)
 
-    if not models.is_dir():
-        fail(_not_a_registry(models), 2)
-    if mistake := registry_mistake(models):
-        fail(mistake, 2)
+    if problem := registry_problem(models):
+        fail(problem, 2)
     registry = models
     if version not in list_versions(registry):
         known = ", ".join(list_versions(registry)) or "none"
@@ -251,11 +254,11 @@ def prune(agent: AgentTarget,
     trash name (at once out of the registry: no agent loads it), then deleted. Their numbers are never used
     again, so an agent never takes a removed model's embeddings for a new one. Exit 1 when a folder could not
     be removed (the others are), 2 for a bad option."""
-    if not models.is_dir():
+    if problem := registry_problem(models):  # a run, image or version folder: nothing to prune, and not a registry
         if as_json:
-            print(json_line({"error": _not_a_registry(models), "removed": []}))
+            print(json_line({"error": problem, "removed": []}))
         else:
-            typer.echo(_not_a_registry(models), err=True)
+            typer.echo(problem, err=True)
         raise typer.Exit(2)
     rows = version_rows(models)
     complete = [r["version"] for r in rows if r["complete"]]

@@ -39,7 +39,6 @@ from shortlist.manifest import (
     ONNX_NAME,
     ROTATION_OUTPUT,
     TORCHSCRIPT_NAME,
-    VERSION_RE,
     Manifest,
     Preprocess,
     fsync_path,
@@ -216,12 +215,8 @@ def registry_problem(registry: Path) -> None:
     it). A missing or empty folder is a registry to be: the first publish creates it."""
     if registry.exists() and not registry.is_dir():
         raise ValueError(f"{registry} is a file: --models takes the registry folder (it holds v0001/, v0002/, ...)")
-    if mistake := registry_mistake(registry):  # a training run folder or a folder of images
+    if mistake := registry_mistake(registry):  # a training run folder, a folder of images, a version folder
         raise ValueError(mistake)
-    if VERSION_RE.match(registry.name) and ((registry / MANIFEST_NAME).exists() or (registry.parent.is_dir() and any(
-            VERSION_RE.match(p.name) for p in registry.parent.iterdir() if p != registry))):
-        raise ValueError(f"{registry} is a version folder of the registry {registry.parent}: pass --models "
-                         f"{registry.parent}")
 
 
 def export_run(run_dir: str | Path, registry: str | Path, formats: Sequence[str] = FORMATS,

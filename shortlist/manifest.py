@@ -306,10 +306,22 @@ def registry_mistake(folder: Path) -> str:
     """Why ``folder``, given as a model registry (``--models``), is some other folder: a sentence that says
     what it is and what to do, e.g. "runs/pre1 is a training run folder, not a model registry: publish it
     with `shortlist export --run runs/pre1 --models REGISTRY`"; "" when it holds a version folder, is empty
-    or is not a folder (the callers say that themselves). A training run folder has one of RUN_FILES at its
-    top; an image folder has image files at its top or one folder down (an ImageFolder tree)."""
+    or is not a folder (the callers say that themselves), and is no version folder. A training run folder has
+    one of RUN_FILES at its top; an image folder has image files at its top or one folder down (an ImageFolder
+    tree); a version folder of a registry (``models/v0001``, whose versions would nest where no agent looks) is
+    named vNNNN and holds a manifest, or holds no version but has version folders beside it (it need not exist:
+    export would create it)."""
     from shortlist.datasets import IMAGE_EXTENSIONS  # here: it loads Pillow, which publishing needs not
 
+    if version_number(folder.name) is not None:
+        try:
+            inside = (folder / MANIFEST_NAME).exists()
+            beside = folder.parent.is_dir() and any(version_number(p.name) is not None and p.name != folder.name
+                                                    and p.is_dir() for p in folder.parent.iterdir())
+        except OSError:  # unreadable: not this function's to report
+            inside = beside = False
+        if inside or (beside and not list_versions(folder)):  # a registry named v2 beside v1 holds versions
+            return f"{folder} is a version folder of the registry {folder.parent}: pass --models {folder.parent}"
     if not folder.is_dir() or list_versions(folder):
         return ""
     if any((folder / name).is_file() for name in RUN_FILES):

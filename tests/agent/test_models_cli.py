@@ -343,3 +343,30 @@ def test_prune_without_an_agent_keeps_the_newest_and_says_so(tmp_path: Path) -> 
                                    f"127.0.0.1:{_free_port()}", "--connect-timeout", "0.5"]).exit_code == 0
     assert list_versions(models) == ["v0004"]
     assert publish_linear(models, size=SIZE, dim=16, seed=9) == "v0005"
+
+
+def test_every_models_command_refuses_a_run_image_or_version_folder_as_the_registry(tmp_path: Path) -> None:
+    """``models prune --models runs/pre1`` (or a folder of images, or ``models/v0001``) said "nothing to remove
+    ... next version published here: v0001" and exited 0 where ``list`` and ``rollback`` refused the folder:
+    now prune, list and rollback make the one check export makes (registry_mistake), exit 2, remove nothing."""
+    models = tmp_path / "models"
+    publish_linear(models, size=SIZE, dim=16, seed=0)
+    publish_linear(models, size=SIZE, dim=16, seed=1)
+    run = tmp_path / "runs" / "pre1"
+    run.mkdir(parents=True)
+    (run / "encoder.pt").write_text("{}")
+    images = tmp_path / "photos"
+    images.mkdir()
+    (images / "001.png").write_bytes(b"")
+    version = models / "v0001"
+    for folder, what in ((run, "is a training run folder"), (images, "holds images, not model versions"),
+                         (version, f"is a version folder of the registry {models}: pass --models {models}")):
+        before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+        nobody = ["--agent", f"127.0.0.1:{_free_port()}", "--connect-timeout", "0.5"]
+        for args in (["prune", "--keep", "1", *nobody], ["prune", "--keep", "1", "--json", *nobody], ["list"],
+                     ["rollback", "v0001", *nobody]):
+            result = runner.invoke(app, ["models", *args, "--models", str(folder)], env={"COLUMNS": "300"})
+            assert result.exit_code == 2 and f"{folder} {what}" in said(result.output), (args, result.output)
+            if "--json" in args:
+                assert json.loads(result.stdout)["removed"] == []
+        assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
