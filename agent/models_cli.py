@@ -11,8 +11,9 @@ version, or of what the agent serves while it moves to no other) is refused: re-
 identical model can take hours.
 
 ``prune`` removes old versions: all complete versions but the newest ``--keep`` and the ones the agent serves
-or is embedding, each atomically (shortlist.manifest.remove_version). Safe because their numbers are never
-used again: an agent's stored embeddings stay tied to the model that made them.
+or is embedding, each atomically (shortlist.manifest.remove_version); nothing when that agent does not answer,
+unless ``--without-agent`` says to keep the newest only. Safe because their numbers are never used again: an
+agent's stored embeddings stay tied to the model that made them.
 """
 
 from __future__ import annotations
@@ -247,13 +248,17 @@ def prune(agent: AgentTarget,
           models: Path = ModelsOpt,
           keep: int = typer.Option(..., "--keep", min=1, help="how many of the newest complete versions to keep"),
           dry_run: bool = typer.Option(False, "--dry-run", help="say what would be removed; remove nothing"),
+          without_agent: bool = typer.Option(False, "--without-agent", help="ask no agent: keep only the newest "
+                                             "KEEP complete versions (an agent serving an older one from this "
+                                             "folder loses its folder; it serves the newest after a restart)"),
           as_json: bool = typer.Option(False, "--json", help="the outcome as one JSON object on stdout")) -> None:
-    """Remove old versions: every complete version but the newest KEEP and the ones the agent (--agent, when it
-    answers) serves or is embedding the pool with. The newest complete version is always kept; folders that are
-    not complete (broken, or still being copied) are left alone. Each folder is first renamed to a hidden
-    trash name (at once out of the registry: no agent loads it), then deleted. Their numbers are never used
-    again, so an agent never takes a removed model's embeddings for a new one. Exit 1 when a folder could not
-    be removed (the others are), 2 for a bad option."""
+    """Remove old versions: every complete version but the newest KEEP and the ones the agent at --agent serves
+    or is embedding the pool with. The newest complete version is always kept; folders that are not complete
+    (broken, or still being copied) are left alone. Each folder is first renamed to a hidden trash name (at
+    once out of the registry: no agent loads it), then deleted. Their numbers are never used again, so an agent
+    never takes a removed model's embeddings for a new one. When the agent does not answer nothing is removed
+    (exit 1): give --agent HOST:PORT of the agent serving this folder, or --without-agent to keep only the
+    newest KEEP. Exit 1 when a folder could not be removed (the others are), 2 for a bad option."""
     if problem := registry_problem(models):  # a run, image or version folder: nothing to prune, and not a registry
         if as_json:
             print(json_line({"error": problem, "removed": []}))
@@ -265,15 +270,25 @@ def prune(agent: AgentTarget,
     newest = "the newest complete version" if keep == 1 else f"one of the newest {keep} complete versions"
     why: dict[str, str] = {v: newest for v in complete[-keep:]}
     outcome: dict[str, Any] = {"registry": str(models), "dry_run": dry_run}
-    try:
-        st = agent.connect().GetStatus(agent_pb2.GetStatusRequest())
-    except (client.AgentUnavailable, grpc.RpcError) as e:
-        said = client.detail(e) if isinstance(e, grpc.RpcError) else str(e)
-        outcome["agent"] = {"address": agent.address, "error": said}
-        notes = [f"no agent answered at {agent.address} ({said}): kept the newest {keep} complete versions only; "
-                 "an agent serving an older one from this folder keeps serving it, warns, and after a restart serves "
-                 "the newest (give --agent HOST:PORT of the agent serving this folder to keep what it serves)"]
+    if without_agent:
+        outcome["agent"] = None
+        notes = [f"--without-agent: kept the newest {keep} complete versions only; an agent serving an older one "
+                 "from this folder keeps serving it, warns, and after a restart serves the newest"]
     else:
+        try:
+            st = agent.connect().GetStatus(agent_pb2.GetStatusRequest())
+        except (client.AgentUnavailable, grpc.RpcError) as e:
+            said = client.detail(e) if isinstance(e, grpc.RpcError) else str(e)
+            message = (f"no agent answered at {agent.address} ({said}); nothing was removed: an agent may serve an "
+                       f"older version from {models}. Pass --agent HOST:PORT of the agent serving this folder (what "
+                       "it serves or is embedding is kept), or --without-agent to keep only the newest "
+                       f"{keep} complete versions")
+            if as_json:
+                print(json_line({**outcome, "error": message, "removed": [],
+                                 "agent": {"address": agent.address, "error": said}}))
+            else:
+                typer.echo(message, err=True)
+            raise typer.Exit(1) from None
         outcome["agent"] = {"address": agent.address, "serving": st.model_version,
                             "embedding": st.pending_model_version}
         notes = []

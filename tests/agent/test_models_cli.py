@@ -318,31 +318,55 @@ def test_the_run_files_are_those_training_writes() -> None:
     assert set(RUN_FILES) == {loop.CHECKPOINT, loop.ENCODER, loop.CONFIG}
 
 
-def test_prune_without_an_agent_keeps_the_newest_and_says_so(tmp_path: Path) -> None:
+def test_prune_without_agent_keeps_the_newest_and_says_so(tmp_path: Path) -> None:
     models = tmp_path / "models"
     for seed in range(4):
         publish_linear(models, size=SIZE, dim=16, seed=seed)
     leftover = models / ".trash-v0000-1-abcdef01"  # what a prune interrupted after its rename leaves
     leftover.mkdir()
     (leftover / "encoder.onnx").write_bytes(b"x")
-    bad = runner.invoke(app, ["models", "prune", "--models", str(models), "--keep", "0"])
+    bad = runner.invoke(app, ["models", "prune", "--models", str(models), "--keep", "0", "--without-agent"])
     assert bad.exit_code == 2 and list_versions(models) == ["v0001", "v0002", "v0003", "v0004"]
     result = runner.invoke(app, ["models", "prune", "--models", str(models), "--keep", "2", "--json",
-                                 "--agent", f"127.0.0.1:{_free_port()}", "--connect-timeout", "0.5"])
+                                 "--without-agent"])
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
     assert out["removed"] == ["v0001", "v0002"] and out["kept"] == ["v0003", "v0004"] and out["freed_bytes"] > 0
-    assert out["agent"]["error"] and out["next_version"] == "v0005"
+    assert out["agent"] is None and out["next_version"] == "v0005"
     assert list_versions(models) == ["v0003", "v0004"] and not leftover.exists()
-    again = runner.invoke(app, ["models", "prune", "--models", str(models), "--keep", "1",
-                                "--agent", f"127.0.0.1:{_free_port()}", "--connect-timeout", "0.5"])
-    assert again.exit_code == 0 and "no agent answered" in said(again.stdout)
+    again = runner.invoke(app, ["models", "prune", "--models", str(models), "--keep", "1", "--without-agent"])
+    assert again.exit_code == 0 and "--without-agent: kept the newest 1 complete versions only" in said(again.stdout)
     assert list_versions(models) == ["v0004"]
     for _ in range(2):  # the newest is never removed
-        assert runner.invoke(app, ["models", "prune", "--models", str(models), "--keep", "1", "--agent",
-                                   f"127.0.0.1:{_free_port()}", "--connect-timeout", "0.5"]).exit_code == 0
+        assert runner.invoke(app, ["models", "prune", "--models", str(models), "--keep", "1",
+                                   "--without-agent"]).exit_code == 0
     assert list_versions(models) == ["v0004"]
     assert publish_linear(models, size=SIZE, dim=16, seed=9) == "v0005"
+
+
+def test_prune_removes_nothing_when_the_agent_does_not_answer(tmp_path: Path) -> None:
+    """With SHORTLIST_AGENT unset (the default 127.0.0.1:50051) or the agent down, prune removed every version
+    but the newest N, the one another agent served among them, and only then said "no agent answered". Now
+    it removes nothing, exits 1 and says which address it tried and what to pass (--agent, --without-agent)."""
+    models = tmp_path / "models"
+    for seed in range(3):
+        publish_linear(models, size=SIZE, dim=16, seed=seed)
+    leftover = models / ".trash-v0000-1-abcdef01"
+    leftover.mkdir()
+    address = f"127.0.0.1:{_free_port()}"
+    args = ["models", "prune", "--models", str(models), "--keep", "1", "--agent", address, "--connect-timeout", "0.5"]
+    for extra in ([], ["--dry-run"]):
+        refused = runner.invoke(app, [*args, *extra])
+        assert refused.exit_code == 1, refused.output
+        words = said(refused.stderr)
+        assert f"no agent answered at {address}" in words and "nothing was removed" in words, words
+        assert "--agent HOST:PORT of the agent serving this folder" in words and "--without-agent" in words
+        assert not refused.stdout
+    as_json = runner.invoke(app, [*args, "--json"])
+    assert as_json.exit_code == 1, as_json.output
+    out = json.loads(as_json.stdout)
+    assert out["removed"] == [] and out["agent"]["address"] == address and "--without-agent" in out["error"]
+    assert list_versions(models) == ["v0001", "v0002", "v0003"] and leftover.exists()
 
 
 def test_every_models_command_refuses_a_run_image_or_version_folder_as_the_registry(tmp_path: Path) -> None:
