@@ -43,6 +43,7 @@ from shortlist.manifest import (
     remove_version,
     republish,
     same_model,
+    version_bytes,
     version_name,
     version_number,
 )
@@ -301,7 +302,9 @@ def prune(agent: AgentTarget,
     removed: list[str] = []
     errors: list[str] = []
     freed = 0
-    if not dry_run:
+    if dry_run:  # what removing them would free
+        freed = sum(version_bytes(models / v) for v in removable)
+    else:
         try:
             clear_trash(models)  # what an interrupted prune left
         except OSError as e:
@@ -328,8 +331,8 @@ def prune(agent: AgentTarget,
         if not gone:
             out.print(f"nothing to remove from {models}", markup=False, highlight=False)
         elif dry_run:
-            out.print(f"would remove {', '.join(gone)} from {models} (--dry-run: nothing removed)", markup=False,
-                      highlight=False)
+            out.print(f"would remove {', '.join(gone)} from {models}, freeing {freed / 1e6:.1f} MB (--dry-run: "
+                      "nothing removed)", markup=False, highlight=False)
         else:
             out.print(f"removed {', '.join(gone)} from {models} ({freed / 1e6:.1f} MB)", markup=False,
                       highlight=False)

@@ -418,6 +418,11 @@ def note_high_water(registry: Path) -> int:
         return number
 
 
+def version_bytes(version_dir: Path) -> int:
+    """The bytes of the files a version folder holds (what removing it frees; links not followed)."""
+    return sum(p.lstat().st_size for p in version_dir.rglob("*") if p.is_file() and not p.is_symlink())
+
+
 def remove_version(registry: Path, version: str) -> int:
     """Remove the folder of ``version`` from ``registry`` atomically; returns the bytes it held. The high-water
     mark is made to cover it first, so its number is never used again; then it is renamed to a hidden trash
@@ -429,7 +434,7 @@ def remove_version(registry: Path, version: str) -> int:
     source = registry / version
     if not source.is_dir() or source.is_symlink():
         raise FileNotFoundError(f"{source} is not a version folder")
-    size = sum(p.lstat().st_size for p in source.rglob("*") if p.is_file() and not p.is_symlink())
+    size = version_bytes(source)
     note_high_water(registry)
     trash = registry / f"{TRASH_PREFIX}{version}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     os.rename(source, trash)

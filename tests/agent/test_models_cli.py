@@ -394,3 +394,20 @@ def test_every_models_command_refuses_a_run_image_or_version_folder_as_the_regis
             if "--json" in args:
                 assert json.loads(result.stdout)["removed"] == []
         assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+def test_a_dry_run_prune_reports_the_bytes_it_would_free(tmp_path: Path) -> None:
+    """``--dry-run --json`` said ``freed_bytes: 0`` beside the versions it would remove: it is what removing
+    them would free, the number the real prune then reports."""
+    models = tmp_path / "models"
+    for seed in range(3):
+        publish_linear(models, size=SIZE, dim=16, seed=seed)
+    args = ["models", "prune", "--models", str(models), "--keep", "1", "--without-agent"]
+    dry = runner.invoke(app, [*args, "--dry-run", "--json"])
+    assert dry.exit_code == 0, dry.output
+    would = json.loads(dry.stdout)
+    assert would["removed"] == ["v0001", "v0002"] and would["freed_bytes"] > 0
+    words = said(runner.invoke(app, [*args, "--dry-run"]).stdout)
+    assert f"would remove v0001, v0002 from {models}, freeing {would['freed_bytes'] / 1e6:.1f} MB" in words, words
+    real = runner.invoke(app, [*args, "--json"])
+    assert real.exit_code == 0 and json.loads(real.stdout)["freed_bytes"] == would["freed_bytes"]
