@@ -1082,8 +1082,9 @@ def backup(data_dir: Path = typer.Option(..., "--data-dir", help="the agent's da
              f"{versions}; schema version {summary.schema_version}; integrity_check {summary.integrity}",
              f"everything acknowledged before {when} is in it; restore: shortlist serve --data-dir {out} --models M "
              "(the index is rebuilt from it at start)"]
+    result = Console(soft_wrap=True)  # the result on stdout, as ingest's counts: `shortlist backup ... > log` keeps it
     for line in lines:
-        console.print(line, markup=False, highlight=False)
+        result.print(line, markup=False, highlight=False)
     for what, digests in (("missing from", summary.missing_blobs), ("damaged in", summary.damaged_blobs)):
         if digests:
             console.print(f"warning: {len(digests)} blob(s) of its samples are {what} {data_dir / 'blobs'} (e.g. "

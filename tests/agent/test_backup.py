@@ -136,6 +136,20 @@ def test_backup_takes_only_referenced_blobs_links_or_copies_them_and_reports_mis
     assert f"1 blob(s) of its samples are damaged in {data / 'blobs'} (e.g. {digests[1]})" in text(result)
 
 
+def test_backup_prints_its_summary_on_stdout_and_warnings_on_stderr(tmp_path: Path) -> None:
+    """`shortlist backup ... > o.txt` left o.txt empty: the summary went to stderr. It is the command's result,
+    on stdout as ingest's counts are; a warning (a blob missing) stays on stderr."""
+    data = tmp_path / "d"
+    digests = blob_folder(data)
+    (data / "blobs" / digests[0][:2] / digests[0][2:]).unlink()
+    out = tmp_path / "bk"
+    result = runner.invoke(app, ["backup", "--data-dir", str(data), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    stdout, stderr = " ".join(result.stdout.split()), " ".join(result.stderr.split())
+    assert stdout.startswith(f"backed up {data} to {out} in ") and "4 blobs" in stdout, (stdout, stderr)
+    assert f"restore: shortlist serve --data-dir {out}" in stdout and "missing from" not in stdout
+    assert stderr.startswith("warning: 1 blob(s) of its samples are missing from"), stderr
+
 def test_backup_refuses_what_it_cannot_do_and_leaves_nothing_when_it_fails(tmp_path: Path,
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     data = tmp_path / "d"
