@@ -61,8 +61,10 @@ def _pairs(items: list[str], what: str) -> dict[str, str]:
 
 
 def _progress() -> Progress:
+    """A progress bar on stderr while it is a terminal; none into a file or a pipe, where Rich draws nothing
+    but would still end with a blank line (`shortlist ingest data 2> log` got one)."""
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    console=console, transient=True)
+                    console=console, transient=True, disable=not console.is_terminal)
 
 
 # Exit status of a command stopped by Ctrl-C (the shell's 128 + SIGINT), as training's commands exit

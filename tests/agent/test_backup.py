@@ -149,6 +149,9 @@ def test_backup_prints_its_summary_on_stdout_and_warnings_on_stderr(tmp_path: Pa
     assert stdout.startswith(f"backed up {data} to {out} in ") and "4 blobs" in stdout, (stdout, stderr)
     assert f"restore: shortlist serve --data-dir {out}" in stdout and "missing from" not in stdout
     assert stderr.startswith("warning: 1 blob(s) of its samples are missing from"), stderr
+    blob_folder(tmp_path / "sound")
+    quiet = runner.invoke(app, ["backup", "--data-dir", str(tmp_path / "sound"), "--out", str(tmp_path / "bk2")])
+    assert quiet.exit_code == 0 and quiet.stdout.startswith("backed up") and quiet.stderr == ""  # no blank line
 
 def test_backup_refuses_what_it_cannot_do_and_leaves_nothing_when_it_fails(tmp_path: Path,
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:

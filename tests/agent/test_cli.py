@@ -420,6 +420,13 @@ def test_retract_labels_from_arguments_and_files(tmp_path: Path, running: Runnin
     assert res.exit_code == 2 and "no ids" in out(res)
 
 
+def test_ingest_prints_nothing_on_stderr_when_it_has_nothing_to_say(tmp_path: Path, running: Running) -> None:
+    """Into a file or a pipe, `shortlist ingest` wrote a blank line on stderr (the progress bar Rich draws only
+    on a terminal, ending with a newline anyway)."""
+    res = runner.invoke(app, ["ingest", str(image_folder(tmp_path / "imgs", 3)), "--agent", running.address])
+    assert res.exit_code == 0 and res.stdout.splitlines() == ["accepted 3, duplicates 0, rejected 0"], res.output
+    assert res.stderr == ""
+
 def test_ingest_label_and_retract_print_their_results_on_stdout(tmp_path: Path, running: Running) -> None:
     """`shortlist ingest data > log` kept nothing: the counts and rejections went to stderr, while select and
     status print theirs on stdout. Now the result is on stdout; notes (the same image under two ids) and
