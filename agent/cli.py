@@ -39,15 +39,14 @@ from agent.client import calibration_dict, calibration_line, ranked
 from agent.limits import MIB, Limits, class_name_problem
 from agent.progress import audit_dict
 from agent.web.config import LabelStudioConfig
+from shortlist.console import make_console
 from shortlist.v1 import agent_pb2, agent_pb2_grpc
 
 LIMITS = Limits()  # the defaults, shown by `shortlist serve --help`
 
 JsonOpt = typer.Option(False, "--json", help="machine-readable output on stdout")
 
-# Into a file or a service manager's journal (not a terminal) a message stays one line: Rich would wrap it
-# at 80 columns, and journald would store each piece as a record of its own.
-console = Console(stderr=True, soft_wrap=not sys.stderr.isatty())
+console = make_console(stderr=True)
 
 
 def _pairs(items: list[str], what: str) -> dict[str, str]:
@@ -757,7 +756,7 @@ def select(agent: AgentTarget,
     table.add_column("score", justify="right")
     for s in reply.selected:
         table.add_row(s.id, f"{s.score:.4g}")
-    console = Console()
+    console = make_console()
     console.print(table)
     # Its own line, never wrapped (a caption wraps at the table's width): it is meant to be copied.
     console.print(f"selection {reply.selection_id}", soft_wrap=True, highlight=False)
@@ -965,7 +964,7 @@ def prior(agent: AgentTarget,
         table.add_column(col)
     for p in rows:
         table.add_row(p.id, p.label, f"{p.confidence:.3f}")
-    out = Console()
+    out = make_console()
     out.print(table)
     if cal is not None:
         out.print(calibration_line(cal), markup=False, highlight=False, soft_wrap=True)
@@ -980,7 +979,7 @@ def status(agent: AgentTarget, as_json: bool = JsonOpt) -> None:
     if as_json:
         print(json_line(d))
         return
-    out = Console()
+    out = make_console()
     out.print(version_line(s), markup=False, highlight=False)
     for k, v in d.items():
         if k in ("agent_version", "agent_commit", "schema_version"):
@@ -1037,8 +1036,8 @@ def export_labels(agent: AgentTarget,
                           "images": summary.images, "files": summary.files, "notes": summary.notes,
                           "calibration": summary.calibration}))
         return
-    Console().print(f"exported {summary.labels} labels, {summary.priors} priors, {summary.images} images to {out}: "
-                    f"{', '.join(summary.files)}", markup=False, highlight=False)  # the result: stdout
+    make_console().print(f"exported {summary.labels} labels, {summary.priors} priors, {summary.images} images to "
+                         f"{out}: {', '.join(summary.files)}", markup=False, highlight=False)  # the result: stdout
     for note in summary.notes:
         console.print(note, markup=False, highlight=False, style="yellow")
 
@@ -1115,7 +1114,7 @@ def bench_agent(models: Path | None = typer.Option(None, "--models", help="regis
     if as_json:
         print(json_line(r))
         return
-    out = Console()
+    out = make_console()
     out.print(f"model {r['model']} on {r['provider']}, input {r['input'][0]}x{r['input'][1]}, "
               f"{r['rounds']} rounds of {r['images_per_round']} images, batch {r['batch']}")
     fmt = ", ".join

@@ -30,6 +30,7 @@ from rich.table import Table
 from agent import client
 from agent.cli import json_line
 from agent.cli_options import AgentTarget, agent_options
+from shortlist.console import make_console
 from shortlist.manifest import (
     ManifestError,
     RegistryError,
@@ -214,7 +215,7 @@ def rollback(agent: AgentTarget,
     if as_json:
         print(json_line(outcome))
     else:
-        Console().print(escape(message), highlight=False)
+        make_console().print(escape(message), highlight=False)
 
 
 def _taken_up(st: agent_pb2.Status, new: str, registry: Path) -> tuple[str, str]:
@@ -326,7 +327,7 @@ def prune(agent: AgentTarget,
     if as_json:
         print(json_line(outcome))
     else:
-        out = Console()
+        out = make_console()
         gone = outcome["removed"]
         if not gone:
             out.print(f"nothing to remove from {models}", markup=False, highlight=False)

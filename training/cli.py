@@ -8,15 +8,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
 from agent.cli_options import AgentTarget, agent_options
+from shortlist.console import make_console
 
 if TYPE_CHECKING:
     from training.pretrain import PretrainConfig
 
-console = Console(stderr=True)
+console = make_console(stderr=True)
 
 
 # training.backbones.BACKBONES (not imported: it loads torch, slow for --help; a test keeps the two equal)
