@@ -721,7 +721,9 @@ def ingest(agent: AgentTarget,
                       "(resent samples count as duplicates)", highlight=False)
         raise typer.Exit(1) from None
     if read.images == 0:
-        console.print(f"[red]no images found in {resolved.path}[/red] (split '{resolved.split}'); image files end "
+        has_splits = resolved.kind == "cifar" or resolved.path.name == resolved.split  # else a plain folder: no split
+        split = f" (split '{resolved.split}')" if has_splits else ""
+        console.print(f"[red]no images found in {resolved.path}[/red]{split}; image files end "
                       f"in {', '.join(IMAGE_EXTENSIONS)}", highlight=False)
         raise typer.Exit(2)
     if as_json:
