@@ -42,6 +42,7 @@ from rich.console import Console
 from rich.table import Table
 
 from agent import client
+from shortlist.console import make_console
 from shortlist.v1 import agent_pb2, agent_pb2_grpc
 
 RPCS = ("Ingest", "Select", "SubmitLabels", "PriorLabels", "GetStatus")
@@ -947,7 +948,7 @@ def register(bench_app: typer.Typer) -> None:
     ) -> None:
         """N concurrent clients mixing Ingest, Select, SubmitLabels, PriorLabels and GetStatus against one
         agent on this machine; requests, errors by status and p50/p99 latency per RPC, agent RSS."""
-        console = Console(stderr=True)
+        console = make_console(stderr=True)
         try:
             cfg = LoadConfig(agent=agent, data_dir=data_dir, out=out, pool=pool, data=data, split=split,
                              models=models, clients=clients, seconds=seconds, warmup=warmup,
@@ -958,9 +959,12 @@ def register(bench_app: typer.Typer) -> None:
                              connection=client.ClientConfig(tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key,
                                                             token=token))
             res = run_load(cfg, say=console.print)
-        except (LoadError, client.AgentUnavailable) as e:
+        except LoadError as e:  # the options or the data: a usage error
             console.print(f"[red]bench load[/red]: {e}")
             raise typer.Exit(2) from None
+        except client.AgentUnavailable as e:  # as every command that talks to an agent (docs/agent.md, Exit status)
+            console.print(f"[red]bench load[/red]: {e}")
+            raise typer.Exit(1) from None
         except grpc.RpcError as e:
             code = e.code().name if isinstance(e, grpc.Call) else "UNKNOWN"
             details = e.details() if isinstance(e, grpc.Call) else str(e)

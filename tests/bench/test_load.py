@@ -153,6 +153,16 @@ def test_load_refuses_non_loopback_targets(address: str) -> None:
     assert result.exit_code == 2 and "not a loopback" in " ".join(result.output.split())
 
 
+def test_load_against_no_agent_exits_1_as_every_agent_command() -> None:
+    import socket
+
+    with socket.socket() as s:  # a loopback port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    result = CliRunner().invoke(app, ["bench", "load", "--agent", f"127.0.0.1:{port}", "--seconds", "1"])
+    assert result.exit_code == 1 and "no agent listens there" in result.output, result.output
+
+
 def test_load_arguments() -> None:
     assert require_loopback("127.0.0.1:5") == ("127.0.0.1", 5) and require_loopback("[::1]:7") == ("::1", 7)
     with pytest.raises(LoadError, match="HOST:PORT"):
