@@ -253,7 +253,7 @@ def serve(labelstudio: LabelStudioConfig,
           cpu: bool = typer.Option(False, "--cpu", help="never try CUDAExecutionProvider"),
           state_check: str = typer.Option("full", "--state-check",
                                           help="what is verified of state.sqlite before serving it: full (SQLite's "
-                                               "integrity_check, ~1 s per 100 MB read from disk), quick "
+                                               "integrity_check; its cost: docs/agent.md), quick "
                                                "(quick_check: misses rows missing from an index, the usual damage of "
                                                "a plain copy of a live folder) or none"),
           tls_cert: Path | None = typer.Option(None, "--tls-cert", dir_okay=False,

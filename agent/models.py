@@ -346,8 +346,7 @@ class ModelManager:
                     f"with the folder's model's, and every sample is embedded again by it{meanwhile}")
             log.warning(note)
             self.notices.append(note)
-            self.state.drop_embeddings(version)
-            shutil.rmtree(self.index_dir / version, ignore_errors=True)
+            self._forget(version)
             (self.map_dir / f"{version}.npz").unlink(missing_ok=True)  # a map of the other model's embeddings
             stored = self.state.load_embeddings(version, emb.dim, len(emb.classes))
         self.state.set_fingerprint(version, model_fingerprint(manifest))  # fills rows recorded without one

@@ -57,7 +57,7 @@ WRITE_REQUESTS: Mapping[str, tuple[type[Any], Callable[[Any], str | None]]] = {
 
 # True while the handler of a read-token call runs (AuthInterceptor): a Select made with it is answered but not
 # recorded (agent/core.py ``Agent.select``). A viewer's or dashboard's Selects change nothing: recorded, each
-# distinct one grew the selections table (19 kB per call of a whole pool), and its random draws could make
+# distinct one grew the selections table (docs/agent.md, "Heavy work"), and its random draws could make
 # hand-picked labels count as audit labels.
 READ_ONLY_CALL: contextvars.ContextVar[bool] = contextvars.ContextVar("shortlist_read_only_call", default=False)
 

@@ -37,8 +37,7 @@ none) before anything is read, and a file SQLite finds corrupt (SQLITE_CORRUPT, 
 opening, or that fails the check, is refused with ``StateCorruptError`` (what SQLite said; restore a
 backup). ``quick_check`` misses index entries missing from an index (the damage a plain ``cp`` of a live
 folder most often has): the agent then reads the labels through that index and starts with labels
-missing, without an error; ``integrity_check`` finds it (~0.3 s warm, ~1 s cold on a 106 MiB folder:
-docs/agent.md, "Backup and restore").
+missing, without an error; ``integrity_check`` finds it (its cost: docs/agent.md, "Backup and restore").
 
 All methods are thread-safe (one lock; SQLite writes are serialised anyway). The in-memory mirror
 (ids, metadata, current labels) is updated only after a commit succeeds.
@@ -95,11 +94,10 @@ MANUAL_SOURCE = "manual"  # ... of SubmitLabels without a source
 RETRACTED = -1  # labels.class of a retraction (RetractLabels)
 
 # PRAGMA journal_size_limit: once a checkpoint has copied the whole WAL into the database, the next commit
-# truncates the WAL file to this size. Without it the WAL keeps the size of its largest transaction until the
-# agent stops (92 MiB after dropping a retired version's embeddings from a 105 MiB folder, 105 MiB after an
-# outside VACUUM). Above the WAL's working size (the 1,000-page autocheckpoint: 3.9 MiB; 4.8 MiB at most while
-# a new version's embeddings are stored), so everyday commits never cut it:
-# scripts/experiments/wal_size_limit.py, docs/agent.md "Backup and restore".
+# truncates the WAL file to this size. Without it the WAL keeps the size of its largest transaction (dropping a
+# retired version's embeddings, an outside VACUUM) until the agent stops. Set above the WAL's working size (the
+# 1,000-page autocheckpoint), so everyday commits never cut it: measured by scripts/experiments/wal_size_limit.py,
+# figures in docs/agent.md "Backup and restore".
 JOURNAL_SIZE_LIMIT = 16 * 1024 * 1024
 
 SCHEMA_VERSION = 3
