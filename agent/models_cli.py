@@ -154,13 +154,7 @@ def rollback(agent: AgentTarget,
     it is moving to no other version: the copy would change nothing."""
 
     def fail(message: str, code: int) -> NoReturn:
-        """Say why nothing was published; with --json as a JSON object on stdout too, so a script that
-        parses stdout gets an answer whatever happened (the exit status is the same either way)."""
-        if as_json:
-            print(json_line({"error": message, "published": None, "copy_of": version}))
-        else:
-            typer.echo(message, err=True)
-        raise typer.Exit(code)
+        _fail(message, code, as_json, {"published": None, "copy_of": version})
 
     if problem := registry_problem(models):
         fail(problem, 2)
@@ -218,6 +212,16 @@ def rollback(agent: AgentTarget,
         make_console().print(escape(message), highlight=False)
 
 
+def _fail(message: str, code: int, as_json: bool, fields: dict[str, Any]) -> NoReturn:
+    """Say why a command did nothing and exit with ``code``; with --json as a JSON object on stdout (``error``
+    and ``fields``), so a script that parses stdout gets an answer whatever happened."""
+    if as_json:
+        print(json_line({"error": message, **fields}))
+    else:
+        typer.echo(message, err=True)
+    raise typer.Exit(code)
+
+
 def _taken_up(st: agent_pb2.Status, new: str, registry: Path) -> tuple[str, str]:
     """What the agent made of ``new``, from its status after ReloadModel: (``serving`` | ``embedding`` |
     ``refused`` | ``busy`` | ``superseded`` | ``not_taken_up``, a sentence). An agent embedding another
@@ -262,11 +266,7 @@ def prune(agent: AgentTarget,
     (exit 1): give --agent HOST:PORT of the agent serving this folder, or --without-agent to keep only the
     newest KEEP. Exit 1 when a folder could not be removed (the others are), 2 for a bad option."""
     if problem := registry_problem(models):  # a run, image or version folder: nothing to prune, and not a registry
-        if as_json:
-            print(json_line({"error": problem, "removed": []}))
-        else:
-            typer.echo(problem, err=True)
-        raise typer.Exit(2)
+        _fail(problem, 2, as_json, {"removed": []})
     rows = version_rows(models)
     complete = [r["version"] for r in rows if r["complete"]]
     newest = "the newest complete version" if keep == 1 else f"one of the newest {keep} complete versions"
@@ -285,12 +285,7 @@ def prune(agent: AgentTarget,
                        f"older version from {models}. Pass --agent HOST:PORT of the agent serving this folder (what "
                        "it serves or is embedding is kept), or --without-agent to keep only the newest "
                        f"{keep} complete versions")
-            if as_json:
-                print(json_line({**outcome, "error": message, "removed": [],
-                                 "agent": {"address": agent.address, "error": said}}))
-            else:
-                typer.echo(message, err=True)
-            raise typer.Exit(1) from None
+            _fail(message, 1, as_json, {**outcome, "removed": [], "agent": {"address": agent.address, "error": said}})
         outcome["agent"] = {"address": agent.address, "serving": st.model_version,
                             "embedding": st.pending_model_version}
         notes = []
