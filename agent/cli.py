@@ -39,7 +39,7 @@ from agent.client import calibration_dict, calibration_line, ranked
 from agent.limits import MIB, Limits, class_name_problem
 from agent.progress import audit_dict
 from agent.web.config import LabelStudioConfig
-from shortlist.console import make_console
+from shortlist.console import INTERRUPTED_EXIT, make_console
 from shortlist.v1 import agent_pb2, agent_pb2_grpc
 
 LIMITS = Limits()  # the defaults, shown by `shortlist serve --help`
@@ -66,9 +66,6 @@ def _progress() -> Progress:
                     console=console, transient=True, disable=not console.is_terminal)
 
 
-# Exit status of a command stopped by Ctrl-C (the shell's 128 + SIGINT), as training's commands exit
-# (training/cli.py INTERRUPTED_EXIT; not imported from there: training loads torch).
-INTERRUPTED_EXIT = 130
 
 
 @contextlib.contextmanager

@@ -1,10 +1,15 @@
-"""The one way the CLI makes a Rich console (agent, training and models commands)."""
+"""What the CLI's commands share in how they talk to a person: the Rich console they make, the exit status
+of a command stopped by Ctrl-C (agent, training and models commands)."""
 
 from __future__ import annotations
 
 import sys
 
 from rich.console import Console
+
+# Exit status of a command stopped by Ctrl-C / SIGTERM (the shell's 128 + SIGINT): what it did is said, and
+# training runs are checkpointed, unfinished.
+INTERRUPTED_EXIT = 130
 
 
 def make_console(stderr: bool = False) -> Console:

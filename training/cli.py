@@ -11,7 +11,7 @@ import typer
 from rich.markup import escape
 
 from agent.cli_options import AgentTarget, agent_options
-from shortlist.console import make_console
+from shortlist.console import INTERRUPTED_EXIT, make_console
 
 if TYPE_CHECKING:
     from training.pretrain import PretrainConfig
@@ -21,8 +21,6 @@ console = make_console(stderr=True)
 
 # training.backbones.BACKBONES (not imported: it loads torch, slow for --help; a test keeps the two equal)
 ARCH_HELP = "resnet18 | resnet18_w32 | wrn28_2 | vgg16_bn_cifar | torchvision:NAME"
-# Exit status of a training command stopped by SIGINT / SIGTERM (the shell's 128 + SIGINT): checkpointed, unfinished.
-INTERRUPTED_EXIT = 130
 
 
 def _frozen_budget(mode: str, steps: int | None, minutes: float | None, epochs: int | None) -> None:
