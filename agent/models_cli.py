@@ -274,7 +274,8 @@ def prune(agent: AgentTarget,
     outcome: dict[str, Any] = {"registry": str(models), "dry_run": dry_run}
     if without_agent:
         outcome["agent"] = None
-        notes = [f"--without-agent: kept the newest {keep} complete versions only; an agent serving an older one "
+        kept = "the newest complete version" if keep == 1 else f"the newest {keep} complete versions"
+        notes = [f"--without-agent: kept {kept} only; an agent serving an older one "
                  "from this folder keeps serving it, warns, and after a restart serves the newest"]
     else:
         try:
