@@ -28,13 +28,19 @@ if TYPE_CHECKING:
 HEAD_C = 10.0
 
 
-def _need_labels(what: str, pool: Pool) -> FailedPrecondition:
+def _need_labels(what: str, pool: Pool, committee: bool = False) -> FailedPrecondition:
     """The refusal when no classifier of at least 2 classes exists: no usable logits head
-    (``usable_logits``) and fewer than 2 labelled classes."""
+    (``usable_logits``) and fewer than 2 labelled classes. ``committee``: the strategy fits its own heads
+    on the labelled rows whatever the model has (qbc), so the labels alone are the reason."""
     from agent.strategies import LABEL_FREE  # the registry imports this module
 
     n = len(np.unique(pool.labels))
     free = ", ".join(sorted(LABEL_FREE))
+    if committee:
+        return FailedPrecondition(
+            f"strategy {what!r} fits its committee on the labelled samples, and {n} class(es) are labelled (at "
+            "least 2 needed; the model's own classifier would be one member, not a committee). Label samples "
+            f"of at least 2 classes, or use a strategy that works without a classifier: {free}")
     if pool.logits is not None and not usable_logits(pool):  # a head for the agent's one class (cycle on one)
         known = ", ".join(repr(c) for c in pool.classes)
         return FailedPrecondition(
@@ -211,7 +217,7 @@ def qbc(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping[str, 
     members = QBC_MEMBERS_PARAM.get_int(params)
     classes = np.unique(pool.labels)
     if len(classes) < 2:
-        raise _need_labels("qbc", pool)
+        raise _need_labels("qbc", pool, committee=True)
     x_lab = pool.embeddings[pool.labeled]
     x = rows_matrix(pool.embeddings, pool.candidates)
     by_class = [np.flatnonzero(pool.labels == c) for c in classes]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agent.pool import InvalidArgument
+from agent.pool import FailedPrecondition, InvalidArgument
 from agent.strategies import STRATEGIES
 from agent.strategies._common import top_k
 from agent.strategies.as3l import consensus_groups, fit_linear_map
@@ -182,6 +182,19 @@ def test_margin_and_entropy_pick_the_boundary() -> None:
     for name in ("entropy", "margin", "least_confidence", "qbc", "badge"):
         sel = STRATEGIES[name](pool, 1, np.random.default_rng(0), {})
         assert sel.rows.tolist() == [6], name
+
+
+def test_qbc_without_two_labelled_classes_says_its_committee_needs_them() -> None:
+    # The model has a usable 2-class head, but qbc's committee is fitted on the labels: one class is too few,
+    # and the refusal must not blame a missing logits head.
+    x, y = blobs(clusters=2, per_cluster=10, dim=8, seed=1)
+    logits = np.stack([x[:, 0], -x[:, 0]], axis=1).astype(np.float32)
+    pool = make_pool(x, y, np.array([0, 1]), logits=logits)
+    assert len(np.unique(pool.labels)) == 1
+    with pytest.raises(FailedPrecondition) as e:
+        STRATEGIES["qbc"](pool, 2, np.random.default_rng(0), {})
+    assert "committee" in str(e.value) and "1 class(es) are labelled" in str(e.value)
+    assert "no logits head" not in str(e.value)
 
 
 def test_das_weighs_pretext_loss() -> None:
