@@ -21,8 +21,10 @@ The package, one concern per module (other benchmarks, e.g. ``bench as3l`` and `
   ``code_fingerprint``;
 - ``process``: the agent as a subprocess (``agent_process``, ``wait_embedded``);
 - ``ingest``: the pool ingested once per (pool, model) into a base data folder (``ingest_pool``);
-- ``evaluation``: the per-strategy loop (``run_strategy``), its records, the semi-supervised point;
-- ``run``: ``run_benchmark``; ``commands``: ``register`` (bench cifar10, embeddings, report).
+- ``evaluation``: the per-strategy loop (``run_strategy``; its settings ``LoopSettings`` and data ``EvalData``),
+  its records, the semi-supervised point;
+- ``run``: ``run_benchmark`` (a profile with the command's ``Overrides``, ``Folders``); ``commands``: ``register``
+  (bench cifar10, embeddings, report).
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ from bench.cifar10.encoder import (
     publish_encoder,
 )
 from bench.cifar10.evaluation import (
+    EvalData,
+    LoopSettings,
     Point,
     Run,
     SemiSupervised,
@@ -60,13 +64,17 @@ from bench.cifar10.profiles import (
     resolve_budgets,
     stratified_subset,
 )
-from bench.cifar10.run import run_benchmark
+from bench.cifar10.run import Folders, Overrides, run_benchmark
 
 __all__ = [
     'CPU_PRETRAIN',
     'LOW_BUDGET_STRATEGIES',
     'PAPER_BUDGETS',
     'PROFILES',
+    'EvalData',
+    'Folders',
+    'LoopSettings',
+    'Overrides',
     'Point',
     'Profile',
     'Run',

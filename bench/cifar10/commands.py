@@ -9,7 +9,7 @@ import typer
 from bench.cifar10.data import require_splits
 from bench.cifar10.evaluation import write_embeddings
 from bench.cifar10.profiles import PROFILES
-from bench.cifar10.run import run_benchmark
+from bench.cifar10.run import Overrides, run_benchmark
 
 
 def check_names(strategies: list[str] | None, prior_methods: list[str] | None) -> None:
@@ -60,9 +60,10 @@ def register(bench_app: typer.Typer) -> None:
 
         check_names(split(strategies), split(prior_methods))  # before minutes of loading and pretraining
         at = [int(x) for x in split(semi_supervised_at) or []] if semi_supervised_at is not None else None
-        run = run_benchmark(data, PROFILES[profile], out, encoder, split(strategies), seeds, split(budgets),
-                            split(prior_methods), semi_supervised_at=at,
-                            semi_supervised_steps=semi_supervised_steps, audit=audit)
+        overrides = Overrides(strategies=split(strategies), seeds=seeds, budgets=split(budgets),
+                              prior_methods=split(prior_methods), semi_supervised_at=at,
+                              semi_supervised_steps=semi_supervised_steps, audit=audit)
+        run = run_benchmark(data, PROFILES[profile], out, encoder, overrides)
         if run.skipped:  # a table with holes is not a success: scripts and `&&` chains must see it
             typer.echo(f"{len(run.skipped)} (strategy, seed) run(s) skipped on agent errors (above, and in "
                        f"{out / 'agent.log'}); run the same command again to retry them (finished runs are reused)",

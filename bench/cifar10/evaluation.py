@@ -174,14 +174,41 @@ class SemiSupervised:
     out: Path
 
 
+@dataclass(frozen=True)
+class EvalData:
+    """What every (strategy, seed) loop of one run is scored on, the same for all of them: the simulated
+    annotator's answers, the served model's embeddings of the pool and test set, and the test images (for
+    the semi-supervised stage's classifier)."""
+
+    truth: dict[str, int]  # pool id -> index into classes
+    classes: list[str]
+    pool_emb: dict[str, np.ndarray]  # pool id -> embedding
+    test_emb: np.ndarray  # TxD
+    test_y: np.ndarray  # T, indexes classes
+    test_images: np.ndarray | None = None  # TxHxWx3 uint8; None: no semi-supervised point
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    """The run-wide settings of every (strategy, seed) loop: the cumulative label budgets, the prior methods
+    scored at each, the audit labels drawn after the first budget's picks (``Profile.audit``) and where the
+    semi-supervised stage runs (None: nowhere)."""
+
+    budgets: tuple[int, ...]
+    prior_methods: tuple[str, ...]
+    audit: int = 0
+    ssl: SemiSupervised | None = None
+
+
 def semi_supervised_accuracy(address: str, ssl: SemiSupervised, strategy: str, seed: int, budget: int,
-                             test_images: np.ndarray, test_y: np.ndarray, classes: list[str]) -> float | None:
+                             data: EvalData) -> float | None:
     """Run training's AS3L stage through ``shortlist cycle`` machinery against the agent (priors from its
     PriorLabels), publish into a registry the agent does not serve, and score the classifier's ``logits``
-    on the test images with onnxruntime. Returns test accuracy in [0, 1], or None (said on stdout) when the
-    labels cannot train a classifier (fewer than 2 classes: ``CycleRefused``)."""
+    on ``data``'s test images with onnxruntime. Returns test accuracy in [0, 1], or None (said on stdout) when
+    the labels cannot train a classifier (fewer than 2 classes: ``CycleRefused``)."""
     from training.cycle import CycleRefused, run_cycle
 
+    assert data.test_images is not None
     run_dir = ssl.out / f"{strategy}-seed{seed}-{budget}"
     registry = ssl.out / "models"
     try:
@@ -191,7 +218,7 @@ def semi_supervised_accuracy(address: str, ssl: SemiSupervised, strategy: str, s
     except CycleRefused as e:
         typer.echo(f"warning: no semi-supervised run for {strategy} seed {seed} at {budget} labels: {e}")
         return None
-    return classifier_accuracy(registry / version, test_images, test_y, classes)
+    return classifier_accuracy(registry / version, data.test_images, data.test_y, data.classes)
 
 
 def classifier_accuracy(version_dir: Path, test_images: np.ndarray, test_y: np.ndarray, classes: list[str]) -> float:
@@ -211,81 +238,109 @@ def classifier_accuracy(version_dir: Path, test_images: np.ndarray, test_y: np.n
     return correct / max(1, len(test_images))
 
 
-def run_strategy(stub: agent_pb2_grpc.AgentStub, strategy: str, seed: int, budgets: list[int],
-                 prior_methods: Sequence[str], truth: dict[str, int], classes: list[str],
-                 pool_emb: dict[str, np.ndarray], test_emb: np.ndarray, test_y: np.ndarray,
-                 progress: Any = None, task: Any = None, ssl: SemiSupervised | None = None,
-                 address: str = "", test_images: np.ndarray | None = None, audit: int = 0) -> list[Point]:
-    """The cumulative Select -> label -> prior -> evaluate loop for one strategy and seed. ``audit`` > 0: that
-    many audit labels (Select strategy "audit", a uniform random sample of the unlabelled pool) are drawn
-    and labelled right after the first budget's picks, as the agent's calibration warning asks a team to,
-    and kept; later budgets still count the strategy's picks only."""
+def _select(stub: agent_pb2_grpc.AgentStub, strategy: str, want: int, seed: int,
+            labeled: list[str]) -> tuple[agent_pb2.SelectReply, str, float]:
+    """Select ``want`` new samples with ``strategy``; returns the reply, the strategy that picked them and
+    the seconds it took. Uncertainty strategies need labels to start from: with none yet, the first labels
+    are drawn at random, as in the papers' active-learning protocols."""
+    t0 = time.perf_counter()
+    name = strategy
+    try:
+        reply = stub.Select(agent_pb2.SelectRequest(budget=want, strategy=name, seed=seed), timeout=3600)
+    except grpc.RpcError as e:
+        if e.code() != grpc.StatusCode.FAILED_PRECONDITION or labeled:
+            raise
+        name = "random"
+        reply = stub.Select(agent_pb2.SelectRequest(budget=want, strategy=name, seed=seed), timeout=3600)
+    select_s = time.perf_counter() - t0
+    picked = [s.id for s in reply.selected]
+    if len(picked) != want or set(picked) & set(labeled) or len(set(picked)) != len(picked):
+        raise RuntimeError(f"{strategy}: asked {want} new samples, got {len(picked)} "
+                           f"({len(set(picked) & set(labeled))} already labelled)")
+    return reply, name, select_s
+
+
+def _label(stub: agent_pb2_grpc.AgentStub, data: EvalData, ids: list[str], what: str) -> None:
+    """The simulated annotator: the true labels of ``ids``; a rejection ends the run."""
+    lab = client.submit_labels(stub, [(i, data.classes[data.truth[i]]) for i in ids], annotator="simulated")
+    if lab.rejected:
+        raise RuntimeError(f"{what} rejected: {lab.rejected[0].id}: {lab.rejected[0].reason}")
+
+
+@dataclass(frozen=True)
+class _Priors:
+    """One prior method's PriorLabels on the unlabelled pool: probabilities over the classes (NxC), true
+    class indices (N), the fitted calibration's source and the seconds the RPC took."""
+
+    probs: np.ndarray
+    y: np.ndarray
+    calibration: str | None
+    seconds: float
+
+
+def _priors(stub: agent_pb2_grpc.AgentStub, method: str, data: EvalData) -> _Priors:
+    t1 = time.perf_counter()
+    ids, probs = [], []
+    rows = list(stub.PriorLabels(agent_pb2.PriorLabelsRequest(method=method), timeout=3600))
+    fit = client.first_calibration(rows)
+    for p in rows:
+        ids.append(p.id)
+        probs.append([p.probs.get(c, 0.0) for c in data.classes])
+    prior_s = time.perf_counter() - t1
+    y = np.asarray([data.truth[i] for i in ids])
+    pr = np.asarray(probs, np.float64).reshape(len(ids), len(data.classes))
+    return _Priors(pr, y, fit.source if fit else None, prior_s)
+
+
+def run_strategy(stub: agent_pb2_grpc.AgentStub, strategy: str, seed: int, settings: LoopSettings,
+                 data: EvalData, address: str = "", progress: Any = None, task: Any = None) -> list[Point]:
+    """The cumulative Select -> label -> prior -> evaluate loop for one strategy and seed. ``settings.audit``
+    > 0: that many audit labels (Select strategy "audit", a uniform random sample of the unlabelled pool) are
+    drawn and labelled right after the first budget's picks, as the agent's calibration warning asks a team
+    to, and kept; later budgets still count the strategy's picks only. ``address``: the agent's, for the
+    semi-supervised stage."""
     labeled: list[str] = []
     audited: list[str] = []
     points: list[Point] = []
     first_round = strategy
-
-    def label(ids: list[str], what: str) -> None:  # the simulated annotator; a rejection ends the run
-        lab = client.submit_labels(stub, [(i, classes[truth[i]]) for i in ids], annotator="simulated")
-        if lab.rejected:
-            raise RuntimeError(f"{what} rejected: {lab.rejected[0].id}: {lab.rejected[0].reason}")
-
-    for budget in budgets:
+    ssl = settings.ssl
+    for budget in settings.budgets:
         if progress is not None:
             progress.update(task, description=f"{strategy} seed {seed} budget {budget}")
         want = budget - len(labeled)
-        t0 = time.perf_counter()
-        name = strategy
-        try:
-            reply = stub.Select(agent_pb2.SelectRequest(budget=want, strategy=name, seed=seed), timeout=3600)
-        except grpc.RpcError as e:
-            if e.code() != grpc.StatusCode.FAILED_PRECONDITION or labeled:
-                raise
-            # Uncertainty strategies need labels to start from: the first labels are drawn at random,
-            # as in the papers' active-learning protocols.
-            name = first_round = "random"
-            reply = stub.Select(agent_pb2.SelectRequest(budget=want, strategy=name, seed=seed), timeout=3600)
-        select_s = time.perf_counter() - t0
+        reply, name, select_s = _select(stub, strategy, want, seed, labeled)
+        if name != strategy:
+            first_round = name
         picked = [s.id for s in reply.selected]
-        if len(picked) != want or set(picked) & set(labeled) or len(set(picked)) != len(picked):
-            raise RuntimeError(f"{strategy}: asked {want} new samples, got {len(picked)} "
-                               f"({len(set(picked) & set(labeled))} already labelled)")
-        label(picked, "labels")
+        _label(stub, data, picked, "labels")
         labeled += picked
-        if audit and not audited:
-            drawn = stub.Select(agent_pb2.SelectRequest(budget=audit, strategy="audit", seed=seed), timeout=3600)
+        if settings.audit and not audited:
+            drawn = stub.Select(agent_pb2.SelectRequest(budget=settings.audit, strategy="audit", seed=seed),
+                                timeout=3600)
             audited = [s.id for s in drawn.selected]
-            label(audited, "audit labels")
-        lab_y = np.asarray([truth[i] for i in labeled])
-        lab_x = np.stack([pool_emb[i] for i in labeled])
-        lin = linear_probe_accuracy(lab_x, lab_y, test_emb, test_y, seed)
-        cov = class_coverage(lab_y, len(classes))
+            _label(stub, data, audited, "audit labels")
+        lab_y = np.asarray([data.truth[i] for i in labeled])
+        lab_x = np.stack([data.pool_emb[i] for i in labeled])
+        lin = linear_probe_accuracy(lab_x, lab_y, data.test_emb, data.test_y, seed)
+        cov = class_coverage(lab_y, len(data.classes))
         ssl_acc = None
-        if ssl is not None and budget in ssl.at and test_images is not None:
-            ssl_acc = semi_supervised_accuracy(address, ssl, strategy, seed, budget, test_images, test_y, classes)
-        for method in prior_methods:
-            t1 = time.perf_counter()
-            ids, probs, conf = [], [], []
-            rows = list(stub.PriorLabels(agent_pb2.PriorLabelsRequest(method=method), timeout=3600))
-            fit = client.first_calibration(rows)
-            for p in rows:
-                ids.append(p.id)
-                probs.append([p.probs.get(c, 0.0) for c in classes])
-                conf.append(p.confidence)
-            prior_s = time.perf_counter() - t1
-            y = np.asarray([truth[i] for i in ids])
-            pr = np.asarray(probs, np.float64).reshape(len(ids), len(classes))
+        if ssl is not None and budget in ssl.at and data.test_images is not None:
+            ssl_acc = semi_supervised_accuracy(address, ssl, strategy, seed, budget, data)
+        for method in settings.prior_methods:
+            pri = _priors(stub, method, data)
+            pr = pri.probs
             points.append(Point(strategy=strategy, seed=seed, budget=budget, prior_method=method, coverage=cov,
-                                linear_accuracy=lin, prior_accuracy=prior_accuracy(pr, y),
-                                ece=expected_calibration_error(pr, y), n_labeled=len(labeled) + len(audited),
+                                linear_accuracy=lin, prior_accuracy=prior_accuracy(pr, pri.y),
+                                ece=expected_calibration_error(pr, pri.y), n_labeled=len(labeled) + len(audited),
                                 model_version=reply.model_version, select_seconds=select_s,
-                                prior_seconds=prior_s, first_round=first_round,
+                                prior_seconds=pri.seconds, first_round=first_round,
                                 semi_supervised_accuracy=ssl_acc,
                                 mean_confidence=float(pr.max(axis=1).mean()) if len(pr) else None,
-                                audit_labels=len(audited), calibration=fit.source if fit else None))
+                                audit_labels=len(audited), calibration=pri.calibration))
         if progress is not None:
             progress.advance(task)
-            summary = ", ".join(f"{p.prior_method} {p.prior_accuracy:.3f}" for p in points[-len(prior_methods):])
+            summary = ", ".join(f"{p.prior_method} {p.prior_accuracy:.3f}"
+                                for p in points[-len(settings.prior_methods):])
             progress.console.print(f"{strategy:>10} seed {seed} labels {budget:>5}: classes {cov:>2}, "
                                    f"linear {lin:.3f}, priors {summary} (select {select_s:.1f} s)")
     return points

@@ -5,18 +5,23 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, replace
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import grpc
+import numpy as np
 import typer
 
 from agent import client
 from bench.cifar10.data import images_at_model_size, load_pool_and_test
 from bench.cifar10.encoder import _git_commit, code_fingerprint, embed_images, prepare_encoder
 from bench.cifar10.evaluation import (
+    EvalData,
+    LoopSettings,
+    Point,
     Run,
     SemiSupervised,
     _save,
@@ -28,14 +33,153 @@ from bench.cifar10.evaluation import (
 from bench.cifar10.ingest import ingest_pool
 from bench.cifar10.process import agent_process
 from bench.cifar10.profiles import Profile, resolve_budgets
+from shortlist.datasets import ImageArray
+
+
+@dataclass(frozen=True)
+class Overrides:
+    """``bench cifar10``'s options over its profile's settings; None (or empty) keeps the profile's."""
+
+    strategies: Sequence[str] | None = None
+    seeds: int | None = None
+    budgets: Sequence[str] | None = None
+    prior_methods: Sequence[str] | None = None
+    semi_supervised_at: Sequence[int] | None = None
+    semi_supervised_steps: int | None = None  # None: the profile's minutes per semi-supervised point
+    audit: int | None = None
+
+    def apply(self, profile: Profile) -> Profile:
+        """``profile`` with these overrides (``semi_supervised_steps`` is no profile field: see ``SemiSupervised``)."""
+        return replace(profile, strategies=tuple(self.strategies or profile.strategies),
+                       seeds=self.seeds or profile.seeds, budgets=tuple(self.budgets or profile.budgets),
+                       prior_methods=tuple(self.prior_methods or profile.prior_methods),
+                       semi_supervised_at=tuple(profile.semi_supervised_at if self.semi_supervised_at is None
+                                                else self.semi_supervised_at),
+                       audit=profile.audit if self.audit is None else self.audit)
+
+
+@dataclass(frozen=True)
+class Folders:
+    """Where one run writes, all under ``out``."""
+
+    out: Path
+
+    @property
+    def registry(self) -> Path:  # the served model versions
+        return self.out / "models"
+
+    @property
+    def base(self) -> Path:  # the agent's data folder with the pool ingested, copied for each run
+        return self.out / "agent-base"
+
+    @property
+    def work(self) -> Path:  # the copy one (strategy, seed) run's agent works in
+        return self.out / "agent-work"
+
+    @property
+    def log(self) -> Path:
+        return self.out / "agent.log"
+
+
+class Walls:
+    """Wall seconds per step (``Run.wall_seconds``), in the order the steps end."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.start = time.perf_counter()
+
+    @contextmanager
+    def timed(self, key: str) -> Iterator[None]:
+        t = time.perf_counter()
+        yield
+        self.seconds[key] = time.perf_counter() - t
+
+    def total(self) -> None:
+        self.seconds["total"] = time.perf_counter() - self.start
+
+
+def _check_budgets(profile: Profile, pool: int) -> None:
+    """A usage error for budgets that reach the pool (checked before pretraining)."""
+    if resolve_budgets(profile.budgets, pool)[-1] >= pool:
+        raise typer.BadParameter(f"budgets {', '.join(profile.budgets)} reach the pool's {pool} images; "
+                                 "they must stay below it (the priors are scored on the unlabelled rest)",
+                                 param_hint="'--budgets'")
+
+
+def _semi_supervised(profile: Profile, provenance: dict[str, Any], steps: int | None, out: Path,
+                     console: Any) -> SemiSupervised | None:
+    """Where and how the AS3L semi-supervised stage runs (None: the profile has no points for it); it starts
+    from ``--encoder`` when that is a training run folder with encoder.pt."""
+    if not profile.semi_supervised_at:
+        return None
+    init = Path(provenance["encoder"]) if (Path(provenance["encoder"]) / "encoder.pt").is_file() else None
+    if init is None:
+        console.print("[yellow]semi-supervised stage starts from a random init:[/] --encoder is not a training "
+                      "run folder with encoder.pt")
+    return SemiSupervised(at=profile.semi_supervised_at, minutes=profile.semi_supervised_minutes,
+                          steps=steps, init=init, prior_method="as3l", out=out / "semi-supervised")
+
+
+def _run_one(strategy: str, seed: int, settings: LoopSettings, data: EvalData, folders: Folders,
+             progress: Any, task: Any) -> list[Point]:
+    """One (strategy, seed) run, by an agent on a fresh copy of the base folder (every strategy starts from
+    the same pool and zero labels), removed afterwards."""
+    work = folders.work
+    if work.exists():
+        shutil.rmtree(work)
+    shutil.copytree(folders.base, work)
+    try:
+        with agent_process(work, folders.registry, folders.log) as address:
+            return run_strategy(client.connect(address), strategy, seed, settings, data, address, progress, task)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _run_strategies(run: Run, done: dict[tuple[str, int], list[dict[str, Any]]], settings: LoopSettings,
+                    data: EvalData, folders: Folders, progress: Any, walls: Walls) -> None:
+    """Every (strategy, seed) of ``run``, reusing the ``done`` ones; results.json is rewritten after each.
+    An agent error skips that run (recorded in ``run.skipped``, retried by a rerun)."""
+    n_budgets = len(settings.budgets)
+    loop = progress.add_task("strategies", total=len(run.strategies) * len(run.seeds) * n_budgets)
+    # Seeds outside strategies: an interrupted run still has every strategy at the first seeds, and
+    # results.json is rewritten after each (strategy, seed) so nothing finished is lost.
+    for seed in run.seeds:
+        for strategy in run.strategies:
+            if (strategy, seed) in done:
+                run.records += done[(strategy, seed)]
+                progress.advance(loop, n_budgets)
+                continue
+            t_s = time.perf_counter()
+            try:
+                points = _run_one(strategy, seed, settings, data, folders, progress, loop)
+            except grpc.RpcError as e:
+                msg = f"{e.code().name}: {e.details()}"
+                progress.console.print(f"[yellow]skipped[/] {strategy} seed {seed}: {msg}")
+                run.skipped.append({"strategy": strategy, "seed": seed, "error": msg})
+                progress.advance(loop, n_budgets)
+                continue
+            run.records += [asdict(p) for p in points]
+            walls.seconds[f"strategy/{strategy}/seed{seed}"] = time.perf_counter() - t_s
+            walls.total()
+            run.wall_seconds = walls.seconds
+            _save(run, folders.out)
+
+
+def _eval_data(data: Path, version_dir: Path, train: ImageArray, pool_idx: np.ndarray, test_set: ImageArray,
+               test_idx: np.ndarray) -> tuple[EvalData, np.ndarray]:
+    """The served model's view of the evaluation rows: the ``EvalData`` and the pool's NxD embeddings."""
+    pool_ids = [train.ids[i] for i in pool_idx]
+    pool_images, test_images = images_at_model_size(data, version_dir, train, test_set, pool_idx, test_idx)
+    pool_emb_arr, test_emb = embed_images(version_dir, pool_images), embed_images(version_dir, test_images)
+    truth = {i: int(train.labels[r]) for i, r in zip(pool_ids, pool_idx, strict=True)}
+    return EvalData(truth=truth, classes=train.classes, pool_emb=dict(zip(pool_ids, pool_emb_arr, strict=True)),
+                    test_emb=test_emb, test_y=test_set.labels, test_images=test_images), pool_emb_arr
 
 
 def run_benchmark(data: Path, profile: Profile, out: Path, encoder: Path | None = None,
-                  strategies: Sequence[str] | None = None, seeds: int | None = None,
-                  budgets: Sequence[str] | None = None, prior_methods: Sequence[str] | None = None,
-                  console: Any = None, semi_supervised_at: Sequence[int] | None = None,
-                  semi_supervised_steps: int | None = None, audit: int | None = None) -> Run:
-    """Run the whole benchmark; writes results.json, results.md and plots into ``out``."""
+                  overrides: Overrides | None = None, console: Any = None) -> Run:
+    """Run the whole benchmark (``profile`` with the command's ``overrides``); writes results.json,
+    results.md and plots into ``out``."""
     from rich.console import Console
     from rich.progress import (
         BarColumn,
@@ -49,109 +193,48 @@ def run_benchmark(data: Path, profile: Profile, out: Path, encoder: Path | None 
     from bench.report import write_report
 
     console = console or Console()
-    profile = replace(profile, strategies=tuple(strategies or profile.strategies),
-                      seeds=seeds or profile.seeds, budgets=tuple(budgets or profile.budgets),
-                      prior_methods=tuple(prior_methods or profile.prior_methods),
-                      semi_supervised_at=tuple(profile.semi_supervised_at if semi_supervised_at is None
-                                               else semi_supervised_at),
-                      audit=profile.audit if audit is None else audit)
+    overrides = overrides or Overrides()
+    profile = overrides.apply(profile)
+    folders = Folders(out)
     out.mkdir(parents=True, exist_ok=True)
-    walls: dict[str, float] = {}
-    t_all = time.perf_counter()
+    walls = Walls()
 
-    t = time.perf_counter()
-    # The evaluation rows, taken once: pretraining's kNN check, embedding and scoring all use them.
-    train, pool_idx, test_set, test_idx = load_pool_and_test(data, profile.pool_size, profile.test_size)
-    test_y = test_set.labels
-    walls["load_data"] = time.perf_counter() - t
-    if resolve_budgets(profile.budgets, len(pool_idx))[-1] >= len(pool_idx):  # before pretraining
-        raise typer.BadParameter(f"budgets {', '.join(profile.budgets)} reach the pool's {len(pool_idx)} images; "
-                                 "they must stay below it (the priors are scored on the unlabelled rest)",
-                                 param_hint="'--budgets'")
+    with walls.timed("load_data"):
+        # The evaluation rows, taken once: pretraining's kNN check, embedding and scoring all use them.
+        train, pool_idx, test_set, test_idx = load_pool_and_test(data, profile.pool_size, profile.test_size)
+    _check_budgets(profile, len(pool_idx))
     console.print(f"[bold]data[/] {data}: pool {len(pool_idx)} of {len(train.ids)} train images, "
                   f"test {len(test_idx)}, classes {', '.join(train.classes)}")
-
-    t = time.perf_counter()
-    version, provenance = prepare_encoder(encoder, profile, data, pool_idx, out, console, train, test_set)
-    walls["encoder"] = time.perf_counter() - t
-    registry = out / "models"
-    version_dir = registry / version
-
-    t = time.perf_counter()
-    pool_ids = [train.ids[i] for i in pool_idx]
-    pool_images, test_images = images_at_model_size(data, version_dir, train, test_set, pool_idx, test_idx)
-    pool_emb_arr, test_emb = embed_images(version_dir, pool_images), embed_images(version_dir, test_images)
-    walls["embed_eval_sets"] = time.perf_counter() - t
+    with walls.timed("encoder"):
+        version, provenance = prepare_encoder(encoder, profile, data, pool_idx, out, console, train, test_set)
+    with walls.timed("embed_eval_sets"):
+        ev, pool_emb_arr = _eval_data(data, folders.registry / version, train, pool_idx, test_set, test_idx)
     # Kept so `shortlist bench strategies` can compare every strategy on exactly these embeddings.
-    save_embeddings(out / "embeddings", pool_emb_arr, train.labels[pool_idx], test_emb, test_y)
-    pool_emb = dict(zip(pool_ids, pool_emb_arr, strict=True))
-    truth = {i: int(train.labels[r]) for i, r in zip(pool_ids, pool_idx, strict=True)}
-
-    ssl = None
-    if profile.semi_supervised_at:
-        init = Path(provenance["encoder"]) if (Path(provenance["encoder"]) / "encoder.pt").is_file() else None
-        if init is None:
-            console.print("[yellow]semi-supervised stage starts from a random init:[/] --encoder is not a training "
-                          "run folder with encoder.pt")
-        ssl = SemiSupervised(at=profile.semi_supervised_at, minutes=profile.semi_supervised_minutes,
-                             steps=semi_supervised_steps, init=init, prior_method="as3l", out=out / "semi-supervised")
-
-    base = out / "agent-base"
+    save_embeddings(out / "embeddings", pool_emb_arr, train.labels[pool_idx], ev.test_emb, ev.test_y)
+    pool_ids = [train.ids[i] for i in pool_idx]
+    ssl = _semi_supervised(profile, provenance, overrides.semi_supervised_steps, out, console)
     budget_list = resolve_budgets(profile.budgets, len(pool_ids))
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TextColumn("left"), TimeRemainingColumn())
+    settings = LoopSettings(budgets=tuple(budget_list), prior_methods=profile.prior_methods, audit=profile.audit,
+                            ssl=ssl)
     run = Run(profile=profile.name, data=str(data), seeds=list(range(profile.seeds)), budgets=budget_list,
               strategies=list(profile.strategies), prior_methods=list(profile.prior_methods),
               pool_size=len(pool_ids), test_size=len(test_idx), model_version=version, encoder=provenance,
-              audit=profile.audit,
-              git_commit=_git_commit(), code=code_fingerprint(),
-              fingerprint=inputs_fingerprint(pool_ids, train.labels[pool_idx], pool_emb_arr, test_emb, test_y, ssl))
+              audit=profile.audit, git_commit=_git_commit(), code=code_fingerprint(),
+              fingerprint=inputs_fingerprint(pool_ids, train.labels[pool_idx], pool_emb_arr, ev.test_emb, ev.test_y,
+                                             ssl))
     done, note = finished_runs(out, run)  # a rerun into the same --out resumes where the last one stopped
     if note:
         console.print(note)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("left"), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=False) as progress:
-        t = time.perf_counter()
-        ingest_pool(data, pool_ids, version, registry, base, out / "agent.log", console, progress,
-                    classes=train.classes)
-        walls["ingest"] = time.perf_counter() - t
-
-        loop = progress.add_task("strategies", total=len(profile.strategies) * profile.seeds * len(budget_list))
-        t = time.perf_counter()
-        # Seeds outside strategies: an interrupted run still has every strategy at the first seeds, and
-        # results.json is rewritten after each (strategy, seed) so nothing finished is lost.
-        for seed in range(profile.seeds):
-            for strategy in profile.strategies:
-                if (strategy, seed) in done:
-                    run.records += done[(strategy, seed)]
-                    progress.advance(loop, len(budget_list))
-                    continue
-                work = out / "agent-work"
-                if work.exists():
-                    shutil.rmtree(work)
-                shutil.copytree(base, work)  # every strategy starts from the same pool and zero labels
-                t_s = time.perf_counter()
-                try:
-                    with agent_process(work, registry, out / "agent.log") as address:
-                        points = run_strategy(client.connect(address), strategy, seed, budget_list,
-                                              profile.prior_methods, truth, train.classes, pool_emb, test_emb,
-                                              test_y, progress, loop, ssl, address, test_images,
-                                              audit=profile.audit)
-                except grpc.RpcError as e:
-                    msg = f"{e.code().name}: {e.details()}"
-                    console.print(f"[yellow]skipped[/] {strategy} seed {seed}: {msg}")
-                    run.skipped.append({"strategy": strategy, "seed": seed, "error": msg})
-                    progress.advance(loop, len(budget_list))
-                    continue
-                finally:
-                    shutil.rmtree(work, ignore_errors=True)
-                run.records += [asdict(p) for p in points]
-                walls[f"strategy/{strategy}/seed{seed}"] = time.perf_counter() - t_s
-                walls["total"] = time.perf_counter() - t_all
-                run.wall_seconds = walls
-                _save(run, out)
-        walls["strategies"] = time.perf_counter() - t
-    walls["total"] = time.perf_counter() - t_all
-    run.wall_seconds = walls
+        with walls.timed("ingest"):
+            ingest_pool(data, pool_ids, version, folders.registry, folders.base, folders.log, console, progress,
+                        classes=train.classes)
+        with walls.timed("strategies"):
+            _run_strategies(run, done, settings, ev, folders, progress, walls)
+    walls.total()
+    run.wall_seconds = walls.seconds
     run.complete = True
     _save(run, out)
     write_report([out], out, console)
