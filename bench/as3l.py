@@ -40,6 +40,7 @@ import numpy as np
 import typer
 
 from bench import cifar10
+from bench.cifar10.run import Walls
 from bench.metrics import class_coverage, expected_calibration_error, linear_probe_accuracy, prior_accuracy
 from shortlist.datasets import ImageArray, load_array
 from shortlist.manifest import read_complete
@@ -237,21 +238,42 @@ def check_settings(cells: Path, settings: dict[str, Any]) -> None:
     _write_json(path, settings)
 
 
-def label_cell(cells: Path, base: Path, registry: Path, log: Path, strategy: str, budget: int, seed: int,
-               truth: dict[str, int], classes: list[str], pool_ids: list[str], pool_emb: np.ndarray,
-               test_emb: np.ndarray, test_y: np.ndarray) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Folders(cifar10.Folders):
+    """bench cifar10's folders under ``out``, and the finished cells."""
+
+    @property
+    def cells(self) -> Path:
+        return self.out / "cells"
+
+
+@dataclass(frozen=True)
+class LabelData:
+    """What every label cell is scored on: the pool (its ids, true classes and the served model's NxD
+    embeddings, in pool order) and the test set's embeddings and classes."""
+
+    pool_ids: list[str]
+    truth: dict[str, int]  # pool id -> index into classes
+    classes: list[str]
+    pool_emb: np.ndarray
+    test_emb: np.ndarray
+    test_y: np.ndarray
+
+
+def label_cell(folders: Folders, strategy: str, budget: int, seed: int, data: LabelData) -> dict[str, Any]:
     """The labels and priors of (strategy, budget, seed), from a saved cell or a fresh agent."""
+    cells, pool_ids, truth, classes = folders.cells, data.pool_ids, data.truth, data.classes
     folder = cells / "labels" / f"{strategy}-{budget}-seed{seed}"
     if (folder / "cell.json").is_file():
         done: dict[str, Any] = json.loads((folder / "cell.json").read_text())
         return done
-    work = cells.parent / "agent-work"
+    work = folders.work
     if work.exists():
         shutil.rmtree(work)
-    shutil.copytree(base, work)  # every cell starts from the same pool and zero labels
+    shutil.copytree(folders.base, work)  # every cell starts from the same pool and zero labels
     t0 = time.perf_counter()
     try:
-        with cifar10.agent_process(work, registry, log) as address:
+        with cifar10.agent_process(work, folders.registry, folders.log) as address:
             picked, ids, probs, calibrated, version = choose_labels(address, strategy, budget, seed, truth, classes)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -269,7 +291,7 @@ def label_cell(cells: Path, base: Path, registry: Path, log: Path, strategy: str
     lab_y = np.asarray([truth[i] for i in picked])
     cell = {"strategy": strategy, "budget": budget, "seed": seed, "labeled": picked, "model_version": version,
             "coverage": class_coverage(lab_y, len(classes)),
-            "linear_accuracy": linear_probe_accuracy(pool_emb[lab_rows], lab_y, test_emb, test_y, seed),
+            "linear_accuracy": linear_probe_accuracy(data.pool_emb[lab_rows], lab_y, data.test_emb, data.test_y, seed),
             "prior_accuracy": prior_accuracy(prior[unl], y), "ece": expected_calibration_error(prior[unl], y),
             "mean_confidence": float(prior[unl].max(axis=1).mean()),
             "ece_calibrated": expected_calibration_error(cal[unl], y),
@@ -278,8 +300,22 @@ def label_cell(cells: Path, base: Path, registry: Path, log: Path, strategy: str
     return cell
 
 
-def arm_cell(cells: Path, profile: Profile, arm: Arm, budget: int, seed: int, labels: dict[str, Any],
-             init: Path, preprocess: str, pool: Any, test: Any, console: Any) -> dict[str, Any]:
+@dataclass(frozen=True)
+class ArmSetup:
+    """What every arm cell trains with: the profile's settings, the encoder's training run to start from,
+    the preprocess name at the training size, the pool and test splits as tensors (``training.data``), and
+    the folder of the cells (an arm reads its labels' prior.npy there)."""
+
+    profile: Profile
+    init: Path
+    preprocess: str
+    pool: Any
+    test: Any
+    cells: Path
+
+
+def arm_cell(setup: ArmSetup, arm: Arm, budget: int, seed: int, labels: dict[str, Any],
+             console: Any) -> dict[str, Any]:
     """Train one arm (resuming an interrupted run) and return its result; a finished cell is read back."""
     import torch
 
@@ -287,6 +323,7 @@ def arm_cell(cells: Path, profile: Profile, arm: Arm, budget: int, seed: int, la
     from training.data import TensorData
     from training.finetune import FinetuneConfig, finetune
 
+    cells, profile, pool = setup.cells, setup.profile, setup.pool
     folder = cells / "arms" / f"{arm.name}-{budget}-seed{seed}"
     if (folder / "cell.json").is_file():
         done: dict[str, Any] = json.loads((folder / "cell.json").read_text())
@@ -302,7 +339,7 @@ def arm_cell(cells: Path, profile: Profile, arm: Arm, budget: int, seed: int, la
         priors = torch.from_numpy(prior[(y < 0).numpy()])
     steps = profile.steps_at(budget)
     run_dir = folder / "run"
-    cfg = FinetuneConfig(out=str(run_dir), mode="as3l", init=str(init), preprocess=preprocess, steps=steps,
+    cfg = FinetuneConfig(out=str(run_dir), mode="as3l", init=str(setup.init), preprocess=setup.preprocess, steps=steps,
                          batch_size=profile.batch_size, mu=profile.mu, lr=profile.lr,
                          prior_iters=profile.prior_iters, prior_after=arm.prior_after or "remove",
                          eval_every=max(1, steps // profile.evals), threads=profile.threads, device=profile.device,
@@ -310,7 +347,7 @@ def arm_cell(cells: Path, profile: Profile, arm: Arm, budget: int, seed: int, la
                          seed=seed, progress=False, checkpoint_minutes=5.0,
                          resume=(run_dir / loop.CHECKPOINT).is_file())
     t0, c0 = time.perf_counter(), time.process_time()
-    finetune(cfg, data, priors, console, eval_data=test)
+    finetune(cfg, data, priors, console, eval_data=setup.test)
     summary = json.loads((run_dir / loop.SUMMARY).read_text())
     if summary["steps"] < steps:  # stopped by SIGTERM / SIGINT: checkpointed, not finished
         console.print(f"[yellow]{arm.name} {budget} seed {seed} stopped at step {summary['steps']} of {steps}; "
@@ -375,84 +412,82 @@ def save_run(run: Run, out: Path) -> None:
     write_report(out)
 
 
-def run_benchmark(data: Path, profile: Profile, out: Path, encoder: Path | None = None, seeds: int | None = None,
-                  budgets: list[int] | None = None, arms: list[str] | None = None, steps: int | None = None,
-                  prior_iters: int | None = None, evals: int | None = None, console: Any = None) -> Run:
-    """Run (or resume) the whole benchmark into ``out``; returns the run (also in out/results.json)."""
-    from rich.console import Console
+@dataclass(frozen=True)
+class Overrides:
+    """``bench as3l``'s options over its profile's settings; None keeps the profile's."""
 
-    console = console or Console()
-    unknown = sorted(set(arms or ()) - {a.name for a in ARMS})
-    if unknown:
-        raise typer.BadParameter(f"unknown arm(s) {', '.join(unknown)}; valid: {', '.join(a.name for a in ARMS)}")
-    profile = replace(profile, seeds=seeds or profile.seeds, budgets=tuple(budgets or profile.budgets))
-    if steps is not None:
-        profile = replace(profile, steps={b: steps for b in profile.budgets})
-    if prior_iters is not None:
-        profile = replace(profile, prior_iters=prior_iters)
-    if evals is not None:
-        profile = replace(profile, evals=evals)
-    chosen = [a for a in ARMS if arms is None or a.name in arms]
-    out.mkdir(parents=True, exist_ok=True)
-    walls: dict[str, float] = {}
-    t_all = time.perf_counter()
+    seeds: int | None = None
+    budgets: list[int] | None = None
+    arms: list[str] | None = None  # names in ARMS; None: all
+    steps: int | None = None  # training iterations per arm at every budget
+    prior_iters: int | None = None
+    evals: int | None = None
 
-    train, pool_idx, test_set, test_idx = cifar10.load_pool_and_test(data, profile.pool_size, profile.test_size)
-    console.print(f"[bold]data[/] {data}: pool {len(pool_idx)} of {len(train.ids)} train images, test "
-                  f"{len(test_idx)}, classes {', '.join(train.classes)}")
-    t = time.perf_counter()
-    version, provenance = prepare_encoder(encoder, profile, data, pool_idx, out, console, train, test_set)
-    walls["encoder"] = time.perf_counter() - t
-    registry = out / "models"
-    version_dir = registry / version
-    init = torch_run_of(provenance, version_dir)
-    saved = json.loads((init / "config.json").read_text()) if (init / "config.json").is_file() else {}
-    base_pre = str(saved.get("preprocess", "cifar10")).partition("@")[0]
-    manifest = read_complete(version_dir, verify_hashes=False)
-    assert manifest is not None, f"{version_dir} is not a complete model version"
-    side = profile.size or int(manifest.preprocess.size[0])
-    cells = out / "cells"
-    # Before any work: a rerun with other settings is refused at once.
-    check_settings(cells, {"data": str(data), "pool_size": len(pool_idx), "test_size": len(test_idx), "size": side,
-                           "steps": {str(b): profile.steps_at(b) for b in profile.budgets},
-                           "prior_iters": profile.prior_iters, "evals": profile.evals,
-                           "batch_size": profile.batch_size, "mu": profile.mu,
-                           "lr": profile.lr, "model_version": version, "encoder": str(init),
-                           "head_init": profile.head_init, "ema": profile.ema,
-                           # the agent is told the classes: the as3l prior's K and the calibration's step 2 follow them
-                           "classes": list(train.classes)})
+    def apply(self, profile: Profile) -> Profile:
+        profile = replace(profile, seeds=self.seeds or profile.seeds, budgets=tuple(self.budgets or profile.budgets))
+        if self.steps is not None:
+            profile = replace(profile, steps={b: self.steps for b in profile.budgets})
+        if self.prior_iters is not None:
+            profile = replace(profile, prior_iters=self.prior_iters)
+        if self.evals is not None:
+            profile = replace(profile, evals=self.evals)
+        return profile
 
-    t = time.perf_counter()
+    def chosen_arms(self) -> list[Arm]:
+        """The arms to run; BadParameter for a name ARMS does not hold."""
+        unknown = sorted(set(self.arms or ()) - {a.name for a in ARMS})
+        if unknown:
+            raise typer.BadParameter(f"unknown arm(s) {', '.join(unknown)}; valid: {', '.join(a.name for a in ARMS)}")
+        return [a for a in ARMS if self.arms is None or a.name in self.arms]
+
+
+def _check_cells(folders: Folders, data: Path, profile: Profile, pool_size: int, test_size: int, side: int,
+                 version: str, init: Path, classes: list[str]) -> None:
+    """Before any work: a rerun with other settings is refused at once (``check_settings``)."""
+    check_settings(folders.cells, {"data": str(data), "pool_size": pool_size, "test_size": test_size, "size": side,
+                                   "steps": {str(b): profile.steps_at(b) for b in profile.budgets},
+                                   "prior_iters": profile.prior_iters, "evals": profile.evals,
+                                   "batch_size": profile.batch_size, "mu": profile.mu,
+                                   "lr": profile.lr, "model_version": version, "encoder": str(init),
+                                   "head_init": profile.head_init, "ema": profile.ema,
+                                   # the agent is told the classes: the as3l prior's K and the calibration's
+                                   # step 2 follow them
+                                   "classes": list(classes)})
+
+
+def _label_data(data: Path, version_dir: Path, train: ImageArray, pool_idx: np.ndarray, test_set: ImageArray,
+                test_idx: np.ndarray) -> LabelData:
+    """The served model's embeddings of the pool and test rows, with their true classes."""
     pool_ids = [train.ids[i] for i in pool_idx]
     pool_images, test_images = cifar10.images_at_model_size(data, version_dir, train, test_set, pool_idx, test_idx)
     pool_emb, test_emb = cifar10.embed_images(version_dir, pool_images), cifar10.embed_images(version_dir, test_images)
-    walls["embed"] = time.perf_counter() - t
     truth = {i: int(train.labels[r]) for i, r in zip(pool_ids, pool_idx, strict=True)}
+    return LabelData(pool_ids=pool_ids, truth=truth, classes=train.classes, pool_emb=pool_emb, test_emb=test_emb,
+                     test_y=test_set.labels)
+
+
+def _training_splits(data: Path, train: ImageArray, pool_idx: np.ndarray, test_set: ImageArray,
+                     test_idx: np.ndarray, side: int) -> tuple[Any, Any]:
+    """The pool and test rows at side x side pixels, as the arms' tensors."""
     pool_arr = _at_size(data, "train", train, pool_idx, side, train.classes)
     test_arr = test_set if test_set.images.shape[1:3] == (side, side) else _at_size(
         data, "test", load_array(data, "test", size=(side, side), classes=train.classes), test_idx, side,
         train.classes)
-    pool_t, test_t = _tensor_split(pool_arr), _tensor_split(test_arr)
-    preprocess = f"{base_pre}@{side}"
+    return _tensor_split(pool_arr), _tensor_split(test_arr)
 
-    t = time.perf_counter()
-    base = out / "agent-base"
-    cifar10.ingest_pool(data, pool_ids, version, registry, base, out / "agent.log", console, classes=train.classes)
-    walls["ingest"] = time.perf_counter() - t
-    run = Run(profile=profile.name, data=str(data), seeds=list(range(profile.seeds)), budgets=list(profile.budgets),
-              arms=[a.name for a in chosen], pool_size=len(pool_ids), test_size=len(test_idx), size=[side, side],
-              steps={str(b): profile.steps_at(b) for b in profile.budgets}, prior_iters=profile.prior_iters,
-              batch_size=profile.batch_size, mu=profile.mu, model_version=version, encoder=provenance,
-              git_commit=cifar10._git_commit())
+
+def _run_cells(run: Run, chosen: list[Arm], folders: Folders, data: LabelData, setup: ArmSetup,
+               walls: Walls, console: Any) -> None:
+    """Every (seed, budget): the label cells of the strategies the ``chosen`` arms need, then the arms;
+    results.json is rewritten after each arm."""
     strategies = [s for s in LABEL_STRATEGIES if any(a.strategy == s for a in chosen)]
     # Seeds outermost: an interrupted run has every arm at the first seeds.
-    for seed in range(profile.seeds):
-        for budget in profile.budgets:
+    for seed in run.seeds:
+        for budget in run.budgets:
             labels: dict[str, dict[str, Any]] = {}
             for strategy in strategies:
                 t = time.perf_counter()
-                cell = label_cell(cells, base, registry, out / "agent.log", strategy, budget, seed, truth,
-                                  train.classes, pool_ids, pool_emb, test_emb, test_set.labels)
+                cell = label_cell(folders, strategy, budget, seed, data)
                 labels[strategy] = cell
                 if not any(r["strategy"] == strategy and r["budget"] == budget and r["seed"] == seed
                            for r in run.labels):
@@ -462,17 +497,61 @@ def run_benchmark(data: Path, profile: Profile, out: Path, encoder: Path | None 
                               f"(ECE {cell['ece']:.3f}) [{time.perf_counter() - t:.0f} s]")
             for arm in chosen:
                 t = time.perf_counter()
-                res = arm_cell(cells, profile, arm, budget, seed, labels[arm.strategy], init, preprocess, pool_t,
-                               test_t, console)
+                res = arm_cell(setup, arm, budget, seed, labels[arm.strategy], console)
                 run.results.append(res)
                 curve = ", ".join(f"{int(s)}: {a:.3f}" for s, a in res["eval"])
                 console.print(f"{arm.name:>20} {budget:>4} seed {seed}: test {res['test_accuracy']:.3f} (best "
                               f"{res['best_test_accuracy']:.3f}; {curve}) [{time.perf_counter() - t:.0f} s]")
-                walls["total"] = time.perf_counter() - t_all
-                run.wall_seconds = walls
-                save_run(run, out)
-    walls["total"] = time.perf_counter() - t_all
-    run.wall_seconds = walls
+                walls.total()
+                run.wall_seconds = walls.seconds
+                save_run(run, folders.out)
+
+
+def run_benchmark(data: Path, profile: Profile, out: Path, encoder: Path | None = None,
+                  overrides: Overrides | None = None, console: Any = None) -> Run:
+    """Run (or resume) the whole benchmark (``profile`` with the command's ``overrides``) into ``out``;
+    returns the run (also in out/results.json)."""
+    from rich.console import Console
+
+    console = console or Console()
+    overrides = overrides or Overrides()
+    chosen = overrides.chosen_arms()
+    profile = overrides.apply(profile)
+    folders = Folders(out)
+    out.mkdir(parents=True, exist_ok=True)
+    walls = Walls()
+
+    train, pool_idx, test_set, test_idx = cifar10.load_pool_and_test(data, profile.pool_size, profile.test_size)
+    console.print(f"[bold]data[/] {data}: pool {len(pool_idx)} of {len(train.ids)} train images, test "
+                  f"{len(test_idx)}, classes {', '.join(train.classes)}")
+    with walls.timed("encoder"):
+        version, provenance = prepare_encoder(encoder, profile, data, pool_idx, out, console, train, test_set)
+    version_dir = folders.registry / version
+    init = torch_run_of(provenance, version_dir)
+    saved = json.loads((init / "config.json").read_text()) if (init / "config.json").is_file() else {}
+    base_pre = str(saved.get("preprocess", "cifar10")).partition("@")[0]
+    manifest = read_complete(version_dir, verify_hashes=False)
+    assert manifest is not None, f"{version_dir} is not a complete model version"
+    side = profile.size or int(manifest.preprocess.size[0])
+    _check_cells(folders, data, profile, len(pool_idx), len(test_idx), side, version, init, train.classes)
+
+    with walls.timed("embed"):
+        label_data = _label_data(data, version_dir, train, pool_idx, test_set, test_idx)
+    pool_t, test_t = _training_splits(data, train, pool_idx, test_set, test_idx, side)
+    setup = ArmSetup(profile=profile, init=init, preprocess=f"{base_pre}@{side}", pool=pool_t, test=test_t,
+                     cells=folders.cells)
+
+    with walls.timed("ingest"):
+        cifar10.ingest_pool(data, label_data.pool_ids, version, folders.registry, folders.base, folders.log, console,
+                            classes=train.classes)
+    run = Run(profile=profile.name, data=str(data), seeds=list(range(profile.seeds)), budgets=list(profile.budgets),
+              arms=[a.name for a in chosen], pool_size=len(label_data.pool_ids), test_size=len(test_idx),
+              size=[side, side], steps={str(b): profile.steps_at(b) for b in profile.budgets},
+              prior_iters=profile.prior_iters, batch_size=profile.batch_size, mu=profile.mu, model_version=version,
+              encoder=provenance, git_commit=cifar10._git_commit())
+    _run_cells(run, chosen, folders, label_data, setup, walls, console)
+    walls.total()
+    run.wall_seconds = walls.seconds
     run.complete = True
     save_run(run, out)
     console.print(f"[bold]report:[/] {out / 'results.md'}")
@@ -511,7 +590,8 @@ def register(bench_app: typer.Typer) -> None:
             raise typer.BadParameter("--budgets: label counts must be positive")
         arm_list = [a.strip() for a in arms.split(",") if a.strip()] if arms else None
         try:
-            run_benchmark(data, PROFILES[profile], out, encoder, seeds, budget_list, arm_list, steps, prior_iters,
-                          evals)
+            run_benchmark(data, PROFILES[profile], out, encoder,
+                          Overrides(seeds=seeds, budgets=budget_list, arms=arm_list, steps=steps,
+                                    prior_iters=prior_iters, evals=evals))
         except FileNotFoundError as e:
             raise typer.BadParameter(str(e)) from None
