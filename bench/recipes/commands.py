@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import typer
@@ -37,7 +36,7 @@ def register(bench_app: typer.Typer) -> None:
     ) -> None:
         """Run a paper's active-learning system end to end through the agent, with its baselines."""
         from bench import cifar10
-        from bench.recipes.loop import run_recipe
+        from bench.recipes.loop import Options, run_recipe
         from bench.recipes.spec import parse_imbalance
 
         recipe = get_recipe(name)
@@ -49,16 +48,9 @@ def register(bench_app: typer.Typer) -> None:
             recipe.arm(a)  # unknown arm: a usage error before any work
         budget_list = [b.strip() for b in budgets.split(",") if b.strip()] if budgets else None
         imb = parse_imbalance(imbalance) if imbalance is not None else None
-        scale = recipe.profiles[profile]
-        pretrain_options = dict(scale.pretrain_options)
-        if pretrain_minutes is not None:
-            pretrain_options.pop("epochs", None)  # a gpu profile's pretraining counts epochs; the flag replaces them
-        scale = replace(scale, pool_size=pool or scale.pool_size, test_size=test or scale.test_size,
-                        pretrain_minutes=scale.pretrain_minutes if pretrain_minutes is None else pretrain_minutes,
-                        pretrain_options=pretrain_options, steps=steps or scale.steps,
-                        epochs=None if steps else scale.epochs)
+        options = Options(encoder=encoder, seeds=seeds, arms=arm_list, imbalance=imb, budgets=budget_list, pool=pool,
+                          test=test, pretrain_minutes=pretrain_minutes, steps=steps)
         try:
-            run_recipe(recipe, scale, data, out or Path(f"runs/recipe-{name}-{profile}"), encoder,
-                       seeds, arm_list, imb, budget_list)
+            run_recipe(recipe, recipe.profiles[profile], data, out or Path(f"runs/recipe-{name}-{profile}"), options)
         except FileNotFoundError as e:
             raise typer.BadParameter(str(e)) from None

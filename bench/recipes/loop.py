@@ -115,23 +115,31 @@ def _labelled_ids(stub: Any) -> list[str]:
     return [s.id for s in client.list_samples(stub, labeled_only=True)]
 
 
-def run_round(ctx: Context, arm: Arm, seed: int, r: int, address: str, folder: Path, registry: Path,
-              console: Any) -> dict[str, Any]:
-    """One round of one cell against the running agent at ``address``: labels up to the round's budget,
-    retrain + publish + reload, wait for the swap, evaluate. Returns the round's record."""
-    from agent import client
-    from bench.metrics import class_coverage
-    from shortlist.v1 import agent_pb2
-    from training.cycle import run_cycle
+@dataclass(frozen=True)
+class CellAgent:
+    """Where one cell runs: its folder (rounds, training runs) and the address of its agent, which serves
+    the cell's own registry (``folder``/models)."""
 
-    stub = client.connect(address)
+    folder: Path
+    address: str
+
+    @property
+    def registry(self) -> Path:
+        return self.folder / "models"
+
+
+def _labels_up_to(ctx: Context, arm: Arm, seed: int, r: int, stub: Any) -> tuple[list[str], str, str]:
+    """Select and label up to round ``r``'s budget (a resumed round may already have its labels): the
+    labelled ids, the strategy that picked and the model version Select answered with ("" when none)."""
+    from agent import client
+    from shortlist.v1 import agent_pb2
+
     target = ctx.budgets[r]
     strategy = "random" if r == 0 else arm.strategy
-    t0 = time.perf_counter()
     labelled = _labelled_ids(stub)
     want = target - len(labelled)
     select_version = ""
-    if want > 0:  # (a resumed round may already have its labels)
+    if want > 0:
         reply = stub.Select(agent_pb2.SelectRequest(budget=want, strategy=strategy, seed=seed * 1000 + r,
                                                     params=dict(arm.params) if r else {}), timeout=3600)
         picked = [s.id for s in reply.selected]
@@ -142,6 +150,37 @@ def run_round(ctx: Context, arm: Arm, seed: int, r: int, address: str, folder: P
             raise RuntimeError(f"labels rejected: {lab.rejected[0].id}: {lab.rejected[0].reason}")
         labelled += picked
         select_version = reply.model_version
+    return labelled, strategy, select_version
+
+
+def _round_init(ctx: Context, arm: Arm, r: int, folder: Path) -> tuple[str | None, bool]:
+    """Where round ``r``'s head starts (a training run folder, None: fresh) and whether it is warm-started
+    from the previous round."""
+    head = arm.head
+    previous = folder / f"round{r - 1}"
+    warm = head.warm_start and r > 0 and (previous / "encoder.pt").is_file()
+    if warm:
+        return str(previous), warm
+    if head.init == "pretext":
+        if ctx.pretext_run is None:
+            raise typer.BadParameter(f"arm {arm.name} fine-tunes the pretext encoder, whose training run "
+                                     "(encoder.pt) is not available: pass --encoder RUN_FOLDER")
+        return str(ctx.pretext_run), warm
+    return None, warm
+
+
+def run_round(ctx: Context, arm: Arm, seed: int, r: int, cell: CellAgent, console: Any) -> dict[str, Any]:
+    """One round of one cell against its running agent: labels up to the round's budget, retrain + publish
+    + reload, wait for the swap, evaluate. Returns the round's record."""
+    from agent import client
+    from bench.metrics import class_coverage
+    from training.cycle import run_cycle
+
+    address, folder, registry = cell.address, cell.folder, cell.registry
+    stub = client.connect(address)
+    target = ctx.budgets[r]
+    t0 = time.perf_counter()
+    labelled, strategy, select_version = _labels_up_to(ctx, arm, seed, r, stub)
     select_s = time.perf_counter() - t0
 
     head, scale = arm.head, ctx.scale
@@ -150,16 +189,7 @@ def run_round(ctx: Context, arm: Arm, seed: int, r: int, address: str, folder: P
     if run_dir.exists():
         shutil.rmtree(run_dir)
     previous = folder / f"round{r - 1}"
-    warm = head.warm_start and r > 0 and (previous / "encoder.pt").is_file()
-    if warm:
-        init: str | None = str(previous)
-    elif head.init == "pretext":
-        if ctx.pretext_run is None:
-            raise typer.BadParameter(f"arm {arm.name} fine-tunes the pretext encoder, whose training run "
-                                     "(encoder.pt) is not available: pass --encoder RUN_FOLDER")
-        init = str(ctx.pretext_run)
-    else:
-        init = None
+    init, warm = _round_init(ctx, arm, r, folder)
     options = {"seed": seed * 1000 + r, "progress": False, "checkpoint_minutes": 1e9, "keep_head": warm,
                **scale.head_options, **head.options}
     trained = head.trains_network
@@ -192,7 +222,7 @@ def run_cell(ctx: Context, arm: Arm, seed: int, log: Path, console: Any) -> dict
     if (folder / CELL).is_file():
         done: dict[str, Any] = json.loads((folder / CELL).read_text())
         return done
-    work, registry = folder / "agent", folder / "models"
+    work, registry = folder / "agent", folder / "models"  # CellAgent.registry
     rounds: list[dict[str, Any]] = []
     if (folder / ROUNDS).is_file() and work.is_dir():
         rounds = json.loads((folder / ROUNDS).read_text())
@@ -206,7 +236,7 @@ def run_cell(ctx: Context, arm: Arm, seed: int, log: Path, console: Any) -> dict
     t0 = time.perf_counter()
     with cifar10.agent_process(work, registry, log) as address:
         for r in range(len(rounds), len(ctx.budgets)):
-            rec = run_round(ctx, arm, seed, r, address, folder, registry, console)
+            rec = run_round(ctx, arm, seed, r, CellAgent(folder, address), console)
             rounds.append(rec)
             _write_json(folder / ROUNDS, rounds)
             console.print(f"{ctx.recipe.name} {arm.name:>16} seed {seed} round {r}: {rec['labeled']:>6} labels "
@@ -222,24 +252,54 @@ def run_cell(ctx: Context, arm: Arm, seed: int, log: Path, console: Any) -> dict
     return cell
 
 
-def run_recipe(recipe: Recipe, scale: Scale, data: Path, out: Path, encoder: Path | None = None,
-               seeds: int | None = None, arms: list[str] | None = None, imbalance: dict[str, str] | None = None,
-               budgets: list[str] | None = None, console: Any = None) -> dict[str, Any]:
-    """Run (or resume) ``recipe`` at ``scale`` into ``out``; returns results.json's content."""
-    from rich.console import Console
+@dataclass(frozen=True)
+class Options:
+    """``bench recipe``'s options over the registered profile (a ``Scale``); None keeps the profile's, or
+    the recipe's (``imbalance``, ``arms``: all of them)."""
 
-    from bench.recipes.report import write_report
+    encoder: Path | None = None  # a pretext training run folder instead of pretraining one
+    seeds: int | None = None
+    arms: list[str] | None = None
+    imbalance: dict[str, str] | None = None  # class -> count or "N%"
+    budgets: list[str] | None = None
+    pool: int | None = None
+    test: int | None = None
+    pretrain_minutes: float | None = None
+    steps: int | None = None
 
-    console = console or Console()
-    chosen = [recipe.arm(a) for a in arms] if arms else list(recipe.arms)
-    scale = replace(scale, seeds=seeds or scale.seeds, budgets=tuple(budgets or scale.budgets))
-    imbalance = dict(recipe.imbalance) if imbalance is None else imbalance
-    walls: dict[str, float] = {}
-    t_all = time.perf_counter()
-    # the code at the start: the encoder's pretraining can take most of the run, and an editable install
-    # picks up a checkout that moves meanwhile (recorded again at the end when it did)
-    commit = cifar10._git_commit()
+    def apply(self, scale: Scale) -> Scale:
+        """``scale`` with these overrides; --pretrain-minutes replaces a gpu profile's pretraining epochs and
+        --steps the profile's training epochs."""
+        pretrain_options = dict(scale.pretrain_options)
+        if self.pretrain_minutes is not None:
+            pretrain_options.pop("epochs", None)
+        return replace(scale, pool_size=self.pool or scale.pool_size, test_size=self.test or scale.test_size,
+                       pretrain_minutes=scale.pretrain_minutes if self.pretrain_minutes is None
+                       else self.pretrain_minutes, pretrain_options=pretrain_options,
+                       steps=self.steps or scale.steps, epochs=None if self.steps else scale.epochs,
+                       seeds=self.seeds or scale.seeds, budgets=tuple(self.budgets or scale.budgets))
 
+
+@dataclass(frozen=True)
+class Plan:
+    """One run's settings, resolved: the recipe at its scale (the profile with the command's options), the
+    data, the output folder, the pretext encoder to publish (None: pretrain one), the pool's imbalance and
+    the arms to run."""
+
+    recipe: Recipe
+    scale: Scale
+    data: Path
+    out: Path
+    encoder: Path | None
+    imbalance: dict[str, str]
+    arms: list[Arm]
+
+
+def _context(plan: Plan, walls: dict[str, float], console: Any) -> tuple[Context, dict[str, Any]]:
+    """Everything before the cells: the pool and test rows, the settings check, the pretext encoder, the
+    ingested pool. Returns the cells' shared ``Context`` and the facts of results.json."""
+    recipe, scale, data, out, encoder, imbalance = (plan.recipe, plan.scale, plan.data, plan.out, plan.encoder,
+                                                    plan.imbalance)
     train, pool_idx, test_set, test_idx = cifar10.load_pool_and_test(data, scale.pool_size, scale.test_size)
     pool_idx = apply_imbalance(train.labels, pool_idx, imbalance, train.classes)
     pool_ids = [train.ids[i] for i in pool_idx]
@@ -248,7 +308,7 @@ def run_recipe(recipe: Recipe, scale: Scale, data: Path, out: Path, encoder: Pat
     counts = np.bincount(train.labels[pool_idx], minlength=len(train.classes)).tolist()
     per_class = ", ".join(f"{c} {n}" for c, n in zip(train.classes, counts, strict=True))
     console.print(f"[bold]{recipe.name}[/] ({scale.name}) on {data}: pool {len(pool_ids)} ({per_class}), "
-                  f"test {len(test_idx)}, budgets {budget_list}, arms {', '.join(a.name for a in chosen)}")
+                  f"test {len(test_idx)}, budgets {budget_list}, arms {', '.join(a.name for a in plan.arms)}")
     check_settings(out / "cells", {"recipe": recipe.name, "profile": scale.name, "data": str(data),
                                    "pool": cifar10.hash_ids(pool_ids), "test_size": len(test_idx),
                                    "budgets": budget_list, "steps": scale.steps, "epochs": scale.epochs,
@@ -268,18 +328,46 @@ def run_recipe(recipe: Recipe, scale: Scale, data: Path, out: Path, encoder: Pat
                   pretext_run=torch_run_of(provenance, registry / version), base=base, pool_ids=pool_ids,
                   truth={i: int(train.labels[r]) for i, r in zip(pool_ids, pool_idx, strict=True)},
                   classes=list(train.classes), budgets=budget_list, test_images=test_images, test_y=test_set.labels)
+    facts = {"data": str(data), "imbalance": imbalance, "pool_size": len(pool_ids), "pool_class_counts": counts,
+             "classes": list(train.classes), "test_size": len(test_idx), "budgets": budget_list,
+             "model_version": version, "encoder": provenance}
+    return ctx, facts
+
+
+def run_recipe(recipe: Recipe, scale: Scale, data: Path, out: Path, options: Options | None = None,
+               console: Any = None) -> dict[str, Any]:
+    """Run (or resume) ``recipe`` at ``scale`` (with the command's ``options``) into ``out``; returns
+    results.json's content."""
+    from rich.console import Console
+
+    from bench.recipes.report import write_report
+
+    console = console or Console()
+    options = options or Options()
+    chosen = [recipe.arm(a) for a in options.arms] if options.arms else list(recipe.arms)
+    scale = options.apply(scale)
+    imbalance = dict(recipe.imbalance) if options.imbalance is None else options.imbalance
+    walls: dict[str, float] = {}
+    t_all = time.perf_counter()
+    # the code at the start: the encoder's pretraining can take most of the run, and an editable install
+    # picks up a checkout that moves meanwhile (recorded again at the end when it did)
+    commit = cifar10._git_commit()
+    plan = Plan(recipe=recipe, scale=scale, data=data, out=out, encoder=options.encoder, imbalance=imbalance,
+                arms=chosen)
+    ctx, facts = _context(plan, walls, console)
     results: dict[str, Any] = {
         "recipe": recipe.name, "title": recipe.title, "paper": recipe.paper, "claims": list(recipe.claims),
         "reference": recipe.reference, "profile": scale.name, "profile_description": scale.description,
-        "overrides": overrides(recipe, scale, encoder),
-        "data": str(data), "imbalance": imbalance, "pool_size": len(pool_ids), "pool_class_counts": counts,
-        "classes": list(train.classes), "test_size": len(test_idx), "budgets": budget_list,
+        "overrides": overrides(recipe, scale, options.encoder),
+        "data": facts["data"], "imbalance": facts["imbalance"], "pool_size": facts["pool_size"],
+        "pool_class_counts": facts["pool_class_counts"], "classes": facts["classes"],
+        "test_size": facts["test_size"], "budgets": facts["budgets"],
         "seeds": list(range(scale.seeds)), "arms": [{"name": a.name, "strategy": a.strategy, "mode": a.head.mode,
                                                       "init": a.head.init, "note": a.note} for a in chosen],
         "scale": {"arch": scale.arch, "preprocess": scale.preprocess, "steps": scale.steps, "epochs": scale.epochs,
                   "batch_size": scale.batch_size, "pretrain_minutes": scale.pretrain_minutes,
                   "pretrain_options": dict(scale.pretrain_options)},
-        "model_version": version, "encoder": provenance, "git_commit": commit, "cells": [],
+        "model_version": facts["model_version"], "encoder": facts["encoder"], "git_commit": commit, "cells": [],
         "wall_seconds": walls, "complete": False}
     # Seeds outermost: an interrupted run has every arm at the first seeds.
     for seed in range(scale.seeds):

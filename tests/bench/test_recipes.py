@@ -89,7 +89,7 @@ def test_das_scores_with_the_pretext_loss_and_resumes(tiny: Path, tmp_path: Path
 
     monkeypatch.setattr(loop, "run_round", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        loop.run_recipe(RECIPES["das"], RECIPES["das"].profiles["smoke"], tiny, out, arms=["das"])
+        loop.run_recipe(RECIPES["das"], RECIPES["das"].profiles["smoke"], tiny, out, loop.Options(arms=["das"]))
     rounds = json.loads((out / "cells" / "das-seed0" / "rounds.json").read_text())
     assert len(rounds) == 1 and not (out / "cells" / "das-seed0" / "cell.json").exists()
     monkeypatch.setattr(loop, "run_round", real)
