@@ -354,6 +354,61 @@ def synthetic_blobs(n: int, clusters: int, dim: int, spread: float, seed: int) -
     return normalise(centres[y] + spread * rng.normal(size=(n, dim)).astype(np.float32)), y.astype(np.int64)
 
 
+def load_array(path: Path, option: str, dtype: type, ndim: int) -> np.ndarray:
+    """``path``'s array as ``dtype`` with ``ndim`` dimensions, or a usage error saying what is wrong."""
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise typer.BadParameter(f"cannot read {path} as a .npy array ({e})", param_hint=f"'{option}'") from None
+    if arr.ndim != ndim:
+        shape = "N x D" if ndim == 2 else "N"
+        raise typer.BadParameter(f"{path} has shape {arr.shape}; it must be {shape}", param_hint=f"'{option}'")
+    if dtype is np.int64:
+        if not np.issubdtype(arr.dtype, np.integer):
+            raise typer.BadParameter(f"{path} holds {arr.dtype}, not integer class indices 0..C-1 (map names "
+                                     "to indices, e.g. np.unique(names, return_inverse=True)[1])",
+                                     param_hint=f"'{option}'")
+    elif not np.issubdtype(arr.dtype, np.number) or not np.isfinite(arr).all():
+        raise typer.BadParameter(f"{path} must hold finite numbers (found {arr.dtype}"
+                                 + (", NaN or infinite values)" if np.issubdtype(arr.dtype, np.number) else ")"),
+                                 param_hint=f"'{option}'")
+    return np.asarray(arr, dtype)
+
+def load_rows(embeddings: Path, labels: Path, dim: int | None = None,
+              options: tuple[str, str] = ("--embeddings", "--labels")) -> tuple[np.ndarray, np.ndarray]:
+    """Normalised N x D embeddings and their N class indices, checked: same row count, labels 0..C-1 with
+    every class present (a gap or an offset would make classes that do not exist, and change ECE), and
+    ``dim`` columns when given (the pool's, for the test set)."""
+    x = load_array(embeddings, options[0], np.float32, 2)
+    y = load_array(labels, options[1], np.int64, 1)
+    if len(x) != len(y):
+        raise typer.BadParameter(f"{embeddings} has {len(x)} rows but {labels} has {len(y)} labels")
+    if dim is not None and x.shape[1] != dim:
+        raise typer.BadParameter(f"{embeddings} has {x.shape[1]} dimensions but the pool's embeddings have {dim}")
+    present = np.unique(y)
+    if len(y) and (present[0] < 0 or present[-1] != len(present) - 1) and dim is None:
+        shown = f"{present[:12].tolist()}{' ...' if len(present) > 12 else ''}"
+        raise typer.BadParameter(f"{labels} holds classes {shown}: they must be 0..C-1 with every class "
+                                 "present (remap them, e.g. "
+                                 "np.unique(y, return_inverse=True)[1])", param_hint="'--labels'")
+    if dim is not None and len(y) and present[0] < 0:
+        raise typer.BadParameter(f"{labels} holds negative class indices", param_hint="'--test-labels'")
+    return normalise(x), y
+
+
+def write_results(out: Path, records: list[dict[str, Any]], settings: dict[str, Any], methods: list[str],
+                  head: str) -> str:
+    """`bench strategies`' files: results.json (the flat records), settings.json, results.md (``head`` and
+    the summary table) and results.png. Returns the table."""
+    summary = summarise(records)
+    (out / "results.json").write_text(json.dumps(records, indent=1))
+    (out / "settings.json").write_text(json.dumps(settings, indent=1))  # results.json stays the flat records
+    table = markdown_table(summary, methods)
+    (out / "results.md").write_text(head + table + "\n")
+    plot(summary, methods, out / "results.png")
+    return table
+
+
 def register(bench_app: typer.Typer) -> None:
     @bench_app.command("blobs")
     def blobs_cmd(
@@ -371,47 +426,6 @@ def register(bench_app: typer.Typer) -> None:
         for name, arr in (("x", x[:cut]), ("y", y[:cut]), ("test_x", x[cut:]), ("test_y", y[cut:])):
             np.save(out / f"{name}.npy", arr)
         typer.echo(f"wrote {cut} pool rows and {n - cut} test rows ({clusters} classes, {dim}-d) to {out}")
-
-    def load_array(path: Path, option: str, dtype: type, ndim: int) -> np.ndarray:
-        """``path``'s array as ``dtype`` with ``ndim`` dimensions, or a usage error saying what is wrong."""
-        try:
-            arr = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as e:
-            raise typer.BadParameter(f"cannot read {path} as a .npy array ({e})", param_hint=f"'{option}'") from None
-        if arr.ndim != ndim:
-            shape = "N x D" if ndim == 2 else "N"
-            raise typer.BadParameter(f"{path} has shape {arr.shape}; it must be {shape}", param_hint=f"'{option}'")
-        if dtype is np.int64:
-            if not np.issubdtype(arr.dtype, np.integer):
-                raise typer.BadParameter(f"{path} holds {arr.dtype}, not integer class indices 0..C-1 (map names "
-                                         "to indices, e.g. np.unique(names, return_inverse=True)[1])",
-                                         param_hint=f"'{option}'")
-        elif not np.issubdtype(arr.dtype, np.number) or not np.isfinite(arr).all():
-            raise typer.BadParameter(f"{path} must hold finite numbers (found {arr.dtype}"
-                                     + (", NaN or infinite values)" if np.issubdtype(arr.dtype, np.number) else ")"),
-                                     param_hint=f"'{option}'")
-        return np.asarray(arr, dtype)
-
-    def load_rows(embeddings: Path, labels: Path, dim: int | None = None,
-                  options: tuple[str, str] = ("--embeddings", "--labels")) -> tuple[np.ndarray, np.ndarray]:
-        """Normalised N x D embeddings and their N class indices, checked: same row count, labels 0..C-1 with
-        every class present (a gap or an offset would make classes that do not exist, and change ECE), and
-        ``dim`` columns when given (the pool's, for the test set)."""
-        x = load_array(embeddings, options[0], np.float32, 2)
-        y = load_array(labels, options[1], np.int64, 1)
-        if len(x) != len(y):
-            raise typer.BadParameter(f"{embeddings} has {len(x)} rows but {labels} has {len(y)} labels")
-        if dim is not None and x.shape[1] != dim:
-            raise typer.BadParameter(f"{embeddings} has {x.shape[1]} dimensions but the pool's embeddings have {dim}")
-        present = np.unique(y)
-        if len(y) and (present[0] < 0 or present[-1] != len(present) - 1) and dim is None:
-            shown = f"{present[:12].tolist()}{' ...' if len(present) > 12 else ''}"
-            raise typer.BadParameter(f"{labels} holds classes {shown}: they must be 0..C-1 with every class "
-                                     "present (remap them, e.g. "
-                                     "np.unique(y, return_inverse=True)[1])", param_hint="'--labels'")
-        if dim is not None and len(y) and present[0] < 0:
-            raise typer.BadParameter(f"{labels} holds negative class indices", param_hint="'--test-labels'")
-        return normalise(x), y
 
     @bench_app.command("strategies")
     def strategies_cmd(
@@ -467,25 +481,20 @@ def register(bench_app: typer.Typer) -> None:
                       console=console) as progress:
             records = run_benchmark(x, y, tx, ty, budget_list, seeds, variants, methods, loss, progress,
                                     prior_params={"calibrate": "false"} if uncalibrated else None)
-        summary = summarise(records)
-        (out / "results.json").write_text(json.dumps(records, indent=1))
+        test = "none" if tx is None else f"{len(tx)} rows"
+        calibration = "uncalibrated (--uncalibrated)" if uncalibrated else "calibrated"
+        classes = int(y.max()) + 1
+        head = (f"`bench strategies` on {embeddings.name} ({len(x)} rows x {x.shape[1]} dims, "
+                f"{classes} classes; test {test}), {seeds} seed{'s' if seeds > 1 else ''} (mean ± std "
+                f"over them), priors {calibration}; every setting in settings.json\n\n")
         settings = {"embeddings": str(embeddings.resolve()), "labels": str(labels.resolve()), "rows": len(x),
-                    "dims": int(x.shape[1]), "classes": int(y.max()) + 1,
+                    "dims": int(x.shape[1]), "classes": classes,
                     "test_embeddings": str(test_embeddings.resolve()) if test_embeddings else None,
                     "test_rows": None if tx is None else len(tx), "budgets": budget_list, "seeds": seeds,
                     "strategies": [v.label for v in variants], "priors": methods,
                     "calibrated": not uncalibrated,
                     "pretext_loss": str(pretext_loss.resolve()) if pretext_loss else None}
-        (out / "settings.json").write_text(json.dumps(settings, indent=1))  # results.json stays the flat records
-        test = "none" if tx is None else f"{len(tx)} rows"
-        calibration = "uncalibrated (--uncalibrated)" if uncalibrated else "calibrated"
-        head = (f"`bench strategies` on {embeddings.name} ({len(x)} rows x {x.shape[1]} dims, "
-                f"{settings['classes']} classes; test {test}), {seeds} seed{'s' if seeds > 1 else ''} (mean ± std "
-                f"over them), priors {calibration}; every setting in settings.json\n\n")
-        table = markdown_table(summary, methods)
-        (out / "results.md").write_text(head + table + "\n")
-        plot(summary, methods, out / "results.png")
-        console.print(table)
+        console.print(write_results(out, records, settings, methods, head))
         console.print(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'results.png'}")
 
     @bench_app.command("select-scale")
