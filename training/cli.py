@@ -235,15 +235,17 @@ def cycle_cmd(
         _frozen_budget(mode, steps, minutes, epochs)
 
     from exporters.export import ExportError
-    from training.cycle import CycleRefused, run_cycle
+    from training.cycle import CycleConfig, CycleRefused, run_cycle
     from training.loop import Interrupted
+
+    cfg = CycleConfig(models=models, out=out, mode=mode, init=str(init) if init else None, steps=steps,
+                      minutes=minutes, epochs=epochs, prior_method=prior_method, arch=arch, threads=threads,
+                      device=device)
 
     # Exit status (docs/agent.md): 1 when the agent answered with an error, cannot be reached or its pool cannot
     # train the mode yet; 2 for a bad option (checked before connecting); 130 when a signal stopped the training.
     try:
-        run_cycle(agent.address, models, out, mode=mode, init=str(init) if init else None, steps=steps, minutes=minutes,
-                  epochs=epochs, prior_method=prior_method, arch=arch, threads=threads, device=device,
-                  console=console, client_config=agent.config)
+        run_cycle(agent.address, cfg, console=console, client_config=agent.config)
     except grpc.RpcError as e:
         from agent.client import detail
 

@@ -50,6 +50,34 @@ class CycleResult:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class CycleConfig:
+    """The settings of one cycle (``run_cycle``), built once by its caller (``shortlist cycle``, the benchmarks)
+    and checked by ``_check_options`` before the agent is asked anything. The defaults are the CLI's."""
+
+    models: Path  # the registry folder the agent serves from; the trained run is published into it
+    out: Path  # the run folder of this cycle's training
+    # a fine-tuning mode (linear, svm, full, as3l, moby_al) or a pretraining method (simsiam, rotnet, moby:
+    # self-supervised on every sample in the agent)
+    mode: str = "full"
+    init: str | None = None  # a `shortlist pretrain` run folder to start from (required by linear and svm)
+    steps: int | None = None  # budget in optimiser steps (a pretraining method: epochs of the pool)
+    minutes: float | None = None  # or in minutes of training
+    epochs: int | None = None  # or in epochs
+    prior_method: str = "knn"  # as3l: the agent's PriorLabels method
+    preprocess: str = "cifar10"  # input size / normalisation by name, when neither --init nor the registry says
+    arch: str = "resnet18_w32"  # the backbone built when not starting from --init
+    batch_size: int | None = None  # None: the mode's / method's default
+    threads: int | None = None  # CPU threads (None: torch's default)
+    device: str = "auto"  # auto | cpu | cuda
+    # more FinetuneConfig fields for a fine-tuning mode (e.g. ``seed``, ``svm_c``, ``unlabeled_ratio``)
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:  # callers may give the folders as str
+        object.__setattr__(self, "models", Path(self.models))
+        object.__setattr__(self, "out", Path(self.out))
+
+
 def fetch_priors(stub: Any, data: TensorData, method: str) -> torch.Tensor:
     """PriorLabels(method) for the unlabelled rows of ``data`` -> UxC float32 probabilities in
     ``data.classes`` order (uniform where the agent returned nothing for a sample)."""
@@ -94,17 +122,17 @@ def _labelled_classes_problem(labels: list[str], mode: str) -> str | None:
             "then run the cycle again")
 
 
-def _check_options(models: Path, out: Path, mode: str, init: str | None, steps: int | None, minutes: float | None,
-                   epochs: int | None, preprocess: str, arch: str, device: str) -> Preprocess | None:
-    """Every option that can be checked without the agent, before connecting to it and long before training
-    (a --models typo found at publishing cost the whole training budget). Raises ValueError (FileNotFoundError
-    for a missing --init) saying what to give instead. Returns --init's preprocessing (its input size), or
-    None without --init."""
+def _check_options(cfg: CycleConfig) -> Preprocess | None:
+    """Every option of ``cfg`` that can be checked without the agent, before connecting to it and long before
+    training (a --models typo found at publishing cost the whole training budget). Raises ValueError
+    (FileNotFoundError for a missing --init) saying what to give instead. Returns --init's preprocessing (its
+    input size), or None without --init."""
     from exporters.export import registry_problem
 
+    mode, init, out = cfg.mode, cfg.init, cfg.out
     if mode not in CYCLE_MODES:
         raise ValueError(f"unknown cycle mode {mode!r}; valid: {', '.join(CYCLE_MODES)}")
-    if steps is None and minutes is None and epochs is None and mode not in FROZEN_MODES:
+    if cfg.steps is None and cfg.minutes is None and cfg.epochs is None and mode not in FROZEN_MODES:
         raise ValueError("give one of --steps, --minutes or --epochs")
     if init is None and mode in FROZEN_MODES:
         raise ValueError(f"--mode {mode} fits a head on a pretrained encoder's frozen features (a random encoder's "
@@ -113,43 +141,37 @@ def _check_options(models: Path, out: Path, mode: str, init: str | None, steps: 
     if init is not None and mode in METHODS:
         raise ValueError(f"--mode {mode} pretrains an encoder from random weights and does not use --init: leave "
                          "--init out, or fine-tune the --init run with --mode full, as3l, moby_al, linear or svm")
-    registry_problem(models)
+    registry_problem(cfg.models)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file: give a folder for this cycle's training run")
     if init is not None and out.resolve() == Path(init).resolve():
         raise ValueError(f"--out {out} is the --init run: its encoder would be overwritten; give another --out")
     if mode in METHODS and (out / loop.CHECKPOINT).exists():  # pretrain() would refuse it after the pull
         raise ValueError(f"--out {out} already holds a training run: give another --out (or remove that folder)")
-    preprocess_by_name(preprocess)
-    loop.check_device(device)
+    preprocess_by_name(cfg.preprocess)
+    loop.check_device(cfg.device)
     init_pre = None
     if init is not None:  # a finished training run (load_encoder says why not); the images go through its encoder
         init_pre = Preprocess.from_dict(load_encoder(Path(init))[1]["preprocess"])
     if init is None or mode in METHODS:  # the arch is built: an unknown name is said now, not after the pull
-        build_backbone(arch)
+        build_backbone(cfg.arch)
     return init_pre
 
 
-def run_cycle(agent: str, models: str | Path, out: str | Path, mode: str = "full", init: str | None = None,
-              steps: int | None = None, minutes: float | None = None, epochs: int | None = None,
-              prior_method: str = "knn", preprocess: str = "cifar10", arch: str = "resnet18_w32",
-              batch_size: int | None = None, threads: int | None = None, device: str = "auto",
-              console: Console | None = None, client_config: ClientConfig | None = None,
-              options: Mapping[str, Any] | None = None) -> CycleResult:
-    """One cycle (see module docstring). ``mode``: a fine-tuning mode (linear, svm, full, as3l, moby_al) or a
-    pretraining method (simsiam, rotnet, moby: self-supervised on every sample in the agent).
-    ``client_config``: TLS and token to reach the agent (agent.client.ClientConfig). ``options``: more
-    FinetuneConfig fields for a fine-tuning mode (e.g. ``seed``, ``svm_c``, ``unlabeled_ratio``).
+def run_cycle(agent: str, config: CycleConfig, *, console: Console | None = None,
+              client_config: ClientConfig | None = None) -> CycleResult:
+    """One cycle (see module docstring) with the settings of ``config`` against the agent at ``agent``
+    (host:port). ``client_config``: TLS and token to reach the agent (agent.client.ClientConfig).
 
     Raises, before any training: ValueError / FileNotFoundError for a bad option (``_check_options``),
     agent.client.AgentUnavailable when the agent cannot be reached, CycleRefused when its pool cannot train
-    ``mode`` yet; loop.Interrupted when a signal stopped the training (nothing published)."""
+    ``config.mode`` yet; loop.Interrupted when a signal stopped the training (nothing published)."""
     from agent import client
     from exporters.export import export_run
 
     console = console or Console()
-    models, run_dir = Path(models), Path(out)
-    init_pre = _check_options(models, run_dir, mode, init, steps, minutes, epochs, preprocess, arch, device)
+    models, run_dir, mode = config.models, config.out, config.mode
+    init_pre = _check_options(config)
     stub = client.connect(agent, config=client_config)
     before = stub.GetStatus(agent_pb2.GetStatusRequest())
     if before.samples == 0:
@@ -163,14 +185,14 @@ def run_cycle(agent: str, models: str | Path, out: str | Path, mode: str = "full
         # the labels alone (no payloads): a one-class pool is refused before pulling every image
         if problem := _labelled_classes_problem([r.label for r in client.list_labels(stub)], mode):
             raise CycleRefused(problem)
-        if mode == "as3l" and before.prior_methods and prior_method not in before.prior_methods:
-            raise ValueError(f"--prior-method {prior_method!r} is not one of the agent's prior methods: "
+        if mode == "as3l" and before.prior_methods and config.prior_method not in before.prior_methods:
+            raise ValueError(f"--prior-method {config.prior_method!r} is not one of the agent's prior methods: "
                              f"{', '.join(before.prior_methods)}")
     newest = newest_complete(models)
     if init_pre is not None and mode not in METHODS:  # the images go through --init's encoder: its input size
         pre = init_pre
     else:  # (the served 96-px model's size refused a 32-px --init run)
-        pre = newest[1].preprocess if newest is not None else preprocess_by_name(preprocess)
+        pre = newest[1].preprocess if newest is not None else preprocess_by_name(config.preprocess)
     labeled_only = mode not in UNLABELED_MODES
     samples = list(client.list_samples(stub, labeled_only=labeled_only, include_payload=True))
     if problem := _labelled_classes_problem([s.label for s in samples if s.label], mode):
@@ -180,9 +202,7 @@ def run_cycle(agent: str, models: str | Path, out: str | Path, mode: str = "full
     console.print(f"pulled {len(data)} samples ({int((data.labels >= 0).sum())} labelled, {len(classes)} classes) "
                   f"from {agent}; model {before.model_version or 'none'}")
     try:
-        _train(run_dir, mode, agent, data, stub, init=init, steps=steps, minutes=minutes, epochs=epochs,
-               prior_method=prior_method, preprocess=preprocess, arch=arch, batch_size=batch_size, threads=threads,
-               device=device, console=console, options=options)
+        _train(config, agent, data, stub, console)
     except loop.Interrupted as e:  # pretrain's own hint (--resume) is not an option of cycle
         raise loop.Interrupted(e.signal_name, e.step, run_dir, "nothing was published; run `shortlist cycle` "
                                "again (with another --out) to train anew") from None
@@ -203,31 +223,30 @@ def run_cycle(agent: str, models: str | Path, out: str | Path, mode: str = "full
     return result
 
 
-def _train(run_dir: Path, mode: str, agent: str, data: TensorData, stub: Any, *, init: str | None,
-           steps: int | None, minutes: float | None, epochs: int | None, prior_method: str, preprocess: str,
-           arch: str, batch_size: int | None, threads: int | None, device: str, console: Console,
-           options: Mapping[str, Any] | None) -> None:
-    """The cycle's training into ``run_dir``: pretraining for a method of training.methods, else fine-tuning
+def _train(cfg: CycleConfig, agent: str, data: TensorData, stub: Any, console: Console) -> None:
+    """The cycle's training into ``cfg.out``: pretraining for a method of training.methods, else fine-tuning
     (as3l with the agent's PriorLabels for the unlabelled rows)."""
+    mode, init = cfg.mode, cfg.init
+    steps, minutes, epochs = cfg.steps, cfg.minutes, cfg.epochs
     if mode in METHODS:
-        cfg = PretrainConfig(data=f"agent:{agent}", out=str(run_dir), method=mode, arch=arch, epochs=epochs,
-                             minutes=minutes if epochs is None else None, batch_size=batch_size,
-                             preprocess=preprocess, threads=threads, device=device, knn_every=0)
+        pcfg = PretrainConfig(data=f"agent:{agent}", out=str(cfg.out), method=mode, arch=cfg.arch, epochs=epochs,
+                              minutes=minutes if epochs is None else None, batch_size=cfg.batch_size,
+                              preprocess=cfg.preprocess, threads=cfg.threads, device=cfg.device, knn_every=0)
         if steps is not None:  # steps for a pretraining cycle: whole epochs of the pool
-            cfg.epochs, cfg.minutes = max(1, steps), None
-        pretrain(cfg, console, train_data=data)
+            pcfg.epochs, pcfg.minutes = max(1, steps), None
+        pretrain(pcfg, console, train_data=data)
         return
     if init is None:
-        console.print(f"[yellow]no --init: --mode {mode} trains the {arch} encoder from random weights "
+        console.print(f"[yellow]no --init: --mode {mode} trains the {cfg.arch} encoder from random weights "
                       "(pass a `shortlist pretrain` run to start from self-supervised features)[/]")
-    priors = fetch_priors(stub, data, prior_method) if mode == "as3l" else None
-    fcfg = FinetuneConfig(out=str(run_dir), mode=mode, init=init, arch=arch, data=f"agent:{agent}",
-                          preprocess=preprocess, epochs=epochs, minutes=minutes, steps=steps,
-                          threads=threads, device=device, progress=False)
-    if batch_size:
-        fcfg.batch_size = batch_size
-    if options:
-        fcfg = dataclasses.replace(fcfg, **options)
+    priors = fetch_priors(stub, data, cfg.prior_method) if mode == "as3l" else None
+    fcfg = FinetuneConfig(out=str(cfg.out), mode=mode, init=init, arch=cfg.arch, data=f"agent:{agent}",
+                          preprocess=cfg.preprocess, epochs=epochs, minutes=minutes, steps=steps,
+                          threads=cfg.threads, device=cfg.device, progress=False)
+    if cfg.batch_size:
+        fcfg.batch_size = cfg.batch_size
+    if cfg.options:
+        fcfg = dataclasses.replace(fcfg, **cfg.options)
     if steps is None and epochs is None and minutes is None and mode not in FROZEN_MODES:
         fcfg.steps = 100
     finetune(fcfg, data, priors, console)

@@ -206,15 +206,15 @@ def semi_supervised_accuracy(address: str, ssl: SemiSupervised, strategy: str, s
     PriorLabels), publish into a registry the agent does not serve, and score the classifier's ``logits``
     on ``data``'s test images with onnxruntime. Returns test accuracy in [0, 1], or None (said on stdout) when
     the labels cannot train a classifier (fewer than 2 classes: ``CycleRefused``)."""
-    from training.cycle import CycleRefused, run_cycle
+    from training.cycle import CycleConfig, CycleRefused, run_cycle
 
     assert data.test_images is not None
     run_dir = ssl.out / f"{strategy}-seed{seed}-{budget}"
     registry = ssl.out / "models"
     try:
-        version = run_cycle(address, registry, run_dir, mode="as3l", init=str(ssl.init) if ssl.init else None,
-                            steps=ssl.steps, minutes=None if ssl.steps else ssl.minutes,
-                            prior_method=ssl.prior_method).published
+        cycle = CycleConfig(models=registry, out=run_dir, mode="as3l", init=str(ssl.init) if ssl.init else None,
+                            steps=ssl.steps, minutes=None if ssl.steps else ssl.minutes, prior_method=ssl.prior_method)
+        version = run_cycle(address, cycle).published
     except CycleRefused as e:
         typer.echo(f"warning: no semi-supervised run for {strategy} seed {seed} at {budget} labels: {e}")
         return None

@@ -174,7 +174,7 @@ def run_round(ctx: Context, arm: Arm, seed: int, r: int, cell: CellAgent, consol
     + reload, wait for the swap, evaluate. Returns the round's record."""
     from agent import client
     from bench.metrics import class_coverage
-    from training.cycle import run_cycle
+    from training.cycle import CycleConfig, run_cycle
 
     address, folder, registry = cell.address, cell.folder, cell.registry
     stub = client.connect(address)
@@ -193,11 +193,11 @@ def run_round(ctx: Context, arm: Arm, seed: int, r: int, cell: CellAgent, consol
     options = {"seed": seed * 1000 + r, "progress": False, "checkpoint_minutes": 1e9, "keep_head": warm,
                **scale.head_options, **head.options}
     trained = head.trains_network
-    result = run_cycle(address, registry, run_dir, mode=head.mode, init=init,
-                       steps=(scale.steps if trained else 1) if (scale.epochs is None or not trained) else None,
-                       epochs=scale.epochs if trained else None, preprocess=scale.preprocess, arch=scale.arch,
-                       batch_size=scale.batch_size, threads=scale.threads, device=scale.device, console=console,
-                       options=options)
+    cycle = CycleConfig(models=registry, out=run_dir, mode=head.mode, init=init,
+                        steps=(scale.steps if trained else 1) if (scale.epochs is None or not trained) else None,
+                        epochs=scale.epochs if trained else None, preprocess=scale.preprocess, arch=scale.arch,
+                        batch_size=scale.batch_size, threads=scale.threads, device=scale.device, options=options)
+    result = run_cycle(address, cycle, console=console)
     train_s = time.perf_counter() - t1
     t2 = time.perf_counter()
     cifar10.wait_embedded(stub, len(ctx.pool_ids), result.published)  # the agent hot-swapped

@@ -17,7 +17,7 @@ from agent.service import create_server, stop_server
 from shortlist.manifest import newest_complete
 from shortlist.v1 import agent_pb2
 from tests.training.conftest import CLASSES, PRE, make_images
-from training.cycle import run_cycle
+from training.cycle import CycleConfig, run_cycle
 
 
 def _png(img: np.ndarray) -> bytes:
@@ -50,7 +50,8 @@ def test_cycle_against_real_agent(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         reply = client.ingest(stub, samples)
         assert reply.accepted == 30
 
-        first = run_cycle(address, models, tmp_path / "run1", mode="full", steps=2, preprocess=PRE, threads=1)
+        first = run_cycle(address, CycleConfig(models, tmp_path / "run1", mode="full", steps=2, preprocess=PRE,
+                                               threads=1))
         assert (first.version_before, first.published) == ("", "v0001")
         assert first.samples == 12 and first.labeled == 12  # full fine-tuning pulls labelled samples only
         status = _wait_embedded(stub, "v0001")
@@ -59,8 +60,8 @@ def test_cycle_against_real_agent(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         assert newest is not None and newest[1].classes == CLASSES and newest[1].has_logits
 
         # AS3L: every sample, priors from the agent's PriorLabels over the v0001 embeddings
-        second = run_cycle(address, models, tmp_path / "run2", mode="as3l", init=str(tmp_path / "run1"), steps=2,
-                           prior_method="knn", preprocess=PRE, threads=1)
+        second = run_cycle(address, CycleConfig(models, tmp_path / "run2", mode="as3l", init=str(tmp_path / "run1"),
+                                                steps=2, prior_method="knn", preprocess=PRE, threads=1))
         assert (second.version_before, second.published) == ("v0001", "v0002")
         assert second.samples == 30 and second.labeled == 12
         assert second.summary["unlabeled"] == 18
@@ -72,8 +73,8 @@ def test_cycle_against_real_agent(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
         assert publish_linear(models, size=(12, 12), dim=8, classes=CLASSES) == "v0003"
         _wait_embedded(stub, "v0003")
-        third = run_cycle(address, models, tmp_path / "run-linear", mode="linear", init=str(tmp_path / "run1"),
-                          preprocess=PRE, threads=1)
+        third = run_cycle(address, CycleConfig(models, tmp_path / "run-linear", mode="linear",
+                                               init=str(tmp_path / "run1"), preprocess=PRE, threads=1))
         assert third.published == "v0004" and third.labeled == 12
         _wait_embedded(stub, "v0004")
 
@@ -84,8 +85,8 @@ def test_cycle_against_real_agent(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
         monkeypatch.setattr(cycle, "PICKUP_WAIT_S", 0.5)
         said = Console(file=io.StringIO(), width=400)
-        run_cycle(address, tmp_path / "elsewhere", tmp_path / "run3", mode="linear", init=str(tmp_path / "run1"),
-                  preprocess=PRE, threads=1, console=said)
+        run_cycle(address, CycleConfig(tmp_path / "elsewhere", tmp_path / "run3", mode="linear",
+                                       init=str(tmp_path / "run1"), preprocess=PRE, threads=1), console=said)
         text = said.file.getvalue()  # type: ignore[attr-defined]
         assert "published v0001 (agent serving v0004)" in text
         assert f"the agent has not taken v0001 up: is {tmp_path / 'elsewhere'} the folder it serves" in text
@@ -131,11 +132,11 @@ def test_cycle_checks_its_options_before_connecting_or_training(tmp_path: Path) 
                          ({"mode": "lineer"}, "unknown cycle mode 'lineer'")):
         args: dict[str, object] = {"models": tmp_path / "models", "out": out, "mode": "full", "steps": 1, **kwargs}
         with pytest.raises(ValueError, match=re.escape(said)):
-            run_cycle(nobody, **args)  # type: ignore[arg-type]
+            run_cycle(nobody, CycleConfig(**args))  # type: ignore[arg-type]
     (run / loop.CHECKPOINT).write_bytes(b"state")  # stopped by a signal in an older version: unfinished
     (run / loop.SUMMARY).unlink()
     with pytest.raises(ValueError, match="unfinished training run"):
-        run_cycle(nobody, tmp_path / "models", out, mode="linear", init=str(run))
+        run_cycle(nobody, CycleConfig(tmp_path / "models", out, mode="linear", init=str(run)))
     assert not out.exists() and not (tmp_path / "models").exists()
 
     # the CLI: a bad option is a usage error (2); an agent that cannot be reached is 1, as for `shortlist status`
