@@ -433,7 +433,9 @@ def finetune(config: FinetuneConfig, data: TensorData | None = None, priors: tor
     else:
         if cfg.head_init == "probe" and not cfg.resume:  # LP-FT: the probe's head, then train end to end
             summary.update(probe_train_acc=linear_probe(enc, data, pre, rt, cfg.linear_epochs, cfg.seed))
-        summary.update(_train_loop(cfg, enc, data, lab, unl, priors, pre, rt, run_dir, log, console, eval_data))
+        run = _Run(cfg=cfg, enc=enc, data=data, lab=lab, unl=unl, pre=pre, rt=rt, run_dir=run_dir, log=log,
+                   eval_data=eval_data)
+        summary.update(_train_loop(run, priors))
     summary["seconds"] = time.perf_counter() - t0
     save_encoder(run_dir, enc, arch=arch, method=f"finetune:{cfg.mode}", pre=pre, classes=data.classes,
                  config=config_dict, dataset=cfg.data or "", metrics=summary)
@@ -441,25 +443,235 @@ def finetune(config: FinetuneConfig, data: TensorData | None = None, priors: tor
     return run_dir
 
 
-def _train_loop(cfg: FinetuneConfig, enc: Encoder, data: TensorData, lab: torch.Tensor, unl: torch.Tensor,
-                priors: torch.Tensor | None, pre: Preprocess, rt: loop.Runtime, run_dir: Path,
-                log: loop.MetricsLog, console: Console, eval_data: TensorData | None = None) -> dict[str, Any]:
-    semi = cfg.mode in ("as3l", "moby_al") and len(unl) > 0
-    moby = MoBY(enc).to(rt.device) if cfg.mode == "moby_al" else None
-    model: nn.Module = moby if moby is not None else enc
-    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, momentum=0.9,
-                          nesterov=True, weight_decay=cfg.weight_decay)
-    bs = min(cfg.batch_size, len(lab))
-    # moby_al with unlabeled_ratio: the unlabelled rows trained on are a subset ``pool`` (indices into unl)
-    subset = len(unl) if cfg.unlabeled_ratio is None else max(1, min(len(unl), round(cfg.unlabeled_ratio *
-                                                                                     len(lab))))
+@dataclass(frozen=True)
+class _Run:
+    """A fine-tuning run's fixed inputs, set up by ``finetune``: what the training loop of the trained modes
+    reads (and trains: ``enc``, in place)."""
+
+    cfg: FinetuneConfig
+    enc: Encoder  # on rt.device, with its classifier
+    data: TensorData  # Nx3xHxW uint8 images; N labels (-1: unlabelled)
+    lab: torch.Tensor  # L long: the rows of data with a label
+    unl: torch.Tensor  # U long: the rows without one
+    pre: Preprocess
+    rt: loop.Runtime
+    run_dir: Path
+    log: loop.MetricsLog
+    eval_data: TensorData | None  # labelled test images (test_accuracy), or None
+
+
+@dataclass
+class _Loop:
+    """The training loop of the trained modes (full, as3l, moby_al), set up by ``_prepare_loop``: the
+    optimiser, the step budget, and what carries over from step to step (and through checkpoint.pt's
+    ``state.extra``: ``learned``, ``evals``, ``upool``, moby_al's ``ranked``)."""
+
+    run: _Run
+    model: nn.Module  # what is optimised and checkpointed: moby_al's MoBY around enc, else enc
+    moby: MoBY | None
+    opt: torch.optim.Optimizer
+    ema: AveragedModel | None  # an EMA of enc's weights, evaluated and exported (FlexMatch's), or None: enc's
+    modules: dict[str, Any]  # checkpoint.pt's modules (model, optimizer, ema)
+    gen: torch.Generator  # the augmentations' draws, on rt.device
+    budget: loop.Budget
+    state: loop.TrainState
+    semi: bool  # as3l / moby_al with unlabelled rows to train on
+    bs: int  # labelled batch
+    ubs: int  # unlabelled batch (mu x batch_size, at most ``subset``; 0 without semi)
+    subset: int  # unlabelled rows trained on: moby_al's unlabeled_ratio x L, else U
+    update: bool  # as3l with prior_after="update" and priors: the prior is re-clustered every T steps
+    learned: torch.Tensor  # U long: FlexMatch's confidently (>= tau) predicted class per unlabelled row, or -1
+    prior_dev: torch.Tensor | None  # UxC float on rt.device: the prior of AS3L's Eq. 5
+    upool: torch.Tensor  # moby_al's unlabelled subset: ``subset`` indices into run.unl
+    evals: list[list[float]]  # [[step, test accuracy in [0, 1]], ...]
+    mask_rate: float = 0.0  # as3l: the last step's fraction of unlabelled rows above their threshold
+    loss_val: float = float("nan")  # the last step's loss
+    last_ckpt: float = 0.0  # time.perf_counter() of the last checkpoint
+
+    def evaluated(self) -> Encoder:
+        return self.run.enc if self.ema is None else self.ema.module  # type: ignore[return-value]
+
+    def evaluate(self) -> None:
+        """Test accuracy of the evaluated weights on run.eval_data at this step (once per step), logged."""
+        run, state = self.run, self.state
+        if run.eval_data is not None and (not self.evals or self.evals[-1][0] != state.step):
+            acc = test_accuracy(self.evaluated(), run.eval_data, run.pre, run.rt)
+            self.evals.append([state.step, acc])
+            run.log.write(kind="eval", step=state.step, test_accuracy=acc, seconds=state.seconds)
+
+    def checkpoint(self) -> None:
+        """checkpoint.pt, with what the loop carries in ``state.extra``."""
+        self.state.extra["learned"] = self.learned.tolist()
+        self.state.extra["eval"] = self.evals
+        if self.subset < len(self.run.unl):
+            self.state.extra["upool"] = self.upool.tolist()
+        loop.save_checkpoint(self.run.run_dir, self.state, self.modules, self.gen, dataclasses.asdict(self.run.cfg))
+
+    def train_step(self) -> float:
+        """One optimiser step on a labelled batch (+ as3l's or moby_al's unlabelled batch); returns its lr.
+        Random draws, in this order: the labelled rows (a CPU generator seeded by seed and step), their weak
+        view (``gen``), then the mode's unlabelled rows and views (``_as3l_loss``, ``_moby_loss``)."""
+        run, cfg, state = self.run, self.run.cfg, self.state
+        data, pre, rt, enc = run.data, run.pre, run.rt, run.enc
+        t0 = time.perf_counter()
+        g_cpu = torch.Generator().manual_seed(cfg.seed * 1_000_003 + state.step)
+        lrows = run.lab[torch.randint(0, len(run.lab), (self.bs,), generator=g_cpu)]
+        xl = augment(data.images[lrows].to(rt.device), pre, WEAK, self.gen, rt.channels_last)
+        yl = data.labels[lrows].to(rt.device)
+        progress = self.budget.progress(state.step, state.seconds)
+        lr = fixmatch_lr(cfg.lr, progress) if cfg.mode == "as3l" else loop.cosine_lr(cfg.lr, progress, 0.0)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        with rt.autocast():
+            if self.semi and cfg.mode == "as3l":
+                loss = self._as3l_loss(xl, yl, g_cpu)
+            else:
+                loss = F.cross_entropy(_logits(enc, xl).float(), yl)
+            if self.semi and self.moby is not None:
+                loss = loss + cfg.lambda_c * self._moby_loss(lrows, g_cpu)
+            if cfg.rotation_weight > 0:
+                rotated, targets = rotate_batch(xl)
+                assert enc.rotation is not None
+                loss = loss + cfg.rotation_weight * rotation_loss(enc.rotation(enc(rotated)), targets)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss is {float(loss)} at step {state.step}: lower --lr")
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        if self.ema is not None:
+            self.ema.update_parameters(enc)
+        self.loss_val = float(loss.detach())
+        state.step += 1
+        state.seconds += time.perf_counter() - t0
+        state.images += self.bs + self.ubs
+        return lr
+
+    def _as3l_loss(self, xl: torch.Tensor, yl: torch.Tensor, g_cpu: torch.Generator) -> torch.Tensor:
+        """AS3L's Eq. 2 on one batch: CE(labelled) (Eq. 3) + lambda_u * Loss_un (Eq. 4) over ``ubs`` unlabelled
+        rows drawn from ``g_cpu``, their weak then strong views drawn from ``gen``. xl: Bx3xHxW (weak view),
+        yl: B. Updates ``learned`` (FlexMatch) and ``mask_rate``."""
+        run, cfg, rt = self.run, self.run.cfg, self.run.rt
+        data, unl, pre = run.data, run.unl, run.pre
+        pick = torch.randint(0, len(unl), (self.ubs,), generator=g_cpu)
+        imgs = data.images[unl[pick]].to(rt.device)
+        xw = augment(imgs, pre, WEAK, self.gen, rt.channels_last)
+        xs = strong_augment(imgs, pre, self.gen, rt.channels_last)
+        # One forward pass over labelled + weak + strong, as FlexMatch's code (TorchSSL; USB's
+        # use_cat): BatchNorm normalises all three with the statistics of the whole batch, and its
+        # running statistics (eval mode) are those of that mix. Separate passes normalised the
+        # labelled CE with the statistics of a batch of a few distinct images (10 labels: 64 draws
+        # of 10) and left the running statistics to the strongly augmented batch, the last pass.
+        logits_l, logits_w, logits_s = _logits(run.enc, torch.cat([xl, xw, xs])).split(
+            [len(xl), len(xw), len(xs)])
+        loss = F.cross_entropy(logits_l.float(), yl)
+        probs = logits_w.detach().float().softmax(dim=1)
+        # Eq. 5; with "update" the (re-clustered) prior stays in the posterior after T.
+        prior_batch = self.prior_dev[pick.to(rt.device)] if self.prior_dev is not None else None
+        post = as3l_posterior(probs, prior_batch, 0 if self.update else self.state.step, cfg.prior_iters)
+        if cfg.flex:
+            thr = flex_thresholds(self.learned, len(data.classes), cfg.threshold, len(unl)).to(rt.device)
+        else:
+            thr = torch.full((len(data.classes),), cfg.threshold, device=rt.device)
+        lu, mask = fixmatch_unlabeled_loss(logits_s, post, thr)
+        conf, pseudo = post.max(dim=1)
+        hit = (conf >= cfg.threshold).cpu()  # >= as the reference code
+        self.learned[pick[hit]] = pseudo.cpu()[hit]
+        loss = loss + cfg.lambda_u * lu
+        self.mask_rate = float(mask.mean())
+        return loss
+
+    def _moby_loss(self, lrows: torch.Tensor, g_cpu: torch.Generator) -> torch.Tensor:
+        """MoBYv2AL's contrastive loss (Sec. 3, before lambda_c) on ``ubs`` rows of the unlabelled subset drawn
+        from ``g_cpu`` (+ the labelled batch's rows ``lrows`` with contrast_labeled), two ``CONTRASTIVE``
+        views drawn from ``gen``; with low_contrastive the subset is re-ranked first when due (Sec. 4.2)."""
+        run, cfg, rt, state = self.run, self.run.cfg, self.run.rt, self.state
+        data, unl, pre = run.data, run.unl, run.pre
+        assert self.moby is not None
+        ranks_due = int(3 * self.budget.progress(state.step, state.seconds))  # 0, 1 at 1/3, 2 at 2/3
+        if (cfg.unlabeled_pick == "low_contrastive" and self.subset < len(unl)
+                and min(ranks_due, 2) > int(state.extra.get("ranked", 0))):  # Sec. 4.2
+            n_cand = min(len(unl), max(self.subset, round(cfg.rank_candidates * self.subset)))
+            cand = torch.randperm(len(unl), generator=g_cpu)[:n_cand]
+            losses = contrastive_losses(self.moby, data.images[unl[cand]], pre, self.gen, rt)
+            self.upool = cand[torch.argsort(losses)[:self.subset]]
+            state.extra["ranked"] = min(ranks_due, 2)
+        pick = self.upool[torch.randint(0, len(self.upool), (self.ubs,), generator=g_cpu)]
+        imgs = data.images[unl[pick]].to(rt.device)
+        if cfg.contrast_labeled:
+            imgs = torch.cat([data.images[lrows].to(rt.device), imgs])
+        v1 = augment(imgs, pre, CONTRASTIVE, self.gen, rt.channels_last)
+        v2 = augment(imgs, pre, CONTRASTIVE, self.gen, rt.channels_last)
+        self.moby.set_progress(self.budget.progress(state.step, state.seconds))
+        return self.moby(v1, v2)
+
+    def after_step(self, lr: float, stop: loop.StopFlag) -> None:
+        """The bookkeeping after a step: the prior re-clustered every T steps (AS3L Sec. 3.4, "update"), the
+        test accuracy every eval_every steps, the train metrics every 20 steps and at the end, checkpoint.pt
+        every checkpoint_minutes and on a signal (then loop.Interrupted: the run is unfinished)."""
+        run, cfg, state = self.run, self.run.cfg, self.state
+        if self.update and cfg.prior_iters > 0 and state.step % cfg.prior_iters == 0:  # Sec. 3.4: every T
+            self.prior_dev = recluster_prior(run.enc, run.data, run.lab, run.unl, run.pre, run.rt,
+                                             cfg.seed + state.step).to(run.rt.device)
+        if cfg.eval_every and state.step % cfg.eval_every == 0:
+            self.evaluate()
+        if state.step % 20 == 0 or self.budget.done(state.step, state.seconds):
+            run.log.write(kind="train", step=state.step, loss=self.loss_val, lr=lr, mask_rate=self.mask_rate,
+                          seconds=state.seconds)
+        if stop.stop or time.perf_counter() - self.last_ckpt >= cfg.checkpoint_minutes * 60:
+            self.checkpoint()
+            self.last_ckpt = time.perf_counter()
+            if stop.stop:  # unfinished: no encoder.pt, the caller must not use the run as a result
+                raise loop.Interrupted(stop.signal_name, state.step, run.run_dir,
+                                       "nothing to export: run the command again to train it to the end "
+                                       "(from Python, FinetuneConfig.resume continues it)")
+
+    def finish(self) -> dict[str, Any]:
+        """The last evaluation and checkpoint; the evaluated weights into run.enc (eval mode). Returns the
+        summary's training part."""
+        self.evaluate()
+        self.checkpoint()
+        enc = self.run.enc
+        if self.ema is not None:  # the exported encoder is the evaluated one (the checkpoint keeps both)
+            enc.load_state_dict(self.evaluated().state_dict())
+        enc.eval()
+        state = self.state
+        out: dict[str, Any] = {"steps": state.step, "final_loss": self.loss_val, "mask_rate": self.mask_rate,
+                               "images_per_s": state.images / max(state.seconds, 1e-9)}
+        if self.evals:
+            out.update(eval=self.evals, test_accuracy=self.evals[-1][1],
+                       best_test_accuracy=max(a for _, a in self.evals))
+        return out
+
+
+def _step_budget(cfg: FinetuneConfig, n_labeled: int, n_unlabeled: int,
+                 semi: bool) -> tuple[int, int, int, loop.Budget]:
+    """(labelled batch, unlabelled batch (0 without ``semi``), unlabelled rows trained on, step budget). An
+    epoch is a pass over the unlabelled rows trained on (``semi``), else over the labelled rows; ``steps``
+    counts optimiser steps."""
+    bs = min(cfg.batch_size, n_labeled)
+    # moby_al with unlabeled_ratio: the unlabelled rows trained on are a subset (_Loop.upool, indices into unl)
+    subset = n_unlabeled if cfg.unlabeled_ratio is None else max(1, min(n_unlabeled, round(cfg.unlabeled_ratio *
+                                                                                         n_labeled)))
     ubs = min(cfg.mu * cfg.batch_size, subset) if semi else 0
-    epoch_rows = subset if semi else len(lab)
+    epoch_rows = subset if semi else n_labeled
     steps_per_epoch = max(1, epoch_rows // (ubs if semi else bs))
     if cfg.steps is not None:
         budget = loop.Budget(1, epochs=cfg.steps)
     else:
         budget = loop.Budget(steps_per_epoch, cfg.epochs, cfg.minutes)
+    return bs, ubs, subset, budget
+
+
+def _prepare_loop(run: _Run, priors: torch.Tensor | None) -> _Loop:
+    """The optimiser (SGD, Nesterov momentum 0.9: FixMatch's), the step budget, the generators, and, with
+    ``resume``, the checkpoint's state. ``priors``: UxC (as3l) or None."""
+    cfg, enc, lab, unl, rt = run.cfg, run.enc, run.lab, run.unl, run.rt
+    semi = cfg.mode in ("as3l", "moby_al") and len(unl) > 0
+    moby = MoBY(enc).to(rt.device) if cfg.mode == "moby_al" else None
+    model: nn.Module = moby if moby is not None else enc
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, momentum=0.9,
+                          nesterov=True, weight_decay=cfg.weight_decay)
+    bs, ubs, subset, budget = _step_budget(cfg, len(lab), len(unl), semi)
     gen = torch.Generator(device=rt.device).manual_seed(cfg.seed)
     state = loop.TrainState()
     modules: dict[str, Any] = {"model": model, "optimizer": opt}
@@ -468,136 +680,36 @@ def _train_loop(cfg: FinetuneConfig, enc: Encoder, data: TensorData, lab: torch.
     if ema is not None:
         modules["ema"] = ema
     if cfg.resume:
-        state = loop.load_checkpoint(run_dir, modules, gen)
+        state = loop.load_checkpoint(run.run_dir, modules, gen)
     learned = torch.full((len(unl),), -1, dtype=torch.long)  # FlexMatch: confident class per unlabelled row
     if "learned" in state.extra:
         learned = torch.tensor(state.extra["learned"], dtype=torch.long)
     prior_dev = priors.to(rt.device).float() if priors is not None else None
     update = cfg.prior_after == "update" and prior_dev is not None
     if update and state.step >= cfg.prior_iters:  # resumed after an update: re-cluster from where it is
-        prior_dev = recluster_prior(enc, data, lab, unl, pre, rt, cfg.seed + state.step).to(rt.device)
+        prior_dev = recluster_prior(enc, run.data, lab, unl, run.pre, rt, cfg.seed + state.step).to(rt.device)
     evals: list[list[float]] = [list(e) for e in state.extra.get("eval", [])]
     # moby_al's unlabelled subset (indices into unl): all of them, or a random ``subset`` to start with
     upool = torch.arange(len(unl)) if subset >= len(unl) else \
         torch.randperm(len(unl), generator=torch.Generator().manual_seed(cfg.seed + 7))[:subset]
     if "upool" in state.extra:
         upool = torch.tensor(state.extra["upool"], dtype=torch.long)
+    return _Loop(run=run, model=model, moby=moby, opt=opt, ema=ema, modules=modules, gen=gen, budget=budget,
+                 state=state, semi=semi, bs=bs, ubs=ubs, subset=subset, update=update, learned=learned,
+                 prior_dev=prior_dev, upool=upool, evals=evals)
 
-    def evaluated() -> Encoder:
-        return enc if ema is None else ema.module  # type: ignore[return-value]
 
-    def evaluate() -> None:
-        if eval_data is not None and (not evals or evals[-1][0] != state.step):
-            acc = test_accuracy(evaluated(), eval_data, pre, rt)
-            evals.append([state.step, acc])
-            log.write(kind="eval", step=state.step, test_accuracy=acc, seconds=state.seconds)
-    last_ckpt = time.perf_counter()
-    if cfg.eval_every and state.step == 0:
-        evaluate()  # the starting point (the probe's accuracy with head_init="probe", chance with a random head)
-    model.train()
-    mask_rate, loss_val = 0.0, float("nan")
+def _train_loop(run: _Run, priors: torch.Tensor | None) -> dict[str, Any]:
+    """Train run.enc (full, as3l, moby_al) until the budget is spent, checkpointing on the way; at the end
+    run.enc holds the evaluated weights. ``priors``: UxC (as3l) or None. Returns the summary's training part
+    (steps, final_loss, mask_rate, images_per_s; eval, test_accuracy, best_test_accuracy with eval_data)."""
+    lp = _prepare_loop(run, priors)
+    lp.last_ckpt = time.perf_counter()
+    if run.cfg.eval_every and lp.state.step == 0:
+        lp.evaluate()  # the starting point (the probe's accuracy with head_init="probe", chance with a random head)
+    lp.model.train()
     with loop.StopFlag() as stop:
-        while not budget.done(state.step, state.seconds):
-            t0 = time.perf_counter()
-            g_cpu = torch.Generator().manual_seed(cfg.seed * 1_000_003 + state.step)
-            lrows = lab[torch.randint(0, len(lab), (bs,), generator=g_cpu)]
-            xl = augment(data.images[lrows].to(rt.device), pre, WEAK, gen, rt.channels_last)
-            yl = data.labels[lrows].to(rt.device)
-            progress = budget.progress(state.step, state.seconds)
-            lr = fixmatch_lr(cfg.lr, progress) if cfg.mode == "as3l" else loop.cosine_lr(cfg.lr, progress, 0.0)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            with rt.autocast():
-                if semi and cfg.mode == "as3l":
-                    pick = torch.randint(0, len(unl), (ubs,), generator=g_cpu)
-                    imgs = data.images[unl[pick]].to(rt.device)
-                    xw = augment(imgs, pre, WEAK, gen, rt.channels_last)
-                    xs = strong_augment(imgs, pre, gen, rt.channels_last)
-                    # One forward pass over labelled + weak + strong, as FlexMatch's code (TorchSSL; USB's
-                    # use_cat): BatchNorm normalises all three with the statistics of the whole batch, and its
-                    # running statistics (eval mode) are those of that mix. Separate passes normalised the
-                    # labelled CE with the statistics of a batch of a few distinct images (10 labels: 64 draws
-                    # of 10) and left the running statistics to the strongly augmented batch, the last pass.
-                    logits_l, logits_w, logits_s = _logits(enc, torch.cat([xl, xw, xs])).split(
-                        [len(xl), len(xw), len(xs)])
-                    loss = F.cross_entropy(logits_l.float(), yl)
-                    probs = logits_w.detach().float().softmax(dim=1)
-                    # Eq. 5; with "update" the (re-clustered) prior stays in the posterior after T.
-                    prior_batch = prior_dev[pick.to(rt.device)] if prior_dev is not None else None
-                    post = as3l_posterior(probs, prior_batch, 0 if update else state.step, cfg.prior_iters)
-                    if cfg.flex:
-                        thr = flex_thresholds(learned, len(data.classes), cfg.threshold, len(unl)).to(rt.device)
-                    else:
-                        thr = torch.full((len(data.classes),), cfg.threshold, device=rt.device)
-                    lu, mask = fixmatch_unlabeled_loss(logits_s, post, thr)
-                    conf, pseudo = post.max(dim=1)
-                    hit = (conf >= cfg.threshold).cpu()  # >= as the reference code
-                    learned[pick[hit]] = pseudo.cpu()[hit]
-                    loss = loss + cfg.lambda_u * lu
-                    mask_rate = float(mask.mean())
-                else:
-                    loss = F.cross_entropy(_logits(enc, xl).float(), yl)
-                if semi and moby is not None:
-                    ranks_due = int(3 * budget.progress(state.step, state.seconds))  # 0, 1 at 1/3, 2 at 2/3
-                    if (cfg.unlabeled_pick == "low_contrastive" and subset < len(unl)
-                            and min(ranks_due, 2) > int(state.extra.get("ranked", 0))):  # Sec. 4.2
-                        n_cand = min(len(unl), max(subset, round(cfg.rank_candidates * subset)))
-                        cand = torch.randperm(len(unl), generator=g_cpu)[:n_cand]
-                        losses = contrastive_losses(moby, data.images[unl[cand]], pre, gen, rt)
-                        upool = cand[torch.argsort(losses)[:subset]]
-                        state.extra["ranked"] = min(ranks_due, 2)
-                    pick = upool[torch.randint(0, len(upool), (ubs,), generator=g_cpu)]
-                    imgs = data.images[unl[pick]].to(rt.device)
-                    if cfg.contrast_labeled:
-                        imgs = torch.cat([data.images[lrows].to(rt.device), imgs])
-                    v1 = augment(imgs, pre, CONTRASTIVE, gen, rt.channels_last)
-                    v2 = augment(imgs, pre, CONTRASTIVE, gen, rt.channels_last)
-                    moby.set_progress(budget.progress(state.step, state.seconds))
-                    loss = loss + cfg.lambda_c * moby(v1, v2)
-                if cfg.rotation_weight > 0:
-                    rotated, targets = rotate_batch(xl)
-                    assert enc.rotation is not None
-                    loss = loss + cfg.rotation_weight * rotation_loss(enc.rotation(enc(rotated)), targets)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss is {float(loss)} at step {state.step}: lower --lr")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if ema is not None:
-                ema.update_parameters(enc)
-            loss_val = float(loss.detach())
-            state.step += 1
-            state.seconds += time.perf_counter() - t0
-            state.images += bs + ubs
-            if update and cfg.prior_iters > 0 and state.step % cfg.prior_iters == 0:  # Sec. 3.4: every T
-                prior_dev = recluster_prior(enc, data, lab, unl, pre, rt, cfg.seed + state.step).to(rt.device)
-            if cfg.eval_every and state.step % cfg.eval_every == 0:
-                evaluate()
-            if state.step % 20 == 0 or budget.done(state.step, state.seconds):
-                log.write(kind="train", step=state.step, loss=loss_val, lr=lr, mask_rate=mask_rate,
-                          seconds=state.seconds)
-            if stop.stop or time.perf_counter() - last_ckpt >= cfg.checkpoint_minutes * 60:
-                state.extra["learned"] = learned.tolist()
-                state.extra["eval"] = evals
-                if subset < len(unl):
-                    state.extra["upool"] = upool.tolist()
-                loop.save_checkpoint(run_dir, state, modules, gen, dataclasses.asdict(cfg))
-                last_ckpt = time.perf_counter()
-                if stop.stop:  # unfinished: no encoder.pt, the caller must not use the run as a result
-                    raise loop.Interrupted(stop.signal_name, state.step, run_dir,
-                                           "nothing to export: run the command again to train it to the end "
-                                           "(from Python, FinetuneConfig.resume continues it)")
-    evaluate()
-    state.extra["learned"] = learned.tolist()
-    state.extra["eval"] = evals
-    if subset < len(unl):
-        state.extra["upool"] = upool.tolist()
-    loop.save_checkpoint(run_dir, state, modules, gen, dataclasses.asdict(cfg))
-    if ema is not None:  # the exported encoder is the evaluated one (the checkpoint keeps both)
-        enc.load_state_dict(evaluated().state_dict())
-    enc.eval()
-    out: dict[str, Any] = {"steps": state.step, "final_loss": loss_val, "mask_rate": mask_rate,
-                           "images_per_s": state.images / max(state.seconds, 1e-9)}
-    if evals:
-        out.update(eval=evals, test_accuracy=evals[-1][1], best_test_accuracy=max(a for _, a in evals))
-    return out
+        while not lp.budget.done(lp.state.step, lp.state.seconds):
+            lr = lp.train_step()
+            lp.after_step(lr, stop)
+    return lp.finish()
