@@ -53,7 +53,8 @@ class CycleResult:
 @dataclass(frozen=True)
 class CycleConfig:
     """The settings of one cycle (``run_cycle``), built once by its caller (``shortlist cycle``, the benchmarks)
-    and checked by ``_check_options`` before the agent is asked anything. The defaults are the CLI's."""
+    and checked by ``_check_options`` before the agent is asked anything. The defaults are `shortlist cycle`'s
+    (which has no option for ``preprocess``, ``batch_size`` or ``options``)."""
 
     models: Path  # the registry folder the agent serves from; the trained run is published into it
     out: Path  # the run folder of this cycle's training
