@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn, Protocol
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 import grpc
 import typer
@@ -41,6 +41,12 @@ from agent.progress import audit_dict
 from agent.web.config import LabelStudioConfig
 from shortlist.console import INTERRUPTED_EXIT, make_console
 from shortlist.v1 import agent_pb2, agent_pb2_grpc
+
+if TYPE_CHECKING:  # annotations only: the commands import these where they use them, so the others start without
+    from agent.config import AgentConfig
+    from agent.service import Agent
+    from agent.web.config import WebConfig
+    from agent.web.server import LocalSocket, WebServer
 
 LIMITS = Limits()  # the defaults, shown by `shortlist serve --help`
 
@@ -291,31 +297,13 @@ def serve(labelstudio: LabelStudioConfig,
                                        "loopback needs --tls-cert/--tls-key and --tokens, or --insecure)"),
           web_allowed_hosts: str = WebAllowedHostsOpt, web_max_body_mb: float = WebMaxBodyMbOpt) -> None:
     """Run the agent until SIGTERM/SIGINT/SIGHUP (then finish in-flight calls, snapshot the index, exit)."""
-    from agent.config import AgentConfig, WorkConfig, class_list
-    from agent.memory import tune_malloc
-    from agent.security import ServerSecurity, is_loopback, listen_socket
+    from agent.config import AgentConfig, WorkConfig
+    from agent.security import ServerSecurity
     from agent.service import create_server, stop_server
-    from agent.state import (
-        STATE_CHECKS,
-        ClassListError,
-        SchemaVersionError,
-        StateCorruptError,
-        corrupt_message,
-        is_corruption,
-    )
-    from agent.threads import one_blas_thread_per_call
+    from agent.state import ClassListError, SchemaVersionError, StateCorruptError, corrupt_message, is_corruption
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    os.umask(0o077)  # whatever the agent or a library creates is readable by its user only
-    tune_malloc()  # before the gRPC threads start: two malloc arenas, large blocks returned when freed
-    one_blas_thread_per_call()  # the agent's parallelism is across requests (agent/threads.py)
-    if state_check not in STATE_CHECKS:
-        raise typer.BadParameter(f"{state_check!r} is not one of {', '.join(STATE_CHECKS)}",
-                                 param_hint="'--state-check'")
-    closed = class_list(classes)
-    for i, name in enumerate(closed or ()):
-        if problem := class_name_problem(name, "class", (closed or ())[:i]):
-            raise typer.BadParameter(problem, param_hint="'--classes'")
+    _prepare_process()
+    closed = _checked_classes(state_check, classes)
     try:
         limits = Limits(max_message_bytes=max_message_mb * MIB, max_samples_per_request=max_samples_per_request,
                         max_image_bytes=round(max_image_mb * MIB), max_pixels=max_pixels, max_id_chars=max_id_chars,
@@ -335,34 +323,9 @@ def serve(labelstudio: LabelStudioConfig,
                                              decode_max_concurrent=max_concurrent_decodes,
                                              decode_max_queued=max_queued_decodes,
                                              large_image_pixels=large_image_pixels))
-        web_config = None
-        if web_port is not None:
-            from agent.security import SecurityError
-            from agent.web.config import WebConfig
-            from agent.web.server import check_listen
-
-            if tls_client_ca is not None and tokens is None:
-                raise SecurityError("--web-port with --tls-client-ca needs --tokens too: browsers have no client "
-                                    "certificate, so the web app lets people in by token (they sign in with one)")
-
-            web_config = WebConfig(host=web_host, port=web_port, agent=f"{host}:{port}", https_cert=tls_cert,
-                                   https_key=tls_key, insecure=insecure, labelstudio=labelstudio,
-                                   allowed_hosts=host_list(web_allowed_hosts),
-                                   max_body_bytes=round(web_max_body_mb * MIB))
-            from agent.priors import PRIOR_METHODS
-            from agent.strategies import STRATEGIES
-
-            problem = labelstudio.problem(STRATEGIES, PRIOR_METHODS)
-            if problem:
-                raise ValueError(problem)
-            for w in check_listen(web_config, tokens is not None, "--tls-cert FILE --tls-key FILE",
-                                  "tokens (--tokens FILE)"):
-                console.print(f"[yellow]warning[/yellow]: web app: {escape(w)}", highlight=False)
-        # Both ports before the data folder is opened: a refused start leaves nothing behind (a new folder
-        # was created and set up) and gRPC logs no error line of its own. A probe: the servers bind again.
-        listen_socket(host, port, "the agent", "--port or --host").close()
-        if web_config is not None:
-            listen_socket(web_config.host, web_config.port, "the web app", "--web-port or --web-host").close()
+        web_config = None if web_port is None else _web_config(config, labelstudio, web_host, web_port,
+                                                               web_allowed_hosts, web_max_body_mb)
+        _probe_ports(config, web_config)
         local = None
         if web_config is not None:
             from agent.web.server import LocalSocket
@@ -380,39 +343,129 @@ def serve(labelstudio: LabelStudioConfig,
         raise typer.Exit(2) from None
     web = None
     if web_config is not None and local is not None:
-        from dataclasses import replace
+        web = _start_web(web_config, local, f"{host}:{bound}", lambda: stop_server(server, agent))
+    _print_banner(config, agent, bound, web)
+    _serve_until_signal(lambda: stop_server(server, agent), web, local)
 
-        from agent.web.app import create_app
-        from agent.web.server import WebServer
 
-        web_config = replace(web_config, agent=f"{host}:{bound}")
-        try:
-            web = WebServer(create_app(web_config, local.factory()), web_config).start()
-        except OSError as e:
-            console.print(f"[red]cannot start[/red]: {e}")
-            stop_server(server, agent)
-            local.cleanup()
-            raise typer.Exit(2) from None
+def _prepare_process() -> None:
+    """``shortlist serve``'s process-wide settings, before any thread of the agent starts."""
+    from agent.memory import tune_malloc
+    from agent.threads import one_blas_thread_per_call
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.umask(0o077)  # whatever the agent or a library creates is readable by its user only
+    tune_malloc()  # before the gRPC threads start: two malloc arenas, large blocks returned when freed
+    one_blas_thread_per_call()  # the agent's parallelism is across requests (agent/threads.py)
+
+
+def _checked_classes(state_check: str, classes: str) -> tuple[str, ...] | None:
+    """``--classes`` as a closed class list (None: open), after checking it and ``--state-check``; a usage
+    error (typer.BadParameter, exit 2) names the option at fault."""
+    from agent.config import class_list
+    from agent.state import STATE_CHECKS
+
+    if state_check not in STATE_CHECKS:
+        raise typer.BadParameter(f"{state_check!r} is not one of {', '.join(STATE_CHECKS)}",
+                                 param_hint="'--state-check'")
+    closed = class_list(classes)
+    for i, name in enumerate(closed or ()):
+        if problem := class_name_problem(name, "class", (closed or ())[:i]):
+            raise typer.BadParameter(problem, param_hint="'--classes'")
+    return closed
+
+
+def _web_config(config: AgentConfig, labelstudio: LabelStudioConfig, web_host: str, web_port: int,
+                web_allowed_hosts: str, web_max_body_mb: float) -> WebConfig:
+    """The web app's settings for ``serve --web-port`` (its TLS files and ``--insecure`` are the agent's,
+    ``config.security``), after checking they can work together; its warnings are printed. ValueError
+    (SecurityError is one) when they cannot."""
+    from agent.security import SecurityError
+    from agent.web.config import WebConfig
+    from agent.web.server import check_listen
+
+    sec = config.security
+    if sec.tls_client_ca is not None and sec.tokens is None:
+        raise SecurityError("--web-port with --tls-client-ca needs --tokens too: browsers have no client "
+                            "certificate, so the web app lets people in by token (they sign in with one)")
+    web_config = WebConfig(host=web_host, port=web_port, agent=f"{config.host}:{config.port}",
+                           https_cert=sec.tls_cert, https_key=sec.tls_key, insecure=sec.insecure,
+                           labelstudio=labelstudio, allowed_hosts=host_list(web_allowed_hosts),
+                           max_body_bytes=round(web_max_body_mb * MIB))
+    from agent.priors import PRIOR_METHODS
+    from agent.strategies import STRATEGIES
+
+    problem = labelstudio.problem(STRATEGIES, PRIOR_METHODS)
+    if problem:
+        raise ValueError(problem)
+    for w in check_listen(web_config, sec.tokens is not None, "--tls-cert FILE --tls-key FILE",
+                          "tokens (--tokens FILE)"):
+        console.print(f"[yellow]warning[/yellow]: web app: {escape(w)}", highlight=False)
+    return web_config
+
+
+def _probe_ports(config: AgentConfig, web_config: WebConfig | None) -> None:
+    """OSError when the agent's port (or the web app's) cannot be listened on. Checked before the data folder
+    is opened: a refused start leaves nothing behind (a new folder was created and set up) and gRPC logs no
+    error line of its own. A probe: the servers bind again."""
+    from agent.security import listen_socket
+
+    listen_socket(config.host, config.port, "the agent", "--port or --host").close()
+    if web_config is not None:
+        listen_socket(web_config.host, web_config.port, "the web app", "--web-port or --web-host").close()
+
+
+def _start_web(web_config: WebConfig, local: LocalSocket, agent_address: str,
+               stop_agent: Callable[[], None]) -> WebServer:
+    """The started web app, talking to the agent through ``local`` (and naming it ``agent_address``, the
+    port it bound); when it cannot start, the agent is stopped, the socket folder removed, and the command
+    exits 2."""
+    from dataclasses import replace
+
+    from agent.web.app import create_app
+    from agent.web.server import WebServer
+
+    web_config = replace(web_config, agent=agent_address)
+    try:
+        return WebServer(create_app(web_config, local.factory()), web_config).start()
+    except OSError as e:
+        console.print(f"[red]cannot start[/red]: {e}")
+        stop_agent()
+        local.cleanup()
+        raise typer.Exit(2) from None
+
+
+def _print_banner(config: AgentConfig, agent: Agent, bound: int, web: WebServer | None) -> None:
+    """What ``serve`` says once it serves: where, what it holds, how it is secured, its warnings."""
+    from agent.security import is_loopback
+
     st = agent.status()
     provider = agent.manager.current.embedder.provider if agent.manager.current else "none"
-    console.print(f"agent on {host}:{bound}: {st.samples} samples, model {st.model_version or '(none yet)'} "
-                  f"({provider}), registry {models}")
-    mode = ("mutual TLS" if tls_client_ca else "TLS" if tls_cert else "plaintext") + \
-        (", tokens required" if tokens else ", no tokens")
+    console.print(f"agent on {config.host}:{bound}: {st.samples} samples, model "
+                  f"{st.model_version or '(none yet)'} ({provider}), registry {config.models}")
+    sec = config.security
+    mode = ("mutual TLS" if sec.tls_client_ca else "TLS" if sec.tls_cert else "plaintext") + \
+        (", tokens required" if sec.tokens else ", no tokens")
     console.print(f"security: {mode}")
-    if insecure and not is_loopback(host):
-        console.print(f"[yellow]warning[/yellow]: --insecure: anyone who reaches {host}:{bound} can read and change "
-                      "this agent's data")
+    if sec.insecure and not is_loopback(config.host):
+        console.print(f"[yellow]warning[/yellow]: --insecure: anyone who reaches {config.host}:{bound} can read and "
+                      "change this agent's data")
     if agent.registry_warning():
         console.print(f"[yellow]warning[/yellow]: {escape(agent.registry_warning())}", highlight=False)
     if web is not None:
         console.print(f"web app on {web.url}", highlight=False)
+
+
+def _serve_until_signal(stop_agent: Callable[[], None], web: _Stoppable | None,
+                        local: _Removable | None) -> NoReturn:
+    """Serve until SIGTERM, SIGINT or SIGHUP, then stop (``_stop_serving``) and end the process
+    (``_exit_without_teardown``) with its status."""
     name = _wait_for_signal()
     signalled = time.monotonic()
     console.print(f"stopping ({name}): finishing in-flight calls"
                   + (" (SIGHUP: the terminal that started the agent closed, or a reload was asked; run it under "
                      "systemd or nohup to keep it serving after a logout)" if name == "SIGHUP" else ""))
-    code = _stop_serving(lambda: stop_server(server, agent), web, local)
+    code = _stop_serving(stop_agent, web, local)
     logging.getLogger("agent.cli").info("stopped %.2f s after the signal; exiting with status %d",
                                         time.monotonic() - signalled, code)
     _exit_without_teardown(code)
