@@ -202,6 +202,18 @@ class _Run:
             return None
 
 
+@dataclass(frozen=True)
+class _Call:
+    """A call asking for a slot (Admission.slot's arguments): its token, what it is (for messages), the kind
+    its running means are kept by, its work size and its prior CPU seconds (None: not known)."""
+
+    token: CancelToken
+    what: str
+    kind: str
+    size: float | None
+    prior: float | None
+
+
 class Admission:
     """Slots for heavy work: ``with admission.slot(token, kind): ...`` runs the block once a slot is free;
     ``admission.run(token, fn)`` runs ``fn`` in a slot, in the lane's own threads when it has them."""
@@ -573,110 +585,22 @@ class Admission:
         ``prior_cpu_s``: CPU seconds the call is expected to take while its kind has never been measured (a
         conservative prior for its size, declared by the strategy: StrategyEntry.prior_cpu_s; None: the
         lane's mean, as for any kind not seen yet)."""
-        kind = kind or what
-        prior = prior_cpu_s
-        probing = False  # let through to measure an estimate older than PROBE_AFTER_S (_probes)
+        call = _Call(token, what, kind or what, size, prior_cpu_s)
         self._sample_if_blind(token)
+        # Under the lock from the first check to taking the slot: only self._cond.wait (in _await_measure and
+        # _wait_turn_locked) lets it go, and what follows a wait checks the state again.
         with self._cond:
             if self._closed:
                 raise ShuttingDown()
             self._await_measure(token)
             full = len(self._running) >= self.max_concurrent
             if full and len(self._waiting) >= self.max_queued:
-                self._refused += 1
-                hint = self._retry_after_ms()
-                if log.isEnabledFor(logging.INFO):
-                    now = time.monotonic()
-                    share = self._share_now(now)
-                    self._log_refusal(kind, "running and queued calls at the lane's limits",
-                                      self._expected_wait(now, share), self._own(kind, share, size, prior),
-                                      token.remaining(), share)
-                raise Busy(f"the agent is busy: {len(self._running)} {self.lane} requests ({self._calls()}) "
-                           f"running and {len(self._waiting)} queued, the limits (max_concurrent="
-                           f"{self.max_concurrent}, max_queued={self.max_queued}; `shortlist serve {self._flags()}`)"
-                           f"; {what} was not started; retry in about {hint} ms", hint / 1000)
-            now = time.monotonic()
-            live = [] if full else self._live(now)
-            # A slot is free, and the calls running now measure how much CPU one more would get. Under
-            # contention (they get less than CONTENDED of a core each) one more splits it: admitted only when
-            # it would not slow them past their deadlines (whether or not it has one itself). Uncontended,
-            # it takes nothing from them, so their own expected lateness (a probe's) refuses no one.
-            more = self._share_with_one_more(live, now) if live else None
-            if more is not None and more < self.CONTENDED:
-                try:
-                    self._check_others(what, live, more, now)
-                except Busy:
-                    self._log_refusal(kind, "it would slow the running calls past their deadlines", 0.0,
-                                      self._own(kind, more, size, prior), token.remaining(), more)
-                    raise
-            remaining = token.remaining()
-            if remaining is not None:
-                share = self._share_now(now) if more is None else more
-                wait = self._expected_wait(now, share) if full else 0.0
-                own = self._own(kind, share, size, prior)
-                # With a slot free, a late call is refused unless it is let through as the lane's one probe
-                # (_probes: an estimate older than PROBE_AFTER_S, on an uncontended lane). A kind ever
-                # measured is judged by its estimate; a kind never measured only when the lane's CPU share is
-                # known now (running or recent calls, or a sample) and any kind of the lane was ever measured
-                # (a kind not seen yet: at the lane's mean CPU) or it has a prior; otherwise (a lane with no
-                # history at all and no prior, or nothing tells the share) it runs and measures.
-                judged = kind in self._kind_at or (share is not None and (bool(self._kind_at) or prior is not None))
-                safety = self.SAFETY if share is None or share >= self.CONTENDED else self.SAFETY_CONTENDED
-                late = safety * (wait + own) > remaining
-                if late and not full and self._probes(kind, share, size, prior, safety, remaining, now):
-                    probing = True
-                elif late and (full or judged):
-                    basis = "its declared cost at its size" if prior is not None and kind not in self._kind_at \
-                        else "its recent runs"
-                    self._log_refusal(kind, f"it would not finish within its deadline ({basis})", wait, own,
-                                      remaining, share)
-                    raise self._too_late(what, wait, own, remaining, basis, safety)
-            if full and self.max_wait_s is not None:
-                now = time.monotonic()
-                share = self._share_now(now)
-                wait = self._expected_wait(now, share)
-                if wait > self.max_wait_s:
-                    self._log_refusal(kind, "its wait would pass the lane's queue wait limit", wait,
-                                      self._own(kind, share, size, prior), token.remaining(), share)
-                    raise self._waited_too_long(what, wait, queued=False)
-            self._waiting[token] = (kind, size, prior)
-            queued_at = time.monotonic()
-            try:
-                while len(self._running) >= self.max_concurrent:
-                    token.check()
-                    rem = token.remaining()
-                    timeout = 0.1
-                    if self.max_wait_s is not None:
-                        waited = time.monotonic() - queued_at
-                        if waited >= self.max_wait_s:  # estimates were wrong: leave now, still promptly
-                            self._log_refusal(kind, "it waited in the queue for the lane's queue wait limit", waited,
-                                              None, token.remaining(), self._share_now(time.monotonic()))
-                            raise self._waited_too_long(what, waited, queued=True)
-                        timeout = max(0.001, min(timeout, self.max_wait_s - waited))
-                    if rem is not None:
-                        # The machine may have slowed since it queued: leave as soon as the call could no
-                        # longer finish in time, rather than time out in the queue or mid-way.
-                        now = time.monotonic()
-                        share = self._share_now(now)
-                        wait = self._expected_wait(now, share, before=token)
-                        own = self._own(kind, share, size, prior)
-                        if wait + own > rem:
-                            self._log_refusal(kind, "it could no longer finish within its deadline once queued",
-                                              wait, own, rem, share)
-                            raise self._too_late(what, wait, own, rem)
-                        timeout = max(0.001, min(timeout, rem - wait - own))
-                    self._cond.wait(timeout)
-                token.check()
-            finally:
-                del self._waiting[token]
-            clock, cpu0 = _thread_clock()
-            run = _Run(kind, time.monotonic(), clock, cpu0, size, prior)
-            self._running[token] = run
-            if probing:
-                self._probe = token  # the lane's one probe, until it ends
-            log.debug("%s: %s admitted (share now %s, %s of its CPU s, x%.2f for its size, %s s left)", self.lane,
-                      kind, self._share_now(run.start), self._kind_cpu.get(kind, prior), self._scale(kind, size),
-                      token.remaining())
+                raise self._queue_full_locked(call)
+            probing = self._check_deadline_locked(call, full)
+            if full:
+                self._check_queue_wait_locked(call)
+            self._wait_turn_locked(call)
+            run = self._start_locked(call, probing)
         cut = False
         try:
             yield
@@ -690,48 +614,177 @@ class Admission:
                 del self._running[token]
                 if self._probe is token:
                     self._probe = None
-                self._mean_s = (1 - self.EWMA) * self._mean_s + self.EWMA * took
-                old = self._kind_s.get(kind)
-                new = took if old is None else (1 - self.EWMA) * old + self.EWMA * took
-                # A run cut short (its deadline, its client) would have taken at least the time it ran: its
-                # kind's estimate rises at once to that lower bound (the mean alone would take many runs, each
-                # timing out, to reach it) and never falls for it.
-                self._kind_s[kind] = max(old if old is not None else took, took) if cut else new
-                if used is not None and took >= self.MIN_LIVE_S and used >= self.MIN_SHARE * took:
-                    fresh_share = used / took
-                    # Down at once, up by the running mean: a mean of shares measured on a quieter machine
-                    # had admitted two as3l Selects at an expected 0.70 of a core each right after two had
-                    # got 0.28, and both then ran past their 30 s deadline (docs/reliability.md, Load). A
-                    # share older than PROBE_AFTER_S says nothing of the load now: the new one replaces it.
-                    stale = time.monotonic() - self._share_at > self.PROBE_AFTER_S
-                    self._share = fresh_share if stale or fresh_share < self._share else (
-                        (1 - self.EWMA) * self._share + self.EWMA * fresh_share)
-                    self._share_at = time.monotonic()
-                if used is not None and prior is not None and prior > 0:
-                    # How much more CPU than declared this lane's calls take (a slower machine, wider
-                    # embeddings): up at once, down by the running mean, never below the declared cost. A run
-                    # cut short (its deadline, its client) would have used at least this much: it may push the
-                    # factor up, never down.
-                    ratio = used / prior
-                    self._slower = max(self._slower, ratio) if cut else max(
-                        1.0, ratio, (1 - self.EWMA) * self._slower + self.EWMA * ratio)
-                    self._slower_at = time.monotonic()
-                if used is not None:
-                    self._mean_cpu = (1 - self.EWMA) * self._mean_cpu + self.EWMA * used
-                    old = self._kind_cpu.get(kind)
-                    new = used if old is None else (1 - self.EWMA) * old + self.EWMA * used
-                    # Up at once to a longer run, down by the running mean: a kind's cost grows with the
-                    # labelled set (as3l: 5.3 -> 6.4 CPU s between two runs a few seconds apart under load),
-                    # and a mean lagging behind it admitted a call that then ran past its deadline. A run cut
-                    # short used at least this much: it may raise the estimate, never lower it.
-                    self._kind_cpu[kind] = max(old if cut and old is not None else new, used)
-                else:  # not measurable: the CPU estimate follows the wall time
-                    self._kind_cpu[kind] = self._kind_s[kind]
-                self._kind_at[kind] = time.monotonic()
-                if size is not None:
-                    self._kind_size[kind] = size
-                log.debug("%s: %s ended after %.2f s, %s CPU s%s", self.lane, kind, took, used, " (cut)" if cut else "")
+                self._learn_locked(run, took, used, cut)
+                log.debug("%s: %s ended after %.2f s, %s CPU s%s", self.lane, run.kind, took, used,
+                          " (cut)" if cut else "")
                 self._cond.notify()
+
+    # ---- slot's steps (each with the lock held: they read and change the lane's state) ---------------
+    def _queue_full_locked(self, call: _Call) -> Busy:
+        """The refusal of a call that finds the running calls and the queue at the lane's limits (counted;
+        lock held)."""
+        self._refused += 1
+        hint = self._retry_after_ms()
+        if log.isEnabledFor(logging.INFO):
+            now = time.monotonic()
+            share = self._share_now(now)
+            self._log_refusal(call.kind, "running and queued calls at the lane's limits",
+                              self._expected_wait(now, share), self._own(call.kind, share, call.size, call.prior),
+                              call.token.remaining(), share)
+        return Busy(f"the agent is busy: {len(self._running)} {self.lane} requests ({self._calls()}) "
+                    f"running and {len(self._waiting)} queued, the limits (max_concurrent="
+                    f"{self.max_concurrent}, max_queued={self.max_queued}; `shortlist serve {self._flags()}`)"
+                    f"; {call.what} was not started; retry in about {hint} ms", hint / 1000)
+
+    def _check_deadline_locked(self, call: _Call, full: bool) -> bool:
+        """Busy when the call would slow the running calls past their deadlines or would not finish within
+        its own (lock held; ``full``: no slot is free, so it would queue); else whether it is let through as
+        the lane's one probe (``_probes``: a late call with a slot free on an uncontended lane)."""
+        kind, size, prior = call.kind, call.size, call.prior
+        now = time.monotonic()
+        live = [] if full else self._live(now)
+        # A slot is free, and the calls running now measure how much CPU one more would get. Under
+        # contention (they get less than CONTENDED of a core each) one more splits it: admitted only when
+        # it would not slow them past their deadlines (whether or not it has one itself). Uncontended,
+        # it takes nothing from them, so their own expected lateness (a probe's) refuses no one.
+        more = self._share_with_one_more(live, now) if live else None
+        if more is not None and more < self.CONTENDED:
+            try:
+                self._check_others(call.what, live, more, now)
+            except Busy:
+                self._log_refusal(kind, "it would slow the running calls past their deadlines", 0.0,
+                                  self._own(kind, more, size, prior), call.token.remaining(), more)
+                raise
+        remaining = call.token.remaining()
+        if remaining is None:
+            return False
+        share = self._share_now(now) if more is None else more
+        wait = self._expected_wait(now, share) if full else 0.0
+        own = self._own(kind, share, size, prior)
+        # With a slot free, a late call is refused unless it is let through as the lane's one probe
+        # (_probes: an estimate older than PROBE_AFTER_S, on an uncontended lane). A kind ever
+        # measured is judged by its estimate; a kind never measured only when the lane's CPU share is
+        # known now (running or recent calls, or a sample) and any kind of the lane was ever measured
+        # (a kind not seen yet: at the lane's mean CPU) or it has a prior; otherwise (a lane with no
+        # history at all and no prior, or nothing tells the share) it runs and measures.
+        judged = kind in self._kind_at or (share is not None and (bool(self._kind_at) or prior is not None))
+        safety = self.SAFETY if share is None or share >= self.CONTENDED else self.SAFETY_CONTENDED
+        late = safety * (wait + own) > remaining
+        if late and not full and self._probes(kind, share, size, prior, safety, remaining, now):
+            return True
+        if late and (full or judged):
+            basis = "its declared cost at its size" if prior is not None and kind not in self._kind_at \
+                else "its recent runs"
+            self._log_refusal(kind, f"it would not finish within its deadline ({basis})", wait, own,
+                              remaining, share)
+            raise self._too_late(call.what, wait, own, remaining, basis, safety)
+        return False
+
+    def _check_queue_wait_locked(self, call: _Call) -> None:
+        """Busy when a call that would queue is expected to wait longer than ``max_wait_s`` (lock held)."""
+        if self.max_wait_s is None:
+            return
+        now = time.monotonic()
+        share = self._share_now(now)
+        wait = self._expected_wait(now, share)
+        if wait > self.max_wait_s:
+            self._log_refusal(call.kind, "its wait would pass the lane's queue wait limit", wait,
+                              self._own(call.kind, share, call.size, call.prior), call.token.remaining(), share)
+            raise self._waited_too_long(call.what, wait, queued=False)
+
+    def _wait_turn_locked(self, call: _Call) -> None:
+        """Queue the call until a slot is free (lock held; released only inside ``self._cond.wait``); Busy
+        once it has waited ``max_wait_s`` or could no longer finish within its deadline, the token's
+        exception once it ends. Returns at once when a slot is free. It leaves the queue either way."""
+        token, kind, size, prior = call.token, call.kind, call.size, call.prior
+        self._waiting[token] = (kind, size, prior)
+        queued_at = time.monotonic()
+        try:
+            while len(self._running) >= self.max_concurrent:
+                token.check()
+                rem = token.remaining()
+                timeout = 0.1
+                if self.max_wait_s is not None:
+                    waited = time.monotonic() - queued_at
+                    if waited >= self.max_wait_s:  # estimates were wrong: leave now, still promptly
+                        self._log_refusal(kind, "it waited in the queue for the lane's queue wait limit", waited,
+                                          None, token.remaining(), self._share_now(time.monotonic()))
+                        raise self._waited_too_long(call.what, waited, queued=True)
+                    timeout = max(0.001, min(timeout, self.max_wait_s - waited))
+                if rem is not None:
+                    # The machine may have slowed since it queued: leave as soon as the call could no
+                    # longer finish in time, rather than time out in the queue or mid-way.
+                    now = time.monotonic()
+                    share = self._share_now(now)
+                    wait = self._expected_wait(now, share, before=token)
+                    own = self._own(kind, share, size, prior)
+                    if wait + own > rem:
+                        self._log_refusal(kind, "it could no longer finish within its deadline once queued",
+                                          wait, own, rem, share)
+                        raise self._too_late(call.what, wait, own, rem)
+                    timeout = max(0.001, min(timeout, rem - wait - own))
+                self._cond.wait(timeout)
+            token.check()
+        finally:
+            del self._waiting[token]
+
+    def _start_locked(self, call: _Call, probing: bool) -> _Run:
+        """Take a free slot for the call (lock held): its run, timed from now on this thread's CPU clock
+        (``_work`` moves it to the worker's); ``probing``: it is the lane's one probe until it ends."""
+        clock, cpu0 = _thread_clock()
+        run = _Run(call.kind, time.monotonic(), clock, cpu0, call.size, call.prior)
+        self._running[call.token] = run
+        if probing:
+            self._probe = call.token  # the lane's one probe, until it ends
+        log.debug("%s: %s admitted (share now %s, %s of its CPU s, x%.2f for its size, %s s left)", self.lane,
+                  call.kind, self._share_now(run.start), self._kind_cpu.get(call.kind, call.prior),
+                  self._scale(call.kind, call.size), call.token.remaining())
+        return run
+
+    def _learn_locked(self, run: _Run, took: float, used: float | None, cut: bool) -> None:
+        """Update the running means from a call that has ended (lock held): it ran ``took`` wall seconds and
+        used ``used`` CPU seconds (None: not measurable); ``cut``: stopped by its deadline or its client."""
+        kind, size, prior = run.kind, run.size, run.prior
+        self._mean_s = (1 - self.EWMA) * self._mean_s + self.EWMA * took
+        old = self._kind_s.get(kind)
+        new = took if old is None else (1 - self.EWMA) * old + self.EWMA * took
+        # A run cut short (its deadline, its client) would have taken at least the time it ran: its
+        # kind's estimate rises at once to that lower bound (the mean alone would take many runs, each
+        # timing out, to reach it) and never falls for it.
+        self._kind_s[kind] = max(old if old is not None else took, took) if cut else new
+        if used is not None and took >= self.MIN_LIVE_S and used >= self.MIN_SHARE * took:
+            fresh_share = used / took
+            # Down at once, up by the running mean: a mean of shares measured on a quieter machine
+            # had admitted two as3l Selects at an expected 0.70 of a core each right after two had
+            # got 0.28, and both then ran past their 30 s deadline (docs/reliability.md, Load). A
+            # share older than PROBE_AFTER_S says nothing of the load now: the new one replaces it.
+            stale = time.monotonic() - self._share_at > self.PROBE_AFTER_S
+            self._share = fresh_share if stale or fresh_share < self._share else (
+                (1 - self.EWMA) * self._share + self.EWMA * fresh_share)
+            self._share_at = time.monotonic()
+        if used is not None and prior is not None and prior > 0:
+            # How much more CPU than declared this lane's calls take (a slower machine, wider
+            # embeddings): up at once, down by the running mean, never below the declared cost. A run
+            # cut short (its deadline, its client) would have used at least this much: it may push the
+            # factor up, never down.
+            ratio = used / prior
+            self._slower = max(self._slower, ratio) if cut else max(
+                1.0, ratio, (1 - self.EWMA) * self._slower + self.EWMA * ratio)
+            self._slower_at = time.monotonic()
+        if used is not None:
+            self._mean_cpu = (1 - self.EWMA) * self._mean_cpu + self.EWMA * used
+            old = self._kind_cpu.get(kind)
+            new = used if old is None else (1 - self.EWMA) * old + self.EWMA * used
+            # Up at once to a longer run, down by the running mean: a kind's cost grows with the
+            # labelled set (as3l: 5.3 -> 6.4 CPU s between two runs a few seconds apart under load),
+            # and a mean lagging behind it admitted a call that then ran past its deadline. A run cut
+            # short used at least this much: it may raise the estimate, never lower it.
+            self._kind_cpu[kind] = max(old if cut and old is not None else new, used)
+        else:  # not measurable: the CPU estimate follows the wall time
+            self._kind_cpu[kind] = self._kind_s[kind]
+        self._kind_at[kind] = time.monotonic()
+        if size is not None:
+            self._kind_size[kind] = size
 
     # ---- the lane's own threads --------------------------------------------------------------------
     def _lower_priority(self) -> None:
