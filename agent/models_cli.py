@@ -18,6 +18,7 @@ agent's stored embeddings stay tied to the model that made them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -32,6 +33,7 @@ from agent.cli import json_line
 from agent.cli_options import AgentTarget, agent_options
 from shortlist.console import make_console
 from shortlist.manifest import (
+    Manifest,
     ManifestError,
     RegistryError,
     check_version,
@@ -48,7 +50,7 @@ from shortlist.manifest import (
     version_name,
     version_number,
 )
-from shortlist.v1 import agent_pb2
+from shortlist.v1 import agent_pb2, agent_pb2_grpc
 
 models_app = typer.Typer(no_args_is_help=True, help="The model registry: list its versions, roll back to one, "
                          "remove old ones.")
@@ -171,20 +173,7 @@ def rollback(agent: AgentTarget,
         what = "is" if newest[0] == version else f"is the same model as {newest[0]}, which is"
         fail(f"{version} {what} the newest complete version in {registry}: an agent serving this folder serves "
              "it (or is embedding the pool with it) already; nothing was published", 1)
-    stub = None
-    if not no_reload:
-        try:
-            stub = agent.connect()
-            st = stub.GetStatus(agent_pb2.GetStatusRequest())
-        except (client.AgentUnavailable, grpc.RpcError):
-            stub = None  # said below, after publishing: the agent takes the copy up at its next check
-        else:
-            served = read_complete(registry / st.model_version, verify_hashes=False) if st.model_version else None
-            if not st.pending_model_version and (st.model_version == version
-                                                 or (served is not None and same_model(served, source))):
-                also = "" if st.model_version == version else f" as {st.model_version}"
-                fail(f"the agent at {agent.address} serves {version}{also} already and is not moving to another "
-                     "version; nothing was published", 1)
+    stub = None if no_reload else _unless_served(agent, version, source, registry, fail)
     try:
         new = republish(registry, version)
     except ManifestError as e:
@@ -194,22 +183,47 @@ def rollback(agent: AgentTarget,
     outcome: dict[str, Any] = {"published": new, "copy_of": version, "registry": str(registry)}
     message = f"published {new}, a copy of {version}, in {registry}"
     if not no_reload:
-        try:
-            st = client.reload_model(stub if stub is not None else agent.connect(), new)
-        except (client.AgentUnavailable, grpc.RpcError) as e:
-            why = client.detail(e) if isinstance(e, grpc.RpcError) else str(e)
-            outcome["agent"] = {"error": why}
-            message += (f"; the agent at {agent.address} was not asked to reload ({why}): an agent serving this "
-                        "folder takes it up at its next registry check")
-        else:
-            state, said = _taken_up(st, new, registry)
-            outcome["agent"] = {"serving": st.model_version, "embedding": st.pending_model_version,
-                                "refused": client.refusal(st, new) or "", "state": state}
-            message += f"; the agent at {agent.address} " + said
+        outcome["agent"], said = _reload(agent, stub, new, registry)
+        message += said
     if as_json:
         print(json_line(outcome))
     else:
         make_console().print(escape(message), highlight=False)
+
+
+def _unless_served(agent: AgentTarget, version: str, source: Manifest, registry: Path,
+                   fail: Callable[[str, int], NoReturn]) -> agent_pb2_grpc.AgentStub | None:
+    """Before ``models rollback`` publishes a copy of ``version`` (manifest ``source``): ``fail`` (exit 1) when
+    the agent serves it (or the same model under another version) and is moving to no other; else a stub
+    connected to it, or None when it does not answer (the agent takes the copy up at its next check)."""
+    try:
+        stub = agent.connect()
+        st = stub.GetStatus(agent_pb2.GetStatusRequest())
+    except (client.AgentUnavailable, grpc.RpcError):
+        return None  # said after publishing: the agent takes the copy up at its next check
+    served = read_complete(registry / st.model_version, verify_hashes=False) if st.model_version else None
+    if not st.pending_model_version and (st.model_version == version
+                                         or (served is not None and same_model(served, source))):
+        also = "" if st.model_version == version else f" as {st.model_version}"
+        fail(f"the agent at {agent.address} serves {version}{also} already and is not moving to another "
+             "version; nothing was published", 1)
+    return stub
+
+
+def _reload(agent: AgentTarget, stub: agent_pb2_grpc.AgentStub | None, new: str,
+            registry: Path) -> tuple[dict[str, Any], str]:
+    """Ask the agent (through ``stub``, else a new connection) to reload and take up ``new``: the outcome's
+    ``agent`` object and the clause that ends the message ("; the agent at ... ")."""
+    try:
+        st = client.reload_model(stub if stub is not None else agent.connect(), new)
+    except (client.AgentUnavailable, grpc.RpcError) as e:
+        why = client.detail(e) if isinstance(e, grpc.RpcError) else str(e)
+        return {"error": why}, (f"; the agent at {agent.address} was not asked to reload ({why}): an agent serving "
+                                "this folder takes it up at its next registry check")
+    state, said = _taken_up(st, new, registry)
+    return ({"serving": st.model_version, "embedding": st.pending_model_version,
+             "refused": client.refusal(st, new) or "", "state": state},
+            f"; the agent at {agent.address} " + said)
 
 
 def _fail(message: str, code: int, as_json: bool, fields: dict[str, Any]) -> NoReturn:
@@ -296,26 +310,9 @@ def prune(agent: AgentTarget,
                 why[version] = f"the agent at {agent.address} {doing}"
     removable = [v for v in complete if v not in why]
     left = [{"version": r["version"], "problem": r["problem"]} for r in rows if not r["complete"]]
-    removed: list[str] = []
-    errors: list[str] = []
-    freed = 0
-    if dry_run:  # what removing them would free
-        freed = sum(version_bytes(models / v) for v in removable)
-    else:
-        try:
-            clear_trash(models)  # what an interrupted prune left
-        except OSError as e:
-            errors.append(f"could not delete a trash folder an earlier prune left: {e}")
-        for version in removable:
-            try:
-                freed += remove_version(models, version)
-            except (OSError, RegistryError, ValueError) as e:
-                errors.append(f"{version} was not removed: {e}")
-            else:
-                removed.append(version)
+    removed, freed, errors = _remove(models, removable, dry_run)
     outcome.update({"kept": sorted(why, key=lambda v: version_number(v) or 0), "kept_because": why,
-                    "removed": removable if dry_run else removed, "freed_bytes": freed, "left": left,
-                    "errors": errors})
+                    "removed": removed, "freed_bytes": freed, "left": left, "errors": errors})
     try:
         outcome["next_version"] = version_name(highest_published(models) + 1)
     except RegistryError as e:
@@ -323,26 +320,56 @@ def prune(agent: AgentTarget,
     if as_json:
         print(json_line(outcome))
     else:
-        out = make_console()
-        gone = outcome["removed"]
-        if not gone:
-            out.print(f"nothing to remove from {models}", markup=False, highlight=False)
-        elif dry_run:
-            out.print(f"would remove {', '.join(gone)} from {models}, freeing {freed / 1e6:.1f} MB (--dry-run: "
-                      "nothing removed)", markup=False, highlight=False)
-        else:
-            out.print(f"removed {', '.join(gone)} from {models} ({freed / 1e6:.1f} MB)", markup=False,
-                      highlight=False)
-        for version in outcome["kept"]:
-            out.print(f"kept {version}: {why[version]}", markup=False, highlight=False)
-        for r in left:
-            out.print(f"left {r['version']} alone: not complete ({r['problem']}); remove it by hand if it is not being "
-                      "copied", markup=False, highlight=False)
-        for line in notes:
-            out.print(line, markup=False, highlight=False)
-        if not errors:
-            out.print(_next_version(models), markup=False, highlight=False)
-        for error in errors:
-            typer.echo(error, err=True)
+        _print_pruned(models, outcome, notes)
     if errors:
         raise typer.Exit(1)
+
+
+def _remove(models: Path, removable: list[str], dry_run: bool) -> tuple[list[str], int, list[str]]:
+    """Remove ``removable`` from the registry ``models`` (first the trash an interrupted prune left): the
+    versions removed (with ``dry_run``: all of them, nothing touched), the bytes freed (would free) and what
+    went wrong (one sentence each; the other versions are still removed)."""
+    if dry_run:  # what removing them would free
+        return removable, sum(version_bytes(models / v) for v in removable), []
+    removed: list[str] = []
+    errors: list[str] = []
+    freed = 0
+    try:
+        clear_trash(models)  # what an interrupted prune left
+    except OSError as e:
+        errors.append(f"could not delete a trash folder an earlier prune left: {e}")
+    for version in removable:
+        try:
+            freed += remove_version(models, version)
+        except (OSError, RegistryError, ValueError) as e:
+            errors.append(f"{version} was not removed: {e}")
+        else:
+            removed.append(version)
+    return removed, freed, errors
+
+
+def _print_pruned(models: Path, outcome: dict[str, Any], notes: list[str]) -> None:
+    """``models prune``'s outcome (the object ``--json`` prints) for people: what went and the bytes freed,
+    what was kept and why, the folders left alone, ``notes``, then the next version's number on stdout, or
+    the errors on stderr."""
+    gone, freed, why, errors = outcome["removed"], outcome["freed_bytes"], outcome["kept_because"], outcome["errors"]
+    out = make_console()
+    if not gone:
+        out.print(f"nothing to remove from {models}", markup=False, highlight=False)
+    elif outcome["dry_run"]:
+        out.print(f"would remove {', '.join(gone)} from {models}, freeing {freed / 1e6:.1f} MB (--dry-run: "
+                  "nothing removed)", markup=False, highlight=False)
+    else:
+        out.print(f"removed {', '.join(gone)} from {models} ({freed / 1e6:.1f} MB)", markup=False,
+                  highlight=False)
+    for version in outcome["kept"]:
+        out.print(f"kept {version}: {why[version]}", markup=False, highlight=False)
+    for r in outcome["left"]:
+        out.print(f"left {r['version']} alone: not complete ({r['problem']}); remove it by hand if it is not being "
+                  "copied", markup=False, highlight=False)
+    for line in notes:
+        out.print(line, markup=False, highlight=False)
+    if not errors:
+        out.print(_next_version(models), markup=False, highlight=False)
+    for error in errors:
+        typer.echo(error, err=True)
