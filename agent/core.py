@@ -24,7 +24,7 @@ import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence, Sized
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -40,6 +40,7 @@ from agent.index import IndexView
 from agent.ingest import PAYLOAD_ERROR_KEY, IngestPipeline, new_class_problem, unknown_label_reason
 from agent.limits import check_count, check_text, limit_hint, metadata_problem, text_problem
 from agent.models import ModelManager, Serving
+from agent.params import StrategyEntry
 from agent.pool import Pool, state_rng
 from agent.pool_map import MapStatus, PoolMap
 from agent.priors import PRIOR_METHODS, get_prior_method
@@ -661,20 +662,7 @@ class Agent:
         recorded (its id; nothing written: a client repeating one call cannot grow the database).
         ``record`` False (a read token's call): answered, not recorded, and not a draw for the calibration;
         ``details["selection_not_recorded"]`` says so."""
-        if budget <= 0:
-            raise InvalidArgument(f"budget must be >= 1 (got {budget})")
-        if budget > self.limits.max_select_budget:
-            raise InvalidArgument(f"budget {budget:,} is above the limit of {self.limits.max_select_budget:,} "
-                                  f"{limit_hint('max_select_budget')}")
-        for problem in (metadata_problem(where, self.limits, "where filter"),
-                        metadata_problem(params, self.limits, "params")):
-            if problem is not None:
-                raise InvalidArgument(problem)
-        fn = get_strategy(strategy)
-        fn.check(params)  # before any work: unknown params and values out of their declared ranges
-        if strategy == AUDIT and where:
-            raise InvalidArgument("the audit draws from the whole unlabelled pool (its estimate is for the pool): "
-                                  "drop the where filter")
+        fn = self._select_strategy(budget, strategy, params, where)
         serving = self.manager.current
         if serving is None:
             if strategy not in MODEL_FREE:
@@ -699,33 +687,75 @@ class Agent:
             chosen = []
             details[NOTHING_SELECTED] = self._why_nothing(where)
         else:
-            token = token or cancel.CancelToken()
-            lane = self.light_work if fn.is_light(take) else self.work
-            # Seeded by the seed and the labelled set: a loop that keeps its seed still draws afresh each round.
-            rng = state_rng(seed, self.labelled_ids())
-            work = (len(pool.embeddings), len(pool.labeled), take)
-            sel = lane.run(token, lambda: fn(pool, take, rng, dict(params)), f"Select {strategy!r}",
-                           size=fn.work_size(*work, params, pool.num_classes),
-                           prior_cpu_s=fn.prior_cpu_s(*work, params, pool.num_classes))
-            rows = np.asarray(sel.rows, np.int64)
-            scores = np.asarray(sel.scores, np.float64)
-            if (len(rows) > budget or len(np.unique(rows)) != len(rows) or len(scores) != len(rows)
-                    or not np.isin(rows, pool.candidates).all()):
-                raise RuntimeError(f"strategy {strategy!r} returned an invalid selection (rows must be distinct "
-                                   f"candidates, at most the budget); this is a bug in the strategy")
-            chosen = [(self.state.record(int(seqs[r])).id, float(s)) for r, s in zip(rows, scores, strict=True)]
-            details = dict(sel.details)
+            chosen, details = self._run_strategy(strategy, fn, pool, seqs, take, budget, seed, params, token)
         selection_id = uuid.uuid4().hex
         if not record:  # cached unrecorded: a repeat by a read token is answered at once, by a write token recorded
             if cached is None:
                 self.select_cache.put(key, (list(chosen), dict(details), ""), weight=max(1, len(chosen)))
             return SelectResult(chosen, version, strategy, selection_id,
                                 {**details, SELECTION_NOT_RECORDED: READ_ONLY_SELECT})
+        request = {"budget": budget, "strategy": strategy, "params": dict(params), "seed": seed,
+                   "where": dict(where)}
+        recorded, details = self._record_selection(selection_id, request, chosen, version, details)
+        # an unrecorded answer is cached without an id: a repeat runs the recording again
+        kept = {k: v for k, v in details.items() if k != SELECTION_NOT_RECORDED}
+        self.select_cache.put(key, (list(chosen), kept, recorded), weight=max(1, len(chosen)))
+        return SelectResult(chosen, version, strategy, selection_id, details)
+
+    def _select_strategy(self, budget: int, strategy: str, params: Mapping[str, str],
+                         where: Mapping[str, str]) -> StrategyEntry:
+        """The strategy a Select asks for, once the request is checked (InvalidArgument: budget, the limits on
+        its where filter and params, the strategy's declared params, an audit with a where filter)."""
+        if budget <= 0:
+            raise InvalidArgument(f"budget must be >= 1 (got {budget})")
+        if budget > self.limits.max_select_budget:
+            raise InvalidArgument(f"budget {budget:,} is above the limit of {self.limits.max_select_budget:,} "
+                                  f"{limit_hint('max_select_budget')}")
+        for problem in (metadata_problem(where, self.limits, "where filter"),
+                        metadata_problem(params, self.limits, "params")):
+            if problem is not None:
+                raise InvalidArgument(problem)
+        fn = get_strategy(strategy)
+        fn.check(params)  # before any work: unknown params and values out of their declared ranges
+        if strategy == AUDIT and where:
+            raise InvalidArgument("the audit draws from the whole unlabelled pool (its estimate is for the pool): "
+                                  "drop the where filter")
+        return fn
+
+    def _run_strategy(self, strategy: str, fn: StrategyEntry, pool: Pool, seqs: np.ndarray, take: int,
+                      budget: int, seed: int, params: Mapping[str, str],
+                      token: cancel.CancelToken | None) -> tuple[list[tuple[str, float]], dict[str, str]]:
+        """Run ``fn`` (the strategy called ``strategy``) for ``take`` (>= 1) samples of ``pool`` (``seqs``: its
+        rows' state seqs) in an admission slot of its lane (Busy, or the token's exception, from there): the
+        chosen (sample id, score) pairs and the strategy's details. RuntimeError when it returns rows that
+        are not distinct candidates, at most ``budget``."""
+        token = token or cancel.CancelToken()
+        lane = self.light_work if fn.is_light(take) else self.work
+        # Seeded by the seed and the labelled set: a loop that keeps its seed still draws afresh each round.
+        rng = state_rng(seed, self.labelled_ids())
+        work = (len(pool.embeddings), len(pool.labeled), take)
+        sel = lane.run(token, lambda: fn(pool, take, rng, dict(params)), f"Select {strategy!r}",
+                       size=fn.work_size(*work, params, pool.num_classes),
+                       prior_cpu_s=fn.prior_cpu_s(*work, params, pool.num_classes))
+        rows = np.asarray(sel.rows, np.int64)
+        scores = np.asarray(sel.scores, np.float64)
+        if (len(rows) > budget or len(np.unique(rows)) != len(rows) or len(scores) != len(rows)
+                or not np.isin(rows, pool.candidates).all()):
+            raise RuntimeError(f"strategy {strategy!r} returned an invalid selection (rows must be distinct "
+                               f"candidates, at most the budget); this is a bug in the strategy")
+        chosen = [(self.state.record(int(seqs[r])).id, float(s)) for r, s in zip(rows, scores, strict=True)]
+        return chosen, dict(sel.details)
+
+    def _record_selection(self, selection_id: str, request: dict[str, Any], chosen: list[tuple[str, float]],
+                          version: str, details: dict[str, str]) -> tuple[str, dict[str, str]]:
+        """Record a Select's answer (``request``: its budget, strategy, params, seed and where filter) under
+        ``selection_id``; a uniform draw's samples first join the audit (durable before the answer: an
+        unrecorded draw would not be audited). The id it was recorded under ("" when a full or read-only
+        disk kept it from being recorded) and ``details`` (then saying why it was not)."""
+        strategy, where = request["strategy"], request["where"]
         drawn = self._seqs_of(i for i, _ in chosen) if uniform_draw(strategy, bool(where)) else []
         if strategy == AUDIT and drawn:  # durable before the answer: an unrecorded draw would not be audited
             self.state.add_audit(drawn, selection_id)
-        request = {"budget": budget, "strategy": strategy, "params": dict(params), "seed": seed,
-                   "where": dict(where)}
         recorded = ""
         try:
             self.state.record_selection(selection_id, request, chosen, version)
@@ -740,10 +770,7 @@ class Agent:
                 raise
             log.warning("Select answered without recording its selection: %s", stored.message)
             details = {**details, SELECTION_NOT_RECORDED: stored.message}
-        # an unrecorded answer is cached without an id: a repeat runs the recording again
-        kept = {k: v for k, v in details.items() if k != SELECTION_NOT_RECORDED}
-        self.select_cache.put(key, (list(chosen), kept, recorded), weight=max(1, len(chosen)))
-        return SelectResult(chosen, version, strategy, selection_id, details)
+        return recorded, details
 
     def _prune_selections(self) -> None:
         """Every PRUNE_EVERY recorded Selects, keep the newest SELECTIONS_KEPT that are not uniform draws."""
