@@ -38,6 +38,7 @@ def register(bench_app: typer.Typer) -> None:
         from bench import cifar10
         from bench.recipes.loop import Options, run_recipe
         from bench.recipes.spec import parse_imbalance
+        from training.cycle import CycleRefused
 
         recipe = get_recipe(name)
         if profile not in recipe.profiles:
@@ -54,3 +55,8 @@ def register(bench_app: typer.Typer) -> None:
             run_recipe(recipe, recipe.profiles[profile], data, out or Path(f"runs/recipe-{name}-{profile}"), options)
         except FileNotFoundError as e:
             raise typer.BadParameter(str(e)) from None
+        except CycleRefused as e:  # e.g. a first budget so small that its random picks are of one class
+            where = out or Path(f"runs/recipe-{name}-{profile}")
+            typer.secho(f"stopped: {e}. Give --budgets whose first round's labels cover at least 2 classes; the "
+                        f"cells finished so far are in {where}/results.json", err=True, fg="red")
+            raise typer.Exit(1) from None

@@ -174,7 +174,7 @@ def run_round(ctx: Context, arm: Arm, seed: int, r: int, cell: CellAgent, consol
     + reload, wait for the swap, evaluate. Returns the round's record."""
     from agent import client
     from bench.metrics import class_coverage
-    from training.cycle import CycleConfig, run_cycle
+    from training.cycle import CycleConfig, CycleRefused, run_cycle
 
     address, folder, registry = cell.address, cell.folder, cell.registry
     stub = client.connect(address)
@@ -197,7 +197,10 @@ def run_round(ctx: Context, arm: Arm, seed: int, r: int, cell: CellAgent, consol
                         steps=(scale.steps if trained else 1) if (scale.epochs is None or not trained) else None,
                         epochs=scale.epochs if trained else None, preprocess=scale.preprocess, arch=scale.arch,
                         batch_size=scale.batch_size, threads=scale.threads, device=scale.device, options=options)
-    result = run_cycle(address, cycle, console=console)
+    try:
+        result = run_cycle(address, cycle, console=console)
+    except CycleRefused as e:  # labels of one class: say which cell and round, for the command's message
+        raise CycleRefused(f"{arm.name} seed {seed} round {r} ({len(labelled)} labels): {e}") from None
     train_s = time.perf_counter() - t1
     t2 = time.perf_counter()
     cifar10.wait_embedded(stub, len(ctx.pool_ids), result.published)  # the agent hot-swapped

@@ -147,6 +147,17 @@ def test_a_pool_smaller_than_the_pretraining_batch_is_a_usage_error(tiny: Path, 
     assert "Traceback" not in result.output
 
 
+def test_a_round_whose_labels_are_of_one_class_stops_with_a_message(tiny: Path, tmp_path: Path) -> None:
+    """A first budget of 1 label: the round's cycle refuses to train a one-class model; the command says
+    which cell and round and what to change, exit 1, no traceback."""
+    result = CliRunner().invoke(app, ["bench", "recipe", "das", "--profile", "smoke", "--data", str(tiny),
+                                      "--arms", "das", "--budgets", "1,6", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1, result.output
+    flat = re.sub(r"\s+", " ", result.output)
+    assert "stopped: das seed 0 round 0 (1 labels)" in flat and "--budgets" in flat, flat
+    assert "Traceback" not in result.output
+
+
 def test_imbalance_cuts_only_the_named_classes() -> None:
     labels = np.repeat(np.arange(3), 10)
     pool = np.arange(30)
