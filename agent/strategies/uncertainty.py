@@ -31,16 +31,12 @@ HEAD_C = 10.0
 def _need_labels(what: str, pool: Pool, committee: bool = False) -> FailedPrecondition:
     """The refusal when no classifier of at least 2 classes exists: no usable logits head
     (``usable_logits``) and fewer than 2 labelled classes. ``committee``: the strategy fits its own heads
-    on the labelled rows whatever the model has (qbc), so the labels alone are the reason."""
+    on the labelled rows whatever the model has (qbc), so, unless the model knows one class only (said first,
+    as for every strategy that needs class probabilities), the labels alone are the reason."""
     from agent.strategies import LABEL_FREE  # the registry imports this module
 
     n = len(np.unique(pool.labels))
     free = ", ".join(sorted(LABEL_FREE))
-    if committee:
-        return FailedPrecondition(
-            f"strategy {what!r} fits its committee on the labelled samples, and {n} class(es) are labelled (at "
-            "least 2 needed; the model's own classifier would be one member, not a committee). Label samples "
-            f"of at least 2 classes, or use a strategy that works without a classifier: {free}")
     if pool.logits is not None and not usable_logits(pool):  # a head for the agent's one class (cycle on one)
         known = ", ".join(repr(c) for c in pool.classes)
         return FailedPrecondition(
@@ -48,6 +44,11 @@ def _need_labels(what: str, pool: Pool, committee: bool = False) -> FailedPrecon
             f"knows only one class ({known}) and {n} class(es) are labelled (at least 2 needed), so "
             "every probability is 1. Label samples of another class (then train a new model with `shortlist "
             f"cycle`), or use a strategy that works without a classifier: {free}")
+    if committee:
+        return FailedPrecondition(
+            f"strategy {what!r} fits its committee on the labelled samples, and {n} class(es) are labelled (at "
+            "least 2 needed; the model's own classifier would be one member, not a committee). Label samples "
+            f"of at least 2 classes, or use a strategy that works without a classifier: {free}")
     return FailedPrecondition(
         f"strategy {what!r} needs a classifier: the model has no logits head for the agent's classes and "
         f"{n} class(es) are labelled (at least 2 needed). Label a first batch chosen by a strategy that "
