@@ -135,7 +135,7 @@ class Manifest:
     classes: list[str] | None = None  # class names of the ``logits`` output, in index order
     input_name: str = INPUT_NAME
     arch: str = ""
-    method: str = ""  # simsiam | rotnet | moby | finetune | ...
+    method: str = ""  # the training run's: a training.methods.METHODS name, finetune:MODE, ...
     source_run: str = ""
     training_config: dict[str, Any] = field(default_factory=dict)
     dataset: str = ""

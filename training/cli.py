@@ -12,6 +12,7 @@ from rich.markup import escape
 
 from agent.cli_options import AgentTarget, agent_options
 from shortlist.console import INTERRUPTED_EXIT, make_console
+from training.modes import FINETUNE_MODES, METHOD_NAMES, help_list
 
 if TYPE_CHECKING:
     from training.pretrain import PretrainConfig
@@ -42,7 +43,7 @@ def pretrain_cmd(
     data: str = typer.Option(..., help="image source: ImageFolder folder, tar, CIFAR folder, or a folder with "
                                        "train.tar/test.tar (its test split is the kNN hold-out)"),
     out: Path = typer.Option(..., help="run folder (config.json, metrics.jsonl, checkpoint.pt, encoder.pt)"),
-    method: str = typer.Option("simsiam", help="simsiam | rotnet | moby"),
+    method: str = typer.Option("simsiam", help=help_list(METHOD_NAMES)),
     arch: str = typer.Option("resnet18_w32", help=ARCH_HELP),
     epochs: int | None = typer.Option(None, min=1, help="train for N epochs"),
     minutes: float | None = typer.Option(None, min=0.01, help="or for M minutes of training (evaluation not "
@@ -143,7 +144,7 @@ def _launch_local(cfg: PretrainConfig, procs: int) -> None:
 def finetune_cmd(
     out: Path = typer.Option(..., help="run folder"),
     data: str = typer.Option(..., help="labelled image source (ImageFolder, tar, CIFAR folder)"),
-    mode: str = typer.Option("full", help="linear | svm | full | as3l | moby_al"),
+    mode: str = typer.Option("full", help=help_list(FINETUNE_MODES)),
     init: Path | None = typer.Option(None, help="a pretraining run folder to start from"),
     arch: str = typer.Option("resnet18_w32", help=f"architecture when not starting from --init: {ARCH_HELP}"),
     labels_per_class: int | None = typer.Option(None, help="keep only N labels per class (rest unlabelled)"),
@@ -215,7 +216,7 @@ def cycle_cmd(
     agent: AgentTarget,
     models: Path = typer.Option(..., help="the registry folder the agent serves from"),
     out: Path = typer.Option(..., help="run folder for this cycle's training"),
-    mode: str = typer.Option("full", help="linear | svm | full | as3l | moby_al | simsiam | rotnet | moby"),
+    mode: str = typer.Option("full", help=help_list((*FINETUNE_MODES, *METHOD_NAMES))),
     init: Path | None = typer.Option(None, help="pretraining run to start from (required by linear and svm; "
                                      "full, as3l and moby_al without it train from random weights)"),
     steps: int | None = typer.Option(None, min=1, help="train for N optimiser steps (full, as3l, moby_al)"),

@@ -30,6 +30,7 @@ from training.backbones import build_backbone
 from training.data import TensorData, from_samples
 from training.finetune import FINETUNE_MODES, FROZEN_MODES, FinetuneConfig, finetune
 from training.methods import METHODS
+from training.modes import or_list
 from training.pretrain import PretrainConfig, load_encoder, preprocess_by_name, pretrain
 
 CYCLE_MODES = (*FINETUNE_MODES, *METHODS)
@@ -58,7 +59,7 @@ class CycleConfig:
 
     models: Path  # the registry folder the agent serves from; the trained run is published into it
     out: Path  # the run folder of this cycle's training
-    # a fine-tuning mode (linear, svm, full, as3l, moby_al) or a pretraining method (simsiam, rotnet, moby:
+    # a fine-tuning mode (training.finetune.FINETUNE_MODES) or a pretraining method (training.methods.METHODS:
     # self-supervised on every sample in the agent)
     mode: str = "full"
     init: str | None = None  # a `shortlist pretrain` run folder to start from (required by linear and svm)
@@ -138,7 +139,7 @@ def _check_options(cfg: CycleConfig) -> Preprocess | None:
     if init is None and mode in FROZEN_MODES:
         raise ValueError(f"--mode {mode} fits a head on a pretrained encoder's frozen features (a random encoder's "
                          "mean nothing): give --init RUN (a `shortlist pretrain` run folder), or pretrain in the "
-                         "cycle with --mode simsiam, rotnet or moby")
+                         f"cycle with --mode {or_list(METHODS)}")
     if init is not None and mode in METHODS:
         raise ValueError(f"--mode {mode} pretrains an encoder from random weights and does not use --init: leave "
                          "--init out, or fine-tune the --init run with --mode full, as3l, moby_al, linear or svm")
@@ -182,7 +183,7 @@ def run_cycle(agent: str, config: CycleConfig, *, console: Console | None = None
             raise CycleRefused(
                 f"none of the agent's {before.samples} samples is labelled, and --mode {mode} trains a classifier on "
                 "labels: label some first (`shortlist select --budget N` says which, `shortlist label FILE.csv` or "
-                "the web app takes the labels), or pretrain without labels with --mode simsiam, rotnet or moby")
+                f"the web app takes the labels), or pretrain without labels with --mode {or_list(METHODS)}")
         # the labels alone (no payloads): a one-class pool is refused before pulling every image
         if problem := _labelled_classes_problem([r.label for r in client.list_labels(stub)], mode):
             raise CycleRefused(problem)

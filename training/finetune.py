@@ -69,9 +69,9 @@ from training.augment import WEAK, AugmentConfig, augment, strong_augment
 from training.backbones import build_backbone
 from training.data import TensorData, load, report_skipped
 from training.methods import Encoder, MoBY, rotate_batch, rotation_loss
+from training.modes import FINETUNE_MODES as FINETUNE_MODES
 from training.pretrain import load_encoder, preprocess_by_name, save_encoder
 
-FINETUNE_MODES = ("linear", "svm", "full", "as3l", "moby_al")
 FROZEN_MODES = ("linear", "svm")  # heads on frozen features, computed once
 UNLABELED_PICKS = ("random", "low_contrastive")
 PRIOR_AFTER = ("remove", "update")  # AS3L Sec. 3.4: what happens to the prior after T iterations

@@ -312,7 +312,8 @@ def _all_gather(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts)
 
 
-# Method name -> class (``--method``): the one line a new method adds.
+# Method name -> class (``--method``): the one line a new method adds (and its name in training.modes.METHOD_NAMES,
+# which the CLI's help texts list without importing torch; a test keeps the two equal).
 METHODS: dict[str, type[SSLMethod]] = {"simsiam": SimSiam, "rotnet": RotNet, "moby": MoBY}
 
 

@@ -88,3 +88,54 @@ def test_fixed_lr_params_keep_the_base_lr(three_views: None) -> None:
     fixed = [g for g in opt.param_groups if g["fixed_lr"]]
     assert len(fixed) == 1 and fixed[0]["lr"] == 0.1 and len(fixed[0]["params"]) == 2
     assert all(g["lr"] == 0.02 for g in opt.param_groups if not g["fixed_lr"])
+
+
+def test_the_torch_free_names_are_the_registrys_and_no_method_is_a_fine_tuning_mode() -> None:
+    """training.modes lists the methods for the CLI's help (without torch): it must be METHODS' keys, in order,
+    and `shortlist cycle --mode` takes methods and fine-tuning modes alike, so no name may be both."""
+    import subprocess
+    import sys
+
+    from training import finetune, modes
+
+    assert tuple(METHODS) == modes.METHOD_NAMES
+    assert finetune.FINETUNE_MODES == modes.FINETUNE_MODES
+    assert not set(METHODS) & set(finetune.FINETUNE_MODES)
+    loaded = subprocess.run([sys.executable, "-c", "import sys, training.modes, training.cli; "
+                             "print('torch' in sys.modules)"], capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "False"
+
+
+def test_the_help_lists_every_method(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`pretrain --help` and `cycle --help` list the methods from the registry's names (were typed by hand)."""
+    from typer.testing import CliRunner
+
+    from shortlist.cli import app
+    from training import modes
+
+    for cmd, listed in (("pretrain", " | ".join(METHODS)),
+                        ("cycle", " | ".join((*modes.FINETUNE_MODES, *METHODS)))):
+        out = " ".join(CliRunner().invoke(app, [cmd, "--help"], env={"COLUMNS": "300"}).output.split())
+        assert listed in out, (cmd, out)
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_every_method_trains_a_step_with_a_finite_loss(name: str) -> None:
+    """Every registry entry keeps the contract the shared loop relies on: it builds from the encoder alone (every
+    option has a default), records each option in ``options``, takes ``views`` views and returns a finite scalar
+    loss whose gradient reaches the encoder; its defaults are usable."""
+    from training.backbones import build_backbone
+
+    torch.manual_seed(0)
+    cls = METHODS[name]
+    assert cls.defaults.batch_size > 0 and cls.defaults.lr > 0 and cls.views >= 1
+    model = cls(Encoder(build_backbone("resnet18_w32"), rotation_head=cls.rotation_head))
+    assert set(model.options) == cls.option_names()
+    model.before_step(0.0)
+    loss = model(*[torch.rand(4, 3, 16, 16) for _ in range(cls.views)])
+    assert loss.dim() == 0 and torch.isfinite(loss)
+    loss.backward()
+    model.after_step(0.0)
+    grads = [p.grad for p in model.encoder.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+
