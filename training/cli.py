@@ -224,6 +224,8 @@ def cycle_cmd(
     epochs: int | None = typer.Option(None, min=1, help="or for N epochs"),
     prior_method: str = typer.Option("knn", help="as3l: the agent's PriorLabels method"),
     arch: str = typer.Option("resnet18_w32"),
+    batch_size: int | None = typer.Option(None, min=1, help="batch size (default: the mode's, at most the pool's "
+                                          "size; fine-tuning: 64 labelled images, pretraining: the method's)"),
     threads: int | None = typer.Option(None),
     device: str = typer.Option("auto"),
 ) -> None:
@@ -240,8 +242,8 @@ def cycle_cmd(
     from training.loop import Interrupted
 
     cfg = CycleConfig(models=models, out=out, mode=mode, init=str(init) if init else None, steps=steps,
-                      minutes=minutes, epochs=epochs, prior_method=prior_method, arch=arch, threads=threads,
-                      device=device)
+                      minutes=minutes, epochs=epochs, prior_method=prior_method, arch=arch, batch_size=batch_size,
+                      threads=threads, device=device)
 
     # Exit status (docs/agent.md): 1 when the agent answered with an error, cannot be reached or its pool cannot
     # train the mode yet; 2 for a bad option (checked before connecting); 130 when a signal stopped the training.

@@ -55,7 +55,7 @@ class CycleResult:
 class CycleConfig:
     """The settings of one cycle (``run_cycle``), built once by its caller (``shortlist cycle``, the benchmarks)
     and checked by ``_check_options`` before the agent is asked anything. The defaults are `shortlist cycle`'s
-    (which has no option for ``preprocess``, ``batch_size`` or ``options``)."""
+    (which has no option for ``preprocess`` or ``options``)."""
 
     models: Path  # the registry folder the agent serves from; the trained run is published into it
     out: Path  # the run folder of this cycle's training
@@ -69,7 +69,9 @@ class CycleConfig:
     prior_method: str = "knn"  # as3l: the agent's PriorLabels method
     preprocess: str = "cifar10"  # input size / normalisation by name, when neither --init nor the registry says
     arch: str = "resnet18_w32"  # the backbone built when not starting from --init
-    batch_size: int | None = None  # None: the mode's / method's default
+    # None: the mode's / method's default, at most the pool's size (a method's default larger than the pool is
+    # lowered to it, and said); a pretraining method's batch_size larger than the pool is refused
+    batch_size: int | None = None
     threads: int | None = None  # CPU threads (None: torch's default)
     device: str = "auto"  # auto | cpu | cuda
     # more FinetuneConfig fields for a fine-tuning mode (e.g. ``seed``, ``svm_c``, ``unlabeled_ratio``)
@@ -232,7 +234,8 @@ def _train(cfg: CycleConfig, agent: str, data: TensorData, stub: Any, console: C
     steps, minutes, epochs = cfg.steps, cfg.minutes, cfg.epochs
     if mode in METHODS:
         pcfg = PretrainConfig(data=f"agent:{agent}", out=str(cfg.out), method=mode, arch=cfg.arch, epochs=epochs,
-                              minutes=minutes if epochs is None else None, batch_size=cfg.batch_size,
+                              minutes=minutes if epochs is None else None,
+                              batch_size=_pretrain_batch(mode, cfg.batch_size, len(data), console),
                               preprocess=cfg.preprocess, threads=cfg.threads, device=cfg.device, knn_every=0)
         if steps is not None:  # steps for a pretraining cycle: whole epochs of the pool
             pcfg.epochs, pcfg.minutes = max(1, steps), None
@@ -252,3 +255,19 @@ def _train(cfg: CycleConfig, agent: str, data: TensorData, stub: Any, console: C
     if steps is None and epochs is None and minutes is None and mode not in FROZEN_MODES:
         fcfg.steps = 100
     finetune(fcfg, data, priors, console)
+
+def _pretrain_batch(method: str, batch_size: int | None, pool: int, console: Console) -> int | None:
+    """The batch of a pretraining cycle on a pool of ``pool`` samples: ``batch_size`` when given (ValueError when
+    larger than the pool: not one step would fit), else the method's default, lowered to the pool's size when
+    larger (the user of a cycle does not choose the pool's size) with a line saying so."""
+    if batch_size is not None:
+        if batch_size > pool:
+            raise ValueError(f"--batch-size {batch_size} is larger than the agent's pool of {pool} samples: give at "
+                             f"most {pool}, or leave --batch-size out (the method's default, at most the pool)")
+        return batch_size
+    default = METHODS[method].defaults.batch_size
+    if default <= pool:
+        return None  # the method's default (PretrainConfig.resolved)
+    console.print(f"{method}'s default batch of {default} is larger than the agent's pool of {pool} samples: "
+                  f"training with batch {pool} (--batch-size sets it)")
+    return pool

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import re
 import time
 from pathlib import Path
@@ -213,5 +214,38 @@ def test_cycle_refuses_a_pool_without_labels_of_two_classes(tmp_path: Path) -> N
         assert one.exit_code == 1, one.output
         assert "all of one class ('cat')" in _said(one) and "at least one sample of another class" in _said(one)
         assert not out.exists() and not models.exists()  # nothing trained, nothing published
+    finally:
+        agent.stop()
+
+
+def test_a_pretraining_cycle_on_a_pool_smaller_than_the_methods_batch(tmp_path: Path) -> None:
+    """The user of a cycle does not choose the pool's size: a method's default batch (rotnet 128) larger than the
+    agent's 20 samples is lowered to 20 and said (was: "lower --batch-size", an option cycle did not have). An
+    explicit --batch-size larger than the pool is refused before training, naming it (exit 2, nothing published)."""
+    from typer.testing import CliRunner
+
+    from shortlist.cli import app
+    from tests.agent.conftest import make_samples, start
+    from training import loop
+
+    models, out, refused = tmp_path / "models", tmp_path / "cycle", tmp_path / "refused"
+    agent = start(tmp_path / "data", models)
+    try:
+        assert client.ingest(agent.stub, make_samples(20)).accepted == 20
+        cmd = ["cycle", "--agent", agent.address, "--models", str(models), "--steps", "1", "--threads", "1"]
+        ok = CliRunner().invoke(app, [*cmd, "--out", str(out), "--mode", "moby"], env={"COLUMNS": "200"})
+        assert ok.exit_code == 0, ok.output
+        assert ("moby's default batch of 512 is larger than the agent's pool of 20 samples: training with batch 20"
+                in _said(ok))
+        config = json.loads((out / loop.CONFIG).read_text())
+        assert config["batch_size"] == 20
+        newest = newest_complete(models)
+        assert newest is not None and newest[0] == "v0001"
+
+        big = CliRunner().invoke(app, [*cmd, "--out", str(refused), "--mode", "rotnet", "--batch-size", "64"],
+                                 env={"COLUMNS": "200"})
+        assert big.exit_code == 2, big.output
+        assert "--batch-size 64 is larger than the agent's pool of 20 samples: give at most 20" in _said(big)
+        assert not (refused / loop.CONFIG).exists() and newest_complete(models)[0] == "v0001"  # type: ignore[index]
     finally:
         agent.stop()
