@@ -33,6 +33,29 @@ def _frozen_budget(mode: str, steps: int | None, minutes: float | None, epochs: 
                                  f"({what}); give none, or use --mode full")
 
 
+METHOD_OPTION_HELP = ("one of the method's constructor options (repeatable; e.g. moby's tau=0.1); an unknown KEY "
+                      "is refused with the method's options listed")
+
+
+def _method_options(method: str, items: list[str], **flags: int | None) -> dict[str, object]:
+    """--method-option KEY=VALUE items (and the flags that set one option each: --proj-dim, --pred-dim) ->
+    the method's ``method_options``; a bad item is a usage error (2) that lists the method's options."""
+    from training.methods import parse_method_options
+
+    try:
+        options = parse_method_options(method, items) if items else {}  # (an unknown method: said by pretrain)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--method-option") from None
+    for key, value in flags.items():
+        if value is None:
+            continue
+        if key in options:
+            raise typer.BadParameter(f"--{key.replace('_', '-')} and --method-option {key}=... both set {key}: "
+                                     "give one")
+        options[key] = value
+    return options
+
+
 def _one_budget(*values: float | None) -> None:
     if sum(v is not None for v in values) != 1:
         names = ["--epochs N", "--minutes M", "--steps S"][:len(values)]
@@ -60,6 +83,7 @@ def pretrain_cmd(
     proj_dim: int | None = typer.Option(None, help="projector output width (simsiam default 256, paper 2048; "
                                         "moby default 256)"),
     pred_dim: int | None = typer.Option(None, help="simsiam predictor bottleneck (default 64, paper 512)"),
+    method_option: list[str] | None = typer.Option(None, metavar="KEY=VALUE", help=METHOD_OPTION_HELP),
     preprocess: str = typer.Option("cifar10", help="cifar10 | cifar100 | imagenet (size, mean, std)"),
     knn_every: int = typer.Option(5, help="epochs between kNN evaluations (0: only at the end)"),
     knn_k: int = typer.Option(200, min=1, help="neighbours of the kNN accuracy (200: the protocol for CIFAR-sized "
@@ -80,7 +104,7 @@ def pretrain_cmd(
     _one_budget(epochs, minutes)
     from training.pretrain import PretrainConfig
 
-    options = {k: v for k, v in (("proj_dim", proj_dim), ("pred_dim", pred_dim)) if v is not None}
+    options = _method_options(method, method_option or [], proj_dim=proj_dim, pred_dim=pred_dim)
     cfg = PretrainConfig(data=data, out=str(out), method=method, arch=arch, epochs=epochs, minutes=minutes,
                          limit=limit, batch_size=batch_size, lr=lr, weight_decay=weight_decay, min_res=min_res,
                          max_res=max_res, crop_min=crop_min, preprocess=preprocess, knn_every=knn_every, knn_k=knn_k,
@@ -226,6 +250,8 @@ def cycle_cmd(
     arch: str = typer.Option("resnet18_w32"),
     batch_size: int | None = typer.Option(None, min=1, help="batch size (default: the mode's, at most the pool's "
                                           "size; fine-tuning: 64 labelled images, pretraining: the method's)"),
+    method_option: list[str] | None = typer.Option(None, metavar="KEY=VALUE", help=f"pretraining modes "
+                                                   f"({', '.join(METHOD_NAMES)}): {METHOD_OPTION_HELP}"),
     threads: int | None = typer.Option(None),
     device: str = typer.Option("auto"),
 ) -> None:
@@ -241,9 +267,12 @@ def cycle_cmd(
     from training.cycle import CycleConfig, CycleRefused, run_cycle
     from training.loop import Interrupted
 
+    # a mode that is not a method: the options' names and values stay as given, and run_cycle refuses them
+    method_options = _method_options(mode, method_option or []) if mode in METHOD_NAMES else \
+        dict(o.partition("=")[::2] for o in method_option or [])
     cfg = CycleConfig(models=models, out=out, mode=mode, init=str(init) if init else None, steps=steps,
                       minutes=minutes, epochs=epochs, prior_method=prior_method, arch=arch, batch_size=batch_size,
-                      threads=threads, device=device)
+                      method_options=method_options, threads=threads, device=device)
 
     # Exit status (docs/agent.md): 1 when the agent answered with an error, cannot be reached or its pool cannot
     # train the mode yet; 2 for a bad option (checked before connecting); 130 when a signal stopped the training.

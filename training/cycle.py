@@ -29,7 +29,7 @@ from training import loop
 from training.backbones import build_backbone
 from training.data import TensorData, from_samples
 from training.finetune import FINETUNE_MODES, FROZEN_MODES, FinetuneConfig, finetune
-from training.methods import METHODS
+from training.methods import METHODS, check_method_options
 from training.modes import or_list
 from training.pretrain import PretrainConfig, load_encoder, preprocess_by_name, pretrain
 
@@ -76,6 +76,8 @@ class CycleConfig:
     device: str = "auto"  # auto | cpu | cuda
     # more FinetuneConfig fields for a fine-tuning mode (e.g. ``seed``, ``svm_c``, ``unlabeled_ratio``)
     options: Mapping[str, Any] = field(default_factory=dict)
+    # a pretraining method's constructor keywords (PretrainConfig.method_options; CLI: --method-option)
+    method_options: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:  # callers may give the folders as str
         object.__setattr__(self, "models", Path(self.models))
@@ -145,6 +147,11 @@ def _check_options(cfg: CycleConfig) -> Preprocess | None:
     if init is not None and mode in METHODS:
         raise ValueError(f"--mode {mode} pretrains an encoder from random weights and does not use --init: leave "
                          "--init out, or fine-tune the --init run with --mode full, as3l, moby_al, linear or svm")
+    if cfg.method_options:
+        if mode not in METHODS:
+            raise ValueError(f"--method-option sets the options of a pretraining method ({or_list(METHODS)}); "
+                             f"--mode {mode} has none: leave it out")
+        check_method_options(mode, cfg.method_options)
     registry_problem(cfg.models)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file: give a folder for this cycle's training run")
@@ -236,7 +243,8 @@ def _train(cfg: CycleConfig, agent: str, data: TensorData, stub: Any, console: C
         pcfg = PretrainConfig(data=f"agent:{agent}", out=str(cfg.out), method=mode, arch=cfg.arch, epochs=epochs,
                               minutes=minutes if epochs is None else None,
                               batch_size=_pretrain_batch(mode, cfg.batch_size, len(data), console),
-                              preprocess=cfg.preprocess, threads=cfg.threads, device=cfg.device, knn_every=0)
+                              preprocess=cfg.preprocess, threads=cfg.threads, device=cfg.device, knn_every=0,
+                              method_options=dict(cfg.method_options))
         if steps is not None:  # steps for a pretraining cycle: whole epochs of the pool
             pcfg.epochs, pcfg.minutes = max(1, steps), None
         pretrain(pcfg, console, train_data=data)
@@ -255,6 +263,7 @@ def _train(cfg: CycleConfig, agent: str, data: TensorData, stub: Any, console: C
     if steps is None and epochs is None and minutes is None and mode not in FROZEN_MODES:
         fcfg.steps = 100
     finetune(fcfg, data, priors, console)
+
 
 def _pretrain_batch(method: str, batch_size: int | None, pool: int, console: Console) -> int | None:
     """The batch of a pretraining cycle on a pool of ``pool`` samples: ``batch_size`` when given (ValueError when

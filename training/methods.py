@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import copy
 import inspect
+import json
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar, cast
 
@@ -137,7 +139,14 @@ class SSLMethod(nn.Module):
     @classmethod
     def option_names(cls) -> set[str]:
         """The constructor keywords ``method_options`` may set (every parameter after the encoder)."""
-        return set(list(inspect.signature(cls.__init__).parameters)[2:])
+        return set(cls.option_defaults())
+
+    @classmethod
+    def option_defaults(cls) -> dict[str, Any]:
+        """Each constructor keyword's default (``inspect.Parameter.empty`` for one without); the type of a
+        default is what ``parse_method_options`` converts a --method-option value to."""
+        params = list(inspect.signature(cls.__init__).parameters.values())[2:]
+        return {p.name: p.default for p in params}
 
     def make_views(self, images: torch.Tensor, pre: Preprocess, aug: AugmentConfig, gen: torch.Generator,
                    channels_last: bool) -> list[torch.Tensor]:
@@ -315,6 +324,49 @@ def _all_gather(x: torch.Tensor) -> torch.Tensor:
 # Method name -> class (``--method``): the one line a new method adds (and its name in training.modes.METHOD_NAMES,
 # which the CLI's help texts list without importing torch; a test keeps the two equal).
 METHODS: dict[str, type[SSLMethod]] = {"simsiam": SimSiam, "rotnet": RotNet, "moby": MoBY}
+
+
+def check_method_options(method: str, options: Iterable[str]) -> None:
+    """ValueError unless ``method`` is a METHODS name and every name in ``options`` one of its constructor
+    keywords (the message lists the valid ones)."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
+    names = METHODS[method].option_names()
+    if bad := sorted(set(options) - names):
+        raise ValueError(f"{method} has no option {', '.join(bad)}; valid: {', '.join(sorted(names)) or 'none'}")
+
+
+def parse_method_options(method: str, items: Iterable[str]) -> dict[str, Any]:
+    """``--method-option KEY=VALUE`` items -> ``method_options`` of ``method``: each KEY checked against its
+    constructor keywords (``check_method_options``), each VALUE converted to the type of the keyword's default
+    (bool: true/false; no default: a JSON value, else the text). ValueError saying which item is wrong."""
+    raw: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--method-option {item!r}: give KEY=VALUE (e.g. proj_dim=128)")
+        raw[key.strip()] = value.strip()
+    check_method_options(method, raw)
+    defaults = METHODS[method].option_defaults()
+    return {key: _option_value(method, key, value, defaults[key]) for key, value in raw.items()}
+
+
+def _option_value(method: str, key: str, text: str, default: Any) -> Any:
+    kind = type(default) if isinstance(default, (bool, int, float, str)) else None
+    if kind is None:  # no default to go by
+        try:
+            return json.loads(text)
+        except ValueError:
+            return text
+    if kind is bool and text.lower() in ("true", "false", "1", "0", "yes", "no"):
+        return text.lower() in ("true", "1", "yes")
+    if kind is not bool:
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    takes = {bool: "true or false", int: "an integer", float: "a number"}.get(kind, "a string")
+    raise ValueError(f"--method-option {key}={text}: {method}'s {key} takes {takes} (default {default})")
 
 
 def build_method(method: str, encoder: Encoder, **options: Any) -> SSLMethod:

@@ -30,13 +30,13 @@ from training.augment import AugmentConfig
 from training.backbones import build_backbone, min_input_side
 from training.data import TensorData, load, report_skipped
 from training.knn import embed, knn_accuracy
-from training.methods import METHODS, SSLMethod, build_method
+from training.methods import METHODS, SSLMethod, build_method, check_method_options
 from training.methods import Encoder as Encoder
 
 PREPROCESS: dict[str, Preprocess] = {"cifar10": CIFAR10_PREPROCESS, "cifar100": CIFAR100_PREPROCESS,
                                      "imagenet": IMAGENET_PREPROCESS}
 
-# Each method's constructor keywords (``method_options``; CLI: --proj-dim, --pred-dim) and published
+# Each method's constructor keywords (``method_options``; CLI: --method-option, --proj-dim, --pred-dim) and published
 # defaults (base lr scaled by batch/256, weight decay, batch) are declared on its class in training.methods.
 
 
@@ -89,14 +89,8 @@ class PretrainConfig:
 
     def resolved(self) -> PretrainConfig:
         """A copy with the method's defaults filled in (what config.json records)."""
-        if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}; valid: {', '.join(METHODS)}")
-        cls = METHODS[self.method]
-        bad = sorted(set(self.method_options) - cls.option_names())
-        if bad:
-            valid = ", ".join(sorted(cls.option_names())) or "none"
-            raise ValueError(f"{self.method} has no option {', '.join(bad)}; valid: {valid}")
-        d = cls.defaults
+        check_method_options(self.method, self.method_options)
+        d = METHODS[self.method].defaults
         return dataclasses.replace(
             self, batch_size=self.batch_size or d.batch_size, lr=self.lr if self.lr is not None else d.lr,
             weight_decay=self.weight_decay if self.weight_decay is not None else d.weight_decay)

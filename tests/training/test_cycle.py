@@ -130,7 +130,12 @@ def test_cycle_checks_its_options_before_connecting_or_training(tmp_path: Path) 
                          ({"mode": "full", "init": str(run), "out": run}, "is the --init run"),
                          ({"device": "gpu"}, "--device 'gpu': give auto, cpu or cuda"),
                          ({"arch": "resnet7"}, "unknown arch 'resnet7'"),
-                         ({"mode": "lineer"}, "unknown cycle mode 'lineer'")):
+                         ({"mode": "lineer"}, "unknown cycle mode 'lineer'"),
+                         ({"mode": "rotnet", "method_options": {"proj_dim": 8}},
+                          "rotnet has no option proj_dim; valid: none"),
+                         ({"mode": "full", "method_options": {"tau": "0.1"}},
+                          "--method-option sets the options of a pretraining method (simsiam, rotnet or moby); "
+                          "--mode full has none")):
         args: dict[str, object] = {"models": tmp_path / "models", "out": out, "mode": "full", "steps": 1, **kwargs}
         with pytest.raises(ValueError, match=re.escape(said)):
             run_cycle(nobody, CycleConfig(**args))  # type: ignore[arg-type]
@@ -221,7 +226,8 @@ def test_cycle_refuses_a_pool_without_labels_of_two_classes(tmp_path: Path) -> N
 def test_a_pretraining_cycle_on_a_pool_smaller_than_the_methods_batch(tmp_path: Path) -> None:
     """The user of a cycle does not choose the pool's size: a method's default batch (rotnet 128) larger than the
     agent's 20 samples is lowered to 20 and said (was: "lower --batch-size", an option cycle did not have). An
-    explicit --batch-size larger than the pool is refused before training, naming it (exit 2, nothing published)."""
+    explicit --batch-size larger than the pool is refused before training, naming it (exit 2, nothing published);
+    --method-option reaches the method."""
     from typer.testing import CliRunner
 
     from shortlist.cli import app
@@ -233,12 +239,14 @@ def test_a_pretraining_cycle_on_a_pool_smaller_than_the_methods_batch(tmp_path: 
     try:
         assert client.ingest(agent.stub, make_samples(20)).accepted == 20
         cmd = ["cycle", "--agent", agent.address, "--models", str(models), "--steps", "1", "--threads", "1"]
-        ok = CliRunner().invoke(app, [*cmd, "--out", str(out), "--mode", "moby"], env={"COLUMNS": "200"})
+        ok = CliRunner().invoke(app, [*cmd, "--out", str(out), "--mode", "moby", "--method-option", "queue=64",
+                                      "--method-option", "hidden=32"], env={"COLUMNS": "200"})
         assert ok.exit_code == 0, ok.output
         assert ("moby's default batch of 512 is larger than the agent's pool of 20 samples: training with batch 20"
                 in _said(ok))
         config = json.loads((out / loop.CONFIG).read_text())
-        assert config["batch_size"] == 20
+        assert config["batch_size"] == 20 and config["method_options"]["queue"] == 64
+        assert config["method_options"]["hidden"] == 32
         newest = newest_complete(models)
         assert newest is not None and newest[0] == "v0001"
 
@@ -246,6 +254,9 @@ def test_a_pretraining_cycle_on_a_pool_smaller_than_the_methods_batch(tmp_path: 
                                  env={"COLUMNS": "200"})
         assert big.exit_code == 2, big.output
         assert "--batch-size 64 is larger than the agent's pool of 20 samples: give at most 20" in _said(big)
+        bad = CliRunner().invoke(app, [*cmd, "--out", str(refused), "--mode", "moby", "--method-option",
+                                       "temperature=0.1"], env={"COLUMNS": "200"})
+        assert bad.exit_code == 2 and "moby has no option temperature; valid: hidden" in _said(bad), bad.output
         assert not (refused / loop.CONFIG).exists() and newest_complete(models)[0] == "v0001"  # type: ignore[index]
     finally:
         agent.stop()

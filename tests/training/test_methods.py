@@ -117,6 +117,7 @@ def test_the_help_lists_every_method(monkeypatch: pytest.MonkeyPatch) -> None:
                         ("cycle", " | ".join((*modes.FINETUNE_MODES, *METHODS)))):
         out = " ".join(CliRunner().invoke(app, [cmd, "--help"], env={"COLUMNS": "300"}).output.split())
         assert listed in out, (cmd, out)
+    assert "--method-option" in out
 
 
 @pytest.mark.parametrize("name", list(METHODS))
@@ -139,3 +140,20 @@ def test_every_method_trains_a_step_with_a_finite_loss(name: str) -> None:
     grads = [p.grad for p in model.encoder.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
 
+
+def test_method_options_from_the_command_line_take_their_defaults_types() -> None:
+    from training.methods import parse_method_options
+
+    assert parse_method_options("moby", ["tau=0.1", "queue=64", " proj_dim = 32 "]) == {
+        "tau": 0.1, "queue": 64, "proj_dim": 32}
+    assert isinstance(parse_method_options("moby", ["tau=1"])["tau"], float)
+    assert parse_method_options("rotnet", []) == {}
+    with pytest.raises(ValueError, match="moby has no option temperature; valid: hidden, momentum, proj_dim, queue, "
+                                         "tau"):
+        parse_method_options("moby", ["temperature=0.1"])
+    with pytest.raises(ValueError, match=r"queue=4k: moby's queue takes an integer \(default 4096\)"):
+        parse_method_options("moby", ["queue=4k"])
+    with pytest.raises(ValueError, match="give KEY=VALUE"):
+        parse_method_options("moby", ["tau"])
+    with pytest.raises(ValueError, match="unknown method 'simclr'"):
+        parse_method_options("simclr", ["tau=0.1"])

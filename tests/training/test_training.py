@@ -449,3 +449,26 @@ def test_a_missing_split_is_said_with_what_the_training_commands_take(tiny_data:
     said = " ".join(res.output.split())
     assert res.exit_code == 2 and "has no 'train' split (splits found: test; --data takes a folder with a train/" \
         in said and "--split" not in said, said
+
+
+def test_cli_method_options(tiny_data: Path, tmp_path: Path) -> None:
+    """--method-option KEY=VALUE sets any of the method's constructor keywords (--proj-dim / --pred-dim only set
+    SimSiam's and MoBY's widths); an unknown KEY is a usage error that lists the method's options."""
+    from typer.testing import CliRunner
+
+    from shortlist.cli import app
+
+    base = ["pretrain", "--data", str(tiny_data), "--epochs", "1", "--batch-size", "16", "--preprocess", PRE,
+            "--threads", "1", "--knn-every", "0", "--no-channels-last", "--method", "moby"]
+    ok = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "m"), "--method-option", "queue=32",
+                                  "--method-option", "hidden=16", "--proj-dim", "8"])
+    assert ok.exit_code == 0, ok.output
+    assert json.loads((tmp_path / "m" / loop.CONFIG).read_text())["method_options"] == {
+        "proj_dim": 8, "hidden": 16, "queue": 32, "tau": 0.2, "momentum": 0.99}
+    for args, said in ((["--method-option", "depth=2"], "moby has no option depth; valid: hidden, momentum, "
+                                                        "proj_dim, queue, tau"),
+                       (["--method-option", "tau=cold"], "moby's tau takes a number"),
+                       (["--method-option", "proj_dim=8", "--proj-dim", "8"], "both set proj_dim")):
+        bad = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "x"), *args], env={"COLUMNS": "300"})
+        assert bad.exit_code == 2 and said in " ".join(bad.output.split()), bad.output
+        assert not (tmp_path / "x").exists()
