@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar, get_args
 
 import numpy as np
 
@@ -197,6 +197,16 @@ KMeansPlan = Callable[[Mapping[str, str], int, int], KMeansWork]
 StrategyWork = Callable[[Mapping[str, str], int, int, int, int], float]
 
 
+# What a strategy needs before it can answer, declared in its decorator (``@strategy(name, needs=...)``);
+# agent/strategies/__init__.py derives MODEL_FREE and LABEL_FREE from it. "nothing": no model and no labels
+# (the agent answers it before the first model is published: random, audit); "model": the model's
+# embeddings, and works from zero labels (coreset, the cluster strategies); "classifier": class
+# probabilities over at least 2 classes, from the model's logits head or a head fitted on at least 2
+# labelled classes (the uncertainty strategies; refused with the label-free ones named otherwise).
+Needs = Literal["nothing", "model", "classifier"]
+NEEDS: tuple[Needs, ...] = get_args(Needs)
+
+
 @dataclass(frozen=True)
 class StrategyEntry(_Entry):
     """A registered strategy: call it like the function; the request's params are checked first and the
@@ -207,6 +217,8 @@ class StrategyEntry(_Entry):
     of the strategy has been measured."""
 
     fn: Strategy
+    # What it needs before it can answer (see Needs): the agent's model-free and label-free lists follow it.
+    needs: Needs
     light_budget: int = 0
     # The strategy's cost grows with the k-means it fits: its k and number of fits for a call's params,
     # labelled count and budget (see work_size); None: no k-means whose size the params or labels set.
@@ -307,16 +319,22 @@ class PriorEntry(_Entry):
         return self.fn(pool, rows, rng, params)
 
 
-# light_budget of strategies whose cost does not grow with the budget (one pass over the candidates).
+# light_budget of strategies whose cost does not grow with the budget (one pass over the candidates, no loop
+# that needs a checkpoint: tests/agent/test_work.py exempts these from its checkpoint test).
 ALWAYS_LIGHT = 2**63 - 1
 
 
-def strategy(name: str, *declared: Param, light_budget: int = 0, kmeans: KMeansPlan | None = None,
+def strategy(name: str, *declared: Param, needs: Needs, light_budget: int = 0, kmeans: KMeansPlan | None = None,
              cpu_per_unit: float = 0.0, work: StrategyWork | None = None,
              uniform: bool = False) -> Callable[[Strategy], StrategyEntry]:
-    """Declare a strategy's name, params, light budget, k-means plan or other work size, prior CPU seconds
-    per unit of work size, and whether its picks are a uniform draw (see StrategyEntry); the entry's
-    ``__doc__`` is the function's plus the params."""
+    """Declare a strategy's name, params, what it needs (``needs``, see Needs: no default, so a new strategy
+    says whether it works without a model or labels), light budget, k-means plan or other work size, prior
+    CPU seconds per unit of work size, and whether its picks are a uniform draw (see StrategyEntry); the
+    entry's ``__doc__`` is the function's plus the params. ``light_budget=ALWAYS_LIGHT`` also says the
+    strategy is one pass over the candidates with no loop to stop in (tests/agent/test_work.py checks that
+    every other strategy stops at an ``agent.cancel.checkpoint()``)."""
+    if needs not in NEEDS:
+        raise ValueError(f"strategy {name}: needs={needs!r}; valid: {', '.join(NEEDS)}")
     if not (math.isfinite(cpu_per_unit) and cpu_per_unit >= 0):
         raise ValueError(f"strategy {name}: cpu_per_unit must be a finite number >= 0")
     if kmeans is not None and work is not None:
@@ -324,7 +342,7 @@ def strategy(name: str, *declared: Param, light_budget: int = 0, kmeans: KMeansP
 
     def wrap(fn: Strategy) -> StrategyEntry:
         entry = StrategyEntry(name=name, params=tuple(declared), summary=_summary(fn.__doc__), fn=fn,
-                              light_budget=light_budget, kmeans=kmeans,
+                              needs=needs, light_budget=light_budget, kmeans=kmeans,
                               cpu_per_unit=cpu_per_unit, work=work, uniform=uniform)
         object.__setattr__(entry, "__doc__", (fn.__doc__ or "") + params_doc(declared))
         return entry
@@ -341,6 +359,20 @@ def prior_method(name: str, *declared: Param, light_rows: int = 0,
         object.__setattr__(entry, "__doc__", (fn.__doc__ or "") + params_doc(declared))
         return entry
     return wrap
+
+
+E = TypeVar("E", bound=_Entry)
+
+
+def registry(*entries: E) -> dict[str, E]:
+    """A registry (STRATEGIES, PRIOR_METHODS): each entry under the name its decorator declared, in the
+    order given, so the key and the name cannot differ; ValueError when two entries share a name."""
+    out: dict[str, E] = {}
+    for e in entries:
+        if e.name in out:
+            raise ValueError(f"two {e.kind_name} entries are named {e.name!r}: give each its own name")
+        out[e.name] = e
+    return out
 
 
 def params_table(entries: Sequence[_Entry]) -> str:

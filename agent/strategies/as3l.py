@@ -94,7 +94,7 @@ def consensus_groups(assignments: np.ndarray) -> np.ndarray:
     return np.asarray(group, np.int64).ravel()
 
 
-@strategy("as3l", *AS3L_PARAMS, kmeans=as3l_kmeans, cpu_per_unit=KMEANS_CPU_PER_UNIT)
+@strategy("as3l", *AS3L_PARAMS, needs="model", kmeans=as3l_kmeans, cpu_per_unit=KMEANS_CPU_PER_UNIT)
 def as3l(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping[str, str]) -> Selection:
     """AS3L active labelling (Wen et al., Sec. 3.2): fine-tune the self-supervised features with one linear
     layer towards the centres of C k-means runs (Sec. 3.2.1, Eq. 1, solved in closed form by

@@ -17,7 +17,7 @@ from agent.pool import Pool, Selection
 AUDIT = "audit"
 
 
-@strategy(AUDIT, light_budget=ALWAYS_LIGHT, uniform=True)
+@strategy(AUDIT, needs="nothing", light_budget=ALWAYS_LIGHT, uniform=True)
 def audit_strategy(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping[str, str]) -> Selection:
     """Uniform random sample of the unlabelled pool, recorded as audit draws: once labelled, GetStatus
     reports each prior method's accuracy on them with a confidence interval. Refuses a where filter (the

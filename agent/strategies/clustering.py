@@ -41,7 +41,7 @@ def kmedoids_kmeans(params: Mapping[str, str], labelled: int, budget: int) -> KM
     return KMeansWork(KMEDOIDS_K.get_int(params, min(labelled + budget, MAX_CLUSTERS)))
 
 
-@strategy("kmedoids", KMEDOIDS_K, kmeans=kmedoids_kmeans, cpu_per_unit=KMEANS_CPU_PER_UNIT)
+@strategy("kmedoids", KMEDOIDS_K, needs="model", kmeans=kmedoids_kmeans, cpu_per_unit=KMEANS_CPU_PER_UNIT)
 def kmedoids(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping[str, str]) -> Selection:
     """k-medoids selection, the representative baseline of AS3L's experiments (Wen et al., Tables 4/5): k-means
     with k = budget (+ the labelled count), then the medoid of each cluster, largest uncovered cluster
@@ -135,7 +135,7 @@ def typiclust_kmeans(params: Mapping[str, str], labelled: int, budget: int) -> K
     return KMeansWork(min(labelled + budget, TYPICLUST_PARAMS[1].get_int(params)))
 
 
-@strategy("typiclust", *TYPICLUST_PARAMS, kmeans=typiclust_kmeans, cpu_per_unit=KMEANS_CPU_PER_UNIT)
+@strategy("typiclust", *TYPICLUST_PARAMS, needs="model", kmeans=typiclust_kmeans, cpu_per_unit=KMEANS_CPU_PER_UNIT)
 def typiclust(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping[str, str]) -> Selection:
     """TypiClust (Hacohen, Dekel & Weinshall, "Active Learning on a Budget: Opposite Strategies Suit High
     and Low Budgets", ICML 2022, PMLR 162:8175-8195).

@@ -24,7 +24,7 @@ from agent.strategies._common import (
 )
 
 
-@strategy("coreset", light_budget=LIGHT_GREEDY_BUDGET)
+@strategy("coreset", needs="model", light_budget=LIGHT_GREEDY_BUDGET)
 def coreset(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping[str, str]) -> Selection:
     """Core-set selection by k-center greedy (Sener & Savarese, "Active Learning for Convolutional Neural
     Networks: A Core-Set Approach", ICLR 2018, Sec. 4, Algorithm 1 "k-Center-Greedy"): repeatedly pick the candidate
@@ -189,7 +189,7 @@ def purity_delta(radius: np.ndarray, alpha: float) -> float:
     return float(r[m]) if np.isfinite(r[m]) else float(finite.max() if len(finite) else 2.0)
 
 
-@strategy("probcover", *PROBCOVER_PARAMS, work=probcover_work)
+@strategy("probcover", *PROBCOVER_PARAMS, needs="model", work=probcover_work)
 def probcover(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping[str, str]) -> Selection:
     """ProbCover (Yehuda et al., "Active Learning Through a Covering Lens", NeurIPS 2022, its greedy
     algorithm): build the directed graph with an edge v -> u when ||x_u - x_v|| < delta; mark every point

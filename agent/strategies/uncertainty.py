@@ -113,7 +113,7 @@ def margin_of(probs: np.ndarray) -> np.ndarray:
     return np.asarray(top2[:, 1] - top2[:, 0], np.float64)
 
 
-@strategy("entropy", light_budget=ALWAYS_LIGHT)
+@strategy("entropy", needs="classifier", light_budget=ALWAYS_LIGHT)
 def entropy(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping[str, str]) -> Selection:
     """Maximum-entropy sampling (Shannon 1948; Settles, "Active Learning Literature Survey" 2009,
     Sec. 3.1 "Uncertainty Sampling": x*_H = argmax_x -sum_y P(y|x) log P(y|x)). No params. Score: entropy (nats)."""
@@ -121,7 +121,7 @@ def entropy(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping[s
     return top_k(pool.candidates, entropy_of(probs), budget)
 
 
-@strategy("margin", light_budget=ALWAYS_LIGHT)
+@strategy("margin", needs="classifier", light_budget=ALWAYS_LIGHT)
 def margin(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping[str, str]) -> Selection:
     """Smallest-margin sampling (Scheffer et al. 2001; Settles 2009, Sec. 3.1:
     x*_M = argmin_x P(y1|x) - P(y2|x)). No params. Score: 1 - margin."""
@@ -129,7 +129,7 @@ def margin(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping[st
     return top_k(pool.candidates, 1.0 - margin_of(probs), budget)
 
 
-@strategy("least_confidence", light_budget=ALWAYS_LIGHT)
+@strategy("least_confidence", needs="classifier", light_budget=ALWAYS_LIGHT)
 def least_confidence(pool: Pool, budget: int, rng: np.random.Generator,
                      params: Mapping[str, str]) -> Selection:
     """Least-confident sampling (Lewis & Gale 1994; Settles 2009, Sec. 3.1: x*_LC = argmax_x 1 - P(y^|x)).
@@ -138,7 +138,7 @@ def least_confidence(pool: Pool, budget: int, rng: np.random.Generator,
     return top_k(pool.candidates, 1.0 - probs.max(axis=1), budget)
 
 
-@strategy("badge", light_budget=LIGHT_GREEDY_BUDGET)
+@strategy("badge", needs="classifier", light_budget=LIGHT_GREEDY_BUDGET)
 def badge(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping[str, str]) -> Selection:
     """BADGE (Ash et al., "Deep Batch Active Learning by Diverse, Uncertain Gradient Lower Bounds",
     ICLR 2020, Algorithm 1): k-means++ seeding (Arthur & Vassilvitskii 2007) over the gradient
@@ -205,7 +205,7 @@ def vote_entropy(votes: np.ndarray, num_classes: int) -> np.ndarray:
     return -np.sum(frac * np.log(np.where(frac > 0, frac, 1.0)), axis=1)
 
 
-@strategy("qbc", QBC_MEMBERS_PARAM, work=qbc_work)
+@strategy("qbc", QBC_MEMBERS_PARAM, needs="classifier", work=qbc_work)
 def qbc(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping[str, str]) -> Selection:
     """Query by committee (Seung, Opper & Sompolinsky 1992) with a bagged committee (query by bagging,
     Abe & Mamitsuka 1998): ``members`` logistic-regression heads, each fitted on a bootstrap resample of
@@ -241,7 +241,7 @@ DAS_LAMBDA = 1.0
 DAS_LAMBDA_PARAM = Param("lambda", "float", DAS_LAMBDA, "weight of the rotation loss against the entropy", 0.0, 1000.0)
 
 
-@strategy("das", DAS_LAMBDA_PARAM, light_budget=ALWAYS_LIGHT)
+@strategy("das", DAS_LAMBDA_PARAM, needs="classifier", light_budget=ALWAYS_LIGHT)
 def das(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping[str, str]) -> Selection:
     """Deep active sampling with self-supervised learning (Shi & Zhou, "Deep active sampling with
     self-supervised learning", Front. Comput. Sci. 2023, 17(4): 174323): the sampling metric

@@ -28,7 +28,7 @@ def _work(seconds: float) -> None:
         time.sleep(STEP_S)
 
 
-@strategy("slow", SECONDS)
+@strategy("slow", SECONDS, needs="model")
 def slow_strategy(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping[str, str]) -> Selection:
     """Works ``seconds`` then picks the first candidates."""
     _work(SECONDS.get_float(params))
@@ -36,7 +36,7 @@ def slow_strategy(pool: Pool, budget: int, rng: np.random.Generator, params: Map
     return Selection(rows=np.asarray(rows, np.int64), scores=np.ones(len(rows)))
 
 
-@strategy("stuck", SECONDS)
+@strategy("stuck", SECONDS, needs="model")
 def stuck_strategy(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping[str, str]) -> Selection:
     """Works ``seconds`` in one step, without a checkpoint, then picks the first candidates."""
     time.sleep(SECONDS.get_float(params))

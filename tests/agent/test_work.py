@@ -374,7 +374,8 @@ def test_repeated_select_and_prior_labels_come_from_the_cache(running: Running,
         counts["prior"] += 1
         return real_prior.fn(*a, **k)
 
-    monkeypatch.setitem(STRATEGIES, "typiclust", StrategyEntry("typiclust", real_select.params, "", counted_select))
+    monkeypatch.setitem(STRATEGIES, "typiclust", StrategyEntry("typiclust", real_select.params, "", counted_select,
+                                                                 needs=real_select.needs))
     monkeypatch.setitem(PRIOR_METHODS, "knn", PriorEntry("knn", real_prior.params, "", counted_prior))
     client.ingest(running.stub, make_samples(40, labels=6))
 

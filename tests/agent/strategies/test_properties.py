@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import pytest
 
-from agent.pool import FailedPrecondition, InvalidArgument
+from agent.params import registry, strategy
+from agent.pool import FailedPrecondition, InvalidArgument, Pool, Selection
 from agent.strategies import LABEL_FREE, MODEL_FREE, STRATEGIES, get_strategy
 from tests.agent.strategies.pools import blobs, make_pool
 
@@ -104,6 +107,37 @@ def test_registry_names() -> None:
             "as3l", "badge", "qbc", "das"} <= set(STRATEGIES)
     with pytest.raises(InvalidArgument, match=r"valid: .*typiclust"):
         get_strategy("nope")
+
+
+def test_what_each_strategy_needs_is_declared_on_its_entry() -> None:
+    """MODEL_FREE and LABEL_FREE follow each entry's declared ``needs``, and each key is the entry's own name."""
+    for name, entry in STRATEGIES.items():
+        assert entry.name == name
+        assert (name in MODEL_FREE) == (entry.needs == "nothing"), name
+        assert (name in LABEL_FREE) == (entry.needs in ("nothing", "model")), name
+    # The built-in ones as before the declaration (a new strategy may join any of the three).
+    built_in = {"random": "nothing", "audit": "nothing", "coreset": "model", "kmedoids": "model",
+                "typiclust": "model", "probcover": "model", "as3l": "model", "entropy": "classifier",
+                "margin": "classifier", "least_confidence": "classifier", "badge": "classifier",
+                "qbc": "classifier", "das": "classifier"}
+    assert {name: STRATEGIES[name].needs for name in built_in} == built_in
+
+
+def _first(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping[str, str]) -> Selection:
+    rows = pool.candidates[:budget]
+    return Selection(rows=np.asarray(rows, np.int64), scores=np.ones(len(rows)))
+
+
+def test_a_strategy_must_declare_what_it_needs_and_a_name_of_its_own() -> None:
+    with pytest.raises(TypeError, match="needs"):
+        strategy("toy")(_first)  # type: ignore[call-arg]
+    with pytest.raises(ValueError, match="strategy toy: needs='labels'; valid: nothing, model, classifier"):
+        strategy("toy", needs="labels")  # type: ignore[arg-type]
+    toy = strategy("toy", needs="model")(_first)
+    assert list(registry(STRATEGIES["random"], toy)) == ["random", "toy"]
+    clash = strategy("random", needs="nothing")(_first)
+    with pytest.raises(ValueError, match="two strategy entries are named 'random'"):
+        registry(STRATEGIES["random"], clash)
 
 
 def test_bad_param_value_is_invalid_argument() -> None:
