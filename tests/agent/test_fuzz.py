@@ -21,7 +21,9 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from agent import client
+from agent.priors import PRIOR_METHODS
 from agent.service import SERVICE_NAME
+from agent.strategies import STRATEGIES
 from agent.testing import publish_linear
 from shortlist.v1 import agent_pb2
 from tests.agent.conftest import CLASSES, SIZE, Running, make_images, make_samples, png, start
@@ -35,11 +37,10 @@ CLEAN_CODES = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc
 TIMEOUT = 30.0
 BASE = 30  # samples ingested before the examples (ids base0..base29, the first 9 labelled)
 BASE_IDS = [f"base{i}" for i in range(BASE)]
-STRATEGY_NAMES = ["random", "audit", "entropy", "margin", "least_confidence", "badge", "qbc", "das", "coreset",
-                  "kmedoids", "typiclust", "probcover", "as3l"]
-PRIOR_NAMES = ["knn", "as3l", "llgc"]
-PARAM_NAMES = ["alpha", "clusters", "delta", "gamma", "k", "knn", "lambda", "max_clusters", "members",
-               "min_cluster_size", "neighbours", "ridge", "runs", "temperature"]
+# Every registered strategy, prior method and declared param (a new one is fuzzed without editing this file).
+STRATEGY_NAMES = sorted(STRATEGIES)
+PRIOR_NAMES = sorted(PRIOR_METHODS)
+PARAM_NAMES = sorted({p.name for e in (*STRATEGIES.values(), *PRIOR_METHODS.values()) for p in e.params})
 
 # ---- value strategies ------------------------------------------------------------------------------
 TEXT = st.text(st.characters(exclude_categories=["Cs"]), max_size=24)  # proto strings: no lone surrogates

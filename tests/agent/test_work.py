@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -25,7 +25,9 @@ from agent.admission import Admission, Busy, LaneThreads
 from agent.cancel import CancelToken, DeadlineExceeded, ShuttingDown
 from agent.config import WorkConfig
 from agent.errors import RETRY_AFTER_KEY
-from agent.params import PriorEntry, StrategyEntry
+from agent.params import ALWAYS_LIGHT, PriorEntry, StrategyEntry
+from agent.params import strategy as declare_strategy
+from agent.pool import Pool, Selection
 from agent.priors import PRIOR_METHODS
 from agent.service import stop_server
 from agent.strategies import STRATEGIES
@@ -171,15 +173,42 @@ def test_a_call_that_cannot_get_a_turn_within_its_deadline_is_refused_at_once(
 
 X, Y = blobs(clusters=4, per_cluster=40, dim=8, spread=0.2, seed=1)
 LABELED = np.array([0, 1, 40, 41, 80, 120])
-# One pass, no loop worth checking: these answer in milliseconds whatever the pool.
-NO_LOOP = {"random", "audit", "entropy", "margin", "least_confidence", "das"}
+# A strategy declared ``light_budget=ALWAYS_LIGHT`` (agent/params.py) is one pass over the candidates that answers
+# in milliseconds whatever the pool or budget (random, audit, entropy, margin, least_confidence, das): no loop
+# worth a checkpoint. Every other one must stop at one.
+LOOPING = sorted(name for name, e in STRATEGIES.items() if e.light_budget != ALWAYS_LIGHT)
 
 
-@pytest.mark.parametrize("name", sorted(set(STRATEGIES) - NO_LOOP))
-def test_every_looping_strategy_stops_at_a_checkpoint(name: str) -> None:
+def check_stops_at_a_checkpoint(entry: StrategyEntry) -> None:
+    """``entry`` run past its deadline stops with DeadlineExceeded; else the test fails saying what to do."""
     pool = make_pool(X, Y, LABELED, pretext_loss=np.ones(len(X), np.float32))
-    with cancel.scope(CancelToken.within(0.0)), pytest.raises(DeadlineExceeded):
-        STRATEGIES[name](pool, 20, np.random.default_rng(0), {})
+    with cancel.scope(CancelToken.within(0.0)):
+        try:
+            entry(pool, 20, np.random.default_rng(0), {})
+        except DeadlineExceeded:
+            return
+    pytest.fail(f"strategy {entry.name!r} ran to its end past its deadline without stopping: call "
+                "agent.cancel.checkpoint() in its loops (at least once per pass over the pool), or, if it is one "
+                "pass over the candidates that answers in milliseconds at any budget, declare it so: "
+                f"@strategy({entry.name!r}, ..., light_budget=ALWAYS_LIGHT)", pytrace=False)
+
+
+@pytest.mark.parametrize("name", LOOPING)
+def test_every_looping_strategy_stops_at_a_checkpoint(name: str) -> None:
+    check_stops_at_a_checkpoint(STRATEGIES[name])
+
+
+def test_a_strategy_without_a_checkpoint_is_told_what_to_do() -> None:
+    @declare_strategy("no_checkpoint", needs="model")
+    def no_checkpoint(pool: Pool, budget: int, rng: np.random.Generator,
+                      params: Mapping[str, str]) -> Selection:
+        rows = pool.candidates[:budget]
+        return Selection(rows=np.asarray(rows, np.int64), scores=np.ones(len(rows)))
+
+    with pytest.raises(pytest.fail.Exception) as failed:
+        check_stops_at_a_checkpoint(no_checkpoint)
+    assert "call agent.cancel.checkpoint() in its loops" in str(failed.value)
+    assert "@strategy('no_checkpoint', ..., light_budget=ALWAYS_LIGHT)" in str(failed.value)
 
 
 @pytest.mark.parametrize("name", sorted(PRIOR_METHODS))

@@ -43,8 +43,10 @@ def test_labelled_rows_come_back_one_hot_and_errors(name: str) -> None:
 
 
 def test_unknown_method_lists_valid() -> None:
-    with pytest.raises(InvalidArgument, match="as3l, knn, llgc"):
+    with pytest.raises(InvalidArgument, match="valid: " + ", ".join(sorted(PRIOR_METHODS)) + "$"):
         get_prior_method("magic")
+    assert {"as3l", "knn", "llgc"} <= set(PRIOR_METHODS)
+    assert all(entry.name == name for name, entry in PRIOR_METHODS.items())  # keyed by the declared name
 
 
 def test_constrained_seed_kmeans_keeps_seeds_in_their_class() -> None:
@@ -495,8 +497,9 @@ def test_a_method_can_fit_the_top_label_from_fewer_held_out_samples() -> None:
 
 
 def test_llgc_fits_the_top_label_from_20_held_out_samples(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The registry's settings reach the fit: llgc's temperature is fitted with top_label_from 20 (its
-    multiclass fit came out too sharp, docs/benchmarks.md), the other methods' with the module's rule."""
+    """The registry's settings reach the fit: each method's temperature is fitted with its entry's
+    ``fit.top_label_from`` (llgc's 20: its multiclass fit came out too sharp, docs/benchmarks.md; None, the
+    module's rule, for the others)."""
     from agent.priors import calibration
 
     seen: dict[str, int | None] = {}
@@ -511,5 +514,5 @@ def test_llgc_fits_the_top_label_from_20_held_out_samples(monkeypatch: pytest.Mo
     pool = make_pool(X, Y, np.r_[LABELED, LABELED + 1])  # two labels per class: held-out samples count
     for current in sorted(PRIOR_METHODS):
         PRIOR_METHODS[current](pool, pool.candidates, np.random.default_rng(0), {})
-    assert seen == {"as3l": None, "knn": None, "llgc": 20}
+    assert seen == {name: entry.fit.top_label_from for name, entry in PRIOR_METHODS.items()}
     assert PRIOR_METHODS["llgc"].fit.top_label_from == 20

@@ -21,6 +21,7 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from agent import client
+from agent.priors import PRIOR_METHODS
 from agent.security import ServerSecurity
 from agent.web.app import create_app
 from agent.web.config import LabelStudioConfig, MatchRule, WebConfig
@@ -520,7 +521,8 @@ def test_flags_reach_the_backend(tmp_path: Path, registry: Path) -> None:
 def test_bad_flags_are_usage_errors(running: Running, tmp_path: Path, registry: Path) -> None:
     for args, says in [(["--labelstudio-match", "regex:("], "not a regular expression"),
                        (["--labelstudio-strategy", "nope"], "not a strategy of the agent; valid: "),
-                       (["--labelstudio-prior", "nope"], "not a prior method of the agent; valid: as3l")]:
+                       (["--labelstudio-prior", "nope"],
+                        "not a prior method of the agent; valid: " + ", ".join(sorted(PRIOR_METHODS)))]:
         res = runner.invoke(cli_app, ["web", "--agent", running.address, "--port", "0", *args])
         assert res.exit_code == 2 and says in out(res), out(res)
     res = runner.invoke(cli_app, ["serve", "--data-dir", str(tmp_path / "d"), "--models", str(registry), "--port",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from agent.priors import PRIOR_METHODS
 from shortlist.v1 import agent_pb2
 from tests.agent.web.conftest import LABELLED, N_IMAGES, READ_TOKEN, SHAPES, WRITE_TOKEN, WebAgent
 
@@ -22,7 +23,7 @@ def history(wa: WebAgent, sample_id: str) -> list[tuple[str, str, str]]:
 def test_priors_page_lists_the_registry(web_agent: WebAgent) -> None:
     r = web_agent.client().get("/priors")
     assert r.status_code == 200
-    for method in ("knn", "as3l", "llgc"):
+    for method in PRIOR_METHODS:
         assert f'<option value="{method}"' in r.text
     assert '<a href="/priors" class="active">Review priors</a>' in r.text
 
