@@ -589,7 +589,16 @@ def web(agent: AgentTarget, labelstudio: LabelStudioConfig,
         raise typer.Exit(2) from None
     finally:
         ch.close()
-    problem = "" if status is None else labelstudio.problem(status.strategies, status.prior_methods)
+    if status is not None:
+        problem = labelstudio.problem(status.strategies, status.prior_methods)
+    else:  # an agent that requires tokens, and no --token here to ask it: this installation's registries
+        from agent.priors import PRIOR_METHODS
+        from agent.strategies import STRATEGIES
+
+        problem = labelstudio.problem(STRATEGIES, PRIOR_METHODS)
+        if problem:
+            problem += (" (checked against this installation's registries: the agent requires tokens and no "
+                        "--token was given to ask it)")
     if problem:
         console.print(f"[red]cannot start[/red]: {escape(problem)}", highlight=False)
         raise typer.Exit(2)

@@ -528,3 +528,22 @@ def test_bad_flags_are_usage_errors(running: Running, tmp_path: Path, registry: 
     res = runner.invoke(cli_app, ["serve", "--data-dir", str(tmp_path / "d"), "--models", str(registry), "--port",
                                   "0", "--cpu", "--web-port", "0", "--labelstudio-strategy", "nope"])
     assert res.exit_code == 2 and "not a strategy of the agent" in out(res) and not (tmp_path / "d").exists()
+
+
+def test_bad_flags_are_refused_against_a_token_agent_without_a_token(tmp_path: Path, registry: Path) -> None:
+    """An agent that requires tokens cannot be asked for its strategies without one: the flags are checked
+    against this installation's registries instead of not at all."""
+    from tests.agent.web.conftest import READ_TOKEN, WRITE_TOKEN
+
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"read:{READ_TOKEN}\nwrite:{WRITE_TOKEN}\n")
+    r = start(tmp_path / "data", registry, security=ServerSecurity(tokens=tokens))
+    try:
+        for args, says in [(["--labelstudio-strategy", "nope"], "not a strategy of the agent; valid: "),
+                           (["--labelstudio-prior", "nope"], "not a prior method of the agent; valid: ")]:
+            res = runner.invoke(cli_app, ["web", "--agent", f"127.0.0.1:{r.port}", "--port", "0", *args],
+                                env={"SHORTLIST_TOKEN": None})
+            assert res.exit_code == 2 and says in out(res), out(res)
+            assert "the agent requires tokens and no --token was given" in out(res)
+    finally:
+        r.stop()
