@@ -47,7 +47,8 @@ _IMPLIES = {READ: {READ}, WRITE: {READ, WRITE}}
 
 AGENT_SERVICE = agent_pb2.DESCRIPTOR.services_by_name["Agent"]
 # The one place that says which role each RPC of shortlist.v1.Agent needs. A new RPC must be added
-# here: ``check_roles`` (run by create_server and by the tests) refuses a service with a method missing.
+# here: ``check_roles`` (run by create_server and by the tests) refuses a service with a method missing, in one
+# line (``serve``: "cannot start: RPC X has no role in agent/security.py RPC_ROLES: add it as read or write").
 # Requests of a READ RPC that need a WRITE token all the same: Select's audit draw is recorded for everyone
 # (Status.audit.drawn, and which labels count as audit labels), so a viewer must not start one.
 WRITE_REQUESTS: Mapping[str, tuple[type[Any], Callable[[Any], str | None]]] = {
@@ -93,14 +94,28 @@ class DataDirLocked(OSError):
     """Another agent process holds the data folder."""
 
 
-def check_roles() -> None:
-    """Every method of shortlist.v1.Agent has a role in RPC_ROLES, and RPC_ROLES names no other."""
-    methods = {m.name for m in AGENT_SERVICE.methods}
-    missing = sorted(methods - set(RPC_ROLES))
-    extra = sorted(set(RPC_ROLES) - methods)
-    if missing or extra:
-        raise AssertionError(f"agent/security.py RPC_ROLES is out of date: give a role to {missing}, "
-                             f"remove {extra}")
+class RolesOutOfDate(ValueError):
+    """RPC_ROLES and the service disagree: a developer's mistake, said in one line when the agent starts."""
+
+
+def check_roles(roles: Mapping[str, str] | None = None) -> None:
+    """Every method of shortlist.v1.Agent has a role (read or write) in RPC_ROLES (or ``roles``), and it names
+    no other method; RolesOutOfDate (a ValueError: ``serve`` says "cannot start" and exits 2) otherwise."""
+    roles = RPC_ROLES if roles is None else roles
+    methods = [m.name for m in AGENT_SERVICE.methods]
+    missing = [m for m in methods if m not in roles]
+    if missing:
+        which = (f"RPC {missing[0]} has no role" if len(missing) == 1
+                 else f"RPCs {', '.join(missing)} have no role")
+        raise RolesOutOfDate(f"{which} in agent/security.py RPC_ROLES: add "
+                             f"{'it' if len(missing) == 1 else 'each'} as {READ} or {WRITE}")
+    bad = sorted(f"{m}={r!r}" for m, r in roles.items() if r not in ROLES)
+    if bad:
+        raise RolesOutOfDate(f"agent/security.py RPC_ROLES gives {', '.join(bad)}: a role is {READ} or {WRITE}")
+    extra = sorted(set(roles) - set(methods))
+    if extra:
+        raise RolesOutOfDate(f"agent/security.py RPC_ROLES names {', '.join(extra)}, which {AGENT_SERVICE.full_name} "
+                             "has no RPC of: remove it")
 
 
 # ---- tokens --------------------------------------------------------------------------------------

@@ -145,6 +145,26 @@ def test_every_agent_rpc_has_a_role() -> None:
         "Ingest", "SubmitLabels", "RetractLabels", "ReloadModel", "UpdateQueue"}
 
 
+def test_an_rpc_without_a_role_stops_serve_with_one_line(tmp_path: Path, registry: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A developer's mistake (a new RPC not given a role) is said in one line at start, not a traceback."""
+    monkeypatch.setattr(security, "RPC_ROLES", {k: v for k, v in RPC_ROLES.items() if k != "GetQueue"})
+    says = "RPC GetQueue has no role in agent/security.py RPC_ROLES: add it as read or write"
+    res = CliRunner().invoke(app, ["serve", "--data-dir", str(tmp_path / "d"), "--models", str(registry),
+                                   "--port", "0", "--cpu"], env={"COLUMNS": "200"})
+    assert res.exit_code == 2, res.output
+    assert says in " ".join(res.output.split()) and "Traceback" not in res.output
+    assert not (tmp_path / "d").exists()  # refused before the data folder was opened
+    with pytest.raises(security.RolesOutOfDate, match=re.escape(says)):
+        create_server(AgentConfig(tmp_path / "d", registry, port=0, use_cuda=False))
+    with pytest.raises(security.RolesOutOfDate, match=r"RPCs Select, GetQueue have no role .*: add each as read"):
+        check_roles({k: v for k, v in RPC_ROLES.items() if k not in ("Select", "GetQueue")})
+    with pytest.raises(security.RolesOutOfDate, match="gives Select='reed': a role is read or write"):
+        check_roles({**RPC_ROLES, "Select": "reed"})
+    with pytest.raises(security.RolesOutOfDate, match=re.escape("names Ping, which shortlist.v1.Agent has no RPC of")):
+        check_roles({**RPC_ROLES, "Ping": "read"})
+
+
 def _code(fn: object) -> grpc.StatusCode:
     with pytest.raises(grpc.RpcError) as e:
         fn()  # type: ignore[operator]
