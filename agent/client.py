@@ -27,6 +27,7 @@ import grpc
 import numpy as np
 
 from agent.errors import RETRY_AFTER_KEY
+from agent.security import READ, RPC_ROLES
 from shortlist.v1 import agent_pb2, agent_pb2_grpc
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -50,17 +51,22 @@ RETRY_POLICY = json.dumps({"methodConfig": [{
                     "retryableStatusCodes": ["UNAVAILABLE"]}}]})
 
 
-# RPCs a busy refusal is retried for (BusyRetry): those whose RESOURCE_EXHAUSTED with a hint means that
-# nothing was done, and whose repetition changes nothing but the answer's freshness. Select and
-# PriorLabels are the heavy work that admission (agent/admission.py) refuses with Busy "it was not
-# started": a refused Select wrote no selection record (it is written once the work is done), so the
-# repeat is the first one that runs; the rest only read. Not retried: Ingest (a client stream: its
-# samples are read from the caller's iterator as they are sent, so they cannot be sent again; its
-# refusals are per stream and ``ingest`` callers resume by ids), SubmitLabels and RetractLabels (each
-# applied call is a label event in the history, and their RESOURCE_EXHAUSTED is a size limit or a full
-# disk, never a busy lane), UpdateQueue and ReloadModel (writes).
-BUSY_RETRY_METHODS = frozenset({"Select", "PriorLabels", "GetStatus", "ListSamples", "ListLabels", "GetMap",
-                                "GetImages", "GetQueue"})
+def busy_retry_methods(roles: Mapping[str, str] | None = None) -> frozenset[str]:
+    """RPCs a busy refusal is retried for (BusyRetry): those whose RESOURCE_EXHAUSTED with a hint means that
+    nothing was done, and whose repetition changes nothing but the answer's freshness: the read RPCs of
+    agent/security.py RPC_ROLES (or ``roles``) whose request is not a client stream, so a new RPC is
+    decided there once. Select and PriorLabels are the heavy work that admission (agent/admission.py)
+    refuses with Busy "it was not started": a refused Select wrote no selection record (it is written once
+    the work is done), so the repeat is the first one that runs; the rest only read. Not retried: the write
+    RPCs (SubmitLabels and RetractLabels: each applied call is a label event in the history, and their
+    RESOURCE_EXHAUSTED is a size limit or a full disk, never a busy lane; UpdateQueue, ReloadModel) and any
+    client stream (Ingest, a write too: its samples are read from the caller's iterator as they are sent,
+    so they cannot be sent again; its refusals are per stream and ``ingest`` callers resume by ids)."""
+    roles = RPC_ROLES if roles is None else roles
+    return frozenset(m.name for m in _SERVICE.methods if roles.get(m.name) == READ and not m.client_streaming)
+
+
+BUSY_RETRY_METHODS = busy_retry_methods()
 
 
 @dataclass(frozen=True)

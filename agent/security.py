@@ -62,6 +62,8 @@ WRITE_REQUESTS: Mapping[str, tuple[type[Any], Callable[[Any], str | None]]] = {
 # hand-picked labels count as audit labels.
 READ_ONLY_CALL: contextvars.ContextVar[bool] = contextvars.ContextVar("shortlist_read_only_call", default=False)
 
+# The role also decides whether the client retries a busy refusal (agent/client.py busy_retry_methods: the
+# read RPCs that are not client streams).
 RPC_ROLES: Mapping[str, str] = {
     "Select": READ,
     "PriorLabels": READ,

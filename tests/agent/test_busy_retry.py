@@ -96,6 +96,21 @@ def _slow(seconds: float, seed: int = 0) -> agent_pb2.SelectRequest:
     return agent_pb2.SelectRequest(budget=2, strategy="slow", seed=seed, params={"seconds": str(seconds)})
 
 
+def test_busy_retries_follow_the_rpcs_roles() -> None:
+    """Retried: the read RPCs of RPC_ROLES that are not client streams, so a new RPC is decided by its role."""
+    from agent.security import RPC_ROLES
+
+    retried = client.BUSY_RETRY_METHODS  # the built-in RPCs as before it was derived (a new one may join)
+    assert {"Select", "PriorLabels", "GetStatus", "ListSamples", "ListLabels", "GetMap", "GetImages",
+            "GetQueue"} <= retried
+    assert not {"Ingest", "SubmitLabels", "RetractLabels", "UpdateQueue", "ReloadModel"} & retried
+    assert client.BusyRetry().methods == client.BUSY_RETRY_METHODS
+    assert "UpdateQueue" in client.busy_retry_methods({**RPC_ROLES, "UpdateQueue": "read"})
+    assert "Select" not in client.busy_retry_methods({**RPC_ROLES, "Select": "write"})
+    assert "Ingest" not in client.busy_retry_methods({**RPC_ROLES, "Ingest": "read"})  # a client stream: never
+    assert "GetQueue" not in client.busy_retry_methods({k: v for k, v in RPC_ROLES.items() if k != "GetQueue"})
+
+
 def test_a_busy_refusal_is_retried_once_capacity_is_back(one_slot: Running) -> None:
     """The heavy lane's one slot is held for 1.5 s: a Select and a PriorLabels arriving meanwhile are
     refused (RESOURCE_EXHAUSTED, hint) by the real admission, and the client's retries get them through."""
