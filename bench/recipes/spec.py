@@ -20,8 +20,10 @@ from typing import Any
 import numpy as np
 import typer
 
-HEAD_MODES = ("linear", "svm", "full", "moby_al")
+HEAD_MODES = ("linear", "svm", "full", "moby_al")  # training.finetune.FINETUNE_MODES a recipe's loop runs
 HEAD_INITS = ("pretext", "scratch")
+# training.methods.METHODS' names (that module imports torch; tests/bench/test_recipes.py keeps them equal)
+PRETEXTS = ("simsiam", "rotnet", "moby")
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,9 @@ class Recipe:
         names = [a.name for a in self.arms]
         if len(set(names)) != len(names):
             raise ValueError(f"recipe {self.name}: arm names repeat: {names}")
+        problems = recipe_problems(self)
+        if problems:
+            raise ValueError(f"recipe {self.name}: {'; '.join(problems)}")
 
     def arm(self, name: str) -> Arm:
         for a in self.arms:
@@ -101,6 +106,30 @@ class Recipe:
                 return a
         raise typer.BadParameter(f"recipe {self.name} has no arm {name!r}; valid: "
                                  f"{', '.join(a.name for a in self.arms)}")
+
+
+def recipe_problems(recipe: Recipe) -> list[str]:
+    """What the agent or the training would refuse in ``recipe``, found at registration instead of after
+    its pretraining and first round: a pretext that is not a training method, an arm whose strategy the
+    agent does not have or whose params it does not take. Each says the valid names. (A head's mode and
+    init are checked by ``Head``.)"""
+    from agent.pool import InvalidArgument
+    from agent.strategies import STRATEGIES  # torch-free; its scikit-learn imports are lazy
+
+    problems = []
+    if recipe.pretext not in PRETEXTS:
+        problems.append(f"unknown pretext {recipe.pretext!r}; valid: {', '.join(PRETEXTS)}")
+    for arm in recipe.arms:
+        entry = STRATEGIES.get(arm.strategy)
+        if entry is None:
+            problems.append(f"arm {arm.name}: unknown strategy {arm.strategy!r}; valid: "
+                            f"{', '.join(sorted(STRATEGIES))}")
+            continue
+        try:
+            entry.check(arm.params)
+        except InvalidArgument as e:
+            problems.append(f"arm {arm.name}: {e}")
+    return problems
 
 
 def parse_imbalance(text: str) -> dict[str, str]:

@@ -158,6 +158,44 @@ def test_a_round_whose_labels_are_of_one_class_stops_with_a_message(tiny: Path, 
     assert "Traceback" not in result.output
 
 
+def test_every_registered_recipe_validates() -> None:
+    """Each recipe's pretext, arms' strategies and params and heads' modes are what the training and the agent
+    take (checked at registration, without training); spec's torch-free name lists match the registries."""
+    from agent.strategies import STRATEGIES
+    from bench.recipes.spec import HEAD_MODES, PRETEXTS, recipe_problems
+    from training.finetune import FINETUNE_MODES
+    from training.methods import METHODS
+
+    assert set(PRETEXTS) == set(METHODS) and set(HEAD_MODES) <= set(FINETUNE_MODES)
+    for recipe in RECIPES.values():
+        assert recipe_problems(recipe) == [], recipe.name
+        assert recipe.pretext in METHODS
+        for arm in recipe.arms:
+            assert arm.strategy in STRATEGIES and arm.head.mode in FINETUNE_MODES, (recipe.name, arm.name)
+            STRATEGIES[arm.strategy].check(arm.params)
+
+
+def test_a_recipe_with_a_bad_strategy_pretext_or_param_is_refused_at_registration() -> None:
+    """A misspelt strategy used to surface after the pretraining and round 0, as a gRPC traceback; now the
+    recipe cannot be made, and the message lists the valid names."""
+    from bench.recipes.spec import Arm, Head, Recipe
+
+    def make(pretext: str, *arms: Arm) -> Recipe:
+        return Recipe(name="typo", title="", paper="", claims=(), pretext=pretext, arms=arms,
+                      profiles=dict(RECIPES["das"].profiles))
+
+    good = Arm("entropy", "entropy", Head("full"))
+    with pytest.raises(ValueError, match=r"recipe typo: arm bad: unknown strategy 'entropi'; valid: .*\bentropy\b"):
+        make("rotnet", good, Arm("bad", "entropi", Head("full")))
+    with pytest.raises(ValueError, match="unknown pretext 'rotnett'; valid: simsiam, rotnet, moby"):
+        make("rotnett", good)
+    with pytest.raises(ValueError, match=r"arm bad: strategy 'das' does not take param\(s\) lamda; valid: lambda"):
+        make("rotnet", good, Arm("bad", "das", Head("full"), params={"lamda": "1"}))
+    with pytest.raises(ValueError, match="unknown head mode 'ful'"):
+        make("rotnet", Arm("bad", "entropy", Head("ful")))
+    assert make("rotnet", good).arms == (good,)
+
+
 def test_imbalance_cuts_only_the_named_classes() -> None:
     labels = np.repeat(np.arange(3), 10)
     pool = np.arange(30)
