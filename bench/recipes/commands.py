@@ -36,7 +36,7 @@ def register(bench_app: typer.Typer) -> None:
     ) -> None:
         """Run a paper's active-learning system end to end through the agent, with its baselines."""
         from bench import cifar10
-        from bench.recipes.loop import Options, run_recipe
+        from bench.recipes.loop import Options, RoundFailed, run_recipe
         from bench.recipes.spec import parse_imbalance
         from training.cycle import CycleRefused
 
@@ -59,4 +59,8 @@ def register(bench_app: typer.Typer) -> None:
             where = out or Path(f"runs/recipe-{name}-{profile}")
             typer.secho(f"stopped: {e}. Give --budgets whose first round's labels cover at least 2 classes; the "
                         f"cells finished so far are in {where}/results.json", err=True, fg="red")
+            raise typer.Exit(1) from None
+        except RoundFailed as e:  # the agent refused a call of a round: which cell and round, and its message
+            where = out or Path(f"runs/recipe-{name}-{profile}")
+            typer.secho(f"stopped: {e}; the cells finished so far are in {where}/results.json", err=True, fg="red")
             raise typer.Exit(1) from None

@@ -169,7 +169,29 @@ def _round_init(ctx: Context, arm: Arm, r: int, folder: Path) -> tuple[str | Non
     return None, warm
 
 
+class RoundFailed(RuntimeError):
+    """The agent refused or failed a call during a round (Select, labels, the cycle's calls, the swap); the
+    message names the cell and round and gives the agent's status code and message."""
+
+
 def run_round(ctx: Context, arm: Arm, seed: int, r: int, cell: CellAgent, console: Any) -> dict[str, Any]:
+    """One round of one cell against its running agent (``_round``); a gRPC error from the agent becomes a
+    ``RoundFailed`` naming the cell and round."""
+    import grpc
+
+    from agent import client
+
+    try:
+        return _round(ctx, arm, seed, r, cell, console)
+    except grpc.RpcError as e:
+        code = e.code().name if isinstance(e, grpc.Call) else type(e).__name__
+        raise RoundFailed(f"{arm.name} seed {seed} round {r}: the agent answered {code}: {client.detail(e)}") \
+            from None
+    except client.AgentUnavailable as e:
+        raise RoundFailed(f"{arm.name} seed {seed} round {r}: the agent is unavailable: {e}") from None
+
+
+def _round(ctx: Context, arm: Arm, seed: int, r: int, cell: CellAgent, console: Any) -> dict[str, Any]:
     """One round of one cell against its running agent: labels up to the round's budget, retrain + publish
     + reload, wait for the swap, evaluate. Returns the round's record."""
     from agent import client

@@ -196,6 +196,26 @@ def test_a_recipe_with_a_bad_strategy_pretext_or_param_is_refused_at_registratio
     assert make("rotnet", good).arms == (good,)
 
 
+def test_an_agent_error_in_a_round_stops_with_one_line(tiny: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The agent refusing a round's call (here a strategy it does not have, slipped past the registration
+    check): one line naming the cell, round and the agent's message, exit 1, no traceback."""
+    import copy
+
+    recipe = copy.copy(RECIPES["das"])
+    arm = copy.copy(recipe.arms[1])
+    object.__setattr__(arm, "strategy", "entropi")
+    object.__setattr__(recipe, "arms", (arm,))
+    monkeypatch.setitem(RECIPES, "das", recipe)
+    result = CliRunner().invoke(app, ["bench", "recipe", "das", "--profile", "smoke", "--data", str(tiny),
+                                      "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1, result.output
+    flat = re.sub(r"\s+", " ", result.output)
+    assert ("stopped: entropy seed 0 round 1: the agent answered INVALID_ARGUMENT: unknown strategy 'entropi'"
+            in flat), flat
+    assert "Traceback" not in result.output and "_InactiveRpcError" not in result.output
+
+
 def test_imbalance_cuts_only_the_named_classes() -> None:
     labels = np.repeat(np.arange(3), 10)
     pool = np.arange(30)
