@@ -409,6 +409,16 @@ def write_results(out: Path, records: list[dict[str, Any]], settings: dict[str, 
     return table
 
 
+def _strategies_help() -> type:
+    """``--help`` that lists the strategies next to ``--strategies``, as `shortlist select --help` does."""
+    from agent.cli import _RegistryHelp
+
+    class StrategiesHelp(_RegistryHelp):
+        option, registry = "strategies", "agent.strategies:STRATEGIES"
+
+    return StrategiesHelp
+
+
 def register(bench_app: typer.Typer) -> None:
     @bench_app.command("blobs")
     def blobs_cmd(
@@ -427,7 +437,7 @@ def register(bench_app: typer.Typer) -> None:
             np.save(out / f"{name}.npy", arr)
         typer.echo(f"wrote {cut} pool rows and {n - cut} test rows ({clusters} classes, {dim}-d) to {out}")
 
-    @bench_app.command("strategies")
+    @bench_app.command("strategies", cls=_strategies_help())
     def strategies_cmd(
         embeddings: Path = typer.Option(..., help="N x D float32 .npy of training-pool embeddings"),
         labels: Path = typer.Option(..., help="N int .npy of their true classes (the simulated annotator)"),
@@ -497,7 +507,7 @@ def register(bench_app: typer.Typer) -> None:
         console.print(write_results(out, records, settings, methods, head))
         console.print(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'results.png'}")
 
-    @bench_app.command("select-scale")
+    @bench_app.command("select-scale", cls=_strategies_help())
     def select_scale_cmd(
         n: int = typer.Option(1_000_000, help="pool rows (random unit vectors)"),
         dim: int = typer.Option(128, help="embedding dimension"),

@@ -134,3 +134,17 @@ def test_the_default_strategies_leave_out_the_audit_whose_draw_is_randoms() -> N
 
     assert [v.name for v in selected_variants("", [])] == sorted(set(STRATEGIES) - {"audit"})
     assert [v.name for v in selected_variants("audit,random", [])] == ["audit", "random"]
+
+
+def test_help_lists_the_strategy_names() -> None:
+    """`bench strategies --help` and `bench select-scale --help` name every strategy --strategies takes, as
+    `shortlist select --help` does."""
+    import re
+
+    from agent.strategies import STRATEGIES
+
+    for command in ("strategies", "select-scale"):
+        result = CliRunner().invoke(app, ["bench", command, "--help"], terminal_width=200)
+        assert result.exit_code == 0, result.output
+        flat = re.sub(r"[\s│]+", " ", result.output)
+        assert f"one of: {', '.join(sorted(STRATEGIES))} (see docs/strategies.md)" in flat, flat
