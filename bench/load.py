@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 import numpy as np
@@ -754,65 +754,123 @@ def run_load(cfg: LoadConfig, say: Callable[[str], None] = lambda s: None) -> di
         target.stop()
 
 
-def _run(cfg: LoadConfig, target: Target, say: Callable[[str], None]) -> dict[str, Any]:
-    ch = load_channel(cfg, timeout=30)
-    stub = agent_pb2_grpc.AgentStub(ch)
-    try:
-        fill_pool(cfg, stub, say)
-        status = stub.GetStatus(agent_pb2.GetStatusRequest(), timeout=cfg.timeout)
-        ids, labels = list_pool(stub)
-        if not ids:
-            raise LoadError(f"the agent at {cfg.agent} holds no samples; give --pool N to ingest a synthetic pool")
-        classes = list(status.classes) or pool_classes(cfg)
-        seed_labels(cfg, stub, ids, labels, classes)
-        status = stub.GetStatus(agent_pb2.GetStatusRequest(), timeout=cfg.timeout)
-        unknown = sorted(set(cfg.strategies) - set(status.strategies))
-        if unknown:
-            raise LoadError(f"unknown strategies {', '.join(unknown)}; the agent has {', '.join(status.strategies)}")
-        bad_priors = sorted(set(cfg.priors) - set(status.prior_methods))
-        if bad_priors:
-            raise LoadError(f"unknown prior methods {', '.join(bad_priors)}; the agent has "
-                            f"{', '.join(status.prior_methods)}")
-        solo_names = list(status.strategies) if "all" in cfg.solo else [s for s in cfg.solo if s]
-        say(f"pool {status.samples} samples, {len(labels)} labelled, model {status.model_version or '(none)'}")
-        rss_start = rss_bytes(target.pid) if target.pid else {}
-        quiet_start = (idle_rss(target.pid, cfg.idle_wait) if target.pid and cfg.idle_wait > 0
-                       else ({}, 0.0, False))
-        solo = (solo_timings(cfg, stub, solo_names, [i for i in ids if i not in labels], say, target.pid)
-                if solo_names else [])
-        tag = f"{int(time.time())}-{os.getpid()}"
-        warm: World | None = None
-        warmup = cfg.seconds if cfg.warmup is None else cfg.warmup  # run_load resolves None; callers of _run may not
-        if warmup > 0:
-            say(f"warm-up: {cfg.clients} clients for {warmup:g} s (not counted)")
-            warm, _ = drive(World(cfg, ids, classes, run_tag=tag + "w", salt=0), warmup)
-            if failed := warmup_errors(warm.calls):  # not counted, but a deadline missed there is still news
-                say("warm-up errors: " + ", ".join(f"{name} {code} {n}" for name, codes in failed.items()
-                                                   for code, n in codes.items()))
-        rss_before = rss_bytes(target.pid) if target.pid else {}
-        quiet_before = (idle_rss(target.pid, cfg.idle_wait) if target.pid and cfg.idle_wait > 0
-                        else ({}, 0.0, False))
-        load_before = loadavg()
-        say(f"load: {cfg.clients} clients for {cfg.seconds:g} s")
-        world, elapsed = drive(World(cfg, ids, classes, run_tag=tag), cfg.seconds)
-        time.sleep(0.5)
-        rss_after = rss_bytes(target.pid) if target.pid else {}
-        after, drain = drained_status(stub, cfg.timeout)
-        rss_drained = rss_bytes(target.pid) if target.pid else {}
-        quiet_after = (idle_rss(target.pid, cfg.idle_wait) if target.pid and cfg.idle_wait > 0
-                       else ({}, 0.0, False))
-    finally:
-        ch.close()
-    rows = summarise(world.calls)
+@dataclass(frozen=True)
+class _Pool:
+    """The agent's pool once filled and seeded: its status then, the ids, the labels and the classes, and
+    the strategies to time alone."""
+
+    status: agent_pb2.Status
+    ids: list[str]
+    labels: dict[str, str]
+    classes: list[str]
+    solo_names: list[str]
+
+
+_NO_IDLE: tuple[dict[str, int], float, bool] = ({}, 0.0, False)
+
+
+@dataclass(frozen=True)
+class _Readings:
+    """What the measured run saw: RSS and idle readings around each phase, the solo timings, the warm-up (None:
+    none) and the load, and the agent's status once it answered again (None: it did not)."""
+
+    rss_start: dict[str, int]
+    quiet_start: tuple[dict[str, int], float, bool]
+    solo: list[dict[str, Any]]
+    warm: World | None
+    warmup: float
+    rss_before: dict[str, int]
+    quiet_before: tuple[dict[str, int], float, bool]
+    load_before: list[float]
+    world: World
+    elapsed: float
+    rss_after: dict[str, int]
+    after: agent_pb2.Status | None
+    drain: float
+    rss_drained: dict[str, int]
+    quiet_after: tuple[dict[str, int], float, bool]
+
+
+def _rss(target: Target) -> dict[str, int]:
+    return rss_bytes(target.pid) if target.pid else {}
+
+
+def _idle(cfg: LoadConfig, target: Target) -> tuple[dict[str, int], float, bool]:
+    return idle_rss(target.pid, cfg.idle_wait) if target.pid and cfg.idle_wait > 0 else _NO_IDLE
+
+
+def _prepare_pool(cfg: LoadConfig, stub: agent_pb2_grpc.AgentStub, say: Callable[[str], None]) -> _Pool:
+    """Fill the pool, seed its labels and check the strategies and prior methods against the agent's."""
+    fill_pool(cfg, stub, say)
+    status = stub.GetStatus(agent_pb2.GetStatusRequest(), timeout=cfg.timeout)
+    ids, labels = list_pool(stub)
+    if not ids:
+        raise LoadError(f"the agent at {cfg.agent} holds no samples; give --pool N to ingest a synthetic pool")
+    classes = list(status.classes) or pool_classes(cfg)
+    seed_labels(cfg, stub, ids, labels, classes)
+    status = stub.GetStatus(agent_pb2.GetStatusRequest(), timeout=cfg.timeout)
+    unknown = sorted(set(cfg.strategies) - set(status.strategies))
+    if unknown:
+        raise LoadError(f"unknown strategies {', '.join(unknown)}; the agent has {', '.join(status.strategies)}")
+    bad_priors = sorted(set(cfg.priors) - set(status.prior_methods))
+    if bad_priors:
+        raise LoadError(f"unknown prior methods {', '.join(bad_priors)}; the agent has "
+                        f"{', '.join(status.prior_methods)}")
+    solo_names = list(status.strategies) if "all" in cfg.solo else [s for s in cfg.solo if s]
+    say(f"pool {status.samples} samples, {len(labels)} labelled, model {status.model_version or '(none)'}")
+    return _Pool(status=status, ids=ids, labels=labels, classes=classes, solo_names=solo_names)
+
+
+def _measure(cfg: LoadConfig, stub: agent_pb2_grpc.AgentStub, target: Target, pool: _Pool,
+             say: Callable[[str], None]) -> _Readings:
+    """Each strategy alone, the warm-up (not counted), the load, and the readings around them."""
+    ids, classes = pool.ids, pool.classes
+    rss_start = _rss(target)
+    quiet_start = _idle(cfg, target)
+    solo = (solo_timings(cfg, stub, pool.solo_names, [i for i in ids if i not in pool.labels], say, target.pid)
+            if pool.solo_names else [])
+    tag = f"{int(time.time())}-{os.getpid()}"
+    warm: World | None = None
+    warmup = cfg.seconds if cfg.warmup is None else cfg.warmup  # run_load resolves None; callers of _run may not
+    if warmup > 0:
+        say(f"warm-up: {cfg.clients} clients for {warmup:g} s (not counted)")
+        warm, _ = drive(World(cfg, ids, classes, run_tag=tag + "w", salt=0), warmup)
+        if failed := warmup_errors(warm.calls):  # not counted, but a deadline missed there is still news
+            say("warm-up errors: " + ", ".join(f"{name} {code} {n}" for name, codes in failed.items()
+                                               for code, n in codes.items()))
+    rss_before = _rss(target)
+    quiet_before = _idle(cfg, target)
+    load_before = loadavg()
+    say(f"load: {cfg.clients} clients for {cfg.seconds:g} s")
+    world, elapsed = drive(World(cfg, ids, classes, run_tag=tag), cfg.seconds)
+    time.sleep(0.5)
+    rss_after = _rss(target)
+    after, drain = drained_status(stub, cfg.timeout)
+    return _Readings(rss_start=rss_start, quiet_start=quiet_start, solo=solo, warm=warm, warmup=warmup,
+                     rss_before=rss_before, quiet_before=quiet_before, load_before=load_before, world=world,
+                     elapsed=elapsed, rss_after=rss_after, after=after, drain=drain, rss_drained=_rss(target),
+                     quiet_after=_idle(cfg, target))
+
+
+def _rss_summary(got: _Readings) -> dict[str, int]:
+    """results.json's rss: VmRSS at each reading and the peak (empty without a local agent process)."""
     rss: dict[str, int] = {}
-    if rss_before:
-        rss = {"start": rss_start.get("VmRSS", 0), "before": rss_before["VmRSS"],
-               "after": rss_after.get("VmRSS", 0), "drained": rss_drained.get("VmRSS", 0),
-               "peak": rss_drained.get("VmHWM", 0)}
-        if quiet_before[0] and quiet_after[0]:
-            rss.update(idle_before=quiet_before[0]["VmRSS"], idle_after=quiet_after[0]["VmRSS"])
-        if quiet_start[0]:  # before any load: what the solo runs and the warm-up brought is the working set
-            rss["idle_start"] = quiet_start[0]["VmRSS"]
+    if got.rss_before:
+        rss = {"start": got.rss_start.get("VmRSS", 0), "before": got.rss_before["VmRSS"],
+               "after": got.rss_after.get("VmRSS", 0), "drained": got.rss_drained.get("VmRSS", 0),
+               "peak": got.rss_drained.get("VmHWM", 0)}
+        if got.quiet_before[0] and got.quiet_after[0]:
+            rss.update(idle_before=got.quiet_before[0]["VmRSS"], idle_after=got.quiet_after[0]["VmRSS"])
+        if got.quiet_start[0]:  # before any load: what the solo runs and the warm-up brought is the working set
+            rss["idle_start"] = got.quiet_start[0]["VmRSS"]
+    return rss
+
+
+def _results(cfg: LoadConfig, target: Target, status: agent_pb2.Status, got: _Readings) -> dict[str, Any]:
+    """results.json's content: the settings (never the token), the agent, the machine and the readings."""
+    world, warm, after, solo = got.world, got.warm, got.after, got.solo
+    rows = summarise(world.calls)
+    rss = _rss_summary(got)
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items() if k != "connection"}
     config["tls"] = cfg.connection.tls  # never the token itself
     config["token"] = bool(cfg.connection.token)
@@ -821,22 +879,35 @@ def _run(cfg: LoadConfig, target: Target, say: Callable[[str], None]) -> dict[st
         "agent": {"address": cfg.agent, "pid": target.pid, "started_here": target.process is not None,
                   "model_version": status.model_version, "samples_before": status.samples,
                   "samples_after": after.samples if after else None, "labeled_before": status.labeled,
-                  "labeled_after": after.labeled if after else None, "answers_again_after_s": round(drain, 2)},
-        "machine": {"cpus": os.cpu_count(), "loadavg_before": load_before, "loadavg_after": loadavg()},
+                  "labeled_after": after.labeled if after else None, "answers_again_after_s": round(got.drain, 2)},
+        "machine": {"cpus": os.cpu_count(), "loadavg_before": got.load_before, "loadavg_after": loadavg()},
         "solo": solo,
-        "warmup": {"seconds": warmup, "requests": len(warm.calls) if warm else 0,
+        "warmup": {"seconds": got.warmup, "requests": len(warm.calls) if warm else 0,
                    "errors": sum(c.code != "OK" for c in warm.calls) if warm else 0,
                    "errors_by_call": warmup_errors(warm.calls) if warm else {},
                    "ingested": warm.accepted if warm else 0},
-        "load": {"seconds": round(elapsed, 2), "clients": cfg.clients, "requests": len(world.calls),
+        "load": {"seconds": round(got.elapsed, 2), "clients": cfg.clients, "requests": len(world.calls),
                  "ingested": world.accepted,
-                 "requests_per_s": round(len(world.calls) / elapsed, 2), "rpcs": rows},
+                 "requests_per_s": round(len(world.calls) / got.elapsed, 2), "rpcs": rows},
         "rss": rss,
-        "idle": {"wait_start_s": round(quiet_start[1], 1), "quiet_start": quiet_start[2],
-                 "wait_before_s": round(quiet_before[1], 1), "quiet_before": quiet_before[2],
-                 "wait_after_s": round(quiet_after[1], 1), "quiet_after": quiet_after[2]},
+        "idle": {"wait_start_s": round(got.quiet_start[1], 1), "quiet_start": got.quiet_start[2],
+                 "wait_before_s": round(got.quiet_before[1], 1), "quiet_before": got.quiet_before[2],
+                 "wait_after_s": round(got.quiet_after[1], 1), "quiet_after": got.quiet_after[2]},
         "goals": goals(rows, solo, rss),
     }
+
+
+def _run(cfg: LoadConfig, target: Target, say: Callable[[str], None]) -> dict[str, Any]:
+    """The run against ``target``: the pool, the measured phases (one channel for the setup and readings),
+    then results.json's content."""
+    ch = load_channel(cfg, timeout=30)
+    stub = agent_pb2_grpc.AgentStub(ch)
+    try:
+        pool = _prepare_pool(cfg, stub, say)
+        got = _measure(cfg, stub, target, pool, say)
+    finally:
+        ch.close()
+    return _results(cfg, target, pool.status, got)
 
 
 # ---- the command -----------------------------------------------------------------------------------
@@ -958,22 +1029,37 @@ def register(bench_app: typer.Typer) -> None:
                              budget=budget, seed=seed, agent_pid=agent_pid, idle_wait=idle_wait,
                              connection=client.ClientConfig(tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key,
                                                             token=token))
-            res = run_load(cfg, say=console.print)
-        except LoadError as e:  # the options or the data: a usage error
-            console.print(f"[red]bench load[/red]: {e}")
-            raise typer.Exit(2) from None
-        except client.AgentUnavailable as e:  # as every command that talks to an agent (docs/agent.md, Exit status)
-            console.print(f"[red]bench load[/red]: {e}")
-            raise typer.Exit(1) from None
-        except grpc.RpcError as e:
-            code = e.code().name if isinstance(e, grpc.Call) else "UNKNOWN"
-            details = e.details() if isinstance(e, grpc.Call) else str(e)
-            console.print(f"[red]bench load[/red]: the agent answered {code}: {details}")
-            raise typer.Exit(1) from None
-        folder = out or data_dir
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "results.json").write_text(json.dumps(res, indent=2) + "\n")
-        print_results(res, console if as_json else Console(width=None if sys.stdout.isatty() else 140))
-        console.print(f"results: {folder / 'results.json'}")
-        if as_json:
-            print(json.dumps(res))
+        except LoadError as e:  # --mix: a usage error
+            _exit(console, str(e), 2)
+        res = _run_command(cfg, console)
+        _write_results(res, out or data_dir, as_json, console)
+
+
+def _exit(console: Console, message: str, code: int) -> NoReturn:
+    console.print(f"[red]bench load[/red]: {message}")
+    raise typer.Exit(code) from None
+
+
+def _run_command(cfg: LoadConfig, console: Console) -> dict[str, Any]:
+    """``run_load`` for the command: its errors as one line and an exit status (2: the options or the data,
+    1: the agent)."""
+    try:
+        return run_load(cfg, say=console.print)
+    except LoadError as e:  # the options or the data: a usage error
+        _exit(console, str(e), 2)
+    except client.AgentUnavailable as e:  # as every command that talks to an agent (docs/agent.md, Exit status)
+        _exit(console, str(e), 1)
+    except grpc.RpcError as e:
+        code = e.code().name if isinstance(e, grpc.Call) else "UNKNOWN"
+        details = e.details() if isinstance(e, grpc.Call) else str(e)
+        _exit(console, f"the agent answered {code}: {details}", 1)
+
+
+def _write_results(res: dict[str, Any], folder: Path, as_json: bool, console: Console) -> None:
+    """results.json into ``folder``, the tables (on stderr with --json, which prints results.json on stdout)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "results.json").write_text(json.dumps(res, indent=2) + "\n")
+    print_results(res, console if as_json else Console(width=None if sys.stdout.isatty() else 140))
+    console.print(f"results: {folder / 'results.json'}")
+    if as_json:
+        print(json.dumps(res))
