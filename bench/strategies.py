@@ -140,21 +140,36 @@ def row_ids(rows: np.ndarray) -> list[str]:
     return [str(int(r)) for r in rows]
 
 
-def simulate(variant: Variant, budget: int, seed: int, x: np.ndarray, labels: np.ndarray, knn: KnnFn,
-             num_classes: int, pretext_loss: np.ndarray | None) -> Simulated:
+@dataclass(frozen=True, eq=False)
+class SimPool:
+    """What ``simulate`` picks from: the pool's unit rows ``x``, the annotator's true ``labels``, the kNN over
+    the rows, the class count and the per-row pretext losses (das; None: none)."""
+
+    x: np.ndarray
+    labels: np.ndarray
+    knn: KnnFn
+    num_classes: int
+    pretext_loss: np.ndarray | None = None
+
+    def pool(self, picked: np.ndarray, drawn: np.ndarray | None = None) -> Pool:
+        """``make_pool`` over these rows."""
+        return make_pool(self.x, self.labels, picked, self.knn, self.num_classes, self.pretext_loss, drawn)
+
+
+def simulate(variant: Variant, budget: int, seed: int, sim: SimPool) -> Simulated:
     """Rows an annotator would have labelled with ``variant`` at ``budget``: one cold-start shot
     for the strategies that need no labels; for the others a random first half (the usual warm start
     of uncertainty sampling), then the strategy for the second half. Each Select gets the generator the
     agent would give it (agent.pool.state_rng: the seed and the labelled set)."""
     name, params = variant.name, variant.params
     empty = np.zeros(0, np.int64)
-    cold = make_pool(x, labels, empty, knn, num_classes, pretext_loss)
+    cold = sim.pool(empty)
     if name in LABEL_FREE:
         entry = STRATEGIES[name]
         sel = entry(cold, budget, state_rng(seed, []), params)
         return Simulated(sel.rows, "", sel.details, sel.rows if entry.uniform else empty)
     first = STRATEGIES["random"](cold, max(budget // 2, 1), state_rng(seed, []), {}).rows
-    pool = make_pool(x, labels, first, knn, num_classes, pretext_loss, drawn=first)
+    pool = sim.pool(first, drawn=first)
     rng = state_rng(seed, row_ids(first))
     try:
         sel = STRATEGIES[name](pool, budget - len(first), rng, params)
@@ -174,48 +189,70 @@ def simulated_pools(x: np.ndarray, labels: np.ndarray, knn: KnnFn, num_classes: 
     for strategy in strategies:
         for budget in budgets:
             for seed in range(seeds):
-                picked, _, _, drawn = simulate(Variant(strategy), budget, seed, x, labels, knn, num_classes, None)
+                picked, _, _, drawn = simulate(Variant(strategy), budget, seed, SimPool(x, labels, knn, num_classes))
                 yield strategy, budget, seed, picked, make_pool(x, labels, picked, knn, num_classes, None, drawn)
 
 
-def run_benchmark(x: np.ndarray, labels: np.ndarray, test_x: np.ndarray | None, test_y: np.ndarray | None,
-                  budgets: list[int], seeds: int, strategies: list[Variant], priors: list[str],
-                  pretext_loss: np.ndarray | None, progress: Any = None,
-                  prior_params: dict[str, str] | None = None) -> list[dict[str, Any]]:
+@dataclass(frozen=True, eq=False)
+class BenchRows:
+    """``bench strategies``' arrays: the pool's unit rows and true classes, the linear probe's test split (None:
+    the probe scores the unlabelled rest) and the per-row pretext losses (das; None: none)."""
+
+    x: np.ndarray
+    labels: np.ndarray
+    test_x: np.ndarray | None = None
+    test_y: np.ndarray | None = None
+    pretext_loss: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class StrategiesConfig:
+    """``bench strategies``' settings: the budgets, the seeds per budget, the strategies (with their params)
+    and the prior methods, with ``prior_params`` for every prior call (e.g. {"calibrate": "false"})."""
+
+    budgets: list[int]
+    seeds: int
+    strategies: list[Variant]
+    priors: list[str]
+    prior_params: dict[str, str] | None = None
+
+
+def run_benchmark(rows: BenchRows, cfg: StrategiesConfig, progress: Any = None) -> list[dict[str, Any]]:
     """Every (strategy, budget, seed): pick, reveal labels, run each prior method on the unlabelled rest
-    (with ``prior_params``, e.g. {"calibrate": "false"}). Returns flat records (one per strategy, budget,
-    seed and prior method)."""
+    (with ``cfg.prior_params``). Returns flat records (one per strategy, budget, seed and prior method)."""
+    x, labels, test_x, test_y = rows.x, rows.labels, rows.test_x, rows.test_y
     num_classes = int(labels.max()) + 1
-    knn = CachedKnn(x, hnsw_index(x))
+    sim = SimPool(x, labels, CachedKnn(x, hnsw_index(x)), num_classes, rows.pretext_loss)
     records: list[dict[str, Any]] = []
-    task = progress.add_task("strategies", total=len(strategies) * len(budgets) * seeds) if progress else None
-    for variant in strategies:
+    budgets, seeds = cfg.budgets, cfg.seeds
+    task = progress.add_task("strategies", total=len(cfg.strategies) * len(budgets) * seeds) if progress else None
+    for variant in cfg.strategies:
         for budget in budgets:
             for seed in range(seeds):
                 t0 = time.perf_counter()
-                picked, note, details, drawn = simulate(variant, budget, seed, x, labels, knn, num_classes,
-                                                        pretext_loss)
+                picked, note, details, drawn = simulate(variant, budget, seed, sim)
                 select_s = time.perf_counter() - t0
                 if test_x is not None and test_y is not None:
                     lin = linear_probe_accuracy(x[picked], labels[picked], test_x, test_y, seed)
                 else:  # no test split: score the probe on the unlabelled rest
                     rest = np.setdiff1d(np.arange(len(x)), picked)
                     lin = linear_probe_accuracy(x[picked], labels[picked], x[rest], labels[rest], seed)
-                pool = make_pool(x, labels, picked, knn, num_classes, pretext_loss, drawn)
-                rows = pool.candidates
-                for method in priors:
+                pool = sim.pool(picked, drawn)
+                candidates = pool.candidates
+                for method in cfg.priors:
                     t1 = time.perf_counter()
-                    pr = PRIOR_METHODS[method](pool, rows, state_rng(0, row_ids(picked)), dict(prior_params or {}))
+                    pr = PRIOR_METHODS[method](pool, candidates, state_rng(0, row_ids(picked)),
+                                               dict(cfg.prior_params or {}))
+                    truth = labels[candidates]
                     records.append({
                         "strategy": variant.label, "params": variant.params, "budget": budget, "seed": seed,
                         "prior_method": method,
                         "coverage": class_coverage(labels[picked], num_classes),
-                        "prior_accuracy": prior_accuracy(pr.probs, labels[rows]),
-                        "ece": expected_calibration_error(pr.probs, labels[rows]),
-                        "ece_confidence": expected_calibration_error(pr.probs, labels[rows],
-                                                                     confidence=pr.confidence),
+                        "prior_accuracy": prior_accuracy(pr.probs, truth),
+                        "ece": expected_calibration_error(pr.probs, truth),
+                        "ece_confidence": expected_calibration_error(pr.probs, truth, confidence=pr.confidence),
                         # above prior_accuracy: over-confident; below: under-confident
-                        "mean_confidence": float(pr.probs.max(axis=1).mean()) if len(rows) else float("nan"),
+                        "mean_confidence": float(pr.probs.max(axis=1).mean()) if len(candidates) else float("nan"),
                         "linear_accuracy": lin, "select_seconds": round(select_s, 3),
                         "prior_seconds": round(time.perf_counter() - t1, 3), "note": note, "details": details,
                     })
@@ -489,8 +526,9 @@ def register(bench_app: typer.Typer) -> None:
         console.print(f"{len(x)} rows x {x.shape[1]} dims, {int(y.max()) + 1} classes; building the index...")
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=console) as progress:
-            records = run_benchmark(x, y, tx, ty, budget_list, seeds, variants, methods, loss, progress,
-                                    prior_params={"calibrate": "false"} if uncalibrated else None)
+            records = run_benchmark(BenchRows(x, y, tx, ty, loss), StrategiesConfig(
+                budget_list, seeds, variants, methods, prior_params={"calibrate": "false"} if uncalibrated else None),
+                progress)
         test = "none" if tx is None else f"{len(tx)} rows"
         calibration = "uncalibrated (--uncalibrated)" if uncalibrated else "calibrated"
         classes = int(y.max()) + 1

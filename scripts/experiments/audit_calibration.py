@@ -24,7 +24,7 @@ from agent.priors import PRIOR_METHODS
 from agent.priors import calibration as cal
 from agent.strategies import STRATEGIES
 from bench.metrics import expected_calibration_error
-from bench.strategies import CachedKnn, Variant, hnsw_index, make_pool, normalise, row_ids, simulate
+from bench.strategies import CachedKnn, SimPool, Variant, hnsw_index, make_pool, normalise, row_ids, simulate
 
 
 def main() -> None:
@@ -63,7 +63,7 @@ def main() -> None:
                     cells: dict[str, list[tuple[float, ...]]] = {m: [] for m in args.priors.split(",")}
                     fitted: dict[str, set[str]] = {m: set() for m in cells}
                     for seed in range(args.seeds):
-                        picked, _, _, _ = simulate(Variant(strategy, {}), budget, seed, x, y, knn, c, None)
+                        picked, _, _, _ = simulate(Variant(strategy, {}), budget, seed, SimPool(x, y, knn, c))
                         before_draw = make_pool(x, y, picked, knn, c, None)
                         drawn = np.sort(STRATEGIES["audit"](before_draw, audit, state_rng(seed, row_ids(picked)),
                                                             {}).rows)

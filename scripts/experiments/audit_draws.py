@@ -26,7 +26,7 @@ from agent.pool import state_rng
 from agent.priors import PRIOR_METHODS
 from agent.strategies import STRATEGIES
 from bench.metrics import expected_calibration_error as ece
-from bench.strategies import CachedKnn, Variant, hnsw_index, make_pool, normalise, row_ids, simulate
+from bench.strategies import CachedKnn, SimPool, Variant, hnsw_index, make_pool, normalise, row_ids, simulate
 
 REF = 1000
 
@@ -51,7 +51,7 @@ def main() -> None:
           "/ served |")
     print("|---|---|---|---|---|---|")
     for seed in range(a.seeds):
-        picked, _, _, _ = simulate(Variant(a.strategy, {}), a.budget, seed, x, y, knn, c, None)
+        picked, _, _, _ = simulate(Variant(a.strategy, {}), a.budget, seed, SimPool(x, y, knn, c))
         before = make_pool(x, y, picked, knn, c, None)
         for d in range(a.draws):
             # draw 0 is audit_calibration.py's draw for this seed

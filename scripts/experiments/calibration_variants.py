@@ -69,7 +69,7 @@ from agent.priors.as3l import as3l_prior
 from agent.priors.knn import knn_prior
 from agent.priors.llgc import llgc_prior
 from bench.metrics import expected_calibration_error as ece
-from bench.strategies import CachedKnn, Variant, hnsw_index, make_pool, normalise, row_ids, simulate
+from bench.strategies import CachedKnn, SimPool, Variant, hnsw_index, make_pool, normalise, row_ids, simulate
 
 METHODS: dict[str, PriorMethod] = {"knn": knn_prior, "llgc": llgc_prior, "as3l": as3l_prior}
 T0 = {"knn": 1.0, "as3l": 1.0, "llgc": 0.1}  # the methods' default temperatures (agent.priors.PRIOR_METHODS)
@@ -129,7 +129,7 @@ def collect(name: str, x_path: Path, y_path: Path, out: Path, strategies: list[s
                 if path.exists():
                     continue
                 t0 = time.time()
-                picked, _, _, _ = simulate(Variant(strategy), budget, seed, x, y, knn, num_classes, None)
+                picked, _, _, _ = simulate(Variant(strategy), budget, seed, SimPool(x, y, knn, num_classes))
                 pool = make_pool(x, y, picked, knn, num_classes, None)
                 rows = pool.candidates
                 cell: dict[str, Any] = dict(picked=picked, rows=rows, y=y[rows], C=num_classes,

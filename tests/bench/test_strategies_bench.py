@@ -113,7 +113,7 @@ def test_bench_select_scale_times_strategies_and_variants() -> None:
 
 def test_simulated_pools_are_the_labelled_sets_simulate_picks() -> None:
     """Every (strategy, budget, seed) in order, each pool labelled with exactly the rows simulate picks."""
-    from bench.strategies import CachedKnn, Variant, hnsw_index, normalise, simulate, simulated_pools
+    from bench.strategies import CachedKnn, SimPool, Variant, hnsw_index, normalise, simulate, simulated_pools
 
     x, y = blobs(clusters=3, per_cluster=20, dim=8, spread=0.1, seed=1)
     x = normalise(x)
@@ -122,7 +122,7 @@ def test_simulated_pools_are_the_labelled_sets_simulate_picks() -> None:
     assert [(s, b, seed) for s, b, seed, _, _ in got] == [
         (s, b, seed) for s in ("random", "typiclust") for b in (3, 6) for seed in range(2)]
     for strategy, budget, seed, picked, pool in got:
-        np.testing.assert_array_equal(picked, simulate(Variant(strategy), budget, seed, x, y, knn, 3, None)[0])
+        np.testing.assert_array_equal(picked, simulate(Variant(strategy), budget, seed, SimPool(x, y, knn, 3))[0])
         np.testing.assert_array_equal(pool.labeled, picked)
         np.testing.assert_array_equal(pool.labels, y[picked])
         assert len(picked) == budget and len(pool.candidates) == len(x) - budget
