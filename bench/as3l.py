@@ -40,6 +40,7 @@ import numpy as np
 import typer
 
 from bench import cifar10
+from bench.cifar10.encoder import torch_run_candidates
 from bench.cifar10.run import Walls
 from bench.metrics import class_coverage, expected_calibration_error, linear_probe_accuracy, prior_accuracy
 from shortlist.datasets import ImageArray, load_array
@@ -160,22 +161,19 @@ def _write_json(path: Path, obj: Any) -> None:
 
 
 def torch_run_of(provenance: dict[str, Any], version_dir: Path) -> Path:
-    """The training run folder (with encoder.pt) behind the benchmark's encoder: the semi-supervised stage
-    trains the network itself, so an ONNX export alone is not enough."""
-    candidates = [Path(provenance["encoder"])]
-    manifest = read_complete(version_dir, verify_hashes=False)
-    if manifest is not None and manifest.source_run:
-        candidates.append(Path(manifest.source_run))
-    for c in candidates:
-        if (c / "encoder.pt").is_file():
-            return c
+    """The training run folder (with encoder.pt) behind the benchmark's encoder (``cifar10.torch_run_of``):
+    the semi-supervised stage trains the network itself, so an ONNX export alone is not enough."""
+    run = cifar10.torch_run_of(provenance, version_dir)
+    if run is not None:
+        return run
+    candidates = torch_run_candidates(provenance, version_dir)
     raise typer.BadParameter(f"the encoder {provenance['encoder']} has no training run with encoder.pt (looked in "
                              f"{', '.join(map(str, candidates))}): the semi-supervised stage trains the network, so "
                              "pass --encoder RUN_FOLDER (a `shortlist pretrain` output)")
 
 
-def prepare_encoder(encoder: Path | None, profile: Profile, data: Path, pool_idx: np.ndarray, out: Path, console: Any,
-                    train: ImageArray, test: ImageArray) -> tuple[str, dict[str, Any]]:
+def prepare_encoder(encoder: Path | None, profile: Profile, splits: cifar10.PoolSplits, out: Path,
+                    console: Any) -> tuple[str, dict[str, Any]]:
     """bench cifar10's prepare_encoder, except that a training run folder this --out already exported is
     served as that version again (a rerun resumes instead of publishing a new version of the same weights)."""
     from shortlist.manifest import list_versions
@@ -187,7 +185,7 @@ def prepare_encoder(encoder: Path | None, profile: Profile, data: Path, pool_idx
             manifest = read_complete(registry / version, verify_hashes=False)
             if manifest is not None and manifest.source_run == source:
                 return version, {"encoder": str(encoder), "kind": "training run (exported by an earlier run)"}
-    return cifar10.prepare_encoder(encoder, profile.pretrain, data, pool_idx, out, console, train, test)
+    return cifar10.prepare_encoder(encoder, profile.pretrain, splits, out, console)
 
 
 def choose_labels(address: str, strategy: str, budget: int, seed: int, truth: dict[str, int],
@@ -441,18 +439,34 @@ class Overrides:
         return [a for a in ARMS if self.arms is None or a.name in self.arms]
 
 
-def _check_cells(folders: Folders, data: Path, profile: Profile, pool_size: int, test_size: int, side: int,
-                 version: str, init: Path, classes: list[str]) -> None:
+@dataclass(frozen=True)
+class CellSettings:
+    """What an --out's cells are made with (settings.json): the data and the pool and test sizes, the training
+    size (``side``), the profile's training settings, the served encoder's version and training run, and the
+    classes (the agent is told them: the as3l prior's K and the calibration's step 2 follow them)."""
+
+    data: Path
+    profile: Profile
+    pool_size: int
+    test_size: int
+    side: int
+    version: str
+    init: Path
+    classes: list[str]
+
+
+def _check_cells(folders: Folders, cs: CellSettings) -> None:
     """Before any work: a rerun with other settings is refused at once (``check_settings``)."""
-    check_settings(folders.cells, {"data": str(data), "pool_size": pool_size, "test_size": test_size, "size": side,
-                                   "steps": {str(b): profile.steps_at(b) for b in profile.budgets},
+    profile = cs.profile
+    check_settings(folders.cells, {"data": str(cs.data), "pool_size": cs.pool_size, "test_size": cs.test_size,
+                                   "size": cs.side, "steps": {str(b): profile.steps_at(b) for b in profile.budgets},
                                    "prior_iters": profile.prior_iters, "evals": profile.evals,
                                    "batch_size": profile.batch_size, "mu": profile.mu,
-                                   "lr": profile.lr, "model_version": version, "encoder": str(init),
+                                   "lr": profile.lr, "model_version": cs.version, "encoder": str(cs.init),
                                    "head_init": profile.head_init, "ema": profile.ema,
                                    # the agent is told the classes: the as3l prior's K and the calibration's
                                    # step 2 follow them
-                                   "classes": list(classes)})
+                                   "classes": list(cs.classes)})
 
 
 def _label_data(data: Path, version_dir: Path, train: ImageArray, pool_idx: np.ndarray, test_set: ImageArray,
@@ -525,7 +539,8 @@ def run_benchmark(data: Path, profile: Profile, out: Path, encoder: Path | None 
     console.print(f"[bold]data[/] {data}: pool {len(pool_idx)} of {len(train.ids)} train images, test "
                   f"{len(test_idx)}, classes {', '.join(train.classes)}")
     with walls.timed("encoder"):
-        version, provenance = prepare_encoder(encoder, profile, data, pool_idx, out, console, train, test_set)
+        version, provenance = prepare_encoder(encoder, profile, cifar10.PoolSplits(data, pool_idx, train, test_set),
+                                              out, console)
     version_dir = folders.registry / version
     init = torch_run_of(provenance, version_dir)
     saved = json.loads((init / "config.json").read_text()) if (init / "config.json").is_file() else {}
@@ -533,7 +548,8 @@ def run_benchmark(data: Path, profile: Profile, out: Path, encoder: Path | None 
     manifest = read_complete(version_dir, verify_hashes=False)
     assert manifest is not None, f"{version_dir} is not a complete model version"
     side = profile.size or int(manifest.preprocess.size[0])
-    _check_cells(folders, data, profile, len(pool_idx), len(test_idx), side, version, init, train.classes)
+    _check_cells(folders, CellSettings(data=data, profile=profile, pool_size=len(pool_idx), test_size=len(test_idx),
+                                       side=side, version=version, init=init, classes=train.classes))
 
     with walls.timed("embed"):
         label_data = _label_data(data, version_dir, train, pool_idx, test_set, test_idx)

@@ -32,12 +32,14 @@ from __future__ import annotations
 from bench.cifar10.commands import register
 from bench.cifar10.data import images_at_model_size, load_pool_and_test, require_splits
 from bench.cifar10.encoder import (
+    PoolSplits,
     _copy_version_into,
     _git_commit,
     earlier_pretraining,
     embed_images,
     prepare_encoder,
     publish_encoder,
+    torch_run_of,
 )
 from bench.cifar10.evaluation import (
     EvalData,
@@ -76,6 +78,7 @@ __all__ = [
     'LoopSettings',
     'Overrides',
     'Point',
+    'PoolSplits',
     'Profile',
     'Run',
     'SemiSupervised',
@@ -102,6 +105,7 @@ __all__ = [
     'save_embeddings',
     'semi_supervised_accuracy',
     'stratified_subset',
+    'torch_run_of',
     'wait_embedded',
     'write_embeddings',
 ]

@@ -7,7 +7,7 @@ import json
 import os
 import shutil
 import subprocess
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -135,14 +135,40 @@ def earlier_pretraining(run_dir: Path, config: Any, options: dict[str, Any]) -> 
     return "finished" if finished else "unfinished"
 
 
-def prepare_encoder(encoder: Path | None, profile: Profile, data: Path, pool_idx: np.ndarray, out: Path,
-                    console: Any, train: ImageArray | None = None,
-                    test: ImageArray | None = None) -> tuple[str, dict[str, Any]]:
+@dataclass(frozen=True, eq=False)
+class PoolSplits:
+    """What a benchmark's encoder is pretrained on: the source (``--data``), the pool's rows of its train split,
+    and the ``train`` / ``test`` splits the benchmark already decoded (None: pretraining decodes the source)."""
+
+    data: Path
+    pool_idx: np.ndarray
+    train: ImageArray | None = None
+    test: ImageArray | None = None
+
+
+def torch_run_candidates(provenance: dict[str, Any], version_dir: Path) -> list[Path]:
+    """Where the training run (encoder.pt) behind a published encoder may be: the --encoder or pretraining
+    folder its provenance names, then the run its manifest was exported from."""
+    candidates = [Path(provenance["encoder"])]
+    manifest = read_complete(version_dir, verify_hashes=False)
+    if manifest is not None and manifest.source_run:
+        candidates.append(Path(manifest.source_run))
+    return candidates
+
+
+def torch_run_of(provenance: dict[str, Any], version_dir: Path) -> Path | None:
+    """The training run folder (encoder.pt) behind the served encoder, or None (an ONNX-only --encoder)."""
+    return next((c for c in torch_run_candidates(provenance, version_dir) if (c / "encoder.pt").is_file()), None)
+
+
+def prepare_encoder(encoder: Path | None, profile: Profile, splits: PoolSplits, out: Path,
+                    console: Any) -> tuple[str, dict[str, Any]]:
     """Publish the benchmark's encoder into ``out/models``; returns (version, provenance).
 
-    ``train`` / ``test`` are the splits the benchmark already decoded: when they are at the model's input
-    size, pretraining takes the pool's rows (and the test rows for its kNN check) from them instead of
-    decoding the source again."""
+    ``splits.train`` / ``splits.test`` are the splits the benchmark already decoded: when they are at the
+    model's input size, pretraining takes the pool's rows (and the test rows for its kNN check) from them
+    instead of decoding the source again."""
+    data, pool_idx, train, test = splits.data, splits.pool_idx, splits.train, splits.test
     registry = out / "models"
     if encoder is not None:
         return publish_encoder(encoder, registry)

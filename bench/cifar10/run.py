@@ -17,7 +17,7 @@ import typer
 
 from agent import client
 from bench.cifar10.data import images_at_model_size, load_pool_and_test
-from bench.cifar10.encoder import _git_commit, code_fingerprint, embed_images, prepare_encoder
+from bench.cifar10.encoder import PoolSplits, _git_commit, code_fingerprint, embed_images, prepare_encoder
 from bench.cifar10.evaluation import (
     EvalData,
     LoopSettings,
@@ -206,7 +206,8 @@ def run_benchmark(data: Path, profile: Profile, out: Path, encoder: Path | None 
     console.print(f"[bold]data[/] {data}: pool {len(pool_idx)} of {len(train.ids)} train images, "
                   f"test {len(test_idx)}, classes {', '.join(train.classes)}")
     with walls.timed("encoder"):
-        version, provenance = prepare_encoder(encoder, profile, data, pool_idx, out, console, train, test_set)
+        version, provenance = prepare_encoder(encoder, profile, PoolSplits(data, pool_idx, train, test_set), out,
+                                              console)
     with walls.timed("embed_eval_sets"):
         ev, pool_emb_arr = _eval_data(data, folders.registry / version, train, pool_idx, test_set, test_idx)
     # Kept so `shortlist bench strategies` can compare every strategy on exactly these embeddings.

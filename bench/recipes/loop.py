@@ -85,17 +85,6 @@ def pretext_profile(recipe: Recipe, scale: Scale) -> cifar10.Profile:
                            pretrain_options={"preprocess": scale.preprocess, **scale.pretrain_options})
 
 
-def torch_run_of(provenance: dict[str, Any], version_dir: Path) -> Path | None:
-    """The training run folder (encoder.pt) behind the served encoder, or None (an ONNX-only --encoder)."""
-    from shortlist.manifest import read_complete
-
-    candidates = [Path(provenance["encoder"])]
-    manifest = read_complete(version_dir, verify_hashes=False)
-    if manifest is not None and manifest.source_run:
-        candidates.append(Path(manifest.source_run))
-    return next((c for c in candidates if (c / "encoder.pt").is_file()), None)
-
-
 def check_settings(cells: Path, settings: dict[str, Any]) -> None:
     """Refuse a rerun into the same --out with other settings (its finished cells would be mixed with new
     ones); seeds and arms may change, they name the cells."""
@@ -340,8 +329,8 @@ def _context(plan: Plan, walls: dict[str, float], console: Any) -> tuple[Context
                                    "arch": scale.arch, "preprocess": scale.preprocess, "imbalance": imbalance,
                                    "encoder": str(encoder) if encoder else None})
     t = time.perf_counter()
-    version, provenance = cifar10.prepare_encoder(encoder, pretext_profile(recipe, scale), data, pool_idx, out,
-                                                  console, train, test_set)
+    version, provenance = cifar10.prepare_encoder(encoder, pretext_profile(recipe, scale),
+                                                  cifar10.PoolSplits(data, pool_idx, train, test_set), out, console)
     walls["encoder"] = time.perf_counter() - t
     registry = out / "models"
     _, test_images = cifar10.images_at_model_size(data, registry / version, train, test_set, pool_idx[:1], test_idx)
@@ -350,7 +339,7 @@ def _context(plan: Plan, walls: dict[str, float], console: Any) -> tuple[Context
     cifar10.ingest_pool(data, pool_ids, version, registry, base, out / "agent.log", console)
     walls["ingest"] = time.perf_counter() - t
     ctx = Context(recipe=recipe, scale=scale, out=out, registry=registry, version=version,
-                  pretext_run=torch_run_of(provenance, registry / version), base=base, pool_ids=pool_ids,
+                  pretext_run=cifar10.torch_run_of(provenance, registry / version), base=base, pool_ids=pool_ids,
                   truth={i: int(train.labels[r]) for i, r in zip(pool_ids, pool_idx, strict=True)},
                   classes=list(train.classes), budgets=budget_list, test_images=test_images, test_y=test_set.labels)
     facts = {"data": str(data), "imbalance": imbalance, "pool_size": len(pool_ids), "pool_class_counts": counts,
