@@ -133,31 +133,32 @@ def _rpc(fn: Any, after: str = "", after_codes: frozenset[str] | None = None) ->
     raise typer.Exit(1) from None
 
 
-class _RegistryHelp(TyperCommand):
-    """A command whose ``--help`` lists the names of a registry next to the option that takes them. The
-    registry is imported only when help is shown (importing the strategies pulls scikit-learn: seconds)."""
+class RegistryHelp(TyperCommand):
+    """A command whose ``--help`` lists the names of a registry next to each option that takes them
+    (``lists``: (option's parameter name, "module:NAME") pairs). The registries are imported only when help
+    is shown (importing the strategies pulls scikit-learn: seconds)."""
 
-    option = ""
-    registry = ""  # "module:NAME"
+    lists: tuple[tuple[str, str], ...] = ()
 
     def format_help(self, ctx: Any, formatter: Any) -> None:
         import importlib
 
-        module, name = self.registry.split(":")
-        names = ", ".join(sorted(getattr(importlib.import_module(module), name)))
-        for param in self.params:
-            if param.name == self.option and hasattr(param, "help"):
-                base = (param.help or "").split(", one of:")[0]
-                param.help = f"{base}, one of: {names} (see docs/strategies.md)"
+        for option, registry in self.lists:
+            module, name = registry.split(":")
+            names = ", ".join(sorted(getattr(importlib.import_module(module), name)))
+            for param in self.params:
+                if param.name == option and hasattr(param, "help"):
+                    base = (param.help or "").split(", one of:")[0]
+                    param.help = f"{base}, one of: {names} (see docs/strategies.md)"
         super().format_help(ctx, formatter)
 
 
-class _StrategyHelp(_RegistryHelp):
-    option, registry = "strategy", "agent.strategies:STRATEGIES"
+class _StrategyHelp(RegistryHelp):
+    lists = (("strategy", "agent.strategies:STRATEGIES"),)
 
 
-class _PriorHelp(_RegistryHelp):
-    option, registry = "method", "agent.priors:PRIOR_METHODS"
+class _PriorHelp(RegistryHelp):
+    lists = (("method", "agent.priors:PRIOR_METHODS"),)
 
 
 def _status_dict(s: agent_pb2.Status) -> dict[str, Any]:

@@ -447,11 +447,12 @@ def write_results(out: Path, records: list[dict[str, Any]], settings: dict[str, 
 
 
 def _strategies_help() -> type:
-    """``--help`` that lists the strategies next to ``--strategies``, as `shortlist select --help` does."""
-    from agent.cli import _RegistryHelp
+    """``--help`` that lists the strategies next to ``--strategies`` and the prior methods next to
+    ``--priors``, as `shortlist select --help` and `shortlist prior --help` do."""
+    from agent.cli import RegistryHelp
 
-    class StrategiesHelp(_RegistryHelp):
-        option, registry = "strategies", "agent.strategies:STRATEGIES"
+    class StrategiesHelp(RegistryHelp):
+        lists = (("strategies", "agent.strategies:STRATEGIES"), ("priors", "agent.priors:PRIOR_METHODS"))
 
     return StrategiesHelp
 

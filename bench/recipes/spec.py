@@ -20,10 +20,11 @@ from typing import Any
 import numpy as np
 import typer
 
+from training.modes import METHOD_NAMES
+
 HEAD_MODES = ("linear", "svm", "full", "moby_al")  # training.finetune.FINETUNE_MODES a recipe's loop runs
 HEAD_INITS = ("pretext", "scratch")
-# training.methods.METHODS' names (that module imports torch; tests/bench/test_recipes.py keeps them equal)
-PRETEXTS = ("simsiam", "rotnet", "moby")
+PRETEXTS = METHOD_NAMES  # training.methods.METHODS' names, torch-free (tests/training/test_methods.py keeps them equal)
 
 
 @dataclass(frozen=True)
