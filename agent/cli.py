@@ -40,6 +40,7 @@ from agent.limits import MIB, Limits, class_name_problem
 from agent.progress import audit_dict
 from agent.web.config import LabelStudioConfig
 from shortlist.console import INTERRUPTED_EXIT, make_console
+from shortlist.datasets import sources_said
 from shortlist.v1 import agent_pb2, agent_pb2_grpc
 
 if TYPE_CHECKING:  # annotations only: the commands import these where they use them, so the others start without
@@ -707,8 +708,7 @@ def _print_ingest(reply: agent_pb2.IngestReply) -> None:
 
 @agent_options
 def ingest(agent: AgentTarget,
-           source: str = typer.Argument(..., help="an image file, a folder of images, an ImageFolder tree, a "
-                                        "tar of one, torchvision's CIFAR folder, or a folder of train/test splits"),
+           source: str = typer.Argument(..., help=sources_said()),
            with_labels: bool = typer.Option(False, "--with-labels", help="class folders become labels"),
            split: str = typer.Option("train", "--split", help="which split of a source that has splits"),
            batch: int = typer.Option(256, "--batch", min=1, help="most samples per request (one transaction)"),
@@ -781,8 +781,7 @@ def ingest(agent: AgentTarget,
                       "(resent samples count as duplicates)", highlight=False)
         raise typer.Exit(1) from None
     if read.images == 0:
-        has_splits = resolved.kind == "cifar" or resolved.path.name == resolved.split  # else a plain folder: no split
-        split = f" (split '{resolved.split}')" if has_splits else ""
+        split = f" (split '{resolved.split}')" if resolved.of_splits else ""
         console.print(f"[red]no images found in {resolved.path}[/red]{split}; image files end "
                       f"in {', '.join(IMAGE_EXTENSIONS)}", highlight=False)
         raise typer.Exit(2)

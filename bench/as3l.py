@@ -43,7 +43,7 @@ from bench import cifar10
 from bench.cifar10.encoder import torch_run_candidates
 from bench.cifar10.run import Walls
 from bench.metrics import class_coverage, expected_calibration_error, linear_probe_accuracy, prior_accuracy
-from shortlist.datasets import ImageArray, load_array
+from shortlist.datasets import ImageArray, load_array, split_sources_said
 from shortlist.manifest import read_complete
 
 
@@ -577,8 +577,8 @@ def run_benchmark(data: Path, profile: Profile, out: Path, encoder: Path | None 
 def register(bench_app: typer.Typer) -> None:
     @bench_app.command("as3l")
     def as3l_command(
-        data: Path = typer.Option(Path("../shared/datasets/cifar10"), help="labelled train/ and test/ splits: the "
-                                  "shared CIFAR-10 tars, an ImageFolder tree or torchvision's CIFAR-10 folder"),
+        data: Path = typer.Option(Path("../shared/datasets/cifar10"), help="labelled train and test splits: "
+                                  f"{split_sources_said()}"),
         profile: str = typer.Option("cpu", help=f"one of {', '.join(PROFILES)}"),
         out: Path = typer.Option(Path("runs/bench-as3l"), help="output folder (a rerun resumes what it holds)"),
         encoder: Path | None = typer.Option(None, help="a training run folder (encoder.pt), or a model version "

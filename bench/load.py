@@ -43,6 +43,7 @@ from rich.table import Table
 
 from agent import client
 from shortlist.console import make_console
+from shortlist.datasets import sources_said
 from shortlist.v1 import agent_pb2, agent_pb2_grpc
 
 RPCS = ("Ingest", "Select", "SubmitLabels", "PriorLabels", "GetStatus")
@@ -980,7 +981,7 @@ def register(bench_app: typer.Typer) -> None:
                                   "(default: start one over --data-dir)"),
         pool: int = typer.Option(0, "--pool", min=0, help="samples the pool should hold: synthetic 32x32 "
                                  "images (or the first N of --data) are ingested until it does (kept for reuse)"),
-        data: str = typer.Option("", "--data", help="image source for the pool (folder, ImageFolder, tar, CIFAR)"),
+        data: str = typer.Option("", "--data", help=f"image source for the pool: {sources_said()}"),
         split: str = typer.Option("train", "--split", help="split of --data"),
         data_dir: Path = typer.Option(Path("runs/load"), "--data-dir", help="the started agent's folder "
                                       "(DATA_DIR/agent) and model registry (DATA_DIR/models); reused"),

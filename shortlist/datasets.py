@@ -16,7 +16,7 @@ import logging
 import os
 import pickle
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +29,7 @@ from shortlist.manifest import Preprocess
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm")
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 SPLIT_DIRS = ("train", "test", "val", "validation")
+DEFAULT_SPLIT = "train"  # what a source without splits is
 CIFAR_DIRS = ("cifar-10-batches-py", "cifar-100-python")
 
 log = logging.getLogger(__name__)
@@ -59,9 +60,16 @@ class ImageArray:
 
 @dataclass(frozen=True)
 class Resolved:
-    kind: str  # "folder" | "tar" | "cifar" | "file"
+    """Where a source's split is: ``kind`` names the Source in SOURCES that reads it, ``path`` what it reads
+    (a split folder: ``root/train``); ``inner``: the folder inside a tar that is the tree's root ("" for the
+    archive's top, ``train``, ``photos/train``); ``of_splits``: the split is one of a source that holds
+    several (a split folder or tar, CIFAR), so messages name it."""
+
+    kind: str
     path: Path
     split: str
+    inner: str = ""
+    of_splits: bool = False
 
 
 class MissingSplit(FileNotFoundError):
@@ -79,8 +87,52 @@ class MissingSplit(FileNotFoundError):
                 f"{'; ' + hint if hint else ''})")
 
 
+def choose_split(path: Path, split: str, here: Resolved | None, found: Sequence[str],
+                 whole: Resolved | None) -> Resolved:
+    """The split rule of every source that may hold splits (a folder's, so a tar or a new source says the same):
+    ``here``, the split itself, when the source holds it; else MissingSplit naming the splits ``found`` when
+    it holds others, or when the whole source is not that split (``whole`` None: a source without splits is
+    the DEFAULT_SPLIT only); else ``whole``."""
+    if here is not None:
+        return here
+    if found or whole is None:
+        raise MissingSplit(path, split, list(found))
+    return whole
+
+
+@dataclass(frozen=True)
+class Source:
+    """One kind of image source, registered in SOURCES (a new kind is one such unit plus its entry there; then
+    ``shortlist ingest``, ``pretrain``, ``finetune`` and the benchmarks read it, and their help texts name it).
+
+    - ``name``: the ``Resolved.kind`` of what it resolves.
+    - ``detect(path)``: whether an existing ``path`` is of this kind; SOURCES are asked in order, the first
+      that says yes reads it (so a catch-all, the folder, comes last).
+    - ``resolve(path, split)``: where ``split`` is, as a Resolved (of this kind, or of another for a split
+      stored as one: a folder's ``train.tar``); MissingSplit (``choose_split``: the rule folders follow) or
+      FileNotFoundError when it has no such split. It is where every "this source cannot be used" error is
+      raised, before any image is read.
+    - ``iterate(resolved, id_prefix)``: its images, in a stable order, each id preceded by ``id_prefix``.
+    - ``says``: how help texts name it; ``with_splits``: how it holds a train and a test split, for the
+      commands that need both ("" when it cannot)."""
+
+    name: str
+    says: str
+    with_splits: str
+    detect: Callable[[Path], bool]
+    resolve: Callable[[Path, str], Resolved]
+    iterate: Callable[[Resolved, str], Iterator[ImageItem]]
+
+
 def _is_tar(path: Path) -> bool:
     return path.is_file() and path.name.endswith(TAR_SUFFIXES)
+
+
+def _tar_stem(path: Path) -> str:
+    stem = path.name
+    for suffix in TAR_SUFFIXES:
+        stem = stem.removesuffix(suffix)
+    return stem
 
 
 def _cifar_dir(path: Path) -> Path | None:
@@ -92,9 +144,9 @@ def _cifar_dir(path: Path) -> Path | None:
     return None
 
 
-def resolve_source(source: str | Path, split: str = "train") -> Resolved:
-    """Which reader handles ``source`` for ``split``. A plain folder, tar or image file without splits is
-    the train split.
+def resolve_source(source: str | Path, split: str = DEFAULT_SPLIT) -> Resolved:
+    """Which reader handles ``source`` for ``split`` (the first of SOURCES that detects it). A plain folder,
+    tar or image file without splits is the train split.
 
     Raises FileNotFoundError with what was looked for when the source or the split is missing (MissingSplit
     for a split; call it before streaming, so the error comes before any work).
@@ -102,28 +154,11 @@ def resolve_source(source: str | Path, split: str = "train") -> Resolved:
     path = Path(source).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"image source {path} does not exist")
-    if _is_tar(path):
-        return Resolved("tar", path, split)
-    if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
-        return Resolved("file", path, split)
-    if not path.is_dir():
+    kind = next((s for s in SOURCES if s.detect(path)), None)
+    if kind is None:
         raise FileNotFoundError(f"{path} is neither a folder, a tar archive ({', '.join(TAR_SUFFIXES)}) nor an "
                                 f"image file ({', '.join(IMAGE_EXTENSIONS)})")
-    cifar = _cifar_dir(path)
-    if cifar is not None:
-        if split not in ("train", "test"):
-            raise FileNotFoundError(f"{cifar} has only the 'train' and 'test' splits, not '{split}' (--split)")
-        return Resolved("cifar", cifar, split)
-    if (path / split).is_dir():
-        return Resolved("folder", path / split, split)
-    for suffix in TAR_SUFFIXES:
-        if (path / f"{split}{suffix}").is_file():
-            return Resolved("tar", path / f"{split}{suffix}", split)
-    has_splits = [s for s in SPLIT_DIRS if (path / s).is_dir() or any(
-        (path / f"{s}{x}").is_file() for x in TAR_SUFFIXES)]
-    if has_splits or split != "train":
-        raise MissingSplit(path, split, has_splits)
-    return Resolved("folder", path, split)
+    return kind.resolve(path, split)
 
 
 def _label_of(parts: tuple[str, ...]) -> str | None:
@@ -222,20 +257,82 @@ def _iter_cifar(root: Path, split: str, prefix: str) -> Iterator[ImageItem]:
                             pixels=np.ascontiguousarray(img))
 
 
-def iter_images(source: str | Path | Resolved, split: str = "train", limit: int | None = None,
+# The sources, one unit each: how it is detected, where a split is, how its images are read.
+
+def _resolve_file(path: Path, split: str) -> Resolved:
+    return choose_split(path, split, None, (), Resolved("file", path, split) if split == DEFAULT_SPLIT else None)
+
+
+def _resolve_tar(path: Path, split: str) -> Resolved:
+    return Resolved("tar", path, split)
+
+
+def _resolve_cifar(path: Path, split: str) -> Resolved:
+    cifar = _cifar_dir(path)
+    assert cifar is not None  # detected
+    if split not in ("train", "test"):
+        raise FileNotFoundError(f"{cifar} has only the 'train' and 'test' splits, not '{split}' (--split)")
+    return Resolved("cifar", cifar, split, of_splits=True)
+
+
+def _resolve_folder(path: Path, split: str) -> Resolved:
+    """A folder of split folders or tars (``train/``, ``test.tar``: the split's own source), else a folder
+    of images or an ImageFolder tree (the default split)."""
+    here: Resolved | None = None
+    if (path / split).is_dir():
+        here = Resolved("folder", path / split, split, of_splits=True)
+    else:
+        tar = next((path / f"{split}{x}" for x in TAR_SUFFIXES if (path / f"{split}{x}").is_file()), None)
+        here = _resolve_tar(tar, split) if tar is not None else None
+    found = [s for s in SPLIT_DIRS if (path / s).is_dir() or any((path / f"{s}{x}").is_file() for x in TAR_SUFFIXES)]
+    return choose_split(path, split, here, found, Resolved("folder", path, split) if split == DEFAULT_SPLIT else None)
+
+
+SOURCES: tuple[Source, ...] = (  # asked in this order: CIFAR's folder before the folder that is any other
+    Source("file", "an image file", "",
+           lambda p: p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS, _resolve_file,
+           lambda r, prefix: _iter_file(r.path, prefix)),
+    Source("cifar", "torchvision's CIFAR-10/100 folder", "torchvision's CIFAR-10/100 folder",
+           lambda p: p.is_dir() and _cifar_dir(p) is not None, _resolve_cifar,
+           lambda r, prefix: _iter_cifar(r.path, r.split, prefix)),
+    Source("folder", "a folder of images, an ImageFolder tree (class folders) or a folder of splits (train/ and "
+           "test/, or train.tar and test.tar)",
+           "an ImageFolder tree with train/ and test/ or the folder of train.tar and test.tar (the shared CIFAR-10's)",
+           Path.is_dir, _resolve_folder, lambda r, prefix: _iter_folder(r.path, prefix)),
+    Source("tar", f"a tar of such a folder ({', '.join(TAR_SUFFIXES)})", "",
+           _is_tar, _resolve_tar, lambda r, prefix: _iter_tar(r.path, r.split, prefix)),
+)
+
+
+def source_named(kind: str) -> Source:
+    """The entry of SOURCES called ``kind`` (a Resolved's)."""
+    for s in SOURCES:
+        if s.name == kind:
+            return s
+    raise KeyError(f"no image source kind {kind!r}; known: {', '.join(s.name for s in SOURCES)}")
+
+
+def _listed(parts: Sequence[str]) -> str:
+    """"a; b; or c" (the entries hold commas of their own)."""
+    return parts[0] if len(parts) == 1 else "; ".join(parts[:-1]) + "; or " + parts[-1]
+
+
+def sources_said() -> str:
+    """The kinds of source, for help texts ("an image file, ..., or a folder of images, ...")."""
+    return _listed([s.says for s in SOURCES])
+
+
+def split_sources_said() -> str:
+    """The kinds of source that can hold a train and a test split, for the commands that need both."""
+    return _listed([s.with_splits for s in SOURCES if s.with_splits])
+
+
+def iter_images(source: str | Path | Resolved, split: str = DEFAULT_SPLIT, limit: int | None = None,
                 id_prefix: str = "") -> Iterator[ImageItem]:
     """Every image of ``source`` (see the module docstring; or what ``resolve_source`` made of it) for
     ``split``, in a stable order, each id preceded by ``id_prefix``."""
     r = source if isinstance(source, Resolved) else resolve_source(source, split)
-    if r.kind == "tar":
-        it = _iter_tar(r.path, r.split, id_prefix)
-    elif r.kind == "cifar":
-        it = _iter_cifar(r.path, r.split, id_prefix)
-    elif r.kind == "file":
-        it = _iter_file(r.path, id_prefix)
-    else:
-        it = _iter_folder(r.path, id_prefix)
-    for n, item in enumerate(it):
+    for n, item in enumerate(source_named(r.kind).iterate(r, id_prefix)):
         if limit is not None and n >= limit:
             return
         yield item

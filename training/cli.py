@@ -12,6 +12,7 @@ from rich.markup import escape
 
 from agent.cli_options import AgentTarget, agent_options
 from shortlist.console import INTERRUPTED_EXIT, make_console
+from shortlist.datasets import sources_said
 from training.modes import FINETUNE_MODES, METHOD_NAMES, help_list
 
 if TYPE_CHECKING:
@@ -63,8 +64,8 @@ def _one_budget(*values: float | None) -> None:
 
 
 def pretrain_cmd(
-    data: str = typer.Option(..., help="image source: ImageFolder folder, tar, CIFAR folder, or a folder with "
-                                       "train.tar/test.tar (its test split is the kNN hold-out)"),
+    data: str = typer.Option(..., help=f"image source: {sources_said()} (its test split, when it has one, is the "
+                                       "kNN hold-out)"),
     out: Path = typer.Option(..., help="run folder (config.json, metrics.jsonl, checkpoint.pt, encoder.pt)"),
     method: str = typer.Option("simsiam", help=help_list(METHOD_NAMES)),
     arch: str = typer.Option("resnet18_w32", help=ARCH_HELP),
@@ -167,7 +168,7 @@ def _launch_local(cfg: PretrainConfig, procs: int) -> None:
 
 def finetune_cmd(
     out: Path = typer.Option(..., help="run folder"),
-    data: str = typer.Option(..., help="labelled image source (ImageFolder, tar, CIFAR folder)"),
+    data: str = typer.Option(..., help=f"labelled image source: {sources_said()}"),
     mode: str = typer.Option("full", help=help_list(FINETUNE_MODES)),
     init: Path | None = typer.Option(None, help="a pretraining run folder to start from"),
     arch: str = typer.Option("resnet18_w32", help=f"architecture when not starting from --init: {ARCH_HELP}"),

@@ -10,6 +10,7 @@ from bench.cifar10.data import require_splits
 from bench.cifar10.evaluation import write_embeddings
 from bench.cifar10.profiles import PROFILES
 from bench.cifar10.run import Overrides, run_benchmark
+from shortlist.datasets import split_sources_said
 
 
 def check_names(strategies: list[str] | None, prior_methods: list[str] | None) -> None:
@@ -28,8 +29,8 @@ def check_names(strategies: list[str] | None, prior_methods: list[str] | None) -
 def register(bench_app: typer.Typer) -> None:
     @bench_app.command("cifar10")
     def cifar10_command(
-        data: Path = typer.Option(Path("../shared/datasets/cifar10"), help="CIFAR-10: the shared folder of tars, "
-                                  "an ImageFolder tree with train/ and test/, or torchvision's CIFAR-10 folder"),
+        data: Path = typer.Option(Path("../shared/datasets/cifar10"), help="CIFAR-10's train and test splits: "
+                                  f"{split_sources_said()}"),
         profile: str = typer.Option("quick", help="; ".join(f"{name}: {p.description}"
                                                              for name, p in PROFILES.items())),
         out: Path = typer.Option(Path("runs/bench-cifar10"), help="output folder"),
@@ -73,8 +74,8 @@ def register(bench_app: typer.Typer) -> None:
     @bench_app.command("embeddings")
     def embeddings_command(
         encoder: Path = typer.Option(..., help="a training run folder, a model version folder or a registry"),
-        data: Path = typer.Option(Path("../shared/datasets/cifar10"), help="labelled train/ and test/ splits: "
-                                  "the shared CIFAR-10 tars, an ImageFolder tree or torchvision's CIFAR-10 folder"),
+        data: Path = typer.Option(Path("../shared/datasets/cifar10"), help="labelled train and test splits: "
+                                  f"{split_sources_said()}"),
         pool: int | None = typer.Option(None, min=1, help="class-balanced subset of the training split "
                                         "(default: all of it)"),
         test: int | None = typer.Option(None, min=1, help="class-balanced subset of the test split (default: all)"),

@@ -8,7 +8,7 @@ import numpy as np
 import typer
 
 from bench.cifar10.profiles import stratified_subset
-from shortlist.datasets import ImageArray, load_array, resolve_source, skipped_summary
+from shortlist.datasets import ImageArray, load_array, resolve_source, skipped_summary, split_sources_said
 from shortlist.manifest import read_complete
 
 
@@ -52,6 +52,5 @@ def require_splits(data: Path) -> None:
         for split in ("train", "test"):
             resolve_source(data, split)
     except FileNotFoundError as e:
-        typer.echo(f"error: {e}; pass --data: the folder of train.tar/test.tar, an ImageFolder tree with train/ "
-                   "and test/, or torchvision's CIFAR-10 folder", err=True)
+        typer.echo(f"error: {e}; pass --data: {split_sources_said()}", err=True)
         raise typer.Exit(2) from None

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from bench.recipes import RECIPES, get_recipe
+from shortlist.datasets import split_sources_said
 
 
 def register(bench_app: typer.Typer) -> None:
@@ -15,8 +16,8 @@ def register(bench_app: typer.Typer) -> None:
         name: str = typer.Argument(..., help=f"the system to run: {', '.join(RECIPES)}"),
         profile: str = typer.Option("cpu", help="smoke (seconds), cpu (about 90 min on 2 cores) or gpu (the "
                                     "paper's settings)"),
-        data: Path = typer.Option(Path("../shared/datasets/cifar10"), help="labelled train/ and test/ splits: the "
-                                  "shared CIFAR-10 tars, an ImageFolder tree or torchvision's CIFAR-10 folder"),
+        data: Path = typer.Option(Path("../shared/datasets/cifar10"), help="labelled train and test splits: "
+                                  f"{split_sources_said()}"),
         out: Path | None = typer.Option(None, help="output folder (default runs/recipe-NAME-PROFILE); a rerun "
                                         "resumes what it holds"),
         encoder: Path | None = typer.Option(None, help="a pretext training run folder (encoder.pt) instead of "

@@ -6,6 +6,7 @@ import io
 import os
 import pickle
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -178,3 +179,44 @@ def test_unreadable_files_are_left_out_with_their_reasons_not_stopping_the_load(
     (only_bad / "b.png").write_bytes(b"not an image at all")
     with pytest.raises(ValueError, match=r"none of the 2 files of .* is a readable image: .*a.jpg: empty image"):
         load_array(only_bad)
+
+
+def test_a_new_source_is_one_unit_and_one_registration(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sources are one registry (SOURCES): a kind added there is detected, resolved and read by the functions
+    every command uses (resolve_source, iter_images, load_array), follows the split rule folders follow, and is
+    named in the commands' help texts, without any other change."""
+    import typer.main
+
+    import shortlist.datasets as datasets
+    from shortlist.cli import app
+    from shortlist.datasets import SOURCES, ImageItem, MissingSplit, Resolved, Source, choose_split
+
+    def resolve(path: Path, split: str) -> Resolved:
+        return choose_split(path, split, None, (), Resolved("list", path, split) if split == "train" else None)
+
+    def iterate(r: Resolved, prefix: str) -> Iterator[ImageItem]:
+        for line in r.path.read_text().split():
+            label, name = line.split("=")
+            yield ImageItem(id=prefix + name, label=label, uri=str(r.path.parent / name),
+                            encoded=(r.path.parent / name).read_bytes())
+
+    listing = Source("list", "a .list file of label=image lines", "", lambda p: p.suffix == ".list", resolve, iterate)
+    monkeypatch.setattr(datasets, "SOURCES", (listing, *SOURCES))
+    (tmp_path / "a.png").write_bytes(_png(1))
+    (tmp_path / "b.png").write_bytes(_png(2))
+    (tmp_path / "x.list").write_text("dog=b.png\ncat=a.png\n")
+    assert resolve_source(tmp_path / "x.list").kind == "list"
+    assert [(it.id, it.label) for it in iter_images(tmp_path / "x.list", id_prefix="p/")] == [
+        ("p/b.png", "dog"), ("p/a.png", "cat")]
+    arr = load_array(tmp_path / "x.list", size=(4, 4))
+    assert arr.classes == CLASSES and arr.labels.tolist() == [1, 0]
+    with pytest.raises(MissingSplit, match="has no 'test' split"):
+        load_array(tmp_path / "x.list", "test")
+    assert "a .list file of label=image lines" in datasets.sources_said()
+
+    ingest = typer.main.get_command(app).commands["ingest"]  # type: ignore[attr-defined]
+    source_help = next(p.help for p in ingest.params if p.name == "source")
+    assert all(s.says in source_help for s in SOURCES)
+    embeddings = typer.main.get_command(app).commands["bench"].commands["embeddings"]  # type: ignore[attr-defined]
+    data_help = next(p.help for p in embeddings.params if p.name == "data")
+    assert all(s.with_splits in data_help for s in SOURCES if s.with_splits)
