@@ -1,6 +1,10 @@
 """Image sources Shortlist reads, without torch: one image file, a plain folder of images, an ImageFolder
-tree (``root/<class>/<image>``), a tar of either, torchvision's CIFAR-10/100 python folders, and a folder
-that holds splits (``train.tar``/``test.tar`` or ``train/``/``test/``, like ../shared/datasets/cifar10).
+tree (``root/<class>/<image>``), torchvision's CIFAR-10/100 python folders, a folder that holds splits
+(``train.tar``/``test.tar`` or ``train/``/``test/``, like ../shared/datasets/cifar10), and a tar of any of
+these folders, read as that folder (its ``train/``, ``test/``, ... top folders are its splits). One registry,
+SOURCES, holds the kinds (a new one is a ``Source`` unit plus its entry); a source without splits is the
+train split only, and asking a source for a split it does not have raises MissingSplit (CIFAR: a
+FileNotFoundError naming its two).
 
 Sample ids are stable across runs: the path inside the source (``cat/0001.jpg`` for a folder, the member
 name ``train/cat/0001.jpg`` for a tar, the file name for one image file) or, for CIFAR pickles,
@@ -13,9 +17,11 @@ link to a folder it is inside of (a loop) is skipped with a logged warning. Noth
 from __future__ import annotations
 
 import logging
+import lzma
 import os
 import pickle
 import tarfile
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -208,31 +214,32 @@ def _iter_file(path: Path, prefix: str) -> Iterator[ImageItem]:
     yield ImageItem(id=f"{prefix}{path.name}", label=None, uri=str(path), encoded=path.read_bytes())
 
 
-def _iter_tar(path: Path, split: str, prefix: str) -> Iterator[ImageItem]:
+def _member_parts(name: str) -> tuple[str, ...]:
+    return Path(name.lstrip("./")).parts
+
+
+def _iter_tar(path: Path, inner: str, prefix: str) -> Iterator[ImageItem]:
     try:
-        yield from _iter_tar_members(path, split, prefix)
+        yield from _iter_tar_members(path, inner, prefix)
     except (tarfile.TarError, EOFError) as e:  # truncated download, not a tar, corrupt compression
         raise OSError(f"{path} is not a complete, readable tar archive ({type(e).__name__}: {e})") from e
 
 
-def _iter_tar_members(path: Path, split: str, prefix: str) -> Iterator[ImageItem]:
+def _iter_tar_members(path: Path, inner: str, prefix: str) -> Iterator[ImageItem]:
+    """The image members under the folder ``inner`` of the archive (its root: "" for the top), labelled by
+    the class folder below it; ids are the whole member names."""
+    root = tuple(inner.split("/")) if inner else ()
     with tarfile.open(path) as tar:
         members = sorted((m for m in tar.getmembers() if m.isfile() and m.name.lower().endswith(IMAGE_EXTENSIONS)),
                          key=lambda m: m.name)
-        names = [Path(m.name.lstrip("./")).parts for m in members]
-        # A tar of a split (``train/<class>/x.jpg``) has one top folder named after the split or the archive:
-        # it is the tree's root, not a class.
-        stem = path.name
-        for suffix in TAR_SUFFIXES:
-            stem = stem.removesuffix(suffix)
-        tops = {parts[0] for parts in names if len(parts) > 1}
-        strip = len(tops) == 1 and all(len(p) > 1 for p in names) and next(iter(tops)) in {stem, split, *SPLIT_DIRS}
-        for m, parts in zip(members, names, strict=True):
+        for m in members:
+            parts = _member_parts(m.name)
+            if parts[:len(root)] != root:
+                continue
             f = tar.extractfile(m)
             if f is None:
                 continue
-            rel = parts[1:] if strip else parts
-            yield ImageItem(id=prefix + "/".join(parts), label=_label_of(rel), uri=f"{path}:{m.name}",
+            yield ImageItem(id=prefix + "/".join(parts), label=_label_of(parts[len(root):]), uri=f"{path}:{m.name}",
                             encoded=f.read())
 
 
@@ -264,7 +271,42 @@ def _resolve_file(path: Path, split: str) -> Resolved:
 
 
 def _resolve_tar(path: Path, split: str) -> Resolved:
-    return Resolved("tar", path, split)
+    """A tar reads as the folder it was made of: top folders named after splits (train/, test/, val/, ... or
+    ``split``) hold the splits; a single top folder named like the archive (``tar cf data.tar data``) is
+    its root, looked into the same way; else it is a plain tree, the default split, or the split it is named
+    after (a folder's ``test.tar``). Only the member names are read, up to the split's folder when it is
+    at the top (the shared CIFAR-10's train.tar: its first member). A damaged archive is judged on the
+    members that could be read: reading its images then says what is wrong, after those before it."""
+    stem = _tar_stem(path)
+    tops: set[str] = set()  # folders at the top
+    below: set[str] = set()  # folders in the top folder named like the archive
+    image_tops: set[str | None] = set()  # the top folder of every image (None: one at the top)
+    try:
+        with tarfile.open(path) as tar:
+            for m in tar:
+                parts = _member_parts(m.name)
+                if not parts:  # "./", the archive's own top
+                    continue
+                if m.isdir() or len(parts) > 1:  # a folder at the top
+                    tops.add(parts[0])
+                    if parts[0] == split:
+                        break  # the split's folder: nothing else matters
+                    if parts[0] == stem and (len(parts) > 2 or (len(parts) == 2 and m.isdir())):
+                        below.add(parts[1])
+                if m.isfile() and m.name.lower().endswith(IMAGE_EXTENSIONS):
+                    image_tops.add(parts[0] if len(parts) > 1 else None)
+    except PermissionError:
+        raise  # the source cannot be used: said before any work
+    except (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError):
+        pass  # damaged: decided on the members read; reading the images says what is wrong
+    root = ""
+    if split not in tops and not any(s in tops for s in SPLIT_DIRS) and image_tops == {stem}:
+        root, tops = stem, below
+    if split in tops:
+        return Resolved("tar", path, split, inner=f"{root}/{split}".lstrip("/"), of_splits=True)
+    whole = Resolved("tar", path, split, inner=root, of_splits=split == stem) \
+        if split in (DEFAULT_SPLIT, stem) else None
+    return choose_split(path, split, None, [s for s in SPLIT_DIRS if s in tops], whole)
 
 
 def _resolve_cifar(path: Path, split: str) -> Resolved:
@@ -299,8 +341,9 @@ SOURCES: tuple[Source, ...] = (  # asked in this order: CIFAR's folder before th
            "test/, or train.tar and test.tar)",
            "an ImageFolder tree with train/ and test/ or the folder of train.tar and test.tar (the shared CIFAR-10's)",
            Path.is_dir, _resolve_folder, lambda r, prefix: _iter_folder(r.path, prefix)),
-    Source("tar", f"a tar of such a folder ({', '.join(TAR_SUFFIXES)})", "",
-           _is_tar, _resolve_tar, lambda r, prefix: _iter_tar(r.path, r.split, prefix)),
+    Source("tar", f"a tar of such a folder ({', '.join(TAR_SUFFIXES)})", "a tar of an ImageFolder tree with train/ "
+           "and test/",
+           _is_tar, _resolve_tar, lambda r, prefix: _iter_tar(r.path, r.inner, prefix)),
 )
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shortlist.datasets import iter_images, load_array, resolve_source
+from shortlist.datasets import MissingSplit, iter_images, load_array, resolve_source
 from shortlist.images import decode_image, encode_png
 
 CLASSES = ["cat", "dog"]
@@ -220,3 +220,92 @@ def test_a_new_source_is_one_unit_and_one_registration(tmp_path: Path, monkeypat
     embeddings = typer.main.get_command(app).commands["bench"].commands["embeddings"]  # type: ignore[attr-defined]
     data_help = next(p.help for p in embeddings.params if p.name == "data")
     assert all(s.with_splits in data_help for s in SOURCES if s.with_splits)
+
+
+def _split_tree(root: Path) -> None:
+    _image_folder(root / "train", n=3)
+    _image_folder(root / "test", n=2)
+
+
+def _tar_of(path: Path, folder: Path, *names: str) -> Path:
+    with tarfile.open(path, "w") as tar:
+        for name in names:
+            tar.add(folder / name, arcname=name)
+    return path
+
+
+def _read(source: Path, split: str) -> list[tuple[str, str | None]]:
+    return [(it.id, it.label) for it in iter_images(source, split)]
+
+
+def _error(source: Path, split: str) -> str:
+    with pytest.raises(MissingSplit) as e:
+        resolve_source(source, split)
+    return str(e.value).replace(str(source), "SOURCE")
+
+
+def test_a_tar_of_split_folders_gives_the_split_asked_for_as_the_folder_does(tmp_path: Path) -> None:
+    """A tar whose top folders are train/ and test/ gave every image for either split, with the classes 'train'
+    and 'test' (pretrain's held-out kNN ran on its own training images, bench embeddings' test rows were the
+    pool's): it reads like the folder it was made of: the split's members, classes from the level below,
+    the same splits found and errors."""
+    _split_tree(tmp_path / "data")
+    r = _tar_of(tmp_path / "r.tar", tmp_path / "data", "train", "test")
+    for split, n in (("train", 6), ("test", 4)):
+        items = _read(r, split)
+        assert items == [(f"{split}/{i}", c) for i, c in _read(tmp_path / "data", split)]  # ids: member names
+        assert len(items) == n and {c for _, c in items} == set(CLASSES)
+        arr = load_array(r, split, size=(4, 4))
+        assert arr.classes == CLASSES and arr.labels.tolist() == [0] * (n // 2) + [1] * (n // 2)
+    assert resolve_source(r, "test").of_splits
+    assert _error(r, "val") == _error(tmp_path / "data", "val") == \
+        "SOURCE has no 'val' split (splits found: train, test; choose one with --split)"
+    only_test = _tar_of(tmp_path / "only_test.tar", tmp_path / "data", "test")  # like a folder with test/ alone
+    assert _read(only_test, "test") == _read(r, "test")
+    (tmp_path / "test_only").mkdir()
+    (tmp_path / "data" / "test").rename(tmp_path / "test_only" / "test")
+    assert _error(only_test, "train") == _error(tmp_path / "test_only", "train") == \
+        "SOURCE has no 'train' split (splits found: test; choose one with --split)"
+
+
+def test_a_tar_of_the_folder_itself_reads_like_that_folder(tmp_path: Path) -> None:
+    """`tar cf data.tar data`: the one top folder named like the archive is its root (as before), and its
+    split folders are splits."""
+    _split_tree(tmp_path / "data")
+    d = _tar_of(tmp_path / "data.tar", tmp_path, "data")
+    assert _read(d, "test") == [(f"data/test/{i}", c) for i, c in _read(tmp_path / "data", "test")]
+    assert _error(d, "val") == "SOURCE has no 'val' split (splits found: train, test; choose one with --split)"
+    one_split = _tar_of(tmp_path / "train.tar", tmp_path / "data", "train")  # as the shared CIFAR-10's train.tar
+    assert _read(one_split, "train") == [(f"train/{i}", c) for i, c in _read(tmp_path / "data", "train")]
+    assert _error(one_split, "test") == "SOURCE has no 'test' split (splits found: train; choose one with --split)"
+
+
+def test_a_tar_or_file_without_splits_is_the_train_split_only_as_a_plain_folder_is(tmp_path: Path) -> None:
+    """A tar of class folders, like a plain class-folder tree, is the train split; another split is refused
+    with the folder's error (it gave all its images for any split: `ingest --split test` ingested everything).
+    So is one image file. A split tar beside others (data/test.tar holding class folders) is that split."""
+    _image_folder(tmp_path / "tree")
+    plain = _tar_of(tmp_path / "plain.tar", tmp_path / "tree", *CLASSES)
+    assert _read(plain, "train") == _read(tmp_path / "tree", "train")
+    assert not resolve_source(plain).of_splits
+    for split in ("test", "val"):
+        assert _error(plain, split) == _error(tmp_path / "tree", split) == \
+            f"SOURCE has no '{split}' split (splits found: none; choose one with --split)"
+    one = tmp_path / "tree" / "cat" / "0000.png"
+    assert _error(one, "test") == "SOURCE has no 'test' split (splits found: none; choose one with --split)"
+    (tmp_path / "data").mkdir()
+    plain.rename(tmp_path / "data" / "test.tar")
+    assert _read(tmp_path / "data", "test") == _read(tmp_path / "tree", "train")
+    assert resolve_source(tmp_path / "data", "test").of_splits
+
+
+def test_the_benchmarks_test_rows_are_the_test_split_of_a_tar(tmp_path: Path) -> None:
+    """bench embeddings (load_pool_and_test) on a tar of train/ and test/: the test rows are the test split's,
+    none of them a pool row (they were the pool's own images)."""
+    from bench.cifar10.data import load_pool_and_test
+
+    _split_tree(tmp_path / "data")
+    train, pool_idx, test_set, _ = load_pool_and_test(
+        _tar_of(tmp_path / "r.tar", tmp_path / "data", "train", "test"), None, None)
+    assert train.classes == CLASSES and len(pool_idx) == 6 and len(test_set.ids) == 4
+    assert all(i.startswith("test/") for i in test_set.ids) and not {train.ids[i] for i in pool_idx} & set(test_set.ids)
