@@ -605,6 +605,7 @@ def register(bench_app: typer.Typer) -> None:
         if budget_list is not None and (not budget_list or min(budget_list) <= 0):
             raise typer.BadParameter("--budgets: label counts must be positive")
         arm_list = [a.strip() for a in arms.split(",") if a.strip()] if arms else None
+        cifar10.require_splits(data)  # before any work, in the words of a command without --split
         try:
             run_benchmark(data, PROFILES[profile], out, encoder,
                           Overrides(seeds=seeds, budgets=budget_list, arms=arm_list, steps=steps,

@@ -8,7 +8,14 @@ import numpy as np
 import typer
 
 from bench.cifar10.profiles import stratified_subset
-from shortlist.datasets import ImageArray, load_array, resolve_source, skipped_summary, split_sources_said
+from shortlist.datasets import (
+    ImageArray,
+    MissingSplit,
+    load_array,
+    resolve_source,
+    skipped_summary,
+    split_sources_said,
+)
 from shortlist.manifest import read_complete
 
 
@@ -47,10 +54,12 @@ def images_at_model_size(data: Path, version_dir: Path, train: ImageArray, test_
 
 def require_splits(data: Path) -> None:
     """Exit 2 with a message (no traceback) unless ``data`` holds a train and a test split: checked before
-    any work, so a wrong ``--data`` fails at once instead of after pretraining has started."""
+    any work, so a wrong ``--data`` fails at once instead of after pretraining has started. The benchmark
+    commands have no --split: a missing split is said without MissingSplit's hint to use one."""
     try:
         for split in ("train", "test"):
             resolve_source(data, split)
     except FileNotFoundError as e:
-        typer.echo(f"error: {e}; pass --data: {split_sources_said()}", err=True)
+        said = e.said("") if isinstance(e, MissingSplit) else str(e)
+        typer.echo(f"error: {said}; pass --data: {split_sources_said()}", err=True)
         raise typer.Exit(2) from None

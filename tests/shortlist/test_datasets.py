@@ -309,3 +309,23 @@ def test_the_benchmarks_test_rows_are_the_test_split_of_a_tar(tmp_path: Path) ->
         _tar_of(tmp_path / "r.tar", tmp_path / "data", "train", "test"), None, None)
     assert train.classes == CLASSES and len(pool_idx) == 6 and len(test_set.ids) == 4
     assert all(i.startswith("test/") for i in test_set.ids) and not {train.ids[i] for i in pool_idx} & set(test_set.ids)
+
+
+def test_bench_commands_refusing_a_missing_split_name_only_their_own_options(tmp_path: Path) -> None:
+    """bench embeddings (and bench cifar10 / recipe, which check --data the same way) said "choose one with
+    --split", an option none of them has; they say what --data must hold."""
+    import typer.main
+    from typer.testing import CliRunner
+
+    from shortlist.cli import app
+    from shortlist.datasets import split_sources_said
+
+    _image_folder(tmp_path / "data" / "train")  # no test split
+    command = typer.main.get_command(app).commands["bench"].commands["embeddings"]  # type: ignore[attr-defined]
+    options = {o for p in command.params for o in p.opts}
+    res = CliRunner().invoke(app, ["bench", "embeddings", "--encoder", str(tmp_path / "none"), "--data",
+                                   str(tmp_path / "data"), "--out", str(tmp_path / "out")], env={"COLUMNS": "300"})
+    said = " ".join(res.output.split())
+    assert res.exit_code == 2 and "has no 'test' split (splits found: train)" in said, said
+    assert f"pass --data: {split_sources_said()}" in said
+    assert not [w for w in (w.strip(":;,.()") for w in said.split()) if w.startswith("--") and w not in options]
