@@ -197,7 +197,8 @@ def audit_lines(a: agent_pb2.PriorAudit) -> list[str]:
     if a.model_version:
         head += f", priors under {a.model_version}"
     if not a.current and a.labelled:
-        head += " (recomputing; showing the last estimate)"
+        # "the last estimate" only when there is one: the first computation has none to show
+        head += " (recomputing; showing the last estimate)" if a.methods else " (computing; no estimate yet)"
     out = [head]
     if a.error:
         out.append(f"  {a.error}")

@@ -802,3 +802,13 @@ def test_status_reports_the_agents_version_and_its_folders_schema(running: Runni
 
     monkeypatch.setattr(AgentTarget, "connect", lambda self: OldAgent())
     assert run("status").splitlines()[0].startswith("agent: version not reported (an agent older than version")
+
+
+def test_status_audit_line_says_there_is_no_estimate_yet_while_the_first_is_computed() -> None:
+    from agent.cli import audit_lines
+
+    first = agent_pb2.PriorAudit(drawn=30, labelled=30, current=False)
+    assert audit_lines(first)[0] == "audit: 30 of 30 drawn samples labelled (computing; no estimate yet)"
+    later = agent_pb2.PriorAudit(drawn=30, labelled=30, current=False, methods=[agent_pb2.PriorAccuracy(
+        method="knn", overall=agent_pb2.Accuracy(accuracy=0.5, correct=15, total=30, low=0.3, high=0.7))])
+    assert audit_lines(later)[0].endswith("(recomputing; showing the last estimate)")
