@@ -155,12 +155,15 @@ def load_encoder(run_dir: Path) -> tuple[Encoder, dict[str, Any]]:
     return enc.eval(), meta
 
 
-def _load_test(cfg: PretrainConfig, pre: Preprocess, classes: list[str], console: Console) -> TensorData | None:
+def _load_test(cfg: PretrainConfig, pre: Preprocess, classes: list[str], console: Console,
+               say: bool = True) -> TensorData | None:
+    """The held-out split for the kNN evaluation, or None (said when ``say``: one process of a run says it)."""
     try:
         return load(cfg.test_data or cfg.data, "test" if cfg.test_data is None else "train", pre.size,
                     classes=classes)
     except (FileNotFoundError, ValueError) as e:
-        console.print(f"[yellow]no held-out kNN evaluation:[/] {e}")
+        if say:
+            console.print(f"[yellow]no held-out kNN evaluation:[/] {e}")
         return None
 
 
@@ -295,7 +298,7 @@ def _prepare(config: PretrainConfig, console: Console, train_data: TensorData | 
         train = train.subset(cfg.subset)
     test = test_data
     if test is None and train_data is None and len(train.labeled_rows):
-        test = _load_test(cfg, pre, train.classes, console)
+        test = _load_test(cfg, pre, train.classes, console, say=rt.is_main)
     skipped = 0
     if rt.is_main:
         console.print(f"decoded {len(train)} training images{f' and {len(test)} test images' if test else ''} "
