@@ -52,8 +52,11 @@ def test_procs_flag_starts_the_ranks_itself(tiny_data: Path, tmp_path: Path) -> 
     base = [sys.executable, "-m", "shortlist.cli", "pretrain", "--data", str(tiny_data), "--epochs", "1",
             "--batch-size", "16", "--preprocess", PRE, "--device", "cpu", "--no-channels-last", "--knn-every", "0",
             "--procs", "2"]
-    done = _run([*base, "--out", str(tmp_path / "p"), "--method", "moby"])
+    # a source without a test split: the two processes train, one of them says there is no kNN evaluation
+    train_only = [a if a != str(tiny_data) else str(tiny_data / "train") for a in base]
+    done = _run([*train_only, "--out", str(tmp_path / "p"), "--method", "moby"])
     assert done.returncode == 0, done.stderr[-3000:]
+    assert (done.stdout + done.stderr).count("no held-out kNN evaluation") == 1, done.stdout[-3000:]
     summary = json.loads((tmp_path / "p" / loop.SUMMARY).read_text())
     assert summary["world"] == 2 and summary["steps"] == 3
     config = json.loads((tmp_path / "p" / loop.CONFIG).read_text())
