@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -255,6 +256,8 @@ def cycle_cmd(
                                                    f"({', '.join(METHOD_NAMES)}): {METHOD_OPTION_HELP}"),
     threads: int | None = typer.Option(None),
     device: str = typer.Option("auto"),
+    as_json: bool = typer.Option(False, "--json", help="print what changed as one JSON line on stdout (the "
+                                 "training's progress stays on stderr)"),
 ) -> None:
     """Pull samples from the agent, train, export, publish, ask the agent to reload, print what changed."""
     import grpc
@@ -278,7 +281,7 @@ def cycle_cmd(
     # Exit status (docs/agent.md): 1 when the agent answered with an error, cannot be reached or its pool cannot
     # train the mode yet; 2 for a bad option (checked before connecting); 130 when a signal stopped the training.
     try:
-        run_cycle(agent.address, cfg, console=console, client_config=agent.config)
+        result = run_cycle(agent.address, cfg, console=console, client_config=agent.config)
     except grpc.RpcError as e:
         from agent.client import detail
 
@@ -296,6 +299,8 @@ def cycle_cmd(
     except Interrupted as e:
         console.print(f"[yellow]{escape(str(e))}[/]", highlight=False)
         raise typer.Exit(INTERRUPTED_EXIT) from None
+    if as_json:
+        print(json.dumps(result.as_json(mode)))
 
 
 def register(app: typer.Typer, bench_app: typer.Typer) -> None:

@@ -49,6 +49,16 @@ class CycleResult:
     classes: list[str]
     run_dir: Path
     summary: dict[str, Any] = field(default_factory=dict)
+    serving: str = ""  # what the agent serves after the reload, and what it embeds to swap to ("" when none)
+    pending: str = ""
+
+    def as_json(self, mode: str) -> dict[str, Any]:
+        """``shortlist cycle --json``'s line: the versions, whether the agent took the new one up, the pool
+        counts and where the run is."""
+        return {"published": self.published, "model_before": self.version_before, "serving": self.serving,
+                "pending": self.pending, "taken_up": self.published in (self.serving, self.pending),
+                "mode": mode, "samples": self.samples, "labeled": self.labeled, "classes": self.classes,
+                "steps": self.summary.get("steps"), "run": str(self.run_dir)}
 
 
 @dataclass(frozen=True)
@@ -222,7 +232,8 @@ def run_cycle(agent: str, config: CycleConfig, *, console: Console | None = None
     summary = json.loads((run_dir / loop.SUMMARY).read_text()) if (run_dir / loop.SUMMARY).is_file() else {}
     result = CycleResult(version_before=before.model_version, version_after=after.model_version or
                          after.pending_model_version, published=version, samples=len(data),
-                         labeled=int((data.labels >= 0).sum()), classes=classes, run_dir=run_dir, summary=summary)
+                         labeled=int((data.labels >= 0).sum()), classes=classes, run_dir=run_dir, summary=summary,
+                         serving=after.model_version, pending=after.pending_model_version)
     pending = f", embedding {after.pending_model_version}" if after.pending_model_version else ""
     console.print(f"model {result.version_before or 'none'} -> published {version} (agent serving "
                   f"{after.model_version or 'none'}{pending}); "

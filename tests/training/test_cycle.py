@@ -240,8 +240,11 @@ def test_a_pretraining_cycle_on_a_pool_smaller_than_the_methods_batch(tmp_path: 
         assert client.ingest(agent.stub, make_samples(20)).accepted == 20
         cmd = ["cycle", "--agent", agent.address, "--models", str(models), "--steps", "1", "--threads", "1"]
         ok = CliRunner().invoke(app, [*cmd, "--out", str(out), "--mode", "moby", "--method-option", "queue=64",
-                                      "--method-option", "hidden=32"], env={"COLUMNS": "200"})
+                                      "--method-option", "hidden=32", "--json"], env={"COLUMNS": "200"})
         assert ok.exit_code == 0, ok.output
+        said = json.loads(ok.stdout)  # --json: one line on stdout, the progress on stderr
+        assert said["published"] == "v0001" and said["taken_up"] and said["mode"] == "moby"
+        assert said["samples"] == 20 and said["steps"] == 1 and said["run"] == str(out)
         assert ("moby's default batch of 512 is larger than the agent's pool of 20 samples: training with batch 20"
                 in _said(ok))
         config = json.loads((out / loop.CONFIG).read_text())
