@@ -810,7 +810,7 @@ def select(agent: AgentTarget,
     reply = _rpc(lambda: stub.Select(req))
     if as_json:
         print(json_line({"selection_id": reply.selection_id, "model_version": reply.model_version,
-                          "strategy": reply.strategy, "details": dict(reply.details),
+                          "strategy": reply.strategy, "details": dict(sorted(reply.details.items())),
                           "selected": [{"id": s.id, "score": s.score} for s in reply.selected]}))
         return
     table = Table(title=f"{reply.strategy} @ {reply.model_version or 'no model'}")
