@@ -70,12 +70,17 @@ class WebServer:
 
     @property
     def url(self) -> str:
-        """Where a browser opens the app: on a wildcard address (0.0.0.0, ::) the machine's name, which the
-        Host check allows (agent.web.guards.allowed_hosts), not the wildcard, which it refuses."""
+        """Where a browser opens the app: on a wildcard address (0.0.0.0, ::) the HTTPS certificate's first
+        name (the one a browser can verify), else the machine's name, which the Host check allows
+        (agent.web.guards.allowed_hosts), not the wildcard, which it refuses."""
+        from agent.web.guards import certificate_names
+
         host = self.config.host
         with contextlib.suppress(ValueError):
             if ipaddress.ip_address(host.strip("[]")).is_unspecified:
-                host = socket.getfqdn() or socket.gethostname()
+                named = [n for n in certificate_names(self.config.https_cert) if "*" not in n] \
+                    if self.config.https_cert is not None else []
+                host = named[0] if named else socket.getfqdn() or socket.gethostname()
         host = f"[{host}]" if ":" in host and not host.startswith("[") else host
         return f"{'https' if self.config.https else 'http'}://{host}:{self.port}"
 

@@ -197,6 +197,13 @@ def test_allowed_hosts_defaults_and_option(tmp_path: Path) -> None:
         assert (urlsplit(server.url).hostname or "").lower() in allowed_hosts(wildcard)
     finally:
         server.sock.close()
+    # with HTTPS, the certificate's first name: the one a browser can verify
+    secure = WebConfig(host="0.0.0.0", port=0, https_cert=pki.server_cert, https_key=pki.server_key)
+    server = WebServer(FastAPI(), secure)
+    try:
+        assert urlsplit(server.url).hostname == "labelling.example" and server.url.startswith("https://")
+    finally:
+        server.sock.close()
     added = WebConfig(allowed_hosts=("LS.example:8080", "fd00::5", "*.corp.example"))
     assert added.allowed_hosts == ("ls.example", "[fd00::5]", "*.corp.example")
     for bad in ("a/b", "x.*.example", "*example.com", ""):
