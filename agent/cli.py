@@ -328,6 +328,10 @@ def serve(labelstudio: LabelStudioConfig,
                                              large_image_pixels=large_image_pixels))
         web_config = None if web_port is None else _web_config(config, labelstudio, web_host, web_port,
                                                                web_allowed_hosts, web_max_body_mb)
+        if web_port is None and labelstudio != LabelStudioConfig():
+            console.print("[yellow]warning[/yellow]: the --labelstudio-* options (or SHORTLIST_LABELSTUDIO_* "
+                          "variables) set here have no effect without --web-port: the Label Studio backend is "
+                          "part of the web app", highlight=False)
         _probe_ports(config, web_config)
         local = None
         if web_config is not None:

@@ -8,6 +8,7 @@ import copy
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 import urllib.request
@@ -547,3 +548,18 @@ def test_bad_flags_are_refused_against_a_token_agent_without_a_token(tmp_path: P
             assert "the agent requires tokens and no --token was given" in out(res)
     finally:
         r.stop()
+
+
+def test_labelstudio_flags_without_a_web_port_are_said_to_have_no_effect(tmp_path: Path, registry: Path) -> None:
+    """The Label Studio backend is part of the web app: `serve --labelstudio-strategy random` without
+    --web-port would be silently ignored; it is said at start (a warning, the agent serves)."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "shortlist.cli", "serve", "--data-dir", str(tmp_path / "d"),
+                             "--models", str(registry), "--port", str(port), "--cpu", "--labelstudio-strategy",
+                             "random"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "COLUMNS": "200"})
+    client.connect(f"127.0.0.1:{port}", starting=True, timeout=60)
+    proc.send_signal(signal.SIGTERM)
+    said, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "have no effect without --web-port" in said + err
