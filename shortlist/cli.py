@@ -42,7 +42,7 @@ def _register() -> None:
     for module in ("agent.cli", "training.cli", "bench.cli"):
         try:
             mod = importlib.import_module(module)
-        except ModuleNotFoundError as e:  # a part not written yet; torch missing is handled inside
+        except ModuleNotFoundError as e:  # a part not written yet; torch missing: main() says so
             if e.name != module:
                 raise
             continue
@@ -51,5 +51,26 @@ def _register() -> None:
 
 _register()
 
+# What the training commands import and an agent-only install (requirements.txt alone) lacks.
+TRAINING_MODULES = frozenset({"torch", "torchvision", "onnxscript"})
+
+
+def main() -> None:
+    """The ``shortlist`` executable: ``app``, and a command that needs the training dependencies where they
+    are not installed says so in one line (exit 2) instead of a traceback."""
+    import sys
+
+    try:
+        app()
+    except ModuleNotFoundError as e:
+        if (e.name or "").split(".")[0] not in TRAINING_MODULES:
+            raise
+        command = " ".join(a for a in sys.argv[1:3] if not a.startswith("-"))
+        typer.echo(f"error: `shortlist {command}` needs {e.name}, which this installation lacks (an agent-only "
+                   "install from requirements.txt): install the training requirements (pip install -r "
+                   "requirements-train.txt) or run it where they are installed", err=True)
+        raise SystemExit(2) from None
+
+
 if __name__ == "__main__":
-    app()
+    main()

@@ -32,3 +32,19 @@ def test_the_wheel_holds_every_file_of_the_packages(tmp_path: Path) -> None:
               if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"}
     missing = sorted(wanted - names)
     assert not missing, f"not in the wheel (pyproject.toml [tool.setuptools.package-data]): {missing[:20]}"
+
+
+def test_a_training_command_where_torch_is_not_installed_says_so_in_one_line(tmp_path: Path) -> None:
+    """An agent-only install (requirements.txt alone) has the training commands too: run, they say what is
+    missing and how to get it (exit 2), not a ModuleNotFoundError traceback."""
+    code = f"""
+import sys
+sys.modules["torch"] = None  # as where torch is not installed
+sys.argv = ["shortlist", "export", "--run", {str(tmp_path / "run")!r}, "--models", {str(tmp_path / "m")!r}]
+from shortlist.cli import main
+main()
+"""
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "`shortlist export` needs torch, which this installation lacks" in done.stderr, done.stderr[-3000:]
+    assert "requirements-train.txt" in done.stderr and "Traceback" not in done.stderr
