@@ -113,7 +113,8 @@ class Source:
 
     - ``name``: the ``Resolved.kind`` of what it resolves.
     - ``detect(path)``: whether an existing ``path`` is of this kind; SOURCES are asked in order, the first
-      that says yes reads it (so a catch-all, the folder, comes last).
+      that says yes reads it (``folder`` takes every directory: the CIFAR folder, and any new kind of
+      directory, go before it).
     - ``resolve(path, split)``: where ``split`` is, as a Resolved (of this kind, or of another for a split
       stored as one: a folder's ``train.tar``); MissingSplit (``choose_split``: the rule folders follow) or
       FileNotFoundError when it has no such split. It is where every "this source cannot be used" error is
