@@ -167,7 +167,8 @@ def _status_dict(s: agent_pb2.Status) -> dict[str, Any]:
             "pending_model_version": s.pending_model_version, "pending_embedded": s.pending_embedded,
             "classes": list(s.classes), "classes_open": s.classes_open, "strategies": list(s.strategies),
             "prior_methods": list(s.prior_methods), "warnings": list(s.warnings), "audit": audit_dict(s.audit),
-            "agent_version": s.agent_version, "agent_commit": s.agent_commit, "schema_version": s.schema_version}
+            "agent_version": s.agent_version, "agent_commit": s.agent_commit, "schema_version": s.schema_version,
+            "label_events": s.label_events}
 
 
 def version_line(s: agent_pb2.Status) -> str:

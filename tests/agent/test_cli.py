@@ -64,12 +64,13 @@ def test_commands_json(tmp_path: Path, running: Running) -> None:
     assert (out["accepted"], out["duplicates"]) == (4, 8)
     st = json.loads(run("status", "--agent", running.address, "--json"))
     assert st["samples"] == 12 and st["labeled"] == 4 and st["model_version"] == "v0001" and not st["classes_open"]
+    assert st["label_events"] == 4  # the labels given at ingest: an operator's count across restarts
     sel = json.loads(run("select", "--agent", running.address, "--budget", "3", "--strategy", "coreset",
                          "--seed", "2", "--json"))
     ids = [s["id"] for s in sel["selected"]]
     assert len(ids) == 3 and sel["model_version"] == "v0001" and sel["details"] == {}
     pc = json.loads(run("select", "--agent", running.address, "--budget", "2", "--strategy", "probcover", "--json"))
-    assert float(pc["details"]["delta"]) > 0
+    assert float(pc["details"]["delta"]) > 0 and list(pc["details"]) == sorted(pc["details"])  # stable order
     assert "delta: " in run("select", "--agent", running.address, "--budget", "2", "--strategy", "probcover")
     north = json.loads(run("select", "--agent", running.address, "--budget", "50", "--where", "site=north", "--json"))
     assert len(north["selected"]) == 4  # of the first 8 files, the 4 not labelled by the resend
