@@ -741,8 +741,14 @@ def reload_model(stub: agent_pb2_grpc.AgentStub, version: str, wait_s: float = P
     """Ask the agent to look at its registry now (ReloadModel) and wait up to ``wait_s`` for its status to
     show what it made of ``version``: serving it, embedding it (``pending_model_version``), or refusing it (a
     warning that starts with the version's name). The reload is asynchronous; the last status seen is returned
-    either way, so the caller can say which it was."""
-    st = stub.ReloadModel(agent_pb2.ReloadModelRequest())
+    either way, so the caller can say which it was. With a read token (ReloadModel needs write) the agent is
+    not asked but still watched: it takes the version up at its own next registry check (``serve --poll``)."""
+    try:
+        st = stub.ReloadModel(agent_pb2.ReloadModelRequest())
+    except grpc.RpcError as e:
+        if e.code() != grpc.StatusCode.PERMISSION_DENIED:
+            raise
+        st = stub.GetStatus(agent_pb2.GetStatusRequest())
     deadline = time.monotonic() + wait_s
     while not (version in (st.model_version, st.pending_model_version) or refusal(st, version) is not None) \
             and time.monotonic() < deadline:

@@ -559,3 +559,17 @@ def test_a_read_tokens_select_is_answered_not_recorded(tmp_path: Path, registry:
         assert [sid for sid, *_ in agent.state.selections()] == [mine.selection_id] and len(agent._draws) == 1
     finally:
         stop_server(server, agent, grace=0.5)
+
+
+def test_a_publisher_with_a_read_token_watches_the_agent_take_the_version_up(token_server: int,
+                                                                            registry: Path) -> None:
+    """ReloadModel needs write; a publisher holding a read token (`shortlist cycle`, `models rollback`) is not
+    refused after its publish: it watches GetStatus while the agent takes the version up at its next registry
+    check (it had exited 1 with the model published and soon served)."""
+    from agent.testing import publish_linear
+
+    reader = client.connect(f"127.0.0.1:{token_server}", config=client.ClientConfig(token=READ_TOKEN))
+    assert _code(lambda: reader.ReloadModel(agent_pb2.ReloadModelRequest())) == grpc.StatusCode.PERMISSION_DENIED
+    new = publish_linear(registry, seed=1)
+    st = client.reload_model(reader, new, wait_s=30)
+    assert new in (st.model_version, st.pending_model_version)
