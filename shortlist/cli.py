@@ -7,7 +7,14 @@
 
 from __future__ import annotations
 
+import os
+
 import typer
+
+# gRPC's C core logs each failed TLS handshake (a plaintext client, an untrusted CA) as an "I1206 ..." line
+# without the peer's address, on the agent's log and before a client's own one-line explanation: errors
+# only, unless the user asks for more (GRPC_VERBOSITY=INFO / DEBUG). Before grpc is imported.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False,
                   help="Shortlist: which images to label next, and what the rest probably are.")

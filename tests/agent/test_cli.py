@@ -813,3 +813,15 @@ def test_status_audit_line_says_there_is_no_estimate_yet_while_the_first_is_comp
     later = agent_pb2.PriorAudit(drawn=30, labelled=30, current=False, methods=[agent_pb2.PriorAccuracy(
         method="knn", overall=agent_pb2.Accuracy(accuracy=0.5, correct=15, total=30, low=0.3, high=0.7))])
     assert audit_lines(later)[0].endswith("(recomputing; showing the last estimate)")
+
+
+def test_grpc_core_logs_errors_only_unless_asked() -> None:
+    """gRPC's C core logged each failed TLS handshake as an "I..." line without the peer's address (on the
+    agent's log, and before a client's own message): the CLI sets GRPC_VERBOSITY=ERROR, a user's value wins."""
+    code = "import os, shortlist.cli; print(os.environ['GRPC_VERBOSITY'])"
+    env = {k: v for k, v in os.environ.items() if k != "GRPC_VERBOSITY"}
+    said = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert said.stdout.strip() == "ERROR", said.stderr[-2000:]
+    said = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          env={**env, "GRPC_VERBOSITY": "DEBUG"})
+    assert said.stdout.strip() == "DEBUG", said.stderr[-2000:]
