@@ -836,7 +836,7 @@ class LabelFileError(ValueError):
     """A labels CSV that cannot be used as a whole (nothing is sent): the message lists its problems."""
 
 
-def read_labels_csv(path: Path) -> list[tuple[int, str, str]]:
+def read_labels_csv(path: Path, current: dict[str, str] | None = None) -> list[tuple[int, str, str]]:
     """(line number, id, label) of every row of a labels CSV.
 
     Columns ``id,label``; the first row is a header when its cells include ``id`` and ``label`` (any
@@ -844,6 +844,8 @@ def read_labels_csv(path: Path) -> list[tuple[int, str, str]]:
     or without a byte order mark (Excel's "CSV UTF-8"); comma-separated, or semicolon / tab when the
     first row has no comma. Blank lines are skipped; cells are stripped. Raises LabelFileError naming
     the lines of rows without an id or a label or with an id already given, and when no row is left.
+    ``current`` given: the header must also have a ``current`` column (the label each sample is expected
+    to have now, an empty cell = unlabelled), read into it per id.
     """
     try:
         text = path.read_text(encoding="utf-8-sig")
@@ -857,12 +859,17 @@ def read_labels_csv(path: Path) -> list[tuple[int, str, str]]:
         rows = [(reader.line_num, [c.strip() for c in cells]) for cells in reader if any(c.strip() for c in cells)]
     except csv.Error as e:  # a NUL byte, an unterminated quote at the end, a huge field
         raise LabelFileError(f"{path} line {reader.line_num}: not readable as CSV ({e})") from None
-    id_col, label_col = 0, 1
+    id_col, label_col, current_col = 0, 1, -1
     if rows:
         head = [c.lower() for c in rows[0][1]]
         if "id" in head and "label" in head:
             id_col, label_col = head.index("id"), head.index("label")
+            current_col = head.index("current") if "current" in head else -1
             rows = rows[1:]
+    if current is not None and current_col < 0:
+        raise LabelFileError(f"{path}: --if-current needs a header line with the columns id,label,current (current: "
+                             "the label each sample has now as far as the file knows, empty = unlabelled); nothing "
+                             "was sent")
     out: list[tuple[int, str, str]] = []
     problems: list[str] = []
     first_line: dict[str, int] = {}
@@ -876,6 +883,8 @@ def read_labels_csv(path: Path) -> list[tuple[int, str, str]]:
         else:
             first_line[sid] = n
             out.append((n, sid, lab))
+            if current is not None:
+                current[sid] = cells[current_col] if len(cells) > current_col else ""
     if problems:
         more = f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""
         raise LabelFileError(f"{path}: rows need an id and a label (columns id,label), one row per id; nothing was "
@@ -893,39 +902,81 @@ def label(agent: AgentTarget,
           annotator: str = typer.Option(os.environ.get("USER", "cli"), "--annotator"),
           source: str = typer.Option("manual", "--source", help="how the labels were made: manual, prior:METHOD "
                                      "(accepted priors), import, ... (lower-case letters, digits, ':_.-')"),
+          only_unlabelled: bool = typer.Option(False, "--only-unlabelled",
+                                               help="never overwrite a label: a row whose sample has a label "
+                                                    "(another than the row's) is rejected, naming who gave it"),
+          if_current: bool = typer.Option(False, "--if-current",
+                                          help="store a row's label only if the sample's label is still the one in "
+                                               "the file's column current (empty = unlabelled); else the row is "
+                                               "rejected, naming who changed it"),
           as_json: bool = JsonOpt) -> None:
-    """Submit labels from a CSV file: rows id,label, with or without a header line id,label."""
+    """Submit labels from a CSV file: rows id,label, with or without a header line id,label.
+
+    Without --only-unlabelled or --if-current the last write wins: a row replaces the sample's label, whoever
+    gave it; the output says which labels of other annotators were overwritten."""
+    if only_unlabelled and if_current:
+        console.print("[red]--only-unlabelled and --if-current exclude each other[/red]: --only-unlabelled is "
+                      "--if-current with an empty current column", highlight=False)
+        raise typer.Exit(2)
+    expected: dict[str, str] | None = {} if if_current else None
     try:
-        rows = read_labels_csv(file)
+        rows = read_labels_csv(file, expected)
     except (LabelFileError, OSError) as e:
         console.print(f"[red]cannot use {escape(str(file))}[/red]: {escape(str(e))}", highlight=False)
         raise typer.Exit(2) from None
+    if only_unlabelled:
+        expected = {sid: "" for _, sid, _ in rows}
     stub = _rpc(agent.connect)
     stop = threading.Event()
     interrupted = None
     try:
         with _ctrl_c_stops(stop, "no more labels are sent; waiting for the agent's answer to those sent"):
             reply = _rpc(lambda: client.submit_labels(stub, [(sid, lab) for _, sid, lab in rows], annotator,
-                                                      source=source, stop=stop))
+                                                      source=source, if_current=expected, stop=stop))
     except client.Interrupted as e:
         reply, interrupted = e.reply, e
     line_of: dict[str, int] = {}
     for n, sid, _ in rows:
         line_of.setdefault(sid, n)
-    rejected = [{"line": line_of.get(r.id, 0), "id": r.id, "reason": r.reason} for r in reply.rejected]
+    rejected = [{"line": line_of.get(r.id, 0), **_rejection(r, "--only-unlabelled" if only_unlabelled else "")}
+                for r in reply.rejected]
+    new_label = {sid: lab for _, sid, lab in rows}
+    overwritten = [{"line": line_of.get(o.id, 0), "id": o.id, "label": o.label, "annotator": o.annotator}
+                   for o in reply.overwritten]
     _print_reply("accepted", reply.accepted, rejected, as_json,
                  lambda r: f"  line {r['line']}: {r['id']}: {r['reason']}",
-                 interrupted, len(rows), "labels", "labels already stored count as accepted again, unchanged")
+                 interrupted, len(rows), "labels", "labels already stored count as accepted again, unchanged",
+                 overwritten, lambda o: f"  line {o['line']}: {o['id']}: {o['label']!r} by {o['annotator'] or '?'} "
+                                        f"-> {new_label.get(o['id'], '?')!r}",
+                 "overwrote {n} label(s) given by other annotators (last write wins; --only-unlabelled or "
+                 "--if-current keep them)")
+
+
+def _rejection(r: agent_pb2.Rejection, only_unlabelled: str = "") -> dict[str, Any]:
+    """A SubmitLabels / RetractLabels rejection for the output: id, reason and, for a conditional write that
+    found another label, ``now`` (the label now, "" = unlabelled, and who gave it). ``only_unlabelled``
+    (the option's name): the condition was "unlabelled", so the reason says the label was kept."""
+    out: dict[str, Any] = {"id": r.id, "reason": r.reason}
+    if r.HasField("now"):
+        out["now"] = {"label": r.now.label, "annotator": r.now.annotator}
+        if only_unlabelled and r.now.label:
+            who = f" by {r.now.annotator}" if r.now.annotator else ""
+            out["reason"] = f"already labelled {r.now.label!r}{who}: kept ({only_unlabelled})"
+    return out
 
 
 def _print_reply(verb: str, accepted: int, rejected: list[dict[str, Any]], as_json: bool,
                  line: Callable[[dict[str, Any]], str], interrupted: client.Interrupted | None = None,
-                 total: int = 0, items: str = "", again: str = "") -> None:
-    """A SubmitLabels / RetractLabels reply on stdout: JSON, or a count line and the first 10 rejections.
-    After a Ctrl-C (``interrupted``, of ``total`` ``items``): what was answered, then (stderr) how far it got
-    and that a rerun continues (``again``: what the rerun makes of what was done), exit 130."""
+                 total: int = 0, items: str = "", again: str = "", overwritten: list[dict[str, Any]] | None = None,
+                 overwrite_line: Callable[[dict[str, Any]], str] | None = None, overwrite_head: str = "") -> None:
+    """A SubmitLabels / RetractLabels reply on stdout: JSON, or a count line and the first 10 rejections,
+    then (when there are any) ``overwrite_head`` with ``{n}`` and the first 10 ``overwritten`` (labels of other
+    annotators replaced or taken back; JSON: always listed). After a Ctrl-C (``interrupted``, of ``total``
+    ``items``): what was answered, then (stderr) how far it got and that a rerun continues (``again``: what
+    the rerun makes of what was done), exit 130."""
+    overwritten = overwritten or []
     if as_json:
-        out: dict[str, Any] = {"accepted": accepted, "rejected": rejected}
+        out: dict[str, Any] = {"accepted": accepted, "rejected": rejected, "overwritten": overwritten}
         if interrupted is not None:
             out.update(interrupted=True, sent=interrupted.sent, unconfirmed=interrupted.unconfirmed, total=total)
         print(json_line(out))
@@ -936,6 +987,12 @@ def _print_reply(verb: str, accepted: int, rejected: list[dict[str, Any]], as_js
             result.print(line(r), markup=False, highlight=False)
         if len(rejected) > 10:
             result.print(f"  ... and {len(rejected) - 10} more (--json lists all)", highlight=False)
+        if overwritten and overwrite_line is not None:
+            result.print(overwrite_head.format(n=len(overwritten)) + ":", highlight=False)
+            for o in overwritten[:10]:
+                result.print(overwrite_line(o), markup=False, highlight=False)
+            if len(overwritten) > 10:
+                result.print(f"  ... and {len(overwritten) - 10} more (--json lists all)", highlight=False)
     if interrupted is not None:
         answered = interrupted.sent - interrupted.unconfirmed
         console.print(f"[red]interrupted[/red] (Ctrl-C): the agent answered for {answered} of the {total} {items} "
@@ -946,10 +1003,13 @@ def _print_reply(verb: str, accepted: int, rejected: list[dict[str, Any]], as_js
         raise typer.Exit(1)  # nothing done: a script must not go on as if it had been
 
 
-def read_ids_file(path: Path) -> list[str]:
+def read_ids_file(path: Path, expected: dict[str, str] | None = None) -> list[str]:
     """Sample ids from a file: one a line (an optional header line ``id``), or a CSV whose header row has an
     ``id`` column among others (e.g. an exported labels.csv; the other columns are ignored). UTF-8 with or
-    without BOM; blank lines skipped; ids stripped."""
+    without BOM; blank lines skipped; ids stripped. ``expected`` given: the file must be such a CSV with a
+    ``current`` or else a ``label`` column (an exported labels.csv), read into it per id: the label each
+    sample is expected to have now; an id listed twice with two labels (an export with --history) or a
+    row without a label raises LabelFileError."""
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as e:
@@ -960,6 +1020,11 @@ def read_ids_file(path: Path) -> list[str]:
     first = lines[0]
     delimiter = "," if "," in first or not ({";", "\t"} & set(first)) else (";" if ";" in first else "\t")
     head = [c.strip().lower() for c in next(csv.reader([first], delimiter=delimiter))]
+    label_col = head.index("current") if "current" in head else head.index("label") if "label" in head else -1
+    if expected is not None and ("id" not in head or label_col < 0):
+        raise LabelFileError(f"{path}: --if-current needs a CSV with a header line naming the columns id and label "
+                             "(the label each sample must still have to be taken back: an exported labels.csv) or "
+                             "current; nothing was sent")
     if "id" not in head or len(head) == 1:
         return [ln.strip() for ln in lines if ln.strip().lower() != "id"]  # one id a line (commas and all)
     col = head.index("id")
@@ -967,7 +1032,23 @@ def read_ids_file(path: Path) -> list[str]:
         rows = [[c.strip() for c in cells] for cells in csv.reader(lines[1:], delimiter=delimiter)]
     except csv.Error as e:  # a NUL byte, an unterminated quote at the end, a huge field
         raise LabelFileError(f"{path}: not readable as CSV ({e})") from None
-    return [r[col] for r in rows if len(r) > col and r[col]]
+    ids = [r[col] for r in rows if len(r) > col and r[col]]
+    if expected is not None:
+        problems: list[str] = []
+        for r in rows:
+            if len(r) <= col or not r[col]:
+                continue
+            lab = r[label_col] if len(r) > label_col else ""
+            if not lab:
+                problems.append(f"{r[col]!r}: no label (a retraction in an export with --history?)")
+            elif expected.setdefault(r[col], lab) != lab:
+                problems.append(f"{r[col]!r}: listed with {expected[r[col]]!r} and {lab!r} (an export with "
+                                "--history? export the current labels)")
+        if problems:
+            more = f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""
+            raise LabelFileError(f"{path}: --if-current needs one label per id; nothing was sent:\n  "
+                                 + "\n  ".join(problems[:10]) + more)
+    return ids
 
 
 @agent_options
@@ -979,12 +1060,24 @@ def retract_labels(agent: AgentTarget,
                    annotator: str = typer.Option(os.environ.get("USER", "cli"), "--annotator"),
                    source: str = typer.Option("manual", "--source", help="how: manual, review, ... (lower-case "
                                               "letters, digits, ':_.-')"),
+                   if_current: bool = typer.Option(False, "--if-current",
+                                                   help="take a label back only if it is still the one in --file's "
+                                                        "label column (an exported labels.csv; or a column "
+                                                        "current); else the id is rejected, naming who changed it"),
                    as_json: bool = JsonOpt) -> None:
-    """Take labels back: the samples become unlabelled again (the history keeps the labels and the retraction)."""
+    """Take labels back: the samples become unlabelled again (the history keeps the labels and the retraction).
+
+    Without --if-current a label is taken back whoever gave it and whatever it is now; the output says which
+    labels of other annotators were taken back."""
     todo = list(ids or [])
+    expected: dict[str, str] | None = {} if if_current else None
+    if if_current and (todo or file is None):
+        console.print("[red]--if-current reads the labels the samples must still have from --file[/red] (an "
+                      "exported labels.csv): give the ids there, not as arguments", highlight=False)
+        raise typer.Exit(2)
     if file is not None:
         try:
-            todo += read_ids_file(file)
+            todo += read_ids_file(file, expected)
         except (LabelFileError, OSError) as e:
             console.print(f"[red]cannot use {escape(str(file))}[/red]: {escape(str(e))}", highlight=False)
             raise typer.Exit(2) from None
@@ -996,13 +1089,17 @@ def retract_labels(agent: AgentTarget,
     interrupted = None
     try:
         with _ctrl_c_stops(stop, "no more ids are sent; waiting for the agent's answer to those sent"):
-            reply = _rpc(lambda: client.retract_labels(stub, todo, annotator, source=source, stop=stop))
+            reply = _rpc(lambda: client.retract_labels(stub, todo, annotator, source=source, if_current=expected,
+                                                       stop=stop))
     except client.Interrupted as e:
         reply, interrupted = e.reply, e
-    rejected = [{"id": r.id, "reason": r.reason} for r in reply.rejected]
+    rejected = [_rejection(r) for r in reply.rejected]
+    overwritten = [{"id": o.id, "label": o.label, "annotator": o.annotator} for o in reply.overwritten]
     _print_reply("unlabelled", reply.accepted, rejected, as_json, lambda r: f"  {r['id']}: {r['reason']}",
                  interrupted, len(todo), "ids", "ids already taken back are rejected as 'not labelled: nothing to "
-                 "retract'")
+                 "retract'", overwritten,
+                 lambda o: f"  {o['id']}: {o['label']!r} by {o['annotator'] or '?'}",
+                 "took back {n} label(s) given by other annotators")
 
 
 @agent_options

@@ -667,7 +667,8 @@ def list_labels(stub: agent_pb2_grpc.AgentStub, history: bool = False) -> Iterat
     yield from stub.ListLabels(agent_pb2.ListLabelsRequest(history=history))
 
 
-# SubmitLabels' or RetractLabels' reply: both are (accepted, rejected), summed over chunks by ``_summed``.
+# SubmitLabels' or RetractLabels' reply: both are (accepted, rejected, overwritten), summed over chunks by
+# ``_summed``.
 LabelsReply = TypeVar("LabelsReply", agent_pb2.SubmitLabelsReply, agent_pb2.RetractLabelsReply)
 
 
@@ -687,6 +688,7 @@ def _summed(total: LabelsReply, calls: Iterable[tuple[int, Callable[[], LabelsRe
             raise Interrupted(total, sent, items) from None
         total.accepted += reply.accepted
         total.rejected.extend(reply.rejected)
+        total.overwritten.extend(reply.overwritten)
     return total
 
 

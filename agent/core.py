@@ -88,6 +88,15 @@ class Rejected(NamedTuple):
     now: tuple[str, str] | None = None
 
 
+class Replaced(NamedTuple):
+    """A label that SubmitLabels replaced (with another one) or RetractLabels took back, given by another
+    annotator than the call's: the sample, the label it had and who gave it."""
+
+    id: str
+    label: str
+    annotator: str
+
+
 @dataclass
 class SelectResult:
     selected: list[tuple[str, float]]
@@ -472,6 +481,13 @@ class Agent:
         if problem is not None:
             raise InvalidArgument(problem)
 
+    def _note_replaced(self, rec: SampleRecord, label: str, annotator: str, replaced: list[Replaced]) -> None:
+        """Add ``rec``'s current ``label`` to ``replaced`` if another annotator than ``annotator`` gave it."""
+        last = self.state.last_label_by(rec.seq)
+        by = last[0] if last is not None else ""
+        if by != (annotator or "unknown"):
+            replaced.append(Replaced(rec.id, label, by))
+
     def _changed_meanwhile(self, rec: SampleRecord, current: int, expected: str | None) -> Rejected | None:
         """The rejection of a conditional write on ``rec`` whose current label (class index, -1 = none) is not
         the ``expected`` one (None: no condition): the reason, and ``now`` = (that label, who gave it)."""
@@ -487,14 +503,17 @@ class Agent:
         return Rejected(rec.id, f"{now_is} meanwhile ({was}): not changed; look again and resend", (now, by))
 
     def submit_labels(self, labels: Sequence[tuple[str, str]], annotator: str, source: str = "",
-                      if_current: Mapping[str, str] | None = None) -> tuple[int, list[Rejected]]:
+                      if_current: Mapping[str, str] | None = None,
+                      replaced: list[Replaced] | None = None) -> tuple[int, list[Rejected]]:
         """Record (id, label) pairs durably, with who gave them and how (``source``, "" = "manual") and
         the model version served now; per-item rejections for unknown ids / labels, a new class name
         that would look like another (``name_problem``), an id listed twice (its second item) and, for an
         id in ``if_current``, a current label other than the one given there ("" = unlabelled) and other
         than the new label (a concurrent annotator's; optimistic concurrency). A label that is the sample's
         current one, last given by the same annotator through the same source, is accepted without a new
-        history row: a client that resends after a lost reply changes nothing."""
+        history row: a client that resends after a lost reply changes nothing. ``replaced``, when given,
+        gets the stored labels' previous labels that another annotator gave (Replaced; last write wins
+        unless ``if_current`` says otherwise, and the caller can say so)."""
         lim = self.limits
         self._check_label_call(labels, "labels", annotator, source)
         rejected: list[Rejected] = []
@@ -528,16 +547,20 @@ class Agent:
                     rejected.append(Rejected(sid, unknown_label_reason(self.state.classes, label)))
                     continue
                 good.append((rec.seq, idx))
+                if replaced is not None and current >= 0 and not same:  # a label over another one
+                    self._note_replaced(rec, self.state.class_name(current), annotator, replaced)
             if good:
                 self.state.add_labels(good, annotator or "unknown", source or MANUAL_SOURCE,
                                       "" if serving is None else serving.version)
         return len(good) + unchanged, rejected
 
     def retract_labels(self, ids: Sequence[str], annotator: str, source: str = "",
-                       if_current: Mapping[str, str] | None = None) -> tuple[int, list[Rejected]]:
+                       if_current: Mapping[str, str] | None = None,
+                       replaced: list[Replaced] | None = None) -> tuple[int, list[Rejected]]:
         """Make the samples ``ids`` unlabelled, durably, recording who took the labels back and how
         (``source``, "" = "manual"); per-item rejections for unknown, unlabelled or repeated ids, and for an
-        id in ``if_current`` whose current label is not the one given there (changed meanwhile)."""
+        id in ``if_current`` whose current label is not the one given there (changed meanwhile).
+        ``replaced``, when given, gets the labels taken back that another annotator gave (Replaced)."""
         self._check_label_call(ids, "ids", annotator, source)
         stray = sorted(set(if_current or {}) - set(ids))
         if stray:  # a condition on nothing: the caller meant another request
@@ -562,6 +585,8 @@ class Agent:
                 else:
                     good.append(rec.seq)
                     seen.add(rec.seq)
+                    if replaced is not None:
+                        self._note_replaced(rec, self.state.class_name(int(labels[rec.seq])), annotator, replaced)
             if good:
                 self.state.retract_labels(good, annotator or "unknown", source or MANUAL_SOURCE,
                                           "" if serving is None else serving.version)

@@ -22,7 +22,7 @@ from grpc_reflection.v1alpha import reflection
 from agent.audit import Accuracy, AuditReport
 from agent.cancel import CancelToken
 from agent.config import AgentConfig
-from agent.core import Agent, AgentStatus, Rejected
+from agent.core import Agent, AgentStatus, Rejected, Replaced
 from agent.errors import Behaviour, ErrorMapping, rewrap_handler
 from agent.ingest import Incoming
 from agent.lazy import warm_in_background
@@ -96,6 +96,11 @@ def label_rejection(r: Rejected) -> agent_pb2.Rejection:
     return msg
 
 
+def replaced_message(r: Replaced) -> agent_pb2.Replaced:
+    """A label another annotator gave that SubmitLabels replaced or RetractLabels took back."""
+    return agent_pb2.Replaced(id=r.id, label=r.label, annotator=r.annotator)
+
+
 def call_token(context: grpc.ServicerContext) -> CancelToken:
     """A cancellation token for this call's heavy work: cancelled when the client cancels or leaves, and
     past the call's deadline (if it has one)."""
@@ -135,16 +140,20 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
 
     def SubmitLabels(self, request: agent_pb2.SubmitLabelsRequest,
                      context: grpc.ServicerContext) -> agent_pb2.SubmitLabelsReply:
+        replaced: list[Replaced] = []
         accepted, rejected = self.agent.submit_labels(
             [(a.id, a.label) for a in request.labels], request.annotator, request.source,
-            {a.id: a.if_current for a in request.labels if a.HasField("if_current")})
-        return agent_pb2.SubmitLabelsReply(accepted=accepted, rejected=[label_rejection(r) for r in rejected])
+            {a.id: a.if_current for a in request.labels if a.HasField("if_current")}, replaced)
+        return agent_pb2.SubmitLabelsReply(accepted=accepted, rejected=[label_rejection(r) for r in rejected],
+                                           overwritten=[replaced_message(r) for r in replaced])
 
     def RetractLabels(self, request: agent_pb2.RetractLabelsRequest,
                       context: grpc.ServicerContext) -> agent_pb2.RetractLabelsReply:
+        replaced: list[Replaced] = []
         accepted, rejected = self.agent.retract_labels(list(request.ids), request.annotator, request.source,
-                                                       dict(request.if_current))
-        return agent_pb2.RetractLabelsReply(accepted=accepted, rejected=[label_rejection(r) for r in rejected])
+                                                       dict(request.if_current), replaced)
+        return agent_pb2.RetractLabelsReply(accepted=accepted, rejected=[label_rejection(r) for r in rejected],
+                                            overwritten=[replaced_message(r) for r in replaced])
 
     def GetQueue(self, request: agent_pb2.GetQueueRequest, context: grpc.ServicerContext) -> agent_pb2.Queue:
         return queue_message(self.agent.queues.get(request.name))

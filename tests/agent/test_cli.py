@@ -300,13 +300,15 @@ def test_ctrl_c_on_label_and_retract_says_what_was_stored(tmp_path: Path, runnin
     assert running.agent.state.labeled_count() == 2
     res = runner.invoke(app, ["label", str(tmp_path / "answers.csv"), "--agent", running.address, "--json"])
     assert res.exit_code == 130 and json.loads(res.stdout) == {
-        "accepted": 2, "rejected": [], "interrupted": True, "sent": 2, "unconfirmed": 0, "total": 6}
+        "accepted": 2, "rejected": [], "overwritten": [], "interrupted": True, "sent": 2, "unconfirmed": 0,
+        "total": 6}
     res = runner.invoke(app, ["retract-labels", "s0", "s1", "s2", "--agent", running.address, "--json"])
     assert res.exit_code == 130 and json.loads(res.stdout) == {
-        "accepted": 2, "rejected": [], "interrupted": True, "sent": 2, "unconfirmed": 0, "total": 3}
+        "accepted": 2, "rejected": [], "overwritten": [], "interrupted": True, "sent": 2, "unconfirmed": 0,
+        "total": 3}
     monkeypatch.undo()
     assert json.loads(run("label", str(tmp_path / "answers.csv"), "--agent", running.address, "--json")) == {
-        "accepted": 6, "rejected": []}
+        "accepted": 6, "rejected": [], "overwritten": []}
 
 
 def test_with_labels_says_when_images_have_no_class_folder(tmp_path: Path, running: Running) -> None:
@@ -380,12 +382,12 @@ def test_label_csv_with_or_without_header_and_bom(tmp_path: Path, running: Runni
         return res.exit_code, res.stdout if res.exit_code == 0 else " ".join(res.output.split())
 
     code, out = label("s0,cat\n")
-    assert code == 0 and json.loads(out) == {"accepted": 1, "rejected": []}
+    assert code == 0 and json.loads(out) == {"accepted": 1, "rejected": [], "overwritten": []}
     code, out = label("id,label\r\ns1,dog\r\n", encoding="utf-8-sig")  # Excel "CSV UTF-8"
     assert code == 0 and json.loads(out)["accepted"] == 1
     code, out = label("Label;ID\nfrog;s2\n\nfrog;nope\n")  # semicolons, other order, a blank line
     assert code == 0 and json.loads(out) == {"accepted": 1, "rejected": [
-        {"line": 4, "id": "nope", "reason": "unknown id 'nope': ingest it first"}]}
+        {"line": 4, "id": "nope", "reason": "unknown id 'nope': ingest it first"}], "overwritten": []}
     code, out = label("id,label\n")
     assert code == 2 and "has no labels" in out
     code, out = label("s3,cat\ns0\n,dog\n")
@@ -405,7 +407,8 @@ def test_retract_labels_from_arguments_and_files(tmp_path: Path, running: Runnin
     res = runner.invoke(app, ["retract-labels", "s0", "nope", "--agent", running.address, "--annotator", "ann",
                               "--json"])
     assert res.exit_code == 0 and json.loads(res.stdout) == {"accepted": 1, "rejected": [
-        {"id": "nope", "reason": "unknown id 'nope': ingest it first"}]}
+        {"id": "nope", "reason": "unknown id 'nope': ingest it first"}], "overwritten": [
+        {"id": "s0", "label": "cat", "annotator": "ingest"}]}  # a label that came with ingest: not ann's
     (tmp_path / "labels.csv").write_text("id,label,annotator\ns1,cat,x\ns2,cat,x\n")  # e.g. an export
     (tmp_path / "ids.txt").write_text("s3\n\ns5\n")
     res = runner.invoke(app, ["retract-labels", "--file", str(tmp_path / "labels.csv"), "--agent", running.address])
@@ -419,6 +422,76 @@ def test_retract_labels_from_arguments_and_files(tmp_path: Path, running: Runnin
     assert history[0] == ("s0", "ann", True) and len(history) == 5
     res = runner.invoke(app, ["retract-labels", "--agent", running.address])
     assert res.exit_code == 2 and "no ids" in out(res)
+
+
+def test_label_and_retract_say_whose_labels_they_overwrite_and_can_be_conditional(tmp_path: Path,
+                                                                                  running: Running) -> None:
+    """`label FILE.csv` relabelled an annotator's sample and printed only "accepted 1" (last write wins, unseen).
+    Now the output lists the labels of other annotators it overwrote; --only-unlabelled never overwrites and
+    --if-current (a column current) stores a row only if the sample's label is still the expected one; both
+    reject the others per row, naming who labelled. retract-labels --if-current takes back only the labels
+    still as in the file (an exported labels.csv)."""
+    client.ingest(running.stub, [client.image_sample(f"s{i}", png(img)) for i, img in enumerate(make_images(6))])
+    client.submit_labels(running.stub, [("s0", "cat"), ("s1", "dog")], "chloé")
+    now = lambda: {r.id: (r.label, r.annotator) for r in client.list_labels(running.stub)}  # noqa: E731
+
+    def label(text: str, *opts: str) -> Any:
+        path = tmp_path / "l.csv"
+        path.write_text(text)
+        return runner.invoke(app, ["label", str(path), "--agent", running.address, "--annotator", "pipeline", *opts])
+
+    res = label("id,label\ns0,dog\ns2,cat\n")  # the default stays: last write wins, but visibly
+    assert res.exit_code == 0 and res.stdout.splitlines() == [
+        "accepted 2, rejected 0",
+        "overwrote 1 label(s) given by other annotators (last write wins; --only-unlabelled or --if-current keep "
+        "them):", "  line 2: s0: 'cat' by chloé -> 'dog'"], res.output
+    res = label("id,label\ns0,cat\n", "--json")  # its own label: not another annotator's
+    assert json.loads(res.stdout) == {"accepted": 1, "rejected": [], "overwritten": []}
+    client.submit_labels(running.stub, [("s0", "dog")], "chloé")
+    res = label("id,label\ns0,frog\ns3,cat\n", "--json")
+    assert json.loads(res.stdout)["overwritten"] == [{"line": 2, "id": "s0", "label": "dog", "annotator": "chloé"}]
+
+    res = label("id,label\ns1,cat\ns4,cat\ns2,cat\n", "--only-unlabelled")
+    assert res.exit_code == 0 and res.stdout.splitlines() == [
+        "accepted 2, rejected 1", "  line 2: s1: already labelled 'dog' by chloé: kept (--only-unlabelled)"]
+    assert now()["s1"] == ("dog", "chloé") and now()["s4"] == ("cat", "pipeline")
+    res = label("id,label\ns1,frog\n", "--only-unlabelled", "--json")
+    assert res.exit_code == 1 and json.loads(res.stdout)["rejected"] == [{
+        "line": 2, "id": "s1", "reason": "already labelled 'dog' by chloé: kept (--only-unlabelled)",
+        "now": {"label": "dog", "annotator": "chloé"}}]
+
+    client.submit_labels(running.stub, [("s3", "dog")], "chloé")  # changed after the file was written
+    res = label("id,label,current\ns1,cat,dog\ns3,frog,cat\ns5,cat,\n", "--if-current", "--json")
+    got = json.loads(res.stdout)
+    assert res.exit_code == 0 and got["accepted"] == 2 and got["overwritten"] == [
+        {"line": 2, "id": "s1", "label": "dog", "annotator": "chloé"}]
+    assert [(r["line"], r["id"], r["now"]) for r in got["rejected"]] == [
+        (3, "s3", {"label": "dog", "annotator": "chloé"})] and "by chloé" in got["rejected"][0]["reason"]
+    assert now()["s3"] == ("dog", "chloé") and now()["s1"] == ("cat", "pipeline") and now()["s5"][0] == "cat"
+    res = label("id,label\ns1,cat\n", "--if-current")
+    assert res.exit_code == 2 and "id,label,current" in out(res) and "nothing was sent" in out(res)
+    res = label("id,label,current\ns1,cat,\n", "--if-current", "--only-unlabelled")
+    assert res.exit_code == 2 and "exclude each other" in out(res)
+
+    export = tmp_path / "labels.csv"  # a lead's snapshot (export-labels) of labels to take back later
+    export.write_text("id,label,annotator\ns3,cat,pipeline\ns4,cat,pipeline\n")
+    res = runner.invoke(app, ["retract-labels", "--file", str(export), "--if-current", "--annotator", "lead",
+                              "--agent", running.address, "--json"])
+    got = json.loads(res.stdout)
+    assert res.exit_code == 0 and got["accepted"] == 1 and got["overwritten"] == [
+        {"id": "s4", "label": "cat", "annotator": "pipeline"}]
+    assert [(r["id"], r["now"]) for r in got["rejected"]] == [("s3", {"label": "dog", "annotator": "chloé"})]
+    assert now()["s3"] == ("dog", "chloé") and "s4" not in now()
+    res = runner.invoke(app, ["retract-labels", "s1", "--agent", running.address, "--annotator", "lead"])
+    assert res.exit_code == 0 and res.stdout.splitlines() == [
+        "unlabelled 1, rejected 0", "took back 1 label(s) given by other annotators:", "  s1: 'cat' by pipeline"]
+    res = runner.invoke(app, ["retract-labels", "s3", "--file", str(export), "--if-current", "--agent",
+                              running.address])
+    assert res.exit_code == 2 and "not as arguments" in out(res)
+    export.write_text("id,label,retracted\ns3,cat,false\ns3,dog,false\ns5,,true\n")  # an export with --history
+    res = runner.invoke(app, ["retract-labels", "--file", str(export), "--if-current", "--agent", running.address])
+    assert res.exit_code == 2 and "listed with 'cat' and 'dog'" in out(res) and "'s5': no label" in out(res)
+    assert now()["s3"] == ("dog", "chloé") and now()["s5"][0] == "cat"
 
 
 def test_ingest_prints_nothing_on_stderr_when_it_has_nothing_to_say(tmp_path: Path, running: Running) -> None:
