@@ -199,7 +199,10 @@ def _unless_served(agent: AgentTarget, version: str, source: Manifest, registry:
     try:
         stub = agent.connect()
         st = stub.GetStatus(agent_pb2.GetStatusRequest())
-    except (client.AgentUnavailable, grpc.RpcError):
+    except (client.AgentUnavailable, grpc.RpcError) as e:
+        if refused := _refused(agent, e):  # it is there: what it serves is unknown, and it would refuse the reload
+            fail(f"{refused}; nothing was published (or --no-reload publishes the copy without asking the agent: "
+                 "one serving this folder takes it up at its next registry check)", 1)
         return None  # said after publishing: the agent takes the copy up at its next check
     served = read_complete(registry / st.model_version, verify_hashes=False) if st.model_version else None
     if not st.pending_model_version and (st.model_version == version
@@ -218,12 +221,28 @@ def _reload(agent: AgentTarget, stub: agent_pb2_grpc.AgentStub | None, new: str,
         st = client.reload_model(stub if stub is not None else agent.connect(), new)
     except (client.AgentUnavailable, grpc.RpcError) as e:
         why = client.detail(e) if isinstance(e, grpc.RpcError) else str(e)
+        if refused := _refused(agent, e):
+            return {"error": why}, f"; {refused}: an agent serving this folder takes it up at its next registry check"
         return {"error": why}, (f"; the agent at {agent.address} was not asked to reload ({why}): an agent serving "
                                 "this folder takes it up at its next registry check")
     state, said = _taken_up(st, new, registry)
     return ({"serving": st.model_version, "embedding": st.pending_model_version,
              "refused": client.refusal(st, new) or "", "state": state},
             f"; the agent at {agent.address} " + said)
+
+
+REFUSALS = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)  # it answered: no to this caller
+
+
+def _refused(agent: AgentTarget, e: Exception) -> str | None:
+    """For a call the agent answered with a refusal of the caller (no token, a wrong one, a token without the
+    right): what to say; None for any other failure (no answer, an error)."""
+    if not isinstance(e, grpc.Call) or e.code() not in REFUSALS:
+        return None
+    said = client.detail(e)
+    hint = ("" if "--token" in said else " (pass --token)" if e.code() == grpc.StatusCode.UNAUTHENTICATED else
+            " (pass --token with a token that may make it)")
+    return f"the agent at {agent.address} refused the call: {e.code().name}: {said}{hint}"
 
 
 def _fail(message: str, code: int, as_json: bool, fields: dict[str, Any]) -> NoReturn:
@@ -296,10 +315,14 @@ def prune(agent: AgentTarget,
             st = agent.connect().GetStatus(agent_pb2.GetStatusRequest())
         except (client.AgentUnavailable, grpc.RpcError) as e:
             said = client.detail(e) if isinstance(e, grpc.RpcError) else str(e)
-            message = (f"no agent answered at {agent.address} ({said}); nothing was removed: an agent may serve an "
-                       f"older version from {models}. Pass --agent HOST:PORT of the agent serving this folder (what "
-                       "it serves or is embedding is kept), or --without-agent to keep only the newest "
-                       f"{keep} complete versions")
+            if refused := _refused(agent, e):
+                message = (f"{refused}; nothing was removed: what it serves or is embedding is not known (or "
+                           f"--without-agent keeps only the newest {keep} complete versions)")
+            else:
+                message = (f"no agent answered at {agent.address} ({said}); nothing was removed: an agent may serve "
+                           f"an older version from {models}. Pass --agent HOST:PORT of the agent serving this "
+                           "folder (what it serves or is embedding is kept), or --without-agent to keep only the "
+                           f"newest {keep} complete versions")
             _fail(message, 1, as_json, {**outcome, "removed": [], "agent": {"address": agent.address, "error": said}})
         outcome["agent"] = {"address": agent.address, "serving": st.model_version,
                             "embedding": st.pending_model_version}

@@ -369,6 +369,39 @@ def test_prune_removes_nothing_when_the_agent_does_not_answer(tmp_path: Path) ->
     assert list_versions(models) == ["v0001", "v0002", "v0003"] and leftover.exists()
 
 
+def test_prune_and_rollback_say_the_agent_refused_them_without_a_token(tmp_path: Path) -> None:
+    """`models prune` without --token against an agent that requires tokens said "no agent answered at ADDR
+    (this agent requires a token...)": it answered, UNAUTHENTICATED. Now it says the agent refused the call and
+    to pass --token; nothing is removed (exit 1), and rollback publishes nothing (the check of what the agent
+    serves could not be made, and the reload would be refused)."""
+    from agent.security import ServerSecurity
+
+    models = tmp_path / "models"
+    for seed in range(3):
+        publish_linear(models, size=SIZE, dim=16, seed=seed)
+    token = "w" * 8 + "-write-token-0123456789"
+    (tmp_path / "tokens").write_text(f"write:{token}\n")
+    r = start(tmp_path / "data", models, security=ServerSecurity(tokens=tmp_path / "tokens"))
+    try:
+        for args in (["prune", "--keep", "1"], ["prune", "--keep", "1", "--dry-run"], ["rollback", "v0001"]):
+            result = runner.invoke(app, ["models", *args, "--models", str(models), "--agent", r.address],
+                                   env={"SHORTLIST_TOKEN": ""})
+            words = said(result.stderr)
+            assert result.exit_code == 1 and not result.stdout, (args, result.output)
+            assert f"the agent at {r.address} refused the call: UNAUTHENTICATED" in words and "pass --token" in words
+            assert "no agent answered" not in words
+            assert ("nothing was removed" if args[0] == "prune" else "nothing was published") in words, words
+        out = json.loads(runner.invoke(app, ["models", "prune", "--keep", "1", "--json", "--models", str(models),
+                                             "--agent", r.address], env={"SHORTLIST_TOKEN": ""}).stdout)
+        assert out["removed"] == [] and "refused the call" in out["error"]
+        assert list_versions(models) == ["v0001", "v0002", "v0003"]
+        result = runner.invoke(app, ["models", "prune", "--keep", "2", "--models", str(models), "--agent", r.address,
+                                     "--token", token])
+        assert result.exit_code == 0 and list_versions(models) == ["v0002", "v0003"], result.output
+    finally:
+        r.stop()
+
+
 def test_every_models_command_refuses_a_run_image_or_version_folder_as_the_registry(tmp_path: Path) -> None:
     """``models prune --models runs/pre1`` (or a folder of images, or ``models/v0001``) said "nothing to remove
     ... next version published here: v0001" and exited 0 where ``list`` and ``rollback`` refused the folder:
