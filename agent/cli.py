@@ -76,16 +76,22 @@ def _progress() -> Progress:
 
 
 @contextlib.contextmanager
-def _ctrl_c_stops(stop: threading.Event, doing: str) -> Iterator[None]:
+def _ctrl_c_stops(stop: threading.Event, doing: str, done: threading.Event | None = None,
+                  done_says: str = "") -> Iterator[None]:
     """Within the block, the first Ctrl-C (SIGINT) sets ``stop`` and says ``doing`` (what the command still
     does before it stops) instead of raising KeyboardInterrupt, so a command made of durable requests stops
     between two of them and can say what was stored (client.Interrupted); a second Ctrl-C raises
-    KeyboardInterrupt at once. Outside the main thread, where no handler can be set, Ctrl-C is left alone."""
+    KeyboardInterrupt at once. Once ``done`` is set (everything was sent: nothing is left to stop, the
+    command ends as if no Ctrl-C came) the first Ctrl-C says ``done_says`` instead. Outside the main thread,
+    where no handler can be set, Ctrl-C is left alone."""
 
     def handler(_signum: int, _frame: object) -> None:
         if stop.is_set():
             raise KeyboardInterrupt
         stop.set()
+        if done is not None and done.is_set():
+            console.print(f"Ctrl-C: {done_says}; Ctrl-C again to quit at once", highlight=False)
+            return
         console.print(f"stopping (Ctrl-C): {doing}; Ctrl-C again to quit at once", highlight=False)
 
     previous: Any = None
@@ -743,6 +749,7 @@ def ingest(agent: AgentTarget,
     read = _Read()
     samples = _source_samples(resolved, limit, with_labels, metadata, id_prefix, read)
     stop = threading.Event()
+    all_sent = threading.Event()
 
     def labels_said(warn: bool = True) -> dict[str, int]:
         """With --with-labels: the JSON fields counting the images read with and without a class folder, and
@@ -755,12 +762,13 @@ def ingest(agent: AgentTarget,
         return fields
 
     try:
-        with _ctrl_c_stops(stop, "no more images are read; waiting for the agent to acknowledge those sent"), \
+        with _ctrl_c_stops(stop, "no more images are read; waiting for the agent to acknowledge those sent",
+                           all_sent, "every sample was already sent; waiting for the agent's acknowledgement"), \
                 _warnings_of("shortlist.datasets"), _progress() as progress:
             task = progress.add_task("ingest", total=limit)
             reply = _rpc(lambda: client.ingest(stub, samples, batch, on_batch=lambda n: progress.advance(task, n),
                                                max_bytes=None if batch_mb is None else int(batch_mb * 2**20),
-                                               stop=stop),
+                                               stop=stop, all_sent=all_sent),
                          after="the samples the agent stored before the stream broke are kept; run the same command "
                                "again when the agent answers (resent samples count as duplicates)",
                          after_codes=TRANSIENT)  # not after a refusal (a read token, a bad request): again fails

@@ -615,14 +615,16 @@ def batches(samples: Iterable[agent_pb2.Sample], batch: int,
 
 def ingest(stub: agent_pb2_grpc.AgentStub, samples: Iterable[agent_pb2.Sample], batch: int = 256,
            on_batch: Callable[[int], None] | None = None, timeout: float | None = None,
-           max_bytes: int | None = None, stop: threading.Event | None = None) -> agent_pb2.IngestReply:
+           max_bytes: int | None = None, stop: threading.Event | None = None,
+           all_sent: threading.Event | None = None) -> agent_pb2.IngestReply:
     """Stream ``samples`` in one Ingest call, in requests of at most ``batch`` samples and ``max_bytes``
     bytes (see ``batches``); the reply comes once all are durable. Samples too large to send are in the
     reply's ``rejected`` like the agent's own rejections. When iterating ``samples`` raises, the stream
     is closed after the samples read so far and IngestInterrupted carries the agent's reply for them.
     Once ``stop`` is set (``shortlist ingest``'s first Ctrl-C) no further sample is read: the stream is
     closed the same way and Interrupted carries the agent's reply for those sent. Ctrl-C while waiting
-    (without ``stop``, or a second one) cancels the call: Interrupted then knows only how many were sent."""
+    (without ``stop``, or a second one) cancels the call: Interrupted then knows only how many were sent.
+    ``all_sent`` is set once every sample was read and handed to the stream (``stop`` no longer matters)."""
     failed: list[Exception] = []
     sent = 0
     stopped = False
@@ -636,6 +638,8 @@ def ingest(stub: agent_pb2_grpc.AgentStub, samples: Iterable[agent_pb2.Sample], 
                     return
                 sent += 1
                 yield s
+            if all_sent is not None:
+                all_sent.set()
         except Exception as e:  # gRPC would turn it into UNKNOWN "Exception iterating requests!"
             failed.append(e)
 

@@ -259,6 +259,45 @@ def test_ctrl_c_on_ingest_says_what_was_stored(tmp_path: Path, running: Running,
         "stored them" in " ".join(res.stderr.split())
 
 
+def test_ctrl_c_on_ingest_after_every_sample_was_sent_says_so(tmp_path: Path, running: Running,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Ctrl-C once every sample was sent said "stopping (Ctrl-C): no more images are read" and then the
+    command ended normally (exit 0): nothing was left to stop. Now it says every sample was already sent."""
+    real_connect = client.connect
+
+    class Stub:
+        def __init__(self, stub: Any) -> None:
+            self._stub = stub
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._stub, name)
+
+        @property
+        def Ingest(self) -> Any:
+            real = self._stub.Ingest
+
+            class Call:
+                def __init__(self, requests: Any, timeout: float | None = None) -> None:
+                    self._call = real.future(requests, timeout=timeout)
+
+                def result(self) -> Any:
+                    reply = self._call.result()  # the stream was read to its end: every sample sent
+                    signal.raise_signal(signal.SIGINT)  # handled in this (the main) thread
+                    return reply
+
+                def cancel(self) -> None:
+                    self._call.cancel()
+
+            return type("Ingest", (), {"future": staticmethod(Call)})
+
+    monkeypatch.setattr(client, "connect", lambda *a, **kw: Stub(real_connect(*a, **kw)))
+    res = runner.invoke(app, ["ingest", str(image_folder(tmp_path / "imgs", 3)), "--agent", running.address])
+    said = " ".join(res.stderr.split())
+    assert res.exit_code == 0 and res.stdout.splitlines() == ["accepted 3, duplicates 0, rejected 0"], res.output
+    assert "Ctrl-C: every sample was already sent; waiting for the agent's acknowledgement" in said, said
+    assert "stopping" not in said and "interrupted" not in said
+
+
 class _CtrlCAfterFirstAnswer:
     """An AgentStub whose SubmitLabels and RetractLabels press Ctrl-C once the agent answered the first request."""
 
