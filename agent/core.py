@@ -504,7 +504,8 @@ class Agent:
 
     def submit_labels(self, labels: Sequence[tuple[str, str]], annotator: str, source: str = "",
                       if_current: Mapping[str, str] | None = None,
-                      replaced: list[Replaced] | None = None) -> tuple[int, list[Rejected]]:
+                      replaced: list[Replaced] | None = None,
+                      agreed: list[tuple[str, tuple[str, str]]] | None = None) -> tuple[int, list[Rejected]]:
         """Record (id, label) pairs durably, with who gave them and how (``source``, "" = "manual") and
         the model version served now; per-item rejections for unknown ids / labels, a new class name
         that would look like another (``name_problem``), an id listed twice (its second item) and, for an
@@ -513,7 +514,10 @@ class Agent:
         current one, last given by the same annotator through the same source, is accepted without a new
         history row: a client that resends after a lost reply changes nothing. ``replaced``, when given,
         gets the stored labels' previous labels that another annotator gave (Replaced; last write wins
-        unless ``if_current`` says otherwise, and the caller can say so)."""
+        unless ``if_current`` says otherwise, and the caller can say so). ``agreed``, when given, gets
+        (id, (label, who gave it)) for each accepted item of ``if_current`` whose sample already had the new
+        label, given by someone else, though the caller expected another one (an agreement with a label the
+        caller had not seen)."""
         lim = self.limits
         self._check_label_call(labels, "labels", annotator, source)
         rejected: list[Rejected] = []
@@ -536,9 +540,15 @@ class Agent:
                 seen.add(rec.seq)
                 current = self.state.label_index(rec.seq)
                 same = current >= 0 and label == self.state.class_name(current)
-                if not same and (conflict := self._changed_meanwhile(rec, current, (if_current or {}).get(sid))):
+                expected = (if_current or {}).get(sid)
+                if not same and (conflict := self._changed_meanwhile(rec, current, expected)):
                     rejected.append(conflict)
                     continue
+                if same and expected is not None and expected != label and agreed is not None:
+                    history = self.state.label_history(rec.seq)
+                    by = history[-1][1] if history else ""
+                    if by != (annotator or "unknown"):  # not a resend of the caller's own label
+                        agreed.append((sid, (label, by)))
                 if same and self.state.last_label_by(rec.seq) == (annotator or "unknown", source or MANUAL_SOURCE):
                     unchanged += 1  # a resend (a retry after a lost reply): already stored, no second row
                     continue

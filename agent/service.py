@@ -141,11 +141,15 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
     def SubmitLabels(self, request: agent_pb2.SubmitLabelsRequest,
                      context: grpc.ServicerContext) -> agent_pb2.SubmitLabelsReply:
         replaced: list[Replaced] = []
+        agreed: list[tuple[str, tuple[str, str]]] = []
         accepted, rejected = self.agent.submit_labels(
             [(a.id, a.label) for a in request.labels], request.annotator, request.source,
-            {a.id: a.if_current for a in request.labels if a.HasField("if_current")}, replaced)
-        return agent_pb2.SubmitLabelsReply(accepted=accepted, rejected=[label_rejection(r) for r in rejected],
-                                           overwritten=[replaced_message(r) for r in replaced])
+            {a.id: a.if_current for a in request.labels if a.HasField("if_current")}, replaced, agreed)
+        return agent_pb2.SubmitLabelsReply(
+            accepted=accepted, rejected=[label_rejection(r) for r in rejected],
+            overwritten=[replaced_message(r) for r in replaced],
+            agreed=[agent_pb2.Agreement(id=i, now=agent_pb2.LabelNow(label=lab, annotator=by))
+                    for i, (lab, by) in agreed])
 
     def RetractLabels(self, request: agent_pb2.RetractLabelsRequest,
                       context: grpc.ServicerContext) -> agent_pb2.RetractLabelsReply:

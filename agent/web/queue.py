@@ -182,8 +182,11 @@ def submit(body: LabelsBody, caller: Caller = CallerDep) -> dict[str, Any]:
             item.if_current = x.if_current
         labels.append(item)
     reply = caller(caller.stub.SubmitLabels, agent_pb2.SubmitLabelsRequest(labels=labels, annotator=caller.annotator))
+    # agreed: labels the sample already had, given by someone else (``by``) before this page saw it; the
+    # page's undo leaves them as they are instead of taking back the other annotator's label.
     return {"accepted": reply.accepted, "annotator": caller.annotator,
-            "rejected": rejections(reply.rejected)}
+            "rejected": rejections(reply.rejected),
+            "agreed": [{"id": a.id, "label": a.now.label, "by": a.now.annotator} for a in reply.agreed]}
 
 
 class RetractBody(BaseModel):

@@ -163,14 +163,16 @@ class LabelAssignment(_message.Message):
     def __init__(self, id: _Optional[str] = ..., label: _Optional[str] = ..., if_current: _Optional[str] = ...) -> None: ...
 
 class SubmitLabelsReply(_message.Message):
-    __slots__ = ("accepted", "rejected", "overwritten")
+    __slots__ = ("accepted", "rejected", "overwritten", "agreed")
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     REJECTED_FIELD_NUMBER: _ClassVar[int]
     OVERWRITTEN_FIELD_NUMBER: _ClassVar[int]
+    AGREED_FIELD_NUMBER: _ClassVar[int]
     accepted: int
     rejected: _containers.RepeatedCompositeFieldContainer[Rejection]
     overwritten: _containers.RepeatedCompositeFieldContainer[Replaced]
-    def __init__(self, accepted: _Optional[int] = ..., rejected: _Optional[_Iterable[_Union[Rejection, _Mapping]]] = ..., overwritten: _Optional[_Iterable[_Union[Replaced, _Mapping]]] = ...) -> None: ...
+    agreed: _containers.RepeatedCompositeFieldContainer[Agreement]
+    def __init__(self, accepted: _Optional[int] = ..., rejected: _Optional[_Iterable[_Union[Rejection, _Mapping]]] = ..., overwritten: _Optional[_Iterable[_Union[Replaced, _Mapping]]] = ..., agreed: _Optional[_Iterable[_Union[Agreement, _Mapping]]] = ...) -> None: ...
 
 class Replaced(_message.Message):
     __slots__ = ("id", "label", "annotator")
@@ -181,6 +183,14 @@ class Replaced(_message.Message):
     label: str
     annotator: str
     def __init__(self, id: _Optional[str] = ..., label: _Optional[str] = ..., annotator: _Optional[str] = ...) -> None: ...
+
+class Agreement(_message.Message):
+    __slots__ = ("id", "now")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NOW_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    now: LabelNow
+    def __init__(self, id: _Optional[str] = ..., now: _Optional[_Union[LabelNow, _Mapping]] = ...) -> None: ...
 
 class PriorLabelsRequest(_message.Message):
     __slots__ = ("method", "ids", "params")

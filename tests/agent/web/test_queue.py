@@ -40,7 +40,7 @@ def test_ask_label_mark_and_page(web_agent: WebAgent) -> None:
     ids = [it["id"] for it in q["items"]]
     assert all(it["label"] == "" for it in q["items"])  # random picks unlabelled samples
     saved = c.post("/api/labels", json={"labels": [{"id": ids[0], "label": "square"}]}).json()
-    assert saved == {"accepted": 1, "annotator": "Bea", "rejected": []}
+    assert saved == {"accepted": 1, "annotator": "Bea", "rejected": [], "agreed": []}
     assert web_agent.labels()[ids[0]] == "square"
     assert c.post("/api/queue/mark", json={"id": ids[1], "mark": "unsure"}).status_code == 200
     items = {it["id"]: it for it in c.get("/api/queue").json()["items"]}
@@ -189,3 +189,20 @@ def test_the_queue_survives_a_restart_of_the_app_and_of_the_agent(tmp_path: Path
         assert f'data-id="{ids[1]}"' in c.get("/queue").text
     finally:
         again.stop()
+
+
+def test_an_agreeing_label_says_who_gave_it_first(web_agent: WebAgent) -> None:
+    """A label the sample already had (given by someone else before the page saw it) is accepted and comes
+    back in ``agreed`` with who gave it, so the page's undo leaves it; a resend of one's own label does not."""
+    alice, ben = (web_agent.client(cookies={"shortlist_user": n}) for n in ("alice", "ben"))
+    sid = "img021.png"
+    r = ben.post("/api/labels", json={"labels": [{"id": sid, "label": "circle", "if_current": ""}]}).json()
+    assert r["accepted"] == 1 and r["agreed"] == []
+    r = alice.post("/api/labels", json={"labels": [{"id": sid, "label": "circle", "if_current": ""}]}).json()
+    assert r["accepted"] == 1 and r["agreed"] == [{"id": sid, "label": "circle", "by": "ben"}]
+    r = ben.post("/api/labels", json={"labels": [{"id": sid, "label": "circle", "if_current": ""}]}).json()
+    assert r["agreed"] == [{"id": sid, "label": "circle", "by": "alice"}]  # alice's row is the latest now
+    r = ben.post("/api/labels", json={"labels": [{"id": sid, "label": "circle", "if_current": ""}]}).json()
+    assert r["accepted"] == 1 and r["agreed"] == []  # his own resend
+    r = alice.post("/api/labels", json={"labels": [{"id": sid, "label": "circle", "if_current": "circle"}]}).json()
+    assert r["agreed"] == []  # the label the page showed: nothing it had not seen
