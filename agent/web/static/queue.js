@@ -30,18 +30,23 @@
     if (el) el.textContent = (Number(el.dataset.n) + delta).toLocaleString("en");
     if (el) el.dataset.n = Number(el.dataset.n) + delta;
   }
-  // {tile, label (before), mark (before), given}. It survives a reload and Back (which reload the page):
-  // kept in this tab's sessionStorage per annotator, queue and page, by sample id.
+  // One entry per label / mark key press, pushed when the key is pressed: {tile, label (before), mark (before),
+  // given (the label given; undefined for a mark), kind, state, done, by}. state: "pending" while the agent has
+  // not answered (done: a promise of the answer), then "saved", "refused" (not stored: undo has nothing to take
+  // back and says so, rather than reaching for an earlier entry) or "agreed" (the sample already had that label,
+  // given by `by`: undo leaves it as it is). The answered entries survive a reload and Back (which reload the
+  // page): kept in this tab's sessionStorage per annotator, queue and page, by sample id.
   const undoStack = [];
   const UNDO_KEY = `shortlist.undo:${data.annotator}:${data.created}:${data.page}`;
   try {
     for (const e of JSON.parse(sessionStorage.getItem(UNDO_KEY) || "[]")) {
       const tile = tiles.find((t) => t.dataset.id === e.id);
-      if (tile) undoStack.push({ label: e.label, mark: e.mark, given: e.given, tile });
+      if (tile) undoStack.push({ label: e.label, mark: e.mark, given: e.given, state: e.state || "saved", by: e.by, tile });
     }
   } catch (e) { /* storage off or unreadable: an empty history */ }
   function saveUndo() {
-    const kept = undoStack.slice(-200).map((e) => ({ id: e.tile.dataset.id, label: e.label, mark: e.mark, given: e.given }));
+    const kept = undoStack.filter((e) => e.state !== "pending").slice(-200).map((e) => (
+      { id: e.tile.dataset.id, label: e.label, mark: e.mark, given: e.given, state: e.state, by: e.by }));
     try { sessionStorage.setItem(UNDO_KEY, JSON.stringify(kept)); } catch (e) { /* full or off: this page only */ }
   }
   let focus = 0;
@@ -206,7 +211,9 @@
     Shortlist.toast(`${shortId(tile)}: ${what}: ${did}; the tile shows it now`, true);
   }
   // Store `label` for the tile's sample only if its label is still `ifCurrent` (what this page showed,
-  // "" = open; the agent refuses it otherwise). Resolves true when stored.
+  // "" = open; the agent refuses it otherwise). Resolves false when not stored, else "saved", or, when the
+  // sample already had that label from someone else (an agreement the page had not seen), who gave it:
+  // {by}.
   async function sendLabel(tile, label, ifCurrent, what = "your label was not saved") {
     tile.classList.remove("failed", "changed");
     tile.classList.add("pending");
@@ -233,7 +240,8 @@
     tile.dataset.saved = "1";
     show(tile);
     announce(`${shortId(tile)} labelled ${label}`);
-    return true;
+    const agreed = (res.agreed || []).find((a) => a.id === tile.dataset.id);
+    return agreed ? { by: agreed.by || "someone" } : "saved";
   }
   // Undo of a first label: the agent takes it back (RetractLabels) only if it is still `given` (the label this
   // page gave), and the sample is unlabelled again; a label someone else gave since stays.
@@ -276,33 +284,54 @@
     const tile = tiles[focus];
     // `given`: what undo takes back (only while the sample still has it); the label is stored only if the
     // sample still has the label this page shows (if_current), so a label given elsewhere is never overwritten.
-    const before = { tile, label: tile.dataset.label || "", mark: tile.dataset.mark, given: name };
+    const before = { tile, label: tile.dataset.label || "", mark: tile.dataset.mark, given: name, state: "pending" };
+    undoStack.push(before);  // now, at the key press: a Backspace right after it means this label
     const here = focus;
     setFocus(nextOpen(here));
-    if (await sendLabel(tile, name, before.label)) {
-      undoStack.push(before);
+    before.done = sendLabel(tile, name, before.label).then((ok) => {
+      before.state = !ok ? "refused" : ok.by ? "agreed" : "saved";
+      if (ok && ok.by) before.by = ok.by;
       saveUndo();
-      if (before.mark) sendMark(tile, "").catch(() => {});
-    }
+      if (ok && before.mark) sendMark(tile, "").catch(() => {});
+    });
+    await before.done;
   }
   async function mark(kind) {
     if (!tiles.length) return;
     if (!data.can_label) { Shortlist.toast("your token can view but not mark: skip and not sure need a write token; sign in with one", true); return; }
     const tile = tiles[focus];
-    const before = { tile, label: tile.dataset.label, mark: tile.dataset.mark };
+    const before = { tile, label: tile.dataset.label, mark: tile.dataset.mark, kind, state: "pending" };
+    undoStack.push(before);
     setFocus(nextOpen(focus));
-    try {
-      await sendMark(tile, kind);
-      undoStack.push(before);
-      saveUndo();
-    } catch (e) { Shortlist.toast(e.message, true); }
+    before.done = sendMark(tile, kind).then(() => { before.state = "saved"; },
+      (e) => { before.state = "refused"; Shortlist.toast(e.message, true); }).then(saveUndo);
+    await before.done;
   }
-  async function undo() {
+  // Each Backspace takes its entry off the list when it is pressed (the last key press's), and undoes run one
+  // after another: an undo of a label still on its way waits for the agent's answer first.
+  let undoing = Promise.resolve();
+  function undo() {
     const last = undoStack.pop();
     saveUndo();
+    undoing = undoing.then(() => undoOne(last)).catch((e) => Shortlist.toast(e.message, true));
+  }
+  async function undoOne(last) {
     if (!last) { Shortlist.toast("nothing to undo"); return; }
-    const tile = last.tile;
+    const tile = last.tile, id = shortId(tile);
     setFocus(tiles.indexOf(tile));
+    if (last.state === "pending") {
+      Shortlist.toast(`undo: waiting for ${id}'s ${last.given !== undefined ? "label" : "mark"} to be saved…`);
+      await last.done;
+    }
+    const what = last.given !== undefined ? `label "${last.given}"` : last.kind === "skip" ? "skip" : "not sure mark";
+    if (last.state === "refused") {
+      Shortlist.toast(`nothing to undo: your last ${what} on ${id} was not saved`, true);
+      return;
+    }
+    if (last.state === "agreed") {
+      Shortlist.toast(`${id} was already labelled "${last.given}" by ${last.by}; left as it is`, true);
+      return;
+    }
     // Undo reverses this page's own action only: the label it gave goes (or the one before comes back) only
     // while the sample still has the label it gave; someone else's label since is left as it is.
     if (last.given !== undefined && last.given !== last.label) {
@@ -314,6 +343,9 @@
       }
     }
     if ((tile.dataset.mark || "") !== (last.mark || "")) await sendMark(tile, last.mark || "");
+    Shortlist.toast(last.given === undefined ? `undo: ${id}: ${what} taken back`
+      : last.label ? `undo: ${id} is "${last.label}" again (your "${last.given}" taken back)`
+        : `undo: ${id}: your label "${last.given}" taken back`);
   }
   function lightbox(open) {
     const box = document.getElementById("lightbox");

@@ -4,6 +4,7 @@ is shown with who gave it instead of being overwritten. The other annotator ("bo
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -239,3 +240,71 @@ def test_back_shows_the_labels_now_and_not_a_signed_out_queue(tmp_path: Path, pa
         assert "alice" not in page.locator("header").inner_text()
     finally:
         web.stop()
+
+
+def _toast_has(page: Any, text: str) -> None:
+    page.wait_for_function("(t) => document.getElementById('toast').textContent.includes(t)", arg=text)
+
+
+def test_undo_after_a_refused_label_takes_nothing_back(slow_web: WebAgent, page: Any) -> None:
+    """A label the agent refused (bob labelled the sample meanwhile) is the last key press: Backspace says there
+    is nothing to undo instead of taking back the page's previous, saved label on another sample."""
+    web = slow_web
+    _open_queue(web, page, "alice")
+    first = _focused(page)
+    page.keyboard.press("1")
+    page.wait_for_selector(f'.tile[data-id="{first}"][data-saved="1"]')
+    second = _focused(page)
+    _bob(web, second, "circle")
+    page.keyboard.press("2")  # refused: bob's circle
+    page.wait_for_selector(f'.tile[data-id="{second}"].changed')
+    page.keyboard.press("Backspace")
+    _toast_has(page, "nothing to undo: your last label \"square\" on")
+    page.wait_for_timeout(300)
+    assert web.labels()[first] == "circle" and web.labels()[second] == "circle"
+    assert page.locator(f'.tile[data-id="{first}"]').get_attribute("data-label") == "circle"
+    page.keyboard.press("Backspace")  # the next one back: alice's own first label, said with the tile's name
+    _toast_has(page, f"undo: {first}: your label \"circle\" taken back")
+    assert first not in web.labels()
+
+
+def test_undo_while_the_label_is_saving_undoes_that_label(slow_web: WebAgent, page: Any) -> None:
+    """Backspace pressed while the label is still on its way waits for it and takes back that label, not the
+    one before it."""
+    web = slow_web
+    _open_queue(web, page, "alice")
+    first = _focused(page)
+    page.keyboard.press("1")
+    page.wait_for_selector(f'.tile[data-id="{first}"][data-saved="1"]')
+    second = _focused(page)
+    agent, real = web.agent, web.agent.submit_labels
+
+    def slow(*a: Any, **kw: Any) -> Any:
+        time.sleep(0.7)
+        return real(*a, **kw)
+
+    agent.submit_labels = slow  # type: ignore[method-assign]
+    try:
+        page.keyboard.press("2")
+        page.wait_for_timeout(150)
+        page.keyboard.press("Backspace")
+        _toast_has(page, f"undo: {second}: your label \"square\" taken back")
+    finally:
+        agent.submit_labels = real  # type: ignore[method-assign]
+    assert second not in web.labels() and web.labels()[first] == "circle"
+    assert page.locator(f'.tile[data-id="{second}"]').get_attribute("data-label") == ""
+
+
+def test_undo_of_an_agreeing_label_leaves_the_other_annotators_label(slow_web: WebAgent, page: Any) -> None:
+    """bob labels X before alice's page refreshes; alice gives the same label (accepted: an agreement) and
+    presses Backspace: X keeps bob's label."""
+    web = slow_web
+    _open_queue(web, page, "alice")
+    x = _focused(page)
+    _bob(web, x, "circle")
+    page.keyboard.press("1")
+    page.wait_for_selector(f'.tile[data-id="{x}"][data-saved="1"]')
+    page.keyboard.press("Backspace")
+    _toast_has(page, f"{x} was already labelled \"circle\" by bob; left as it is")
+    page.wait_for_timeout(300)
+    assert web.labels()[x] == "circle"
