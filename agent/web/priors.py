@@ -215,7 +215,17 @@ def priors_api(request: Request, method: str = Query(""), label: str = Query("")
             "events_since": max(0, status.label_events - ps.events_at), "unlabelled": int((~ps.done).sum()),
             "total": len(rows), "page": page, "pages": pages, "size": size, "offset": (page - 1) * size,
             "counts": {c: int(n) for c, n in zip(ps.classes, counts, strict=False)}, "items": items,
-            "calibration": ps.calibration}
+            "calibration": ps.calibration, "audit": method_audit(status, method)}
+
+
+def method_audit(status: agent_pb2.Status, method: str) -> dict[str, Any] | None:
+    """The audit's measured accuracy of ``method`` (Status.audit: on the audit labels, with its interval), or
+    None when it has none yet: the page's "Accept all" confirmation shows it beside the lowest confidence."""
+    for m in status.audit.methods:
+        if m.method == method and m.HasField("overall") and m.overall.total:
+            o = m.overall
+            return {"accuracy": o.accuracy, "low": o.low, "high": o.high, "total": o.total}
+    return None
 
 
 class LabelItem(BaseModel):

@@ -8,8 +8,12 @@
   const state = {
     method: q.get("method") || $("method").value, label: q.get("label") || "",
     min: Number(q.get("min") || 0), max: Number(q.get("max") || 100), sort: q.get("sort") || "desc",
-    page: Number(q.get("page") || 1), data: null, busy: false,
+    page: Number(q.get("page") || 1), data: null,
   };
+  // Saves run one after another: an Accept clicked while another is saving waits its turn (its tile shows
+  // "pending" at once), it is never dropped.
+  let saving = Promise.resolve();
+  let lastBulk = null;  // {ids -> label} the last "Accept all" stored: what its undo takes back
   $("method").value = state.method; $("label").value = state.label;
   $("min").value = state.min; $("max").value = state.max; $("sort").value = state.sort;
 
@@ -28,6 +32,7 @@
   }
 
   async function load(refresh = false) {
+    lastBulk = null; showUndoBulk();  // another grid: the last "Accept all" is no longer undone from here
     syncUrl();
     const p = new URLSearchParams({ method: state.method, label: state.label, min: state.min / 100,
       max: state.max / 100, sort: state.sort, page: state.page, size: cfg.pageSize });
@@ -97,10 +102,16 @@
     $("page-info").textContent = `${d.offset + 1}–${d.offset + d.items.length} of ${d.total.toLocaleString()}`;
   }
 
-  async function submit(labels, tiles) {
-    if (state.busy) return;
-    state.busy = true;
-    tiles.forEach((t) => t.classList.add("pending"));
+  function submit(labels, tiles, bulk = false) {
+    tiles.forEach((t) => {
+      t.classList.add("pending");
+      t.querySelectorAll(".actions button, .actions select").forEach((el) => { el.disabled = true; });
+    });
+    const run = saving.then(() => save(labels, tiles, bulk));
+    saving = run.catch(() => {});
+    return run;
+  }
+  async function save(labels, tiles, bulk) {
     try {
       const r = await Shortlist.api("POST", "/api/priors/labels", { method: state.method, labels });
       const refused = new Map(r.rejected.map((x) => [x.id, x]));
@@ -115,6 +126,7 @@
           t.querySelectorAll(".actions button, .actions select").forEach((el) => { el.disabled = true; });
         } else if (no) {
           t.classList.add("failed"); note.hidden = false; note.textContent = no.reason;
+          t.querySelectorAll(".actions button, .actions select").forEach((el) => { el.disabled = false; });
         } else {
           const accepted = labels[k].label === t.dataset.label;
           t.classList.add("done", accepted ? "accepted" : "corrected");
@@ -130,11 +142,47 @@
         (r.accepted_priors ? ` · ${r.accepted_priors} accepted prior(s)` : "") + (r.corrected ? ` · ${r.corrected} corrected` : "") +
         (changed.length ? ` · ${changed.length} labelled meanwhile${by.length ? " by " + by.join(", ") : ""}: left as it is` : "") +
         (failed ? ` · ${failed} refused` : ""), r.rejected.length > 0);
+      if (bulk) {
+        const refusedIds = new Set(r.rejected.map((x) => x.id));
+        lastBulk = new Map(labels.filter((x) => !refusedIds.has(x.id)).map((x) => [x.id, x.label]));
+        showUndoBulk();
+      }
     } catch (e) {
-      tiles.forEach((t) => t.classList.remove("pending"));
+      tiles.forEach((t) => {
+        t.classList.remove("pending");
+        t.querySelectorAll(".actions button, .actions select").forEach((el) => { el.disabled = false; });
+      });
       Shortlist.toast(e.message, true);
-    } finally {
-      state.busy = false;
+    }
+  }
+  function showUndoBulk() {
+    const b = $("undo-accept-page");
+    if (!b) return;
+    b.hidden = !(lastBulk && lastBulk.size);
+    if (lastBulk) b.textContent = `Undo accept all (${lastBulk.size})`;
+  }
+  // Undo of the last "Accept all": takes back exactly the labels it stored, each only while the sample still
+  // has that label (if_current: a label someone changed since stays, and the toast says how many).
+  async function undoBulk() {
+    const bulk = lastBulk;
+    if (!bulk || !bulk.size) { Shortlist.toast("nothing to undo"); return; }
+    lastBulk = null; showUndoBulk();
+    const ids = [...bulk.keys()];
+    await saving;
+    try {
+      const r = await Shortlist.api("POST", "/api/labels/retract", { ids, if_current: Object.fromEntries(bulk) });
+      const kept = new Set(r.rejected.map((x) => x.id));
+      grid.querySelectorAll(".tile.done.accepted").forEach((t) => {
+        if (!bulk.has(t.dataset.id) || kept.has(t.dataset.id)) return;
+        t.classList.remove("done", "accepted");
+        t.querySelector(".done-note").hidden = true;
+        t.querySelectorAll(".actions button, .actions select").forEach((el) => { el.disabled = false; });
+      });
+      Shortlist.toast(`undo: ${r.accepted} accepted prior(s) taken back` +
+        (kept.size ? ` · ${kept.size} changed since: left as they are` : ""), kept.size > 0);
+    } catch (e) {
+      lastBulk = bulk; showUndoBulk();
+      Shortlist.toast(e.message, true);
     }
   }
 
@@ -150,12 +198,23 @@
     const tile = sel.closest(".tile");
     submit([{ id: tile.dataset.id, label: sel.value }], [tile]);
   });
+  // "Accept all on this page" asks first, with how many and how confident the least confident one is (and the
+  // audit's measured accuracy of the method when there is one); "Undo accept all" takes them back.
   function acceptPage() {
-    const tiles = [...grid.querySelectorAll(".tile:not(.done)")];
+    const tiles = [...grid.querySelectorAll(".tile:not(.done):not(.pending)")];
     if (!tiles.length) return;
-    submit(tiles.map((t) => ({ id: t.dataset.id, label: t.dataset.label })), tiles);
+    const byId = new Map((state.data ? state.data.items : []).map((it) => [it.id, it]));
+    const confs = tiles.map((t) => (byId.get(t.dataset.id) || {}).confidence).filter((c) => c !== undefined);
+    const lowest = confs.length ? Math.min(...confs) : null;
+    const a = state.data && state.data.audit;
+    const audit = a ? ` The audit measured ${state.method}'s accuracy at ${pct(a.accuracy)} (${pct(a.low)}–${pct(a.high)}, ` +
+      `${a.total} audit labels).` : " The audit has not measured this method's accuracy yet.";
+    if (!window.confirm(`Accept the prior of ${tiles.length} sample(s) as your labels?` +
+      (lowest !== null ? ` The lowest confidence among them is ${pct(lowest)}.` : "") + audit)) return;
+    submit(tiles.map((t) => ({ id: t.dataset.id, label: t.dataset.label })), tiles, true);
   }
   if ($("accept-page")) $("accept-page").addEventListener("click", acceptPage);
+  if ($("undo-accept-page")) $("undo-accept-page").addEventListener("click", undoBulk);
   $("class-tabs").addEventListener("click", (ev) => {
     const tab = ev.target.closest(".tab");
     if (!tab) return;

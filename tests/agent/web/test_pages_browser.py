@@ -85,11 +85,66 @@ def test_accept_all_leaves_a_label_given_meanwhile(live_web: WebAgent, page: Any
     live_web.stub.SubmitLabels(agent_pb2.SubmitLabelsRequest(
         labels=[agent_pb2.LabelAssignment(id=sid, label=other)], annotator="bob"))
     n = page.locator(".tile.prior").count()
+    page.once("dialog", lambda d: d.accept())
     page.click("#accept-page")
     page.wait_for_selector(f".tile.done.changed[data-id='{sid}']")
     toast = page.locator("#toast").inner_text()
     assert f"{n - 1} accepted prior(s)" in toast and "1 labelled meanwhile by bob: left as it is" in toast, toast
     assert live_web.labels()[sid] == other and live_web.history(sid) == [(other, "bob")]
+
+
+def test_accept_all_asks_first_and_can_be_undone(live_web: WebAgent, page: Any) -> None:
+    """"Accept all on this page" (key A) asks first, with the count and the lowest confidence; dismissed, nothing
+    is stored; accepted, "Undo accept all" takes back exactly those labels, leaving one changed since."""
+    page.goto(f"{live_web.url}/priors?method=knn")
+    page.wait_for_selector(".tile.prior")
+    n = page.locator(".tile.prior").count()
+    lowest = min(float(c) for c in page.evaluate("() => window.__lowest = [...document.querySelectorAll("
+                                                  "'.tile.prior .conf')].map((e) => parseFloat(e.textContent))"))
+    before = live_web.labels()
+    asked: list[str] = []
+    page.once("dialog", lambda d: (asked.append(d.message), d.dismiss()))
+    page.keyboard.press("a")
+    page.wait_for_timeout(300)
+    assert asked and f"{n} sample(s)" in asked[0] and f"lowest confidence among them is {lowest:.0f}%" in asked[0]
+    assert "audit has not measured" in asked[0]
+    assert live_web.labels() == before and page.locator(".tile.done").count() == 0
+    page.once("dialog", lambda d: d.accept())
+    page.click("#accept-page")
+    page.wait_for_selector("#undo-accept-page:not([hidden])")
+    assert page.locator(".tile.done.accepted").count() == n
+    ids = page.locator(".tile.prior").evaluate_all("(els) => els.map((e) => e.dataset.id)")
+    other = next(c for c in ("circle", "square", "triangle") if c != live_web.labels()[ids[0]])
+    live_web.stub.SubmitLabels(agent_pb2.SubmitLabelsRequest(  # bob changes one of them meanwhile
+        labels=[agent_pb2.LabelAssignment(id=ids[0], label=other)], annotator="bob"))
+    page.click("#undo-accept-page")
+    page.wait_for_function("() => document.getElementById('toast').textContent.includes('taken back')")
+    assert f"undo: {n - 1} accepted prior(s) taken back · 1 changed since" in page.locator("#toast").inner_text()
+    assert live_web.labels() == {**before, ids[0]: other}
+    assert page.locator(".tile.done.accepted").count() == 1 and page.locator("#undo-accept-page").is_hidden()
+
+
+def test_a_second_accept_while_the_first_is_saving_is_not_dropped(live_web: WebAgent, page: Any) -> None:
+    page.goto(f"{live_web.url}/priors?method=knn")
+    page.wait_for_selector(".tile.prior")
+    tiles = page.locator(".tile.prior")
+    a, b = str(tiles.nth(0).get_attribute("data-id")), str(tiles.nth(1).get_attribute("data-id"))
+    agent, real = live_web.agent, live_web.agent.submit_labels
+
+    def slow(*args: Any, **kw: Any) -> Any:
+        time.sleep(0.7)
+        return real(*args, **kw)
+
+    agent.submit_labels = slow  # type: ignore[method-assign]
+    try:
+        tiles.nth(0).locator("button[data-act=accept]").click()
+        tiles.nth(1).locator("button[data-act=accept]").click()
+        assert tiles.nth(1).evaluate("(t) => t.classList.contains('pending')")
+        page.wait_for_selector(f".tile.done.accepted[data-id='{b}']")
+    finally:
+        agent.submit_labels = real  # type: ignore[method-assign]
+    labels = live_web.labels()
+    assert a in labels and b in labels
 
 
 def test_lasso_on_the_map_fills_the_queue(live_map: WebAgent, page: Any) -> None:
