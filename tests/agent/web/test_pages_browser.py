@@ -99,11 +99,16 @@ def test_accept_all_asks_first_and_can_be_undone(live_web: WebAgent, page: Any) 
     page.goto(f"{live_web.url}/priors?method=knn")
     page.wait_for_selector(".tile.prior")
     n = page.locator(".tile.prior").count()
-    lowest = min(float(c) for c in page.evaluate("() => window.__lowest = [...document.querySelectorAll("
+    lowest = min(float(c) for c in page.evaluate("() => [...document.querySelectorAll("
                                                   "'.tile.prior .conf')].map((e) => parseFloat(e.textContent))"))
     before = live_web.labels()
     asked: list[str] = []
-    page.once("dialog", lambda d: (asked.append(d.message), d.dismiss()))
+
+    def dismiss(d: Any) -> None:
+        asked.append(d.message)
+        d.dismiss()
+
+    page.once("dialog", dismiss)
     page.keyboard.press("a")
     page.wait_for_timeout(300)
     assert asked and f"{n} sample(s)" in asked[0] and f"lowest confidence among them is {lowest:.0f}%" in asked[0]
