@@ -20,7 +20,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
-from agent.errors import InvalidArgument, NotFound
+from agent.errors import FailedPrecondition, InvalidArgument, NotFound
 from agent.limits import Limits, check_count, metadata_problem, text_problem
 from agent.state import State
 from shortlist.v1 import agent_pb2
@@ -113,9 +113,11 @@ class Queues:
             shown = ", ".join(repr(u[:64]) for u in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
             raise NotFound(f"{len(unknown)} unknown id(s) for the queue: {shown}; ingest them first")
 
-    def update(self, name: str, replace: QueueData | None, marks: Sequence[tuple[str, str]]) -> QueueData:
+    def update(self, name: str, replace: QueueData | None, marks: Sequence[tuple[str, str]],
+               if_created: float | None = None) -> QueueData:
         """Replace queue ``name`` by ``replace`` (when given; created now, no marks), then apply ``marks``
-        ((id, "skip" | "unsure" | "")) in order; stored durably before it returns the queue as stored."""
+        ((id, "skip" | "unsure" | "")) in order; stored durably before it returns the queue as stored.
+        ``if_created``: replace only if the queue's ``created`` is still that one (else FailedPrecondition)."""
         name = queue_name(name)
         check_count(marks, self.limits.max_ids_per_request, "max_ids_per_request", "marks")
         for i, mark in marks:
@@ -125,6 +127,11 @@ class Queues:
             self._check_new(replace)
         with self._lock:
             q = self.get(name)
+            if replace is not None and if_created is not None and abs(q.created - if_created) > 1e-6:
+                when = time.strftime("%H:%M:%S", time.localtime(q.created)) if q.created else "never"
+                raise FailedPrecondition(
+                    f"queue {name!r} was replaced meanwhile (filled at {when}, {len(q.ids)} samples): "
+                    "not replaced; look at it and ask again")
             if replace is not None:
                 q = QueueData(name, list(replace.ids), replace.source, replace.strategy, dict(replace.params),
                               replace.model_version, replace.selection_id, dict(replace.details), time.time(), {})

@@ -169,7 +169,8 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
             replace = QueueData(request.name, list(q.ids), q.source, q.strategy, dict(q.params), q.model_version,
                                 q.selection_id, dict(q.details))
         return queue_message(self.agent.queues.update(request.name, replace,
-                                                      [(m.id, m.mark) for m in request.marks]))
+                                                      [(m.id, m.mark) for m in request.marks],
+                                                      request.if_created if request.HasField("if_created") else None))
 
     def PriorLabels(self, request: agent_pb2.PriorLabelsRequest,
                     context: grpc.ServicerContext) -> Iterator[agent_pb2.PriorLabel]:

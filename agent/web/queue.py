@@ -41,10 +41,21 @@ def current(caller: Caller) -> QueueData:
     return QueueData.of(caller(caller.stub.GetQueue, agent_pb2.GetQueueRequest(name=caller.config.queue)))
 
 
-def replace(caller: Caller, queue: agent_pb2.Queue) -> QueueData:
-    """Make ``queue`` the app's queue (UpdateQueue: durable before it answers; unknown ids are NOT_FOUND)."""
-    return QueueData.of(caller(caller.stub.UpdateQueue,
-                                agent_pb2.UpdateQueueRequest(name=caller.config.queue, queue=queue)))
+def replace(caller: Caller, queue: agent_pb2.Queue, if_created: float | None = None) -> QueueData:
+    """Make ``queue`` the app's queue (UpdateQueue: durable before it answers; unknown ids are NOT_FOUND).
+    ``if_created``: only if the queue is still the one the page showed (its ``created``), else 409."""
+    request = agent_pb2.UpdateQueueRequest(name=caller.config.queue, queue=queue)
+    if if_created is not None:
+        request.if_created = if_created
+    return QueueData.of(caller(caller.stub.UpdateQueue, request))
+
+
+def check_unchanged(caller: Caller, if_created: float | None) -> None:
+    """409 before a Select when the queue is no longer the one the page showed (UpdateQueue checks it again,
+    atomically): a stale page does not spend a Select, nor record a draw, for a queue it cannot replace."""
+    if if_created is not None and abs(current(caller).created - if_created) > 1e-6:
+        raise HttpError(409, "FAILED_PRECONDITION", "the queue was replaced meanwhile: not replaced; look at "
+                        "the queue now and ask again")
 
 
 def strategy_choices(status: agent_pb2.Status) -> list[dict[str, object]]:
@@ -107,6 +118,9 @@ class SelectBody(BaseModel):
     params: dict[str, str] = Field(default_factory=dict)
     where: dict[str, str] = Field(default_factory=dict)
     seed: int = Field(default=0, ge=0)
+    # The ``created`` of the queue the page showed: replace it only if it is still that one (else 409, and the
+    # page shows the queue now). None: replace whatever it is (API clients).
+    if_created: float | None = None
 
 
 @router.post("/api/queue/select")
@@ -116,12 +130,14 @@ def ask(request: Request, body: SelectBody, caller: Caller = CallerDep) -> dict[
     if not 1 <= body.budget <= limit:
         raise HttpError(400, "INVALID_ARGUMENT", f"ask for 1..{limit} samples at a time")
     params = {k: v for k, v in body.params.items() if v.strip() != ""}
+    check_unchanged(caller, body.if_created)
     reply = caller(caller.stub.Select, agent_pb2.SelectRequest(budget=body.budget, strategy=body.strategy,
                                                                params=params, seed=body.seed, where=body.where),
                    timeout=caller.config.select_timeout_s)
     state = replace(caller, agent_pb2.Queue(ids=[s.id for s in reply.selected], source="select",
                                             strategy=reply.strategy, params=params, model_version=reply.model_version,
-                                            selection_id=reply.selection_id, details=dict(reply.details)))
+                                            selection_id=reply.selection_id, details=dict(reply.details)),
+                    body.if_created)
     return {"total": len(state.ids), "selection_id": reply.selection_id, "strategy": reply.strategy,
             "model_version": reply.model_version, "details": dict(reply.details)}
 
@@ -129,6 +145,7 @@ def ask(request: Request, body: SelectBody, caller: Caller = CallerDep) -> dict[
 class SetBody(BaseModel):
     ids: list[str]
     source: str = Field(default="api", max_length=64)
+    if_created: float | None = None  # as SelectBody.if_created
 
 
 @router.post("/api/queue")
@@ -137,7 +154,7 @@ def set_queue(request: Request, body: SetBody, caller: Caller = CallerDep) -> di
     ids = list(dict.fromkeys(body.ids))
     if not ids or len(ids) > MAX_QUEUE:
         raise HttpError(400, "INVALID_ARGUMENT", f"send 1..{MAX_QUEUE} ids")
-    state = replace(caller, agent_pb2.Queue(ids=ids, source=body.source))
+    state = replace(caller, agent_pb2.Queue(ids=ids, source=body.source), body.if_created)
     return {"total": len(state.ids)}
 
 

@@ -463,14 +463,16 @@ class Queue(_message.Message):
     def __init__(self, name: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ..., source: _Optional[str] = ..., strategy: _Optional[str] = ..., params: _Optional[_Mapping[str, str]] = ..., model_version: _Optional[str] = ..., selection_id: _Optional[str] = ..., details: _Optional[_Mapping[str, str]] = ..., created: _Optional[float] = ..., marks: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class UpdateQueueRequest(_message.Message):
-    __slots__ = ("name", "queue", "marks")
+    __slots__ = ("name", "queue", "marks", "if_created")
     NAME_FIELD_NUMBER: _ClassVar[int]
     QUEUE_FIELD_NUMBER: _ClassVar[int]
     MARKS_FIELD_NUMBER: _ClassVar[int]
+    IF_CREATED_FIELD_NUMBER: _ClassVar[int]
     name: str
     queue: Queue
     marks: _containers.RepeatedCompositeFieldContainer[QueueMark]
-    def __init__(self, name: _Optional[str] = ..., queue: _Optional[_Union[Queue, _Mapping]] = ..., marks: _Optional[_Iterable[_Union[QueueMark, _Mapping]]] = ...) -> None: ...
+    if_created: float
+    def __init__(self, name: _Optional[str] = ..., queue: _Optional[_Union[Queue, _Mapping]] = ..., marks: _Optional[_Iterable[_Union[QueueMark, _Mapping]]] = ..., if_created: _Optional[float] = ...) -> None: ...
 
 class QueueMark(_message.Message):
     __slots__ = ("id", "mark")

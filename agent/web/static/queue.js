@@ -115,11 +115,13 @@
     button.textContent = "Asking…";
     try {
       const res = await Shortlist.api("POST", "/api/queue/select",
-        { strategy: form.get("strategy"), budget: Number(form.get("budget")), params, where });
+        { strategy: form.get("strategy"), budget: Number(form.get("budget")), params, where, if_created: data.created });
       Shortlist.toast(`${res.total} samples from ${res.strategy}`);
       window.location.href = "/queue";
     } catch (e) {
       Shortlist.toast(e.message, true);
+      // 409: someone replaced the queue since this page showed it (if_created): show the queue now instead
+      if (e.status === 409) setTimeout(() => { window.location.href = "/queue"; }, 1500);
     } finally {
       button.disabled = false;
       button.textContent = "Ask the agent";

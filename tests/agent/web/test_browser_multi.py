@@ -308,3 +308,18 @@ def test_undo_of_an_agreeing_label_leaves_the_other_annotators_label(slow_web: W
     _toast_has(page, f"{x} was already labelled \"circle\" by bob; left as it is")
     page.wait_for_timeout(300)
     assert web.labels()[x] == "circle"
+
+
+def test_a_stale_page_cannot_replace_the_queue(slow_web: WebAgent, page: Any) -> None:
+    """The lead replaces the queue after alice's page loaded: alice's "Ask the agent" is refused (409, the
+    queue the lead drew stays) and her page shows the queue now."""
+    web = slow_web
+    _open_queue(web, page, "alice", budget=6)
+    lead = [s.id for s in web.stub.Select(agent_pb2.SelectRequest(budget=4, strategy="random", seed=9)).selected]
+    web.stub.UpdateQueue(agent_pb2.UpdateQueueRequest(name="web", queue=agent_pb2.Queue(ids=lead, source="audit")))
+    page.on("dialog", lambda d: d.accept())
+    page.fill("input[name=budget]", "3")
+    page.click("#ask-button")
+    _toast_has(page, "replaced meanwhile")
+    page.wait_for_function("() => document.querySelectorAll('.tile').length === 4")
+    assert list(web.stub.GetQueue(agent_pb2.GetQueueRequest(name="web")).ids) == lead

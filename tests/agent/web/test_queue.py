@@ -7,6 +7,8 @@ import json
 import re
 from pathlib import Path
 
+import grpc
+import pytest
 from fastapi.testclient import TestClient
 
 from agent.web.app import create_app
@@ -206,3 +208,25 @@ def test_an_agreeing_label_says_who_gave_it_first(web_agent: WebAgent) -> None:
     assert r["accepted"] == 1 and r["agreed"] == []  # his own resend
     r = alice.post("/api/labels", json={"labels": [{"id": sid, "label": "circle", "if_current": "circle"}]}).json()
     assert r["agreed"] == []  # the label the page showed: nothing it had not seen
+
+
+def test_replacing_the_queue_is_conditional_on_the_queue_shown(web_agent: WebAgent) -> None:
+    """``if_created``: a page that shows an older queue than the agent's cannot replace it (409, nothing
+    changes, no Select spent); without it (API clients) the last write wins."""
+    c = web_agent.client(cookies={"shortlist_user": "lead"})
+    shown = c.get("/api/queue").json()["created"]
+    assert c.post("/api/queue/select", json={"strategy": "random", "budget": 5, "if_created": shown}).status_code == 200
+    now = c.get("/api/queue").json()
+    assert now["created"] != shown
+    stale = c.post("/api/queue/select", json={"strategy": "random", "budget": 7, "if_created": shown})
+    assert stale.status_code == 409 and "replaced meanwhile" in stale.json()["message"]
+    r = c.post("/api/queue", json={"ids": ["img000.png"], "if_created": shown})
+    assert r.status_code == 409
+    assert c.get("/api/queue").json()["created"] == now["created"] and c.get("/api/queue").json()["total"] == 5
+    # the agent checks it atomically too (UpdateQueue.if_created), for any client
+    with pytest.raises(grpc.RpcError) as e:
+        web_agent.stub.UpdateQueue(agent_pb2.UpdateQueueRequest(
+            name="web", queue=agent_pb2.Queue(ids=["img001.png"]), if_created=shown))
+    assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert c.post("/api/queue", json={"ids": ["img000.png"], "if_created": now["created"]}).status_code == 200
+    assert c.post("/api/queue", json={"ids": ["img001.png"]}).json()["total"] == 1
