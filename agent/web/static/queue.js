@@ -185,8 +185,9 @@
   }
   // Where this annotator's focus starts: the open tiles of the page, counted from a stable hash of the
   // annotator's name, so annotators sharing the queue start on different tiles instead of all on the first
-  // one (and, moving on, skip what the others labelled: see refresh). A collision is harmless: labels are
-  // conditional, so the second label is refused and shows the first.
+  // one (and, moving on, skip what the others labelled: see refresh). It does not keep them apart: two who
+  // meet walk on together; labels are conditional, so a differing second label is refused and shows the
+  // first, an agreeing one is stored for both (docs/app.md, "Overlap on a shared queue").
   function startTile() {
     const open = tiles.map((t, i) => i).filter((i) => isOpen(tiles[i]));
     if (!open.length) return 0;
