@@ -6,7 +6,8 @@ agent/web/queue.py), so the samples chosen on the map are labelled there with th
 
 While a new model version's map computes, the agent sends the previous version's map
 (``shown_version``): the page keeps drawing it, with a notice, and polls the header alone until the
-new map is ready.
+new map is ready. Once drawn, the page keeps polling the header every ``WebConfig.refresh_s`` and redraws
+when it changes (samples added or placed, another model version served).
 
 APIs (JSON): ``GET /api/map?offset=&limit=`` (one page of points as column arrays: ids, x, y, label
 index into ``classes``; the page fetches MAP_PAGE points at a time), ``GET /api/map/queue`` (the ids in
@@ -39,7 +40,8 @@ def map_page(request: Request, caller: Caller = CallerDep) -> Response:
     status = caller.status()
     return render(request, "map.html", {
         "status": status, "methods": method_choices(status), "default_method": default_method(status),
-        "classes": list(status.classes), "can_label": session(request).can_label, "map_page": MAP_PAGE})
+        "classes": list(status.classes), "can_label": session(request).can_label, "map_page": MAP_PAGE,
+        "refresh_ms": round(caller.config.refresh_s * 1000)})
 
 
 @router.get("/api/map")

@@ -1,5 +1,7 @@
 // Map page: draws /api/map's points on a canvas (no library), colours them, shows the hovered sample's
 // thumbnail, and turns a lasso / box selection into the queue (POST /api/queue, source "map").
+// An open page watches the map's header every cfg.refreshMs and redraws (keeping the view and the selection)
+// once samples arrive or another model version is served, so a lasso can pick the new samples.
 "use strict";
 (() => {
   const cfg = JSON.parse(document.getElementById("map-data").textContent);  // no inline script: the CSP
@@ -13,7 +15,7 @@
   const pts = { ids: [], x: [], y: [], label: [], prior: null, inQueue: null, selected: null, n: 0 };
   let classes = [], header = null, tool = "lasso", colour = "label";
   let view = { sx: 1, sy: 1, tx: 0, ty: 0 };  // screen = data * s + t
-  let drag = null, hoverIdx = -1, buckets = null, pollTimer = null;
+  let drag = null, hoverIdx = -1, buckets = null, pollTimer = null, drawnVersion = "";
   const dpr = () => window.devicePixelRatio || 1;
   const esc = (s) => String(s).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
   const colourOf = (k) => PALETTE[k % PALETTE.length];
@@ -323,6 +325,24 @@
     load();
   }
 
+  // What makes the page redraw: anything of the header that changes the points drawn.
+  const headKey = (h) => [h.model_version, h.shown_version, h.state, h.total, h.fitted, h.pending, h.recomputing].join("|");
+
+  async function watch() {
+    // The map is drawn and up to date: look at the header alone (one point) every refreshMs.
+    clearTimeout(pollTimer);
+    if (!header) { load(); return; }  // the first load failed: try it again
+    try {
+      const h = await Shortlist.api("GET", "/api/map?offset=0&limit=1");
+      if (headKey(h) !== headKey(header)) {
+        if (drag) { pollTimer = setTimeout(watch, 500); return; }  // not under the user's lasso
+        load();
+        return;
+      }
+    } catch (e) { /* the agent may be restarting: try again */ }
+    pollTimer = setTimeout(watch, cfg.refreshMs);
+  }
+
   async function load() {
     clearTimeout(pollTimer);
     const st = $("map-state");
@@ -352,6 +372,13 @@
         ? `${h.method} of ${h.total.toLocaleString()} samples at model ${h.shown_version || h.model_version}` + (h.recomputing ? ` · refitting in the background (${Math.round(h.progress * 100)}%)` : "")
         : "The pool's embeddings in 2-D: nearby points look alike to the model.";
       const first = pts.n === 0;
+      if (!first) {  // a redraw: say what changed
+        const parts = [];
+        if (ids.length > pts.n) parts.push(`${(ids.length - pts.n).toLocaleString()} new sample(s)`);
+        if ((h.shown_version || h.model_version) !== drawnVersion) parts.push(`model ${h.shown_version || h.model_version}`);
+        if (parts.length) Shortlist.toast(`Map updated: ${parts.join(", ")}`);
+      }
+      drawnVersion = h.shown_version || h.model_version;
       const keep = new Set(selectedIds());
       Object.assign(pts, { ids, x, y, label, n: ids.length, prior: null, inQueue: null, selected: null });
       if (keep.size) { pts.selected = new Uint8Array(pts.n); ids.forEach((id, i) => { if (keep.has(id)) pts.selected[i] = 1; }); }
@@ -363,8 +390,10 @@
       canvas.dataset.shown = h.shown_version || "";
       if (stale) pollTimer = setTimeout(poll, 1500);
       else if (h.state === "computing" || h.state === "none" || h.pending > 0 || h.recomputing) pollTimer = setTimeout(load, h.state === "ready" ? 5000 : 1500);
+      else pollTimer = setTimeout(watch, cfg.refreshMs);
     } catch (e) {
       st.textContent = e.message; st.hidden = false;
+      pollTimer = setTimeout(watch, cfg.refreshMs);
     }
   }
 

@@ -228,3 +228,19 @@ def test_the_old_map_stays_while_the_new_versions_map_computes(live_web: WebAgen
         page.wait_for_selector("canvas#map[data-ready='1'][data-shown='v0002']", timeout=60_000)
     notice.wait_for(state="hidden")
     assert page.evaluate("window.ShortlistMap.header().model_version") == "v0002"
+
+
+def test_an_open_map_redraws_when_samples_arrive(live_web_fast: WebAgent, page: Any) -> None:
+    """A map drawn and up to date keeps watching its header: samples ingested later appear without a reload
+    (so a lasso can pick them), with a toast saying what changed."""
+    wa = live_web_fast
+    page.goto(f"{wa.url}/map")
+    wait_map_ready(page)
+    assert page.evaluate("window.ShortlistMap.points().n") == N_IMAGES
+    from tests.agent.web.conftest import shape_samples
+
+    extra = shape_samples(N_IMAGES + 4, labelled=0)[N_IMAGES:]
+    assert client.ingest(wa.stub, extra).accepted == 4
+    page.wait_for_function(f"() => window.ShortlistMap.points().n === {N_IMAGES + 4}", timeout=30_000)
+    assert page.locator("#stat-points").inner_text() == str(N_IMAGES + 4)
+    assert "4 new sample(s)" in (page.locator("#toast").text_content() or "")
