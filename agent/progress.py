@@ -29,6 +29,16 @@ class AnnotatorStats:
     first: float = 0.0
     last: float = 0.0
     sources: Counter[str] = field(default_factory=Counter)
+    # labels that repeated the sample's label just given by another annotator (the same class): counted in
+    # ``labels`` but no new information (two annotators on one sample)
+    agreeing: int = 0
+
+    @property
+    def per_hour(self) -> float | None:
+        """Labels given per hour over the annotator's active span (first to last label); None for a span under
+        a minute (one label, or a burst: a rate would mean nothing)."""
+        span = self.last - self.first
+        return self.labels * 3600.0 / span if span >= 60 else None
 
 
 @dataclass
@@ -57,11 +67,13 @@ def collect(history: Iterable[agent_pb2.LabelRecord], classes: Iterable[str] = (
     p = Progress()
     seen: dict[str, int] = {}
     labelled: set[str] = set()
+    previous: dict[str, tuple[str, str]] = {}  # id -> (label, annotator) of its label now
     for name in classes:
         p.per_class[name] += 0
     for r in history:
         if r.retracted:  # the sample is unlabelled from here on; not a label given
             p.retractions += 1
+            previous.pop(r.id, None)
             if r.id in labelled:
                 labelled.discard(r.id)
                 p.timeline.append((r.time, len(labelled)))
@@ -78,6 +90,10 @@ def collect(history: Iterable[agent_pb2.LabelRecord], classes: Iterable[str] = (
         a.samples.add(r.id)
         a.last = r.time
         a.sources[r.source] += 1
+        before = previous.get(r.id)
+        if before is not None and before[0] == r.label and before[1] != r.annotator:
+            a.agreeing += 1
+        previous[r.id] = (r.label, r.annotator)
         p.annotator_timeline.setdefault(r.annotator, []).append((r.time, a.labels))
         if r.current:
             p.per_class[r.label] += 1

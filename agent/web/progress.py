@@ -4,8 +4,10 @@ background re-embedding, a button that draws an audit sample into the queue, and
 
 Everything comes from two reads through the caller's token: GetStatus and ListLabels(history=True);
 agent/progress.py aggregates them and draws the charts (server-rendered SVG, cached per state).
-Routes: ``GET /progress`` (the page), ``GET /api/progress`` (the same as JSON) and
-``GET /progress/export`` (a zip of ``shortlist export-labels``' folder; agent/exports.py).
+Routes: ``GET /progress`` (the page), ``GET /api/progress`` (the same as JSON), ``GET /api/progress/head``
+(GetStatus' counts alone: the open page polls it and offers a reload once they change),
+``GET /api/progress/queue`` (the queue's size and open samples: the audit button asks before replacing
+open work) and ``GET /progress/export`` (a zip of ``shortlist export-labels``' folder; agent/exports.py).
 """
 
 from __future__ import annotations
@@ -74,7 +76,7 @@ def summary(status: agent_pb2.Status, p: Progress) -> dict[str, Any]:
         "classes": {c: {"labels": n, "share": n / total if total else 0.0}
                     for c, n in sorted(p.per_class.items(), key=lambda kv: (-kv[1], kv[0]))},
         "annotators": [{"name": a.name, "labels": a.labels, "samples": len(a.samples), "first": a.first,
-                        "last": a.last, "sources": dict(a.sources)}
+                        "last": a.last, "per_hour": a.per_hour, "agreeing": a.agreeing, "sources": dict(a.sources)}
                        for a in sorted(p.annotators.values(), key=lambda a: -a.labels)],
         "sources": dict(p.per_source), "audit": audit_dict(status.audit),
         "warnings": [for_people(w) for w in status.warnings]}
@@ -86,13 +88,37 @@ def progress_page(request: Request, caller: Caller = CallerDep) -> Response:
     return render(request, "progress.html", {
         "status": status, "s": summary(status, p), "charts": charts(status, p), "audit": status.audit,
         "audit_default": min(AUDIT_DEFAULT, caller.config.max_ask), "can_label": session(request).can_label,
-        "formats": exports.FORMATS, "prior_methods": list(status.prior_methods)})
+        "formats": exports.FORMATS, "prior_methods": list(status.prior_methods), "head": head(status),
+        "refresh_ms": round(caller.config.refresh_s * 1000)})
 
 
 @router.get("/api/progress")
 def progress_api(caller: Caller = CallerDep) -> dict[str, Any]:
     status, p = read(caller)
     return summary(status, p)
+
+
+def head(status: agent_pb2.Status) -> dict[str, Any]:
+    """What the open page compares to notice that its figures are out of date (GetStatus alone: cheap)."""
+    return {"samples": status.samples, "labelled": status.labeled, "model_version": status.model_version,
+            "pending_model_version": status.pending_model_version, "audit_drawn": status.audit.drawn,
+            "audit_labelled": status.audit.labelled}
+
+
+@router.get("/api/progress/head")
+def progress_head(caller: Caller = CallerDep) -> dict[str, Any]:
+    return head(caller.status())
+
+
+@router.get("/api/progress/queue")
+def queue_state(caller: Caller = CallerDep) -> dict[str, Any]:
+    """The queue the audit button would replace: its size and how many of its samples are still unlabelled
+    (the page asks before replacing a queue with open samples)."""
+    from agent.web.queue import current, items  # the queue module owns the queue
+
+    state = current(caller)
+    open_ = sum(1 for it in items(caller, state, state.ids) if not it["label"]) if state.ids else 0
+    return {"total": len(state.ids), "open": open_, "source": state.source, "strategy": state.strategy}
 
 
 @router.get("/progress/export")

@@ -156,3 +156,40 @@ def test_progress_in_a_browser_audit_button_estimate_and_download(live_web: WebA
     shot(page, "app-progress")
     page.locator("#audit-panel").scroll_into_view_if_needed()
     shot(page, "app-progress-audit")
+
+
+def test_annotator_speed_and_agreeing_repeats() -> None:
+    """Per annotator: first and last label, labels per hour over that span (none under a minute), and the
+    labels that repeated another annotator's label of the same sample (not new work)."""
+    from agent.progress import collect
+
+    def rec(sid: str, label: str, who: str, t: float, retracted: bool = False) -> agent_pb2.LabelRecord:
+        return agent_pb2.LabelRecord(id=sid, label=label, annotator=who, time=t, retracted=retracted)
+
+    p = collect([rec("a", "cat", "ana", 1000), rec("a", "cat", "ben", 1005),  # ben repeats ana: agreeing
+                 rec("b", "dog", "ana", 1300), rec("b", "cat", "ben", 1310),  # ben disagrees: a correction
+                 rec("c", "cat", "ana", 1400), rec("c", "", "ana", 1401, retracted=True),
+                 rec("c", "cat", "ben", 1402),  # after a retraction: not a repeat
+                 rec("b", "cat", "ana", 4600),  # ana agrees with ben's correction
+                 rec("d", "cat", "cy", 2000), rec("e", "dog", "cy", 2030)])  # cy: a burst of 30 s
+    ana, ben = p.annotators["ana"], p.annotators["ben"]
+    assert (ana.labels, ana.agreeing, ana.first, ana.last) == (4, 1, 1000, 4600)
+    assert ana.per_hour == 4 * 3600 / 3600
+    assert (ben.labels, ben.agreeing) == (3, 1)
+    assert ben.per_hour == pytest.approx(3 * 3600 / 397)
+    assert p.annotators["cy"].per_hour is None and p.annotators["cy"].agreeing == 0
+
+
+def test_progress_head_and_queue_state(web_agent: WebAgent, web_client: TestClient) -> None:
+    """The open page's cheap poll (GetStatus counts) and the queue the audit button would replace."""
+    head = web_client.get("/api/progress/head").json()
+    assert (head["labelled"], head["samples"], head["model_version"]) == (INGESTED, 36, "v0001")
+    assert web_client.get("/api/progress/queue").json() == {"total": 0, "open": 0, "source": "", "strategy": ""}
+    ids = ["img010.png", "img011.png", "img012.png"]
+    assert web_client.post("/api/queue", json={"ids": ids, "source": "map"}).status_code == 200
+    client.submit_labels(web_agent.stub, [(ids[0], shape_of(ids[0]))], "dora")
+    q = web_client.get("/api/progress/queue").json()
+    assert (q["total"], q["open"], q["source"]) == (3, 2, "map")
+    assert web_client.get("/api/progress/head").json()["labelled"] == INGESTED + 1
+    html = web_client.get("/progress").text
+    assert 'data-annotator="dora"' in html and "agreeing repeats" in html and "per hour" in html

@@ -41,3 +41,37 @@ def test_export_download_from_the_progress_page(live_web: WebAgent, page: Any, t
     files = exports.read_ids(tree)  # CLASS/FILE -> id: the class folder is the label
     assert {sid: Path(f).parts[0] for f, sid in files.items()} == current
     assert all((tree / f).is_file() for f in files)
+
+
+def test_progress_page_notices_new_labels_and_asks_before_replacing_an_open_queue(
+        live_web_fast: WebAgent, page: Any) -> None:
+    from shortlist.v1 import agent_pb2
+
+    wa = live_web_fast
+    ids = ["img010.png", "img011.png"]
+    wa.stub.UpdateQueue(agent_pb2.UpdateQueueRequest(name=wa.config.queue, queue=agent_pb2.Queue(ids=ids, source="map")))
+    page.goto(f"{wa.url}/progress")
+    page.wait_for_selector("#annotators")
+    assert page.locator("#progress-notice").is_hidden()
+    client.submit_labels(wa.stub, [("img013.png", "circle")], "erin")
+    page.locator("#progress-notice").wait_for(state="visible")
+    assert "labelled" in page.inner_text("#progress-notice")
+    page.click("#progress-reload")
+    page.wait_for_selector("tr[data-annotator='erin']")
+    # the audit button asks first: the queue has 2 open samples; dismissed, the queue stays
+    dialogs: list[str] = []
+
+    def answer(d: Any, accept: bool) -> None:
+        dialogs.append(d.message)
+        d.accept() if accept else d.dismiss()
+
+    page.once("dialog", lambda d: answer(d, False))
+    page.fill("#audit-form input[name=budget]", "3")
+    page.click("#audit-button")
+    page.wait_for_function("() => !document.getElementById('audit-button').disabled")
+    assert dialogs and "2 of 2 samples unlabelled" in dialogs[0]
+    assert list(wa.stub.GetQueue(agent_pb2.GetQueueRequest(name=wa.config.queue)).ids) == ids
+    page.once("dialog", lambda d: answer(d, True))
+    page.click("#audit-button")
+    page.wait_for_url("**/queue")
+    assert len(dialogs) == 2
