@@ -49,7 +49,8 @@ def test_progress_page_notices_new_labels_and_asks_before_replacing_an_open_queu
 
     wa = live_web_fast
     ids = ["img010.png", "img011.png"]
-    wa.stub.UpdateQueue(agent_pb2.UpdateQueueRequest(name=wa.config.queue, queue=agent_pb2.Queue(ids=ids, source="map")))
+    queue = agent_pb2.Queue(ids=ids, source="map")
+    wa.stub.UpdateQueue(agent_pb2.UpdateQueueRequest(name=wa.config.queue, queue=queue))
     page.goto(f"{wa.url}/progress")
     page.wait_for_selector("#annotators")
     assert page.locator("#progress-notice").is_hidden()
