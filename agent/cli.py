@@ -56,6 +56,26 @@ JsonOpt = typer.Option(False, "--json", help="machine-readable output on stdout"
 console = make_console(stderr=True)
 
 
+_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"  # serve's and web's logging.basicConfig
+_LOG_FORMATTER = logging.Formatter(_LOG_FORMAT)
+
+
+def _say(message: str, level: int = logging.INFO) -> None:
+    """One of ``serve``'s and ``web``'s status lines (where it listens, its security, warnings, "cannot start",
+    "stopping (SIGTERM)"): on a terminal as the console writes it (Rich markup; a warning or an error prefixed
+    with its word); else (a log file, a service manager's journal) through logging, with the timestamp and
+    level of every other line of the log (formatted as they are), the markup removed."""
+    if console.is_terminal:
+        word = {logging.WARNING: "[yellow]warning[/yellow]: ", logging.ERROR: "[red]cannot start[/red]: "}
+        console.print(word.get(level, "") + message, highlight=False)
+    else:  # formatted as the log's other lines (_LOG_FORMAT), on the same stream as on a terminal
+        from rich.text import Text
+
+        text = ("cannot start: " if level == logging.ERROR else "") + Text.from_markup(message).plain
+        record = logging.LogRecord("agent.cli", level, __file__, 0, text, None, None)
+        console.print(_LOG_FORMATTER.format(record), markup=False, highlight=False, soft_wrap=True)
+
+
 def _pairs(items: list[str], what: str) -> dict[str, str]:
     out: dict[str, str] = {}
     for it in items:
@@ -336,9 +356,8 @@ def serve(labelstudio: LabelStudioConfig,
         web_config = None if web_port is None else _web_config(config, labelstudio, web_host, web_port,
                                                                web_allowed_hosts, web_max_body_mb)
         if web_port is None and labelstudio != LabelStudioConfig():
-            console.print("[yellow]warning[/yellow]: the --labelstudio-* options (or SHORTLIST_LABELSTUDIO_* "
-                          "variables) set here have no effect without --web-port: the Label Studio backend is "
-                          "part of the web app", highlight=False)
+            _say("the --labelstudio-* options (or SHORTLIST_LABELSTUDIO_* variables) set here have no effect "
+                 "without --web-port: the Label Studio backend is part of the web app", logging.WARNING)
         _probe_ports(config, web_config)
         local = None
         if web_config is not None:
@@ -348,12 +367,12 @@ def serve(labelstudio: LabelStudioConfig,
         server, bound, agent = create_server(config, local_socket=None if local is None else local.path)
     except (ClassListError, SchemaVersionError, StateCorruptError, OSError,
             ValueError) as e:  # SecurityError is a ValueError
-        console.print(f"[red]cannot start[/red]: {escape(str(e))}", highlight=False)
+        _say(escape(str(e)), logging.ERROR)
         raise typer.Exit(2) from None
     except sqlite3.DatabaseError as e:  # damage found past State's own reads (e.g. with --state-check none)
         why = (corrupt_message(data_dir / "state.sqlite", str(e)) if is_corruption(e)
                else f"{data_dir / 'state.sqlite'} cannot be used (SQLite: {e})")
-        console.print(f"[red]cannot start[/red]: {escape(why)}", highlight=False)
+        _say(escape(why), logging.ERROR)
         raise typer.Exit(2) from None
     web = None
     if web_config is not None and local is not None:
@@ -367,7 +386,7 @@ def _prepare_process() -> None:
     from agent.memory import tune_malloc
     from agent.threads import one_blas_thread_per_call
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format=_LOG_FORMAT)
     os.umask(0o077)  # whatever the agent or a library creates is readable by its user only
     tune_malloc()  # before the gRPC threads start: two malloc arenas, large blocks returned when freed
     one_blas_thread_per_call()  # the agent's parallelism is across requests (agent/threads.py)
@@ -405,7 +424,7 @@ def _web_config(config: AgentConfig, labelstudio: LabelStudioConfig, web_host: s
     web_config = WebConfig(host=web_host, port=web_port, agent=f"{config.host}:{config.port}",
                            https_cert=sec.tls_cert, https_key=sec.tls_key, insecure=sec.insecure,
                            labelstudio=labelstudio, allowed_hosts=host_list(web_allowed_hosts),
-                           max_body_bytes=round(web_max_body_mb * MIB))
+                           max_body_bytes=round(web_max_body_mb * MIB), tokens_required=sec.tokens is not None)
     from agent.priors import PRIOR_METHODS
     from agent.strategies import STRATEGIES
 
@@ -414,7 +433,7 @@ def _web_config(config: AgentConfig, labelstudio: LabelStudioConfig, web_host: s
         raise ValueError(problem)
     for w in check_listen(web_config, sec.tokens is not None, "--tls-cert FILE --tls-key FILE",
                           "tokens (--tokens FILE)"):
-        console.print(f"[yellow]warning[/yellow]: web app: {escape(w)}", highlight=False)
+        _say(f"web app: {escape(w)}", logging.WARNING)
     return web_config
 
 
@@ -443,7 +462,7 @@ def _start_web(web_config: WebConfig, local: LocalSocket, agent_address: str,
     try:
         return WebServer(create_app(web_config, local.factory()), web_config).start()
     except OSError as e:
-        console.print(f"[red]cannot start[/red]: {e}")
+        _say(escape(str(e)), logging.ERROR)
         stop_agent()
         local.cleanup()
         raise typer.Exit(2) from None
@@ -455,19 +474,19 @@ def _print_banner(config: AgentConfig, agent: Agent, bound: int, web: WebServer 
 
     st = agent.status()
     provider = agent.manager.current.embedder.provider if agent.manager.current else "none"
-    console.print(f"agent on {config.host}:{bound}: {st.samples} samples, model "
-                  f"{st.model_version or '(none yet)'} ({provider}), registry {config.models}")
+    _say(escape(f"agent on {config.host}:{bound}: {st.samples} samples, model "
+                f"{st.model_version or '(none yet)'} ({provider}), registry {config.models}"))
     sec = config.security
     mode = ("mutual TLS" if sec.tls_client_ca else "TLS" if sec.tls_cert else "plaintext") + \
         (", tokens required" if sec.tokens else ", no tokens")
-    console.print(f"security: {mode}")
+    _say(f"security: {mode}")
     if sec.insecure and not is_loopback(config.host):
-        console.print(f"[yellow]warning[/yellow]: --insecure: anyone who reaches {config.host}:{bound} can read and "
-                      "change this agent's data")
+        _say(f"--insecure: anyone who reaches {config.host}:{bound} can read and change this agent's data",
+             logging.WARNING)
     if agent.registry_warning():
-        console.print(f"[yellow]warning[/yellow]: {escape(agent.registry_warning())}", highlight=False)
+        _say(escape(agent.registry_warning()), logging.WARNING)
     if web is not None:
-        console.print(f"web app on {web.url}", highlight=False)
+        _say(escape(f"web app on {web.url}"))
 
 
 def _serve_until_signal(stop_agent: Callable[[], None], web: _Stoppable | None,
@@ -476,9 +495,9 @@ def _serve_until_signal(stop_agent: Callable[[], None], web: _Stoppable | None,
     (``_exit_without_teardown``) with its status."""
     name = _wait_for_signal()
     signalled = time.monotonic()
-    console.print(f"stopping ({name}): finishing in-flight calls"
-                  + (" (SIGHUP: the terminal that started the agent closed, or a reload was asked; run it under "
-                     "systemd or nohup to keep it serving after a logout)" if name == "SIGHUP" else ""))
+    _say(f"stopping ({name}): finishing in-flight calls"
+         + (" (SIGHUP: the terminal that started the agent closed, or a reload was asked; run it under "
+            "systemd or nohup to keep it serving after a logout)" if name == "SIGHUP" else ""))
     code = _stop_serving(stop_agent, web, local)
     logging.getLogger("agent.cli").info("stopped %.2f s after the signal; exiting with status %d",
                                         time.monotonic() - signalled, code)
@@ -580,7 +599,7 @@ def web(agent: AgentTarget, labelstudio: LabelStudioConfig,
     from agent.web.config import WebConfig
     from agent.web.server import WebServer, check_listen, remote_factory
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format=_LOG_FORMAT)
     factory = remote_factory(agent.address, agent.config)
     ch = _rpc(factory)
     try:
@@ -598,8 +617,7 @@ def web(agent: AgentTarget, labelstudio: LabelStudioConfig,
                 agent_pb2.GetStatusRequest(), timeout=agent.config.connect_timeout,
                 metadata=(("authorization", f"Bearer {agent.config.token}"),))
     except grpc.RpcError as e:
-        console.print(f"[red]cannot start[/red]: the agent at {agent.address} answered {e.code().name}: "
-                      f"{escape(e.details() or '')}", highlight=False)
+        _say(f"the agent at {agent.address} answered {e.code().name}: {escape(e.details() or '')}", logging.ERROR)
         raise typer.Exit(2) from None
     finally:
         ch.close()
@@ -614,24 +632,28 @@ def web(agent: AgentTarget, labelstudio: LabelStudioConfig,
             problem += (" (checked against this installation's registries: the agent requires tokens and no "
                         "--token was given to ask it)")
     if problem:
-        console.print(f"[red]cannot start[/red]: {escape(problem)}", highlight=False)
+        _say(escape(problem), logging.ERROR)
         raise typer.Exit(2)
     try:
         config = WebConfig(host=host, port=port, agent=agent.address, default_token=agent.config.token,
                            https_cert=https_cert, https_key=https_key, insecure=insecure, labelstudio=labelstudio,
-                           allowed_hosts=host_list(web_allowed_hosts), max_body_bytes=round(web_max_body_mb * MIB))
+                           allowed_hosts=host_list(web_allowed_hosts), max_body_bytes=round(web_max_body_mb * MIB),
+                           tokens_required=requires_tokens)
         for w in check_listen(config, requires_tokens, "--https-cert FILE --https-key FILE",
                               "an agent that requires tokens (its --tokens) and no --token here"):
-            console.print(f"[yellow]warning[/yellow]: {escape(w)}", highlight=False)
+            _say(escape(w), logging.WARNING)
         server = WebServer(create_app(config, factory), config).start()
     except (SecurityError, OSError, ValueError) as e:
-        console.print(f"[red]cannot start[/red]: {escape(str(e))}", highlight=False)
+        _say(escape(str(e)), logging.ERROR)
         raise typer.Exit(2) from None
-    console.print(f"web app on {server.url} for the agent at {agent.address}"
-                  + (" (browsers sign in with their token)" if requires_tokens and not agent.config.token else ""),
-                  highlight=False)
-    _wait_for_signal()
+    _say(escape(f"web app on {server.url} for the agent at {agent.address}")
+         + (" (browsers sign in with their token)" if requires_tokens and not agent.config.token else ""))
+    name = _wait_for_signal()
+    _say(f"stopping ({name}): finishing the requests in flight"
+         + (" (SIGHUP: the terminal that started it closed, or a reload was asked; run it under systemd or nohup "
+            "to keep it serving after a logout)" if name == "SIGHUP" else ""))
     server.stop()
+    logging.getLogger("agent.cli").info("web app stopped")
 
 
 @dataclass

@@ -160,6 +160,7 @@ class ModelManager:
                 manifest = check_version(self.registry / last)
                 self.current = self._load(last, manifest)
                 self._saved_rows = self.current.index.loaded_from_snapshot
+                log.info("now serving %s (%d rows), as before the restart", last, self.current.index.n)
             except Exception as e:  # gone or broken since: serve the newest good version instead
                 self._refuse(last, f"{last}, served before the restart, cannot be loaded any more: {e}")
         self._cleanup()
@@ -455,6 +456,8 @@ class ModelManager:
         self._saved_rows = serving.index.loaded_from_snapshot
         self.state.set_meta(SERVING_KEY, version)
         self.state.set_model_version(version, "serving", serving.index.n, fingerprint=model_fingerprint(manifest))
+        log.info("now serving %s (%d rows; the first model: samples stored before it are embedded in the "
+                 "background)", version, serving.index.n)
 
     # ---- the background step ---------------------------------------------------------------------
     def _adopt_newest(self) -> None:

@@ -211,6 +211,35 @@ class TokenStore:
         return found
 
 
+# Metadata the in-process web app adds on the agent's local Unix socket (agent/web/auth.py, Caller): the browser's
+# address (request.client.host), which refusals are then logged with and counted under instead of the socket's
+# empty peer "unix:"; and a sign-in's role check (an expected PERMISSION_DENIED for a read token: logged at INFO).
+# Believed only on the Unix socket, which only the app's process can reach (a folder of mode 0700): a client over
+# TCP could write anything there.
+WEB_CLIENT_KEY = "x-shortlist-web-client"
+ROLE_CHECK_KEY = "x-shortlist-role-check"
+_ADDRESS_CHARS = frozenset("0123456789abcdefABCDEF.:[]%-_" "ghijklmnopqrstuvwxyzGHIJKLMNOPQRSTUVWXYZ")
+
+
+def metadata_value(metadata: Any, key: str) -> str | None:
+    for k, value in metadata or ():
+        if k == key:
+            return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+    return None
+
+
+def caller_address(peer: str, metadata: Any = None) -> str:
+    """Who a refusal is logged with and counted under: gRPC's ``ipv4:HOST:PORT`` without its port (a client
+    opening a new connection per call gets a new port each time); on the local Unix socket, the browser's
+    address the web app passed (``WEB_CLIENT_KEY``), as ``ADDRESS (web app)``."""
+    if peer.startswith("unix:"):
+        web = metadata_value(metadata, WEB_CLIENT_KEY)
+        if web and len(web) <= 64 and set(web) <= _ADDRESS_CHARS:
+            return f"{web} (web app)"
+        return peer
+    return peer.rpartition(":")[0] if peer.count(":") >= 2 else peer
+
+
 def bearer(metadata: Any) -> str | None:
     """The token of an ``authorization: Bearer TOKEN`` metadata entry; "" when the header is malformed,
     None when absent."""
@@ -233,11 +262,12 @@ class RefusalLog:
         self._lock = threading.Lock()
         self._seen: dict[tuple[str, str], tuple[float, int]] = {}  # key -> (last logged, left out since)
 
-    def refused(self, what: str, peer: str) -> None:
-        """Log (or count) one refusal; ``peer`` is gRPC's ``ipv4:HOST:PORT``, keyed by its host: a client
-        opening a new connection per call gets a new port each time."""
+    def refused(self, what: str, peer: str, metadata: Any = None, level: int = logging.WARNING) -> None:
+        """Log (or count) one refusal; ``peer`` is gRPC's ``ipv4:HOST:PORT``, keyed by the address
+        ``caller_address`` makes of it (and of the call's ``metadata``). ``level``: INFO for an expected one (a
+        sign-in's role check)."""
         now = time.monotonic()
-        peer = peer.rpartition(":")[0] if peer.count(":") >= 2 else peer
+        peer = caller_address(peer, metadata)
         key = (what, peer)
         with self._lock:
             last, left_out = self._seen.get(key, (-float("inf"), 0))
@@ -248,16 +278,16 @@ class RefusalLog:
                 self._seen.clear()
             self._seen[key] = (now, 0)
         more = f" ({left_out} more from it in the last {self.interval_s:.0f} s, not logged)" if left_out else ""
-        log.warning("refused %s from %s%s", what, peer or "an unknown peer", more)
+        log.log(level, "refused %s from %s%s", what, peer or "an unknown peer", more)
 
 
 def _deny(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str,
-          refusals: RefusalLog | None = None, what: str = "") -> grpc.RpcMethodHandler:
+          refusals: RefusalLog | None = None, what: str = "", level: int = logging.WARNING) -> grpc.RpcMethodHandler:
     """A handler of the same kind as ``handler`` (agent.errors.rewrap_handler) that ends the call with ``code``,
-    logging ``what`` with the client's address through ``refusals``."""
+    logging ``what`` with the client's address through ``refusals`` (at ``level``)."""
     def abort(_request: Any, context: grpc.ServicerContext) -> Any:
         if refusals is not None:
-            refusals.refused(what, context.peer())
+            refusals.refused(what, context.peer(), context.invocation_metadata(), level)
         context.abort(code, message)
 
     denied = rewrap_handler(handler, lambda _behaviour, _request_streaming, _response_streaming: abort,
@@ -291,7 +321,7 @@ def _read_only(handler: grpc.RpcMethodHandler, name: str, role: str,
                 return behaviour(request, context)
             what = needs_write(parsed)
             if what is not None:
-                refusals.refused(f"{name}: {what} with a {role} token", context.peer())
+                refusals.refused(f"{name}: {what} with a {role} token", context.peer(), context.invocation_metadata())
                 context.abort(grpc.StatusCode.PERMISSION_DENIED, _needs_role(what, WRITE, role))
             mark = READ_ONLY_CALL.set(True)  # answered, not recorded
             try:
@@ -336,8 +366,11 @@ class AuthInterceptor(grpc.ServerInterceptor):
                          "unknown token: check --token / SHORTLIST_TOKEN against the agent's --tokens file",
                          self.refusals, f"{name}: unknown token")
         if need not in _IMPLIES[role]:
+            metadata = handler_call_details.invocation_metadata  # type: ignore[attr-defined]
+            expected = metadata_value(metadata, ROLE_CHECK_KEY) is not None  # a sign-in asking what the token may do
             return _deny(handler, grpc.StatusCode.PERMISSION_DENIED, _needs_role(name, need, role), self.refusals,
-                         f"{name}: a {role} token")
+                         f"{name}: a {role} token" + (" (a sign-in's role check)" if expected else ""),
+                         logging.INFO if expected else logging.WARNING)
         if name in WRITE_REQUESTS and WRITE not in _IMPLIES[role]:
             return _read_only(handler, name, role, WRITE_REQUESTS[name], self.refusals)
         return handler

@@ -3,15 +3,23 @@ app's ``default_token``) is forwarded to the agent as the gRPC ``authorization``
 one auth interceptor (agent/security.py) decides: a read token can view, a write token can label. The
 login name (a cookie) becomes the annotator of the labels given.
 
-/login checks a token with the agent (GetStatus: valid at all; an empty SubmitLabels: may it label?) and
-sets HttpOnly, SameSite=Strict cookies (Secure under HTTPS); /logout clears them. The cookies are
+/login checks a token with the agent (GetStatus: valid at all; an empty SubmitLabels, marked as a role check
+so the agent logs a read token's refusal at INFO: may it label?) and sets HttpOnly, SameSite=Strict cookies
+(Secure under HTTPS); /logout clears them. The cookies are
 SameSite=Strict, the write APIs take JSON only and every POST whose Origin is another site is refused
 (agent/web/guards.py), so another site cannot make a browser label, signed in or served by a default token.
+
+Every call also carries the browser's address (``request.client.host``; the app has no trusted-proxy
+setting, so X-Forwarded-For is never read) as ``agent.security.WEB_CLIENT_KEY``: on the local socket the
+agent logs and counts refusals under it. When the agent requires tokens (``WebConfig.tokens_required``), a
+request without one is answered 401 by the app (a page: the sign-in page) without calling the agent. A
+refused sign-in is logged at WARNING with the address and the name given, never the token.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -22,8 +30,9 @@ from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import RedirectResponse
 from starlette.responses import Response
 
+from agent.security import ROLE_CHECK_KEY, WEB_CLIENT_KEY
 from agent.web.config import WebConfig
-from agent.web.errors import for_people
+from agent.web.errors import HttpError, for_people
 from agent.web.pages import render
 from shortlist.v1 import agent_pb2, agent_pb2_grpc
 
@@ -35,6 +44,7 @@ MAX_NAME_CHARS = 64
 
 R = TypeVar("R")
 router = APIRouter()
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -88,6 +98,7 @@ class Caller:
     token: str
     user: str
     config: WebConfig
+    client: str = ""  # the browser's address (request.client.host)
 
     @property
     def annotator(self) -> str:
@@ -95,7 +106,7 @@ class Caller:
 
     @property
     def metadata(self) -> tuple[tuple[str, str], ...]:
-        return (("authorization", f"Bearer {self.token}"),) if self.token else ()
+        return call_metadata(self.token, self.client)
 
     def __call__(self, rpc: Callable[..., R], request: Any, timeout: float | None = None) -> R:
         """``rpc(request)`` with this caller's token and a deadline (``config.rpc_timeout_s`` by default).
@@ -109,11 +120,29 @@ class Caller:
         return list(self(rpc, request, timeout))
 
 
+def client_address(request: Request) -> str:
+    """The browser's address as the app sees it (the socket's peer; no X-Forwarded-For: no trusted proxy)."""
+    return request.client.host if request.client is not None else ""
+
+
+def call_metadata(token: str, client: str, *extra: tuple[str, str]) -> tuple[tuple[str, str], ...]:
+    """A call's metadata: the token (if any), the browser's address (if known) and ``extra``."""
+    out = [("authorization", f"Bearer {token}")] if token else []
+    if client:
+        out.append((WEB_CLIENT_KEY, client))
+    return (*out, *extra)
+
+
 def caller(request: Request) -> Caller:
     """FastAPI dependency: the Caller of this request (route functions are sync ``def``: FastAPI runs them
-    in its threadpool, so the blocking gRPC calls never run on the event loop)."""
+    in its threadpool, so the blocking gRPC calls never run on the event loop). Without a token while the
+    agent requires one: 401 here (a page: the sign-in page), no call the agent would refuse and log."""
     state = request.app.state
-    return Caller(state.stub(), token_of(request), session(request).user, state.config)
+    config: WebConfig = state.config
+    token = token_of(request)
+    if config.tokens_required and not token:
+        raise HttpError(401, "UNAUTHENTICATED", "sign in with your token first")
+    return Caller(state.stub(), token, session(request).user, config, client_address(request))
 
 
 CallerDep = Depends(caller)
@@ -127,13 +156,15 @@ def _safe_next(target: str) -> str:
     return target
 
 
-def probe_role(stub: agent_pb2_grpc.AgentStub, token: str, timeout: float) -> str:
-    """"write" or "read" for ``token`` (an empty SubmitLabels stores nothing: PERMISSION_DENIED = read only),
-    "" when the probe cannot tell; grpc.RpcError (UNAUTHENTICATED for an unknown token) escapes."""
-    metadata = (("authorization", f"Bearer {token}"),) if token else ()
+def probe_role(stub: agent_pb2_grpc.AgentStub, token: str, timeout: float, client: str = "") -> str:
+    """"write" or "read" for ``token`` (an empty SubmitLabels stores nothing: PERMISSION_DENIED = read only;
+    marked as a role check, so the agent logs that refusal at INFO), "" when the probe cannot tell;
+    grpc.RpcError (UNAUTHENTICATED for an unknown token) escapes."""
+    metadata = call_metadata(token, client)
     stub.GetStatus(agent_pb2.GetStatusRequest(), metadata=metadata, timeout=timeout)
     try:
-        stub.SubmitLabels(agent_pb2.SubmitLabelsRequest(), metadata=metadata, timeout=timeout)
+        stub.SubmitLabels(agent_pb2.SubmitLabelsRequest(), metadata=(*metadata, (ROLE_CHECK_KEY, "1")),
+                          timeout=timeout)
     except grpc.RpcError as e:
         if e.code() == grpc.StatusCode.PERMISSION_DENIED:
             return "read"
@@ -158,11 +189,19 @@ def login(request: Request, name: str = Form(""), token: str = Form(""), next: s
             "error": f"Your name has {len(name)} characters; names may have at most {MAX_NAME_CHARS}. Shorten it "
                      "and sign in again (labels are recorded under this name)."}, status_code=400)
     token = token.strip() or config.default_token
+    address = client_address(request)
+    if config.tokens_required and not token:
+        log.warning("web sign-in refused from %s (name %r): no token given", address or "an unknown address", name)
+        return render(request, "login.html", {"next": _safe_next(next), "name": name,
+                                              "error": "Give your token: this agent lets people in by token."},
+                      status_code=401)
     try:
-        role = probe_role(request.app.state.stub(), token, config.rpc_timeout_s)
+        role = probe_role(request.app.state.stub(), token, config.rpc_timeout_s, address)
     except grpc.RpcError as e:
         if e.code() not in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
             raise
+        log.warning("web sign-in refused from %s (name %r): %s", address or "an unknown address", name,
+                    e.code().name)  # never the token
         return render(request, "login.html", {"next": _safe_next(next), "name": name,
                                               "error": for_people(e.details() or "the agent refused this token")},
                       status_code=401)

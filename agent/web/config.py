@@ -120,6 +120,9 @@ class WebConfig:
     select_timeout_s: float = 600.0  # Select / PriorLabels (heavy work may queue)
     labelstudio: LabelStudioConfig = field(default_factory=LabelStudioConfig)  # the /labelstudio backend
     allowed_hosts: tuple[str, ...] = ()  # --web-allowed-hosts
+    # The agent requires tokens (serve: --tokens; web: it answered UNAUTHENTICATED without one): a request
+    # without a token is answered 401 by the app (pages: the sign-in page), not sent to be refused and logged.
+    tokens_required: bool = False
     # The largest request body (--web-max-body-mb): the largest legitimate ones, a labels batch (at most 1,000
     # labels) or a Label Studio webhook / predict batch, stay far below it; bodies are read before the agent
     # checks the token.

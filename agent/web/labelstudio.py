@@ -76,7 +76,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from agent.client import calibration_dict, calibration_line, first_calibration
-from agent.web.auth import Caller, session, token_of
+from agent.web.auth import Caller, client_address, session, token_of
 from agent.web.config import LabelStudioConfig, MatchRule
 from agent.web.errors import error_response
 from shortlist.v1 import agent_pb2
@@ -644,7 +644,7 @@ def setup(app: FastAPI) -> None:
 def _caller(request: Request, token: str) -> Caller:
     """The request's Caller; in the threadpool: the app's first call creates the channel, which can wait."""
     state = request.app.state
-    return Caller(state.stub(), token, session(request).user, state.config)
+    return Caller(state.stub(), token, session(request).user, state.config, client_address(request))
 
 
 def _check_json_type(request: Request) -> None:

@@ -578,7 +578,9 @@ def test_serve_warns_about_a_missing_registry(tmp_path: Path) -> None:
             if "check --models" in started or proc.poll() is not None:
                 break
         started = " ".join(started.split())
-        assert "agent on" in started and f"warning: model registry {models} does not exist" in started
+        # stderr is a pipe: the status lines are log lines, with their time and level
+        assert "INFO agent.cli: agent on" in started
+        assert f"WARNING agent.cli: model registry {models} does not exist" in started
         address = f"127.0.0.1:{port}"
         st = json.loads(run("status", "--agent", address, "--json"))
         assert any("does not exist" in w for w in st["warnings"]) and st["model_version"] == ""

@@ -147,7 +147,7 @@ def start_web_agent(tmp: Path, tokens: bool = False, listen: bool = False, n: in
     stub = agent_pb2_grpc.AgentStub(ch)
     reply = client.ingest(stub, shape_samples(n))
     assert reply.accepted + reply.duplicates == n, reply
-    config = WebConfig(port=0, agent=f"127.0.0.1:{port}", **web)
+    config = WebConfig(port=0, agent=f"127.0.0.1:{port}", **{"tokens_required": tokens, **web})
     app = create_app(config, local.factory())
     wa = WebAgent(agent, server, local, stub, app, config, tokens)
     wa.closers.append(ch)

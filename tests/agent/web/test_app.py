@@ -458,3 +458,58 @@ def test_the_header_shows_the_name_labels_are_recorded_under(token_web_agent: We
     r = c.post("/login", data={"name": long, "token": WRITE_TOKEN}, follow_redirects=False)
     assert r.status_code == 400 and "70 characters; names may have at most 64" in r.text
     assert "shortlist_user" not in r.headers.get("set-cookie", "")
+
+
+# ---- logs: the browser's address, refused sign-ins, no calls without a token -------------------------------
+def test_refusals_name_the_browser_and_sign_ins_are_logged(token_web_agent: WebAgent,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    """The agent logs a web refusal with the browser's address (not the socket's empty "unix:") and counts it
+    under it; a refused sign-in is logged by the app with the address and the name, never the token; a page
+    without a token is answered by the app (no agent call, no refusal logged); a read token's role check at
+    sign-in is INFO."""
+    import logging
+
+    caplog.set_level(logging.INFO)
+    c = token_web_agent.client(follow_redirects=False)
+    for path in ("/queue", "/api/progress", "/map"):
+        r = c.get(path)
+        assert r.status_code in (303, 401), (path, r.status_code)
+    assert not [r for r in caplog.records if "refused" in r.getMessage()], caplog.text
+    bad = "x" * 24
+    r = c.post("/login", data={"name": "mallory", "token": bad})
+    assert r.status_code == 401
+    app_lines = [r for r in caplog.records if r.name == "agent.web.auth"]
+    assert len(app_lines) == 1 and app_lines[0].levelno == logging.WARNING
+    line = app_lines[0].getMessage()
+    assert "testclient" in line and "'mallory'" in line and "UNAUTHENTICATED" in line and bad not in caplog.text
+    agent_lines = [r.getMessage() for r in caplog.records if r.name == "agent.security"]
+    assert any("unknown token from testclient (web app)" in m for m in agent_lines), agent_lines
+    caplog.clear()
+    r = c.post("/login", data={"name": "rita", "token": READ_TOKEN})
+    assert r.status_code == 303
+    role = [r for r in caplog.records if "SubmitLabels: a read token" in r.getMessage()]
+    assert role and all(r.levelno == logging.INFO for r in role), caplog.text
+    caplog.clear()
+    r = c.post("/login", data={"name": "nobody", "token": ""})
+    assert r.status_code == 401 and "no token given" in caplog.text
+
+
+def test_the_web_client_address_is_believed_on_the_local_socket_only() -> None:
+    from agent.security import WEB_CLIENT_KEY, caller_address
+
+    md = ((WEB_CLIENT_KEY, "10.1.2.3"),)
+    assert caller_address("unix:", md) == "10.1.2.3 (web app)"
+    assert caller_address("ipv4:10.9.9.9:5555", md) == "ipv4:10.9.9.9"  # over TCP anyone could write it
+    assert caller_address("unix:", ((WEB_CLIENT_KEY, "x\nforged line"),)) == "unix:"
+    assert caller_address("unix:", ((WEB_CLIENT_KEY, "fd00::5"),)) == "fd00::5 (web app)"
+
+
+def test_the_first_model_is_logged_as_served(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    caplog.set_level(logging.INFO, logger="agent.models")
+    wa = start_web_agent(tmp_path)
+    try:
+        assert any(r.getMessage().startswith("now serving v0001") for r in caplog.records), caplog.text
+    finally:
+        wa.stop()

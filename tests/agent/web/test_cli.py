@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -93,6 +94,8 @@ def test_serve_with_web_port(tmp_path: Path, registry: Path) -> None:
     finally:
         err = stop(proc)
     assert f"web app on {base}" in " ".join(err.split())
+    assert re.search(r"^\S+ \S+ INFO agent\.cli: agent on 127\.0\.0\.1:", err, re.M), err
+    assert re.search(r"^\S+ \S+ INFO agent\.cli: security: plaintext, no tokens$", err, re.M), err
     # the queue is the agent's: a restarted `serve --web-port` shows it as it was
     proc, _, web_port = serve_web(tmp_path / "d", registry)
     try:
@@ -128,7 +131,11 @@ def test_web_against_a_running_agent(running: Running) -> None:
         assert [it["id"] for it in q["items"]] == ["s2", "s0"]
         assert wait_http(f"http://127.0.0.1:{web_port}/thumb/s2", proc)[:3] == b"\xff\xd8\xff"
     finally:
-        stop(proc)
+        err = stop(proc)
+    # stderr is a pipe, not a terminal: the status lines are log lines (timestamp, level), and SIGTERM is said
+    stamp = r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO agent\.cli: "
+    assert re.search(stamp + r"web app on http://", err, re.M), err
+    assert re.search(stamp + r"stopping \(SIGTERM\)", err, re.M), err
 
 
 def test_web_listen_rule_and_bad_agent(running: Running) -> None:
