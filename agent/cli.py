@@ -432,7 +432,7 @@ def _web_config(config: AgentConfig, labelstudio: LabelStudioConfig, web_host: s
     if problem:
         raise ValueError(problem)
     for w in check_listen(web_config, sec.tokens is not None, "--tls-cert FILE --tls-key FILE",
-                          "tokens (--tokens FILE)"):
+                          "tokens (--tokens FILE)", host_flag="--web-host"):
         _say(f"web app: {escape(w)}", logging.WARNING)
     return web_config
 

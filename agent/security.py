@@ -476,10 +476,11 @@ def listen_socket(host: str, port: int, what: str, flags: str) -> socket.socket:
 def check_exposure(host: str, *, tls: bool, authenticated: bool, insecure: bool,
                    tls_flags: str = "--tls-cert FILE --tls-key FILE",
                    auth_flags: str = "tokens (--tokens FILE) or client certificates (--tls-client-ca FILE)",
-                   what: str = "serve") -> list[str]:
+                   what: str = "serve", host_flag: str = "--host") -> list[str]:
     """The one exposure rule (the agent's gRPC port and the web app's HTTP port): a ``host`` other machines
     can reach needs TLS and authentication, or an explicit ``insecure``. SecurityError (saying what to pass)
-    when refused; else the warnings to show (non-empty only for an accepted --insecure)."""
+    when refused; else the warnings to show (non-empty only for an accepted --insecure). ``host_flag``: the
+    option that set ``host``, named in the refusal (``serve --web-host`` for its web app)."""
     bare = host.strip("[]")
     try:
         ipaddress.ip_address(bare)
@@ -489,8 +490,8 @@ def check_exposure(host: str, *, tls: bool, authenticated: bool, insecure: bool,
         except OSError:
             full = ""
         if full:
-            raise SecurityError(f"--host {host} is an IPv4 address in short form, which the server cannot listen on: "
-                                f"write it in full, --host {full}") from None
+            raise SecurityError(f"{host_flag} {host} is an IPv4 address in short form, which the server cannot listen "
+                                f"on: write it in full, {host_flag} {full}") from None
     if is_loopback(host) or (tls and authenticated):
         return []
     missing = []
@@ -501,7 +502,7 @@ def check_exposure(host: str, *, tls: bool, authenticated: bool, insecure: bool,
     if not insecure:
         raise SecurityError(
             f"refusing to {what} on {host}, which other machines can reach, without {' and '.join(missing)}; "
-            "pass them (see README, 'Running the agent on a network'), listen on --host 127.0.0.1, or pass "
+            f"pass them (see README, 'Running the agent on a network'), listen on {host_flag} 127.0.0.1, or pass "
             "--insecure to accept that anyone who reaches the port can read and change the agent's data")
     return [f"insecure: serving on {host} without {' and '.join(missing)} (--insecure): anyone who reaches "
             "this port can read and change the agent's data"]

@@ -215,8 +215,12 @@ SECURITY_HEADERS = {
 CACHEABLE_PREFIXES = ("/static/", "/thumb/", "/image/")
 
 
+HSTS = "max-age=31536000"  # a year; no includeSubDomains: the app does not speak for the domain's other names
+
+
 class SecurityHeaders:
-    """Add ``SECURITY_HEADERS`` to every response (a header a route set itself is kept), and
+    """Add ``SECURITY_HEADERS`` to every response (a header a route set itself is kept), ``Strict-Transport-
+    Security: HSTS`` to every HTTPS one (browsers then never try plain HTTP for this name), and
     ``Cache-Control: no-store`` to every one outside ``CACHEABLE_PREFIXES`` that sets none."""
 
     def __init__(self, app: ASGIApp) -> None:
@@ -233,6 +237,8 @@ class SecurityHeaders:
                 for name, value in SECURITY_HEADERS.items():
                     if name not in headers:
                         headers[name] = value
+                if scope.get("scheme") == "https" and "strict-transport-security" not in headers:
+                    headers["Strict-Transport-Security"] = HSTS
                 if "cache-control" not in headers and not str(scope.get("path", "")).startswith(CACHEABLE_PREFIXES):
                     headers["Cache-Control"] = "no-store"
             await send(message)

@@ -40,12 +40,14 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def check_listen(config: WebConfig, agent_requires_tokens: bool, tls_flags: str, auth_flags: str) -> list[str]:
-    """The exposure rule for the app's address (SecurityError when refused; warnings for --insecure)."""
+def check_listen(config: WebConfig, agent_requires_tokens: bool, tls_flags: str, auth_flags: str,
+                 host_flag: str = "--host") -> list[str]:
+    """The exposure rule for the app's address (SecurityError when refused; warnings for --insecure);
+    ``host_flag`` names the option that set it (``serve``: --web-host; ``web``: --host)."""
     authenticated = agent_requires_tokens and not config.default_token
     return check_exposure(config.host, tls=config.https, authenticated=authenticated, insecure=config.insecure,
                           tls_flags=tls_flags, auth_flags=auth_flags,
-                          what="serve the web app")
+                          what="serve the web app", host_flag=host_flag)
 
 
 class WebServer:
@@ -107,13 +109,51 @@ class WebServer:
 RECONNECT_BACKOFF_MS = 1000
 
 
+PID_FILE = "pid"  # in a LocalSocket folder: the process that made it
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_sockets(tmp: Path | None = None) -> list[Path]:
+    """Remove the LocalSocket folders (``shortlist-web-*`` in the temporary folder, this user's) whose
+    process is gone: a ``serve --web-port`` killed by SIGKILL (or a crash) cannot remove its own. A folder
+    without a pid file (made before pid files were written) or of a living process is left alone. The
+    folders removed."""
+    tmp = Path(tempfile.gettempdir()) if tmp is None else tmp
+    removed = []
+    for folder in tmp.glob("shortlist-web-*"):
+        try:
+            if folder.is_symlink() or not folder.is_dir() or folder.stat().st_uid != os.getuid():
+                continue
+            pid = int((folder / PID_FILE).read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if pid > 0 and not _alive(pid):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+            log.info("removed %s, the local socket folder of process %d, which is gone", folder, pid)
+    return removed
+
+
 class LocalSocket:
     """A Unix socket path in a fresh folder only this user can enter (mkdtemp: 0700), for the agent's
-    plaintext port that the in-process web app uses; removed by ``cleanup``."""
+    plaintext port that the in-process web app uses; removed by ``cleanup``. The folder holds the process's
+    pid (``PID_FILE``), so a later start removes it when the process was killed without cleaning up
+    (``remove_stale_sockets``, called here first)."""
 
     def __init__(self) -> None:
+        remove_stale_sockets()
         self.folder = Path(tempfile.mkdtemp(prefix="shortlist-web-"))
         os.chmod(self.folder, 0o700)
+        (self.folder / PID_FILE).write_text(f"{os.getpid()}\n")
         self.path = str(self.folder / "agent.sock")
 
     def factory(self, timeout: float = client.CONNECT_TIMEOUT_S) -> Callable[[], grpc.Channel]:

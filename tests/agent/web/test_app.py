@@ -513,3 +513,29 @@ def test_the_first_model_is_logged_as_served(tmp_path: Path, caplog: pytest.LogC
         assert any(r.getMessage().startswith("now serving v0001") for r in caplog.records), caplog.text
     finally:
         wa.stop()
+
+
+def test_https_answers_carry_hsts(web_agent: WebAgent) -> None:
+    from agent.web.guards import HSTS
+
+    assert web_agent.client(base_url="https://127.0.0.1").get("/healthz").headers["strict-transport-security"] == HSTS
+    assert "strict-transport-security" not in web_agent.client().get("/healthz").headers  # plain HTTP: none
+
+
+def test_socket_folders_of_killed_processes_are_removed(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from agent.web.server import PID_FILE, remove_stale_sockets
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    gone, alive, old = (tmp_path / f"shortlist-web-{k}" for k in ("gone", "alive", "old"))
+    for folder in (gone, alive, old):
+        folder.mkdir()
+        (folder / "agent.sock").write_text("")
+    (gone / PID_FILE).write_text(dead.stdout)
+    (alive / PID_FILE).write_text(f"{os.getpid()}\n")
+    assert remove_stale_sockets(tmp_path) == [gone]
+    assert not gone.exists() and alive.exists() and old.exists()  # old: no pid file, left alone

@@ -156,6 +156,8 @@ def test_serve_refuses_an_exposed_web_port(tmp_path: Path, registry: Path) -> No
     finally:
         os.umask(umask)
     assert exposed.exit_code == 2 and "web app" in out(exposed) and "--insecure" in out(exposed)
+    text = " ".join(out(exposed).split())
+    assert "listen on --web-host 127.0.0.1" in text and "--host 127.0.0.1" not in text.replace("--web-host", "")
     assert not (tmp_path / "d").exists()
 
 
