@@ -63,6 +63,7 @@ class PriorSet:
     done: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # labelled since, through this app
     # PriorLabel.calibration of the stream's first row as JSON ({} from an agent that does not send it)
     calibration: dict[str, Any] = field(default_factory=dict)
+    embedded_at: int = 0  # Status.embedded when computed (the page's "N new samples" notice compares it)
 
     def __post_init__(self) -> None:
         self.row_of = {i: r for r, i in enumerate(self.ids)}
@@ -93,7 +94,7 @@ class PriorSet:
         if calibration.get("warning"):  # the agent's words are for CLI users
             calibration["warning"] = for_people(str(calibration["warning"]))
         return cls(method, version, classes, [p.id for p in rows], label, conf, second, second_p, status.labeled,
-                   status.label_events, time.time(), calibration=calibration)
+                   status.label_events, time.time(), calibration=calibration, embedded_at=status.embedded)
 
 
 class PriorsCache:
@@ -169,7 +170,8 @@ def priors_page(request: Request, caller: Caller = CallerDep) -> Response:
     return render(request, "priors.html", {
         "status": status, "methods": method_choices(status), "default_method": default_method(status),
         "classes": list(status.classes), "can_label": session(request).can_label, "annotator": caller.annotator,
-        "page_size": min(caller.config.page_size, MAX_PAGE_SIZE)})
+        "page_size": min(caller.config.page_size, MAX_PAGE_SIZE),
+        "refresh_ms": round(caller.config.refresh_s * 1000)})
 
 
 def check_method(status: agent_pb2.Status, method: str) -> None:
@@ -215,7 +217,9 @@ def priors_api(request: Request, method: str = Query(""), label: str = Query("")
             "events_since": max(0, status.label_events - ps.events_at), "unlabelled": int((~ps.done).sum()),
             "total": len(rows), "page": page, "pages": pages, "size": size, "offset": (page - 1) * size,
             "counts": {c: int(n) for c, n in zip(ps.classes, counts, strict=False)}, "items": items,
-            "calibration": ps.calibration, "audit": method_audit(status, method)}
+            "calibration": ps.calibration, "audit": method_audit(status, method),
+            # what the page compares GET /api/progress/head with to offer a Recompute
+            "embedded_at": ps.embedded_at, "label_events_now": status.label_events}
 
 
 def method_audit(status: agent_pb2.Status, method: str) -> dict[str, Any] | None:

@@ -102,7 +102,8 @@ def head(status: agent_pb2.Status) -> dict[str, Any]:
     """What the open page compares to notice that its figures are out of date (GetStatus alone: cheap)."""
     return {"samples": status.samples, "labelled": status.labeled, "model_version": status.model_version,
             "pending_model_version": status.pending_model_version, "audit_drawn": status.audit.drawn,
-            "audit_labelled": status.audit.labelled}
+            "audit_labelled": status.audit.labelled, "embedded": status.embedded,
+            "label_events": status.label_events}
 
 
 @router.get("/api/progress/head")

@@ -1,4 +1,6 @@
-// Review priors page: fetches /api/priors pages, accepts / corrects through /api/priors/labels.
+// Review priors page: fetches /api/priors pages, accepts / corrects through /api/priors/labels. It polls
+// /api/progress/head every refreshMs and, once samples were embedded, another model is served or labels
+// changed (other than this page's own) since the priors shown, offers "New priors: ... — Recompute".
 "use strict";
 (() => {
   const cfg = JSON.parse(document.getElementById("priors-data").textContent);  // no inline script: the CSP
@@ -14,6 +16,8 @@
   // "pending" at once), it is never dropped.
   let saving = Promise.resolve();
   let lastBulk = null;  // {ids -> label} the last "Accept all" stored: what its undo takes back
+  let inFlight = 0;  // saves and undos under way: the head is not compared meanwhile (their events not counted yet)
+  let ownEvents = 0;  // label events this page caused since the grid was drawn (saved + taken back)
   $("method").value = state.method; $("label").value = state.label;
   $("min").value = state.min; $("max").value = state.max; $("sort").value = state.sort;
 
@@ -41,8 +45,8 @@
     if (!state.data) grid.innerHTML = '<p class="muted">Computing the priors…</p>';
     try {
       const d = await Shortlist.api("GET", `/api/priors?${p}`);
-      state.data = d; state.page = d.page;
-      render(d);
+      state.data = d; state.page = d.page; ownEvents = 0;
+      render(d); notice(null);
     } catch (e) {
       grid.innerHTML = `<p class="error">${esc(e.message)}</p>`;
       $("pager").hidden = true; $("bulkbar").hidden = true;
@@ -107,13 +111,15 @@
       t.classList.add("pending");
       t.querySelectorAll(".actions button, .actions select").forEach((el) => { el.disabled = true; });
     });
-    const run = saving.then(() => save(labels, tiles, bulk));
+    inFlight += 1;
+    const run = saving.then(() => save(labels, tiles, bulk)).finally(() => { inFlight -= 1; });
     saving = run.catch(() => {});
     return run;
   }
   async function save(labels, tiles, bulk) {
     try {
       const r = await Shortlist.api("POST", "/api/priors/labels", { method: state.method, labels });
+      ownEvents += r.accepted;
       const refused = new Map(r.rejected.map((x) => [x.id, x]));
       tiles.forEach((t, k) => {
         t.classList.remove("pending");
@@ -168,9 +174,11 @@
     if (!bulk || !bulk.size) { Shortlist.toast("nothing to undo"); return; }
     lastBulk = null; showUndoBulk();
     const ids = [...bulk.keys()];
+    inFlight += 1;
     await saving;
     try {
       const r = await Shortlist.api("POST", "/api/labels/retract", { ids, if_current: Object.fromEntries(bulk) });
+      ownEvents += r.accepted;
       const kept = new Set(r.rejected.map((x) => x.id));
       grid.querySelectorAll(".tile.done.accepted").forEach((t) => {
         if (!bulk.has(t.dataset.id) || kept.has(t.dataset.id)) return;
@@ -183,6 +191,8 @@
     } catch (e) {
       lastBulk = bulk; showUndoBulk();
       Shortlist.toast(e.message, true);
+    } finally {
+      inFlight -= 1;
     }
   }
 
@@ -228,7 +238,37 @@
     state.data = null; load();
   });
   $("method").addEventListener("change", () => form.requestSubmit());
-  $("refresh").addEventListener("click", () => { state.method = $("method").value; state.data = null; load(true); });
+  // Recompute (also the notice's button): after the saves under way, so no tile being saved is redrawn
+  async function recompute() {
+    $("refresh").disabled = true;
+    try { await saving; } finally { $("refresh").disabled = false; }
+    state.method = $("method").value; state.data = null; load(true);
+  }
+  $("refresh").addEventListener("click", recompute);
+  $("priors-notice-recompute").addEventListener("click", recompute);
+
+  // What changed since the priors shown (the grid's /api/priors answer) by the agent's head now: "" if nothing.
+  function changes(h, d) {
+    const parts = [];
+    const fresh = h.embedded - d.embedded_at;
+    if (fresh > 0) parts.push(`${fresh.toLocaleString()} new sample(s)`);
+    if (h.model_version && h.model_version !== d.model_version) parts.push(`model ${h.model_version}`);
+    const events = h.label_events - d.label_events_now - ownEvents;
+    if (events > 0) parts.push(`labels changed (${events.toLocaleString()})`);
+    return parts.join(" / ");
+  }
+  function notice(text) {
+    $("priors-notice").hidden = !text;
+    $("priors-notice-text").textContent = text ? `New priors: ${text} — ` : "";
+  }
+  async function watch() {
+    try {
+      const h = await Shortlist.api("GET", "/api/progress/head");
+      if (state.data && !inFlight) notice(changes(h, state.data));
+    } catch (e) { /* the agent may be restarting: try again */ }
+    setTimeout(watch, cfg.refreshMs);
+  }
+  setTimeout(watch, cfg.refreshMs);
   $("prev-page").addEventListener("click", () => { state.page -= 1; load(); });
   $("next-page").addEventListener("click", () => { state.page += 1; load(); });
   document.addEventListener("keydown", (ev) => {

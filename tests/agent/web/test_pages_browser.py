@@ -244,3 +244,30 @@ def test_an_open_map_redraws_when_samples_arrive(live_web_fast: WebAgent, page: 
     page.wait_for_function(f"() => window.ShortlistMap.points().n === {N_IMAGES + 4}", timeout=30_000)
     assert page.locator("#stat-points").inner_text() == str(N_IMAGES + 4)
     assert "4 new sample(s)" in (page.locator("#toast").text_content() or "")
+
+
+def test_priors_page_offers_a_recompute_once_labels_change_elsewhere(live_web_fast: WebAgent, page: Any) -> None:
+    wa = live_web_fast
+    label_triangles(wa, [2, 5])
+    page.goto(f"{wa.url}/priors?method=knn")
+    page.wait_for_selector(".tile.prior")
+    # this page's own labels are not "changes": no notice after accepting one and a few polls
+    first = page.locator(".tile.prior").nth(0)
+    sid = first.get_attribute("data-id")
+    first.locator("button[data-act=accept]").click()
+    page.wait_for_selector(f".tile.done.accepted[data-id='{sid}']")
+    page.wait_for_timeout(1200)  # 4 polls at refresh_s = 0.3
+    assert page.locator("#priors-notice").is_hidden()
+    # someone labels elsewhere: the notice offers a Recompute, without redrawing the grid by itself
+    other = page.locator(".tile.prior:not(.done)").nth(0).get_attribute("data-id")
+    assert other and other != sid
+    client.submit_labels(wa.stub, [(other, "circle")], "erin")
+    page.locator("#priors-notice").wait_for(state="visible")
+    assert "New priors: labels changed (1)" in page.inner_text("#priors-notice")
+    assert page.locator(f".tile.done.accepted[data-id='{sid}']").count() == 1  # not redrawn
+    page.click("#priors-notice-recompute")
+    page.locator("#priors-notice").wait_for(state="hidden")
+    page.wait_for_selector(".tile.prior")
+    assert page.locator(f".tile.prior[data-id='{other}']").count() == 0  # labelled: off the page
+    page.wait_for_timeout(900)
+    assert page.locator("#priors-notice").is_hidden()

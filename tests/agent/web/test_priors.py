@@ -90,6 +90,9 @@ def test_accept_and_correct(web_agent: WebAgent) -> None:
     d = c.get("/api/priors", params={"method": "knn", "size": 200}).json()
     assert d["unlabelled"] == UNLABELLED - 2 and d["labeled_now"] - d["labeled_at"] == 2 and d["events_since"] == 2
     assert not {keep["id"], fix["id"]} & {it["id"] for it in d["items"]}
+    # what the page compares with GET /api/progress/head to offer a Recompute
+    head = c.get("/api/progress/head").json()
+    assert d["label_events_now"] == head["label_events"] and d["embedded_at"] == head["embedded"] > 0
     fresh = c.get("/api/priors", params={"method": "knn", "size": 200, "refresh": "true"}).json()
     assert fresh["labeled_at"] == len(LABELLED_IDS) + 2 and fresh["total"] == UNLABELLED - 2
 
