@@ -37,11 +37,13 @@ GRPC_CHUNK = 8192  # points per GetMap message
 
 @router.get("/map")
 def map_page(request: Request, caller: Caller = CallerDep) -> Response:
+    from agent.web.queue import current  # the queue module owns the queue
+
     status = caller.status()
     return render(request, "map.html", {
         "status": status, "methods": method_choices(status), "default_method": default_method(status),
         "classes": list(status.classes), "can_label": session(request).can_label, "map_page": MAP_PAGE,
-        "refresh_ms": round(caller.config.refresh_s * 1000)})
+        "refresh_ms": round(caller.config.refresh_s * 1000), "queue_created": current(caller).created})
 
 
 @router.get("/api/map")
@@ -80,4 +82,4 @@ def queue_ids(request: Request, caller: Caller = CallerDep) -> dict[str, Any]:
     from agent.web.queue import current  # the queue module owns the queue
 
     state = current(caller)
-    return {"ids": state.ids, "source": state.source}
+    return {"ids": state.ids, "source": state.source, "created": state.created}

@@ -15,6 +15,7 @@ APIs (JSON): ``GET /api/queue``, ``POST /api/queue/select`` (a Select fills the 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterable
 from typing import Any, Literal
 
@@ -50,12 +51,24 @@ def replace(caller: Caller, queue: agent_pb2.Queue, if_created: float | None = N
     return QueueData.of(caller(caller.stub.UpdateQueue, request))
 
 
+def describe(state: QueueData) -> str:
+    """What filled the queue, for people: "a map selection", "strategy uncertainty", ..."""
+    if state.source == "select":
+        return f"strategy {state.strategy}" if state.strategy else "a Select"
+    return {"map": "a map selection", "api": "an API client", "": "nothing"}.get(state.source, state.source)
+
+
 def check_unchanged(caller: Caller, if_created: float | None) -> None:
-    """409 before a Select when the queue is no longer the one the page showed (UpdateQueue checks it again,
-    atomically): a stale page does not spend a Select, nor record a draw, for a queue it cannot replace."""
-    if if_created is not None and abs(current(caller).created - if_created) > 1e-6:
-        raise HttpError(409, "FAILED_PRECONDITION", "the queue was replaced meanwhile: not replaced; look at "
-                        "the queue now and ask again")
+    """409 before a Select or a replacement when the queue is no longer the one the page showed (UpdateQueue
+    checks it again, atomically): a stale page does not spend a Select, nor record a draw, for a queue it
+    cannot replace; the answer says what the queue is now."""
+    if if_created is None:
+        return
+    now = current(caller)
+    if abs(now.created - if_created) > 1e-6:
+        when = time.strftime("%H:%M:%S", time.localtime(now.created)) if now.created else "never"
+        raise HttpError(409, "FAILED_PRECONDITION", f"the queue was replaced meanwhile by {describe(now)} "
+                        f"({len(now.ids):,} samples, at {when}): not replaced; look at it first")
 
 
 def strategy_choices(status: agent_pb2.Status) -> list[dict[str, object]]:
@@ -154,6 +167,7 @@ def set_queue(request: Request, body: SetBody, caller: Caller = CallerDep) -> di
     ids = list(dict.fromkeys(body.ids))
     if not ids or len(ids) > MAX_QUEUE:
         raise HttpError(400, "INVALID_ARGUMENT", f"send 1..{MAX_QUEUE} ids")
+    check_unchanged(caller, body.if_created)
     state = replace(caller, agent_pb2.Queue(ids=ids, source=body.source), body.if_created)
     return {"total": len(state.ids)}
 

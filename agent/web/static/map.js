@@ -16,6 +16,7 @@
   let classes = [], header = null, tool = "lasso", colour = "label";
   let view = { sx: 1, sy: 1, tx: 0, ty: 0 };  // screen = data * s + t
   let drag = null, hoverIdx = -1, buckets = null, pollTimer = null, drawnVersion = "";
+  let queueCreated = cfg.queueCreated;  // the queue this page knows: its replacement is conditional on it
   const dpr = () => window.devicePixelRatio || 1;
   const esc = (s) => String(s).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
   const colourOf = (k) => PALETTE[k % PALETTE.length];
@@ -223,12 +224,19 @@
     if (!ids.length) return;
     $("to-queue").disabled = true;
     try {
-      const r = await Shortlist.api("POST", "/api/queue", { ids, source: "map" });
+      // if_created: the queue this page knows (at its load, or as last coloured / sent); replaced since by
+      // someone else, the answer is a 409 that says by what, and the page now knows that queue: a second click
+      // replaces it knowingly.
+      const r = await Shortlist.api("POST", "/api/queue", { ids, source: "map", if_created: queueCreated });
       Shortlist.toast(`${r.total.toLocaleString()} sample(s) are the queue now`);
       $("queue-link").hidden = false;
       await loadQueue();
     } catch (e) {
       Shortlist.toast(e.message, true);
+      if (e.status === 409) {
+        $("queue-link").hidden = false;
+        try { await loadQueue(); } catch (e2) { /* the next click asks again */ }
+      }
     } finally {
       $("to-queue").disabled = false;
     }
@@ -281,6 +289,7 @@
 
   async function loadQueue() {
     const d = await Shortlist.api("GET", "/api/map/queue");
+    queueCreated = d.created;
     const inq = new Set(d.ids);
     pts.inQueue = new Uint8Array(pts.n);
     for (let i = 0; i < pts.n; i++) if (inq.has(pts.ids[i])) pts.inQueue[i] = 1;

@@ -48,11 +48,13 @@
         return;
       }
       const seed = Math.floor(Math.random() * 2 ** 31);
-      const r = await Shortlist.api("POST", "/api/queue/select", { strategy: "audit", budget, seed });
+      // if_created: the queue the confirmation was about; replaced since by someone else, it is a 409
+      const r = await Shortlist.api("POST", "/api/queue/select", { strategy: "audit", budget, seed, if_created: q.created });
       Shortlist.toast(`${r.total} audit samples drawn: label them in the Queue`);
       window.location.href = "/queue";
     } catch (e) {
-      Shortlist.toast(e.message, true);
+      Shortlist.toast(e.message, true);  // 409: "the queue was replaced meanwhile by ...; look at it first"
+      if (e.status === 409) document.getElementById("audit-replaced").hidden = false;
       button.disabled = false;
     }
   });

@@ -189,8 +189,18 @@ def test_lasso_on_the_map_fills_the_queue(live_map: WebAgent, page: Any) -> None
     page.mouse.move(box["x"] + p["x"], box["y"] + p["y"] + 1)
     page.wait_for_selector("#hover:not([hidden])")
     shot(page, "map")
+    # someone replaces the queue after this page was drawn: sending is a 409 that says so, nothing replaced
+    other = agent_pb2.Queue(ids=["img030.png"], source="select", strategy="uncertainty")
+    live_web.stub.UpdateQueue(agent_pb2.UpdateQueueRequest(name="web", queue=other))
     page.locator("#to-queue").click()
     page.wait_for_selector("#queue-link:not([hidden])")
+    page.wait_for_function("() => document.getElementById('toast').textContent.includes('replaced meanwhile')")
+    assert "by strategy uncertainty" in page.inner_text("#toast")
+    assert list(live_web.stub.GetQueue(agent_pb2.GetQueueRequest(name="web")).ids) == ["img030.png"]
+    # the page knows that queue now: a second click replaces it knowingly
+    page.wait_for_function("() => !document.getElementById('to-queue').disabled")
+    page.locator("#to-queue").click()
+    page.wait_for_function("() => document.getElementById('toast').textContent.includes('are the queue now')")
     # the queue holds exactly the lassoed samples, in the map's order
     queue = live_web.stub.GetQueue(agent_pb2.GetQueueRequest(name="web"))  # kept by the agent
     assert set(queue.ids) == want and len(queue.ids) == len(want) and queue.source == "map"

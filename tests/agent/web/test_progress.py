@@ -184,12 +184,14 @@ def test_progress_head_and_queue_state(web_agent: WebAgent, web_client: TestClie
     """The open page's cheap poll (GetStatus counts) and the queue the audit button would replace."""
     head = web_client.get("/api/progress/head").json()
     assert (head["labelled"], head["samples"], head["model_version"]) == (INGESTED, 36, "v0001")
-    assert web_client.get("/api/progress/queue").json() == {"total": 0, "open": 0, "source": "", "strategy": ""}
+    assert web_client.get("/api/progress/queue").json() == {"total": 0, "open": 0, "source": "", "strategy": "",
+                                                            "created": 0.0}
     ids = ["img010.png", "img011.png", "img012.png"]
     assert web_client.post("/api/queue", json={"ids": ids, "source": "map"}).status_code == 200
     client.submit_labels(web_agent.stub, [(ids[0], shape_of(ids[0]))], "dora")
     q = web_client.get("/api/progress/queue").json()
     assert (q["total"], q["open"], q["source"]) == (3, 2, "map")
+    assert q["created"] == web_client.get("/api/queue").json()["created"] > 0  # the audit's if_created
     assert web_client.get("/api/progress/head").json()["labelled"] == INGESTED + 1
     html = web_client.get("/progress").text
     assert 'data-annotator="dora"' in html and "agreeing repeats" in html and "per hour" in html

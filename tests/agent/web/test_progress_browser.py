@@ -72,7 +72,20 @@ def test_progress_page_notices_new_labels_and_asks_before_replacing_an_open_queu
     page.wait_for_function("() => !document.getElementById('audit-button').disabled")
     assert dialogs and "2 of 2 samples unlabelled" in dialogs[0]
     assert list(wa.stub.GetQueue(agent_pb2.GetQueueRequest(name=wa.config.queue)).ids) == ids
+    # someone replaces the queue while the confirmation is open: the draw is a 409, their queue stays
+    other = agent_pb2.Queue(ids=["img020.png"], source="map")
+
+    def replaced_meanwhile(d: Any) -> None:
+        wa.stub.UpdateQueue(agent_pb2.UpdateQueueRequest(name=wa.config.queue, queue=other))
+        answer(d, True)
+
+    page.once("dialog", replaced_meanwhile)
+    page.click("#audit-button")
+    page.locator("#audit-replaced").wait_for(state="visible")
+    assert "replaced meanwhile by a map selection" in page.inner_text("#toast")
+    assert list(wa.stub.GetQueue(agent_pb2.GetQueueRequest(name=wa.config.queue)).ids) == ["img020.png"]
+    page.wait_for_function("() => !document.getElementById('audit-button').disabled")
     page.once("dialog", lambda d: answer(d, True))
     page.click("#audit-button")
     page.wait_for_url("**/queue")
-    assert len(dialogs) == 2
+    assert len(dialogs) == 3 and "1 of 1 samples unlabelled" in dialogs[2]

@@ -221,7 +221,7 @@ def test_replacing_the_queue_is_conditional_on_the_queue_shown(web_agent: WebAge
     stale = c.post("/api/queue/select", json={"strategy": "random", "budget": 7, "if_created": shown})
     assert stale.status_code == 409 and "replaced meanwhile" in stale.json()["message"]
     r = c.post("/api/queue", json={"ids": ["img000.png"], "if_created": shown})
-    assert r.status_code == 409
+    assert r.status_code == 409 and "replaced meanwhile by strategy random (5 samples" in r.json()["message"]
     assert c.get("/api/queue").json()["created"] == now["created"] and c.get("/api/queue").json()["total"] == 5
     # the agent checks it atomically too (UpdateQueue.if_created), for any client
     with pytest.raises(grpc.RpcError) as e:
