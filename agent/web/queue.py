@@ -115,12 +115,19 @@ def queue_page(request: Request, page: int = Query(1), caller: Caller = CallerDe
 
 
 @router.get("/api/queue")
-def queue_api(request: Request, page: int = Query(1), caller: Caller = CallerDep) -> dict[str, Any]:
+def queue_api(request: Request, page: int = Query(1), count_open: bool = Query(False, alias="open"),
+              caller: Caller = CallerDep) -> dict[str, Any]:
     """A page of the queue with each item's label and mark, and the agent's class list now (``classes``: the
-    page compares it with its keys to warn that a reload would number them otherwise)."""
+    page compares it with its keys to warn that a reload would number them otherwise). ``open=true``: also
+    ``open``, how many of the whole queue's samples are unlabelled (one ListSamples of every id: asked for
+    by the page's confirmation before replacing the queue, not by its polling)."""
     state = current(caller)
     ids, page, pages = page_of(state, page, caller.config.page_size)
-    return {"total": len(state.ids), "page": page, "pages": pages, "source": state.source, "created": state.created,
+    extra: dict[str, Any] = {}
+    if count_open:
+        extra["open"] = sum(1 for it in items(caller, state, state.ids) if not it["label"]) if state.ids else 0
+    return {**extra, "total": len(state.ids), "page": page, "pages": pages, "source": state.source,
+            "created": state.created,
             "strategy": state.strategy, "selection_id": state.selection_id, "model_version": state.model_version,
             "items": items(caller, state, ids), "classes": list(caller.status().classes)}
 

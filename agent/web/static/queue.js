@@ -99,8 +99,14 @@
   if (ask) ask.addEventListener("submit", async (ev) => {
     ev.preventDefault();
     // The queue is the team's: a new one replaces it, and its skip / not sure marks, for everyone.
-    const open = tiles.filter(isOpen).length;
-    if (open && !window.confirm(`This page of the queue still has ${open} open sample(s). A new queue replaces ` +
+    // The whole queue's open samples (not only this page's): asked of the app now, this page's if that fails.
+    let open = tiles.filter(isOpen).length, said = `This page of the queue still has ${open} open sample(s).`;
+    try {
+      const q = await Shortlist.api("GET", "/api/queue?open=true");
+      open = q.open;
+      said = `The queue still has ${q.open.toLocaleString()} open sample(s) of ${q.total.toLocaleString()}.`;
+    } catch (e) { /* this page's count */ }
+    if (open && !window.confirm(`${said} A new queue replaces ` +
       "the team's queue and its skip / not sure marks for everyone. Ask the agent anyway?")) return;
     const form = new FormData(ask);
     const params = {};

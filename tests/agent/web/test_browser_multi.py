@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
+from agent import client
 from shortlist.v1 import agent_pb2
-from tests.agent.web.conftest import WebAgent, start_web_agent
+from tests.agent.web.conftest import WebAgent, shape_of, start_web_agent
 
 pytestmark = pytest.mark.browser
 
@@ -323,3 +324,31 @@ def test_a_stale_page_cannot_replace_the_queue(slow_web: WebAgent, page: Any) ->
     _toast_has(page, "replaced meanwhile")
     page.wait_for_function("() => document.querySelectorAll('.tile').length === 4")
     assert list(web.stub.GetQueue(agent_pb2.GetQueueRequest(name="web")).ids) == lead
+
+
+def test_the_confirmation_counts_the_whole_queues_open_samples(tmp_path: Path, page: Any) -> None:
+    """The queue spans 3 pages of 4; page 1 is all labelled, the other pages are open: the confirmation before
+    replacing it counts the whole queue's open samples (GET /api/queue?open=true), not page 1's none."""
+    web = start_web_agent(tmp_path, listen=True, refresh_s=600, page_size=4)
+    try:
+        ids = [f"img{i:03d}.png" for i in range(10, 20)]
+        web.stub.UpdateQueue(agent_pb2.UpdateQueueRequest(name="web", queue=agent_pb2.Queue(ids=ids, source="map")))
+        client.submit_labels(web.stub, [(i, shape_of(i)) for i in ids[:4]], "setup")
+        page.context.add_cookies([{"name": "shortlist_user", "value": "lead", "url": web.url}])
+        page.goto(web.url + "/queue")
+        page.wait_for_selector(".tile")
+        dialogs: list[str] = []
+
+        def dismiss(d: Any) -> None:
+            dialogs.append(d.message)
+            d.dismiss()
+
+        page.on("dialog", dismiss)
+        page.fill("input[name=budget]", "3")
+        page.click("#ask-button")
+        page.wait_for_function("() => !document.getElementById('ask-button').disabled")
+        page.wait_for_timeout(300)
+        assert dialogs and "6 open sample(s) of 10" in dialogs[0]
+        assert list(web.stub.GetQueue(agent_pb2.GetQueueRequest(name="web")).ids) == ids  # dismissed: unchanged
+    finally:
+        web.stop()

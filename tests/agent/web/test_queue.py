@@ -11,9 +11,10 @@ import grpc
 import pytest
 from fastapi.testclient import TestClient
 
+from agent import client
 from agent.web.app import create_app
 from shortlist.v1 import agent_pb2
-from tests.agent.web.conftest import BASE_URL, LABELLED, N_IMAGES, READ_TOKEN, WebAgent, start_web_agent
+from tests.agent.web.conftest import BASE_URL, LABELLED, N_IMAGES, READ_TOKEN, WebAgent, shape_of, start_web_agent
 
 
 def _data(html: str) -> dict:  # type: ignore[type-arg]
@@ -230,3 +231,19 @@ def test_replacing_the_queue_is_conditional_on_the_queue_shown(web_agent: WebAge
     assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert c.post("/api/queue", json={"ids": ["img000.png"], "if_created": now["created"]}).status_code == 200
     assert c.post("/api/queue", json={"ids": ["img001.png"]}).json()["total"] == 1
+
+
+def test_the_queue_api_counts_the_whole_queues_open_samples_on_request(tmp_path: Path) -> None:
+    """``GET /api/queue?open=true``: how many of the whole queue's samples are unlabelled (every page, not
+    the one asked for; the page's confirmation before replacing the queue); without it, no ``open``."""
+    wa = start_web_agent(tmp_path, page_size=4)
+    try:
+        c = wa.client()
+        ids = [f"img{i:03d}.png" for i in range(10, 20)]
+        assert c.post("/api/queue", json={"ids": ids, "source": "map"}).status_code == 200
+        client.submit_labels(wa.stub, [(i, shape_of(i)) for i in ids[:4]], "setup")
+        assert "open" not in c.get("/api/queue").json()
+        d = c.get("/api/queue", params={"open": "true"}).json()
+        assert (d["open"], d["total"], len(d["items"])) == (6, 10, 4) and all(it["label"] for it in d["items"])
+    finally:
+        wa.stop()
