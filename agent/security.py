@@ -287,7 +287,11 @@ def _deny(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str,
     logging ``what`` with the client's address through ``refusals`` (at ``level``)."""
     def abort(_request: Any, context: grpc.ServicerContext) -> Any:
         if refusals is not None:
-            refusals.refused(what, context.peer(), context.invocation_metadata(), level)
+            # a lower level is believed from the web app's local socket only (like WEB_CLIENT_KEY): a client
+            # over TCP could otherwise send ROLE_CHECK_KEY to log its refusals below WARNING
+            peer = context.peer()
+            refusals.refused(what, peer, context.invocation_metadata(),
+                             level if peer.startswith("unix:") else max(level, logging.WARNING))
         context.abort(code, message)
 
     denied = rewrap_handler(handler, lambda _behaviour, _request_streaming, _response_streaming: abort,

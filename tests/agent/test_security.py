@@ -573,3 +573,15 @@ def test_a_publisher_with_a_read_token_watches_the_agent_take_the_version_up(tok
     new = publish_linear(registry, seed=1)
     st = client.reload_model(reader, new, wait_s=30)
     assert new in (st.model_version, st.pending_model_version)
+
+
+def test_a_tcp_client_cannot_lower_its_refusals_log_level(token_server: int, caplog: pytest.LogCaptureFixture) -> None:
+    """The web app's sign-in marks its role check (security.ROLE_CHECK_KEY) so that an expected refusal is logged at
+    INFO; believed on the app's local socket only: a client over TCP sending it is logged at WARNING as any."""
+    reader = client.connect(f"127.0.0.1:{token_server}", config=client.ClientConfig(token=READ_TOKEN))
+    with caplog.at_level(logging.INFO, logger="agent.security"):
+        with pytest.raises(grpc.RpcError) as e:
+            reader.ReloadModel(agent_pb2.ReloadModelRequest(), metadata=((security.ROLE_CHECK_KEY, "1"),))
+        assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    refused = [r for r in caplog.records if "refused ReloadModel" in r.getMessage()]
+    assert refused and all(r.levelno == logging.WARNING for r in refused), caplog.text
