@@ -260,3 +260,32 @@ def shot(page: Any, name: str) -> None:
         with Image.open(io.BytesIO(page.screenshot())) as img:  # 256 colours: a third of the bytes, same look
             img.convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT).save(
                 Path(folder) / f"{name}.png", optimize=True)
+
+
+@contextmanager
+def slow_labels(agent: Agent, seconds: float = 0.7) -> Iterator[None]:
+    """Within the block every SubmitLabels of ``agent`` takes ``seconds`` longer (a slow agent, so a page's
+    second key press or click comes while the first label is still being saved)."""
+    real = agent.submit_labels
+
+    def slow(*args: Any, **kw: Any) -> Any:
+        time.sleep(seconds)
+        return real(*args, **kw)
+
+    agent.submit_labels = slow  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        agent.submit_labels = real  # type: ignore[method-assign]
+
+
+def dismissed_dialogs(page: Any, once: bool = False) -> list[str]:
+    """The messages of the page's dialogs (confirm, alert) from now on, each dismissed (``once``: only the next)."""
+    asked: list[str] = []
+
+    def dismiss(d: Any) -> None:
+        asked.append(d.message)
+        d.dismiss()
+
+    (page.once if once else page.on)("dialog", dismiss)
+    return asked

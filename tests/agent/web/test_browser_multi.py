@@ -4,7 +4,6 @@ is shown with who gave it instead of being overwritten. The other annotator ("bo
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ import pytest
 
 from agent import client
 from shortlist.v1 import agent_pb2
-from tests.agent.web.conftest import WebAgent, shape_of, start_web_agent
+from tests.agent.web.conftest import WebAgent, dismissed_dialogs, shape_of, slow_labels, start_web_agent
 
 pytestmark = pytest.mark.browser
 
@@ -247,15 +246,20 @@ def _toast_has(page: Any, text: str) -> None:
     page.wait_for_function("(t) => document.getElementById('toast').textContent.includes(t)", arg=text)
 
 
-def test_undo_after_a_refused_label_takes_nothing_back(slow_web: WebAgent, page: Any) -> None:
-    """A label the agent refused (bob labelled the sample meanwhile) is the last key press: Backspace says there
-    is nothing to undo instead of taking back the page's previous, saved label on another sample."""
-    web = slow_web
+def _first_label_saved(web: WebAgent, page: Any) -> tuple[str, str]:
+    """alice's queue page: her first tile labelled "circle" (key 1) and saved; (that tile, the tile focused next)."""
     _open_queue(web, page, "alice")
     first = _focused(page)
     page.keyboard.press("1")
     page.wait_for_selector(f'.tile[data-id="{first}"][data-saved="1"]')
-    second = _focused(page)
+    return first, _focused(page)
+
+
+def test_undo_after_a_refused_label_takes_nothing_back(slow_web: WebAgent, page: Any) -> None:
+    """A label the agent refused (bob labelled the sample meanwhile) is the last key press: Backspace says there
+    is nothing to undo instead of taking back the page's previous, saved label on another sample."""
+    web = slow_web
+    first, second = _first_label_saved(web, page)
     _bob(web, second, "circle")
     page.keyboard.press("2")  # refused: bob's circle
     page.wait_for_selector(f'.tile[data-id="{second}"].changed')
@@ -273,25 +277,12 @@ def test_undo_while_the_label_is_saving_undoes_that_label(slow_web: WebAgent, pa
     """Backspace pressed while the label is still on its way waits for it and takes back that label, not the
     one before it."""
     web = slow_web
-    _open_queue(web, page, "alice")
-    first = _focused(page)
-    page.keyboard.press("1")
-    page.wait_for_selector(f'.tile[data-id="{first}"][data-saved="1"]')
-    second = _focused(page)
-    agent, real = web.agent, web.agent.submit_labels
-
-    def slow(*a: Any, **kw: Any) -> Any:
-        time.sleep(0.7)
-        return real(*a, **kw)
-
-    agent.submit_labels = slow  # type: ignore[method-assign]
-    try:
+    first, second = _first_label_saved(web, page)
+    with slow_labels(web.agent):
         page.keyboard.press("2")
         page.wait_for_timeout(150)
         page.keyboard.press("Backspace")
         _toast_has(page, f"undo: {second}: your label \"square\" taken back")
-    finally:
-        agent.submit_labels = real  # type: ignore[method-assign]
     assert second not in web.labels() and web.labels()[first] == "circle"
     assert page.locator(f'.tile[data-id="{second}"]').get_attribute("data-label") == ""
 
@@ -337,13 +328,7 @@ def test_the_confirmation_counts_the_whole_queues_open_samples(tmp_path: Path, p
         page.context.add_cookies([{"name": "shortlist_user", "value": "lead", "url": web.url}])
         page.goto(web.url + "/queue")
         page.wait_for_selector(".tile")
-        dialogs: list[str] = []
-
-        def dismiss(d: Any) -> None:
-            dialogs.append(d.message)
-            d.dismiss()
-
-        page.on("dialog", dismiss)
+        dialogs = dismissed_dialogs(page)
         page.fill("input[name=budget]", "3")
         page.click("#ask-button")
         page.wait_for_function("() => !document.getElementById('ask-button').disabled")

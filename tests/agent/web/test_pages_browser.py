@@ -13,7 +13,16 @@ import pytest
 
 from agent import client
 from shortlist.v1 import agent_pb2
-from tests.agent.web.conftest import LABELLED, N_IMAGES, WebAgent, new_version_held, shot, start_web_agent
+from tests.agent.web.conftest import (
+    LABELLED,
+    N_IMAGES,
+    WebAgent,
+    dismissed_dialogs,
+    new_version_held,
+    shot,
+    slow_labels,
+    start_web_agent,
+)
 
 pytestmark = pytest.mark.browser
 MAP_POOL = 240  # a pool large enough for the map to show its clusters (and a screenshot worth looking at)
@@ -102,13 +111,7 @@ def test_accept_all_asks_first_and_can_be_undone(live_web: WebAgent, page: Any) 
     lowest = min(float(c) for c in page.evaluate("() => [...document.querySelectorAll("
                                                   "'.tile.prior .conf')].map((e) => parseFloat(e.textContent))"))
     before = live_web.labels()
-    asked: list[str] = []
-
-    def dismiss(d: Any) -> None:
-        asked.append(d.message)
-        d.dismiss()
-
-    page.once("dialog", dismiss)
+    asked = dismissed_dialogs(page, once=True)
     page.keyboard.press("a")
     page.wait_for_timeout(300)
     assert asked and f"{n} sample(s)" in asked[0] and f"lowest confidence among them is {lowest:.0f}%" in asked[0]
@@ -134,20 +137,11 @@ def test_a_second_accept_while_the_first_is_saving_is_not_dropped(live_web: WebA
     page.wait_for_selector(".tile.prior")
     tiles = page.locator(".tile.prior")
     a, b = str(tiles.nth(0).get_attribute("data-id")), str(tiles.nth(1).get_attribute("data-id"))
-    agent, real = live_web.agent, live_web.agent.submit_labels
-
-    def slow(*args: Any, **kw: Any) -> Any:
-        time.sleep(0.7)
-        return real(*args, **kw)
-
-    agent.submit_labels = slow  # type: ignore[method-assign]
-    try:
+    with slow_labels(live_web.agent):
         tiles.nth(0).locator("button[data-act=accept]").click()
         tiles.nth(1).locator("button[data-act=accept]").click()
         assert tiles.nth(1).evaluate("(t) => t.classList.contains('pending')")
         page.wait_for_selector(f".tile.done.accepted[data-id='{b}']")
-    finally:
-        agent.submit_labels = real  # type: ignore[method-assign]
     labels = live_web.labels()
     assert a in labels and b in labels
 
