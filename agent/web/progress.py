@@ -116,12 +116,11 @@ def queue_state(caller: Caller = CallerDep) -> dict[str, Any]:
     """The queue the audit button would replace: its size and how many of its samples are still unlabelled
     (the page asks before replacing a queue with open samples), and its ``created``: the Select that
     replaces it sends it as ``if_created``, so a queue replaced meanwhile is a 409, not overwritten."""
-    from agent.web.queue import current, items  # the queue module owns the queue
+    from agent.web.queue import current, open_count  # the queue module owns the queue
 
     state = current(caller)
-    open_ = sum(1 for it in items(caller, state, state.ids) if not it["label"]) if state.ids else 0
-    return {"total": len(state.ids), "open": open_, "source": state.source, "strategy": state.strategy,
-            "created": state.created}
+    return {"total": len(state.ids), "open": open_count(caller, state), "source": state.source,
+            "strategy": state.strategy, "created": state.created}
 
 
 @router.get("/progress/export")

@@ -51,6 +51,12 @@ def replace(caller: Caller, queue: agent_pb2.Queue, if_created: float | None = N
     return QueueData.of(caller(caller.stub.UpdateQueue, request))
 
 
+def open_count(caller: Caller, state: QueueData) -> int:
+    """How many of the whole queue's samples are unlabelled (one ListSamples of every id: for a confirmation
+    before replacing the queue, not for polling)."""
+    return sum(1 for it in items(caller, state, state.ids) if not it["label"]) if state.ids else 0
+
+
 def describe(state: QueueData) -> str:
     """What filled the queue, for people: "a map selection", "strategy uncertainty", ..."""
     if state.source == "select":
@@ -125,7 +131,7 @@ def queue_api(request: Request, page: int = Query(1), count_open: bool = Query(F
     ids, page, pages = page_of(state, page, caller.config.page_size)
     extra: dict[str, Any] = {}
     if count_open:
-        extra["open"] = sum(1 for it in items(caller, state, state.ids) if not it["label"]) if state.ids else 0
+        extra["open"] = open_count(caller, state)
     return {**extra, "total": len(state.ids), "page": page, "pages": pages, "source": state.source,
             "created": state.created,
             "strategy": state.strategy, "selection_id": state.selection_id, "model_version": state.model_version,
