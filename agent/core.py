@@ -481,11 +481,15 @@ class Agent:
         if problem is not None:
             raise InvalidArgument(problem)
 
-    def _note_replaced(self, rec: SampleRecord, label: str, annotator: str, replaced: list[Replaced]) -> None:
-        """Add ``rec``'s current ``label`` to ``replaced`` if another annotator than ``annotator`` gave it."""
+    def _given_by_another(self, rec: SampleRecord, annotator: str) -> str | None:
+        """Who gave ``rec``'s latest label row ("" when none), unless it was ``annotator`` (then None)."""
         last = self.state.last_label_by(rec.seq)
         by = last[0] if last is not None else ""
-        if by != (annotator or "unknown"):
+        return None if by == (annotator or "unknown") else by
+
+    def _note_replaced(self, rec: SampleRecord, label: str, annotator: str, replaced: list[Replaced]) -> None:
+        """Add ``rec``'s current ``label`` to ``replaced`` if another annotator than ``annotator`` gave it."""
+        if (by := self._given_by_another(rec, annotator)) is not None:
             replaced.append(Replaced(rec.id, label, by))
 
     def _changed_meanwhile(self, rec: SampleRecord, current: int, expected: str | None) -> Rejected | None:
@@ -544,11 +548,9 @@ class Agent:
                 if not same and (conflict := self._changed_meanwhile(rec, current, expected)):
                     rejected.append(conflict)
                     continue
-                if same and expected is not None and expected != label and agreed is not None:
-                    history = self.state.label_history(rec.seq)
-                    by = history[-1][1] if history else ""
-                    if by != (annotator or "unknown"):  # not a resend of the caller's own label
-                        agreed.append((sid, (label, by)))
+                if (same and expected is not None and expected != label and agreed is not None
+                        and (by := self._given_by_another(rec, annotator)) is not None):  # not the caller's resend
+                    agreed.append((sid, (label, by)))
                 if same and self.state.last_label_by(rec.seq) == (annotator or "unknown", source or MANUAL_SOURCE):
                     unchanged += 1  # a resend (a retry after a lost reply): already stored, no second row
                     continue
