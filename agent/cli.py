@@ -489,15 +489,20 @@ def _print_banner(config: AgentConfig, agent: Agent, bound: int, web: WebServer 
         _say(escape(f"web app on {web.url}"))
 
 
+def _stopping(signal_name: str, doing: str, what: str) -> str:
+    """``serve``'s and ``web``'s line on a stop signal; for SIGHUP, why it came and how to avoid it."""
+    hup = (f" (SIGHUP: the terminal that started {what} closed, or a reload was asked; run it under systemd or "
+           "nohup to keep it serving after a logout)") if signal_name == "SIGHUP" else ""
+    return f"stopping ({signal_name}): {doing}{hup}"
+
+
 def _serve_until_signal(stop_agent: Callable[[], None], web: _Stoppable | None,
                         local: _Removable | None) -> NoReturn:
     """Serve until SIGTERM, SIGINT or SIGHUP, then stop (``_stop_serving``) and end the process
     (``_exit_without_teardown``) with its status."""
     name = _wait_for_signal()
     signalled = time.monotonic()
-    _say(f"stopping ({name}): finishing in-flight calls"
-         + (" (SIGHUP: the terminal that started the agent closed, or a reload was asked; run it under "
-            "systemd or nohup to keep it serving after a logout)" if name == "SIGHUP" else ""))
+    _say(_stopping(name, "finishing in-flight calls", "the agent"))
     code = _stop_serving(stop_agent, web, local)
     logging.getLogger("agent.cli").info("stopped %.2f s after the signal; exiting with status %d",
                                         time.monotonic() - signalled, code)
@@ -649,9 +654,7 @@ def web(agent: AgentTarget, labelstudio: LabelStudioConfig,
     _say(escape(f"web app on {server.url} for the agent at {agent.address}")
          + (" (browsers sign in with their token)" if requires_tokens and not agent.config.token else ""))
     name = _wait_for_signal()
-    _say(f"stopping ({name}): finishing the requests in flight"
-         + (" (SIGHUP: the terminal that started it closed, or a reload was asked; run it under systemd or nohup "
-            "to keep it serving after a logout)" if name == "SIGHUP" else ""))
+    _say(_stopping(name, "finishing the requests in flight", "it"))
     server.stop()
     logging.getLogger("agent.cli").info("web app stopped")
 
