@@ -5,6 +5,7 @@ parameter and its range. A new strategy or prior method is covered by registerin
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -106,6 +107,16 @@ def test_docs_table_is_the_registry() -> None:
     text = DOCS.read_text()
     for table in (params_table(list(STRATEGIES.values())), params_table(list(PRIOR_METHODS.values()))):
         assert table in text, f"docs/strategies.md is out of date; paste this table:\n{table}"
+
+
+def test_docs_strategy_rows_are_the_registry() -> None:
+    """docs/strategies.md's Strategies table has one row per registered strategy, none else, and each
+    row's "needs" column starts with what its decorator declares (free text may follow: qbc, das)."""
+    section = DOCS.read_text().split("## Strategies", 1)[1].split("\n## ", 1)[0]
+    rows = {m[1]: m[2] for m in re.finditer(r"^\| `([a-z_0-9]+)` \| ([^|]+) \|", section, re.M)}
+    assert sorted(rows) == sorted(STRATEGIES), "docs/strategies.md's Strategies table is not the registry"
+    for name, entry in STRATEGIES.items():
+        assert rows[name].strip().startswith(entry.needs), (name, rows[name], entry.needs)
 
 
 def test_param_spec_rejects_half_declared_numbers() -> None:
