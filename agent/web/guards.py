@@ -32,7 +32,6 @@ from __future__ import annotations
 import ipaddress
 import logging
 import socket
-import ssl
 from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -103,15 +102,23 @@ class OriginGuard:
 def certificate_names(cert: Path) -> list[str]:
     """The DNS names and IP addresses of a PEM certificate's subjectAltName (else its common name): the names
     browsers can reach an HTTPS app by without a warning. [] when the file cannot be read that way."""
+    # imported here, not at the top: only an HTTPS app reads a certificate, and the import is not free
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
     try:
-        # The stdlib's own decoder (what SSLSocket.getpeercert returns); no public API reads a file's.
-        decoded = ssl._ssl._test_decode_cert(str(cert))  # type: ignore[attr-defined]
-    except (AttributeError, OSError, ValueError, ssl.SSLError) as e:
+        decoded = x509.load_pem_x509_certificate(cert.read_bytes())
+        try:
+            san = decoded.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            names = [*san.get_values_for_type(x509.DNSName),
+                     *(str(ip) for ip in san.get_values_for_type(x509.IPAddress))]
+        except x509.ExtensionNotFound:
+            names = []
+        if not names:
+            names = [str(attr.value) for attr in decoded.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    except (OSError, ValueError) as e:
         log.warning("web app: cannot read the names of %s (%s); add them with %s", cert, e, ALLOWED_HOSTS_OPTION)
         return []
-    names = [value for kind, value in decoded.get("subjectAltName", ()) if kind in ("DNS", "IP Address")]
-    if not names:
-        names = [value for rdn in decoded.get("subject", ()) for key, value in rdn if key == "commonName"]
     out = []
     for name in names:
         try:
