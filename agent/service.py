@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import logging
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -273,6 +275,20 @@ def _touch_when_done(handler: grpc.RpcMethodHandler, touch: Callable[[], None]) 
     return rewrap_handler(handler, around, handler.request_deserializer)
 
 
+@dataclass(frozen=True)
+class _ServerParts:
+    """What ``stop_server`` stops beside a server ``create_server`` made: its health service (told
+    NOT_SERVING first) and its ``IdleTrim`` thread."""
+
+    health: health.HealthServicer
+    trim: IdleTrim
+
+
+# create_server's servers -> their parts. Callers keep the (server, port, agent) they unpack, and
+# stop_server(server, agent) finds the rest here; weak, so a server dropped without stop_server leaves none.
+_PARTS: weakref.WeakKeyDictionary[grpc.Server, _ServerParts] = weakref.WeakKeyDictionary()
+
+
 def create_server(config: AgentConfig, interceptors: Sequence[grpc.ServerInterceptor] = (),
                   credentials: grpc.ServerCredentials | None = None,
                   options: Sequence[tuple[str, Any]] = (),
@@ -337,8 +353,7 @@ def create_server(config: AgentConfig, interceptors: Sequence[grpc.ServerInterce
         trim.close()
         agent.close()
         raise
-    server.health = health_servicer  # type: ignore[attr-defined]  # so stop_server can announce shutdown
-    server.idle_trim = trim  # type: ignore[attr-defined]  # so stop_server can stop its thread
+    _PARTS[server] = _ServerParts(health_servicer, trim)
     return server, bound, agent
 
 
@@ -347,9 +362,9 @@ def stop_server(server: grpc.Server, agent: Agent, grace: float = 5.0) -> None:
     checkpoint), end open Ingest streams after their current batch (UNAVAILABLE, with how many of their
     samples were stored), finish the other in-flight calls (up to ``grace`` s), snapshot, close state."""
     t0 = time.monotonic()
-    health_servicer = getattr(server, "health", None)
-    if health_servicer is not None:
-        health_servicer.enter_graceful_shutdown()
+    parts = _PARTS.pop(server, None)
+    if parts is not None:
+        parts.health.enter_graceful_shutdown()
     agent.work.shutdown()
     agent.light_work.shutdown()
     agent.light_prior_work.shutdown()
@@ -358,9 +373,8 @@ def stop_server(server: grpc.Server, agent: Agent, grace: float = 5.0) -> None:
     t1 = time.monotonic()
     server.stop(grace).wait()
     t2 = time.monotonic()
-    trim = getattr(server, "idle_trim", None)
-    if trim is not None:
-        trim.close()
+    if parts is not None:
+        parts.trim.close()
     agent.close()
     log.info("shutdown: lanes cancelled in %.2f s, gRPC server stopped in %.2f s, agent closed in %.2f s",
              t1 - t0, t2 - t1, time.monotonic() - t2)

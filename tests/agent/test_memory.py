@@ -186,7 +186,7 @@ def test_a_served_agent_trims_after_calls_and_its_threads_stay_bounded(
     r = start(tmp_path / "data", registry)
     try:
         r.stub.GetStatus(agent_pb2.GetStatusRequest(), timeout=10)
-        trim = r.server.idle_trim  # type: ignore[attr-defined]
+        trim = service._PARTS[r.server].trim
         deadline = time.monotonic() + 5
         while trim.trims == 0 and time.monotonic() < deadline:
             time.sleep(0.05)
