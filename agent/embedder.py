@@ -12,8 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+from scipy.special import logsumexp
 
 from shortlist.manifest import EMBEDDING_OUTPUT, LOGITS_OUTPUT, ONNX_NAME, ROTATION_OUTPUT, Manifest
+from shortlist.vectors import unit_rows
 
 log = logging.getLogger(__name__)
 
@@ -113,9 +115,8 @@ class Embedder:
                 logits[start:end] = outs[1]
             if pretext is not None:
                 pretext[start:end] = self._rotation_loss(x, outs[-1])
-        norms = np.linalg.norm(vecs, axis=1, keepdims=True)
-        vecs /= np.maximum(norms, 1e-12)  # cosine space: the index and strategies expect unit rows
-        return EmbedOutput(vecs, logits, pretext)
+        # cosine space: the index and strategies expect unit rows
+        return EmbedOutput(unit_rows(vecs), logits, pretext)
 
     def _rotation_loss(self, x: np.ndarray, rot0_logits: np.ndarray) -> np.ndarray:
         """RotNet pretext loss per image (Gidaris et al., ICLR 2018, "Unsupervised representation
@@ -134,6 +135,4 @@ class Embedder:
 def _cross_entropy(logits: np.ndarray, target: int) -> np.ndarray:
     """Bx4 logits, one target class -> B cross-entropies (nats), computed stably via log-sum-exp."""
     z = logits.astype(np.float64)
-    m = z.max(axis=1, keepdims=True)
-    lse = m[:, 0] + np.log(np.exp(z - m).sum(axis=1))
-    return lse - z[:, target]
+    return np.asarray(logsumexp(z, axis=1) - z[:, target])

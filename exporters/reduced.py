@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from shortlist.manifest import EMBEDDING_OUTPUT, INPUT_NAME
+from shortlist.vectors import unit_rows
 
 INT8_NAME = "encoder.int8.onnx"
 FP16_NAME = "encoder.fp16.onnx"
@@ -35,8 +36,7 @@ def _embed(path: Path, x: np.ndarray, providers: list[str] | None = None) -> np.
 
     sess = ort.InferenceSession(str(path), providers=providers or ["CPUExecutionProvider"])
     out = np.concatenate([sess.run([EMBEDDING_OUTPUT], {INPUT_NAME: x[i:i + 64]})[0] for i in range(0, len(x), 64)])
-    out = out.astype(np.float32)
-    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+    return unit_rows(out)
 
 
 def neighbour_agreement(a: np.ndarray, b: np.ndarray, k: int = K) -> float:

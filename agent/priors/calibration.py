@@ -89,10 +89,11 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy.optimize import brentq, minimize, minimize_scalar
-from scipy.special import expit
+from scipy.special import expit, softmax
 
 from agent.cache import LruCache, fingerprint, frozen
 from agent.cancel import checkpoint
+from agent.lazy import deferred
 from agent.params import FitSettings, Param, PriorEntry, params_doc
 from agent.pool import InvalidArgument, Pool, PriorMethod, Priors
 from agent.priors._common import nearest_labelled_distance, with_known_labels
@@ -154,10 +155,7 @@ def calibrate_flag(params: Mapping[str, str]) -> bool:
 def tempered(probs: np.ndarray, covered: np.ndarray, t: float) -> np.ndarray:
     """softmax(log(probs + EPS) / t) over the ``covered`` classes (C bools), zero elsewhere: RxC."""
     z = np.log(np.asarray(probs, np.float64) + EPS) / t
-    z = np.where(covered[None, :], z, -np.inf)
-    z -= z.max(axis=1, keepdims=True)
-    q = np.exp(z)
-    return np.asarray(q / q.sum(axis=1, keepdims=True))
+    return np.asarray(softmax(np.where(covered[None, :], z, -np.inf), axis=1))
 
 
 def held_out(pool: Pool, method: PriorMethod, params: Mapping[str, str], rng: np.random.Generator,
@@ -229,8 +227,9 @@ def class_balanced_weights(labels: np.ndarray) -> np.ndarray:
     labels = np.asarray(labels, np.int64)
     if len(labels) == 0:
         return np.zeros(0)
-    classes, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
-    return np.asarray(len(labels) / (len(classes) * counts[inverse]), np.float64)
+    # scikit-learn's "balanced" weights are this formula (imported on first use: agent/lazy.py)
+    class_weight = deferred("sklearn.utils.class_weight")
+    return np.asarray(class_weight.compute_sample_weight("balanced", labels), np.float64)
 
 
 def log_likelihoods(q: np.ndarray, labels: np.ndarray, top_label: bool) -> np.ndarray:

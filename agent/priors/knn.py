@@ -12,6 +12,7 @@ from agent.params import Param, prior_method
 from agent.pool import Pool, Priors
 from agent.priors._common import normalise_rows, require_labels, with_known_labels
 from agent.strategies._common import block_rows, embedding_mean
+from shortlist.vectors import unit_rows
 
 KNN_K = 20
 # Default: similarities are measured after centring (SimpleShot's CL2N) and the temperature is this
@@ -41,11 +42,6 @@ KNN_PARAMS = (
 )
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
 class _Space:
     """Cosine similarity after subtracting ``centre`` and re-normalising (``centre`` = 0: the raw cosine)."""
 
@@ -55,7 +51,7 @@ class _Space:
         self.lab = self.rows(pool.labeled)
 
     def rows(self, rows: np.ndarray) -> np.ndarray:
-        return _unit(self.pool.embeddings[rows] - self.centre)
+        return unit_rows(self.pool.embeddings[rows] - self.centre)
 
 
 def _labelled_neighbours(space: _Space, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

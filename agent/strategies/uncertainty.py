@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import numpy as np
+from scipy import special
 
 from agent.cancel import checkpoint
 from agent.lazy import deferred
@@ -80,10 +81,7 @@ def predict_proba(head: LogisticRegression, x: np.ndarray) -> np.ndarray:
 
 def softmax(logits: np.ndarray) -> np.ndarray:
     """Row-wise softmax of MxC logits (float32, max-shifted for stability)."""
-    z = np.asarray(logits, np.float32)
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+    return np.asarray(special.softmax(np.asarray(logits, np.float32), axis=1), np.float32)
 
 
 def candidate_probs(pool: Pool, what: str, rng: np.random.Generator) -> np.ndarray:
