@@ -11,9 +11,13 @@ import io
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shortlist.v1 import agent_pb2
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 # Chart size in inches (the SVG is shown at its natural size, 72 pt an inch, shrunk to fit narrower panels).
 WIDTH, HEIGHT = 12.0, 2.8
@@ -120,21 +124,21 @@ def audit_dict(a: agent_pb2.PriorAudit) -> dict[str, Any]:
                         for m in a.methods]}
 
 
-def _figure(height: float = HEIGHT, width: float = WIDTH) -> Any:
+def _figure(height: float = HEIGHT, width: float = WIDTH) -> Figure:
     from matplotlib.figure import Figure  # imported on first use: ~1 s, and only the web app draws
 
     fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
     return fig
 
 
-def _empty(fig: Any, ax: Any, message: str) -> str:
+def _empty(fig: Figure, ax: Axes, message: str) -> str:
     """The chart's SVG with only ``message`` in it (nothing to draw yet)."""
     ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes)
     ax.set_axis_off()
     return _svg(fig)
 
 
-def _svg(fig: Any) -> str:
+def _svg(fig: Figure) -> str:
     import matplotlib
 
     buf = io.StringIO()
@@ -144,7 +148,7 @@ def _svg(fig: Any) -> str:
     return text[text.index("<svg"):]  # drop the XML prolog and DOCTYPE: the SVG is inlined in HTML
 
 
-def _dates(ts: list[float]) -> list[Any]:
+def _dates(ts: list[float]) -> list[Any]:  # datetimes; Any: matplotlib's ArrayLike stub has no datetime
     from datetime import UTC, datetime
 
     return [datetime.fromtimestamp(t, UTC) for t in ts]
@@ -185,7 +189,7 @@ def class_timeline_svg(p: Progress) -> str:
     return _svg(fig)
 
 
-def _time_axis(ax: Any) -> None:
+def _time_axis(ax: Axes) -> None:
     import matplotlib.dates as mdates
     from matplotlib.ticker import MaxNLocator
 

@@ -34,7 +34,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import typer
@@ -45,6 +45,9 @@ from bench.cifar10.run import Walls
 from bench.metrics import class_coverage, expected_calibration_error, linear_probe_accuracy, prior_accuracy
 from shortlist.datasets import ImageArray, load_array, split_sources_said
 from shortlist.manifest import read_complete
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 @dataclass(frozen=True)
@@ -173,7 +176,7 @@ def torch_run_of(provenance: dict[str, Any], version_dir: Path) -> Path:
 
 
 def prepare_encoder(encoder: Path | None, profile: Profile, splits: cifar10.PoolSplits, out: Path,
-                    console: Any) -> tuple[str, dict[str, Any]]:
+                    console: Console) -> tuple[str, dict[str, Any]]:
     """bench cifar10's prepare_encoder, except that a training run folder this --out already exported is
     served as that version again (a rerun resumes instead of publishing a new version of the same weights)."""
     from shortlist.manifest import list_versions
@@ -313,7 +316,7 @@ class ArmSetup:
 
 
 def arm_cell(setup: ArmSetup, arm: Arm, budget: int, seed: int, labels: dict[str, Any],
-             console: Any) -> dict[str, Any]:
+             console: Console) -> dict[str, Any]:
     """Train one arm (resuming an interrupted run) and return its result; a finished cell is read back."""
     import torch
 
@@ -491,7 +494,7 @@ def _training_splits(data: Path, train: ImageArray, pool_idx: np.ndarray, test_s
 
 
 def _run_cells(run: Run, chosen: list[Arm], folders: Folders, data: LabelData, setup: ArmSetup,
-               walls: Walls, console: Any) -> None:
+               walls: Walls, console: Console) -> None:
     """Every (seed, budget): the label cells of the strategies the ``chosen`` arms need, then the arms;
     results.json is rewritten after each arm."""
     strategies = [s for s in LABEL_STRATEGIES if any(a.strategy == s for a in chosen)]
@@ -522,7 +525,7 @@ def _run_cells(run: Run, chosen: list[Arm], folders: Folders, data: LabelData, s
 
 
 def run_benchmark(data: Path, profile: Profile, out: Path, encoder: Path | None = None,
-                  overrides: Overrides | None = None, console: Any = None) -> Run:
+                  overrides: Overrides | None = None, console: Console | None = None) -> Run:
     """Run (or resume) the whole benchmark (``profile`` with the command's ``overrides``) into ``out``;
     returns the run (also in out/results.json)."""
     from rich.console import Console

@@ -23,7 +23,7 @@ import shutil
 import subprocess
 import uuid
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -140,7 +140,7 @@ def max_rel_error(ref: np.ndarray, got: np.ndarray) -> float:
 
 
 def verify(wrapper: ExportWrapper, files: dict[str, Path], batches: dict[str, np.ndarray],
-           tolerance: float = TOLERANCE, log: Any = print) -> dict[str, Any]:
+           tolerance: float = TOLERANCE, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Compare eager vs each exported file on each batch (Nx3xHxW float32); VerificationError if off.
 
     Returns {runtime: {batch name: {output: max relative error}}}.
@@ -186,7 +186,8 @@ def _torchscript_runner(path: Path) -> Any:
     return run
 
 
-def real_batch(meta: dict[str, Any], pre: Preprocess, n: int = 16, log: Any = print) -> np.ndarray | None:
+def real_batch(meta: dict[str, Any], pre: Preprocess, n: int = 16,
+               log: Callable[[str], None] = print) -> np.ndarray | None:
     """Up to ``n`` real images of the run's data set, preprocessed (Nx3xHxW float32), or None.
 
     Evenly spread over the source (reading is cheap, decoding is not: only the chosen ones are decoded),
@@ -220,7 +221,7 @@ def registry_problem(registry: Path) -> None:
 
 
 def export_run(run_dir: str | Path, registry: str | Path, formats: Sequence[str] = FORMATS,
-               real_images: np.ndarray | None = None, log: Any = print) -> str:
+               real_images: np.ndarray | None = None, log: Callable[[str], None] = print) -> str:
     """Export, verify and publish ``run_dir``'s encoder into ``registry``; returns the version name.
 
     ``real_images``: NxHxWx3 uint8 to verify on (default: a few images of the run's data set).

@@ -13,6 +13,7 @@ selection strategies and prior labels consume, so that is the property worth kee
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +78,8 @@ def convert_fp16(src: Path, dst: Path) -> None:
     onnx.save(model, str(dst))
 
 
-def reduced_exports(fp32: Path, formats: list[str], images: np.ndarray, log: Any = print) -> dict[str, Any]:
+def reduced_exports(fp32: Path, formats: list[str], images: np.ndarray,
+                    log: Callable[[str], None] = print) -> dict[str, Any]:
     """Write the requested reduced exports ("int8", "fp16") beside ``fp32``, verify each by neighbour
     agreement on ``images`` (Nx3xHxW float32, preprocessed); AgreementError if one falls short.
 

@@ -9,7 +9,7 @@ import shutil
 import subprocess
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import typer
@@ -17,6 +17,9 @@ import typer
 from bench.cifar10.profiles import Profile
 from shortlist.datasets import ImageArray
 from shortlist.manifest import newest_complete, read_complete
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 def _git_commit() -> str:
@@ -162,7 +165,7 @@ def torch_run_of(provenance: dict[str, Any], version_dir: Path) -> Path | None:
 
 
 def prepare_encoder(encoder: Path | None, profile: Profile, splits: PoolSplits, out: Path,
-                    console: Any) -> tuple[str, dict[str, Any]]:
+                    console: Console) -> tuple[str, dict[str, Any]]:
     """Publish the benchmark's encoder into ``out/models``; returns (version, provenance).
 
     ``splits.train`` / ``splits.test`` are the splits the benchmark already decoded: when they are at the

@@ -10,7 +10,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import numpy as np
@@ -24,6 +24,9 @@ from bench.metrics import class_coverage, expected_calibration_error, linear_pro
 from shortlist.images import resize_array
 from shortlist.manifest import read_complete
 from shortlist.v1 import agent_pb2, agent_pb2_grpc
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
 
 
 def save_embeddings(folder: Path, pool_x: np.ndarray, pool_y: np.ndarray, test_x: np.ndarray,
@@ -293,7 +296,8 @@ def _priors(stub: agent_pb2_grpc.AgentStub, method: str, data: EvalData) -> _Pri
 
 
 def run_strategy(stub: agent_pb2_grpc.AgentStub, strategy: str, seed: int, settings: LoopSettings,
-                 data: EvalData, address: str = "", progress: Any = None, task: Any = None) -> list[Point]:
+                 data: EvalData, address: str = "", progress: Progress | None = None,
+                 task: TaskID | None = None) -> list[Point]:
     """The cumulative Select -> label -> prior -> evaluate loop for one strategy and seed. ``settings.audit``
     > 0: that many audit labels (Select strategy "audit", a uniform random sample of the unlabelled pool) are
     drawn and labelled right after the first budget's picks, as the agent's calibration warning asks a team
@@ -305,7 +309,7 @@ def run_strategy(stub: agent_pb2_grpc.AgentStub, strategy: str, seed: int, setti
     first_round = strategy
     ssl = settings.ssl
     for budget in settings.budgets:
-        if progress is not None:
+        if progress is not None and task is not None:
             progress.update(task, description=f"{strategy} seed {seed} budget {budget}")
         want = budget - len(labeled)
         reply, name, select_s = _select(stub, strategy, want, seed, labeled)
@@ -337,7 +341,7 @@ def run_strategy(stub: agent_pb2_grpc.AgentStub, strategy: str, seed: int, setti
                                 semi_supervised_accuracy=ssl_acc,
                                 mean_confidence=float(pr.max(axis=1).mean()) if len(pr) else None,
                                 audit_labels=len(audited), calibration=pri.calibration))
-        if progress is not None:
+        if progress is not None and task is not None:
             progress.advance(task)
             summary = ", ".join(f"{p.prior_method} {p.prior_accuracy:.3f}"
                                 for p in points[-len(settings.prior_methods):])

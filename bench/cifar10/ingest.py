@@ -6,7 +6,7 @@ import json
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from agent import client
 from bench.cifar10.process import agent_process, declarable, wait_embedded
@@ -14,12 +14,16 @@ from bench.cifar10.profiles import hash_ids
 from shortlist.datasets import ImageItem, iter_images
 from shortlist.v1 import agent_pb2_grpc
 
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress, TaskID
+
 
 def ingest_items(stub: agent_pb2_grpc.AgentStub, items: Sequence[ImageItem], batch: int = 256,
-                 progress: Any = None, task: Any = None) -> int:
+                 progress: Progress | None = None, task: TaskID | None = None) -> int:
     """Stream ``items`` (no labels: the annotator gives them later) through Ingest; returns accepted."""
     samples = (client.image_sample(it.id, it.encoded or b"", uri=it.uri, metadata={"split": "train"}) for it in items)
-    on_batch = (lambda n: progress.advance(task, n)) if progress is not None else None
+    on_batch = (lambda n: progress.advance(task, n)) if progress is not None and task is not None else None
     reply = client.ingest(stub, samples, batch=batch, on_batch=on_batch, timeout=3600)
     if reply.rejected:
         first = reply.rejected[0]
@@ -28,7 +32,7 @@ def ingest_items(stub: agent_pb2_grpc.AgentStub, items: Sequence[ImageItem], bat
 
 
 def ingest_pool(data: Path, pool_ids: Sequence[str], version: str, registry: Path, base: Path, log: Path,
-                console: Any, progress: Any = None, classes: Sequence[str] = ()) -> None:
+                console: Console, progress: Progress | None = None, classes: Sequence[str] = ()) -> None:
     """Make ``base`` an agent data folder holding the pool's samples (the original encoded files of
     ``data``'s train split, streamed through Ingest the way a field pipeline would) embedded under
     ``version``. A rerun with the same pool, model and classes finds base/bench-ingested.json and skips
@@ -50,7 +54,7 @@ def ingest_pool(data: Path, pool_ids: Sequence[str], version: str, registry: Pat
     task = progress.add_task("ingest", total=len(items)) if progress is not None else None
     if reuse:
         console.print(f"reusing the ingested pool in {base}")
-        if progress is not None:
+        if progress is not None and task is not None:
             progress.update(task, completed=len(items), description="ingest (reused)")
         return
     with agent_process(base, registry, log, classes=classes) as address:

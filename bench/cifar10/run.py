@@ -9,7 +9,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import numpy as np
@@ -34,6 +34,10 @@ from bench.cifar10.ingest import ingest_pool
 from bench.cifar10.process import agent_process
 from bench.cifar10.profiles import Profile, resolve_budgets
 from shortlist.datasets import ImageArray
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress, TaskID
 
 
 @dataclass(frozen=True)
@@ -107,7 +111,7 @@ def _check_budgets(profile: Profile, pool: int) -> None:
 
 
 def _semi_supervised(profile: Profile, provenance: dict[str, Any], steps: int | None, out: Path,
-                     console: Any) -> SemiSupervised | None:
+                     console: Console) -> SemiSupervised | None:
     """Where and how the AS3L semi-supervised stage runs (None: the profile has no points for it); it starts
     from ``--encoder`` when that is a training run folder with encoder.pt."""
     if not profile.semi_supervised_at:
@@ -121,7 +125,7 @@ def _semi_supervised(profile: Profile, provenance: dict[str, Any], steps: int | 
 
 
 def _run_one(strategy: str, seed: int, settings: LoopSettings, data: EvalData, folders: Folders,
-             progress: Any, task: Any) -> list[Point]:
+             progress: Progress, task: TaskID) -> list[Point]:
     """One (strategy, seed) run, by an agent on a fresh copy of the base folder (every strategy starts from
     the same pool and zero labels), removed afterwards."""
     work = folders.work
@@ -136,7 +140,7 @@ def _run_one(strategy: str, seed: int, settings: LoopSettings, data: EvalData, f
 
 
 def _run_strategies(run: Run, done: dict[tuple[str, int], list[dict[str, Any]]], settings: LoopSettings,
-                    data: EvalData, folders: Folders, progress: Any, walls: Walls) -> None:
+                    data: EvalData, folders: Folders, progress: Progress, walls: Walls) -> None:
     """Every (strategy, seed) of ``run``, reusing the ``done`` ones; results.json is rewritten after each.
     An agent error skips that run (recorded in ``run.skipped``, retried by a rerun)."""
     n_budgets = len(settings.budgets)
@@ -177,7 +181,7 @@ def _eval_data(data: Path, version_dir: Path, train: ImageArray, pool_idx: np.nd
 
 
 def run_benchmark(data: Path, profile: Profile, out: Path, encoder: Path | None = None,
-                  overrides: Overrides | None = None, console: Any = None) -> Run:
+                  overrides: Overrides | None = None, console: Console | None = None) -> Run:
     """Run the whole benchmark (``profile`` with the command's ``overrides``); writes results.json,
     results.md and plots into ``out``."""
     from rich.console import Console
