@@ -375,6 +375,7 @@ class Agent:
                  if strategy == AUDIT or not audit_only]
 
         def is_labelled(seqs: np.ndarray) -> np.ndarray:
+            """``seqs`` (N int64 state seqs) -> N bools: the sample has a current label."""
             inside = seqs < len(labels)
             return inside & (labels[np.where(inside, seqs, 0)] >= 0)
 

@@ -144,6 +144,8 @@ class _Placer:
         self.index.set_ef(64)
 
     def place(self, vecs: np.ndarray, rows: np.ndarray, k: int, seed: int) -> np.ndarray:
+        """QxD embeddings of the pool rows ``rows`` (Q ints) -> Qx2 float32 map coordinates: the median of
+        their ``k`` nearest fitted points, jittered by 0.1 of those points' spread (seeded per row)."""
         k = min(k, len(self.xy))
         nn, _ = self.index.knn_query(np.ascontiguousarray(vecs, np.float32), k=k)
         coords = self.xy[nn]  # Q x k x 2

@@ -124,6 +124,7 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
 
     def Ingest(self, request_iterator: Iterator[agent_pb2.IngestRequest],
                context: grpc.ServicerContext) -> agent_pb2.IngestReply:
+        """Ingest: store and embed the streamed samples (docs/agent.md, API)."""
         # The pipeline (agent.ingest) reads the stream lazily in its own thread.
         batches = ([incoming(s) for s in req.samples] for req in request_iterator)
         total = self.agent.ingest.stream(batches, active=context.is_active, token=call_token(context))
@@ -134,6 +135,7 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
             same_payload_examples=[agent_pb2.SamePayload(id=i, other_id=o) for i, o in total.same_payload_examples])
 
     def Select(self, request: agent_pb2.SelectRequest, context: grpc.ServicerContext) -> agent_pb2.SelectReply:
+        """Select: the strategy's ``budget`` picks (docs/agent.md, API)."""
         res = self.agent.select(request.budget, request.strategy, dict(request.params), request.seed,
                                 dict(request.where), call_token(context), record=not READ_ONLY_CALL.get())
         return agent_pb2.SelectReply(selected=[agent_pb2.Selected(id=i, score=s) for i, s in res.selected],
@@ -142,6 +144,7 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
 
     def SubmitLabels(self, request: agent_pb2.SubmitLabelsRequest,
                      context: grpc.ServicerContext) -> agent_pb2.SubmitLabelsReply:
+        """SubmitLabels: record labels, with what they overwrote or agreed with (docs/agent.md, API)."""
         replaced: list[Replaced] = []
         agreed: list[tuple[str, tuple[str, str]]] = []
         accepted, rejected = self.agent.submit_labels(
@@ -155,6 +158,7 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
 
     def RetractLabels(self, request: agent_pb2.RetractLabelsRequest,
                       context: grpc.ServicerContext) -> agent_pb2.RetractLabelsReply:
+        """RetractLabels: take labels back (docs/agent.md, API)."""
         replaced: list[Replaced] = []
         accepted, rejected = self.agent.retract_labels(list(request.ids), request.annotator, request.source,
                                                        dict(request.if_current), replaced)
@@ -162,9 +166,11 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
                                             overwritten=[replaced_message(r) for r in replaced])
 
     def GetQueue(self, request: agent_pb2.GetQueueRequest, context: grpc.ServicerContext) -> agent_pb2.Queue:
+        """GetQueue: a named queue of sample ids (docs/agent.md, API)."""
         return queue_message(self.agent.queues.get(request.name))
 
     def UpdateQueue(self, request: agent_pb2.UpdateQueueRequest, context: grpc.ServicerContext) -> agent_pb2.Queue:
+        """UpdateQueue: replace a queue or mark its items (docs/agent.md, API)."""
         replace = None
         if request.HasField("queue"):
             q = request.queue
@@ -176,6 +182,7 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
 
     def PriorLabels(self, request: agent_pb2.PriorLabelsRequest,
                     context: grpc.ServicerContext) -> Iterator[agent_pb2.PriorLabel]:
+        """PriorLabels: one prior label per requested id, streamed (docs/agent.md, API)."""
         for r in self.agent.prior_labels(request.method, list(request.ids), dict(request.params),
                                          call_token(context)):
             msg = agent_pb2.PriorLabel(id=r.id, label=r.label, confidence=r.confidence, probs=r.probs,
@@ -186,6 +193,7 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
 
     def ListSamples(self, request: agent_pb2.ListSamplesRequest,
                     context: grpc.ServicerContext) -> Iterator[agent_pb2.Sample]:
+        """ListSamples: the stored samples, streamed (docs/agent.md, API)."""
         for rec, label, data in self.agent.list_samples(request.labeled_only, request.include_payload,
                                                         list(request.ids)):
             msg = agent_pb2.Sample(id=rec.id, uri=rec.uri, metadata=rec.metadata, label=label)
@@ -198,12 +206,14 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
 
     def ListLabels(self, request: agent_pb2.ListLabelsRequest,
                    context: grpc.ServicerContext) -> Iterator[agent_pb2.LabelRecord]:
+        """ListLabels: the current labels, or their whole history (docs/agent.md, API)."""
         for e in self.agent.list_labels(request.history):
             yield agent_pb2.LabelRecord(id=e.id, label=e.label, annotator=e.annotator, time=e.time, source=e.source,
                                         model_version=e.model_version, audit=e.audit, current=e.current,
                                         retracted=e.retracted)
 
     def GetMap(self, request: agent_pb2.GetMapRequest, context: grpc.ServicerContext) -> Iterator[agent_pb2.MapChunk]:
+        """GetMap: the pool map's points in chunks, each with the map's state (docs/agent.md, The pool map)."""
         st, chunks = self.agent.get_map(request.offset, request.limit, request.chunk)
 
         def chunk_message() -> agent_pb2.MapChunk:
@@ -221,14 +231,17 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
             yield chunk_message()
 
     def GetStatus(self, request: agent_pb2.GetStatusRequest, context: grpc.ServicerContext) -> agent_pb2.Status:
+        """GetStatus: the agent's status and warnings (docs/agent.md, API)."""
         return self._status()
 
     def ReloadModel(self, request: agent_pb2.ReloadModelRequest, context: grpc.ServicerContext) -> agent_pb2.Status:
+        """ReloadModel: look for a new model version now; the status after (docs/agent.md, API)."""
         self.agent.manager.reload()
         return self._status()
 
     def GetImages(self, request: agent_pb2.GetImagesRequest,
                   context: grpc.ServicerContext) -> agent_pb2.GetImagesReply:
+        """GetImages: the samples' images, resized (docs/agent.md, API)."""
         found = self.agent.images.get(list(request.ids), request.max_side, request.format, call_token(context))
         return agent_pb2.GetImagesReply(images=[
             agent_pb2.Image(id=r.id, data=r.data, mime_type=r.mime_type, width=r.width, height=r.height,

@@ -28,7 +28,8 @@ def clustered(n: int, dim: int, clusters: int, seed: int = 0) -> tuple[np.ndarra
 
 
 def nearest_centre_agreement(xy: np.ndarray, which: np.ndarray) -> float:
-    """Fraction of points nearer (on the map) to their own cluster's centroid than to any other's."""
+    """Fraction in [0, 1] of points nearer (on the map) to their own cluster's centroid than to any other's.
+    ``xy``: Nx2 map coordinates, ``which``: N cluster ids."""
     labels = np.unique(which)
     centres = np.stack([xy[which == c].mean(axis=0) for c in labels])
     d = ((xy[:, None, :] - centres[None]) ** 2).sum(axis=2)

@@ -133,7 +133,8 @@ def export_torchscript(wrapper: ExportWrapper, path: Path, size: tuple[int, int]
 
 
 def max_rel_error(ref: np.ndarray, got: np.ndarray) -> float:
-    """max|ref - got| / max|ref| (0 when both are all zero)."""
+    """max|ref - got| / max|ref| over two outputs of the same shape (e.g. NxD embeddings), a float >= 0; the
+    absolute error when ``ref`` is all zero (0 when both are)."""
     scale = float(np.abs(ref).max())
     err = float(np.abs(ref.astype(np.float64) - got.astype(np.float64)).max())
     return err / scale if scale > 0 else err

@@ -17,7 +17,8 @@ def require_labels(pool: Pool, method: str) -> None:
 
 
 def with_known_labels(pool: Pool, rows: np.ndarray, priors: Priors) -> Priors:
-    """Requested rows that are labelled get their label, one-hot, with confidence 1."""
+    """Requested rows that are labelled get their label, one-hot, with confidence 1. ``rows``: the R pool rows
+    asked for (ints), ``priors``: their RxC probs and R confidences; returns the same shapes."""
     label_of = np.full(len(pool.embeddings), -1, np.int64)
     label_of[pool.labeled] = pool.labels
     known = label_of[rows]
