@@ -43,7 +43,7 @@ admitted while the cores are saturated, so each kind also keeps its mean CPU sec
 the thread doing the work: exact for single-threaded lane work), and the lane's current CPU share (CPU
 seconds per wall second its calls get now: measured on the running calls, else the running mean of the
 calls that ended within ``PROBE_AFTER_S``) turns CPU seconds into expected wall seconds: a kind that
-took 1.6 s alone is expected to take 16 s while the lane's calls get a tenth of a core each. Running
+took t s alone is expected to take 10 t s while the lane's calls get a tenth of a core each. Running
 calls also bound their kind from below (a kind is expected to need at least the CPU a running call of
 that kind has already used); when the running calls get less than ``CONTENDED`` of a core each, the CPU
 left to the lane is saturated and one more call would split it, so a call that finds a slot free is
@@ -62,8 +62,9 @@ and the size probcover and qbc declare from theirs (``@strategy(work=...)``):
 agent/params.py ``StrategyEntry.work_size``). A kind's estimate is scaled up by the
 call's size over the size of the kind's last measured run (never down): on a fresh agent the strategies
 are first timed at a few dozen labels, a load's SubmitLabels then take k-means' k to its cap of 500
-within seconds, and typiclust and as3l admitted at their first (quiet, small-k) cost ran 3-6x longer in
-CPU, one of them past its 30 s deadline (docs/reliability.md, Load). A kind never measured has no run to
+within seconds, and typiclust and as3l admitted at their first (quiet, small-k) cost ran several times
+longer in CPU, one of them past its 30 s deadline (docs/reliability.md, Load: the run before the fix
+that is this paragraph). A kind never measured has no run to
 scale from: with nothing timed before a load (``bench load --solo none``) the first typiclust Select on a
 50,000-sample pool was expected at the lane's mean (a few cheap calls, or the 1 s start value) and ran to
 its 30 s deadline. So a call may also bring a prior (``prior_cpu_s``): the CPU seconds it is expected to
@@ -235,8 +236,9 @@ class Admission:
     # expectation no longer fits: the margin between the two keeps refusals at admission, i.e. prompt.
     SAFETY = 2.0
     # ... and this multiple while the lane's calls get less than CONTENDED of a core: under 16 clients the
-    # share a heavy call got fell 2-3x within seconds of the previous call's end (0.38 -> 0.17, 0.41 ->
-    # 0.26, 0.39 -> 0.14 of a core), so calls admitted at twice their expected length ran past 30 s.
+    # share a heavy call got fell by a factor of several within seconds of the previous call's end, so
+    # calls admitted at twice their expected length ran past 30 s (docs/reliability.md, Load, "Heavy
+    # admission on the safe side").
     SAFETY_CONTENDED = 3.0
     # A running call is measured for this long before its CPU share counts as the lane's current one.
     MIN_LIVE_S = 0.1

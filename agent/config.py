@@ -30,8 +30,9 @@ class WorkConfig:
     # (agent/admission.py LaneThreads): light calls preempt it, and two heavy calls take at most the two
     # cores of a small machine (one thread each was also faster per call under load: docs/reliability.md).
     heavy_threads: LaneThreads = field(default_factory=LaneThreads)
-    # Light PriorLabels (knn: ~0.1-0.3 CPU s each, mostly its calibration, 10x a light Select) run in
-    # threads of their own at niceness +5, so GetStatus, SubmitLabels and light Selects go first.
+    # Light PriorLabels (knn: mostly its calibration, several times a light Select; figures in docs/agent.md,
+    # "Heavy work: admission, cancellation, cache") run in threads of their own at niceness +5, so
+    # GetStatus, SubmitLabels and light Selects go first.
     light_prior_threads: LaneThreads = field(default_factory=lambda: LaneThreads(nice=5, sample_share=False))
     # The longest a heavy call waits in the queue for a turn (seconds; None: until its deadline). A call
     # expected to wait longer is refused at once; one whose turn has not come by then (the estimates were

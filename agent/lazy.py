@@ -1,6 +1,7 @@
 """Imports the agent defers past its start: scikit-learn (k-means, logistic regression) and scipy.stats
-(the audit's binomial interval) cost ~4 s of the agent's ~4.5 s import time on the 2-core machine
-(``python -X importtime -c "import agent.service"``), yet no call needs them before the first heavy
+(the audit's binomial interval) are most of the agent's import time on the 2-core machine (``python -X
+importtime -c "import agent.service"``; docs/reliability.md, "Measured", Start-up), yet no call needs them
+before the first heavy
 Select or audit. They are imported where used, and ``warm_in_background`` imports them in a daemon
 thread once the server listens, so the port answers (health, GetStatus, Ingest) seconds sooner and the
 first heavy call does not usually pay for the import either."""

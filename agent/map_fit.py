@@ -4,10 +4,10 @@
 ``fit_in_child`` runs it in a separate Python process (``python -m agent.map_fit IN OUT CONFIG``) at
 the lowest CPU priority, with one BLAS / OpenMP thread, and waits for it, so that:
 
-- its memory (PCA, the t-SNE affinities and gradients: ~90 MB at its peak for 10,000 rows of 128-d on
-  top of the imports; measured in one process, docs/reliability.md, Load) is the child's and returns
-  to the system when it exits, instead of raising the agent's resident set (the agent's allocator keeps
-  part of what a long fit touched, and a load measured while the map was fitted grew +18%);
+- its memory (PCA, the t-SNE affinities and gradients; its peak for 10,000 rows: docs/agent.md, "The
+  pool map (GetMap)") is the child's and returns to the system when it exits, instead of raising the
+  agent's resident set (the agent's allocator keeps part of what a long fit touched, and a load measured
+  while the map was fitted in the agent's process grew more);
 - cancelling a fit (a new model version, shutdown) is a kill, not a wait for openTSNE's next callback;
 - the agent never imports openTSNE.
 

@@ -28,10 +28,10 @@ Cost and priority: one daemon thread (``pool-map``) per agent, at nice +19 (Linu
 thread), outside the admission lanes so it never holds a slot that a Select or PriorLabels waits for;
 the fit itself (PCA + openTSNE with ``n_jobs=1``) runs in a child process at nice 19 (agent/map_fit.py,
 ``MapConfig.child_process``), so its memory is returned to the system when it ends instead of staying
-with the agent. A fit of 10,000 samples took about 50 s of one core on the 2-core dev machine (under
-load), with a peak of ~90 MB above the imports; placement (in the agent) costs one hnswlib query per
-sample. A model swap kills a running fit (in the map thread: stops it at openTSNE's next callback, every
-``CALLBACK_EVERY`` iterations) and starts the new version's map.
+with the agent (a 10,000-sample fit's time and memory: docs/agent.md, "The pool map (GetMap)" and
+"Backup and restore"); placement (in the agent) costs one hnswlib query per sample. A model swap kills a
+running fit (in the map thread: stops it at openTSNE's next callback, every ``CALLBACK_EVERY`` iterations)
+and starts the new version's map.
 
 Durability: ``D/map/<version>.npz`` holds the covered index rows' sample seqs, coordinates, the fitted
 mask and the method, written atomically (temporary file, fsync, rename, fsync of the folder) after each

@@ -125,7 +125,7 @@ def audit_dict(a: agent_pb2.PriorAudit) -> dict[str, Any]:
 
 
 def _figure(height: float = HEIGHT, width: float = WIDTH) -> Figure:
-    from matplotlib.figure import Figure  # imported on first use: ~1 s, and only the web app draws
+    from matplotlib.figure import Figure  # imported on first use: slow, and only the web app draws
 
     fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
     return fig

@@ -102,8 +102,9 @@ log = logging.getLogger(__name__)
 
 CALIBRATION_FOLDS = 5
 # Held-out samples predicted per fold, at most (a random subset beyond): T is one number, and a few
-# hundred held-out samples pin it down; without a cap the folds' cost grows with the labelled set
-# (5,000 labels made PriorLabels knn for 16 ids take 1.1 s, docs/reliability.md, Load).
+# hundred held-out samples pin it down; without a cap the folds' cost grows with the labelled set, and
+# at thousands of labels it was most of a PriorLabels knn call (docs/reliability.md, Load, "PriorLabels
+# knn: what one call costs, and the calibration's share").
 CALIBRATION_MAX_PER_FOLD = 200
 # Audit labels that must count (their class keeps a label outside their fold) before T is fitted on them
 # rather than on the labelled set. At 20 the audit's sampling noise is below the labelled set's bias it

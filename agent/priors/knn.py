@@ -27,11 +27,11 @@ KNN_RELATIVE_TEMPERATURE = 0.3
 SPREAD_ROWS = 2000
 SPREAD_LABELLED = 500
 # While R x L (requested x labelled rows) stays under this, the vote searches the labelled rows exactly
-# (blocked dot products, ~1 s per 1e9 on two cores); beyond, the pool's hnswlib index is asked for
+# (blocked dot products); beyond, the pool's hnswlib index is asked for
 # enough neighbours to expect k labelled ones among them, and those are re-ranked by the centred cosine.
 EXACT_WORK = 2e9
 # PriorLabels knn for at most this many rows is light work (its own admission lane): an exact vote over
-# the labelled rows, ~0.4 s for 16 ids at 50,000 rows (docs/reliability.md, Load), not k-means.
+# the labelled rows (its cost for 16 ids at 50,000 rows: docs/reliability.md, Load), not k-means.
 KNN_LIGHT_ROWS = 1000
 KNN_PARAMS = (
     Param("k", "int", KNN_K, "labelled neighbours that vote", 1, 200),

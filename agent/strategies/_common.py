@@ -22,7 +22,7 @@ from agent.threads import limited
 KMEANS_FIT_ROWS = 20_000
 # ... and on no more than this many rows per centre (at least KMEANS_MIN_ROWS): 50 sample rows per centre
 # estimate its mean well, and k-means' cost is rows x k, so a 50,000-row pool at k = 120 fits on 6,000
-# rows instead of 20,000 (3x faster; Select at 50,000 rows in docs/reliability.md).
+# rows instead of 20,000 (Select at 50,000 rows in docs/reliability.md).
 KMEANS_ROWS_PER_CENTRE = 50
 KMEANS_MIN_ROWS = 5_000
 # k-means restarts (best inertia kept): one k-means++ start too often puts two centres in one blob and
@@ -36,8 +36,8 @@ KMEANS_STEP_ITER = 10
 # Up to this many centres k-means++ is sklearn's greedy variant (2 + ln k candidate centres tried per
 # pick, the best kept); beyond, the plain k-means++ of Arthur & Vassilvitskii ("k-means++: The Advantages
 # of Careful Seeding", SODA 2007, Sec. 2.2: one D^2-weighted draw per centre), whose O(log k)
-# guarantee is the same: at k = 500 on 10,000 x 128 rows the greedy seeding cost 0.66 CPU s against
-# 0.28, for a final inertia 0.3% lower (docs/reliability.md, Load).
+# guarantee is the same: at k = 500 the greedy seeding cost over twice the CPU for a final inertia barely
+# lower (docs/reliability.md, "Measured", k-means at many centres).
 KMEANS_GREEDY_MAX_K = 128
 # Rows per block in blocked matrix products, so a 1M-row pool never needs an NxK float64 temporary.
 CHUNK = 65_536
@@ -48,11 +48,11 @@ BLOCK_ELEMENTS = 8_000_000
 MAX_CLUSTERS = 500
 # Prior CPU seconds per unit of work size (rows x min(labelled + budget, MAX_CLUSTERS)) of the k-means
 # strategies (typiclust, kmedoids, as3l), which admission expects of a first call before any of theirs is
-# measured (agent/admission.py, "Size-aware estimates"; @strategy's cpu_per_unit). On the load's
-# 50,000-row pool typiclust took 2.0e-7 (k = 60) and 1.4e-7 (k = 500), as3l 4.2e-7 (k = 60) CPU s per unit
-# (docs/reliability.md, Load): 5e-7 is above them all, and a first call at the cap (50,000 x 500: 12.5 CPU s)
-# is still admitted alone within a 30 s deadline (twice its prior). Not an upper bound for every pool: k-means
-# iterations depend on the data (10,000 random 512-d blobs: 0.8-7.2e-6 per unit, docs/reliability.md).
+# measured (agent/admission.py, "Size-aware estimates"; @strategy's cpu_per_unit). 5e-7 is above what
+# typiclust and as3l took per unit on the load's 50,000-row pool, and a first call at the cap (50,000 x 500:
+# 12.5 CPU s) is still admitted alone within a 30 s deadline (twice its prior). Not an upper bound for every
+# pool: k-means iterations depend on the data, and random blobs cost several times more per unit. Figures:
+# docs/reliability.md, Load, the paragraph on KMEANS_CPU_PER_UNIT.
 KMEANS_CPU_PER_UNIT = 5e-7
 # Greedy strategies with one matrix-vector product over the candidates per pick (coreset, badge) are
 # light work (agent/params.py StrategyEntry.light_budget) up to this budget: ~5 ms a pick at 50,000 x 256.
@@ -62,9 +62,9 @@ LIGHT_GREEDY_BUDGET = 200
 def one_blas_thread() -> AbstractContextManager[object]:
     """A context in which BLAS runs single-threaded. For scikit-learn's k-means (its Lloyd loop is already
     parallel with OpenMP, and k-means++ makes hundreds of thin products) and small logistic-regression
-    fits: multi-threaded BLAS on such products costs 2-4x the CPU (threads spinning), and far more wall
-    time when other requests share the cores (k-means++ with k = 120 on 6,000 x 256 rows: 0.97 -> 0.23 CPU s,
-    6.5 -> 1.8 s wall under load, measured with sklearn.cluster.kmeans_plusplus)."""
+    fits: multi-threaded BLAS on such products costs several times the CPU (threads spinning), and far
+    more wall time when other requests share the cores (measured with sklearn.cluster.kmeans_plusplus,
+    k = 120 on 6,000 x 256 rows, under load)."""
     return limited(1, "blas")  # threadpool_limits(limits=1, user_api="blas"), without its scan of the libraries
 
 
@@ -101,10 +101,10 @@ def fit_kmeans(x: np.ndarray, k: int, rng: np.random.Generator, fit_rows: int = 
     fit_rows = min(fit_rows, max(KMEANS_ROWS_PER_CENTRE * k, KMEANS_MIN_ROWS))
     sample = x if n <= fit_rows else x[np.sort(rng.choice(n, size=fit_rows, replace=False))]
     # k-means++ in float64 on purpose: sklearn's k-means++ computes float32 distances through a slow
-    # chunked upcast (8x slower init on 20k x 128), and the sample is small. Lloyd's iterations run in
-    # float32 (sklearn keeps the input's dtype): 0.88 -> 0.51 CPU s for 20 iterations at k = 500 on
-    # 10,000 x 128 rows, the same inertia to 4 digits.
-    cluster = deferred("sklearn.cluster")  # imported on first use (agent.lazy: ~1.5 s at start)
+    # chunked upcast (a much slower init), and the sample is small. Lloyd's iterations run in float32
+    # (sklearn keeps the input's dtype): cheaper, for the same inertia to a few digits (docs/reliability.md,
+    # "Measured", k-means at many centres).
+    cluster = deferred("sklearn.cluster")  # imported on first use (agent/lazy.py)
     KMeans, kmeans_plusplus = cluster.KMeans, cluster.kmeans_plusplus
 
     data64 = np.asarray(sample, np.float64)
@@ -170,7 +170,7 @@ def labelled_similarity(pool: Pool) -> np.ndarray:
     """Per pool row, the cosine similarity to its most similar labelled row (N float32, read-only; -inf
     with no labels): k-center greedy's starting distances (coreset).
 
-    A full computation is N x L x D multiply-adds (50,000 rows x 5,000 labels x 128: ~2 s on two cores),
+    A full computation is N x L x D multiply-adds (50,000 rows x 5,000 labels x 128: seconds on two cores),
     and labels arrive a few at a time between Selects, so the answer is kept in ``pool.memo`` and brought
     up to date from the last one whose labelled rows are a subset of this pool's: only the new labelled
     rows (against every row) and the new rows (against every labelled row) are multiplied. Labels are

@@ -25,9 +25,10 @@ AS3L_RUNS = 6  # C, the number of k-means runs (Sec. 4.1: clustering is done 6 t
 # (10k rows: still ~100 rows per centre at budget 100), which keeps Select on 1M rows within a minute.
 AS3L_FIT_ROWS = 10_000
 # Lloyd iterations per run (ours): the 2C runs are one k-means++ start each and are meant to differ; 10
-# iterations instead of 50: on the 54,000-row load pool at k = 500 (10,000 sample rows) the inertia after
-# 10 iterations was within 0.04% of that after 20 (and 0.3% after 5), while the 2C runs' Lloyd steps
-# were most of AS3L's time (docs/reliability.md, Load); structured embeddings converge in fewer.
+# iterations instead of 50: on the load pool at k = 500 (10,000 sample rows) the inertia after 10
+# iterations was within a small fraction of a percent of that after 20, while the 2C runs' Lloyd steps
+# were most of AS3L's time (docs/reliability.md, "Measured", k-means at many centres); structured
+# embeddings converge in fewer.
 AS3L_MAX_ITER = 10
 AS3L_PARAMS = (
     Param("runs", "int", AS3L_RUNS, "C, the k-means runs (2C k-means fits in all)", 1, 10),

@@ -50,7 +50,8 @@ def map_page(request: Request, caller: Caller = CallerDep) -> Response:
 def map_api(request: Request, offset: int = Query(0), limit: int = Query(MAP_PAGE),
             caller: Caller = CallerDep) -> Response:
     """The map's state and points ``offset`` .. ``offset + limit`` (at most MAP_PAGE). A JSONResponse
-    directly: FastAPI's encoder walks every list element, 10x slower on 20,000 points."""
+    directly: FastAPI's encoder walks every list element, much slower on a page of points (page timings:
+    docs/app.md, Map)."""
     if offset < 0 or not 1 <= limit <= MAP_PAGE:
         raise HttpError(400, "INVALID_ARGUMENT", f"offset >= 0 and limit 1..{MAP_PAGE:,} please")
     chunks = caller.stream(caller.stub.GetMap, agent_pb2.GetMapRequest(offset=offset, limit=limit, chunk=GRPC_CHUNK))
