@@ -757,9 +757,10 @@ class Admission:
         if used is not None and took >= self.MIN_LIVE_S and used >= self.MIN_SHARE * took:
             fresh_share = used / took
             # Down at once, up by the running mean: a mean of shares measured on a quieter machine
-            # had admitted two as3l Selects at an expected 0.70 of a core each right after two had
-            # got 0.28, and both then ran past their 30 s deadline (docs/reliability.md, Load). A
-            # share older than PROBE_AFTER_S says nothing of the load now: the new one replaces it.
+            # had admitted two as3l Selects at an expected share far above what two had just got, and
+            # both then ran past their 30 s deadline (docs/reliability.md, Load, "Heavy admission on the
+            # safe side"). A share older than PROBE_AFTER_S says nothing of the load now: the new one
+            # replaces it.
             stale = time.monotonic() - self._share_at > self.PROBE_AFTER_S
             self._share = fresh_share if stale or fresh_share < self._share else (
                 (1 - self.EWMA) * self._share + self.EWMA * fresh_share)

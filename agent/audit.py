@@ -79,7 +79,7 @@ def accuracy(correct: int, total: int, config: AuditConfig) -> Accuracy:
     """``correct`` out of ``total`` with its binomial confidence interval (scipy)."""
     if total == 0:
         return Accuracy(0, 0, 0.0, 0.0, 1.0)
-    binomtest = deferred("scipy.stats").binomtest  # on first use: scipy.stats costs ~2 s of start-up
+    binomtest = deferred("scipy.stats").binomtest  # on first use: scipy.stats is slow to import (agent/lazy.py)
 
     ci = binomtest(int(correct), int(total)).proportion_ci(confidence_level=config.confidence_level,
                                                             method=config.interval)

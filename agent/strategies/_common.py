@@ -55,7 +55,8 @@ MAX_CLUSTERS = 500
 # docs/reliability.md, Load, the paragraph on KMEANS_CPU_PER_UNIT.
 KMEANS_CPU_PER_UNIT = 5e-7
 # Greedy strategies with one matrix-vector product over the candidates per pick (coreset, badge) are
-# light work (agent/params.py StrategyEntry.light_budget) up to this budget: ~5 ms a pick at 50,000 x 256.
+# light work (agent/params.py StrategyEntry.light_budget) up to this budget: one product a pick is cheap at
+# 50,000 x 256.
 LIGHT_GREEDY_BUDGET = 200
 
 
