@@ -1,17 +1,20 @@
 """What the app's Progress page shows, computed from the agent's answers (ListLabels with history,
 GetStatus): labels over time (overall and per annotator), per class (class balance), per annotator and
 per source, the audit's prior-accuracy estimates, and the model version served and re-embedding state.
-Charts are server-rendered SVG from matplotlib's object API (no pyplot state, so requests can render in
-parallel threads); nothing is fetched by the browser from elsewhere.
+Charts are server-rendered SVG from matplotlib's object API (no pyplot state), drawn one at a time (rc
+settings are process-wide) with every text as plain text (a ``$`` in a name is not mathtext); nothing is
+fetched by the browser from elsewhere.
 """
 
 from __future__ import annotations
 
+import functools
 import io
+import threading
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ParamSpec
 
 from shortlist.v1 import agent_pb2
 
@@ -23,6 +26,11 @@ if TYPE_CHECKING:
 WIDTH, HEIGHT = 12.0, 2.8
 NARROW = 6.0  # the class balance chart (half a page wide)
 MAX_SERIES = 8  # annotators drawn as their own line; the rest are summed as "others"
+
+P = ParamSpec("P")
+# matplotlib's rc settings are one process-wide dict, and rc_context changes it for every thread: charts are
+# drawn one at a time, so one chart's settings (plain text, SVG text as text) cannot end while another draws.
+_DRAWING = threading.Lock()
 
 
 @dataclass
@@ -124,6 +132,23 @@ def audit_dict(a: agent_pb2.PriorAudit) -> dict[str, Any]:
                         for m in a.methods]}
 
 
+def _plain_text(chart: Callable[P, str]) -> Callable[P, str]:
+    """Draw ``chart`` with every text as plain text: no mathtext, no TeX.
+
+    Names in the charts (annotators, classes) are chosen by users; drawn with the defaults, a ``$...$`` in one
+    is parsed as mathtext, and one that does not parse fails ``savefig``, so the whole page answers 500. The
+    rc setting has to hold while the figure is built (a Text reads it when created) and while it is saved
+    (tick labels are made then), so it wraps the whole chart function (under ``_DRAWING``).
+    """
+    @functools.wraps(chart)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> str:
+        import matplotlib
+
+        with _DRAWING, matplotlib.rc_context({"text.parse_math": False, "text.usetex": False}):
+            return chart(*args, **kwargs)
+    return wrapper
+
+
 def _figure(height: float = HEIGHT, width: float = WIDTH) -> Figure:
     from matplotlib.figure import Figure  # imported on first use: slow, and only the web app draws
 
@@ -154,6 +179,7 @@ def _dates(ts: list[float]) -> list[Any]:  # datetimes; Any: matplotlib's ArrayL
     return [datetime.fromtimestamp(t, UTC) for t in ts]
 
 
+@_plain_text
 def timeline_svg(p: Progress) -> str:
     """Samples labelled over time, and labels given per annotator (the busiest MAX_SERIES)."""
     fig = _figure()
@@ -173,6 +199,7 @@ def timeline_svg(p: Progress) -> str:
     return _svg(fig)
 
 
+@_plain_text
 def class_timeline_svg(p: Progress) -> str:
     """Current labels per class by the time they were given (the MAX_SERIES largest classes)."""
     fig = _figure()
@@ -200,6 +227,7 @@ def _time_axis(ax: Axes) -> None:
     ax.grid(alpha=0.3)
 
 
+@_plain_text
 def class_balance_svg(p: Progress) -> str:
     """Current labels per class, as horizontal bars (most labelled first)."""
     items = sorted(p.per_class.items(), key=lambda kv: (-kv[1], kv[0]))
@@ -218,6 +246,7 @@ def class_balance_svg(p: Progress) -> str:
     return _svg(fig)
 
 
+@_plain_text
 def audit_svg(audit: agent_pb2.PriorAudit) -> str:
     """Each prior method's measured accuracy with its interval (error bars); "" without estimates."""
     rows = [m for m in audit.methods if m.HasField("overall") and m.overall.total]

@@ -49,3 +49,17 @@ def test_charts_are_inline_svg() -> None:
     svg = audit_svg(audit)
     assert svg.startswith("<svg") and "knn" in svg
     assert audit_svg(agent_pb2.PriorAudit()) == ""
+
+
+def test_names_are_drawn_as_plain_text_never_mathtext() -> None:
+    """A ``$...$`` in an annotator or class name (user-chosen) is text: parsed as mathtext, one that does not
+    parse failed savefig, and the Progress page answered 500 for everyone."""
+    bad = [r"eve $\undefinedcmd$", "cost $x^$", "a $b$ c"]
+    history = [rec(f"s{i}", name, name, 100.0 + i) for i, name in enumerate(bad)]
+    p = collect(history, classes=bad)
+    for svg in (timeline_svg(p), class_timeline_svg(p), class_balance_svg(p)):
+        assert "$x^$" in svg or "$b$" in svg  # the names as written
+    audit = agent_pb2.PriorAudit(confidence_level=0.95, interval_method="wilson", methods=[
+        agent_pb2.PriorAccuracy(method="knn $x^$", overall=agent_pb2.Accuracy(correct=8, total=10, accuracy=0.8,
+                                                                               low=0.49, high=0.94))])
+    assert "knn $x^$" in audit_svg(audit)
