@@ -9,6 +9,7 @@ let anyone in), or an explicit --insecure.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import ipaddress
 import logging
 import os
@@ -109,51 +110,85 @@ class WebServer:
 RECONNECT_BACKOFF_MS = 1000
 
 
-PID_FILE = "pid"  # in a LocalSocket folder: the process that made it
+PID_FILE = "pid"  # in a LocalSocket folder: the process that made it, which holds an flock on it while it lives
 
 
 def _alive(pid: int) -> bool:
+    """Whether ``pid`` names a process this process can see. Only a hint: a process in another pid namespace
+    (a container sharing /tmp) is invisible, and a dead process's pid may be reused, so liveness is the
+    pid file's lock (``_locked``); this only keeps folders of older versions, which took no lock."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # another user's process
         return True
+    except (OverflowError, ValueError):  # no pid at all (beyond a C pid_t, or negative)
+        return False
+    return True
+
+
+def _take_lock(fd: int) -> bool:
+    """Take ``fd``'s exclusive flock without waiting; False when another open file holds it."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
     return True
 
 
 def remove_stale_sockets(tmp: Path | None = None) -> list[Path]:
     """Remove the LocalSocket folders (``shortlist-web-*`` in the temporary folder, this user's) whose
-    process is gone: a ``serve --web-port`` killed by SIGKILL (or a crash) cannot remove its own. A folder
-    without a pid file (made before pid files were written) or of a living process is left alone. The
-    folders removed."""
+    process is gone: a ``serve --web-port`` killed by SIGKILL (or a crash) cannot remove its own.
+
+    The living process holds an flock on its pid file (``LocalSocket``), so a folder is removed only when
+    that lock can be taken, which the kernel decides whatever pid namespace either process is in (a pid
+    from another namespace looks gone to ``kill``), and when its pid is not a process we see either (older
+    versions took no lock; a number beyond any pid is no process). A folder without a pid (none yet, none
+    written by an older version, or a file that holds no number) is left alone, as are symlinks and other
+    users' folders. The folders removed."""
     tmp = Path(tempfile.gettempdir()) if tmp is None else tmp
     removed = []
     for folder in tmp.glob("shortlist-web-*"):
         try:
             if folder.is_symlink() or not folder.is_dir() or folder.stat().st_uid != os.getuid():
                 continue
-            pid = int((folder / PID_FILE).read_text().strip())
-        except (OSError, ValueError):
+            fd = os.open(folder / PID_FILE, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
             continue
-        if pid > 0 and not _alive(pid):
-            shutil.rmtree(folder, ignore_errors=True)
-            removed.append(folder)
-            log.info("removed %s, the local socket folder of process %d, which is gone", folder, pid)
+        try:
+            if not _take_lock(fd):
+                continue  # a living process holds it
+            try:
+                pid = int(os.read(fd, 64).decode("ascii").strip())
+            except (OSError, ValueError):  # ValueError: empty (being written), not a number, not ASCII
+                continue
+            if pid > 0 and not _alive(pid):
+                shutil.rmtree(folder, ignore_errors=True)
+                removed.append(folder)
+                log.info("removed %s, the local socket folder of process %d, which is gone", folder, pid)
+        except OSError as e:
+            log.debug("could not check %s: %s", folder, e)
+        finally:
+            os.close(fd)
     return removed
 
 
 class LocalSocket:
     """A Unix socket path in a fresh folder only this user can enter (mkdtemp: 0700), for the agent's
     plaintext port that the in-process web app uses; removed by ``cleanup``. The folder holds the process's
-    pid (``PID_FILE``), so a later start removes it when the process was killed without cleaning up
-    (``remove_stale_sockets``, called here first)."""
+    pid (``PID_FILE``), locked (flock) for as long as this object lives, so a later start removes it when the
+    process was killed without cleaning up, and never while it lives (``remove_stale_sockets``, called here
+    first)."""
 
     def __init__(self) -> None:
         remove_stale_sockets()
         self.folder = Path(tempfile.mkdtemp(prefix="shortlist-web-"))
         os.chmod(self.folder, 0o700)
-        (self.folder / PID_FILE).write_text(f"{os.getpid()}\n")
+        # locked before the pid is written: a cleaner sees no file, an empty one, or a locked one
+        self._lock = os.open(self.folder / PID_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fcntl.flock(self._lock, fcntl.LOCK_EX)
+        os.write(self._lock, f"{os.getpid()}\n".encode())
         self.path = str(self.folder / "agent.sock")
 
     def factory(self, timeout: float = client.CONNECT_TIMEOUT_S) -> Callable[[], grpc.Channel]:
@@ -164,6 +199,9 @@ class LocalSocket:
 
     def cleanup(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
+        if self._lock >= 0:
+            os.close(self._lock)  # after the removal: the folder is never unlocked while it exists
+            self._lock = -1
 
 
 def remote_factory(address: str, config: client.ClientConfig) -> Callable[[], grpc.Channel]:

@@ -539,3 +539,34 @@ def test_socket_folders_of_killed_processes_are_removed(tmp_path: Path) -> None:
     (alive / PID_FILE).write_text(f"{os.getpid()}\n")
     assert remove_stale_sockets(tmp_path) == [gone]
     assert not gone.exists() and alive.exists() and old.exists()  # old: no pid file, left alone
+
+
+def test_a_living_process_keeps_its_socket_folder_whatever_its_pid_looks_like(tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Liveness is the pid file's flock, not kill(pid, 0): a process in another pid namespace (a container
+    sharing /tmp) has a pid this process cannot see, and its folder was removed under it. A damaged pid file
+    stops no later start: a number beyond any pid (OverflowError in kill) is no process, so its unlocked
+    folder is removed; one that is no number is left alone."""
+    import subprocess
+    import sys
+    import tempfile
+
+    from agent.web.server import PID_FILE, LocalSocket, remove_stale_sockets
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout
+    live = LocalSocket()
+    try:
+        (live.folder / PID_FILE).write_text(dead)  # how its pid looks from another pid namespace: gone
+        huge, junk = tmp_path / "shortlist-web-huge", tmp_path / "shortlist-web-junk"
+        for folder, text in ((huge, "99999999999999999999\n"), (junk, "\xff\x00\n")):
+            folder.mkdir()
+            (folder / PID_FILE).write_text(text)
+        assert remove_stale_sockets() == [huge]
+        assert live.folder.exists() and not huge.exists() and junk.exists()
+        other = LocalSocket()  # a later start
+        other.cleanup()
+    finally:
+        live.cleanup()
+    assert not live.folder.exists()
