@@ -60,8 +60,12 @@ class WebServer:
         self.port: int = self.sock.getsockname()[1]
         ssl = {} if config.https_cert is None else {"ssl_certfile": str(config.https_cert),
                                                      "ssl_keyfile": str(config.https_key)}
+        # proxy_headers off: uvicorn would otherwise believe X-Forwarded-For/-Proto from loopback peers (its
+        # default FORWARDED_ALLOW_IPS), and a local user, SSH tunnel or port-forward could choose the browser
+        # address the app logs and passes to the agent (agent.web.auth.client_address) and the scheme
         self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False,
-                                                    timeout_graceful_shutdown=5, **ssl))  # type: ignore[arg-type]
+                                                    timeout_graceful_shutdown=5, proxy_headers=False,
+                                                    forwarded_allow_ips="", **ssl))  # type: ignore[arg-type]
         self.thread = threading.Thread(target=self._run, name="web", daemon=True)
         self.error: BaseException | None = None
 

@@ -570,3 +570,30 @@ def test_a_living_process_keeps_its_socket_folder_whatever_its_pid_looks_like(tm
     finally:
         live.cleanup()
     assert not live.folder.exists()
+
+
+def test_forwarded_headers_are_never_believed(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """X-Forwarded-For / -Proto from a loopback peer (uvicorn believes them by default) change neither the
+    address the app logs and sends the agent as x-shortlist-web-client, nor the scheme (no HSTS on HTTP)."""
+    import logging
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    from tests.agent.web.conftest import start_web_agent
+
+    caplog.set_level(logging.INFO)
+    wa = start_web_agent(tmp_path, tokens=True, listen=True)
+    try:
+        forged = {"X-Forwarded-For": "203.0.113.7", "X-Forwarded-Proto": "https", "Origin": wa.url}
+        body = urllib.parse.urlencode({"name": "mallory", "token": "x" * 24}).encode()
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(urllib.request.Request(wa.url + "/login", data=body, headers=forged), timeout=10)
+        assert e.value.code == 401
+        with urllib.request.urlopen(urllib.request.Request(wa.url + "/healthz", headers=forged), timeout=10) as r:
+            assert r.headers.get("strict-transport-security") is None
+    finally:
+        wa.stop()
+    assert "203.0.113.7" not in caplog.text
+    assert any("web sign-in refused from 127.0.0.1" in r.getMessage() for r in caplog.records), caplog.text
+    assert any("unknown token from 127.0.0.1 (web app)" in r.getMessage() for r in caplog.records), caplog.text
