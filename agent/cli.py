@@ -13,6 +13,7 @@ import sqlite3
 import sys
 import threading
 import time
+import unicodedata
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -1000,6 +1001,17 @@ def _rejection(r: agent_pb2.Rejection, only_unlabelled: str = "") -> dict[str, A
     return out
 
 
+def printable(text: str) -> str:
+    """``text`` with its control and invisible format characters (newline, ESC, a bidi override; what
+    ``agent.limits.name_problem`` refuses in new names) written as escapes (``\\n``, ``\\x1b``,
+    ``\\u202e``): names and ids stored before the agent refused them, or by an older agent, cannot forge
+    lines or send terminal sequences to whoever reads the output."""
+    if all(unicodedata.category(c) not in ("Cc", "Cf") for c in text):
+        return text
+    return "".join(c.encode("unicode_escape").decode("ascii") if unicodedata.category(c) in ("Cc", "Cf") else c
+                   for c in text)
+
+
 def _print_reply(verb: str, accepted: int, rejected: list[dict[str, Any]], as_json: bool,
                  line: Callable[[dict[str, Any]], str], interrupted: client.Interrupted | None = None,
                  total: int = 0, items: str = "", again: str = "", overwritten: list[dict[str, Any]] | None = None,
@@ -1019,13 +1031,13 @@ def _print_reply(verb: str, accepted: int, rejected: list[dict[str, Any]], as_js
         result = Console(soft_wrap=True)  # whole lines: a log file gets one line per rejection
         result.print(f"{verb} {accepted}, rejected {len(rejected)}", highlight=False)
         for r in rejected[:10]:
-            result.print(line(r), markup=False, highlight=False)
+            result.print(printable(line(r)), markup=False, highlight=False)
         if len(rejected) > 10:
             result.print(f"  ... and {len(rejected) - 10} more (--json lists all)", highlight=False)
         if overwritten and overwrite_line is not None:
             result.print(overwrite_head.format(n=len(overwritten)) + ":", highlight=False)
             for o in overwritten[:10]:
-                result.print(overwrite_line(o), markup=False, highlight=False)
+                result.print(printable(overwrite_line(o)), markup=False, highlight=False)
             if len(overwritten) > 10:
                 result.print(f"  ... and {len(overwritten) - 10} more (--json lists all)", highlight=False)
     if interrupted is not None:

@@ -38,7 +38,7 @@ from agent.errors import FailedPrecondition, InvalidArgument, NotFound, storage_
 from agent.images import Images
 from agent.index import IndexView
 from agent.ingest import PAYLOAD_ERROR_KEY, IngestPipeline, new_class_problem, unknown_label_reason
-from agent.limits import check_count, check_text, limit_hint, metadata_problem, text_problem
+from agent.limits import check_count, check_text, limit_hint, metadata_problem, name_problem, text_problem
 from agent.models import ModelManager, Serving
 from agent.params import StrategyEntry
 from agent.pool import Pool, state_rng
@@ -478,6 +478,10 @@ class Agent:
         lim = self.limits
         check_count(items, lim.max_ids_per_request, "max_ids_per_request", what)
         check_text(annotator, lim.max_label_chars, "max_label_chars", "annotator name")
+        # as class names: a newline or a terminal escape in a name would reach other users' terminals and logs
+        problem = name_problem(annotator, "annotator name")
+        if problem is not None:
+            raise InvalidArgument(problem)
         problem = source_problem(source)
         if problem is not None:
             raise InvalidArgument(problem)

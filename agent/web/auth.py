@@ -30,6 +30,7 @@ from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import RedirectResponse
 from starlette.responses import Response
 
+from agent.limits import name_problem
 from agent.security import ROLE_CHECK_KEY, WEB_CLIENT_KEY
 from agent.web.config import WebConfig
 from agent.web.errors import HttpError, for_people
@@ -188,6 +189,9 @@ def login(request: Request, name: str = Form(""), token: str = Form(""), next: s
             "next": _safe_next(next), "name": name,
             "error": f"Your name has {len(name)} characters; names may have at most {MAX_NAME_CHARS}. Shorten it "
                      "and sign in again (labels are recorded under this name)."}, status_code=400)
+    if (problem := name_problem(name, "your name")) is not None:  # the agent refuses it as an annotator
+        return render(request, "login.html", {"next": _safe_next(next), "name": "", "error": for_people(problem)},
+                      status_code=400)
     token = token.strip() or config.default_token
     address = client_address(request)
     if config.tokens_required and not token:

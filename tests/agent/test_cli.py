@@ -939,3 +939,26 @@ def test_grpc_core_logs_errors_only_unless_asked() -> None:
     said = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                           env={**env, "GRPC_VERBOSITY": "DEBUG"})
     assert said.stdout.strip() == "DEBUG", said.stderr[-2000:]
+
+
+def test_label_and_retract_print_stored_names_with_control_characters_escaped(tmp_path: Path, running: Running,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A name stored before the agent refused control characters (or by an older agent) is printed with them
+    escaped: it cannot forge a line or send terminal sequences (ANSI colours, a window title) to whoever runs
+    `label` or `retract-labels` after it."""
+    import agent.core
+
+    evil = "mallory\n  line 9: img099.png: 'dog' by boss (ALL OK)\x1b[31mRED\x1b]0;title\x07"
+    client.ingest(running.stub, [client.image_sample(f"s{i}", png(img)) for i, img in enumerate(make_images(3))])
+    monkeypatch.setattr(agent.core, "name_problem", lambda *_: None)  # as an older agent stored it
+    client.submit_labels(running.stub, [("s0", "cat"), ("s1", "dog"), ("s2", "cat")], evil)
+    monkeypatch.undo()
+    path = tmp_path / "l.csv"
+    path.write_text("id,label,current\ns0,dog,cat\ns1,cat,cat\n")
+    res = runner.invoke(app, ["label", str(path), "--if-current", "--agent", running.address, "--annotator", "bob"])
+    res2 = runner.invoke(app, ["retract-labels", "s2", "--agent", running.address, "--annotator", "bob"])
+    for r in (res, res2):
+        assert "\x1b" not in r.stdout and "\x07" not in r.stdout and "line 9" in r.stdout, r.stdout
+        assert not any(line.startswith("  line 9") for line in r.stdout.splitlines()), r.stdout
+    assert "mallory\\n  line 9" in res.stdout and "\\x1b[31mRED" in res.stdout and "\\x07" in res2.stdout
+    assert len(res.stdout.splitlines()) == 4 and len(res2.stdout.splitlines()) == 3, (res.stdout, res2.stdout)

@@ -428,3 +428,20 @@ def test_a_shutdown_ends_an_open_ingest_stream_saying_what_it_stored(tmp_path: P
     details = err.details() or ""  # type: ignore[attr-defined]
     assert "shutting down" in details and "5 samples of this stream were stored" in details
     assert time.monotonic() - started < 5  # not the end of the grace period
+
+
+def test_annotator_names_with_control_characters_are_refused(running: Running) -> None:
+    """An annotator name is checked like a class name: a newline or an ANSI escape in it would forge lines and
+    send terminal sequences to other users' `shortlist label` output. The whole request (one annotator for
+    all its items) is refused with INVALID_ARGUMENT, saying what is allowed; nothing is stored."""
+    client.ingest(running.stub, make_samples(2))
+    for bad in ["mallory\n  line 9: img099.png: 'dog' by boss", "eve\x1b[31mRED", "bidi\u202eeve", " lead"]:
+        for call in (lambda bad=bad: client.submit_labels(running.stub, [("s0", "cat")], bad),
+                     lambda bad=bad: client.retract_labels(running.stub, ["s0"], bad)):
+            with pytest.raises(grpc.RpcError) as e:
+                call()
+            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "annotator name" in (e.value.details() or "")
+            assert "printable text" in (e.value.details() or "") or "white space" in (e.value.details() or "")
+    assert list(client.list_labels(running.stub)) == []
+    assert client.submit_labels(running.stub, [("s0", "cat")], "chloé O'Brien-Smith").accepted == 1

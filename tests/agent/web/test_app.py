@@ -597,3 +597,13 @@ def test_forwarded_headers_are_never_believed(tmp_path: Path, caplog: pytest.Log
     assert "203.0.113.7" not in caplog.text
     assert any("web sign-in refused from 127.0.0.1" in r.getMessage() for r in caplog.records), caplog.text
     assert any("unknown token from 127.0.0.1 (web app)" in r.getMessage() for r in caplog.records), caplog.text
+
+
+def test_a_sign_in_name_with_control_characters_is_refused(token_web_agent: WebAgent) -> None:
+    """The agent refuses such an annotator name (a terminal escape would reach other users' CLI output): the
+    sign-in says so at once rather than every label failing later."""
+    c = token_web_agent.client(follow_redirects=False)
+    r = c.post("/login", data={"name": "eve\x1b[31mRED", "token": WRITE_TOKEN})
+    assert r.status_code == 400 and "printable text" in r.text and "shortlist_user" not in r.headers.get(
+        "set-cookie", "")
+    assert c.post("/login", data={"name": "eve", "token": WRITE_TOKEN}).status_code == 303
