@@ -73,6 +73,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import grpc
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from starlette.concurrency import run_in_threadpool
 
 from agent.client import calibration_dict, calibration_line, first_calibration
@@ -634,6 +635,8 @@ def _choice(annotation: Mapping[str, Any], schema: Schema) -> tuple[str | None, 
 
 # ---- the routes ----------------------------------------------------------------------------------
 router = APIRouter(prefix=PREFIX, tags=["labelstudio"])
+NO_TOKEN = ("this agent requires a token: set Basic Authentication in Label Studio's model connection (the token "
+            "as the password) or send `Authorization: Bearer TOKEN`")
 
 
 def setup(app: FastAPI) -> None:
@@ -676,6 +679,8 @@ async def _answer(request: Request, method: Callable[[Caller, Mapping[str, Any]]
     app's other APIs)."""
     try:
         token = request_token(request)
+        if request.app.state.config.tokens_required and not token:  # as every other route (auth.caller)
+            raise Unauthorized(NO_TOKEN)
         body = await _json_body(request)
         return JSONResponse(await run_in_threadpool(lambda: method(_caller(request, token), body)))
     except BadRequest as e:
@@ -695,8 +700,27 @@ async def health(request: Request) -> Response:
         token = request_token(request)
     except Unauthorized:
         token = ""
-    status, answer = await run_in_threadpool(lambda: request.app.state.labelstudio.health(_caller(request, token)))
+    if request.app.state.config.tokens_required and not token:
+        # no Agent call the agent would refuse and log (anyone can open /health): its gRPC health service,
+        # which needs no token, says whether it answers
+        status, answer = await run_in_threadpool(lambda: _reachable(request))
+    else:
+        status, answer = await run_in_threadpool(
+            lambda: request.app.state.labelstudio.health(_caller(request, token)))
     return JSONResponse(answer, status_code=status)
+
+
+def _reachable(request: Request) -> tuple[int, dict[str, Any]]:
+    """/health's answer from the agent's standard gRPC health service (no token needed)."""
+    state = request.app.state
+    state.stub()  # the shared channel, made on first use
+    try:
+        health_pb2_grpc.HealthStub(state.stub.channel).Check(health_pb2.HealthCheckRequest(),
+                                                             timeout=state.config.rpc_timeout_s)
+    except grpc.RpcError as e:
+        if _code(e) in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            return 503, {"status": "DOWN", "model_class": MODEL_CLASS, "message": _details(e)}
+    return 200, {"status": "UP", "model_class": MODEL_CLASS}
 
 
 @router.post("/setup")

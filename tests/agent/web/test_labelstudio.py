@@ -563,3 +563,32 @@ def test_labelstudio_flags_without_a_web_port_are_said_to_have_no_effect(tmp_pat
     said, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert "have no effect without --web-port" in said + err
+
+
+def test_without_a_token_the_app_answers_when_the_agent_requires_one(agent: Running,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """As every other route of the app (auth.caller): with tokens required, a Label Studio request without a
+    token is 401 from the app and no Agent call the agent would refuse and log; /health (anyone may open it)
+    asks the agent's gRPC health service, which needs no token."""
+    import logging
+
+    caplog.set_level(logging.INFO)
+    http, app = app_for(agent, tokens_required=True)
+    try:
+        for path in ("/labelstudio/health", "/labelstudio/"):
+            r = http.get(path)
+            assert r.status_code == 200 and r.json()["status"] == "UP"
+        for path, doc in (("/labelstudio/setup", "setup.json"), ("/labelstudio/predict", "predict.json"),
+                          ("/labelstudio/webhook", "webhook_annotations_deleted.json")):
+            r = http.post(path, json=body(doc))
+            assert r.status_code == 401 and "requires a token" in r.json()["message"], (path, r.text)
+        assert not [r for r in caplog.records if "refused" in r.getMessage()], caplog.text
+        r = http.post("/labelstudio/setup", json=body("setup.json"), headers=basic(READ_TOKEN))
+        assert r.status_code == 200, r.text
+    finally:
+        app.state.stub.close()
+    dead = f"127.0.0.1:{free_port()}"
+    app = create_app(WebConfig(port=0, agent=dead, tokens_required=True), lambda: client.channel(dead, timeout=0.5))
+    with TestClient(app, base_url=BASE_URL) as down:
+        r = down.get("/labelstudio/health")
+        assert r.status_code == 503 and "connection refused" in r.json()["message"], r.text
