@@ -266,19 +266,27 @@ class RefusalLog:
         """Log (or count) one refusal; ``peer`` is gRPC's ``ipv4:HOST:PORT``, keyed by the address
         ``caller_address`` makes of it (and of the call's ``metadata``). ``level``: INFO for an expected one (a
         sign-in's role check)."""
-        now = time.monotonic()
         peer = caller_address(peer, metadata)
-        key = (what, peer)
+        more = self.admit(what, peer)
+        if more is not None:
+            log.log(level, "refused %s from %s%s", what, peer or "an unknown peer", more)
+
+    def admit(self, what: str, address: str) -> str | None:
+        """Whether to log one more ``what`` from ``address`` now: None to leave it out (counted), else the
+        text to end the line with ("" or " (N more from it in the last S s, not logged)"). For callers that
+        word their own lines (the web app's refused sign-ins): ``what`` must not hold what the client chose,
+        or every variation would be a line of its own."""
+        now = time.monotonic()
+        key = (what, address)
         with self._lock:
             last, left_out = self._seen.get(key, (-float("inf"), 0))
             if now - last < self.interval_s:
                 self._seen[key] = (last, left_out + 1)
-                return
+                return None
             if len(self._seen) >= self.max_keys:  # many addresses: forget the old entries, not the memory bound
                 self._seen.clear()
             self._seen[key] = (now, 0)
-        more = f" ({left_out} more from it in the last {self.interval_s:.0f} s, not logged)" if left_out else ""
-        log.log(level, "refused %s from %s%s", what, peer or "an unknown peer", more)
+        return f" ({left_out} more from it in the last {self.interval_s:.0f} s, not logged)" if left_out else ""
 
 
 def _deny(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str,

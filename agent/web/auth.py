@@ -13,7 +13,8 @@ Every call also carries the browser's address (``request.client.host``; the app 
 setting, so X-Forwarded-For is never read) as ``agent.security.WEB_CLIENT_KEY``: on the local socket the
 agent logs and counts refusals under it. When the agent requires tokens (``WebConfig.tokens_required``), a
 request without one is answered 401 by the app (a page: the sign-in page) without calling the agent. A
-refused sign-in is logged at WARNING with the address and the name given, never the token.
+refused sign-in is logged at WARNING with the address and the name given, never the token, at most one line
+per address and reason every 10 s (the agent's RefusalLog; the next line counts those left out).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from fastapi.responses import RedirectResponse
 from starlette.responses import Response
 
 from agent.limits import name_problem
-from agent.security import ROLE_CHECK_KEY, WEB_CLIENT_KEY
+from agent.security import ROLE_CHECK_KEY, WEB_CLIENT_KEY, RefusalLog
 from agent.web.config import WebConfig
 from agent.web.errors import HttpError, for_people
 from agent.web.pages import render
@@ -180,6 +181,19 @@ def login_page(request: Request, next: str = "/") -> Response:
     return render(request, "login.html", {"next": _safe_next(next), "error": "", "name": session(request).user})
 
 
+def setup(app: Any) -> None:
+    app.state.sign_in_refusals = RefusalLog()
+
+
+def _refused_sign_in(request: Request, address: str, name: str, why: str) -> None:
+    """Log a refused sign-in at WARNING, at most one line per (``why``, address) every 10 s (the agent's
+    RefusalLog): anyone who reaches the page can try, and each line carries a name they chose. The line
+    names the first attempt's name and says how many were left out since."""
+    more = request.app.state.sign_in_refusals.admit(f"web sign-in: {why}", address)
+    if more is not None:
+        log.warning("web sign-in refused from %s (name %r): %s%s", address or "an unknown address", name, why, more)
+
+
 @router.post("/login")
 def login(request: Request, name: str = Form(""), token: str = Form(""), next: str = Form("/")) -> Response:
     config: WebConfig = request.app.state.config
@@ -195,7 +209,7 @@ def login(request: Request, name: str = Form(""), token: str = Form(""), next: s
     token = token.strip() or config.default_token
     address = client_address(request)
     if config.tokens_required and not token:
-        log.warning("web sign-in refused from %s (name %r): no token given", address or "an unknown address", name)
+        _refused_sign_in(request, address, name, "no token given")
         return render(request, "login.html", {"next": _safe_next(next), "name": name,
                                               "error": "Give your token: this agent lets people in by token."},
                       status_code=401)
@@ -204,8 +218,7 @@ def login(request: Request, name: str = Form(""), token: str = Form(""), next: s
     except grpc.RpcError as e:
         if e.code() not in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
             raise
-        log.warning("web sign-in refused from %s (name %r): %s", address or "an unknown address", name,
-                    e.code().name)  # never the token
+        _refused_sign_in(request, address, name, e.code().name)  # never the token
         return render(request, "login.html", {"next": _safe_next(next), "name": name,
                                               "error": for_people(e.details() or "the agent refused this token")},
                       status_code=401)

@@ -607,3 +607,24 @@ def test_a_sign_in_name_with_control_characters_is_refused(token_web_agent: WebA
     assert r.status_code == 400 and "printable text" in r.text and "shortlist_user" not in r.headers.get(
         "set-cookie", "")
     assert c.post("/login", data={"name": "eve", "token": WRITE_TOKEN}).status_code == 303
+
+
+def test_refused_sign_ins_are_logged_once_per_address_and_reason_a_while(token_web_agent: WebAgent,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """Anyone who reaches the sign-in page can try, and each refusal's line carries a name they chose: one
+    WARNING per (address, reason) every interval (the agent's RefusalLog), the next one counting the others,
+    whatever names they sent."""
+    import logging
+
+    caplog.set_level(logging.INFO)
+    c = token_web_agent.client(follow_redirects=False)
+    for i in range(30):
+        assert c.post("/login", data={"name": f"admin ALERT {i}", "token": "x" * 24}).status_code == 401
+        assert c.post("/login", data={"name": f"nobody {i}", "token": ""}).status_code == 401
+    lines = [r.getMessage() for r in caplog.records if r.name == "agent.web.auth"]
+    assert len(lines) == 2 and "'admin ALERT 0'" in lines[0] and "no token given" in lines[1], lines
+    token_web_agent.app.state.sign_in_refusals.interval_s = 0.0  # the interval is over
+    caplog.clear()
+    c.post("/login", data={"name": "again", "token": "x" * 24})
+    lines = [r.getMessage() for r in caplog.records if r.name == "agent.web.auth"]
+    assert len(lines) == 1 and "(29 more from it in the last 0 s, not logged)" in lines[0], lines
