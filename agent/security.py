@@ -290,16 +290,18 @@ class RefusalLog:
 
 
 def _deny(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str,
-          refusals: RefusalLog | None = None, what: str = "", level: int = logging.WARNING) -> grpc.RpcMethodHandler:
+          refusals: RefusalLog | None = None, what: str = "", role_check: bool = False) -> grpc.RpcMethodHandler:
     """A handler of the same kind as ``handler`` (agent.errors.rewrap_handler) that ends the call with ``code``,
-    logging ``what`` with the client's address through ``refusals`` (at ``level``)."""
+    logging ``what`` with the client's address through ``refusals`` at WARNING; ``role_check`` (the call
+    carries ROLE_CHECK_KEY): at INFO and named a sign-in's role check, when it came over the local socket."""
     def abort(_request: Any, context: grpc.ServicerContext) -> Any:
         if refusals is not None:
-            # a lower level is believed from the web app's local socket only (like WEB_CLIENT_KEY): a client
-            # over TCP could otherwise send ROLE_CHECK_KEY to log its refusals below WARNING
+            # the mark is believed from the web app's local socket only (like WEB_CLIENT_KEY): a client over TCP
+            # could otherwise send ROLE_CHECK_KEY to log its refusals below WARNING, or as the app's harmless probe
             peer = context.peer()
-            refusals.refused(what, peer, context.invocation_metadata(),
-                             level if peer.startswith("unix:") else max(level, logging.WARNING))
+            expected = role_check and peer.startswith("unix:")
+            refusals.refused(what + (" (a sign-in's role check)" if expected else ""), peer,
+                             context.invocation_metadata(), logging.INFO if expected else logging.WARNING)
         context.abort(code, message)
 
     denied = rewrap_handler(handler, lambda _behaviour, _request_streaming, _response_streaming: abort,
@@ -381,8 +383,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
             metadata = handler_call_details.invocation_metadata  # type: ignore[attr-defined]
             expected = metadata_value(metadata, ROLE_CHECK_KEY) is not None  # a sign-in asking what the token may do
             return _deny(handler, grpc.StatusCode.PERMISSION_DENIED, _needs_role(name, need, role), self.refusals,
-                         f"{name}: a {role} token" + (" (a sign-in's role check)" if expected else ""),
-                         logging.INFO if expected else logging.WARNING)
+                         f"{name}: a {role} token", expected)
         if name in WRITE_REQUESTS and WRITE not in _IMPLIES[role]:
             return _read_only(handler, name, role, WRITE_REQUESTS[name], self.refusals)
         return handler

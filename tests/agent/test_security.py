@@ -585,3 +585,10 @@ def test_a_tcp_client_cannot_lower_its_refusals_log_level(token_server: int, cap
         assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
     refused = [r for r in caplog.records if "refused ReloadModel" in r.getMessage()]
     assert refused and all(r.levelno == logging.WARNING for r in refused), caplog.text
+    # nor make its refusal read as the web app's harmless probe: the mark is ignored entirely over TCP
+    assert not [r for r in caplog.records if "role check" in r.getMessage()], caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="agent.security"), pytest.raises(grpc.RpcError):
+        reader.SubmitLabels(agent_pb2.SubmitLabelsRequest(), metadata=((security.ROLE_CHECK_KEY, "1"),))
+    refused = [r for r in caplog.records if "refused SubmitLabels" in r.getMessage()]
+    assert refused and all(r.levelno == logging.WARNING and "role check" not in r.getMessage() for r in refused)
