@@ -14,7 +14,7 @@ from rich.markup import escape
 from agent.cli_options import AgentTarget, agent_options
 from shortlist.console import INTERRUPTED_EXIT, make_console
 from shortlist.datasets import sources_said
-from training.modes import FINETUNE_MODES, METHOD_NAMES, help_list
+from training.modes import FINETUNE_MODES, METHOD_NAMES, MODES, help_list
 
 if TYPE_CHECKING:
     from training.pretrain import PretrainConfig
@@ -27,10 +27,10 @@ ARCH_HELP = "resnet18 | resnet18_w32 | wrn28_2 | vgg16_bn_cifar | torchvision:NA
 
 
 def _frozen_budget(mode: str, steps: int | None, minutes: float | None, epochs: int | None) -> None:
-    """linear / svm fit a head on frozen features once: a step or time budget would be ignored, so refuse it."""
-    if steps is not None or minutes is not None or (mode == "svm" and epochs is not None):
-        what = "--epochs N sets the linear probe's epochs (default 100)" if mode == "linear" else \
-            "scikit-learn fits the SVM to convergence"
+    """A frozen mode (linear, svm) fits a head on frozen features once: a step or time budget would be ignored,
+    so refuse it (and --epochs, unless they are its probe's)."""
+    if steps is not None or minutes is not None or (not MODES[mode].probe_epochs and epochs is not None):
+        what = MODES[mode].fit.format(linear_epochs=100)
         raise typer.BadParameter(f"--mode {mode} fits a head on frozen features: no step or time budget applies "
                                  f"({what}); give none, or use --mode full")
 
@@ -193,9 +193,9 @@ def finetune_cmd(
     seed: int = typer.Option(0),
 ) -> None:
     """Fine-tune with labels (linear probe, full, AS3L semi-supervised, MoBYv2AL joint)."""
-    from training.finetune import FROZEN_MODES, FinetuneConfig, finetune
+    from training.finetune import FinetuneConfig, finetune
 
-    if mode in FROZEN_MODES:
+    if mode in MODES and MODES[mode].frozen:
         _frozen_budget(mode, steps, minutes, epochs)
     else:
         _one_budget(epochs, minutes, steps)
@@ -262,9 +262,7 @@ def cycle_cmd(
     """Pull samples from the agent, train, export, publish, ask the agent to reload, print what changed."""
     import grpc
 
-    from training.finetune import FROZEN_MODES
-
-    if mode in FROZEN_MODES:
+    if mode in MODES and MODES[mode].frozen:
         _frozen_budget(mode, steps, minutes, epochs)
 
     from exporters.export import ExportError

@@ -28,13 +28,22 @@ from shortlist.v1 import agent_pb2
 from training import loop
 from training.backbones import build_backbone
 from training.data import TensorData, from_samples
-from training.finetune import FINETUNE_MODES, FROZEN_MODES, FinetuneConfig, finetune
+from training.finetune import FinetuneConfig, finetune
 from training.methods import METHODS, check_method_options
-from training.modes import or_list
+from training.modes import FINETUNE_MODES, MODES, or_list
 from training.pretrain import PretrainConfig, load_encoder, preprocess_by_name, pretrain
 
 CYCLE_MODES = (*FINETUNE_MODES, *METHODS)
-UNLABELED_MODES = frozenset({"as3l", "moby_al", *METHODS})
+
+
+def _frozen(mode: str) -> bool:
+    """Whether ``mode`` (of CYCLE_MODES) fits a head on frozen features (linear, svm)."""
+    return mode in MODES and MODES[mode].frozen
+
+
+def _unlabelled(mode: str) -> bool:
+    """Whether ``mode`` (of CYCLE_MODES) trains on the unlabelled samples too: a pretraining method, as3l, moby_al."""
+    return mode in METHODS or MODES[mode].unlabelled
 
 
 @dataclass
@@ -148,9 +157,9 @@ def _check_options(cfg: CycleConfig) -> Preprocess | None:
     mode, init, out = cfg.mode, cfg.init, cfg.out
     if mode not in CYCLE_MODES:
         raise ValueError(f"unknown cycle mode {mode!r}; valid: {', '.join(CYCLE_MODES)}")
-    if cfg.steps is None and cfg.minutes is None and cfg.epochs is None and mode not in FROZEN_MODES:
+    if cfg.steps is None and cfg.minutes is None and cfg.epochs is None and not _frozen(mode):
         raise ValueError("give one of --steps, --minutes or --epochs")
-    if init is None and mode in FROZEN_MODES:
+    if init is None and _frozen(mode):
         raise ValueError(f"--mode {mode} fits a head on a pretrained encoder's frozen features (a random encoder's "
                          "mean nothing): give --init RUN (a `shortlist pretrain` run folder), or pretrain in the "
                          f"cycle with --mode {or_list(METHODS)}")
@@ -206,7 +215,7 @@ def run_cycle(agent: str, config: CycleConfig, *, console: Console | None = None
         # the labels alone (no payloads): a one-class pool is refused before pulling every image
         if problem := _labelled_classes_problem([r.label for r in client.list_labels(stub)], mode):
             raise CycleRefused(problem)
-        if mode == "as3l" and before.prior_methods and config.prior_method not in before.prior_methods:
+        if MODES[mode].priors and before.prior_methods and config.prior_method not in before.prior_methods:
             raise ValueError(f"--prior-method {config.prior_method!r} is not one of the agent's prior methods: "
                              f"{', '.join(before.prior_methods)}")
     newest = newest_complete(models)
@@ -214,7 +223,7 @@ def run_cycle(agent: str, config: CycleConfig, *, console: Console | None = None
         pre = init_pre
     else:  # (the served 96-px model's size refused a 32-px --init run)
         pre = newest[1].preprocess if newest is not None else preprocess_by_name(config.preprocess)
-    labeled_only = mode not in UNLABELED_MODES
+    labeled_only = not _unlabelled(mode)
     samples = list(client.list_samples(stub, labeled_only=labeled_only, include_payload=True))
     if problem := _labelled_classes_problem([s.label for s in samples if s.label], mode):
         raise CycleRefused(problem)  # labels taken back since the check above
@@ -263,7 +272,7 @@ def _train(cfg: CycleConfig, agent: str, data: TensorData, stub: Any, console: C
     if init is None:
         console.print(f"[yellow]no --init: --mode {mode} trains the {cfg.arch} encoder from random weights "
                       "(pass a `shortlist pretrain` run to start from self-supervised features)[/]")
-    priors = fetch_priors(stub, data, cfg.prior_method) if mode == "as3l" else None
+    priors = fetch_priors(stub, data, cfg.prior_method) if MODES[mode].priors else None
     fcfg = FinetuneConfig(out=str(cfg.out), mode=mode, init=init, arch=cfg.arch, data=f"agent:{agent}",
                           preprocess=cfg.preprocess, epochs=epochs, minutes=minutes, steps=steps,
                           threads=cfg.threads, device=cfg.device, progress=False)
@@ -271,7 +280,7 @@ def _train(cfg: CycleConfig, agent: str, data: TensorData, stub: Any, console: C
         fcfg.batch_size = cfg.batch_size
     if cfg.options:
         fcfg = dataclasses.replace(fcfg, **cfg.options)
-    if steps is None and epochs is None and minutes is None and mode not in FROZEN_MODES:
+    if steps is None and epochs is None and minutes is None and not _frozen(mode):
         fcfg.steps = 100
     finetune(fcfg, data, priors, console)
 

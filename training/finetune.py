@@ -52,6 +52,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,9 +71,9 @@ from training.backbones import build_backbone
 from training.data import TensorData, load, report_skipped
 from training.methods import Encoder, MoBY, rotate_batch, rotation_loss
 from training.modes import FINETUNE_MODES as FINETUNE_MODES
+from training.modes import MODES, FinetuneMode
 from training.pretrain import load_encoder, preprocess_by_name, save_encoder
 
-FROZEN_MODES = ("linear", "svm")  # heads on frozen features, computed once
 UNLABELED_PICKS = ("random", "low_contrastive")
 PRIOR_AFTER = ("remove", "update")  # AS3L Sec. 3.4: what happens to the prior after T iterations
 HEAD_INITS = ("random", "probe")  # the classifier a trained mode starts from (see FinetuneConfig.head_init)
@@ -337,6 +338,28 @@ def svm_probe(enc: Encoder, data: TensorData, pre: Preprocess, rt: loop.Runtime,
         return float((logits.argmax(1).cpu().numpy() == y).mean())
 
 
+def _linear_head(enc: Encoder, data: TensorData, pre: Preprocess, rt: loop.Runtime, cfg: FinetuneConfig) -> float:
+    return linear_probe(enc, data, pre, rt, cfg.linear_epochs, cfg.seed)
+
+
+def _svm_head(enc: Encoder, data: TensorData, pre: Preprocess, rt: loop.Runtime, cfg: FinetuneConfig) -> float:
+    return svm_probe(enc, data, pre, rt, cfg.svm_c, cfg.seed)
+
+
+# The frozen modes' (training.modes.MODES, ``frozen``) fit of enc.classifier on the frozen features, by mode;
+# returns the training accuracy in [0, 1].
+PROBES: dict[str, Callable[[Encoder, TensorData, Preprocess, loop.Runtime, FinetuneConfig], float]] = {
+    "linear": _linear_head, "svm": _svm_head}
+
+
+def _cosine_lr(base: float, progress: float) -> float:
+    return loop.cosine_lr(base, progress, 0.0)
+
+
+# The trained modes' learning rate at ``progress`` in [0, 1] of the budget, by FinetuneMode.lr_schedule.
+LR_SCHEDULES: dict[str, Callable[[float, float], float]] = {"cosine": _cosine_lr, "fixmatch": fixmatch_lr}
+
+
 @torch.no_grad()
 def contrastive_losses(moby: MoBY, images: torch.Tensor, pre: Preprocess, gen: torch.Generator,
                        rt: loop.Runtime, batch: int = 512) -> torch.Tensor:
@@ -382,7 +405,8 @@ def finetune(config: FinetuneConfig, data: TensorData | None = None, priors: tor
         raise ValueError(f"unknown head_init {cfg.head_init!r}; valid: {', '.join(HEAD_INITS)}")
     if not 0.0 <= cfg.ema < 1.0:
         raise ValueError(f"ema must be in [0, 1) (0: off; FlexMatch's 0.999), got {cfg.ema}")
-    if cfg.mode == "linear" and cfg.epochs is not None:  # a head fitted once: epochs are the probe's (steps and
+    mode = MODES[cfg.mode]
+    if mode.probe_epochs and cfg.epochs is not None:  # a head fitted once: epochs are the probe's (steps and
         cfg = dataclasses.replace(cfg, linear_epochs=cfg.epochs)  # minutes do not apply; the CLI refuses them)
     console = console or Console()
     rt = loop.setup_runtime(cfg.device, cfg.amp, cfg.channels_last, cfg.threads)
@@ -421,11 +445,8 @@ def finetune(config: FinetuneConfig, data: TensorData | None = None, priors: tor
     summary: dict[str, Any] = {"mode": cfg.mode, "labeled": len(lab), "unlabeled": len(unl),
                                "skipped_images": skipped}
 
-    if cfg.mode in FROZEN_MODES:
-        if cfg.mode == "svm":
-            acc = svm_probe(enc, data, pre, rt, cfg.svm_c, cfg.seed)
-        else:
-            acc = linear_probe(enc, data, pre, rt, cfg.linear_epochs, cfg.seed)
+    if mode.frozen:
+        acc = PROBES[cfg.mode](enc, data, pre, rt, cfg)
         summary.update(train_acc=acc)
         log.write(kind=cfg.mode, train_acc=acc)
         if eval_data is not None:
@@ -484,6 +505,8 @@ class _Loop:
     prior_dev: torch.Tensor | None  # UxC float on rt.device: the prior of AS3L's Eq. 5
     upool: torch.Tensor  # moby_al's unlabelled subset: ``subset`` indices into run.unl
     evals: list[list[float]]  # [[step, test accuracy in [0, 1]], ...]
+    lr_at: Callable[[float, float], float]  # the mode's schedule (LR_SCHEDULES): lr at a progress in [0, 1]
+    step_loss: StepLoss  # a step's loss: the mode's UNLABELLED_LOSSES with ``semi``, else _labelled_loss
     mask_rate: float = 0.0  # as3l: the last step's fraction of unlabelled rows above their threshold
     loss_val: float = float("nan")  # the last step's loss
     last_ckpt: float = 0.0  # time.perf_counter() of the last checkpoint
@@ -519,16 +542,11 @@ class _Loop:
         xl = augment(data.images[lrows].to(rt.device), pre, WEAK, self.gen, rt.channels_last)
         yl = data.labels[lrows].to(rt.device)
         progress = self.budget.progress(state.step, state.seconds)
-        lr = fixmatch_lr(cfg.lr, progress) if cfg.mode == "as3l" else loop.cosine_lr(cfg.lr, progress, 0.0)
+        lr = self.lr_at(cfg.lr, progress)
         for group in self.opt.param_groups:
             group["lr"] = lr
         with rt.autocast():
-            if self.semi and cfg.mode == "as3l":
-                loss = self._as3l_loss(xl, yl, g_cpu)
-            else:
-                loss = F.cross_entropy(_logits(enc, xl).float(), yl)
-            if self.semi and self.moby is not None:
-                loss = loss + cfg.lambda_c * self._moby_loss(lrows, g_cpu)
+            loss = self.step_loss(self, xl, yl, lrows, g_cpu)
             if cfg.rotation_weight > 0:
                 rotated, targets = rotate_batch(xl)
                 assert enc.rotation is not None
@@ -643,6 +661,31 @@ class _Loop:
         return out
 
 
+StepLoss = Callable[[_Loop, torch.Tensor, torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor]
+
+
+def _labelled_loss(lp: _Loop, xl: torch.Tensor, yl: torch.Tensor, lrows: torch.Tensor,
+                   g_cpu: torch.Generator) -> torch.Tensor:
+    """Cross-entropy on the labelled batch (xl: Bx3xHxW weak view of the rows ``lrows``, yl: B): a step's loss
+    without unlabelled rows to train on."""
+    return F.cross_entropy(_logits(lp.run.enc, xl).float(), yl)
+
+
+def _as3l_step_loss(lp: _Loop, xl: torch.Tensor, yl: torch.Tensor, lrows: torch.Tensor,
+                    g_cpu: torch.Generator) -> torch.Tensor:
+    return lp._as3l_loss(xl, yl, g_cpu)
+
+
+def _moby_al_step_loss(lp: _Loop, xl: torch.Tensor, yl: torch.Tensor, lrows: torch.Tensor,
+                       g_cpu: torch.Generator) -> torch.Tensor:
+    return _labelled_loss(lp, xl, yl, lrows, g_cpu) + lp.run.cfg.lambda_c * lp._moby_loss(lrows, g_cpu)
+
+
+# A step's loss with unlabelled rows, by mode (training.modes.MODES, ``unlabelled``): as3l's Eq. 2, moby_al's
+# cross-entropy + lambda_c x MoBY; the random draws as _Loop.train_step says.
+UNLABELLED_LOSSES: dict[str, StepLoss] = {"as3l": _as3l_step_loss, "moby_al": _moby_al_step_loss}
+
+
 def _step_budget(cfg: FinetuneConfig, n_labeled: int, n_unlabeled: int,
                  semi: bool) -> tuple[int, int, int, loop.Budget]:
     """(labelled batch, unlabelled batch (0 without ``semi``), unlabelled rows trained on, step budget). An
@@ -666,8 +709,9 @@ def _prepare_loop(run: _Run, priors: torch.Tensor | None) -> _Loop:
     """The optimiser (SGD, Nesterov momentum 0.9: FixMatch's), the step budget, the generators, and, with
     ``resume``, the checkpoint's state. ``priors``: UxC (as3l) or None."""
     cfg, enc, lab, unl, rt = run.cfg, run.enc, run.lab, run.unl, run.rt
-    semi = cfg.mode in ("as3l", "moby_al") and len(unl) > 0
-    moby = MoBY(enc).to(rt.device) if cfg.mode == "moby_al" else None
+    mode: FinetuneMode = MODES[cfg.mode]
+    semi = mode.unlabelled and len(unl) > 0
+    moby = MoBY(enc).to(rt.device) if mode.contrastive else None
     model: nn.Module = moby if moby is not None else enc
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, momentum=0.9,
                           nesterov=True, weight_decay=cfg.weight_decay)
@@ -696,7 +740,8 @@ def _prepare_loop(run: _Run, priors: torch.Tensor | None) -> _Loop:
         upool = torch.tensor(state.extra["upool"], dtype=torch.long)
     return _Loop(run=run, model=model, moby=moby, opt=opt, ema=ema, modules=modules, gen=gen, budget=budget,
                  state=state, semi=semi, bs=bs, ubs=ubs, subset=subset, update=update, learned=learned,
-                 prior_dev=prior_dev, upool=upool, evals=evals)
+                 prior_dev=prior_dev, upool=upool, evals=evals, lr_at=LR_SCHEDULES[mode.lr_schedule],
+                 step_loss=UNLABELLED_LOSSES[cfg.mode] if semi else _labelled_loss)
 
 
 def _train_loop(run: _Run, priors: torch.Tensor | None) -> dict[str, Any]:

@@ -1,17 +1,49 @@
-"""The names of training's modes, without importing torch: training/cli.py builds its --help texts from them,
-and ``shortlist --help`` and the agent's commands must start without loading torch.
+"""The names of training's modes and what each fine-tuning mode is, without importing torch: training/cli.py
+builds its --help texts from them, and ``shortlist --help`` and the agent's commands must start without loading
+torch.
 
-``METHOD_NAMES`` are the keys of training.methods.METHODS (the self-supervised methods), in its order, and
-``FINETUNE_MODES`` the fine-tuning modes of training.finetune; tests/training/test_methods.py keeps
-``METHOD_NAMES`` equal to METHODS' keys and the two sets disjoint (``shortlist cycle`` takes both as --mode).
+``METHOD_NAMES`` are the keys of training.methods.METHODS (the self-supervised methods), in its order.
+``MODES`` holds one ``FinetuneMode`` per fine-tuning mode of training.finetune, keyed by name, and
+``FINETUNE_MODES`` their names; tests/training/test_methods.py keeps ``METHOD_NAMES`` equal to METHODS' keys and
+the two sets disjoint (``shortlist cycle`` takes both as --mode). The callers (the CLI, training.cycle,
+training.finetune, bench/recipes) read a mode's flags here rather than comparing its name.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 METHOD_NAMES: tuple[str, ...] = ("simsiam", "rotnet", "moby")
-FINETUNE_MODES: tuple[str, ...] = ("linear", "svm", "full", "as3l", "moby_al")
+
+
+@dataclass(frozen=True)
+class FinetuneMode:
+    """What one fine-tuning mode does, as its callers need to know it. training.finetune keeps the mode's
+    own functions (the probe of a frozen mode, the loss with unlabelled rows) keyed by the same name."""
+
+    name: str
+    # a head fitted once on the frozen encoder's features: no step or time budget applies, and a random
+    # encoder's features mean nothing (a cycle needs --init)
+    frozen: bool = False
+    # a frozen mode: what sets its fit when a budget is refused (``{linear_epochs}``: FinetuneConfig's default)
+    fit: str = ""
+    probe_epochs: bool = False  # a frozen mode whose --epochs are its probe's epochs (else --epochs is refused)
+    unlabelled: bool = False  # trains on the unlabelled rows too (a cycle pulls every sample, not the labelled)
+    priors: bool = False  # takes class priors for the unlabelled rows (a cycle asks the agent's PriorLabels)
+    contrastive: bool = False  # trains MoBY around the encoder (its model, optimiser and checkpoint are MoBY's)
+    lr_schedule: str = "cosine"  # the trained modes' lr decay: "cosine" (loop.cosine_lr) or "fixmatch"
+
+
+MODES: Mapping[str, FinetuneMode] = {m.name: m for m in (
+    FinetuneMode("linear", frozen=True, probe_epochs=True,
+                 fit="--epochs N sets the linear probe's epochs (default {linear_epochs})"),
+    FinetuneMode("svm", frozen=True, fit="scikit-learn fits the SVM to convergence"),
+    FinetuneMode("full"),
+    FinetuneMode("as3l", unlabelled=True, priors=True, lr_schedule="fixmatch"),
+    FinetuneMode("moby_al", unlabelled=True, contrastive=True),
+)}
+FINETUNE_MODES: tuple[str, ...] = tuple(MODES)
 
 
 def or_list(names: Iterable[str]) -> str:

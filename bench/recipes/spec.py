@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import typer
 
-from training.modes import METHOD_NAMES
+from training.modes import METHOD_NAMES, MODES
 
 HEAD_MODES = ("linear", "svm", "full", "moby_al")  # training.finetune.FINETUNE_MODES a recipe's loop runs
 HEAD_INITS = ("pretext", "scratch")
@@ -45,7 +45,7 @@ class Head:
     @property
     def trains_network(self) -> bool:
         """Whether a round trains the network (full, moby_al) rather than a head on frozen features."""
-        return self.mode not in ("linear", "svm")
+        return not MODES[self.mode].frozen
 
 
 @dataclass(frozen=True)

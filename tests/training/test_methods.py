@@ -106,6 +106,18 @@ def test_the_torch_free_names_are_the_registrys_and_no_method_is_a_fine_tuning_m
     assert loaded.stdout.strip() == "False"
 
 
+def test_each_fine_tuning_modes_flags_have_its_functions() -> None:
+    """training.finetune keeps a function per mode (the frozen modes' probe, the unlabelled modes' loss, the lr
+    schedule) keyed by training.modes' names and flags: the two stay in step."""
+    from training import finetune, modes
+
+    assert all(name == mode.name for name, mode in modes.MODES.items())
+    assert set(finetune.PROBES) == {name for name, mode in modes.MODES.items() if mode.frozen}
+    assert set(finetune.UNLABELLED_LOSSES) == {name for name, mode in modes.MODES.items() if mode.unlabelled}
+    assert all(mode.lr_schedule in finetune.LR_SCHEDULES for mode in modes.MODES.values())
+    assert all(mode.fit for mode in modes.MODES.values() if mode.frozen)
+
+
 def test_the_help_lists_every_method(monkeypatch: pytest.MonkeyPatch) -> None:
     """`pretrain --help` and `cycle --help` list the methods from the registry's names (were typed by hand)."""
     from typer.testing import CliRunner
