@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from shortlist.manifest import Preprocess, newest_complete
 from shortlist.v1 import agent_pb2
 from training import loop
 from training.backbones import build_backbone
+from training.configs import CycleConfig as CycleConfig
 from training.data import TensorData, from_samples
 from training.finetune import FinetuneConfig, finetune
 from training.methods import METHODS, check_method_options
@@ -68,39 +68,6 @@ class CycleResult:
                 "pending": self.pending, "taken_up": self.published in (self.serving, self.pending),
                 "mode": mode, "samples": self.samples, "labeled": self.labeled, "classes": self.classes,
                 "steps": self.summary.get("steps"), "run": str(self.run_dir)}
-
-
-@dataclass(frozen=True)
-class CycleConfig:
-    """The settings of one cycle (``run_cycle``), built once by its caller (``shortlist cycle``, the benchmarks)
-    and checked by ``_check_options`` before the agent is asked anything. The defaults are `shortlist cycle`'s
-    (which has no option for ``preprocess`` or ``options``)."""
-
-    models: Path  # the registry folder the agent serves from; the trained run is published into it
-    out: Path  # the run folder of this cycle's training
-    # a fine-tuning mode (training.finetune.FINETUNE_MODES) or a pretraining method (training.methods.METHODS:
-    # self-supervised on every sample in the agent)
-    mode: str = "full"
-    init: str | None = None  # a `shortlist pretrain` run folder to start from (required by linear and svm)
-    steps: int | None = None  # budget in optimiser steps (a pretraining method: epochs of the pool)
-    minutes: float | None = None  # or in minutes of training
-    epochs: int | None = None  # or in epochs
-    prior_method: str = "knn"  # as3l: the agent's PriorLabels method
-    preprocess: str = "cifar10"  # input size / normalisation by name, when neither --init nor the registry says
-    arch: str = "resnet18_w32"  # the backbone built when not starting from --init
-    # None: the mode's / method's default, at most the pool's size (a method's default larger than the pool is
-    # lowered to it, and said); a pretraining method's batch_size larger than the pool is refused
-    batch_size: int | None = None
-    threads: int | None = None  # CPU threads (None: torch's default)
-    device: str = "auto"  # auto | cpu | cuda
-    # more FinetuneConfig fields for a fine-tuning mode (e.g. ``seed``, ``svm_c``, ``unlabeled_ratio``)
-    options: Mapping[str, Any] = field(default_factory=dict)
-    # a pretraining method's constructor keywords (PretrainConfig.method_options; CLI: --method-option)
-    method_options: Mapping[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:  # callers may give the folders as str
-        object.__setattr__(self, "models", Path(self.models))
-        object.__setattr__(self, "out", Path(self.out))
 
 
 def fetch_priors(stub: Any, data: TensorData, method: str) -> torch.Tensor:
@@ -266,7 +233,7 @@ def _train(cfg: CycleConfig, agent: str, data: TensorData, stub: Any, console: C
                               preprocess=cfg.preprocess, threads=cfg.threads, device=cfg.device, knn_every=0,
                               method_options=dict(cfg.method_options))
         if steps is not None:  # steps for a pretraining cycle: whole epochs of the pool
-            pcfg.epochs, pcfg.minutes = max(1, steps), None
+            pcfg = dataclasses.replace(pcfg, epochs=max(1, steps), minutes=None)
         pretrain(pcfg, console, train_data=data)
         return
     if init is None:
@@ -277,11 +244,11 @@ def _train(cfg: CycleConfig, agent: str, data: TensorData, stub: Any, console: C
                           preprocess=cfg.preprocess, epochs=epochs, minutes=minutes, steps=steps,
                           threads=cfg.threads, device=cfg.device, progress=False)
     if cfg.batch_size:
-        fcfg.batch_size = cfg.batch_size
+        fcfg = dataclasses.replace(fcfg, batch_size=cfg.batch_size)
     if cfg.options:
         fcfg = dataclasses.replace(fcfg, **cfg.options)
     if steps is None and epochs is None and minutes is None and not _frozen(mode):
-        fcfg.steps = 100
+        fcfg = dataclasses.replace(fcfg, steps=100)
     finetune(fcfg, data, priors, console)
 
 

@@ -68,6 +68,7 @@ from shortlist.manifest import Preprocess
 from training import loop
 from training.augment import WEAK, AugmentConfig, augment, strong_augment
 from training.backbones import build_backbone
+from training.configs import FinetuneConfig as FinetuneConfig
 from training.data import TensorData, load, report_skipped
 from training.methods import Encoder, MoBY, rotate_batch, rotation_loss
 from training.modes import FINETUNE_MODES as FINETUNE_MODES
@@ -78,53 +79,6 @@ UNLABELED_PICKS = ("random", "low_contrastive")
 PRIOR_AFTER = ("remove", "update")  # AS3L Sec. 3.4: what happens to the prior after T iterations
 HEAD_INITS = ("random", "probe")  # the classifier a trained mode starts from (see FinetuneConfig.head_init)
 CONTRASTIVE = AugmentConfig(crop_scale=(0.2, 1.0))  # moby_al's views (SimSiam / SimCLR CIFAR strength)
-
-
-@dataclass
-class FinetuneConfig:
-    """A fine-tuning run (saved as config.json)."""
-
-    out: str
-    mode: str = "full"
-    init: str | None = None  # a run folder whose encoder.pt to start from; None = random init of ``arch``
-    arch: str = "resnet18_w32"
-    data: str | None = None  # a source (labelled folders); or pass TensorData to finetune()
-    preprocess: str = "cifar10"
-    labels_per_class: int | None = None  # keep only this many labels per class (the rest unlabelled)
-    epochs: int | None = None  # epochs over the labelled set (or over the unlabelled set for as3l/moby_al)
-    minutes: float | None = None
-    steps: int | None = None  # exact number of steps (tests, cycles); overrides epochs/minutes
-    batch_size: int = 64  # labelled batch
-    mu: int = 7  # unlabelled batch = mu * batch_size (FixMatch's mu)
-    lr: float = 0.03  # SGD, FixMatch's default
-    weight_decay: float = 5e-4
-    threshold: float = 0.95  # FixMatch tau
-    lambda_u: float = 1.0
-    prior_iters: int = 6900  # AS3L's T (Sec. 4.1): iterations that use normalize(prior + prediction)
-    prior_after: str = "remove"  # after T: "remove" the prior or "update" it by re-clustering (Sec. 3.4)
-    eval_every: int = 0  # steps between test-set evaluations (finetune's eval_data); 0: at the end only
-    flex: bool = True  # FlexMatch class-wise thresholds (else FixMatch's fixed one)
-    lambda_c: float = 0.5  # MoBYv2AL contrastive weight
-    linear_epochs: int = 100
-    svm_c: float = 0.0  # LinearSVC's C (mode svm); 0: chosen by cross-validation on the labelled rows
-    contrast_labeled: bool = False  # moby_al: labelled images in the contrastive batch too
-    unlabeled_ratio: float | None = None  # moby_al: train on ratio x labelled unlabelled rows (None: all)
-    unlabeled_pick: str = "random"  # moby_al with unlabeled_ratio: "random" or "low_contrastive"
-    rank_candidates: float = 4.0  # low_contrastive: rank this many x the subset's size random unlabelled rows
-    rotation_weight: float = 0.0  # weight of the RotNet loss on the labelled batch (keeps the head matched)
-    keep_head: bool = False  # an ``init`` run's classifier is kept when it has as many classes (warm start)
-    # "random": a fresh linear head (the paper's recipe); "probe": the linear probe on the frozen features of
-    # the labelled rows first (LP-FT, Kumar et al. ICLR 2022), so training starts at the probe's accuracy
-    head_init: str = "random"
-    ema: float = 0.0  # momentum of the weight EMA evaluated and exported (0: off; FlexMatch/USB: 0.999), see ema_avg_fn
-    device: str = "auto"
-    amp: bool = True
-    channels_last: bool = True
-    threads: int | None = None
-    seed: int = 0
-    checkpoint_minutes: float = 10.0
-    resume: bool = False
-    progress: bool = True
 
 
 def keep_labels_per_class(data: TensorData, n: int, seed: int) -> TensorData:

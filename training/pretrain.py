@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -28,9 +28,10 @@ from shortlist.manifest import CIFAR10_PREPROCESS, CIFAR100_PREPROCESS, IMAGENET
 from training import loop
 from training.augment import AugmentConfig
 from training.backbones import build_backbone, min_input_side
+from training.configs import PretrainConfig as PretrainConfig
 from training.data import TensorData, load, report_skipped
 from training.knn import embed, knn_accuracy
-from training.methods import METHODS, SSLMethod, build_method, check_method_options
+from training.methods import METHODS, SSLMethod, build_method
 from training.methods import Encoder as Encoder
 
 PREPROCESS: dict[str, Preprocess] = {"cifar10": CIFAR10_PREPROCESS, "cifar100": CIFAR100_PREPROCESS,
@@ -38,62 +39,6 @@ PREPROCESS: dict[str, Preprocess] = {"cifar10": CIFAR10_PREPROCESS, "cifar100": 
 
 # Each method's constructor keywords (``method_options``; CLI: --method-option, --proj-dim, --pred-dim) and published
 # defaults (base lr scaled by batch/256, weight decay, batch) are declared on its class in training.methods.
-
-
-@dataclass
-class PretrainConfig:
-    """Everything a pretraining run depends on (saved as config.json; the CLI maps its flags here)."""
-
-    data: str
-    out: str
-    method: str = "simsiam"
-    arch: str = "resnet18_w32"
-    epochs: int | None = None
-    minutes: float | None = None
-    batch_size: int | None = None  # global batch (all ranks); None: the method's default
-    lr: float | None = None  # base lr per 256 images; None: the method's default
-    weight_decay: float | None = None
-    warmup: float = 0.02  # fraction of the budget spent warming the lr up linearly
-    limit: int | None = None  # only the first N samples of the source (smoke runs)
-    subset: list[int] | None = None  # or only these rows of the train split (benchmarks' pools)
-    preprocess: str = "cifar10"  # a PREPROCESS name: size / mean / std of the exported model
-    test_data: str | None = None  # held-out labelled source for kNN; None: the data's "test" split
-    knn_every: int = 5  # epochs between kNN evaluations (0: only at the end)
-    knn_k: int = 200
-    knn_bank: int = 10_000  # train rows used as the kNN bank in periodic evaluations (final: all)
-    knn_test: int = 2_000  # test rows in periodic evaluations (final: all)
-    final_knn: bool = True  # evaluate kNN at the end (benchmarks that measure otherwise can skip it)
-    final_knn_full: bool = True  # final evaluation on all labelled train rows and all test rows
-    checkpoint_minutes: float = 10.0
-    resume: bool = False
-    device: str = "auto"
-    amp: bool = True
-    channels_last: bool = True
-    compile: bool = False
-    seed: int = 0
-    threads: int | None = None  # CPU threads; None: pick 1 or all cores by measured speed (ThreadTuner)
-    crop_min: float = 0.2  # smallest crop area fraction (RandomResizedCrop scale lower bound)
-    # Progressive resizing (as FFCV's ResNet recipes do): views start at ``min_res`` pixels and grow
-    # linearly (in steps of 4) to the model's size at ``res_ramp_end`` of the budget; None = full size.
-    # Convolution cost scales with pixels, so a CPU run sees ~2x more images; evaluation and export
-    # always use the full size.
-    min_res: int | None = None
-    # Cap on the view size; evaluation and export stay at the model's size. None: the model's size on a
-    # GPU; on a CPU, with no min_res either, CPU_VIEW_FRACTION of it (see there).
-    max_res: int | None = None
-    res_ramp_end: float = 0.75
-    stop_after: int | None = None  # stop as SIGTERM would (checkpointed, resumable) after this many steps
-    log_seconds: float = 20.0
-    progress: bool = True
-    method_options: dict[str, Any] = field(default_factory=dict)  # the method's constructor keywords
-
-    def resolved(self) -> PretrainConfig:
-        """A copy with the method's defaults filled in (what config.json records)."""
-        check_method_options(self.method, self.method_options)
-        d = METHODS[self.method].defaults
-        return dataclasses.replace(
-            self, batch_size=self.batch_size or d.batch_size, lr=self.lr if self.lr is not None else d.lr,
-            weight_decay=self.weight_decay if self.weight_decay is not None else d.weight_decay)
 
 
 # On a CPU, training views default to half the model's side (16 px for CIFAR's 32): convolutions cost

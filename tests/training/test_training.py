@@ -79,8 +79,7 @@ def test_cpu_views_never_go_below_what_the_backbone_accepts() -> None:
 def test_resume_continues_exactly(tiny_data: Path, tmp_path: Path) -> None:
     straight = pretrain(_cfg(tiny_data, tmp_path / "a", "simsiam", epochs=2, knn_every=0))
     # the same run, stopped after epoch 1 (a 1-epoch budget), then resumed with a 2-epoch budget
-    first = _cfg(tiny_data, tmp_path / "b", "simsiam", epochs=2, knn_every=0)
-    first.stop_after = 3
+    first = _cfg(tiny_data, tmp_path / "b", "simsiam", epochs=2, knn_every=0, stop_after=3)
     pretrain(first)
     resumed = pretrain(_cfg(tiny_data, tmp_path / "b", "simsiam", epochs=2, knn_every=0, resume=True))
     a = torch.load(straight / loop.ENCODER, weights_only=False)["state_dict"]
