@@ -3,10 +3,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import typer
 from rich.markup import escape
@@ -14,12 +15,19 @@ from rich.markup import escape
 from agent.cli_options import AgentTarget, agent_options
 from shortlist.console import INTERRUPTED_EXIT, make_console
 from shortlist.datasets import sources_said
+from training.configs import CycleConfig, FinetuneConfig, PretrainConfig
 from training.modes import FINETUNE_MODES, METHOD_NAMES, MODES, help_list
 
-if TYPE_CHECKING:
-    from training.pretrain import PretrainConfig
-
 console = make_console(stderr=True)
+
+
+def _defaults(config: Any) -> dict[str, Any]:
+    """A training.configs dataclass's defaults by field name: the commands' options take theirs from here, so
+    each default is defined once, on the config (fields without a plain default are left out)."""
+    return {f.name: f.default for f in dataclasses.fields(config) if f.default is not dataclasses.MISSING}
+
+
+PRETRAIN, FINETUNE, CYCLE = _defaults(PretrainConfig), _defaults(FinetuneConfig), _defaults(CycleConfig)
 
 
 # training.backbones.BACKBONES (not imported: it loads torch, slow for --help; a test keeps the two equal)
@@ -30,7 +38,7 @@ def _frozen_budget(mode: str, steps: int | None, minutes: float | None, epochs: 
     """A frozen mode (linear, svm) fits a head on frozen features once: a step or time budget would be ignored,
     so refuse it (and --epochs, unless they are its probe's)."""
     if steps is not None or minutes is not None or (not MODES[mode].probe_epochs and epochs is not None):
-        what = MODES[mode].fit.format(linear_epochs=100)
+        what = MODES[mode].fit.format(linear_epochs=FINETUNE["linear_epochs"])
         raise typer.BadParameter(f"--mode {mode} fits a head on frozen features: no step or time budget applies "
                                  f"({what}); give none, or use --mode full")
 
@@ -68,8 +76,8 @@ def pretrain_cmd(
     data: str = typer.Option(..., help=f"image source: {sources_said()} (its test split, when it has one, is the "
                                        "kNN hold-out)"),
     out: Path = typer.Option(..., help="run folder (config.json, metrics.jsonl, checkpoint.pt, encoder.pt)"),
-    method: str = typer.Option("simsiam", help=help_list(METHOD_NAMES)),
-    arch: str = typer.Option("resnet18_w32", help=ARCH_HELP),
+    method: str = typer.Option(PRETRAIN["method"], help=help_list(METHOD_NAMES)),
+    arch: str = typer.Option(PRETRAIN["arch"], help=ARCH_HELP),
     epochs: int | None = typer.Option(None, min=1, help="train for N epochs"),
     minutes: float | None = typer.Option(None, min=0.01, help="or for M minutes of training (evaluation not "
                                          "counted)"),
@@ -81,26 +89,28 @@ def pretrain_cmd(
     min_res: int | None = typer.Option(None, help="progressive resizing: views start at this many pixels"),
     max_res: int | None = typer.Option(None, help="cap on the training views' size in pixels (default: the "
                                        "model's size on a GPU, half of it on a CPU); evaluation stays full size"),
-    crop_min: float = typer.Option(0.2, help="smallest random-resized-crop area fraction"),
+    crop_min: float = typer.Option(PRETRAIN["crop_min"], help="smallest random-resized-crop area fraction"),
     proj_dim: int | None = typer.Option(None, help="projector output width (simsiam default 256, paper 2048; "
                                         "moby default 256)"),
     pred_dim: int | None = typer.Option(None, help="simsiam predictor bottleneck (default 64, paper 512)"),
     method_option: list[str] | None = typer.Option(None, metavar="KEY=VALUE", help=METHOD_OPTION_HELP),
-    preprocess: str = typer.Option("cifar10", help="cifar10 | cifar100 | imagenet (size, mean, std)"),
-    knn_every: int = typer.Option(5, help="epochs between kNN evaluations (0: only at the end)"),
-    knn_k: int = typer.Option(200, min=1, help="neighbours of the kNN accuracy (200: the protocol for CIFAR-sized "
-                              "banks; a small data set wants about half its images per class)"),
-    checkpoint_minutes: float = typer.Option(10.0, help="minutes between checkpoints (also on SIGTERM)"),
-    resume: bool = typer.Option(False, help="continue the run in --out from its checkpoint"),
-    device: str = typer.Option("auto", help="auto | cpu | cuda"),
-    amp: bool = typer.Option(True, help="bf16 autocast on CPU, AMP on CUDA"),
-    channels_last: bool = typer.Option(True),
-    compile: bool = typer.Option(False, help="torch.compile the model (helps on GPU; slow to start on CPU)"),
+    preprocess: str = typer.Option(PRETRAIN["preprocess"], help="cifar10 | cifar100 | imagenet (size, mean, std)"),
+    knn_every: int = typer.Option(PRETRAIN["knn_every"], help="epochs between kNN evaluations (0: only at the end)"),
+    knn_k: int = typer.Option(PRETRAIN["knn_k"], min=1, help="neighbours of the kNN accuracy (200: the protocol "
+                              "for CIFAR-sized banks; a small data set wants about half its images per class)"),
+    checkpoint_minutes: float = typer.Option(PRETRAIN["checkpoint_minutes"],
+                                             help="minutes between checkpoints (also on SIGTERM)"),
+    resume: bool = typer.Option(PRETRAIN["resume"], help="continue the run in --out from its checkpoint"),
+    device: str = typer.Option(PRETRAIN["device"], help="auto | cpu | cuda"),
+    amp: bool = typer.Option(PRETRAIN["amp"], help="bf16 autocast on CPU, AMP on CUDA"),
+    channels_last: bool = typer.Option(PRETRAIN["channels_last"]),
+    compile: bool = typer.Option(PRETRAIN["compile"], help="torch.compile the model (helps on GPU; slow to start on "
+                                 "CPU)"),
     threads: int | None = typer.Option(None, help="CPU threads (1 is faster on a busy shared machine)"),
     procs: int = typer.Option(1, min=1, help="data-parallel processes on this machine (DDP, gloo on CPU; "
                               "--batch-size stays global). On a 2-core CPU, 2 single-thread ranks beat one 2-thread "
                               "process: 610 vs 576 images/s over 45 minutes (docs/training.md)"),
-    seed: int = typer.Option(0),
+    seed: int = typer.Option(PRETRAIN["seed"]),
 ) -> None:
     """Self-supervised pretraining of an encoder (kNN accuracy on the held-out split when labels exist)."""
     _one_budget(epochs, minutes)
@@ -170,27 +180,28 @@ def _launch_local(cfg: PretrainConfig, procs: int) -> None:
 def finetune_cmd(
     out: Path = typer.Option(..., help="run folder"),
     data: str = typer.Option(..., help=f"labelled image source: {sources_said()}"),
-    mode: str = typer.Option("full", help=help_list(FINETUNE_MODES)),
+    mode: str = typer.Option(FINETUNE["mode"], help=help_list(FINETUNE_MODES)),
     init: Path | None = typer.Option(None, help="a pretraining run folder to start from"),
-    arch: str = typer.Option("resnet18_w32", help=f"architecture when not starting from --init: {ARCH_HELP}"),
+    arch: str = typer.Option(FINETUNE["arch"], help=f"architecture when not starting from --init: {ARCH_HELP}"),
     labels_per_class: int | None = typer.Option(None, help="keep only N labels per class (rest unlabelled)"),
     epochs: int | None = typer.Option(None, min=1, help="train for N epochs (linear, svm: the probe's own fit)"),
     minutes: float | None = typer.Option(None, min=0.01, help="or for M minutes"),
     steps: int | None = typer.Option(None, min=1, help="or for N optimiser steps (full, as3l, moby_al)"),
-    batch_size: int = typer.Option(64, min=1, help="labelled batch (unlabelled: mu x this)"),
-    lr: float = typer.Option(0.03),
-    prior_iters: int = typer.Option(6900, min=0, help="as3l: iterations T using normalize(prior + prediction) "
-                                    "(AS3L Sec. 4.1: 6900)"),
-    prior_after: str = typer.Option("remove", help="as3l: after T, remove the prior or update it by "
+    batch_size: int = typer.Option(FINETUNE["batch_size"], min=1, help="labelled batch (unlabelled: mu x this)"),
+    lr: float = typer.Option(FINETUNE["lr"]),
+    prior_iters: int = typer.Option(FINETUNE["prior_iters"], min=0, help="as3l: iterations T using "
+                                    "normalize(prior + prediction) (AS3L Sec. 4.1: 6900)"),
+    prior_after: str = typer.Option(FINETUNE["prior_after"], help="as3l: after T, remove the prior or update it by "
                                     "re-clustering the semi-supervised features (AS3L Sec. 3.4)"),
-    head_init: str = typer.Option("random", help="full / as3l / moby_al: start from a random classifier (AS3L's "
-                                  "recipe) or from the linear probe on the labelled rows (probe: LP-FT)"),
-    ema: float = typer.Option(0.0, min=0.0, max=0.9999, help="evaluate and export an EMA of the weights with this "
-                              "momentum (FlexMatch's code: 0.999, warmed up); 0: the live weights"),
-    preprocess: str = typer.Option("cifar10"),
+    head_init: str = typer.Option(FINETUNE["head_init"], help="full / as3l / moby_al: start from a random "
+                                  "classifier (AS3L's recipe) or from the linear probe on the labelled rows (probe: "
+                                  "LP-FT)"),
+    ema: float = typer.Option(FINETUNE["ema"], min=0.0, max=0.9999, help="evaluate and export an EMA of the weights "
+                              "with this momentum (FlexMatch's code: 0.999, warmed up); 0: the live weights"),
+    preprocess: str = typer.Option(FINETUNE["preprocess"]),
     threads: int | None = typer.Option(None),
-    device: str = typer.Option("auto"),
-    seed: int = typer.Option(0),
+    device: str = typer.Option(FINETUNE["device"]),
+    seed: int = typer.Option(FINETUNE["seed"]),
 ) -> None:
     """Fine-tune with labels (linear probe, full, AS3L semi-supervised, MoBYv2AL joint)."""
     from training.finetune import FinetuneConfig, finetune
@@ -242,20 +253,20 @@ def cycle_cmd(
     agent: AgentTarget,
     models: Path = typer.Option(..., help="the registry folder the agent serves from"),
     out: Path = typer.Option(..., help="run folder for this cycle's training"),
-    mode: str = typer.Option("full", help=help_list((*FINETUNE_MODES, *METHOD_NAMES))),
+    mode: str = typer.Option(CYCLE["mode"], help=help_list((*FINETUNE_MODES, *METHOD_NAMES))),
     init: Path | None = typer.Option(None, help="pretraining run to start from (required by linear and svm; "
                                      "full, as3l and moby_al without it train from random weights)"),
     steps: int | None = typer.Option(None, min=1, help="train for N optimiser steps (full, as3l, moby_al)"),
     minutes: float | None = typer.Option(None, min=0.01, help="or for M minutes"),
     epochs: int | None = typer.Option(None, min=1, help="or for N epochs"),
-    prior_method: str = typer.Option("knn", help="as3l: the agent's PriorLabels method"),
-    arch: str = typer.Option("resnet18_w32"),
+    prior_method: str = typer.Option(CYCLE["prior_method"], help="as3l: the agent's PriorLabels method"),
+    arch: str = typer.Option(CYCLE["arch"]),
     batch_size: int | None = typer.Option(None, min=1, help="batch size (default: the mode's, at most the pool's "
                                           "size; fine-tuning: 64 labelled images, pretraining: the method's)"),
     method_option: list[str] | None = typer.Option(None, metavar="KEY=VALUE", help=f"pretraining modes "
                                                    f"({', '.join(METHOD_NAMES)}): {METHOD_OPTION_HELP}"),
     threads: int | None = typer.Option(None),
-    device: str = typer.Option("auto"),
+    device: str = typer.Option(CYCLE["device"]),
     as_json: bool = typer.Option(False, "--json", help="print what changed as one JSON line on stdout (the "
                                  "training's progress stays on stderr)"),
 ) -> None:
