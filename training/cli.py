@@ -109,7 +109,7 @@ def pretrain_cmd(
     threads: int | None = typer.Option(None, help="CPU threads (1 is faster on a busy shared machine)"),
     procs: int = typer.Option(1, min=1, help="data-parallel processes on this machine (DDP, gloo on CPU; "
                               "--batch-size stays global). On a 2-core CPU, 2 single-thread ranks beat one 2-thread "
-                              "process: 610 vs 576 images/s over 45 minutes (docs/training.md)"),
+                              "process (docs/training.md, \"CPU defaults and why\")"),
     seed: int = typer.Option(PRETRAIN["seed"]),
 ) -> None:
     """Self-supervised pretraining of an encoder (kNN accuracy on the held-out split when labels exist)."""

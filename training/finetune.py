@@ -237,8 +237,8 @@ def linear_probe(enc: Encoder, data: TensorData, pre: Preprocess, rt: loop.Runti
 
 
 # LinearSVC's C candidates. On standardised features with few labels (50 rows of 512-d features: separable)
-# a large C is a hard margin fitted to noise dimensions; the simsiam_al cpu run measured the SVM head 7-12
-# points below the linear one at C = 1 (docs/benchmarks.md), so C is chosen per fit.
+# a large C is a hard margin fitted to noise dimensions; at C = 1 the simsiam_al cpu run's SVM head fell well
+# below the linear one (docs/benchmarks.md, "`simsiam_al`, the `cpu` profile end to end"), so C is chosen per fit.
 SVM_C_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 
 

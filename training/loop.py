@@ -327,11 +327,12 @@ def write_json(path: Path, obj: Any) -> None:
 class ThreadTuner:
     """Picks the CPU thread count (1 or all cores) by measured images/s, re-checked every ``period_s``.
 
-    Why: on a CPU shared with other jobs, an OpenMP team of 2 threads waits at every barrier for the
-    thread whose core is busy elsewhere, which we measured at 2-3x *slower* than 1 thread; alone, 2
-    threads are faster. Neither choice is right all the time, so measure: every ``period_s`` (first after
-    ``first_probe_s``) run ``probe_steps`` steps with the other count (the first step discarded: kernels
-    re-plan for the new count) and keep it if its images/s beats the recent rate of the current count.
+    Why: on a CPU shared with other jobs, an OpenMP team of 2 threads waits at every barrier for the thread
+    whose core is busy elsewhere, which we measured several times *slower* than 1 thread; alone, 2 threads are
+    faster (docs/training.md, "CPU defaults and why"). Neither choice is right all the time, so measure: every
+    ``period_s`` (first after ``first_probe_s``) run ``probe_steps`` steps with the other count (the first step
+    discarded: kernels re-plan for the new count) and keep it if its images/s beats the recent rate of the
+    current count.
     """
 
     def __init__(self, choices: list[int], period_s: float = 60.0, probe_steps: int = 3,

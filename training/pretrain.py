@@ -41,11 +41,10 @@ PREPROCESS: dict[str, Preprocess] = {"cifar10": CIFAR10_PREPROCESS, "cifar100": 
 # defaults (base lr scaled by batch/256, weight decay, batch) are declared on its class in training.methods.
 
 
-# On a CPU, training views default to half the model's side (16 px for CIFAR's 32): convolutions cost
-# ~4x less per view, and measured on CIFAR-10 (resnet18_w32, 2 cores, 15-minute runs, docs/training.md)
-# 16 px views gave 2.8x the images/s (525 vs 187) and the same or better kNN accuracy as 24 or 32 px views
-# (MoBY 45.4% vs 45.2% at 24 px; SimSiam 32.7% vs 30.7% at 32 px in 8 minutes), with no loss from
-# evaluating at 32 px (45.3% at 32 px vs 45.2% at 16 px input).
+# On a CPU, training views default to half the model's side (16 px for CIFAR's 32): a quarter of the pixels
+# per view. Measured on CIFAR-10 (resnet18_w32, 2 cores), 16 px views gave several times the images/s and the
+# same or better kNN accuracy as 24 or 32 px views, with no loss from evaluating at 32 px (the figures:
+# docs/training.md, "CPU defaults and why").
 CPU_VIEW_FRACTION = 0.5
 
 

@@ -39,9 +39,9 @@ LOW_BUDGET_STRATEGIES = ("random", "entropy", "coreset", "kmedoids", "typiclust"
 PAPER_BUDGETS = ("10", "20", "40", "1%", "2%", "10%")
 
 # The CPU profiles pretrain with MoBY: on this project's 2-core machine it learns faster early on than
-# SimSiam (15 minutes, 16 px views: kNN 45.4% vs 34.6% with the paper's heads; with the current 256 / 64
-# heads, 46.8% vs 37.4% after 4 epochs of the 45-minute runs, which end level: 58.70% vs 58.74%;
-# docs/training.md). The quick profile's budget is minutes, where the early lead is what counts.
+# SimSiam (with the paper's heads and with the current 256 / 64 ones), and the 45-minute runs end level
+# (docs/training.md, "CPU defaults and why" and "45-minute CPU runs"). The quick profile's budget is minutes,
+# where the early lead is what counts.
 CPU_PRETRAIN = {"batch_size": 128}
 
 PROFILES: dict[str, Profile] = {
