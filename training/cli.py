@@ -16,7 +16,7 @@ from agent.cli_options import AgentTarget, agent_options
 from shortlist.console import INTERRUPTED_EXIT, make_console
 from shortlist.datasets import sources_said
 from training.configs import CycleConfig, FinetuneConfig, PretrainConfig
-from training.modes import FINETUNE_MODES, METHOD_NAMES, MODES, help_list
+from training.modes import FINETUNE_MODES, METHOD_NAMES, MODES, frozen_mode, help_list
 
 console = make_console(stderr=True)
 
@@ -206,7 +206,7 @@ def finetune_cmd(
     """Fine-tune with labels (linear probe, full, AS3L semi-supervised, MoBYv2AL joint)."""
     from training.finetune import FinetuneConfig, finetune
 
-    if mode in MODES and MODES[mode].frozen:
+    if frozen_mode(mode):
         _frozen_budget(mode, steps, minutes, epochs)
     else:
         _one_budget(epochs, minutes, steps)
@@ -273,7 +273,7 @@ def cycle_cmd(
     """Pull samples from the agent, train, export, publish, ask the agent to reload, print what changed."""
     import grpc
 
-    if mode in MODES and MODES[mode].frozen:
+    if frozen_mode(mode):
         _frozen_budget(mode, steps, minutes, epochs)
 
     from exporters.export import ExportError

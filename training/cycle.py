@@ -30,15 +30,10 @@ from training.configs import CycleConfig as CycleConfig
 from training.data import TensorData, from_samples
 from training.finetune import FinetuneConfig, finetune
 from training.methods import METHODS, check_method_options
-from training.modes import FINETUNE_MODES, MODES, or_list
+from training.modes import FINETUNE_MODES, MODES, frozen_mode, or_list
 from training.pretrain import PretrainConfig, load_encoder, preprocess_by_name, pretrain
 
 CYCLE_MODES = (*FINETUNE_MODES, *METHODS)
-
-
-def _frozen(mode: str) -> bool:
-    """Whether ``mode`` (of CYCLE_MODES) fits a head on frozen features (linear, svm)."""
-    return mode in MODES and MODES[mode].frozen
 
 
 def _unlabelled(mode: str) -> bool:
@@ -124,9 +119,9 @@ def _check_options(cfg: CycleConfig) -> Preprocess | None:
     mode, init, out = cfg.mode, cfg.init, cfg.out
     if mode not in CYCLE_MODES:
         raise ValueError(f"unknown cycle mode {mode!r}; valid: {', '.join(CYCLE_MODES)}")
-    if cfg.steps is None and cfg.minutes is None and cfg.epochs is None and not _frozen(mode):
+    if cfg.steps is None and cfg.minutes is None and cfg.epochs is None and not frozen_mode(mode):
         raise ValueError("give one of --steps, --minutes or --epochs")
-    if init is None and _frozen(mode):
+    if init is None and frozen_mode(mode):
         raise ValueError(f"--mode {mode} fits a head on a pretrained encoder's frozen features (a random encoder's "
                          "mean nothing): give --init RUN (a `shortlist pretrain` run folder), or pretrain in the "
                          f"cycle with --mode {or_list(METHODS)}")
@@ -247,7 +242,7 @@ def _train(cfg: CycleConfig, agent: str, data: TensorData, stub: Any, console: C
         fcfg = dataclasses.replace(fcfg, batch_size=cfg.batch_size)
     if cfg.options:
         fcfg = dataclasses.replace(fcfg, **cfg.options)
-    if steps is None and epochs is None and minutes is None and not _frozen(mode):
+    if steps is None and epochs is None and minutes is None and not frozen_mode(mode):
         fcfg = dataclasses.replace(fcfg, steps=100)
     finetune(fcfg, data, priors, console)
 

@@ -46,6 +46,12 @@ MODES: Mapping[str, FinetuneMode] = {m.name: m for m in (
 FINETUNE_MODES: tuple[str, ...] = tuple(MODES)
 
 
+def frozen_mode(name: str) -> bool:
+    """Whether ``name`` is a frozen fine-tuning mode (linear, svm); False for any other name (``shortlist cycle
+    --mode`` takes pretraining methods too)."""
+    return name in MODES and MODES[name].frozen
+
+
 def or_list(names: Iterable[str]) -> str:
     """'a, b or c' (a message's list of choices)."""
     items = list(names)
