@@ -7,6 +7,7 @@
 ``agent_options`` replaces the command's ``agent: AgentTarget`` parameter by ``--agent``, ``--tls-ca``,
 ``--tls-cert``, ``--tls-key``, ``--tls-server-name``, ``--token``, ``--connect-timeout`` and
 ``--busy-retry-s`` (each also from its environment variable) and hands the command one ``AgentTarget`` built from them.
+Each such group of options is made by ``option_group``: its options and the function that builds the object.
 """
 
 from __future__ import annotations
@@ -16,12 +17,15 @@ import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 
 from agent import client
 from shortlist.v1 import agent_pb2_grpc
+
+if TYPE_CHECKING:
+    from agent.web.config import LabelStudioConfig
 
 F = TypeVar("F", bound=Callable[..., Any])
 DEFAULT_ADDRESS = "127.0.0.1:50051"
@@ -68,34 +72,51 @@ _PARAMS = [
         help="when the agent is busy (RESOURCE_EXHAUSTED with a retry hint), retry Select, PriorLabels and "
              "reads after the hinted wait for at most this many seconds of waiting per call; 0 = never")),
 ]
-_NAMES = [p.name for p in _PARAMS]
 
 
-def agent_options(fn: F) -> F:
-    """Give ``fn`` the shared agent-connection options in place of its ``agent: AgentTarget`` parameter."""
-    sig = inspect.signature(fn, eval_str=True)
-    if "agent" not in sig.parameters:
-        raise TypeError(f"{fn.__name__} needs a parameter `agent: AgentTarget`")
-    own = [p for p in sig.parameters.values() if p.name != "agent"]
+def option_group(param: str, params: list[inspect.Parameter], build: Callable[[dict[str, Any]], object], *,
+                 in_place: bool = False) -> Callable[[F], F]:
+    """A decorator that gives a command the options ``params`` in place of its parameter ``param`` and hands
+    it ``build(values)``, values by option parameter name (``build`` may raise typer.BadParameter: a usage
+    error, exit 2). The options go at the end of the command's own (its ``--help`` order), or where ``param``
+    stood with ``in_place``."""
+    names = [p.name for p in params]
 
-    @functools.wraps(fn)
-    def wrapper(**kwargs: Any) -> Any:
-        values = {name: kwargs.pop(name) for name in _NAMES}
-        address = str(values["agent"])
-        port = address.rpartition(":")[2]
-        if not address.startswith("unix:") and not (port.isdigit() and 0 < int(port) < 65536 and address[0] != ":"):
-            raise typer.BadParameter(f"--agent takes HOST:PORT, e.g. 127.0.0.1:50051 (got {address!r})",
-                                     param_hint="'--agent' / SHORTLIST_AGENT")
-        config = client.ClientConfig(tls_ca=values["tls_ca"], tls_cert=values["tls_cert"], tls_key=values["tls_key"],
-                                     tls_server_name=values["tls_server_name"], token=values["token"],
-                                     connect_timeout=values["connect_timeout"],
-                                     busy_retry=client.busy_retry(values["busy_retry_s"]))
-        return fn(agent=AgentTarget(values["agent"], config), **kwargs)
+    def decorate(fn: F) -> F:
+        sig = inspect.signature(fn, eval_str=True)
+        if param not in sig.parameters:
+            raise TypeError(f"{fn.__name__} needs a parameter `{param}`")
 
-    params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + _PARAMS
-    wrapper.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
-    wrapper.__annotations__ = {p.name: p.annotation for p in params if p.annotation is not inspect.Parameter.empty}
-    return wrapper  # type: ignore[return-value]
+        @functools.wraps(fn)
+        def wrapper(**kwargs: Any) -> Any:
+            values = {name: kwargs.pop(name) for name in names}
+            return fn(**{param: build(values)}, **kwargs)
+
+        own = [p for p in sig.parameters.values() if p.name != param]
+        at = list(sig.parameters).index(param) if in_place else len(own)
+        new = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own[:at] + params + own[at:]]
+        wrapper.__signature__ = sig.replace(parameters=new)  # type: ignore[attr-defined]
+        wrapper.__annotations__ = {p.name: p.annotation for p in new if p.annotation is not inspect.Parameter.empty}
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+def _agent_target(values: dict[str, Any]) -> AgentTarget:
+    address = str(values["agent"])
+    port = address.rpartition(":")[2]
+    if not address.startswith("unix:") and not (port.isdigit() and 0 < int(port) < 65536 and address[0] != ":"):
+        raise typer.BadParameter(f"--agent takes HOST:PORT, e.g. 127.0.0.1:50051 (got {address!r})",
+                                 param_hint="'--agent' / SHORTLIST_AGENT")
+    config = client.ClientConfig(tls_ca=values["tls_ca"], tls_cert=values["tls_cert"], tls_key=values["tls_key"],
+                                 tls_server_name=values["tls_server_name"], token=values["token"],
+                                 connect_timeout=values["connect_timeout"],
+                                 busy_retry=client.busy_retry(values["busy_retry_s"]))
+    return AgentTarget(values["agent"], config)
+
+
+# Give a command the shared agent-connection options in place of its ``agent: AgentTarget`` parameter.
+agent_options = option_group("agent", _PARAMS, _agent_target)
 
 
 # ---- the Label Studio backend's options (``serve --web-port`` and ``web``) ---------------------------
@@ -117,34 +138,22 @@ _LS_PARAMS = [
         "knn", "--labelstudio-prior", envvar="SHORTLIST_LABELSTUDIO_PRIOR",
         help="the prior method of Label Studio's pre-annotations")),
 ]
-_LS_NAMES = [p.name for p in _LS_PARAMS]
 
 
-def labelstudio_options(fn: F) -> F:
-    """Give ``fn`` the Label Studio backend's options in place of its ``labelstudio: LabelStudioConfig``
-    parameter (a bad --labelstudio-match is a usage error, exit 2)."""
-    sig = inspect.signature(fn, eval_str=True)
-    if "labelstudio" not in sig.parameters:
-        raise TypeError(f"{fn.__name__} needs a parameter `labelstudio: LabelStudioConfig`")
-    own = [p for p in sig.parameters.values() if p.name != "labelstudio"]
+def _labelstudio_config(values: dict[str, Any]) -> LabelStudioConfig:
+    from agent.web.config import LabelStudioConfig, MatchRule
 
-    @functools.wraps(fn)
-    def wrapper(**kwargs: Any) -> Any:
-        from agent.web.config import LabelStudioConfig, MatchRule
+    try:
+        return LabelStudioConfig(match=MatchRule.parse(values["labelstudio_match"]),
+                                 strategy=values["labelstudio_strategy"], budget=values["labelstudio_budget"],
+                                 seed=values["labelstudio_seed"], prior=values["labelstudio_prior"])
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
 
-        values = {name: kwargs.pop(name) for name in _LS_NAMES}
-        try:
-            config = LabelStudioConfig(match=MatchRule.parse(values["labelstudio_match"]),
-                                       strategy=values["labelstudio_strategy"], budget=values["labelstudio_budget"],
-                                       seed=values["labelstudio_seed"], prior=values["labelstudio_prior"])
-        except ValueError as e:
-            raise typer.BadParameter(str(e)) from None
-        return fn(labelstudio=config, **kwargs)
 
-    params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + _LS_PARAMS
-    wrapper.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
-    wrapper.__annotations__ = {p.name: p.annotation for p in params if p.annotation is not inspect.Parameter.empty}
-    return wrapper  # type: ignore[return-value]
+# Give a command the Label Studio backend's options in place of its ``labelstudio: LabelStudioConfig``
+# parameter (a bad --labelstudio-match is a usage error, exit 2).
+labelstudio_options = option_group("labelstudio", _LS_PARAMS, _labelstudio_config)
 
 
 # ---- the web app's guards (``serve --web-port`` and ``web``; agent/web/guards.py) ---------------------
