@@ -35,8 +35,11 @@ from agent.cli_options import (
     agent_options,
     host_list,
     labelstudio_options,
+    limits_options,
+    work_options,
 )
 from agent.client import calibration_dict, calibration_line, ranked
+from agent.config import AgentConfig, WorkConfig
 from agent.limits import MIB, Limits, class_name_problem
 from agent.progress import audit_dict
 from agent.web.config import LabelStudioConfig
@@ -45,12 +48,11 @@ from shortlist.datasets import sources_said
 from shortlist.v1 import agent_pb2, agent_pb2_grpc
 
 if TYPE_CHECKING:  # annotations only: the commands import these where they use them, so the others start without
-    from agent.config import AgentConfig
     from agent.service import Agent
     from agent.web.config import WebConfig
     from agent.web.server import LocalSocket, WebServer
 
-LIMITS = Limits()  # the defaults, shown by `shortlist serve --help`
+SERVE = AgentConfig(Path(), Path())  # serve's defaults (--host, --port, ...), defined once: AgentConfig's
 
 JsonOpt = typer.Option(False, "--json", help="machine-readable output on stdout")
 
@@ -245,47 +247,25 @@ def audit_lines(a: agent_pb2.PriorAudit) -> list[str]:
 
 
 @labelstudio_options
-def serve(labelstudio: LabelStudioConfig,
+@limits_options
+@work_options
+def serve(labelstudio: LabelStudioConfig, *,
           data_dir: Path = typer.Option(..., "--data-dir", help="agent state folder (created if missing)"),
           models: Path = typer.Option(..., "--models", help="model registry folder (vNNNN/ versions)"),
-          host: str = typer.Option("127.0.0.1", "--host", help="address to listen on (0.0.0.0: every interface; "
+          host: str = typer.Option(SERVE.host, "--host", help="address to listen on (0.0.0.0: every interface; "
                                    "anything but loopback needs TLS and tokens, or --insecure)"),
-          port: int = typer.Option(50051, "--port", min=0, max=65535, help="gRPC port (0: any free port, "
+          port: int = typer.Option(SERVE.port, "--port", min=0, max=65535, help="gRPC port (0: any free port, "
                                    "printed at start)"),
           classes: str = typer.Option("", "--classes", help="closed class list a,b,c (default: open)"),
           no_blobs: bool = typer.Option(False, "--no-blobs", help="do not keep payloads (no re-embedding, "
                                         "no ListSamples payloads)"),
-          poll: float = typer.Option(5.0, "--poll", min=0.05, help="seconds between registry checks"),
-          batch_size: int = typer.Option(256, "--batch-size", min=1, help="images per onnxruntime call"),
-          max_message_mb: int = typer.Option(64, "--max-message-mb", min=1, help="largest gRPC message accepted"),
-          max_samples_per_request: int = typer.Option(
-              LIMITS.max_samples_per_request, "--max-samples-per-request", min=1,
-              help="samples in one IngestRequest message"),
-          max_image_mb: float = typer.Option(LIMITS.max_image_bytes / MIB, "--max-image-mb", min=0.001,
-                                             help="encoded image (or raw tensor) size of one sample"),
-          max_pixels: int = typer.Option(LIMITS.max_pixels, "--max-pixels", min=1,
-                                         help="decoded pixels (H x W) of one image, checked from its header"),
-          max_id_chars: int = typer.Option(LIMITS.max_id_chars, "--max-id-chars", min=1, help="sample id length"),
-          max_label_chars: int = typer.Option(LIMITS.max_label_chars, "--max-label-chars", min=1,
-                                              help="label and annotator name length"),
-          max_uri_chars: int = typer.Option(LIMITS.max_uri_chars, "--max-uri-chars", min=1, help="uri length"),
-          max_metadata_entries: int = typer.Option(LIMITS.max_metadata_entries, "--max-metadata-entries", min=1,
-                                                   help="metadata entries of one sample (and --where filters)"),
-          max_metadata_chars: int = typer.Option(LIMITS.max_metadata_chars, "--max-metadata-chars", min=1,
-                                                 help="length of each metadata key and value"),
-          max_ids_per_request: int = typer.Option(LIMITS.max_ids_per_request, "--max-ids-per-request", min=1,
-                                                  help="labels in one SubmitLabels, ids in one PriorLabels"),
-          max_budget: int = typer.Option(LIMITS.max_select_budget, "--max-budget", min=1,
-                                         help="largest Select budget"),
-          max_ingest_streams: int = typer.Option(LIMITS.max_ingest_streams, "--max-ingest-streams", min=1,
-                                                 help="Ingest streams served at once (more: RESOURCE_EXHAUSTED)"),
-          ingest_idle_timeout: float = typer.Option(LIMITS.ingest_idle_timeout_s, "--ingest-idle-timeout",
-                                                    min=1.0, help="seconds an Ingest stream may send nothing "
-                                                    "before the agent ends it (DEADLINE_EXCEEDED) to free its slot"),
-          min_free_mb: float = typer.Option(256.0, "--min-free-mb", min=0,
+          poll: float = typer.Option(SERVE.poll_s, "--poll", min=0.05, help="seconds between registry checks"),
+          batch_size: int = typer.Option(SERVE.batch_size, "--batch-size", min=1, help="images per onnxruntime call"),
+          limits: Limits,
+          min_free_mb: float = typer.Option(SERVE.min_free_bytes / MIB, "--min-free-mb", min=0,
                                             help="GetStatus warns when the data folder has less free space"),
           cpu: bool = typer.Option(False, "--cpu", help="never try CUDAExecutionProvider"),
-          state_check: str = typer.Option("full", "--state-check",
+          state_check: str = typer.Option(SERVE.state_check, "--state-check",
                                           help="what is verified of state.sqlite before serving it: full (SQLite's "
                                                "integrity_check; its cost: docs/agent.md), quick "
                                                "(quick_check: misses rows missing from an index, the usual damage of "
@@ -300,35 +280,13 @@ def serve(labelstudio: LabelStudioConfig,
                                                   "or write (re-read when it changes)"),
           insecure: bool = typer.Option(False, "--insecure", help="allow a non-loopback --host without TLS and "
                                         "tokens: anyone who reaches the port can read and change the data"),
-          max_concurrent_work: int = typer.Option(2, "--max-concurrent-work", min=1,
-                                                  help="Selects / PriorLabels computed at once"),
-          max_queued_work: int = typer.Option(8, "--max-queued-work", min=0,
-                                              help="Selects / PriorLabels waiting for a turn; beyond, "
-                                              "RESOURCE_EXHAUSTED with a retry hint"),
-          max_queue_wait: float = typer.Option(1.0, "--max-queue-wait", min=0.0,
-                                               help="seconds a heavy Select / PriorLabels may wait for a turn "
-                                               "before RESOURCE_EXHAUSTED with a retry hint (0: until its "
-                                               "deadline)"),
-          max_concurrent_light: int = typer.Option(4, "--max-concurrent-light", min=1,
-                                                   help="light Selects (random, margin, ...) computed at once"),
-          max_queued_light: int = typer.Option(16, "--max-queued-light", min=0,
-                                               help="light Selects waiting for a turn"),
-          max_concurrent_decodes: int = typer.Option(2, "--max-concurrent-decodes", min=1,
-                                                     help="images above --large-image-pixels decoded at "
-                                                          "once (Ingest, and GetImages thumbnails)"),
-          max_queued_decodes: int = typer.Option(4, "--max-queued-decodes", min=0,
-                                                 help="large images waiting to be decoded; beyond, that Ingest "
-                                                      "or GetImages is RESOURCE_EXHAUSTED with a retry hint"),
-          large_image_pixels: int = typer.Option(4_000_000, "--large-image-pixels", min=0,
-                                                 help="images above this many pixels decode in the bounded "
-                                                      "decode lane"),
+          work: WorkConfig,
           web_port: int | None = typer.Option(None, "--web-port", min=0, max=65535, show_default=False,
                                               help="also serve the labelling web app on this port (docs/app.md)"),
           web_host: str = typer.Option("127.0.0.1", "--web-host", help="address of the web app (anything but "
                                        "loopback needs --tls-cert/--tls-key and --tokens, or --insecure)"),
           web_allowed_hosts: str = WebAllowedHostsOpt, web_max_body_mb: float = WebMaxBodyMbOpt) -> None:
     """Run the agent until SIGTERM/SIGINT/SIGHUP (then finish in-flight calls, snapshot the index, exit)."""
-    from agent.config import AgentConfig, WorkConfig
     from agent.security import ServerSecurity
     from agent.service import create_server, stop_server
     from agent.state import ClassListError, SchemaVersionError, StateCorruptError, corrupt_message, is_corruption
@@ -336,24 +294,11 @@ def serve(labelstudio: LabelStudioConfig,
     _prepare_process()
     closed = _checked_classes(state_check, classes)
     try:
-        limits = Limits(max_message_bytes=max_message_mb * MIB, max_samples_per_request=max_samples_per_request,
-                        max_image_bytes=round(max_image_mb * MIB), max_pixels=max_pixels, max_id_chars=max_id_chars,
-                        max_label_chars=max_label_chars, max_uri_chars=max_uri_chars,
-                        max_metadata_entries=max_metadata_entries, max_metadata_chars=max_metadata_chars,
-                        max_ids_per_request=max_ids_per_request, max_select_budget=max_budget,
-                        max_ingest_streams=max_ingest_streams, ingest_idle_timeout_s=ingest_idle_timeout)
         security = ServerSecurity(tls_cert=tls_cert, tls_key=tls_key, tls_client_ca=tls_client_ca, tokens=tokens,
                                   insecure=insecure)
         config = AgentConfig(data_dir, models, host=host, port=port, classes=closed, blobs=not no_blobs,
                              poll_s=poll, batch_size=batch_size, use_cuda=not cpu, limits=limits, security=security,
-                             min_free_bytes=int(min_free_mb * MIB), state_check=state_check,
-                             work=WorkConfig(max_concurrent=max_concurrent_work, max_queued=max_queued_work,
-                                             max_queue_wait_s=max_queue_wait or None,
-                                             light_max_concurrent=max_concurrent_light,
-                                             light_max_queued=max_queued_light,
-                                             decode_max_concurrent=max_concurrent_decodes,
-                                             decode_max_queued=max_queued_decodes,
-                                             large_image_pixels=large_image_pixels))
+                             min_free_bytes=int(min_free_mb * MIB), state_check=state_check, work=work)
         web_config = None if web_port is None else _web_config(config, labelstudio, web_host, web_port,
                                                                web_allowed_hosts, web_max_body_mb)
         if web_port is None and labelstudio != LabelStudioConfig():

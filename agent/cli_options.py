@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import typer
 
 from agent import client
+from agent.config import WorkConfig
+from agent.limits import MIB, Limits
 from shortlist.v1 import agent_pb2_grpc
 
 if TYPE_CHECKING:
@@ -154,6 +156,110 @@ def _labelstudio_config(values: dict[str, Any]) -> LabelStudioConfig:
 # Give a command the Label Studio backend's options in place of its ``labelstudio: LabelStudioConfig``
 # parameter (a bad --labelstudio-match is a usage error, exit 2).
 labelstudio_options = option_group("labelstudio", _LS_PARAMS, _labelstudio_config)
+
+
+# ---- the agent's input limits and heavy-work lanes (``serve``; agent/limits.py, agent/config.py) ------
+# Defaults from the dataclasses (Limits(), WorkConfig()): they are defined there once.
+LIMITS = Limits()
+WORK = WorkConfig()
+
+_LIMITS_PARAMS = [
+    _option("max_message_mb", int, typer.Option(
+        LIMITS.max_message_bytes // MIB, "--max-message-mb", min=1, help="largest gRPC message accepted")),
+    _option("max_samples_per_request", int, typer.Option(
+        LIMITS.max_samples_per_request, "--max-samples-per-request", min=1,
+        help="samples in one IngestRequest message")),
+    _option("max_image_mb", float, typer.Option(
+        LIMITS.max_image_bytes / MIB, "--max-image-mb", min=0.001,
+        help="encoded image (or raw tensor) size of one sample")),
+    _option("max_pixels", int, typer.Option(
+        LIMITS.max_pixels, "--max-pixels", min=1, help="decoded pixels (H x W) of one image, checked from its header")),
+    _option("max_id_chars", int, typer.Option(
+        LIMITS.max_id_chars, "--max-id-chars", min=1, help="sample id length")),
+    _option("max_label_chars", int, typer.Option(
+        LIMITS.max_label_chars, "--max-label-chars", min=1, help="label and annotator name length")),
+    _option("max_uri_chars", int, typer.Option(LIMITS.max_uri_chars, "--max-uri-chars", min=1, help="uri length")),
+    _option("max_metadata_entries", int, typer.Option(
+        LIMITS.max_metadata_entries, "--max-metadata-entries", min=1,
+        help="metadata entries of one sample (and --where filters)")),
+    _option("max_metadata_chars", int, typer.Option(
+        LIMITS.max_metadata_chars, "--max-metadata-chars", min=1, help="length of each metadata key and value")),
+    _option("max_ids_per_request", int, typer.Option(
+        LIMITS.max_ids_per_request, "--max-ids-per-request", min=1,
+        help="labels in one SubmitLabels, ids in one PriorLabels")),
+    _option("max_budget", int, typer.Option(
+        LIMITS.max_select_budget, "--max-budget", min=1, help="largest Select budget")),
+    _option("max_ingest_streams", int, typer.Option(
+        LIMITS.max_ingest_streams, "--max-ingest-streams", min=1,
+        help="Ingest streams served at once (more: RESOURCE_EXHAUSTED)")),
+    _option("ingest_idle_timeout", float, typer.Option(
+        LIMITS.ingest_idle_timeout_s, "--ingest-idle-timeout", min=1.0,
+        help="seconds an Ingest stream may send nothing before the agent ends it (DEADLINE_EXCEEDED) to free its "
+             "slot")),
+]
+
+
+def _limits(values: dict[str, Any]) -> Limits:
+    try:
+        return Limits(max_message_bytes=values["max_message_mb"] * MIB,
+                      max_samples_per_request=values["max_samples_per_request"],
+                      max_image_bytes=round(values["max_image_mb"] * MIB), max_pixels=values["max_pixels"],
+                      max_id_chars=values["max_id_chars"], max_label_chars=values["max_label_chars"],
+                      max_uri_chars=values["max_uri_chars"], max_metadata_entries=values["max_metadata_entries"],
+                      max_metadata_chars=values["max_metadata_chars"],
+                      max_ids_per_request=values["max_ids_per_request"], max_select_budget=values["max_budget"],
+                      max_ingest_streams=values["max_ingest_streams"],
+                      ingest_idle_timeout_s=values["ingest_idle_timeout"])
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+
+
+# Give ``serve`` the input limits' options (LIMIT_FLAGS) where its ``limits: Limits`` parameter stands.
+limits_options = option_group("limits", _LIMITS_PARAMS, _limits, in_place=True)
+
+_WORK_PARAMS = [
+    _option("max_concurrent_work", int, typer.Option(
+        WORK.max_concurrent, "--max-concurrent-work", min=1, help="Selects / PriorLabels computed at once")),
+    _option("max_queued_work", int, typer.Option(
+        WORK.max_queued, "--max-queued-work", min=0,
+        help="Selects / PriorLabels waiting for a turn; beyond, RESOURCE_EXHAUSTED with a retry hint")),
+    _option("max_queue_wait", float, typer.Option(
+        WORK.max_queue_wait_s or 0.0, "--max-queue-wait", min=0.0,
+        help="seconds a heavy Select / PriorLabels may wait for a turn before RESOURCE_EXHAUSTED with a retry hint "
+             "(0: until its deadline)")),
+    _option("max_concurrent_light", int, typer.Option(
+        WORK.light_max_concurrent, "--max-concurrent-light", min=1,
+        help="light Selects (random, margin, ...) computed at once")),
+    _option("max_queued_light", int, typer.Option(
+        WORK.light_max_queued, "--max-queued-light", min=0, help="light Selects waiting for a turn")),
+    _option("max_concurrent_decodes", int, typer.Option(
+        WORK.decode_max_concurrent, "--max-concurrent-decodes", min=1,
+        help="images above --large-image-pixels decoded at once (Ingest, and GetImages thumbnails)")),
+    _option("max_queued_decodes", int, typer.Option(
+        WORK.decode_max_queued, "--max-queued-decodes", min=0,
+        help="large images waiting to be decoded; beyond, that Ingest or GetImages is RESOURCE_EXHAUSTED with a "
+             "retry hint")),
+    _option("large_image_pixels", int, typer.Option(
+        WORK.large_image_pixels, "--large-image-pixels", min=0,
+        help="images above this many pixels decode in the bounded decode lane")),
+]
+
+
+def _work(values: dict[str, Any]) -> WorkConfig:
+    try:
+        return WorkConfig(max_concurrent=values["max_concurrent_work"], max_queued=values["max_queued_work"],
+                          max_queue_wait_s=values["max_queue_wait"] or None,
+                          light_max_concurrent=values["max_concurrent_light"],
+                          light_max_queued=values["max_queued_light"],
+                          decode_max_concurrent=values["max_concurrent_decodes"],
+                          decode_max_queued=values["max_queued_decodes"],
+                          large_image_pixels=values["large_image_pixels"])
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+
+
+# Give ``serve`` the heavy-work lanes' options where its ``work: WorkConfig`` parameter stands.
+work_options = option_group("work", _WORK_PARAMS, _work, in_place=True)
 
 
 # ---- the web app's guards (``serve --web-port`` and ``web``; agent/web/guards.py) ---------------------

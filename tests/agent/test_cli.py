@@ -962,3 +962,44 @@ def test_label_and_retract_print_stored_names_with_control_characters_escaped(tm
         assert not any(line.startswith("  line 9") for line in r.stdout.splitlines()), r.stdout
     assert "mallory\\n  line 9" in res.stdout and "\\x1b[31mRED" in res.stdout and "\\x07" in res2.stdout
     assert len(res.stdout.splitlines()) == 4 and len(res2.stdout.splitlines()) == 3, (res.stdout, res2.stdout)
+
+
+def test_serve_hands_its_options_to_the_agent_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """serve's options reach create_server's AgentConfig: their defaults are the config classes' own, and each
+    option sets its field (the limits in MiB and seconds, --max-queue-wait 0 as no wait limit)."""
+    from agent import cli, service
+    from agent.config import AgentConfig, WorkConfig
+
+    got: list[AgentConfig] = []
+
+    def create_server(config: AgentConfig, **_: object) -> None:
+        got.append(config)
+        raise OSError("stopped by the test")
+
+    monkeypatch.setattr(service, "create_server", create_server)
+    monkeypatch.setattr(cli, "_prepare_process", lambda: None)
+    monkeypatch.setattr(cli, "_probe_ports", lambda *_: None)
+    base = ["serve", "--data-dir", str(tmp_path / "d"), "--models", str(tmp_path / "m")]
+    res = CliRunner().invoke(app, base)
+    assert res.exit_code == 2 and "stopped by the test" in res.output, res.output
+    assert got.pop() == AgentConfig(tmp_path / "d", tmp_path / "m")
+    flags = {"--max-message-mb": "3", "--max-samples-per-request": "5", "--max-image-mb": "0.5", "--max-pixels": "7",
+             "--max-id-chars": "8", "--max-label-chars": "9", "--max-uri-chars": "10", "--max-metadata-entries": "11",
+             "--max-metadata-chars": "12", "--max-ids-per-request": "13", "--max-budget": "14",
+             "--max-ingest-streams": "15", "--ingest-idle-timeout": "16.5", "--max-concurrent-work": "3",
+             "--max-queued-work": "4", "--max-queue-wait": "0", "--max-concurrent-light": "5",
+             "--max-queued-light": "6", "--max-concurrent-decodes": "7", "--max-queued-decodes": "8",
+             "--large-image-pixels": "9", "--host": "::1", "--port": "0", "--poll": "0.5", "--batch-size": "3",
+             "--min-free-mb": "1.5", "--state-check": "quick", "--classes": "a, b", "--no-blobs": "", "--cpu": ""}
+    res = CliRunner().invoke(app, base + [word for flag, value in flags.items() for word in (flag, value) if word])
+    assert res.exit_code == 2 and "stopped by the test" in res.output, res.output
+    mib = 1024 * 1024
+    assert got.pop() == AgentConfig(
+        tmp_path / "d", tmp_path / "m", host="::1", port=0, classes=("a", "b"), blobs=False, poll_s=0.5,
+        batch_size=3, use_cuda=False, min_free_bytes=int(1.5 * mib), state_check="quick",
+        limits=Limits(max_message_bytes=3 * mib, max_samples_per_request=5, max_image_bytes=mib // 2, max_pixels=7,
+                      max_id_chars=8, max_label_chars=9, max_uri_chars=10, max_metadata_entries=11,
+                      max_metadata_chars=12, max_ids_per_request=13, max_select_budget=14, max_ingest_streams=15,
+                      ingest_idle_timeout_s=16.5),
+        work=WorkConfig(max_concurrent=3, max_queued=4, max_queue_wait_s=None, light_max_concurrent=5,
+                        light_max_queued=6, decode_max_concurrent=7, decode_max_queued=8, large_image_pixels=9))
