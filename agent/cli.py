@@ -55,6 +55,13 @@ if TYPE_CHECKING:  # annotations only: the commands import these where they use 
 SERVE = AgentConfig(Path(), Path())  # serve's defaults (--host, --port, ...), defined once: AgentConfig's
 
 JsonOpt = typer.Option(False, "--json", help="machine-readable output on stdout")
+AnnotatorOpt = typer.Option(os.environ.get("USER", "cli"), "--annotator")  # label and retract-labels
+
+
+def _source_opt(how: str) -> Any:
+    """``label``'s and ``retract-labels``' --source, its help starting with ``how`` (the command's examples)."""
+    return typer.Option("manual", "--source", help=f"{how} (lower-case letters, digits, ':_.-')")
+
 
 console = make_console(stderr=True)
 
@@ -880,9 +887,8 @@ def read_labels_csv(path: Path, current: dict[str, str] | None = None) -> list[t
 def label(agent: AgentTarget,
           file: Path = typer.Argument(..., exists=True, dir_okay=False, help="CSV with columns id,label (header "
                                       "line optional; UTF-8, with or without BOM)"),
-          annotator: str = typer.Option(os.environ.get("USER", "cli"), "--annotator"),
-          source: str = typer.Option("manual", "--source", help="how the labels were made: manual, prior:METHOD "
-                                     "(accepted priors), import, ... (lower-case letters, digits, ':_.-')"),
+          annotator: str = AnnotatorOpt,
+          source: str = _source_opt("how the labels were made: manual, prior:METHOD (accepted priors), import, ..."),
           only_unlabelled: bool = typer.Option(False, "--only-unlabelled",
                                                help="never overwrite a label: a row whose sample has a label "
                                                     "(another than the row's) is rejected, naming who gave it"),
@@ -924,13 +930,7 @@ def label(agent: AgentTarget,
     new_label = {sid: lab for _, sid, lab in rows}
     overwritten = [{"line": line_of.get(o.id, 0), "id": o.id, "label": o.label, "annotator": o.annotator}
                    for o in reply.overwritten]
-    _print_reply("accepted", reply.accepted, rejected, as_json,
-                 lambda r: f"  line {r['line']}: {r['id']}: {r['reason']}",
-                 interrupted, len(rows), "labels", "labels already stored count as accepted again, unchanged",
-                 overwritten, lambda o: f"  line {o['line']}: {o['id']}: {o['label']!r} by {o['annotator'] or '?'} "
-                                        f"-> {new_label.get(o['id'], '?')!r}",
-                 "overwrote {n} label(s) given by other annotators (last write wins; --only-unlabelled or "
-                 "--if-current keep them)")
+    _print_reply(LABEL_WORDING, reply.accepted, rejected, overwritten, as_json, interrupted, len(rows), new_label)
 
 
 def _rejection(r: agent_pb2.Rejection, only_unlabelled: str = "") -> dict[str, Any]:
@@ -957,16 +957,39 @@ def printable(text: str) -> str:
                    for c in text)
 
 
-def _print_reply(verb: str, accepted: int, rejected: list[dict[str, Any]], as_json: bool,
-                 line: Callable[[dict[str, Any]], str], interrupted: client.Interrupted | None = None,
-                 total: int = 0, items: str = "", again: str = "", overwritten: list[dict[str, Any]] | None = None,
-                 overwrite_line: Callable[[dict[str, Any]], str] | None = None, overwrite_head: str = "") -> None:
-    """A SubmitLabels / RetractLabels reply on stdout: JSON, or a count line and the first 10 rejections,
-    then (when there are any) ``overwrite_head`` with ``{n}`` and the first 10 ``overwritten`` (labels of other
-    annotators replaced or taken back; JSON: always listed). After a Ctrl-C (``interrupted``, of ``total``
-    ``items``): what was answered, then (stderr) how far it got and that a rerun continues (``again``: what
-    the rerun makes of what was done), exit 130."""
-    overwritten = overwritten or []
+@dataclass(frozen=True)
+class ReplyWording:
+    """How ``_print_reply`` words one command's reply (``LABEL_WORDING``, ``RETRACT_WORDING``)."""
+
+    verb: str  # the count line's word for the accepted ones
+    items: str  # what the command sends ("labels", "ids"), for the Ctrl-C line
+    again: str  # what a rerun after a Ctrl-C makes of what was done
+    line: Callable[[dict[str, Any]], str]  # one rejection
+    overwrite_head: str  # the line before the overwritten labels, with {n}
+    overwrite_line: Callable[[dict[str, Any], dict[str, str]], str]  # one overwritten label; the labels sent by id
+
+
+LABEL_WORDING = ReplyWording(
+    "accepted", "labels", "labels already stored count as accepted again, unchanged",
+    lambda r: f"  line {r['line']}: {r['id']}: {r['reason']}",
+    "overwrote {n} label(s) given by other annotators (last write wins; --only-unlabelled or --if-current keep them)",
+    lambda o, new: f"  line {o['line']}: {o['id']}: {o['label']!r} by {o['annotator'] or '?'} "
+                   f"-> {new.get(o['id'], '?')!r}")
+RETRACT_WORDING = ReplyWording(
+    "unlabelled", "ids", "ids already taken back are rejected as 'not labelled: nothing to retract'",
+    lambda r: f"  {r['id']}: {r['reason']}", "took back {n} label(s) given by other annotators",
+    lambda o, _: f"  {o['id']}: {o['label']!r} by {o['annotator'] or '?'}")
+
+
+def _print_reply(wording: ReplyWording, accepted: int, rejected: list[dict[str, Any]],
+                 overwritten: list[dict[str, Any]], as_json: bool, interrupted: client.Interrupted | None,
+                 total: int, sent: dict[str, str] | None = None) -> None:
+    """A SubmitLabels / RetractLabels reply on stdout, worded by ``wording``: JSON, or a count line and the
+    first 10 rejections, then (when there are any) ``wording.overwrite_head`` and the first 10 ``overwritten``
+    (labels of other annotators replaced or taken back, with the label ``sent`` for each id; JSON: always
+    listed). After a Ctrl-C (``interrupted``, of ``total`` items): what was answered, then (stderr) how far
+    it got and that a rerun continues, exit 130."""
+    verb, items, again = wording.verb, wording.items, wording.again
     if as_json:
         out: dict[str, Any] = {"accepted": accepted, "rejected": rejected, "overwritten": overwritten}
         if interrupted is not None:
@@ -976,13 +999,13 @@ def _print_reply(verb: str, accepted: int, rejected: list[dict[str, Any]], as_js
         result = Console(soft_wrap=True)  # whole lines: a log file gets one line per rejection
         result.print(f"{verb} {accepted}, rejected {len(rejected)}", highlight=False)
         for r in rejected[:10]:
-            result.print(printable(line(r)), markup=False, highlight=False)
+            result.print(printable(wording.line(r)), markup=False, highlight=False)
         if len(rejected) > 10:
             result.print(f"  ... and {len(rejected) - 10} more (--json lists all)", highlight=False)
-        if overwritten and overwrite_line is not None:
-            result.print(overwrite_head.format(n=len(overwritten)) + ":", highlight=False)
+        if overwritten:
+            result.print(wording.overwrite_head.format(n=len(overwritten)) + ":", highlight=False)
             for o in overwritten[:10]:
-                result.print(printable(overwrite_line(o)), markup=False, highlight=False)
+                result.print(printable(wording.overwrite_line(o, sent or {})), markup=False, highlight=False)
             if len(overwritten) > 10:
                 result.print(f"  ... and {len(overwritten) - 10} more (--json lists all)", highlight=False)
     if interrupted is not None:
@@ -1050,9 +1073,7 @@ def retract_labels(agent: AgentTarget,
                    file: Path | None = typer.Option(None, "--file", exists=True, dir_okay=False,
                                                     help="more ids: one a line, or a CSV with an id column "
                                                          "(e.g. an exported labels.csv)"),
-                   annotator: str = typer.Option(os.environ.get("USER", "cli"), "--annotator"),
-                   source: str = typer.Option("manual", "--source", help="how: manual, review, ... (lower-case "
-                                              "letters, digits, ':_.-')"),
+                   annotator: str = AnnotatorOpt, source: str = _source_opt("how: manual, review, ..."),
                    if_current: bool = typer.Option(False, "--if-current",
                                                    help="take a label back only if it is still the one in --file's "
                                                         "label column (an exported labels.csv; or a column "
@@ -1088,11 +1109,7 @@ def retract_labels(agent: AgentTarget,
         reply, interrupted = e.reply, e
     rejected = [_rejection(r) for r in reply.rejected]
     overwritten = [{"id": o.id, "label": o.label, "annotator": o.annotator} for o in reply.overwritten]
-    _print_reply("unlabelled", reply.accepted, rejected, as_json, lambda r: f"  {r['id']}: {r['reason']}",
-                 interrupted, len(todo), "ids", "ids already taken back are rejected as 'not labelled: nothing to "
-                 "retract'", overwritten,
-                 lambda o: f"  {o['id']}: {o['label']!r} by {o['annotator'] or '?'}",
-                 "took back {n} label(s) given by other annotators")
+    _print_reply(RETRACT_WORDING, reply.accepted, rejected, overwritten, as_json, interrupted, len(todo))
 
 
 @agent_options
