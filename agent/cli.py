@@ -39,7 +39,7 @@ from agent.cli_options import (
     work_options,
 )
 from agent.client import calibration_dict, calibration_line, ranked
-from agent.config import AgentConfig, WorkConfig
+from agent.config import AUDIT_MIN_LABELS, AgentConfig, WorkConfig
 from agent.limits import MIB, Limits, class_name_problem
 from agent.progress import audit_dict
 from agent.web.config import LabelStudioConfig
@@ -225,11 +225,11 @@ def json_line(obj: Any) -> str:
 def audit_lines(a: agent_pb2.PriorAudit) -> list[str]:
     """GetStatus's audit for people: one line per prior method, accuracy with its interval."""
     if a.drawn == 0:
-        # the two numbers a team meets: 20 audit labels for the temperature (the calibration warning's
-        # AUDIT_MIN_LABELS; not imported: agent.priors loads scipy, slow for a CLI call), 50 for an accuracy
-        # interval of about +-14 points (95% Wilson, p = 0.5)
+        # the two numbers a team meets: AUDIT_MIN_LABELS audit labels for the temperature (the calibration
+        # warning's), 50 for an accuracy interval of about +-14 points (95% Wilson, p = 0.5)
         return ["audit: none drawn (`shortlist select --strategy audit --budget 50`, then label those samples: "
-                "20 calibrate the priors' confidences, 50 measure their accuracy to about ±14 points)"]
+                f"{AUDIT_MIN_LABELS} calibrate the priors' confidences, 50 measure their accuracy to about ±14 "
+                "points)"]
     head = f"audit: {a.labelled} of {a.drawn} drawn samples labelled"
     if a.model_version:
         head += f", priors under {a.model_version}"

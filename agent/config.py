@@ -71,6 +71,17 @@ class WorkConfig:
                 + self.decode_max_concurrent + self.decode_max_queued)
 
 
+# Audit labels that must count (their class keeps a label outside their fold) before the priors'
+# temperature T is fitted on them rather than on the labelled set (agent/priors/calibration.py). At 20 the
+# audit's sampling noise is below the labelled set's bias it replaces: the standard error of an accuracy
+# near 0.3 on 20 random samples is sqrt(0.3 * 0.7 / 20) = 0.10, below the gap measured between held-out
+# labels and the pool (docs/benchmarks.md); and 20 is as many predictions as the labelled cross-fit has at
+# 10-20 labels (one per label at most), so the MAP prior (calibration.PRIOR_WEIGHT samples) weighs no more
+# than it does there. Fewer give one label a large say. Here, not in agent.priors: the CLI reads it, and
+# agent.priors loads scipy.
+AUDIT_MIN_LABELS = 20
+
+
 @dataclass(frozen=True)
 class AuditConfig:
     """The audit of the prior methods (agent/audit.py): how its estimates are computed and shown."""

@@ -33,7 +33,7 @@ from agent.admission import Admission
 from agent.audit import AuditReport, PriorAuditor
 from agent.blobs import BlobStore
 from agent.cache import LruCache, fingerprint, frozen
-from agent.config import AgentConfig
+from agent.config import AUDIT_MIN_LABELS, AgentConfig
 from agent.errors import FailedPrecondition, InvalidArgument, NotFound, storage_problem
 from agent.images import Images
 from agent.index import IndexView
@@ -44,7 +44,7 @@ from agent.params import StrategyEntry
 from agent.pool import Pool, state_rng
 from agent.pool_map import MapStatus, PoolMap
 from agent.priors import PRIOR_METHODS, get_prior_method
-from agent.priors.calibration import AUDIT_MIN_LABELS, TemperatureFit, audit_todo, calibrate_flag
+from agent.priors.calibration import TemperatureFit, audit_todo, calibrate_flag
 from agent.queues import Queues
 from agent.security import DataDirLock, owner_only_dir
 from agent.state import INGEST_SOURCE, MANUAL_SOURCE, LabelEvent, SampleRecord, State

@@ -93,6 +93,7 @@ from scipy.special import expit, softmax
 
 from agent.cache import LruCache, fingerprint, frozen
 from agent.cancel import checkpoint
+from agent.config import AUDIT_MIN_LABELS
 from agent.lazy import deferred
 from agent.params import FitSettings, Param, PriorEntry, params_doc
 from agent.pool import InvalidArgument, Pool, PriorMethod, Priors
@@ -106,13 +107,6 @@ CALIBRATION_FOLDS = 5
 # at thousands of labels it was most of a PriorLabels knn call (docs/reliability.md, Load, "PriorLabels
 # knn: what one call costs, and the calibration's share").
 CALIBRATION_MAX_PER_FOLD = 200
-# Audit labels that must count (their class keeps a label outside their fold) before T is fitted on them
-# rather than on the labelled set. At 20 the audit's sampling noise is below the labelled set's bias it
-# replaces: the standard error of an accuracy near 0.3 on 20 random samples is sqrt(0.3 * 0.7 / 20) =
-# 0.10, below the gap measured between held-out labels and the pool (docs/benchmarks.md); and 20 is as
-# many predictions as the labelled cross-fit has at 10-20 labels (one per label at most), so the MAP
-# prior (PRIOR_WEIGHT samples) weighs no more than it does there. Fewer give one label a large say.
-AUDIT_MIN_LABELS = 20
 # A temperature fitted on fewer held-out labelled samples than this (or the default, none counting) is
 # reported as "few" (``TemperatureFit.warning``): at 10-20 labels the measured ECE misses the goal in most cells
 # (docs/benchmarks.md, "Class-balanced cross-fit"); the same count as AUDIT_MIN_LABELS, the
