@@ -524,10 +524,9 @@ def _exit_without_teardown(code: int = 0) -> NoReturn:
     SQLite's WAL at synchronous=FULL; the snapshot and the map are caches the next start rebuilds.) A normal
     exit would go on to (1) join every ThreadPoolExecutor worker (concurrent.futures' exit hook), among them
     a lane thread still inside a strategy or prior computation abandoned at shutdown (``Admission.run``): it
-    writes nothing, but runs at +10 niceness until its next checkpoint; and (2) tear down the ~1,600 modules
-    (scikit-learn, scipy: agent/lazy.py) and collect their objects: ~0.26 CPU s, which on the 2-core machine
-    with two busy loops beside the benchmark, the agent at niceness 10, took 6.6-9.1 s of the 7.4-10.2 s from
-    SIGTERM to exit (docs/reliability.md, Shutdown).
+    writes nothing, but runs at +10 niceness until its next checkpoint; and (2) tear down the modules
+    (scikit-learn, scipy: agent/lazy.py) and collect their objects: little CPU time, but at niceness 10 on a
+    busy machine most of the time from SIGTERM to exit (figures: docs/reliability.md, Shutdown).
     The lanes' priority cannot be raised back at shutdown instead (lowering a niceness needs CAP_SYS_NICE).
     So: flush the logs and the console, then ``os._exit``."""
     logging.shutdown()
