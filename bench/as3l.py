@@ -577,41 +577,46 @@ def run_benchmark(data: Path, profile: Profile, out: Path, encoder: Path | None 
     return run
 
 
+_ARM_NAMES = ", ".join(arm.name for arm in ARMS)  # for --arms' help
+
+
+def as3l_command(
+    data: Path = typer.Option(Path("../shared/datasets/cifar10"), help="labelled train and test splits: "
+                              f"{split_sources_said()}"),
+    profile: str = typer.Option("cpu", help=f"one of {', '.join(PROFILES)}"),
+    out: Path = typer.Option(Path("runs/bench-as3l"), help="output folder (a rerun resumes what it holds)"),
+    encoder: Path | None = typer.Option(None, help="a training run folder (encoder.pt), or a model version "
+                                        "folder / registry whose source run still exists; default: pretrain "
+                                        "one (cpu, smoke)"),
+    seeds: int | None = typer.Option(None, min=1, help="number of seeds (default: the profile's)"),
+    budgets: str | None = typer.Option(None, help="comma-separated label counts (default: 10,40)"),
+    arms: str | None = typer.Option(None, help="comma-separated arms (default: all): "
+                                    + _ARM_NAMES),
+    steps: int | None = typer.Option(None, min=1, help="training iterations per arm at every budget "
+                                     "(default: the profile's)"),
+    prior_iters: int | None = typer.Option(None, min=1, help="T, the iterations that mix the prior into the "
+                                           "pseudo-labels (default: the profile's; the paper's 6900 in gpu)"),
+    evals: int | None = typer.Option(None, min=1, help="test evaluations along training, evenly spaced "
+                                     "(default: the profile's)"),
+) -> None:
+    """AS3L against its baselines (Tables 1, 3-6): labels through the agent, prior-guided FlexMatch."""
+    if profile not in PROFILES:
+        raise typer.BadParameter(f"unknown profile {profile!r}; valid: {', '.join(PROFILES)}")
+    try:
+        budget_list = [int(b) for b in budgets.split(",") if b.strip()] if budgets else None
+    except ValueError:
+        raise typer.BadParameter(f"--budgets {budgets!r}: give label counts like 10,40") from None
+    if budget_list is not None and (not budget_list or min(budget_list) <= 0):
+        raise typer.BadParameter("--budgets: label counts must be positive")
+    arm_list = [a.strip() for a in arms.split(",") if a.strip()] if arms else None
+    cifar10.require_splits(data)  # before any work, in the words of a command without --split
+    try:
+        run_benchmark(data, PROFILES[profile], out, encoder,
+                      Overrides(seeds=seeds, budgets=budget_list, arms=arm_list, steps=steps,
+                                prior_iters=prior_iters, evals=evals))
+    except FileNotFoundError as e:
+        raise typer.BadParameter(str(e)) from None
+
+
 def register(bench_app: typer.Typer) -> None:
-    @bench_app.command("as3l")
-    def as3l_command(
-        data: Path = typer.Option(Path("../shared/datasets/cifar10"), help="labelled train and test splits: "
-                                  f"{split_sources_said()}"),
-        profile: str = typer.Option("cpu", help=f"one of {', '.join(PROFILES)}"),
-        out: Path = typer.Option(Path("runs/bench-as3l"), help="output folder (a rerun resumes what it holds)"),
-        encoder: Path | None = typer.Option(None, help="a training run folder (encoder.pt), or a model version "
-                                            "folder / registry whose source run still exists; default: pretrain "
-                                            "one (cpu, smoke)"),
-        seeds: int | None = typer.Option(None, min=1, help="number of seeds (default: the profile's)"),
-        budgets: str | None = typer.Option(None, help="comma-separated label counts (default: 10,40)"),
-        arms: str | None = typer.Option(None, help="comma-separated arms (default: all): "
-                                        + ", ".join(a.name for a in ARMS)),
-        steps: int | None = typer.Option(None, min=1, help="training iterations per arm at every budget "
-                                         "(default: the profile's)"),
-        prior_iters: int | None = typer.Option(None, min=1, help="T, the iterations that mix the prior into the "
-                                               "pseudo-labels (default: the profile's; the paper's 6900 in gpu)"),
-        evals: int | None = typer.Option(None, min=1, help="test evaluations along training, evenly spaced "
-                                         "(default: the profile's)"),
-    ) -> None:
-        """AS3L against its baselines (Tables 1, 3-6): labels through the agent, prior-guided FlexMatch."""
-        if profile not in PROFILES:
-            raise typer.BadParameter(f"unknown profile {profile!r}; valid: {', '.join(PROFILES)}")
-        try:
-            budget_list = [int(b) for b in budgets.split(",") if b.strip()] if budgets else None
-        except ValueError:
-            raise typer.BadParameter(f"--budgets {budgets!r}: give label counts like 10,40") from None
-        if budget_list is not None and (not budget_list or min(budget_list) <= 0):
-            raise typer.BadParameter("--budgets: label counts must be positive")
-        arm_list = [a.strip() for a in arms.split(",") if a.strip()] if arms else None
-        cifar10.require_splits(data)  # before any work, in the words of a command without --split
-        try:
-            run_benchmark(data, PROFILES[profile], out, encoder,
-                          Overrides(seeds=seeds, budgets=budget_list, arms=arm_list, steps=steps,
-                                    prior_iters=prior_iters, evals=evals))
-        except FileNotFoundError as e:
-            raise typer.BadParameter(str(e)) from None
+    bench_app.command("as3l")(as3l_command)

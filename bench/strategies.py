@@ -457,142 +457,146 @@ def _strategies_help() -> type:
     return StrategiesHelp
 
 
-def register(bench_app: typer.Typer) -> None:
-    @bench_app.command("blobs")
-    def blobs_cmd(
-        out: Path = typer.Option(..., help="folder for x.npy, y.npy, test_x.npy, test_y.npy"),
-        n: int = typer.Option(6000, help="rows in all (5/6 pool, 1/6 test)"),
-        clusters: int = typer.Option(10, help="classes"),
-        dim: int = typer.Option(32, help="dimensions"),
-        spread: float = typer.Option(0.25, help="per-dimension noise around each unit centre"),
-        seed: int = typer.Option(0),
-    ) -> None:
-        """Write a synthetic embeddings set for `bench strategies` (imbalanced blobs on the unit sphere)."""
-        x, y = synthetic_blobs(n, clusters, dim, spread, seed)
-        cut = n * 5 // 6
-        out.mkdir(parents=True, exist_ok=True)
-        for name, arr in (("x", x[:cut]), ("y", y[:cut]), ("test_x", x[cut:]), ("test_y", y[cut:])):
-            np.save(out / f"{name}.npy", arr)
-        typer.echo(f"wrote {cut} pool rows and {n - cut} test rows ({clusters} classes, {dim}-d) to {out}")
+def blobs_cmd(
+    out: Path = typer.Option(..., help="folder for x.npy, y.npy, test_x.npy, test_y.npy"),
+    n: int = typer.Option(6000, help="rows in all (5/6 pool, 1/6 test)"),
+    clusters: int = typer.Option(10, help="classes"),
+    dim: int = typer.Option(32, help="dimensions"),
+    spread: float = typer.Option(0.25, help="per-dimension noise around each unit centre"),
+    seed: int = typer.Option(0),
+) -> None:
+    """Write a synthetic embeddings set for `bench strategies` (imbalanced blobs on the unit sphere)."""
+    x, y = synthetic_blobs(n, clusters, dim, spread, seed)
+    cut = n * 5 // 6
+    out.mkdir(parents=True, exist_ok=True)
+    for name, arr in (("x", x[:cut]), ("y", y[:cut]), ("test_x", x[cut:]), ("test_y", y[cut:])):
+        np.save(out / f"{name}.npy", arr)
+    typer.echo(f"wrote {cut} pool rows and {n - cut} test rows ({clusters} classes, {dim}-d) to {out}")
 
-    @bench_app.command("strategies", cls=_strategies_help())
-    def strategies_cmd(
-        embeddings: Path = typer.Option(..., help="N x D float32 .npy of training-pool embeddings"),
-        labels: Path = typer.Option(..., help="N int .npy of their true classes (the simulated annotator)"),
-        out: Path = typer.Option(..., help="folder for results.json, results.md and results.png"),
-        test_embeddings: Path | None = typer.Option(None, help="M x D .npy for the linear probe's test set"),
-        test_labels: Path | None = typer.Option(None, help="M int .npy of the test classes"),
-        budgets: str = typer.Option("10,20,40,100", help="comma-separated label budgets"),
-        seeds: int = typer.Option(3, min=1, help="seeds per (strategy, budget)"),
-        strategies: str = typer.Option("", help="comma-separated strategies with their default params "
-                                       "(default: all but audit, whose draw is random's; none with --variant)"),
-        variant: list[str] = typer.Option([], help="a strategy with params, NAME:key=value[,key=value] "
-                                          "(e.g. probcover:delta=0.4); repeat for a sweep"),
-        priors: str = typer.Option("", help="comma-separated prior methods (default: all)"),
-        pretext_loss: Path | None = typer.Option(None, help="N float .npy rotation losses (enables das)"),
-        uncalibrated: bool = typer.Option(False, "--uncalibrated", help="the prior methods' raw probabilities "
-                                          "(calibrate=false), to compare with the calibrated default"),
-    ) -> None:
-        """Every strategy at every budget and seed: class coverage, prior-label accuracy and ECE per prior
-        method, linear-probe accuracy. Writes results.json (flat records), results.md, results.png."""
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        console = Console()
-        if (test_embeddings is None) != (test_labels is None):
-            raise typer.BadParameter("give both --test-embeddings and --test-labels, or neither")
-        x, y = load_rows(embeddings, labels)
-        tx, ty = load_rows(test_embeddings, test_labels, x.shape[1], ("--test-embeddings", "--test-labels")) \
-            if test_embeddings and test_labels else (None, None)
-        if ty is not None and ty.max(initial=0) > y.max():
-            raise typer.BadParameter(f"{test_labels} holds class {int(ty.max())}, which no pool label has")
-        loss = load_array(pretext_loss, "--pretext-loss", np.float32, 1) if pretext_loss else None
-        if loss is not None and len(loss) != len(x):
-            raise typer.BadParameter(f"{pretext_loss} has {len(loss)} losses but the pool has {len(x)} rows")
-        variants = selected_variants(strategies, variant)
-        if loss is None and any(v.name == "das" for v in variants):
-            if strategies or variant:  # asked for by name
-                raise typer.BadParameter("das needs --pretext-loss (per-sample rotation losses)")
-            variants = [v for v in variants if v.name != "das"]
-            console.print("[yellow]skipping das: no --pretext-loss given[/]")
-        check_variants(variants, x, y, loss)
-        methods = registry_names(priors, PRIOR_METHODS, "prior method")
+def strategies_cmd(
+    embeddings: Path = typer.Option(..., help="N x D float32 .npy of training-pool embeddings"),
+    labels: Path = typer.Option(..., help="N int .npy of their true classes (the simulated annotator)"),
+    out: Path = typer.Option(..., help="folder for results.json, results.md and results.png"),
+    test_embeddings: Path | None = typer.Option(None, help="M x D .npy for the linear probe's test set"),
+    test_labels: Path | None = typer.Option(None, help="M int .npy of the test classes"),
+    budgets: str = typer.Option("10,20,40,100", help="comma-separated label budgets"),
+    seeds: int = typer.Option(3, min=1, help="seeds per (strategy, budget)"),
+    strategies: str = typer.Option("", help="comma-separated strategies with their default params "
+                                   "(default: all but audit, whose draw is random's; none with --variant)"),
+    variant: list[str] = typer.Option([], help="a strategy with params, NAME:key=value[,key=value] "
+                                      "(e.g. probcover:delta=0.4); repeat for a sweep"),
+    priors: str = typer.Option("", help="comma-separated prior methods (default: all)"),
+    pretext_loss: Path | None = typer.Option(None, help="N float .npy rotation losses (enables das)"),
+    uncalibrated: bool = typer.Option(False, "--uncalibrated", help="the prior methods' raw probabilities "
+                                      "(calibrate=false), to compare with the calibrated default"),
+) -> None:
+    """Every strategy at every budget and seed: class coverage, prior-label accuracy and ECE per prior
+    method, linear-probe accuracy. Writes results.json (flat records), results.md, results.png."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = Console()
+    if (test_embeddings is None) != (test_labels is None):
+        raise typer.BadParameter("give both --test-embeddings and --test-labels, or neither")
+    x, y = load_rows(embeddings, labels)
+    tx, ty = load_rows(test_embeddings, test_labels, x.shape[1], ("--test-embeddings", "--test-labels")) \
+        if test_embeddings and test_labels else (None, None)
+    if ty is not None and ty.max(initial=0) > y.max():
+        raise typer.BadParameter(f"{test_labels} holds class {int(ty.max())}, which no pool label has")
+    loss = load_array(pretext_loss, "--pretext-loss", np.float32, 1) if pretext_loss else None
+    if loss is not None and len(loss) != len(x):
+        raise typer.BadParameter(f"{pretext_loss} has {len(loss)} losses but the pool has {len(x)} rows")
+    variants = selected_variants(strategies, variant)
+    if loss is None and any(v.name == "das" for v in variants):
+        if strategies or variant:  # asked for by name
+            raise typer.BadParameter("das needs --pretext-loss (per-sample rotation losses)")
+        variants = [v for v in variants if v.name != "das"]
+        console.print("[yellow]skipping das: no --pretext-loss given[/]")
+    check_variants(variants, x, y, loss)
+    methods = registry_names(priors, PRIOR_METHODS, "prior method")
+    try:
+        budget_list = [int(b) for b in budgets.split(",") if b.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"--budgets {budgets!r}: give integers, e.g. 10,20,40,100") from None
+    if not budget_list or min(budget_list) < 1 or max(budget_list) > len(x):
+        raise typer.BadParameter(f"--budgets must be between 1 and the {len(x)} pool rows")
+    out.mkdir(parents=True, exist_ok=True)
+    console.print(f"{len(x)} rows x {x.shape[1]} dims, {int(y.max()) + 1} classes; building the index...")
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console) as progress:
+        records = run_benchmark(BenchRows(x, y, tx, ty, loss), StrategiesConfig(
+            budget_list, seeds, variants, methods, prior_params={"calibrate": "false"} if uncalibrated else None),
+            progress)
+    test = "none" if tx is None else f"{len(tx)} rows"
+    calibration = "uncalibrated (--uncalibrated)" if uncalibrated else "calibrated"
+    classes = int(y.max()) + 1
+    head = (f"`bench strategies` on {embeddings.name} ({len(x)} rows x {x.shape[1]} dims, "
+            f"{classes} classes; test {test}), {seeds} seed{'s' if seeds > 1 else ''} (mean ± std "
+            f"over them), priors {calibration}; every setting in settings.json\n\n")
+    settings = {"embeddings": str(embeddings.resolve()), "labels": str(labels.resolve()), "rows": len(x),
+                "dims": int(x.shape[1]), "classes": classes,
+                "test_embeddings": str(test_embeddings.resolve()) if test_embeddings else None,
+                "test_rows": None if tx is None else len(tx), "budgets": budget_list, "seeds": seeds,
+                "strategies": [v.label for v in variants], "priors": methods,
+                "calibrated": not uncalibrated,
+                "pretext_loss": str(pretext_loss.resolve()) if pretext_loss else None}
+    console.print(write_results(out, records, settings, methods, head))
+    console.print(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'results.png'}")
+
+
+def select_scale_cmd(
+    n: int = typer.Option(1_000_000, help="pool rows (random unit vectors)"),
+    dim: int = typer.Option(128, help="embedding dimension"),
+    budget: int = typer.Option(100, help="Select budget"),
+    labelled: int = typer.Option(20, help="rows labelled beforehand (random classes), so every strategy runs"),
+    classes: int = typer.Option(10, help="class count of those labels"),
+    strategies: str = typer.Option("", help="comma-separated strategies with their default params "
+                                   "(default: all but audit, whose draw is random's; none with --variant)"),
+    variant: list[str] = typer.Option([], help="a strategy with params, NAME:key=value[,key=value] "
+                                      "(e.g. probcover:delta=0.4); repeat for a sweep"),
+    threads: int = typer.Option(2, help="hnswlib build threads"),
+) -> None:
+    """Time Select for each strategy on n random dim-d vectors (index build timed separately)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    variants = selected_variants(strategies, variant)
+    t0 = time.perf_counter()
+    x = scale_pool(n, dim, seed=0)
+    console.print(f"generated {n} x {dim} in {time.perf_counter() - t0:.1f} s; building hnswlib index...")
+    t0 = time.perf_counter()
+    index = hnsw_index(x, threads)
+    build_s = time.perf_counter() - t0
+    console.print(f"index build: {build_s:.1f} s (hnswlib M=16, ef_construction=100, {threads} threads); "
+                  f"load average {os.getloadavg()}")
+    rng = np.random.default_rng(1)
+    picked = rng.choice(n, size=labelled, replace=False)
+    y = np.full(n, -1, np.int64)
+    y[picked] = np.arange(labelled) % classes
+    pool = make_pool(x, y, picked, hnsw_knn(index, n), classes, rng.random(n).astype(np.float32))
+    table = Table(title=f"Select, budget {budget}, {n} x {dim} random unit vectors, {labelled} labelled")
+    table.add_column("strategy")
+    table.add_column("wall s", justify="right")
+    table.add_column("CPU s", justify="right")
+    table.add_column("picked", justify="right")
+    for v in variants:
+        t0, c0 = time.perf_counter(), time.process_time()
         try:
-            budget_list = [int(b) for b in budgets.split(",") if b.strip()]
-        except ValueError:
-            raise typer.BadParameter(f"--budgets {budgets!r}: give integers, e.g. 10,20,40,100") from None
-        if not budget_list or min(budget_list) < 1 or max(budget_list) > len(x):
-            raise typer.BadParameter(f"--budgets must be between 1 and the {len(x)} pool rows")
-        out.mkdir(parents=True, exist_ok=True)
-        console.print(f"{len(x)} rows x {x.shape[1]} dims, {int(y.max()) + 1} classes; building the index...")
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=console) as progress:
-            records = run_benchmark(BenchRows(x, y, tx, ty, loss), StrategiesConfig(
-                budget_list, seeds, variants, methods, prior_params={"calibrate": "false"} if uncalibrated else None),
-                progress)
-        test = "none" if tx is None else f"{len(tx)} rows"
-        calibration = "uncalibrated (--uncalibrated)" if uncalibrated else "calibrated"
-        classes = int(y.max()) + 1
-        head = (f"`bench strategies` on {embeddings.name} ({len(x)} rows x {x.shape[1]} dims, "
-                f"{classes} classes; test {test}), {seeds} seed{'s' if seeds > 1 else ''} (mean ± std "
-                f"over them), priors {calibration}; every setting in settings.json\n\n")
-        settings = {"embeddings": str(embeddings.resolve()), "labels": str(labels.resolve()), "rows": len(x),
-                    "dims": int(x.shape[1]), "classes": classes,
-                    "test_embeddings": str(test_embeddings.resolve()) if test_embeddings else None,
-                    "test_rows": None if tx is None else len(tx), "budgets": budget_list, "seeds": seeds,
-                    "strategies": [v.label for v in variants], "priors": methods,
-                    "calibrated": not uncalibrated,
-                    "pretext_loss": str(pretext_loss.resolve()) if pretext_loss else None}
-        console.print(write_results(out, records, settings, methods, head))
-        console.print(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'results.png'}")
+            sel = STRATEGIES[v.name](pool, budget, np.random.default_rng(0), v.params)
+        except InvalidArgument as e:
+            raise typer.BadParameter(f"--variant {v.label}: {e}") from None
+        # CPU seconds (all threads) do not grow when other processes share the cores; on two
+        # dedicated cores the wall time is at most this.
+        seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+        table.add_row(v.label, f"{seconds:.2f}", f"{cpu:.2f}", str(len(sel.rows)))
+        console.print(f"{v.label}: {seconds:.2f} s wall, {cpu:.2f} s CPU ({len(sel.rows)} picked)")
+    console.print(table)
+    console.print(f"load average while running (1, 5, 15 min): {os.getloadavg()}")
 
-    @bench_app.command("select-scale", cls=_strategies_help())
-    def select_scale_cmd(
-        n: int = typer.Option(1_000_000, help="pool rows (random unit vectors)"),
-        dim: int = typer.Option(128, help="embedding dimension"),
-        budget: int = typer.Option(100, help="Select budget"),
-        labelled: int = typer.Option(20, help="rows labelled beforehand (random classes), so every strategy runs"),
-        classes: int = typer.Option(10, help="class count of those labels"),
-        strategies: str = typer.Option("", help="comma-separated strategies with their default params "
-                                       "(default: all but audit, whose draw is random's; none with --variant)"),
-        variant: list[str] = typer.Option([], help="a strategy with params, NAME:key=value[,key=value] "
-                                          "(e.g. probcover:delta=0.4); repeat for a sweep"),
-        threads: int = typer.Option(2, help="hnswlib build threads"),
-    ) -> None:
-        """Time Select for each strategy on n random dim-d vectors (index build timed separately)."""
-        from rich.console import Console
-        from rich.table import Table
 
-        console = Console()
-        variants = selected_variants(strategies, variant)
-        t0 = time.perf_counter()
-        x = scale_pool(n, dim, seed=0)
-        console.print(f"generated {n} x {dim} in {time.perf_counter() - t0:.1f} s; building hnswlib index...")
-        t0 = time.perf_counter()
-        index = hnsw_index(x, threads)
-        build_s = time.perf_counter() - t0
-        console.print(f"index build: {build_s:.1f} s (hnswlib M=16, ef_construction=100, {threads} threads); "
-                      f"load average {os.getloadavg()}")
-        rng = np.random.default_rng(1)
-        picked = rng.choice(n, size=labelled, replace=False)
-        y = np.full(n, -1, np.int64)
-        y[picked] = np.arange(labelled) % classes
-        pool = make_pool(x, y, picked, hnsw_knn(index, n), classes, rng.random(n).astype(np.float32))
-        table = Table(title=f"Select, budget {budget}, {n} x {dim} random unit vectors, {labelled} labelled")
-        table.add_column("strategy")
-        table.add_column("wall s", justify="right")
-        table.add_column("CPU s", justify="right")
-        table.add_column("picked", justify="right")
-        for v in variants:
-            t0, c0 = time.perf_counter(), time.process_time()
-            try:
-                sel = STRATEGIES[v.name](pool, budget, np.random.default_rng(0), v.params)
-            except InvalidArgument as e:
-                raise typer.BadParameter(f"--variant {v.label}: {e}") from None
-            # CPU seconds (all threads) do not grow when other processes share the cores; on two
-            # dedicated cores the wall time is at most this.
-            seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
-            table.add_row(v.label, f"{seconds:.2f}", f"{cpu:.2f}", str(len(sel.rows)))
-            console.print(f"{v.label}: {seconds:.2f} s wall, {cpu:.2f} s CPU ({len(sel.rows)} picked)")
-        console.print(table)
-        console.print(f"load average while running (1, 5, 15 min): {os.getloadavg()}")
+def register(bench_app: typer.Typer) -> None:
+    bench_app.command("blobs")(blobs_cmd)
+    bench_app.command("strategies", cls=_strategies_help())(strategies_cmd)
+    bench_app.command("select-scale", cls=_strategies_help())(select_scale_cmd)
