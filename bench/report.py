@@ -68,6 +68,11 @@ def summarize(run: dict[str, Any]) -> dict[str, dict[tuple[str, int], tuple[floa
     return {m: {k: (*_mean_std(v), len(v)) for k, v in d.items()} for m, d in groups.items()}
 
 
+def md_table(head: list[str], rows: list[list[str]]) -> list[str]:
+    """A Markdown table's lines: the ``head`` row, its separator, then ``rows`` (cells as given)."""
+    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head), *("| " + " | ".join(r) + " |" for r in rows)]
+
+
 def markdown(runs: list[dict[str, Any]]) -> str:
     """results.md text: per run (side by side when several), mean ± std over seeds."""
     lines: list[str] = []
@@ -99,8 +104,7 @@ def markdown(runs: list[dict[str, Any]]) -> str:
             reference_value(col, s, b) != "—" for s in strategies)] if refs else []
         head = ["strategy"] + (["run"] if len(runs) > 1 else []) + [f"{b} labels" for b in budgets] + [
             f"{col}, {b} labels (published, CIFAR-10)" for col, b in ref_heads]
-        lines.append("| " + " | ".join(head) + " |")
-        lines.append("|" + "---|" * len(head))
+        rows = []
         for s in strategies:
             for label, summ in zip(labels, sums, strict=True):
                 cells = []
@@ -110,7 +114,8 @@ def markdown(runs: list[dict[str, Any]]) -> str:
                 if all(c == "—" for c in cells):
                     continue
                 ref_cells = [reference_value(col, s, b) for col, b in ref_heads]
-                lines.append("| " + " | ".join([s, *([label] if len(runs) > 1 else []), *cells, *ref_cells]) + " |")
+                rows.append([s, *([label] if len(runs) > 1 else []), *cells, *ref_cells])
+        lines.extend(md_table(head, rows))
         lines.append("")
 
     table("Linear-probe test accuracy (%) on the frozen encoder", "linear_accuracy", refs=True)
@@ -127,12 +132,9 @@ def markdown(runs: list[dict[str, Any]]) -> str:
                  "they are the direction to expect, not a target for the quick or cpu profiles.\n")
     if first.get("wall_seconds"):
         lines.append("## Wall times (s)\n")
-        lines.append("| step | " + " | ".join(labels) + " |")
-        lines.append("|---|" + "---|" * len(labels))
         steps = [k for k in first["wall_seconds"] if "/" not in k]
-        for k in steps:
-            vals = [f"{r.get('wall_seconds', {}).get(k, float('nan')):.0f}" for r in runs]
-            lines.append(f"| {k} | " + " | ".join(vals) + " |")
+        lines.extend(md_table(["step", *labels], [
+            [k, *(f"{r.get('wall_seconds', {}).get(k, float('nan')):.0f}" for r in runs)] for k in steps]))
         lines.append("")
     return "\n".join(lines)
 

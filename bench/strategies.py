@@ -22,6 +22,7 @@ from agent.priors import PRIOR_METHODS
 from agent.strategies import LABEL_FREE, STRATEGIES
 from agent.strategies.audit import AUDIT
 from bench.metrics import class_coverage, expected_calibration_error, linear_probe_accuracy, prior_accuracy
+from bench.report import md_table
 
 # Neighbours precomputed per row for the benchmark's kNN (covers the prior methods' k).
 CACHED_K = 64
@@ -281,9 +282,8 @@ def markdown_table(summary: list[dict[str, Any]], priors: list[str]) -> str:
     lines: list[str] = []
     for budget in sorted({r["budget"] for r in summary}):
         lines += [f"### budget {budget}", ""]
-        head = "| strategy | classes covered | linear probe acc | " + " | ".join(
-            f"{m} prior acc / ECE" for m in priors) + " |"
-        lines += [head, "|" + "---|" * (3 + len(priors))]
+        head = ["strategy", "classes covered", "linear probe acc", *(f"{m} prior acc / ECE" for m in priors)]
+        rows = []
         by_strategy: dict[str, dict[str, dict[str, Any]]] = {}
         for r in summary:
             if r["budget"] == budget:
@@ -297,8 +297,8 @@ def markdown_table(summary: list[dict[str, Any]], priors: list[str]) -> str:
                 cells.append("-" if got is None else
                              f"{100 * got['prior_accuracy']:.1f} ± {100 * got['prior_accuracy_std']:.1f} / "
                              f"{got['ece']:.3f}")
-            lines.append("| " + " | ".join(cells) + " |")
-        lines.append("")
+            rows.append(cells)
+        lines += [*md_table(head, rows), ""]
     return "\n".join(lines)
 
 

@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from bench.report import md_table
+
 
 def curves(results: dict[str, Any]) -> dict[str, list[tuple[int, float, float, int]]]:
     """arm -> [(labels, mean test accuracy %, std %, seeds)] over the cells finished so far."""
@@ -64,27 +66,27 @@ def markdown(results: dict[str, Any]) -> str:
              f"- hot swap: {ok} of {n} rounds after the first were selected by the model the previous round published",
              "", "## Test accuracy (%) of the served classifier, mean ± std over seeds\n"]
     head = ["arm", "strategy", "head"] + [f"{b} labels" for b in budgets]
-    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows = []
     for a in results["arms"]:
         pts = {b: (m, s, k) for b, m, s, k in c.get(a["name"], [])}
         cells = [(f"{pts[b][0]:.1f} ± {pts[b][1]:.1f}" if pts[b][2] > 1 else f"{pts[b][0]:.1f}") if b in pts else "—"
                  for b in budgets]
-        lines.append("| " + " | ".join([a["name"], a["strategy"], f"{a['mode']} ({a['init']})", *cells]) + " |")
-    lines.append("")
+        rows.append([a["name"], a["strategy"], f"{a['mode']} ({a['init']})", *cells])
+    lines += [*md_table(head, rows), ""]
     notes = [f"- `{a['name']}`: {a['note']}" for a in results["arms"] if a.get("note")]
     if notes:
         lines += ["Arms:\n", *notes, ""]
     lines += ["## The paper's claims\n", *[f"- {cl}" for cl in results["claims"]], ""]
     if results.get("reference"):
         lines += ["## The paper's figures (for comparison; its scale, not ours)\n", results["reference"], ""]
-    lines += ["## Seconds per round (mean over cells)\n", "| arm | select | train + publish | swap | evaluate |",
-              "|---|---|---|---|---|"]
+    seconds = []
     for a in arms:
         rs = [r for cell in results["cells"] if cell["arm"] == a for r in cell["rounds"]]
         if rs:
-            lines.append(f"| {a} | " + " | ".join(f"{np.mean([r[k] for r in rs]):.1f}" for k in (
-                "select_seconds", "train_seconds", "swap_seconds", "eval_seconds")) + " |")
-    lines.append("")
+            seconds.append([a, *(f"{np.mean([r[k] for r in rs]):.1f}" for k in (
+                "select_seconds", "train_seconds", "swap_seconds", "eval_seconds"))])
+    lines += ["## Seconds per round (mean over cells)\n",
+              *md_table(["arm", "select", "train + publish", "swap", "evaluate"], seconds), ""]
     return "\n".join(lines)
 
 
