@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.report import _fmt, _mean_std
+from bench.report import _fmt, _mean_std, md_table
 
 
 def _by(records: list[dict[str, Any]], key: tuple[str, ...], metric: str) -> dict[tuple[Any, ...], list[float]]:
@@ -40,36 +40,42 @@ def steps_to_reach(steps: list[int], acc: list[float], target: float) -> int | N
 
 
 def markdown(run: dict[str, Any]) -> str:
-    from bench.as3l import (
-        ARMS,
-        PAPER_ARMS,
-        PAPER_COVERAGE,
-        PAPER_ECE,
-        PAPER_LINEAR,
-        PAPER_PRIOR,
-        PAPER_STANDARD_FLEXMATCH,
-    )
+    """results.md text: the run's settings, then its sections (accuracy, curves, labels)."""
+    from bench.as3l import ARMS
 
     budgets = [int(b) for b in run["budgets"]]
     arms = [a.name for a in ARMS if a.name in run["arms"]]
+    cur = curves(run)
+    return "\n".join([*_settings(run), *_accuracy_section(run, budgets, arms, cur),
+                      *_curves_section(budgets, arms, cur), *_labels_section(run, budgets)])
+
+
+def _settings(run: dict[str, Any]) -> list[str]:
+    """The title and the run's settings (profile, sizes, encoder, commit, wall time)."""
     name = Path(run["data"]).name or run["data"]
     walls = run.get("wall_seconds", {})
-    lines = [f"# AS3L against its baselines on `{name}` (Wen et al., Tables 1, 3-6)\n",
-             f"- profile `{run['profile']}`: pool {run['pool_size']}, test {run['test_size']}, "
-             f"{run['size'][0]} px, iterations per arm {run['steps']} (equal across arms), T = {run['prior_iters']}, "
-             f"batch {run['batch_size']} + {run['mu']} x {run['batch_size']}, seeds {len(run['seeds'])}",
-             f"- encoder {run['model_version']} ({run['encoder'].get('kind', '')}: {run['encoder'].get('encoder', '')}"
-             f"), commit {run['git_commit'][:10]}, wall time {walls.get('total', float('nan')) / 60:.1f} min"
-             + ("" if run.get("complete") else " (INCOMPLETE: still running or interrupted; a rerun resumes)"), ""]
+    return [f"# AS3L against its baselines on `{name}` (Wen et al., Tables 1, 3-6)\n",
+            f"- profile `{run['profile']}`: pool {run['pool_size']}, test {run['test_size']}, "
+            f"{run['size'][0]} px, iterations per arm {run['steps']} (equal across arms), T = {run['prior_iters']}, "
+            f"batch {run['batch_size']} + {run['mu']} x {run['batch_size']}, seeds {len(run['seeds'])}",
+            f"- encoder {run['model_version']} ({run['encoder'].get('kind', '')}: {run['encoder'].get('encoder', '')}"
+            f"), commit {run['git_commit'][:10]}, wall time {walls.get('total', float('nan')) / 60:.1f} min"
+            + ("" if run.get("complete") else " (INCOMPLETE: still running or interrupted; a rerun resumes)"), ""]
+
+
+def _accuracy_section(run: dict[str, Any], budgets: list[int], arms: list[str],
+                      cur: dict[tuple[str, int], tuple[list[int], list[float], list[float], int]]) -> list[str]:
+    """Test accuracy at the end and best along training per arm and budget, beside the paper's and the step
+    at which each arm reaches random+flexmatch's end; then the linear probe of the random and as3l labels."""
+    from bench.as3l import PAPER_ARMS, PAPER_LINEAR, PAPER_STANDARD_FLEXMATCH
+
     fin = _by(run["results"], ("arm", "budget"), "test_accuracy")
     best = _by(run["results"], ("arm", "budget"), "best_test_accuracy")
-    cur = curves(run)
-    lines.append("## Test accuracy (%) at the end / best along training, and the paper's\n")
     head = ["arm"]
     for b in budgets:
         head += [f"{b} labels: end", f"{b}: best", f"{b}: paper (CIFAR-10)",
                  f"{b}: step reaching random+flexmatch's end"]
-    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows = []
     for arm in arms:
         cells = [arm]
         for b in budgets:
@@ -84,44 +90,53 @@ def markdown(run: dict[str, Any]) -> str:
             cells += [_fmt(*_mean_std(f), len(f)), _fmt(*_mean_std(bs), len(bs)),
                       "—" if ref is None else (f"{ref[0]:.2f}" + (f" ± {ref[1]:.2f}" if ref[1] is not None else "")),
                       reach]
-        lines.append("| " + " | ".join(cells) + " |")
-    lab = [f"linear probe ({s} labels)" for s in ("random", "as3l")]
+        rows.append(cells)
     lin = _by(run["labels"], ("strategy", "budget"), "linear_accuracy")
-    for s, title in zip(("random", "as3l"), lab, strict=True):
-        cells = [title]
+    for s in ("random", "as3l"):
+        cells = [f"linear probe ({s} labels)"]
         for b in budgets:
             v = lin.get((s, b), [])
             lin_ref = PAPER_LINEAR.get((s, b))
             cells += [_fmt(*_mean_std(v), len(v)), "", "—" if lin_ref is None else f"{lin_ref:.2f}", ""]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines.append("")
-    lines.append("Paper: Table 3 (10 labels; 112 x 1024 iterations), Table 1 and Table 3 (40 labels; 112 x 2304 "
-                 "iterations), Table 1's linear evaluation (random labels). Standard FlexMatch (random labels, "
-                 "1024 x 1024 iterations, Table 1): "
-                 + ", ".join(f"{v:.2f} at {b}" for b, v in PAPER_STANDARD_FLEXMATCH.items()) + ".\n")
+        rows.append(cells)
+    return ["## Test accuracy (%) at the end / best along training, and the paper's\n", *md_table(head, rows), "",
+            "Paper: Table 3 (10 labels; 112 x 1024 iterations), Table 1 and Table 3 (40 labels; 112 x 2304 "
+            "iterations), Table 1's linear evaluation (random labels). Standard FlexMatch (random labels, "
+            "1024 x 1024 iterations, Table 1): "
+            + ", ".join(f"{v:.2f} at {b}" for b, v in PAPER_STANDARD_FLEXMATCH.items()) + ".\n"]
+
+
+def _curves_section(budgets: list[int], arms: list[str],
+                    cur: dict[tuple[str, int], tuple[list[int], list[float], list[float], int]]) -> list[str]:
+    """Per budget, test accuracy at each evaluated step (the first arm's steps), one row per arm."""
+    lines: list[str] = []
     for b in budgets:
         keys = [(arm, b) for arm in arms if (arm, b) in cur]
         if not keys:
             continue
         steps = cur[keys[0]][0]
-        lines.append(f"## Test accuracy (%) along training, {b} labels\n")
-        lines.append("| arm | " + " | ".join(f"step {s}" for s in steps) + " |")
-        lines.append("|---|" + "---|" * len(steps))
+        rows = []
         for k in keys:
             st, acc, sd, n = cur[k]
             by_step = dict(zip(st, zip(acc, sd, strict=True), strict=True))
-            lines.append(f"| {k[0]} | " + " | ".join(_fmt(*by_step[s], n) if s in by_step else "—" for s in steps)
-                         + " |")
-        lines.append("")
-    lines.append("## The labels: class coverage, `as3l` prior accuracy (%) and ECE on the unlabelled pool "
-                 "(Tables 4-6; the paper's prior, which trains the arms, and the agent's calibrated default)\n")
+            rows.append([k[0], *(_fmt(*by_step[s], n) if s in by_step else "—" for s in steps)])
+        lines += [f"## Test accuracy (%) along training, {b} labels\n",
+                  *md_table(["arm", *(f"step {s}" for s in steps)], rows), ""]
+    return lines
+
+
+def _labels_section(run: dict[str, Any], budgets: list[int]) -> list[str]:
+    """The random and as3l labels: class coverage, as3l prior accuracy, ECE (raw and calibrated) and mean
+    confidence per budget, beside the paper's (Tables 4-6)."""
+    from bench.as3l import PAPER_COVERAGE, PAPER_ECE, PAPER_PRIOR
+
     head = ["labels by"]
     for b in budgets:
         head += [f"{b}: classes", f"{b}: prior acc", f"{b}: ECE", f"{b}: mean conf", f"{b}: ECE calibrated",
                  f"{b}: paper, CIFAR-10 (acc / classes / ECE)"]
-    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     metrics = {m: _by(run["labels"], ("strategy", "budget"), m) for m in
                ("coverage", "prior_accuracy", "ece", "mean_confidence", "ece_calibrated")}
+    rows = []
     for s in ("random", "as3l"):
         cells = [s]
         for b in budgets:
@@ -132,12 +147,13 @@ def markdown(run: dict[str, Any]) -> str:
             cells += [_fmt(*_mean_std(cov), len(cov), 1.0), _fmt(*_mean_std(acc), len(acc)),
                       _fmt(*_mean_std(ece), len(ece), 1.0, 3), _fmt(*_mean_std(conf), len(conf), 1.0, 3),
                       _fmt(*_mean_std(ece_cal), len(ece_cal), 1.0, 3), " / ".join(paper)]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines.append("")
-    lines.append("Paper: Table 4 / 5 (multi-cluster selection on fine-tuned features + the proposed propagation; "
-                 "random labels + the proposed propagation), Table 6 (ECE, K = 10..60). Its encoder is an 800-epoch "
-                 "SimSiam (about 90% kNN); compare ratios, not raw figures, with a weaker encoder.\n")
-    return "\n".join(lines)
+        rows.append(cells)
+    return ["## The labels: class coverage, `as3l` prior accuracy (%) and ECE on the unlabelled pool "
+            "(Tables 4-6; the paper's prior, which trains the arms, and the agent's calibrated default)\n",
+            *md_table(head, rows), "",
+            "Paper: Table 4 / 5 (multi-cluster selection on fine-tuned features + the proposed propagation; "
+            "random labels + the proposed propagation), Table 6 (ECE, K = 10..60). Its encoder is an 800-epoch "
+            "SimSiam (about 90% kNN); compare ratios, not raw figures, with a weaker encoder.\n"]
 
 
 def plot(run: dict[str, Any], path: Path) -> None:
