@@ -219,6 +219,9 @@ class StrategyEntry(_Entry):
     fn: Strategy
     # What it needs before it can answer (see Needs): the agent's model-free and label-free lists follow it.
     needs: Needs
+    # It needs, besides, the per-sample pretext-task losses (Pool.pretext_loss: das's rotation losses, which
+    # the agent has only from a model with a rotation head); `bench strategies` runs it only when given them.
+    needs_pretext_loss: bool = False
     light_budget: int = 0
     # The strategy's cost grows with the k-means it fits: its k and number of fits for a call's params,
     # labelled count and budget (see work_size); None: no k-means whose size the params or labels set.
@@ -326,13 +329,13 @@ ALWAYS_LIGHT = 2**63 - 1
 
 def strategy(name: str, *declared: Param, needs: Needs, light_budget: int = 0, kmeans: KMeansPlan | None = None,
              cpu_per_unit: float = 0.0, work: StrategyWork | None = None,
-             uniform: bool = False) -> Callable[[Strategy], StrategyEntry]:
+             uniform: bool = False, needs_pretext_loss: bool = False) -> Callable[[Strategy], StrategyEntry]:
     """Declare a strategy's name, params, what it needs (``needs``, see Needs: no default, so a new strategy
-    says whether it works without a model or labels), light budget, k-means plan or other work size, prior
-    CPU seconds per unit of work size, and whether its picks are a uniform draw (see StrategyEntry); the
-    entry's ``__doc__`` is the function's plus the params. ``light_budget=ALWAYS_LIGHT`` also says the
-    strategy is one pass over the candidates with no loop to stop in (tests/agent/test_work.py checks that
-    every other strategy stops at an ``agent.cancel.checkpoint()``)."""
+    says whether it works without a model or labels; ``needs_pretext_loss``: the pretext-task losses too),
+    light budget, k-means plan or other work size, prior CPU seconds per unit of work size, and whether its
+    picks are a uniform draw (see StrategyEntry); the entry's ``__doc__`` is the function's plus the params.
+    ``light_budget=ALWAYS_LIGHT`` also says the strategy is one pass over the candidates with no loop to stop
+    in (tests/agent/test_work.py checks that every other strategy stops at an ``agent.cancel.checkpoint()``)."""
     if needs not in NEEDS:
         raise ValueError(f"strategy {name}: needs={needs!r}; valid: {', '.join(NEEDS)}")
     if not (math.isfinite(cpu_per_unit) and cpu_per_unit >= 0):
@@ -342,8 +345,8 @@ def strategy(name: str, *declared: Param, needs: Needs, light_budget: int = 0, k
 
     def wrap(fn: Strategy) -> StrategyEntry:
         entry = StrategyEntry(name=name, params=tuple(declared), summary=_summary(fn.__doc__), fn=fn,
-                              needs=needs, light_budget=light_budget, kmeans=kmeans,
-                              cpu_per_unit=cpu_per_unit, work=work, uniform=uniform)
+                              needs=needs, needs_pretext_loss=needs_pretext_loss, light_budget=light_budget,
+                              kmeans=kmeans, cpu_per_unit=cpu_per_unit, work=work, uniform=uniform)
         object.__setattr__(entry, "__doc__", (fn.__doc__ or "") + params_doc(declared))
         return entry
     return wrap

@@ -361,6 +361,21 @@ def selected_variants(strategies: str, variant: list[str]) -> list[Variant]:
     return [Variant(n) for n in names] + [parse_variant(v) for v in variant]
 
 
+def without_pretext_loss(variants: list[Variant], by_name: bool, console: Any) -> list[Variant]:
+    """``variants`` less the strategies that declare they need pretext-task losses (``needs_pretext_loss``:
+    das), saying so, when no --pretext-loss is given; a usage error when they were asked for by name
+    (``by_name``: --strategies or --variant)."""
+    needy = list(dict.fromkeys(v.name for v in variants if STRATEGIES[v.name].needs_pretext_loss))
+    if not needy:
+        return variants
+    names = ", ".join(needy)
+    if by_name:
+        raise typer.BadParameter(f"{names} need{'s' if len(needy) == 1 else ''} --pretext-loss "
+                                 "(per-sample rotation losses)")
+    console.print(f"[yellow]skipping {names}: no --pretext-loss given[/]")
+    return [v for v in variants if v.name not in needy]
+
+
 def registry_names(raw: str, valid: dict[str, Any], what: str) -> list[str]:
     """The comma-separated names in ``raw`` (every one of ``valid`` when empty); a usage error naming the
     valid ones when one is not in ``valid``."""
@@ -508,11 +523,8 @@ def strategies_cmd(
     if loss is not None and len(loss) != len(x):
         raise typer.BadParameter(f"{pretext_loss} has {len(loss)} losses but the pool has {len(x)} rows")
     variants = selected_variants(strategies, variant)
-    if loss is None and any(v.name == "das" for v in variants):
-        if strategies or variant:  # asked for by name
-            raise typer.BadParameter("das needs --pretext-loss (per-sample rotation losses)")
-        variants = [v for v in variants if v.name != "das"]
-        console.print("[yellow]skipping das: no --pretext-loss given[/]")
+    if loss is None:
+        variants = without_pretext_loss(variants, bool(strategies or variant), console)
     check_variants(variants, x, y, loss)
     methods = registry_names(priors, PRIOR_METHODS, "prior method")
     try:

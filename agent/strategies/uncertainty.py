@@ -239,7 +239,7 @@ DAS_LAMBDA = 1.0
 DAS_LAMBDA_PARAM = Param("lambda", "float", DAS_LAMBDA, "weight of the rotation loss against the entropy", 0.0, 1000.0)
 
 
-@strategy("das", DAS_LAMBDA_PARAM, needs="classifier", light_budget=ALWAYS_LIGHT)
+@strategy("das", DAS_LAMBDA_PARAM, needs="classifier", needs_pretext_loss=True, light_budget=ALWAYS_LIGHT)
 def das(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping[str, str]) -> Selection:
     """Deep active sampling with self-supervised learning (Shi & Zhou, "Deep active sampling with
     self-supervised learning", Front. Comput. Sci. 2023, 17(4): 174323): the sampling metric

@@ -148,3 +148,25 @@ def test_help_lists_the_strategy_names() -> None:
         assert result.exit_code == 0, result.output
         flat = re.sub(r"[\s│]+", " ", result.output)
         assert f"one of: {', '.join(sorted(STRATEGIES))} (see docs/strategies.md)" in flat, flat
+
+
+def test_strategies_declaring_a_need_for_pretext_losses_run_only_with_them() -> None:
+    """Without --pretext-loss the strategies whose registry entry says ``needs_pretext_loss`` (das) are left
+    out of the default list, with a note, and refused when asked for by name."""
+    import pytest
+    import typer
+    from rich.console import Console
+
+    from agent.strategies import STRATEGIES
+    from bench.strategies import selected_variants, without_pretext_loss
+
+    needy = {n for n, e in STRATEGIES.items() if e.needs_pretext_loss}
+    assert needy == {"das"}
+    console = Console(record=True, width=200)
+    kept = without_pretext_loss(selected_variants("", []), False, console)
+    assert [v.name for v in kept] == sorted(set(STRATEGIES) - {"audit"} - needy)
+    assert "skipping das: no --pretext-loss given" in console.export_text()
+    with pytest.raises(typer.BadParameter, match="das needs --pretext-loss"):
+        without_pretext_loss(selected_variants("random", ["das:lambda=2"]), True, console)
+    assert without_pretext_loss(selected_variants("random,margin", []), True, console) == \
+        selected_variants("random,margin", [])
