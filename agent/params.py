@@ -244,8 +244,8 @@ class StrategyEntry(_Entry):
         """What a call's CPU cost grows in proportion to (at most), for admission's estimates
         (agent/admission.py, ``size``): the pool's rows, times, for a strategy that declares its ``kmeans``,
         the k-means clusters the call fits (k from the params when they set it, else following the labelled
-        set: typiclust's CPU seconds rose 6x within seconds of a load's start, its labels taking k from 60
-        towards 500, docs/reliability.md, Load; clipped to the rows, as k-means does) and the number of fits
+        set: a load's labels take typiclust's k towards its cap within seconds of the load's start, and its
+        CPU seconds with it, docs/reliability.md, Load; clipped to the rows, as k-means does) and the number of fits
         relative to the default params (as3l's ``runs``); for a strategy that declares its ``work``, that
         (probcover's, in dot products; qbc's, rows x members over the default members). ``params``: the
         request's, checked already (``check``); ``budget``: capped by the candidates, as the function gets

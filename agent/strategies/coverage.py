@@ -71,9 +71,9 @@ PROBCOVER_ALPHA = 0.95
 # centres considered a uniform sample of at most PROBCOVER_CENTRES candidates. Ball membership is exact
 # (blocked dot products): the hnswlib index answers k nearest neighbours, not "everything within
 # delta", and a k-truncated graph undercounts every ball holding more than k points, after which the
-# greedy is no longer greedy (measured on CIFAR-10 embeddings at delta = 0.3: a first pick covering 329
-# points, a second 722). The cost is at most 2 x centres x rows x D multiply-adds, ~5e10 at D = 256
-# (10k each: 20k each made the first ball count ~4x that, most of ProbCover's time at 50,000 rows).
+# greedy is no longer greedy (docs/benchmarks.md, "ProbCover's radius on these embeddings", has the case).
+# The cost is at most 2 x centres x rows x D multiply-adds, ~5e10 at D = 256 (10k each: at 20k each the
+# first ball count was most of ProbCover's time, docs/reliability.md, "Select at 50,000 rows").
 PROBCOVER_ROWS = 10_000
 PROBCOVER_CENTRES = 10_000
 # The purity radii are measured exactly against a uniform reference sample of this many rows.
@@ -210,13 +210,6 @@ def probcover(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping
     a ``warning`` when delta is not above that distance (at least half the balls then hold only their
     centre, and greedy coverage degenerates to picking the densest spots).
     """
-    p_delta, p_rule, p_share, p_alpha, _ = PROBCOVER_PARAMS
-    alpha = p_alpha.get_float(params)
-    share = p_share.get_float(params)
-    rule = p_rule.get_choice(params)
-    delta_param = p_delta.get_float_or_none(params)
-    clusters = probcover_clusters(params, pool.num_classes)
-    purity, occupancy = probcover_rules(params)  # (both False when delta is given)
     cand = pool.candidates
     take = min(budget, len(cand))
     if take == 0:
@@ -225,23 +218,7 @@ def probcover(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping
     n = len(emb)
     sample = np.arange(n) if n <= PROBCOVER_ROWS else np.sort(rng.choice(n, PROBCOVER_ROWS, replace=False))
     xs = rows_matrix(emb, sample).astype(np.float32)  # SxD, the points to cover
-    if delta_param is None:
-        delta, delta_from = np.inf, ""
-        if purity:
-            centres = fit_kmeans(emb, clusters, rng, fit_rows=PURITY_KMEANS_ROWS, n_init=PURITY_KMEANS_INIT)
-            ref = sample if len(sample) <= PURITY_REFERENCE else np.sort(rng.choice(sample, PURITY_REFERENCE,
-                                                                                     replace=False))
-            own, _ = assign(xs, centres)
-            ref_cluster, _ = assign(emb[ref], centres)
-            delta = purity_delta(impurity_radii(xs, own, emb[ref], ref_cluster), alpha)
-            delta_from = f"purity heuristic (alpha={alpha:g}, {clusters} k-means clusters)"
-        if occupancy:
-            occupied = occupancy_delta(xs, share, rng) if len(xs) > 1 else 2.0
-            if rule == "occupancy" or occupied > delta:
-                delta = occupied
-                delta_from = f"ball occupancy (median ball holds {share:g} of the pool)"
-    else:
-        delta, delta_from = delta_param, "params"
+    delta, delta_from = _probcover_delta(pool, xs, sample, params, rng)
     centre_rows = cand if len(cand) <= PROBCOVER_CENTRES else np.sort(rng.choice(cand, PROBCOVER_CENTRES,
                                                                                   replace=False))
     xc = emb[centre_rows].astype(np.float32)  # CxD, the balls' centres
@@ -252,30 +229,8 @@ def probcover(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping
     for start in range(0, len(pool.labeled), step):
         checkpoint()
         covered |= (xs @ emb[pool.labeled[start:start + step]].T > cos_min).any(axis=1)
-
-    def ball_counts(points: np.ndarray) -> np.ndarray:
-        """C: how many of ``points`` (PxD) lie in each centre's ball, in blocks of centres."""
-        out = np.zeros(len(xc), np.int64)
-        block = block_rows(len(points))
-        for start in range(0, len(xc), block):
-            checkpoint()
-            out[start:start + block] = (xc[start:start + block] @ points.T > cos_min).sum(axis=1)
-        return out
-
-    gain = ball_counts(xs[~covered])  # C: uncovered sample points in each ball
-    rows: list[int] = []
-    scores: list[float] = []
-    while len(rows) < take:
-        checkpoint()
-        v = int(np.argmax(gain))  # ties: lowest row (centre_rows is sorted)
-        if gain[v] <= 0:
-            break
-        newly = ~covered & (xc[v:v + 1] @ xs.T > cos_min)[0]
-        rows.append(int(centre_rows[v]))
-        scores.append(float(newly.sum()))
-        covered |= newly
-        gain -= ball_counts(xs[newly])
-        gain[v] = -1  # picked
+    picks, scores = _greedy_cover(xc, xs, covered, cos_min, take)
+    rows = [int(centre_rows[v]) for v in picks]
     if len(rows) < take:  # every ball's points are covered: the rest at random
         rest = np.setdiff1d(cand, np.asarray(rows, np.int64))
         extra = rng.choice(rest, size=min(take - len(rows), len(rest)), replace=False)
@@ -283,17 +238,88 @@ def probcover(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping
         scores.extend([0.0] * len(extra))
     nn = median_nn_distance(pool, sample if len(sample) <= NN_PROBE_ROWS
                             else np.sort(rng.choice(sample, NN_PROBE_ROWS, replace=False)))
-    details = {"delta": f"{delta:.4f}", "delta_from": delta_from, "covered": f"{covered.mean():.4f}",
+    return Selection(rows=np.asarray(rows, np.int64), scores=np.asarray(scores, np.float64),
+                     details=_probcover_details(delta, delta_from, float(covered.mean()), nn))
+
+
+def _probcover_delta(pool: Pool, xs: np.ndarray, sample: np.ndarray, params: Mapping[str, str],
+                     rng: np.random.Generator) -> tuple[float, str]:
+    """ProbCover's ball radius and where it came from (the ``delta_from`` detail): the ``delta`` param,
+    else the purity rule, the occupancy rule or (``auto``) the larger of the two. ``xs``: the ``sample``
+    rows' embeddings (SxD), the points to cover."""
+    p_delta, p_rule, p_share, p_alpha, _ = PROBCOVER_PARAMS
+    delta_param = p_delta.get_float_or_none(params)
+    if delta_param is not None:
+        return delta_param, "params"
+    alpha = p_alpha.get_float(params)
+    share = p_share.get_float(params)
+    rule = p_rule.get_choice(params)
+    purity, occupancy = probcover_rules(params)
+    delta, delta_from = np.inf, ""
+    emb = pool.embeddings
+    if purity:
+        clusters = probcover_clusters(params, pool.num_classes)
+        centres = fit_kmeans(emb, clusters, rng, fit_rows=PURITY_KMEANS_ROWS, n_init=PURITY_KMEANS_INIT)
+        ref = sample if len(sample) <= PURITY_REFERENCE else np.sort(rng.choice(sample, PURITY_REFERENCE,
+                                                                                 replace=False))
+        own, _ = assign(xs, centres)
+        ref_cluster, _ = assign(emb[ref], centres)
+        delta = purity_delta(impurity_radii(xs, own, emb[ref], ref_cluster), alpha)
+        delta_from = f"purity heuristic (alpha={alpha:g}, {clusters} k-means clusters)"
+    if occupancy:
+        occupied = occupancy_delta(xs, share, rng) if len(xs) > 1 else 2.0
+        if rule == "occupancy" or occupied > delta:
+            delta = occupied
+            delta_from = f"ball occupancy (median ball holds {share:g} of the pool)"
+    return delta, delta_from
+
+
+def _ball_counts(xc: np.ndarray, points: np.ndarray, cos_min: np.float32) -> np.ndarray:
+    """C: how many of ``points`` (PxD) lie in each centre's ball (``xc``, CxD), in blocks of centres."""
+    out = np.zeros(len(xc), np.int64)
+    block = block_rows(len(points))
+    for start in range(0, len(xc), block):
+        checkpoint()
+        out[start:start + block] = (xc[start:start + block] @ points.T > cos_min).sum(axis=1)
+    return out
+
+
+def _greedy_cover(xc: np.ndarray, xs: np.ndarray, covered: np.ndarray, cos_min: np.float32,
+                  take: int) -> tuple[list[int], list[float]]:
+    """ProbCover's greedy max coverage: up to ``take`` centres (indices into ``xc``, CxD), each the one
+    whose ball holds the most uncovered points of ``xs`` (SxD; ties: lowest index), and the points each
+    newly covered. Stops early when no ball holds an uncovered point. Updates ``covered`` (S bool)."""
+    gain = _ball_counts(xc, xs[~covered], cos_min)  # C: uncovered sample points in each ball
+    picks: list[int] = []
+    scores: list[float] = []
+    while len(picks) < take:
+        checkpoint()
+        v = int(np.argmax(gain))
+        if gain[v] <= 0:
+            break
+        newly = ~covered & (xc[v:v + 1] @ xs.T > cos_min)[0]
+        picks.append(v)
+        scores.append(float(newly.sum()))
+        covered |= newly
+        gain -= _ball_counts(xc, xs[newly], cos_min)
+        gain[v] = -1  # picked
+    return picks, scores
+
+
+def _probcover_details(delta: float, delta_from: str, covered: float, nn: float) -> dict[str, str]:
+    """ProbCover's details, with a ``warning`` when delta is not above the median nearest-neighbour
+    distance ``nn``. ``covered``: the fraction of the pool covered."""
+    details = {"delta": f"{delta:.4f}", "delta_from": delta_from, "covered": f"{covered:.4f}",
                "median_nn_distance": f"{nn:.4f}"}
     if delta <= nn:
         details["warning"] = (
             f"delta {delta:.3f} is not above the median nearest-neighbour distance {nn:.3f}: most balls hold "
             f"only their own centre, so the picks follow density, not coverage "
-            f"({100 * covered.mean():.1f}% of the pool covered). "
+            f"({100 * covered:.1f}% of the pool covered). "
             + ("The purity heuristic gives so small a delta when k-means clusters are not separated in this "
                "feature space; typiclust or as3l suit such features better, or pass a larger delta."
                if delta_from.startswith("purity") else "Pass a larger delta."))
-    return Selection(rows=np.asarray(rows, np.int64), scores=np.asarray(scores, np.float64), details=details)
+    return details
 
 
 def median_nn_distance(pool: Pool, rows: np.ndarray) -> float:
