@@ -229,7 +229,7 @@ def probcover(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping
     for start in range(0, len(pool.labeled), step):
         checkpoint()
         covered |= (xs @ emb[pool.labeled[start:start + step]].T > cos_min).any(axis=1)
-    picks, scores = _greedy_cover(xc, xs, covered, cos_min, take)
+    picks, scores = _greedy_cover(xc, xs, covered, cos_min, take)  # ties: lowest row (centre_rows is sorted)
     rows = [int(centre_rows[v]) for v in picks]
     if len(rows) < take:  # every ball's points are covered: the rest at random
         rest = np.setdiff1d(cand, np.asarray(rows, np.int64))
