@@ -1,159 +1,15 @@
-"""Prior-label methods on hand-built blobs."""
+"""agent/priors/calibration.py: the temperature fit shared by every prior method (cross-fit, audit labels,
+class balance, top-label likelihood)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy import sparse
 
-from agent.pool import FailedPrecondition, InvalidArgument
-from agent.priors import PRIOR_METHODS, get_prior_method
-from agent.priors.as3l import constrained_seed_kmeans
-from agent.priors.llgc import knn_affinity, spread
-from bench.metrics import prior_accuracy
+from agent.pool import InvalidArgument
+from agent.priors import PRIOR_METHODS
+from tests.agent.priors.blobs import LABELED, X, Y
 from tests.agent.strategies.pools import blobs, make_pool
-
-X, Y = blobs(clusters=5, per_cluster=40, dim=16, spread=0.05, seed=7)
-LABELED = np.flatnonzero(np.r_[True, Y[1:] != Y[:-1]])  # the first row of each blob
-
-
-@pytest.mark.parametrize("name", sorted(PRIOR_METHODS))
-def test_one_label_per_blob_labels_every_blob(name: str) -> None:
-    pool = make_pool(X, Y, LABELED)
-    rows = pool.candidates
-    pr = PRIOR_METHODS[name](pool, rows, np.random.default_rng(0), {})
-    assert pr.probs.shape == (len(rows), 5) and pr.confidence.shape == (len(rows),)
-    np.testing.assert_allclose(pr.probs.sum(axis=1), 1.0, rtol=1e-5)
-    assert ((pr.confidence >= 0) & (pr.confidence <= 1)).all()
-    assert prior_accuracy(pr.probs, Y[rows]) == 1.0
-    again = PRIOR_METHODS[name](pool, rows, np.random.default_rng(0), {})
-    np.testing.assert_allclose(pr.probs, again.probs)
-
-
-@pytest.mark.parametrize("name", sorted(PRIOR_METHODS))
-def test_labelled_rows_come_back_one_hot_and_errors(name: str) -> None:
-    pool = make_pool(X, Y, LABELED)
-    pr = PRIOR_METHODS[name](pool, LABELED[:2], np.random.default_rng(0), {})
-    np.testing.assert_allclose(pr.probs, np.eye(5)[Y[LABELED[:2]]])
-    np.testing.assert_allclose(pr.confidence, 1.0)
-    with pytest.raises(FailedPrecondition, match="no sample is labelled"):
-        PRIOR_METHODS[name](make_pool(X, Y), np.arange(3), np.random.default_rng(0), {})
-    with pytest.raises(InvalidArgument, match="valid"):
-        PRIOR_METHODS[name](pool, np.arange(3), np.random.default_rng(0), {"nope": "1"})
-
-
-def test_unknown_method_lists_valid() -> None:
-    with pytest.raises(InvalidArgument, match="valid: " + ", ".join(sorted(PRIOR_METHODS)) + "$"):
-        get_prior_method("magic")
-    assert {"as3l", "knn", "llgc"} <= set(PRIOR_METHODS)
-    assert all(entry.name == name for name, entry in PRIOR_METHODS.items())  # keyed by the declared name
-
-
-def test_constrained_seed_kmeans_keeps_seeds_in_their_class() -> None:
-    # Seeds deliberately placed in the *wrong* blob: unconstrained k-means would move them; the
-    # constraint keeps each seed in its seed cluster whatever the data say.
-    x, _ = blobs(clusters=3, per_cluster=30, dim=8, spread=0.05, seed=1)
-    seeds = np.array([0, 1, 30, 31, 60, 61])
-    seed_cluster = np.array([0, 1, 1, 2, 2, 0])
-    for k in (3, 6):
-        _, assignment = constrained_seed_kmeans(x.astype(np.float64), seeds, seed_cluster, k,
-                                                np.random.default_rng(0))
-        np.testing.assert_array_equal(assignment[seeds], seed_cluster)
-
-
-def test_as3l_confidence_lower_far_from_labels() -> None:
-    pool = make_pool(X, Y, LABELED)
-    # The method's own confidence (calibrate=false): calibrated, confidence is the calibrated top probability.
-    pr = PRIOR_METHODS["as3l"](pool, pool.candidates, np.random.default_rng(0), {"calibrate": "false"})
-    d = 1.0 - (X[pool.candidates] @ X[LABELED].T).max(axis=1)
-    near, far = d < np.quantile(d, 0.25), d > np.quantile(d, 0.75)
-    assert pr.confidence[near].mean() > pr.confidence[far].mean()
-
-
-def test_knn_vote_hand_computed() -> None:
-    # Query at angle 0; labelled rows at 10 deg (class 0), 20 deg (class 1), 170 deg (class 1); k = 2.
-    ang = np.deg2rad([0, 10, 20, 170])
-    x = np.stack([np.cos(ang), np.sin(ang)], axis=1).astype(np.float32)
-    y = np.array([0, 0, 1, 1])
-    pool = make_pool(x, y, np.array([1, 2, 3]))
-    pr = PRIOR_METHODS["knn"](pool, np.array([0]), np.random.default_rng(0),
-                              {"k": "2", "temperature": "0.1", "calibrate": "false"})
-    w0, w1 = np.exp(np.cos(np.deg2rad(10)) / 0.1), np.exp(np.cos(np.deg2rad(20)) / 0.1)
-    np.testing.assert_allclose(pr.probs[0], [w0 / (w0 + w1), w1 / (w0 + w1)], rtol=1e-5)
-
-
-def test_spread_matches_closed_form() -> None:
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(30, 4))
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    sim = x @ x.T
-    nbr = np.argsort(-sim, axis=1)[:, :6]
-    w = knn_affinity(nbr, 1.0 - np.take_along_axis(sim, nbr, axis=1), gamma=3.0)
-    assert isinstance(w, sparse.csr_matrix) and (w != w.T).nnz == 0 and w.diagonal().sum() == 0
-    yy = np.zeros((30, 2))
-    yy[0, 0] = yy[1, 1] = 1
-    dense = w.toarray()
-    d = dense.sum(axis=1)
-    s = dense / np.sqrt(np.outer(d, d))
-    expected = 0.01 * np.linalg.solve(np.eye(30) - 0.99 * s, yy)  # Zhou et al. 2003: (1-a)(I - aS)^-1 Y
-    np.testing.assert_allclose(spread(w, yy, 0.99, iters=500), expected, atol=1e-6)
-
-
-def concentrated_blobs(seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """10 blobs x 100 squeezed around one shared direction: normalise(mean + 0.05 (centre_y + 0.25 noise)),
-    so every cosine similarity is about 0.99 (issue 15's encoder had a mean of 0.96)."""
-    rng = np.random.default_rng(seed)
-    mean = rng.normal(size=64)
-    mean /= np.linalg.norm(mean)
-    centres = rng.normal(size=(10, 64))
-    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    y = np.repeat(np.arange(10), 100)
-    x = mean + 0.05 * (centres[y] + 0.25 * rng.normal(size=(len(y), 64)))
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32), y
-
-
-def test_knn_on_concentrated_embeddings_matches_one_nn() -> None:
-    # The fixed temperature 0.07 weighs every neighbour about equally here (the vote is near chance);
-    # the default, scale-free vote must do at least about as well as 1-NN on the same labels.
-    x, y = concentrated_blobs(0)
-    assert (x @ x.T).mean() > 0.95
-    for labels in (20, 40):
-        ours, one_nn, fixed = [], [], []
-        for seed in range(3):
-            lab = np.random.default_rng(seed).choice(len(x), labels, replace=False)
-            pool = make_pool(x, y, lab)
-            rows = pool.candidates
-            ours.append(prior_accuracy(PRIOR_METHODS["knn"](pool, rows, np.random.default_rng(0), {}).probs, y[rows]))
-            fixed.append(prior_accuracy(PRIOR_METHODS["knn"](pool, rows, np.random.default_rng(0),
-                                                             {"temperature": "0.07"}).probs, y[rows]))
-            one_nn.append(float(np.mean(y[lab][(x[rows] @ x[lab].T).argmax(axis=1)] == y[rows])))
-        assert np.mean(ours) >= np.mean(one_nn) - 0.03, (labels, ours, one_nn)
-        assert np.mean(ours) > np.mean(fixed) + 0.05, (labels, ours, fixed)
-
-
-def test_knn_answer_does_not_depend_on_which_rows_are_asked() -> None:
-    x, y = concentrated_blobs(1)
-    pool = make_pool(x, y, np.arange(0, 1000, 50))
-    rows = pool.candidates
-    whole = PRIOR_METHODS["knn"](pool, rows, np.random.default_rng(0), {})
-    part = PRIOR_METHODS["knn"](pool, rows[:7], np.random.default_rng(0), {})
-    np.testing.assert_allclose(part.probs, whole.probs[:7], rtol=1e-5, atol=1e-7)
-    with pytest.raises(InvalidArgument, match="not both"):
-        PRIOR_METHODS["knn"](pool, rows, np.random.default_rng(0), {"temperature": "0.1", "relative_temperature": "1"})
-
-
-def test_knn_index_path_agrees_with_exact_search(monkeypatch: pytest.MonkeyPatch) -> None:
-    import agent.priors.knn as knn_module
-
-    x, y = concentrated_blobs(2)
-    pool = make_pool(x, y, np.arange(0, 1000, 25))
-    rows = pool.candidates[:200]
-    exact = PRIOR_METHODS["knn"](pool, rows, np.random.default_rng(0), {"k": "5"})
-    monkeypatch.setattr(knn_module, "EXACT_WORK", 0)
-    via_index = PRIOR_METHODS["knn"](pool, rows, np.random.default_rng(0), {"k": "5"})
-    # The index ranks by the raw cosine and the vote re-ranks its labelled hits by the centred one, so
-    # a few rows may see other neighbours; their top classes agree almost everywhere.
-    assert np.mean(exact.probs.argmax(axis=1) == via_index.probs.argmax(axis=1)) > 0.95
 
 
 def overlapping_blobs(seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -268,7 +124,6 @@ def test_novelty_slope_from_the_labelled_set() -> None:
     pair = make_pool(x, y, lab[:8])
     assert novelty_slope(pair, 0.5, 0.3) == 0.0
     np.testing.assert_allclose(unlabelled_class_mass(pair, pair.candidates), 0.6)
-
 
 
 def typical_labels_and_audit(seed: int, audit: int = 40) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -494,25 +349,3 @@ def test_a_method_can_fit_the_top_label_from_fewer_held_out_samples() -> None:
     multiclass = float(tempered(row, covered, fit_temperature(held, 1.0)).max())
     top = float(tempered(row, covered, fit_temperature(held, 1.0, top_label_from=20)).max())
     assert multiclass < 0.62 and abs(top - 0.7) < 0.03
-
-
-def test_llgc_fits_the_top_label_from_20_held_out_samples(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The registry's settings reach the fit: each method's temperature is fitted with its entry's
-    ``fit.top_label_from`` (llgc's 20: its multiclass fit came out too sharp, docs/benchmarks.md; None, the
-    module's rule, for the others)."""
-    from agent.priors import calibration
-
-    seen: dict[str, int | None] = {}
-    fit = calibration.fit_temperature
-
-    def spy(held: list[tuple[np.ndarray, np.ndarray, np.ndarray]], default: float, balance: bool = False,
-            weights: np.ndarray | None = None, top_label_from: int | None = None) -> float:
-        seen[current] = top_label_from  # the method being called (the loop below)
-        return fit(held, default, balance, weights, top_label_from)
-
-    monkeypatch.setattr(calibration, "fit_temperature", spy)
-    pool = make_pool(X, Y, np.r_[LABELED, LABELED + 1])  # two labels per class: held-out samples count
-    for current in sorted(PRIOR_METHODS):
-        PRIOR_METHODS[current](pool, pool.candidates, np.random.default_rng(0), {})
-    assert seen == {name: entry.fit.top_label_from for name, entry in PRIOR_METHODS.items()}
-    assert PRIOR_METHODS["llgc"].fit.top_label_from == 20
