@@ -15,12 +15,16 @@
     if (key) keyOf[key] = name;
     const li = document.createElement("li");
     li.dataset.class = name;
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "class-btn";
+    button.dataset.class = name;
     const kbd = document.createElement("kbd");
     kbd.textContent = key;
     const span = document.createElement("span");
     span.textContent = name;
-    li.append(kbd, " ", span);
-    li.addEventListener("click", () => label(name));
+    button.append(kbd, " ", span);
+    li.appendChild(button);
     document.getElementById("classes").appendChild(li);
     const none = document.getElementById("no-classes");
     if (none) none.remove();
@@ -50,6 +54,10 @@
     try { sessionStorage.setItem(UNDO_KEY, JSON.stringify(kept)); } catch (e) { /* full or off: this page only */ }
   }
   let focus = 0;
+  // The label the focused tile showed when it got the focus (what the annotator saw): a label sent for it is
+  // stored only while the sample still has it (if_current), so a label someone gave since, shown by a refresh
+  // while the annotator was looking elsewhere, is not overwritten by a tap meant for the tile as it was.
+  let seen = "";
 
   // ---- strategy chooser: built from the registry's describe() -----------------------------------
   const strategySelect = document.getElementById("strategy");
@@ -144,7 +152,43 @@
     });
     // screen readers follow the grid's active descendant: the tile in focus, with its aria-label
     document.getElementById("grid").setAttribute("aria-activedescendant", tiles[focus].id);
+    seen = tiles[focus].dataset.label || "";
+    showTarget();
     if (scroll) tiles[focus].scrollIntoView({ block: "nearest" });
+  }
+  // The Classes panel shows the image a class button (or key) labels: its thumbnail, id and state.
+  function showTarget() {
+    const box = document.getElementById("target");
+    if (!box || !tiles.length) return;
+    const tile = tiles[focus];
+    const img = box.querySelector("img");
+    const src = tile.querySelector("img").getAttribute("src");
+    if (img.getAttribute("src") !== src) img.setAttribute("src", src);
+    box.querySelector("[data-role=target-name]").textContent = tile.getAttribute("aria-label");
+  }
+  // Whether the tile is on screen: at least half of it inside the window, below the sticky top bar and above
+  // the class bar (narrow screens). A key never labels or marks a tile the annotator cannot see.
+  function onScreen(tile) {
+    const r = tile.getBoundingClientRect();
+    const top = document.querySelector(".topbar");
+    const bar = document.getElementById("class-panel");
+    const lo = top ? Math.max(0, top.getBoundingClientRect().bottom) : 0;
+    let hi = window.innerHeight;
+    if (bar && getComputedStyle(bar).position === "fixed") hi = Math.min(hi, bar.getBoundingClientRect().top);
+    const h = Math.min(r.bottom, hi) - Math.max(r.top, lo);
+    const w = Math.min(r.right, window.innerWidth) - Math.max(r.left, 0);
+    return h >= r.height / 2 && w >= r.width / 2;
+  }
+  // A key meant for the focused tile while it is off screen: show it first instead of acting on an image the
+  // annotator has not seen (the key press is not lost silently: the notice says to press it again).
+  function visibleOrShown() {
+    const tile = tiles[focus];
+    if (!tile || onScreen(tile)) return true;
+    setFocus(focus, true);
+    const text = `${shortId(tile)} was off screen: it is shown now; press the key again to act on it`;
+    Shortlist.toast(text);
+    announce(text);
+    return false;
   }
   // What a screen reader hears: said once (a live region), e.g. "fis_046.jpg labelled fish".
   function announce(text) {
@@ -166,6 +210,7 @@
     const state = label || (mark === "skip" ? "skipped" : mark === "unsure" ? "not sure" : "");
     badge(tile).textContent = state;
     tile.setAttribute("aria-label", `${tile.dataset.id}: ${state || "not labelled"}`);
+    if (tile === tiles[focus]) showTarget();
     updateCount();
   }
   let pageDone = null;
@@ -215,6 +260,7 @@
     tile.classList.remove("pending", "failed");
     tile.classList.add("changed");
     show(tile);
+    if (tile === tiles[focus]) seen = now;
     const who = rejection.by || "someone";
     const did = now ? `${who} labelled it "${now}" meanwhile` : `${who} took its label back meanwhile`;
     Shortlist.toast(`${shortId(tile)}: ${what}: ${did}; the tile shows it now`, true);
@@ -293,7 +339,7 @@
     const tile = tiles[focus];
     // `given`: what undo takes back (only while the sample still has it); the label is stored only if the
     // sample still has the label this page shows (if_current), so a label given elsewhere is never overwritten.
-    const before = { tile, label: tile.dataset.label || "", mark: tile.dataset.mark, given: name, state: "pending" };
+    const before = { tile, label: seen, mark: tile.dataset.mark, given: name, state: "pending" };
     undoStack.push(before);  // now, at the key press: a Backspace right after it means this label
     const here = focus;
     setFocus(nextOpen(here));
@@ -356,16 +402,37 @@
       : last.label ? `undo: ${id} is "${last.label}" again (your "${last.given}" taken back)`
         : `undo: ${id}: your label "${last.given}" taken back`);
   }
+  // The large view: a modal dialog; the focus goes to its Close button and comes back where it was.
+  let lightboxFrom = null;
   function lightbox(open) {
     const box = document.getElementById("lightbox");
-    if (!open) { box.hidden = true; return; }
+    if (!open) {
+      if (box.hidden) return;
+      box.hidden = true;
+      const back = lightboxFrom && document.contains(lightboxFrom) ? lightboxFrom : grid;
+      lightboxFrom = null;
+      if (back) back.focus({ preventScroll: true });
+      return;
+    }
     const tile = tiles[focus];
-    box.querySelector("img").src = "/image/" + encodeURIComponent(tile.dataset.id);
+    const img = box.querySelector("img");
+    img.src = "/image/" + encodeURIComponent(tile.dataset.id);
+    img.alt = tile.dataset.id;
     box.querySelector("p").textContent = tile.dataset.id + (tile.dataset.label ? " · " + tile.dataset.label : "");
+    box.setAttribute("aria-label", `large view of ${tile.dataset.id}`);
+    lightboxFrom = document.activeElement;
     box.hidden = false;
+    document.getElementById("lightbox-close").focus();
   }
   const lb = document.getElementById("lightbox");
-  if (lb) lb.addEventListener("click", () => lightbox(false));
+  if (lb) {
+    lb.addEventListener("click", () => lightbox(false));
+    lb.addEventListener("keydown", (ev) => {
+      if (ev.key === "Escape" || ev.key === "Enter" || ev.key === " ") { ev.preventDefault(); lightbox(false); }
+      else if (ev.key === "Tab") ev.preventDefault();  // modal: the Close button is its only control
+      ev.stopPropagation();
+    });
+  }
 
   const newClass = document.getElementById("new-class");
   const newInput = document.getElementById("new-class-input");
@@ -377,23 +444,54 @@
     newInput.blur();
     await label(name);
   });
-  document.querySelectorAll("#classes li").forEach((li) => li.addEventListener("click", () => label(li.dataset.class)));
+  // The class buttons and Skip / Not sure / Undo: the same actions as the keys, for touch and pointer (and
+  // for Tab + Enter). A pointer press does not take the focus from the grid, so the keys go on working.
+  const panel = document.getElementById("class-panel");
+  if (panel) {
+    panel.addEventListener("mousedown", (ev) => { if (ev.target.closest("button")) ev.preventDefault(); });
+    panel.addEventListener("click", (ev) => {
+      const cls = ev.target.closest("button.class-btn");
+      if (cls) { label(cls.dataset.class); return; }
+      const act = ev.target.closest("button[data-act]");
+      if (!act) return;
+      if (act.dataset.act === "skip") mark("skip");
+      else if (act.dataset.act === "unsure") mark("unsure");
+      else if (act.dataset.act === "undo") undo();
+    });
+  }
+  // The narrow-screen class bar is fixed at the bottom: the page leaves room for it, and a tile brought into
+  // view is not put under it (the tiles' scroll-margin-bottom).
+  function barHeight() {
+    const fixed = panel && getComputedStyle(panel).position === "fixed";
+    document.documentElement.style.setProperty("--bar-h", `${fixed ? Math.ceil(panel.getBoundingClientRect().height) : 0}px`);
+  }
+  if (panel) {
+    barHeight();
+    window.addEventListener("resize", barHeight);
+    if (window.ResizeObserver) new ResizeObserver(barHeight).observe(panel);
+  }
+  // Keyboard focus reaching the grid (Tab) brings its focused tile into view; a click or tap does not scroll.
+  if (grid) grid.addEventListener("focus", () => { if (grid.matches(":focus-visible")) setFocus(focus, true); });
   tiles.forEach((t, i) => {
     t.addEventListener("click", () => setFocus(i, false));
     t.addEventListener("dblclick", () => { setFocus(i, false); lightbox(true); });
   });
 
+  // The shortcut keys act only while the focus is on the grid (or on nothing: the page's body): on a link, a
+  // button, a form field or the large view, Enter, Space and the letters do what they do there.
   document.addEventListener("keydown", (ev) => {
-    const tag = (ev.target.tagName || "").toLowerCase();
+    const t = ev.target;
+    const tag = (t.tagName || "").toLowerCase();
     if (tag === "input" || tag === "select" || tag === "textarea") {
-      if (ev.key === "Escape") ev.target.blur();
+      if (ev.key === "Escape") t.blur();
       return;
     }
     const box = document.getElementById("lightbox");
-    if (box && !box.hidden) {
-      if (ev.key === "Escape" || ev.key === "Enter") { lightbox(false); ev.preventDefault(); }
+    if (box && !box.hidden) {  // its own handler has the keys; a key from elsewhere closes it on Escape
+      if (ev.key === "Escape") { lightbox(false); ev.preventDefault(); }
       return;
     }
+    if (!(t === document.body || t === document.documentElement || (grid && grid.contains(t)))) return;
     if (ev.altKey || ev.metaKey) return;
     if (ev.ctrlKey) {
       if (ev.key === "z") { ev.preventDefault(); undo(); }
@@ -402,15 +500,15 @@
     const cols = columns();
     const go = { ArrowRight: 1, ArrowLeft: -1, ArrowDown: cols, ArrowUp: -cols }[ev.key];
     if (go !== undefined) { ev.preventDefault(); setFocus(focus + go); return; }
-    if (ev.key === " ") { ev.preventDefault(); mark("skip"); return; }
-    if (ev.key === "?") { ev.preventDefault(); mark("unsure"); return; }
+    if (ev.key === " ") { ev.preventDefault(); if (visibleOrShown()) mark("skip"); return; }
+    if (ev.key === "?") { ev.preventDefault(); if (visibleOrShown()) mark("unsure"); return; }
     if (ev.key === "Backspace") { ev.preventDefault(); undo(); return; }
     if (ev.key === "Enter") { ev.preventDefault(); lightbox(true); return; }
     if (ev.key === "+" && newInput) { ev.preventDefault(); newInput.focus(); return; }
     if (ev.key === "]") { const a = document.getElementById("next-page"); if (a) a.click(); return; }
     if (ev.key === "[") { const a = document.getElementById("prev-page"); if (a) a.click(); return; }
     const name = keyOf[ev.key.toLowerCase()];
-    if (name !== undefined && ev.key.length === 1) { ev.preventDefault(); label(name); }
+    if (name !== undefined && ev.key.length === 1) { ev.preventDefault(); if (visibleOrShown()) label(name); }
   });
   let replacedSaid = false;
   // The keys stay as they are until a reload; when the agent's class list no longer matches them (a class
@@ -436,7 +534,7 @@
     const fresh = [...new Set(res.items.map((it) => it.label))].filter((n) => n && !data.classes.some(([, c]) => c === n));
     fresh.sort().forEach(addClass);
     const byId = new Map(res.items.map((it) => [it.id, it]));
-    const focused = tiles[focus], wasOpen = focused && isOpen(focused);
+    const focused = tiles[focus], before = focused && `${focused.dataset.label || ""}|${focused.dataset.mark || ""}`;
     for (const tile of tiles) {
       const it = byId.get(tile.dataset.id);
       if (!it || tile.classList.contains("pending")) continue;
@@ -451,8 +549,16 @@
       }
     }
     if (res.classes) checkClasses(res.classes);
-    // someone else labelled (or skipped) the tile this page had in focus: move on to the next open one
-    if (wasOpen && !isOpen(focused) && !focused.classList.contains("pending")) setFocus(nextOpen(focus));
+    // Someone else labelled (or skipped) the focused tile: the focus stays on it (a tap or key meant for it
+    // never lands on another image), the tile and the Classes panel show it, and a screen reader hears it. A
+    // label sent for it now is refused while it differs from what the tile showed when focused (see `seen`).
+    if (focused && !focused.classList.contains("pending")
+        && before !== `${focused.dataset.label || ""}|${focused.dataset.mark || ""}`) {
+      const text = `${shortId(focused)} was ${focused.dataset.label ? `labelled "${focused.dataset.label}"`
+        : focused.dataset.mark ? "marked" : "unlabelled"} by someone else meanwhile`;
+      focused.classList.add("changed");
+      announce(text);
+    }
   }
   setInterval(refresh, data.refresh_ms);
 

@@ -103,7 +103,7 @@ def start_of(name: str, n_open: int) -> int:
     return h % n_open
 
 
-def test_annotators_start_on_different_tiles_and_skip_what_others_labelled(live_web_fast: WebAgent,
+def test_annotators_start_on_different_tiles_and_keep_a_tile_others_labelled(live_web_fast: WebAgent,
                                                                           browser: Any) -> None:
     web = live_web_fast
     pages = {}
@@ -114,12 +114,14 @@ def test_annotators_start_on_different_tiles_and_skip_what_others_labelled(live_
     starts = {name: _focused(pg) for name, pg in pages.items()}
     assert starts == {name: ids[start_of(name, len(ids))] for name in pages}
     assert len(set(starts.values())) == 3, starts  # these three names: three different tiles
-    # bob labels alice's focused tile: her page shows it within a refresh and her focus moves on to an open one
+    # bob labels alice's focused tile: her page shows it within a refresh; her focus stays on it (a key or tap
+    # meant for it never lands on another tile), and her key for the tile as she saw it is refused and moves on
     _bob(web, starts["alice"], "circle")
     alice = pages["alice"]
-    alice.wait_for_selector(f'.tile[data-id="{starts["alice"]}"][data-label="circle"]:not(.focus)')
-    moved = _focused(alice)
-    assert moved == ids[(ids.index(starts["alice"]) + 1) % len(ids)]
+    alice.wait_for_selector(f'.tile[data-id="{starts["alice"]}"][data-label="circle"].focus')
+    alice.keyboard.press("2")
+    moved = ids[(ids.index(starts["alice"]) + 1) % len(ids)]
+    alice.wait_for_selector(f'.tile[data-id="{moved}"].focus')
     alice.keyboard.press("2")
     alice.wait_for_selector(f'.tile[data-id="{moved}"][data-saved="1"][data-label="square"]')
     assert web.labels()[starts["alice"]] == "circle" and web.labels()[moved] == "square"
@@ -145,7 +147,8 @@ def test_class_keys_stay_put_and_the_page_says_when_a_reload_renumbers(live_web_
     assert "circle" not in web.stub.GetStatus(agent_pb2.GetStatusRequest()).classes
     page.wait_for_timeout(1000)
     assert keys() == ["1 circle", "2 square", "3 apple", "4 zebra"]
-    sid = _focused(page)
+    sid = next(i for i in ids if i not in web.labels())  # an open tile (the focus stays on one bob labelled)
+    page.click(f'.tile[data-id="{sid}"]')
     page.keyboard.press("2")
     page.wait_for_selector(f'.tile[data-id="{sid}"][data-saved="1"][data-label="square"]')
     # a reload numbers the keys in the agent's order now

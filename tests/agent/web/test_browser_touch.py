@@ -1,0 +1,177 @@
+"""The Queue page for a keyboard-only user (shortcut keys only on the grid, no label for an unseen tile, the
+large view as a dialog) and on a touch tablet in portrait (class bar at hand, Skip / Not sure / Undo buttons,
+a refresh never moves the tile a tap labels). Defects of a tablet + keyboard walkthrough."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from shortlist.v1 import agent_pb2
+from tests.agent.web.conftest import WebAgent, dismissed_dialogs
+
+pytestmark = pytest.mark.browser
+
+
+def _queue(web: WebAgent, page: Any, user: str = "ana", budget: int = 18) -> list[str]:
+    """Fill the queue by random (through gRPC) and open it signed in as ``user``; the page's tile ids."""
+    page.context.add_cookies([{"name": "shortlist_user", "value": user, "url": web.url}])
+    web.stub.UpdateQueue(agent_pb2.UpdateQueueRequest(name="web", queue=agent_pb2.Queue(
+        ids=[s.id for s in web.stub.Select(agent_pb2.SelectRequest(budget=budget, strategy="random")).selected],
+        source="select")))
+    page.goto(web.url + "/queue")
+    page.wait_for_selector(".tile.focus")
+    return [str(t.get_attribute("data-id")) for t in page.locator(".tile").all()]
+
+
+def _focused(page: Any) -> str:
+    return str(page.locator(".tile.focus").get_attribute("data-id"))
+
+
+def _on_screen(page: Any, selector: str) -> bool:
+    """At least half of the element inside the window, below the top bar and above a fixed class bar."""
+    return bool(page.evaluate("""(sel) => {
+      const r = document.querySelector(sel).getBoundingClientRect();
+      const lo = document.querySelector('.topbar').getBoundingClientRect().bottom;
+      const bar = document.getElementById('class-panel');
+      const hi = bar && getComputedStyle(bar).position === 'fixed' ? bar.getBoundingClientRect().top : innerHeight;
+      return Math.min(r.bottom, hi) - Math.max(r.top, lo) >= r.height / 2; }""", selector))
+
+
+@pytest.fixture
+def tablet(browser: Any) -> Iterator[Any]:
+    """A touch tablet in portrait (800x1280, touch, mobile)."""
+    context = browser.new_context(viewport={"width": 800, "height": 1280}, device_scale_factor=1,
+                                  has_touch=True, is_mobile=True)
+    pg = context.new_page()
+    pg.set_default_timeout(15_000)
+    yield pg
+    context.close()
+
+
+@pytest.fixture
+def zoomed(browser: Any) -> Iterator[Any]:
+    """A desktop window at 200% zoom: a 640x400 CSS viewport at device scale 2."""
+    context = browser.new_context(viewport={"width": 640, "height": 400}, device_scale_factor=2)
+    pg = context.new_page()
+    pg.set_default_timeout(15_000)
+    yield pg
+    context.close()
+
+
+def test_shortcut_keys_leave_links_buttons_and_the_ask_form_alone(live_web: WebAgent, page: Any) -> None:
+    _queue(live_web, page)
+    start = _focused(page)
+    page.locator("#ask-button").focus()
+    asked = dismissed_dialogs(page)
+    page.keyboard.press(" ")  # Space on "Ask the agent" presses it (it asks first: the queue is open)
+    page.wait_for_function("() => true")
+    page.keyboard.press("1")  # a class key on a button labels nothing
+    page.keyboard.press("?")
+    page.wait_for_timeout(500)
+    assert asked and "open sample" in asked[0]
+    assert page.locator(".tile.labelled, .tile.mark-skip, .tile.mark-unsure").count() == 0
+    assert _focused(page) == start and start not in live_web.labels()
+    page.locator("#skip-button").focus()  # Enter on a button of the class panel: that button, not the large view
+    page.keyboard.press("Enter")
+    page.wait_for_selector(f'.tile[data-id="{start}"].mark-skip')
+    assert page.locator("#lightbox").is_hidden()
+    page.locator("nav.nav a", has_text="Progress").focus()
+    page.keyboard.press("Enter")  # a link: followed
+    page.wait_for_url("**/progress")
+
+
+def test_a_key_never_labels_a_tile_out_of_sight(live_web: WebAgent, zoomed: Any) -> None:
+    page = zoomed
+    ids = _queue(live_web, page)
+    page.evaluate("() => window.scrollTo(0, 0)")
+    far = ids[-1]
+    page.locator(f'.tile[data-id="{far}"]').click()  # the focus on the last tile, then scrolled away from it
+    page.evaluate("() => { document.activeElement.blur(); window.scrollTo(0, 0); }")
+    assert not _on_screen(page, ".tile.focus")
+    page.keyboard.press("1")  # not on screen: shown, not labelled
+    page.wait_for_function("() => document.getElementById('toast').textContent.includes('off screen')")
+    assert _on_screen(page, ".tile.focus") and _focused(page) == far
+    page.wait_for_timeout(300)
+    assert far not in live_web.labels()
+    page.keyboard.press("1")  # now seen: labelled
+    page.wait_for_selector(f'.tile[data-id="{far}"][data-saved="1"]')
+    assert live_web.labels()[far] == "circle"
+    # Tab reaching the grid brings its focused tile into view, with a visible ring
+    page.evaluate("() => window.scrollTo(0, 0)")
+    for _ in range(40):
+        page.keyboard.press("Tab")
+        if page.evaluate("() => document.activeElement.id") == "grid":
+            break
+    assert page.evaluate("() => document.activeElement.id") == "grid"
+    assert _on_screen(page, ".tile.focus")
+    assert page.evaluate("() => getComputedStyle(document.getElementById('grid')).outlineColor") == "rgb(47, 111, 237)"
+
+
+def test_touch_skip_not_sure_class_and_undo_buttons(live_web: WebAgent, tablet: Any) -> None:
+    page = tablet
+    ids = _queue(live_web, page)
+    page.locator(f'.tile[data-id="{ids[0]}"]').tap()
+    # portrait: the classes, Skip / Not sure / Undo are on screen next to the tapped tile, which they name
+    assert _on_screen(page, f'.tile[data-id="{ids[0]}"]')
+    for sel in ("#classes .class-btn >> nth=0", "#skip-button", "#unsure-button", "#undo-button"):
+        box = page.locator(sel).bounding_box()
+        assert box and box["y"] + box["height"] <= 1280, sel
+    assert ids[0] in page.locator("#target").inner_text()
+    page.locator("#skip-button").tap()
+    page.wait_for_selector(f'.tile[data-id="{ids[0]}"].mark-skip')
+    assert _focused(page) == ids[1] and ids[1] in page.locator("#target").inner_text()
+    page.locator("#unsure-button").tap()
+    page.wait_for_selector(f'.tile[data-id="{ids[1]}"].mark-unsure')
+    page.get_by_role("button", name="circle").tap()
+    page.wait_for_selector(f'.tile[data-id="{ids[2]}"][data-saved="1"]')
+    assert live_web.labels()[ids[2]] == "circle"
+    # the next focused tile is on screen, not under the top bar or the class bar
+    assert _on_screen(page, ".tile.focus")
+    page.locator("#undo-button").tap()  # the same undo as Backspace: the label taken back
+    page.wait_for_function(f"() => document.querySelector('.tile[data-id=\"{ids[2]}\"]').dataset.label === ''")
+    assert ids[2] not in live_web.labels()
+    page.locator("#undo-button").tap()  # then the not sure mark
+    page.wait_for_selector(f'.tile[data-id="{ids[1]}"]:not(.mark-unsure)')
+    queue = live_web.stub.GetQueue(agent_pb2.GetQueueRequest(name="web"))
+    assert dict(queue.marks).get(ids[1], "") == "" and dict(queue.marks).get(ids[0]) == "skip"
+    # no sideways scrolling in portrait
+    assert page.evaluate("() => document.documentElement.scrollWidth <= innerWidth")
+
+
+def test_a_refresh_never_moves_the_tile_a_tap_labels(live_web_fast: WebAgent, tablet: Any) -> None:
+    web, page = live_web_fast, tablet
+    ids = _queue(web, page)
+    mine = ids[3]
+    page.locator(f'.tile[data-id="{mine}"]').tap()
+    web.stub.SubmitLabels(agent_pb2.SubmitLabelsRequest(
+        labels=[agent_pb2.LabelAssignment(id=mine, label="square")], annotator="bob"))
+    page.wait_for_selector(f'.tile[data-id="{mine}"][data-label="square"]')
+    page.wait_for_timeout(700)  # a couple more refreshes
+    assert _focused(page) == mine  # the selection stays on the tile the annotator tapped
+    assert "square" in page.locator("#target").inner_text()
+    page.get_by_role("button", name="circle").tap()  # meant for the tile as it was: refused, bob's label stays
+    page.wait_for_function("() => document.getElementById('toast').textContent.includes('meanwhile')")
+    page.wait_for_timeout(300)
+    labels = web.labels()
+    assert labels[mine] == "square"
+    assert not [sid for sid in ids if sid != mine and labels.get(sid) == "circle"]
+
+
+def test_class_buttons_and_the_large_view_dialog(live_web: WebAgent, page: Any) -> None:
+    ids = _queue(live_web, page)
+    assert page.get_by_role("button", name="circle").count() == 1
+    page.locator(f'.tile[data-id="{ids[0]}"]').click()
+    page.keyboard.press("Enter")
+    dialog = page.get_by_role("dialog")
+    dialog.wait_for()
+    assert dialog.get_attribute("aria-modal") == "true" and ids[0] in str(dialog.get_attribute("aria-label"))
+    assert page.evaluate("() => document.getElementById('lightbox').contains(document.activeElement)")
+    assert page.get_by_role("img", name=ids[0]).count() >= 1
+    page.keyboard.press("Escape")
+    page.wait_for_selector("#lightbox", state="hidden")
+    assert page.evaluate("() => document.activeElement.id") == "grid"
+    page.keyboard.press("1")  # the keys work on again
+    page.wait_for_selector(f'.tile[data-id="{ids[0]}"][data-saved="1"]')
