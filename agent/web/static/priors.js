@@ -89,8 +89,9 @@
             <div class="bar"><span style="width:${pct(it.confidence)}" class="${confClass(it.confidence)}"></span></div>
             <div class="line muted small">${it.second ? `next: ${esc(it.second)} ${pct(it.second_p)}` : "&nbsp;"}</div>
             ${cfg.canLabel ? `<div class="actions">
-              <button class="accept" data-act="accept" title="label it ${esc(it.label)}">&#10003; ${esc(it.label)}</button>
-              <select data-act="correct" aria-label="correct the class"><option value="">correct…</option>${options}</select>
+              <button class="accept" data-act="accept" title="label it ${esc(it.label)}" aria-label="accept ${esc(it.label)} for ${esc(it.id)}">&#10003; ${esc(it.label)}</button>
+              <select data-act="correct" aria-label="correct the class of ${esc(it.id)}"><option value="">correct…</option>${options}</select>
+              <button class="save" data-act="save" disabled aria-label="save the corrected class of ${esc(it.id)}" title="label it with the class chosen">Save</button>
             </div>` : ""}
             <div class="done-note" hidden></div>
           </figcaption>
@@ -202,11 +203,20 @@
     const tile = btn.closest(".tile");
     submit([{ id: tile.dataset.id, label: tile.dataset.label }], [tile]);
   });
+  // A correction is stored only when Save is pressed: choosing in the box stores nothing (a closed box's arrow
+  // keys change its value and fire "change" in Chrome: a look through the classes must not save the first).
+  grid.addEventListener("click", (ev) => {
+    const btn = ev.target.closest("button[data-act=save]");
+    if (!btn) return;
+    const tile = btn.closest(".tile");
+    const sel = tile.querySelector("select[data-act=correct]");
+    if (!sel.value) return;
+    submit([{ id: tile.dataset.id, label: sel.value }], [tile]);
+  });
   grid.addEventListener("change", (ev) => {
     const sel = ev.target.closest("select[data-act=correct]");
-    if (!sel || !sel.value) return;
-    const tile = sel.closest(".tile");
-    submit([{ id: tile.dataset.id, label: sel.value }], [tile]);
+    if (!sel) return;
+    sel.closest(".tile").querySelector("button[data-act=save]").disabled = !sel.value;
   });
   // "Accept all on this page" asks first, with how many and how confident the least confident one is (and the
   // audit's measured accuracy of the method when there is one); "Undo accept all" takes them back.
@@ -272,7 +282,8 @@
   $("prev-page").addEventListener("click", () => { state.page -= 1; load(); });
   $("next-page").addEventListener("click", () => { state.page += 1; load(); });
   document.addEventListener("keydown", (ev) => {
-    if (ev.target.closest("input, select, textarea") || ev.ctrlKey || ev.metaKey || ev.altKey) return;
+    // not on a control (a link, a button, a class tab, a form field): the keys are theirs there
+    if (ev.target.closest("input, select, textarea, button, a, [role=tab]") || ev.ctrlKey || ev.metaKey || ev.altKey) return;
     if ((ev.key === "a" || ev.key === "A") && cfg.canLabel) { ev.preventDefault(); acceptPage(); }
     else if (ev.key === "ArrowRight" && state.data && state.page < state.data.pages) { state.page += 1; load(); }
     else if (ev.key === "ArrowLeft" && state.page > 1) { state.page -= 1; load(); }
