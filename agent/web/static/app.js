@@ -11,6 +11,12 @@ const Shortlist = (() => {
     clearTimeout(toastTimer);
     toastTimer = setTimeout(() => el.classList.remove("show"), bad ? 6000 : 2500);
   }
+  // A message for the page the browser goes to next (a toast before a navigation is never seen or heard):
+  // kept in this tab's sessionStorage and shown, in the polite live region, once that page has loaded.
+  const NEXT = "shortlist.toast";
+  function toastNext(message) {
+    try { sessionStorage.setItem(NEXT, message); } catch (e) { toast(message); }
+  }
   // POST/GET JSON; resolves with the parsed body, rejects with Error(message from the server).
   async function api(method, url, body) {
     const opts = { method, headers: { "Accept": "application/json" }, credentials: "same-origin" };
@@ -39,6 +45,9 @@ const Shortlist = (() => {
   document.addEventListener("DOMContentLoaded", () => {
     const back = document.getElementById("back");
     if (back) back.addEventListener("click", (e) => { if (history.length > 1) { e.preventDefault(); history.back(); } });
+    let carried = null;
+    try { carried = sessionStorage.getItem(NEXT); sessionStorage.removeItem(NEXT); } catch (e) { /* storage off */ }
+    if (carried) setTimeout(() => toast(carried), 300);  // after load: a screen reader then hears the live region
   });
-  return { toast, api };
+  return { toast, toastNext, api };
 })();

@@ -50,7 +50,7 @@
       const seed = Math.floor(Math.random() * 2 ** 31);
       // if_created: the queue the confirmation was about; replaced since by someone else, it is a 409
       const r = await Shortlist.api("POST", "/api/queue/select", { strategy: "audit", budget, seed, if_created: q.created });
-      Shortlist.toast(`${r.total} audit samples drawn: label them in the Queue`);
+      Shortlist.toastNext(`${r.total} audit samples drawn: label them in the Queue`);  // said on the Queue page
       window.location.href = "/queue";
     } catch (e) {
       Shortlist.toast(e.message, true);  // 409: "the queue was replaced meanwhile by ...; look at it first"

@@ -130,7 +130,7 @@
     try {
       const res = await Shortlist.api("POST", "/api/queue/select",
         { strategy: form.get("strategy"), budget: Number(form.get("budget")), params, where, if_created: data.created });
-      Shortlist.toast(`${res.total} samples from ${res.strategy}`);
+      Shortlist.toastNext(`${res.total} samples from ${res.strategy}`);  // said on the page it loads
       window.location.href = "/queue";
     } catch (e) {
       Shortlist.toast(e.message, true);

@@ -67,11 +67,15 @@ def test_shortcut_keys_leave_links_buttons_and_the_ask_form_alone(live_web: WebA
     page.locator("#ask-button").focus()
     asked = dismissed_dialogs(page)
     page.keyboard.press(" ")  # Space on "Ask the agent" presses it (it asks first: the queue is open)
-    page.wait_for_function("() => true")
+    for _ in range(50):
+        if asked:
+            break
+        page.wait_for_timeout(100)
+    assert asked and "open sample" in asked[0]
+    page.locator("#ask-button").focus()
     page.keyboard.press("1")  # a class key on a button labels nothing
     page.keyboard.press("?")
     page.wait_for_timeout(500)
-    assert asked and "open sample" in asked[0]
     assert page.locator(".tile.labelled, .tile.mark-skip, .tile.mark-unsure").count() == 0
     assert _focused(page) == start and start not in live_web.labels()
     page.locator("#skip-button").focus()  # Enter on a button of the class panel: that button, not the large view
@@ -175,3 +179,22 @@ def test_class_buttons_and_the_large_view_dialog(live_web: WebAgent, page: Any) 
     assert page.evaluate("() => document.activeElement.id") == "grid"
     page.keyboard.press("1")  # the keys work on again
     page.wait_for_selector(f'.tile[data-id="{ids[0]}"][data-saved="1"]')
+
+
+def test_no_sideways_scrolling_in_portrait_or_at_200_percent(live_web: WebAgent, tablet: Any, zoomed: Any) -> None:
+    for page in (tablet, zoomed):
+        _queue(live_web, page)
+        for path in ("/queue", "/priors", "/progress", "/map"):
+            page.goto(live_web.url + path)
+            page.wait_for_load_state("networkidle")
+            assert page.evaluate("() => document.documentElement.scrollWidth <= innerWidth"), (path, page.viewport_size)
+
+
+def test_the_message_before_a_navigation_is_shown_on_the_next_page(live_web: WebAgent, page: Any) -> None:
+    _queue(live_web, page)
+    page.once("dialog", lambda d: d.accept())  # the open queue's question
+    with page.expect_navigation():
+        page.click("#ask-button")
+    page.wait_for_load_state()
+    page.wait_for_function("() => document.getElementById('toast').textContent.includes('samples from random')")
+    assert page.url.endswith("/queue")
