@@ -167,32 +167,61 @@
     draw();
   }
 
-  canvas.addEventListener("mousedown", (ev) => {
-    const x = ev.offsetX, y = ev.offsetY;
+  // Pointer Events: the same code for a mouse, a pen and a finger (the canvas has touch-action: none, so a
+  // finger draws instead of scrolling the page). Two fingers pinch to zoom and move the map (no selection).
+  const pointers = new Map();  // pointerId -> [x, y] on the canvas
+  let pinch = null;  // {dist, mid} of the two fingers at the last move
+  function at(ev) { const r = canvas.getBoundingClientRect(); return [ev.clientX - r.left, ev.clientY - r.top]; }
+  function twoFingers() {
+    const [a, b] = [...pointers.values()];
+    return { dist: Math.hypot(a[0] - b[0], a[1] - b[1]) || 1, mid: [(a[0] + b[0]) / 2, (a[1] + b[1]) / 2] };
+  }
+  canvas.addEventListener("pointerdown", (ev) => {
+    if (ev.pointerType === "mouse" && ev.button !== 0 && ev.button !== 1) return;
+    const [x, y] = at(ev);
+    pointers.set(ev.pointerId, [x, y]);
+    try { canvas.setPointerCapture(ev.pointerId); } catch (e) { /* not capturable: window moves still come */ }
+    if (pointers.size === 2) { drag = null; pinch = twoFingers(); draw(); return; }  // a pinch cancels the drawing
+    if (pointers.size > 2) return;
+    ev.preventDefault();
     if (tool === "pan" || ev.button === 1) drag = { kind: "pan", last: [x, y] };
     else if (tool === "box") drag = { kind: "box", start: [x, y], end: [x, y], add: ev.shiftKey };
     else drag = { kind: "lasso", path: [[x, y]], add: ev.shiftKey };
     $("hover").hidden = true;
   });
-  window.addEventListener("mousemove", (ev) => {
+  window.addEventListener("pointermove", (ev) => {
+    const [x, y] = at(ev);
+    if (pointers.has(ev.pointerId)) pointers.set(ev.pointerId, [x, y]);
+    if (pinch && pointers.size === 2) {
+      const now = twoFingers(), f = now.dist / pinch.dist;
+      view.tx += now.mid[0] - pinch.mid[0]; view.ty += now.mid[1] - pinch.mid[1];
+      view.tx = now.mid[0] - (now.mid[0] - view.tx) * f; view.ty = now.mid[1] - (now.mid[1] - view.ty) * f;
+      view.sx *= f; view.sy *= f;
+      pinch = now;
+      draw();
+      return;
+    }
     const r = canvas.getBoundingClientRect();
-    const x = ev.clientX - r.left, y = ev.clientY - r.top;
     if (!drag) {
-      if (x < 0 || y < 0 || x > r.width || y > r.height) return;
+      if (ev.pointerType !== "mouse" || x < 0 || y < 0 || x > r.width || y > r.height) return;
       const i = nearest(x, y);
       if (i !== hoverIdx) { hoverIdx = i; draw(); }
       showHover(i, x, y);
       return;
     }
+    if (!pointers.has(ev.pointerId)) return;
     if (drag.kind === "pan") {
       view.tx += x - drag.last[0]; view.ty += y - drag.last[1]; drag.last = [x, y];
     } else if (drag.kind === "box") drag.end = [x, y];
     else drag.path.push([x, y]);
     draw();
   });
-  window.addEventListener("mouseup", () => {
+  function pointerEnd(ev) {
+    if (!pointers.delete(ev.pointerId)) return;
+    if (pinch) { if (pointers.size < 2) pinch = null; return; }  // the fingers lift one by one: nothing drawn
     if (!drag) return;
     const d = drag; drag = null;
+    if (ev.type === "pointercancel") { draw(); return; }
     if (d.kind === "lasso" && d.path.length > 2) select((x, y) => inPolygon(x, y, d.path), d.add);
     else if (d.kind === "box") {
       const [x0, x1] = [Math.min(d.start[0], d.end[0]), Math.max(d.start[0], d.end[0])];
@@ -200,7 +229,9 @@
       if (x1 - x0 > 2 && y1 - y0 > 2) select((x, y) => x >= x0 && x <= x1 && y >= y0 && y <= y1, d.add);
     }
     draw();
-  });
+  }
+  window.addEventListener("pointerup", pointerEnd);
+  window.addEventListener("pointercancel", pointerEnd);
   canvas.addEventListener("mouseleave", () => { if (!drag) { hoverIdx = -1; $("hover").hidden = true; draw(); } });
   canvas.addEventListener("wheel", (ev) => {
     ev.preventDefault();
@@ -214,7 +245,10 @@
   });
   document.querySelectorAll("[data-tool]").forEach((b) => b.addEventListener("click", () => {
     tool = b.dataset.tool;
-    document.querySelectorAll("[data-tool]").forEach((o) => o.classList.toggle("active", o === b));
+    document.querySelectorAll("[data-tool]").forEach((o) => {
+      o.classList.toggle("active", o === b);
+      o.setAttribute("aria-pressed", String(o === b));
+    });
     canvas.style.cursor = tool === "pan" ? "grab" : "crosshair";
   }));
   $("reset-view").addEventListener("click", fit);

@@ -286,3 +286,54 @@ def test_priors_page_offers_a_recompute_once_labels_change_elsewhere(live_web_fa
     assert page.locator(f".tile.prior[data-id='{other}']").count() == 0  # labelled: off the page
     page.wait_for_timeout(900)
     assert page.locator("#priors-notice").is_hidden()
+
+
+def test_a_finger_lassos_boxes_and_pinches_on_the_map(live_map: WebAgent, browser: Any) -> None:
+    """Touch (real touch events through CDP) on a landscape tablet: a finger's lasso selects the points it
+    encloses, the Box tool too, and two fingers pinch to zoom without selecting anything."""
+    context = browser.new_context(viewport={"width": 1280, "height": 800}, has_touch=True, is_mobile=True)
+    page = context.new_page()
+    page.goto(f"{live_map.url}/map")
+    wait_map_ready(page)
+    cdp = context.new_cdp_session(page)
+    page.evaluate("() => window.scrollTo(0, 0)")
+    box = page.locator("canvas#map").bounding_box()
+
+    def touch(kind: str, *points: tuple[float, float]) -> None:
+        cdp.send("Input.dispatchTouchEvent", {"type": kind, "touchPoints": [
+            {"x": box["x"] + x, "y": box["y"] + y, "id": k} for k, (x, y) in enumerate(points)]})
+
+    pts = page.evaluate("""() => { const p = window.ShortlistMap.points(), v = window.ShortlistMap.view();
+        return p.ids.map((id, i) => ({x: p.x[i] * v.sx + v.tx, y: p.y[i] * v.sy + v.ty})); }""")
+    x0, x1 = min(p["x"] for p in pts) - 15, max(p["x"] for p in pts) + 15
+    y0, y1 = min(p["y"] for p in pts) - 15, max(p["y"] for p in pts) + 15
+    poly = [(x0, y0), (x1, y0), (x1, y1), (x0, y1), (x0, y0)]
+    touch("touchStart", poly[0])
+    for a, b in zip(poly, poly[1:], strict=False):
+        for t in (0.25, 0.5, 0.75, 1.0):
+            touch("touchMove", (a[0] + t * (b[0] - a[0]), a[1] + t * (b[1] - a[1])))
+    touch("touchEnd")
+    page.wait_for_timeout(200)
+    n = len(page.evaluate("() => window.ShortlistMap.selectedIds()"))
+    assert n > 0 and page.locator("#to-queue").is_enabled()
+    page.locator("#clear-sel").tap()
+    page.locator("[data-tool=box]").tap()
+    assert page.locator("[data-tool=box]").get_attribute("aria-pressed") == "true"
+    touch("touchStart", (x0, y0))
+    touch("touchMove", ((x0 + x1) / 2, (y0 + y1) / 2))
+    touch("touchMove", (x1, y1))
+    touch("touchEnd")
+    page.wait_for_timeout(200)
+    assert len(page.evaluate("() => window.ShortlistMap.selectedIds()")) == n
+    page.locator("#clear-sel").tap()
+    before = page.evaluate("() => window.ShortlistMap.view().sx")
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    touch("touchStart", (cx - 20, cy), (cx + 20, cy))
+    for d in (40, 60, 80):
+        touch("touchMove", (cx - d, cy), (cx + d, cy))
+    touch("touchEnd")
+    page.wait_for_timeout(200)
+    assert page.evaluate("() => window.ShortlistMap.view().sx") > before * 1.5
+    assert page.evaluate("() => window.ShortlistMap.selectedIds()") == []
+    assert page.get_by_role("img", name="map of the pool").count() == 1
+    context.close()
