@@ -307,9 +307,9 @@ def test_a_finger_lassos_boxes_and_pinches_on_the_map(live_map: WebAgent, browse
         return p.ids.map((id, i) => ({x: p.x[i] * v.sx + v.tx, y: p.y[i] * v.sy + v.ty})); }""")
     x0, x1 = min(p["x"] for p in pts) - 15, max(p["x"] for p in pts) + 15
     y0, y1 = min(p["y"] for p in pts) - 15, max(p["y"] for p in pts) + 15
-    poly = [(x0, y0), (x1, y0), (x1, y1), (x0, y1), (x0, y0)]
+    poly = [(x0, y0), (x1, y0), (x1, y1), (x0, y1)]
     touch("touchStart", poly[0])
-    for a, b in zip(poly, poly[1:], strict=False):
+    for a, b in zip(poly, poly[1:] + poly[:1], strict=True):
         for t in (0.25, 0.5, 0.75, 1.0):
             touch("touchMove", (a[0] + t * (b[0] - a[0]), a[1] + t * (b[1] - a[1])))
     touch("touchEnd")
