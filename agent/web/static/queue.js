@@ -409,9 +409,13 @@
     if (!open) {
       if (box.hidden) return;
       box.hidden = true;
-      const back = lightboxFrom && document.contains(lightboxFrom) ? lightboxFrom : grid;
+      // back where the focus was (the grid, or a control); from the page's body, to the grid: the focus must
+      // leave the hidden Close button, or the next keys would go to it
+      const from = lightboxFrom;
       lightboxFrom = null;
+      const back = from && from !== document.body && document.contains(from) ? from : grid;
       if (back) back.focus({ preventScroll: true });
+      if (box.contains(document.activeElement)) document.activeElement.blur();
       return;
     }
     const tile = tiles[focus];

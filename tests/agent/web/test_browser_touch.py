@@ -198,3 +198,15 @@ def test_the_message_before_a_navigation_is_shown_on_the_next_page(live_web: Web
     page.wait_for_load_state()
     page.wait_for_function("() => document.getElementById('toast').textContent.includes('samples from random')")
     assert page.url.endswith("/queue")
+
+
+def test_the_large_view_opened_from_the_page_gives_the_keys_back(live_web: WebAgent, page: Any) -> None:
+    ids = _queue(live_web, page)
+    page.locator(f'.tile[data-id="{ids[0]}"]').click()
+    page.evaluate("() => document.activeElement.blur()")  # the focus on nothing: the page's body
+    page.keyboard.press("Enter")
+    page.get_by_role("dialog").wait_for()
+    page.keyboard.press("Escape")
+    page.wait_for_selector("#lightbox", state="hidden")
+    page.keyboard.press("ArrowRight")  # not lost on the hidden Close button
+    assert _focused(page) == ids[1]
