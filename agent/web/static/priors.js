@@ -69,8 +69,10 @@
     $("stale").textContent = `${since.toLocaleString()} label change(s) (labels given or taken back) since these priors were computed. Recompute to propagate them.`;
     // class tabs with counts in the confidence range
     const tabs = [["", Object.values(d.counts).reduce((a, b) => a + b, 0)], ...Object.entries(d.counts)];
+    const tabFocused = $("class-tabs").contains(document.activeElement);  // kept on the active tab when redrawn
     $("class-tabs").innerHTML = tabs.map(([c, n]) =>
-      `<button role="tab" class="tab${c === state.label ? " active" : ""}" data-label="${esc(c)}" aria-selected="${c === state.label}">${c ? esc(c) : "all"} <span class="count">${n.toLocaleString()}</span></button>`).join("");
+      `<button role="tab" class="tab${c === state.label ? " active" : ""}" data-label="${esc(c)}" aria-selected="${c === state.label}" aria-controls="grid" tabindex="${c === state.label ? 0 : -1}">${c ? esc(c) : "all"} <span class="count">${n.toLocaleString()}</span></button>`).join("");
+    if (tabFocused) { const t = $("class-tabs").querySelector(".tab.active"); if (t) t.focus(); }
     if (!d.items.length) {
       grid.innerHTML = `<p class="muted">No unlabelled sample has a prior in this class and confidence range.</p>`;
     } else {
@@ -235,6 +237,19 @@
   }
   if ($("accept-page")) $("accept-page").addEventListener("click", acceptPage);
   if ($("undo-accept-page")) $("undo-accept-page").addEventListener("click", undoBulk);
+  // The class tabs: one stop in the Tab order (the active tab); ← → Home End move between them, Enter or
+  // Space shows one.
+  $("class-tabs").addEventListener("keydown", (ev) => {
+    const tabs = [...$("class-tabs").querySelectorAll(".tab")];
+    const i = tabs.indexOf(ev.target.closest(".tab"));
+    if (i < 0) return;
+    const j = { ArrowRight: i + 1, ArrowLeft: i - 1, Home: 0, End: tabs.length - 1 }[ev.key];
+    if (j === undefined) return;
+    ev.preventDefault();
+    const to = tabs[(j + tabs.length) % tabs.length];
+    tabs.forEach((t) => { t.tabIndex = t === to ? 0 : -1; });
+    to.focus();
+  });
   $("class-tabs").addEventListener("click", (ev) => {
     const tab = ev.target.closest(".tab");
     if (!tab) return;

@@ -337,3 +337,29 @@ def test_a_finger_lassos_boxes_and_pinches_on_the_map(live_map: WebAgent, browse
     assert page.evaluate("() => window.ShortlistMap.selectedIds()") == []
     assert page.get_by_role("img", name="map of the pool").count() == 1
     context.close()
+
+
+def test_priors_class_tabs_and_focus_ring_by_keyboard(live_web: WebAgent, page: Any) -> None:
+    """The class tabs are one Tab stop: ← → move between them (not the page), Enter shows one and the focus
+    stays on it; a keyboard-focused control has a ring of the accent colour (a checkbox too)."""
+    label_triangles(live_web, [2, 5])
+    page.goto(f"{live_web.url}/priors?method=knn")
+    page.wait_for_selector(".tile.prior")
+    tabs = page.locator(".class-tabs .tab")
+    assert [t.get_attribute("tabindex") for t in tabs.all()].count("0") == 1
+    assert tabs.first.get_attribute("aria-controls") == "grid"
+    tabs.first.focus()
+    page.keyboard.press("ArrowRight")
+    second = str(tabs.nth(1).get_attribute("data-label"))
+    assert page.evaluate("() => document.activeElement.dataset.label") == second
+    page.keyboard.press("Enter")
+    page.wait_for_selector(f".class-tabs .tab.active[data-label='{second}']")
+    assert page.evaluate("() => document.activeElement.dataset.label") == second
+    assert "page=1" in page.url
+    page.goto(f"{live_web.url}/progress")
+    box = page.locator("input[type=checkbox]").first
+    box.focus()
+    page.keyboard.press("Shift+Tab")
+    page.keyboard.press("Tab")  # reached by the keyboard: :focus-visible
+    assert page.evaluate("() => getComputedStyle(document.activeElement).outlineStyle") == "solid"
+    assert page.evaluate("() => getComputedStyle(document.activeElement).outlineColor") == "rgb(47, 111, 237)"
