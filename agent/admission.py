@@ -249,6 +249,19 @@ class Admission:
     # machine, ended DEADLINE_EXCEEDED).
     SAMPLE_S = 0.1
     SAMPLE_VALID_S = 2.0
+    # A sample is noisy: on a loaded machine a thread at the lane's niceness got 0.03 of a core in one 0.1-s
+    # sample and 0.4 in the next, while the heavy calls that then ran got 0.03-0.3 (docs/reliability.md,
+    # "Estimates after a restart"). A declared prior divided by the low ones refused 5-s calls as 300-s ones
+    # for a minute after a restart. So a sample runs until its thread has had SAMPLE_MIN_CPU_S of CPU (a few
+    # scheduler slices: fewer tell nothing) or SAMPLE_MAX_S have passed; the lane's sampled share is the
+    # running mean (SAMPLE_EWMA) of its samples, a sample older than PROBE_AFTER_S replaced by the next; and
+    # it is taken as at least MIN_SAMPLED_SHARE of a core (a heavy call's share at the default niceness +10
+    # against one normal-priority CPU-bound thread per core): an estimate from a prior and a sample is then
+    # at most ten times the prior, not the hundred times a 0.01 sample made it.
+    SAMPLE_MIN_CPU_S = 0.02
+    SAMPLE_MAX_S = 0.5
+    SAMPLE_EWMA = 0.5
+    MIN_SAMPLED_SHARE = 0.1
     # Running calls getting less than this CPU share each are taken to have saturated the CPU left to the
     # lane: one more call would split it (n running at share s -> n + 1 at s * n / (n + 1)), so it is
     # admitted only when it, and every running call, is still expected to finish within its deadline.
@@ -323,13 +336,17 @@ class Admission:
             _renice(nice, self.lane)
             buf = bytes(1 << 20)  # ~2 ms of SHA-256 per call, the GIL released
             t0, c0 = time.monotonic(), time.thread_time()
-            while time.monotonic() - t0 < self.SAMPLE_S:
+            while True:
                 hashlib.sha256(buf).digest()
+                ran = time.monotonic() - t0
+                if ran >= self.SAMPLE_MAX_S or (
+                        ran >= self.SAMPLE_S and time.thread_time() - c0 >= self.SAMPLE_MIN_CPU_S):
+                    break
             out.append((time.thread_time() - c0) / max(1e-6, time.monotonic() - t0))
 
         t = threading.Thread(target=sample, name=f"{self.lane}-share", daemon=True)
         t.start()
-        t.join(20 * self.SAMPLE_S)
+        t.join(4 * self.SAMPLE_MAX_S)
         return out[0] if out else None
 
     def _sample_if_blind(self, token: CancelToken) -> None:
@@ -338,7 +355,7 @@ class Admission:
         if self.threads is None or not self.threads.sample_share or token.remaining() is None:
             return
         with self._cond:
-            end = time.monotonic() + 20 * self.SAMPLE_S
+            end = time.monotonic() + 4 * self.SAMPLE_MAX_S
             while self._sampling and time.monotonic() < end:
                 self._cond.wait(self.SAMPLE_S)
             now = time.monotonic()
@@ -353,8 +370,17 @@ class Admission:
             with self._cond:
                 self._sampling = False
                 if share is not None:
-                    self._sampled, self._sampled_at = max(share, self.MIN_SHARE), time.monotonic()
+                    self._add_sample(share)
                 self._cond.notify_all()
+
+    def _add_sample(self, share: float) -> None:
+        """Fold a sampled CPU share into the lane's (lock held): at least MIN_SAMPLED_SHARE, the running mean
+        of the samples (SAMPLE_EWMA) unless the last one is older than PROBE_AFTER_S (it says nothing now)."""
+        share = max(share, self.MIN_SAMPLED_SHARE)
+        now = time.monotonic()
+        if now - self._sampled_at <= self.PROBE_AFTER_S:
+            share = (1 - self.SAMPLE_EWMA) * self._sampled + self.SAMPLE_EWMA * share
+        self._sampled, self._sampled_at = share, now
 
     def _await_measure(self, token: CancelToken) -> None:
         """With a slot free and calls of the lane running for less than MIN_LIVE_S, wait (lock held; at most
@@ -515,8 +541,8 @@ class Admission:
         def num(x: float | None, fmt: str = ".1f") -> str:
             return "-" if x is None else format(x, fmt)
 
-        figures = (f"expected wait {num(wait)} s + run {num(own)} s, deadline {num(remaining)} s left, "
-                   f"CPU share {num(share, '.2f')}")
+        left = "no deadline" if remaining is None else f"deadline {remaining:.1f} s left"
+        figures = f"expected wait {num(wait)} s + run {num(own)} s, {left}, CPU share {num(share, '.2f')}"
         log.debug("%s: %s refused (%s): %s", self.lane, kind, why, figures)
         now = time.monotonic()
         count, last = self._refusal_log.get(kind, (0, -math.inf))
@@ -560,20 +586,29 @@ class Admission:
     def _too_late(self, what: str, wait: float, own: float, remaining: float,
                   basis: str = "its recent runs", safety: float = 1.0) -> Busy:
         """The refusal of a call that could not finish within its deadline (counted; lock held); ``basis``:
-        what its expected length comes from; ``safety``: the margin the estimate was multiplied by."""
+        what its expected length comes from; ``safety``: the margin the estimate was multiplied by. It says the
+        deadline the call needs now (the margin admission keeps, at least SAFETY, times its wait and run). A retry
+        hint (``retry-after-ms``) only when waiting can help: its own run would fit in its deadline once the
+        calls ahead of it have ended; a call too long for its deadline by itself gets none (a client retrying
+        it after the expected wait, or 100 ms, would be refused again and again: only a longer deadline, or a
+        smaller call, helps)."""
         self._refused += 1
         self._refused_deadline += 1
-        hint = self._retry_after_ms(wait)
         running, queued, left = len(self._running), len(self._waiting), max(0.0, remaining)
+        margin_x = max(safety, self.SAFETY)
+        needed = max(1, math.ceil(margin_x * (wait + own)))
         # the estimate is uncertain on a busy machine: say the margin, or "21 s, more than the 60 s left" reads wrong
         margin = f", {safety * (wait + own):.1f} s with the {safety:g}x margin kept for estimates" if safety > 1 \
             else ""
-        return Busy(f"the agent is busy: {what} would wait about {wait:.1f} s for a turn ({running} "
-                    f"{self.lane} requests running, {queued} queued) and then take about {own:.1f} s "
-                    f"({basis}, at the CPU share such calls get now){margin}, more than the {left:.1f} s left "
-                    f"of the call's deadline; it was not started; retry in about {hint} ms or with a longer "
-                    "deadline",
-                    hint / 1000)
+        head = (f"the agent is busy: {what} would wait about {wait:.1f} s for a turn ({running} "
+                f"{self.lane} requests running, {queued} queued) and then take about {own:.1f} s "
+                f"({basis}, at the CPU share such calls get now){margin}, more than the {left:.1f} s left "
+                f"of the call's deadline; it was not started; it needs a deadline of at least {needed} s")
+        if wait > 0 and margin_x * own <= remaining:  # the wait for a turn makes it late: a later try may fit
+            hint = self._retry_after_ms(wait)
+            return Busy(f"{head}, or a retry in about {hint} ms (once the calls ahead of it have ended)", hint / 1000)
+        return Busy(f"{head} (retrying with this deadline will not help: give it a longer one, or make the call "
+                    "smaller)", None)
 
     @contextmanager
     def slot(self, token: CancelToken, what: str = "this request", kind: str | None = None,
@@ -738,9 +773,10 @@ class Admission:
         self._running[call.token] = run
         if probing:
             self._probe = call.token  # the lane's one probe, until it ends
-        log.debug("%s: %s admitted (share now %s, %s of its CPU s, x%.2f for its size, %s s left)", self.lane,
+        rem = call.token.remaining()
+        log.debug("%s: %s admitted (share now %s, %s of its CPU s, x%.2f for its size, %s)", self.lane,
                   call.kind, self._share_now(run.start), self._kind_cpu.get(call.kind, call.prior),
-                  self._scale(call.kind, call.size), call.token.remaining())
+                  self._scale(call.kind, call.size), "no deadline" if rem is None else f"{rem:.1f} s left")
         return run
 
     def _learn_locked(self, run: _Run, took: float, used: float | None, cut: bool) -> None:

@@ -8,6 +8,7 @@ import csv
 import json
 import logging
 import os
+import re
 import signal
 import sqlite3
 import sys
@@ -56,6 +57,16 @@ SERVE = AgentConfig(Path(), Path())  # serve's defaults (--host, --port, ...), d
 
 JsonOpt = typer.Option(False, "--json", help="machine-readable output on stdout")
 AnnotatorOpt = typer.Option(os.environ.get("USER", "cli"), "--annotator")  # label and retract-labels
+# The deadline of the CLI's heavy calls (Select, PriorLabels): the agent's admission refuses at once, with its
+# estimate, a call it expects not to finish in time (docs/agent.md, "Heavy work"); without a deadline every call
+# is admitted and may run for many minutes with no word. 600 s, as the web app's (WebConfig.select_timeout_s):
+# the longest heavy calls measured at 300,000 samples on a loaded 2-core machine (282 s, an as3l PriorLabels of
+# the whole pool) still fit with the agent's 2x margin, and a call expected to take longer is refused in about
+# a second with its estimate and "--timeout N" instead of leaving its user waiting.
+HEAVY_TIMEOUT_S = 600.0
+TimeoutOpt = typer.Option(HEAVY_TIMEOUT_S, "--timeout", envvar="SHORTLIST_TIMEOUT", min=0.0,
+                          help="seconds the agent has to answer this heavy call; a call it expects to take longer "
+                               "is refused at once with its estimate; 0 = no deadline (wait as long as it takes)")
 
 
 def _source_opt(how: str) -> Any:
@@ -149,7 +160,28 @@ TRANSIENT = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED", "RESOURC
                        "UNKNOWN"})
 
 
-def _rpc(fn: Any, after: str = "", after_codes: frozenset[str] | None = None) -> Any:
+def _heavy_note(timeout: float | None) -> Callable[[str, str], str]:
+    """What to add to the message of a heavy call (``--timeout`` ``timeout``, None: none) that failed for its
+    deadline: how to give it more time, with the deadline the agent said it needs when it said one."""
+    def note(name: str, detail: str) -> str:
+        if timeout is None:
+            return ""
+        if name == "DEADLINE_EXCEEDED":
+            return f" (the call had --timeout {timeout:g} s: give it a longer --timeout, or 0 for no deadline)"
+        needed = re.search(r"needs a deadline of at least ([0-9]+) s", detail)
+        if name == "RESOURCE_EXHAUSTED" and needed:
+            return (f" (the call had --timeout {timeout:g} s: rerun with --timeout {needed.group(1)} or more, "
+                    "or 0 for no deadline)")
+        return ""
+    return note
+
+
+def _timeout(seconds: float) -> float | None:
+    return seconds if seconds > 0 else None
+
+
+def _rpc(fn: Any, after: str = "", after_codes: frozenset[str] | None = None,
+         note: Callable[[str, str], str] | None = None) -> Any:
     """Run an RPC; print the agent's message (and ``after``, what the user should know then, when the error's
     code is in ``after_codes``, default any) and exit 1 on a gRPC error instead of a traceback."""
     try:
@@ -164,7 +196,10 @@ def _rpc(fn: Any, after: str = "", after_codes: frozenset[str] | None = None) ->
             detail = client.detail(e) or ""
     except client.AgentUnavailable as e:
         name, detail = "UNAVAILABLE", str(e)
-    console.print(f"[red]{name}[/red]: {escape(detail)}", highlight=False)
+    if note is not None:
+        detail += note(name, detail)
+    # one line (soft_wrap): a script's log keeps it whole, and the estimate and the flag to change stay together
+    console.print(f"[red]{name}[/red]: {escape(detail)}", highlight=False, soft_wrap=True)
     if after and (after_codes is None or name in after_codes):
         console.print(after, highlight=False)
     raise typer.Exit(1) from None
@@ -792,12 +827,13 @@ def select(agent: AgentTarget,
            param: list[str] = typer.Option([], "--param", help="strategy parameter k=v (repeatable)"),
            where: list[str] = typer.Option([], "--where", help="metadata filter k=v (repeatable)"),
            seed: int = typer.Option(0, "--seed", min=0),
+           timeout: float = TimeoutOpt,
            as_json: bool = JsonOpt) -> None:
     """Which samples to label next."""
     stub = _rpc(agent.connect)
     req = agent_pb2.SelectRequest(budget=budget, strategy=strategy, params=_pairs(param, "--param"), seed=seed,
                                   where=_pairs(where, "--where"))
-    reply = _rpc(lambda: stub.Select(req))
+    reply = _rpc(lambda: stub.Select(req, timeout=_timeout(timeout)), note=_heavy_note(_timeout(timeout)))
     if as_json:
         print(json_line({"selection_id": reply.selection_id, "model_version": reply.model_version,
                           "strategy": reply.strategy, "details": dict(sorted(reply.details.items())),
@@ -1116,11 +1152,12 @@ def prior(agent: AgentTarget,
           method: str = typer.Option("knn", "--method", help="prior method"),
           ids: list[str] = typer.Option([], "--id", help="sample id (repeatable; default: every unlabelled)"),
           param: list[str] = typer.Option([], "--param", help="method parameter k=v (repeatable)"),
+          timeout: float = TimeoutOpt,
           as_json: bool = JsonOpt) -> None:
     """Prior pseudo-labels (class probabilities) for unlabelled samples."""
     stub = _rpc(agent.connect)
     req = agent_pb2.PriorLabelsRequest(method=method, ids=ids, params=_pairs(param, "--param"))
-    rows = _rpc(lambda: list(stub.PriorLabels(req)))
+    rows = _rpc(lambda: list(stub.PriorLabels(req, timeout=_timeout(timeout))), note=_heavy_note(_timeout(timeout)))
     cal = rows[0].calibration if rows and rows[0].HasField("calibration") else None
     if as_json:
         for i, p in enumerate(rows):

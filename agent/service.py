@@ -103,10 +103,21 @@ def replaced_message(r: Replaced) -> agent_pb2.Replaced:
     return agent_pb2.Replaced(id=r.id, label=r.label, annotator=r.annotator)
 
 
+# gRPC's time_remaining() for a call without a deadline: about 2**63 ns in seconds (9223372035 s); any
+# figure above this (over 30 years) is no deadline.
+NO_DEADLINE_S = 1e9
+
+
+def deadline_s(remaining: float | None) -> float | None:
+    """Seconds left of a call's deadline as gRPC says it, None for a call without one (gRPC answers a huge
+    number then: admission must not judge, nor log, a call as having 9223372035058190336 s left)."""
+    return None if remaining is None or remaining > NO_DEADLINE_S else remaining
+
+
 def call_token(context: grpc.ServicerContext) -> CancelToken:
     """A cancellation token for this call's heavy work: cancelled when the client cancels or leaves, and
     past the call's deadline (if it has one)."""
-    token = CancelToken.within(context.time_remaining())
+    token = CancelToken.within(deadline_s(context.time_remaining()))
     if not context.add_callback(lambda: token.cancel("the client cancelled the call")):
         token.cancel("the call had already ended")
     return token

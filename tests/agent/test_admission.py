@@ -46,7 +46,9 @@ def test_a_kind_never_measured_is_expected_at_its_prior_for_its_size() -> None:
     with pytest.raises(Busy) as busy, adm.slot(CancelToken.within(30.0), "Select 'as3l'", kind="Select 'as3l'",
                                                size=2.5e7, prior_cpu_s=7.5):
         pass  # (a slot free: refused at admission, nothing to wait for)
-    assert busy.value.retry_after_s is not None
+    # Too long for its deadline by itself: no retry hint (a retry after 100 ms would be refused again), the
+    # deadline it needs instead (37.5 s x 3).
+    assert busy.value.retry_after_s is None and "needs a deadline of at least 113 s" in str(busy.value)
     assert "its declared cost at its size" in str(busy.value) and adm.stats().refused_for_deadline == 1
     # The same kind at a small size (k = 60: 0.9 CPU s, 4.5 s at a fifth of a core, 13.5 s with the 3x margin) runs.
     with adm.slot(CancelToken.within(30.0), kind="Select 'as3l'", size=3e6, prior_cpu_s=0.9):
@@ -560,3 +562,56 @@ def test_the_agents_select_passes_its_size_and_prior_to_admission(tmp_path: Path
         assert seen[1][0] == 10 * seen[0][0] == 10 * (30 + 24) * 3
     finally:
         r.stop()
+
+
+def test_a_refusal_hints_a_retry_only_when_waiting_can_help(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A call refused for its deadline gets retry-after-ms only when the wait for a turn makes it late: its own
+    run alone fitting, a later try may be admitted; a call too long by itself is told the deadline it needs
+    and gets no hint (the Python client's BusyRetry retries only on a hint: it had retried such a call every
+    100 ms for 20 s, refused each time)."""
+    monkeypatch.setattr(Admission, "EWMA", 1.0)
+    clock = FakeClock(monkeypatch, deadlines=True)
+    adm = Admission(max_concurrent=1, max_queued=4)
+    with adm.slot(CancelToken(), kind="k"):
+        clock.advance(2.0)  # "k": 2 s (not CPU-bound: wall time)
+    with adm.slot(CancelToken(), kind="k"):  # one running: 2 s to wait, then 2 s of its own
+        # 2 x (2 + 2) = 8 s > 6 s, but 2 x 2 = 4 s of its own fits: waiting helps
+        with pytest.raises(Busy) as late, adm.slot(CancelToken.within(6.0), "Select 'k'", kind="k"):
+            pass
+        assert late.value.retry_after_s == pytest.approx(2.0, abs=0.01)
+        assert "or a retry in about 2000 ms" in str(late.value) and "at least 8 s" in str(late.value)
+        with pytest.raises(Busy) as never, adm.slot(CancelToken.within(3.0), "Select 'k'", kind="k"):
+            pass  # 2 x 2 s > 3 s: no wait would help
+        assert never.value.retry_after_s is None and "retry in about" not in str(never.value)
+        assert "at least 8 s" in str(never.value) and "will not help" in str(never.value)
+
+
+def test_a_call_without_deadline_is_logged_as_such(caplog: pytest.LogCaptureFixture) -> None:
+    from agent.service import deadline_s
+
+    # gRPC's time_remaining() for a call without a deadline: no deadline for the agent, not 9e9 s left
+    assert deadline_s(9223372035.058190336) is None and deadline_s(None) is None and deadline_s(30.0) == 30.0
+    caplog.set_level(logging.DEBUG, logger="agent.admission")
+    full = Admission(max_concurrent=1, max_queued=0)
+    with full.slot(CancelToken(), kind="a"), pytest.raises(Busy), full.slot(CancelToken(), kind="b"):
+        pass
+    assert "no deadline, CPU share" in caplog.text and "s left" not in caplog.text
+
+
+def test_a_noisy_low_cpu_share_sample_does_not_make_a_prior_estimate_hundreds_of_seconds(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a restart nothing of the lane is measured: a call with a declared prior is judged at the sampled
+    share. A 0.01 sample (a loaded machine, one unlucky 0.1 s) had made a 2-CPU-s prior a 200-s estimate; the
+    share taken is at least MIN_SAMPLED_SHARE, and the running mean of the recent samples."""
+    adm = Admission(max_concurrent=2, max_queued=2, threads=admission.LaneThreads())
+    shares = iter([0.01, 0.6])
+    monkeypatch.setattr(adm, "_measure_share", lambda: next(shares))
+    try:  # 2 CPU s at 0.1 of a core: 20 s, 60 s with the 3x margin: fits 70 s
+        assert adm.run(CancelToken.within(70.0), lambda: 7, kind="Select 'kmedoids'", size=1e6,
+                       prior_cpu_s=2.0) == 7
+        assert adm._sampled == pytest.approx(Admission.MIN_SAMPLED_SHARE)
+        adm._sampled_at -= Admission.SAMPLE_VALID_S + 1  # the sample has stood its time: the next one is taken
+        adm._add_sample(0.6)
+        assert adm._sampled == pytest.approx(0.5 * 0.1 + 0.5 * 0.6)  # the mean of the recent samples
+    finally:
+        adm.shutdown()

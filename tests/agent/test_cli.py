@@ -8,12 +8,14 @@ import json
 import logging
 import os
 import pickle
+import re
 import signal
 import socket
 import subprocess
 import sys
 import tarfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -1003,3 +1005,30 @@ def test_serve_hands_its_options_to_the_agent_config(tmp_path: Path, monkeypatch
                       ingest_idle_timeout_s=16.5),
         work=WorkConfig(max_concurrent=3, max_queued=4, max_queue_wait_s=None, light_max_concurrent=5,
                         light_max_queued=6, decode_max_concurrent=7, decode_max_queued=8, large_image_pixels=9))
+
+
+def test_heavy_calls_have_a_deadline_so_a_long_one_is_refused_at_once_with_its_estimate(
+        tmp_path: Path, running: Running) -> None:
+    """select and prior send a deadline (--timeout, default 600 s): the agent's admission refuses at once a
+    call it expects to take longer, with its estimate, printed as one line; without a deadline every call
+    was admitted and a user waited minutes with no word (a 300,000-sample pool)."""
+    src = image_folder(tmp_path / "imgs", 12)
+    run("ingest", str(src), "--agent", running.address, "--json", "--with-labels", "--limit", "4")
+    run("ingest", str(src), "--agent", running.address, "--json")
+    heavy = running.agent.work
+    for kind in ("Select 'kmedoids'", "PriorLabels 'llgc'"):  # measured at 1,000 s: far beyond 600 s
+        heavy._kind_s[kind] = heavy._kind_cpu[kind] = 1000.0
+        heavy._kind_at[kind] = time.monotonic()
+    for args in (["select", "--strategy", "kmedoids", "--budget", "2"], ["prior", "--method", "llgc"]):
+        started = time.monotonic()
+        result = runner.invoke(app, [*args, "--agent", running.address])
+        assert result.exit_code == 1 and time.monotonic() - started < 30
+        out = result.output.strip()
+        assert out.startswith("RESOURCE_EXHAUSTED: the agent is busy") and "Traceback" not in out
+        assert len(out.splitlines()) == 1  # one line, however wide
+        needed = re.search(r"needs a deadline of at least (\d+) s", out)  # 2-3x the estimate (its margin)
+        assert "and then take about " in out and needed and int(needed.group(1)) >= 2000
+        assert f"the call had --timeout 600 s: rerun with --timeout {needed.group(1)} or more" in out
+    # --timeout 0: no deadline (as before), admitted whatever the estimate
+    assert json.loads(run("select", "--strategy", "kmedoids", "--budget", "2", "--timeout", "0", "--json",
+                          "--agent", running.address))["selected"]
