@@ -10,6 +10,7 @@ from agent.cancel import checkpoint
 from agent.params import Param, strategy
 from agent.pool import Pool, Selection
 from agent.strategies._common import (
+    GREEDY_CPU_PER_UNIT,
     KMEANS_MAX_ITER,
     KMEANS_MIN_ROWS,
     KMEANS_ROWS_PER_CENTRE,
@@ -19,12 +20,21 @@ from agent.strategies._common import (
     block_rows,
     cosine_to_l2,
     fit_kmeans,
+    greedy_work,
     labelled_similarity,
     rows_matrix,
 )
 
 
-@strategy("coreset", needs="model", light_budget=LIGHT_GREEDY_BUDGET)
+def coreset_work(params: Mapping[str, str], rows: int, labelled: int, budget: int, classes: int) -> float:
+    """coreset's work size for a call (StrategyEntry.work_size): one pass over the pool per pick and per
+    labelled row (D-dimensional dot products), rows x (labelled + budget): a budget-5000 call is 25 times a
+    budget-200 one, and admission's estimate grows with it."""
+    return greedy_work(rows, labelled + budget)
+
+
+@strategy("coreset", needs="model", light_budget=LIGHT_GREEDY_BUDGET, work=coreset_work,
+          cpu_per_unit=GREEDY_CPU_PER_UNIT)
 def coreset(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping[str, str]) -> Selection:
     """Core-set selection by k-center greedy (Sener & Savarese, "Active Learning for Convolutional Neural
     Networks: A Core-Set Approach", ICLR 2018, Sec. 4, Algorithm 1 "k-Center-Greedy"): repeatedly pick the candidate

@@ -18,7 +18,16 @@ from agent.cancel import checkpoint
 from agent.lazy import deferred
 from agent.params import ALWAYS_LIGHT, Param, strategy
 from agent.pool import FailedPrecondition, Pool, Selection
-from agent.strategies._common import CHUNK, LIGHT_GREEDY_BUDGET, one_blas_thread, rows_matrix, seed_of, top_k
+from agent.strategies._common import (
+    CHUNK,
+    GREEDY_CPU_PER_UNIT,
+    LIGHT_GREEDY_BUDGET,
+    greedy_work,
+    one_blas_thread,
+    rows_matrix,
+    seed_of,
+    top_k,
+)
 
 if TYPE_CHECKING:
     from sklearn.linear_model import LogisticRegression
@@ -136,7 +145,14 @@ def least_confidence(pool: Pool, budget: int, rng: np.random.Generator,
     return top_k(pool.candidates, 1.0 - probs.max(axis=1), budget)
 
 
-@strategy("badge", needs="classifier", light_budget=LIGHT_GREEDY_BUDGET)
+def badge_work(params: Mapping[str, str], rows: int, labelled: int, budget: int, classes: int) -> float:
+    """badge's work size for a call (StrategyEntry.work_size): the class probabilities, then one pass over the
+    pool per seed (a C- and a D-dimensional dot product per row), rows x (budget + 1)."""
+    return greedy_work(rows, budget + 1)
+
+
+@strategy("badge", needs="classifier", light_budget=LIGHT_GREEDY_BUDGET, work=badge_work,
+          cpu_per_unit=GREEDY_CPU_PER_UNIT)
 def badge(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping[str, str]) -> Selection:
     """BADGE (Ash et al., "Deep Batch Active Learning by Diverse, Uncertain Gradient Lower Bounds",
     ICLR 2020, Algorithm 1): k-means++ seeding (Arthur & Vassilvitskii 2007) over the gradient

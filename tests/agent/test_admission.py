@@ -10,6 +10,7 @@ import time
 from contextlib import AbstractContextManager
 from pathlib import Path
 
+import grpc
 import pytest
 
 from agent import admission, client
@@ -615,3 +616,29 @@ def test_a_noisy_low_cpu_share_sample_does_not_make_a_prior_estimate_hundreds_of
         assert adm._sampled == pytest.approx(0.5 * 0.1 + 0.5 * 0.6)  # the mean of the recent samples
     finally:
         adm.shutdown()
+
+
+def test_a_big_budget_coreset_or_badge_is_refused_at_once_for_its_declared_greedy_work(
+        tmp_path: Path, registry: Path) -> None:
+    """coreset and badge cost a pass over the pool per pick: they declare rows x picks as their work and a
+    prior per unit, so a large budget is expected to cost that much more and, on its first call, is refused
+    at once for a short deadline (RESOURCE_EXHAUSTED) instead of being admitted at the lane's mean and cut
+    off by DEADLINE_EXCEEDED (at 300,000 rows a budget-5000 coreset ran its whole 60-s deadline)."""
+    coreset, badge = STRATEGIES["coreset"], STRATEGIES["badge"]
+    assert coreset.work_size(300_000, 0, 5000, {}) == 25 * coreset.work_size(300_000, 0, 200, {})
+    assert coreset.prior_cpu_s(300_000, 50, 5000, {}) == pytest.approx(151.5)  # > 60 s, whatever the share
+    assert badge.work_size(300_000, 50, 5000, {}) == 300_000 * 5001
+    r = start(tmp_path / "data", registry)
+    try:
+        client.ingest(r.stub, make_samples(3000, labels=30))
+        for strategy in ("coreset", "badge"):  # 3,000 x ~3,000 picks: ~0.9 CPU s declared, 2x over 1 s
+            started = time.monotonic()
+            with pytest.raises(grpc.RpcError) as err:
+                r.stub.Select(agent_pb2.SelectRequest(budget=2960, strategy=strategy), timeout=1.0)
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err.value.details()
+            assert "its declared cost at its size" in err.value.details()
+            assert time.monotonic() - started < 1.0
+        # a small budget of the same strategy is still answered
+        assert len(r.stub.Select(agent_pb2.SelectRequest(budget=250, strategy="coreset"), timeout=60).selected) == 250
+    finally:
+        r.stop()
