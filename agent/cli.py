@@ -64,6 +64,9 @@ AnnotatorOpt = typer.Option(os.environ.get("USER", "cli"), "--annotator")  # lab
 # the whole pool) still fit with the agent's 2x margin, and a call expected to take longer is refused in about
 # a second with its estimate and "--timeout N" instead of leaving its user waiting.
 HEAVY_TIMEOUT_S = 600.0
+# `shortlist prior`'s table shows this many rows by default (the rest counted): a table of a 300,000-sample
+# pool is read by no one, and building it took minutes and 1.3 GB.
+PRIOR_TABLE_ROWS = 50
 TimeoutOpt = typer.Option(HEAVY_TIMEOUT_S, "--timeout", envvar="SHORTLIST_TIMEOUT", min=0.0,
                           help="seconds the agent has to answer this heavy call; a call it expects to take longer "
                                "is refused at once with its estimate; 0 = no deadline (wait as long as it takes)")
@@ -1153,29 +1156,55 @@ def prior(agent: AgentTarget,
           ids: list[str] = typer.Option([], "--id", help="sample id (repeatable; default: every unlabelled)"),
           param: list[str] = typer.Option([], "--param", help="method parameter k=v (repeatable)"),
           timeout: float = TimeoutOpt,
+          limit: int = typer.Option(PRIOR_TABLE_ROWS, "--limit", min=0,
+                                    help="table rows to show (the rest are counted, not kept); 0 = every row, "
+                                         "printed as it arrives; --json always prints every row"),
           as_json: bool = JsonOpt) -> None:
     """Prior pseudo-labels (class probabilities) for unlabelled samples."""
     stub = _rpc(agent.connect)
     req = agent_pb2.PriorLabelsRequest(method=method, ids=ids, params=_pairs(param, "--param"))
-    rows = _rpc(lambda: list(stub.PriorLabels(req, timeout=_timeout(timeout))), note=_heavy_note(_timeout(timeout)))
-    cal = rows[0].calibration if rows and rows[0].HasField("calibration") else None
+    # The reply is read as it streams, never kept whole: at 300,000 samples a list of it and one rich Table
+    # of every row took 1.3 GB in the client and printed nothing for minutes.
+    rows = _rpc(lambda: stub.PriorLabels(req, timeout=_timeout(timeout)), note=_heavy_note(_timeout(timeout)))
+    out = make_console()
+    shown: list[tuple[str, str, str]] = []
+    state: dict[str, Any] = {"n": 0, "cal": None, "version": "none"}
+
+    def read() -> None:
+        for p in rows:
+            if state["n"] == 0:
+                state["cal"] = p.calibration if p.HasField("calibration") else None
+                state["version"] = p.model_version
+            state["n"] += 1
+            if as_json:
+                row = {"id": p.id, "label": p.label, "confidence": p.confidence, "probs": ranked(p.probs),
+                       "model_version": p.model_version}
+                if state["n"] == 1 and state["cal"] is not None:  # as in the reply: on the first row only
+                    row["calibration"] = calibration_dict(state["cal"])
+                print(json_line(row))
+            elif limit == 0:  # every row, as it arrives: a plain aligned line each
+                if state["n"] == 1:
+                    print(f"{method} priors ({p.model_version})\n{'id':<24} {'label':<16} confidence", flush=True)
+                print(f"{p.id:<24} {p.label:<16} {p.confidence:.3f}")
+            elif len(shown) < limit:
+                shown.append((p.id, p.label, f"{p.confidence:.3f}"))
+
+    _rpc(read, note=_heavy_note(_timeout(timeout)))
+    cal = state["cal"]
     if as_json:
-        for i, p in enumerate(rows):
-            row = {"id": p.id, "label": p.label, "confidence": p.confidence, "probs": ranked(p.probs),
-                   "model_version": p.model_version}
-            if i == 0 and cal is not None:  # as in the reply: on the first row only
-                row["calibration"] = calibration_dict(cal)
-            print(json_line(row))
         if cal is not None and cal.warning:  # stdout stays JSON lines
             typer.echo(cal.warning, err=True)
         return
-    table = Table(title=f"{method} priors ({rows[0].model_version if rows else 'none'})")
-    for col in ("id", "label", "confidence"):
-        table.add_column(col)
-    for p in rows:
-        table.add_row(p.id, p.label, f"{p.confidence:.3f}")
-    out = make_console()
-    out.print(table)
+    if limit > 0:
+        table = Table(title=f"{method} priors ({state['version']})")
+        for col in ("id", "label", "confidence"):
+            table.add_column(col)
+        for row in shown:
+            table.add_row(*row)
+        out.print(table)
+        if state["n"] > len(shown):
+            out.print(f"showing the first {len(shown):,} of {state['n']:,} rows: --limit 0 prints every row, --json "
+                      "one JSON line per sample", highlight=False, soft_wrap=True)
     if cal is not None:
         out.print(calibration_line(cal), markup=False, highlight=False, soft_wrap=True)
 

@@ -1032,3 +1032,23 @@ def test_heavy_calls_have_a_deadline_so_a_long_one_is_refused_at_once_with_its_e
     # --timeout 0: no deadline (as before), admitted whatever the estimate
     assert json.loads(run("select", "--strategy", "kmedoids", "--budget", "2", "--timeout", "0", "--json",
                           "--agent", running.address))["selected"]
+
+
+def test_prior_table_shows_the_first_rows_and_counts_the_rest(tmp_path: Path, running: Running) -> None:
+    """`shortlist prior` without --json reads the reply as it streams: a table of the first --limit rows
+    (default 50) and how many there were, or with --limit 0 every row printed as it arrives; at 300,000
+    samples one table of every row took 1.3 GB and printed nothing for minutes."""
+    src = image_folder(tmp_path / "imgs", 12)
+    run("ingest", str(src), "--agent", running.address, "--json", "--with-labels", "--limit", "4")
+    run("ingest", str(src), "--agent", running.address, "--json")
+    ids = [json.loads(line)["id"] for line in
+           run("prior", "--agent", running.address, "--json").strip().splitlines()]
+    assert len(ids) == 8
+    table = run("prior", "--agent", running.address, "--limit", "3")
+    assert sum(i in table for i in ids) == 3 and ids[0] in table and ids[3] not in table
+    assert "showing the first 3 of 8 rows: --limit 0 prints every row" in " ".join(table.split())
+    every = run("prior", "--agent", running.address, "--limit", "0").splitlines()
+    assert every[0] == "knn priors (v0001)" and every[1].split() == ["id", "label", "confidence"]
+    assert [line.split()[0] for line in every[2:2 + 8]] == ids
+    assert "showing" not in " ".join(every)
+    assert "showing" not in run("prior", "--agent", running.address)  # 8 rows: under the default 50, all shown
