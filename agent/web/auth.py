@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -120,6 +120,11 @@ class Caller:
 
     def stream(self, rpc: Callable[..., Iterable[R]], request: Any, timeout: float | None = None) -> list[R]:
         return list(self(rpc, request, timeout))
+
+    def iterate(self, rpc: Callable[..., Iterable[R]], request: Any, timeout: float | None = None) -> Iterator[R]:
+        """A server stream's messages as they arrive (``stream`` collects them all: for long replies, e.g.
+        PriorLabels of the whole pool, read them one by one instead)."""
+        return iter(self(rpc, request, timeout))
 
 
 def client_address(request: Request) -> str:

@@ -150,3 +150,48 @@ def test_a_read_token_can_review_but_not_accept(token_web_agent: WebAgent) -> No
                                                                               "label": items[0]["label"]}]})
     assert r.status_code == 200 and r.json()["accepted_priors"] == 1
     assert token_web_agent.client().get("/api/priors").status_code == 401
+
+
+def test_a_prior_set_is_built_as_its_stream_arrives_with_bounded_messages_held(monkeypatch: Any) -> None:
+    """PriorSet.from_stream converts the PriorLabels reply STREAM_CHUNK messages at a time: at most that many
+    are alive at once (a list of the whole reply had taken the agent, which runs the app, from 870 MB to
+    1.6 GB at 300,000 samples), and the set is what the whole list gave."""
+    from agent.web import priors
+
+    monkeypatch.setattr(priors, "STREAM_CHUNK", 4, raising=False)
+    alive = [0]
+    peak = [0]
+
+    class Held:  # a PriorLabel that counts how many of its kind are alive
+        def __init__(self, msg: agent_pb2.PriorLabel) -> None:
+            self.msg = msg
+            alive[0] += 1
+            peak[0] = max(peak[0], alive[0])
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.msg, name)
+
+        def __del__(self) -> None:
+            alive[0] -= 1
+
+    classes = ["a", "b", "c"]
+
+    def message(i: int) -> agent_pb2.PriorLabel:
+        p = agent_pb2.PriorLabel(id=f"s{i}", label=classes[i % 3], confidence=0.5 + i / 100, model_version="v0001",
+                                 probs={"a": 0.1 + i / 1000, "b": 0.3, "c": 0.6 - i / 1000})
+        if i == 0:
+            p.calibration.source = "labelled"
+            p.calibration.temperature = 1.5
+        return p
+
+    status = agent_pb2.Status(labeled=3, label_events=4, embedded=30)
+    streamed = priors.PriorSet.from_stream("knn", classes, status, (Held(message(i)) for i in range(30)))  # type: ignore[misc]
+    assert peak[0] <= 4 + 1  # one chunk, and the message being read
+    whole = priors.PriorSet.from_stream("knn", classes, status, [message(i) for i in range(30)])
+    assert streamed.ids == whole.ids == [f"s{i}" for i in range(30)] and streamed.model_version == "v0001"
+    for field in ("label", "confidence", "second", "second_p", "order"):
+        assert (getattr(streamed, field) == getattr(whole, field)).all(), field
+    assert streamed.calibration == whole.calibration and streamed.calibration["temperature"] == 1.5
+    assert streamed.label.tolist() == [i % 3 for i in range(30)] and streamed.second.tolist()[:2] == [1, 1]
+    empty = priors.PriorSet.from_stream("knn", classes, status, iter(()))
+    assert empty.ids == [] and len(empty.label) == 0 and empty.calibration == {}
