@@ -162,6 +162,7 @@ class AgentStatus:
     pending_model_version: str
     pending_embedded: int
     warnings: list[str] = field(default_factory=list)
+    pending_embed_rate: float = 0.0  # samples a second the pending version embeds at (0: not known yet)
     audit: AuditReport = field(default_factory=AuditReport)
     classes_open: bool = True
     label_events: int = 0  # label rows ever stored: changes with every label change (Status.label_events)
@@ -957,6 +958,7 @@ class Agent:
             classes=classes,
             pending_model_version=pending_version,
             pending_embedded=0 if pending is None else pending.n,
+            pending_embed_rate=self.manager.pending_rate() if pending is not None else 0.0,
             audit=audit,
             warnings=[w for w in [self.registry_warning(), *storage_warnings(self.data_dir, self.config.min_free_bytes),
                                   *self.manager.warnings(), self.class_warning(classes), self.calibration_warning()]

@@ -110,6 +110,7 @@ class ModelManager:
         self.current: Serving | None = None
         self.pending_version = ""
         self.pending: VersionIndex | None = None
+        self._pending_from = (0.0, 0)  # (time.monotonic(), pending rows) when the pending index was set
         self.failed: dict[str, str] = {}  # version -> why it was refused
         self._fingerprints: dict[str, str] = {}  # version -> its folder's fingerprint when refused
         self.unembeddable: dict[str, dict[int, str]] = {}  # version -> seq -> why its payload cannot be embedded
@@ -136,9 +137,23 @@ class ModelManager:
         with self._view_lock:
             return self.current, self.pending_version, self.pending
 
+    # The pending version's embedding rate is reported once it has run this long (a first batch says little).
+    RATE_AFTER_S = 5.0
+
     def _set_pending(self, version: str, index: VersionIndex | None) -> None:
         with self._view_lock:
             self.pending_version, self.pending = version, index
+            self._pending_from = (time.monotonic(), 0 if index is None else index.n)
+
+    def pending_rate(self) -> float:
+        """Rows a second the pending version's index has grown by since it was set (0: none pending, or not for
+        RATE_AFTER_S yet)."""
+        with self._view_lock:
+            (t0, n0), pending = self._pending_from, self.pending
+        ran = time.monotonic() - t0
+        if pending is None or ran < self.RATE_AFTER_S:
+            return 0.0
+        return max(0, pending.n - n0) / ran
 
     @contextmanager
     def writing(self) -> Iterator[Serving | None]:

@@ -78,6 +78,7 @@ def status_message(st: AgentStatus) -> agent_pb2.Status:
                             model_version=st.model_version, strategies=st.strategies,
                             prior_methods=st.prior_methods, classes=st.classes,
                             pending_model_version=st.pending_model_version, pending_embedded=st.pending_embedded,
+                            pending_embed_rate=st.pending_embed_rate,
                             warnings=st.warnings, audit=audit_message(st.audit),
                             classes_open=st.classes_open, label_events=st.label_events,
                             agent_version=st.agent_version, agent_commit=st.agent_commit,

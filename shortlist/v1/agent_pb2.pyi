@@ -261,7 +261,7 @@ class GetStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Status(_message.Message):
-    __slots__ = ("samples", "labeled", "embedded", "model_version", "strategies", "prior_methods", "classes", "pending_model_version", "pending_embedded", "warnings", "audit", "classes_open", "label_events", "agent_version", "agent_commit", "schema_version")
+    __slots__ = ("samples", "labeled", "embedded", "model_version", "strategies", "prior_methods", "classes", "pending_model_version", "pending_embedded", "pending_embed_rate", "warnings", "audit", "classes_open", "label_events", "agent_version", "agent_commit", "schema_version")
     SAMPLES_FIELD_NUMBER: _ClassVar[int]
     LABELED_FIELD_NUMBER: _ClassVar[int]
     EMBEDDED_FIELD_NUMBER: _ClassVar[int]
@@ -271,6 +271,7 @@ class Status(_message.Message):
     CLASSES_FIELD_NUMBER: _ClassVar[int]
     PENDING_MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     PENDING_EMBEDDED_FIELD_NUMBER: _ClassVar[int]
+    PENDING_EMBED_RATE_FIELD_NUMBER: _ClassVar[int]
     WARNINGS_FIELD_NUMBER: _ClassVar[int]
     AUDIT_FIELD_NUMBER: _ClassVar[int]
     CLASSES_OPEN_FIELD_NUMBER: _ClassVar[int]
@@ -287,6 +288,7 @@ class Status(_message.Message):
     classes: _containers.RepeatedScalarFieldContainer[str]
     pending_model_version: str
     pending_embedded: int
+    pending_embed_rate: float
     warnings: _containers.RepeatedScalarFieldContainer[str]
     audit: PriorAudit
     classes_open: bool
@@ -294,7 +296,7 @@ class Status(_message.Message):
     agent_version: str
     agent_commit: str
     schema_version: int
-    def __init__(self, samples: _Optional[int] = ..., labeled: _Optional[int] = ..., embedded: _Optional[int] = ..., model_version: _Optional[str] = ..., strategies: _Optional[_Iterable[str]] = ..., prior_methods: _Optional[_Iterable[str]] = ..., classes: _Optional[_Iterable[str]] = ..., pending_model_version: _Optional[str] = ..., pending_embedded: _Optional[int] = ..., warnings: _Optional[_Iterable[str]] = ..., audit: _Optional[_Union[PriorAudit, _Mapping]] = ..., classes_open: _Optional[bool] = ..., label_events: _Optional[int] = ..., agent_version: _Optional[str] = ..., agent_commit: _Optional[str] = ..., schema_version: _Optional[int] = ...) -> None: ...
+    def __init__(self, samples: _Optional[int] = ..., labeled: _Optional[int] = ..., embedded: _Optional[int] = ..., model_version: _Optional[str] = ..., strategies: _Optional[_Iterable[str]] = ..., prior_methods: _Optional[_Iterable[str]] = ..., classes: _Optional[_Iterable[str]] = ..., pending_model_version: _Optional[str] = ..., pending_embedded: _Optional[int] = ..., pending_embed_rate: _Optional[float] = ..., warnings: _Optional[_Iterable[str]] = ..., audit: _Optional[_Union[PriorAudit, _Mapping]] = ..., classes_open: _Optional[bool] = ..., label_events: _Optional[int] = ..., agent_version: _Optional[str] = ..., agent_commit: _Optional[str] = ..., schema_version: _Optional[int] = ...) -> None: ...
 
 class PriorAudit(_message.Message):
     __slots__ = ("drawn", "labelled", "current", "model_version", "confidence_level", "interval_method", "methods", "computed_at", "error")

@@ -30,7 +30,7 @@ from agent.config import Limits
 from shortlist.cli import app
 from shortlist.datasets import ImageItem
 from shortlist.v1 import agent_pb2
-from tests.agent.conftest import Running, make_images, png, start
+from tests.agent.conftest import Running, make_images, make_samples, png, start
 
 runner = CliRunner()
 
@@ -1052,3 +1052,29 @@ def test_prior_table_shows_the_first_rows_and_counts_the_rest(tmp_path: Path, ru
     assert [line.split()[0] for line in every[2:2 + 8]] == ids
     assert "showing" not in " ".join(every)
     assert "showing" not in run("prior", "--agent", running.address)  # 8 rows: under the default 50, all shown
+
+
+def test_status_says_how_fast_the_pending_version_embeds_and_how_long_it_has_left(running: Running) -> None:
+    """A model swap re-embeds the pool (11 minutes at 300,000 samples): GetStatus carries the pending version's
+    rate (pending_embed_rate) and `shortlist status` its time left."""
+    client.ingest(running.stub, make_samples(10))
+    manager = running.agent.manager
+
+    class Pending:  # the pending version's index, 600 rows embedded
+        n = 600
+
+    manager._set_pending("v0002", Pending())  # type: ignore[arg-type]
+    try:
+        assert manager.pending_rate() == 0.0  # just started: not yet
+        manager._pending_from = (time.monotonic() - 10.0, 100)  # 500 rows in the last 10 s
+        assert manager.pending_rate() == pytest.approx(50.0, rel=0.05)
+        st = running.stub.GetStatus(agent_pb2.GetStatusRequest())
+        assert st.pending_model_version == "v0002" and st.pending_embed_rate == pytest.approx(50.0, rel=0.05)
+        st.samples, st.pending_embed_rate = 3600, 50.0  # 3,000 to go at 50/s: a minute
+        from agent.cli import pending_line
+        assert pending_line(st) == "600 of 3,600 samples (50/s, about 60 s left)"
+        assert json.loads(run("status", "--agent", running.address, "--json"))["pending_embed_rate"] > 0
+        assert "pending_embedded: 600 of 10 samples" in run("status", "--agent", running.address)
+    finally:
+        manager._set_pending("", None)
+    assert running.stub.GetStatus(agent_pb2.GetStatusRequest()).pending_embed_rate == 0.0
