@@ -289,3 +289,21 @@ def dismissed_dialogs(page: Any, once: bool = False) -> list[str]:
 
     (page.once if once else page.on)("dialog", dismiss)
     return asked
+
+
+def open_queue(web: WebAgent, page: Any, user: str, budget: int = 12, replace: bool = False) -> list[str]:
+    """Sign ``page`` in as ``user``, fill the queue by random through gRPC (when it is empty, or always with
+    ``replace``) and open it; the page's tile ids, in order."""
+    page.context.add_cookies([{"name": "shortlist_user", "value": user, "url": web.url}])
+    if replace or not web.stub.GetQueue(agent_pb2.GetQueueRequest(name="web")).ids:
+        web.stub.UpdateQueue(agent_pb2.UpdateQueueRequest(name="web", queue=agent_pb2.Queue(
+            ids=[s.id for s in web.stub.Select(agent_pb2.SelectRequest(budget=budget, strategy="random")).selected],
+            source="select")))
+    page.goto(web.url + "/queue")
+    page.wait_for_selector(".tile.focus")
+    return [str(t.get_attribute("data-id")) for t in page.locator(".tile").all()]
+
+
+def focused_tile(page: Any) -> str:
+    """The id of the Queue page's focused tile."""
+    return str(page.locator(".tile.focus").get_attribute("data-id"))

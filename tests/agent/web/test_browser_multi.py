@@ -12,7 +12,15 @@ import pytest
 
 from agent import client
 from shortlist.v1 import agent_pb2
-from tests.agent.web.conftest import WebAgent, dismissed_dialogs, shape_of, slow_labels, start_web_agent
+from tests.agent.web.conftest import (
+    WebAgent,
+    dismissed_dialogs,
+    focused_tile,
+    open_queue,
+    shape_of,
+    slow_labels,
+    start_web_agent,
+)
 
 pytestmark = pytest.mark.browser
 
@@ -25,22 +33,6 @@ def slow_web(tmp_path: Path) -> Iterator[WebAgent]:
     wa.stop()
 
 
-def _open_queue(web: WebAgent, page: Any, user: str, budget: int = 12) -> list[str]:
-    """Sign ``page`` in as ``user``, fill the queue by random (unless it has one) and open it."""
-    page.context.add_cookies([{"name": "shortlist_user", "value": user, "url": web.url}])
-    if not web.stub.GetQueue(agent_pb2.GetQueueRequest(name="web")).ids:
-        web.stub.UpdateQueue(agent_pb2.UpdateQueueRequest(name="web", queue=agent_pb2.Queue(
-            ids=[s.id for s in web.stub.Select(agent_pb2.SelectRequest(budget=budget, strategy="random")).selected],
-            source="select")))
-    page.goto(web.url + "/queue")
-    page.wait_for_selector(".tile.focus")
-    return [str(t.get_attribute("data-id")) for t in page.locator(".tile").all()]
-
-
-def _focused(page: Any) -> str:
-    return str(page.locator(".tile.focus").get_attribute("data-id"))
-
-
 def _bob(web: WebAgent, sid: str, label: str) -> None:
     reply = web.stub.SubmitLabels(agent_pb2.SubmitLabelsRequest(
         labels=[agent_pb2.LabelAssignment(id=sid, label=label)], annotator="bob"))
@@ -49,8 +41,8 @@ def _bob(web: WebAgent, sid: str, label: str) -> None:
 
 def test_undo_leaves_a_label_someone_else_gave_since(slow_web: WebAgent, page: Any) -> None:
     web = slow_web
-    _open_queue(web, page, "alice")
-    first = _focused(page)
+    open_queue(web, page, "alice")
+    first = focused_tile(page)
     page.keyboard.press("1")  # circle
     page.wait_for_selector(f'.tile[data-id="{first}"][data-saved="1"][data-label="circle"]')
     _bob(web, first, "square")  # bob relabels it before alice's page refreshes
@@ -63,8 +55,8 @@ def test_undo_leaves_a_label_someone_else_gave_since(slow_web: WebAgent, page: A
 
 def test_undo_of_a_relabel_changed_meanwhile(slow_web: WebAgent, page: Any) -> None:
     web = slow_web
-    ids = _open_queue(web, page, "alice")
-    sid = _focused(page)
+    ids = open_queue(web, page, "alice")
+    sid = focused_tile(page)
     _bob(web, ids[-1], "circle")  # someone else's label elsewhere on the page: untouched by alice's undo
     page.keyboard.press("1")
     page.wait_for_selector(f'.tile[data-id="{sid}"][data-saved="1"][data-label="circle"]')
@@ -84,8 +76,8 @@ def test_undo_of_a_relabel_changed_meanwhile(slow_web: WebAgent, page: Any) -> N
 
 def test_a_label_is_refused_when_someone_labelled_the_sample_meanwhile(slow_web: WebAgent, page: Any) -> None:
     web = slow_web
-    _open_queue(web, page, "alice")
-    sid = _focused(page)
+    open_queue(web, page, "alice")
+    sid = focused_tile(page)
     _bob(web, sid, "square")  # the page still shows it open (no refresh yet)
     page.keyboard.press("1")
     page.wait_for_selector(f'.tile[data-id="{sid}"].changed[data-label="square"]')
@@ -110,8 +102,8 @@ def test_annotators_start_on_different_tiles_and_keep_a_tile_others_labelled(liv
     for name in ("alice", "bob", "dave"):
         context = browser.new_context(viewport={"width": 1400, "height": 900})
         pages[name] = context.new_page()
-        ids = _open_queue(web, pages[name], name)
-    starts = {name: _focused(pg) for name, pg in pages.items()}
+        ids = open_queue(web, pages[name], name)
+    starts = {name: focused_tile(pg) for name, pg in pages.items()}
     assert starts == {name: ids[start_of(name, len(ids))] for name in pages}
     assert len(set(starts.values())) == 3, starts  # these three names: three different tiles
     # bob labels alice's focused tile: her page shows it within a refresh; her focus stays on it (a key or tap
@@ -131,7 +123,7 @@ def test_annotators_start_on_different_tiles_and_keep_a_tile_others_labelled(liv
 
 def test_class_keys_stay_put_and_the_page_says_when_a_reload_renumbers(live_web_fast: WebAgent, page: Any) -> None:
     web = live_web_fast
-    ids = _open_queue(web, page, "alice")
+    ids = open_queue(web, page, "alice")
     keys = lambda: [" ".join(t.split()) for t in page.locator("#classes li").all_inner_texts()]  # noqa: E731
     assert keys() == ["1 circle", "2 square"]
     assert page.locator("#classes-changed").is_hidden()
@@ -188,7 +180,7 @@ def test_a_viewer_cannot_ask_mark_or_draw(tmp_path: Path, page: Any) -> None:
 
 def test_asking_for_a_new_queue_with_open_items_asks_first(slow_web: WebAgent, page: Any) -> None:
     web = slow_web
-    ids = _open_queue(web, page, "alice", budget=6)
+    ids = open_queue(web, page, "alice", budget=6)
     dialogs: list[str] = []
 
     def dismiss(d: Any) -> None:
@@ -234,7 +226,7 @@ def test_back_shows_the_labels_now_and_not_a_signed_out_queue(tmp_path: Path, pa
         page.go_back()
         page.wait_for_selector(f'.tile[data-id="{ids[0]}"][data-label="circle"]')
         assert page.locator(f'.tile[data-id="{ids[0]}"] .badge').inner_text() == "circle"
-        assert _focused(page) != ids[0]
+        assert focused_tile(page) != ids[0]
         # signed out, Back: the sign-in page, not the queue with alice's name
         page.click("button:has-text('Sign out')")
         page.wait_for_url("**/login")
@@ -251,11 +243,11 @@ def _toast_has(page: Any, text: str) -> None:
 
 def _first_label_saved(web: WebAgent, page: Any) -> tuple[str, str]:
     """alice's queue page: her first tile labelled "circle" (key 1) and saved; (that tile, the tile focused next)."""
-    _open_queue(web, page, "alice")
-    first = _focused(page)
+    open_queue(web, page, "alice")
+    first = focused_tile(page)
     page.keyboard.press("1")
     page.wait_for_selector(f'.tile[data-id="{first}"][data-saved="1"]')
-    return first, _focused(page)
+    return first, focused_tile(page)
 
 
 def test_undo_after_a_refused_label_takes_nothing_back(slow_web: WebAgent, page: Any) -> None:
@@ -294,8 +286,8 @@ def test_undo_of_an_agreeing_label_leaves_the_other_annotators_label(slow_web: W
     """bob labels X before alice's page refreshes; alice gives the same label (accepted: an agreement) and
     presses Backspace: X keeps bob's label."""
     web = slow_web
-    _open_queue(web, page, "alice")
-    x = _focused(page)
+    open_queue(web, page, "alice")
+    x = focused_tile(page)
     _bob(web, x, "circle")
     page.keyboard.press("1")
     page.wait_for_selector(f'.tile[data-id="{x}"][data-saved="1"]')
@@ -309,7 +301,7 @@ def test_a_stale_page_cannot_replace_the_queue(slow_web: WebAgent, page: Any) ->
     """The lead replaces the queue after alice's page loaded: alice's "Ask the agent" is refused (409, the
     queue the lead drew stays) and her page shows the queue now."""
     web = slow_web
-    _open_queue(web, page, "alice", budget=6)
+    open_queue(web, page, "alice", budget=6)
     lead = [s.id for s in web.stub.Select(agent_pb2.SelectRequest(budget=4, strategy="random", seed=9)).selected]
     web.stub.UpdateQueue(agent_pb2.UpdateQueueRequest(name="web", queue=agent_pb2.Queue(ids=lead, source="audit")))
     page.on("dialog", lambda d: d.accept())

@@ -10,24 +10,14 @@ from typing import Any
 import pytest
 
 from shortlist.v1 import agent_pb2
-from tests.agent.web.conftest import WebAgent, dismissed_dialogs
+from tests.agent.web.conftest import WebAgent, dismissed_dialogs, focused_tile, open_queue
 
 pytestmark = pytest.mark.browser
 
 
 def _queue(web: WebAgent, page: Any, user: str = "ana", budget: int = 18) -> list[str]:
-    """Fill the queue by random (through gRPC) and open it signed in as ``user``; the page's tile ids."""
-    page.context.add_cookies([{"name": "shortlist_user", "value": user, "url": web.url}])
-    web.stub.UpdateQueue(agent_pb2.UpdateQueueRequest(name="web", queue=agent_pb2.Queue(
-        ids=[s.id for s in web.stub.Select(agent_pb2.SelectRequest(budget=budget, strategy="random")).selected],
-        source="select")))
-    page.goto(web.url + "/queue")
-    page.wait_for_selector(".tile.focus")
-    return [str(t.get_attribute("data-id")) for t in page.locator(".tile").all()]
-
-
-def _focused(page: Any) -> str:
-    return str(page.locator(".tile.focus").get_attribute("data-id"))
+    """A fresh queue drawn by random, opened signed in as ``user``; the page's tile ids."""
+    return open_queue(web, page, user, budget, replace=True)
 
 
 def _on_screen(page: Any, selector: str) -> bool:
@@ -63,7 +53,7 @@ def zoomed(browser: Any) -> Iterator[Any]:
 
 def test_shortcut_keys_leave_links_buttons_and_the_ask_form_alone(live_web: WebAgent, page: Any) -> None:
     _queue(live_web, page)
-    start = _focused(page)
+    start = focused_tile(page)
     page.locator("#ask-button").focus()
     asked = dismissed_dialogs(page)
     page.keyboard.press(" ")  # Space on "Ask the agent" presses it (it asks first: the queue is open)
@@ -77,7 +67,7 @@ def test_shortcut_keys_leave_links_buttons_and_the_ask_form_alone(live_web: WebA
     page.keyboard.press("?")
     page.wait_for_timeout(500)
     assert page.locator(".tile.labelled, .tile.mark-skip, .tile.mark-unsure").count() == 0
-    assert _focused(page) == start and start not in live_web.labels()
+    assert focused_tile(page) == start and start not in live_web.labels()
     page.locator("#skip-button").focus()  # Enter on a button of the class panel: that button, not the large view
     page.keyboard.press("Enter")
     page.wait_for_selector(f'.tile[data-id="{start}"].mark-skip')
@@ -97,7 +87,7 @@ def test_a_key_never_labels_a_tile_out_of_sight(live_web: WebAgent, zoomed: Any)
     assert not _on_screen(page, ".tile.focus")
     page.keyboard.press("1")  # not on screen: shown, not labelled
     page.wait_for_function("() => document.getElementById('toast').textContent.includes('off screen')")
-    assert _on_screen(page, ".tile.focus") and _focused(page) == far
+    assert _on_screen(page, ".tile.focus") and focused_tile(page) == far
     page.wait_for_timeout(300)
     assert far not in live_web.labels()
     page.keyboard.press("1")  # now seen: labelled
@@ -126,7 +116,7 @@ def test_touch_skip_not_sure_class_and_undo_buttons(live_web: WebAgent, tablet: 
     assert ids[0] in page.locator("#target").inner_text()
     page.locator("#skip-button").tap()
     page.wait_for_selector(f'.tile[data-id="{ids[0]}"].mark-skip')
-    assert _focused(page) == ids[1] and ids[1] in page.locator("#target").inner_text()
+    assert focused_tile(page) == ids[1] and ids[1] in page.locator("#target").inner_text()
     page.locator("#unsure-button").tap()
     page.wait_for_selector(f'.tile[data-id="{ids[1]}"].mark-unsure')
     page.get_by_role("button", name="circle").tap()
@@ -154,7 +144,7 @@ def test_a_refresh_never_moves_the_tile_a_tap_labels(live_web_fast: WebAgent, ta
         labels=[agent_pb2.LabelAssignment(id=mine, label="square")], annotator="bob"))
     page.wait_for_selector(f'.tile[data-id="{mine}"][data-label="square"]')
     page.wait_for_timeout(700)  # a couple more refreshes
-    assert _focused(page) == mine  # the selection stays on the tile the annotator tapped
+    assert focused_tile(page) == mine  # the selection stays on the tile the annotator tapped
     assert "square" in page.locator("#target").inner_text()
     page.get_by_role("button", name="circle").tap()  # meant for the tile as it was: refused, bob's label stays
     page.wait_for_function("() => document.getElementById('toast').textContent.includes('meanwhile')")
@@ -209,4 +199,4 @@ def test_the_large_view_opened_from_the_page_gives_the_keys_back(live_web: WebAg
     page.keyboard.press("Escape")
     page.wait_for_selector("#lightbox", state="hidden")
     page.keyboard.press("ArrowRight")  # not lost on the hidden Close button
-    assert _focused(page) == ids[1]
+    assert focused_tile(page) == ids[1]
