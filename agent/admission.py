@@ -249,9 +249,9 @@ class Admission:
     # machine, ended DEADLINE_EXCEEDED).
     SAMPLE_S = 0.1
     SAMPLE_VALID_S = 2.0
-    # A sample is noisy: on a loaded machine a thread at the lane's niceness got 0.03 of a core in one 0.1-s
-    # sample and 0.4 in the next, while the heavy calls that then ran got 0.03-0.3 (docs/reliability.md,
-    # "Estimates after a restart"). A declared prior divided by the low ones refused 5-s calls as 300-s ones
+    # A sample is noisy: on a loaded machine one 0.1-s sample of a thread at the lane's niceness read an order
+    # of magnitude below the next, and below what the heavy calls then got (figures in docs/reliability.md,
+    # "Estimates after a restart"); a declared prior divided by the low ones refused short calls as long ones
     # for a minute after a restart. So a sample runs until its thread has had SAMPLE_MIN_CPU_S of CPU (a few
     # scheduler slices: fewer tell nothing) or SAMPLE_MAX_S have passed; the lane's sampled share is the
     # running mean (SAMPLE_EWMA) of its samples, a sample older than PROBE_AFTER_S replaced by the next; and
