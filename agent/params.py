@@ -323,7 +323,7 @@ class PriorEntry(_Entry):
 
 
 # light_budget of strategies whose cost does not grow with the budget (one pass over the candidates, no loop
-# that needs a checkpoint: tests/agent/test_work.py exempts these from its checkpoint test).
+# that needs a checkpoint: tests/agent/scenarios/test_work.py exempts these from its checkpoint test).
 ALWAYS_LIGHT = 2**63 - 1
 
 
@@ -335,7 +335,8 @@ def strategy(name: str, *declared: Param, needs: Needs, light_budget: int = 0, k
     light budget, k-means plan or other work size, prior CPU seconds per unit of work size, and whether its
     picks are a uniform draw (see StrategyEntry); the entry's ``__doc__`` is the function's plus the params.
     ``light_budget=ALWAYS_LIGHT`` also says the strategy is one pass over the candidates with no loop to stop
-    in (tests/agent/test_work.py checks that every other strategy stops at an ``agent.cancel.checkpoint()``)."""
+    in (tests/agent/scenarios/test_work.py checks that every other strategy stops at an
+    ``agent.cancel.checkpoint()``)."""
     if needs not in NEEDS:
         raise ValueError(f"strategy {name}: needs={needs!r}; valid: {', '.join(NEEDS)}")
     if not (math.isfinite(cpu_per_unit) and cpu_per_unit >= 0):

@@ -1,6 +1,6 @@
 """SIGTERM to exit of a busy `shortlist serve`, phase by phase (docs/reliability.md, Shutdown).
 
-Starts the agent as tests/agent/test_work.py's SIGTERM test does (`python -m tests.agent.slow serve`, a
+Starts the agent as tests/agent/scenarios/test_work.py's SIGTERM test does (`python -m tests.agent.slow serve`, a
 test registry, 10 samples), makes it busy the same way (three Selects of the "slow" strategy, 600 s each:
 two running, one queued; ``--stuck``: the first is one 600 s step with no checkpoint instead), optionally
 starts ``--load`` busy loops at niceness 0 for ``--settle`` s, sends SIGTERM and prints the seconds from

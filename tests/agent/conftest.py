@@ -74,7 +74,7 @@ def start(data: Path, models: Path, **kw: Any) -> Running:
     create_server's ``interceptors`` / ``credentials``."""
     hooks = {k: kw.pop(k) for k in ("interceptors", "credentials") if k in kw}
     server, port, agent = create_server(AgentConfig(data, models, port=0, poll_s=0.2, use_cuda=False, **kw), **hooks)
-    # No busy retries: the tests look at the agent's own answers (tests/agent/test_busy_retry.py retries).
+    # No busy retries: the tests look at the agent's own answers (tests/agent/test_client.py retries).
     ch = client.channel(f"127.0.0.1:{port}", config=client.ClientConfig(busy_retry=client.BusyRetry.OFF))
     return Running(server, port, agent, agent_pb2_grpc.AgentStub(ch), ch, data, models)
 

@@ -18,7 +18,7 @@ from agent.state import NewSample, State
 from shortlist.cli import app
 from shortlist.v1 import agent_pb2
 from tests.agent.conftest import CLASSES, Running, make_samples, start
-from tests.agent.test_state_faults import lose_index_rows, small_state
+from tests.agent.scenarios.test_state_faults import lose_index_rows, small_state
 
 runner = CliRunner()
 

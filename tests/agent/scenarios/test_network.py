@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 SERVER_IP, CLIENT_IP, PORT = "10.77.0.1", "10.77.0.2", 50051
 
 

@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 # torch itself, and the packages of this repository that import it (training, exporters) or may (bench)
 FORBIDDEN = ("torch", "torchvision", "training", "exporters", "bench")
 

@@ -363,7 +363,7 @@ def test_sigterm_stops_a_busy_agent_process_within_seconds(tmp_path: Path, regis
                              "--models", str(registry), "--port", str(port), "--cpu",
                              "--max-queue-wait", "0"],  # the third call stays queued until the SIGTERM
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            cwd=Path(__file__).resolve().parents[2])
+                            cwd=Path(__file__).resolve().parents[3])
     try:
         stub = client.connect(f"127.0.0.1:{port}", timeout=60, starting=True)
         client.ingest(stub, make_samples(10))

@@ -20,7 +20,7 @@ from agent.testing import publish_linear
 from shortlist.v1 import agent_pb2
 from tests.agent.conftest import CLASSES, SIZE, make_images, make_samples, png, start
 
-SCHEMA0 = Path(__file__).parent / "data" / "schema0"
+SCHEMA0 = Path(__file__).parents[1] / "data" / "schema0"
 
 
 def test_a_folder_from_the_release_before_schema_versions_is_migrated(tmp_path: Path) -> None:

@@ -40,7 +40,7 @@ def free_port() -> int:
 def serve(data: Path, models: Path, log: Path) -> tuple[subprocess.Popen[bytes], agent_pb2_grpc.AgentStub,
                                                           grpc.Channel]:
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[3])}
     with open(log, "ab") as out:  # the child keeps its own copy of the descriptor
         proc = subprocess.Popen(
             [sys.executable, "-m", "shortlist.cli", "serve", "--data-dir", str(data), "--models", str(models),
