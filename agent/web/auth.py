@@ -24,7 +24,7 @@ import logging
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import grpc
 from fastapi import APIRouter, Depends, Form, Request
@@ -77,7 +77,7 @@ def token_of(request: Request) -> str:
 
 
 def session(request: Request) -> Session:
-    user, token = request.cookies.get(USER_COOKIE, "")[:MAX_NAME_CHARS], token_of(request)
+    user, token = unquote(request.cookies.get(USER_COOKIE, ""))[:MAX_NAME_CHARS], token_of(request)
     return Session(user=user,
                    role=request.cookies.get(ROLE_COOKIE, "") if request.cookies.get(ROLE_COOKIE) in ("read", "write")
                    else "", has_token=bool(token), annotator=annotator_for(user, token))
@@ -234,7 +234,9 @@ def login(request: Request, name: str = Form(""), token: str = Form(""), next: s
     else:
         response.delete_cookie(TOKEN_COOKIE, path="/")
     if name:
-        response.set_cookie(USER_COOKIE, name, httponly=True, **opts)
+        # percent-encoded UTF-8: headers are latin-1, so a name beyond it ("Łukasz", "张伟") set as it is made
+        # the sign-in answer 500 (session() decodes it)
+        response.set_cookie(USER_COOKIE, quote(name, safe=""), httponly=True, **opts)
     if role:
         response.set_cookie(ROLE_COOKIE, role, httponly=True, **opts)
     else:

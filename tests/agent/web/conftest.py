@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import numpy as np
 import pytest
@@ -294,7 +295,7 @@ def dismissed_dialogs(page: Any, once: bool = False) -> list[str]:
 def open_queue(web: WebAgent, page: Any, user: str, budget: int = 12, replace: bool = False) -> list[str]:
     """Sign ``page`` in as ``user``, fill the queue by random through gRPC (when it is empty, or always with
     ``replace``) and open it; the page's tile ids, in order."""
-    page.context.add_cookies([{"name": "shortlist_user", "value": user, "url": web.url}])
+    page.context.add_cookies([{"name": "shortlist_user", "value": quote(user, safe=""), "url": web.url}])  # as sign-in
     if replace or not web.stub.GetQueue(agent_pb2.GetQueueRequest(name="web")).ids:
         web.stub.UpdateQueue(agent_pb2.UpdateQueueRequest(name="web", queue=agent_pb2.Queue(
             ids=[s.id for s in web.stub.Select(agent_pb2.SelectRequest(budget=budget, strategy="random")).selected],

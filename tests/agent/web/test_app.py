@@ -105,6 +105,15 @@ def test_tokens_header_cookie_and_roles(token_web_agent: WebAgent) -> None:
     assert write.get("/api/queue").status_code == 401
 
 
+def test_sign_in_names_beyond_latin1_are_kept_as_typed(token_web_agent: WebAgent) -> None:
+    for i, name in enumerate(["Łukasz Żółć", "张伟", "Zoë O'Brien", 'a "quoted" name; x=1%41']):
+        c = token_web_agent.client()
+        assert c.post("/login", data={"name": name, "token": WRITE_TOKEN}, follow_redirects=False).status_code == 303
+        saved = c.post("/api/labels", json={"labels": [{"id": f"img01{i}.png", "label": "circle"}]})
+        assert saved.status_code == 200 and saved.json()["annotator"] == name
+        assert name in c.get("/queue").text.replace("&#34;", '"').replace("&#39;", "'")  # the top bar says who
+
+
 def test_login_next_stays_on_this_site(token_web_agent: WebAgent) -> None:
     c = token_web_agent.client()
     r = c.post("/login", data={"token": READ_TOKEN, "next": "https://evil.example/"}, follow_redirects=False)

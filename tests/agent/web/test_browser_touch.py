@@ -180,6 +180,17 @@ def test_no_sideways_scrolling_in_portrait_or_at_200_percent(live_web: WebAgent,
             assert page.evaluate("() => document.documentElement.scrollWidth <= innerWidth"), (path, page.viewport_size)
 
 
+def test_the_top_bar_keeps_one_line_on_a_portrait_tablet(live_web: WebAgent, tablet: Any) -> None:
+    _queue(live_web, tablet, user="Dr. Maria Fernández-Oliveira")
+    for path in ("/queue", "/priors", "/progress", "/map"):
+        tablet.goto(live_web.url + path)
+        bar = tablet.locator(".topbar").bounding_box()
+        assert bar is not None and bar["height"] <= 48, (path, bar)
+        for link in tablet.locator(".topbar a, .topbar button").all():  # nothing wraps onto a second line
+            box = link.bounding_box()
+            assert box is not None and box["height"] < 40, (path, link.inner_text(), box)
+
+
 def test_the_message_before_a_navigation_is_shown_on_the_next_page(live_web: WebAgent, page: Any) -> None:
     _queue(live_web, page)
     page.once("dialog", lambda d: d.accept())  # the open queue's question
