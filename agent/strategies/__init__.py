@@ -24,7 +24,7 @@ from agent.strategies.as3l import as3l
 from agent.strategies.audit import audit_strategy
 from agent.strategies.clustering import kmedoids, typiclust
 from agent.strategies.coverage import coreset, probcover
-from agent.strategies.uncertainty import badge, das, entropy, least_confidence, margin, qbc
+from agent.strategies.uncertainty import badge, das, diverse_margin, entropy, least_confidence, margin, qbc
 
 
 @strategy("random", needs="nothing", light_budget=ALWAYS_LIGHT, uniform=True)
@@ -43,6 +43,7 @@ STRATEGIES: dict[str, StrategyEntry] = registry(
     entropy,
     margin,
     least_confidence,
+    diverse_margin,
     badge,
     qbc,
     das,

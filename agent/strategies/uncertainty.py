@@ -1,4 +1,4 @@
-"""Strategies that need a classifier: entropy, margin, least_confidence, badge, qbc, das.
+"""Strategies that need a classifier: entropy, margin, least_confidence, diverse_margin, badge, qbc, das.
 
 The classifier is the model's own ``logits`` head when its classes match the agent's (Pool.logits) and
 are at least two, else a multinomial logistic regression fitted on the labelled embeddings. With neither
@@ -21,7 +21,10 @@ from agent.pool import FailedPrecondition, Pool, Selection
 from agent.strategies._common import (
     CHUNK,
     GREEDY_CPU_PER_UNIT,
+    KMEANS_CPU_PER_UNIT,
     LIGHT_GREEDY_BUDGET,
+    assign,
+    fit_kmeans,
     greedy_work,
     one_blas_thread,
     rows_matrix,
@@ -143,6 +146,50 @@ def least_confidence(pool: Pool, budget: int, rng: np.random.Generator,
     No params. Score: 1 - max probability."""
     probs = candidate_probs(pool, "least_confidence", rng)
     return top_k(pool.candidates, 1.0 - probs.max(axis=1), budget)
+
+
+DIVERSE_BETA = 10
+DIVERSE_BETA_PARAM = Param("beta", "int", DIVERSE_BETA,
+                           "pre-filter: the beta x budget smallest-margin candidates are clustered", 1, 100)
+
+
+def diverse_margin_work(params: Mapping[str, str], rows: int, labelled: int, budget: int, classes: int) -> float:
+    """diverse_margin's work size for a call (StrategyEntry.work_size), in k-means units (rows x clusters): the
+    k-means of the beta x budget pre-filtered rows into budget clusters, at least one pass over the pool."""
+    pre = min(max(1, rows), DIVERSE_BETA_PARAM.get_int(params) * max(1, budget))
+    return float(max(max(1, rows), pre * max(1, budget)))
+
+
+@strategy("diverse_margin", DIVERSE_BETA_PARAM, needs="classifier", light_budget=LIGHT_GREEDY_BUDGET,
+          work=diverse_margin_work, cpu_per_unit=KMEANS_CPU_PER_UNIT)
+def diverse_margin(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping[str, str]) -> Selection:
+    """Diverse mini-batch active learning (Zhdanov, "Diverse mini-Batch Active Learning", arXiv:1901.05954,
+    2019, Algorithm 1): pre-filter the beta x budget candidates of smallest margin (Settles 2009, Sec. 3.1),
+    cluster them into budget clusters with k-means, and take from each cluster the member nearest its centre.
+    A batch of plain ``margin`` picks can be one burst of near-identical frames (the top scores sit together);
+    here each pick comes from another cluster of the uncertain rows.
+
+    Ours: the k-means is unweighted (the paper weighs each row by its informativeness); it is the agent's
+    interruptible k-means (``fit_kmeans``) on the pre-filtered rows. Clusters left empty (fewer distinct rows
+    than picks) are filled by the most uncertain rows not taken. Params: ``beta`` (10, the paper's choice).
+    Score: 1 - margin."""
+    cand = pool.candidates
+    take = min(budget, len(cand))
+    if take == 0:
+        return Selection(rows=cand[:0], scores=np.zeros(0))
+    info = 1.0 - margin_of(candidate_probs(pool, "diverse_margin", rng))  # M
+    pre = top_k(np.arange(len(cand)), info, min(len(cand), DIVERSE_BETA_PARAM.get_int(params) * take)).rows
+    x = rows_matrix(pool.embeddings, cand[pre])  # PxD
+    centres = fit_kmeans(x, take, rng)  # KxD, K <= take
+    which, sq = assign(x, centres)  # P cluster ids, P squared distances
+    order = np.lexsort((np.arange(len(pre)), sq, which))  # by cluster, nearest its centre first, then by rank
+    first = order[np.r_[True, which[order][1:] != which[order][:-1]]]  # each cluster's nearest member
+    chosen = list(first[np.argsort(-info[pre[first]], kind="stable")])
+    if len(chosen) < take:  # empty clusters: the most uncertain rows not taken
+        taken = set(chosen)
+        chosen += [i for i in range(len(pre)) if i not in taken][:take - len(chosen)]
+    picked = pre[np.asarray(chosen[:take], np.int64)]
+    return Selection(rows=np.asarray(cand[picked], np.int64), scores=np.asarray(info[picked], np.float64))
 
 
 def badge_work(params: Mapping[str, str], rows: int, labelled: int, budget: int, classes: int) -> float:

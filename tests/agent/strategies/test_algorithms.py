@@ -184,6 +184,26 @@ def test_margin_and_entropy_pick_the_boundary() -> None:
         assert sel.rows.tolist() == [6], name
 
 
+def test_diverse_margin_takes_one_frame_of_a_burst_where_margin_takes_the_burst() -> None:
+    # 10 near-identical frames (a camera-trap burst) are the most uncertain rows; 50 distinct rows are a little
+    # less uncertain. margin's top 5 are all the burst; diverse_margin clusters the 50 most uncertain and takes
+    # one row per cluster (Zhdanov 2019), so the burst gives at most one pick.
+    rng = np.random.default_rng(3)
+    burst = np.tile(rng.normal(size=8), (10, 1)) + 1e-4 * rng.normal(size=(10, 8))
+    x = np.concatenate([rng.normal(size=(2, 8)), burst, rng.normal(size=(50, 8))])
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    y = np.array([0, 1] + [0] * 60)
+    gap = np.r_[5.0, -5.0, np.zeros(10), np.linspace(0.05, 0.5, 50)]  # logit gap: 0 is a coin toss
+    logits = np.stack([gap / 2, -gap / 2], axis=1).astype(np.float32)
+    pool = make_pool(x, y, np.array([0, 1]), logits=logits)
+    in_burst = set(range(2, 12))
+    plain = STRATEGIES["margin"](pool, 5, np.random.default_rng(0), {})
+    assert set(plain.rows.tolist()) <= in_burst
+    sel = STRATEGIES["diverse_margin"](pool, 5, np.random.default_rng(0), {"beta": "10"})
+    assert len(set(sel.rows.tolist())) == 5 and len(in_burst & set(sel.rows.tolist())) <= 1
+    assert np.all(np.diff(sel.scores) <= 0)  # most uncertain first
+
+
 def test_qbc_without_two_labelled_classes_says_its_committee_needs_them() -> None:
     # The model has a usable 2-class head, but qbc's committee is fitted on the labels: one class is too few,
     # and the refusal must not blame a missing logits head.
