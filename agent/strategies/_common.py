@@ -60,11 +60,10 @@ KMEANS_CPU_PER_UNIT = 5e-7
 LIGHT_GREEDY_BUDGET = 200
 # Prior CPU seconds per unit of the greedy strategies' work size (coreset: rows x (labelled + budget); badge:
 # rows x (budget + 1); one pass of a matrix-vector product, a mask and an argmin over the pool per pick),
-# which admission expects of a first call before any of theirs is measured. The loop measured 4e-8 CPU s per
-# row and pick at D = 128 and 7e-8 at D = 512 (50,000 rows, a loaded 2-core machine, 2026-12-06); 1e-7 is
-# above both. A budget-5000 coreset on 300,000 rows is then ~150 CPU s, refused at once under a 60-s deadline
-# instead of being admitted at the lane's mean and cut off by DEADLINE_EXCEEDED (docs/reliability.md,
-# "Greedy strategies declare their work").
+# which admission expects of a first call before any of theirs is measured: above what the loop measured at
+# D = 128 and 512 (scripts/experiments/greedy_cost.py; figures in docs/reliability.md, "Greedy strategies
+# declare their work"), so a big-budget call is refused at once under a short deadline instead of being
+# admitted at the lane's mean and cut off by DEADLINE_EXCEEDED.
 GREEDY_CPU_PER_UNIT = 1e-7
 
 
