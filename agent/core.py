@@ -204,6 +204,9 @@ READ_ONLY_SELECT = ("made with a read token: answered, not recorded (a read toke
                     "selections table and do not count as draws for the calibration)")
 # Select's details key saying why the answer is empty (an empty list alone reads like a failure).
 NOTHING_SELECTED = "nothing_selected"
+# Select's details key, present when byte-identical samples were left out of the candidates (``twin_free``):
+# how many, and why. Absent in a pool without byte-identical samples.
+SAME_PAYLOAD_LEFT_OUT = "same_payload_left_out"
 
 
 class DataFolderError(OSError):
@@ -715,6 +718,8 @@ class Agent:
         else:
             pool, seqs = self.model_pool(serving, where)
             version = serving.version
+        candidates, left_out = self.twin_free(pool.candidates, seqs)
+        pool = replace(pool, candidates=candidates)
         details: dict[str, str] = {}
         take = min(budget, len(pool.candidates))  # a budget beyond the candidates costs nothing more
         # Everything the answer depends on: the model version, the pool's rows, the labelled set with
@@ -728,9 +733,14 @@ class Agent:
                 return SelectResult(chosen, version, strategy, cached[2], details)
         elif take == 0:
             chosen = []
-            details[NOTHING_SELECTED] = self._why_nothing(where)
+            details[NOTHING_SELECTED] = self._why_nothing(where, left_out)
         else:
             chosen, details = self._run_strategy(strategy, fn, pool, seqs, take, budget, seed, params, token)
+        if cached is None and left_out:
+            details[SAME_PAYLOAD_LEFT_OUT] = (
+                f"{left_out} unlabelled sample{'s' if left_out != 1 else ''} left out of the candidates: the exact "
+                "bytes of a labelled sample, or of an earlier-ingested candidate (one label covers byte-identical "
+                "images)")
         selection_id = uuid.uuid4().hex
         if not record:  # cached unrecorded: a repeat by a read token is answered at once, by a write token recorded
             if cached is None:
@@ -744,6 +754,29 @@ class Agent:
         kept = {k: v for k, v in details.items() if k != SELECTION_NOT_RECORDED}
         self.select_cache.put(key, (list(chosen), kept, recorded), weight=max(1, len(chosen)))
         return SelectResult(chosen, version, strategy, selection_id, details)
+
+    def twin_free(self, candidates: np.ndarray, seqs: np.ndarray) -> tuple[np.ndarray, int]:
+        """``candidates`` (pool rows; ``seqs``: every row's state seq) less the byte-identical samples a label
+        would be spent on twice: those whose payload equals a labelled sample's (whether that one is in the pool
+        or not), and of several byte-identical candidates all but the earliest ingested. Every Select strategy
+        gets the candidates this leaves, in their order; and how many were left out. A pool without
+        byte-identical samples keeps its candidates as they are (the same array)."""
+        groups = self.state.payload_groups()
+        if groups is None or len(candidates) == 0:
+            return candidates, 0
+        labels = self.state.labels_by_seq()
+        n = min(len(groups), len(labels))
+        labelled_groups = np.unique(groups[:n][labels[:n] >= 0])
+        cand_seqs = seqs[candidates]
+        group = groups[cand_seqs]
+        keep = ~np.isin(group, labelled_groups)
+        order = np.argsort(cand_seqs, kind="stable")  # ingest order
+        order = order[keep[order]]
+        _, first = np.unique(group[order], return_index=True)
+        mask = np.zeros(len(candidates), bool)
+        mask[order[first]] = True
+        left_out = int(len(candidates) - mask.sum())
+        return (candidates if left_out == 0 else candidates[mask]), left_out
 
     def _select_strategy(self, budget: int, strategy: str, params: Mapping[str, str],
                          where: Mapping[str, str]) -> StrategyEntry:
@@ -834,11 +867,15 @@ class Agent:
             log.info("pruned %d old selection records (the newest %d and every uniform draw are kept)", gone,
                      SELECTIONS_KEPT)
 
-    def _why_nothing(self, where: Mapping[str, str]) -> str:
-        """Why a Select has no candidate: an empty pool, a where filter nothing unlabelled matches, or every
-        sample labelled."""
+    def _why_nothing(self, where: Mapping[str, str], left_out: int = 0) -> str:
+        """Why a Select has no candidate: an empty pool, a where filter nothing unlabelled matches, every
+        sample labelled, or (``left_out`` > 0) every unlabelled sample left is byte-identical to a labelled one."""
         if self.state.count() == 0:
             return "the pool is empty: ingest samples first"
+        if left_out:
+            matching = " matching the where filter" if where else ""
+            return (f"every unlabelled sample{matching} ({left_out}) has the exact bytes of a labelled sample "
+                    "(one label covers byte-identical images): nothing is left to select")
         if where:
             shown = ", ".join(f"{k}={v}" for k, v in sorted(where.items()))
             return (f"no unlabelled sample matches where {shown} (keys and values must equal a sample's metadata "

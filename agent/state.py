@@ -290,6 +290,10 @@ class State:
         self._records: list[SampleRecord | None] = [None]  # index = seq (seqs start at 1)
         self._seq_by_id: dict[str, int] = {}
         self._seq_by_sha: dict[str, int] = {}  # the first sample stored with each payload
+        # by seq: the first seq stored with the same payload (itself for the first; 0 for seq 0 and gaps), and
+        # how many samples are byte-identical to an earlier one (0: no twins, payload_groups answers None)
+        self._first_by_seq = np.zeros(1024, np.int64)
+        self._twins = 0
         self._label = np.full(1024, -1, np.int64)  # current class index by seq, -1 = unlabelled
         self._labeled_count = 0
         # Label rows ever stored (labels, changes, retractions): Status.label_events, a revision of the labels
@@ -346,11 +350,17 @@ class State:
             self._records.append(None)
         self._records.append(rec)
         self._seq_by_id[rec.id] = rec.seq
-        self._seq_by_sha.setdefault(rec.sha256, rec.seq)
+        first = self._seq_by_sha.setdefault(rec.sha256, rec.seq)
         if rec.seq >= len(self._label):
             grown = np.full(max(2 * len(self._label), rec.seq + 1), -1, np.int64)
             grown[: len(self._label)] = self._label
             self._label = grown
+        if rec.seq >= len(self._first_by_seq):
+            firsts = np.zeros(max(2 * len(self._first_by_seq), rec.seq + 1), np.int64)
+            firsts[: len(self._first_by_seq)] = self._first_by_seq
+            self._first_by_seq = firsts
+        self._first_by_seq[rec.seq] = first
+        self._twins += first != rec.seq
 
     def _set_label(self, seq: int, cls: int) -> None:
         if self._label[seq] < 0:
@@ -441,6 +451,15 @@ class State:
         with self._lock:
             seq = self._seq_by_sha.get(sha256)
             return None if seq is None else self._records[seq]
+
+    def payload_groups(self) -> np.ndarray | None:
+        """By seq 0..max_seq: the seq of the first sample stored with the same payload bytes (sha256), the
+        sample's own seq when it is the first (0 for seq 0); byte-identical samples share one value. None when
+        no two samples are byte-identical (the common case: nothing to group). A copy."""
+        with self._lock:
+            if not self._twins:
+                return None
+            return self._first_by_seq[: len(self._records)].copy()
 
     def lookup(self, sample_id: str) -> SampleRecord | None:
         with self._lock:

@@ -1,0 +1,62 @@
+"""Byte-identical images under different ids (a re-uploaded card): Select never spends a label on one twice,
+PriorLabels gives a labelled sample's twins its label, SubmitLabels says when twins get different labels."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from agent import client
+from agent.strategies import STRATEGIES
+from shortlist.v1 import agent_pb2
+from tests.agent.conftest import Running, make_samples
+
+SAME_PAYLOAD_LEFT_OUT = "same_payload_left_out"  # agent.core's: a literal, so the test runs on older code
+
+
+def twin_pool(r: Running, n: int = 40, copies: int = 8, labels: int = 12) -> None:
+    """``n`` distinct samples s0.. (the first ``labels`` labelled, by cluster), then ``copies`` more under ids
+    c0.. with the exact bytes of s0.. (re-uploaded: c0..c{labels-1} are twins of labelled samples)."""
+    samples = make_samples(n, labels=labels)
+    reply = client.ingest(r.stub, samples, batch=32)
+    assert reply.accepted == n
+    again = client.ingest(r.stub, [client.image_sample(f"c{i}", samples[i].encoded_image) for i in range(copies)])
+    assert again.accepted == copies and again.same_payload == copies
+
+
+def select(r: Running, budget: int, strategy: str, seed: int = 0) -> agent_pb2.SelectReply:
+    return r.stub.Select(agent_pb2.SelectRequest(budget=budget, strategy=strategy, seed=seed))
+
+
+def test_select_leaves_out_twins_for_every_strategy(running: Running) -> None:
+    # c0..c5 are twins of labelled s0..s5; c12, c13 of unlabelled s12, s13 (and ingested after them)
+    samples = make_samples(40, labels=12)
+    client.ingest(running.stub, samples, batch=32)
+    copies = [client.image_sample(f"c{i}", samples[i].encoded_image) for i in (*range(6), 12, 13)]
+    assert client.ingest(running.stub, copies).same_payload == 8
+    unlabelled = {f"s{i}" for i in range(12, 40)}
+    for name in sorted(STRATEGIES):
+        reply = select(running, 48, name, seed=2)
+        ids = [s.id for s in reply.selected]
+        assert ids and len(set(ids)) == len(ids), name
+        assert set(ids) <= unlabelled, f"{name} picked a byte-identical twin: {sorted(set(ids) - unlabelled)}"
+        assert "8 unlabelled samples left out" in reply.details[SAME_PAYLOAD_LEFT_OUT], name
+        assert [s.id for s in select(running, 48, name, seed=2).selected] == ids, f"{name} not deterministic"
+
+
+def test_select_with_only_twins_left_says_why(running: Running) -> None:
+    samples = make_samples(6, labels=6)
+    client.ingest(running.stub, samples)
+    client.ingest(running.stub, [client.image_sample(f"c{i}", samples[i].encoded_image) for i in range(3)])
+    reply = select(running, 5, "random")
+    assert list(reply.selected) == []
+    assert "every unlabelled sample (3) has the exact bytes of a labelled sample" in reply.details["nothing_selected"]
+
+
+def test_select_without_twins_keeps_candidates(running: Running) -> None:
+    client.ingest(running.stub, make_samples(30, labels=6))
+    agent = running.agent
+    assert agent.state.payload_groups() is None
+    cand = np.arange(5, 30, dtype=np.int64)
+    same, left_out = agent.twin_free(cand, agent.state.all_seqs())
+    assert same is cand and left_out == 0
+    assert SAME_PAYLOAD_LEFT_OUT not in select(running, 5, "entropy").details
