@@ -937,7 +937,47 @@ class Agent:
         if fit is not None and fit.fitting_set != "off":
             fit = replace(fit, open_classes=not self.state.closed)
             self._note_prior_fit(method, fit)
-        return self._iter_priors(rows, seqs, cached[0], cached[1], fit, pool.classes, serving.version)
+        probs, confidence = self._with_twin_labels(rows, seqs, cached[0], cached[1], pool.classes)
+        return self._iter_priors(rows, seqs, probs, confidence, fit, pool.classes, serving.version)
+
+    def _with_twin_labels(self, rows: np.ndarray, seqs: np.ndarray, probs: np.ndarray, confidence: np.ndarray,
+                          classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """PriorLabels' ``probs`` and ``confidence`` of ``rows`` (pool rows; ``seqs``: every row's state seq),
+        with each unlabelled row whose payload is byte-identical to labelled samples that all carry one label
+        given that label, one-hot, confidence 1, as a labelled row is; where those twins carry different labels,
+        the prior method's answer stays (it saw each of them as a labelled sample). Computed after the method:
+        its calibration fit is the same with or without twins. Unchanged arrays when no twin is labelled."""
+        groups = self.state.payload_groups()
+        if groups is None or len(rows) == 0:
+            return probs, confidence
+        every = self.state.labels_by_seq()
+        n = min(len(groups), len(every))
+        names = list(self.state.classes)
+        pool_index = {c: i for i, c in enumerate(classes)}
+        to_pool = np.array([pool_index.get(c, -1) for c in names] + [-1], np.int64)  # state class -> pool class
+        labels = np.where(every[:n] >= 0, to_pool[np.where(every[:n] >= 0, every[:n], len(names))], -1)
+        lab = np.flatnonzero(labels >= 0)
+        if len(lab) == 0:
+            return probs, confidence
+        low = np.full(n, np.iinfo(np.int64).max, np.int64)
+        high = np.full(n, -1, np.int64)
+        np.minimum.at(low, groups[lab], labels[lab])
+        np.maximum.at(high, groups[lab], labels[lab])
+        agreed = np.where(low == high, high, -1)  # by group: the one label its labelled samples carry, -1 none
+        row_seqs = seqs[rows]
+        inside = row_seqs < n
+        twin = np.full(len(rows), -1, np.int64)
+        twin[inside] = agreed[groups[row_seqs[inside]]]
+        own = np.full(len(rows), -1, np.int64)
+        own[inside] = labels[row_seqs[inside]]
+        hit = np.flatnonzero((twin >= 0) & (own < 0))
+        if len(hit) == 0:
+            return probs, confidence
+        probs, confidence = np.array(probs, copy=True), np.array(confidence, copy=True)
+        probs[hit] = 0.0
+        probs[hit, twin[hit]] = 1.0
+        confidence[hit] = 1.0
+        return probs, confidence
 
     def _iter_priors(self, rows: np.ndarray, seqs: np.ndarray, probs: np.ndarray, confidence: np.ndarray,
                      calibration: TemperatureFit | None, classes: list[str], version: str) -> Iterator[PriorResult]:

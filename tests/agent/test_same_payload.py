@@ -6,9 +6,10 @@ from __future__ import annotations
 import numpy as np
 
 from agent import client
+from agent.priors import PRIOR_METHODS
 from agent.strategies import STRATEGIES
 from shortlist.v1 import agent_pb2
-from tests.agent.conftest import Running, make_samples
+from tests.agent.conftest import CLASSES, Running, make_samples
 
 SAME_PAYLOAD_LEFT_OUT = "same_payload_left_out"  # agent.core's: a literal, so the test runs on older code
 
@@ -60,3 +61,29 @@ def test_select_without_twins_keeps_candidates(running: Running) -> None:
     same, left_out = agent.twin_free(cand, agent.state.all_seqs())
     assert same is cand and left_out == 0
     assert SAME_PAYLOAD_LEFT_OUT not in select(running, 5, "entropy").details
+
+
+def test_prior_of_a_labelled_samples_twin_is_its_label(running: Running) -> None:
+    twin_pool(running)
+    # give the twins' originals labels against their cluster, so no method would guess them
+    wrong = [(f"s{i}", CLASSES[(i + 1) % 3]) for i in range(4)]
+    assert client.submit_labels(running.stub, wrong, annotator="a").accepted == 4
+    for method in sorted(PRIOR_METHODS):
+        priors = {p.id: p for p in running.stub.PriorLabels(agent_pb2.PriorLabelsRequest(method=method))}
+        for i in range(8):
+            p = priors[f"c{i}"]
+            want = CLASSES[(i + 1) % 3] if i < 4 else CLASSES[i % 3]
+            assert (p.label, p.confidence) == (want, 1.0), (method, p.id, p.label, p.confidence)
+            assert p.probs[want] == 1.0 and sum(p.probs.values()) == 1.0
+        asked = list(running.stub.PriorLabels(agent_pb2.PriorLabelsRequest(method=method, ids=["c1", "s20"])))
+        assert (asked[0].label, asked[0].confidence) == (CLASSES[2], 1.0) and asked[1].confidence < 1.0
+
+
+def test_prior_of_twins_with_different_labels_is_the_methods(running: Running) -> None:
+    samples = make_samples(30, labels=9)
+    client.ingest(running.stub, samples)
+    copies = [client.image_sample(f"c{i}", samples[0].encoded_image) for i in range(2)]
+    client.ingest(running.stub, copies)
+    client.submit_labels(running.stub, [("c0", "dog")], annotator="a")  # s0 is 'cat': its twins disagree
+    (p,) = running.stub.PriorLabels(agent_pb2.PriorLabelsRequest(method="knn", ids=["c1"]))
+    assert p.confidence < 1.0  # the method's answer, not one of the twins' labels
