@@ -980,7 +980,10 @@ def label(agent: AgentTarget,
     new_label = {sid: lab for _, sid, lab in rows}
     overwritten = [{"line": line_of.get(o.id, 0), "id": o.id, "label": o.label, "annotator": o.annotator}
                    for o in reply.overwritten]
-    _print_reply(LABEL_WORDING, reply.accepted, rejected, overwritten, as_json, interrupted, len(rows), new_label)
+    twins = [{"line": line_of.get(t.id, 0), "id": t.id, "twin_id": t.twin_id, "twin_label": t.twin_label}
+             for t in reply.twin_conflicts]
+    _print_reply(LABEL_WORDING, reply.accepted, rejected, overwritten, as_json, interrupted, len(rows), new_label,
+                 twins)
 
 
 def _rejection(r: agent_pb2.Rejection, only_unlabelled: str = "") -> dict[str, Any]:
@@ -1033,15 +1036,20 @@ RETRACT_WORDING = ReplyWording(
 
 def _print_reply(wording: ReplyWording, accepted: int, rejected: list[dict[str, Any]],
                  overwritten: list[dict[str, Any]], as_json: bool, interrupted: client.Interrupted | None,
-                 total: int, sent: dict[str, str] | None = None) -> None:
+                 total: int, sent: dict[str, str] | None = None,
+                 twins: list[dict[str, Any]] | None = None) -> None:
     """A SubmitLabels / RetractLabels reply on stdout, worded by ``wording``: JSON, or a count line and the
     first 10 rejections, then (when there are any) ``wording.overwrite_head`` and the first 10 ``overwritten``
     (labels of other annotators replaced or taken back, with the label ``sent`` for each id; JSON: always
-    listed). After a Ctrl-C (``interrupted``, of ``total`` items): what was answered, then (stderr) how far
-    it got and that a rerun continues, exit 130."""
+    listed). ``twins`` (SubmitLabels' twin_conflicts: labels stored that differ from a byte-identical sample's;
+    JSON key ``twin_conflicts``, when given): a line before the first 10 of them. After a Ctrl-C
+    (``interrupted``, of ``total`` items): what was answered, then (stderr) how far it got and that a rerun
+    continues, exit 130."""
     verb, items, again = wording.verb, wording.items, wording.again
     if as_json:
         out: dict[str, Any] = {"accepted": accepted, "rejected": rejected, "overwritten": overwritten}
+        if twins is not None:
+            out["twin_conflicts"] = twins
         if interrupted is not None:
             out.update(interrupted=True, sent=interrupted.sent, unconfirmed=interrupted.unconfirmed, total=total)
         print(json_line(out))
@@ -1058,6 +1066,16 @@ def _print_reply(wording: ReplyWording, accepted: int, rejected: list[dict[str, 
                 result.print(printable(wording.overwrite_line(o, sent or {})), markup=False, highlight=False)
             if len(overwritten) > 10:
                 result.print(f"  ... and {len(overwritten) - 10} more (--json lists all)", highlight=False)
+        if twins:
+            result.print(f"{len(twins)} label(s) differ from the label of a sample with the exact same bytes (a "
+                         "byte-identical image under another id; stored all the same, last write wins per id):",
+                         highlight=False)
+            for t in twins[:10]:
+                line = f"line {t['line']}: " if t["line"] else ""
+                result.print(printable(f"  {line}{t['id']}: {(sent or {}).get(t['id'], '?')!r}, but {t['twin_id']} "
+                                       f"(same bytes) is {t['twin_label']!r}"), markup=False, highlight=False)
+            if len(twins) > 10:
+                result.print(f"  ... and {len(twins) - 10} more (--json lists all)", highlight=False)
     if interrupted is not None:
         answered = interrupted.sent - interrupted.unconfirmed
         console.print(f"[red]interrupted[/red] (Ctrl-C): the agent answered for {answered} of the {total} {items} "

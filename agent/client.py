@@ -672,7 +672,7 @@ def list_labels(stub: agent_pb2_grpc.AgentStub, history: bool = False) -> Iterat
 
 
 # SubmitLabels' or RetractLabels' reply: both are (accepted, rejected, overwritten), summed over chunks by
-# ``_summed``.
+# ``_summed`` (with SubmitLabels' twin_conflicts).
 LabelsReply = TypeVar("LabelsReply", agent_pb2.SubmitLabelsReply, agent_pb2.RetractLabelsReply)
 
 
@@ -693,6 +693,8 @@ def _summed(total: LabelsReply, calls: Iterable[tuple[int, Callable[[], LabelsRe
         total.accepted += reply.accepted
         total.rejected.extend(reply.rejected)
         total.overwritten.extend(reply.overwritten)
+        if isinstance(total, agent_pb2.SubmitLabelsReply) and isinstance(reply, agent_pb2.SubmitLabelsReply):
+            total.twin_conflicts.extend(reply.twin_conflicts)
     return total
 
 

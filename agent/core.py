@@ -518,7 +518,8 @@ class Agent:
     def submit_labels(self, labels: Sequence[tuple[str, str]], annotator: str, source: str = "",
                       if_current: Mapping[str, str] | None = None,
                       replaced: list[Replaced] | None = None,
-                      agreed: list[tuple[str, tuple[str, str]]] | None = None) -> tuple[int, list[Rejected]]:
+                      agreed: list[tuple[str, tuple[str, str]]] | None = None,
+                      twin_conflicts: list[tuple[str, str, str]] | None = None) -> tuple[int, list[Rejected]]:
         """Record (id, label) pairs durably, with who gave them and how (``source``, "" = "manual") and
         the model version served now; per-item rejections for unknown ids / labels, a new class name
         that would look like another (``name_problem``), an id listed twice (its second item) and, for an
@@ -530,13 +531,16 @@ class Agent:
         unless ``if_current`` says otherwise, and the caller can say so). ``agreed``, when given, gets
         (id, (label, who gave it)) for each accepted item of ``if_current`` whose sample already had the new
         label, given by someone else, though the caller expected another one (an agreement with a label the
-        caller had not seen)."""
+        caller had not seen). ``twin_conflicts``, when given, gets (id, twin id, twin's label) for each accepted
+        item and each sample byte-identical to it (State.payload_twins) whose label, counting this request's
+        items before it, differs from the new one: stored all the same, the caller can warn."""
         lim = self.limits
         self._check_label_call(labels, "labels", annotator, source)
         rejected: list[Rejected] = []
         good: list[tuple[int, int]] = []
         seen: set[int] = set()
         unchanged = 0
+        given: dict[int, str] = {}  # seq -> the label this request gives it (for twin_conflicts)
         with self.manager.writing() as serving:
             for sid, label in labels:
                 label_problem = (text_problem(label, lim.max_label_chars, "max_label_chars", "label")
@@ -562,18 +566,35 @@ class Agent:
                     agreed.append((sid, (label, by)))
                 if same and self.state.last_label_by(rec.seq) == (annotator or "unknown", source or MANUAL_SOURCE):
                     unchanged += 1  # a resend (a retry after a lost reply): already stored, no second row
+                    self._note_twin_conflicts(rec, label, given, twin_conflicts)
                     continue
                 idx = self.state.class_index(label)
                 if idx is None:
                     rejected.append(Rejected(sid, unknown_label_reason(self.state.classes, label)))
                     continue
                 good.append((rec.seq, idx))
+                self._note_twin_conflicts(rec, label, given, twin_conflicts)
                 if replaced is not None and current >= 0 and not same:  # a label over another one
                     self._note_replaced(rec, self.state.class_name(current), annotator, replaced)
             if good:
                 self.state.add_labels(good, annotator or "unknown", source or MANUAL_SOURCE,
                                       "" if serving is None else serving.version)
         return len(good) + unchanged, rejected
+
+    def _note_twin_conflicts(self, rec: SampleRecord, label: str, given: dict[int, str],
+                             out: list[tuple[str, str, str]] | None) -> None:
+        """SubmitLabels' accepted ``label`` for ``rec``: (id, twin id, twin's label) into ``out`` for each
+        byte-identical sample labelled otherwise (its label in this request, ``given``, else its current one);
+        then ``given`` records this one."""
+        given[rec.seq] = label
+        if out is None:
+            return
+        for q in self.state.payload_twins(rec.seq):
+            now = given.get(q)
+            if now is None:
+                now = self.state.label_name(q)
+            if now and now != label:
+                out.append((rec.id, self.state.record(q).id, now))
 
     def retract_labels(self, ids: Sequence[str], annotator: str, source: str = "",
                        if_current: Mapping[str, str] | None = None,

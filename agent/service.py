@@ -159,14 +159,16 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
         """SubmitLabels: record labels, with what they overwrote or agreed with (docs/agent.md, API)."""
         replaced: list[Replaced] = []
         agreed: list[tuple[str, tuple[str, str]]] = []
+        twins: list[tuple[str, str, str]] = []
         accepted, rejected = self.agent.submit_labels(
             [(a.id, a.label) for a in request.labels], request.annotator, request.source,
-            {a.id: a.if_current for a in request.labels if a.HasField("if_current")}, replaced, agreed)
+            {a.id: a.if_current for a in request.labels if a.HasField("if_current")}, replaced, agreed, twins)
         return agent_pb2.SubmitLabelsReply(
             accepted=accepted, rejected=[label_rejection(r) for r in rejected],
             overwritten=[replaced_message(r) for r in replaced],
             agreed=[agent_pb2.Agreement(id=i, now=agent_pb2.LabelNow(label=lab, annotator=by))
-                    for i, (lab, by) in agreed])
+                    for i, (lab, by) in agreed],
+            twin_conflicts=[agent_pb2.TwinConflict(id=i, twin_id=t, twin_label=lab) for i, t, lab in twins])
 
     def RetractLabels(self, request: agent_pb2.RetractLabelsRequest,
                       context: grpc.ServicerContext) -> agent_pb2.RetractLabelsReply:

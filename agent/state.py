@@ -294,6 +294,7 @@ class State:
         # how many samples are byte-identical to an earlier one (0: no twins, payload_groups answers None)
         self._first_by_seq = np.zeros(1024, np.int64)
         self._twins = 0
+        self._group_members: dict[int, list[int]] = {}  # first seq -> the seqs of its payload, when 2 or more
         self._label = np.full(1024, -1, np.int64)  # current class index by seq, -1 = unlabelled
         self._labeled_count = 0
         # Label rows ever stored (labels, changes, retractions): Status.label_events, a revision of the labels
@@ -360,7 +361,9 @@ class State:
             firsts[: len(self._first_by_seq)] = self._first_by_seq
             self._first_by_seq = firsts
         self._first_by_seq[rec.seq] = first
-        self._twins += first != rec.seq
+        if first != rec.seq:
+            self._twins += 1
+            self._group_members.setdefault(first, [first]).append(rec.seq)
 
     def _set_label(self, seq: int, cls: int) -> None:
         if self._label[seq] < 0:
@@ -460,6 +463,13 @@ class State:
             if not self._twins:
                 return None
             return self._first_by_seq[: len(self._records)].copy()
+
+    def payload_twins(self, seq: int) -> list[int]:
+        """The seqs of the other samples stored with the exact payload of sample ``seq``, in ingest order."""
+        with self._lock:
+            if not self._twins or seq >= len(self._first_by_seq):
+                return []
+            return [q for q in self._group_members.get(int(self._first_by_seq[seq]), []) if q != seq]
 
     def lookup(self, sample_id: str) -> SampleRecord | None:
         with self._lock:

@@ -228,9 +228,12 @@ def submit(body: LabelsBody, caller: Caller = CallerDep) -> dict[str, Any]:
     reply = caller(caller.stub.SubmitLabels, agent_pb2.SubmitLabelsRequest(labels=labels, annotator=caller.annotator))
     # agreed: labels the sample already had, given by someone else (``by``) before this page saw it; the
     # page's undo leaves them as they are instead of taking back the other annotator's label.
+    # twin_conflicts: labels stored that differ from the label of a byte-identical sample under another id.
     return {"accepted": reply.accepted, "annotator": caller.annotator,
             "rejected": rejections(reply.rejected),
-            "agreed": [{"id": a.id, "label": a.now.label, "by": a.now.annotator} for a in reply.agreed]}
+            "agreed": [{"id": a.id, "label": a.now.label, "by": a.now.annotator} for a in reply.agreed],
+            "twin_conflicts": [{"id": t.id, "twin_id": t.twin_id, "twin_label": t.twin_label}
+                               for t in reply.twin_conflicts]}
 
 
 class RetractBody(BaseModel):

@@ -163,16 +163,28 @@ class LabelAssignment(_message.Message):
     def __init__(self, id: _Optional[str] = ..., label: _Optional[str] = ..., if_current: _Optional[str] = ...) -> None: ...
 
 class SubmitLabelsReply(_message.Message):
-    __slots__ = ("accepted", "rejected", "overwritten", "agreed")
+    __slots__ = ("accepted", "rejected", "overwritten", "agreed", "twin_conflicts")
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     REJECTED_FIELD_NUMBER: _ClassVar[int]
     OVERWRITTEN_FIELD_NUMBER: _ClassVar[int]
     AGREED_FIELD_NUMBER: _ClassVar[int]
+    TWIN_CONFLICTS_FIELD_NUMBER: _ClassVar[int]
     accepted: int
     rejected: _containers.RepeatedCompositeFieldContainer[Rejection]
     overwritten: _containers.RepeatedCompositeFieldContainer[Replaced]
     agreed: _containers.RepeatedCompositeFieldContainer[Agreement]
-    def __init__(self, accepted: _Optional[int] = ..., rejected: _Optional[_Iterable[_Union[Rejection, _Mapping]]] = ..., overwritten: _Optional[_Iterable[_Union[Replaced, _Mapping]]] = ..., agreed: _Optional[_Iterable[_Union[Agreement, _Mapping]]] = ...) -> None: ...
+    twin_conflicts: _containers.RepeatedCompositeFieldContainer[TwinConflict]
+    def __init__(self, accepted: _Optional[int] = ..., rejected: _Optional[_Iterable[_Union[Rejection, _Mapping]]] = ..., overwritten: _Optional[_Iterable[_Union[Replaced, _Mapping]]] = ..., agreed: _Optional[_Iterable[_Union[Agreement, _Mapping]]] = ..., twin_conflicts: _Optional[_Iterable[_Union[TwinConflict, _Mapping]]] = ...) -> None: ...
+
+class TwinConflict(_message.Message):
+    __slots__ = ("id", "twin_id", "twin_label")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    TWIN_ID_FIELD_NUMBER: _ClassVar[int]
+    TWIN_LABEL_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    twin_id: str
+    twin_label: str
+    def __init__(self, id: _Optional[str] = ..., twin_id: _Optional[str] = ..., twin_label: _Optional[str] = ...) -> None: ...
 
 class Replaced(_message.Message):
     __slots__ = ("id", "label", "annotator")

@@ -341,15 +341,15 @@ def test_ctrl_c_on_label_and_retract_says_what_was_stored(tmp_path: Path, runnin
     assert running.agent.state.labeled_count() == 2
     res = runner.invoke(app, ["label", str(tmp_path / "answers.csv"), "--agent", running.address, "--json"])
     assert res.exit_code == 130 and json.loads(res.stdout) == {
-        "accepted": 2, "rejected": [], "overwritten": [], "interrupted": True, "sent": 2, "unconfirmed": 0,
-        "total": 6}
+        "accepted": 2, "rejected": [], "overwritten": [], "twin_conflicts": [], "interrupted": True, "sent": 2,
+        "unconfirmed": 0, "total": 6}
     res = runner.invoke(app, ["retract-labels", "s0", "s1", "s2", "--agent", running.address, "--json"])
     assert res.exit_code == 130 and json.loads(res.stdout) == {
         "accepted": 2, "rejected": [], "overwritten": [], "interrupted": True, "sent": 2, "unconfirmed": 0,
         "total": 3}
     monkeypatch.undo()
     assert json.loads(run("label", str(tmp_path / "answers.csv"), "--agent", running.address, "--json")) == {
-        "accepted": 6, "rejected": [], "overwritten": []}
+        "accepted": 6, "rejected": [], "overwritten": [], "twin_conflicts": []}
 
 
 def test_with_labels_says_when_images_have_no_class_folder(tmp_path: Path, running: Running) -> None:
@@ -423,12 +423,13 @@ def test_label_csv_with_or_without_header_and_bom(tmp_path: Path, running: Runni
         return res.exit_code, res.stdout if res.exit_code == 0 else " ".join(res.output.split())
 
     code, out = label("s0,cat\n")
-    assert code == 0 and json.loads(out) == {"accepted": 1, "rejected": [], "overwritten": []}
+    assert code == 0 and json.loads(out) == {"accepted": 1, "rejected": [], "overwritten": [], "twin_conflicts": []}
     code, out = label("id,label\r\ns1,dog\r\n", encoding="utf-8-sig")  # Excel "CSV UTF-8"
     assert code == 0 and json.loads(out)["accepted"] == 1
     code, out = label("Label;ID\nfrog;s2\n\nfrog;nope\n")  # semicolons, other order, a blank line
     assert code == 0 and json.loads(out) == {"accepted": 1, "rejected": [
-        {"line": 4, "id": "nope", "reason": "unknown id 'nope': ingest it first"}], "overwritten": []}
+        {"line": 4, "id": "nope", "reason": "unknown id 'nope': ingest it first"}], "overwritten": [],
+        "twin_conflicts": []}
     code, out = label("id,label\n")
     assert code == 2 and "has no labels" in out
     code, out = label("s3,cat\ns0\n,dog\n")
@@ -465,6 +466,27 @@ def test_retract_labels_from_arguments_and_files(tmp_path: Path, running: Runnin
     assert res.exit_code == 2 and "no ids" in out(res)
 
 
+def test_label_says_which_labels_differ_from_a_byte_identical_twins(tmp_path: Path, running: Running) -> None:
+    """Byte-identical images under other ids (a re-uploaded card) labelled otherwise: stored (last write wins
+    per id), and the output says so, one line per label (the first 10), so the annotator can look again."""
+    images = [png(img) for img in make_images(14)]
+    client.ingest(running.stub, [client.image_sample(f"s{i}", b) for i, b in enumerate(images)])
+    client.ingest(running.stub, [client.image_sample(f"card2/s{i}", b) for i, b in enumerate(images)])
+    client.submit_labels(running.stub, [(f"s{i}", "cat") for i in range(14)], "chloé")
+    path = tmp_path / "l.csv"
+    path.write_text("id,label\n" + "".join(f"card2/s{i},{'cat' if i == 0 else 'dog'}\n" for i in range(14)))
+    res = runner.invoke(app, ["label", str(path), "--agent", running.address])
+    assert res.exit_code == 0 and res.stdout.splitlines() == [
+        "accepted 14, rejected 0",
+        "13 label(s) differ from the label of a sample with the exact same bytes (a byte-identical image under "
+        "another id; stored all the same, last write wins per id):",
+        *[f"  line {i + 2}: card2/s{i}: 'dog', but s{i} (same bytes) is 'cat'" for i in range(1, 11)],
+        "  ... and 3 more (--json lists all)"], res.output
+    res = runner.invoke(app, ["label", str(path), "--agent", running.address, "--json"])
+    got = json.loads(res.stdout)["twin_conflicts"]
+    assert len(got) == 13 and got[0] == {"line": 3, "id": "card2/s1", "twin_id": "s1", "twin_label": "cat"}
+
+
 def test_label_and_retract_say_whose_labels_they_overwrite_and_can_be_conditional(tmp_path: Path,
                                                                                   running: Running) -> None:
     """`label FILE.csv` relabelled an annotator's sample and printed only "accepted 1" (last write wins, unseen).
@@ -487,7 +509,7 @@ def test_label_and_retract_say_whose_labels_they_overwrite_and_can_be_conditiona
         "overwrote 1 label(s) given by other annotators (last write wins; --only-unlabelled or --if-current keep "
         "them):", "  line 2: s0: 'cat' by chloé -> 'dog'"], res.output
     res = label("id,label\ns0,cat\n", "--json")  # its own label: not another annotator's
-    assert json.loads(res.stdout) == {"accepted": 1, "rejected": [], "overwritten": []}
+    assert json.loads(res.stdout) == {"accepted": 1, "rejected": [], "overwritten": [], "twin_conflicts": []}
     client.submit_labels(running.stub, [("s0", "dog")], "chloé")
     res = label("id,label\ns0,frog\ns3,cat\n", "--json")
     assert json.loads(res.stdout)["overwritten"] == [{"line": 2, "id": "s0", "label": "dog", "annotator": "chloé"}]

@@ -87,3 +87,15 @@ def test_prior_of_twins_with_different_labels_is_the_methods(running: Running) -
     client.submit_labels(running.stub, [("c0", "dog")], annotator="a")  # s0 is 'cat': its twins disagree
     (p,) = running.stub.PriorLabels(agent_pb2.PriorLabelsRequest(method="knn", ids=["c1"]))
     assert p.confidence < 1.0  # the method's answer, not one of the twins' labels
+
+
+def test_submit_labels_reports_a_twin_with_another_label(running: Running) -> None:
+    twin_pool(running, labels=2)
+    reply = client.submit_labels(running.stub, [("c0", "dog"), ("c1", "dog"), ("c2", "frog")], annotator="b")
+    assert reply.accepted == 3  # stored: last write wins per id
+    got = [(t.id, t.twin_id, t.twin_label) for t in reply.twin_conflicts]
+    assert got == [("c0", "s0", "cat")]  # s1 is 'dog' already; s2 is unlabelled
+    assert running.agent.state.label_name(running.agent.state.lookup("c0").seq) == "dog"  # type: ignore[union-attr]
+    # in one request: the second twin's label disagrees with the first's, stored just before
+    again = client.submit_labels(running.stub, [("s5", "cat"), ("c5", "frog")], annotator="b")
+    assert [(t.id, t.twin_id, t.twin_label) for t in again.twin_conflicts] == [("c5", "s5", "cat")]

@@ -295,6 +295,9 @@
     tile.dataset.saved = "1";
     show(tile);
     announce(`${shortId(tile)} labelled ${label}`);
+    // the same image (byte for byte) under another id carries another label: stored, but worth a look
+    const twin = (res.twin_conflicts || []).find((t) => t.id === tile.dataset.id);
+    if (twin) Shortlist.toast(`${shortId(tile)}: saved as ${label}, but ${twin.twin_id} (the same image) is labelled ${twin.twin_label}`, true);
     const agreed = (res.agreed || []).find((a) => a.id === tile.dataset.id);
     return agreed ? { by: agreed.by || "someone" } : "saved";
   }

@@ -43,7 +43,7 @@ def test_ask_label_mark_and_page(web_agent: WebAgent) -> None:
     ids = [it["id"] for it in q["items"]]
     assert all(it["label"] == "" for it in q["items"])  # random picks unlabelled samples
     saved = c.post("/api/labels", json={"labels": [{"id": ids[0], "label": "square"}]}).json()
-    assert saved == {"accepted": 1, "annotator": "Bea", "rejected": [], "agreed": []}
+    assert saved == {"accepted": 1, "annotator": "Bea", "rejected": [], "agreed": [], "twin_conflicts": []}
     assert web_agent.labels()[ids[0]] == "square"
     assert c.post("/api/queue/mark", json={"id": ids[1], "mark": "unsure"}).status_code == 200
     items = {it["id"]: it for it in c.get("/api/queue").json()["items"]}
@@ -247,3 +247,16 @@ def test_the_queue_api_counts_the_whole_queues_open_samples_on_request(tmp_path:
         assert (d["open"], d["total"], len(d["items"])) == (6, 10, 4) and all(it["label"] for it in d["items"])
     finally:
         wa.stop()
+
+
+def test_a_label_unlike_a_byte_identical_twins_is_reported(web_agent: WebAgent) -> None:
+    """The same image under another id (a re-uploaded card) labelled otherwise: stored, and the answer says so."""
+    sid = "img021.png"
+    payload = next(s for s in web_agent.stub.ListSamples(agent_pb2.ListSamplesRequest(include_payload=True))
+                   if s.id == sid).encoded_image
+    assert client.ingest(web_agent.stub, [client.image_sample("again/" + sid, payload)]).same_payload == 1
+    c = web_agent.client(cookies={"shortlist_user": "Bea"})
+    assert c.post("/api/labels", json={"labels": [{"id": sid, "label": "circle"}]}).json()["twin_conflicts"] == []
+    r = c.post("/api/labels", json={"labels": [{"id": "again/" + sid, "label": "square"}]}).json()
+    assert r["accepted"] == 1 and r["twin_conflicts"] == [{"id": "again/" + sid, "twin_id": sid,
+                                                           "twin_label": "circle"}]
