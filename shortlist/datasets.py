@@ -226,22 +226,46 @@ def _iter_tar(path: Path, inner: str, prefix: str) -> Iterator[ImageItem]:
         raise OSError(f"{path} is not a complete, readable tar archive ({type(e).__name__}: {e})") from e
 
 
+def _tar_images(tar: tarfile.TarFile, inner: str) -> Iterator[tuple[tarfile.TarInfo, tuple[str, ...]]]:
+    """The image members under the folder ``inner`` of the archive (its root: "" for the top), sorted by
+    name, with their name's parts."""
+    root = tuple(inner.split("/")) if inner else ()
+    members = sorted((m for m in tar.getmembers() if m.isfile() and m.name.lower().endswith(IMAGE_EXTENSIONS)),
+                     key=lambda m: m.name)
+    for m in members:
+        parts = _member_parts(m.name)
+        if parts[:len(root)] == root:
+            yield m, parts
+
+
 def _iter_tar_members(path: Path, inner: str, prefix: str) -> Iterator[ImageItem]:
     """The image members under the folder ``inner`` of the archive (its root: "" for the top), labelled by
     the class folder below it; ids are the whole member names."""
     root = tuple(inner.split("/")) if inner else ()
     with tarfile.open(path) as tar:
-        members = sorted((m for m in tar.getmembers() if m.isfile() and m.name.lower().endswith(IMAGE_EXTENSIONS)),
-                         key=lambda m: m.name)
-        for m in members:
-            parts = _member_parts(m.name)
-            if parts[:len(root)] != root:
-                continue
+        for m, parts in _tar_images(tar, inner):
             f = tar.extractfile(m)
             if f is None:
                 continue
             yield ImageItem(id=prefix + "/".join(parts), label=_label_of(parts[len(root):]), uri=f"{path}:{m.name}",
                             encoded=f.read())
+
+
+def source_paths(r: Resolved) -> list[str]:
+    """The ids ``iterate`` gives ``r``'s images without a prefix (the paths inside the source), in the same
+    order, without reading the images where the kind allows (a folder, a file, a tar's member list; CIFAR
+    pickles are read)."""
+    if r.kind == "folder":
+        return [p.relative_to(r.path).as_posix() for p in _folder_images(r.path)]
+    if r.kind == "file":
+        return [r.path.name]
+    if r.kind == "tar":
+        try:
+            with tarfile.open(r.path) as tar:
+                return ["/".join(parts) for _, parts in _tar_images(tar, r.inner)]
+        except (tarfile.TarError, EOFError) as e:
+            raise OSError(f"{r.path} is not a complete, readable tar archive ({type(e).__name__}: {e})") from e
+    return [item.id for item in source_named(r.kind).iterate(r, "")]
 
 
 def _iter_cifar(root: Path, split: str, prefix: str) -> Iterator[ImageItem]:

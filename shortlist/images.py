@@ -290,3 +290,52 @@ def thumbnail(kind: str, blob: bytes, max_side: int, max_pixels: int = MAX_PIXEL
         img = img.convert("RGB")
     img.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
     return img
+
+
+# EXIF tags ``exif_metadata`` reads (Pillow's ExifTags numbers): IFD0's Make and Model, the Exif IFD's
+# DateTimeOriginal, OffsetTimeOriginal and ImageNumber.
+_EXIF_IFD = 0x8769
+_MAKE, _MODEL = 0x010F, 0x0110
+_DATETIME_ORIGINAL, _OFFSET_TIME_ORIGINAL, _IMAGE_NUMBER = 0x9003, 0x9011, 0x9211
+_EXIF_DATETIME = re.compile(r"(\d{4}):(\d{2}):(\d{2})[ T](\d{2}):(\d{2}):(\d{2})")
+_EXIF_OFFSET = re.compile(r"[+-]\d{2}:\d{2}|Z")
+
+
+def _exif_text(value: object) -> str:
+    """An EXIF ASCII value as one line of text: NUL padding, control characters and outer blanks dropped."""
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    if not isinstance(value, str | int):
+        return ""
+    return "".join(c for c in str(value) if c.isprintable()).strip()
+
+
+def exif_metadata(data: bytes) -> dict[str, str]:
+    """Sample metadata from an encoded image's EXIF (JPEG's, and any format Pillow reads EXIF from; only the
+    header is parsed, nothing is decoded): ``taken_at`` = DateTimeOriginal as ISO 8601 (``2024-05-01T06:12:09``,
+    with the file's OffsetTimeOriginal appended when it has one; no time zone is assumed otherwise),
+    ``camera`` = Make and Model (``Reconyx HC600``; Model alone when it already starts with Make), and
+    ``sequence`` = ImageNumber where the camera writes it. A missing or malformed tag is absent; a file
+    without EXIF, or not readable, gives {} (Ingest says why an unreadable image is rejected)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data)) as img:
+                exif = img.getexif()
+                sub = exif.get_ifd(_EXIF_IFD)
+    except Exception:  # not an image, a bomb, a corrupt EXIF block: no metadata from it
+        return {}
+    out: dict[str, str] = {}
+    taken = _EXIF_DATETIME.fullmatch(_exif_text(sub.get(_DATETIME_ORIGINAL) or ""))
+    if taken:
+        y, mo, d, h, mi, s = taken.groups()
+        offset = _exif_text(sub.get(_OFFSET_TIME_ORIGINAL) or "")
+        out["taken_at"] = f"{y}-{mo}-{d}T{h}:{mi}:{s}" + (offset if _EXIF_OFFSET.fullmatch(offset) else "")
+    make, model = _exif_text(exif.get(_MAKE) or ""), _exif_text(exif.get(_MODEL) or "")
+    camera = model if make and model.lower().startswith(make.lower()) else f"{make} {model}".strip()
+    if camera:
+        out["camera"] = camera
+    number = _exif_text(sub.get(_IMAGE_NUMBER) or "")
+    if number:
+        out["sequence"] = number
+    return out

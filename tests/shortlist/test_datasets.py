@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shortlist.datasets import MissingSplit, iter_images, load_array, resolve_source
+from shortlist.datasets import MissingSplit, iter_images, load_array, resolve_source, source_paths
 from shortlist.images import decode_image, encode_png
 
 CLASSES = ["cat", "dog"]
@@ -329,3 +329,15 @@ def test_bench_commands_refusing_a_missing_split_name_only_their_own_options(tmp
     assert res.exit_code == 2 and "has no 'test' split (splits found: train)" in said, said
     assert f"pass --data: {split_sources_said()}" in said
     assert not [w for w in (w.strip(":;,.()") for w in said.split()) if w.startswith("--") and w not in options]
+
+
+def test_source_paths_are_the_ids_without_prefix_and_without_reading_images(tmp_path: Path) -> None:
+    """``ingest --meta-csv`` checks its paths against these before anything is sent: the same paths as the
+    ids ``iter_images`` gives (before --id-prefix), for a folder, one file and a tar."""
+    _image_folder(tmp_path / "tree")
+    with tarfile.open(tmp_path / "tree.tar", "w") as tar:
+        tar.add(tmp_path / "tree", arcname="tree")
+    for src in (tmp_path / "tree", tmp_path / "tree.tar", tmp_path / "tree" / "cat" / "0001.png"):
+        r = resolve_source(src)
+        assert source_paths(r) == [it.id for it in iter_images(r)], src
+    assert source_paths(resolve_source(tmp_path / "tree"))[:2] == ["cat/0000.png", "cat/0001.png"]

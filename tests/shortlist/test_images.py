@@ -102,3 +102,28 @@ def test_unreadable_bytes_get_a_clean_reason() -> None:
             decode(b"definitely not an image")
         text = str(e.value)
         assert "not a readable image" in text and "64 65 66 69" in text and "object at" not in text and "<" not in text
+
+
+def test_exif_metadata_reads_time_camera_and_sequence_and_leaves_missing_tags_out() -> None:
+    from shortlist.images import exif_metadata
+
+    def jpeg(exif: Image.Exif | None = None) -> bytes:
+        buf = io.BytesIO()
+        Image.new("RGB", (16, 12), (10, 200, 30)).save(buf, "JPEG", **({"exif": exif} if exif is not None else {}))
+        return buf.getvalue()
+
+    ex = Image.Exif()
+    ex[0x010F], ex[0x0110] = "RECONYX\x00", "HC600 HYPERFIRE"  # Make (NUL-padded as cameras write it), Model
+    ex.get_ifd(0x8769)[0x9003] = "2024:05:01 06:12:09"  # DateTimeOriginal
+    ex.get_ifd(0x8769)[0x9211] = 3  # ImageNumber
+    assert exif_metadata(jpeg(ex)) == {"taken_at": "2024-05-01T06:12:09", "camera": "RECONYX HC600 HYPERFIRE",
+                                       "sequence": "3"}
+    only = Image.Exif()
+    only[0x0110] = "Canon EOS 5D"
+    only[0x010F] = "Canon"
+    only.get_ifd(0x8769)[0x9003] = "2024:05:01 06:12:09"
+    only.get_ifd(0x8769)[0x9011] = "+02:00"  # OffsetTimeOriginal: the file's own zone, kept
+    assert exif_metadata(jpeg(only)) == {"taken_at": "2024-05-01T06:12:09+02:00", "camera": "Canon EOS 5D"}
+    bad = Image.Exif()
+    bad.get_ifd(0x8769)[0x9003] = "    :  :     :  :  "  # an unset clock: absent, not invented
+    assert exif_metadata(jpeg(bad)) == {} and exif_metadata(jpeg()) == {} and exif_metadata(b"not an image") == {}
