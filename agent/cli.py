@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 import unicodedata
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol
@@ -705,17 +705,26 @@ def _warnings_of(logger: str) -> Iterator[None]:
 
 
 def _source_samples(source: Any, limit: int | None, with_labels: bool, metadata: dict[str, str],
-                    id_prefix: str, read: _Read) -> Iterator[agent_pb2.Sample]:
+                    id_prefix: str, read: _Read, per_path: Mapping[str, Mapping[str, str]] | None = None,
+                    exif: bool = False) -> Iterator[agent_pb2.Sample]:
+    """The source's images as Samples. Each one's metadata: its EXIF's (``exif``), then ``metadata`` (--meta),
+    then its row of ``per_path`` (--meta-csv: path inside the source -> metadata), a later one winning a key."""
     from shortlist.datasets import iter_images
+    from shortlist.images import exif_metadata
 
     for item in iter_images(source, limit=limit, id_prefix=id_prefix):
         read.images += 1
         read.labelled += item.label is not None
         label = item.label or "" if with_labels else ""
+        row = per_path.get(item.id[len(id_prefix):]) if per_path else None
+        if exif and item.encoded is not None:
+            metadata_of = {**exif_metadata(item.encoded), **metadata, **(row or {})}
+        else:
+            metadata_of = {**metadata, **row} if row else metadata
         if item.encoded is not None:
-            yield client.image_sample(item.id, item.encoded, label=label, uri=item.uri, metadata=metadata)
+            yield client.image_sample(item.id, item.encoded, label=label, uri=item.uri, metadata=metadata_of)
         elif item.pixels is not None:
-            yield client.tensor_sample(item.id, item.pixels, label=label, uri=item.uri, metadata=metadata)
+            yield client.tensor_sample(item.id, item.pixels, label=label, uri=item.uri, metadata=metadata_of)
 
 
 def _ingest_out(reply: agent_pb2.IngestReply) -> dict[str, Any]:
@@ -745,6 +754,28 @@ def _print_ingest(reply: agent_pb2.IngestReply) -> None:
                       "source its own --id-prefix, e.g. --id-prefix site2/")
 
 
+def _read_meta_csv(path: Path, resolved: Any, source: str, metadata: dict[str, str]) -> dict[str, dict[str, str]]:
+    """``ingest --meta-csv``'s rows (path inside the source -> metadata), checked against the source's paths;
+    exit 2 with the file's problems, before anything is sent. Rows over the agent's default metadata limits
+    get a warning (the agent rejects those samples one by one unless its limits were raised)."""
+    from agent.meta_csv import MetaFileError, check_paths, over_limits, read_meta_csv
+    from shortlist.datasets import source_paths
+
+    try:
+        table = read_meta_csv(path)
+        check_paths(table, source_paths(resolved), source)
+    except (MetaFileError, OSError) as e:
+        console.print(f"[red]--meta-csv[/red]: {escape(str(e))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    over = over_limits(table, metadata)
+    if over:
+        shown = "; ".join(over[:3]) + (f"; and {len(over) - 3} more" if len(over) > 3 else "")
+        console.print(f"[yellow]warning[/yellow]: {len(over)} rows of {escape(str(path))} are over the agent's default "
+                      f"metadata limits, and an agent serving with them rejects those samples: {escape(shown)}",
+                      highlight=False, soft_wrap=True)
+    return table.rows
+
+
 @agent_options
 def ingest(agent: AgentTarget,
            source: str = typer.Argument(..., help=sources_said()),
@@ -761,6 +792,15 @@ def ingest(agent: AgentTarget,
                                          "different prefixes, e.g. site2/)"),
            meta: list[str] = typer.Option([], "--meta", help="metadata k=v on every sample (repeatable; "
                                           "select --where k=v filters on it)"),
+           meta_csv: Path | None = typer.Option(None, "--meta-csv", exists=True, dir_okay=False,
+                                                help="per-image metadata: a CSV (comma- or tab-separated, UTF-8) "
+                                                "with a header path,key1,key2,...; the first column is the image's "
+                                                "path inside SOURCE (the sample id before --id-prefix), the others "
+                                                "metadata keys; a row's non-empty cells override --meta; images "
+                                                "without a row get --meta only. Checked before anything is sent"),
+           exif: bool = typer.Option(False, "--exif", help="metadata from each image's EXIF: taken_at "
+                                     "(DateTimeOriginal, ISO 8601), camera (Make Model), sequence (ImageNumber); "
+                                     "tags a file lacks are absent; --meta and --meta-csv override them"),
            as_json: bool = JsonOpt) -> None:
     """Stream a source's images into the agent (acknowledged once durable). Sample ids are the paths
     inside the source (``cat/0001.jpg``; CIFAR pickles: ``data_batch_1/00000``), after --id-prefix."""
@@ -772,9 +812,10 @@ def ingest(agent: AgentTarget,
     except (FileNotFoundError, NotADirectoryError, PermissionError) as e:
         console.print(f"[red]cannot read {escape(source)}[/red]: {escape(str(e))}", highlight=False)
         raise typer.Exit(2) from None
+    per_path = _read_meta_csv(meta_csv, resolved, source, metadata) if meta_csv is not None else None
     stub = _rpc(agent.connect)
     read = _Read()
-    samples = _source_samples(resolved, limit, with_labels, metadata, id_prefix, read)
+    samples = _source_samples(resolved, limit, with_labels, metadata, id_prefix, read, per_path, exif)
     stop = threading.Event()
     all_sent = threading.Event()
 

@@ -1100,3 +1100,72 @@ def test_status_says_how_fast_the_pending_version_embeds_and_how_long_it_has_lef
     finally:
         manager._set_pending("", None)
     assert running.stub.GetStatus(agent_pb2.GetStatusRequest()).pending_embed_rate == 0.0
+
+
+def _trap_jpeg(path: Path, seed: int, exif: Image.Exif | None = None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = Image.fromarray(np.random.default_rng(seed).integers(0, 256, (12, 10, 3), dtype=np.uint8))
+    img.save(path, format="JPEG", **({"exif": exif} if exif is not None else {}))
+
+
+def test_ingest_meta_csv_and_exif_give_each_image_its_metadata_for_where(tmp_path: Path, running: Running) -> None:
+    """A camera-trap folder: per-image metadata from a CSV (merged over --meta, the CSV winning) and from EXIF
+    (--exif), then `select --where` picks by event and camera through a real agent. A CSV with an unknown
+    path, a path twice, an empty key or a semicolon delimiter is refused with exit 2 before anything is sent;
+    a value over the agent's limit is warned about first and rejected for that image alone."""
+    src = tmp_path / "trap"
+    ex = Image.Exif()
+    ex[0x010F], ex[0x0110] = "Reconyx", "HC600"
+    ex.get_ifd(0x8769)[0x9003] = "2024:05:01 06:12:09"
+    _trap_jpeg(src / "cam1" / "a.jpg", 0, ex)
+    for i, name in enumerate(["cam1/b.jpg", "cam2/c.jpg", "cam2/d.jpg"], 1):
+        _trap_jpeg(src / name, i)
+    csv_file = tmp_path / "meta.csv"
+
+    def ingest(text: str, *extra: str) -> Any:
+        csv_file.write_text(text, encoding="utf-8")
+        return runner.invoke(app, ["ingest", str(src), "--agent", running.address, "--meta-csv", str(csv_file),
+                                   *extra])
+
+    cases = [("path,event\ncam1/a.jpg,e1\ncam9/x.jpg,e2\n", "1 of its 2 paths are not images of"),
+             ("path,event\nsite/cam1/a.jpg,e1\n", "its paths look like 'cam1/a.jpg'"),
+             ("path,event\ncam1/a.jpg,e1\ncam1/a.jpg,e2\n", "line 3: path 'cam1/a.jpg' again (first on line 2)"),
+             ("path,,event\ncam1/a.jpg,x,e1\n", "empty column name"),
+             ("path;event\ncam1/a.jpg;e1\n", "looks ';'-separated"),
+             ("path,event,event\ncam1/a.jpg,e1,e1\n", "'event' appears twice")]
+    for text, message in cases:
+        res = ingest(text)
+        assert res.exit_code == 2 and message in " ".join(res.output.split()), (text, res.output)
+    assert list(client.list_samples(running.stub)) == []  # nothing was sent
+    # The good file: BOM (Excel's CSV UTF-8), a formula-escaped cell, an empty cell, one image without a row.
+    res = ingest("\ufeffpath,event,camera,note\ncam1/a.jpg,e1,,'=sum\ncam1/b.jpg,e1,trap-b,\ncam2/c.jpg,e2,trap-c,\n",
+                 "--exif", "--meta", "site=north", "--meta", "event=none", "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["accepted"] == 4
+    meta = {s.id: dict(s.metadata) for s in client.list_samples(running.stub)}
+    assert meta == {"cam1/a.jpg": {"site": "north", "event": "e1", "note": "=sum", "camera": "Reconyx HC600",
+                                   "taken_at": "2024-05-01T06:12:09"},
+                    "cam1/b.jpg": {"site": "north", "event": "e1", "camera": "trap-b"},
+                    "cam2/c.jpg": {"site": "north", "event": "e2", "camera": "trap-c"},
+                    "cam2/d.jpg": {"site": "north", "event": "none"}}
+
+    def where(*pairs: str) -> list[str]:
+        args = [a for p in pairs for a in ("--where", p)]
+        out = json.loads(run("select", "--agent", running.address, "--budget", "10", "--strategy", "random",
+                             *args, "--json"))
+        return sorted(s["id"] for s in out["selected"])
+
+    assert where("event=e1") == ["cam1/a.jpg", "cam1/b.jpg"]
+    assert where("camera=Reconyx HC600") == ["cam1/a.jpg"] and where("taken_at=2024-05-01T06:12:09") == ["cam1/a.jpg"]
+    assert where("event=e2", "site=north") == ["cam2/c.jpg"]
+    # A value over the agent's metadata limit (4096 characters): warned before, rejected for that image alone.
+    long_src = tmp_path / "more"
+    _trap_jpeg(long_src / "e.jpg", 7)
+    _trap_jpeg(long_src / "f.jpg", 8)
+    csv_file.write_text(f"path,note\ne.jpg,{'x' * 5000}\nf.jpg,ok\n", encoding="utf-8")
+    res = runner.invoke(app, ["ingest", str(long_src), "--agent", running.address, "--meta-csv", str(csv_file),
+                              "--id-prefix", "more/"])
+    said = " ".join(res.output.split())
+    assert res.exit_code == 0 and "1 rows of" in said and "line 2 (e.jpg)" in said, res.output
+    assert "accepted 1" in said and "more/e.jpg: metadata value of 'note' of 5,000 characters" in said
+    assert {s.id: dict(s.metadata) for s in client.list_samples(running.stub)}["more/f.jpg"] == {"note": "ok"}
