@@ -189,7 +189,7 @@ def run_cycle(agent: str, config: CycleConfig, *, console: Console | None = None
     samples = list(client.list_samples(stub, labeled_only=labeled_only, include_payload=True))
     if problem := _labelled_classes_problem([s.label for s in samples if s.label], mode):
         raise CycleRefused(problem)  # labels taken back since the check above
-    classes = list(before.classes) or sorted({s.label for s in samples if s.label})
+    classes = _pulled_classes(stub, before, samples, console)
     data = from_samples(samples, pre.size, classes)
     console.print(f"pulled {len(data)} samples ({int((data.labels >= 0).sum())} labelled, {len(classes)} classes) "
                   f"from {agent}; model {before.model_version or 'none'}")
@@ -214,6 +214,29 @@ def run_cycle(agent: str, config: CycleConfig, *, console: Console | None = None
                       + (client.refusal(after, version)
                          or f"is {models} the folder it serves (`shortlist serve --models`)?") + "[/]", highlight=False)
     return result
+
+
+def _pulled_classes(stub: Any, before: agent_pb2.Status, samples: list[Any], console: Console) -> list[str]:
+    """The class list to train on, from what was pulled: ``before.classes`` (the agent's list at the cycle's start)
+    when every pulled label is in it; else the agent's list read again (a class added or renamed while the pool
+    was pulled, e.g. an annotator labelling meanwhile), with any pulled label still missing from it appended in
+    sorted order. Each class taken in that way is said in one line (was: ValueError from from_samples after the
+    whole pull, nothing trained)."""
+    pulled = {s.label for s in samples if s.label}
+    classes = list(before.classes)
+    if not classes:
+        return sorted(pulled)
+    if pulled <= set(classes):
+        return classes
+    now = list(stub.GetStatus(agent_pb2.GetStatusRequest()).classes)
+    classes = now + sorted(pulled - set(now))
+    added = [c for c in classes if c not in before.classes]
+    gone = [c for c in before.classes if c not in classes]
+    console.print(f"[yellow]the agent's class list changed while the samples were pulled: training "
+                  f"{', '.join(map(repr, added))} too"
+                  + (f", without {', '.join(map(repr, gone))} (no pulled label uses it)" if gone else "")
+                  + "[/]", highlight=False)
+    return classes
 
 
 def _train(cfg: CycleConfig, agent: str, data: TensorData, stub: Any, console: Console) -> None:

@@ -263,3 +263,39 @@ def test_a_pretraining_cycle_on_a_pool_smaller_than_the_methods_batch(tmp_path: 
         assert not (refused / loop.CONFIG).exists() and newest_complete(models)[0] == "v0001"  # type: ignore[index]
     finally:
         agent.stop()
+
+
+def test_a_class_added_while_the_cycle_pulls_is_trained_and_said(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """An annotator labels a sample with a NEW class between the cycle's GetStatus and its ListSamples (the window
+    of a long pull; here a hook on client.list_labels, which run_cycle calls in it): the class is trained, and a
+    line says so (was: ValueError "sample ... has label 'badger', not among [...]" after the whole pull, nothing
+    trained)."""
+    from rich.console import Console
+
+    from tests.agent.conftest import make_samples, start
+
+    models = tmp_path / "models"
+    agent = start(tmp_path / "data", models)  # an open class list
+    try:
+        assert client.ingest(agent.stub, make_samples(12, labels=9)).accepted == 12
+        real = client.list_labels
+
+        def labelling_meanwhile(stub: object, *a: object, **k: object) -> list[object]:
+            out: list[object] = list(real(stub, *a, **k))  # type: ignore[arg-type]
+            client.submit_labels(agent.stub, [("s11", "badger")])
+            return out
+
+        monkeypatch.setattr(client, "list_labels", labelling_meanwhile)
+        console = Console(file=io.StringIO(), width=300)
+        result = run_cycle(agent.address, CycleConfig(models, tmp_path / "run", mode="full", steps=1,
+                                                      preprocess=PRE, threads=1), console=console)
+        said = console.file.getvalue()  # type: ignore[attr-defined]
+        assert result.published == "v0001" and result.labeled == 10
+        assert "badger" in result.classes and result.classes == list(
+            agent.stub.GetStatus(agent_pb2.GetStatusRequest()).classes)
+        assert "class list changed while the samples were pulled: training 'badger' too" in said, said
+        newest = newest_complete(models)
+        assert newest is not None and newest[1].classes == result.classes
+    finally:
+        agent.stop()
