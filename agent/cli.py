@@ -1222,6 +1222,27 @@ def retract_labels(agent: AgentTarget,
 
 
 @agent_options
+def rename_class(agent: AgentTarget,
+                 old: str = typer.Argument(..., help="the class to rename (it is retired)"),
+                 new: str = typer.Argument(..., help="its new name, or a class to merge it into"),
+                 annotator: str = AnnotatorOpt, as_json: bool = JsonOpt) -> None:
+    """Rename a class, or merge it into another: every label OLD becomes NEW in one transaction (the history
+    keeps who gave each label; the move is recorded as --annotator's, source rename), and OLD is retired: a
+    label OLD is refused from then on, naming NEW. Works on an open and a closed class list."""
+    stub = _rpc(agent.connect)
+    reply = _rpc(lambda: stub.RenameClass(agent_pb2.RenameClassRequest(from_class=old, to_class=new,
+                                                                       annotator=annotator)))
+    if as_json:
+        print(json_line({"from": old, "to": new, "moved": reply.moved, "merged": reply.merged,
+                         "classes": list(reply.classes)}))
+        return
+    how = "merged into" if reply.merged else "renamed to"
+    console.print(f"{escape(repr(old))} {how} {escape(repr(new))}: {reply.moved} label"
+                  f"{'' if reply.moved == 1 else 's'} moved; classes: {escape(', '.join(reply.classes))}",
+                  highlight=False)
+
+
+@agent_options
 def prior(agent: AgentTarget,
           method: str = typer.Option("knn", "--method", help="prior method"),
           ids: list[str] = typer.Option([], "--id", help="sample id (repeatable; default: every unlabelled)"),
@@ -1446,6 +1467,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     app.command("select", cls=_StrategyHelp)(select)
     app.command("label")(label)
     app.command("retract-labels")(retract_labels)
+    app.command("rename-class")(rename_class)
     app.command("prior", cls=_PriorHelp)(prior)
     app.command("status")(status)
     app.command("export-labels")(export_labels)

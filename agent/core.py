@@ -544,7 +544,7 @@ class Agent:
         with self.manager.writing() as serving:
             for sid, label in labels:
                 label_problem = (text_problem(label, lim.max_label_chars, "max_label_chars", "label")
-                                 or new_class_problem(self.state.classes, label))
+                                 or new_class_problem(self.state.classes, label) or self.state.renamed_problem(label))
                 rec = self._item_sample(sid, rejected, label_problem)
                 if rec is None:
                     continue
@@ -635,6 +635,37 @@ class Agent:
         return len(good), rejected
 
     # ---- Pools -----------------------------------------------------------------------------------
+    def rename_class(self, old: str, new: str, annotator: str) -> tuple[int, bool, list[str]]:
+        """Rename (merge, when ``new`` is a class already) class ``old`` to ``new``: every label now ``old``
+        becomes ``new`` in one transaction, as one history row each by ``annotator`` with source "rename" (the
+        earlier rows keep who gave the label), and ``old`` is retired: SubmitLabels and Ingest refuse it
+        with the new name. (labels moved, merged, the class list after: GetStatus's)."""
+        lim = self.limits
+        self._check_label_call((), "labels", annotator, "")
+        for name, what in ((old, "from_class"), (new, "to_class")):
+            if not name:
+                raise InvalidArgument(f"empty {what}: give the class to rename and its new name")
+            check_text(name, lim.max_label_chars, "max_label_chars", what)
+        if old == new:
+            raise InvalidArgument(f"from_class and to_class are both {old!r}: nothing to rename")
+        with self.manager.writing() as serving:
+            if self.state.renamed.get(old) == new:  # a resend (a retry after a lost reply): done already
+                return 0, False, self.pool_classes(self.state.labels_by_seq())[0]
+            if (problem := self.state.renamed_problem(old)) is not None:
+                raise FailedPrecondition(f"{problem.split(';')[0]} already: rename {self.state.renamed[old]!r} "
+                                         "instead")
+            if old not in self.state.classes:
+                shown = ", ".join(self.pool_classes(self.state.labels_by_seq())[0][:20])
+                raise NotFound(f"no class {old!r} to rename; the classes: {shown or '(none yet)'}")
+            others = [c for c in self.state.classes if c != old]
+            if (problem := new_class_problem(others, new)) is not None:
+                raise InvalidArgument(f"to_class: {problem}")
+            moved, merged = self.state.rename_class(old, new, annotator or "unknown",
+                                                    "" if serving is None else serving.version)
+        log.info("class %r %s %r by %s: %d labels moved", old, "merged into" if merged else "renamed to", new,
+                 annotator or "unknown", moved)
+        return moved, merged, self.pool_classes(self.state.labels_by_seq())[0]
+
     def _where_mask(self, seqs: np.ndarray, where: Mapping[str, str]) -> np.ndarray:
         if not where:
             return np.ones(len(seqs), bool)

@@ -180,7 +180,8 @@ class IngestPipeline:
             return "empty id: every sample needs a client-chosen unique id"
         problem = (text_problem(s.id, lim.max_id_chars, "max_id_chars", "id") or name_problem(s.id, "id")
                    or text_problem(s.label, lim.max_label_chars, "max_label_chars", "label")
-                   or (new_class_problem(self.state.classes, s.label) if s.label else None)
+                   or (new_class_problem(self.state.classes, s.label) or self.state.renamed_problem(s.label)
+                       if s.label else None)
                    or text_problem(s.uri, lim.max_uri_chars, "max_uri_chars", "uri")
                    or metadata_problem(s.metadata, lim))
         if problem is not None:

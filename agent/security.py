@@ -78,6 +78,7 @@ RPC_ROLES: Mapping[str, str] = {
     "Ingest": WRITE,
     "SubmitLabels": WRITE,
     "RetractLabels": WRITE,
+    "RenameClass": WRITE,  # relabels every sample of a class and retires its name
     "ReloadModel": WRITE,
 }
 

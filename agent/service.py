@@ -179,6 +179,12 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
         return agent_pb2.RetractLabelsReply(accepted=accepted, rejected=[label_rejection(r) for r in rejected],
                                             overwritten=[replaced_message(r) for r in replaced])
 
+    def RenameClass(self, request: agent_pb2.RenameClassRequest,
+                    context: grpc.ServicerContext) -> agent_pb2.RenameClassReply:
+        """RenameClass: rename or merge a class, retiring the old name (docs/agent.md, API)."""
+        moved, merged, classes = self.agent.rename_class(request.from_class, request.to_class, request.annotator)
+        return agent_pb2.RenameClassReply(moved=moved, merged=merged, classes=classes)
+
     def GetQueue(self, request: agent_pb2.GetQueueRequest, context: grpc.ServicerContext) -> agent_pb2.Queue:
         """GetQueue: a named queue of sample ids (docs/agent.md, API)."""
         return queue_message(self.agent.queues.get(request.name))

@@ -8,7 +8,8 @@ Tables:
     audit          samples drawn by Select strategy "audit" (seq, selection id, time): agent/audit.py
     classes        the class list in index order; ``meta.classes_closed`` says whether it is closed; a closed
                    list's first ``meta.class_count`` names are its classes, the rest retired names that only
-                   the label history uses (``set_closed_classes``)
+                   the label history uses (``set_closed_classes``); ``meta.renamed_classes``: names retired by
+                   ``rename_class`` (RenameClass) -> the class they were renamed or merged to
     embeddings     per model version, row r of its index: sample seq, vector (float32 bytes), logits, pretext loss
     selections     recorded Selects: request, result, model version, time (every uniform draw; the newest
                    others, agent.core.SELECTIONS_KEPT)
@@ -90,6 +91,8 @@ SERVING_KEY = "serving_version"  # meta key: the model version served (agent/mod
 INGEST_ANNOTATOR = "ingest"
 INGEST_SOURCE = "ingest"  # labels.source of labels that came with Ingest
 MANUAL_SOURCE = "manual"  # ... of SubmitLabels without a source
+RENAME_SOURCE = "rename"  # ... of the labels a class rename moved (RenameClass; its annotator: who renamed)
+RENAMED_KEY = "renamed_classes"  # meta: JSON {retired name: the class it was renamed (or merged) to}
 
 RETRACTED = -1  # labels.class of a retraction (RetractLabels)
 
@@ -315,6 +318,7 @@ class State:
         # before the list was closed), kept so the history still names them; never a class of the pool.
         self._retired: list[str] = names[len(self.classes):]
         self.closed = self.get_meta("classes_closed") == "1"
+        self.renamed: dict[str, str] = json.loads(self.get_meta(RENAMED_KEY) or "{}")
         if classes is not None:
             self.set_closed_classes(list(classes))
 
@@ -389,6 +393,12 @@ class State:
             names = self.classes + self._retired
             current = {names[c] for c in np.unique(self._label[self._label >= 0])}
             missing = sorted(current - set(classes))
+            if renamed := [c for c in classes if c in self.renamed]:
+                now = [self.renamed.get(c, c) for c in classes]
+                raise ClassListError(
+                    "the given class list names " + ", ".join(f"{c!r}, which was renamed to {self.renamed[c]!r}"
+                                                              for c in renamed)
+                    + f" (`shortlist rename-class`): pass --classes {','.join(dict.fromkeys(now))}")
             if missing:
                 raise ClassListError(
                     f"labels stored now use classes {missing} that are not in the given class list "
@@ -413,6 +423,68 @@ class State:
             self.classes = list(classes)
             self._retired = order[len(classes):]
             self.closed = True
+
+    def rename_class(self, old: str, new: str, annotator: str, model_version: str = "") -> tuple[int, bool]:
+        """Rename class ``old`` to ``new`` in one transaction: every sample whose current label is ``old`` gets
+        a label row of ``new`` (``annotator``: who renamed, source RENAME_SOURCE; the earlier rows keep who gave
+        each label), and ``old`` is retired (``renamed``: SubmitLabels and Ingest refuse it, naming ``new``).
+        A merge when ``new`` is a class already. ``new`` takes ``old``'s place in the list (its index in an
+        open list, its position in a closed one), so a rename keeps the web app's keys; ``old`` stays after
+        the list for the history. (moved labels, merged); ClassListError when ``old`` is no class."""
+        with self._lock:
+            if old in self.renamed:
+                raise ClassListError(f"class {old!r} was renamed to {self.renamed[old]!r} already")
+            names = self.classes + self._retired
+            if old not in self.classes:
+                raise ClassListError(f"no class {old!r}; the classes: {', '.join(self.classes[:20])}"
+                                     + (" ..." if len(self.classes) > 20 else ""))
+            merged = new in self.classes and new not in self.renamed  # (an open list keeps its retired names)
+            if self.closed:
+                closed = [c for c in self.classes if c != old] if merged else \
+                    [new if c == old else c for c in self.classes]
+                used = {names[c] for (c,) in self._db.execute("SELECT DISTINCT class FROM labels WHERE class >= 0")}
+                order = closed + [n for n in names if n not in closed and (n in used or n == old)]
+            elif merged:
+                order = list(names)
+            else:  # ``new`` takes ``old``'s index (its key in the web app); ``old`` goes to the end, for the history
+                order = [n for n in names if n != new]  # (``new`` may be a retired name: it is taken back)
+                order[order.index(old)] = new
+                order.append(old)
+            remap = {i: order.index(n) for i, n in enumerate(names) if n in order}
+            target = order.index(new)
+            seqs = [int(q) for q in np.flatnonzero(self._label == names.index(old))]
+            renamed = {k: (new if v == old else v) for k, v in self.renamed.items() if k != new}
+            renamed[old] = new
+            now = time.time()
+            with self._transaction():
+                for a, b in remap.items():  # offset first so the UPDATEs never collide
+                    if a != b:
+                        self._db.execute("UPDATE labels SET class=? WHERE class=?", (b + 1_000_000, a))
+                self._db.execute("UPDATE labels SET class=class-1000000 WHERE class>=1000000")
+                self._db.execute("DELETE FROM classes")
+                self._db.executemany("INSERT INTO classes(idx, name) VALUES (?, ?)", list(enumerate(order)))
+                if self.closed:
+                    self._set_meta("class_count", str(len(closed)))
+                self._db.executemany(
+                    "INSERT INTO labels(seq, class, annotator, time, source, model_version) VALUES (?,?,?,?,?,?)",
+                    [(q, target, annotator, now, RENAME_SOURCE, model_version) for q in seqs])
+                self._set_meta(RENAMED_KEY, json.dumps(renamed, sort_keys=True))
+            lab = self._label
+            mapped = lab.copy()
+            for a, b in remap.items():
+                mapped[lab == a] = b
+            mapped[seqs] = target
+            self._label = mapped
+            self.classes = closed if self.closed else order
+            self._retired = order[len(closed):] if self.closed else []
+            self.renamed = renamed
+            self._label_events += len(seqs)
+            return len(seqs), merged
+
+    def renamed_problem(self, name: str) -> str | None:
+        """Why a label ``name`` is refused because the class was renamed (RenameClass), or None."""
+        to = self.renamed.get(name)
+        return None if to is None else f"{name!r} was renamed to {to!r}; label with that"
 
     def class_name(self, idx: int) -> str:
         """The name of class index ``idx`` in a label row: a class, or a retired one (history only)."""

@@ -581,3 +581,23 @@ class Image(_message.Message):
     sha256: str
     error: str
     def __init__(self, id: _Optional[str] = ..., data: _Optional[bytes] = ..., mime_type: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., sha256: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
+
+class RenameClassRequest(_message.Message):
+    __slots__ = ("from_class", "to_class", "annotator")
+    FROM_CLASS_FIELD_NUMBER: _ClassVar[int]
+    TO_CLASS_FIELD_NUMBER: _ClassVar[int]
+    ANNOTATOR_FIELD_NUMBER: _ClassVar[int]
+    from_class: str
+    to_class: str
+    annotator: str
+    def __init__(self, from_class: _Optional[str] = ..., to_class: _Optional[str] = ..., annotator: _Optional[str] = ...) -> None: ...
+
+class RenameClassReply(_message.Message):
+    __slots__ = ("moved", "merged", "classes")
+    MOVED_FIELD_NUMBER: _ClassVar[int]
+    MERGED_FIELD_NUMBER: _ClassVar[int]
+    CLASSES_FIELD_NUMBER: _ClassVar[int]
+    moved: int
+    merged: bool
+    classes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, moved: _Optional[int] = ..., merged: _Optional[bool] = ..., classes: _Optional[_Iterable[str]] = ...) -> None: ...

@@ -99,6 +99,11 @@ class AgentStub:
                 request_serializer=shortlist_dot_v1_dot_agent__pb2.UpdateQueueRequest.SerializeToString,
                 response_deserializer=shortlist_dot_v1_dot_agent__pb2.Queue.FromString,
                 _registered_method=True)
+        self.RenameClass = channel.unary_unary(
+                '/shortlist.v1.Agent/RenameClass',
+                request_serializer=shortlist_dot_v1_dot_agent__pb2.RenameClassRequest.SerializeToString,
+                response_deserializer=shortlist_dot_v1_dot_agent__pb2.RenameClassReply.FromString,
+                _registered_method=True)
 
 
 class AgentServicer:
@@ -204,6 +209,16 @@ class AgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RenameClass(self, request, context):
+        """Rename a class, or merge it into another: in one transaction, every sample whose current label is
+        from_class gets to_class (one history row each: the request's annotator, source "rename"; the earlier
+        rows keep who gave the label), and from_class is retired: it leaves the class list, and SubmitLabels
+        and Ingest refuse it per item, naming to_class. Durable before the reply.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -271,6 +286,11 @@ def add_AgentServicer_to_server(servicer, server):
                     servicer.UpdateQueue,
                     request_deserializer=shortlist_dot_v1_dot_agent__pb2.UpdateQueueRequest.FromString,
                     response_serializer=shortlist_dot_v1_dot_agent__pb2.Queue.SerializeToString,
+            ),
+            'RenameClass': grpc.unary_unary_rpc_method_handler(
+                    servicer.RenameClass,
+                    request_deserializer=shortlist_dot_v1_dot_agent__pb2.RenameClassRequest.FromString,
+                    response_serializer=shortlist_dot_v1_dot_agent__pb2.RenameClassReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -624,6 +644,33 @@ class Agent:
             '/shortlist.v1.Agent/UpdateQueue',
             shortlist_dot_v1_dot_agent__pb2.UpdateQueueRequest.SerializeToString,
             shortlist_dot_v1_dot_agent__pb2.Queue.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RenameClass(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shortlist.v1.Agent/RenameClass',
+            shortlist_dot_v1_dot_agent__pb2.RenameClassRequest.SerializeToString,
+            shortlist_dot_v1_dot_agent__pb2.RenameClassReply.FromString,
             options,
             channel_credentials,
             insecure,

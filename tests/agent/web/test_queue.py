@@ -14,7 +14,16 @@ from fastapi.testclient import TestClient
 from agent import client
 from agent.web.app import create_app
 from shortlist.v1 import agent_pb2
-from tests.agent.web.conftest import BASE_URL, LABELLED, N_IMAGES, READ_TOKEN, WebAgent, shape_of, start_web_agent
+from tests.agent.web.conftest import (
+    BASE_URL,
+    LABELLED,
+    N_IMAGES,
+    READ_TOKEN,
+    WRITE_TOKEN,
+    WebAgent,
+    shape_of,
+    start_web_agent,
+)
 
 
 def _data(html: str) -> dict:  # type: ignore[type-arg]
@@ -260,3 +269,25 @@ def test_a_label_unlike_a_byte_identical_twins_is_reported(web_agent: WebAgent) 
     r = c.post("/api/labels", json={"labels": [{"id": "again/" + sid, "label": "square"}]}).json()
     assert r["accepted"] == 1 and r["twin_conflicts"] == [{"id": "again/" + sid, "twin_id": sid,
                                                            "twin_label": "circle"}]
+
+
+def test_a_class_renamed_meanwhile_leaves_the_queues_class_list_and_a_stale_page_is_told_the_new_name(
+        token_web_agent: WebAgent) -> None:
+    """RenameClass (write role: a read token is refused): the Queue's class list shows the new name in the old
+    one's place (its key); a page opened before the rename that sends the old name gets it back as a rejection
+    that names the new name, and nothing is stored (the old name does not come back as a class)."""
+    wa = token_web_agent
+    reader = client.connect(wa.config.agent, config=client.ClientConfig(token=READ_TOKEN))
+    request = agent_pb2.RenameClassRequest(from_class="circle", to_class="round", annotator="lead")
+    with pytest.raises(grpc.RpcError) as e:
+        reader.RenameClass(request)
+    assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    c = wa.client(cookies={"shortlist_user": "Bea"}, headers={"Authorization": f"Bearer {WRITE_TOKEN}"})
+    assert c.get("/api/queue").json()["classes"] == ["circle", "square"]
+    assert wa.stub.RenameClass(request).moved == 2
+    assert c.get("/api/queue").json()["classes"] == ["round", "square"]
+    said = c.post("/api/labels", json={"labels": [{"id": "img010.png", "label": "circle"}]}).json()
+    assert said["accepted"] == 0 and [r["reason"] for r in said["rejected"]] == [
+        "'circle' was renamed to 'round'; label with that"]
+    assert "img010.png" not in wa.labels() and c.get("/api/queue").json()["classes"] == ["round", "square"]
+    assert wa.history("img000.png") == [("circle", "ingest"), ("round", "lead")]

@@ -1,0 +1,179 @@
+"""RenameClass (`shortlist rename-class`): a durable, audited rename or merge of a class, in one transaction;
+the old name is retired (refused with the new name) on an open and on a closed class list."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from typer.testing import CliRunner
+
+from agent import client
+from agent.state import ClassListError, State
+from shortlist.cli import app
+from shortlist.v1 import agent_pb2
+from tests.agent.conftest import Running, make_samples, start
+
+
+def _rename(agent: Running, old: str, new: str, annotator: str = "lead") -> agent_pb2.RenameClassReply:
+    reply: agent_pb2.RenameClassReply = agent.stub.RenameClass(
+        agent_pb2.RenameClassRequest(from_class=old, to_class=new, annotator=annotator))
+    return reply
+
+
+def _history(agent: Running, sid: str) -> list[tuple[str, str, str]]:
+    return [(r.label, r.annotator, r.source) for r in agent.stub.ListLabels(agent_pb2.ListLabelsRequest(history=True))
+            if r.id == sid]
+
+
+def _classes(agent: Running) -> list[str]:
+    return list(agent.stub.GetStatus(agent_pb2.GetStatusRequest()).classes)
+
+
+def _labelled(tmp_path: Path, **kw: Any) -> Running:
+    agent = start(tmp_path / "data", tmp_path / "models", **kw)
+    assert client.ingest(agent.stub, make_samples(9)).accepted == 9
+    labels = [(f"s{i}", ["deer", "fox", "boar"][i % 3]) for i in range(6)]
+    assert client.submit_labels(agent.stub, labels, annotator="alice").accepted == 6
+    return agent
+
+
+def test_a_rename_moves_the_labels_keeps_the_history_retires_the_name_and_survives_a_restart(tmp_path: Path) -> None:
+    agent = _labelled(tmp_path)
+    try:
+        assert _classes(agent) == ["deer", "fox", "boar"]
+        reply = _rename(agent, "deer", "roe_deer")
+        assert (reply.moved, reply.merged, list(reply.classes)) == (2, False, ["roe_deer", "fox", "boar"])
+        assert _classes(agent) == ["roe_deer", "fox", "boar"]  # the new name keeps the old one's place (its key)
+        assert _history(agent, "s0") == [("deer", "alice", "manual"), ("roe_deer", "lead", "rename")]
+        # the retired name is refused per item, naming the new one; the other items are stored
+        r = agent.stub.SubmitLabels(agent_pb2.SubmitLabelsRequest(annotator="bob", labels=[
+            agent_pb2.LabelAssignment(id="s6", label="deer"), agent_pb2.LabelAssignment(id="s7", label="fox")]))
+        assert r.accepted == 1 and [(x.id, x.reason) for x in r.rejected] == [
+            ("s6", "'deer' was renamed to 'roe_deer'; label with that")]
+        ingest = client.ingest(agent.stub, [client.image_sample("n0", b"x" * 10, label="deer")])
+        assert "'deer' was renamed to 'roe_deer'" in ingest.rejected[0].reason
+        # a resend of the same rename (a retry after a lost reply) changes nothing; another one of it is refused
+        assert _rename(agent, "deer", "roe_deer").moved == 0
+        with pytest.raises(grpc.RpcError) as e:
+            _rename(agent, "deer", "red_deer")
+        assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "'roe_deer'" in str(e.value.details())
+        with pytest.raises(grpc.RpcError) as e:
+            _rename(agent, "elk", "moose")
+        assert e.value.code() == grpc.StatusCode.NOT_FOUND and "no class 'elk'" in str(e.value.details())
+        with pytest.raises(grpc.RpcError) as e:
+            _rename(agent, "fox", "Boar")
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "'boar'" in str(e.value.details())
+    finally:
+        agent.stop()
+    agent = start(tmp_path / "data", tmp_path / "models")
+    try:
+        assert _classes(agent) == ["roe_deer", "fox", "boar"]
+        labels = {s.id: s.label for s in agent.stub.ListSamples(agent_pb2.ListSamplesRequest(labeled_only=True))}
+        assert labels == {"s0": "roe_deer", "s1": "fox", "s2": "boar", "s3": "roe_deer", "s4": "fox", "s5": "boar",
+                          "s7": "fox"}
+        assert _history(agent, "s3") == [("deer", "alice", "manual"), ("roe_deer", "lead", "rename")]
+        r = client.submit_labels(agent.stub, [("s8", "deer")])
+        assert r.accepted == 0 and "renamed to 'roe_deer'" in r.rejected[0].reason
+        # a rename back brings the name back: it is no longer retired
+        assert _rename(agent, "roe_deer", "deer").moved == 2 and _classes(agent) == ["deer", "fox", "boar"]
+        assert client.submit_labels(agent.stub, [("s8", "deer")]).accepted == 1
+    finally:
+        agent.stop()
+
+
+def test_a_merge_into_an_existing_class(tmp_path: Path) -> None:
+    agent = _labelled(tmp_path)
+    try:
+        reply = _rename(agent, "boar", "fox")
+        assert (reply.moved, reply.merged, list(reply.classes)) == (2, True, ["deer", "fox"])
+        assert _history(agent, "s2") == [("boar", "alice", "manual"), ("fox", "lead", "rename")]
+        assert agent.stub.GetStatus(agent_pb2.GetStatusRequest()).labeled == 6
+        # a chain of renames: the oldest name names the newest
+        _rename(agent, "fox", "canid")
+        r = client.submit_labels(agent.stub, [("s8", "boar")])
+        assert r.rejected[0].reason == "'boar' was renamed to 'canid'; label with that"
+    finally:
+        agent.stop()
+
+
+def test_a_rename_on_a_closed_list_changes_the_list_and_a_restart_says_the_new_list(tmp_path: Path) -> None:
+    agent = _labelled(tmp_path, classes=("deer", "fox", "boar", "red_deer"))
+    try:
+        reply = _rename(agent, "deer", "roe_deer")
+        assert list(reply.classes) == ["roe_deer", "fox", "boar", "red_deer"] and reply.moved == 2
+        assert client.submit_labels(agent.stub, [("s6", "roe_deer")]).accepted == 1
+        assert _rename(agent, "red_deer", "roe_deer").merged  # a class without labels: merged, nothing moved
+        status = agent.stub.GetStatus(agent_pb2.GetStatusRequest())
+        assert list(status.classes) == ["roe_deer", "fox", "boar"] and not status.classes_open
+    finally:
+        agent.stop()
+    # the serve command's old --classes: refused with the list to pass (not "a fresh --data-dir")
+    with pytest.raises(ClassListError) as e:
+        State(tmp_path / "data" / "state.sqlite", ["deer", "fox", "boar", "red_deer"])
+    assert str(e.value) == ("the given class list names 'deer', which was renamed to 'roe_deer', 'red_deer', which "
+                            "was renamed to 'roe_deer' (`shortlist rename-class`): pass --classes roe_deer,fox,boar")
+    agent = start(tmp_path / "data", tmp_path / "models", classes=("roe_deer", "fox", "boar"))
+    try:
+        assert _classes(agent) == ["roe_deer", "fox", "boar"]
+        assert _history(agent, "s0") == [("deer", "alice", "manual"), ("roe_deer", "lead", "rename")]
+    finally:
+        agent.stop()
+
+
+class _FailingDb:
+    """A sqlite3 connection whose label INSERT fails: a crash in the middle of the rename's transaction."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def executemany(self, sql: str, rows: Any) -> Any:
+        if sql.startswith("INSERT INTO labels"):
+            raise sqlite3.OperationalError("disk I/O error (simulated)")
+        return self.db.executemany(sql, rows)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.db, name)
+
+
+def test_a_rename_that_fails_midway_changes_nothing(tmp_path: Path) -> None:
+    agent = _labelled(tmp_path)
+    state = agent.agent.state
+    real = state._db
+    try:
+        state._db = _FailingDb(real)  # type: ignore[assignment]
+        with pytest.raises(grpc.RpcError):
+            _rename(agent, "deer", "roe_deer")
+        state._db = real
+        assert _classes(agent) == ["deer", "fox", "boar"]
+        assert client.submit_labels(agent.stub, [("s6", "deer")]).accepted == 1  # not retired
+    finally:
+        state._db = real
+        agent.stop()
+    reopened = State(tmp_path / "data" / "state.sqlite")
+    try:
+        assert reopened.classes == ["deer", "fox", "boar"] and reopened.renamed == {}
+        assert reopened.label_history(1) == [("deer", "alice", pytest.approx(reopened.label_history(1)[0][2]))]
+    finally:
+        reopened.close()
+
+
+def test_the_cli_says_how_many_labels_moved(tmp_path: Path) -> None:
+    agent = _labelled(tmp_path)
+    try:
+        cmd = ["rename-class", "--agent", agent.address, "--annotator", "lead"]
+        res = CliRunner().invoke(app, [*cmd, "deer", "roe_deer"], env={"COLUMNS": "200"})
+        assert res.exit_code == 0, res.output
+        assert res.output.strip() == "'deer' renamed to 'roe_deer': 2 labels moved; classes: roe_deer, fox, boar"
+        res = CliRunner().invoke(app, [*cmd, "boar", "fox", "--json"])
+        assert res.exit_code == 0, res.output
+        assert json.loads(res.stdout) == {"from": "boar", "to": "fox", "moved": 2, "merged": True,
+                                          "classes": ["roe_deer", "fox"]}
+        res = CliRunner().invoke(app, [*cmd, "elk", "moose"], env={"COLUMNS": "200"})
+        assert res.exit_code == 1 and "no class 'elk' to rename" in res.output
+    finally:
+        agent.stop()
