@@ -662,6 +662,10 @@ class Agent:
                 raise InvalidArgument(f"to_class: {problem}")
             moved, merged = self.state.rename_class(old, new, annotator or "unknown",
                                                     "" if serving is None else serving.version)
+            # cached answers are keyed on the labels' indices, which a rename of a class without labels (or a
+            # merge in a closed list) leaves as they were while the class list changes under them
+            self.select_cache.clear()
+            self.prior_cache.clear()
         log.info("class %r %s %r by %s: %d labels moved", old, "merged into" if merged else "renamed to", new,
                  annotator or "unknown", moved)
         return moved, merged, self.pool_classes(self.state.labels_by_seq())[0]

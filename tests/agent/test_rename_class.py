@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -175,5 +176,28 @@ def test_the_cli_says_how_many_labels_moved(tmp_path: Path) -> None:
                                           "classes": ["roe_deer", "fox"]}
         res = CliRunner().invoke(app, [*cmd, "elk", "moose"], env={"COLUMNS": "200"})
         assert res.exit_code == 1 and "no class 'elk' to rename" in res.output
+    finally:
+        agent.stop()
+
+
+def test_priors_after_a_merge_of_a_class_without_labels_name_the_new_list(tmp_path: Path) -> None:
+    """A closed list's class without labels merged away leaves the label indices as they were: a PriorLabels
+    cached before it must not be answered with the old list's probabilities."""
+    from agent.testing import publish_linear
+    from tests.agent.conftest import CLASSES, SIZE
+
+    publish_linear(tmp_path / "models", size=SIZE, dim=16, classes=CLASSES, rotation=True, seed=0)
+    agent = start(tmp_path / "data", tmp_path / "models", classes=("cat", "dog", "frog", "newt"))
+    try:
+        assert client.ingest(agent.stub, make_samples(12, labels=6)).accepted == 12
+        deadline = time.monotonic() + 30
+        while agent.stub.GetStatus(agent_pb2.GetStatusRequest()).embedded < 12:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        req = agent_pb2.PriorLabelsRequest(method="knn", ids=["s9"])
+        assert len([*agent.stub.PriorLabels(req)][-1].probs) == 4
+        assert _rename(agent, "newt", "frog").merged
+        prior = [*agent.stub.PriorLabels(req)][-1]
+        assert len(prior.probs) == 3 and prior.label in ("cat", "dog", "frog")
     finally:
         agent.stop()
