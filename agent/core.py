@@ -455,12 +455,24 @@ class Agent:
         def shown(names: list[str]) -> str:
             return ", ".join(repr(n) for n in names[:12]) + (" ..." if len(names) > 12 else "")
 
-        fix = ("publish a model trained on these labels (`shortlist cycle`), or, when the model's are all the "
-               f"classes, restart the agent with --classes {','.join(theirs)}" if not self.state.closed else
+        fix = (self._open_list_fix(theirs, ours) if not self.state.closed else
                "publish a model trained on this class list (same names, same order)")
         return (f"model {serving.version} names the classes [{shown(theirs)}] but the agent's class list is "
                 f"[{shown(ours)}]: its logits are not used (Select's uncertainty strategies fit a linear head on the "
                 f"labelled samples instead); {fix}")
+
+    @staticmethod
+    def _open_list_fix(theirs: list[str], ours: list[str]) -> str:
+        """class_warning's fix on an open list: a restart with --classes in the model's order only when every
+        class a current label uses (``ours``) is one of the model's (else the agent refuses to start so)."""
+        cycle = "publish a model trained on these labels (`shortlist cycle`)"
+        unknown = [c for c in ours if c not in theirs]
+        if not unknown:
+            return f"{cycle}, or, when the model's are all the classes, restart the agent with --classes " \
+                   + ",".join(theirs)
+        shown = ", ".join(repr(c) for c in unknown[:12]) + (" ..." if len(unknown) > 12 else "")
+        return (f"{cycle}; the labels use {shown}, which the model does not name, so a restart with the "
+                "model's classes (--classes) would be refused")
 
     # ---- Labels ----------------------------------------------------------------------------------
     def _item_sample(self, sid: str, rejected: list[Rejected],

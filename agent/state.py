@@ -402,8 +402,9 @@ class State:
             if missing:
                 raise ClassListError(
                     f"labels stored now use classes {missing} that are not in the given class list "
-                    f"{classes}; add them to --classes, or retract those labels first (`shortlist "
-                    "retract-labels`), or use a fresh --data-dir")
+                    f"{classes}; add them to --classes, or first relabel those samples (`shortlist "
+                    "rename-class OLD NEW` while the agent runs with its current list, or `shortlist label`) or "
+                    "take their labels back (`shortlist retract-labels`)")
             used = {names[c] for (c,) in self._db.execute("SELECT DISTINCT class FROM labels WHERE class >= 0")}
             order = list(classes) + [n for n in names if n in used and n not in classes]
             remap = {i: order.index(name) for i, name in enumerate(names) if name in order}

@@ -201,3 +201,32 @@ def test_priors_after_a_merge_of_a_class_without_labels_name_the_new_list(tmp_pa
         assert len(prior.probs) == 3 and prior.label in ("cat", "dog", "frog")
     finally:
         agent.stop()
+
+
+def test_status_advises_a_restart_with_the_models_classes_only_when_the_agent_would_accept_it(tmp_path: Path) -> None:
+    """An open list whose labels use a class the serving model does not name (a class renamed after the model
+    was trained): GetStatus says so and advises a cycle, not `--classes <the model's>`, which the agent refuses
+    (was: it advised that restart)."""
+    from agent.testing import publish_linear
+    from tests.agent.conftest import SIZE
+
+    agent = _labelled(tmp_path)
+    try:
+        publish_linear(tmp_path / "models", size=SIZE, dim=16, classes=["boar", "fox", "deer"])
+        agent.stub.ReloadModel(agent_pb2.ReloadModelRequest())
+        deadline = time.monotonic() + 30
+        while agent.stub.GetStatus(agent_pb2.GetStatusRequest()).model_version != "v0001":
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        warned = [w for w in agent.stub.GetStatus(agent_pb2.GetStatusRequest()).warnings if "logits" in w]
+        assert len(warned) == 1 and "restart the agent with --classes boar,fox,deer" in warned[0]  # accepted: yes
+        _rename(agent, "deer", "roe_deer")
+        warned = [w for w in agent.stub.GetStatus(agent_pb2.GetStatusRequest()).warnings if "logits" in w]
+        assert len(warned) == 1 and "--classes boar,fox,deer" not in warned[0], warned
+        assert warned[0].endswith("publish a model trained on these labels (`shortlist cycle`); the labels use "
+                                  "'roe_deer', which the model does not name, so a restart with the model's "
+                                  "classes (--classes) would be refused")
+    finally:
+        agent.stop()
+    with pytest.raises(ClassListError, match="relabel those samples"):
+        State(tmp_path / "data" / "state.sqlite", ["boar", "fox", "roe"])
