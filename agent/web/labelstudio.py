@@ -77,6 +77,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from starlette.concurrency import run_in_threadpool
 
 from agent.client import calibration_dict, calibration_line, first_calibration
+from agent.security import RefusalLog
 from agent.web.auth import Caller, client_address, session, token_of
 from agent.web.config import LabelStudioConfig, MatchRule
 from agent.web.errors import error_response
@@ -328,6 +329,8 @@ class LabelStudioBackend:
         # (project id, annotation id) -> the label it gave; sample id -> the annotation it was last labelled from
         self._given: OrderedDict[tuple[str, str], _Given] = OrderedDict()
         self._last: dict[str, tuple[str, str]] = {}
+        # annotations the agent refused: a WARNING with the sample and the reason, at most one line every 10 s
+        self._refusals = RefusalLog()
 
     # -- helpers
     def _remember(self, project: str, xml: str) -> None:
@@ -513,7 +516,23 @@ class LabelStudioBackend:
         if skipped or rejected:
             log.info("Label Studio %s: %d labels accepted, %d skipped, %d rejected", action, accepted,
                      len(skipped), len(rejected))
+        self._warn_rejected(action, rejected)
         return {"status": "ok", "action": action, "accepted": accepted, "rejected": rejected, "skipped": skipped}
+
+    def _warn_rejected(self, action: str, rejected: list[dict[str, str]]) -> None:
+        """A WARNING for annotations the agent refused (Label Studio ignores the webhook's answer, which stays
+        200: a non-2xx would only make it retry the same annotation): the first sample and its reason, and how
+        many more; throttled as other refusals are (RefusalLog: one line every 10 s, the next counting those
+        left out), so an annotator working through a mismatched project does not flood the log."""
+        if not rejected:
+            return
+        more = self._refusals.admit("Label Studio annotation refused by the agent", "labelstudio")
+        if more is None:
+            return
+        first = rejected[0]
+        others = f" (and {len(rejected) - 1} more in this webhook)" if len(rejected) > 1 else ""
+        log.warning("Label Studio %s: the agent refused the annotation of sample %s: %s%s; it is kept in Label "
+                    "Studio, not in Shortlist%s", action, first["id"], first["reason"], others, more)
 
     def _remember_given(self, given: list[tuple[tuple[str, str], _Given]]) -> None:
         with self._lock:

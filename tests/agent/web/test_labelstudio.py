@@ -592,3 +592,27 @@ def test_without_a_token_the_app_answers_when_the_agent_requires_one(agent: Runn
     with TestClient(app, base_url=BASE_URL) as down:
         r = down.get("/labelstudio/health")
         assert r.status_code == 503 and "connection refused" in r.json()["message"], r.text
+
+
+def test_an_annotation_the_agent_refuses_is_warned_about_with_its_sample_and_reason(
+        agent: Running, caplog: pytest.LogCaptureFixture) -> None:
+    """An annotation whose choice the agent refuses (here a class renamed since the project was set up) is
+    answered 200 as Label Studio needs (it ignores the body; an error would only make it resend), and logged at
+    WARNING with the sample and the agent's reason (was: an INFO count only), at most one line every 10 s."""
+    import logging
+
+    caplog.set_level(logging.INFO)
+    http, app = app_for(agent)
+    try:
+        writer(agent).RenameClass(agent_pb2.RenameClassRequest(from_class="cat", to_class="kitty", annotator="lead"))
+        for _ in range(2):
+            r = http.post("/labelstudio/webhook", json=event(CREATED, ["cat"]), headers=basic(WRITE_TOKEN))
+            assert r.status_code == 200 and r.json()["accepted"] == 0, r.text
+            assert [x["reason"] for x in r.json()["rejected"]] == ["'cat' was renamed to 'kitty'; label with that"]
+        warned = [x.getMessage() for x in caplog.records if x.levelno == logging.WARNING and "Label Studio" in
+                  x.getMessage()]
+        assert warned == ["Label Studio ANNOTATION_CREATED: the agent refused the annotation of sample "
+                          "reef/site-b/img_0007.jpg: 'cat' was renamed to 'kitty'; label with that; it is kept in "
+                          "Label Studio, not in Shortlist"], caplog.text
+    finally:
+        app.state.stub.close()
