@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ParamSpec
 
+from agent.state import RENAME_SOURCE
 from shortlist.v1 import agent_pb2
 
 if TYPE_CHECKING:
@@ -80,9 +81,20 @@ def collect(history: Iterable[agent_pb2.LabelRecord], classes: Iterable[str] = (
     seen: dict[str, int] = {}
     labelled: set[str] = set()
     previous: dict[str, tuple[str, str]] = {}  # id -> (label, annotator) of its label now
+    given: dict[str, tuple[float, str]] = {}  # id -> (time, source) of the label given that a rename kept
+    class_times: dict[str, list[float]] = {}  # class -> when each of its current labels was given
     for name in classes:
         p.per_class[name] += 0
     for r in history:
+        if r.source == RENAME_SOURCE and r.id in previous:  # a class rename (RenameClass): no label given
+            previous[r.id] = (r.label, previous[r.id][1])  # the class changes; who judged the sample does not
+            if r.current:
+                t, source = given[r.id]
+                p.per_class[r.label] += 1
+                class_times.setdefault(r.label, []).append(t)
+                p.per_source[source] += 1
+                p.audit_labelled += int(r.audit)
+            continue
         if r.retracted:  # the sample is unlabelled from here on; not a label given
             p.retractions += 1
             previous.pop(r.id, None)
@@ -106,12 +118,15 @@ def collect(history: Iterable[agent_pb2.LabelRecord], classes: Iterable[str] = (
         if before is not None and before[0] == r.label and before[1] != r.annotator:
             a.agreeing += 1
         previous[r.id] = (r.label, r.annotator)
+        given[r.id] = (r.time, r.source)
         p.annotator_timeline.setdefault(r.annotator, []).append((r.time, a.labels))
         if r.current:
             p.per_class[r.label] += 1
-            p.class_timeline.setdefault(r.label, []).append((r.time, p.per_class[r.label]))
+            class_times.setdefault(r.label, []).append(r.time)
             p.per_source[r.source] += 1
             p.audit_labelled += int(r.audit)
+    # a renamed label counts from when it was given, not from the rename
+    p.class_timeline = {c: [(t, n) for n, t in enumerate(sorted(times), 1)] for c, times in class_times.items()}
     p.labelled = len(labelled)
     p.relabelled = sum(1 for n in seen.values() if n > 1)
     return p

@@ -63,3 +63,19 @@ def test_names_are_drawn_as_plain_text_never_mathtext() -> None:
         agent_pb2.PriorAccuracy(method="knn $x^$", overall=agent_pb2.Accuracy(correct=8, total=10, accuracy=0.8,
                                                                                low=0.49, high=0.94))])
     assert "knn $x^$" in audit_svg(audit)
+
+
+def test_a_class_rename_is_no_label_given_and_keeps_when_and_how_the_labels_were_given() -> None:
+    """RenameClass adds a history row per moved label (source rename, the lead as annotator): Progress counts
+    no label given nor relabelled for it, and the new class's line starts when the labels were given (was: the
+    lead's line jumped by one label per sample, every sample counted relabelled, the class began at the rename)."""
+    history = [rec("a", "deer", "alice", 100.0, current=False), rec("b", "deer", "bob", 200.0, current=False,
+                                                                    source="prior:knn"),
+               rec("c", "fox", "bob", 300.0), rec("a", "roe_deer", "lead", 900.0, source="rename"),
+               rec("b", "roe_deer", "lead", 900.0, source="rename")]
+    p = collect(history, classes=["roe_deer", "fox"])
+    assert (p.events, p.labelled, p.relabelled) == (3, 3, 0)
+    assert "lead" not in p.annotators and p.annotators["alice"].labels == 1
+    assert dict(p.per_class) == {"roe_deer": 2, "fox": 1}
+    assert dict(p.per_source) == {"manual": 2, "prior:knn": 1}
+    assert p.class_timeline == {"fox": [(300.0, 1)], "roe_deer": [(100.0, 1), (200.0, 2)]}
