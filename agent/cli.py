@@ -1223,8 +1223,8 @@ def retract_labels(agent: AgentTarget,
 
 @agent_options
 def rename_class(agent: AgentTarget,
-                 old: str = typer.Argument(..., help="the class to rename (it is retired)"),
-                 new: str = typer.Argument(..., help="its new name, or a class to merge it into"),
+                 old: str = typer.Argument(..., metavar="OLD", help="the class to rename (it is retired)"),
+                 new: str = typer.Argument(..., metavar="NEW", help="its new name, or a class to merge it into"),
                  annotator: str = AnnotatorOpt, as_json: bool = JsonOpt) -> None:
     """Rename a class, or merge it into another: every label OLD becomes NEW in one transaction (the history
     keeps who gave each label; the move is recorded as --annotator's, source rename), and OLD is retired: a
