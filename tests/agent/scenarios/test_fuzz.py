@@ -314,6 +314,10 @@ VALID: dict[str, bytes] = {
     "UpdateQueue": agent_pb2.UpdateQueueRequest(name="web", queue=agent_pb2.Queue(ids=["base1"], source="map"),
                                                 marks=[agent_pb2.QueueMark(id="base1", mark="skip")]
                                                 ).SerializeToString(),
+    # a class the served agent lacks (refused cleanly): a rename that succeeded would retire a class the other
+    # examples label with (tests/agent/test_rename_class.py covers renames that succeed)
+    "RenameClass": agent_pb2.RenameClassRequest(from_class="zebra", to_class="okapi",
+                                                annotator="ann").SerializeToString(),
 }
 INVALID_UTF8 = b"\xff\xfe\xc0\x80"
 
@@ -365,7 +369,7 @@ def test_raw_bytes_as_request(served: Running, req: tuple[str, bytes]) -> None:
     elif name == "Ingest":
         assert isinstance(reply, bytes) and after[0] == before[0] + agent_pb2.IngestReply.FromString(reply).accepted
     elif name in ("Select", "PriorLabels", "ListSamples", "ListLabels", "GetStatus", "ReloadModel", "GetMap",
-                  "GetImages", "GetQueue", "UpdateQueue"):
+                  "GetImages", "GetQueue", "UpdateQueue", "RenameClass"):  # a rename moves labels, counts stay
         assert after == before
     elif name == "RetractLabels":
         assert isinstance(reply, bytes)
