@@ -119,8 +119,9 @@ class PriorResult:
 
 
 def uniform_draw(strategy: str, filtered: bool) -> bool:
-    """Whether a Select of ``strategy`` (``filtered``: with a where filter) drew uniformly from the whole
-    unlabelled pool: a uniform strategy (``StrategyEntry.uniform``: audit, random) and no where filter. Its
+    """Whether a Select of ``strategy`` (``filtered``: with a where filter or a per-group cap) drew uniformly
+    from the whole unlabelled pool: a uniform strategy (``StrategyEntry.uniform``: audit, random), no where
+    filter and no cap. Its
     picks' labels calibrate the priors as audit labels (``counted_labels``, ``Agent.uniform_seqs``)."""
     entry = STRATEGIES.get(strategy)
     return entry is not None and entry.uniform and not filtered
@@ -207,6 +208,19 @@ NOTHING_SELECTED = "nothing_selected"
 # Select's details key, present when byte-identical samples were left out of the candidates (``twin_free``):
 # how many, and why. Absent in a pool without byte-identical samples.
 SAME_PAYLOAD_LEFT_OUT = "same_payload_left_out"
+# A Select with a per-group cap (SelectRequest.group_by / max_per_group) runs its strategy at most this many
+# rounds: each round after the first reruns it on the candidates left (less the picks taken and the members
+# of groups at their cap) for the picks still missing. Every round takes at least one pick (each group left
+# has room), and in practice the first takes most of the budget and the next few the rest (camera-trap
+# bursts, entropy, 30 picks, 1 per event: about half, then a quarter...); the bound keeps a capped call's
+# cost at most this many strategy runs (each admitted on its own, like a Select of its own) when a strategy
+# keeps proposing the same few groups. Short of the budget after it: GROUP_NOT_FILLED says so.
+MAX_GROUP_ROUNDS = 8
+# Select's details keys of a capped call: the rounds run, how many of the strategy's picks were set aside
+# (their group was at its cap), and (only when the budget was not filled) why.
+GROUP_ROUNDS = "group_rounds"
+GROUP_SET_ASIDE = "group_set_aside"
+GROUP_NOT_FILLED = "group_budget_not_filled"
 
 
 class DataFolderError(OSError):
@@ -770,13 +784,14 @@ class Agent:
     # ---- Select ----------------------------------------------------------------------------------
     def select(self, budget: int, strategy: str, params: Mapping[str, str], seed: int,
                where: Mapping[str, str], token: cancel.CancelToken | None = None,
-               record: bool = True) -> SelectResult:
+               record: bool = True, group_by: str = "", max_per_group: int = 0) -> SelectResult:
         """Run ``strategy`` (in an admission slot, cancelled through ``token``) and record the selection
         under a new id, or answer a repeated identical request from the cache with the selection already
         recorded (its id; nothing written: a client repeating one call cannot grow the database).
         ``record`` False (a read token's call): answered, not recorded, and not a draw for the calibration;
-        ``details["selection_not_recorded"]`` says so."""
-        fn = self._select_strategy(budget, strategy, params, where)
+        ``details["selection_not_recorded"]`` says so. ``group_by`` / ``max_per_group`` (both or neither):
+        at most that many picks share one value of that metadata key (``_run_capped``), for every strategy."""
+        fn = self._select_strategy(budget, strategy, params, where, group_by, max_per_group)
         serving = self.manager.current
         if serving is None:
             if strategy not in MODEL_FREE:
@@ -792,8 +807,9 @@ class Agent:
         take = min(budget, len(pool.candidates))  # a budget beyond the candidates costs nothing more
         # Everything the answer depends on: the model version, the pool's rows, the labelled set with
         # its labels, the candidates (the where filter's result), the strategy, params, seed and budget.
+        # (Metadata, which the where filter and the groups read, never changes once a sample is stored.)
         key = ("select", version, len(pool.embeddings), fingerprint(pool.labeled, pool.labels, pool.candidates),
-               strategy, frozen(params), seed, take)
+               strategy, frozen(params), seed, take, group_by, max_per_group)
         cached = self.select_cache.get(key)
         if cached is not None:  # an empty answer too: a client polling one that matches nothing writes nothing
             chosen, details = list(cached[0]), dict(cached[1])
@@ -802,6 +818,9 @@ class Agent:
         elif take == 0:
             chosen = []
             details[NOTHING_SELECTED] = self._why_nothing(where, left_out)
+        elif max_per_group:
+            chosen, details = self._run_capped(strategy, fn, pool, seqs, take, seed, params, token, group_by,
+                                               max_per_group)
         else:
             chosen, details = self._run_strategy(strategy, fn, pool, seqs, take, budget, seed, params, token)
         if cached is None and left_out:
@@ -815,8 +834,10 @@ class Agent:
                 self.select_cache.put(key, (list(chosen), dict(details), ""), weight=max(1, len(chosen)))
             return SelectResult(chosen, version, strategy, selection_id,
                                 {**details, SELECTION_NOT_RECORDED: READ_ONLY_SELECT})
-        request = {"budget": budget, "strategy": strategy, "params": dict(params), "seed": seed,
-                   "where": dict(where)}
+        request: dict[str, Any] = {"budget": budget, "strategy": strategy, "params": dict(params), "seed": seed,
+                                   "where": dict(where)}
+        if max_per_group:  # not a uniform draw (_record_selection): the cap reshapes the sample
+            request.update(group_by=group_by, max_per_group=max_per_group)
         recorded, details = self._record_selection(selection_id, request, chosen, version, details)
         # an unrecorded answer is cached without an id: a repeat runs the recording again
         kept = {k: v for k, v in details.items() if k != SELECTION_NOT_RECORDED}
@@ -847,9 +868,10 @@ class Agent:
         return (candidates if left_out == 0 else candidates[mask]), left_out
 
     def _select_strategy(self, budget: int, strategy: str, params: Mapping[str, str],
-                         where: Mapping[str, str]) -> StrategyEntry:
+                         where: Mapping[str, str], group_by: str = "", max_per_group: int = 0) -> StrategyEntry:
         """The strategy a Select asks for, once the request is checked (InvalidArgument: budget, the limits on
-        its where filter and params, the strategy's declared params, an audit with a where filter)."""
+        its where filter and params, the strategy's declared params, an audit with a where filter or a
+        per-group cap, group_by and max_per_group not set together or a negative cap)."""
         if budget <= 0:
             raise InvalidArgument(f"budget must be >= 1 (got {budget})")
         if budget > self.limits.max_select_budget:
@@ -861,9 +883,22 @@ class Agent:
                 raise InvalidArgument(problem)
         fn = get_strategy(strategy)
         fn.check(params)  # before any work: unknown params and values out of their declared ranges
+        if max_per_group < 0:
+            raise InvalidArgument(f"max_per_group must be >= 1, or 0 for no cap (got {max_per_group})")
+        if max_per_group and not group_by:
+            raise InvalidArgument(f"max_per_group {max_per_group} needs group_by: the metadata key whose value "
+                                  "makes a group (e.g. group_by=event)")
+        if group_by and not max_per_group:
+            raise InvalidArgument(f"group_by {group_by[:64]!r} needs max_per_group >= 1: how many picks one group "
+                                  "may have")
+        if group_by and (problem := metadata_problem({group_by: ""}, self.limits, "group_by")) is not None:
+            raise InvalidArgument(problem)
         if strategy == AUDIT and where:
             raise InvalidArgument("the audit draws from the whole unlabelled pool (its estimate is for the pool): "
                                   "drop the where filter")
+        if strategy == AUDIT and max_per_group:
+            raise InvalidArgument("the audit draws uniformly from the whole unlabelled pool (its estimate is for "
+                                  "the pool): drop max_per_group")
         return fn
 
     def _run_strategy(self, strategy: str, fn: StrategyEntry, pool: Pool, seqs: np.ndarray, take: int,
@@ -874,9 +909,19 @@ class Agent:
         chosen (sample id, score) pairs and the strategy's details. RuntimeError when it returns rows that
         are not distinct candidates, at most ``budget``."""
         token = token or cancel.CancelToken()
-        lane = self.light_work if fn.is_light(take) else self.work
         # Seeded by the seed and the labelled set: a loop that keeps its seed still draws afresh each round.
         rng = state_rng(seed, self.labelled_ids())
+        rows, scores, details = self._strategy_round(strategy, fn, pool, take, budget, rng, params, token)
+        chosen = [(self.state.record(int(seqs[r])).id, float(s)) for r, s in zip(rows, scores, strict=True)]
+        return chosen, details
+
+    def _strategy_round(self, strategy: str, fn: StrategyEntry, pool: Pool, take: int, budget: int,
+                        rng: np.random.Generator, params: Mapping[str, str],
+                        token: cancel.CancelToken) -> tuple[np.ndarray, np.ndarray, dict[str, str]]:
+        """One run of ``fn`` for ``take`` picks of ``pool``'s candidates, in an admission slot of its own (its
+        size and prior as any Select's): its rows, scores and details, checked (RuntimeError: not distinct
+        candidates, or more than ``budget``)."""
+        lane = self.light_work if fn.is_light(take) else self.work
         work = (len(pool.embeddings), len(pool.labeled), take)
         sel = lane.run(token, lambda: fn(pool, take, rng, dict(params)), f"Select {strategy!r}",
                        size=fn.work_size(*work, params, pool.num_classes),
@@ -887,8 +932,67 @@ class Agent:
                 or not np.isin(rows, pool.candidates).all()):
             raise RuntimeError(f"strategy {strategy!r} returned an invalid selection (rows must be distinct "
                                f"candidates, at most the budget); this is a bug in the strategy")
+        return rows, scores, dict(sel.details)
+
+    def _run_capped(self, strategy: str, fn: StrategyEntry, pool: Pool, seqs: np.ndarray, take: int, seed: int,
+                    params: Mapping[str, str], token: cancel.CancelToken | None, group_by: str,
+                    cap: int) -> tuple[list[tuple[str, float]], dict[str, str]]:
+        """``_run_strategy`` with at most ``cap`` picks per value of the metadata key ``group_by``, for any
+        strategy: run it, keep its picks in its order while their group has room, and while short of ``take``
+        run it again (at most MAX_GROUP_ROUNDS rounds, each admitted on its own: a round costs what a Select
+        of that size does, and admission sees each) on the candidates left less the picks taken and the
+        members of groups at their cap, for the picks still missing. A candidate without the key is a group
+        of its own: nothing says it belongs with any other (partial metadata, e.g. a card without EXIF, would
+        otherwise be capped as one burst). One rng for every round (seeded as ``_run_strategy``'s): the same
+        request on the same state gives the same answer. The details: the first round's (the strategy's own)
+        with GROUP_ROUNDS, GROUP_SET_ASIDE and, when short of ``take``, GROUP_NOT_FILLED."""
+        token = token or cancel.CancelToken()
+        rng = state_rng(seed, self.labelled_ids())
+        cands = pool.candidates
+        # Each candidate's group as an int: the index of its value, or a fresh one when it has no such key.
+        values: dict[str, int] = {}
+        group = np.empty(len(cands), np.int64)
+        alone = 0
+        for i, r in enumerate(cands):
+            value = self.state.record(int(seqs[r])).metadata.get(group_by)
+            if value is None:
+                alone -= 1
+                group[i] = alone
+            else:
+                group[i] = values.setdefault(value, len(values))
+        group_of = dict(zip(cands.tolist(), group.tolist(), strict=True))
+        counts: dict[int, int] = {}
+        rows: list[int] = []
+        scores: list[float] = []
+        details: dict[str, str] = {}
+        left, rounds, set_aside = cands, 0, 0
+        while len(rows) < take and len(left) and rounds < MAX_GROUP_ROUNDS:
+            rounds += 1
+            need = min(take - len(rows), len(left))
+            got, got_scores, said = self._strategy_round(strategy, fn, replace(pool, candidates=left), need, need,
+                                                         rng, params, token)
+            if rounds == 1:
+                details = said
+            for r, s in zip(got.tolist(), got_scores.tolist(), strict=True):
+                g = group_of[r]
+                if counts.get(g, 0) >= cap:
+                    set_aside += 1
+                    continue
+                counts[g] = counts.get(g, 0) + 1
+                rows.append(r)
+                scores.append(s)
+            full = np.array([g for g, c in counts.items() if c >= cap], np.int64)
+            keep = ~np.isin(cands, np.array(rows, np.int64)) & ~np.isin(group, full)
+            left = cands[keep]
+        details[GROUP_ROUNDS] = str(rounds)
+        details[GROUP_SET_ASIDE] = str(set_aside)
+        if len(rows) < take:
+            why = ("every candidate left is in a group at its cap" if not len(left) else
+                   f"{MAX_GROUP_ROUNDS} rounds ran (the bound) with {len(left):,} candidates still eligible; "
+                   "ask again with these picks labelled, or a larger max_per_group")
+            details[GROUP_NOT_FILLED] = (f"{len(rows)} of {take} picked with at most {cap} per {group_by!r}: {why}")
         chosen = [(self.state.record(int(seqs[r])).id, float(s)) for r, s in zip(rows, scores, strict=True)]
-        return chosen, dict(sel.details)
+        return chosen, details
 
     def _record_selection(self, selection_id: str, request: dict[str, Any], chosen: list[tuple[str, float]],
                           version: str, details: dict[str, str]) -> tuple[str, dict[str, str]]:
@@ -897,7 +1001,8 @@ class Agent:
         unrecorded draw would not be audited). The id it was recorded under ("" when a full or read-only
         disk kept it from being recorded) and ``details`` (then saying why it was not)."""
         strategy, where = request["strategy"], request["where"]
-        drawn = self._seqs_of(i for i, _ in chosen) if uniform_draw(strategy, bool(where)) else []
+        capped = bool(request.get("max_per_group"))
+        drawn = self._seqs_of(i for i, _ in chosen) if uniform_draw(strategy, bool(where) or capped) else []
         if strategy == AUDIT and drawn:  # durable before the answer: an unrecorded draw would not be audited
             self.state.add_audit(drawn, selection_id)
         recorded = ""

@@ -149,7 +149,8 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
     def Select(self, request: agent_pb2.SelectRequest, context: grpc.ServicerContext) -> agent_pb2.SelectReply:
         """Select: the strategy's ``budget`` picks (docs/agent.md, API)."""
         res = self.agent.select(request.budget, request.strategy, dict(request.params), request.seed,
-                                dict(request.where), call_token(context), record=not READ_ONLY_CALL.get())
+                                dict(request.where), call_token(context), record=not READ_ONLY_CALL.get(),
+                                group_by=request.group_by, max_per_group=request.max_per_group)
         return agent_pb2.SelectReply(selected=[agent_pb2.Selected(id=i, score=s) for i, s in res.selected],
                                      model_version=res.model_version, strategy=res.strategy,
                                      selection_id=res.selection_id, details=res.details)

@@ -86,7 +86,7 @@ class LabelNow(_message.Message):
     def __init__(self, label: _Optional[str] = ..., annotator: _Optional[str] = ...) -> None: ...
 
 class SelectRequest(_message.Message):
-    __slots__ = ("budget", "strategy", "params", "seed", "where")
+    __slots__ = ("budget", "strategy", "params", "seed", "where", "group_by", "max_per_group")
     class ParamsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -106,12 +106,16 @@ class SelectRequest(_message.Message):
     PARAMS_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     WHERE_FIELD_NUMBER: _ClassVar[int]
+    GROUP_BY_FIELD_NUMBER: _ClassVar[int]
+    MAX_PER_GROUP_FIELD_NUMBER: _ClassVar[int]
     budget: int
     strategy: str
     params: _containers.ScalarMap[str, str]
     seed: int
     where: _containers.ScalarMap[str, str]
-    def __init__(self, budget: _Optional[int] = ..., strategy: _Optional[str] = ..., params: _Optional[_Mapping[str, str]] = ..., seed: _Optional[int] = ..., where: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    group_by: str
+    max_per_group: int
+    def __init__(self, budget: _Optional[int] = ..., strategy: _Optional[str] = ..., params: _Optional[_Mapping[str, str]] = ..., seed: _Optional[int] = ..., where: _Optional[_Mapping[str, str]] = ..., group_by: _Optional[str] = ..., max_per_group: _Optional[int] = ...) -> None: ...
 
 class SelectReply(_message.Message):
     __slots__ = ("selected", "model_version", "strategy", "selection_id", "details")
