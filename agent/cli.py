@@ -876,6 +876,19 @@ def ingest(agent: AgentTarget,
         raise typer.Exit(1)  # nothing stored: a script must not go on as if it had been
 
 
+def _group_cap(value: str) -> tuple[str, int]:
+    """``select --max-per-group KEY=N`` as (KEY, N); ("", 0) when not given. A malformed value: one line on
+    stderr, exit 2 (nothing is sent)."""
+    if not value:
+        return "", 0
+    key, sep, count = value.rpartition("=")
+    if not sep or not key or not count.strip().isdigit() or not 1 <= int(count) <= 2**31 - 1:
+        console.print(f"[red]--max-per-group {escape(repr(value))}[/red]: must look like KEY=N, a metadata key and a "
+                      "whole number >= 1 (e.g. event=1)", highlight=False, soft_wrap=True)
+        raise typer.Exit(2)
+    return key, int(count)
+
+
 @agent_options
 def select(agent: AgentTarget,
            budget: int = typer.Option(..., "--budget", min=1, help="how many samples to select"),
@@ -883,12 +896,16 @@ def select(agent: AgentTarget,
            param: list[str] = typer.Option([], "--param", help="strategy parameter k=v (repeatable)"),
            where: list[str] = typer.Option([], "--where", help="metadata filter k=v (repeatable)"),
            seed: int = typer.Option(0, "--seed", min=0),
+           max_per_group: str = typer.Option(
+               "", "--max-per-group", metavar="KEY=N",
+               help="at most N picks per value of the metadata key KEY (e.g. event=1: one frame per burst)"),
            timeout: float = TimeoutOpt,
            as_json: bool = JsonOpt) -> None:
     """Which samples to label next."""
+    group_by, cap = _group_cap(max_per_group)
     stub = _rpc(agent.connect)
     req = agent_pb2.SelectRequest(budget=budget, strategy=strategy, params=_pairs(param, "--param"), seed=seed,
-                                  where=_pairs(where, "--where"))
+                                  where=_pairs(where, "--where"), group_by=group_by, max_per_group=cap)
     reply = _rpc(lambda: stub.Select(req, timeout=_timeout(timeout)), note=_heavy_note(_timeout(timeout)))
     if as_json:
         print(json_line({"selection_id": reply.selection_id, "model_version": reply.model_version,

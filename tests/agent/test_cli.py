@@ -1169,3 +1169,20 @@ def test_ingest_meta_csv_and_exif_give_each_image_its_metadata_for_where(tmp_pat
     assert res.exit_code == 0 and "1 rows of" in said and "line 2 (e.jpg)" in said, res.output
     assert "accepted 1" in said and "more/e.jpg: metadata value of 'note' of 5,000 characters" in said
     assert {s.id: dict(s.metadata) for s in client.list_samples(running.stub)}["more/f.jpg"] == {"note": "ok"}
+
+
+def test_select_max_per_group(running: Running) -> None:
+    client.ingest(running.stub, make_samples(20, labels=4))  # metadata site=a (even ids) or b (odd)
+    out = json.loads(run("select", "--agent", running.address, "--budget", "5", "--strategy", "margin",
+                         "--max-per-group", "site=2", "--json"))
+    sites = [int(s["id"][1:]) % 2 for s in out["selected"]]
+    assert sorted(sites) == [0, 0, 1, 1]  # 2 per site: 4 of 5
+    assert out["details"]["group_budget_not_filled"].startswith("4 of 5 picked with at most 2 per 'site'")
+    assert out["details"]["group_rounds"].isdigit()
+    table = run("select", "--agent", running.address, "--budget", "3", "--max-per-group", "site=1", "--seed", "4")
+    assert "group_budget_not_filled: 2 of 3 picked" in " ".join(table.split())
+    for bad in ("site", "site=0", "site=-1", "site=x", "=1", "site=", "site=99999999999"):
+        res = runner.invoke(app, ["select", "--agent", running.address, "--budget", "3", "--max-per-group", bad])
+        assert res.exit_code == 2, (bad, res.output)
+        assert res.output.count("\n") == 1 and "must look like KEY=N" in res.output, (bad, res.output)
+    assert len(running.agent.state.selections()) == 2  # nothing sent for the bad ones
