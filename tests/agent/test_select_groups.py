@@ -157,3 +157,24 @@ def test_bad_caps_are_invalid_arguments(bursts) -> None:
         assert code == grpc.StatusCode.INVALID_ARGUMENT and said in msg, (fields, msg)
     code, msg = code_of(lambda: select(r, 3, "audit", group_by="event", cap=1))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "drop max_per_group" in msg
+
+
+def test_each_round_is_admitted_like_a_select_of_its_own(bursts, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Admission's accounting stays honest: a capped call's every strategy run takes a slot of its own, with
+    the size and prior a plain Select of that strategy declares."""
+    r, _ = bursts
+    calls: list[tuple[str, float | None]] = []
+    for lane in (r.agent.work, r.agent.light_work):
+        real = lane.run
+
+        def counted(token, fn, what="this request", kind=None, size=None, prior_cpu_s=None, real=real):
+            calls.append((what, size))
+            return real(token, fn, what, kind, size, prior_cpu_s)
+
+        monkeypatch.setattr(lane, "run", counted)
+    capped = select(r, 9, "coreset", seed=21, group_by="event", cap=1)
+    rounds = int(capped.details[core.GROUP_ROUNDS])
+    assert rounds >= 2 and len(calls) == rounds and {w for w, _ in calls} == {"Select 'coreset'"}
+    plain = len(calls)
+    select(r, 9, "coreset", seed=22)
+    assert len(calls) == plain + 1 and calls[-1][1] == calls[0][1]  # the same declared size per run
