@@ -19,6 +19,7 @@ lists the rows over the default ones, and the agent rejects such samples one by 
 from __future__ import annotations
 
 import csv
+import io
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -62,10 +63,10 @@ def read_meta_csv(path: Path) -> MetaTable:
         raise MetaFileError(f"{path} is not UTF-8 text ({e}); save it as CSV UTF-8") from None
     except OSError as e:
         raise MetaFileError(f"cannot read {path}: {e.strerror or e}") from None
-    lines = text.splitlines()
-    first = next((ln for ln in lines if ln.strip()), "")
+    first = next((ln for ln in text.splitlines() if ln.strip()), "")
     delimiter = "\t" if "\t" in first and "," not in first else ","
-    reader = csv.reader(lines, delimiter=delimiter)
+    # the csv module reads the text itself: split into lines first, a quoted cell's line break was lost
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     try:
         rows = [(reader.line_num, [exports.csv_unescape(c.strip()) for c in cells]) for cells in reader
                 if any(c.strip() for c in cells)]
@@ -79,6 +80,9 @@ def read_meta_csv(path: Path) -> MetaTable:
         why = (f"it looks {other!r}-separated; save it comma- or tab-separated" if other else
                "the first column is the image's path inside the source, the others metadata keys")
         raise MetaFileError(f"{path}: the header line {first[:80]!r} has no metadata column ({why})")
+    if header[0].lower() != "path":  # a file without its header line would make its first image's values keys
+        raise MetaFileError(f"{path}: the first line is the header, and its first column must be named 'path' (got "
+                            f"{header[0][:80]!r}); add the line 'path,key1,key2,...' at the top")
     keys = header[1:]
     problems: list[str] = []
     seen_keys: set[str] = set()

@@ -335,7 +335,7 @@ def exif_metadata(data: bytes) -> dict[str, str]:
     camera = model if make and model.lower().startswith(make.lower()) else f"{make} {model}".strip()
     if camera:
         out["camera"] = camera
-    number = _exif_text(sub.get(_IMAGE_NUMBER) or "")
+    number = _exif_text(sub.get(_IMAGE_NUMBER, ""))  # frame 0 is a number (``or`` dropped it)
     if number:
         out["sequence"] = number
     return out

@@ -41,9 +41,16 @@ def test_limits_count_the_merged_metadata(tmp_path: Path) -> None:
     ("", "is empty"), ("path\na.jpg\n", "has no metadata column"),
     ("path,k\n,v\n", "line 2: no path"), ("path,k\na.jpg,1,2\n", "line 2: 3 cells, more than the header's 2"),
     ("path, k\u200b\na.jpg,v\n", "invisible"),
+    ("a.jpg,ev1\nb.jpg,ev2\n", "must be named 'path'"),  # no header line: a.jpg's values would become keys
 ])
 def test_unusable_files(tmp_path: Path, text: str, said: str) -> None:
     f = tmp_path / "m.csv"
     f.write_text(text, encoding="utf-8")
     with pytest.raises(MetaFileError, match=said):
         read_meta_csv(f)
+
+
+def test_a_quoted_cell_keeps_its_line_break(tmp_path: Path) -> None:
+    f = tmp_path / "m.csv"
+    f.write_text('path,note\na.jpg,"line one\nline two"\nb.jpg,x\n', encoding="utf-8")
+    assert read_meta_csv(f).rows == {"a.jpg": {"note": "line one\nline two"}, "b.jpg": {"note": "x"}}

@@ -118,6 +118,8 @@ def test_exif_metadata_reads_time_camera_and_sequence_and_leaves_missing_tags_ou
     ex.get_ifd(0x8769)[0x9211] = 3  # ImageNumber
     assert exif_metadata(jpeg(ex)) == {"taken_at": "2024-05-01T06:12:09", "camera": "RECONYX HC600 HYPERFIRE",
                                        "sequence": "3"}
+    ex.get_ifd(0x8769)[0x9211] = 0  # the first frame of a burst is numbered 0 by some cameras
+    assert exif_metadata(jpeg(ex))["sequence"] == "0"
     only = Image.Exif()
     only[0x0110] = "Canon EOS 5D"
     only[0x010F] = "Canon"

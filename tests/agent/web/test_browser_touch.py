@@ -191,6 +191,16 @@ def test_the_top_bar_keeps_one_line_on_a_portrait_tablet(live_web: WebAgent, tab
             assert box is not None and box["height"] < 40, (path, link.inner_text(), box)
 
 
+def test_the_map_leaves_room_to_scroll_past_it_on_a_phone(live_web: WebAgent, browser: Any) -> None:
+    context = browser.new_context(viewport={"width": 390, "height": 844}, has_touch=True, is_mobile=True)
+    page = context.new_page()
+    _queue(live_web, page)
+    page.goto(live_web.url + "/map")
+    box = page.locator(".map-wrap").bounding_box()
+    assert box is not None and box["height"] <= 0.9 * 390 + 1, box  # a finger on the page, not the canvas, scrolls
+    context.close()
+
+
 def test_the_message_before_a_navigation_is_shown_on_the_next_page(live_web: WebAgent, page: Any) -> None:
     _queue(live_web, page)
     page.once("dialog", lambda d: d.accept())  # the open queue's question

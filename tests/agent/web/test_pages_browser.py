@@ -325,7 +325,10 @@ def test_a_finger_lassos_boxes_and_pinches_on_the_map(live_map: WebAgent, browse
     touch("touchEnd")
     page.wait_for_timeout(200)
     assert len(page.evaluate("() => window.ShortlistMap.selectedIds()")) == n
-    page.locator("#clear-sel").tap()
+    # a click, not a tap: headless Chromium sometimes makes no click of a CDP tap right after a touch drag (seen
+    # on a busy CI machine), which is the harness, not the page; what follows tests the pinch alone
+    page.locator("#clear-sel").click()
+    page.wait_for_function("() => window.ShortlistMap.selectedIds().length === 0")
     before = page.evaluate("() => window.ShortlistMap.view().sx")
     cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
     touch("touchStart", (cx - 20, cy), (cx + 20, cy))
