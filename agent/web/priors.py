@@ -297,6 +297,7 @@ def label_api(request: Request, body: PriorLabelsBody, caller: Caller = CallerDe
     fixes = [x for x in body.labels if shown.get(x.id) != x.label.strip()]
     accepted, rejected = 0, []
     stored: list[str] = []
+    twins: list[dict[str, str]] = []  # labels stored that differ from a byte-identical sample's (as /api/labels)
     # Two SubmitLabels (the source is per request): the accepted priors, then the corrections.
     for part, source in ((accepts, ACCEPT_PREFIX + body.method), (fixes, "manual")):
         if not part:
@@ -309,13 +310,14 @@ def label_api(request: Request, body: PriorLabelsBody, caller: Caller = CallerDe
         refused = {r.id for r in reply.rejected}
         accepted += reply.accepted
         rejected += rejections(reply.rejected)
+        twins += [{"id": t.id, "twin_id": t.twin_id, "twin_label": t.twin_label} for t in reply.twin_conflicts]
         stored += [x.id for x in part if x.id not in refused]
     # labelled meanwhile by someone else: off this page too
     cache(request).labelled(stored + [str(r["id"]) for r in rejected if r.get("changed") and r.get("label")])
     done = set(stored)
     return {"accepted": accepted, "annotator": caller.annotator,
             "accepted_priors": sum(1 for x in accepts if x.id in done),
-            "corrected": sum(1 for x in fixes if x.id in done), "rejected": rejected}
+            "corrected": sum(1 for x in fixes if x.id in done), "rejected": rejected, "twin_conflicts": twins}
 
 
 @router.get("/api/priors/all")

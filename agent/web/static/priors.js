@@ -141,6 +141,10 @@
           t.classList.add("done", accepted ? "accepted" : "corrected");
           note.hidden = false;
           note.textContent = accepted ? `✓ accepted: ${labels[k].label}` : `✎ labelled ${labels[k].label}`;
+          const twin = (r.twin_conflicts || []).find((x) => x.id === t.dataset.id);
+          if (twin) {  // stored all the same (last write wins per id): say that its exact copy disagrees
+            note.textContent += ` — its identical copy ${twin.twin_id} is labelled ${twin.twin_label}`;
+          }
           t.querySelectorAll(".actions button, .actions select").forEach((el) => { el.disabled = true; });
         }
       });

@@ -269,6 +269,11 @@ def test_a_label_unlike_a_byte_identical_twins_is_reported(web_agent: WebAgent) 
     r = c.post("/api/labels", json={"labels": [{"id": "again/" + sid, "label": "square"}]}).json()
     assert r["accepted"] == 1 and r["twin_conflicts"] == [{"id": "again/" + sid, "twin_id": sid,
                                                            "twin_label": "circle"}]
+    # the same through Review priors' correction (another copy, labelled there otherwise)
+    assert client.ingest(web_agent.stub, [client.image_sample("third/" + sid, payload)]).same_payload == 1
+    r = c.post("/api/priors/labels", json={"method": "knn", "labels": [{"id": "third/" + sid, "label": "square"}]})
+    assert r.status_code == 200 and {"id": "third/" + sid, "twin_id": sid, "twin_label": "circle"} in r.json()[
+        "twin_conflicts"], r.json()
 
 
 def test_a_class_renamed_meanwhile_leaves_the_queues_class_list_and_a_stale_page_is_told_the_new_name(
