@@ -600,10 +600,12 @@ class Admission:
         # the estimate is uncertain on a busy machine: say the margin, or "21 s, more than the 60 s left" reads wrong
         margin = f", {safety * (wait + own):.1f} s with the {safety:g}x margin kept for estimates" if safety > 1 \
             else ""
-        head = (f"the agent is busy: {what} would wait about {wait:.1f} s for a turn ({running} "
-                f"{self.lane} requests running, {queued} queued) and then take about {own:.1f} s "
-                f"({basis}, at the CPU share such calls get now){margin}, more than the {left:.1f} s left "
-                f"of the call's deadline; it was not started; it needs a deadline of at least {needed} s")
+        # nothing running or queued: the call is too long for its deadline by itself, not kept waiting
+        opening = (f"{what} would take about {own:.1f} s" if running == 0 and queued == 0 and wait <= 0 else
+                   f"the agent is busy: {what} would wait about {wait:.1f} s for a turn ({running} {self.lane} "
+                   f"requests running, {queued} queued) and then take about {own:.1f} s")
+        head = (f"{opening} ({basis}, at the CPU share such calls get now){margin}, more than the {left:.1f} s "
+                f"left of the call's deadline; it was not started; it needs a deadline of at least {needed} s")
         if wait > 0 and margin_x * own <= remaining:  # the wait for a turn makes it late: a later try may fit
             hint = self._retry_after_ms(wait)
             return Busy(f"{head}, or a retry in about {hint} ms (once the calls ahead of it have ended)", hint / 1000)
