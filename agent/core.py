@@ -37,7 +37,15 @@ from agent.config import AUDIT_MIN_LABELS, AgentConfig
 from agent.errors import FailedPrecondition, InvalidArgument, NotFound, storage_problem
 from agent.images import Images
 from agent.index import IndexView
-from agent.ingest import PAYLOAD_ERROR_KEY, IngestPipeline, new_class_problem, unknown_label_reason
+from agent.ingest import (
+    PAYLOAD_ERROR_KEY,
+    IngestPipeline,
+    label_problem,
+    live_classes,
+    near_retired_problem,
+    new_class_problem,
+    unknown_label_reason,
+)
 from agent.limits import check_count, check_text, limit_hint, metadata_problem, name_problem, text_problem
 from agent.models import ModelManager, Serving
 from agent.params import StrategyEntry
@@ -569,9 +577,9 @@ class Agent:
         given: dict[int, str] = {}  # seq -> the label this request gives it (for twin_conflicts)
         with self.manager.writing() as serving:
             for sid, label in labels:
-                label_problem = (text_problem(label, lim.max_label_chars, "max_label_chars", "label")
-                                 or new_class_problem(self.state.classes, label) or self.state.renamed_problem(label))
-                rec = self._item_sample(sid, rejected, label_problem)
+                problem = (text_problem(label, lim.max_label_chars, "max_label_chars", "label")
+                           or label_problem(self.state, label))
+                rec = self._item_sample(sid, rejected, problem)
                 if rec is None:
                     continue
                 if not label:
@@ -683,8 +691,9 @@ class Agent:
             if old not in self.state.classes:
                 shown = ", ".join(self.pool_classes(self.state.labels_by_seq())[0][:20])
                 raise NotFound(f"no class {old!r} to rename; the classes: {shown or '(none yet)'}")
-            others = [c for c in self.state.classes if c != old]
-            if (problem := new_class_problem(others, new)) is not None:
+            others = [c for c in live_classes(self.state) if c != old]
+            if (problem := new_class_problem(others, new) or (
+                    None if new in self.state.renamed else near_retired_problem(self.state, new, old))) is not None:
                 raise InvalidArgument(f"to_class: {problem}")
             moved, merged = self.state.rename_class(old, new, annotator or "unknown",
                                                     "" if serving is None else serving.version)

@@ -25,6 +25,7 @@ import logging
 import queue
 import threading
 import time
+import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -129,6 +130,46 @@ def new_class_problem(classes: Sequence[str], label: str) -> str | None:
     return None if label in classes else class_name_problem(label, "label", classes)
 
 
+def live_classes(state: State) -> list[str]:
+    """The classes a label may name: ``State.classes`` less the names RenameClass retired (an open list keeps
+    them there, after the others, for the label history)."""
+    return [c for c in state.classes if c not in state.renamed]
+
+
+def _fold(name: str) -> str:
+    return unicodedata.normalize("NFKC", name).casefold()
+
+
+def near_retired_problem(state: State, label: str, renaming: str = "") -> str | None:
+    """Why ``label`` cannot be a new class because it differs from a name RenameClass retired only in case or
+    Unicode form ("Cat" after `cat` was renamed to `feline`), advising the class that name became, or None.
+    ``renaming``: RenameClass's from_class, when ``label`` is its to_class (advise the retired name itself
+    when it was renamed to that class: a rename back)."""
+    key = _fold(label)
+    for name, to in state.renamed.items():
+        if name != label and _fold(name) == key:
+            use = name if to == renaming else to
+            return (f"label {label[:64]!r} differs from {name[:64]!r} only in case or Unicode form, and {name[:64]!r} "
+                    f"was renamed to {to[:64]!r}: use {use[:64]!r}")
+    return None
+
+
+def label_problem(state: State, label: str) -> str | None:
+    """Why a label ``label`` cannot be stored now, or None: a name RenameClass retired (``renamed_problem``,
+    naming the class it became), a new class name that ``new_class_problem`` refuses beside the classes a
+    label may name (``live_classes``), or one that differs from a retired name only in case or Unicode form
+    (``near_retired_problem``). The callers that store labels (Ingest's ``store``, SubmitLabels) check it
+    under the model manager's write lock, in the same section as the write: RenameClass takes that lock, so
+    no label of a retired name is stored after its rename commits."""
+    problem = state.renamed_problem(label)
+    if problem is not None:
+        return problem
+    live = live_classes(state)
+    if label in live:
+        return None
+    return new_class_problem(live, label) or near_retired_problem(state, label)
+
+
 def unknown_label_reason(classes: Sequence[str], label: str) -> str:
     shown = ", ".join(classes[:20]) + (" ..." if len(classes) > 20 else "")
     return f"unknown label {label!r}: the class list is closed; valid: {shown}"
@@ -180,8 +221,7 @@ class IngestPipeline:
             return "empty id: every sample needs a client-chosen unique id"
         problem = (text_problem(s.id, lim.max_id_chars, "max_id_chars", "id") or name_problem(s.id, "id")
                    or text_problem(s.label, lim.max_label_chars, "max_label_chars", "label")
-                   or (new_class_problem(self.state.classes, s.label) or self.state.renamed_problem(s.label)
-                       if s.label else None)
+                   or (label_problem(self.state, s.label) if s.label else None)
                    or text_problem(s.uri, lim.max_uri_chars, "max_uri_chars", "uri")
                    or metadata_problem(s.metadata, lim))
         if problem is not None:
@@ -299,6 +339,10 @@ class IngestPipeline:
                 assert i in pos
                 label = -1
                 if s.label:
+                    # again under the lock: a RenameClass may have retired the label since ``sample_problem``
+                    if (problem := label_problem(self.state, s.label)) is not None:
+                        res.rejected.append((s.id, problem))
+                        continue
                     idx = self.state.class_index(s.label)
                     if idx is None:
                         res.rejected.append((s.id, unknown_label_reason(self.state.classes, s.label)))
@@ -364,6 +408,8 @@ class IngestPipeline:
                                       f"not change labels; give {s.label!r} with SubmitLabels (`shortlist label`)"))
         elif labels is None:
             return True
+        elif (problem := label_problem(self.state, s.label)) is not None:  # (under the lock: stage 3)
+            res.rejected.append((sid, problem))
         elif (idx := self.state.class_index(s.label)) is None:
             res.rejected.append((sid, unknown_label_reason(self.state.classes, s.label)))
         else:

@@ -230,3 +230,61 @@ def test_status_advises_a_restart_with_the_models_classes_only_when_the_agent_wo
         agent.stop()
     with pytest.raises(ClassListError, match="relabel those samples"):
         State(tmp_path / "data" / "state.sqlite", ["boar", "fox", "roe"])
+
+
+def _rename_during_ingest(agent: Running, monkeypatch: pytest.MonkeyPatch, old: str, new: str) -> None:
+    """Make the agent's next Ingest batch pass its first checks (stage 1), then rename ``old`` to ``new``
+    before the batch is stored (stage 3): the interleaving of a rename with an ingest in flight."""
+    pipeline = agent.agent.ingest
+    embed = pipeline.embed
+
+    def embed_then_rename(prep: Any) -> Any:
+        monkeypatch.setattr(pipeline, "embed", embed)  # once
+        out = embed(prep)
+        agent.agent.rename_class(old, new, "lead")
+        return out
+
+    monkeypatch.setattr(pipeline, "embed", embed_then_rename)
+
+
+@pytest.mark.parametrize("closed", [False, True])
+def test_an_ingest_in_flight_during_a_rename_stores_no_label_of_the_retired_name(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, closed: bool) -> None:
+    agent = _labelled(tmp_path, **({"classes": ("deer", "fox", "boar")} if closed else {}))
+    try:
+        raced = make_samples(3, prefix="w", seed=1)
+        for s in raced:
+            s.label = "deer"
+        raced.append(client.image_sample("s8", make_samples(9)[8].encoded_image, label="deer"))  # stored unlabelled
+        _rename_during_ingest(agent, monkeypatch, "deer", "roe_deer")
+        reply = client.ingest(agent.stub, raced)
+        assert reply.accepted == 0 and sorted((r.id, r.reason) for r in reply.rejected) == [
+            (sid, "'deer' was renamed to 'roe_deer'; label with that") for sid in ("s8", "w0", "w1", "w2")]
+        assert _classes(agent) == ["roe_deer", "fox", "boar"]
+        labels = {s.id: s.label for s in agent.stub.ListSamples(agent_pb2.ListSamplesRequest(labeled_only=True))}
+        assert "deer" not in labels.values() and "s8" not in labels
+    finally:
+        agent.stop()
+
+
+@pytest.mark.parametrize("closed", [False, True])
+def test_a_case_or_width_variant_of_a_retired_name_is_advised_the_class_it_became(tmp_path: Path, closed: bool) -> None:
+    agent = _labelled(tmp_path, **({"classes": ("deer", "fox", "boar")} if closed else {}))
+    try:
+        _rename(agent, "deer", "roe_deer")
+        r = client.submit_labels(agent.stub, [("s6", "Deer"), ("s7", "ｄｅｅｒ")])
+        assert r.accepted == 0 and [x.reason for x in r.rejected] == [
+            f"label {v!r} differs from 'deer' only in case or Unicode form, and 'deer' was renamed to 'roe_deer': "
+            "use 'roe_deer'" for v in ("Deer", "ｄｅｅｒ")]
+        ingest = client.ingest(agent.stub, [client.image_sample("n0", b"x" * 10, label="Deer")])
+        assert ingest.rejected[0].reason.endswith("use 'roe_deer'")
+        with pytest.raises(grpc.RpcError) as e:
+            _rename(agent, "fox", "Deer")
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and str(e.value.details()).endswith(
+            "use 'roe_deer'")
+        with pytest.raises(grpc.RpcError) as e:  # renaming the class back: its old name is the one to give
+            _rename(agent, "roe_deer", "Deer")
+        assert str(e.value.details()).endswith("use 'deer'")
+        assert _rename(agent, "roe_deer", "deer").moved == 2
+    finally:
+        agent.stop()
