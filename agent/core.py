@@ -683,8 +683,16 @@ class Agent:
         if old == new:
             raise InvalidArgument(f"from_class and to_class are both {old!r}: nothing to rename")
         with self.manager.writing() as serving:
-            if self.state.renamed.get(old) == new:  # a resend (a retry after a lost reply): done already
-                return 0, False, self.pool_classes(self.state.labels_by_seq())[0]
+            if self.state.renamed.get(old) == new:  # a resend (a retry after a lost reply): done already, but
+                # for labels of ``old`` stored after the rename (before Ingest checked under this lock): move them
+                moved = self.state.move_retired_labels(old, annotator or "unknown",
+                                                       "" if serving is None else serving.version)
+                if moved:
+                    self.select_cache.clear()
+                    self.prior_cache.clear()
+                    log.warning("class %r: %d labels stored after its rename to %r moved to it by %s", old, moved,
+                                new, annotator or "unknown")
+                return moved, False, self.pool_classes(self.state.labels_by_seq())[0]
             if (problem := self.state.renamed_problem(old)) is not None:
                 raise FailedPrecondition(f"{problem.split(';')[0]} already: rename {self.state.renamed[old]!r} "
                                          "instead")

@@ -482,6 +482,29 @@ class State:
             self._label_events += len(seqs)
             return len(seqs), merged
 
+    def move_retired_labels(self, old: str, annotator: str, model_version: str = "") -> int:
+        """Move the current labels that still name ``old``, a name ``rename_class`` retired, to the class it
+        became (``renamed[old]``), in one transaction, as ``rename_class`` does (a row each, source
+        RENAME_SOURCE): a repair for labels stored after the rename by a path that did not check for it (an
+        Ingest in flight, before that check was made under the lock). Returns how many moved (0: none left)."""
+        with self._lock:
+            new = self.renamed.get(old)
+            names = self.classes + self._retired
+            if new is None or old not in names or new not in self.classes:
+                return 0
+            seqs = [int(q) for q in np.flatnonzero(self._label == names.index(old))]
+            if not seqs:
+                return 0
+            target = self.classes.index(new)
+            now = time.time()
+            with self._transaction():
+                self._db.executemany(
+                    "INSERT INTO labels(seq, class, annotator, time, source, model_version) VALUES (?,?,?,?,?,?)",
+                    [(q, target, annotator, now, RENAME_SOURCE, model_version) for q in seqs])
+            self._label[seqs] = target
+            self._label_events += len(seqs)
+            return len(seqs)
+
     def renamed_problem(self, name: str) -> str | None:
         """Why a label ``name`` is refused because the class was renamed (RenameClass), or None."""
         to = self.renamed.get(name)

@@ -267,6 +267,24 @@ def test_an_ingest_in_flight_during_a_rename_stores_no_label_of_the_retired_name
         agent.stop()
 
 
+def test_a_rename_retried_moves_labels_of_the_retired_name_left_by_an_earlier_agent(tmp_path: Path) -> None:
+    agent = _labelled(tmp_path)
+    try:
+        assert _rename(agent, "deer", "roe_deer").moved == 2
+        state = agent.agent.state
+        # a label of the retired name, as an Ingest in flight stored it before its check was made under the lock
+        rec, deer = state.lookup("s8"), state.class_index("deer")
+        assert rec is not None and deer is not None
+        state.add_labels([(rec.seq, deer)], "ingest", "ingest")
+        assert "deer" in _classes(agent)
+        reply = _rename(agent, "deer", "roe_deer")
+        assert (reply.moved, list(reply.classes)) == (1, ["roe_deer", "fox", "boar"])
+        assert _history(agent, "s8") == [("deer", "ingest", "ingest"), ("roe_deer", "lead", "rename")]
+        assert _rename(agent, "deer", "roe_deer").moved == 0  # a plain retry
+    finally:
+        agent.stop()
+
+
 @pytest.mark.parametrize("closed", [False, True])
 def test_a_case_or_width_variant_of_a_retired_name_is_advised_the_class_it_became(tmp_path: Path, closed: bool) -> None:
     agent = _labelled(tmp_path, **({"classes": ("deer", "fox", "boar")} if closed else {}))
