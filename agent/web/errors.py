@@ -60,6 +60,14 @@ FOR_PEOPLE: list[tuple[re.Pattern[str], str]] = [
      "(draw an audit sample on the Progress page, then label it in the Queue)"),
     (re.compile(r"declare every class \(shortlist serve --classes [^)]*\)"),
      "ask whoever runs the agent to declare every class"),
+    # admission's deadline refusals (agent/admission.py ``_too_late``): the app sets the deadline, not its user
+    (re.compile(r"it needs a deadline of at least (\d+) s \(retrying with this deadline will not help: give it a "
+                r"longer one, or make the call smaller\)"),
+     r"it would need about \1 s, longer than this app waits: ask for fewer samples or a lighter strategy (whoever "
+     r"runs the agent can run it from the command line with --timeout \1)"),
+    (re.compile(r"it needs a deadline of at least \d+ s, or a retry in about \d+ ms \(once the calls ahead of it "
+                r"have ended\)"),
+     "try again in a moment, once the calls ahead of it have ended"),
 ]
 
 

@@ -453,6 +453,24 @@ def test_the_agents_cli_words_are_mapped_for_people() -> None:
                    "for trustworthy confidences"
     assert for_people("...: declare every class (shortlist serve --classes a,b,c)") == \
         "...: ask whoever runs the agent to declare every class"
+    # a deadline refusal: the app sets the deadline, its user can only ask for less or wait
+    head = "Select 'as3l' would take about 900.0 s (its recent runs), more than the 600.0 s left of the call's " \
+           "deadline; it was not started; "
+    assert for_people(head + "it needs a deadline of at least 1800 s (retrying with this deadline will not help: "
+                      "give it a longer one, or make the call smaller)") == head + \
+        "it would need about 1800 s, longer than this app waits: ask for fewer samples or a lighter strategy " \
+        "(whoever runs the agent can run it from the command line with --timeout 1800)"
+    wait = for_people(head + "it needs a deadline of at least 700 s, or a retry in about 2500 ms (once the calls "
+                      "ahead of it have ended)")
+    assert wait == head + "try again in a moment, once the calls ahead of it have ended"
+    # and the agent's own words map (not a copy of them that could drift)
+    from agent.admission import Admission
+
+    lane = Admission(1, 1)
+    too_long = str(lane._too_late("Select 'as3l'", wait=0.0, own=900.0, remaining=600.0))
+    assert "longer than this app waits" in for_people(too_long) and "deadline of at least" not in for_people(too_long)
+    queued = str(lane._too_late("Select 'as3l'", wait=500.0, own=10.0, remaining=100.0))
+    assert for_people(queued).endswith("try again in a moment, once the calls ahead of it have ended"), queued
     assert for_people("unknown id 'x': ingest it first") == "unknown id 'x': ingest it first"  # others unchanged
 
 
