@@ -1284,6 +1284,7 @@ def prior(agent: AgentTarget,
             if state["n"] == 0:
                 state["cal"] = p.calibration if p.HasField("calibration") else None
                 state["version"] = p.model_version
+                state["behind"] = p.not_embedded
             state["n"] += 1
             if as_json:
                 row = {"id": p.id, "label": p.label, "confidence": p.confidence, "probs": ranked(p.probs),
@@ -1300,9 +1301,13 @@ def prior(agent: AgentTarget,
 
     _rpc(read, note=_heavy_note(_timeout(timeout)))
     cal = state["cal"]
+    behind = (f"{state['behind']:,} stored samples are not embedded yet by {state['version']} (the pool is being "
+              "embedded in the background): these priors cover the embedded samples only; run it again when "
+              "`shortlist status` shows every sample embedded") if state.get("behind") else ""
     if as_json:
-        if cal is not None and cal.warning:  # stdout stays JSON lines
-            typer.echo(cal.warning, err=True)
+        for line in (behind, cal.warning if cal is not None else ""):  # stdout stays JSON lines
+            if line:
+                typer.echo(line, err=True)
         return
     if limit > 0:
         table = Table(title=f"{method} priors ({state['version']})")
@@ -1316,6 +1321,8 @@ def prior(agent: AgentTarget,
                       "one JSON line per sample", highlight=False, soft_wrap=True)
     if cal is not None:
         out.print(calibration_line(cal), markup=False, highlight=False, soft_wrap=True)
+    if behind:
+        out.print(behind, style="yellow", markup=False, highlight=False, soft_wrap=True)
 
 
 @agent_options

@@ -124,6 +124,8 @@ class PriorResult:
     # How the confidences were calibrated (agent/priors/calibration.py, "Provenance"): on the first
     # result of a reply only (the same for every row), None on the others.
     calibration: TemperatureFit | None = None
+    # Stored samples the serving version has not embedded yet, on the first result only (``not_embedded``).
+    not_embedded: int = 0
 
 
 def uniform_draw(strategy: str, filtered: bool) -> bool:
@@ -216,6 +218,10 @@ NOTHING_SELECTED = "nothing_selected"
 # Select's details key, present when byte-identical samples were left out of the candidates (``twin_free``):
 # how many, and why. Absent in a pool without byte-identical samples.
 SAME_PAYLOAD_LEFT_OUT = "same_payload_left_out"
+# Select's details key, present while the serving version has not embedded every stored sample (the pool
+# is being embedded after the first model, or after a restart that fell back to another version): how
+# many, and that they are not candidates until then. Absent once every stored sample is embedded.
+NOT_EMBEDDED = "not_embedded"
 # A Select with a per-group cap (SelectRequest.group_by / max_per_group) runs its strategy at most this many
 # rounds: each round after the first reruns it on the candidates left (less the picks taken and the members
 # of groups at their cap) for the picks still missing. Every round takes at least one pick (each group left
@@ -816,8 +822,10 @@ class Agent:
             pool, seqs = self.free_pool(where)
             version = ""
         else:
+            stored = self.state.count()  # before the view: a sample ingested in between is in both
             pool, seqs = self.model_pool(serving, where)
             version = serving.version
+            behind = self.not_embedded(version, stored, len(seqs))
         candidates, left_out = self.twin_free(pool.candidates, seqs)
         pool = replace(pool, candidates=candidates)
         details: dict[str, str] = {}
@@ -845,6 +853,10 @@ class Agent:
                 f"{left_out} unlabelled sample{'s' if left_out != 1 else ''} left out of the candidates: the exact "
                 "bytes of a labelled sample, or of an earlier-ingested candidate (one label covers byte-identical "
                 "images)")
+        if cached is None and serving is not None and behind:
+            details[NOT_EMBEDDED] = (f"{behind:,} of {stored:,} stored samples are not embedded yet by {version} (the "
+                                     "pool is being embedded in the background): they are not candidates until "
+                                     "then; ask again when Status.embedded reaches Status.samples")
         selection_id = uuid.uuid4().hex
         if not record:  # cached unrecorded: a repeat by a read token is answered at once, by a write token recorded
             if cached is None:
@@ -860,6 +872,13 @@ class Agent:
         kept = {k: v for k, v in details.items() if k != SELECTION_NOT_RECORDED}
         self.select_cache.put(key, (list(chosen), kept, recorded), weight=max(1, len(chosen)))
         return SelectResult(chosen, version, strategy, selection_id, details)
+
+    def not_embedded(self, version: str, stored: int, rows: int) -> int:
+        """How many of the ``stored`` samples (``State.count()``, read before the pool's view) ``version``'s
+        index of ``rows`` rows lacks, less those it cannot embed (reported on their own): the backlog of the
+        background embedding. 0 in steady state: Ingest adds a sample's row in the commit that stores it."""
+        bad = len(self.manager.unembeddable.get(version, {}))
+        return max(0, stored - rows - bad)
 
     def twin_free(self, candidates: np.ndarray, seqs: np.ndarray) -> tuple[np.ndarray, int]:
         """``candidates`` (pool rows; ``seqs``: every row's state seq) less the byte-identical samples a label
@@ -1089,7 +1108,9 @@ class Agent:
             raise FailedPrecondition(no_model_message(self.models))
         # the audit draws only for a calibrated prior: its temperature is fitted on the audit labels once
         # there are enough; uncalibrated, no method reads them (and the cache key below then omits them)
+        stored = self.state.count()  # before the view: a sample ingested in between is in both
         pool, seqs = self.model_pool(serving, {}, audit=calibrate_flag(params))
+        behind = self.not_embedded(serving.version, stored, len(seqs))
         row_of = np.full(int(seqs.max(initial=0)) + 1, -1, np.int64)  # seq -> row under this version, -1 = none
         row_of[seqs] = np.arange(len(seqs))
         if ids:
@@ -1106,6 +1127,11 @@ class Agent:
         else:
             rows = pool.candidates
         if pool.num_classes == 0 or len(pool.labeled) == 0:
+            if behind and self.state.labeled_count():
+                raise FailedPrecondition(
+                    f"none of the {self.state.labeled_count():,} labelled samples is embedded yet by "
+                    f"{serving.version} ({len(seqs):,} of {stored:,} stored samples are; the pool is being embedded "
+                    "in the background): ask again when Status.embedded reaches Status.samples")
             raise FailedPrecondition("no labelled samples yet: submit labels (`shortlist label FILE.csv`) "
                                      "before asking for prior labels")
         if len(rows) == 0:
@@ -1128,7 +1154,7 @@ class Agent:
             fit = replace(fit, open_classes=not self.state.closed)
             self._note_prior_fit(method, fit)
         probs, confidence = self._with_twin_labels(rows, seqs, cached[0], cached[1], pool.classes)
-        return self._iter_priors(rows, seqs, probs, confidence, fit, pool.classes, serving.version)
+        return self._iter_priors(rows, seqs, probs, confidence, fit, pool.classes, serving.version, behind)
 
     def _with_twin_labels(self, rows: np.ndarray, seqs: np.ndarray, probs: np.ndarray, confidence: np.ndarray,
                           classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -1170,12 +1196,13 @@ class Agent:
         return probs, confidence
 
     def _iter_priors(self, rows: np.ndarray, seqs: np.ndarray, probs: np.ndarray, confidence: np.ndarray,
-                     calibration: TemperatureFit | None, classes: list[str], version: str) -> Iterator[PriorResult]:
+                     calibration: TemperatureFit | None, classes: list[str], version: str,
+                     not_embedded: int = 0) -> Iterator[PriorResult]:
         for i, (r, p, c) in enumerate(zip(rows, probs, confidence, strict=True)):
             k = int(np.argmax(p))
             yield PriorResult(self.state.record(int(seqs[r])).id, classes[k], float(c),
                               {name: float(v) for name, v in zip(classes, p, strict=True)}, version,
-                              calibration if i == 0 else None)
+                              calibration if i == 0 else None, not_embedded if i == 0 else 0)
 
     # ---- GetMap ----------------------------------------------------------------------------------
     def _serving_view(self) -> tuple[str, IndexView] | None:

@@ -271,6 +271,13 @@ class ModelManager:
         cur_no = -1 if cur is None else (version_number(cur.version) or 0)
         folder = self.folder_warning if cur is not None and self.folder_warning_version == cur.version else ""
         out = [w for w in (self.warning, folder, *self.notices) if w]
+        if cur is not None and self.blobs is not None:  # without blobs ``warning`` says they cannot be embedded
+            stored = self.state.count()  # before the index's size: a sample ingested in between is in both
+            behind = stored - cur.index.n - len(self.unembeddable.get(cur.version, {}))
+            if behind > 0:
+                out.append(f"{behind:,} of {stored:,} stored samples are not embedded yet by {cur.version}, the "
+                           "version served (they are being embedded in the background): until then Select and "
+                           "PriorLabels cover the embedded samples only")
         serving = "no version is served" if cur is None else f"{cur.version} keeps serving"
         out += [f"{why} ({serving}; fix or replace the folder, or publish a new version)"
                 for name, why in sorted(self.failed.items()) if (version_number(name) or 0) > cur_no]
@@ -466,13 +473,18 @@ class ModelManager:
     def _adopt_first(self, version: str, manifest: Manifest) -> None:
         """The first model: serve it at once; samples stored before it are embedded by ``check``."""
         serving = self._load(version, manifest)
+        before = self.state.get_meta(SERVING_KEY)
         with self._write_lock:
             self.current = serving
         self._saved_rows = serving.index.loaded_from_snapshot
         self.state.set_meta(SERVING_KEY, version)
         self.state.set_model_version(version, "serving", serving.index.n, fingerprint=model_fingerprint(manifest))
-        log.info("now serving %s (%d rows; the first model: samples stored before it are embedded in the "
-                 "background)", version, serving.index.n)
+        behind = max(0, self.state.count() - serving.index.n)
+        why = (f"instead of {before}, served before, which cannot be loaded any more" if before and before != version
+               else "the first model")
+        log.info("now serving %s (%d rows; %s: %s)", version, serving.index.n, why,
+                 f"the {behind} samples it has not embedded are embedded in the background; until then Select and "
+                 "PriorLabels cover the embedded samples only" if behind else "every stored sample is embedded")
 
     # ---- the background step ---------------------------------------------------------------------
     def _adopt_newest(self) -> None:
@@ -621,20 +633,30 @@ class ModelManager:
         self._drop_stale(keep={version})  # e.g. a version abandoned before a restart
         newer: list[Newer] = []
 
+        gone: list[str] = []  # why ``version``'s folder cannot be served any more, once noticed
+
         def preempted() -> bool:
             if not newer:
                 found = self._look_for_newer(version)
                 if found is not None:
                     newer.append(found)
-            return bool(newer)
+            if not gone and (why := self._folder_left(new)) is not None:
+                gone.append(why)
+            return bool(newer or gone)
 
         try:
             # Bulk of the work without the lock: ingestion keeps going into the current version.
             remaining = self._catch_up(new.embedder, new.index, hold_lock=False, interrupted=preempted)
-            while remaining > self.batch_size and not self._stop.is_set() and not newer:
+            while remaining > self.batch_size and not self._stop.is_set() and not newer and not gone:
                 remaining = self._catch_up(new.embedder, new.index, hold_lock=False, interrupted=preempted)
             if self._stop.is_set():
                 return True
+            if not gone and (why := self._folder_left(new)) is not None:  # removed since the last look
+                gone.append(why)
+            if gone:
+                self._forget(version)  # its partial embeddings: never served
+                self._refuse(version, gone[0])
+                return False
             if newer or preempted():
                 self._abandon(version, newer[0].version)
                 return newer[0]
@@ -653,6 +675,30 @@ class ModelManager:
             return True
         finally:
             self._set_pending("", None)
+
+    def _folder_left(self, loaded: Serving) -> str | None:
+        """Why ``loaded``, a version being embedded, must not be served any more: its registry folder is gone
+        (removed or renamed: a restart could not load it, so serving it would strand the pool on a model no
+        one can load again) or holds another model than the one loaded; None while it is as it was loaded.
+        Cheap when nothing changed (one listing of the folder)."""
+        now = self._fingerprint(loaded.version)
+        if now == loaded.folder:
+            return None
+        where = self.registry / loaded.version
+        if now == "missing":
+            return (f"{loaded.version} refused: its folder was removed from {self.registry} while the pool was "
+                    f"being embedded with it; it was never served (its partial embeddings are dropped); the "
+                    f"served version keeps serving; publish it again to use it")
+        try:
+            manifest = check_version(where)
+        except ManifestError as e:
+            return (f"{loaded.version} refused: its folder {where} changed while the pool was being embedded with "
+                    f"it and cannot be served any more ({e}); it was never served")
+        if model_fingerprint(manifest) != model_fingerprint(loaded.manifest):
+            return (f"{loaded.version} refused: {where} holds another model than the one being embedded; it was "
+                    f"never served; publish a new version instead of changing a published one")
+        loaded.folder = now  # the same model (e.g. a file touched): go on
+        return None
 
     def _rename(self, version: str, manifest: Manifest, emb: Embedder) -> bool:
         """Serve ``version``, the same model as the served one (a republished copy: a rollback to the

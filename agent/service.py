@@ -207,7 +207,7 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
         for r in self.agent.prior_labels(request.method, list(request.ids), dict(request.params),
                                          call_token(context)):
             msg = agent_pb2.PriorLabel(id=r.id, label=r.label, confidence=r.confidence, probs=r.probs,
-                                       model_version=r.model_version)
+                                       model_version=r.model_version, not_embedded=r.not_embedded)
             if r.calibration is not None:  # the first row only (agent/core.py)
                 msg.calibration.CopyFrom(calibration_message(r.calibration))
             yield msg

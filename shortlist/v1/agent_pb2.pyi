@@ -226,7 +226,7 @@ class PriorLabelsRequest(_message.Message):
     def __init__(self, method: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ..., params: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class PriorLabel(_message.Message):
-    __slots__ = ("id", "label", "confidence", "probs", "model_version", "calibration")
+    __slots__ = ("id", "label", "confidence", "probs", "model_version", "calibration", "not_embedded")
     class ProbsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -240,13 +240,15 @@ class PriorLabel(_message.Message):
     PROBS_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     CALIBRATION_FIELD_NUMBER: _ClassVar[int]
+    NOT_EMBEDDED_FIELD_NUMBER: _ClassVar[int]
     id: str
     label: str
     confidence: float
     probs: _containers.ScalarMap[str, float]
     model_version: str
     calibration: Calibration
-    def __init__(self, id: _Optional[str] = ..., label: _Optional[str] = ..., confidence: _Optional[float] = ..., probs: _Optional[_Mapping[str, float]] = ..., model_version: _Optional[str] = ..., calibration: _Optional[_Union[Calibration, _Mapping]] = ...) -> None: ...
+    not_embedded: int
+    def __init__(self, id: _Optional[str] = ..., label: _Optional[str] = ..., confidence: _Optional[float] = ..., probs: _Optional[_Mapping[str, float]] = ..., model_version: _Optional[str] = ..., calibration: _Optional[_Union[Calibration, _Mapping]] = ..., not_embedded: _Optional[int] = ...) -> None: ...
 
 class Calibration(_message.Message):
     __slots__ = ("source", "held_out", "temperature", "audit_labels", "warning")

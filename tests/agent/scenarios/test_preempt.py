@@ -5,6 +5,7 @@ GetStatus never shows the swap half done."""
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -16,6 +17,7 @@ import pytest
 from agent.config import AgentConfig
 from agent.core import Agent
 from agent.embedder import Embedder, EmbedOutput
+from agent.errors import FailedPrecondition
 from agent.ingest import Incoming
 from agent.models import ModelManager
 from agent.testing import publish_linear
@@ -255,3 +257,74 @@ def test_a_copy_of_the_served_model_is_swapped_in_with_its_embeddings(tmp_path: 
         assert sorted(p.name for p in (tmp_path / "data" / "index").iterdir()) == ["v0003"]
     finally:
         a.close()
+
+
+def test_a_pending_version_whose_folder_is_removed_mid_reembed_is_refused_not_served(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Removing the folder of the version being embedded (a `prune --without-agent`, an `rm -rf` by hand) used
+    to let it be swapped in seconds later: the agent then served a model no restart could load again."""
+    models = tmp_path / "models"
+    publish_linear(models, size=SIZE, dim=16, seed=0)  # v0001: served
+    a = agent(tmp_path, models)
+    try:
+        fill(a)
+        v2 = publish_linear(models, size=SIZE, dim=24, seed=1)
+
+        def remove_during_second_batch(k: int) -> None:
+            if k == 2:
+                shutil.rmtree(models / v2)
+                a.manager.reload()  # the next look at the registry is now, not a poll interval away
+
+        sizes = on_embed(monkeypatch, v2, remove_during_second_batch)
+        a.manager.check()
+        st = a.status()
+        assert st.model_version == "v0001" and st.embedded == N and not st.pending_model_version
+        assert len(sizes) == 2 < N // BATCH  # stopped after the batch under way
+        status, embedded, why = a.state.model_versions()[v2]
+        assert (status, embedded) == ("failed", 0) and "folder was removed" in why and "never served" in why
+        assert rows_by_version(tmp_path / "data") == {"v0001": N}
+        assert any(v2 in w and "folder was removed" in w for w in st.warnings)
+        v3 = publish_linear(models, size=SIZE, dim=24, seed=1)  # published again: served as usual
+        a.manager.check()
+        assert a.status().model_version == v3
+    finally:
+        a.close()
+
+
+def test_after_a_restart_falls_back_the_answers_say_the_pool_is_still_being_embedded(tmp_path: Path) -> None:
+    """The version served before a restart is gone: the agent serves the newest left and embeds the pool with
+    it in the background. Until then Select, PriorLabels and GetStatus say they cover the embedded samples only,
+    and PriorLabels does not claim there are no labels."""
+    models = tmp_path / "models"
+    publish_linear(models, size=SIZE, dim=16, seed=0)  # v0001
+    a = agent(tmp_path, models)
+    try:
+        fill(a)
+        assert a.submit_labels([(f"x{i}", "cat" if i % 2 else "dog") for i in range(6)], "ann")[0] == 6
+        v2 = publish_linear(models, size=SIZE, dim=24, seed=1)
+        a.manager.check()
+        assert a.status().model_version == v2 and not any("not embedded yet" in w for w in a.status().warnings)
+    finally:
+        a.close()
+    shutil.rmtree(models / v2)
+    b = Agent(AgentConfig(tmp_path / "data", models, background=False, use_cuda=False, batch_size=BATCH,
+                          poll_s=3600.0))
+    try:
+        st = b.status()
+        assert st.model_version == "v0001" and st.embedded == 0 and st.samples == N
+        assert any(f"{N} of {N} stored samples are not embedded yet by v0001" in w for w in st.warnings)
+        with pytest.raises(FailedPrecondition, match="none of the 6 labelled samples is embedded yet by v0001"):
+            list(b.prior_labels("knn", [], {}))
+        b.manager._catch_up(b.manager.current.embedder, b.manager.current.index, hold_lock=True,  # type: ignore[union-attr]
+                            limit=BATCH * 2)  # part of the pool: 8 of 20
+        got = list(b.prior_labels("knn", [], {}))
+        assert got and got[0].not_embedded == N - 2 * BATCH and all(r.not_embedded == 0 for r in got[1:])
+        sel = b.select(3, "random", {}, 0, {})
+        assert f"{N - 2 * BATCH} of {N} stored samples are not embedded yet by v0001" in sel.details["not_embedded"]
+        b.manager.check()  # the rest
+        st = b.status()
+        assert st.embedded == N and not any("not embedded yet" in w for w in st.warnings)
+        assert list(b.prior_labels("knn", [], {}))[0].not_embedded == 0
+        assert "not_embedded" not in b.select(3, "random", {}, 1, {}).details
+    finally:
+        b.close()
