@@ -1499,5 +1499,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     app.command("web")(web)
     bench_app.command("agent")(bench_agent)
     from agent.models_cli import models_app
+    from agent.models_import import import_command
+
+    models_app.command("import")(import_command)
 
     app.add_typer(models_app, name="models")

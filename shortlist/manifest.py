@@ -123,6 +123,9 @@ class Preprocess:
 CIFAR10_PREPROCESS = Preprocess()
 CIFAR100_PREPROCESS = Preprocess(mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762))
 IMAGENET_PREPROCESS = Preprocess(size=(224, 224), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+# By name: ``pretrain --preprocess`` and ``models import --preprocess``.
+PREPROCESS_PRESETS: dict[str, Preprocess] = {"cifar10": CIFAR10_PREPROCESS, "cifar100": CIFAR100_PREPROCESS,
+                                             "imagenet": IMAGENET_PREPROCESS}
 
 
 @dataclass

@@ -24,7 +24,7 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from shortlist.manifest import CIFAR10_PREPROCESS, CIFAR100_PREPROCESS, IMAGENET_PREPROCESS, Preprocess
+from shortlist.manifest import PREPROCESS_PRESETS, Preprocess
 from training import loop
 from training.augment import AugmentConfig
 from training.backbones import build_backbone, min_input_side
@@ -34,8 +34,7 @@ from training.knn import embed, knn_accuracy
 from training.methods import METHODS, SSLMethod, build_method
 from training.methods import Encoder as Encoder
 
-PREPROCESS: dict[str, Preprocess] = {"cifar10": CIFAR10_PREPROCESS, "cifar100": CIFAR100_PREPROCESS,
-                                     "imagenet": IMAGENET_PREPROCESS}
+PREPROCESS: dict[str, Preprocess] = PREPROCESS_PRESETS
 
 # Each method's constructor keywords (``method_options``; CLI: --method-option, --proj-dim, --pred-dim) and published
 # defaults (base lr scaled by batch/256, weight decay, batch) are declared on its class in training.methods.

@@ -1,0 +1,177 @@
+"""``shortlist models import``: an ONNX encoder Shortlist did not train, checked as the agent will run it,
+published with its preprocessing, then served by a real agent; models the agent could not run are refused
+with advice and nothing published."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from typer.testing import CliRunner
+
+from agent.embedder import Embedder
+from agent.models_import import ImportRefused, import_onnx, preprocess_from_options
+from agent.testing import IR_VERSION, OPSET
+from shortlist.cli import app
+from shortlist.manifest import EMBEDDING_OUTPUT, ONNX_NAME, Preprocess, check_version, list_versions, sha256_file
+from shortlist.v1 import agent_pb2
+from tests.agent.conftest import make_samples, start
+
+runner = CliRunner()
+DIM = 6
+SIDE = 8
+MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+
+
+def said(output: str) -> str:
+    return " ".join(output.split())
+
+
+def pooled_cnn(path: Path, *, batch: int | str = "N", layout: str = "NCHW", dtype: int = TensorProto.FLOAT,
+               input_name: str = "pixels", output_name: str = "feat", flat: bool = False,
+               extra_output: bool = False) -> np.ndarray:
+    """Write a tiny CNN to ``path`` (1x1 conv to DIM channels, global average pool: (N, DIM, 1, 1), or (N, DIM)
+    when ``flat``) with a torchvision-like interface; returns its conv weight (DIM x 3)."""
+    w = np.random.default_rng(3).normal(size=(DIM, 3)).astype(np.float32)
+    nodes, x = [], input_name
+    if dtype != TensorProto.FLOAT:
+        nodes.append(helper.make_node("Cast", [x], ["as_float"], to=TensorProto.FLOAT))
+        x = "as_float"
+    if layout == "NHWC":
+        nodes.append(helper.make_node("Transpose", [x], ["nchw"], perm=[0, 3, 1, 2]))
+        x = "nchw"
+    nodes += [helper.make_node("Conv", [x, "w"], ["conv"]),
+              helper.make_node("GlobalAveragePool", ["conv"], ["gap" if flat else output_name])]
+    out_shape: list[int | str] = [batch, DIM] if flat else [batch, DIM, 1, 1]
+    if flat:
+        nodes.append(helper.make_node("Flatten", ["gap"], [output_name], axis=1))
+    outputs = [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, out_shape)]
+    if extra_output:
+        nodes.append(helper.make_node("ReduceMean", ["conv"], ["spatial"], axes=[1], keepdims=0))
+        outputs.append(helper.make_tensor_value_info("spatial", TensorProto.FLOAT, [batch, SIDE, SIDE]))
+    in_shape: list[int | str] = [batch, 3, SIDE, SIDE] if layout == "NCHW" else [batch, SIDE, SIDE, 3]
+    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info(input_name, dtype, in_shape)], outputs,
+                              initializer=[numpy_helper.from_array(w.reshape(DIM, 3, 1, 1), "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return w
+
+
+def _import(model: Path, models: Path, *extra: str) -> tuple[int, str, str]:
+    r = runner.invoke(app, ["models", "import", str(model), "--models", str(models), *extra])
+    return r.exit_code, r.stdout, r.stderr
+
+
+PRE_ARGS = ("--mean", *map(str, MEAN), "--std", *map(str, STD), "--interpolation", "bicubic")
+
+
+def test_an_imported_pooled_cnn_is_published_with_its_preprocessing_and_served_by_an_agent(tmp_path: Path) -> None:
+    src, models = tmp_path / "resnet_like.onnx", tmp_path / "models"
+    w = pooled_cnn(src)
+    code, out, err = _import(src, models, *PRE_ARGS)
+    assert code == 0, err
+    assert "published" in out and "v0001" in out and f"shortlist serve --models {models}" in said(out)
+    assert f"bench embeddings --encoder {models / 'v0001'}" in out
+    manifest = check_version(models / "v0001")  # complete, hashes checked
+    assert manifest.preprocess == Preprocess(size=(SIDE, SIDE), mean=MEAN, std=STD, interpolation="bicubic")
+    assert manifest.embedding_dim == DIM and manifest.input_name == "pixels" and manifest.outputs == [EMBEDDING_OUTPUT]
+    assert manifest.method == "imported" and manifest.source_run == str(src.resolve())
+    assert manifest.verification["import"]["source_sha256"] == sha256_file(src)
+    assert manifest.verification["import"]["rewritten"]  # (N, 6, 1, 1) "feat" -> (N, 6) "embedding"
+
+    # The agent's own loader computes the model's embedding: W @ (the mean normalised pixel).
+    images = np.random.default_rng(0).integers(0, 256, (5, SIDE, SIDE, 3), dtype=np.uint8)
+    vecs = Embedder(models / "v0001", manifest, use_cuda=False, batch_size=4).embed(images).vecs
+    want = manifest.preprocess.normalize(images).mean(axis=(2, 3)) @ w.T
+    want /= np.linalg.norm(want, axis=1, keepdims=True)
+    np.testing.assert_allclose(vecs, want, atol=1e-5)
+
+    r = start(tmp_path / "data", models)
+    try:
+        reply = r.stub.Ingest(iter([agent_pb2.IngestRequest(samples=make_samples(7))]))
+        assert reply.accepted == 7 and not reply.rejected
+        st = r.stub.GetStatus(agent_pb2.GetStatusRequest())
+        assert st.model_version == "v0001" and st.embedded == 7 and not st.warnings
+        sel = r.stub.Select(agent_pb2.SelectRequest(budget=3, strategy="kmedoids", seed=1))
+        assert sel.model_version == "v0001" and len({s.id for s in sel.selected}) == 3
+    finally:
+        r.stop()
+
+
+def test_a_model_already_in_the_agents_shape_is_published_byte_for_byte(tmp_path: Path) -> None:
+    src, models = tmp_path / "m.onnx", tmp_path / "models"
+    pooled_cnn(src, flat=True, output_name=EMBEDDING_OUTPUT, input_name="image")
+    code, out, err = _import(src, models, "--preprocess", "cifar10", "--json")
+    assert code == 0, err
+    outcome = json.loads(out)
+    assert outcome["published"] == "v0001" and outcome["embedding_dim"] == DIM
+    assert outcome["preprocess"]["size"] == [SIDE, SIDE]  # the model's own fixed size beats the preset's 32
+    assert outcome["preprocess"]["mean"] == [0.4914, 0.4822, 0.4465]  # the preset's
+    assert sha256_file(models / "v0001" / ONNX_NAME) == sha256_file(src)
+
+
+@pytest.mark.parametrize(("kind", "advice"), [
+    ({"batch": 1}, "batch axis is fixed at 1"),
+    ({"layout": "NHWC"}, "channels last (NHWC)"),
+    ({"dtype": TensorProto.FLOAT16}, "the agent feeds float32"),
+    ({"extra_output": True}, "say which one is the embedding with --output-name"),
+])
+def test_a_model_the_agent_could_not_run_is_refused_with_advice_and_nothing_published(
+        tmp_path: Path, kind: dict[str, object], advice: str) -> None:
+    src, models = tmp_path / "bad.onnx", tmp_path / "models"
+    pooled_cnn(src, **kind)  # type: ignore[arg-type]
+    code, out, err = _import(src, models, *PRE_ARGS)
+    assert code == 1 and advice in said(err) and "nothing was published" in err, err
+    assert "Traceback" not in err and out == ""
+    assert not models.exists() or not [p for p in models.iterdir() if not p.name.startswith(".")]
+    assert not models.exists() or not [p for p in models.iterdir() if p.name.startswith(".tmp")]
+
+
+def test_names_and_sizes_are_checked_before_anything_is_published(tmp_path: Path) -> None:
+    src, models = tmp_path / "m.onnx", tmp_path / "models"
+    pooled_cnn(src, extra_output=True)
+    code, _, err = _import(src, models, *PRE_ARGS, "--output-name", "nope")
+    assert code == 1 and "has no output 'nope' (its outputs: feat, spatial)" in said(err)
+    code, _, err = _import(src, models, *PRE_ARGS, "--output-name", "spatial")
+    assert code == 1 and "an embedding is (N, D), or (N, D, 1, 1)" in said(err)
+    code, _, err = _import(src, models, *PRE_ARGS, "--input-name", "image", "--output-name", "feat")
+    assert code == 1 and "no input 'image' (its inputs: pixels)" in said(err)
+    code, _, err = _import(src, models, *PRE_ARGS, "--size", "16", "16", "--output-name", "feat")
+    assert code == 1 and "takes 8x8 images" in said(err) and "--size 8 8" in said(err)
+    code, _, err = _import(src, models, "--output-name", "feat")  # no mean / std: no silent default
+    assert code == 2 and "--preprocess imagenet" in err
+    code, _, err = _import(tmp_path / "missing.onnx", models, *PRE_ARGS)
+    assert code == 2 and "is not a file" in err
+    (tmp_path / "junk.onnx").write_bytes(b"not a model")
+    code, _, err = _import(tmp_path / "junk.onnx", models, *PRE_ARGS, "--size", "8", "8")
+    assert code == 1 and "onnxruntime cannot load" in err and "torch.onnx.export" in err
+    assert list_versions(models) == []
+    code, _, err = _import(src, models, *PRE_ARGS, "--output-name", "feat")  # right names: published
+    assert code == 0, err
+    assert list_versions(models) == ["v0001"]
+
+
+def test_preprocess_options() -> None:
+    pre = preprocess_from_options("imagenet", None, None, (1.0, 1.0, 1.0), "bilinear", None)
+    assert pre.size == (224, 224) and pre.mean == (0.485, 0.456, 0.406) and pre.std == (1.0, 1.0, 1.0)
+    assert preprocess_from_options("imagenet", (64, 48), None, None, "lanczos", (8, 8)).size == (64, 48)
+    with pytest.raises(ImportRefused, match="unknown --interpolation 'bicubc'"):
+        preprocess_from_options("imagenet", None, None, None, "bicubc", None)
+    with pytest.raises(ImportRefused, match="--size H W"):
+        preprocess_from_options(None, None, MEAN, STD, "bilinear", None)
+    with pytest.raises(ImportRefused, match="std finite and positive"):
+        preprocess_from_options(None, (8, 8), MEAN, (0.0, 1.0, 1.0), "bilinear", None)
+
+
+def test_import_refuses_a_training_run_folder_as_registry(tmp_path: Path) -> None:
+    src, run = tmp_path / "m.onnx", tmp_path / "run"
+    pooled_cnn(src)
+    run.mkdir()
+    (run / "encoder.pt").write_bytes(b"x")
+    with pytest.raises(ImportRefused, match="training run folder"):
+        import_onnx(src, run, Preprocess(size=(SIDE, SIDE)))
