@@ -24,6 +24,7 @@ import torch
 from rich.console import Console
 from torch import nn
 
+from agent.models_import import ONNX_EXPORT_HINT
 from shortlist.manifest import PREPROCESS_PRESETS, Preprocess
 from training import loop
 from training.augment import AugmentConfig
@@ -82,19 +83,45 @@ def save_encoder(run_dir: Path, encoder: Encoder, *, arch: str, method: str, pre
                      run_dir / loop.ENCODER)
 
 
+# What ``save_encoder`` writes into encoder.pt that ``load_encoder`` needs.
+ENCODER_KEYS = ("arch", "method", "preprocess", "num_classes", "rotation_head", "state_dict")
+_BRING_YOUR_OWN = ("; to serve a model Shortlist did not train, export it to ONNX with a dynamic batch axis, "
+                   f"e.g. {ONNX_EXPORT_HINT}, then publish it with `shortlist models import encoder.onnx --models "
+                   "REGISTRY --preprocess imagenet` (or --size H W --mean R G B --std R G B); docs/training.md, "
+                   "\"Bring your own encoder\"")
+
+
 def load_encoder(run_dir: Path) -> tuple[Encoder, dict[str, Any]]:
     """Rebuild the encoder saved by ``save_encoder`` (eval mode, CPU) and its metadata. ValueError for an
     unfinished run (``loop.unfinished_run``: stopped by a signal), FileNotFoundError for a folder without
     encoder.pt."""
+    if Path(run_dir).is_file():
+        raise ValueError(f"{run_dir} is a file, not a training run folder{_BRING_YOUR_OWN}")
     if (problem := loop.unfinished_run(Path(run_dir))) is not None:
         raise ValueError(problem)
     path = Path(run_dir) / loop.ENCODER
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: is {run_dir} a finished training run folder?")
-    meta = torch.load(path, map_location="cpu", weights_only=False)
-    enc = Encoder(build_backbone(meta["arch"]), num_classes=int(meta["num_classes"]),
-                  rotation_head=bool(meta["rotation_head"]))
-    enc.load_state_dict(meta.pop("state_dict"))
+    try:
+        meta = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # not a torch file, or a pickled class that cannot be imported here
+        raise ValueError(f"{path} cannot be read as a Shortlist training run's encoder ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0][:200] if str(e) else ''}){_BRING_YOUR_OWN}") from None
+    missing = [k for k in ENCODER_KEYS if k not in meta] if isinstance(meta, dict) else list(ENCODER_KEYS)
+    if missing:
+        what = (f"a pickled {type(meta).__name__} object" if not isinstance(meta, dict) else
+                "a plain state dict (weights without the architecture)" if all(torch.is_tensor(v) for v in
+                                                                              meta.values()) else
+                f"a dict without {', '.join(repr(k) for k in missing)}")
+        raise ValueError(f"{path} is not a Shortlist training run's encoder: it is {what}, and `shortlist export` "
+                         f"publishes only what pretrain or finetune saved{_BRING_YOUR_OWN}")
+    try:
+        enc = Encoder(build_backbone(meta["arch"]), num_classes=int(meta["num_classes"]),
+                      rotation_head=bool(meta["rotation_head"]))
+        enc.load_state_dict(meta.pop("state_dict"))
+    except (RuntimeError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}'s weights do not fit its architecture {meta['arch']!r} ({str(e).splitlines()[0]})"
+                         f"{_BRING_YOUR_OWN}") from None
     return enc.eval(), meta
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -182,3 +183,31 @@ def test_a_registry_that_is_a_file_or_a_version_folder_is_refused(tmp_path: Path
 
     assert real_batch({**meta, "dataset": str(tmp_path / "gone")}, preprocess_by_name(PRE), log=said.append) is None
     assert said and "cannot be read from here" in said[0] and "random inputs only" in said[0]
+
+
+@pytest.mark.parametrize(("saved", "said"), [
+    (lambda: torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1)).state_dict(), "a plain state dict"),  # torchvision's
+    (lambda: torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1)), "a pickled Sequential object"),  # torch.save(model)
+    (lambda: {"arch": "resnet18", "weights": {}}, "a dict without 'method', 'preprocess'"),
+])
+def test_export_of_an_encoder_pt_shortlist_did_not_write_says_so_and_points_at_models_import(
+        tmp_path: Path, saved: Any, said: str) -> None:
+    from typer.testing import CliRunner
+
+    from shortlist.cli import app
+
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.save(saved(), run / "encoder.pt")
+    out = CliRunner().invoke(app, ["export", "--run", str(run), "--models", str(tmp_path / "models")])
+    text = " ".join(out.output.split())
+    assert out.exit_code == 2, out.output
+    assert "Traceback" not in text and "is not a Shortlist training run's encoder" in text and said in text
+    assert "shortlist models import encoder.onnx --models REGISTRY" in text and "dynamic_axes=" in text
+    assert not (tmp_path / "models").exists() or not list((tmp_path / "models").glob("v*"))
+
+    onnx_file = tmp_path / "model.onnx"  # an ONNX file given as the run
+    onnx_file.write_bytes(b"onnx")
+    out = CliRunner().invoke(app, ["export", "--run", str(onnx_file), "--models", str(tmp_path / "models")])
+    assert out.exit_code == 2 and "is a file, not a training run folder" in " ".join(out.output.split())
+    assert "shortlist models import" in " ".join(out.output.split())
