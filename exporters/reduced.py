@@ -6,6 +6,9 @@ the embedding's nearest neighbours survive, not only by the largest output diffe
 - fp16: onnxruntime.transformers.float16.convert_float_to_float16 with fp32 inputs/outputs kept
   (``keep_io_types``), so the agent feeds and reads float32 as before.
 
+The agent never loads these files: it serves ``encoder.onnx`` (float32). They are for running the same
+encoder outside the agent (int8 on a CPU-only device, fp16 on a GPU); docs/training.md, "Exports".
+
 Agreement = mean over query images of |top-k neighbours (fp32) ∩ top-k neighbours (reduced)| / k, with
 cosine similarity among the same images; required >= ``MIN_AGREEMENT``. Neighbour lists are what
 selection strategies and prior labels consume, so that is the property worth keeping.

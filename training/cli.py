@@ -235,9 +235,14 @@ def finetune_cmd(
 def export_cmd(
     run: Path = typer.Option(..., help="a training run folder (holds encoder.pt)"),
     models: Path = typer.Option(..., help="the model registry folder to publish into"),
-    format: str = typer.Option("onnx,torchscript", help="comma-separated: onnx (required), torchscript, int8, fp16"),
+    format: str = typer.Option("onnx,torchscript", help="comma-separated: onnx (required), torchscript, int8, fp16. "
+                               "The agent serves encoder.onnx only; int8 (encoder.int8.onnx, for CPUs) and fp16 "
+                               "(encoder.fp16.onnx, for GPUs) are extra files for running the encoder outside the "
+                               "agent, checked by neighbour agreement (docs/training.md, Exports)"),
 ) -> None:
-    """Export a run's encoder, verify it against eager PyTorch, publish it atomically; prints the version."""
+    """Export a run's encoder, verify it against eager PyTorch, publish it atomically; prints the version. For an
+    ONNX model Shortlist did not train, use `shortlist models import` (docs/training.md, "Bring your own
+    encoder")."""
     from exporters.export import ExportError, export_run
 
     try:

@@ -211,3 +211,14 @@ def test_export_of_an_encoder_pt_shortlist_did_not_write_says_so_and_points_at_m
     out = CliRunner().invoke(app, ["export", "--run", str(onnx_file), "--models", str(tmp_path / "models")])
     assert out.exit_code == 2 and "is a file, not a training run folder" in " ".join(out.output.split())
     assert "shortlist models import" in " ".join(out.output.split())
+
+
+def test_export_help_says_the_agent_serves_encoder_onnx_only() -> None:
+    from typer.testing import CliRunner
+
+    from shortlist.cli import app
+
+    out = CliRunner().invoke(app, ["export", "--help"], env={"COLUMNS": "200"})
+    text = " ".join(out.output.replace("│", " ").split())
+    assert out.exit_code == 0 and "The agent serves encoder.onnx only" in text
+    assert "outside the agent" in text and "shortlist models import" in text
