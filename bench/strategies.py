@@ -302,9 +302,10 @@ def markdown_table(summary: list[dict[str, Any]], priors: list[str]) -> str:
     return "\n".join(lines)
 
 
-def plot(summary: list[dict[str, Any]], priors: list[str], path: Path) -> None:
+def plot(summary: list[dict[str, Any]], priors: list[str], path: Path, title: str = "") -> None:
     """Coverage, linear-probe accuracy and each prior method's accuracy against budget, one line per
-    strategy (matplotlib, Agg backend: no display needed)."""
+    strategy (matplotlib, Agg backend: no display needed); ``title`` above the panels (the data set and
+    encoder, ``embeddings_source``)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -316,7 +317,7 @@ def plot(summary: list[dict[str, Any]], priors: list[str], path: Path) -> None:
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
     strategies = sorted({r["strategy"] for r in summary})
     colours = plt.get_cmap("tab20")
-    for ax, (key, method, title) in zip(axes[0], panels, strict=True):
+    for ax, (key, method, panel) in zip(axes[0], panels, strict=True):
         for i, s in enumerate(strategies):
             rs = sorted((r for r in summary if r["strategy"] == s and (method is None or r["prior_method"] == method)
                          and (method is not None or r["prior_method"] == priors[0])), key=lambda r: r["budget"])
@@ -328,9 +329,11 @@ def plot(summary: list[dict[str, Any]], priors: list[str], path: Path) -> None:
         ax.set_xticks(budgets, [str(b) for b in budgets])  # the measured budgets, not "2x10^1" minor labels
         ax.minorticks_off()
         ax.set_xlabel("budget (labels)")
-        ax.set_title(title)
+        ax.set_title(panel)
     fig.legend(*axes[0][0].get_legend_handles_labels(), loc="center right", fontsize=8)
-    fig.tight_layout(rect=(0, 0, 0.9, 1))
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0, 0.9, 0.95 if title else 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
@@ -448,16 +451,39 @@ def load_rows(embeddings: Path, labels: Path, dim: int | None = None,
     return normalise(x), y
 
 
+def embeddings_source(embeddings: Path, rows: int) -> str:
+    """What ``embeddings`` are, from the meta.json that ``bench embeddings`` (and ``bench cifar10``, in its
+    ``embeddings/`` folder) writes beside them: "digits, encoder reg1/v0001 (model version folder)";
+    "" when there is none, it cannot be read, or it describes another number of pool rows (the .npy was
+    replaced since)."""
+    try:
+        meta = json.loads((embeddings.parent / "meta.json").read_text())
+    except (OSError, ValueError):
+        return ""
+    if not isinstance(meta, dict) or meta.get("pool_size") not in (None, rows):
+        return ""
+    data = str(meta.get("data") or "")
+    encoder = meta.get("encoder")
+    said = ""
+    if isinstance(encoder, dict) and encoder.get("encoder"):
+        kind = f" ({encoder['kind']})" if encoder.get("kind") else ""
+        said = f"encoder {encoder['encoder']}{kind}"
+    elif isinstance(encoder, str) and encoder:
+        said = f"encoder {encoder}"
+    name = Path(data.rstrip("/")).name or data
+    return ", ".join(p for p in (name, said) if p)
+
+
 def write_results(out: Path, records: list[dict[str, Any]], settings: dict[str, Any], methods: list[str],
-                  head: str) -> str:
+                  head: str, title: str = "") -> str:
     """`bench strategies`' files: results.json (the flat records), settings.json, results.md (``head`` and
-    the summary table) and results.png. Returns the table."""
+    the summary table) and results.png (``title`` above it). Returns the table."""
     summary = summarise(records)
     (out / "results.json").write_text(json.dumps(records, indent=1))
     (out / "settings.json").write_text(json.dumps(settings, indent=1))  # results.json stays the flat records
     table = markdown_table(summary, methods)
     (out / "results.md").write_text(head + table + "\n")
-    plot(summary, methods, out / "results.png")
+    plot(summary, methods, out / "results.png", title)
     return table
 
 
@@ -543,7 +569,9 @@ def strategies_cmd(
     test = "none" if tx is None else f"{len(tx)} rows"
     calibration = "uncalibrated (--uncalibrated)" if uncalibrated else "calibrated"
     classes = int(y.max()) + 1
-    head = (f"`bench strategies` on {embeddings.name} ({len(x)} rows x {x.shape[1]} dims, "
+    source = embeddings_source(embeddings, len(x))
+    head = (f"`bench strategies` on {source + ': ' if source else ''}{embeddings.name} ({len(x)} rows x "
+            f"{x.shape[1]} dims, "
             f"{classes} classes; test {test}), {seeds} seed{'s' if seeds > 1 else ''} (mean ± std "
             f"over them), priors {calibration}; every setting in settings.json\n\n")
     settings = {"embeddings": str(embeddings.resolve()), "labels": str(labels.resolve()), "rows": len(x),
@@ -552,8 +580,8 @@ def strategies_cmd(
                 "test_rows": None if tx is None else len(tx), "budgets": budget_list, "seeds": seeds,
                 "strategies": [v.label for v in variants], "priors": methods,
                 "calibrated": not uncalibrated,
-                "pretext_loss": str(pretext_loss.resolve()) if pretext_loss else None}
-    console.print(write_results(out, records, settings, methods, head))
+                "pretext_loss": str(pretext_loss.resolve()) if pretext_loss else None, "source": source}
+    console.print(write_results(out, records, settings, methods, head, source or embeddings.name))
     console.print(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'results.png'}")
 
 

@@ -178,6 +178,8 @@ def test_bench_embeddings_writes_the_inputs_of_bench_strategies(tiny_cifar: Path
     assert bench.exit_code == 0, bench.output
     records = json.loads((tmp_path / "b" / "results.json").read_text())
     assert {r["strategy"] for r in records} == {"random", "kmedoids"}
+    assert (tmp_path / "b" / "results.md").read_text().startswith(  # the data set and encoder, from meta.json
+        f"`bench strategies` on data, encoder {encoder / 'v0001'} (registry")
     # not an encoder: a clear usage error, nothing published
     bad = CliRunner().invoke(app, ["bench", "embeddings", "--encoder", str(tiny_cifar), "--data", str(tiny_cifar),
                                    "--out", str(tmp_path / "bad")])

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 from shortlist.cli import app
@@ -170,3 +172,39 @@ def test_strategies_declaring_a_need_for_pretext_losses_run_only_with_them() -> 
         without_pretext_loss(selected_variants("random", ["das:lambda=2"]), True, console)
     assert without_pretext_loss(selected_variants("random,margin", []), True, console) == \
         selected_variants("random,margin", [])
+
+
+def test_bench_strategies_names_the_data_set_and_encoder_from_meta_json(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`bench embeddings` writes meta.json beside pool_x.npy: the heading and the plot's title carry its data
+    set and encoder, not only the file name; a meta.json of another pool size (the .npy replaced) is ignored."""
+    from bench.strategies import embeddings_source
+
+    x, y = blobs(clusters=3, per_cluster=10, dim=4, seed=0)
+    np.save(tmp_path / "pool_x.npy", x)
+    np.save(tmp_path / "pool_y.npy", y)
+    meta = {"data": "/work/digits/", "encoder": {"encoder": "reg1/v0001", "kind": "model version folder"},
+            "model_version": "v0001", "pool_size": len(x)}
+    (tmp_path / "meta.json").write_text(json.dumps(meta))
+    assert embeddings_source(tmp_path / "pool_x.npy", len(x)) == "digits, encoder reg1/v0001 (model version folder)"
+    assert embeddings_source(tmp_path / "pool_x.npy", len(x) + 1) == ""  # not these rows
+    from matplotlib.figure import Figure
+
+    titles: list[str] = []
+    save = Figure.savefig
+
+    def savefig(fig: Figure, *a: Any, **kw: Any) -> None:
+        titles.append(fig.get_suptitle())
+        save(fig, *a, **kw)
+
+    monkeypatch.setattr(Figure, "savefig", savefig)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, [
+        "bench", "strategies", "--embeddings", str(tmp_path / "pool_x.npy"), "--labels", str(tmp_path / "pool_y.npy"),
+        "--budgets", "3", "--seeds", "1", "--strategies", "random", "--priors", "knn", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    md = (out / "results.md").read_text()
+    assert md.startswith("`bench strategies` on digits, encoder reg1/v0001 (model version folder): pool_x.npy (30 rows")
+    assert titles == ["digits, encoder reg1/v0001 (model version folder)"]  # the plot's title
+    assert json.loads((out / "settings.json").read_text())["source"] == "digits, encoder reg1/v0001 (model version " \
+                                                                         "folder)"
