@@ -34,6 +34,20 @@ def dataset_name(run: dict[str, Any]) -> str:
     return name if name == data else f"{name} ({data})"
 
 
+CIFAR10_CLASSES = frozenset({"airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"})
+
+
+def is_cifar10(run: dict[str, Any]) -> bool:
+    """Whether a run measured CIFAR-10: its classes are CIFAR-10's (a results.json written before runs recorded
+    their classes: its data folder is named cifar10 or cifar-10). Only then do the published CIFAR-10 figures
+    (bench/references.py) go beside its own: beside another data set's they compare nothing."""
+    classes = run.get("classes")
+    if classes:
+        return set(classes) == CIFAR10_CLASSES
+    name = Path(str(run.get("data", "")).rstrip("/")).name.lower().replace("-", "").replace("_", "")
+    return name.startswith("cifar10") and not name.startswith("cifar100")
+
+
 def _mean_std(values: list[float]) -> tuple[float, float]:
     a = np.asarray(values, np.float64)
     a = a[np.isfinite(a)]
@@ -96,12 +110,13 @@ def markdown(runs: list[dict[str, Any]]) -> str:
     strategies = list(dict.fromkeys(s for r in runs for s in r["strategies"]))
     budgets = sorted({int(b) for r in runs for b in r["budgets"]})
     methods = list(dict.fromkeys(m for r in runs for m in r["prior_methods"]))
+    cifar10 = all(is_cifar10(r) for r in runs)
 
     def table(title: str, metric: str, scale: float = 100.0, digits: int = 1, refs: bool = False) -> None:
         """Rows: strategy (and run, when several); columns: label budgets, then published references."""
         lines.append(f"## {title}\n")
         ref_heads = [(col, b) for col in REFERENCE_COLUMNS for b in budgets if any(
-            reference_value(col, s, b) != "—" for s in strategies)] if refs else []
+            reference_value(col, s, b) != "—" for s in strategies)] if refs and cifar10 else []
         head = ["strategy"] + (["run"] if len(runs) > 1 else []) + [f"{b} labels" for b in budgets] + [
             f"{col}, {b} labels (published, CIFAR-10)" for col, b in ref_heads]
         rows = []
@@ -127,9 +142,13 @@ def markdown(runs: list[dict[str, Any]]) -> str:
         table(f"Prior-label accuracy (%) on the unlabelled pool, method `{m}`", f"prior_accuracy/{m}", refs=False)
         table(f"Prior-label ECE (a fraction, as in AS3L's Table 6 and bench strategies), method `{m}`", f"ece/{m}",
               scale=1.0, digits=3)
-    lines.append("Published references are from the papers named in the column headers (see bench/references.py "
-                 "for table numbers and settings); they use full-resolution CIFAR-10 and much longer training, so "
-                 "they are the direction to expect, not a target for the quick or cpu profiles.\n")
+    if cifar10:
+        lines.append("Published references are from the papers named in the column headers (see bench/references.py "
+                     "for table numbers and settings); they use full-resolution CIFAR-10 and much longer training, so "
+                     "they are the direction to expect, not a target for the quick or cpu profiles.\n")
+    else:
+        lines.append(f"No published references: they are CIFAR-10 figures (bench/references.py), and "
+                     f"{', '.join(dataset_name(r) for r in runs if not is_cifar10(r))} is another data set.\n")
     if first.get("wall_seconds"):
         lines.append("## Wall times (s)\n")
         steps = [k for k in first["wall_seconds"] if "/" not in k]

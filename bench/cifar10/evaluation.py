@@ -106,6 +106,8 @@ class Run:
     # alone would miss uncommitted changes and restart a run after a docs-only commit.
     code: str = ""
     audit: int = 0  # audit labels drawn after the first budget's picks (Profile.audit)
+    classes: list[str] = field(default_factory=list)  # the data set's classes, in index order (the report shows
+    # the published CIFAR-10 references only beside CIFAR-10's: bench.report.is_cifar10)
 
 
 def inputs_fingerprint(pool_ids: Sequence[str], pool_y: np.ndarray, pool_x: np.ndarray, test_x: np.ndarray,

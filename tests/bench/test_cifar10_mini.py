@@ -77,6 +77,10 @@ def test_mini_benchmark_through_agent(tiny_cifar: Path, tmp_path: Path) -> None:
     assert (out / "results.md").read_text().startswith(f"# Low-budget benchmark through the agent: data ({tiny_cifar})")
     assert (out / "accuracy_vs_labels.png").stat().st_size > 1000
     assert np.load(out / "embeddings" / "pool_x.npy").shape == (60, 16)
+    # what the embeddings are, for `bench strategies` titles; the classes, so no CIFAR-10 reference sits beside them
+    meta = json.loads((out / "embeddings" / "meta.json").read_text())
+    assert meta["data"] == str(tiny_cifar) and meta["pool_size"] == 60 and meta["model_version"] == "v0001"
+    assert run["classes"] == sorted(CLASSES) and "(published, CIFAR-10)" not in (out / "results.md").read_text()
     # bench report re-renders from results.json alone
     again = CliRunner().invoke(app, ["bench", "report", str(out), "--out", str(tmp_path / "report")])
     assert again.exit_code == 0, again.output

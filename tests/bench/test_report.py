@@ -1,0 +1,45 @@
+"""bench/report.py: results.md of ``bench cifar10`` runs; the published CIFAR-10 references go only beside
+CIFAR-10's own figures."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.report import is_cifar10, markdown
+
+CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+REFERENCE_HEAD = "TypiClust/ProbCover (SSL), 10 labels (published, CIFAR-10)"
+
+
+def run(data: str, classes: list[str] | None, label: str = "r") -> dict[str, Any]:
+    records = [{"strategy": s, "budget": 10, "seed": 0, "prior_method": "knn", "prior_accuracy": 0.5, "ece": 0.1,
+                "linear_accuracy": acc, "coverage": 4} for s, acc in (("random", 0.3), ("typiclust", 0.4))]
+    r: dict[str, Any] = {"label": label, "profile": "quick", "data": data, "seeds": [0], "budgets": [10],
+                         "strategies": ["random", "typiclust"], "prior_methods": ["knn"], "pool_size": 100,
+                         "test_size": 50, "model_version": "v0001", "encoder": {}, "git_commit": "abc",
+                         "records": records}
+    if classes is not None:
+        r["classes"] = classes
+    return r
+
+
+def test_published_cifar10_columns_only_beside_cifar10() -> None:
+    cifar = markdown([run("/data/shared/cifar10", CIFAR10)])
+    assert REFERENCE_HEAD in cifar and "| 53.8 |" in cifar and "| 93.2 |" in cifar
+    assert "Published references are from the papers" in cifar
+
+    digits = markdown([run("/work/digits", [str(i) for i in range(10)])])
+    assert "published" not in digits.split("No published references")[0] and "53.8" not in digits
+    assert "No published references: they are CIFAR-10 figures" in digits and "digits (/work/digits)" in digits
+    assert "| random | 30.0 |" in digits  # its own figures stay
+
+    mixed = markdown([run("/data/cifar10", CIFAR10, "a"), run("/work/digits", ["0", "1"], "b")])
+    assert REFERENCE_HEAD not in mixed and "digits (/work/digits) is another data set" in mixed
+
+
+def test_is_cifar10_by_classes_else_by_folder_name_for_older_results() -> None:
+    assert is_cifar10(run("/anywhere/data", CIFAR10))  # the classes decide
+    assert not is_cifar10(run("/x/cifar10", ["0", "1"]))
+    assert is_cifar10(run("/x/CIFAR-10/", None)) and is_cifar10(run("../shared/datasets/cifar10", None))
+    assert not is_cifar10(run("/x/cifar100", None)) and not is_cifar10(run("/x/cifar-100-python", None))
+    assert not is_cifar10(run("/x/digits", None))
