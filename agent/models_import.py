@@ -50,6 +50,7 @@ ONNX_EXPORT_HINT = ("torch.onnx.export(model.eval(), torch.randn(2, 3, H, W), \"
                     "input_names=[\"image\"], output_names=[\"embedding\"], dynamic_axes={\"image\": {0: \"batch\"}, "
                     "\"embedding\": {0: \"batch\"}})")
 IMPORT_METHOD = "imported"
+POOLED_NAME = "shortlist_pooled_embedding"  # an (N, D, 1, 1) output named embedding, renamed before the Flatten
 
 
 class ImportRefused(ValueError):
@@ -213,13 +214,19 @@ def _served_model(model_path: Path, checked: Checked) -> bytes | None:
 
     model = onnx.load(str(model_path))
     graph = model.graph
+    source = checked.output_name
+    if source == EMBEDDING_OUTPUT:  # (N, D, 1, 1) named embedding: the Flatten takes the name, the pooled map another
+        source = POOLED_NAME
+        for node in graph.node:
+            node.input[:] = [POOLED_NAME if n == EMBEDDING_OUTPUT else n for n in node.input]
+            node.output[:] = [POOLED_NAME if n == EMBEDDING_OUTPUT else n for n in node.output]
     used = {name for node in graph.node for name in (*node.input, *node.output)} | \
         {t.name for t in graph.initializer} | {i.name for i in graph.input}
     if EMBEDDING_OUTPUT in used:
         raise ImportRefused(f"the model has a tensor named {EMBEDDING_OUTPUT!r} that is not the chosen output "
                             f"{checked.output_name!r}; rename it when exporting (the agent reads "
                             f"{EMBEDDING_OUTPUT!r})")
-    graph.node.append(helper.make_node("Flatten", [checked.output_name], [EMBEDDING_OUTPUT], axis=1,
+    graph.node.append(helper.make_node("Flatten", [source], [EMBEDDING_OUTPUT], axis=1,
                                        name="shortlist_import_embedding"))
     del graph.output[:]
     graph.output.append(helper.make_tensor_value_info(EMBEDDING_OUTPUT, TensorProto.FLOAT, ["N", checked.dim]))

@@ -175,3 +175,14 @@ def test_import_refuses_a_training_run_folder_as_registry(tmp_path: Path) -> Non
     (run / "encoder.pt").write_bytes(b"x")
     with pytest.raises(ImportRefused, match="training run folder"):
         import_onnx(src, run, Preprocess(size=(SIDE, SIDE)))
+
+
+def test_a_pooled_output_already_named_embedding_is_flattened_under_that_name(tmp_path: Path) -> None:
+    src, models = tmp_path / "m.onnx", tmp_path / "models"
+    w = pooled_cnn(src, output_name=EMBEDDING_OUTPUT)  # (N, 6, 1, 1) called embedding: the agent wants (N, 6)
+    version, manifest = import_onnx(src, models, Preprocess(size=(SIDE, SIDE), mean=MEAN, std=STD))
+    assert version == "v0001" and manifest.embedding_dim == DIM and manifest.verification["import"]["rewritten"]
+    images = np.random.default_rng(2).integers(0, 256, (3, SIDE, SIDE, 3), dtype=np.uint8)
+    vecs = Embedder(models / version, check_version(models / version), use_cuda=False).embed(images).vecs
+    want = manifest.preprocess.normalize(images).mean(axis=(2, 3)) @ w.T
+    np.testing.assert_allclose(vecs, want / np.linalg.norm(want, axis=1, keepdims=True), atol=1e-5)
