@@ -324,7 +324,7 @@ def test_after_a_restart_falls_back_the_answers_say_the_pool_is_still_being_embe
         b.manager.check()  # the rest
         st = b.status()
         assert st.embedded == N and not any("not embedded yet" in w for w in st.warnings)
-        assert list(b.prior_labels("knn", [], {}))[0].not_embedded == 0
+        assert next(iter(b.prior_labels("knn", [], {}))).not_embedded == 0
         assert "not_embedded" not in b.select(3, "random", {}, 1, {}).details
     finally:
         b.close()
