@@ -46,7 +46,7 @@ def resize_rgb(img: Image.Image, size: tuple[int, int] | None, interpolation: st
     if img.mode != "RGB":
         img = img.convert("RGB")
     if size is not None and (img.height, img.width) != tuple(size):
-        img = img.resize((size[1], size[0]), _RESAMPLE.get(interpolation, Image.Resampling.BILINEAR))
+        img = img.resize((size[1], size[0]), _RESAMPLE[interpolation])  # manifests name one of INTERPOLATIONS
     return np.asarray(img, dtype=np.uint8)
 
 

@@ -5,8 +5,10 @@ Registry layout (a folder, ``--models M``)::
 
     M/
       v0001/                 one complete published version
-        encoder.onnx         inputs: ``image`` (Nx3xHxW float32, preprocessed); outputs: ``embedding``
-                             (NxD float32), optionally ``logits`` (NxC) and ``rotation_logits`` (Nx4)
+        encoder.onnx         inputs: ``image`` (Nx3xHxW float32, preprocessed, any N: a dynamic batch axis; the
+                             manifest's ``input_name``); outputs: ``embedding`` (NxD float32, or Nx... whose
+                             non-batch sizes multiply to D; the manifest's ``output_name``), optionally
+                             ``logits`` (NxC) and ``rotation_logits`` (Nx4)
         encoder.ts           optional TorchScript export of the same encoder
         manifest.json        this module's ``Manifest``; written last inside the temporary folder
       .tmp-v0002-1234/       a publish in progress: never loaded (starts with a dot)
@@ -64,6 +66,8 @@ EMBEDDING_OUTPUT = "embedding"
 LOGITS_OUTPUT = "logits"
 ROTATION_OUTPUT = "rotation_logits"
 MAX_INPUT_SIDE = 4096  # a manifest asking for larger inputs is refused (memory per decoded image)
+# Resampling filters a manifest's preprocess ``interpolation`` may name (shortlist/images.py maps each to Pillow's).
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "lanczos")
 
 
 class ManifestError(ValueError):
@@ -78,9 +82,9 @@ class RegistryError(ValueError):
 class Preprocess:
     """How an image becomes the model's input: the single definition of preprocessing.
 
-    An RGB image is resized to ``size`` = (height, width) pixels (bilinear; an image already that size
-    is left as is), scaled to [0, 1], then normalised per channel: ``(x - mean) / std``. The result
-    is a 3xHxW float32 array (CHW).
+    An RGB image is resized to ``size`` = (height, width) pixels (with ``interpolation``, one of
+    INTERPOLATIONS; an image already that size is left as is), scaled to [0, 1], then normalised per channel:
+    ``(x - mean) / std``. The result is a 3xHxW float32 array (CHW).
     """
 
     size: tuple[int, int] = (32, 32)
@@ -107,8 +111,12 @@ class Preprocess:
         if not all(np.isfinite(mean)) or not all(np.isfinite(std)) or min(std) <= 0:
             raise ManifestError(f"preprocess mean must be finite and std finite and positive (got mean "
                                 f"{list(mean)}, std {list(std)}); a zero std would divide by zero")
+        interpolation = d.get("interpolation", "bilinear")
+        if interpolation not in INTERPOLATIONS:  # a typo must not silently resize another way than training did
+            raise ManifestError(f"preprocess interpolation {interpolation!r} is not one the agent knows: write one "
+                                f"of {', '.join(INTERPOLATIONS)} in the manifest's preprocess block")
         return Preprocess(size=(size[0], size[1]), mean=(mean[0], mean[1], mean[2]),
-                          std=(std[0], std[1], std[2]), interpolation=str(d.get("interpolation", "bilinear")))
+                          std=(std[0], std[1], std[2]), interpolation=str(interpolation))
 
     def normalize(self, images_hwc_uint8: np.ndarray) -> np.ndarray:
         """NxHxWx3 uint8 (already at ``size``) -> Nx3xHxW float32, normalised."""
@@ -134,9 +142,12 @@ class Manifest:
 
     preprocess: Preprocess
     embedding_dim: int
-    outputs: list[str]  # output names in the ONNX graph, "embedding" first
+    outputs: list[str]  # output names in the ONNX graph, the embedding's (``output_name``) first
     classes: list[str] | None = None  # class names of the ``logits`` output, in index order
     input_name: str = INPUT_NAME
+    # The graph output that gives the embedding (one of ``outputs``): an encoder whose output has another name
+    # is served without re-exporting it. Part of the model's identity only when not the default.
+    output_name: str = EMBEDDING_OUTPUT
     arch: str = ""
     method: str = ""  # the training run's: a training.methods.METHODS name, finetune:MODE, ...
     source_run: str = ""
@@ -168,8 +179,13 @@ class Manifest:
         outputs = d["outputs"]
         if not isinstance(outputs, list) or not all(isinstance(o, str) for o in outputs):
             raise ManifestError(f"manifest 'outputs' must be a list of names: {outputs!r}")
-        if EMBEDDING_OUTPUT not in outputs:
-            raise ManifestError(f"manifest lists no '{EMBEDDING_OUTPUT}' output: {outputs}")
+        output_name = d.get("output_name", EMBEDDING_OUTPUT)
+        if not isinstance(output_name, str) or not output_name:
+            raise ManifestError(f"manifest 'output_name' must be the name of the graph output that gives the "
+                                f"embedding (got {output_name!r})")
+        if output_name not in outputs:
+            raise ManifestError(f"manifest lists no '{output_name}' output: {outputs} (add the name of the output "
+                                "that gives the embedding to 'outputs', or set 'output_name' to one of them)")
         dim = d["embedding_dim"]
         if not isinstance(dim, int) or isinstance(dim, bool) or dim <= 0:
             raise ManifestError(f"manifest embedding_dim must be a positive integer (got {dim!r})")
@@ -497,7 +513,9 @@ def _model_identity(m: Manifest) -> dict[str, Any]:
     return {"files": dict(sorted(m.files.items())), "input_name": m.input_name, "outputs": list(m.outputs),
             "embedding_dim": m.embedding_dim, "classes": list(m.classes or []),
             "preprocess": {"size": [int(v) for v in pre.size], "mean": [float(v) for v in pre.mean],
-                           "std": [float(v) for v in pre.std], "interpolation": pre.interpolation}}
+                           "std": [float(v) for v in pre.std], "interpolation": pre.interpolation},
+            # only when set: every version published before output_name existed keeps its fingerprint
+            **({"output_name": m.output_name} if m.output_name != EMBEDDING_OUTPUT else {})}
 
 
 def same_model(a: Manifest, b: Manifest) -> bool:

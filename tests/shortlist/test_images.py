@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shortlist.images import decode_image, decode_payload
+from shortlist.images import _RESAMPLE, decode_image, decode_payload
+from shortlist.manifest import INTERPOLATIONS
 
 RED, BLUE, WHITE = (255, 0, 0), (0, 0, 255), (255, 255, 255)
 
@@ -129,3 +130,7 @@ def test_exif_metadata_reads_time_camera_and_sequence_and_leaves_missing_tags_ou
     bad = Image.Exif()
     bad.get_ifd(0x8769)[0x9003] = "    :  :     :  :  "  # an unset clock: absent, not invented
     assert exif_metadata(jpeg(bad)) == {} and exif_metadata(jpeg()) == {} and exif_metadata(b"not an image") == {}
+
+
+def test_every_interpolation_a_manifest_may_name_has_a_filter() -> None:
+    assert set(_RESAMPLE) == set(INTERPOLATIONS)  # Preprocess.from_dict refuses any other name

@@ -12,6 +12,9 @@ import pytest
 from agent.testing import publish_linear
 from shortlist.manifest import (
     HIGH_WATER_NAME,
+    INTERPOLATIONS,
+    Manifest,
+    ManifestError,
     Preprocess,
     RegistryError,
     check_version,
@@ -116,3 +119,27 @@ def test_remove_version_is_out_of_the_registry_at_once_and_its_number_covered(
     assert [p.name.startswith(".trash-v0003-") for p in models.iterdir() if p.name.startswith(".trash")] == [True]
     assert len(clear_trash(models)) == 1 and not [p for p in models.iterdir() if p.name.startswith(".trash")]
     assert publish_linear(models, size=SIZE, seed=9) == "v0004"
+
+
+def test_an_unknown_interpolation_is_refused_with_the_valid_ones() -> None:
+    block = {"size": [8, 8], "mean": [0, 0, 0], "std": [1, 1, 1]}
+    assert Preprocess.from_dict(block).interpolation == "bilinear"  # the default when none is named
+    for name in INTERPOLATIONS:
+        assert Preprocess.from_dict({**block, "interpolation": name}).interpolation == name
+    with pytest.raises(ManifestError, match="interpolation 'bicubc' is not one the agent knows: write one of "
+                       "bilinear, bicubic, nearest, lanczos"):
+        Preprocess.from_dict({**block, "interpolation": "bicubc"})
+
+
+def test_output_name_names_the_embedding_and_changes_no_existing_fingerprint() -> None:
+    m = Manifest(preprocess=Preprocess(size=(8, 8)), embedding_dim=16, outputs=["embedding"],
+                 files={"encoder.onnx": "0" * 64})
+    # what this manifest's fingerprint was before output_name existed: agents' stored embeddings stay theirs
+    assert model_fingerprint(m) == "model:cc81d6cbe090d81db1e8760418ce9141354190b9f017df79eea62d9ff03a8d59"
+    assert Manifest.from_json(m.to_json()).output_name == "embedding"
+    m.outputs, m.output_name = ["feat"], "feat"
+    assert Manifest.from_json(m.to_json()).output_name == "feat"
+    assert model_fingerprint(m) != "model:cc81d6cbe090d81db1e8760418ce9141354190b9f017df79eea62d9ff03a8d59"
+    m.output_name = "pooled"
+    with pytest.raises(ManifestError, match=r"lists no 'pooled' output: .'feat'. .*set 'output_name' to one of them"):
+        Manifest.from_json(m.to_json())
