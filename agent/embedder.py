@@ -14,13 +14,40 @@ import numpy as np
 import onnxruntime as ort
 from scipy.special import logsumexp
 
-from shortlist.manifest import EMBEDDING_OUTPUT, LOGITS_OUTPUT, ONNX_NAME, ROTATION_OUTPUT, Manifest
+from agent.errors import FailedPrecondition
+from shortlist.manifest import LOGITS_OUTPUT, MANIFEST_NAME, ONNX_NAME, ROTATION_OUTPUT, Manifest, ManifestError
 from shortlist.vectors import unit_rows
 
 log = logging.getLogger(__name__)
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
+FLOAT32 = "tensor(float)"  # onnxruntime's name for the element type the agent feeds
+PROBE_BATCH = 2  # images in the load check's blank batch: more than one proves the batch axis is not fixed at 1
+MAX_ORT_TEXT = 400  # characters of an onnxruntime error quoted in a refusal (its text can run to pages)
+# What onnxruntime raises (its pybind classes derive from Exception only).
+_state = ort.capi.onnxruntime_pybind11_state
+ORT_ERRORS: tuple[type[Exception], ...] = tuple(
+    c for c in (getattr(_state, n, None) for n in ("Fail", "InvalidArgument", "RuntimeException", "NotImplemented",
+                                                    "EPFail", "InvalidGraph", "NoSuchFile", "InvalidProtobuf",
+                                                    "NoModel", "ModelLoaded", "EngineError"))
+    if isinstance(c, type) and issubclass(c, Exception))
+
+
+class ModelRefused(ManifestError):
+    """The agent's load check refuses a version: its ONNX graph does not agree with its manifest or with what the
+    agent feeds it. The message says what is wrong and what to do (shown in the agent's warnings, by
+    ``shortlist models list`` / ``rollback`` and by the benchmarks' --encoder)."""
+
+
+class ModelFailed(FailedPrecondition):
+    """A loaded model failed on a batch (onnxruntime raised): the model is at fault, not the agent, so Ingest
+    answers FAILED_PRECONDITION with what to do instead of INTERNAL."""
+
+
+def _ort_text(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return text if len(text) <= MAX_ORT_TEXT else text[:MAX_ORT_TEXT] + " ..."
 
 
 @dataclass
@@ -69,12 +96,18 @@ class Embedder:
         self.manifest = manifest
         self.preprocess = manifest.preprocess
         self.batch_size = batch_size
-        self.session = _session(str(version_dir / ONNX_NAME), use_cuda, threads)
+        try:
+            self.session = _session(str(version_dir / ONNX_NAME), use_cuda, threads)
+        except ORT_ERRORS as e:
+            raise ModelRefused(f"onnxruntime cannot load {ONNX_NAME} ({_ort_text(e)}); export the encoder to ONNX "
+                               "again (opset 17 loads everywhere)") from None
         self.provider = self.session.get_providers()[0]
         names = [o.name for o in self.session.get_outputs()]
-        if EMBEDDING_OUTPUT not in names:
-            raise ValueError(f"{version_dir / ONNX_NAME} has no '{EMBEDDING_OUTPUT}' output (has {names})")
-        self.outputs = [EMBEDDING_OUTPUT]
+        self.output_name = manifest.output_name
+        if self.output_name not in names:
+            raise ModelRefused(f"{ONNX_NAME} has no '{self.output_name}' output (its outputs: {names}): set the "
+                               f"manifest's output_name to the output that gives the embedding")
+        self.outputs = [self.output_name]
         if manifest.has_logits and LOGITS_OUTPUT in names:
             self.outputs.append(LOGITS_OUTPUT)
         self.rotation = pretext and manifest.has_rotation_head and ROTATION_OUTPUT in names
@@ -83,22 +116,79 @@ class Embedder:
         self.input_name = manifest.input_name
         self.dim = manifest.embedding_dim
         self.classes = list(manifest.classes or []) if LOGITS_OUTPUT in self.outputs else []
+        self._check_input()
         self._check_shapes()
 
-    def _check_shapes(self) -> None:
-        """Run one blank image so that a manifest that disagrees with its model fails at load time
-        (the version is then marked failed) rather than on every Ingest."""
+    def _feeds(self) -> str:
         h, w = self.preprocess.size
-        outs = self._run(np.zeros((1, 3, h, w), np.float32))
-        got = {name: o.shape for name, o in zip(self.outputs, outs, strict=True)}
-        want = {EMBEDDING_OUTPUT: (1, self.dim), LOGITS_OUTPUT: (1, len(self.classes)), ROTATION_OUTPUT: (1, 4)}
-        bad = {n: s for n, s in got.items() if tuple(s) != want[n]}
+        return (f"the agent feeds float32 NCHW batches of shape (N, 3, {h}, {w}) (N images, 3 channels, then the "
+                f"manifest's preprocess size {h}x{w})")
+
+    def _check_input(self) -> None:
+        """Refuse, with what to do, a model whose declared input the agent cannot feed: another name, another
+        element type, a fixed batch axis, another layout or size (onnxruntime's get_inputs())."""
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        inp = inputs.get(self.input_name)
+        if inp is None:
+            raise ModelRefused(f"the manifest's input_name is {self.input_name!r} but the model's inputs are "
+                               f"{list(inputs)}: set input_name in {MANIFEST_NAME} to the model's image input")
+        if len(inputs) > 1:
+            raise ModelRefused(f"the model has inputs {list(inputs)}; the agent feeds one, {self.input_name!r} (the "
+                               "images): export the encoder with the image as its only input")
+        if inp.type != FLOAT32:
+            raise ModelRefused(f"the model's input {inp.name!r} takes {inp.type}, but the agent feeds float32 "
+                               f"({FLOAT32}): export the model in float32, or add a Cast from float32 at its input")
+        shape = list(inp.shape)
+        h, w = self.preprocess.size
+        if len(shape) != 4:
+            raise ModelRefused(f"the model's input {inp.name!r} is declared with shape {shape}, but {self._feeds()}: "
+                               "export the model with a 4-D NCHW input")
+        if isinstance(shape[0], int):
+            raise ModelRefused(f"the batch axis is fixed at {shape[0]} (the model's input {inp.name!r} is declared "
+                               f"with shape {shape}), but the agent embeds images in batches of any size: export with "
+                               f"a dynamic batch axis (torch.onnx.export(..., dynamic_axes={{'{inp.name}': "
+                               "{0: 'batch'}}))")
+        wrong = [i for i, want in ((1, 3), (2, h), (3, w)) if isinstance(shape[i], int) and shape[i] != want]
+        if wrong:
+            nhwc = " (it looks channels-last, NHWC)" if shape[3] == 3 and shape[1] != 3 else ""
+            raise ModelRefused(f"the model's input {inp.name!r} is declared with shape {shape}{nhwc}, but "
+                               f"{self._feeds()}: export the model for NCHW input, or set the manifest's preprocess "
+                               "size to the height and width the model takes")
+
+    def _check_shapes(self) -> None:
+        """Run a batch of PROBE_BATCH blank images so that a model that disagrees with its manifest, or cannot
+        take a batch, fails at load time (the version is then refused with the reason) rather than on every
+        Ingest. The embedding output may be Nx... with non-batch sizes that multiply to the embedding size
+        (e.g. Nx512x1x1 from a pooling layer): ``embed`` flattens it."""
+        h, w, n = *self.preprocess.size, PROBE_BATCH
+        try:
+            outs = self._probe(np.zeros((n, 3, h, w), np.float32))
+        except ORT_ERRORS as e:
+            raise ModelRefused(f"the model fails on a batch of {n} blank images ({_ort_text(e)}), but "
+                               f"{self._feeds()}: check that it runs on such a batch with onnxruntime (a dynamic "
+                               "batch axis all through the graph, float32, NCHW)") from None
+        got = {name: tuple(o.shape) for name, o in zip(self.outputs, outs, strict=True)}
+        want = {self.output_name: (n, self.dim), LOGITS_OUTPUT: (n, len(self.classes)), ROTATION_OUTPUT: (n, 4)}
+        emb = got[self.output_name]
+        if len(emb) >= 2 and emb[0] == n and int(np.prod(emb[1:])) == self.dim:
+            got[self.output_name] = (n, self.dim)
+        bad = {name: s for name, s in got.items() if s != want[name]}
         if bad:
-            raise ValueError(f"{self.version}: output shapes {bad} disagree with the manifest (expected "
-                             f"{ {n: want[n] for n in bad} } for a 1x3x{h}x{w} input)")
+            raise ModelRefused(f"{self.version}: output shapes {bad} disagree with the manifest (expected "
+                               f"{ {name: want[name] for name in bad} } for a {n}x3x{h}x{w} input): set the manifest's "
+                               "embedding_dim (and classes) to what the model gives")
+
+    def _probe(self, x: np.ndarray) -> list[np.ndarray]:
+        return [np.asarray(o) for o in self.session.run(self.outputs, {self.input_name: x})]
 
     def _run(self, x: np.ndarray) -> list[np.ndarray]:
-        return [np.asarray(o) for o in self.session.run(self.outputs, {self.input_name: x})]
+        try:
+            return self._probe(x)
+        except ORT_ERRORS as e:  # the model, which passed the load check, fails on this batch
+            raise ModelFailed(f"the model {self.version} failed on a batch of {len(x)} images ({_ort_text(e)}): "
+                              "the model is at fault, not the agent (e.g. an export that runs at some batch sizes "
+                              "only); publish a fixed version, or bring a good one back with `shortlist models "
+                              "rollback`") from None
 
     def embed(self, images: np.ndarray) -> EmbedOutput:
         """NxHxWx3 uint8 at the manifest's size -> EmbedOutput (batched by ``batch_size``)."""

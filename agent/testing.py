@@ -93,10 +93,53 @@ def conv_encoder(size: tuple[int, int] = (32, 32), widths: tuple[int, ...] = (64
     return model
 
 
+def foreign_encoder(size: tuple[int, int] = (8, 8), dim: int = 16, input_name: str = INPUT_NAME,
+                    output_name: str = EMBEDDING_OUTPUT, batch: int | None = None, nhwc: bool = False,
+                    float16: bool = False, pooled: bool = False, reshape_batch: int | None = None,
+                    seed: int = 0) -> onnx.ModelProto:
+    """A linear encoder (``linear_encoder``) exported the ways encoders brought from elsewhere are: another input
+    or output name, a batch axis fixed at ``batch``, channels-last input (``nhwc``), a float16 input, a
+    ``pooled`` Nx``dim``x1x1 output, or a graph that reshapes to a fixed batch of ``reshape_batch`` inside
+    (declared dynamic, runs at that batch size only: what tracing a batch of 1 can leave)."""
+    rng = np.random.default_rng(seed)
+    h, w = size
+    flat = 3 * h * w
+    elem = TensorProto.FLOAT16 if float16 else TensorProto.FLOAT
+    declared: list[int | str] = [batch if batch is not None else "N", *((h, w, 3) if nhwc else (3, h, w))]
+    inits = [_init("W", rng.normal(0, 1 / np.sqrt(flat), (flat, dim)))]
+    nodes, x = [], input_name
+    if float16:
+        nodes.append(helper.make_node("Cast", [x], ["x32"], to=TensorProto.FLOAT))
+        x = "x32"
+    if nhwc:
+        nodes.append(helper.make_node("Transpose", [x], ["nchw"], perm=[0, 3, 1, 2]))
+        x = "nchw"
+    if reshape_batch is not None:
+        inits.append(numpy_helper.from_array(np.array([reshape_batch, flat], np.int64), "fixed"))
+        nodes.append(helper.make_node("Reshape", [x, "fixed"], ["flat"]))
+    else:
+        nodes.append(helper.make_node("Flatten", [x], ["flat"], axis=1))
+    out_shape: list[int | str] = ["N", dim]
+    if pooled:
+        inits.append(numpy_helper.from_array(np.array([-1, dim, 1, 1], np.int64), "pool_shape"))
+        nodes += [helper.make_node("MatMul", ["flat", "W"], ["vec"]),
+                  helper.make_node("Reshape", ["vec", "pool_shape"], [output_name])]
+        out_shape = ["N", dim, 1, 1]
+    else:
+        nodes.append(helper.make_node("MatMul", ["flat", "W"], [output_name]))
+    graph = helper.make_graph(nodes, "foreign_encoder", [helper.make_tensor_value_info(input_name, elem, declared)],
+                              [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, out_shape)],
+                              initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION)
+    onnx.checker.check_model(model)
+    return model
+
+
 def publish_model(registry: Path, model: onnx.ModelProto, preprocess: Preprocess,
-                  classes: list[str] | None = None, method: str = "test") -> str:
+                  classes: list[str] | None = None, method: str = "test", input_name: str = INPUT_NAME) -> str:
     """Write ``model`` and its manifest into a ``.tmp-*`` folder of ``registry`` (fsynced), then
-    publish it atomically with shortlist.manifest.publish. Returns the version name (``v0001``...)."""
+    publish it atomically with shortlist.manifest.publish. Returns the version name (``v0001``...). The
+    manifest's ``output_name`` is the graph's first output; ``input_name`` is written as given."""
     registry.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".tmp-", dir=registry))
     onnx_path = staging / ONNX_NAME
@@ -104,7 +147,8 @@ def publish_model(registry: Path, model: onnx.ModelProto, preprocess: Preprocess
     outputs = [o.name for o in model.graph.output]
     dim = model.graph.output[0].type.tensor_type.shape.dim[1].dim_value
     manifest = Manifest(preprocess=preprocess, embedding_dim=int(dim), outputs=outputs, classes=classes,
-                        method=method, files={ONNX_NAME: sha256_file(onnx_path)})
+                        method=method, files={ONNX_NAME: sha256_file(onnx_path)}, input_name=input_name,
+                        output_name=outputs[0])
     (staging / MANIFEST_NAME).write_text(manifest.to_json())
     for p in (onnx_path, staging / MANIFEST_NAME):
         with open(p, "rb") as f:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 import pytest
 
-from agent.embedder import Embedder
-from agent.testing import linear_encoder, publish_model
+from agent.embedder import Embedder, ModelFailed, ModelRefused
+from agent.errors import map_exception
+from agent.testing import foreign_encoder, linear_encoder, publish_model
 from shortlist.images import decode_payload, tensor_pixels
 from shortlist.manifest import Preprocess, newest_complete
 from tests.agent.conftest import png
@@ -69,3 +71,71 @@ def test_rotation_pretext_loss(tmp_path: Path) -> None:
         z = z - z.max(axis=1, keepdims=True)
         losses.append(-(z[:, k] - np.log(np.exp(z).sum(axis=1))))
     assert np.allclose(out.pretext, np.mean(losses, axis=0), atol=1e-4) and (out.pretext > 0).all()
+
+
+def foreign(tmp_path: Path, input_name: str = "image", size: tuple[int, int] = (8, 8),
+            **kw: Any) -> Embedder:
+    """An Embedder over a published ``foreign_encoder(**kw)`` whose manifest says ``input_name`` and ``size``."""
+    reg = tmp_path / "m"
+    model = foreign_encoder(input_name=str(kw.pop("graph_input", input_name)), **kw)
+    publish_model(reg, model, Preprocess(size=size), input_name=input_name)
+    found = newest_complete(reg)
+    assert found is not None
+    return Embedder(reg / found[0], found[1], batch_size=3)
+
+
+def refusal(tmp_path: Path, **kw: Any) -> str:
+    with pytest.raises(ModelRefused) as e:
+        foreign(tmp_path, **kw)
+    return str(e.value)
+
+
+def test_a_fixed_batch_axis_is_refused_at_load_with_how_to_export(tmp_path: Path) -> None:
+    said = refusal(tmp_path, batch=1)
+    assert "the batch axis is fixed at 1" in said
+    assert "dynamic_axes={'image': {0: 'batch'}}" in said
+    # declared dynamic but reshaped to a batch of 1 inside (what tracing can leave): the batch of 2 shows it
+    said = refusal(tmp_path / "b", reshape_batch=1)
+    assert "fails on a batch of 2 blank images" in said and "dynamic batch axis" in said
+
+
+def test_a_model_failing_on_a_batch_is_its_fault_not_the_agents(tmp_path: Path) -> None:
+    emb = foreign(tmp_path, reshape_batch=2)  # passes the load check (a batch of 2), fails on any other size
+    with pytest.raises(ModelFailed) as e:
+        emb.embed(np.zeros((3, 8, 8, 3), np.uint8))
+    mapped = map_exception(e.value)
+    assert mapped.code.name == "FAILED_PRECONDITION"
+    assert "bug" not in mapped.message and "the model is at fault" in mapped.message
+    assert "publish a fixed version" in mapped.message
+
+
+def test_refusals_say_what_the_agent_feeds_and_what_to_change(tmp_path: Path) -> None:
+    said = refusal(tmp_path / "a", input_name="image", graph_input="pixels")
+    assert "the manifest's input_name is 'image' but the model's inputs are ['pixels']" in said
+    said = refusal(tmp_path / "b", nhwc=True)
+    assert "shape ['N', 8, 8, 3] (it looks channels-last, NHWC)" in said
+    assert "the agent feeds float32 NCHW batches of shape (N, 3, 8, 8)" in said
+    said = refusal(tmp_path / "c", size=(16, 16))  # the manifest asks for another size than the model takes
+    assert "shape ['N', 3, 8, 8]" in said and "(N, 3, 16, 16)" in said and "preprocess size 16x16" in said
+    said = refusal(tmp_path / "d", float16=True)
+    assert "takes tensor(float16), but the agent feeds float32" in said and "add a Cast" in said
+
+
+def test_a_pooled_output_is_served_when_its_sizes_multiply_to_the_embedding_size(tmp_path: Path) -> None:
+    emb = foreign(tmp_path, pooled=True)  # Nx16x1x1
+    imgs = np.random.default_rng(3).integers(0, 255, (5, 8, 8, 3), dtype=np.uint8)
+    flat = foreign(tmp_path / "flat").embed(imgs).vecs  # the same weights, an Nx16 output
+    assert np.allclose(emb.embed(imgs).vecs, flat, atol=1e-6)
+
+
+def test_the_manifests_output_name_picks_the_embedding(tmp_path: Path) -> None:
+    emb = foreign(tmp_path, output_name="feat")
+    assert emb.manifest.output_name == "feat" and emb.outputs == ["feat"]
+    assert emb.embed(np.zeros((2, 8, 8, 3), np.uint8)).vecs.shape == (2, 16)
+    reg = tmp_path / "m"
+    found = newest_complete(reg)
+    assert found is not None
+    found[1].outputs.append("embedding")
+    found[1].output_name = "embedding"  # a manifest naming an output the graph lacks
+    with pytest.raises(ModelRefused, match=r"has no 'embedding' output .*feat.*: set the manifest's output_name"):
+        Embedder(reg / found[0], found[1])
