@@ -45,7 +45,7 @@ import numpy as np
 
 from agent.blobs import BlobStore
 from agent.config import AgentConfig
-from agent.embedder import Embedder
+from agent.embedder import Embedder, ModelFailed
 from agent.errors import storage_problem
 from agent.index import VersionIndex
 from agent.state import SERVING_KEY, EmbeddingRows, State, StoredEmbeddings
@@ -515,7 +515,13 @@ class ModelManager:
                 if outcome:
                     break
         if self.current is not None:
-            self._catch_up(self.current.embedder, self.current.index, hold_lock=True)
+            try:
+                self._catch_up(self.current.embedder, self.current.index, hold_lock=True)
+            except ModelFailed as e:  # the served model fails on stored samples: say so once, not a traceback a poll
+                warning = f"{self.current.version} cannot embed the stored samples it lacks: {e}"
+                if warning != self.warning:
+                    log.error(warning)
+                self.warning = warning
 
     def _newer_than(self, version: str) -> Newer | None:
         """The newest complete version newer than ``version`` whose model loads, or None. Broken ones are
@@ -673,6 +679,16 @@ class ModelManager:
                 self._forget(old.version, "retired")
             log.info("now serving %s (%d rows)", version, new.index.n)
             return True
+        except Exception as e:
+            if storage_problem(e) is not None or self.current is new:  # a full disk: retried at the next poll
+                raise
+            # The model failed on the stored samples (e.g. an export that runs at some batch sizes only): refuse
+            # it as a load failure is refused, with its partial embeddings dropped, instead of trying it again at
+            # every poll while no warning says why.
+            log.exception("%s failed while embedding the stored samples", version)
+            self._forget(version)
+            self._refuse(version, f"{version} refused: it failed while embedding the stored samples: {e}")
+            return False
         finally:
             self._set_pending("", None)
 

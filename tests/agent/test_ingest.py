@@ -167,3 +167,26 @@ def test_a_resend_is_a_duplicate_only_when_it_says_what_is_stored(agent: Agent) 
             "sent)") in res.rejected[1][1]  # says what differs
     assert agent.state.label_name(agent.state.lookup("a").seq) == "cat"  # type: ignore[union-attr]
     assert agent.state.lookup("c").metadata == {"site": "north"}  # type: ignore[union-attr]
+
+
+def test_a_model_that_fails_on_a_batch_is_answered_as_its_fault_not_a_bug(tmp_path: Path) -> None:
+    """A served model that passes the load check (a batch of 2) but fails on a batch of 1: FAILED_PRECONDITION
+    saying the model is at fault and what to do, never INTERNAL "a bug in the agent"; nothing is stored."""
+    from agent.embedder import ModelFailed
+    from agent.errors import map_exception
+    from agent.testing import foreign_encoder, publish_model
+    from shortlist.manifest import Preprocess
+
+    models = tmp_path / "models"
+    publish_model(models, foreign_encoder((8, 8), 16, reshape_batch=2), Preprocess(size=(8, 8)))
+    a = Agent(AgentConfig(tmp_path / "data", models, background=False, use_cuda=False))
+    try:
+        assert a.status().model_version == "v0001"
+        with pytest.raises(ModelFailed) as e:
+            a.ingest.batch([image("x", make_images(1)[0])])
+        mapped = map_exception(e.value)
+        assert mapped.code.name == "FAILED_PRECONDITION" and "bug" not in mapped.message
+        assert "the model v0001 failed on a batch of 1 images" in mapped.message
+        assert a.status().samples == 0
+    finally:
+        a.close()

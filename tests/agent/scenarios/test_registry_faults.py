@@ -14,8 +14,8 @@ import pytest
 from agent.config import AgentConfig
 from agent.core import Agent
 from agent.ingest import Incoming
-from agent.testing import publish_linear
-from shortlist.manifest import MANIFEST_NAME, ONNX_NAME, check_version, sha256_file
+from agent.testing import foreign_encoder, publish_linear, publish_model
+from shortlist.manifest import MANIFEST_NAME, ONNX_NAME, Preprocess, check_version, sha256_file
 from tests.agent.conftest import CLASSES, SIZE, make_images, png
 
 
@@ -56,7 +56,16 @@ def absolute_path(v: Path) -> None:
     edit_manifest(v, files={ONNX_NAME: sha256_file(v / ONNX_NAME), "/etc/passwd": sha256_file(Path("/etc/passwd"))})
 
 
+def fixed_batch(v: Path) -> None:  # exported at batch 1 without dynamic axes
+    (v / ONNX_NAME).write_bytes(foreign_encoder(SIZE, 16, batch=1).SerializeToString())
+    edit_manifest(v, files={ONNX_NAME: sha256_file(v / ONNX_NAME)}, outputs=["embedding"], classes=None)
+
+
 BREAKAGES: dict[str, tuple[Callable[[Path], object], str]] = {
+    "fixed batch": (fixed_batch, "the batch axis is fixed at 1"),
+    "unknown interpolation": (lambda v: edit_manifest(v, preprocess={"size": [8, 8], "mean": [0, 0, 0],
+                                                                     "std": [1, 1, 1], "interpolation": "bicubc"}),
+                              "write one of bilinear, bicubic"),
     "onnx garbage": (corrupt_onnx_hash_ok, "cannot load"),
     "onnx truncated": (truncated_onnx, "sha256"),
     "wrong embedding size": (lambda v: edit_manifest(v, embedding_dim=8), "disagree"),
@@ -152,5 +161,30 @@ def test_a_version_refused_for_a_setting_is_tried_again_after_a_restart(tmp_path
         a.manager.check()
         st = a.status()  # served; the two samples whose payloads were never kept are reported
         assert st.model_version == v2 and [w for w in st.warnings if "2 sample(s) cannot be embedded" in w]
+    finally:
+        a.close()
+
+
+def test_a_version_failing_while_it_embeds_the_pool_is_refused_once_with_a_warning(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model that passes the load check but fails on the stored samples (it runs at a batch of 2 only) is
+    refused with the reason, its partial embeddings dropped, and not tried again at every poll."""
+    models = tmp_path / "models"
+    publish_linear(models, size=SIZE, dim=16, seed=0)
+    a = agent(tmp_path, models)
+    try:
+        assert a.ingest.batch([Incoming(f"x{i}", "image", png(im), png(im))
+                               for i, im in enumerate(make_images(3))]).accepted == 3
+        bad = publish_model(models, foreign_encoder(SIZE, 16, reshape_batch=2), Preprocess(size=SIZE))
+        a.manager.check()  # raised out of the poll (a traceback every poll) before
+        st = a.status()
+        assert st.model_version == "v0001" and st.pending_model_version == "" and st.embedded == 3
+        assert [w for w in st.warnings if w.startswith(f"{bad} refused: it failed while embedding the stored "
+                                                       "samples") and "failed on a batch of 3 images" in w], st.warnings
+        assert a.state.model_versions_full()[bad][0] == "failed"
+        loads: list[str] = []
+        monkeypatch.setattr(a.manager, "_load", lambda *args, **kw: loads.append(args[0]))
+        a.manager.check()  # the folder has not changed: not tried again
+        assert loads == [] and a.status().model_version == "v0001"
     finally:
         a.close()
