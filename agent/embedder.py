@@ -222,6 +222,19 @@ class Embedder:
         return np.mean(losses, axis=0).astype(np.float32)
 
 
+def load_check(version_dir: Path, manifest: Manifest) -> None:
+    """The agent's own load check of a complete version (``manifest`` from check_version), on the CPU: the
+    checks an agent makes before it serves ``version_dir`` (the declared input, a batch of PROBE_BATCH blank
+    images, the output shapes against the manifest). ModelRefused says why an agent would refuse it and what
+    to change. Used by ``shortlist models list`` / ``rollback`` and the benchmarks' --encoder; no torch."""
+    try:
+        Embedder(version_dir, manifest, batch_size=PROBE_BATCH, use_cuda=False, threads=1)
+    except ModelRefused:
+        raise
+    except Exception as e:  # what else loading raises (the agent refuses the version for it as well)
+        raise ModelRefused(f"cannot load it: {e}") from None
+
+
 def _cross_entropy(logits: np.ndarray, target: int) -> np.ndarray:
     """Bx4 logits, one target class -> B cross-entropies (nats), computed stably via log-sum-exp."""
     z = logits.astype(np.float64)

@@ -10,6 +10,12 @@ high-water mark, shortlist.manifest.publish). A copy that would change nothing (
 version, or of what the agent serves while it moves to no other) is refused: re-embedding a pool with an
 identical model can take hours.
 
+``list`` runs the agent's own load check (agent.embedder.load_check: onnxruntime on the CPU, a batch of blank
+images) on complete versions newest first until one passes: that one is what an agent serving the folder
+serves, the newer ones are marked refused with the agent's reason, and older ones are listed as not checked
+(``--check-all`` checks them too; each check loads the model, which takes a while for big ones). Nothing is
+cached. ``rollback`` refuses a version the load check refuses, before publishing anything.
+
 ``prune`` removes old versions: all complete versions but the newest ``--keep`` and the ones the agent serves
 or is embedding, each atomically (shortlist.manifest.remove_version); nothing when that agent does not answer,
 unless ``--without-agent`` says to keep the newest only. Safe because their numbers are never used again: an
@@ -31,6 +37,7 @@ from rich.table import Table
 from agent import client
 from agent.cli import json_line
 from agent.cli_options import AgentTarget, agent_options
+from agent.embedder import ModelRefused, load_check
 from shortlist.console import make_console
 from shortlist.manifest import (
     Manifest,
@@ -79,28 +86,52 @@ def _registry(models: Path) -> Path:
     return models
 
 
-def version_rows(models: Path) -> list[dict[str, Any]]:
+def version_rows(models: Path, load: str = "none") -> list[dict[str, Any]]:
     """One dict per version folder, oldest first: name, ``complete`` and, when it is not, ``problem``
-    (check_version's reason, hashes checked), else what the manifest says about it."""
+    (check_version's reason, hashes checked), else what the manifest says about it. ``load``: "served" runs
+    the agent's load check on complete versions newest first until one passes ("all": on every complete
+    version; "none": on none); checked rows get ``loads`` (True/False), ``refused`` (the reason, or "") and the
+    one an agent serves ``served`` True; unchecked complete rows have ``loads`` None."""
     rows: list[dict[str, Any]] = []
+    manifests: dict[str, Manifest] = {}
     for name in list_versions(models):
         try:
             m = check_version(models / name, verify_hashes=True)
         except ManifestError as e:
             rows.append({"version": name, "complete": False, "problem": str(e)})
             continue
+        manifests[name] = m
         rows.append({"version": name, "complete": True, "created": m.created, "method": m.method, "arch": m.arch,
                      "embedding_dim": m.embedding_dim, "classes": m.classes or [], "dataset": m.dataset,
-                     "source_run": m.source_run, "republished_from": m.republished_from})
+                     "source_run": m.source_run, "republished_from": m.republished_from, "loads": None,
+                     "refused": "", "served": False})
+    served = False
+    for r in reversed(rows) if load != "none" else ():
+        if not r["complete"]:
+            continue
+        if served and load != "all":
+            break
+        try:
+            load_check(models / r["version"], manifests[r["version"]])
+        except ModelRefused as e:
+            r["loads"], r["refused"] = False, str(e)
+            continue
+        r["loads"] = True
+        if not served:
+            r["served"] = served = True
     return rows
 
 
 @models_app.command("list")
 def list_command(models: Path = ModelsOpt,
-                 as_json: bool = typer.Option(False, "--json", help="one JSON object per version on stdout")) -> None:
-    """Every version in the registry, oldest first: complete (hashes checked) or why not, and what it is.
-    An agent serving this folder serves the newest complete one."""
-    rows = version_rows(_registry(models))
+                 as_json: bool = typer.Option(False, "--json", help="one JSON object per version on stdout"),
+                 check_all: bool = typer.Option(False, "--check-all", help="run the agent's load check on every "
+                                                "complete version, not only down to the one an agent serves")) -> None:
+    """Every version in the registry, oldest first: complete (hashes checked) or why not, and what it is. The
+    agent's own load check runs on complete versions newest first until one passes: that one is what an agent
+    serving this folder serves; newer ones it refuses are marked with the reason; older ones are not checked
+    (unless --check-all)."""
+    rows = version_rows(_registry(models), "all" if check_all else "served")
     if as_json:
         for r in rows:
             print(json_line(r))
@@ -119,16 +150,22 @@ def list_command(models: Path = ModelsOpt,
         if not r["complete"]:
             table.add_row(r["version"], "", "", "", "", "", "", "[red]not served[/] (below)")
             continue
+        state = ("[green]served[/] (complete, loads)" if r["served"] else "[red]refused[/] (below)"
+                 if r["loads"] is False else "complete, loads" if r["loads"] else "complete (load not checked)")
         table.add_row(r["version"], r["created"][:16].replace("T", " "), r["method"], r["arch"],
                       str(r["embedding_dim"]), str(len(r["classes"])) if r["classes"] else "—",
-                      f"copy of {r['republished_from']}" if r["republished_from"] else "", "complete")
+                      f"copy of {r['republished_from']}" if r["republished_from"] else "", state)
     out.print(table)
     for r in rows:  # the reasons under the table: they are sentences, too long for a cell
         if not r["complete"]:
             out.print(f"{r['version']} is not served: {r['problem']}", markup=False, highlight=False)
-    newest = [r["version"] for r in rows if r["complete"]]
-    out.print(f"newest complete: {newest[-1]} (what an agent serving this folder serves; `shortlist status` says "
-              "which it serves now)" if newest else "no complete version: an agent serving this folder has no model",
+        elif r["loads"] is False:
+            out.print(f"{r['version']} is refused by the agent's load check: {r['refused']}", markup=False,
+                      highlight=False)
+    served = [r["version"] for r in rows if r.get("served")]
+    out.print(f"served: {served[0]} (the newest complete version that passes the agent's load check: what an agent "
+              "serving this folder serves; `shortlist status` says which it serves now)" if served else
+              "no complete version passes the agent's load check: an agent serving this folder has no model",
               highlight=False)
     out.print(_next_version(models), markup=False, highlight=False)
 
@@ -153,7 +190,8 @@ def rollback(agent: AgentTarget,
     """Serve an older version again: publish a copy of it (hashes checked) as the next version, then ask
     the agent to reload and say what it made of it. The versions in between stay in the registry. Refused
     (nothing published) when VERSION is already the newest complete version, or what the agent serves and
-    it is moving to no other version: the copy would change nothing."""
+    it is moving to no other version: the copy would change nothing; or when the agent's load check refuses
+    it: an agent would refuse the copy."""
 
     def fail(message: str, code: int) -> NoReturn:
         _fail(message, code, as_json, {"published": None, "copy_of": version})
@@ -168,6 +206,11 @@ def rollback(agent: AgentTarget,
         source = check_version(registry / version, verify_hashes=True)
     except ManifestError as e:
         fail(f"{version} cannot be served again: {e}", 1)
+    try:
+        load_check(registry / version, source)  # the agent's own: a copy it refuses would change nothing
+    except ModelRefused as e:
+        fail(f"{version} cannot be served again: the agent refuses it: {e}; nothing was published (publish a "
+             "fixed version instead)", 1)
     newest = newest_complete(registry)
     if newest is not None and (newest[0] == version or same_model(newest[1], source)):
         what = "is" if newest[0] == version else f"is the same model as {newest[0]}, which is"

@@ -16,7 +16,7 @@ from agent import client
 from agent.embedder import Embedder
 from agent.models import ModelManager
 from agent.models_cli import _taken_up
-from agent.testing import linear_encoder, publish_linear, publish_model
+from agent.testing import foreign_encoder, linear_encoder, publish_linear, publish_model
 from shortlist.cli import app
 from shortlist.manifest import (
     HIGH_WATER_NAME,
@@ -67,7 +67,7 @@ def test_rollback_serves_a_copy_of_an_older_version_and_list_shows_why_a_folder_
     assert [(r["version"], r["complete"]) for r in rows] == [("v0001", True), ("v0002", True), ("v0003", False)]
     assert "not JSON" in rows[2]["problem"] and rows[0]["classes"] == CLASSES
     table = runner.invoke(app, ["models", "list", "--models", str(models)])
-    assert table.exit_code == 0 and "newest complete: v0002" in said(table.stdout)
+    assert table.exit_code == 0 and "served: v0002 (the newest complete version that passes" in said(table.stdout)
     assert "next version published here: v0004" in said(table.stdout)  # after the hand-made v0003
 
     back = runner.invoke(app, ["models", "rollback", "v0001", "--models", str(models), "--agent", running.address,
@@ -444,3 +444,33 @@ def test_a_dry_run_prune_reports_the_bytes_it_would_free(tmp_path: Path) -> None
     assert f"would remove v0001, v0002 from {models}, freeing {would['freed_bytes'] / 1e6:.1f} MB" in words, words
     real = runner.invoke(app, [*args, "--json"])
     assert real.exit_code == 0 and json.loads(real.stdout)["freed_bytes"] == would["freed_bytes"]
+
+
+def test_list_and_rollback_use_the_agents_load_check(tmp_path: Path) -> None:
+    """Versions the agent refuses are not called servable: list names the one an agent serves and marks the newer
+    ones refused with the agent's reason; rollback of a refused version exits 1 and publishes nothing."""
+    models = tmp_path / "models"
+    publish_linear(models, size=SIZE, dim=16, seed=0)
+    publish_linear(models, size=SIZE, dim=16, seed=1)
+    publish_model(models, foreign_encoder(SIZE, 16, batch=1), Preprocess(size=SIZE))  # v0003: fixed batch
+    publish_model(models, foreign_encoder(SIZE, 16, float16=True), Preprocess(size=SIZE))  # v0004: float16 input
+    listed = runner.invoke(app, ["models", "list", "--models", str(models), "--json"])
+    assert listed.exit_code == 0, listed.output
+    rows = {r["version"]: r for r in map(json.loads, listed.stdout.splitlines())}
+    assert [(v, r["complete"], r["loads"], r["served"]) for v, r in rows.items()] == [
+        ("v0001", True, None, False), ("v0002", True, True, True), ("v0003", True, False, False),
+        ("v0004", True, False, False)]  # v0001, older than the served one, is not checked
+    assert "the batch axis is fixed at 1" in rows["v0003"]["refused"]
+    assert "the agent feeds float32" in rows["v0004"]["refused"]
+    table = said(runner.invoke(app, ["models", "list", "--models", str(models)]).stdout)
+    assert "served: v0002 (the newest complete version that passes the agent's load check" in table
+    assert "v0003 is refused by the agent's load check: the batch axis is fixed at 1" in table
+    assert "complete (load not checked)" in table and "refused (below)" in table
+    every = runner.invoke(app, ["models", "list", "--models", str(models), "--json", "--check-all"])
+    assert [json.loads(line)["loads"] for line in every.stdout.splitlines()] == [True, True, False, False]
+
+    back = runner.invoke(app, ["models", "rollback", "v0003", "--models", str(models), "--no-reload"])
+    assert back.exit_code == 1 and "Traceback" not in back.output
+    assert "v0003 cannot be served again: the agent refuses it: the batch axis is fixed at 1" in said(back.output)
+    assert "nothing was published" in said(back.output)
+    assert list_versions(models) == ["v0001", "v0002", "v0003", "v0004"]
