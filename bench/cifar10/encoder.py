@@ -78,6 +78,19 @@ def _exported_from(manifest: Any, run_dir: Path) -> bool:
     return created > (run_dir / "encoder.pt").stat().st_mtime
 
 
+def _servable(version_dir: Path) -> None:
+    """typer.BadParameter (a usage error, no traceback) with the agent's own refusal when an agent would refuse
+    ``version_dir`` (its manifest and files, then agent.embedder.load_check), before anything is copied."""
+    from agent.embedder import load_check
+    from shortlist.manifest import ManifestError, check_version
+
+    try:
+        load_check(version_dir, check_version(version_dir, verify_hashes=True))
+    except ManifestError as e:  # ModelRefused is one
+        raise typer.BadParameter(f"{version_dir}: the agent refuses this model version: {e}",
+                                 param_hint="'--encoder'") from None
+
+
 def publish_encoder(encoder: Path, registry: Path) -> tuple[str, dict[str, Any]]:
     """Put ``encoder`` (a model version folder, a registry: its newest version, or a training run folder:
     exported first) into ``registry`` as its newest version; returns (version, provenance). A training run
@@ -89,10 +102,12 @@ def publish_encoder(encoder: Path, registry: Path) -> tuple[str, dict[str, Any]]
     if own is not None:  # this run's own registry (a rerun): serve what it holds, no copy
         return own[0], {"encoder": str(registry / own[0]), "kind": "registry"}
     if read_complete(encoder, verify_hashes=True) is not None or (encoder / "manifest.json").is_file():
+        _servable(encoder)
         version = _copy_version_into(registry, encoder)
         return version, {"encoder": str(encoder), "kind": "model version folder"}
     newest = newest_complete(encoder)
     if newest is not None:
+        _servable(encoder / newest[0])
         version = _copy_version_into(registry, encoder / newest[0])
         return version, {"encoder": f"{encoder}/{newest[0]}", "kind": "registry"}
     if not (encoder / "encoder.pt").is_file():

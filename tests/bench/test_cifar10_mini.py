@@ -15,9 +15,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import bench.cifar10.run as cifar10_run
-from agent.testing import publish_linear
+from agent.testing import foreign_encoder, publish_linear, publish_model
 from shortlist.cli import app
-from shortlist.manifest import list_versions
+from shortlist.manifest import Preprocess, list_versions
 
 CLASSES = ["circle", "square", "stripe"]
 
@@ -189,6 +189,16 @@ def test_bench_embeddings_writes_the_inputs_of_bench_strategies(tiny_cifar: Path
                                    "--out", str(tmp_path / "bad")])
     assert bad.exit_code == 2 and "training run folder" in bad.output
     assert not (tmp_path / "bad" / "models").exists() or not any((tmp_path / "bad" / "models").iterdir())
+    # a version the agent refuses (a fixed batch axis): its refusal, no traceback, nothing published
+    fixed = tmp_path / "fixed"
+    publish_model(fixed, foreign_encoder((8, 8), 16, batch=1), Preprocess(size=(8, 8)))
+    for command in ("embeddings", "cifar10"):
+        refused = CliRunner().invoke(app, ["bench", command, "--encoder", str(fixed / "v0001"), "--data",
+                                           str(tiny_cifar), "--out", str(tmp_path / command)])
+        assert refused.exit_code == 2 and "Traceback" not in refused.output, refused.output
+        words = " ".join(refused.output.replace("│", " ").split())
+        assert "the agent refuses this model version: the batch axis is fixed at 1" in words
+        assert not (tmp_path / command / "models").exists() or not any((tmp_path / command / "models").iterdir())
 
 
 def test_the_agent_is_told_the_classes_and_priors_give_unlabelled_ones_their_share(tiny_cifar: Path,
