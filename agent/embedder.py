@@ -99,8 +99,8 @@ class Embedder:
         try:
             self.session = _session(str(version_dir / ONNX_NAME), use_cuda, threads)
         except ORT_ERRORS as e:
-            raise ModelRefused(f"onnxruntime cannot load {ONNX_NAME} ({_ort_text(e)}); export the encoder to ONNX "
-                               "again (opset 17 loads everywhere)") from None
+            raise ModelRefused(f"onnxruntime cannot load {ONNX_NAME} ({_ort_text(e)}): publish an ONNX file of an "
+                               f"opset this onnxruntime {ort.__version__} runs (17 is safe)") from None
         self.provider = self.session.get_providers()[0]
         names = [o.name for o in self.session.get_outputs()]
         self.output_name = manifest.output_name

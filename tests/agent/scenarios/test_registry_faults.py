@@ -188,3 +188,19 @@ def test_a_version_failing_while_it_embeds_the_pool_is_refused_once_with_a_warni
         assert loads == [] and a.status().model_version == "v0001"
     finally:
         a.close()
+
+
+def test_a_first_model_failing_on_the_stored_samples_is_one_warning_not_a_traceback_a_poll(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    a = agent(tmp_path, models)  # no model yet: samples are stored, embedded once one is published
+    try:
+        assert a.ingest.batch([Incoming(f"x{i}", "image", png(im), png(im))
+                               for i, im in enumerate(make_images(3))]).accepted == 3
+        v = publish_model(models, foreign_encoder(SIZE, 16, reshape_batch=2), Preprocess(size=SIZE))
+        a.manager.check()  # serves it (it passes the load check), then fails on the batch of 3: no exception
+        st = a.status()
+        assert st.model_version == v and st.embedded == 0
+        assert [w for w in st.warnings if w.startswith(f"{v} cannot embed the stored samples it lacks: the model "
+                                                       f"{v} failed on a batch of 3 images")], st.warnings
+    finally:
+        a.close()
