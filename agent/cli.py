@@ -804,7 +804,7 @@ def ingest(agent: AgentTarget,
            as_json: bool = JsonOpt) -> None:
     """Stream a source's images into the agent (acknowledged once durable). Sample ids are the paths
     inside the source (``cat/0001.jpg``; CIFAR pickles: ``data_batch_1/00000``), after --id-prefix."""
-    from shortlist.datasets import IMAGE_EXTENSIONS, resolve_source
+    from shortlist.datasets import IMAGE_EXTENSIONS, readable_name, resolve_source
 
     metadata = _pairs(meta, "--meta")
     try:  # before the stream: a missing source or split is a clear error, not a broken stream
@@ -864,8 +864,9 @@ def ingest(agent: AgentTarget,
         raise typer.Exit(1) from None
     if read.images == 0:
         split = f" (split '{resolved.split}')" if resolved.of_splits else ""
-        console.print(f"[red]no images found in {resolved.path}[/red]{split}; image files end "
-                      f"in {', '.join(IMAGE_EXTENSIONS)}", highlight=False)
+        console.print(f"[red]no images found in {escape(readable_name(str(resolved.path)))}[/red]{split}; image "
+                      f"files end in {', '.join(IMAGE_EXTENSIONS[:11])} or another extension of a format Pillow "
+                      "reads", highlight=False)
         raise typer.Exit(2)
     if as_json:
         print(json_line({**_ingest_out(reply), **labels_said()}))

@@ -11,7 +11,11 @@ name ``train/cat/0001.jpg`` for a tar, the file name for one image file) or, for
 ``<batch file>/<index>``; ``id_prefix`` is put in front of each (two folders that both hold
 ``photo.jpg`` need different prefixes). Labels are the class folder names (CIFAR: the class names); a
 file at the top of a plain folder has no label. In a folder, symlinked files and folders are followed; a
-link to a folder it is inside of (a loop) is skipped with a logged warning. Nothing is ever downloaded.
+link to a folder it is inside of (a loop) is skipped with a logged warning. Image files are those with an
+extension of a format Pillow opens (IMAGE_EXTENSIONS: .avif, .tga, .jp2, ... too); the other files of a folder
+and links that point to nothing are left out and counted in one logged warning line. A name that is not UTF-8
+(a Latin-1 ``café.jpg``) gets an id with each such byte written as ``\\xNN`` (``caf\\xe9.jpg``; stable across
+runs) and a logged warning. Nothing is ever downloaded.
 """
 
 from __future__ import annotations
@@ -28,11 +32,34 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, ImageFile
 
 from shortlist.images import decode_payload, resize_array
 from shortlist.manifest import Preprocess
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm")
+
+def _image_extensions() -> tuple[str, ...]:
+    """The file extensions of the formats Pillow can open here (``Image.registered_extensions``, whose format
+    has an open plugin that decodes pixels: not a stub such as HDF5 or WMF, not MPEG's header reader); MPO
+    files are opened by the JPEG plugin. The common ones first, for messages."""
+    common = (".jpg", ".jpeg", ".png", ".webp", ".avif", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm")
+    registered = Image.registered_extensions()  # first: it loads every plugin (Image.init)
+    opened = set(Image.OPEN) | {"MPO"}
+    rest = sorted(ext for ext, fmt in registered.items()
+                  if fmt in opened and fmt not in _NOT_STILL_IMAGES and ext not in common
+                  and not _is_stub(Image.OPEN.get(fmt, (None,))[0]))
+    return (*common, *rest)
+
+
+def _is_stub(factory: object) -> bool:
+    return isinstance(factory, type) and issubclass(factory, ImageFile.StubImageFile)
+
+
+_NOT_STILL_IMAGES = frozenset({"MPEG"})  # Pillow reads a video's header only: it never decodes pixels
+IMAGE_EXTENSIONS = _image_extensions()
+# Formats Pillow cannot read, with what to do (said in the summary of the files a folder's ingest skipped).
+UNSUPPORTED_HINTS = {".heic": "HEIC is not supported: convert to JPEG or PNG", ".heif": "HEIF is not supported: "
+                     "convert to JPEG or PNG"}
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 SPLIT_DIRS = ("train", "test", "val", "validation")
 DEFAULT_SPLIT = "train"  # what a source without splits is
@@ -173,16 +200,68 @@ def _label_of(parts: tuple[str, ...]) -> str | None:
     return parts[0] if len(parts) > 1 else None
 
 
-def _folder_images(root: Path) -> list[Path]:
-    """The image files under ``root``, sorted. Symlinked files and folders are followed (Path.rglob skipped
-    a symlinked folder without a word, e.g. a folder inside a class folder linked from elsewhere), except a
-    link to a folder the walk is inside of (a loop: it would never end), which is skipped with a warning."""
+def readable_name(name: str) -> str:
+    """A path (or a tar member name) as UTF-8 text fit for a sample id: as it is when it is UTF-8; else its
+    bytes as the file system holds them (Python keeps undecodable ones as surrogates: surrogateescape), each
+    byte that is not UTF-8 written as ``\\xNN`` (``caf\\xe9.jpg`` for a Latin-1 ``café.jpg``), the same on
+    every run."""
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        try:
+            raw = name.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:  # surrogates that are not escaped bytes
+            return name.encode("utf-8", "backslashreplace").decode("utf-8")
+        return raw.decode("utf-8", "backslashreplace")
+
+
+def _readable_path(rel: str) -> str:
+    """``readable_name`` of a relative path, with one logged warning when it is not UTF-8."""
+    text = readable_name(rel)
+    if text != rel:
+        log.warning("the file name %s is not UTF-8: in its sample id, each byte that is not UTF-8 is written as "
+                    "\\xNN", text)
+    return text
+
+
+@dataclass
+class _Scan:
+    """What a folder walk found: the image files (sorted), and what it left out: other files by extension
+    (lower case; "" for none), links that point nowhere."""
+
+    files: list[Path]
+    skipped: dict[str, int] = field(default_factory=dict)
+    dangling: list[Path] = field(default_factory=list)
+
+    def summary(self, root: Path) -> str:
+        """One line about the files left out ("" when none): counts by extension, links that point nowhere."""
+        parts = []
+        if self.skipped:
+            counts = ", ".join(f"{n:,} {ext or '(no extension)'}" for ext, n in
+                               sorted(self.skipped.items(), key=lambda kv: (-kv[1], kv[0])))
+            hints = "; ".join(UNSUPPORTED_HINTS[ext] for ext in sorted(self.skipped) if ext in UNSUPPORTED_HINTS)
+            total = sum(self.skipped.values())
+            parts.append(f"{total:,} file(s) that are not images Pillow reads ({counts}"
+                         f"{'; ' + hints if hints else ''})")
+        if self.dangling:
+            shown = ", ".join(readable_name(p.relative_to(root).as_posix()) for p in self.dangling[:3])
+            more = f" and {len(self.dangling) - 3:,} more" if len(self.dangling) > 3 else ""
+            parts.append(f"{len(self.dangling):,} link(s) that point to nothing ({shown}{more})")
+        return f"skipped in {readable_name(str(root))}: {' and '.join(parts)}" if parts else ""
+
+
+def _folder_scan(root: Path) -> _Scan:
+    """The image files under ``root``, sorted, and the files left out. Symlinked files and folders are
+    followed (Path.rglob skipped a symlinked folder without a word, e.g. a folder inside a class folder linked
+    from elsewhere), except a link to a folder the walk is inside of (a loop: it would never end), which is
+    skipped with a warning."""
     def identity(path: str) -> tuple[int, int]:
         st = os.stat(path)  # follows links: the folder itself
         return st.st_dev, st.st_ino
 
     inside: dict[str, frozenset[tuple[int, int]]] = {}  # folder -> the folders it is in, itself included
-    files: list[Path] = []
+    scan = _Scan([])
     for folder, dirs, names in os.walk(root, followlinks=True):
         here = inside.pop(folder, None) or frozenset({identity(folder)})
         keep = []
@@ -191,6 +270,7 @@ def _folder_images(root: Path) -> list[Path]:
             try:
                 key = identity(path)
             except OSError:  # a broken link: nothing to read there
+                scan.dangling.append(Path(path))
                 continue
             if key in here:
                 log.warning("skipped the folder %s: it is a link to %s, which it is inside of (a loop)", path,
@@ -199,20 +279,39 @@ def _folder_images(root: Path) -> list[Path]:
             inside[path] = here | {key}
             keep.append(d)
         dirs[:] = keep  # os.walk descends into these only
-        files.extend(p for p in (Path(folder, n) for n in names) if p.suffix.lower() in IMAGE_EXTENSIONS)
-    return sorted(p for p in files if p.is_file())
+        for p in (Path(folder, n) for n in names):
+            if not p.exists():  # a link to nothing (os.walk lists a broken link with the files)
+                scan.dangling.append(p)
+            elif p.suffix.lower() in IMAGE_EXTENSIONS:
+                if p.is_file():
+                    scan.files.append(p)
+            elif p.is_file():
+                ext = p.suffix.lower()
+                scan.skipped[ext] = scan.skipped.get(ext, 0) + 1
+    scan.files.sort()
+    scan.dangling.sort()
+    return scan
+
+
+def _folder_images(root: Path) -> list[Path]:
+    """The image files under ``root``, sorted (``_folder_scan``)."""
+    return _folder_scan(root).files
 
 
 def _iter_folder(root: Path, prefix: str) -> Iterator[ImageItem]:
-    files = _folder_images(root)
-    for p in files:
-        rel = p.relative_to(root)
-        yield ImageItem(id=f"{prefix}{rel.as_posix()}", label=_label_of(rel.parts), uri=str(p),
+    scan = _folder_scan(root)
+    said = scan.summary(root)
+    if said:
+        log.warning("%s", said)
+    for p in scan.files:
+        rel = _readable_path(p.relative_to(root).as_posix())
+        yield ImageItem(id=f"{prefix}{rel}", label=_label_of(tuple(rel.split("/"))), uri=readable_name(str(p)),
                         encoded=p.read_bytes())
 
 
 def _iter_file(path: Path, prefix: str) -> Iterator[ImageItem]:
-    yield ImageItem(id=f"{prefix}{path.name}", label=None, uri=str(path), encoded=path.read_bytes())
+    yield ImageItem(id=f"{prefix}{_readable_path(path.name)}", label=None, uri=readable_name(str(path)),
+                    encoded=path.read_bytes())
 
 
 def _member_parts(name: str) -> tuple[str, ...]:
@@ -247,8 +346,9 @@ def _iter_tar_members(path: Path, inner: str, prefix: str) -> Iterator[ImageItem
             f = tar.extractfile(m)
             if f is None:
                 continue
-            yield ImageItem(id=prefix + "/".join(parts), label=_label_of(parts[len(root):]), uri=f"{path}:{m.name}",
-                            encoded=f.read())
+            rel = _readable_path("/".join(parts))
+            yield ImageItem(id=prefix + rel, label=_label_of(tuple(rel.split("/"))[len(root):]),
+                            uri=readable_name(f"{path}:{m.name}"), encoded=f.read())
 
 
 def source_paths(r: Resolved) -> list[str]:
@@ -256,13 +356,13 @@ def source_paths(r: Resolved) -> list[str]:
     order, without reading the images where the kind allows (a folder, a file, a tar's member list; CIFAR
     pickles are read)."""
     if r.kind == "folder":
-        return [p.relative_to(r.path).as_posix() for p in _folder_images(r.path)]
+        return [readable_name(p.relative_to(r.path).as_posix()) for p in _folder_images(r.path)]
     if r.kind == "file":
-        return [r.path.name]
+        return [readable_name(r.path.name)]
     if r.kind == "tar":
         try:
             with tarfile.open(r.path) as tar:
-                return ["/".join(parts) for _, parts in _tar_images(tar, r.inner)]
+                return [readable_name("/".join(parts)) for _, parts in _tar_images(tar, r.inner)]
         except (tarfile.TarError, EOFError) as e:
             raise OSError(f"{r.path} is not a complete, readable tar archive ({type(e).__name__}: {e})") from e
     return [item.id for item in source_named(r.kind).iterate(r, "")]

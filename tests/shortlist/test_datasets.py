@@ -68,7 +68,54 @@ def test_symlinked_folders_are_followed_and_a_loop_is_skipped_with_a_warning(
         ("cat/linked_folder/n1.png", "cat"), ("dog/d.png", "dog")]
     loops = [r.getMessage() for r in caplog.records]
     assert loops == [f"skipped the folder {tree}/cat/linked_folder/deeper/back: it is a link to "
-                     f"{os.path.realpath(tree)}, which it is inside of (a loop)"]
+                     f"{os.path.realpath(tree)}, which it is inside of (a loop)",
+                     f"skipped in {tree}: 1 link(s) that point to nothing (cat/gone)"]
+
+
+def test_a_file_name_that_is_not_utf8_gets_an_escaped_id_and_a_warning(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A Latin-1 name (old cameras, Windows zips) made the whole ingest fail on the proto's UTF-8 string; it
+    is read with an id whose bytes that are not UTF-8 are written as \\xNN, the same on every run, and the
+    rest of the folder is read."""
+    root = tmp_path / "latin"
+    (root / "cat").mkdir(parents=True)
+    (root / "cat" / "ok.png").write_bytes(_png(1))
+    latin = os.path.join(os.fsencode(root / "cat"), b"caf\xe9.png")
+    with open(latin, "wb") as f:
+        f.write(_png(2))
+    with caplog.at_level("WARNING", logger="shortlist.datasets"):
+        items = list(iter_images(root, id_prefix="lat/"))
+    assert [(it.id, it.label) for it in items] == [("lat/cat/caf\\xe9.png", "cat"), ("lat/cat/ok.png", "cat")]
+    for it in items:
+        it.id.encode("utf-8")  # what the proto's string field needs
+        it.uri.encode("utf-8")
+    assert items[0].encoded == _png(2)
+    assert [r.getMessage() for r in caplog.records] == [
+        "the file name cat/caf\\xe9.png is not UTF-8: in its sample id, each byte that is not UTF-8 is written as "
+        "\\xNN"]
+    assert source_paths(resolve_source(root)) == ["cat/caf\\xe9.png", "cat/ok.png"]  # --meta-csv's paths
+
+
+def test_folder_reads_every_format_pillow_opens_and_says_what_it_skipped(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """.avif (which Pillow reads, and Ingest accepts) was skipped without a word, as were .heic files and
+    links that point nowhere: the formats are Pillow's, and one line says what was left out."""
+    root = tmp_path / "weird"
+    (root / "cat").mkdir(parents=True)
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(root / "cat" / "a.avif")
+    Image.new("RGB", (8, 8), (10, 200, 10)).save(root / "cat" / "b.tga")
+    (root / "cat" / "c.png").write_bytes(_png(3))
+    (root / "cat" / "x.heic").write_bytes(b"\0\0\0\x18ftypheic" + bytes(16))
+    (root / "cat" / "y.HEIC").write_bytes(b"\0\0\0\x18ftypheic" + bytes(16))
+    (root / "cat" / "notes.txt").write_text("not an image")
+    (root / "cat" / "gone.jpg").symlink_to(tmp_path / "missing.jpg")
+    with caplog.at_level("WARNING", logger="shortlist.datasets"):
+        items = list(iter_images(root))
+    assert [it.id for it in items] == ["cat/a.avif", "cat/b.tga", "cat/c.png"]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"skipped in {root}: 3 file(s) that are not images Pillow reads (2 .heic, 1 .txt; HEIC is not supported: "
+        "convert to JPEG or PNG) and 1 link(s) that point to nothing (cat/gone.jpg)"]
+    assert decode_image(items[0].encoded or b"").shape == (8, 8, 3)
 
 
 def test_plain_folder_has_no_labels(tmp_path: Path) -> None:
