@@ -12,7 +12,9 @@ What one export folder holds (each part optional, see ``FORMATS``)::
                                    (PriorLabel.calibration; docs/agent.md "Calibration provenance")
     OUT/imagefolder/CLASS/NAME.EXT the labelled images, one folder per class: what torchvision's
                                    ImageFolder and ``shortlist finetune --data`` read; ids.csv maps
-                                   each file back to its sample id
+                                   each file back to its sample id; a payload torchvision would read
+                                   otherwise than Shortlist decodes it is a PNG of that decode
+                                   (``image_file``, also for FiftyOne's files)
     OUT/fiftyone/data/NAME.EXT     FiftyOne's FiftyOneImageClassificationDataset: labels.json is
     OUT/fiftyone/labels.json       {"classes": [...], "labels": {NAME: class index}} (NAME = file stem)
 
@@ -43,7 +45,7 @@ from PIL import Image
 
 from agent.client import calibration_dict, first_calibration
 from agent.limits import folder_name_problem
-from shortlist.images import encode_png, tensor_pixels
+from shortlist.images import decode_image, encode_png, tensor_pixels
 from shortlist.v1 import agent_pb2, agent_pb2_grpc
 
 FORMATS = ("csv", "jsonl", "imagefolder", "fiftyone")
@@ -51,9 +53,11 @@ LABEL_FIELDS = ["id", "label", "annotator", "time", "source", "model_version", "
 PRIOR_FIELDS = ["id", "label", "confidence", "method", "model_version"]
 PRIORS_META = "priors.meta.json"  # the priors' provenance (calibration), next to priors.csv / priors.jsonl
 IDS_FILE = "ids.csv"  # in imagefolder/ and fiftyone/: file (relative path), id, label
-# Pillow format -> file extension torchvision's ImageFolder accepts; any other format is re-encoded as PNG.
-EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp", "TIFF": ".tif", "PPM": ".ppm",
-              "GIF": ".gif"}
+# Pillow format -> file extension torchvision's ImageFolder accepts (its IMG_EXTENSIONS: .jpg .jpeg .png .ppm
+# .bmp .pgm .tif .tiff .webp); a payload of any other format is re-encoded as PNG (``image_file``).
+EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp", "TIFF": ".tif", "PPM": ".ppm"}
+# Extensions dropped from a sample id to make its file stem (``file_stem``)
+ID_SUFFIXES = frozenset({*EXTENSIONS.values(), ".jpeg", ".tiff", ".gif"})
 MAX_STEM = 120
 
 
@@ -198,19 +202,46 @@ def _typed(row: dict[str, Any]) -> dict[str, Any]:
 
 # ---- images ----------------------------------------------------------------------------------------
 def image_file(sample: agent_pb2.Sample) -> tuple[bytes, str]:
-    """(file bytes, extension) of a sample's payload: the stored encoding when torchvision's ImageFolder
-    reads it, else PNG (raw tensors, other formats)."""
+    """(file bytes, extension) of a sample's payload, for the ImageFolder and FiftyOne exports: the stored
+    bytes when torchvision's default loader reads them as the pixels Shortlist decodes (``keeps_pixels``),
+    else a PNG of Shortlist's own decode (``shortlist.images.decode_image``: upright, 8-bit, transparency on
+    its background), as for raw tensors."""
     if sample.WhichOneof("payload") == "tensor":
         t = sample.tensor
         return encode_png(tensor_pixels(t.dtype, tuple(int(d) for d in t.shape), t.data)), ".png"
     data = sample.encoded_image
-    with Image.open(io.BytesIO(data)) as im:
-        fmt = im.format or ""
-        if fmt in EXTENSIONS:
-            return data, EXTENSIONS[fmt]
-        buf = io.BytesIO()
-        im.convert("RGB").save(buf, format="PNG")
-        return buf.getvalue(), ".png"
+    ext = keeps_pixels(data)
+    if ext:
+        return data, ext
+    return encode_png(decode_image(data)), ".png"
+
+
+# Modes whose ``Image.convert("RGB")`` (torchvision's loader) is what shortlist.images' decode gives; the
+# others (16-bit, float, alpha, ...) are scaled or composited there.
+_SAME_MODES = frozenset({"RGB", "L", "P", "1", "CMYK", "YCbCr"})
+
+
+def keeps_pixels(data: bytes) -> str:
+    """The extension to keep encoded image ``data`` under, "" when it must be re-encoded: torchvision's
+    ImageFolder opens a file with PIL and ``convert("RGB")``, and only under an extension of its
+    IMG_EXTENSIONS; that gives Shortlist's pixels only for a format in EXTENSIONS (not GIF, AVIF, MPO,
+    ICO, TGA, JPEG 2000, ...) with no EXIF rotation, no transparency, and a mode ``convert`` maps alike
+    (not 16-bit, float or alpha; CMYK without an ICC profile). The header alone decides: nothing is
+    decoded."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            if im.format not in EXTENSIONS or im.mode not in _SAME_MODES or "transparency" in im.info:
+                return ""
+            if im.mode == "CMYK" and im.info.get("icc_profile"):
+                return ""
+            if im.getexif().get(_ORIENTATION, 1) not in (0, 1):
+                return ""
+            return EXTENSIONS[im.format]
+    except (OSError, SyntaxError, ValueError):  # decode_image says what is wrong
+        return ""
+
+
+_ORIENTATION = 0x0112
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -220,7 +251,7 @@ def file_stem(sample_id: str, taken: set[str]) -> str:
     """A file-name stem for ``sample_id``: its safe characters (an image extension dropped), made unique
     among ``taken`` (case-insensitively, for case-insensitive file systems) with a short hash."""
     base = sample_id
-    if Path(base).suffix.lower() in {*EXTENSIONS.values(), ".jpeg", ".tiff"}:
+    if Path(base).suffix.lower() in ID_SUFFIXES:
         base = base[: -len(Path(base).suffix)]
     stem = _UNSAFE.sub("_", base).strip("._")[:MAX_STEM] or "sample"
     if stem.lower() in taken:

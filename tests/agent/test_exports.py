@@ -4,11 +4,14 @@ shortlist.datasets and torchvision), and bad requests leave nothing behind."""
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+from PIL import Image, ImageDraw
 from typer.testing import CliRunner
 
 from agent import client, exports
@@ -201,3 +204,63 @@ def test_csv_cells_are_never_spreadsheet_formulas_and_still_round_trip(running: 
     got = json.loads(res.stdout)
     assert res.exit_code == 0 and got["accepted"] == len(ids) and not got["rejected"], res.output
     assert not list(client.list_labels(running.stub))
+
+
+# torchvision.datasets.folder.IMG_EXTENSIONS and its default loader (pil_loader), as ImageFolder reads a file
+TV_IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+def _encoded(img: Image.Image, fmt: str, **save: Any) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **save)
+    return buf.getvalue()
+
+
+def _payloads() -> dict[str, bytes]:
+    """Payloads of the formats and modes people ingest, each with a shape that shows a wrong reading: a
+    left-right split (rotation), a transparent corner, a gradient (scaling)."""
+    rgb = Image.new("RGB", (24, 12), (200, 30, 30))
+    ImageDraw.Draw(rgb).rectangle([0, 0, 5, 11], fill=(30, 200, 30))
+    exif6 = Image.Exif()
+    exif6[0x0112] = 6
+    rgba = Image.new("RGBA", (16, 16), (0, 0, 0, 0))
+    ImageDraw.Draw(rgba).ellipse([2, 2, 13, 13], fill=(0, 0, 255, 255))
+    gray16 = Image.fromarray(np.linspace(0, 65535, 16 * 16).reshape(16, 16).astype(np.uint16))
+    floats = Image.fromarray(np.linspace(0, 1, 16 * 16, dtype=np.float32).reshape(16, 16), "F")
+    pal = Image.new("P", (16, 16), 0)
+    pal.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
+    ImageDraw.Draw(pal).ellipse([2, 2, 13, 13], fill=1)
+    return {
+        "plain.jpg": _encoded(rgb, "JPEG", quality=95), "plain.png": _encoded(rgb, "PNG"),
+        "plain.webp": _encoded(rgb, "WEBP", lossless=True), "plain.bmp": _encoded(rgb, "BMP"),
+        "plain.tif": _encoded(rgb, "TIFF"), "gray.pgm": _encoded(rgb.convert("L"), "PPM"),
+        "palette.png": _encoded(pal, "PNG"),
+        "exif6.jpg": _encoded(rgb, "JPEG", quality=95, exif=exif6), "exif6.png": _encoded(rgb, "PNG", exif=exif6),
+        "mpo_exif6.jpg": _encoded(rgb, "MPO", quality=95, exif=exif6, save_all=True),
+        "anim.gif": _encoded(rgb, "GIF", save_all=True, append_images=[rgb.rotate(180)]),
+        "img.avif": _encoded(rgb, "AVIF", quality=100), "img.tga": _encoded(rgb, "TGA"),
+        "img.ico": _encoded(rgb, "ICO", sizes=[(24, 12)]),
+        "rgba.png": _encoded(rgba, "PNG"), "palette_trns.png": _encoded(pal, "PNG", transparency=0),
+        "gray16.png": _encoded(gray16, "PNG"), "gray16.tif": _encoded(gray16, "TIFF"),
+        "float.tif": _encoded(floats, "TIFF"),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(_payloads()))
+def test_exported_files_give_torchvision_the_pixels_shortlist_decodes(name: str, tmp_path: Path) -> None:
+    """torchvision's ImageFolder reads a file by its extension (IMG_EXTENSIONS) with PIL's convert("RGB"):
+    it dropped GIFs, read 16-bit images white, float TIFFs black and EXIF-rotated photos sideways. Each
+    exported file (ImageFolder's and FiftyOne's: one function) must read, that way, as the pixels Shortlist
+    decodes (what people labelled and the model embedded); a payload that does is kept byte for byte."""
+    data = _payloads()[name]
+    out, ext = exports.image_file(agent_pb2.Sample(id=name, encoded_image=data))
+    assert ext in TV_IMG_EXTENSIONS
+    path = tmp_path / f"x{ext}"
+    path.write_bytes(out)
+    with open(path, "rb") as f, Image.open(f) as img:  # torchvision.datasets.folder.pil_loader
+        seen = np.asarray(img.convert("RGB"))
+    expected = decode_image(data)
+    assert seen.shape == expected.shape
+    assert np.array_equal(seen, expected)
+    if name.startswith(("plain", "gray.", "palette.")):
+        assert out == data  # kept as stored: nothing re-encoded without need
