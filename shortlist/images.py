@@ -50,8 +50,23 @@ def resize_rgb(img: Image.Image, size: tuple[int, int] | None, interpolation: st
     return np.asarray(img, dtype=np.uint8)
 
 
+# ISO-BMFF major brands of HEIC/HEIF files (iPhone photos), which Pillow does not read (AVIF's are avif, avis)
+HEIF_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs", b"mif1",
+                         b"msf1"})
+JPEG_SIGNATURE = b"\xff\xd8\xff"
+
+
 def _unreadable(data: bytes) -> str:
-    """Pillow's UnidentifiedImageError names the BytesIO object; say what the bytes are instead."""
+    """Pillow's UnidentifiedImageError names the BytesIO object; say what the bytes are instead: a HEIC/HEIF
+    file (not supported: convert it), a damaged JPEG (its signature, but not readable), or bytes no format
+    Pillow reads starts like."""
+    first = f"{len(data):,} bytes, first bytes {data[:8].hex(' ')}"
+    if data[4:8] == b"ftyp" and data[8:12] in HEIF_BRANDS:
+        return (f"not a readable image: a HEIC/HEIF image (brand {data[8:12].decode()}; {first}), which is not "
+                "supported: convert it to JPEG or PNG")
+    if data.startswith(JPEG_SIGNATURE):
+        return (f"not a readable image: a damaged JPEG ({first}: a JPEG's signature, but its markers cannot be "
+                "read); copy or export the file again")
     return (f"not a readable image: no image format Pillow reads starts like these {len(data):,} bytes "
             f"(first bytes {data[:8].hex(' ')}); send JPEG, PNG, WebP, TIFF, BMP, GIF, ...")
 

@@ -105,6 +105,20 @@ def test_unreadable_bytes_get_a_clean_reason() -> None:
         assert "not a readable image" in text and "64 65 66 69" in text and "object at" not in text and "<" not in text
 
 
+def test_heic_and_damaged_jpeg_are_named_as_such() -> None:
+    """Over gRPC a HEIC (an iPhone photo) and a JPEG with broken markers were both "no image format Pillow reads
+    starts like these bytes": the reason says what they are, and what to do."""
+    heic = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(200)
+    jpeg = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00" + b"\x12\x34" * 50
+    for decode in (lambda b: decode_image(b), lambda b: decode_payload("image", b, "", (), None)):
+        with pytest.raises(ValueError, match=r"a HEIC/HEIF image \(brand heic; 224 bytes, first bytes 00 00 00 18 "
+                           r"66 74 79 70\), which is not supported: convert it to JPEG or PNG$"):
+            decode(heic)
+        with pytest.raises(ValueError, match=r"^not a readable image: a damaged JPEG \(120 bytes, first bytes ff d8 "
+                           r"ff e0 .*: a JPEG's signature, but its markers cannot be read\)"):
+            decode(jpeg)
+
+
 def test_exif_metadata_reads_time_camera_and_sequence_and_leaves_missing_tags_out() -> None:
     from shortlist.images import exif_metadata
 
