@@ -1,7 +1,8 @@
 """GetImages: samples' images for people to look at (the web app's grid, Label Studio's tasks).
 
-A request names up to ``ImagesConfig.max_ids`` samples and either ``max_side`` 0 (the payload as stored:
-the encoded image as ingested, a raw tensor as PNG) or a thumbnail size (``min_side``..``max_side``
+A request names up to ``ImagesConfig.max_ids`` samples and either ``max_side`` 0 (the full-size image: the
+encoded image as ingested when browsers show its format, BROWSER_FORMATS; else, and for a raw tensor, a PNG
+of its decode, in a large-image decode slot like thumbnails) or a thumbnail size (``min_side``..``max_side``
 pixels on the longer side; upright, via shortlist.images.thumbnail; JPEG or WebP). Thumbnails are kept
 in a bounded LRU cache (agent.cache.LruCache, weighed in bytes) keyed by (payload sha256, size,
 format): a payload never changes under its digest, so an entry is never stale.
@@ -27,12 +28,17 @@ from agent.cancel import CancelToken
 from agent.config import ImagesConfig
 from agent.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from agent.state import State
-from shortlist.images import MAX_PIXELS, encode_png, image_header, tensor_pixels, thumbnail
+from shortlist.images import MAX_PIXELS, decode_image, encode_png, image_header, tensor_pixels, thumbnail
 from shortlist.v1 import agent_pb2
 
 log = logging.getLogger(__name__)
 
 FORMATS = {"jpeg": ("JPEG", "image/jpeg"), "webp": ("WEBP", "image/webp")}
+# Pillow format -> mime type of the stored images browsers show as they are (an MPO is a JPEG with more
+# pictures after the first: browsers show the first); any other (TIFF, TGA, JPEG 2000, PPM, ...) is sent
+# as a PNG of shortlist.images.decode_image (upright, 8-bit, transparency on white).
+BROWSER_FORMATS = {"JPEG": "image/jpeg", "MPO": "image/jpeg", "PNG": "image/png", "GIF": "image/gif",
+                   "WEBP": "image/webp", "BMP": "image/bmp", "AVIF": "image/avif"}
 # Room left in a reply for the framing of each Image and the message itself.
 REPLY_MARGIN = 64 * 1024
 
@@ -97,7 +103,7 @@ class Images:
         total = 0
         for rec in recs:
             assert rec is not None
-            res = self._original(rec.id, rec.kind, rec.sha256) if max_side == 0 else \
+            res = self._original(rec.id, rec.kind, rec.sha256, token) if max_side == 0 else \
                 self._thumbnail(rec.id, rec.kind, rec.sha256, max_side, key, token)
             total += len(res.data)
             if total > self.max_reply_bytes:
@@ -116,7 +122,7 @@ class Images:
             log.error("GetImages: sample %r has no readable payload: %s", sample_id, why)
             return f"no readable payload: {why}"
 
-    def _original(self, sample_id: str, kind: str, digest: str) -> ImageResult:
+    def _original(self, sample_id: str, kind: str, digest: str, token: CancelToken | None = None) -> ImageResult:
         blob = self._blob(sample_id, digest)
         if isinstance(blob, str):
             return ImageResult(sample_id, sha256=digest, error=blob)
@@ -127,9 +133,16 @@ class Images:
                 png = encode_png(pixels if pixels.shape[2] == 3 else pixels[:, :, 0])
                 return ImageResult(sample_id, png, "image/png", int(pixels.shape[1]), int(pixels.shape[0]), digest)
             with Image.open(io.BytesIO(blob)) as img:
-                mime = Image.MIME.get(img.format or "", "application/octet-stream")
+                mime = BROWSER_FORMATS.get(img.format or "")
                 width, height = img.size
-            return ImageResult(sample_id, blob, mime, width, height, digest)
+            if mime:
+                return ImageResult(sample_id, blob, mime, width, height, digest)
+            width, height = image_header(blob, self.max_pixels)
+            with large_decode_slot(self.decodes, width * height, self.large_image_pixels, token,
+                                   f"the {width}x{height} image {sample_id!r} as PNG"):
+                pixels = decode_image(blob)
+            return ImageResult(sample_id, encode_png(pixels), "image/png", int(pixels.shape[1]),
+                               int(pixels.shape[0]), digest)
         except (ValueError, OSError, SyntaxError) as e:
             return ImageResult(sample_id, sha256=digest, error=f"cannot read the stored payload: {e}")
 

@@ -57,6 +57,39 @@ def test_original_is_the_stored_payload(running: Running) -> None:
     assert (reply.images[1].mime_type, reply.images[1].width, reply.images[1].height) == ("image/png", 7, 5)
 
 
+def test_originals_browsers_cannot_show_come_as_png_of_the_decode(running: Running) -> None:
+    """The web app's large view (/image/ID) showed the stored bytes as image/tiff, image/x-tga, image/jp2 or
+    image/mpo, which browsers do not decode: those come as a PNG of Shortlist's decode (upright, 16-bit
+    scaled); the formats browsers show come as stored, an MPO as the JPEG it starts with."""
+    def encoded(img: Image.Image, fmt: str, **save: object) -> bytes:
+        buf = io.BytesIO()
+        img.save(buf, format=fmt, **save)
+        return buf.getvalue()
+
+    rgb = Image.new("RGB", (12, 6), (200, 30, 30))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    gray16 = Image.fromarray(np.full((4, 5), 65535 // 2, np.uint16))
+    payloads = {"t.tif": encoded(gray16, "TIFF"), "t.tga": encoded(rgb, "TGA"), "t.jp2": encoded(rgb, "JPEG2000"),
+                "rot.tif": encoded(rgb, "TIFF", exif=exif), "m.jpg": encoded(rgb, "MPO", save_all=True),
+                "p.png": encoded(rgb, "PNG"), "a.avif": encoded(rgb, "AVIF")}
+    assert client.ingest(running.stub, [client.image_sample(k, v) for k, v in payloads.items()]).accepted == 7
+    reply = running.stub.GetImages(agent_pb2.GetImagesRequest(ids=list(payloads)))
+    got = {im.id: im for im in reply.images}
+    assert {k: im.mime_type for k, im in got.items()} == {
+        "t.tif": "image/png", "t.tga": "image/png", "t.jp2": "image/png", "rot.tif": "image/png",
+        "m.jpg": "image/jpeg", "p.png": "image/png", "a.avif": "image/avif"}
+    for name in ("m.jpg", "p.png", "a.avif"):
+        assert got[name].data == payloads[name]
+    with Image.open(io.BytesIO(got["t.tif"].data)) as img:
+        assert (img.format, img.mode, img.size) == ("PNG", "RGB", (5, 4))
+        assert np.asarray(img)[0, 0].tolist() == [127, 127, 127]  # 32767 / 257, not white
+    with Image.open(io.BytesIO(got["rot.tif"].data)) as img:
+        assert img.size == (6, 12) and (got["rot.tif"].width, got["rot.tif"].height) == (6, 12)  # upright
+    with Image.open(io.BytesIO(got["t.tga"].data)) as img:
+        assert np.asarray(img)[0, 0].tolist() == [200, 30, 30]
+
+
 def test_bad_requests(running: Running) -> None:
     client.ingest(running.stub, make_samples(2))
     get = running.stub.GetImages
