@@ -600,14 +600,20 @@ class Admission:
         # the estimate is uncertain on a busy machine: say the margin, or "21 s, more than the 60 s left" reads wrong
         margin = f", {safety * (wait + own):.1f} s with the {safety:g}x margin kept for estimates" if safety > 1 \
             else ""
-        # nothing running or queued: the call is too long for its deadline by itself, not kept waiting
-        opening = (f"{what} would take about {own:.1f} s" if running == 0 and queued == 0 and wait <= 0 else
+        # a slot free (no wait): too long by itself, or beside the calls running now (whose CPU it would share);
+        # it is never "would wait about 0.0 s for a turn"
+        beside = f" beside the {running} {self.lane} requests running" if running else ""
+        opening = (f"{what} would take about {own:.1f} s{beside}" if wait <= 0 else
                    f"the agent is busy: {what} would wait about {wait:.1f} s for a turn ({running} {self.lane} "
                    f"requests running, {queued} queued) and then take about {own:.1f} s")
         head = (f"{opening} ({basis}, at the CPU share such calls get now){margin}, more than the {left:.1f} s "
                 f"left of the call's deadline; it was not started; it needs a deadline of at least {needed} s")
         if wait > 0 and margin_x * own <= remaining:  # the wait for a turn makes it late: a later try may fit
             hint = self._retry_after_ms(wait)
+            return Busy(f"{head}, or a retry in about {hint} ms (once the calls ahead of it have ended)", hint / 1000)
+        if wait <= 0 and running:  # it shares the CPU with the running calls: once they end, it gets more
+            now = time.monotonic()
+            hint = self._retry_after_ms(min(self._remaining(r, now, None) for r in self._running.values()))
             return Busy(f"{head}, or a retry in about {hint} ms (once the calls ahead of it have ended)", hint / 1000)
         return Busy(f"{head} (retrying with this deadline will not help: give it a longer one, or make the call "
                     "smaller)", None)

@@ -106,6 +106,11 @@ def wants_json(request: Request) -> bool:
     return request.url.path.startswith(API_PREFIXES) or "application/json" in request.headers.get("accept", "")
 
 
+# Retry-After of a 429 whose refusal carries no hint from the agent (a call too long for its deadline by
+# itself: the same call again will not fit; the message says what to do): docs/app.md promises the header.
+DEFAULT_RETRY_AFTER_S = "10"
+
+
 def retry_after(e: grpc.RpcError) -> str | None:
     """Seconds (rounded up) from the agent's ``retry-after-ms`` trailer, for an HTTP Retry-After header."""
     trailers = e.trailing_metadata() if hasattr(e, "trailing_metadata") else None
@@ -149,6 +154,8 @@ def install(app: FastAPI) -> None:
         if status >= 500:
             log.warning("%s %s: the agent answered %s: %s", request.method, request.url.path, code.name, message)
         wait = retry_after(e) if status in (429, 503) else None
+        if status == 429 and wait is None:
+            wait = DEFAULT_RETRY_AFTER_S
         if not for_people_at(request):
             return error_response(request, status, code.name, message, {"Retry-After": wait} if wait else None)
         message = for_people(message)

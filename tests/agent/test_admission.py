@@ -642,3 +642,23 @@ def test_a_big_budget_coreset_or_badge_is_refused_at_once_for_its_declared_greed
         assert len(r.stub.Select(agent_pb2.SelectRequest(budget=250, strategy="coreset"), timeout=60).selected) == 250
     finally:
         r.stop()
+
+
+def test_a_late_call_beside_running_ones_is_not_said_to_wait_and_gets_a_retry_hint() -> None:
+    """A thumbnail of a large image, refused for its deadline while another decode ran and a slot was free,
+    said "would wait about 0.0 s for a turn (1 decode requests running, 0 queued)" and gave no retry hint
+    (so the app's 429 had no Retry-After): it says it would run beside the running one, and when to retry
+    (once that one has ended, it gets more of the CPU)."""
+    lane = Admission(2, 2, lane="decode")
+    with lane.slot(CancelToken(), "another decode", kind="large image decode"):
+        busy = lane._too_late("a thumbnail of the 8000x8000 image 'big.png'", wait=0.0, own=12.6, remaining=30.0,
+                              safety=3.0)
+    text = str(busy)
+    assert "would wait" not in text and "about 0.0 s" not in text, text
+    assert text.startswith("a thumbnail of the 8000x8000 image 'big.png' would take about 12.6 s beside the 1 "
+                           "decode requests running (its recent runs"), text
+    assert busy.retry_after_s is not None and 0.1 <= busy.retry_after_s <= 60
+    assert text.endswith(f"or a retry in about {round(busy.retry_after_s * 1000)} ms (once the calls ahead of it "
+                         "have ended)")
+    alone = lane._too_late("a thumbnail", wait=0.0, own=12.6, remaining=30.0, safety=3.0)
+    assert alone.retry_after_s is None and str(alone).startswith("a thumbnail would take about 12.6 s (")

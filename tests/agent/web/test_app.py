@@ -474,6 +474,29 @@ def test_the_agents_cli_words_are_mapped_for_people() -> None:
     assert for_people("unknown id 'x': ingest it first") == "unknown id 'x': ingest it first"  # others unchanged
 
 
+def test_a_429_without_the_agents_hint_still_carries_retry_after(web_agent: WebAgent) -> None:
+    """docs/app.md promises Retry-After on a 429; a refusal whose agent sent no retry-after-ms (a call too long
+    for its deadline by itself) had none."""
+    class Exhausted(grpc.RpcError):
+        def code(self) -> grpc.StatusCode:
+            return grpc.StatusCode.RESOURCE_EXHAUSTED
+
+        def details(self) -> str:
+            return "a thumbnail would take about 40.0 s, more than the 30.0 s left of the call's deadline"
+
+        def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
+            return ()
+
+    class Busy:
+        def GetImages(self, *args: object, **kw: object) -> None:
+            raise Exhausted()
+
+    web_agent.app.state.stub._stub = Busy()
+    r = web_agent.client().get("/thumb/img010.png?size=64")
+    assert r.status_code == 429 and r.headers["retry-after"] == "10", (r.status_code, r.headers)
+    assert "thumbnail" in r.json()["message"]
+
+
 def test_the_header_shows_the_name_labels_are_recorded_under(token_web_agent: WebAgent) -> None:
     c = token_web_agent.client()
     assert c.post("/login", data={"name": "", "token": WRITE_TOKEN}, follow_redirects=False).status_code == 303
