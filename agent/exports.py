@@ -10,7 +10,8 @@ What one export folder holds (each part optional, see ``FORMATS``)::
                                    {"method", "model_version", "priors": N, "calibration": {"source",
                                    "held_out", "temperature", "audit_labels", "warning"} or null}
                                    (PriorLabel.calibration; docs/agent.md "Calibration provenance")
-    OUT/imagefolder/CLASS/NAME.EXT the labelled images, one folder per class: what torchvision's
+    OUT/imagefolder/CLASS/NAME.EXT the labelled images, one folder per class (``class_folders``: a name
+                                   Windows cannot create is made safe; ids.csv has the exact class): what torchvision's
                                    ImageFolder and ``shortlist finetune --data`` read; ids.csv maps
                                    each file back to its sample id; a payload torchvision would read
                                    otherwise than Shortlist decodes it is a PNG of that decode
@@ -260,6 +261,41 @@ def file_stem(sample_id: str, taken: set[str]) -> str:
     return stem
 
 
+# What Windows cannot have in a file or folder name (also for a zip extracted there): these characters, control
+# characters, a trailing dot or space, and the device names (CON, NUL, COM1, ...; with any extension)
+_NOT_ON_WINDOWS = re.compile(r'[<>:"/\\|?*\x00-\x1f\x7f]')
+_DEVICE_NAMES = frozenset({"CON", "PRN", "AUX", "NUL", *(f"{d}{i}" for d in ("COM", "LPT") for i in range(1, 10))})
+
+
+def _windows_safe(name: str) -> str:
+    safe = _NOT_ON_WINDOWS.sub("_", name).rstrip(". ")[:MAX_STEM] or "class"
+    return f"_{safe}" if safe.split(".")[0].upper() in _DEVICE_NAMES else safe
+
+
+def class_folders(classes: Iterable[str]) -> dict[str, str]:
+    """class -> its folder in the ImageFolder tree: the name itself when every system can create it, else
+    with each character Windows refuses (``<>:"/\\|?*``, control characters) as ``_``, a trailing dot or
+    space dropped and a device name (``CON``, ``NUL``, ...) prefixed with ``_``; unique case-insensitively
+    (names that are safe as they are keep them; another class that would land on one gets a short hash of
+    its name). ids.csv, FiftyOne and the CSV files keep the exact class name."""
+    names = list(dict.fromkeys(classes))
+    folders = {c: c for c in names if _windows_safe(c) == c}
+    for c in names:
+        add_class_folder(folders, c)
+    return folders
+
+
+def add_class_folder(folders: dict[str, str], name: str) -> str:
+    """The folder of class ``name`` in ``folders`` (``class_folders``' map), added there when it has none yet:
+    a folder already given is never changed (its files may be written)."""
+    if name not in folders:
+        safe = _windows_safe(name)
+        if safe.casefold() in {f.casefold() for f in folders.values()}:
+            safe = f"{safe}-{hashlib.sha256(name.encode()).hexdigest()[:10]}"
+        folders[name] = safe
+    return folders[name]
+
+
 def check_class_folder(name: str) -> None:
     """An ImageFolder class is a folder name: refuse names that cannot be one (or would be hidden)."""
     if not name or "\0" in name or folder_name_problem(name, "class"):  # a class stored before the agent refused them
@@ -276,6 +312,7 @@ def write_images(samples: Iterable[agent_pb2.Sample], out: Path, formats: tuple[
     taken: set[str] = set()
     fo_labels: dict[str, int] = {}
     index = {c: i for i, c in enumerate(classes)}
+    folders = class_folders(classes)
     n = 0
     ids_files = []
     for folder in (tree, fo):
@@ -291,16 +328,17 @@ def write_images(samples: Iterable[agent_pb2.Sample], out: Path, formats: tuple[
                 continue
             data, ext = image_file(s)
             stem = file_stem(s.id, taken)
+            folder_name = add_class_folder(folders, s.label)  # a label outside GetStatus' classes gets one too
             if tree is not None:
                 check_class_folder(s.label)
-                (tree / s.label).mkdir(exist_ok=True)
-                (tree / s.label / f"{stem}{ext}").write_bytes(data)
+                (tree / folder_name).mkdir(exist_ok=True)
+                (tree / folder_name / f"{stem}{ext}").write_bytes(data)
             if fo is not None:
                 (fo / "data").mkdir(exist_ok=True)
                 (fo / "data" / f"{stem}{ext}").write_bytes(data)
                 fo_labels[stem] = index.setdefault(s.label, len(index))
             for folder, _, w in ids_files:
-                rel = f"{s.label}/{stem}{ext}" if folder == tree else f"data/{stem}{ext}"
+                rel = f"{folder_name}/{stem}{ext}" if folder == tree else f"data/{stem}{ext}"
                 w.writerow([csv_escape(rel), csv_escape(s.id), csv_escape(s.label)])
             n += 1
     finally:

