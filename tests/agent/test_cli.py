@@ -382,6 +382,30 @@ def test_with_labels_says_when_images_have_no_class_folder(tmp_path: Path, runni
     assert "labels_taken" not in out  # without --with-labels nothing is said about labels
 
 
+def test_ingest_reads_a_file_name_that_is_not_utf8_and_says_what_it_skipped(tmp_path: Path, running: Running) -> None:
+    """A Latin-1 file name stopped the whole ingest with a UnicodeEncodeError and nothing was sent; a .heic
+    file and a link to nothing were skipped without a word. The file is stored under an id with its bytes
+    escaped, and one warning line each says what happened."""
+    import os
+
+    root = tmp_path / "latin"
+    (root / "cat").mkdir(parents=True)
+    imgs = make_images(2)
+    (root / "cat" / "ok.png").write_bytes(png(imgs[0]))
+    with open(os.path.join(os.fsencode(root / "cat"), b"caf\xe9.png"), "wb") as f:
+        f.write(png(imgs[1]))
+    (root / "cat" / "photo.heic").write_bytes(b"\0\0\0\x18ftypheic" + bytes(16))
+    (root / "cat" / "gone.jpg").symlink_to(tmp_path / "missing.jpg")
+    res = runner.invoke(app, ["ingest", str(root), "--with-labels", "--id-prefix", "lat/", "--agent", running.address])
+    assert res.exit_code == 0 and res.stdout.splitlines() == ["accepted 2, duplicates 0, rejected 0"], res.output
+    said = " ".join(res.stderr.split())
+    assert "warning: the file name cat/caf\\xe9.png is not UTF-8" in said, said
+    assert (f"warning: skipped in {root}: 1 file(s) that are not images Pillow reads (1 .heic; HEIC is not "
+            "supported: convert to JPEG or PNG) and 1 link(s) that point to nothing (cat/gone.jpg)") in said, said
+    labels = {r.id: r.label for r in client.list_labels(running.stub)}
+    assert labels == {"lat/cat/caf\\xe9.png": "cat", "lat/cat/ok.png": "cat"}
+
+
 def test_two_folders_with_the_same_file_names_need_id_prefix(tmp_path: Path, running: Running) -> None:
     a, b = make_images(2)
     for name, img in (("site1", a), ("site2", b)):
