@@ -235,7 +235,10 @@ def keeps_pixels(data: bytes) -> str:
                 return ""
             if im.mode == "CMYK" and im.info.get("icc_profile"):
                 return ""
-            if im.getexif().get(_ORIENTATION, 1) not in (0, 1):
+            # a PNG's getexif() decodes the image to find an eXIf chunk after the pixels: without any chunk an
+            # orientation can come from (EXIF, ImageMagick's raw profile, XMP), there is none to read
+            if (im.format != "PNG" or any(m in data for m in _PNG_ORIENTATION_CHUNKS)) and \
+                    im.getexif().get(_ORIENTATION, 1) not in (0, 1):
                 return ""
             return EXTENSIONS[im.format]
     except (OSError, SyntaxError, ValueError):  # decode_image says what is wrong
@@ -243,6 +246,7 @@ def keeps_pixels(data: bytes) -> str:
 
 
 _ORIENTATION = 0x0112
+_PNG_ORIENTATION_CHUNKS = (b"eXIf", b"Raw profile type exif", b"XML:com.adobe.xmp")
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")

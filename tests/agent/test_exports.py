@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, PngImagePlugin
 from typer.testing import CliRunner
 
 from agent import client, exports
@@ -231,7 +231,12 @@ def _payloads() -> dict[str, bytes]:
     pal = Image.new("P", (16, 16), 0)
     pal.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
     ImageDraw.Draw(pal).ellipse([2, 2, 13, 13], fill=1)
+    xmp6 = PngImagePlugin.PngInfo()  # orientation from XMP only (which Pillow's exif_transpose applies too)
+    xmp6.add_itxt("XML:com.adobe.xmp", '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/'
+                  '1999/02/22-rdf-syntax-ns#"><rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" '
+                  'tiff:Orientation="6"/></rdf:RDF></x:xmpmeta>')
     return {
+        "xmp6.png": _encoded(rgb, "PNG", pnginfo=xmp6),
         "plain.jpg": _encoded(rgb, "JPEG", quality=95), "plain.png": _encoded(rgb, "PNG"),
         "plain.webp": _encoded(rgb, "WEBP", lossless=True), "plain.bmp": _encoded(rgb, "BMP"),
         "plain.tif": _encoded(rgb, "TIFF"), "gray.pgm": _encoded(rgb.convert("L"), "PPM"),
