@@ -344,6 +344,7 @@ def serve(labelstudio: LabelStudioConfig, *,
                                        "loopback needs --tls-cert/--tls-key and --tokens, or --insecure)"),
           web_allowed_hosts: str = WebAllowedHostsOpt, web_max_body_mb: float = WebMaxBodyMbOpt) -> None:
     """Run the agent until SIGTERM/SIGINT/SIGHUP (then finish in-flight calls, snapshot the index, exit)."""
+    from agent.core import DataFolderError, start_disk_full
     from agent.security import ServerSecurity
     from agent.service import create_server, stop_server
     from agent.state import ClassListError, SchemaVersionError, StateCorruptError, corrupt_message, is_corruption
@@ -370,11 +371,13 @@ def serve(labelstudio: LabelStudioConfig, *,
         server, bound, agent = create_server(config, local_socket=None if local is None else local.path)
     except (ClassListError, SchemaVersionError, StateCorruptError, OSError,
             ValueError) as e:  # SecurityError is a ValueError
-        _say(escape(str(e)), logging.ERROR)
+        full = None if isinstance(e, DataFolderError) else start_disk_full(data_dir, e, int(min_free_mb * MIB))
+        _say(escape(full or str(e)), logging.ERROR)
         raise typer.Exit(2) from None
     except sqlite3.DatabaseError as e:  # damage found past State's own reads (e.g. with --state-check none)
         why = (corrupt_message(data_dir / "state.sqlite", str(e)) if is_corruption(e)
-               else f"{data_dir / 'state.sqlite'} cannot be used (SQLite: {e})")
+               else start_disk_full(data_dir, e, int(min_free_mb * MIB))
+               or f"{data_dir / 'state.sqlite'} cannot be used (SQLite: {e})")
         _say(escape(why), logging.ERROR)
         raise typer.Exit(2) from None
     web = None

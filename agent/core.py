@@ -18,6 +18,8 @@ import errno
 import json
 import logging
 import os
+import shutil
+import sqlite3
 import threading
 import time
 import uuid
@@ -46,7 +48,7 @@ from agent.ingest import (
     new_class_problem,
     unknown_label_reason,
 )
-from agent.limits import check_count, check_text, limit_hint, metadata_problem, name_problem, text_problem
+from agent.limits import MIB, check_count, check_text, limit_hint, metadata_problem, name_problem, text_problem
 from agent.models import ModelManager, Serving
 from agent.params import StrategyEntry
 from agent.pool import Pool, state_rng
@@ -259,6 +261,35 @@ def check_writable(folder: Path) -> None:
         raise DataFolderError(e.errno, f"the data folder {folder} is not writable ({e.strerror or e}): the agent "
                               "stores samples and labels there; remount it read-write, fix its permissions or "
                               "free space, or pick another --data-dir") from None
+
+
+def start_disk_full(data_dir: Path, e: BaseException, min_free_bytes: int) -> str | None:
+    """What ``serve`` says when its start failed with ``e`` because the data folder's disk is full: SQLite's
+    "database or disk is full" (a migration, a write at start) or ENOSPC, or an I/O error while its disk has
+    little space left (SQLite reports a -wal or -shm file it cannot create as "disk I/O error"); None for
+    anything else. The folder is intact then: a start writes nothing outside a transaction, and each schema
+    upgrade step is one (``State._open_schema``), rolled back when it cannot finish."""
+    try:
+        free = shutil.disk_usage(data_dir).free
+    except OSError:
+        return None
+    if isinstance(e, sqlite3.Error):
+        name = (getattr(e, "sqlite_errorname", "") or "").upper()
+        text = str(e).lower()
+        full = name == "SQLITE_FULL" or "disk is full" in text
+        io = name.startswith(("SQLITE_IOERR", "SQLITE_CANTOPEN")) or "disk i/o error" in text
+        what = f"SQLite: {e}"
+    elif isinstance(e, OSError):
+        full = e.errno in (errno.ENOSPC, errno.EDQUOT)
+        io = e.errno == errno.EIO
+        what = e.strerror or str(e)
+    else:
+        return None
+    if not (full or (io and free < max(min_free_bytes, MIB))):
+        return None
+    return (f"the disk of the data folder {data_dir} is full ({free / MIB:.1f} MiB free; {what}): free space "
+            "there and start the agent again. Nothing was lost: the folder is intact (a schema upgrade step "
+            "that could not finish was rolled back; the next start goes on from there)")
 
 
 def storage_warnings(data_dir: Path, min_free_bytes: int) -> list[str]:

@@ -1,6 +1,7 @@
 """A full and a read-only data folder, for real: a small tmpfs mounted as the data folder (needs root;
 skipped with the reason otherwise). Every RPC answers a clear status, reads and Select keep working,
-nothing acknowledged is lost, and the agent recovers by itself once space is back."""
+nothing acknowledged is lost, and the agent recovers by itself once space is back. A disk full at start is
+also simulated (no root needed): serve says so and to free space."""
 
 from __future__ import annotations
 
@@ -174,3 +175,122 @@ def test_a_data_folder_that_is_a_file_is_said(tmp_path: Path, registry: Path) ->
     (tmp_path / "notes.txt").write_text("x")
     with pytest.raises(DataFolderError, match="is a file, not a folder: give --data-dir a folder"):
         create_server(AgentConfig(tmp_path / "notes.txt", registry, port=0, use_cuda=False))
+
+
+def serve_once(data: Path, registry: Path) -> tuple[int, str]:
+    """``shortlist serve`` on ``data``, which is expected not to start: its exit code and output on one line."""
+    from typer.testing import CliRunner
+
+    from shortlist.cli import app
+
+    out = CliRunner().invoke(app, ["serve", "--data-dir", str(data), "--models", str(registry), "--port", "0"])
+    return out.exit_code, " ".join(out.output.split())  # rich wraps lines
+
+
+def free_bytes(monkeypatch: pytest.MonkeyPatch, free: int) -> None:
+    """Make shutil.disk_usage say ``free`` bytes are left (the start's disk-full check reads it)."""
+    import shutil
+
+    monkeypatch.setattr(shutil, "disk_usage", lambda _p: shutil._ntuple_diskusage(1 << 30, (1 << 30) - free, free))
+
+
+def state_at_schema(path: Path, version: int) -> None:
+    """A state database as a schema-``version`` agent left it (for migrations: schema 3 added the queues table)."""
+    from agent.state import State
+
+    State(path).close()
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("DROP TABLE queues")
+    db.execute(f"PRAGMA user_version={version}")
+    db.execute("VACUUM")  # no free page left for a migration to reuse
+    db.close()
+
+
+def test_a_full_disk_during_an_upgrade_at_start_says_to_free_space(tmp_path: Path, registry: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """SQLite's own "database or disk is full" (here from a page limit) in the 2 -> 3 migration at start: serve
+    says the data folder's disk is full, how much is free, to free space and start again, and that the folder is
+    intact (it said only "cannot be used (SQLite: database or disk is full)"). The 1 -> 2 step stays done, the
+    failed step was rolled back, and the next start finishes the upgrade."""
+    from agent import state as state_module
+    from agent.state import SCHEMA_VERSION
+
+    data = tmp_path / "data"
+    data.mkdir()
+    path = data / "state.sqlite"
+    state_at_schema(path, 1)
+    migrate = state_module.MIGRATIONS[2]
+
+    def out_of_space(db: sqlite3.Connection) -> None:
+        db.execute(f"PRAGMA max_page_count={db.execute('PRAGMA page_count').fetchone()[0]}")  # no page more
+        migrate(db)
+
+    monkeypatch.setattr(state_module, "MIGRATIONS", [*state_module.MIGRATIONS[:2], out_of_space])
+    free_bytes(monkeypatch, 60 * 1024)
+    code, text = serve_once(data, registry)
+    assert code == 2, text
+    assert (f"cannot start: the disk of the data folder {data} is full (0.1 MiB free; SQLite: database or disk is "
+            "full): free space there and start the agent again. Nothing was lost: the folder is intact") in text, text
+    assert "Traceback" not in text, text
+    db = sqlite3.connect(path)
+    try:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 2  # 1 -> 2 done, 2 -> 3 rolled back
+        assert not db.execute("SELECT name FROM sqlite_master WHERE name='queues'").fetchall()
+    finally:
+        db.close()
+    monkeypatch.undo()  # space freed
+    r = start(data, registry)
+    try:
+        assert r.agent.state.schema_version() == SCHEMA_VERSION
+    finally:
+        r.stop()
+
+
+@pytest.mark.parametrize("free_mib,full", [(0.02, True), (4096, False)])
+def test_an_io_error_at_start_on_a_nearly_full_disk_says_the_disk_is_full(
+        tmp_path: Path, registry: Path, monkeypatch: pytest.MonkeyPatch, free_mib: float, full: bool) -> None:
+    """SQLite cannot create state.sqlite's -wal file (here: a folder is in its way, as ENOSPC would stop it):
+    with little space left, serve says the disk is full and to free space (it said "cannot be used (SQLite:
+    disk I/O error)", which reads as a failing disk); with plenty left, it keeps SQLite's own words."""
+    data = tmp_path / "data"
+    r = start(data, registry)
+    client.ingest(r.stub, make_samples(3))
+    r.stop()
+    (data / "state.sqlite-wal").mkdir()
+    free_bytes(monkeypatch, int(free_mib * MIB))
+    code, text = serve_once(data, registry)
+    assert code == 2 and "Traceback" not in text, text
+    said = (f"cannot start: the disk of the data folder {data} is full (0.0 MiB free; SQLite: unable to open "
+            "database file): free space there and start the agent again. Nothing was lost")
+    if full:
+        assert said in text, text
+    else:
+        assert "is full" not in text and f"{data / 'state.sqlite'} cannot be used (SQLite: unable to open" in text, text
+    (data / "state.sqlite-wal").rmdir()
+    r = start(data, registry)
+    try:
+        assert status(r).samples == 3
+    finally:
+        r.stop()
+
+
+def test_a_full_disk_at_start_for_real(tmp_path: Path, registry: Path) -> None:
+    """A stopped agent's folder whose disk filled up meanwhile (SQLite cannot create state.sqlite's -shm and
+    -wal): serve says the disk is full and to free space (it said "cannot be used (SQLite: disk I/O error)"),
+    and starts once space is freed."""
+    with tmpfs(tmp_path / "data", "8m") as data:
+        r = start(data, registry)
+        client.ingest(r.stub, make_samples(5))
+        r.stop()
+        filler = fill(data)
+        code, text = serve_once(data, registry)
+        assert code == 2 and "Traceback" not in text, text
+        assert f"cannot start: the disk of the data folder {data} is full (0.0 MiB free; " in text, text
+        assert "free space there and start the agent again" in text, text
+        filler.unlink()
+        r = start(data, registry)
+        try:
+            assert status(r).samples == 5
+        finally:
+            r.stop()
