@@ -209,6 +209,10 @@ class IngestPipeline:
         # UNAVAILABLE and how many of its samples were stored (gRPC's own cancel at the end of the grace
         # period said "Cancelling all calls", and a pipeline could not know what was durable).
         self.closing = threading.Event()
+        # Streams open now, and how many the shutdown ended (``wait_closed``), under ``_open_changed``.
+        self._open_changed = threading.Condition()
+        self._open = 0
+        self.ended_by_shutdown = 0
         # Encoded images above large_image_pixels decode in a slot of ``decodes`` (None: no bound).
         self.decodes = decodes
         self.large_image_pixels = large_image_pixels
@@ -430,14 +434,31 @@ class IngestPipeline:
             raise ResourceExhausted(
                 f"the agent is already serving {lim.max_ingest_streams} Ingest streams, its limit; retry in "
                 f"{lim.ingest_retry_after_s:g} s {limit_hint('max_ingest_streams')}", lim.ingest_retry_after_s)
+        with self._open_changed:
+            self._open += 1
         try:
             yield
         finally:
+            with self._open_changed:
+                self._open -= 1
+                self._open_changed.notify_all()
             self._streams.release()
 
     def close_streams(self) -> None:
         """Shutdown: every open stream ends after its current batch, saying how much of it was stored."""
         self.closing.set()
+
+    def wait_closed(self, timeout: float) -> int:
+        """After ``close_streams``: wait (up to ``timeout`` s) until no stream is open; how many streams the
+        shutdown ended."""
+        with self._open_changed:
+            self._open_changed.wait_for(lambda: self._open == 0, timeout)
+            return self.ended_by_shutdown
+
+    def _ended_by_shutdown(self, stored: int) -> BaseException:
+        with self._open_changed:
+            self.ended_by_shutdown += 1
+        return _stored_note(_closing(), stored)
 
     def stream(self, batches: Iterable[Sequence[Incoming]], active: Callable[[], bool] = lambda: True,
                token: CancelToken | None = None) -> IngestResult:
@@ -522,7 +543,7 @@ class IngestPipeline:
                     item = embedded.get(timeout=0.2)
                 except queue.Empty:  # the client is between messages: a shutdown need not wait for it
                     if self.closing.is_set():
-                        raise _stored_note(_closing(), total.accepted) from None
+                        raise self._ended_by_shutdown(total.accepted) from None
                     if idle():
                         log.info("ended an Ingest stream idle for %g s (%d samples of it stored)",
                                  self.limits.ingest_idle_timeout_s, total.accepted)
@@ -541,7 +562,7 @@ class IngestPipeline:
                     raise _stored_note(e, total.accepted) from None
                 batches_stored[0] += 1
                 if self.closing.is_set():
-                    raise _stored_note(_closing(), total.accepted)
+                    raise self._ended_by_shutdown(total.accepted)
         finally:
             done.set()
 
