@@ -191,7 +191,9 @@ def _rpc(fn: Any, after: str = "", after_codes: frozenset[str] | None = None,
         return fn()
     except grpc.RpcError as e:
         name, detail = e.code().name, e.details() or ""
-        if e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in detail:
+        if e.code() == grpc.StatusCode.UNIMPLEMENTED:
+            detail = _older_agent(detail)
+        elif e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in detail:
             # gRPC's own message-size check (the agent's limits say in their message what to do)
             detail = (f"{detail} (send smaller requests: lower --batch-mb below the agent's limit, or start "
                       "the agent with a larger `shortlist serve --max-message-mb`)")
@@ -206,6 +208,25 @@ def _rpc(fn: Any, after: str = "", after_codes: frozenset[str] | None = None,
     if after and (after_codes is None or name in after_codes):
         console.print(after, highlight=False)
     raise typer.Exit(1) from None
+
+
+def _older_agent(detail: str) -> str:
+    """UNIMPLEMENTED's message: gRPC's "Method not found!" from an agent older than this client, said as such,
+    with the RPC it lacks and the agent's version when its GetStatus reports one."""
+    from shortlist.version import package_version
+
+    call = client.last_call()
+    method, ch = call if call is not None else ("this call", None)
+    version = ""
+    if ch is not None:
+        try:
+            s = agent_pb2_grpc.AgentStub(ch).GetStatus(agent_pb2.GetStatusRequest(), timeout=10)
+            version = (f" (the agent is shortlist {s.agent_version}, this client {package_version()})"
+                       if s.agent_version else " (it does not report its version: older than version reporting)")
+        except grpc.RpcError:
+            pass
+    return (f"the agent does not offer {method} (gRPC: {detail}): it is older than this client{version}; "
+            "upgrade the agent (docs/agent.md, \"Upgrading\")")
 
 
 class RegistryHelp(TyperCommand):

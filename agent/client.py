@@ -396,6 +396,41 @@ class _BearerToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInter
         return continuation(self._details(client_call_details), request_iterator)
 
 
+class _LastCall(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
+                grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
+    """Remembers the method of the latest call started on its channel (``last_call``), so that a client can
+    name the RPC an older agent does not offer (its UNIMPLEMENTED says only "Method not found!")."""
+
+    channel: grpc.Channel | None = None
+
+    def _note(self, details: Any) -> Any:
+        global _last_call
+        method = details.method.decode() if isinstance(details.method, bytes) else str(details.method)
+        _last_call = (method.rsplit("/", 1)[-1], self.channel)
+        return details
+
+    def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
+        return continuation(self._note(client_call_details), request)
+
+    def intercept_unary_stream(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
+        return continuation(self._note(client_call_details), request)
+
+    def intercept_stream_unary(self, continuation: Any, client_call_details: Any, request_iterator: Any) -> Any:
+        return continuation(self._note(client_call_details), request_iterator)
+
+    def intercept_stream_stream(self, continuation: Any, client_call_details: Any, request_iterator: Any) -> Any:
+        return continuation(self._note(client_call_details), request_iterator)
+
+
+_last_call: tuple[str, grpc.Channel | None] | None = None
+
+
+def last_call() -> tuple[str, grpc.Channel | None] | None:
+    """The RPC name (e.g. ``ListLabels``) of the latest call started on a ``channel`` of this process, and that
+    channel; None before any."""
+    return _last_call
+
+
 def _host_port(address: str) -> tuple[str, int] | None:
     """(host, port) of a plain HOST:PORT / [V6]:PORT address; None for other gRPC targets (unix:, dns:///)."""
     host, sep, port = address.rpartition(":")
@@ -545,7 +580,9 @@ def channel(address: str, timeout: float | None = None, config: ClientConfig | N
     interceptors: list[Any] = [_BearerToken(config.token)] if config.token else []
     if config.busy_retry.enabled:
         interceptors.append(_BusyRetrier(config.busy_retry))
-    return grpc.intercept_channel(ch, *interceptors) if interceptors else ch
+    recorder = _LastCall()
+    recorder.channel = grpc.intercept_channel(ch, recorder, *interceptors)
+    return recorder.channel
 
 
 def connect(address: str, timeout: float | None = None, config: ClientConfig | None = None,

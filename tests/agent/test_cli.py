@@ -1212,3 +1212,38 @@ def test_select_max_per_group(running: Running) -> None:
         assert res.exit_code == 2, (bad, res.output)
         assert res.output.count("\n") == 1 and "must look like KEY=N" in res.output, (bad, res.output)
     assert len(running.agent.state.selections()) == 2  # nothing sent for the bad ones
+
+
+@pytest.mark.parametrize("version", ["0.0.9", ""])
+def test_a_call_an_older_agent_lacks_says_so_and_to_upgrade_it(tmp_path: Path, version: str) -> None:
+    """A new client against an agent that lacks an RPC (here a server offering only GetStatus): the command says
+    which RPC the agent does not offer, that it is older than the client, its version, and to upgrade it (it
+    printed a bare `UNIMPLEMENTED: Method not found!`)."""
+    from concurrent import futures
+
+    import grpc
+
+    def status(_request: agent_pb2.GetStatusRequest, _context: grpc.ServicerContext) -> agent_pb2.Status:
+        return agent_pb2.Status(agent_version=version)
+
+    only_status = grpc.unary_unary_rpc_method_handler(
+        status, request_deserializer=agent_pb2.GetStatusRequest.FromString,
+        response_serializer=agent_pb2.Status.SerializeToString)
+    handler = grpc.method_handlers_generic_handler("shortlist.v1.Agent", {"GetStatus": only_status})
+    server = grpc.server(futures.ThreadPoolExecutor(2), handlers=[handler])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        result = runner.invoke(app, ["export-labels", "--agent", f"127.0.0.1:{port}", "--out", str(tmp_path / "x"),
+                                     "--prior-method", ""])  # ListLabels first, as with an agent of 1d1557f
+    finally:
+        server.stop(0)
+    text = " ".join(result.output.split())
+    assert result.exit_code == 1, text
+    said = "UNIMPLEMENTED: the agent does not offer ListLabels (gRPC: Method not found!): it is older than this client"
+    assert said in text, text
+    from shortlist.version import package_version
+
+    assert (f"(the agent is shortlist 0.0.9, this client {package_version()})" if version else
+            "(it does not report its version: older than version reporting)") in text, text
+    assert 'upgrade the agent (docs/agent.md, "Upgrading")' in text, text
