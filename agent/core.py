@@ -292,6 +292,11 @@ def start_disk_full(data_dir: Path, e: BaseException, min_free_bytes: int) -> st
             "that could not finish was rolled back; the next start goes on from there)")
 
 
+# Below this much free space GetStatus says the data folder is full, not that it will be (a full disk left a few
+# KiB free; one Ingest request may hold up to 16 MiB of samples).
+FULL_BELOW_BYTES = MIB
+
+
 def storage_warnings(data_dir: Path, min_free_bytes: int) -> list[str]:
     """GetStatus warnings about the data folder's file system: read-only, or little space left."""
     stats = []
@@ -306,6 +311,9 @@ def storage_warnings(data_dir: Path, min_free_bytes: int) -> list[str]:
                     "FAILED_PRECONDITION (reads and Select keep working); remount it read-write"]
     for folder, st in stats:
         free = st.f_bavail * st.f_frsize
+        if free < FULL_BELOW_BYTES:  # a request of samples or a model swap needs more than this
+            return [f"the data folder {folder} is full ({free / 2**20:.1f} MiB free): Ingest, SubmitLabels and "
+                    "model swaps fail now with RESOURCE_EXHAUSTED (reads and Select keep working); free space there"]
         if free < min_free_bytes:
             return [f"the data folder {folder} has {free / 2**20:.1f} MiB free (warning below "
                     f"{min_free_bytes / 2**20:.0f} MiB): when it is full, Ingest, SubmitLabels and model swaps "

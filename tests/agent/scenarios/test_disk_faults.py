@@ -96,7 +96,7 @@ def test_full_disk_every_rpc_answers_and_recovers(tmp_path: Path, registry: Path
                 pytest.fail("400 label calls fitted on a full disk")
             # reads and Select keep working
             st = status(r)
-            assert st.samples == 30 and [w for w in st.warnings if "MiB free" in w and "RESOURCE_EXHAUSTED" in w]
+            assert st.samples == 30 and [w for w in st.warnings if "is full (0.0 MiB free)" in w and "fail now" in w]
             sel = r.stub.Select(agent_pb2.SelectRequest(budget=3, strategy="random", seed=1))
             assert len(sel.selected) == 3 or st.labeled == 30
             if SELECTION_NOT_RECORDED in sel.details:
@@ -294,3 +294,26 @@ def test_a_full_disk_at_start_for_real(tmp_path: Path, registry: Path) -> None:
             assert status(r).samples == 5
         finally:
             r.stop()
+
+
+@pytest.mark.parametrize("free_mib,said", [
+    (0.0, "is full (0.0 MiB free): Ingest, SubmitLabels and model swaps fail now with RESOURCE_EXHAUSTED"),
+    (0.5, "is full (0.5 MiB free): Ingest, SubmitLabels and model swaps fail now"),
+    (100.0, "has 100.0 MiB free (warning below 256 MiB): when it is full, Ingest, SubmitLabels and model swaps fail"),
+    (300.0, "")])
+def test_status_says_a_full_data_folder_is_full(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, free_mib: float,
+                                                 said: str) -> None:
+    """GetStatus's space warning: at (nearly) no space left it says the writes fail now (it said "when it is
+    full, ... fail" with 0.0 MiB free, while they were failing); with little space left, that they will."""
+    from types import SimpleNamespace
+
+    from agent.core import storage_warnings
+
+    fake = SimpleNamespace(f_flag=0, f_bavail=int(free_mib * MIB) // 4096, f_frsize=4096)
+    monkeypatch.setattr(os, "statvfs", lambda _p: fake)
+    warnings = storage_warnings(tmp_path, 256 * MIB)
+    if said:
+        assert len(warnings) == 1 and f"the data folder {tmp_path} {said}" in warnings[0], warnings
+        assert warnings[0].endswith("(reads and Select keep working); free space there"), warnings
+    else:
+        assert warnings == []
