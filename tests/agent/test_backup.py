@@ -153,6 +153,31 @@ def test_backup_prints_its_summary_on_stdout_and_warnings_on_stderr(tmp_path: Pa
     quiet = runner.invoke(app, ["backup", "--data-dir", str(tmp_path / "sound"), "--out", str(tmp_path / "bk2")])
     assert quiet.exit_code == 0 and quiet.stdout.startswith("backed up") and quiet.stderr == ""  # no blank line
 
+def test_the_new_install_backs_up_an_older_folder_before_upgrading_it(tmp_path: Path) -> None:
+    """docs/agent.md "Upgrading": older releases have no `shortlist backup`, so the new install's backs up the
+    stopped folder before its first start: the folder (of the release before schema versions) is left at its
+    schema, and the backup is the same folder, at the same schema, for the old version to serve."""
+    import shutil
+    import sqlite3
+
+    from tests.agent.scenarios.test_state_faults import SCHEMA0
+
+    data, out = tmp_path / "D", tmp_path / "bk"
+    shutil.copytree(SCHEMA0, data)
+    before = (data / "state.sqlite").read_bytes()
+    result = runner.invoke(app, ["backup", "--data-dir", str(data), "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert (summary["schema_version"], summary["samples"], summary["integrity"]) == (0, 6, "ok"), summary
+    assert (data / "state.sqlite").read_bytes() == before
+    db = sqlite3.connect(out / "state.sqlite")
+    try:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 0
+        assert db.execute("SELECT COUNT(*) FROM samples").fetchone()[0] == 6
+    finally:
+        db.close()
+
+
 def test_backup_refuses_what_it_cannot_do_and_leaves_nothing_when_it_fails(tmp_path: Path,
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     data = tmp_path / "d"
