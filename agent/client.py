@@ -697,10 +697,25 @@ def ingest(stub: agent_pb2_grpc.AgentStub, samples: Iterable[agent_pb2.Sample], 
     return reply
 
 
+# ListSamples' initial metadata: the label revision (Status.label_events) of the labels it streams, one snapshot
+# taken at the call's start (agent/service.py sends it).
+LABEL_EVENTS_KEY = "shortlist-label-events"
+
+
 def list_samples(stub: agent_pb2_grpc.AgentStub, labeled_only: bool = False,
                  include_payload: bool = False) -> Iterator[agent_pb2.Sample]:
     yield from stub.ListSamples(agent_pb2.ListSamplesRequest(labeled_only=labeled_only,
                                                              include_payload=include_payload))
+
+
+def list_samples_at(stub: agent_pb2_grpc.AgentStub, labeled_only: bool = False,
+                    include_payload: bool = False) -> tuple[int | None, Iterator[agent_pb2.Sample]]:
+    """``list_samples`` and the label revision (Status.label_events) its labels are a snapshot of, from the
+    call's initial metadata (None from an agent that does not send it). Waits for the agent's first answer."""
+    call = stub.ListSamples(agent_pb2.ListSamplesRequest(labeled_only=labeled_only, include_payload=include_payload))
+    sent = dict(call.initial_metadata() or ())
+    events = sent.get(LABEL_EVENTS_KEY)
+    return (int(events) if isinstance(events, str) and events.isdigit() else None), call
 
 
 def list_labels(stub: agent_pb2_grpc.AgentStub, history: bool = False) -> Iterator[agent_pb2.LabelRecord]:

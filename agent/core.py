@@ -1350,8 +1350,16 @@ class Agent:
 
     def list_samples(self, labeled_only: bool, include_payload: bool,
                      ids: Sequence[str] = ()) -> Iterator[tuple[SampleRecord, str, bytes]]:
-        """(record, current label or "", payload blob or b"") for every sample, in ingest order; with ``ids``,
-        for those samples only, in their order (NotFound for an unknown one)."""
+        """(record, label or "", payload blob or b"") for every sample, in ingest order; with ``ids``, for those
+        samples only, in their order (NotFound for an unknown one). The labels are a snapshot taken when this
+        is called (``list_samples_at``)."""
+        return self.list_samples_at(labeled_only, include_payload, ids)[1]
+
+    def list_samples_at(self, labeled_only: bool, include_payload: bool,
+                        ids: Sequence[str] = ()) -> tuple[int, Iterator[tuple[SampleRecord, str, bytes]]]:
+        """``list_samples`` and the label revision (Status.label_events) its labels are at: they are read in
+        one snapshot now, before anything streams, so labels given, changed or taken back meanwhile show for
+        no sample (the payloads and records do not change)."""
         if include_payload and self.blobs is None:
             raise FailedPrecondition("payloads are not kept (the agent runs with --no-blobs); "
                                      "list without include_payload")
@@ -1361,22 +1369,27 @@ class Agent:
             if unknown:
                 shown = ", ".join(repr(u[:64]) for u in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
                 raise NotFound(f"{len(unknown)} unknown id(s): {shown}")
-        return self._iter_samples(labeled_only, include_payload, ids)
+        events, seqs, labels = self.state.label_snapshot(labeled_only and not ids)
+        names = list(self.state.classes)
+        return events, self._iter_samples(labeled_only, include_payload, ids, (seqs, labels), names)
 
-    def _records(self, labeled_only: bool, ids: Sequence[str]) -> Iterator[tuple[SampleRecord, int]]:
+    def _records(self, labeled_only: bool, ids: Sequence[str],
+                 snapshot: tuple[np.ndarray, np.ndarray]) -> Iterator[tuple[SampleRecord, int]]:
         if not ids:
-            yield from self.state.iter_records(labeled_only)
+            yield from self.state.iter_records(labeled_only, snapshot=snapshot)
             return
-        labels = self.state.labels_by_seq()
-        for i in ids:
+        labels = snapshot[1]
+        for i in ids:  # the snapshot is of every seq 1..end, so seq q is at q - 1
             rec = self.state.lookup(i)
-            if rec is not None and (not labeled_only or labels[rec.seq] >= 0):
-                yield rec, int(labels[rec.seq])
+            lab = int(labels[rec.seq - 1]) if rec is not None and rec.seq - 1 < len(labels) else -1
+            if rec is not None and (not labeled_only or lab >= 0):
+                yield rec, lab
 
-    def _iter_samples(self, labeled_only: bool, include_payload: bool,
-                      ids: Sequence[str] = ()) -> Iterator[tuple[SampleRecord, str, bytes]]:
-        for rec, lab in self._records(labeled_only, ids):
-            name = self.state.classes[lab] if lab >= 0 else ""
+    def _iter_samples(self, labeled_only: bool, include_payload: bool, ids: Sequence[str],
+                      snapshot: tuple[np.ndarray, np.ndarray],
+                      names: list[str]) -> Iterator[tuple[SampleRecord, str, bytes]]:
+        for rec, lab in self._records(labeled_only, ids, snapshot):
+            name = names[lab] if lab >= 0 else ""
             data = b""
             if include_payload and self.blobs is not None:
                 try:

@@ -23,6 +23,7 @@ from grpc_reflection.v1alpha import reflection
 
 from agent.audit import Accuracy, AuditReport
 from agent.cancel import CancelToken
+from agent.client import LABEL_EVENTS_KEY
 from agent.config import AgentConfig
 from agent.core import Agent, AgentStatus, Rejected, Replaced
 from agent.errors import Behaviour, ErrorMapping, rewrap_handler
@@ -214,9 +215,12 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
 
     def ListSamples(self, request: agent_pb2.ListSamplesRequest,
                     context: grpc.ServicerContext) -> Iterator[agent_pb2.Sample]:
-        """ListSamples: the stored samples, streamed (docs/agent.md, API)."""
-        for rec, label, data in self.agent.list_samples(request.labeled_only, request.include_payload,
-                                                        list(request.ids)):
+        """ListSamples: the stored samples, streamed (docs/agent.md, API); the labels are one snapshot taken at
+        the call's start, and its label revision (Status.label_events) is sent as initial metadata
+        (LABEL_EVENTS_KEY), so a caller can record which labels it got."""
+        events, rows = self.agent.list_samples_at(request.labeled_only, request.include_payload, list(request.ids))
+        context.send_initial_metadata(((LABEL_EVENTS_KEY, str(events)),))
+        for rec, label, data in rows:
             msg = agent_pb2.Sample(id=rec.id, uri=rec.uri, metadata=rec.metadata, label=label)
             if data:
                 if rec.kind == "tensor":

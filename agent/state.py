@@ -635,20 +635,37 @@ class State:
         with self._lock:
             return self._label[: len(self._records)].copy()
 
-    def iter_records(self, labeled_only: bool = False, chunk: int = 1024) -> Iterator[tuple[SampleRecord, int]]:
-        """(record, current class index or -1) of every sample stored when the call started, in ingest
-        order, taken ``chunk`` at a time under the lock (never a copy of the whole pool), so a long
-        listing streams while ingestion and labelling go on."""
+    def iter_records(self, labeled_only: bool = False, chunk: int = 1024,
+                     snapshot: tuple[np.ndarray, np.ndarray] | None = None) -> Iterator[tuple[SampleRecord, int]]:
+        """(record, class index or -1) of every sample stored when the call started, in ingest order; the
+        records are taken ``chunk`` at a time under the lock (never a copy of the whole pool), so a long
+        listing streams while ingestion and labelling go on. The labels are one snapshot, read at the start
+        in the same hold of the lock as the pool's end (``label_snapshot``): a label given, changed or taken
+        back while the listing streams is in it for no sample, early or late (was: read a chunk at a time, so
+        a late sample showed a label given after an early one's was read, a state the agent was never in).
+        ``snapshot``: the (seqs, labels) of a ``label_snapshot`` the caller took (the records of those seqs)."""
+        seqs, labels = snapshot if snapshot is not None else self.label_snapshot(labeled_only)[1:]
+        for start in range(0, len(seqs), chunk):
+            part_seqs = seqs[start:start + chunk].tolist()
+            with self._lock:
+                part = [self._records[q] for q in part_seqs]
+            for r, lab in zip(part, labels[start:start + chunk].tolist(), strict=True):
+                if r is not None:
+                    yield r, lab
+
+    def label_snapshot(self, labeled_only: bool = False) -> tuple[int, np.ndarray, np.ndarray]:
+        """(label revision, seqs, class index of each or -1) of every sample stored now (``labeled_only``: of
+        the labelled ones), ascending seqs, read in one hold of the lock: the revision
+        (``label_event_count``) is the one those labels are at."""
         with self._lock:
             end = len(self._records)
-        for start in range(1, end, chunk):
-            with self._lock:
-                stop = min(start + chunk, end)
-                part = self._records[start:stop]
-                labels = self._label[start:stop].tolist()
-            for r, lab in zip(part, labels, strict=True):
-                if r is not None and (not labeled_only or lab >= 0):
-                    yield r, lab
+            labels = self._label[1:end].copy()
+            events = self._label_events
+        seqs = np.arange(1, end, dtype=np.int64)
+        if labeled_only:
+            keep = labels >= 0
+            seqs, labels = seqs[keep], labels[keep]
+        return events, seqs, labels
 
     def all_seqs(self) -> np.ndarray:
         """Seqs of every stored sample, ascending (S int64)."""

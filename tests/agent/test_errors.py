@@ -118,14 +118,17 @@ def test_unary_rpcs_map_storage_errors_and_bugs(running: Running, monkeypatch: p
 def test_errors_mid_stream_are_mapped(running: Running, monkeypatch: pytest.MonkeyPatch) -> None:
     client.ingest(running.stub, make_samples(6, labels=3))
     agent = running.agent
-    real_list = agent.list_samples
+    real_list = agent.list_samples_at
 
-    def failing_list(labeled_only: bool, include_payload: bool, ids: Any = ()) -> Iterator[Any]:
-        rows = real_list(labeled_only, include_payload, ids)
+    def failing_rows(rows: Iterator[Any]) -> Iterator[Any]:
         yield next(iter(rows))
         raise OSError(errno.EROFS, "Read-only file system")
 
-    monkeypatch.setattr(agent, "list_samples", failing_list)
+    def failing_list(labeled_only: bool, include_payload: bool, ids: Any = ()) -> tuple[int, Iterator[Any]]:
+        events, rows = real_list(labeled_only, include_payload, ids)
+        return events, failing_rows(rows)
+
+    monkeypatch.setattr(agent, "list_samples_at", failing_list)
     got: list[str] = []
     err = rpc_error(lambda: got.extend(s.id for s in client.list_samples(running.stub)))
     assert got == ["s0"] and err.code() == CODE.FAILED_PRECONDITION

@@ -265,3 +265,56 @@ def test_concurrent_clients(running: Running) -> None:
     assert st.samples == 80 and st.embedded == 80
     view = running.agent.manager.current.index.view()  # type: ignore[union-attr]
     assert len(set(view.seqs.tolist())) == 80
+
+
+def _labelled_pool(tmp_path, n: int = 1100) -> Running:
+    """An agent without a model (nothing to embed) holding ``n`` samples, more than one chunk (1,024) of
+    ListSamples' reads; s1 is a cat and, in a pool that large, s1090 (in the second chunk) a dog."""
+    r = start(tmp_path / "data", tmp_path / "models", classes=tuple(CLASSES))
+    assert client.ingest(r.stub, make_samples(n), batch=500).accepted == n
+    labels = [("s1", "cat"), ("s1090", "dog")] if n > 1090 else [("s1", "cat")]
+    assert client.submit_labels(r.stub, labels).accepted == len(labels)
+    return r
+
+
+def test_list_samples_labels_are_one_snapshot_taken_at_the_start(tmp_path) -> None:
+    """Labels given, changed and taken back after the listing started show for no sample, early or late (was:
+    read 1,024 samples at a time, so a label given meanwhile showed for a late sample but not an early one, and
+    the training set of a cycle matched no state the agent was ever in)."""
+    r = _labelled_pool(tmp_path)
+    try:
+        rows = r.agent.list_samples(True, False)
+        first = next(rows)  # the first chunk read
+        assert (first[0].id, first[1]) == ("s1", "cat")
+        client.submit_labels(r.stub, [("s2", "dog"), ("s1095", "frog"), ("s1090", "frog")])
+        client.retract_labels(r.stub, ["s1"])
+        rest = {rec.id: name for rec, name, _ in rows}
+        assert rest == {"s1090": "dog"}  # not s1095, not frog
+        # every sample, labelled or not: the same snapshot
+        everything = r.agent.list_samples(False, False)
+        next(everything)
+        client.submit_labels(r.stub, [("s1099", "cat")])
+        labels = {rec.id: name for rec, name, _ in everything}
+        assert len(labels) == 1099 and labels["s1099"] == "" and labels["s1095"] == "frog"
+        # by ids: the labels as they were when the call started
+        by_ids = r.agent.list_samples(False, False, ["s1", "s1099"])
+        client.submit_labels(r.stub, [("s1", "dog")])
+        assert [(rec.id, name) for rec, name, _ in by_ids] == [("s1", ""), ("s1099", "cat")]
+    finally:
+        r.stop()
+
+
+def test_list_samples_sends_the_label_revision_of_its_snapshot(tmp_path) -> None:
+    """ListSamples' initial metadata is the label revision (Status.label_events) its labels are at, taken with
+    them: a cycle records which labels it trained on."""
+    r = _labelled_pool(tmp_path, n=20)
+    try:
+        before = status(r).label_events
+        events, rows = client.list_samples_at(r.stub, labeled_only=True)
+        client.submit_labels(r.stub, [("s3", "frog")])
+        assert events == before and status(r).label_events == before + 1
+        assert [(s.id, s.label) for s in rows] == [("s1", "cat")]  # s1090 is not in a pool of 20
+        events, rows = client.list_samples_at(r.stub, labeled_only=True)
+        assert events == before + 1 and [s.id for s in rows] == ["s1", "s3"]
+    finally:
+        r.stop()
