@@ -293,7 +293,9 @@ def cycle_cmd(
                       method_options=method_options, threads=threads, device=device)
 
     # Exit status (docs/agent.md): 1 when the agent answered with an error, cannot be reached or its pool cannot
-    # train the mode yet; 2 for a bad option (checked before connecting); 130 when a signal stopped the training.
+    # train the mode yet, when --models is not its registry or the agent has
+    # not taken the published version up; 2 for a bad option (checked before connecting); 130 when a signal
+    # stopped the training.
     try:
         result = run_cycle(agent.address, cfg, console=console, client_config=agent.config)
     except grpc.RpcError as e:
@@ -315,6 +317,9 @@ def cycle_cmd(
         raise typer.Exit(INTERRUPTED_EXIT) from None
     if as_json:
         print(json.dumps(result.as_json(mode)))
+    if result.not_taken_up:  # published, but not where the agent looks, or refused by it: not a success
+        console.print(f"[red]error:[/] {escape(result.not_taken_up)}", highlight=False)
+        raise typer.Exit(1)
 
 
 def register(app: typer.Typer, bench_app: typer.Typer) -> None:

@@ -1,12 +1,14 @@
 """One retraining cycle against a running agent: pull samples, train, export, publish, reload, report.
 
     (options checked first, without the agent: _check_options)
-    before = GetStatus; a fine-tuning mode is refused (CycleRefused) without labels of 2 classes (ListLabels)
+    before = GetStatus; refused (CycleRefused) when ``models`` does not hold the version the agent serves (it
+             serves from another registry), and a fine-tuning mode without labels of 2 classes (ListLabels)
     samples = ListSamples(include_payload, labelled only unless the mode uses unlabelled data)
     priors  = PriorLabels(method) for the unlabelled samples      (as3l only)
     train   = finetune(mode) or pretrain(method) on those samples, starting from ``init`` if given
     version = exporters.export.export_run(run, models)            (verified, atomic)
-    after   = ReloadModel
+    after   = ReloadModel; why the agent has not taken the version up, if so: CycleResult.not_taken_up (the CLI
+              exits 1 with it)
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import torch
 from rich.console import Console
 
 from agent.client import PICKUP_WAIT_S, ClientConfig  # the wait for the agent to take a version up
-from shortlist.manifest import Preprocess, newest_complete
+from shortlist.manifest import Preprocess, highest_published, newest_complete, read_complete, version_number
 from shortlist.v1 import agent_pb2
 from training import loop
 from training.backbones import build_backbone
@@ -55,12 +57,17 @@ class CycleResult:
     summary: dict[str, Any] = field(default_factory=dict)
     serving: str = ""  # what the agent serves after the reload, and what it embeds to swap to ("" when none)
     pending: str = ""
+    not_taken_up: str = ""  # why the agent has not taken ``published`` up ("" when it serves or embeds it)
+
+    @property
+    def taken_up(self) -> bool:
+        return self.published in (self.serving, self.pending)
 
     def as_json(self, mode: str) -> dict[str, Any]:
         """``shortlist cycle --json``'s line: the versions, whether the agent took the new one up, the pool
         counts and where the run is."""
         return {"published": self.published, "model_before": self.version_before, "serving": self.serving,
-                "pending": self.pending, "taken_up": self.published in (self.serving, self.pending),
+                "pending": self.pending, "taken_up": self.taken_up, "not_taken_up": self.not_taken_up,
                 "mode": mode, "samples": self.samples, "labeled": self.labeled, "classes": self.classes,
                 "steps": self.summary.get("steps"), "run": str(self.run_dir)}
 
@@ -157,17 +164,20 @@ def run_cycle(agent: str, config: CycleConfig, *, console: Console | None = None
 
     Raises, before any training: ValueError / FileNotFoundError for a bad option (``_check_options``),
     agent.client.AgentUnavailable when the agent cannot be reached, CycleRefused when its pool cannot train
-    ``config.mode`` yet; loop.Interrupted when a signal stopped the training (nothing published)."""
+    ``config.mode`` yet or when ``config.models`` does not hold the version the agent serves (another
+    registry); loop.Interrupted when a signal stopped the training (nothing published).
+    A published version the agent has not taken up is said in ``not_taken_up``."""
     from agent import client
-    from exporters.export import export_run
 
     console = console or Console()
-    models, run_dir, mode = config.models, config.out, config.mode
+    models, mode = config.models, config.mode
     init_pre = _check_options(config)
     stub = client.connect(agent, config=client_config)
     before = stub.GetStatus(agent_pb2.GetStatusRequest())
     if before.samples == 0:
         raise CycleRefused(f"the agent at {agent} holds no samples: ingest images first (`shortlist ingest FOLDER`)")
+    if problem := _registry_mismatch(agent, before, models):
+        raise CycleRefused(problem)
     if mode not in METHODS:
         if before.labeled == 0:
             raise CycleRefused(
@@ -180,6 +190,16 @@ def run_cycle(agent: str, config: CycleConfig, *, console: Console | None = None
         if MODES[mode].priors and before.prior_methods and config.prior_method not in before.prior_methods:
             raise ValueError(f"--prior-method {config.prior_method!r} is not one of the agent's prior methods: "
                              f"{', '.join(before.prior_methods)}")
+    return _pull_train_publish(agent, config, stub, before, init_pre, console)
+
+
+def _pull_train_publish(agent: str, config: CycleConfig, stub: Any, before: agent_pb2.Status,
+                        init_pre: Preprocess | None, console: Console) -> CycleResult:
+    """run_cycle from the pull on (its checks passed): pull, train, export, publish, reload, report."""
+    from agent import client
+    from exporters.export import export_run
+
+    models, run_dir, mode = config.models, config.out, config.mode
     newest = newest_complete(models)
     if init_pre is not None and mode not in METHODS:  # the images go through --init's encoder: its input size
         pre = init_pre
@@ -191,8 +211,9 @@ def run_cycle(agent: str, config: CycleConfig, *, console: Console | None = None
         raise CycleRefused(problem)  # labels taken back since the check above
     classes = _pulled_classes(stub, before, samples, console)
     data = from_samples(samples, pre.size, classes)
-    console.print(f"pulled {len(data)} samples ({int((data.labels >= 0).sum())} labelled, {len(classes)} classes) "
-                  f"from {agent}; model {before.model_version or 'none'}")
+    labeled = int((data.labels >= 0).sum())
+    console.print(f"pulled {len(data)} samples ({labeled} labelled, {len(classes)} classes) from {agent}; model "
+                  f"{before.model_version or 'none'}")
     try:
         _train(config, agent, data, stub, console)
     except loop.Interrupted as e:  # pretrain's own hint (--resume) is not an option of cycle
@@ -203,17 +224,37 @@ def run_cycle(agent: str, config: CycleConfig, *, console: Console | None = None
     summary = json.loads((run_dir / loop.SUMMARY).read_text()) if (run_dir / loop.SUMMARY).is_file() else {}
     result = CycleResult(version_before=before.model_version, version_after=after.model_version or
                          after.pending_model_version, published=version, samples=len(data),
-                         labeled=int((data.labels >= 0).sum()), classes=classes, run_dir=run_dir, summary=summary,
+                         labeled=labeled, classes=classes, run_dir=run_dir, summary=summary,
                          serving=after.model_version, pending=after.pending_model_version)
     pending = f", embedding {after.pending_model_version}" if after.pending_model_version else ""
     console.print(f"model {result.version_before or 'none'} -> published {version} (agent serving "
                   f"{after.model_version or 'none'}{pending}); "
-                  f"trained on {result.samples} samples, {result.labeled} labels, mode {mode}; run {run_dir}")
-    if version not in (after.model_version, after.pending_model_version):
-        console.print(f"[yellow]the agent has not taken {version} up: "
-                      + (client.refusal(after, version)
-                         or f"is {models} the folder it serves (`shortlist serve --models`)?") + "[/]", highlight=False)
+                  f"trained on {result.samples} samples, {result.labeled} labels, mode {mode}; run {run_dir}",
+                  highlight=False)
+    if not result.taken_up:
+        result.not_taken_up = (f"the agent has not taken {version} up: "
+                               + (client.refusal(after, version)
+                                  or f"is {models} the folder it serves (`shortlist serve --models`)?"))
     return result
+
+
+def _registry_mismatch(agent: str, before: agent_pb2.Status, models: Path) -> str | None:
+    """Why ``models`` is not the registry the agent serves from, or None: the agent serves (or embeds to swap to)
+    a version that ``models`` does not hold, and that was never published there (a version removed from the
+    agent's own registry, e.g. by ``models prune --without-agent``, is under its high-water mark). A version
+    published into another registry is never taken up, and was reported only after the whole training."""
+    for version, what in ((before.model_version, "serves"), (before.pending_model_version, "is embedding")):
+        if not version or read_complete(models / version, verify_hashes=False) is not None:
+            continue
+        number = version_number(version)
+        if number is not None and models.is_dir() and highest_published(models) >= number:
+            continue  # published there, removed since
+        held = newest_complete(models, verify_hashes=False)
+        has = f"its newest version is {held[0]}" if held else "it holds no version"
+        return (f"the agent at {agent} {what} {version}, which --models {models} does not hold ({has}): the agent "
+                f"serves from another registry, and a version published into {models} would never be taken up. "
+                "Pass the registry the agent serves (the --models of its `shortlist serve`) as --models")
+    return None
 
 
 def _pulled_classes(stub: Any, before: agent_pb2.Status, samples: list[Any], console: Console) -> list[str]:

@@ -79,18 +79,22 @@ def test_cycle_against_real_agent(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         assert third.published == "v0004" and third.labeled == 12
         _wait_embedded(stub, "v0004")
 
-        # published where the agent does not look: said, not reported as if served
-        from rich.console import Console
+        # a registry the agent does not serve from (it serves v0004, which neither holds): refused before training,
+        # naming both (was: trained, published there and exited 0 with "the agent has not taken v0001 up")
+        from training.cycle import CycleRefused
 
-        from training import cycle
-
-        monkeypatch.setattr(cycle, "PICKUP_WAIT_S", 0.5)
-        said = Console(file=io.StringIO(), width=400)
-        run_cycle(address, CycleConfig(tmp_path / "elsewhere", tmp_path / "run3", mode="linear",
-                                       init=str(tmp_path / "run1"), preprocess=PRE, threads=1), console=said)
-        text = said.file.getvalue()  # type: ignore[attr-defined]
-        assert "published v0001 (agent serving v0004)" in text
-        assert f"the agent has not taken v0001 up: is {tmp_path / 'elsewhere'} the folder it serves" in text
+        other = tmp_path / "other"
+        assert publish_linear(other, size=(12, 12), dim=8, classes=CLASSES) == "v0001"
+        for registry, has in ((tmp_path / "elsewhere", "it holds no version"),
+                              (other, "its newest version is v0001")):
+            with pytest.raises(CycleRefused) as refused:
+                run_cycle(address, CycleConfig(registry, tmp_path / "run3", mode="linear",
+                                               init=str(tmp_path / "run1"), preprocess=PRE, threads=1))
+            said = str(refused.value)
+            assert f"the agent at {address} serves v0004, which --models {registry} does not hold ({has})" in said
+            assert "Pass the registry the agent serves (the --models of its `shortlist serve`)" in said
+        assert not (tmp_path / "run3").exists() and not (tmp_path / "elsewhere").exists()
+        assert [p.name for p in other.iterdir() if not p.name.startswith(".")] == ["v0001"]  # nothing published
     finally:
         stop_server(server, agent, grace=1.0)
 
@@ -299,3 +303,33 @@ def test_a_class_added_while_the_cycle_pulls_is_trained_and_said(tmp_path: Path,
         assert newest is not None and newest[1].classes == result.classes
     finally:
         agent.stop()
+
+
+def test_a_version_the_agent_does_not_take_up_exits_1_with_the_reason(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """An agent that serves no model yet cannot be told apart from the registry's contents before training; a
+    version published where it does not look is then said as an error and the command exits 1 (was: a yellow
+    line and exit 0); --json still prints what changed, with taken_up false and the reason."""
+    from typer.testing import CliRunner
+
+    from shortlist.cli import app
+    from tests.agent.conftest import make_samples, start
+    from training import cycle
+
+    monkeypatch.setattr(cycle, "PICKUP_WAIT_S", 0.5)
+    agent = start(tmp_path / "data", tmp_path / "served")  # no model there
+    try:
+        assert client.ingest(agent.stub, make_samples(6, labels=6)).accepted == 6
+        other, out = tmp_path / "other", tmp_path / "run"
+        res = CliRunner().invoke(app, ["cycle", "--agent", agent.address, "--models", str(other), "--out", str(out),
+                                       "--mode", "full", "--steps", "1", "--threads", "1", "--json"],
+                                 env={"COLUMNS": "200"})
+        said = _said(res)
+        assert res.exit_code == 1, said
+        assert f"error: the agent has not taken v0001 up: is {other} the folder it serves" in said
+        line = json.loads(res.stdout.strip().splitlines()[-1])
+        assert line["published"] == "v0001" and line["taken_up"] is False
+        assert line["not_taken_up"].startswith("the agent has not taken v0001 up")
+    finally:
+        agent.stop()
+
