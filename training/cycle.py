@@ -3,7 +3,8 @@
     (options checked first, without the agent: _check_options)
     before = GetStatus; refused (CycleRefused) when ``models`` does not hold the version the agent serves (it
              serves from another registry), and a fine-tuning mode without labels of 2 classes (ListLabels)
-    samples = ListSamples(include_payload, labelled only unless the mode uses unlabelled data)
+    samples = ListSamples(include_payload, labelled only unless the mode uses unlabelled data): the labels are
+              one snapshot at its label revision, recorded in the run folder (labels.csv, pull.json)
     priors  = PriorLabels(method) for the unlabelled samples      (as3l only)
     train   = finetune(mode) or pretrain(method) on those samples, starting from ``init`` if given
     version = exporters.export.export_run(run, models)            (verified, atomic)
@@ -13,8 +14,11 @@
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import datetime as dt
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +40,9 @@ from training.modes import FINETUNE_MODES, MODES, frozen_mode, or_list
 from training.pretrain import PretrainConfig, load_encoder, preprocess_by_name, pretrain
 
 CYCLE_MODES = (*FINETUNE_MODES, *METHODS)
+# In the run folder: the (id, label) of every labelled sample the cycle trained on, and where they came from
+LABELS_FILE = "labels.csv"
+PULL_FILE = "pull.json"
 
 
 def _unlabelled(mode: str) -> bool:
@@ -57,6 +64,7 @@ class CycleResult:
     summary: dict[str, Any] = field(default_factory=dict)
     serving: str = ""  # what the agent serves after the reload, and what it embeds to swap to ("" when none)
     pending: str = ""
+    label_events: int | None = None  # the agent's label revision (Status.label_events) the pulled labels are at
     not_taken_up: str = ""  # why the agent has not taken ``published`` up ("" when it serves or embeds it)
 
     @property
@@ -69,6 +77,7 @@ class CycleResult:
         return {"published": self.published, "model_before": self.version_before, "serving": self.serving,
                 "pending": self.pending, "taken_up": self.taken_up, "not_taken_up": self.not_taken_up,
                 "mode": mode, "samples": self.samples, "labeled": self.labeled, "classes": self.classes,
+                "label_events": self.label_events, "labels": str(self.run_dir / LABELS_FILE),
                 "steps": self.summary.get("steps"), "run": str(self.run_dir)}
 
 
@@ -206,14 +215,19 @@ def _pull_train_publish(agent: str, config: CycleConfig, stub: Any, before: agen
     else:  # (the served 96-px model's size refused a 32-px --init run)
         pre = newest[1].preprocess if newest is not None else preprocess_by_name(config.preprocess)
     labeled_only = not _unlabelled(mode)
-    samples = list(client.list_samples(stub, labeled_only=labeled_only, include_payload=True))
+    label_events, stream = client.list_samples_at(stub, labeled_only=labeled_only, include_payload=True)
+    samples = list(stream)
     if problem := _labelled_classes_problem([s.label for s in samples if s.label], mode):
         raise CycleRefused(problem)  # labels taken back since the check above
     classes = _pulled_classes(stub, before, samples, console)
     data = from_samples(samples, pre.size, classes)
     labeled = int((data.labels >= 0).sum())
-    console.print(f"pulled {len(data)} samples ({labeled} labelled, {len(classes)} classes) from {agent}; model "
-                  f"{before.model_version or 'none'}")
+    _record_pull(run_dir, data, agent, before, label_events)
+    revision = (f"label revision {label_events}" if label_events is not None
+                else "label revision unknown (an older agent)")
+    console.print(f"pulled {len(data)} samples ({labeled} labelled at the agent's {revision}, listed in "
+                  f"{run_dir / LABELS_FILE}; {len(classes)} classes) from {agent}; model "
+                  f"{before.model_version or 'none'}", highlight=False)
     try:
         _train(config, agent, data, stub, console)
     except loop.Interrupted as e:  # pretrain's own hint (--resume) is not an option of cycle
@@ -225,11 +239,12 @@ def _pull_train_publish(agent: str, config: CycleConfig, stub: Any, before: agen
     result = CycleResult(version_before=before.model_version, version_after=after.model_version or
                          after.pending_model_version, published=version, samples=len(data),
                          labeled=labeled, classes=classes, run_dir=run_dir, summary=summary,
-                         serving=after.model_version, pending=after.pending_model_version)
+                         serving=after.model_version, pending=after.pending_model_version, label_events=label_events)
     pending = f", embedding {after.pending_model_version}" if after.pending_model_version else ""
     console.print(f"model {result.version_before or 'none'} -> published {version} (agent serving "
                   f"{after.model_version or 'none'}{pending}); "
-                  f"trained on {result.samples} samples, {result.labeled} labels, mode {mode}; run {run_dir}",
+                  f"trained on {result.samples} samples, {result.labeled} labels (label revision "
+                  f"{label_events if label_events is not None else 'unknown'}), mode {mode}; run {run_dir}",
                   highlight=False)
     if not result.taken_up:
         result.not_taken_up = (f"the agent has not taken {version} up: "
@@ -255,6 +270,27 @@ def _registry_mismatch(agent: str, before: agent_pb2.Status, models: Path) -> st
                 f"serves from another registry, and a version published into {models} would never be taken up. "
                 "Pass the registry the agent serves (the --models of its `shortlist serve`) as --models")
     return None
+
+
+def _record_pull(run_dir: Path, data: TensorData, agent: str, before: agent_pb2.Status,
+                 label_events: int | None) -> None:
+    """Write what the cycle trains on into its run folder: ``labels.csv`` (id,label of every labelled sample,
+    in the agent's ingest order) and ``pull.json`` (the agent, its label revision the labels are a snapshot of,
+    the counts, the model it served), each to a temp file then renamed."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    rows = [(data.ids[i], data.classes[int(c)]) for i, c in enumerate(data.labels.tolist()) if c >= 0]
+    tmp = run_dir / f".{LABELS_FILE}.tmp"
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "label"])
+        w.writerows(rows)
+    os.replace(tmp, run_dir / LABELS_FILE)
+    pull = {"agent": agent, "label_events": label_events, "labeled": len(rows), "samples": len(data),
+            "classes": data.classes, "model_version": before.model_version,
+            "pulled_at": dt.datetime.now().astimezone().isoformat(timespec="seconds")}
+    tmp = run_dir / f".{PULL_FILE}.tmp"
+    tmp.write_text(json.dumps(pull, indent=1) + "\n")
+    os.replace(tmp, run_dir / PULL_FILE)
 
 
 def _pulled_classes(stub: Any, before: agent_pb2.Status, samples: list[Any], console: Console) -> list[str]:

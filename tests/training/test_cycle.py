@@ -333,3 +333,47 @@ def test_a_version_the_agent_does_not_take_up_exits_1_with_the_reason(tmp_path: 
     finally:
         agent.stop()
 
+
+def test_a_cycle_records_the_labels_it_trained_on(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The run folder gets labels.csv (id,label of each labelled sample trained on) and pull.json (the agent's
+    label revision they are a snapshot of), and the printout names both; a label given during the training is
+    in neither."""
+    import csv
+
+    from rich.console import Console
+
+    from tests.agent.conftest import CLASSES as AGENT_CLASSES
+    from tests.agent.conftest import make_samples, start
+    from training import cycle
+
+    models, out = tmp_path / "models", tmp_path / "run"
+    agent = start(tmp_path / "data", models)
+    try:
+        assert client.ingest(agent.stub, make_samples(12, labels=9)).accepted == 12
+        client.submit_labels(agent.stub, [("s0", "dog")])  # a change: the revision is not the labelled count
+        revision = agent.stub.GetStatus(agent_pb2.GetStatusRequest()).label_events
+        assert revision == 10
+        real_train = cycle._train
+
+        def labelling_meanwhile(*args: object) -> None:
+            client.submit_labels(agent.stub, [("s10", "frog"), ("s1", "cat")])
+            real_train(*args)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(cycle, "_train", labelling_meanwhile)
+        console = Console(file=io.StringIO(), width=1000)
+        result = run_cycle(agent.address, CycleConfig(models, out, mode="full", steps=1, preprocess=PRE,
+                                                      threads=1), console=console)
+        said = console.file.getvalue()  # type: ignore[attr-defined]
+        with open(out / cycle.LABELS_FILE, newline="") as f:
+            rows = list(csv.reader(f))
+        expected = [("s0", "dog")] + [(f"s{i}", AGENT_CLASSES[i % 3]) for i in range(1, 9)]
+        assert rows == [["id", "label"], *map(list, expected)]
+        pull = json.loads((out / cycle.PULL_FILE).read_text())
+        assert (pull["label_events"], pull["labeled"], pull["samples"]) == (revision, 9, 9)
+        assert pull["agent"] == agent.address and result.label_events == revision
+        assert f"9 labelled at the agent's label revision {revision}, listed in {out / 'labels.csv'}" in said
+        assert f"9 labels (label revision {revision})" in said and result.as_json("full")["label_events"] == revision
+
+    finally:
+        agent.stop()
