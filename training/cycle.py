@@ -7,7 +7,7 @@
               one snapshot at its label revision, recorded in the run folder (labels.csv, pull.json)
     priors  = PriorLabels(method) for the unlabelled samples      (as3l only)
     train   = finetune(mode) or pretrain(method) on those samples, starting from ``init`` if given
-    version = exporters.export.export_run(run, models)            (verified, atomic)
+    version = exporters.export.export_run(run, models, real_images=16 pulled images)   (verified, atomic)
     after   = ReloadModel; why the agent has not taken the version up, if so: CycleResult.not_taken_up (the CLI
               exits 1 with it)
 """
@@ -43,6 +43,8 @@ CYCLE_MODES = (*FINETUNE_MODES, *METHODS)
 # In the run folder: the (id, label) of every labelled sample the cycle trained on, and where they came from
 LABELS_FILE = "labels.csv"
 PULL_FILE = "pull.json"
+# Real images the export verifies the published model on (as `shortlist export` does with the run's data set)
+REAL_IMAGES = 16
 
 
 def _unlabelled(mode: str) -> bool:
@@ -233,7 +235,7 @@ def _pull_train_publish(agent: str, config: CycleConfig, stub: Any, before: agen
     except loop.Interrupted as e:  # pretrain's own hint (--resume) is not an option of cycle
         raise loop.Interrupted(e.signal_name, e.step, run_dir, "nothing was published; run `shortlist cycle` "
                                "again (with another --out) to train anew") from None
-    version = export_run(run_dir, models, log=console.print)
+    version = export_run(run_dir, models, real_images=_real_images(data, run_dir), log=console.print)
     after = client.reload_model(stub, version, PICKUP_WAIT_S)  # waits until the agent says what it made of it
     summary = json.loads((run_dir / loop.SUMMARY).read_text()) if (run_dir / loop.SUMMARY).is_file() else {}
     result = CycleResult(version_before=before.model_version, version_after=after.model_version or
@@ -291,6 +293,20 @@ def _record_pull(run_dir: Path, data: TensorData, agent: str, before: agent_pb2.
     tmp = run_dir / f".{PULL_FILE}.tmp"
     tmp.write_text(json.dumps(pull, indent=1) + "\n")
     os.replace(tmp, run_dir / PULL_FILE)
+
+
+def _real_images(data: TensorData, run_dir: Path) -> np.ndarray | None:
+    """Up to REAL_IMAGES of the pulled images, evenly spread over the pool (NxHxWx3 uint8 at the trained run's
+    input size), for the export's verification on real images (the run's data set is the agent's, which
+    ``exporters.export.real_batch`` cannot read back)."""
+    if len(data) == 0:
+        return None
+    from shortlist.images import resize_array
+
+    size = tuple(load_encoder(run_dir)[1]["preprocess"]["size"])
+    rows = np.unique(np.linspace(0, len(data) - 1, min(REAL_IMAGES, len(data))).astype(int))
+    hwc = data.images[torch.as_tensor(rows)].permute(0, 2, 3, 1).numpy()
+    return np.stack([resize_array(img, size) for img in hwc])  # type: ignore[arg-type]
 
 
 def _pulled_classes(stub: Any, before: agent_pb2.Status, samples: list[Any], console: Console) -> list[str]:

@@ -334,11 +334,12 @@ def test_a_version_the_agent_does_not_take_up_exits_1_with_the_reason(tmp_path: 
         agent.stop()
 
 
-def test_a_cycle_records_the_labels_it_trained_on(
+def test_a_cycle_records_the_labels_it_trained_on_and_verifies_on_pulled_images(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The run folder gets labels.csv (id,label of each labelled sample trained on) and pull.json (the agent's
     label revision they are a snapshot of), and the printout names both; a label given during the training is
-    in neither."""
+    in neither. The export is verified on real images, the pulled ones (was: on a random batch only, as the
+    run's data set `agent:HOST:PORT` cannot be read back)."""
     import csv
 
     from rich.console import Console
@@ -375,5 +376,10 @@ def test_a_cycle_records_the_labels_it_trained_on(
         assert f"9 labelled at the agent's label revision {revision}, listed in {out / 'labels.csv'}" in said
         assert f"9 labels (label revision {revision})" in said and result.as_json("full")["label_events"] == revision
 
+        newest = newest_complete(models)
+        assert newest is not None and newest[0] == result.published == "v0001"
+        for runtime in ("onnx", "torchscript"):
+            assert set(newest[1].verification[runtime]) == {"random", "real"}
+            assert re.search(rf"verify {runtime} +real +batch +9:", said), said
     finally:
         agent.stop()
