@@ -293,7 +293,7 @@ def cycle_cmd(
                       method_options=method_options, threads=threads, device=device)
 
     # Exit status (docs/agent.md): 1 when the agent answered with an error, cannot be reached or its pool cannot
-    # train the mode yet, when --models is not its registry or the agent has
+    # train the mode yet, when --models is not its registry, another cycle holds the registry or the agent has
     # not taken the published version up; 2 for a bad option (checked before connecting); 130 when a signal
     # stopped the training.
     try:

@@ -3,6 +3,7 @@
     (options checked first, without the agent: _check_options)
     before = GetStatus; refused (CycleRefused) when ``models`` does not hold the version the agent serves (it
              serves from another registry), and a fine-tuning mode without labels of 2 classes (ListLabels)
+    lock    = an exclusive flock on ``models``/.cycle.lock until the cycle ends (another cycle there: refused)
     samples = ListSamples(include_payload, labelled only unless the mode uses unlabelled data): the labels are
               one snapshot at its label revision, recorded in the run folder (labels.csv, pull.json)
     priors  = PriorLabels(method) for the unlabelled samples      (as3l only)
@@ -17,8 +18,11 @@ from __future__ import annotations
 import csv
 import dataclasses
 import datetime as dt
+import fcntl
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +44,10 @@ from training.modes import FINETUNE_MODES, MODES, frozen_mode, or_list
 from training.pretrain import PretrainConfig, load_encoder, preprocess_by_name, pretrain
 
 CYCLE_MODES = (*FINETUNE_MODES, *METHODS)
+# In the registry: held (flock) by a cycle from before its pull until it ends; holds that cycle's pid, start time
+# and run folder while held. In the registry, not the run folder: two cycles into one registry with different
+# --out folders are what duplicated a version (each trained on the same labels and published).
+CYCLE_LOCK_NAME = ".cycle.lock"
 # In the run folder: the (id, label) of every labelled sample the cycle trained on, and where they came from
 LABELS_FILE = "labels.csv"
 PULL_FILE = "pull.json"
@@ -175,13 +183,13 @@ def run_cycle(agent: str, config: CycleConfig, *, console: Console | None = None
 
     Raises, before any training: ValueError / FileNotFoundError for a bad option (``_check_options``),
     agent.client.AgentUnavailable when the agent cannot be reached, CycleRefused when its pool cannot train
-    ``config.mode`` yet or when ``config.models`` does not hold the version the agent serves (another
-    registry); loop.Interrupted when a signal stopped the training (nothing published).
-    A published version the agent has not taken up is said in ``not_taken_up``."""
+    ``config.mode`` yet, when ``config.models`` does not hold the version the agent serves (another registry) or
+    when another cycle holds the registry's cycle lock; loop.Interrupted when a signal stopped the training
+    (nothing published). A published version the agent has not taken up is said in ``not_taken_up``."""
     from agent import client
 
     console = console or Console()
-    models, mode = config.models, config.mode
+    models, run_dir, mode = config.models, config.out, config.mode
     init_pre = _check_options(config)
     stub = client.connect(agent, config=client_config)
     before = stub.GetStatus(agent_pb2.GetStatusRequest())
@@ -201,7 +209,8 @@ def run_cycle(agent: str, config: CycleConfig, *, console: Console | None = None
         if MODES[mode].priors and before.prior_methods and config.prior_method not in before.prior_methods:
             raise ValueError(f"--prior-method {config.prior_method!r} is not one of the agent's prior methods: "
                              f"{', '.join(before.prior_methods)}")
-    return _pull_train_publish(agent, config, stub, before, init_pre, console)
+    with cycle_lock(models, agent, run_dir):
+        return _pull_train_publish(agent, config, stub, before, init_pre, console)
 
 
 def _pull_train_publish(agent: str, config: CycleConfig, stub: Any, before: agent_pb2.Status,
@@ -272,6 +281,46 @@ def _registry_mismatch(agent: str, before: agent_pb2.Status, models: Path) -> st
                 f"serves from another registry, and a version published into {models} would never be taken up. "
                 "Pass the registry the agent serves (the --models of its `shortlist serve`) as --models")
     return None
+
+
+@contextmanager
+def cycle_lock(models: Path, agent: str, run_dir: Path) -> Iterator[None]:
+    """Hold ``models``/.cycle.lock (an exclusive flock, released when the cycle ends in any way, the process's
+    death included) while one cycle pulls, trains and publishes into ``models``. Another cycle into the same
+    registry meanwhile is refused at once (CycleRefused) naming the holder's pid, start time and run folder:
+    two cycles on the same labels published the same model twice, and reported a version that was abandoned."""
+    models.mkdir(parents=True, exist_ok=True)
+    path = models / CYCLE_LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise CycleRefused(f"another `shortlist cycle` is publishing into {models}: {_holder(path)}. Wait for it "
+                               "to finish (one cycle at a time per registry: both would train on the same labels "
+                               "and publish the same model), then run this one again") from None
+        holder = {"pid": os.getpid(), "started": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+                  "agent": agent, "run": str(run_dir)}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)  # still held: nobody reads a finished cycle as the holder
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _holder(path: Path) -> str:
+    """Who holds the cycle lock at ``path``, from what it wrote there."""
+    try:
+        h = json.loads(path.read_text() or "{}")
+    except (OSError, ValueError):
+        h = {}
+    if not isinstance(h, dict) or "pid" not in h:
+        return f"its lock {path} is held (the holder has not said who it is yet)"
+    return (f"pid {h['pid']}, started {h.get('started', '?')}, training into {h.get('run', '?')} "
+            f"(lock {path})")
 
 
 def _record_pull(run_dir: Path, data: TensorData, agent: str, before: agent_pb2.Status,

@@ -193,7 +193,8 @@ def test_a_cycle_stopped_by_ctrl_c_publishes_nothing_and_says_what_to_do(tmp_pat
     assert res.exit_code == 130, said
     assert "SIGINT: training stopped at step 2" in said and "nothing was published" in said
     assert "run `shortlist cycle` again" in said and "--resume" not in said
-    assert not models.exists() or not list(models.iterdir())
+    assert [p.name for p in models.iterdir()] == [".cycle.lock"]  # nothing published, and the lock released
+    assert not _holds_lock(models / ".cycle.lock")
     assert (out / loop.CHECKPOINT).is_file() and not (out / loop.ENCODER).exists()
     refused = CliRunner().invoke(app, ["export", "--run", str(out), "--models", str(models)], env={"COLUMNS": "200"})
     assert refused.exit_code == 2 and "unfinished training run" in _said(refused)
@@ -330,6 +331,72 @@ def test_a_version_the_agent_does_not_take_up_exits_1_with_the_reason(tmp_path: 
         line = json.loads(res.stdout.strip().splitlines()[-1])
         assert line["published"] == "v0001" and line["taken_up"] is False
         assert line["not_taken_up"].startswith("the agent has not taken v0001 up")
+    finally:
+        agent.stop()
+
+
+def _holds_lock(path: Path) -> bool:
+    import fcntl
+    import os
+
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def test_one_cycle_at_a_time_per_registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A second cycle into a registry a cycle holds is refused at once (exit 1, nothing trained), naming the
+    holder's pid, start time and run folder (was: both trained on the same labels and published the same model
+    twice); the lock is held during the training and released however the cycle ends."""
+    import os
+
+    from typer.testing import CliRunner
+
+    from shortlist.cli import app
+    from tests.agent.conftest import make_samples, start
+    from training import cycle
+
+    models = tmp_path / "models"
+    lock = models / cycle.CYCLE_LOCK_NAME
+    agent = start(tmp_path / "data", models)
+    try:
+        assert client.ingest(agent.stub, make_samples(6, labels=6)).accepted == 6
+        with cycle.cycle_lock(models, agent.address, tmp_path / "first"):  # another cycle, in its training
+            res = CliRunner().invoke(app, ["cycle", "--agent", agent.address, "--models", str(models), "--out",
+                                           str(tmp_path / "second"), "--mode", "full", "--steps", "1"],
+                                     env={"COLUMNS": "200"})
+        said = _said(res)
+        assert res.exit_code == 1, said
+        assert f"another `shortlist cycle` is publishing into {models}: pid {os.getpid()}, started 20" in said
+        assert f"training into {tmp_path / 'first'}" in said
+        assert not (tmp_path / "second").exists() and newest_complete(models) is None
+        assert not _holds_lock(lock) and lock.read_text() == ""  # released, and no holder named any more
+
+        seen: list[bool] = []
+        real_train = cycle._train
+
+        def train(*args: object) -> None:
+            seen.append(_holds_lock(lock))
+            real_train(*args)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(cycle, "_train", train)
+        result = run_cycle(agent.address, CycleConfig(models, tmp_path / "run", mode="full", steps=1,
+                                                      preprocess=PRE, threads=1))
+        assert result.published == "v0001" and seen == [True] and not _holds_lock(lock)
+
+        def failing(*args: object) -> None:
+            raise RuntimeError("out of memory")
+
+        monkeypatch.setattr(cycle, "_train", failing)
+        with pytest.raises(RuntimeError, match="out of memory"):
+            run_cycle(agent.address, CycleConfig(models, tmp_path / "run2", mode="full", steps=1,
+                                                 preprocess=PRE, threads=1))
+        assert not _holds_lock(lock)
     finally:
         agent.stop()
 
