@@ -270,10 +270,10 @@ def _registry_mismatch(agent: str, before: agent_pb2.Status, models: Path) -> st
     agent's own registry, e.g. by ``models prune --without-agent``, is under its high-water mark). A version
     published into another registry is never taken up, and was reported only after the whole training."""
     for version, what in ((before.model_version, "serves"), (before.pending_model_version, "is embedding")):
-        if not version or read_complete(models / version, verify_hashes=False) is not None:
+        number = version_number(version)  # None: no name a registry holds (nor a path to look at)
+        if number is None or read_complete(models / version, verify_hashes=False) is not None:
             continue
-        number = version_number(version)
-        if number is not None and models.is_dir() and highest_published(models) >= number:
+        if models.is_dir() and highest_published(models) >= number:
             continue  # published there, removed since
         held = newest_complete(models, verify_hashes=False)
         has = f"its newest version is {held[0]}" if held else "it holds no version"
