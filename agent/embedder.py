@@ -15,7 +15,15 @@ import onnxruntime as ort
 from scipy.special import logsumexp
 
 from agent.errors import FailedPrecondition
-from shortlist.manifest import LOGITS_OUTPUT, MANIFEST_NAME, ONNX_NAME, ROTATION_OUTPUT, Manifest, ManifestError
+from shortlist.manifest import (
+    LOGITS_OUTPUT,
+    MANIFEST_NAME,
+    ONNX_EXPORT_HINT,
+    ONNX_NAME,
+    ROTATION_OUTPUT,
+    Manifest,
+    ManifestError,
+)
 from shortlist.vectors import unit_rows
 
 log = logging.getLogger(__name__)
@@ -85,6 +93,17 @@ def _session(model: bytes | str, want_cuda: bool, threads: int) -> ort.Inference
     return ort.InferenceSession(model, opts, providers=[CPU])
 
 
+def open_session(onnx_path: Path, use_cuda: bool = False, threads: int = 0) -> ort.InferenceSession:
+    """An onnxruntime session over ``onnx_path``; ModelRefused, with what to do, when onnxruntime cannot load it
+    (the agent's loader, and ``shortlist models import`` before it writes a manifest)."""
+    try:
+        return _session(str(onnx_path), use_cuda, threads)
+    except ORT_ERRORS as e:
+        raise ModelRefused(f"onnxruntime cannot load {onnx_path.name} ({_ort_text(e)}): is it an ONNX model? Publish "
+                           f"one of an opset this onnxruntime {ort.__version__} runs (17 is safe), e.g. exported "
+                           f"from PyTorch with {ONNX_EXPORT_HINT}") from None
+
+
 class Embedder:
     """An onnxruntime session over one registry version: NxHxWx3 uint8 images -> EmbedOutput."""
 
@@ -96,17 +115,14 @@ class Embedder:
         self.manifest = manifest
         self.preprocess = manifest.preprocess
         self.batch_size = batch_size
-        try:
-            self.session = _session(str(version_dir / ONNX_NAME), use_cuda, threads)
-        except ORT_ERRORS as e:
-            raise ModelRefused(f"onnxruntime cannot load {ONNX_NAME} ({_ort_text(e)}): publish an ONNX file of an "
-                               f"opset this onnxruntime {ort.__version__} runs (17 is safe)") from None
+        self.session = open_session(version_dir / ONNX_NAME, use_cuda, threads)
         self.provider = self.session.get_providers()[0]
         names = [o.name for o in self.session.get_outputs()]
         self.output_name = manifest.output_name
         if self.output_name not in names:
             raise ModelRefused(f"{ONNX_NAME} has no '{self.output_name}' output (its outputs: {names}): set the "
-                               f"manifest's output_name to the output that gives the embedding")
+                               "manifest's output_name (`shortlist models import --output-name`) to the output "
+                               "that gives the embedding")
         self.outputs = [self.output_name]
         if manifest.has_logits and LOGITS_OUTPUT in names:
             self.outputs.append(LOGITS_OUTPUT)
@@ -131,13 +147,16 @@ class Embedder:
         inp = inputs.get(self.input_name)
         if inp is None:
             raise ModelRefused(f"the manifest's input_name is {self.input_name!r} but the model's inputs are "
-                               f"{list(inputs)}: set input_name in {MANIFEST_NAME} to the model's image input")
+                               f"{list(inputs)}: set input_name in {MANIFEST_NAME} (`shortlist models import "
+                               "--input-name`) to the model's image input")
         if len(inputs) > 1:
             raise ModelRefused(f"the model has inputs {list(inputs)}; the agent feeds one, {self.input_name!r} (the "
                                "images): export the encoder with the image as its only input")
         if inp.type != FLOAT32:
             raise ModelRefused(f"the model's input {inp.name!r} takes {inp.type}, but the agent feeds float32 "
-                               f"({FLOAT32}): export the model in float32, or add a Cast from float32 at its input")
+                               f"({FLOAT32}): export the model in float32, or add a Cast from float32 at its input (a "
+                               "half-precision model: convert it with float32 inputs and outputs kept, e.g. "
+                               "onnxruntime's convert_float_to_float16(keep_io_types=True))")
         shape = list(inp.shape)
         h, w = self.preprocess.size
         if len(shape) != 4:
@@ -146,14 +165,15 @@ class Embedder:
         if isinstance(shape[0], int):
             raise ModelRefused(f"the batch axis is fixed at {shape[0]} (the model's input {inp.name!r} is declared "
                                f"with shape {shape}), but the agent embeds images in batches of any size: export with "
-                               f"a dynamic batch axis (torch.onnx.export(..., dynamic_axes={{'{inp.name}': "
-                               "{0: 'batch'}}))")
-        wrong = [i for i, want in ((1, 3), (2, h), (3, w)) if isinstance(shape[i], int) and shape[i] != want]
-        if wrong:
-            nhwc = " (it looks channels-last, NHWC)" if shape[3] == 3 and shape[1] != 3 else ""
-            raise ModelRefused(f"the model's input {inp.name!r} is declared with shape {shape}{nhwc}, but "
-                               f"{self._feeds()}: export the model for NCHW input, or set the manifest's preprocess "
-                               "size to the height and width the model takes")
+                               f"a dynamic batch axis, e.g. {ONNX_EXPORT_HINT}")
+        if shape[3] == 3 and isinstance(shape[1], int) and shape[1] != 3:
+            raise ModelRefused(f"the model's input {inp.name!r} is declared with shape {shape} (it looks "
+                               f"channels-last, NHWC), but {self._feeds()}: export the model with channels first "
+                               "(e.g. a transpose at its start)")
+        if any(isinstance(shape[i], int) and shape[i] != want for i, want in ((1, 3), (2, h), (3, w))):
+            raise ModelRefused(f"the model's input {inp.name!r} is declared with shape {shape}, but {self._feeds()}: "
+                               "export the model for 3-channel NCHW input, or set the manifest's preprocess size "
+                               "(`shortlist models import --size H W`) to the height and width the model takes")
 
     def _check_shapes(self) -> None:
         """Run a batch of PROBE_BATCH blank images so that a model that disagrees with its manifest, or cannot
@@ -166,15 +186,18 @@ class Embedder:
         except ORT_ERRORS as e:
             raise ModelRefused(f"the model fails on a batch of {n} blank images ({_ort_text(e)}), but "
                                f"{self._feeds()}: check that it runs on such a batch with onnxruntime (a dynamic "
-                               "batch axis all through the graph, float32, NCHW)") from None
+                               f"batch axis all through the graph, float32, NCHW), e.g. exported with "
+                               f"{ONNX_EXPORT_HINT}") from None
         got = {name: tuple(o.shape) for name, o in zip(self.outputs, outs, strict=True)}
-        want = {self.output_name: (n, self.dim), LOGITS_OUTPUT: (n, len(self.classes)), ROTATION_OUTPUT: (n, 4)}
+        # the embedding's entry last: an embedding output named like a head (e.g. an imported classifier's
+        # ``logits``) is checked as the embedding
+        want = {LOGITS_OUTPUT: (n, len(self.classes)), ROTATION_OUTPUT: (n, 4), self.output_name: (n, self.dim)}
         emb = got[self.output_name]
         if len(emb) >= 2 and emb[0] == n and int(np.prod(emb[1:])) == self.dim:
             got[self.output_name] = (n, self.dim)
         bad = {name: s for name, s in got.items() if s != want[name]}
         if bad:
-            raise ModelRefused(f"{self.version}: output shapes {bad} disagree with the manifest (expected "
+            raise ModelRefused(f"output shapes {bad} disagree with the manifest (expected "
                                f"{ {name: want[name] for name in bad} } for a {n}x3x{h}x{w} input): set the manifest's "
                                "embedding_dim (and classes) to what the model gives")
 

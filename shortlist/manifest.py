@@ -65,6 +65,11 @@ INPUT_NAME = "image"
 EMBEDDING_OUTPUT = "embedding"
 LOGITS_OUTPUT = "logits"
 ROTATION_OUTPUT = "rotation_logits"
+# How to export a PyTorch encoder the agent can serve (its refusals and ``export``'s advice quote it): float32
+# NCHW in, the embedding out, the batch axis dynamic.
+ONNX_EXPORT_HINT = (f"torch.onnx.export(model.eval(), torch.randn(2, 3, H, W), \"encoder.onnx\", "
+                    f"input_names=[\"{INPUT_NAME}\"], output_names=[\"{EMBEDDING_OUTPUT}\"], dynamic_axes="
+                    f"{{\"{INPUT_NAME}\": {{0: \"batch\"}}, \"{EMBEDDING_OUTPUT}\": {{0: \"batch\"}}}})")
 MAX_INPUT_SIDE = 4096  # a manifest asking for larger inputs is refused (memory per decoded image)
 # Resampling filters a manifest's preprocess ``interpolation`` may name (shortlist/images.py maps each to Pillow's).
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "lanczos")

@@ -24,8 +24,7 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from agent.models_import import ONNX_EXPORT_HINT
-from shortlist.manifest import PREPROCESS_PRESETS, Preprocess
+from shortlist.manifest import ONNX_EXPORT_HINT, PREPROCESS_PRESETS, Preprocess
 from training import loop
 from training.augment import AugmentConfig
 from training.backbones import build_backbone, min_input_side

@@ -93,7 +93,7 @@ def refusal(tmp_path: Path, **kw: Any) -> str:
 def test_a_fixed_batch_axis_is_refused_at_load_with_how_to_export(tmp_path: Path) -> None:
     said = refusal(tmp_path, batch=1)
     assert "the batch axis is fixed at 1" in said
-    assert "dynamic_axes={'image': {0: 'batch'}}" in said
+    assert 'dynamic_axes={"image": {0: "batch"}' in said
     # declared dynamic but reshaped to a batch of 1 inside (what tracing can leave): the batch of 2 shows it
     said = refusal(tmp_path / "b", reshape_batch=1)
     assert "fails on a batch of 2 blank images" in said and "dynamic batch axis" in said
