@@ -1,6 +1,6 @@
-"""``shortlist models import``: an ONNX encoder Shortlist did not train, checked as the agent will run it,
-published with its preprocessing, then served by a real agent; models the agent could not run are refused
-with advice and nothing published."""
+"""``shortlist models import``: an ONNX encoder Shortlist did not train, published byte for byte with its
+preprocessing and input and output names, then served by a real agent; models the agent's load check refuses
+are refused with its advice and nothing published."""
 
 from __future__ import annotations
 
@@ -79,10 +79,10 @@ def test_an_imported_pooled_cnn_is_published_with_its_preprocessing_and_served_b
     assert f"bench embeddings --encoder {models / 'v0001'}" in out
     manifest = check_version(models / "v0001")  # complete, hashes checked
     assert manifest.preprocess == Preprocess(size=(SIDE, SIDE), mean=MEAN, std=STD, interpolation="bicubic")
-    assert manifest.embedding_dim == DIM and manifest.input_name == "pixels" and manifest.outputs == [EMBEDDING_OUTPUT]
+    assert manifest.embedding_dim == DIM and manifest.input_name == "pixels"
+    assert manifest.output_name == "feat" and manifest.outputs == ["feat"]  # (N, 6, 1, 1): the agent flattens it
     assert manifest.method == "imported" and manifest.source_run == str(src.resolve())
-    assert manifest.verification["import"]["source_sha256"] == sha256_file(src)
-    assert manifest.verification["import"]["rewritten"]  # (N, 6, 1, 1) "feat" -> (N, 6) "embedding"
+    assert sha256_file(models / "v0001" / ONNX_NAME) == sha256_file(src)  # the user's file, byte for byte
 
     # The agent's own loader computes the model's embedding: W @ (the mean normalised pixel).
     images = np.random.default_rng(0).integers(0, 256, (5, SIDE, SIDE, 3), dtype=np.uint8)
@@ -113,36 +113,38 @@ def test_a_model_already_in_the_agents_shape_is_published_byte_for_byte(tmp_path
     assert outcome["preprocess"]["size"] == [SIDE, SIDE]  # the model's own fixed size beats the preset's 32
     assert outcome["preprocess"]["mean"] == [0.4914, 0.4822, 0.4465]  # the preset's
     assert sha256_file(models / "v0001" / ONNX_NAME) == sha256_file(src)
+    assert check_version(models / "v0001").output_name == EMBEDDING_OUTPUT
 
 
 @pytest.mark.parametrize(("kind", "advice"), [
-    ({"batch": 1}, "batch axis is fixed at 1"),
-    ({"layout": "NHWC"}, "channels last (NHWC)"),
-    ({"dtype": TensorProto.FLOAT16}, "the agent feeds float32"),
+    ({"batch": 1}, "the batch axis is fixed at 1"),
+    ({"layout": "NHWC"}, "(it looks channels-last, NHWC)"),
+    ({"dtype": TensorProto.FLOAT16}, "keep_io_types=True"),
     ({"extra_output": True}, "say which one is the embedding with --output-name"),
 ])
 def test_a_model_the_agent_could_not_run_is_refused_with_advice_and_nothing_published(
         tmp_path: Path, kind: dict[str, object], advice: str) -> None:
     src, models = tmp_path / "bad.onnx", tmp_path / "models"
     pooled_cnn(src, **kind)  # type: ignore[arg-type]
-    code, out, err = _import(src, models, *PRE_ARGS)
+    code, out, err = _import(src, models, *PRE_ARGS, "--size", str(SIDE), str(SIDE))
     assert code == 1 and advice in said(err) and "nothing was published" in err, err
     assert "Traceback" not in err and out == ""
-    assert not models.exists() or not [p for p in models.iterdir() if not p.name.startswith(".")]
-    assert not models.exists() or not [p for p in models.iterdir() if p.name.startswith(".tmp")]
+    assert not models.exists()  # no registry created, no staging folder left
+    assert ("torch.onnx.export(" in err) == ("batch" in kind)  # the agent's refusal carries the export hint
 
 
 def test_names_and_sizes_are_checked_before_anything_is_published(tmp_path: Path) -> None:
     src, models = tmp_path / "m.onnx", tmp_path / "models"
     pooled_cnn(src, extra_output=True)
     code, _, err = _import(src, models, *PRE_ARGS, "--output-name", "nope")
-    assert code == 1 and "has no output 'nope' (its outputs: feat, spatial)" in said(err)
-    code, _, err = _import(src, models, *PRE_ARGS, "--output-name", "spatial")
-    assert code == 1 and "an embedding is (N, D), or (N, D, 1, 1)" in said(err)
-    code, _, err = _import(src, models, *PRE_ARGS, "--input-name", "image", "--output-name", "feat")
-    assert code == 1 and "no input 'image' (its inputs: pixels)" in said(err)
+    assert code == 1 and "has no 'nope' output (its outputs: ['feat', 'spatial'])" in said(err)
+    assert "--output-name" in err
+    code, _, err = _import(src, models, *PRE_ARGS, "--size", "8", "8", "--input-name", "image", "--output-name", "feat")
+    assert code == 1 and "input_name is 'image' but the model's inputs are ['pixels']" in said(err)
+    assert "--input-name" in said(err)
     code, _, err = _import(src, models, *PRE_ARGS, "--size", "16", "16", "--output-name", "feat")
-    assert code == 1 and "takes 8x8 images" in said(err) and "--size 8 8" in said(err)
+    assert code == 1 and "shape ['N', 3, 8, 8]" in said(err) and "(N, 3, 16, 16)" in said(err)
+    assert "--size H W" in said(err)
     code, _, err = _import(src, models, "--output-name", "feat")  # no mean / std: no silent default
     assert code == 2 and "--preprocess imagenet" in err
     code, _, err = _import(tmp_path / "missing.onnx", models, *PRE_ARGS)
@@ -177,12 +179,22 @@ def test_import_refuses_a_training_run_folder_as_registry(tmp_path: Path) -> Non
         import_onnx(src, run, Preprocess(size=(SIDE, SIDE)))
 
 
-def test_a_pooled_output_already_named_embedding_is_flattened_under_that_name(tmp_path: Path) -> None:
+def test_a_pooled_output_named_embedding_is_published_as_is_and_flattened_by_the_agent(tmp_path: Path) -> None:
     src, models = tmp_path / "m.onnx", tmp_path / "models"
-    w = pooled_cnn(src, output_name=EMBEDDING_OUTPUT)  # (N, 6, 1, 1) called embedding: the agent wants (N, 6)
+    w = pooled_cnn(src, output_name=EMBEDDING_OUTPUT)  # (N, 6, 1, 1) called embedding: the agent flattens it
     version, manifest = import_onnx(src, models, Preprocess(size=(SIDE, SIDE), mean=MEAN, std=STD))
-    assert version == "v0001" and manifest.embedding_dim == DIM and manifest.verification["import"]["rewritten"]
+    assert version == "v0001" and manifest.embedding_dim == DIM and manifest.output_name == EMBEDDING_OUTPUT
+    assert sha256_file(models / version / ONNX_NAME) == sha256_file(src)
     images = np.random.default_rng(2).integers(0, 256, (3, SIDE, SIDE, 3), dtype=np.uint8)
     vecs = Embedder(models / version, check_version(models / version), use_cuda=False).embed(images).vecs
     want = manifest.preprocess.normalize(images).mean(axis=(2, 3)) @ w.T
     np.testing.assert_allclose(vecs, want / np.linalg.norm(want, axis=1, keepdims=True), atol=1e-5)
+
+
+def test_an_output_named_like_a_head_can_be_the_embedding(tmp_path: Path) -> None:
+    src, models = tmp_path / "m.onnx", tmp_path / "models"
+    pooled_cnn(src, flat=True, output_name="logits")  # a classifier's scores, served as the embedding
+    version, manifest = import_onnx(src, models, Preprocess(size=(SIDE, SIDE), mean=MEAN, std=STD))
+    assert manifest.output_name == "logits" and manifest.embedding_dim == DIM
+    emb = Embedder(models / version, check_version(models / version), use_cuda=False)
+    assert emb.embed(np.zeros((3, SIDE, SIDE, 3), np.uint8)).vecs.shape == (3, DIM) and not emb.classes
