@@ -1,5 +1,5 @@
 """``shortlist models``: what a model registry holds, putting an older version back in service, and removing
-old versions.
+old versions (``import``, publishing an ONNX encoder Shortlist did not train, is agent/models_import.py).
 
 The agent serves the newest complete version of its ``--models`` folder (agent/models.py), so a rollback
 is a republish: ``shortlist.manifest.republish`` copies the chosen version, hashes checked, under the next
@@ -60,7 +60,7 @@ from shortlist.manifest import (
 from shortlist.v1 import agent_pb2, agent_pb2_grpc
 
 models_app = typer.Typer(no_args_is_help=True, help="The model registry: list its versions, roll back to one, "
-                         "remove old ones.")
+                         "remove old ones, import an ONNX encoder Shortlist did not train.")
 
 ModelsOpt = typer.Option(..., "--models", help="the registry folder (what `shortlist serve --models` serves)")
 

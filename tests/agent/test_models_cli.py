@@ -474,3 +474,11 @@ def test_list_and_rollback_use_the_agents_load_check(tmp_path: Path) -> None:
     assert "v0003 cannot be served again: the agent refuses it: the batch axis is fixed at 1" in said(back.output)
     assert "nothing was published" in said(back.output)
     assert list_versions(models) == ["v0001", "v0002", "v0003", "v0004"]
+
+
+def test_models_help_names_every_command() -> None:
+    r = runner.invoke(app, ["models", "--help"], env={"COLUMNS": "200"})
+    assert r.exit_code == 0
+    text = " ".join(r.stdout.split())
+    assert "list its versions, roll back to one, remove old ones, import an ONNX encoder" in text
+    assert all(f"│ {c} " in r.stdout for c in ("list", "rollback", "prune", "import"))
