@@ -178,8 +178,9 @@ class Embedder:
     def _check_shapes(self) -> None:
         """Run a batch of PROBE_BATCH blank images so that a model that disagrees with its manifest, or cannot
         take a batch, fails at load time (the version is then refused with the reason) rather than on every
-        Ingest. The embedding output may be Nx... with non-batch sizes that multiply to the embedding size
-        (e.g. Nx512x1x1 from a pooling layer): ``embed`` flattens it."""
+        Ingest. The embedding output may be NxDx1x1 (a pooling layer's, any number of trailing 1s): ``embed``
+        flattens it. A feature map (NxCxHxW, H or W > 1) is refused even when C*H*W is the embedding size: its
+        flattened pixels are no embedding (a pooling layer is missing)."""
         h, w, n = *self.preprocess.size, PROBE_BATCH
         try:
             outs = self._probe(np.zeros((n, 3, h, w), np.float32))
@@ -193,8 +194,12 @@ class Embedder:
         # ``logits``) is checked as the embedding
         want = {LOGITS_OUTPUT: (n, len(self.classes)), ROTATION_OUTPUT: (n, 4), self.output_name: (n, self.dim)}
         emb = got[self.output_name]
-        if len(emb) >= 2 and emb[0] == n and int(np.prod(emb[1:])) == self.dim:
+        if len(emb) >= 2 and emb[0] == n and emb[1] == self.dim and all(d == 1 for d in emb[2:]):
             got[self.output_name] = (n, self.dim)
+        elif len(emb) > 2 and emb[0] == n and any(d != 1 for d in emb[2:]):
+            raise ModelRefused(f"the output {self.output_name!r} is a feature map ({emb} for a batch of {n}), not one "
+                               "vector per image: end the model with a global average pooling (e.g. "
+                               "torch.nn.AdaptiveAvgPool2d(1) and a flatten) and export it again")
         bad = {name: s for name, s in got.items() if s != want[name]}
         if bad:
             raise ModelRefused(f"output shapes {bad} disagree with the manifest (expected "

@@ -96,11 +96,12 @@ def conv_encoder(size: tuple[int, int] = (32, 32), widths: tuple[int, ...] = (64
 def foreign_encoder(size: tuple[int, int] = (8, 8), dim: int = 16, input_name: str = INPUT_NAME,
                     output_name: str = EMBEDDING_OUTPUT, batch: int | None = None, nhwc: bool = False,
                     float16: bool = False, pooled: bool = False, reshape_batch: int | None = None,
-                    seed: int = 0) -> onnx.ModelProto:
+                    feature_map: bool = False, seed: int = 0) -> onnx.ModelProto:
     """A linear encoder (``linear_encoder``) exported the ways encoders brought from elsewhere are: another input
     or output name, a batch axis fixed at ``batch``, channels-last input (``nhwc``), a float16 input, a
-    ``pooled`` Nx``dim``x1x1 output, or a graph that reshapes to a fixed batch of ``reshape_batch`` inside
-    (declared dynamic, runs at that batch size only: what tracing a batch of 1 can leave)."""
+    ``pooled`` Nx``dim``x1x1 output, a ``feature_map`` Nx(``dim``/4)x2x2 output (no pooling layer), or a graph
+    that reshapes to a fixed batch of ``reshape_batch`` inside (declared dynamic, runs at that batch size only:
+    what tracing a batch of 1 can leave)."""
     rng = np.random.default_rng(seed)
     h, w = size
     flat = 3 * h * w
@@ -120,11 +121,12 @@ def foreign_encoder(size: tuple[int, int] = (8, 8), dim: int = 16, input_name: s
     else:
         nodes.append(helper.make_node("Flatten", [x], ["flat"], axis=1))
     out_shape: list[int | str] = ["N", dim]
-    if pooled:
-        inits.append(numpy_helper.from_array(np.array([-1, dim, 1, 1], np.int64), "pool_shape"))
+    if pooled or feature_map:
+        shape = [dim // 4, 2, 2] if feature_map else [dim, 1, 1]
+        inits.append(numpy_helper.from_array(np.array([-1, *shape], np.int64), "pool_shape"))
         nodes += [helper.make_node("MatMul", ["flat", "W"], ["vec"]),
                   helper.make_node("Reshape", ["vec", "pool_shape"], [output_name])]
-        out_shape = ["N", dim, 1, 1]
+        out_shape = ["N", *shape]
     else:
         nodes.append(helper.make_node("MatMul", ["flat", "W"], [output_name]))
     graph = helper.make_graph(nodes, "foreign_encoder", [helper.make_tensor_value_info(input_name, elem, declared)],

@@ -121,11 +121,13 @@ def test_refusals_say_what_the_agent_feeds_and_what_to_change(tmp_path: Path) ->
     assert "takes tensor(float16), but the agent feeds float32" in said and "add a Cast" in said
 
 
-def test_a_pooled_output_is_served_when_its_sizes_multiply_to_the_embedding_size(tmp_path: Path) -> None:
+def test_a_pooled_output_is_served_and_a_feature_map_is_refused(tmp_path: Path) -> None:
     emb = foreign(tmp_path, pooled=True)  # Nx16x1x1
     imgs = np.random.default_rng(3).integers(0, 255, (5, 8, 8, 3), dtype=np.uint8)
     flat = foreign(tmp_path / "flat").embed(imgs).vecs  # the same weights, an Nx16 output
     assert np.allclose(emb.embed(imgs).vecs, flat, atol=1e-6)
+    said = refusal(tmp_path / "map", feature_map=True)  # Nx4x2x2: 16 numbers an image, but no pooling
+    assert "is a feature map ((2, 4, 2, 2) for a batch of 2)" in said and "global average pooling" in said
 
 
 def test_the_manifests_output_name_picks_the_embedding(tmp_path: Path) -> None:
