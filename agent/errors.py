@@ -12,7 +12,9 @@ No RPC answers UNKNOWN: anything not recognised below is a bug, answered INTERNA
 logged; request metadata, and so any token, is never logged).
 
 A message may carry context added with ``BaseException.add_note`` (e.g. Ingest adds how many samples
-of the stream were stored before the failure): the notes are appended to the status message.
+of the stream were stored before the failure): the notes are appended to the status message. That Ingest
+count also travels as trailing metadata ``shortlist-stored`` (``note_stored``), for clients that must not
+parse English.
 """
 
 from __future__ import annotations
@@ -31,6 +33,11 @@ log = logging.getLogger(__name__)
 
 # Trailing metadata key with the suggested wait (milliseconds) on RESOURCE_EXHAUSTED / UNAVAILABLE.
 RETRY_AFTER_KEY = "retry-after-ms"
+# Trailing metadata key on an Ingest stream that ended with an error: how many samples of that stream were
+# stored before it (an integer string; resend the rest, stored ones count as duplicates).
+STORED_KEY = "shortlist-stored"
+# The attribute ``note_stored`` sets on an exception (read by ``map_exception``).
+_STORED_ATTR = "shortlist_stored"
 # Longest status message sent: it travels in the trailers, which clients cap (8 KiB by default), and a
 # message may echo a client's string (a strategy name, a param). Longer ones keep their head and tail.
 MAX_DETAILS_CHARS = 2000
@@ -121,6 +128,7 @@ class Mapped:
     code: grpc.StatusCode
     message: str
     retry_after_s: float | None = None
+    stored: int | None = None  # an Ingest stream's samples stored before the failure (``STORED_KEY``)
 
 
 _DISK_FULL = ("the agent's data folder is full (no space left on its disk or quota): free space there and "
@@ -129,6 +137,20 @@ _IO_ERROR = ("the agent could not read or write its data folder (I/O error): che
              "unmounted?) and retry; nothing of this request past what an earlier reply acknowledged was stored")
 _READ_ONLY = ("the agent's data folder is not writable (read-only file system or permissions): make it "
               "writable for the user running `shortlist serve` and retry; reads keep working")
+
+
+def note_stored(e: BaseException, stored: int) -> BaseException:
+    """``e`` (returned) with how many samples of an Ingest stream were stored before it: a note appended to
+    the status message, and trailing metadata ``shortlist-stored`` (the one place both are made)."""
+    e.add_note(f"{stored} samples of this stream were stored before the failure; resend the rest "
+               "(resent samples are counted as duplicates)")
+    setattr(e, _STORED_ATTR, stored)
+    return e
+
+
+def _stored(e: BaseException) -> int | None:
+    n = getattr(e, _STORED_ATTR, None)
+    return n if isinstance(n, int) else None
 
 
 def _with_notes(message: str, e: BaseException) -> str:
@@ -166,6 +188,12 @@ def storage_problem(e: BaseException) -> Mapped | None:
 
 def map_exception(e: BaseException) -> Mapped:
     """The status a client gets for ``e``. INTERNAL only for what is not recognised (a bug)."""
+    m = _map(e)
+    stored = _stored(e)
+    return m if stored is None else Mapped(m.code, m.message, m.retry_after_s, stored)
+
+
+def _map(e: BaseException) -> Mapped:
     if isinstance(e, AgentError):
         return Mapped(e.code, _with_notes(str(e), e), getattr(e, "retry_after_s", None))
     if isinstance(e, DecodeError):
@@ -196,8 +224,13 @@ def abort(context: grpc.ServicerContext, e: BaseException, method: str = "") -> 
     elif m.code in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.DATA_LOSS,
                     grpc.StatusCode.FAILED_PRECONDITION) and not isinstance(e, AgentError):
         log.error("%s: storage problem: %s", method or "a request", m.message)  # a full or read-only disk
+    trailing: list[tuple[str, str]] = []
     if m.retry_after_s is not None:
-        context.set_trailing_metadata(((RETRY_AFTER_KEY, str(round(m.retry_after_s * 1000))),))
+        trailing.append((RETRY_AFTER_KEY, str(round(m.retry_after_s * 1000))))
+    if m.stored is not None:
+        trailing.append((STORED_KEY, str(m.stored)))
+    if trailing:
+        context.set_trailing_metadata(tuple(trailing))
     context.abort(m.code, shorten(m.message))
 
 

@@ -16,7 +16,8 @@ One batch (one IngestRequest message) goes through three stages:
 batch k+1, committer: batch k; onnxruntime, Pillow, SQLite and fsync release the GIL, so they
 overlap), with at most ``Limits.max_ingest_streams`` streams at once. Per-sample problems are
 Rejections; a whole-request problem (too many samples in one message, a full disk, a broken stream)
-is raised as an agent.errors exception, with a note on how many samples of the stream were stored.
+is raised as an agent.errors exception, with a note on how many samples of the stream were stored
+(``agent.errors.note_stored``: also the trailing metadata ``shortlist-stored``).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from agent.admission import Admission, large_decode_slot
 from agent.blobs import BlobStore, sha256_hex
 from agent.cancel import CancelToken, ShuttingDown
 from agent.embedder import EmbedOutput
-from agent.errors import Cancelled, DeadlineExceeded, ResourceExhausted
+from agent.errors import Cancelled, DeadlineExceeded, ResourceExhausted, note_stored
 from agent.limits import (
     Limits,
     check_count,
@@ -175,13 +176,6 @@ def unknown_label_reason(classes: Sequence[str], label: str) -> str:
     return f"unknown label {label!r}: the class list is closed; valid: {shown}"
 
 
-def _stored_note(e: BaseException, accepted: int) -> BaseException:
-    """``e`` with a note (appended to its status message) on what the stream stored before it failed."""
-    e.add_note(f"{accepted} samples of this stream were stored before the failure; resend the rest "
-               "(resent samples are counted as duplicates)")
-    return e
-
-
 def _idle(limits: Limits) -> DeadlineExceeded:
     s = limits.ingest_idle_timeout_s
     return DeadlineExceeded(
@@ -191,8 +185,8 @@ def _idle(limits: Limits) -> DeadlineExceeded:
 
 
 def _closing() -> ShuttingDown:
-    return ShuttingDown("the agent is shutting down and stopped reading this stream; resend the rest when it is "
-                        "back")
+    return ShuttingDown("the agent is shutting down and stopped reading this stream: retry against the restarted "
+                        "agent")
 
 
 class IngestPipeline:
@@ -458,7 +452,7 @@ class IngestPipeline:
     def _ended_by_shutdown(self, stored: int) -> BaseException:
         with self._open_changed:
             self.ended_by_shutdown += 1
-        return _stored_note(_closing(), stored)
+        return note_stored(_closing(), stored)
 
     def stream(self, batches: Iterable[Sequence[Incoming]], active: Callable[[], bool] = lambda: True,
                token: CancelToken | None = None) -> IngestResult:
@@ -547,19 +541,19 @@ class IngestPipeline:
                     if idle():
                         log.info("ended an Ingest stream idle for %g s (%d samples of it stored)",
                                  self.limits.ingest_idle_timeout_s, total.accepted)
-                        raise _stored_note(_idle(self.limits), total.accepted) from None
+                        raise note_stored(_idle(self.limits), total.accepted) from None
                     continue
                 if item is None:
                     return total
                 if isinstance(item, BaseException):
                     if not active():
-                        raise _stored_note(Cancelled("ingest stream broken by the client"), total.accepted) from item
-                    raise _stored_note(item, total.accepted)
+                        raise note_stored(Cancelled("ingest stream broken by the client"), total.accepted) from item
+                    raise note_stored(item, total.accepted)
                 try:
                     assert isinstance(item, Embedded)
                     total.add(self.store(item))
                 except Exception as e:  # e.g. disk full: earlier batches stay stored, this one is not
-                    raise _stored_note(e, total.accepted) from None
+                    raise note_stored(e, total.accepted) from None
                 batches_stored[0] += 1
                 if self.closing.is_set():
                     raise self._ended_by_shutdown(total.accepted)

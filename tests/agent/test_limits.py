@@ -18,7 +18,7 @@ import pytest
 
 from agent import client
 from agent.config import Limits
-from agent.errors import RETRY_AFTER_KEY
+from agent.errors import RETRY_AFTER_KEY, STORED_KEY
 from shortlist.images import TooManyPixels, image_header
 from shortlist.v1 import agent_pb2
 from tests.agent.conftest import Running, make_images, make_samples, png, start
@@ -138,6 +138,38 @@ def test_whole_request_limits_are_statuses(tight: Running) -> None:
     # The client splits a long label list into requests the agent takes.
     reply = client.submit_labels(tight.stub, [(f"s{i}", "cat") for i in range(4)], chunk=3)
     assert reply.accepted == 4 and counts(tight) == (4, 4)
+
+
+def test_an_ingest_stream_ended_by_an_error_sends_its_stored_count_as_trailing_metadata(
+        tmp_path: Path, registry: Path) -> None:
+    """A pipeline in any language reads how many samples of a broken stream were stored from the trailing
+    metadata ``shortlist-stored`` (an integer string), without parsing the English message: a message over
+    --max-samples-per-request after stored ones, and a stream left silent past --ingest-idle-timeout."""
+    r = start(tmp_path / "data", registry, limits=Limits(max_samples_per_request=4, ingest_idle_timeout_s=1.0))
+    try:
+        def too_many() -> Iterator[agent_pb2.IngestRequest]:
+            yield agent_pb2.IngestRequest(samples=make_samples(3, prefix="a"))
+            yield agent_pb2.IngestRequest(samples=make_samples(5, prefix="b"))
+
+        err = rpc_error(lambda: r.stub.Ingest(too_many(), timeout=30))
+        assert err.code() == CODE.RESOURCE_EXHAUSTED and "3 samples of this stream were stored" in err.details()
+        assert dict(err.trailing_metadata())[STORED_KEY] == "3" and counts(r)[0] == 3
+        release = threading.Event()
+
+        def silent() -> Iterator[agent_pb2.IngestRequest]:
+            yield agent_pb2.IngestRequest(samples=make_samples(2, prefix="c"))
+            release.wait(30)  # a client that forgot its stream
+
+        try:
+            err = rpc_error(lambda: r.stub.Ingest(silent(), timeout=30))
+        finally:
+            release.set()
+        assert err.code() == CODE.DEADLINE_EXCEEDED and "sent nothing for 1 s" in err.details()
+        assert dict(err.trailing_metadata())[STORED_KEY] == "2" and counts(r)[0] == 5
+        err = rpc_error(lambda: r.stub.Select(agent_pb2.SelectRequest(budget=1, strategy="nope")))
+        assert STORED_KEY not in dict(err.trailing_metadata() or ())  # an Ingest stream's key only
+    finally:
+        r.stop()
 
 
 def test_concurrent_ingest_streams_beyond_the_limit_are_refused_at_once(tight: Running) -> None:

@@ -467,6 +467,8 @@ def test_a_shutdown_answers_a_client_that_is_sending_with_what_it_stored(tmp_pat
             stored.close()
         assert "the agent is shutting down and stopped reading this stream" in details, (k, details)
         assert f"; {n} samples of this stream were stored before the failure" in details, (k, n, details)
+        assert dict(err.trailing_metadata() or ())["shortlist-stored"] == str(n), (k, n)  # type: ignore[attr-defined]
+        assert details.count("resend the rest") == 1, details
 
 
 def test_annotator_names_with_control_characters_are_refused(running: Running) -> None:
