@@ -147,6 +147,9 @@ class CycleConfig:
     options: Mapping[str, Any] = field(default_factory=dict)
     # a pretraining method's constructor keywords (PretrainConfig.method_options; CLI: --method-option)
     method_options: Mapping[str, Any] = field(default_factory=dict)
+    # True: ``models`` is deliberately not the agent's registry (the benchmarks' semi-supervised stage scores the
+    # published version itself): no check that it holds the served version, no ReloadModel, no "not taken up"
+    elsewhere: bool = False
 
     def __post_init__(self) -> None:  # callers may give the folders as str
         object.__setattr__(self, "models", Path(self.models))

@@ -195,7 +195,7 @@ def run_cycle(agent: str, config: CycleConfig, *, console: Console | None = None
     before = stub.GetStatus(agent_pb2.GetStatusRequest())
     if before.samples == 0:
         raise CycleRefused(f"the agent at {agent} holds no samples: ingest images first (`shortlist ingest FOLDER`)")
-    if problem := _registry_mismatch(agent, before, models):
+    if not config.elsewhere and (problem := _registry_mismatch(agent, before, models)):
         raise CycleRefused(problem)
     if mode not in METHODS:
         if before.labeled == 0:
@@ -245,7 +245,8 @@ def _pull_train_publish(agent: str, config: CycleConfig, stub: Any, before: agen
         raise loop.Interrupted(e.signal_name, e.step, run_dir, "nothing was published; run `shortlist cycle` "
                                "again (with another --out) to train anew") from None
     version = export_run(run_dir, models, real_images=_real_images(data, run_dir), log=console.print)
-    after = client.reload_model(stub, version, PICKUP_WAIT_S)  # waits until the agent says what it made of it
+    # waits until the agent says what it made of it (a registry it does not serve: nothing to ask)
+    after = before if config.elsewhere else client.reload_model(stub, version, PICKUP_WAIT_S)
     summary = json.loads((run_dir / loop.SUMMARY).read_text()) if (run_dir / loop.SUMMARY).is_file() else {}
     result = CycleResult(version_before=before.model_version, version_after=after.model_version or
                          after.pending_model_version, published=version, samples=len(data),
@@ -257,7 +258,7 @@ def _pull_train_publish(agent: str, config: CycleConfig, stub: Any, before: agen
                   f"trained on {result.samples} samples, {result.labeled} labels (label revision "
                   f"{label_events if label_events is not None else 'unknown'}), mode {mode}; run {run_dir}",
                   highlight=False)
-    if not result.taken_up:
+    if not result.taken_up and not config.elsewhere:
         result.not_taken_up = (f"the agent has not taken {version} up: "
                                + (client.refusal(after, version)
                                   or f"is {models} the folder it serves (`shortlist serve --models`)?"))

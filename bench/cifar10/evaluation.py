@@ -218,7 +218,8 @@ def semi_supervised_accuracy(address: str, ssl: SemiSupervised, strategy: str, s
     registry = ssl.out / "models"
     try:
         cycle = CycleConfig(models=registry, out=run_dir, mode="as3l", init=str(ssl.init) if ssl.init else None,
-                            steps=ssl.steps, minutes=None if ssl.steps else ssl.minutes, prior_method=ssl.prior_method)
+                            steps=ssl.steps, minutes=None if ssl.steps else ssl.minutes, prior_method=ssl.prior_method,
+                            elsewhere=True)
         version = run_cycle(address, cycle).published
     except CycleRefused as e:
         typer.echo(f"warning: no semi-supervised run for {strategy} seed {seed} at {budget} labels: {e}")
