@@ -748,6 +748,12 @@ class Agent:
             if (problem := new_class_problem(others, new) or (
                     None if new in self.state.renamed else near_retired_problem(self.state, new, old))) is not None:
                 raise InvalidArgument(f"to_class: {problem}")
+            if (became := self.state.renamed.get(new)) is not None and became != old:
+                # a retired name still means the class it became (a pipeline sending it is told that class's
+                # name); given to another class, it would name that one, silently: only a rename back takes it
+                raise InvalidArgument(
+                    f"to_class: {new!r} was renamed to {became!r}, and a label {new!r} is refused naming {became!r}; "
+                    f"pick another name (only {became!r} can take {new!r} back)")
             moved, merged = self.state.rename_class(old, new, annotator or "unknown",
                                                     "" if serving is None else serving.version)
             # cached answers are keyed on the labels' indices, which a rename of a class without labels (or a

@@ -306,3 +306,38 @@ def test_a_case_or_width_variant_of_a_retired_name_is_advised_the_class_it_becam
         assert _rename(agent, "roe_deer", "deer").moved == 2
     finally:
         agent.stop()
+
+
+def test_a_retired_name_is_refused_to_another_class_and_given_back_only_to_the_class_it_became(
+        tmp_path: Path) -> None:
+    agent = _labelled(tmp_path)
+    try:
+        _rename(agent, "deer", "roe_deer")
+        # fox taking 'deer' would make a pipeline still sending 'deer' (meaning roe_deer) label foxes, silently
+        with pytest.raises(grpc.RpcError) as e:
+            _rename(agent, "fox", "deer")
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert str(e.value.details()) == (
+            "to_class: 'deer' was renamed to 'roe_deer', and a label 'deer' is refused naming 'roe_deer'; pick "
+            "another name (only 'roe_deer' can take 'deer' back)")
+        assert _classes(agent) == ["roe_deer", "fox", "boar"]  # nothing changed
+        r = client.submit_labels(agent.stub, [("s8", "deer")])
+        assert r.rejected[0].reason == "'deer' was renamed to 'roe_deer'; label with that"
+        # along a chain, the class the retired names now point to is refused the other's name too ...
+        _rename(agent, "roe_deer", "capreolus")
+        for name in ("deer", "roe_deer"):
+            with pytest.raises(grpc.RpcError) as e:
+                _rename(agent, "boar", name)
+            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "'capreolus'" in str(e.value.details())
+        # ... and it alone takes either old name back
+        assert _rename(agent, "capreolus", "deer").moved == 2
+        assert _classes(agent) == ["deer", "fox", "boar"]
+        assert client.submit_labels(agent.stub, [("s8", "deer")]).accepted == 1
+        # a merged class's name goes back only to the class it was merged into
+        _rename(agent, "boar", "fox")
+        with pytest.raises(grpc.RpcError) as e:
+            _rename(agent, "deer", "boar")
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "renamed to 'fox'" in str(e.value.details())
+        assert _rename(agent, "fox", "boar").moved == 4 and _classes(agent) == ["deer", "boar"]
+    finally:
+        agent.stop()
