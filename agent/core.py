@@ -139,6 +139,14 @@ def uniform_draw(strategy: str, filtered: bool) -> bool:
     return entry is not None and entry.uniform and not filtered
 
 
+def uniform_request(request: Mapping[str, Any]) -> bool:
+    """Whether a recorded Select ``request`` (the dict ``Agent.select`` records) was a uniform draw of the whole
+    unlabelled pool (``uniform_draw``): not with a where filter, a per-group cap, or while the serving version
+    had not embedded every stored sample (``not_embedded``: its candidates were the embedded part only)."""
+    filtered = bool(request.get("where")) or bool(request.get("max_per_group")) or bool(request.get("not_embedded"))
+    return uniform_draw(str(request.get("strategy")), filtered)
+
+
 def counted_labels(order: np.ndarray, labelled: np.ndarray, minimum: int = 1) -> np.ndarray:
     """The labelled picks of one uniform draw that count as a uniform sample of the pool. ``order``: the
     draw's seqs in the order drawn (K); ``labelled``: whether each is labelled now (K bool). Counted: the
@@ -224,6 +232,9 @@ SAME_PAYLOAD_LEFT_OUT = "same_payload_left_out"
 # is being embedded after the first model, or after a restart that fell back to another version): how
 # many, and that they are not candidates until then. Absent once every stored sample is embedded.
 NOT_EMBEDDED = "not_embedded"
+# Select's details key, present on a random Select answered while NOT_EMBEDDED is: a draw of the embedded
+# samples only, so not counted as a uniform draw for the calibration (an audit is refused then).
+NOT_UNIFORM = "not_uniform"
 # A Select with a per-group cap (SelectRequest.group_by / max_per_group) runs its strategy at most this many
 # rounds: each round after the first reruns it on the candidates left (less the picks taken and the members
 # of groups at their cap) for the picks still missing. Every round takes at least one pick (each group left
@@ -418,7 +429,7 @@ class Agent:
         is still in the audit table, ``counted_seqs``)."""
         return [(str(request.get("strategy")), np.array(self._seqs_of(str(r[0]) for r in result), np.int64))
                 for _, request, result, _ in self.state.selections()
-                if uniform_draw(str(request.get("strategy")), bool(request.get("where")))]
+                if uniform_request(request)]
 
     def _seqs_of(self, ids: Iterable[str]) -> list[int]:
         """The seqs of the stored samples among ``ids``, in order."""
@@ -871,6 +882,11 @@ class Agent:
             pool, seqs = self.model_pool(serving, where)
             version = serving.version
             behind = self.not_embedded(version, stored, len(seqs))
+            if behind and strategy == AUDIT:
+                raise FailedPrecondition(
+                    f"an audit draw must cover the whole pool, and {behind:,} of {stored:,} stored samples are not "
+                    f"embedded yet by {version} (the pool is being embedded in the background); ask again when "
+                    "Status.embedded reaches Status.samples")
         candidates, left_out = self.twin_free(pool.candidates, seqs)
         pool = replace(pool, candidates=candidates)
         details: dict[str, str] = {}
@@ -887,7 +903,8 @@ class Agent:
                 return SelectResult(chosen, version, strategy, cached[2], details)
         elif take == 0:
             chosen = []
-            details[NOTHING_SELECTED] = self._why_nothing(where, left_out)
+            details[NOTHING_SELECTED] = self._why_nothing(where, left_out, behind if serving is not None else 0,
+                                                          len(seqs))
         elif max_per_group:
             chosen, details = self._run_capped(strategy, fn, pool, seqs, take, seed, params, token, group_by,
                                                max_per_group)
@@ -902,6 +919,9 @@ class Agent:
             details[NOT_EMBEDDED] = (f"{behind:,} of {stored:,} stored samples are not embedded yet by {version} (the "
                                      "pool is being embedded in the background): they are not candidates until "
                                      "then; ask again when Status.embedded reaches Status.samples")
+            if uniform_draw(strategy, bool(where) or bool(max_per_group)):
+                details[NOT_UNIFORM] = ("a draw of the embedded samples only, not of the whole pool: its labels do "
+                                        "not count as audit labels for the calibration")
         selection_id = uuid.uuid4().hex
         if not record:  # cached unrecorded: a repeat by a read token is answered at once, by a write token recorded
             if cached is None:
@@ -910,8 +930,10 @@ class Agent:
                                 {**details, SELECTION_NOT_RECORDED: READ_ONLY_SELECT})
         request: dict[str, Any] = {"budget": budget, "strategy": strategy, "params": dict(params), "seed": seed,
                                    "where": dict(where)}
-        if max_per_group:  # not a uniform draw (_record_selection): the cap reshapes the sample
+        if max_per_group:  # not a uniform draw (uniform_request): the cap reshapes the sample
             request.update(group_by=group_by, max_per_group=max_per_group)
+        if serving is not None and behind:  # not a uniform draw either: the candidates are the embedded part only
+            request.update(not_embedded=behind)
         recorded, details = self._record_selection(selection_id, request, chosen, version, details)
         # an unrecorded answer is cached without an id: a repeat runs the recording again
         kept = {k: v for k, v in details.items() if k != SELECTION_NOT_RECORDED}
@@ -1081,9 +1103,8 @@ class Agent:
         ``selection_id``; a uniform draw's samples first join the audit (durable before the answer: an
         unrecorded draw would not be audited). The id it was recorded under ("" when a full or read-only
         disk kept it from being recorded) and ``details`` (then saying why it was not)."""
-        strategy, where = request["strategy"], request["where"]
-        capped = bool(request.get("max_per_group"))
-        drawn = self._seqs_of(i for i, _ in chosen) if uniform_draw(strategy, bool(where) or capped) else []
+        strategy = request["strategy"]
+        drawn = self._seqs_of(i for i, _ in chosen) if uniform_request(request) else []
         if strategy == AUDIT and drawn:  # durable before the answer: an unrecorded draw would not be audited
             self.state.add_audit(drawn, selection_id)
         recorded = ""
@@ -1121,11 +1142,26 @@ class Agent:
             log.info("pruned %d old selection records (the newest %d and every uniform draw are kept)", gone,
                      SELECTIONS_KEPT)
 
-    def _why_nothing(self, where: Mapping[str, str], left_out: int = 0) -> str:
+    def _why_nothing(self, where: Mapping[str, str], left_out: int = 0, behind: int = 0, rows: int = 0) -> str:
         """Why a Select has no candidate: an empty pool, a where filter nothing unlabelled matches, every
-        sample labelled, or (``left_out`` > 0) every unlabelled sample left is byte-identical to a labelled one."""
+        sample labelled, or (``left_out`` > 0) every unlabelled sample left is byte-identical to a labelled one.
+        ``behind``: stored samples the serving version has not embedded yet (``not_embedded``), of which the
+        candidates are none; ``rows``: the samples it has embedded."""
         if self.state.count() == 0:
             return "the pool is empty: ingest samples first"
+        if behind:
+            waiting = (f"{behind:,} stored sample{'s are' if behind != 1 else ' is'} not embedded yet (the pool is "
+                       "being embedded in the background) and not candidates until then; ask again when "
+                       "Status.embedded reaches Status.samples")
+            if rows == 0:
+                return f"nothing is embedded yet: {waiting}"
+            if where:
+                shown = ", ".join(f"{k}={v}" for k, v in sorted(where.items()))
+                return f"no unlabelled embedded sample matches where {shown}; {waiting}"
+            if left_out:
+                return (f"every unlabelled embedded sample ({left_out}) has the exact bytes of a labelled sample; "
+                        f"{waiting}")
+            return f"every embedded sample is labelled; {waiting}"
         if left_out:
             matching = " matching the where filter" if where else ""
             return (f"every unlabelled sample{matching} ({left_out}) has the exact bytes of a labelled sample "

@@ -328,3 +328,52 @@ def test_after_a_restart_falls_back_the_answers_say_the_pool_is_still_being_embe
         assert "not_embedded" not in b.select(3, "random", {}, 1, {}).details
     finally:
         b.close()
+
+
+def test_while_the_pool_is_partly_embedded_select_says_why_it_is_empty_refuses_the_audit_and_counts_no_draw(
+        tmp_path: Path) -> None:
+    """After a fallback (the pool embedded in the background): an empty Select says nothing (or no unlabelled
+    sample) is embedded yet, not that every sample is labelled; the audit, a uniform draw of the whole pool, is
+    refused; a random Select is answered but is no uniform draw for the calibration, in memory or recorded."""
+    models = tmp_path / "models"
+    publish_linear(models, size=SIZE, dim=16, seed=0)  # v0001
+    a = agent(tmp_path, models)
+    try:
+        fill(a)
+        assert a.submit_labels([(f"x{i}", "cat" if i % 2 else "dog") for i in range(6)], "ann")[0] == 6
+        v2 = publish_linear(models, size=SIZE, dim=24, seed=1)
+        a.manager.check()
+    finally:
+        a.close()
+    shutil.rmtree(models / v2)
+    b = Agent(AgentConfig(tmp_path / "data", models, background=False, use_cuda=False, batch_size=BATCH,
+                          poll_s=3600.0))
+    try:
+        assert b.status().embedded == 0
+        empty = b.select(3, "random", {}, 0, {})
+        assert empty.selected == [] and empty.details["nothing_selected"] == (
+            f"nothing is embedded yet: {N} stored samples are not embedded yet (the pool is being embedded in the "
+            "background) and not candidates until then; ask again when Status.embedded reaches Status.samples")
+        with pytest.raises(FailedPrecondition, match=f"an audit draw must cover the whole pool, and {N} of {N} "
+                                                     "stored samples are not embedded yet by v0001"):
+            b.select(3, "audit", {}, 0, {})
+        b.manager._catch_up(b.manager.current.embedder, b.manager.current.index, hold_lock=True,  # type: ignore[union-attr]
+                            limit=BATCH * 2)  # x0..x7, of which x0..x5 are labelled
+        part = b.select(3, "random", {}, 0, {})
+        assert sorted(i for i, _ in part.selected) == ["x6", "x7"]
+        assert "not count as audit labels" in part.details["not_uniform"]
+        assert b._draws == [] and b._recorded_draws() == []
+        with pytest.raises(FailedPrecondition, match="an audit draw must cover the whole pool"):
+            b.select(3, "audit", {}, 0, {})
+        assert b.submit_labels([("x6", "cat"), ("x7", "dog")], "ann")[0] == 2
+        assert b.select(3, "random", {}, 1, {}).details["nothing_selected"].startswith(
+            f"every embedded sample is labelled; {N - 2 * BATCH} stored samples are not embedded yet")
+        assert b.select(3, "random", {}, 5, {"site": "a"}).details["nothing_selected"].startswith(
+            "no unlabelled embedded sample matches where site=a; ")
+        b.manager.check()  # the rest: now a random Select is a uniform draw again, and the audit is answered
+        whole = b.select(3, "random", {}, 2, {})
+        assert len(whole.selected) == 3 and "not_uniform" not in whole.details
+        assert [len(d) for _, d in b._recorded_draws()] == [3] and len(b._draws) == 1
+        assert len(b.select(3, "audit", {}, 0, {}).selected) == 3
+    finally:
+        b.close()
