@@ -131,6 +131,14 @@ class ModelManager:
         # (``progress``), so a status never shows a version as both serving and pending, or as neither.
         self._view_lock = threading.Lock()
         self._looked_at = time.monotonic()  # when the re-embedding last looked for a newer version
+        # ReloadModel's wait for a look at the registry made after it asked (``reload``): ``_asked`` counts the
+        # requests; a look takes the count when it starts (``_ticket``) and, once it has an outcome (a version
+        # adopted, one being embedded as pending, one refused, or nothing new), ``_answer`` raises
+        # ``_answered`` to it, so a request is answered by a look that started after it was made.
+        self._looks = threading.Condition()
+        self._asked = 0
+        self._answered = 0
+        self._ticket = 0
 
     def progress(self) -> tuple[Serving | None, str, VersionIndex | None]:
         """(serving version, pending version name or "", pending index or None), read as one."""
@@ -234,6 +242,9 @@ class ModelManager:
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
+        with self._looks:  # no ReloadModel waits on a thread that is stopping
+            self._answered = self._asked
+            self._looks.notify_all()
         if self._thread is not None:
             self._thread.join(timeout=30)
         try:
@@ -241,9 +252,32 @@ class ModelManager:
         except OSError as e:  # disk full or read-only: the next start rebuilds the graph from SQLite
             log.warning("could not save the index snapshot at shutdown: %s", e)
 
-    def reload(self) -> None:
-        """Look at the registry now (ReloadModel); the work happens in the background thread."""
+    def reload(self, wait_s: float = 0.0) -> bool:
+        """Look at the registry now (ReloadModel); the work happens in the background thread. With ``wait_s``
+        (and that thread running), wait at most that long until it has looked once after this request: the
+        newest version adopted (no model served yet), a newer one being embedded (``pending_version``), refused
+        (a warning), or nothing new; not until a re-embedding ends. Whether it looked in time."""
+        with self._looks:
+            self._asked += 1
+            ticket = self._asked
         self._wake.set()
+        if wait_s <= 0 or self._thread is None or self._stop.is_set():
+            return False
+        with self._looks:
+            return self._looks.wait_for(lambda: self._answered >= ticket, timeout=wait_s)
+
+    def _start_look(self) -> None:
+        """A look at the registry starts: it answers the ReloadModel requests made so far (``_answer``)."""
+        with self._looks:
+            self._ticket = self._asked
+
+    def _answer(self) -> None:
+        """The look started by ``_start_look`` has its outcome (in ``current``, ``pending_version`` or the
+        warnings): the ReloadModel requests it covers get their reply."""
+        with self._looks:
+            if self._ticket > self._answered:
+                self._answered = self._ticket
+                self._looks.notify_all()
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -255,6 +289,8 @@ class ModelManager:
                     log.warning("model check: %s", stored.message)
                 else:
                     log.exception("model check failed")
+            finally:
+                self._answer()  # (done already unless the check failed before its outcome)
             if time.monotonic() - self._saved_at > self.snapshot_s:
                 try:
                     self.save_snapshot()
@@ -501,9 +537,11 @@ class ModelManager:
 
     def check(self) -> None:
         """Adopt/embed/swap as needed; called by the polling thread (and directly by tests)."""
+        self._start_look()
         self._watch_served()
         if self.current is None:
             self._adopt_newest()
+            self._answer()
         else:
             for name in self._candidates():  # newest first: the newest good one wins
                 manifest = self._checked(name)
@@ -514,6 +552,7 @@ class ModelManager:
                     outcome = self._switch(outcome.version, outcome.manifest, outcome.embedder)
                 if outcome:
                     break
+            self._answer()  # (a version embedded as pending answered when it started: ``_switch``)
         if self.current is not None:
             try:
                 self._catch_up(self.current.embedder, self.current.index, hold_lock=True)
@@ -546,9 +585,13 @@ class ModelManager:
         if not self._wake.is_set() and time.monotonic() - self._looked_at < self.poll_s:
             return None
         self._wake.clear()
+        self._start_look()
         self._looked_at = time.monotonic()
         self._watch_served()
-        return self._newer_than(version)
+        found = self._newer_than(version)
+        if found is None:  # else answered once the newer one is pending (``_switch``), or refused (``check``)
+            self._answer()
+        return found
 
     def _missing(self, index: VersionIndex) -> list[int]:
         """Stored samples ``index`` lacks, less those known to be unembeddable for it."""
@@ -636,6 +679,7 @@ class ModelManager:
             return False
         self._set_pending(version, new.index)
         self.state.set_model_version(version, "pending", new.index.n, fingerprint=model_fingerprint(manifest))
+        self._answer()  # a ReloadModel that asked for this look sees the version pending
         self._drop_stale(keep={version})  # e.g. a version abandoned before a restart
         newer: list[Newer] = []
 

@@ -110,6 +110,12 @@ def replaced_message(r: Replaced) -> agent_pb2.Replaced:
 NO_DEADLINE_S = 1e9
 
 
+# ReloadModel waits at most this long for the model manager to look at the registry (``ModelManager.reload``),
+# and leaves at least the margin of the call's deadline for its reply.
+RELOAD_WAIT_S = 5.0
+RELOAD_REPLY_MARGIN_S = 0.2
+
+
 def deadline_s(remaining: float | None) -> float | None:
     """Seconds left of a call's deadline as gRPC says it, None for a call without one (gRPC answers a huge
     number then: admission must not judge, nor log, a call as having 9223372035058190336 s left)."""
@@ -260,8 +266,11 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
         return self._status()
 
     def ReloadModel(self, request: agent_pb2.ReloadModelRequest, context: grpc.ServicerContext) -> agent_pb2.Status:
-        """ReloadModel: look for a new model version now; the status after (docs/agent.md, API)."""
-        self.agent.manager.reload()
+        """ReloadModel: look for a new model version now; the status after the agent has looked (waits at most
+        RELOAD_WAIT_S, or less under the call's deadline; not for a re-embedding to end) (docs/agent.md, API)."""
+        remaining = deadline_s(context.time_remaining())
+        wait = RELOAD_WAIT_S if remaining is None else min(RELOAD_WAIT_S, remaining - RELOAD_REPLY_MARGIN_S)
+        self.agent.manager.reload(wait)
         return self._status()
 
     def GetImages(self, request: agent_pb2.GetImagesRequest,

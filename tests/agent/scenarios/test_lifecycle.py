@@ -8,17 +8,20 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
 import pytest
 
 from agent import client
+from agent.config import AgentConfig
 from agent.index import VersionIndex
-from agent.service import stop_server
+from agent.models import ModelManager
+from agent.service import create_server, stop_server
 from agent.state import ClassListError, State
 from agent.testing import linear_encoder, publish_linear
-from shortlist.v1 import agent_pb2
+from shortlist.v1 import agent_pb2, agent_pb2_grpc
 from tests.agent.conftest import CLASSES, SIZE, Running, make_samples, start
 
 
@@ -510,3 +513,58 @@ def test_an_index_rebuilt_at_start_logs_its_progress(tmp_path: Path, monkeypatch
     assert "rows/s, about " in lines[0] and " s left)" in lines[0]
     assert idx.loaded_from_snapshot == 0 and idx.n == 1000
     assert (idx.knn(x[:50], 5)[0][:, 0] == np.arange(50)).all()
+
+
+def test_reload_model_replies_with_the_status_after_the_agent_looked_at_the_registry(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ReloadModel waits (bounded) for the model manager's thread to look at the registry once after the call,
+    then replies with that status: the first model served, a newer version pending (not waiting for its
+    re-embedding), a broken one refused, or nothing new. A poll interval of an hour: only ReloadModel wakes it."""
+    release = threading.Event()
+    real = ModelManager._embedder
+
+    def embedder(self: ModelManager, name: str, manifest: Any) -> Any:
+        emb = real(self, name, manifest)
+        if name == "v0002":  # its re-embedding waits: the reply must not wait for it
+            inner = emb.embed
+            emb.embed = lambda images: (release.wait(30), inner(images))[1]  # type: ignore[method-assign]
+        return emb
+
+    monkeypatch.setattr(ModelManager, "_embedder", embedder)
+    models = tmp_path / "models"
+    server, port, agent = create_server(AgentConfig(tmp_path / "data", models, port=0, poll_s=3600.0,
+                                                    use_cuda=False))
+    ch = client.channel(f"127.0.0.1:{port}")
+    stub = agent_pb2_grpc.AgentStub(ch)
+
+    def reload() -> tuple[agent_pb2.Status, float]:
+        t0 = time.monotonic()
+        reply = stub.ReloadModel(agent_pb2.ReloadModelRequest(), timeout=10)
+        return reply, time.monotonic() - t0
+
+    try:
+        assert client.ingest(stub, make_samples(12, labels=3)).accepted == 12
+        publish_linear(models, size=SIZE, dim=16, classes=CLASSES, seed=0)
+        st, took = reload()
+        assert st.model_version == "v0001" and took < 4  # adopted: no FAILED_PRECONDITION "no model" after it
+        publish_linear(models, size=SIZE, dim=24, classes=CLASSES, seed=1)
+        st, took = reload()
+        assert (st.model_version, st.pending_model_version) == ("v0001", "v0002") and took < 4
+        # the thread is busy embedding (no look until its next batch): a call's deadline bounds the wait, and
+        # the reply comes before it, not DEADLINE_EXCEEDED
+        t0 = time.monotonic()
+        assert stub.ReloadModel(agent_pb2.ReloadModelRequest(), timeout=1).pending_model_version == "v0002"
+        assert 0.5 < time.monotonic() - t0 < 1
+        release.set()
+        wait_for(lambda: stub.GetStatus(agent_pb2.GetStatusRequest()).model_version == "v0002")
+        v3 = models / publish_linear(models, size=SIZE, dim=16, classes=CLASSES, seed=2)
+        (v3 / "encoder.onnx").write_bytes((v3 / "encoder.onnx").read_bytes()[:100])
+        st, took = reload()
+        assert st.model_version == "v0002" and any(w.startswith("v0003 refused") for w in st.warnings), st.warnings
+        assert took < 4
+        st, took = reload()  # nothing new: answered at once
+        assert st.model_version == "v0002" and st.pending_model_version == "" and took < 4
+    finally:
+        release.set()
+        ch.close()
+        stop_server(server, agent, grace=1.0)
