@@ -192,9 +192,14 @@ class AgentStatus:
     schema_version: int = 0
 
 
-def no_model_message(models: Path) -> str:
+def no_model_message(models: Path, prior: bool = False) -> str:
+    """Why a call that needs a model cannot run yet: a Select (naming the strategies that need none) or, with
+    ``prior``, a PriorLabels (every prior method reads the embeddings)."""
     todo = registry_mistake(models) or (f"publish one with `shortlist export --run RUN --models {models}` (or any "
                                         f"exporter writing {models}/vNNNN/)")
+    if prior:
+        return (f"no model is published in {models}; {todo}, then retry: prior labels are computed in a model's "
+                "embedding space, so no prior method works without one")
     return (f"no model is published in {models}; {todo}, then retry; strategies that work without a model: "
             f"{', '.join(sorted(MODEL_FREE))}")
 
@@ -248,6 +253,9 @@ MAX_GROUP_ROUNDS = 8
 GROUP_ROUNDS = "group_rounds"
 GROUP_SET_ASIDE = "group_set_aside"
 GROUP_NOT_FILLED = "group_budget_not_filled"
+# ... and, when no candidate has the group_by key (a typo, or metadata the pool lacks), that the cap changed
+# nothing: every candidate was a group of its own.
+GROUP_KEY_MISSING = "group_key_missing"
 
 
 class DataFolderError(OSError):
@@ -1089,6 +1097,10 @@ class Agent:
             left = cands[keep]
         details[GROUP_ROUNDS] = str(rounds)
         details[GROUP_SET_ASIDE] = str(set_aside)
+        if not values and len(cands):
+            details[GROUP_KEY_MISSING] = (
+                f"no candidate has the metadata key {group_by[:64]!r}: each is a group of its own, so the cap "
+                "changed nothing (keys must equal a sample's metadata key exactly; see ListSamples)")
         if len(rows) < take:
             why = ("every candidate left is in a group at its cap" if not len(left) else
                    f"{MAX_GROUP_ROUNDS} rounds ran (the bound) with {len(left):,} candidates still eligible; "
@@ -1186,7 +1198,7 @@ class Agent:
         fn.check(params)
         serving = self.manager.current
         if serving is None:
-            raise FailedPrecondition(no_model_message(self.models))
+            raise FailedPrecondition(no_model_message(self.models, prior=True))
         # the audit draws only for a calibrated prior: its temperature is fitted on the audit labels once
         # there are enough; uncalibrated, no method reads them (and the cache key below then omits them)
         stored = self.state.count()  # before the view: a sample ingested in between is in both

@@ -101,6 +101,8 @@ class Queues:
         seen: set[str] = set()
         unknown: list[str] = []
         for i in q.ids:
+            if not i:
+                raise InvalidArgument("an empty id in the queue: give the ids of stored samples")
             problem = text_problem(i, lim.max_id_chars, "max_id_chars", "id")
             if problem is not None:
                 raise InvalidArgument(problem)
@@ -123,6 +125,12 @@ class Queues:
         for i, mark in marks:
             if mark not in ("", *MARKS):
                 raise InvalidArgument(f"mark {mark[:16]!r} of {i[:64]!r}: use one of {', '.join(MARKS)} or '' to clear")
+        if if_created is not None and replace is None:
+            raise InvalidArgument("if_created goes with queue: it makes the replacement conditional; send the new "
+                                  "queue with it, or leave if_created out to only mark")
+        for i, _ in marks:
+            if not i:
+                raise InvalidArgument("a mark with an empty id: give the id of a sample in the queue")
         if replace is not None:
             self._check_new(replace)
         with self._lock:

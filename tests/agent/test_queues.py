@@ -106,3 +106,24 @@ def test_queue_is_kept_by_the_agent_across_restarts(tmp_path: Path, registry: Pa
             "select", "random", {"k": "1"}, "abc", "v0001", {"d": "x"})
     finally:
         again.stop()
+
+
+def test_update_queue_refuses_if_created_without_a_queue_and_empty_ids(tmp_path: Path, registry: Path) -> None:
+    r = start(tmp_path / "data", registry)
+    try:
+        client.ingest(r.stub, make_samples(4))
+        q = r.stub.UpdateQueue(agent_pb2.UpdateQueueRequest(name="web", queue=agent_pb2.Queue(ids=["s1", "s2"])))
+        code, msg = code_of(lambda: r.stub.UpdateQueue(agent_pb2.UpdateQueueRequest(
+            name="web", if_created=q.created + 5, marks=[agent_pb2.QueueMark(id="s1", mark="skip")])))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and msg.startswith("if_created goes with queue")
+        code, msg = code_of(lambda: r.stub.UpdateQueue(agent_pb2.UpdateQueueRequest(
+            name="web", queue=agent_pb2.Queue(ids=["s3", ""]))))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and msg == (
+            "an empty id in the queue: give the ids of stored samples")
+        code, msg = code_of(lambda: r.stub.UpdateQueue(agent_pb2.UpdateQueueRequest(
+            name="web", marks=[agent_pb2.QueueMark(id="", mark="skip")])))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "empty id" in msg
+        now = r.stub.GetQueue(agent_pb2.GetQueueRequest(name="web"))  # none of them changed anything
+        assert (list(now.ids), dict(now.marks), now.created) == (["s1", "s2"], {}, q.created)
+    finally:
+        r.stop()

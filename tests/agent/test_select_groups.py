@@ -178,3 +178,13 @@ def test_each_round_is_admitted_like_a_select_of_its_own(bursts, monkeypatch: py
     plain = len(calls)
     select(r, 9, "coreset", seed=22)
     assert len(calls) == plain + 1 and calls[-1][1] == calls[0][1]  # the same declared size per run
+
+
+def test_a_group_by_key_no_candidate_has_says_the_cap_changed_nothing(bursts) -> None:
+    r, _ = bursts
+    none = select(r, 5, "margin", seed=4, group_by="evnet", cap=1)
+    assert len(none.selected) == 5 and none.details[core.GROUP_SET_ASIDE] == "0"
+    assert none.details[core.GROUP_KEY_MISSING] == (
+        "no candidate has the metadata key 'evnet': each is a group of its own, so the cap changed nothing (keys "
+        "must equal a sample's metadata key exactly; see ListSamples)")
+    assert core.GROUP_KEY_MISSING not in select(r, 5, "margin", seed=4, group_by="event", cap=1).details

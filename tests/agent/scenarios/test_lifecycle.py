@@ -51,6 +51,11 @@ def test_no_model_then_first_model(tmp_path: Path) -> None:
             r.stub.Select(agent_pb2.SelectRequest(budget=4, strategy="coreset"))
         assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert "no model is published" in e.value.details() and "shortlist export" in e.value.details()
+        with pytest.raises(grpc.RpcError) as e:  # PriorLabels: no strategy advice, which would not help it
+            list(r.stub.PriorLabels(agent_pb2.PriorLabelsRequest(method="knn")))
+        assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "no model is published" in e.value.details() and "strategies" not in e.value.details()
+        assert e.value.details().endswith("so no prior method works without one")
         # A half-written version (a .tmp folder, or a vNNNN without its manifest) is never loaded.
         (models / ".tmp-v0001-1").mkdir(parents=True)
         (models / "v0009").mkdir()
