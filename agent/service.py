@@ -10,6 +10,7 @@ service and server reflection are registered beside ``shortlist.v1.Agent``.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
@@ -322,12 +323,55 @@ def _touch_when_done(handler: grpc.RpcMethodHandler, touch: Callable[[], None]) 
     return rewrap_handler(handler, around, handler.request_deserializer)
 
 
+class Health(health.HealthServicer):
+    """grpcio-health-checking's servicer, whose open Watch streams a shutdown ends (``end_watches``): the
+    server's stop waits for every open call up to its grace, and a Watch never ends on its own, so one
+    watcher (a load balancer, a client's health check) made every stop take the whole grace."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._ended = False
+
+    def Watch(self, request: health_pb2.HealthCheckRequest, context: grpc.ServicerContext,
+              send_response_callback: Callable[[Any], None] | None = None) -> Any:
+        if send_response_callback is None:  # (a server without non-blocking streams: the library's way)
+            return super().Watch(request, context)
+        send = send_response_callback
+        ended = threading.Lock()
+        state = {"open": True}
+
+        def once(response: Any) -> None:  # the end (None) is sent once: by end_watches or when the call closes
+            with ended:
+                if not state["open"]:
+                    return
+                if response is None:
+                    state["open"] = False
+                    if self._ended:
+                        context.set_code(grpc.StatusCode.UNAVAILABLE)
+                        context.set_details("the agent is shutting down")
+            send(response)
+
+        super().Watch(request, context, once)
+        if self._ended:  # a Watch that came in after end_watches: NOT_SERVING, then the end at once
+            once(None)
+        return None
+
+    def end_watches(self) -> None:
+        """End every open Watch stream with UNAVAILABLE (after the NOT_SERVING that
+        ``enter_graceful_shutdown`` sent them), and any opened from now on."""
+        with self._lock:
+            self._ended = True
+            callbacks = [cb for cbs in self._send_response_callbacks.values() for cb in cbs]
+        for cb in callbacks:
+            cb(None)
+
+
 @dataclass(frozen=True)
 class _ServerParts:
     """What ``stop_server`` stops beside a server ``create_server`` made: its health service (told
-    NOT_SERVING first) and its ``IdleTrim`` thread."""
+    NOT_SERVING first, its Watch streams ended before the server stops) and its ``IdleTrim`` thread."""
 
-    health: health.HealthServicer
+    health: Health
     trim: IdleTrim
 
 
@@ -377,7 +421,7 @@ def create_server(config: AgentConfig, interceptors: Sequence[grpc.ServerInterce
                              interceptors=[CallStarts(trim), *auth, ErrorMapping((SERVICE_NAME,)), *interceptors],
                              options=server_options)
         agent_pb2_grpc.add_AgentServicer_to_server(AgentServicer(agent, warnings), server)
-        health_servicer = health.HealthServicer()
+        health_servicer = Health()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         for name in ("", SERVICE_NAME):
             health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -427,6 +471,8 @@ def stop_server(server: grpc.Server, agent: Agent, grace: float = 5.0) -> None:
         # sending into a closed socket got "Stream removed (sendmsg: Broken pipe)" instead (about 1 in 30
         # stops of a stream of small requests), without the count of its stored samples.
         time.sleep(min(SHUTDOWN_LINGER_S, max(0.0, grace - (time.monotonic() - t0))))
+    if parts is not None:  # else the server's stop waits the whole grace for them
+        parts.health.end_watches()
     t1 = time.monotonic()
     server.stop(max(0.0, grace - (t1 - t0))).wait()
     t2 = time.monotonic()

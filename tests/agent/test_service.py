@@ -3,6 +3,10 @@ reflection and every kind of bad input."""
 
 from __future__ import annotations
 
+import threading
+import time
+from pathlib import Path
+
 import grpc
 import numpy as np
 import pytest
@@ -12,7 +16,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from agent import client
 from agent.config import Limits
 from agent.priors import PRIOR_METHODS
-from agent.service import SERVICE_NAME
+from agent.service import _PARTS, SERVICE_NAME, stop_server
 from agent.strategies import LABEL_FREE, STRATEGIES
 from shortlist.v1 import agent_pb2
 from tests.agent.conftest import CLASSES, Running, make_images, make_samples, png, start
@@ -246,6 +250,51 @@ def test_health_and_reflection(running: Running) -> None:
     req = reflection_pb2.ServerReflectionRequest(file_containing_symbol=SERVICE_NAME)
     files = next(iter(refl.ServerReflectionInfo(iter([req])))).file_descriptor_response.file_descriptor_proto
     assert files and b"IngestRequest" in files[0]
+
+
+def test_an_open_health_watch_does_not_hold_up_a_shutdown(tmp_path: Path, registry: Path) -> None:
+    """A Watch never ends on its own: the stop ends it (NOT_SERVING, then UNAVAILABLE) instead of waiting the
+    whole grace for it; one opened after that ends at once."""
+    r = start(tmp_path / "data", registry)
+    got: list[int] = []
+    ended: list[grpc.RpcError] = []
+
+    def watch() -> None:
+        try:
+            for resp in health_pb2_grpc.HealthStub(r.channel).Watch(health_pb2.HealthCheckRequest(service="")):
+                got.append(resp.status)
+        except grpc.RpcError as e:
+            ended.append(e)
+
+    t = threading.Thread(target=watch, daemon=True)
+    t.start()
+    deadline = time.monotonic() + 10
+    while not got:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    t0 = time.monotonic()
+    stop_server(r.server, r.agent, grace=5.0)
+    took = time.monotonic() - t0
+    t.join(5)
+    r.channel.close()
+    assert took < 3, f"the stop took {took:.2f} s: it waited for the Watch"
+    assert got == [health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING]
+    assert ended and ended[0].code() == grpc.StatusCode.UNAVAILABLE
+    assert ended[0].details() == "the agent is shutting down"
+
+
+def test_a_health_watch_opened_after_the_watches_were_ended_ends_at_once(tmp_path: Path, registry: Path) -> None:
+    r = start(tmp_path / "data", registry)
+    try:
+        _PARTS[r.server].health.end_watches()  # as a stop does, before the server stops
+        stream = health_pb2_grpc.HealthStub(r.channel).Watch(health_pb2.HealthCheckRequest(service=""), timeout=5)
+        got = []
+        with pytest.raises(grpc.RpcError) as e:
+            for resp in stream:
+                got.append(resp.status)
+        assert e.value.code() == grpc.StatusCode.UNAVAILABLE and got == [health_pb2.HealthCheckResponse.SERVING]
+    finally:
+        r.stop()
 
 
 def test_concurrent_clients(running: Running) -> None:
