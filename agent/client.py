@@ -800,8 +800,10 @@ PICKUP_WAIT_S = 10.0  # how long a publisher waits for the agent to say what it 
 def reload_model(stub: agent_pb2_grpc.AgentStub, version: str, wait_s: float = PICKUP_WAIT_S) -> agent_pb2.Status:
     """Ask the agent to look at its registry now (ReloadModel) and wait up to ``wait_s`` for its status to
     show what it made of ``version``: serving it, embedding it (``pending_model_version``), or refusing it (a
-    warning that starts with the version's name). The reload is asynchronous; the last status seen is returned
-    either way, so the caller can say which it was. With a read token (ReloadModel needs write) the agent is
+    warning that starts with the version's name). The agent's reply is its status once it has looked at the
+    registry (at most 5 s later); GetStatus is polled after it while the agent was busy embedding, or is an older
+    agent whose reply was the status from before; the last status seen is returned either way, so the caller
+    can say which it was. With a read token (ReloadModel needs write) the agent is
     not asked but still watched: it takes the version up at its own next registry check (``serve --poll``)."""
     try:
         st = stub.ReloadModel(agent_pb2.ReloadModelRequest())

@@ -555,7 +555,10 @@ class ModelManager:
             self._answer()  # (a version embedded as pending answered when it started: ``_switch``)
         if self.current is not None:
             try:
-                self._catch_up(self.current.embedder, self.current.index, hold_lock=True)
+                # in the background, a ReloadModel (the wake) stops it between batches: the loop looks at the
+                # registry at once and answers it, then goes on embedding (a first model's pool can take minutes)
+                self._catch_up(self.current.embedder, self.current.index, hold_lock=True,
+                               interrupted=self._wake.is_set if self._thread is not None else None)
             except ModelFailed as e:  # the served model fails on stored samples: say so once, not a traceback a poll
                 warning = f"{self.current.version} cannot embed the stored samples it lacks: {e}"
                 if warning != self.warning:

@@ -525,14 +525,20 @@ def test_reload_model_replies_with_the_status_after_the_agent_looked_at_the_regi
     """ReloadModel waits (bounded) for the model manager's thread to look at the registry once after the call,
     then replies with that status: the first model served, a newer version pending (not waiting for its
     re-embedding), a broken one refused, or nothing new. A poll interval of an hour: only ReloadModel wakes it."""
-    release = threading.Event()
+    release, entered = threading.Event(), threading.Event()
     real = ModelManager._embedder
 
     def embedder(self: ModelManager, name: str, manifest: Any) -> Any:
         emb = real(self, name, manifest)
         if name == "v0002":  # its re-embedding waits: the reply must not wait for it
             inner = emb.embed
-            emb.embed = lambda images: (release.wait(30), inner(images))[1]  # type: ignore[method-assign]
+
+            def held(images: np.ndarray) -> Any:
+                entered.set()
+                release.wait(30)
+                return inner(images)
+
+            emb.embed = held  # type: ignore[method-assign]
         return emb
 
     monkeypatch.setattr(ModelManager, "_embedder", embedder)
@@ -557,6 +563,7 @@ def test_reload_model_replies_with_the_status_after_the_agent_looked_at_the_regi
         assert (st.model_version, st.pending_model_version) == ("v0001", "v0002") and took < 4
         # the thread is busy embedding (no look until its next batch): a call's deadline bounds the wait, and
         # the reply comes before it, not DEADLINE_EXCEEDED
+        assert entered.wait(10)
         t0 = time.monotonic()
         assert stub.ReloadModel(agent_pb2.ReloadModelRequest(), timeout=1).pending_model_version == "v0002"
         assert 0.5 < time.monotonic() - t0 < 1
@@ -571,5 +578,44 @@ def test_reload_model_replies_with_the_status_after_the_agent_looked_at_the_regi
         assert st.model_version == "v0002" and st.pending_model_version == "" and took < 4
     finally:
         release.set()
+        ch.close()
+        stop_server(server, agent, grace=1.0)
+
+
+def test_reload_model_is_answered_while_a_first_model_embeds_the_pool(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first model's background embedding of the stored pool yields to a ReloadModel between batches: the
+    reply names a version refused meanwhile within a batch's time, and the embedding then goes on."""
+    real = ModelManager._embedder
+
+    def embedder(self: ModelManager, name: str, manifest: Any) -> Any:
+        emb = real(self, name, manifest)
+        inner = emb.embed
+
+        def slow(images: np.ndarray) -> Any:
+            time.sleep(0.2)
+            return inner(images)
+
+        emb.embed = slow  # type: ignore[method-assign]
+        return emb  # 15 batches of 2: the pool takes about 3 s
+
+    monkeypatch.setattr(ModelManager, "_embedder", embedder)
+    models = tmp_path / "models"
+    server, port, agent = create_server(AgentConfig(tmp_path / "data", models, port=0, poll_s=3600.0,
+                                                    use_cuda=False, batch_size=2))
+    ch = client.channel(f"127.0.0.1:{port}")
+    stub = agent_pb2_grpc.AgentStub(ch)
+    try:
+        assert client.ingest(stub, make_samples(30, labels=3)).accepted == 30
+        publish_linear(models, size=SIZE, dim=16, classes=CLASSES, seed=0)
+        assert stub.ReloadModel(agent_pb2.ReloadModelRequest(), timeout=10).model_version == "v0001"
+        v2 = models / publish_linear(models, size=SIZE, dim=16, classes=CLASSES, seed=1)
+        (v2 / "encoder.onnx").write_bytes((v2 / "encoder.onnx").read_bytes()[:100])
+        t0 = time.monotonic()
+        st = stub.ReloadModel(agent_pb2.ReloadModelRequest(), timeout=10)
+        assert time.monotonic() - t0 < 1.5 and any(w.startswith("v0002 refused") for w in st.warnings)
+        assert st.embedded < 30
+        wait_for(lambda: stub.GetStatus(agent_pb2.GetStatusRequest()).embedded == 30)
+    finally:
         ch.close()
         stop_server(server, agent, grace=1.0)
