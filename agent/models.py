@@ -555,10 +555,17 @@ class ModelManager:
             self._answer()  # (a version embedded as pending answered when it started: ``_switch``)
         if self.current is not None:
             try:
-                # in the background, a ReloadModel (the wake) stops it between batches: the loop looks at the
-                # registry at once and answers it, then goes on embedding (a first model's pool can take minutes)
+                # in the background, a ReloadModel (the wake) stops it between batches, after its first (so calls
+                # in a row cannot starve it): the loop looks at the registry at once and answers, then goes on
+                # embedding (a first model's pool can take minutes)
+                asked = [0]
+
+                def woken() -> bool:
+                    asked[0] += 1
+                    return asked[0] > 1 and self._wake.is_set()
+
                 self._catch_up(self.current.embedder, self.current.index, hold_lock=True,
-                               interrupted=self._wake.is_set if self._thread is not None else None)
+                               interrupted=woken if self._thread is not None else None)
             except ModelFailed as e:  # the served model fails on stored samples: say so once, not a traceback a poll
                 warning = f"{self.current.version} cannot embed the stored samples it lacks: {e}"
                 if warning != self.warning:
