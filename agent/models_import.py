@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import os
 import shutil
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -27,17 +25,16 @@ import numpy as np
 import typer
 
 from shortlist.manifest import (
-    MANIFEST_NAME,
     ONNX_NAME,
     PREPROCESS_PRESETS,
     Manifest,
     ManifestError,
     Preprocess,
     RegistryError,
-    fsync_path,
-    publish,
+    publish_staged,
     registry_mistake,
     sha256_file,
+    staging_folder,
 )
 
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "lanczos")  # shortlist.images._RESAMPLE's names
@@ -151,23 +148,16 @@ def import_onnx(model: str | Path | Interface, registry: str | Path, pre: Prepro
                         created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
     made_registry = not registry.exists()
     registry.mkdir(parents=True, exist_ok=True)
-    staging = registry / f".tmp-import-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
     try:
-        onnx_path = staging / ONNX_NAME
-        shutil.copyfile(face.path, onnx_path)
-        manifest.files = {ONNX_NAME: sha256_file(onnx_path)}
-        try:
-            load_check(staging, manifest)
-        except ModelRefused as e:
-            raise ImportRefused(str(e)) from None
-        fsync_path(onnx_path)
-        (staging / MANIFEST_NAME).write_text(manifest.to_json())
-        fsync_path(staging / MANIFEST_NAME)
-        fsync_path(staging)
-        version = publish(registry, staging)
+        with staging_folder(registry, "import") as staging:
+            shutil.copyfile(face.path, staging / ONNX_NAME)
+            manifest.files = {ONNX_NAME: sha256_file(staging / ONNX_NAME)}
+            try:
+                load_check(staging, manifest)
+            except ModelRefused as e:
+                raise ImportRefused(str(e)) from None
+            version = publish_staged(registry, staging, manifest)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
         if made_registry:  # a refused import leaves no empty registry behind
             with contextlib.suppress(OSError):
                 registry.rmdir()

@@ -18,10 +18,7 @@
 from __future__ import annotations
 
 import datetime as dt
-import os
-import shutil
 import subprocess
-import uuid
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -35,16 +32,15 @@ from shortlist.manifest import (
     EMBEDDING_OUTPUT,
     INPUT_NAME,
     LOGITS_OUTPUT,
-    MANIFEST_NAME,
     ONNX_NAME,
     ROTATION_OUTPUT,
     TORCHSCRIPT_NAME,
     Manifest,
     Preprocess,
-    fsync_path,
-    publish,
+    publish_staged,
     registry_mistake,
     sha256_file,
+    staging_folder,
 )
 from training.methods import Encoder
 from training.pretrain import load_encoder
@@ -248,9 +244,7 @@ def export_run(run_dir: str | Path, registry: str | Path, formats: Sequence[str]
         git_commit=git_commit(), created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
 
     registry.mkdir(parents=True, exist_ok=True)
-    staging = registry / f".tmp-export-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
-    try:
+    with staging_folder(registry, "export") as staging:
         files = {"onnx": staging / ONNX_NAME}
         export_onnx(wrapper, files["onnx"], pre.size, {MANIFEST_KEY: manifest.to_json()})
         if "torchscript" in formats:
@@ -273,15 +267,7 @@ def export_run(run_dir: str | Path, registry: str | Path, formats: Sequence[str]
             for fmt, r in rep.items():
                 files[fmt] = staging / r["file"]
         manifest.files = {p.name: sha256_file(p) for p in files.values()}
-        for p in files.values():
-            fsync_path(p)
-        (staging / MANIFEST_NAME).write_text(manifest.to_json())
-        fsync_path(staging / MANIFEST_NAME)
-        fsync_path(staging)
-        version = publish(registry, staging)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        version = publish_staged(registry, staging, manifest)
     log(f"published {registry / version} ({', '.join(files)}; embedding {encoder.dim}, outputs "
         f"{', '.join(wrapper.output_names)})")
     return version

@@ -559,21 +559,38 @@ def republish(registry: Path, version: str) -> str:
     manifest = check_version(source, verify_hashes=True)
     manifest.republished_from = version
     manifest.created = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    staging = registry / f".tmp-republish-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
-    try:
+    with staging_folder(registry, "republish") as staging:
         for name, digest in manifest.files.items():
             shutil.copyfile(source / name, staging / name)
             if sha256_file(staging / name) != digest:  # changed between the check and the copy
                 raise ManifestError(f"{version}/{name} changed while it was copied; nothing was published")
-            fsync_path(staging / name)
-        (staging / MANIFEST_NAME).write_text(manifest.to_json())
-        fsync_path(staging / MANIFEST_NAME)
-        fsync_path(staging)
-        return publish(registry, staging)
+        return publish_staged(registry, staging, manifest)
+
+
+@contextmanager
+def staging_folder(registry: Path, kind: str) -> Iterator[Path]:
+    """A new ``.tmp-KIND-*`` folder inside ``registry`` to write a version into before ``publish_staged``
+    renames it into place (inside the registry: the rename is atomic only there); removed with what it holds
+    when the block raises (Ctrl-C included), so a failed export, import or rollback leaves nothing."""
+    staging = registry / f".tmp-{kind}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    try:
+        yield staging
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def publish_staged(registry: Path, staging: Path, manifest: Manifest) -> str:
+    """Make ``staging`` durable -- every file ``manifest.files`` names, then its manifest.json (written here),
+    then the folder's entries -- and ``publish`` it as the next version (returned): the one way export, import
+    and rollback write a version, so none can publish a manifest before the files it vouches for are on disk."""
+    for name in manifest.files:
+        fsync_path(staging / name)
+    (staging / MANIFEST_NAME).write_text(manifest.to_json())
+    fsync_path(staging / MANIFEST_NAME)
+    fsync_path(staging)
+    return publish(registry, staging)
 
 
 def fsync_path(path: Path) -> None:
