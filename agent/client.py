@@ -372,8 +372,28 @@ def busy_retry(max_wait_s: float) -> BusyRetry:
     return BusyRetry(max_wait_s=max_wait_s) if max_wait_s > 0 else BusyRetry.OFF
 
 
-class _BearerToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
-                   grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
+class _CallDetailsInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
+                              grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
+    """A client interceptor of every kind of call that only looks at or changes the call's details
+    (``_details``): the four intercept methods gRPC asks for, written once."""
+
+    def _details(self, details: Any) -> Any:
+        return details
+
+    def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
+        return continuation(self._details(client_call_details), request)
+
+    def intercept_unary_stream(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
+        return continuation(self._details(client_call_details), request)
+
+    def intercept_stream_unary(self, continuation: Any, client_call_details: Any, request_iterator: Any) -> Any:
+        return continuation(self._details(client_call_details), request_iterator)
+
+    def intercept_stream_stream(self, continuation: Any, client_call_details: Any, request_iterator: Any) -> Any:
+        return continuation(self._details(client_call_details), request_iterator)
+
+
+class _BearerToken(_CallDetailsInterceptor):
     """Adds ``authorization: Bearer TOKEN`` to every call (works on TLS and on loopback plaintext channels,
     where gRPC refuses call credentials)."""
 
@@ -383,43 +403,18 @@ class _BearerToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInter
     def _details(self, details: Any) -> Any:
         return details._replace(metadata=[*(details.metadata or ()), self._header])
 
-    def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
-        return continuation(self._details(client_call_details), request)
 
-    def intercept_unary_stream(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
-        return continuation(self._details(client_call_details), request)
-
-    def intercept_stream_unary(self, continuation: Any, client_call_details: Any, request_iterator: Any) -> Any:
-        return continuation(self._details(client_call_details), request_iterator)
-
-    def intercept_stream_stream(self, continuation: Any, client_call_details: Any, request_iterator: Any) -> Any:
-        return continuation(self._details(client_call_details), request_iterator)
-
-
-class _LastCall(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
-                grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
+class _LastCall(_CallDetailsInterceptor):
     """Remembers the method of the latest call started on its channel (``last_call``), so that a client can
     name the RPC an older agent does not offer (its UNIMPLEMENTED says only "Method not found!")."""
 
     channel: grpc.Channel | None = None
 
-    def _note(self, details: Any) -> Any:
+    def _details(self, details: Any) -> Any:
         global _last_call
         method = details.method.decode() if isinstance(details.method, bytes) else str(details.method)
         _last_call = (method.rsplit("/", 1)[-1], self.channel)
         return details
-
-    def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
-        return continuation(self._note(client_call_details), request)
-
-    def intercept_unary_stream(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
-        return continuation(self._note(client_call_details), request)
-
-    def intercept_stream_unary(self, continuation: Any, client_call_details: Any, request_iterator: Any) -> Any:
-        return continuation(self._note(client_call_details), request_iterator)
-
-    def intercept_stream_stream(self, continuation: Any, client_call_details: Any, request_iterator: Any) -> Any:
-        return continuation(self._note(client_call_details), request_iterator)
 
 
 _last_call: tuple[str, grpc.Channel | None] | None = None
