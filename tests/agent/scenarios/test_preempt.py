@@ -291,10 +291,9 @@ def test_a_pending_version_whose_folder_is_removed_mid_reembed_is_refused_not_se
         a.close()
 
 
-def test_after_a_restart_falls_back_the_answers_say_the_pool_is_still_being_embedded(tmp_path: Path) -> None:
-    """The version served before a restart is gone: the agent serves the newest left and embeds the pool with
-    it in the background. Until then Select, PriorLabels and GetStatus say they cover the embedded samples only,
-    and PriorLabels does not claim there are no labels."""
+def fallen_back(tmp_path: Path) -> Agent:
+    """An agent restarted after the folder of the version it served (v0002, N samples, 6 labelled) was removed:
+    it serves v0001, with none of the pool embedded yet (``background=False``: the test embeds it)."""
     models = tmp_path / "models"
     publish_linear(models, size=SIZE, dim=16, seed=0)  # v0001
     a = agent(tmp_path, models)
@@ -307,8 +306,14 @@ def test_after_a_restart_falls_back_the_answers_say_the_pool_is_still_being_embe
     finally:
         a.close()
     shutil.rmtree(models / v2)
-    b = Agent(AgentConfig(tmp_path / "data", models, background=False, use_cuda=False, batch_size=BATCH,
-                          poll_s=3600.0))
+    return agent(tmp_path, models)
+
+
+def test_after_a_restart_falls_back_the_answers_say_the_pool_is_still_being_embedded(tmp_path: Path) -> None:
+    """The version served before a restart is gone: the agent serves the newest left and embeds the pool with
+    it in the background. Until then Select, PriorLabels and GetStatus say they cover the embedded samples only,
+    and PriorLabels does not claim there are no labels."""
+    b = fallen_back(tmp_path)
     try:
         st = b.status()
         assert st.model_version == "v0001" and st.embedded == 0 and st.samples == N
@@ -335,19 +340,7 @@ def test_while_the_pool_is_partly_embedded_select_says_why_it_is_empty_refuses_t
     """After a fallback (the pool embedded in the background): an empty Select says nothing (or no unlabelled
     sample) is embedded yet, not that every sample is labelled; the audit, a uniform draw of the whole pool, is
     refused; a random Select is answered but is no uniform draw for the calibration, in memory or recorded."""
-    models = tmp_path / "models"
-    publish_linear(models, size=SIZE, dim=16, seed=0)  # v0001
-    a = agent(tmp_path, models)
-    try:
-        fill(a)
-        assert a.submit_labels([(f"x{i}", "cat" if i % 2 else "dog") for i in range(6)], "ann")[0] == 6
-        v2 = publish_linear(models, size=SIZE, dim=24, seed=1)
-        a.manager.check()
-    finally:
-        a.close()
-    shutil.rmtree(models / v2)
-    b = Agent(AgentConfig(tmp_path / "data", models, background=False, use_cuda=False, batch_size=BATCH,
-                          poll_s=3600.0))
+    b = fallen_back(tmp_path)
     try:
         assert b.status().embedded == 0
         empty = b.select(3, "random", {}, 0, {})
