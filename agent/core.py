@@ -901,9 +901,11 @@ class Agent:
         take = min(budget, len(pool.candidates))  # a budget beyond the candidates costs nothing more
         # Everything the answer depends on: the model version, the pool's rows, the labelled set with
         # its labels, the candidates (the where filter's result), the strategy, params, seed and budget.
-        # (Metadata, which the where filter and the groups read, never changes once a sample is stored.)
+        # (Metadata, which the where filter and the groups read, never changes once a sample is stored.) The
+        # filter itself too: two filters with the same candidates differ in an empty answer's reason and in
+        # whether the recorded request is a uniform draw.
         key = ("select", version, len(pool.embeddings), fingerprint(pool.labeled, pool.labels, pool.candidates),
-               strategy, frozen(params), seed, take, group_by, max_per_group)
+               strategy, frozen(params), seed, take, group_by, max_per_group, frozen(where))
         cached = self.select_cache.get(key)
         if cached is not None:  # an empty answer too: a client polling one that matches nothing writes nothing
             chosen, details = list(cached[0]), dict(cached[1])

@@ -164,6 +164,9 @@ def test_select_budget_and_errors(running: Running) -> None:
     nowhere = select(running, 3, site="nowhere")
     assert nowhere.selected == [] and "no unlabelled sample matches where site=nowhere" in \
         nowhere.details["nothing_selected"]
+    # another filter that matches nothing either (the same, empty, candidates): its own reason, not the cached one's
+    elsewhere = select(running, 3, site="elsewhere")
+    assert "no unlabelled sample matches where site=elsewhere" in elsewhere.details["nothing_selected"]
     client.submit_labels(running.stub, [(f"s{i}", "cat") for i in range(4, 10)], "alice")
     assert select(running, 3).details["nothing_selected"] == "every sample is labelled: nothing is left to select"
 
