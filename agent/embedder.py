@@ -205,6 +205,11 @@ class Embedder:
             raise ModelRefused(f"output shapes {bad} disagree with the manifest (expected "
                                f"{ {name: want[name] for name in bad} } for a {n}x3x{h}x{w} input): set the manifest's "
                                "embedding_dim (and classes) to what the model gives")
+        broken = [name for name, o in zip(self.outputs, outs, strict=True) if not np.isfinite(o).all()]
+        if broken:
+            raise ModelRefused(f"the model gives NaN or infinite values in {broken} for a batch of {n} blank images: "
+                               "check the exported graph with onnxruntime (e.g. a division by a norm that can be 0, "
+                               "or an overflow in float16)")
 
     def _probe(self, x: np.ndarray) -> list[np.ndarray]:
         return [np.asarray(o) for o in self.session.run(self.outputs, {self.input_name: x})]
@@ -227,6 +232,12 @@ class Embedder:
         for start in range(0, n, self.batch_size):
             x = self.preprocess.normalize(images[start:start + self.batch_size])  # Bx3xHxW
             outs = self._run(x)
+            if not np.isfinite(outs[0]).all():  # an index of NaN rows answers nothing sensible: the model is at fault
+                rows = int((~np.isfinite(outs[0].reshape(len(x), -1))).any(axis=1).sum())
+                raise ModelFailed(f"the model {self.version} gave NaN or infinite embeddings for {rows} of a batch of "
+                                  f"{len(x)} images: the model is at fault, not the agent (check the exported graph "
+                                  "with onnxruntime on such images); publish a fixed version, or bring a good one "
+                                  "back with `shortlist models rollback`")
             end = start + len(x)
             vecs[start:end] = outs[0].reshape(len(x), -1)
             if logits is not None:

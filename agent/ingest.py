@@ -36,7 +36,7 @@ import numpy as np
 from agent.admission import Admission, large_decode_slot
 from agent.blobs import BlobStore, sha256_hex
 from agent.cancel import CancelToken, ShuttingDown
-from agent.embedder import EmbedOutput
+from agent.embedder import EmbedOutput, ModelFailed
 from agent.errors import Cancelled, DeadlineExceeded, ResourceExhausted, note_stored
 from agent.limits import (
     Limits,
@@ -47,7 +47,7 @@ from agent.limits import (
     name_problem,
     text_problem,
 )
-from agent.models import ModelManager
+from agent.models import ModelManager, Serving
 from agent.state import INGEST_ANNOTATOR, INGEST_SOURCE, EmbeddingRows, NewSample, SampleRecord, State
 from shortlist.images import TooManyPixels, decode_payload, image_header
 from shortlist.manifest import Preprocess
@@ -314,8 +314,19 @@ class IngestPipeline:
         serving = self.manager.current
         early: EmbedOutput | None = None
         if serving is not None and serving.version == prep.version and fresh:
-            early = serving.embedder.embed(np.stack([_px(prep.pixels[i]) for i in fresh]))
+            early = self._embed(serving, np.stack([_px(prep.pixels[i]) for i in fresh]))
         return Embedded(prep, fresh, early)
+
+    def _embed(self, serving: Serving, images: np.ndarray) -> EmbedOutput:
+        """``serving``'s embeddings of NxHxWx3 ``images``; a ModelFailed is also kept for GetStatus's warnings
+        (the manager's ``ingest_failed``) until a batch of that version embeds again."""
+        try:
+            out = serving.embedder.embed(images)
+        except ModelFailed as e:
+            self.manager.ingest_failed(serving.version, str(e))
+            raise
+        self.manager.ingest_failed(serving.version, "")
+        return out
 
     def store(self, emb: Embedded) -> IngestResult:
         """Stage 3: store samples, labels and embeddings in one durable transaction (and the index).
@@ -368,7 +379,7 @@ class IngestPipeline:
                 else:  # a model arrived or was swapped in since stage 1: decode for it now
                     pre = serving.manifest.preprocess
                     srcs = [prep.samples[fresh[j]] for j in took]
-                    out = serving.embedder.embed(np.stack([self._decode(s, pre) for s in srcs]))
+                    out = self._embed(serving, np.stack([self._decode(s, pre) for s in srcs]))
                 vindex = serving.index
                 seqs = self.state.add_samples(
                     new, EmbeddingRows(serving.version, vindex.n, out.vecs, out.logits, out.pretext),

@@ -116,6 +116,7 @@ class ModelManager:
         self.unembeddable: dict[str, dict[int, str]] = {}  # version -> seq -> why its payload cannot be embedded
         self.notices: list[str] = []  # repairs made at start (shown in GetStatus warnings)
         self.warning = ""  # e.g. samples that cannot be embedded because blobs are off
+        self._ingest_failure = ("", "")  # (version, why) while the served version fails on Ingest's batches
         self.folder_warning = ""  # the served version's folder is gone or holds another model (``_watch_served``)
         self.folder_warning_version = ""  # the version ``folder_warning`` is about
         self._folder_seen = ("", "")  # (served version, its folder's fingerprint) when ``_watch_served`` last looked
@@ -300,13 +301,22 @@ class ModelManager:
             self._wake.clear()
 
     # ---- warnings --------------------------------------------------------------------------------
+    def ingest_failed(self, version: str, why: str) -> None:
+        """Ingest's embedding of a batch with ``version`` failed (ModelFailed: ``why``), or, with ``why`` "",
+        succeeded: the failure is a GetStatus warning until a batch of that version embeds again."""
+        if why or self._ingest_failure[0] == version:
+            self._ingest_failure = (version, why)
+
     def warnings(self) -> list[str]:
         """What an operator should know: refused versions newer than the serving one, samples that
-        cannot be embedded, repairs made at start."""
+        cannot be embedded, the served model failing on Ingest, repairs made at start."""
         cur = self.current
         cur_no = -1 if cur is None else (version_number(cur.version) or 0)
         folder = self.folder_warning if cur is not None and self.folder_warning_version == cur.version else ""
-        out = [w for w in (self.warning, folder, *self.notices) if w]
+        failing, why = self._ingest_failure
+        live = (f"Ingest refuses new samples (FAILED_PRECONDITION) while the served model fails on them; its last "
+                f"batch: {why}" if why and cur is not None and failing == cur.version else "")
+        out = [w for w in (self.warning, folder, live, *self.notices) if w]
         if cur is not None and self.blobs is not None:  # without blobs ``warning`` says they cannot be embedded
             stored = self.state.count()  # before the index's size: a sample ingested in between is in both
             behind = stored - cur.index.n - len(self.unembeddable.get(cur.version, {}))

@@ -96,12 +96,14 @@ def conv_encoder(size: tuple[int, int] = (32, 32), widths: tuple[int, ...] = (64
 def foreign_encoder(size: tuple[int, int] = (8, 8), dim: int = 16, input_name: str = INPUT_NAME,
                     output_name: str = EMBEDDING_OUTPUT, batch: int | None = None, nhwc: bool = False,
                     float16: bool = False, pooled: bool = False, reshape_batch: int | None = None,
-                    feature_map: bool = False, seed: int = 0) -> onnx.ModelProto:
+                    feature_map: bool = False, nonfinite: str = "", seed: int = 0) -> onnx.ModelProto:
     """A linear encoder (``linear_encoder``) exported the ways encoders brought from elsewhere are: another input
     or output name, a batch axis fixed at ``batch``, channels-last input (``nhwc``), a float16 input, a
     ``pooled`` Nx``dim``x1x1 output, a ``feature_map`` Nx(``dim``/4)x2x2 output (no pooling layer), or a graph
     that reshapes to a fixed batch of ``reshape_batch`` inside (declared dynamic, runs at that batch size only:
-    what tracing a batch of 1 can leave)."""
+    what tracing a batch of 1 can leave). ``nonfinite``: "always" divides the output by 0 (NaN or infinite for
+    every image, the load check's blank batch too), "some" takes its square root (NaN wherever a projection is
+    negative: real images, not the blank batch, whose output is 0)."""
     rng = np.random.default_rng(seed)
     h, w = size
     flat = 3 * h * w
@@ -127,6 +129,13 @@ def foreign_encoder(size: tuple[int, int] = (8, 8), dim: int = 16, input_name: s
         nodes += [helper.make_node("MatMul", ["flat", "W"], ["vec"]),
                   helper.make_node("Reshape", ["vec", "pool_shape"], [output_name])]
         out_shape = ["N", *shape]
+    elif nonfinite:
+        nodes.append(helper.make_node("MatMul", ["flat", "W"], ["vec"]))
+        if nonfinite == "always":
+            inits.append(numpy_helper.from_array(np.zeros(1, np.float32), "zero"))
+            nodes.append(helper.make_node("Div", ["vec", "zero"], [output_name]))
+        else:
+            nodes.append(helper.make_node("Sqrt", ["vec"], [output_name]))
     else:
         nodes.append(helper.make_node("MatMul", ["flat", "W"], [output_name]))
     graph = helper.make_graph(nodes, "foreign_encoder", [helper.make_tensor_value_info(input_name, elem, declared)],

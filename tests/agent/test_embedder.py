@@ -141,3 +141,14 @@ def test_the_manifests_output_name_picks_the_embedding(tmp_path: Path) -> None:
     found[1].output_name = "embedding"  # a manifest naming an output the graph lacks
     with pytest.raises(ModelRefused, match=r"has no 'embedding' output .*feat.*: set the manifest's output_name"):
         Embedder(reg / found[0], found[1])
+
+
+def test_a_model_giving_nan_is_refused_at_load_or_failed_on_the_batch(tmp_path: Path) -> None:
+    said = refusal(tmp_path / "a", nonfinite="always")  # NaN on the blank batch already
+    assert "NaN or infinite values in ['embedding']" in said
+    emb = foreign(tmp_path / "b", nonfinite="some")  # 0 on the blank batch, NaN where a projection is negative
+    with pytest.raises(ModelFailed) as e:
+        emb.embed(np.random.default_rng(4).integers(0, 255, (5, 8, 8, 3), dtype=np.uint8))
+    # the first batch (batch_size 3): each row has some of its 16 projections negative
+    assert "gave NaN or infinite embeddings for 3 of a batch of 3 images" in str(e.value)
+    assert "the model is at fault" in str(e.value) and map_exception(e.value).code.name == "FAILED_PRECONDITION"

@@ -188,5 +188,10 @@ def test_a_model_that_fails_on_a_batch_is_answered_as_its_fault_not_a_bug(tmp_pa
         assert mapped.code.name == "FAILED_PRECONDITION" and "bug" not in mapped.message
         assert "the model v0001 failed on a batch of 1 images" in mapped.message
         assert a.status().samples == 0
+        # the operator sees it in GetStatus until a batch of that version embeds again (here: a batch of 2)
+        said = [w for w in a.status().warnings if "Ingest refuses new samples" in w]
+        assert len(said) == 1 and "the model v0001 failed on a batch of 1 images" in said[0]
+        assert a.ingest.batch([image(f"y{i}", im) for i, im in enumerate(make_images(2))]).accepted == 2
+        assert not [w for w in a.status().warnings if "Ingest refuses" in w]
     finally:
         a.close()
