@@ -22,11 +22,11 @@ import numpy as np
 
 from agent import client
 from agent.config import AgentConfig
-from agent.embedder import Embedder
+from agent.embedder import Embedder, newest_servable
 from agent.service import create_server, stop_server
 from agent.testing import conv_encoder, publish_model
 from shortlist.images import decode_image, encode_png
-from shortlist.manifest import CIFAR10_PREPROCESS, newest_complete
+from shortlist.manifest import CIFAR10_PREPROCESS
 from shortlist.v1 import agent_pb2
 
 
@@ -58,9 +58,9 @@ def bench_ingest(models: Path | None, n: int = 4096, batch: int = 256, rounds: i
         if registry is None:
             registry = Path(tmp) / "models"
             publish_model(registry, conv_encoder(), CIFAR10_PREPROCESS, method="bench")
-        found = newest_complete(registry)
-        if found is None:
-            raise ValueError(f"no complete model version in {registry}")
+        found = newest_servable(registry)  # what the agent below serves: refused versions are skipped
+        if isinstance(found, str):
+            raise ValueError(found)
         version, manifest = found
         size = manifest.preprocess.size
         per_round = max(batch, n // rounds // batch * batch)

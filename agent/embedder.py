@@ -23,6 +23,8 @@ from shortlist.manifest import (
     ROTATION_OUTPUT,
     Manifest,
     ManifestError,
+    check_version,
+    list_versions,
 )
 from shortlist.vectors import unit_rows
 
@@ -272,6 +274,23 @@ def load_check(version_dir: Path, manifest: Manifest) -> None:
         raise
     except Exception as e:  # what else loading raises (the agent refuses the version for it as well)
         raise ModelRefused(f"cannot load it: {e}") from None
+
+
+def newest_servable(registry: Path) -> tuple[str, Manifest] | str:
+    """What an agent serving ``registry`` serves: (version, manifest) of the newest complete version that
+    passes ``load_check``; when none does, a sentence saying why (each refused version with its reason)."""
+    refused: list[str] = []
+    for name in reversed(list_versions(registry)):
+        try:
+            manifest = check_version(registry / name, verify_hashes=True)
+            load_check(registry / name, manifest)
+        except ManifestError as e:  # ModelRefused is one
+            refused.append(f"{name}: {e}")
+            continue
+        return name, manifest
+    if not refused:
+        return f"no model version in {registry} (publish one with `shortlist export` or `shortlist models import`)"
+    return f"no version in {registry} is one an agent serves: " + "; ".join(refused)
 
 
 def _cross_entropy(logits: np.ndarray, target: int) -> np.ndarray:

@@ -30,7 +30,7 @@ from agent.config import Limits
 from shortlist.cli import app
 from shortlist.datasets import ImageItem
 from shortlist.v1 import agent_pb2
-from tests.agent.conftest import Running, make_images, make_samples, png, start
+from tests.agent.conftest import SIZE, Running, make_images, make_samples, png, start
 
 runner = CliRunner()
 
@@ -671,6 +671,24 @@ def test_bench_agent_command_prints_figures(registry: Path) -> None:
                          "--rounds", "2", "--cpu", "--json"))
     assert out["rounds"] == 2 and len(out["ratios"]) == 2 and out["provider"] == "CPUExecutionProvider"
     assert out["raw_median"] > 0 and out["ingest_median"] > 0
+
+
+def test_bench_agent_measures_the_version_an_agent_serves(tmp_path: Path, registry: Path) -> None:
+    """A newer version the agent's load check refuses is skipped (the agent inside serves the older one);
+    a registry with only refused versions is a usage error with the refusal, not a traceback."""
+    from agent.testing import foreign_encoder, publish_model
+    from shortlist.manifest import Preprocess
+
+    publish_model(registry, foreign_encoder(SIZE, 16, batch=1), Preprocess(size=SIZE))  # v0002: a fixed batch
+    out = json.loads(run("bench", "agent", "--models", str(registry), "--n", "64", "--batch", "32",
+                         "--rounds", "1", "--cpu", "--json"))
+    assert out["model"].endswith("/v0001")
+    only = tmp_path / "only"
+    publish_model(only, foreign_encoder(SIZE, 16, batch=1), Preprocess(size=SIZE))
+    result = runner.invoke(app, ["bench", "agent", "--models", str(only), "--cpu"])
+    text = " ".join(result.output.replace("│", " ").split())
+    assert result.exit_code == 2 and "Traceback" not in text, result.output
+    assert "no version in" in text and "v0001: the batch axis is fixed at 1" in text
 
 
 def test_kill_9_loses_no_acknowledged_sample(tmp_path: Path, registry: Path) -> None:
