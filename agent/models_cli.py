@@ -16,10 +16,11 @@ serves, the newer ones are marked refused with the agent's reason, and older one
 (``--check-all`` checks them too; each check loads the model, which takes a while for big ones). Nothing is
 cached. ``rollback`` refuses a version the load check refuses, before publishing anything.
 
-``prune`` removes old versions: all complete versions but the newest ``--keep`` and the ones the agent serves
-or is embedding, each atomically (shortlist.manifest.remove_version); nothing when that agent does not answer,
-unless ``--without-agent`` says to keep the newest only. Safe because their numbers are never used again: an
-agent's stored embeddings stay tied to the model that made them.
+``prune`` removes old versions: all complete versions but the newest ``--keep``, the newest that passes the load
+check (what an agent started on the folder serves) and the ones the agent serves or is embedding, each
+atomically (shortlist.manifest.remove_version); nothing when that agent does not answer, unless
+``--without-agent`` says to keep the newest (and the newest loadable) only. Safe because their numbers are
+never used again: an agent's stored embeddings stay tied to the model that made them.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from rich.table import Table
 from agent import client
 from agent.cli import json_line
 from agent.cli_options import AgentTarget, agent_options
-from agent.embedder import ModelRefused, load_check
+from agent.embedder import ModelRefused, load_check, newest_servable
 from shortlist.console import make_console
 from shortlist.manifest import (
     Manifest,
@@ -334,8 +335,9 @@ def prune(agent: AgentTarget,
                                              "KEEP complete versions (an agent serving an older one from this "
                                              "folder loses its folder; it serves the newest after a restart)"),
           as_json: bool = typer.Option(False, "--json", help="the outcome as one JSON object on stdout")) -> None:
-    """Remove old versions: every complete version but the newest KEEP and the ones the agent at --agent serves
-    or is embedding the pool with. The newest complete version is always kept; folders that are not complete
+    """Remove old versions: every complete version but the newest KEEP, the newest one the agent's load check
+    passes (what an agent started on this folder serves) and the ones the agent at --agent serves or is
+    embedding the pool with. The newest complete version is always kept; folders that are not complete
     (broken, or still being copied) are left alone. Each folder is first renamed to a hidden trash name (at
     once out of the registry: no agent loads it), then deleted. Their numbers are never used again, so an agent
     never takes a removed model's embeddings for a new one. When the agent does not answer nothing is removed
@@ -351,8 +353,9 @@ def prune(agent: AgentTarget,
     if without_agent:
         outcome["agent"] = None
         kept = "the newest complete version" if keep == 1 else f"the newest {keep} complete versions"
-        notes = [f"--without-agent: kept {kept} only; an agent serving an older one "
-                 "from this folder keeps serving it, warns, and after a restart serves the newest"]
+        notes = [f"--without-agent: kept {kept} only (and the newest one that passes the agent's load check); an "
+                 "agent serving an older one from this folder keeps serving it, warns, and after a restart serves "
+                 "the newest that loads"]
     else:
         try:
             st = agent.connect().GetStatus(agent_pb2.GetStatusRequest())
@@ -374,6 +377,10 @@ def prune(agent: AgentTarget,
                                                                                            "with it")):
             if version in complete and version not in why:
                 why[version] = f"the agent at {agent.address} {doing}"
+    servable = newest_servable(models)  # newer versions the agent refuses must not leave it with none after a restart
+    if not isinstance(servable, str) and servable[0] not in why:
+        why[servable[0]] = ("the newest complete version that passes the agent's load check (what an agent started "
+                            "on this folder serves; the newer ones are refused)")
     removable = [v for v in complete if v not in why]
     left = [{"version": r["version"], "problem": r["problem"]} for r in rows if not r["complete"]]
     removed, freed, errors = _remove(models, removable, dry_run)

@@ -335,13 +335,32 @@ def test_prune_without_agent_keeps_the_newest_and_says_so(tmp_path: Path) -> Non
     assert out["agent"] is None and out["next_version"] == "v0005"
     assert list_versions(models) == ["v0003", "v0004"] and not leftover.exists()
     again = runner.invoke(app, ["models", "prune", "--models", str(models), "--keep", "1", "--without-agent"])
-    assert again.exit_code == 0 and "--without-agent: kept the newest complete version only" in said(again.stdout)
+    assert again.exit_code == 0
+    assert "--without-agent: kept the newest complete version only (and the newest one that passes" in said(
+        again.stdout)
     assert list_versions(models) == ["v0004"]
     for _ in range(2):  # the newest is never removed
         assert runner.invoke(app, ["models", "prune", "--models", str(models), "--keep", "1",
                                    "--without-agent"]).exit_code == 0
     assert list_versions(models) == ["v0004"]
     assert publish_linear(models, size=SIZE, dim=16, seed=9) == "v0005"
+
+
+def test_prune_keeps_the_newest_version_an_agent_can_serve(tmp_path: Path) -> None:
+    """Newer versions the agent's load check refuses (a fixed batch axis) would otherwise be all that --keep 1
+    leaves: an agent restarted on the folder would have no model. The newest loadable one stays, and says why."""
+    models = tmp_path / "models"
+    for seed in range(2):
+        publish_linear(models, size=SIZE, dim=16, seed=seed)
+    for _ in range(2):
+        publish_model(models, foreign_encoder(SIZE, 16, batch=1), Preprocess(size=SIZE))
+    result = runner.invoke(app, ["models", "prune", "--models", str(models), "--keep", "1", "--json",
+                                 "--without-agent"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["removed"] == ["v0001", "v0003"] and out["kept"] == ["v0002", "v0004"]
+    assert "passes the agent's load check" in out["kept_because"]["v0002"]
+    assert list_versions(models) == ["v0002", "v0004"]
 
 
 def test_prune_removes_nothing_when_the_agent_does_not_answer(tmp_path: Path) -> None:
