@@ -237,6 +237,17 @@ SAME_PAYLOAD_LEFT_OUT = "same_payload_left_out"
 # is being embedded after the first model, or after a restart that fell back to another version): how
 # many, and that they are not candidates until then. Absent once every stored sample is embedded.
 NOT_EMBEDDED = "not_embedded"
+# The two halves of every answer given while the pool is embedded in the background (Select's NOT_EMBEDDED,
+# its empty answer, the audit and PriorLabels refusals): what is going on, and when to ask again.
+IN_BACKGROUND = "the pool is being embedded in the background"
+ASK_AGAIN = "ask again when Status.embedded reaches Status.samples"
+
+
+def behind_phrase(behind: int, stored: int, version: str) -> str:
+    """"B of S stored samples are not embedded yet by vN (the pool is being embedded in the background)"."""
+    return f"{behind:,} of {stored:,} stored samples are not embedded yet by {version} ({IN_BACKGROUND})"
+
+
 # Select's details key, present on a random Select answered while NOT_EMBEDDED is: a draw of the embedded
 # samples only, so not counted as a uniform draw for the calibration (an audit is refused then).
 NOT_UNIFORM = "not_uniform"
@@ -892,9 +903,8 @@ class Agent:
             behind = self.not_embedded(version, stored, len(seqs))
             if behind and strategy == AUDIT:
                 raise FailedPrecondition(
-                    f"an audit draw must cover the whole pool, and {behind:,} of {stored:,} stored samples are not "
-                    f"embedded yet by {version} (the pool is being embedded in the background); ask again when "
-                    "Status.embedded reaches Status.samples")
+                    f"an audit draw must cover the whole pool, and {behind_phrase(behind, stored, version)}; "
+                    f"{ASK_AGAIN}")
         candidates, left_out = self.twin_free(pool.candidates, seqs)
         pool = replace(pool, candidates=candidates)
         details: dict[str, str] = {}
@@ -926,9 +936,8 @@ class Agent:
                 "bytes of a labelled sample, or of an earlier-ingested candidate (one label covers byte-identical "
                 "images)")
         if cached is None and serving is not None and behind:
-            details[NOT_EMBEDDED] = (f"{behind:,} of {stored:,} stored samples are not embedded yet by {version} (the "
-                                     "pool is being embedded in the background): they are not candidates until "
-                                     "then; ask again when Status.embedded reaches Status.samples")
+            details[NOT_EMBEDDED] = (f"{behind_phrase(behind, stored, version)}: they are not candidates until "
+                                     f"then; {ASK_AGAIN}")
             if uniform_draw(strategy, bool(where) or bool(max_per_group)):
                 details[NOT_UNIFORM] = ("a draw of the embedded samples only, not of the whole pool: its labels do "
                                         "not count as audit labels for the calibration")
@@ -1163,14 +1172,14 @@ class Agent:
         candidates are none; ``rows``: the samples it has embedded."""
         if self.state.count() == 0:
             return "the pool is empty: ingest samples first"
+        shown = ", ".join(f"{k}={v}" for k, v in sorted(where.items()))
         if behind:
-            waiting = (f"{behind:,} stored sample{'s are' if behind != 1 else ' is'} not embedded yet (the pool is "
-                       "being embedded in the background) and not candidates until then; ask again when "
-                       "Status.embedded reaches Status.samples")
+            are = "s are" if behind != 1 else " is"
+            waiting = (f"{behind:,} stored sample{are} not embedded yet ({IN_BACKGROUND}) and not candidates until "
+                       f"then; {ASK_AGAIN}")
             if rows == 0:
                 return f"nothing is embedded yet: {waiting}"
             if where:
-                shown = ", ".join(f"{k}={v}" for k, v in sorted(where.items()))
                 return f"no unlabelled embedded sample matches where {shown}; {waiting}"
             if left_out:
                 return (f"every unlabelled embedded sample ({left_out}) has the exact bytes of a labelled sample; "
@@ -1181,7 +1190,6 @@ class Agent:
             return (f"every unlabelled sample{matching} ({left_out}) has the exact bytes of a labelled sample "
                     "(one label covers byte-identical images): nothing is left to select")
         if where:
-            shown = ", ".join(f"{k}={v}" for k, v in sorted(where.items()))
             return (f"no unlabelled sample matches where {shown} (keys and values must equal a sample's metadata "
                     "exactly; see ListSamples)")
         return "every sample is labelled: nothing is left to select"
@@ -1217,7 +1225,7 @@ class Agent:
             missing = [r.id for r in recs if r is not None and (r.seq >= len(row_of) or row_of[r.seq] < 0)]
             if missing:
                 raise FailedPrecondition(f"{len(missing)} sample(s) not embedded yet by {serving.version} "
-                                         f"(e.g. {missing[0]!r}); retry when Status.embedded reaches Status.samples")
+                                         f"(e.g. {missing[0]!r}); {ASK_AGAIN}")
             rows = np.array([row_of[r.seq] for r in recs if r is not None], np.int64)
         else:
             rows = pool.candidates
@@ -1225,8 +1233,7 @@ class Agent:
             if behind and self.state.labeled_count():
                 raise FailedPrecondition(
                     f"none of the {self.state.labeled_count():,} labelled samples is embedded yet by "
-                    f"{serving.version} ({len(seqs):,} of {stored:,} stored samples are; the pool is being embedded "
-                    "in the background): ask again when Status.embedded reaches Status.samples")
+                    f"{serving.version} ({len(seqs):,} of {stored:,} stored samples are; {IN_BACKGROUND}): {ASK_AGAIN}")
             raise FailedPrecondition("no labelled samples yet: submit labels (`shortlist label FILE.csv`) "
                                      "before asking for prior labels")
         if len(rows) == 0:
