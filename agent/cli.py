@@ -745,10 +745,8 @@ def _source_samples(source: Any, limit: int | None, with_labels: bool, metadata:
             metadata_of = {**exif_metadata(item.encoded), **metadata, **(row or {})}
         else:
             metadata_of = {**metadata, **row} if row else metadata
-        if item.encoded is not None:
-            yield client.image_sample(item.id, item.encoded, label=label, uri=item.uri, metadata=metadata_of)
-        elif item.pixels is not None:
-            yield client.tensor_sample(item.id, item.pixels, label=label, uri=item.uri, metadata=metadata_of)
+        if item.encoded is not None or item.pixels is not None:
+            yield client.item_sample(item, label=label, metadata=metadata_of)
 
 
 def _ingest_out(reply: agent_pb2.IngestReply) -> dict[str, Any]:

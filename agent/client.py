@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import grpc
 import numpy as np
@@ -29,6 +29,9 @@ import numpy as np
 from agent.errors import RETRY_AFTER_KEY
 from agent.security import READ, RPC_ROLES
 from shortlist.v1 import agent_pb2, agent_pb2_grpc
+
+if TYPE_CHECKING:
+    from shortlist.datasets import ImageItem
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 CONNECT_TIMEOUT_S = 10.0
@@ -598,6 +601,16 @@ def tensor_sample(sample_id: str, pixels: np.ndarray, label: str = "", uri: str 
     t = agent_pb2.Tensor(dtype=str(pixels.dtype), shape=list(pixels.shape),
                          data=np.ascontiguousarray(pixels).tobytes())
     return agent_pb2.Sample(id=sample_id, tensor=t, label=label, uri=uri, metadata=metadata or {})
+
+
+def item_sample(item: ImageItem, label: str = "", metadata: dict[str, str] | None = None) -> agent_pb2.Sample:
+    """One image of a source (shortlist.datasets.ImageItem) as a Sample: its file bytes as they are, or, for a
+    source that holds pixels only (torchvision's CIFAR-10 batches), its HxWx3 pixels as a raw Tensor."""
+    if item.encoded is not None:
+        return image_sample(item.id, item.encoded, label=label, uri=item.uri, metadata=metadata)
+    if item.pixels is None:
+        raise ValueError(f"{item.id}: the source gave neither file bytes nor pixels")
+    return tensor_sample(item.id, item.pixels, label=label, uri=item.uri, metadata=metadata)
 
 
 def _framed_size(sample: agent_pb2.Sample) -> int:

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 def ingest_items(stub: agent_pb2_grpc.AgentStub, items: Sequence[ImageItem], batch: int = 256,
                  progress: Progress | None = None, task: TaskID | None = None) -> int:
     """Stream ``items`` (no labels: the annotator gives them later) through Ingest; returns accepted."""
-    samples = (client.image_sample(it.id, it.encoded or b"", uri=it.uri, metadata={"split": "train"}) for it in items)
+    samples = (client.item_sample(it, metadata={"split": "train"}) for it in items)  # pixels for torchvision's CIFAR
     on_batch = (lambda n: progress.advance(task, n)) if progress is not None and task is not None else None
     reply = client.ingest(stub, samples, batch=batch, on_batch=on_batch, timeout=3600)
     if reply.rejected:

@@ -379,3 +379,31 @@ def test_a_run_skipped_on_an_agent_error_exits_1_and_a_rerun_retries_it(tiny_cif
     assert "resuming: 1 finished (strategy, seed) runs reused" in again.output
     run = json.loads((out / "results.json").read_text())
     assert not run["skipped"] and {r["strategy"] for r in run["records"]} == {"random", "kmedoids"}
+
+
+def test_a_torchvision_cifar10_folder_is_ingested_as_pixels(tmp_path: Path) -> None:
+    """torchvision's CIFAR-10 batches hold pixels, no file bytes: the benchmark's ingest sent empty payloads
+    (every sample rejected, "empty image payload"); it sends the pixels as a Tensor, as `shortlist ingest`."""
+    import pickle
+
+    from bench.cifar10.ingest import ingest_items
+    from shortlist.datasets import iter_images
+    from tests.agent.conftest import start
+
+    root = tmp_path / "cifar-10-batches-py"
+    root.mkdir()
+    with open(root / "batches.meta", "wb") as f:
+        pickle.dump({b"label_names": [b"airplane", b"automobile"]}, f)
+    data = np.random.default_rng(0).integers(0, 256, size=(4, 3 * 32 * 32), dtype=np.uint8)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        with open(root / name, "wb") as f:
+            pickle.dump({b"data": data, b"labels": [0, 1, 1, 0]}, f)
+    items = list(iter_images(tmp_path, "train"))
+    assert items[0].encoded is None and items[0].pixels is not None
+    registry = tmp_path / "models"
+    publish_linear(registry, size=(8, 8), dim=16)
+    r = start(tmp_path / "agent", registry)
+    try:
+        assert ingest_items(r.stub, items) == 20
+    finally:
+        r.stop()
