@@ -101,6 +101,8 @@ def markdown(runs: list[dict[str, Any]]) -> str:
                      f"seeds {len(r['seeds'])}, model {r['model_version']} ({r['encoder'].get('kind', '')}: "
                      f"{r['encoder'].get('encoder', '')}), commit {r['git_commit'][:10]}, "
                      f"wall time {walls.get('total', float('nan')) / 60:.1f} min"
+                     + (f" (and {walls['reused_runs'] / 60:.1f} min of runs reused from an earlier run into this "
+                        "folder)" if walls.get("reused_runs") else "")
                      + (f", {r['audit']} audit labels drawn after the first budget's picks (not in the budgets)"
                         if r.get("audit") else "")
                      + ("" if r.get("complete", True) else " (INCOMPLETE: still running or interrupted)"))

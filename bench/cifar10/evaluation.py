@@ -135,29 +135,52 @@ RESUME_FIELDS = ("profile", "data", "budgets", "prior_methods", "pool_size", "te
                  "audit")
 
 
-def finished_runs(out: Path, run: Run) -> tuple[dict[tuple[str, int], list[dict[str, Any]]], str]:
+Finished = dict[tuple[str, int], list[dict[str, Any]]]  # (strategy, seed) -> its records, one per budget
+
+
+def earlier_walls(out: Path, runs: Finished) -> dict[str, float]:
+    """The wall seconds the earlier results.json in ``out`` recorded for ``runs`` (their
+    ``strategy/NAME/seedN`` entries): a resumed run keeps them, so its report can say what the reused runs
+    took besides its own wall time."""
+    try:
+        walls = json.loads((out / "results.json").read_text()).get("wall_seconds", {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+    keys = {f"strategy/{strategy}/seed{seed}" for strategy, seed in runs}
+    return {k: float(v) for k, v in walls.items() if k in keys}
+
+
+def finished_runs(out: Path, run: Run) -> tuple[Finished, Finished, str]:
     """The (strategy, seed) runs an earlier results.json in ``out`` finished with the same settings
-    (``RESUME_FIELDS``) as ``run``: their records, and a line saying what is reused or why nothing is
-    ({} and "" when there is no results.json). Skipped runs (an RPC error) are not reused: they run again."""
+    (``RESUME_FIELDS``) as ``run``: those ``run`` asks for (reused), those it does not (kept: a rerun with
+    fewer strategies or seeds must not throw finished hours away), and a line saying what is reused and
+    kept or why nothing is ({}, {} and "" when there is no results.json). Skipped runs (an RPC error) are not
+    reused: they run again."""
     path = out / "results.json"
     if not path.is_file():
-        return {}, ""
+        return {}, {}, ""
     try:
         old = json.loads(path.read_text())
         # a field an older results.json lacks reads as its default (audit: 0)
         diff = [k for k in RESUME_FIELDS if old.get(k, getattr(Run, k, None)) != getattr(run, k)]
     except (OSError, ValueError, AttributeError) as e:
-        return {}, f"not resuming: {path} cannot be read ({e}); it will be replaced"
+        return {}, {}, f"not resuming: {path} cannot be read ({e}); it will be replaced"
     if diff:
-        return {}, (f"not resuming: {path} was written with other {', '.join(diff)}; its runs are replaced "
-                    "(pass another --out to keep them)")
-    done: dict[tuple[str, int], list[dict[str, Any]]] = {}
+        return {}, {}, (f"not resuming: {path} was written with other {', '.join(diff)}; its runs are replaced "
+                        "(pass another --out to keep them)")
+    runs: Finished = {}
     for r in old.get("records", []):
-        if r["strategy"] in run.strategies and r["seed"] in run.seeds:
-            done.setdefault((r["strategy"], r["seed"]), []).append(r)
+        runs.setdefault((r["strategy"], r["seed"]), []).append(r)
     # a (strategy, seed) run is saved whole, so every budget is there; a partial one is not reused
-    done = {k: v for k, v in done.items() if {r["budget"] for r in v} == set(run.budgets)}
-    return done, f"resuming: {len(done)} finished (strategy, seed) runs reused from {path}"
+    runs = {k: v for k, v in runs.items() if {r["budget"] for r in v} == set(run.budgets)}
+    done = {k: v for k, v in runs.items() if k[0] in run.strategies and k[1] in run.seeds}
+    kept = {k: v for k, v in runs.items() if k not in done}
+    note = f"resuming: {len(done)} finished (strategy, seed) runs reused from {path}"
+    if kept:
+        names = ", ".join(dict.fromkeys(f"{s} seed {seed}" for s, seed in kept))
+        note += (f"; kept {len(kept)} finished runs this command does not ask for ({names}): the report shows "
+                 "them too (pass another --out for a report without them)")
+    return done, kept, note
 
 
 def _save(run: Run, out: Path) -> None:

@@ -21,11 +21,13 @@ from bench.cifar10.data import images_at_model_size, load_pool_and_test
 from bench.cifar10.encoder import PoolSplits, _git_commit, code_fingerprint, embed_images, prepare_encoder
 from bench.cifar10.evaluation import (
     EvalData,
+    Finished,
     LoopSettings,
     Point,
     Run,
     SemiSupervised,
     _save,
+    earlier_walls,
     finished_runs,
     inputs_fingerprint,
     run_strategy,
@@ -140,16 +142,18 @@ def _run_one(strategy: str, seed: int, settings: LoopSettings, data: EvalData, f
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _run_strategies(run: Run, done: dict[tuple[str, int], list[dict[str, Any]]], settings: LoopSettings,
+def _run_strategies(run: Run, asked: tuple[list[str], list[int]], done: Finished, settings: LoopSettings,
                     data: EvalData, folders: Folders, progress: Progress, walls: Walls) -> None:
-    """Every (strategy, seed) of ``run``, reusing the ``done`` ones; results.json is rewritten after each.
-    An agent error skips that run (recorded in ``run.skipped``, retried by a rerun)."""
+    """Every (strategy, seed) ``asked`` (strategies, seeds), reusing the ``done`` ones, into ``run``;
+    results.json is rewritten after each. An agent error skips that run (recorded in ``run.skipped``,
+    retried by a rerun)."""
+    strategies, seeds = asked
     n_budgets = len(settings.budgets)
-    loop = progress.add_task("strategies", total=len(run.strategies) * len(run.seeds) * n_budgets)
+    loop = progress.add_task("strategies", total=len(strategies) * len(seeds) * n_budgets)
     # Seeds outside strategies: an interrupted run still has every strategy at the first seeds, and
     # results.json is rewritten after each (strategy, seed) so nothing finished is lost.
-    for seed in run.seeds:
-        for strategy in run.strategies:
+    for seed in seeds:
+        for strategy in strategies:
             if (strategy, seed) in done:
                 run.records += done[(strategy, seed)]
                 progress.advance(loop, n_budgets)
@@ -231,9 +235,19 @@ def run_benchmark(data: Path, profile: Profile, out: Path, encoder: Path | None 
               audit=profile.audit, classes=list(train.classes), git_commit=_git_commit(), code=code_fingerprint(),
               fingerprint=inputs_fingerprint(pool_ids, train.labels[pool_idx], pool_emb_arr, ev.test_emb, ev.test_y,
                                              ssl))
-    done, note = finished_runs(out, run)  # a rerun into the same --out resumes where the last one stopped
+    # a rerun into the same --out resumes where the last one stopped, and keeps what it does not ask for
+    done, kept, note = finished_runs(out, run)
     if note:
         console.print(note)
+    asked = (list(run.strategies), list(run.seeds))
+    reused = earlier_walls(out, {**done, **kept})
+    if reused:  # what the reused runs took when they ran: the report says it beside this run's wall time
+        walls.seconds.update(reused)
+        walls.seconds["reused_runs"] = sum(reused.values())
+    for (strategy, seed), records in kept.items():
+        run.records += records
+        run.strategies += [strategy] if strategy not in run.strategies else []
+        run.seeds = sorted({*run.seeds, seed})
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("left"), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=False) as progress:
@@ -241,7 +255,7 @@ def run_benchmark(data: Path, profile: Profile, out: Path, encoder: Path | None 
             ingest_pool(data, pool_ids, version, folders.registry, folders.base, folders.log, console, progress,
                         classes=train.classes)
         with walls.timed("strategies"):
-            _run_strategies(run, done, settings, ev, folders, progress, walls)
+            _run_strategies(run, asked, done, settings, ev, folders, progress, walls)
     walls.total()
     run.wall_seconds = walls.seconds
     run.complete = True

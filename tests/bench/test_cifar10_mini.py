@@ -268,6 +268,16 @@ def test_a_rerun_into_the_same_folder_resumes_the_finished_runs(tiny_cifar: Path
     assert {r["budget"] for r in run["records"] if r["strategy"] == "kmedoids"} == {3, 6}
     assert (out / "results.md").read_text().count("| kmedoids |") >= 3
 
+    # fewer strategies: random is reused, kmedoids kept (it was deleted), and the reused runs' time is said
+    fewer = CliRunner().invoke(app, [*common, "--strategies", "random", "--prior-methods", "knn"])
+    assert fewer.exit_code == 0, fewer.output
+    assert "kept 1 finished runs this command does not ask for (kmedoids seed 0)" in " ".join(fewer.output.split())
+    again = json.loads((out / "results.json").read_text())
+    assert sorted(map(json.dumps, again["records"])) == sorted(map(json.dumps, run["records"]))
+    assert again["strategies"] == ["random", "kmedoids"]
+    assert again["wall_seconds"]["reused_runs"] > 0
+    assert "min of runs reused from an earlier run" in (out / "results.md").read_text()
+
     other = CliRunner().invoke(app, [*common, "--strategies", "random", "--prior-methods", "knn,llgc"])
     assert other.exit_code == 0, other.output
     assert "not resuming" in other.output and "prior_methods" in other.output
