@@ -76,17 +76,23 @@ MapPointRow = tuple[str, float, float, str]
 KNN_BLOCK = 4096
 # The state's meta key holding the last calibrated PriorLabels' method and TemperatureFit (JSON).
 LAST_PRIOR_FIT_KEY = "last_prior_fit"
-# A uniform draw's labels count as audit labels over the longest start of the draw of which at least this
-# share is labelled, one unlabelled pick always allowed (``counted_labels``).
+# A uniform draw's labels count as audit labels over the longest start of the draw, and of each of its
+# stretches, of which at least this share is labelled, one unlabelled pick always allowed (``counted_labels``).
 DRAW_LABELLED_SHARE = 0.9
-# ... and, for a draw of another strategy than the audit (random), only once that start holds at least
-# this many labelled picks: smaller starts (and draws) count nothing. Many small random draws (a dashboard's
+# ... and, for a draw of another strategy than the audit (random), only once they hold at least this many
+# labelled picks in all: fewer (and smaller draws) count nothing. Many small random draws (a dashboard's
 # "3 random frames" every few seconds, with a read token) cover the whole pool between them, so hand-picked
 # labels were the first picks of some draw and counted as a uniform sample (150 draws of 3 made 25
 # hand-picked labels "audit" labels and silenced the calibration warning). A start of 10 labelled picks by
 # coincidence needs about f^10 per draw, f the labelled share of the pool. An audit draw (a write token's
 # deliberate act) counts from its first labelled pick.
 MIN_DRAW_COUNTED = 10
+# A stretch of a draw away from its start (``counted_labels``: the web app's Queue starts each annotator at
+# a tile chosen by their name) counts once its counted part holds at least this many labelled picks. Labels
+# chosen among a draw's picks (the cat pictures of a random order of the pool) form such a run only by
+# chance, about f^10 per pick, f the chosen class's share: over 200-pick draws, a minimum of 3 made a chosen
+# class of 20% count 24% of its labels, 10 makes it under 0.01% (0.07% at 30%, 4% at 50%).
+MIN_STRETCH_COUNTED = 10
 
 
 class Rejected(NamedTuple):
@@ -147,27 +153,69 @@ def uniform_request(request: Mapping[str, Any]) -> bool:
     return uniform_draw(str(request.get("strategy")), filtered)
 
 
-def counted_labels(order: np.ndarray, labelled: np.ndarray, minimum: int = 1) -> np.ndarray:
-    """The labelled picks of one uniform draw that count as a uniform sample of the pool. ``order``: the
-    draw's seqs in the order drawn (K); ``labelled``: whether each is labelled now (K bool). Counted: the
-    labelled picks of the longest start of the draw (its first m picks) that leaves at most one pick, or
-    1 - DRAW_LABELLED_SHARE of them when more, unlabelled, when they are at least ``minimum`` (else none:
-    MIN_DRAW_COUNTED for random's draws).
-
-    Why a start: the first m picks of a random order are a uniform sample of the pool, whatever m; the
-    labelled picks of a large draw are not, when someone chose which of them to label (a pipeline that
-    draws the whole pool in random order and labels the cat and dog pictures it wants). The slack lets an
-    annotator skip a pick or a few (an unreadable image; a label taken back) without stopping the count;
-    skipping the hard ones biases it, as it biases the audit's estimate (agent/audit.py)."""
-    if len(order) == 0:
-        return order[:0]
-    m = np.arange(1, len(order) + 1)
+def _longest_start(labelled: np.ndarray) -> int:
+    """The length of the longest start of ``labelled`` (K bool, K >= 1) that leaves at most one pick, or
+    1 - DRAW_LABELLED_SHARE of them when more, unlabelled (``counted_labels``): 1 at least."""
+    m = np.arange(1, len(labelled) + 1)
     skipped = m - np.cumsum(labelled)  # K: unlabelled among the first m picks
-    enough = np.flatnonzero(skipped <= np.maximum(1.0, (1.0 - DRAW_LABELLED_SHARE) * m) + 1e-9)
-    if len(enough) == 0:
+    return int(np.flatnonzero(skipped <= np.maximum(1.0, (1.0 - DRAW_LABELLED_SHARE) * m) + 1e-9)[-1]) + 1
+
+
+def counted_labels(order: np.ndarray, labelled: np.ndarray, minimum: int = 1) -> np.ndarray:
+    """The labelled picks of one uniform draw that count as a uniform sample of the pool, in the order drawn.
+    ``order``: the draw's seqs in the order drawn (K); ``labelled``: whether each is labelled now (K bool).
+    Counted, when they are at least ``minimum`` in all (else none: MIN_DRAW_COUNTED for random's draws):
+
+    - the draw's start: the labelled picks of its longest start (its first m picks) that leaves at most one
+      pick, or 1 - DRAW_LABELLED_SHARE of them when more, unlabelled (an audit's first labelled pick alone
+      counts, as it always did);
+    - its dense stretches: the draw is read as a ring (its last pick followed by its first, as the web app's
+      Queue wraps round) and cut into stretches at every run of 2 or more unlabelled picks, so a stretch is
+      labelled picks with single unlabelled ones between. A stretch counts the labelled picks of its
+      longest start within the same slack, and those of its longest end (read backwards), each once it
+      holds at least MIN_STRETCH_COUNTED labelled picks.
+
+    Why: which positions of a random order get labelled must not depend on the images. Any set of positions
+    chosen without looking is a uniform sample of the pool: the first m picks, the picks from a tile the
+    Queue chose by a hash of the annotator's name onwards (tiles 11-20 then 1-5 of 20), or two annotators'
+    stretches together. Labels someone chose among a large draw's picks are not (a pipeline that draws the
+    whole pool in random order and labels the cat pictures it wants), and they are isolated: the picks of
+    one class of share f lie where the random order put them, so a run of 10 of them (at most one other
+    pick among them) has a chance of about f^10 per pick. Over 200-pick draws, a chosen class of one in ten
+    counts nothing and one of 30% counts 0.07% of its labels (with a minimum of 3 a class of 20% counted
+    24%); a person labelling down the Queue makes stretches of tens. The slack lets an annotator skip a pick
+    or a few (an unreadable image; a label taken back) without stopping the count; skipping the hard ones
+    biases it, as it biases the audit's estimate (agent/audit.py). What does not count: a stretch of fewer
+    than MIN_STRETCH_COUNTED labelled picks away from the draw's start, and the part of a stretch beyond
+    the slack from both its ends (a stretch labelled every other pick in its middle). Chosen labels right
+    next to a counted stretch (the ring's wrap included) join it within the slack, a few at most, as they
+    joined the draw's start before."""
+    k = len(order)
+    if k == 0 or not labelled.any():
         return order[:0]
-    start = int(enough[-1]) + 1
-    counted = order[:start][labelled[:start]]
+    keep = np.zeros(k, bool)
+    start = _longest_start(labelled)
+    keep[:start] = labelled[:start]
+    unlabelled = ~labelled
+    # A pick that begins a stretch: labelled, after two unlabelled picks (on the ring).
+    begins = np.flatnonzero(labelled & np.roll(unlabelled, 1) & np.roll(unlabelled, 2))
+    if len(begins) == 0:  # no run of 2 unlabelled: the whole draw is one stretch, from its first pick
+        begins, ring = np.zeros(1, np.int64), np.arange(k)
+    else:  # the ring from the first stretch's first pick: stretch, gap, stretch, gap ... gap
+        ring = np.roll(np.arange(k), -int(begins[0]))
+        begins = begins - begins[0]
+    on_ring = labelled[ring]
+    ends = np.append(begins[1:], k)  # each stretch ends at the next one's start (its gap included)
+    before = np.concatenate([[0], np.cumsum(on_ring)])
+    dense = before[ends] - before[begins] >= MIN_STRETCH_COUNTED
+    for b, e in zip(begins[dense].tolist(), ends[dense].tolist(), strict=True):
+        e = b + int(np.flatnonzero(on_ring[b:e])[-1]) + 1  # the stretch without the gap after it
+        m = _longest_start(on_ring[b:e])  # read from its first pick ...
+        n = _longest_start(on_ring[b:e][::-1])  # ... and from its last, backwards
+        for part in (ring[b:b + m], ring[e - n:e]):
+            if labelled[part].sum() >= MIN_STRETCH_COUNTED:
+                keep[part] |= labelled[part]
+    counted = order[keep]
     return counted if len(counted) >= minimum else order[:0]
 
 
@@ -457,8 +505,9 @@ class Agent:
     def uniform_seqs(self) -> np.ndarray:
         """Seqs of the labelled samples whose labels are a uniform sample of the pool, ascending: picks of the
         audit and of other uniform strategies (random) without a where filter, counted per draw by
-        ``counted_labels`` (a start of the draw, in the order drawn, that is labelled). The calibration fits
-        its temperature on them once enough count (``Pool.audit``, agent/priors/calibration.py)."""
+        ``counted_labels`` (the dense stretches of the draw, in the order drawn, from its start or any pick on,
+        wrapping round). The calibration fits its temperature on them once enough count (``Pool.audit``,
+        agent/priors/calibration.py)."""
         return self.counted_seqs(audit_only=False)
 
     def audit_counted(self) -> np.ndarray:

@@ -549,7 +549,7 @@ def test_a_draws_labels_count_from_its_start() -> None:
 
     assert counted(range(30)) == list(range(30))  # the first 30 picks, labelled in order
     assert counted([i for i in range(20) if i != 7]) == [i for i in range(20) if i != 7]  # one skipped of 20
-    assert counted([*range(10), *range(20, 30)]) == list(range(10))  # the second ten skipped: stops at 10
+    assert counted([*range(10), *range(20, 25)]) == list(range(10))  # the next ten skipped: stops at 10
     assert counted(range(1, 8)) == list(range(1, 8))  # the first of 8 taken back: one pick always allowed
     assert counted([3, 17, 42, 58, 77, 91]) == []  # scattered: chosen, not drawn
     assert counted([0, 50, 90]) == [0]
@@ -561,17 +561,76 @@ def test_a_draws_labels_count_from_its_start() -> None:
     assert len(counted_labels(small, np.ones(3, bool), MIN_DRAW_COUNTED)) == 0
 
 
+def test_a_draws_dense_stretches_count_wherever_they_start() -> None:
+    """``counted_labels``: the web app's Queue starts each annotator at a tile chosen by their name and wraps
+    round, so a draw is labelled in stretches that need not start at its first pick. Every stretch of at
+    least MIN_STRETCH_COUNTED labelled picks (a skipped pick or a few allowed) counts, on the draw read as a
+    ring; a shorter one away from the start does not."""
+    from agent.core import MIN_DRAW_COUNTED, MIN_STRETCH_COUNTED, counted_labels
+
+    def counted(size: int, labelled_positions: list[int] | range, minimum: int = 1) -> list[int]:
+        order = np.arange(100, 100 + size)
+        labelled = np.zeros(size, bool)
+        labelled[list(labelled_positions)] = True
+        return (counted_labels(order, labelled, minimum) - 100).tolist()
+
+    maria = [*range(10, 20), *range(5)]  # an audit of 20 from tile 11: tiles 11-20, then 1-5
+    for minimum in (1, MIN_DRAW_COUNTED):
+        assert counted(20, maria, minimum) == sorted(maria)
+        assert counted(20, range(10, 20), minimum) == list(range(10, 20))  # tiles 11-20 alone
+    # two annotators on a random draw of 100, from tiles 38 and 81 (the second wraps round to tile 3),
+    # each skipping one image
+    sam, ana = [i for i in range(37, 52) if i != 40], [i for i in [*range(80, 100), *range(3)] if i != 90]
+    assert counted(100, sam + ana, MIN_DRAW_COUNTED) == sorted(sam + ana)
+    assert counted(100, [*range(10), *range(20, 30)]) == [*range(10), *range(20, 30)]  # the start and a stretch
+    # a stretch of fewer labelled picks away from the start counts nothing; the start still counts alone
+    assert MIN_STRETCH_COUNTED == 10
+    assert counted(100, range(50, 59)) == [] and counted(100, [0, *range(50, 59)]) == [0]
+    # a stretch labelled every other pick in its middle: its two dense ends count, the middle (beyond the
+    # slack read from either end) does not
+    middle = list(range(42, 62, 2))
+    both = [*range(30, 42), *middle, *range(62, 74)]
+    assert counted(100, both) == [*range(30, 43), 44, 60, *range(62, 74)]
+
+
+def test_labels_chosen_from_a_random_order_count_nothing() -> None:
+    """Cherry-picking: a pipeline draws the whole pool in random order and labels the pictures of one class
+    it wants. Its labels lie where the random order put them, isolated, so (nearly) none counts: one class
+    of ten over 200-pick draws counts none beyond the draw's first pick (which the old start-only rule
+    counted too), and a class of 30% counts well under 1%. Not a random-order sample: with a minimum of 3
+    labelled picks per stretch the 30% class had 43% of its labels counted."""
+    from agent.core import MIN_DRAW_COUNTED, counted_labels
+
+    rng = np.random.default_rng(0)
+    order = np.arange(200)
+    for share, most in ((0.1, 0.0), (0.3, 0.01)):
+        labelled_total = beyond_start = 0
+        for _ in range(300):
+            labelled = rng.random(200) < share  # the picks of the wanted class
+            labelled_total += int(labelled.sum())
+            m = np.arange(1, 201)  # the start-only rule: the longest start within the slack
+            start = int(np.flatnonzero(m - np.cumsum(labelled) <= np.maximum(1, 0.1 * m) + 1e-9)[-1]) + 1
+            beyond_start += int((counted_labels(order, labelled) >= start).sum())
+            assert len(counted_labels(order, labelled, MIN_DRAW_COUNTED)) == 0 or share > 0.1
+        assert beyond_start <= most * labelled_total, (share, beyond_start, labelled_total)
+
+
 def test_labels_chosen_from_a_large_random_draw_do_not_count(tmp_path: Path, registry: Path) -> None:
-    """A random Select of the whole pool, then labels on picks someone chose from it (here its last ones):
-    not a uniform sample, so the calibration does not fit on them and says so; labelling the draw from
-    its start does count."""
+    """A random Select of the whole pool, then labels on picks someone chose from it (here the cats after
+    its first 30 picks and before its last 6): not a uniform sample, so the calibration does not fit on
+    them and says so; labelling the draw from its start does count. (Its last 30 picks would count:
+    positions chosen without looking at the images are a uniform sample, ``counted_labels``. The last 6
+    are left out as chosen labels next to a counted stretch, on the ring the draw's last picks, join it
+    within the slack.)"""
     running = start(tmp_path / "data", registry)
     try:
         client.ingest(running.stub, make_samples(90, labels=3))
         order = [s.id for s in running.stub.Select(agent_pb2.SelectRequest(budget=1000, strategy="random",
                                                                            seed=5)).selected]
         assert len(order) == 87
-        client.submit_labels(running.stub, [(i, true_label(i)) for i in order[-30:]], "alice")
+        cats = [i for i in order[30:-6] if true_label(i) == "cat"]
+        assert len(cats) >= 10
+        client.submit_labels(running.stub, [(i, "cat") for i in cats], "alice")
 
         def calibration() -> agent_pb2.Calibration:
             return next(iter(running.stub.PriorLabels(agent_pb2.PriorLabelsRequest(method="knn")))).calibration
@@ -600,18 +659,52 @@ def test_many_small_random_draws_do_not_make_hand_picked_labels_audit_labels(run
 
 
 def test_the_accuracy_audit_counts_a_draw_from_its_start(running: Running) -> None:
-    """The accuracy audit scores the same audit labels the calibration counts: labels picked from the end
-    of a large audit draw are ordinary labels (seeds), not a uniform sample to score on."""
+    """The accuracy audit scores the same audit labels the calibration counts: labels picked from a large
+    audit draw by their class (the cats after its first 12 picks) are ordinary labels (seeds), not a
+    uniform sample to score on."""
     client.ingest(running.stub, make_samples(40, labels=6))
     order = [s.id for s in running.stub.Select(agent_pb2.SelectRequest(budget=1000, strategy="audit",
                                                                        seed=4)).selected]
     assert len(order) == 34
-    client.submit_labels(running.stub, [(i, true_label(i)) for i in order[-10:]], "alice")
+    cats = [i for i in order[12:] if true_label(i) == "cat"]
+    assert len(cats) >= 5
+    client.submit_labels(running.stub, [(i, "cat") for i in cats], "alice")
     a = running.stub.GetStatus(agent_pb2.GetStatusRequest()).audit
     assert (a.drawn, a.labelled) == (34, 0)
     client.submit_labels(running.stub, [(i, true_label(i)) for i in order[:8]], "alice")
     a = wait_audit(running, 8)
     assert a.drawn == 34 and all(m.overall.total == 8 for m in a.methods if not m.error)
+
+
+def test_the_audit_counts_a_draw_labelled_from_the_queues_start_tile(running: Running) -> None:
+    """The web app's Queue starts Maria at tile 11 of an audit of 20: she labels tiles 11-20, then 1-5. All 15
+    are audit labels, scored by the accuracy audit (the start-only rule counted 5, and scored 3)."""
+    client.ingest(running.stub, make_samples(40, labels=6))
+    order = [s.id for s in running.stub.Select(agent_pb2.SelectRequest(budget=20, strategy="audit",
+                                                                       seed=4)).selected]
+    assert len(order) == 20
+    client.submit_labels(running.stub, [(i, true_label(i)) for i in order[10:] + order[:5]], "Maria")
+    a = wait_audit(running, 15)
+    assert a.drawn == 20 and all(m.overall.total == 15 for m in a.methods if not m.error)
+    assert running.agent.uniform_labelled() == 15
+
+
+def test_two_queues_on_a_random_draw_calibrate_the_priors(tmp_path: Path, registry: Path) -> None:
+    """Two annotators label a random draw of the pool from their own start tiles (the second wrapping round
+    to the draw's first picks): their labels together are a uniform sample, and the calibration fits on
+    them."""
+    running = start(tmp_path / "data", registry)
+    try:
+        client.ingest(running.stub, make_samples(90, labels=3))
+        order = [s.id for s in running.stub.Select(agent_pb2.SelectRequest(budget=60, strategy="random",
+                                                                           seed=5)).selected]
+        assert len(order) == 60
+        client.submit_labels(running.stub, [(i, true_label(i)) for i in order[21:33]], "Maria")
+        client.submit_labels(running.stub, [(i, true_label(i)) for i in order[50:] + order[:3]], "Sam")
+        cal = next(iter(running.stub.PriorLabels(agent_pb2.PriorLabelsRequest(method="knn")))).calibration
+        assert (cal.source, cal.audit_labels, cal.warning) == ("audit", 25, "")
+    finally:
+        running.stop()
 
 
 def test_the_status_warning_survives_a_restart(tmp_path: Path, registry: Path) -> None:
