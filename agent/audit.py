@@ -6,8 +6,9 @@ diverse, uncertain samples), so a prior's accuracy on them says little about its
 of the pool. Select strategy ``audit`` (agent/strategies/audit.py) draws a uniform random sample of the
 samples unlabelled at that moment and the agent records the draw (agent/state.py, table ``audit``).
 Once a drawn sample is labelled, by anyone and through any tool, its label is an *audit label*, counted
-from the start of its draw in the order drawn (agent/core.py ``counted_labels``: labels picked out of a
-large draw are not a uniform sample, and stay ordinary labels, i.e. seeds).
+in the dense stretches of its draw in the order drawn: its start, and any run of 10 or more labelled picks
+from any pick on (agent/core.py ``counted_labels``: labels picked here and there out of a large draw are
+not a uniform sample, and stay ordinary labels, i.e. seeds).
 
 The estimator (docs/app.md, "How good are the priors?"):
 
@@ -166,8 +167,8 @@ class PriorAuditor:
                  counted: Callable[[], np.ndarray] | None = None) -> None:
         self.config = config
         self._audit_seqs = audit_seqs
-        # the labelled draws whose labels count (agent/core.py ``Agent.audit_counted``: a start of each draw, in
-        # the order drawn); None: every labelled draw
+        # the labelled draws whose labels count (agent/core.py ``Agent.audit_counted``: the dense stretches of
+        # each draw, in the order drawn); None: every labelled draw
         self._counted = counted
         self._labels_by_seq = labels_by_seq
         self._pool_source = pool_source

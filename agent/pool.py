@@ -67,8 +67,8 @@ class Pool:
             ``audit`` (agent/audit.py) or another uniform strategy (``random``) without a where filter
             (``StrategyEntry.uniform``); those in ``labeled`` carry *audit labels* (a uniform random sample
             of the pool), on which the calibration fits its temperature once there are enough
-            (agent/priors/calibration.py). The agent gives only the labelled picks that count (a start of
-            each draw, in the order drawn: agent/core.py ``counted_labels``); simulations, every draw;
+            (agent/priors/calibration.py). The agent gives only the labelled picks that count (the dense
+            stretches of each draw, in the order drawn: agent/core.py ``counted_labels``); simulations, every draw;
             empty when there are none, the caller does not know them (tests, benchmarks) or the call does
             not read them (Select, an uncalibrated PriorLabels, the auditor: agent/core.py ``model_pool``).
     """
