@@ -596,9 +596,9 @@ def test_a_draws_dense_stretches_count_wherever_they_start() -> None:
 def test_labels_chosen_from_a_random_order_count_nothing() -> None:
     """Cherry-picking: a pipeline draws the whole pool in random order and labels the pictures of one class
     it wants. Its labels lie where the random order put them, isolated, so (nearly) none counts: one class
-    of ten over 200-pick draws counts none beyond the draw's first pick (which the old start-only rule
-    counted too), and a class of 30% counts well under 1%. Not a random-order sample: with a minimum of 3
-    labelled picks per stretch the 30% class had 43% of its labels counted."""
+    of ten over 200-pick draws counts none beyond the start the old start-only rule counted too, and a
+    class of 30% counts well under 1% (with a minimum of 3 labelled picks per stretch instead of 10, it
+    had 43% of its labels counted)."""
     from agent.core import MIN_DRAW_COUNTED, counted_labels
 
     rng = np.random.default_rng(0)
