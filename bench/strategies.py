@@ -322,8 +322,12 @@ def plot(summary: list[dict[str, Any]], priors: list[str], path: Path, title: st
             rs = sorted((r for r in summary if r["strategy"] == s and (method is None or r["prior_method"] == method)
                          and (method is not None or r["prior_method"] == priors[0])), key=lambda r: r["budget"])
             if rs:
-                ax.plot([r["budget"] for r in rs], [r[key] for r in rs], marker="os^v"[i % 4], label=s,
-                        color=colours(i % 20))
+                # tab20 pairs a dark and a light shade of each hue: the dark ones first, so neighbours differ
+                # in hue; hollow markers of 8 shapes and 4 line styles keep lines that coincide (audit's
+                # draws are random's) both visible
+                ax.plot([r["budget"] for r in rs], [r[key] for r in rs], marker="os^vDP<>"[i % 8], label=s,
+                        color=colours((2 * i) % 20 + (i // 10) % 2), linestyle=("-", "--", "-.", ":")[i % 4],
+                        markerfacecolor="none")
         ax.set_xscale("log")
         budgets = sorted({int(r["budget"]) for r in summary})
         ax.set_xticks(budgets, [str(b) for b in budgets])  # the measured budgets, not "2x10^1" minor labels
@@ -333,7 +337,7 @@ def plot(summary: list[dict[str, Any]], priors: list[str], path: Path, title: st
     fig.legend(*axes[0][0].get_legend_handles_labels(), loc="center right", fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout(rect=(0, 0, 0.9, 0.95 if title else 1))
+    fig.tight_layout(rect=(0, 0, 0.86, 0.95 if title else 1))  # room for the legend at the right
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
