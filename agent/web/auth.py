@@ -156,9 +156,12 @@ CallerDep = Depends(caller)
 
 
 def _safe_next(target: str) -> str:
-    """Only a local path (no scheme, no host): a login link cannot send the browser elsewhere."""
+    """Only a local path (no scheme, no host): a login link cannot send the browser elsewhere. Never the
+    sign-in page itself (nor /logout): signing in there would show the form again, as if it had failed."""
     parts = urlsplit(target)
     if parts.scheme or parts.netloc or not target.startswith("/") or target.startswith("//"):
+        return "/"
+    if parts.path.rstrip("/") in ("/login", "/logout"):
         return "/"
     return target
 
@@ -237,6 +240,8 @@ def login(request: Request, name: str = Form(""), token: str = Form(""), next: s
         # percent-encoded UTF-8: headers are latin-1, so a name beyond it ("Łukasz", "张伟") set as it is made
         # the sign-in answer 500 (session() decodes it)
         response.set_cookie(USER_COOKIE, quote(name, safe=""), httponly=True, **opts)
+    else:  # no name: the labels go under the token's fingerprint, never under the name of whoever signed in before
+        response.delete_cookie(USER_COOKIE, path="/")
     if role:
         response.set_cookie(ROLE_COOKIE, role, httponly=True, **opts)
     else:

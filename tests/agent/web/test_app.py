@@ -122,6 +122,29 @@ def test_login_next_stays_on_this_site(token_web_agent: WebAgent) -> None:
     assert r.headers["location"] == "/"
 
 
+def test_signing_in_without_a_name_drops_the_previous_name(token_web_agent: WebAgent) -> None:
+    """A shared browser: Maria signed in, then someone clears the name box and signs in with a token. The
+    labels go under the token's fingerprint (docs/app.md), not under Maria (the old cookie was kept)."""
+    c = token_web_agent.client()
+    assert c.post("/login", data={"name": "Maria", "token": WRITE_TOKEN}, follow_redirects=False).status_code == 303
+    assert 'value="Maria"' in c.get("/login").text  # the form offers the name signed in with
+    r = c.post("/login", data={"name": "", "token": WRITE_TOKEN}, follow_redirects=False)
+    assert r.status_code == 303
+    saved = c.post("/api/labels", json={"labels": [{"id": "img011.png", "label": "circle"}]}).json()
+    assert saved["annotator"].startswith("token-"), saved
+    assert "Maria" not in c.get("/queue").text.split("<main", 1)[0]
+
+
+def test_signing_in_never_leads_back_to_the_sign_in_page(token_web_agent: WebAgent) -> None:
+    c = token_web_agent.client()
+    page = c.get("/login?next=/queue")
+    assert 'href="/login"' in page.text and "next=%2Flogin" not in page.text and "next=/login" not in page.text
+    for target in ("/login", "/login?next=/queue", "/logout", "/login/"):
+        r = c.post("/login", data={"token": READ_TOKEN, "next": target}, follow_redirects=False)
+        assert r.status_code == 303 and r.headers["location"] == "/", (target, r.headers["location"])
+    assert 'name="next" value="/"' in c.get("/login?next=/login").text
+
+
 def test_no_state_change_from_another_site(web_agent: WebAgent) -> None:
     """Cross-site request forgery: on an agent without tokens (like an app with a default token, anyone who
     reaches it may label), a page of another site can make the browser post, without a CORS preflight,
