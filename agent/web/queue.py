@@ -232,6 +232,9 @@ def submit(body: LabelsBody, caller: Caller = CallerDep) -> dict[str, Any]:
     return {"accepted": reply.accepted, "annotator": caller.annotator,
             "rejected": rejections(reply.rejected),
             "agreed": [{"id": a.id, "label": a.now.label, "by": a.now.annotator} for a in reply.agreed],
+            # overwritten: the labels stored ones replaced that someone else had given (the page's undo of such
+            # a change puts the label back, recorded as this caller's: it says whose label it was)
+            "overwritten": [{"id": o.id, "label": o.label, "by": o.annotator} for o in reply.overwritten],
             "twin_conflicts": [{"id": t.id, "twin_id": t.twin_id, "twin_label": t.twin_label}
                                for t in reply.twin_conflicts]}
 

@@ -45,12 +45,12 @@
   try {
     for (const e of JSON.parse(sessionStorage.getItem(UNDO_KEY) || "[]")) {
       const tile = tiles.find((t) => t.dataset.id === e.id);
-      if (tile) undoStack.push({ label: e.label, mark: e.mark, given: e.given, state: e.state || "saved", by: e.by, tile });
+      if (tile) undoStack.push({ label: e.label, mark: e.mark, given: e.given, state: e.state || "saved", by: e.by, replaced: e.replaced, tile });
     }
   } catch (e) { /* storage off or unreadable: an empty history */ }
   function saveUndo() {
     const kept = undoStack.filter((e) => e.state !== "pending").slice(-200).map((e) => (
-      { id: e.tile.dataset.id, label: e.label, mark: e.mark, given: e.given, state: e.state, by: e.by }));
+      { id: e.tile.dataset.id, label: e.label, mark: e.mark, given: e.given, state: e.state, by: e.by, replaced: e.replaced }));
     try { sessionStorage.setItem(UNDO_KEY, JSON.stringify(kept)); } catch (e) { /* full or off: this page only */ }
   }
   let focus = 0;
@@ -248,10 +248,21 @@
   }
 
   function shortId(tile) { return tile.dataset.id.split("/").pop(); }
+  // Each tile's requests (label, undo, mark) go to the agent one after another, in the order the keys were
+  // pressed: "wrong key, Backspace, right key" on a slow connection ends with the right label, never with the
+  // right label refused because the wrong one (this page's own) arrived first and its undo after.
+  // `tile._busy`: requests of this page queued or on their way for the tile (refresh leaves such a tile be).
+  function inTurn(tile, fn) {
+    tile._busy = (tile._busy || 0) + 1;
+    const run = (tile._turn || Promise.resolve()).then(fn);
+    tile._turn = run.catch(() => {}).then(() => { tile._busy -= 1; });
+    return run;
+  }
   // The sample was labelled (or its label taken back) by someone else since this page showed it: the
   // agent refused the conditional write, so show its label now and say who changed it; nothing is resent.
   function changedMeanwhile(tile, rejection, what) {
     const now = rejection.label || "";
+    tile._changed = (tile._changed || 0) + 1;  // a key press queued behind this request no longer knows the label
     if (now && !tile.dataset.label) bumpLabelled(1);
     if (!now && tile.dataset.label) bumpLabelled(-1);
     if (now) addClass(now);
@@ -299,7 +310,10 @@
     const twin = (res.twin_conflicts || []).find((t) => t.id === tile.dataset.id);
     if (twin) Shortlist.toast(`${shortId(tile)}: saved as ${label}, but ${twin.twin_id} (the same image) is labelled ${twin.twin_label}`, true);
     const agreed = (res.agreed || []).find((a) => a.id === tile.dataset.id);
-    return agreed ? { by: agreed.by || "someone" } : "saved";
+    if (agreed) return { by: agreed.by || "someone" };
+    // the label this one replaced was someone else's: who gave it (an undo puts it back, but in this page's name)
+    const replaced = (res.overwritten || []).find((o) => o.id === tile.dataset.id);
+    return replaced ? { replaced: replaced.by || "someone" } : "saved";
   }
   // Undo of a first label: the agent takes it back (RetractLabels) only if it is still `given` (the label this
   // page gave), and the sample is unlabelled again; a label someone else gave since stays.
@@ -344,13 +358,23 @@
     // sample still has the label this page shows (if_current), so a label given elsewhere is never overwritten.
     const before = { tile, label: seen, mark: tile.dataset.mark, given: name, state: "pending" };
     undoStack.push(before);  // now, at the key press: a Backspace right after it means this label
+    // Pressed while this page's own label or undo for the tile is on its way: sent once those are answered,
+    // on the label they left (what the annotator is acting on), unless one of them found the sample changed
+    // by someone else: then on the label the tile showed, which the agent refuses, saying who changed it.
+    const behind = tile._busy > 0, changed = tile._changed || 0;
     const here = focus;
     setFocus(nextOpen(here));
-    before.done = sendLabel(tile, name, before.label).then((ok) => {
+    before.done = inTurn(tile, async () => {
+      if (behind && (tile._changed || 0) === changed) {
+        before.label = tile.dataset.label || "";
+        before.mark = tile.dataset.mark;
+      }
+      const ok = await sendLabel(tile, name, before.label);
       before.state = !ok ? "refused" : ok.by ? "agreed" : "saved";
       if (ok && ok.by) before.by = ok.by;
+      if (ok && ok.replaced) before.replaced = ok.replaced;
       saveUndo();
-      if (ok && before.mark) sendMark(tile, "").catch(() => {});
+      if (ok && before.mark) await sendMark(tile, "").catch(() => {});
     });
     await before.done;
   }
@@ -361,22 +385,22 @@
     const before = { tile, label: tile.dataset.label, mark: tile.dataset.mark, kind, state: "pending" };
     undoStack.push(before);
     setFocus(nextOpen(focus));
-    before.done = sendMark(tile, kind).then(() => { before.state = "saved"; },
+    before.done = inTurn(tile, () => sendMark(tile, kind)).then(() => { before.state = "saved"; },
       (e) => { before.state = "refused"; Shortlist.toast(e.message, true); }).then(saveUndo);
     await before.done;
   }
-  // Each Backspace takes its entry off the list when it is pressed (the last key press's), and undoes run one
-  // after another: an undo of a label still on its way waits for the agent's answer first.
-  let undoing = Promise.resolve();
+  // Each Backspace takes its entry off the list when it is pressed (the last key press's) and takes its turn
+  // among the tile's requests then: an undo of a label still on its way waits for the agent's answer first,
+  // and a key pressed after the Backspace waits for the undo.
   function undo() {
     const last = undoStack.pop();
     saveUndo();
-    undoing = undoing.then(() => undoOne(last)).catch((e) => Shortlist.toast(e.message, true));
+    if (!last) { Shortlist.toast("nothing to undo"); return; }
+    setFocus(tiles.indexOf(last.tile));
+    inTurn(last.tile, () => undoOne(last)).catch((e) => Shortlist.toast(e.message, true));
   }
   async function undoOne(last) {
-    if (!last) { Shortlist.toast("nothing to undo"); return; }
     const tile = last.tile, id = shortId(tile);
-    setFocus(tiles.indexOf(tile));
     if (last.state === "pending") {
       Shortlist.toast(`undo: waiting for ${id}'s ${last.given !== undefined ? "label" : "mark"} to be saved…`);
       await last.done;
@@ -401,9 +425,13 @@
       }
     }
     if ((tile.dataset.mark || "") !== (last.mark || "")) await sendMark(tile, last.mark || "");
+    // An undo cannot give a label back in someone else's name: the label put back is recorded as this
+    // page's, and the notice says whose it was.
     Shortlist.toast(last.given === undefined ? `undo: ${id}: ${what} taken back`
-      : last.label ? `undo: ${id} is "${last.label}" again (your "${last.given}" taken back)`
-        : `undo: ${id}: your label "${last.given}" taken back`);
+      : last.label && last.replaced ? `undo: ${id} is "${last.label}" again (your "${last.given}" taken back); ` +
+        `"${last.label}" was ${last.replaced}'s label and is now recorded as yours`
+        : last.label ? `undo: ${id} is "${last.label}" again (your "${last.given}" taken back)`
+          : `undo: ${id}: your label "${last.given}" taken back`);
   }
   // The large view: a modal dialog; the focus goes to its Close button and comes back where it was.
   let lightboxFrom = null;
@@ -544,7 +572,7 @@
     const focused = tiles[focus], before = focused && `${focused.dataset.label || ""}|${focused.dataset.mark || ""}`;
     for (const tile of tiles) {
       const it = byId.get(tile.dataset.id);
-      if (!it || tile.classList.contains("pending")) continue;
+      if (!it || tile.classList.contains("pending") || tile._busy > 0) continue;
       if (it.label !== (tile.dataset.label || "") || it.mark !== (tile.dataset.mark || "")) {
         if (it.label && !tile.dataset.label) bumpLabelled(1);
         if (!it.label && tile.dataset.label) bumpLabelled(-1);  // taken back elsewhere

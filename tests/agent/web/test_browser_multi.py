@@ -335,3 +335,50 @@ def test_the_confirmation_counts_the_whole_queues_open_samples(tmp_path: Path, p
         assert list(web.stub.GetQueue(agent_pb2.GetQueueRequest(name="web")).ids) == ids  # dismissed: unchanged
     finally:
         web.stop()
+
+
+def test_undo_of_a_change_to_someone_elses_label_says_whose_it_was(slow_web: WebAgent, page: Any) -> None:
+    """bob labelled X "circle"; alice changes it to "square" and presses Backspace: X is "circle" again. An undo
+    cannot give the label back in bob's name (the agent records the caller as the annotator), so the notice
+    says plainly that bob's label is now recorded as alice's."""
+    web = slow_web
+    ids = open_queue(web, page, "alice")
+    x = next(i for i in ids if i not in web.labels())
+    _bob(web, x, "circle")
+    page.reload()
+    page.wait_for_selector(f'.tile[data-id="{x}"][data-label="circle"]')
+    page.click(f'.tile[data-id="{x}"]')
+    page.keyboard.press("2")
+    page.wait_for_selector(f'.tile[data-id="{x}"][data-saved="1"][data-label="square"]')
+    page.keyboard.press("Backspace")
+    _toast_has(page, f'undo: {x} is "circle" again (your "square" taken back); "circle" was bob\'s label and '
+                     "is now recorded as yours")
+    assert web.labels()[x] == "circle"
+    assert web.history(x) == [("circle", "bob"), ("square", "alice"), ("circle", "alice")]
+
+
+def test_wrong_key_undo_right_key_on_a_slow_connection(slow_web: WebAgent, page: Any) -> None:
+    """Every request takes 0.8 s more (the browser's network emulation): "1", Backspace, "2" pressed at once go
+    to the agent in that order, so the sample ends "square" (alice's last key), and no notice says that alice
+    labelled it meanwhile."""
+    web = slow_web
+    open_queue(web, page, "alice")
+    x = focused_tile(page)
+    cdp = page.context.new_cdp_session(page)
+    cdp.send("Network.enable")
+    cdp.send("Network.emulateNetworkConditions",
+             {"offline": False, "latency": 800, "downloadThroughput": -1, "uploadThroughput": -1})
+    toasts: list[str] = []
+    page.expose_function("noteToast", lambda t: toasts.append(t))
+    page.evaluate("""() => new MutationObserver(() => window.noteToast(document.getElementById('toast').textContent))
+                   .observe(document.getElementById('toast'), {childList: true, characterData: true, subtree: true})""")
+    page.keyboard.press("1")
+    page.wait_for_timeout(100)
+    page.keyboard.press("Backspace")
+    page.wait_for_timeout(100)
+    assert focused_tile(page) == x
+    page.keyboard.press("2")
+    page.wait_for_selector(f'.tile[data-id="{x}"][data-saved="1"][data-label="square"]:not(.pending)', timeout=20_000)
+    assert web.labels()[x] == "square"
+    assert web.history(x) == [("circle", "alice"), ("", "alice"), ("square", "alice")]
+    assert not [t for t in toasts if "meanwhile" in t or "not saved" in t], toasts
