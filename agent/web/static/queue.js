@@ -481,16 +481,26 @@
   });
   // The class buttons and Skip / Not sure / Undo: the same actions as the keys, for touch and pointer (and
   // for Tab + Enter). A pointer press does not take the focus from the grid, so the keys go on working.
+  // As with the keys, a button never acts on a tile off screen (it is shown first). The second click of a
+  // double click (ev.detail > 1) on a class, Skip or Not sure does nothing: the first one labelled (marked) the
+  // focused tile and moved the focus on, and the second would act on the next image, unseen. (Undo twice in a
+  // row is two undos: each brings its tile back into focus.)
   const panel = document.getElementById("class-panel");
   if (panel) {
     panel.addEventListener("mousedown", (ev) => { if (ev.target.closest("button")) ev.preventDefault(); });
     panel.addEventListener("click", (ev) => {
-      const cls = ev.target.closest("button.class-btn");
-      if (cls) { label(cls.dataset.class); return; }
-      const act = ev.target.closest("button[data-act]");
+      const button = ev.target.closest("button");
+      if (!button || !panel.contains(button)) return;
+      if (ev.detail > 1 && (button.matches(".class-btn") || ["skip", "unsure"].includes(button.dataset.act))) {
+        Shortlist.toast("a double click counts as one click: click again to act on the next image");
+        return;
+      }
+      const cls = button.closest("button.class-btn");
+      if (cls) { if (visibleOrShown()) label(cls.dataset.class); return; }
+      const act = button.closest("button[data-act]");
       if (!act) return;
-      if (act.dataset.act === "skip") mark("skip");
-      else if (act.dataset.act === "unsure") mark("unsure");
+      if (act.dataset.act === "skip") { if (visibleOrShown()) mark("skip"); }
+      else if (act.dataset.act === "unsure") { if (visibleOrShown()) mark("unsure"); }
       else if (act.dataset.act === "undo") undo();
     });
   }
@@ -597,6 +607,7 @@
   }
   setInterval(refresh, data.refresh_ms);
 
-  setFocus(startTile(), false);
+  // The focused tile in view on load (else the first key or tap would only bring it into view).
+  setFocus(startTile(), !!grid);
   updateCount();
 })();

@@ -221,3 +221,58 @@ def test_the_large_view_opened_from_the_page_gives_the_keys_back(live_web: WebAg
     page.wait_for_selector("#lightbox", state="hidden")
     page.keyboard.press("ArrowRight")  # not lost on the hidden Close button
     assert focused_tile(page) == ids[1]
+
+
+@pytest.fixture
+def phone(browser: Any) -> Iterator[Any]:
+    """A phone in portrait (390x844, touch, mobile): the grid runs far below the screen."""
+    context = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=1,
+                                  has_touch=True, is_mobile=True)
+    pg = context.new_page()
+    pg.set_default_timeout(15_000)
+    yield pg
+    context.close()
+
+
+def test_a_class_button_never_labels_a_tile_out_of_sight(live_web: WebAgent, phone: Any) -> None:
+    """On a phone the focused tile is brought into view on load; a class button (like a key) pressed while the
+    focused tile is off screen shows it first instead of labelling an image the annotator has not seen."""
+    page = phone
+    ids = _queue(live_web, page, user="sam", budget=30)
+    start = focused_tile(page)
+    assert ids.index(start) > 4  # this name's focus starts far down the page (queue.js's hash)
+    assert _on_screen(page, ".tile.focus")  # shown on load
+    page.evaluate("() => window.scrollTo(0, 0)")
+    page.wait_for_timeout(200)
+    assert not _on_screen(page, ".tile.focus")
+    page.get_by_role("button", name="circle").tap()  # off screen: shown, not labelled
+    page.wait_for_function("() => document.getElementById('toast').textContent.includes('off screen')")
+    assert _on_screen(page, ".tile.focus") and focused_tile(page) == start
+    page.evaluate("() => window.scrollTo(0, 0)")
+    page.wait_for_timeout(200)
+    page.locator("#skip-button").tap()  # Skip likewise
+    page.wait_for_timeout(500)
+    assert focused_tile(page) == start and start not in live_web.labels()
+    assert not dict(live_web.stub.GetQueue(agent_pb2.GetQueueRequest(name="web")).marks)
+    page.get_by_role("button", name="circle").tap()  # now seen: labelled
+    page.wait_for_selector(f'.tile[data-id="{start}"][data-saved="1"]')
+    assert live_web.labels()[start] == "circle"
+
+
+def test_a_double_click_on_a_class_button_labels_one_image(live_web: WebAgent, page: Any) -> None:
+    ids = _queue(live_web, page, user="ana")
+    first = focused_tile(page)
+    second = ids[(ids.index(first) + 1) % len(ids)]
+    page.dblclick("#classes button.class-btn >> nth=0")
+    page.wait_for_selector(f'.tile[data-id="{first}"][data-saved="1"]')
+    page.wait_for_timeout(700)
+    assert live_web.labels().get(first) == "circle" and second not in live_web.labels()
+    assert focused_tile(page) == second and "double click" in page.locator("#toast").inner_text()
+    page.dblclick("#skip-button")  # Skip: one tile skipped too
+    page.wait_for_selector(f'.tile[data-id="{second}"].mark-skip')
+    page.wait_for_timeout(500)
+    assert dict(live_web.stub.GetQueue(agent_pb2.GetQueueRequest(name="web")).marks) == {second: "skip"}
+    page.click("#classes button.class-btn >> nth=0")  # single clicks, one after the other, each label
+    page.wait_for_timeout(600)
+    page.click("#classes button.class-btn >> nth=0")
+    page.wait_for_function("() => document.querySelectorAll('.tile[data-saved=\"1\"]').length === 3")
