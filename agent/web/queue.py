@@ -149,9 +149,22 @@ class SelectBody(BaseModel):
     if_created: float | None = None
 
 
+def nothing_selected(where: dict[str, str], details: dict[str, str]) -> str:
+    """What the page says when a Select chose nothing: why (the agent's ``nothing_selected`` detail, or the
+    filter that matched nothing) and that the queue was kept."""
+    shown = ", ".join(f"{k}={v}" for k, v in sorted(where.items()))
+    why = details.get("nothing_selected", "")  # agent.core.NOTHING_SELECTED (the app does not import the core)
+    if where:
+        head = f"no sample matches {shown}; the queue was kept"
+        return f"{head} ({why})" if why else head
+    return f"{why or 'the agent selected no sample'}; the queue was kept"
+
+
 @router.post("/api/queue/select")
 def ask(request: Request, body: SelectBody, caller: Caller = CallerDep) -> dict[str, Any]:
-    """Ask the agent for the next ``budget`` samples by ``strategy``; they become the queue."""
+    """Ask the agent for the next ``budget`` samples by ``strategy``; they become the queue. When it selects
+    none (a ``where`` filter that matches no unlabelled sample, every sample labelled), the queue is kept as
+    it is: 404 saying why, never an empty queue in place of the team's."""
     limit = caller.config.max_ask
     if not 1 <= body.budget <= limit:
         raise HttpError(400, "INVALID_ARGUMENT", f"ask for 1..{limit} samples at a time")
@@ -160,6 +173,8 @@ def ask(request: Request, body: SelectBody, caller: Caller = CallerDep) -> dict[
     reply = caller(caller.stub.Select, agent_pb2.SelectRequest(budget=body.budget, strategy=body.strategy,
                                                                params=params, seed=body.seed, where=body.where),
                    timeout=caller.config.select_timeout_s)
+    if not reply.selected:  # the team's queue (and its marks) is never replaced by an empty one
+        raise HttpError(404, "NOT_FOUND", nothing_selected(body.where, dict(reply.details)))
     state = replace(caller, agent_pb2.Queue(ids=[s.id for s in reply.selected], source="select",
                                             strategy=reply.strategy, params=params, model_version=reply.model_version,
                                             selection_id=reply.selection_id, details=dict(reply.details)),

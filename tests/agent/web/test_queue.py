@@ -66,6 +66,23 @@ def test_ask_label_mark_and_page(web_agent: WebAgent) -> None:
                                                  .GetStatusRequest()).classes
 
 
+def test_a_select_that_chooses_nothing_keeps_the_queue(web_agent: WebAgent) -> None:
+    """A metadata filter that matches nothing: the team's queue and its marks stay, and the answer says why."""
+    c = web_agent.client(cookies={"shortlist_user": "Bea"})
+    first = c.post("/api/queue/select", json={"strategy": "random", "budget": 5, "seed": 1}).json()
+    ids = [it["id"] for it in c.get("/api/queue").json()["items"]]
+    assert len(ids) == 5 and c.post("/api/queue/mark", json={"id": ids[0], "mark": "skip"}).status_code == 200
+    created = c.get("/api/queue").json()["created"]
+    r = c.post("/api/queue/select", json={"strategy": "random", "budget": 5, "where": {"site": "reef"},
+                                          "if_created": created})
+    assert r.status_code == 404, r.text
+    message = r.json()["message"]
+    assert message.startswith("no sample matches site=reef; the queue was kept"), message
+    q = c.get("/api/queue").json()
+    assert [it["id"] for it in q["items"]] == ids and q["created"] == created
+    assert q["selection_id"] == first["selection_id"] and q["items"][0]["mark"] == "skip"
+
+
 def test_pages_of_the_queue(web_agent: WebAgent) -> None:
     c = web_agent.client()
     unlabelled = N_IMAGES - LABELLED + 2  # two of the first LABELLED (triangles) carry no label
