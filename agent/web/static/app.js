@@ -17,26 +17,56 @@ const Shortlist = (() => {
   function toastNext(message) {
     try { sessionStorage.setItem(NEXT, message); } catch (e) { toast(message); }
   }
-  // POST/GET JSON; resolves with the parsed body, rejects with Error(message from the server).
+  // What the app says while the agent cannot be reached (agent/web/errors.py NOT_REACHABLE begins so).
+  const NOT_REACHABLE = "the agent is not reachable";
+  // POST/GET JSON; resolves with the parsed body, rejects with Error(message from the server). An error with
+  // `unreachable` set: the request never reached the agent (the app answered that the agent is away, or no
+  // answer came at all: `shortlist serve --web-port` restarting takes the app away with the agent; the
+  // browser's own words, "Failed to fetch", are not shown).
   async function api(method, url, body) {
     const opts = { method, headers: { "Accept": "application/json" }, credentials: "same-origin" };
     if (body !== undefined) {
       opts.headers["Content-Type"] = "application/json";
       opts.body = JSON.stringify(body);
     }
-    const res = await fetch(url, opts);
+    let res;
+    try {
+      res = await fetch(url, opts);
+    } catch (e) {
+      const err = new Error(`${NOT_REACHABLE} (nor is this app): check the connection; retrying`);
+      err.status = 0;
+      err.unreachable = true;
+      throw err;
+    }
     let data = null;
     try { data = await res.json(); } catch (e) { data = null; }
     if (!res.ok) {
       const err = new Error((data && data.message) || `${res.status} ${res.statusText}`);
       err.status = res.status;
       err.code = data && data.error;
+      err.unreachable = res.status === 503 && err.message.startsWith(NOT_REACHABLE);
       if (res.status === 401) {
         window.location.href = "/login?next=" + encodeURIComponent(location.pathname + location.search);
       }
       throw err;
     }
     return data;
+  }
+  // `call()` (an api call) again and again while the agent is not reachable (every 1 s, then up to every 5 s),
+  // until it answers; `waiting(err)` is called once, at the first such failure. Other errors reject.
+  async function patiently(call, waiting) {
+    let delay = 1000, said = false;
+    for (;;) {
+      try {
+        return await call();
+      } catch (e) {
+        if (!e.unreachable) throw e;
+        if (!said && waiting) waiting(e);
+        said = true;
+        await new Promise((resolve) => setTimeout(resolve, delay));
+        delay = Math.min(delay * 2, 5000);
+      }
+    }
   }
   // A page the browser shows again from its back/forward cache (Back after labelling, or after Sign out) is
   // the page as it was: load it anew, so it shows the labels now, or the sign-in page.
@@ -49,5 +79,5 @@ const Shortlist = (() => {
     try { carried = sessionStorage.getItem(NEXT); sessionStorage.removeItem(NEXT); } catch (e) { /* storage off */ }
     if (carried) setTimeout(() => toast(carried), 300);  // after load: a screen reader then hears the live region
   });
-  return { toast, toastNext, api };
+  return { toast, toastNext, api, patiently };
 })();

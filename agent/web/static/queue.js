@@ -286,7 +286,10 @@
     badge(tile).textContent = label + " …";
     let res;
     try {
-      res = await Shortlist.api("POST", "/api/labels", { labels: [{ id: tile.dataset.id, label, if_current: ifCurrent }] });
+      // the agent away (restarting): said once, then sent again until it answers, in its turn (inTurn)
+      res = await Shortlist.patiently(
+        () => Shortlist.api("POST", "/api/labels", { labels: [{ id: tile.dataset.id, label, if_current: ifCurrent }] }),
+        () => away(tile, `${label} … waiting`, `your label "${label}" is sent again`));
     } catch (e) {
       res = { rejected: [{ reason: e.message }] };
     }
@@ -315,6 +318,14 @@
     const replaced = (res.overwritten || []).find((o) => o.id === tile.dataset.id);
     return replaced ? { replaced: replaced.by || "someone" } : "saved";
   }
+  // The agent cannot be reached (restarting, or the connection is down): the tile says it waits, and a notice
+  // says what happens (the request is sent again once the agent answers; nothing to do but wait).
+  function away(tile, text, what) {
+    if (text) badge(tile).textContent = text;
+    const said = `${shortId(tile)}: the agent is not reachable; ${what} as soon as it answers`;
+    Shortlist.toast(said, true);
+    announce(said);
+  }
   // Undo of a first label: the agent takes it back (RetractLabels) only if it is still `given` (the label this
   // page gave), and the sample is unlabelled again; a label someone else gave since stays.
   async function sendRetract(tile, given) {
@@ -323,7 +334,9 @@
     badge(tile).textContent = "undo …";
     let res;
     try {
-      res = await Shortlist.api("POST", "/api/labels/retract", { ids: [tile.dataset.id], if_current: { [tile.dataset.id]: given } });
+      res = await Shortlist.patiently(
+        () => Shortlist.api("POST", "/api/labels/retract", { ids: [tile.dataset.id], if_current: { [tile.dataset.id]: given } }),
+        () => away(tile, "undo … waiting", "your undo is sent again"));
     } catch (e) {
       res = { rejected: [{ reason: e.message }] };
     }
@@ -345,7 +358,8 @@
     return true;
   }
   async function sendMark(tile, mark) {
-    await Shortlist.api("POST", "/api/queue/mark", { id: tile.dataset.id, mark });
+    await Shortlist.patiently(() => Shortlist.api("POST", "/api/queue/mark", { id: tile.dataset.id, mark }),
+      () => away(tile, null, mark ? `your ${mark === "skip" ? "skip" : "not sure mark"} is sent again` : "sent again"));
     tile.dataset.mark = mark;
     show(tile);
   }

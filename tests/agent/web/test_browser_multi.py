@@ -382,3 +382,30 @@ def test_wrong_key_undo_right_key_on_a_slow_connection(slow_web: WebAgent, page:
     assert web.labels()[x] == "square"
     assert web.history(x) == [("circle", "alice"), ("", "alice"), ("square", "alice")]
     assert not [t for t in toasts if "meanwhile" in t or "not saved" in t], toasts
+
+
+def test_a_label_sent_while_the_agent_is_away_is_sent_again_when_it_answers(slow_web: WebAgent, page: Any) -> None:
+    """`serve --web-port` restarting takes the app away with the agent: the label's request gets no answer at
+    all (the browser's "Failed to fetch"). The page says the agent is not reachable, not the browser's words,
+    and sends the label again once it answers; likewise while `shortlist web` answers 503 "not reachable"."""
+    web = slow_web
+    open_queue(web, page, "alice")
+    x = focused_tile(page)
+    page.route("**/api/labels", lambda route: route.abort())  # no answer: the app is down with the agent
+    page.keyboard.press("1")
+    _toast_has(page, f"{x}: the agent is not reachable; your label \"circle\" is sent again as soon as it answers")
+    assert "Failed to fetch" not in page.locator("#toast").inner_text()
+    page.wait_for_timeout(1500)
+    assert x not in web.labels()
+    page.unroute("**/api/labels")
+    page.wait_for_selector(f'.tile[data-id="{x}"][data-saved="1"][data-label="circle"]', timeout=10_000)
+    assert web.labels()[x] == "circle"
+    y = focused_tile(page)
+    page.route("**/api/labels", lambda route: route.fulfill(status=503, content_type="application/json", body=(
+        '{"error": "UNAVAILABLE", "message": "the agent is not reachable; retrying: this page works again as '
+        'soon as it is back"}')))
+    page.keyboard.press("2")
+    _toast_has(page, f"{y}: the agent is not reachable; your label \"square\" is sent again")
+    page.unroute("**/api/labels")
+    page.wait_for_selector(f'.tile[data-id="{y}"][data-saved="1"][data-label="square"]', timeout=10_000)
+    assert web.labels()[y] == "square"
