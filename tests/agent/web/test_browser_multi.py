@@ -409,3 +409,29 @@ def test_a_label_sent_while_the_agent_is_away_is_sent_again_when_it_answers(slow
     page.unroute("**/api/labels")
     page.wait_for_selector(f'.tile[data-id="{y}"][data-saved="1"][data-label="square"]', timeout=10_000)
     assert web.labels()[y] == "square"
+
+
+def test_a_label_stored_but_unanswered_and_sent_again_is_still_undone(slow_web: WebAgent, page: Any) -> None:
+    """The agent stored the label but its answer was lost (the app went down with it): the page sends it again,
+    the agent takes the resend as the same label (no agreement with someone else, no second row), the tile
+    shows it saved, and Backspace takes it back."""
+    web = slow_web
+    open_queue(web, page, "alice")
+    x = focused_tile(page)
+    lost: list[int] = []
+
+    def stored_then_lost(route: Any) -> None:
+        if not lost:
+            route.fetch()  # the agent stores it ...
+            lost.append(1)
+            route.abort()  # ... and the answer never comes
+        else:
+            route.continue_()
+
+    page.route("**/api/labels", stored_then_lost)
+    page.keyboard.press("1")
+    page.wait_for_selector(f'.tile[data-id="{x}"][data-saved="1"][data-label="circle"]', timeout=10_000)
+    assert lost and web.labels()[x] == "circle"
+    page.keyboard.press("Backspace")
+    _toast_has(page, f"undo: {x}: your label \"circle\" taken back")
+    assert x not in web.labels()
