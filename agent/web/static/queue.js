@@ -284,12 +284,12 @@
     tile.classList.remove("failed", "changed");
     tile.classList.add("pending");
     badge(tile).textContent = label + " …";
-    let res;
+    let res, waited = false;
     try {
       // the agent away (restarting): said once, then sent again until it answers, in its turn (inTurn)
       res = await Shortlist.patiently(
         () => Shortlist.api("POST", "/api/labels", { labels: [{ id: tile.dataset.id, label, if_current: ifCurrent }] }),
-        () => away(tile, `${label} … waiting`, `your label "${label}" is sent again`));
+        () => { waited = true; away(tile, `${label} … waiting`, `your label "${label}" is sent again`); });
     } catch (e) {
       res = { rejected: [{ reason: e.message }] };
     }
@@ -309,6 +309,7 @@
     tile.dataset.saved = "1";
     show(tile);
     announce(`${shortId(tile)} labelled ${label}`);
+    if (waited) Shortlist.toast(`the agent answers again: ${shortId(tile)} labelled ${label}`);
     // the same image (byte for byte) under another id carries another label: stored, but worth a look
     const twin = (res.twin_conflicts || []).find((t) => t.id === tile.dataset.id);
     if (twin) Shortlist.toast(`${shortId(tile)}: saved as ${label}, but ${twin.twin_id} (the same image) is labelled ${twin.twin_label}`, true);
@@ -336,7 +337,7 @@
     try {
       res = await Shortlist.patiently(
         () => Shortlist.api("POST", "/api/labels/retract", { ids: [tile.dataset.id], if_current: { [tile.dataset.id]: given } }),
-        () => away(tile, "undo … waiting", "your undo is sent again"));
+        () => away(tile, "undo … waiting", "your undo is sent again"));  // undoOne's notice follows once it answers
     } catch (e) {
       res = { rejected: [{ reason: e.message }] };
     }

@@ -400,6 +400,7 @@ def test_a_label_sent_while_the_agent_is_away_is_sent_again_when_it_answers(slow
     page.unroute("**/api/labels")
     page.wait_for_selector(f'.tile[data-id="{x}"][data-saved="1"][data-label="circle"]', timeout=10_000)
     assert web.labels()[x] == "circle"
+    _toast_has(page, f"the agent answers again: {x} labelled circle")
     y = focused_tile(page)
     page.route("**/api/labels", lambda route: route.fulfill(status=503, content_type="application/json", body=(
         '{"error": "UNAVAILABLE", "message": "the agent is not reachable; retrying: this page works again as '
