@@ -154,9 +154,9 @@ def nothing_selected(where: dict[str, str], details: dict[str, str]) -> str:
     filter that matched nothing) and that the queue was kept."""
     shown = ", ".join(f"{k}={v}" for k, v in sorted(where.items()))
     why = details.get("nothing_selected", "")  # agent.core.NOTHING_SELECTED (the app does not import the core)
-    if where:
-        head = f"no sample matches {shown}; the queue was kept"
-        return f"{head} ({why})" if why else head
+    if where and (not why or why.startswith("no unlabelled sample matches")):  # the filter's own case
+        return (f"no unlabelled sample matches {shown}; the queue was kept (keys and values must equal a "
+                "sample's metadata exactly)")
     return f"{why or 'the agent selected no sample'}; the queue was kept"
 
 

@@ -77,7 +77,7 @@ def test_a_select_that_chooses_nothing_keeps_the_queue(web_agent: WebAgent) -> N
                                           "if_created": created})
     assert r.status_code == 404, r.text
     message = r.json()["message"]
-    assert message.startswith("no sample matches site=reef; the queue was kept"), message
+    assert message.startswith("no unlabelled sample matches site=reef; the queue was kept"), message
     q = c.get("/api/queue").json()
     assert [it["id"] for it in q["items"]] == ids and q["created"] == created
     assert q["selection_id"] == first["selection_id"] and q["items"][0]["mark"] == "skip"
