@@ -196,6 +196,13 @@ _LIMITS_PARAMS = [
         LIMITS.ingest_idle_timeout_s, "--ingest-idle-timeout", min=1.0,
         help="seconds an Ingest stream may send nothing before the agent ends it (DEADLINE_EXCEEDED) to free its "
              "slot")),
+    _option("max_server_streams", int, typer.Option(
+        LIMITS.max_server_streams, "--max-server-streams", min=1,
+        help="server streams (ListSamples, ListLabels, GetMap, PriorLabels) served at once (more: "
+             "RESOURCE_EXHAUSTED)")),
+    _option("stream_stall_timeout", float, typer.Option(
+        LIMITS.stream_stall_timeout_s, "--stream-stall-timeout", min=0.1,
+        help="seconds a server stream may wait for its client to take a message before the agent cancels it")),
 ]
 
 
@@ -209,7 +216,9 @@ def _limits(values: dict[str, Any]) -> Limits:
                       max_metadata_chars=values["max_metadata_chars"],
                       max_ids_per_request=values["max_ids_per_request"], max_select_budget=values["max_budget"],
                       max_ingest_streams=values["max_ingest_streams"],
-                      ingest_idle_timeout_s=values["ingest_idle_timeout"])
+                      ingest_idle_timeout_s=values["ingest_idle_timeout"],
+                      max_server_streams=values["max_server_streams"],
+                      stream_stall_timeout_s=values["stream_stall_timeout"])
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
 

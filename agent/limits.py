@@ -50,6 +50,13 @@ class Limits:
     # the agent ends it (DEADLINE_EXCEEDED, with how many of its samples were stored) to free its slot.
     # Generous: the time counts while one message travels, and a 32 MiB image over a slow link takes minutes.
     ingest_idle_timeout_s: float = 300.0
+    # Server streams (ListSamples, ListLabels, GetMap, PriorLabels, reflection) served at once; more get
+    # RESOURCE_EXHAUSTED at once with a retry hint (ingest_retry_after_s). The gRPC pool has as many threads
+    # more (and max_ingest_streams more) than --workers, so streams never take the unary calls' threads.
+    max_server_streams: int = 16
+    # Seconds a server stream may wait for its client to take one message; then the agent cancels it
+    # (agent/streams.py), freeing its thread and its slot. The time counts while one message travels.
+    stream_stall_timeout_s: float = 60.0
 
     def __post_init__(self) -> None:
         for name, value in vars(self).items():
@@ -72,6 +79,8 @@ LIMIT_FLAGS = {
     "max_select_budget": "--max-budget",
     "max_ingest_streams": "--max-ingest-streams",
     "ingest_idle_timeout_s": "--ingest-idle-timeout",
+    "max_server_streams": "--max-server-streams",
+    "stream_stall_timeout_s": "--stream-stall-timeout",
 }
 
 

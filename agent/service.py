@@ -34,6 +34,7 @@ from agent.memory import IdleTrim
 from agent.priors.calibration import TemperatureFit
 from agent.queues import QueueData
 from agent.security import READ_ONLY_CALL
+from agent.streams import StreamGuard
 from shortlist.v1 import agent_pb2, agent_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -373,6 +374,7 @@ class _ServerParts:
 
     health: Health
     trim: IdleTrim
+    streams: StreamGuard
 
 
 # create_server's servers -> their parts. Callers keep the (server, port, agent) they unpack, and
@@ -408,17 +410,20 @@ def create_server(config: AgentConfig, interceptors: Sequence[grpc.ServerInterce
         log.warning("%s", w)
     agent = Agent(config)
     trim = IdleTrim()
+    streams = StreamGuard(limits.max_server_streams, limits.stream_stall_timeout_s, limits.ingest_retry_after_s)
     try:
         server_options: list[tuple[str, Any]] = [
             ("grpc.max_receive_message_length", limits.max_message_bytes),
             ("grpc.max_send_message_length", limits.max_message_bytes),
             ("grpc.so_reuseport", 0),
             *options]
-        # The lanes' running and queued calls hold gRPC threads of their own on top of ``workers``, so a
-        # full queue of heavy calls never leaves GetStatus, SubmitLabels or Ingest without a thread.
-        threads = config.workers + config.work.threads
+        # The lanes' running and queued calls, the server streams (StreamGuard) and the Ingest streams hold
+        # gRPC threads of their own on top of ``workers``, so neither a full queue of heavy calls nor streams
+        # whose clients stall leave GetStatus, SubmitLabels or the web app without a thread.
+        threads = config.workers + config.work.threads + limits.max_server_streams + limits.max_ingest_streams
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="rpc"),
-                             interceptors=[CallStarts(trim), *auth, ErrorMapping((SERVICE_NAME,)), *interceptors],
+                             interceptors=[CallStarts(trim), *auth, streams, ErrorMapping((SERVICE_NAME,)),
+                                           *interceptors],
                              options=server_options)
         agent_pb2_grpc.add_AgentServicer_to_server(AgentServicer(agent, warnings), server)
         health_servicer = Health()
@@ -442,9 +447,10 @@ def create_server(config: AgentConfig, interceptors: Sequence[grpc.ServerInterce
         warm_in_background()  # scikit-learn, scipy.stats: imported after the port answers (agent/lazy.py)
     except BaseException:
         trim.close()
+        streams.close()
         agent.close()
         raise
-    _PARTS[server] = _ServerParts(health_servicer, trim)
+    _PARTS[server] = _ServerParts(health_servicer, trim, streams)
     return server, bound, agent
 
 
@@ -478,6 +484,7 @@ def stop_server(server: grpc.Server, agent: Agent, grace: float = 5.0) -> None:
     t2 = time.monotonic()
     if parts is not None:
         parts.trim.close()
+        parts.streams.close()
     agent.close()
     log.info("shutdown: lanes cancelled in %.2f s, gRPC server stopped in %.2f s, agent closed in %.2f s",
              t1 - t0, t2 - t1, time.monotonic() - t2)

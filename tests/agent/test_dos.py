@@ -1,0 +1,158 @@
+"""Denial of service through the gRPC port (the security review of 776bda7, items 1 and 2): server streams
+whose clients never read cannot take the threads of other callers' unary calls (agent/streams.py)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from agent import client
+from agent.config import Limits, WorkConfig
+from agent.errors import RETRY_AFTER_KEY
+from agent.streams import StreamGuard
+from shortlist.v1 import agent_pb2, agent_pb2_grpc
+from tests.agent.conftest import Running, start
+
+CODE = grpc.StatusCode
+# Few threads, so that a handful of stalled streams would take them all without the guard: 2 workers and
+# lanes of one slot each (WorkConfig.threads == 4).
+SMALL_WORK = WorkConfig(max_concurrent=1, max_queued=0, light_max_concurrent=1, light_max_queued=0,
+                        decode_max_concurrent=1, decode_max_queued=0)
+
+
+def never_reading_channel(address: str) -> grpc.Channel:
+    """A client channel that keeps HTTP/2's first flow-control window (no BDP probing): a stream it does not
+    read blocks the server's send at its first large message."""
+    return grpc.insecure_channel(address, options=[("grpc.http2.bdp_probe", 0)])
+
+
+@pytest.fixture
+def guarded(tmp_path: Path, registry: Path) -> Iterator[Running]:
+    limits = Limits(max_server_streams=2, stream_stall_timeout_s=1.0)
+    r = start(tmp_path / "data", registry, limits=limits, workers=2, work=SMALL_WORK)
+    rng = np.random.default_rng(0)
+    # 8 samples of 192 KiB: a ListSamples with payloads does not fit the client's 64 KiB window
+    reply = client.ingest(r.stub, [client.tensor_sample(f"t{i}", rng.integers(0, 255, (256, 256, 3), np.uint8))
+                                   for i in range(8)])
+    assert reply.accepted == 8
+    yield r
+    r.stop()
+
+
+def test_streams_that_never_read_leave_unary_calls_alone(guarded: Running) -> None:
+    attacker = never_reading_channel(guarded.address)
+    list_samples = agent_pb2_grpc.AgentStub(attacker).ListSamples
+    calls = [list_samples(agent_pb2.ListSamplesRequest(include_payload=True)) for _ in range(12)]
+    pool = futures.ThreadPoolExecutor(len(calls))
+    try:
+        # they reach the agent (a stream sends its initial metadata as it starts; a refused one ends)
+        futures.wait([pool.submit(c.initial_metadata) for c in calls], timeout=3)
+        # without the guard these took every thread (2 workers + 4 lanes' threads): GetStatus waited for them
+        t0 = time.monotonic()
+        assert guarded.stub.GetStatus(agent_pb2.GetStatusRequest(), timeout=10).samples == 8
+        assert time.monotonic() - t0 < 5
+        # the streams over the limit are refused at once, with a retry hint
+        end = time.monotonic() + 5
+        while sum(c.done() for c in calls) < len(calls) - 2 and time.monotonic() < end:
+            time.sleep(0.05)
+        refused = [c for c in calls if c.done() and c.code() == CODE.RESOURCE_EXHAUSTED]
+        assert len(refused) >= len(calls) - 2
+        assert "--max-server-streams" in refused[0].details()
+        assert dict(refused[0].trailing_metadata() or ())[RETRY_AFTER_KEY] == "2000"
+        # unary writes too
+        labels = [agent_pb2.LabelAssignment(id="t0", label="cat")]
+        assert guarded.stub.SubmitLabels(agent_pb2.SubmitLabelsRequest(labels=labels), timeout=10).accepted == 1
+    finally:
+        for c in calls:
+            c.cancel()
+        pool.shutdown(wait=False)
+        attacker.close()
+
+
+def test_a_stalled_stream_is_cancelled_and_frees_its_slot(guarded: Running,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    attacker = never_reading_channel(guarded.address)
+    stalled = agent_pb2_grpc.AgentStub(attacker).ListSamples(agent_pb2.ListSamplesRequest(include_payload=True))
+    try:
+        # the stall timeout is 1 s: the agent cancels the stream (gRPC's pending send fails, its thread is free)
+        end = time.monotonic() + 15
+        while "cancelled a ListSamples stream" not in caplog.text and time.monotonic() < end:
+            time.sleep(0.1)
+        assert "its client took no message for 1 s (--stream-stall-timeout)" in caplog.text
+        # its slot is free again: two streams (the limit) that are read to the end
+        readers = [guarded.stub.ListSamples(agent_pb2.ListSamplesRequest(include_payload=True), timeout=30)
+                   for _ in range(2)]
+        assert [len(list(r)) for r in readers] == [8, 8]
+        # the stalled client, reading at last, gets what was in flight, then CANCELLED
+        with pytest.raises(grpc.RpcError) as e:
+            for _ in stalled:
+                pass
+        assert e.value.code() == CODE.CANCELLED
+    finally:
+        stalled.cancel()
+        attacker.close()
+
+
+@pytest.fixture
+def plain_server() -> Iterator[tuple[grpc.Server, StreamGuard, grpc.Channel]]:
+    """A bare gRPC server with StreamGuard (stall timeout 0.5 s) and two methods: Slow streams 3 small
+    messages 1.5 s apart; Echo (bidirectional) answers each request."""
+    def slow(request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
+        for _ in range(3):
+            time.sleep(1.5)
+            yield b"row"
+
+    def echo(requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
+        yield from requests
+
+    handlers = grpc.method_handlers_generic_handler("t.T", {
+        "Slow": grpc.unary_stream_rpc_method_handler(slow), "Echo": grpc.stream_stream_rpc_method_handler(echo)})
+    guard = StreamGuard(limit=4, stall_s=0.5)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), handlers=[handlers], interceptors=[guard])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    ch = grpc.insecure_channel(f"127.0.0.1:{port}")
+    yield server, guard, ch
+    ch.close()
+    server.stop(0).wait()
+    guard.close()
+
+
+def test_a_slow_computation_is_no_stall(plain_server: tuple[grpc.Server, StreamGuard, grpc.Channel]) -> None:
+    """Only the wait on the client counts: a handler that computes 1.5 s (above the 0.5 s stall timeout)
+    before each message is served whole."""
+    _, guard, ch = plain_server
+    assert list(ch.unary_stream("/t.T/Slow")(b"", timeout=30)) == [b"row"] * 3
+    assert guard.open_streams == 0
+
+
+def test_a_bidirectional_stream_whose_client_sends_nothing_is_cancelled(
+        plain_server: tuple[grpc.Server, StreamGuard, grpc.Channel]) -> None:
+    """(the reflection service's stream is one, open without a token)"""
+    _, guard, ch = plain_server
+    stop = threading.Event()
+
+    def silent() -> Iterator[bytes]:
+        yield b"hello"
+        stop.wait(30)
+
+    call = ch.stream_stream("/t.T/Echo")(silent(), timeout=10)
+    try:
+        assert next(call) == b"hello"
+        with pytest.raises(grpc.RpcError) as e:
+            next(call)
+        assert e.value.code() == CODE.CANCELLED  # after 0.5 s, not at the call's 10 s deadline
+        end = time.monotonic() + 5
+        while guard.open_streams and time.monotonic() < end:
+            time.sleep(0.05)
+        assert guard.open_streams == 0
+    finally:
+        stop.set()
+        call.cancel()
