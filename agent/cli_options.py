@@ -203,6 +203,15 @@ _LIMITS_PARAMS = [
     _option("stream_stall_timeout", float, typer.Option(
         LIMITS.stream_stall_timeout_s, "--stream-stall-timeout", min=0.1,
         help="seconds a server stream may wait for its client to take a message before the agent cancels it")),
+    _option("max_connections", int, typer.Option(
+        LIMITS.max_connections, "--max-connections", min=1,
+        help="TCP connections to the gRPC port at once (more are closed as they come)")),
+    _option("handshake_timeout", float, typer.Option(
+        LIMITS.handshake_timeout_s, "--handshake-timeout", min=0.1,
+        help="seconds a new connection may take for its TLS handshake and HTTP/2 preface before it is closed")),
+    _option("connection_idle_timeout", float, typer.Option(
+        LIMITS.connection_idle_timeout_s, "--connection-idle-timeout", min=1.0,
+        help="seconds a connection with no call in flight stays open")),
 ]
 
 
@@ -218,7 +227,9 @@ def _limits(values: dict[str, Any]) -> Limits:
                       max_ingest_streams=values["max_ingest_streams"],
                       ingest_idle_timeout_s=values["ingest_idle_timeout"],
                       max_server_streams=values["max_server_streams"],
-                      stream_stall_timeout_s=values["stream_stall_timeout"])
+                      stream_stall_timeout_s=values["stream_stall_timeout"],
+                      max_connections=values["max_connections"], handshake_timeout_s=values["handshake_timeout"],
+                      connection_idle_timeout_s=values["connection_idle_timeout"])
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
 

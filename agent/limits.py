@@ -57,6 +57,15 @@ class Limits:
     # Seconds a server stream may wait for its client to take one message; then the agent cancels it
     # (agent/streams.py), freeing its thread and its slot. The time counts while one message travels.
     stream_stall_timeout_s: float = 60.0
+    # TCP connections served at once (gRPC's grpc.max_allowed_incoming_connections: more are closed as they
+    # come), so connections cannot use up the process's file descriptors.
+    max_connections: int = 256
+    # Seconds a new connection may take to finish its TLS handshake and send HTTP/2's preface and settings
+    # (grpc.server_handshake_timeout_ms; gRPC's own default is 120 s).
+    handshake_timeout_s: float = 20.0
+    # Seconds a connection may stay open with no call in flight (grpc.max_connection_idle_ms); then the
+    # agent closes it with GOAWAY (a client reconnects when it next calls).
+    connection_idle_timeout_s: float = 300.0
 
     def __post_init__(self) -> None:
         for name, value in vars(self).items():
@@ -81,6 +90,9 @@ LIMIT_FLAGS = {
     "ingest_idle_timeout_s": "--ingest-idle-timeout",
     "max_server_streams": "--max-server-streams",
     "stream_stall_timeout_s": "--stream-stall-timeout",
+    "max_connections": "--max-connections",
+    "handshake_timeout_s": "--handshake-timeout",
+    "connection_idle_timeout_s": "--connection-idle-timeout",
 }
 
 

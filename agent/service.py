@@ -30,6 +30,7 @@ from agent.core import Agent, AgentStatus, Rejected, Replaced
 from agent.errors import Behaviour, ErrorMapping, rewrap_handler
 from agent.ingest import Incoming
 from agent.lazy import warm_in_background
+from agent.limits import Limits
 from agent.memory import IdleTrim
 from agent.priors.calibration import TemperatureFit
 from agent.queues import QueueData
@@ -382,6 +383,27 @@ class _ServerParts:
 _PARTS: weakref.WeakKeyDictionary[grpc.Server, _ServerParts] = weakref.WeakKeyDictionary()
 
 
+def connection_options(limits: Limits) -> list[tuple[str, Any]]:
+    """gRPC server options from ``limits``: message sizes, and the bounds on connections that keep idle,
+    half-open or never-speaking ones from using up the process's file descriptors (a raw TCP connection that
+    never sends HTTP/2's preface is closed after the handshake timeout)."""
+    return [
+        ("grpc.max_receive_message_length", limits.max_message_bytes),
+        ("grpc.max_send_message_length", limits.max_message_bytes),
+        ("grpc.so_reuseport", 0),
+        ("grpc.max_allowed_incoming_connections", limits.max_connections),
+        ("grpc.server_handshake_timeout_ms", round(limits.handshake_timeout_s * 1000)),
+        ("grpc.max_connection_idle_ms", round(limits.connection_idle_timeout_s * 1000)),
+        # a connection with calls in flight whose peer vanished (half-open) answers no ping: closed then
+        ("grpc.keepalive_time_ms", KEEPALIVE_S * 1000),
+        ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_S * 1000)]
+
+
+# Server keepalive pings (seconds between, and the wait for the answer) on connections with calls in flight.
+KEEPALIVE_S = 120
+KEEPALIVE_TIMEOUT_S = 20
+
+
 def create_server(config: AgentConfig, interceptors: Sequence[grpc.ServerInterceptor] = (),
                   credentials: grpc.ServerCredentials | None = None,
                   options: Sequence[tuple[str, Any]] = (),
@@ -412,11 +434,7 @@ def create_server(config: AgentConfig, interceptors: Sequence[grpc.ServerInterce
     trim = IdleTrim()
     streams = StreamGuard(limits.max_server_streams, limits.stream_stall_timeout_s, limits.ingest_retry_after_s)
     try:
-        server_options: list[tuple[str, Any]] = [
-            ("grpc.max_receive_message_length", limits.max_message_bytes),
-            ("grpc.max_send_message_length", limits.max_message_bytes),
-            ("grpc.so_reuseport", 0),
-            *options]
+        server_options = [*connection_options(limits), *options]
         # The lanes' running and queued calls, the server streams (StreamGuard) and the Ingest streams hold
         # gRPC threads of their own on top of ``workers``, so neither a full queue of heavy calls nor streams
         # whose clients stall leave GetStatus, SubmitLabels or the web app without a thread.

@@ -1,8 +1,10 @@
 """Denial of service through the gRPC port (the security review of 776bda7, items 1 and 2): server streams
-whose clients never read cannot take the threads of other callers' unary calls (agent/streams.py)."""
+whose clients never read cannot take the threads of other callers' unary calls (agent/streams.py), and
+connections that never speak HTTP/2 are closed, bounded in number (agent.service.connection_options)."""
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -156,3 +158,55 @@ def test_a_bidirectional_stream_whose_client_sends_nothing_is_cancelled(
     finally:
         stop.set()
         call.cancel()
+
+
+@pytest.fixture
+def connections(tmp_path: Path, registry: Path) -> Iterator[Running]:
+    r = start(tmp_path / "data", registry, limits=Limits(handshake_timeout_s=0.5))
+    yield r
+    r.stop()
+
+
+@pytest.fixture
+def capped(tmp_path: Path, registry: Path) -> Iterator[Running]:
+    r = start(tmp_path / "data", registry, limits=Limits(max_connections=4))
+    yield r
+    r.stop()
+
+
+def closed_within(sock: socket.socket, within_s: float) -> bool:
+    """Whether the peer closed ``sock`` within ``within_s`` (reading what it sent meanwhile)."""
+    sock.settimeout(0.2)
+    end = time.monotonic() + within_s
+    while time.monotonic() < end:
+        try:
+            if sock.recv(4096) == b"":
+                return True
+        except TimeoutError:
+            continue
+        except OSError:
+            return True
+    return False
+
+
+def test_a_connection_that_never_speaks_http2_is_closed(connections: Running) -> None:
+    raw = socket.create_connection(("127.0.0.1", connections.port))
+    try:
+        t0 = time.monotonic()
+        assert closed_within(raw, 10), "a silent TCP connection stayed open"  # gRPC's default: 120 s
+        assert time.monotonic() - t0 < 10
+    finally:
+        raw.close()
+    assert connections.stub.GetStatus(agent_pb2.GetStatusRequest(), timeout=10).samples == 0
+
+
+def test_connections_beyond_the_limit_are_closed_at_once(capped: Running) -> None:
+    socks = [socket.create_connection(("127.0.0.1", capped.port)) for _ in range(8)]
+    try:
+        closed = sum(closed_within(s, 0.5) for s in socks)  # the handshake timeout (20 s) closes none of them
+        assert 4 <= closed <= 5  # 4 connections at most (the test's own channel may hold one of them)
+    finally:
+        for s in socks:
+            s.close()
+    assert capped.stub.GetStatus(agent_pb2.GetStatusRequest(), timeout=10).samples == 0
+
