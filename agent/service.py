@@ -420,9 +420,10 @@ def create_server(config: AgentConfig, interceptors: Sequence[grpc.ServerInterce
 
     ``config.security`` (TLS, tokens, --insecure) is checked before the data folder is opened:
     agent.security.SecurityError says what is missing. Its token check runs outermost, before the error
-    mapping, so a caller without a valid token costs no parsing. A port another process holds is an
-    OSError (SO_REUSEPORT is off, so two agents never share a port), and so is a data folder another
-    agent holds (agent.security.DataDirLocked)."""
+    mapping, and refuses a call as it arrives, before its request message is read (agent.security._deny): a
+    caller without a valid token costs no parsing, and no more memory than gRPC buffered of its message. A
+    port another process holds is an OSError (SO_REUSEPORT is off, so two agents never share a port), and so
+    is a data folder another agent holds (agent.security.DataDirLocked)."""
     limits = config.limits
     security = config.security
     warnings = security.check_exposure(config.host)
