@@ -410,10 +410,13 @@ def serve(labelstudio: LabelStudioConfig, *,
 
 def _prepare_process() -> None:
     """``shortlist serve``'s process-wide settings, before any thread of the agent starts."""
+    from agent.fds import raise_open_files_limit, throttle_accept_failures
     from agent.memory import tune_malloc
     from agent.threads import one_blas_thread_per_call
 
     logging.basicConfig(level=logging.INFO, format=_LOG_FORMAT)
+    throttle_accept_failures()  # asyncio's (the web app's) line per failed accept: one every 10 s
+    raise_open_files_limit()  # connections and files share it (agent/fds.py); logged
     os.umask(0o077)  # whatever the agent or a library creates is readable by its user only
     tune_malloc()  # before the gRPC threads start: two malloc arenas, large blocks returned when freed
     one_blas_thread_per_call()  # the agent's parallelism is across requests (agent/threads.py)

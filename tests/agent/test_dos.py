@@ -4,6 +4,8 @@ connections that never speak HTTP/2 are closed, bounded in number (agent.service
 
 from __future__ import annotations
 
+import logging
+import resource
 import socket
 import threading
 import time
@@ -18,6 +20,7 @@ import pytest
 from agent import client
 from agent.config import Limits, WorkConfig
 from agent.errors import RETRY_AFTER_KEY
+from agent.fds import raise_open_files_limit, throttle_accept_failures
 from agent.streams import StreamGuard
 from shortlist.v1 import agent_pb2, agent_pb2_grpc
 from tests.agent.conftest import Running, start
@@ -210,3 +213,33 @@ def test_connections_beyond_the_limit_are_closed_at_once(capped: Running) -> Non
             s.close()
     assert capped.stub.GetStatus(agent_pb2.GetStatusRequest(), timeout=10).samples == 0
 
+
+def test_the_open_files_limit_is_raised_to_the_hard_limit(caplog: pytest.LogCaptureFixture) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    low = min(soft, 256) if hard == resource.RLIM_INFINITY else min(soft, hard, 256)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (low, hard))
+    try:
+        with caplog.at_level(logging.INFO, "agent.fds"):
+            before, now = raise_open_files_limit()
+        assert before == low and now == resource.getrlimit(resource.RLIMIT_NOFILE)[0] > low
+        assert f"open files: soft limit raised from {low} to {now}" in caplog.text
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_failed_accepts_are_logged_once_every_interval(caplog: pytest.LogCaptureFixture) -> None:
+    """asyncio's accept loop logs each failed accept, with a traceback (104,347 lines in 40 s in the review)."""
+    logger = logging.getLogger("test_dos.asyncio")
+    f = throttle_accept_failures(logger)
+    try:
+        with caplog.at_level(logging.ERROR, logger.name):
+            for _ in range(1000):
+                logger.error("socket.accept() out of system resource\nsocket: <socket>", exc_info=OSError(24, "x"))
+            logger.error("another error")
+            f.throttle.interval_s = 0.0  # the interval has passed: the next one says how many were left out
+            logger.error("socket.accept() out of system resource\nsocket: <socket>")
+        lines = [r.getMessage() for r in caplog.records]
+        assert len(lines) == 3 and lines[1] == "another error"
+        assert lines[2].endswith("(999 more from it in the last 0 s, not logged)")
+    finally:
+        logger.removeFilter(f)
