@@ -38,6 +38,9 @@ def raise_open_files_limit() -> tuple[int, int]:
 
 # asyncio's line for an accept that failed for want of descriptors or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM)
 ACCEPT_FAILED = "socket.accept() out of system resource"
+# ... and for one of the retries each such failure schedules (Python 3.11 schedules one per failed accept of a
+# backlog's worth), when it runs after the listening socket closed (at a stop: "Invalid file descriptor: -1")
+RETRY_FAILED = "Exception in callback BaseSelectorEventLoop._start_serving("
 
 
 class AcceptFailureThrottle(logging.Filter):
@@ -54,9 +57,10 @@ class AcceptFailureThrottle(logging.Filter):
             message = record.getMessage()
         except Exception:  # a malformed record: not ours to judge
             return True
-        if not message.startswith(ACCEPT_FAILED):
+        kind = next((k for k in (ACCEPT_FAILED, RETRY_FAILED) if message.startswith(k)), None)
+        if kind is None:
             return True
-        more = self.throttle.admit(ACCEPT_FAILED, "")
+        more = self.throttle.admit(kind, "")
         if more is None:
             return False
         if more:

@@ -236,10 +236,13 @@ def test_failed_accepts_are_logged_once_every_interval(caplog: pytest.LogCapture
             for _ in range(1000):
                 logger.error("socket.accept() out of system resource\nsocket: <socket>", exc_info=OSError(24, "x"))
             logger.error("another error")
+            for _ in range(100):  # a retry each failure scheduled, run after the listening socket closed
+                logger.error("Exception in callback BaseSelectorEventLoop._start_serving(<function>)",
+                             exc_info=ValueError("Invalid file descriptor: -1"))
             f.throttle.interval_s = 0.0  # the interval has passed: the next one says how many were left out
             logger.error("socket.accept() out of system resource\nsocket: <socket>")
         lines = [r.getMessage() for r in caplog.records]
-        assert len(lines) == 3 and lines[1] == "another error"
-        assert lines[2].endswith("(999 more from it in the last 0 s, not logged)")
+        assert len(lines) == 4 and lines[1] == "another error" and lines[2].startswith("Exception in callback")
+        assert lines[3].endswith("(999 more from it in the last 0 s, not logged)")
     finally:
         logger.removeFilter(f)
