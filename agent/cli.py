@@ -755,6 +755,7 @@ def _source_samples(source: Any, limit: int | None, with_labels: bool, metadata:
 def _ingest_out(reply: agent_pb2.IngestReply) -> dict[str, Any]:
     return {"accepted": reply.accepted, "duplicates": reply.duplicates,
             "rejected": [{"id": r.id, "reason": r.reason} for r in reply.rejected],
+            "rejected_count": client.rejected_count(reply),
             "same_payload": reply.same_payload,
             "same_payload_examples": [{"id": x.id, "other_id": x.other_id} for x in reply.same_payload_examples]}
 
@@ -763,12 +764,12 @@ def _print_ingest(reply: agent_pb2.IngestReply) -> None:
     """An IngestReply for people: the counts and the first 10 rejections on stdout (the result, as ``select``
     and ``status`` print theirs: `shortlist ingest data > log` keeps it), notes and hints on stderr."""
     result = Console(soft_wrap=True)  # whole lines: a log file gets one line per rejection
-    result.print(f"accepted {reply.accepted}, duplicates {reply.duplicates}, rejected {len(reply.rejected)}",
-                 highlight=False)
+    rejected = client.rejected_count(reply)
+    result.print(f"accepted {reply.accepted}, duplicates {reply.duplicates}, rejected {rejected}", highlight=False)
     for r in reply.rejected[:10]:
         result.print(f"  {r.id}: {r.reason}", markup=False, highlight=False)
-    if len(reply.rejected) > 10:
-        result.print(f"  ... and {len(reply.rejected) - 10} more (--json lists all)", highlight=False)
+    if rejected > 10:
+        result.print(_more(rejected, len(reply.rejected)), highlight=False)
     if reply.same_payload:
         shown = ", ".join(f"{x.id} = {x.other_id}" for x in reply.same_payload_examples[:3])
         console.print(f"[yellow]same image under another id[/yellow]: {reply.same_payload} accepted samples have the "
@@ -898,7 +899,7 @@ def ingest(agent: AgentTarget,
     else:
         _print_ingest(reply)
         labels_said()
-    if reply.rejected and not reply.accepted and not reply.duplicates:
+    if client.rejected_count(reply) and not reply.accepted and not reply.duplicates:
         raise typer.Exit(1)  # nothing stored: a script must not go on as if it had been
 
 
@@ -1067,7 +1068,25 @@ def label(agent: AgentTarget,
     twins = [{"line": line_of.get(t.id, 0), "id": t.id, "twin_id": t.twin_id, "twin_label": t.twin_label}
              for t in reply.twin_conflicts]
     _print_reply(LABEL_WORDING, reply.accepted, rejected, overwritten, as_json, interrupted, len(rows), new_label,
-                 twins)
+                 twins, _totals(reply))
+
+
+def _totals(reply: agent_pb2.SubmitLabelsReply | agent_pb2.RetractLabelsReply) -> dict[str, int]:
+    """How many entries each list of a (summed) SubmitLabels / RetractLabels reply had in all: the agent lists
+    the first ones only (agent/service.py ``REPLY_LIST_BYTES``), its ``*_count`` fields count them all."""
+    out = {"rejected": client.rejected_count(reply),
+           "overwritten": client.counted(reply.overwritten_count, reply.overwritten)}
+    if isinstance(reply, agent_pb2.SubmitLabelsReply):
+        out["twin_conflicts"] = client.counted(reply.twin_conflicts_count, reply.twin_conflicts)
+    return out
+
+
+def _more(total: int, listed: int, shown: int = 10) -> str:
+    """The line after the first ``shown`` of ``total`` entries, ``listed`` of which the agent's replies
+    listed (the --json lists)."""
+    where = ("--json lists all" if listed >= total
+             else f"--json lists the first {listed}; the agent's replies list at most 512 KiB of each kind")
+    return f"  ... and {total - shown} more ({where})"
 
 
 def _rejection(r: agent_pb2.Rejection, only_unlabelled: str = "") -> dict[str, Any]:
@@ -1121,52 +1140,57 @@ RETRACT_WORDING = ReplyWording(
 def _print_reply(wording: ReplyWording, accepted: int, rejected: list[dict[str, Any]],
                  overwritten: list[dict[str, Any]], as_json: bool, interrupted: client.Interrupted | None,
                  total: int, sent: dict[str, str] | None = None,
-                 twins: list[dict[str, Any]] | None = None) -> None:
+                 twins: list[dict[str, Any]] | None = None, totals: dict[str, int] | None = None) -> None:
     """A SubmitLabels / RetractLabels reply on stdout, worded by ``wording``: JSON, or a count line and the
     first 10 rejections, then (when there are any) ``wording.overwrite_head`` and the first 10 ``overwritten``
     (labels of other annotators replaced or taken back, with the label ``sent`` for each id; JSON: always
     listed). ``twins`` (SubmitLabels' twin_conflicts: labels stored that differ from a byte-identical sample's;
     JSON key ``twin_conflicts``, when given): a line before the first 10 of them. After a Ctrl-C
     (``interrupted``, of ``total`` items): what was answered, then (stderr) how far it got and that a rerun
-    continues, exit 130."""
+    continues, exit 130. ``totals``: how many entries the lists had in all (``_totals``; JSON ``rejected_count``,
+    ``overwritten_count``, ``twin_conflicts_count``), where the agent listed the first ones only."""
     verb, items, again = wording.verb, wording.items, wording.again
+    n = {"rejected": len(rejected), "overwritten": len(overwritten), "twin_conflicts": len(twins or ()),
+         **(totals or {})}
     if as_json:
-        out: dict[str, Any] = {"accepted": accepted, "rejected": rejected, "overwritten": overwritten}
+        out: dict[str, Any] = {"accepted": accepted, "rejected": rejected, "rejected_count": n["rejected"],
+                               "overwritten": overwritten, "overwritten_count": n["overwritten"]}
         if twins is not None:
-            out["twin_conflicts"] = twins
+            out.update(twin_conflicts=twins, twin_conflicts_count=n["twin_conflicts"])
         if interrupted is not None:
             out.update(interrupted=True, sent=interrupted.sent, unconfirmed=interrupted.unconfirmed, total=total)
         print(json_line(out))
     else:
         result = Console(soft_wrap=True)  # whole lines: a log file gets one line per rejection
-        result.print(f"{verb} {accepted}, rejected {len(rejected)}", highlight=False)
+        result.print(f"{verb} {accepted}, rejected {n['rejected']}", highlight=False)
         for r in rejected[:10]:
             result.print(printable(wording.line(r)), markup=False, highlight=False)
-        if len(rejected) > 10:
-            result.print(f"  ... and {len(rejected) - 10} more (--json lists all)", highlight=False)
-        if overwritten:
-            result.print(wording.overwrite_head.format(n=len(overwritten)) + ":", highlight=False)
+        if n["rejected"] > 10:
+            result.print(_more(n["rejected"], len(rejected)), highlight=False)
+        if n["overwritten"]:
+            result.print(wording.overwrite_head.format(n=n["overwritten"]) + ":", highlight=False)
             for o in overwritten[:10]:
                 result.print(printable(wording.overwrite_line(o, sent or {})), markup=False, highlight=False)
-            if len(overwritten) > 10:
-                result.print(f"  ... and {len(overwritten) - 10} more (--json lists all)", highlight=False)
-        if twins:
-            result.print(f"{len(twins)} label(s) differ from the label of a sample with the exact same bytes (a "
-                         "byte-identical image under another id; stored all the same, last write wins per id):",
+            if n["overwritten"] > 10:
+                result.print(_more(n["overwritten"], len(overwritten)), highlight=False)
+        if n["twin_conflicts"]:
+            result.print(f"{n['twin_conflicts']} label(s) differ from the label of a sample with the exact same "
+                         "bytes (a byte-identical image under another id; stored all the same, last write wins "
+                         "per id):",
                          highlight=False)
-            for t in twins[:10]:
+            for t in (twins or [])[:10]:
                 line = f"line {t['line']}: " if t["line"] else ""
                 result.print(printable(f"  {line}{t['id']}: {(sent or {}).get(t['id'], '?')!r}, but {t['twin_id']} "
                                        f"(same bytes) is {t['twin_label']!r}"), markup=False, highlight=False)
-            if len(twins) > 10:
-                result.print(f"  ... and {len(twins) - 10} more (--json lists all)", highlight=False)
+            if n["twin_conflicts"] > 10:
+                result.print(_more(n["twin_conflicts"], len(twins or ())), highlight=False)
     if interrupted is not None:
         answered = interrupted.sent - interrupted.unconfirmed
         console.print(f"[red]interrupted[/red] (Ctrl-C): the agent answered for {answered} of the {total} {items} "
                       f"(counted above; each request is stored on its own){_unconfirmed_note(interrupted, items)}; "
                       f"rerun the same command to continue: {again}", highlight=False)
         raise typer.Exit(INTERRUPTED_EXIT)
-    if rejected and not accepted:
+    if n["rejected"] and not accepted:
         raise typer.Exit(1)  # nothing done: a script must not go on as if it had been
 
 
@@ -1261,7 +1285,8 @@ def retract_labels(agent: AgentTarget,
         reply, interrupted = e.reply, e
     rejected = [_rejection(r) for r in reply.rejected]
     overwritten = [{"id": o.id, "label": o.label, "annotator": o.annotator} for o in reply.overwritten]
-    _print_reply(RETRACT_WORDING, reply.accepted, rejected, overwritten, as_json, interrupted, len(todo))
+    _print_reply(RETRACT_WORDING, reply.accepted, rejected, overwritten, as_json, interrupted, len(todo),
+                 totals=_totals(reply))
 
 
 @agent_options

@@ -18,7 +18,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
@@ -697,6 +697,7 @@ def ingest(stub: agent_pb2_grpc.AgentStub, samples: Iterable[agent_pb2.Sample], 
         # cancelling tells it the stream is over at once (it would otherwise wait for the next request).
         call.cancel()
         raise Interrupted(agent_pb2.IngestReply(), sent, sent) from None
+    reply.rejected_count = rejected_count(reply) + len(too_large)
     reply.rejected.extend(too_large)
     if failed:
         raise IngestInterrupted(failed[0], reply, sent) from failed[0]
@@ -731,6 +732,18 @@ def list_labels(stub: agent_pb2_grpc.AgentStub, history: bool = False) -> Iterat
     yield from stub.ListLabels(agent_pb2.ListLabelsRequest(history=history))
 
 
+def counted(count: int, listed: Sized) -> int:
+    """How many entries a reply's list had in all: its ``*_count`` field (the agent lists the first entries
+    only, ``REPLY_LIST_BYTES`` in agent/service.py), or the list's length from an agent older than those
+    fields (its lists are complete; the field is then 0)."""
+    return max(count, len(listed))
+
+
+def rejected_count(reply: agent_pb2.IngestReply | agent_pb2.SubmitLabelsReply | agent_pb2.RetractLabelsReply) -> int:
+    """The rejections a reply counts in all (``counted``)."""
+    return counted(reply.rejected_count, reply.rejected)
+
+
 # SubmitLabels' or RetractLabels' reply: both are (accepted, rejected, overwritten), summed over chunks by
 # ``_summed`` (with SubmitLabels' twin_conflicts).
 LabelsReply = TypeVar("LabelsReply", agent_pb2.SubmitLabelsReply, agent_pb2.RetractLabelsReply)
@@ -751,9 +764,14 @@ def _summed(total: LabelsReply, calls: Iterable[tuple[int, Callable[[], LabelsRe
         except KeyboardInterrupt:
             raise Interrupted(total, sent, items) from None
         total.accepted += reply.accepted
+        total.rejected_count += rejected_count(reply)  # the totals, also where a reply listed the first only
+        total.overwritten_count += counted(reply.overwritten_count, reply.overwritten)
         total.rejected.extend(reply.rejected)
         total.overwritten.extend(reply.overwritten)
         if isinstance(total, agent_pb2.SubmitLabelsReply) and isinstance(reply, agent_pb2.SubmitLabelsReply):
+            total.agreed_count += counted(reply.agreed_count, reply.agreed)
+            total.twin_conflicts_count += counted(reply.twin_conflicts_count, reply.twin_conflicts)
+            total.agreed.extend(reply.agreed)
             total.twin_conflicts.extend(reply.twin_conflicts)
     return total
 

@@ -13,10 +13,10 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent import futures
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -108,6 +108,32 @@ def replaced_message(r: Replaced) -> agent_pb2.Replaced:
     return agent_pb2.Replaced(id=r.id, label=r.label, annotator=r.annotator)
 
 
+# The most bytes of entries one list of a unary reply that lists per-item outcomes holds (IngestReply.rejected,
+# SubmitLabelsReply's and RetractLabelsReply's lists; the rest is counted in its *_count field): at most 4
+# such lists in a reply, so every reply stays well under a default client's 4 MiB receive limit, whatever
+# the request (a reply over it reaches the client as RESOURCE_EXHAUSTED although the request was applied).
+REPLY_LIST_BYTES = 512 * 1024
+# A list entry's framing beside its own ByteSize: the field tag and the length varint.
+_ENTRY_FRAMING = 6
+
+T = TypeVar("T")
+M = TypeVar("M", agent_pb2.Rejection, agent_pb2.Replaced, agent_pb2.Agreement, agent_pb2.TwinConflict)
+
+
+def capped(items: Iterable[T], make: Callable[[T], M], budget: int = REPLY_LIST_BYTES) -> list[M]:
+    """The messages ``make`` builds of ``items``, in order, up to the first that would take the list past
+    ``budget`` bytes (only those are built)."""
+    out: list[M] = []
+    used = 0
+    for item in items:
+        msg = make(item)
+        used += msg.ByteSize() + _ENTRY_FRAMING
+        if used > budget:
+            break
+        out.append(msg)
+    return out
+
+
 # gRPC's time_remaining() for a call without a deadline: about 2**63 ns in seconds (9223372035 s); any
 # figure above this (over 30 years) is no deadline.
 NO_DEADLINE_S = 1e9
@@ -152,8 +178,8 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
         total = self.agent.ingest.stream(batches, active=context.is_active, token=call_token(context))
         return agent_pb2.IngestReply(
             accepted=total.accepted, duplicates=total.duplicates,
-            rejected=[agent_pb2.Rejection(id=i, reason=r) for i, r in total.rejected],
-            same_payload=total.same_payload,
+            rejected=capped(total.rejected, lambda r: agent_pb2.Rejection(id=r[0], reason=r[1])),
+            rejected_count=len(total.rejected), same_payload=total.same_payload,
             same_payload_examples=[agent_pb2.SamePayload(id=i, other_id=o) for i, o in total.same_payload_examples])
 
     def Select(self, request: agent_pb2.SelectRequest, context: grpc.ServicerContext) -> agent_pb2.SelectReply:
@@ -175,11 +201,13 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
             [(a.id, a.label) for a in request.labels], request.annotator, request.source,
             {a.id: a.if_current for a in request.labels if a.HasField("if_current")}, replaced, agreed, twins)
         return agent_pb2.SubmitLabelsReply(
-            accepted=accepted, rejected=[label_rejection(r) for r in rejected],
-            overwritten=[replaced_message(r) for r in replaced],
-            agreed=[agent_pb2.Agreement(id=i, now=agent_pb2.LabelNow(label=lab, annotator=by))
-                    for i, (lab, by) in agreed],
-            twin_conflicts=[agent_pb2.TwinConflict(id=i, twin_id=t, twin_label=lab) for i, t, lab in twins])
+            accepted=accepted, rejected=capped(rejected, label_rejection), rejected_count=len(rejected),
+            overwritten=capped(replaced, replaced_message), overwritten_count=len(replaced),
+            agreed=capped(agreed, lambda a: agent_pb2.Agreement(id=a[0], now=agent_pb2.LabelNow(label=a[1][0],
+                                                                                                 annotator=a[1][1]))),
+            agreed_count=len(agreed),
+            twin_conflicts=capped(twins, lambda t: agent_pb2.TwinConflict(id=t[0], twin_id=t[1], twin_label=t[2])),
+            twin_conflicts_count=len(twins))
 
     def RetractLabels(self, request: agent_pb2.RetractLabelsRequest,
                       context: grpc.ServicerContext) -> agent_pb2.RetractLabelsReply:
@@ -187,8 +215,10 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
         replaced: list[Replaced] = []
         accepted, rejected = self.agent.retract_labels(list(request.ids), request.annotator, request.source,
                                                        dict(request.if_current), replaced)
-        return agent_pb2.RetractLabelsReply(accepted=accepted, rejected=[label_rejection(r) for r in rejected],
-                                            overwritten=[replaced_message(r) for r in replaced])
+        return agent_pb2.RetractLabelsReply(accepted=accepted, rejected=capped(rejected, label_rejection),
+                                            rejected_count=len(rejected),
+                                            overwritten=capped(replaced, replaced_message),
+                                            overwritten_count=len(replaced))
 
     def RenameClass(self, request: agent_pb2.RenameClassRequest,
                     context: grpc.ServicerContext) -> agent_pb2.RenameClassReply:

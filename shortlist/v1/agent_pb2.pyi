@@ -46,18 +46,20 @@ class IngestRequest(_message.Message):
     def __init__(self, samples: _Optional[_Iterable[_Union[Sample, _Mapping]]] = ...) -> None: ...
 
 class IngestReply(_message.Message):
-    __slots__ = ("accepted", "duplicates", "rejected", "same_payload", "same_payload_examples")
+    __slots__ = ("accepted", "duplicates", "rejected", "same_payload", "same_payload_examples", "rejected_count")
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     DUPLICATES_FIELD_NUMBER: _ClassVar[int]
     REJECTED_FIELD_NUMBER: _ClassVar[int]
     SAME_PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     SAME_PAYLOAD_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_COUNT_FIELD_NUMBER: _ClassVar[int]
     accepted: int
     duplicates: int
     rejected: _containers.RepeatedCompositeFieldContainer[Rejection]
     same_payload: int
     same_payload_examples: _containers.RepeatedCompositeFieldContainer[SamePayload]
-    def __init__(self, accepted: _Optional[int] = ..., duplicates: _Optional[int] = ..., rejected: _Optional[_Iterable[_Union[Rejection, _Mapping]]] = ..., same_payload: _Optional[int] = ..., same_payload_examples: _Optional[_Iterable[_Union[SamePayload, _Mapping]]] = ...) -> None: ...
+    rejected_count: int
+    def __init__(self, accepted: _Optional[int] = ..., duplicates: _Optional[int] = ..., rejected: _Optional[_Iterable[_Union[Rejection, _Mapping]]] = ..., same_payload: _Optional[int] = ..., same_payload_examples: _Optional[_Iterable[_Union[SamePayload, _Mapping]]] = ..., rejected_count: _Optional[int] = ...) -> None: ...
 
 class SamePayload(_message.Message):
     __slots__ = ("id", "other_id")
@@ -167,18 +169,26 @@ class LabelAssignment(_message.Message):
     def __init__(self, id: _Optional[str] = ..., label: _Optional[str] = ..., if_current: _Optional[str] = ...) -> None: ...
 
 class SubmitLabelsReply(_message.Message):
-    __slots__ = ("accepted", "rejected", "overwritten", "agreed", "twin_conflicts")
+    __slots__ = ("accepted", "rejected", "overwritten", "agreed", "twin_conflicts", "rejected_count", "overwritten_count", "agreed_count", "twin_conflicts_count")
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     REJECTED_FIELD_NUMBER: _ClassVar[int]
     OVERWRITTEN_FIELD_NUMBER: _ClassVar[int]
     AGREED_FIELD_NUMBER: _ClassVar[int]
     TWIN_CONFLICTS_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_COUNT_FIELD_NUMBER: _ClassVar[int]
+    OVERWRITTEN_COUNT_FIELD_NUMBER: _ClassVar[int]
+    AGREED_COUNT_FIELD_NUMBER: _ClassVar[int]
+    TWIN_CONFLICTS_COUNT_FIELD_NUMBER: _ClassVar[int]
     accepted: int
     rejected: _containers.RepeatedCompositeFieldContainer[Rejection]
     overwritten: _containers.RepeatedCompositeFieldContainer[Replaced]
     agreed: _containers.RepeatedCompositeFieldContainer[Agreement]
     twin_conflicts: _containers.RepeatedCompositeFieldContainer[TwinConflict]
-    def __init__(self, accepted: _Optional[int] = ..., rejected: _Optional[_Iterable[_Union[Rejection, _Mapping]]] = ..., overwritten: _Optional[_Iterable[_Union[Replaced, _Mapping]]] = ..., agreed: _Optional[_Iterable[_Union[Agreement, _Mapping]]] = ..., twin_conflicts: _Optional[_Iterable[_Union[TwinConflict, _Mapping]]] = ...) -> None: ...
+    rejected_count: int
+    overwritten_count: int
+    agreed_count: int
+    twin_conflicts_count: int
+    def __init__(self, accepted: _Optional[int] = ..., rejected: _Optional[_Iterable[_Union[Rejection, _Mapping]]] = ..., overwritten: _Optional[_Iterable[_Union[Replaced, _Mapping]]] = ..., agreed: _Optional[_Iterable[_Union[Agreement, _Mapping]]] = ..., twin_conflicts: _Optional[_Iterable[_Union[TwinConflict, _Mapping]]] = ..., rejected_count: _Optional[int] = ..., overwritten_count: _Optional[int] = ..., agreed_count: _Optional[int] = ..., twin_conflicts_count: _Optional[int] = ...) -> None: ...
 
 class TwinConflict(_message.Message):
     __slots__ = ("id", "twin_id", "twin_label")
@@ -422,14 +432,18 @@ class RetractLabelsRequest(_message.Message):
     def __init__(self, ids: _Optional[_Iterable[str]] = ..., annotator: _Optional[str] = ..., source: _Optional[str] = ..., if_current: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class RetractLabelsReply(_message.Message):
-    __slots__ = ("accepted", "rejected", "overwritten")
+    __slots__ = ("accepted", "rejected", "overwritten", "rejected_count", "overwritten_count")
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     REJECTED_FIELD_NUMBER: _ClassVar[int]
     OVERWRITTEN_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_COUNT_FIELD_NUMBER: _ClassVar[int]
+    OVERWRITTEN_COUNT_FIELD_NUMBER: _ClassVar[int]
     accepted: int
     rejected: _containers.RepeatedCompositeFieldContainer[Rejection]
     overwritten: _containers.RepeatedCompositeFieldContainer[Replaced]
-    def __init__(self, accepted: _Optional[int] = ..., rejected: _Optional[_Iterable[_Union[Rejection, _Mapping]]] = ..., overwritten: _Optional[_Iterable[_Union[Replaced, _Mapping]]] = ...) -> None: ...
+    rejected_count: int
+    overwritten_count: int
+    def __init__(self, accepted: _Optional[int] = ..., rejected: _Optional[_Iterable[_Union[Rejection, _Mapping]]] = ..., overwritten: _Optional[_Iterable[_Union[Replaced, _Mapping]]] = ..., rejected_count: _Optional[int] = ..., overwritten_count: _Optional[int] = ...) -> None: ...
 
 class GetQueueRequest(_message.Message):
     __slots__ = ("name",)
