@@ -753,11 +753,11 @@ def _source_samples(source: Any, limit: int | None, with_labels: bool, metadata:
 
 
 def _ingest_out(reply: agent_pb2.IngestReply) -> dict[str, Any]:
-    return {"accepted": reply.accepted, "duplicates": reply.duplicates,
-            "rejected": [{"id": r.id, "reason": r.reason} for r in reply.rejected],
-            "rejected_count": client.rejected_count(reply),
-            "same_payload": reply.same_payload,
-            "same_payload_examples": [{"id": x.id, "other_id": x.other_id} for x in reply.same_payload_examples]}
+    out = {"accepted": reply.accepted, "duplicates": reply.duplicates,
+           "rejected": [{"id": r.id, "reason": r.reason} for r in reply.rejected],
+           "same_payload": reply.same_payload,
+           "same_payload_examples": [{"id": x.id, "other_id": x.other_id} for x in reply.same_payload_examples]}
+    return {**out, **_counts(out, {"rejected": client.rejected_count(reply)})}
 
 
 def _print_ingest(reply: agent_pb2.IngestReply) -> None:
@@ -1081,6 +1081,12 @@ def _totals(reply: agent_pb2.SubmitLabelsReply | agent_pb2.RetractLabelsReply) -
     return out
 
 
+def _counts(out: dict[str, Any], totals: dict[str, int]) -> dict[str, int]:
+    """``KEY_count`` for each list ``out[KEY]`` of a JSON result that holds fewer entries than ``totals[KEY]``
+    (the agent's replies listed the first ones only); none when every list is whole, as before the counts."""
+    return {f"{k}_count": totals[k] for k, v in out.items() if isinstance(v, list) and totals.get(k, 0) > len(v)}
+
+
 def _more(total: int, listed: int, shown: int = 10) -> str:
     """The line after the first ``shown`` of ``total`` entries, ``listed`` of which the agent's replies
     listed (the --json lists)."""
@@ -1147,16 +1153,17 @@ def _print_reply(wording: ReplyWording, accepted: int, rejected: list[dict[str, 
     listed). ``twins`` (SubmitLabels' twin_conflicts: labels stored that differ from a byte-identical sample's;
     JSON key ``twin_conflicts``, when given): a line before the first 10 of them. After a Ctrl-C
     (``interrupted``, of ``total`` items): what was answered, then (stderr) how far it got and that a rerun
-    continues, exit 130. ``totals``: how many entries the lists had in all (``_totals``; JSON ``rejected_count``,
-    ``overwritten_count``, ``twin_conflicts_count``), where the agent listed the first ones only."""
+    continues, exit 130. ``totals``: how many entries the lists had in all (``_totals``), where the agent listed
+    the first ones only; JSON then adds ``rejected_count``, ``overwritten_count``, ``twin_conflicts_count`` for a
+    list that is not whole (``_counts``)."""
     verb, items, again = wording.verb, wording.items, wording.again
     n = {"rejected": len(rejected), "overwritten": len(overwritten), "twin_conflicts": len(twins or ()),
          **(totals or {})}
     if as_json:
-        out: dict[str, Any] = {"accepted": accepted, "rejected": rejected, "rejected_count": n["rejected"],
-                               "overwritten": overwritten, "overwritten_count": n["overwritten"]}
+        out: dict[str, Any] = {"accepted": accepted, "rejected": rejected, "overwritten": overwritten}
         if twins is not None:
-            out.update(twin_conflicts=twins, twin_conflicts_count=n["twin_conflicts"])
+            out["twin_conflicts"] = twins
+        out.update(_counts(out, n))
         if interrupted is not None:
             out.update(interrupted=True, sent=interrupted.sent, unconfirmed=interrupted.unconfirmed, total=total)
         print(json_line(out))
