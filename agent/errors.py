@@ -12,19 +12,20 @@ No RPC answers UNKNOWN: anything not recognised below is a bug, answered INTERNA
 logged; request metadata, and so any token, is never logged).
 
 A message may carry context added with ``BaseException.add_note`` (e.g. Ingest adds how many samples
-of the stream were stored before the failure): the notes are appended to the status message. That Ingest
-count also travels as trailing metadata ``shortlist-stored`` (``note_stored``), for clients that must not
-parse English.
+of the stream were stored before the failure): the notes are appended to the status message. Those Ingest
+counts also travel as trailing metadata (``note_stored``: ``shortlist-stored``, ``shortlist-handled``,
+``shortlist-rejected-count``, ``shortlist-rejected``), for clients that must not parse English.
 """
 
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import sqlite3
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -36,6 +37,16 @@ RETRY_AFTER_KEY = "retry-after-ms"
 # Trailing metadata key on an Ingest stream that ended with an error: how many samples of that stream were
 # stored before it (an integer string; resend the rest, stored ones count as duplicates).
 STORED_KEY = "shortlist-stored"
+# Beside it: how many samples from the stream's start the agent handled (stored, already stored, or rejected):
+# a pipeline resumes with the sample after them (an integer string).
+HANDLED_KEY = "shortlist-handled"
+# And the rejections among them: how many (an integer string), and the first ones as JSON, a list of
+# {"id": ..., "reason": ...} (ASCII, at most TRAILER_REJECTIONS entries and TRAILER_REJECTED_CHARS characters;
+# ids cut to 128 characters, reasons to 200): they travel in the trailers, which clients cap at 8 KiB.
+REJECTED_COUNT_KEY = "shortlist-rejected-count"
+REJECTED_KEY = "shortlist-rejected"
+TRAILER_REJECTIONS = 10
+TRAILER_REJECTED_CHARS = 2048
 # The attribute ``note_stored`` sets on an exception (read by ``map_exception``).
 _STORED_ATTR = "shortlist_stored"
 # Longest status message sent: it travels in the trailers, which clients cap (8 KiB by default), and a
@@ -128,7 +139,41 @@ class Mapped:
     code: grpc.StatusCode
     message: str
     retry_after_s: float | None = None
-    stored: int | None = None  # an Ingest stream's samples stored before the failure (``STORED_KEY``)
+    stream: StreamCount | None = None  # what an Ingest stream had done before the failure (``note_stored``)
+
+
+class StreamTally(Protocol):
+    """What an Ingest stream did before a failure (agent.ingest.IngestResult): samples newly stored, already
+    stored (duplicates), and rejected (id, reason), in the order sent."""
+
+    accepted: int
+    duplicates: int
+    rejected: list[tuple[str, str]]
+
+
+@dataclass(frozen=True)
+class StreamCount:
+    """An Ingest stream's counts as its trailing metadata sends them (``STORED_KEY``, ``HANDLED_KEY``,
+    ``REJECTED_COUNT_KEY``, ``REJECTED_KEY``)."""
+
+    stored: int
+    handled: int
+    rejected: int
+    rejected_json: str
+
+    def trailers(self) -> list[tuple[str, str]]:
+        return [(STORED_KEY, str(self.stored)), (HANDLED_KEY, str(self.handled)),
+                (REJECTED_COUNT_KEY, str(self.rejected)), (REJECTED_KEY, self.rejected_json)]
+
+
+def rejections_json(rejected: list[tuple[str, str]]) -> str:
+    """The first of ``rejected`` as the ASCII JSON of ``REJECTED_KEY``, within its bounds."""
+    shown = [{"id": i[:128], "reason": r[:200]} for i, r in rejected[:TRAILER_REJECTIONS]]
+    while True:
+        text = json.dumps(shown, ensure_ascii=True, separators=(",", ":")).replace("\x7f", "\\u007f")
+        if len(text) <= TRAILER_REJECTED_CHARS or not shown:
+            return text
+        shown.pop()
 
 
 _DISK_FULL = ("the agent's data folder is full (no space left on its disk or quota): free space there and "
@@ -139,18 +184,24 @@ _READ_ONLY = ("the agent's data folder is not writable (read-only file system or
               "writable for the user running `shortlist serve` and retry; reads keep working")
 
 
-def note_stored(e: BaseException, stored: int) -> BaseException:
-    """``e`` (returned) with how many samples of an Ingest stream were stored before it: a note appended to
-    the status message, and trailing metadata ``shortlist-stored`` (the one place both are made)."""
-    e.add_note(f"{stored} samples of this stream were stored before the failure; resend the rest "
+def note_stored(e: BaseException, tally: StreamTally) -> BaseException:
+    """``e`` (returned) with what an Ingest stream did before it (``tally``): a note appended to the status
+    message, and trailing metadata ``shortlist-stored`` (samples newly stored), ``shortlist-handled`` (samples
+    from the stream's start handled: stored, duplicates and rejected; the resume point),
+    ``shortlist-rejected-count`` and ``shortlist-rejected`` (the one place both are made)."""
+    rejected = len(tally.rejected)
+    handled = tally.accepted + tally.duplicates + rejected
+    e.add_note(f"{tally.accepted} samples of this stream were stored before the failure; the first {handled} "
+               f"samples it sent were handled ({tally.accepted} stored, {tally.duplicates} already stored, "
+               f"{rejected} rejected: trailing metadata {REJECTED_KEY}): resend from sample {handled + 1} on "
                "(resent samples are counted as duplicates)")
-    setattr(e, _STORED_ATTR, stored)
+    setattr(e, _STORED_ATTR, StreamCount(tally.accepted, handled, rejected, rejections_json(tally.rejected)))
     return e
 
 
-def _stored(e: BaseException) -> int | None:
+def _stream(e: BaseException) -> StreamCount | None:
     n = getattr(e, _STORED_ATTR, None)
-    return n if isinstance(n, int) else None
+    return n if isinstance(n, StreamCount) else None
 
 
 def _with_notes(message: str, e: BaseException) -> str:
@@ -189,8 +240,8 @@ def storage_problem(e: BaseException) -> Mapped | None:
 def map_exception(e: BaseException) -> Mapped:
     """The status a client gets for ``e``. INTERNAL only for what is not recognised (a bug)."""
     m = _map(e)
-    stored = _stored(e)
-    return m if stored is None else Mapped(m.code, m.message, m.retry_after_s, stored)
+    stream = _stream(e)
+    return m if stream is None else Mapped(m.code, m.message, m.retry_after_s, stream)
 
 
 def _map(e: BaseException) -> Mapped:
@@ -227,8 +278,8 @@ def abort(context: grpc.ServicerContext, e: BaseException, method: str = "") -> 
     trailing: list[tuple[str, str]] = []
     if m.retry_after_s is not None:
         trailing.append((RETRY_AFTER_KEY, str(round(m.retry_after_s * 1000))))
-    if m.stored is not None:
-        trailing.append((STORED_KEY, str(m.stored)))
+    if m.stream is not None:
+        trailing.extend(m.stream.trailers())
     if trailing:
         context.set_trailing_metadata(tuple(trailing))
     context.abort(m.code, shorten(m.message))

@@ -17,7 +17,7 @@ batch k+1, committer: batch k; onnxruntime, Pillow, SQLite and fsync release the
 overlap), with at most ``Limits.max_ingest_streams`` streams at once. Per-sample problems are
 Rejections; a whole-request problem (too many samples in one message, a full disk, a broken stream)
 is raised as an agent.errors exception, with a note on how many samples of the stream were stored
-(``agent.errors.note_stored``: also the trailing metadata ``shortlist-stored``).
+(``agent.errors.note_stored``: also the trailing metadata ``shortlist-stored``, ``shortlist-handled``, ...).
 """
 
 from __future__ import annotations
@@ -460,7 +460,7 @@ class IngestPipeline:
             self._open_changed.wait_for(lambda: self._open == 0, timeout)
             return self.ended_by_shutdown
 
-    def _ended_by_shutdown(self, stored: int) -> BaseException:
+    def _ended_by_shutdown(self, stored: IngestResult) -> BaseException:
         with self._open_changed:
             self.ended_by_shutdown += 1
         return note_stored(_closing(), stored)
@@ -548,26 +548,26 @@ class IngestPipeline:
                     item = embedded.get(timeout=0.2)
                 except queue.Empty:  # the client is between messages: a shutdown need not wait for it
                     if self.closing.is_set():
-                        raise self._ended_by_shutdown(total.accepted) from None
+                        raise self._ended_by_shutdown(total) from None
                     if idle():
                         log.info("ended an Ingest stream idle for %g s (%d samples of it stored)",
                                  self.limits.ingest_idle_timeout_s, total.accepted)
-                        raise note_stored(_idle(self.limits), total.accepted) from None
+                        raise note_stored(_idle(self.limits), total) from None
                     continue
                 if item is None:
                     return total
                 if isinstance(item, BaseException):
                     if not active():
-                        raise note_stored(Cancelled("ingest stream broken by the client"), total.accepted) from item
-                    raise note_stored(item, total.accepted)
+                        raise note_stored(Cancelled("ingest stream broken by the client"), total) from item
+                    raise note_stored(item, total)
                 try:
                     assert isinstance(item, Embedded)
                     total.add(self.store(item))
                 except Exception as e:  # e.g. disk full: earlier batches stay stored, this one is not
-                    raise note_stored(e, total.accepted) from None
+                    raise note_stored(e, total) from None
                 batches_stored[0] += 1
                 if self.closing.is_set():
-                    raise self._ended_by_shutdown(total.accepted)
+                    raise self._ended_by_shutdown(total)
         finally:
             done.set()
 

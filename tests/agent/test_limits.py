@@ -4,6 +4,7 @@ are refused before anything is decoded or allocated."""
 
 from __future__ import annotations
 
+import json
 import struct
 import threading
 import time
@@ -18,7 +19,16 @@ import pytest
 
 from agent import client
 from agent.config import Limits
-from agent.errors import RETRY_AFTER_KEY, STORED_KEY
+from agent.errors import (
+    HANDLED_KEY,
+    REJECTED_COUNT_KEY,
+    REJECTED_KEY,
+    RETRY_AFTER_KEY,
+    STORED_KEY,
+    TRAILER_REJECTED_CHARS,
+    TRAILER_REJECTIONS,
+    rejections_json,
+)
 from shortlist.images import TooManyPixels, image_header
 from shortlist.v1 import agent_pb2
 from tests.agent.conftest import Running, make_images, make_samples, png, start
@@ -170,6 +180,44 @@ def test_an_ingest_stream_ended_by_an_error_sends_its_stored_count_as_trailing_m
         assert STORED_KEY not in dict(err.trailing_metadata() or ())  # an Ingest stream's key only
     finally:
         r.stop()
+
+
+def test_a_broken_ingest_stream_says_how_many_samples_were_handled_and_which_were_rejected(
+        tmp_path: Path, registry: Path) -> None:
+    """``shortlist-stored`` counts newly stored samples only; a pipeline resumes from ``shortlist-handled``
+    (stored, already stored or rejected, from the stream's start) and learns the rejections of the broken
+    stream from ``shortlist-rejected-count`` / ``shortlist-rejected`` (JSON): a first message of 2 resent, 5
+    damaged and 5 new samples, then a message refused as a whole."""
+    r = start(tmp_path / "data", registry, limits=Limits(max_samples_per_request=12))
+    try:
+        old = make_samples(2, prefix="old")
+        r.stub.Ingest(iter([agent_pb2.IngestRequest(samples=old)]), timeout=30)
+        damaged = [client.image_sample(f"bad{i}", b"\xff\xd8 not a jpeg") for i in range(5)]
+
+        def stream() -> Iterator[agent_pb2.IngestRequest]:
+            yield agent_pb2.IngestRequest(samples=[*old, *damaged, *make_samples(5, prefix="new")])
+            yield agent_pb2.IngestRequest(samples=make_samples(13, prefix="late"))
+
+        err = rpc_error(lambda: r.stub.Ingest(stream(), timeout=30))
+        sent = dict(err.trailing_metadata())
+        assert err.code() == CODE.RESOURCE_EXHAUSTED and counts(r)[0] == 7
+        assert sent[STORED_KEY] == "5" and sent[HANDLED_KEY] == "12" and sent[REJECTED_COUNT_KEY] == "5"
+        rejected = json.loads(sent[REJECTED_KEY])
+        assert [x["id"] for x in rejected] == [f"bad{i}" for i in range(5)] and all(x["reason"] for x in rejected)
+        assert "the first 12 samples it sent were handled (5 stored, 2 already stored, 5 rejected" in err.details()
+        assert "resend from sample 13 on" in err.details()
+    finally:
+        r.stop()
+
+
+def test_the_rejections_in_the_trailers_stay_small() -> None:
+    """At most TRAILER_REJECTIONS entries within TRAILER_REJECTED_CHARS, ASCII (trailers are capped at 8 KiB)."""
+    many = [(f"id{i}\x7f\n" + "é" * 300, "r" * 500) for i in range(50)]
+    text = rejections_json(many)
+    assert len(text) <= TRAILER_REJECTED_CHARS and text.isascii() and "\x7f" not in text and "\n" not in text
+    shown = json.loads(text)
+    assert 0 < len(shown) <= TRAILER_REJECTIONS and shown[0]["id"].startswith("id0\x7f\n")
+    assert rejections_json([]) == "[]"
 
 
 def test_concurrent_ingest_streams_beyond_the_limit_are_refused_at_once(tight: Running) -> None:
