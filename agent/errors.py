@@ -35,7 +35,8 @@ log = logging.getLogger(__name__)
 # Trailing metadata key with the suggested wait (milliseconds) on RESOURCE_EXHAUSTED / UNAVAILABLE.
 RETRY_AFTER_KEY = "retry-after-ms"
 # Trailing metadata key on an Ingest stream that ended with an error: how many samples of that stream were
-# stored before it (an integer string; resend the rest, stored ones count as duplicates).
+# newly stored before it (an integer string). Not a resume point: duplicates and rejections are not in it
+# (HANDLED_KEY is).
 STORED_KEY = "shortlist-stored"
 # Beside it: how many samples from the stream's start the agent handled (stored, already stored, or rejected):
 # a pipeline resumes with the sample after them (an integer string).
@@ -193,7 +194,8 @@ def note_stored(e: BaseException, tally: StreamTally) -> BaseException:
     handled = tally.accepted + tally.duplicates + rejected
     e.add_note(f"{tally.accepted} samples of this stream were stored before the failure; the first {handled} "
                f"samples it sent were handled ({tally.accepted} stored, {tally.duplicates} already stored, "
-               f"{rejected} rejected: trailing metadata {REJECTED_KEY}): resend from sample {handled + 1} on "
+               f"{rejected} rejected{f', the first in the trailing metadata {REJECTED_KEY}' if rejected else ''}): "
+               f"resend from sample {handled + 1} on "
                "(resent samples are counted as duplicates)")
     setattr(e, _STORED_ATTR, StreamCount(tally.accepted, handled, rejected, rejections_json(tally.rejected)))
     return e

@@ -476,7 +476,8 @@ def test_a_shutdown_answers_a_client_that_is_sending_with_what_it_stored(tmp_pat
         assert "the agent is shutting down and stopped reading this stream" in details, (k, details)
         assert f"; {n} samples of this stream were stored before the failure" in details, (k, n, details)
         assert dict(err.trailing_metadata() or ())["shortlist-stored"] == str(n), (k, n)  # type: ignore[attr-defined]
-        assert details.count("resend the rest") == 1, details
+        assert details.count(f"resend from sample {n + 1} on") == 1, details  # the note once, with the resume point
+        assert dict(err.trailing_metadata() or ())["shortlist-handled"] == str(n), (k, n)  # type: ignore[attr-defined]
 
 
 def test_annotator_names_with_control_characters_are_refused(running: Running) -> None:
