@@ -41,7 +41,7 @@ from agent.cli_options import (
 )
 from agent.client import calibration_dict, calibration_line, ranked
 from agent.config import AUDIT_MIN_LABELS, AgentConfig, WorkConfig
-from agent.limits import MIB, Limits, class_name_problem
+from agent.limits import MIB, Limits, annotator_name, class_name_problem
 from agent.progress import audit_dict
 from agent.web.config import LabelStudioConfig
 from shortlist.console import INTERRUPTED_EXIT, make_console
@@ -1103,7 +1103,7 @@ def _rejection(r: agent_pb2.Rejection, only_unlabelled: str = "") -> dict[str, A
     if r.HasField("now"):
         out["now"] = {"label": r.now.label, "annotator": r.now.annotator}
         if only_unlabelled and r.now.label:
-            who = f" by {r.now.annotator}" if r.now.annotator else ""
+            who = f" by {annotator_name(r.now.annotator)}" if r.now.annotator else ""
             out["reason"] = f"already labelled {r.now.label!r}{who}: kept ({only_unlabelled})"
     return out
 
@@ -1135,12 +1135,12 @@ LABEL_WORDING = ReplyWording(
     "accepted", "labels", "labels already stored count as accepted again, unchanged",
     lambda r: f"  line {r['line']}: {r['id']}: {r['reason']}",
     "overwrote {n} label(s) given by other annotators (last write wins; --only-unlabelled or --if-current keep them)",
-    lambda o, new: f"  line {o['line']}: {o['id']}: {o['label']!r} by {o['annotator'] or '?'} "
+    lambda o, new: f"  line {o['line']}: {o['id']}: {o['label']!r} by {annotator_name(o['annotator']) or '?'} "
                    f"-> {new.get(o['id'], '?')!r}")
 RETRACT_WORDING = ReplyWording(
     "unlabelled", "ids", "ids already taken back are rejected as 'not labelled: nothing to retract'",
     lambda r: f"  {r['id']}: {r['reason']}", "took back {n} label(s) given by other annotators",
-    lambda o, _: f"  {o['id']}: {o['label']!r} by {o['annotator'] or '?'}")
+    lambda o, _: f"  {o['id']}: {o['label']!r} by {annotator_name(o['annotator']) or '?'}")
 
 
 def _print_reply(wording: ReplyWording, accepted: int, rejected: list[dict[str, Any]],

@@ -48,7 +48,17 @@ from agent.ingest import (
     new_class_problem,
     unknown_label_reason,
 )
-from agent.limits import MIB, check_count, check_text, limit_hint, metadata_problem, name_problem, text_problem
+from agent.limits import (
+    MIB,
+    UNNAMED_ANNOTATOR,
+    annotator_name,
+    check_count,
+    check_text,
+    limit_hint,
+    metadata_problem,
+    name_problem,
+    text_problem,
+)
 from agent.models import ModelManager, Serving
 from agent.params import StrategyEntry
 from agent.pool import Pool, state_rng
@@ -652,23 +662,40 @@ class Agent:
         """Who gave ``rec``'s latest label row ("" when none), unless it was ``annotator`` (then None)."""
         last = self.state.last_label_by(rec.seq)
         by = last[0] if last is not None else ""
-        return None if by == (annotator or "unknown") else by
+        return None if by == (annotator or UNNAMED_ANNOTATOR) else by
+
+    def _own_retraction(self, rec: SampleRecord, annotator: str) -> str:
+        """For an unlabelled ``rec`` that RetractLabels is asked to unlabel: a note when its label was last
+        taken back by this request's ``annotator`` (a resend of a retraction that was applied), else ""."""
+        history = self.state.label_history(rec.seq)
+        if history and not history[-1][0] and history[-1][1] == (annotator or UNNAMED_ANNOTATOR):
+            return (f" (already taken back by this request's annotator, {annotator_name(history[-1][1])}: a resend "
+                    "of a request that was applied changes nothing)")
+        return ""
 
     def _note_replaced(self, rec: SampleRecord, label: str, annotator: str, replaced: list[Replaced]) -> None:
         """Add ``rec``'s current ``label`` to ``replaced`` if another annotator than ``annotator`` gave it."""
         if (by := self._given_by_another(rec, annotator)) is not None:
             replaced.append(Replaced(rec.id, label, by))
 
-    def _changed_meanwhile(self, rec: SampleRecord, current: int, expected: str | None) -> Rejected | None:
+    def _changed_meanwhile(self, rec: SampleRecord, current: int, expected: str | None,
+                           annotator: str = "") -> Rejected | None:
         """The rejection of a conditional write on ``rec`` whose current label (class index, -1 = none) is not
-        the ``expected`` one (None: no condition): the reason, and ``now`` = (that label, who gave it)."""
+        the ``expected`` one (None: no condition): the reason, and ``now`` = (that label, who gave it). When the
+        request's own ``annotator`` gave it (e.g. a resend of a request that was applied, its reply lost), the
+        reason says so instead of blaming a change "meanwhile"."""
         now = self.state.class_name(current) if current >= 0 else ""
         if expected is None or now == expected:
             return None
         history = self.state.label_history(rec.seq)
         by = history[-1][1] if history else ""
-        who = f" by {by}" if by else ""
         was = f"expected {expected!r}" if expected else "expected unlabelled"
+        if history and by == (annotator or UNNAMED_ANNOTATOR):
+            now_is = f"labelled {now!r}" if now else "unlabelled (its label taken back)"
+            return Rejected(rec.id, f"{now_is} by this request's annotator ({annotator_name(by)}) already ({was}): "
+                                    "not changed; if this resends a request that was applied, nothing is left to "
+                                    "do, else look again", (now, by))
+        who = f" by {annotator_name(by)}" if by else ""
         now_is = f"labelled {now!r}{who}" if now else f"unlabelled (its label taken back{who})" if history \
             else "unlabelled"
         return Rejected(rec.id, f"{now_is} meanwhile ({was}): not changed; look again and resend", (now, by))
@@ -716,13 +743,14 @@ class Agent:
                 current = self.state.label_index(rec.seq)
                 same = current >= 0 and label == self.state.class_name(current)
                 expected = (if_current or {}).get(sid)
-                if not same and (conflict := self._changed_meanwhile(rec, current, expected)):
+                if not same and (conflict := self._changed_meanwhile(rec, current, expected, annotator)):
                     rejected.append(conflict)
                     continue
                 if (same and expected is not None and expected != label and agreed is not None
                         and (by := self._given_by_another(rec, annotator)) is not None):  # not the caller's resend
                     agreed.append((sid, (label, by)))
-                if same and self.state.last_label_by(rec.seq) == (annotator or "unknown", source or MANUAL_SOURCE):
+                if same and self.state.last_label_by(rec.seq) == (annotator or UNNAMED_ANNOTATOR,
+                                                                  source or MANUAL_SOURCE):
                     unchanged += 1  # a resend (a retry after a lost reply): already stored, no second row
                     self._note_twin_conflicts(rec, label, given, twin_conflicts)
                     continue
@@ -735,7 +763,7 @@ class Agent:
                 if replaced is not None and current >= 0 and not same:  # a label over another one
                     self._note_replaced(rec, self.state.class_name(current), annotator, replaced)
             if good:
-                self.state.add_labels(good, annotator or "unknown", source or MANUAL_SOURCE,
+                self.state.add_labels(good, annotator or UNNAMED_ANNOTATOR, source or MANUAL_SOURCE,
                                       "" if serving is None else serving.version)
         return len(good) + unchanged, rejected
 
@@ -778,17 +806,19 @@ class Agent:
                     continue
                 if rec.seq in seen:
                     rejected.append(Rejected(sid, "listed twice in this request"))
-                elif conflict := self._changed_meanwhile(rec, int(labels[rec.seq]), (if_current or {}).get(sid)):
+                elif conflict := self._changed_meanwhile(rec, int(labels[rec.seq]), (if_current or {}).get(sid),
+                                                         annotator):
                     rejected.append(conflict)
                 elif labels[rec.seq] < 0:
-                    rejected.append(Rejected(sid, "not labelled: nothing to retract"))
+                    rejected.append(Rejected(sid, "not labelled: nothing to retract" + self._own_retraction(rec,
+                                                                                                            annotator)))
                 else:
                     good.append(rec.seq)
                     seen.add(rec.seq)
                     if replaced is not None:
                         self._note_replaced(rec, self.state.class_name(int(labels[rec.seq])), annotator, replaced)
             if good:
-                self.state.retract_labels(good, annotator or "unknown", source or MANUAL_SOURCE,
+                self.state.retract_labels(good, annotator or UNNAMED_ANNOTATOR, source or MANUAL_SOURCE,
                                           "" if serving is None else serving.version)
         return len(good), rejected
 
@@ -809,13 +839,13 @@ class Agent:
         with self.manager.writing() as serving:
             if self.state.renamed.get(old) == new:  # a resend (a retry after a lost reply): done already, but
                 # for labels of ``old`` stored after the rename (before Ingest checked under this lock): move them
-                moved = self.state.move_retired_labels(old, annotator or "unknown",
+                moved = self.state.move_retired_labels(old, annotator or UNNAMED_ANNOTATOR,
                                                        "" if serving is None else serving.version)
                 if moved:
                     self.select_cache.clear()
                     self.prior_cache.clear()
                     log.warning("class %r: %d labels stored after its rename to %r moved to it by %s", old, moved,
-                                new, annotator or "unknown")
+                                new, annotator or UNNAMED_ANNOTATOR)
                 return moved, False, self.pool_classes(self.state.labels_by_seq())[0]
             if (problem := self.state.renamed_problem(old)) is not None:
                 raise FailedPrecondition(f"{problem.split(';')[0]} already: rename {self.state.renamed[old]!r} "
@@ -833,14 +863,14 @@ class Agent:
                 raise InvalidArgument(
                     f"to_class: {new!r} was renamed to {became!r}, and a label {new!r} is refused naming {became!r}; "
                     f"pick another name (only {became!r} can take {new!r} back)")
-            moved, merged = self.state.rename_class(old, new, annotator or "unknown",
+            moved, merged = self.state.rename_class(old, new, annotator or UNNAMED_ANNOTATOR,
                                                     "" if serving is None else serving.version)
             # cached answers are keyed on the labels' indices, which a rename of a class without labels (or a
             # merge in a closed list) leaves as they were while the class list changes under them
             self.select_cache.clear()
             self.prior_cache.clear()
         log.info("class %r %s %r by %s: %d labels moved", old, "merged into" if merged else "renamed to", new,
-                 annotator or "unknown", moved)
+                 annotator or UNNAMED_ANNOTATOR, moved)
         return moved, merged, self.pool_classes(self.state.labels_by_seq())[0]
 
     def _where_mask(self, seqs: np.ndarray, where: Mapping[str, str]) -> np.ndarray:

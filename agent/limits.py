@@ -178,3 +178,13 @@ def metadata_problem(metadata: Mapping[str, str], limits: Limits, what: str = "m
         if problem is not None:
             return problem
     return None
+
+
+# What an empty annotator name (SubmitLabels, RetractLabels, RenameClass) is stored as: indistinguishable from a
+# person of that name in the label history, so messages about a label call it "an unnamed annotator".
+UNNAMED_ANNOTATOR = "unknown"
+
+
+def annotator_name(by: str) -> str:
+    """A stored annotator name as messages say it: "an unnamed annotator" for ``UNNAMED_ANNOTATOR``."""
+    return "an unnamed annotator" if by == UNNAMED_ANNOTATOR else by
