@@ -413,6 +413,20 @@ class _ServerParts:
 _PARTS: weakref.WeakKeyDictionary[grpc.Server, _ServerParts] = weakref.WeakKeyDictionary()
 
 
+# Client keepalive pings the agent accepts: one every KEEPALIVE_MIN_PING_MS or slower, also on a connection
+# without calls (gRPC's server default is one per 5 minutes and none without calls: a client pinging every 10 s,
+# common behind NAT, was sent GOAWAY "too_many_pings" every ~20 s). docs/agent.md, "Keepalive".
+KEEPALIVE_MIN_PING_MS = 5000
+
+
+def keepalive_options() -> list[tuple[str, Any]]:
+    """The server's keepalive enforcement (gRPC core channel args): pings at KEEPALIVE_MIN_PING_MS or slower
+    are accepted with or without calls; faster ones are strikes (2 allowed, then GOAWAY)."""
+    return [("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_ping_interval_without_data_ms", KEEPALIVE_MIN_PING_MS),
+            ("grpc.http2.max_ping_strikes", 2)]
+
+
 def connection_options(limits: Limits) -> list[tuple[str, Any]]:
     """gRPC server options from ``limits``: message sizes, and the bounds on connections that keep idle,
     half-open or never-speaking ones from using up the process's file descriptors (a raw TCP connection that
@@ -426,7 +440,8 @@ def connection_options(limits: Limits) -> list[tuple[str, Any]]:
         ("grpc.max_connection_idle_ms", round(limits.connection_idle_timeout_s * 1000)),
         # a connection with calls in flight whose peer vanished (half-open) answers no ping: closed then
         ("grpc.keepalive_time_ms", KEEPALIVE_S * 1000),
-        ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_S * 1000)]
+        ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_S * 1000),
+        *keepalive_options()]
 
 
 # Server keepalive pings (seconds between, and the wait for the answer) on connections with calls in flight.
