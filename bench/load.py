@@ -373,7 +373,7 @@ def _ingest_chunk(stub: agent_pb2_grpc.AgentStub, chunk: list[agent_pb2.Sample])
     reply = client.ingest(stub, chunk, batch=256)
     if reply.rejected:
         r = reply.rejected[0]
-        raise LoadError(f"the agent rejected {len(reply.rejected)} pool samples, e.g. {r.id}: {r.reason}")
+        raise LoadError(f"the agent rejected {client.rejected_count(reply)} pool samples, e.g. {r.id}: {r.reason}")
     return int(reply.accepted + reply.duplicates)
 
 
@@ -390,7 +390,7 @@ def seed_labels(cfg: LoadConfig, stub: agent_pb2_grpc.AgentStub, ids: list[str],
         labels[sid] = lab
     if reply.rejected:
         r = reply.rejected[0]
-        raise LoadError(f"the agent rejected {len(reply.rejected)} seed labels, e.g. {r.id}: {r.reason}")
+        raise LoadError(f"the agent rejected {client.rejected_count(reply)} seed labels, e.g. {r.id}: {r.reason}")
 
 
 def true_label(sid: str, classes: Sequence[str], cfg: LoadConfig) -> str:

@@ -27,7 +27,7 @@ def ingest_items(stub: agent_pb2_grpc.AgentStub, items: Sequence[ImageItem], bat
     reply = client.ingest(stub, samples, batch=batch, on_batch=on_batch, timeout=3600)
     if reply.rejected:
         first = reply.rejected[0]
-        raise RuntimeError(f"agent rejected {len(reply.rejected)} samples, e.g. {first.id}: {first.reason}")
+        raise RuntimeError(f"agent rejected {client.rejected_count(reply)} samples, e.g. {first.id}: {first.reason}")
     return int(reply.accepted + reply.duplicates)
 
 
