@@ -20,6 +20,7 @@ runs) and a logged warning. Nothing is ever downloaded.
 
 from __future__ import annotations
 
+import codecs
 import logging
 import lzma
 import os
@@ -30,9 +31,15 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageFile
+
+try:  # numpy 2; numpy 1's numpy.core (numpy 2 keeps it as a deprecated alias)
+    from numpy._core import multiarray as _multiarray
+except ImportError:  # pragma: no cover
+    from numpy.core import multiarray as _multiarray  # type: ignore[no-redef]
 
 from shortlist.images import decode_payload, resize_array
 from shortlist.manifest import Preprocess
@@ -368,21 +375,56 @@ def source_paths(r: Resolved) -> list[str]:
     return [item.id for item in source_named(r.kind).iterate(r, "")]
 
 
+# What torchvision's CIFAR python pickles reference: dicts, lists, bytes and ints need no global; a batch's
+# ``data`` is a numpy array, rebuilt by numpy's _reconstruct (``numpy.core.multiarray``: the originals, written
+# by Python 2's cPickle with numpy 1.x; ``numpy._core.multiarray``: numpy 2), ndarray and dtype (scalar: a numpy
+# number, for labels saved as such); ``_codecs.encode``: how Python 3 writes bytes at pickle protocols 0-2.
+# Nothing else is looked up, so a pickle that names any other callable (os.system, builtins.eval, ...) is
+# refused before it runs.
+_CIFAR_GLOBALS: dict[tuple[str, str], object] = {
+    **{(m, "_reconstruct"): _multiarray._reconstruct for m in ("numpy.core.multiarray", "numpy._core.multiarray")},
+    **{(m, "scalar"): _multiarray.scalar for m in ("numpy.core.multiarray", "numpy._core.multiarray")},
+    ("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype, ("_codecs", "encode"): codecs.encode}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """pickle.Unpickler that only builds plain containers and numpy arrays (Python docs, "Restricting
+    Globals"): a CIFAR folder is data from elsewhere, and an unrestricted pickle.load runs what it names."""
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) not in _CIFAR_GLOBALS:
+            raise pickle.UnpicklingError(f"it names {module}.{name}, which a CIFAR file never holds")
+        return _CIFAR_GLOBALS[module, name]
+
+
+def _load_cifar_pickle(path: Path) -> dict[bytes, Any]:
+    """The dict a CIFAR python file holds, read with _CifarUnpickler; ValueError naming the file for one that
+    names anything but numpy's array rebuilding or is not a pickled dict."""
+    try:
+        with open(path, "rb") as f:
+            obj = _CifarUnpickler(f, encoding="bytes").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
+            KeyError) as e:
+        raise ValueError(f"{path} is not a CIFAR python file Shortlist reads (refused, nothing in it was run: "
+                         f"{type(e).__name__}: {e})") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path} is not a CIFAR python file Shortlist reads: it holds a {type(obj).__name__}, "
+                         "not a dict")
+    return obj
+
+
 def _iter_cifar(root: Path, split: str, prefix: str) -> Iterator[ImageItem]:
     if (root / "batches.meta").is_file():  # CIFAR-10
-        with open(root / "batches.meta", "rb") as f:
-            raw_names = pickle.load(f, encoding="bytes")[b"label_names"]
+        raw_names = _load_cifar_pickle(root / "batches.meta")[b"label_names"]
         classes = [c.decode() if isinstance(c, bytes) else c for c in raw_names]
         files = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
         label_key = b"labels"
     else:  # CIFAR-100
-        with open(root / "meta", "rb") as f:
-            classes = [c.decode() for c in pickle.load(f, encoding="bytes")[b"fine_label_names"]]
+        classes = [c.decode() for c in _load_cifar_pickle(root / "meta")[b"fine_label_names"]]
         files = ["train"] if split == "train" else ["test"]
         label_key = b"fine_labels"
     for name in files:
-        with open(root / name, "rb") as f:
-            batch = pickle.load(f, encoding="bytes")
+        batch = _load_cifar_pickle(root / name)
         data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
         for i, (img, y) in enumerate(zip(data, batch[label_key], strict=True)):
             yield ImageItem(id=f"{prefix}{name}/{i:05d}", label=classes[int(y)], uri=f"{root / name}#{i}",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import struct
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -156,6 +157,81 @@ def test_torchvision_cifar10_folder(tmp_path: Path) -> None:
     assert train.ids[:2] == ["data_batch_1/00000", "data_batch_1/00001"]
     np.testing.assert_array_equal(train.images[1], data[1].reshape(3, 32, 32).transpose(1, 2, 0))
     assert load_array(root, "test").labels.tolist() == [0, 1, 1, 0]
+
+
+class _Py2Pickler(pickle._Pickler):  # type: ignore[name-defined,misc]
+    """Writes pickles as CIFAR's originals are (Python 2's cPickle, protocol 2, numpy 1.x): str and bytes as
+    Python 2 strings (SHORT_BINSTRING / BINSTRING), numpy's _reconstruct under numpy.core.multiarray."""
+
+    dispatch = dict(pickle._Pickler.dispatch)  # type: ignore[attr-defined]
+
+    def _save_py2_str(self, obj: str | bytes) -> None:
+        raw = obj.encode("latin-1") if isinstance(obj, str) else obj
+        n = len(raw)
+        self.write((pickle.SHORT_BINSTRING + bytes([n]) if n < 256 else
+                    pickle.BINSTRING + struct.pack("<i", n)) + raw)
+
+    dispatch[bytes] = _save_py2_str
+    dispatch[str] = _save_py2_str
+
+
+def _py2_pickle(obj: object) -> bytes:
+    buf = io.BytesIO()
+    _Py2Pickler(buf, protocol=2).dump(obj)
+    return buf.getvalue().replace(b"cnumpy._core.multiarray\n", b"cnumpy.core.multiarray\n")
+
+
+def test_cifar10_folder_pickled_like_the_originals(tmp_path: Path) -> None:
+    """The layout and pickle form of cifar-10-python.tar.gz's files (Python 2, protocol 2, numpy 1.x's module
+    names; with their other keys), and a Python 3 protocol-2 pickle (bytes through _codecs.encode), read with
+    the restricted unpickler."""
+    root = tmp_path / "cifar-10-batches-py"
+    root.mkdir()
+    (root / "batches.meta").write_bytes(_py2_pickle({"num_cases_per_batch": 2, "label_names": ["cat", "dog"],
+                                                     "num_vis": 3072}))
+    data = np.random.default_rng(0).integers(0, 256, size=(2, 3 * 32 * 32), dtype=np.uint8)
+    for name in [f"data_batch_{i}" for i in range(1, 6)]:
+        (root / name).write_bytes(_py2_pickle({"batch_label": f"training batch {name[-1]} of 5", "labels": [1, 0],
+                                               "data": data, "filenames": ["a.png", "b.png"]}))
+    (root / "test_batch").write_bytes(pickle.dumps({b"data": data, b"labels": [0, 1]}, protocol=2))
+    train = load_array(tmp_path)
+    assert train.images.shape == (10, 32, 32, 3) and train.classes == ["cat", "dog"]
+    np.testing.assert_array_equal(train.images[0], data[0].reshape(3, 32, 32).transpose(1, 2, 0))
+    assert train.labels.tolist()[:2] == [1, 0] and load_array(root, "test").labels.tolist() == [0, 1]
+
+
+class _RunsCode:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return os.system, (f"echo ran > {self.marker}",)
+
+
+@pytest.mark.parametrize("bad_file", ["batches.meta", "test_batch", "meta"])
+def test_cifar_pickle_that_names_code_is_refused_and_runs_nothing(tmp_path: Path, bad_file: str) -> None:
+    """A CIFAR folder is data from elsewhere: a pickle naming os.system (the security review's batches.meta)
+    is refused with the file's name, and the command never runs."""
+    root = tmp_path / ("cifar-100-python" if bad_file == "meta" else "cifar-10-batches-py")
+    root.mkdir()
+    marker = tmp_path / "ran"
+    evil = pickle.dumps({b"label_names": [b"a"], b"fine_label_names": [b"a"], b"data": _RunsCode(marker)})
+    if bad_file == "meta":
+        (root / "meta").write_bytes(evil)
+        (root / "train").write_bytes(pickle.dumps({b"data": np.zeros((1, 3072), np.uint8), b"fine_labels": [0]}))
+        (root / "test").write_bytes(pickle.dumps({b"data": np.zeros((1, 3072), np.uint8), b"fine_labels": [0]}))
+    else:
+        (root / "batches.meta").write_bytes(evil if bad_file == "batches.meta" else
+                                            pickle.dumps({b"label_names": [b"a"]}))
+        (root / "test_batch").write_bytes(evil)
+    with pytest.raises(ValueError, match=rf"{bad_file} is not a CIFAR python file .*refused.*"
+                                         r"(posix|os)\.system"):
+        list(iter_images(root, "test"))
+    assert not marker.exists()
+    (root / "test_batch").write_bytes(pickle.dumps([1, 2]))
+    if bad_file == "test_batch":
+        with pytest.raises(ValueError, match="test_batch .* holds a list, not a dict"):
+            list(iter_images(root, "test"))
 
 
 def test_decode_rejects_garbage_and_resizes() -> None:
