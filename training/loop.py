@@ -8,6 +8,8 @@ import contextlib
 import json
 import math
 import os
+import pickle
+import re
 import signal
 import time
 from collections.abc import Iterator
@@ -204,7 +206,13 @@ def load_checkpoint(run_dir: Path, modules: dict[str, Any], generator: torch.Gen
     path = run_dir / CHECKPOINT
     if not path.is_file():
         raise FileNotFoundError(f"--resume: {path} does not exist (start without --resume)")
-    payload = torch.load(path, map_location="cpu", weights_only=False)
+    try:  # tensors, optimizer state and plain data: what save_checkpoint writes; nothing that could run code
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        named = re.search(r"GLOBAL ([\w.]+)", str(e))
+        raise ValueError(f"--resume: {path} holds more than tensors and plain data"
+                         f"{f' (it names {named.group(1)})' if named else ''}, so it is not a checkpoint Shortlist "
+                         "wrote, and it is not loaded (unpickling it could run code)") from None
     for k, v in modules.items():
         v.load_state_dict(payload[k])
     generator.set_state(payload["generator"])

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import pickle
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,8 +103,16 @@ def load_encoder(run_dir: Path) -> tuple[Encoder, dict[str, Any]]:
     path = Path(run_dir) / loop.ENCODER
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: is {run_dir} a finished training run folder?")
-    try:
-        meta = torch.load(path, map_location="cpu", weights_only=False)
+    try:  # weights_only: tensors and plain data only (what save_encoder writes); a pickle that names a class
+        meta = torch.load(path, map_location="cpu", weights_only=True)  # or a function could run code
+    except pickle.UnpicklingError as e:
+        named = re.search(r"GLOBAL ([\w.]+)", str(e))
+        what = (f"a pickled {named.group(1).rpartition('.')[2]} object ({named.group(1)})" if named else
+                "a pickle of something other than tensors and plain data")
+        raise ValueError(f"{path} is not a Shortlist training run's encoder: it is {what}, which is not loaded "
+                         "(encoder.pt is read as tensors and plain data only: unpickling anything else could run "
+                         f"code), and `shortlist export` publishes only what pretrain or finetune saved"
+                         f"{_BRING_YOUR_OWN}") from None
     except Exception as e:  # not a torch file, or a pickled class that cannot be imported here
         raise ValueError(f"{path} cannot be read as a Shortlist training run's encoder ({type(e).__name__}: "
                          f"{str(e).splitlines()[0][:200] if str(e) else ''}){_BRING_YOUR_OWN}") from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from shortlist.manifest import MANIFEST_NAME, ONNX_NAME, TORCHSCRIPT_NAME, Manif
 from tests.training.conftest import CLASSES, PRE, SIZE, make_images
 from training.backbones import build_backbone
 from training.methods import Encoder
-from training.pretrain import preprocess_by_name, save_encoder
+from training.pretrain import load_encoder, preprocess_by_name, save_encoder
 
 
 def _run(tmp_path: Path, name: str, num_classes: int = 0, rotation: bool = False) -> Path:
@@ -183,6 +184,34 @@ def test_a_registry_that_is_a_file_or_a_version_folder_is_refused(tmp_path: Path
 
     assert real_batch({**meta, "dataset": str(tmp_path / "gone")}, preprocess_by_name(PRE), log=said.append) is None
     assert said and "cannot be read from here" in said[0] and "random inputs only" in said[0]
+
+
+class _RunsCode:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return os.system, (f"echo ran > {self.marker}",)
+
+
+def test_an_encoder_pt_or_checkpoint_whose_pickle_names_code_is_refused_and_runs_nothing(tmp_path: Path) -> None:
+    """encoder.pt and checkpoint.pt are read with torch.load(weights_only=True): a file whose pickle calls
+    os.system (a run folder from elsewhere) is refused with a clear error, and the command never runs."""
+    from training import loop
+
+    run = tmp_path / "run"
+    run.mkdir()
+    marker = tmp_path / "ran"
+    torch.save({"arch": "resnet18", "method": "simsiam", "preprocess": {}, "num_classes": 0,
+                "rotation_head": False, "state_dict": {}, "config": _RunsCode(marker)}, run / "encoder.pt")
+    with pytest.raises(ValueError, match=r"is not a Shortlist training run's encoder: it is a pickled system "
+                                         r"object \((posix|os)\.system\), which is not loaded"):
+        load_encoder(run)
+    torch.save({"state": {}, "generator": _RunsCode(marker)}, run / loop.CHECKPOINT)
+    with pytest.raises(ValueError, match=r"--resume: .*checkpoint.pt holds more than tensors and plain data "
+                                         r"\(it names (posix|os)\.system\)"):
+        loop.load_checkpoint(run, {}, torch.Generator())
+    assert not marker.exists()
 
 
 @pytest.mark.parametrize(("saved", "said"), [
