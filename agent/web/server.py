@@ -8,6 +8,7 @@ let anyone in), or an explicit --insecure.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import ipaddress
@@ -21,6 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import grpc
 import uvicorn
@@ -51,21 +53,167 @@ def check_listen(config: WebConfig, agent_requires_tokens: bool, tls_flags: str,
                           what="serve the web app", host_flag=host_flag)
 
 
-class WebServer:
-    """uvicorn serving ``app`` from a thread; ``start`` returns once it accepts connections."""
+# Limits on the connections the app holds open, so slow or idle clients cannot use up the file descriptors
+# this process shares with the gRPC agent (the security review: 1,100 half-sent requests did, with a 1024
+# limit). uvicorn closes a keep-alive connection idle for 5 s but nothing else: a client that sends its
+# request headers one byte at a time, or half of them and then nothing, kept a connection for minutes.
+HEADER_TIMEOUT_S = 10.0  # from the connection (or the previous response) to the end of the request's headers
+TLS_HANDSHAKE_TIMEOUT_S = 10.0  # asyncio's default is 60 s
+MAX_CONNECTIONS = 256  # open at once; one more evicts the oldest still waiting for its headers, else gets 503
+ACCEPT_ERROR_LOG_EVERY_S = 10.0
 
-    def __init__(self, app: FastAPI, config: WebConfig) -> None:
+
+def guarded_protocol(header_timeout_s: float, max_connections: int) -> type[asyncio.Protocol]:
+    """uvicorn's h11 protocol with what uvicorn lacks: a connection must have sent its request line and headers
+    within ``header_timeout_s`` of being accepted or of its previous response (else it is closed), and at most
+    ``max_connections`` are open at once: one more closes the oldest connection still waiting for its headers
+    (a slow or idle client's), or, when every open connection is busy with a request, is answered 503 and
+    closed."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class GuardedH11Protocol(H11Protocol):
+        header_deadline: asyncio.TimerHandle | None = None
+        waiting_since: float | None = None  # monotonic time the headers were first awaited; None: not waiting
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            full = len(self.connections) >= max_connections
+            super().connection_made(transport)
+            if full and not self._evict_one():
+                log.debug("web app: %d connections open, refusing one more", max_connections)
+                transport.write(b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n"
+                                b"content-length: 40\r\nconnection: close\r\n\r\n"
+                                b"Too many connections: try again shortly\n")
+                transport.close()
+                return
+            self._await_headers()
+
+        def _evict_one(self) -> bool:
+            waiting = [c for c in self.connections if isinstance(c, GuardedH11Protocol) and c is not self
+                       and c.waiting_since is not None]
+            if not waiting:
+                return False
+            min(waiting, key=lambda c: c.waiting_since or 0.0).close_waiting()
+            return True
+
+        def _await_headers(self) -> None:
+            self._stop_waiting()
+            self.waiting_since = time.monotonic()
+            self.header_deadline = self.loop.call_later(header_timeout_s, self.close_waiting)
+
+        def _stop_waiting(self) -> None:
+            if self.header_deadline is not None:
+                self.header_deadline.cancel()
+            self.header_deadline = self.waiting_since = None
+
+        def close_waiting(self) -> None:
+            """Closes a connection whose request headers have not all come (the timeout, or an eviction)."""
+            self._stop_waiting()
+            if not self.transport.is_closing():
+                self.transport.abort()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self.cycle is not None and not self.cycle.response_complete:
+                self._stop_waiting()  # a request's headers are in: the app reads the body and answers
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing() and (self.cycle is None or self.cycle.response_complete):
+                self._await_headers()  # keep-alive: the next request's headers have the same time
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._stop_waiting()
+            super().connection_lost(exc)
+
+    return GuardedH11Protocol
+
+
+class _AcceptErrorsThrottle(logging.Filter):
+    """asyncio logs "socket.accept() out of system resource" with a traceback each time it retries accepting
+    while the process has no free file descriptor (the review saw 104,347 in 40 s, 45 MB of log): one line
+    per ``every_s`` seconds, saying how many were left out."""
+
+    def __init__(self, every_s: float = ACCEPT_ERROR_LOG_EVERY_S) -> None:
+        super().__init__()
+        self.every_s = every_s
+        self.last = -float("inf")
+        self.left_out = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith("socket.accept() out of system resource"):
+            return True
+        now = time.monotonic()
+        if now - self.last < self.every_s:
+            self.left_out += 1
+            return False
+        self.last = now
+        if self.left_out:
+            record.msg = f"{record.msg} ({self.left_out} more such errors in the last {self.every_s:g} s not logged)"
+            self.left_out = 0
+        record.exc_info = None  # the traceback says nothing the message does not
+        return True
+
+
+def throttle_accept_errors() -> None:
+    """Installs _AcceptErrorsThrottle on the asyncio logger once."""
+    asyncio_log = logging.getLogger("asyncio")
+    if not any(isinstance(f, _AcceptErrorsThrottle) for f in asyncio_log.filters):
+        asyncio_log.addFilter(_AcceptErrorsThrottle())
+
+
+class _Server(uvicorn.Server):
+    """uvicorn.Server whose TLS handshakes time out after ``tls_handshake_timeout_s`` (uvicorn does not pass
+    asyncio's ssl_handshake_timeout, 60 s by default, through)."""
+
+    def __init__(self, config: uvicorn.Config, tls_handshake_timeout_s: float) -> None:
+        super().__init__(config)
+        self.tls_handshake_timeout_s = tls_handshake_timeout_s
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        create_server = loop.create_server
+
+        async def with_handshake_timeout(*args: Any, **kwargs: Any) -> asyncio.Server:
+            if kwargs.get("ssl") is not None:
+                kwargs["ssl_handshake_timeout"] = self.tls_handshake_timeout_s
+            return await create_server(*args, **kwargs)
+
+        loop.create_server = with_handshake_timeout  # type: ignore[method-assign]
+        try:
+            await super().startup(sockets)
+        finally:
+            del loop.create_server  # type: ignore[method-assign]
+
+
+class WebServer:
+    """uvicorn serving ``app`` from a thread; ``start`` returns once it accepts connections. The connection
+    limits (HEADER_TIMEOUT_S, MAX_CONNECTIONS, TLS_HANDSHAKE_TIMEOUT_S; tests make them short) are in
+    guarded_protocol and _Server."""
+
+    def __init__(self, app: FastAPI, config: WebConfig, *, header_timeout_s: float = HEADER_TIMEOUT_S,
+                 max_connections: int = MAX_CONNECTIONS,
+                 tls_handshake_timeout_s: float = TLS_HANDSHAKE_TIMEOUT_S) -> None:
         self.config = config
         self.sock = bind(config.host, config.port)
         self.port: int = self.sock.getsockname()[1]
         ssl = {} if config.https_cert is None else {"ssl_certfile": str(config.https_cert),
                                                      "ssl_keyfile": str(config.https_key)}
+        throttle_accept_errors()
         # proxy_headers off: uvicorn would otherwise believe X-Forwarded-For/-Proto from loopback peers (its
         # default FORWARDED_ALLOW_IPS), and a local user, SSH tunnel or port-forward could choose the browser
-        # address the app logs and passes to the agent (agent.web.auth.client_address) and the scheme
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False,
-                                                    timeout_graceful_shutdown=5, proxy_headers=False,
-                                                    forwarded_allow_ips="", **ssl))  # type: ignore[arg-type]
+        # address the app logs and passes to the agent (agent.web.auth.client_address) and the scheme.
+        # limit_concurrency: uvicorn answers 503 once that many requests are in the app (connections never
+        # reach it: guarded_protocol caps them below); h11_max_incomplete_event_size: request line + headers
+        # at most 16 KiB (uvicorn's default, said here); timeout_keep_alive: an idle kept-alive connection
+        # closes after 5 s.
+        self.server = _Server(uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False,
+                                             timeout_graceful_shutdown=5, proxy_headers=False,
+                                             forwarded_allow_ips="", ws="none",
+                                             http=guarded_protocol(header_timeout_s, max_connections),
+                                             limit_concurrency=max_connections + 1, timeout_keep_alive=5,
+                                             h11_max_incomplete_event_size=16 * 1024, backlog=128,
+                                             **ssl),  # type: ignore[arg-type]
+                              tls_handshake_timeout_s)
         self.thread = threading.Thread(target=self._run, name="web", daemon=True)
         self.error: BaseException | None = None
 

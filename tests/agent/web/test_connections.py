@@ -1,0 +1,118 @@
+"""The web app's connection limits (agent.web.server.guarded_protocol): a client that sends its request headers
+slowly is closed after the header timeout, connections beyond the cap are closed (the oldest one still waiting
+for its headers first) while normal requests still work, and asyncio's accept errors are throttled."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import time
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+from fastapi import FastAPI, Request
+
+from agent.web.config import WebConfig
+from agent.web.server import WebServer, _AcceptErrorsThrottle
+
+
+@pytest.fixture
+def server() -> Iterator[WebServer]:
+    app = FastAPI()
+
+    @app.get("/ping")
+    def ping() -> dict[str, str]:
+        return {"ok": "yes"}
+
+    @app.post("/upload")
+    async def upload(request: Request) -> dict[str, int]:
+        return {"bytes": len(await request.body())}
+
+    web = WebServer(app, WebConfig(host="127.0.0.1", port=0), header_timeout_s=1.0, max_connections=4).start()
+    try:
+        yield web
+    finally:
+        web.stop()
+
+
+def _get(web: WebServer) -> int:
+    with urllib.request.urlopen(f"http://127.0.0.1:{web.port}/ping", timeout=5) as r:
+        return int(r.status)
+
+
+def _closed(sock: socket.socket, within_s: float) -> bool:
+    """Whether the server closed ``sock`` (EOF or reset) within ``within_s`` seconds."""
+    sock.settimeout(within_s)
+    try:
+        return sock.recv(1024) == b""
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+    except TimeoutError:
+        return False
+
+
+def test_headers_sent_one_byte_a_second_are_cut_off_after_the_header_timeout(server: WebServer) -> None:
+    request = b"GET /ping HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"a" * 20
+    with socket.create_connection(("127.0.0.1", server.port)) as s:
+        start = time.monotonic()
+        closed_at = None
+        for byte in request:
+            try:
+                s.sendall(bytes([byte]))
+            except (ConnectionResetError, BrokenPipeError):
+                closed_at = time.monotonic() - start
+                break
+            if _closed(s, 0.3):  # ~0.3 s between bytes
+                closed_at = time.monotonic() - start
+                break
+        assert closed_at is not None and closed_at < 2.5, closed_at
+    assert _get(server) == 200
+    # a keep-alive connection gets the same time for its next request's headers
+    with socket.create_connection(("127.0.0.1", server.port)) as s:
+        s.sendall(b"GET /ping HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        time.sleep(0.2)
+        assert b"200 OK" in s.recv(4096)
+        s.sendall(b"GET /ping HTTP/1.1\r\n")
+        assert _closed(s, 3.0)
+
+
+def test_connections_beyond_the_cap_close_the_oldest_waiting_one_and_requests_still_work(server: WebServer) -> None:
+    with contextlib.ExitStack() as stack:
+        idle = []
+        for _ in range(4):
+            s = stack.enter_context(socket.create_connection(("127.0.0.1", server.port)))
+            s.sendall(b"GET /ping HTTP/1.1\r\n")  # half a request
+            idle.append(s)
+            time.sleep(0.05)
+        extra = stack.enter_context(socket.create_connection(("127.0.0.1", server.port)))
+        extra.sendall(b"GET /ping HTTP/1.1\r\n")
+        assert _closed(idle[0], 0.5)  # the oldest half-sent one made room
+        assert not _closed(idle[1], 0.05)
+        assert _get(server) == 200  # evicts the next oldest
+        assert _closed(idle[1], 0.5)
+        assert len(server.server.server_state.connections) <= 4
+
+
+def test_when_every_connection_is_busy_one_more_gets_503(server: WebServer) -> None:
+    with contextlib.ExitStack() as stack:
+        for _ in range(4):  # each has sent its headers; the app waits for a body that does not come
+            s = stack.enter_context(socket.create_connection(("127.0.0.1", server.port)))
+            s.sendall(b"POST /upload HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\n")
+        time.sleep(0.3)
+        with socket.create_connection(("127.0.0.1", server.port)) as extra:
+            extra.settimeout(3)
+            assert extra.recv(4096).startswith(b"HTTP/1.1 503")
+
+
+def test_accept_errors_are_logged_once_per_interval() -> None:
+    throttle = _AcceptErrorsThrottle(every_s=60)
+    record = lambda: logging.LogRecord("asyncio", logging.ERROR, "", 0,  # noqa: E731
+                                       "socket.accept() out of system resource", (), None)
+    assert [throttle.filter(record()) for _ in range(1000)].count(True) == 1
+    other = logging.LogRecord("asyncio", logging.ERROR, "", 0, "something else", (), None)
+    assert throttle.filter(other)
+    throttle.last -= 61
+    again = record()
+    assert throttle.filter(again) and "999 more such errors" in again.getMessage()
