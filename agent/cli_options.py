@@ -110,6 +110,8 @@ def _agent_target(values: dict[str, Any]) -> AgentTarget:
     if not address.startswith("unix:") and not (port.isdigit() and 0 < int(port) < 65536 and address[0] != ":"):
         raise typer.BadParameter(f"--agent takes HOST:PORT, e.g. 127.0.0.1:50051 (got {address!r})",
                                  param_hint="'--agent' / SHORTLIST_AGENT")
+    if (problem := client.token_problem(values["token"] or "")) is not None:  # before connecting, not INTERNAL
+        raise typer.BadParameter(problem, param_hint="'--token' / SHORTLIST_TOKEN")
     config = client.ClientConfig(tls_ca=values["tls_ca"], tls_cert=values["tls_cert"], tls_key=values["tls_key"],
                                  tls_server_name=values["tls_server_name"], token=values["token"],
                                  connect_timeout=values["connect_timeout"],

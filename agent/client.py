@@ -317,6 +317,17 @@ class Interrupted(KeyboardInterrupt):
         self.unconfirmed = unconfirmed
 
 
+def token_problem(token: str) -> str | None:
+    """Why ``token`` cannot be a token (None when it can): gRPC metadata is printable ASCII, so a token with
+    another character (an accented letter, a control character) could not even be sent (gRPC refused the
+    call with INTERNAL "Invalid metadata" and a C-core trace), and no agent's --tokens file holds one."""
+    if token.isascii() and token.isprintable():
+        return None
+    at = next(i for i, c in enumerate(token) if not (c.isascii() and c.isprintable()))
+    return (f"a token is printable ASCII (character {at + 1} of this one's {len(token)} is not): check it "
+            "against the agent's --tokens file")
+
+
 @dataclass(frozen=True)
 class ClientConfig:
     """How to reach an agent: TLS (``tls_ca`` trusts the agent's certificate; ``tls_cert``/``tls_key``
@@ -335,6 +346,10 @@ class ClientConfig:
     token: str = ""
     connect_timeout: float = CONNECT_TIMEOUT_S
     busy_retry: BusyRetry = BusyRetry()
+
+    def __post_init__(self) -> None:
+        if (problem := token_problem(self.token)) is not None:
+            raise ValueError(problem)
 
     @property
     def tls(self) -> bool:

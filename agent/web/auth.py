@@ -31,6 +31,7 @@ from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import RedirectResponse
 from starlette.responses import Response
 
+from agent import client as client_lib
 from agent.limits import name_problem
 from agent.security import ROLE_CHECK_KEY, WEB_CLIENT_KEY, RefusalLog
 from agent.web.config import WebConfig
@@ -132,8 +133,37 @@ def client_address(request: Request) -> str:
     return request.client.host if request.client is not None else ""
 
 
+# The agent's words for a token it does not know (agent/security.py), which errors.FOR_PEOPLE rewords for pages.
+UNKNOWN_TOKEN = "unknown token: check --token / SHORTLIST_TOKEN against the agent's --tokens file"
+_unusable_tokens = RefusalLog()
+
+
+class UnusableToken(grpc.RpcError):
+    """A token gRPC cannot send (not printable ASCII: an accented letter in a cookie, a control character in
+    a header), answered as the agent answers any token it does not know: UNAUTHENTICATED, 401 "unknown
+    token". Sending it made gRPC fail the call with INTERNAL "Invalid metadata" (a 500) and log a C-core
+    trace for each request; no agent's --tokens file can hold such a token (agent.security.parse_tokens)."""
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.UNAUTHENTICATED
+
+    def details(self) -> str:
+        return UNKNOWN_TOKEN
+
+    def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
+        return ()
+
+
 def call_metadata(token: str, client: str, *extra: tuple[str, str]) -> tuple[tuple[str, str], ...]:
-    """A call's metadata: the token (if any), the browser's address (if known) and ``extra``."""
+    """A call's metadata: the token (if any), the browser's address (if known) and ``extra``. UnusableToken
+    for a token that is not printable ASCII, logged as the agent logs refusals (RefusalLog: at most one
+    line per address every 10 s, the next counting those left out)."""
+    if token and client_lib.token_problem(token) is not None:
+        more = _unusable_tokens.admit("unusable token", client)
+        if more is not None:
+            log.warning("refused a token from %s: not printable ASCII, so unknown to the agent%s",
+                        client or "an unknown address", more)
+        raise UnusableToken()
     out = [("authorization", f"Bearer {token}")] if token else []
     if client:
         out.append((WEB_CLIENT_KEY, client))

@@ -623,3 +623,15 @@ def test_a_call_without_a_token_is_refused_before_its_request_is_read(token_serv
     finally:
         stop.set()
         ch.close()
+
+
+def test_the_cli_refuses_a_token_that_is_not_printable_ascii_before_connecting(tmp_path: Path) -> None:
+    """`shortlist status --token "\u00e9\u00e9"`: a usage error naming --token (exit 2), not gRPC's C-core trace and
+    INTERNAL "Invalid metadata" after connecting; the same for SHORTLIST_TOKEN and a control character."""
+    for args, env in ((["--token", "\u00e9\u00e9\u00e9\u00e9"], {}), ([], {"SHORTLIST_TOKEN": "abc\x01def0123456789"})):
+        result = CliRunner().invoke(app, ["status", "--agent", "127.0.0.1:1", *args], env=env)
+        said = " ".join(result.output.split())
+        assert result.exit_code == 2 and "a token is printable ASCII" in said and "--token" in said, said
+        assert "INTERNAL" not in said and "Invalid metadata" not in said
+    with pytest.raises(ValueError, match="a token is printable ASCII"):
+        client.ClientConfig(token="\u00e9t\u00e9")

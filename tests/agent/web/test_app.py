@@ -702,3 +702,31 @@ def test_refused_sign_ins_are_logged_once_per_address_and_reason_a_while(token_w
     c.post("/login", data={"name": "again", "token": "x" * 24})
     lines = [r.getMessage() for r in caplog.records if r.name == "agent.web.auth"]
     assert len(lines) == 1 and "(29 more from it in the last 0 s, not logged)" in lines[0], lines
+
+
+def test_a_token_gRPC_cannot_send_is_an_unknown_token_logged_as_refusals_are(token_web_agent: WebAgent,
+                                                                            caplog: pytest.LogCaptureFixture) -> None:
+    """A token with a non-ASCII or control character (a header, a cookie, the sign-in form, Label Studio's Basic
+    auth) is answered 401 "unknown token", as the agent answers tokens it does not know; it was a 500 "INTERNAL
+    Invalid metadata" with ~5 log lines a request (gRPC's C-core trace). The app's line is throttled."""
+    import base64
+    import logging
+
+    caplog.set_level(logging.INFO)
+    c = token_web_agent.client(follow_redirects=False)
+    for _ in range(10):
+        r = c.get("/api/progress/head", headers={"Authorization": b"Bearer \xe9\xe9\xe9\xe9\xe9\xe9\xe9\xe9\xe9"})
+        assert r.status_code == 401 and r.json()["error"] == "UNAUTHENTICATED", r.text
+        assert "This token is not known to the agent" in r.json()["message"]
+    for cookie in (b"shortlist_token=abc\x01def0123456789", "shortlist_token=\u00e9t\u00e9-0123456789".encode()):
+        r = c.get("/api/progress/head", headers={"Cookie": cookie})
+        assert r.status_code == 401 and r.json()["error"] == "UNAUTHENTICATED", r.text
+    page = c.get("/queue", headers={"Cookie": b"shortlist_token=abc\x01def0123456789"})
+    assert page.status_code == 303 and page.headers["location"].startswith("/login")
+    signed = c.post("/login", data={"name": "x", "token": "\u00e9" * 20})
+    assert signed.status_code == 401 and "This token is not known to the agent" in signed.text
+    basic = base64.b64encode("ls:\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9".encode()).decode()
+    assert c.post("/labelstudio/setup", json={}, headers={"Authorization": f"Basic {basic}"}).status_code < 500
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    unusable = [line for line in lines if "not printable ASCII" in line]
+    assert len(unusable) == 1 and "Invalid metadata" not in " ".join(lines), lines
