@@ -253,12 +253,15 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 def file_stem(sample_id: str, taken: set[str]) -> str:
-    """A file-name stem for ``sample_id``: its safe characters (an image extension dropped), made unique
+    """A file-name stem for ``sample_id``: its safe characters (an image extension dropped; a Windows device
+    name such as ``CON`` prefixed with ``_``, as ``class_folders`` does), made unique
     among ``taken`` (case-insensitively, for case-insensitive file systems) with a short hash."""
     base = sample_id
     if Path(base).suffix.lower() in ID_SUFFIXES:
         base = base[: -len(Path(base).suffix)]
     stem = _UNSAFE.sub("_", base).strip("._")[:MAX_STEM] or "sample"
+    if stem.split(".")[0].upper() in _DEVICE_NAMES:  # CON.png, nul.jpg: a device on Windows, as class folders
+        stem = f"_{stem}"
     if stem.lower() in taken:
         stem = f"{stem}-{hashlib.sha256(sample_id.encode()).hexdigest()[:10]}"
     taken.add(stem.lower())

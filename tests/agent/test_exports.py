@@ -165,6 +165,10 @@ def test_file_names_are_safe_and_unique() -> None:
     second = exports.file_stem("train:cat:0001.jpg", taken)
     assert second.startswith("train_cat_0001-") and second != "train_cat_0001"
     assert exports.file_stem("../..", taken) == "sample"
+    # Windows device names (with any extension) get the class folders' leading _ (export-labels wrote cat/CON.png)
+    assert [exports.file_stem(i, taken) for i in ("CON", "nul.png", "com1.tar.gz", "LPT9.jpeg", "CONSOLE")] == [
+        "_CON", "_nul", "_com1.tar.gz", "_LPT9", "CONSOLE"]
+    assert exports.file_stem("_CON", taken).startswith("_CON-")  # unique as before
     for bad in ("a/b", "..", ".hidden", ""):
         with pytest.raises(exports.ExportError):
             exports.check_class_folder(bad)
