@@ -122,6 +122,22 @@ def check_roles(roles: Mapping[str, str] | None = None) -> None:
 
 
 # ---- tokens --------------------------------------------------------------------------------------
+# A token this short or made of this few different characters is warned about at start (and when the tokens
+# file is re-read): accepted, since it may be a test setup, but a guess away from the data (the security review:
+# `write:aaaaaaaaaaaaaaaa` and `read:passwordpassword` passed silently). `openssl rand -hex 32` gives 64.
+WEAK_TOKEN_CHARS = 20
+WEAK_TOKEN_DISTINCT = 10
+
+
+def weak_token(token: str) -> str | None:
+    """Why ``token`` is weak ("N characters", "only N different characters"), or None; never the token."""
+    if len(token) < WEAK_TOKEN_CHARS:
+        return f"{len(token)} characters, fewer than {WEAK_TOKEN_CHARS}"
+    if len(set(token)) < WEAK_TOKEN_DISTINCT:
+        return f"only {len(set(token))} different characters"
+    return None
+
+
 def parse_tokens(text: str, source: str) -> list[tuple[bytes, str]]:
     """(token, role) pairs from a tokens file's text. SecurityError names the bad line (never its token)."""
     pairs: list[tuple[bytes, str]] = []
@@ -138,6 +154,10 @@ def parse_tokens(text: str, source: str) -> list[tuple[bytes, str]]:
         if len(token) < MIN_TOKEN_LENGTH or not token.isascii() or not token.isprintable() or " " in token:
             raise SecurityError(f"{where}: a token must be at least {MIN_TOKEN_LENGTH} printable ASCII characters "
                                 f"without spaces ({TOKEN_HINT})")
+        if (weak := weak_token(token)) is not None:
+            log.warning("%s: a weak %s token (%s): anyone who guesses it can %s; make a strong one with "
+                        "`openssl rand -hex 32` or `python -c \"import secrets; print(secrets.token_urlsafe(32))\"`",
+                        where, role, weak, "label and change the data" if role == WRITE else "see the data")
         key = token.encode()
         if key in seen:
             raise SecurityError(f"{where}: the same token is already given on line {seen[key]}")

@@ -635,3 +635,24 @@ def test_the_cli_refuses_a_token_that_is_not_printable_ascii_before_connecting(t
         assert "INTERNAL" not in said and "Invalid metadata" not in said
     with pytest.raises(ValueError, match="a token is printable ASCII"):
         client.ClientConfig(token="\u00e9t\u00e9")
+
+
+def test_weak_tokens_are_warned_about_naming_the_line_never_the_token(caplog: pytest.LogCaptureFixture) -> None:
+    """`write:aaaaaaaaaaaaaaaa` and `read:passwordpassword` are accepted (a test setup may use such) but each gets a
+    warning saying how to make a strong one; a token from `openssl rand -hex 32` gets none."""
+    import logging
+
+    caplog.set_level(logging.WARNING, logger="agent.security")
+    strong = "3f1c9a0b7e5d2c4f8a6b1e0d9c7f5a3b2e4d6c8a0f1b3d5e7c9a2b4d6f8e0c1a"
+    pairs = security.parse_tokens(f"write:aaaaaaaaaaaaaaaa\nread:passwordpassword\nwrite:{strong}\n"
+                                  "read:abcdefghijklmnopqrs", "tokens")
+    assert len(pairs) == 4
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 3, lines
+    assert lines[0].startswith("tokens line 1: a weak write token (16 characters, fewer than 20)")
+    assert "tokens line 2: a weak read token" in lines[1] and "tokens line 4: a weak read token (19" in lines[2]
+    assert all("secrets.token_urlsafe(32)" in line and "openssl rand -hex 32" in line for line in lines)
+    assert not any(t in " ".join(lines) for t in ("aaaaaaaaaaaaaaaa", "passwordpassword", strong, "abcdefghijk"))
+    caplog.clear()
+    security.parse_tokens("write:" + "ab" * 12, "tokens")
+    assert "only 2 different characters" in caplog.records[0].getMessage()
