@@ -159,10 +159,12 @@ def decode_image(data: bytes, size: tuple[int, int] | None = None, interpolation
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as img:
+                if img.format in ("JPEG", "MPO") and (problem := truncated_jpeg(data, *img.size)) is not None:
+                    raise TruncatedImage(problem)
                 img.load()
                 ImageOps.exif_transpose(img, in_place=True)
                 return resize_rgb(_to_rgb(img), size, interpolation)
-    except UnsupportedImage:
+    except (UnsupportedImage, TruncatedImage):
         raise
     except UnidentifiedImageError:
         raise ValueError(_unreadable(data)) from None
@@ -188,6 +190,51 @@ def encode_png(pixels: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+class TruncatedImage(ValueError):
+    """An image whose file holds much less data than its header's size needs (``truncated_jpeg``)."""
+
+
+# Frame headers (SOFn markers) of Huffman-coded JPEGs: baseline, extended, progressive, lossless and their
+# hierarchical forms. An arithmetic-coded one (SOF9-11, SOF13-15) can take less than a bit a block: no bound.
+_HUFFMAN_SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7})
+
+
+def _jpeg_frame_marker(data: bytes) -> int | None:
+    """The SOFn marker byte of a JPEG's frame header (the segments before it walked by their lengths), or None
+    when there is none before the first scan or the data is not laid out as JPEG segments."""
+    i = 2  # after SOI
+    while i + 4 <= len(data):
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            return marker
+        if marker in (0xDA, 0xD9):  # a scan or the end before any frame header
+            return None
+        i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+    return None
+
+
+def truncated_jpeg(data: bytes, width: int, height: int) -> str | None:
+    """Why a JPEG (Huffman-coded) whose header says ``width`` x ``height`` cannot be whole (None when it can):
+    each 8x8 block of a component sampled at full resolution needs at least one bit of coded data (its DC
+    code), so a file of fewer than ceil(W/8) x ceil(H/8) / 8 bytes lacks most of its image. libjpeg does not
+    fail on one that ends with an end marker: it paints what is missing grey and Pillow reports nothing (the
+    security review: 631 bytes claiming 7000x9000 were stored as a grey 63-megapixel image). A JPEG cut off
+    without an end marker fails Pillow's load already (``ImageFile.LOAD_TRUNCATED_IMAGES`` stays False)."""
+    if width <= 0 or height <= 0 or _jpeg_frame_marker(data) not in _HUFFMAN_SOF:
+        return None
+    needed = -(-math.ceil(width / 8) * math.ceil(height / 8) // 8)
+    if len(data) >= needed:
+        return None
+    return (f"truncated JPEG: its header says {width}x{height} pixels, whose image data needs at least {needed:,} "
+            f"bytes, but the whole file has {len(data):,} (cut short, or a header that claims a larger image; "
+            "the missing part would be painted grey)")
+
+
 def image_header(data: bytes, max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
     """(width, height) of encoded image bytes from the header alone (``Image.open`` does not decode the
     pixels). TooManyPixels above ``max_pixels`` (a decompression bomb is refused here, before any
@@ -199,6 +246,7 @@ def image_header(data: bytes, max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as img:
                 width, height = img.size
+                kind = img.format
     except Image.DecompressionBombError as e:  # Pillow's own guard (above 2 x Image.MAX_IMAGE_PIXELS)
         # said with our limit, not Pillow's (its message names twice its own default)
         found = re.search(r"\((\d+) pixels\)", str(e))
@@ -212,6 +260,8 @@ def image_header(data: bytes, max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
     if width * height > max_pixels:
         raise TooManyPixels(f"image of {width}x{height} = {width * height:,} pixels exceeds the limit of "
                             f"{max_pixels:,} pixels; refused before decoding")
+    if kind in ("JPEG", "MPO") and (problem := truncated_jpeg(data, width, height)) is not None:
+        raise TruncatedImage(problem)
     return width, height
 
 

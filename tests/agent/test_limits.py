@@ -79,6 +79,40 @@ def test_header_check_refuses_bombs_before_decoding() -> None:
     assert image_header(bomb_png(30, 20), max_pixels=600) == (30, 20)
 
 
+def _jpeg(size: tuple[int, int], colour: tuple[int, int, int] = (0, 0, 0), **save: Any) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", size, colour).save(buf, "JPEG", **save)
+    return buf.getvalue()
+
+
+def test_a_jpeg_much_smaller_than_its_header_claims_is_refused(running: Running) -> None:
+    """The security review's 631-byte JPEG whose frame header says 7000x9000 (a 16x16 image's data, then the
+    end marker): libjpeg paints the rest grey without an error, and it was stored as a 63-megapixel sample.
+    Refused with a per-sample reason; whole JPEGs, however uniform, small or progressive, still pass."""
+    from shortlist.images import TruncatedImage, decode_image
+
+    small = _jpeg((16, 16))
+    at = small.find(b"\xff\xc0")
+    lying = small[:at + 5] + struct.pack(">HH", 7000, 9000) + small[at + 9:]
+    assert len(lying) < 1000 and lying.endswith(b"\xff\xd9")
+    with pytest.raises(TruncatedImage, match=r"truncated JPEG: its header says 9000x7000 pixels, whose image "
+                                             r"data needs at least 123,047 bytes, but the whole file has \d+"):
+        image_header(lying)
+    with pytest.raises(TruncatedImage, match="truncated JPEG"):
+        decode_image(lying)
+    for whole in (_jpeg((4000, 3000), (128, 128, 128), quality=1), _jpeg((4000, 3000), progressive=True, quality=1),
+                  _jpeg((1, 1)), small, _jpeg((333, 17), subsampling=0)):
+        assert decode_image(whole).shape[2] == 3
+    reply = client.ingest(running.stub, [client.image_sample("lying.jpg", lying),
+                                         client.image_sample("whole.jpg", _jpeg((64, 48), (200, 10, 10)))])
+    assert reply.accepted == 1 and [r.id for r in reply.rejected] == ["lying.jpg"]
+    assert reply.rejected[0].reason.startswith("truncated JPEG: its header says 9000x7000 pixels")
+
+
 def test_per_sample_limits_are_rejections(tight: Running) -> None:
     img = make_images(1, hw=(10, 10))[0]  # 100 pixels
     bad = [
