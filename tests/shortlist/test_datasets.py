@@ -9,6 +9,7 @@ import struct
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -163,7 +164,7 @@ class _Py2Pickler(pickle._Pickler):  # type: ignore[name-defined,misc]
     """Writes pickles as CIFAR's originals are (Python 2's cPickle, protocol 2, numpy 1.x): str and bytes as
     Python 2 strings (SHORT_BINSTRING / BINSTRING), numpy's _reconstruct under numpy.core.multiarray."""
 
-    dispatch = dict(pickle._Pickler.dispatch)  # type: ignore[attr-defined]
+    dispatch: ClassVar[dict[type, Any]] = dict(pickle._Pickler.dispatch)  # type: ignore[attr-defined]
 
     def _save_py2_str(self, obj: str | bytes) -> None:
         raw = obj.encode("latin-1") if isinstance(obj, str) else obj
@@ -230,7 +231,7 @@ def test_cifar_pickle_that_names_code_is_refused_and_runs_nothing(tmp_path: Path
     assert not marker.exists()
     (root / "test_batch").write_bytes(pickle.dumps([1, 2]))
     if bad_file == "test_batch":
-        with pytest.raises(ValueError, match="test_batch .* holds a list, not a dict"):
+        with pytest.raises(ValueError, match=r"test_batch .* holds a list, not a dict"):
             list(iter_images(root, "test"))
 
 
