@@ -7,9 +7,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import ssl
 import time
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from fastapi import FastAPI, Request
@@ -116,3 +118,31 @@ def test_accept_errors_are_logged_once_per_interval() -> None:
     throttle.last -= 61
     again = record()
     assert throttle.filter(again) and "999 more such errors" in again.getMessage()
+
+
+def test_over_https_a_handshake_or_headers_that_do_not_come_are_cut_off(tmp_path: Path) -> None:
+    """asyncio waits 60 s for a TLS handshake by default (uvicorn does not pass a shorter one): here the
+    handshake has the header timeout's few seconds too; a normal HTTPS request works."""
+    from tests.agent.pki import make_pki
+
+    pki = make_pki(tmp_path / "pki")
+    app = FastAPI()
+
+    @app.get("/ping")
+    def ping() -> dict[str, str]:
+        return {"ok": "yes"}
+
+    web = WebServer(app, WebConfig(host="127.0.0.1", port=0, https_cert=pki.server_cert, https_key=pki.server_key),
+                    header_timeout_s=1.0, tls_handshake_timeout_s=1.0).start()
+    try:
+        context = ssl.create_default_context(cafile=str(pki.ca))
+        with urllib.request.urlopen(f"https://127.0.0.1:{web.port}/ping", context=context, timeout=5) as r:
+            assert r.status == 200
+        with socket.create_connection(("127.0.0.1", web.port)) as s:  # no handshake at all
+            assert _closed(s, 3.0)
+        with context.wrap_socket(socket.create_connection(("127.0.0.1", web.port)), server_hostname="127.0.0.1") as s:
+            s.sendall(b"GET /ping HTTP/1.1\r\n")  # half the headers, then nothing
+            s.settimeout(3.0)
+            assert s.recv(1024) == b""
+    finally:
+        web.stop()
