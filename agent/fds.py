@@ -65,11 +65,17 @@ class AcceptFailureThrottle(logging.Filter):
             return False
         if more:
             record.msg, record.args = message + more, ()
+        record.exc_info = None  # the traceback says nothing the message does not
         return True
 
 
 def throttle_accept_failures(logger: logging.Logger | None = None) -> AcceptFailureThrottle:
-    """Install ``AcceptFailureThrottle`` on asyncio's logger (or ``logger``); returns it."""
+    """Install ``AcceptFailureThrottle`` on asyncio's logger (or ``logger``) unless one is there (``serve``
+    and the web app's server both ask); returns it."""
+    target = logger or logging.getLogger("asyncio")
+    installed = next((f for f in target.filters if isinstance(f, AcceptFailureThrottle)), None)
+    if installed is not None:
+        return installed
     f = AcceptFailureThrottle()
-    (logger or logging.getLogger("asyncio")).addFilter(f)
+    target.addFilter(f)
     return f

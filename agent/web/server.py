@@ -29,6 +29,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from agent import client
+from agent.fds import throttle_accept_failures
 from agent.security import check_exposure, listen_socket
 from agent.web.config import WebConfig
 
@@ -60,7 +61,6 @@ def check_listen(config: WebConfig, agent_requires_tokens: bool, tls_flags: str,
 HEADER_TIMEOUT_S = 10.0  # from the connection (or the previous response) to the end of the request's headers
 TLS_HANDSHAKE_TIMEOUT_S = 10.0  # asyncio's default is 60 s
 MAX_CONNECTIONS = 256  # open at once; one more evicts the oldest still waiting for its headers, else gets 503
-ACCEPT_ERROR_LOG_EVERY_S = 10.0
 
 
 def guarded_protocol(header_timeout_s: float, max_connections: int) -> type[asyncio.Protocol]:
@@ -128,39 +128,6 @@ def guarded_protocol(header_timeout_s: float, max_connections: int) -> type[asyn
     return GuardedH11Protocol
 
 
-class _AcceptErrorsThrottle(logging.Filter):
-    """asyncio logs "socket.accept() out of system resource" with a traceback each time it retries accepting
-    while the process has no free file descriptor (the review saw 104,347 in 40 s, 45 MB of log): one line
-    per ``every_s`` seconds, saying how many were left out."""
-
-    def __init__(self, every_s: float = ACCEPT_ERROR_LOG_EVERY_S) -> None:
-        super().__init__()
-        self.every_s = every_s
-        self.last = -float("inf")
-        self.left_out = 0
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not str(record.msg).startswith("socket.accept() out of system resource"):
-            return True
-        now = time.monotonic()
-        if now - self.last < self.every_s:
-            self.left_out += 1
-            return False
-        self.last = now
-        if self.left_out:
-            record.msg = f"{record.msg} ({self.left_out} more such errors in the last {self.every_s:g} s not logged)"
-            self.left_out = 0
-        record.exc_info = None  # the traceback says nothing the message does not
-        return True
-
-
-def throttle_accept_errors() -> None:
-    """Installs _AcceptErrorsThrottle on the asyncio logger once."""
-    asyncio_log = logging.getLogger("asyncio")
-    if not any(isinstance(f, _AcceptErrorsThrottle) for f in asyncio_log.filters):
-        asyncio_log.addFilter(_AcceptErrorsThrottle())
-
-
 class _Server(uvicorn.Server):
     """uvicorn.Server whose TLS handshakes time out after ``tls_handshake_timeout_s`` (uvicorn does not pass
     asyncio's ssl_handshake_timeout, 60 s by default, through)."""
@@ -198,7 +165,7 @@ class WebServer:
         self.port: int = self.sock.getsockname()[1]
         ssl = {} if config.https_cert is None else {"ssl_certfile": str(config.https_cert),
                                                      "ssl_keyfile": str(config.https_key)}
-        throttle_accept_errors()
+        throttle_accept_failures()  # asyncio's line per failed accept: one every 10 s (agent/fds.py)
         # proxy_headers off: uvicorn would otherwise believe X-Forwarded-For/-Proto from loopback peers (its
         # default FORWARDED_ALLOW_IPS), and a local user, SSH tunnel or port-forward could choose the browser
         # address the app logs and passes to the agent (agent.web.auth.client_address) and the scheme.

@@ -5,7 +5,6 @@ for its headers first) while normal requests still work, and asyncio's accept er
 from __future__ import annotations
 
 import contextlib
-import logging
 import socket
 import ssl
 import time
@@ -17,7 +16,7 @@ import pytest
 from fastapi import FastAPI, Request
 
 from agent.web.config import WebConfig
-from agent.web.server import WebServer, _AcceptErrorsThrottle
+from agent.web.server import WebServer
 
 
 @pytest.fixture
@@ -106,18 +105,6 @@ def test_when_every_connection_is_busy_one_more_gets_503(server: WebServer) -> N
         with socket.create_connection(("127.0.0.1", server.port)) as extra:
             extra.settimeout(3)
             assert extra.recv(4096).startswith(b"HTTP/1.1 503")
-
-
-def test_accept_errors_are_logged_once_per_interval() -> None:
-    throttle = _AcceptErrorsThrottle(every_s=60)
-    record = lambda: logging.LogRecord("asyncio", logging.ERROR, "", 0,  # noqa: E731
-                                       "socket.accept() out of system resource", (), None)
-    assert [throttle.filter(record()) for _ in range(1000)].count(True) == 1
-    other = logging.LogRecord("asyncio", logging.ERROR, "", 0, "something else", (), None)
-    assert throttle.filter(other)
-    throttle.last -= 61
-    again = record()
-    assert throttle.filter(again) and "999 more such errors" in again.getMessage()
 
 
 def test_over_https_a_handshake_or_headers_that_do_not_come_are_cut_off(tmp_path: Path) -> None:
