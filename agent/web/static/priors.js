@@ -123,6 +123,13 @@
     try {
       const r = await Shortlist.api("POST", "/api/priors/labels", { method: state.method, labels });
       ownEvents += r.accepted;
+      // the page lists unlabelled samples only: each stored label is one more labelled, one fewer unlabelled
+      // (the counts stayed as loaded until a reload)
+      for (const [id, by] of [["stat-labelled", r.accepted], ["stat-unlabelled", -r.accepted]]) {
+        const el = $(id);
+        const was = parseInt(el.textContent.replace(/[^0-9]/g, ""), 10);
+        if (!Number.isNaN(was)) el.textContent = Math.max(0, was + by).toLocaleString();
+      }
       const refused = new Map(r.rejected.map((x) => [x.id, x]));
       tiles.forEach((t, k) => {
         t.classList.remove("pending");

@@ -81,6 +81,9 @@ def test_accept_and_correct_priors_in_the_browser(live_web: WebAgent, page: Any)
     assert page.get_by_role("button", name=f"accept {prior2} for {sid2}").count() == 1
     page.get_by_role("button", name=f"save the corrected class of {sid2}").click()
     page.wait_for_selector(f".tile.done.corrected[data-id='{sid2}']")
+    # the counts above the grid follow the two labels (they stayed as loaded until a reload)
+    assert page.inner_text("#stat-labelled") == str(LABELLED + 2)
+    assert page.inner_text("#stat-unlabelled") == f"{unlabelled - 2:,}"
     labels = live_web.labels()  # through gRPC (ListSamples)
     assert labels[sid] == prior and labels[sid2] == other
     sources = {e.id: e.source for e in live_web.stub.ListLabels(agent_pb2.ListLabelsRequest())}
