@@ -72,64 +72,104 @@ def _one_budget(*values: float | None) -> None:
         raise typer.BadParameter(f"give exactly one budget: {' or '.join(names)}")
 
 
+# pretrain_cmd's options that are PretrainConfig fields of the same name and decide what a run trains: with --resume,
+# those not given on the command line take the run's values from its config.json (RESUME_FROM_RUN).
+RESUME_FROM_RUN = ("data", "method", "arch", "limit", "batch_size", "lr", "weight_decay", "min_res", "max_res",
+                   "crop_min", "preprocess", "knn_every", "knn_k", "amp", "seed")
+
+
+def _run_config(out: Path) -> dict[str, Any] | None:
+    """The config.json of the run in ``out`` (None: none, or unreadable: pretrain then says what is missing)."""
+    try:
+        saved = json.loads((out / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return saved if isinstance(saved, dict) else None
+
+
+LIMIT_HELP = ("only the first N samples in the source's order (smoke runs; not a random sample: on a source sorted "
+              "by class, such as the CIFAR tars, that is the first class or two, and a warning says so)")
+
+
 def pretrain_cmd(
-    data: str = typer.Option(..., help=f"image source: {sources_said()} (its test split, when it has one, is the "
-                                       "kNN hold-out)"),
+    ctx: typer.Context,
+    data: str | None = typer.Option(None, help=f"image source: {sources_said()} (its test split, when it has one, "
+                                    "is the kNN hold-out); required unless --resume (then the run's)"),
     out: Path = typer.Option(..., help="run folder (config.json, metrics.jsonl, checkpoint.pt, encoder.pt)"),
     method: str = typer.Option(PRETRAIN["method"], help=help_list(METHOD_NAMES)),
     arch: str = typer.Option(PRETRAIN["arch"], help=ARCH_HELP),
     epochs: int | None = typer.Option(None, min=1, help="train for N epochs"),
     minutes: float | None = typer.Option(None, min=0.01, help="or for M minutes of training (evaluation not "
                                          "counted)"),
-    limit: int | None = typer.Option(None, min=1, help="only the first N samples in the source's order (smoke "
-                                     "runs; not a random sample)"),
-    batch_size: int | None = typer.Option(None, help="global batch size (default: the method's)"),
-    lr: float | None = typer.Option(None, help="base learning rate per 256 images (default: the method's)"),
-    weight_decay: float | None = typer.Option(None, help="SGD weight decay (default: the method's)"),
-    min_res: int | None = typer.Option(None, help="progressive resizing: views start at this many pixels"),
-    max_res: int | None = typer.Option(None, help="cap on the training views' size in pixels (default: the "
+    limit: int | None = typer.Option(None, min=1, help=LIMIT_HELP),
+    batch_size: int | None = typer.Option(None, min=1, help="global batch size (default: the method's)"),
+    lr: float | None = typer.Option(None, min=0.0, help="base learning rate per 256 images (default: the method's)"),
+    weight_decay: float | None = typer.Option(None, min=0.0, help="SGD weight decay (default: the method's)"),
+    min_res: int | None = typer.Option(None, min=1, help="progressive resizing: views start at this many pixels"),
+    max_res: int | None = typer.Option(None, min=1, help="cap on the training views' size in pixels (default: the "
                                        "model's size on a GPU, half of it on a CPU); evaluation stays full size"),
-    crop_min: float = typer.Option(PRETRAIN["crop_min"], help="smallest random-resized-crop area fraction"),
-    proj_dim: int | None = typer.Option(None, help="projector output width (simsiam default 256, paper 2048; "
+    crop_min: float = typer.Option(PRETRAIN["crop_min"], min=0.01, max=1.0,
+                                   help="smallest random-resized-crop area fraction (0.01 to 1)"),
+    proj_dim: int | None = typer.Option(None, min=1, help="projector output width (simsiam default 256, paper 2048; "
                                         "moby default 256)"),
-    pred_dim: int | None = typer.Option(None, help="simsiam predictor bottleneck (default 64, paper 512)"),
+    pred_dim: int | None = typer.Option(None, min=1, help="simsiam predictor bottleneck (default 64, paper 512)"),
     method_option: list[str] | None = typer.Option(None, metavar="KEY=VALUE", help=METHOD_OPTION_HELP),
     preprocess: str = typer.Option(PRETRAIN["preprocess"], help="cifar10 | cifar100 | imagenet (size, mean, std)"),
-    knn_every: int = typer.Option(PRETRAIN["knn_every"], help="epochs between kNN evaluations (0: only at the end)"),
+    knn_every: int = typer.Option(PRETRAIN["knn_every"], min=0, help="epochs between kNN evaluations (0: only at "
+                                  "the end; bf16 autocast when --amp, the final one in fp32)"),
     knn_k: int = typer.Option(PRETRAIN["knn_k"], min=1, help="neighbours of the kNN accuracy (200: the protocol "
                               "for CIFAR-sized banks; a small data set wants about half its images per class)"),
-    checkpoint_minutes: float = typer.Option(PRETRAIN["checkpoint_minutes"],
+    checkpoint_minutes: float = typer.Option(PRETRAIN["checkpoint_minutes"], min=0.0,
                                              help="minutes between checkpoints (also on SIGTERM)"),
-    resume: bool = typer.Option(PRETRAIN["resume"], help="continue the run in --out from its checkpoint"),
+    resume: bool = typer.Option(PRETRAIN["resume"], help="continue the unfinished run in --out from its checkpoint, "
+                                "with its config.json's settings (a flag given must equal the run's)"),
     device: str = typer.Option(PRETRAIN["device"], help="auto | cpu | cuda"),
     amp: bool = typer.Option(PRETRAIN["amp"], help="bf16 autocast on CPU, AMP on CUDA"),
     channels_last: bool = typer.Option(PRETRAIN["channels_last"]),
     compile: bool = typer.Option(PRETRAIN["compile"], help="torch.compile the model (helps on GPU; slow to start on "
                                  "CPU)"),
-    threads: int | None = typer.Option(None, help="CPU threads (1 is faster on a busy shared machine)"),
+    threads: int | None = typer.Option(None, min=1, help="CPU threads (1 is faster on a busy shared machine)"),
     procs: int = typer.Option(1, min=1, help="data-parallel processes on this machine (DDP, gloo on CPU; "
                               "--batch-size stays global). On a 2-core CPU, 2 single-thread ranks beat one 2-thread "
                               "process (docs/training.md, \"CPU defaults and why\")"),
     seed: int = typer.Option(PRETRAIN["seed"]),
 ) -> None:
     """Self-supervised pretraining of an encoder (kNN accuracy on the held-out split when labels exist)."""
+    # the options that are PretrainConfig fields of the same name (RESUME_FROM_RUN): with --resume, those not given
+    # on the command line are the run's (click says which were given); a given one that differs is refused
+    run: dict[str, Any] = dict(data=data, method=method, arch=arch, limit=limit, batch_size=batch_size, lr=lr,
+                               weight_decay=weight_decay, min_res=min_res, max_res=max_res, crop_min=crop_min,
+                               preprocess=preprocess, knn_every=knn_every, knn_k=knn_k, amp=amp, seed=seed)
+    saved = _run_config(out) if resume else None
+    options: dict[str, object] | None = None
+    if saved is not None:
+        # (by the enum's name: typer vendors its own click, whose ParameterSource is not click.core's)
+        given = {name for name in ctx.params if getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"}
+        run.update({name: saved[name] for name in RESUME_FROM_RUN if name not in given and name in saved})
+        if epochs is None and minutes is None:
+            epochs, minutes = saved.get("epochs"), saved.get("minutes")
+        if not method_option and proj_dim is None and pred_dim is None and isinstance(saved.get("method_options"),
+                                                                                      dict):
+            options = dict(saved["method_options"])
+    if run["data"] is None:
+        raise typer.BadParameter("give the image source" + (" (--resume found no config.json in --out)" if resume
+                                                            else ""), param_hint="--data")
     _one_budget(epochs, minutes)
     from training.pretrain import PretrainConfig
 
-    options = _method_options(method, method_option or [], proj_dim=proj_dim, pred_dim=pred_dim)
-    cfg = PretrainConfig(data=data, out=str(out), method=method, arch=arch, epochs=epochs, minutes=minutes,
-                         limit=limit, batch_size=batch_size, lr=lr, weight_decay=weight_decay, min_res=min_res,
-                         max_res=max_res, crop_min=crop_min, preprocess=preprocess, knn_every=knn_every, knn_k=knn_k,
-                         checkpoint_minutes=checkpoint_minutes, resume=resume, device=device, amp=amp,
-                         channels_last=channels_last, compile=compile, threads=threads, seed=seed,
+    if options is None:
+        options = _method_options(run["method"], method_option or [], proj_dim=proj_dim, pred_dim=pred_dim)
+    cfg = PretrainConfig(**run, out=str(out), epochs=epochs, minutes=minutes, checkpoint_minutes=checkpoint_minutes,
+                         resume=resume, device=device, channels_last=channels_last, compile=compile, threads=threads,
                          method_options=options)
     if procs > 1:
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise typer.BadParameter("--procs starts its own processes; under torchrun leave it out")
         from training.loop import check_device
+        from training.pretrain import check_settings
 
         try:
-            cfg.resolved()  # settings errors once, here, rather than from every rank
+            check_settings(cfg)  # settings errors once, here, rather than from every rank
             check_device(cfg.device)
         except ValueError as e:
             console.print(f"[red]error:[/] {e}")

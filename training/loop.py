@@ -246,8 +246,8 @@ def unfinished_run(run_dir: Path) -> str | None:
     elif "mode" in config:  # FinetuneConfig
         how = "run the `shortlist finetune` command again to train it to the end"
     else:
-        how = (f"continue it with `shortlist pretrain --resume --out {run_dir}` and the flags it was started with "
-               "(its config.json), then export it")
+        how = (f"continue it with `shortlist pretrain --resume --out {run_dir}` (the settings are its config.json's), "
+               "then export it")
     return (f"{run_dir} holds an unfinished training run (stopped before its budget ran out: {CHECKPOINT}, no "
             f"{SUMMARY}), nothing to publish or start from; {how}")
 

@@ -165,6 +165,37 @@ def evaluate_knn(encoder: nn.Module, train: TensorData, test: TensorData, pre: P
                         len(train.classes), k=k)
 
 
+def check_settings(config: PretrainConfig) -> PretrainConfig:
+    """``config`` resolved (the method's defaults filled in), or ValueError naming the flag of the first setting
+    that cannot train: called once before any work (no data decoded, no run folder made), and by ``--procs``
+    before it starts the ranks."""
+    cfg = config.resolved()
+    assert cfg.batch_size is not None and cfg.lr is not None and cfg.weight_decay is not None
+
+    def need(ok: bool, flag: str, value: object, what: str) -> None:
+        if not ok:
+            raise ValueError(f"{flag} {value}: {what}")
+
+    need(cfg.batch_size >= 1, "--batch-size", cfg.batch_size, "give at least 1")
+    need(cfg.lr >= 0, "--lr", cfg.lr, "give a learning rate of 0 or more (per 256 images)")
+    need(cfg.weight_decay >= 0, "--weight-decay", cfg.weight_decay, "give 0 or more")
+    need(cfg.threads is None or cfg.threads >= 1, "--threads", cfg.threads, "give at least 1 (or leave it out)")
+    need(0 < cfg.crop_min <= 1, "--crop-min", cfg.crop_min, "an area fraction: give more than 0 and at most 1")
+    need(cfg.epochs is None or cfg.epochs >= 1, "--epochs", cfg.epochs, "give at least 1")
+    need(cfg.minutes is None or cfg.minutes > 0, "--minutes", cfg.minutes, "give more than 0")
+    need(cfg.limit is None or cfg.limit >= 1, "--limit", cfg.limit, "give at least 1")
+    need(cfg.knn_k >= 1, "--knn-k", cfg.knn_k, "give at least 1")
+    need(cfg.knn_every >= 0, "--knn-every", cfg.knn_every, "give 0 (only at the end) or more")
+    side = min_input_side(cfg.arch)
+    for flag, res in (("--min-res", cfg.min_res), ("--max-res", cfg.max_res)):
+        need(res is None or res >= side, flag, res, f"{cfg.arch} takes views of at least {side} px")
+    for key, value in cfg.method_options.items():
+        if key.endswith("_dim"):
+            need(isinstance(value, int) and value >= 1, f"--{key.replace('_', '-')}", value,
+                 "a layer width: give at least 1")
+    return cfg
+
+
 def build_optimizer(model: SSLMethod, lr: float, weight_decay: float) -> torch.optim.Optimizer:
     """SGD (momentum 0.9). The method's ``fixed_lr_params`` (SimSiam's predictor: Chen & He 2021, Sec. 4.2
     "Predictor": a constant lr for h, without decay, works better) form a group marked ``fixed_lr``; the rest
@@ -194,22 +225,63 @@ def set_lr(opt: torch.optim.Optimizer, base: float, lr: float) -> None:
         group["lr"] = base if group.get("fixed_lr") else lr
 
 
-# Fields that decide the model's shape: a resumed run must be given the same ones.
+# Fields that decide the model's shape: a checkpoint built with other ones does not load (``pretrain``'s hint).
 MODEL_FIELDS = ("method", "arch", "preprocess", "method_options")
+# PretrainConfig fields a resumed run may change: where and how fast it runs, not what it trains (config.json keeps
+# the first run's). Every other field must equal config.json's, or the run would not be the one it records.
+RUNTIME_FIELDS = ("out", "resume", "device", "threads", "compile", "channels_last", "checkpoint_minutes",
+                  "log_seconds", "progress", "stop_after")
+
+
+# PretrainConfig fields that `shortlist pretrain` has no flag for (set by the benchmarks and cycles in Python)
+NO_FLAG_FIELDS = ("warmup", "subset", "test_data", "knn_bank", "knn_test", "final_knn", "final_knn_full",
+                  "res_ramp_end", "stop_after", "log_seconds", "progress")
+
+
+def setting_flag(field_name: str) -> str:
+    """The `shortlist pretrain` flag of a PretrainConfig field (e.g. ``batch_size`` -> ``--batch-size``), or the
+    field's name when the command has none."""
+    if field_name == "method_options":
+        return "--method-option/--proj-dim/--pred-dim"
+    return field_name if field_name in NO_FLAG_FIELDS else "--" + field_name.replace("_", "-")
+
+
+def _same_setting(k: str, saved: Any, given: Any) -> bool:
+    if k in ("data", "test_data") and isinstance(saved, str) and isinstance(given, str) and saved != given:
+        try:  # the same folder named from another working directory
+            return Path(saved).exists() and Path(saved).resolve() == Path(given).resolve()
+        except OSError:
+            return False
+    if k == "method_options" and not saved:
+        return True  # runs from before the options were recorded saved {}: the checkpoint is then the check
+    return bool(json.loads(json.dumps(saved)) == json.loads(json.dumps(given)))  # tuples vs JSON lists
 
 
 def _check_resume_matches(saved: dict[str, Any], cfg: PretrainConfig) -> None:
-    """ValueError naming each model-defining field whose value differs from the saved run's config.json.
+    """ValueError naming each setting (flag, the run's value, the given one) that differs from the saved run's
+    config.json: a resume replays the run config.json records, so only RUNTIME_FIELDS may change.
 
-    ``cfg.method_options`` must be the resolved ones (every constructor keyword, defaults included). A
-    saved empty ``method_options`` is not compared: runs from before the options were recorded resolved
+    ``cfg`` must be resolved as config.json was (the method's defaults, every method option, the CPU view
+    size). A saved empty ``method_options`` is not compared: runs from before the options were recorded
     saved ``{}`` whatever their head widths were; loading their checkpoint is then the check (in ``pretrain``).
     """
-    diff = [f"{k}: saved {saved.get(k)!r}, given {getattr(cfg, k)!r}" for k in MODEL_FIELDS
-            if k in saved and saved[k] != getattr(cfg, k) and not (k == "method_options" and not saved[k])]
+    given = dataclasses.asdict(cfg)
+    diff = [f"{setting_flag(k)}: the run's {saved[k]!r}, given {given[k]!r}" for k in given
+            if k not in RUNTIME_FIELDS and k in saved and not _same_setting(k, saved[k], given[k])]
     if diff:
-        raise ValueError(f"--resume: {cfg.out} was started with other model settings ({'; '.join(diff)}); "
-                         "pass the same flags as the first run")
+        raise ValueError(f"--resume: {cfg.out} was started with other settings ({'; '.join(diff)}); a resumed run "
+                         "replays the run its config.json records: drop those flags to keep the run's values, or "
+                         "start a new run with another --out")
+
+
+def _check_resumable(run_dir: Path) -> None:
+    """``--resume`` of a folder that holds a finished run is refused (it would train on past its budget, and a
+    signal then would remove its encoder.pt and summary.json); so is one without a checkpoint."""
+    if (run_dir / loop.SUMMARY).is_file() and (run_dir / loop.ENCODER).is_file():
+        raise ValueError(f"--resume: the run is finished: {run_dir} holds its {loop.ENCODER} and {loop.SUMMARY} "
+                         "(its budget ran out); export it, or start a new run with another --out")
+    if not (run_dir / loop.CHECKPOINT).is_file():
+        raise FileNotFoundError(f"--resume: {run_dir / loop.CHECKPOINT} does not exist (start without --resume)")
 
 
 @dataclass
@@ -250,12 +322,13 @@ def _prepare(config: PretrainConfig, console: Console, train_data: TensorData | 
              test_data: TensorData | None) -> _Run:
     """Resolve the settings, build the model (before decoding the data, so that a ``--resume`` with other
     settings is refused at once), load the data, and restore the checkpoint when resuming."""
-    cfg = config.resolved()
+    cfg = check_settings(config)
     rt = loop.setup_runtime(cfg.device, cfg.amp, cfg.channels_last, cfg.threads)
     run_dir = Path(cfg.out)
     if run_dir.exists() and (run_dir / loop.CHECKPOINT).exists() and not cfg.resume:
         raise FileExistsError(f"{run_dir} already holds a run: pass --resume to continue it, or another --out")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.resume:
+        _check_resumable(run_dir)
     pre = preprocess_by_name(cfg.preprocess)
     if (res := cpu_view_res(cfg, pre, rt.device)) != cfg.max_res:
         cfg = dataclasses.replace(cfg, max_res=res)
@@ -275,9 +348,13 @@ def _prepare(config: PretrainConfig, console: Console, train_data: TensorData | 
     train = train_data if train_data is not None else load(cfg.data, "train", pre.size, cfg.limit)
     if cfg.subset is not None:
         train = train.subset(cfg.subset)
+    if len(train) // cfg.batch_size == 0:
+        raise ValueError(f"--batch-size {cfg.batch_size} is larger than the {len(train)} training images of "
+                         f"{cfg.data}: give --batch-size {max(1, len(train) // 2)} or less, or more data")
     test = test_data
     if test is None and train_data is None and len(train.labeled_rows):
         test = _load_test(cfg, pre, train.classes, console, say=rt.is_main)
+    run_dir.mkdir(parents=True, exist_ok=True)  # only now: a refused run leaves no folder behind
     skipped = 0
     if rt.is_main:
         console.print(f"decoded {len(train)} training images{f' and {len(test)} test images' if test else ''} "

@@ -104,13 +104,13 @@ def test_method_options_set_head_widths_and_unknown_ones_are_named(tiny_data: Pa
     with pytest.raises(ValueError, match="valid: pred_dim, proj_dim"):
         pretrain(_cfg(tiny_data, tmp_path / "y", "simsiam", method_options={"hidden": 32}))
     # resuming with other head widths would not fit the checkpoint: refused with the difference named
-    with pytest.raises(ValueError, match="method_options: saved"):
-        pretrain(_cfg(tiny_data, tmp_path / "w", "simsiam", resume=True))
+    with pytest.raises(ValueError, match="--method-option/--proj-dim/--pred-dim: the run's"):
+        pretrain(_cfg(tiny_data, tmp_path / "w", "simsiam", knn_every=0, final_knn=False, resume=True))
     # a run from before the options were recorded resolved saved {}: the checkpoint is then the check
     config = json.loads((run / loop.CONFIG).read_text())
     (run / loop.CONFIG).write_text(json.dumps({**config, "method_options": {}}))
     with pytest.raises(ValueError, match=r"does not fit the model.*--proj-dim 2048 --pred-dim 512"):
-        pretrain(_cfg(tiny_data, tmp_path / "w", "simsiam", resume=True))
+        pretrain(_cfg(tiny_data, tmp_path / "w", "simsiam", knn_every=0, final_knn=False, resume=True))
     # defaults are recorded too, so a later change of a default cannot silently change a resumed run
     run = pretrain(_cfg(tiny_data, tmp_path / "d", "simsiam", knn_every=0, final_knn=False, stop_after=1))
     assert json.loads((run / loop.CONFIG).read_text())["method_options"] == {"proj_dim": 256, "pred_dim": 64}
@@ -471,3 +471,80 @@ def test_cli_method_options(tiny_data: Path, tmp_path: Path) -> None:
         bad = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "x"), *args], env={"COLUMNS": "300"})
         assert bad.exit_code == 2 and said in " ".join(bad.output.split()), bad.output
         assert not (tmp_path / "x").exists()
+
+
+def test_resume_refuses_other_settings_and_a_finished_run(tiny_data: Path, tmp_path: Path) -> None:
+    """--resume replays the run config.json records: another budget, batch size or lr was trained with while
+    config.json kept the old ones. Refused, naming each flag with the run's value and the given one, before
+    anything in the folder changes; a finished run is refused too (it trained on past its budget, and a signal
+    then removed its encoder.pt and summary.json)."""
+    run = tmp_path / "r"
+    pretrain(_cfg(tiny_data, run, "rotnet", epochs=2, knn_every=0, stop_after=1))
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    with pytest.raises(ValueError) as refused:
+        pretrain(_cfg(tiny_data, run, "rotnet", epochs=None, minutes=3.0, knn_every=0, batch_size=8, lr=0.5,
+                      resume=True))
+    said = str(refused.value)
+    for part in ("--batch-size: the run's 16, given 8", "--lr: the run's", "given 0.5", "--epochs: the run's 2, given "
+                 "None", "--minutes: the run's None, given 3.0", "drop those flags", "another --out"):
+        assert part in said, (part, said)
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+    pretrain(_cfg(tiny_data, run, "rotnet", epochs=2, knn_every=0, resume=True))  # the same settings: finishes
+    finished = {p.name: p.read_bytes() for p in run.iterdir()}
+    with pytest.raises(ValueError, match=r"the run is finished: .*export it, or start a new run with another --out"):
+        pretrain(_cfg(tiny_data, run, "rotnet", epochs=2, knn_every=0, resume=True))
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == finished
+
+
+def test_cli_resume_takes_the_runs_settings_and_refuses_other_ones(tiny_data: Path, tmp_path: Path) -> None:
+    """`pretrain --resume --out RUN` needs no other flag: the options not given are the run's (not the command's
+    defaults, which would differ from config.json and be refused); a given one that differs: exit 2 naming it."""
+    from typer.testing import CliRunner
+
+    from shortlist.cli import app
+
+    run = tmp_path / "r"
+    pretrain(_cfg(tiny_data, run, "rotnet", epochs=2, knn_every=0, stop_after=1))
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    env = {"COLUMNS": "300"}
+    bad = CliRunner().invoke(app, ["pretrain", "--out", str(run), "--resume", "--batch-size", "8", "--minutes", "3",
+                                   "--threads", "1"], env=env)
+    said = " ".join(bad.output.split())
+    assert bad.exit_code == 2 and "--batch-size: the run's 16, given 8" in said and "--minutes: the run's None, " \
+        "given 3.0" in said and "Traceback" not in said, said
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+    ok = CliRunner().invoke(app, ["pretrain", "--out", str(run), "--resume", "--threads", "1",
+                                  "--no-channels-last"], env=env)
+    assert ok.exit_code == 0, ok.output
+    assert json.loads((run / loop.SUMMARY).read_text())["steps"] == 6
+    again = CliRunner().invoke(app, ["pretrain", "--out", str(run), "--resume", "--threads", "1"], env=env)
+    assert again.exit_code == 2 and "the run is finished" in " ".join(again.output.split())
+    assert (run / loop.ENCODER).is_file() and (run / loop.SUMMARY).is_file()
+
+
+def test_settings_that_cannot_train_are_usage_errors_before_any_work(tiny_data: Path, tmp_path: Path) -> None:
+    """Each of these was a traceback, a late failure after training started, an internally scaled value or
+    silently accepted; now exit 2 naming the flag, and no --out folder left behind."""
+    from typer.testing import CliRunner
+
+    from shortlist.cli import app
+
+    base = ["pretrain", "--data", str(tiny_data), "--epochs", "1", "--preprocess", PRE, "--knn-every", "0",
+            "--no-channels-last"]
+    cases = [(["--threads", "-1"], "--threads"), (["--threads", "0"], "--threads"), (["--proj-dim", "0"], "--proj-dim"),
+             (["--lr", "-1"], "--lr"), (["--max-res", "1"], "--max-res 1: resnet18_w32 takes views of at least 8"),
+             (["--crop-min", "2"], "--crop-min"), (["--method", "moby", "--method-option", "proj_dim=0"], "--proj-dim"),
+             ([], "--batch-size 512 is larger than the 48 training images"), (["--batch-size", "0"], "--batch-size")]
+    for i, (flags, expect) in enumerate(cases):
+        out = tmp_path / f"o{i}"
+        res = CliRunner().invoke(app, [*base, "--out", str(out), *flags], env={"COLUMNS": "300"})
+        said = " ".join(res.output.split())
+        assert res.exit_code == 2 and expect in said and "Traceback" not in said, (flags, said)
+        assert "-2.0" not in said and "decoded" not in said.replace("decoded 48 training", ""), (flags, said)
+        assert not out.exists(), flags
+    with pytest.raises(ValueError, match=r"--batch-size 64 is larger than the 48 training images.*--batch-size 24"):
+        pretrain(_cfg(tiny_data, tmp_path / "lib", "rotnet", batch_size=64))
+    with pytest.raises(ValueError, match="--pred-dim 0"):
+        pretrain(_cfg(tiny_data, tmp_path / "lib", "simsiam", method_options={"pred_dim": 0}))
+    assert not (tmp_path / "lib").exists()
+
