@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -204,6 +205,7 @@ def _launch_local(cfg: PretrainConfig, procs: int) -> None:
     import dataclasses
     import uuid
 
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -211,10 +213,40 @@ def _launch_local(cfg: PretrainConfig, procs: int) -> None:
         cfg = dataclasses.replace(cfg, threads=max(1, (os.cpu_count() or 1) // procs))
     launch = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=procs, run_id=f"shortlist-{uuid.uuid4().hex}",
                           rdzv_backend="c10d", rdzv_endpoint="127.0.0.1:0", max_restarts=0)
+    previous = signal.signal(signal.SIGTERM, _raise_signal_exception)  # the launcher's own handler comes later
     try:
         elastic_launch(launch, _pretrain_worker)(cfg)
-    except ChildFailedError:
+    except ChildFailedError as e:
+        if any(f.exitcode == INTERRUPTED_EXIT for f in e.failures.values()):  # a rank stopped by a signal
+            _launcher_interrupted(cfg, "a signal")
         raise typer.Exit(2) from None  # the failing rank printed why
+    except SignalException as e:  # SIGTERM / SIGINT to the launcher: the ranks were sent SIGTERM and checkpointed
+        _launcher_interrupted(cfg, e.sigval.name)
+    except KeyboardInterrupt:  # Ctrl-C before the launcher installed its handlers
+        _launcher_interrupted(cfg, "SIGINT")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_signal_exception(signum: int, frame: object) -> None:
+    """SIGTERM before torch's launcher installs its handler (rendezvous): raised as its handler would."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+
+    raise SignalException(f"Process {os.getpid()} got signal: {signal.Signals(signum).name}",
+                          sigval=signal.Signals(signum))
+
+
+def _launcher_interrupted(cfg: PretrainConfig, what: str) -> None:
+    """``--procs``'s launcher stopped by ``what`` (a signal's name): say where the run stands, exit 130 (as one
+    process does: docs/training.md), not torch's SignalException traceback."""
+    out = Path(cfg.out)
+    if (out / "checkpoint.pt").is_file() and not (out / "summary.json").is_file():
+        said = (f"{what}: training stopped; {out} holds the run's last checkpoint: continue with `shortlist "
+                f"pretrain --out {out} --resume` (nothing to export until it finishes)")
+    else:
+        said = f"{what}: stopped before training began, nothing saved in {out}"
+    console.print(f"[yellow]{escape(said)}[/]", highlight=False)
+    raise typer.Exit(INTERRUPTED_EXIT)
 
 
 def finetune_cmd(

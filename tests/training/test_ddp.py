@@ -7,7 +7,10 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import pytest
 
 from tests.training.conftest import PRE
 from training import loop
@@ -96,3 +99,47 @@ def test_a_rank_leaves_its_process_group_when_its_run_ends(tiny_data: Path, tmp_
         if dist.is_initialized():
             dist.destroy_process_group()
     loop.close_process_group()  # without a group: nothing to do
+
+
+def test_a_signal_to_the_procs_launcher_exits_130_with_the_checkpoint_message(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """`pretrain --procs 2` stopped by SIGTERM or Ctrl-C: torch's launcher raised SignalException, which ended in
+    a traceback and exit 1; now the message one process prints and exit 130 (docs/training.md), also for a
+    signal before the launcher installed its handlers and for ranks that exited 130 themselves."""
+    import typer
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+    from torch.distributed.launcher import api
+
+    from training.cli import _launch_local
+    from training.pretrain import PretrainConfig
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / loop.CHECKPOINT).write_bytes(b"")
+    cfg = PretrainConfig(data="unused", out=str(out), epochs=1, threads=1, device="cpu")
+
+    def raising(error: BaseException) -> object:
+        def launch(*args: object) -> object:
+            def run(*args: object) -> None:
+                raise error
+            return run
+        return launch
+
+    def sigterm_during_startup(*args: object) -> object:
+        def run(*args: object) -> None:
+            os.kill(os.getpid(), signal.SIGTERM)  # no handler of the launcher's yet: ours raises
+            time.sleep(5)
+        return run
+
+    before = signal.getsignal(signal.SIGTERM)
+    failure = ProcessFailure(local_rank=0, pid=1, exitcode=130, error_file=str(tmp_path / "none"))
+    for launch in (raising(SignalException("got signal", sigval=signal.SIGTERM)), raising(KeyboardInterrupt()),
+                   raising(ChildFailedError("pretrain", {0: failure})), sigterm_during_startup):
+        monkeypatch.setattr(api, "elastic_launch", launch)
+        with pytest.raises(typer.Exit) as stopped:
+            _launch_local(cfg, 2)
+        said = " ".join(capsys.readouterr().err.split())
+        assert stopped.value.exit_code == 130, said
+        assert "training stopped" in said and "--resume" in said and "Traceback" not in said, said
+    assert signal.getsignal(signal.SIGTERM) == before  # the launcher's SIGTERM handler is not left installed
