@@ -548,3 +548,24 @@ def test_settings_that_cannot_train_are_usage_errors_before_any_work(tiny_data: 
         pretrain(_cfg(tiny_data, tmp_path / "lib", "simsiam", method_options={"pred_dim": 0}))
     assert not (tmp_path / "lib").exists()
 
+
+def test_the_final_knn_is_measured_in_fp32_as_the_exported_model_runs(
+        tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The final kNN (printed, summary.json) was measured under bf16 autocast while the exported model is fp32
+    (1.4 points apart on a SimSiam run); the periodic checks keep the training's autocast, and say so."""
+    from training import pretrain as pretrain_module
+
+    seen: list[object] = []
+    real = pretrain_module.embed
+
+    def recording(*args: object, **kw: object) -> torch.Tensor:
+        seen.append(kw.get("amp_dtype"))
+        return real(*args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pretrain_module, "embed", recording)
+    run = pretrain(_cfg(tiny_data, tmp_path / "r", "rotnet", epochs=2, knn_every=1, amp=True))
+    assert seen == [torch.bfloat16, torch.bfloat16, None, None]  # epoch 1 (bank, test), then the final one
+    summary = json.loads((run / loop.SUMMARY).read_text())
+    assert summary["knn_precision"] == "fp32"
+    records = [json.loads(line) for line in (run / loop.METRICS).read_text().splitlines()]
+    assert [r["precision"] for r in records if r["kind"] == "knn"] == ["bf16", "fp32"]
