@@ -140,6 +140,9 @@ def list_command(models: Path = ModelsOpt,
     out = Console()
     if not out.is_terminal:  # a file or a log: rich would squeeze the table into 80 columns and cut cells
         out = Console(width=max(out.width, 400))
+    from shortlist.manifest import staging_note  # what killed exports left
+    if note := staging_note(models):
+        out.print(f"warning: {note}", markup=False, highlight=False)
     if not rows:
         out.print(f"no versions in {escape(str(models))} (publish one with `shortlist export --run RUN --models "
                   f"{escape(str(models))}`)", highlight=False)

@@ -11,7 +11,8 @@ Registry layout (a folder, ``--models M``)::
                              ``logits`` (NxC) and ``rotation_logits`` (Nx4)
         encoder.ts           optional TorchScript export of the same encoder
         manifest.json        this module's ``Manifest``; written last inside the temporary folder
-      .tmp-v0002-1234/       a publish in progress: never loaded (starts with a dot)
+      .tmp-export-1234-ab12cd34/  a publish in progress (``staging_folder``; 1234: its process): never loaded
+                             (starts with a dot); one whose process is gone is removed by the next publish
       .last-version          the highest version number ever published here (``v0002``): the high-water mark
       .publish.lock          taken (flock) while a version number is chosen and published
       .trash-v0001-...       a version being removed (``remove_version``): never loaded (starts with a dot)
@@ -493,6 +494,7 @@ def publish(registry: Path, staging: Path) -> str:
     if not (staging / MANIFEST_NAME).is_file():
         raise ValueError(f"{staging} has no {MANIFEST_NAME}")
     with publish_lock(registry):
+        clear_stale_staging(registry)  # what killed publishers left (never ``staging``: this process is alive)
         nxt = highest_published(registry) + 1
         for _ in range(1000):
             target = registry / version_name(nxt)
@@ -565,6 +567,65 @@ def republish(registry: Path, version: str) -> str:
             if sha256_file(staging / name) != digest:  # changed between the check and the copy
                 raise ManifestError(f"{version}/{name} changed while it was copied; nothing was published")
         return publish_staged(registry, staging, manifest)
+
+
+# ``staging_folder``'s names: .tmp-KIND-PID-HEX8 (PID: the process writing it)
+STAGING_RE = re.compile(r"^\.tmp-[a-z]+-(\d+)-[0-9a-f]{8}$")
+STALE_STAGING_SECONDS = 24 * 3600  # a staging folder untouched this long is stale even if its PID is alive (reused)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    except (OverflowError, OSError):
+        return False
+    return True
+
+
+def stale_staging(registry: Path) -> list[Path]:
+    """The ``staging_folder`` folders in ``registry`` that no process will finish: an export, import or rollback
+    killed mid-write (kill -9, a crash: its ``except`` never ran) leaves one, a model's worth of disk. Stale: the
+    process its name carries is gone (on this machine), or it has not changed for STALE_STAGING_SECONDS (a PID
+    reused by another process, or a publisher on another machine sharing the folder)."""
+    import time
+
+    stale = []
+    for p in registry.iterdir() if registry.is_dir() else ():
+        m = STAGING_RE.match(p.name)
+        if m is None or not p.is_dir() or p.is_symlink():
+            continue
+        try:
+            old = time.time() - p.stat().st_mtime > STALE_STAGING_SECONDS
+        except OSError:
+            continue
+        if old or not _pid_alive(int(m.group(1))):
+            stale.append(p)
+    return sorted(stale)
+
+
+def clear_stale_staging(registry: Path) -> list[str]:
+    """Delete ``stale_staging``'s folders (what they hold was never published); returns their names."""
+    gone = []
+    for p in stale_staging(registry):
+        shutil.rmtree(p, ignore_errors=True)
+        if not p.exists():
+            gone.append(p.name)
+    return gone
+
+
+def staging_note(registry: Path) -> str | None:
+    """A sentence on the stale staging folders in ``registry`` (``models list``), or None when there are none."""
+    stale = stale_staging(registry)
+    if not stale:
+        return None
+    size = sum(version_bytes(p) for p in stale)
+    return (f"{len(stale)} unfinished publish folder(s) left by a stopped export, import or rollback "
+            f"({', '.join(p.name for p in stale)}; {size / 1e6:.1f} MB, never served): the next publish into "
+            f"{registry} removes them, or delete them by hand")
 
 
 @contextmanager

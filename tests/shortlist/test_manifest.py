@@ -143,3 +143,38 @@ def test_output_name_names_the_embedding_and_changes_no_existing_fingerprint() -
     m.output_name = "pooled"
     with pytest.raises(ManifestError, match=r"lists no 'pooled' output: .'feat'. .*set 'output_name' to one of them"):
         Manifest.from_json(m.to_json())
+
+
+def test_a_publish_removes_the_staging_folders_killed_publishers_left(tmp_path: Path) -> None:
+    """An export killed mid-write (kill -9) left its .tmp-export-PID-* folder (a model's worth of disk) for good:
+    `models list` now names it, and the next publish removes it, when its process is gone or it is a day old;
+    a folder whose process is alive (an export still writing) is left alone."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from typer.testing import CliRunner
+
+    from shortlist.cli import app
+
+    models = tmp_path / "models"
+    publish_linear(models, size=SIZE)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    dead = models / f".tmp-export-{gone.pid}-0123abcd"
+    old = models / f".tmp-import-{os.getpid()}-4567cdef"
+    live = models / f".tmp-export-{os.getpid()}-89abcdef"
+    for folder in (dead, old, live):
+        folder.mkdir()
+        (folder / "encoder.onnx").write_bytes(b"x" * 1000)
+    os.utime(old, (time.time() - 2 * 86400, time.time() - 2 * 86400))
+    listed = CliRunner().invoke(app, ["models", "list", "--models", str(models)], env={"COLUMNS": "300"})
+    said = " ".join(listed.output.split())
+    assert listed.exit_code == 0 and "2 unfinished publish folder(s)" in said, said
+    assert dead.name in said and old.name in said and live.name not in said
+    assert publish_linear(models, size=SIZE, seed=1) == "v0002"
+    assert not dead.exists() and not old.exists() and live.is_dir()
+    shutil.rmtree(live)
+    listed = CliRunner().invoke(app, ["models", "list", "--models", str(models)], env={"COLUMNS": "300"})
+    assert listed.exit_code == 0 and "unfinished publish" not in listed.output
