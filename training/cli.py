@@ -251,7 +251,8 @@ def _launcher_interrupted(cfg: PretrainConfig, what: str) -> None:
 
 def finetune_cmd(
     out: Path = typer.Option(..., help="run folder"),
-    data: str = typer.Option(..., help=f"labelled image source: {sources_said()}"),
+    data: str = typer.Option(..., help=f"labelled image source: {sources_said()} (its test split, when it has one, "
+                                       "is evaluated: test accuracy printed and in summary.json)"),
     mode: str = typer.Option(FINETUNE["mode"], help=help_list(FINETUNE_MODES)),
     init: Path | None = typer.Option(None, help="a pretraining run folder to start from"),
     arch: str = typer.Option(FINETUNE["arch"], help=f"architecture when not starting from --init: {ARCH_HELP}"),
@@ -268,8 +269,9 @@ def finetune_cmd(
     head_init: str = typer.Option(FINETUNE["head_init"], help="full / as3l / moby_al: start from a random "
                                   "classifier (AS3L's recipe) or from the linear probe on the labelled rows (probe: "
                                   "LP-FT)"),
-    ema: float = typer.Option(FINETUNE["ema"], min=0.0, max=0.9999, help="evaluate and export an EMA of the weights "
-                              "with this momentum (FlexMatch's code: 0.999, warmed up); 0: the live weights"),
+    ema: float = typer.Option(FINETUNE["ema"], min=0.0, max=0.9999, help="export an EMA of the weights with this "
+                              "momentum (and evaluate it on --data's test split, when it has one; FlexMatch's code: "
+                              "0.999, warmed up); 0: the live weights"),
     preprocess: str = typer.Option(FINETUNE["preprocess"]),
     threads: int | None = typer.Option(None),
     device: str = typer.Option(FINETUNE["device"]),
@@ -292,7 +294,7 @@ def finetune_cmd(
     from training.loop import Interrupted
 
     try:
-        run = finetune(cfg, console=console)
+        run = finetune(cfg, console=console, eval_from_data=True)
     except (ValueError, FileNotFoundError) as e:
         console.print(f"[red]error:[/] {e}")
         raise typer.Exit(2) from None
@@ -301,7 +303,10 @@ def finetune_cmd(
         raise typer.Exit(INTERRUPTED_EXIT) from None
     finally:
         close_process_group()  # under torchrun: leave the group before the interpreter exits
-    console.print(f"fine-tuned -> {run}")
+    summary = json.loads((run / "summary.json").read_text())
+    held_out = (f" (test accuracy {summary['test_accuracy']:.4f} on {summary['test_images']} held-out images of "
+                f"{data}'s test split)" if "test_accuracy" in summary else "")
+    console.print(f"fine-tuned -> {run}{escape(held_out)}", highlight=False)
 
 
 def export_cmd(

@@ -342,12 +342,14 @@ def _raw_features(enc: Encoder, images: torch.Tensor, pre: Preprocess, rt: loop.
 
 
 def finetune(config: FinetuneConfig, data: TensorData | None = None, priors: torch.Tensor | None = None,
-             console: Console | None = None, eval_data: TensorData | None = None) -> Path:
+             console: Console | None = None, eval_data: TensorData | None = None,
+             eval_from_data: bool = False) -> Path:
     """Train per ``config``; ``data`` overrides config.data; ``priors`` is UxC (rows of the unlabelled
     samples of ``data`` in order) for as3l. ``eval_data`` (labelled, at the model's input size): test
     accuracy every ``eval_every`` steps and at the end, in metrics.jsonl (kind "eval") and the summary
-    (``eval``: [[step, accuracy], ...], ``test_accuracy``, ``best_test_accuracy``). Returns the run folder
-    (encoder.pt has the classifier)."""
+    (``eval``: [[step, accuracy], ...], ``test_accuracy``, ``best_test_accuracy``). ``eval_from_data`` (the
+    CLI): without ``eval_data``, the test split of ``config.data`` when it has one (said when it has none).
+    Returns the run folder (encoder.pt has the classifier)."""
     cfg = config
     if cfg.mode not in FINETUNE_MODES:
         raise ValueError(f"unknown fine-tuning mode {cfg.mode!r}; valid: {', '.join(FINETUNE_MODES)}")
@@ -369,6 +371,12 @@ def finetune(config: FinetuneConfig, data: TensorData | None = None, priors: tor
         if not cfg.data:
             raise ValueError("give --data SOURCE (or pass TensorData)")
         data = load(cfg.data, "train", pre.size)
+    if eval_data is None and eval_from_data and cfg.data:
+        try:
+            eval_data = load(cfg.data, "test", pre.size, classes=data.classes)
+        except (FileNotFoundError, ValueError) as e:
+            if rt.is_main:
+                console.print(f"[yellow]no held-out evaluation:[/] {e}")
     if cfg.labels_per_class is not None:
         data = keep_labels_per_class(data, cfg.labels_per_class, cfg.seed)
     lab = data.labeled_rows
@@ -412,6 +420,8 @@ def finetune(config: FinetuneConfig, data: TensorData | None = None, priors: tor
                    eval_data=eval_data)
         summary.update(_train_loop(run, priors))
     summary["seconds"] = time.perf_counter() - t0
+    if eval_data is not None:
+        summary["test_images"] = len(eval_data.labeled_rows)
     save_encoder(run_dir, enc, arch=arch, method=f"finetune:{cfg.mode}", pre=pre, classes=data.classes,
                  config=config_dict, dataset=cfg.data or "", metrics=summary)
     loop.write_json(run_dir / loop.SUMMARY, summary)

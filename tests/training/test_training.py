@@ -569,3 +569,24 @@ def test_the_final_knn_is_measured_in_fp32_as_the_exported_model_runs(
     assert summary["knn_precision"] == "fp32"
     records = [json.loads(line) for line in (run / loop.METRICS).read_text().splitlines()]
     assert [r["precision"] for r in records if r["kind"] == "knn"] == ["bf16", "fp32"]
+
+
+def test_cli_finetune_evaluates_the_test_split_when_the_data_has_one(tiny_data: Path, tmp_path: Path) -> None:
+    """`shortlist finetune` never measured held-out accuracy (finetune() takes eval_data; the CLI passed none):
+    now the test split of --data, printed and in summary.json; a source without one says so."""
+    from typer.testing import CliRunner
+
+    from shortlist.cli import app
+
+    base = ["finetune", "--mode", "full", "--steps", "2", "--batch-size", "6", "--labels-per-class", "2",
+            "--preprocess", PRE, "--threads", "1"]
+    res = CliRunner().invoke(app, [*base, "--data", str(tiny_data), "--out", str(tmp_path / "f")],
+                             env={"COLUMNS": "300"})
+    said = " ".join(res.output.split())
+    assert res.exit_code == 0 and "test accuracy" in said and "on 24 held-out images" in said, said
+    summary = json.loads((tmp_path / "f" / loop.SUMMARY).read_text())
+    assert 0.0 <= summary["test_accuracy"] <= 1.0 and summary["test_images"] == 24
+    res = CliRunner().invoke(app, [*base, "--data", str(tiny_data / "train"), "--out", str(tmp_path / "g")],
+                             env={"COLUMNS": "300"})
+    said = " ".join(res.output.split())
+    assert res.exit_code == 0 and "no held-out evaluation" in said and "test accuracy" not in said, said
