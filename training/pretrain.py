@@ -24,6 +24,7 @@ from typing import Any, cast
 
 import torch
 from rich.console import Console
+from rich.markup import escape
 from torch import nn
 
 from shortlist.manifest import ONNX_EXPORT_HINT, PREPROCESS_PRESETS, Preprocess
@@ -142,8 +143,19 @@ def _load_test(cfg: PretrainConfig, pre: Preprocess, classes: list[str], console
                     classes=classes)
     except (FileNotFoundError, ValueError) as e:
         if say:
-            console.print(f"[yellow]no held-out kNN evaluation:[/] {e}")
+            console.print(f"[yellow]no held-out kNN evaluation:[/] {escape(str(e))}{_limit_note(cfg, classes)}",
+                          highlight=False)
         return None
+
+
+def _limit_note(cfg: PretrainConfig, classes: list[str]) -> str:
+    """What ``--limit`` did, when it is given: its first N images in the source's order (a source sorted by class,
+    such as the CIFAR tars, gives the first class or two), holding ``classes``; "" without --limit."""
+    if cfg.limit is None:
+        return ""
+    return (f" (--limit {cfg.limit} took the first {cfg.limit} images in the source's order, which hold "
+            f"{len(classes)} class{'es' if len(classes) != 1 else ''}: {', '.join(classes) or 'none'}; on a source "
+            "sorted by class give a larger --limit, or a folder with a sample of every class)")
 
 
 def knn_precision(rt: loop.Runtime, fp32: bool) -> str:
@@ -362,6 +374,11 @@ def _prepare(config: PretrainConfig, console: Console, train_data: TensorData | 
     if len(train) // cfg.batch_size == 0:
         raise ValueError(f"--batch-size {cfg.batch_size} is larger than the {len(train)} training images of "
                          f"{cfg.data}: give --batch-size {max(1, len(train) // 2)} or less, or more data")
+    present = train.labels[train.labeled_rows].unique().tolist()
+    if len(present) == 1 and rt.is_main:  # SSL needs no labels, but one class is seldom what was meant
+        console.print(f"[yellow]warning:[/] the training data has one class ({escape(train.classes[present[0]])})"
+                      f"{escape(_limit_note(cfg, [train.classes[present[0]]]))}: the encoder learns from that class "
+                      "alone", highlight=False)
     test = test_data
     if test is None and train_data is None and len(train.labeled_rows):
         test = _load_test(cfg, pre, train.classes, console, say=rt.is_main)

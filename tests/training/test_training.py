@@ -590,3 +590,22 @@ def test_cli_finetune_evaluates_the_test_split_when_the_data_has_one(tiny_data: 
                              env={"COLUMNS": "300"})
     said = " ".join(res.output.split())
     assert res.exit_code == 0 and "no held-out evaluation" in said and "test accuracy" not in said, said
+
+
+def test_a_limit_that_leaves_one_class_is_said(tiny_data: Path, tmp_path: Path) -> None:
+    """--limit N takes the first N images in the source's order: on a source sorted by class (the CIFAR tars)
+    that was one class, trained without a word, and the kNN message did not point at --limit."""
+    import io
+
+    from rich.console import Console
+
+    said = io.StringIO()
+    pretrain(_cfg(tiny_data, tmp_path / "r", "rotnet", limit=16, batch_size=8, knn_every=0),
+             Console(file=said, width=400))
+    text = " ".join(said.getvalue().split())
+    assert "warning: the training data has one class (blue) (--limit 16 took the first 16 images" in text, text
+    assert "no held-out kNN evaluation" in text and "--limit 16 took the first 16 images in the source's order, " \
+        "which hold 1 class: blue" in text, text
+    quiet = io.StringIO()
+    pretrain(_cfg(tiny_data, tmp_path / "q", "rotnet", knn_every=0), Console(file=quiet, width=400))
+    assert "one class" not in quiet.getvalue() and "--limit" not in quiet.getvalue()
