@@ -273,7 +273,7 @@ def finetune_cmd(
                               "momentum (and evaluate it on --data's test split, when it has one; FlexMatch's code: "
                               "0.999, warmed up); 0: the live weights"),
     preprocess: str = typer.Option(FINETUNE["preprocess"]),
-    threads: int | None = typer.Option(None),
+    threads: int | None = typer.Option(None, min=1),
     device: str = typer.Option(FINETUNE["device"]),
     seed: int = typer.Option(FINETUNE["seed"]),
 ) -> None:
@@ -347,7 +347,7 @@ def cycle_cmd(
                                           "size; fine-tuning: 64 labelled images, pretraining: the method's)"),
     method_option: list[str] | None = typer.Option(None, metavar="KEY=VALUE", help=f"pretraining modes "
                                                    f"({', '.join(METHOD_NAMES)}): {METHOD_OPTION_HELP}"),
-    threads: int | None = typer.Option(None),
+    threads: int | None = typer.Option(None, min=1),
     device: str = typer.Option(CYCLE["device"]),
     as_json: bool = typer.Option(False, "--json", help="print what changed as one JSON line on stdout (the "
                                  "training's progress stays on stderr)"),

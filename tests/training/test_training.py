@@ -609,3 +609,16 @@ def test_a_limit_that_leaves_one_class_is_said(tiny_data: Path, tmp_path: Path) 
     quiet = io.StringIO()
     pretrain(_cfg(tiny_data, tmp_path / "q", "rotnet", knn_every=0), Console(file=quiet, width=400))
     assert "one class" not in quiet.getvalue() and "--limit" not in quiet.getvalue()
+
+
+def test_finetune_and_cycle_refuse_threads_below_one(tiny_data: Path, tmp_path: Path) -> None:
+    """torch's set_num_threads refused them with a traceback once training had started."""
+    from typer.testing import CliRunner
+
+    from shortlist.cli import app
+
+    for command in (["finetune", "--data", str(tiny_data), "--steps", "1"], ["cycle", "--models", str(tmp_path / "m"),
+                                                                            "--steps", "1"]):
+        res = CliRunner().invoke(app, [*command, "--out", str(tmp_path / "o"), "--threads", "0"],
+                                 env={"COLUMNS": "300"})
+        assert res.exit_code == 2 and "--threads" in res.output and not (tmp_path / "o").exists(), res.output
