@@ -348,6 +348,10 @@ def _prepare(config: PretrainConfig, console: Console, train_data: TensorData | 
     cfg = check_settings(config)
     rt = loop.setup_runtime(cfg.device, cfg.amp, cfg.channels_last, cfg.threads)
     run_dir = Path(cfg.out)
+    assert cfg.batch_size is not None
+    if cfg.batch_size < rt.world:
+        raise ValueError(f"--batch-size {cfg.batch_size} is the global batch: give at least one image for each of "
+                         f"the {rt.world} processes")
     if run_dir.exists() and (run_dir / loop.CHECKPOINT).exists() and not cfg.resume:
         raise FileExistsError(f"{run_dir} already holds a run: pass --resume to continue it, or another --out")
     if cfg.resume:

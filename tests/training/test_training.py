@@ -622,3 +622,15 @@ def test_finetune_and_cycle_refuse_threads_below_one(tiny_data: Path, tmp_path: 
         res = CliRunner().invoke(app, [*command, "--out", str(tmp_path / "o"), "--threads", "0"],
                                  env={"COLUMNS": "300"})
         assert res.exit_code == 2 and "--threads" in res.output and not (tmp_path / "o").exists(), res.output
+
+
+def test_a_global_batch_smaller_than_the_processes_is_refused(
+        tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--procs 2 --batch-size 1 gave each rank a batch of 0 (a ZeroDivisionError in the budget)."""
+    import dataclasses
+
+    real = loop.setup_runtime
+    monkeypatch.setattr(loop, "setup_runtime", lambda *a, **kw: dataclasses.replace(real(*a, **kw), world=2))
+    with pytest.raises(ValueError, match=r"--batch-size 1 is the global batch: .* each of the 2 processes"):
+        pretrain(_cfg(tiny_data, tmp_path / "r", "rotnet", batch_size=1))
+    assert not (tmp_path / "r").exists()
