@@ -149,8 +149,8 @@ def pretrain_cmd(
         run.update({name: saved[name] for name in RESUME_FROM_RUN if name not in given and name in saved})
         if epochs is None and minutes is None:
             epochs, minutes = saved.get("epochs"), saved.get("minutes")
-        if not method_option and proj_dim is None and pred_dim is None and isinstance(saved.get("method_options"),
-                                                                                      dict):
+        if not method_option and proj_dim is None and pred_dim is None and run["method"] == saved.get("method") \
+                and isinstance(saved.get("method_options"), dict):  # (another method: refused, naming --method)
             options = dict(saved["method_options"])
     if run["data"] is None:
         raise typer.BadParameter("give the image source" + (" (--resume found no config.json in --out)" if resume

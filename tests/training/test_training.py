@@ -512,6 +512,11 @@ def test_cli_resume_takes_the_runs_settings_and_refuses_other_ones(tiny_data: Pa
     said = " ".join(bad.output.split())
     assert bad.exit_code == 2 and "--batch-size: the run's 16, given 8" in said and "--minutes: the run's None, " \
         "given 3.0" in said and "Traceback" not in said, said
+    moby = tmp_path / "m"  # another --method: the run's method options are moby's, not carried over to simsiam
+    pretrain(_cfg(tiny_data, moby, "moby", epochs=2, knn_every=0, stop_after=1))
+    other = CliRunner().invoke(app, ["pretrain", "--out", str(moby), "--resume", "--method", "simsiam"], env=env)
+    said = " ".join(other.output.split())
+    assert other.exit_code == 2 and "--method: the run's 'moby', given 'simsiam'" in said, said
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before
     ok = CliRunner().invoke(app, ["pretrain", "--out", str(run), "--resume", "--threads", "1",
                                   "--no-channels-last"], env=env)
