@@ -169,7 +169,7 @@ class _Py2Pickler(pickle._Pickler):  # type: ignore[name-defined,misc]
     def _save_py2_str(self, obj: str | bytes) -> None:
         raw = obj.encode("latin-1") if isinstance(obj, str) else obj
         n = len(raw)
-        self.write((pickle.SHORT_BINSTRING + bytes([n]) if n < 256 else
+        self.write((pickle.SHORT_BINSTRING + bytes([n]) if n < 256 else  # type: ignore[attr-defined]
                     pickle.BINSTRING + struct.pack("<i", n)) + raw)
 
     dispatch[bytes] = _save_py2_str

@@ -715,13 +715,13 @@ def test_a_token_gRPC_cannot_send_is_an_unknown_token_logged_as_refusals_are(tok
     caplog.set_level(logging.INFO)
     c = token_web_agent.client(follow_redirects=False)
     for _ in range(10):
-        r = c.get("/api/progress/head", headers={"Authorization": b"Bearer \xe9\xe9\xe9\xe9\xe9\xe9\xe9\xe9\xe9"})
+        r = c.get("/api/progress/head", headers={b"Authorization": b"Bearer \xe9\xe9\xe9\xe9\xe9\xe9\xe9\xe9\xe9"})
         assert r.status_code == 401 and r.json()["error"] == "UNAUTHENTICATED", r.text
         assert "This token is not known to the agent" in r.json()["message"]
     for cookie in (b"shortlist_token=abc\x01def0123456789", "shortlist_token=\u00e9t\u00e9-0123456789".encode()):
-        r = c.get("/api/progress/head", headers={"Cookie": cookie})
+        r = c.get("/api/progress/head", headers={b"Cookie": cookie})
         assert r.status_code == 401 and r.json()["error"] == "UNAUTHENTICATED", r.text
-    page = c.get("/queue", headers={"Cookie": b"shortlist_token=abc\x01def0123456789"})
+    page = c.get("/queue", headers={b"Cookie": b"shortlist_token=abc\x01def0123456789"})
     assert page.status_code == 303 and page.headers["location"].startswith("/login")
     signed = c.post("/login", data={"name": "x", "token": "\u00e9" * 20})
     assert signed.status_code == 401 and "This token is not known to the agent" in signed.text
