@@ -390,6 +390,7 @@ def serve(labelstudio: LabelStudioConfig, *,
 
             local = LocalSocket()
         server, bound, agent = create_server(config, local_socket=None if local is None else local.path)
+        signals = _Signals()  # it answers now: a signal from here on stops it gracefully
     except (ClassListError, SchemaVersionError, StateCorruptError, OSError,
             ValueError) as e:  # SecurityError is a ValueError
         full = None if isinstance(e, DataFolderError) else start_disk_full(data_dir, e, int(min_free_mb * MIB))
@@ -405,7 +406,7 @@ def serve(labelstudio: LabelStudioConfig, *,
     if web_config is not None and local is not None:
         web = _start_web(web_config, local, f"{host}:{bound}", lambda: stop_server(server, agent))
     _print_banner(config, agent, bound, web)
-    _serve_until_signal(lambda: stop_server(server, agent), web, local)
+    _serve_until_signal(signals, lambda: stop_server(server, agent), web, local)
 
 
 def _prepare_process() -> None:
@@ -526,11 +527,11 @@ def _stopping(signal_name: str, doing: str, what: str) -> str:
     return f"stopping ({signal_name}): {doing}{hup}"
 
 
-def _serve_until_signal(stop_agent: Callable[[], None], web: _Stoppable | None,
+def _serve_until_signal(signals: _Signals, stop_agent: Callable[[], None], web: _Stoppable | None,
                         local: _Removable | None) -> NoReturn:
-    """Serve until SIGTERM, SIGINT or SIGHUP, then stop (``_stop_serving``) and end the process
+    """Serve until SIGTERM, SIGINT or SIGHUP (``signals``), then stop (``_stop_serving``) and end the process
     (``_exit_without_teardown``) with its status."""
-    name = _wait_for_signal()
+    name = signals.wait()
     signalled = time.monotonic()
     _say(_stopping(name, "finishing in-flight calls", "the agent"))
     code = _stop_serving(stop_agent, web, local)
@@ -539,20 +540,26 @@ def _serve_until_signal(stop_agent: Callable[[], None], web: _Stoppable | None,
     _exit_without_teardown(code)
 
 
-def _wait_for_signal() -> str:
-    """Wait for SIGTERM, SIGINT or SIGHUP; its name. SIGHUP stops the agent as SIGTERM does: its default
-    action killed it without a word, a snapshot or a graceful end of in-flight calls."""
-    stop = threading.Event()
-    got: list[str] = []
+class _Signals:
+    """SIGTERM, SIGINT and SIGHUP caught from the moment it is made: ``wait`` returns the first one's name
+    (at once when one came before). Made as soon as a server answers, so that a SIGTERM sent once it answers
+    (an orchestrator, a test) stops it gracefully: with the handlers installed only after the banner, one in
+    between took the default action, killed without a snapshot or a graceful end of in-flight calls (seen in
+    CI: exit -15). SIGHUP stops it as SIGTERM does: its default action killed it without a word."""
 
-    def handler(number: int, _frame: object) -> None:
-        got.append(signal.Signals(number).name)
-        stop.set()
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self.got: list[str] = []
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, self._handler)
 
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, handler)
-    stop.wait()
-    return got[0]
+    def _handler(self, number: int, _frame: object) -> None:
+        self.got.append(signal.Signals(number).name)
+        self.stop.set()
+
+    def wait(self) -> str:
+        self.stop.wait()
+        return self.got[0]
 
 
 class _Stoppable(Protocol):
@@ -677,12 +684,13 @@ def web(agent: AgentTarget, labelstudio: LabelStudioConfig,
                               "an agent that requires tokens (its --tokens) and no --token here"):
             _say(escape(w), logging.WARNING)
         server = WebServer(create_app(config, factory), config).start()
+        signals = _Signals()  # it answers now: a signal from here on stops it gracefully
     except (SecurityError, OSError, ValueError) as e:
         _say(escape(str(e)), logging.ERROR)
         raise typer.Exit(2) from None
     _say(escape(f"web app on {server.url} for the agent at {agent.address}")
          + (" (browsers sign in with their token)" if requires_tokens and not agent.config.token else ""))
-    name = _wait_for_signal()
+    name = signals.wait()
     _say(_stopping(name, "finishing the requests in flight", "it"))
     server.stop()
     logging.getLogger("agent.cli").info("web app stopped")

@@ -1265,3 +1265,24 @@ def test_a_call_an_older_agent_lacks_says_so_and_to_upgrade_it(tmp_path: Path, v
     assert (f"(the agent is shortlist 0.0.9, this client {package_version()})" if version else
             "(it does not report its version: older than version reporting)") in text, text
     assert 'upgrade the agent (docs/agent.md, "Upgrading")' in text, text
+
+
+def test_a_signal_that_comes_before_the_wait_still_stops_the_agent_gracefully() -> None:
+    """serve catches SIGTERM, SIGINT and SIGHUP from the moment its server answers (agent.cli._Signals), not
+    from the moment it starts waiting: a SIGTERM sent in between (an orchestrator once the port answers, CI's
+    test_labelstudio_flags_without_a_web_port_... once) took the default action, exit -15 without a graceful
+    stop. Here the signal comes before ``wait``, which returns it at once."""
+    from agent.cli import _Signals
+
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    try:
+        signals = _Signals()
+        os.kill(os.getpid(), signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        while not signals.stop.is_set():  # Python runs the handler between bytecodes of the main thread
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert signals.wait() == "SIGTERM"
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
