@@ -43,6 +43,7 @@ import json
 import os
 import re
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -574,14 +575,17 @@ STAGING_RE = re.compile(r"^\.tmp-[a-z]+-(\d+)-[0-9a-f]{8}$")
 STALE_STAGING_SECONDS = 24 * 3600  # a staging folder untouched this long is stale even if its PID is alive (reused)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether ``pid`` names a process this process can see (signal 0). Only a hint: a process in another pid
+    namespace is invisible, and a dead process's pid may be reused. Also agent.web.server's local socket
+    folders."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # another user's process
         return True
-    except (OverflowError, OSError):
+    except (OverflowError, ValueError, OSError):  # no pid at all (beyond a C pid_t), or another refusal
         return False
     return True
 
@@ -591,8 +595,6 @@ def stale_staging(registry: Path) -> list[Path]:
     killed mid-write (kill -9, a crash: its ``except`` never ran) leaves one, a model's worth of disk. Stale: the
     process its name carries is gone (on this machine), or it has not changed for STALE_STAGING_SECONDS (a PID
     reused by another process, or a publisher on another machine sharing the folder)."""
-    import time
-
     stale = []
     for p in registry.iterdir() if registry.is_dir() else ():
         m = STAGING_RE.match(p.name)
@@ -602,7 +604,7 @@ def stale_staging(registry: Path) -> list[Path]:
             old = time.time() - p.stat().st_mtime > STALE_STAGING_SECONDS
         except OSError:
             continue
-        if old or not _pid_alive(int(m.group(1))):
+        if old or not pid_alive(int(m.group(1))):
             stale.append(p)
     return sorted(stale)
 

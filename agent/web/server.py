@@ -32,6 +32,7 @@ from agent import client
 from agent.fds import throttle_accept_failures
 from agent.security import check_exposure, listen_socket
 from agent.web.config import WebConfig
+from shortlist.manifest import pid_alive
 
 log = logging.getLogger(__name__)
 START_TIMEOUT_S = 30.0
@@ -232,21 +233,6 @@ RECONNECT_BACKOFF_MS = 1000
 PID_FILE = "pid"  # in a LocalSocket folder: the process that made it, which holds an flock on it while it lives
 
 
-def _alive(pid: int) -> bool:
-    """Whether ``pid`` names a process this process can see. Only a hint: a process in another pid namespace
-    (a container sharing /tmp) is invisible, and a dead process's pid may be reused, so liveness is the
-    pid file's lock (``_locked``); this only keeps folders of older versions, which took no lock."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    except (OverflowError, ValueError):  # no pid at all (beyond a C pid_t, or negative)
-        return False
-    return True
-
-
 def _take_lock(fd: int) -> bool:
     """Take ``fd``'s exclusive flock without waiting; False when another open file holds it."""
     try:
@@ -282,7 +268,9 @@ def remove_stale_sockets(tmp: Path | None = None) -> list[Path]:
                 pid = int(os.read(fd, 64).decode("ascii").strip())
             except (OSError, ValueError):  # ValueError: empty (being written), not a number, not ASCII
                 continue
-            if pid > 0 and not _alive(pid):
+            # a hint only: liveness is the pid file's lock (``_locked``); this keeps the folders of older
+            # versions, which took no lock
+            if pid > 0 and not pid_alive(pid):
                 shutil.rmtree(folder, ignore_errors=True)
                 removed.append(folder)
                 log.info("removed %s, the local socket folder of process %d, which is gone", folder, pid)
