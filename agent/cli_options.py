@@ -204,7 +204,8 @@ _LIMITS_PARAMS = [
              "RESOURCE_EXHAUSTED)")),
     _option("stream_stall_timeout", float, typer.Option(
         LIMITS.stream_stall_timeout_s, "--stream-stall-timeout", min=0.1,
-        help="seconds a server stream may wait for its client to take a message before the agent cancels it")),
+        help="seconds a server stream may wait for its client to take a message, or a unary call for its request "
+             "message, before the agent cancels it")),
     _option("max_connections", int, typer.Option(
         LIMITS.max_connections, "--max-connections", min=1,
         help="TCP connections to the gRPC port at once (more are closed as they come)")),

@@ -50,7 +50,8 @@ class Limits:
     # the agent ends it (DEADLINE_EXCEEDED, with how many of its samples were stored) to free its slot.
     # Generous: the time counts while one message travels, and a 32 MiB image over a slow link takes minutes.
     ingest_idle_timeout_s: float = 300.0
-    # Server streams (ListSamples, ListLabels, GetMap, PriorLabels, reflection) served at once; more get
+    # Server streams (ListSamples, ListLabels, GetMap, PriorLabels) served at once, and unary calls that may wait
+    # the stall timeout for their request message (agent/streams.py RequestGuard); more streams get
     # RESOURCE_EXHAUSTED at once with a retry hint (ingest_retry_after_s). The gRPC pool has as many threads
     # more (and max_ingest_streams more) than --workers, so streams never take the unary calls' threads.
     max_server_streams: int = 16

@@ -35,7 +35,7 @@ from agent.memory import IdleTrim
 from agent.priors.calibration import TemperatureFit
 from agent.queues import QueueData
 from agent.security import READ_ONLY_CALL
-from agent.streams import StreamGuard
+from agent.streams import OPEN_SERVICE_SLOTS, RequestGuard, StreamGuard
 from shortlist.v1 import agent_pb2, agent_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -481,13 +481,16 @@ def create_server(config: AgentConfig, interceptors: Sequence[grpc.ServerInterce
     streams = StreamGuard(limits.max_server_streams, limits.stream_stall_timeout_s, limits.ingest_retry_after_s)
     try:
         server_options = [*connection_options(limits), *options]
-        # The lanes' running and queued calls, the server streams (StreamGuard) and the Ingest streams hold
-        # gRPC threads of their own on top of ``workers``, so neither a full queue of heavy calls nor streams
-        # whose clients stall leave GetStatus, SubmitLabels or the web app without a thread.
-        threads = config.workers + config.work.threads + limits.max_server_streams + limits.max_ingest_streams
+        # The lanes' running and queued calls, the server streams (StreamGuard), the Ingest streams and the
+        # calls waiting for their request message (RequestGuard) hold gRPC threads of their own on top of
+        # ``workers``, so neither a full queue of heavy calls nor clients that stall leave GetStatus,
+        # SubmitLabels or the web app without a thread.
+        threads = (config.workers + config.work.threads + 2 * limits.max_server_streams + limits.max_ingest_streams
+                   + 2 * OPEN_SERVICE_SLOTS)
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="rpc"),
-                             interceptors=[CallStarts(trim), *auth, streams, ErrorMapping((SERVICE_NAME,)),
-                                           *interceptors],
+                             # RequestGuard outside the token check: a refused call reads nothing, passes it
+                             interceptors=[CallStarts(trim), RequestGuard(streams, limits.max_server_streams), *auth,
+                                           streams, ErrorMapping((SERVICE_NAME,)), *interceptors],
                              options=server_options)
         agent_pb2_grpc.add_AgentServicer_to_server(AgentServicer(agent, warnings), server)
         health_servicer = Health()

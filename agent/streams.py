@@ -17,7 +17,21 @@ the web app hung until the clients let go (the security review, docs/reliability
   gRPC's pending send fail, which frees the handler's thread (the client sees CANCELLED). The time a handler
   spends computing (a PriorLabels before its first row) is not a stall: only the wait on the client counts.
 
-Health ``Watch`` streams pass untouched: they are non-blocking (they hold no thread while open).
+Health ``Watch`` streams pass untouched: they are non-blocking (they hold no thread while open). The services
+open without a token (reflection; health is the other) have slots of their own (``OPEN_SERVICE_SLOTS``), so a
+caller without a token cannot take the agent's stream slots from the callers with one.
+
+``RequestGuard`` (installed outside the token check) bounds the other wait on a client: gRPC's synchronous server
+reads a unary call's request message in one of its pool's threads before the handler runs, so a client that sends
+a call's headers and never its message held that thread until it gave up (120 such health ``Check`` calls, open
+to all, left a ``GetStatus`` with a token at DEADLINE_EXCEEDED). It gives each call with a unary request (a unary
+call, a server stream, health's ``Watch``) a request-streaming handler instead, which the server runs at once, and
+reads the one message there, under the same watchdog: the first ``Limits.max_server_streams`` calls of the
+agent's service waiting at once may wait the stall timeout, the first ``OPEN_SERVICE_SLOTS`` of the open services
+``OPEN_REQUEST_TIMEOUT_S``, and any more ``OVER_LIMIT_WAIT_S`` (a message sent with its headers is there at once:
+such calls are not refused, only the ones still waiting then are cancelled). A unary request and a request
+stream of one message are the same on the wire, so clients see no difference; create_server adds as many threads
+to the pool as there are long waits.
 """
 
 from __future__ import annotations
@@ -37,6 +51,16 @@ from agent.security import RefusalLog, caller_address
 
 log = logging.getLogger(__name__)
 
+AGENT_PREFIX = "/shortlist.v1.Agent/"  # the service whose calls carry a token when the agent has --tokens
+# Calls of the services open without a token (health, reflection) that may wait on their client at once: their
+# server streams (reflection), and, apart, their calls waiting for their request message (RequestGuard).
+OPEN_SERVICE_SLOTS = 4
+# Seconds an open service's call may wait for its request message (a health check's is a few bytes, sent with
+# its headers): then it is cancelled, freeing its slot for the next probe.
+OPEN_REQUEST_TIMEOUT_S = 5.0
+# Seconds a call may wait for its request message while the first ones of its service (RequestGuard) wait.
+OVER_LIMIT_WAIT_S = 1.0
+
 
 @dataclass
 class _Open:
@@ -46,6 +70,8 @@ class _Open:
     method: str
     waiting_since: float | None = None
     cancelled: bool = False
+    timeout_s: float | None = None  # None: the guard's stall timeout
+    what: str = "stream"  # the log's word for it
 
 
 class StreamGuard(grpc.ServerInterceptor):
@@ -60,6 +86,7 @@ class StreamGuard(grpc.ServerInterceptor):
         self.retry_after_s = retry_after_s
         self.refusals = refusals if refusals is not None else RefusalLog()
         self._slots = threading.BoundedSemaphore(limit)
+        self._open_slots = threading.BoundedSemaphore(OPEN_SERVICE_SLOTS)  # reflection's, without a token
         self._lock = threading.Lock()
         self._open: dict[int, _Open] = {}
         self._stop = threading.Event()
@@ -88,32 +115,52 @@ class StreamGuard(grpc.ServerInterceptor):
                               handler.request_deserializer)
 
     def _guarded(self, fn: Behaviour, request_streaming: bool, method: str) -> Behaviour:
+        agent_call = method.startswith(AGENT_PREFIX)
+        slots = self._slots if agent_call else self._open_slots
+
         def streaming(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-            if not self._slots.acquire(blocking=False):
-                self._refuse(method, context)
-            entry = _Open(context, method)
-            with self._lock:
-                self._open[id(entry)] = entry
+            if not slots.acquire(blocking=False):
+                self._refuse(method, context, agent_call)
+            entry = self.track(_Open(context, method))
             try:
                 for msg in fn(_timed(request, entry) if request_streaming else request, context):
                     entry.waiting_since = time.monotonic()  # until gRPC asks for the next one: the send is done
                     yield msg
                     entry.waiting_since = None
             finally:
-                entry.waiting_since = None
-                with self._lock:
-                    self._open.pop(id(entry), None)
-                self._slots.release()
+                self.untrack(entry)
+                slots.release()
 
         return streaming
 
-    def _refuse(self, method: str, context: grpc.ServicerContext) -> None:
-        self.refusals.refused(f"a server stream ({method.rpartition('/')[2]}) over --max-server-streams",
-                              context.peer(), context.invocation_metadata())
+    def track(self, entry: _Open) -> _Open:
+        """Watch ``entry`` (its waits on its client) until ``untrack``."""
+        with self._lock:
+            self._open[id(entry)] = entry
+        return entry
+
+    def untrack(self, entry: _Open) -> None:
+        entry.waiting_since = None
+        with self._lock:
+            self._open.pop(id(entry), None)
+
+    def refuse(self, context: grpc.ServicerContext, logged: str, message: str) -> None:
+        """End the call with RESOURCE_EXHAUSTED, ``message`` and the retry hint; log ``logged`` (throttled)."""
+        self.refusals.refused(logged, context.peer(), context.invocation_metadata())
         context.set_trailing_metadata(((RETRY_AFTER_KEY, str(round(self.retry_after_s * 1000))),))
-        context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                      f"the agent is already serving {self.limit} server streams (ListSamples, ListLabels, GetMap, "
-                      f"PriorLabels), its limit; retry in {self.retry_after_s:g} s {limit_hint('max_server_streams')}")
+        context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
+
+    def _refuse(self, method: str, context: grpc.ServicerContext, agent_call: bool) -> None:
+        name = method.rpartition("/")[2]
+        if agent_call:
+            self.refuse(context, f"a server stream ({name}) over --max-server-streams",
+                        f"the agent is already serving {self.limit} server streams (ListSamples, ListLabels, GetMap, "
+                        f"PriorLabels), its limit; retry in {self.retry_after_s:g} s "
+                        f"{limit_hint('max_server_streams')}")
+        else:
+                self.refuse(context, f"a stream of an open service ({name}) over its {OPEN_SERVICE_SLOTS}",
+                        f"the agent is already serving {OPEN_SERVICE_SLOTS} streams of the services open without a "
+                        f"token (reflection), their limit; retry in {self.retry_after_s:g} s")
 
     def _watch(self) -> None:
         tick = min(1.0, self.stall_s / 4)
@@ -121,15 +168,21 @@ class StreamGuard(grpc.ServerInterceptor):
             now = time.monotonic()
             with self._lock:
                 stalled = [e for e in self._open.values() if not e.cancelled and e.waiting_since is not None
-                           and now - e.waiting_since > self.stall_s]
+                           and now - e.waiting_since > (self.stall_s if e.timeout_s is None else e.timeout_s)]
             for e in stalled:
                 e.cancelled = True
                 peer = e.context.peer()
-                more = self.refusals.admit("stalled stream", caller_address(peer, e.context.invocation_metadata()))
+                more = self.refusals.admit(f"stalled {e.what}", caller_address(peer, e.context.invocation_metadata()))
                 if more is not None:
-                    log.warning("cancelled a %s stream to %s: its client took no message for %g s "
-                                "(--stream-stall-timeout)%s", e.method.rpartition("/")[2], peer, self.stall_s, more)
-                e.context.cancel()  # the pending send fails and the handler's thread is free
+                    name = e.method.rpartition("/")[2]
+                    if e.timeout_s is None and e.what == "stream":
+                        log.warning("cancelled a %s stream to %s: its client took no message for %g s "
+                                    "(--stream-stall-timeout)%s", name, peer, self.stall_s, more)
+                    else:
+                        log.warning("cancelled a %s call from %s: its client sent no request message in %g s%s%s",
+                                    name, peer, self.stall_s if e.timeout_s is None else e.timeout_s,
+                                    " (--stream-stall-timeout)" if e.timeout_s is None else "", more)
+                e.context.cancel()  # the pending send or receive fails and the handler's thread is free
 
 
 def _timed(requests: Iterator[Any], entry: _Open) -> Iterator[Any]:
@@ -143,3 +196,69 @@ def _timed(requests: Iterator[Any], entry: _Open) -> Iterator[Any]:
         finally:
             entry.waiting_since = None
         yield request
+
+
+class RequestGuard(grpc.ServerInterceptor):
+    """Reads each unary request in a handler of its own, bounded in time (module docstring): the first ``limit``
+    calls of the agent's service waiting at once for their request message may wait ``streams``' stall timeout,
+    the first ``OPEN_SERVICE_SLOTS`` of the open services ``OPEN_REQUEST_TIMEOUT_S``; any further one
+    ``OVER_LIMIT_WAIT_S`` (a client sends a small message with its headers: it is there at once). Then
+    ``streams``' watchdog cancels the call, freeing its thread. Install it outside the token check: a call the
+    check refuses reads nothing and passes untouched."""
+
+    def __init__(self, streams: StreamGuard, limit: int) -> None:
+        self.streams = streams
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._waiting = {True: 0, False: 0}  # the agent's service?: its calls waiting for their request now
+
+    def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+                          handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        handler = continuation(handler_call_details)
+        if handler is None or handler.request_streaming:
+            return handler
+        method: str = getattr(handler_call_details, "method", "") or ""
+        read = self._reader(method)
+        parse, ser = handler.request_deserializer, handler.response_serializer
+        if handler.unary_unary is not None:
+            unary = handler.unary_unary
+
+            def answer(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
+                return unary(read(requests, context), context)
+
+            return grpc.stream_unary_rpc_method_handler(answer, parse, ser)
+        stream = handler.unary_stream
+        if stream is None:
+            return handler
+        if getattr(stream, "experimental_non_blocking", False):  # health Watch: hands over its callback
+            def watch(requests: Iterator[Any], context: grpc.ServicerContext, send: Callable[[Any], None]) -> None:
+                stream(read(requests, context), context, send)  # type: ignore[call-arg]
+
+            watch.experimental_non_blocking = True  # type: ignore[attr-defined]
+            return grpc.stream_stream_rpc_method_handler(watch, parse, ser)
+
+        def streaming(requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
+            yield from stream(read(requests, context), context)
+
+        return grpc.stream_stream_rpc_method_handler(streaming, parse, ser)
+
+    def _reader(self, method: str) -> Callable[[Iterator[Any], grpc.ServicerContext], Any]:
+        agent_call = method.startswith(AGENT_PREFIX)
+        limit, timeout_s = (self.limit, None) if agent_call else (OPEN_SERVICE_SLOTS, OPEN_REQUEST_TIMEOUT_S)
+
+        def read(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
+            with self._lock:
+                within = self._waiting[agent_call] < limit
+                self._waiting[agent_call] += 1
+            entry = self.streams.track(_Open(context, method, time.monotonic(), what="request",
+                                             timeout_s=timeout_s if within else OVER_LIMIT_WAIT_S))
+            try:
+                return next(requests)
+            except StopIteration:  # the client closed its side without a message (gRPC's own answer, kept)
+                context.abort(grpc.StatusCode.UNIMPLEMENTED, f'"{method}" requires exactly one request message.')
+            finally:
+                self.streams.untrack(entry)
+                with self._lock:
+                    self._waiting[agent_call] -= 1
+
+        return read

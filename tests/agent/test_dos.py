@@ -12,16 +12,19 @@ import time
 from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from agent import client
 from agent.config import Limits, WorkConfig
 from agent.errors import RETRY_AFTER_KEY
 from agent.fds import raise_open_files_limit, throttle_accept_failures
-from agent.streams import StreamGuard
+from agent.streams import OPEN_REQUEST_TIMEOUT_S, OPEN_SERVICE_SLOTS, StreamGuard
 from shortlist.v1 import agent_pb2, agent_pb2_grpc
 from tests.agent.conftest import Running, start
 
@@ -246,3 +249,97 @@ def test_failed_accepts_are_logged_once_every_interval(caplog: pytest.LogCapture
         assert lines[3].endswith("(999 more from it in the last 0 s, not logged)")
     finally:
         logger.removeFilter(f)
+
+
+def header_only(channel: grpc.Channel, method: str, stop: threading.Event) -> grpc.Future:
+    """A call to the unary ``method`` whose client sends its headers and no request message until ``stop``."""
+    def never() -> Iterator[bytes]:
+        stop.wait(60)
+        yield from ()
+
+    call: grpc.Future = channel.stream_unary(method, request_serializer=lambda b: b,
+                                             response_deserializer=lambda b: b).future(never())
+    return call
+
+
+def wait_done(calls: list[grpc.Future], within_s: float) -> list[grpc.Future]:
+    end = time.monotonic() + within_s
+    while not all(c.done() for c in calls) and time.monotonic() < end:
+        time.sleep(0.05)
+    return [c for c in calls if c.done()]
+
+
+@pytest.mark.parametrize("method", ["/grpc.health.v1.Health/Check", "/shortlist.v1.Agent/GetStatus"])
+def test_calls_that_never_send_their_request_leave_the_others_alone(guarded: Running, method: str) -> None:
+    """Without the guard, about as many such calls as the pool has threads froze every unary call (gRPC reads a
+    unary request in a pool thread before the handler runs): here 40, on a pool of 2 workers + 4 lanes' threads +
+    the streams'. The health service is open to all; GetStatus stands for a token holder's calls."""
+    stop = threading.Event()
+    attacker = grpc.insecure_channel(guarded.address)
+    calls = [header_only(attacker, method, stop) for _ in range(40)]
+    try:
+        time.sleep(1)
+        t0 = time.monotonic()
+        assert guarded.stub.GetStatus(agent_pb2.GetStatusRequest(), timeout=10).samples == 8
+        health = health_pb2_grpc.HealthStub(guarded.channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+        assert time.monotonic() - t0 < 5
+        # the calls beyond the first ones (2 for the agent's service, its --max-server-streams; 4 for health)
+        # are cancelled within about a second, the first ones after their longer wait
+        first = 2 if method.startswith("/shortlist") else OPEN_SERVICE_SLOTS
+        assert len(wait_done(calls, 4)) >= len(calls) - first
+        assert len(wait_done(calls, OPEN_REQUEST_TIMEOUT_S + 3)) == len(calls)
+        assert {c.code() for c in calls} == {CODE.CANCELLED}
+    finally:
+        stop.set()
+        for c in calls:
+            c.cancel()
+        attacker.close()
+
+
+def test_a_unary_call_whose_client_sends_no_message_is_told_so(running: Running) -> None:
+    call = running.channel.stream_unary("/shortlist.v1.Agent/GetStatus", request_serializer=lambda b: b,
+                                        response_deserializer=lambda b: b)
+    with pytest.raises(grpc.RpcError) as e:
+        call(iter(()), timeout=10)
+    assert e.value.code() == CODE.UNIMPLEMENTED
+    assert "requires exactly one request message" in (e.value.details() or "")
+    # a server stream and health's Watch still work through the guard's handlers
+    assert len(list(running.stub.ListSamples(agent_pb2.ListSamplesRequest(), timeout=10))) == 0
+    watch = health_pb2_grpc.HealthStub(running.channel).Watch(health_pb2.HealthCheckRequest(), timeout=10)
+    assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+    watch.cancel()
+
+
+def test_reflection_streams_have_slots_of_their_own(guarded: Running) -> None:
+    """Reflection is open without a token: its streams must not take the agent's server-stream slots (2 here)."""
+    stop = threading.Event()
+
+    def silent() -> Iterator[reflection_pb2.ServerReflectionRequest]:
+        yield reflection_pb2.ServerReflectionRequest(list_services="")
+        stop.wait(30)
+
+    attacker = grpc.insecure_channel(guarded.address)
+    info = reflection_pb2_grpc.ServerReflectionStub(attacker).ServerReflectionInfo
+    streams = [info(silent(), timeout=20) for _ in range(OPEN_SERVICE_SLOTS + 3)]
+    try:
+        firsts = futures.ThreadPoolExecutor(len(streams))
+        answered = list(firsts.map(lambda s: _first_or_code(s), streams))
+        firsts.shutdown(wait=False)
+        assert answered.count("answer") == OPEN_SERVICE_SLOTS
+        assert answered.count(CODE.RESOURCE_EXHAUSTED) == 3
+        readers = [guarded.stub.ListSamples(agent_pb2.ListSamplesRequest(), timeout=10) for _ in range(2)]
+        assert [len(list(r)) for r in readers] == [8, 8]
+    finally:
+        stop.set()
+        for st in streams:
+            st.cancel()
+        attacker.close()
+
+
+def _first_or_code(stream: Any) -> Any:
+    try:
+        next(stream)
+        return "answer"
+    except grpc.RpcError as e:
+        return e.code()
