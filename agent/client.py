@@ -27,7 +27,7 @@ import grpc
 import numpy as np
 
 from agent.errors import RETRY_AFTER_KEY
-from agent.security import READ, RPC_ROLES
+from agent.security import READ, RPC_ROLES, printable_ascii
 from shortlist.v1 import agent_pb2, agent_pb2_grpc
 
 if TYPE_CHECKING:
@@ -321,9 +321,9 @@ def token_problem(token: str) -> str | None:
     """Why ``token`` cannot be a token (None when it can): gRPC metadata is printable ASCII, so a token with
     another character (an accented letter, a control character) could not even be sent (gRPC refused the
     call with INTERNAL "Invalid metadata" and a C-core trace), and no agent's --tokens file holds one."""
-    if token.isascii() and token.isprintable():
+    if printable_ascii(token):
         return None
-    at = next(i for i, c in enumerate(token) if not (c.isascii() and c.isprintable()))
+    at = next(i for i, c in enumerate(token) if not printable_ascii(c))
     return (f"a token is printable ASCII (character {at + 1} of this one's {len(token)} is not): check it "
             "against the agent's --tokens file")
 

@@ -50,13 +50,13 @@ from agent.ingest import (
 )
 from agent.limits import (
     MIB,
-    UNNAMED_ANNOTATOR,
     annotator_name,
     check_count,
     check_text,
     limit_hint,
     metadata_problem,
     name_problem,
+    stored_annotator,
     text_problem,
 )
 from agent.models import ModelManager, Serving
@@ -662,13 +662,13 @@ class Agent:
         """Who gave ``rec``'s latest label row ("" when none), unless it was ``annotator`` (then None)."""
         last = self.state.last_label_by(rec.seq)
         by = last[0] if last is not None else ""
-        return None if by == (annotator or UNNAMED_ANNOTATOR) else by
+        return None if by == stored_annotator(annotator) else by
 
     def _own_retraction(self, rec: SampleRecord, annotator: str) -> str:
         """For an unlabelled ``rec`` that RetractLabels is asked to unlabel: a note when its label was last
         taken back by this request's ``annotator`` (a resend of a retraction that was applied), else ""."""
         history = self.state.label_history(rec.seq)
-        if history and not history[-1][0] and history[-1][1] == (annotator or UNNAMED_ANNOTATOR):
+        if history and not history[-1][0] and history[-1][1] == stored_annotator(annotator):
             return (f" (already taken back by this request's annotator, {annotator_name(history[-1][1])}: a resend "
                     "of a request that was applied changes nothing)")
         return ""
@@ -690,7 +690,7 @@ class Agent:
         history = self.state.label_history(rec.seq)
         by = history[-1][1] if history else ""
         was = f"expected {expected!r}" if expected else "expected unlabelled"
-        if history and by == (annotator or UNNAMED_ANNOTATOR):
+        if history and by == stored_annotator(annotator):
             now_is = f"labelled {now!r}" if now else "unlabelled (its label taken back)"
             return Rejected(rec.id, f"{now_is} by this request's annotator ({annotator_name(by)}) already ({was}): "
                                     "not changed; if this resends a request that was applied, nothing is left to "
@@ -749,7 +749,7 @@ class Agent:
                 if (same and expected is not None and expected != label and agreed is not None
                         and (by := self._given_by_another(rec, annotator)) is not None):  # not the caller's resend
                     agreed.append((sid, (label, by)))
-                if same and self.state.last_label_by(rec.seq) == (annotator or UNNAMED_ANNOTATOR,
+                if same and self.state.last_label_by(rec.seq) == (stored_annotator(annotator),
                                                                   source or MANUAL_SOURCE):
                     unchanged += 1  # a resend (a retry after a lost reply): already stored, no second row
                     self._note_twin_conflicts(rec, label, given, twin_conflicts)
@@ -763,7 +763,7 @@ class Agent:
                 if replaced is not None and current >= 0 and not same:  # a label over another one
                     self._note_replaced(rec, self.state.class_name(current), annotator, replaced)
             if good:
-                self.state.add_labels(good, annotator or UNNAMED_ANNOTATOR, source or MANUAL_SOURCE,
+                self.state.add_labels(good, stored_annotator(annotator), source or MANUAL_SOURCE,
                                       "" if serving is None else serving.version)
         return len(good) + unchanged, rejected
 
@@ -818,7 +818,7 @@ class Agent:
                     if replaced is not None:
                         self._note_replaced(rec, self.state.class_name(int(labels[rec.seq])), annotator, replaced)
             if good:
-                self.state.retract_labels(good, annotator or UNNAMED_ANNOTATOR, source or MANUAL_SOURCE,
+                self.state.retract_labels(good, stored_annotator(annotator), source or MANUAL_SOURCE,
                                           "" if serving is None else serving.version)
         return len(good), rejected
 
@@ -839,13 +839,13 @@ class Agent:
         with self.manager.writing() as serving:
             if self.state.renamed.get(old) == new:  # a resend (a retry after a lost reply): done already, but
                 # for labels of ``old`` stored after the rename (before Ingest checked under this lock): move them
-                moved = self.state.move_retired_labels(old, annotator or UNNAMED_ANNOTATOR,
+                moved = self.state.move_retired_labels(old, stored_annotator(annotator),
                                                        "" if serving is None else serving.version)
                 if moved:
                     self.select_cache.clear()
                     self.prior_cache.clear()
                     log.warning("class %r: %d labels stored after its rename to %r moved to it by %s", old, moved,
-                                new, annotator or UNNAMED_ANNOTATOR)
+                                new, stored_annotator(annotator))
                 return moved, False, self.pool_classes(self.state.labels_by_seq())[0]
             if (problem := self.state.renamed_problem(old)) is not None:
                 raise FailedPrecondition(f"{problem.split(';')[0]} already: rename {self.state.renamed[old]!r} "
@@ -863,14 +863,14 @@ class Agent:
                 raise InvalidArgument(
                     f"to_class: {new!r} was renamed to {became!r}, and a label {new!r} is refused naming {became!r}; "
                     f"pick another name (only {became!r} can take {new!r} back)")
-            moved, merged = self.state.rename_class(old, new, annotator or UNNAMED_ANNOTATOR,
+            moved, merged = self.state.rename_class(old, new, stored_annotator(annotator),
                                                     "" if serving is None else serving.version)
             # cached answers are keyed on the labels' indices, which a rename of a class without labels (or a
             # merge in a closed list) leaves as they were while the class list changes under them
             self.select_cache.clear()
             self.prior_cache.clear()
         log.info("class %r %s %r by %s: %d labels moved", old, "merged into" if merged else "renamed to", new,
-                 annotator or UNNAMED_ANNOTATOR, moved)
+                 stored_annotator(annotator), moved)
         return moved, merged, self.pool_classes(self.state.labels_by_seq())[0]
 
     def _where_mask(self, seqs: np.ndarray, where: Mapping[str, str]) -> np.ndarray:

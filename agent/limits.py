@@ -186,6 +186,11 @@ def metadata_problem(metadata: Mapping[str, str], limits: Limits, what: str = "m
 UNNAMED_ANNOTATOR = "unknown"
 
 
+def stored_annotator(annotator: str) -> str:
+    """The annotator name a request's ``annotator`` is stored as (``UNNAMED_ANNOTATOR`` for an empty one)."""
+    return annotator or UNNAMED_ANNOTATOR
+
+
 def annotator_name(by: str) -> str:
     """A stored annotator name as messages say it: "an unnamed annotator" for ``UNNAMED_ANNOTATOR``."""
     return "an unnamed annotator" if by == UNNAMED_ANNOTATOR else by

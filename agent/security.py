@@ -138,6 +138,11 @@ def weak_token(token: str) -> str | None:
     return None
 
 
+def printable_ascii(text: str) -> bool:
+    """Whether ``text`` can travel as gRPC metadata (printable ASCII), as a token must."""
+    return text.isascii() and text.isprintable()
+
+
 def parse_tokens(text: str, source: str) -> list[tuple[bytes, str]]:
     """(token, role) pairs from a tokens file's text. SecurityError names the bad line (never its token)."""
     pairs: list[tuple[bytes, str]] = []
@@ -151,7 +156,7 @@ def parse_tokens(text: str, source: str) -> list[tuple[bytes, str]]:
         where = f"{source} line {n}"
         if not sep or role not in ROLES:
             raise SecurityError(f"{where}: expected `role:token` with role {' or '.join(ROLES)}")
-        if len(token) < MIN_TOKEN_LENGTH or not token.isascii() or not token.isprintable() or " " in token:
+        if len(token) < MIN_TOKEN_LENGTH or not printable_ascii(token) or " " in token:
             raise SecurityError(f"{where}: a token must be at least {MIN_TOKEN_LENGTH} printable ASCII characters "
                                 f"without spaces ({TOKEN_HINT})")
         if (weak := weak_token(token)) is not None:

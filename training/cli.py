@@ -138,9 +138,7 @@ def pretrain_cmd(
     """Self-supervised pretraining of an encoder (kNN accuracy on the held-out split when labels exist)."""
     # the options that are PretrainConfig fields of the same name (RESUME_FROM_RUN): with --resume, those not given
     # on the command line are the run's (click says which were given); a given one that differs is refused
-    run: dict[str, Any] = dict(data=data, method=method, arch=arch, limit=limit, batch_size=batch_size, lr=lr,
-                               weight_decay=weight_decay, min_res=min_res, max_res=max_res, crop_min=crop_min,
-                               preprocess=preprocess, knn_every=knn_every, knn_k=knn_k, amp=amp, seed=seed)
+    run: dict[str, Any] = {name: ctx.params[name] for name in RESUME_FROM_RUN}
     saved = _run_config(out) if resume else None
     options: dict[str, object] | None = None
     if saved is not None:
