@@ -47,8 +47,8 @@ def constrained_seed_kmeans(x: np.ndarray, seed_rows: np.ndarray, seed_cluster: 
     # One float64 copy for k-means++ and the centre sums, made once: made in every Lloyd step it was a
     # large part of the step's time (docs/reliability.md, "PriorLabels as3l and llgc").
     x64 = np.asarray(x, np.float64)
-    if k > s:
-        free = np.setdiff1d(np.arange(len(x)), seed_rows)
+    free = np.setdiff1d(np.arange(len(x)), seed_rows) if k > s else np.empty(0, np.int64)
+    if len(free):  # (none: every row is a seed, and the S seeded clusters are all there is)
         with one_blas_thread():
             kmeans_plusplus = deferred("sklearn.cluster").kmeans_plusplus  # on first use (agent.lazy)
             extra, _ = kmeans_plusplus(x64[free], n_clusters=min(k - s, len(free)),

@@ -38,6 +38,15 @@ def test_labelled_rows_come_back_one_hot_and_errors(name: str) -> None:
         PRIOR_METHODS[name](pool, np.arange(3), np.random.default_rng(0), {"nope": "1"})
 
 
+@pytest.mark.parametrize("name", sorted(PRIOR_METHODS))
+@pytest.mark.parametrize("calibrate", ["true", "false"])
+def test_a_pool_with_every_row_labelled(name: str, calibrate: str) -> None:
+    """(as3l asked k-means++ for 0 clusters here: INTERNAL through the agent)"""
+    rows = np.arange(len(X))
+    pr = PRIOR_METHODS[name](make_pool(X, Y, rows), rows, np.random.default_rng(0), {"calibrate": calibrate})
+    np.testing.assert_allclose(pr.probs, np.eye(5)[Y])
+
+
 def test_unknown_method_lists_valid() -> None:
     with pytest.raises(InvalidArgument, match="valid: " + ", ".join(sorted(PRIOR_METHODS)) + "$"):
         get_prior_method("magic")
