@@ -118,8 +118,8 @@ def typicality(points: np.ndarray, reference: np.ndarray, k: int, self_in_refere
 def index_typicality(pool: Pool, rows: np.ndarray, k: int) -> np.ndarray:
     """Typicality of ``rows`` (R int64) over their ``k`` nearest neighbours in the whole pool, from the
     pool's kNN index (hnswlib in the agent); each row's own hit is skipped. Returns R float64."""
-    if len(rows) == 0:
-        return np.zeros(0)
+    if len(rows) == 0 or len(pool.embeddings) < 2:  # (a lone row has no neighbour to be typical among)
+        return np.zeros(len(rows))
     k = max(1, min(k, len(pool.embeddings) - 1))
     nbr, cos_d = pool.knn(pool.embeddings[rows], k + 1)
     dist = cosine_to_l2(cos_d)  # Euclidean distance between unit vectors

@@ -25,6 +25,10 @@ from agent.strategies._common import (
     rows_matrix,
 )
 
+# The least 1 - cos(u, v) a ProbCover ball's cutoff keeps below 1 (a radius of sqrt(2e-5) = 0.0045 at least):
+# float32 products of unit vectors are off by about 1e-6, so a point always lies in its own ball.
+MIN_BALL_COS_GAP = 1e-5
+
 
 def coreset_work(params: Mapping[str, str], rows: int, labelled: int, budget: int, classes: int) -> float:
     """coreset's work size for a call (StrategyEntry.work_size): one pass over the pool per pick and per
@@ -232,8 +236,10 @@ def probcover(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping
     centre_rows = cand if len(cand) <= PROBCOVER_CENTRES else np.sort(rng.choice(cand, PROBCOVER_CENTRES,
                                                                                   replace=False))
     xc = emb[centre_rows].astype(np.float32)  # CxD, the balls' centres
-    # ||u - v|| < delta <=> cos(u, v) > 1 - delta^2 / 2 for unit vectors (open balls, as purity_delta).
-    cos_min = np.float32(1.0 - delta * delta / 2.0)
+    # ||u - v|| < delta <=> cos(u, v) > 1 - delta^2 / 2 for unit vectors (open balls, as purity_delta). At
+    # most 1 - MIN_BALL_COS_GAP: float32 products cannot tell cosines nearer 1 apart, and a cutoff rounded to 1
+    # left each point out of its own ball (no ball held a point below delta 3.5e-4; the picks were the fill's).
+    cos_min = np.float32(min(1.0 - delta * delta / 2.0, 1.0 - MIN_BALL_COS_GAP))
     covered = np.zeros(len(sample), bool)
     step = block_rows(len(xs))
     for start in range(0, len(pool.labeled), step):
@@ -321,7 +327,7 @@ def _probcover_details(delta: float, delta_from: str, covered: float, nn: float)
     distance ``nn``. ``covered``: the fraction of the pool covered."""
     details = {"delta": f"{delta:.4f}", "delta_from": delta_from, "covered": f"{covered:.4f}",
                "median_nn_distance": f"{nn:.4f}"}
-    if delta <= nn:
+    if delta <= nn < np.inf:  # (inf: a lone row, which has no neighbour)
         details["warning"] = (
             f"delta {delta:.3f} is not above the median nearest-neighbour distance {nn:.3f}: most balls hold "
             f"only their own centre, so the picks follow density, not coverage "

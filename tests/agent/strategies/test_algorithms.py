@@ -129,6 +129,24 @@ def test_probcover_is_exact_greedy_max_coverage(delta: float, budget: int, bigge
     assert sel.rows.tolist() == picks
 
 
+def test_probcover_puts_each_point_in_its_own_ball_at_any_delta() -> None:
+    """(below delta 3.5e-4 the cutoff rounded to cos 1 in float32: no ball held a point, every score was 0 and
+    the picks were the random fill's)"""
+    x, y = blobs(clusters=3, dim=8, spread=0.3, sizes=[20, 20, 10], seed=1)
+    for delta in (1e-4, 1e-6):
+        sel = STRATEGIES["probcover"](make_pool(x, y), 5, np.random.default_rng(0), {"delta": str(delta)})
+        assert sel.scores.tolist() == [1.0] * 5 and sel.rows.tolist() == [0, 1, 2, 3, 4]  # ties: the lowest rows
+        assert float(sel.details["covered"]) == pytest.approx(5 / 50)
+
+
+def test_a_lone_row_is_scored_without_nan() -> None:
+    x, y = blobs(clusters=1, dim=4, spread=0.1, sizes=[1], seed=0)
+    for name in ("typiclust", "probcover"):
+        sel = STRATEGIES[name](make_pool(x, y), 1, np.random.default_rng(0), {})
+        assert sel.rows.tolist() == [0] and np.isfinite(sel.scores).all()
+        assert "warning" not in sel.details  # (probcover warned of a median neighbour distance of inf)
+
+
 def test_probcover_reports_delta_and_warns_when_balls_hold_one_point() -> None:
     x, y = blobs(clusters=4, per_cluster=30, dim=16, spread=0.05, seed=3)
     pool = make_pool(x, y)
