@@ -25,7 +25,7 @@ from starlette.responses import Response
 
 from agent.web import errors
 from agent.web.config import WebConfig
-from agent.web.guards import BodyLimitGuard, HostGuard, OriginGuard, SecurityHeaders, allowed_hosts
+from agent.web.guards import BodyLimitGuard, BodyPaceGuard, HostGuard, OriginGuard, SecurityHeaders, allowed_hosts
 from agent.web.pages import STATIC
 from shortlist.v1 import agent_pb2_grpc
 
@@ -83,7 +83,8 @@ def create_app(config: WebConfig, client_factory: Callable[[], grpc.Channel]) ->
     app.state.nav = [(label, path) for _, label, path in sorted(nav)]
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
     errors.install(app)
-    app.add_middleware(OriginGuard)  # agent/web/guards.py: no cross-site POSTs
+    app.add_middleware(BodyPaceGuard)  # agent/web/guards.py: no bodies sent a byte now and then
+    app.add_middleware(OriginGuard)  # no cross-site POSTs
     app.add_middleware(BodyLimitGuard, limit=config.max_body_bytes)  # no oversized bodies
     app.add_middleware(HostGuard, hosts=allowed_hosts(config))  # no DNS rebinding (checked first)
     app.add_middleware(SecurityHeaders)  # outermost: on every answer, refusals included

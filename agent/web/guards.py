@@ -18,6 +18,11 @@
   routes, agent/web/app.py), whose own answer to a too long Content-Length would hide the 413's advice.
   Bodies are read before the agent checks the caller's token, so without the limit anyone who reaches
   the app could make it hold gigabytes.
+- ``BodyPaceGuard``: a request body must come at ``BODY_MIN_BYTES_PER_S`` or faster, after ``BODY_GRACE_S``
+  (its deadline is the grace plus the bytes come so far at that pace), else the request is answered 408 and
+  its connection closed. Bodies are read before the agent checks the token, and the connection cap
+  (agent/web/server.py) evicts only connections still waiting for their headers: 256 requests each sending
+  one byte of a declared body now and then held every connection, and the app answered everyone 503.
 - ``SecurityHeaders``: every answer says ``X-Content-Type-Options: nosniff`` (an image or JSON is never run
   as a script or page), ``X-Frame-Options: DENY`` and CSP ``frame-ancestors 'none'`` (no other site frames
   the pages to trick clicks), ``Referrer-Policy: same-origin`` (sample ids in URLs stay here) and a
@@ -29,16 +34,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import socket
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.middleware.trustedhost import TrustedHostMiddleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agent.security import is_loopback
@@ -202,6 +209,67 @@ class BodyLimitGuard:
                 await too_large(Request(scope, receive))(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+# A request body's pace: the first BODY_GRACE_S are free, then it must have come at BODY_MIN_BYTES_PER_S on
+# average (the largest legitimate bodies, a labels batch or a webhook, are a few hundred KiB: a second or two on
+# the slowest link this allows; the 16 MiB cap itself in about 17 minutes).
+BODY_GRACE_S = 10.0
+BODY_MIN_BYTES_PER_S = 16 * 1024
+
+
+class BodyPaceGuard:
+    """Answer 408 (and close the connection) to a request whose body comes slower than ``min_rate`` bytes a
+    second after ``grace_s``: the route's read of the body is ended as if the client had gone, and the
+    answer is this guard's. Requests without a body, and everything after the body (a response's wait for
+    the client going away), are not timed."""
+
+    def __init__(self, app: ASGIApp, grace_s: float = BODY_GRACE_S, min_rate: float = BODY_MIN_BYTES_PER_S) -> None:
+        self.app = app
+        self.grace_s = grace_s
+        self.min_rate = min_rate
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.monotonic()
+        got = 0
+        body_done = timed_out = started = False
+
+        async def paced() -> Message:
+            nonlocal got, body_done, timed_out
+            if body_done or timed_out:
+                return await receive()
+            left = start + self.grace_s + got / self.min_rate - time.monotonic()
+            try:
+                message = await asyncio.wait_for(receive(), timeout=max(left, 0.0))
+            except TimeoutError:
+                timed_out = True
+                return {"type": "http.disconnect"}  # the route's read ends (Starlette: ClientDisconnect)
+            if message["type"] == "http.request":
+                got += len(message.get("body", b""))
+                body_done = not message.get("more_body", False)
+            return message
+
+        async def sending(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, paced, sending)
+        except ClientDisconnect:
+            if not timed_out:
+                raise
+        if timed_out and not started:
+            log.info("cut a request body that came at %.0f bytes/s (%d bytes in %.0f s) from %s", got / max(
+                time.monotonic() - start, 1e-9), got, time.monotonic() - start, (scope.get("client") or ("?",))[0])
+            await error_response(
+                Request(scope), 408, "request_timeout",
+                f"the request's body came too slowly ({got} bytes in {time.monotonic() - start:.0f} s; the app "
+                f"waits {self.grace_s:g} s, then wants {self.min_rate / 1024:g} KiB/s): send it again",
+                headers={"Connection": "close"})(scope, receive, send)
 
 
 CONTENT_SECURITY_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "

@@ -16,6 +16,7 @@ import pytest
 from fastapi import FastAPI, Request
 
 from agent.web.config import WebConfig
+from agent.web.guards import BodyPaceGuard
 from agent.web.server import WebServer
 
 
@@ -133,3 +134,61 @@ def test_over_https_a_handshake_or_headers_that_do_not_come_are_cut_off(tmp_path
             assert s.recv(1024) == b""
     finally:
         web.stop()
+
+
+@pytest.fixture
+def paced() -> Iterator[WebServer]:
+    """The same app with the body pace guard: 1 s of grace, then 100 bytes a second."""
+    app = FastAPI()
+
+    @app.post("/upload")
+    async def upload(request: Request) -> dict[str, int]:
+        return {"bytes": len(await request.body())}
+
+    app.add_middleware(BodyPaceGuard, grace_s=1.0, min_rate=100.0)
+    web = WebServer(app, WebConfig(host="127.0.0.1", port=0), header_timeout_s=1.0, max_connections=4).start()
+    try:
+        yield web
+    finally:
+        web.stop()
+
+
+def _post(web: WebServer, body: bytes) -> tuple[int, bytes]:
+    req = urllib.request.Request(f"http://127.0.0.1:{web.port}/upload", data=body, method="POST")
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return int(r.status), r.read()
+
+
+def test_a_body_sent_a_byte_now_and_then_is_answered_408_and_closed(paced: WebServer) -> None:
+    with socket.create_connection(("127.0.0.1", paced.port)) as s:
+        s.sendall(b"POST /upload HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n"
+                  b"Accept: application/json\r\n\r\n")
+        start = time.monotonic()
+        answer = b""
+        s.settimeout(0.4)
+        while time.monotonic() - start < 6:
+            try:
+                s.sendall(b"x")
+                chunk = s.recv(4096)
+            except TimeoutError:
+                continue
+            except (ConnectionResetError, BrokenPipeError):
+                break
+            if not chunk:
+                break
+            answer += chunk
+        took = time.monotonic() - start
+    assert answer.startswith(b"HTTP/1.1 408"), answer
+    assert b"came too slowly" in answer and 1.0 < took < 4.0, took
+    assert _post(paced, b"y" * 5000) == (200, b'{"bytes":5000}')  # a body sent whole is served
+
+
+def test_bodies_that_never_come_no_longer_hold_every_connection(paced: WebServer) -> None:
+    """(without the guard, one more request got 503 for as long as the four waited: test above,
+    test_when_every_connection_is_busy_one_more_gets_503)"""
+    with contextlib.ExitStack() as stack:
+        for _ in range(4):
+            s = stack.enter_context(socket.create_connection(("127.0.0.1", paced.port)))
+            s.sendall(b"POST /upload HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\n")
+        time.sleep(1.5)  # past the grace
+        assert _post(paced, b"z" * 10) == (200, b'{"bytes":10}')
