@@ -48,7 +48,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from agent.security import is_loopback
+from agent.security import RefusalLog, is_loopback
 from agent.web.config import WebConfig, host_pattern
 from agent.web.errors import error_response, too_large
 
@@ -228,6 +228,7 @@ class BodyPaceGuard:
         self.app = app
         self.grace_s = grace_s
         self.min_rate = min_rate
+        self.refusals = RefusalLog()  # one line per client address every 10 s at most
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -263,8 +264,11 @@ class BodyPaceGuard:
             if not timed_out:
                 raise
         if timed_out and not started:
-            log.info("cut a request body that came at %.0f bytes/s (%d bytes in %.0f s) from %s", got / max(
-                time.monotonic() - start, 1e-9), got, time.monotonic() - start, (scope.get("client") or ("?",))[0])
+            address = str((scope.get("client") or ("?",))[0])
+            more = self.refusals.admit("slow body", address)
+            if more is not None:
+                log.warning("cut a request body from %s: %d bytes in %.0f s%s", address, got,
+                            time.monotonic() - start, more)
             await error_response(
                 Request(scope), 408, "request_timeout",
                 f"the request's body came too slowly ({got} bytes in {time.monotonic() - start:.0f} s; the app "
