@@ -3,8 +3,8 @@
 A blob is written to a temporary file in its final folder, fsynced, then renamed into place, so a
 reader never sees a partial blob and a crash leaves at most an orphan temporary file (removed on
 open). Blobs are immutable; writing the same bytes twice is a no-op. Orphan blobs (written, then the
-SQLite transaction that referenced them never committed) are harmless: the same content re-ingested
-reuses them.
+SQLite transaction that referenced them never committed: an agent killed during an Ingest) are removed
+when the agent next opens the folder (``sweep``), before it serves.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -74,6 +75,24 @@ class BlobStore:
                 os.replace(tmp, final)
                 placed.append(final)
         list(_FSYNC_POOL.map(fsync_path, {final.parent for final in placed}))
+
+    def sweep(self, keep: Collection[str]) -> int:
+        """Remove every blob whose digest is not in ``keep`` (the payloads the samples table names); returns
+        how many. Only while nothing writes blobs (the agent at open, before it serves): an Ingest writes its
+        blobs before the commit that names them, so a sweep beside one could remove a blob about to be used."""
+        removed = 0
+        touched: set[Path] = set()
+        for folder in self.root.iterdir():
+            if len(folder.name) != 2 or not folder.is_dir():
+                continue
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    if not entry.name.startswith(".") and folder.name + entry.name not in keep:
+                        Path(entry.path).unlink(missing_ok=True)
+                        removed += 1
+                        touched.add(folder)
+        list(_FSYNC_POOL.map(fsync_path, touched))
+        return removed
 
     def damaged(self, digest: str) -> bool:
         """Whether the blob is missing or its content does not hash to ``digest``."""

@@ -457,6 +457,11 @@ class Agent:
         self._draws: list[tuple[str, np.ndarray]] = self._recorded_draws()
         self._recorded_since_prune = PRUNE_EVERY  # prune at the first record after a start
         self.blobs = BlobStore(data_dir / "blobs") if config.blobs else None
+        if self.blobs is not None:  # before anything serves: no Ingest is writing blobs
+            swept = self.blobs.sweep(self.state.payload_digests())
+            if swept:
+                log.info("removed %d stored payload(s) that no sample names (written by an Ingest that stopped "
+                         "before its commit)", swept)
         self.manager = ModelManager(config, self.state, self.blobs, on_classes=self._adopt_manifest_classes)
         self.ingest = IngestPipeline(self.state, self.blobs, self.manager, config.limits, self.decode_work,
                                      work.large_image_pixels)

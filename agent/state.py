@@ -551,6 +551,11 @@ class State:
             seq = self._seq_by_sha.get(sha256)
             return None if seq is None else self._records[seq]
 
+    def payload_digests(self) -> set[str]:
+        """The sha256 of every stored sample's payload (a copy)."""
+        with self._lock:
+            return set(self._seq_by_sha)
+
     def payload_groups(self) -> np.ndarray | None:
         """By seq 0..max_seq: the seq of the first sample stored with the same payload bytes (sha256), the
         sample's own seq when it is the first (0 for seq 0); byte-identical samples share one value. None when
