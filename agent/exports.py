@@ -4,6 +4,10 @@ What one export folder holds (each part optional, see ``FORMATS``)::
 
     OUT/labels.csv, labels.jsonl   one row per labelled sample (or per label given, with history):
                                    id, label, annotator, time (ISO 8601, UTC), source, model_version, audit
+    OUT/samples.csv, samples.jsonl one row per labelled sample: id, uri and its metadata as given at ingest
+                                   (CSV: a column per metadata key, the keys of every row, "" where a
+                                   sample has none; a key named id or uri is written metadata.id /
+                                   metadata.uri; JSONL: {"id", "uri", "metadata": {...}}), to join on id
     OUT/priors.csv, priors.jsonl   one row per unlabelled sample: id, label (the prior's top class),
                                    confidence, method, model_version (+ probs, class -> probability, in JSONL)
     OUT/priors.meta.json           with the priors: how their confidences were calibrated
@@ -140,6 +144,24 @@ def label_row(r: agent_pb2.LabelRecord, history: bool = False) -> dict[str, Any]
 def prior_row(p: agent_pb2.PriorLabel, method: str) -> dict[str, Any]:
     return {"id": p.id, "label": p.label, "confidence": round(float(p.confidence), 6), "method": method,
             "model_version": p.model_version, "probs": {k: round(float(v), 6) for k, v in sorted(p.probs.items())}}
+
+
+SAMPLE_FIELDS = ["id", "uri"]
+
+
+def write_samples(samples: Iterable[agent_pb2.Sample], csv_path: Path | None, jsonl_path: Path | None) -> int:
+    """samples.csv / samples.jsonl (module docstring) from ListSamples' samples (without payloads); the count.
+    The CSV's columns are the union of the metadata keys, so the rows are read once and kept (metadata only)."""
+    kept = [(s.id, s.uri, dict(sorted(s.metadata.items()))) for s in samples]
+    keys = sorted({k for _, _, meta in kept for k in meta})
+    column = {k: f"metadata.{k}" if k in SAMPLE_FIELDS else k for k in keys}
+    rows = [{"id": i, "uri": uri, "metadata": meta} for i, uri, meta in kept]
+    flat = ({"id": i, "uri": uri, **{column[k]: v for k, v in meta.items()}} for i, uri, meta in kept)
+    if csv_path is not None:
+        write_rows(flat, [*SAMPLE_FIELDS, *column.values()], csv_path, None)
+    if jsonl_path is not None:
+        write_rows(rows, [], None, jsonl_path)
+    return len(rows)
 
 
 def write_rows(rows: Iterable[dict[str, Any]], fields: list[str], csv_path: Path | None,
@@ -425,6 +447,9 @@ def export_labels(stub: agent_pb2_grpc.AgentStub, out: Path, config: ExportConfi
             records = stub.ListLabels(agent_pb2.ListLabelsRequest(history=config.history), metadata=metadata)
             fields = [*LABEL_FIELDS, "retracted"] if config.history else LABEL_FIELDS
             summary.labels = write_rows((label_row(r, config.history) for r in records), fields, csv_l, jsonl_l)
+            listed = stub.ListSamples(agent_pb2.ListSamplesRequest(labeled_only=True), metadata=metadata)
+            write_samples(listed, part / "samples.csv" if "csv" in fmt else None,
+                          part / "samples.jsonl" if "jsonl" in fmt else None)
             if priors is not None:
                 first: list[agent_pb2.PriorLabel] = []  # the stream's first row: it carries the calibration
 

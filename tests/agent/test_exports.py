@@ -51,7 +51,7 @@ def test_every_format_round_trips(running: Running, tmp_path: Path) -> None:
     summary = json.loads(text)
     assert (summary["labels"], summary["images"], summary["priors"]) == (9, 9, 4)
     assert summary["files"] == ["fiftyone", "imagefolder", "labels.csv", "labels.jsonl", "priors.csv",
-                                "priors.jsonl", exports.PRIORS_META]
+                                "priors.jsonl", exports.PRIORS_META, "samples.csv", "samples.jsonl"]
     current = {r.id: r for r in client.list_labels(running.stub)}
     # labels.csv and labels.jsonl: every field of ListLabels, times to the microsecond
     for rows in (exports.read_csv_rows(out / "labels.csv"), exports.read_jsonl_rows(out / "labels.jsonl")):
@@ -64,6 +64,14 @@ def test_every_format_round_trips(running: Running, tmp_path: Path) -> None:
     assert (current["s6"].annotator, current["s6"].source) == ("alice", "prior:knn")
     # ... and labels.csv is what `shortlist label` reads
     assert [(i, lab) for _, i, lab in read_labels_csv(out / "labels.csv")] == [(i, r.label) for i, r in current.items()]
+    # samples: each labelled sample's uri and metadata as ingested, to join on id (the tensor has no metadata)
+    for rows in (exports.read_csv_rows(out / "samples.csv"), exports.read_jsonl_rows(out / "samples.jsonl")):
+        assert sorted(r["id"] for r in rows) == sorted(current)
+    flat = {r["id"]: r for r in exports.read_csv_rows(out / "samples.csv")}
+    assert list(flat["s6"]) == ["id", "uri", "site"] and (flat["s6"]["site"], flat["s7"]["site"]) == ("a", "b")
+    assert flat["dir/t0.raw"]["site"] == ""
+    nested = {r["id"]: r for r in exports.read_jsonl_rows(out / "samples.jsonl")}
+    assert nested["s7"]["metadata"] == {"site": "b"} and nested["dir/t0.raw"]["metadata"] == {}
     # priors: one row per unlabelled sample, the agent's answer
     served = {p.id: p for p in running.stub.PriorLabels(agent_pb2.PriorLabelsRequest(method="knn"))}
     for rows in (exports.read_csv_rows(out / "priors.csv"), exports.read_jsonl_rows(out / "priors.jsonl")):
@@ -146,11 +154,11 @@ def test_bad_requests_change_nothing(running: Running, tmp_path: Path) -> None:
     # no labels yet: no priors, said so, the rest exported
     code, text = cli(running, "--out", str(tmp_path / "a"), "--format", "csv")
     assert code == 0 and "no priors exported" in " ".join(text.split()), text
-    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["labels.csv"]
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["labels.csv", "samples.csv"]
     # a folder that is not empty is refused, untouched
     code, text = cli(running, "--out", str(tmp_path / "a"))
     assert code == 2 and "already exists" in text and "Traceback" not in text
-    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["labels.csv"]
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["labels.csv", "samples.csv"]
     code, text = cli(running, "--out", str(tmp_path / "b"), "--format", "csv,xml")
     assert code == 2 and "xml" in text and not (tmp_path / "b").exists()
     client.submit_labels(running.stub, [("s0", "cat")], "x")
@@ -310,3 +318,14 @@ def test_class_folders_are_names_windows_can_create(tmp_path: Path) -> None:
     fo = exports.read_fiftyone_classification(out / "fiftyone")
     assert sorted(fo.values()) == sorted(classes)
     assert sorted(r["label"] for r in exports.read_csv_rows(out / "labels.csv")) == sorted(classes)
+
+
+def test_sample_metadata_keys_become_columns_without_hiding_id_or_uri(tmp_path: Path) -> None:
+    samples = [agent_pb2.Sample(id="a", uri="cam1/a.jpg", metadata={"id": "tag-7", "site": "reef"}),
+               agent_pb2.Sample(id="b", metadata={"date": "2026-12-07"})]
+    assert exports.write_samples(samples, tmp_path / "s.csv", tmp_path / "s.jsonl") == 2
+    rows = exports.read_csv_rows(tmp_path / "s.csv")
+    assert list(rows[0]) == ["id", "uri", "date", "metadata.id", "site"]
+    assert rows[0] == {"id": "a", "uri": "cam1/a.jpg", "date": "", "metadata.id": "tag-7", "site": "reef"}
+    assert rows[1]["date"] == "2026-12-07" and rows[1]["site"] == ""
+    assert exports.read_jsonl_rows(tmp_path / "s.jsonl")[0]["metadata"] == {"id": "tag-7", "site": "reef"}
