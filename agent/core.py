@@ -229,6 +229,94 @@ def counted_labels(order: np.ndarray, labelled: np.ndarray, minimum: int = 1) ->
     return counted if len(counted) >= minimum else order[:0]
 
 
+class CountedDraws:
+    """The counted labelled picks (``counted_labels``) of every recorded uniform draw, kept up to date
+    incrementally so that asking costs O(pool), not O(picks ever drawn): GetStatus asks on every call
+    (``Agent.calibration_warning``, the auditor's report), and uniform draws are kept forever, so walking
+    them all made it slower with every random Select a dashboard sent (docs/reliability.md, GetStatus).
+
+    A draw's counted picks depend only on which of its own picks are labelled, so ``counted`` compares the
+    labelled mask with the one it last saw and recounts only the draws holding a seq whose labelled state
+    changed (found through ``_by_seq``), plus draws added since. ``recounts`` says how many draws were counted
+    in all (for tests: a GetStatus with nothing changed counts none). Thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._orders: list[np.ndarray] = []  # per draw: its seqs in the order drawn (int64)
+        self._minimum: list[int] = []  # per draw: ``counted_labels``'s minimum
+        self._audit: list[bool] = []  # per draw: an audit draw
+        self._counted: list[np.ndarray] = []  # per draw: its counted seqs as last counted
+        self._by_seq: dict[int, list[int]] = {}  # seq -> the draws (indices) holding it
+        # per seq: how many draws count it (every draw; audit draws alone), and whether any draw holds it
+        self._times = np.zeros(0, np.int64)
+        self._audit_times = np.zeros(0, np.int64)
+        self._drawn = np.zeros(0, bool)
+        self._labelled = np.zeros(0, bool)  # the labelled mask the counts above were made with
+        self._fresh: list[int] = []  # draws added and not counted yet
+        self.recounts = 0
+
+    def _grow(self, n: int) -> None:
+        """Make the per-seq arrays hold seqs 0..n-1 at least."""
+        if n <= len(self._times):
+            return
+        size = max(n, 2 * len(self._times))
+        for name, dtype in (("_times", np.int64), ("_audit_times", np.int64), ("_drawn", bool),
+                            ("_labelled", bool)):
+            old = getattr(self, name)
+            grown = np.zeros(size, dtype)
+            grown[: len(old)] = old
+            setattr(self, name, grown)
+
+    def add(self, strategy: str, order: np.ndarray) -> None:
+        """A recorded uniform draw of ``strategy``: ``order``, its seqs (K int64) in the order drawn."""
+        order = np.asarray(order, np.int64)
+        with self._lock:
+            d = len(self._orders)
+            self._orders.append(order)
+            self._minimum.append(1 if strategy == AUDIT else MIN_DRAW_COUNTED)
+            self._audit.append(strategy == AUDIT)
+            self._counted.append(order[:0])
+            for q in np.unique(order).tolist():
+                self._by_seq.setdefault(q, []).append(d)
+            if len(order):
+                self._grow(int(order.max()) + 1)
+                self._drawn[order] = True
+            self._fresh.append(d)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._orders)
+
+    def counted(self, labels: np.ndarray, audit: np.ndarray, audit_only: bool) -> np.ndarray:
+        """Seqs (ascending, unique, int64) of the counted labelled picks of every draw, or of the audit's
+        draws only, and the labelled audit seqs no draw holds (``audit``: every audit seq ascending; an audit
+        draw whose Select record a power loss took counts its labelled picks all). ``labels``: the current
+        class per seq (``State.labels_by_seq``; a seq past its end is unlabelled)."""
+        with self._lock:
+            self._grow(max(len(labels), int(audit.max()) + 1 if len(audit) else 0))
+            now = np.zeros(len(self._labelled), bool)
+            now[: len(labels)] = labels >= 0
+            changed = np.flatnonzero(now != self._labelled)
+            todo = set(self._fresh)
+            for q in changed.tolist():
+                todo.update(self._by_seq.get(q, ()))
+            self._labelled = now
+            self._fresh = []
+            for d in sorted(todo):
+                order, old = self._orders[d], self._counted[d]
+                new = counted_labels(order, now[order], self._minimum[d])
+                np.subtract.at(self._times, old, 1)
+                np.add.at(self._times, new, 1)
+                if self._audit[d]:
+                    np.subtract.at(self._audit_times, old, 1)
+                    np.add.at(self._audit_times, new, 1)
+                self._counted[d] = new
+                self.recounts += 1
+            times = self._audit_times if audit_only else self._times
+            orphans = audit[~self._drawn[audit] & now[audit]]
+            return np.union1d(np.flatnonzero(times > 0), orphans).astype(np.int64)
+
+
 @dataclass
 class AgentStatus:
     samples: int
@@ -455,6 +543,7 @@ class Agent:
         # in the order drawn: the uniform draws whose labels the calibration fits on (uniform_seqs).
         self._draws_lock = threading.Lock()
         self._draws: list[tuple[str, np.ndarray]] = self._recorded_draws()
+        self._counted_draws = CountedDraws()  # their counted picks, kept up to date (counted_seqs)
         self._recorded_since_prune = PRUNE_EVERY  # prune at the first record after a start
         self.blobs = BlobStore(data_dir / "blobs") if config.blobs else None
         if self.blobs is not None:  # before anything serves: no Ingest is writing blobs
@@ -532,24 +621,15 @@ class Agent:
     def counted_seqs(self, audit_only: bool) -> np.ndarray:
         """The counted labelled picks (``counted_labels``) of every uniform draw, or of the audit's only. An
         audit draw whose Select record a power loss took (in the audit table, order unknown) counts its
-        labelled picks all."""
+        labelled picks all. Costs O(pool) plus the draws whose picks' labels changed since the last call
+        (``CountedDraws``), not O(every pick ever drawn)."""
         labels = self.state.labels_by_seq()
+        audit = self.state.audit_seqs()
         with self._draws_lock:
-            every = list(self._draws)
-        draws = [(order, 1 if strategy == AUDIT else MIN_DRAW_COUNTED) for strategy, order in every
-                 if strategy == AUDIT or not audit_only]
-
-        def is_labelled(seqs: np.ndarray) -> np.ndarray:
-            """``seqs`` (N int64 state seqs) -> N bools: the sample has a current label."""
-            inside = seqs < len(labels)
-            return inside & (labels[np.where(inside, seqs, 0)] >= 0)
-
-        parts = [counted_labels(order, is_labelled(order), minimum) for order, minimum in draws]
-        recorded = [order for _, order in every]
-        orphans = np.setdiff1d(self.state.audit_seqs(),
-                               np.concatenate(recorded) if recorded else np.zeros(0, np.int64))
-        parts.append(orphans[is_labelled(orphans)])
-        return np.unique(np.concatenate(parts))
+            fresh = self._draws[len(self._counted_draws):]
+            for strategy, order in fresh:  # under the lock: added once each, in the order recorded
+                self._counted_draws.add(strategy, order)
+        return self._counted_draws.counted(labels, audit, audit_only)
 
     def uniform_labelled(self) -> int:
         """How many labels count as uniform draws now (``uniform_seqs``)."""

@@ -765,3 +765,85 @@ def test_status_repeats_the_calibration_warning_until_the_labels_that_fix_it_arr
         "prior knn (last PriorLabels): confidences calibrated on 24 audit labels, but only 14 uniformly drawn "
         "labels are left (labels were retracted): label 6 audit samples (shortlist select --strategy audit) for "
         "trustworthy confidences")
+
+
+def _counted_by_walking(draws: list[tuple[str, np.ndarray]], labels: np.ndarray, audit: np.ndarray,
+                        audit_only: bool) -> np.ndarray:
+    """The counted picks as ``Agent.counted_seqs`` computed them before ``CountedDraws``: every draw walked."""
+    from agent.core import AUDIT, MIN_DRAW_COUNTED, counted_labels
+
+    def is_labelled(seqs: np.ndarray) -> np.ndarray:
+        inside = seqs < len(labels)
+        return inside & (labels[np.where(inside, seqs, 0)] >= 0)
+
+    parts = [counted_labels(order, is_labelled(order), 1 if s == AUDIT else MIN_DRAW_COUNTED)
+             for s, order in draws if s == AUDIT or not audit_only]
+    recorded = [order for _, order in draws]
+    orphans = np.setdiff1d(audit, np.concatenate(recorded) if recorded else np.zeros(0, np.int64))
+    parts.append(orphans[is_labelled(orphans)])
+    return np.unique(np.concatenate(parts))
+
+
+def test_counted_draws_kept_up_to_date_answer_as_walking_every_draw() -> None:
+    """``CountedDraws`` recounts only the draws whose picks' labels changed, and answers as walking every
+    draw did: over rounds of new draws (random and audit, from one pick to the pool), labels given and
+    retracted, a pool that grows and audit seqs no recorded draw holds (a draw whose record was lost)."""
+    from agent.core import AUDIT, CountedDraws
+
+    rng = np.random.default_rng(3)
+    kept = CountedDraws()
+    draws: list[tuple[str, np.ndarray]] = []
+    pool = 60
+    labels = np.full(pool + 1, -1, np.int64)
+    audit = np.zeros(0, np.int64)
+    for round_ in range(40):
+        for _ in range(int(rng.integers(0, 4))):
+            strategy = AUDIT if rng.random() < 0.4 else "random"
+            order = rng.permutation(np.arange(1, pool + 1))[: int(rng.integers(1, pool + 1))].astype(np.int64)
+            draws.append((strategy, order))
+            kept.add(strategy, order)
+            if strategy == AUDIT:
+                audit = np.union1d(audit, order)
+        if round_ % 7 == 3:  # an audit draw whose record a power loss took, and new samples
+            audit = np.union1d(audit, np.arange(pool + 1, pool + 6))
+            pool += 5
+            labels = np.concatenate([labels, np.full(5, -1, np.int64)])
+        flip = rng.choice(np.arange(1, pool + 1), size=int(rng.integers(0, 25)), replace=False)
+        labels[flip] = np.where(labels[flip] >= 0, -1, rng.integers(0, 3, len(flip)))
+        if round_ % 5 == 0:  # runs of labels from a draw's start, as an annotator labels down the Queue
+            _, order = draws[int(rng.integers(len(draws)))] if draws else ("", np.zeros(0, np.int64))
+            labels[order[: int(rng.integers(0, len(order) + 1))]] = 1
+        for audit_only in (False, True):
+            want = _counted_by_walking(draws, labels, audit, audit_only)
+            got = kept.counted(labels, audit, audit_only)
+            assert got.dtype == np.int64 and got.tolist() == want.tolist()
+
+
+def test_get_status_does_not_recount_every_draw(running: Running, monkeypatch: pytest.MonkeyPatch) -> None:
+    """GetStatus counts the uniform draws' audit labels (calibration warning, accuracy audit) without walking
+    every draw ever recorded each time (it grew ~10 us a draw, without bound): with nothing changed it
+    counts no draw again, and a label counts again only the draws that hold the labelled sample."""
+    from agent import core
+
+    client.ingest(running.stub, make_samples(120, labels=6))
+    orders = [[s.id for s in running.stub.Select(agent_pb2.SelectRequest(budget=5, strategy=strategy,
+                                                                          seed=seed)).selected]
+              for seed in range(40) for strategy in ("random", "audit")]
+    next(iter(running.stub.PriorLabels(agent_pb2.PriorLabelsRequest(method="knn"))))  # a fit: the warning counts
+    first = running.stub.GetStatus(agent_pb2.GetStatusRequest())
+    calls: list[int] = []
+    real = core.counted_labels
+
+    def counting(order: np.ndarray, labelled: np.ndarray, minimum: int = 1) -> np.ndarray:
+        calls.append(len(order))
+        return real(order, labelled, minimum)
+
+    monkeypatch.setattr(core, "counted_labels", counting)
+    for _ in range(5):
+        assert running.stub.GetStatus(agent_pb2.GetStatusRequest()) == first
+    assert calls == []
+    picked = orders[0][0]
+    client.submit_labels(running.stub, [(picked, true_label(picked))], "alice")
+    running.stub.GetStatus(agent_pb2.GetStatusRequest())
+    running.stub.GetStatus(agent_pb2.GetStatusRequest())
+    assert len(calls) == sum(picked in order for order in orders)
