@@ -25,10 +25,11 @@ from agent.admission import Admission, Busy, LaneThreads
 from agent.cancel import CancelToken, DeadlineExceeded, ShuttingDown
 from agent.config import WorkConfig
 from agent.errors import RETRY_AFTER_KEY
-from agent.params import ALWAYS_LIGHT, PriorEntry, StrategyEntry
+from agent.params import ALWAYS_LIGHT, PriorEntry, StrategyEntry, prior_method
 from agent.params import strategy as declare_strategy
-from agent.pool import Pool, Selection
+from agent.pool import Pool, Priors, Selection
 from agent.priors import PRIOR_METHODS
+from agent.priors.calibration import calibrated
 from agent.service import stop_server
 from agent.strategies import STRATEGIES
 from shortlist.v1 import agent_pb2
@@ -211,13 +212,44 @@ def test_a_strategy_without_a_checkpoint_is_told_what_to_do() -> None:
     assert "@strategy('no_checkpoint', ..., light_budget=ALWAYS_LIGHT)" in str(failed.value)
 
 
-@pytest.mark.parametrize("name", sorted(PRIOR_METHODS))
-def test_every_prior_method_stops_at_a_checkpoint(name: str) -> None:
+def check_prior_stops_at_a_checkpoint(entry: PriorEntry, calibrate: str) -> None:
+    """``entry`` (a registered, calibration-wrapped prior method) run with ``calibrate`` under a cancelled
+    token stops with Cancelled; else the test fails saying what to do. With calibrate=false nothing but the
+    method itself runs (the calibration's fold loop checkpoints before the method when on, so a method
+    without checkpoints passes only then)."""
     pool = make_pool(X, Y, LABELED)
     token = CancelToken()
     token.cancel()
-    with cancel.scope(token), pytest.raises(cancel.Cancelled):
-        PRIOR_METHODS[name](pool, pool.candidates, np.random.default_rng(0), {})
+    with cancel.scope(token):
+        try:
+            entry(pool, pool.candidates, np.random.default_rng(0), {"calibrate": calibrate})
+        except cancel.Cancelled:
+            return
+    pytest.fail(f"prior method {entry.name!r} ran to its end (calibrate={calibrate}) under a cancelled call "
+                "without stopping: call agent.cancel.checkpoint() in its loops (at least once per pass over the "
+                "pool)", pytrace=False)
+
+
+@pytest.mark.parametrize("calibrate", ["true", "false"])
+@pytest.mark.parametrize("name", sorted(PRIOR_METHODS))
+def test_every_prior_method_stops_at_a_checkpoint(name: str, calibrate: str) -> None:
+    check_prior_stops_at_a_checkpoint(PRIOR_METHODS[name], calibrate)
+
+
+def test_a_prior_method_without_checkpoints_fails_the_check() -> None:
+    """The check above is not empty: a method that never checkpoints fails it with calibrate=false (the
+    calibration wrapper's own checkpoint, run first, stops it when calibrated)."""
+
+    @prior_method("no_checkpoint")
+    def no_checkpoint(pool: Pool, rows: np.ndarray, rng: np.random.Generator, params: Mapping[str, str]) -> Priors:
+        probs = np.full((len(rows), pool.num_classes), 1.0 / pool.num_classes, np.float32)
+        return Priors(probs=probs, confidence=np.full(len(rows), 0.5, np.float32))
+
+    entry = calibrated(no_checkpoint)
+    check_prior_stops_at_a_checkpoint(entry, "true")
+    with pytest.raises(pytest.fail.Exception) as failed:
+        check_prior_stops_at_a_checkpoint(entry, "false")
+    assert "call agent.cancel.checkpoint() in its loops" in str(failed.value)
 
 
 def test_a_long_greedy_loop_stops_soon_after_its_deadline() -> None:
