@@ -61,7 +61,7 @@ from agent.limits import (
 )
 from agent.models import ModelManager, Serving
 from agent.params import StrategyEntry
-from agent.pool import Pool, state_rng
+from agent.pool import EntryBug, Pool, state_rng
 from agent.pool_map import MapStatus, PoolMap
 from agent.priors import PRIOR_METHODS, get_prior_method
 from agent.priors.calibration import TemperatureFit, audit_todo, calibrate_flag
@@ -1205,8 +1205,8 @@ class Agent:
                         rng: np.random.Generator, params: Mapping[str, str],
                         token: cancel.CancelToken) -> tuple[np.ndarray, np.ndarray, dict[str, str]]:
         """One run of ``fn`` for ``take`` picks of ``pool``'s candidates, in an admission slot of its own (its
-        size and prior as any Select's): its rows, scores and details, checked (RuntimeError: not distinct
-        candidates, or more than ``budget``)."""
+        size and prior as any Select's): its rows, scores and details, checked (EntryBug, INTERNAL naming the
+        strategy: not distinct candidates, more than ``budget``, or not one score per row)."""
         lane = self.light_work if fn.is_light(take) else self.work
         work = (len(pool.embeddings), len(pool.labeled), take)
         sel = lane.run(token, lambda: fn(pool, take, rng, dict(params)), f"Select {strategy!r}",
@@ -1216,8 +1216,8 @@ class Agent:
         scores = np.asarray(sel.scores, np.float64)
         if (len(rows) > budget or len(np.unique(rows)) != len(rows) or len(scores) != len(rows)
                 or not np.isin(rows, pool.candidates).all()):
-            raise RuntimeError(f"strategy {strategy!r} returned an invalid selection (rows must be distinct "
-                               f"candidates, at most the budget); this is a bug in the strategy")
+            raise EntryBug("strategy", strategy, "its rows must be distinct candidates, at most the budget, "
+                                                 "with one score each")
         return rows, scores, dict(sel.details)
 
     def _run_capped(self, strategy: str, fn: StrategyEntry, pool: Pool, seqs: np.ndarray, take: int, seed: int,

@@ -15,13 +15,24 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from agent.errors import FailedPrecondition, InvalidArgument
+from agent.errors import AgentError, FailedPrecondition, InvalidArgument
 
 if TYPE_CHECKING:  # agent.priors.calibration imports this module
     from agent.priors.calibration import TemperatureFit
 
-__all__ = ["FailedPrecondition", "InvalidArgument", "KnnFn", "Pool", "PoolMemo", "PriorMethod", "Priors", "Selection",
-           "Strategy", "state_rng"]
+__all__ = ["EntryBug", "FailedPrecondition", "InvalidArgument", "KnnFn", "Pool", "PoolMemo", "PriorMethod", "Priors",
+           "Selection", "Strategy", "check_priors", "state_rng"]
+
+class EntryBug(AgentError):
+    """A registry entry (a Select strategy, a prior method) returned an answer that breaks its contract
+    (``Selection``, ``Priors``): INTERNAL (``AgentError.code``), with a message that names the entry as the
+    bug, not the request and not the agent's own code (a plain exception's INTERNAL says "a bug in the
+    agent")."""
+
+    def __init__(self, kind: str, name: str, what: str) -> None:
+        super().__init__(f"{kind} {name!r} returned an invalid answer ({what}): this is a bug in that {kind}, "
+                         "not in the request; please report it with the agent's log")
+
 
 # (queries QxD float32 L2-normalised, k) -> (rows QxK int64 into Pool.embeddings, distances QxK float32,
 # cosine distance 1 - cos, ascending). A query that is itself in the pool finds itself first.
@@ -110,6 +121,37 @@ class Priors:
     probs: np.ndarray
     confidence: np.ndarray
     calibration: TemperatureFit | None = None
+
+
+# Slack for float32 rounding in ``check_priors``: a row of probabilities normalised in float32 sums to 1
+# within about 1e-6 per class.
+PROBS_SUM_TOLERANCE = 1e-3
+CONFIDENCE_TOLERANCE = 1e-5
+
+
+def check_priors(name: str, priors: Priors, rows: int, classes: int) -> None:
+    """EntryBug naming prior method ``name`` unless ``priors`` keeps the ``Priors`` contract for ``rows``
+    rows and ``classes`` classes: ``probs`` (rows x classes) finite, >= 0, each row summing to 1 (within
+    PROBS_SUM_TOLERANCE), ``confidence`` (rows) finite and in [0, 1] (within CONFIDENCE_TOLERANCE). Run on
+    every method's own answer, before calibration (which renormalises and would hide a wrong sum)."""
+    probs, confidence = np.asarray(priors.probs), np.asarray(priors.confidence)
+    problem = ""
+    if probs.shape != (rows, classes):
+        problem = f"probs has shape {probs.shape}, not ({rows}, {classes}): one row per asked row, one column per class"
+    elif confidence.shape != (rows,):
+        problem = f"confidence has shape {confidence.shape}, not ({rows},)"
+    elif not (np.isfinite(probs).all() and np.isfinite(confidence).all()):
+        problem = "probs or confidence holds NaN or infinity"
+    elif (probs < 0).any():
+        problem = f"probs has a negative value ({float(probs.min()):.3g})"
+    elif rows and classes and np.abs(probs.sum(axis=1) - 1.0).max() > PROBS_SUM_TOLERANCE:
+        sums = probs.sum(axis=1)
+        far = int(np.argmax(np.abs(sums - 1.0)))
+        problem = f"a row of probs sums to {float(sums[far]):.6g}, not 1"
+    elif rows and ((confidence < -CONFIDENCE_TOLERANCE).any() or (confidence > 1 + CONFIDENCE_TOLERANCE).any()):
+        problem = f"confidence {float(confidence[np.argmax(np.abs(confidence - 0.5))]):.6g} is outside [0, 1]"
+    if problem:
+        raise EntryBug("prior method", name, problem)
 
 
 # A strategy: (pool, 1 <= budget <= #candidates, seeded rng, params) -> Selection. Params are declared

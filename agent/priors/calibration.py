@@ -96,7 +96,7 @@ from agent.cancel import checkpoint
 from agent.config import AUDIT_MIN_LABELS
 from agent.lazy import deferred
 from agent.params import FitSettings, Param, PriorEntry, params_doc
-from agent.pool import InvalidArgument, Pool, PriorMethod, Priors
+from agent.pool import InvalidArgument, Pool, PriorMethod, Priors, check_priors
 from agent.priors._common import nearest_labelled_distance, with_known_labels
 
 log = logging.getLogger(__name__)
@@ -550,6 +550,9 @@ def calibrated(method: PriorEntry, settings: FitSettings = FitSettings()) -> Pri
         # then match the uncalibrated call's, and the fit is the same whatever rows are asked for.
         fit = cached_temperature(pool, method, own, rng, settings) if on else OFF
         priors = method(pool, rows, rng, own)
+        # The method's own answer, before the calibration renormalises it and replaces its confidence (which
+        # would hide a wrong sum); calibrate=false sends it to clients as it is.
+        check_priors(method.name, priors, len(rows), pool.num_classes)
         if not on:
             return replace(priors, calibration=OFF)
         return replace(apply_calibration(pool, np.asarray(rows, np.int64), priors, fit.temperature), calibration=fit)
