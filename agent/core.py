@@ -233,7 +233,7 @@ class CountedDraws:
     """The counted labelled picks (``counted_labels``) of every recorded uniform draw, kept up to date
     incrementally so that asking costs O(pool), not O(picks ever drawn): GetStatus asks on every call
     (``Agent.calibration_warning``, the auditor's report), and uniform draws are kept forever, so walking
-    them all made it slower with every random Select a dashboard sent (docs/reliability.md, GetStatus).
+    them all made it slower with every random Select a dashboard sent (docs/agent.md, "Cache").
 
     A draw's counted picks depend only on which of its own picks are labelled, so ``counted`` compares the
     labelled mask with the one it last saw and recounts only the draws holding a seq whose labelled state
