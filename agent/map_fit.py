@@ -98,22 +98,48 @@ def project(vecs: np.ndarray, p: Projection, progress: Callable[[float], bool]) 
     return np.ascontiguousarray(np.asarray(emb, np.float32)), f"pca{dims}+opentsne"
 
 
+class ChildFailed(RuntimeError):
+    """The fit's child process exited with an error: ``reason`` is its last words in one line (for
+    GetMap and GetStatus), ``detail`` its last lines of stderr (for the agent's log)."""
+
+    def __init__(self, code: int, stderr: str) -> None:
+        lines = [line.strip() for line in stderr.strip().splitlines() if line.strip()]
+        self.code = code
+        self.reason = f"exit {code}: {lines[-1][:300]}" if lines else f"exit {code}, nothing on stderr"
+        self.detail = stderr.strip()[-2000:]
+        super().__init__(f"the map's fit process exited with {code}: {self.reason}")
+
+
+def child_command(src: Path, out: Path, p: Projection) -> list[str]:
+    """The child's command line. ``-P`` (Python 3.11): the agent's working folder is not put first on the
+    child's sys.path, so a file there named like a module the child imports (queue.py, json.py, ...) is
+    not run (with ``-m`` it would be, as the agent's user)."""
+    return [sys.executable, "-P", "-m", "agent.map_fit", str(src), str(out), json.dumps(asdict(p)),
+            str(os.getpid())]
+
+
+def child_env() -> dict[str, str]:
+    """The child's environment: one BLAS / OpenMP thread, and this package first on PYTHONPATH so the
+    child imports it from where this process has it (an editable install may point elsewhere). The
+    inherited PYTHONPATH keeps its absolute entries only: an empty or relative one would name the
+    working folder again."""
+    here = str(Path(__file__).resolve().parent.parent)
+    inherited = [x for x in os.environ.get("PYTHONPATH", "").split(os.pathsep) if x and os.path.isabs(x)]
+    return {**os.environ, **{name: "1" for name in THREAD_ENV}, "PYTHONPATH": os.pathsep.join([here, *inherited])}
+
+
 def fit_in_child(vecs: np.ndarray, p: Projection, progress: Callable[[float], bool],
                  poll_s: float = 0.5) -> tuple[np.ndarray, str]:
     """``project`` in a child process (see the module's docstring); ``progress`` is called from this
     thread at least every ``poll_s`` seconds (with the last fraction the child reported) and a True
-    answer kills the child (FitStopped). A child that fails raises RuntimeError with its last words."""
+    answer kills the child (FitStopped). A child that fails raises ChildFailed with its last words. The
+    child runs in the private temporary folder, with ``-P``: nothing in the agent's working folder is
+    imported by it."""
     with tempfile.TemporaryDirectory(prefix="shortlist-map-") as tmp:  # 0700
         src, out = Path(tmp) / "in.npy", Path(tmp) / "out.npy"
         np.save(src, np.ascontiguousarray(vecs, np.float32))
-        # The child imports this package from where this process has it, whatever its working folder.
-        here = str(Path(__file__).resolve().parent.parent)
-        path = os.pathsep.join(x for x in (here, os.environ.get("PYTHONPATH", "")) if x)
-        env = {**os.environ, **{name: "1" for name in THREAD_ENV}, "PYTHONPATH": path}
-        proc = subprocess.Popen([sys.executable, "-m", "agent.map_fit", str(src), str(out),
-                                 json.dumps(asdict(p)), str(os.getpid())],
-                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                env=env, text=True)
+        proc = subprocess.Popen(child_command(src, out, p), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, env=child_env(), cwd=tmp, text=True)
         fraction = [0.0]
         err: list[str] = []
 
@@ -149,7 +175,7 @@ def fit_in_child(vecs: np.ndarray, p: Projection, progress: Callable[[float], bo
         if code in STOP_SIGNALS:
             raise FitStopped()
         if code != 0:
-            raise RuntimeError(f"the map's fit process exited with {code}: {''.join(err).strip()[-2000:]}")
+            raise ChildFailed(code, "".join(err))
         with open(out, "rb") as f:
             xy = np.load(f, allow_pickle=False)
         meta = json.loads(out.with_suffix(".json").read_text())

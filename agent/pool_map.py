@@ -58,7 +58,7 @@ import hnswlib
 import numpy as np
 
 from agent.index import IndexView
-from agent.map_fit import MIN_TSNE, FitStopped, Projection, fit_in_child, project
+from agent.map_fit import MIN_TSNE, ChildFailed, FitStopped, Projection, fit_in_child, project
 from agent.security import OWNER_DIR, OWNER_FILE
 
 log = logging.getLogger(__name__)
@@ -89,11 +89,18 @@ class MapConfig:
     # Fit the t-SNE in a child process (agent/map_fit.py): its memory never stays with the agent and a
     # cancelled fit is killed. False: in the map thread (tests; a platform without subprocesses).
     child_process: bool = True
+    # A failed fit is tried again after retry_s seconds, then after twice as long each time it fails
+    # again, up to retry_max_s (a fault the operator fixes, such as a stray module in the working
+    # folder or a full disk, heals without a restart; a fault that stays costs one fit per retry_max_s).
+    retry_s: float = 60.0
+    retry_max_s: float = 3600.0
     seed: int = 0
 
     def __post_init__(self) -> None:
         if self.max_fit < 2 or self.pca_dims < 2 or self.neighbours < 1 or self.refit_growth <= 1:
             raise ValueError("map: max_fit >= 2, pca_dims >= 2, neighbours >= 1 and refit_growth > 1 are needed")
+        if not 0 < self.retry_s <= self.retry_max_s:
+            raise ValueError("map: 0 < retry_s <= retry_max_s is needed")
 
 
 @dataclass
@@ -126,6 +133,23 @@ class MapStatus:
     recomputing: bool
     message: str
     shown: str = ""  # the version whose map the points are: ``version`` when ready, else the previous one's
+
+
+@dataclass(frozen=True)
+class FitFailure:
+    """Why the fit of a version failed (one line), how many times in a row, and when (time.monotonic())
+    it is tried again."""
+
+    reason: str
+    failures: int
+    retry_at: float
+
+    def said(self, version: str) -> str:
+        """One line for GetMap's message and GetStatus's warnings."""
+        wait = max(0, round(self.retry_at - time.monotonic()))
+        again = "" if self.failures == 1 else f" ({self.failures} times in a row)"
+        return (f"the pool map of {version} could not be computed{again}: {self.reason}; it is tried again in "
+                f"about {wait} s (the agent's log has the details)")
 
 
 class FitCancelled(Exception):
@@ -172,7 +196,7 @@ class PoolMap:
         self._placer: _Placer | None = None
         self._fitting: str = ""  # version being fitted ("" when none)
         self._progress = 1.0
-        self._failed: dict[str, str] = {}  # version -> why its fit failed
+        self._failed: dict[str, FitFailure] = {}  # version -> why its last fit failed, when to retry
         self._saved_n = 0
         self._saved_at = 0.0
         self._saved_version = ""
@@ -243,10 +267,18 @@ class PoolMap:
         shown = (prev.method, prev.n, int(prev.fitted.sum()), prev.version) if prev is not None and \
             prev.version != version else ("", 0, 0, "")
         if version in failed:
-            return MapStatus(version, FAILED, 1.0, shown[0], shown[1], shown[2], view.n, False, failed[version],
-                             shown[3])
+            return MapStatus(version, FAILED, 1.0, shown[0], shown[1], shown[2], view.n, False,
+                             failed[version].said(version), shown[3])
         return MapStatus(version, COMPUTING, progress if fitting == version else 0.0, shown[0], shown[1], shown[2],
                          view.n, False, "", shown[3])
+
+    def warnings(self) -> list[str]:
+        """GetStatus's warning while the serving version's last fit failed (a one-line reason and when it
+        is tried again), else nothing."""
+        cur = self.current()
+        with self._lock:
+            failure = None if cur is None else self._failed.get(cur[0])
+        return [] if cur is None or failure is None else [failure.said(cur[0])]
 
     def snapshot(self, version: str) -> PoolMapData | None:
         """The map of ``version`` (the serving one's, or the previous one's while the serving one is not
@@ -281,27 +313,47 @@ class PoolMap:
                 with self._lock:
                     if self._map is None and self._previous is None:
                         self._previous = found
-        if version in self._failed:
-            return
-        if m is None or self._needs_refit(m, view.n):
+        with self._lock:
+            failure = self._failed.get(version)
+        waiting = failure is not None and time.monotonic() < failure.retry_at
+        if (m is None or self._needs_refit(m, view.n)) and not waiting:
             try:
                 new = self._fit(version, view)
             except FitCancelled:
                 raise
             except Exception as e:
-                log.exception("pool map of %s failed", version)
-                with self._lock:
-                    self._failed[version] = f"the map could not be computed: {type(e).__name__}: {e}"
-                return
+                self._record_failure(version, e, failure)
+                if m is None:
+                    return
+                new = None  # a refit failed: the version's current map stays and new samples are placed on it
             finally:
                 with self._lock:
                     self._fitting, self._progress = "", 1.0
-            with self._lock:
-                self._map, self._placer, self._previous = new, None, None
-            m = new
-            self._save_quietly(m)
-            self._remove_others(version)
-        self._place_new(m, version)
+            if new is not None:
+                with self._lock:
+                    self._map, self._placer, self._previous = new, None, None
+                    self._failed.pop(version, None)
+                m = new
+                self._save_quietly(m)
+                self._remove_others(version)
+        if m is not None:
+            self._place_new(m, version)
+
+    def _record_failure(self, version: str, e: Exception, before: FitFailure | None) -> None:
+        """Log a failed fit (with its details) and schedule its retry, the back-off doubling per failure."""
+        failures = 1 if before is None else before.failures + 1
+        wait = min(self.config.retry_max_s, self.config.retry_s * 2 ** (failures - 1))
+        if isinstance(e, ChildFailed):  # its traceback is the child's, in its last words
+            reason = e.reason
+            log.error("pool map of %s failed (%d time(s) in a row; trying again in %.0f s): %s; the fit "
+                      "process's last words:\n%s", version, failures, wait, reason, e.detail)
+        else:
+            last = str(e).strip().splitlines()[-1][:300] if str(e).strip() else ""
+            reason = f"{type(e).__name__}: {last}" if last else type(e).__name__
+            log.error("pool map of %s failed (%d time(s) in a row; trying again in %.0f s)", version, failures,
+                      wait, exc_info=e)
+        with self._lock:
+            self._failed[version] = FitFailure(reason, failures, time.monotonic() + wait)
 
     def _needs_refit(self, m: PoolMapData, n: int) -> bool:
         fitted = int(m.fitted.sum())

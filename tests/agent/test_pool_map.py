@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -11,10 +12,10 @@ import grpc
 import numpy as np
 import pytest
 
-from agent import client
+from agent import client, pool_map
 from agent.index import IndexView
-from agent.map_fit import FitStopped, Projection, fit_in_child
-from agent.pool_map import COMPUTING, READY, FitCancelled, MapConfig, MapStatus, PoolMap, PoolMapData
+from agent.map_fit import ChildFailed, FitStopped, Projection, fit_in_child, project
+from agent.pool_map import COMPUTING, FAILED, READY, FitCancelled, MapConfig, MapStatus, PoolMap, PoolMapData
 from agent.testing import publish_linear
 from shortlist.v1 import agent_pb2
 from tests.agent.conftest import CLASSES, SIZE, Running, make_samples, start
@@ -316,3 +317,60 @@ def test_stop_does_not_wait_for_a_starved_map_thread_and_saves_the_newest_map(tm
     again.step()
     m = again.snapshot("v0001")
     assert m is not None and m.n == 100 and m.method != "old"
+
+
+def test_the_fit_child_does_not_import_from_the_agents_working_folder(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file in the agent's working folder named like a module the child imports (queue.py: joblib's
+    loky; json.py: agent.map_fit itself) is neither run nor imported by the child: the fit succeeds."""
+    cwd = tmp_path / "served-from"
+    cwd.mkdir()
+    for name in ("queue", "json"):
+        (cwd / f"{name}.py").write_text(f"open({str(cwd / ('RAN-' + name))!r}, 'w').write('ran')\n"
+                                        "raise SystemExit(3)\n")
+    monkeypatch.chdir(cwd)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(["", "."]))  # empty and relative entries name the cwd too
+    vecs, _ = blobs(40)
+    p = Projection(pca_dims=8, perplexity=10.0, early_iterations=20, iterations=20, seed=0)
+    xy, method = fit_in_child(vecs, p, lambda f: False, poll_s=0.05)
+    assert method == "pca8+opentsne" and xy.shape == (40, 2)
+    assert sorted(x.name for x in cwd.iterdir()) == ["json.py", "queue.py"]  # no RAN-* marker
+
+
+class FailingFit:
+    """A fit that fails (ChildFailed, as a broken child would) ``fails`` times, then works."""
+
+    def __init__(self, fails: int) -> None:
+        self.fails = fails
+        self.calls = 0
+
+    def __call__(self, vecs: np.ndarray, p: Projection, progress: Callable[[float], bool],
+                 poll_s: float = 0.5) -> tuple[np.ndarray, str]:
+        self.calls += 1
+        if self.calls <= self.fails:
+            raise ChildFailed(1, "Traceback (most recent call last):\n  File \"x.py\", line 1\n"
+                                 "ModuleNotFoundError: No module named 'openTSNE'\n")
+        return project(vecs, p, progress)
+
+
+def test_a_failed_fit_is_a_status_warning_with_one_line_and_is_retried(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    fit = FailingFit(fails=2)
+    monkeypatch.setattr(pool_map, "fit_in_child", fit)
+    vecs, _ = blobs(30)
+    cfg = MapConfig(early_iterations=20, iterations=20, retry_s=0.2, retry_max_s=0.3)
+    pm = PoolMap(cfg, tmp_path / "map", FakeServing(vecs))
+    assert pm.warnings() == []
+    pm.step()
+    st = pm.status()
+    assert st.state == FAILED and "\n" not in st.message and "Traceback" not in st.message
+    assert "ModuleNotFoundError: No module named 'openTSNE'" in st.message and "tried again in" in st.message
+    assert pm.warnings() == [st.message]
+    pm.step()  # within the back-off: not tried again
+    assert fit.calls == 1
+    time.sleep(0.25)
+    pm.step()  # tried again, fails again: the back-off doubles (capped at retry_max_s)
+    assert fit.calls == 2 and "2 times in a row" in pm.warnings()[0]
+    time.sleep(0.35)
+    pm.step()
+    assert fit.calls == 3 and pm.status().state == READY and pm.warnings() == []
