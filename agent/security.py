@@ -6,8 +6,10 @@ and ``#`` comments are ignored). Clients send gRPC metadata ``authorization: Bea
 ``AuthInterceptor`` checks every call of ``shortlist.v1.Agent`` against ``RPC_ROLES`` (the health
 service and reflection need no token): a missing or unknown token is UNAUTHENTICATED, a read token on
 a write RPC PERMISSION_DENIED. Tokens are compared with ``hmac.compare_digest`` against every known
-token (no early exit), never logged, and the file is re-read when it changes (a broken new file is
-refused with a logged error naming the line; the previous tokens stay in force).
+token (no early exit), never logged, and the file is re-read when it changes. It fails closed: a file
+emptied of tokens admits no caller at once; a broken new file is refused with a logged error naming the
+line, the previous tokens staying in force for 30 s (an editor's half-written save), then no caller is
+admitted until it is fixed (``TokenStore``).
 
 Exposure: ``serve`` on an address that is not loopback needs TLS and authentication (tokens, or
 client certificates with ``--tls-client-ca``), or an explicit ``--insecure`` (then a warning at start
@@ -143,8 +145,9 @@ def printable_ascii(text: str) -> bool:
     return text.isascii() and text.isprintable()
 
 
-def parse_tokens(text: str, source: str) -> list[tuple[bytes, str]]:
-    """(token, role) pairs from a tokens file's text. SecurityError names the bad line (never its token)."""
+def parse_tokens(text: str, source: str, allow_empty: bool = False) -> list[tuple[bytes, str]]:
+    """(token, role) pairs from a tokens file's text. SecurityError names the bad line (never its token);
+    a text with no tokens is one too unless ``allow_empty`` (a live file emptied to revoke every token)."""
     pairs: list[tuple[bytes, str]] = []
     seen: dict[bytes, int] = {}
     for n, raw in enumerate(text.splitlines(), 1):
@@ -168,7 +171,7 @@ def parse_tokens(text: str, source: str) -> list[tuple[bytes, str]]:
             raise SecurityError(f"{where}: the same token is already given on line {seen[key]}")
         seen[key] = n
         pairs.append((key, role))
-    if not pairs:
+    if not pairs and not allow_empty:
         raise SecurityError(f"{source}: no tokens (one `role:token` a line, role read or write; {TOKEN_HINT})")
     return pairs
 
@@ -183,25 +186,44 @@ def warn_if_shared(path: Path, what: str) -> None:
         log.warning("%s %s can be read by other users (mode %03o); `chmod 600 %s`", what, path, mode, path)
 
 
-def read_tokens(path: Path) -> list[tuple[bytes, str]]:
+def read_token_text(path: Path) -> str:
     warn_if_shared(path, "the tokens file")
     try:
-        text = path.read_text()
+        return path.read_text()
     except (OSError, UnicodeDecodeError) as e:
         raise SecurityError(f"cannot read --tokens {path}: {e}") from None
-    return parse_tokens(text, str(path))
+
+
+def read_tokens(path: Path) -> list[tuple[bytes, str]]:
+    return parse_tokens(read_token_text(path), str(path))
+
+
+# What a caller is told while the tokens file admits nobody (never the file's path: the caller is not trusted).
+NO_TOKENS = ("the agent's tokens file holds no tokens, so no caller is admitted; ask the agent's operator to add "
+             "a token to it")
+BROKEN_TOKENS = ("the agent's tokens file does not parse, so no caller is admitted; ask the agent's operator to "
+                 "fix it")
 
 
 class TokenStore:
-    """The tokens of a file, re-read when the file changes (checked at most every ``recheck_s``)."""
+    """The tokens of a file, re-read when the file changes (checked at most every ``recheck_s``).
 
-    def __init__(self, path: Path, recheck_s: float = 1.0) -> None:
+    Fails closed: a file that holds no tokens (emptied, or comments only) admits no caller, at once (the
+    way to revoke the last token, or to lock everyone out); ``refusal()`` says so. A file that cannot be
+    read or parsed (an editor's half-written save, a typo) keeps the previous tokens for ``broken_grace_s``
+    seconds, logged as an error, and then admits no caller either until it is fixed. The file given at
+    start must hold tokens (SecurityError)."""
+
+    def __init__(self, path: Path, recheck_s: float = 1.0, broken_grace_s: float = 30.0) -> None:
         self.path = path
         self.recheck_s = recheck_s
+        self.broken_grace_s = broken_grace_s
         self._lock = threading.Lock()
         self._tokens = read_tokens(path)
         self._stamp = self._stat()
         self._checked = time.monotonic()
+        self._closed = ""  # why no caller is admitted ("" while the tokens hold)
+        self._broken: tuple[float, str] | None = None  # since when (monotonic) and why the file does not parse
 
     def _stat(self) -> tuple[int, int, int]:
         try:
@@ -218,13 +240,58 @@ class TokenStore:
             self._checked = now
             stamp = self._stat()
             if stamp == self._stamp:
+                self._expire_grace(now)
                 return
             self._stamp = stamp
             try:
-                self._tokens = read_tokens(self.path)
-                log.info("re-read the tokens file %s: %d tokens", self.path, len(self._tokens))
+                text = read_token_text(self.path)
             except SecurityError as e:
-                log.error("kept the previous tokens: %s", e)
+                self._file_broken(now, str(e))
+                return
+            try:
+                tokens = parse_tokens(text, str(self.path), allow_empty=True)
+            except SecurityError as e:
+                self._file_broken(now, str(e))
+                return
+            self._broken = None
+            self._tokens = tokens
+            if tokens:
+                self._closed = ""
+                log.info("re-read the tokens file %s: %d tokens", self.path, len(tokens))
+            else:
+                self._closed = NO_TOKENS
+                log.error("the tokens file %s holds no tokens: every call is refused (UNAUTHENTICATED) until a "
+                          "`role:token` line is added", self.path)
+
+    def _file_broken(self, now: float, why: str) -> None:
+        """The file changed and does not parse: keep the previous tokens for the grace period (lock held)."""
+        if self._broken is None:
+            self._broken = (now, why)
+            log.error("the tokens file does not parse: %s; %s", why,
+                      "no caller is admitted until it is fixed" if self._closed else
+                      f"the previous tokens stay in force for {self.broken_grace_s:.0f} s, then no caller is "
+                      "admitted until it is fixed")
+        else:
+            self._broken = (self._broken[0], why)
+            log.error("the tokens file still does not parse: %s", why)
+        self._expire_grace(now)
+
+    def _expire_grace(self, now: float) -> None:
+        """After the grace period of a broken file: no caller is admitted (logged once; lock held)."""
+        if self._broken is None or self._closed == BROKEN_TOKENS:
+            return
+        since, why = self._broken
+        if self._closed or now - since >= self.broken_grace_s:
+            if not self._closed:
+                log.error("the tokens file still does not parse after %.0f s (%s): every call is refused "
+                          "(UNAUTHENTICATED) until it is fixed", now - since, why)
+            self._tokens, self._closed = [], BROKEN_TOKENS
+
+    def refusal(self) -> str:
+        """Why no caller is admitted ("" while the file's tokens are in force): the file holds no tokens, or
+        it has not parsed for longer than the grace period."""
+        self._maybe_reload()
+        return self._closed
 
     def role(self, token: str) -> str | None:
         """The role of ``token`` (None when unknown), compared in constant time with every known token."""
@@ -401,6 +468,8 @@ class AuthInterceptor(grpc.ServerInterceptor):
                          "malformed authorization metadata: send `authorization: Bearer TOKEN`",
                          self.refusals, f"{name}: malformed authorization metadata")
         role = self.tokens.role(token)
+        if role is None and (closed := self.tokens.refusal()):
+            return _deny(handler, grpc.StatusCode.UNAUTHENTICATED, closed, self.refusals, f"{name}: {closed}")
         if role is None:
             return _deny(handler, grpc.StatusCode.UNAUTHENTICATED,
                          "unknown token: check --token / SHORTLIST_TOKEN against the agent's --tokens file",

@@ -282,6 +282,62 @@ def test_tokens_file_is_reread_when_it_changes(tmp_path: Path, caplog: pytest.Lo
     assert "line 2" in caplog.text and secret not in caplog.text
 
 
+def touch_later(path: Path, seconds: int) -> None:
+    """Give ``path`` a later mtime, so a rewrite within the same clock tick is seen as a change."""
+    os.utime(path, ns=(time.time_ns(), time.time_ns() + seconds * 10**9))
+
+
+def test_removing_the_last_token_revokes_it_and_a_broken_file_fails_closed_after_its_grace(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "tokens"
+    path.write_text(f"write:{WRITE_TOKEN}\n")
+    store = TokenStore(path, recheck_s=0.0, broken_grace_s=0.3)
+    assert store.role(WRITE_TOKEN) == "write" and store.refusal() == ""
+    with caplog.at_level(logging.INFO):
+        path.write_text("# revoked\n")  # the last token's line removed: nobody is admitted, at once
+        touch_later(path, 1)
+        assert store.role(WRITE_TOKEN) is None and store.refusal() == security.NO_TOKENS
+        assert store.role(WRITE_TOKEN) is None
+    assert caplog.text.count("holds no tokens") == 1  # logged once, not per call
+    path.write_text(f"read:{READ_TOKEN}\n")  # fixed: admitted again
+    touch_later(path, 2)
+    assert store.role(READ_TOKEN) == "read" and store.refusal() == ""
+    # A half-written save keeps the previous tokens for the grace period only.
+    path.write_text("read:")
+    touch_later(path, 3)
+    assert store.role(READ_TOKEN) == "read" and store.refusal() == ""
+    time.sleep(0.35)
+    assert store.role(READ_TOKEN) is None and store.refusal() == security.BROKEN_TOKENS
+    path.write_text(f"read:{READ_TOKEN}\n")
+    touch_later(path, 4)
+    assert store.role(READ_TOKEN) == "read" and store.refusal() == ""
+    # A broken file after an empty one does not bring the old tokens back.
+    path.write_text("")
+    touch_later(path, 5)
+    assert store.role(READ_TOKEN) is None
+    path.write_text("read:")
+    touch_later(path, 6)
+    assert store.role(READ_TOKEN) is None and store.refusal() == security.BROKEN_TOKENS
+
+
+def test_a_caller_is_told_when_the_tokens_file_holds_no_tokens(tmp_path: Path, registry: Path,
+                                                              tokens_file: Path) -> None:
+    server, port, agent = serve(tmp_path, registry, ServerSecurity(tokens=tokens_file))
+    try:
+        stub = client.connect(f"127.0.0.1:{port}", config=client.ClientConfig(token=WRITE_TOKEN))
+        stub.GetStatus(agent_pb2.GetStatusRequest(), timeout=10)
+        tokens_file.write_text("")
+        touch_later(tokens_file, 1)
+        time.sleep(1.1)  # the file is looked at at most every second
+        with pytest.raises(grpc.RpcError) as e:
+            stub.GetStatus(agent_pb2.GetStatusRequest(), timeout=10)
+        assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        details = str(e.value.details())
+        assert "tokens file holds no tokens" in details and "operator" in details and str(tokens_file) not in details
+    finally:
+        stop_server(server, agent, grace=0.5)
+
+
 def test_no_token_in_the_logs(tmp_path: Path, registry: Path, tokens_file: Path,
                               caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.DEBUG):
