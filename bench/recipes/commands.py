@@ -3,17 +3,36 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
+from typer.core import TyperCommand
 
-from bench.recipes import RECIPES, get_recipe
+from bench.recipes import RecipeRegistryError, get_recipe, recipes
 from shortlist.datasets import split_sources_said
+
+NAME_HELP = "the system to run"
+
+
+class RecipeCommand(TyperCommand):
+    """``bench recipe``: its help names the registered recipes, read only when the help is shown (the
+    registry is not imported when the CLI starts: bench/recipes/__init__.py)."""
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        try:
+            names = f": {', '.join(recipes())}"
+        except RecipeRegistryError as e:
+            names = f" ({e})"
+        for param in self.params:
+            if param.name == "name":
+                param.help = NAME_HELP + names  # type: ignore[attr-defined]
+        super().format_help(ctx, formatter)
 
 
 def register(bench_app: typer.Typer) -> None:
-    @bench_app.command("recipe")
+    @bench_app.command("recipe", cls=RecipeCommand)
     def recipe_command(
-        name: str = typer.Argument(..., help=f"the system to run: {', '.join(RECIPES)}"),
+        name: str = typer.Argument(..., help=NAME_HELP),
         profile: str = typer.Option("cpu", help="smoke (seconds), cpu (about 90 min on 2 cores) or gpu (the "
                                     "paper's settings)"),
         data: Path = typer.Option(Path("../shared/datasets/cifar10"), help="labelled train and test splits: "
@@ -41,7 +60,11 @@ def register(bench_app: typer.Typer) -> None:
         from bench.recipes.spec import parse_imbalance
         from training.cycle import CycleRefused
 
-        recipe = get_recipe(name)
+        try:
+            recipe = get_recipe(name)
+        except RecipeRegistryError as e:  # one broken registration: this command's error, not every command's
+            typer.secho(f"error: {e}", err=True, fg="red")
+            raise typer.Exit(2) from None
         if profile not in recipe.profiles:
             raise typer.BadParameter(f"recipe {name} has no profile {profile!r}; valid: {', '.join(recipe.profiles)}")
         cifar10.require_splits(data)

@@ -240,3 +240,27 @@ def test_the_report_says_when_the_code_changed_during_the_run() -> None:
     results["git_commit_end"] = "f" * 40
     line = next(x for x in markdown(results).splitlines() if f"commit {start[:10]}" in x)
     assert f"commit {start[:10]} (checkout at ffffffffff by the end: the code changed during the run)" in line
+
+
+def test_a_broken_recipe_registration_breaks_bench_recipe_alone(tmp_path: Path) -> None:
+    """An arm naming a strategy the agent lacks (here: the agent's 'coreset' removed before the CLI starts)
+    used to end every command (status --help, serve) in a ValueError traceback, as the CLI imported the
+    recipes at start. Now the other commands run, and ``bench recipe`` says which recipe and why in one line."""
+    import subprocess
+    import sys
+
+    def shortlist(*args: str) -> subprocess.CompletedProcess[str]:
+        code = ("import sys; from agent.strategies import STRATEGIES; del STRATEGIES['coreset']; "
+                f"sys.argv = ['shortlist', *{list(args)!r}]; from shortlist.cli import main; main()")
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                              cwd=Path(__file__).resolve().parents[2])
+
+    for args in (("status", "--help"), ("--help",), ("bench", "strategies", "--help")):
+        done = shortlist(*args)
+        assert done.returncode == 0 and "Traceback" not in done.stderr, (args, done.stderr)
+    done = shortlist("bench", "recipe", "--help")
+    assert done.returncode == 0 and "unknown strategy 'coreset'" in re.sub(r"[\s│]+", " ", done.stdout), done.stdout
+    done = shortlist("bench", "recipe", "simsiam_al", "--profile", "smoke", "--data", str(tmp_path))
+    flat = re.sub(r"\s+", " ", done.stderr)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert "a registered recipe is refused: recipe simsiam_al: arm linear-coreset: unknown strategy 'coreset'" in flat
