@@ -197,8 +197,9 @@ def resolve_source(source: str | Path, split: str = DEFAULT_SPLIT) -> Resolved:
         raise FileNotFoundError(f"image source {path} does not exist")
     kind = next((s for s in SOURCES if s.detect(path)), None)
     if kind is None:
-        raise FileNotFoundError(f"{path} is neither a folder, a tar archive ({', '.join(TAR_SUFFIXES)}) nor an "
-                                f"image file ({', '.join(IMAGE_EXTENSIONS)})")
+        # The registry's own words (sources_said), so a kind registered later is named here too.
+        raise FileNotFoundError(f"{path} is none of the image sources Shortlist reads: {sources_said()} (an image "
+                                f"file is one of {', '.join(IMAGE_EXTENSIONS)})")
     return kind.resolve(path, split)
 
 

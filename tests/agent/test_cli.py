@@ -152,7 +152,7 @@ def test_ingest_bad_sources_say_what_is_wrong(tmp_path: Path, running: Running) 
     (cifar / "batches.meta").write_bytes(pickle.dumps({b"label_names": [b"a"]}))
     empty = tmp_path / "empty"
     empty.mkdir()
-    cases = [([str(tmp_path / "no" / "such")], "does not exist"), ([str(notes)], "neither a folder"),
+    cases = [([str(tmp_path / "no" / "such")], "does not exist"), ([str(notes)], "none of the image sources"),
              ([str(splits), "--split", "val"], "no 'val' split (splits found: train, test"),
              ([str(cifar), "--split", "val"], "only the 'train' and 'test' splits"),
              ([str(empty)], "no images found")]

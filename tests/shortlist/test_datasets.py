@@ -263,7 +263,8 @@ def test_sources_that_cannot_be_read_fail_in_resolve(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="does not exist"):
         resolve_source(tmp_path / "missing")
     tmp_path.joinpath("notes.txt").write_text("x")
-    with pytest.raises(FileNotFoundError, match="neither a folder, a tar archive"):
+    with pytest.raises(FileNotFoundError, match=r"none of the image sources Shortlist reads: an image file; .*; or a "
+                       r"tar of such a folder"):
         resolve_source(tmp_path / "notes.txt")
     cifar = tmp_path / "cifar-10-batches-py"
     cifar.mkdir()
@@ -337,6 +338,9 @@ def test_a_new_source_is_one_unit_and_one_registration(tmp_path: Path, monkeypat
     with pytest.raises(MissingSplit, match="has no 'test' split"):
         load_array(tmp_path / "x.list", "test")
     assert "a .list file of label=image lines" in datasets.sources_said()
+    (tmp_path / "notes.txt").write_text("x")  # no kind takes it: the error names the registered kind too
+    with pytest.raises(FileNotFoundError, match=r"Shortlist reads: a \.list file of label=image lines; an image"):
+        resolve_source(tmp_path / "notes.txt")
 
     ingest = typer.main.get_command(app).commands["ingest"]  # type: ignore[attr-defined]
     source_help = next(p.help for p in ingest.params if p.name == "source")
