@@ -67,6 +67,13 @@ def _method_options(method: str, items: list[str], **flags: int | None) -> dict[
     return options
 
 
+def _known(name: str, valid: tuple[str, ...], what: str, flag: str) -> None:
+    """An unknown method or mode is a usage error (2) listing the valid names, checked before the budget
+    flags: the name is what the user got wrong, whatever else is missing."""
+    if name not in valid:
+        raise typer.BadParameter(f"unknown {what} {name!r}; valid: {', '.join(valid)}", param_hint=flag)
+
+
 def _one_budget(*values: float | None) -> None:
     if sum(v is not None for v in values) != 1:
         names = ["--epochs N", "--minutes M", "--steps S"][:len(values)]
@@ -150,6 +157,7 @@ def pretrain_cmd(
         if not method_option and proj_dim is None and pred_dim is None and run["method"] == saved.get("method") \
                 and isinstance(saved.get("method_options"), dict):  # (another method: refused, naming --method)
             options = dict(saved["method_options"])
+    _known(run["method"], METHOD_NAMES, "method", "--method")
     if run["data"] is None:
         raise typer.BadParameter("give the image source" + (" (--resume found no config.json in --out)" if resume
                                                             else ""), param_hint="--data")
@@ -278,6 +286,7 @@ def finetune_cmd(
     """Fine-tune with labels (linear probe, full, AS3L semi-supervised, MoBYv2AL joint)."""
     from training.finetune import FinetuneConfig, finetune
 
+    _known(mode, FINETUNE_MODES, "fine-tuning mode", "--mode")
     if frozen_mode(mode):
         _frozen_budget(mode, steps, minutes, epochs)
     else:

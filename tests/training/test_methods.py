@@ -169,3 +169,21 @@ def test_method_options_from_the_command_line_take_their_defaults_types() -> Non
         parse_method_options("moby", ["tau"])
     with pytest.raises(ValueError, match="unknown method 'simclr'"):
         parse_method_options("simclr", ["tau=0.1"])
+
+
+def test_an_unknown_method_or_mode_is_said_before_a_missing_budget(tmp_path: Path) -> None:
+    """`pretrain --method nope` / `finetune --mode nope` without a budget flag used to complain about the budget
+    first; the name is what is wrong, so it is said first, with the valid names (exit 2, before any work)."""
+    import re
+
+    from typer.testing import CliRunner
+
+    from shortlist.cli import app
+
+    for args, said in ((["pretrain", "--method", "nope"], "unknown method 'nope'; valid: simsiam, rotnet, moby"),
+                       (["finetune", "--mode", "nope"], "unknown fine-tuning mode 'nope'; valid: linear, svm, full")):
+        res = CliRunner().invoke(app, [*args, "--data", str(tmp_path), "--out", str(tmp_path / "out")],
+                                 env={"COLUMNS": "200"})
+        flat = re.sub(r"[\s│]+", " ", res.output)
+        assert res.exit_code == 2 and said in flat and "budget" not in flat, flat
+    assert not (tmp_path / "out").exists()
