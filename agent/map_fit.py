@@ -118,14 +118,19 @@ def child_command(src: Path, out: Path, p: Projection) -> list[str]:
             str(os.getpid())]
 
 
-def child_env() -> dict[str, str]:
-    """The child's environment: one BLAS / OpenMP thread, and this package first on PYTHONPATH so the
-    child imports it from where this process has it (an editable install may point elsewhere). The
-    inherited PYTHONPATH keeps its absolute entries only: an empty or relative one would name the
-    working folder again."""
+def package_pythonpath() -> str:
+    """PYTHONPATH for a Python child started with ``-P`` (this one; the benchmarks' ``shortlist serve``):
+    the folder this package is imported from first, so the child imports the same code whatever its
+    working folder (an editable install may point elsewhere), then the inherited PYTHONPATH's absolute
+    entries only (an empty or relative entry would name the working folder again)."""
     here = str(Path(__file__).resolve().parent.parent)
     inherited = [x for x in os.environ.get("PYTHONPATH", "").split(os.pathsep) if x and os.path.isabs(x)]
-    return {**os.environ, **{name: "1" for name in THREAD_ENV}, "PYTHONPATH": os.pathsep.join([here, *inherited])}
+    return os.pathsep.join([here, *inherited])
+
+
+def child_env() -> dict[str, str]:
+    """The child's environment: one BLAS / OpenMP thread, PYTHONPATH ``package_pythonpath()``."""
+    return {**os.environ, **{name: "1" for name in THREAD_ENV}, "PYTHONPATH": package_pythonpath()}
 
 
 def fit_in_child(vecs: np.ndarray, p: Projection, progress: Callable[[float], bool],

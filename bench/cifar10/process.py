@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -14,6 +15,7 @@ from pathlib import Path
 import grpc
 
 from agent.config import class_list
+from agent.map_fit import package_pythonpath
 from shortlist.v1 import agent_pb2, agent_pb2_grpc
 
 
@@ -40,12 +42,14 @@ def agent_process(data_dir: Path, models: Path, log: Path, timeout: float = 60.0
     if classes and not declarable(classes):
         raise ValueError(f"class names {list(classes)} cannot be passed to shortlist serve --classes")
     port = free_port()
-    cmd = [sys.executable, "-m", "shortlist.cli", "serve", "--data-dir", str(data_dir), "--models", str(models),
+    # -P: a module-named file in the caller's working folder (queue.py, ...) is not imported by the agent.
+    cmd = [sys.executable, "-P", "-m", "shortlist.cli", "serve", "--data-dir", str(data_dir), "--models", str(models),
            "--host", "127.0.0.1", "--port", str(port)]
     if classes:
         cmd += ["--classes", ",".join(classes)]
     with open(log, "ab") as logf:
-        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT,
+                                env={**os.environ, "PYTHONPATH": package_pythonpath()})
     address = f"127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout

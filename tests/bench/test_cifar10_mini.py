@@ -417,3 +417,22 @@ def test_a_torchvision_cifar10_folder_is_ingested_as_pixels(tmp_path: Path) -> N
         assert ingest_items(r.stub, items) == 20
     finally:
         r.stop()
+
+
+def test_the_benchmarks_agent_does_not_import_from_the_working_folder(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """``agent_process`` runs ``python -P -m shortlist.cli serve``: a json.py in the folder the benchmark was
+    started from is not imported (nor run) by the agent, which starts and answers."""
+    from agent import client
+    from bench.cifar10.process import agent_process
+    from shortlist.v1 import agent_pb2
+
+    registry = tmp_path / "models"
+    publish_linear(registry, size=(8, 8), dim=16)
+    cwd = tmp_path / "started-from"
+    cwd.mkdir()
+    (cwd / "json.py").write_text(f"open({str(cwd / 'RAN')!r}, 'w').write('ran')\nraise SystemExit(3)\n")
+    monkeypatch.chdir(cwd)
+    with agent_process(tmp_path / "agent", registry, tmp_path / "agent.log") as address:
+        assert client.connect(address).GetStatus(agent_pb2.GetStatusRequest(), timeout=30).model_version == "v0001"
+    assert not (cwd / "RAN").exists()
