@@ -1521,7 +1521,8 @@ class Agent:
             pending_embed_rate=self.manager.pending_rate() if pending is not None else 0.0,
             audit=audit,
             warnings=[w for w in [self.registry_warning(), *storage_warnings(self.data_dir, self.config.min_free_bytes),
-                                  *self.manager.warnings(), self.class_warning(classes), self.calibration_warning()]
+                                  *self.manager.warnings(), *self.map.warnings(), self.class_warning(classes),
+                                  self.calibration_warning()]
                       if w],
             classes_open=not self.state.closed, label_events=self.state.label_event_count(),
             agent_version=self.version[0], agent_commit=self.version[1], schema_version=self.state.schema_version())

@@ -374,3 +374,21 @@ def test_a_failed_fit_is_a_status_warning_with_one_line_and_is_retried(tmp_path:
     time.sleep(0.35)
     pm.step()
     assert fit.calls == 3 and pm.status().state == READY and pm.warnings() == []
+
+
+def test_a_failed_map_is_a_getstatus_warning(tmp_path: Path, registry: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """(a map that failed left GetStatus at "warnings: none")"""
+    monkeypatch.setattr(pool_map, "fit_in_child", FailingFit(fails=100))
+    r = start(tmp_path / "data", registry)
+    try:
+        client.ingest(r.stub, make_samples(30, labels=6))
+        end = time.monotonic() + 20
+        warnings: list[str] = []
+        while time.monotonic() < end:
+            warnings = [w for w in r.stub.GetStatus(agent_pb2.GetStatusRequest()).warnings if "map" in w]
+            if warnings:
+                break
+            time.sleep(0.2)
+        assert len(warnings) == 1 and "No module named 'openTSNE'" in warnings[0] and "\n" not in warnings[0]
+    finally:
+        r.stop()
