@@ -3,7 +3,7 @@
 call. Random unit vectors, 50,000 rows, 10 labelled, budget 400, at D = 128 and 512; thread CPU time, one BLAS
 thread (docs/reliability.md, "Greedy strategies declare their work").
 
-    OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 python scripts/experiments/greedy_cost.py
+    OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 PYTHONPATH=. python scripts/experiments/greedy_cost.py
 """
 
 from __future__ import annotations
