@@ -2,7 +2,7 @@
 embeddings (a `bench embeddings` / `bench cifar10` embeddings folder: pool_x.npy, pool_y.npy, test_x.npy,
 test_y.npy): the mean test accuracy over 20 random labelled sets of each size drawn from the pool.
 
-    python scripts/experiments/probe_scale.py EMB_DIR [EMB_DIR ...] [--sizes 10,40] [--draws 20]
+    PYTHONPATH=. python scripts/experiments/probe_scale.py EMB_DIR [EMB_DIR ...] [--sizes 10,40] [--draws 20]
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def main() -> None:
     ap.add_argument("--sizes", default="10,40")
     ap.add_argument("--draws", type=int, default=20)
     args = ap.parse_args()
-    print("| embeddings | cosine to the mean | labels | probe unscaled (%) | probe scaled (%) | 1-NN (%) |")
+    print("| embeddings | mean cosine to the mean | labels | probe unscaled (%) | probe scaled (%) | 1-NN (%) |")
     print("|---|---|---|---|---|---|")
     for d in args.folders:
         px, py, vx, vy = (np.load(d / f"{n}.npy") for n in ("pool_x", "pool_y", "test_x", "test_y"))
