@@ -60,12 +60,14 @@ AnnotatorOpt = typer.Option(os.environ.get("USER", "cli"), "--annotator")  # lab
 # The deadline of the CLI's heavy calls (Select, PriorLabels): the agent's admission refuses at once, with its
 # estimate, a call it expects not to finish in time (docs/agent.md, "Heavy work"); without a deadline every call
 # is admitted and may run for many minutes with no word. 600 s, as the web app's (WebConfig.select_timeout_s):
-# the longest heavy calls measured at 300,000 samples on a loaded 2-core machine (282 s, an as3l PriorLabels of
-# the whole pool) still fit with the agent's 2x margin, and a call expected to take longer is refused in about
-# a second with its estimate and "--timeout N" instead of leaving its user waiting.
+# the longest heavy calls measured at 300,000 samples on a loaded 2-core machine still fit with the agent's 2x
+# margin, and a call expected to take longer is refused in about a second with its estimate and "--timeout N"
+# instead of leaving its user waiting (docs/agent.md, the paragraph on `--timeout` under "The agent: service,
+# API and CLI", has the figure).
 HEAVY_TIMEOUT_S = 600.0
 # `shortlist prior`'s table shows this many rows by default (the rest counted): a table of a 300,000-sample
-# pool is read by no one, and building it took minutes and 1.3 GB.
+# pool is read by no one, and building it took minutes and much memory (docs/agent.md, the paragraph on
+# `shortlist prior` reading the reply as it streams).
 PRIOR_TABLE_ROWS = 50
 TimeoutOpt = typer.Option(HEAVY_TIMEOUT_S, "--timeout", envvar="SHORTLIST_TIMEOUT", min=0.0,
                           help="seconds the agent has to answer this heavy call; a call it expects to take longer "
@@ -268,8 +270,9 @@ def _status_dict(s: agent_pb2.Status) -> dict[str, Any]:
 
 
 def pending_line(s: agent_pb2.Status) -> str:
-    """How far the pending version's embedding is: rows of the pool, and at its rate how long it has left (a
-    model swap at 300,000 samples took 11 minutes; the count alone said nothing of when it would end)."""
+    """How far the pending version's embedding is: rows of the pool, and at its rate how long it has left (on
+    a large pool a model swap takes minutes, and the count alone said nothing of when it would end;
+    docs/agent.md, GetStatus's ``pending_embed_rate``)."""
     line = f"{s.pending_embedded:,} of {s.samples:,} samples"
     if s.pending_embed_rate > 0:
         left = max(0, s.samples - s.pending_embedded) / s.pending_embed_rate

@@ -389,9 +389,10 @@ def _deny(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str,
     named a sign-in's role check, when it came over the local socket.
 
     Whatever ``handler``'s kind, the refusal is a bidirectional-stream handler: gRPC calls it as the call
-    arrives, with an iterator over requests it never reads (a unary handler is called once its request
-    message has been read whole: 30 calls without a token sending 60 MB each took the agent from 236 MB to
-    1.29 GB). The wire is the same for the four kinds, so the client gets the status as from any handler."""
+    arrives, with an iterator over requests it never reads (a unary handler is called only once its request
+    message has been read whole, so concurrent large calls without a token held every message in memory:
+    docs/agent.md, "Limits", "What a call costs before it is refused", has the figures and the command). The
+    wire is the same for the four kinds, so the client gets the status as from any handler."""
     def abort(_requests: Any, context: grpc.ServicerContext) -> Any:
         if refusals is not None:
             # the mark is believed from the web app's local socket only (like WEB_CLIENT_KEY): a client over TCP

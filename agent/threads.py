@@ -2,10 +2,9 @@
 
 The agent's parallelism is across requests (admission lanes, gRPC threads; hnswlib queries run with one
 thread each, agent/index.py), so a matrix product that also spreads over every core only oversubscribes
-them, and OpenBLAS's threads busy-wait for work: on the shared 2-core machine, in one process on the
-54,000-row load pool (`python scripts/load/profile_calls.py ...` with OPENBLAS_NUM_THREADS=2, then 1),
-PriorLabels knn took 0.23 -> 0.08 CPU s, a warm coreset Select 0.10 -> 0.03, probcover 4.6 -> 4.0 and as3l
-10.5 -> 8.9, with wall times lower too (docs/reliability.md, Load). k-means already ran its BLAS on one
+them, and OpenBLAS's threads busy-wait for work: with one BLAS thread each call measured on the load
+pool took less CPU time (figures and command: docs/reliability.md, "Measured", "BLAS
+threads"). k-means already ran its BLAS on one
 thread (agent/strategies/_common.py ``one_blas_thread``); scikit-learn's Lloyd iterations (OpenMP) run
 with one thread in the heavy lane's own threads (agent/admission.py ``LaneThreads``: libgomp's thread
 count is per calling thread, so it is set there, per call, not here).
@@ -53,10 +52,9 @@ def limited(limits: int, user_api: str) -> AbstractContextManager[object]:
     that release and retake the GIL), paid by every call of an admission lane with threads of its own and
     every k-means or head fit. The controller of the ``user_api`` libraries is kept and rebuilt when a module
     was imported since it was built (a library loaded by the import, e.g. scikit-learn's libgomp on its first
-    use, is limited from the next call on, as before) or after REFRESH_S. Figures (scikit-learn and
-    onnxruntime loaded; scripts/load/prior_knn_lane.py, docs/reliability.md, "PriorLabels knn under load"):
-    threadpool_limits 2.5 ms a call alone, p90 42-458 ms beside 4 busy Python threads; through the kept
-    controller under 0.1 ms alone, p90 2-9 ms beside them. Thread-safe: the controller is shared, each call
+    use, is limited from the next call on, as before) or after REFRESH_S. The kept controller costs a small
+    fraction of a fresh one, alone and beside busy Python threads (figures and command: docs/reliability.md,
+    "PriorLabels knn under load"). Thread-safe: the controller is shared, each call
     gets a limiter of its own (OpenMP's limit is per calling thread; BLAS's is process-wide, as with
     threadpool_limits)."""
     now = time.monotonic()

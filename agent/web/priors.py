@@ -81,8 +81,9 @@ class PriorSet:
                     rows: Iterable[agent_pb2.PriorLabel]) -> PriorSet:
         """The set from PriorLabels ``rows`` computed at ``status`` (its labelled count and label revision).
         ``rows`` is read as it streams and converted to arrays STREAM_CHUNK rows at a time: the reply's
-        messages are never all held (at 300,000 samples a list of them took the agent from 870 MB to 1.6 GB
-        for the Review priors page's first load)."""
+        messages are never all held (a list of them grew the agent's memory by a large fraction at 300,000
+        samples: docs/agent.md, the paragraph on streamed replies just before "Heavy work: admission,
+        cancellation, cache", has the figure)."""
         index = {c: k for k, c in enumerate(classes)}
         ids: list[str] = []
         parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
