@@ -87,7 +87,7 @@ class Recipe:
     title: str
     paper: str  # citation and the file in ../shared/papers
     claims: tuple[str, ...]
-    pretext: str  # a training.methods name: simsiam, rotnet, moby
+    pretext: str  # a training.methods name (training.modes.METHOD_NAMES; `shortlist pretrain --help` lists them)
     arms: tuple[Arm, ...]
     profiles: Mapping[str, Scale]
     reference: str = ""  # the paper's figures, for results.md beside ours
