@@ -1341,8 +1341,9 @@ def prior(agent: AgentTarget,
     """Prior pseudo-labels (class probabilities) for unlabelled samples."""
     stub = _rpc(agent.connect)
     req = agent_pb2.PriorLabelsRequest(method=method, ids=ids, params=_pairs(param, "--param"))
-    # The reply is read as it streams, never kept whole: at 300,000 samples a list of it and one rich Table
-    # of every row took 1.3 GB in the client and printed nothing for minutes.
+    # The reply is read as it streams, never kept whole: on a large pool a list of it and one rich Table of
+    # every row took much memory in the client and printed nothing for minutes (docs/agent.md, the paragraph
+    # on `shortlist prior` reading the reply as it streams, has the figure).
     rows = _rpc(lambda: stub.PriorLabels(req, timeout=_timeout(timeout)), note=_heavy_note(_timeout(timeout)))
     out = make_console()
     shown: list[tuple[str, str, str]] = []
