@@ -58,6 +58,10 @@
   // stored only while the sample still has it (if_current), so a label someone gave since, shown by a refresh
   // while the annotator was looking elsewhere, is not overwritten by a tap meant for the tile as it was.
   let seen = "";
+  // Whether the person picked the focused tile themselves (a click or tap on it) and the focus has not moved
+  // since (no label, key, undo or refresh moved it): a class button then labels it even when it has been
+  // scrolled off screen, since the person chose that image (see visibleOrShown).
+  let chosen = false;
 
   // ---- strategy chooser: built from the registry's describe() -----------------------------------
   const strategySelect = document.getElementById("strategy");
@@ -146,6 +150,7 @@
   function setFocus(i, scroll = true) {
     if (!tiles.length) return;
     focus = Math.max(0, Math.min(tiles.length - 1, i));
+    chosen = false;
     tiles.forEach((t, j) => {
       t.classList.toggle("focus", j === focus);
       t.setAttribute("aria-selected", j === focus ? "true" : "false");
@@ -179,13 +184,21 @@
     const w = Math.min(r.right, window.innerWidth) - Math.max(r.left, 0);
     return h >= r.height / 2 && w >= r.width / 2;
   }
-  // A key meant for the focused tile while it is off screen: show it first instead of acting on an image the
-  // annotator has not seen (the key press is not lost silently: the notice says to press it again).
-  function visibleOrShown() {
+  // A key or button meant for the focused tile while it is off screen: show it first instead of acting on an
+  // image the annotator has not seen (the focus may have moved there by itself: the name-hashed start, or the
+  // move to the next open tile after a label, possibly thousands of pixels away). Not lost silently: the
+  // notice says to do it again, in the words of the input used. `how`: "key", or for a button the click's
+  // pointerType ("touch", "mouse", "pen", or "" from the keyboard). A button acts on a tile off screen that
+  // the person picked themselves and that is still the focused one (`chosen`): on a short window reaching
+  // the buttons can scroll it away, and the person knows which image they picked (the Classes panel shows it).
+  function visibleOrShown(how = "key") {
     const tile = tiles[focus];
     if (!tile || onScreen(tile)) return true;
+    if (how !== "key" && chosen) return true;
     setFocus(focus, true);
-    const text = `${shortId(tile)} was off screen: it is shown now; press the key again to act on it`;
+    const again = how === "key" ? "press the key again" : how === "touch" ? "tap the button again"
+      : how === "mouse" || how === "pen" ? "click the button again" : "press the button again";
+    const text = `${shortId(tile)} was off screen: it is shown now; ${again} to act on it`;
     Shortlist.toast(text);
     announce(text);
     return false;
@@ -510,12 +523,13 @@
         Shortlist.toast("a double click counts as one click: click again to act on the next image");
         return;
       }
+      const how = ev.pointerType || "";
       const cls = button.closest("button.class-btn");
-      if (cls) { if (visibleOrShown()) label(cls.dataset.class); return; }
+      if (cls) { if (visibleOrShown(how)) label(cls.dataset.class); return; }
       const act = button.closest("button[data-act]");
       if (!act) return;
-      if (act.dataset.act === "skip") { if (visibleOrShown()) mark("skip"); }
-      else if (act.dataset.act === "unsure") { if (visibleOrShown()) mark("unsure"); }
+      if (act.dataset.act === "skip") { if (visibleOrShown(how)) mark("skip"); }
+      else if (act.dataset.act === "unsure") { if (visibleOrShown(how)) mark("unsure"); }
       else if (act.dataset.act === "undo") undo();
     });
   }
@@ -533,7 +547,7 @@
   // Keyboard focus reaching the grid (Tab) brings its focused tile into view; a click or tap does not scroll.
   if (grid) grid.addEventListener("focus", () => { if (grid.matches(":focus-visible")) setFocus(focus, true); });
   tiles.forEach((t, i) => {
-    t.addEventListener("click", () => setFocus(i, false));
+    t.addEventListener("click", () => { setFocus(i, false); chosen = true; });
     t.addEventListener("dblclick", () => { setFocus(i, false); lightbox(true); });
   });
 
@@ -617,6 +631,7 @@
       const text = `${shortId(focused)} was ${focused.dataset.label ? `labelled "${focused.dataset.label}"`
         : focused.dataset.mark ? "marked" : "unlabelled"} by someone else meanwhile`;
       focused.classList.add("changed");
+      chosen = false;  // no longer the image the person picked: a button shows it again before acting
       announce(text);
     }
   }

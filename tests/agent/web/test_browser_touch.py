@@ -276,3 +276,58 @@ def test_a_double_click_on_a_class_button_labels_one_image(live_web: WebAgent, p
     page.wait_for_timeout(600)
     page.click("#classes button.class-btn >> nth=0")
     page.wait_for_function("() => document.querySelectorAll('.tile[data-saved=\"1\"]').length === 3")
+
+
+@pytest.fixture
+def sideways(browser: Any) -> Iterator[Any]:
+    """A phone held sideways (844x390, touch, mobile): less than 600 px of height."""
+    context = browser.new_context(viewport={"width": 844, "height": 390}, device_scale_factor=1,
+                                  has_touch=True, is_mobile=True)
+    pg = context.new_page()
+    pg.set_default_timeout(15_000)
+    yield pg
+    context.close()
+
+
+def test_a_short_window_labels_by_tap_and_click(live_web: WebAgent, sideways: Any, zoomed: Any) -> None:
+    """Below 600 px of height (a phone sideways, 200% zoom) the class buttons stay at hand in the bottom bar,
+    so a tap on a tile then on a class labels it, and the next tile is brought into view above the bar."""
+    for page, user, touch in ((sideways, "kim", True), (zoomed, "lee", False)):
+        ids = _queue(live_web, page, user=user, budget=30)
+        assert page.evaluate("() => getComputedStyle(document.getElementById('class-panel')).position") == "fixed"
+        tile = next(i for i in ids[3:] if i not in live_web.labels() and i != focused_tile(page))
+        loc = page.locator(f'.tile[data-id="{tile}"]')
+        loc.scroll_into_view_if_needed()
+        loc.tap() if touch else loc.click()
+        button = page.get_by_role("button", name="square")
+        assert button.is_visible() and _on_screen(page, ".tile.focus")
+        button.tap() if touch else button.click()
+        page.wait_for_selector(f'.tile[data-id="{tile}"][data-saved="1"]')
+        assert live_web.labels()[tile] == "square"
+        assert _on_screen(page, ".tile.focus")  # the next open tile, shown above the bar
+
+
+def test_a_button_labels_the_tile_the_person_picked_even_scrolled_away(live_web: WebAgent,
+                                                                        sideways: Any) -> None:
+    """A tile the person tapped is labelled by a class button even once scrolled off screen (they picked that
+    image); a tile the focus moved to by itself is shown first, and the notice says to tap, not press a key."""
+    page = sideways
+    ids = _queue(live_web, page, user="kim", budget=30)
+    far = ids[-1]
+    page.locator(f'.tile[data-id="{far}"]').tap()
+    page.evaluate("() => window.scrollTo(0, 0)")
+    page.wait_for_timeout(200)
+    assert not _on_screen(page, ".tile.focus")
+    page.get_by_role("button", name="circle").tap()  # picked by the person: labelled
+    page.wait_for_selector(f'.tile[data-id="{far}"][data-saved="1"]')
+    assert live_web.labels()[far] == "circle"
+    nxt = focused_tile(page)  # moved there by itself
+    assert nxt != far
+    page.evaluate("() => window.scrollTo(0, document.body.scrollHeight)" if ids.index(nxt) < 10
+                  else "() => window.scrollTo(0, 0)")
+    page.wait_for_timeout(700)  # not a double tap (the second tap of one is ignored)
+    assert not _on_screen(page, ".tile.focus")
+    page.get_by_role("button", name="circle").tap()  # not picked, off screen: shown, not labelled
+    page.wait_for_function("() => document.getElementById('toast').textContent.includes('off screen')")
+    assert "tap the button again" in page.locator("#toast").inner_text()
+    assert nxt not in live_web.labels() and _on_screen(page, ".tile.focus")
