@@ -2,10 +2,20 @@
 "use strict";
 const Shortlist = (() => {
   let toastTimer = null;
-  function toast(message, bad = false) {
+  // `silent`: shown but not spoken (the #toast region is a polite live region): for a message the page has
+  // already said through its own live region (the Queue's #announce), so a screen reader hears it once; the
+  // text sits in an aria-hidden span, which the live region does not read.
+  function toast(message, bad = false, silent = false) {
     const el = document.getElementById("toast");
     if (!el) return;
-    el.textContent = message;
+    if (silent) {
+      const span = document.createElement("span");
+      span.setAttribute("aria-hidden", "true");
+      span.textContent = message;
+      el.replaceChildren(span);
+    } else {
+      el.textContent = message;
+    }
     el.classList.toggle("bad", bad);
     el.classList.add("show");
     clearTimeout(toastTimer);

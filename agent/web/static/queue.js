@@ -293,7 +293,8 @@
   // "" = open; the agent refuses it otherwise). Resolves false when not stored, else "saved", or, when the
   // sample already had that label from someone else (an agreement the page had not seen), who gave it:
   // {by}.
-  async function sendLabel(tile, label, ifCurrent, what = "your label was not saved") {
+  // `speak`: say "X labelled Y" in #announce (an undo says its own notice instead: one message, said once).
+  async function sendLabel(tile, label, ifCurrent, what = "your label was not saved", speak = true) {
     tile.classList.remove("failed", "changed");
     tile.classList.add("pending");
     badge(tile).textContent = label + " …";
@@ -321,7 +322,7 @@
     tile.classList.remove("pending");
     tile.dataset.saved = "1";
     show(tile);
-    announce(`${shortId(tile)} labelled ${label}`);
+    if (speak) announce(`${shortId(tile)} labelled ${label}`);
     if (waited) Shortlist.toast(`the agent answers again: ${shortId(tile)} labelled ${label}`);
     // the same image (byte for byte) under another id carries another label: stored, but worth a look
     const twin = (res.twin_conflicts || []).find((t) => t.id === tile.dataset.id);
@@ -367,8 +368,7 @@
     tile.dataset.label = "";
     tile.classList.remove("pending");
     tile.dataset.saved = "";
-    show(tile);
-    announce(`${shortId(tile)}: label taken back`);
+    show(tile);  // said by undoOne's notice
     return true;
   }
   async function sendMark(tile, mark) {
@@ -413,7 +413,10 @@
     const before = { tile, label: tile.dataset.label, mark: tile.dataset.mark, kind, state: "pending" };
     undoStack.push(before);
     setFocus(nextOpen(focus));
-    before.done = inTurn(tile, () => sendMark(tile, kind)).then(() => { before.state = "saved"; },
+    before.done = inTurn(tile, () => sendMark(tile, kind)).then(() => {
+      before.state = "saved";
+      announce(`${shortId(tile)} ${kind === "skip" ? "skipped" : "marked not sure"}`);  // as a label is said
+    },
       (e) => { before.state = "refused"; Shortlist.toast(e.message, true); }).then(saveUndo);
     await before.done;
   }
@@ -445,7 +448,7 @@
     // Undo reverses this page's own action only: the label it gave goes (or the one before comes back) only
     // while the sample still has the label it gave; someone else's label since is left as it is.
     if (last.given !== undefined && last.given !== last.label) {
-      const ok = last.label ? await sendLabel(tile, last.label, last.given, "your undo was not applied")
+      const ok = last.label ? await sendLabel(tile, last.label, last.given, "your undo was not applied", false)
         : await sendRetract(tile, last.given);
       if (!ok) {
         if (!tile.classList.contains("changed")) { undoStack.push(last); saveUndo(); }  // not reached: can be tried again
@@ -455,11 +458,14 @@
     if ((tile.dataset.mark || "") !== (last.mark || "")) await sendMark(tile, last.mark || "");
     // An undo cannot give a label back in someone else's name: the label put back is recorded as this
     // page's, and the notice says whose it was.
-    Shortlist.toast(last.given === undefined ? `undo: ${id}: ${what} taken back`
+    // Shown in the toast and said once, by #announce (the toast, a live region too, is silent here).
+    const said = last.given === undefined ? `undo: ${id}: ${what} taken back`
       : last.label && last.replaced ? `undo: ${id} is "${last.label}" again (your "${last.given}" taken back); ` +
         `"${last.label}" was ${last.replaced}'s label and is now recorded as yours`
         : last.label ? `undo: ${id} is "${last.label}" again (your "${last.given}" taken back)`
-          : `undo: ${id}: your label "${last.given}" taken back`);
+          : `undo: ${id}: your label "${last.given}" taken back`;
+    announce(said);
+    Shortlist.toast(said, false, true);
   }
   // The large view: a modal dialog; the focus goes to its Close button and comes back where it was.
   let lightboxFrom = null;

@@ -18,14 +18,16 @@ pytestmark = pytest.mark.browser
 LOW_CONTRAST = r"""() => {
   const parse = (s) => { const m = s.match(/rgba?\(([^)]+)\)/); if (!m) return null;
     const p = m[1].split(",").map(parseFloat); return [p[0], p[1], p[2], p.length > 3 ? p[3] : 1]; };
-  const lum = (c) => { const f = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4); };
+  const lin = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4); };
+  const lum = (c) => { const f = lin;
     return 0.2126 * f(c[0]) + 0.7152 * f(c[1]) + 0.0722 * f(c[2]); };
   const bgOf = (e) => { const layers = [];
     for (; e && e.nodeType === 1; e = e.parentElement) {
       const c = parse(getComputedStyle(e).backgroundColor);
       if (c && c[3] > 0) { layers.push(c); if (c[3] >= 1) break; } }
     let base = [255, 255, 255];
-    for (let i = layers.length - 1; i >= 0; i--) { const c = layers[i]; base = [0, 1, 2].map((k) => c[k] * c[3] + base[k] * (1 - c[3])); }
+    for (let i = layers.length - 1; i >= 0; i--) {
+      const c = layers[i]; base = [0, 1, 2].map((k) => c[k] * c[3] + base[k] * (1 - c[3])); }
     return base; };
   const low = {};
   for (const e of document.querySelectorAll("body *")) {

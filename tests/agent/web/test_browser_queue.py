@@ -150,7 +150,7 @@ def test_the_queue_speaks_to_screen_readers(live_web: WebAgent, page: Any) -> No
     assert page.locator("#announce").get_attribute("aria-live") == "polite"
     page.keyboard.press("ArrowLeft")
     page.keyboard.press("Backspace")  # undo: taken back
-    page.wait_for_function("() => document.getElementById('announce').textContent.endsWith('label taken back')")
+    page.wait_for_function("() => document.getElementById('announce').textContent.includes('taken back')")
     assert first.get_attribute("aria-label") == f"{sid}: not labelled"
 
 
@@ -169,5 +169,25 @@ def test_undo_survives_a_reload_and_back(live_web: WebAgent, page: Any) -> None:
     page.wait_for_selector(f'.tile[data-id="{sid}"].labelled')
     page.locator("#grid").focus()
     page.keyboard.press("Backspace")
-    page.wait_for_function("() => document.getElementById('announce').textContent.endsWith('label taken back')")
+    page.wait_for_function("() => document.getElementById('announce').textContent.includes('taken back')")
     assert sid not in live_web.labels()
+
+
+def test_skip_not_sure_and_undo_are_said_once(live_web: WebAgent, page: Any) -> None:
+    """A screen reader hears a skip and a "not sure" mark (as it hears a label), and an undo once: in the
+    page's #announce region, while the toast (a live region too) shows it without saying it again."""
+    ask_random(live_web, page, 6)
+    page.locator(".tile").nth(0).click()
+    sid = str(page.locator(".tile").nth(0).get_attribute("data-id")).split("/")[-1]
+    page.keyboard.press(" ")
+    page.wait_for_function(f"() => document.getElementById('announce').textContent === '{sid} skipped'")
+    sid2 = str(page.locator(".tile.focus").get_attribute("data-id")).split("/")[-1]
+    page.keyboard.press("?")
+    page.wait_for_function(f"() => document.getElementById('announce').textContent === '{sid2} marked not sure'")
+    page.keyboard.press("1")
+    page.wait_for_selector(".tile[data-saved='1']")
+    page.keyboard.press("Backspace")  # the label taken back: said once
+    page.wait_for_function("() => document.getElementById('announce').textContent.startsWith('undo:')")
+    said = page.locator("#announce").inner_text()
+    assert "taken back" in said and page.locator("#toast").text_content() == said
+    assert page.locator("#toast > span[aria-hidden=true]").text_content() == said  # shown, not spoken
