@@ -15,13 +15,14 @@ APIs (JSON): ``GET /api/queue``, ``POST /api/queue/select`` (a Select fills the 
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Iterable
 from typing import Any, Literal
 
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
-from starlette.responses import Response
+from starlette.responses import RedirectResponse, Response
 
 from agent.queues import QueueData
 from agent.web.auth import Caller, CallerDep, session
@@ -35,6 +36,69 @@ router = APIRouter()
 # Keys of the keyboard, in the order classes get them (the page's own commands use other keys).
 HOTKEYS = "1234567890abcdefghijklmnopqrstuvwxyz"
 MAX_QUEUE = 10_000  # ids a queue may hold (POST /api/queue)
+
+
+class Presence:
+    """Which page of which queue each annotator has open, as their pages load and poll (``/api/queue``, every
+    ``refresh_s``): so that "the next page" and the page ``/queue`` opens on are pages nobody else is on.
+    In this app process only (a second app process on the same agent does not see these); thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._seen: dict[str, tuple[float, int, float]] = {}  # annotator -> (queue created, page, monotonic s)
+
+    def see(self, annotator: str, created: float, page: int) -> None:
+        with self._lock:
+            self._seen[annotator] = (created, page, time.monotonic())
+
+    def others(self, annotator: str, created: float, within_s: float) -> set[int]:
+        """The pages of queue ``created`` that other annotators had open in the last ``within_s`` seconds."""
+        now = time.monotonic()
+        with self._lock:
+            for who in [w for w, (_, _, t) in self._seen.items() if now - t > max(within_s, 60.0)]:
+                del self._seen[who]  # gone (closed the page): forgotten
+            return {p for w, (c, p, t) in self._seen.items() if w != annotator and c == created and now - t <= within_s}
+
+
+def setup(app: Any) -> None:
+    app.state.queue_presence = Presence()
+
+
+def presence(request: Request) -> Presence:
+    return request.app.state.queue_presence  # type: ignore[no-any-return]
+
+
+def pick_page(open_pages: set[int], pages: int, busy: set[int], after: int | None = None) -> int:
+    """The page (1-based) an annotator goes to: the first page with open (unlabelled) samples that nobody
+    else is on (``busy``), else the first with open samples; counted from page 1 (``after`` None: opening the
+    queue, which keeps its order, e.g. the most informative first) or from the page after ``after``,
+    wrapping round and leaving ``after`` itself last (the next page). Nothing open: the page after
+    ``after`` (1 when opening)."""
+    start = 1 if after is None else after % pages + 1
+    order = [(start - 1 + k) % pages + 1 for k in range(pages)]
+    if after is not None and pages > 1:
+        order.remove(after)
+    for p in order:
+        if p in open_pages and p not in busy:
+            return p
+    for p in order:
+        if p in open_pages:
+            return p
+    return order[0]
+
+
+def choose_page(request: Request, caller: Caller, state: QueueData, after: int | None) -> int:
+    """``pick_page`` for this caller: the queue's pages with open samples (one ListSamples of every id) and
+    the pages other annotators have open (polled within the last two refreshes and a bit)."""
+    size = caller.config.page_size
+    pages = max(1, math.ceil(len(state.ids) / size))
+    if pages == 1:
+        return 1
+    if after is not None:
+        after = min(max(1, after), pages)
+    open_pages = {i // size + 1 for i, it in enumerate(items(caller, state, state.ids)) if not it["label"]}
+    busy = presence(request).others(caller.annotator, state.created, 2 * caller.config.refresh_s + 5)
+    return pick_page(open_pages, pages, busy, after)
 
 
 def current(caller: Caller) -> QueueData:
@@ -108,11 +172,20 @@ def page_of(state: QueueData, page: int, size: int) -> tuple[list[str], int, int
 
 
 @router.get("/queue")
-def queue_page(request: Request, page: int = Query(1), caller: Caller = CallerDep) -> Response:
-    status = caller.status()
+def queue_page(request: Request, page: int | None = Query(None), after: int | None = Query(None),
+               caller: Caller = CallerDep) -> Response:
+    """``page``: that page. Without it, the first page with open samples nobody else has open (annotators on
+    one queue spread out); ``after=P`` (the Next link, the ``]`` key): a redirect to the next such page after
+    page P (see pick_page)."""
     state = current(caller)
     config = caller.config
+    if after is not None:
+        return RedirectResponse(f"/queue?page={choose_page(request, caller, state, after)}", status_code=303)
+    if page is None:
+        page = choose_page(request, caller, state, None)
+    status = caller.status()
     ids, page, pages = page_of(state, page, config.page_size)
+    presence(request).see(caller.annotator, state.created, page)
     return render(request, "queue.html", {
         "status": status, "queue": state, "items": items(caller, state, ids), "page": page, "pages": pages,
         "offset": (page - 1) * config.page_size, "classes": hotkeys(list(status.classes)),
@@ -129,6 +202,7 @@ def queue_api(request: Request, page: int = Query(1), count_open: bool = Query(F
     by the page's confirmation before replacing the queue, not by its polling)."""
     state = current(caller)
     ids, page, pages = page_of(state, page, caller.config.page_size)
+    presence(request).see(caller.annotator, state.created, page)  # this page polls: its annotator is on it
     extra: dict[str, Any] = {}
     if count_open:
         extra["open"] = open_count(caller, state)

@@ -233,7 +233,8 @@
     if (el) el.textContent = done;
     const all = tiles.length > 0 && done === tiles.length;
     if (all && pageDone === false) {
-      Shortlist.toast(data.page < data.pages ? "Page done: ] for the next page"
+      // `]` (Next) goes to the next page with open samples that nobody else has open (agent/web/queue.py)
+      Shortlist.toast(data.pages > 1 ? "Page done: ] for the next page with open samples"
         : "Queue done: ask the agent for the next samples");
     }
     pageDone = all;
@@ -625,6 +626,8 @@
         tile.dataset.label = it.label;
         tile.dataset.mark = it.mark;
         tile.classList.remove("failed");
+        // done by someone else since this page showed it: amber, and the focus's move on passes it by
+        tile.classList.toggle("changed", !!(it.label || it.mark));
         show(tile);
       }
     }

@@ -314,3 +314,32 @@ def test_a_class_renamed_meanwhile_leaves_the_queues_class_list_and_a_stale_page
         "'circle' was renamed to 'round'; label with that"]
     assert "img010.png" not in wa.labels() and c.get("/api/queue").json()["classes"] == ["round", "square"]
     assert wa.history("img000.png") == [("circle", "ingest"), ("round", "lead")]
+
+
+def test_annotators_on_one_queue_get_different_pages(tmp_path: Path) -> None:
+    """Opening the queue and Next (``/queue?after=P``, the ``]`` key) go to the first page with open samples
+    that nobody else has open: three people on a 3-page queue start on pages 1, 2, 3, and Next passes by the
+    pages someone else is on and the pages already done (falling back to a page with open samples someone
+    else is on when no other is left)."""
+    wa = start_web_agent(tmp_path, page_size=4)
+    try:
+        ids = [f"img{i:03d}.png" for i in range(LABELLED, LABELLED + 12)]  # unlabelled samples
+        wa.stub.UpdateQueue(agent_pb2.UpdateQueueRequest(name="web", queue=agent_pb2.Queue(ids=ids, source="api")))
+        ana, bob, cy = (wa.client(cookies={"shortlist_user": n}) for n in ("ana", "bob", "cy"))
+        assert [_data(c.get("/queue").text)["page"] for c in (ana, bob, cy)] == [1, 2, 3]
+        nxt = ana.get("/queue?after=1", follow_redirects=False)
+        assert nxt.status_code == 303 and nxt.headers["location"] == "/queue?page=2"  # all taken: the next open
+        cy.get("/api/queue?page=1")  # cy polls from page 1 now: page 3 is free, page 2 is bob's
+        assert ana.get("/queue?after=1", follow_redirects=False).headers["location"] == "/queue?page=3"
+        client.submit_labels(wa.stub, [(i, "circle") for i in ids[8:12]], annotator="cy")  # page 3 done
+        bob.get("/queue?page=1")  # bob moves to page 1 (a page load, like its polling, says where he is)
+        cy.get("/api/queue?page=2")  # cy polls from page 2
+        assert ana.get("/queue?after=1", follow_redirects=False).headers["location"] == "/queue?page=2"
+        cy.get("/api/queue?page=1")  # cy moves to page 1 too: page 2 is free, page 3 done
+        assert ana.get("/queue?after=3", follow_redirects=False).headers["location"] == "/queue?page=2"
+        assert ana.get("/queue?after=99", follow_redirects=False).headers["location"] == "/queue?page=2"
+        client.submit_labels(wa.stub, [(i, "circle") for i in ids[4:8]], annotator="cy")  # page 2 done too
+        assert ana.get("/queue?after=2", follow_redirects=False).headers["location"] == "/queue?page=1"
+        assert _data(ana.get("/queue").text)["page"] == 1
+    finally:
+        wa.stop()
