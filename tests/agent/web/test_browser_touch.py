@@ -331,3 +331,23 @@ def test_a_button_labels_the_tile_the_person_picked_even_scrolled_away(live_web:
     page.wait_for_function("() => document.getElementById('toast').textContent.includes('off screen')")
     assert "tap the button again" in page.locator("#toast").inner_text()
     assert nxt not in live_web.labels() and _on_screen(page, ".tile.focus")
+
+
+def test_targets_current_page_and_skip_link_on_a_phone(live_web: WebAgent, phone: Any) -> None:
+    """On a 390 px phone Sign out and the checkboxes are at least 24x24 px; the nav says which page is open
+    (aria-current); the first Tab stop is a skip link that takes the keyboard past the top bar."""
+    page = phone
+    _queue(live_web, page)
+    assert page.locator("nav.nav a[aria-current=page]").inner_text() == "Queue"
+    assert page.locator("nav.nav a[aria-current]").count() == 1
+    page.keyboard.press("Tab")
+    assert page.evaluate("() => document.activeElement.textContent") == "Skip to content"
+    page.keyboard.press("Enter")
+    assert page.evaluate("() => document.activeElement.id") == "main"
+    page.keyboard.press("Tab")  # on into the page, not back to the top bar
+    assert page.evaluate("() => !document.activeElement.closest('.topbar')")
+    for path in ("/progress", "/map"):
+        page.goto(live_web.url + path)
+        page.wait_for_selector("input[type=checkbox]")
+        sizes = [page.locator(sel).bounding_box() for sel in ("button.link", "input[type=checkbox] >> nth=0")]
+        assert all(b is not None and b["width"] >= 24 and b["height"] >= 24 for b in sizes), (path, sizes)
