@@ -177,13 +177,13 @@ def queue_page(request: Request, page: int | None = Query(None), after: int | No
     """``page``: that page. Without it, the first page with open samples nobody else has open (annotators on
     one queue spread out); ``after=P`` (the Next link, the ``]`` key): a redirect to the next such page after
     page P (see pick_page)."""
+    status = caller.status()
     state = current(caller)
     config = caller.config
     if after is not None:
         return RedirectResponse(f"/queue?page={choose_page(request, caller, state, after)}", status_code=303)
     if page is None:
         page = choose_page(request, caller, state, None)
-    status = caller.status()
     ids, page, pages = page_of(state, page, config.page_size)
     presence(request).see(caller.annotator, state.created, page)
     return render(request, "queue.html", {

@@ -31,7 +31,7 @@ def test_home_and_nav(web_agent: WebAgent) -> None:
     assert r.status_code == 303 and r.headers["location"] == "/queue"
     page = c.get("/queue")
     assert page.status_code == 200
-    assert '<a href="/queue" class="active">Queue</a>' in page.text
+    assert '<a href="/queue" class="active" aria-current="page">Queue</a>' in page.text
     assert c.get("/static/app.css").status_code == 200
 
 

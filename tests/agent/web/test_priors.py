@@ -25,7 +25,7 @@ def test_priors_page_lists_the_registry(web_agent: WebAgent) -> None:
     assert r.status_code == 200
     for method in PRIOR_METHODS:
         assert f'<option value="{method}"' in r.text
-    assert '<a href="/priors" class="active">Review priors</a>' in r.text
+    assert '<a href="/priors" class="active" aria-current="page">Review priors</a>' in r.text
 
 
 def test_priors_grouped_sorted_filtered_paginated(web_agent: WebAgent) -> None:
