@@ -232,12 +232,17 @@
     const el = document.getElementById("done-count");
     if (el) el.textContent = done;
     const all = tiles.length > 0 && done === tiles.length;
-    if (all && pageDone === false) {
-      // `]` (Next) goes to the next page with open samples that nobody else has open (agent/web/queue.py)
-      Shortlist.toast(data.pages > 1 ? "Page done: ] for the next page with open samples"
-        : "Queue done: ask the agent for the next samples");
-    }
+    if (all && pageDone === false) pageFinished();
     pageDone = all;
+  }
+  const QUEUE_DONE = "Queue done: ask the agent for the next samples";
+  async function pageFinished() {
+    if (data.pages <= 1) { Shortlist.toast(QUEUE_DONE); return; }
+    // Other pages may be done too (by this person or the team): the whole queue's open count says which toast
+    // (`]`, Next, goes to the next page with open samples that nobody else has open: agent/web/queue.py)
+    let open = 1;
+    try { open = (await Shortlist.api("GET", "/api/queue?open=true")).open; } catch (e) { /* say "page" */ }
+    Shortlist.toast(open === 0 ? QUEUE_DONE : "Page done: ] for the next page with open samples");
   }
   function isOpen(tile) { return !tile.dataset.label && !tile.dataset.mark; }
   // The next open tile after `from`, wrapping round to the page's start (a focus that starts mid-page).

@@ -443,3 +443,23 @@ def test_a_label_stored_but_unanswered_and_sent_again_is_still_undone(slow_web: 
     page.keyboard.press("Backspace")
     _toast_has(page, f"undo: {x}: your label \"circle\" taken back")
     assert x not in web.labels()
+
+
+def test_the_last_open_page_done_says_the_queue_is_done(tmp_path: Path, page: Any) -> None:
+    """A queue of 3 pages of 4 whose pages 2 and 3 the team has labelled: finishing page 1 says the whole queue is
+    done (it said "Page done: ] for the next page" whenever the queue had more than one page)."""
+    web = start_web_agent(tmp_path, listen=True, refresh_s=600, page_size=4)
+    try:
+        ids = [f"img{i:03d}.png" for i in range(10, 20)]
+        web.stub.UpdateQueue(agent_pb2.UpdateQueueRequest(name="web", queue=agent_pb2.Queue(ids=ids, source="map")))
+        client.submit_labels(web.stub, [(i, shape_of(i)) for i in ids[4:]], "team")
+        page.context.add_cookies([{"name": "shortlist_user", "value": "lead", "url": web.url}])
+        page.goto(web.url + "/queue?page=1")
+        page.wait_for_selector(".tile")
+        for sid in ids[:4]:
+            page.click(f'.tile[data-id="{sid}"]')
+            page.keyboard.press("1")
+            page.wait_for_selector(f'.tile[data-id="{sid}"][data-saved="1"]')
+        _toast_has(page, "Queue done: ask the agent for the next samples")
+    finally:
+        web.stop()
