@@ -21,6 +21,7 @@ runs) and a logged warning. Nothing is ever downloaded.
 from __future__ import annotations
 
 import codecs
+import io
 import logging
 import lzma
 import os
@@ -41,7 +42,7 @@ try:  # numpy 2; numpy 1's numpy.core (numpy 2 keeps it as a deprecated alias)
 except ImportError:  # pragma: no cover
     from numpy.core import multiarray as _multiarray  # type: ignore[no-redef]
 
-from shortlist.images import decode_payload, resize_array
+from shortlist.images import decode_payload, encode_png, resize_array
 from shortlist.manifest import Preprocess
 
 
@@ -141,6 +142,28 @@ def choose_split(path: Path, split: str, here: Resolved | None, found: Sequence[
 
 
 @dataclass(frozen=True)
+class ExampleImage:
+    """One image of a source's example, as reading it must give it: ``id`` (without a prefix), ``label`` (None:
+    none), ``pixels`` HxWx3 uint8 as written."""
+
+    id: str
+    label: str | None
+    pixels: np.ndarray
+
+
+@dataclass(frozen=True)
+class SourceExample:
+    """A tiny source of one kind that a Source's ``examples`` wrote, and what reading it must give: ``path``,
+    what resolve_source takes; ``splits``: each split it holds -> its images (any order; those of a split all
+    of one size); ``tolerance``: the largest difference of a pixel channel after decoding (0: lossless; a few
+    levels for a JPEG)."""
+
+    path: Path
+    splits: dict[str, list[ExampleImage]]
+    tolerance: int = 0
+
+
+@dataclass(frozen=True)
 class Source:
     """One kind of image source, registered in SOURCES (a new kind is one such unit plus its entry there; then
     ``shortlist ingest``, ``pretrain``, ``finetune`` and the benchmarks read it, and their help texts name it).
@@ -155,7 +178,11 @@ class Source:
       raised, before any image is read.
     - ``iterate(resolved, id_prefix)``: its images, in a stable order, each id preceded by ``id_prefix``.
     - ``says``: how help texts name it; ``with_splits``: how it holds a train and a test split, for the
-      commands that need both ("" when it cannot)."""
+      commands that need both ("" when it cannot).
+    - ``examples(folder)``: writes one or more tiny sources of this kind into ``folder`` (an empty one) and
+      returns them as SourceExamples (with train and test splits in one when ``with_splits``); the registry
+      test (tests/shortlist/test_sources.py) reads each through resolve_source, iter_images, source_paths
+      and load_array and checks the ids, labels, splits and pixels against it."""
 
     name: str
     says: str
@@ -163,6 +190,7 @@ class Source:
     detect: Callable[[Path], bool]
     resolve: Callable[[Path, str], Resolved]
     iterate: Callable[[Resolved, str], Iterator[ImageItem]]
+    examples: Callable[[Path], list[SourceExample]]
 
 
 def _is_tar(path: Path) -> bool:
@@ -498,20 +526,131 @@ def _resolve_folder(path: Path, split: str) -> Resolved:
     return choose_split(path, split, here, found, Resolved("folder", path, split) if split == DEFAULT_SPLIT else None)
 
 
+# The sources' examples (Source.examples): a few images each, small and varied enough that a reader that loses
+# labels, splits, ids or pixel order (a transposed or channel-swapped image) reads something else.
+
+def _example_pixels(seed: int, size: tuple[int, int] = (8, 6), smooth: bool = False) -> np.ndarray:
+    """HxWx3 uint8 at ``size`` = (H, W): noise, or (``smooth``, for a JPEG) a flat colour on the top half and the
+    same colour 100 levels lighter below, which a JPEG keeps within a few levels (the halves are whole 8x8
+    blocks, and the edge is in brightness only: a JPEG's colour planes are halved and blurred)."""
+    rng = np.random.default_rng(seed)
+    if not smooth:
+        return rng.integers(0, 256, size=(*size, 3), dtype=np.uint8)
+    top = rng.integers(0, 150, size=3, dtype=np.uint8)
+    px = np.empty((*size, 3), np.uint8)
+    px[: size[0] // 2], px[size[0] // 2:] = top, top + 100
+    return px
+
+
+def _encoded(pixels: np.ndarray, name: str) -> bytes:
+    """``pixels`` as the file ``name`` holds them: a JPEG of quality 75 (the shared CIFAR-10's) or a PNG."""
+    if not name.endswith(".jpg"):
+        return encode_png(pixels)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="JPEG", quality=75)
+    return buf.getvalue()
+
+
+def _example_files(names: Sequence[str], seed: int, smooth: bool = False) -> dict[str, np.ndarray]:
+    """Each file name (``split/class/name`` or ``class/name``) -> its pixels, of one size (32x16: H != W)."""
+    return {name: _example_pixels(seed + i, (32, 16), smooth) for i, name in enumerate(names)}
+
+
+def _write_files(root: Path, files: dict[str, np.ndarray]) -> None:
+    for name, px in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(_encoded(px, name))
+
+
+def _write_tar(path: Path, files: dict[str, np.ndarray]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w") as tar:
+        for name, px in files.items():
+            data = _encoded(px, name)
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def _expected(files: dict[str, np.ndarray], root: str = "") -> list[ExampleImage]:
+    """What reading ``files`` gives: ids are the names, labels the folder below ``root`` (none at its top)."""
+    depth = len(root.split("/")) if root else 0
+    return [ExampleImage(name, _label_of(tuple(name.split("/"))[depth:]), px) for name, px in files.items()]
+
+
+def _file_examples(folder: Path) -> list[SourceExample]:
+    px = _example_pixels(0)
+    (folder / "one.png").write_bytes(encode_png(px))
+    return [SourceExample(folder / "one.png", {DEFAULT_SPLIT: [ExampleImage("one.png", None, px)]})]
+
+
+def _folder_examples(folder: Path) -> list[SourceExample]:
+    """A tree with a class-less file at its top; a folder of split folders; a folder of train.tar and test.tar
+    of JPEGs, the layout of the shared CIFAR-10 (read by the tar unit, as the folder hands it over)."""
+    tree = _example_files(["cat/0000.png", "cat/0001.png", "dog/0000.png", "loose.png"], 10)
+    _write_files(folder / "tree", tree)
+    splits = {s: _example_files(["cat/a.png", "dog/b.png"], seed) for s, seed in (("train", 20), ("test", 30))}
+    for s, files in splits.items():  # a split folder's ids are the paths inside it, as a plain folder's
+        _write_files(folder / "splits" / s, files)
+    jpegs = {s: _example_files([f"{s}/airplane/0000.jpg", f"{s}/airplane/0001.jpg", f"{s}/truck/0000.jpg"], seed,
+                               smooth=True) for s, seed in (("train", 40), ("test", 50))}
+    for s, files in jpegs.items():
+        _write_tar(folder / "cifar10" / f"{s}.tar", files)
+    return [SourceExample(folder / "tree", {DEFAULT_SPLIT: _expected(tree)}),
+            SourceExample(folder / "splits", {s: _expected(files) for s, files in splits.items()}),
+            SourceExample(folder / "cifar10", {s: _expected(files, s) for s, files in jpegs.items()}, tolerance=4)]
+
+
+def _tar_examples(folder: Path) -> list[SourceExample]:
+    """A tar of split folders, and a tar of a plain tree (the train split)."""
+    splits = {s: _example_files([f"{s}/cat/a.png", f"{s}/cat/b.png", f"{s}/dog/c.png"], seed)
+              for s, seed in (("train", 60), ("test", 70))}
+    _write_tar(folder / "data.tar", {**splits["train"], **splits["test"]})
+    tree = _example_files(["cat/0000.png", "dog/0000.png"], 80)
+    _write_tar(folder / "photos.tar", tree)
+    return [SourceExample(folder / "data.tar", {s: _expected(files, s) for s, files in splits.items()}),
+            SourceExample(folder / "photos.tar", {DEFAULT_SPLIT: _expected(tree)})]
+
+
+def _cifar_examples(folder: Path) -> list[SourceExample]:
+    """torchvision's CIFAR-10 folder (given as its parent, as torchvision's root= is) and CIFAR-100 folder:
+    pickled dicts of N x 3072 rows (channel planes of 32x32) and class indices."""
+    rng = np.random.default_rng(90)
+
+    def batch(path: Path, labels: list[int], key: bytes, classes: list[str]) -> list[ExampleImage]:
+        data = rng.integers(0, 256, size=(len(labels), 3 * 32 * 32), dtype=np.uint8)
+        path.write_bytes(pickle.dumps({b"data": data, key: labels}))
+        return [ExampleImage(f"{path.name}/{i:05d}", classes[y], row.reshape(3, 32, 32).transpose(1, 2, 0))
+                for i, (row, y) in enumerate(zip(data, labels, strict=True))]
+
+    ten, hundred = folder / "c10" / "cifar-10-batches-py", folder / "cifar-100-python"
+    ten.mkdir(parents=True)
+    hundred.mkdir()
+    classes = ["airplane", "automobile"]
+    (ten / "batches.meta").write_bytes(pickle.dumps({b"label_names": [c.encode() for c in classes]}))
+    train = [x for i in range(1, 6) for x in batch(ten / f"data_batch_{i}", [i % 2], b"labels", classes)]
+    test = batch(ten / "test_batch", [1, 0], b"labels", classes)
+    fine = ["apple", "bee", "cloud"]
+    (hundred / "meta").write_bytes(pickle.dumps({b"fine_label_names": [c.encode() for c in fine]}))
+    splits = {"train": batch(hundred / "train", [2, 0, 1], b"fine_labels", fine),
+              "test": batch(hundred / "test", [1], b"fine_labels", fine)}
+    return [SourceExample(folder / "c10", {"train": train, "test": test}), SourceExample(hundred, splits)]
+
+
 SOURCES: tuple[Source, ...] = (  # asked in this order: CIFAR's folder before the folder that is any other
     Source("file", "an image file", "",
            lambda p: p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS, _resolve_file,
-           lambda r, prefix: _iter_file(r.path, prefix)),
+           lambda r, prefix: _iter_file(r.path, prefix), _file_examples),
     Source("cifar", "torchvision's CIFAR-10/100 folder", "torchvision's CIFAR-10/100 folder",
            lambda p: p.is_dir() and _cifar_dir(p) is not None, _resolve_cifar,
-           lambda r, prefix: _iter_cifar(r.path, r.split, prefix)),
+           lambda r, prefix: _iter_cifar(r.path, r.split, prefix), _cifar_examples),
     Source("folder", "a folder of images, an ImageFolder tree (class folders) or a folder of splits (train/ and "
            "test/, or train.tar and test.tar)",
            "an ImageFolder tree with train/ and test/ or the folder of train.tar and test.tar (the shared CIFAR-10's)",
-           Path.is_dir, _resolve_folder, lambda r, prefix: _iter_folder(r.path, prefix)),
+           Path.is_dir, _resolve_folder, lambda r, prefix: _iter_folder(r.path, prefix), _folder_examples),
     Source("tar", f"a tar of such a folder ({', '.join(TAR_SUFFIXES)})", "a tar of an ImageFolder tree with train/ "
            "and test/",
-           _is_tar, _resolve_tar, lambda r, prefix: _iter_tar(r.path, r.inner, prefix)),
+           _is_tar, _resolve_tar, lambda r, prefix: _iter_tar(r.path, r.inner, prefix), _tar_examples),
 )
 
 

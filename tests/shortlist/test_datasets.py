@@ -308,13 +308,23 @@ def test_unreadable_files_are_left_out_with_their_reasons_not_stopping_the_load(
 
 def test_a_new_source_is_one_unit_and_one_registration(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The sources are one registry (SOURCES): a kind added there is detected, resolved and read by the functions
-    every command uses (resolve_source, iter_images, load_array), follows the split rule folders follow, and is
-    named in the commands' help texts, without any other change."""
+    every command uses (resolve_source, iter_images, load_array), follows the split rule folders follow, is
+    named in the commands' help texts, and its example passes the registry test, without any other change."""
     import typer.main
 
     import shortlist.datasets as datasets
     from shortlist.cli import app
-    from shortlist.datasets import SOURCES, ImageItem, MissingSplit, Resolved, Source, choose_split
+    from shortlist.datasets import (
+        SOURCES,
+        ExampleImage,
+        ImageItem,
+        MissingSplit,
+        Resolved,
+        Source,
+        SourceExample,
+        choose_split,
+    )
+    from tests.shortlist.test_sources import check_source
 
     def resolve(path: Path, split: str) -> Resolved:
         return choose_split(path, split, None, (), Resolved("list", path, split) if split == "train" else None)
@@ -325,7 +335,14 @@ def test_a_new_source_is_one_unit_and_one_registration(tmp_path: Path, monkeypat
             yield ImageItem(id=prefix + name, label=label, uri=str(r.path.parent / name),
                             encoded=(r.path.parent / name).read_bytes())
 
-    listing = Source("list", "a .list file of label=image lines", "", lambda p: p.suffix == ".list", resolve, iterate)
+    def examples(folder: Path) -> list[SourceExample]:
+        px = np.full((6, 4, 3), 200, np.uint8)
+        (folder / "p.png").write_bytes(encode_png(px))
+        (folder / "e.list").write_text("cat=p.png\n")
+        return [SourceExample(folder / "e.list", {"train": [ExampleImage("p.png", "cat", px)]})]
+
+    listing = Source("list", "a .list file of label=image lines", "", lambda p: p.suffix == ".list", resolve, iterate,
+                     examples)
     monkeypatch.setattr(datasets, "SOURCES", (listing, *SOURCES))
     (tmp_path / "a.png").write_bytes(_png(1))
     (tmp_path / "b.png").write_bytes(_png(2))
@@ -341,6 +358,9 @@ def test_a_new_source_is_one_unit_and_one_registration(tmp_path: Path, monkeypat
     (tmp_path / "notes.txt").write_text("x")  # no kind takes it: the error names the registered kind too
     with pytest.raises(FileNotFoundError, match=r"Shortlist reads: a \.list file of label=image lines; an image"):
         resolve_source(tmp_path / "notes.txt")
+
+    (tmp_path / "example").mkdir()
+    check_source(listing, tmp_path / "example")  # what test_sources.py runs for every registered entry
 
     ingest = typer.main.get_command(app).commands["ingest"]  # type: ignore[attr-defined]
     source_help = next(p.help for p in ingest.params if p.name == "source")
