@@ -2,9 +2,9 @@
 tree (``root/<class>/<image>``), torchvision's CIFAR-10/100 python folders, a folder that holds splits
 (``train.tar``/``test.tar`` or ``train/``/``test/``, like ../shared/datasets/cifar10), and a tar of any of
 these folders, read as that folder (its ``train/``, ``test/``, ... top folders are its splits). One registry,
-SOURCES, holds the kinds (a new one is a ``Source`` unit plus its entry); a source without splits is the
-train split only, and asking a source for a split it does not have raises MissingSplit (CIFAR: a
-FileNotFoundError naming its two).
+SOURCES, holds the kinds (a new one is a ``Source`` unit, with the tiny example of its format that the
+registry test reads, plus its entry); a source without splits is the train split only, and asking a source
+for a split it does not have raises MissingSplit (CIFAR: a FileNotFoundError naming its two).
 
 Sample ids are stable across runs: the path inside the source (``cat/0001.jpg`` for a folder, the member
 name ``train/cat/0001.jpg`` for a tar, the file name for one image file) or, for CIFAR pickles,
