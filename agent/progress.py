@@ -35,6 +35,69 @@ _DRAWING = threading.Lock()
 
 
 @dataclass
+class LabelCounts:
+    """Label history rows counted by what they did (one annotator's, or everyone's). Every label given is
+    exactly one of ``new``, ``repeated`` or ``changed``; ``label_events`` (GetStatus) counts the given ones,
+    the retractions and the class renames alike."""
+
+    given: int = 0  # labels given (not retractions, not class renames)
+    new: int = 0  # given to a sample unlabelled then (never labelled, or its label taken back)
+    repeated: int = 0  # given with the class the sample had already (a teammate agreeing, or a resend)
+    changed: int = 0  # given with another class than the sample had: a correction or a disagreement
+    agreeing: int = 0  # of ``repeated``: the class another annotator had given (two people did the work)
+    retracted: int = 0  # labels taken back (RetractLabels) by this annotator
+    current: int = 0  # current labels held (the sample's label now is one this annotator gave)
+
+    def as_dict(self) -> dict[str, int]:
+        return {"labels_given": self.given, "new": self.new, "repeated": self.repeated, "changed": self.changed,
+                "agreeing": self.agreeing, "retracted": self.retracted, "current": self.current}
+
+
+class LabelTally:
+    """Counts ListLabels(history=True) one record at a time (oldest first), for the Progress page and
+    ``shortlist status --by-annotator``: one rule for both. Holds one (label, annotator) per labelled
+    sample, not the rows."""
+
+    def __init__(self) -> None:
+        self.total = LabelCounts()
+        self.annotators: dict[str, LabelCounts] = {}
+        self.renames = 0  # class-rename rows (RenameClass): no label given
+        self.previous: dict[str, tuple[str, str]] = {}  # id -> (label, annotator) of its label now
+
+    def _of(self, name: str) -> LabelCounts:
+        c = self.annotators.get(name)
+        if c is None:
+            c = self.annotators[name] = LabelCounts()
+        return c
+
+    def add(self, r: agent_pb2.LabelRecord) -> str:
+        """Count ``r``; returns what it was: "rename", "retraction", "new", "repeated" or "changed"."""
+        before = self.previous.get(r.id)
+        if r.source == RENAME_SOURCE and before is not None:  # the class changes; who judged the sample does not
+            self.previous[r.id] = (r.label, before[1])
+            self.renames += 1
+            if r.current:
+                self.total.current += 1
+                self._of(before[1]).current += 1
+            return "rename"
+        a = self._of(r.annotator)
+        if r.retracted:
+            self.total.retracted += 1
+            a.retracted += 1
+            self.previous.pop(r.id, None)
+            return "retraction"
+        kind = "new" if before is None else "repeated" if before[0] == r.label else "changed"
+        for c in (self.total, a):
+            c.given += 1
+            setattr(c, kind, getattr(c, kind) + 1)
+            c.current += int(r.current)
+            if kind == "repeated" and before is not None and before[1] != r.annotator:
+                c.agreeing += 1
+        self.previous[r.id] = (r.label, r.annotator)
+        return kind
+
+
+@dataclass
 class AnnotatorStats:
     name: str
     labels: int = 0  # labels given (relabels count)
@@ -58,7 +121,7 @@ class AnnotatorStats:
 class Progress:
     """Label history aggregated for the page."""
 
-    events: int = 0  # labels ever given
+    events: int = 0  # labels given (not retractions, not class renames): LabelCounts.given
     retractions: int = 0  # labels taken back (RetractLabels)
     labelled: int = 0  # samples with a current label
     # (time, samples labelled then) at each label that labelled an unlabelled sample and each retraction
@@ -71,23 +134,22 @@ class Progress:
     per_class: Counter[str] = field(default_factory=Counter)  # current labels per class
     per_source: Counter[str] = field(default_factory=Counter)  # current labels per source
     audit_labelled: int = 0
-    relabelled: int = 0  # samples labelled more than once
+    # the labels given by kind (new / the same class again / changed to another class), overall and per annotator
+    tally: LabelTally = field(default_factory=LabelTally)
 
 
 def collect(history: Iterable[agent_pb2.LabelRecord], classes: Iterable[str] = ()) -> Progress:
     """Aggregate ListLabels(history=True) (oldest first) into a Progress; ``classes`` (GetStatus) makes
     classes without labels show with 0."""
     p = Progress()
-    seen: dict[str, int] = {}
     labelled: set[str] = set()
-    previous: dict[str, tuple[str, str]] = {}  # id -> (label, annotator) of its label now
     given: dict[str, tuple[float, str]] = {}  # id -> (time, source) of the label given that a rename kept
     class_times: dict[str, list[float]] = {}  # class -> when each of its current labels was given
     for name in classes:
         p.per_class[name] += 0
     for r in history:
-        if r.source == RENAME_SOURCE and r.id in previous:  # a class rename (RenameClass): no label given
-            previous[r.id] = (r.label, previous[r.id][1])  # the class changes; who judged the sample does not
+        kind = p.tally.add(r)
+        if kind == "rename":  # a class rename (RenameClass): no label given
             if r.current:
                 t, source = given[r.id]
                 p.per_class[r.label] += 1
@@ -95,15 +157,13 @@ def collect(history: Iterable[agent_pb2.LabelRecord], classes: Iterable[str] = (
                 p.per_source[source] += 1
                 p.audit_labelled += int(r.audit)
             continue
-        if r.retracted:  # the sample is unlabelled from here on; not a label given
+        if kind == "retraction":  # the sample is unlabelled from here on; not a label given
             p.retractions += 1
-            previous.pop(r.id, None)
             if r.id in labelled:
                 labelled.discard(r.id)
                 p.timeline.append((r.time, len(labelled)))
             continue
         p.events += 1
-        seen[r.id] = seen.get(r.id, 0) + 1
         if r.id not in labelled:
             labelled.add(r.id)
             p.timeline.append((r.time, len(labelled)))
@@ -114,10 +174,7 @@ def collect(history: Iterable[agent_pb2.LabelRecord], classes: Iterable[str] = (
         a.samples.add(r.id)
         a.last = r.time
         a.sources[r.source] += 1
-        before = previous.get(r.id)
-        if before is not None and before[0] == r.label and before[1] != r.annotator:
-            a.agreeing += 1
-        previous[r.id] = (r.label, r.annotator)
+        a.agreeing = p.tally.annotators[r.annotator].agreeing
         given[r.id] = (r.time, r.source)
         p.annotator_timeline.setdefault(r.annotator, []).append((r.time, a.labels))
         if r.current:
@@ -128,7 +185,6 @@ def collect(history: Iterable[agent_pb2.LabelRecord], classes: Iterable[str] = (
     # a renamed label counts from when it was given, not from the rename
     p.class_timeline = {c: [(t, n) for n, t in enumerate(sorted(times), 1)] for c, times in class_times.items()}
     p.labelled = len(labelled)
-    p.relabelled = sum(1 for n in seen.values() if n > 1)
     return p
 
 
@@ -145,6 +201,59 @@ def audit_dict(a: agent_pb2.PriorAudit) -> dict[str, Any]:
                          "overall": _accuracy_dict(m.overall) if m.HasField("overall") else None,
                          "per_class": {c.class_name: _accuracy_dict(c.accuracy) for c in m.per_class}}
                         for m in a.methods]}
+
+
+def _when(t: float) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _listed(items: Iterable[str]) -> str:
+    return ", ".join(items) or "none"
+
+
+def timeline_text(p: Progress) -> str:
+    """What ``timeline_svg`` draws, in words (its text alternative for a screen reader)."""
+    if not p.timeline:
+        return "Labels over time: no labels yet."
+    (t0, _), (t1, n1) = p.timeline[0], p.timeline[-1]
+    most = max(n for _, n in p.timeline)
+    busiest = sorted(p.annotators.values(), key=lambda a: (-a.labels, a.name))
+    return (f"Labels over time: samples labelled went from 0 at {_when(t0)} to {n1:,} at {_when(t1)}"
+            + (f" (at most {most:,})" if most != n1 else "") + ". Labels given per annotator: "
+            + _listed(f"{a.name} {a.labels:,}" for a in busiest) + ".")
+
+
+def class_timeline_text(p: Progress) -> str:
+    """What ``class_timeline_svg`` draws, in words."""
+    if not p.class_timeline:
+        return "Labels per class over time: no labels yet."
+    largest = sorted(p.class_timeline, key=lambda c: (-p.per_class[c], c))
+    return "Labels per class over time (current labels, by when each was given): " + _listed(
+        f"{c} {p.class_timeline[c][-1][1]:,} (from {_when(p.class_timeline[c][0][0])} to "
+        f"{_when(p.class_timeline[c][-1][0])})" for c in largest) + "."
+
+
+def class_balance_text(p: Progress) -> str:
+    """What ``class_balance_svg`` draws, in words."""
+    items = sorted(p.per_class.items(), key=lambda kv: (-kv[1], kv[0]))
+    if not items:
+        return "Class balance: no classes yet."
+    total = max(1, sum(n for _, n in items))
+    return "Class balance, current labels per class: " + _listed(f"{c} {n:,} ({n / total:.0%})" for c, n in items) + "."
+
+
+def audit_text(audit: agent_pb2.PriorAudit) -> str:
+    """What ``audit_svg`` draws, in words ("" when it draws nothing)."""
+    rows = [m for m in audit.methods if m.HasField("overall") and m.overall.total]
+    if not rows:
+        return ""
+    return (f"Accuracy of each prior method on the audit labels, with its {audit.confidence_level:.0%} "
+            f"{audit.interval_method} interval: " + "; ".join(
+                f"{m.method} {m.overall.accuracy:.0%} ({m.overall.low:.0%} to {m.overall.high:.0%}, "
+                f"{m.overall.correct} of {m.overall.total} right), mean confidence {m.mean_confidence:.0%}"
+                for m in rows) + ".")
 
 
 def _plain_text(chart: Callable[P, str]) -> Callable[P, str]:

@@ -25,7 +25,19 @@ from starlette.background import BackgroundTask
 from starlette.responses import FileResponse, Response
 
 from agent import exports
-from agent.progress import Progress, audit_dict, audit_svg, class_balance_svg, class_timeline_svg, collect, timeline_svg
+from agent.progress import (
+    Progress,
+    audit_dict,
+    audit_svg,
+    audit_text,
+    class_balance_svg,
+    class_balance_text,
+    class_timeline_svg,
+    class_timeline_text,
+    collect,
+    timeline_svg,
+    timeline_text,
+)
 from agent.web.auth import Caller, CallerDep, session
 from agent.web.errors import HttpError, for_people
 from agent.web.pages import render
@@ -48,7 +60,8 @@ def read(caller: Caller) -> tuple[agent_pb2.Status, Progress]:
 
 
 def charts(status: agent_pb2.Status, p: Progress) -> dict[str, str]:
-    """The page's SVGs, drawn once per state (label history, classes and audit estimates)."""
+    """The page's SVGs and their text alternatives (``NAME_text``), drawn once per state (label history,
+    classes and audit estimates)."""
     key = (p.events, p.timeline[-1] if p.timeline else None, tuple(sorted(p.per_class.items())),
            tuple((a.name, a.labels) for a in p.annotators.values()), status.audit.SerializeToString())
     with _CHARTS_LOCK:
@@ -58,6 +71,9 @@ def charts(status: agent_pb2.Status, p: Progress) -> dict[str, str]:
             return hit
     drawn = {"timeline": timeline_svg(p), "class_timeline": class_timeline_svg(p), "classes": class_balance_svg(p),
              "audit": audit_svg(status.audit)}
+    # each chart's text alternative (the page shows it to screen readers only; the SVG is hidden from them)
+    drawn |= {"timeline_text": timeline_text(p), "class_timeline_text": class_timeline_text(p),
+              "classes_text": class_balance_text(p), "audit_text": audit_text(status.audit)}
     with _CHARTS_LOCK:
         _CHARTS[key] = drawn
         while len(_CHARTS) > CHART_CACHE:
@@ -68,15 +84,21 @@ def charts(status: agent_pb2.Status, p: Progress) -> dict[str, str]:
 def summary(status: agent_pb2.Status, p: Progress) -> dict[str, Any]:
     """The page's figures as plain data (also ``GET /api/progress``)."""
     total = sum(p.per_class.values())
+    t = p.tally
     return {
-        "samples": status.samples, "labelled": status.labeled, "label_events": p.events, "relabelled": p.relabelled,
-        "retracted": p.retractions,
+        # label_events is GetStatus' (as `shortlist status`): every label row, labels given, retractions and class
+        # renames alike; labels_given = labels_new + labels_repeated + labels_changed
+        "samples": status.samples, "labelled": status.labeled, "label_events": status.label_events,
+        "labels_given": t.total.given, "labels_new": t.total.new, "labels_repeated": t.total.repeated,
+        "labels_changed": t.total.changed, "retracted": t.total.retracted, "renamed": t.renames,
         "model_version": status.model_version, "embedded": status.embedded,
         "pending_model_version": status.pending_model_version, "pending_embedded": status.pending_embedded,
         "classes": {c: {"labels": n, "share": n / total if total else 0.0}
                     for c, n in sorted(p.per_class.items(), key=lambda kv: (-kv[1], kv[0]))},
         "annotators": [{"name": a.name, "labels": a.labels, "samples": len(a.samples), "first": a.first,
-                        "last": a.last, "per_hour": a.per_hour, "agreeing": a.agreeing, "sources": dict(a.sources)}
+                        "last": a.last, "per_hour": a.per_hour, "agreeing": a.agreeing, "sources": dict(a.sources),
+                        "repeated": t.annotators[a.name].repeated, "changed": t.annotators[a.name].changed,
+                        "current": t.annotators[a.name].current, "retracted": t.annotators[a.name].retracted}
                        for a in sorted(p.annotators.values(), key=lambda a: -a.labels)],
         "sources": dict(p.per_source), "audit": audit_dict(status.audit),
         "warnings": [for_people(w) for w in status.warnings]}

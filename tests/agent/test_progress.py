@@ -19,7 +19,7 @@ HISTORY = [rec("a", "cat", "ingest", 100.0, source="ingest"), rec("b", "dog", "a
 
 def test_collect_counts_samples_labels_classes_and_annotators() -> None:
     p = collect(HISTORY, classes=["cat", "dog", "frog"])
-    assert (p.events, p.labelled, p.relabelled, p.audit_labelled) == (5, 4, 1, 1)
+    assert (p.events, p.labelled, p.tally.total.changed, p.audit_labelled) == (5, 4, 1, 1)
     assert p.timeline == [(100.0, 1), (200.0, 2), (250.0, 3), (400.0, 4)]  # b's relabel adds no sample
     assert dict(p.per_class) == {"cat": 3, "dog": 1, "frog": 0}  # current labels only
     assert dict(p.per_source) == {"ingest": 1, "manual": 2, "prior:knn": 1}
@@ -33,7 +33,7 @@ def test_retractions_unlabel_and_are_not_labels_given() -> None:
     gone = agent_pb2.LabelRecord(id="c", annotator="alice", time=260.0, source="manual", retracted=True)
     history = [*HISTORY[:2], rec("c", "cat", "alice", 250.0, current=False), gone, *HISTORY[3:]]
     p = collect(history, classes=["cat", "dog"])
-    assert (p.events, p.retractions, p.labelled, p.relabelled) == (5, 1, 3, 1)
+    assert (p.events, p.retractions, p.labelled, p.tally.total.changed) == (5, 1, 3, 1)
     assert p.timeline == [(100.0, 1), (200.0, 2), (250.0, 3), (260.0, 2), (400.0, 3)]
     assert dict(p.per_class) == {"cat": 2, "dog": 1} and p.annotators["alice"].labels == 2
 
@@ -74,8 +74,60 @@ def test_a_class_rename_is_no_label_given_and_keeps_when_and_how_the_labels_were
                rec("c", "fox", "bob", 300.0), rec("a", "roe_deer", "lead", 900.0, source="rename"),
                rec("b", "roe_deer", "lead", 900.0, source="rename")]
     p = collect(history, classes=["roe_deer", "fox"])
-    assert (p.events, p.labelled, p.relabelled) == (3, 3, 0)
+    t = p.tally
+    assert (p.events, p.labelled, t.total.repeated, t.total.changed, t.renames) == (3, 3, 0, 0, 2)
     assert "lead" not in p.annotators and p.annotators["alice"].labels == 1
+    # a renamed label is still held by whoever gave it, not by the lead who renamed the class
+    assert {n: c.current for n, c in t.annotators.items()} == {"alice": 1, "bob": 2}
     assert dict(p.per_class) == {"roe_deer": 2, "fox": 1}
     assert dict(p.per_source) == {"manual": 2, "prior:knn": 1}
     assert p.class_timeline == {"fox": [(300.0, 1)], "roe_deer": [(100.0, 1), (200.0, 2)]}
+
+
+def test_labels_given_are_told_apart_new_the_same_class_again_or_changed() -> None:
+    """Every label given is new (to an unlabelled sample), the same class again (a teammate agreeing, or a
+    resend) or a change to another class; retractions and renames are no label given. Was: one "relabelled"
+    count of samples labelled more than once, which a team of three agreeing filled with repeats, read as
+    corrections (docs/app.md, Progress)."""
+    from agent.progress import LabelTally
+
+    def gone(i: str, who: str, t: float) -> agent_pb2.LabelRecord:
+        return agent_pb2.LabelRecord(id=i, annotator=who, time=t, retracted=True)
+
+    history = [rec("a", "cat", "ana", 1, current=False), rec("a", "cat", "ben", 2, current=False),  # agreeing
+               rec("a", "dog", "cy", 3),  # cy changes it
+               rec("b", "cat", "ana", 4, current=False), rec("b", "cat", "ana", 5, current=False),  # ana resends
+               gone("b", "ben", 6), rec("b", "dog", "ben", 7),  # taken back, then new again
+               rec("c", "cat", "ben", 8, current=False), rec("c", "kitty", "lead", 9, source="rename")]
+    tally = LabelTally()
+    kinds = [tally.add(r) for r in history]
+    assert kinds == ["new", "repeated", "changed", "new", "repeated", "retraction", "new", "new", "rename"]
+    t = tally.total
+    assert (t.given, t.new, t.repeated, t.changed, t.agreeing, t.retracted, t.current, tally.renames) == \
+        (7, 4, 2, 1, 1, 1, 3, 1)
+    assert t.given == t.new + t.repeated + t.changed
+    per = {n: (c.given, c.new, c.repeated, c.changed, c.agreeing, c.retracted, c.current)
+           for n, c in tally.annotators.items()}
+    assert per == {"ana": (3, 2, 1, 0, 0, 0, 0), "ben": (3, 2, 1, 0, 1, 1, 2), "cy": (1, 0, 0, 1, 0, 0, 1)}
+    p = collect(history)
+    assert p.events == t.given and p.retractions == t.retracted
+    assert {a.name: a.agreeing for a in p.annotators.values()} == {"ana": 0, "ben": 1, "cy": 0}
+
+
+def test_every_chart_has_a_text_alternative_with_its_figures() -> None:
+    """The charts are SVG images a screen reader cannot read: each has its figures in words."""
+    from agent.progress import audit_text, class_balance_text, class_timeline_text, timeline_text
+
+    p = collect(HISTORY, classes=["cat", "dog", "frog"])
+    assert timeline_text(p) == ("Labels over time: samples labelled went from 0 at 1970-01-01 00:01 UTC to 4 at "
+                                "1970-01-01 00:06 UTC. Labels given per annotator: alice 2, bob 2, ingest 1.")
+    assert class_balance_text(p) == "Class balance, current labels per class: cat 3 (75%), dog 1 (25%), frog 0 (0%)."
+    assert class_timeline_text(p).startswith("Labels per class over time (current labels, by when each was given): "
+                                             "cat 3 (from 1970-01-01 00:01 UTC to 1970-01-01 00:05 UTC), dog 1")
+    assert timeline_text(collect([])) == "Labels over time: no labels yet."
+    audit = agent_pb2.PriorAudit(drawn=10, labelled=10, confidence_level=0.95, interval_method="wilson", methods=[
+        agent_pb2.PriorAccuracy(method="knn", overall=agent_pb2.Accuracy(correct=8, total=10, accuracy=0.8,
+                                                                         low=0.49, high=0.94), mean_confidence=0.7)])
+    assert audit_text(audit) == ("Accuracy of each prior method on the audit labels, with its 95% wilson interval: "
+                                 "knn 80% (49% to 94%, 8 of 10 right), mean confidence 70%.")
+    assert audit_text(agent_pb2.PriorAudit()) == ""

@@ -47,10 +47,12 @@ def test_progress_page_and_api(web_agent: WebAgent, web_client: TestClient) -> N
     assert page.status_code == 200
     html = page.text
     for part in ("Labels over time", "Class balance", "Annotators", "How good are the priors?", "No audit yet",
-                 'id="chart-timeline"><svg', "/progress/export", "v0001"):
+                 'id="chart-timeline" aria-hidden="true"><svg', "/progress/export", "v0001"):
         assert part in html, part
     data = web_client.get("/api/progress").json()
-    assert (data["labelled"], data["label_events"], data["relabelled"]) == (INGESTED + 4, INGESTED + 5, 1)
+    # bob's square on alice's circle img006: a change to another class, not a repeat
+    assert (data["labelled"], data["labels_given"], data["labels_new"], data["labels_repeated"],
+            data["labels_changed"]) == (INGESTED + 4, INGESTED + 5, INGESTED + 4, 0, 1)
     assert data["model_version"] == "v0001" and data["pending_model_version"] == ""
     assert {c: v["labels"] for c, v in data["classes"].items()} == {"circle": 3, "square": 4, "triangle": 1}
     by_name = {a["name"]: a for a in data["annotators"]}
@@ -62,7 +64,8 @@ def test_progress_page_and_api(web_agent: WebAgent, web_client: TestClient) -> N
     client.submit_labels(web_agent.stub, [(i, shape_of(i)) for i in drawn], "carol")
     a = wait_audit(web_agent, 8)
     html = web_client.get("/progress").text
-    assert 'id="audit-table"' in html and 'id="chart-audit"><svg' in html
+    assert 'id="audit-table"' in html and 'id="chart-audit" aria-hidden="true"><svg' in html
+    assert 'id="chart-audit-text">Accuracy of each prior method on the audit labels' in html
     for m in a.methods:
         assert f'data-method="{m.method}"' in html
         assert f"{m.overall.low:.1%} – {m.overall.high:.1%}" in html
@@ -72,7 +75,10 @@ def test_progress_page_and_api(web_agent: WebAgent, web_client: TestClient) -> N
     data = web_client.get("/api/progress").json()
     assert (data["labelled"], data["retracted"], data["audit"]["labelled"]) == (INGESTED + 4 + 8 - 1, 1, 7)
     assert sum(v["labels"] for v in data["classes"].values()) == INGESTED + 4 + 8 - 1
-    assert "1 taken back" in web_client.get("/progress").text
+    assert "<b>1</b> taken back" in web_client.get("/progress").text
+    # label_events is GetStatus' figure, as `shortlist status` prints it: the retraction is a label event too
+    assert data["label_events"] == web_agent.stub.GetStatus(agent_pb2.GetStatusRequest()).label_events == \
+        data["labels_given"] + data["retracted"]
 
 
 def test_export_download_round_trips(web_agent: WebAgent, web_client: TestClient) -> None:
@@ -195,3 +201,28 @@ def test_progress_head_and_queue_state(web_agent: WebAgent, web_client: TestClie
     assert web_client.get("/api/progress/head").json()["labelled"] == INGESTED + 1
     html = web_client.get("/progress").text
     assert 'data-annotator="dora"' in html and "agreeing repeats" in html and "per hour" in html
+
+
+def test_progress_tells_repeats_from_changes_and_label_events_means_what_status_says(
+        web_agent: WebAgent, web_client: TestClient) -> None:
+    """A team of three on one sample: a teammate agreeing is "the same class again", a correction "changed to
+    another class", a retraction no label given but a label event. Was: /api/progress' label_events left out
+    the retractions (339 against `shortlist status`' 341) and the header's "80 relabelled" counted samples
+    labelled more than once, almost all agreeing teammates."""
+    sid = "img010.png"
+    client.submit_labels(web_agent.stub, [(sid, "circle")], "lead")
+    client.submit_labels(web_agent.stub, [(sid, "circle")], "kim")  # agrees
+    client.submit_labels(web_agent.stub, [(sid, "square")], "sam", if_current={sid: "circle"})  # corrects
+    assert client.retract_labels(web_agent.stub, [sid], annotator="sam").accepted == 1
+    data = web_client.get("/api/progress").json()
+    status = web_agent.stub.GetStatus(agent_pb2.GetStatusRequest())
+    assert (data["labels_given"], data["labels_new"], data["labels_repeated"], data["labels_changed"],
+            data["retracted"]) == (INGESTED + 3, INGESTED + 1, 1, 1, 1)
+    assert data["label_events"] == status.label_events == INGESTED + 4
+    by = {a["name"]: a for a in data["annotators"]}
+    assert (by["kim"]["repeated"], by["kim"]["agreeing"], by["kim"]["current"]) == (1, 1, 0)
+    assert (by["sam"]["changed"], by["sam"]["retracted"], by["sam"]["current"]) == (1, 1, 0)
+    html = web_client.get("/progress").text
+    assert (f"<b>{INGESTED + 3}</b> labels given ({INGESTED + 1} to unlabelled samples, 1 the same class again, "
+            "1 changed to another class), <b>1</b> taken back") in html
+    assert "relabelled" not in html
