@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 import unicodedata
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol
@@ -42,7 +42,7 @@ from agent.cli_options import (
 from agent.client import calibration_dict, calibration_line, ranked
 from agent.config import AUDIT_MIN_LABELS, AgentConfig, WorkConfig
 from agent.limits import MIB, Limits, annotator_name, class_name_problem
-from agent.progress import audit_dict
+from agent.progress import LabelTally, audit_dict
 from agent.web.config import LabelStudioConfig
 from shortlist.console import INTERRUPTED_EXIT, make_console
 from shortlist.datasets import sources_said
@@ -1395,13 +1395,54 @@ def prior(agent: AgentTarget,
         out.print(behind, style="yellow", markup=False, highlight=False, soft_wrap=True)
 
 
+def label_tally(records: Iterable[agent_pb2.LabelRecord]) -> LabelTally:
+    """ListLabels(history=True) counted as it streams (agent/progress.py ``LabelTally``: the Progress page's
+    rule): one (label, annotator) per labelled sample is held, never the rows."""
+    tally = LabelTally()
+    for r in records:
+        tally.add(r)
+    return tally
+
+
+LABELS_WORDS = ("labels given ({labels_new:,} to unlabelled samples, {labels_repeated:,} the same class again, "
+                "{labels_changed:,} changed to another class)")
+
+
+def tally_lines(tally: LabelTally) -> tuple[str, Table]:
+    """``status --by-annotator``'s totals line and its table, one row per annotator (most labels given first)."""
+    t = tally.total.as_dict()
+    line = (f"label history: {t['labels_given']:,} " + LABELS_WORDS.format(**t) + f", {t['retracted']:,} taken "
+            f"back, {tally.renames:,} moved by a class rename (label_events counts all three)")
+    table = Table(title="per annotator", caption="given = new (to an unlabelled sample) + same (the class it had "
+                  "already; agreeing: another person's) + changed (to another class); held: current labels; taken "
+                  "back: retractions", caption_justify="left")
+    table.add_column("annotator", overflow="fold", min_width=9)
+    for col in ("given", "new", "same", "agreeing", "changed", "held", "taken back"):
+        table.add_column(col, justify="right")
+    for name, c in sorted(tally.annotators.items(), key=lambda kv: (-kv[1].given, kv[0])):
+        table.add_row(escape(name), *(f"{n:,}" for n in (c.given, c.new, c.repeated, c.agreeing, c.changed,
+                                                         c.current, c.retracted)))
+    return line, table
+
+
 @agent_options
-def status(agent: AgentTarget, as_json: bool = JsonOpt) -> None:
+def status(agent: AgentTarget, as_json: bool = JsonOpt,
+           by_annotator: bool = typer.Option(
+               False, "--by-annotator",
+               help="also count the label history per annotator (ListLabels with history, streamed): labels "
+                    "given (to unlabelled samples, the same class again, changed to another class), current "
+                    "labels held, labels taken back")) -> None:
     """The agent's pool, labels, serving model and available strategies."""
     stub = _rpc(agent.connect)
     s = _rpc(lambda: stub.GetStatus(agent_pb2.GetStatusRequest()))
     d = _status_dict(s)
+    tally = _rpc(lambda: label_tally(client.list_labels(stub, history=True))) if by_annotator else None
     if as_json:
+        if tally is not None:
+            d |= tally.total.as_dict() | {"renamed": tally.renames, "annotators": [
+                {"name": name, **c.as_dict()}
+                for name, c in sorted(tally.annotators.items(), key=lambda kv: (-kv[1].given, kv[0]))]}
+            del d["current"]  # the samples labelled: "labeled"
         print(json_line(d))
         return
     out = make_console()
@@ -1420,10 +1461,18 @@ def status(agent: AgentTarget, as_json: bool = JsonOpt) -> None:
         elif k == "classes_open":
             out.print("class list: " + ("open (a new label name adds a class; `serve --classes a,b,c` closes it)"
                                         if v else "closed"), markup=False, highlight=False)
+        elif k == "label_events":  # not "labels given": retractions and class renames count too
+            out.print(f"label_events: {v:,} (label rows stored: labels given, taken back, moved by a class rename; "
+                      "--by-annotator tells them apart)" if tally is None else f"label_events: {v:,}",
+                      markup=False, highlight=False, soft_wrap=True)
         elif k != "audit":
             out.print(f"{k}: {', '.join(v) if isinstance(v, list) else v}", markup=False, highlight=False)
     for line in audit_lines(s.audit):
         out.print(line, markup=False, highlight=False)
+    if tally is not None:
+        line, table = tally_lines(tally)
+        out.print(line, markup=False, highlight=False, soft_wrap=True)
+        out.print(table)
 
 
 @agent_options

@@ -49,8 +49,10 @@ class LabelCounts:
     current: int = 0  # current labels held (the sample's label now is one this annotator gave)
 
     def as_dict(self) -> dict[str, int]:
-        return {"labels_given": self.given, "new": self.new, "repeated": self.repeated, "changed": self.changed,
-                "agreeing": self.agreeing, "retracted": self.retracted, "current": self.current}
+        """The counts under the names ``/api/progress`` and ``shortlist status --by-annotator --json`` use."""
+        return {"labels_given": self.given, "labels_new": self.new, "labels_repeated": self.repeated,
+                "labels_changed": self.changed, "agreeing": self.agreeing, "retracted": self.retracted,
+                "current": self.current}
 
 
 class LabelTally:

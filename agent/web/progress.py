@@ -89,16 +89,14 @@ def summary(status: agent_pb2.Status, p: Progress) -> dict[str, Any]:
         # label_events is GetStatus' (as `shortlist status`): every label row, labels given, retractions and class
         # renames alike; labels_given = labels_new + labels_repeated + labels_changed
         "samples": status.samples, "labelled": status.labeled, "label_events": status.label_events,
-        "labels_given": t.total.given, "labels_new": t.total.new, "labels_repeated": t.total.repeated,
-        "labels_changed": t.total.changed, "retracted": t.total.retracted, "renamed": t.renames,
+        **{k: v for k, v in t.total.as_dict().items() if k not in ("agreeing", "current")}, "renamed": t.renames,
         "model_version": status.model_version, "embedded": status.embedded,
         "pending_model_version": status.pending_model_version, "pending_embedded": status.pending_embedded,
         "classes": {c: {"labels": n, "share": n / total if total else 0.0}
                     for c, n in sorted(p.per_class.items(), key=lambda kv: (-kv[1], kv[0]))},
         "annotators": [{"name": a.name, "labels": a.labels, "samples": len(a.samples), "first": a.first,
-                        "last": a.last, "per_hour": a.per_hour, "agreeing": a.agreeing, "sources": dict(a.sources),
-                        "repeated": t.annotators[a.name].repeated, "changed": t.annotators[a.name].changed,
-                        "current": t.annotators[a.name].current, "retracted": t.annotators[a.name].retracted}
+                        "last": a.last, "per_hour": a.per_hour, "sources": dict(a.sources),
+                        **t.annotators[a.name].as_dict()}
                        for a in sorted(p.annotators.values(), key=lambda a: -a.labels)],
         "sources": dict(p.per_source), "audit": audit_dict(status.audit),
         "warnings": [for_people(w) for w in status.warnings]}

@@ -1286,3 +1286,33 @@ def test_a_signal_that_comes_before_the_wait_still_stops_the_agent_gracefully() 
     finally:
         for sig, handler in before.items():
             signal.signal(sig, handler)
+
+
+def test_status_by_annotator_counts_what_each_person_did(running: Running) -> None:
+    """A lead of three: `status --by-annotator` counts per person the labels given (to unlabelled samples, the
+    same class again, changed to another class), the current labels held and the labels taken back, from the
+    label history as it streams (was: no per-person figure; the lead counted `export-labels --history` rows)."""
+    client.ingest(running.stub, make_samples(4, labels=1))  # s0 labelled at ingest ("ingest")
+    client.submit_labels(running.stub, [("s1", "cat"), ("s2", "dog")], "lead")
+    client.submit_labels(running.stub, [("s1", "cat")], "kim")  # agrees with the lead
+    client.submit_labels(running.stub, [("s2", "cat")], "sam", if_current={"s2": "dog"})  # corrects the lead
+    assert client.retract_labels(running.stub, ["s1"], annotator="sam").accepted == 1
+    d = json.loads(run("status", "--agent", running.address, "--json", "--by-annotator"))
+    assert (d["labels_given"], d["labels_new"], d["labels_repeated"], d["labels_changed"], d["retracted"],
+            d["renamed"]) == (5, 3, 1, 1, 1, 0)
+    assert d["label_events"] == d["labels_given"] + d["retracted"] + d["renamed"] == 6
+    by = {a["name"]: a for a in d["annotators"]}
+    assert [a["name"] for a in d["annotators"]] == ["lead", "ingest", "kim", "sam"]  # most labels given first
+    assert {n: (a["labels_given"], a["current"], a["retracted"]) for n, a in by.items()} == {
+        "lead": (2, 0, 0), "ingest": (1, 1, 0), "kim": (1, 0, 0), "sam": (1, 1, 1)}
+    assert (by["kim"]["labels_repeated"], by["kim"]["agreeing"], by["sam"]["labels_changed"]) == (1, 1, 1)
+    assert "annotators" not in json.loads(run("status", "--agent", running.address, "--json"))  # GetStatus alone
+    human = run("status", "--agent", running.address, "--by-annotator")
+    assert ("label history: 5 labels given (3 to unlabelled samples, 1 the same class again, 1 changed to another "
+            "class), 1 taken back, 0 moved by a class rename (label_events counts all three)") in human
+    rows = {line.split()[1]: line.split()[2:] for line in human.splitlines() if line.startswith("│")
+            and line.split()[1] in by}
+    # annotator | labels given | to unlabelled | same class again | of which agreeing | changed | held | taken back
+    assert rows["sam"] == ["│", "1", "│", "0", "│", "0", "│", "0", "│", "1", "│", "1", "│", "1", "│"]
+    assert "label_events: 6 (label rows stored: labels given, taken back, moved by a class rename" in \
+        run("status", "--agent", running.address)

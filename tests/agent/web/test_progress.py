@@ -220,8 +220,8 @@ def test_progress_tells_repeats_from_changes_and_label_events_means_what_status_
             data["retracted"]) == (INGESTED + 3, INGESTED + 1, 1, 1, 1)
     assert data["label_events"] == status.label_events == INGESTED + 4
     by = {a["name"]: a for a in data["annotators"]}
-    assert (by["kim"]["repeated"], by["kim"]["agreeing"], by["kim"]["current"]) == (1, 1, 0)
-    assert (by["sam"]["changed"], by["sam"]["retracted"], by["sam"]["current"]) == (1, 1, 0)
+    assert (by["kim"]["labels_repeated"], by["kim"]["agreeing"], by["kim"]["current"]) == (1, 1, 0)
+    assert (by["sam"]["labels_changed"], by["sam"]["retracted"], by["sam"]["current"]) == (1, 1, 0)
     html = web_client.get("/progress").text
     assert (f"<b>{INGESTED + 3}</b> labels given ({INGESTED + 1} to unlabelled samples, 1 the same class again, "
             "1 changed to another class), <b>1</b> taken back") in html
