@@ -89,3 +89,22 @@ def test_progress_page_notices_new_labels_and_asks_before_replacing_an_open_queu
     page.click("#audit-button")
     page.wait_for_url("**/queue")
     assert len(dialogs) == 3 and "1 of 1 samples unlabelled" in dialogs[2]
+
+
+def test_charts_read_as_their_figures_in_words_to_a_screen_reader(live_web: WebAgent, page: Any) -> None:
+    """The three charts are matplotlib SVGs: the accessibility tree had their tick labels and legend as loose
+    words ("0", "2", "alice (labels given)", ...) and no summary. Each is now hidden from it, with a visually
+    hidden paragraph of its figures in words after it."""
+    label_some(live_web)
+    page.goto(f"{live_web.url}/progress")
+    page.wait_for_selector("#chart-classes svg")
+    tree = page.locator("main").aria_snapshot()
+    assert "alice (labels given)" not in tree and "labels (current)" not in tree  # the SVGs' legend and axis
+    for chart in ("timeline", "class-timeline", "classes"):
+        text = page.locator(f"#chart-{chart}-text")
+        said = text.inner_text()
+        assert said and said in tree, (chart, said)
+        box = text.bounding_box()
+        assert box is not None and box["width"] <= 1 and box["height"] <= 1  # not shown on screen
+    assert "Class balance, current labels per class: square 4 (50%), circle 3 (38%), triangle 1 (12%)." in tree
+    assert "Labels given per annotator: ingest 4, alice 3, bob 2." in tree
