@@ -94,6 +94,22 @@ class BlobStore:
         list(_FSYNC_POOL.map(fsync_path, touched))
         return removed
 
+    def remove(self, digests: Collection[str]) -> int:
+        """Remove the blobs ``digests`` (deleted samples' payloads that no sample names), durably (their
+        folders fsynced); returns how many were there."""
+        removed = 0
+        touched: set[Path] = set()
+        for digest in digests:
+            path = self.path(digest)
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                continue
+            removed += 1
+            touched.add(path.parent)
+        list(_FSYNC_POOL.map(fsync_path, touched))
+        return removed
+
     def damaged(self, digest: str) -> bool:
         """Whether the blob is missing or its content does not hash to ``digest``."""
         try:

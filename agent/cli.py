@@ -1308,6 +1308,48 @@ def retract_labels(agent: AgentTarget,
 
 
 @agent_options
+def delete_samples(agent: AgentTarget,
+                   ids: list[str] = typer.Argument(None, help="ids of the samples to delete"),
+                   file: Path | None = typer.Option(None, "--file", exists=True, dir_okay=False,
+                                                    help="more ids: one a line, or a CSV with an id column"),
+                   reason: str = typer.Option("", "--reason", help="why (kept with who and when; no ids are kept)"),
+                   annotator: str = AnnotatorOpt,
+                   yes: bool = typer.Option(False, "--yes", "-y", help="do not ask for confirmation"),
+                   as_json: bool = JsonOpt) -> None:
+    """Delete samples for good: each sample, its payload file (unless another sample has the same bytes), its
+    metadata, labels and label history, embeddings and queue places. Irreversible; backups made before still
+    hold the samples (docs/agent.md, "Deleting samples")."""
+    todo = list(ids or [])
+    if file is not None:
+        try:
+            todo += read_ids_file(file, None)
+        except (LabelFileError, OSError) as e:
+            console.print(f"[red]cannot use {escape(str(file))}[/red]: {escape(str(e))}", highlight=False)
+            raise typer.Exit(2) from None
+    if not todo:
+        console.print("[red]no ids[/red]: give sample ids as arguments or --file FILE", highlight=False)
+        raise typer.Exit(2)
+    if not yes and not typer.confirm(f"Delete {len(todo)} sample(s) for good, with their payloads, labels and "
+                                     "label history? This cannot be undone", err=True):
+        console.print("nothing deleted", highlight=False)
+        raise typer.Exit(1)
+    stub = _rpc(agent.connect)
+    reply = _rpc(lambda: client.delete_samples(stub, todo, annotator, reason))
+    rejected = [_rejection(r) for r in reply.rejected]
+    if as_json:
+        print(json_line({"deleted": reply.accepted, "payloads_removed": reply.payloads_removed,
+                         "rejected": rejected, "rejected_count": reply.rejected_count}))
+        return
+    result = Console(soft_wrap=True)
+    result.print(f"deleted {reply.accepted}, rejected {reply.rejected_count} ({reply.payloads_removed} payload "
+                 "file(s) removed)", highlight=False)
+    for r in rejected[:10]:
+        result.print(printable(f"  {r['id']}: {r['reason']}"), markup=False, highlight=False)
+    if reply.rejected_count > 10:
+        result.print(_more(reply.rejected_count, len(rejected)), highlight=False)
+
+
+@agent_options
 def rename_class(agent: AgentTarget,
                  old: str = typer.Argument(..., metavar="OLD", help="the class to rename (it is retired)"),
                  new: str = typer.Argument(..., metavar="NEW", help="its new name, or a class to merge it into"),
@@ -1610,6 +1652,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     app.command("select", cls=_StrategyHelp)(select)
     app.command("label")(label)
     app.command("retract-labels")(retract_labels)
+    app.command("delete-samples")(delete_samples)
     app.command("rename-class")(rename_class)
     app.command("prior", cls=_PriorHelp)(prior)
     app.command("status")(status)

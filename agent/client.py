@@ -834,6 +834,22 @@ def retract_labels(stub: agent_pb2_grpc.AgentStub, ids: Iterable[str], annotator
     return _summed(agent_pb2.RetractLabelsReply(), ((len(p), request(p)) for p in parts), stop)
 
 
+def delete_samples(stub: agent_pb2_grpc.AgentStub, ids: Iterable[str], annotator: str = "", reason: str = "",
+                   chunk: int = LABELS_PER_REQUEST) -> agent_pb2.DeleteSamplesReply:
+    """Delete the samples ``ids`` for good (DeleteSamples), ``chunk`` ids per request (each one transaction,
+    durable on its own); the replies are summed (``rejected`` holds the first ones, ``rejected_count`` all)."""
+    todo = list(ids)
+    total = agent_pb2.DeleteSamplesReply()
+    for start in range(0, max(len(todo), 1), chunk):
+        reply = stub.DeleteSamples(agent_pb2.DeleteSamplesRequest(ids=todo[start:start + chunk], annotator=annotator,
+                                                                  reason=reason))
+        total.accepted += reply.accepted
+        total.payloads_removed += reply.payloads_removed
+        total.rejected_count += max(reply.rejected_count, len(reply.rejected))
+        total.rejected.extend(reply.rejected)
+    return total
+
+
 # ---- calibration provenance (PriorLabel.calibration, docs/agent.md "Calibration provenance") -----------
 PICKUP_WAIT_S = 10.0  # how long a publisher waits for the agent to say what it made of a new version
 

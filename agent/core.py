@@ -23,7 +23,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence, Sized
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Sized
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -67,7 +67,7 @@ from agent.priors import PRIOR_METHODS, get_prior_method
 from agent.priors.calibration import TemperatureFit, audit_todo, calibrate_flag
 from agent.queues import Queues
 from agent.security import DataDirLock, owner_only_dir
-from agent.state import INGEST_SOURCE, MANUAL_SOURCE, LabelEvent, SampleRecord, State
+from agent.state import INDEX_STALE_KEY, INGEST_SOURCE, MANUAL_SOURCE, LabelEvent, SampleRecord, State
 from agent.strategies import LABEL_FREE, MODEL_FREE, STRATEGIES, get_strategy
 from agent.strategies.audit import AUDIT
 from shortlist.images import allow_pixels
@@ -545,6 +545,11 @@ class Agent:
         self._draws: list[tuple[str, np.ndarray]] = self._recorded_draws()
         self._counted_draws = CountedDraws()  # their counted picks, kept up to date (counted_seqs)
         self._recorded_since_prune = PRUNE_EVERY  # prune at the first record after a start
+        if self.state.compact_embeddings() or self.state.get_meta(INDEX_STALE_KEY) == "1":
+            # A deletion left gaps in the stored rows (renumbered now) or marked rows deleted in a snapshot: the
+            # snapshots no longer match, and the graphs are rebuilt from the stored embeddings as they load.
+            shutil.rmtree(data_dir / "index", ignore_errors=True)
+            self.state.set_meta(INDEX_STALE_KEY, "0")
         self.blobs = BlobStore(data_dir / "blobs") if config.blobs else None
         if self.blobs is not None:  # before anything serves: no Ingest is writing blobs
             swept = self.blobs.sweep(self.state.payload_digests())
@@ -598,9 +603,16 @@ class Agent:
         (``StrategyEntry.uniform``) without a where filter (a random Select lost to a power loss before its
         commit is not among them: its labels then count as chosen, the cautious side; an audit draw so lost
         is still in the audit table, ``counted_seqs``)."""
-        return [(str(request.get("strategy")), np.array(self._seqs_of(str(r[0]) for r in result), np.int64))
+        return [(str(request.get("strategy")), np.array(self._draw_seqs(str(r[0]) for r in result), np.int64))
                 for _, request, result, _ in self.state.selections()
                 if uniform_request(request)]
+
+    def _draw_seqs(self, ids: Iterable[str]) -> list[int]:
+        """The seqs of a recorded draw's picks, in order; 0 (never labelled) for a pick whose sample was
+        deleted (its id "" in the record): it keeps its place in the draw, as in memory after the deletion,
+        so the draw counts its labels as it did (the cautious side: a gap), and an id ingested again later is
+        a new sample the draw never drew."""
+        return [rec.seq if rec is not None else 0 for rec in (self.state.lookup(i) if i else None for i in ids)]
 
     def _seqs_of(self, ids: Iterable[str]) -> list[int]:
         """The seqs of the stored samples among ``ids``, in order."""
@@ -626,10 +638,11 @@ class Agent:
         labels = self.state.labels_by_seq()
         audit = self.state.audit_seqs()
         with self._draws_lock:
-            fresh = self._draws[len(self._counted_draws):]
+            counter = self._counted_draws  # (a deletion replaces it)
+            fresh = self._draws[len(counter):]
             for strategy, order in fresh:  # under the lock: added once each, in the order recorded
-                self._counted_draws.add(strategy, order)
-        return self._counted_draws.counted(labels, audit, audit_only)
+                counter.add(strategy, order)
+        return counter.counted(labels, audit, audit_only)
 
     def uniform_labelled(self) -> int:
         """How many labels count as uniform draws now (``uniform_seqs``)."""
@@ -907,6 +920,56 @@ class Agent:
                                           "" if serving is None else serving.version)
         return len(good), rejected
 
+    def delete_samples(self, ids: Sequence[str], annotator: str, reason: str,
+                       before_commit: Callable[[], None] | None = None,
+                       before_blobs: Callable[[], None] | None = None) -> tuple[int, list[Rejected], int]:
+        """Delete the samples ``ids`` for good (docs/agent.md, "Deleting samples"): in one durable transaction
+        (``State.delete_samples``), then out of the served and pending indexes, the recorded draws and the
+        caches; then their payload files, unless another sample holds the same bytes. Per-item rejections for
+        unknown and repeated ids. (deleted, rejections, payload files removed). ``before_commit`` and
+        ``before_blobs``: test hooks (a failure inside the transaction; one between the commit and the
+        removal of the files, whose files the next start's sweep removes)."""
+        self._check_label_call(ids, "ids", annotator, "")
+        check_text(reason, self.limits.max_metadata_chars, "max_metadata_chars", "reason")
+        rejected: list[Rejected] = []
+        good: list[int] = []
+        seen: set[int] = set()
+        # The queues' lock: no UpdateQueue writes a queue read before the deletion took its ids out.
+        with self.queues.lock, self.manager.writing() as serving:
+            for sid in ids:
+                rec = self._item_sample(sid, rejected)
+                if rec is None:
+                    continue
+                if rec.seq in seen:
+                    rejected.append(Rejected(sid, "listed twice in this request"))
+                else:
+                    good.append(rec.seq)
+                    seen.add(rec.seq)
+            if not good:
+                return 0, rejected, 0
+            digests = self.state.delete_samples(good, stored_annotator(annotator), reason, before_commit)
+            _, _, pending = self.manager.progress()
+            for index in {id(i): i for i in (None if serving is None else serving.index, pending)
+                          if i is not None}.values():
+                index.remove(good)
+            dead = np.array(good, np.int64)
+            with self._draws_lock:  # as a restart reads the records: the deleted picks become seq 0
+                self._draws = [(st, np.where(np.isin(order, dead), 0, order)) for st, order in self._draws]
+                self._counted_draws = CountedDraws()
+            self.select_cache.clear()
+            self.prior_cache.clear()
+            self.images.cache.clear()
+            removed = 0
+            if self.blobs is not None and digests:
+                if before_blobs is not None:
+                    before_blobs()
+                # Under the write lock: an Ingest of the same bytes commits before (then the payload is named
+                # and kept) or after (it stores the payload again first: agent/ingest.py ``store``).
+                removed = self.blobs.remove(digests)
+        log.info("deleted %d sample(s) by %s (%s); %d payload file(s) removed", len(good),
+                 stored_annotator(annotator), reason or "no reason given", removed)
+        return len(good), rejected, removed
+
     # ---- Pools -----------------------------------------------------------------------------------
     def rename_class(self, old: str, new: str, annotator: str) -> tuple[int, bool, list[str]]:
         """Rename (merge, when ``new`` is a class already) class ``old`` to ``new``: every label now ``old``
@@ -959,11 +1022,16 @@ class Agent:
         return moved, merged, self.pool_classes(self.state.labels_by_seq())[0]
 
     def _where_mask(self, seqs: np.ndarray, where: Mapping[str, str]) -> np.ndarray:
+        """Whether each of ``seqs`` is a stored sample (not deleted) whose metadata matches ``where``."""
+        alive = self.state.alive_by_seq()
+        live = np.zeros(len(seqs), bool)
+        inside = seqs < len(alive)
+        live[inside] = alive[seqs[inside]]
         if not where:
-            return np.ones(len(seqs), bool)
+            return live
         items = list(where.items())
-        return np.array([all(self.state.record(int(q)).metadata.get(k) == v for k, v in items) for q in seqs],
-                        bool)
+        return live & np.array([bool(live[i]) and all(self.state.record(int(q)).metadata.get(k) == v
+                                                       for k, v in items) for i, q in enumerate(seqs)], bool)
 
     def model_pool(self, serving: Serving, where: Mapping[str, str],
                    audit: bool = False) -> tuple[Pool, np.ndarray]:
@@ -1198,8 +1266,14 @@ class Agent:
         # Seeded by the seed and the labelled set: a loop that keeps its seed still draws afresh each round.
         rng = state_rng(seed, self.labelled_ids())
         rows, scores, details = self._strategy_round(strategy, fn, pool, take, budget, rng, params, token)
-        chosen = [(self.state.record(int(seqs[r])).id, float(s)) for r, s in zip(rows, scores, strict=True)]
-        return chosen, details
+        return self._chosen(seqs, rows, scores), details
+
+    def _chosen(self, seqs: np.ndarray, rows: Sequence[int] | np.ndarray,
+                scores: Sequence[float] | np.ndarray) -> list[tuple[str, float]]:
+        """(id, score) of the picked ``rows`` (``seqs``: each row's seq), less a pick whose sample a DeleteSamples
+        removed while the strategy ran."""
+        recs = ((self.state.lookup_seq(int(seqs[r])), float(s)) for r, s in zip(rows, scores, strict=True))
+        return [(rec.id, s) for rec, s in recs if rec is not None]
 
     def _strategy_round(self, strategy: str, fn: StrategyEntry, pool: Pool, take: int, budget: int,
                         rng: np.random.Generator, params: Mapping[str, str],
@@ -1240,7 +1314,8 @@ class Agent:
         group = np.empty(len(cands), np.int64)
         alone = 0
         for i, r in enumerate(cands):
-            value = self.state.record(int(seqs[r])).metadata.get(group_by)
+            rec = self.state.lookup_seq(int(seqs[r]))
+            value = None if rec is None else rec.metadata.get(group_by)
             if value is None:
                 alone -= 1
                 group[i] = alone
@@ -1281,8 +1356,7 @@ class Agent:
                    f"{MAX_GROUP_ROUNDS} rounds ran (the bound) with {len(left):,} candidates still eligible; "
                    "ask again with these picks labelled, or a larger max_per_group")
             details[GROUP_NOT_FILLED] = (f"{len(rows)} of {take} picked with at most {cap} per {group_by!r}: {why}")
-        chosen = [(self.state.record(int(seqs[r])).id, float(s)) for r, s in zip(rows, scores, strict=True)]
-        return chosen, details
+        return self._chosen(seqs, rows, scores), details
 
     def _record_selection(self, selection_id: str, request: dict[str, Any], chosen: list[tuple[str, float]],
                           version: str, details: dict[str, str]) -> tuple[str, dict[str, str]]:
@@ -1466,7 +1540,10 @@ class Agent:
                      not_embedded: int = 0) -> Iterator[PriorResult]:
         for i, (r, p, c) in enumerate(zip(rows, probs, confidence, strict=True)):
             k = int(np.argmax(p))
-            yield PriorResult(self.state.record(int(seqs[r])).id, classes[k], float(c),
+            rec = self.state.lookup_seq(int(seqs[r]))
+            if rec is None:  # deleted since the request began
+                continue
+            yield PriorResult(rec.id, classes[k], float(c),
                               {name: float(v) for name, v in zip(classes, p, strict=True)}, version,
                               calibration if i == 0 else None, not_embedded if i == 0 else 0)
 
@@ -1501,8 +1578,11 @@ class Agent:
             labels = self.state.labels_by_seq()  # fresh per chunk: a label given meanwhile shows up
             part = []
             for q, (x, y) in zip(seqs[a:b].tolist(), xy[a:b].tolist(), strict=True):
+                rec = self.state.lookup_seq(q)
+                if rec is None:  # deleted (DeleteSamples) since the map was made
+                    continue
                 lab = int(labels[q]) if q < len(labels) else -1
-                part.append((self.state.record(q).id, x, y, classes[lab] if 0 <= lab < len(classes) else ""))
+                part.append((rec.id, x, y, classes[lab] if 0 <= lab < len(classes) else ""))
             yield part
 
     # ---- Status / listing ------------------------------------------------------------------------

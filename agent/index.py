@@ -23,6 +23,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,6 +75,7 @@ class VersionIndex:
         self._graph.set_ef(EF_SEARCH)
         self._graph.set_num_threads(1)  # deterministic graph; the agent's parallelism is across requests
         self._seq_set: set[int] = set()
+        self.deleted = np.zeros(0, np.int64)  # rows of deleted samples (``remove``), ascending
         self.memo = PoolMemo()  # what strategies derive from these rows and reuse (agent.pool.PoolMemo)
 
     # ---- growth ----------------------------------------------------------------------------------
@@ -109,6 +111,35 @@ class VersionIndex:
             self._seq_set.update(int(s) for s in seqs)
             return start
 
+    def remove(self, seqs: Collection[int]) -> int:
+        """Take the rows of deleted samples ``seqs`` out (DeleteSamples): hnswlib marks them deleted, so no
+        query returns them, and in new arrays (views taken before keep theirs) their seq becomes 0 (no sample)
+        and their vector, logits and pretext loss zeros. Row numbers stay as they are (rows added later follow
+        them); the stored rows are renumbered densely at the next start, which rebuilds the graph. Returns how
+        many rows were taken out."""
+        with self.lock.write_lock():
+            drop = [int(q) for q in seqs if int(q) in self._seq_set]
+            if not drop:
+                return 0
+            n = self.n
+            rows = np.flatnonzero(np.isin(self._seqs[:n], drop))
+            for r in rows.tolist():
+                self._graph.mark_deleted(r)
+            self._seqs = self._seqs.copy()
+            self._vecs = self._vecs.copy()
+            self._seqs[rows] = 0
+            self._vecs[rows] = 0.0
+            if self._logits is not None:
+                self._logits = self._logits.copy()
+                self._logits[rows] = 0.0
+            if self._pretext is not None:
+                self._pretext = self._pretext.copy()
+                self._pretext[rows] = 0.0
+            self._seq_set.difference_update(drop)
+            self.deleted = np.union1d(self.deleted, rows)
+            self.memo = PoolMemo()  # its entries were derived from the rows as they were
+            return len(rows)
+
     def has(self, seq: int) -> bool:
         return seq in self._seq_set
 
@@ -126,14 +157,17 @@ class VersionIndex:
         q = np.ascontiguousarray(queries, np.float32)
         with self.lock.read_lock():
             n = self.n if limit is None else min(limit, self.n)
-            k = min(k, n)
+            # hnswlib raises when asked for more neighbours than it has rows not marked deleted
+            gone_before = int(np.searchsorted(self.deleted, n))
+            live = self.n - len(self.deleted)
+            k = min(k, n - gone_before)
             if k <= 0 or len(q) == 0:
                 return np.zeros((len(q), 0), np.int64), np.zeros((len(q), 0), np.float32)
             extra = self.n - n  # rows added after the caller's view: leave them out
             if extra == 0:
                 rows, dists = self._graph.knn_query(q, k=k)
             elif extra <= OVERFETCH_MAX:
-                rows, dists = self._graph.knn_query(q, k=k + extra)
+                rows, dists = self._graph.knn_query(q, k=min(k + extra, live))
             else:
                 rows, dists = self._graph.knn_query(q, k=k, filter=lambda r: r < n)
         rows = rows.astype(np.int64)

@@ -369,6 +369,13 @@ class IngestPipeline:
                                       "" if serving is None else serving.version)
             if not new:
                 return res
+            if self.blobs is not None:
+                # A DeleteSamples may have removed a payload this batch found stored (put_many skipped it) after
+                # stage 1: store it again, so a committed sample's payload is always there.
+                lost = [(n.sha256, prep.samples[fresh[j]].blob) for n, j in zip(new, took, strict=True)
+                        if not self.blobs.has(n.sha256)]
+                if lost:
+                    self.blobs.put_many(lost)
             if serving is None:
                 self.state.add_samples(new)
             else:

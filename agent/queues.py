@@ -68,7 +68,7 @@ class Queues:
     def __init__(self, state: State, limits: Limits) -> None:
         self.state = state
         self.limits = limits
-        self._lock = threading.Lock()  # read-modify-write of a queue (marks) must not interleave
+        self.lock = threading.Lock()  # read-modify-write of a queue (marks) must not interleave (DeleteSamples too)
 
     def get(self, name: str) -> QueueData:
         name = queue_name(name)
@@ -133,7 +133,7 @@ class Queues:
                 raise InvalidArgument("a mark with an empty id: give the id of a sample in the queue")
         if replace is not None:
             self._check_new(replace)
-        with self._lock:
+        with self.lock:
             q = self.get(name)
             if replace is not None and if_created is not None and abs(q.created - if_created) > 1e-6:
                 when = time.strftime("%H:%M:%S", time.localtime(q.created)) if q.created else "never"

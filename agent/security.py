@@ -81,6 +81,7 @@ RPC_ROLES: Mapping[str, str] = {
     "SubmitLabels": WRITE,
     "RetractLabels": WRITE,
     "RenameClass": WRITE,  # relabels every sample of a class and retires its name
+    "DeleteSamples": WRITE,  # removes samples, their labels and payloads for good
     "ReloadModel": WRITE,
 }
 

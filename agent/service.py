@@ -220,6 +220,13 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
                                             overwritten=capped(replaced, replaced_message),
                                             overwritten_count=len(replaced))
 
+    def DeleteSamples(self, request: agent_pb2.DeleteSamplesRequest,
+                      context: grpc.ServicerContext) -> agent_pb2.DeleteSamplesReply:
+        """DeleteSamples: delete samples for good (docs/agent.md, "Deleting samples")."""
+        accepted, rejected, removed = self.agent.delete_samples(list(request.ids), request.annotator, request.reason)
+        return agent_pb2.DeleteSamplesReply(accepted=accepted, rejected=capped(rejected, label_rejection),
+                                            rejected_count=len(rejected), payloads_removed=removed)
+
     def RenameClass(self, request: agent_pb2.RenameClassRequest,
                     context: grpc.ServicerContext) -> agent_pb2.RenameClassReply:
         """RenameClass: rename or merge a class, retiring the old name (docs/agent.md, API)."""

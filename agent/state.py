@@ -20,6 +20,8 @@ Tables:
                    (``model:<sha256>``, shortlist.manifest.model_fingerprint), which the stored embeddings were
                    made by; '' when unknown (rows written before it was recorded: agent/models.py compares
                    their embeddings with the folder's model when it loads them)
+    deletions      one tombstone per DeleteSamples: time, annotator, reason, how many samples, label rows removed,
+                   the highest seq ever given then (seqs are never reused); no ids (docs/agent.md "Deleting samples")
     meta           key/value
 
 Schema version: ``PRAGMA user_version`` holds ``SCHEMA_VERSION``. Opening a folder written by an older
@@ -85,6 +87,9 @@ CREATE TABLE IF NOT EXISTS model_versions (
     updated REAL NOT NULL, fingerprint TEXT NOT NULL DEFAULT '');
 CREATE TABLE IF NOT EXISTS queues (name TEXT PRIMARY KEY, body TEXT NOT NULL, time REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS deletions (
+    n INTEGER PRIMARY KEY, time REAL NOT NULL, annotator TEXT NOT NULL, reason TEXT NOT NULL,
+    samples INTEGER NOT NULL, label_rows INTEGER NOT NULL, max_seq INTEGER NOT NULL);
 """
 
 SERVING_KEY = "serving_version"  # meta key: the model version served (agent/models.py)
@@ -94,6 +99,7 @@ MANUAL_SOURCE = "manual"  # ... of SubmitLabels without a source
 RENAME_SOURCE = "rename"  # ... of the labels a class rename moved (RenameClass; its annotator: who renamed)
 RENAMED_KEY = "renamed_classes"  # meta: JSON {retired name: the class it was renamed (or merged) to}
 
+INDEX_STALE_KEY = "index_snapshots_stale"  # meta: "1" after a deletion, until the next start drops the snapshots
 RETRACTED = -1  # labels.class of a retraction (RetractLabels)
 
 # PRAGMA journal_size_limit: once a checkpoint has copied the whole WAL into the database, the next commit
@@ -103,7 +109,7 @@ RETRACTED = -1  # labels.class of a retraction (RetractLabels)
 # figures in docs/agent.md "Backup and restore".
 JOURNAL_SIZE_LIMIT = 16 * 1024 * 1024
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 def _v0_to_v1(db: sqlite3.Connection) -> None:
@@ -135,8 +141,20 @@ def _v2_to_v3(db: sqlite3.Connection) -> None:
     db.execute("CREATE TABLE IF NOT EXISTS queues (name TEXT PRIMARY KEY, body TEXT NOT NULL, time REAL NOT NULL)")
 
 
+_DELETIONS_TABLE = ("CREATE TABLE IF NOT EXISTS deletions (n INTEGER PRIMARY KEY, time REAL NOT NULL, "
+                    "annotator TEXT NOT NULL, reason TEXT NOT NULL, samples INTEGER NOT NULL, "
+                    "label_rows INTEGER NOT NULL, max_seq INTEGER NOT NULL)")
+
+
+def _v3_to_v4(db: sqlite3.Connection) -> None:
+    """Schema 3 -> 4: samples may be deleted (DeleteSamples): the deletions table keeps a tombstone of each,
+    and the seqs it freed are never given again (an agent of schema 3 would give a deleted last seq again and
+    count the label revision from the rows left, hence the new version)."""
+    db.execute(_DELETIONS_TABLE)
+
+
 # MIGRATIONS[v] brings a folder from schema v to v + 1.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v0_to_v1, _v1_to_v2, _v2_to_v3]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v0_to_v1, _v1_to_v2, _v2_to_v3, _v3_to_v4]
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 
@@ -302,10 +320,18 @@ class State:
         self._labeled_count = 0
         # Label rows ever stored (labels, changes, retractions): Status.label_events, a revision of the labels
         # that changes with every label change (the labelled count does not: retract one, label another).
-        self._label_events = int(self._db.execute("SELECT COUNT(*) FROM labels").fetchone()[0])
+        # Rows a deletion removed still count (plus one per deletion), so the revision never goes back to a
+        # value it had with other labels.
+        self._label_events = int(self._db.execute(
+            "SELECT (SELECT COUNT(*) FROM labels) + (SELECT COALESCE(SUM(label_rows + 1), 0) FROM deletions)"
+        ).fetchone()[0])
         for seq, sid, uri, meta, kind, digest in self._db.execute(
                 "SELECT seq, id, uri, metadata, kind, sha256 FROM samples ORDER BY seq"):
             self._append_record(SampleRecord(seq, sid, uri, json.loads(meta), kind, digest))
+        # Seqs of deleted samples are never given again (``add_samples`` numbers from len(_records)): a recorded
+        # draw or an index row of the deleted sample must not come to mean a new one.
+        high = int(self._db.execute("SELECT COALESCE(MAX(max_seq), 0) FROM deletions").fetchone()[0])
+        self._reserve(high)
         for seq, cls in self._db.execute(
                 "SELECT seq, class FROM labels WHERE n IN (SELECT MAX(n) FROM labels GROUP BY seq)"):
             if cls != RETRACTED:
@@ -368,6 +394,41 @@ class State:
         if first != rec.seq:
             self._twins += 1
             self._group_members.setdefault(first, [first]).append(rec.seq)
+
+    def _reserve(self, seq: int) -> None:
+        """Make seqs up to ``seq`` taken (as gaps when not stored), growing the arrays indexed by seq."""
+        while len(self._records) <= seq:
+            self._records.append(None)
+        for name in ("_label", "_first_by_seq"):
+            a = getattr(self, name)
+            if seq >= len(a):
+                grown = np.full(max(2 * len(a), seq + 1), -1 if name == "_label" else 0, np.int64)
+                grown[: len(a)] = a
+                setattr(self, name, grown)
+
+    def _drop_record(self, seq: int) -> None:
+        """Forget deleted sample ``seq`` in the mirror (its label, audit draw and payload group)."""
+        rec = self._records[seq]
+        assert rec is not None
+        self._unset_label(seq)
+        self._audit.discard(seq)
+        del self._seq_by_id[rec.id]
+        self._records[seq] = None
+        first = int(self._first_by_seq[seq])
+        self._first_by_seq[seq] = 0
+        members = self._group_members.pop(first, None)
+        if members is None:  # no twin: its payload is no sample's now
+            if self._seq_by_sha.get(rec.sha256) == seq:
+                del self._seq_by_sha[rec.sha256]
+            return
+        members.remove(seq)
+        self._twins -= 1
+        new_first = members[0]
+        for q in members:
+            self._first_by_seq[q] = new_first
+        if len(members) > 1:
+            self._group_members[new_first] = members
+        self._seq_by_sha[rec.sha256] = new_first
 
     def _set_label(self, seq: int, cls: int) -> None:
         if self._label[seq] < 0:
@@ -577,6 +638,11 @@ class State:
             seq = self._seq_by_id.get(sample_id)
             return None if seq is None else self._records[seq]
 
+    def lookup_seq(self, seq: int) -> SampleRecord | None:
+        """The sample stored under ``seq``; None for a gap, a deleted sample, seq 0 or past the end."""
+        with self._lock:
+            return self._records[seq] if 0 <= seq < len(self._records) else None
+
     def record(self, seq: int) -> SampleRecord:
         rec = self._records[seq]
         assert rec is not None
@@ -592,12 +658,12 @@ class State:
             seqs: list[int] = []
             with self._transaction():
                 self._persist_new_classes()
-                for s in samples:
-                    cur = self._db.execute(
-                        "INSERT INTO samples(id, uri, metadata, kind, sha256, ingested_at) VALUES (?,?,?,?,?,?)",
-                        (s.id, s.uri, json.dumps(s.metadata, sort_keys=True), s.kind, s.sha256, now))
-                    assert cur.lastrowid is not None
-                    seqs.append(cur.lastrowid)
+                for s in samples:  # numbered past every seq ever given (a deleted sample's is not given again)
+                    seq = len(self._records) + len(seqs)
+                    self._db.execute(
+                        "INSERT INTO samples(seq, id, uri, metadata, kind, sha256, ingested_at) VALUES (?,?,?,?,?,?,?)",
+                        (seq, s.id, s.uri, json.dumps(s.metadata, sort_keys=True), s.kind, s.sha256, now))
+                    seqs.append(seq)
                 self._db.executemany(
                     "INSERT INTO labels(seq, class, annotator, time, source, model_version) VALUES (?,?,?,?,?,?)",
                     [(q, s.label, INGEST_ANNOTATOR, now, INGEST_SOURCE, model_version)
@@ -672,10 +738,85 @@ class State:
             seqs, labels = seqs[keep], labels[keep]
         return events, seqs, labels
 
+    def alive_by_seq(self) -> np.ndarray:
+        """For every seq 0..max_seq: whether a sample is stored under it now (False for seq 0, for the gaps of
+        rolled-back Ingests and for deleted samples). A copy."""
+        with self._lock:
+            return self._first_by_seq[: len(self._records)] > 0
+
     def all_seqs(self) -> np.ndarray:
         """Seqs of every stored sample, ascending (S int64)."""
         with self._lock:
             return np.array([r.seq for r in self._records if r is not None], np.int64)
+
+    # ---- deletion --------------------------------------------------------------------------------
+    def delete_samples(self, seqs: Sequence[int], annotator: str, reason: str,
+                       before_commit: Callable[[], None] | None = None) -> list[str]:
+        """Delete samples ``seqs`` for good in one durable transaction: their rows, label rows, audit draws and
+        embeddings of every version; their ids leave every queue (and its marks) and every recorded selection
+        (replaced by ""); a tombstone row (no ids) is added. Returns the sha256 of the payloads no sample
+        names any more (the caller removes those blobs after this returns). ``before_commit``: called inside
+        the transaction, last (tests make it fail: nothing is deleted then)."""
+        now = time.time()
+        with self._lock:
+            recs = [self.record(q) for q in seqs]
+            gone = {r.id for r in recs}
+            marks = ",".join("?" * len(seqs))
+            args = [int(q) for q in seqs]
+            with self._transaction():
+                label_rows = int(self._db.execute(f"SELECT COUNT(*) FROM labels WHERE seq IN ({marks})",
+                                                  args).fetchone()[0])
+                for table in ("labels", "audit", "embeddings", "samples"):  # samples last: the others refer to it
+                    self._db.execute(f"DELETE FROM {table} WHERE seq IN ({marks})", args)
+                for name, body in self._db.execute("SELECT name, body FROM queues").fetchall():
+                    q = json.loads(body)
+                    ids = [i for i in q.get("ids", []) if i not in gone]
+                    if len(ids) != len(q.get("ids", [])):
+                        q["ids"] = ids
+                        q["marks"] = {i: m for i, m in q.get("marks", {}).items() if i not in gone}
+                        self._db.execute("UPDATE queues SET body=? WHERE name=?", (json.dumps(q, sort_keys=True), name))
+                for sid, result in self._db.execute("SELECT selection_id, result FROM selections").fetchall():
+                    picks = json.loads(result)
+                    if any(p[0] in gone for p in picks):
+                        # kept as "" (the pick's place in the draw), so the draw's order and size stay
+                        picks = [["", p[1]] if p[0] in gone else p for p in picks]
+                        self._db.execute("UPDATE selections SET result=? WHERE selection_id=?",
+                                         (json.dumps(picks), sid))
+                self._db.execute("INSERT INTO deletions(time, annotator, reason, samples, label_rows, max_seq) "
+                                 "VALUES (?,?,?,?,?,?)", (now, annotator, reason, len(recs), label_rows,
+                                                          len(self._records) - 1))
+                self._set_meta(INDEX_STALE_KEY, "1")
+                if before_commit is not None:
+                    before_commit()
+            for q in seqs:
+                self._drop_record(int(q))
+            self._label_events += 1  # the removed rows stay counted (as the deletions table counts them at open)
+            return sorted({r.sha256 for r in recs} - set(self._seq_by_sha))
+
+    def deletions(self) -> list[tuple[float, str, str, int]]:
+        """(time, annotator, reason, samples) of every DeleteSamples, oldest first."""
+        with self._lock:
+            rows = self._db.execute("SELECT time, annotator, reason, samples FROM deletions ORDER BY n").fetchall()
+        return [(float(t), str(a), str(r), int(n)) for t, a, r, n in rows]
+
+    def compact_embeddings(self) -> bool:
+        """Renumber every version's stored embedding rows densely from 0 (a deletion leaves gaps), in one
+        transaction; whether any changed (the index snapshots are then stale). Call before the versions load."""
+        with self._lock:
+            gaps = self._db.execute("SELECT COUNT(*) FROM (SELECT version FROM embeddings GROUP BY version "
+                                    "HAVING MAX(row) + 1 != COUNT(*))").fetchone()[0]
+            if not gaps:
+                return False
+            with self._transaction():
+                self._db.execute("DROP TABLE IF EXISTS temp.renumber")
+                self._db.execute("CREATE TEMP TABLE renumber AS SELECT version, row AS old, ROW_NUMBER() OVER "
+                                 "(PARTITION BY version ORDER BY row) - 1 AS new FROM embeddings")
+                # Two steps so renumbering never collides with a row not yet moved.
+                self._db.execute("UPDATE embeddings SET row = -1 - (SELECT new FROM renumber r WHERE "
+                                 "r.version = embeddings.version AND r.old = embeddings.row)")
+                self._db.execute("UPDATE embeddings SET row = -1 - row")
+                self._db.execute("DROP TABLE temp.renumber")
+            return True
 
     # ---- labels ----------------------------------------------------------------------------------
     def add_labels(self, assignments: list[tuple[int, int]], annotator: str, source: str = MANUAL_SOURCE,

@@ -621,3 +621,25 @@ class RenameClassReply(_message.Message):
     merged: bool
     classes: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, moved: _Optional[int] = ..., merged: _Optional[bool] = ..., classes: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class DeleteSamplesRequest(_message.Message):
+    __slots__ = ("ids", "annotator", "reason")
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    ANNOTATOR_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    ids: _containers.RepeatedScalarFieldContainer[str]
+    annotator: str
+    reason: str
+    def __init__(self, ids: _Optional[_Iterable[str]] = ..., annotator: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class DeleteSamplesReply(_message.Message):
+    __slots__ = ("accepted", "rejected", "rejected_count", "payloads_removed")
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_COUNT_FIELD_NUMBER: _ClassVar[int]
+    PAYLOADS_REMOVED_FIELD_NUMBER: _ClassVar[int]
+    accepted: int
+    rejected: _containers.RepeatedCompositeFieldContainer[Rejection]
+    rejected_count: int
+    payloads_removed: int
+    def __init__(self, accepted: _Optional[int] = ..., rejected: _Optional[_Iterable[_Union[Rejection, _Mapping]]] = ..., rejected_count: _Optional[int] = ..., payloads_removed: _Optional[int] = ...) -> None: ...

@@ -104,6 +104,11 @@ class AgentStub:
                 request_serializer=shortlist_dot_v1_dot_agent__pb2.RenameClassRequest.SerializeToString,
                 response_deserializer=shortlist_dot_v1_dot_agent__pb2.RenameClassReply.FromString,
                 _registered_method=True)
+        self.DeleteSamples = channel.unary_unary(
+                '/shortlist.v1.Agent/DeleteSamples',
+                request_serializer=shortlist_dot_v1_dot_agent__pb2.DeleteSamplesRequest.SerializeToString,
+                response_deserializer=shortlist_dot_v1_dot_agent__pb2.DeleteSamplesReply.FromString,
+                _registered_method=True)
 
 
 class AgentServicer:
@@ -219,6 +224,19 @@ class AgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteSamples(self, request, context):
+        """Delete samples for good (a privacy request, data ingested by mistake, junk): in one transaction each
+        sample's row (id, uri, metadata), its labels and label history, its audit draw and its embeddings of
+        every model version go, and its id leaves every queue and every recorded Select; then its payload file
+        is removed unless another sample holds the same bytes. A tombstone (who, when, why, how many; no ids)
+        is kept. Durable before the reply; per-id problems (unknown, listed twice) are Rejections. Backups made
+        before still hold the samples (docs/agent.md, "Deleting samples"). The same id may be ingested again:
+        it is a new sample.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -291,6 +309,11 @@ def add_AgentServicer_to_server(servicer, server):
                     servicer.RenameClass,
                     request_deserializer=shortlist_dot_v1_dot_agent__pb2.RenameClassRequest.FromString,
                     response_serializer=shortlist_dot_v1_dot_agent__pb2.RenameClassReply.SerializeToString,
+            ),
+            'DeleteSamples': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteSamples,
+                    request_deserializer=shortlist_dot_v1_dot_agent__pb2.DeleteSamplesRequest.FromString,
+                    response_serializer=shortlist_dot_v1_dot_agent__pb2.DeleteSamplesReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -671,6 +694,33 @@ class Agent:
             '/shortlist.v1.Agent/RenameClass',
             shortlist_dot_v1_dot_agent__pb2.RenameClassRequest.SerializeToString,
             shortlist_dot_v1_dot_agent__pb2.RenameClassReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteSamples(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shortlist.v1.Agent/DeleteSamples',
+            shortlist_dot_v1_dot_agent__pb2.DeleteSamplesRequest.SerializeToString,
+            shortlist_dot_v1_dot_agent__pb2.DeleteSamplesReply.FromString,
             options,
             channel_credentials,
             insecure,

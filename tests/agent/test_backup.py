@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from agent import client
 from agent.blobs import BlobStore, sha256_hex
-from agent.state import NewSample, State
+from agent.state import SCHEMA_VERSION, NewSample, State
 from shortlist.cli import app
 from shortlist.v1 import agent_pb2
 from tests.agent.conftest import CLASSES, Running, make_samples, start
@@ -70,7 +70,7 @@ def test_an_agent_started_on_a_backup_taken_during_labelling_has_every_label_ack
     summary = json.loads(result.stdout)
     before = {(sid, lab, who) for t, sid, lab, who in acked if t < started}
     assert len(before) >= 40 and any(t > ended for t, *_ in acked)  # labelled before, during and after
-    assert summary["samples"] == 30 and summary["integrity"] == "ok" and summary["schema_version"] == 3
+    assert summary["samples"] == 30 and summary["integrity"] == "ok" and summary["schema_version"] == SCHEMA_VERSION
     assert summary["label_events"] >= len(before) and summary["labelled"] == 30
     assert summary["versions"] == {"v0001": "serving"} and summary["serving_version"] == "v0001"
     assert summary["blobs"] == 30 and summary["blobs_linked"] == 30 and not summary["missing_blobs"]

@@ -143,7 +143,7 @@ def test_every_agent_rpc_has_a_role() -> None:
     methods = {m.name for m in agent_pb2.DESCRIPTOR.services_by_name["Agent"].methods}
     assert set(RPC_ROLES) == methods
     assert {n for n, r in RPC_ROLES.items() if r == "write"} == {
-        "Ingest", "SubmitLabels", "RetractLabels", "ReloadModel", "UpdateQueue", "RenameClass"}
+        "Ingest", "SubmitLabels", "RetractLabels", "ReloadModel", "UpdateQueue", "RenameClass", "DeleteSamples"}
 
 
 def test_an_rpc_without_a_role_stops_serve_with_one_line(tmp_path: Path, registry: Path,

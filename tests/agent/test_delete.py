@@ -1,0 +1,227 @@
+"""DeleteSamples: a deleted sample leaves every listing, Select, PriorLabels, the counts, queues, recorded draws
+and (unless another sample holds the same bytes) the blob store, durably and atomically; the same id may be
+ingested again as a new sample."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from agent import client
+from agent.blobs import sha256_hex
+from agent.config import AgentConfig
+from agent.index import VersionIndex
+from agent.security import ServerSecurity
+from agent.state import SCHEMA_VERSION, NewSample, State
+from agent.service import create_server, stop_server
+from shortlist.cli import app
+from shortlist.v1 import agent_pb2
+from tests.agent.conftest import Running, make_samples, start
+from tests.agent.test_queues import code_of
+from tests.agent.test_security import READ_TOKEN, WRITE_TOKEN
+
+runner = CliRunner()
+
+
+def status(r: Running) -> agent_pb2.Status:
+    return r.stub.GetStatus(agent_pb2.GetStatusRequest())
+
+
+def delete(r: Running, *ids: str, reason: str = "privacy") -> agent_pb2.DeleteSamplesReply:
+    return r.stub.DeleteSamples(agent_pb2.DeleteSamplesRequest(ids=list(ids), annotator="ops", reason=reason))
+
+
+def blob_of(r: Running, sample: agent_pb2.Sample) -> Path:
+    return r.agent.blobs.path(sha256_hex(sample.encoded_image))  # type: ignore[union-attr]
+
+
+def seen_anywhere(r: Running, sid: str) -> list[str]:
+    """Where ``sid`` still shows: the names of the reads that list it."""
+    where = []
+    if sid in {s.id for s in client.list_samples(r.stub)}:
+        where.append("ListSamples")
+    if sid in {x.id for x in client.list_labels(r.stub, history=True)}:
+        where.append("ListLabels")
+    if sid in {s.id for s in r.stub.Select(agent_pb2.SelectRequest(budget=100, strategy="random")).selected}:
+        where.append("Select")
+    if sid in {s.id for s in r.stub.Select(agent_pb2.SelectRequest(budget=100, strategy="margin")).selected}:
+        where.append("Select margin")
+    if sid in {p.id for p in r.stub.PriorLabels(agent_pb2.PriorLabelsRequest(method="knn"))}:
+        where.append("PriorLabels")
+    if sid in r.stub.GetQueue(agent_pb2.GetQueueRequest(name="q")).ids:
+        where.append("GetQueue")
+    return where
+
+
+def test_deleted_samples_leave_every_read_and_the_blob_store_and_stay_deleted(tmp_path: Path,
+                                                                              registry: Path) -> None:
+    samples = make_samples(20, labels=6)
+    twin = agent_pb2.Sample()
+    twin.CopyFrom(samples[4])
+    twin.id = "twin4"  # the same bytes as s4: its payload file must stay when s4 goes
+    r = start(tmp_path / "data", registry)
+    try:
+        assert client.ingest(r.stub, [*samples, twin]).accepted == 21
+        client.submit_labels(r.stub, [("s10", "dog"), ("s1", "cat")], annotator="ann")
+        r.stub.UpdateQueue(agent_pb2.UpdateQueueRequest(name="q", queue=agent_pb2.Queue(ids=["s12", "s3", "s13"]),
+                                                        marks=[agent_pb2.QueueMark(id="s12", mark="skip"),
+                                                               agent_pb2.QueueMark(id="s13", mark="unsure")]))
+        drawn = r.stub.Select(agent_pb2.SelectRequest(budget=20, strategy="random", seed=3))  # a recorded draw
+        assert "s12" in {s.id for s in drawn.selected}
+        before = status(r)
+        assert (before.samples, before.labeled) == (21, 8)  # twin4 carries s4's label
+        reply = delete(r, "s1", "s4", "s12", "nope", "s1", "")
+        assert (reply.accepted, reply.rejected_count, reply.payloads_removed) == (3, 3, 2)
+        assert {(x.id, x.reason) for x in reply.rejected} == {
+            ("nope", "unknown id 'nope': ingest it first"), ("s1", "listed twice in this request"), ("", "empty id")}
+        for sid in ("s1", "s4", "s12"):
+            assert seen_anywhere(r, sid) == [], sid
+        assert "twin4" in {s.id for s in client.list_samples(r.stub)}
+        assert not blob_of(r, samples[1]).exists() and not blob_of(r, samples[12]).exists()
+        assert blob_of(r, samples[4]).exists()  # twin4 holds the same bytes
+        q = r.stub.GetQueue(agent_pb2.GetQueueRequest(name="q"))
+        assert (list(q.ids), dict(q.marks)) == (["s3", "s13"], {"s13": "unsure"})
+        after = status(r)
+        assert (after.samples, after.labeled) == (18, 6)  # s1 (relabelled) and s4 were labelled
+        assert after.label_events > before.label_events  # a revision: never back to an earlier value
+        assert r.agent.uniform_labelled() >= 0  # the draw holding s12 still counts (s12 a gap now)
+        with sqlite3.connect(tmp_path / "data" / "state.sqlite") as db:
+            assert db.execute("SELECT COUNT(*) FROM embeddings WHERE seq NOT IN (SELECT seq FROM samples)"
+                              ).fetchone()[0] == 0
+            assert db.execute("SELECT COUNT(*) FROM selections WHERE result LIKE '%\"s12\"%'").fetchone()[0] == 0
+            assert db.execute("SELECT annotator, reason, samples FROM deletions").fetchall() == [("ops", "privacy", 3)]
+        events = after.label_events
+    finally:
+        r.stop()
+    again = start(tmp_path / "data", registry)
+    try:
+        st = status(again)
+        assert (st.samples, st.labeled, st.label_events) == (18, 6, events)
+        for sid in ("s1", "s4", "s12"):
+            assert seen_anywhere(again, sid) == [], sid
+        # The index was rebuilt from the renumbered rows: every sample is still a knn neighbour / prior.
+        priors = {p.id for p in again.stub.PriorLabels(agent_pb2.PriorLabelsRequest(method="knn"))}
+        assert len(priors) == 18 - 6
+        # The same id again is a new sample: its payload stored, unlabelled, listed once.
+        assert client.ingest(again.stub, [samples[1], samples[12]]).accepted == 2
+        assert blob_of(again, samples[1]).exists()
+        listed = [s.id for s in client.list_samples(again.stub)]
+        assert listed.count("s1") == 1 and listed.count("s12") == 1
+        # only the label it came with now: the deleted sample's history (ann's "cat") is not its history
+        assert [(x.label, x.annotator) for x in client.list_labels(again.stub, history=True) if x.id == "s1"] == [
+            ("dog", "ingest")]
+        assert "s12" in {s.id for s in again.stub.Select(agent_pb2.SelectRequest(budget=100,
+                                                                                  strategy="margin")).selected}
+        assert status(again).samples == 20
+    finally:
+        again.stop()
+
+
+def test_a_failure_inside_the_transaction_deletes_nothing(running: Running) -> None:
+    samples = make_samples(6, labels=3)
+    client.ingest(running.stub, samples)
+
+    def boom() -> None:
+        raise RuntimeError("disk gone")
+
+    with pytest.raises(RuntimeError, match="disk gone"):
+        running.agent.delete_samples(["s0", "s5"], "ops", "", before_commit=boom)
+    assert seen_anywhere(running, "s5") != [] and blob_of(running, samples[0]).exists()
+    assert (status(running).samples, status(running).labeled) == (6, 3)
+    assert "s0" in {x.id for x in client.list_labels(running.stub)}
+
+
+def test_a_crash_between_the_commit_and_the_blob_removal_leaves_a_blob_the_next_start_sweeps(
+        tmp_path: Path, registry: Path) -> None:
+    samples = make_samples(5)
+    r = start(tmp_path / "data", registry)
+    try:
+        client.ingest(r.stub, samples)
+
+        def crash() -> None:
+            raise SystemExit("killed")
+
+        with pytest.raises(SystemExit):
+            r.agent.delete_samples(["s2"], "ops", "", before_blobs=crash)
+        assert blob_of(r, samples[2]).exists() and status(r).samples == 4  # committed, the file left
+    finally:
+        r.stop()
+    again = start(tmp_path / "data", registry)
+    try:
+        assert not blob_of(again, samples[2]).exists()  # removed by BlobStore.sweep at open
+        assert status(again).samples == 4 and "s2" not in {s.id for s in client.list_samples(again.stub)}
+    finally:
+        again.stop()
+
+
+def test_delete_needs_a_write_token(tmp_path: Path, registry: Path) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"read:{READ_TOKEN}\nwrite:{WRITE_TOKEN}\n")
+    server, port, agent = create_server(AgentConfig(tmp_path / "data", registry, port=0, poll_s=0.2, use_cuda=False,
+                                                    security=ServerSecurity(tokens=tokens)))
+    try:
+        reader = client.connect(f"127.0.0.1:{port}", config=client.ClientConfig(token=READ_TOKEN))
+        writer = client.connect(f"127.0.0.1:{port}", config=client.ClientConfig(token=WRITE_TOKEN))
+        client.ingest(writer, make_samples(3))
+        code, details = code_of(lambda: reader.DeleteSamples(agent_pb2.DeleteSamplesRequest(ids=["s0"])))
+        assert code == grpc.StatusCode.PERMISSION_DENIED and "role write" in details
+        assert agent.state.count() == 3
+        assert writer.DeleteSamples(agent_pb2.DeleteSamplesRequest(ids=["s0"])).accepted == 1
+    finally:
+        stop_server(server, agent, grace=0.5)
+
+
+def test_cli_delete_samples_asks_first_and_says_what_it_did(tmp_path: Path, running: Running) -> None:
+    client.ingest(running.stub, make_samples(4))
+    ids = tmp_path / "ids.txt"
+    ids.write_text("s2\nnope\n")
+    res = runner.invoke(app, ["delete-samples", "s1", "--file", str(ids), "--agent", running.address,
+                              "--reason", "junk"], input="n\n")
+    assert res.exit_code != 0 and status(running).samples == 4, res.output
+    res = runner.invoke(app, ["delete-samples", "s1", "--file", str(ids), "--agent", running.address,
+                              "--reason", "junk", "--yes"])
+    assert res.exit_code == 0, res.output
+    assert "deleted 2" in res.output and "nope" in res.output
+    assert status(running).samples == 2
+
+
+def test_index_rows_taken_out_are_never_neighbours_even_when_k_asks_for_every_row() -> None:
+    rng = np.random.default_rng(0)
+    vecs = rng.normal(size=(6, 4)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    idx = VersionIndex("v", 4, 0, False)
+    idx.add(np.arange(1, 7), vecs)
+    view = idx.view()
+    assert idx.remove([2, 5, 99]) == 2
+    assert not idx.has(2) and idx.has(3)
+    rows, _ = idx.knn(vecs, k=6)  # 4 rows left: hnswlib would raise if asked for 6
+    assert rows.shape == (6, 4) and not np.isin(rows, [1, 4]).any()
+    assert idx.view().seqs.tolist() == [1, 0, 3, 4, 0, 6]
+    assert view.seqs.tolist() == [1, 2, 3, 4, 5, 6]  # a view taken before keeps its arrays
+    idx.add(np.array([7]), vecs[:1])
+    rows, _ = idx.knn(vecs[:1], k=6, limit=6)  # a view of 6 rows (over-fetch past the new one)
+    assert rows.shape == (1, 4) and not np.isin(rows, [1, 4, 6]).any()
+
+
+def test_a_schema_3_folder_is_migrated_and_keeps_its_labels(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite"
+    st = State(path, classes=["cat"])
+    st.add_samples([NewSample("a", "", {}, "image", "0" * 64, label=0)])
+    st.close()
+    with sqlite3.connect(path) as db:  # as an agent of schema 3 left it
+        db.execute("DROP TABLE deletions")
+        db.execute("PRAGMA user_version=3")
+    st = State(path)
+    assert (st.schema_version(), st.count(), st.labeled_count(), st.label_event_count()) == (SCHEMA_VERSION, 1, 1, 1)
+    st.delete_samples([1], "ops", "test")
+    assert st.add_samples([NewSample("a", "", {}, "image", "0" * 64)]) == [2]  # seq 1 is not given again
+    st.close()
+    st = State(path)
+    assert st.add_samples([NewSample("b", "", {}, "image", "1" * 64)]) == [3]
+    assert (st.count(), st.label_event_count()) == (2, 2)
+    st.close()
