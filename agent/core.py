@@ -1132,7 +1132,7 @@ class Agent:
             stored = self.state.count()  # before the view: a sample ingested in between is in both
             pool, seqs = self.model_pool(serving, where)
             version = serving.version
-            behind = self.not_embedded(version, stored, len(seqs))
+            behind = self.not_embedded(version, stored, int(np.count_nonzero(seqs)))  # (a deleted sample's row: 0)
             if behind and strategy == AUDIT:
                 raise FailedPrecondition(
                     f"an audit draw must cover the whole pool, and {behind_phrase(behind, stored, version)}; "
@@ -1451,7 +1451,7 @@ class Agent:
         # there are enough; uncalibrated, no method reads them (and the cache key below then omits them)
         stored = self.state.count()  # before the view: a sample ingested in between is in both
         pool, seqs = self.model_pool(serving, {}, audit=calibrate_flag(params))
-        behind = self.not_embedded(serving.version, stored, len(seqs))
+        behind = self.not_embedded(serving.version, stored, int(np.count_nonzero(seqs)))
         row_of = np.full(int(seqs.max(initial=0)) + 1, -1, np.int64)  # seq -> row under this version, -1 = none
         row_of[seqs] = np.arange(len(seqs))
         if ids:
@@ -1592,12 +1592,12 @@ class Agent:
         classes = self.pool_classes(self.state.labels_by_seq())[0]
         return AgentStatus(
             samples=self.state.count(), labeled=self.state.labeled_count(),
-            embedded=0 if serving is None else serving.index.n,
+            embedded=0 if serving is None else serving.index.live,
             model_version="" if serving is None else serving.version,
             strategies=sorted(STRATEGIES), prior_methods=sorted(PRIOR_METHODS),
             classes=classes,
             pending_model_version=pending_version,
-            pending_embedded=0 if pending is None else pending.n,
+            pending_embedded=0 if pending is None else pending.live,
             pending_embed_rate=self.manager.pending_rate() if pending is not None else 0.0,
             audit=audit,
             warnings=[w for w in [self.registry_warning(), *storage_warnings(self.data_dir, self.config.min_free_bytes),

@@ -140,6 +140,11 @@ class VersionIndex:
             self.memo = PoolMemo()  # its entries were derived from the rows as they were
             return len(rows)
 
+    @property
+    def live(self) -> int:
+        """Rows of samples not deleted: the samples this version has embedded."""
+        return self.n - len(self.deleted)
+
     def has(self, seq: int) -> bool:
         return seq in self._seq_set
 

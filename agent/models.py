@@ -319,7 +319,7 @@ class ModelManager:
         out = [w for w in (self.warning, folder, live, *self.notices) if w]
         if cur is not None and self.blobs is not None:  # without blobs ``warning`` says they cannot be embedded
             stored = self.state.count()  # before the index's size: a sample ingested in between is in both
-            behind = stored - cur.index.n - len(self.unembeddable.get(cur.version, {}))
+            behind = stored - cur.index.live - len(self.unembeddable.get(cur.version, {}))
             if behind > 0:
                 out.append(f"{behind:,} of {stored:,} stored samples are not embedded yet by {cur.version}, the "
                            "version served (they are being embedded in the background): until then Select and "

@@ -17,8 +17,8 @@ from agent.blobs import sha256_hex
 from agent.config import AgentConfig
 from agent.index import VersionIndex
 from agent.security import ServerSecurity
-from agent.state import SCHEMA_VERSION, NewSample, State
 from agent.service import create_server, stop_server
+from agent.state import SCHEMA_VERSION, NewSample, State
 from shortlist.cli import app
 from shortlist.v1 import agent_pb2
 from tests.agent.conftest import Running, make_samples, start
@@ -88,6 +88,8 @@ def test_deleted_samples_leave_every_read_and_the_blob_store_and_stay_deleted(tm
         assert (list(q.ids), dict(q.marks)) == (["s3", "s13"], {"s13": "unsure"})
         after = status(r)
         assert (after.samples, after.labeled) == (18, 6)  # s1 (relabelled) and s4 were labelled
+        assert after.embedded == 18  # not the index's rows (the deleted ones are marked, until a restart)
+        assert "not_embedded" not in r.stub.Select(agent_pb2.SelectRequest(budget=3, strategy="random")).details
         assert after.label_events > before.label_events  # a revision: never back to an earlier value
         assert r.agent.uniform_labelled() >= 0  # the draw holding s12 still counts (s12 a gap now)
         with sqlite3.connect(tmp_path / "data" / "state.sqlite") as db:
@@ -101,7 +103,7 @@ def test_deleted_samples_leave_every_read_and_the_blob_store_and_stay_deleted(tm
     again = start(tmp_path / "data", registry)
     try:
         st = status(again)
-        assert (st.samples, st.labeled, st.label_events) == (18, 6, events)
+        assert (st.samples, st.labeled, st.label_events, st.embedded) == (18, 6, events, 18)
         for sid in ("s1", "s4", "s12"):
             assert seen_anywhere(again, sid) == [], sid
         # The index was rebuilt from the renumbered rows: every sample is still a knn neighbour / prior.
