@@ -763,35 +763,47 @@ class State:
             gone = {r.id for r in recs}
             marks = ",".join("?" * len(seqs))
             args = [int(q) for q in seqs]
-            with self._transaction():
-                label_rows = int(self._db.execute(f"SELECT COUNT(*) FROM labels WHERE seq IN ({marks})",
-                                                  args).fetchone()[0])
-                for table in ("labels", "audit", "embeddings", "samples"):  # samples last: the others refer to it
-                    self._db.execute(f"DELETE FROM {table} WHERE seq IN ({marks})", args)
-                for name, body in self._db.execute("SELECT name, body FROM queues").fetchall():
-                    q = json.loads(body)
-                    ids = [i for i in q.get("ids", []) if i not in gone]
-                    if len(ids) != len(q.get("ids", [])):
-                        q["ids"] = ids
-                        q["marks"] = {i: m for i, m in q.get("marks", {}).items() if i not in gone}
-                        self._db.execute("UPDATE queues SET body=? WHERE name=?", (json.dumps(q, sort_keys=True), name))
-                for sid, result in self._db.execute("SELECT selection_id, result FROM selections").fetchall():
-                    picks = json.loads(result)
-                    if any(p[0] in gone for p in picks):
-                        # kept as "" (the pick's place in the draw), so the draw's order and size stay
-                        picks = [["", p[1]] if p[0] in gone else p for p in picks]
-                        self._db.execute("UPDATE selections SET result=? WHERE selection_id=?",
-                                         (json.dumps(picks), sid))
-                self._db.execute("INSERT INTO deletions(time, annotator, reason, samples, label_rows, max_seq) "
-                                 "VALUES (?,?,?,?,?,?)", (now, annotator, reason, len(recs), label_rows,
-                                                          len(self._records) - 1))
-                self._set_meta(INDEX_STALE_KEY, "1")
-                if before_commit is not None:
-                    before_commit()
+            # Zero the freed space: without it the deleted rows' bytes stay in the file's free pages (and in every
+            # later backup: the backup API copies pages, free ones too) until reused.
+            self._db.execute("PRAGMA secure_delete=ON")
+            try:
+                self._delete_rows(recs, seqs, args, marks, gone, annotator, reason, now, before_commit)
+            finally:
+                self._db.execute("PRAGMA secure_delete=OFF")
             for q in seqs:
                 self._drop_record(int(q))
             self._label_events += 1  # the removed rows stay counted (as the deletions table counts them at open)
             return sorted({r.sha256 for r in recs} - set(self._seq_by_sha))
+
+    def _delete_rows(self, recs: list[SampleRecord], seqs: Sequence[int], args: list[int], marks: str,
+                     gone: set[str], annotator: str, reason: str, now: float,
+                     before_commit: Callable[[], None] | None) -> None:
+        """``delete_samples``' transaction (call with the lock held)."""
+        with self._transaction():
+            label_rows = int(self._db.execute(f"SELECT COUNT(*) FROM labels WHERE seq IN ({marks})",
+                                              args).fetchone()[0])
+            for table in ("labels", "audit", "embeddings", "samples"):  # samples last: the others refer to it
+                self._db.execute(f"DELETE FROM {table} WHERE seq IN ({marks})", args)
+            for name, body in self._db.execute("SELECT name, body FROM queues").fetchall():
+                q = json.loads(body)
+                ids = [i for i in q.get("ids", []) if i not in gone]
+                if len(ids) != len(q.get("ids", [])):
+                    q["ids"] = ids
+                    q["marks"] = {i: m for i, m in q.get("marks", {}).items() if i not in gone}
+                    self._db.execute("UPDATE queues SET body=? WHERE name=?", (json.dumps(q, sort_keys=True), name))
+            for sid, result in self._db.execute("SELECT selection_id, result FROM selections").fetchall():
+                picks = json.loads(result)
+                if any(p[0] in gone for p in picks):
+                    # kept as "" (the pick's place in the draw), so the draw's order and size stay
+                    picks = [["", p[1]] if p[0] in gone else p for p in picks]
+                    self._db.execute("UPDATE selections SET result=? WHERE selection_id=?",
+                                     (json.dumps(picks), sid))
+            self._db.execute("INSERT INTO deletions(time, annotator, reason, samples, label_rows, max_seq) "
+                             "VALUES (?,?,?,?,?,?)", (now, annotator, reason, len(recs), label_rows,
+                                                      len(self._records) - 1))
+            self._set_meta(INDEX_STALE_KEY, "1")
+            if before_commit is not None:
+                before_commit()
 
     def deletions(self) -> list[tuple[float, str, str, int]]:
         """(time, annotator, reason, samples) of every DeleteSamples, oldest first."""

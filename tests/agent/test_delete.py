@@ -227,3 +227,15 @@ def test_a_schema_3_folder_is_migrated_and_keeps_its_labels(tmp_path: Path) -> N
     assert st.add_samples([NewSample("b", "", {}, "image", "1" * 64)]) == [3]
     assert (st.count(), st.label_event_count()) == (2, 2)
     st.close()
+
+
+def test_the_deleted_bytes_do_not_stay_in_the_database_file(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite"
+    st = State(path)
+    secret = "patient-4711-jane-doe"
+    st.add_samples([NewSample(secret, "file:///scans/" + secret, {"name": secret}, "image", "0" * 64),
+                    NewSample("other", "", {}, "image", "1" * 64)])
+    st.delete_samples([1], "ops", "privacy request")
+    st._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    st.close()
+    assert secret.encode() not in path.read_bytes()
