@@ -966,8 +966,8 @@ class Agent:
                 # Under the write lock: an Ingest of the same bytes commits before (then the payload is named
                 # and kept) or after (it stores the payload again first: agent/ingest.py ``store``).
                 removed = self.blobs.remove(digests)
-        log.info("deleted %d sample(s) by %s (%s); %d payload file(s) removed", len(good),
-                 stored_annotator(annotator), reason or "no reason given", removed)
+        log.info("deleted %d sample(s) by %r (reason %r); %d payload file(s) removed", len(good),
+                 stored_annotator(annotator), reason, removed)
         return len(good), rejected, removed
 
     # ---- Pools -----------------------------------------------------------------------------------

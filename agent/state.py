@@ -922,19 +922,22 @@ class State:
             return np.array(sorted(self._audit), np.int64)
 
     # ---- embeddings ------------------------------------------------------------------------------
-    def _insert_embeddings(self, e: EmbeddingRows, seqs: Sequence[int]) -> None:
+    def _insert_embeddings(self, e: EmbeddingRows, seqs: Sequence[int], alive_only: bool = False) -> None:
         vecs = np.ascontiguousarray(e.vecs, np.float32)
         logits = None if e.logits is None else np.ascontiguousarray(e.logits, np.float32)
         self._db.executemany(
             "INSERT OR REPLACE INTO embeddings(version, row, seq, vec, logits, pretext) VALUES (?,?,?,?,?,?)",
             [(e.version, e.start_row + i, int(q), vecs[i].tobytes(),
               None if logits is None else logits[i].tobytes(),
-              None if e.pretext is None else float(e.pretext[i])) for i, q in enumerate(seqs)])
+              None if e.pretext is None else float(e.pretext[i])) for i, q in enumerate(seqs)
+             if not alive_only or self.lookup_seq(int(q)) is not None])
 
     def add_embeddings(self, e: EmbeddingRows, seqs: Sequence[int]) -> None:
-        """Durably store embeddings of existing samples ``seqs`` (aligned with ``e.vecs``)."""
+        """Durably store embeddings of existing samples ``seqs`` (aligned with ``e.vecs``). A sample deleted
+        since it was embedded (a background batch that read it before a DeleteSamples) gets no row: its row
+        number is left a gap, which the next start closes (``compact_embeddings``)."""
         with self._lock, self._transaction():
-            self._insert_embeddings(e, seqs)
+            self._insert_embeddings(e, seqs, alive_only=True)
 
     def load_embeddings(self, version: str, dim: int, num_logits: int) -> StoredEmbeddings:
         """Every stored embedding of ``version`` in row order (rows are dense from 0)."""

@@ -18,7 +18,7 @@ from agent.config import AgentConfig
 from agent.index import VersionIndex
 from agent.security import ServerSecurity
 from agent.service import create_server, stop_server
-from agent.state import SCHEMA_VERSION, NewSample, State
+from agent.state import SCHEMA_VERSION, EmbeddingRows, NewSample, State
 from shortlist.cli import app
 from shortlist.v1 import agent_pb2
 from tests.agent.conftest import Running, make_samples, start
@@ -239,3 +239,14 @@ def test_the_deleted_bytes_do_not_stay_in_the_database_file(tmp_path: Path) -> N
     st._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     st.close()
     assert secret.encode() not in path.read_bytes()
+
+
+def test_a_background_batch_that_embedded_a_deleted_sample_stores_no_row_of_it(tmp_path: Path) -> None:
+    st = State(tmp_path / "state.sqlite")
+    st.add_samples([NewSample(f"x{i}", "", {}, "image", str(i) * 64) for i in range(3)])
+    st.delete_samples([2], "ops", "")
+    st.add_embeddings(EmbeddingRows("v2", 0, np.eye(3, 4, dtype=np.float32)), [1, 2, 3])  # read before the deletion
+    assert st.load_embeddings("v2", 4, 0).seqs.tolist() == [1, 3]  # stored: rows 0 and 2, a gap
+    assert st.compact_embeddings() and not st.compact_embeddings()
+    assert st.load_embeddings("v2", 4, 0).seqs.tolist() == [1, 3] and st.repair_embeddings("v2", 4) == []
+    st.close()

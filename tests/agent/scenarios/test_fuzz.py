@@ -318,6 +318,10 @@ VALID: dict[str, bytes] = {
     # examples label with (tests/agent/test_rename_class.py covers renames that succeed)
     "RenameClass": agent_pb2.RenameClassRequest(from_class="zebra", to_class="okapi",
                                                 annotator="ann").SerializeToString(),
+    # an id the served agent lacks (rejected per item): a deletion that succeeded would take samples the other
+    # examples use (tests/agent/test_delete.py covers deletions)
+    "DeleteSamples": agent_pb2.DeleteSamplesRequest(ids=["zz-not-stored"], annotator="ann",
+                                                    reason="fuzz").SerializeToString(),
 }
 INVALID_UTF8 = b"\xff\xfe\xc0\x80"
 
