@@ -746,7 +746,8 @@ def out(result: Any) -> str:
     return " ".join(result.output.split())  # rich wraps long lines
 
 
-@pytest.mark.parametrize("command", ["ingest", "select", "label", "retract-labels", "prior", "status", "cycle", "web"])
+@pytest.mark.parametrize("command", ["ingest", "select", "label", "retract-labels", "delete-samples", "prior", "status",
+                                     "cycle", "web"])
 def test_every_agent_command_takes_the_connection_options(command: str) -> None:
     text = out(runner.invoke(app, [command, "--help"], env={"COLUMNS": "200"}))
     for flag in ("--agent", "--tls-ca", "--tls-cert", "--tls-key", "--token", "--connect-timeout",
