@@ -1127,8 +1127,8 @@ def test_status_says_how_fast_the_pending_version_embeds_and_how_long_it_has_lef
     client.ingest(running.stub, make_samples(10))
     manager = running.agent.manager
 
-    class Pending:  # the pending version's index, 600 rows embedded
-        n = 600
+    class Pending:  # the pending version's index, 600 rows embedded (none of deleted samples)
+        n = live = 600
 
     manager._set_pending("v0002", Pending())  # type: ignore[arg-type]
     try:
