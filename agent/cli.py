@@ -1272,11 +1272,16 @@ def retract_labels(agent: AgentTarget,
                                                    help="take a label back only if it is still the one in --file's "
                                                         "label column (an exported labels.csv; or a column "
                                                         "current); else the id is rejected, naming who changed it"),
+                   restore_previous: bool = typer.Option(
+                       False, "--restore-previous",
+                       help="undo each sample's latest label instead: the label it had before comes back, in "
+                            "the name of whoever gave it (unlabelled if it had none); counted as taken back"),
                    as_json: bool = JsonOpt) -> None:
     """Take labels back: the samples become unlabelled again (the history keeps the labels and the retraction).
 
     Without --if-current a label is taken back whoever gave it and whatever it is now; the output says which
-    labels of other annotators were taken back."""
+    labels of other annotators were taken back. With --restore-previous the label before the latest one comes
+    back (an undo of the last change; the history keeps the retraction and the label put back)."""
     todo = list(ids or [])
     expected: dict[str, str] | None = {} if if_current else None
     if if_current and (todo or file is None):
@@ -1298,7 +1303,7 @@ def retract_labels(agent: AgentTarget,
     try:
         with _ctrl_c_stops(stop, "no more ids are sent; waiting for the agent's answer to those sent"):
             reply = _rpc(lambda: client.retract_labels(stub, todo, annotator, source=source, if_current=expected,
-                                                       stop=stop))
+                                                       stop=stop, restore_previous=restore_previous))
     except client.Interrupted as e:
         reply, interrupted = e.reply, e
     rejected = [_rejection(r) for r in reply.rejected]
@@ -1454,7 +1459,8 @@ def tally_lines(tally: LabelTally) -> tuple[str, Table]:
     """``status --by-annotator``'s totals line and its table, one row per annotator (most labels given first)."""
     t = tally.total.as_dict()
     line = (f"label history: {t['labels_given']:,} " + LABELS_WORDS.format(**t) + f", {t['retracted']:,} taken "
-            f"back, {tally.renames:,} moved by a class rename (label_events counts all three)")
+            f"back, {tally.renames:,} moved by a class rename, {tally.restores:,} put back by an undo (label_events "
+            "counts all four)")
     table = Table(title="per annotator", caption="given = new (to an unlabelled sample) + same (the class it had "
                   "already; agreeing: another person's) + changed (to another class); held: current labels; taken "
                   "back: retractions", caption_justify="left")
@@ -1481,7 +1487,7 @@ def status(agent: AgentTarget, as_json: bool = JsonOpt,
     tally = _rpc(lambda: label_tally(client.list_labels(stub, history=True))) if by_annotator else None
     if as_json:
         if tally is not None:
-            d |= tally.total.as_dict() | {"renamed": tally.renames, "annotators": [
+            d |= tally.total.as_dict() | {"renamed": tally.renames, "restored": tally.restores, "annotators": [
                 {"name": name, **c.as_dict()}
                 for name, c in sorted(tally.annotators.items(), key=lambda kv: (-kv[1].given, kv[0]))]}
             del d["current"]  # the samples labelled: "labeled"

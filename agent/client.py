@@ -817,17 +817,20 @@ def submit_labels(stub: agent_pb2_grpc.AgentStub, labels: Iterable[tuple[str, st
 def retract_labels(stub: agent_pb2_grpc.AgentStub, ids: Iterable[str], annotator: str = "",
                    chunk: int = LABELS_PER_REQUEST, source: str = "",
                    if_current: Mapping[str, str] | None = None,
-                   stop: threading.Event | None = None) -> agent_pb2.RetractLabelsReply:
+                   stop: threading.Event | None = None,
+                   restore_previous: bool = False) -> agent_pb2.RetractLabelsReply:
     """Take the labels of ``ids`` back (the samples become unlabelled; the history keeps what was given),
     ``chunk`` ids per request; the replies are summed. Each request is durable on its own. ``if_current``:
     id -> the label it must have now to be taken back (RetractLabelsRequest.if_current). ``stop`` set, or
-    Ctrl-C: Interrupted with the replies so far (``_summed``)."""
+    Ctrl-C: Interrupted with the replies so far (``_summed``). ``restore_previous``: put back each sample's
+    label before its latest one, in its giver's name (RetractLabelsRequest.restore_previous)."""
     todo = list(ids)
     cond = if_current or {}
 
     def request(part: list[str]) -> Callable[[], agent_pb2.RetractLabelsReply]:
         req = agent_pb2.RetractLabelsRequest(ids=part, annotator=annotator, source=source,
-                                             if_current={i: cond[i] for i in part if i in cond})
+                                             if_current={i: cond[i] for i in part if i in cond},
+                                             restore_previous=restore_previous)
         return lambda: stub.RetractLabels(req)
 
     parts = [todo[start:start + chunk] for start in range(0, max(len(todo), 1), chunk)]

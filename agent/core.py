@@ -67,7 +67,15 @@ from agent.priors import PRIOR_METHODS, get_prior_method
 from agent.priors.calibration import TemperatureFit, audit_todo, calibrate_flag
 from agent.queues import Queues
 from agent.security import DataDirLock, owner_only_dir
-from agent.state import INDEX_STALE_KEY, INGEST_SOURCE, MANUAL_SOURCE, LabelEvent, SampleRecord, State
+from agent.state import (
+    INDEX_STALE_KEY,
+    INGEST_SOURCE,
+    MANUAL_SOURCE,
+    RESTORE_SOURCE,
+    LabelEvent,
+    SampleRecord,
+    State,
+)
 from agent.strategies import LABEL_FREE, MODEL_FREE, STRATEGIES, get_strategy
 from agent.strategies.audit import AUDIT
 from shortlist.images import allow_pixels
@@ -362,6 +370,9 @@ def source_problem(source: str) -> str | None:
                 "and ':_.-' (e.g. manual, prior:knn, labelstudio)")
     if source == INGEST_SOURCE:
         return "source 'ingest' is reserved for labels that come with Ingest; use e.g. 'manual' or 'import'"
+    if source == RESTORE_SOURCE:
+        return (f"source {RESTORE_SOURCE!r} is reserved for the labels RetractLabels puts back (restore_previous); "
+                "use e.g. 'manual' or 'import'")
     return None
 
 
@@ -882,11 +893,15 @@ class Agent:
 
     def retract_labels(self, ids: Sequence[str], annotator: str, source: str = "",
                        if_current: Mapping[str, str] | None = None,
-                       replaced: list[Replaced] | None = None) -> tuple[int, list[Rejected]]:
+                       replaced: list[Replaced] | None = None,
+                       restore_previous: bool = False) -> tuple[int, list[Rejected]]:
         """Make the samples ``ids`` unlabelled, durably, recording who took the labels back and how
         (``source``, "" = "manual"); per-item rejections for unknown, unlabelled or repeated ids, and for an
         id in ``if_current`` whose current label is not the one given there (changed meanwhile).
-        ``replaced``, when given, gets the labels taken back that another annotator gave (Replaced)."""
+        ``replaced``, when given, gets the labels taken back that another annotator gave (Replaced).
+        ``restore_previous``: an undo of the latest label row instead: after the retraction, the label row
+        before it is put back in the name of whoever gave it (``_restorable``), in the same transaction; a
+        sample whose row before was a retraction, or that had none, stays unlabelled."""
         self._check_label_call(ids, "ids", annotator, source)
         stray = sorted(set(if_current or {}) - set(ids))
         if stray:  # a condition on nothing: the caller meant another request
@@ -895,6 +910,7 @@ class Agent:
                                   "its id in ids")
         rejected: list[Rejected] = []
         good: list[int] = []
+        restore: list[tuple[int, int, str]] = []
         seen: set[int] = set()
         with self.manager.writing() as serving:
             labels = self.state.labels_by_seq()
@@ -910,15 +926,34 @@ class Agent:
                 elif labels[rec.seq] < 0:
                     rejected.append(Rejected(sid, "not labelled: nothing to retract" + self._own_retraction(rec,
                                                                                                             annotator)))
+                elif restore_previous and isinstance(back := self._restorable(rec), str):
+                    rejected.append(Rejected(sid, back))
                 else:
                     good.append(rec.seq)
                     seen.add(rec.seq)
+                    if restore_previous and back is not None:
+                        restore.append((rec.seq, *back))
                     if replaced is not None:
                         self._note_replaced(rec, self.state.class_name(int(labels[rec.seq])), annotator, replaced)
             if good:
                 self.state.retract_labels(good, stored_annotator(annotator), source or MANUAL_SOURCE,
-                                          "" if serving is None else serving.version)
+                                          "" if serving is None else serving.version, restore)
         return len(good), rejected
+
+    def _restorable(self, rec: SampleRecord) -> tuple[int, str] | str | None:
+        """What RetractLabels with restore_previous puts back on labelled ``rec``: (class index, who gave it)
+        of the label row before its latest one; None (unlabelled) when that row is a retraction or there is
+        none; a rejection's reason when its class cannot be given now (a name the closed class list dropped).
+        A class renamed since (RenameClass) comes back under its new name, as the rename moved its labels."""
+        before = self.state.label_before_last(rec.seq)
+        if before is None or before[0] < 0:
+            return None
+        name = self.state.class_name(before[0])
+        name = self.state.renamed.get(name, name)
+        if name not in self.state.classes:
+            return (f"the label before the latest one, {name!r}, is no class of the closed class list now: not "
+                    "put back; retract without restore_previous, or label it with a class of the list")
+        return self.state.classes.index(name), before[1]
 
     def delete_samples(self, ids: Sequence[str], annotator: str, reason: str,
                        before_commit: Callable[[], None] | None = None,

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ParamSpec
 
-from agent.state import RENAME_SOURCE
+from agent.state import RENAME_SOURCE, RESTORE_SOURCE
 from shortlist.v1 import agent_pb2
 
 if TYPE_CHECKING:
@@ -64,6 +64,9 @@ class LabelTally:
         self.total = LabelCounts()
         self.annotators: dict[str, LabelCounts] = {}
         self.renames = 0  # class-rename rows (RenameClass): no label given
+        # rows RetractLabels put back (restore_previous, after its retraction): no label given either; the
+        # label held is again its giver's (the row's annotator)
+        self.restores = 0
         self.previous: dict[str, tuple[str, str]] = {}  # id -> (label, annotator) of its label now
 
     def _of(self, name: str) -> LabelCounts:
@@ -73,8 +76,18 @@ class LabelTally:
         return c
 
     def add(self, r: agent_pb2.LabelRecord) -> str:
-        """Count ``r``; returns what it was: "rename", "retraction", "new", "repeated" or "changed"."""
+        """Count ``r``; returns what it was: "rename", "restore", "retraction", "new", "repeated" or
+        "changed"."""
         before = self.previous.get(r.id)
+        if r.source == RESTORE_SOURCE and not r.retracted:
+            # An undo put back the label before the one it took back: the row names who gave that label, who
+            # was counted when they gave it; the undoer's retraction (the row before) was counted as theirs.
+            self.previous[r.id] = (r.label, r.annotator)
+            self.restores += 1
+            if r.current:
+                self.total.current += 1
+                self._of(r.annotator).current += 1
+            return "restore"
         if r.source == RENAME_SOURCE and before is not None:  # the class changes; who judged the sample does not
             self.previous[r.id] = (r.label, before[1])
             self.renames += 1
@@ -146,12 +159,26 @@ def collect(history: Iterable[agent_pb2.LabelRecord], classes: Iterable[str] = (
     p = Progress()
     labelled: set[str] = set()
     given: dict[str, tuple[float, str]] = {}  # id -> (time, source) of the label given that a rename kept
+    # id -> the ``given`` entry its latest label given replaced: what an undo (a "restore" row) puts back
+    given_before: dict[str, tuple[float, str]] = {}
     class_times: dict[str, list[float]] = {}  # class -> when each of its current labels was given
     for name in classes:
         p.per_class[name] += 0
     for r in history:
         kind = p.tally.add(r)
         if kind == "rename":  # a class rename (RenameClass): no label given
+            if r.current:
+                t, source = given[r.id]
+                p.per_class[r.label] += 1
+                class_times.setdefault(r.label, []).append(t)
+                p.per_source[source] += 1
+                p.audit_labelled += int(r.audit)
+            continue
+        if kind == "restore":  # an undo put the label before back: not a label given, labelled again
+            given[r.id] = given_before.get(r.id, (r.time, r.source))
+            if r.id not in labelled:
+                labelled.add(r.id)
+                p.timeline.append((r.time, len(labelled)))
             if r.current:
                 t, source = given[r.id]
                 p.per_class[r.label] += 1
@@ -177,6 +204,8 @@ def collect(history: Iterable[agent_pb2.LabelRecord], classes: Iterable[str] = (
         a.last = r.time
         a.sources[r.source] += 1
         a.agreeing = p.tally.annotators[r.annotator].agreeing
+        if r.id in given:
+            given_before[r.id] = given[r.id]
         given[r.id] = (r.time, r.source)
         p.annotator_timeline.setdefault(r.annotator, []).append((r.time, a.labels))
         if r.current:

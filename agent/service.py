@@ -214,7 +214,8 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
         """RetractLabels: take labels back (docs/agent.md, API)."""
         replaced: list[Replaced] = []
         accepted, rejected = self.agent.retract_labels(list(request.ids), request.annotator, request.source,
-                                                       dict(request.if_current), replaced)
+                                                       dict(request.if_current), replaced,
+                                                       request.restore_previous)
         return agent_pb2.RetractLabelsReply(accepted=accepted, rejected=capped(rejected, label_rejection),
                                             rejected_count=len(rejected),
                                             overwritten=capped(replaced, replaced_message),

@@ -97,6 +97,9 @@ INGEST_ANNOTATOR = "ingest"
 INGEST_SOURCE = "ingest"  # labels.source of labels that came with Ingest
 MANUAL_SOURCE = "manual"  # ... of SubmitLabels without a source
 RENAME_SOURCE = "rename"  # ... of the labels a class rename moved (RenameClass; its annotator: who renamed)
+# ... of a label put back by RetractLabels with restore_previous (its annotator: who gave the label put back,
+# not who asked for the undo; no label given: agent/progress.py does not count it as one)
+RESTORE_SOURCE = "restored"
 RENAMED_KEY = "renamed_classes"  # meta: JSON {retired name: the class it was renamed (or merged) to}
 
 INDEX_STALE_KEY = "index_snapshots_stale"  # meta: "1" after a deletion, until the next start drops the snapshots
@@ -847,17 +850,33 @@ class State:
             self._label_events += len(assignments)
 
     def retract_labels(self, seqs: list[int], annotator: str, source: str = MANUAL_SOURCE,
-                       model_version: str = "") -> None:
-        """Durably make ``seqs`` unlabelled: one retraction row each (the labels given stay in the history)."""
+                       model_version: str = "", restore: Sequence[tuple[int, int, str]] = ()) -> None:
+        """Durably make ``seqs`` unlabelled: one retraction row each (the labels given stay in the history).
+        ``restore``: (seq, class index, annotator) of labels put back after the retraction, in the same
+        transaction (RetractLabels with restore_previous): a row each, in that annotator's name, source
+        RESTORE_SOURCE; each seq among ``seqs``."""
         now = time.time()
         with self._lock:
             with self._transaction():
                 self._db.executemany(
                     "INSERT INTO labels(seq, class, annotator, time, source, model_version) VALUES (?,?,?,?,?,?)",
                     [(q, RETRACTED, annotator, now, source, model_version) for q in seqs])
+                self._db.executemany(
+                    "INSERT INTO labels(seq, class, annotator, time, source, model_version) VALUES (?,?,?,?,?,?)",
+                    [(q, c, a, now, RESTORE_SOURCE, model_version) for q, c, a in restore])
             for q in seqs:
                 self._unset_label(q)
-            self._label_events += len(seqs)
+            for q, c, _ in restore:
+                self._set_label(q, c)
+            self._label_events += len(seqs) + len(restore)
+
+    def label_before_last(self, seq: int) -> tuple[int, str] | None:
+        """(class index, annotator) of the label row of sample ``seq`` before its latest one (class RETRACTED
+        for a retraction), or None when the latest is its first."""
+        with self._lock:
+            row = self._db.execute("SELECT class, annotator FROM labels WHERE seq=? ORDER BY n DESC LIMIT 1 OFFSET 1",
+                                   (seq,)).fetchone()
+        return None if row is None else (int(row[0]), str(row[1]))
 
     def label_history(self, seq: int) -> list[tuple[str, str, float]]:
         """(label, annotator, time) of every label given to ``seq``, oldest first ("" for a retraction)."""

@@ -86,10 +86,12 @@ def summary(status: agent_pb2.Status, p: Progress) -> dict[str, Any]:
     total = sum(p.per_class.values())
     t = p.tally
     return {
-        # label_events is GetStatus' (as `shortlist status`): every label row, labels given, retractions and class
-        # renames alike; labels_given = labels_new + labels_repeated + labels_changed
+        # label_events is GetStatus' (as `shortlist status`): every label row, labels given, retractions, class
+        # renames and labels an undo put back (restored) alike;
+        # labels_given = labels_new + labels_repeated + labels_changed
         "samples": status.samples, "labelled": status.labeled, "label_events": status.label_events,
         **{k: v for k, v in t.total.as_dict().items() if k not in ("agreeing", "current")}, "renamed": t.renames,
+        "restored": t.restores,
         "model_version": status.model_version, "embedded": status.embedded,
         "pending_model_version": status.pending_model_version, "pending_embedded": status.pending_embedded,
         "classes": {c: {"labels": n, "share": n / total if total else 0.0}

@@ -413,7 +413,7 @@ class LabelRecord(_message.Message):
     def __init__(self, id: _Optional[str] = ..., label: _Optional[str] = ..., annotator: _Optional[str] = ..., time: _Optional[float] = ..., source: _Optional[str] = ..., model_version: _Optional[str] = ..., audit: _Optional[bool] = ..., current: _Optional[bool] = ..., retracted: _Optional[bool] = ...) -> None: ...
 
 class RetractLabelsRequest(_message.Message):
-    __slots__ = ("ids", "annotator", "source", "if_current")
+    __slots__ = ("ids", "annotator", "source", "if_current", "restore_previous")
     class IfCurrentEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -425,11 +425,13 @@ class RetractLabelsRequest(_message.Message):
     ANNOTATOR_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     IF_CURRENT_FIELD_NUMBER: _ClassVar[int]
+    RESTORE_PREVIOUS_FIELD_NUMBER: _ClassVar[int]
     ids: _containers.RepeatedScalarFieldContainer[str]
     annotator: str
     source: str
     if_current: _containers.ScalarMap[str, str]
-    def __init__(self, ids: _Optional[_Iterable[str]] = ..., annotator: _Optional[str] = ..., source: _Optional[str] = ..., if_current: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    restore_previous: bool
+    def __init__(self, ids: _Optional[_Iterable[str]] = ..., annotator: _Optional[str] = ..., source: _Optional[str] = ..., if_current: _Optional[_Mapping[str, str]] = ..., restore_previous: _Optional[bool] = ...) -> None: ...
 
 class RetractLabelsReply(_message.Message):
     __slots__ = ("accepted", "rejected", "overwritten", "rejected_count", "overwritten_count")

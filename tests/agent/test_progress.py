@@ -131,3 +131,21 @@ def test_every_chart_has_a_text_alternative_with_its_figures() -> None:
     assert audit_text(audit) == ("Accuracy of each prior method on the audit labels, with its 95% wilson interval: "
                                  "knn 80% (49% to 94%, 8 of 10 right), mean confidence 70%.")
     assert audit_text(agent_pb2.PriorAudit()) == ""
+
+
+def test_a_label_an_undo_put_back_is_no_label_given_and_keeps_when_and_how_it_was_given() -> None:
+    """RetractLabels with restore_previous: alice's retraction, then bob's label put back in his name (source
+    restored). No label given: bob counts one label, alice none held; the class's line and the source are
+    bob's label's (time 100, prior:knn), the sample is labelled again."""
+    gone = agent_pb2.LabelRecord(id="a", annotator="alice", time=300.0, source="manual", retracted=True)
+    history = [rec("a", "deer", "bob", 100.0, current=False, source="prior:knn"),
+               rec("a", "fox", "alice", 200.0, current=False), gone,
+               rec("a", "deer", "bob", 300.0, source="restored")]
+    p = collect(history, classes=["deer", "fox"])
+    t = p.tally
+    assert (p.events, p.retractions, p.labelled, t.restores, t.total.given, t.total.current) == (2, 1, 1, 1, 2, 1)
+    assert {n: (c.given, c.current) for n, c in t.annotators.items()} == {"bob": (1, 1), "alice": (1, 0)}
+    assert p.annotators["bob"].labels == 1 and p.annotators["alice"].labels == 1
+    assert dict(p.per_class) == {"deer": 1, "fox": 0} and dict(p.per_source) == {"prior:knn": 1}
+    assert p.class_timeline == {"deer": [(100.0, 1)]}
+    assert p.timeline == [(100.0, 1), (300.0, 0), (300.0, 1)]
