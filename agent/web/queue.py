@@ -5,8 +5,9 @@ The queue (ids in order, where they came from, and per-item "skipped" / "not sur
 agent (GetQueue / UpdateQueue, queue ``WebConfig.queue``, in its SQLite state: agent/queues.py), so it
 survives restarts of the app and of the agent and every app process of the agent shows the same one.
 Labels are never kept here: each one is a SubmitLabels (annotator: the login name) and the page shows it
-saved only once that RPC returned; undoing a first label is a RetractLabels (the sample is unlabelled
-again, the history keeps both).
+saved only once that RPC returned; the page's undo is a RetractLabels: of a first label, the sample is
+unlabelled again; of a change, with restore_previous, the label before comes back in its giver's name (the
+history keeps every row).
 APIs (JSON): ``GET /api/queue``, ``POST /api/queue/select`` (a Select fills the queue),
 ``POST /api/queue`` (set the queue to given ids, e.g. a selection on the map), ``POST /api/labels``,
 ``POST /api/labels/retract``, ``POST /api/queue/mark``.
@@ -322,7 +323,7 @@ def submit(body: LabelsBody, caller: Caller = CallerDep) -> dict[str, Any]:
             "rejected": rejections(reply.rejected),
             "agreed": [{"id": a.id, "label": a.now.label, "by": a.now.annotator} for a in reply.agreed],
             # overwritten: the labels stored ones replaced that someone else had given (the page's undo of such
-            # a change puts the label back, recorded as this caller's: it says whose label it was)
+            # a change puts that label back in its giver's name: it says whose label it was)
             "overwritten": [{"id": o.id, "label": o.label, "by": o.annotator} for o in reply.overwritten],
             "twin_conflicts": [{"id": t.id, "twin_id": t.twin_id, "twin_label": t.twin_label}
                                for t in reply.twin_conflicts]}
@@ -333,18 +334,24 @@ class RetractBody(BaseModel):
     # id -> the label the caller gave (the undo's): taken back only if it is still that one, so an undo never
     # removes a label someone else gave since (RetractLabelsRequest.if_current).
     if_current: dict[str, str] = Field(default_factory=dict)
+    # The queue's undo of a change: the label before the one taken back comes back, in the name of whoever
+    # gave it (RetractLabelsRequest.restore_previous); unlabelled when there was none.
+    restore_previous: bool = False
 
 
 @router.post("/api/labels/retract")
 def retract(request: Request, body: RetractBody, caller: Caller = CallerDep) -> dict[str, Any]:
-    """Take labels back (the queue's undo of a first label): one RetractLabels with the caller's annotator
-    name; the samples are unlabelled once it answers (their history keeps the label and the retraction)."""
+    """Take labels back: one RetractLabels with the caller's annotator name; the samples are unlabelled once
+    it answers (their history keeps the label and the retraction), or, with ``restore_previous`` (the queue's
+    undo of a change), have the label they had before again, recorded as its giver's."""
     from agent.web.priors import cache  # the Review priors page shows them again (with their cached prior)
 
     reply = caller(caller.stub.RetractLabels, agent_pb2.RetractLabelsRequest(
-        ids=body.ids, annotator=caller.annotator, if_current=body.if_current))
+        ids=body.ids, annotator=caller.annotator, if_current=body.if_current,
+        restore_previous=body.restore_previous))
     refused = {r.id for r in reply.rejected}
-    cache(request).labelled([i for i in body.ids if i not in refused], done=False)
+    if not body.restore_previous:  # (the queue's undo of a change leaves the sample labelled: still done)
+        cache(request).labelled([i for i in body.ids if i not in refused], done=False)
     return {"accepted": reply.accepted, "annotator": caller.annotator,
             "rejected": rejections(reply.rejected)}
 

@@ -335,7 +335,7 @@
     if (twin) Shortlist.toast(`${shortId(tile)}: saved as ${label}, but ${twin.twin_id} (the same image) is labelled ${twin.twin_label}`, true);
     const agreed = (res.agreed || []).find((a) => a.id === tile.dataset.id);
     if (agreed) return { by: agreed.by || "someone" };
-    // the label this one replaced was someone else's: who gave it (an undo puts it back, but in this page's name)
+    // the label this one replaced was someone else's: who gave it (an undo puts it back in their name)
     const replaced = (res.overwritten || []).find((o) => o.id === tile.dataset.id);
     return replaced ? { replaced: replaced.by || "someone" } : "saved";
   }
@@ -347,16 +347,17 @@
     Shortlist.toast(said, true);
     announce(said);
   }
-  // Undo of a first label: the agent takes it back (RetractLabels) only if it is still `given` (the label this
-  // page gave), and the sample is unlabelled again; a label someone else gave since stays.
-  async function sendRetract(tile, given) {
+  // Undo: the agent takes the label back (RetractLabels) only if it is still `given` (the label this page
+  // gave); a label someone else gave since stays. Of a first label (`before` ""), the sample is unlabelled
+  // again; of a change, the label before (`before`) comes back in the name of whoever gave it (restore_previous).
+  async function sendRetract(tile, given, before = "") {
     tile.classList.remove("failed", "changed");
     tile.classList.add("pending");
     badge(tile).textContent = "undo …";
     let res;
     try {
       res = await Shortlist.patiently(
-        () => Shortlist.api("POST", "/api/labels/retract", { ids: [tile.dataset.id], if_current: { [tile.dataset.id]: given } }),
+        () => Shortlist.api("POST", "/api/labels/retract", { ids: [tile.dataset.id], if_current: { [tile.dataset.id]: given }, restore_previous: !!before }),
         () => away(tile, "undo … waiting", "your undo is sent again"));  // undoOne's notice follows once it answers
     } catch (e) {
       res = { rejected: [{ reason: e.message }] };
@@ -370,10 +371,10 @@
       Shortlist.toast(`${shortId(tile)}: ${r.reason}`, true);
       return false;
     }
-    bumpLabelled(-1);
-    tile.dataset.label = "";
+    if (!before) bumpLabelled(-1);
+    tile.dataset.label = before;
     tile.classList.remove("pending");
-    tile.dataset.saved = "";
+    tile.dataset.saved = before ? "1" : "";
     show(tile);  // said by undoOne's notice
     return true;
   }
@@ -454,20 +455,17 @@
     // Undo reverses this page's own action only: the label it gave goes (or the one before comes back) only
     // while the sample still has the label it gave; someone else's label since is left as it is.
     if (last.given !== undefined && last.given !== last.label) {
-      const ok = last.label ? await sendLabel(tile, last.label, last.given, "your undo was not applied", false)
-        : await sendRetract(tile, last.given);
+      const ok = await sendRetract(tile, last.given, last.label || "");
       if (!ok) {
         if (!tile.classList.contains("changed")) { undoStack.push(last); saveUndo(); }  // not reached: can be tried again
         return;
       }
     }
     if ((tile.dataset.mark || "") !== (last.mark || "")) await sendMark(tile, last.mark || "");
-    // An undo cannot give a label back in someone else's name: the label put back is recorded as this
-    // page's, and the notice says whose it was.
-    // Shown in the toast and said once, by #announce (the toast, a live region too, is silent here).
+    // The label put back is recorded as its giver's (restore_previous): the notice names them when that is
+    // someone else. Shown in the toast and said once, by #announce (the toast, a live region too, is silent here).
     const said = last.given === undefined ? `undo: ${id}: ${what} taken back`
-      : last.label && last.replaced ? `undo: ${id} is "${last.label}" again (your "${last.given}" taken back); ` +
-        `"${last.label}" was ${last.replaced}'s label and is now recorded as yours`
+      : last.label && last.replaced ? `undo: ${id} is ${last.replaced}'s "${last.label}" again (your "${last.given}" taken back)`
         : last.label ? `undo: ${id} is "${last.label}" again (your "${last.given}" taken back)`
           : `undo: ${id}: your label "${last.given}" taken back`;
     announce(said);

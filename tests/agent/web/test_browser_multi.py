@@ -342,10 +342,10 @@ def test_the_confirmation_counts_the_whole_queues_open_samples(tmp_path: Path, p
         web.stop()
 
 
-def test_undo_of_a_change_to_someone_elses_label_says_whose_it_was(slow_web: WebAgent, page: Any) -> None:
-    """bob labelled X "circle"; alice changes it to "square" and presses Backspace: X is "circle" again. An undo
-    cannot give the label back in bob's name (the agent records the caller as the annotator), so the notice
-    says plainly that bob's label is now recorded as alice's."""
+def test_undo_of_a_change_to_someone_elses_label_gives_it_back_in_their_name(slow_web: WebAgent, page: Any) -> None:
+    """bob labelled X "circle"; alice changes it to "square" and presses Backspace: X is bob's "circle" again,
+    recorded in bob's name (RetractLabels with restore_previous). Was: the undo sent SubmitLabels(X, "circle")
+    as alice, so bob's label came back as alice's and Progress credited her with it."""
     web = slow_web
     ids = open_queue(web, page, "alice")
     x = next(i for i in ids if i not in web.labels())
@@ -356,10 +356,30 @@ def test_undo_of_a_change_to_someone_elses_label_says_whose_it_was(slow_web: Web
     page.keyboard.press("2")
     page.wait_for_selector(f'.tile[data-id="{x}"][data-saved="1"][data-label="square"]')
     page.keyboard.press("Backspace")
-    _toast_has(page, f'undo: {x} is "circle" again (your "square" taken back); "circle" was bob\'s label and '
-                     "is now recorded as yours")
+    _toast_has(page, f'undo: {x} is bob\'s "circle" again (your "square" taken back)')
+    page.wait_for_selector(f'.tile[data-id="{x}"][data-label="circle"]:not(.pending)')
+    now = {r.id: (r.label, r.annotator) for r in web.stub.ListLabels(agent_pb2.ListLabelsRequest())}
+    assert now[x] == ("circle", "bob")
+    assert web.history(x) == [("circle", "bob"), ("square", "alice"), ("", "alice"), ("circle", "bob")]
+    assert "recorded as yours" not in page.locator("#toast").inner_text()
+
+
+def test_undo_of_a_change_to_ones_own_label_puts_it_back(slow_web: WebAgent, page: Any) -> None:
+    """alice labels X "circle", changes it to "square", presses Backspace: her "circle" is back, in her name,
+    not a label of hers given again (a restore row)."""
+    web = slow_web
+    open_queue(web, page, "alice")
+    x = focused_tile(page)
+    page.keyboard.press("1")
+    page.wait_for_selector(f'.tile[data-id="{x}"][data-saved="1"][data-label="circle"]')
+    page.click(f'.tile[data-id="{x}"]')
+    page.keyboard.press("2")
+    page.wait_for_selector(f'.tile[data-id="{x}"][data-saved="1"][data-label="square"]:not(.pending)')
+    page.keyboard.press("Backspace")
+    _toast_has(page, f'undo: {x} is "circle" again (your "square" taken back)')
+    page.wait_for_selector(f'.tile[data-id="{x}"][data-label="circle"]:not(.pending)')
     assert web.labels()[x] == "circle"
-    assert web.history(x) == [("circle", "bob"), ("square", "alice"), ("circle", "alice")]
+    assert web.history(x) == [("circle", "alice"), ("square", "alice"), ("", "alice"), ("circle", "alice")]
 
 
 def test_wrong_key_undo_right_key_on_a_slow_connection(slow_web: WebAgent, page: Any) -> None:

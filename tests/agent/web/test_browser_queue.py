@@ -69,7 +69,9 @@ def test_keyboard_labelling(live_web: WebAgent, page: Any) -> None:
     page.keyboard.press("Backspace")
     page.wait_for_selector(f'.tile[data-id="{first}"][data-label="{shape}"]:not(.pending)')
     history = live_web.history(first)
-    assert [a for _, a in history] == ["ana"] * 3 and history[0][0] == history[2][0] == shape != history[1][0]
+    # the undo: ana's retraction, then her label before put back (RetractLabels with restore_previous)
+    assert [a for _, a in history] == ["ana"] * 4 and history[0][0] == history[3][0] == shape != history[1][0]
+    assert history[2][0] == ""
     assert live_web.labels()[first] == shape
     # Enter shows the focused image large (the stored image), Escape closes it
     page.keyboard.press("Enter")

@@ -160,6 +160,25 @@ def test_undo_of_a_first_label_retracts_it(web_agent: WebAgent) -> None:
     assert prior["id"] in ids()
 
 
+def test_undo_of_a_change_puts_the_label_before_back_in_its_givers_name(web_agent: WebAgent) -> None:
+    """``restore_previous`` (the Queue's undo of a change): Bea's change of Ann's label taken back gives the
+    sample Ann's label again, recorded as Ann's; refused while the label is not Bea's "square" any more."""
+    ann = web_agent.client(cookies={"shortlist_user": "Ann"})
+    bea = web_agent.client(cookies={"shortlist_user": "Bea"})
+    sid = "img022.png"
+    assert ann.post("/api/labels", json={"labels": [{"id": sid, "label": "circle"}]}).json()["accepted"] == 1
+    assert bea.post("/api/labels", json={"labels": [{"id": sid, "label": "square", "if_current": "circle"}]}
+                    ).json()["accepted"] == 1
+    stale = bea.post("/api/labels/retract", json={"ids": [sid], "if_current": {sid: "triangle"},
+                                                   "restore_previous": True}).json()
+    assert stale["accepted"] == 0 and stale["rejected"][0]["changed"] and stale["rejected"][0]["by"] == "Bea"
+    r = bea.post("/api/labels/retract", json={"ids": [sid], "if_current": {sid: "square"},
+                                               "restore_previous": True}).json()
+    assert r["accepted"] == 1 and not r["rejected"]
+    now = {e.id: (e.label, e.annotator, e.source) for e in web_agent.stub.ListLabels(agent_pb2.ListLabelsRequest())}
+    assert now[sid] == ("circle", "Ann", "restored")
+
+
 def test_conditional_labels_and_retractions(web_agent: WebAgent) -> None:
     """``if_current``: a label or an undo is stored only while the sample has the label the page showed; a
     refusal says what it is now and who gave it, and carries the label now for the page to show."""
