@@ -799,7 +799,15 @@ class Agent:
         history = self.state.label_history(rec.seq)
         by = history[-1][1] if history else ""
         was = f"expected {expected!r}" if expected else "expected unlabelled"
-        if history and by == stored_annotator(annotator):
+        me = stored_annotator(annotator)
+        if (now and len(history) >= 2 and not history[-2][0] and history[-2][1] == me
+                and self.state.last_label_by(rec.seq) == (by, RESTORE_SOURCE)):
+            # this annotator's undo (restore_previous) put the label back: a resend of it, not a change meanwhile
+            return Rejected(rec.id, f"labelled {now!r} again ({annotator_name(by)}'s label, put back by an undo of "
+                                    f"this request's annotator, {annotator_name(me)}) already ({was}): not changed; "
+                                    "if this resends a request that was applied, nothing is left to do, else look "
+                                    "again", (now, by))
+        if history and by == me:
             now_is = f"labelled {now!r}" if now else "unlabelled (its label taken back)"
             return Rejected(rec.id, f"{now_is} by this request's annotator ({annotator_name(by)}) already ({was}): "
                                     "not changed; if this resends a request that was applied, nothing is left to "

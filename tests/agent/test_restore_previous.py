@@ -139,3 +139,20 @@ def test_progress_does_not_count_a_restored_label_as_given(running: Running) -> 
     assert p.events == 3 and p.labelled == 1 and p.annotators["bob"].labels == 1
     assert dict(p.per_class) == {"cat": 1, "dog": 0, "frog": 0}
     assert dict(p.per_source) == {"manual": 1}
+
+
+def test_a_resent_undo_says_it_was_applied(running: Running) -> None:
+    """The reply to alice's undo was lost and she sends it again: rejected, nothing changes, and the reason
+    says her own undo put bob's label back (not that bob labelled it meanwhile)."""
+    r = running
+    pool(r)
+    submit(r, "s0", "cat", "bob")
+    submit(r, "s0", "dog", "alice")
+    assert undo(r, "s0", "alice", "dog").accepted == 1
+    again = undo(r, "s0", "alice", "dog")
+    assert again.accepted == 0 and (again.rejected[0].now.label, again.rejected[0].now.annotator) == ("cat", "bob")
+    reason = again.rejected[0].reason
+    assert "put back by an undo of this request's annotator, alice) already (expected 'dog')" in reason, reason
+    assert "meanwhile" not in reason and len(history(r, "s0")) == 4
+    other = undo(r, "s0", "carol", "dog")  # someone else's view: changed meanwhile
+    assert "meanwhile" in other.rejected[0].reason
