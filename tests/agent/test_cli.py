@@ -1301,7 +1301,7 @@ def test_status_by_annotator_counts_what_each_person_did(running: Running) -> No
     d = json.loads(run("status", "--agent", running.address, "--json", "--by-annotator"))
     assert (d["labels_given"], d["labels_new"], d["labels_repeated"], d["labels_changed"], d["retracted"],
             d["renamed"]) == (5, 3, 1, 1, 1, 0)
-    assert d["label_events"] == d["labels_given"] + d["retracted"] + d["renamed"] == 6
+    assert d["label_events"] == d["labels_given"] + d["retracted"] + d["renamed"] + d["restored"] == 6
     by = {a["name"]: a for a in d["annotators"]}
     assert [a["name"] for a in d["annotators"]] == ["lead", "ingest", "kim", "sam"]  # most labels given first
     assert {n: (a["labels_given"], a["current"], a["retracted"]) for n, a in by.items()} == {
@@ -1310,7 +1310,8 @@ def test_status_by_annotator_counts_what_each_person_did(running: Running) -> No
     assert "annotators" not in json.loads(run("status", "--agent", running.address, "--json"))  # GetStatus alone
     human = run("status", "--agent", running.address, "--by-annotator")
     assert ("label history: 5 labels given (3 to unlabelled samples, 1 the same class again, 1 changed to another "
-            "class), 1 taken back, 0 moved by a class rename (label_events counts all three)") in human
+            "class), 1 taken back, 0 moved by a class rename, 0 put back by an undo (label_events counts all four)"
+            ) in human
     rows = {line.split()[1]: line.split()[2:] for line in human.splitlines() if line.startswith("│")
             and line.split()[1] in by}
     # annotator | labels given | to unlabelled | same class again | of which agreeing | changed | held | taken back

@@ -156,3 +156,18 @@ def test_a_resent_undo_says_it_was_applied(running: Running) -> None:
     assert "meanwhile" not in reason and len(history(r, "s0")) == 4
     other = undo(r, "s0", "carol", "dog")  # someone else's view: changed meanwhile
     assert "meanwhile" in other.rejected[0].reason
+
+
+def test_cli_retract_labels_restore_previous(running: Running) -> None:
+    from typer.testing import CliRunner
+
+    from shortlist.cli import app
+
+    r = running
+    pool(r)
+    submit(r, "s0", "cat", "bob")
+    submit(r, "s0", "dog", "alice")
+    res = CliRunner().invoke(app, ["retract-labels", "s0", "--restore-previous", "--annotator", "alice", "--agent",
+                                   r.address, "--json"])
+    assert res.exit_code == 0, res.output
+    assert current(r)["s0"] == ("cat", "bob") and history(r, "s0")[-1][2] == "restored"
