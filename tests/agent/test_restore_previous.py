@@ -171,3 +171,13 @@ def test_cli_retract_labels_restore_previous(running: Running) -> None:
                                    r.address, "--json"])
     assert res.exit_code == 0, res.output
     assert current(r)["s0"] == ("cat", "bob") and history(r, "s0")[-1][2] == "restored"
+
+
+def test_a_label_of_a_class_renamed_since_comes_back_under_its_new_name(running: Running) -> None:
+    r = running
+    pool(r)
+    submit(r, "s0", "cat", "bob")
+    submit(r, "s0", "dog", "alice")
+    r.stub.RenameClass(agent_pb2.RenameClassRequest(from_class="cat", to_class="kitty", annotator="lead"))
+    assert undo(r, "s0", "alice", "dog").accepted == 1
+    assert current(r)["s0"] == ("kitty", "bob")
