@@ -1288,15 +1288,7 @@ def retract_labels(agent: AgentTarget,
         console.print("[red]--if-current reads the labels the samples must still have from --file[/red] (an "
                       "exported labels.csv): give the ids there, not as arguments", highlight=False)
         raise typer.Exit(2)
-    if file is not None:
-        try:
-            todo += read_ids_file(file, expected)
-        except (LabelFileError, OSError) as e:
-            console.print(f"[red]cannot use {escape(str(file))}[/red]: {escape(str(e))}", highlight=False)
-            raise typer.Exit(2) from None
-    if not todo:
-        console.print("[red]no ids[/red]: give sample ids as arguments or --file FILE", highlight=False)
-        raise typer.Exit(2)
+    todo = _ids_given(todo, file, expected)
     stub = _rpc(agent.connect)
     stop = threading.Event()
     interrupted = None
@@ -1312,6 +1304,22 @@ def retract_labels(agent: AgentTarget,
                  totals=_totals(reply))
 
 
+def _ids_given(ids: list[str], file: Path | None, expected: dict[str, str] | None) -> list[str]:
+    """The sample ids of a command: ``ids`` and those of ``file`` (one a line, or a CSV with an id column;
+    ``expected`` gets its label column when given); a usage error (exit 2) when the file cannot be used or
+    there are none."""
+    if file is not None:
+        try:
+            ids = ids + read_ids_file(file, expected)
+        except (LabelFileError, OSError) as e:
+            console.print(f"[red]cannot use {escape(str(file))}[/red]: {escape(str(e))}", highlight=False)
+            raise typer.Exit(2) from None
+    if not ids:
+        console.print("[red]no ids[/red]: give sample ids as arguments or --file FILE", highlight=False)
+        raise typer.Exit(2)
+    return ids
+
+
 @agent_options
 def delete_samples(agent: AgentTarget,
                    ids: list[str] = typer.Argument(None, help="ids of the samples to delete"),
@@ -1324,16 +1332,7 @@ def delete_samples(agent: AgentTarget,
     """Delete samples for good: each sample, its payload file (unless another sample has the same bytes), its
     metadata, labels and label history, embeddings and queue places. Irreversible; backups made before still
     hold the samples (docs/agent.md, "Deleting samples")."""
-    todo = list(ids or [])
-    if file is not None:
-        try:
-            todo += read_ids_file(file, None)
-        except (LabelFileError, OSError) as e:
-            console.print(f"[red]cannot use {escape(str(file))}[/red]: {escape(str(e))}", highlight=False)
-            raise typer.Exit(2) from None
-    if not todo:
-        console.print("[red]no ids[/red]: give sample ids as arguments or --file FILE", highlight=False)
-        raise typer.Exit(2)
+    todo = _ids_given(list(ids or []), file, None)
     if not yes and not typer.confirm(f"Delete {len(todo)} sample(s) for good, with their payloads, labels and "
                                      "label history? This cannot be undone", err=True):
         console.print("nothing deleted", highlight=False)

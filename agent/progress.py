@@ -166,19 +166,12 @@ def collect(history: Iterable[agent_pb2.LabelRecord], classes: Iterable[str] = (
         p.per_class[name] += 0
     for r in history:
         kind = p.tally.add(r)
-        if kind == "rename":  # a class rename (RenameClass): no label given
-            if r.current:
-                t, source = given[r.id]
-                p.per_class[r.label] += 1
-                class_times.setdefault(r.label, []).append(t)
-                p.per_source[source] += 1
-                p.audit_labelled += int(r.audit)
-            continue
-        if kind == "restore":  # an undo put the label before back: not a label given, labelled again
-            given[r.id] = given_before.get(r.id, (r.time, r.source))
-            if r.id not in labelled:
-                labelled.add(r.id)
-                p.timeline.append((r.time, len(labelled)))
+        if kind in ("rename", "restore"):  # a class rename (RenameClass), an undo's label put back: none given
+            if kind == "restore":  # labelled again, with the label given before (its time and source)
+                given[r.id] = given_before.get(r.id, (r.time, r.source))
+                if r.id not in labelled:
+                    labelled.add(r.id)
+                    p.timeline.append((r.time, len(labelled)))
             if r.current:
                 t, source = given[r.id]
                 p.per_class[r.label] += 1
