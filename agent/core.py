@@ -556,9 +556,12 @@ class Agent:
         self._draws: list[tuple[str, np.ndarray]] = self._recorded_draws()
         self._counted_draws = CountedDraws()  # their counted picks, kept up to date (counted_seqs)
         self._recorded_since_prune = PRUNE_EVERY  # prune at the first record after a start
-        if self.state.compact_embeddings() or self.state.get_meta(INDEX_STALE_KEY) == "1":
-            # A deletion left gaps in the stored rows (renumbered now) or marked rows deleted in a snapshot: the
-            # snapshots no longer match, and the graphs are rebuilt from the stored embeddings as they load.
+        if self.state.get_meta(INDEX_STALE_KEY) == "1":
+            # A deletion since the last start (the flag is set in its transaction and stays set until here) left
+            # gaps in the stored rows, renumbered now, and rows marked deleted in the snapshots: those no longer
+            # match, and the graphs are rebuilt from the stored embeddings as they load. Without a deletion
+            # there are no gaps, and the renumbering's check, a scan of every stored vector, is not made.
+            self.state.compact_embeddings()
             shutil.rmtree(data_dir / "index", ignore_errors=True)
             self.state.set_meta(INDEX_STALE_KEY, "0")
         self.blobs = BlobStore(data_dir / "blobs") if config.blobs else None
@@ -1073,8 +1076,8 @@ class Agent:
         if not where:
             return live
         items = list(where.items())
-        return live & np.array([bool(live[i]) and all(self.state.record(int(q)).metadata.get(k) == v
-                                                       for k, v in items) for i, q in enumerate(seqs)], bool)
+        return np.array([bool(live[i]) and all(self.state.record(int(q)).metadata.get(k) == v for k, v in items)
+                         for i, q in enumerate(seqs)], bool)
 
     def model_pool(self, serving: Serving, where: Mapping[str, str],
                    audit: bool = False) -> tuple[Pool, np.ndarray]:
