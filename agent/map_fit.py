@@ -110,12 +110,17 @@ class ChildFailed(RuntimeError):
         super().__init__(f"the map's fit process exited with {code}: {self.reason}")
 
 
+def isolated_module(module: str, *args: str) -> list[str]:
+    """The command line that runs ``python -m module args`` in a child of this interpreter with ``-P`` (Python
+    3.11): the working folder is not put first on the child's sys.path, so a file there named like a module
+    the child imports (queue.py, json.py, ...) is not run (with ``-m`` alone it would be, as our user). Give
+    the child ``package_pythonpath()`` as its PYTHONPATH (``isolated_env``)."""
+    return [sys.executable, "-P", "-m", module, *args]
+
+
 def child_command(src: Path, out: Path, p: Projection) -> list[str]:
-    """The child's command line. ``-P`` (Python 3.11): the agent's working folder is not put first on the
-    child's sys.path, so a file there named like a module the child imports (queue.py, json.py, ...) is
-    not run (with ``-m`` it would be, as the agent's user)."""
-    return [sys.executable, "-P", "-m", "agent.map_fit", str(src), str(out), json.dumps(asdict(p)),
-            str(os.getpid())]
+    """The fit child's command line (``isolated_module``)."""
+    return isolated_module("agent.map_fit", str(src), str(out), json.dumps(asdict(p)), str(os.getpid()))
 
 
 def package_pythonpath() -> str:
@@ -128,9 +133,15 @@ def package_pythonpath() -> str:
     return os.pathsep.join([here, *inherited])
 
 
+def isolated_env(**extra: str) -> dict[str, str]:
+    """An ``isolated_module`` child's environment: this one's, with ``extra`` and PYTHONPATH
+    ``package_pythonpath()``."""
+    return {**os.environ, **extra, "PYTHONPATH": package_pythonpath()}
+
+
 def child_env() -> dict[str, str]:
-    """The child's environment: one BLAS / OpenMP thread, PYTHONPATH ``package_pythonpath()``."""
-    return {**os.environ, **{name: "1" for name in THREAD_ENV}, "PYTHONPATH": package_pythonpath()}
+    """The fit child's environment: one BLAS / OpenMP thread (``isolated_env``)."""
+    return isolated_env(**{name: "1" for name in THREAD_ENV})
 
 
 def fit_in_child(vecs: np.ndarray, p: Projection, progress: Callable[[float], bool],

@@ -42,7 +42,7 @@ from rich.console import Console
 from rich.table import Table
 
 from agent import client
-from agent.map_fit import package_pythonpath
+from agent.map_fit import isolated_env, isolated_module
 from shortlist.console import make_console
 from shortlist.datasets import sources_said
 from shortlist.v1 import agent_pb2, agent_pb2_grpc
@@ -260,12 +260,12 @@ def start_agent(cfg: LoadConfig, registry: Path) -> Target:
     port = free_port()
     cfg.data_dir.mkdir(parents=True, exist_ok=True)
     log = cfg.data_dir / "agent.log"
-    # -P: a module-named file in the caller's working folder (queue.py, ...) is not imported by the agent.
-    cmd = [sys.executable, "-P", "-m", "shortlist.cli", "serve", "--data-dir", str(cfg.data_dir / "agent"),
-           "--models", str(registry), "--host", "127.0.0.1", "--port", str(port), "--cpu"]
+    # isolated: a module-named file in the caller's working folder (queue.py, ...) is not imported by the agent
+    cmd = isolated_module("shortlist.cli", "serve", "--data-dir", str(cfg.data_dir / "agent"), "--models",
+                          str(registry), "--host", "127.0.0.1", "--port", str(port), "--cpu")
     with open(log, "ab") as f:
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env={**os.environ, "PYTHONPATH": package_pythonpath()})
+                                env=isolated_env())
     address = f"127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while True:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -15,7 +13,7 @@ from pathlib import Path
 import grpc
 
 from agent.config import class_list
-from agent.map_fit import package_pythonpath
+from agent.map_fit import isolated_env, isolated_module
 from shortlist.v1 import agent_pb2, agent_pb2_grpc
 
 
@@ -42,14 +40,13 @@ def agent_process(data_dir: Path, models: Path, log: Path, timeout: float = 60.0
     if classes and not declarable(classes):
         raise ValueError(f"class names {list(classes)} cannot be passed to shortlist serve --classes")
     port = free_port()
-    # -P: a module-named file in the caller's working folder (queue.py, ...) is not imported by the agent.
-    cmd = [sys.executable, "-P", "-m", "shortlist.cli", "serve", "--data-dir", str(data_dir), "--models", str(models),
-           "--host", "127.0.0.1", "--port", str(port)]
+    # isolated: a module-named file in the caller's working folder (queue.py, ...) is not imported by the agent
+    cmd = isolated_module("shortlist.cli", "serve", "--data-dir", str(data_dir), "--models", str(models),
+                          "--host", "127.0.0.1", "--port", str(port))
     if classes:
         cmd += ["--classes", ",".join(classes)]
     with open(log, "ab") as logf:
-        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT,
-                                env={**os.environ, "PYTHONPATH": package_pythonpath()})
+        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=isolated_env())
     address = f"127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout
