@@ -80,19 +80,14 @@ class BlobStore:
         """Remove every blob whose digest is not in ``keep`` (the payloads the samples table names); returns
         how many. Only while nothing writes blobs (the agent at open, before it serves): an Ingest writes its
         blobs before the commit that names them, so a sweep beside one could remove a blob about to be used."""
-        removed = 0
-        touched: set[Path] = set()
+        orphans: list[str] = []
         for folder in self.root.iterdir():
             if len(folder.name) != 2 or not folder.is_dir():
                 continue
             with os.scandir(folder) as entries:
-                for entry in entries:
-                    if not entry.name.startswith(".") and folder.name + entry.name not in keep:
-                        Path(entry.path).unlink(missing_ok=True)
-                        removed += 1
-                        touched.add(folder)
-        list(_FSYNC_POOL.map(fsync_path, touched))
-        return removed
+                orphans += [folder.name + e.name for e in entries
+                            if not e.name.startswith(".") and folder.name + e.name not in keep]
+        return self.remove(orphans)
 
     def remove(self, digests: Collection[str]) -> int:
         """Remove the blobs ``digests`` (deleted samples' payloads that no sample names), durably (their
