@@ -245,12 +245,7 @@ class TokenStore:
                 return
             self._stamp = stamp
             try:
-                text = read_token_text(self.path)
-            except SecurityError as e:
-                self._file_broken(now, str(e))
-                return
-            try:
-                tokens = parse_tokens(text, str(self.path), allow_empty=True)
+                tokens = parse_tokens(read_token_text(self.path), str(self.path), allow_empty=True)
             except SecurityError as e:
                 self._file_broken(now, str(e))
                 return
