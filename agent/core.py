@@ -46,6 +46,7 @@ from agent.ingest import (
     live_classes,
     near_retired_problem,
     new_class_problem,
+    rejection_id,
     unknown_label_reason,
 )
 from agent.limits import (
@@ -750,7 +751,7 @@ class Agent:
         unknown id."""
         problem = text_problem(sid, self.limits.max_id_chars, "max_id_chars", "id") or item_problem
         if problem is not None:
-            rejected.append(Rejected(sid[:64], problem))
+            rejected.append(Rejected(rejection_id(sid, self.limits.max_id_chars), problem))
             return None
         rec = self.state.lookup(sid) if sid else None
         if rec is None:

@@ -4,7 +4,8 @@ One batch (one IngestRequest message) goes through three stages:
 
 1. ``prepare`` (no lock): per-sample checks (id, payload, the input limits of agent.limits), decoding
    at the serving model's size (shortlist.images, the one home of payload decoding; decompression
-   bombs are refused from the header), repeats within the batch dropped, and the payload blobs
+   bombs are refused from the header), an id repeated within the batch judged as a resend in a later
+   batch would be (so the outcome does not depend on how a client batches its items), and the payload blobs
    written and fsynced before anything refers to them.
 2. ``embed`` (no lock): onnxruntime on the batch's new samples under the serving version.
 3. ``store``: under the model manager's write lock (``ModelManager.writing``, the only way to take
@@ -29,7 +30,7 @@ import time
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -106,6 +107,8 @@ SAME_PAYLOAD_EXAMPLES = 10  # (id, other id) pairs an IngestReply names besides 
 class IngestResult:
     accepted: int = 0
     duplicates: int = 0
+    # Of the duplicates: samples stored without a label that a resend gave theirs (IngestReply.labels_added).
+    labels_added: int = 0
     rejected: list[tuple[str, str]] = field(default_factory=list)
     # Accepted samples whose payload another id already holds, and the first few (id, other id).
     same_payload: int = 0
@@ -114,6 +117,7 @@ class IngestResult:
     def add(self, other: IngestResult) -> None:
         self.accepted += other.accepted
         self.duplicates += other.duplicates
+        self.labels_added += other.labels_added
         self.rejected.extend(other.rejected)
         self.same_payload += other.same_payload
         room = SAME_PAYLOAD_EXAMPLES - len(self.same_payload_examples)
@@ -123,6 +127,26 @@ class IngestResult:
         self.same_payload += 1
         if len(self.same_payload_examples) < SAME_PAYLOAD_EXAMPLES:
             self.same_payload_examples.append((sample_id, other_id))
+
+
+def rejection_id(sample_id: str, max_id_chars: int) -> str:
+    """The id a Rejection of ``sample_id`` carries: the id as sent, so that a client can match each rejection to
+    its item; only an id longer than the agent's ``max_id_chars`` (itself the rejection's cause) comes back cut
+    to its first ``max_id_chars`` characters, so that a huge id cannot crowd every other rejection out of the
+    reply (agent.proto, Rejection.id: such an id matches by prefix)."""
+    return sample_id if len(sample_id) <= max_id_chars else sample_id[:max_id_chars]
+
+
+def differences(uri: str, metadata: dict[str, str], s: Incoming, had: str, sent: str) -> str:
+    """What ``s`` says that differs from a sample's ``uri`` and ``metadata`` (each uri and metadata entry it
+    carries that is not the same there; one it leaves empty says nothing), for a rejection: "uri 'a' stored,
+    'b' sent; 'k': '1' stored, '2' sent" with ``had``/``sent`` the words for the two sides; "" when nothing
+    differs. The first three differences, and how many more."""
+    differs = ([f"uri {uri[:64]!r} {had}, {s.uri[:64]!r} {sent}"] if s.uri and s.uri != uri else []) + [
+        f"{k[:64]!r}: {metadata[k][:64]!r} {had}, {v[:64]!r} {sent}" if k in metadata
+        else f"{k[:64]!r}: not {had}, {v[:64]!r} {sent}"
+        for k, v in sorted(s.metadata.items()) if metadata.get(k) != v]
+    return "; ".join(differs[:3]) + (f"; and {len(differs) - 3} more" if len(differs) > 3 else "")
 
 
 def new_class_problem(classes: Sequence[str], label: str) -> str | None:
@@ -247,34 +271,28 @@ class IngestPipeline:
     # ---- the three stages of one batch -----------------------------------------------------------
     def prepare(self, samples: Sequence[Incoming], token: CancelToken | None = None) -> Prepared:
         """Stage 1 (no lock, runs beside stage 2 of the previous batch): validate ids, limits and
-        payloads, decode them at the serving model's size, drop repeats within the batch, write blobs.
+        payloads, decode them at the serving model's size, judge repeats within the batch (``_repeat``), write blobs.
         ``token`` (the call's) bounds the wait for a large-image decode slot."""
         check_count(samples, self.limits.max_samples_per_request, "max_samples_per_request", "samples",
                     "send fewer samples per IngestRequest (`shortlist ingest --batch`)")
         serving = self.manager.current
         out = Prepared([], [], [], "" if serving is None else serving.version, [])
-        seen: dict[str, str] = {}
+        # id -> (payload sha256, the item that said what this batch says of it: uri, metadata, label; its position
+        # in out.samples, -1 when not there; the stored record when the id was stored), for the repeats of an id
+        # within the batch, judged as a resend in another request would be (``_repeat``)
+        seen: dict[str, tuple[str, Incoming, int, SampleRecord | None]] = {}
         for s in samples:
             problem = self.sample_problem(s)
             if problem is not None:
-                out.rejected.append((s.id[:64], problem))
+                out.rejected.append((rejection_id(s.id, self.limits.max_id_chars), problem))
                 continue
             digest = sha256_hex(s.blob)
             if s.id in seen:
-                if seen[s.id] == digest:
-                    out.duplicates += 1
-                else:
-                    out.rejected.append((s.id, "the same id appears twice in this batch with different payloads"))
+                self._repeat(seen, s, digest, out)
                 continue
             stored = self.state.lookup(s.id)
             if stored is not None:  # a resend: no need to decode (stage 3 re-checks new ids under the lock)
-                if self._resend(stored, digest, s, out, None):  # a label for an unlabelled sample: stage 3's
-                    out.samples.append(s)
-                    out.digests.append(digest)
-                    out.pixels.append(None)
-                seen[s.id] = digest
-                if stored.sha256 == digest:
-                    self._repair_blob(stored, s.blob)
+                self._stored_item(stored, digest, s, seen, out)
                 continue
             try:
                 # Without a model, still refuse what could never be embedded (decoded at full size).
@@ -285,7 +303,7 @@ class IngestPipeline:
             except ValueError as e:
                 out.rejected.append((s.id, str(e)))
                 continue
-            seen[s.id] = digest
+            seen[s.id] = (digest, s, len(out.samples), None)
             out.samples.append(s)
             out.digests.append(digest)
             out.pixels.append(pixels)
@@ -293,6 +311,59 @@ class IngestPipeline:
             # Before the commit: a committed sample's blob is always there (orphans are harmless).
             self.blobs.put_many([(d, s.blob) for d, s in zip(out.digests, out.samples, strict=True)])
         return out
+
+    def _stored_item(self, rec: SampleRecord, digest: str, s: Incoming,
+                     seen: dict[str, tuple[str, Incoming, int, SampleRecord | None]], out: Prepared) -> None:
+        """Stage 1 of an item whose id is stored (``rec``): a duplicate or a rejection now (``_resend``), or a
+        label for a sample stored without one, added to ``out.samples`` for stage 3 (which stores it under the
+        lock); noted in ``seen`` unless rejected (a repeat of a rejected item is judged, and rejected, again)."""
+        rejected = len(out.rejected)
+        pos = -1
+        if self._resend(rec, digest, s, out, None):
+            pos = len(out.samples)
+            out.samples.append(s)
+            out.digests.append(digest)
+            out.pixels.append(None)
+        if len(out.rejected) == rejected:
+            seen[s.id] = (digest, s, pos, rec)
+        if rec.sha256 == digest:
+            self._repair_blob(rec, s.blob)
+
+    def _repeat(self, seen: dict[str, tuple[str, Incoming, int, SampleRecord | None]], s: Incoming, digest: str,
+                out: Prepared) -> None:
+        """An id repeated within one batch (``seen``: what the batch said of it before), judged as the same item
+        in a later request would be, so that the outcome does not depend on how the client batched its items: a
+        duplicate when the payload is the same and each uri, metadata entry and label it carries is the one
+        stored or said before; else a rejection that says what differs; except that a label for an id given
+        before without one is its label (stored with the sample when the batch stores it, else as a resend's
+        label for a sample stored without one)."""
+        first_digest, first, pos, rec = seen[s.id]
+        sid = s.id
+        if first_digest != digest:
+            out.rejected.append((sid, "the same id appears twice in this batch with different payloads"))
+            return
+        if rec is not None and pos < 0:  # the earlier item changed nothing stored: judge this one as it alone
+            self._stored_item(rec, digest, s, seen, out)
+            return
+        if rec is not None:
+            shown, where = differences(rec.uri, rec.metadata, s, "stored", "sent"), "is stored"
+        else:
+            shown, where = differences(first.uri, first.metadata, s, "sent before", "sent again"), \
+                "appears earlier in this request"
+        if shown:
+            out.rejected.append((sid, f"id {sid!r} {where} (same payload) with another uri or metadata ({shown}): both "
+                                      "are set by the first ingest and a resend does not change them"))
+        elif not s.label or s.label == first.label:
+            out.duplicates += 1
+        elif first.label:
+            out.rejected.append((sid, f"id {sid!r} appears earlier in this request (same payload) with label "
+                                      f"{first.label!r}: a resend does not change labels; send one label per "
+                                      f"sample, or give {s.label!r} with SubmitLabels (`shortlist label`)"))
+        else:  # new in this batch, given before without a label: stored with this one
+            labelled = replace(first, label=s.label)
+            out.samples[pos] = labelled
+            seen[sid] = (digest, labelled, pos, None)
+            out.duplicates += 1
 
     def _repair_blob(self, rec: SampleRecord, blob: bytes) -> None:
         """A resent payload of a stored sample whose blob is missing or corrupt: store it again, and
@@ -409,12 +480,7 @@ class IngestPipeline:
         if rec.sha256 != digest:
             res.rejected.append((sid, f"id {sid!r} is already in the pool with a different payload; ids must "
                                       "be unique (use a new id for a new image)"))
-        elif (s.uri and s.uri != rec.uri) or any(rec.metadata.get(k) != v for k, v in s.metadata.items()):
-            differs = ([f"uri {rec.uri[:64]!r} stored, {s.uri[:64]!r} sent"] if s.uri and s.uri != rec.uri else []) + [
-                f"{k[:64]!r}: {rec.metadata[k][:64]!r} stored, {v[:64]!r} sent" if k in rec.metadata
-                else f"{k[:64]!r}: not stored, {v[:64]!r} sent"
-                for k, v in sorted(s.metadata.items()) if rec.metadata.get(k) != v]
-            shown = "; ".join(differs[:3]) + (f"; and {len(differs) - 3} more" if len(differs) > 3 else "")
+        elif shown := differences(rec.uri, rec.metadata, s, "stored", "sent"):
             res.rejected.append((sid, f"id {sid!r} is stored (same payload) with another uri or metadata ({shown}): "
                                       "both are set by the first ingest and a resend does not change them"))
         elif not s.label or s.label == (label := self.state.label_name(rec.seq)):
@@ -431,6 +497,8 @@ class IngestPipeline:
         else:
             labels.append((rec.seq, idx))
             res.duplicates += 1
+            if isinstance(res, IngestResult):
+                res.labels_added += 1
         return False
 
     def batch(self, samples: Sequence[Incoming]) -> IngestResult:

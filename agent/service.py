@@ -177,7 +177,7 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
         batches = ([incoming(s) for s in req.samples] for req in request_iterator)
         total = self.agent.ingest.stream(batches, active=context.is_active, token=call_token(context))
         return agent_pb2.IngestReply(
-            accepted=total.accepted, duplicates=total.duplicates,
+            accepted=total.accepted, duplicates=total.duplicates, labels_added=total.labels_added,
             rejected=capped(total.rejected, lambda r: agent_pb2.Rejection(id=r[0], reason=r[1])),
             rejected_count=len(total.rejected), same_payload=total.same_payload,
             same_payload_examples=[agent_pb2.SamePayload(id=i, other_id=o) for i, o in total.same_payload_examples])

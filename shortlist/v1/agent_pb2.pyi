@@ -46,20 +46,22 @@ class IngestRequest(_message.Message):
     def __init__(self, samples: _Optional[_Iterable[_Union[Sample, _Mapping]]] = ...) -> None: ...
 
 class IngestReply(_message.Message):
-    __slots__ = ("accepted", "duplicates", "rejected", "same_payload", "same_payload_examples", "rejected_count")
+    __slots__ = ("accepted", "duplicates", "rejected", "same_payload", "same_payload_examples", "rejected_count", "labels_added")
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     DUPLICATES_FIELD_NUMBER: _ClassVar[int]
     REJECTED_FIELD_NUMBER: _ClassVar[int]
     SAME_PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     SAME_PAYLOAD_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
     REJECTED_COUNT_FIELD_NUMBER: _ClassVar[int]
+    LABELS_ADDED_FIELD_NUMBER: _ClassVar[int]
     accepted: int
     duplicates: int
     rejected: _containers.RepeatedCompositeFieldContainer[Rejection]
     same_payload: int
     same_payload_examples: _containers.RepeatedCompositeFieldContainer[SamePayload]
     rejected_count: int
-    def __init__(self, accepted: _Optional[int] = ..., duplicates: _Optional[int] = ..., rejected: _Optional[_Iterable[_Union[Rejection, _Mapping]]] = ..., same_payload: _Optional[int] = ..., same_payload_examples: _Optional[_Iterable[_Union[SamePayload, _Mapping]]] = ..., rejected_count: _Optional[int] = ...) -> None: ...
+    labels_added: int
+    def __init__(self, accepted: _Optional[int] = ..., duplicates: _Optional[int] = ..., rejected: _Optional[_Iterable[_Union[Rejection, _Mapping]]] = ..., same_payload: _Optional[int] = ..., same_payload_examples: _Optional[_Iterable[_Union[SamePayload, _Mapping]]] = ..., rejected_count: _Optional[int] = ..., labels_added: _Optional[int] = ...) -> None: ...
 
 class SamePayload(_message.Message):
     __slots__ = ("id", "other_id")

@@ -15,7 +15,8 @@ from agent.config import AgentConfig, Limits
 from agent.core import Agent
 from agent.errors import Cancelled, DeadlineExceeded, ResourceExhausted
 from agent.ingest import Incoming
-from tests.agent.conftest import make_images, png
+from shortlist.v1 import agent_pb2
+from tests.agent.conftest import Running, make_images, make_samples, png
 
 
 def image(sid: str, pixels: np.ndarray, label: str = "") -> Incoming:
@@ -195,3 +196,80 @@ def test_a_model_that_fails_on_a_batch_is_answered_as_its_fault_not_a_bug(tmp_pa
         assert not [w for w in a.status().warnings if "Ingest refuses" in w]
     finally:
         a.close()
+
+
+def test_a_repeat_within_one_batch_is_judged_as_a_resend_in_another_batch(agent: Agent) -> None:
+    """One IngestRequest holding an id twice with the same payload but another metadata, uri or label counted
+    the second as a duplicate and dropped what it said, while the same pair in two requests was rejected: the
+    outcome (rejections, what is stored, the label a repeat adds) is the same however the items are batched."""
+    imgs = make_images(5)
+
+    def items(p: str) -> list[Incoming]:
+        out = [image(f"{p}m", imgs[0]), image(f"{p}m", imgs[0]),  # metadata k=1, then k=2
+               image(f"{p}u", imgs[1]), image(f"{p}u", imgs[1]),  # uri a, then b
+               image(f"{p}l", imgs[2], label="cat"), image(f"{p}l", imgs[2], label="dog"),
+               image(f"{p}n", imgs[3]), image(f"{p}n", imgs[3], label="dog"),  # no label, then one: its label
+               image(f"{p}d", imgs[4]), image(f"{p}d", imgs[4])]  # a true duplicate
+        out[0].metadata, out[1].metadata = {"k": "1"}, {"k": "2"}
+        out[2].uri, out[3].uri = "s3://a", "s3://b"
+        return out
+
+    one = agent.ingest.batch(items("one/"))
+    apart = [agent.ingest.batch([it]) for it in items("apart/")]
+    assert (one.accepted, one.duplicates) == (sum(r.accepted for r in apart), sum(r.duplicates for r in apart)) \
+        == (5, 2)
+    assert [r[0] for r in one.rejected] == ["one/m", "one/u", "one/l"]
+    assert [x[0] for r in apart for x in r.rejected] == ["apart/m", "apart/u", "apart/l"]
+    reasons = dict(one.rejected)
+    assert "appears earlier in this request (same payload) with another uri or metadata ('k': '1' sent before, " \
+           "'2' sent again)" in reasons["one/m"]
+    assert "(uri 's3://a' sent before, 's3://b' sent again)" in reasons["one/u"]
+    assert "with label 'cat': a resend does not change labels" in reasons["one/l"]
+    for p in ("one/", "apart/"):
+        rec = {k: agent.state.lookup(p + k) for k in "mulnd"}
+        assert rec["m"] is not None and rec["m"].metadata == {"k": "1"}
+        assert rec["u"] is not None and rec["u"].uri == "s3://a"
+        assert [agent.state.label_name(r.seq) for r in rec.values() if r is not None] == ["", "", "cat", "dog", ""]
+
+
+def test_a_repeat_of_a_stored_id_within_one_batch_adds_one_label(agent: Agent) -> None:
+    """A stored, unlabelled sample resent twice in one batch: with the same label, one label row; with two
+    labels, the second is rejected (as the second of two requests would be)."""
+    imgs = make_images(2)
+    assert agent.ingest.batch([image("a", imgs[0]), image("b", imgs[1])]).accepted == 2
+    res = agent.ingest.batch([image("a", imgs[0]), image("a", imgs[0], label="cat"), image("a", imgs[0], label="cat"),
+                              image("b", imgs[1], label="cat"), image("b", imgs[1], label="dog")])
+    assert (res.accepted, res.duplicates, res.labels_added) == (0, 4, 2)
+    assert [r[0] for r in res.rejected] == ["b"] and "with label 'cat'" in res.rejected[0][1]
+    assert [e.id for e in agent.state.label_events(True)] == ["a", "b"]
+    assert [agent.state.label_name(agent.state.lookup(i).seq) for i in "ab"] == ["cat", "cat"]  # type: ignore[union-attr]
+
+
+def test_rejection_ids_are_the_ids_as_sent(agent: Agent) -> None:
+    """Rejections found before decoding carried the id cut to 64 characters, so a client could not match them
+    to its items; now the id as sent, and an id over max_id_chars its first max_id_chars characters."""
+    base = "site-north/camera-07/2024-05-01/IMG_20240501_061209_burst03_frame"
+    img = make_images(1)[0]
+    items = [image(base + "0012.JPG", img, label="a/b"), image(base + "0013.JPG", img),
+             Incoming(base + "0014.JPG", "", b"", b""), image("x" * 600, img)]
+    items[1].metadata = {"shortlist.payload_error": "x"}
+    res = agent.ingest.batch(items)
+    assert [r[0] for r in res.rejected] == [base + "0012.JPG", base + "0013.JPG", base + "0014.JPG", "x" * 512]
+    assert "longer than the limit of 512" in res.rejected[3][1]
+    assert agent.ingest.batch([image(base + "0015.JPG", img)]).accepted == 1
+    accepted, rejected = agent.submit_labels([(base + "0015.JPG", "a/b"), (base + "0015.JPG", "x" * 300),
+                                              ("y" * 513, "cat")], "ana")
+    assert accepted == 0 and [r.id for r in rejected] == [base + "0015.JPG", base + "0015.JPG", "y" * 512]
+
+
+def test_the_reply_says_how_many_labels_a_resend_added(running: Running) -> None:
+    """An ingest without labels, then the same items with labels: the labels are stored, and the reply said
+    only "duplicates 2"; IngestReply.labels_added counts them (and Rejection.id is the whole id over gRPC)."""
+    samples = make_samples(3, prefix="p" * 100)
+    assert running.stub.Ingest(iter([agent_pb2.IngestRequest(samples=samples)])).accepted == 3
+    samples[0].label, samples[1].label, samples[2].label = "cat", "cat", "a/b"
+    reply = running.stub.Ingest(iter([agent_pb2.IngestRequest(samples=samples)]))
+    assert (reply.accepted, reply.duplicates, reply.labels_added) == (0, 2, 2)
+    assert [r.id for r in reply.rejected] == [samples[2].id]
+    again = running.stub.Ingest(iter([agent_pb2.IngestRequest(samples=samples[:2])]))
+    assert (again.duplicates, again.labels_added) == (2, 0)
