@@ -56,10 +56,28 @@ HEIF_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b
 JPEG_SIGNATURE = b"\xff\xd8\xff"
 
 
+def _signature_format(data: bytes) -> tuple[str, str] | None:
+    """(format, why Pillow cannot read it: "" when the format is one it reads) of the format whose signature
+    ``data`` starts with, by Pillow's own plugin checks (the accept function each format registers in
+    ``Image.OPEN``, given the first 16 bytes as ``Image.open`` gives them), or None when none matches."""
+    Image.init()
+    head = data[:16]
+    for fmt in Image.ID:
+        accept = Image.OPEN[fmt][1]
+        try:
+            found = accept(head) if accept is not None else False
+        except Exception:  # a plugin's check that chokes on a short prefix: not its format
+            continue
+        if found:
+            return fmt, found if isinstance(found, str) else ""  # a str: the plugin's "support not installed"
+    return None
+
+
 def _unreadable(data: bytes) -> str:
     """Pillow's UnidentifiedImageError names the BytesIO object; say what the bytes are instead: a HEIC/HEIF
-    file (not supported: convert it), a damaged JPEG (its signature, but not readable), or bytes no format
-    Pillow reads starts like."""
+    file (not supported: convert it), a damaged JPEG (its signature, but not readable), a damaged file of
+    another format whose signature they start with (PNG, GIF, TIFF, WebP, BMP, ...: Pillow's plugins tell),
+    or bytes no format Pillow reads starts like."""
     first = f"{len(data):,} bytes, first bytes {data[:8].hex(' ')}"
     if data[4:8] == b"ftyp" and data[8:12] in HEIF_BRANDS:
         return (f"not a readable image: a HEIC/HEIF image (brand {data[8:12].decode()}; {first}), which is not "
@@ -67,8 +85,26 @@ def _unreadable(data: bytes) -> str:
     if data.startswith(JPEG_SIGNATURE):
         return (f"not a readable image: a damaged JPEG ({first}: a JPEG's signature, but its markers cannot be "
                 "read); copy or export the file again")
+    known = _signature_format(data)
+    if known is not None and known[1]:
+        return (f"not a readable image: a {known[0]} image ({first}), which this agent's Pillow cannot read "
+                f"({known[1]}): convert it to JPEG or PNG")
+    if known is not None:
+        return (f"not a readable image: a damaged {known[0]} ({first}: a {known[0]}'s signature, but its header "
+                "cannot be read); copy or export the file again")
     return (f"not a readable image: no image format Pillow reads starts like these {len(data):,} bytes "
             f"(first bytes {data[:8].hex(' ')}); send JPEG, PNG, WebP, TIFF, BMP, GIF, ...")
+
+
+def _corrupt(e: BaseException, data: bytes, what: str = "corrupt image data") -> str:
+    """A rejection's reason for bytes ``data`` that Pillow took for an image but could not read: the format
+    when its signature tells (corrupt PNG image data), and the library's own detail without the Python
+    exception class (OSError, SyntaxError, ...), which means nothing to a client written in another language."""
+    known = _signature_format(data)
+    if known is not None and what == "corrupt image data":
+        what = f"corrupt {known[0]} image data"
+    detail = str(e).strip()
+    return f"{what} ({detail})" if detail else f"{what}: Pillow could not read it"
 
 
 # Transparent pixels are composited over this colour (white, as a page shows a transparent logo), so an
@@ -169,9 +205,9 @@ def decode_image(data: bytes, size: tuple[int, int] | None = None, interpolation
     except UnidentifiedImageError:
         raise ValueError(_unreadable(data)) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ValueError(f"not a readable image ({type(e).__name__}: {e})") from None
+        raise ValueError(_corrupt(e, data, "not a readable image")) from None
     except (OSError, SyntaxError, ValueError) as e:  # truncated or corrupt files
-        raise ValueError(f"corrupt image data ({type(e).__name__}: {e})") from None
+        raise ValueError(_corrupt(e, data)) from None
 
 
 def resize_array(pixels: np.ndarray, size: tuple[int, int] | None, interpolation: str = "bilinear") -> np.ndarray:
@@ -256,7 +292,7 @@ def image_header(data: bytes, max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
     except UnidentifiedImageError:
         raise ValueError(_unreadable(data)) from None
     except (OSError, SyntaxError, ValueError) as e:  # truncated or corrupt headers
-        raise ValueError(f"corrupt image data ({type(e).__name__}: {e})") from None
+        raise ValueError(_corrupt(e, data)) from None
     if width * height > max_pixels:
         raise TooManyPixels(f"image of {width}x{height} = {width * height:,} pixels exceeds the limit of "
                             f"{max_pixels:,} pixels; refused before decoding")
@@ -365,7 +401,7 @@ def thumbnail(kind: str, blob: bytes, max_side: int, max_pixels: int = MAX_PIXEL
             raise ValueError(_unreadable(blob)) from None
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError,
                 Image.DecompressionBombWarning) as e:
-            raise ValueError(f"corrupt image data ({type(e).__name__}: {e})") from None
+            raise ValueError(_corrupt(e, blob)) from None
     else:
         raise ValueError("no payload: set encoded_image or tensor")
     if img.mode != "RGB":

@@ -191,3 +191,39 @@ def test_exif_metadata_reads_time_camera_and_sequence_and_leaves_missing_tags_ou
 
 def test_every_interpolation_a_manifest_may_name_has_a_filter() -> None:
     assert set(_RESAMPLE) == set(INTERPOLATIONS)  # Preprocess.from_dict refuses any other name
+
+
+def _encoded(fmt: str) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 12), (10, 20, 30)).save(buf, fmt)
+    return buf.getvalue()
+
+
+def test_a_damaged_png_gif_or_tiff_is_named_as_such() -> None:
+    """A PNG with one bit flipped in its IHDR chunk was "no image format Pillow reads starts like these bytes
+    (first bytes 89 50 4e 47 ...); send JPEG, PNG, ...": the reason names the format its signature says."""
+    png_ihdr = bytearray(_encoded("PNG"))
+    png_ihdr[16] ^= 1  # the width, so the chunk's CRC fails
+    gif_cut = _encoded("GIF")[:32]
+    tiff_ifd = bytearray(_encoded("TIFF"))
+    tiff_ifd[10] ^= 1
+    for data, fmt, first in ((bytes(png_ihdr), "PNG", "89 50 4e 47 0d 0a 1a 0a"),
+                             (gif_cut, "GIF", "47 49 46 38 37 61 10 00"), (bytes(tiff_ifd), "TIFF", "49 49 2a 00")):
+        for decode in (decode_image, lambda b: decode_payload("image", b, "", (), None)):
+            with pytest.raises(ValueError, match=rf"^not a readable image: a damaged {fmt} \([\d,]+ bytes, first "
+                               rf"bytes {first}.*: a {fmt}'s signature, but its header cannot be read\); copy or "
+                               "export the file again$"):
+                decode(data)
+
+
+def test_corrupt_image_reasons_name_no_python_exception_class() -> None:
+    """Reasons read "corrupt image data (OSError: Truncated File Read)": a Node client has no use for Python's
+    exception classes; the library's detail stays, with the format."""
+    png_data = bytearray(_encoded("PNG"))
+    png_data[10] ^= 1  # the IHDR chunk's length
+    with pytest.raises(ValueError) as e:
+        decode_image(bytes(png_data))
+    assert str(e.value) == "corrupt PNG image data (Truncated File Read)"
+    with pytest.raises(ValueError) as e:
+        decode_image(_encoded("BMP")[:40])
+    assert str(e.value).startswith("corrupt BMP image data (") and "Error" not in str(e.value)
