@@ -22,6 +22,7 @@ import shutil
 import sqlite3
 import threading
 import time
+import unicodedata
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Sized
 from dataclasses import asdict, dataclass, field, replace
@@ -130,6 +131,11 @@ class Replaced(NamedTuple):
     id: str
     label: str
     annotator: str
+
+
+def _unicode_form(text: str) -> str:
+    """"NFC" or "NFD" when ``text`` is in that normal form (NFC first: plain ASCII is both), else "mixed"."""
+    return next((f for f in ("NFC", "NFD") if unicodedata.is_normalized(f, text)), "mixed")
 
 
 @dataclass
@@ -755,8 +761,28 @@ class Agent:
             return None
         rec = self.state.lookup(sid) if sid else None
         if rec is None:
-            rejected.append(Rejected(sid, "empty id" if not sid else f"unknown id {sid!r}: ingest it first"))
+            rejected.append(Rejected(sid, "empty id" if not sid else
+                                     f"unknown id {sid!r}: {self._unknown_id_hint(sid) or 'ingest it first'}"))
         return rec
+
+    def _unknown_id_hint(self, sid: str) -> str:
+        """For an unknown id that differs from a stored one only in Unicode form (an NFD file name from macOS
+        ingested, the NFC one from a CSV sent, which look the same): which form each is and what to send;
+        else "". ``State.unicode_variant``: no scan of the ids."""
+        stored = self.state.unicode_variant(sid)
+        if stored is None:
+            return ""
+        form = _unicode_form(stored)
+        how = f"normalised to {form}" if form != "mixed" else "exactly (ListSamples lists it)"
+        return (f"a stored id differs from it only in Unicode form (stored {form}, sent {_unicode_form(sid)}; ids "
+                f"are compared exactly, byte for byte): send the id as stored, {how}")
+
+    def _unknown_ids(self, unknown: Sequence[str]) -> str:
+        """NotFound's list of unknown ids (the first 5), and the Unicode-form hint for the first of them that
+        has one (``_unknown_id_hint``)."""
+        shown = ", ".join(repr(u[:64]) for u in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+        hint = next(((u, h) for u in unknown[:100] if (h := self._unknown_id_hint(u))), None)
+        return f"{len(unknown)} unknown id(s): {shown}" + ("" if hint is None else f" ({hint[0][:64]!r}: {hint[1]})")
 
     def _check_label_call(self, items: Sized, what: str, annotator: str, source: str) -> None:
         """The request-wide checks of SubmitLabels and RetractLabels (InvalidArgument / limits)."""
@@ -1504,8 +1530,7 @@ class Agent:
         if ids:
             unknown = [i for i in ids if self.state.lookup(i) is None]
             if unknown:
-                shown = ", ".join(repr(u) for u in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
-                raise NotFound(f"{len(unknown)} unknown id(s): {shown}; ingest them first")
+                raise NotFound(f"{self._unknown_ids(unknown)}; ingest them first")
             recs = [self.state.lookup(i) for i in ids]
             missing = [r.id for r in recs if r is not None and (r.seq >= len(row_of) or row_of[r.seq] < 0)]
             if missing:
@@ -1722,8 +1747,7 @@ class Agent:
             check_count(ids, self.limits.max_ids_per_request, "max_ids_per_request", "ids")
             unknown = [i for i in ids if self.state.lookup(i) is None]
             if unknown:
-                shown = ", ".join(repr(u[:64]) for u in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
-                raise NotFound(f"{len(unknown)} unknown id(s): {shown}")
+                raise NotFound(self._unknown_ids(unknown))
         events, seqs, labels = self.state.label_snapshot(labeled_only and not ids)
         names = list(self.state.classes)
         return events, self._iter_samples(labeled_only, include_payload, ids, (seqs, labels), names)

@@ -53,6 +53,7 @@ import logging
 import sqlite3
 import threading
 import time
+import unicodedata
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -313,6 +314,9 @@ class State:
         self._open_schema()
         self._records: list[SampleRecord | None] = [None]  # index = seq (seqs start at 1)
         self._seq_by_id: dict[str, int] = {}
+        # NFC form -> a stored id not in NFC (e.g. an NFD file name from macOS), for ``unicode_variant``: the
+        # few such ids only, so no call scans every id to explain an unknown one
+        self._id_by_nfc: dict[str, str] = {}
         self._seq_by_sha: dict[str, int] = {}  # the first sample stored with each payload
         # by seq: the first seq stored with the same payload (itself for the first; 0 for seq 0 and gaps), and
         # how many samples are byte-identical to an earlier one (0: no twins, payload_groups answers None)
@@ -384,6 +388,8 @@ class State:
             self._records.append(None)
         self._records.append(rec)
         self._seq_by_id[rec.id] = rec.seq
+        if not unicodedata.is_normalized("NFC", rec.id):
+            self._id_by_nfc.setdefault(unicodedata.normalize("NFC", rec.id), rec.id)
         first = self._seq_by_sha.setdefault(rec.sha256, rec.seq)
         if rec.seq >= len(self._label):
             grown = np.full(max(2 * len(self._label), rec.seq + 1), -1, np.int64)
@@ -416,6 +422,9 @@ class State:
         self._unset_label(seq)
         self._audit.discard(seq)
         del self._seq_by_id[rec.id]
+        nfc = unicodedata.normalize("NFC", rec.id)
+        if self._id_by_nfc.get(nfc) == rec.id:
+            del self._id_by_nfc[nfc]
         self._records[seq] = None
         first = int(self._first_by_seq[seq])
         self._first_by_seq[seq] = 0
@@ -640,6 +649,17 @@ class State:
         with self._lock:
             seq = self._seq_by_id.get(sample_id)
             return None if seq is None else self._records[seq]
+
+    def unicode_variant(self, sample_id: str) -> str | None:
+        """A stored id that differs from ``sample_id`` only in Unicode normalisation ("forêt" in NFD, as macOS
+        names files, beside the same name in NFC from a CSV), or None: the hint for an unknown id. Ids are
+        compared exactly, so such an id is another id. Two dict lookups, no scan."""
+        nfc = unicodedata.normalize("NFC", sample_id)
+        with self._lock:
+            if nfc != sample_id and nfc in self._seq_by_id:
+                return nfc
+            other = self._id_by_nfc.get(nfc)
+            return other if other is not None and other != sample_id else None
 
     def lookup_seq(self, seq: int) -> SampleRecord | None:
         """The sample stored under ``seq``; None for a gap, a deleted sample, seq 0 or past the end."""
