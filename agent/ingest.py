@@ -129,12 +129,17 @@ class IngestResult:
             self.same_payload_examples.append((sample_id, other_id))
 
 
+# A Rejection's id is the id as sent up to this many characters (or --max-id-chars when larger): every valid id,
+# and a too-long one whole unless it is huge (a 1 MB id would take the room of every other rejection in the reply)
+REJECTION_ID_CHARS = 4096
+
+
 def rejection_id(sample_id: str, max_id_chars: int) -> str:
     """The id a Rejection of ``sample_id`` carries: the id as sent, so that a client can match each rejection to
-    its item; only an id longer than the agent's ``max_id_chars`` (itself the rejection's cause) comes back cut
-    to its first ``max_id_chars`` characters, so that a huge id cannot crowd every other rejection out of the
-    reply (agent.proto, Rejection.id: such an id matches by prefix)."""
-    return sample_id if len(sample_id) <= max_id_chars else sample_id[:max_id_chars]
+    its item; only an id longer than both the agent's ``max_id_chars`` (so rejected for its length) and
+    REJECTION_ID_CHARS comes back cut to the larger of the two (agent.proto, Rejection.id: matched by prefix)."""
+    keep = max(max_id_chars, REJECTION_ID_CHARS)
+    return sample_id if len(sample_id) <= keep else sample_id[:keep]
 
 
 def differences(uri: str, metadata: dict[str, str], s: Incoming, had: str, sent: str) -> str:

@@ -247,19 +247,20 @@ def test_a_repeat_of_a_stored_id_within_one_batch_adds_one_label(agent: Agent) -
 
 def test_rejection_ids_are_the_ids_as_sent(agent: Agent) -> None:
     """Rejections found before decoding carried the id cut to 64 characters, so a client could not match them
-    to its items; now the id as sent, and an id over max_id_chars its first max_id_chars characters."""
+    to its items; now the id as sent, also one over max_id_chars, unless longer than 4,096 characters as well."""
     base = "site-north/camera-07/2024-05-01/IMG_20240501_061209_burst03_frame"
     img = make_images(1)[0]
     items = [image(base + "0012.JPG", img, label="a/b"), image(base + "0013.JPG", img),
-             Incoming(base + "0014.JPG", "", b"", b""), image("x" * 600, img)]
+             Incoming(base + "0014.JPG", "", b"", b""), image("x" * 600, img), image("z" * 5000, img)]
     items[1].metadata = {"shortlist.payload_error": "x"}
     res = agent.ingest.batch(items)
-    assert [r[0] for r in res.rejected] == [base + "0012.JPG", base + "0013.JPG", base + "0014.JPG", "x" * 512]
-    assert "longer than the limit of 512" in res.rejected[3][1]
+    assert [r[0] for r in res.rejected] == [base + "0012.JPG", base + "0013.JPG", base + "0014.JPG", "x" * 600,
+                                            "z" * 4096]
+    assert "id of 600 characters is longer than the limit of 512" in res.rejected[3][1]
     assert agent.ingest.batch([image(base + "0015.JPG", img)]).accepted == 1
     accepted, rejected = agent.submit_labels([(base + "0015.JPG", "a/b"), (base + "0015.JPG", "x" * 300),
                                               ("y" * 513, "cat")], "ana")
-    assert accepted == 0 and [r.id for r in rejected] == [base + "0015.JPG", base + "0015.JPG", "y" * 512]
+    assert accepted == 0 and [r.id for r in rejected] == [base + "0015.JPG", base + "0015.JPG", "y" * 513]
 
 
 def test_the_reply_says_how_many_labels_a_resend_added(running: Running) -> None:
