@@ -764,7 +764,7 @@ def _source_samples(source: Any, limit: int | None, with_labels: bool, metadata:
 
 
 def _ingest_out(reply: agent_pb2.IngestReply) -> dict[str, Any]:
-    out = {"accepted": reply.accepted, "duplicates": reply.duplicates,
+    out = {"accepted": reply.accepted, "duplicates": reply.duplicates, "labels_added": reply.labels_added,
            "rejected": [{"id": r.id, "reason": r.reason} for r in reply.rejected],
            "same_payload": reply.same_payload,
            "same_payload_examples": [{"id": x.id, "other_id": x.other_id} for x in reply.same_payload_examples]}
@@ -776,7 +776,10 @@ def _print_ingest(reply: agent_pb2.IngestReply) -> None:
     and ``status`` print theirs: `shortlist ingest data > log` keeps it), notes and hints on stderr."""
     result = Console(soft_wrap=True)  # whole lines: a log file gets one line per rejection
     rejected = client.rejected_count(reply)
-    result.print(f"accepted {reply.accepted}, duplicates {reply.duplicates}, rejected {rejected}", highlight=False)
+    # a resend that gave stored unlabelled samples their label: counted as duplicates, and said (only then)
+    added = f" ({reply.labels_added} of them given their label by this resend)" if reply.labels_added else ""
+    result.print(f"accepted {reply.accepted}, duplicates {reply.duplicates}{added}, rejected {rejected}",
+                 highlight=False)
     for r in reply.rejected[:10]:
         result.print(f"  {r.id}: {r.reason}", markup=False, highlight=False)
     if rejected > 10:

@@ -54,7 +54,8 @@ def test_commands_json(tmp_path: Path, running: Running) -> None:
     src = image_folder(tmp_path / "imgs", 12)
     out = json.loads(run("ingest", str(src), "--agent", running.address, "--json", "--batch", "5", "--limit", "8",
                          "--meta", "site=north"))
-    assert out == {"accepted": 8, "duplicates": 0, "rejected": [], "same_payload": 0, "same_payload_examples": []}
+    assert out == {"accepted": 8, "duplicates": 0, "labels_added": 0, "rejected": [], "same_payload": 0,
+                   "same_payload_examples": []}
     resent = runner.invoke(app, ["ingest", str(src), "--agent", running.address, "--json", "--limit", "8", "--meta",
                                  "site=south"])  # a resend must not say something else than what is stored
     again = json.loads(resent.stdout)
@@ -62,6 +63,7 @@ def test_commands_json(tmp_path: Path, running: Running) -> None:
     assert "with another uri or metadata" in again["rejected"][0]["reason"]
     out = json.loads(run("ingest", str(src), "--agent", running.address, "--json", "--with-labels", "--limit", "4"))
     assert (out["accepted"], out["duplicates"], out["rejected"]) == (0, 4, [])  # stored unlabelled: now labelled
+    assert out["labels_added"] == 4  # ... and said: the resend was not just a duplicate
     out = json.loads(run("ingest", str(src), "--agent", running.address, "--json"))
     assert (out["accepted"], out["duplicates"]) == (4, 8)
     st = json.loads(run("status", "--agent", running.address, "--json"))
@@ -350,6 +352,19 @@ def test_ctrl_c_on_label_and_retract_says_what_was_stored(tmp_path: Path, runnin
     monkeypatch.undo()
     assert json.loads(run("label", str(tmp_path / "answers.csv"), "--agent", running.address, "--json")) == {
         "accepted": 6, "rejected": [], "overwritten": [], "twin_conflicts": []}
+
+
+def test_a_resend_with_labels_says_how_many_labels_it_added(tmp_path: Path, running: Running) -> None:
+    """`ingest --with-labels` of images stored unlabelled stores their labels: the line said only "duplicates"
+    (IngestReply.labels_added was not shown); it says how many were given their label, and nothing when none."""
+    src = image_folder(tmp_path / "imgs", 6)
+    assert run("ingest", str(src), "--agent", running.address, "--limit", "4").splitlines() == \
+        ["accepted 4, duplicates 0, rejected 0"]
+    res = runner.invoke(app, ["ingest", str(src), "--agent", running.address, "--with-labels"])
+    assert res.exit_code == 0 and res.stdout.splitlines()[0] == \
+        "accepted 2, duplicates 4 (4 of them given their label by this resend), rejected 0", res.output
+    res = runner.invoke(app, ["ingest", str(src), "--agent", running.address, "--with-labels"])
+    assert res.stdout.splitlines()[0] == "accepted 0, duplicates 6, rejected 0", res.output
 
 
 def test_with_labels_says_when_images_have_no_class_folder(tmp_path: Path, running: Running) -> None:
