@@ -166,6 +166,7 @@ def _backup_into(data_dir: Path, tmp: Path, link: bool,
     owner_only_file(state)
     src = _open_source(data_dir / STATE_FILE)
     dst = sqlite3.connect(state, isolation_level=None)
+    dst.execute("PRAGMA secure_delete=ON")  # the journal-mode change below frees nothing, but keep it zeroing
     try:
         snapshot_time = time.time()
         src.backup(dst)  # pages=-1: every page in one step, so in one read transaction of the source

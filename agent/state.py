@@ -302,6 +302,11 @@ class State:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
+        # Zero freed space for the connection's whole life, not only inside a deletion: a row rewritten later (a
+        # queue replaced) leaves its old bytes in the page's free space otherwise, and a deleted id it listed
+        # then survives the deletion in the file and every later backup (the backup API copies pages, free ones
+        # too). Not stored in the file: every connection that writes must set it (agent/backup.py's copy too).
+        self._db.execute("PRAGMA secure_delete=ON")
         self._db.execute(f"PRAGMA journal_size_limit={int(JOURNAL_SIZE_LIMIT)}")
         t0 = time.monotonic()
         problems = check_database(self._db, check)
@@ -786,13 +791,8 @@ class State:
             gone = {r.id for r in recs}
             marks = ",".join("?" * len(seqs))
             args = [int(q) for q in seqs]
-            # Zero the freed space: without it the deleted rows' bytes stay in the file's free pages (and in every
-            # later backup: the backup API copies pages, free ones too) until reused.
-            self._db.execute("PRAGMA secure_delete=ON")
-            try:
-                self._delete_rows(recs, seqs, args, marks, gone, annotator, reason, now, before_commit)
-            finally:
-                self._db.execute("PRAGMA secure_delete=OFF")
+            # The freed space is zeroed: secure_delete is on for the connection's life (``_open``).
+            self._delete_rows(recs, seqs, args, marks, gone, annotator, reason, now, before_commit)
             for q in seqs:
                 self._drop_record(int(q))
             self._label_events += 1  # the removed rows stay counted (as the deletions table counts them at open)

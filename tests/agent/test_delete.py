@@ -241,6 +241,31 @@ def test_the_deleted_bytes_do_not_stay_in_the_database_file(tmp_path: Path) -> N
     assert secret.encode() not in path.read_bytes()
 
 
+def test_a_deleted_id_a_rewritten_queue_listed_is_gone_from_the_file_and_a_later_backup(tmp_path: Path) -> None:
+    """The security review: the first deletion turned secure_delete off for good (SQLite's default here is on),
+    so a queue rewritten after it left its old JSON, with an id deleted later, in the file and in backups."""
+    from agent.backup import backup
+
+    data = tmp_path / "d"
+    data.mkdir()
+    path = data / "state.sqlite"
+    st = State(path)
+    secret = "ROE_RICHARD_MRN55501234.png"
+    others = [f"img{i:03d}.png" for i in range(30)]
+    st.add_samples([NewSample(i, "", {}, "image", sha256_hex(i.encode())) for i in [*others, secret]])
+    st.delete_samples([30], "ops", "junk")  # any earlier deletion
+    st.set_queue("web", {"ids": [*others[:5], secret, *others[5:29]]})
+    st.set_queue("web", {"ids": others[:3]})  # rewritten: the old body's bytes are freed
+    assert st.lookup(secret) is not None
+    st.delete_samples([st.lookup(secret).seq], "ops", "privacy request")  # type: ignore[union-attr]
+    st._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    summary = backup(data, tmp_path / "bk")
+    st.close()
+    assert summary.samples == 29
+    assert secret.encode() not in path.read_bytes()
+    assert secret.encode() not in (tmp_path / "bk" / "state.sqlite").read_bytes()
+
+
 def test_a_background_batch_that_embedded_a_deleted_sample_stores_no_row_of_it(tmp_path: Path) -> None:
     st = State(tmp_path / "state.sqlite")
     st.add_samples([NewSample(f"x{i}", "", {}, "image", str(i) * 64) for i in range(3)])
