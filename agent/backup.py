@@ -9,6 +9,8 @@ during labelling can be damaged (docs/agent.md, "Backup and restore"). Here:
 2. The blobs that copy refers to (``samples.sha256``), and only those: a blob written after step 1 belongs to
    no sample of the copy. Hard links when the backup is on the blobs' file system (a blob file is never changed
    in place: agent/blobs.py writes a new file and renames it), else copies, each checked against its sha256.
+   Deletions wait meanwhile before removing payload files (agent/blobs.py ``removal_lock``), so a deletion
+   committed after the copy cannot take the files of samples the copy still holds.
 3. ``PRAGMA integrity_check`` of the copy, every file and folder fsynced, and the temporary folder
    (``.DEST.partial-PID`` beside DEST) renamed to DEST: DEST appears complete or not at all; an interrupted
    backup leaves at most the partial folder, removed when the backup fails with an error.
@@ -22,6 +24,7 @@ restore"). Nothing in a data folder names an absolute path, so it can be moved o
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -33,6 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent.blobs import removal_lock
 from agent.security import OWNER_DIR, OWNER_FILE, owner_only_file
 from agent.state import RETRACTED, SERVING_KEY, check_database
 from shortlist.manifest import fsync_path
@@ -161,7 +165,16 @@ def backup(data_dir: Path, out: Path, link: bool = True,
 
 def _backup_into(data_dir: Path, tmp: Path, link: bool,
                  progress: Callable[[int, int], None] | None) -> BackupSummary:
-    """Steps 1-3 of the module's docstring into the (new, empty) folder ``tmp``, before its rename."""
+    """Steps 1-3 of the module's docstring into the (new, empty) folder ``tmp``, before its rename. From before
+    the state copy until the blobs are linked, no deletion removes a payload (``removal_lock``, shared): else
+    one committed after the copy could remove the files of samples the copy still holds."""
+    blobs = data_dir / BLOBS
+    with removal_lock(blobs, shared=True) if blobs.is_dir() else contextlib.nullcontext():
+        return _backup_locked(data_dir, tmp, link, progress)
+
+
+def _backup_locked(data_dir: Path, tmp: Path, link: bool,
+                   progress: Callable[[int, int], None] | None) -> BackupSummary:
     state = tmp / STATE_FILE
     owner_only_file(state)
     src = _open_source(data_dir / STATE_FILE)

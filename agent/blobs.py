@@ -5,14 +5,24 @@ reader never sees a partial blob and a crash leaves at most an orphan temporary 
 open). Blobs are immutable; writing the same bytes twice is a no-op. Orphan blobs (written, then the
 SQLite transaction that referenced them never committed: an agent killed during an Ingest) are removed
 when the agent next opens the folder (``sweep``), before it serves.
+
+Removal and backups (``removal_lock``): ``shortlist backup`` (another process) copies ``state.sqlite`` and then
+links the blobs that copy names; a deletion committed between the two must not remove those files before they
+are linked. ``<root>/.lock`` is ``flock``ed shared by a backup from before its state copy until its blobs are
+linked, and exclusive by a deletion around its removal, which so waits for such a backup (and a backup that
+starts meanwhile waits for the removal, then copies the state after the deletion).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import hashlib
+import logging
 import os
 import threading
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -22,10 +32,43 @@ from shortlist.manifest import fsync_path
 # Shared by every BlobStore of the process; fsync releases the GIL, so these threads overlap.
 _FSYNC_POOL = ThreadPoolExecutor(max_workers=32, thread_name_prefix="fsync")
 _OPEN_FILES = 128  # files written and fsynced at a time
+LOCK_NAME = ".lock"  # in the blob root: removal_lock's file (a dot name: sweep never takes it for a blob)
+
+log = logging.getLogger(__name__)
 
 
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+@contextlib.contextmanager
+def removal_lock(root: Path, shared: bool) -> Iterator[None]:
+    """Hold ``<root>/.lock``: ``shared`` by a backup (from before its state copy until its blobs are linked),
+    exclusive by a blob removal (see the module's docstring). Waits for the other kind; the kernel drops the
+    lock when its process ends in any way. No lock when the file cannot be opened (a read-only folder: then no
+    agent removes anything from it either)."""
+    path = root / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, OWNER_FILE)
+    except OSError:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            yield
+            return
+    try:
+        kind = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
+        try:
+            fcntl.flock(fd, kind | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            log.info("%s: waiting for %s", root, "a payload removal (a deletion) to finish" if shared
+                     else "a backup (shortlist backup) to link the payloads its state copy names")
+            fcntl.flock(fd, kind)
+        yield
+    finally:
+        os.close(fd)
 
 
 class BlobStore:
@@ -91,7 +134,12 @@ class BlobStore:
 
     def remove(self, digests: Collection[str]) -> int:
         """Remove the blobs ``digests`` (deleted samples' payloads that no sample names), durably (their
-        folders fsynced); returns how many were there."""
+        folders fsynced), once no backup is between its state copy and its blob links (``removal_lock``);
+        returns how many were there."""
+        with removal_lock(self.root, shared=False):
+            return self._remove(digests)
+
+    def _remove(self, digests: Collection[str]) -> int:
         removed = 0
         touched: set[Path] = set()
         for digest in digests:

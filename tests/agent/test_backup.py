@@ -217,3 +217,42 @@ def test_backup_refuses_what_it_cannot_do_and_leaves_nothing_when_it_fails(tmp_p
     result = runner.invoke(app, ["backup", "--data-dir", str(damaged), "--out", str(tmp_path / "bk" / "d")])
     assert result.exit_code == 1 and "fails SQLite's integrity check (row" in text(result), result.output
     assert "restore it from an earlier backup" in text(result) and list((tmp_path / "bk").iterdir()) == []
+
+
+def test_a_backup_racing_a_deletion_holds_the_payloads_of_every_sample_its_state_copy_holds(
+        running: Running, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The data steward's report: a backup whose state copy came before a deletion's commit, and whose blob links
+    came after the deletion removed the files, held 5 samples without payloads (exit 0, blaming the source).
+    Here a deletion commits while the backup sits between its state copy and its links: its file removal waits
+    for the backup, which then holds every payload; the deletion finishes after it."""
+    import agent.backup as backup_module
+
+    samples = make_samples(5)
+    client.ingest(running.stub, samples)
+    committed, copied = threading.Event(), threading.Event()
+    original = backup_module._copy_blobs
+    removed_at: list[float] = []
+
+    def slow_links(*args: object, **kw: object) -> None:
+        copied.set()
+        assert committed.wait(10)
+        time.sleep(0.3)  # time for the deletion's removal to run, if nothing holds it back
+        linked_at = time.monotonic()
+        original(*args, **kw)  # type: ignore[arg-type]
+        assert not removed_at or removed_at[0] > linked_at
+
+    def delete() -> None:
+        assert copied.wait(10)
+        running.agent.delete_samples(["s0", "s1"], "ops", "privacy", before_blobs=committed.set)
+        removed_at.append(time.monotonic())
+
+    monkeypatch.setattr(backup_module, "_copy_blobs", slow_links)
+    deleter = threading.Thread(target=delete)
+    deleter.start()
+    summary = backup_module.backup(running.data, tmp_path / "bk")
+    deleter.join(10)
+    assert not deleter.is_alive() and removed_at
+    assert (summary.samples, summary.blobs, summary.missing_blobs) == (5, 5, [])
+    digests = [sha256_hex(s.encoded_image) for s in samples]
+    assert all((tmp_path / "bk" / "blobs" / d[:2] / d[2:]).is_file() for d in digests)
+    assert not any((running.data / "blobs" / d[:2] / d[2:]).exists() for d in digests[:2])  # removed after it
