@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.blobs import removal_lock
-from agent.security import OWNER_DIR, OWNER_FILE, owner_only_file
+from agent.security import LOCK_FILE, OWNER_DIR, OWNER_FILE, DataDirLock, DataDirLocked, owner_only_file
 from agent.state import RETRACTED, SERVING_KEY, check_database
 from shortlist.manifest import fsync_path
 
@@ -161,6 +161,75 @@ def backup(data_dir: Path, out: Path, link: bool = True,
         raise
     summary.seconds = round(time.monotonic() - t0, 3)
     return summary
+
+
+def restore(backup_dir: Path, data_dir: Path, force: bool = False, link: bool = True,
+            progress: Callable[[int, int], None] | None = None) -> BackupSummary:
+    """Restore the backup ``backup_dir`` (any data folder) as the data folder ``data_dir``: the same steps as a
+    backup (a consistent copy of its state.sqlite, checked, and the blobs it names) into ``.NAME.restore-PID``
+    beside ``data_dir``, then renamed into place. A fresh folder, so no ``state.sqlite-wal`` or ``-shm`` of an
+    old folder is left to be replayed onto the restored database (what ``cp -a BACKUP/. D/`` over an old folder
+    did: a crashed agent's labels merged in, or "corrupt" at start). ``data_dir`` served by an agent: refused
+    (the agent's lock is held meanwhile, so none starts on it); holding anything but ``agent.lock``: refused
+    unless ``force``, which replaces it (its contents are removed once the restored folder is in place).
+    BackupUsageError before anything is written, BackupError when the copy fails (``data_dir`` unchanged)."""
+    if not (backup_dir / STATE_FILE).is_file():
+        raise BackupUsageError(f"{backup_dir} is no backup (it has no {STATE_FILE}): give the folder `shortlist "
+                               "backup --out` made")
+    src, dst = backup_dir.resolve(), data_dir.resolve()
+    if src == dst or dst.is_relative_to(src) or src.is_relative_to(dst):
+        raise BackupUsageError(f"{data_dir} and the backup {backup_dir} overlap: restore into another folder")
+    lock: DataDirLock | None = None
+    if data_dir.exists() or data_dir.is_symlink():
+        if not data_dir.is_dir() or data_dir.is_symlink():
+            raise BackupUsageError(f"{data_dir} is not a folder: give the data folder to restore into")
+        try:
+            lock = DataDirLock(data_dir)
+        except DataDirLocked as e:
+            raise BackupUsageError(f"{e}: stop that agent first (a restore never replaces a served folder)") \
+                from None
+        except OSError as e:
+            raise BackupUsageError(f"cannot lock {data_dir}: {e.strerror or e}") from None
+        held = sorted(p.name for p in data_dir.iterdir() if p.name != LOCK_FILE)
+        if held and not force:
+            lock.release()
+            raise BackupUsageError(f"{data_dir} is not empty (it holds {', '.join(held[:4])}"
+                                   f"{' ...' if len(held) > 4 else ''}): give --force to replace it (its contents "
+                                   "are removed), or restore into a new folder")
+    try:
+        parent = data_dir.parent
+        parent.mkdir(mode=OWNER_DIR, parents=True, exist_ok=True)
+        tmp = parent / f".{data_dir.name}.restore-{os.getpid()}"
+        t0 = time.monotonic()
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            tmp.mkdir(mode=OWNER_DIR)
+            summary = _backup_into(backup_dir, tmp, link, progress)
+        except BaseException as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(e, OSError | sqlite3.Error):
+                raise BackupError(f"the restore failed and {data_dir} was left as it was: {e}") from None
+            raise
+        summary.source, summary.out = str(backup_dir), str(data_dir)
+        if lock is None:
+            os.rename(tmp, data_dir)
+        else:
+            old = parent / f".{data_dir.name}.replaced-{os.getpid()}"
+            try:
+                os.rename(data_dir, old)
+            except OSError as e:  # a mount point, a folder not ours to rename
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise BackupError(f"cannot move {data_dir} aside ({e.strerror or e}): restore into a new folder "
+                                  "and serve that") from None
+            os.rename(tmp, data_dir)
+            fsync_path(parent)
+            shutil.rmtree(old)
+        fsync_path(parent)
+        summary.seconds = round(time.monotonic() - t0, 3)
+        return summary
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def _backup_into(data_dir: Path, tmp: Path, link: bool,

@@ -1,4 +1,5 @@
-"""The agent's commands: ``shortlist serve | ingest | select | label | prior | status | export-labels | backup`` and
+"""The agent's commands: ``shortlist serve | ingest | select | label | prior | status | export-labels | backup |
+restore | check`` and
 ``shortlist bench agent``. No torch: these run with onnxruntime alone."""
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from shortlist.datasets import sources_said
 from shortlist.v1 import agent_pb2, agent_pb2_grpc
 
 if TYPE_CHECKING:  # annotations only: the commands import these where they use them, so the others start without
+    from agent.backup import BackupSummary
     from agent.service import Agent
     from agent.web.config import WebConfig
     from agent.web.server import LocalSocket, WebServer
@@ -1595,6 +1597,11 @@ def backup(data_dir: Path = typer.Option(..., "--data-dir", help="the agent's da
     except BackupError as e:
         console.print(f"[red]backup failed[/red]: {escape(str(e))}", highlight=False)
         raise typer.Exit(1) from None
+    _print_copy_summary(summary, data_dir, out, as_json, "backed up")
+
+
+def _print_copy_summary(summary: BackupSummary, data_dir: Path, out: Path, as_json: bool, did: str) -> None:
+    """What ``backup`` and ``restore`` made: the summary on stdout, warnings on stderr."""
     if as_json:
         print(json_line(summary.as_dict()))
         return
@@ -1606,20 +1613,53 @@ def backup(data_dir: Path = typer.Option(..., "--data-dir", help="the agent's da
                                                      (summary.blobs_copied, "copied")) if n) or "none"
         blobs = f"{summary.blobs} blobs ({how}; {summary.blob_bytes / MIB:.1f} MiB)"
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(summary.snapshot_time))
-    lines = [f"backed up {data_dir} to {out} in {summary.seconds:.1f} s: {summary.samples} samples, "
+    lines = [f"{did} {data_dir} to {out} in {summary.seconds:.1f} s: {summary.samples} samples, "
              f"{summary.labelled} labelled ({summary.label_events} label events), {blobs}; model versions: "
              f"{versions}; schema version {summary.schema_version}; integrity_check {summary.integrity}",
-             f"everything acknowledged before {when} is in it; restore: shortlist serve --data-dir {out} --models M "
-             "(the index is rebuilt from it at start)"]
+             f"everything acknowledged before {when} is in it; restore: shortlist restore {out} D (or serve it: "
+             f"shortlist serve --data-dir {out} --models M; the index is rebuilt from it at start)"
+             if did == "backed up" else
+             f"serve it: shortlist serve --data-dir {out} --models M (the index is rebuilt at start)"]
     result = Console(soft_wrap=True)  # the result on stdout, as ingest's counts: `shortlist backup ... > log` keeps it
     for line in lines:
         result.print(line, markup=False, highlight=False)
     for what, digests in (("missing from", summary.missing_blobs), ("damaged in", summary.damaged_blobs)):
         if digests:
             console.print(f"warning: {len(digests)} blob(s) of its samples are {what} {data_dir / 'blobs'} (e.g. "
-                          f"{digests[0]}); they are not in the backup either, and the agent reports those samples "
-                          "as not embeddable; re-ingesting the same payloads repairs them", style="yellow",
+                          f"{digests[0]}); they are not in the {'backup' if did == 'backed up' else 'restored folder'}"
+                          " either, and the agent reports those samples as not embeddable; re-ingesting the same "
+                          "payloads repairs them (shortlist check --data-dir lists them)", style="yellow",
                           markup=False, highlight=False)
+
+
+# ---- shortlist restore --------------------------------------------------------------------------------
+def restore(backup_dir: Path = typer.Argument(..., metavar="BACKUP", help="the backup folder (made by shortlist "
+                                                                          "backup)"),
+            data_dir: Path = typer.Argument(..., metavar="DATA_DIR", help="the data folder to restore it as"),
+            force: bool = typer.Option(False, "--force", help="replace DATA_DIR when it holds anything (its "
+                                       "contents are removed once the restored folder is in place)"),
+            copy_blobs: bool = typer.Option(False, "--copy-blobs", help="copy the blobs even on the backup's file "
+                                            "system (by default they are hard-linked there)"),
+            as_json: bool = JsonOpt) -> None:
+    """Restore a backup as a data folder, safely: into a new folder beside DATA_DIR (the backup's state copied
+    and checked as backup does, and the blobs it names), renamed into place, so no state.sqlite-wal of an old
+    folder is replayed onto it. Refused while an agent serves DATA_DIR (stop it first) and, without --force,
+    when DATA_DIR holds anything (docs/agent.md, "Backup and restore")."""
+    from agent.backup import BackupError, BackupUsageError
+    from agent.backup import restore as do_restore
+
+    try:
+        with _progress() as bar:
+            task = bar.add_task("blobs", total=None)
+            summary = do_restore(backup_dir, data_dir, force=force, link=not copy_blobs,
+                                 progress=lambda done, total: bar.update(task, completed=done, total=total))
+    except BackupUsageError as e:
+        console.print(f"[red]cannot restore[/red]: {escape(str(e))}", highlight=False)
+        raise typer.Exit(2) from None
+    except BackupError as e:
+        console.print(f"[red]restore failed[/red]: {escape(str(e))}", highlight=False)
+        raise typer.Exit(1) from None
+    _print_copy_summary(summary, backup_dir, data_dir, as_json, "restored")
 
 
 # ---- shortlist bench agent ---------------------------------------------------------------------------
@@ -1666,6 +1706,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     app.command("status")(status)
     app.command("export-labels")(export_labels)
     app.command("backup")(backup)
+    app.command("restore")(restore)
     app.command("web")(web)
     bench_app.command("agent")(bench_agent)
     from agent.models_cli import models_app

@@ -183,8 +183,10 @@ def corrupt_message(path: Path, detail: str) -> str:
     detail = " ".join(detail.split())  # integrity_check's lines hold newlines
     if len(detail) > 240:
         detail = detail[:240] + " ..."
-    return (f"{path} is corrupt (SQLite: {detail}): restore it from a backup (shortlist backup, docs/agent.md "
-            '"Backup and restore")')
+    return (f"{path} is corrupt (SQLite: {detail}): restore it from a backup: shortlist restore BACKUP "
+            f"{path.parent} --force (docs/agent.md \"Backup and restore\"). Just restored by copying files over "
+            f"the folder? The old folder's {path.name}-wal, replayed onto the copy, is the likely cause: "
+            "shortlist restore leaves none")
 
 
 def is_corruption(e: sqlite3.DatabaseError) -> bool:

@@ -256,3 +256,46 @@ def test_a_backup_racing_a_deletion_holds_the_payloads_of_every_sample_its_state
     digests = [sha256_hex(s.encoded_image) for s in samples]
     assert all((tmp_path / "bk" / "blobs" / d[:2] / d[2:]).is_file() for d in digests)
     assert not any((running.data / "blobs" / d[:2] / d[2:]).exists() for d in digests[:2])  # removed after it
+
+
+def crash_after_a_label(state_path: Path) -> None:
+    """Label sample 1 "wolf" in another process that then dies without closing the database (as kill -9): the
+    label stays in ``state.sqlite-wal`` only."""
+    code = ("import os, sys; from pathlib import Path; from agent.state import State; "
+            "s = State(Path(sys.argv[1])); s.add_labels([(1, s.class_index('wolf'))], 'eve'); os._exit(0)")
+    import subprocess
+    import sys
+    subprocess.run([sys.executable, "-c", code, str(state_path)], check=True, cwd=Path(__file__).parents[2])
+
+
+def test_restore_over_a_crashed_folder_replays_none_of_its_wal_and_refuses_what_it_must(tmp_path: Path) -> None:
+    """The data steward's report: `cp -a backup/. D/` over a folder a crashed agent left kept its state.sqlite-wal,
+    which SQLite replayed onto the restored copy (a label the backup does not hold appeared). `shortlist restore`
+    makes a fresh folder instead, and refuses a served or non-empty target unless told."""
+    data, bk = tmp_path / "d", tmp_path / "bk"
+    blob_folder(data)
+    assert runner.invoke(app, ["backup", "--data-dir", str(data), "--out", str(bk)]).exit_code == 0
+    crash_after_a_label(data / "state.sqlite")
+    assert (data / "state.sqlite-wal").stat().st_size > 0  # the crashed agent's label, in the WAL only
+    refused = runner.invoke(app, ["restore", str(bk), str(data)])
+    assert refused.exit_code == 2 and "is not empty" in text(refused) and "--force" in text(refused), refused.output
+    from agent.security import DataDirLock
+    lock = DataDirLock(data)  # an agent serving it
+    try:
+        served = runner.invoke(app, ["restore", str(bk), str(data), "--force"])
+        assert served.exit_code == 2 and "stop that agent first" in text(served), served.output
+    finally:
+        lock.release()
+    done = runner.invoke(app, ["restore", str(bk), str(data), "--force", "--json"])
+    assert done.exit_code == 0, done.output
+    summary = json.loads(done.stdout)
+    assert (summary["samples"], summary["blobs"], summary["integrity"], summary["labelled"]) == (5, 5, "ok", 0)
+    assert not (data / "state.sqlite-wal").exists() and not (data / "state.sqlite-shm").exists()
+    s = State(data / "state.sqlite")
+    try:
+        assert (s.count(), s.labeled_count(), "wolf" in s.classes) == (5, 0, False)
+    finally:
+        s.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bk", "d"]  # no partial or replaced folder left
+    fresh = runner.invoke(app, ["restore", str(bk), str(tmp_path / "new")])
+    assert fresh.exit_code == 0 and "restored" in fresh.stdout, fresh.output

@@ -222,7 +222,7 @@ def test_a_copy_whose_index_lost_rows_is_refused_where_quick_check_would_serve_i
     seqs = small_state(path)
     lose_index_rows(path, seqs[4:])
     with pytest.raises(StateCorruptError, match=r"state.sqlite is corrupt \(SQLite: row \d+ missing from index "
-                                                r"labels_seq.*restore it from a backup \(shortlist backup"):
+                                                r"labels_seq.*restore it from a backup: shortlist restore BACKUP"):
         State(path)
     # why "full" is the default: quick_check finds nothing, and the labels read through the index come up short
     s = State(path, check="quick")
@@ -263,7 +263,9 @@ def test_serve_refuses_a_corrupt_state_with_a_message_and_no_traceback(tmp_path:
            "index": "missing from index labels_seq"}[damage]
     assert out.exit_code == 2, text
     assert f"cannot start: {path} is corrupt (SQLite: " in text and why in text, text
-    assert 'restore it from a backup (shortlist backup, docs/agent.md "Backup and restore")' in text, text
+    assert f'restore it from a backup: shortlist restore BACKUP {data} --force (docs/agent.md "Backup and restore")' \
+        in text, text
+    assert "state.sqlite-wal, replayed onto the copy, is the likely cause" in text, text
     assert "Traceback" not in text and len(out.output) < 800, out.output
     assert path.read_bytes() == before
 
