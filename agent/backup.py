@@ -81,7 +81,7 @@ class BackupSummary:
         return dict(vars(self))
 
 
-def _open_source(path: Path) -> sqlite3.Connection:
+def open_source(path: Path) -> sqlite3.Connection:
     """A connection to the live database that changes nothing in it (``query_only``). Read-write mode (without
     create) so that, when no agent has it open, closing it removes the -wal and -shm files it opened, as the
     agent's own close does; read-only where the folder cannot be written."""
@@ -246,7 +246,7 @@ def _backup_locked(data_dir: Path, tmp: Path, link: bool,
                    progress: Callable[[int, int], None] | None) -> BackupSummary:
     state = tmp / STATE_FILE
     owner_only_file(state)
-    src = _open_source(data_dir / STATE_FILE)
+    src = open_source(data_dir / STATE_FILE)
     dst = sqlite3.connect(state, isolation_level=None)
     dst.execute("PRAGMA secure_delete=ON")  # the journal-mode change below frees nothing, but keep it zeroing
     try:

@@ -76,6 +76,11 @@ class BlobStore:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        # digest -> why: payloads found missing (``sweep``) or unreadable (``get``) since the folder was opened,
+        # until written again; GetStatus warns about those a sample still names (agent/core.py). Found as a side
+        # effect of work done anyway: nothing is hashed for it (``shortlist check`` hashes every file).
+        self._unreadable: dict[str, str] = {}
+        self._unreadable_lock = threading.Lock()
         owner_only_dir(root)
         for tmp in root.glob("*/.tmp-*"):  # left by a crash between write and rename
             tmp.unlink(missing_ok=True)
@@ -118,18 +123,40 @@ class BlobStore:
                 os.replace(tmp, final)
                 placed.append(final)
         list(_FSYNC_POOL.map(fsync_path, {final.parent for final in placed}))
+        with self._unreadable_lock:
+            for digest in digests:
+                self._unreadable.pop(digest, None)
+
+    def unreadable(self) -> dict[str, str]:
+        """digest -> why, of the payloads found missing at open or unreadable since (and not written again)."""
+        with self._unreadable_lock:
+            return dict(self._unreadable)
+
+    def is_unreadable(self, digest: str) -> bool:
+        """Whether ``digest`` is among ``unreadable``."""
+        with self._unreadable_lock:
+            return digest in self._unreadable
+
+    def _note_unreadable(self, digest: str, why: str) -> None:
+        with self._unreadable_lock:
+            self._unreadable[digest] = why
 
     def sweep(self, keep: Collection[str]) -> int:
         """Remove every blob whose digest is not in ``keep`` (the payloads the samples table names); returns
         how many. Only while nothing writes blobs (the agent at open, before it serves): an Ingest writes its
         blobs before the commit that names them, so a sweep beside one could remove a blob about to be used."""
         orphans: list[str] = []
+        present: set[str] = set()
         for folder in self.root.iterdir():
             if len(folder.name) != 2 or not folder.is_dir():
                 continue
             with os.scandir(folder) as entries:
-                orphans += [folder.name + e.name for e in entries
-                            if not e.name.startswith(".") and folder.name + e.name not in keep]
+                found = [folder.name + e.name for e in entries if not e.name.startswith(".")]
+            present.update(found)
+            orphans += [d for d in found if d not in keep]
+        for digest in keep:
+            if digest not in present:  # the listing is made anyway: a missing payload costs nothing to notice
+                self._note_unreadable(digest, "payload file missing")
         return self.remove(orphans)
 
     def remove(self, digests: Collection[str]) -> int:
@@ -169,8 +196,17 @@ class BlobStore:
         self.put_many([(digest, data)])
 
     def get(self, digest: str) -> bytes:
-        """The bytes stored under ``digest``; FileNotFoundError if absent, OSError if corrupt."""
-        data = self.path(digest).read_bytes()
+        """The bytes stored under ``digest``; FileNotFoundError if absent, OSError if corrupt (either noted for
+        ``unreadable``)."""
+        try:
+            data = self.path(digest).read_bytes()
+        except FileNotFoundError:
+            self._note_unreadable(digest, "payload file missing")
+            raise
+        except OSError as e:
+            self._note_unreadable(digest, f"payload file unreadable: {e.strerror or e}")
+            raise
         if sha256_hex(data) != digest:
+            self._note_unreadable(digest, "payload file damaged (its content hash differs)")
             raise OSError(f"blob {digest} is corrupt (its content hash differs)")
         return data

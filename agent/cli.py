@@ -1581,8 +1581,8 @@ def backup(data_dir: Path = typer.Option(..., "--data-dir", help="the agent's da
                                                 "protection from a failure of that disk)"),
            as_json: bool = JsonOpt) -> None:
     """Back up a data folder while the agent serves it: a consistent copy of state.sqlite (SQLite's backup API)
-    and the blobs it refers to, checked and renamed into place at the end. Restore: `shortlist serve --data-dir
-    OUT` (docs/agent.md, "Backup and restore")."""
+    and the blobs it refers to, checked and renamed into place at the end. Restore: `shortlist restore OUT D`, or
+    `shortlist serve --data-dir OUT` (docs/agent.md, "Backup and restore")."""
     from agent.backup import BackupError, BackupUsageError
     from agent.backup import backup as make_backup
 
@@ -1662,6 +1662,45 @@ def restore(backup_dir: Path = typer.Argument(..., metavar="BACKUP", help="the b
     _print_copy_summary(summary, backup_dir, data_dir, as_json, "restored")
 
 
+# ---- shortlist check ----------------------------------------------------------------------------------
+def check(data_dir: Path = typer.Option(..., "--data-dir", help="the agent's data folder (served or not)"),
+          as_json: bool = JsonOpt) -> None:
+    """Verify a data folder without changing it (served or not): state.sqlite's integrity_check, every sample's
+    payload file present and hashing to its sha256; list the deletions made in it (who, when, why, how many:
+    the tombstones, which hold no ids). Exit 1 when it finds a problem, each said with what to do."""
+    from agent.backup import BackupUsageError
+    from agent.check import check as run_check
+
+    try:
+        report = run_check(data_dir)
+    except BackupUsageError as e:
+        console.print(f"[red]cannot check[/red]: {escape(str(e))}", highlight=False)
+        raise typer.Exit(2) from None
+    if as_json:
+        print(json_line(report.as_dict()))
+    else:
+        out = Console(soft_wrap=True)
+        state = "integrity_check " + ("ok" if not report.integrity else "FAILED")
+        if report.blobs_kept:
+            bad = len(report.missing) + len(report.damaged)
+            payloads = f"{report.payloads} payload file(s), " + (f"{bad} missing or damaged" if bad else
+                                                                 "all present and matching their sha256")
+        else:
+            payloads = "no payloads kept (serve --no-blobs)"
+        out.print(f"checked {data_dir}: state.sqlite {state}; {report.samples} samples; {payloads}"
+                  + (f"; {report.orphans} blob file(s) no sample names (the agent removes them at its next start)"
+                     if report.orphans else ""), markup=False, highlight=False)
+        out.print(f"deletions: {len(report.deletions) or 'none'}", markup=False, highlight=False)
+        for d in report.deletions:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(d.time))
+            out.print(f"  {when}  by {d.annotator!r}: {d.samples} sample(s), {d.label_rows} label row(s); reason "
+                      f"{d.reason!r}", markup=False, highlight=False)
+        for problem in report.problems:
+            console.print(f"problem: {problem}", style="red", markup=False, highlight=False)
+    if report.problems:
+        raise typer.Exit(1)
+
+
 # ---- shortlist bench agent ---------------------------------------------------------------------------
 def bench_agent(models: Path | None = typer.Option(None, "--models", help="registry to take the newest "
                                                    "version from (default: a ~0.2 GMAC CNN built here)"),
@@ -1707,6 +1746,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     app.command("export-labels")(export_labels)
     app.command("backup")(backup)
     app.command("restore")(restore)
+    app.command("check")(check)
     app.command("web")(web)
     bench_app.command("agent")(bench_agent)
     from agent.models_cli import models_app

@@ -1674,10 +1674,24 @@ class Agent:
             audit=audit,
             warnings=[w for w in [self.registry_warning(), *storage_warnings(self.data_dir, self.config.min_free_bytes),
                                   *self.manager.warnings(), *self.map.warnings(), self.class_warning(classes),
-                                  self.calibration_warning()]
+                                  self.calibration_warning(), self.payload_warning()]
                       if w],
             classes_open=not self.state.closed, label_events=self.state.label_event_count(),
             agent_version=self.version[0], agent_commit=self.version[1], schema_version=self.state.schema_version())
+
+    def payload_warning(self) -> str:
+        """GetStatus's warning about samples whose payload file was found missing at start or unreadable since
+        (``BlobStore.unreadable``: noticed by work done anyway, nothing hashed here); "" when none."""
+        if self.blobs is None:
+            return ""
+        named = [(rec, why) for digest, why in sorted(self.blobs.unreadable().items())
+                 if (rec := self.state.lookup_payload(digest)) is not None]
+        if not named:
+            return ""
+        rec, why = named[0]
+        return (f"{len(named)} stored payload(s) are missing or damaged in {self.data_dir / 'blobs'} (e.g. sample "
+                f"{rec.id!r}: {why}): `shortlist check --data-dir {self.data_dir}` lists every one; re-ingesting "
+                "the same files under the same ids repairs them, or restore the folder from a backup")
 
     def calibration_warning(self) -> str:
         """GetStatus's hint while prior confidences cannot be trusted ("" otherwise, and before any

@@ -375,7 +375,8 @@ class IngestPipeline:
         let the model manager embed the sample again."""
         if self.blobs is None:
             return
-        known_bad = any(rec.seq in bad for bad in self.manager.unembeddable.values())
+        known_bad = (any(rec.seq in bad for bad in self.manager.unembeddable.values())
+                     or self.blobs.is_unreadable(rec.sha256))  # a read found it damaged (GetStatus warns)
         if not known_bad and self.blobs.has(rec.sha256):  # a cheap test for every resend; hash only suspects
             return
         if not self.blobs.damaged(rec.sha256):
