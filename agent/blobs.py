@@ -157,7 +157,7 @@ class BlobStore:
         for digest in keep:
             if digest not in present:  # the listing is made anyway: a missing payload costs nothing to notice
                 self._note_unreadable(digest, "payload file missing")
-        return self.remove(orphans)
+        return self._remove(orphans)  # no removal_lock: no state copy a backup makes names an orphan
 
     def remove(self, digests: Collection[str]) -> int:
         """Remove the blobs ``digests`` (deleted samples' payloads that no sample names), durably (their

@@ -147,7 +147,8 @@ def test_backup_prints_its_summary_on_stdout_and_warnings_on_stderr(tmp_path: Pa
     assert result.exit_code == 0, result.output
     stdout, stderr = " ".join(result.stdout.split()), " ".join(result.stderr.split())
     assert stdout.startswith(f"backed up {data} to {out} in ") and "4 blobs" in stdout, (stdout, stderr)
-    assert f"restore: shortlist serve --data-dir {out}" in stdout and "missing from" not in stdout
+    assert f"restore: shortlist restore {out} D (or serve it: shortlist serve --data-dir {out}" in stdout
+    assert "missing from" not in stdout
     assert stderr.startswith("warning: 1 blob(s) of its samples are missing from"), stderr
     blob_folder(tmp_path / "sound")
     quiet = runner.invoke(app, ["backup", "--data-dir", str(tmp_path / "sound"), "--out", str(tmp_path / "bk2")])
