@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import json
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -278,6 +279,14 @@ def test_restore_over_a_crashed_folder_replays_none_of_its_wal_and_refuses_what_
     assert runner.invoke(app, ["backup", "--data-dir", str(data), "--out", str(bk)]).exit_code == 0
     crash_after_a_label(data / "state.sqlite")
     assert (data / "state.sqlite-wal").stat().st_size > 0  # the crashed agent's label, in the WAL only
+    # what a copy over the folder did: the old WAL replayed onto the restored file, a label the backup lacks
+    merged = tmp_path / "copied-over"
+    shutil.copytree(data, merged)
+    shutil.copy2(bk / "state.sqlite", merged / "state.sqlite")
+    s = State(merged / "state.sqlite")
+    assert "wolf" in s.classes and s.labeled_count() == 1
+    s.close()
+    shutil.rmtree(merged)
     refused = runner.invoke(app, ["restore", str(bk), str(data)])
     assert refused.exit_code == 2 and "is not empty" in text(refused) and "--force" in text(refused), refused.output
     from agent.security import DataDirLock
