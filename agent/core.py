@@ -560,6 +560,10 @@ class Agent:
         # The recorded Selects of uniform strategies (audit, random) without a where filter, each as its seqs
         # in the order drawn: the uniform draws whose labels the calibration fits on (uniform_seqs).
         self._draws_lock = threading.Lock()
+        # Held by DeleteSamples from its commit to the caches' clearing, and by Select from the check that its
+        # picks still exist to its record and cache entry: a deletion commits wholly before a Select records
+        # (whose picks then leave out the deleted samples) or after (it then finds the record and rewrites it).
+        self._deleting = threading.Lock()
         self._draws: list[tuple[str, np.ndarray]] = self._recorded_draws()
         self._counted_draws = CountedDraws()  # their counted picks, kept up to date (counted_seqs)
         self._recorded_since_prune = PRUNE_EVERY  # prune at the first record after a start
@@ -581,7 +585,7 @@ class Agent:
         self.ingest = IngestPipeline(self.state, self.blobs, self.manager, config.limits, self.decode_work,
                                      work.large_image_pixels)
         self.auditor = PriorAuditor(config.audit, self.state.audit_seqs, self.state.labels_by_seq, self._audit_pool,
-                                    lambda seq: self.state.record(seq).id, self._served_version, self.work,
+                                    self._id_of, self._served_version, self.work,
                                     background=config.background, counted=self.audit_counted)
         self.queues = Queues(self.state, config.limits)
         self.images = Images(self.state, self.blobs, config.images, config.limits.max_message_bytes,
@@ -590,6 +594,11 @@ class Agent:
         self.map = PoolMap(config.map, data_dir / "map", self._serving_view)
         if config.background:
             self.map.start()
+
+    def _id_of(self, seq: int) -> str:
+        """Sample ``seq``'s id, "" once deleted (a pool read before a DeleteSamples may still hold its seq)."""
+        rec = self.state.lookup_seq(seq)
+        return "" if rec is None else rec.id
 
     def _stored_prior_fit(self) -> tuple[str, TemperatureFit] | None:
         """The last calibrated PriorLabels' method and fit as ``_note_prior_fit`` stored them; None when none
@@ -1020,18 +1029,20 @@ class Agent:
                     seen.add(rec.seq)
             if not good:
                 return 0, rejected, 0
-            digests = self.state.delete_samples(good, stored_annotator(annotator), reason, before_commit)
-            _, _, pending = self.manager.progress()
-            for index in {id(i): i for i in (None if serving is None else serving.index, pending)
-                          if i is not None}.values():
-                index.remove(good)
-            dead = np.array(good, np.int64)
-            with self._draws_lock:  # as a restart reads the records: the deleted picks become seq 0
-                self._draws = [(st, np.where(np.isin(order, dead), 0, order)) for st, order in self._draws]
-                self._counted_draws = CountedDraws()
-            self.select_cache.clear()
-            self.prior_cache.clear()
-            self.images.cache.clear()
+            with self._deleting:
+                digests = self.state.delete_samples(good, stored_annotator(annotator), reason, before_commit)
+                self.manager.drop_samples(good)  # no GetStatus warning names them as unembeddable any more
+                _, _, pending = self.manager.progress()
+                for index in {id(i): i for i in (None if serving is None else serving.index, pending)
+                              if i is not None}.values():
+                    index.remove(good)
+                dead = np.array(good, np.int64)
+                with self._draws_lock:  # as a restart reads the records: the deleted picks become seq 0
+                    self._draws = [(st, np.where(np.isin(order, dead), 0, order)) for st, order in self._draws]
+                    self._counted_draws = CountedDraws()
+                self.select_cache.clear()
+                self.prior_cache.clear()
+                self.images.cache.clear()
             removed = 0
             if self.blobs is not None and digests:
                 if before_blobs is not None:
@@ -1103,8 +1114,8 @@ class Agent:
         if not where:
             return live
         items = list(where.items())
-        return np.array([bool(live[i]) and all(self.state.record(int(q)).metadata.get(k) == v for k, v in items)
-                         for i, q in enumerate(seqs)], bool)
+        recs = (self.state.lookup_seq(int(q)) if live[i] else None for i, q in enumerate(seqs))
+        return np.array([rec is not None and all(rec.metadata.get(k) == v for k, v in items) for rec in recs], bool)
 
     def model_pool(self, serving: Serving, where: Mapping[str, str],
                    audit: bool = False) -> tuple[Pool, np.ndarray]:
@@ -1182,7 +1193,8 @@ class Agent:
     def labelled_ids(self) -> list[str]:
         """Ids of every labelled sample (the selection state that, with the seed, seeds a request's rng)."""
         labels = self.state.labels_by_seq()
-        return [self.state.record(int(q)).id for q in np.flatnonzero(labels >= 0)]
+        recs = (self.state.lookup_seq(int(q)) for q in np.flatnonzero(labels >= 0))
+        return [rec.id for rec in recs if rec is not None]  # a sample deleted since the labels were read: none
 
     # ---- Select ----------------------------------------------------------------------------------
     def select(self, budget: int, strategy: str, params: Mapping[str, str], seed: int,
@@ -1247,22 +1259,31 @@ class Agent:
                 details[NOT_UNIFORM] = ("a draw of the embedded samples only, not of the whole pool: its labels do "
                                         "not count as audit labels for the calibration")
         selection_id = uuid.uuid4().hex
-        if not record:  # cached unrecorded: a repeat by a read token is answered at once, by a write token recorded
-            if cached is None:
-                self.select_cache.put(key, (list(chosen), dict(details), ""), weight=max(1, len(chosen)))
-            return SelectResult(chosen, version, strategy, selection_id,
-                                {**details, SELECTION_NOT_RECORDED: READ_ONLY_SELECT})
         request: dict[str, Any] = {"budget": budget, "strategy": strategy, "params": dict(params), "seed": seed,
                                    "where": dict(where)}
         if max_per_group:  # not a uniform draw (uniform_request): the cap reshapes the sample
             request.update(group_by=group_by, max_per_group=max_per_group)
         if serving is not None and behind:  # not a uniform draw either: the candidates are the embedded part only
             request.update(not_embedded=behind)
-        recorded, details = self._record_selection(selection_id, request, chosen, version, details)
-        # an unrecorded answer is cached without an id: a repeat runs the recording again
-        kept = {k: v for k, v in details.items() if k != SELECTION_NOT_RECORDED}
-        self.select_cache.put(key, (list(chosen), kept, recorded), weight=max(1, len(chosen)))
+        with self._deleting:  # no DeleteSamples between the check and the record (``_deleting``)
+            chosen = self._still_stored(chosen, int(seqs.max(initial=0)))
+            if not record:  # cached unrecorded: a repeat by a read token is answered at once, by a write token
+                if cached is None:
+                    self.select_cache.put(key, (list(chosen), dict(details), ""), weight=max(1, len(chosen)))
+                return SelectResult(chosen, version, strategy, selection_id,
+                                    {**details, SELECTION_NOT_RECORDED: READ_ONLY_SELECT})
+            recorded, details = self._record_selection(selection_id, request, chosen, version, details)
+            # an unrecorded answer is cached without an id: a repeat runs the recording again
+            kept = {k: v for k, v in details.items() if k != SELECTION_NOT_RECORDED}
+            self.select_cache.put(key, (list(chosen), kept, recorded), weight=max(1, len(chosen)))
         return SelectResult(chosen, version, strategy, selection_id, details)
+
+    def _still_stored(self, chosen: list[tuple[str, float]], newest: int) -> list[tuple[str, float]]:
+        """``chosen`` less the picks a DeleteSamples removed since the strategy ran (call holding ``_deleting``).
+        ``newest``: the highest seq of the Select's pool; an id stored under a higher seq was deleted and
+        ingested again since, a new sample the strategy never saw."""
+        recs = ((self.state.lookup(i), s) for i, s in chosen)
+        return [(rec.id, s) for rec, s in recs if rec is not None and rec.seq <= newest]
 
     def not_embedded(self, version: str, stored: int, rows: int) -> int:
         """How many of the ``stored`` samples (``State.count()``, read before the pool's view) ``version``'s

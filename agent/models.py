@@ -35,7 +35,7 @@ import logging
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -48,7 +48,7 @@ from agent.config import AgentConfig
 from agent.embedder import Embedder, ModelFailed
 from agent.errors import storage_problem
 from agent.index import VersionIndex
-from agent.state import SERVING_KEY, EmbeddingRows, State, StoredEmbeddings
+from agent.state import SERVING_KEY, EmbeddingRows, SampleRecord, State, StoredEmbeddings
 from shortlist.images import decode_stored
 from shortlist.manifest import (
     MODEL_FINGERPRINT_PREFIX,
@@ -319,7 +319,7 @@ class ModelManager:
         out = [w for w in (self.warning, folder, live, *self.notices) if w]
         if cur is not None and self.blobs is not None:  # without blobs ``warning`` says they cannot be embedded
             stored = self.state.count()  # before the index's size: a sample ingested in between is in both
-            behind = stored - cur.index.live - len(self.unembeddable.get(cur.version, {}))
+            behind = stored - cur.index.live - len(self._unembeddable_now(cur.version))
             if behind > 0:
                 out.append(f"{behind:,} of {stored:,} stored samples are not embedded yet by {cur.version}, the "
                            "version served (they are being embedded in the background): until then Select and "
@@ -327,14 +327,42 @@ class ModelManager:
         serving = "no version is served" if cur is None else f"{cur.version} keeps serving"
         out += [f"{why} ({serving}; fix or replace the folder, or publish a new version)"
                 for name, why in sorted(self.failed.items()) if (version_number(name) or 0) > cur_no]
-        for version, bad in list(self.unembeddable.items()):
+        for version in list(self.unembeddable):
+            bad = self._unembeddable_now(version)
             if bad and ((cur is not None and version == cur.version) or version == self.pending_version):
-                seq, why = next(iter(bad.items()))
-                rec = self.state.record(seq)
+                rec, why = next(iter(bad.values()))
                 out.append(f"{len(bad)} sample(s) cannot be embedded by {version}: their stored payload is "
                            f"missing or unreadable (e.g. {rec.id!r}: {why}); they are left out of Select and "
                            "PriorLabels; re-ingest the same payload under the same id to repair them")
         return out
+
+    def _unembeddable_now(self, version: str) -> dict[int, tuple[SampleRecord, str]]:
+        """``version``'s unembeddable samples that still exist: seq -> (record, why). A DeleteSamples drops its
+        seqs from ``unembeddable`` (``drop_samples``), but an embedding batch that read a sample before the
+        deletion can still list it after (its payload file gone with it): such a seq names no sample."""
+        out: dict[int, tuple[SampleRecord, str]] = {}
+        for seq, why in list(self.unembeddable.get(version, {}).items()):
+            rec = self.state.lookup_seq(seq)
+            if rec is not None:
+                out[seq] = (rec, why)
+        return out
+
+    def drop_samples(self, seqs: Collection[int]) -> None:
+        """Samples ``seqs`` were deleted (DeleteSamples): they are no longer unembeddable by any version."""
+        for bad in list(self.unembeddable.values()):
+            for q in seqs:
+                bad.pop(int(q), None)
+
+    def _drop_deleted(self, index: VersionIndex) -> int:
+        """Take out of ``index`` the rows of samples deleted since they were read (a version loaded from its
+        stored embeddings, or a background batch, while a DeleteSamples ran): how many. Call with the write
+        lock held, before serving ``index``; DeleteSamples holds it too, so none is deleted meanwhile."""
+        seqs = index.view().seqs
+        alive = self.state.alive_by_seq()
+        inside = seqs < len(alive)
+        ok = inside & alive[np.where(inside, seqs, 0)]
+        dead = seqs[(seqs > 0) & ~ok]
+        return index.remove(dead.tolist()) if len(dead) else 0
 
     def _fingerprint(self, name: str) -> str:
         """Cheap summary of a version folder (names, sizes, mtimes): a refused version is looked at
@@ -451,7 +479,9 @@ class ModelManager:
         for r in rows:
             if blobs is None:  # --no-blobs: no payload kept
                 break
-            rec = self.state.record(int(stored.seqs[r]))
+            rec = self.state.lookup_seq(int(stored.seqs[r]))
+            if rec is None:  # deleted since the rows were read: nothing to compare
+                continue
             try:
                 images.append(decode_stored(rec.kind, blobs.get(rec.sha256), emb.manifest.preprocess,
                                             self.max_pixels))
@@ -521,6 +551,7 @@ class ModelManager:
         serving = self._load(version, manifest)
         before = self.state.get_meta(SERVING_KEY)
         with self._write_lock:
+            self._drop_deleted(serving.index)  # a DeleteSamples while it loaded (its rows read before)
             self.current = serving
         self._saved_rows = serving.index.loaded_from_snapshot
         self.state.set_meta(SERVING_KEY, version)
@@ -645,12 +676,16 @@ class ModelManager:
                 break
             seqs, images = [], []
             for q in missing[start:start + self.batch_size]:
-                rec = self.state.record(q)
+                rec = self.state.lookup_seq(q)
+                if rec is None:  # deleted since ``missing`` was listed (DeleteSamples)
+                    continue
                 try:
                     images.append(decode_stored(rec.kind, self.blobs.get(rec.sha256), emb.manifest.preprocess,
                                                 self.max_pixels))
                     seqs.append(q)
                 except (OSError, ValueError) as e:  # blob missing or corrupt: report it, do not retry
+                    if self.state.lookup_seq(q) is None:  # deleted meanwhile: its payload file went with it
+                        continue
                     log.error("sample %r cannot be embedded by %s: %s", rec.id, index.version, e)
                     bad[q] = str(e) if not isinstance(e, FileNotFoundError) else "payload file missing"
             if not seqs:
@@ -670,7 +705,9 @@ class ModelManager:
                      logits: np.ndarray | None, pretext: np.ndarray | None) -> None:
         # Ingest may have embedded some of these since ``_missing`` looked (it holds the write lock
         # for commit + add, as the caller does now): keep only rows the index still lacks.
-        keep = np.array([not index.has(int(q)) for q in seqs], bool)
+        # A sample deleted since it was read gets no row either (``_drop_deleted`` takes out one deleted
+        # between this check and the add, before the index is served).
+        keep = np.array([not index.has(int(q)) and self.state.lookup_seq(int(q)) is not None for q in seqs], bool)
         if not keep.all():
             seqs, vecs = seqs[keep], vecs[keep]
             logits = None if logits is None else logits[keep]
@@ -732,6 +769,8 @@ class ModelManager:
                 return newer[0]
             with self._write_lock:  # the few samples ingested since, then the swap
                 self._catch_up(new.embedder, new.index, hold_lock=False)
+                if dropped := self._drop_deleted(new.index):
+                    log.info("%s: %d row(s) of samples deleted while it was embedded taken out", version, dropped)
                 old = self.current
                 self.state.set_serving(version, new.index.n)
                 with self._view_lock:  # GetStatus sees the swap and the end of pending as one change
