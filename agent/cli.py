@@ -1459,12 +1459,32 @@ LABELS_WORDS = ("labels given ({labels_new:,} to unlabelled samples, {labels_rep
                 "{labels_changed:,} changed to another class)")
 
 
-def tally_lines(tally: LabelTally) -> tuple[str, Table]:
-    """``status --by-annotator``'s totals line and its table, one row per annotator (most labels given first)."""
+def deleted_events(tally: LabelTally, label_events: int | None) -> int | None:
+    """What ``label_events`` (GetStatus, read before and after the history with the same value; None when it
+    changed meanwhile) counts beyond the history's rows: the label rows of deleted samples plus one per
+    DeleteSamples (agent/state.py keeps counting them, so the revision never goes back). None when unknown."""
+    if label_events is None:
+        return None
     t = tally.total.as_dict()
+    rest = label_events - (t["labels_given"] + t["retracted"] + tally.renames + tally.restores)
+    return rest if rest >= 0 else None
+
+
+def tally_lines(tally: LabelTally, label_events: int | None = None) -> tuple[str, Table]:
+    """``status --by-annotator``'s totals line and its table, one row per annotator (most labels given first).
+    ``label_events``: GetStatus's, when it did not change while the history was read (``deleted_events``)."""
+    t = tally.total.as_dict()
+    deleted = deleted_events(tally, label_events)
     line = (f"label history: {t['labels_given']:,} " + LABELS_WORDS.format(**t) + f", {t['retracted']:,} taken "
-            f"back, {tally.renames:,} moved by a class rename, {tally.restores:,} put back by an undo (label_events "
-            "counts all four)")
+            f"back, {tally.renames:,} moved by a class rename, {tally.restores:,} put back by an undo")
+    if deleted == 0:
+        line += " (label_events counts all four)"
+    elif deleted is not None:
+        line += (f", {deleted:,} for deletions (label rows of deleted samples, and one per DeleteSamples; "
+                 "label_events counts all five)")
+    else:  # labels changed while the history was read: no exact figure for the deletions
+        line += (" (label_events counts all four, plus the label rows of deleted samples and one per DeleteSamples; "
+                 "labels changed while the history was read: run it again for that figure)")
     table = Table(title="per annotator", caption="given = new (to an unlabelled sample) + same (the class it had "
                   "already; agreeing: another person's) + changed (to another class); held: current labels; taken "
                   "back: retractions", caption_justify="left")
@@ -1489,9 +1509,13 @@ def status(agent: AgentTarget, as_json: bool = JsonOpt,
     s = _rpc(lambda: stub.GetStatus(agent_pb2.GetStatusRequest()))
     d = _status_dict(s)
     tally = _rpc(lambda: label_tally(client.list_labels(stub, history=True))) if by_annotator else None
+    # The same label_events after the history as before: the listing saw exactly what it counts.
+    events = None if tally is None or _rpc(lambda: stub.GetStatus(agent_pb2.GetStatusRequest())).label_events != \
+        s.label_events else int(s.label_events)
     if as_json:
         if tally is not None:
-            d |= tally.total.as_dict() | {"renamed": tally.renames, "restored": tally.restores, "annotators": [
+            d |= tally.total.as_dict() | {"renamed": tally.renames, "restored": tally.restores,
+                                          "deleted": deleted_events(tally, events), "annotators": [
                 {"name": name, **c.as_dict()}
                 for name, c in sorted(tally.annotators.items(), key=lambda kv: (-kv[1].given, kv[0]))]}
             del d["current"]  # the samples labelled: "labeled"
@@ -1515,14 +1539,16 @@ def status(agent: AgentTarget, as_json: bool = JsonOpt,
                                         if v else "closed"), markup=False, highlight=False)
         elif k == "label_events":  # not "labels given": retractions and class renames count too
             out.print(f"label_events: {v:,} (label rows stored: labels given, taken back, moved by a class rename; "
-                      "--by-annotator tells them apart)" if tally is None else f"label_events: {v:,}",
+                      "those of deleted samples too, and one per deletion; --by-annotator tells them apart)"
+                      if tally is None
+                      else f"label_events: {v:,}",
                       markup=False, highlight=False, soft_wrap=True)
         elif k != "audit":
             out.print(f"{k}: {', '.join(v) if isinstance(v, list) else v}", markup=False, highlight=False)
     for line in audit_lines(s.audit):
         out.print(line, markup=False, highlight=False)
     if tally is not None:
-        line, table = tally_lines(tally)
+        line, table = tally_lines(tally, events)
         out.print(line, markup=False, highlight=False, soft_wrap=True)
         out.print(table)
 

@@ -259,3 +259,39 @@ def test_the_select_filter_drops_an_id_deleted_and_ingested_again_since_the_pool
     r.agent.delete_samples(["s1"], "ops", "t")
     client.ingest(r.stub, make_samples(3)[1:2])  # s1 again: a new sample under a new seq
     assert r.agent._still_stored([("s0", 1.0), ("s1", 0.5), ("s2", 0.2)], newest) == [("s0", 1.0), ("s2", 0.2)]
+
+
+# ---- status --by-annotator after a deletion ----------------------------------------------------------
+
+def test_status_by_annotator_counts_what_deletions_left_in_label_events(
+        running: Running, monkeypatch: pytest.MonkeyPatch) -> None:
+    """label_events keeps counting the label rows of deleted samples, plus one per deletion (agent/state.py): the
+    history no longer holds them, so `status --by-annotator` names them as a fifth figure (was: "label_events
+    counts all four" beside four figures that did not add up to it)."""
+    from tests.agent.test_cli import run
+
+    r = running
+    client.ingest(r.stub, make_samples(6, labels=2))  # s0, s1 labelled at ingest
+    client.submit_labels(r.stub, [("s1", "dog"), ("s2", "cat"), ("s3", "cat")], "kim")
+    assert client.retract_labels(r.stub, ["s3"], annotator="kim").accepted == 1
+    assert r.agent.delete_samples(["s1", "s3"], "ops", "privacy")[0] == 2  # 2 + 2 label rows, one deletion
+    d = json.loads(run("status", "--agent", r.address, "--json", "--by-annotator"))
+    assert (d["labels_given"], d["retracted"], d["renamed"], d["restored"], d["deleted"]) == (2, 0, 0, 0, 5)
+    assert d["label_events"] == d["labels_given"] + d["retracted"] + d["renamed"] + d["restored"] + d["deleted"] == 7
+    human = run("status", "--agent", r.address, "--by-annotator")
+    assert ("0 moved by a class rename, 0 put back by an undo, 5 for deletions (label rows of deleted samples, and "
+            "one per DeleteSamples; label_events counts all five)") in human
+    assert "label_events counts all four)" not in human
+
+    list_labels = client.list_labels
+    given = iter(["cat", "dog"])
+
+    def listing_then_label(*args: Any, **kw: Any) -> Any:
+        yield from list_labels(*args, **kw)
+        client.submit_labels(r.stub, [("s4", next(given))], "kim")  # label_events moves while the history is read
+
+    monkeypatch.setattr(client, "list_labels", listing_then_label)
+    d = json.loads(run("status", "--agent", r.address, "--json", "--by-annotator"))
+    assert d["deleted"] is None
+    human = run("status", "--agent", r.address, "--by-annotator")
+    assert "plus the label rows of deleted samples and one per DeleteSamples; labels changed while" in human
