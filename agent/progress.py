@@ -38,7 +38,8 @@ _DRAWING = threading.Lock()
 class LabelCounts:
     """Label history rows counted by what they did (one annotator's, or everyone's). Every label given is
     exactly one of ``new``, ``repeated`` or ``changed``; ``label_events`` (GetStatus) counts the given ones,
-    the retractions and the class renames alike."""
+    the retractions and the class renames alike, and also the rows of deleted samples (plus one per
+    deletion), which the history read here no longer holds."""
 
     given: int = 0  # labels given (not retractions, not class renames)
     new: int = 0  # given to a sample unlabelled then (never labelled, or its label taken back)
