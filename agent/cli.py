@@ -1564,11 +1564,18 @@ def export_labels(agent: AgentTarget,
                                                    help="prior method for the unlabelled samples ('' = no priors)"),
                   history: bool = typer.Option(False, "--history",
                                                help="every label ever given, not only each sample's current one"),
+                  follow_umask: bool = typer.Option(False, "--follow-umask",
+                                                    help="files as readable as the umask lets them be (e.g. by a "
+                                                         "group); by default the export is readable by its owner "
+                                                         "only (folders 0700, files 0600), as the data folder"),
                   as_json: bool = JsonOpt) -> None:
-    """Export labels and priors (CSV, JSON Lines), and the labelled images (ImageFolder, FiftyOne)."""
+    """Export labels and priors (CSV, JSON Lines), and the labelled images (ImageFolder, FiftyOne).
+
+    Exit code 3: exported, but the images of some labelled samples are left out (their stored payload cannot be
+    read); problems.csv lists them and the message says how to repair them."""
     try:
         config = exports.ExportConfig(formats=tuple(f.strip() for f in formats.split(",") if f.strip()),
-                              prior_method=prior_method, history=history)
+                                      prior_method=prior_method, history=history, owner_only=not follow_umask)
     except exports.ExportError as e:
         console.print(f"[red]cannot export[/red]: {escape(str(e))}", highlight=False)
         raise typer.Exit(2) from None
@@ -1590,12 +1597,17 @@ def export_labels(agent: AgentTarget,
     if as_json:
         print(json_line({"out": str(out), "labels": summary.labels, "priors": summary.priors,
                           "images": summary.images, "files": summary.files, "notes": summary.notes,
-                          "calibration": summary.calibration}))
-        return
-    make_console().print(f"exported {summary.labels} labels, {summary.priors} priors, {summary.images} images to "
-                         f"{out}: {', '.join(summary.files)}", markup=False, highlight=False)  # the result: stdout
-    for note in summary.notes:
-        console.print(note, markup=False, highlight=False, style="yellow")
+                          "calibration": summary.calibration, "left_out": summary.left_out}))
+    else:
+        make_console().print(f"exported {summary.labels} labels, {summary.priors} priors, {summary.images} images "
+                             f"to {out}: {', '.join(summary.files)}", markup=False, highlight=False)  # stdout
+        for note in summary.notes:
+            console.print(note, markup=False, highlight=False, style="yellow")
+    if summary.left_out:
+        raise typer.Exit(EXPORT_LEFT_OUT_EXIT)
+
+
+EXPORT_LEFT_OUT_EXIT = 3  # export-labels wrote the export, without the images of some samples (problems.csv)
 
 
 # ---- shortlist backup ---------------------------------------------------------------------------------

@@ -22,6 +22,11 @@ What one export folder holds (each part optional, see ``FORMATS``)::
                                    (``image_file``, also for FiftyOne's files)
     OUT/fiftyone/data/NAME.EXT     FiftyOne's FiftyOneImageClassificationDataset: labels.json is
     OUT/fiftyone/labels.json       {"classes": [...], "labels": {NAME: class index}} (NAME = file stem)
+    OUT/problems.csv               only when some are: id, label, problem of each labelled sample whose
+                                   image is left out of imagefolder/fiftyone (its stored payload cannot be read)
+
+Every part comes from one read of the labels (``export_labels``), so they agree with each other while labelling
+goes on. The folders are 0700 and the files 0600 (``ExportConfig.owner_only``), as in the data folder.
 
 ``labels.csv`` is also what ``shortlist label`` reads (columns id,label), so labels move between agents.
 CSV cells are written with ``csv_escape`` (a cell a spreadsheet would run as a formula starts with ``'``) and
@@ -54,10 +59,13 @@ from shortlist.images import decode_image, encode_png, tensor_pixels
 from shortlist.v1 import agent_pb2, agent_pb2_grpc
 
 FORMATS = ("csv", "jsonl", "imagefolder", "fiftyone")
+IMAGE_FORMATS = ("imagefolder", "fiftyone")
 LABEL_FIELDS = ["id", "label", "annotator", "time", "source", "model_version", "audit"]
 PRIOR_FIELDS = ["id", "label", "confidence", "method", "model_version"]
 PRIORS_META = "priors.meta.json"  # the priors' provenance (calibration), next to priors.csv / priors.jsonl
 IDS_FILE = "ids.csv"  # in imagefolder/ and fiftyone/: file (relative path), id, label
+PROBLEMS_FILE = "problems.csv"  # labelled samples whose images are left out: id, label, problem
+PROBLEM_FIELDS = ["id", "label", "problem"]
 # Pillow format -> file extension torchvision's ImageFolder accepts (its IMG_EXTENSIONS: .jpg .jpeg .png .ppm
 # .bmp .pgm .tif .tiff .webp); a payload of any other format is re-encoded as PNG (``image_file``).
 EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp", "TIFF": ".tif", "PPM": ".ppm"}
@@ -78,6 +86,9 @@ class ExportConfig:
     formats: tuple[str, ...] = FORMATS
     prior_method: str = "knn"
     history: bool = False
+    # folders 0700 and files 0600, as the data folder's (an export holds its images and metadata); False: as
+    # the umask makes them (e.g. readable by a group)
+    owner_only: bool = True
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.formats) - set(FORMATS))
@@ -92,6 +103,8 @@ class ExportSummary:
     images: int = 0
     files: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # labelled samples whose images are not in the export (their payload cannot be read; problems.csv says why)
+    left_out: list[str] = field(default_factory=list)
     # PriorLabel.calibration of the exported priors as JSON (agent.client.calibration_dict); None when no
     # priors were exported or the agent sent none
     calibration: dict[str, object] | None = None
@@ -333,9 +346,12 @@ def check_class_folder(name: str) -> None:
 
 
 def write_images(samples: Iterable[agent_pb2.Sample], out: Path, formats: tuple[str, ...],
-                 classes: list[str]) -> int:
+                 classes: list[str], left_out: list[tuple[str, str, str]] | None = None) -> int:
     """Write labelled samples (with payloads) as an ImageFolder tree (out/imagefolder) and/or FiftyOne's
-    image classification layout (out/fiftyone); returns the number of images."""
+    image classification layout (out/fiftyone); returns the number of images. A sample whose payload the
+    agent could not read (ListSamples sent it without one, metadata ``shortlist.payload_error`` saying why)
+    or that does not decode is left out and appended to ``left_out`` as (id, label, why); without
+    ``left_out`` it is an ExportError."""
     tree = out / "imagefolder" if "imagefolder" in formats else None
     fo = out / "fiftyone" if "fiftyone" in formats else None
     taken: set[str] = set()
@@ -355,7 +371,17 @@ def write_images(samples: Iterable[agent_pb2.Sample], out: Path, formats: tuple[
         for s in samples:
             if not s.label:
                 continue
-            data, ext = image_file(s)
+            problem = payload_problem(s)
+            if problem is None:
+                try:
+                    data, ext = image_file(s)
+                except (ValueError, OSError) as e:  # a stored payload that no longer decodes
+                    problem = f"its payload cannot be decoded ({e})"
+            if problem is not None:
+                if left_out is None:
+                    raise ExportError(f"sample {s.id!r}: {problem}")
+                left_out.append((s.id, s.label, problem))
+                continue
             stem = file_stem(s.id, taken)
             folder_name = add_class_folder(folders, s.label)  # a label outside GetStatus' classes gets one too
             if tree is not None:
@@ -378,6 +404,29 @@ def write_images(samples: Iterable[agent_pb2.Sample], out: Path, formats: tuple[
         (fo / "labels.json").write_text(json.dumps({"classes": names, "labels": fo_labels}, ensure_ascii=False,
                                                    indent=1), encoding="utf-8")
     return n
+
+
+def payload_problem(sample: agent_pb2.Sample) -> str | None:
+    """Why ListSamples (with payloads) sent ``sample`` without its payload, None when it has one."""
+    if sample.WhichOneof("payload") is not None:
+        return None
+    from agent.ingest import PAYLOAD_ERROR_KEY  # lazily: agent.ingest brings the embedding machinery
+
+    return sample.metadata.get(PAYLOAD_ERROR_KEY) or "the agent sent no payload for it"
+
+
+def write_left_out(path: Path, left_out: Sequence[tuple[str, str, str]]) -> None:
+    """``problems.csv``: id, label, problem of each labelled sample whose image is not in the export."""
+    write_rows(({"id": i, "label": lab, "problem": why} for i, lab, why in left_out), PROBLEM_FIELDS, path, None)
+
+
+def left_out_note(left_out: Sequence[tuple[str, str, str]], parts: str) -> str:
+    """The note (CLI, web app) on samples whose images ``write_images`` left out, and how to repair them."""
+    sid, _, why = left_out[0]
+    return (f"{len(left_out)} labelled sample(s) left out of {parts}, their stored payload cannot be read (e.g. "
+            f"{sid!r}: {why}); they are listed in {PROBLEMS_FILE} and are in the label and sample files. Repair: "
+            "ingest the same images again under the same ids (shortlist ingest; counted as duplicates, their "
+            "labels kept), or restore the data folder from a backup, then export again")
 
 
 def read_ids(folder: Path) -> dict[str, str]:
@@ -425,30 +474,123 @@ def _fetch_priors(stub: agent_pb2_grpc.AgentStub, method: str, notes: list[str],
     return rest()
 
 
+SAMPLES_PER_REQUEST = 10_000  # ids a ListSamples asks for: well below the agent's --max-ids-per-request (100,000)
+
+
+def _samples_of(stub: agent_pb2_grpc.AgentStub, ids: Sequence[str], payload: bool, metadata: Metadata,
+                gone: list[str]) -> Iterator[agent_pb2.Sample]:
+    """ListSamples of ``ids``, in their order, SAMPLES_PER_REQUEST at a time; an id deleted since the labels
+    were read (the request is NOT_FOUND) is appended to ``gone`` and left out."""
+    for start in range(0, len(ids), SAMPLES_PER_REQUEST):
+        yield from _listed(stub, list(ids[start:start + SAMPLES_PER_REQUEST]), payload, metadata, gone)
+
+
+def _listed(stub: agent_pb2_grpc.AgentStub, ids: list[str], payload: bool, metadata: Metadata,
+            gone: list[str]) -> Iterator[agent_pb2.Sample]:
+    stream = iter(stub.ListSamples(agent_pb2.ListSamplesRequest(ids=ids, include_payload=payload),
+                                   metadata=metadata))
+    try:  # the agent checks every id before it sends the first sample
+        first = next(stream, None)
+    except grpc.RpcError as e:
+        if e.code() != grpc.StatusCode.NOT_FOUND:
+            raise
+        if len(ids) == 1:
+            gone.append(ids[0])
+            return
+        half = len(ids) // 2  # halves until the deleted ids are alone: a few requests per deleted sample
+        yield from _listed(stub, ids[:half], payload, metadata, gone)
+        yield from _listed(stub, ids[half:], payload, metadata, gone)
+        return
+    if first is not None:
+        yield first
+        yield from stream
+
+
+def owner_only(folder: Path) -> None:
+    """Make ``folder`` and everything in it readable by its owner only (agent.security OWNER_DIR / OWNER_FILE),
+    as the data folder and backups are: an export holds the same images and metadata."""
+    from agent.security import OWNER_DIR, OWNER_FILE
+
+    folder.chmod(OWNER_DIR)
+    for root, dirs, files in os.walk(folder):
+        for d in dirs:
+            os.chmod(os.path.join(root, d), OWNER_DIR)
+        for f in files:
+            os.chmod(os.path.join(root, f), OWNER_FILE)
+
+
 def export_labels(stub: agent_pb2_grpc.AgentStub, out: Path, config: ExportConfig,
                   metadata: Metadata = ()) -> ExportSummary:
     """Write the export into ``out`` (which must not exist or be empty): into a sibling folder first,
     renamed into place once complete, so a failed export leaves nothing half-written. ``metadata`` goes
-    with every call (the web app forwards its caller's token)."""
+    with every call (the web app forwards its caller's token).
+
+    One snapshot: the labels are read once (one ListLabels, the labels stored when it starts), and labels.csv,
+    samples.csv and the images all come from that read (ListSamples is asked for those ids, and its own
+    labels, a later snapshot, are not used), so labelling meanwhile cannot make the parts disagree. A sample
+    deleted meanwhile is in the label files only (a note says so); priors of samples labelled in the snapshot
+    are left out. Labelled samples whose payload cannot be read are left out of the images, listed in
+    problems.csv and noted. With ``config.owner_only`` every folder is 0700 and every file 0600."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ExportError(f"{out} already exists and is not an empty folder; choose a new folder (or remove it)")
     summary = ExportSummary()
     part = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(part, ignore_errors=True)
-    part.mkdir(parents=True)
+    part.mkdir(mode=0o700 if config.owner_only else 0o777, parents=True)  # nobody else enters while it is written
     try:
         fmt = config.formats
         want_rows = "csv" in fmt or "jsonl" in fmt
+        want_images = "imagefolder" in fmt or "fiftyone" in fmt
         priors = _fetch_priors(stub, config.prior_method, summary.notes, metadata) \
             if config.prior_method and want_rows else None
+        current: dict[str, str] = {}  # the snapshot: id -> current label, in ListLabels' order
+
+        def snapshot(records: Iterable[agent_pb2.LabelRecord]) -> Iterator[agent_pb2.LabelRecord]:
+            for r in records:
+                if r.current and not r.retracted:
+                    current[r.id] = r.label
+                yield r
+
+        history = config.history and want_rows
+        records = snapshot(stub.ListLabels(agent_pb2.ListLabelsRequest(history=history), metadata=metadata))
         if want_rows:
-            csv_l, jsonl_l = (part / "labels.csv" if "csv" in fmt else None), \
-                (part / "labels.jsonl" if "jsonl" in fmt else None)
-            records = stub.ListLabels(agent_pb2.ListLabelsRequest(history=config.history), metadata=metadata)
-            fields = [*LABEL_FIELDS, "retracted"] if config.history else LABEL_FIELDS
-            summary.labels = write_rows((label_row(r, config.history) for r in records), fields, csv_l, jsonl_l)
-            listed = stub.ListSamples(agent_pb2.ListSamplesRequest(labeled_only=True), metadata=metadata)
-            write_samples(listed, part / "samples.csv" if "csv" in fmt else None,
+            fields = [*LABEL_FIELDS, "retracted"] if history else LABEL_FIELDS
+            summary.labels = write_rows((label_row(r, history) for r in records), fields,
+                                        part / "labels.csv" if "csv" in fmt else None,
+                                        part / "labels.jsonl" if "jsonl" in fmt else None)
+        else:
+            for _ in records:
+                pass
+        from agent.ingest import PAYLOAD_ERROR_KEY  # lazily: agent.ingest brings the embedding machinery
+
+        gone: list[str] = []
+        rows: list[agent_pb2.Sample] = []  # id, uri and metadata of each sample, for samples.csv
+
+        def labelled(samples: Iterable[agent_pb2.Sample]) -> Iterator[agent_pb2.Sample]:
+            for s in samples:
+                s.label = current[s.id]
+                if want_rows:
+                    rows.append(agent_pb2.Sample(id=s.id, uri=s.uri, metadata={
+                        k: v for k, v in s.metadata.items() if k != PAYLOAD_ERROR_KEY}))
+                yield s
+
+        samples = labelled(_samples_of(stub, list(current), want_images, metadata, gone))
+        if want_images:
+            classes = list(stub.GetStatus(agent_pb2.GetStatusRequest(), metadata=metadata).classes)
+            left_out: list[tuple[str, str, str]] = []
+            summary.images = write_images(samples, part, fmt, classes, left_out)
+            if left_out:
+                write_left_out(part / PROBLEMS_FILE, left_out)
+                summary.left_out = [i for i, _, _ in left_out]
+                summary.notes.append(left_out_note(left_out, " and ".join(f for f in fmt if f in IMAGE_FORMATS)))
+        else:
+            for _ in samples:
+                pass
+        if gone:
+            summary.notes.append(f"{len(gone)} sample(s) deleted while exporting (e.g. {gone[0]!r}) are in the "
+                                 "label files only")
+        if want_rows:
+            write_samples(rows, part / "samples.csv" if "csv" in fmt else None,
                           part / "samples.jsonl" if "jsonl" in fmt else None)
             if priors is not None:
                 first: list[agent_pb2.PriorLabel] = []  # the stream's first row: it carries the calibration
@@ -457,7 +599,8 @@ def export_labels(stub: agent_pb2_grpc.AgentStub, out: Path, config: ExportConfi
                     for p in stream:
                         if not first:
                             first.append(p)
-                        yield p
+                        if p.id not in current:  # labelled in the snapshot: in labels.csv, not a prior
+                            yield p
 
                 summary.priors = write_rows((prior_row(p, config.prior_method) for p in kept(priors)), PRIOR_FIELDS,
                                             part / "priors.csv" if "csv" in fmt else None,
@@ -466,12 +609,9 @@ def export_labels(stub: agent_pb2_grpc.AgentStub, out: Path, config: ExportConfi
                 summary.calibration = meta["calibration"]
                 if summary.calibration and summary.calibration["warning"]:
                     summary.notes.append(f"priors: {summary.calibration['warning']}")
-        if "imagefolder" in fmt or "fiftyone" in fmt:
-            classes = list(stub.GetStatus(agent_pb2.GetStatusRequest(), metadata=metadata).classes)
-            samples = stub.ListSamples(agent_pb2.ListSamplesRequest(labeled_only=True, include_payload=True),
-                                       metadata=metadata)
-            summary.images = write_images(samples, part, fmt, classes)
         summary.files = sorted(str(p.relative_to(part)) for p in part.iterdir())
+        if config.owner_only:
+            owner_only(part)
         if out.exists():
             out.rmdir()
         os.replace(part, out)

@@ -7,6 +7,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -329,3 +331,103 @@ def test_sample_metadata_keys_become_columns_without_hiding_id_or_uri(tmp_path: 
     assert rows[0] == {"id": "a", "uri": "cam1/a.jpg", "date": "", "metadata.id": "tag-7", "site": "reef"}
     assert rows[1]["date"] == "2026-12-07" and rows[1]["site"] == ""
     assert exports.read_jsonl_rows(tmp_path / "s.jsonl")[0]["metadata"] == {"id": "tag-7", "site": "reef"}
+
+
+def _labels_of(out: Path) -> dict[str, dict[str, str]]:
+    """Each part of an export -> {sample id: label} (samples: {id: ""}), to compare the parts."""
+    parts = {"labels.csv": {r["id"]: r["label"] for r in exports.read_csv_rows(out / "labels.csv")},
+             "samples.csv": {r["id"]: "" for r in exports.read_csv_rows(out / "samples.csv")}}
+    for folder in ("imagefolder", "fiftyone"):
+        with open(out / folder / exports.IDS_FILE, newline="", encoding="utf-8") as f:
+            parts[folder] = {exports.csv_unescape(r["id"]): exports.csv_unescape(r["label"]) for r in csv.DictReader(f)}
+    tree = {exports.read_ids(out / "imagefolder")[item.id]: item.label for item in iter_images(out / "imagefolder")}
+    fo = exports.read_ids(out / "fiftyone")
+    parts["imagefolder tree"] = tree
+    fo_labels = exports.read_fiftyone_classification(out / "fiftyone")
+    parts["fiftyone labels.json"] = {fo[f]: lab for f, lab in fo_labels.items()}
+    return parts
+
+
+class Relabelling:
+    """The agent's stub, but before each ListSamples another client relabels s6 (cat <-> dog), takes s0's label
+    back and deletes s1: what labelling while an export runs does between its calls."""
+
+    def __init__(self, stub: Any) -> None:
+        self.stub, self.calls = stub, 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stub, name)
+
+    def ListSamples(self, request: agent_pb2.ListSamplesRequest, **kw: Any) -> Any:
+        self.calls += 1
+        client.submit_labels(self.stub, [("s6", "dog" if self.calls % 2 else "cat")], "mallory")
+        if self.calls == 1:
+            client.retract_labels(self.stub, ["s0"], annotator="mallory")
+            self.stub.DeleteSamples(agent_pb2.DeleteSamplesRequest(ids=["s1"], annotator="mallory", reason="test"))
+        return self.stub.ListSamples(request, **kw)
+
+
+def test_an_export_is_one_snapshot_of_the_labels(running: Running, tmp_path: Path) -> None:
+    """Labels changed between the export's calls: every part still says what the labels were when it read
+    them (labels.csv, samples.csv, ImageFolder, FiftyOne agree); a sample deleted meanwhile is noted."""
+    labelled_agent(running)
+    before = {r.id: r.label for r in client.list_labels(running.stub)}
+    stub = Relabelling(running.stub)
+    summary = exports.export_labels(stub, tmp_path / "e", exports.ExportConfig(prior_method=""))  # type: ignore[arg-type]
+    assert stub.calls >= 1 and client.list_labels(running.stub)  # the labels did change meanwhile
+    assert {r.id: r.label for r in client.list_labels(running.stub)} != before
+    parts = _labels_of(tmp_path / "e")
+    assert parts["labels.csv"] == before and before["s6"] == "cat" and "s0" in before
+    kept = {i: lab for i, lab in before.items() if i != "s1"}  # deleted before its sample row could be read
+    for name in ("imagefolder", "fiftyone", "imagefolder tree", "fiftyone labels.json"):
+        assert parts[name] == kept, name
+    assert parts["samples.csv"] == dict.fromkeys(kept, "")
+    assert summary.images == len(kept) and any("1 sample(s) deleted while exporting" in n for n in summary.notes)
+
+
+def test_a_damaged_payload_leaves_out_its_image_only(running: Running, tmp_path: Path) -> None:
+    """A labelled sample whose stored payload was damaged: its image is left out, said so on stderr, in
+    problems.csv and by exit code 3; everything else is exported (it was a traceback)."""
+    labelled_agent(running)
+    assert running.agent.blobs is not None
+    for sid, damage in (("s6", b"junk\n"), ("s7", None)):
+        rec = running.agent.state.lookup(sid)
+        assert rec is not None
+        path = running.agent.blobs.path(rec.sha256)
+        if damage:
+            path.write_bytes(damage)
+        else:
+            path.unlink()
+    out = tmp_path / "e"
+    code, text = cli(running, "--out", str(out), "--prior-method", "")
+    flat = " ".join(text.split())
+    assert code == 3 and "Traceback" not in text, text
+    assert "2 labelled sample(s) left out of imagefolder and fiftyone" in flat and "problems.csv" in flat
+    assert "ingest the same images again under the same ids" in flat
+    problems = {r["id"]: r for r in exports.read_csv_rows(out / exports.PROBLEMS_FILE)}
+    assert set(problems) == {"s6", "s7"} and problems["s7"]["problem"] == "payload file missing"
+    assert "corrupt" in problems["s6"]["problem"] and problems["s6"]["label"] == "cat"
+    parts = _labels_of(out)
+    assert len(parts["labels.csv"]) == 9 and set(parts["samples.csv"]) == set(parts["labels.csv"])
+    images = set(parts["labels.csv"]) - {"s6", "s7"}
+    assert set(parts["imagefolder tree"]) == set(parts["fiftyone labels.json"]) == images
+    assert all(k not in r for r in exports.read_csv_rows(out / "samples.csv") for k in ("shortlist.payload_error",))
+    code, text = cli(running, "--out", str(tmp_path / "j"), "--prior-method", "", "--json")
+    assert code == 3 and sorted(json.loads(text)["left_out"]) == ["s6", "s7"]
+
+
+def test_exports_are_readable_by_their_owner_only(running: Running, tmp_path: Path) -> None:
+    """Under umask 022 an export (patients' images and metadata) is 0700 / 0600 like the data folder, unless
+    --follow-umask."""
+    labelled_agent(running)
+    old = os.umask(0o022)
+    try:
+        assert cli(running, "--out", str(tmp_path / "private"))[0] == 0
+        assert cli(running, "--out", str(tmp_path / "shared"), "--follow-umask")[0] == 0
+    finally:
+        os.umask(old)
+    for name, dirs, files in (("private", 0o700, 0o600), ("shared", 0o755, 0o644)):
+        root = tmp_path / name
+        modes = {p.relative_to(root).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in [root, *root.rglob("*")]}
+        assert len(modes) > 20 and any(k.endswith(".png") for k in modes)
+        assert {k: m for k, m in modes.items() if m != (dirs if (root / k).is_dir() else files)} == {}, name

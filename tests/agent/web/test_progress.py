@@ -105,6 +105,26 @@ def test_export_download_round_trips(web_agent: WebAgent, web_client: TestClient
     assert bad.status_code == 400 and "unknown prior method" in bad.text
 
 
+def test_export_download_leaves_out_a_damaged_image_and_says_so(web_agent: WebAgent,
+                                                                web_client: TestClient) -> None:
+    """A labelled sample's payload damaged: the zip is still sent (it was a bare 500), without that image,
+    with problems.csv naming it and why."""
+    rec = web_agent.agent.state.lookup("img000.png")
+    assert rec is not None and web_agent.agent.blobs is not None
+    web_agent.agent.blobs.path(rec.sha256).write_bytes(b"junk")
+    res = web_client.get("/progress/export", params=[("format", "csv"), ("format", "imagefolder"),
+                                                     ("prior_method", "")])
+    assert res.status_code == 200, res.text
+    z = zipfile.ZipFile(io.BytesIO(res.content))
+    with z.open(f"shortlist-export/{exports.PROBLEMS_FILE}") as f:
+        rows = [line.split(",", 2) for line in f.read().decode().splitlines()]
+    assert rows[0] == ["id", "label", "problem"] and [r[0] for r in rows[1:]] == ["img000.png"]
+    assert "corrupt" in rows[1][2]
+    with z.open("shortlist-export/imagefolder/ids.csv") as f:
+        ids = {line.split(",")[1] for line in f.read().decode().splitlines()[1:]}
+    assert ids == set(web_agent.labels()) - {"img000.png"} and len(ids) == INGESTED - 1
+
+
 def test_a_read_token_sees_progress_and_downloads_but_cannot_draw(token_web_agent: WebAgent) -> None:
     anonymous = token_web_agent.client()
     assert anonymous.get("/api/progress").status_code == 401
