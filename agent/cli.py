@@ -973,7 +973,21 @@ class LabelFileError(ValueError):
     """A labels CSV that cannot be used as a whole (nothing is sent): the message lists its problems."""
 
 
-def read_labels_csv(path: Path, current: dict[str, str] | None = None) -> list[tuple[int, str, str]]:
+PROVENANCE_COLUMNS = ("annotator", "source")  # a labels CSV's columns `label` takes per row (an exported labels.csv)
+
+
+@dataclass
+class Provenance:
+    """Who gave each label of a labels CSV and how, from its columns ``annotator`` / ``source`` when its header
+    has them (``read_labels_csv``): ``columns`` those it has, ``rows`` id -> (annotator, source), "" where the
+    file has no such column or an empty cell."""
+
+    columns: list[str]
+    rows: dict[str, tuple[str, str]]
+
+
+def read_labels_csv(path: Path, current: dict[str, str] | None = None,
+                    provenance: Provenance | None = None) -> list[tuple[int, str, str]]:
     """(line number, id, label) of every row of a labels CSV.
 
     Columns ``id,label``; the first row is a header when its cells include ``id`` and ``label`` (any
@@ -983,7 +997,9 @@ def read_labels_csv(path: Path, current: dict[str, str] | None = None) -> list[t
     first row has no comma. Blank lines are skipped; cells are stripped. Raises LabelFileError naming
     the lines of rows without an id or a label or with an id already given, and when no row is left.
     ``current`` given: the header must also have a ``current`` column (the label each sample is expected
-    to have now, an empty cell = unlabelled), read into it per id.
+    to have now, an empty cell = unlabelled), read into it per id. ``provenance`` given: the header's
+    ``annotator`` and ``source`` columns are read into it. A file with a ``retracted`` column (an export's
+    label history, several rows per id) is refused with a pointer to the current labels' file.
     """
     try:
         text = path.read_text(encoding="utf-8-sig")
@@ -999,12 +1015,22 @@ def read_labels_csv(path: Path, current: dict[str, str] | None = None) -> list[t
     except csv.Error as e:  # a NUL byte, an unterminated quote at the end, a huge field
         raise LabelFileError(f"{path} line {reader.line_num}: not readable as CSV ({e})") from None
     id_col, label_col, current_col = 0, 1, -1
+    extra: dict[str, int] = {}
     if rows:
         head = [c.lower() for c in rows[0][1]]
         if "id" in head and "label" in head:
             id_col, label_col = head.index("id"), head.index("label")
             current_col = head.index("current") if "current" in head else -1
+            if "retracted" in head:  # labels.csv of export-labels --history: every label given, retractions
+                raise LabelFileError(
+                    f"{path} is a label history (export-labels --history: a row per label ever given, retractions "
+                    "with an empty label), not one label per sample; nothing was sent. Import the current labels: "
+                    "the labels.csv of an export made without --history (shortlist export-labels --out DIR "
+                    "--format csv). Only a backup (shortlist backup) carries the history to another data folder")
+            extra = {c: head.index(c) for c in PROVENANCE_COLUMNS if c in head}
             rows = rows[1:]
+    if provenance is not None:
+        provenance.columns = list(extra)
     if current is not None and current_col < 0:
         raise LabelFileError(f"{path}: --if-current needs a header line with the columns id,label,current (current: "
                              "the label each sample has now as far as the file knows, empty = unlabelled); nothing "
@@ -1024,6 +1050,9 @@ def read_labels_csv(path: Path, current: dict[str, str] | None = None) -> list[t
             out.append((n, sid, lab))
             if current is not None:
                 current[sid] = cells[current_col] if len(cells) > current_col else ""
+            if provenance is not None and extra:
+                who, how = (cells[extra[c]] if c in extra and len(cells) > extra[c] else "" for c in PROVENANCE_COLUMNS)
+                provenance.rows[sid] = (who, how)
     if problems:
         more = f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""
         raise LabelFileError(f"{path}: rows need an id and a label (columns id,label), one row per id; nothing was "
@@ -1047,18 +1076,27 @@ def label(agent: AgentTarget,
                                           help="store a row's label only if the sample's label is still the one in "
                                                "the file's column current (empty = unlabelled); else the row is "
                                                "rejected, naming who changed it"),
+          file_provenance: bool = typer.Option(True, "--file-provenance/--no-file-provenance",
+                                               help="a file whose header has an annotator and/or source column (an "
+                                                    "exported labels.csv): each row's label is stored under its "
+                                                    "own; --annotator / --source only where a cell is empty"),
           as_json: bool = JsonOpt) -> None:
     """Submit labels from a CSV file: rows id,label, with or without a header line id,label.
 
-    Without --only-unlabelled or --if-current the last write wins: a row replaces the sample's label, whoever
+    A header with annotator / source columns (export-labels' labels.csv) gives each row's annotator and source
+    (--no-file-provenance: --annotator / --source for every row); the times are the agent's. Without
+    --only-unlabelled or --if-current the last write wins: a row replaces the sample's label, whoever
     gave it; the output says which labels of other annotators were overwritten."""
     if only_unlabelled and if_current:
         console.print("[red]--only-unlabelled and --if-current exclude each other[/red]: --only-unlabelled is "
                       "--if-current with an empty current column", highlight=False)
         raise typer.Exit(2)
     expected: dict[str, str] | None = {} if if_current else None
+    provenance = Provenance([], {}) if file_provenance else None
     try:
-        rows = read_labels_csv(file, expected)
+        rows = read_labels_csv(file, expected, provenance)
+        attributed = _attributed(file, rows, provenance, annotator, source) \
+            if provenance is not None and provenance.columns else None
     except (LabelFileError, OSError) as e:
         console.print(f"[red]cannot use {escape(str(file))}[/red]: {escape(str(e))}", highlight=False)
         raise typer.Exit(2) from None
@@ -1070,7 +1108,9 @@ def label(agent: AgentTarget,
     try:
         with _ctrl_c_stops(stop, "no more labels are sent; waiting for the agent's answer to those sent"):
             reply = _rpc(lambda: client.submit_labels(stub, [(sid, lab) for _, sid, lab in rows], annotator,
-                                                      source=source, if_current=expected, stop=stop))
+                                                      source=source, if_current=expected, stop=stop)
+                         if attributed is None else
+                         client.submit_attributed_labels(stub, attributed, if_current=expected, stop=stop))
     except client.Interrupted as e:
         reply, interrupted = e.reply, e
     line_of: dict[str, int] = {}
@@ -1085,6 +1125,41 @@ def label(agent: AgentTarget,
              for t in reply.twin_conflicts]
     _print_reply(LABEL_WORDING, reply.accepted, rejected, overwritten, as_json, interrupted, len(rows), new_label,
                  twins, _totals(reply))
+
+
+def _attributed(path: Path, rows: list[tuple[int, str, str]], provenance: Provenance, annotator: str,
+                source: str) -> list[tuple[str, str, str, str]]:
+    """(id, label, annotator, source) of each row of a labels CSV with annotator / source columns: the file's
+    cell, or ``annotator`` / ``source`` where it is empty, or for a source only the agent gives (ingest,
+    restored). Says on stderr what it took from the file. Raises LabelFileError naming the lines whose source
+    the agent would refuse (nothing is sent)."""
+    from agent.core import source_problem
+    from agent.state import INGEST_SOURCE, RESTORE_SOURCE
+
+    out: list[tuple[str, str, str, str]] = []
+    problems: list[str] = []
+    reserved = 0
+    for n, sid, lab in rows:
+        who, how = provenance.rows.get(sid, ("", ""))
+        if how in (INGEST_SOURCE, RESTORE_SOURCE):  # the agent's own sources: stored as given now
+            how, reserved = "", reserved + 1
+        why = source_problem(how) if how else None
+        if why:
+            problems.append(f"line {n}: {why}")
+        out.append((sid, lab, who or annotator, how or source))
+    if problems:
+        more = f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""
+        raise LabelFileError(f"{path}: column source: nothing was sent:\n  " + "\n  ".join(problems[:10]) + more)
+    names = sorted({a for _, _, a, _ in out})
+    shown = ", ".join(repr(a) for a in names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    note = (f"each label stored under the file's {' and '.join(provenance.columns)} column(s) ({len(names)} "
+            f"annotator(s): {shown}); --annotator {annotator!r} / --source {source!r} only where a cell is empty "
+            "(--no-file-provenance: for every row); the agent records its own times")
+    if reserved:
+        note += (f"; {reserved} row(s) with source 'ingest' or 'restored' (only the agent gives those) stored with "
+                 f"source {source!r}")
+    console.print(note, markup=False, highlight=False)
+    return out
 
 
 def _totals(reply: agent_pb2.SubmitLabelsReply | agent_pb2.RetractLabelsReply) -> dict[str, int]:

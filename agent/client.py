@@ -801,17 +801,35 @@ def submit_labels(stub: agent_pb2_grpc.AgentStub, labels: Iterable[tuple[str, st
     label it must have now ("" = unlabelled) for the new one to be stored (LabelAssignment.if_current).
     ``stop`` set, or Ctrl-C: Interrupted with the replies so far (``_summed``)."""
     pairs = list(labels)
-    cond = if_current or {}
-
-    def request(part: list[tuple[str, str]]) -> Callable[[], agent_pb2.SubmitLabelsReply]:
-        req = agent_pb2.SubmitLabelsRequest(
-            labels=[agent_pb2.LabelAssignment(id=i, label=lab, if_current=cond.get(i)) if i in cond
-                    else agent_pb2.LabelAssignment(id=i, label=lab) for i, lab in part],
-            annotator=annotator, source=source)
-        return lambda: stub.SubmitLabels(req)
-
     parts = [pairs[start:start + chunk] for start in range(0, max(len(pairs), 1), chunk)]
-    return _summed(agent_pb2.SubmitLabelsReply(), ((len(p), request(p)) for p in parts), stop)
+    return _summed(agent_pb2.SubmitLabelsReply(),
+                   ((len(p), _labels_request(stub, p, annotator, source, if_current or {})) for p in parts), stop)
+
+
+def submit_attributed_labels(stub: agent_pb2_grpc.AgentStub, rows: Iterable[tuple[str, str, str, str]],
+                             chunk: int = LABELS_PER_REQUEST, if_current: Mapping[str, str] | None = None,
+                             stop: threading.Event | None = None) -> agent_pb2.SubmitLabelsReply:
+    """Submit (id, label, annotator, source) rows, each under its own annotator and source (e.g. an exported
+    labels.csv moved to another agent): one request per annotator and source (``chunk`` rows at most each), in
+    the order each pair first appears; otherwise as ``submit_labels`` (the ids are expected to be distinct, so
+    the order between requests does not matter)."""
+    groups: dict[tuple[str, str], list[tuple[str, str]]] = {}
+    for i, lab, annotator, source in rows:
+        groups.setdefault((annotator, source), []).append((i, lab))
+    cond = if_current or {}
+    calls = ((len(part), _labels_request(stub, part, annotator, source, cond))
+             for (annotator, source), pairs in groups.items()
+             for part in (pairs[start:start + chunk] for start in range(0, len(pairs), chunk)))
+    return _summed(agent_pb2.SubmitLabelsReply(), calls, stop)
+
+
+def _labels_request(stub: agent_pb2_grpc.AgentStub, part: list[tuple[str, str]], annotator: str, source: str,
+                    cond: Mapping[str, str]) -> Callable[[], agent_pb2.SubmitLabelsReply]:
+    req = agent_pb2.SubmitLabelsRequest(
+        labels=[agent_pb2.LabelAssignment(id=i, label=lab, if_current=cond.get(i)) if i in cond
+                else agent_pb2.LabelAssignment(id=i, label=lab) for i, lab in part],
+        annotator=annotator, source=source)
+    return lambda: stub.SubmitLabels(req)
 
 
 def retract_labels(stub: agent_pb2_grpc.AgentStub, ids: Iterable[str], annotator: str = "",

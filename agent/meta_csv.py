@@ -80,6 +80,11 @@ def read_meta_csv(path: Path) -> MetaTable:
         why = (f"it looks {other!r}-separated; save it comma- or tab-separated" if other else
                "the first column is the image's path inside the source, the others metadata keys")
         raise MetaFileError(f"{path}: the header line {first[:80]!r} has no metadata column ({why})")
+    if [h.lower() for h in header[:2]] == ["id", "uri"]:  # export-labels' samples.csv (agent/exports.py)
+        raise MetaFileError(f"{path} looks like an export's samples.csv: it is keyed by sample id and lists labelled "
+                            "samples only, while --meta-csv is keyed by each image's path inside the source. "
+                            "Ingest with the metadata CSV first used for the pool, or move the whole data folder "
+                            "with shortlist backup (docs/app.md, \"Moving labels to another agent\")")
     if header[0].lower() != "path":  # a file without its header line would make its first image's values keys
         raise MetaFileError(f"{path}: the first line is the header, and its first column must be named 'path' (got "
                             f"{header[0][:80]!r}); add the line 'path,key1,key2,...' at the top")

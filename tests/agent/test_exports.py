@@ -431,3 +431,41 @@ def test_exports_are_readable_by_their_owner_only(running: Running, tmp_path: Pa
         modes = {p.relative_to(root).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in [root, *root.rglob("*")]}
         assert len(modes) > 20 and any(k.endswith(".png") for k in modes)
         assert {k: m for k, m in modes.items() if m != (dirs if (root / k).is_dir() else files)} == {}, name
+
+
+def test_labels_csv_moves_to_another_agent_with_its_annotators(running: Running, registry: Path,
+                                                                 tmp_path: Path) -> None:
+    """`shortlist label` of an exported labels.csv into a fresh agent keeps each label's annotator and source
+    (it stored every row as --annotator, source manual); the --history export is refused with a pointer to the
+    file to use."""
+    labelled_agent(running)
+    client.submit_labels(running.stub, [("s8", "dog")], "dave", source="labelstudio")
+    assert cli(running, "--out", str(tmp_path / "cur"), "--format", "csv", "--prior-method", "")[0] == 0
+    assert cli(running, "--out", str(tmp_path / "hist"), "--format", "csv", "--history", "--prior-method", "")[0] == 0
+    given = {r.id: (r.label, r.annotator, r.source) for r in client.list_labels(running.stub)}
+    b = start(tmp_path / "b", registry)
+    try:
+        fresh = make_samples(12)
+        fresh.append(client.tensor_sample("dir/t0.raw", make_images(1, seed=5)[0]))
+        assert client.ingest(b.stub, fresh).accepted == 13
+        res = runner.invoke(app, ["label", str(tmp_path / "hist" / "labels.csv"), "--agent", b.address])
+        flat = " ".join(res.output.split())
+        assert res.exit_code == 2 and "is a label history" in flat and "without --history" in flat, res.output
+        assert not list(client.list_labels(b.stub))
+        res = runner.invoke(app, ["label", str(tmp_path / "cur" / "labels.csv"), "--agent", b.address,
+                                  "--annotator", "lead"])
+        assert res.exit_code == 0 and "accepted 10, rejected 0" in res.output, res.output
+        flat = " ".join(res.output.split())
+        assert "annotator and source column(s) (4 annotator(s): 'alice', 'carol', 'dave', 'ingest')" in flat
+        assert "6 row(s) with source 'ingest'" in flat
+        got = {r.id: (r.label, r.annotator, r.source) for r in client.list_labels(b.stub)}
+        # labels given at ingest keep their annotator; their source 'ingest' is the agent's own, so 'manual'
+        assert got == {i: (lab, who, "manual" if how == "ingest" else how) for i, (lab, who, how) in given.items()}
+        assert (got["s6"], got["s8"]) == (("cat", "alice", "prior:knn"), ("dog", "dave", "labelstudio"))
+        # --no-file-provenance: --annotator and --source for every row, as before
+        res = runner.invoke(app, ["label", str(tmp_path / "cur" / "labels.csv"), "--agent", b.address,
+                                  "--annotator", "lead", "--no-file-provenance"])
+        assert res.exit_code == 0 and "column" not in res.output, res.output
+        assert {(r.annotator, r.source) for r in client.list_labels(b.stub)} == {("lead", "manual")}
+    finally:
+        b.stop()

@@ -42,6 +42,8 @@ def test_limits_count_the_merged_metadata(tmp_path: Path) -> None:
     ("path,k\n,v\n", "line 2: no path"), ("path,k\na.jpg,1,2\n", "line 2: 3 cells, more than the header's 2"),
     ("path, k\u200b\na.jpg,v\n", "invisible"),
     ("a.jpg,ev1\nb.jpg,ev2\n", "must be named 'path'"),  # no header line: a.jpg's values would become keys
+    # export-labels' samples.csv: said what it is and what to use instead (it was "must be named 'path'")
+    ("id,uri,site\ncam1/a.jpg,file:///x,north\n", "looks like an export's samples.csv.*shortlist backup"),
 ])
 def test_unusable_files(tmp_path: Path, text: str, said: str) -> None:
     f = tmp_path / "m.csv"
