@@ -6,8 +6,9 @@ What one export folder holds (each part optional, see ``FORMATS``)::
                                    id, label, annotator, time (ISO 8601, UTC), source, model_version, audit
     OUT/samples.csv, samples.jsonl one row per labelled sample: id, uri and its metadata as given at ingest
                                    (CSV: a column per metadata key, the keys of every row, "" where a
-                                   sample has none; a key named id or uri is written metadata.id /
-                                   metadata.uri; JSONL: {"id", "uri", "metadata": {...}}), to join on id
+                                   sample has none; a key named id or uri, or starting "metadata.", is
+                                   written with "metadata." before it; JSONL: {"id", "uri", "metadata":
+                                   {...}}), to join on id
     OUT/priors.csv, priors.jsonl   one row per unlabelled sample: id, label (the prior's top class),
                                    confidence, method, model_version (+ probs, class -> probability, in JSONL)
     OUT/priors.meta.json           with the priors: how their confidences were calibrated
@@ -167,7 +168,8 @@ def write_samples(samples: Iterable[agent_pb2.Sample], csv_path: Path | None, js
     The CSV's columns are the union of the metadata keys, so the rows are read once and kept (metadata only)."""
     kept = [(s.id, s.uri, dict(sorted(s.metadata.items()))) for s in samples]
     keys = sorted({k for _, _, meta in kept for k in meta})
-    column = {k: f"metadata.{k}" if k in SAMPLE_FIELDS else k for k in keys}
+    # id/uri, and any key starting "metadata.", get the prefix: one column per key, none shadowing another
+    column = {k: f"metadata.{k}" if k in SAMPLE_FIELDS or k.startswith("metadata.") else k for k in keys}
     rows = [{"id": i, "uri": uri, "metadata": meta} for i, uri, meta in kept]
     flat = ({"id": i, "uri": uri, **{column[k]: v for k, v in meta.items()}} for i, uri, meta in kept)
     if csv_path is not None:

@@ -469,3 +469,16 @@ def test_labels_csv_moves_to_another_agent_with_its_annotators(running: Running,
         assert {(r.annotator, r.source) for r in client.list_labels(b.stub)} == {("lead", "manual")}
     finally:
         b.stop()
+
+
+def test_samples_csv_gives_every_metadata_key_a_column_of_its_own(tmp_path: Path) -> None:
+    """Metadata keys "id" and "metadata.id" both became the column "metadata.id" (the header named it twice and
+    one value was lost); each key now has one column, and the JSON Lines rows keep the keys as given."""
+    sample = agent_pb2.Sample(id="m1", uri="file:m1.png",
+                              metadata={"id": "from-meta", "metadata.id": "other", "uri": "u", "site": "north"})
+    exports.write_samples([sample], tmp_path / "s.csv", tmp_path / "s.jsonl")
+    (row,) = exports.read_csv_rows(tmp_path / "s.csv")
+    assert row == {"id": "m1", "uri": "file:m1.png", "metadata.id": "from-meta", "metadata.metadata.id": "other",
+                   "site": "north", "metadata.uri": "u"}
+    (nested,) = exports.read_jsonl_rows(tmp_path / "s.jsonl")
+    assert nested["metadata"] == {"id": "from-meta", "metadata.id": "other", "site": "north", "uri": "u"}
