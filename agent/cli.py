@@ -268,7 +268,7 @@ def _status_dict(s: agent_pb2.Status) -> dict[str, Any]:
             "classes": list(s.classes), "classes_open": s.classes_open, "strategies": list(s.strategies),
             "prior_methods": list(s.prior_methods), "warnings": list(s.warnings), "audit": audit_dict(s.audit),
             "agent_version": s.agent_version, "agent_commit": s.agent_commit, "schema_version": s.schema_version,
-            "label_events": s.label_events}
+            "label_events": s.label_events, "samples_deleted": s.samples_deleted}
 
 
 def pending_line(s: agent_pb2.Status) -> str:
@@ -1618,6 +1618,10 @@ def status(agent: AgentTarget, as_json: bool = JsonOpt,
                       if tally is None
                       else f"label_events: {v:,}",
                       markup=False, highlight=False, soft_wrap=True)
+        elif k == "samples_deleted":
+            if v:  # (none deleted, the usual case: no line)
+                out.print(f"samples_deleted: {v:,} (DeleteSamples, ever; `shortlist check --data-dir D` lists each "
+                          "deletion: when, who, why)", markup=False, highlight=False, soft_wrap=True)
         elif k != "audit":
             out.print(f"{k}: {', '.join(v) if isinstance(v, list) else v}", markup=False, highlight=False)
     for line in audit_lines(s.audit):

@@ -348,6 +348,7 @@ class AgentStatus:
     audit: AuditReport = field(default_factory=AuditReport)
     classes_open: bool = True
     label_events: int = 0  # label rows ever stored: changes with every label change (Status.label_events)
+    samples_deleted: int = 0  # samples deleted ever: changes with every deletion (Status.samples_deleted)
     agent_version: str = ""  # the package version, the git commit it runs from ("" if none), the folder's schema
     agent_commit: str = ""
     schema_version: int = 0
@@ -1698,6 +1699,7 @@ class Agent:
                                   self.calibration_warning(), self.payload_warning()]
                       if w],
             classes_open=not self.state.closed, label_events=self.state.label_event_count(),
+            samples_deleted=self.state.samples_deleted(),
             agent_version=self.version[0], agent_commit=self.version[1], schema_version=self.state.schema_version())
 
     def payload_warning(self) -> str:

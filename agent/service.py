@@ -86,7 +86,7 @@ def status_message(st: AgentStatus) -> agent_pb2.Status:
                             warnings=st.warnings, audit=audit_message(st.audit),
                             classes_open=st.classes_open, label_events=st.label_events,
                             agent_version=st.agent_version, agent_commit=st.agent_commit,
-                            schema_version=st.schema_version)
+                            schema_version=st.schema_version, samples_deleted=st.samples_deleted)
 
 
 def queue_message(q: QueueData) -> agent_pb2.Queue:

@@ -339,6 +339,9 @@ class State:
         self._label_events = int(self._db.execute(
             "SELECT (SELECT COUNT(*) FROM labels) + (SELECT COALESCE(SUM(label_rows + 1), 0) FROM deletions)"
         ).fetchone()[0])
+        # Samples deleted ever (Status.samples_deleted): a revision of the sample set, as label_events of labels.
+        self._samples_deleted = int(self._db.execute(
+            "SELECT COALESCE(SUM(samples), 0) FROM deletions").fetchone()[0])
         for seq, sid, uri, meta, kind, digest in self._db.execute(
                 "SELECT seq, id, uri, metadata, kind, sha256 FROM samples ORDER BY seq"):
             self._append_record(SampleRecord(seq, sid, uri, json.loads(meta), kind, digest))
@@ -717,6 +720,10 @@ class State:
         """Label rows ever stored (labels, changes, retractions, ingested labels): a revision of the labels."""
         return self._label_events
 
+    def samples_deleted(self) -> int:
+        """Samples deleted ever (the deletions table's sum): a revision of the sample set."""
+        return self._samples_deleted
+
     def max_seq(self) -> int:
         return len(self._records) - 1
 
@@ -798,6 +805,7 @@ class State:
             for q in seqs:
                 self._drop_record(int(q))
             self._label_events += 1  # the removed rows stay counted (as the deletions table counts them at open)
+            self._samples_deleted += len(recs)
             return sorted({r.sha256 for r in recs} - set(self._seq_by_sha))
 
     def _delete_rows(self, recs: list[SampleRecord], seqs: Sequence[int], args: list[int], marks: str,

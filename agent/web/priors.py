@@ -69,6 +69,7 @@ class PriorSet:
     # PriorLabel.calibration of the stream's first row as JSON ({} from an agent that does not send it)
     calibration: dict[str, Any] = field(default_factory=dict)
     embedded_at: int = 0  # Status.embedded when computed (the page's "N new samples" notice compares it)
+    deleted_at: int = 0  # Status.samples_deleted when computed: a deletion since makes the set stale
 
     def __post_init__(self) -> None:
         self.row_of = {i: r for r, i in enumerate(self.ids)}
@@ -117,7 +118,8 @@ class PriorSet:
         if calibration.get("warning"):  # the agent's words are for CLI users
             calibration["warning"] = for_people(str(calibration["warning"]))
         return cls(method, version, classes, ids, label, conf, second, second_p, status.labeled,
-                   status.label_events, time.time(), calibration=calibration, embedded_at=status.embedded)
+                   status.label_events, time.time(), calibration=calibration, embedded_at=status.embedded,
+                   deleted_at=status.samples_deleted)
 
 
 class PriorsCache:
@@ -130,17 +132,18 @@ class PriorsCache:
 
     def get(self, caller: Caller, method: str, status: agent_pb2.Status, refresh: bool = False) -> PriorSet:
         """The prior set of ``method`` at the served model version, computed now when missing, stale
-        (another model version) or ``refresh``; grpc.RpcError escapes (FAILED_PRECONDITION before any label)."""
+        (another model version, or samples deleted since: a deleted sample must not be shown) or ``refresh``;
+        grpc.RpcError escapes (FAILED_PRECONDITION before any label)."""
         with self._lock:
             gate = self._computing.setdefault(method, threading.Lock())
             cached = self._sets.get(method)
-        if cached is not None and cached.model_version == status.model_version and not refresh:
+        if cached is not None and self._current(cached, status) and not refresh:
             return cached
         started = time.time()
         with gate:
             with self._lock:
                 cached = self._sets.get(method)
-            if cached is not None and cached.model_version == status.model_version and cached.computed_at >= started:
+            if cached is not None and self._current(cached, status) and cached.computed_at >= started:
                 return cached  # another request computed it while this one waited
             rows = caller.iterate(caller.stub.PriorLabels, agent_pb2.PriorLabelsRequest(method=method),
                                   timeout=caller.config.select_timeout_s)
@@ -150,6 +153,10 @@ class PriorsCache:
             with self._lock:
                 self._sets[method] = fresh
             return fresh
+
+    @staticmethod
+    def _current(cached: PriorSet, status: agent_pb2.Status) -> bool:
+        return cached.model_version == status.model_version and cached.deleted_at == status.samples_deleted
 
     def peek(self, method: str) -> PriorSet | None:
         with self._lock:

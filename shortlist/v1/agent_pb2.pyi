@@ -291,7 +291,7 @@ class GetStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Status(_message.Message):
-    __slots__ = ("samples", "labeled", "embedded", "model_version", "strategies", "prior_methods", "classes", "pending_model_version", "pending_embedded", "pending_embed_rate", "warnings", "audit", "classes_open", "label_events", "agent_version", "agent_commit", "schema_version")
+    __slots__ = ("samples", "labeled", "embedded", "model_version", "strategies", "prior_methods", "classes", "pending_model_version", "pending_embedded", "pending_embed_rate", "warnings", "audit", "classes_open", "label_events", "agent_version", "agent_commit", "schema_version", "samples_deleted")
     SAMPLES_FIELD_NUMBER: _ClassVar[int]
     LABELED_FIELD_NUMBER: _ClassVar[int]
     EMBEDDED_FIELD_NUMBER: _ClassVar[int]
@@ -309,6 +309,7 @@ class Status(_message.Message):
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     AGENT_COMMIT_FIELD_NUMBER: _ClassVar[int]
     SCHEMA_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_DELETED_FIELD_NUMBER: _ClassVar[int]
     samples: int
     labeled: int
     embedded: int
@@ -326,7 +327,8 @@ class Status(_message.Message):
     agent_version: str
     agent_commit: str
     schema_version: int
-    def __init__(self, samples: _Optional[int] = ..., labeled: _Optional[int] = ..., embedded: _Optional[int] = ..., model_version: _Optional[str] = ..., strategies: _Optional[_Iterable[str]] = ..., prior_methods: _Optional[_Iterable[str]] = ..., classes: _Optional[_Iterable[str]] = ..., pending_model_version: _Optional[str] = ..., pending_embedded: _Optional[int] = ..., pending_embed_rate: _Optional[float] = ..., warnings: _Optional[_Iterable[str]] = ..., audit: _Optional[_Union[PriorAudit, _Mapping]] = ..., classes_open: _Optional[bool] = ..., label_events: _Optional[int] = ..., agent_version: _Optional[str] = ..., agent_commit: _Optional[str] = ..., schema_version: _Optional[int] = ...) -> None: ...
+    samples_deleted: int
+    def __init__(self, samples: _Optional[int] = ..., labeled: _Optional[int] = ..., embedded: _Optional[int] = ..., model_version: _Optional[str] = ..., strategies: _Optional[_Iterable[str]] = ..., prior_methods: _Optional[_Iterable[str]] = ..., classes: _Optional[_Iterable[str]] = ..., pending_model_version: _Optional[str] = ..., pending_embedded: _Optional[int] = ..., pending_embed_rate: _Optional[float] = ..., warnings: _Optional[_Iterable[str]] = ..., audit: _Optional[_Union[PriorAudit, _Mapping]] = ..., classes_open: _Optional[bool] = ..., label_events: _Optional[int] = ..., agent_version: _Optional[str] = ..., agent_commit: _Optional[str] = ..., schema_version: _Optional[int] = ..., samples_deleted: _Optional[int] = ...) -> None: ...
 
 class PriorAudit(_message.Message):
     __slots__ = ("drawn", "labelled", "current", "model_version", "confidence_level", "interval_method", "methods", "computed_at", "error")

@@ -189,7 +189,9 @@ def test_cli_delete_samples_asks_first_and_says_what_it_did(tmp_path: Path, runn
                               "--reason", "junk", "--yes"])
     assert res.exit_code == 0, res.output
     assert "deleted 2" in res.output and "nope" in res.output
-    assert status(running).samples == 2
+    assert status(running).samples == 2 and status(running).samples_deleted == 2
+    said = runner.invoke(app, ["status", "--agent", running.address]).output
+    assert "samples_deleted: 2 (DeleteSamples, ever; `shortlist check --data-dir D` lists each deletion" in said
 
 
 def test_index_rows_taken_out_are_never_neighbours_even_when_k_asks_for_every_row() -> None:

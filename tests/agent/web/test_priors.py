@@ -3,11 +3,12 @@ accepting (source "prior:METHOD") and correcting a prior, and the read-only role
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from agent.priors import PRIOR_METHODS
 from shortlist.v1 import agent_pb2
-from tests.agent.web.conftest import LABELLED, N_IMAGES, READ_TOKEN, SHAPES, WRITE_TOKEN, WebAgent
+from tests.agent.web.conftest import LABELLED, N_IMAGES, READ_TOKEN, SHAPES, WRITE_TOKEN, WebAgent, start_web_agent
 
 # The fixture's labelled samples: the circles and squares among the first LABELLED (classes circle, square).
 LABELLED_IDS = {f"img{i:03d}.png" for i in range(LABELLED) if i % 3 != 2}
@@ -195,3 +196,23 @@ def test_a_prior_set_is_built_as_its_stream_arrives_with_bounded_messages_held(m
     assert streamed.label.tolist() == [i % 3 for i in range(30)] and streamed.second.tolist()[:2] == [1, 1]
     empty = priors.PriorSet.from_stream("knn", classes, status, iter(()))
     assert empty.ids == [] and len(empty.label) == 0 and empty.calibration == {}
+
+
+def test_a_deleted_sample_leaves_the_cached_priors(tmp_path: Path) -> None:
+    """The app's prior sets were kept until the model version changed: samples deleted through gRPC
+    (DeleteSamples: a patient's image, say) were still listed on Review priors and coloured on the Map.
+    Status.samples_deleted changed: the set is computed again, without them."""
+    wa = start_web_agent(tmp_path)
+    try:
+        c = wa.client()
+        before = {it["id"] for it in c.get("/api/priors", params={"method": "knn", "size": 200}).json()["items"]}
+        gone = sorted(before)[:2]
+        assert set(gone) <= set(c.get("/api/priors/all", params={"method": "knn"}).json()["ids"])
+        reply = wa.stub.DeleteSamples(agent_pb2.DeleteSamplesRequest(ids=gone, annotator="lead", reason="test"))
+        assert reply.accepted == 2
+        assert wa.stub.GetStatus(agent_pb2.GetStatusRequest()).samples_deleted == 2
+        d = c.get("/api/priors", params={"method": "knn", "size": 200}).json()
+        assert {it["id"] for it in d["items"]} == before - set(gone) and d["total"] == len(before) - 2
+        assert not set(gone) & set(c.get("/api/priors/all", params={"method": "knn"}).json()["ids"])
+    finally:
+        wa.stop()
