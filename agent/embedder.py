@@ -6,6 +6,7 @@ definition); payloads are decoded and validated by shortlist.images (Pillow), th
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ from shortlist.manifest import (
     check_version,
     list_versions,
 )
-from shortlist.vectors import unit_rows
+from shortlist.vectors import MIN_NORM, unit_rows
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,16 @@ CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 FLOAT32 = "tensor(float)"  # onnxruntime's name for the element type the agent feeds
 PROBE_BATCH = 2  # images in the load check's blank batch: more than one proves the batch axis is not fixed at 1
+# A batch of real images is judged degenerate (the model is at fault, as for NaN) only from JUDGE_MIN rows on:
+# Ingest may send one image, or a few that look alike. Then: more than ZERO_SHARE of its embeddings all-zero
+# (no direction in cosine space: the vectors clamp them to zero), or every embedding the same direction
+# (within SAME_DISTANCE, L2 between unit vectors) for at least JUDGE_MIN different images. A randomly
+# initialised conv encoder (agent.testing.conv_encoder) puts images whose pixels differ by 0 or 1 up to 0.006
+# apart and a linear one up to 0.09 (docs/agent.md, How it works, Models), so only a model that ignores its
+# input, up to float32 rounding, trips SAME_DISTANCE.
+JUDGE_MIN = 8
+ZERO_SHARE = 0.1
+SAME_DISTANCE = 1e-5
 MAX_ORT_TEXT = 400  # characters of an onnxruntime error quoted in a refusal (its text can run to pages)
 # What onnxruntime raises (its pybind classes derive from Exception only).
 _state = ort.capi.onnxruntime_pybind11_state
@@ -242,6 +253,11 @@ class Embedder:
                                   "back with `shortlist models rollback`")
             end = start + len(x)
             vecs[start:end] = outs[0].reshape(len(x), -1)
+            if why := degenerate(images[start:end], vecs[start:end]):
+                raise ModelFailed(f"the model {self.version} {why}: the model is at fault, not the agent (Select and "
+                                  "PriorLabels would answer nothing sensible in such a space: a collapsed or broken "
+                                  "export); publish a fixed version, or bring a good one back with `shortlist models "
+                                  "rollback`")
             if logits is not None:
                 logits[start:end] = outs[1]
             if pretext is not None:
@@ -263,17 +279,65 @@ class Embedder:
         return np.mean(losses, axis=0).astype(np.float32)
 
 
+def degenerate(images: np.ndarray, vecs: np.ndarray, what: str = "") -> str:
+    """Why ``vecs`` (NxD raw embeddings of the NxHxWx3 uint8 ``images``, ``what``: how to name them, default
+    "a batch of N images") are no embedding of them ("" when they can be): all-zero for more than ZERO_SHARE
+    of the rows, or one direction for every row while the images differ (JUDGE_MIN different ones at least).
+    Batches under JUDGE_MIN rows are not judged."""
+    n = len(vecs)
+    if n < JUDGE_MIN:
+        return ""
+    norms = np.linalg.norm(vecs, axis=1)
+    zero = int((norms <= MIN_NORM).sum())
+    what = what or f"a batch of {n} images"
+    if zero > ZERO_SHARE * n:
+        return f"gave all-zero embeddings for {zero} of {what}"
+    if zero:
+        return ""  # some rows have no direction: not all the same
+    units = unit_rows(vecs)
+    if float(np.linalg.norm(units - units[0], axis=1).max()) > SAME_DISTANCE:
+        return ""
+    different = len({bytes(hashlib.blake2b(img.tobytes(), digest_size=16).digest()) for img in images})
+    if different < JUDGE_MIN:  # the same picture sent again (or a few): the same embedding is right
+        return ""
+    return f"gave the same embedding (direction) for all of {what} ({different} different images)"
+
+
 def load_check(version_dir: Path, manifest: Manifest) -> None:
     """The agent's own load check of a complete version (``manifest`` from check_version), on the CPU: the
     checks an agent makes before it serves ``version_dir`` (the declared input, a batch of PROBE_BATCH blank
-    images, the output shapes against the manifest). ModelRefused says why an agent would refuse it and what
-    to change. Used by ``shortlist models list`` / ``rollback`` and the benchmarks' --encoder; no torch."""
+    images, the output shapes against the manifest), then the check it makes on every batch of real images
+    (``degenerate``) on ``probe_images``. ModelRefused says why an agent would refuse it and what to change.
+    Used by ``shortlist models list`` / ``rollback`` / ``import`` and the benchmarks' --encoder; no torch."""
     try:
-        Embedder(version_dir, manifest, batch_size=PROBE_BATCH, use_cuda=False, threads=1)
+        emb = Embedder(version_dir, manifest, batch_size=JUDGE_MIN, use_cuda=False, threads=1)
     except ModelRefused:
         raise
     except Exception as e:  # what else loading raises (the agent refuses the version for it as well)
         raise ModelRefused(f"cannot load it: {e}") from None
+    images = probe_images(manifest.preprocess.size)
+    try:
+        vecs = emb._run(emb.preprocess.normalize(images))[0].reshape(len(images), -1)
+    except ModelFailed as e:
+        raise ModelRefused(str(e)) from None
+    what = (f"{len(images)} synthetic images (seeded noise at {len(images)} brightness levels, standing in for "
+            "the real images an agent embeds, which it would refuse the model on the same way)")
+    rows = int((~np.isfinite(vecs)).any(axis=1).sum())
+    why = f"gave NaN or infinite embeddings for {rows} of {what}" if rows else degenerate(images, vecs, what)
+    if why:  # what the agent refuses on the stored samples, seen before anything is published
+        cause = ("a division by a norm that can be 0, a square root or log of a negative number" if rows else
+                 "a collapsed training run, or a head that gives 0 for every input, e.g. a ReLU after a large "
+                 "negative bias")
+        raise ModelRefused(f"the model {why}: check the exported graph with onnxruntime on real images ({cause})")
+
+
+def probe_images(size: tuple[int, int]) -> np.ndarray:
+    """JUDGE_MIN different HxWx3 uint8 images (``size`` = (H, W)): seeded noise, 64 levels wide, from dark to
+    bright. ``load_check`` embeds them to refuse a model whose embeddings are all zero or one direction
+    whatever the image, which the blank probe batch cannot show."""
+    rng = np.random.default_rng(0)
+    lows = np.linspace(0, 191, JUDGE_MIN).astype(np.uint8)
+    return np.stack([lo + rng.integers(0, 64, (*size, 3), dtype=np.uint8) for lo in lows])
 
 
 def newest_servable(registry: Path) -> tuple[str, Manifest] | str:
