@@ -43,12 +43,13 @@ from shortlist.console import make_console
 from shortlist.manifest import (
     Manifest,
     ManifestError,
+    NothingToPublish,
     RegistryError,
     check_version,
     clear_trash,
+    copy_changes_nothing,
     highest_published,
     list_versions,
-    newest_complete,
     read_complete,
     registry_mistake,
     remove_version,
@@ -215,14 +216,15 @@ def rollback(agent: AgentTarget,
     except ModelRefused as e:
         fail(f"{version} cannot be served again: the agent refuses it: {e}; nothing was published (publish a "
              "fixed version instead)", 1)
-    newest = newest_complete(registry)
-    if newest is not None and (newest[0] == version or same_model(newest[1], source)):
-        what = "is" if newest[0] == version else f"is the same model as {newest[0]}, which is"
-        fail(f"{version} {what} the newest complete version in {registry}: an agent serving this folder serves "
-             "it (or is embedding the pool with it) already; nothing was published", 1)
+    unchanged = (": an agent serving this folder serves it (or is embedding the pool with it) already; nothing was "
+                 "published")
+    if same := copy_changes_nothing(registry, version, source):  # before the copy; asked again under the lock
+        fail(same + unchanged, 1)
     stub = None if no_reload else _unless_served(agent, version, source, registry, fail)
     try:
-        new = republish(registry, version)
+        new = republish(registry, version, unless_unchanged=True)
+    except NothingToPublish as e:  # another rollback published it since the check above
+        fail(f"{e}{unchanged}", 1)
     except ManifestError as e:
         fail(f"{version} cannot be served again: {e}", 1)
     except (OSError, RegistryError) as e:

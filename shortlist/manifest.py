@@ -45,7 +45,7 @@ import re
 import shutil
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -483,12 +483,19 @@ def clear_trash(registry: Path) -> list[str]:
     return gone
 
 
-def publish(registry: Path, staging: Path) -> str:
+class NothingToPublish(ManifestError):
+    """``publish``'s ``refuse`` said no under the publish lock (e.g. a rollback's copy of what another rollback
+    has just published): nothing was published."""
+
+
+def publish(registry: Path, staging: Path, refuse: Callable[[], str] | None = None) -> str:
     """Atomically move a fully written ``staging`` folder (inside ``registry``) to the next version.
 
     ``staging`` must already hold every file and ``manifest.json``, fsynced. Returns the version name. The
     number is one more than any ever published there (the high-water mark is written first, under the
-    publish lock), so a removed version's number is never given to another model.
+    publish lock), so a removed version's number is never given to another model. ``refuse`` is asked under
+    the lock, before anything changes: a non-empty answer raises NothingToPublish with it (a check made
+    before the lock could be stale: another publisher may have published meanwhile).
     """
     if staging.parent.resolve() != registry.resolve():
         raise ValueError("staging folder must be inside the registry (rename is atomic only there)")
@@ -496,6 +503,8 @@ def publish(registry: Path, staging: Path) -> str:
         raise ValueError(f"{staging} has no {MANIFEST_NAME}")
     with publish_lock(registry):
         clear_stale_staging(registry)  # what killed publishers left (never ``staging``: this process is alive)
+        if refuse is not None and (why := refuse()):
+            raise NothingToPublish(why)
         nxt = highest_published(registry) + 1
         for _ in range(1000):
             target = registry / version_name(nxt)
@@ -551,23 +560,37 @@ def short_fingerprint(fingerprint: str) -> str:
     return fingerprint.removeprefix(MODEL_FINGERPRINT_PREFIX)[:12]
 
 
-def republish(registry: Path, version: str) -> str:
+def copy_changes_nothing(registry: Path, version: str, source: Manifest) -> str:
+    """Why a copy of ``version`` (manifest ``source``) published in ``registry`` now would change nothing ("" when
+    it would not): ``version`` is the newest complete version, or the same model (``same_model``) as it, so an
+    agent serving the folder serves it, or is embedding the pool with it, already."""
+    newest = newest_complete(registry)
+    if newest is None or (newest[0] != version and not same_model(newest[1], source)):
+        return ""
+    what = "is" if newest[0] == version else f"is the same model as {newest[0]}, which is"
+    return f"{version} {what} the newest complete version in {registry}"
+
+
+def republish(registry: Path, version: str, unless_unchanged: bool = False) -> str:
     """Publish a copy of ``registry/version`` as the next version (a rollback: the agent serves the newest
     complete version, so an older model comes back by being published again, and version numbers only
     grow). The source must be complete with its recorded hashes (ManifestError says why not); the copy's
-    manifest says ``republished_from`` and when it was made. Returns the new version name."""
+    manifest says ``republished_from`` and when it was made. Returns the new version name.
+    ``unless_unchanged``: NothingToPublish when ``copy_changes_nothing``, asked under the publish lock, so of
+    two rollbacks to one version at once only the first publishes."""
     import datetime as dt
 
     source = registry / version
     manifest = check_version(source, verify_hashes=True)
-    manifest.republished_from = version
+    manifest.republished_from = version  # not part of ``same_model``'s identity: the copy stays the same model
     manifest.created = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    refuse = (lambda: copy_changes_nothing(registry, version, manifest)) if unless_unchanged else None
     with staging_folder(registry, "republish") as staging:
         for name, digest in manifest.files.items():
             shutil.copyfile(source / name, staging / name)
             if sha256_file(staging / name) != digest:  # changed between the check and the copy
                 raise ManifestError(f"{version}/{name} changed while it was copied; nothing was published")
-        return publish_staged(registry, staging, manifest)
+        return publish_staged(registry, staging, manifest, refuse)
 
 
 # ``staging_folder``'s names: .tmp-KIND-PID-HEX8 (PID: the process writing it)
@@ -644,16 +667,17 @@ def staging_folder(registry: Path, kind: str) -> Iterator[Path]:
         raise
 
 
-def publish_staged(registry: Path, staging: Path, manifest: Manifest) -> str:
+def publish_staged(registry: Path, staging: Path, manifest: Manifest, refuse: Callable[[], str] | None = None) -> str:
     """Make ``staging`` durable -- every file ``manifest.files`` names, then its manifest.json (written here),
-    then the folder's entries -- and ``publish`` it as the next version (returned): the one way export, import
-    and rollback write a version, so none can publish a manifest before the files it vouches for are on disk."""
+    then the folder's entries -- and ``publish`` it as the next version (returned; ``refuse``: see ``publish``):
+    the one way export, import and rollback write a version, so none can publish a manifest before the files it
+    vouches for are on disk."""
     for name in manifest.files:
         fsync_path(staging / name)
     (staging / MANIFEST_NAME).write_text(manifest.to_json())
     fsync_path(staging / MANIFEST_NAME)
     fsync_path(staging)
-    return publish(registry, staging)
+    return publish(registry, staging, refuse)
 
 
 def fsync_path(path: Path) -> None:
