@@ -197,6 +197,10 @@ def _pretrain_worker(cfg: PretrainConfig) -> None:
         if int(os.environ.get("RANK", "0")) == 0:
             console.print(f"[red]error:[/] {e}")
         raise SystemExit(2) from None  # not typer.Exit: under --procs this runs outside typer
+    except OSError as e:  # e.g. an --out folder this user cannot write: one line, not a traceback
+        if int(os.environ.get("RANK", "0")) == 0:
+            console.print(f"[red]error:[/] {escape(str(e))}", highlight=False)
+        raise SystemExit(1) from None
     except Interrupted as e:
         if int(os.environ.get("RANK", "0")) == 0:
             console.print(f"[yellow]{e}[/]")
@@ -305,6 +309,9 @@ def finetune_cmd(
     except (ValueError, FileNotFoundError) as e:
         console.print(f"[red]error:[/] {e}")
         raise typer.Exit(2) from None
+    except OSError as e:  # e.g. an --out folder this user cannot write: one line, not a traceback
+        console.print(f"[red]error:[/] {escape(str(e))}", highlight=False)
+        raise typer.Exit(1) from None
     except Interrupted as e:
         console.print(f"[yellow]{e}[/]")
         raise typer.Exit(INTERRUPTED_EXIT) from None
@@ -334,6 +341,10 @@ def export_cmd(
     except (ValueError, FileNotFoundError, ExportError) as e:
         console.print(f"[red]error:[/] {e}")
         raise typer.Exit(2) from None
+    except OSError as e:  # e.g. a registry this user cannot write (the staging folder is removed: see export_run)
+        console.print(f"[red]error:[/] could not export {escape(str(run))} into {escape(str(models))}: "
+                      f"{escape(str(e))}; nothing was published", highlight=False)
+        raise typer.Exit(1) from None
     print(version)
 
 
@@ -396,6 +407,9 @@ def cycle_cmd(
     except (ValueError, FileNotFoundError, FileExistsError, ExportError) as e:
         console.print(f"[red]error:[/] {escape(str(e))}", highlight=False)
         raise typer.Exit(2) from None
+    except OSError as e:  # e.g. an --out folder this user cannot write: one line, not a traceback
+        console.print(f"[red]error:[/] {escape(str(e))}", highlight=False)
+        raise typer.Exit(1) from None
     except Interrupted as e:
         console.print(f"[yellow]{escape(str(e))}[/]", highlight=False)
         raise typer.Exit(INTERRUPTED_EXIT) from None

@@ -290,9 +290,14 @@ def cycle_lock(models: Path, agent: str, run_dir: Path) -> Iterator[None]:
     death included) while one cycle pulls, trains and publishes into ``models``. Another cycle into the same
     registry meanwhile is refused at once (CycleRefused) naming the holder's pid, start time and run folder:
     two cycles on the same labels published the same model twice, and reported a version that was abandoned."""
-    models.mkdir(parents=True, exist_ok=True)
     path = models / CYCLE_LOCK_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        models.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:  # before any pull or training: the cycle could never publish its model there
+        raise CycleRefused(f"cannot write into the registry {models} ({e.strerror or e}: {e.filename or path}): a "
+                           "cycle publishes its model there; run it as a user who can write that folder (the "
+                           "agent's registry), or fix its permissions; nothing was pulled or trained") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
