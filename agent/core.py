@@ -493,7 +493,9 @@ FULL_BELOW_BYTES = MIB
 
 
 def storage_warnings(data_dir: Path, min_free_bytes: int) -> list[str]:
-    """GetStatus warnings about the data folder's file system: read-only, or little space left."""
+    """GetStatus warnings about the data folder's file system: read-only (a read-only mount, or permissions
+    that no longer let the agent's user write the folder, its blobs or its database), or little space left.
+    Nothing is written: the permissions are asked with access(2), a few system calls per GetStatus."""
     stats = []
     for folder in (data_dir, data_dir / "blobs"):
         try:
@@ -504,6 +506,14 @@ def storage_warnings(data_dir: Path, min_free_bytes: int) -> list[str]:
         if st.f_flag & os.ST_RDONLY:
             return [f"the data folder {folder} is read-only: Ingest, SubmitLabels and model swaps fail with "
                     "FAILED_PRECONDITION (reads and Select keep working); remount it read-write"]
+    effective = os.access in os.supports_effective_ids  # the agent's effective user, as a write is checked
+    for path, bits in ((data_dir, os.W_OK | os.X_OK), (data_dir / "blobs", os.W_OK | os.X_OK),
+                       (data_dir / "state.sqlite", os.W_OK)):
+        if path.exists() and not os.access(path, bits, effective_ids=effective):
+            return [f"the data folder {data_dir} is read-only: its permissions do not let the agent's user write "
+                    f"{path}, so Ingest, SubmitLabels and model swaps fail with FAILED_PRECONDITION (reads and "
+                    "Select keep working); give the agent's user write permission on the folder and what it "
+                    "holds (e.g. chmod -R u+w), or run the agent as its owner"]
     for folder, st in stats:
         free = st.f_bavail * st.f_frsize
         if free < FULL_BELOW_BYTES:  # a request of samples or a model swap needs more than this
