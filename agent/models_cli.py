@@ -11,10 +11,12 @@ version, or of what the agent serves while it moves to no other) is refused: re-
 identical model can take hours.
 
 ``list`` runs the agent's own load check (agent.embedder.load_check: onnxruntime on the CPU, a batch of blank
-images) on complete versions newest first until one passes: that one is what an agent serving the folder
-serves, the newer ones are marked refused with the agent's reason, and older ones are listed as not checked
-(``--check-all`` checks them too; each check loads the model, which takes a while for big ones). Nothing is
-cached. ``rollback`` refuses a version the load check refuses, before publishing anything.
+images and one of synthetic ones) on complete versions newest first until one passes: that one is what an
+agent serving the folder would serve (unless the agent refused it on its stored samples, which only the agent
+knows: ``--agent`` asks it, ``agent_view``), the newer ones are marked refused with the agent's reason, and
+older ones are listed as not checked (``--check-all`` checks them too; each check loads the model, which takes
+a while for big ones). Nothing is cached. ``rollback`` refuses a version the load check refuses, before
+publishing anything.
 
 ``prune`` removes old versions: all complete versions but the newest ``--keep``, the newest that passes the load
 check (what an agent started on the folder serves) and the ones the agent serves or is embedding, each
@@ -124,16 +126,44 @@ def version_rows(models: Path, load: str = "none") -> list[dict[str, Any]]:
     return rows
 
 
+def agent_view(rows: list[dict[str, Any]], address: str) -> str:
+    """Mark ``rows`` (``version_rows``') with what the agent at ``address`` makes of each complete version
+    (GetStatus; TLS and token from the SHORTLIST_* environment): ``agent`` is "serving", "embedding", "refused"
+    (``agent_refused``: its reason, stored by the agent, kept across its restarts) or "". Returns "" when it
+    answered, else a sentence saying why not (rows left unmarked)."""
+    try:
+        st = client.connect(address, config=client.ClientConfig.from_env()).GetStatus(agent_pb2.GetStatusRequest())
+    except (client.AgentUnavailable, grpc.RpcError) as e:
+        why = client.detail(e) if isinstance(e, grpc.RpcError) else str(e)
+        return f"the agent at {address} did not answer ({why}): what it serves and refused is not shown"
+    for r in rows:
+        if not r["complete"]:
+            continue
+        v = r["version"]
+        refused = None if v in (st.model_version, st.pending_model_version) else client.refusal(st, v)
+        r["agent"] = ("serving" if v == st.model_version else "embedding" if v == st.pending_model_version else
+                      "refused" if refused else "")
+        r["agent_refused"] = refused or ""
+    return ""
+
+
 @models_app.command("list")
 def list_command(models: Path = ModelsOpt,
                  as_json: bool = typer.Option(False, "--json", help="one JSON object per version on stdout"),
                  check_all: bool = typer.Option(False, "--check-all", help="run the agent's load check on every "
-                                                "complete version, not only down to the one an agent serves")) -> None:
+                                                "complete version, not only down to the one an agent serves"),
+                 agent: str | None = typer.Option(None, "--agent", help="HOST:PORT of the agent serving this "
+                                                  "folder: also say which version it serves, is embedding, or "
+                                                  "refused (e.g. a model that failed on its stored samples, which "
+                                                  "the load check cannot see); TLS and token from "
+                                                  "SHORTLIST_TLS_* / SHORTLIST_TOKEN")) -> None:
     """Every version in the registry, oldest first: complete (hashes checked) or why not, and what it is. The
     agent's own load check runs on complete versions newest first until one passes: that one is what an agent
-    serving this folder serves; newer ones it refuses are marked with the reason; older ones are not checked
-    (unless --check-all)."""
+    serving this folder would serve, unless the agent refused it while embedding its stored samples with it
+    (--agent, or `shortlist status`, says); newer ones the check refuses are marked with the reason; older ones
+    are not checked (unless --check-all)."""
     rows = version_rows(_registry(models), "all" if check_all else "served")
+    unanswered = agent_view(rows, agent) if agent else ""
     if as_json:
         for r in rows:
             print(json_line(r))
@@ -144,6 +174,8 @@ def list_command(models: Path = ModelsOpt,
     from shortlist.manifest import staging_note  # what killed exports left
     if note := staging_note(models):
         out.print(f"warning: {note}", markup=False, highlight=False)
+    if unanswered:
+        out.print(f"warning: {unanswered}", markup=False, highlight=False)
     if not rows:
         out.print(f"no versions in {escape(str(models))} (publish one with `shortlist export --run RUN --models "
                   f"{escape(str(models))}`)", highlight=False)
@@ -155,8 +187,11 @@ def list_command(models: Path = ModelsOpt,
         if not r["complete"]:
             table.add_row(r["version"], "", "", "", "", "", "", "[red]not served[/] (below)")
             continue
-        state = ("[green]served[/] (complete, loads)" if r["served"] else "[red]refused[/] (below)"
+        state = ("[green]would be served[/] (complete, loads)" if r["served"] else "[red]refused[/] (below)"
                  if r["loads"] is False else "complete, loads" if r["loads"] else "complete (load not checked)")
+        said = {"serving": "[green]the agent serves it[/]", "embedding": "the agent is embedding its pool with it",
+                "refused": "[red]refused by the agent[/] (below)"}.get(r.get("agent", ""))
+        state += f"; {said}" if said else ""
         table.add_row(r["version"], r["created"][:16].replace("T", " "), r["method"], r["arch"],
                       str(r["embedding_dim"]), str(len(r["classes"])) if r["classes"] else "—",
                       f"copy of {r['republished_from']}" if r["republished_from"] else "", state)
@@ -167,9 +202,17 @@ def list_command(models: Path = ModelsOpt,
         elif r["loads"] is False:
             out.print(f"{r['version']} is refused by the agent's load check: {r['refused']}", markup=False,
                       highlight=False)
+        if r.get("agent_refused"):
+            out.print(f"the agent at {agent} refused {r['version']}: {r['agent_refused']}", markup=False,
+                      highlight=False)
     served = [r["version"] for r in rows if r.get("served")]
-    out.print(f"served: {served[0]} (the newest complete version that passes the agent's load check: what an agent "
-              "serving this folder serves; `shortlist status` says which it serves now)" if served else
+    serving = [r["version"] for r in rows if r.get("agent") == "serving"]
+    if serving:
+        out.print(f"the agent at {agent} serves {serving[0]}", markup=False, highlight=False)
+    out.print(f"would be served: {served[0]} (the newest complete version that passes the agent's load check, on "
+              "blank and synthetic images: what an agent serving this folder serves, unless it refused it while "
+              "embedding its stored samples with it, a refusal it keeps across restarts; `shortlist status` or "
+              "`shortlist models list --agent HOST:PORT` says which it serves and what it refused)" if served else
               "no complete version passes the agent's load check: an agent serving this folder has no model",
               highlight=False)
     out.print(_next_version(models), markup=False, highlight=False)
