@@ -14,8 +14,11 @@ the web app hung until the clients let go (the security review, docs/reliability
   ``--workers`` threads of the unary calls;
 - a stream that has waited ``Limits.stream_stall_timeout_s`` for its client to take one message (or, for a
   bidirectional stream, to send the next one) is cancelled by a watchdog thread: cancelling the call makes
-  gRPC's pending send fail, which frees the handler's thread (the client sees CANCELLED). The time a handler
-  spends computing (a PriorLabels before its first row) is not a stall: only the wait on the client counts.
+  gRPC's pending send fail, which frees the handler's thread. The time a handler spends computing (a PriorLabels
+  before its first row) is not a stall: only the wait on the client counts. The cancel carries a status
+  (``cancel_with_status``): the client sees DEADLINE_EXCEEDED and a message that names --stream-stall-timeout and
+  says how to resume, not a bare CANCELLED it could not tell from its own cancel (a Node client that paused its
+  stream got exactly that).
 
 Health ``Watch`` streams pass untouched: they are non-blocking (they hold no thread while open). The services
 open without a token (reflection; health is the other) have slots of their own (``OPEN_SERVICE_SLOTS``), so a
@@ -162,6 +165,19 @@ class StreamGuard(grpc.ServerInterceptor):
                         f"the agent is already serving {OPEN_SERVICE_SLOTS} streams of the services open without a "
                         f"token (reflection), their limit; retry in {self.retry_after_s:g} s")
 
+    def stall_message(self, e: _Open) -> str:
+        """What the client of the stalled call ``e`` is told: what happened, and what to do."""
+        name = e.method.rpartition("/")[2]
+        if e.timeout_s is None and e.what == "stream":
+            return (f"the agent cancelled this {name} stream: its client took no message for {self.stall_s:g} s "
+                    "(the agent's --stream-stall-timeout), which frees the stream's slot for other callers; read "
+                    "the stream without pausing that long (buffer the rows and work on them after), or have the "
+                    f"operator raise --stream-stall-timeout; {STALL_RESUME.get(name, 'call again')}")
+        wait = (f"{self.stall_s:g} s (the agent's --stream-stall-timeout)" if e.timeout_s is None
+                else f"{e.timeout_s:g} s")
+        return (f"the agent cancelled this {name} call: its request message had not come whole after {wait}; send "
+                "it with the call's headers (a large one needs a link that carries it in that time)")
+
     def _watch(self) -> None:
         tick = min(1.0, self.stall_s / 4)
         while not self._stop.wait(tick):
@@ -182,7 +198,39 @@ class StreamGuard(grpc.ServerInterceptor):
                         log.warning("cancelled a %s call from %s: its client sent no request message in %g s%s%s",
                                     name, peer, self.stall_s if e.timeout_s is None else e.timeout_s,
                                     " (--stream-stall-timeout)" if e.timeout_s is None else "", more)
-                e.context.cancel()  # the pending send or receive fails and the handler's thread is free
+                cancel_with_status(e.context, grpc.StatusCode.DEADLINE_EXCEEDED, self.stall_message(e))
+
+
+# How a client resumes a server stream the stall watchdog cut (the message's last part), per method.
+STALL_RESUME = {
+    "ListLabels": "resume with ListLabelsRequest.after_seq set to the seq of the last record received",
+    "ListSamples": "list again and skip the samples already received (ListSamples streams them in ingest order), "
+                   "or ask for the ids not received yet (ListSamplesRequest.ids)",
+    "GetMap": "resume with GetMapRequest.offset set to the points received so far",
+    "PriorLabels": "ask again for the ids not received yet (PriorLabelsRequest.ids)",
+}
+
+
+def cancel_with_status(context: grpc.ServicerContext, code: grpc.StatusCode, details: str) -> None:
+    """Cancel the call of ``context`` from another thread (its handler may wait in gRPC's send), telling the
+    client ``code`` and ``details``.
+
+    ``context.abort`` cannot do it from another thread: it only records the status and raises in the caller, and
+    the status is sent when the handler returns, which a handler blocked in a send held back by flow control
+    never does. gRPC core's ``grpc_call_cancel_with_status`` (which grpcio's public API does not expose; its
+    call object does, as ``cancel(code, details)``) ends the stream at once: the server's HTTP/2 transport
+    writes the status as trailers ahead of the messages flow control holds (they are dropped), then resets the
+    stream, and the pending send fails, which frees the handler's thread. A Python client and a Node client
+    (@grpc/grpc-js, stream paused) both received the code and details. Where that object is missing (another
+    grpcio), a plain cancel: the client then sees CANCELLED."""
+    call = getattr(getattr(context, "_rpc_event", None), "call", None)
+    if call is not None:
+        try:
+            call.cancel(code.value[0], details)
+            return
+        except (TypeError, AttributeError, ValueError):  # another grpcio's signature: the plain cancel below
+            log.debug("grpc_call_cancel_with_status unavailable", exc_info=True)
+    context.cancel()
 
 
 def _timed(requests: Iterator[Any], entry: _Open) -> Iterator[Any]:

@@ -98,11 +98,14 @@ def test_a_stalled_stream_is_cancelled_and_frees_its_slot(guarded: Running,
         readers = [guarded.stub.ListSamples(agent_pb2.ListSamplesRequest(include_payload=True), timeout=30)
                    for _ in range(2)]
         assert [len(list(r)) for r in readers] == [8, 8]
-        # the stalled client, reading at last, gets what was in flight, then CANCELLED
+        # the stalled client, reading at last, is told why its stream ended and what to do (not a bare CANCELLED,
+        # which it could not tell from its own cancel)
         with pytest.raises(grpc.RpcError) as e:
             for _ in stalled:
                 pass
-        assert e.value.code() == CODE.CANCELLED
+        assert e.value.code() == CODE.DEADLINE_EXCEEDED
+        assert "took no message for 1 s (the agent's --stream-stall-timeout)" in (e.value.details() or "")
+        assert "read the stream without pausing that long" in (e.value.details() or "")
     finally:
         stalled.cancel()
         attacker.close()
@@ -156,7 +159,8 @@ def test_a_bidirectional_stream_whose_client_sends_nothing_is_cancelled(
         assert next(call) == b"hello"
         with pytest.raises(grpc.RpcError) as e:
             next(call)
-        assert e.value.code() == CODE.CANCELLED  # after 0.5 s, not at the call's 10 s deadline
+        assert e.value.code() == CODE.DEADLINE_EXCEEDED  # after 0.5 s, not at the call's 10 s deadline
+        assert "--stream-stall-timeout" in (e.value.details() or "")
         end = time.monotonic() + 5
         while guard.open_streams and time.monotonic() < end:
             time.sleep(0.05)
@@ -289,7 +293,8 @@ def test_calls_that_never_send_their_request_leave_the_others_alone(guarded: Run
         first = 2 if method.startswith("/shortlist") else OPEN_SERVICE_SLOTS
         assert len(wait_done(calls, 4)) >= len(calls) - first
         assert len(wait_done(calls, OPEN_REQUEST_TIMEOUT_S + 3)) == len(calls)
-        assert {c.code() for c in calls} == {CODE.CANCELLED}
+        assert {c.code() for c in calls} == {CODE.DEADLINE_EXCEEDED}
+        assert all("its request message had not come whole" in (c.details() or "") for c in calls)
     finally:
         stop.set()
         for c in calls:
