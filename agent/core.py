@@ -115,6 +115,12 @@ MIN_DRAW_COUNTED = 10
 MIN_STRETCH_COUNTED = 10
 
 
+# DeleteSamples' rejection of an id no stored sample has (docs/agent.md, "Retrying writes").
+NOT_STORED = ("not a stored sample: never ingested, or deleted already (the agent keeps no id of a deleted sample, "
+              "so it cannot tell which); a resent DeleteSamples whose first send was applied gets this for each of "
+              "its ids: the samples are gone, nothing is left to do")
+
+
 class Rejected(NamedTuple):
     """A per-item rejection of SubmitLabels / RetractLabels. ``now``: for a conditional write (if_current)
     that found another label, (the sample's label now, "" = unlabelled; who gave or took back the last one)."""
@@ -973,6 +979,12 @@ class Agent:
         with self.manager.writing() as serving:
             labels = self.state.labels_by_seq()
             for sid in ids:
+                if sid and text_problem(sid, self.limits.max_id_chars, "max_id_chars", "id") is None \
+                        and self.state.lookup(sid) is None:
+                    # Not "ingest it first" (SubmitLabels' advice): a resent DeleteSamples whose first send was
+                    # applied lands here, and the tombstones hold no ids to tell it from an id never ingested.
+                    rejected.append(Rejected(sid, NOT_STORED))
+                    continue
                 rec = self._item_sample(sid, rejected)
                 if rec is None:
                     continue
@@ -1030,6 +1042,12 @@ class Agent:
         # The queues' lock: no UpdateQueue writes a queue read before the deletion took its ids out.
         with self.queues.lock, self.manager.writing() as serving:
             for sid in ids:
+                if sid and text_problem(sid, self.limits.max_id_chars, "max_id_chars", "id") is None \
+                        and self.state.lookup(sid) is None:
+                    # Not "ingest it first" (SubmitLabels' advice): a resent DeleteSamples whose first send was
+                    # applied lands here, and the tombstones hold no ids to tell it from an id never ingested.
+                    rejected.append(Rejected(sid, NOT_STORED))
+                    continue
                 rec = self._item_sample(sid, rejected)
                 if rec is None:
                     continue

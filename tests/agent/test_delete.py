@@ -277,3 +277,26 @@ def test_a_background_batch_that_embedded_a_deleted_sample_stores_no_row_of_it(t
     assert st.compact_embeddings() and not st.compact_embeddings()
     assert st.load_embeddings("v2", 4, 0).seqs.tolist() == [1, 3] and st.repair_embeddings("v2", 4) == []
     st.close()
+
+
+def test_a_resent_delete_is_safe_and_says_the_samples_are_gone(running: Running) -> None:
+    """A DeleteSamples resent after a lost reply changes nothing and says its samples are not stored, without
+    SubmitLabels' "ingest it first" (the agent keeps no deleted id, so a typo gets the same answer)."""
+    client.ingest(running.stub, make_samples(4, labels=2))
+    first = delete(running, "s0", "s1")
+    assert (first.accepted, first.rejected_count) == (2, 0)
+    events = status(running).label_events
+    again = delete(running, "s0", "s1", "nope")
+    assert (again.accepted, again.rejected_count, again.payloads_removed) == (0, 3, 0)
+    reasons = {r.id: r.reason for r in again.rejected}
+    assert set(reasons) == {"s0", "s1", "nope"}
+    for reason in reasons.values():
+        assert reason.startswith("not a stored sample: never ingested, or deleted already")
+        assert "ingest it first" not in reason
+    # nothing changed: no tombstone, no label event, the other samples as they were
+    assert len(running.agent.state.deletions()) == 1
+    assert status(running).label_events == events and status(running).samples == 2
+    # SubmitLabels keeps its advice for an unknown id
+    reply = running.stub.SubmitLabels(agent_pb2.SubmitLabelsRequest(labels=[agent_pb2.LabelAssignment(id="s0",
+                                                                                                      label="a")]))
+    assert "ingest it first" in reply.rejected[0].reason
