@@ -742,9 +742,12 @@ def list_samples_at(stub: agent_pb2_grpc.AgentStub, labeled_only: bool = False,
     return (int(events) if isinstance(events, str) and events.isdigit() else None), call
 
 
-def list_labels(stub: agent_pb2_grpc.AgentStub, history: bool = False) -> Iterator[agent_pb2.LabelRecord]:
-    """Each labelled sample's current label (``history``: every label ever given), oldest first."""
-    yield from stub.ListLabels(agent_pb2.ListLabelsRequest(history=history))
+def list_labels(stub: agent_pb2_grpc.AgentStub, history: bool = False, after_seq: int = 0,
+                limit: int = 0) -> Iterator[agent_pb2.LabelRecord]:
+    """Each labelled sample's current label (``history``: every label ever given), oldest first; only the
+    records whose ``seq`` is above ``after_seq`` (a sync's cursor: the last record's seq it received), at most
+    ``limit`` of them (0: all)."""
+    yield from stub.ListLabels(agent_pb2.ListLabelsRequest(history=history, after_seq=after_seq, limit=limit))
 
 
 def counted(count: int, listed: Sized) -> int:

@@ -1789,9 +1789,16 @@ class Agent:
         return (f"model registry {self.models} {what}: {until} (`shortlist export` writes {self.models}/vNNNN/); "
                 "check --models if you expected a model")
 
-    def list_labels(self, history: bool) -> Iterator[LabelEvent]:
-        """Every label (``history``) or each labelled sample's current one, oldest first, streamed."""
-        return self.state.label_events(history)
+    def list_labels(self, history: bool, after: int = 0, limit: int = 0) -> Iterator[LabelEvent]:
+        """Every label (``history``) or each labelled sample's current one, oldest first, streamed; only rows
+        numbered above ``after`` (LabelEvent.row), at most ``limit`` of them (0: all). InvalidArgument for a
+        negative one (raised here, before the stream starts)."""
+        for value, name in ((after, "after_seq"), (limit, "limit")):
+            if value < 0:
+                raise InvalidArgument(f"{name} {value} is negative: give 0 (from the first record / no limit) or "
+                                      "the seq of the last record received" if name == "after_seq" else
+                                      f"{name} {value} is negative: give 0 (no limit) or how many records to send")
+        return self.state.label_events(history, after=after, limit=limit)
 
     def list_samples(self, labeled_only: bool, include_payload: bool,
                      ids: Sequence[str] = ()) -> Iterator[tuple[SampleRecord, str, bytes]]:

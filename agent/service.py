@@ -278,11 +278,11 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
 
     def ListLabels(self, request: agent_pb2.ListLabelsRequest,
                    context: grpc.ServicerContext) -> Iterator[agent_pb2.LabelRecord]:
-        """ListLabels: the current labels, or their whole history (docs/agent.md, API)."""
-        for e in self.agent.list_labels(request.history):
+        """ListLabels: the current labels, or their whole history, from a cursor on (docs/agent.md, API)."""
+        for e in self.agent.list_labels(request.history, request.after_seq, request.limit):
             yield agent_pb2.LabelRecord(id=e.id, label=e.label, annotator=e.annotator, time=e.time, source=e.source,
                                         model_version=e.model_version, audit=e.audit, current=e.current,
-                                        retracted=e.retracted)
+                                        retracted=e.retracted, seq=e.row)
 
     def GetMap(self, request: agent_pb2.GetMapRequest, context: grpc.ServicerContext) -> Iterator[agent_pb2.MapChunk]:
         """GetMap: the pool map's points in chunks, each with the map's state (docs/agent.md, The pool map)."""

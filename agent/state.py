@@ -103,6 +103,10 @@ RENAME_SOURCE = "rename"  # ... of the labels a class rename moved (RenameClass;
 RESTORE_SOURCE = "restored"
 RENAMED_KEY = "renamed_classes"  # meta: JSON {retired name: the class it was renamed (or merged) to}
 
+# meta: the highest label row number (labels.n) a deletion removed. SQLite numbers a new row one past the highest
+# row left, so without it a label given after the deletion of the samples with the latest rows took their numbers
+# again, and a ListLabels client resuming after_seq (a row number it had seen) missed it.
+LABEL_ROWS_HIGH_KEY = "label_rows_high"
 INDEX_STALE_KEY = "index_snapshots_stale"  # meta: "1" after a deletion, until the next start drops the snapshots
 RETRACTED = -1  # labels.class of a retraction (RetractLabels)
 
@@ -268,6 +272,7 @@ class LabelEvent:
     audit: bool
     current: bool
     retracted: bool = False
+    row: int = 0  # the label row's number (labels.n): increasing in storage order, never given twice
 
 
 class ClassListError(ValueError):
@@ -549,9 +554,7 @@ class State:
                 self._db.executemany("INSERT INTO classes(idx, name) VALUES (?, ?)", list(enumerate(order)))
                 if self.closed:
                     self._set_meta("class_count", str(len(closed)))
-                self._db.executemany(
-                    "INSERT INTO labels(seq, class, annotator, time, source, model_version) VALUES (?,?,?,?,?,?)",
-                    [(q, target, annotator, now, RENAME_SOURCE, model_version) for q in seqs])
+                self._insert_labels([(q, target, annotator, now, RENAME_SOURCE, model_version) for q in seqs])
                 self._set_meta(RENAMED_KEY, json.dumps(renamed, sort_keys=True))
             lab = self._label
             mapped = lab.copy()
@@ -581,9 +584,7 @@ class State:
             target = self.classes.index(new)
             now = time.time()
             with self._transaction():
-                self._db.executemany(
-                    "INSERT INTO labels(seq, class, annotator, time, source, model_version) VALUES (?,?,?,?,?,?)",
-                    [(q, target, annotator, now, RENAME_SOURCE, model_version) for q in seqs])
+                self._insert_labels([(q, target, annotator, now, RENAME_SOURCE, model_version) for q in seqs])
             self._label[seqs] = target
             self._label_events += len(seqs)
             return len(seqs)
@@ -697,10 +698,8 @@ class State:
                         "INSERT INTO samples(seq, id, uri, metadata, kind, sha256, ingested_at) VALUES (?,?,?,?,?,?,?)",
                         (seq, s.id, s.uri, json.dumps(s.metadata, sort_keys=True), s.kind, s.sha256, now))
                     seqs.append(seq)
-                self._db.executemany(
-                    "INSERT INTO labels(seq, class, annotator, time, source, model_version) VALUES (?,?,?,?,?,?)",
-                    [(q, s.label, INGEST_ANNOTATOR, now, INGEST_SOURCE, model_version)
-                     for q, s in zip(seqs, samples, strict=True) if s.label >= 0])
+                self._insert_labels([(q, s.label, INGEST_ANNOTATOR, now, INGEST_SOURCE, model_version)
+                                     for q, s in zip(seqs, samples, strict=True) if s.label >= 0])
                 if embeddings is not None:
                     self._insert_embeddings(embeddings, seqs)
             for q, s in zip(seqs, samples, strict=True):
@@ -815,6 +814,11 @@ class State:
         with self._transaction():
             label_rows = int(self._db.execute(f"SELECT COUNT(*) FROM labels WHERE seq IN ({marks})",
                                               args).fetchone()[0])
+            if label_rows:  # the numbers of the rows removed are never given again (LABEL_ROWS_HIGH_KEY)
+                self._db.execute(
+                    "INSERT OR REPLACE INTO meta(key, value) SELECT ?, CAST(MAX(COALESCE((SELECT MAX(n) FROM labels), "
+                    "0), COALESCE((SELECT CAST(value AS INTEGER) FROM meta WHERE key = ?), 0)) AS TEXT)",
+                    (LABEL_ROWS_HIGH_KEY, LABEL_ROWS_HIGH_KEY))
             for table in ("labels", "audit", "embeddings", "samples"):  # samples last: the others refer to it
                 self._db.execute(f"DELETE FROM {table} WHERE seq IN ({marks})", args)
             for name, body in self._db.execute("SELECT name, body FROM queues").fetchall():
@@ -872,9 +876,7 @@ class State:
         with self._lock:
             with self._transaction():
                 self._persist_new_classes()
-                self._db.executemany(
-                    "INSERT INTO labels(seq, class, annotator, time, source, model_version) VALUES (?,?,?,?,?,?)",
-                    [(q, c, annotator, now, source, model_version) for q, c in assignments])
+                self._insert_labels([(q, c, annotator, now, source, model_version) for q, c in assignments])
             for q, c in assignments:
                 self._set_label(q, c)
             self._label_events += len(assignments)
@@ -888,12 +890,8 @@ class State:
         now = time.time()
         with self._lock:
             with self._transaction():
-                self._db.executemany(
-                    "INSERT INTO labels(seq, class, annotator, time, source, model_version) VALUES (?,?,?,?,?,?)",
-                    [(q, RETRACTED, annotator, now, source, model_version) for q in seqs])
-                self._db.executemany(
-                    "INSERT INTO labels(seq, class, annotator, time, source, model_version) VALUES (?,?,?,?,?,?)",
-                    [(q, c, a, now, RESTORE_SOURCE, model_version) for q, c, a in restore])
+                self._insert_labels([(q, RETRACTED, annotator, now, source, model_version) for q in seqs])
+                self._insert_labels([(q, c, a, now, RESTORE_SOURCE, model_version) for q, c, a in restore])
             for q in seqs:
                 self._unset_label(q)
             for q, c, _ in restore:
@@ -922,25 +920,27 @@ class State:
                                    (seq,)).fetchone()
         return None if row is None else (str(row[0]), str(row[1]))
 
-    def label_events(self, history: bool = False, chunk: int = 4096) -> Iterator[LabelEvent]:
+    def label_events(self, history: bool = False, chunk: int = 4096, after: int = 0,
+                     limit: int = 0) -> Iterator[LabelEvent]:
         """Every label and retraction stored when the call started (or, without ``history``, each labelled
         sample's current label then), oldest first, read ``chunk`` rows at a time so a long listing never holds
         the lock (nor a copy of the whole table) while labelling goes on. "Current" is as of the start (rows up
         to ``end``) on every page: judged against the table as it is at each page, a sample relabelled during
         the listing lost its old row (no longer its latest) before its new one (past ``end``) could be read,
-        and went missing from an export."""
+        and went missing from an export. ``after``: only rows numbered above it (LabelEvent.row, ListLabels'
+        cursor); ``limit``: at most that many events (0: all)."""
         with self._lock:
             end = int(self._db.execute("SELECT COALESCE(MAX(n), 0) FROM labels").fetchone()[0])
             audit = self._audit_set()
         latest = "SELECT MAX(n) FROM labels l2 WHERE l2.seq = labels.seq AND l2.n <= :end"
         where = "" if history else f" AND n = ({latest}) AND class != {RETRACTED}"
-        after = 0
-        while True:
+        left = limit if limit > 0 else -1
+        while left:
             with self._lock:
                 rows = self._db.execute(
                     f"SELECT n, seq, class, annotator, time, source, model_version, n = ({latest}) "
                     f"FROM labels WHERE n > :after AND n <= :end{where} ORDER BY n LIMIT :chunk",
-                    {"after": after, "end": end, "chunk": chunk}).fetchall()
+                    {"after": after, "end": end, "chunk": chunk if left < 0 else min(chunk, left)}).fetchall()
                 classes = list(self.classes) + self._retired
             if not rows:
                 return
@@ -949,7 +949,10 @@ class State:
                 if rec is not None:
                     gone = cls == RETRACTED
                     yield LabelEvent(seq, rec.id, "" if gone else classes[cls], annotator, float(t), source, version,
-                                     seq in audit, bool(current) and not gone, gone)
+                                     seq in audit, bool(current) and not gone, gone, int(n))
+                    left -= 1
+                    if not left:
+                        return
                 after = n
 
     # ---- audit draws (agent/audit.py) ------------------------------------------------------------
@@ -1165,6 +1168,20 @@ class State:
         with self._lock:
             rows = self._db.execute("SELECT name, status, embedded, error, fingerprint FROM model_versions").fetchall()
         return {n: (s, e, err, fp) for n, s, e, err, fp in rows}
+
+    def _insert_labels(self, rows: Sequence[tuple[int, int, str, float, str, str]]) -> None:
+        """Insert label rows (seq, class, annotator, time, source, model_version), numbered (labels.n) past every
+        row ever stored, a deleted one's too (LABEL_ROWS_HIGH_KEY): the numbers are ListLabels' cursor. Call
+        inside a transaction."""
+        if not rows:
+            return
+        start = 1 + int(self._db.execute(
+            "SELECT MAX(COALESCE((SELECT MAX(n) FROM labels), 0), "
+            "COALESCE((SELECT CAST(value AS INTEGER) FROM meta WHERE key = ?), 0))",
+            (LABEL_ROWS_HIGH_KEY,)).fetchone()[0])
+        self._db.executemany(
+            "INSERT INTO labels(n, seq, class, annotator, time, source, model_version) VALUES (?,?,?,?,?,?,?)",
+            [(start + i, *row) for i, row in enumerate(rows)])
 
     def _set_meta(self, key: str, value: str) -> None:
         self._db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))

@@ -389,13 +389,17 @@ class ClassAccuracy(_message.Message):
     def __init__(self, class_name: _Optional[str] = ..., accuracy: _Optional[_Union[Accuracy, _Mapping]] = ...) -> None: ...
 
 class ListLabelsRequest(_message.Message):
-    __slots__ = ("history",)
+    __slots__ = ("history", "after_seq", "limit")
     HISTORY_FIELD_NUMBER: _ClassVar[int]
+    AFTER_SEQ_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
     history: bool
-    def __init__(self, history: _Optional[bool] = ...) -> None: ...
+    after_seq: int
+    limit: int
+    def __init__(self, history: _Optional[bool] = ..., after_seq: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
 
 class LabelRecord(_message.Message):
-    __slots__ = ("id", "label", "annotator", "time", "source", "model_version", "audit", "current", "retracted")
+    __slots__ = ("id", "label", "annotator", "time", "source", "model_version", "audit", "current", "retracted", "seq")
     ID_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
     ANNOTATOR_FIELD_NUMBER: _ClassVar[int]
@@ -405,6 +409,7 @@ class LabelRecord(_message.Message):
     AUDIT_FIELD_NUMBER: _ClassVar[int]
     CURRENT_FIELD_NUMBER: _ClassVar[int]
     RETRACTED_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
     id: str
     label: str
     annotator: str
@@ -414,7 +419,8 @@ class LabelRecord(_message.Message):
     audit: bool
     current: bool
     retracted: bool
-    def __init__(self, id: _Optional[str] = ..., label: _Optional[str] = ..., annotator: _Optional[str] = ..., time: _Optional[float] = ..., source: _Optional[str] = ..., model_version: _Optional[str] = ..., audit: _Optional[bool] = ..., current: _Optional[bool] = ..., retracted: _Optional[bool] = ...) -> None: ...
+    seq: int
+    def __init__(self, id: _Optional[str] = ..., label: _Optional[str] = ..., annotator: _Optional[str] = ..., time: _Optional[float] = ..., source: _Optional[str] = ..., model_version: _Optional[str] = ..., audit: _Optional[bool] = ..., current: _Optional[bool] = ..., retracted: _Optional[bool] = ..., seq: _Optional[int] = ...) -> None: ...
 
 class RetractLabelsRequest(_message.Message):
     __slots__ = ("ids", "annotator", "source", "if_current", "restore_previous")

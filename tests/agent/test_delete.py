@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from agent import client
 from agent.blobs import sha256_hex
 from agent.config import AgentConfig
+from agent.core import NOT_STORED
 from agent.index import VersionIndex
 from agent.security import ServerSecurity
 from agent.service import create_server, stop_server
@@ -78,7 +79,7 @@ def test_deleted_samples_leave_every_read_and_the_blob_store_and_stay_deleted(tm
         reply = delete(r, "s1", "s4", "s12", "nope", "s1", "")
         assert (reply.accepted, reply.rejected_count, reply.payloads_removed) == (3, 3, 2)
         assert {(x.id, x.reason) for x in reply.rejected} == {
-            ("nope", "unknown id 'nope': ingest it first"), ("s1", "listed twice in this request"), ("", "empty id")}
+            ("nope", NOT_STORED), ("s1", "listed twice in this request"), ("", "empty id")}
         for sid in ("s1", "s4", "s12"):
             assert seen_anywhere(r, sid) == [], sid
         assert "twin4" in {s.id for s in client.list_samples(r.stub)}
