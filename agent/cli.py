@@ -1434,6 +1434,39 @@ def delete_samples(agent: AgentTarget,
 
 
 @agent_options
+def list_labels(agent: AgentTarget,
+                history: bool = typer.Option(False, "--history",
+                                             help="every label, change, retraction and restored label, not only "
+                                                  "each sample's current label"),
+                after_seq: int = typer.Option(0, "--after-seq", min=0,
+                                              help="only records after this seq: the last seq a sync received "
+                                                   "(0: from the first)"),
+                limit: int = typer.Option(0, "--limit", min=0, help="at most this many records (0: all)"),
+                as_json: bool = JsonOpt) -> None:
+    """List the labels (ListLabels), oldest first: one line per record, seq first. A label sync keeps the last
+    seq it printed and passes it as --after-seq next time: it gets exactly the records stored since (with
+    --history, retractions too). The last line, on stderr, says the seq to resume from."""
+    stub = _rpc(agent.connect)
+    last = [after_seq, 0]  # [the last seq printed, records printed]
+
+    def stream() -> None:
+        for r in client.list_labels(stub, history=history, after_seq=after_seq, limit=limit):
+            if as_json:
+                print(json_line({"seq": r.seq, "id": r.id, "label": r.label, "annotator": r.annotator,
+                                 "time": exports.iso_time(r.time), "source": r.source,
+                                 "model_version": r.model_version, "audit": r.audit, "current": r.current,
+                                 "retracted": r.retracted}), flush=True)
+            else:
+                what = "(retracted)" if r.retracted else r.label
+                fields = (str(r.seq), r.id, what, r.annotator, r.source, exports.iso_time(r.time))
+                print("\t".join(printable(f) for f in fields), flush=True)  # (a tab in a field is escaped)
+            last[0], last[1] = r.seq, last[1] + 1
+
+    _rpc(stream)
+    print(f"{last[1]} record(s); next sync: --after-seq {last[0]}", file=sys.stderr)
+
+
+@agent_options
 def rename_class(agent: AgentTarget,
                  old: str = typer.Argument(..., metavar="OLD", help="the class to rename (it is retired)"),
                  new: str = typer.Argument(..., metavar="NEW", help="its new name, or a class to merge it into"),
@@ -1858,6 +1891,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     app.command("retract-labels")(retract_labels)
     app.command("delete-samples")(delete_samples)
     app.command("rename-class")(rename_class)
+    app.command("list-labels")(list_labels)
     app.command("prior", cls=_PriorHelp)(prior)
     app.command("status")(status)
     app.command("export-labels")(export_labels)

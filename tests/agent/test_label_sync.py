@@ -4,15 +4,19 @@ after a DeleteSamples removed the latest rows and across a restart; paged reads 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import grpc
 import pytest
+from typer.testing import CliRunner
 
 from agent import client
+from shortlist.cli import app
 from shortlist.v1 import agent_pb2
 from tests.agent.conftest import Running, make_samples, start
 
+runner = CliRunner()
 Row = tuple[str, str, str, bool]  # (id, label, source, retracted)
 
 
@@ -102,3 +106,22 @@ def test_a_negative_cursor_or_limit_is_invalid(running: Running, field: str) -> 
         list(running.stub.ListLabels(agent_pb2.ListLabelsRequest(history=True, **{field: -1})))
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert f"{field} -1 is negative" in (e.value.details() or "")
+
+
+def test_cli_list_labels_resumes_after_the_seq_it_printed(running: Running) -> None:
+    client.ingest(running.stub, make_samples(4, labels=2))
+    res = runner.invoke(app, ["list-labels", "--history", "--agent", running.address, "--json"])
+    assert res.exit_code == 0, res.output
+    first = [json.loads(line) for line in res.stdout.splitlines()]
+    assert [(x["id"], x["label"]) for x in first] == [("s0", "cat"), ("s1", "dog")]
+    cursor = first[-1]["seq"]
+    assert f"2 record(s); next sync: --after-seq {cursor}" in res.stderr
+    retract(running, "s0")
+    label(running, "s3", "frog")
+    res = runner.invoke(app, ["list-labels", "--history", "--after-seq", str(cursor), "--limit", "1",
+                              "--agent", running.address])
+    assert res.exit_code == 0, res.output
+    seq, sid, what = res.stdout.splitlines()[0].split("\t")[:3]
+    assert (sid, what) == ("s0", "(retracted)") and len(res.stdout.splitlines()) == 1
+    res = runner.invoke(app, ["list-labels", "--history", "--after-seq", seq, "--agent", running.address])
+    assert [line.split("\t")[1:3] for line in res.stdout.splitlines()] == [["s3", "frog"]]
