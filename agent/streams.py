@@ -75,6 +75,7 @@ class _Open:
     cancelled: bool = False
     timeout_s: float | None = None  # None: the guard's stall timeout
     what: str = "stream"  # the log's word for it
+    receiving: bool = False  # the wait is for the client's next message (a bidirectional stream), not its read
 
 
 class StreamGuard(grpc.ServerInterceptor):
@@ -168,6 +169,10 @@ class StreamGuard(grpc.ServerInterceptor):
     def stall_message(self, e: _Open) -> str:
         """What the client of the stalled call ``e`` is told: what happened, and what to do."""
         name = e.method.rpartition("/")[2]
+        if e.receiving:
+            return (f"the agent cancelled this {name} stream: its client sent no next message for {self.stall_s:g} s "
+                    "(the agent's --stream-stall-timeout), which frees the stream's slot for other callers; send "
+                    "the next request sooner, or end the call and open a new one when there is one")
         if e.timeout_s is None and e.what == "stream":
             return (f"the agent cancelled this {name} stream: its client took no message for {self.stall_s:g} s "
                     "(the agent's --stream-stall-timeout), which frees the stream's slot for other callers; read "
@@ -236,6 +241,7 @@ def cancel_with_status(context: grpc.ServicerContext, code: grpc.StatusCode, det
 def _timed(requests: Iterator[Any], entry: _Open) -> Iterator[Any]:
     """``requests`` with the wait for each next one counted as a wait on the client."""
     while True:
+        entry.receiving = True
         entry.waiting_since = time.monotonic()
         try:
             request = next(requests)
@@ -243,6 +249,7 @@ def _timed(requests: Iterator[Any], entry: _Open) -> Iterator[Any]:
             return
         finally:
             entry.waiting_since = None
+            entry.receiving = False
         yield request
 
 
