@@ -1793,11 +1793,11 @@ class Agent:
         """Every label (``history``) or each labelled sample's current one, oldest first, streamed; only rows
         numbered above ``after`` (LabelEvent.row), at most ``limit`` of them (0: all). InvalidArgument for a
         negative one (raised here, before the stream starts)."""
-        for value, name in ((after, "after_seq"), (limit, "limit")):
-            if value < 0:
-                raise InvalidArgument(f"{name} {value} is negative: give 0 (from the first record / no limit) or "
-                                      "the seq of the last record received" if name == "after_seq" else
-                                      f"{name} {value} is negative: give 0 (no limit) or how many records to send")
+        if after < 0:
+            raise InvalidArgument(f"after_seq {after} is negative: give 0 (from the first record) or the seq of the "
+                                  "last record received")
+        if limit < 0:
+            raise InvalidArgument(f"limit {limit} is negative: give 0 (no limit) or how many records to send")
         return self.state.label_events(history, after=after, limit=limit)
 
     def list_samples(self, labeled_only: bool, include_payload: bool,
