@@ -979,12 +979,6 @@ class Agent:
         with self.manager.writing() as serving:
             labels = self.state.labels_by_seq()
             for sid in ids:
-                if sid and text_problem(sid, self.limits.max_id_chars, "max_id_chars", "id") is None \
-                        and self.state.lookup(sid) is None:
-                    # Not "ingest it first" (SubmitLabels' advice): a resent DeleteSamples whose first send was
-                    # applied lands here, and the tombstones hold no ids to tell it from an id never ingested.
-                    rejected.append(Rejected(sid, NOT_STORED))
-                    continue
                 rec = self._item_sample(sid, rejected)
                 if rec is None:
                     continue
