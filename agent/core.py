@@ -1040,7 +1040,8 @@ class Agent:
                         and self.state.lookup(sid) is None:
                     # Not "ingest it first" (SubmitLabels' advice): a resent DeleteSamples whose first send was
                     # applied lands here, and the tombstones hold no ids to tell it from an id never ingested.
-                    rejected.append(Rejected(sid, NOT_STORED))
+                    hint = self._unknown_id_hint(sid)  # a Unicode-form twin: most likely not a resend
+                    rejected.append(Rejected(sid, f"unknown id {sid!r}: {hint}" if hint else NOT_STORED))
                     continue
                 rec = self._item_sample(sid, rejected)
                 if rec is None:
