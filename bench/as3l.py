@@ -29,7 +29,6 @@ resumes from its checkpoint. results.json, results.md and plots are rewritten af
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -42,7 +41,14 @@ import typer
 from bench import cifar10
 from bench.cifar10.encoder import torch_run_candidates
 from bench.cifar10.run import Walls
-from bench.metrics import class_coverage, expected_calibration_error, linear_probe_accuracy, prior_accuracy
+from bench.metrics import (
+    balanced_accuracy,
+    class_coverage,
+    expected_calibration_error,
+    linear_probe_scores,
+    prior_accuracy,
+    write_json,
+)
 from shortlist.datasets import ImageArray, load_array, split_sources_said
 from shortlist.manifest import read_complete
 
@@ -158,9 +164,7 @@ PROFILES: dict[str, Profile] = {
 
 def _write_json(path: Path, obj: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
+    write_json(path, obj)  # NaN -> null: strict JSON
 
 
 def torch_run_of(provenance: dict[str, Any], version_dir: Path) -> Path:
@@ -290,10 +294,13 @@ def label_cell(folders: Folders, strategy: str, budget: int, seed: int, data: La
     y = np.asarray([truth[pool_ids[r]] for r in unl])
     lab_rows = [row[i] for i in picked]
     lab_y = np.asarray([truth[i] for i in picked])
+    probe = linear_probe_scores(data.pool_emb[lab_rows], lab_y, data.test_emb, data.test_y, seed)
     cell = {"strategy": strategy, "budget": budget, "seed": seed, "labeled": picked, "model_version": version,
             "coverage": class_coverage(lab_y, len(classes)),
-            "linear_accuracy": linear_probe_accuracy(data.pool_emb[lab_rows], lab_y, data.test_emb, data.test_y, seed),
-            "prior_accuracy": prior_accuracy(prior[unl], y), "ece": expected_calibration_error(prior[unl], y),
+            "linear_accuracy": probe.accuracy, "linear_balanced_accuracy": probe.balanced_accuracy,
+            "prior_accuracy": prior_accuracy(prior[unl], y),
+            "prior_balanced_accuracy": balanced_accuracy(prior[unl], y),
+            "ece": expected_calibration_error(prior[unl], y),
             "mean_confidence": float(prior[unl].max(axis=1).mean()),
             "ece_calibrated": expected_calibration_error(cal[unl], y),
             "mean_confidence_calibrated": float(cal[unl].max(axis=1).mean()), "seconds": time.perf_counter() - t0}

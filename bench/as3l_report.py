@@ -132,19 +132,22 @@ def _labels_section(run: dict[str, Any], budgets: list[int]) -> list[str]:
 
     head = ["labels by"]
     for b in budgets:
-        head += [f"{b}: classes", f"{b}: prior acc", f"{b}: ECE", f"{b}: mean conf", f"{b}: ECE calibrated",
+        head += [f"{b}: classes", f"{b}: prior acc", f"{b}: prior balanced acc",
+                 f"{b}: ECE", f"{b}: mean conf", f"{b}: ECE calibrated",
                  f"{b}: paper, CIFAR-10 (acc / classes / ECE)"]
     metrics = {m: _by(run["labels"], ("strategy", "budget"), m) for m in
-               ("coverage", "prior_accuracy", "ece", "mean_confidence", "ece_calibrated")}
+               ("coverage", "prior_accuracy", "prior_balanced_accuracy", "ece", "mean_confidence", "ece_calibrated")}
     rows = []
     for s in ("random", "as3l"):
         cells = [s]
         for b in budgets:
-            cov, acc, ece, conf, ece_cal = (metrics[m].get((s, b), []) for m in metrics)
+            cov, acc, bal, ece, conf, ece_cal = (metrics[m].get((s, b), []) for m in metrics)
             paper = [f"{PAPER_PRIOR[(s, b)]:.2f}" if (s, b) in PAPER_PRIOR else "—",
                      f"{PAPER_COVERAGE[(s, b)]:.1f}" if (s, b) in PAPER_COVERAGE else "—",
                      f"{PAPER_ECE[(s, b)]:.3f}" if (s, b) in PAPER_ECE else "—"]
+            # balanced: mean per-class recall; "—" for cells written before it was measured
             cells += [_fmt(*_mean_std(cov), len(cov), 1.0), _fmt(*_mean_std(acc), len(acc)),
+                      _fmt(*_mean_std(bal), len(bal)),
                       _fmt(*_mean_std(ece), len(ece), 1.0, 3), _fmt(*_mean_std(conf), len(conf), 1.0, 3),
                       _fmt(*_mean_std(ece_cal), len(ece_cal), 1.0, 3), " / ".join(paper)]
         rows.append(cells)

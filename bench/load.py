@@ -20,7 +20,6 @@ ingests only what is missing.
 from __future__ import annotations
 
 import ipaddress
-import json
 import os
 import signal
 import socket
@@ -43,6 +42,7 @@ from rich.table import Table
 
 from agent import client
 from agent.map_fit import isolated_env, isolated_module
+from bench.metrics import strict_json, write_json
 from shortlist.console import make_console
 from shortlist.datasets import sources_said
 from shortlist.v1 import agent_pb2, agent_pb2_grpc
@@ -1062,8 +1062,8 @@ def _run_command(cfg: LoadConfig, console: Console) -> dict[str, Any]:
 def _write_results(res: dict[str, Any], folder: Path, as_json: bool, console: Console) -> None:
     """results.json into ``folder``, the tables (on stderr with --json, which prints results.json on stdout)."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "results.json").write_text(json.dumps(res, indent=2) + "\n")
+    write_json(folder / "results.json", res, indent=2)  # NaN -> null: strict JSON
     print_results(res, console if as_json else Console(width=None if sys.stdout.isatty() else 140))
     console.print(f"results: {folder / 'results.json'}")
     if as_json:
-        print(json.dumps(res))
+        print(strict_json(res, indent=None))

@@ -6,7 +6,30 @@ ignored where noted.
 
 from __future__ import annotations
 
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any, NamedTuple
+
 import numpy as np
+
+from agent.client import finite
+
+
+def strict_json(obj: Any, indent: int | None = 1) -> str:
+    """``obj`` as strict JSON text: every float that is not finite (NaN, e.g. an accuracy with nothing to
+    score) becomes null, because JSON has no NaN and a parser in another language refuses Python's bare
+    ``NaN``; ``allow_nan=False`` makes any that slipped through an error here, not in the reader."""
+    return json.dumps(finite(obj), indent=indent, allow_nan=False)
+
+
+def write_json(path: Path, obj: Any, indent: int | None = 1) -> None:
+    """Write ``strict_json(obj)`` to ``path`` atomically (a reader never sees half a file): every
+    results.json (and its sidecar files) of the benchmarks goes through here."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(strict_json(obj, indent) + "\n")
+    os.replace(tmp, path)
 
 
 def class_coverage(labels_picked: np.ndarray, num_classes: int) -> int:
@@ -23,6 +46,29 @@ def prior_accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
     if len(labels) == 0:
         return float("nan")
     return float(np.mean(probs.argmax(axis=1) == labels))
+
+
+def balanced_accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Balanced accuracy of ``probs`` (RxC) against ``labels`` (R int): the mean over the classes present in
+    ``labels`` of their recall (sklearn's balanced_accuracy_score on the argmax); NaN when R == 0.
+
+    Plain accuracy on an imbalanced pool is mostly the large classes' recall: a prior that never predicts a
+    rare class loses little of it, and this shows it."""
+    labels = np.asarray(labels, np.int64)
+    if len(labels) == 0:
+        return float("nan")
+    return balanced_accuracy_of(np.asarray(probs).argmax(axis=1), labels)
+
+
+def balanced_accuracy_of(predicted: np.ndarray, labels: np.ndarray) -> float:
+    """Balanced accuracy of ``predicted`` class indices (R int) against ``labels`` (R int); NaN when R == 0."""
+    if len(labels) == 0:
+        return float("nan")
+    from sklearn.metrics import balanced_accuracy_score  # here: importing sklearn costs ~1 s per CLI start
+
+    with warnings.catch_warnings():  # predicted classes absent from labels: a warning, and rightly not counted
+        warnings.simplefilter("ignore", UserWarning)
+        return float(balanced_accuracy_score(np.asarray(labels, np.int64), np.asarray(predicted, np.int64)))
 
 
 def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = 15,
@@ -51,24 +97,37 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int 
     return float(np.sum(np.abs(acc_sum - conf_sum)) / len(labels))
 
 
+class ProbeScores(NamedTuple):
+    """The linear probe's test accuracy and balanced accuracy (mean per-class recall), both in [0, 1]."""
+
+    accuracy: float
+    balanced_accuracy: float
+
+
 def linear_probe_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
                           test_y: np.ndarray, seed: int) -> float:
-    """Test accuracy of a multinomial logistic regression (sklearn, L-BFGS, C=100) fitted on ``train_x`` (NxD)
-    / ``train_y`` (N int) and scored on ``test_x`` (MxD) / ``test_y`` (M int), both centred at the training
-    rows' mean and divided by their RMS distance to it (one number).
+    """``linear_probe_scores``' plain accuracy."""
+    return linear_probe_scores(train_x, train_y, test_x, test_y, seed).accuracy
+
+
+def linear_probe_scores(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
+                        test_y: np.ndarray, seed: int) -> ProbeScores:
+    """Test accuracy and balanced accuracy (``ProbeScores``) of a multinomial logistic regression (sklearn,
+    L-BFGS, C=100) fitted on ``train_x`` (NxD) / ``train_y`` (N int) and scored on ``test_x`` (MxD) /
+    ``test_y`` (M int), both centred at the training rows' mean and divided by their RMS distance to it (one
+    number). NaN for both when there is nothing to fit or score.
 
     With a single training class the probe can only predict that class, so its accuracy is the
     fraction of test samples in it (sklearn refuses to fit one class).
     """
     train_y = np.asarray(train_y, np.int64)
     test_y = np.asarray(test_y, np.int64)
-    if len(test_y) == 0:
-        return float("nan")
     classes = np.unique(train_y)
-    if len(classes) == 0:
-        return float("nan")
+    if len(test_y) == 0 or len(classes) == 0:
+        return ProbeScores(float("nan"), float("nan"))
     if len(classes) == 1:
-        return float(np.mean(test_y == classes[0]))
+        only = np.full(len(test_y), classes[0])
+        return ProbeScores(float(np.mean(test_y == classes[0])), balanced_accuracy_of(only, test_y))
     from sklearn.linear_model import LogisticRegression  # here: importing sklearn costs ~1 s per CLI start
 
     # No per-feature scaling: with 10-100 training rows its per-feature statistics would be noise. One scale
@@ -83,4 +142,5 @@ def linear_probe_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.n
     spread = float(np.sqrt(((train_x - centre) ** 2).sum(axis=1).mean())) or 1.0  # 0: identical rows
     clf = LogisticRegression(C=100.0, max_iter=1000, random_state=seed)
     clf.fit((train_x - centre) / spread, train_y)
-    return float(np.mean(clf.predict((np.asarray(test_x, np.float64) - centre) / spread) == test_y))
+    predicted = clf.predict((np.asarray(test_x, np.float64) - centre) / spread)
+    return ProbeScores(float(np.mean(predicted == test_y)), balanced_accuracy_of(predicted, test_y))

@@ -66,20 +66,29 @@ def _fmt(mean: float, std: float, n: int, scale: float = 100.0, digits: int = 1)
 
 def summarize(run: dict[str, Any]) -> dict[str, dict[tuple[str, int], tuple[float, float, int]]]:
     """metric -> (strategy, budget) -> (mean, std, seeds) over seeds. Metrics: linear_accuracy, coverage,
-    and prior_accuracy/<method>, ece/<method>."""
+    and prior_accuracy/<method>, ece/<method>; linear_balanced_accuracy and prior_balanced_accuracy/<method>
+    for records that have them (a results.json written before they were measured has none)."""
     groups: dict[str, dict[tuple[str, int], list[float]]] = defaultdict(lambda: defaultdict(list))
     seen: set[tuple[str, int, int]] = set()
     for r in run["records"]:
         key = (r["strategy"], int(r["budget"]))
         groups[f"prior_accuracy/{r['prior_method']}"][key].append(r["prior_accuracy"])
         groups[f"ece/{r['prior_method']}"][key].append(r["ece"])
+        if r.get("prior_balanced_accuracy") is not None:
+            groups[f"prior_balanced_accuracy/{r['prior_method']}"][key].append(r["prior_balanced_accuracy"])
         if (r["strategy"], int(r["budget"]), int(r["seed"])) not in seen:  # repeated per prior method
             seen.add((r["strategy"], int(r["budget"]), int(r["seed"])))
             groups["linear_accuracy"][key].append(r["linear_accuracy"])
             groups["coverage"][key].append(float(r["coverage"]))
+            if r.get("linear_balanced_accuracy") is not None:
+                groups["linear_balanced_accuracy"][key].append(r["linear_balanced_accuracy"])
             if r.get("semi_supervised_accuracy") is not None:
                 groups["semi_supervised_accuracy"][key].append(r["semi_supervised_accuracy"])
     return {m: {k: (*_mean_std(v), len(v)) for k, v in d.items()} for m, d in groups.items()}
+
+
+# What the balanced-accuracy tables measure, in their titles.
+BALANCED = "the mean of the per-class recalls; below the plain accuracy when the rare classes are missed"
 
 
 def md_table(head: list[str], rows: list[list[str]]) -> list[str]:
@@ -136,12 +145,18 @@ def markdown(runs: list[dict[str, Any]]) -> str:
         lines.append("")
 
     table("Linear-probe test accuracy (%) on the frozen encoder", "linear_accuracy", refs=True)
+    balanced = any(k.startswith(("linear_balanced", "prior_balanced")) for summ in sums for k in summ)
+    if balanced:
+        table(f"Linear-probe balanced test accuracy (%: {BALANCED})", "linear_balanced_accuracy")
     if any("semi_supervised_accuracy" in summ for summ in sums):
         table("AS3L semi-supervised stage (prior-guided FlexMatch): test accuracy (%)", "semi_supervised_accuracy",
               refs=True)
     table("Classes covered by the labelled set", "coverage", scale=1.0, digits=1)
     for m in methods:
         table(f"Prior-label accuracy (%) on the unlabelled pool, method `{m}`", f"prior_accuracy/{m}", refs=False)
+        if balanced:
+            table(f"Prior-label balanced accuracy (%: {BALANCED}) on the unlabelled pool, method `{m}`",
+                  f"prior_balanced_accuracy/{m}")
         table(f"Prior-label ECE (a fraction, as in AS3L's Table 6 and bench strategies), method `{m}`", f"ece/{m}",
               scale=1.0, digits=3)
     if cifar10:

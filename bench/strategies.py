@@ -21,7 +21,14 @@ from agent.pool import FailedPrecondition, InvalidArgument, KnnFn, Pool, state_r
 from agent.priors import PRIOR_METHODS
 from agent.strategies import LABEL_FREE, STRATEGIES
 from agent.strategies.audit import AUDIT
-from bench.metrics import class_coverage, expected_calibration_error, linear_probe_accuracy, prior_accuracy
+from bench.metrics import (
+    balanced_accuracy,
+    class_coverage,
+    expected_calibration_error,
+    linear_probe_scores,
+    prior_accuracy,
+    write_json,
+)
 from bench.report import md_table
 
 # Neighbours precomputed per row for the benchmark's kNN (covers the prior methods' k).
@@ -234,10 +241,10 @@ def run_benchmark(rows: BenchRows, cfg: StrategiesConfig, progress: Any = None) 
                 picked, note, details, drawn = simulate(variant, budget, seed, sim)
                 select_s = time.perf_counter() - t0
                 if test_x is not None and test_y is not None:
-                    lin = linear_probe_accuracy(x[picked], labels[picked], test_x, test_y, seed)
+                    lin = linear_probe_scores(x[picked], labels[picked], test_x, test_y, seed)
                 else:  # no test split: score the probe on the unlabelled rest
                     rest = np.setdiff1d(np.arange(len(x)), picked)
-                    lin = linear_probe_accuracy(x[picked], labels[picked], x[rest], labels[rest], seed)
+                    lin = linear_probe_scores(x[picked], labels[picked], x[rest], labels[rest], seed)
                 pool = sim.pool(picked, drawn)
                 candidates = pool.candidates
                 for method in cfg.priors:
@@ -250,11 +257,14 @@ def run_benchmark(rows: BenchRows, cfg: StrategiesConfig, progress: Any = None) 
                         "prior_method": method,
                         "coverage": class_coverage(labels[picked], num_classes),
                         "prior_accuracy": prior_accuracy(pr.probs, truth),
+                        # mean per-class recall: on an imbalanced pool plain accuracy hides rare classes
+                        "prior_balanced_accuracy": balanced_accuracy(pr.probs, truth),
                         "ece": expected_calibration_error(pr.probs, truth),
                         "ece_confidence": expected_calibration_error(pr.probs, truth, confidence=pr.confidence),
                         # above prior_accuracy: over-confident; below: under-confident
                         "mean_confidence": float(pr.probs.max(axis=1).mean()) if len(candidates) else float("nan"),
-                        "linear_accuracy": lin, "select_seconds": round(select_s, 3),
+                        "linear_accuracy": lin.accuracy, "linear_balanced_accuracy": lin.balanced_accuracy,
+                        "select_seconds": round(select_s, 3),
                         "prior_seconds": round(time.perf_counter() - t1, 3), "note": note, "details": details,
                     })
                 if progress is not None:
@@ -270,19 +280,23 @@ def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for (s, b, m), rs in groups.items():
         row: dict[str, Any] = {"strategy": s, "budget": b, "prior_method": m, "seeds": len(rs)}
-        for key in ("coverage", "prior_accuracy", "ece", "linear_accuracy"):
-            vals = np.array([r[key] for r in rs], np.float64)
+        for key in ("coverage", "prior_accuracy", "prior_balanced_accuracy", "ece", "linear_accuracy",
+                    "linear_balanced_accuracy"):
+            # a key a record lacks (written before it was measured) or null (nothing to score) reads as NaN
+            vals = np.array([np.nan if r.get(key) is None else r[key] for r in rs], np.float64)
             row[key], row[key + "_std"] = float(np.mean(vals)), float(np.std(vals))
         out.append(row)
     return out
 
 
 def markdown_table(summary: list[dict[str, Any]], priors: list[str]) -> str:
-    """One Markdown table per budget: strategy | coverage | linear acc | prior acc / ECE per method."""
+    """One Markdown table per budget: strategy | coverage | linear acc | linear balanced acc | prior acc /
+    balanced acc / ECE per method (accuracies in %, mean ± std over seeds)."""
     lines: list[str] = []
     for budget in sorted({r["budget"] for r in summary}):
         lines += [f"### budget {budget}", ""]
-        head = ["strategy", "classes covered", "linear probe acc", *(f"{m} prior acc / ECE" for m in priors)]
+        head = ["strategy", "classes covered", "linear probe acc", "linear probe balanced acc",
+                *(f"{m} prior acc / balanced acc / ECE" for m in priors)]
         rows = []
         by_strategy: dict[str, dict[str, dict[str, Any]]] = {}
         for r in summary:
@@ -291,15 +305,23 @@ def markdown_table(summary: list[dict[str, Any]], priors: list[str]) -> str:
         for s, per in by_strategy.items():
             any_r = next(iter(per.values()))
             cells = [s, f"{any_r['coverage']:.1f} ± {any_r['coverage_std']:.1f}",
-                     f"{100 * any_r['linear_accuracy']:.1f} ± {100 * any_r['linear_accuracy_std']:.1f}"]
+                     _percent(any_r, "linear_accuracy"), _percent(any_r, "linear_balanced_accuracy")]
             for m in priors:
                 got = per.get(m)
                 cells.append("-" if got is None else
-                             f"{100 * got['prior_accuracy']:.1f} ± {100 * got['prior_accuracy_std']:.1f} / "
-                             f"{got['ece']:.3f}")
+                             f"{_percent(got, 'prior_accuracy')} / {_percent(got, 'prior_balanced_accuracy')} / "
+                             + ("-" if not np.isfinite(got["ece"]) else f"{got['ece']:.3f}"))
             rows.append(cells)
         lines += [*md_table(head, rows), ""]
     return "\n".join(lines)
+
+
+def _percent(row: dict[str, Any], key: str) -> str:
+    """``row[key]`` ± ``row[key + "_std"]`` in %, or "-" when there was nothing to score (NaN: e.g. a
+    budget that labels the whole pool leaves no prior to score)."""
+    if not np.isfinite(row[key]):
+        return "-"
+    return f"{100 * row[key]:.1f} ± {100 * row[key + '_std']:.1f}"
 
 
 def plot(summary: list[dict[str, Any]], priors: list[str], path: Path, title: str = "") -> None:
@@ -483,8 +505,8 @@ def write_results(out: Path, records: list[dict[str, Any]], settings: dict[str, 
     """`bench strategies`' files: results.json (the flat records), settings.json, results.md (``head`` and
     the summary table) and results.png (``title`` above it). Returns the table."""
     summary = summarise(records)
-    (out / "results.json").write_text(json.dumps(records, indent=1))
-    (out / "settings.json").write_text(json.dumps(settings, indent=1))  # results.json stays the flat records
+    write_json(out / "results.json", records)  # NaN (nothing to score) -> null: strict JSON
+    write_json(out / "settings.json", settings)  # results.json stays the flat records
     table = markdown_table(summary, methods)
     (out / "results.md").write_text(head + table + "\n")
     plot(summary, methods, out / "results.png", title)

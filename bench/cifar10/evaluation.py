@@ -5,7 +5,6 @@ records it writes (``Point``, ``Run``), the AS3L semi-supervised point, and the 
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -20,7 +19,14 @@ from agent import client
 from bench.cifar10.data import images_at_model_size, load_pool_and_test
 from bench.cifar10.encoder import embed_images, publish_encoder
 from bench.cifar10.profiles import hash_ids
-from bench.metrics import class_coverage, expected_calibration_error, linear_probe_accuracy, prior_accuracy
+from bench.metrics import (
+    balanced_accuracy,
+    class_coverage,
+    expected_calibration_error,
+    linear_probe_scores,
+    prior_accuracy,
+    write_json,
+)
 from shortlist.images import resize_array
 from shortlist.manifest import read_complete
 from shortlist.v1 import agent_pb2, agent_pb2_grpc
@@ -52,7 +58,7 @@ def write_embeddings(data: Path, encoder: Path, out: Path, pool_size: int | None
     meta = {"data": str(data), "encoder": provenance, "model_version": version, "classes": train.classes,
             "pool_size": len(pool_idx), "test_size": len(test_idx), "dim": int(pool_x.shape[1]),
             "pool_ids_sha256": hash_ids([train.ids[i] for i in pool_idx]), "embed_seconds": time.perf_counter() - t}
-    (out / "meta.json").write_text(json.dumps(meta, indent=1))
+    write_json(out / "meta.json", meta)
     return meta
 
 
@@ -80,6 +86,10 @@ class Point:
     # "audit", "labelled" or "default").
     audit_labels: int = 0
     calibration: str | None = None
+    # Mean per-class recall of the priors (on the unlabelled pool) and of the linear probe (on the test set):
+    # on an imbalanced pool plain accuracy is mostly the large classes' recall.
+    prior_balanced_accuracy: float | None = None
+    linear_balanced_accuracy: float | None = None
 
 
 @dataclass
@@ -185,9 +195,7 @@ def finished_runs(out: Path, run: Run) -> tuple[Finished, Finished, str]:
 
 def _save(run: Run, out: Path) -> None:
     """Write results.json atomically (a reader never sees half a file)."""
-    tmp = out / "results.json.tmp"
-    tmp.write_text(json.dumps(client.finite(asdict(run)), indent=1, allow_nan=False))  # NaN -> null: strict JSON
-    os.replace(tmp, out / "results.json")
+    write_json(out / "results.json", asdict(run))  # NaN -> null: strict JSON
 
 
 @dataclass(frozen=True)
@@ -351,7 +359,8 @@ def run_strategy(stub: agent_pb2_grpc.AgentStub, strategy: str, seed: int, setti
             _label(stub, data, audited, "audit labels")
         lab_y = np.asarray([data.truth[i] for i in labeled])
         lab_x = np.stack([data.pool_emb[i] for i in labeled])
-        lin = linear_probe_accuracy(lab_x, lab_y, data.test_emb, data.test_y, seed)
+        probe = linear_probe_scores(lab_x, lab_y, data.test_emb, data.test_y, seed)
+        lin = probe.accuracy
         cov = class_coverage(lab_y, len(data.classes))
         ssl_acc = None
         if ssl is not None and budget in ssl.at and data.test_images is not None:
@@ -366,7 +375,9 @@ def run_strategy(stub: agent_pb2_grpc.AgentStub, strategy: str, seed: int, setti
                                 prior_seconds=pri.seconds, first_round=first_round,
                                 semi_supervised_accuracy=ssl_acc,
                                 mean_confidence=float(pr.max(axis=1).mean()) if len(pr) else None,
-                                audit_labels=len(audited), calibration=pri.calibration))
+                                audit_labels=len(audited), calibration=pri.calibration,
+                                prior_balanced_accuracy=balanced_accuracy(pr, pri.y),
+                                linear_balanced_accuracy=probe.balanced_accuracy))
         if progress is not None and task is not None:
             progress.advance(task)
             summary = ", ".join(f"{p.prior_method} {p.prior_accuracy:.3f}"

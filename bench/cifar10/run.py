@@ -3,7 +3,6 @@ fresh copy of the agent's data folder, report)."""
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from collections.abc import Iterator, Sequence
@@ -36,6 +35,7 @@ from bench.cifar10.evaluation import (
 from bench.cifar10.ingest import ingest_pool
 from bench.cifar10.process import agent_process
 from bench.cifar10.profiles import Profile, resolve_budgets
+from bench.metrics import write_json
 from shortlist.datasets import ImageArray
 
 if TYPE_CHECKING:
@@ -221,9 +221,9 @@ def run_benchmark(data: Path, profile: Profile, out: Path, encoder: Path | None 
         ev, pool_emb_arr = _eval_data(data, folders.registry / version, train, pool_idx, test_set, test_idx)
     # Kept so `shortlist bench strategies` can compare every strategy on exactly these embeddings.
     save_embeddings(out / "embeddings", pool_emb_arr, train.labels[pool_idx], ev.test_emb, ev.test_y)
-    (out / "embeddings" / "meta.json").write_text(json.dumps(  # what they are, as `bench embeddings` says it
-        {"data": str(data), "encoder": provenance, "model_version": version, "classes": train.classes,
-         "pool_size": len(pool_idx), "test_size": len(ev.test_y), "dim": int(pool_emb_arr.shape[1])}, indent=1))
+    write_json(out / "embeddings" / "meta.json",  # what they are, as `bench embeddings` says it
+               {"data": str(data), "encoder": provenance, "model_version": version, "classes": train.classes,
+                "pool_size": len(pool_idx), "test_size": len(ev.test_y), "dim": int(pool_emb_arr.shape[1])})
     pool_ids = [train.ids[i] for i in pool_idx]
     ssl = _semi_supervised(profile, provenance, overrides.semi_supervised_steps, out, console)
     budget_list = resolve_budgets(profile.budgets, len(pool_ids))

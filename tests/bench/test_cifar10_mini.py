@@ -59,6 +59,8 @@ def test_mini_benchmark_through_agent(tiny_cifar: Path, tmp_path: Path) -> None:
         assert r["prior_method"] == "knn" and r["n_labeled"] == r["budget"] and r["seed"] == 0
         assert 1 <= r["coverage"] <= 3
         assert 0.0 <= r["linear_accuracy"] <= 1.0 and 0.0 <= r["prior_accuracy"] <= 1.0 and 0.0 <= r["ece"] <= 1.0
+        # and the balanced accuracies (mean per-class recall) beside them
+        assert 0.0 <= r["linear_balanced_accuracy"] <= 1.0 and 0.0 <= r["prior_balanced_accuracy"] <= 1.0
         # Three classes: the max probability of a distribution is at least 1/3.
         assert 1 / 3 - 1e-6 <= r["mean_confidence"] <= 1.0
         # No audit labels: the temperature is fitted on the labelled set, or is the default.
@@ -69,7 +71,8 @@ def test_mini_benchmark_through_agent(tiny_cifar: Path, tmp_path: Path) -> None:
     # Colour-separable classes: with 12 labels the probe and the priors must be far above chance (1/3).
     last = [r for r in records if r["budget"] == 12]
     assert all(r["linear_accuracy"] > 0.8 and r["prior_accuracy"] > 0.8 for r in last), last
-    assert (out / "results.md").read_text().count("| kmedoids |") >= 3
+    assert (out / "results.md").read_text().count("| kmedoids |") >= 5  # with the two balanced-accuracy tables
+    assert "## Prior-label balanced accuracy" in (out / "results.md").read_text()
     # The agent was told the data set's classes (a team declares them), so a prior can name a class no label
     # covers yet; the ingested base that every run copies records them.
     assert json.loads((out / "agent-base" / "bench-ingested.json").read_text())["classes"] == CLASSES

@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from bench.metrics import class_coverage, expected_calibration_error, linear_probe_accuracy, prior_accuracy
+from bench.metrics import (
+    balanced_accuracy,
+    class_coverage,
+    expected_calibration_error,
+    linear_probe_accuracy,
+    linear_probe_scores,
+    prior_accuracy,
+    write_json,
+)
 
 
 def test_class_coverage_counts_distinct_known_classes() -> None:
@@ -53,3 +64,34 @@ def test_the_linear_probe_does_not_depend_on_the_embeddings_scale() -> None:
     wide = linear_probe_accuracy(x[train], y[train], x[test], y[test], seed=0)
     assert wide > 0.9
     assert linear_probe_accuracy(shrunk[train], y[train], shrunk[test], y[test], seed=0) == pytest.approx(wide)
+
+
+def test_balanced_accuracy_is_the_mean_recall_that_plain_accuracy_hides() -> None:
+    """A prior that always names the large class: 90% plain, but one class of two never found (50% balanced)."""
+    labels = np.array([0] * 9 + [1])
+    always_zero = np.tile([0.8, 0.2], (10, 1))
+    assert prior_accuracy(always_zero, labels) == pytest.approx(0.9)
+    assert balanced_accuracy(always_zero, labels) == pytest.approx(0.5)
+    assert np.isnan(balanced_accuracy(np.zeros((0, 2)), np.zeros(0, np.int64)))
+    # A predicted class that no label has counts against the recall of the true one, and is not a class itself.
+    assert balanced_accuracy(np.eye(3)[[0, 0, 2, 1]], np.array([0, 0, 1, 1])) == pytest.approx(0.75)
+
+
+def test_linear_probe_scores_give_the_balanced_accuracy_beside_the_plain() -> None:
+    x = np.array([[1.0, 0.0]] * 9 + [[0.0, 1.0]])
+    y = np.array([0] * 9 + [1])
+    assert linear_probe_scores(x, y, x, y, seed=0) == pytest.approx((1.0, 1.0))
+    one_class = linear_probe_scores(x[:3], y[:3], x, y, seed=0)  # only class 0 to learn from
+    assert one_class == pytest.approx((0.9, 0.5))
+    assert linear_probe_accuracy(x[:3], y[:3], x, y, seed=0) == one_class.accuracy
+
+
+def test_results_json_is_strict_json_with_null_for_nothing_to_score(tmp_path: Path) -> None:
+    write_json(tmp_path / "results.json", [{"prior_accuracy": float("nan"), "ece": 0.5, "x": [float("inf")]}])
+    text = (tmp_path / "results.json").read_text()
+
+    def refuse(name: str) -> None:
+        raise AssertionError(f"{name} is not JSON")
+
+    assert json.loads(text, parse_constant=refuse) == [{"prior_accuracy": None, "ece": 0.5, "x": [None]}]
+    assert not (tmp_path / "results.json.tmp").exists()

@@ -43,3 +43,19 @@ def test_is_cifar10_by_classes_else_by_folder_name_for_older_results() -> None:
     assert is_cifar10(run("/x/CIFAR-10/", None)) and is_cifar10(run("../shared/datasets/cifar10", None))
     assert not is_cifar10(run("/x/cifar100", None)) and not is_cifar10(run("/x/cifar-100-python", None))
     assert not is_cifar10(run("/x/digits", None))
+
+
+def test_balanced_accuracy_tables_beside_the_plain_and_older_results_still_render() -> None:
+    new = run("/work/digits", ["0", "1"])
+    for r, (lin_bal, prior_bal) in zip(new["records"], ((0.2, 0.25), (0.35, 0.45)), strict=True):
+        r["linear_balanced_accuracy"], r["prior_balanced_accuracy"] = lin_bal, prior_bal
+    md = markdown([new])
+    linear = md.split("## Linear-probe balanced test accuracy")[1].split("##")[0]
+    assert "| random | 20.0 |" in linear and "| typiclust | 35.0 |" in linear
+    prior = md.split("## Prior-label balanced accuracy")[1].split("##")[0]
+    assert "method `knn`" in prior and "| random | 25.0 |" in prior
+    # plain accuracy first, its balanced accuracy right after it
+    assert md.index("## Linear-probe test accuracy") < md.index("## Linear-probe balanced")
+    assert md.index("## Prior-label accuracy") < md.index("## Prior-label balanced") < md.index("## Prior-label ECE")
+    old = markdown([run("/work/digits", ["0", "1"])])  # records written before balanced accuracy was measured
+    assert "balanced" not in old and "| random | 30.0 |" in old

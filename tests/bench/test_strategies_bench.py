@@ -208,3 +208,45 @@ def test_bench_strategies_names_the_data_set_and_encoder_from_meta_json(tmp_path
     assert titles == ["digits, encoder reg1/v0001 (model version folder)"]  # the plot's title
     assert json.loads((out / "settings.json").read_text())["source"] == "digits, encoder reg1/v0001 (model version " \
                                                                          "folder)"
+
+
+def test_bench_strategies_reports_balanced_accuracy_beside_the_plain(tmp_path: Path) -> None:
+    """An imbalanced pool (one class 24 rows, two of 3): each record has the prior's and the probe's balanced
+    accuracy (sklearn's mean per-class recall of what it scored), and results.md shows them next to the
+    plain accuracy."""
+    x, y = blobs(clusters=3, per_cluster=24, dim=8, spread=0.6, seed=1)
+    keep = np.concatenate([np.flatnonzero(y == 0), np.flatnonzero(y == 1)[:3], np.flatnonzero(y == 2)[:3]])
+    np.save(tmp_path / "x.npy", x[keep])
+    np.save(tmp_path / "y.npy", y[keep])
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, [
+        "bench", "strategies", "--embeddings", str(tmp_path / "x.npy"), "--labels", str(tmp_path / "y.npy"),
+        "--budgets", "4", "--seeds", "1", "--strategies", "random", "--priors", "knn", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    (record,) = json.loads((out / "results.json").read_text())
+    assert 0.0 <= record["prior_balanced_accuracy"] <= 1.0 and 0.0 <= record["linear_balanced_accuracy"] <= 1.0
+    md = (out / "results.md").read_text()
+    assert "| linear probe acc | linear probe balanced acc | knn prior acc / balanced acc / ECE |" in md
+    assert (f"{100 * record['prior_accuracy']:.1f} ± 0.0 / {100 * record['prior_balanced_accuracy']:.1f} ± 0.0 / "
+            f"{record['ece']:.3f}") in md
+
+
+def test_bench_strategies_writes_strict_json_when_a_budget_labels_the_whole_pool(tmp_path: Path) -> None:
+    """Budget = pool: no unlabelled row is left to score the priors on, and no test split to score the probe
+    on. results.json says null (JSON has no NaN: another language's parser refuses a bare NaN), results.md "-"."""
+    x, y = blobs(clusters=2, per_cluster=5, dim=4)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, [
+        "bench", "strategies", "--embeddings", str(tmp_path / "x.npy"), "--labels", str(tmp_path / "y.npy"),
+        "--budgets", "10", "--seeds", "1", "--strategies", "random", "--priors", "knn", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+
+    def refuse(name: str) -> None:
+        raise AssertionError(f"results.json holds {name}, which is not JSON")
+
+    (record,) = json.loads((out / "results.json").read_text(), parse_constant=refuse)
+    assert record["prior_accuracy"] is None and record["prior_balanced_accuracy"] is None and record["ece"] is None
+    assert record["linear_accuracy"] is None and record["coverage"] == 2
+    assert "nan" not in (out / "results.md").read_text()
