@@ -327,6 +327,7 @@ class _Run:
     base_lr: float  # lr scaled by batch / 256
     per_rank: int  # images per step on this rank
     skipped: int = 0  # files of the source left out as unreadable (listed in skipped.txt)
+    knn_k_flag: str | None = "--knn-k"  # the option that sets k in the running command (``pretrain``'s)
 
     def checkpoint(self) -> None:
         """checkpoint.pt, written atomically by the main rank. Not encoder.pt: that is the finished run's
@@ -459,17 +460,32 @@ def _epoch_knn(run: _Run, log: loop.MetricsLog, console: Console) -> None:
               precision=precision)
     console.print(f"epoch {state.epoch}: kNN(k={cfg.knn_k}) accuracy {acc:.4f} ({precision}, bank {bank}, "
                   f"test {ntest})"
-                  f"{knn_k_note(cfg.knn_k, bank, len(run.train.classes))}")
+                  f"{knn_k_note(cfg.knn_k, bank_smallest_class(run.train, bank), run.knn_k_flag)}")
 
 
-def knn_k_note(k: int, bank: int, classes: int) -> str:
-    """A note when k exceeds the bank's images per class: the vote then reaches far into other classes and
-    the figure understates the encoder (k = 200 is the protocol for CIFAR-sized banks); "" otherwise."""
-    per_class = bank // max(classes, 1)
-    if k <= per_class:
+def bank_smallest_class(train: TensorData, bank: int) -> int:
+    """Images of the smallest class (among those with labels) in a kNN bank of ``bank`` labelled rows drawn
+    at random from ``train``: that class's labelled count scaled by the bank's share of the labelled rows
+    (exact for a bank of them all). The mean per class would hide it on an imbalanced set."""
+    labels = train.labels[train.labeled_rows]
+    counts = torch.bincount(labels)
+    counts = counts[counts > 0]
+    if len(counts) == 0:
+        return 0
+    return int(counts.min().item()) * min(bank, len(labels)) // len(labels)
+
+
+def knn_k_note(k: int, smallest: int, flag: str | None = "--knn-k") -> str:
+    """A note when k exceeds the images of the bank's smallest class (``bank_smallest_class``): the vote then
+    reaches into other classes and the figure understates the encoder (k = 200 is the protocol for CIFAR-sized
+    banks); "" otherwise. ``flag``: the option that sets k in the command running (``shortlist pretrain``'s
+    --knn-k); None where the command has none (``bench cifar10``): the note then suggests no option."""
+    if k <= smallest:
         return ""
-    return (f" [yellow](k={k} is more than the bank's {per_class} images per class, so this understates the "
-            f"encoder; --knn-k {max(1, per_class // 2)} suits a bank this small)[/]")
+    fit = max(1, smallest // 2)
+    advice = f"; {flag} {fit} suits a bank this small" if flag else ""
+    return (f" [yellow](k={k} is more than the {smallest} images of the bank's smallest class, so this "
+            f"understates the encoder{advice})[/]")
 
 
 def _train(run: _Run, console: Console, log: loop.MetricsLog) -> str:
@@ -554,7 +570,7 @@ def _summarise(run: _Run, console: Console, log: loop.MetricsLog, wall0: float) 
         log.write(kind="knn", step=state.step, epoch=state.epoch, knn_acc=acc, k=cfg.knn_k, final=True,
                   bank=nbank, test=ntest, precision="fp32")
         console.print(f"final kNN(k={cfg.knn_k}) accuracy {acc:.4f} (fp32) on {ntest} held-out images "
-                      f"(bank {nbank}){knn_k_note(cfg.knn_k, nbank, len(train.classes))}")
+                      f"(bank {nbank}){knn_k_note(cfg.knn_k, bank_smallest_class(train, nbank), run.knn_k_flag)}")
     if rt.is_main:
         run.save_encoder(metrics=summary)
         loop.write_json(run.run_dir / loop.SUMMARY, summary)
@@ -563,15 +579,18 @@ def _summarise(run: _Run, console: Console, log: loop.MetricsLog, wall0: float) 
 
 
 def pretrain(config: PretrainConfig, console: Console | None = None, train_data: TensorData | None = None,
-             test_data: TensorData | None = None) -> Path:
+             test_data: TensorData | None = None, knn_k_flag: str | None = "--knn-k") -> Path:
     """Run (or, with ``resume``, continue) a pretraining run; returns its folder.
 
     ``train_data`` / ``test_data`` (e.g. samples pulled from an agent) replace loading ``config.data``.
     The method is whatever ``config.method`` names: its views, step hooks, kNN encoder and rotation head
-    come from its class (training.methods), so nothing here special-cases one.
+    come from its class (training.methods), so nothing here special-cases one. ``knn_k_flag``: the option of
+    the running command that sets the kNN check's k, which its note on a small bank suggests (None: a command
+    without one, e.g. ``bench cifar10``).
     """
     console = console or Console()
     run = _prepare(config, console, train_data, test_data)
+    run.knn_k_flag = knn_k_flag
     wall0 = time.perf_counter()  # the summary's wall time is of the training, not of decoding the data
     log = loop.MetricsLog(run.run_dir, run.rt.is_main)
     stopped = _train(run, console, log)

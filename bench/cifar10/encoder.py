@@ -231,10 +231,11 @@ def prepare_encoder(encoder: Path | None, profile: Profile, splits: PoolSplits, 
         from training.data import from_hwc
 
         # the whole split: pretrain() takes config.subset itself, and config.json records it
+        # knn_k_flag None: bench cifar10 has no --knn-k, so the kNN check's note on a small bank names none
         pretrain(config, train_data=from_hwc(train.images, train.labels, train.classes, train.ids),
-                 test_data=from_hwc(test.images, test.labels, test.classes, test.ids))
+                 test_data=from_hwc(test.images, test.labels, test.classes, test.ids), knn_k_flag=None)
     else:
-        pretrain(config)
+        pretrain(config, knn_k_flag=None)
     return export_run(run_dir, registry), provenance
 
 

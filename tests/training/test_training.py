@@ -261,12 +261,21 @@ def test_the_arch_help_names_every_backbone() -> None:
     assert ARCH_HELP.split(" | ") == [*BACKBONES, "torchvision:NAME"]
 
 
-def test_a_knn_k_above_the_banks_images_per_class_is_noted() -> None:
-    from training.pretrain import knn_k_note
+def test_a_knn_k_above_the_banks_smallest_class_is_noted() -> None:
+    from training.data import TensorData
+    from training.pretrain import bank_smallest_class, knn_k_note
 
-    assert knn_k_note(200, 50_000, 10) == ""  # CIFAR-10's protocol
-    note = knn_k_note(200, 400, 10)
-    assert "k=200 is more than the bank's 40 images per class" in note and "--knn-k 20" in note
+    assert knn_k_note(200, 5_000) == ""  # CIFAR-10's protocol: 5,000 images per class in the bank
+    note = knn_k_note(200, 40)
+    assert "k=200 is more than the 40 images of the bank's smallest class" in note and "--knn-k 20" in note
+    # a command without --knn-k (bench cifar10) is not told to pass it
+    assert "k=200 is more than" in knn_k_note(200, 40, None) and "--knn" not in knn_k_note(200, 40, None)
+    # an imbalanced bank: the smallest class (17 images), not the mean (60 per class); a random bank of half
+    # the labelled rows holds about half of it; unlabelled rows (-1) are not in the bank
+    labels = torch.tensor([0] * 143 + [1] * 17 + [2] * 20 + [-1] * 50)
+    train = TensorData(torch.zeros(len(labels), 3, 2, 2, dtype=torch.uint8), labels, ["a", "b", "c"],
+                       [str(i) for i in range(len(labels))])
+    assert bank_smallest_class(train, 10_000) == 17 and bank_smallest_class(train, 90) == 8
 
 
 def _signal_at_step(monkeypatch: pytest.MonkeyPatch, module: object, name: str, at: int, sig: int) -> None:
