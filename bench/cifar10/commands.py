@@ -9,7 +9,7 @@ import typer
 from bench.cifar10.data import require_splits
 from bench.cifar10.evaluation import write_embeddings
 from bench.cifar10.profiles import PROFILES
-from bench.cifar10.run import Overrides, run_benchmark
+from bench.cifar10.run import Overrides, interrupted_note, run_benchmark
 from shortlist.datasets import split_sources_said
 
 
@@ -64,7 +64,11 @@ def register(bench_app: typer.Typer) -> None:
         overrides = Overrides(strategies=split(strategies), seeds=seeds, budgets=split(budgets),
                               prior_methods=split(prior_methods), semi_supervised_at=at,
                               semi_supervised_steps=semi_supervised_steps, audit=audit)
-        run = run_benchmark(data, PROFILES[profile], out, encoder, overrides)
+        try:
+            run = run_benchmark(data, PROFILES[profile], out, encoder, overrides)
+        except KeyboardInterrupt:  # Ctrl-C: the agent is stopped (agent_process); say what is kept, exit 130
+            typer.echo(interrupted_note(out), err=True)
+            raise typer.Exit(130) from None
         if run.skipped:  # a table with holes is not a success: scripts and `&&` chains must see it
             typer.echo(f"{len(run.skipped)} (strategy, seed) run(s) skipped on agent errors (above, and in "
                        f"{out / 'agent.log'}); run the same command again to retry them (finished runs are reused)",

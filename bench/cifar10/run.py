@@ -3,6 +3,7 @@ fresh copy of the agent's data folder, report)."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from collections.abc import Iterator, Sequence
@@ -172,6 +173,25 @@ def _run_strategies(run: Run, asked: tuple[list[str], list[int]], done: Finished
             walls.total()
             run.wall_seconds = walls.seconds
             _save(run, folders.out)
+
+
+def interrupted_note(out: Path, command: str = "bench cifar10") -> str:
+    """The line ``command`` prints when Ctrl-C stops it: what ``out`` keeps (the finished (strategy, seed) runs in
+    results.json, which is rewritten after each; or the pretraining checkpoint) and that the same command
+    resumes from there."""
+    try:
+        records = json.loads((out / "results.json").read_text()).get("records", [])
+        finished = len({(r["strategy"], r["seed"]) for r in records})
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
+        finished = 0
+    if finished:
+        kept = f"{out / 'results.json'} keeps the {finished} finished (strategy, seed) run{'s' * (finished != 1)}"
+    elif (out / "pretrain").is_dir():
+        kept = f"no (strategy, seed) run had finished; {out / 'pretrain'} keeps the pretraining's last checkpoint"
+    else:
+        kept = "no (strategy, seed) run had finished"
+    return (f"interrupted: {kept}; run the same `shortlist {command}` command again to resume (finished runs are "
+            "reused, the unfinished one starts over)")
 
 
 def _eval_data(data: Path, version_dir: Path, train: ImageArray, pool_idx: np.ndarray, test_set: ImageArray,

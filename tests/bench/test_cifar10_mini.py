@@ -443,3 +443,29 @@ def test_the_benchmarks_agent_does_not_import_from_the_working_folder(tmp_path: 
     with agent_process(tmp_path / "agent", registry, tmp_path / "agent.log") as address:
         assert client.connect(address).GetStatus(agent_pb2.GetStatusRequest(), timeout=30).model_version == "v0001"
     assert not (cwd / "RAN").exists()
+
+
+def test_ctrl_c_says_what_is_kept_and_that_the_same_command_resumes(tiny_cifar: Path, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C (KeyboardInterrupt) during the second (strategy, seed) run: the command stops with exit 130 and
+    one line naming the finished runs results.json keeps and the way to resume, not silently."""
+    encoder = tmp_path / "encoder"
+    publish_linear(encoder, size=(8, 8), dim=16)
+    out = tmp_path / "out"
+    real = cifar10_run.run_strategy
+
+    def ctrl_c_under_kmedoids(client_: object, strategy: str, *a: object, **k: object) -> object:
+        if strategy == "kmedoids":
+            raise KeyboardInterrupt
+        return real(client_, strategy, *a, **k)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(cifar10_run, "run_strategy", ctrl_c_under_kmedoids)
+    result = CliRunner().invoke(app, [
+        "bench", "cifar10", "--data", str(tiny_cifar), "--profile", "quick", "--encoder", str(encoder),
+        "--seeds", "1", "--budgets", "3,6", "--out", str(out), "--strategies", "random,kmedoids",
+        "--prior-methods", "knn"])
+    assert result.exit_code == 130, result.output
+    said = " ".join(result.output.split())
+    assert (f"interrupted: {out / 'results.json'} keeps the 1 finished (strategy, seed) run; run the same "
+            "`shortlist bench cifar10` command again to resume") in said, said
+    assert not json.loads((out / "results.json").read_text())["complete"]
