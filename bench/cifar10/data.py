@@ -32,10 +32,33 @@ def load_pool_and_test(data: Path, pool_size: int | None,
                        err=True)
     pool_idx = stratified_subset(train.labels, pool_size, seed=0)
     test_idx = stratified_subset(test.labels, test_size, seed=0)
+    for split, arr, idx, size in (("pool", train, pool_idx, pool_size), ("test", test, test_idx, test_size)):
+        note = short_classes_note(arr.labels, idx, size, train.classes)
+        if note:
+            typer.echo(f"note: {data} ({split}): {note}", err=True)
     if np.any(train.labels[pool_idx] < 0) or np.any(test.labels[test_idx] < 0):
         raise typer.BadParameter(f"{data}: the benchmark needs labelled train and test splits (class folders)")
     test_set = ImageArray(test.images[test_idx], test.labels[test_idx], test.classes, [test.ids[i] for i in test_idx])
     return train, pool_idx, test_set, test_idx
+
+
+def short_classes_note(labels: np.ndarray, idx: np.ndarray, size: int | None, classes: list[str]) -> str:
+    """What ``stratified_subset`` could not balance: the classes (names from ``classes``) with fewer rows in
+    ``labels`` (N int) than the subset's ``size // C`` per class, so the subset ``idx`` holds all of them and
+    fills with other classes' rows; "" when every class had enough (or no subset was asked)."""
+    if size is None or size >= len(labels):
+        return ""
+    present = np.unique(labels[labels >= 0])
+    per = size // max(len(present), 1)
+    have = {int(c): int(np.sum(labels == c)) for c in present}
+    short = [c for c in present if have[int(c)] < per]
+    if not short:
+        return ""
+    names = ", ".join(f"{classes[int(c)] if 0 <= c < len(classes) else c} {have[int(c)]}" for c in short)
+    counts = np.bincount(labels[idx][labels[idx] >= 0], minlength=len(classes))
+    return (f"the {len(idx)}-image subset is class-balanced ({per} per class) only where a class has {per} images; "
+            f"{names} (all taken), so the rest came from the other classes at random: per class "
+            f"{', '.join(f'{classes[i]} {n}' for i, n in enumerate(counts) if n)}")
 
 
 def images_at_model_size(data: Path, version_dir: Path, train: ImageArray, test_set: ImageArray,

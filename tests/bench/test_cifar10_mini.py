@@ -469,3 +469,26 @@ def test_ctrl_c_says_what_is_kept_and_that_the_same_command_resumes(tiny_cifar: 
     assert (f"interrupted: {out / 'results.json'} keeps the 1 finished (strategy, seed) run; run the same "
             "`shortlist bench cifar10` command again to resume") in said, said
     assert not json.loads((out / "results.json").read_text())["complete"]
+
+
+def test_a_pool_that_cannot_be_class_balanced_names_the_short_classes(tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """--pool 30 of three classes asks 10 per class; square has 4: the subset takes all 4 and fills from the
+    others, and a note says so (it filled silently, though the option is called class-balanced)."""
+    from bench.cifar10.data import load_pool_and_test
+
+    rng = np.random.default_rng(0)
+    for split, counts in (("train", (20, 4, 20)), ("test", (3, 3, 3))):
+        for c, n in zip(CLASSES, counts, strict=True):
+            (tmp_path / "d" / split / c).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(
+                    tmp_path / "d" / split / c / f"{i}.png")
+    train, pool_idx, _, _ = load_pool_and_test(tmp_path / "d", 30, None)
+    assert np.bincount(train.labels[pool_idx]).tolist() == [13, 4, 13]  # circle, square, stripe (sorted)
+    err = " ".join(capsys.readouterr().err.split())
+    assert (f"note: {tmp_path / 'd'} (pool): the 30-image subset is class-balanced (10 per class) only where a "
+            "class has 10 images; square 4 (all taken), so the rest came from the other classes at random: per "
+            "class circle 13, square 4, stripe 13") in err, err
+    load_pool_and_test(tmp_path / "d", 12, None)  # 4 per class: every class has them, no note
+    assert "note" not in capsys.readouterr().err
