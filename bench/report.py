@@ -91,6 +91,31 @@ def summarize(run: dict[str, Any]) -> dict[str, dict[tuple[str, int], tuple[floa
 BALANCED = "the mean of the per-class recalls; below the plain accuracy when the rare classes are missed"
 
 
+def seed_blind(records: list[dict[str, Any]]) -> list[str]:
+    """The strategies whose records are the same at every seed, at every budget and prior method, with two
+    seeds or more: the seeds changed nothing (probcover's greedy pick often does not depend on the seed), so
+    their "± 0.0" is no spread. Compared: coverage, linear-probe and prior accuracy (records of ``bench
+    cifar10`` or ``bench strategies``)."""
+    seen: dict[str, dict[tuple[int, str], set[tuple[Any, ...]]]] = defaultdict(lambda: defaultdict(set))
+    seeds: dict[str, set[int]] = defaultdict(set)
+    for r in records:
+        seeds[r["strategy"]].add(int(r["seed"]))
+        seen[r["strategy"]][(int(r["budget"]), str(r["prior_method"]))].add(
+            (r.get("coverage"), r.get("linear_accuracy"), r.get("prior_accuracy")))
+    return [s for s, cells in seen.items() if len(seeds[s]) > 1 and all(len(v) == 1 for v in cells.values())]
+
+
+def seed_blind_note(records: list[dict[str, Any]]) -> str:
+    """A results.md line naming the ``seed_blind`` strategies ("" when none)."""
+    blind = seed_blind(records)
+    if not blind:
+        return ""
+    one = len(blind) == 1
+    return (f"{', '.join(blind)} gave the same figures at every seed and budget: {'its' if one else 'their'} "
+            "± 0.0 says the seeds changed nothing (a strategy that picks the same labels whatever the seed, as "
+            "probcover often does), not that the figure is that precise.\n")
+
+
 def md_table(head: list[str], rows: list[list[str]]) -> list[str]:
     """A Markdown table's lines: the ``head`` row, its separator, then ``rows`` (cells as given)."""
     return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head), *("| " + " | ".join(r) + " |" for r in rows)]
@@ -106,7 +131,9 @@ def markdown(runs: list[dict[str, Any]]) -> str:
     lines.append(f"# Low-budget benchmark through the agent: {', '.join(names)}\n")
     for r in runs:
         walls = r.get("wall_seconds", {})
-        lines.append(f"- **{r['label']}**: profile `{r['profile']}`, pool {r['pool_size']}, test {r['test_size']}, "
+        short = Path(str(r.get("data", "")).rstrip("/")).name or "unknown data"
+        lines.append(f"- **{short}**, run folder `{r['label']}`: profile `{r['profile']}`, "
+                     f"pool {r['pool_size']}, test {r['test_size']}, "
                      f"seeds {len(r['seeds'])}, model {r['model_version']} ({r['encoder'].get('kind', '')}: "
                      f"{r['encoder'].get('encoder', '')}), commit {r['git_commit'][:10]}, "
                      f"wall time {walls.get('total', float('nan')) / 60:.1f} min"
@@ -118,6 +145,10 @@ def markdown(runs: list[dict[str, Any]]) -> str:
         for s in r.get("skipped", []):
             lines.append(f"  - skipped {s['strategy']} seed {s['seed']}: {s['error']}")
     lines.append("")
+    for r in runs:
+        blind = seed_blind_note(r["records"])
+        if blind:
+            lines.append((f"{r['label']}: " if len(runs) > 1 else "") + blind)
     strategies = list(dict.fromkeys(s for r in runs for s in r["strategies"]))
     budgets = sorted({int(b) for r in runs for b in r["budgets"]})
     methods = list(dict.fromkeys(m for r in runs for m in r["prior_methods"]))
@@ -195,7 +226,8 @@ def plot(runs: list[dict[str, Any]], metric: str, ylabel: str, path: Path) -> No
     xlabel = "labelled samples" if not audits else (
         f"labels picked by the strategy (+ {' or '.join(map(str, audits))} audit labels"
         + (")" if len(audits) == len(runs) else " in some runs)"))
-    plot_curves(lines, ylabel, f"{names}: {', '.join(r['label'] for r in runs)}", path,
+    folders = ", ".join(r["label"] for r in runs)
+    plot_curves(lines, ylabel, f"data {names} (run folder{'s' if len(runs) > 1 else ''} {folders})", path,
                 color_keys=[s for r in runs for s in r["strategies"]], xlabel=xlabel)
 
 

@@ -29,7 +29,7 @@ from bench.metrics import (
     prior_accuracy,
     write_json,
 )
-from bench.report import md_table
+from bench.report import md_table, seed_blind_note
 
 # Neighbours precomputed per row for the benchmark's kNN (covers the prior methods' k).
 CACHED_K = 64
@@ -508,7 +508,8 @@ def write_results(out: Path, records: list[dict[str, Any]], settings: dict[str, 
     write_json(out / "results.json", records)  # NaN (nothing to score) -> null: strict JSON
     write_json(out / "settings.json", settings)  # results.json stays the flat records
     table = markdown_table(summary, methods)
-    (out / "results.md").write_text(head + table + "\n")
+    blind = seed_blind_note(records)  # e.g. probcover: its ± 0.0 is no spread
+    (out / "results.md").write_text(head + (blind + "\n" if blind else "") + table + "\n")
     plot(summary, methods, out / "results.png", title)
     return table
 

@@ -3,8 +3,12 @@ CIFAR-10's own figures."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import pytest
+
+from bench import report
 from bench.report import is_cifar10, markdown
 
 CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -59,3 +63,27 @@ def test_balanced_accuracy_tables_beside_the_plain_and_older_results_still_rende
     assert md.index("## Prior-label accuracy") < md.index("## Prior-label balanced") < md.index("## Prior-label ECE")
     old = markdown([run("/work/digits", ["0", "1"])])  # records written before balanced accuracy was measured
     assert "balanced" not in old and "| random | 30.0 |" in old
+
+
+def test_the_data_set_is_named_in_the_summary_line_and_plot_title_not_only_the_out_folder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    r = run("data/cifar/cifar-10-batches-py", CIFAR10, label="cifar")  # --out runs/cifar
+    md = markdown([r])
+    assert "- **cifar-10-batches-py**, run folder `cifar`: profile `quick`" in md
+    titles: list[str] = []
+    monkeypatch.setattr(report, "plot_curves", lambda lines, ylabel, title, *a, **k: titles.append(title))
+    report.plot([r], "linear_accuracy", "acc", tmp_path / "p.png")
+    assert titles == ["data cifar-10-batches-py (run folder cifar)"]
+
+
+def test_a_strategy_that_ignores_the_seed_is_noted() -> None:
+    r = run("/work/digits", ["0", "1"])
+    r["seeds"] = [0, 1]
+    again = [dict(x, seed=1) for x in r["records"]]
+    again[0]["linear_accuracy"] = 0.35  # random's second seed differs; typiclust's is the same as its first
+    r["records"] += again
+    md = markdown([r])
+    assert ("typiclust gave the same figures at every seed and budget: its ± 0.0 says the seeds changed nothing "
+            "(a strategy that picks the same labels whatever the seed, as probcover often does)") in md
+    assert "random gave" not in md and "| typiclust | 40.0 ± 0.0 |" in md
+    assert "gave the same figures" not in markdown([run("/work/digits", ["0", "1"])])  # one seed: nothing to say

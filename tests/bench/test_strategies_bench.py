@@ -250,3 +250,19 @@ def test_bench_strategies_writes_strict_json_when_a_budget_labels_the_whole_pool
     assert record["prior_accuracy"] is None and record["prior_balanced_accuracy"] is None and record["ece"] is None
     assert record["linear_accuracy"] is None and record["coverage"] == 2
     assert "nan" not in (out / "results.md").read_text()
+
+
+def test_bench_strategies_notes_a_strategy_that_ignores_the_seed(tmp_path: Path) -> None:
+    """probcover's pick is deterministic: 3 seeds give one figure and "± 0.0", which results.md now explains;
+    random's seeds differ and are not named."""
+    x, y = blobs(clusters=3, per_cluster=20, dim=8, spread=0.1, seed=2)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, [
+        "bench", "strategies", "--embeddings", str(tmp_path / "x.npy"), "--labels", str(tmp_path / "y.npy"),
+        "--budgets", "6", "--seeds", "3", "--strategies", "random,probcover", "--priors", "knn", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    md = (out / "results.md").read_text()
+    assert "probcover gave the same figures at every seed and budget: its ± 0.0 says the seeds changed" in md
+    assert "random gave" not in md
