@@ -362,6 +362,10 @@
     } catch (e) {
       res = { rejected: [{ reason: e.message }] };
     }
+    // A refusal that finds the sample as this undo leaves it (a resend of an undo that was applied, its answer
+    // lost: the agent says so) is the undo done, not a change by someone else meanwhile.
+    const r0 = res.rejected[0];
+    if (r0 && r0.changed && (r0.label || "") === before) res = { rejected: [] };
     if (res.rejected.length) {
       const r = res.rejected[0];
       if (r.changed) { changedMeanwhile(tile, r, "your undo was not applied"); return false; }

@@ -465,6 +465,41 @@ def test_a_label_stored_but_unanswered_and_sent_again_is_still_undone(slow_web: 
     assert x not in web.labels()
 
 
+def test_an_undo_of_a_change_applied_but_unanswered_and_sent_again_is_shown_done(slow_web: WebAgent,
+                                                                                   page: Any) -> None:
+    """alice changes her "circle" to "square" and undoes it; the agent puts "circle" back but its answer is lost,
+    so the page sends the undo again: the agent refuses the resend as already applied by her (``changed``). The
+    tile showed "your undo was not applied ... meanwhile" (a change by someone else); it shows the undo done."""
+    web = slow_web
+    open_queue(web, page, "alice")
+    x = focused_tile(page)
+    page.keyboard.press("1")  # circle
+    page.wait_for_selector(f'.tile[data-id="{x}"][data-saved="1"][data-label="circle"]')
+    page.keyboard.press("ArrowLeft")
+    assert focused_tile(page) == x
+    page.keyboard.press("2")  # square: a change
+    page.wait_for_selector(f'.tile[data-id="{x}"][data-saved="1"][data-label="square"]')
+    page.keyboard.press("ArrowLeft")
+    lost: list[int] = []
+
+    def stored_then_lost(route: Any) -> None:
+        if not lost:
+            lost.append(1)
+            try:
+                route.fetch(timeout=60_000)  # the agent applies the undo ...
+            finally:
+                route.abort()  # ... and its answer never comes
+        else:
+            route.continue_()
+
+    page.route("**/api/labels/retract", stored_then_lost)
+    page.keyboard.press("Backspace")
+    page.wait_for_selector(f'.tile[data-id="{x}"][data-saved="1"][data-label="circle"]:not(.pending)', timeout=10_000)
+    assert lost and web.labels()[x] == "circle"
+    assert page.locator(f'.tile[data-id="{x}"].changed').count() == 0
+    assert "not applied" not in page.locator("#toast").inner_text()
+
+
 def test_the_last_open_page_done_says_the_queue_is_done(tmp_path: Path, page: Any) -> None:
     """A queue of 3 pages of 4 whose pages 2 and 3 the team has labelled: finishing page 1 says the whole queue is
     done (it said "Page done: ] for the next page" whenever the queue had more than one page)."""
