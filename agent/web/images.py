@@ -1,6 +1,7 @@
 """Images for the pages: ``/thumb/{id}?size=N`` (a cached thumbnail from GetImages) and ``/image/{id}``
-(the stored image). Both carry an ETag from the payload's sha256 (a sample's payload never changes) and
-``Cache-Control: private`` (the answer depends on the caller's token), and answer 304 to a matching
+(the stored image). The pages build these URLs with ``agent.web.pages.image_url`` (and app.js
+``Shortlist.imageUrl``, the same rule). Both carry an ETag from the payload's sha256 (a sample's payload
+never changes) and ``Cache-Control: private`` (the answer depends on the caller's token), and answer 304 to a matching
 ``If-None-Match``."""
 
 from __future__ import annotations
@@ -17,6 +18,13 @@ MAX_AGE_S = 24 * 3600
 FORMATS = ("jpeg", "webp")
 
 
+def _sample_id(path_id: str, query_id: str | None) -> str:
+    """The id of a request: the path's, or the ``id`` parameter's (image_url's form for "." and "..")."""
+    if not path_id and query_id is not None:
+        return query_id
+    return path_id
+
+
 def image_response(request: Request, caller: Caller, sample_id: str, max_side: int, fmt: str) -> Response:
     reply = caller(caller.stub.GetImages, agent_pb2.GetImagesRequest(ids=[sample_id], max_side=max_side, format=fmt))
     img = reply.images[0]
@@ -31,12 +39,12 @@ def image_response(request: Request, caller: Caller, sample_id: str, max_side: i
 
 @router.get("/thumb/{sample_id:path}")
 def thumb(request: Request, sample_id: str, size: int = Query(0), format: str = Query("jpeg"),
-          caller: Caller = CallerDep) -> Response:
+          id: str | None = Query(None), caller: Caller = CallerDep) -> Response:
     """A thumbnail (``size``: longer side in pixels, default the app's grid size; the agent checks the range)."""
-    return image_response(request, caller, sample_id, size or caller.config.thumb_side, format)
+    return image_response(request, caller, _sample_id(sample_id, id), size or caller.config.thumb_side, format)
 
 
 @router.get("/image/{sample_id:path}")
-def image(request: Request, sample_id: str, caller: Caller = CallerDep) -> Response:
+def image(request: Request, sample_id: str, id: str | None = Query(None), caller: Caller = CallerDep) -> Response:
     """The image as stored (full size)."""
-    return image_response(request, caller, sample_id, 0, "")
+    return image_response(request, caller, _sample_id(sample_id, id), 0, "")

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from fastapi import Request
 from fastapi.templating import Jinja2Templates
@@ -15,6 +16,23 @@ TEMPLATES = Path(__file__).parent / "templates"
 STATIC = Path(__file__).parent / "static"
 
 templates = Jinja2Templates(directory=str(TEMPLATES))
+
+
+DOT_SEGMENTS = (".", "..")
+
+
+def image_url(kind: str, sample_id: str) -> str:
+    """The app's URL of ``sample_id``'s image (``kind``: "thumb" or "image"): the whole id percent-encoded as
+    one path segment, its "/" too (Jinja's ``urlencode`` keeps "/", so the browser resolved the "." and ".."
+    segments of ``ward7/../img000.png`` and showed img000.png's image on that sample's tile); an id that is
+    "." or ".." itself, which browsers resolve as a dot segment even when written %2e, goes in the query
+    (``/thumb/?id=..``)."""
+    if sample_id in DOT_SEGMENTS:
+        return f"/{kind}/?id={quote(sample_id, safe='')}"
+    return f"/{kind}/{quote(sample_id, safe='')}"
+
+
+templates.env.globals["image_url"] = image_url
 
 
 def render(request: Request, template: str, context: dict[str, Any] | None = None, status_code: int = 200,

@@ -89,5 +89,13 @@ const Shortlist = (() => {
     try { carried = sessionStorage.getItem(NEXT); sessionStorage.removeItem(NEXT); } catch (e) { /* storage off */ }
     if (carried) setTimeout(() => toast(carried), 300);  // after load: a screen reader then hears the live region
   });
-  return { toast, toastNext, api, patiently };
+  // The URL of sample `id`'s thumbnail or image (`kind`: "thumb" or "image"), as agent/web/images.py
+  // image_url builds it: the whole id percent-encoded as one path segment (a "/" inside it too), else the
+  // browser resolves "." and ".." segments and "ward7/../img000.png" would fetch img000.png's image; an id
+  // that is "." or ".." itself (a dot segment even when encoded as %2e) goes in the query instead.
+  function imageUrl(kind, id, query = "") {
+    const base = (id === "." || id === "..") ? `/${kind}/?id=${encodeURIComponent(id)}` : `/${kind}/${encodeURIComponent(id)}`;
+    return query ? base + (base.includes("?") ? "&" : "?") + query : base;
+  }
+  return { toast, toastNext, api, patiently, imageUrl };
 })();

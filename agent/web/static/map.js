@@ -122,7 +122,7 @@
     if (i < 0) { card.hidden = true; return; }
     const id = pts.ids[i];
     const img = $("hover-img");
-    const src = `/thumb/${encodeURIComponent(id)}?size=160`;
+    const src = Shortlist.imageUrl("thumb", id, "size=160");
     if (img.getAttribute("src") !== src) img.setAttribute("src", src);
     const lab = pts.label[i] >= 0 ? classes[pts.label[i]] : "";
     const pri = pts.prior && pts.label[i] < 0 && pts.prior[i] >= 0 ? `${classes[pts.prior[i]]} ${Math.round(pts.priorConf[i] * 100)}%` : "";
@@ -241,7 +241,7 @@
   }, { passive: false });
   canvas.addEventListener("dblclick", (ev) => {
     const i = nearest(ev.offsetX, ev.offsetY);
-    if (i >= 0) window.open(`/image/${encodeURIComponent(pts.ids[i])}`, "_blank");
+    if (i >= 0) window.open(Shortlist.imageUrl("image", pts.ids[i]), "_blank");
   });
   document.querySelectorAll("[data-tool]").forEach((b) => b.addEventListener("click", () => {
     tool = b.dataset.tool;

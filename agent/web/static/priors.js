@@ -84,7 +84,7 @@
         }
         const options = cfg.classes.map((c) => `<option value="${esc(c)}">${esc(c)}</option>`).join("");
         html += `<figure class="tile prior" data-id="${esc(it.id)}" data-label="${esc(it.label)}" data-index="${k}">
-          <div class="thumb"><img loading="lazy" alt="${esc(it.id)}" src="/thumb/${encodeURIComponent(it.id)}"></div>
+          <div class="thumb"><img loading="lazy" alt="${esc(it.id)}" src="${esc(Shortlist.imageUrl("thumb", it.id))}"></div>
           <figcaption class="stack0">
             <div class="line"><span class="sid" title="${esc(it.id)}">${esc(it.id)}</span>
               <span class="conf ${confClass(it.confidence)}" title="confidence of ${esc(it.label)}">${pct(it.confidence)}</span></div>

@@ -493,7 +493,7 @@
     }
     const tile = tiles[focus];
     const img = box.querySelector("img");
-    img.src = "/image/" + encodeURIComponent(tile.dataset.id);
+    img.src = Shortlist.imageUrl("image", tile.dataset.id);
     img.alt = tile.dataset.id;
     box.querySelector("p").textContent = tile.dataset.id + (tile.dataset.label ? " · " + tile.dataset.label : "");
     box.setAttribute("aria-label", `large view of ${tile.dataset.id}`);

@@ -193,3 +193,47 @@ def test_skip_not_sure_and_undo_are_said_once(live_web: WebAgent, page: Any) -> 
     said = page.locator("#announce").inner_text()
     assert "taken back" in said and page.locator("#toast").text_content() == said
     assert page.locator("#toast > span[aria-hidden=true]").text_content() == said  # shown, not spoken
+
+
+def solid_png(rgb: tuple[int, int, int], side: int = 64) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (side, side), rgb).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+# the centre pixel of an <img> as the page shows it (a canvas of a same-origin image may be read)
+CENTRE_PIXEL = """(img) => { if (!img.naturalWidth) return [-999, -999, -999];
+  const c = document.createElement("canvas"); c.width = img.naturalWidth; c.height = img.naturalHeight;
+  const g = c.getContext("2d"); g.drawImage(img, 0, 0);
+  return Array.from(g.getImageData(c.width >> 1, c.height >> 1, 1, 1).data.slice(0, 3)); }"""
+
+
+def test_every_tile_shows_its_own_image(live_web: WebAgent, page: Any) -> None:
+    """Ids with "." and ".." segments (or that are "..") reach their own images on the Queue's tiles and in the
+    large view: the tile of "ward7/../img000.png" showed img000.png's image (/thumb/img000.png), so someone
+    labelled one patient's sample looking at another's."""
+    from agent import client
+
+    colours = {"ward7/../img000.png": (255, 0, 0), "./img001.png": (0, 0, 255), "..": (0, 160, 0),
+               "a/./b/../c.png": (255, 255, 0)}
+    client.ingest(live_web.stub, [client.image_sample(sid, solid_png(rgb)) for sid, rgb in colours.items()])
+    live_web.stub.UpdateQueue(agent_pb2.UpdateQueueRequest(name="web", queue=agent_pb2.Queue(ids=list(colours))))
+    page.goto(live_web.url + "/queue")
+    page.wait_for_function("() => Array.from(document.querySelectorAll('.tile img')).every(i => i.complete)")
+    for sid, rgb in colours.items():
+        tile = page.locator(".tile").filter(has=page.locator(f'img[alt="{sid}"]'))
+        shown = tile.locator("img").evaluate(CENTRE_PIXEL)
+        assert all(abs(a - b) < 40 for a, b in zip(shown, rgb, strict=True)), (sid, shown, rgb)
+        tile.click()
+        page.keyboard.press("Enter")  # the large view: the stored image
+        page.wait_for_function("(n) => { const i = document.querySelector('#lightbox img');"
+                               " return !document.getElementById('lightbox').hidden && i.alt === n"
+                               " && i.complete }", arg=sid)
+        big = page.locator("#lightbox img").evaluate(CENTRE_PIXEL)
+        assert all(abs(a - b) < 40 for a, b in zip(big, rgb, strict=True)), (sid, big, rgb)
+        page.keyboard.press("Escape")
+        page.wait_for_selector("#lightbox", state="hidden")
