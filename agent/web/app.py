@@ -24,6 +24,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.responses import Response
 
 from agent.web import errors
+from agent.web.auth import TokenFirstGuard
 from agent.web.config import WebConfig
 from agent.web.guards import BodyLimitGuard, BodyPaceGuard, HostGuard, OriginGuard, SecurityHeaders, allowed_hosts
 from agent.web.pages import STATIC
@@ -84,7 +85,8 @@ def create_app(config: WebConfig, client_factory: Callable[[], grpc.Channel]) ->
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
     errors.install(app)
     app.add_middleware(BodyPaceGuard)  # agent/web/guards.py: no bodies sent a byte now and then
-    app.add_middleware(OriginGuard)  # no cross-site POSTs
+    app.add_middleware(TokenFirstGuard)  # agent/web/auth.py: no body read before the agent knows the token
+    app.add_middleware(OriginGuard)  # no cross-site POSTs (checked before the token)
     app.add_middleware(BodyLimitGuard, limit=config.max_body_bytes)  # no oversized bodies
     app.add_middleware(HostGuard, hosts=allowed_hosts(config))  # no DNS rebinding (checked first)
     app.add_middleware(SecurityHeaders)  # outermost: on every answer, refusals included

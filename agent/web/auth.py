@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -29,13 +31,15 @@ from urllib.parse import quote, unquote, urlsplit
 import grpc
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import RedirectResponse
+from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from agent import client as client_lib
 from agent.limits import name_problem
 from agent.security import ROLE_CHECK_KEY, WEB_CLIENT_KEY, RefusalLog
 from agent.web.config import WebConfig
-from agent.web.errors import HttpError, for_people
+from agent.web.errors import HttpError, error_response, for_people, rpc_error_response, unavailable_response
 from agent.web.pages import render
 from shortlist.v1 import agent_pb2, agent_pb2_grpc
 
@@ -136,6 +140,7 @@ def client_address(request: Request) -> str:
 # The agent's words for a token it does not know (agent/security.py), which errors.FOR_PEOPLE rewords for pages.
 UNKNOWN_TOKEN = "unknown token: check --token / SHORTLIST_TOKEN against the agent's --tokens file"
 _unusable_tokens = RefusalLog()
+NO_TOKEN = "sign in with your token first"  # the app's answer (401) to an API request without a token
 
 
 class UnusableToken(grpc.RpcError):
@@ -178,11 +183,99 @@ def caller(request: Request) -> Caller:
     config: WebConfig = state.config
     token = token_of(request)
     if config.tokens_required and not token:
-        raise HttpError(401, "UNAUTHENTICATED", "sign in with your token first")
+        raise HttpError(401, "UNAUTHENTICATED", NO_TOKEN)
     return Caller(state.stub(), token, session(request).user, config, client_address(request))
 
 
 CallerDep = Depends(caller)
+
+
+# The routes whose request bodies the app reads only from a caller the agent knows (TokenFirstGuard).
+TOKEN_FIRST_PREFIXES = ("/api/", "/labelstudio/")
+TOKEN_FIRST_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+KNOWN_TOKEN_S = 10.0  # how long a token the agent answered counts as known here (it still checks every call)
+MAX_KNOWN_TOKENS = 1024
+
+
+class TokenFirstGuard:
+    """While the agent requires tokens, a request that carries a body to an API (/api/, /labelstudio/) is
+    answered before its body is read unless its token is one the agent knows: no token, 401 at once; a token
+    not seen in the last ``KNOWN_TOKEN_S``, a GetStatus with it first (in the threadpool), and the agent's
+    refusal (401) or absence (503) is the answer. FastAPI reads and parses a JSON body on the event loop
+    before a route's dependencies (``caller``) run, so anyone who reached the port stalled every request
+    with 16 MiB bodies and no token: 1.92 s each, /healthz 8.96 s behind eight of them (the security review).
+    The route's own call still carries the token, so the agent's check (and a token revoked meanwhile) still
+    decides what is done; this only decides whether the body is worth reading."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self._lock = threading.Lock()
+        self._known: dict[str, float] = {}  # sha256 of a token -> when it stops counting as known
+
+    def _is_known(self, token: str) -> bool:
+        key = hashlib.sha256(token.encode()).hexdigest()
+        with self._lock:
+            return self._known.get(key, 0.0) > time.monotonic()
+
+    def _remember(self, token: str) -> None:
+        key = hashlib.sha256(token.encode()).hexdigest()
+        with self._lock:
+            if len(self._known) >= MAX_KNOWN_TOKENS:
+                now = time.monotonic()
+                self._known = {k: t for k, t in self._known.items() if t > now}
+                if len(self._known) >= MAX_KNOWN_TOKENS:
+                    self._known.clear()
+            self._known[key] = time.monotonic() + KNOWN_TOKEN_S
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (scope["type"] != "http" or scope["method"] not in TOKEN_FIRST_METHODS
+                or not str(scope["path"]).startswith(TOKEN_FIRST_PREFIXES)):
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)  # no receive: nothing here reads the body
+        config: WebConfig = request.app.state.config
+        if not config.tokens_required:
+            await self.app(scope, receive, send)
+            return
+        if str(scope["path"]).startswith("/labelstudio/"):
+            from agent.web.labelstudio import Unauthorized, request_token  # late: labelstudio imports this module
+
+            try:
+                token = request_token(request)  # also Basic auth, Label Studio's way
+            except Unauthorized:
+                await self.app(scope, receive, send)  # the route answers 401 for the header before reading
+                return
+        else:
+            token = token_of(request)
+        if not token:
+            if str(scope["path"]).startswith("/labelstudio/"):
+                await self.app(scope, receive, send)  # its routes answer 401 (their own words) before reading
+            else:  # as ``caller`` would, but after FastAPI had parsed the body
+                await error_response(request, 401, "UNAUTHENTICATED", NO_TOKEN)(scope, receive, send)
+            return
+        if not self._is_known(token):
+            answer = await run_in_threadpool(self._check, request, token, config)
+            if answer is not None:
+                await answer(scope, receive, send)
+                return
+            self._remember(token)
+        await self.app(scope, receive, send)
+
+    @staticmethod
+    def _check(request: Request, token: str, config: WebConfig) -> Response | None:
+        """None when the agent knows ``token``, else the answer to send (401, or 503 while it is away)."""
+        try:
+            request.app.state.stub().GetStatus(agent_pb2.GetStatusRequest(),
+                                               metadata=call_metadata(token, client_address(request)),
+                                               timeout=config.rpc_timeout_s)
+        except grpc.RpcError as e:
+            if str(request.url.path).startswith("/labelstudio/") and e.code() == grpc.StatusCode.UNAUTHENTICATED:
+                return error_response(request, 401, "UNAUTHENTICATED", e.details() or UNKNOWN_TOKEN,
+                                      {"WWW-Authenticate": 'Basic realm="shortlist"'})
+            return rpc_error_response(request, e)
+        except client_lib.AgentUnavailable as e:
+            return unavailable_response(request, e)
+        return None
 
 
 def _safe_next(target: str) -> str:

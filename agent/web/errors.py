@@ -145,25 +145,38 @@ def too_large(request: Request) -> Response:
                           "SHORTLIST_WEB_MAX_BODY_MB) where the app is started")
 
 
+def rpc_error_response(request: Request, e: grpc.RpcError) -> Response:
+    """The answer to a call the agent refused or could not take (``HTTP_STATUS``, the agent's message in a
+    person's words on the app's pages, Retry-After on 429 and 503)."""
+    code = e.code() if hasattr(e, "code") else grpc.StatusCode.UNKNOWN
+    message = (e.details() if hasattr(e, "details") else "") or code.name
+    status = http_status(code)
+    if status >= 500:
+        log.warning("%s %s: the agent answered %s: %s", request.method, request.url.path, code.name, message)
+    wait = retry_after(e) if status in (429, 503) else None
+    if status == 429 and wait is None:
+        wait = DEFAULT_RETRY_AFTER_S
+    if not for_people_at(request):
+        return error_response(request, status, code.name, message, {"Retry-After": wait} if wait else None)
+    message = for_people(message)
+    if code == grpc.StatusCode.UNAVAILABLE and wait is None:
+        # gRPC's own words for a connection that failed ("failed to connect to all addresses; last error:
+        # ..."), not the agent's (whose UNAVAILABLE carries a retry-after hint): logged above, not shown
+        message, wait = NOT_REACHABLE, "2"
+    return error_response(request, status, code.name, message, {"Retry-After": wait} if wait else None)
+
+
+def unavailable_response(request: Request, e: AgentUnavailable) -> Response:
+    """The answer while the agent cannot be reached at all (503, Retry-After 2)."""
+    log.warning("%s %s: the agent cannot be reached: %s", request.method, request.url.path, e)
+    message = NOT_REACHABLE if for_people_at(request) else f"the agent cannot be reached: {e}"
+    return error_response(request, 503, "UNAVAILABLE", message, {"Retry-After": "2"})
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(grpc.RpcError)
     def _rpc_error(request: Request, e: grpc.RpcError) -> Response:
-        code = e.code() if hasattr(e, "code") else grpc.StatusCode.UNKNOWN
-        message = (e.details() if hasattr(e, "details") else "") or code.name
-        status = http_status(code)
-        if status >= 500:
-            log.warning("%s %s: the agent answered %s: %s", request.method, request.url.path, code.name, message)
-        wait = retry_after(e) if status in (429, 503) else None
-        if status == 429 and wait is None:
-            wait = DEFAULT_RETRY_AFTER_S
-        if not for_people_at(request):
-            return error_response(request, status, code.name, message, {"Retry-After": wait} if wait else None)
-        message = for_people(message)
-        if code == grpc.StatusCode.UNAVAILABLE and wait is None:
-            # gRPC's own words for a connection that failed ("failed to connect to all addresses; last error:
-            # ..."), not the agent's (whose UNAVAILABLE carries a retry-after hint): logged above, not shown
-            message, wait = NOT_REACHABLE, "2"
-        return error_response(request, status, code.name, message, {"Retry-After": wait} if wait else None)
+        return rpc_error_response(request, e)
 
     @app.exception_handler(HttpError)
     def _http_error(request: Request, e: HttpError) -> Response:
@@ -175,6 +188,4 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(AgentUnavailable)
     def _unavailable(request: Request, e: AgentUnavailable) -> Response:
-        log.warning("%s %s: the agent cannot be reached: %s", request.method, request.url.path, e)
-        message = NOT_REACHABLE if for_people_at(request) else f"the agent cannot be reached: {e}"
-        return error_response(request, 503, "UNAVAILABLE", message, {"Retry-After": "2"})
+        return unavailable_response(request, e)

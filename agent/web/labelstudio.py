@@ -680,15 +680,37 @@ def _check_json_type(request: Request) -> None:
                       "sends that, so set the header when posting by hand")
 
 
+_bad_bodies = RefusalLog()  # one line per client address every 10 s at most
+
+
+def _parse(raw: bytes) -> Any:
+    """``raw`` as JSON, or BadRequest: one nested too deeply for Python's parser (RecursionError: a 500 and
+    ~87 lines of traceback in the log for each request, before) is refused like any other that is not JSON."""
+    try:
+        return json.loads(raw or b"null")
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BadRequest(f"the body is not JSON ({e})") from None
+    except RecursionError:
+        raise BadRequest("the body's JSON is nested too deeply to read: send Label Studio's task and annotation "
+                         "objects as they are") from None
+
+
 async def _json_body(request: Request) -> dict[str, Any]:
+    """The request's JSON object, parsed in the threadpool (a large body parsed on the event loop held every
+    other request meanwhile); BadRequest, logged at most once per address every 10 s, when it is none."""
     _check_json_type(request)
     raw = await request.body()
     try:
-        body = json.loads(raw or b"null")
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise BadRequest(f"the body is not JSON ({e})") from None
-    if not isinstance(body, dict):
-        raise BadRequest("the body must be a JSON object")
+        body = await run_in_threadpool(_parse, raw)
+        if not isinstance(body, dict):
+            raise BadRequest("the body must be a JSON object")
+    except BadRequest as e:
+        address = client_address(request)
+        more = _bad_bodies.admit("bad Label Studio body", address)
+        if more is not None:
+            log.warning("refused a %s body from %s: %s%s", request.url.path, address or "an unknown address",
+                        str(e)[:200], more)
+        raise
     return body
 
 

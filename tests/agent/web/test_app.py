@@ -399,8 +399,10 @@ def test_request_bodies_are_capped_before_they_are_read(tmp_path: Path) -> None:
                     s.sendall(chunk)
                     sent += 0x10000
 
-        # (the Label Studio route with a token: without one it answers 401 before reading any body)
-        for path, auth in (("/api/labels", ""), ("/labelstudio/webhook", f"Authorization: Bearer {WRITE_TOKEN}\r\n")):
+        # (with a token: without one, or with one the agent does not know, the app answers 401 before reading
+        # any body, agent/web/auth.py TokenFirstGuard)
+        auth = f"Authorization: Bearer {WRITE_TOKEN}\r\n"
+        for path in ("/api/labels", "/labelstudio/webhook"):
             sent = 0
             with socket.create_connection((host, port)) as s:
                 s.sendall(f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n{auth}"
