@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -312,8 +313,60 @@ def login_page(request: Request, next: str = "/") -> Response:
     return render(request, "login.html", {"next": _safe_next(next), "error": "", "name": session(request).user})
 
 
+# Failed sign-ins per client address: a burst of SIGN_IN_BURST, then SIGN_IN_PER_S a second; past that, every
+# sign-in from the address is answered 429 with Retry-After, unchecked, until the allowance is back. A person
+# who mistypes their token is never held up; a script guessing tokens (99 a second in the security review,
+# all 401) is slowed a hundredfold. Other addresses are not affected (behind a reverse proxy every browser
+# has the proxy's address, and shares its allowance).
+SIGN_IN_BURST = 5
+SIGN_IN_PER_S = 1.0
+MAX_THROTTLED_ADDRESSES = 4096
+
+
+class SignInThrottle:
+    """A token bucket of failed sign-ins per address (``burst`` deep, refilled ``per_s`` a second): ``begin``
+    takes a try, ``passed`` gives it back. Thread-safe: the sign-in route runs in FastAPI's threadpool."""
+
+    def __init__(self, burst: int = SIGN_IN_BURST, per_s: float = SIGN_IN_PER_S,
+                 max_addresses: int = MAX_THROTTLED_ADDRESSES) -> None:
+        self.burst = burst
+        self.per_s = per_s
+        self.max_addresses = max_addresses
+        self._lock = threading.Lock()
+        self._buckets: dict[str, tuple[float, float]] = {}  # address -> (allowance left, when it was counted)
+
+    def _left(self, address: str, now: float) -> float:
+        left, at = self._buckets.get(address, (float(self.burst), now))
+        return min(float(self.burst), left + (now - at) * self.per_s)
+
+    def begin(self, address: str) -> float:
+        """Take one try from ``address``'s allowance (given back by ``passed`` unless the sign-in fails): 0.0,
+        or the seconds until it may try again (nothing taken). Taken before the token is checked, so that
+        concurrent tries cannot all pass on one allowance."""
+        now = time.monotonic()
+        with self._lock:
+            left = self._left(address, now)
+            if left < 1.0:
+                return (1.0 - left) / self.per_s
+            if address not in self._buckets and len(self._buckets) >= self.max_addresses:
+                # forget the addresses whose allowance is full again (they lose nothing), else all of them
+                self._buckets = {a: b for a, b in self._buckets.items() if self._left(a, now) < self.burst}
+                if len(self._buckets) >= self.max_addresses:
+                    self._buckets.clear()
+            self._buckets[address] = (left - 1.0, now)
+            return 0.0
+
+    def passed(self, address: str) -> None:
+        """Give back the try ``begin`` took: the sign-in did not fail."""
+        now = time.monotonic()
+        with self._lock:
+            if address in self._buckets:
+                self._buckets[address] = (min(float(self.burst), self._left(address, now) + 1.0), now)
+
+
 def setup(app: Any) -> None:
     app.state.sign_in_refusals = RefusalLog()
+    app.state.sign_in_throttle = SignInThrottle()
 
 
 def _refused_sign_in(request: Request, address: str, name: str, why: str) -> None:
@@ -339,6 +392,24 @@ def login(request: Request, name: str = Form(""), token: str = Form(""), next: s
                       status_code=400)
     token = token.strip() or config.default_token
     address = client_address(request)
+    throttle: SignInThrottle = request.app.state.sign_in_throttle
+    if (wait := throttle.begin(address)) > 0:  # not even a right token is checked: else guessing goes on
+        _refused_sign_in(request, address, name, "too many failed sign-ins")
+        seconds = math.ceil(wait)
+        return render(request, "login.html", {
+            "next": _safe_next(next), "name": name,
+            "error": f"Too many failed sign-ins from this computer: wait {seconds} s, then sign in again."},
+            status_code=429, headers={"Retry-After": str(seconds)})
+    try:
+        return _sign_in(request, config, name, token, next, address, throttle)
+    except BaseException:
+        throttle.passed(address)  # not a refused token (the agent away, ...): the try is given back
+        raise
+
+
+def _sign_in(request: Request, config: WebConfig, name: str, token: str, next: str, address: str,
+             throttle: SignInThrottle) -> Response:
+    """The sign-in after the throttle's ``begin``: a refusal keeps the try taken, anything else gives it back."""
     if config.tokens_required and not token:
         _refused_sign_in(request, address, name, "no token given")
         return render(request, "login.html", {"next": _safe_next(next), "name": name,
@@ -353,6 +424,7 @@ def login(request: Request, name: str = Form(""), token: str = Form(""), next: s
         return render(request, "login.html", {"next": _safe_next(next), "name": name,
                                               "error": for_people(e.details() or "the agent refused this token")},
                       status_code=401)
+    throttle.passed(address)
     response = RedirectResponse(_safe_next(next), status_code=303)
     opts: dict[str, Any] = {"max_age": COOKIE_MAX_AGE, "samesite": "strict", "secure": config.https, "path": "/"}
     if token and token != config.default_token:

@@ -7,6 +7,7 @@ import contextlib
 import importlib
 import io
 import json
+import logging
 import re
 import socket
 import threading
@@ -692,7 +693,11 @@ def test_refused_sign_ins_are_logged_once_per_address_and_reason_a_while(token_w
     whatever names they sent."""
     import logging
 
+    from agent.web.auth import SignInThrottle
+
     caplog.set_level(logging.INFO)
+    # the log, not the throttle (test_failed_sign_ins_are_throttled_per_address): 60 failures may pass here
+    token_web_agent.app.state.sign_in_throttle = SignInThrottle(burst=1000)
     c = token_web_agent.client(follow_redirects=False)
     for i in range(30):
         assert c.post("/login", data={"name": f"admin ALERT {i}", "token": "x" * 24}).status_code == 401
@@ -732,3 +737,29 @@ def test_a_token_gRPC_cannot_send_is_an_unknown_token_logged_as_refusals_are(tok
     lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     unusable = [line for line in lines if "not printable ASCII" in line]
     assert len(unusable) == 1 and "Invalid metadata" not in " ".join(lines), lines
+
+
+def test_failed_sign_ins_are_throttled_per_address(token_web_agent: WebAgent,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """A script guessing tokens (600 wrong tokens at 99 a second, all 401, in the security review) gets a few
+    tries, then 429 with Retry-After for everything it sends, a right token included, until the allowance is
+    back; another address signs in meanwhile; the log holds one line per address and reason."""
+    from agent.web import auth
+
+    burst, per_s = getattr(auth, "SIGN_IN_BURST", 5), getattr(auth, "SIGN_IN_PER_S", 1.0)
+    guesser = token_web_agent.client(client=("10.0.0.7", 50000))
+    with caplog.at_level(logging.WARNING):
+        codes = [guesser.post("/login", data={"name": "x", "token": f"guess-{i:020d}"},
+                              follow_redirects=False).status_code for i in range(3 * burst)]
+    assert codes[:burst] == [401] * burst
+    assert set(codes[burst + 1:]) == {429}, codes  # one more may pass as the allowance refills
+    r = guesser.post("/login", data={"name": "x", "token": WRITE_TOKEN}, follow_redirects=False)
+    assert r.status_code == 429 and 1 <= int(r.headers["retry-after"]) <= 1 + 1 / per_s
+    assert "Too many failed sign-ins" in r.text
+    other = token_web_agent.client(client=("10.0.0.8", 50000))
+    assert other.post("/login", data={"name": "y", "token": WRITE_TOKEN}, follow_redirects=False).status_code == 303
+    time.sleep(int(r.headers["retry-after"]))
+    assert guesser.post("/login", data={"name": "x", "token": WRITE_TOKEN},
+                        follow_redirects=False).status_code == 303  # after the wait: in
+    lines = [rec.getMessage() for rec in caplog.records if rec.name == "agent.web.auth"]
+    assert len(lines) == 2 and all("10.0.0.7" in line for line in lines), lines  # UNAUTHENTICATED, too many
