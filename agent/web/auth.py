@@ -444,9 +444,19 @@ def _sign_in(request: Request, config: WebConfig, name: str, token: str, next: s
     return response
 
 
+# What "Sign out" asks the browser to forget of this site besides the app's cookies: its HTTP cache (the
+# images and thumbnails, kept a day under Cache-Control: private, max-age=86400 so that paging through the
+# queue does not fetch them again: patients' images on a shared workstation's disk after the person left)
+# and its storage (sessionStorage and the like). Not "cookies": browsers clear those for the whole
+# registrable domain (the spec's words), so an app at shortlist.hospital.example would sign the person out
+# of every other *.hospital.example site too; the app's own cookies are deleted one by one below instead.
+# Browsers act on it for secure origins only (https, and http://localhost / 127.0.0.1).
+CLEAR_SITE_DATA = '"cache", "storage"'
+
+
 @router.post("/logout")
 def logout() -> Response:
-    response = RedirectResponse("/login", status_code=303)
+    response = RedirectResponse("/login", status_code=303, headers={"Clear-Site-Data": CLEAR_SITE_DATA})
     for cookie in (TOKEN_COOKIE, USER_COOKIE, ROLE_COOKIE):
         response.delete_cookie(cookie, path="/")
     return response

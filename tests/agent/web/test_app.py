@@ -763,3 +763,10 @@ def test_failed_sign_ins_are_throttled_per_address(token_web_agent: WebAgent,
                         follow_redirects=False).status_code == 303  # after the wait: in
     lines = [rec.getMessage() for rec in caplog.records if rec.name == "agent.web.auth"]
     assert len(lines) == 2 and all("10.0.0.7" in line for line in lines), lines  # UNAUTHENTICATED, too many
+
+
+def test_sign_out_asks_the_browser_to_drop_its_cache(token_web_agent: WebAgent) -> None:
+    """Images are cached a day; Sign out clears them (chromium: tests/agent/web/test_browser_multi.py)."""
+    c = token_web_agent.client(follow_redirects=False)
+    r = c.post("/logout")
+    assert r.status_code == 303 and r.headers["clear-site-data"] == '"cache", "storage"'

@@ -518,3 +518,67 @@ def test_the_last_open_page_done_says_the_queue_is_done(tmp_path: Path, page: An
         _toast_has(page, "Queue done: ask the agent for the next samples")
     finally:
         web.stop()
+
+
+@pytest.mark.parametrize("https", [False, True])
+def test_sign_out_clears_the_cached_images(tmp_path: Path, browser: Any, https: bool) -> None:
+    """Images are kept in the browser's cache for a day; "Sign out" makes chromium drop them (Clear-Site-Data:
+    "cache"), over http://127.0.0.1 and over https: after signing in again the image comes from the app, not
+    from the disk of a shared workstation."""
+    from tests.agent.pki import make_pki
+    from tests.agent.web.conftest import WRITE_TOKEN, start_web_agent
+
+    tls: dict[str, Any] = {}
+    if https:
+        import base64
+        import hashlib
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+        from tests.agent.web.conftest import CHROMIUM, CHROMIUM_ARGS
+
+        pki = make_pki(tmp_path / "pki")
+        tls = {"https_cert": pki.server_cert, "https_key": pki.server_key}
+        # chromium caches nothing from a site whose certificate it had to ignore: trust the test's certificate
+        # by its key instead, so that the site counts as a valid https one
+        key = x509.load_pem_x509_certificate(pki.server_cert.read_bytes()).public_key()
+        spki = base64.b64encode(hashlib.sha256(key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo))
+                                .digest()).decode()
+        browser = browser.browser_type.launch(executable_path=CHROMIUM, headless=True, args=[
+            *CHROMIUM_ARGS, f"--ignore-certificate-errors-spki-list={spki}"])
+    wa = start_web_agent(tmp_path, tokens=True, listen=True, **tls)
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        page.set_default_timeout(15_000)
+        cdp = context.new_cdp_session(page)
+        cdp.send("Network.enable")
+        cached: dict[str, bool] = {}
+        cdp.on("Network.responseReceived", lambda e: cached.__setitem__(
+            e["response"]["url"], bool(e["response"].get("fromDiskCache") or e["response"].get("fromMemoryCache"))))
+
+        def sign_in() -> None:
+            page.goto(wa.url + "/login")
+            page.fill("input[name=name]", "ana")
+            page.fill("input[name=token]", WRITE_TOKEN)
+            page.click("button[type=submit]")
+            page.wait_for_url("**/queue*")
+
+        url = wa.url + "/image/img003.png"
+        sign_in()
+        for _ in range(2):
+            page.goto(url)
+        assert cached[url], "the second view of an image should come from the cache"  # the test can see it
+        page.goto(wa.url + "/queue")
+        page.click("text=Sign out")
+        page.wait_for_url("**/login*")
+        assert not [c for c in context.cookies() if c["name"] == "shortlist_token"]
+        sign_in()
+        page.goto(url)
+        assert not cached[url], "the image came from the cache after Sign out"
+    finally:
+        context.close()
+        if https:
+            browser.close()
+        wa.stop()
