@@ -255,6 +255,10 @@ class BodyPaceGuard:
 
         async def sending(message: Message) -> None:
             nonlocal started
+            if timed_out and not started:
+                # The route's answer to the cut read (FastAPI's 400 "error parsing the body" on a route whose
+                # body it parses): dropped, this guard's 408 goes instead.
+                return
             started = started or message["type"] == "http.response.start"
             await send(message)
 
