@@ -1733,21 +1733,29 @@ def backup(data_dir: Path = typer.Option(..., "--data-dir", help="the agent's da
     """Back up a data folder while the agent serves it: a consistent copy of state.sqlite (SQLite's backup API)
     and the blobs it refers to, checked and renamed into place at the end. Restore: `shortlist restore OUT D`, or
     `shortlist serve --data-dir OUT` (docs/agent.md, "Backup and restore")."""
-    from agent.backup import BackupError, BackupUsageError
     from agent.backup import backup as make_backup
+
+    summary = _copy_folder(lambda progress: make_backup(data_dir, out, link=not copy_blobs, progress=progress),
+                           "back up", "backup")
+    _print_copy_summary(summary, data_dir, out, as_json, "backed up")
+
+
+def _copy_folder(run: Callable[[Callable[[int, int], None]], BackupSummary], verb: str,
+                 noun: str) -> BackupSummary:
+    """``backup``'s and ``restore``'s copy, ``run(progress)``, under a progress bar of the blobs; a refusal
+    (BackupUsageError) is "cannot VERB", exit 2, a failure "NOUN failed", exit 1."""
+    from agent.backup import BackupError, BackupUsageError
 
     try:
         with _progress() as bar:
             task = bar.add_task("blobs", total=None)
-            summary = make_backup(data_dir, out, link=not copy_blobs,
-                                  progress=lambda done, total: bar.update(task, completed=done, total=total))
+            return run(lambda done, total: bar.update(task, completed=done, total=total))
     except BackupUsageError as e:
-        console.print(f"[red]cannot back up[/red]: {escape(str(e))}", highlight=False)
+        console.print(f"[red]cannot {verb}[/red]: {escape(str(e))}", highlight=False)
         raise typer.Exit(2) from None
     except BackupError as e:
-        console.print(f"[red]backup failed[/red]: {escape(str(e))}", highlight=False)
+        console.print(f"[red]{noun} failed[/red]: {escape(str(e))}", highlight=False)
         raise typer.Exit(1) from None
-    _print_copy_summary(summary, data_dir, out, as_json, "backed up")
 
 
 def _print_copy_summary(summary: BackupSummary, data_dir: Path, out: Path, as_json: bool, did: str) -> None:
@@ -1795,20 +1803,10 @@ def restore(backup_dir: Path = typer.Argument(..., metavar="BACKUP", help="the b
     and checked as backup does, and the blobs it names), renamed into place, so no state.sqlite-wal of an old
     folder is replayed onto it. Refused while an agent serves DATA_DIR (stop it first) and, without --force,
     when DATA_DIR holds anything (docs/agent.md, "Backup and restore")."""
-    from agent.backup import BackupError, BackupUsageError
     from agent.backup import restore as do_restore
 
-    try:
-        with _progress() as bar:
-            task = bar.add_task("blobs", total=None)
-            summary = do_restore(backup_dir, data_dir, force=force, link=not copy_blobs,
-                                 progress=lambda done, total: bar.update(task, completed=done, total=total))
-    except BackupUsageError as e:
-        console.print(f"[red]cannot restore[/red]: {escape(str(e))}", highlight=False)
-        raise typer.Exit(2) from None
-    except BackupError as e:
-        console.print(f"[red]restore failed[/red]: {escape(str(e))}", highlight=False)
-        raise typer.Exit(1) from None
+    summary = _copy_folder(lambda progress: do_restore(backup_dir, data_dir, force=force, link=not copy_blobs,
+                                                       progress=progress), "restore", "restore")
     _print_copy_summary(summary, backup_dir, data_dir, as_json, "restored")
 
 
