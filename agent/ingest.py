@@ -41,6 +41,7 @@ from agent.embedder import EmbedOutput, ModelFailed
 from agent.errors import Cancelled, DeadlineExceeded, ResourceExhausted, note_stored
 from agent.limits import (
     Limits,
+    annotator_name,
     check_count,
     class_name_problem,
     limit_hint,
@@ -496,7 +497,13 @@ class IngestPipeline:
                                       f"not change labels; give {s.label!r} with SubmitLabels (`shortlist label`)"))
         elif labels is None:
             return True
-        elif (problem := label_problem(self.state, s.label)) is not None:  # (under the lock: stage 3)
+        elif (last := self.state.last_label_by(rec.seq)) is not None:  # (under the lock: stage 3)
+            # unlabelled, but labelled once: its label was taken back, which a resend must not undo (a nightly
+            # ingest --with-labels put retracted labels back)
+            res.rejected.append((sid, f"id {sid!r} is stored (same payload) and its label was taken back (by "
+                                      f"{annotator_name(last[0])}): a resend does not put labels back; give "
+                                      f"{s.label!r} with SubmitLabels (`shortlist label`) if it is right"))
+        elif (problem := label_problem(self.state, s.label)) is not None:
             res.rejected.append((sid, problem))
         elif (idx := self.state.class_index(s.label)) is None:
             res.rejected.append((sid, unknown_label_reason(self.state.classes, s.label)))

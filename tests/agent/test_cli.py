@@ -242,7 +242,7 @@ def test_ctrl_c_on_ingest_says_what_was_stored(tmp_path: Path, running: Running,
         "duplicates" in said and running.agent.state.count() == 3
     res = runner.invoke(app, ["ingest", str(src), "--agent", running.address, "--id-prefix", "b/", "--json"])
     assert res.exit_code == 130 and json.loads(res.stdout) == {
-        "accepted": 3, "duplicates": 0, "rejected": [], "same_payload": 3,
+        "accepted": 3, "duplicates": 0, "labels_added": 0, "rejected": [], "same_payload": 3,
         "same_payload_examples": [{"id": f"b/{i}.png", "other_id": f"{i}.png"} for i in range(3)],
         "interrupted": True, "sent": 3, "unconfirmed": 0}
     monkeypatch.undo()

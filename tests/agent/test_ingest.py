@@ -245,6 +245,20 @@ def test_a_repeat_of_a_stored_id_within_one_batch_adds_one_label(agent: Agent) -
     assert [agent.state.label_name(agent.state.lookup(i).seq) for i in "ab"] == ["cat", "cat"]  # type: ignore[union-attr]
 
 
+def test_a_resend_does_not_put_back_a_label_taken_back(agent: Agent) -> None:
+    """A sample labelled, then its label taken back (RetractLabels), then ingested again with the label (a nightly
+    `ingest --with-labels` resend): the resend stored the label again, undoing the retraction. It is a rejection
+    now that says so, and the sample stays unlabelled; one never labelled still gets its label from a resend."""
+    imgs = make_images(2)
+    assert agent.ingest.batch([image("a", imgs[0], label="cat"), image("b", imgs[1])]).accepted == 2
+    assert agent.retract_labels(["a"], "zoe")[0] == 1
+    res = agent.ingest.batch([image("a", imgs[0], label="cat"), image("b", imgs[1], label="cat")])
+    assert (res.accepted, res.duplicates, res.labels_added) == (0, 1, 1)
+    assert [r[0] for r in res.rejected] == ["a"]
+    assert "its label was taken back (by zoe): a resend does not put labels back" in res.rejected[0][1]
+    assert [agent.state.label_name(agent.state.lookup(i).seq) for i in "ab"] == ["", "cat"]  # type: ignore[union-attr]
+
+
 def test_rejection_ids_are_the_ids_as_sent(agent: Agent) -> None:
     """Rejections found before decoding carried the id cut to 64 characters, so a client could not match them
     to its items; now the id as sent, also one over max_id_chars, unless longer than 4,096 characters as well."""
