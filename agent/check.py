@@ -92,8 +92,10 @@ def _read_state(path: Path, report: CheckReport, by_digest: dict[str, list[str]]
         db.close()
 
 
-def check(data_dir: Path) -> CheckReport:
-    """Check the data folder ``data_dir`` (see the module's docstring); BackupUsageError when it is none."""
+def check(data_dir: Path, no_blobs: bool = False) -> CheckReport:
+    """Check the data folder ``data_dir`` (see the module's docstring); BackupUsageError when it is none.
+    ``no_blobs``: the agent runs with --no-blobs (no payloads to check); otherwise a folder without ``blobs/``
+    whose samples name payloads has lost every payload file (the agent says so when it starts)."""
     if not (data_dir / STATE_FILE).is_file():
         raise BackupUsageError(f"{data_dir} is not an agent data folder (it has no {STATE_FILE}): give --data-dir "
                                "the folder `shortlist serve --data-dir` uses")
@@ -110,8 +112,17 @@ def check(data_dir: Path) -> CheckReport:
         report.problems.append(f"{data_dir / STATE_FILE} fails SQLite's integrity check ({detail}): restore the "
                                f"folder from a backup: shortlist restore BACKUP {data_dir} --force")
         return report
-    if not blobs.is_dir():
+    if no_blobs:
         report.blobs_kept = False
+        return report
+    if not blobs.is_dir():
+        report.missing = dict(by_digest)
+        if by_digest:
+            report.problems.append(
+                f"{data_dir} has no {BLOBS}/ folder, so the payload files of all {report.samples} samples are "
+                "missing: restore the folder from a backup (shortlist restore), or re-ingest the same files under "
+                "the same ids; if the agent runs with --no-blobs (no payloads kept), run `shortlist check "
+                "--no-blobs` instead")
         return report
     with ThreadPoolExecutor(max_workers=_THREADS, thread_name_prefix="check") as pool:
         for digest, got in zip(by_digest, pool.map(lambda d: _hash_file(blobs / d[:2] / d[2:]), by_digest),

@@ -1812,6 +1812,8 @@ def restore(backup_dir: Path = typer.Argument(..., metavar="BACKUP", help="the b
 
 # ---- shortlist check ----------------------------------------------------------------------------------
 def check(data_dir: Path = typer.Option(..., "--data-dir", help="the agent's data folder (served or not)"),
+          no_blobs: bool = typer.Option(False, "--no-blobs", help="the agent runs with --no-blobs (keeps no "
+                                        "payloads): do not look for payload files"),
           as_json: bool = JsonOpt) -> None:
     """Verify a data folder without changing it (served or not): state.sqlite's integrity_check, every sample's
     payload file present and hashing to its sha256; list the deletions made in it (who, when, why, how many:
@@ -1820,7 +1822,7 @@ def check(data_dir: Path = typer.Option(..., "--data-dir", help="the agent's dat
     from agent.check import check as run_check
 
     try:
-        report = run_check(data_dir)
+        report = run_check(data_dir, no_blobs=no_blobs)
     except BackupUsageError as e:
         console.print(f"[red]cannot check[/red]: {escape(str(e))}", highlight=False)
         raise typer.Exit(2) from None
@@ -1829,13 +1831,16 @@ def check(data_dir: Path = typer.Option(..., "--data-dir", help="the agent's dat
     else:
         out = Console(soft_wrap=True)
         state = "integrity_check " + ("ok" if not report.integrity else "FAILED")
-        if report.blobs_kept:
+        if report.integrity:
+            payloads = "samples and payloads not checked (restore the folder first)"
+        elif report.blobs_kept:
             bad = len(report.missing) + len(report.damaged)
             payloads = f"{report.payloads} payload file(s), " + (f"{bad} missing or damaged" if bad else
                                                                  "all present and matching their sha256")
         else:
             payloads = "no payloads kept (serve --no-blobs)"
-        out.print(f"checked {data_dir}: state.sqlite {state}; {report.samples} samples; {payloads}"
+        samples = "" if report.integrity else f"{report.samples} samples; "
+        out.print(f"checked {data_dir}: state.sqlite {state}; {samples}{payloads}"
                   + (f"; {report.orphans} blob file(s) no sample names (the agent removes them at its next start)"
                      if report.orphans else ""), markup=False, highlight=False)
         out.print(f"deletions: {len(report.deletions) or 'none'}", markup=False, highlight=False)

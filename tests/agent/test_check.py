@@ -48,6 +48,7 @@ def test_check_finds_missing_and_damaged_payloads_lists_deletions_and_says_what_
         f.write(b"not a database, not at all")
     broken = runner.invoke(app, ["check", "--data-dir", str(data)])
     assert broken.exit_code == 1 and "fails SQLite's integrity check" in text(broken), broken.output
+    assert "samples and payloads not checked" in text(broken) and "all present" not in text(broken)
     assert f"shortlist restore BACKUP {data} --force" in text(broken)
     assert runner.invoke(app, ["check", "--data-dir", str(tmp_path / "none")]).exit_code == 2
 
@@ -81,3 +82,19 @@ def test_status_warns_of_payload_files_found_missing_at_start_or_on_a_read_until
         assert len(found) == 1 and "'s2': payload file missing" in found[0], found
     finally:
         again.stop()
+
+
+def test_a_folder_without_its_blobs_folder_has_lost_every_payload(tmp_path: Path) -> None:
+    """check said "no payloads kept (serve --no-blobs)", exit 0, of a folder whose blobs/ was removed, where an
+    agent started on it says every payload is missing: it says so now, unless told the agent runs --no-blobs."""
+    import shutil
+
+    data = tmp_path / "d"
+    blob_folder(data)
+    shutil.rmtree(data / "blobs")
+    lost = runner.invoke(app, ["check", "--data-dir", str(data)])
+    assert lost.exit_code == 1, lost.output
+    assert "has no blobs/ folder, so the payload files of all 5 samples are missing" in text(lost)
+    assert "5 payload file(s), 5 missing or damaged" in text(lost)
+    told = runner.invoke(app, ["check", "--data-dir", str(data), "--no-blobs"])
+    assert told.exit_code == 0 and "no payloads kept (serve --no-blobs)" in text(told), told.output
