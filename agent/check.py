@@ -92,6 +92,26 @@ def _read_state(path: Path, report: CheckReport, by_digest: dict[str, list[str]]
         db.close()
 
 
+def _drop_deleted_since(path: Path, report: CheckReport) -> None:
+    """Of the payloads found missing or damaged, forget the samples deleted since the state was read (a served
+    folder: a DeleteSamples commits, then removes their files, while the payloads are hashed); a payload none of
+    whose samples is left is no problem. Read again from the database, for those ids only."""
+    if not report.missing and not report.damaged:
+        return
+    db = open_source(path)
+    try:
+        for found in (report.missing, report.damaged):
+            for digest in list(found):
+                left = [i for i in found[digest]
+                        if db.execute("SELECT 1 FROM samples WHERE id=? AND sha256=?", (i, digest)).fetchone()]
+                if left:
+                    found[digest] = left
+                else:
+                    del found[digest]
+    finally:
+        db.close()
+
+
 def check(data_dir: Path, no_blobs: bool = False) -> CheckReport:
     """Check the data folder ``data_dir`` (see the module's docstring); BackupUsageError when it is none.
     ``no_blobs``: the agent runs with --no-blobs (no payloads to check); otherwise a folder without ``blobs/``
@@ -131,6 +151,7 @@ def check(data_dir: Path, no_blobs: bool = False) -> CheckReport:
                 report.missing[digest] = by_digest[digest]
             elif got != digest:
                 report.damaged[digest] = by_digest[digest]
+    _drop_deleted_since(data_dir / STATE_FILE, report)
     for folder in blobs.iterdir():
         if len(folder.name) == 2 and folder.is_dir():
             with os.scandir(folder) as entries:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from agent import client
@@ -98,3 +99,29 @@ def test_a_folder_without_its_blobs_folder_has_lost_every_payload(tmp_path: Path
     assert "5 payload file(s), 5 missing or damaged" in text(lost)
     told = runner.invoke(app, ["check", "--data-dir", str(data), "--no-blobs"])
     assert told.exit_code == 0 and "no payloads kept (serve --no-blobs)" in text(told), told.output
+
+
+def test_a_sample_deleted_while_payloads_are_hashed_is_no_missing_payload(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """check on a served folder: a DeleteSamples committing (and removing its payload file) after check read the
+    state was reported as a missing payload, exit 1, with the advice to re-ingest the deleted image."""
+    from agent import check as check_module
+
+    data = tmp_path / "d"
+    digests = blob_folder(data)
+    hash_file = check_module._hash_file
+    deleted: list[str] = []
+
+    def deleting_first(path: Path) -> str | None:
+        if not deleted:  # the agent deletes s0 meanwhile: its row goes, then its payload file
+            deleted.append("s0")
+            s = State(data / "state.sqlite")
+            s.delete_samples([s.lookup("s0").seq], "ops", "privacy")  # type: ignore[union-attr]
+            s.close()
+            (data / "blobs" / digests[0][:2] / digests[0][2:]).unlink()
+        return hash_file(path)
+
+    monkeypatch.setattr(check_module, "_hash_file", deleting_first)
+    res = runner.invoke(app, ["check", "--data-dir", str(data)])
+    assert deleted and res.exit_code == 0, res.output
+    assert "missing" not in text(res).replace("missing or damaged", "")
