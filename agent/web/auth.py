@@ -107,6 +107,7 @@ class Caller:
     user: str
     config: WebConfig
     client: str = ""  # the browser's address (request.client.host)
+    known: KnownTokens | None = None  # where a token the agent answered is remembered (the app's)
 
     @property
     def annotator(self) -> str:
@@ -119,7 +120,10 @@ class Caller:
     def __call__(self, rpc: Callable[..., R], request: Any, timeout: float | None = None) -> R:
         """``rpc(request)`` with this caller's token and a deadline (``config.rpc_timeout_s`` by default).
         A grpc.RpcError escapes to agent/web/errors.py, which maps it to HTTP."""
-        return rpc(request, metadata=self.metadata, timeout=timeout or self.config.rpc_timeout_s)
+        reply = rpc(request, metadata=self.metadata, timeout=timeout or self.config.rpc_timeout_s)
+        if self.known is not None and self.token and not isinstance(reply, Iterator):
+            self.known.add(self.token)  # (a stream's refusal comes later, as it is read: only unary replies count)
+        return reply
 
     def status(self) -> agent_pb2.Status:
         return self(self.stub.GetStatus, agent_pb2.GetStatusRequest())
@@ -185,7 +189,8 @@ def caller(request: Request) -> Caller:
     token = token_of(request)
     if config.tokens_required and not token:
         raise HttpError(401, "UNAUTHENTICATED", NO_TOKEN)
-    return Caller(state.stub(), token, session(request).user, config, client_address(request))
+    unknown_token_throttled(request)
+    return Caller(state.stub(), token, session(request).user, config, client_address(request), state.known_tokens)
 
 
 CallerDep = Depends(caller)
@@ -196,6 +201,46 @@ TOKEN_FIRST_PREFIXES = ("/api/", "/labelstudio/")
 TOKEN_FIRST_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 KNOWN_TOKEN_S = 10.0  # how long a token the agent answered counts as known here (it still checks every call)
 MAX_KNOWN_TOKENS = 1024
+
+
+class KnownTokens:
+    """Tokens the agent answered in the last ``KNOWN_TOKEN_S`` (kept as sha256, thread-safe): they skip the
+    TokenFirstGuard's check and the unknown-token throttle (a person signed in is not held up because someone
+    at the same address guesses tokens); the agent still checks every call."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._known: dict[str, float] = {}  # sha256 of a token -> when it stops counting as known
+
+    def has(self, token: str) -> bool:
+        key = hashlib.sha256(token.encode()).hexdigest()
+        with self._lock:
+            return self._known.get(key, 0.0) > time.monotonic()
+
+    def add(self, token: str) -> None:
+        key = hashlib.sha256(token.encode()).hexdigest()
+        with self._lock:
+            if len(self._known) >= MAX_KNOWN_TOKENS:
+                now = time.monotonic()
+                self._known = {k: t for k, t in self._known.items() if t > now}
+                if len(self._known) >= MAX_KNOWN_TOKENS:
+                    self._known.clear()
+            self._known[key] = time.monotonic() + KNOWN_TOKEN_S
+
+
+def unknown_token_throttled(request: Request) -> None:
+    """HttpError 429 (with Retry-After) when this request's address has used up its allowance of failed tries
+    (SignInThrottle: sign-ins, and tokens the agent refused in headers or cookies, errors.rpc_error_response)
+    and its token is not one the agent answered lately: a token guessed by header is slowed as one guessed
+    through the sign-in form, without asking the agent."""
+    token = token_of(request)
+    if not token or request.app.state.known_tokens.has(token):
+        return
+    wait = request.app.state.sign_in_throttle.wait(client_address(request))
+    if wait > 0:
+        seconds = math.ceil(wait)
+        raise HttpError(429, "RESOURCE_EXHAUSTED", f"Too many failed sign-ins from this computer: wait {seconds} "
+                        "s, then try again with a token the agent knows", {"Retry-After": str(seconds)})
 
 
 class TokenFirstGuard:
@@ -210,23 +255,6 @@ class TokenFirstGuard:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self._lock = threading.Lock()
-        self._known: dict[str, float] = {}  # sha256 of a token -> when it stops counting as known
-
-    def _is_known(self, token: str) -> bool:
-        key = hashlib.sha256(token.encode()).hexdigest()
-        with self._lock:
-            return self._known.get(key, 0.0) > time.monotonic()
-
-    def _remember(self, token: str) -> None:
-        key = hashlib.sha256(token.encode()).hexdigest()
-        with self._lock:
-            if len(self._known) >= MAX_KNOWN_TOKENS:
-                now = time.monotonic()
-                self._known = {k: t for k, t in self._known.items() if t > now}
-                if len(self._known) >= MAX_KNOWN_TOKENS:
-                    self._known.clear()
-            self._known[key] = time.monotonic() + KNOWN_TOKEN_S
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (scope["type"] != "http" or scope["method"] not in TOKEN_FIRST_METHODS
@@ -254,17 +282,23 @@ class TokenFirstGuard:
             else:  # as ``caller`` would, but after FastAPI had parsed the body
                 await error_response(request, 401, "UNAUTHENTICATED", NO_TOKEN)(scope, receive, send)
             return
-        if not self._is_known(token):
+        known: KnownTokens = request.app.state.known_tokens
+        if not known.has(token):
             answer = await run_in_threadpool(self._check, request, token, config)
             if answer is not None:
                 await answer(scope, receive, send)
                 return
-            self._remember(token)
+            known.add(token)
         await self.app(scope, receive, send)
 
     @staticmethod
     def _check(request: Request, token: str, config: WebConfig) -> Response | None:
-        """None when the agent knows ``token``, else the answer to send (401, or 503 while it is away)."""
+        """None when the agent knows ``token``, else the answer to send (401, or 503 while it is away; 429
+        without asking it while the address has failed too often: ``unknown_token_throttled``)."""
+        try:
+            unknown_token_throttled(request)
+        except HttpError as e:
+            return error_response(request, e.status, e.code, e.message, e.headers)
         try:
             request.app.state.stub().GetStatus(agent_pb2.GetStatusRequest(),
                                                metadata=call_metadata(token, client_address(request)),
@@ -356,6 +390,20 @@ class SignInThrottle:
             self._buckets[address] = (left - 1.0, now)
             return 0.0
 
+    def wait(self, address: str) -> float:
+        """The seconds until ``address`` may try again (0.0: it may now); nothing taken."""
+        with self._lock:
+            return max(0.0, (1.0 - self._left(address, time.monotonic())) / self.per_s)
+
+    def failed(self, address: str) -> None:
+        """A try ``address`` made with an unknown token outside the sign-in form (a header or cookie the agent
+        refused): taken from its allowance as a failed sign-in is."""
+        now = time.monotonic()
+        with self._lock:
+            if address not in self._buckets and len(self._buckets) >= self.max_addresses:
+                self._buckets.clear()  # (as ``begin``, more bluntly: a flood of addresses)
+            self._buckets[address] = (max(0.0, self._left(address, now) - 1.0), now)
+
     def passed(self, address: str) -> None:
         """Give back the try ``begin`` took: the sign-in did not fail."""
         now = time.monotonic()
@@ -367,6 +415,7 @@ class SignInThrottle:
 def setup(app: Any) -> None:
     app.state.sign_in_refusals = RefusalLog()
     app.state.sign_in_throttle = SignInThrottle()
+    app.state.known_tokens = KnownTokens()
 
 
 def _refused_sign_in(request: Request, address: str, name: str, why: str) -> None:

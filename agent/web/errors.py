@@ -91,11 +91,12 @@ API_PREFIXES = ("/api/", "/thumb/", "/image/", "/labelstudio/")
 class HttpError(Exception):
     """A request the web layer itself refuses (before or besides the agent): answered like a mapped status."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.headers = headers
 
 
 def http_status(code: grpc.StatusCode) -> int:
@@ -151,6 +152,10 @@ def rpc_error_response(request: Request, e: grpc.RpcError) -> Response:
     code = e.code() if hasattr(e, "code") else grpc.StatusCode.UNKNOWN
     message = (e.details() if hasattr(e, "details") else "") or code.name
     status = http_status(code)
+    throttle = getattr(request.app.state, "sign_in_throttle", None)
+    if code == grpc.StatusCode.UNAUTHENTICATED and throttle is not None:
+        # a token the agent does not know, sent by header or cookie: a failed try, as a failed sign-in is
+        throttle.failed(request.client.host if request.client else "")
     if status >= 500:
         log.warning("%s %s: the agent answered %s: %s", request.method, request.url.path, code.name, message)
     wait = retry_after(e) if status in (429, 503) else None
@@ -180,7 +185,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(HttpError)
     def _http_error(request: Request, e: HttpError) -> Response:
-        return error_response(request, e.status, e.code, e.message)
+        return error_response(request, e.status, e.code, e.message, e.headers)
 
     @app.exception_handler(413)  # raised by Starlette's body limit (max_body_size of the routes) as it reads
     def _too_large(request: Request, e: Exception) -> Response:

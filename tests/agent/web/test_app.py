@@ -719,6 +719,9 @@ def test_a_token_gRPC_cannot_send_is_an_unknown_token_logged_as_refusals_are(tok
     import base64
     import logging
 
+    from agent.web.auth import SignInThrottle
+
+    token_web_agent.app.state.sign_in_throttle = SignInThrottle(burst=1000)  # (this test is not about guessing)
     caplog.set_level(logging.INFO)
     c = token_web_agent.client(follow_redirects=False)
     for _ in range(10):
@@ -763,6 +766,29 @@ def test_failed_sign_ins_are_throttled_per_address(token_web_agent: WebAgent,
                         follow_redirects=False).status_code == 303  # after the wait: in
     lines = [rec.getMessage() for rec in caplog.records if rec.name == "agent.web.auth"]
     assert len(lines) == 2 and all("10.0.0.7" in line for line in lines), lines  # UNAUTHENTICATED, too many
+
+
+def test_tokens_guessed_by_header_or_cookie_are_throttled_as_sign_ins(token_web_agent: WebAgent) -> None:
+    """The throttle covered the sign-in form only: 300 requests with `Authorization: Bearer wrong-N` (or a
+    cookie) to /api/progress/head from an address /login was refusing all reached the agent (401, ~195 a second).
+    Unknown tokens sent any way now use up the same allowance, then 429 without asking the agent; a token the
+    agent answered lately is not held up at the same address (a signed-in person behind the same proxy)."""
+    from agent.web import auth
+
+    burst = getattr(auth, "SIGN_IN_BURST", 5)
+    guesser = token_web_agent.client(client=("10.0.0.9", 50000))
+    person = token_web_agent.client(client=("10.0.0.9", 50001), headers={"Authorization": f"Bearer {WRITE_TOKEN}"})
+    assert person.get("/api/progress/head").status_code == 200  # known to the agent: remembered
+    codes = [guesser.get("/api/progress/head", headers={"Authorization": f"Bearer wrong-{i:020d}"}).status_code
+             for i in range(3 * burst)]
+    assert codes[:burst] == [401] * burst and set(codes[burst + 1:]) == {429}, codes
+    r = guesser.get("/api/progress/head", headers={"Authorization": "Bearer wrong-again"})
+    assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1 and "Too many failed" in r.text
+    guesser.cookies.set("shortlist_token", "wrong-cookie")
+    assert guesser.get("/api/progress/head").status_code == 429  # by cookie as by header
+    assert guesser.post("/api/labels", json={"labels": []},
+                        headers={"Authorization": "Bearer wrong-post"}).status_code == 429  # body not read
+    assert person.get("/api/progress/head").status_code == 200  # the known token still gets in
 
 
 def test_sign_out_asks_the_browser_to_drop_its_cache(token_web_agent: WebAgent) -> None:
