@@ -280,7 +280,9 @@ def label_api(request: Request, body: PriorLabelsBody, caller: Caller = CallerDe
     the agent has no prior for them (an unknown or labelled id among them) they are corrections, and
     SubmitLabels refuses the unknown ids one by one. Every label is conditional on the sample being still
     unlabelled (``if_current=""``): one labelled since the priors were computed is refused with ``changed``,
-    its label now and who gave it, and left as it is."""
+    its label now and who gave it, and left as it is. One the sample already had, given by someone else
+    (another annotator accepting the same prior at the same time), is stored and listed in ``agreed`` with who
+    gave it: the page's undo leaves those, so it never takes back the other annotator's label."""
     status = caller.status()
     check_method(status, body.method)
     ps = cache(request).peek(body.method)
@@ -306,6 +308,7 @@ def label_api(request: Request, body: PriorLabelsBody, caller: Caller = CallerDe
     accepted, rejected = 0, []
     stored: list[str] = []
     twins: list[dict[str, str]] = []  # labels stored that differ from a byte-identical sample's (as /api/labels)
+    agreed: list[dict[str, str]] = []  # labels the sample already had from someone else (as /api/labels)
     # Two SubmitLabels (the source is per request): the accepted priors, then the corrections.
     for part, source in ((accepts, ACCEPT_PREFIX + body.method), (fixes, "manual")):
         if not part:
@@ -319,13 +322,15 @@ def label_api(request: Request, body: PriorLabelsBody, caller: Caller = CallerDe
         accepted += reply.accepted
         rejected += rejections(reply.rejected)
         twins += [{"id": t.id, "twin_id": t.twin_id, "twin_label": t.twin_label} for t in reply.twin_conflicts]
+        agreed += [{"id": a.id, "label": a.now.label, "by": a.now.annotator} for a in reply.agreed]
         stored += [x.id for x in part if x.id not in refused]
     # labelled meanwhile by someone else: off this page too
     cache(request).labelled(stored + [str(r["id"]) for r in rejected if r.get("changed") and r.get("label")])
     done = set(stored)
     return {"accepted": accepted, "annotator": caller.annotator,
             "accepted_priors": sum(1 for x in accepts if x.id in done),
-            "corrected": sum(1 for x in fixes if x.id in done), "rejected": rejected, "twin_conflicts": twins}
+            "corrected": sum(1 for x in fixes if x.id in done), "rejected": rejected, "twin_conflicts": twins,
+            "agreed": agreed}
 
 
 @router.get("/api/priors/all")

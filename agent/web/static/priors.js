@@ -131,6 +131,9 @@
         if (!Number.isNaN(was)) el.textContent = Math.max(0, was + by).toLocaleString();
       }
       const refused = new Map(r.rejected.map((x) => [x.id, x]));
+      // agreed: the sample already had this label from someone else (another annotator accepting the same prior
+      // meanwhile): stored, but the undo leaves it, so it never takes back their label (as the Queue does)
+      const agreed = new Map((r.agreed || []).map((x) => [x.id, x]));
       tiles.forEach((t, k) => {
         t.classList.remove("pending");
         const note = t.querySelector(".done-note");
@@ -148,6 +151,11 @@
           t.classList.add("done", accepted ? "accepted" : "corrected");
           note.hidden = false;
           note.textContent = accepted ? `✓ accepted: ${labels[k].label}` : `✎ labelled ${labels[k].label}`;
+          const same = agreed.get(t.dataset.id);
+          if (same) {
+            t.classList.add("agreed");
+            note.textContent = `= already labelled ${same.label} by ${same.by || "someone"}`;
+          }
           const twin = (r.twin_conflicts || []).find((x) => x.id === t.dataset.id);
           if (twin) {  // stored all the same (last write wins per id): say that its exact copy disagrees
             note.textContent += ` — its identical copy ${twin.twin_id} is labelled ${twin.twin_label}`;
@@ -161,10 +169,12 @@
       Shortlist.toast(`${r.accepted} label(s) saved as ${r.annotator}` +
         (r.accepted_priors ? ` · ${r.accepted_priors} accepted prior(s)` : "") + (r.corrected ? ` · ${r.corrected} corrected` : "") +
         (changed.length ? ` · ${changed.length} labelled meanwhile${by.length ? " by " + by.join(", ") : ""}: left as it is` : "") +
+        (agreed.size ? ` · ${agreed.size} already labelled so by ${[...new Set([...agreed.values()].map((x) => x.by || "someone"))].join(", ")}` +
+          (bulk ? ": undo leaves them" : "") : "") +
         (failed ? ` · ${failed} refused` : ""), r.rejected.length > 0);
       if (bulk) {
         const refusedIds = new Set(r.rejected.map((x) => x.id));
-        lastBulk = new Map(labels.filter((x) => !refusedIds.has(x.id)).map((x) => [x.id, x.label]));
+        lastBulk = new Map(labels.filter((x) => !refusedIds.has(x.id) && !agreed.has(x.id)).map((x) => [x.id, x.label]));
         showUndoBulk();
       }
     } catch (e) {

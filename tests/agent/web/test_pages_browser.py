@@ -146,6 +146,29 @@ def test_accept_all_asks_first_and_can_be_undone(live_web: WebAgent, page: Any) 
     assert page.locator(".tile.done.accepted").count() == 1 and page.locator("#undo-accept-page").is_hidden()
 
 
+def test_undo_accept_all_leaves_a_label_someone_else_had_given_the_same(live_web: WebAgent, page: Any) -> None:
+    """bob accepted the same prior just before this page's "Accept all": the tile and the toast say his label
+    was there, and "Undo accept all" takes back the others only, leaving bob's label."""
+    page.goto(f"{live_web.url}/priors?method=knn")
+    page.wait_for_selector(".tile.prior")
+    first = page.locator(".tile.prior").nth(0)
+    sid, prior = str(first.get_attribute("data-id")), str(first.get_attribute("data-label"))
+    n = page.locator(".tile.prior").count()
+    before = live_web.labels()
+    live_web.stub.SubmitLabels(agent_pb2.SubmitLabelsRequest(
+        labels=[agent_pb2.LabelAssignment(id=sid, label=prior)], annotator="bob", source="prior:knn"))
+    page.once("dialog", lambda d: d.accept())
+    page.click("#accept-page")
+    page.wait_for_selector("#undo-accept-page:not([hidden])")
+    assert f"already labelled {prior} by bob" in first.locator(".done-note").inner_text()
+    assert "1 already labelled so by bob: undo leaves them" in page.locator("#toast").inner_text()
+    assert page.inner_text("#undo-accept-page") == f"Undo accept all ({n - 1})"
+    page.click("#undo-accept-page")
+    page.wait_for_function("() => document.getElementById('toast').textContent.includes('taken back')")
+    assert f"undo: {n - 1} accepted prior(s) taken back" in page.locator("#toast").inner_text()
+    assert live_web.labels() == {**before, sid: prior}
+
+
 def test_a_second_accept_while_the_first_is_saving_is_not_dropped(live_web: WebAgent, page: Any) -> None:
     page.goto(f"{live_web.url}/priors?method=knn")
     page.wait_for_selector(".tile.prior")

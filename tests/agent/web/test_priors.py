@@ -216,3 +216,35 @@ def test_a_deleted_sample_leaves_the_cached_priors(tmp_path: Path) -> None:
         assert not set(gone) & set(c.get("/api/priors/all", params={"method": "knn"}).json()["ids"])
     finally:
         wa.stop()
+
+
+def test_two_annotators_accepting_the_same_priors_are_told_and_the_undo_leaves_the_others(
+        web_agent: WebAgent) -> None:
+    """alice and bob accept the same page of priors one after the other: bob's answer lists each label as
+    ``agreed`` (alice gave it already), so his page's undo (a retract of what was not agreed, if_current: the
+    label) leaves alice's labels; a single accept says so too."""
+    alice = web_agent.client(cookies={"shortlist_user": "alice"})
+    bob = web_agent.client(cookies={"shortlist_user": "bob"})
+    items = alice.get("/api/priors", params={"method": "knn", "size": 6}).json()["items"]
+    assert bob.get("/api/priors", params={"method": "knn", "size": 6}).json()["items"] == items
+    page = [{"id": it["id"], "label": it["label"]} for it in items]
+    mine = alice.post("/api/priors/labels", json={"method": "knn", "labels": page[:5]}).json()
+    assert (mine["accepted_priors"], mine["agreed"]) == (5, [])
+    theirs = bob.post("/api/priors/labels", json={"method": "knn", "labels": page}).json()
+    assert theirs["rejected"] == [] and theirs["accepted_priors"] == 6
+    assert theirs["agreed"] == [{"id": x["id"], "label": x["label"], "by": "alice"} for x in page[:5]]
+    # bob's undo as priors.js sends it: only the labels that were not agreements
+    agreed = {a["id"] for a in theirs["agreed"]}
+    undo = [x for x in page if x["id"] not in agreed]
+    r = bob.post("/api/labels/retract", json={"ids": [x["id"] for x in undo],
+                                              "if_current": {x["id"]: x["label"] for x in undo}}).json()
+    assert r["accepted"] == 1
+    labels = web_agent.labels()
+    want = {**{x["id"]: x["label"] for x in page[:5]}, page[5]["id"]: None}
+    assert {x["id"]: labels.get(x["id"]) for x in page} == want
+    # one accept of a prior alice accepted: agreed too
+    one = alice.get("/api/priors", params={"method": "knn", "size": 6}).json()["items"][0]
+    alice.post("/api/priors/labels", json={"method": "knn", "labels": [{"id": one["id"], "label": one["label"]}]})
+    single = bob.post("/api/priors/labels", json={"method": "knn", "labels": [
+        {"id": one["id"], "label": one["label"]}]}).json()
+    assert single["agreed"] == [{"id": one["id"], "label": one["label"], "by": "alice"}]
