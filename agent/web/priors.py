@@ -214,10 +214,15 @@ def check_method(status: agent_pb2.Status, method: str) -> None:
 def priors_api(request: Request, method: str = Query(""), label: str = Query(""),
                min_conf: float = Query(0.0, alias="min"), max_conf: float = Query(1.0, alias="max"),
                sort: Literal["desc", "asc"] = Query("desc"), page: int = Query(1), size: int = Query(0),
+               after: str = Query("", max_length=4096), offset: int | None = Query(None),
                refresh: bool = Query(False), caller: Caller = CallerDep) -> dict[str, Any]:
     """One page of unlabelled samples with their prior: grouped by prior class, by confidence within a
     group (``sort``: most confident first, or least), only class ``label`` ("" all) and confidence in
-    [``min``, ``max``]."""
+    [``min``, ``max``]. Where the page starts: ``after`` (a cursor: the samples that follow that id in this
+    order, the page's "Next"), else ``offset`` (rows into the filtered list, its "Previous"), else ``page``.
+    The list shrinks as samples are labelled, so "Next" by page number would skip the samples that moved up
+    (accept all, next: the old page 2 is page 1 now); the cursor is unknown once the priors were recomputed
+    without it (it was labelled): then ``page``."""
     status = caller.status()
     method = method or default_method(status)
     check_method(status, method)
@@ -225,8 +230,8 @@ def priors_api(request: Request, method: str = Query(""), label: str = Query("")
         raise HttpError(400, "INVALID_ARGUMENT",
                               f"the confidence range must satisfy 0 <= min <= max <= 1 (got {min_conf}, {max_conf})")
     size = size or min(caller.config.page_size, MAX_PAGE_SIZE)
-    if not 1 <= size <= MAX_PAGE_SIZE or page < 1:
-        raise HttpError(400, "INVALID_ARGUMENT", f"page >= 1 and size 1..{MAX_PAGE_SIZE} please")
+    if not 1 <= size <= MAX_PAGE_SIZE or page < 1 or (offset is not None and offset < 0):
+        raise HttpError(400, "INVALID_ARGUMENT", f"page >= 1, offset >= 0 and size 1..{MAX_PAGE_SIZE} please")
     if label and label not in status.classes:
         raise HttpError(400, "INVALID_ARGUMENT", f"unknown class {label!r}")
     ps = cache(request).get(caller, method, status, refresh)
@@ -237,15 +242,24 @@ def priors_api(request: Request, method: str = Query(""), label: str = Query("")
     order = ps.order if sort == "desc" else np.lexsort((ps.confidence, ps.label)) if len(ps.ids) else ps.order
     rows = order[mask[order]]
     pages = max(1, math.ceil(len(rows) / size))
-    page = min(page, pages)
-    part = rows[(page - 1) * size: page * size]
+    cursor = ps.row_of.get(after) if after else None
+    if cursor is not None:  # the rows of this list at or before the cursor's place in the (fixed) order
+        start = int(mask[order[:int(np.flatnonzero(order == cursor)[0]) + 1]].sum())
+    elif offset is not None:
+        start = offset
+    else:
+        start = (page - 1) * size
+    if start >= len(rows):  # past the end (its samples were labelled meanwhile): the last page
+        start = (pages - 1) * size
+    page = start // size + 1
+    part = rows[start: start + size]
     items = [{"id": ps.ids[r], "label": ps.classes[ps.label[r]], "confidence": round(float(ps.confidence[r]), 4),
               "second": ps.classes[ps.second[r]] if ps.second[r] >= 0 else "",
               "second_p": round(float(ps.second_p[r]), 4)} for r in part.tolist()]
     return {"method": method, "model_version": ps.model_version, "computed_at": ps.computed_at,
             "labeled_at": ps.labeled_at, "labeled_now": status.labeled,
             "events_since": max(0, status.label_events - ps.events_at), "unlabelled": int((~ps.done).sum()),
-            "total": len(rows), "page": page, "pages": pages, "size": size, "offset": (page - 1) * size,
+            "total": len(rows), "page": page, "pages": pages, "size": size, "offset": start,
             "counts": {c: int(n) for c, n in zip(ps.classes, counts, strict=False)}, "items": items,
             "calibration": ps.calibration, "audit": method_audit(status, method),
             # what the page compares GET /api/progress/head with to offer a Recompute

@@ -11,6 +11,9 @@
     method: q.get("method") || $("method").value, label: q.get("label") || "",
     min: Number(q.get("min") || 0), max: Number(q.get("max") || 100), sort: q.get("sort") || "desc",
     page: Number(q.get("page") || 1), data: null,
+    // where the next load starts instead of `page`: after this id ("Next": the samples that followed the last
+    // one shown, though those accepted left the list), or at this offset into the list ("Previous")
+    after: null, offset: null,
   };
   // Saves run one after another: an Accept clicked while another is saving waits its turn (its tile shows
   // "pending" at once), it is never dropped.
@@ -40,6 +43,9 @@
     syncUrl();
     const p = new URLSearchParams({ method: state.method, label: state.label, min: state.min / 100,
       max: state.max / 100, sort: state.sort, page: state.page, size: cfg.pageSize });
+    if (state.after !== null) p.set("after", state.after);
+    else if (state.offset !== null) p.set("offset", state.offset);
+    state.after = null; state.offset = null;
     if (refresh) p.set("refresh", "true");
     grid.setAttribute("aria-busy", "true");
     if (!state.data) grid.innerHTML = '<p class="muted">Computing the priors…</p>';
@@ -101,10 +107,10 @@
       });
       grid.innerHTML = html;
     }
-    $("pager").hidden = d.pages <= 1;
+    $("pager").hidden = d.offset <= 0 && !hasNext(d);
     $("page-label").textContent = `page ${d.page} of ${d.pages}`;
-    $("prev-page").disabled = d.page <= 1;
-    $("next-page").disabled = d.page >= d.pages;
+    $("prev-page").disabled = d.offset <= 0;
+    $("next-page").disabled = !hasNext(d);
     $("bulkbar").hidden = !d.items.length;
     $("page-info").textContent = `${d.offset + 1}–${d.offset + d.items.length} of ${d.total.toLocaleString()}`;
   }
@@ -315,14 +321,27 @@
     setTimeout(watch, cfg.refreshMs);
   }
   setTimeout(watch, cfg.refreshMs);
-  $("prev-page").addEventListener("click", () => { state.page -= 1; load(); });
-  $("next-page").addEventListener("click", () => { state.page += 1; load(); });
+  // Pages are read from where the shown one is: "Next" after its last sample, "Previous" one page size before
+  // its first (samples accepted here left the list, so page numbers would skip the ones that moved up).
+  function hasNext(d) { return d.offset + d.items.length < d.total; }
+  function nextPage() {
+    const d = state.data;
+    if (!d || !d.items.length || !hasNext(d)) return;
+    state.after = d.items[d.items.length - 1].id; state.page = d.page + 1; load();
+  }
+  function prevPage() {
+    const d = state.data;
+    if (!d || d.offset <= 0) return;
+    state.offset = Math.max(0, d.offset - d.size); state.page = Math.max(1, d.page - 1); load();
+  }
+  $("prev-page").addEventListener("click", prevPage);
+  $("next-page").addEventListener("click", nextPage);
   document.addEventListener("keydown", (ev) => {
     // not on a control (a link, a button, a class tab, a form field): the keys are theirs there
     if (ev.target.closest("input, select, textarea, button, a, [role=tab]") || ev.ctrlKey || ev.metaKey || ev.altKey) return;
     if ((ev.key === "a" || ev.key === "A") && cfg.canLabel) { ev.preventDefault(); acceptPage(); }
-    else if (ev.key === "ArrowRight" && state.data && state.page < state.data.pages) { state.page += 1; load(); }
-    else if (ev.key === "ArrowLeft" && state.page > 1) { state.page -= 1; load(); }
+    else if (ev.key === "ArrowRight") nextPage();
+    else if (ev.key === "ArrowLeft") prevPage();
   });
   load();
 })();

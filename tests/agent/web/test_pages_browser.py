@@ -169,6 +169,33 @@ def test_undo_accept_all_leaves_a_label_someone_else_had_given_the_same(live_web
     assert live_web.labels() == {**before, sid: prior}
 
 
+def test_accept_all_then_next_shows_the_samples_that_followed(tmp_path: Path, page: Any) -> None:
+    """Pages of 5: "Accept all on this page", then → shows the samples that were page 2 (the accepted ones
+    left the list, so "page 2" by number would be the old page 3); ← then shows the page before."""
+    wa = start_web_agent(tmp_path, listen=True, page_size=5, refresh_s=600)
+    try:
+        c = wa.client()
+        order = [it["id"] for it in c.get("/api/priors", params={"method": "knn", "size": 200}).json()["items"]]
+        page.goto(f"{wa.url}/priors?method=knn")
+        page.wait_for_selector(".tile.prior")
+        shown = "() => [...document.querySelectorAll('.tile.prior')].map((t) => t.dataset.id)"
+        assert page.evaluate(shown) == order[:5]
+        page.once("dialog", lambda d: d.accept())
+        page.keyboard.press("a")
+        page.wait_for_selector("#undo-accept-page:not([hidden])")
+        page.keyboard.press("ArrowRight")
+        page.wait_for_function(f"() => ({shown})()[0] === {order[5]!r}")
+        assert page.evaluate(shown) == order[5:10]
+        assert page.inner_text("#page-info").startswith("1–5 of ")
+        page.click("#next-page")
+        page.wait_for_function(f"() => ({shown})()[0] === {order[10]!r}")
+        page.click("#prev-page")
+        page.wait_for_function(f"() => ({shown})()[0] === {order[5]!r}")
+        assert page.locator("#prev-page").is_disabled()
+    finally:
+        wa.stop()
+
+
 def test_a_second_accept_while_the_first_is_saving_is_not_dropped(live_web: WebAgent, page: Any) -> None:
     page.goto(f"{live_web.url}/priors?method=knn")
     page.wait_for_selector(".tile.prior")

@@ -3,6 +3,7 @@ accepting (source "prior:METHOD") and correcting a prior, and the read-only role
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -248,3 +249,31 @@ def test_two_annotators_accepting_the_same_priors_are_told_and_the_undo_leaves_t
     single = bob.post("/api/priors/labels", json={"method": "knn", "labels": [
         {"id": one["id"], "label": one["label"]}]}).json()
     assert single["agreed"] == [{"id": one["id"], "label": one["label"], "by": "alice"}]
+
+
+def test_accept_all_then_next_reaches_every_sample_once(web_agent: WebAgent) -> None:
+    """"Accept all on this page", then Next (``after`` = the page's last id), again and again: every sample of
+    the list is shown exactly once, though each accepted page leaves the list (page numbers would skip the
+    samples that moved up); Previous (``offset``) then shows the page before the one shown."""
+    c = web_agent.client()
+    everything = [it["id"] for it in c.get("/api/priors", params={"method": "knn", "size": 200}).json()["items"]]
+    seen: list[str] = []
+    d = c.get("/api/priors", params={"method": "knn", "size": 5}).json()
+    while True:
+        seen += [it["id"] for it in d["items"]]
+        if len(seen) // 5 % 2:  # every other page accepted, the others only looked at
+            body = c.post("/api/priors/labels", json={"method": "knn", "labels": [
+                {"id": it["id"], "label": it["label"]} for it in d["items"]]}).json()
+            assert body["accepted_priors"] == len(d["items"])
+        if d["offset"] + len(d["items"]) >= d["total"]:
+            break
+        d = c.get("/api/priors", params={"method": "knn", "size": 5, "page": d["page"] + 1,
+                                         "after": d["items"][-1]["id"]}).json()
+    assert seen == everything
+    left = [it["id"] for it in c.get("/api/priors", params={"method": "knn", "size": 200}).json()["items"]]
+    assert len(left) < len(everything)
+    last = c.get("/api/priors", params={"method": "knn", "size": 5, "after": left[-1]}).json()
+    assert last["offset"] == (math.ceil(len(left) / 5) - 1) * 5  # past the end: the last page
+    back = c.get("/api/priors", params={"method": "knn", "size": 5, "offset": last["offset"] - 5}).json()
+    assert [it["id"] for it in back["items"]] == left[last["offset"] - 5: last["offset"]]
+    assert c.get("/api/priors", params={"method": "knn", "offset": -1}).status_code == 400
