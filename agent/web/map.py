@@ -10,8 +10,8 @@ new map is ready. Once drawn, the page keeps polling the header every ``WebConfi
 when it changes (samples added or placed, another model version served).
 
 APIs (JSON): ``GET /api/map?offset=&limit=`` (one page of points as column arrays: ids, x, y, label
-index into ``classes``; the page fetches MAP_PAGE points at a time), ``GET /api/map/queue`` (the ids in
-the queue).
+index into ``classes``; the page fetches MAP_PAGE points at a time, each from the answer's ``next``),
+``GET /api/map/queue`` (the ids in the queue).
 """
 
 from __future__ import annotations
@@ -49,9 +49,11 @@ def map_page(request: Request, caller: Caller = CallerDep) -> Response:
 @router.get("/api/map")
 def map_api(request: Request, offset: int = Query(0), limit: int = Query(MAP_PAGE),
             caller: Caller = CallerDep) -> Response:
-    """The map's state and points ``offset`` .. ``offset + limit`` (at most MAP_PAGE). A JSONResponse
-    directly: FastAPI's encoder walks every list element, much slower on a page of points (page timings:
-    docs/app.md, Map)."""
+    """The map's state and points ``offset`` .. ``offset + limit`` (at most MAP_PAGE). Offsets count the
+    stored map's places (``total``), deleted samples' among them until the map is made again: their points
+    are left out, so a page can hold fewer than ``limit`` ids and the next page starts at ``next``, not at
+    ``offset`` + the ids received. A JSONResponse directly: FastAPI's encoder walks every list element, much
+    slower on a page of points (page timings: docs/app.md, Map)."""
     if offset < 0 or not 1 <= limit <= MAP_PAGE:
         raise HttpError(400, "INVALID_ARGUMENT", f"offset >= 0 and limit 1..{MAP_PAGE:,} please")
     chunks = caller.stream(caller.stub.GetMap, agent_pb2.GetMapRequest(offset=offset, limit=limit, chunk=GRPC_CHUNK))
@@ -72,7 +74,8 @@ def map_api(request: Request, offset: int = Query(0), limit: int = Query(MAP_PAG
     return JSONResponse({
         "model_version": h.model_version, "state": h.state, "progress": round(h.progress, 3), "method": h.method,
         "total": h.total, "fitted": h.fitted, "pending": h.pending, "recomputing": h.recomputing,
-        "message": h.message, "shown_version": h.shown_version, "offset": offset, "classes": classes,
+        "message": h.message, "shown_version": h.shown_version, "offset": offset, "next": offset + limit,
+        "classes": classes,
         "labeled": status.labeled,
         "ids": ids, "x": xs, "y": ys, "label": labels})
 

@@ -330,11 +330,12 @@
     legend(); draw();
   }
 
-  function facts(h) {
+  // n: the points received (the header's total still counts samples deleted since the map was made)
+  function facts(h, n = h.total) {
     const stale = h.shown_version && h.shown_version !== h.model_version;
     const rows = [["model", h.model_version || "none"]];
     if (stale) rows.push(["map shown", `of ${h.shown_version} (${h.model_version}'s: ${h.state}${h.state === "computing" ? ", " + Math.round(h.progress * 100) + "%" : ""})`]);
-    rows.push(["method", h.method || "–"], ["points", h.total.toLocaleString()], ["fitted on", h.fitted.toLocaleString()]);
+    rows.push(["method", h.method || "–"], ["points", n.toLocaleString()], ["fitted on", h.fitted.toLocaleString()]);
     if (!stale) rows.push(["not placed yet", h.pending.toLocaleString()]);
     if (h.recomputing) rows.push(["refit", `running, ${Math.round(h.progress * 100)}%`]);
     $("map-facts").innerHTML = rows.map(([k, v]) => `<dt>${esc(k)}</dt><dd>${esc(v)}</dd>`).join("");
@@ -397,12 +398,14 @@
         h = h || d;
         classes = d.classes;
         ids.push(...d.ids); x.push(...d.x); y.push(...d.y); label.push(...d.label);
-        offset += d.ids.length;
-        if (!d.ids.length || offset >= d.total) break;
+        // `next`, not the ids received: the stored map still counts deleted samples (left out of `ids`) until
+        // it is made again, so offset + received would ask for points already drawn
+        if (!(d.next > offset) || d.next >= d.total) break;
+        offset = d.next;
       }
       header = h;
-      facts(h);
-      $("stat-points").textContent = h.total.toLocaleString();
+      facts(h, ids.length);
+      $("stat-points").textContent = ids.length.toLocaleString();  // the live points (total counts deleted ones)
       st.classList.remove("error");
       const stale = notice(h) && ids.length > 0;
       if (stale) st.hidden = true;
@@ -412,7 +415,7 @@
       else st.hidden = ids.length > 0;
       if (h.state === "ready" && !ids.length) { st.textContent = "The pool is empty."; st.hidden = false; }
       $("map-meta").textContent = h.state === "ready" || stale
-        ? `${h.method} of ${h.total.toLocaleString()} samples at model ${h.shown_version || h.model_version}` + (h.recomputing ? ` · refitting in the background (${Math.round(h.progress * 100)}%)` : "")
+        ? `${h.method} of ${ids.length.toLocaleString()} samples at model ${h.shown_version || h.model_version}` + (h.recomputing ? ` · refitting in the background (${Math.round(h.progress * 100)}%)` : "")
         : "The pool's embeddings in 2-D: nearby points look alike to the model.";
       const first = pts.n === 0;
       if (!first) {  // a redraw: say what changed

@@ -59,3 +59,25 @@ def test_the_old_map_is_served_while_the_new_versions_map_computes(web_agent: We
         gate.set()
         new = ready_map(c, version="v0002")
     assert new["shown_version"] == "v0002" and new["x"] != old["x"]
+
+
+def test_pages_after_a_deletion_follow_next_and_give_each_point_once(web_agent: WebAgent) -> None:
+    """After DeleteSamples the stored map still counts the deleted samples (``total``) and leaves their points
+    out: pages read from each answer's ``next`` cover every live point exactly once (offset + the ids
+    received would ask again for points already given)."""
+    from shortlist.v1 import agent_pb2
+
+    c = web_agent.client()
+    ready_map(c)
+    gone = ["img003.png", "img012.png"]
+    assert web_agent.stub.DeleteSamples(agent_pb2.DeleteSamplesRequest(ids=gone, annotator="lead",
+                                                                       reason="test")).accepted == 2
+    ids: list[str] = []
+    offset, total = 0, N_IMAGES
+    while offset < total:
+        d = c.get("/api/map", params={"offset": offset, "limit": 10}).json()
+        assert d["next"] == offset + 10
+        ids += d["ids"]
+        offset, total = d["next"], d["total"]
+    assert total == N_IMAGES  # the stored map's places, until it is made again
+    assert sorted(ids) == sorted(f"img{i:03d}.png" for i in range(N_IMAGES) if f"img{i:03d}.png" not in gone)
