@@ -85,7 +85,13 @@
     ctx.globalAlpha = 1;
     if (sel && pts.n <= 3000) {  // few points: a dark ring around each selected one too
       ctx.strokeStyle = "#161b26"; ctx.lineWidth = 1.2;
-      for (let i = 0; i < pts.n; i++) if (sel[i]) ctx.strokeRect(sx(i) - r - 1.5, sy(i) - r - 1.5, 2 * r + 3, 2 * r + 3);
+      // in the point's own shape: a round ring around a prior's dot (the legend's "dots: priors"), else square
+      for (let i = 0; i < pts.n; i++) {
+        if (!sel[i]) continue;
+        if (colour === "prior" && pts.label[i] < 0 && group(i) >= 0) {
+          ctx.beginPath(); ctx.arc(sx(i), sy(i), r + 2, 0, 2 * Math.PI); ctx.stroke();
+        } else ctx.strokeRect(sx(i) - r - 1.5, sy(i) - r - 1.5, 2 * r + 3, 2 * r + 3);
+      }
     }
     if (hoverIdx >= 0) {
       ctx.strokeStyle = "#2f6fed"; ctx.lineWidth = 2;

@@ -112,7 +112,7 @@
     $("prev-page").disabled = d.offset <= 0;
     $("next-page").disabled = !hasNext(d);
     $("bulkbar").hidden = !d.items.length;
-    $("page-info").textContent = `${d.offset + 1}–${d.offset + d.items.length} of ${d.total.toLocaleString()}`;
+    $("page-info").textContent = d.items.length ? `${d.offset + 1}–${d.offset + d.items.length} of ${d.total.toLocaleString()}` : "none";
   }
 
   function submit(labels, tiles, bulk = false) {

@@ -228,6 +228,40 @@ def test_the_map_draws_each_point_once_after_a_deletion(live_web: WebAgent, page
     assert page.inner_text("#stat-points") == str(N_IMAGES - 1)
 
 
+def test_selected_priors_keep_their_round_shape_on_the_map(live_web: WebAgent, page: Any) -> None:
+    """Coloured by prior ("squares: labels · dots: priors"), a selected unlabelled point gets a round ring
+    around its dot, a selected labelled one a square ring."""
+    page.goto(f"{live_web.url}/map")
+    wait_map_ready(page)
+    page.select_option("#colour", "prior")
+    page.wait_for_function("() => window.ShortlistMap.points().prior !== null")
+    rings = page.evaluate("""() => {
+        const p = window.ShortlistMap.points(), ctx = document.getElementById('map').getContext('2d');
+        const calls = { rect: 0, arc: 0 }, rect = ctx.strokeRect, arc = ctx.arc;
+        ctx.strokeRect = function (...a) { calls.rect += 1; return rect.apply(this, a); };
+        ctx.arc = function (...a) { calls.arc += 1; return arc.apply(this, a); };
+        const one = (i) => { calls.rect = 0; calls.arc = 0; p.selected = new Uint8Array(p.n); p.selected[i] = 1;
+                             window.dispatchEvent(new Event('resize')); return { ...calls }; };
+        const prior = [...p.label].findIndex((l, i) => l < 0 && p.prior[i] >= 0);
+        const labelled = [...p.label].findIndex((l) => l >= 0);
+        const out = { prior: one(prior), labelled: one(labelled) };
+        const dots = [...p.label].filter((l, i) => l < 0 && p.prior[i] >= 0).length;
+        ctx.strokeRect = rect; ctx.arc = arc;
+        return { ...out, dots };
+    }""")
+    # the prior's dot is drawn with arc too (one per unlabelled point with a prior); its ring is one more
+    assert rings["prior"] == {"rect": 0, "arc": rings["dots"] + 1}, rings
+    assert rings["labelled"] == {"rect": 1, "arc": rings["dots"]}, rings
+
+
+def test_an_empty_priors_view_offers_no_accept_and_no_pages(live_web: WebAgent, page: Any) -> None:
+    """A filter that matches nothing: no "Accept all on this page", no pager, and no "1–0 of 0"."""
+    page.goto(f"{live_web.url}/priors?method=knn&min=100&max=100&label=circle")
+    page.wait_for_selector("#grid p.muted:has-text('No unlabelled sample')")
+    assert page.locator("#accept-page").is_hidden() and page.locator("#next-page").is_hidden()
+    assert page.inner_text("#page-info") == "none" and "1–0" not in page.inner_text("body")
+
+
 def test_lasso_on_the_map_fills_the_queue(live_map: WebAgent, page: Any) -> None:
     live_web = live_map
     page.goto(f"{live_web.url}/map")
