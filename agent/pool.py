@@ -82,6 +82,10 @@ class Pool:
             stretches of each draw, in the order drawn: agent/core.py ``counted_labels``); simulations, every draw;
             empty when there are none, the caller does not know them (tests, benchmarks) or the call does
             not read them (Select, an uncalibrated PriorLabels, the auditor: agent/core.py ``model_pool``).
+        accepted: rows ascending (int64) whose current label is an accepted prior (source ``prior:METHOD``):
+            a prior's own output confirmed by a person who saw it, picked for its high confidence. They seed
+            every method like any label, but the calibration never holds them out (agent/priors/calibration.py,
+            "Accepted priors"); filled when ``audit`` is (agent/core.py ``model_pool``), empty otherwise.
     """
 
     embeddings: np.ndarray
@@ -94,6 +98,7 @@ class Pool:
     pretext_loss: np.ndarray | None = None
     memo: PoolMemo | None = None
     audit: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    accepted: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
     @property
     def num_classes(self) -> int:

@@ -715,6 +715,18 @@ class State:
     def labeled_count(self) -> int:
         return self._labeled_count
 
+    def accepted_prior_seqs(self) -> tuple[int, np.ndarray]:
+        """(label revision, seqs ascending int64) of the samples whose current label is an accepted prior: its
+        latest label row has source ``prior:METHOD`` (SubmitLabels' source for a prior a person accepted,
+        docs/app.md). The calibration leaves them out of its held-out set (agent/priors/calibration.py).
+        One query over the labels table; the caller keeps the answer per revision."""
+        with self._lock:
+            events = self._label_events
+            rows = self._db.execute(
+                "SELECT l.seq FROM labels l JOIN (SELECT seq, MAX(n) AS m FROM labels GROUP BY seq) t "
+                "ON l.n = t.m WHERE l.source LIKE 'prior:%' AND l.class != ?", (RETRACTED,)).fetchall()
+        return events, np.array(sorted(int(r[0]) for r in rows), np.int64)
+
     def label_event_count(self) -> int:
         """Label rows ever stored (labels, changes, retractions, ingested labels): a revision of the labels."""
         return self._label_events

@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agent.pool import InvalidArgument
+from agent.pool import InvalidArgument, Pool
 from agent.priors import PRIOR_METHODS
+from agent.priors.calibration import TemperatureFit
 from tests.agent.priors.blobs import LABELED, X, Y
 from tests.agent.strategies.pools import blobs, make_pool
 
@@ -349,3 +350,43 @@ def test_a_method_can_fit_the_top_label_from_fewer_held_out_samples() -> None:
     multiclass = float(tempered(row, covered, fit_temperature(held, 1.0)).max())
     top = float(tempered(row, covered, fit_temperature(held, 1.0, top_label_from=20)).max())
     assert multiclass < 0.62 and abs(top - 0.7) < 0.03
+
+
+@pytest.mark.parametrize("name", sorted(PRIOR_METHODS))
+def test_accepted_priors_do_not_move_the_temperature(name: str) -> None:
+    """Labels whose source is prior:METHOD (``Pool.accepted``) are the method's own answers, picked for their
+    confidence: as ordinary labels they would join the held-out set and sharpen T. Left out, the fit's
+    temperature and held-out count are those of the other labels alone, the warning says how many were
+    left out and why, and the served prior still has them as seeds (they come back as labels)."""
+    from dataclasses import replace
+
+    x, y = overlapping_blobs(0)
+    lab = np.sort(np.random.default_rng(0).choice(len(x), 40, replace=False))
+    base = make_pool(x, y, lab)
+    method = PRIOR_METHODS[name]
+    raw = method(base, base.candidates, np.random.default_rng(0), {"calibrate": "false"})
+    top = np.argsort(-raw.confidence, kind="stable")[:150]  # "accept all" on the most confident pages
+    accepted = np.sort(base.candidates[top])
+    y_acc = y.copy()
+    y_acc[base.candidates[top]] = raw.probs[top].argmax(axis=1)  # what was accepted: the prior's top class
+    as_labels = make_pool(x, y_acc, np.sort(np.r_[lab, accepted]))  # accepted priors as ordinary labels
+    marked = replace(as_labels, accepted=accepted)
+
+    def fit(pool: Pool) -> TemperatureFit:
+        got = method(pool, pool.candidates[:5], np.random.default_rng(0), {}).calibration
+        assert got is not None
+        return got
+
+    before, shifted, left = fit(base), fit(as_labels), fit(marked)
+    # the feedback this guards against: counted as held out, they swell the held-out set and move T
+    assert shifted.samples > before.samples + 100 and abs(np.log(shifted.temperature / before.temperature)) > 0.05
+    assert (left.samples, left.temperature, left.fitting_set) == (before.samples, before.temperature,
+                                                                  before.fitting_set)
+    assert (left.left_out, before.left_out, shifted.left_out) == (150, 0, 0)
+    note = ("150 accepted priors (source prior:*) left out of the held-out labels: a prior a person accepted is "
+            "the method's own answer and would vouch for itself")
+    assert note in left.warning() and note in left.describe() and "accepted" not in before.warning()
+    # still seeds of the served prior: the accepted rows answer with their label, one-hot
+    served = method(marked, accepted[:3], np.random.default_rng(0), {})
+    np.testing.assert_array_equal(served.probs.argmax(axis=1), y_acc[accepted[:3]])
+    np.testing.assert_array_equal(served.confidence, 1.0)
