@@ -1130,18 +1130,18 @@ def label(agent: AgentTarget,
 def _attributed(path: Path, rows: list[tuple[int, str, str]], provenance: Provenance, annotator: str,
                 source: str) -> list[tuple[str, str, str, str]]:
     """(id, label, annotator, source) of each row of a labels CSV with annotator / source columns: the file's
-    cell, or ``annotator`` / ``source`` where it is empty, or for a source only the agent gives (ingest,
-    restored). Says on stderr what it took from the file. Raises LabelFileError naming the lines whose source
-    the agent would refuse (nothing is sent)."""
+    cell, or ``annotator`` / ``source`` where it is empty, or for a source only the agent gives (AGENT_SOURCES:
+    ingest, restored, rename). Says on stderr what it took from the file. Raises LabelFileError naming the lines
+    whose source the agent would refuse (nothing is sent)."""
     from agent.core import source_problem
-    from agent.state import INGEST_SOURCE, RESTORE_SOURCE
+    from agent.state import AGENT_SOURCES
 
     out: list[tuple[str, str, str, str]] = []
     problems: list[str] = []
     reserved = 0
     for n, sid, lab in rows:
         who, how = provenance.rows.get(sid, ("", ""))
-        if how in (INGEST_SOURCE, RESTORE_SOURCE):  # the agent's own sources: stored as given now
+        if how in AGENT_SOURCES:  # the agent's own sources: stored as given now
             how, reserved = "", reserved + 1
         why = source_problem(how) if how else None
         if why:
@@ -1156,8 +1156,8 @@ def _attributed(path: Path, rows: list[tuple[int, str, str]], provenance: Proven
             f"annotator(s): {shown}); --annotator {annotator!r} / --source {source!r} only where a cell is empty "
             "(--no-file-provenance: for every row); the agent records its own times")
     if reserved:
-        note += (f"; {reserved} row(s) with source 'ingest' or 'restored' (only the agent gives those) stored with "
-                 f"source {source!r}")
+        note += (f"; {reserved} row(s) with source " + " or ".join(repr(k) for k in AGENT_SOURCES)
+                 + f" (only the agent gives those) stored with source {source!r}")
     console.print(note, markup=False, highlight=False)
     return out
 

@@ -70,8 +70,8 @@ from agent.priors.calibration import TemperatureFit, audit_todo, calibrate_flag
 from agent.queues import Queues
 from agent.security import DataDirLock, owner_only_dir
 from agent.state import (
+    AGENT_SOURCES,
     INDEX_STALE_KEY,
-    INGEST_SOURCE,
     MANUAL_SOURCE,
     RESTORE_SOURCE,
     LabelEvent,
@@ -382,11 +382,8 @@ def source_problem(source: str) -> str | None:
     if len(source) > MAX_SOURCE_CHARS or not set(source) <= SOURCE_CHARS:
         return (f"source {source[:MAX_SOURCE_CHARS]!r} must be at most {MAX_SOURCE_CHARS} lower-case letters, digits "
                 "and ':_.-' (e.g. manual, prior:knn, labelstudio)")
-    if source == INGEST_SOURCE:
-        return "source 'ingest' is reserved for labels that come with Ingest; use e.g. 'manual' or 'import'"
-    if source == RESTORE_SOURCE:
-        return (f"source {RESTORE_SOURCE!r} is reserved for the labels RetractLabels puts back (restore_previous); "
-                "use e.g. 'manual' or 'import'")
+    if (what := AGENT_SOURCES.get(source)) is not None:
+        return f"source {source!r} is reserved for {what}; use e.g. 'manual' or 'import'"
     return None
 
 

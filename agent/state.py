@@ -101,6 +101,11 @@ RENAME_SOURCE = "rename"  # ... of the labels a class rename moved (RenameClass;
 # ... of a label put back by RetractLabels with restore_previous (its annotator: who gave the label put back,
 # not who asked for the undo; no label given: agent/progress.py does not count it as one)
 RESTORE_SOURCE = "restored"
+# The sources only the agent gives (SubmitLabels refuses them: agent/core.py ``source_problem``; `shortlist label`
+# of an exported labels.csv stores such rows with its --source), each with what it marks.
+AGENT_SOURCES = {INGEST_SOURCE: "labels that come with Ingest",
+                 RESTORE_SOURCE: "the labels RetractLabels puts back (restore_previous)",
+                 RENAME_SOURCE: "the labels a class rename moves (RenameClass)"}
 RENAMED_KEY = "renamed_classes"  # meta: JSON {retired name: the class it was renamed (or merged) to}
 
 # meta: the highest label row number (labels.n) a deletion removed. SQLite numbers a new row one past the highest
@@ -954,9 +959,18 @@ class State:
                     f"FROM labels WHERE n > :after AND n <= :end{where} ORDER BY n LIMIT :chunk",
                     {"after": after, "end": end, "chunk": chunk if left < 0 else min(chunk, left)}).fetchall()
                 classes = list(self.classes) + self._retired
+                # A label a class rename moved (a RENAME_SOURCE row, the sample's current one) is listed as the
+                # label row it moved, under its new class: who gave it, when, how and with which model, as the
+                # history keeps them (agent/progress.py LabelTally credits the giver likewise); the row number
+                # stays the rename's, the cursor. (Was: the renamer, with source "rename", so export-labels'
+                # labels.csv, imported elsewhere, stored every renamed label as the renamer's.)
+                moved = self._moved_label_rows([r[1] for r in rows if r[5] == RENAME_SOURCE], end) \
+                    if not history else {}
             if not rows:
                 return
             for n, seq, cls, annotator, t, source, version, current in rows:
+                if source == RENAME_SOURCE and seq in moved:
+                    annotator, t, source, version = moved[seq]
                 rec = self._records[seq]
                 if rec is not None:
                     gone = cls == RETRACTED
@@ -966,6 +980,27 @@ class State:
                     if not left:
                         return
                 after = n
+
+    def _moved_label_rows(self, seqs: list[int], end: int) -> dict[int, tuple[str, float, str, str]]:
+        """seq -> (annotator, time, source, model_version) of the latest label row of each of ``seqs`` numbered
+        up to ``end`` that is not a class rename's (RENAME_SOURCE): the label that a chain of renames moved.
+        Call with the lock held."""
+        if not seqs:
+            return {}
+        rows = self._db.execute(
+            "SELECT seq, annotator, time, source, model_version FROM labels WHERE n IN (SELECT MAX(n) FROM labels "
+            "WHERE seq IN (SELECT value FROM json_each(:seqs)) AND n <= :end AND source != :rename GROUP BY seq)",
+            {"seqs": json.dumps(seqs), "end": end, "rename": RENAME_SOURCE}).fetchall()
+        return {int(q): (str(a), float(t), str(s), str(v)) for q, a, t, s, v in rows}
+
+    def label_rows_high(self) -> int:
+        """The highest label row number (labels.n) this folder ever gave, a deleted row's too: ListLabels'
+        cursor never passes it."""
+        with self._lock:
+            return int(self._db.execute(
+                "SELECT MAX(COALESCE((SELECT MAX(n) FROM labels), 0), "
+                "COALESCE((SELECT CAST(value AS INTEGER) FROM meta WHERE key = ?), 0))",
+                (LABEL_ROWS_HIGH_KEY,)).fetchone()[0])
 
     # ---- audit draws (agent/audit.py) ------------------------------------------------------------
     def _audit_set(self) -> set[int]:

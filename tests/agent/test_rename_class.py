@@ -341,3 +341,60 @@ def test_a_retired_name_is_refused_to_another_class_and_given_back_only_to_the_c
         assert _rename(agent, "fox", "boar").moved == 4 and _classes(agent) == ["deer", "boar"]
     finally:
         agent.stop()
+
+
+def test_the_current_labels_after_a_rename_name_who_gave_them_and_an_import_elsewhere_keeps_them(
+        tmp_path: Path) -> None:
+    """ListLabels without history (export-labels' labels.csv reads it) listed a renamed label as the renamer's,
+    source "rename", at the rename's time: an import of that file stored every renamed label as the renamer's.
+    Now it is the label row the rename moved, under the new name (its row number stays the rename's: the
+    cursor); the history keeps both rows."""
+    agent = _labelled(tmp_path)
+    other = start(tmp_path / "data2", tmp_path / "models")
+    try:
+        given = {r.id: r for r in agent.stub.ListLabels(agent_pb2.ListLabelsRequest())}
+        _rename(agent, "deer", "roe_deer")
+        _rename(agent, "roe_deer", "red_deer")  # a chain: still the label as alice gave it
+        now = {r.id: r for r in agent.stub.ListLabels(agent_pb2.ListLabelsRequest())}
+        assert [(now[s].label, now[s].annotator, now[s].source, now[s].time, now[s].model_version)
+                for s in ("s0", "s3")] == [("red_deer", "alice", "manual", given[s].time, given[s].model_version)
+                                           for s in ("s0", "s3")]
+        assert now["s0"].seq > given["s5"].seq  # the rename's row: a client syncing from a cursor gets it
+        assert _history(agent, "s0")[1:] == [("roe_deer", "lead", "rename"), ("red_deer", "lead", "rename")]
+        out = tmp_path / "export"
+        res = CliRunner().invoke(app, ["export-labels", "--agent", agent.address, "--out", str(out), "--format",
+                                       "csv", "--prior-method", ""])
+        assert res.exit_code == 0, res.output
+        rows = (out / "labels.csv").read_text().splitlines()
+        assert not [r for r in rows if ",rename," in r or "lead" in r], rows
+        assert client.ingest(other.stub, make_samples(9)).accepted == 9
+        res = CliRunner().invoke(app, ["label", str(out / "labels.csv"), "--agent", other.address,
+                                       "--annotator", "importer"])
+        assert res.exit_code == 0, res.output
+        assert {(r.id, r.label, r.annotator, r.source) for r in other.stub.ListLabels(
+            agent_pb2.ListLabelsRequest())} == {(s, r.label, r.annotator, r.source) for s, r in now.items()}
+        assert {r.annotator for r in now.values()} == {"alice"}
+    finally:
+        agent.stop()
+        other.stop()
+
+
+def test_a_labels_csv_with_source_rename_is_stored_with_the_given_source(tmp_path: Path) -> None:
+    """Source "rename" is the agent's own (RenameClass), as "ingest" and "restored": SubmitLabels refuses it
+    (a client row with it would be taken for a rename's), and `shortlist label` of a file with it (an export
+    made before the listing named the giver) stores such rows with --source instead of refusing the file."""
+    agent = _labelled(tmp_path)
+    try:
+        with pytest.raises(grpc.RpcError) as e:
+            agent.stub.SubmitLabels(agent_pb2.SubmitLabelsRequest(
+                annotator="bob", source="rename", labels=[agent_pb2.LabelAssignment(id="s6", label="fox")]))
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "source 'rename' is reserved for the labels a class rename moves" in str(e.value.details())
+        f = tmp_path / "labels.csv"
+        f.write_text("id,label,annotator,source\ns7,fox,alice,rename\n")
+        res = CliRunner().invoke(app, ["label", str(f), "--agent", agent.address, "--source", "import"])
+        assert res.exit_code == 0, res.output
+        assert "1 row(s) with source 'ingest' or 'restored' or 'rename'" in res.output
+        assert _history(agent, "s7") == [("fox", "alice", "import")]
+    finally:
+        agent.stop()
