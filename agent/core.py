@@ -1800,12 +1800,20 @@ class Agent:
     def list_labels(self, history: bool, after: int = 0, limit: int = 0) -> Iterator[LabelEvent]:
         """Every label (``history``) or each labelled sample's current one, oldest first, streamed; only rows
         numbered above ``after`` (LabelEvent.row), at most ``limit`` of them (0: all). InvalidArgument for a
-        negative one (raised here, before the stream starts)."""
+        negative one, FailedPrecondition for an ``after`` past every row ever numbered (raised here, before the
+        stream starts)."""
         if after < 0:
             raise InvalidArgument(f"after_seq {after} is negative: give 0 (from the first record) or the seq of the "
                                   "last record received")
         if limit < 0:
             raise InvalidArgument(f"limit {limit} is negative: give 0 (no limit) or how many records to send")
+        # A cursor past every row this folder ever numbered was another folder's: this one was restored from an
+        # older backup (its next rows take numbers the cursor has passed: they would be skipped silently) or is
+        # another agent's. Checked before the stream starts.
+        if after > (high := self.state.label_rows_high()):
+            raise FailedPrecondition(
+                f"after_seq {after} is past this agent's last label row ({high}): its data folder was restored from "
+                "a backup, or is another agent's; sync again from 0 (after_seq 0)")
         return self.state.label_events(history, after=after, limit=limit)
 
     def list_samples(self, labeled_only: bool, include_payload: bool,

@@ -125,3 +125,43 @@ def test_cli_list_labels_resumes_after_the_seq_it_printed(running: Running) -> N
     assert (sid, what) == ("s0", "(retracted)") and len(res.stdout.splitlines()) == 1
     res = runner.invoke(app, ["list-labels", "--history", "--after-seq", seq, "--agent", running.address])
     assert [line.split("\t")[1:3] for line in res.stdout.splitlines()] == [["s3", "frog"]]
+
+
+def test_a_cursor_past_a_restored_folder_is_refused_not_answered_with_nothing(tmp_path: Path, registry: Path) -> None:
+    """After `shortlist restore` of an older backup the next label rows take numbers again; a sync whose saved
+    cursor is past the restored folder's last row got nothing, then skipped those rows for good. A cursor past
+    every row the folder ever numbered is FAILED_PRECONDITION, saying to sync again from 0."""
+    data, bk = tmp_path / "data", tmp_path / "bk"
+    r = start(data, registry)
+    try:
+        client.ingest(r.stub, make_samples(6))
+        label(r, "s0", "cat")
+        label(r, "s1", "dog")
+    finally:
+        r.stop()
+    assert runner.invoke(app, ["backup", "--data-dir", str(data), "--out", str(bk)]).exit_code == 0
+    r = start(data, registry)
+    try:
+        label(r, "s2", "cat")
+        label(r, "s3", "dog")
+        cursor = history(r)[-1].seq
+        assert history(r, cursor) == []  # the cursor at the last row: nothing new, no error
+    finally:
+        r.stop()
+    assert runner.invoke(app, ["restore", str(bk), str(data), "--force"]).exit_code == 0
+    r = start(data, registry)
+    try:
+        high = history(r)[-1].seq
+        for history_too in (True, False):
+            with pytest.raises(grpc.RpcError) as e:
+                list(r.stub.ListLabels(agent_pb2.ListLabelsRequest(history=history_too, after_seq=cursor)))
+            assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert e.value.details() == (f"after_seq {cursor} is past this agent's last label row ({high}): its data "
+                                         "folder was restored from a backup, or is another agent's; sync again from 0 "
+                                         "(after_seq 0)")
+        res = runner.invoke(app, ["list-labels", "--after-seq", str(cursor), "--agent", r.address])
+        assert res.exit_code == 1 and "sync again from 0" in res.output, res.output
+        label(r, "s4", "frog")  # from 0 the sync gets every row, the new one too
+        assert [x.id for x in history(r)] == ["s0", "s1", "s4"]
+    finally:
+        r.stop()
