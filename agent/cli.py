@@ -1482,7 +1482,8 @@ def rename_class(agent: AgentTarget,
                          "classes": list(reply.classes)}))
         return
     how = "merged into" if reply.merged else "renamed to"
-    console.print(f"{escape(repr(old))} {how} {escape(repr(new))}: {reply.moved} label"
+    # the result on stdout (docs/agent.md: a command's result goes there; `2>/dev/null` kept nothing)
+    make_console().print(f"{escape(repr(old))} {how} {escape(repr(new))}: {reply.moved} label"
                   f"{'' if reply.moved == 1 else 's'} moved; classes: {escape(', '.join(reply.classes))}",
                   highlight=False)
 

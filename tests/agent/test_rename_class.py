@@ -169,7 +169,8 @@ def test_the_cli_says_how_many_labels_moved(tmp_path: Path) -> None:
         cmd = ["rename-class", "--agent", agent.address, "--annotator", "lead"]
         res = CliRunner().invoke(app, [*cmd, "deer", "roe_deer"], env={"COLUMNS": "200"})
         assert res.exit_code == 0, res.output
-        assert res.output.strip() == "'deer' renamed to 'roe_deer': 2 labels moved; classes: roe_deer, fox, boar"
+        assert res.stdout.strip() == "'deer' renamed to 'roe_deer': 2 labels moved; classes: roe_deer, fox, boar"
+        assert res.stderr == ""  # the result is on stdout (it was on stderr: `2>/dev/null` showed nothing)
         res = CliRunner().invoke(app, [*cmd, "boar", "fox", "--json"])
         assert res.exit_code == 0, res.output
         assert json.loads(res.stdout) == {"from": "boar", "to": "fox", "moved": 2, "merged": True,
