@@ -38,7 +38,7 @@ from pathlib import Path
 
 from agent.blobs import removal_lock
 from agent.security import LOCK_FILE, OWNER_DIR, OWNER_FILE, DataDirLock, DataDirLocked, owner_only_file
-from agent.state import RETRACTED, SERVING_KEY, check_database
+from agent.state import LABEL_EVENTS_SQL, RETRACTED, SERVING_KEY, check_database
 from shortlist.manifest import fsync_path
 
 STATE_FILE = "state.sqlite"
@@ -65,7 +65,9 @@ class BackupSummary:
     schema_version: int
     samples: int
     labelled: int  # samples with a current label
-    label_events: int  # label rows (labels, changes, retractions)
+    # GetStatus' label_events (LABEL_EVENTS_SQL): label rows (labels, changes, retractions), and the rows
+    # deletions removed plus one per deletion
+    label_events: int
     serving_version: str
     versions: dict[str, str]  # model version -> status (serving, pending, retired, superseded, failed)
     integrity: str  # "ok": PRAGMA integrity_check of the copy
@@ -95,14 +97,18 @@ def open_source(path: Path) -> sqlite3.Connection:
 
 
 def _summary_of(db: sqlite3.Connection) -> tuple[int, int, int, int, str, dict[str, str]]:
-    """(schema version, samples, labelled, label rows, serving version, versions) of a state database."""
+    """(schema version, samples, labelled, label_events (GetStatus'), serving version, versions) of a state
+    database."""
     one = lambda sql: db.execute(sql).fetchone()[0]  # noqa: E731
     labelled = one("SELECT COUNT(*) FROM labels WHERE n IN (SELECT MAX(n) FROM labels GROUP BY seq) "
                    f"AND class != {RETRACTED}")
     row = db.execute("SELECT value FROM meta WHERE key=?", (SERVING_KEY,)).fetchone()
     versions = {str(n): str(s) for n, s in db.execute("SELECT name, status FROM model_versions ORDER BY name")}
+    # a folder of a release before DeleteSamples (backed up before its upgrade) has no deletions table
+    has_deletions = db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='deletions'").fetchone()
     return (int(one("PRAGMA user_version")), int(one("SELECT COUNT(*) FROM samples")), int(labelled),
-            int(one("SELECT COUNT(*) FROM labels")), "" if row is None else str(row[0]), versions)
+            int(one(LABEL_EVENTS_SQL if has_deletions else "SELECT COUNT(*) FROM labels")),
+            "" if row is None else str(row[0]), versions)
 
 
 def _copy_blob(src: Path, dst: Path, digest: str) -> tuple[int, bool]:

@@ -1773,7 +1773,8 @@ def _print_copy_summary(summary: BackupSummary, data_dir: Path, out: Path, as_js
         blobs = f"{summary.blobs} blobs ({how}; {summary.blob_bytes / MIB:.1f} MiB)"
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(summary.snapshot_time))
     lines = [f"{did} {data_dir} to {out} in {summary.seconds:.1f} s: {summary.samples} samples, "
-             f"{summary.labelled} labelled ({summary.label_events} label events), {blobs}; model versions: "
+             f"{summary.labelled} labelled, label_events {summary.label_events} (as `shortlist status` counts: "
+             f"deletions' rows too), {blobs}; model versions: "
              f"{versions}; schema version {summary.schema_version}; integrity_check {summary.integrity}",
              f"everything acknowledged before {when} is in it; restore: shortlist restore {out} D (or serve it: "
              f"shortlist serve --data-dir {out} --models M; the index is rebuilt from it at start)"

@@ -112,6 +112,10 @@ RENAMED_KEY = "renamed_classes"  # meta: JSON {retired name: the class it was re
 # row left, so without it a label given after the deletion of the samples with the latest rows took their numbers
 # again, and a ListLabels client resuming after_seq (a row number it had seen) missed it.
 LABEL_ROWS_HIGH_KEY = "label_rows_high"
+# Status.label_events of a state database: its label rows, and the rows deletions removed plus one per deletion
+# (the deletions table): State's counter at open, and what `shortlist backup` / `restore` print.
+LABEL_EVENTS_SQL = ("SELECT (SELECT COUNT(*) FROM labels) + (SELECT COALESCE(SUM(label_rows + 1), 0) FROM "
+                    "deletions)")
 INDEX_STALE_KEY = "index_snapshots_stale"  # meta: "1" after a deletion, until the next start drops the snapshots
 RETRACTED = -1  # labels.class of a retraction (RetractLabels)
 
@@ -346,9 +350,7 @@ class State:
         # that changes with every label change (the labelled count does not: retract one, label another).
         # Rows a deletion removed still count (plus one per deletion), so the revision never goes back to a
         # value it had with other labels.
-        self._label_events = int(self._db.execute(
-            "SELECT (SELECT COUNT(*) FROM labels) + (SELECT COALESCE(SUM(label_rows + 1), 0) FROM deletions)"
-        ).fetchone()[0])
+        self._label_events = int(self._db.execute(LABEL_EVENTS_SQL).fetchone()[0])
         # Samples deleted ever (Status.samples_deleted): a revision of the sample set, as label_events of labels.
         self._samples_deleted = int(self._db.execute(
             "SELECT COALESCE(SUM(samples), 0) FROM deletions").fetchone()[0])

@@ -309,3 +309,28 @@ def test_restore_over_a_crashed_folder_replays_none_of_its_wal_and_refuses_what_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bk", "d"]  # no partial or replaced folder left
     fresh = runner.invoke(app, ["restore", str(bk), str(tmp_path / "new")])
     assert fresh.exit_code == 0 and "restored" in fresh.stdout, fresh.output
+
+
+def test_backup_and_restore_print_the_label_events_status_prints_also_after_a_deletion(tmp_path: Path,
+                                                                                       registry: Path) -> None:
+    """backup/restore printed "N label events" counting the label rows left, where `shortlist status`'s
+    label_events also counts the rows deletions removed plus one per deletion (36 vs 38 in the report): the
+    same figure, named the same way, now."""
+    data = tmp_path / "d"
+    r = start(data, registry)
+    try:
+        client.ingest(r.stub, make_samples(6, labels=4))
+        assert client.submit_labels(r.stub, [("s5", "cat")], annotator="ana").accepted == 1
+        assert r.stub.DeleteSamples(agent_pb2.DeleteSamplesRequest(ids=["s0", "s1"], annotator="ops")).accepted == 2
+        events = r.stub.GetStatus(agent_pb2.GetStatusRequest()).label_events
+    finally:
+        r.stop()
+    assert events == 5 + 1  # 5 rows stored, 3 left: the 2 removed still count, and one for the deletion
+    for cmd in (["backup", "--data-dir", str(data), "--out", str(tmp_path / "bk")],
+                ["restore", str(tmp_path / "bk"), str(tmp_path / "d2")]):
+        res = runner.invoke(app, cmd)
+        assert res.exit_code == 0, res.output
+        assert f"3 labelled, label_events {events} " in text(res), res.output
+        assert json.loads(runner.invoke(app, [*cmd[:-1], str(tmp_path / "x"), "--json"]).stdout)[
+            "label_events"] == events
+        shutil.rmtree(tmp_path / "x")
