@@ -177,7 +177,8 @@ def restore(backup_dir: Path, data_dir: Path, force: bool = False, link: bool = 
     old folder is left to be replayed onto the restored database (what ``cp -a BACKUP/. D/`` over an old folder
     did: a crashed agent's labels merged in, or "corrupt" at start). ``data_dir`` served by an agent: refused
     (the agent's lock is held meanwhile, so none starts on it); holding anything but ``agent.lock``: refused
-    unless ``force``, which replaces it (its contents are removed once the restored folder is in place).
+    unless ``force``, which replaces it (its contents are removed once the restored folder is in place). A
+    ``data_dir`` that is a symlink to a folder: that folder is restored (the link is kept).
     BackupUsageError before anything is written, BackupError when the copy fails (``data_dir`` unchanged)."""
     if not (backup_dir / STATE_FILE).is_file():
         raise BackupUsageError(f"{backup_dir} is no backup (it has no {STATE_FILE}): give the folder `shortlist "
@@ -185,15 +186,25 @@ def restore(backup_dir: Path, data_dir: Path, force: bool = False, link: bool = 
     src, dst = backup_dir.resolve(), data_dir.resolve()
     if src == dst or dst.is_relative_to(src) or src.is_relative_to(dst):
         raise BackupUsageError(f"{data_dir} and the backup {backup_dir} overlap: restore into another folder")
+    given = data_dir
+    if data_dir.is_symlink():
+        # A symlink to the data folder (`serve --data-dir` through it): the restore replaces the folder it points
+        # to, and the link goes on naming it (was refused as "not a folder").
+        if not dst.is_dir():
+            raise BackupUsageError(f"{data_dir} is a symlink to {dst}, which is not a folder: give the data folder "
+                                   "to restore into")
+        data_dir = dst
     lock: DataDirLock | None = None
-    if data_dir.exists() or data_dir.is_symlink():
-        if not data_dir.is_dir() or data_dir.is_symlink():
-            raise BackupUsageError(f"{data_dir} is not a folder: give the data folder to restore into")
+    if data_dir.exists():
+        if not data_dir.is_dir():
+            raise BackupUsageError(f"{given} is not a folder: give the data folder to restore into")
         try:
             lock = DataDirLock(data_dir)
-        except DataDirLocked as e:
-            raise BackupUsageError(f"{e}: stop that agent first (a restore never replaces a served folder)") \
-                from None
+        except DataDirLocked:
+            holder = (data_dir / LOCK_FILE).read_text(errors="replace").strip()
+            raise BackupUsageError(
+                f"{given} is served by an agent{f' (pid {holder})' if holder.isdigit() else ''}: stop that agent, "
+                "then restore (a restore never replaces a folder an agent has open)") from None
         except OSError as e:
             raise BackupUsageError(f"cannot lock {data_dir}: {e.strerror or e}") from None
         held = sorted(p.name for p in data_dir.iterdir() if p.name != LOCK_FILE)
@@ -216,7 +227,7 @@ def restore(backup_dir: Path, data_dir: Path, force: bool = False, link: bool = 
             if isinstance(e, OSError | sqlite3.Error):
                 raise BackupError(f"the restore failed and {data_dir} was left as it was: {e}") from None
             raise
-        summary.source, summary.out = str(backup_dir), str(data_dir)
+        summary.source, summary.out = str(backup_dir), str(given)
         if lock is None:
             os.rename(tmp, data_dir)
         else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import shutil
 import threading
 import time
@@ -293,7 +294,11 @@ def test_restore_over_a_crashed_folder_replays_none_of_its_wal_and_refuses_what_
     lock = DataDirLock(data)  # an agent serving it
     try:
         served = runner.invoke(app, ["restore", str(bk), str(data), "--force"])
-        assert served.exit_code == 2 and "stop that agent first" in text(served), served.output
+        # restore's own sentence (it reused serve's "...in use by another agent; stop it, or give this agent its
+        # own --data-dir: stop that agent first")
+        assert served.exit_code == 2 and text(served) == (
+            f"cannot restore: {data} is served by an agent (pid {os.getpid()}): stop that agent, then restore (a "
+            "restore never replaces a folder an agent has open)"), served.output
     finally:
         lock.release()
     done = runner.invoke(app, ["restore", str(bk), str(data), "--force", "--json"])
@@ -334,3 +339,24 @@ def test_backup_and_restore_print_the_label_events_status_prints_also_after_a_de
         assert json.loads(runner.invoke(app, [*cmd[:-1], str(tmp_path / "x"), "--json"]).stdout)[
             "label_events"] == events
         shutil.rmtree(tmp_path / "x")
+
+
+def test_restore_into_a_symlink_to_a_data_folder_restores_the_folder_it_names(tmp_path: Path) -> None:
+    """`restore B Dlink --force`, Dlink a symlink to the data folder (what `serve --data-dir Dlink` uses), said
+    "Dlink is not a folder". It restores the folder the link names and keeps the link; a link to no folder is
+    refused saying so."""
+    data, bk, link = tmp_path / "real", tmp_path / "bk", tmp_path / "link"
+    blob_folder(data)
+    assert runner.invoke(app, ["backup", "--data-dir", str(data), "--out", str(bk)]).exit_code == 0
+    (data / "stray.txt").write_text("x")
+    link.symlink_to(data)
+    done = runner.invoke(app, ["restore", str(bk), str(link), "--force"])
+    assert done.exit_code == 0, done.output
+    assert link.is_symlink() and link.resolve() == data.resolve() and not (data / "stray.txt").exists()
+    assert (data / "state.sqlite").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bk", "link", "real"]
+    dangling = tmp_path / "dangling"
+    dangling.symlink_to(tmp_path / "nowhere")
+    refused = runner.invoke(app, ["restore", str(bk), str(dangling)])
+    assert refused.exit_code == 2 and f"{dangling} is a symlink to {tmp_path / 'nowhere'}, which is not a folder" \
+        in text(refused), refused.output
