@@ -1406,7 +1406,9 @@ def delete_samples(agent: AgentTarget,
                    file: Path | None = typer.Option(None, "--file", exists=True, dir_okay=False,
                                                     help="more ids: one a line, or a CSV with an id column"),
                    reason: str = typer.Option("", "--reason", help="why (kept with who and when; no ids are kept)"),
-                   annotator: str = AnnotatorOpt,
+                   annotator: str = typer.Option(os.environ.get("USER", "cli"), "--annotator",
+                                                 help="who deletes: kept in the deletion's record (the tombstone) "
+                                                      "with --reason and the time"),
                    yes: bool = typer.Option(False, "--yes", "-y", help="do not ask for confirmation"),
                    as_json: bool = JsonOpt) -> None:
     """Delete samples for good: each sample, its payload file (unless another sample has the same bytes), its
@@ -1423,14 +1425,19 @@ def delete_samples(agent: AgentTarget,
     if as_json:
         print(json_line({"deleted": reply.accepted, "payloads_removed": reply.payloads_removed,
                          "rejected": rejected, "rejected_count": reply.rejected_count}))
-        return
-    result = Console(soft_wrap=True)
-    result.print(f"deleted {reply.accepted}, rejected {reply.rejected_count} ({reply.payloads_removed} payload "
-                 "file(s) removed)", highlight=False)
-    for r in rejected[:10]:
-        result.print(printable(f"  {r['id']}: {r['reason']}"), markup=False, highlight=False)
-    if reply.rejected_count > 10:
-        result.print(_more(reply.rejected_count, len(rejected)), highlight=False)
+    else:
+        result = Console(soft_wrap=True)
+        result.print(f"deleted {reply.accepted}, rejected {reply.rejected_count} ({reply.payloads_removed} payload "
+                     "file(s) removed)", highlight=False)
+        for r in rejected[:10]:
+            result.print(printable(f"  {r['id']}: {r['reason']}"), markup=False, highlight=False)
+        if reply.rejected_count > 10:
+            result.print(_more(reply.rejected_count, len(rejected)), highlight=False)
+    if reply.rejected_count and not reply.accepted:
+        # nothing deleted, as label and retract-labels: a script must not go on as if it had been. A resend
+        # whose first send was applied also gets here (every id "not a stored sample": the agent keeps no id
+        # of a deleted sample to tell); its reasons say so (docs/agent.md, "Exit status")
+        raise typer.Exit(1)
 
 
 @agent_options

@@ -195,6 +195,21 @@ def test_cli_delete_samples_asks_first_and_says_what_it_did(tmp_path: Path, runn
     assert "samples_deleted: 2 (DeleteSamples, ever; `shortlist check --data-dir D` lists each deletion" in said
 
 
+def test_cli_delete_samples_exits_1_when_nothing_was_deleted_and_documents_annotator(running: Running) -> None:
+    """delete-samples exited 0 when every id was rejected (label and retract-labels exit 1: a script must not go
+    on as if it had been done), and its --annotator had no help text."""
+    client.ingest(running.stub, make_samples(2))
+    for extra in ([], ["--json"]):
+        res = runner.invoke(app, ["delete-samples", "nope", "--yes", "--agent", running.address, *extra])
+        assert res.exit_code == 1 and "not a stored sample" in res.stdout, res.output
+    res = runner.invoke(app, ["delete-samples", "s0", "nope", "--yes", "--agent", running.address])
+    assert res.exit_code == 0 and "deleted 1, rejected 1" in res.stdout, res.output
+    res = runner.invoke(app, ["delete-samples", "s0", "--yes", "--agent", running.address])  # a resend: gone
+    assert res.exit_code == 1 and "deleted 0, rejected 1" in res.stdout, res.output
+    helped = " ".join(runner.invoke(app, ["delete-samples", "--help"], env={"COLUMNS": "200"}).output.split())
+    assert "who deletes: kept in the deletion's record" in helped
+
+
 def test_index_rows_taken_out_are_never_neighbours_even_when_k_asks_for_every_row() -> None:
     rng = np.random.default_rng(0)
     vecs = rng.normal(size=(6, 4)).astype(np.float32)
