@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,12 @@ def summarize(run: dict[str, Any]) -> dict[str, dict[tuple[str, int], tuple[floa
 BALANCED = "the mean of the per-class recalls; below the plain accuracy when the rare classes are missed"
 
 
+def _same_nan(x: Any) -> Any:
+    """NaN (nothing to score, in memory) as None (as results.json has it): NaN != NaN made a set of equal
+    records hold several, so a strategy whose every record was alike at a whole-pool budget went unnoticed."""
+    return None if isinstance(x, float) and math.isnan(x) else x
+
+
 def seed_blind(records: list[dict[str, Any]]) -> list[str]:
     """The strategies whose records are the same at every seed, at every budget and prior method, with two
     seeds or more: the seeds changed nothing (probcover's greedy pick often does not depend on the seed), so
@@ -101,7 +108,7 @@ def seed_blind(records: list[dict[str, Any]]) -> list[str]:
     for r in records:
         seeds[r["strategy"]].add(int(r["seed"]))
         seen[r["strategy"]][(int(r["budget"]), str(r["prior_method"]))].add(
-            (r.get("coverage"), r.get("linear_accuracy"), r.get("prior_accuracy")))
+            tuple(_same_nan(r.get(k)) for k in ("coverage", "linear_accuracy", "prior_accuracy")))
     return [s for s, cells in seen.items() if len(seeds[s]) > 1 and all(len(v) == 1 for v in cells.values())]
 
 

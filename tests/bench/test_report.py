@@ -87,3 +87,14 @@ def test_a_strategy_that_ignores_the_seed_is_noted() -> None:
             "(a strategy that picks the same labels whatever the seed, as probcover often does)") in md
     assert "random gave" not in md and "| typiclust | 40.0 ± 0.0 |" in md
     assert "gave the same figures" not in markdown([run("/work/digits", ["0", "1"])])  # one seed: nothing to say
+
+
+def test_a_seed_blind_strategy_is_noted_also_where_nothing_could_be_scored() -> None:
+    """At a budget that labels the whole pool the prior has nothing to score (NaN in memory, null in the
+    file): NaN != NaN hid the strategy from the note when results.md was written from memory."""
+    from bench.report import seed_blind
+
+    recs = [{"strategy": "random", "seed": s, "budget": 60, "prior_method": "knn", "coverage": 1.0,
+             "linear_accuracy": 0.7, "prior_accuracy": float("nan")} for s in (0, 1)]
+    assert seed_blind(recs) == ["random"]
+    assert seed_blind([dict(r, prior_accuracy=None) for r in recs]) == ["random"]  # as read back from JSON
