@@ -326,8 +326,9 @@ def load_check(version_dir: Path, manifest: Manifest) -> None:
     why = f"gave NaN or infinite embeddings for {rows} of {what}" if rows else degenerate(images, vecs, what)
     if why:  # what the agent refuses on the stored samples, seen before anything is published
         cause = ("a division by a norm that can be 0, a square root or log of a negative number" if rows else
-                 "a collapsed training run, or a head that gives 0 for every input, e.g. a ReLU after a large "
-                 "negative bias")
+                 "a head that gives 0 for every input, e.g. a ReLU after a large negative bias" if "all-zero" in why
+                 else "a collapsed training run (every input mapped to one point), or a graph that ignores its "
+                 "input, e.g. a constant output")
         raise ModelRefused(f"the model {why}: check the exported graph with onnxruntime on real images ({cause})")
 
 
