@@ -323,6 +323,8 @@ class State:
         # then survives the deletion in the file and every later backup (the backup API copies pages, free ones
         # too). Not stored in the file: every connection that writes must set it (agent/backup.py's copy too).
         self._db.execute("PRAGMA secure_delete=ON")
+        self._pending_sources: list[tuple[int, bool]] = []  # (seq, accepted) of the open transaction's label rows
+        self._accepted: set[int] = set()  # (filled below, once the schema is current)
         self._db.execute(f"PRAGMA journal_size_limit={int(JOURNAL_SIZE_LIMIT)}")
         t0 = time.monotonic()
         problems = check_database(self._db, check)
@@ -351,6 +353,12 @@ class State:
         # Rows a deletion removed still count (plus one per deletion), so the revision never goes back to a
         # value it had with other labels.
         self._label_events = int(self._db.execute(LABEL_EVENTS_SQL).fetchone()[0])
+        # Seqs whose current label is an accepted prior (latest row's source prior:METHOD, not a retraction):
+        # read once here, then kept by every label row written (``_insert_labels``, applied at commit).
+        self._accepted = {int(r[0]) for r in self._db.execute(
+            "SELECT l.seq FROM labels l JOIN (SELECT seq, MAX(n) AS m FROM labels GROUP BY seq) t "
+            "ON l.n = t.m WHERE l.source LIKE 'prior:%' AND l.class != ?", (RETRACTED,))}
+
         # Samples deleted ever (Status.samples_deleted): a revision of the sample set, as label_events of labels.
         self._samples_deleted = int(self._db.execute(
             "SELECT COALESCE(SUM(samples), 0) FROM deletions").fetchone()[0])
@@ -443,6 +451,7 @@ class State:
         assert rec is not None
         self._unset_label(seq)
         self._audit.discard(seq)
+        self._accepted.discard(seq)
         del self._seq_by_id[rec.id]
         nfc = unicodedata.normalize("NFC", rec.id)
         if self._id_by_nfc.get(nfc) == rec.id:
@@ -623,17 +632,24 @@ class State:
 
     # ---- transactions ----------------------------------------------------------------------------
     class _Tx:
-        def __init__(self, db: sqlite3.Connection) -> None:
-            self.db = db
+        def __init__(self, state: State) -> None:
+            self.state = state
 
         def __enter__(self) -> None:
-            self.db.execute("BEGIN IMMEDIATE")
+            self.state._db.execute("BEGIN IMMEDIATE")
 
         def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-            self.db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+            pending, self.state._pending_sources = self.state._pending_sources, []
+            self.state._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+            if exc_type is None:  # the label rows are durable: their sources count now (``accepted_prior_seqs``)
+                for seq, accepted in pending:
+                    if accepted:
+                        self.state._accepted.add(seq)
+                    else:
+                        self.state._accepted.discard(seq)
 
     def _transaction(self) -> State._Tx:
-        return State._Tx(self._db)
+        return State._Tx(self)
 
     # ---- samples ---------------------------------------------------------------------------------
     def lookup_payload(self, sha256: str) -> SampleRecord | None:
@@ -726,13 +742,10 @@ class State:
         """(label revision, seqs ascending int64) of the samples whose current label is an accepted prior: its
         latest label row has source ``prior:METHOD`` (SubmitLabels' source for a prior a person accepted,
         docs/app.md). The calibration leaves them out of its held-out set (agent/priors/calibration.py).
-        One query over the labels table; the caller keeps the answer per revision."""
+        Kept in memory (read at open, then by every label row written): no query of the labels table, which a
+        query per label revision scanned whole under the lock."""
         with self._lock:
-            events = self._label_events
-            rows = self._db.execute(
-                "SELECT l.seq FROM labels l JOIN (SELECT seq, MAX(n) AS m FROM labels GROUP BY seq) t "
-                "ON l.n = t.m WHERE l.source LIKE 'prior:%' AND l.class != ?", (RETRACTED,)).fetchall()
-        return events, np.array(sorted(int(r[0]) for r in rows), np.int64)
+            return self._label_events, np.array(sorted(self._accepted), np.int64)
 
     def label_event_count(self) -> int:
         """Label rows ever stored (labels, changes, retractions, ingested labels): a revision of the labels."""
@@ -1224,6 +1237,8 @@ class State:
         inside a transaction."""
         if not rows:
             return
+        self._pending_sources += [(int(q), source.startswith("prior:") and c != RETRACTED)
+                                  for q, c, _, _, source, _ in rows]
         start = 1 + int(self._db.execute(
             "SELECT MAX(COALESCE((SELECT MAX(n) FROM labels), 0), "
             "COALESCE((SELECT CAST(value AS INTEGER) FROM meta WHERE key = ?), 0))",

@@ -3,7 +3,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+
 from agent import client
+from agent.state import NewSample, State
 from shortlist.v1 import agent_pb2
 from tests.agent.conftest import CLASSES, Running, make_samples
 
@@ -31,3 +36,32 @@ def test_accepted_priors_are_left_out_of_the_calibration(running: Running) -> No
     client.submit_labels(running.stub, [(best[0].id, true_label(best[0].id))], "carol", source="manual")
     again = calibration()
     assert again.held_out > before.held_out and "; 29 accepted priors (source prior:*)" in again.warning
+
+
+def test_the_accepted_set_kept_in_memory_is_what_the_label_rows_say(tmp_path: Path) -> None:
+    """State keeps the accepted priors' seqs in memory (a query of the whole labels table per label revision
+    ran under the lock): after labels, changes, retractions, restores, a rename, a deletion and a rolled-back
+    transaction it equals the query of the rows, and again after a reopen."""
+    st = State(tmp_path / "state.sqlite", classes=["cat", "dog", "fox"])
+    seqs = st.add_samples([NewSample(f"s{i}", "", {}, "image", f"{i:064x}") for i in range(8)])
+
+    def queried() -> list[int]:
+        rows = st._db.execute(
+            "SELECT l.seq FROM labels l JOIN (SELECT seq, MAX(n) AS m FROM labels GROUP BY seq) t ON l.n = t.m "
+            "WHERE l.source LIKE 'prior:%' AND l.class != -1").fetchall()
+        return sorted(int(r[0]) for r in rows)
+
+    st.add_labels([(q, 0) for q in seqs[:6]], "bob", source="prior:knn")
+    st.add_labels([(seqs[0], 1)], "carol")  # changed by hand: a person's own label
+    st.retract_labels([seqs[1]], "bob")
+    st.retract_labels([seqs[2]], "bob", restore=[(seqs[2], 0, "bob")])  # put back as "restored"
+    st.add_labels([(seqs[6], 2)], "ana", source="prior:llgc")
+    st.rename_class("fox", "vixen", "lead")  # s6's row is now the rename's
+    with pytest.raises(RuntimeError):
+        st.delete_samples([seqs[3]], "ops", "x", before_commit=lambda: (_ for _ in ()).throw(RuntimeError()))
+    st.delete_samples([seqs[4]], "ops", "privacy")
+    assert st.accepted_prior_seqs()[1].tolist() == queried() == [seqs[3], seqs[5]]
+    st.close()
+    st = State(tmp_path / "state.sqlite")
+    assert st.accepted_prior_seqs()[1].tolist() == queried() == [seqs[3], seqs[5]]
+    st.close()
