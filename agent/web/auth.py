@@ -189,7 +189,7 @@ def caller(request: Request) -> Caller:
     token = token_of(request)
     if config.tokens_required and not token:
         raise HttpError(401, "UNAUTHENTICATED", NO_TOKEN)
-    unknown_token_throttled(request)
+    unknown_token_throttled(request, token)
     return Caller(state.stub(), token, session(request).user, config, client_address(request), state.known_tokens)
 
 
@@ -228,12 +228,11 @@ class KnownTokens:
             self._known[key] = time.monotonic() + KNOWN_TOKEN_S
 
 
-def unknown_token_throttled(request: Request) -> None:
+def unknown_token_throttled(request: Request, token: str) -> None:
     """HttpError 429 (with Retry-After) when this request's address has used up its allowance of failed tries
     (SignInThrottle: sign-ins, and tokens the agent refused in headers or cookies, errors.rpc_error_response)
-    and its token is not one the agent answered lately: a token guessed by header is slowed as one guessed
+    and its ``token`` is not one the agent answered lately: a token guessed by header is slowed as one guessed
     through the sign-in form, without asking the agent."""
-    token = token_of(request)
     if not token or request.app.state.known_tokens.has(token):
         return
     wait = request.app.state.sign_in_throttle.wait(client_address(request))
@@ -296,7 +295,7 @@ class TokenFirstGuard:
         """None when the agent knows ``token``, else the answer to send (401, or 503 while it is away; 429
         without asking it while the address has failed too often: ``unknown_token_throttled``)."""
         try:
-            unknown_token_throttled(request)
+            unknown_token_throttled(request, token)  # (Label Studio's Basic auth included: its own token)
         except HttpError as e:
             return error_response(request, e.status, e.code, e.message, e.headers)
         try:
@@ -305,6 +304,7 @@ class TokenFirstGuard:
                                                timeout=config.rpc_timeout_s)
         except grpc.RpcError as e:
             if str(request.url.path).startswith("/labelstudio/") and e.code() == grpc.StatusCode.UNAUTHENTICATED:
+                request.app.state.sign_in_throttle.failed(client_address(request))  # a failed try, as elsewhere
                 return error_response(request, 401, "UNAUTHENTICATED", e.details() or UNKNOWN_TOKEN,
                                       {"WWW-Authenticate": 'Basic realm="shortlist"'})
             return rpc_error_response(request, e)

@@ -666,7 +666,8 @@ def setup(app: FastAPI) -> None:
 def _caller(request: Request, token: str) -> Caller:
     """The request's Caller; in the threadpool: the app's first call creates the channel, which can wait."""
     state = request.app.state
-    return Caller(state.stub(), token, session(request).user, state.config, client_address(request))
+    return Caller(state.stub(), token, session(request).user, state.config, client_address(request),
+                  state.known_tokens)
 
 
 def _check_json_type(request: Request) -> None:

@@ -66,3 +66,27 @@ def test_label_studio_body_nested_too_deeply_is_400_logged_once(token_web_agent:
     assert not any(rec.exc_info for rec in caplog.records)  # no traceback
     assert "Traceback" not in caplog.text and len(caplog.text.splitlines()) <= 2
     assert json.loads(r.text)["error"] == "BAD_REQUEST"
+
+
+def test_label_studio_tokens_guessed_by_basic_auth_are_throttled(token_web_agent: WebAgent) -> None:
+    """Basic auth (Label Studio's way) guessed tokens unthrottled: its refusals were not counted and its token
+    was not the one the throttle looked at. Now as any other token: a few tries, then 429 without asking the
+    agent; the right token, once the agent has answered it, is never held up (Label Studio's retries)."""
+    import base64
+
+    def basic(token: str) -> dict[str, str]:
+        return {"Content-Type": "application/json",
+                "Authorization": "Basic " + base64.b64encode(f"ls:{token}".encode()).decode()}
+
+    from agent.web import auth
+
+    burst = getattr(auth, "SIGN_IN_BURST", 5)
+    guesser = token_web_agent.client(client=("10.0.0.11", 50000))
+    codes = [guesser.post("/labelstudio/setup", json={}, headers=basic(f"guess-{i:020d}")).status_code
+             for i in range(3 * burst)]
+    assert codes[:burst] == [401] * burst and set(codes[burst + 1:]) == {429}, codes
+    label_studio = token_web_agent.client(client=("10.0.0.12", 50000))
+    # (an empty setup is 400 "no labelling schema": let in, its body read)
+    assert label_studio.post("/labelstudio/setup", json={}, headers=basic(WRITE_TOKEN)).status_code == 400
+    # the same right token from the guessing address: known to the agent, so not held up
+    assert guesser.post("/labelstudio/setup", json={}, headers=basic(WRITE_TOKEN)).status_code == 400
