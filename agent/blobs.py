@@ -163,8 +163,18 @@ class BlobStore:
         """Remove the blobs ``digests`` (deleted samples' payloads that no sample names), durably (their
         folders fsynced), once no backup is between its state copy and its blob links (``removal_lock``);
         returns how many were there."""
-        with removal_lock(self.root, shared=False):
+        with self.removing():
             return self._remove(digests)
+
+    def removing(self) -> contextlib.AbstractContextManager[None]:
+        """The removal lock, held around a whole deletion (``remove_held`` inside it): the agent takes it before
+        its write lock, so a deletion waiting for a backup holds up no other write (it held the write lock
+        while it waited: labels and Ingest stalled for as long as a backup linked its blobs)."""
+        return removal_lock(self.root, shared=False)
+
+    def remove_held(self, digests: Collection[str]) -> int:
+        """``remove`` for a caller inside ``removing()``."""
+        return self._remove(digests)
 
     def _remove(self, digests: Collection[str]) -> int:
         removed = 0

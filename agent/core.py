@@ -14,6 +14,7 @@ Data folder layout::
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -1042,8 +1043,11 @@ class Agent:
         rejected: list[Rejected] = []
         good: list[int] = []
         seen: set[int] = set()
-        # The queues' lock: no UpdateQueue writes a queue read before the deletion took its ids out.
-        with self.queues.lock, self.manager.writing() as serving:
+        # The blobs' removal lock first (it waits while a backup links the payloads its state copy names), then
+        # the queues' lock (no UpdateQueue writes a queue read before the deletion took its ids out) and the
+        # write lock: waiting for a backup under the write lock held up every label and Ingest meanwhile.
+        with (self.blobs.removing() if self.blobs is not None else contextlib.nullcontext()), \
+                self.queues.lock, self.manager.writing() as serving:
             for sid in ids:
                 if sid and text_problem(sid, self.limits.max_id_chars, "max_id_chars", "id") is None \
                         and self.state.lookup(sid) is None:
@@ -1082,7 +1086,7 @@ class Agent:
                     before_blobs()
                 # Under the write lock: an Ingest of the same bytes commits before (then the payload is named
                 # and kept) or after (it stores the payload again first: agent/ingest.py ``store``).
-                removed = self.blobs.remove(digests)
+                removed = self.blobs.remove_held(digests)
         log.info("deleted %d sample(s) by %r (reason %r); %d payload file(s) removed", len(good),
                  stored_annotator(annotator), reason, removed)
         return len(good), rejected, removed

@@ -226,27 +226,27 @@ def test_a_backup_racing_a_deletion_holds_the_payloads_of_every_sample_its_state
         running: Running, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The data steward's report: a backup whose state copy came before a deletion's commit, and whose blob links
     came after the deletion removed the files, held 5 samples without payloads (exit 0, blaming the source).
-    Here a deletion commits while the backup sits between its state copy and its links: its file removal waits
-    for the backup, which then holds every payload; the deletion finishes after it."""
+    Here a deletion comes while the backup sits between its state copy and its links: it waits for the backup
+    (before the agent's write lock, test_delete_races.py), which then holds every payload; the deletion, its
+    commit and its file removal come after it."""
     import agent.backup as backup_module
 
     samples = make_samples(5)
     client.ingest(running.stub, samples)
-    committed, copied = threading.Event(), threading.Event()
+    copied = threading.Event()
     original = backup_module._copy_blobs
     removed_at: list[float] = []
 
     def slow_links(*args: object, **kw: object) -> None:
         copied.set()
-        assert committed.wait(10)
-        time.sleep(0.3)  # time for the deletion's removal to run, if nothing holds it back
+        time.sleep(0.5)  # time for the deletion to commit and remove the files, if nothing held it back
         linked_at = time.monotonic()
         original(*args, **kw)  # type: ignore[arg-type]
         assert not removed_at or removed_at[0] > linked_at
 
     def delete() -> None:
         assert copied.wait(10)
-        running.agent.delete_samples(["s0", "s1"], "ops", "privacy", before_blobs=committed.set)
+        running.agent.delete_samples(["s0", "s1"], "ops", "privacy")
         removed_at.append(time.monotonic())
 
     monkeypatch.setattr(backup_module, "_copy_blobs", slow_links)

@@ -295,3 +295,32 @@ def test_status_by_annotator_counts_what_deletions_left_in_label_events(
     assert d["deleted"] is None
     human = run("status", "--agent", r.address, "--by-annotator")
     assert "plus the label rows of deleted samples and one per DeleteSamples; labels changed while" in human
+
+
+def test_a_deletion_waiting_for_a_backup_holds_up_no_other_write(running: Running) -> None:
+    """A `shortlist backup` between its state copy and its blob links holds blobs/.lock shared; a DeleteSamples
+    waits for it. It waited under the agent's write lock, so labels and Ingest timed out for as long as the
+    backup ran (minutes to another disk; for ever if it was suspended): they go on now, and the deletion ends
+    once the backup lets go."""
+    import fcntl
+    import os
+
+    client.ingest(running.stub, make_samples(10))
+    fd = os.open(running.data / "blobs" / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    done: list[agent_pb2.DeleteSamplesReply] = []
+    t = threading.Thread(target=lambda: done.append(running.stub.DeleteSamples(
+        agent_pb2.DeleteSamplesRequest(ids=["s1"], annotator="ops", reason="privacy"), timeout=30)))
+    try:
+        t.start()
+        time.sleep(0.5)
+        labelled = running.stub.SubmitLabels(agent_pb2.SubmitLabelsRequest(
+            labels=[agent_pb2.LabelAssignment(id="s2", label=CLASSES[0])], annotator="alice"), timeout=3)
+        assert labelled.accepted == 1
+        assert client.ingest(running.stub, make_samples(12)[10:]).accepted == 2
+        assert not done  # still waiting for the backup
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+    t.join(10)
+    assert done and done[0].accepted == 1 and done[0].payloads_removed == 1
