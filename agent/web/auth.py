@@ -204,21 +204,31 @@ MAX_KNOWN_TOKENS = 1024
 
 
 class KnownTokens:
-    """Tokens the agent answered in the last ``KNOWN_TOKEN_S`` (kept as sha256, thread-safe): they skip the
-    TokenFirstGuard's check and the unknown-token throttle (a person signed in is not held up because someone
-    at the same address guesses tokens); the agent still checks every call."""
+    """Tokens the agent answered (kept as sha256, thread-safe). In the last ``KNOWN_TOKEN_S`` (``has``): they
+    skip the TokenFirstGuard's check. Ever, until the agent refuses one (``accepted``): they skip the
+    unknown-token throttle, so a person signed in, or Label Studio's token, is never held up because someone at
+    the same address guesses tokens (with the 10 s memory alone, a guess a second kept an idle person's token
+    out for good). The agent still checks every call."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._known: dict[str, float] = {}  # sha256 of a token -> when it stops counting as known
+        self._accepted: dict[str, None] = {}  # sha256 of the tokens the agent answered, oldest first
+
+    @staticmethod
+    def _key(token: str) -> str:
+        return hashlib.sha256(token.encode()).hexdigest()
 
     def has(self, token: str) -> bool:
-        key = hashlib.sha256(token.encode()).hexdigest()
         with self._lock:
-            return self._known.get(key, 0.0) > time.monotonic()
+            return self._known.get(self._key(token), 0.0) > time.monotonic()
+
+    def accepted(self, token: str) -> bool:
+        with self._lock:
+            return self._key(token) in self._accepted
 
     def add(self, token: str) -> None:
-        key = hashlib.sha256(token.encode()).hexdigest()
+        key = self._key(token)
         with self._lock:
             if len(self._known) >= MAX_KNOWN_TOKENS:
                 now = time.monotonic()
@@ -226,6 +236,17 @@ class KnownTokens:
                 if len(self._known) >= MAX_KNOWN_TOKENS:
                     self._known.clear()
             self._known[key] = time.monotonic() + KNOWN_TOKEN_S
+            self._accepted.pop(key, None)
+            self._accepted[key] = None
+            if len(self._accepted) > MAX_KNOWN_TOKENS:  # the least recently answered goes
+                del self._accepted[next(iter(self._accepted))]
+
+    def forget(self, token: str) -> None:
+        """The agent refused ``token`` (revoked since): it counts as unknown again."""
+        key = self._key(token)
+        with self._lock:
+            self._known.pop(key, None)
+            self._accepted.pop(key, None)
 
 
 def unknown_token_throttled(request: Request, token: str) -> None:
@@ -233,11 +254,17 @@ def unknown_token_throttled(request: Request, token: str) -> None:
     (SignInThrottle: sign-ins, and tokens the agent refused in headers or cookies, errors.rpc_error_response)
     and its ``token`` is not one the agent answered lately: a token guessed by header is slowed as one guessed
     through the sign-in form, without asking the agent."""
-    if not token or request.app.state.known_tokens.has(token):
+    if not token or request.app.state.known_tokens.accepted(token):
         return
-    wait = request.app.state.sign_in_throttle.wait(client_address(request))
+    address = client_address(request)
+    wait = request.app.state.sign_in_throttle.wait(address)
     if wait > 0:
         seconds = math.ceil(wait)
+        more = request.app.state.sign_in_refusals.admit("token throttled", address)
+        if more is not None:  # (a webhook answered 429 loses its annotation unless its sender retries: said)
+            log.warning("answered %s %s from %s 429 without asking the agent: too many unknown tokens from this "
+                        "address (a token the agent has answered is never held up)%s", request.method,
+                        request.url.path, address or "an unknown address", more)
         raise HttpError(429, "RESOURCE_EXHAUSTED", f"Too many failed sign-ins from this computer: wait {seconds} "
                         "s, then try again with a token the agent knows", {"Retry-After": str(seconds)})
 
@@ -305,6 +332,7 @@ class TokenFirstGuard:
         except grpc.RpcError as e:
             if str(request.url.path).startswith("/labelstudio/") and e.code() == grpc.StatusCode.UNAUTHENTICATED:
                 request.app.state.sign_in_throttle.failed(client_address(request))  # a failed try, as elsewhere
+                request.app.state.known_tokens.forget(token)
                 return error_response(request, 401, "UNAUTHENTICATED", e.details() or UNKNOWN_TOKEN,
                                       {"WWW-Authenticate": 'Basic realm="shortlist"'})
             return rpc_error_response(request, e)

@@ -154,8 +154,13 @@ def rpc_error_response(request: Request, e: grpc.RpcError) -> Response:
     status = http_status(code)
     throttle = getattr(request.app.state, "sign_in_throttle", None)
     if code == grpc.StatusCode.UNAUTHENTICATED and throttle is not None:
-        # a token the agent does not know, sent by header or cookie: a failed try, as a failed sign-in is
+        # a token the agent does not know, sent by header or cookie: a failed try, as a failed sign-in is;
+        # and a token it had answered before is revoked: no longer exempt from the throttle
         throttle.failed(request.client.host if request.client else "")
+        from agent.web.auth import token_of  # (late: auth imports this module)
+
+        if (token := token_of(request)) and hasattr(request.app.state, "known_tokens"):
+            request.app.state.known_tokens.forget(token)
     if status >= 500:
         log.warning("%s %s: the agent answered %s: %s", request.method, request.url.path, code.name, message)
     wait = retry_after(e) if status in (429, 503) else None

@@ -776,6 +776,7 @@ def test_tokens_guessed_by_header_or_cookie_are_throttled_as_sign_ins(token_web_
     from agent.web import auth
 
     burst = getattr(auth, "SIGN_IN_BURST", 5)
+    token_web_agent.app.state.sign_in_throttle = auth.SignInThrottle(burst=burst, per_s=0.01)  # no refill here
     guesser = token_web_agent.client(client=("10.0.0.9", 50000))
     person = token_web_agent.client(client=("10.0.0.9", 50001), headers={"Authorization": f"Bearer {WRITE_TOKEN}"})
     assert person.get("/api/progress/head").status_code == 200  # known to the agent: remembered
@@ -789,6 +790,29 @@ def test_tokens_guessed_by_header_or_cookie_are_throttled_as_sign_ins(token_web_
     assert guesser.post("/api/labels", json={"labels": []},
                         headers={"Authorization": "Bearer wrong-post"}).status_code == 429  # body not read
     assert person.get("/api/progress/head").status_code == 200  # the known token still gets in
+
+
+def test_a_token_the_agent_answered_is_never_throttled_however_long_idle(token_web_agent: WebAgent,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The exemption lasted KNOWN_TOKEN_S (10 s) after the agent last answered the token: a guess a second at the
+    same address (a proxy) kept an idle person out for good (429 five times of five). It lasts until the agent
+    refuses the token; a revoked token is then throttled as any unknown one."""
+    from agent.web import auth
+
+    monkeypatch.setattr(auth, "KNOWN_TOKEN_S", 0.05)
+    burst = getattr(auth, "SIGN_IN_BURST", 5)
+    token_web_agent.app.state.sign_in_throttle = auth.SignInThrottle(burst=burst, per_s=0.01)  # no refill here
+    person = token_web_agent.client(client=("10.0.0.13", 50001), headers={"Authorization": f"Bearer {WRITE_TOKEN}"})
+    guesser = token_web_agent.client(client=("10.0.0.13", 50000))
+    assert person.get("/api/progress/head").status_code == 200
+    for i in range(2 * burst):
+        guesser.get("/api/progress/head", headers={"Authorization": f"Bearer wrong-{i:020d}"})
+    time.sleep(0.2)  # idle past the short memory
+    assert [person.get("/api/progress/head").status_code for _ in range(3)] == [200] * 3
+    assert person.post("/api/labels", json={"labels": [{"id": "img010.png", "label": "circle"}]}).status_code == 200
+    known = token_web_agent.app.state.known_tokens
+    known.forget(WRITE_TOKEN)  # as a refusal of it (revoked) does
+    assert person.get("/api/progress/head").status_code == 429
 
 
 def test_sign_out_asks_the_browser_to_drop_its_cache(token_web_agent: WebAgent) -> None:

@@ -81,6 +81,7 @@ def test_label_studio_tokens_guessed_by_basic_auth_are_throttled(token_web_agent
     from agent.web import auth
 
     burst = getattr(auth, "SIGN_IN_BURST", 5)
+    token_web_agent.app.state.sign_in_throttle = auth.SignInThrottle(burst=burst, per_s=0.01)  # no refill here
     guesser = token_web_agent.client(client=("10.0.0.11", 50000))
     codes = [guesser.post("/labelstudio/setup", json={}, headers=basic(f"guess-{i:020d}")).status_code
              for i in range(3 * burst)]
