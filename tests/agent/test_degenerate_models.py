@@ -12,7 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from agent.config import AgentConfig
 from agent.core import Agent
-from agent.embedder import JUDGE_MIN, Embedder, ModelFailed
+from agent.embedder import JUDGE_MIN, Embedder, ModelFailed, degenerate
 from agent.ingest import Incoming
 from agent.models_import import ImportRefused, import_onnx
 from agent.testing import IR_VERSION, OPSET, conv_encoder, linear_encoder, publish_linear, publish_model
@@ -62,7 +62,7 @@ def test_zero_or_constant_embeddings_of_real_images_are_the_models_fault(tmp_pat
         zeros.embed(images(JUDGE_MIN))
     constant = loaded(tmp_path / "c", broken_encoder("constant"))
     with pytest.raises(ModelFailed, match=r"gave the same embedding \(direction\) for all of a batch of 9 "
-                                          r"images \(9 different images\)"):
+                                          r"images \(9 clearly different images\)"):
         constant.embed(images(JUDGE_MIN + 1))
     # not judged: a batch too small to tell (Ingest of a few images), or the same picture sent many times
     assert zeros.embed(images(JUDGE_MIN - 1)).vecs.shape == (JUDGE_MIN - 1, 6)
@@ -78,6 +78,20 @@ def test_real_encoders_even_random_ones_pass_on_images_that_look_alike(tmp_path:
         emb = loaded(tmp_path / str(i), model, (32, 32))
         for batch in (near, noise, np.zeros_like(near)):
             assert emb.embed(batch).vecs.shape == (64, 16)
+
+
+@pytest.mark.parametrize("size", [(32, 32), (64, 64), (224, 224)])
+def test_dark_frames_a_speck_apart_are_not_judged_different_images(size: tuple[int, int]) -> None:
+    """Eight black frames, each with one pixel at level 1 (a camera trap at night): a weak encoder gives them
+    embeddings within 3e-5 of each other, rightly; counted as 8 different images by their bytes, the batch was
+    refused as the model's fault (Ingest FAILED_PRECONDITION). Alike images are not judged; a constant model on
+    clearly different ones still is."""
+    frames = np.zeros((JUDGE_MIN, *size, 3), np.uint8)
+    for i in range(JUDGE_MIN):
+        frames[i, (3 * i) % size[0], (5 * i) % size[1], 0] = 1
+    same = np.tile(np.linspace(-1, 1, 16, dtype=np.float32), (JUDGE_MIN, 1))
+    assert degenerate(frames, same) == ""
+    assert "the same embedding (direction)" in degenerate(images(JUDGE_MIN), same)
 
 
 @pytest.mark.parametrize("kind", ["zeros", "constant"])
