@@ -365,6 +365,12 @@ class IngestPipeline:
             out.rejected.append((sid, f"id {sid!r} appears earlier in this request (same payload) with label "
                                       f"{first.label!r}: a resend does not change labels; send one label per "
                                       f"sample, or give {s.label!r} with SubmitLabels (`shortlist label`)"))
+        elif (problem := label_problem(self.state, s.label)) is not None:
+            # judged now, as a later request would judge it against the stored sample: only the label is refused
+            # (merged into the first item, stage 3 refused the whole sample for it)
+            out.rejected.append((sid, problem))
+        elif self.state.closed and self.state.class_index(s.label) is None:
+            out.rejected.append((sid, unknown_label_reason(self.state.classes, s.label)))
         else:  # new in this batch, given before without a label: stored with this one
             labelled = replace(first, label=s.label)
             out.samples[pos] = labelled

@@ -259,6 +259,22 @@ def test_a_resend_does_not_put_back_a_label_taken_back(agent: Agent) -> None:
     assert [agent.state.label_name(agent.state.lookup(i).seq) for i in "ab"] == ["", "cat"]  # type: ignore[union-attr]
 
 
+def test_a_repeat_whose_label_is_refused_leaves_its_sample_stored(tmp_path: Path, registry: Path) -> None:
+    """Closed classes; one request [s0, s0 labelled "zebra", s1]: the label, merged into s0's first item, made
+    the whole sample be refused (s0 not stored). Sent as two requests s0 is stored and only the label refused;
+    one request now does the same."""
+    a = Agent(AgentConfig(tmp_path / "data", registry, use_cuda=False, background=False, classes=["cat", "dog"]))
+    try:
+        imgs = make_images(2)
+        res = a.ingest.batch([image("s0", imgs[0]), image("s0", imgs[0], label="zebra"), image("s1", imgs[1])])
+        assert (res.accepted, res.duplicates) == (2, 0) and [r[0] for r in res.rejected] == ["s0"]
+        assert "zebra" in res.rejected[0][1]
+        rec = a.state.lookup("s0")
+        assert rec is not None and a.state.label_name(rec.seq) == ""
+    finally:
+        a.close()
+
+
 def test_rejection_ids_are_the_ids_as_sent(agent: Agent) -> None:
     """Rejections found before decoding carried the id cut to 64 characters, so a client could not match them
     to its items; now the id as sent, also one over max_id_chars, unless longer than 4,096 characters as well."""
