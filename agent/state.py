@@ -116,6 +116,10 @@ LABEL_ROWS_HIGH_KEY = "label_rows_high"
 # (the deletions table): State's counter at open, and what `shortlist backup` / `restore` print.
 LABEL_EVENTS_SQL = ("SELECT (SELECT COUNT(*) FROM labels) + (SELECT COALESCE(SUM(label_rows + 1), 0) FROM "
                     "deletions)")
+# The samples whose current label is an accepted prior: the latest label row other than a rename's (a rename
+# moves a label, it does not change where the label came from) has source prior:METHOD and is no retraction.
+ACCEPTED_SQL = ("SELECT l.seq FROM labels l JOIN (SELECT seq, MAX(n) AS m FROM labels WHERE source != ? GROUP BY seq) "
+                "t ON l.n = t.m WHERE l.source LIKE 'prior:%' AND l.class != ?")
 INDEX_STALE_KEY = "index_snapshots_stale"  # meta: "1" after a deletion, until the next start drops the snapshots
 RETRACTED = -1  # labels.class of a retraction (RetractLabels)
 
@@ -355,9 +359,7 @@ class State:
         self._label_events = int(self._db.execute(LABEL_EVENTS_SQL).fetchone()[0])
         # Seqs whose current label is an accepted prior (latest row's source prior:METHOD, not a retraction):
         # read once here, then kept by every label row written (``_insert_labels``, applied at commit).
-        self._accepted = {int(r[0]) for r in self._db.execute(
-            "SELECT l.seq FROM labels l JOIN (SELECT seq, MAX(n) AS m FROM labels GROUP BY seq) t "
-            "ON l.n = t.m WHERE l.source LIKE 'prior:%' AND l.class != ?", (RETRACTED,))}
+        self._accepted = {int(r[0]) for r in self._db.execute(ACCEPTED_SQL, (RENAME_SOURCE, RETRACTED))}
 
         # Samples deleted ever (Status.samples_deleted): a revision of the sample set, as label_events of labels.
         self._samples_deleted = int(self._db.execute(
@@ -740,10 +742,10 @@ class State:
 
     def accepted_prior_seqs(self) -> tuple[int, np.ndarray]:
         """(label revision, seqs ascending int64) of the samples whose current label is an accepted prior: its
-        latest label row has source ``prior:METHOD`` (SubmitLabels' source for a prior a person accepted,
-        docs/app.md). The calibration leaves them out of its held-out set (agent/priors/calibration.py).
-        Kept in memory (read at open, then by every label row written): no query of the labels table, which a
-        query per label revision scanned whole under the lock."""
+        latest label row but a rename's has source ``prior:METHOD`` (SubmitLabels' source for a prior a person
+        accepted, docs/app.md; ACCEPTED_SQL). The calibration leaves them out of its held-out set
+        (agent/priors/calibration.py). Kept in memory (read at open, then by every label row written): no
+        query of the labels table, which a query per label revision scanned whole under the lock."""
         with self._lock:
             return self._label_events, np.array(sorted(self._accepted), np.int64)
 
@@ -1237,8 +1239,9 @@ class State:
         inside a transaction."""
         if not rows:
             return
+        # (a rename moves a label without changing where it came from: an accepted prior renamed is one still)
         self._pending_sources += [(int(q), source.startswith("prior:") and c != RETRACTED)
-                                  for q, c, _, _, source, _ in rows]
+                                  for q, c, _, _, source, _ in rows if source != RENAME_SOURCE]
         start = 1 + int(self._db.execute(
             "SELECT MAX(COALESCE((SELECT MAX(n) FROM labels), 0), "
             "COALESCE((SELECT CAST(value AS INTEGER) FROM meta WHERE key = ?), 0))",

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from agent import client
-from agent.state import NewSample, State
+from agent.state import ACCEPTED_SQL, RENAME_SOURCE, RETRACTED, NewSample, State
 from shortlist.v1 import agent_pb2
 from tests.agent.conftest import CLASSES, Running, make_samples
 
@@ -46,22 +46,19 @@ def test_the_accepted_set_kept_in_memory_is_what_the_label_rows_say(tmp_path: Pa
     seqs = st.add_samples([NewSample(f"s{i}", "", {}, "image", f"{i:064x}") for i in range(8)])
 
     def queried() -> list[int]:
-        rows = st._db.execute(
-            "SELECT l.seq FROM labels l JOIN (SELECT seq, MAX(n) AS m FROM labels GROUP BY seq) t ON l.n = t.m "
-            "WHERE l.source LIKE 'prior:%' AND l.class != -1").fetchall()
-        return sorted(int(r[0]) for r in rows)
+        return sorted(int(r[0]) for r in st._db.execute(ACCEPTED_SQL, (RENAME_SOURCE, RETRACTED)).fetchall())
 
     st.add_labels([(q, 0) for q in seqs[:6]], "bob", source="prior:knn")
     st.add_labels([(seqs[0], 1)], "carol")  # changed by hand: a person's own label
     st.retract_labels([seqs[1]], "bob")
     st.retract_labels([seqs[2]], "bob", restore=[(seqs[2], 0, "bob")])  # put back as "restored"
     st.add_labels([(seqs[6], 2)], "ana", source="prior:llgc")
-    st.rename_class("fox", "vixen", "lead")  # s6's row is now the rename's
+    st.rename_class("fox", "vixen", "lead")  # s6's latest row is the rename's: still an accepted prior
     with pytest.raises(RuntimeError):
         st.delete_samples([seqs[3]], "ops", "x", before_commit=lambda: (_ for _ in ()).throw(RuntimeError()))
     st.delete_samples([seqs[4]], "ops", "privacy")
-    assert st.accepted_prior_seqs()[1].tolist() == queried() == [seqs[3], seqs[5]]
+    assert st.accepted_prior_seqs()[1].tolist() == queried() == [seqs[3], seqs[5], seqs[6]]
     st.close()
     st = State(tmp_path / "state.sqlite")
-    assert st.accepted_prior_seqs()[1].tolist() == queried() == [seqs[3], seqs[5]]
+    assert st.accepted_prior_seqs()[1].tolist() == queried() == [seqs[3], seqs[5], seqs[6]]
     st.close()

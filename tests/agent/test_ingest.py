@@ -263,7 +263,7 @@ def test_a_repeat_whose_label_is_refused_leaves_its_sample_stored(tmp_path: Path
     """Closed classes; one request [s0, s0 labelled "zebra", s1]: the label, merged into s0's first item, made
     the whole sample be refused (s0 not stored). Sent as two requests s0 is stored and only the label refused;
     one request now does the same."""
-    a = Agent(AgentConfig(tmp_path / "data", registry, use_cuda=False, background=False, classes=["cat", "dog"]))
+    a = Agent(AgentConfig(tmp_path / "data", registry, use_cuda=False, background=False, classes=("cat", "dog")))
     try:
         imgs = make_images(2)
         res = a.ingest.batch([image("s0", imgs[0]), image("s0", imgs[0], label="zebra"), image("s1", imgs[1])])
