@@ -46,6 +46,7 @@ class CheckReport:
     data_dir: str
     integrity: list[str]  # integrity_check's complaints (empty: ok)
     samples: int = 0
+    schema_version: int = 0  # PRAGMA user_version of state.sqlite (an older one is migrated at the next start)
     payloads: int = 0  # distinct payloads the samples name
     blobs_kept: bool = True  # False: the folder keeps no payloads (serve --no-blobs): none checked
     missing: dict[str, list[str]] = field(default_factory=dict)  # digest -> ids of the samples naming it
@@ -77,6 +78,7 @@ def _read_state(path: Path, report: CheckReport, by_digest: dict[str, list[str]]
     db = open_source(path)
     try:
         db.execute("BEGIN")  # one snapshot for everything read below
+        report.schema_version = int(db.execute("PRAGMA user_version").fetchone()[0])
         report.integrity = check_database(db, "full")
         if report.integrity:
             return

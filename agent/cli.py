@@ -214,9 +214,10 @@ def _rpc(fn: Any, after: str = "", after_codes: frozenset[str] | None = None,
     raise typer.Exit(1) from None
 
 
-def _older_agent(detail: str) -> str:
+def _older_agent(detail: str, what: str = "") -> str:
     """UNIMPLEMENTED's message: gRPC's "Method not found!" from an agent older than this client, said as such,
-    with the RPC it lacks and the agent's version when its GetStatus reports one."""
+    with the RPC it lacks and the agent's version when its GetStatus reports one. ``what``: a part of an RPC
+    it lacks instead (``detail``: how that showed)."""
     from shortlist.version import package_version
 
     call = client.last_call()
@@ -229,7 +230,8 @@ def _older_agent(detail: str) -> str:
                        if s.agent_version else " (it does not report its version: older than version reporting)")
         except grpc.RpcError:
             pass
-    return (f"the agent does not offer {method} (gRPC: {detail}): it is older than this client{version}; "
+    lacks = f"{what} ({detail})" if what else f"{method} (gRPC: {detail})"
+    return (f"the agent does not offer {lacks}: it is older than this client{version}; "
             "upgrade the agent (docs/agent.md, \"Upgrading\")")
 
 
@@ -281,6 +283,20 @@ def pending_line(s: agent_pb2.Status) -> str:
         when = f"{left:.0f} s" if left < 120 else f"{left / 60:.0f} min"
         line += f" ({s.pending_embed_rate:,.0f}/s, about {when} left)"
     return line
+
+
+def schema_line(found: int) -> str:
+    """``check``'s line on the folder's schema version against this shortlist's (docs/agent.md, "Upgrading")."""
+    from agent.state import SCHEMA_VERSION
+
+    if found == SCHEMA_VERSION:
+        return f"schema version {found} (this shortlist's)"
+    if found < SCHEMA_VERSION:
+        return (f"schema version {found}: this shortlist's agent migrates it to {SCHEMA_VERSION} at its first start "
+                "on it, for good (an older agent then refuses the folder): back it up first (shortlist backup; "
+                "docs/agent.md, \"Upgrading\")")
+    return (f"schema version {found}: written by a newer shortlist (this one reads up to {SCHEMA_VERSION}); "
+            "upgrade shortlist to serve it")
 
 
 def version_line(s: agent_pb2.Status) -> str:
@@ -1458,6 +1474,13 @@ def list_labels(agent: AgentTarget,
 
     def stream() -> None:
         for r in client.list_labels(stub, history=history, after_seq=after_seq, limit=limit):
+            if r.seq == 0:  # every row of an agent that numbers them has seq >= 1
+                # An agent older than the cursor (LabelRecord.seq, ListLabelsRequest.after_seq and limit): it
+                # sends every record, unnumbered; a sync would take "--after-seq 0" and read everything again.
+                console.print("[red]UNIMPLEMENTED[/red]: " + escape(_older_agent(
+                    "its records carry no seq, and it ignores --after-seq and --limit", "ListLabels' cursor")),
+                    highlight=False, soft_wrap=True)
+                raise typer.Exit(1)
             if as_json:
                 print(json_line({"seq": r.seq, "id": r.id, "label": r.label, "annotator": r.annotator,
                                  "time": exports.iso_time(r.time), "source": r.source,
@@ -1852,6 +1875,7 @@ def check(data_dir: Path = typer.Option(..., "--data-dir", help="the agent's dat
         out.print(f"checked {data_dir}: state.sqlite {state}; {samples}{payloads}"
                   + (f"; {report.orphans} blob file(s) no sample names (the agent removes them at its next start)"
                      if report.orphans else ""), markup=False, highlight=False)
+        out.print(schema_line(report.schema_version), markup=False, highlight=False)
         out.print(f"deletions: {len(report.deletions) or 'none'}", markup=False, highlight=False)
         for d in report.deletions:
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(d.time))

@@ -130,7 +130,7 @@ RETRACTED = -1  # labels.class of a retraction (RetractLabels)
 # figures in docs/agent.md "Backup and restore".
 JOURNAL_SIZE_LIMIT = 16 * 1024 * 1024
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 def _v0_to_v1(db: sqlite3.Connection) -> None:
@@ -174,8 +174,17 @@ def _v3_to_v4(db: sqlite3.Connection) -> None:
     db.execute(_DELETIONS_TABLE)
 
 
+def _v4_to_v5(db: sqlite3.Connection) -> None:
+    """Schema 4 -> 5: label rows are numbered past every row ever stored (meta LABEL_ROWS_HIGH_KEY, kept by
+    deletions), ListLabels' cursor. Nothing to change in the tables; the version keeps agents of schema 4 away,
+    which number a new row one past the highest row left and so give a deleted row's number again (a client
+    syncing by cursor then misses the row)."""
+    db.execute("INSERT OR IGNORE INTO meta(key, value) SELECT ?, CAST(COALESCE(MAX(n), 0) AS TEXT) FROM labels",
+               (LABEL_ROWS_HIGH_KEY,))
+
+
 # MIGRATIONS[v] brings a folder from schema v to v + 1.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v0_to_v1, _v1_to_v2, _v2_to_v3, _v3_to_v4]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v0_to_v1, _v1_to_v2, _v2_to_v3, _v3_to_v4, _v4_to_v5]
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 

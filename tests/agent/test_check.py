@@ -27,6 +27,7 @@ def test_check_finds_missing_and_damaged_payloads_lists_deletions_and_says_what_
     assert ok.exit_code == 0, ok.output
     assert "integrity_check ok; 5 samples; 5 payload file(s), all present and matching their sha256" in text(ok)
     assert "1 blob file(s) no sample names" in text(ok) and "deletions: none" in text(ok)
+    assert "schema version 5 (this shortlist's)" in text(ok)
     s = State(data / "state.sqlite")
     s.delete_samples([5], "ops", "GDPR request 42")  # s4; its blob stays (the agent removes it, not State)
     s.close()
@@ -125,3 +126,16 @@ def test_a_sample_deleted_while_payloads_are_hashed_is_no_missing_payload(tmp_pa
     res = runner.invoke(app, ["check", "--data-dir", str(data)])
     assert deleted and res.exit_code == 0, res.output
     assert "missing" not in text(res).replace("missing or damaged", "")
+
+
+def test_check_says_an_older_folder_will_be_migrated(tmp_path: Path) -> None:
+    """check, the command to run before an upgrade, said nothing of the folder's schema version."""
+    import sqlite3
+
+    data = tmp_path / "d"
+    blob_folder(data)
+    with sqlite3.connect(data / "state.sqlite") as db:
+        db.execute("PRAGMA user_version=4")
+    res = runner.invoke(app, ["check", "--data-dir", str(data)])
+    assert res.exit_code == 0 and "schema version 4: this shortlist's agent migrates it to 5" in text(res), res.output
+    assert json.loads(runner.invoke(app, ["check", "--data-dir", str(data), "--json"]).stdout)["schema_version"] == 4

@@ -165,3 +165,56 @@ def test_a_cursor_past_a_restored_folder_is_refused_not_answered_with_nothing(tm
         assert [x.id for x in history(r)] == ["s0", "s1", "s4"]
     finally:
         r.stop()
+
+
+def test_a_schema_4_folder_is_migrated_so_an_agent_of_schema_4_no_longer_opens_it(tmp_path: Path) -> None:
+    """Label row numbers past every row ever stored came without a schema version: an agent of yesterday's
+    release (schema 4) opened a folder this one had written and numbered new rows from the highest left, giving
+    a deleted row's number again (a client syncing by cursor missed the row). Schema 5 keeps it away; the
+    migration records the highest row number."""
+    import sqlite3
+
+    from agent.state import LABEL_ROWS_HIGH_KEY, SCHEMA_VERSION, NewSample, SchemaVersionError, State
+
+    path = tmp_path / "state.sqlite"
+    st = State(path, classes=["cat"])
+    st.add_samples([NewSample(f"s{i}", "", {}, "image", f"{i:064x}", label=0) for i in range(3)])
+    st.close()
+    with sqlite3.connect(path) as db:  # as an agent of schema 4 left it
+        db.execute("DELETE FROM meta WHERE key = ?", (LABEL_ROWS_HIGH_KEY,))
+        db.execute("PRAGMA user_version=4")
+    st = State(path)
+    assert st.schema_version() == SCHEMA_VERSION == 5
+    st.delete_samples([3], "ops", "test")  # the latest label row goes
+    st.add_labels([(1, 0)], "ana")
+    assert [e.row for e in st.label_events(history=True)] == [1, 2, 4]  # row 3 is not given again
+    st.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT value FROM meta WHERE key = ?", (LABEL_ROWS_HIGH_KEY,)).fetchone()[0] == "3"
+    old = pytest.raises(SchemaVersionError, match="schema version 5; this agent reads schema versions up to 4")
+    import agent.state as state_module
+
+    with old, pytest.MonkeyPatch.context() as mp:  # an agent of schema 4 refuses the folder
+        mp.setattr(state_module, "SCHEMA_VERSION", 4)
+        State(path)
+
+
+def test_cli_list_labels_from_an_agent_older_than_the_cursor_says_so(running: Running,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """An agent older than LabelRecord.seq ignores after_seq and limit and numbers no record: the command
+    printed every record with seq 0, exit 0, and "next sync: --after-seq 0", so a sync read everything each
+    time. It says the agent is older and to upgrade it, exit 1, and prints no record."""
+    client.ingest(running.stub, make_samples(4, labels=2))
+    real = client.list_labels
+
+    def old_agent(*args: object, **kw: object) -> object:
+        for r in real(*args, **kw):  # type: ignore[arg-type]
+            r.seq = 0  # as a record of an older agent reads: the field unset
+            yield r
+
+    monkeypatch.setattr(client, "list_labels", old_agent)
+    res = runner.invoke(app, ["list-labels", "--history", "--after-seq", "1", "--agent", running.address])
+    assert res.exit_code == 1 and res.stdout == "", res.output
+    assert "UNIMPLEMENTED: the agent does not offer ListLabels' cursor (its records carry no seq" in \
+        " ".join(res.stderr.split())
+    assert "upgrade the agent" in res.stderr
