@@ -39,8 +39,8 @@ A Label Studio project connected to ``http://AGENT:P/labelstudio`` (Settings > M
 
 Tasks are matched to samples by ``MatchRule`` (agent/web/config.py, ``--labelstudio-match``): ``url``
 (default; the image URL's path, or the ``d`` parameter of a local-files URL, ends with a sample's id or
-uri; else its file name, less the ``8f2a1c3e-`` Label Studio puts in front of an uploaded file's name, is a
-unique sample file name), ``field:NAME`` (``task.data[NAME]`` is the sample id) or ``regex:PATTERN``
+uri; else, for a file uploaded to Label Studio only (``/data/upload/P/8f2a1c3e-NAME``), NAME is a
+unique sample file name; never a guess between samples), ``field:NAME`` (``task.data[NAME]`` is the sample id) or ``regex:PATTERN``
 (applied to the image URL; the group named ``id``, else group 1, else the whole match is the sample id).
 
 Auth: Label Studio's ML backend connection sends HTTP Basic auth (its "Basic Authentication" user and
@@ -62,6 +62,7 @@ import json
 import logging
 import re
 import threading
+import unicodedata
 import xml.etree.ElementTree as ET
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -129,11 +130,26 @@ class Schema:
     choices: tuple[str, ...]
 
     def choice_for(self, label: str) -> str | None:
-        """The choice a Shortlist class name is shown as, or None when the config has no such choice."""
+        """The choice a Shortlist class name is shown as: itself, else the one choice that differs from it only
+        in case or Unicode form (``name_key``); None when the config has no such choice or several."""
         if not self.choices or label in self.choices:
             return label
-        folded = {c.casefold(): c for c in self.choices}
-        return folded.get(label.casefold())
+        same = [c for c in self.choices if name_key(c) == name_key(label)]
+        return same[0] if len(same) == 1 else None
+
+    def class_for(self, choice: str, classes: Sequence[str]) -> str:
+        """The reverse of ``choice_for``: the class of the agent's ``classes`` that /predict shows as
+        ``choice``, when exactly one is; else ``choice`` itself (the agent then accepts or refuses it)."""
+        if choice in classes:
+            return choice
+        shown_as = [c for c in classes if self.choice_for(c) == choice]
+        return shown_as[0] if len(shown_as) == 1 else choice
+
+
+def name_key(name: str) -> str:
+    """What the agent compares class names by (agent/limits.py ``class_name_problem``): "Fish" and "fish",
+    an NFD and an NFC "Café", are one class."""
+    return unicodedata.normalize("NFKC", name).casefold()
 
 
 def parse_schema(xml: str) -> Schema:
@@ -215,12 +231,16 @@ class SampleIndex:
                 found = self.exact("/".join(comps[k:]))
                 if found is not None:
                     return found
+        # An uploaded file only: Label Studio stores it as "data/upload/PROJECT/8f2a1c3e-NAME", which says
+        # nothing of its folder, so its file name (unique in the pool) is all there is to go by. Any other URL
+        # names a full path: one that matched no sample above is no sample (a deleted siteA/x.jpg must not
+        # label siteB/x.jpg).
         for path in url_paths(url):
             name = PurePosixPath(path).name
-            if path.startswith("data/upload/"):  # Label Studio renames an uploaded file "8f2a1c3e-NAME"
+            if path.startswith("data/upload/") and UPLOAD_PREFIX.match(name):
                 name = UPLOAD_PREFIX.sub("", name)
-            if name in self.by_name:
-                return self.by_name[name]
+                if name in self.by_name:
+                    return self.by_name[name]
         return None
 
 

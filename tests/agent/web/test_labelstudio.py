@@ -163,7 +163,9 @@ def test_match_rules() -> None:
     assert m("/data/local-files/?d=reef/site-a/img_0000.jpg") == "reef/site-a/img_0000.jpg"
     assert m("s3://bucket/reef/site-b/img_0001.jpg") == "reef/site-b/img_0001.jpg"
     assert m("https://h.example/media/reef/site-a/img%5F0002.jpg") == "reef/site-a/img_0002.jpg"
-    assert m("https://h.example/flat/img_0004.jpg") == "reef/site-a/img_0004.jpg"  # a unique file name
+    # a file name alone matches only for an upload (below): a full path that matches no sample is no match,
+    # even when a sample elsewhere has that file name
+    assert m("https://h.example/flat/img_0004.jpg") is None
     assert m("https://h.example/flat/img_0003.jpg") is None  # two samples are called img_0003.jpg
     assert m("https://h.example/other/img_0003.jpg") == "other/img_0003.jpg"
     assert m("/mnt/cam/2026/IMG_1.JPG") == "x1"  # the sample's uri
@@ -614,5 +616,116 @@ def test_an_annotation_the_agent_refuses_is_warned_about_with_its_sample_and_rea
         assert warned == ["Label Studio ANNOTATION_CREATED: the agent refused the annotation of sample "
                           "reef/site-b/img_0007.jpg: 'cat' was renamed to 'kitty'; label with that; it is kept in "
                           "Label Studio, not in Shortlist"], caplog.text
+    finally:
+        app.state.stub.close()
+
+
+# ---- fixes found by the exploratory test (/work/explore-ls) -------------------------------------
+def history(r: Running, sid: str) -> list[tuple[str, str, bool]]:
+    """(label, annotator, retracted) of every label row of ``sid``, oldest first."""
+    return [(x.label, x.annotator, x.retracted) for x in reader(r).ListLabels(agent_pb2.ListLabelsRequest(history=True))
+            if x.id == sid]
+
+
+def annotation(aid: int, user: int, choices: list[str], task: int = 101) -> dict[str, Any]:
+    a = event(CREATED, choices)["annotation"]
+    a.update(id=aid, completed_by=user, task=task)
+    return a
+
+
+def test_a_full_path_matching_no_sample_is_not_matched_by_its_file_name() -> None:
+    """A deleted extra/siteA/reef_77.jpg must not match extra/siteB/reef_77.jpg (the file-name fallback is for
+    files uploaded to Label Studio only, whose stored names say nothing of their folder)."""
+    index = SampleIndex([("extra/siteB/reef_77.jpg", ""), ("a/twin.jpg", ""), ("b/twin.jpg", "")])
+    schema = parse_schema(body("setup.json")["schema"])
+
+    def m(image: str) -> str | None:
+        return match_task({"id": 1, "data": {"image": image}}, schema, MatchRule.parse("url"), index)
+
+    assert m("/data/local-files/?d=extra/siteA/reef_77.jpg") is None
+    assert m("s3://bucket/extra/siteA/reef_77.jpg") is None
+    assert m("https://h.example/img/reef_77.jpg") is None
+    assert m("/data/local-files/?d=extra/siteB/reef_77.jpg") == "extra/siteB/reef_77.jpg"
+    assert m("/data/upload/3/0a1b2c3d-reef_77.jpg") == "extra/siteB/reef_77.jpg"  # an upload: its name is unique
+    assert m("/data/upload/3/0a1b2c3d-twin.jpg") is None  # two samples are called twin.jpg: no guess
+
+
+def test_several_annotators_in_one_bulk_event_apply_in_order_and_resends_change_nothing(agent: Running) -> None:
+    """ANNOTATIONS_CREATED [901 user1 cat, 902 user2 dog, 903 user1 frog] on one task: the sample's label is
+    903's (the last), 901 and 902 are listed as skipped (superseded), a resend adds no history row, and
+    deleting 903 takes its label back."""
+    http, app = app_for(agent)
+    try:
+        created = event(CREATED)
+        sid = "reef/site-b/img_0007.jpg"
+        bulk = {"action": "ANNOTATIONS_CREATED", "project": created["project"],
+                "annotation": [annotation(901, 1, ["cat"]), annotation(902, 2, ["dog"]), annotation(903, 1, ["frog"])],
+                "task": [created["task"]]}
+        r = http.post("/labelstudio/webhook", json=bulk, headers=basic(WRITE_TOKEN))
+        assert r.status_code == 200 and r.json()["accepted"] == 1, r.text
+        assert sorted(x["annotation"] for x in r.json()["skipped"]) == [901, 902]
+        assert all("903" in x["reason"] for x in r.json()["skipped"])
+        assert labels_of(agent)[sid] == "frog"
+        assert history(agent, sid) == [("frog", "labelstudio:1", False)]
+        for _ in range(3):  # Label Studio resends the event (or an import runs twice)
+            r = http.post("/labelstudio/webhook", json=bulk, headers=basic(WRITE_TOKEN))
+            assert r.status_code == 200 and r.json()["accepted"] == 0, r.text
+        assert history(agent, sid) == [("frog", "labelstudio:1", False)]
+        # a single event of an earlier annotation, resent after a later one, does not flip the label back
+        two = {"action": "ANNOTATIONS_CREATED", "project": created["project"],
+               "annotation": [annotation(911, 2, ["dog"])], "task": [created["task"]]}
+        three = {"action": "ANNOTATIONS_CREATED", "project": created["project"],
+                 "annotation": [annotation(912, 3, ["cat"])], "task": [created["task"]]}
+        for e in (two, three, two):
+            assert http.post("/labelstudio/webhook", json=e, headers=basic(WRITE_TOKEN)).status_code == 200
+        assert labels_of(agent)[sid] == "cat"
+        deleted = {"action": "ANNOTATIONS_DELETED", "project": created["project"], "annotations": [{"id": 912}]}
+        r = http.post("/labelstudio/webhook", json=deleted, headers=basic(WRITE_TOKEN))
+        assert r.status_code == 200 and r.json()["retracted"] == 1, r.text
+        assert sid not in labels_of(agent)
+    finally:
+        app.state.stub.close()
+
+
+def test_a_choice_predict_showed_for_a_class_is_stored_as_that_class(agent: Running) -> None:
+    """A config whose choices differ from the classes only in case or Unicode form: /predict shows class
+    `cat` as `CAT`, and `CAT` submitted comes back as `cat`; a choice two classes could map to is not guessed."""
+    http, app = app_for(agent)
+    try:
+        xml = ('<View><Image name="image" value="$image"/><Choices name="species" toName="image">'
+               '<Choice value="CAT"/><Choice value="Dog"/><Choice value="frog"/></Choices></View>')
+        pred = dict(body("predict.json"), label_config=xml)
+        pred["tasks"] = [dict(pred["tasks"][0], data={"image": f"/data/local-files/?d={sample_id(0)}"})]
+        res = http.post("/labelstudio/predict", json=pred, headers=basic(READ_TOKEN)).json()
+        assert res["results"][0]["result"][0]["value"]["choices"] == ["CAT"]  # sample 0 is labelled cat
+        created = event(CREATED, ["CAT"])
+        created["project"]["label_config"] = xml
+        r = http.post("/labelstudio/webhook", json=created, headers=basic(WRITE_TOKEN))
+        assert r.status_code == 200 and (r.json()["accepted"], r.json()["rejected"]) == (1, []), r.text
+        assert labels_of(agent)["reef/site-b/img_0007.jpg"] == "cat"
+        assert parse_schema(xml).class_for("Dog", ["cat", "dog", "frog"]) == "dog"
+        twins = parse_schema(xml.replace('<Choice value="frog"/>', '<Choice value="cat"/>'))
+        assert twins.choice_for("cat") == "cat" and twins.class_for("CAT", ["cat", "dog"]) == "CAT"  # no guess
+    finally:
+        app.state.stub.close()
+
+
+def test_an_update_that_clears_the_choice_takes_its_label_back(agent: Running) -> None:
+    """ANNOTATION_UPDATED with `result: []`: the label that annotation gave is retracted if it is still the
+    sample's current one; when someone else labelled the sample since, that label stays."""
+    http, app = app_for(agent)
+    try:
+        sid = "reef/site-b/img_0007.jpg"
+        assert http.post("/labelstudio/webhook", json=event(CREATED), headers=basic(WRITE_TOKEN)).json()["accepted"] == 1
+        cleared = event(CREATED)
+        cleared["action"], cleared["annotation"]["result"] = "ANNOTATION_UPDATED", []
+        r = http.post("/labelstudio/webhook", json=cleared, headers=basic(WRITE_TOKEN))
+        assert r.status_code == 200 and r.json()["retracted"] == 1, r.text
+        assert sid not in labels_of(agent)
+        assert http.post("/labelstudio/webhook", json=event(CREATED), headers=basic(WRITE_TOKEN)).json()["accepted"] == 1
+        client.submit_labels(writer(agent), [(sid, "dog")], annotator="ann")
+        r = http.post("/labelstudio/webhook", json=cleared, headers=basic(WRITE_TOKEN))
+        assert r.status_code == 200 and r.json()["retracted"] == 0, r.text
+        assert labels_of(agent)[sid] == "dog"
     finally:
         app.state.stub.close()
