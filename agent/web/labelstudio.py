@@ -25,7 +25,12 @@ A Label Studio project connected to ``http://AGENT:P/labelstudio`` (Settings > M
 - ``POST /webhook`` (Label Studio's webhook events): ANNOTATION_CREATED / ANNOTATION_UPDATED (and the
   bulk ANNOTATIONS_CREATED) become SubmitLabels with source ``labelstudio`` and annotator
   ``labelstudio:USER`` (the annotation's ``completed_by``); a skipped (cancelled) or empty annotation
-  labels nothing. ANNOTATIONS_DELETED (Label Studio's delete event; its body names the deleted annotations
+  labels nothing. A choice is stored as the class /predict shows as that choice (``Schema.class_for``).
+  Several annotations of one task in one event: the last listed gives the label, the others are
+  ``skipped`` ("superseded"). An annotation sent again with the choice it already gave changes nothing
+  (``skipped``: "already given"), so a resent event neither adds history rows nor flips a sample back.
+  An ANNOTATION_UPDATED that clears the choice retracts the label that annotation gave, by the delete
+  rule below. ANNOTATIONS_DELETED (Label Studio's delete event; its body names the deleted annotations
   by id only: no task, result or user) becomes RetractLabels (source ``labelstudio``, annotator
   ``labelstudio``: the body does not say who deleted) for each deleted annotation whose label is still the
   sample's current one. The rule (``_Given``): this app remembers, for each annotation it turned into a
@@ -40,7 +45,8 @@ A Label Studio project connected to ``http://AGENT:P/labelstudio`` (Settings > M
 Tasks are matched to samples by ``MatchRule`` (agent/web/config.py, ``--labelstudio-match``): ``url``
 (default; the image URL's path, or the ``d`` parameter of a local-files URL, ends with a sample's id or
 uri; else, for a file uploaded to Label Studio only (``/data/upload/P/8f2a1c3e-NAME``), NAME is a
-unique sample file name; never a guess between samples), ``field:NAME`` (``task.data[NAME]`` is the sample id) or ``regex:PATTERN``
+unique sample file name; never a guess between samples), ``field:NAME`` (``task.data[NAME]`` is the sample
+id) or ``regex:PATTERN``
 (applied to the image URL; the group named ``id``, else group 1, else the whole match is the sample id).
 
 Auth: Label Studio's ML backend connection sends HTTP Basic auth (its "Basic Authentication" user and
@@ -500,26 +506,49 @@ class LabelStudioBackend:
         schema = self._schema(xml, project.get("id") if isinstance(project, dict) else None)
         status = call.status()
         index = self._sample_index(call, status)
-        by_annotator: dict[str, dict[str, str]] = {}  # annotator -> sample -> label (the later of two annotations)
-        sources: dict[tuple[str, str], tuple[str, str]] = {}  # (annotator, sample) -> (project, annotation id)
         project_id = _project_id(project.get("id") if isinstance(project, dict) else None)
         skipped: list[dict[str, Any]] = []
+        cleared: list[Any] = []  # annotations updated to give no choice: their label is taken back
+        # sample -> (annotation id, annotator, label, task): the event's last annotation of each sample wins.
+        # Label Studio lists a bulk event's annotations in its own order (creation), so the list order is the
+        # order they were made in; SubmitLabels takes one label per sample, so the others are skipped.
+        latest: dict[str, tuple[Any, str, str, Any]] = {}
         for annotation, task in pairs:
             task_id = task.get("id", annotation.get("task"))
+            aid = annotation.get("id")
             if annotation.get("was_cancelled"):
                 skipped.append({"task": task_id, "reason": "skipped in Label Studio"})
                 continue
             label, problem = _choice(annotation, schema)
             if label is None:
+                if action == "ANNOTATION_UPDATED" and not _choices_given(annotation, schema):
+                    cleared.append(aid)
                 skipped.append({"task": task_id, "reason": problem})
                 continue
             sid = match_task(task, schema, self.config.match, index)
             if sid is None:
                 skipped.append({"task": task_id, "reason": f"matches no sample (rule {self.config.match})"})
                 continue
-            annotator = _annotator(annotation.get("completed_by"))
-            by_annotator.setdefault(annotator, {})[sid] = label  # SubmitLabels takes one label per sample
-            sources[annotator, sid] = (project_id, str(annotation.get("id")))
+            label = schema.class_for(label, status.classes)  # the class /predict showed as this choice
+            before = latest.get(sid)
+            if before is not None:
+                skipped.append({"annotation": before[0], "task": before[3], "id": sid,
+                                "reason": f"superseded by annotation {aid} of the same task, later in this event"})
+            latest[sid] = (aid, _annotator(annotation.get("completed_by")), label, task_id)
+        by_annotator: dict[str, dict[str, str]] = {}  # annotator -> sample -> label
+        sources: dict[tuple[str, str], tuple[str, str]] = {}  # (annotator, sample) -> (project, annotation id)
+        with self._lock:
+            for sid, (aid, annotator, label, task_id) in latest.items():
+                key = (project_id, str(aid))
+                if self._given.get(key) == _Given(sid, label, annotator):
+                    # the same annotation with the same choice, sent again (Label Studio retries, an import
+                    # runs twice): labelling again would add a history row, or flip the sample back to it
+                    # after a later annotation
+                    skipped.append({"annotation": aid, "task": task_id, "id": sid,
+                                    "reason": "already given (the same annotation sent again): unchanged"})
+                    continue
+                by_annotator.setdefault(annotator, {})[sid] = label
+                sources[annotator, sid] = key
         accepted = 0
         rejected: list[dict[str, str]] = []
         for annotator, given in by_annotator.items():
@@ -533,11 +562,19 @@ class LabelStudioBackend:
             refused = {r.id for r in reply.rejected}
             self._remember_given([(sources[annotator, i], _Given(i, lab, annotator)) for i, lab in assignments
                                   if i not in refused])
+        retracted = 0
+        with self._lock:
+            cleared = [a for a in cleared if (project_id, str(a)) in self._given]
+        if cleared:  # as if deleted: the label goes only while it is still this annotation's (``_deleted``)
+            taken = self._deleted(call, action, {"annotations": [{"id": a} for a in cleared], "project": project_id})
+            retracted = taken["retracted"]
+            skipped.extend(taken["skipped"])
         if skipped or rejected:
             log.info("Label Studio %s: %d labels accepted, %d skipped, %d rejected", action, accepted,
                      len(skipped), len(rejected))
         self._warn_rejected(action, rejected)
-        return {"status": "ok", "action": action, "accepted": accepted, "rejected": rejected, "skipped": skipped}
+        return {"status": "ok", "action": action, "accepted": accepted, "rejected": rejected, "skipped": skipped,
+                "retracted": retracted}
 
     def _warn_rejected(self, action: str, rejected: list[dict[str, str]]) -> None:
         """A WARNING for annotations the agent refused (Label Studio ignores the webhook's answer, which stays
@@ -653,6 +690,16 @@ def _annotations_with_tasks(action: str, body: Mapping[str, Any]) -> list[tuple[
             raise BadRequest(f"{action}: annotation {a.get('id')} is for task {a.get('task')}, which is not in `task`")
         pairs.append((a, t))
     return pairs
+
+
+def _choices_given(annotation: Mapping[str, Any], schema: Schema) -> bool:
+    """Whether the annotation has any choice in the schema's Choices (False: none, e.g. cleared)."""
+    for item in annotation.get("result", []):
+        if isinstance(item, dict) and item.get("from_name") == schema.from_name:
+            value = item.get("value")
+            if isinstance(value, dict) and value.get("choices"):
+                return True
+    return False
 
 
 def _choice(annotation: Mapping[str, Any], schema: Schema) -> tuple[str | None, str]:
