@@ -705,6 +705,8 @@ def test_a_choice_predict_showed_for_a_class_is_stored_as_that_class(agent: Runn
         assert r.status_code == 200 and (r.json()["accepted"], r.json()["rejected"]) == (1, []), r.text
         assert labels_of(agent)["reef/site-b/img_0007.jpg"] == "cat"
         assert parse_schema(xml).class_for("Dog", ["cat", "dog", "frog"]) == "dog"
+        nfd = parse_schema(xml.replace('value="frog"', 'value="Cafe\u0301"'))  # the NFD spelling of Café
+        assert nfd.choice_for("Café") == "Cafe\u0301" and nfd.class_for("Cafe\u0301", ["Café", "cat"]) == "Café"
         twins = parse_schema(xml.replace('<Choice value="frog"/>', '<Choice value="cat"/>'))
         assert twins.choice_for("cat") == "cat" and twins.class_for("CAT", ["cat", "dog"]) == "CAT"  # no guess
     finally:
