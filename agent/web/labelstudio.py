@@ -24,7 +24,8 @@ A Label Studio project connected to ``http://AGENT:P/labelstudio`` (Settings > M
   least to the most confident prior, then the labelled ones, then the tasks that match no sample.
 - ``POST /webhook`` (Label Studio's webhook events): ANNOTATION_CREATED / ANNOTATION_UPDATED (and the
   bulk ANNOTATIONS_CREATED) become SubmitLabels with source ``labelstudio`` and annotator
-  ``labelstudio:USER`` (the annotation's ``completed_by``); a skipped (cancelled) or empty annotation
+  ``labelstudio:USER`` (the annotation's ``completed_by``; for ANNOTATION_UPDATED its ``updated_by``, when
+  sent: a reviewer's correction is the reviewer's); a skipped (cancelled) or empty annotation
   labels nothing. A choice is stored as the class /predict shows as that choice (``Schema.class_for``).
   Several annotations of one task in one event: the last listed gives the label, the others are
   ``skipped`` ("superseded"). An annotation sent again with the choice it already gave changes nothing
@@ -534,7 +535,10 @@ class LabelStudioBackend:
             if before is not None:
                 skipped.append({"annotation": before[0], "task": before[3], "id": sid,
                                 "reason": f"superseded by annotation {aid} of the same task, later in this event"})
-            latest[sid] = (aid, _annotator(annotation.get("completed_by")), label, task_id)
+            # an update is who chose the label now (a reviewer's correction), a new annotation its author
+            who = annotation.get("updated_by") if action == "ANNOTATION_UPDATED" else None
+            latest[sid] = (aid, _annotator(who if who not in (None, "") else annotation.get("completed_by")), label,
+                           task_id)
         by_annotator: dict[str, dict[str, str]] = {}  # annotator -> sample -> label
         sources: dict[tuple[str, str], tuple[str, str]] = {}  # (annotator, sample) -> (project, annotation id)
         with self._lock:

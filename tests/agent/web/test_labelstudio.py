@@ -734,3 +734,21 @@ def test_an_update_that_clears_the_choice_takes_its_label_back(agent: Running) -
         assert labels_of(agent)[sid] == "dog"
     finally:
         app.state.stub.close()
+
+
+def test_an_update_is_credited_to_who_updated_it(agent: Running) -> None:
+    """ANNOTATION_UPDATED with `completed_by: 1, updated_by: 5` (a reviewer's correction): the label's annotator
+    is labelstudio:5, who chose it; a created annotation stays its author's."""
+    http, app = app_for(agent)
+    try:
+        sid = "reef/site-b/img_0007.jpg"
+        created = event(CREATED)
+        created["annotation"]["updated_by"] = 1
+        assert http.post("/labelstudio/webhook", json=created, headers=basic(WRITE_TOKEN)).json()["accepted"] == 1
+        fixed = event(CREATED, ["dog"])
+        fixed["action"], fixed["annotation"]["updated_by"] = "ANNOTATION_UPDATED", 5
+        r = http.post("/labelstudio/webhook", json=fixed, headers=basic(WRITE_TOKEN))
+        assert r.status_code == 200 and r.json()["accepted"] == 1, r.text
+        assert history(agent, sid) == [("frog", "labelstudio:1", False), ("dog", "labelstudio:5", False)]
+    finally:
+        app.state.stub.close()
