@@ -31,7 +31,8 @@ A Label Studio project connected to ``http://AGENT:P/labelstudio`` (Settings > M
   ``skipped`` ("superseded"). An annotation sent again with the choice it already gave changes nothing
   (``skipped``: "already given"), so a resent event neither adds history rows nor flips a sample back.
   An ANNOTATION_UPDATED that clears the choice retracts the label that annotation gave, by the delete
-  rule below. ANNOTATIONS_DELETED (Label Studio's delete event; its body names the deleted annotations
+  rule below. An update older (``updated_at``) than one of the same annotation already applied is
+  skipped. ANNOTATIONS_DELETED (Label Studio's delete event; its body names the deleted annotations
   by id only: no task, result or user) becomes RetractLabels (source ``labelstudio``, annotator
   ``labelstudio``: the body does not say who deleted) for each deleted annotation whose label is still the
   sample's current one. The rule (``_Given``): this app remembers, for each annotation it turned into a
@@ -73,7 +74,8 @@ import unicodedata
 import xml.etree.ElementTree as ET
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import PurePosixPath
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -333,6 +335,9 @@ class _Given:
     sample: str
     label: str
     annotator: str
+    # the annotation's updated_at (else created_at), to refuse an older update arriving after a newer one;
+    # not compared: the same annotation and choice sent again is the same given label
+    stamp: datetime | None = field(default=None, compare=False)
 
 
 @dataclass
@@ -513,7 +518,7 @@ class LabelStudioBackend:
         # sample -> (annotation id, annotator, label, task): the event's last annotation of each sample wins.
         # Label Studio lists a bulk event's annotations in its own order (creation), so the list order is the
         # order they were made in; SubmitLabels takes one label per sample, so the others are skipped.
-        latest: dict[str, tuple[Any, str, str, Any]] = {}
+        latest: dict[str, tuple[Any, str, str, Any, datetime | None]] = {}
         for annotation, task in pairs:
             task_id = task.get("id", annotation.get("task"))
             aid = annotation.get("id")
@@ -538,12 +543,21 @@ class LabelStudioBackend:
             # an update is who chose the label now (a reviewer's correction), a new annotation its author
             who = annotation.get("updated_by") if action == "ANNOTATION_UPDATED" else None
             latest[sid] = (aid, _annotator(who if who not in (None, "") else annotation.get("completed_by")), label,
-                           task_id)
+                           task_id, _stamp(annotation))
         by_annotator: dict[str, dict[str, str]] = {}  # annotator -> sample -> label
         sources: dict[tuple[str, str], tuple[str, str]] = {}  # (annotator, sample) -> (project, annotation id)
+        stamps: dict[str, datetime | None] = {}  # sample -> its annotation's updated_at
         with self._lock:
-            for sid, (aid, annotator, label, task_id) in latest.items():
+            for sid, (aid, annotator, label, task_id, stamp) in latest.items():
                 key = (project_id, str(aid))
+                known = self._given.get(key)
+                if known is not None and known.stamp is not None and stamp is not None and stamp < known.stamp:
+                    # Label Studio sends each event once, synchronously, but two saves in quick succession can
+                    # arrive out of order: the newer choice stays
+                    skipped.append({"annotation": aid, "task": task_id, "id": sid,
+                                    "reason": f"older (updated_at {stamp.isoformat()}) than this annotation's "
+                                              f"update already applied ({known.stamp.isoformat()}): kept"})
+                    continue
                 if self._given.get(key) == _Given(sid, label, annotator):
                     # the same annotation with the same choice, sent again (Label Studio retries, an import
                     # runs twice): labelling again would add a history row, or flip the sample back to it
@@ -553,6 +567,7 @@ class LabelStudioBackend:
                     continue
                 by_annotator.setdefault(annotator, {})[sid] = label
                 sources[annotator, sid] = key
+                stamps[sid] = stamp
         accepted = 0
         rejected: list[dict[str, str]] = []
         for annotator, given in by_annotator.items():
@@ -564,8 +579,8 @@ class LabelStudioBackend:
             accepted += reply.accepted
             rejected.extend({"id": r.id, "reason": r.reason} for r in reply.rejected)
             refused = {r.id for r in reply.rejected}
-            self._remember_given([(sources[annotator, i], _Given(i, lab, annotator)) for i, lab in assignments
-                                  if i not in refused])
+            self._remember_given([(sources[annotator, i], _Given(i, lab, annotator, stamps[i]))
+                                  for i, lab in assignments if i not in refused])
         retracted = 0
         with self._lock:
             cleared = [a for a in cleared if (project_id, str(a)) in self._given]
@@ -694,6 +709,20 @@ def _annotations_with_tasks(action: str, body: Mapping[str, Any]) -> list[tuple[
             raise BadRequest(f"{action}: annotation {a.get('id')} is for task {a.get('task')}, which is not in `task`")
         pairs.append((a, t))
     return pairs
+
+
+def _stamp(annotation: Mapping[str, Any]) -> datetime | None:
+    """The annotation's ``updated_at`` (else ``created_at``), ISO 8601 as Label Studio sends it; None when
+    absent or unreadable (then never compared)."""
+    for key in ("updated_at", "created_at"):
+        value = annotation.get(key)
+        if isinstance(value, str) and value:
+            try:
+                stamp = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            except ValueError:
+                return None
+            return stamp if stamp.tzinfo is not None else None  # naive and aware times do not compare
+    return None
 
 
 def _choices_given(annotation: Mapping[str, Any], schema: Schema) -> bool:

@@ -752,3 +752,19 @@ def test_an_update_is_credited_to_who_updated_it(agent: Running) -> None:
         assert history(agent, sid) == [("frog", "labelstudio:1", False), ("dog", "labelstudio:5", False)]
     finally:
         app.state.stub.close()
+
+
+def test_an_older_update_arriving_late_does_not_win(agent: Running) -> None:
+    """Two updates of annotation 17 arrive out of order (updated_at 08:10 dog, then 08:05 bird): dog stays."""
+    http, app = app_for(agent)
+    try:
+        sid = "reef/site-b/img_0007.jpg"
+        for choice, at in (("dog", "2026-11-30T08:10:00.000000Z"), ("cat", "2026-11-30T08:05:00.000000Z")):
+            e = event(CREATED, [choice])
+            e["action"], e["annotation"]["updated_at"] = "ANNOTATION_UPDATED", at
+            r = http.post("/labelstudio/webhook", json=e, headers=basic(WRITE_TOKEN))
+            assert r.status_code == 200, r.text
+        assert r.json()["accepted"] == 0 and "older" in r.json()["skipped"][0]["reason"], r.text
+        assert labels_of(agent)[sid] == "dog"
+    finally:
+        app.state.stub.close()
