@@ -437,6 +437,25 @@ def test_a_label_sent_while_the_agent_is_away_is_sent_again_when_it_answers(slow
     assert web.labels()[y] == "square"
 
 
+def _first_answer_lost(page: Any, pattern: str) -> list[int]:
+    """Route the page's first request to ``pattern`` to the app (which acts on it) and drop the answer, as when
+    the app went down with it; later ones go through. The list gets an item once that happened."""
+    lost: list[int] = []
+
+    def stored_then_lost(route: Any) -> None:
+        if not lost:
+            lost.append(1)  # first: a handler that raises is skipped, and the request would go through as it is
+            try:
+                route.fetch(timeout=60_000)  # the app and the agent act on it ...
+            finally:
+                route.abort()  # ... and the answer never comes
+        else:
+            route.continue_()
+
+    page.route(pattern, stored_then_lost)
+    return lost
+
+
 def test_a_label_stored_but_unanswered_and_sent_again_is_still_undone(slow_web: WebAgent, page: Any) -> None:
     """The agent stored the label but its answer was lost (the app went down with it): the page sends it again,
     the agent takes the resend as the same label (no agreement with someone else, no second row), the tile
@@ -444,19 +463,7 @@ def test_a_label_stored_but_unanswered_and_sent_again_is_still_undone(slow_web: 
     web = slow_web
     open_queue(web, page, "alice")
     x = focused_tile(page)
-    lost: list[int] = []
-
-    def stored_then_lost(route: Any) -> None:
-        if not lost:
-            lost.append(1)  # first: a handler that raises is skipped, and the request would go through as it is
-            try:
-                route.fetch(timeout=60_000)  # the agent stores it ...
-            finally:
-                route.abort()  # ... and the answer never comes
-        else:
-            route.continue_()
-
-    page.route("**/api/labels", stored_then_lost)
+    lost = _first_answer_lost(page, "**/api/labels")
     page.keyboard.press("1")
     page.wait_for_selector(f'.tile[data-id="{x}"][data-saved="1"][data-label="circle"]', timeout=10_000)
     assert lost and web.labels()[x] == "circle"
@@ -480,19 +487,7 @@ def test_an_undo_of_a_change_applied_but_unanswered_and_sent_again_is_shown_done
     page.keyboard.press("2")  # square: a change
     page.wait_for_selector(f'.tile[data-id="{x}"][data-saved="1"][data-label="square"]')
     page.keyboard.press("ArrowLeft")
-    lost: list[int] = []
-
-    def stored_then_lost(route: Any) -> None:
-        if not lost:
-            lost.append(1)
-            try:
-                route.fetch(timeout=60_000)  # the agent applies the undo ...
-            finally:
-                route.abort()  # ... and its answer never comes
-        else:
-            route.continue_()
-
-    page.route("**/api/labels/retract", stored_then_lost)
+    lost = _first_answer_lost(page, "**/api/labels/retract")
     page.keyboard.press("Backspace")
     page.wait_for_selector(f'.tile[data-id="{x}"][data-saved="1"][data-label="circle"]:not(.pending)', timeout=10_000)
     assert lost and web.labels()[x] == "circle"
