@@ -221,7 +221,7 @@ def restore(backup_dir: Path, data_dir: Path, force: bool = False, link: bool = 
         shutil.rmtree(tmp, ignore_errors=True)
         try:
             tmp.mkdir(mode=OWNER_DIR)
-            summary = _backup_into(backup_dir, tmp, link, progress)
+            summary = _backup_into(backup_dir, tmp, link, progress, restoring=True)
         except BaseException as e:
             shutil.rmtree(tmp, ignore_errors=True)
             if isinstance(e, OSError | sqlite3.Error):
@@ -250,12 +250,13 @@ def restore(backup_dir: Path, data_dir: Path, force: bool = False, link: bool = 
 
 
 def _backup_into(data_dir: Path, tmp: Path, link: bool,
-                 progress: Callable[[int, int], None] | None) -> BackupSummary:
+                 progress: Callable[[int, int], None] | None, restoring: bool = False) -> BackupSummary:
     """Steps 1-3 of the module's docstring into the (new, empty) folder ``tmp``, before its rename. From before
     the state copy until the blobs are linked, no deletion removes a payload (``removal_lock``, shared): else
     one committed after the copy could remove the files of samples the copy still holds."""
     blobs = data_dir / BLOBS
-    with removal_lock(blobs, shared=True) if blobs.is_dir() else contextlib.nullcontext():
+    # (``restoring``: the source is a backup, which a restore must not write to: no lock file made in it)
+    with removal_lock(blobs, shared=True, create=not restoring) if blobs.is_dir() else contextlib.nullcontext():
         return _backup_locked(data_dir, tmp, link, progress)
 
 

@@ -42,12 +42,16 @@ def sha256_hex(data: bytes) -> str:
 
 
 @contextlib.contextmanager
-def removal_lock(root: Path, shared: bool) -> Iterator[None]:
+def removal_lock(root: Path, shared: bool, create: bool = True) -> Iterator[None]:
     """Hold ``<root>/.lock``: ``shared`` by a backup (from before its state copy until its blobs are linked),
     exclusive by a blob removal (see the module's docstring). Waits for the other kind; the kernel drops the
     lock when its process ends in any way. No lock when the file cannot be opened (a read-only folder: then no
-    agent removes anything from it either)."""
+    agent removes anything from it either), or, without ``create``, when there is none (``shortlist restore``
+    reads a backup folder, which it must not write to; a served folder's deletions make the file)."""
     path = root / LOCK_NAME
+    if not create and not path.exists():
+        yield
+        return
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, OWNER_FILE)
     except OSError:

@@ -360,3 +360,16 @@ def test_restore_into_a_symlink_to_a_data_folder_restores_the_folder_it_names(tm
     refused = runner.invoke(app, ["restore", str(bk), str(dangling)])
     assert refused.exit_code == 2 and f"{dangling} is a symlink to {tmp_path / 'nowhere'}, which is not a folder" \
         in text(refused), refused.output
+
+
+def test_restore_writes_nothing_into_the_backup_it_reads(tmp_path: Path) -> None:
+    """`shortlist restore` made BACKUP/blobs/.lock (the removal lock a backup of a served folder takes): a restore
+    must leave its backup as it was, byte for byte and file for file."""
+    data, bk = tmp_path / "d", tmp_path / "bk"
+    blob_folder(data)
+    assert runner.invoke(app, ["backup", "--data-dir", str(data), "--out", str(bk)]).exit_code == 0
+    (bk / "blobs" / ".lock").unlink(missing_ok=True)  # (the backup's own copy of the source's lock, if any)
+    before = sorted((str(p.relative_to(bk)), p.stat().st_mtime_ns) for p in bk.rglob("*"))
+    done = runner.invoke(app, ["restore", str(bk), str(tmp_path / "new")])
+    assert done.exit_code == 0, done.output
+    assert sorted((str(p.relative_to(bk)), p.stat().st_mtime_ns) for p in bk.rglob("*")) == before
