@@ -210,19 +210,26 @@ def test_bench_strategies_names_the_data_set_and_encoder_from_meta_json(tmp_path
                                                                          "folder)"
 
 
+def bench_strategies(tmp_path: Path, x: np.ndarray, y: np.ndarray, *options: str) -> Path:
+    """`shortlist bench strategies` on embeddings ``x`` and labels ``y`` (saved in ``tmp_path``), with the knn
+    prior and ``options``; asserts it succeeded and returns its --out folder."""
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, [
+        "bench", "strategies", "--embeddings", str(tmp_path / "x.npy"), "--labels", str(tmp_path / "y.npy"),
+        "--priors", "knn", "--out", str(out), *options])
+    assert result.exit_code == 0, result.output
+    return out
+
+
 def test_bench_strategies_reports_balanced_accuracy_beside_the_plain(tmp_path: Path) -> None:
     """An imbalanced pool (one class 24 rows, two of 3): each record has the prior's and the probe's balanced
     accuracy (sklearn's mean per-class recall of what it scored), and results.md shows them next to the
     plain accuracy."""
     x, y = blobs(clusters=3, per_cluster=24, dim=8, spread=0.6, seed=1)
     keep = np.concatenate([np.flatnonzero(y == 0), np.flatnonzero(y == 1)[:3], np.flatnonzero(y == 2)[:3]])
-    np.save(tmp_path / "x.npy", x[keep])
-    np.save(tmp_path / "y.npy", y[keep])
-    out = tmp_path / "out"
-    result = CliRunner().invoke(app, [
-        "bench", "strategies", "--embeddings", str(tmp_path / "x.npy"), "--labels", str(tmp_path / "y.npy"),
-        "--budgets", "4", "--seeds", "1", "--strategies", "random", "--priors", "knn", "--out", str(out)])
-    assert result.exit_code == 0, result.output
+    out = bench_strategies(tmp_path, x[keep], y[keep], "--budgets", "4", "--seeds", "1", "--strategies", "random")
     (record,) = json.loads((out / "results.json").read_text())
     assert 0.0 <= record["prior_balanced_accuracy"] <= 1.0 and 0.0 <= record["linear_balanced_accuracy"] <= 1.0
     md = (out / "results.md").read_text()
@@ -235,13 +242,7 @@ def test_bench_strategies_writes_strict_json_when_a_budget_labels_the_whole_pool
     """Budget = pool: no unlabelled row is left to score the priors on, and no test split to score the probe
     on. results.json says null (JSON has no NaN: another language's parser refuses a bare NaN), results.md "-"."""
     x, y = blobs(clusters=2, per_cluster=5, dim=4)
-    np.save(tmp_path / "x.npy", x)
-    np.save(tmp_path / "y.npy", y)
-    out = tmp_path / "out"
-    result = CliRunner().invoke(app, [
-        "bench", "strategies", "--embeddings", str(tmp_path / "x.npy"), "--labels", str(tmp_path / "y.npy"),
-        "--budgets", "10", "--seeds", "1", "--strategies", "random", "--priors", "knn", "--out", str(out)])
-    assert result.exit_code == 0, result.output
+    out = bench_strategies(tmp_path, x, y, "--budgets", "10", "--seeds", "1", "--strategies", "random")
 
     def refuse(name: str) -> None:
         raise AssertionError(f"results.json holds {name}, which is not JSON")
@@ -256,13 +257,7 @@ def test_bench_strategies_notes_a_strategy_that_ignores_the_seed(tmp_path: Path)
     """probcover's pick is deterministic: 3 seeds give one figure and "± 0.0", which results.md now explains;
     random's seeds differ and are not named."""
     x, y = blobs(clusters=3, per_cluster=20, dim=8, spread=0.1, seed=2)
-    np.save(tmp_path / "x.npy", x)
-    np.save(tmp_path / "y.npy", y)
-    out = tmp_path / "out"
-    result = CliRunner().invoke(app, [
-        "bench", "strategies", "--embeddings", str(tmp_path / "x.npy"), "--labels", str(tmp_path / "y.npy"),
-        "--budgets", "6", "--seeds", "3", "--strategies", "random,probcover", "--priors", "knn", "--out", str(out)])
-    assert result.exit_code == 0, result.output
+    out = bench_strategies(tmp_path, x, y, "--budgets", "6", "--seeds", "3", "--strategies", "random,probcover")
     md = (out / "results.md").read_text()
     assert "probcover gave the same figures at every seed and budget: its ± 0.0 says the seeds changed" in md
     assert "random gave" not in md
