@@ -581,8 +581,6 @@ class Agent:
         self._deleting = threading.Lock()
         self._draws: list[tuple[str, np.ndarray]] = self._recorded_draws()
         self._counted_draws = CountedDraws()  # their counted picks, kept up to date (counted_seqs)
-        # (label revision, seqs) of the accepted priors at that revision (accepted_prior_seqs)
-        self._accepted_priors: tuple[int, np.ndarray] | None = None
         self._recorded_since_prune = PRUNE_EVERY  # prune at the first record after a start
         if self.state.get_meta(INDEX_STALE_KEY) == "1":
             # A deletion since the last start (the flag is set in its transaction and stays set until here) left
@@ -690,16 +688,6 @@ class Agent:
             for strategy, order in fresh:  # under the lock: added once each, in the order recorded
                 counter.add(strategy, order)
         return counter.counted(labels, audit, audit_only)
-
-    def accepted_prior_seqs(self) -> np.ndarray:
-        """Seqs of the samples whose current label is an accepted prior (source ``prior:METHOD``), ascending:
-        ``State.accepted_prior_seqs``, queried again only when the labels changed since the last call."""
-        cached = self._accepted_priors
-        if cached is not None and cached[0] == self.state.label_event_count():
-            return cached[1]
-        got = self.state.accepted_prior_seqs()
-        self._accepted_priors = got
-        return got[1]
 
     def uniform_labelled(self) -> int:
         """How many labels count as uniform draws now (``uniform_seqs``)."""
@@ -1181,7 +1169,7 @@ class Agent:
         drawn = np.flatnonzero(np.isin(view.seqs, self.uniform_seqs())) if audit and view.n \
             else np.zeros(0, np.int64)
         # the accepted priors, which the calibration never holds out (Pool.accepted), read with the draws
-        accepted = np.flatnonzero(np.isin(view.seqs, self.accepted_prior_seqs())) if audit and view.n \
+        accepted = np.flatnonzero(np.isin(view.seqs, self.state.accepted_prior_seqs())) if audit and view.n \
             else np.zeros(0, np.int64)
         pool = Pool(embeddings=view.vecs, labeled=labeled.astype(np.int64), labels=labels[labeled],
                     classes=classes, candidates=candidates.astype(np.int64), knn=knn, logits=logits,

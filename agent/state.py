@@ -749,14 +749,14 @@ class State:
     def labeled_count(self) -> int:
         return self._labeled_count
 
-    def accepted_prior_seqs(self) -> tuple[int, np.ndarray]:
-        """(label revision, seqs ascending int64) of the samples whose current label is an accepted prior: its
+    def accepted_prior_seqs(self) -> np.ndarray:
+        """The seqs (ascending int64) of the samples whose current label is an accepted prior: its
         latest label row but a rename's has source ``prior:METHOD`` (SubmitLabels' source for a prior a person
         accepted, docs/app.md; ACCEPTED_SQL). The calibration leaves them out of its held-out set
         (agent/priors/calibration.py). Kept in memory (read at open, then by every label row written): no
         query of the labels table, which a query per label revision scanned whole under the lock."""
         with self._lock:
-            return self._label_events, np.array(sorted(self._accepted), np.int64)
+            return np.array(sorted(self._accepted), np.int64)
 
     def label_event_count(self) -> int:
         """Label rows ever stored (labels, changes, retractions, ingested labels): a revision of the labels."""
