@@ -40,7 +40,14 @@ from agent import client as client_lib
 from agent.limits import name_problem
 from agent.security import ROLE_CHECK_KEY, WEB_CLIENT_KEY, RefusalLog
 from agent.web.config import WebConfig
-from agent.web.errors import HttpError, error_response, for_people, rpc_error_response, unavailable_response
+from agent.web.errors import (
+    HttpError,
+    error_response,
+    for_people,
+    rpc_error_response,
+    token_refused,
+    unavailable_response,
+)
 from agent.web.pages import render
 from shortlist.v1 import agent_pb2, agent_pb2_grpc
 
@@ -331,8 +338,7 @@ class TokenFirstGuard:
                                                timeout=config.rpc_timeout_s)
         except grpc.RpcError as e:
             if str(request.url.path).startswith("/labelstudio/") and e.code() == grpc.StatusCode.UNAUTHENTICATED:
-                request.app.state.sign_in_throttle.failed(client_address(request))  # a failed try, as elsewhere
-                request.app.state.known_tokens.forget(token)
+                token_refused(request, token)
                 return error_response(request, 401, "UNAUTHENTICATED", e.details() or UNKNOWN_TOKEN,
                                       {"WWW-Authenticate": 'Basic realm="shortlist"'})
             return rpc_error_response(request, e)
@@ -410,13 +416,17 @@ class SignInThrottle:
             left = self._left(address, now)
             if left < 1.0:
                 return (1.0 - left) / self.per_s
-            if address not in self._buckets and len(self._buckets) >= self.max_addresses:
-                # forget the addresses whose allowance is full again (they lose nothing), else all of them
-                self._buckets = {a: b for a, b in self._buckets.items() if self._left(a, now) < self.burst}
-                if len(self._buckets) >= self.max_addresses:
-                    self._buckets.clear()
-            self._buckets[address] = (left - 1.0, now)
+            self._take(address, left, now)
             return 0.0
+
+    def _take(self, address: str, left: float, now: float) -> None:
+        """Record one try taken from ``address``'s allowance ``left`` (call with the lock held), keeping at most
+        ``max_addresses``: first the addresses whose allowance is full again go (they lose nothing), else all."""
+        if address not in self._buckets and len(self._buckets) >= self.max_addresses:
+            self._buckets = {a: b for a, b in self._buckets.items() if self._left(a, now) < self.burst}
+            if len(self._buckets) >= self.max_addresses:
+                self._buckets.clear()
+        self._buckets[address] = (max(0.0, left - 1.0), now)
 
     def wait(self, address: str) -> float:
         """The seconds until ``address`` may try again (0.0: it may now); nothing taken."""
@@ -428,9 +438,7 @@ class SignInThrottle:
         refused): taken from its allowance as a failed sign-in is."""
         now = time.monotonic()
         with self._lock:
-            if address not in self._buckets and len(self._buckets) >= self.max_addresses:
-                self._buckets.clear()  # (as ``begin``, more bluntly: a flood of addresses)
-            self._buckets[address] = (max(0.0, self._left(address, now) - 1.0), now)
+            self._take(address, self._left(address, now), now)
 
     def passed(self, address: str) -> None:
         """Give back the try ``begin`` took: the sign-in did not fail."""

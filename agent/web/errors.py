@@ -146,21 +146,27 @@ def too_large(request: Request) -> Response:
                           "SHORTLIST_WEB_MAX_BODY_MB) where the app is started")
 
 
+def token_refused(request: Request, token: str) -> None:
+    """The agent refused ``token`` (UNAUTHENTICATED), sent by header, cookie or Label Studio's Basic auth: a
+    failed try from the request's address, as a failed sign-in is (agent/web/auth.py ``SignInThrottle``), and a
+    token it had answered before is revoked: no longer exempt from the throttle (``KnownTokens``)."""
+    state = request.app.state
+    if hasattr(state, "sign_in_throttle"):
+        state.sign_in_throttle.failed(request.client.host if request.client else "")
+    if token and hasattr(state, "known_tokens"):
+        state.known_tokens.forget(token)
+
+
 def rpc_error_response(request: Request, e: grpc.RpcError) -> Response:
     """The answer to a call the agent refused or could not take (``HTTP_STATUS``, the agent's message in a
     person's words on the app's pages, Retry-After on 429 and 503)."""
     code = e.code() if hasattr(e, "code") else grpc.StatusCode.UNKNOWN
     message = (e.details() if hasattr(e, "details") else "") or code.name
     status = http_status(code)
-    throttle = getattr(request.app.state, "sign_in_throttle", None)
-    if code == grpc.StatusCode.UNAUTHENTICATED and throttle is not None:
-        # a token the agent does not know, sent by header or cookie: a failed try, as a failed sign-in is;
-        # and a token it had answered before is revoked: no longer exempt from the throttle
-        throttle.failed(request.client.host if request.client else "")
+    if code == grpc.StatusCode.UNAUTHENTICATED:
         from agent.web.auth import token_of  # (late: auth imports this module)
 
-        if (token := token_of(request)) and hasattr(request.app.state, "known_tokens"):
-            request.app.state.known_tokens.forget(token)
+        token_refused(request, token_of(request))
     if status >= 500:
         log.warning("%s %s: the agent answered %s: %s", request.method, request.url.path, code.name, message)
     wait = retry_after(e) if status in (429, 503) else None
