@@ -201,6 +201,16 @@ def label_problem(state: State, label: str) -> str | None:
     return new_class_problem(live, label) or near_retired_problem(state, label)
 
 
+def label_refusal(state: State, label: str) -> str | None:
+    """Why Ingest cannot store label ``label`` now (``label_problem``, or a name not in a closed class list), or
+    None; then ``state.class_index(label)`` is its index (for an open list, a new class is made there: stage 3
+    only, under the lock; this check makes none)."""
+    problem = label_problem(state, label)
+    if problem is None and state.closed and label not in state.classes:
+        problem = unknown_label_reason(state.classes, label)
+    return problem
+
+
 def unknown_label_reason(classes: Sequence[str], label: str) -> str:
     shown = ", ".join(classes[:20]) + (" ..." if len(classes) > 20 else "")
     return f"unknown label {label!r}: the class list is closed; valid: {shown}"
@@ -365,12 +375,10 @@ class IngestPipeline:
             out.rejected.append((sid, f"id {sid!r} appears earlier in this request (same payload) with label "
                                       f"{first.label!r}: a resend does not change labels; send one label per "
                                       f"sample, or give {s.label!r} with SubmitLabels (`shortlist label`)"))
-        elif (problem := label_problem(self.state, s.label)) is not None:
+        elif (problem := label_refusal(self.state, s.label)) is not None:
             # judged now, as a later request would judge it against the stored sample: only the label is refused
             # (merged into the first item, stage 3 refused the whole sample for it)
             out.rejected.append((sid, problem))
-        elif self.state.closed and self.state.class_index(s.label) is None:
-            out.rejected.append((sid, unknown_label_reason(self.state.classes, s.label)))
         else:  # new in this batch, given before without a label: stored with this one
             labelled = replace(first, label=s.label)
             out.samples[pos] = labelled
@@ -433,13 +441,11 @@ class IngestPipeline:
                 label = -1
                 if s.label:
                     # again under the lock: a RenameClass may have retired the label since ``sample_problem``
-                    if (problem := label_problem(self.state, s.label)) is not None:
+                    if (problem := label_refusal(self.state, s.label)) is not None:
                         res.rejected.append((s.id, problem))
                         continue
                     idx = self.state.class_index(s.label)
-                    if idx is None:
-                        res.rejected.append((s.id, unknown_label_reason(self.state.classes, s.label)))
-                        continue
+                    assert idx is not None  # (label_refusal: a closed list holds it)
                     label = idx
                 new.append(NewSample(s.id, s.uri, dict(s.metadata), s.kind, digest, label))
                 took.append(pos[i])
@@ -509,11 +515,11 @@ class IngestPipeline:
             res.rejected.append((sid, f"id {sid!r} is stored (same payload) and its label was taken back (by "
                                       f"{annotator_name(last[0])}): a resend does not put labels back; give "
                                       f"{s.label!r} with SubmitLabels (`shortlist label`) if it is right"))
-        elif (problem := label_problem(self.state, s.label)) is not None:
+        elif (problem := label_refusal(self.state, s.label)) is not None:
             res.rejected.append((sid, problem))
-        elif (idx := self.state.class_index(s.label)) is None:
-            res.rejected.append((sid, unknown_label_reason(self.state.classes, s.label)))
         else:
+            idx = self.state.class_index(s.label)
+            assert idx is not None  # (label_refusal: a closed list holds it)
             labels.append((rec.seq, idx))
             res.duplicates += 1
             if isinstance(res, IngestResult):
