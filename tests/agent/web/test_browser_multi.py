@@ -414,32 +414,56 @@ def test_a_label_sent_while_the_agent_is_away_is_sent_again_when_it_answers(slow
     all (the browser's "Failed to fetch"). The page says the agent is not reachable, not the browser's words,
     and sends the label again once it answers; likewise while `shortlist web` answers 503 "not reachable"."""
     web = slow_web
+    answer = _labels_answered(page)
     open_queue(web, page, "alice")
     x = focused_tile(page)
-    page.route("**/api/labels", lambda route: route.abort())  # no answer: the app is down with the agent
+    answer[0] = "none"  # no answer: the app is down with the agent
     page.keyboard.press("1")
     _toast_has(page, f"{x}: the agent is not reachable; your label \"circle\" is sent again as soon as it answers")
     assert "Failed to fetch" not in page.locator("#toast").inner_text()
     page.wait_for_timeout(1500)
     assert x not in web.labels()
-    page.unroute("**/api/labels")
+    answer[0] = "app"
     page.wait_for_selector(f'.tile[data-id="{x}"][data-saved="1"][data-label="circle"]', timeout=10_000)
     assert web.labels()[x] == "circle"
     _toast_has(page, f"the agent answers again: {x} labelled circle")
     y = focused_tile(page)
-    page.route("**/api/labels", lambda route: route.fulfill(status=503, content_type="application/json", body=(
-        '{"error": "UNAVAILABLE", "message": "the agent is not reachable; retrying: this page works again as '
-        'soon as it is back"}')))
+    answer[0] = "503"  # `shortlist web` answers, its agent does not
     page.keyboard.press("2")
     _toast_has(page, f"{y}: the agent is not reachable; your label \"square\" is sent again")
-    page.unroute("**/api/labels")
+    answer[0] = "app"
     page.wait_for_selector(f'.tile[data-id="{y}"][data-saved="1"][data-label="square"]', timeout=10_000)
     assert web.labels()[y] == "square"
 
 
+# Routes are registered before the page loads. Registered on a loaded page, a request sent at the next key press
+# went out uncaught now and then (two of these tests each failed so once in CI, the handler never called): most
+# likely chromium starts intercepting a loaded page's requests some time after page.route() returns, once the
+# page has new loader factories.
+def _labels_answered(page: Any) -> list[str]:
+    """Route the page's POST /api/labels by the list's one item, set by the test as it goes: "app" (the
+    request goes through), "none" (no answer at all, as when the app is down with the agent) or "503" (the app
+    answers that its agent is not reachable)."""
+    answer = ["app"]
+
+    def route_by_answer(route: Any) -> None:
+        if answer[0] == "none":
+            route.abort()
+        elif answer[0] == "503":
+            route.fulfill(status=503, content_type="application/json", body=(
+                '{"error": "UNAVAILABLE", "message": "the agent is not reachable; retrying: this page works again as '
+                'soon as it is back"}'))
+        else:
+            route.continue_()
+
+    page.route("**/api/labels", route_by_answer)
+    return answer
+
+
 def _first_answer_lost(page: Any, pattern: str) -> list[int]:
     """Route the page's first request to ``pattern`` to the app (which acts on it) and drop the answer, as when
-    the app went down with it; later ones go through. The list gets an item once that happened."""
+    the app went down with it; later ones go through. The list gets an item once that happened. Called before
+    the page loads (above)."""
     lost: list[int] = []
 
     def stored_then_lost(route: Any) -> None:
@@ -461,11 +485,11 @@ def test_a_label_stored_but_unanswered_and_sent_again_is_still_undone(slow_web: 
     the agent takes the resend as the same label (no agreement with someone else, no second row), the tile
     shows it saved, and Backspace takes it back."""
     web = slow_web
+    lost = _first_answer_lost(page, "**/api/labels")
     open_queue(web, page, "alice")
     x = focused_tile(page)
-    lost = _first_answer_lost(page, "**/api/labels")
     page.keyboard.press("1")
-    page.wait_for_selector(f'.tile[data-id="{x}"][data-saved="1"][data-label="circle"]', timeout=10_000)
+    page.wait_for_selector(f'.tile[data-id="{x}"][data-saved="1"][data-label="circle"]', timeout=20_000)
     assert lost and web.labels()[x] == "circle"
     page.keyboard.press("Backspace")
     _toast_has(page, f"undo: {x}: your label \"circle\" taken back")
@@ -478,6 +502,7 @@ def test_an_undo_of_a_change_applied_but_unanswered_and_sent_again_is_shown_done
     so the page sends the undo again: the agent refuses the resend as already applied by her (``changed``). The
     tile showed "your undo was not applied ... meanwhile" (a change by someone else); it shows the undo done."""
     web = slow_web
+    lost = _first_answer_lost(page, "**/api/labels/retract")
     open_queue(web, page, "alice")
     x = focused_tile(page)
     page.keyboard.press("1")  # circle
@@ -487,9 +512,8 @@ def test_an_undo_of_a_change_applied_but_unanswered_and_sent_again_is_shown_done
     page.keyboard.press("2")  # square: a change
     page.wait_for_selector(f'.tile[data-id="{x}"][data-saved="1"][data-label="square"]')
     page.keyboard.press("ArrowLeft")
-    lost = _first_answer_lost(page, "**/api/labels/retract")
     page.keyboard.press("Backspace")
-    page.wait_for_selector(f'.tile[data-id="{x}"][data-saved="1"][data-label="circle"]:not(.pending)', timeout=10_000)
+    page.wait_for_selector(f'.tile[data-id="{x}"][data-saved="1"][data-label="circle"]:not(.pending)', timeout=20_000)
     assert lost and web.labels()[x] == "circle"
     assert page.locator(f'.tile[data-id="{x}"].changed').count() == 0
     assert "not applied" not in page.locator("#toast").inner_text()
