@@ -31,16 +31,20 @@ A Label Studio project connected to ``http://AGENT:P/labelstudio`` (Settings > M
   ``skipped`` ("superseded"). An annotation sent again with the choice it already gave changes nothing
   (``skipped``: "already given"), so a resent event neither adds history rows nor flips a sample back.
   An ANNOTATION_UPDATED that clears the choice retracts the label that annotation gave, by the delete
-  rule below. An update older (``updated_at``) than one of the same annotation already applied is
-  skipped. ANNOTATIONS_DELETED (Label Studio's delete event; its body names the deleted annotations
-  by id only: no task, result or user) becomes RetractLabels (source ``labelstudio``, annotator
+  rule below. An update older (``updated_at``) than one of the same annotation already applied, a choice or
+  a cleared choice, is skipped (webhooks are not ordered), and so is a create or update of an annotation
+  whose delete arrived first (logged at INFO). ANNOTATIONS_DELETED (Label Studio's delete event; its body
+  names the deleted annotations by id only: no task, result or user) becomes RetractLabels (source
+  ``labelstudio``, annotator
   ``labelstudio``: the body does not say who deleted) for each deleted annotation whose label is still the
   sample's current one. The rule (``_Given``): this app remembers, for each annotation it turned into a
   label, the sample, class and annotator; a deletion retracts the sample's label only when that annotation
   is the last one this app labelled the sample from and the agent's current label of the sample is still
   that label (source ``labelstudio``, same class and annotator). A label given since by anyone else (the
   Queue, Review priors, another annotation) stays; so does everything when the annotation is unknown (it
-  was made before this web app started: the memory is per process, ``MAX_GIVEN`` annotations). Every
+  was made before this web app started: the memory is per process, ``MAX_GIVEN`` annotations; so are the
+  ``updated_at`` and deletion memories). A delete event needs a write token even when it retracts nothing
+  (an empty SubmitLabels checks it), since the deletion is remembered. Every
   other event is answered 200 and ignored; a body that is not a Label Studio event is 400 with what is
   wrong.
 
@@ -74,7 +78,7 @@ import unicodedata
 import xml.etree.ElementTree as ET
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import PurePosixPath
 from typing import Any
@@ -106,6 +110,8 @@ MODEL_VERSION = "shortlist"
 MAX_TASKS = 10_000  # tasks in one /predict (Label Studio sends batches of up to a few hundred)
 MAX_PROJECTS = 256  # label configs remembered from /setup
 MAX_GIVEN = 200_000  # annotations remembered (what they labelled), for ANNOTATIONS_DELETED
+MAX_STAMPS = MAX_GIVEN  # annotations whose newest applied updated_at is remembered (updates out of order)
+MAX_DELETED = MAX_GIVEN  # deleted annotations remembered (a create or update arriving after the delete)
 LABEL_EVENTS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_CREATED")
 DELETE_EVENTS = ("ANNOTATIONS_DELETED", "ANNOTATION_DELETED")
 UPLOAD_PREFIX = re.compile(r"^[0-9a-f]{8}-")
@@ -335,9 +341,6 @@ class _Given:
     sample: str
     label: str
     annotator: str
-    # the annotation's updated_at (else created_at), to refuse an older update arriving after a newer one;
-    # not compared: the same annotation and choice sent again is the same given label
-    stamp: datetime | None = field(default=None, compare=False)
 
 
 @dataclass
@@ -361,6 +364,13 @@ class LabelStudioBackend:
         # (project id, annotation id) -> the label it gave; sample id -> the annotation it was last labelled from
         self._given: OrderedDict[tuple[str, str], _Given] = OrderedDict()
         self._last: dict[str, tuple[str, str]] = {}
+        # (project id, annotation id) -> the newest updated_at (else created_at) applied, whether the update gave
+        # a choice or cleared it: an older update arriving after it is skipped (Label Studio's webhooks are not
+        # ordered). Kept after a deletion or a clear, unlike ``_given``, so a late older choice does not come back.
+        self._stamps: OrderedDict[tuple[str, str], datetime] = OrderedDict()
+        # (project id, annotation id) of annotations deleted in Label Studio: a create or update of one of them
+        # arriving after its delete (not ordered either) is skipped. Label Studio never reuses an annotation id.
+        self._gone: OrderedDict[tuple[str, str], None] = OrderedDict()
         # annotations the agent refused: a WARNING with the sample and the reason, at most one line every 10 s
         self._refusals = RefusalLog()
 
@@ -514,7 +524,8 @@ class LabelStudioBackend:
         index = self._sample_index(call, status)
         project_id = _project_id(project.get("id") if isinstance(project, dict) else None)
         skipped: list[dict[str, Any]] = []
-        cleared: list[Any] = []  # annotations updated to give no choice: their label is taken back
+        # annotations updated to give no choice (id, task, updated_at, why no label): their label is taken back
+        cleared: list[tuple[Any, Any, datetime | None, str]] = []
         # sample -> (annotation id, annotator, label, task): the event's last annotation of each sample wins.
         # Label Studio lists a bulk event's annotations in its own order (creation), so the list order is the
         # order they were made in; SubmitLabels takes one label per sample, so the others are skipped.
@@ -528,8 +539,9 @@ class LabelStudioBackend:
             label, problem = _choice(annotation, schema)
             if label is None:
                 if action == "ANNOTATION_UPDATED" and not _choices_given(annotation, schema):
-                    cleared.append(aid)
-                skipped.append({"task": task_id, "reason": problem})
+                    cleared.append((aid, task_id, _stamp(annotation), problem))
+                else:
+                    skipped.append({"task": task_id, "reason": problem})
                 continue
             sid = match_task(task, schema, self.config.match, index)
             if sid is None:
@@ -547,16 +559,23 @@ class LabelStudioBackend:
         by_annotator: dict[str, dict[str, str]] = {}  # annotator -> sample -> label
         sources: dict[tuple[str, str], tuple[str, str]] = {}  # (annotator, sample) -> (project, annotation id)
         stamps: dict[str, datetime | None] = {}  # sample -> its annotation's updated_at
+        gone: list[Any] = []  # annotations of this event deleted in Label Studio before it arrived
         with self._lock:
             for sid, (aid, annotator, label, task_id, stamp) in latest.items():
                 key = (project_id, str(aid))
-                known = self._given.get(key)
-                if known is not None and known.stamp is not None and stamp is not None and stamp < known.stamp:
+                if key in self._gone:
+                    # the delete arrived first (the webhooks are not ordered): labelling now would give the sample
+                    # a label from an annotation Label Studio no longer has
+                    gone.append(aid)
+                    skipped.append({"annotation": aid, "task": task_id, "id": sid,
+                                    "reason": "this annotation was deleted in Label Studio (its delete arrived "
+                                              "first): not labelled"})
+                    continue
+                older = self._older(key, stamp)
+                if older:
                     # Label Studio sends each event once, synchronously, but two saves in quick succession can
                     # arrive out of order: the newer choice stays
-                    skipped.append({"annotation": aid, "task": task_id, "id": sid,
-                                    "reason": f"older (updated_at {stamp.isoformat()}) than this annotation's "
-                                              f"update already applied ({known.stamp.isoformat()}): kept"})
+                    skipped.append({"annotation": aid, "task": task_id, "id": sid, "reason": older})
                     continue
                 if self._given.get(key) == _Given(sid, label, annotator):
                     # the same annotation with the same choice, sent again (Label Studio retries, an import
@@ -579,13 +598,33 @@ class LabelStudioBackend:
             accepted += reply.accepted
             rejected.extend({"id": r.id, "reason": r.reason} for r in reply.rejected)
             refused = {r.id for r in reply.rejected}
-            self._remember_given([(sources[annotator, i], _Given(i, lab, annotator, stamps[i]))
+            self._remember_given([(sources[annotator, i], _Given(i, lab, annotator), stamps[i])
                                   for i, lab in assignments if i not in refused])
         retracted = 0
+        clear: list[Any] = []
         with self._lock:
-            cleared = [a for a in cleared if (project_id, str(a)) in self._given]
-        if cleared:  # as if deleted: the label goes only while it is still this annotation's (``_deleted``)
-            taken = self._deleted(call, action, {"annotations": [{"id": a} for a in cleared], "project": project_id})
+            for aid, task_id, stamp, problem in cleared:
+                key = (project_id, str(aid))
+                if key in self._gone:
+                    gone.append(aid)
+                    skipped.append({"annotation": aid, "task": task_id, "reason": "this annotation was deleted in "
+                                    "Label Studio (its delete arrived first): nothing to take back"})
+                    continue
+                older = self._older(key, stamp)
+                if older:  # a clear saved before a choice already applied: the choice stays
+                    skipped.append({"annotation": aid, "task": task_id, "reason": older})
+                    continue
+                self._note_stamp(key, stamp)  # so that an older choice arriving after this clear is skipped
+                if key in self._given:
+                    clear.append(aid)
+                else:
+                    skipped.append({"annotation": aid, "task": task_id, "reason": problem})
+        if gone:
+            log.info("Label Studio %s: annotation(s) %s skipped: deleted in Label Studio before this event arrived "
+                     "(webhooks are not ordered)", action, ", ".join(str(a) for a in gone[:10]))
+        if clear:  # as if deleted: the label goes only while it is still this annotation's (``_deleted``)
+            taken = self._deleted(call, action, {"annotations": [{"id": a} for a in clear], "project": project_id},
+                                  deletion=False)
             retracted = taken["retracted"]
             skipped.extend(taken["skipped"])
         if skipped or rejected:
@@ -610,20 +649,44 @@ class LabelStudioBackend:
         log.warning("Label Studio %s: the agent refused the annotation of sample %s: %s%s; it is kept in Label "
                     "Studio, not in Shortlist%s", action, first["id"], first["reason"], others, more)
 
-    def _remember_given(self, given: list[tuple[tuple[str, str], _Given]]) -> None:
+    def _older(self, key: tuple[str, str], stamp: datetime | None) -> str:
+        """Why an update of annotation ``key`` saved at ``stamp`` is older than one already applied, or ""
+        (also when either time is unknown). The caller holds ``_lock``."""
+        known = self._stamps.get(key)
+        if known is None or stamp is None or stamp >= known:
+            return ""
+        return (f"older (updated_at {stamp.isoformat()}) than this annotation's update already applied "
+                f"({known.isoformat()}): kept")
+
+    def _note_stamp(self, key: tuple[str, str], stamp: datetime | None) -> None:
+        """Remember ``stamp`` as annotation ``key``'s newest applied update (bounded: ``MAX_STAMPS``, the
+        least recently applied forgotten first). The caller holds ``_lock``."""
+        if stamp is None:
+            return
+        known = self._stamps.get(key)
+        if known is None or stamp > known:
+            self._stamps[key] = stamp
+        self._stamps.move_to_end(key)
+        while len(self._stamps) > MAX_STAMPS:
+            self._stamps.popitem(last=False)
+
+    def _remember_given(self, given: list[tuple[tuple[str, str], _Given, datetime | None]]) -> None:
         with self._lock:
-            for key, g in given:
+            for key, g, stamp in given:
                 self._given[key] = g
                 self._given.move_to_end(key)
                 self._last[g.sample] = key
+                self._note_stamp(key, stamp)
             while len(self._given) > MAX_GIVEN:
                 key, old = self._given.popitem(last=False)
                 if self._last.get(old.sample) == key:
                     del self._last[old.sample]
 
-    def _deleted(self, call: Caller, action: str, body: Mapping[str, Any]) -> dict[str, Any]:
+    def _deleted(self, call: Caller, action: str, body: Mapping[str, Any], deletion: bool = True) -> dict[str, Any]:
         """ANNOTATIONS_DELETED: retract the labels the deleted annotations gave that are still current (the
-        rule in the module docstring); the others are listed in ``skipped`` with why."""
+        rule in the module docstring); the others are listed in ``skipped`` with why. ``deletion``: the
+        annotations are gone from Label Studio (False for an update that cleared the choice, which may be given
+        a choice again): remembered, so that a create or update of one arriving later is skipped."""
         listed = body.get("annotations", body.get("annotation"))
         if isinstance(listed, dict):
             listed = [listed]
@@ -631,7 +694,20 @@ class LabelStudioBackend:
             raise BadRequest(f"{action} without `annotations` (a list of {{\"id\": ...}})")
         project = body.get("project")
         project_id = _project_id(project.get("id") if isinstance(project, dict) else project)
-        call.status()  # the agent checks the token, even when there is nothing to take back
+        if deletion:
+            # the agent checks the token and that it may write (an empty SubmitLabels stores nothing; a read token
+            # is 403 as for any other label event), even when there is nothing to take back: a deletion is
+            # remembered, and a read token must not keep annotations from labelling
+            call(call.stub.SubmitLabels, agent_pb2.SubmitLabelsRequest())
+            with self._lock:
+                for a in listed:
+                    key = (project_id, str(a["id"]))
+                    self._gone[key] = None
+                    self._gone.move_to_end(key)
+                while len(self._gone) > MAX_DELETED:
+                    self._gone.popitem(last=False)
+        else:
+            call.status()  # the agent checks the token, even when there is nothing to take back
         skipped: list[dict[str, Any]] = []
         wanted: dict[str, tuple[Any, _Given]] = {}  # sample -> (the annotation's id, its label) to take back
         with self._lock:

@@ -768,3 +768,81 @@ def test_an_older_update_arriving_late_does_not_win(agent: Running) -> None:
         assert labels_of(agent)[sid] == "dog"
     finally:
         app.state.stub.close()
+
+
+# ---- webhooks out of order (/work/notes/s20.md) ---------------------------------------------------
+def deleted(e: dict[str, Any], *ids: int) -> dict[str, Any]:
+    """Label Studio's delete event of annotations ``ids`` in the project of event ``e``."""
+    return {"action": "ANNOTATIONS_DELETED", "project": e["project"], "annotations": [{"id": i} for i in ids]}
+
+
+def test_a_create_arriving_after_its_delete_labels_nothing(agent: Running, caplog: pytest.LogCaptureFixture) -> None:
+    """Webhooks are not ordered: annotation 17's delete arrives before its create (and an update of it).
+    Neither labels the sample (was: the late create stored a label Label Studio had already deleted); the
+    answer says why and the log has one line naming the annotation. A read token's delete is refused (403)
+    and blocks nothing."""
+    import logging
+
+    caplog.set_level(logging.INFO)
+    http, app = app_for(agent)
+    try:
+        sid = "reef/site-b/img_0007.jpg"
+        created = event(CREATED)
+        r = http.post("/labelstudio/webhook", json=deleted(created, 17), headers=basic(WRITE_TOKEN))
+        assert r.status_code == 200 and r.json()["retracted"] == 0, r.text
+        r = http.post("/labelstudio/webhook", json=created, headers=basic(WRITE_TOKEN))
+        assert r.status_code == 200 and r.json()["accepted"] == 0, r.text
+        assert [x["annotation"] for x in r.json()["skipped"]] == [17]
+        assert "deleted in Label Studio" in r.json()["skipped"][0]["reason"]
+        updated = event(CREATED, ["dog"])
+        updated["action"], updated["annotation"]["updated_at"] = "ANNOTATION_UPDATED", "2026-11-30T08:00:00Z"
+        r = http.post("/labelstudio/webhook", json=updated, headers=basic(WRITE_TOKEN))
+        assert r.status_code == 200 and r.json()["accepted"] == 0, r.text
+        assert sid not in labels_of(agent) and history(agent, sid) == []
+        said = [x.getMessage() for x in caplog.records if "before this event arrived" in x.getMessage()]
+        assert said == ["Label Studio ANNOTATION_CREATED: annotation(s) 17 skipped: deleted in Label Studio before "
+                        "this event arrived (webhooks are not ordered)",
+                        "Label Studio ANNOTATION_UPDATED: annotation(s) 17 skipped: deleted in Label Studio before "
+                        "this event arrived (webhooks are not ordered)"], caplog.text
+        # a token that may not write cannot make annotations be skipped
+        other = event(CREATED)
+        other["annotation"]["id"] = 18
+        r = http.post("/labelstudio/webhook", json=deleted(other, 18), headers=basic(READ_TOKEN))
+        assert r.status_code == 403, r.text
+        r = http.post("/labelstudio/webhook", json=other, headers=basic(WRITE_TOKEN))
+        assert r.status_code == 200 and r.json()["accepted"] == 1, r.text
+        assert labels_of(agent)[sid] == "frog"
+    finally:
+        app.state.stub.close()
+
+
+def test_an_older_cleared_choice_arriving_late_does_not_retract_a_newer_label(agent: Running) -> None:
+    """Updates of annotation 17 out of order: 08:10 dog, then 08:05 cleared (older): dog stays (was: retracted).
+    And the other way round: 08:20 cleared, then 08:15 cat (older than the clear): the sample stays
+    unlabelled."""
+    http, app = app_for(agent)
+    try:
+        sid = "reef/site-b/img_0007.jpg"
+
+        def update(choices: list[str] | None, at: str) -> dict[str, Any]:
+            e = event(CREATED, choices)
+            e["action"], e["annotation"]["updated_at"] = "ANNOTATION_UPDATED", at
+            if choices is None:
+                e["annotation"]["result"] = []
+            r = http.post("/labelstudio/webhook", json=e, headers=basic(WRITE_TOKEN))
+            assert r.status_code == 200, r.text
+            answer: dict[str, Any] = r.json()
+            return answer
+
+        assert update(["dog"], "2026-11-30T08:10:00Z")["accepted"] == 1
+        late = update(None, "2026-11-30T08:05:00Z")
+        assert late["retracted"] == 0 and "older" in late["skipped"][0]["reason"], late
+        assert labels_of(agent)[sid] == "dog"
+        assert update(None, "2026-11-30T08:20:00Z")["retracted"] == 1
+        late = update(["cat"], "2026-11-30T08:15:00Z")
+        assert late["accepted"] == 0 and "older" in late["skipped"][0]["reason"], late
+        assert sid not in labels_of(agent)
+        assert update(["cat"], "2026-11-30T08:25:00Z")["accepted"] == 1  # a newer choice labels again
+        assert labels_of(agent)[sid] == "cat"
+    finally:
+        app.state.stub.close()
