@@ -35,18 +35,16 @@ A Label Studio project connected to ``http://AGENT:P/labelstudio`` (Settings > M
   a cleared choice, is skipped (webhooks are not ordered), and so is a create or update of an annotation
   whose delete arrived first (logged at INFO). ANNOTATIONS_DELETED (Label Studio's delete event; its body
   names the deleted annotations by id only: no task, result or user) becomes RetractLabels (source
-  ``labelstudio``, annotator
-  ``labelstudio``: the body does not say who deleted) for each deleted annotation whose label is still the
-  sample's current one. The rule (``_Given``): this app remembers, for each annotation it turned into a
-  label, the sample, class and annotator; a deletion retracts the sample's label only when that annotation
-  is the last one this app labelled the sample from and the agent's current label of the sample is still
-  that label (source ``labelstudio``, same class and annotator). A label given since by anyone else (the
-  Queue, Review priors, another annotation) stays; so does everything when the annotation is unknown (it
-  was made before this web app started: the memory is per process, ``MAX_GIVEN`` annotations; so are the
-  ``updated_at`` and deletion memories). A delete event needs a write token even when it retracts nothing
-  (an empty SubmitLabels checks it), since the deletion is remembered. Every
-  other event is answered 200 and ignored; a body that is not a Label Studio event is 400 with what is
-  wrong.
+  ``labelstudio``, annotator ``labelstudio``: the body does not say who deleted) for each deleted annotation
+  whose label is still the sample's current one. The rule (``_Given``): this app remembers, for each
+  annotation it turned into a label, the sample, class and annotator; a deletion retracts the sample's label
+  only when that annotation is the last one this app labelled the sample from and the agent's current label of
+  the sample is still that label (source ``labelstudio``, same class and annotator). A label given since by
+  anyone else (the Queue, Review priors, another annotation) stays; so does everything when the annotation is
+  unknown (it was made before this web app started: the memory is per process, ``MAX_GIVEN`` annotations; so
+  are the ``updated_at`` and deletion memories). A delete event needs a write token even when it retracts
+  nothing (an empty SubmitLabels checks it), since the deletion is remembered. Every other event is answered
+  200 and ignored; a body that is not a Label Studio event is 400 with what is wrong.
 
 Tasks are matched to samples by ``MatchRule`` (agent/web/config.py, ``--labelstudio-match``): ``url``
 (default; the image URL's path, or the ``d`` parameter of a local-files URL, ends with a sample's id or
