@@ -361,9 +361,14 @@ class AgentStatus:
     schema_version: int = 0
 
 
-def no_model_message(models: Path, prior: bool = False) -> str:
+def no_model_message(models: Path, prior: bool = False, refused: str = "") -> str:
     """Why a call that needs a model cannot run yet: a Select (naming the strategies that need none) or, with
-    ``prior``, a PriorLabels (every prior method reads the embeddings)."""
+    ``prior``, a PriorLabels (every prior method reads the embeddings). ``refused``: the agent's sentence on the
+    versions it refused (ModelManager.refused_only), when versions are published but none is served."""
+    if refused:
+        need = ("prior labels are computed in a model's embedding space, so no prior method works without one"
+                if prior else f"strategies that work without a model: {', '.join(sorted(MODEL_FREE))}")
+        return f"{refused}; then retry; {need}"
     todo = registry_mistake(models) or (f"publish one with `shortlist export --run RUN --models {models}` (or any "
                                         f"exporter writing {models}/vNNNN/)")
     if prior:
@@ -1239,7 +1244,7 @@ class Agent:
         serving = self.manager.current
         if serving is None:
             if strategy not in MODEL_FREE:
-                raise FailedPrecondition(no_model_message(self.models))
+                raise FailedPrecondition(no_model_message(self.models, refused=self.manager.refused_only()))
             pool, seqs = self.free_pool(where)
             version = ""
         else:
@@ -1569,7 +1574,8 @@ class Agent:
         fn.check(params)
         serving = self.manager.current
         if serving is None:
-            raise FailedPrecondition(no_model_message(self.models, prior=True))
+            raise FailedPrecondition(no_model_message(self.models, prior=True,
+                                                        refused=self.manager.refused_only()))
         # the audit draws only for a calibrated prior: its temperature is fitted on the audit labels once
         # there are enough; uncalibrated, no method reads them (and the cache key below then omits them)
         stored = self.state.count()  # before the view: a sample ingested in between is in both

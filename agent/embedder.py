@@ -325,9 +325,20 @@ def load_check(version_dir: Path, manifest: Manifest) -> None:
         raise
     except Exception as e:  # what else loading raises (the agent refuses the version for it as well)
         raise ModelRefused(f"cannot load it: {e}") from None
-    images = probe_images(manifest.preprocess.size)
+    judge_probe(emb)
+
+
+def judge_probe(emb: Embedder, batch: int = JUDGE_MIN) -> None:
+    """Embed ``probe_images`` (JUDGE_MIN of them, ``batch`` at a time) with ``emb`` and refuse (ModelRefused,
+    with the likely cause and what to do) a model that gives NaN, all-zero or one-direction embeddings for them:
+    the check every batch of real images gets (``degenerate``), made before anything is served. ``load_check``
+    runs it as one batch; the agent (agent.models) in batches of PROBE_BATCH, the size its blank batch proved,
+    so that a model failing at some batch sizes only is judged on its embeddings here and refused, as before,
+    when it fails on the stored samples or answers Ingest FAILED_PRECONDITION."""
+    images = probe_images(emb.preprocess.size)
     try:
-        vecs = emb._run(emb.preprocess.normalize(images))[0].reshape(len(images), -1)
+        vecs = np.concatenate([emb._run(emb.preprocess.normalize(images[i:i + batch]))[0].reshape(
+            len(images[i:i + batch]), -1) for i in range(0, len(images), batch)])
     except ModelFailed as e:
         raise ModelRefused(str(e)) from None
     what = (f"{len(images)} synthetic images (seeded noise at {len(images)} brightness levels, standing in for "

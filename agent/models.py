@@ -45,7 +45,7 @@ import numpy as np
 
 from agent.blobs import BlobStore
 from agent.config import AgentConfig
-from agent.embedder import Embedder, ModelFailed
+from agent.embedder import PROBE_BATCH, Embedder, ModelFailed, judge_probe
 from agent.errors import storage_problem
 from agent.index import VersionIndex
 from agent.state import SERVING_KEY, EmbeddingRows, SampleRecord, State, StoredEmbeddings
@@ -336,6 +336,18 @@ class ModelManager:
                            "PriorLabels; re-ingest the same payload under the same id to repair them")
         return out
 
+    def refused_only(self) -> str:
+        """With no version served and every version looked at refused: a sentence naming each with why ("" when
+        a version is served or none was refused), for the answers of calls that need a model."""
+        present = set(list_versions(self.registry)) if self.current is None else set()
+        refused = sorted((name, why) for name, why in self.failed.items() if name in present)
+        if not refused:
+            return ""
+        why = "; ".join(why for _, why in refused)
+        return (f"no model is served: the agent refused the version(s) in {self.registry} ({why}); publish a working "
+                "encoder as a new version (`shortlist export` or `shortlist models import`, which run the same "
+                "check), or fix the refused folder")
+
     def _unembeddable_now(self, version: str) -> dict[int, tuple[SampleRecord, str]]:
         """``version``'s unembeddable samples that still exist: seq -> (record, why). A DeleteSamples drops its
         seqs from ``unembeddable`` (``drop_samples``), but an embedding batch that read a sample before the
@@ -384,8 +396,9 @@ class ModelManager:
 
     def _refuse(self, name: str, why: str, fingerprint: str | None = None, for_good: bool = False) -> None:
         """Refuse ``name`` until its folder changes. ``for_good``: the reason lies in the folder alone
-        (check_version), so a restart need not look again; otherwise (cannot load it, --no-blobs) the
-        next start tries it again. The warning is stored either way."""
+        (check_version, or the model failing on the stored samples while the pool was re-embedded with it), so
+        a restart need not look again; otherwise (cannot load it, --no-blobs) the next start tries it again
+        (a load check is cheap, a re-embedding is not). The warning is stored either way."""
         log.error("model version refused: %s", why)
         fp = self._fingerprint(name) if fingerprint is None else fingerprint
         self.failed[name], self._fingerprints[name] = why, fp
@@ -417,7 +430,13 @@ class ModelManager:
 
     # ---- loading ---------------------------------------------------------------------------------
     def _embedder(self, version: str, manifest: Manifest) -> Embedder:
-        return Embedder(self.registry / version, manifest, self.batch_size, self.use_cuda)
+        """``version``'s model, past the load check: its declared input and blank batch (Embedder), then the
+        synthetic images (``judge_probe``): a model whose embeddings are NaN, all zero or one direction whatever
+        the image is refused here, before it is served, as a first model too (nothing served yet: there are no
+        stored samples to judge it on, and Select would answer one score for every sample)."""
+        emb = Embedder(self.registry / version, manifest, self.batch_size, self.use_cuda)
+        judge_probe(emb, PROBE_BATCH)
+        return emb
 
     def _load(self, version: str, manifest: Manifest, embedder: Embedder | None = None) -> Serving:
         """A version with its stored embeddings and persisted index (no re-embedding), when its folder holds
@@ -789,8 +808,12 @@ class ModelManager:
             # it as a load failure is refused, with its partial embeddings dropped, instead of trying it again at
             # every poll while no warning says why.
             log.exception("%s failed while embedding the stored samples", version)
+            # A model's fault (ModelFailed: onnxruntime raised, NaN, degenerate) lies in its folder: recorded with
+            # the folder's fingerprint as loaded, so a restart does not embed the whole pool with it again to
+            # refuse it again; the folder changed (a fixed file), or a fixed model under a new name, is tried.
             self._forget(version)
-            self._refuse(version, f"{version} refused: it failed while embedding the stored samples: {e}")
+            self._refuse(version, f"{version} refused: it failed while embedding the stored samples: {e}",
+                         new.folder if isinstance(e, ModelFailed) else None, for_good=isinstance(e, ModelFailed))
             return False
         finally:
             self._set_pending("", None)

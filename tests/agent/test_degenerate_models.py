@@ -13,9 +13,19 @@ from onnx import TensorProto, helper, numpy_helper
 from agent.config import AgentConfig
 from agent.core import Agent
 from agent.embedder import JUDGE_MIN, Embedder, ModelFailed, degenerate
+from agent.errors import FailedPrecondition
 from agent.ingest import Incoming
+from agent.models import ModelManager
 from agent.models_import import ImportRefused, import_onnx
-from agent.testing import IR_VERSION, OPSET, conv_encoder, linear_encoder, publish_linear, publish_model
+from agent.testing import (
+    IR_VERSION,
+    OPSET,
+    conv_encoder,
+    foreign_encoder,
+    linear_encoder,
+    publish_linear,
+    publish_model,
+)
 from shortlist.manifest import EMBEDDING_OUTPUT, INPUT_NAME, Preprocess, newest_complete
 from tests.agent.conftest import SIZE, make_images, png
 
@@ -106,9 +116,10 @@ def test_a_degenerate_new_version_is_refused_and_the_served_one_keeps_serving(tm
         a.manager.check()
         st = a.status()
         assert st.model_version == "v0001" and st.pending_model_version == "" and st.embedded == 12
-        said = "gave all-zero embeddings for 12 of" if kind == "zeros" else "gave the same embedding (direction)"
-        assert [w for w in st.warnings if w.startswith(f"{bad} refused: it failed while embedding the stored samples")
-                and said in w and "v0001 keeps serving" in w], st.warnings
+        # refused on the load check's synthetic images, before the pool is embedded with it
+        said = "all-zero embeddings for 8 of" if kind == "zeros" else "the same embedding (direction) for all of"
+        assert [w for w in st.warnings if w.startswith(f"{bad} refused: cannot load it: the model gave {said} 8 "
+                                                       "synthetic images") and "v0001 keeps serving" in w], st.warnings
         assert a.state.model_versions_full()[bad][0] == "failed"
     finally:
         a.close()
@@ -126,3 +137,76 @@ def test_the_load_check_refuses_it_on_synthetic_images_so_import_publishes_nothi
     good = tmp_path / "good.onnx"
     good.write_bytes(conv_encoder(SIZE, (8, 16), 16).SerializeToString())
     assert import_onnx(good, tmp_path / "models", Preprocess(size=SIZE))[0] == "v0001"
+
+
+@pytest.mark.parametrize("kind", ["zeros", "constant"])
+def test_a_degenerate_first_model_is_refused_and_nothing_is_served(tmp_path: Path, kind: str) -> None:
+    """With nothing served yet there are no stored embeddings to judge a model on: a degenerate first model was
+    served and Select answered one score for every sample. It is refused on the synthetic images, as import
+    refuses it; GetStatus and Select say so and what to do; a working encoder published after it is served."""
+    models = tmp_path / "models"
+    bad = publish_model(models, broken_encoder(kind), Preprocess(size=SIZE))
+    a = Agent(AgentConfig(tmp_path / "data", models, background=False, use_cuda=False))
+    try:
+        assert a.ingest.batch([Incoming(f"x{i}", "image", png(im), png(im))
+                               for i, im in enumerate(make_images(3))]).accepted == 3  # stored, not embedded
+        a.manager.check()
+        st = a.status()
+        said = "all-zero embeddings for 8" if kind == "zeros" else "the same embedding (direction) for all"
+        assert st.model_version == "" and st.embedded == 0
+        assert [w for w in st.warnings if w.startswith(f"{bad} refused: cannot load it: the model gave {said} of 8 "
+                                                       "synthetic images") and "no version is served" in w], st.warnings
+        with pytest.raises(FailedPrecondition) as e:
+            a.select(2, "coreset", {}, 0, {})
+        assert f"no model is served: the agent refused the version(s) in {models} ({bad} refused" in str(e.value)
+        assert said in str(e.value) and "publish a working encoder as a new version" in str(e.value)
+        with pytest.raises(FailedPrecondition, match="no model is served: the agent refused"):
+            a.prior_labels("knn", ["x0"], {})
+        good = publish_linear(models, size=SIZE, dim=16, seed=0)
+        a.manager.check()
+        st = a.status()
+        assert st.model_version == good and st.embedded == 3
+        assert not [w for w in st.warnings if w.startswith(bad)], st.warnings  # older than the served one
+    finally:
+        a.close()
+
+
+def test_a_version_refused_while_re_embedding_is_not_tried_again_after_a_restart(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Refused while the pool was re-embedded with it (the model's fault: here it runs at a batch of 2 only, so it
+    passes the load check), a version was stored without what identifies its folder: a restart embedded the
+    whole pool with it again to refuse it again. Now only a changed folder, or a fixed model under a new name,
+    is tried."""
+    models = tmp_path / "models"
+    publish_linear(models, size=SIZE, dim=16, seed=0)
+    config = AgentConfig(tmp_path / "data", models, background=False, use_cuda=False)
+    a = Agent(config)
+    try:
+        assert a.ingest.batch([Incoming(f"x{i}", "image", png(im), png(im))
+                               for i, im in enumerate(make_images(12))]).accepted == 12
+        bad = publish_model(models, foreign_encoder(SIZE, 16, reshape_batch=2), Preprocess(size=SIZE))
+        a.manager.check()
+        assert a.status().model_version == "v0001"
+        assert a.state.model_versions_full()[bad][0] == "failed"
+    finally:
+        a.close()
+    loads: list[str] = []
+    real = ModelManager._load
+
+    def counted(self: ModelManager, version: str, *args: object, **kw: object) -> object:
+        loads.append(version)
+        return real(self, version, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ModelManager, "_load", counted)
+    a = Agent(config)
+    try:
+        a.manager.check()
+        st = a.status()
+        assert loads == ["v0001"] and st.model_version == "v0001" and st.embedded == 12  # bad: not loaded again
+        assert [w for w in st.warnings if w.startswith(f"{bad} refused: it failed while embedding the stored samples")
+                and "failed on a batch of 12 images" in w], st.warnings
+        fixed = publish_linear(models, size=SIZE, dim=16, seed=1)  # the fix, under a new name
+        a.manager.check()
+        assert loads[-1] == fixed and a.status().model_version == fixed
+    finally:
+        a.close()
