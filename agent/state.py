@@ -120,8 +120,30 @@ LABEL_EVENTS_SQL = ("SELECT (SELECT COUNT(*) FROM labels) + (SELECT COALESCE(SUM
 # moves a label, it does not change where the label came from) has source prior:METHOD and is no retraction.
 ACCEPTED_SQL = ("SELECT l.seq FROM labels l JOIN (SELECT seq, MAX(n) AS m FROM labels WHERE source != ? GROUP BY seq) "
                 "t ON l.n = t.m WHERE l.source LIKE 'prior:%' AND l.class != ?")
+# The samples whose current label is a label RetractLabels put back (restore_previous): whether each is an
+# accepted prior follows the label row it put back (``accepted_history``), read from its history at open.
+RESTORED_SQL = ("SELECT l.seq FROM labels l JOIN (SELECT seq, MAX(n) AS m FROM labels WHERE source != ? GROUP BY "
+                "seq) t ON l.n = t.m WHERE l.source = ?")
 INDEX_STALE_KEY = "index_snapshots_stale"  # meta: "1" after a deletion, until the next start drops the snapshots
 RETRACTED = -1  # labels.class of a retraction (RetractLabels)
+
+def accepted_history(rows: Sequence[tuple[int, str]]) -> bool:
+    """Whether the current label of a sample whose label rows are ``rows`` ((class, source), oldest first) is
+    an accepted prior. A prior:METHOD row is one (not a retraction); a rename's row moves the label before it
+    and keeps where it came from; a row RetractLabels put back (RESTORE_SOURCE) is a copy of the row before the
+    undone one, three rows back (that row, the undone row, the undo's retraction, the put-back row: State's
+    ``label_before_last`` at the undo), and keeps where that one came from, so an accepted prior changed and
+    the change undone is an accepted prior again, not a person's label (the calibration leaves it out)."""
+    accepted: list[bool] = []
+    for i, (cls, source) in enumerate(rows):
+        if source == RENAME_SOURCE:
+            accepted.append(i > 0 and accepted[i - 1])
+        elif source == RESTORE_SOURCE:
+            accepted.append(cls != RETRACTED and i >= 3 and accepted[i - 3])
+        else:
+            accepted.append(source.startswith("prior:") and cls != RETRACTED)
+    return bool(accepted) and accepted[-1]
+
 
 # PRAGMA journal_size_limit: once a checkpoint has copied the whole WAL into the database, the next commit
 # truncates the WAL file to this size. Without it the WAL keeps the size of its largest transaction (dropping a
@@ -369,6 +391,10 @@ class State:
         # Seqs whose current label is an accepted prior (latest row's source prior:METHOD, not a retraction):
         # read once here, then kept by every label row written (``_insert_labels``, applied at commit).
         self._accepted = {int(r[0]) for r in self._db.execute(ACCEPTED_SQL, (RENAME_SOURCE, RETRACTED))}
+        # ... and the labels an undo put back (few: each read from its history) that copy an accepted prior
+        self._accepted |= {q for q in (int(r[0]) for r in self._db.execute(RESTORED_SQL, (RENAME_SOURCE,
+                                                                                           RESTORE_SOURCE)))
+                           if self._restored_accepted(q)}
 
         # Samples deleted ever (Status.samples_deleted): a revision of the sample set, as label_events of labels.
         self._samples_deleted = int(self._db.execute(
@@ -752,7 +778,8 @@ class State:
     def accepted_prior_seqs(self) -> np.ndarray:
         """The seqs (ascending int64) of the samples whose current label is an accepted prior: its
         latest label row but a rename's has source ``prior:METHOD`` (SubmitLabels' source for a prior a person
-        accepted, docs/app.md; ACCEPTED_SQL). The calibration leaves them out of its held-out set
+        accepted, docs/app.md; ACCEPTED_SQL), or is a row an undo put back of such a label (``accepted_history``).
+        The calibration leaves them out of its held-out set
         (agent/priors/calibration.py). Kept in memory (read at open, then by every label row written): no
         query of the labels table, which a query per label revision scanned whole under the lock."""
         with self._lock:
@@ -935,11 +962,20 @@ class State:
             with self._transaction():
                 self._insert_labels([(q, RETRACTED, annotator, now, source, model_version) for q in seqs])
                 self._insert_labels([(q, c, a, now, RESTORE_SOURCE, model_version) for q, c, a in restore])
+                # a label put back keeps where the row it copies came from (``accepted_history``): applied at
+                # commit after the rows' own (False) entries
+                self._pending_sources += [(q, self._restored_accepted(q)) for q, _, _ in restore]
             for q in seqs:
                 self._unset_label(q)
             for q, c, _ in restore:
                 self._set_label(q, c)
             self._label_events += len(seqs) + len(restore)
+
+    def _restored_accepted(self, seq: int) -> bool:
+        """Whether sample ``seq``'s current label is an accepted prior, from its label rows (``accepted_history``;
+        for a label put back by an undo, whose row's source does not say)."""
+        rows = self._db.execute("SELECT class, source FROM labels WHERE seq=? ORDER BY n", (seq,)).fetchall()
+        return accepted_history([(int(c), str(s)) for c, s in rows])
 
     def label_before_last(self, seq: int) -> tuple[int, str] | None:
         """(class index, annotator) of the label row of sample ``seq`` before its latest one (class RETRACTED

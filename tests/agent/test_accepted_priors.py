@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from agent import client
-from agent.state import ACCEPTED_SQL, RENAME_SOURCE, RETRACTED, NewSample, State
+from agent.state import ACCEPTED_SQL, RENAME_SOURCE, RESTORE_SOURCE, RETRACTED, NewSample, State, accepted_history
 from shortlist.v1 import agent_pb2
 from tests.agent.conftest import CLASSES, Running, make_samples
 
@@ -36,6 +36,12 @@ def test_accepted_priors_are_left_out_of_the_calibration(running: Running) -> No
     client.submit_labels(running.stub, [(best[0].id, true_label(best[0].id))], "carol", source="manual")
     again = calibration()
     assert again.held_out > before.held_out and "; 29 accepted priors (source prior:*)" in again.warning
+    # the change undone (the web app's Queue undo: restore_previous) puts the accepted prior back: left out again
+    reply = client.retract_labels(running.stub, [best[0].id], "carol", restore_previous=True)
+    assert reply.accepted == 1
+    undone = calibration()
+    assert undone.held_out == before.held_out, (before, undone)
+    assert "; 30 accepted priors (source prior:*) left out" in undone.warning
 
 
 def test_the_accepted_set_kept_in_memory_is_what_the_label_rows_say(tmp_path: Path) -> None:
@@ -62,3 +68,31 @@ def test_the_accepted_set_kept_in_memory_is_what_the_label_rows_say(tmp_path: Pa
     st = State(tmp_path / "state.sqlite")
     assert st.accepted_prior_seqs().tolist() == queried() == [seqs[3], seqs[5], seqs[6]]
     st.close()
+
+
+def test_a_label_an_undo_puts_back_keeps_where_it_came_from(tmp_path: Path) -> None:
+    """RetractLabels with restore_previous stores the label put back with source "restored": an accepted prior
+    changed and the change undone is an accepted prior again (was: a person's label, held out by the
+    calibration), also after undos of undos, a rename and a reopen; a person's label put back stays one."""
+    st = State(tmp_path / "state.sqlite", classes=["cat", "dog", "fox"])
+    seqs = st.add_samples([NewSample(f"s{i}", "", {}, "image", f"{i:064x}") for i in range(4)])
+    st.add_labels([(q, 0) for q in seqs[:3]], "bob", source="prior:knn")
+    st.add_labels([(seqs[3], 0)], "ana")  # a person's own label
+    st.add_labels([(q, 1) for q in seqs], "carol")  # all four changed by hand
+    assert st.accepted_prior_seqs().tolist() == []
+    for q in seqs:  # each change undone: the label before comes back in its giver's name
+        st.retract_labels([q], "carol", restore=[(q, 0, "bob" if q != seqs[3] else "ana")])
+    assert st.accepted_prior_seqs().tolist() == seqs[:3]
+    st.add_labels([(seqs[1], 2)], "dan")  # changed again, and undone again: the put-back row copies a put-back row
+    st.retract_labels([seqs[1]], "dan", restore=[(seqs[1], 0, "bob")])
+    st.rename_class("cat", "kitten", "lead")  # a rename keeps where the label came from
+    st.retract_labels([seqs[2]], "eve")  # taken back: no label, no accepted prior
+    assert st.accepted_prior_seqs().tolist() == seqs[:2]
+    st.close()
+    st = State(tmp_path / "state.sqlite")
+    assert st.accepted_prior_seqs().tolist() == seqs[:2]
+    st.close()
+    # the rule alone: a restore of a restore of an accepted prior; a restore with no row three back
+    assert accepted_history([(0, "prior:knn"), (1, "manual"), (RETRACTED, "manual"), (0, RESTORE_SOURCE),
+                             (2, "manual"), (RETRACTED, "manual"), (0, RESTORE_SOURCE)])
+    assert not accepted_history([(0, "prior:knn"), (RETRACTED, "manual"), (0, RESTORE_SOURCE)])
