@@ -36,6 +36,13 @@ Labels given after the draw through other strategies shrink the unlabelled pool 
 when they are many, draw a fresh audit. Audit samples left unlabelled are not counted; an annotator who
 skips the hard ones biases the estimate upwards, so GetStatus reports drawn and labelled counts side by side.
 
+Accepted priors are not scored. A drawn sample whose current label is an accepted prior (source
+``prior:METHOD``, e.g. "Accept" on the web app's Review priors page; ``State.accepted_prior_seqs``) was
+labelled by taking a method's top class: scored, it measured the prior against itself (and the person
+anchored on the suggestion), as the calibration's fit, which leaves such labels out too
+(agent/priors/calibration.py, "Accepted priors"). It is left out of the estimate and counted apart
+(``AuditReport.left_out``, PriorAudit.left_out), and is a seed like any other label.
+
 The computation runs prior methods over the whole pool (seconds at 50,000 samples), so GetStatus never
 runs it: it reports the last estimate, and starts a recomputation in the background (one at a time, in
 the heavy admission lane, cancelled at shutdown) when the labels, the audit draws or the model changed.
@@ -107,6 +114,7 @@ class AuditReport:
     methods: list[MethodAccuracy] = field(default_factory=list)
     computed_at: float = 0.0
     error: str = ""
+    left_out: int = 0  # counted audit labels that are accepted priors, not scored (module docstring)
 
 
 def audited_pool(pool: Pool, audit_rows: np.ndarray) -> Pool:
@@ -164,13 +172,16 @@ class PriorAuditor:
                  labels_by_seq: Callable[[], np.ndarray], pool_source: PoolSource, id_of: Callable[[int], str],
                  version: Callable[[], str],
                  work: Admission, background: bool = True,
-                 counted: Callable[[], np.ndarray] | None = None) -> None:
+                 counted: Callable[[], np.ndarray] | None = None,
+                 accepted: Callable[[], np.ndarray] | None = None) -> None:
         self.config = config
         self._audit_seqs = audit_seqs
         # the labelled draws whose labels count (agent/core.py ``Agent.audit_counted``: the dense stretches of
         # each draw, in the order drawn); None: every labelled draw
         self._counted = counted
         self._labels_by_seq = labels_by_seq
+        # the seqs whose current label is an accepted prior (``State.accepted_prior_seqs``): not scored
+        self._accepted = accepted
         self._pool_source = pool_source
         self._id_of = id_of
         self._version = version
@@ -198,7 +209,7 @@ class PriorAuditor:
             return base
         labels = self._labels_by_seq()
         audit = audit[audit < len(labels)]
-        counted = self._labelled(audit, labels)
+        counted, base.left_out = self._labelled(audit, labels)
         base.labelled = len(counted)
         if base.labelled == 0:
             return base
@@ -223,13 +234,17 @@ class PriorAuditor:
             return rep
         if last is None:
             return replace(base, current=False, error=cut or base.error)
-        return replace(last, current=False, drawn=base.drawn, labelled=base.labelled, error=cut or last.error)
+        return replace(last, current=False, drawn=base.drawn, labelled=base.labelled, left_out=base.left_out,
+                       error=cut or last.error)
 
-    def _labelled(self, audit: np.ndarray, labels: np.ndarray) -> np.ndarray:
-        """The seqs of the audit labels the estimate counts: ``counted`` when given, else every labelled draw."""
-        if self._counted is not None:
-            return np.intersect1d(self._counted(), audit)
-        return audit[labels[audit] >= 0]
+    def _labelled(self, audit: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, int]:
+        """The seqs of the audit labels the estimate scores (``counted`` when given, else every labelled draw)
+        but the accepted priors among them, and how many accepted priors were left out."""
+        counted = audit[labels[audit] >= 0] if self._counted is None else np.intersect1d(self._counted(), audit)
+        if self._accepted is None:
+            return counted, 0
+        accepted = np.isin(counted, self._accepted())
+        return counted[~accepted], int(accepted.sum())
 
     def _backing_off(self, key: object) -> bool:
         """No new run before the heavy lane's retry hint after it refused one; after a run cut by its
@@ -279,7 +294,7 @@ class PriorAuditor:
         labels = self._labels_by_seq()
         audit = audit[audit < len(labels)]
         rep.drawn = len(audit)
-        counted = self._labelled(audit, labels)
+        counted, rep.left_out = self._labelled(audit, labels)
         rep.labelled = len(counted)
         got = self._pool_source()
         if got is None:
@@ -295,8 +310,8 @@ class PriorAuditor:
             rep.error = f"no labelled audit sample is embedded by {version} yet"
             return rep
         truth = label_of_row[labelled_audit]
-        # the seeds: every label but the counted audit labels (a drawn sample labelled out of the draw's order
-        # is a label like any other), as ``audited_pool`` leaves them
+        # the seeds: every label but the counted audit labels (a drawn sample labelled out of the draw's order,
+        # or by accepting its prior, is a label like any other), as ``audited_pool`` leaves them
         counted_set = set(counted.tolist())
         seed_ids = [self._id_of(int(seqs[r])) for r in pool.labeled if int(seqs[r]) not in counted_set]
         rep.methods = measure(pool, labelled_audit, truth, seed_ids, self._methods(), cfg)

@@ -323,6 +323,9 @@ def audit_lines(a: agent_pb2.PriorAudit) -> list[str]:
                 f"{AUDIT_MIN_LABELS} calibrate the priors' confidences, 50 measure their accuracy to about ±14 "
                 "points)"]
     head = f"audit: {a.labelled} of {a.drawn} drawn samples labelled"
+    if a.left_out:  # PriorAudit.left_out: scored, an accepted prior would measure the prior against itself
+        head += (f" and scored, {a.left_out} more labelled by accepting a prior (source prior:*, left out: a prior "
+                 "is not scored against its own answer)")
     if a.model_version:
         head += f", priors under {a.model_version}"
     if not a.current and a.labelled:

@@ -935,7 +935,7 @@ def ranked(probs: Mapping[str, float]) -> dict[str, float]:
 def calibration_dict(c: agent_pb2.Calibration) -> dict[str, object]:
     """PriorLabel.calibration as JSON."""
     return {"source": c.source, "held_out": c.held_out, "temperature": c.temperature,
-            "audit_labels": c.audit_labels, "warning": c.warning}
+            "audit_labels": c.audit_labels, "left_out": c.left_out, "warning": c.warning}
 
 
 def calibration_line(c: agent_pb2.Calibration) -> str:
@@ -946,4 +946,7 @@ def calibration_line(c: agent_pb2.Calibration) -> str:
     if c.source == "off":
         return "confidences not calibrated (calibrate=false): the method's own"
     what = "audit labels (audit or random draws)" if c.source == "audit" else "held-out labels"
-    return f"confidences calibrated on {c.held_out} {what} (temperature {c.temperature:.3g})"
+    # (a warning already names the accepted priors left out: Calibration.left_out)
+    left = (f"; {c.left_out} accepted prior{'' if c.left_out == 1 else 's'} (source prior:*) left out"
+            if c.left_out else "")
+    return f"confidences calibrated on {c.held_out} {what} (temperature {c.temperature:.3g}){left}"

@@ -606,7 +606,8 @@ class Agent:
                                      work.large_image_pixels)
         self.auditor = PriorAuditor(config.audit, self.state.audit_seqs, self.state.labels_by_seq, self._audit_pool,
                                     self._id_of, self._served_version, self.work,
-                                    background=config.background, counted=self.audit_counted)
+                                    background=config.background, counted=self.audit_counted,
+                                    accepted=self.state.accepted_prior_seqs)
         self.queues = Queues(self.state, config.limits)
         self.images = Images(self.state, self.blobs, config.images, config.limits.max_message_bytes,
                              config.limits.max_pixels, self.decode_work, work.large_image_pixels)
@@ -695,8 +696,10 @@ class Agent:
         return counter.counted(labels, audit, audit_only)
 
     def uniform_labelled(self) -> int:
-        """How many labels count as uniform draws now (``uniform_seqs``)."""
-        return len(self.uniform_seqs())
+        """How many labels count as uniform draws now (``uniform_seqs``) but the accepted priors among them,
+        which the temperature fit leaves out (agent/priors/calibration.py, "Accepted priors"): the count the
+        fit's ``audit_labels`` is compared with (``calibration_warning``), which does not count them either."""
+        return len(np.setdiff1d(self.uniform_seqs(), self.state.accepted_prior_seqs(), assume_unique=True))
 
     def _served_version(self) -> str:
         serving = self.manager.current

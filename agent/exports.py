@@ -13,7 +13,7 @@ What one export folder holds (each part optional, see ``FORMATS``)::
                                    confidence, method, model_version (+ probs, class -> probability, in JSONL)
     OUT/priors.meta.json           with the priors: how their confidences were calibrated
                                    {"method", "model_version", "priors": N, "calibration": {"source",
-                                   "held_out", "temperature", "audit_labels", "warning"} or null}
+                                   "held_out", "temperature", "audit_labels", "left_out", "warning"} or null}
                                    (PriorLabel.calibration; docs/agent.md "Calibration provenance")
     OUT/imagefolder/CLASS/NAME.EXT the labelled images, one folder per class (``class_folders``: a name
                                    Windows cannot create is made safe; ids.csv has the exact class): what torchvision's

@@ -63,14 +63,14 @@ def accuracy_message(a: Accuracy) -> agent_pb2.Accuracy:
 def calibration_message(fit: TemperatureFit) -> agent_pb2.Calibration:
     """PriorLabel.calibration for a reply whose confidences were calibrated by ``fit``."""
     return agent_pb2.Calibration(source=fit.fitting_set, held_out=fit.samples, temperature=fit.temperature,
-                                 audit_labels=fit.audit_labels, warning=fit.warning())
+                                 audit_labels=fit.audit_labels, warning=fit.warning(), left_out=fit.left_out)
 
 
 def audit_message(r: AuditReport) -> agent_pb2.PriorAudit:
     return agent_pb2.PriorAudit(
         drawn=r.drawn, labelled=r.labelled, current=r.current, model_version=r.model_version,
         confidence_level=r.confidence_level, interval_method=r.interval_method, computed_at=r.computed_at,
-        error=r.error,
+        error=r.error, left_out=r.left_out,
         methods=[agent_pb2.PriorAccuracy(
             method=m.method, overall=None if m.overall is None else accuracy_message(m.overall),
             per_class=[agent_pb2.ClassAccuracy(class_name=c, accuracy=accuracy_message(a)) for c, a in m.per_class],

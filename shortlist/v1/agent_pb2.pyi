@@ -263,18 +263,20 @@ class PriorLabel(_message.Message):
     def __init__(self, id: _Optional[str] = ..., label: _Optional[str] = ..., confidence: _Optional[float] = ..., probs: _Optional[_Mapping[str, float]] = ..., model_version: _Optional[str] = ..., calibration: _Optional[_Union[Calibration, _Mapping]] = ..., not_embedded: _Optional[int] = ...) -> None: ...
 
 class Calibration(_message.Message):
-    __slots__ = ("source", "held_out", "temperature", "audit_labels", "warning")
+    __slots__ = ("source", "held_out", "temperature", "audit_labels", "warning", "left_out")
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     HELD_OUT_FIELD_NUMBER: _ClassVar[int]
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     AUDIT_LABELS_FIELD_NUMBER: _ClassVar[int]
     WARNING_FIELD_NUMBER: _ClassVar[int]
+    LEFT_OUT_FIELD_NUMBER: _ClassVar[int]
     source: str
     held_out: int
     temperature: float
     audit_labels: int
     warning: str
-    def __init__(self, source: _Optional[str] = ..., held_out: _Optional[int] = ..., temperature: _Optional[float] = ..., audit_labels: _Optional[int] = ..., warning: _Optional[str] = ...) -> None: ...
+    left_out: int
+    def __init__(self, source: _Optional[str] = ..., held_out: _Optional[int] = ..., temperature: _Optional[float] = ..., audit_labels: _Optional[int] = ..., warning: _Optional[str] = ..., left_out: _Optional[int] = ...) -> None: ...
 
 class ListSamplesRequest(_message.Message):
     __slots__ = ("labeled_only", "include_payload", "ids")
@@ -331,7 +333,7 @@ class Status(_message.Message):
     def __init__(self, samples: _Optional[int] = ..., labeled: _Optional[int] = ..., embedded: _Optional[int] = ..., model_version: _Optional[str] = ..., strategies: _Optional[_Iterable[str]] = ..., prior_methods: _Optional[_Iterable[str]] = ..., classes: _Optional[_Iterable[str]] = ..., pending_model_version: _Optional[str] = ..., pending_embedded: _Optional[int] = ..., pending_embed_rate: _Optional[float] = ..., warnings: _Optional[_Iterable[str]] = ..., audit: _Optional[_Union[PriorAudit, _Mapping]] = ..., classes_open: _Optional[bool] = ..., label_events: _Optional[int] = ..., agent_version: _Optional[str] = ..., agent_commit: _Optional[str] = ..., schema_version: _Optional[int] = ..., samples_deleted: _Optional[int] = ...) -> None: ...
 
 class PriorAudit(_message.Message):
-    __slots__ = ("drawn", "labelled", "current", "model_version", "confidence_level", "interval_method", "methods", "computed_at", "error")
+    __slots__ = ("drawn", "labelled", "current", "model_version", "confidence_level", "interval_method", "methods", "computed_at", "error", "left_out")
     DRAWN_FIELD_NUMBER: _ClassVar[int]
     LABELLED_FIELD_NUMBER: _ClassVar[int]
     CURRENT_FIELD_NUMBER: _ClassVar[int]
@@ -341,6 +343,7 @@ class PriorAudit(_message.Message):
     METHODS_FIELD_NUMBER: _ClassVar[int]
     COMPUTED_AT_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    LEFT_OUT_FIELD_NUMBER: _ClassVar[int]
     drawn: int
     labelled: int
     current: bool
@@ -350,7 +353,8 @@ class PriorAudit(_message.Message):
     methods: _containers.RepeatedCompositeFieldContainer[PriorAccuracy]
     computed_at: float
     error: str
-    def __init__(self, drawn: _Optional[int] = ..., labelled: _Optional[int] = ..., current: _Optional[bool] = ..., model_version: _Optional[str] = ..., confidence_level: _Optional[float] = ..., interval_method: _Optional[str] = ..., methods: _Optional[_Iterable[_Union[PriorAccuracy, _Mapping]]] = ..., computed_at: _Optional[float] = ..., error: _Optional[str] = ...) -> None: ...
+    left_out: int
+    def __init__(self, drawn: _Optional[int] = ..., labelled: _Optional[int] = ..., current: _Optional[bool] = ..., model_version: _Optional[str] = ..., confidence_level: _Optional[float] = ..., interval_method: _Optional[str] = ..., methods: _Optional[_Iterable[_Union[PriorAccuracy, _Mapping]]] = ..., computed_at: _Optional[float] = ..., error: _Optional[str] = ..., left_out: _Optional[int] = ...) -> None: ...
 
 class PriorAccuracy(_message.Message):
     __slots__ = ("method", "overall", "per_class", "mean_confidence", "error")

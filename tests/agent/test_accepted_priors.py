@@ -32,6 +32,7 @@ def test_accepted_priors_are_left_out_of_the_calibration(running: Running) -> No
     after = calibration()
     assert after.held_out == before.held_out, (before, after)  # counted, they would be held out too
     assert "; 30 accepted priors (source prior:*) left out of the held-out labels" in after.warning
+    assert (before.left_out, after.left_out) == (0, 30)  # Calibration.left_out: the count for programs
     # a label changed since by hand is a person's own again (its latest source): it counts
     client.submit_labels(running.stub, [(best[0].id, true_label(best[0].id))], "carol", source="manual")
     again = calibration()
@@ -41,7 +42,7 @@ def test_accepted_priors_are_left_out_of_the_calibration(running: Running) -> No
     assert reply.accepted == 1
     undone = calibration()
     assert undone.held_out == before.held_out, (before, undone)
-    assert "; 30 accepted priors (source prior:*) left out" in undone.warning
+    assert "; 30 accepted priors (source prior:*) left out" in undone.warning and undone.left_out == 30
 
 
 def test_the_accepted_set_kept_in_memory_is_what_the_label_rows_say(tmp_path: Path) -> None:
@@ -96,3 +97,16 @@ def test_a_label_an_undo_puts_back_keeps_where_it_came_from(tmp_path: Path) -> N
     assert accepted_history([(0, "prior:knn"), (1, "manual"), (RETRACTED, "manual"), (0, RESTORE_SOURCE),
                              (2, "manual"), (RETRACTED, "manual"), (0, RESTORE_SOURCE)])
     assert not accepted_history([(0, "prior:knn"), (RETRACTED, "manual"), (0, RESTORE_SOURCE)])
+
+
+def test_the_cli_shows_the_accepted_priors_left_out() -> None:
+    """`shortlist prior`'s calibration line and every JSON of a calibration (--json, priors.meta.json, the web
+    app) carry Calibration.left_out; a warning names the count itself, so the line adds it only without one."""
+    cal = agent_pb2.Calibration(source="audit", held_out=25, temperature=0.8, audit_labels=25, left_out=7)
+    assert client.calibration_line(cal) == ("confidences calibrated on 25 audit labels (audit or random draws) "
+                                            "(temperature 0.8); 7 accepted priors (source prior:*) left out")
+    assert client.calibration_dict(cal)["left_out"] == 7
+    one = agent_pb2.Calibration(source="labelled", held_out=30, temperature=1.2, left_out=1)
+    assert client.calibration_line(one).endswith("(temperature 1.2); 1 accepted prior (source prior:*) left out")
+    assert "left out" not in client.calibration_line(agent_pb2.Calibration(source="labelled", held_out=30,
+                                                                            temperature=1.2))

@@ -847,3 +847,35 @@ def test_get_status_does_not_recount_every_draw(running: Running, monkeypatch: p
     running.stub.GetStatus(agent_pb2.GetStatusRequest())
     running.stub.GetStatus(agent_pb2.GetStatusRequest())
     assert len(calls) == sum(picked in order for order in orders)
+
+
+def test_audit_draws_labelled_by_accepting_their_prior_are_not_scored(running: Running) -> None:
+    """An audit draw labelled by accepting its prior (source prior:METHOD) would measure the prior against its
+    own answer: the accuracy audit leaves it out and says how many (PriorAudit.left_out; `shortlist status`),
+    and GetStatus's count of uniformly drawn labels leaves it out as the calibration's audit_labels does. A
+    label changed by hand is scored again; an undo of that change puts the accepted prior back, left out."""
+    client.ingest(running.stub, make_samples(40, labels=6))
+    order = [s.id for s in running.stub.Select(agent_pb2.SelectRequest(budget=12, strategy="audit",
+                                                                       seed=4)).selected]
+    assert len(order) == 12
+    client.submit_labels(running.stub, [(i, true_label(i)) for i in order[:8]], "alice")
+    client.submit_labels(running.stub, [(i, true_label(i)) for i in order[8:]], "bob", source="prior:knn")
+    a = wait_audit(running, 8)
+    assert (a.drawn, a.labelled, a.left_out) == (12, 8, 4), a
+    assert all(m.overall.total == 8 for m in a.methods if not m.error)
+    assert running.agent.uniform_labelled() == 8
+    cal = next(iter(running.stub.PriorLabels(agent_pb2.PriorLabelsRequest(method="knn")))).calibration
+    assert (cal.audit_labels, cal.left_out) == (8, 4), cal
+    from typer.testing import CliRunner
+
+    from shortlist.cli import app
+    res = CliRunner().invoke(app, ["status", "--agent", running.address])
+    assert res.exit_code == 0, res.output
+    assert "audit: 8 of 12 drawn samples labelled and scored, 4 more labelled by accepting a prior" in \
+        " ".join(res.stdout.split())
+    client.submit_labels(running.stub, [(order[8], true_label(order[8]))], "carol", source="manual")
+    a = wait_audit(running, 9)
+    assert (a.labelled, a.left_out) == (9, 3) and running.agent.uniform_labelled() == 9
+    client.retract_labels(running.stub, [order[8]], "carol", restore_previous=True)
+    a = wait_audit(running, 8)
+    assert (a.labelled, a.left_out) == (8, 4)

@@ -40,7 +40,8 @@ def test_priors_grouped_sorted_filtered_paginated(web_agent: WebAgent) -> None:
     # PriorLabel.calibration: a few labels, so the page carries the agent's warning (priors.js shows it)
     cal = d["calibration"]
     assert cal["source"] in ("default", "labelled") and cal["held_out"] < 20
-    assert set(cal) == {"source", "held_out", "temperature", "audit_labels", "warning"}  # as everywhere else
+    # as everywhere else
+    assert set(cal) == {"source", "held_out", "temperature", "audit_labels", "left_out", "warning"}
     assert cal["warning"].startswith("confidences calibrated on ")
     assert "audit sample on the Progress page" in cal["warning"] and "shortlist" not in cal["warning"]
     assert 'id="calibration"' in c.get("/priors").text
