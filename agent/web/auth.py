@@ -259,12 +259,13 @@ class KnownTokens:
 def unknown_token_throttled(request: Request, token: str) -> None:
     """HttpError 429 (with Retry-After) when this request's address has used up its allowance of failed tries
     (SignInThrottle: sign-ins, and tokens the agent refused in headers or cookies, errors.rpc_error_response)
-    and its ``token`` is not one the agent answered lately: a token guessed by header is slowed as one guessed
-    through the sign-in form, without asking the agent."""
+    and its ``token`` is neither one the agent has answered (``KnownTokens.accepted``) nor at its second try
+    (``SignInThrottle``): a token guessed by header is slowed as one guessed through the sign-in form, without
+    asking the agent."""
     if not token or request.app.state.known_tokens.accepted(token):
         return
     address = client_address(request)
-    wait = request.app.state.sign_in_throttle.wait(address)
+    wait = request.app.state.sign_in_throttle.wait(address, token)
     if wait > 0:
         seconds = math.ceil(wait)
         more = request.app.state.sign_in_refusals.admit("token throttled", address)
@@ -381,43 +382,91 @@ def login_page(request: Request, next: str = "/") -> Response:
     return render(request, "login.html", {"next": _safe_next(next), "error": "", "name": session(request).user})
 
 
-# Failed sign-ins per client address: a burst of SIGN_IN_BURST, then SIGN_IN_PER_S a second; past that, every
+# Failed sign-ins per client address: a burst of SIGN_IN_BURST, then SIGN_IN_PER_S a second; past that, a
 # sign-in from the address is answered 429 with Retry-After, unchecked, until the allowance is back. A person
 # who mistypes their token is never held up; a script guessing tokens (99 a second in the security review,
 # all 401) is slowed a hundredfold. Other addresses are not affected (behind a reverse proxy every browser
 # has the proxy's address, and shares its allowance).
+#
+# The second try of a token (THROTTLED_CHECK_S): behind a proxy a script's guesses used to lock out a colleague
+# with the right token (and a Label Studio webhook answered 429 may be lost) as long as the guessing went on. A
+# token this address sent while throttled (answered 429, remembered as sha256 for REMEMBER_S) is checked by the
+# agent when it comes again, one such check per address every THROTTLED_CHECK_S, and a token checked so once
+# gets no other: a guesser that does not send a guess twice never gets one (its rate stays SIGN_IN_PER_S), while
+# a right token is in at its second try, at most THROTTLED_CHECK_S after its first (then KnownTokens: never
+# held up again). A guesser that repeats each guess competes for those checks, and gets at most
+# 1 / THROTTLED_CHECK_S more a second.
 SIGN_IN_BURST = 5
 SIGN_IN_PER_S = 1.0
 MAX_THROTTLED_ADDRESSES = 4096
+THROTTLED_CHECK_S = 2.0
+REMEMBER_S = 60.0
+MAX_REMEMBERED_TOKENS = 16384  # (address, sha256) pairs, ~150 bytes each: a flood of new guesses pushes the oldest out
 
 
 class SignInThrottle:
     """A token bucket of failed sign-ins per address (``burst`` deep, refilled ``per_s`` a second): ``begin``
-    takes a try, ``passed`` gives it back. Thread-safe: the sign-in route runs in FastAPI's threadpool."""
+    takes a try, ``passed`` gives it back; past it, a token's second try (``check_s``, the note above).
+    Thread-safe: the sign-in route runs in FastAPI's threadpool."""
 
     def __init__(self, burst: int = SIGN_IN_BURST, per_s: float = SIGN_IN_PER_S,
-                 max_addresses: int = MAX_THROTTLED_ADDRESSES) -> None:
+                 max_addresses: int = MAX_THROTTLED_ADDRESSES, check_s: float = THROTTLED_CHECK_S,
+                 remember_s: float = REMEMBER_S, max_remembered: int = MAX_REMEMBERED_TOKENS) -> None:
         self.burst = burst
         self.per_s = per_s
         self.max_addresses = max_addresses
+        self.check_s = check_s
+        self.remember_s = remember_s
+        self.max_remembered = max_remembered
         self._lock = threading.Lock()
         self._buckets: dict[str, tuple[float, float]] = {}  # address -> (allowance left, when it was counted)
+        self._checked_at: dict[str, float] = {}  # address -> when its last second-try check was given
+        self._seen: dict[tuple[str, str], float] = {}  # (address, sha256) answered 429 -> when; oldest first
+        self._spent: dict[tuple[str, str], None] = {}  # (address, sha256) given its second-try check; oldest first
+
+    def _second_try(self, address: str, token: str, now: float) -> float:
+        """With the lock held, ``address`` throttled: 0.0 when ``token`` gets its second-try check now (taken),
+        else the seconds until it may (remembering it as sent), or ``math.inf`` when it never will."""
+        if not token:
+            return math.inf
+        key = (address, hashlib.sha256(token.encode()).hexdigest())
+        if key in self._spent:
+            return math.inf
+        slot = max(0.0, self._checked_at.get(address, -math.inf) + self.check_s - now)
+        seen = self._seen.get(key)
+        if seen is not None and now - seen <= self.remember_s and slot <= 0:
+            del self._seen[key]
+            self._spent[key] = None
+            if len(self._spent) > self.max_remembered:
+                del self._spent[next(iter(self._spent))]
+            if len(self._checked_at) >= self.max_addresses and address not in self._checked_at:
+                self._checked_at = {a: t for a, t in self._checked_at.items() if now - t < self.check_s}
+            self._checked_at[address] = now
+            return 0.0
+        if seen is None or now - seen > self.remember_s:  # (a try kept waiting keeps its first time: no refresh)
+            self._seen.pop(key, None)
+            self._seen[key] = now
+            while len(self._seen) > self.max_remembered:
+                del self._seen[next(iter(self._seen))]
+            return max(slot, 1e-3)  # its first try: answered 429 (Retry-After 1 at least), its second may pass
+        return slot
 
     def _left(self, address: str, now: float) -> float:
         left, at = self._buckets.get(address, (float(self.burst), now))
         return min(float(self.burst), left + (now - at) * self.per_s)
 
-    def begin(self, address: str) -> float:
-        """Take one try from ``address``'s allowance (given back by ``passed`` unless the sign-in fails): 0.0,
-        or the seconds until it may try again (nothing taken). Taken before the token is checked, so that
-        concurrent tries cannot all pass on one allowance."""
+    def begin(self, address: str, token: str = "") -> tuple[float, bool]:
+        """Take one try from ``address``'s allowance (given back by ``passed`` unless the sign-in fails):
+        (0.0, True); or, the allowance spent, ``token``'s second-try check: (0.0, False), nothing to give back;
+        else (the seconds until it may try again, False), nothing taken. Taken before the token is checked,
+        so that concurrent tries cannot all pass on one allowance."""
         now = time.monotonic()
         with self._lock:
             left = self._left(address, now)
             if left < 1.0:
-                return (1.0 - left) / self.per_s
+                return min((1.0 - left) / self.per_s, self._second_try(address, token, now)), False
             self._take(address, left, now)
-            return 0.0
+            return 0.0, True
 
     def _take(self, address: str, left: float, now: float) -> None:
         """Record one try taken from ``address``'s allowance ``left`` (call with the lock held), keeping at most
@@ -428,10 +477,15 @@ class SignInThrottle:
                 self._buckets.clear()
         self._buckets[address] = (max(0.0, left - 1.0), now)
 
-    def wait(self, address: str) -> float:
-        """The seconds until ``address`` may try again (0.0: it may now); nothing taken."""
+    def wait(self, address: str, token: str = "") -> float:
+        """The seconds until ``address`` may try ``token`` (0.0: it may now; nothing taken from the allowance,
+        a second-try check taken when it is that which lets it)."""
+        now = time.monotonic()
         with self._lock:
-            return max(0.0, (1.0 - self._left(address, time.monotonic())) / self.per_s)
+            left = self._left(address, now)
+            if left >= 1.0:
+                return 0.0
+            return min((1.0 - left) / self.per_s, self._second_try(address, token, now))
 
     def failed(self, address: str) -> None:
         """A try ``address`` made with an unknown token outside the sign-in form (a header or cookie the agent
@@ -478,7 +532,8 @@ def login(request: Request, name: str = Form(""), token: str = Form(""), next: s
     token = token.strip() or config.default_token
     address = client_address(request)
     throttle: SignInThrottle = request.app.state.sign_in_throttle
-    if (wait := throttle.begin(address)) > 0:  # not even a right token is checked: else guessing goes on
+    wait, taken = throttle.begin(address, token)
+    if wait > 0:  # a right token is checked at its second try only (SignInThrottle): else guessing goes on
         _refused_sign_in(request, address, name, "too many failed sign-ins")
         seconds = math.ceil(wait)
         return render(request, "login.html", {
@@ -486,15 +541,17 @@ def login(request: Request, name: str = Form(""), token: str = Form(""), next: s
             "error": f"Too many failed sign-ins from this computer: wait {seconds} s, then sign in again."},
             status_code=429, headers={"Retry-After": str(seconds)})
     try:
-        return _sign_in(request, config, name, token, next, address, throttle)
+        return _sign_in(request, config, name, token, next, address, throttle if taken else None)
     except BaseException:
-        throttle.passed(address)  # not a refused token (the agent away, ...): the try is given back
+        if taken:
+            throttle.passed(address)  # not a refused token (the agent away, ...): the try is given back
         raise
 
 
 def _sign_in(request: Request, config: WebConfig, name: str, token: str, next: str, address: str,
-             throttle: SignInThrottle) -> Response:
-    """The sign-in after the throttle's ``begin``: a refusal keeps the try taken, anything else gives it back."""
+             throttle: SignInThrottle | None) -> Response:
+    """The sign-in after the throttle's ``begin``: a refusal keeps the try taken, anything else gives it back
+    (``throttle`` None: none was taken, a second-try check)."""
     if config.tokens_required and not token:
         _refused_sign_in(request, address, name, "no token given")
         return render(request, "login.html", {"next": _safe_next(next), "name": name,
@@ -509,7 +566,10 @@ def _sign_in(request: Request, config: WebConfig, name: str, token: str, next: s
         return render(request, "login.html", {"next": _safe_next(next), "name": name,
                                               "error": for_people(e.details() or "the agent refused this token")},
                       status_code=401)
-    throttle.passed(address)
+    if throttle is not None:
+        throttle.passed(address)
+    if token:  # answered by the agent: never throttled here from now on (a second try let it in, say)
+        request.app.state.known_tokens.add(token)
     response = RedirectResponse(_safe_next(next), status_code=303)
     opts: dict[str, Any] = {"max_age": COOKIE_MAX_AGE, "samesite": "strict", "secure": config.https, "path": "/"}
     if token and token != config.default_token:

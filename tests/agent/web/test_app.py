@@ -768,6 +768,55 @@ def test_failed_sign_ins_are_throttled_per_address(token_web_agent: WebAgent,
     assert len(lines) == 2 and all("10.0.0.7" in line for line in lines), lines  # UNAUTHENTICATED, too many
 
 
+def test_a_right_token_gets_in_at_its_second_try_while_the_address_guesses(token_web_agent: WebAgent) -> None:
+    """Behind a proxy one address is everyone's: while a script there guessed tokens, a colleague's right token
+    (one the agent had not answered since the app started) was answered 429 for as long as the guessing went on,
+    the form's and a header's alike. Now a token's second try is checked by the agent (one such check per
+    address every THROTTLED_CHECK_S) and gets in, the guessing going on meanwhile; a guess sent twice is
+    checked once, then 429 again."""
+    from agent.web import auth
+
+    burst = getattr(auth, "SIGN_IN_BURST", 5)
+    check_s = 1.0  # (THROTTLED_CHECK_S is 2 s: shorter here)
+    try:
+        throttle = auth.SignInThrottle(burst=burst, per_s=0.01, check_s=check_s)  # no refill here
+    except TypeError:  # (the app before the second try)
+        throttle = auth.SignInThrottle(burst=burst, per_s=0.01)
+    token_web_agent.app.state.sign_in_throttle = throttle
+    guesser = token_web_agent.client(client=("10.0.0.21", 50000))
+    person = token_web_agent.client(client=("10.0.0.21", 50001))
+    guesses = iter(range(10**6))
+
+    def guess(n: int) -> list[int]:
+        return [guesser.post("/login", data={"name": "x", "token": f"guess-{next(guesses):020d}"},
+                             follow_redirects=False).status_code for _ in range(n)]
+
+    assert set(guess(3 * burst)[burst:]) == {429}  # the address is throttled (for 100 s at this refill)
+    t0 = time.monotonic()
+    first = person.post("/login", data={"name": "p", "token": WRITE_TOKEN}, follow_redirects=False)
+    assert first.status_code == 429 and int(first.headers["retry-after"]) <= check_s
+    assert set(guess(20)) == {429}  # new guesses are never checked: the guessing rate stays the allowance's
+    time.sleep(int(first.headers["retry-after"]))
+    second = person.post("/login", data={"name": "p", "token": WRITE_TOKEN}, follow_redirects=False)
+    assert second.status_code == 303, second.text
+    assert time.monotonic() - t0 <= check_s + 1.5
+    assert set(guess(5)) == {429}
+    person.cookies.set("shortlist_token", WRITE_TOKEN)
+    assert person.get("/api/progress/head").status_code == 200  # known now: never held up again
+
+    hook = token_web_agent.client(client=("10.0.0.21", 50002), headers={"Authorization": f"Bearer {READ_TOKEN}"})
+    r = hook.get("/api/progress/head")  # by header (Label Studio's webhooks): the same second try
+    assert r.status_code == 429
+    time.sleep(check_s)
+    assert hook.get("/api/progress/head").status_code == 200
+    wrong = {"Authorization": "Bearer guess-sent-twice-0000000"}
+    assert guesser.get("/api/progress/head", headers=wrong).status_code == 429
+    time.sleep(check_s)
+    assert guesser.get("/api/progress/head", headers=wrong).status_code == 401  # its one check
+    time.sleep(check_s)
+    assert guesser.get("/api/progress/head", headers=wrong).status_code == 429  # never another
+
+
 def test_tokens_guessed_by_header_or_cookie_are_throttled_as_sign_ins(token_web_agent: WebAgent) -> None:
     """The throttle covered the sign-in form only: 300 requests with `Authorization: Bearer wrong-N` (or a
     cookie) to /api/progress/head from an address /login was refusing all reached the agent (401, ~195 a second).
