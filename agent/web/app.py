@@ -70,12 +70,18 @@ def create_app(config: WebConfig, client_factory: Callable[[], grpc.Channel]) ->
     app.state.config = config
     app.state.stub = _Stub(client_factory)
     nav: list[tuple[int, str, str]] = []
+    app.state.body_limits = {}  # path -> (a smaller body limit than max_body_bytes, advice): agent/web/errors.py
     for name in ROUTERS:
         module = importlib.import_module(f"agent.web.{name}")
         # max_body_size: Starlette's RequestBodyLimitMiddleware around each route, counting a body as it is read
         # and cutting it at the limit (413, worded by agent/web/errors.py); a Content-Length above the limit is
-        # refused before any route runs (agent/web/guards.py, BodyLimitGuard).
-        app.include_router(module.router, max_body_size=config.max_body_bytes)
+        # refused before any route runs (agent/web/guards.py, BodyLimitGuard). A module may set a smaller
+        # MAX_BODY_BYTES for its routes (the sign-in form's, agent/web/auth.py).
+        limit = min(config.max_body_bytes, getattr(module, "MAX_BODY_BYTES", config.max_body_bytes))
+        if limit < config.max_body_bytes:
+            for route in module.router.routes:
+                app.state.body_limits[getattr(route, "path", "")] = (limit, getattr(module, "BODY_LIMIT_ADVICE", ""))
+        app.include_router(module.router, max_body_size=limit)
         if hasattr(module, "NAV"):
             label, path, order = module.NAV
             nav.append((order, label, path))
@@ -87,7 +93,8 @@ def create_app(config: WebConfig, client_factory: Callable[[], grpc.Channel]) ->
     app.add_middleware(BodyPaceGuard)  # agent/web/guards.py: no bodies sent a byte now and then
     app.add_middleware(TokenFirstGuard)  # agent/web/auth.py: no body read before the agent knows the token
     app.add_middleware(OriginGuard)  # no cross-site POSTs (checked before the token)
-    app.add_middleware(BodyLimitGuard, limit=config.max_body_bytes)  # no oversized bodies
+    app.add_middleware(BodyLimitGuard, limit=config.max_body_bytes,
+                       paths={path: limit for path, (limit, _) in app.state.body_limits.items()})  # no oversized bodies
     app.add_middleware(HostGuard, hosts=allowed_hosts(config))  # no DNS rebinding (checked first)
     app.add_middleware(SecurityHeaders)  # outermost: on every answer, refusals included
 

@@ -57,6 +57,14 @@ ROLE_COOKIE = "shortlist_role"  # "read" / "write": only what the pages show; th
 COOKIE_MAX_AGE = 30 * 24 * 3600
 MAX_NAME_CHARS = 64
 
+# The body limit of this module's routes (the sign-in form: a name, a token and a page to go back to), instead
+# of the app's ``max_body_bytes`` (16 MiB): a Content-Length above it is answered 413 before anything is read
+# (agent/web/guards.py ``BodyLimitGuard``), a body without one is cut at it as it is read (agent/web/app.py).
+# Before, anyone who reached the app had /login parse 16 MiB forms without a token. A token of the agent's
+# longest (4,096 characters), percent-encoded, fits.
+MAX_BODY_BYTES = 32 * 1024
+BODY_LIMIT_ADVICE = "a sign-in form holds a name and a token: send only those (and next)"
+
 R = TypeVar("R")
 router = APIRouter()
 log = logging.getLogger(__name__)

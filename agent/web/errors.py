@@ -138,7 +138,14 @@ def error_response(request: Request, status: int, code: str, message: str,
 
 
 def too_large(request: Request) -> Response:
-    """The 413 for a request body above ``WebConfig.max_body_bytes``: the limit and how to raise it."""
+    """The 413 for a request body above ``WebConfig.max_body_bytes``: the limit and how to raise it; above its
+    route's own smaller limit (``app.state.body_limits``, the sign-in form's): that limit and what fits."""
+    small = getattr(request.app.state, "body_limits", {}).get(request.url.path)
+    if small is not None:
+        limit, advice = small
+        return error_response(request, 413, "CONTENT_TOO_LARGE",
+                              f"the request body is larger than {limit} bytes, the limit of {request.url.path}"
+                              + (f": {advice}" if advice else ""))
     limit = request.app.state.config.max_body_bytes
     return error_response(request, 413, "CONTENT_TOO_LARGE",
                           f"the request body is larger than this app's limit of {limit / (1 << 20):g} MiB ({limit} "

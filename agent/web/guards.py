@@ -12,8 +12,9 @@
   with DNS rebinding a page of another site re-points its own name at the app's address (127.0.0.1, say)
   and then reads the app's pages, images and labels as same-origin; its requests carry that name in
   ``Host``, so refusing unknown names stops it. The refusal says which option adds a name.
-- ``BodyLimitGuard``: a request declaring a body above ``WebConfig.max_body_bytes`` (``Content-Length``) is
-  refused (413) before anything reads it. Bodies without a length (chunked) are counted as the route
+- ``BodyLimitGuard``: a request declaring a body above ``WebConfig.max_body_bytes`` (``Content-Length``), or
+  above its route's smaller limit (the sign-in form's, agent/web/auth.py ``MAX_BODY_BYTES``), is refused (413)
+  before anything reads it. Bodies without a length (chunked) are counted as the route
   reads them and cut at the limit by Starlette's RequestBodyLimitMiddleware (``max_body_size`` of the
   routes, agent/web/app.py), whose own answer to a too long Content-Length would hide the 413's advice.
   Bodies are read before the agent checks the caller's token, so without the limit anyone who reaches
@@ -39,7 +40,7 @@ import ipaddress
 import logging
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -196,16 +197,19 @@ class HostGuard:
 
 
 class BodyLimitGuard:
-    """Refuse a request whose Content-Length is above ``limit`` (413, unread), whatever its route."""
+    """Refuse a request whose Content-Length is above ``limit`` bytes (413, unread), or above ``paths``' limit
+    for its path (the sign-in form's, smaller)."""
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    def __init__(self, app: ASGIApp, limit: int, paths: Mapping[str, int] | None = None) -> None:
         self.app = app
         self.limit = limit
+        self.paths = dict(paths or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             length = Headers(scope=scope).get("content-length", "")
-            if length.strip().isdigit() and int(length) > self.limit:
+            limit = self.paths.get(str(scope.get("path", "")), self.limit)
+            if length.strip().isdigit() and int(length) > limit:
                 await too_large(Request(scope, receive))(scope, receive, send)
                 return
         await self.app(scope, receive, send)

@@ -440,8 +440,38 @@ def test_body_limit_through_the_test_client(web_agent: WebAgent) -> None:
 
     r = c.post("/api/labels", content=chunks(), headers={"Content-Type": "application/json"})
     assert r.status_code == 413 and r.json()["error"] == "CONTENT_TOO_LARGE" and "16 MiB" in r.json()["message"]
-    page = c.post("/login", content=b"x" * (limit + 1), headers={"Content-Type": "application/x-www-form-urlencoded"})
+    page = c.post("/queue", content=b"x" * (limit + 1), headers={"Content-Type": "application/x-www-form-urlencoded"})
     assert page.status_code == 413 and "--web-max-body-mb" in page.text and "<nav" in page.text
+
+
+def test_the_sign_in_form_has_a_small_body_limit_checked_before_it_is_read(token_web_agent: WebAgent) -> None:
+    """/login parsed form bodies up to the app's 16 MiB limit before any check, for anyone who reached it (no token
+    needed). Its limit is now MAX_BODY_BYTES (32 KiB: a name and a token of the agent's longest fit): a declared
+    larger body is answered 413 before the route runs (no sign-in try taken), a streamed one is cut there, and
+    the message says what a sign-in form holds; a sign-in with a 4,096-character token is still read."""
+    from agent.web import auth
+
+    limit = getattr(auth, "MAX_BODY_BYTES", 32 * 1024)
+    assert limit <= 32 * 1024
+    c = token_web_agent.client(client=("10.0.0.31", 50000), follow_redirects=False)
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    big = b"name=x&token=" + b"t" * (limit + 1)
+    r = c.post("/login", content=big, headers=form)
+    assert r.status_code == 413 and "the limit of /login" in r.text and "a name and a token" in r.text, r.text[:300]
+    assert token_web_agent.app.state.sign_in_throttle.wait("10.0.0.31") == 0.0
+    for _ in range(auth.SIGN_IN_BURST):  # none of these took a try either: the route never ran
+        assert c.post("/login", content=big, headers=form).status_code == 413
+
+    def chunks() -> Iterator[bytes]:
+        yield b"name=x&token="
+        for _ in range(limit // 1024 + 2):
+            yield b"t" * 1024
+
+    r = c.post("/login", content=chunks(), headers=form)  # no Content-Length: cut as it is read
+    assert r.status_code == 413 and "the limit of /login" in r.text
+    r = c.post("/login", data={"name": "x", "token": "t" * 4096, "next": "/queue"})
+    assert r.status_code == 401  # read and checked by the agent (an unknown token)
+    assert c.post("/login", data={"name": "x", "token": WRITE_TOKEN}).status_code == 303
 
 
 def test_hardening_headers_on_every_answer(web_agent: WebAgent) -> None:
