@@ -296,7 +296,8 @@ def label_api(request: Request, body: PriorLabelsBody, caller: Caller = CallerDe
     unlabelled (``if_current=""``): one labelled since the priors were computed is refused with ``changed``,
     its label now and who gave it, and left as it is. One the sample already had, given by someone else
     (another annotator accepting the same prior at the same time), is stored and listed in ``agreed`` with who
-    gave it: the page's undo leaves those, so it never takes back the other annotator's label."""
+    gave it: the page's undo leaves those, so it never takes back the other annotator's label. ``agreed_count``
+    counts them all: above ``len(agreed)`` (the agent's list was cut short) the page offers no undo."""
     status = caller.status()
     check_method(status, body.method)
     ps = cache(request).peek(body.method)
@@ -323,6 +324,7 @@ def label_api(request: Request, body: PriorLabelsBody, caller: Caller = CallerDe
     stored: list[str] = []
     twins: list[dict[str, str]] = []  # labels stored that differ from a byte-identical sample's (as /api/labels)
     agreed: list[dict[str, str]] = []  # labels the sample already had from someone else (as /api/labels)
+    agreed_count = 0  # how many in all: the agent lists the first ones only (as /api/labels)
     # Two SubmitLabels (the source is per request): the accepted priors, then the corrections.
     for part, source in ((accepts, ACCEPT_PREFIX + body.method), (fixes, "manual")):
         if not part:
@@ -337,6 +339,7 @@ def label_api(request: Request, body: PriorLabelsBody, caller: Caller = CallerDe
         rejected += rejections(reply.rejected)
         twins += [{"id": t.id, "twin_id": t.twin_id, "twin_label": t.twin_label} for t in reply.twin_conflicts]
         agreed += [{"id": a.id, "label": a.now.label, "by": a.now.annotator} for a in reply.agreed]
+        agreed_count += max(reply.agreed_count, len(reply.agreed))
         stored += [x.id for x in part if x.id not in refused]
     # labelled meanwhile by someone else: off this page too
     cache(request).labelled(stored + [str(r["id"]) for r in rejected if r.get("changed") and r.get("label")])
@@ -344,7 +347,7 @@ def label_api(request: Request, body: PriorLabelsBody, caller: Caller = CallerDe
     return {"accepted": accepted, "annotator": caller.annotator,
             "accepted_priors": sum(1 for x in accepts if x.id in done),
             "corrected": sum(1 for x in fixes if x.id in done), "rejected": rejected, "twin_conflicts": twins,
-            "agreed": agreed}
+            "agreed": agreed, "agreed_count": agreed_count}
 
 
 @router.get("/api/priors/all")

@@ -317,11 +317,14 @@ def submit(body: LabelsBody, caller: Caller = CallerDep) -> dict[str, Any]:
         labels.append(item)
     reply = caller(caller.stub.SubmitLabels, agent_pb2.SubmitLabelsRequest(labels=labels, annotator=caller.annotator))
     # agreed: labels the sample already had, given by someone else (``by``) before this page saw it; the
-    # page's undo leaves them as they are instead of taking back the other annotator's label.
+    # page's undo leaves them as they are instead of taking back the other annotator's label. agreed_count:
+    # how many there were in all (the agent lists the first ones only, REPLY_LIST_BYTES in agent/service.py;
+    # an older agent sends 0): above len(agreed), the page cannot tell which of its labels were agreements.
     # twin_conflicts: labels stored that differ from the label of a byte-identical sample under another id.
     return {"accepted": reply.accepted, "annotator": caller.annotator,
             "rejected": rejections(reply.rejected),
             "agreed": [{"id": a.id, "label": a.now.label, "by": a.now.annotator} for a in reply.agreed],
+            "agreed_count": max(reply.agreed_count, len(reply.agreed)),
             # overwritten: the labels stored ones replaced that someone else had given (the page's undo of such
             # a change puts that label back in its giver's name: it says whose label it was)
             "overwritten": [{"id": o.id, "label": o.label, "by": o.annotator} for o in reply.overwritten],

@@ -140,6 +140,9 @@
       // agreed: the sample already had this label from someone else (another annotator accepting the same prior
       // meanwhile): stored, but the undo leaves it, so it never takes back their label (as the Queue does)
       const agreed = new Map((r.agreed || []).map((x) => [x.id, x]));
+      // more agreements than listed (the agent lists the first ones only): which of the other labels stored are
+      // someone else's too cannot be told, so an undo of this "Accept all" could take theirs back: none offered
+      const unlisted = Math.max(0, (r.agreed_count || 0) - agreed.size);
       tiles.forEach((t, k) => {
         t.classList.remove("pending");
         const note = t.querySelector(".done-note");
@@ -176,11 +179,14 @@
         (r.accepted_priors ? ` · ${r.accepted_priors} accepted prior(s)` : "") + (r.corrected ? ` · ${r.corrected} corrected` : "") +
         (changed.length ? ` · ${changed.length} labelled meanwhile${by.length ? " by " + by.join(", ") : ""}: left as it is` : "") +
         (agreed.size ? ` · ${agreed.size} already labelled so by ${[...new Set([...agreed.values()].map((x) => x.by || "someone"))].join(", ")}` +
-          (bulk ? ": undo leaves them" : "") : "") +
-        (failed ? ` · ${failed} refused` : ""), r.rejected.length > 0);
+          (bulk && !unlisted ? ": undo leaves them" : "") : "") +
+        (unlisted ? ` · ${unlisted} more already labelled so by someone else, not listed by the agent` +
+          (bulk ? ": no undo for this Accept all (it cannot tell your labels from theirs)" : "") : "") +
+        (failed ? ` · ${failed} refused` : ""), r.rejected.length > 0 || unlisted > 0);
       if (bulk) {
         const refusedIds = new Set(r.rejected.map((x) => x.id));
-        lastBulk = new Map(labels.filter((x) => !refusedIds.has(x.id) && !agreed.has(x.id)).map((x) => [x.id, x.label]));
+        lastBulk = unlisted ? null :
+          new Map(labels.filter((x) => !refusedIds.has(x.id) && !agreed.has(x.id)).map((x) => [x.id, x.label]));
         showUndoBulk();
       }
     } catch (e) {

@@ -335,6 +335,9 @@
     if (twin) Shortlist.toast(`${shortId(tile)}: saved as ${label}, but ${twin.twin_id} (the same image) is labelled ${twin.twin_label}`, true);
     const agreed = (res.agreed || []).find((a) => a.id === tile.dataset.id);
     if (agreed) return { by: agreed.by || "someone" };
+    // one label a request: counted among the agreements but not listed (the agent lists the first ones only) is
+    // this one, and not this page's own either: its undo leaves it
+    if ((res.agreed_count || 0) > (res.agreed || []).length) return { by: "someone else (the agent's answer did not say who)" };
     // the label this one replaced was someone else's: who gave it (an undo puts it back in their name)
     const replaced = (res.overwritten || []).find((o) => o.id === tile.dataset.id);
     return replaced ? { replaced: replaced.by || "someone" } : "saved";

@@ -7,6 +7,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from agent.priors import PRIOR_METHODS
 from shortlist.v1 import agent_pb2
 from tests.agent.web.conftest import LABELLED, N_IMAGES, READ_TOKEN, SHAPES, WRITE_TOKEN, WebAgent, start_web_agent
@@ -250,6 +252,29 @@ def test_two_annotators_accepting_the_same_priors_are_told_and_the_undo_leaves_t
     single = bob.post("/api/priors/labels", json={"method": "knn", "labels": [
         {"id": one["id"], "label": one["label"]}]}).json()
     assert single["agreed"] == [{"id": one["id"], "label": one["label"], "by": "alice"}]
+
+
+def test_agreements_the_agent_did_not_list_are_counted(web_agent: WebAgent, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SubmitLabels lists the first agreements only (its reply's lists are capped, agreed_count counts them all);
+    the app passed the list on alone, so a page whose list was cut short took the agreements left out for its
+    own labels, and its undo of "Accept all" would take back the other annotator's. Both label APIs now pass
+    ``agreed_count`` on (the pages then offer no undo of that batch, and say so)."""
+    import agent.service as service
+
+    real = service.capped
+    monkeypatch.setattr(service, "capped", lambda items, make, budget=0: real(items, make, budget=60))  # ~1 entry
+    alice = web_agent.client(cookies={"shortlist_user": "alice"})
+    bob = web_agent.client(cookies={"shortlist_user": "bob"})
+    items = alice.get("/api/priors", params={"method": "knn", "size": 4}).json()["items"]
+    page = [{"id": it["id"], "label": it["label"]} for it in items]
+    assert alice.post("/api/priors/labels", json={"method": "knn", "labels": page}).json()["accepted_priors"] == 4
+    theirs = bob.post("/api/priors/labels", json={"method": "knn", "labels": page}).json()
+    assert theirs["accepted_priors"] == 4 and 1 <= len(theirs["agreed"]) < 4, theirs
+    assert theirs["agreed_count"] == 4
+    again = bob.post("/api/labels", json={"labels": [{**x, "if_current": ""} for x in page[:3]]}).json()
+    assert again["accepted"] == 3 and len(again["agreed"]) < 3 and again["agreed_count"] == 0  # his own now
+    r = alice.post("/api/labels", json={"labels": [{**x, "if_current": ""} for x in page[:3]]}).json()
+    assert r["accepted"] == 3 and 1 <= len(r["agreed"]) < 3 and r["agreed_count"] == 3, r
 
 
 def test_accept_all_then_next_reaches_every_sample_once(web_agent: WebAgent) -> None:
