@@ -6,6 +6,7 @@ directly on a Pool built from the arrays, with an hnswlib index for its kNN.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -225,51 +226,120 @@ class StrategiesConfig:
     prior_params: dict[str, str] | None = None
 
 
-def run_benchmark(rows: BenchRows, cfg: StrategiesConfig, progress: Any = None) -> list[dict[str, Any]]:
+CELLS = "cells.json"
+CellKey = tuple[str, int, int, str]
+
+
+def cell_key(record: dict[str, Any]) -> CellKey:
+    """A record's cell: (strategy label, budget, seed, prior method)."""
+    return str(record["strategy"]), int(record["budget"]), int(record["seed"]), str(record["prior_method"])
+
+
+@dataclass
+class Cells:
+    """``bench strategies``' finished cells, kept in ``path`` (out/cells.json) as each finishes, so an interrupted
+    run loses at most the cell it was in and a rerun into the same --out skips the rest. ``settings`` are what
+    the cells' figures depend on (the inputs' contents, calibration, the code); the strategies, budgets, seeds and
+    prior methods name the cells, so a rerun may ask for others. ``path`` None: kept in memory only."""
+
+    path: Path | None
+    settings: dict[str, Any]
+    done: dict[CellKey, dict[str, Any]] = field(default_factory=dict)
+
+    @classmethod
+    def open(cls, out: Path, settings: dict[str, Any]) -> Cells:
+        """The cells ``out`` holds, or none; raises typer.BadParameter when they were made with other
+        ``settings`` (mixing them would give a table of two experiments)."""
+        path = out / CELLS
+        try:
+            saved = json.loads(path.read_text())
+        except FileNotFoundError:
+            return cls(path, settings)
+        except (OSError, ValueError) as e:
+            raise typer.BadParameter(f"cannot read {path} ({e}): remove it to start over") from None
+        was = saved.get("settings", {}) if isinstance(saved, dict) else {}
+        diff = [f"{k} {was.get(k)!r} there, {v!r} now" for k, v in settings.items() if was.get(k) != v]
+        if diff:
+            raise typer.BadParameter(f"{out} holds results made with other settings ({'; '.join(diff)}): pass "
+                                     f"another --out, or remove {path} to start over", param_hint="'--out'")
+        records = saved.get("records", []) if isinstance(saved, dict) else []
+        return cls(path, settings, {cell_key(r): r for r in records})
+
+    def add(self, record: dict[str, Any]) -> None:
+        """Keep ``record``'s cell, written at once (atomically: an interruption leaves the previous file)."""
+        self.done[cell_key(record)] = record
+        if self.path is not None:
+            write_json(self.path, {"settings": self.settings, "records": list(self.done.values())})
+
+
+def inputs_digest(*arrays: np.ndarray | None) -> str:
+    """sha256 over the arrays' dtypes, shapes and bytes (None counts too): a cell's inputs, whatever their paths."""
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(b"none" if a is None else f"{a.dtype}{a.shape}".encode() + np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+def run_benchmark(rows: BenchRows, cfg: StrategiesConfig, progress: Any = None,
+                  cells: Cells | None = None) -> list[dict[str, Any]]:
     """Every (strategy, budget, seed): pick, reveal labels, run each prior method on the unlabelled rest
-    (with ``cfg.prior_params``). Returns flat records (one per strategy, budget, seed and prior method)."""
-    x, labels, test_x, test_y = rows.x, rows.labels, rows.test_x, rows.test_y
+    (with ``cfg.prior_params``). Returns flat records (one per strategy, budget, seed and prior method), in
+    that order. Each record goes into ``cells`` as it is made; one ``cells`` already holds is reused."""
+    x, labels = rows.x, rows.labels
     num_classes = int(labels.max()) + 1
-    sim = SimPool(x, labels, CachedKnn(x, hnsw_index(x)), num_classes, rows.pretext_loss)
+    cells = cells if cells is not None else Cells(None, {})
+    sim: SimPool | None = None  # the index is built only when a cell is left to run
     records: list[dict[str, Any]] = []
     budgets, seeds = cfg.budgets, cfg.seeds
     task = progress.add_task("strategies", total=len(cfg.strategies) * len(budgets) * seeds) if progress else None
     for variant in cfg.strategies:
         for budget in budgets:
             for seed in range(seeds):
-                t0 = time.perf_counter()
-                picked, note, details, drawn = simulate(variant, budget, seed, sim)
-                select_s = time.perf_counter() - t0
-                if test_x is not None and test_y is not None:
-                    lin = linear_probe_scores(x[picked], labels[picked], test_x, test_y, seed)
-                else:  # no test split: score the probe on the unlabelled rest
-                    rest = np.setdiff1d(np.arange(len(x)), picked)
-                    lin = linear_probe_scores(x[picked], labels[picked], x[rest], labels[rest], seed)
-                pool = sim.pool(picked, drawn)
-                candidates = pool.candidates
-                for method in cfg.priors:
-                    t1 = time.perf_counter()
-                    pr = PRIOR_METHODS[method](pool, candidates, state_rng(0, row_ids(picked)),
-                                               dict(cfg.prior_params or {}))
-                    truth = labels[candidates]
-                    records.append({
-                        "strategy": variant.label, "params": variant.params, "budget": budget, "seed": seed,
-                        "prior_method": method,
-                        "coverage": class_coverage(labels[picked], num_classes),
-                        "prior_accuracy": prior_accuracy(pr.probs, truth),
-                        # mean per-class recall: on an imbalanced pool plain accuracy hides rare classes
-                        "prior_balanced_accuracy": balanced_accuracy(pr.probs, truth),
-                        "ece": expected_calibration_error(pr.probs, truth),
-                        "ece_confidence": expected_calibration_error(pr.probs, truth, confidence=pr.confidence),
-                        # above prior_accuracy: over-confident; below: under-confident
-                        "mean_confidence": float(pr.probs.max(axis=1).mean()) if len(candidates) else float("nan"),
-                        "linear_accuracy": lin.accuracy, "linear_balanced_accuracy": lin.balanced_accuracy,
-                        "select_seconds": round(select_s, 3),
-                        "prior_seconds": round(time.perf_counter() - t1, 3), "note": note, "details": details,
-                    })
+                todo = [m for m in cfg.priors if (variant.label, budget, seed, m) not in cells.done]
+                if todo and sim is None:
+                    sim = SimPool(x, labels, CachedKnn(x, hnsw_index(x)), num_classes, rows.pretext_loss)
+                if todo and sim is not None:
+                    _run_cell(variant, budget, seed, todo, rows, cfg, sim, cells)
+                records += [cells.done[(variant.label, budget, seed, m)] for m in cfg.priors]
                 if progress is not None:
                     progress.update(task, advance=1, description=f"{variant.label} @ {budget}")
     return records
+
+
+def _run_cell(variant: Variant, budget: int, seed: int, methods: list[str], rows: BenchRows, cfg: StrategiesConfig,
+              sim: SimPool, cells: Cells) -> None:
+    """One (strategy, budget, seed): pick, score the linear probe, then each of ``methods``, each record
+    added to ``cells`` as it is made."""
+    x, labels, test_x, test_y = rows.x, rows.labels, rows.test_x, rows.test_y
+    t0 = time.perf_counter()
+    picked, note, details, drawn = simulate(variant, budget, seed, sim)
+    select_s = time.perf_counter() - t0
+    if test_x is not None and test_y is not None:
+        lin = linear_probe_scores(x[picked], labels[picked], test_x, test_y, seed)
+    else:  # no test split: score the probe on the unlabelled rest
+        rest = np.setdiff1d(np.arange(len(x)), picked)
+        lin = linear_probe_scores(x[picked], labels[picked], x[rest], labels[rest], seed)
+    pool = sim.pool(picked, drawn)
+    candidates = pool.candidates
+    for method in methods:
+        t1 = time.perf_counter()
+        pr = PRIOR_METHODS[method](pool, candidates, state_rng(0, row_ids(picked)), dict(cfg.prior_params or {}))
+        truth = labels[candidates]
+        cells.add({
+            "strategy": variant.label, "params": variant.params, "budget": budget, "seed": seed,
+            "prior_method": method,
+            "coverage": class_coverage(labels[picked], sim.num_classes),
+            "prior_accuracy": prior_accuracy(pr.probs, truth),
+            # mean per-class recall: on an imbalanced pool plain accuracy hides rare classes
+            "prior_balanced_accuracy": balanced_accuracy(pr.probs, truth),
+            "ece": expected_calibration_error(pr.probs, truth),
+            "ece_confidence": expected_calibration_error(pr.probs, truth, confidence=pr.confidence),
+            # above prior_accuracy: over-confident; below: under-confident
+            "mean_confidence": float(pr.probs.max(axis=1).mean()) if len(candidates) else float("nan"),
+            "linear_accuracy": lin.accuracy, "linear_balanced_accuracy": lin.balanced_accuracy,
+            "select_seconds": round(select_s, 3),
+            "prior_seconds": round(time.perf_counter() - t1, 3), "note": note, "details": details,
+        })
 
 
 def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -586,13 +656,33 @@ def strategies_cmd(
         raise typer.BadParameter(f"--budgets {budgets!r}: give integers, e.g. 10,20,40,100") from None
     if not budget_list or min(budget_list) < 1 or max(budget_list) > len(x):
         raise typer.BadParameter(f"--budgets must be between 1 and the {len(x)} pool rows")
+    prior_params = {"calibrate": "false"} if uncalibrated else None
     out.mkdir(parents=True, exist_ok=True)
+    # What every cell's figures depend on; a rerun into the same --out with other values is refused.
+    # (Strategies, budgets, seeds and prior methods name the cells: a rerun may ask for others.) ``code``, as
+    # `bench cifar10` keeps it: a changed strategy or prior must not be mixed with cells of the old one.
+    from bench.cifar10.encoder import code_fingerprint
+
+    cells = Cells.open(out, {"inputs_sha256": inputs_digest(x, y, tx, ty, loss), "calibrated": not uncalibrated,
+                             "code": code_fingerprint()})
+    reused = sum(1 for v in variants for b in budget_list for s in range(seeds) for m in methods
+                 if (v.label, b, s, m) in cells.done)
+    if reused:
+        console.print(f"resuming: {reused} finished cell{'s' * (reused != 1)} (strategy, budget, seed, prior method) "
+                      f"reused from {out / CELLS} (remove it to start over)")
     console.print(f"{len(x)} rows x {x.shape[1]} dims, {int(y.max()) + 1} classes; building the index...")
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console) as progress:
-        records = run_benchmark(BenchRows(x, y, tx, ty, loss), StrategiesConfig(
-            budget_list, seeds, variants, methods, prior_params={"calibrate": "false"} if uncalibrated else None),
-            progress)
+    try:
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=console) as progress:
+            records = run_benchmark(BenchRows(x, y, tx, ty, loss),
+                                    StrategiesConfig(budget_list, seeds, variants, methods, prior_params),
+                                    progress, cells)
+    except KeyboardInterrupt:  # Ctrl-C: every finished cell is in cells.json already; say so, exit 130
+        n = len(cells.done)
+        typer.echo(f"interrupted: {out / CELLS} keeps {n} finished cell{'s' * (n != 1)} (strategy, budget, seed, "
+                   "prior method); run the same `shortlist bench strategies` command again to resume (finished "
+                   "cells are reused, the unfinished one starts over)", err=True)
+        raise typer.Exit(130) from None
     test = "none" if tx is None else f"{len(tx)} rows"
     calibration = "uncalibrated (--uncalibrated)" if uncalibrated else "calibrated"
     classes = int(y.max()) + 1

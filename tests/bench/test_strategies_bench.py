@@ -261,3 +261,74 @@ def test_bench_strategies_notes_a_strategy_that_ignores_the_seed(tmp_path: Path)
     md = (out / "results.md").read_text()
     assert "probcover gave the same figures at every seed and budget: its ± 0.0 says the seeds changed" in md
     assert "random gave" not in md
+
+
+def _without_timings(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``records`` less their wall times (which differ between any two runs)."""
+    return [{k: v for k, v in r.items() if k not in ("select_seconds", "prior_seconds")} for r in records]
+
+
+def test_bench_strategies_keeps_finished_cells_through_ctrl_c_and_a_rerun_resumes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C after 5 of the 12 (strategy, budget, seed, prior method) cells: out/cells.json keeps those 5 and
+    the message says so and how to resume; the same command again runs only the other 7 and writes the same
+    results.json and results.md as a run that was never stopped, and a rerun asking for fewer reads them
+    back. Other calibration, embeddings or code into that --out are refused, naming what differs."""
+    from agent.priors import PRIOR_METHODS
+
+    x, y = blobs(clusters=3, per_cluster=12, dim=8, spread=0.3, seed=3)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y)
+
+    def run(out: Path, *extra: str) -> Any:
+        return CliRunner().invoke(app, [
+            "bench", "strategies", "--embeddings", str(tmp_path / "x.npy"), "--labels", str(tmp_path / "y.npy"),
+            "--budgets", "4,8", "--seeds", "2", "--strategies", "random,typiclust", "--priors", "knn,llgc",
+            "--out", str(out), *extra])
+
+    whole = tmp_path / "whole"
+    assert run(whole).exit_code == 0
+    calls = {"n": 0}
+    knn = PRIOR_METHODS["knn"]
+
+    def counted(*args: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 4:  # the 4th knn call is the run's 7th cell; 6 finished, then Ctrl-C
+            raise KeyboardInterrupt
+        return knn(*args)
+
+    monkeypatch.setitem(PRIOR_METHODS, "knn", counted)
+    out = tmp_path / "out"
+    stopped = run(out)
+    assert stopped.exit_code == 130, stopped.output
+    kept = json.loads((out / "cells.json").read_text())["records"]
+    assert len(kept) == 6 and not (out / "results.json").exists()
+    assert f"{out / 'cells.json'} keeps 6 finished cells" in stopped.output
+    assert "run the same `shortlist bench strategies` command again to resume" in stopped.output
+
+    calls["n"] = -100  # no more interruptions; count the knn calls the rerun makes
+    resumed = run(out)
+    assert resumed.exit_code == 0, resumed.output
+    assert calls["n"] == -100 + 8 - 3  # 8 knn cells in all, 3 finished before Ctrl-C
+    assert "resuming: 6 finished cells" in resumed.output
+    got, want = (json.loads((d / "results.json").read_text()) for d in (out, whole))
+    assert _without_timings(got) == _without_timings(want)
+    assert (out / "results.md").read_text() == (whole / "results.md").read_text()
+
+    again = run(out)  # everything finished: nothing is run again
+    assert again.exit_code == 0 and calls["n"] == -100 + 5
+    fewer = run(out, "--priors", "knn", "--seeds", "1")  # a part of what is there: read back, not run
+    assert fewer.exit_code == 0 and calls["n"] == -100 + 5
+    assert _without_timings(json.loads((out / "results.json").read_text())) == _without_timings(
+        [r for r in want if r["prior_method"] == "knn" and r["seed"] == 0])
+    refused = run(out, "--uncalibrated")
+    assert refused.exit_code == 2 and "calibrated True there, False now" in " ".join(
+        refused.output.replace("│", " ").split())
+    with monkeypatch.context() as m:  # the code changed since (a strategy or a prior may have)
+        m.setattr("bench.cifar10.encoder.code_fingerprint", lambda root=None: "0" * 64)
+        refused = run(out)
+    assert refused.exit_code == 2 and "other settings (code '" in " ".join(refused.output.replace("│", " ").split())
+    np.save(tmp_path / "x.npy", x[:, ::-1].copy())  # other embeddings under the same path
+    refused = run(out)
+    assert refused.exit_code == 2 and "holds results made with other settings (inputs_sha256" in " ".join(
+        refused.output.replace("│", " ").split())
