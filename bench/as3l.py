@@ -41,14 +41,7 @@ import typer
 from bench import cifar10
 from bench.cifar10.encoder import torch_run_candidates
 from bench.cifar10.run import Walls
-from bench.metrics import (
-    balanced_accuracy,
-    class_coverage,
-    expected_calibration_error,
-    linear_probe_scores,
-    prior_accuracy,
-    write_json,
-)
+from bench.metrics import class_coverage, expected_calibration_error, linear_probe_scores, prior_scores, write_json
 from shortlist.datasets import ImageArray, load_array, split_sources_said
 from shortlist.manifest import read_complete
 
@@ -298,10 +291,7 @@ def label_cell(folders: Folders, strategy: str, budget: int, seed: int, data: La
     cell = {"strategy": strategy, "budget": budget, "seed": seed, "labeled": picked, "model_version": version,
             "coverage": class_coverage(lab_y, len(classes)),
             "linear_accuracy": probe.accuracy, "linear_balanced_accuracy": probe.balanced_accuracy,
-            "prior_accuracy": prior_accuracy(prior[unl], y),
-            "prior_balanced_accuracy": balanced_accuracy(prior[unl], y),
-            "ece": expected_calibration_error(prior[unl], y),
-            "mean_confidence": float(prior[unl].max(axis=1).mean()),
+            **prior_scores(prior[unl], y),
             "ece_calibrated": expected_calibration_error(cal[unl], y),
             "mean_confidence_calibrated": float(cal[unl].max(axis=1).mean()), "seconds": time.perf_counter() - t0}
     _write_json(folder / "cell.json", cell)

@@ -97,6 +97,18 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int 
     return float(np.sum(np.abs(acc_sum - conf_sum)) / len(labels))
 
 
+def prior_scores(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """The prior-label figures every benchmark (`bench strategies`, `bench cifar10`, `bench as3l`) records for
+    ``probs`` (RxC) against true ``labels`` (R int), under the keys they record them by: ``prior_accuracy``,
+    ``prior_balanced_accuracy``, ``ece`` (15 bins on the max prob) and ``mean_confidence`` (the mean max prob:
+    above ``prior_accuracy`` is over-confident), each in [0, 1]; NaN when R == 0 (nothing to score)."""
+    probs = np.asarray(probs, np.float64)
+    return {"prior_accuracy": prior_accuracy(probs, labels),
+            "prior_balanced_accuracy": balanced_accuracy(probs, labels),
+            "ece": expected_calibration_error(probs, labels),
+            "mean_confidence": float(probs.max(axis=1).mean()) if len(probs) else float("nan")}
+
+
 class ProbeScores(NamedTuple):
     """The linear probe's test accuracy and balanced accuracy (mean per-class recall), both in [0, 1]."""
 

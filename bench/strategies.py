@@ -22,14 +22,7 @@ from agent.pool import FailedPrecondition, InvalidArgument, KnnFn, Pool, state_r
 from agent.priors import PRIOR_METHODS
 from agent.strategies import LABEL_FREE, STRATEGIES
 from agent.strategies.audit import AUDIT
-from bench.metrics import (
-    balanced_accuracy,
-    class_coverage,
-    expected_calibration_error,
-    linear_probe_scores,
-    prior_accuracy,
-    write_json,
-)
+from bench.metrics import class_coverage, expected_calibration_error, linear_probe_scores, prior_scores, write_json
 from bench.report import md_table, seed_blind_note
 
 # Neighbours precomputed per row for the benchmark's kNN (covers the prior methods' k).
@@ -329,13 +322,9 @@ def _run_cell(variant: Variant, budget: int, seed: int, methods: list[str], rows
             "strategy": variant.label, "params": variant.params, "budget": budget, "seed": seed,
             "prior_method": method,
             "coverage": class_coverage(labels[picked], sim.num_classes),
-            "prior_accuracy": prior_accuracy(pr.probs, truth),
-            # mean per-class recall: on an imbalanced pool plain accuracy hides rare classes
-            "prior_balanced_accuracy": balanced_accuracy(pr.probs, truth),
-            "ece": expected_calibration_error(pr.probs, truth),
+            # balanced: mean per-class recall (on an imbalanced pool plain accuracy hides rare classes)
+            **prior_scores(pr.probs, truth),
             "ece_confidence": expected_calibration_error(pr.probs, truth, confidence=pr.confidence),
-            # above prior_accuracy: over-confident; below: under-confident
-            "mean_confidence": float(pr.probs.max(axis=1).mean()) if len(candidates) else float("nan"),
             "linear_accuracy": lin.accuracy, "linear_balanced_accuracy": lin.balanced_accuracy,
             "select_seconds": round(select_s, 3),
             "prior_seconds": round(time.perf_counter() - t1, 3), "note": note, "details": details,

@@ -19,14 +19,7 @@ from agent import client
 from bench.cifar10.data import images_at_model_size, load_pool_and_test
 from bench.cifar10.encoder import embed_images, publish_encoder
 from bench.cifar10.profiles import hash_ids
-from bench.metrics import (
-    balanced_accuracy,
-    class_coverage,
-    expected_calibration_error,
-    linear_probe_scores,
-    prior_accuracy,
-    write_json,
-)
+from bench.metrics import class_coverage, linear_probe_scores, prior_scores, write_json
 from shortlist.images import resize_array
 from shortlist.manifest import read_complete
 from shortlist.v1 import agent_pb2, agent_pb2_grpc
@@ -369,14 +362,12 @@ def run_strategy(stub: agent_pb2_grpc.AgentStub, strategy: str, seed: int, setti
             pri = _priors(stub, method, data)
             pr = pri.probs
             points.append(Point(strategy=strategy, seed=seed, budget=budget, prior_method=method, coverage=cov,
-                                linear_accuracy=lin, prior_accuracy=prior_accuracy(pr, pri.y),
-                                ece=expected_calibration_error(pr, pri.y), n_labeled=len(labeled) + len(audited),
+                                linear_accuracy=lin, **prior_scores(pr, pri.y),
+                                n_labeled=len(labeled) + len(audited),
                                 model_version=reply.model_version, select_seconds=select_s,
                                 prior_seconds=pri.seconds, first_round=first_round,
                                 semi_supervised_accuracy=ssl_acc,
-                                mean_confidence=float(pr.max(axis=1).mean()) if len(pr) else None,
                                 audit_labels=len(audited), calibration=pri.calibration,
-                                prior_balanced_accuracy=balanced_accuracy(pr, pri.y),
                                 linear_balanced_accuracy=probe.balanced_accuracy))
         if progress is not None and task is not None:
             progress.advance(task)

@@ -15,6 +15,7 @@ from bench.metrics import (
     linear_probe_accuracy,
     linear_probe_scores,
     prior_accuracy,
+    prior_scores,
     write_json,
 )
 
@@ -95,3 +96,17 @@ def test_results_json_is_strict_json_with_null_for_nothing_to_score(tmp_path: Pa
 
     assert json.loads(text, parse_constant=refuse) == [{"prior_accuracy": None, "ece": 0.5, "x": [None]}]
     assert not (tmp_path / "results.json.tmp").exists()
+
+
+def test_prior_scores_are_the_figures_each_benchmark_records_and_nan_when_nothing_is_left() -> None:
+    """One place for the four prior figures `bench strategies`, `bench cifar10` and `bench as3l` record (their
+    record keys); an empty unlabelled set gives NaN for each (bench as3l's mean_confidence raised ValueError)."""
+    probs = np.array([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8]])
+    y = np.array([0, 1, 1])
+    assert prior_scores(probs, y) == {"prior_accuracy": prior_accuracy(probs, y),
+                                      "prior_balanced_accuracy": balanced_accuracy(probs, y),
+                                      "ece": expected_calibration_error(probs, y),
+                                      "mean_confidence": pytest.approx((0.9 + 0.6 + 0.8) / 3)}
+    empty = prior_scores(np.zeros((0, 2)), np.zeros(0, np.int64))
+    assert set(empty) == {"prior_accuracy", "prior_balanced_accuracy", "ece", "mean_confidence"}
+    assert all(np.isnan(v) for v in empty.values())
