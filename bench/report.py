@@ -89,6 +89,8 @@ def summarize(run: dict[str, Any]) -> dict[str, dict[tuple[str, int], tuple[floa
 
 
 # What the balanced-accuracy tables measure, in their titles.
+# What the published figures beside this run's are (bench/references.py): none is a frozen-encoder probe.
+PUBLISHED = "semi-supervised training"
 BALANCED = "the mean of the per-class recalls; below the plain accuracy when the rare classes are missed"
 
 
@@ -161,13 +163,16 @@ def markdown(runs: list[dict[str, Any]]) -> str:
     methods = list(dict.fromkeys(m for r in runs for m in r["prior_methods"]))
     cifar10 = all(is_cifar10(r) for r in runs)
 
-    def table(title: str, metric: str, scale: float = 100.0, digits: int = 1, refs: bool = False) -> None:
-        """Rows: strategy (and run, when several); columns: label budgets, then published references."""
+    def table(title: str, metric: str, scale: float = 100.0, digits: int = 1, ours: str = "") -> None:
+        """Rows: strategy (and run, when several); columns: label budgets, then, when ``ours`` says what this
+        run's figures are, the published references, each column saying which is which."""
         lines.append(f"## {title}\n")
         ref_heads = [(col, b) for col in REFERENCE_COLUMNS for b in budgets if any(
-            reference_value(col, s, b) != "—" for s in strategies)] if refs and cifar10 else []
-        head = ["strategy"] + (["run"] if len(runs) > 1 else []) + [f"{b} labels" for b in budgets] + [
-            f"{col}, {b} labels (published, CIFAR-10)" for col, b in ref_heads]
+            reference_value(col, s, b) != "—" for s in strategies)] if ours and cifar10 else []
+        # beside published figures, every column says whose figure it is and how it was measured
+        mine = " (this run)" if ref_heads else ""
+        head = ["strategy"] + (["run"] if len(runs) > 1 else []) + [f"{b} labels{mine}" for b in budgets] + [
+            f"{col}, {b} labels (published, CIFAR-10: {PUBLISHED})" for col, b in ref_heads]
         rows = []
         for s in strategies:
             for label, summ in zip(labels, sums, strict=True):
@@ -180,18 +185,25 @@ def markdown(runs: list[dict[str, Any]]) -> str:
                 ref_cells = [reference_value(col, s, b) for col, b in ref_heads]
                 rows.append([s, *([label] if len(runs) > 1 else []), *cells, *ref_cells])
         lines.extend(md_table(head, rows))
+        if ref_heads:
+            same = ("another measurement: the published ones show the direction to expect, not the same figure"
+                    if "probe" in ours else "the same kind of figure, after far shorter training at a lower resolution")
+            lines.append(f"\nThe published columns are test accuracy after {PUBLISHED} of the whole network on "
+                         f"those labels and the unlabelled images (bench/references.py); this run's columns are its "
+                         f"{ours}, {same}.")
         lines.append("")
 
-    table("Linear-probe test accuracy (%) on the frozen encoder", "linear_accuracy", refs=True)
+    table("Linear-probe test accuracy (%) on the frozen encoder", "linear_accuracy",
+          ours="linear probe on the frozen encoder")
     balanced = any(k.startswith(("linear_balanced", "prior_balanced")) for summ in sums for k in summ)
     if balanced:
         table(f"Linear-probe balanced test accuracy (%: {BALANCED})", "linear_balanced_accuracy")
     if any("semi_supervised_accuracy" in summ for summ in sums):
         table("AS3L semi-supervised stage (prior-guided FlexMatch): test accuracy (%)", "semi_supervised_accuracy",
-              refs=True)
+              ours="semi-supervised stage (prior-guided FlexMatch)")
     table("Classes covered by the labelled set", "coverage", scale=1.0, digits=1)
     for m in methods:
-        table(f"Prior-label accuracy (%) on the unlabelled pool, method `{m}`", f"prior_accuracy/{m}", refs=False)
+        table(f"Prior-label accuracy (%) on the unlabelled pool, method `{m}`", f"prior_accuracy/{m}")
         if balanced:
             table(f"Prior-label balanced accuracy (%: {BALANCED}) on the unlabelled pool, method `{m}`",
                   f"prior_balanced_accuracy/{m}")

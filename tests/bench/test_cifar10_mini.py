@@ -83,7 +83,7 @@ def test_mini_benchmark_through_agent(tiny_cifar: Path, tmp_path: Path) -> None:
     # what the embeddings are, for `bench strategies` titles; the classes, so no CIFAR-10 reference sits beside them
     meta = json.loads((out / "embeddings" / "meta.json").read_text())
     assert meta["data"] == str(tiny_cifar) and meta["pool_size"] == 60 and meta["model_version"] == "v0001"
-    assert run["classes"] == sorted(CLASSES) and "(published, CIFAR-10)" not in (out / "results.md").read_text()
+    assert run["classes"] == sorted(CLASSES) and "(published, CIFAR-10" not in (out / "results.md").read_text()
     # bench report re-renders from results.json alone
     again = CliRunner().invoke(app, ["bench", "report", str(out), "--out", str(tmp_path / "report")])
     assert again.exit_code == 0, again.output

@@ -12,7 +12,7 @@ from bench import report
 from bench.report import is_cifar10, markdown
 
 CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-REFERENCE_HEAD = "TypiClust/ProbCover (SSL), 10 labels (published, CIFAR-10)"
+REFERENCE_HEAD = "TypiClust/ProbCover (SSL), 10 labels (published, CIFAR-10: semi-supervised training)"
 
 
 def run(data: str, classes: list[str] | None, label: str = "r") -> dict[str, Any]:
@@ -31,6 +31,25 @@ def test_published_cifar10_columns_only_beside_cifar10() -> None:
     cifar = markdown([run("/data/shared/cifar10", CIFAR10)])
     assert REFERENCE_HEAD in cifar and "| 53.8 |" in cifar and "| 93.2 |" in cifar
     assert "Published references are from the papers" in cifar
+
+
+def test_published_ssl_figures_are_told_apart_from_this_runs_frozen_encoder_probe() -> None:
+    """The published figures are accuracy after semi-supervised training; the table beside them is this run's
+    linear probe on a frozen encoder: the headers and a note under the table say which is which (the AS3L
+    semi-supervised stage's table, also beside them, says its figures are the same kind)."""
+    r = run("/data/shared/cifar10", CIFAR10)
+    for rec in r["records"]:
+        rec["semi_supervised_accuracy"] = 0.6
+    md = markdown([r])
+    probe = md.split("## Linear-probe test accuracy")[1].split("\n## ")[0]
+    assert "| strategy | 10 labels (this run) | " + REFERENCE_HEAD + " |" in probe
+    assert ("The published columns are test accuracy after semi-supervised training of the whole network on those "
+            "labels and the unlabelled images (bench/references.py); this run's columns are its linear probe on "
+            "the frozen encoder, another measurement") in probe
+    ssl = md.split("## AS3L semi-supervised stage")[1].split("\n## ")[0]
+    assert "| 10 labels (this run) |" in ssl
+    assert "its semi-supervised stage (prior-guided FlexMatch), the same kind" in ssl
+    assert "(this run)" not in md.split("## Classes covered")[1]  # no published figures beside: no label needed
 
     digits = markdown([run("/work/digits", [str(i) for i in range(10)])])
     assert "published" not in digits.split("No published references")[0] and "53.8" not in digits
