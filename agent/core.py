@@ -519,10 +519,14 @@ def storage_warnings(data_dir: Path, min_free_bytes: int) -> list[str]:
     for path, bits in ((data_dir, os.W_OK | os.X_OK), (data_dir / "blobs", os.W_OK | os.X_OK),
                        (data_dir / "state.sqlite", os.W_OK)):
         if path.exists() and not os.access(path, bits, effective_ids=effective):
+            # SQLite writes through the files it opened before the permissions changed (chmod does not reach an
+            # open file), so labels are still stored; new payloads and model files need new files, which fail.
             return [f"the data folder {data_dir} is read-only: its permissions do not let the agent's user write "
-                    f"{path}, so Ingest, SubmitLabels and model swaps fail with FAILED_PRECONDITION (reads and "
-                    "Select keep working); give the agent's user write permission on the folder and what it "
-                    "holds (e.g. chmod -R u+w), or run the agent as its owner"]
+                    f"{path}, so Ingest of new samples and model swaps fail with FAILED_PRECONDITION (reads and "
+                    "Select keep working); SubmitLabels is still stored while the database files the agent "
+                    "holds open stay writable, but the agent will not start again on this folder; give the "
+                    "agent's user write permission on the folder and what it holds (e.g. chmod -R u+w), or run "
+                    "the agent as its owner"]
     for folder, st in stats:
         free = st.f_bavail * st.f_frsize
         if free < FULL_BELOW_BYTES:  # a request of samples or a model swap needs more than this

@@ -23,7 +23,8 @@ import errno
 import json
 import logging
 import sqlite3
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -177,12 +178,51 @@ def rejections_json(rejected: list[tuple[str, str]]) -> str:
         shown.pop()
 
 
-_DISK_FULL = ("the agent's data folder is full (no space left on its disk or quota): free space there and "
-              "retry; nothing of this request past what an earlier reply acknowledged was stored")
-_IO_ERROR = ("the agent could not read or write its data folder (I/O error): check its disk (full, failing, "
-             "unmounted?) and retry; nothing of this request past what an earlier reply acknowledged was stored")
-_READ_ONLY = ("the agent's data folder is not writable (read-only file system or permissions): make it "
-              "writable for the user running `shortlist serve` and retry; reads keep working")
+# What a request's reply says (``storage_problem``): the fault, what to do, and what of the request was stored.
+_UNSTORED = "; nothing of this request past what an earlier reply acknowledged was stored"
+_DISK_FULL_IS = ("the agent's data folder is full (no space left on its disk or quota): free space there")
+_IO_ERROR_IS = ("the agent could not read or write its data folder (I/O error): check its disk (full, failing, "
+                "unmounted?)")
+_READ_ONLY_IS = ("the agent's data folder is not writable (read-only file system or permissions): make it "
+                 "writable for the user running `shortlist serve`")
+_DISK_FULL = f"{_DISK_FULL_IS} and retry{_UNSTORED}"
+_IO_ERROR = f"{_IO_ERROR_IS} and retry{_UNSTORED}"
+_READ_ONLY = f"{_READ_ONLY_IS} and retry; reads keep working"
+
+
+class RepeatedWarning:
+    """One warning that background work may hit again and again (a full disk at every try): logged the first
+    time, then at most once per ``every_s`` seconds while it repeats, saying how many times it came meanwhile, so
+    a weekend-long full disk does not fill the log (which may be on that disk). ``key`` tells repeats apart
+    (default: the text; pass e.g. the errno when the text holds a temp file's name). Not thread-safe: one per
+    thread of work."""
+
+    def __init__(self, logger: logging.Logger, every_s: float = 600.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.logger, self.every_s, self.clock = logger, every_s, clock
+        self._key: Hashable = None
+        self._logged_at = 0.0
+        self._repeats = 0  # times it came since it was last logged
+
+    def warning(self, message: str, key: Hashable = None) -> None:
+        key = message if key is None else key
+        now = self.clock()
+        if key == self._key and now - self._logged_at < self.every_s:
+            self._repeats += 1
+            return
+        if key == self._key and self._repeats:
+            self.logger.warning("%s (%d more time(s) in the last %.0f s)", message, self._repeats,
+                                now - self._logged_at)
+        else:
+            self.logger.warning("%s", message)
+        self._key, self._logged_at, self._repeats = key, now, 0
+
+    def clear(self, recovered: str = "") -> None:
+        """The trouble is over: ``recovered`` (when given, and a warning was logged) is logged at INFO, and the
+        next warning is logged at once."""
+        if self._key is not None and recovered:
+            self.logger.info("%s", recovered)
+        self._key, self._repeats = None, 0
 
 
 def note_stored(e: BaseException, tally: StreamTally) -> BaseException:
@@ -211,9 +251,21 @@ def _with_notes(message: str, e: BaseException) -> str:
     return "; ".join([message.rstrip(" ;."), *notes]) if notes else message  # "...: do X; 3 samples ... stored"
 
 
-def storage_problem(e: BaseException) -> Mapped | None:
+def storage_problem(e: BaseException, request: bool = True) -> Mapped | None:
     """A full, read-only, failing or corrupt data folder, from an OSError or sqlite3 error (by its
-    errno / SQLite result code, else its text); None for anything else."""
+    errno / SQLite result code, else its text); None for anything else. ``request`` False: the message
+    says only the fault and what to do (for a log line of background work, or a reply's detail about a
+    write the request did not need), not "retry; nothing of this request ... was stored"."""
+    m = _storage_problem(e)
+    if m is None or request:
+        return m
+    for whole, fault in ((_DISK_FULL, _DISK_FULL_IS), (_IO_ERROR, _IO_ERROR_IS), (_READ_ONLY, _READ_ONLY_IS)):
+        if m.message.startswith(whole):
+            return Mapped(m.code, fault + m.message[len(whole):], m.retry_after_s)
+    return m
+
+
+def _storage_problem(e: BaseException) -> Mapped | None:
     if isinstance(e, OSError):
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
             return Mapped(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{_DISK_FULL} ({e})", 30.0)

@@ -46,7 +46,7 @@ import numpy as np
 from agent.blobs import BlobStore
 from agent.config import AgentConfig
 from agent.embedder import PROBE_BATCH, Embedder, ModelFailed, judge_probe
-from agent.errors import storage_problem
+from agent.errors import RepeatedWarning, storage_problem
 from agent.index import VersionIndex
 from agent.state import SERVING_KEY, EmbeddingRows, SampleRecord, State, StoredEmbeddings
 from shortlist.images import decode_stored
@@ -126,6 +126,7 @@ class ModelManager:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._check_warning = RepeatedWarning(log)  # a full disk fails every poll: logged once per 10 min
         self._saved_rows = 0
         self._saved_at = time.monotonic()
         # Held while ``current`` and ``pending*`` change together (the swap) and while GetStatus reads them
@@ -285,11 +286,13 @@ class ModelManager:
             try:
                 self.check()
             except Exception as e:  # keep serving the current version whatever goes wrong
-                stored = storage_problem(e)
-                if stored is not None:  # full or read-only disk: one line a poll, retried until it is fixed
-                    log.warning("model check: %s", stored.message)
+                stored = storage_problem(e, request=False)
+                if stored is not None:  # full or read-only disk: retried each poll, logged once per 10 min
+                    self._check_warning.warning(f"model check: {stored.message}", key=stored.code)
                 else:
                     log.exception("model check failed")
+            else:
+                self._check_warning.clear("model check: the data folder takes writes again")
             finally:
                 self._answer()  # (done already unless the check failed before its outcome)
             if time.monotonic() - self._saved_at > self.snapshot_s:

@@ -57,6 +57,7 @@ from pathlib import Path
 import hnswlib
 import numpy as np
 
+from agent.errors import RepeatedWarning
 from agent.index import IndexView
 from agent.map_fit import MIN_TSNE, ChildFailed, FitStopped, Projection, fit_in_child, project
 from agent.security import OWNER_DIR, OWNER_FILE
@@ -200,6 +201,7 @@ class PoolMap:
         self._saved_n = 0
         self._saved_at = 0.0
         self._saved_version = ""
+        self._save_warning = RepeatedWarning(log)  # a full disk fails every save: logged once per 10 min
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -452,7 +454,10 @@ class PoolMap:
         try:
             self._save(m)
         except OSError as e:  # disk full or read-only: the map is served from memory, recomputed after a restart
-            log.warning("could not save the pool map of %s: %s", m.version, e)
+            self._saved_at = time.monotonic()  # the next try waits save_every_s, as after a save
+            self._save_warning.warning(f"could not save the pool map of {m.version}: {e}", key=e.errno)
+        else:
+            self._save_warning.clear(f"pool map of {m.version} saved again")
 
     def _save(self, m: PoolMapData) -> None:
         """Write ``m`` to D/map/<version>.npz atomically (temp file, fsync, rename, fsync the folder)."""

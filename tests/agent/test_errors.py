@@ -5,6 +5,7 @@ request bytes (INVALID_ARGUMENT, not gRPC's default INTERNAL). Never UNKNOWN."""
 from __future__ import annotations
 
 import errno
+import logging
 import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,6 +22,7 @@ from agent.errors import (
     InvalidArgument,
     NotFound,
     PermissionDenied,
+    RepeatedWarning,
     ResourceExhausted,
     map_exception,
 )
@@ -217,3 +219,18 @@ def test_extra_interceptors_run_inside_the_mapping(tmp_path: Path, registry: Pat
         assert client.ingest(r.stub, make_samples(2)).accepted == 2
     finally:
         r.stop()
+
+
+def test_a_repeated_warning_is_logged_once_per_interval_with_its_count(caplog: pytest.LogCaptureFixture) -> None:
+    now = [0.0]
+    warn = RepeatedWarning(logging.getLogger("test.repeated"), every_s=600.0, clock=lambda: now[0])
+    with caplog.at_level(logging.INFO, logger="test.repeated"):
+        for _ in range(300):  # a full disk, tried every 2 s for 10 minutes
+            warn.warning("disk full", key=28)
+            now[0] += 2.0
+        warn.warning("disk full", key=28)  # 600 s after the first: logged, with the count
+        warn.warning("read-only", key=13)  # another fault: at once
+        warn.clear("saved again")
+        warn.warning("read-only", key=13)  # after a recovery: at once
+    assert [r.getMessage() for r in caplog.records] == [
+        "disk full", "disk full (299 more time(s) in the last 600 s)", "read-only", "saved again", "read-only"]

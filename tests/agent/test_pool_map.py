@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import shutil
 import time
@@ -392,3 +394,31 @@ def test_a_failed_map_is_a_getstatus_warning(tmp_path: Path, registry: Path, mon
         assert len(warnings) == 1 and "No module named 'openTSNE'" in warnings[0] and "\n" not in warnings[0]
     finally:
         r.stop()
+
+
+def test_a_full_disk_is_retried_every_save_every_s_and_warned_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """A save that fails (ENOSPC) waits save_every_s like one that worked (it was retried, and warned about, at
+    every placement step: every poll_s, 2 s); the warning is logged once, not at every try."""
+    vecs, _ = blobs(60)
+    serving = FakeServing(vecs)
+    serving.n = 30
+    pm = PoolMap(MapConfig(early_iterations=20, iterations=20, save_every_s=30.0, child_process=False),
+                 tmp_path / "map", serving)
+    tries: list[int] = []
+
+    def full(m: PoolMapData) -> None:
+        tries.append(m.n)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pm, "_save_unlocked", full)
+    with caplog.at_level(logging.WARNING, logger="agent.pool_map"):
+        pm.step()  # the fit: its save fails
+        for n in range(31, 41):  # new samples placed, step after step
+            serving.n = n
+            pm.step()
+    m = pm.snapshot("v0001")
+    assert m is not None and m.n == 40  # served from memory
+    assert tries == [30]
+    assert [r.getMessage() for r in caplog.records] == [
+        "could not save the pool map of v0001: [Errno 28] No space left on device"]

@@ -24,7 +24,11 @@ def test_status_warns_when_permissions_forbid_writing_the_data_folder(tmp_path: 
         said = [w for w in a.status().warnings if "read-only" in w]
         assert len(said) == 1 and said[0].startswith(f"the data folder {tmp_path / 'data'} is read-only: its "
                                                      f"permissions do not let the agent's user write {denied}")
-        assert "FAILED_PRECONDITION (reads and Select keep working)" in said[0]
+        # What is true (docs/agent.md, Faults): SQLite keeps writing labels through its open files.
+        assert "Ingest of new samples and model swaps fail with FAILED_PRECONDITION (reads and Select keep working)" \
+            in said[0]
+        assert "SubmitLabels is still stored while the database files the agent holds open stay writable" in said[0]
+        assert "Ingest, SubmitLabels and model swaps fail" not in said[0]
         assert sorted(p.name for p in (tmp_path / "data").iterdir()) == before  # asked, nothing written
     finally:
         a.close()
