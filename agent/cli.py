@@ -982,7 +982,8 @@ def select(agent: AgentTarget,
     console = make_console()
     console.print(table)
     # Its own line, never wrapped (a caption wraps at the table's width): it is meant to be copied.
-    console.print(f"selection {reply.selection_id}", soft_wrap=True, highlight=False)
+    # An empty id: the agent could not record the selection (a full or read-only disk; details say why).
+    console.print(f"selection {reply.selection_id or 'not recorded'}", soft_wrap=True, highlight=False)
     for key, value in sorted(reply.details.items()):  # e.g. the agent's "nothing_selected": why the table is empty
         console.print(f"{key}: {value}", style="yellow" if key in ("warning", "nothing_selected") else None,
                       highlight=False)

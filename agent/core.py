@@ -1317,7 +1317,7 @@ class Agent:
             # an unrecorded answer is cached without an id: a repeat runs the recording again
             kept = {k: v for k, v in details.items() if k != SELECTION_NOT_RECORDED}
             self.select_cache.put(key, (list(chosen), kept, recorded), weight=max(1, len(chosen)))
-        return SelectResult(chosen, version, strategy, selection_id, details)
+        return SelectResult(chosen, version, strategy, recorded, details)  # "": no id of a selection not stored
 
     def _still_stored(self, chosen: list[tuple[str, float]], newest: int) -> list[tuple[str, float]]:
         """``chosen`` less the picks a DeleteSamples removed since the strategy ran (call holding ``_deleting``).
@@ -1512,11 +1512,14 @@ class Agent:
                 with self._draws_lock:
                     self._draws.append((strategy, np.array(drawn, np.int64)))
         except Exception as e:  # a full or read-only disk must not stop the team from getting its shortlist
-            stored = storage_problem(e)
+            stored = storage_problem(e, request=False)
             if stored is None:
                 raise
             log.warning("Select answered without recording its selection: %s", stored.message)
-            details = {**details, SELECTION_NOT_RECORDED: stored.message}
+            details = {**details, SELECTION_NOT_RECORDED: (
+                "this selection is complete but was not recorded, so it has no selection_id (empty) and, if a "
+                f"uniform draw, does not count for the calibration: {stored.message}; the same Select asked again "
+                "once the folder takes writes is recorded")}
         return recorded, details
 
     def _prune_selections(self) -> None:
