@@ -25,6 +25,7 @@ from agent.errors import (
     RepeatedWarning,
     ResourceExhausted,
     map_exception,
+    storage_problem,
 )
 from shortlist.v1 import agent_pb2
 from tests.agent.conftest import Running, make_samples, start
@@ -234,3 +235,16 @@ def test_a_repeated_warning_is_logged_once_per_interval_with_its_count(caplog: p
         warn.warning("read-only", key=13)  # after a recovery: at once
     assert [r.getMessage() for r in caplog.records] == [
         "disk full", "disk full (299 more time(s) in the last 600 s)", "read-only", "saved again", "read-only"]
+
+
+def test_background_storage_messages_say_no_request_was_cut_short() -> None:
+    """The model check's log line and Select's unrecorded detail: the fault and what to do, without Ingest's
+    "nothing of this request ... was stored", which means nothing there."""
+    for e, starts in ((OSError(errno.ENOSPC, "No space left on device"), "the agent's data folder is full"),
+                      (sqlite3.OperationalError("database or disk is full"), "the agent's data folder is full"),
+                      (OSError(errno.EIO, "Input/output error"), "the agent could not read or write"),
+                      (OSError(errno.EACCES, "Permission denied"), "the agent's data folder is not writable")):
+        whole, background = storage_problem(e), storage_problem(e, request=False)
+        assert whole is not None and background is not None and whole.code == background.code
+        assert background.message.startswith(starts) and "retry" not in background.message, background.message
+        assert "this request" not in background.message and str(e) in background.message
