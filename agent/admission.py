@@ -19,7 +19,7 @@ whole agent, agent/threads.py). Niceness cannot be lowered again without privile
 work moves to threads that stay low instead of renicing the gRPC thread for the call.
 
 Deadline-aware admission: the lane keeps a running mean of how long each kind of call takes (``kind``:
-"Select 'as3l'", "PriorLabels 'knn'", ...; an exponentially weighted mean of the last runs; a run cut
+Select "as3l", PriorLabels "knn", ...; an exponentially weighted mean of the last runs; a run cut
 short by its deadline or its client took at least the time it had run, so it may raise its kind's
 estimate, never lower it). A call that would have to queue is refused at once with ``Busy``
 when its expected wait (the running calls' expected remaining time, then the queued calls ahead of it,

@@ -38,7 +38,7 @@ from agent.audit import AuditReport, PriorAuditor
 from agent.blobs import BlobStore
 from agent.cache import LruCache, fingerprint, frozen
 from agent.config import AUDIT_MIN_LABELS, AgentConfig
-from agent.errors import FailedPrecondition, InvalidArgument, NotFound, storage_problem
+from agent.errors import FailedPrecondition, InvalidArgument, NotFound, quoted, storage_problem
 from agent.images import Images
 from agent.index import IndexView
 from agent.ingest import (
@@ -386,10 +386,11 @@ MAX_SOURCE_CHARS = 64
 def source_problem(source: str) -> str | None:
     """Why ``source`` cannot be a label source (None when it can; "" means "manual")."""
     if len(source) > MAX_SOURCE_CHARS or not set(source) <= SOURCE_CHARS:
-        return (f"source {source[:MAX_SOURCE_CHARS]!r} must be at most {MAX_SOURCE_CHARS} lower-case letters, digits "
+        return (f"source {quoted(source[:MAX_SOURCE_CHARS])} must be at most {MAX_SOURCE_CHARS} lower-case letters, "
+                "digits "
                 "and ':_.-' (e.g. manual, prior:knn, labelstudio)")
     if (what := AGENT_SOURCES.get(source)) is not None:
-        return f"source {source!r} is reserved for {what}; use e.g. 'manual' or 'import'"
+        return f"source {quoted(source)} is reserved for {what}; use e.g. 'manual' or 'import'"
     return None
 
 
@@ -757,14 +758,14 @@ class Agent:
         if theirs == ours:
             if len(theirs) >= 2:
                 return ""
-            return (f"model {serving.version}'s classifier knows one class ({theirs[0]!r}): the strategies that "
+            return (f"model {serving.version}'s classifier knows one class ({quoted(theirs[0])}): the strategies that "
                     f"need class probabilities ({', '.join(sorted(set(STRATEGIES) - LABEL_FREE))}) refuse until "
                     "another class is labelled; label samples of another class and train a new model (`shortlist "
                     f"cycle`); meanwhile select with one that works without a classifier: "
                     f"{', '.join(sorted(LABEL_FREE))}")
 
         def shown(names: list[str]) -> str:
-            return ", ".join(repr(n) for n in names[:12]) + (" ..." if len(names) > 12 else "")
+            return ", ".join(quoted(n) for n in names[:12]) + (" ..." if len(names) > 12 else "")
 
         fix = (self._open_list_fix(theirs, ours) if not self.state.closed else
                "publish a model trained on this class list (same names, same order)")
@@ -781,7 +782,7 @@ class Agent:
         if not unknown:
             return f"{cycle}, or, when the model's are all the classes, restart the agent with --classes " \
                    + ",".join(theirs)
-        shown = ", ".join(repr(c) for c in unknown[:12]) + (" ..." if len(unknown) > 12 else "")
+        shown = ", ".join(quoted(c) for c in unknown[:12]) + (" ..." if len(unknown) > 12 else "")
         return (f"{cycle}; the labels use {shown}, which the model does not name, so a restart with the "
                 "model's classes (--classes) would be refused")
 
@@ -798,7 +799,7 @@ class Agent:
         rec = self.state.lookup(sid) if sid else None
         if rec is None:
             rejected.append(Rejected(sid, "empty id" if not sid else
-                                     f"unknown id {sid!r}: {self._unknown_id_hint(sid) or 'ingest it first'}"))
+                                     f"unknown id {quoted(sid)}: {self._unknown_id_hint(sid) or 'ingest it first'}"))
         return rec
 
     def _unknown_id_hint(self, sid: str) -> str:
@@ -816,9 +817,10 @@ class Agent:
     def _unknown_ids(self, unknown: Sequence[str]) -> str:
         """NotFound's list of unknown ids (the first 5), and the Unicode-form hint for the first of them that
         has one (``_unknown_id_hint``)."""
-        shown = ", ".join(repr(u[:64]) for u in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+        shown = ", ".join(quoted(u[:64]) for u in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
         hint = next(((u, h) for u in unknown[:100] if (h := self._unknown_id_hint(u))), None)
-        return f"{len(unknown)} unknown id(s): {shown}" + ("" if hint is None else f" ({hint[0][:64]!r}: {hint[1]})")
+        return (f"{len(unknown)} unknown id(s): {shown}"
+                + ("" if hint is None else f" ({quoted(hint[0][:64])}: {hint[1]})"))
 
     def _check_label_call(self, items: Sized, what: str, annotator: str, source: str) -> None:
         """The request-wide checks of SubmitLabels and RetractLabels (InvalidArgument / limits)."""
@@ -864,22 +866,22 @@ class Agent:
             return None
         history = self.state.label_history(rec.seq)
         by = history[-1][1] if history else ""
-        was = f"expected {expected!r}" if expected else "expected unlabelled"
+        was = f"expected {quoted(expected)}" if expected else "expected unlabelled"
         me = stored_annotator(annotator)
         if (now and len(history) >= 2 and not history[-2][0] and history[-2][1] == me
                 and self.state.last_label_by(rec.seq) == (by, RESTORE_SOURCE)):
             # this annotator's undo (restore_previous) put the label back: a resend of it, not a change meanwhile
-            return Rejected(rec.id, f"labelled {now!r} again ({annotator_name(by)}'s label, put back by an undo of "
-                                    f"this request's annotator, {annotator_name(me)}) already ({was}): not changed; "
+            return Rejected(rec.id, f"labelled {quoted(now)} again ({annotator_name(by)}'s label, put back by an undo "
+                                    f"of this request's annotator, {annotator_name(me)}) already ({was}): not changed; "
                                     "if this resends a request that was applied, nothing is left to do, else look "
                                     "again", (now, by))
         if history and by == me:
-            now_is = f"labelled {now!r}" if now else "unlabelled (its label taken back)"
+            now_is = f"labelled {quoted(now)}" if now else "unlabelled (its label taken back)"
             return Rejected(rec.id, f"{now_is} by this request's annotator ({annotator_name(by)}) already ({was}): "
                                     "not changed; if this resends a request that was applied, nothing is left to "
                                     "do, else look again", (now, by))
         who = f" by {annotator_name(by)}" if by else ""
-        now_is = f"labelled {now!r}{who}" if now else f"unlabelled (its label taken back{who})" if history \
+        now_is = f"labelled {quoted(now)}{who}" if now else f"unlabelled (its label taken back{who})" if history \
             else "unlabelled"
         return Rejected(rec.id, f"{now_is} meanwhile ({was}): not changed; look again and resend", (now, by))
 
@@ -979,7 +981,7 @@ class Agent:
         self._check_label_call(ids, "ids", annotator, source)
         stray = sorted(set(if_current or {}) - set(ids))
         if stray:  # a condition on nothing: the caller meant another request
-            shown = ", ".join(repr(i[:64]) for i in stray[:5]) + (" ..." if len(stray) > 5 else "")
+            shown = ", ".join(quoted(i[:64]) for i in stray[:5]) + (" ..." if len(stray) > 5 else "")
             raise InvalidArgument(f"if_current names ids that are not in ids: {shown}; give each condition with "
                                   "its id in ids")
         rejected: list[Rejected] = []
@@ -1025,7 +1027,7 @@ class Agent:
         name = self.state.class_name(before[0])
         name = self.state.renamed.get(name, name)
         if name not in self.state.classes:
-            return (f"the label before the latest one, {name!r}, is no class of the closed class list now: not "
+            return (f"the label before the latest one, {quoted(name)}, is no class of the closed class list now: not "
                     "put back; retract without restore_previous, or label it with a class of the list")
         return self.state.classes.index(name), before[1]
 
@@ -1054,7 +1056,7 @@ class Agent:
                     # Not "ingest it first" (SubmitLabels' advice): a resent DeleteSamples whose first send was
                     # applied lands here, and the tombstones hold no ids to tell it from an id never ingested.
                     hint = self._unknown_id_hint(sid)  # a Unicode-form twin: most likely not a resend
-                    rejected.append(Rejected(sid, f"unknown id {sid!r}: {hint}" if hint else NOT_STORED))
+                    rejected.append(Rejected(sid, f"unknown id {quoted(sid)}: {hint}" if hint else NOT_STORED))
                     continue
                 rec = self._item_sample(sid, rejected)
                 if rec is None:
@@ -1104,7 +1106,7 @@ class Agent:
                 raise InvalidArgument(f"empty {what}: give the class to rename and its new name")
             check_text(name, lim.max_label_chars, "max_label_chars", what)
         if old == new:
-            raise InvalidArgument(f"from_class and to_class are both {old!r}: nothing to rename")
+            raise InvalidArgument(f"from_class and to_class are both {quoted(old)}: nothing to rename")
         with self.manager.writing() as serving:
             if self.state.renamed.get(old) == new:  # a resend (a retry after a lost reply): done already, but
                 # for labels of ``old`` stored after the rename (before Ingest checked under this lock): move them
@@ -1117,11 +1119,11 @@ class Agent:
                                 new, stored_annotator(annotator))
                 return moved, False, self.pool_classes(self.state.labels_by_seq())[0]
             if (problem := self.state.renamed_problem(old)) is not None:
-                raise FailedPrecondition(f"{problem.split(';')[0]} already: rename {self.state.renamed[old]!r} "
+                raise FailedPrecondition(f"{problem.split(';')[0]} already: rename {quoted(self.state.renamed[old])} "
                                          "instead")
             if old not in self.state.classes:
                 shown = ", ".join(self.pool_classes(self.state.labels_by_seq())[0][:20])
-                raise NotFound(f"no class {old!r} to rename; the classes: {shown or '(none yet)'}")
+                raise NotFound(f"no class {quoted(old)} to rename; the classes: {shown or '(none yet)'}")
             others = [c for c in live_classes(self.state) if c != old]
             if (problem := new_class_problem(others, new) or (
                     None if new in self.state.renamed else near_retired_problem(self.state, new, old))) is not None:
@@ -1130,8 +1132,9 @@ class Agent:
                 # a retired name still means the class it became (a pipeline sending it is told that class's
                 # name); given to another class, it would name that one, silently: only a rename back takes it
                 raise InvalidArgument(
-                    f"to_class: {new!r} was renamed to {became!r}, and a label {new!r} is refused naming {became!r}; "
-                    f"pick another name (only {became!r} can take {new!r} back)")
+                    f"to_class: {quoted(new)} was renamed to {quoted(became)}, and a label {quoted(new)} is refused "
+                    f"naming {quoted(became)}; "
+                    f"pick another name (only {quoted(became)} can take {quoted(new)} back)")
             moved, merged = self.state.rename_class(old, new, stored_annotator(annotator),
                                                     "" if serving is None else serving.version)
             # cached answers are keyed on the labels' indices, which a rename of a class without labels (or a
@@ -1378,8 +1381,8 @@ class Agent:
             raise InvalidArgument(f"max_per_group {max_per_group} needs group_by: the metadata key whose value "
                                   "makes a group (e.g. group_by=event)")
         if group_by and not max_per_group:
-            raise InvalidArgument(f"group_by {group_by[:64]!r} needs max_per_group >= 1: how many picks one group "
-                                  "may have")
+            raise InvalidArgument(f"group_by {quoted(group_by[:64])} needs max_per_group >= 1: how many picks one "
+                                  "group may have")
         if group_by and (problem := metadata_problem({group_by: ""}, self.limits, "group_by")) is not None:
             raise InvalidArgument(problem)
         if strategy == AUDIT and where:
@@ -1418,7 +1421,7 @@ class Agent:
         strategy: not distinct candidates, more than ``budget``, or not one score per row)."""
         lane = self.light_work if fn.is_light(take) else self.work
         work = (len(pool.embeddings), len(pool.labeled), take)
-        sel = lane.run(token, lambda: fn(pool, take, rng, dict(params)), f"Select {strategy!r}",
+        sel = lane.run(token, lambda: fn(pool, take, rng, dict(params)), f"Select {quoted(strategy)}",
                        size=fn.work_size(*work, params, pool.num_classes),
                        prior_cpu_s=fn.prior_cpu_s(*work, params, pool.num_classes))
         rows = np.asarray(sel.rows, np.int64)
@@ -1484,13 +1487,14 @@ class Agent:
         details[GROUP_SET_ASIDE] = str(set_aside)
         if not values and len(cands):
             details[GROUP_KEY_MISSING] = (
-                f"no candidate has the metadata key {group_by[:64]!r}: each is a group of its own, so the cap "
+                f"no candidate has the metadata key {quoted(group_by[:64])}: each is a group of its own, so the cap "
                 "changed nothing (keys must equal a sample's metadata key exactly; see ListSamples)")
         if len(rows) < take:
             why = ("every candidate left is in a group at its cap" if not len(left) else
                    f"{MAX_GROUP_ROUNDS} rounds ran (the bound) with {len(left):,} candidates still eligible; "
                    "ask again with these picks labelled, or a larger max_per_group")
-            details[GROUP_NOT_FILLED] = (f"{len(rows)} of {take} picked with at most {cap} per {group_by!r}: {why}")
+            details[GROUP_NOT_FILLED] = (f"{len(rows)} of {take} picked with at most {cap} per {quoted(group_by)}: "
+                                         f"{why}")
         return self._chosen(seqs, rows, scores), details
 
     def _record_selection(self, selection_id: str, request: dict[str, Any], chosen: list[tuple[str, float]],
@@ -1601,7 +1605,7 @@ class Agent:
             missing = [r.id for r in recs if r is not None and (r.seq >= len(row_of) or row_of[r.seq] < 0)]
             if missing:
                 raise FailedPrecondition(f"{len(missing)} sample(s) not embedded yet by {serving.version} "
-                                         f"(e.g. {missing[0]!r}); {ASK_AGAIN}")
+                                         f"(e.g. {quoted(missing[0])}); {ASK_AGAIN}")
             rows = np.array([row_of[r.seq] for r in recs if r is not None], np.int64)
         else:
             rows = pool.candidates
@@ -1624,7 +1628,7 @@ class Agent:
             lane = self.light_prior_work if fn.is_light(len(rows)) else self.work
             rng = state_rng(0, self.labelled_ids())
             size = fn.work_size(len(pool.embeddings), len(pool.labeled), pool.num_classes, len(rows), params)
-            pri = lane.run(token, lambda: fn(pool, rows, rng, dict(params)), f"PriorLabels {method!r}", size=size)
+            pri = lane.run(token, lambda: fn(pool, rows, rng, dict(params)), f"PriorLabels {quoted(method)}", size=size)
             cached = (np.asarray(pri.probs), np.asarray(pri.confidence), pri.calibration)
             self.prior_cache.put(key, cached, weight=len(rows))
         fit = cached[2]
@@ -1757,7 +1761,7 @@ class Agent:
             return ""
         rec, why = named[0]
         return (f"{len(named)} stored payload(s) are missing or damaged in {self.data_dir / 'blobs'} (e.g. sample "
-                f"{rec.id!r}: {why}): `shortlist check --data-dir {self.data_dir}` lists every one; re-ingesting "
+                f"{quoted(rec.id)}: {why}): `shortlist check --data-dir {self.data_dir}` lists every one; re-ingesting "
                 "the same files under the same ids repairs them, or restore the folder from a backup")
 
     def calibration_warning(self) -> str:

@@ -56,6 +56,21 @@ _STORED_ATTR = "shortlist_stored"
 MAX_DETAILS_CHARS = 2000
 
 
+def quoted(value: str) -> str:
+    """``value`` as a message shows a client's string: JSON-quoted (double quotes; ``\\n``, ``"`` and other
+    control characters escaped; other characters kept as they are), so a user of any client language reads
+    the same quoting, not Python's repr (``'ana\\n'``), and can parse it back as JSON. Characters that print
+    nothing (U+200B, U+00A0, U+2028, ...) are written as JSON ``\\uXXXX`` escapes too, so two ids that look
+    alike can be told apart. Cut long values before quoting (``quoted(v[:64])``)."""
+    return "".join(ch if ch.isprintable() or ch == " " else _json_escape(ch)
+                   for ch in json.dumps(value, ensure_ascii=False))
+
+
+def _json_escape(ch: str) -> str:
+    """``ch`` as JSON's ``\\uXXXX`` escape (a surrogate pair above U+FFFF, as JSON spells those)."""
+    return json.dumps(ch)[1:-1]
+
+
 class AgentError(Exception):
     """Base of the agent's domain exceptions: ``code`` is the gRPC status they map to; the message says
     what to do."""

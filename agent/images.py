@@ -26,7 +26,7 @@ from agent.blobs import BlobStore
 from agent.cache import LruCache
 from agent.cancel import CancelToken
 from agent.config import ImagesConfig
-from agent.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from agent.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, quoted
 from agent.state import State
 from shortlist.images import MAX_PIXELS, decode_image, encode_png, image_header, tensor_pixels, thumbnail
 from shortlist.v1 import agent_pb2
@@ -83,7 +83,7 @@ class Images:
                                   f"thumbnail size {c.min_side}..{c.max_side} pixels")
         key = (fmt or "jpeg").strip().lower()
         if key not in FORMATS:
-            raise InvalidArgument(f"format {fmt[:32]!r} is not supported: use one of {', '.join(FORMATS)}")
+            raise InvalidArgument(f"format {quoted(fmt[:32])} is not supported: use one of {', '.join(FORMATS)}")
         if self.blobs is None:
             raise FailedPrecondition("payloads are not kept (the agent runs with --no-blobs), so it has no images "
                                      "to show")
@@ -97,7 +97,7 @@ class Images:
         recs = [self.state.lookup(i) for i in ids]
         unknown = [i for i, r in zip(ids, recs, strict=True) if r is None]
         if unknown:
-            shown = ", ".join(repr(u[:64]) for u in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+            shown = ", ".join(quoted(u[:64]) for u in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
             raise NotFound(f"{len(unknown)} unknown id(s): {shown}")
         out: list[ImageResult] = []
         total = 0
@@ -139,7 +139,7 @@ class Images:
                 return ImageResult(sample_id, blob, mime, width, height, digest)
             width, height = image_header(blob, self.max_pixels)
             with large_decode_slot(self.decodes, width * height, self.large_image_pixels, token,
-                                   f"the {width}x{height} image {sample_id!r} as PNG"):
+                                   f"the {width}x{height} image {quoted(sample_id)} as PNG"):
                 pixels = decode_image(blob)
             return ImageResult(sample_id, encode_png(pixels), "image/png", int(pixels.shape[1]),
                                int(pixels.shape[0]), digest)
@@ -158,7 +158,7 @@ class Images:
         try:
             width, height = image_header(blob, self.max_pixels) if kind == "image" else (0, 0)  # the header: cheap
             with large_decode_slot(self.decodes, width * height, self.large_image_pixels, token,
-                                   f"a thumbnail of the {width}x{height} image {sample_id!r}"):
+                                   f"a thumbnail of the {width}x{height} image {quoted(sample_id)}"):
                 img = thumbnail(kind, blob, max_side, self.max_pixels)
         except ValueError as e:
             return ImageResult(sample_id, sha256=digest, error=f"cannot decode the stored payload: {e}")

@@ -38,7 +38,7 @@ from agent.admission import Admission, large_decode_slot
 from agent.blobs import BlobStore, sha256_hex
 from agent.cancel import CancelToken, ShuttingDown
 from agent.embedder import EmbedOutput, ModelFailed
-from agent.errors import Cancelled, DeadlineExceeded, ResourceExhausted, note_stored
+from agent.errors import Cancelled, DeadlineExceeded, ResourceExhausted, note_stored, quoted
 from agent.limits import (
     Limits,
     annotator_name,
@@ -148,9 +148,9 @@ def differences(uri: str, metadata: dict[str, str], s: Incoming, had: str, sent:
     carries that is not the same there; one it leaves empty says nothing), for a rejection: "uri 'a' stored,
     'b' sent; 'k': '1' stored, '2' sent" with ``had``/``sent`` the words for the two sides; "" when nothing
     differs. The first three differences, and how many more."""
-    differs = ([f"uri {uri[:64]!r} {had}, {s.uri[:64]!r} {sent}"] if s.uri and s.uri != uri else []) + [
-        f"{k[:64]!r}: {metadata[k][:64]!r} {had}, {v[:64]!r} {sent}" if k in metadata
-        else f"{k[:64]!r}: not {had}, {v[:64]!r} {sent}"
+    differs = ([f"uri {quoted(uri[:64])} {had}, {quoted(s.uri[:64])} {sent}"] if s.uri and s.uri != uri else []) + [
+        f"{quoted(k[:64])}: {quoted(metadata[k][:64])} {had}, {quoted(v[:64])} {sent}" if k in metadata
+        else f"{quoted(k[:64])}: not {had}, {quoted(v[:64])} {sent}"
         for k, v in sorted(s.metadata.items()) if metadata.get(k) != v]
     return "; ".join(differs[:3]) + (f"; and {len(differs) - 3} more" if len(differs) > 3 else "")
 
@@ -180,8 +180,8 @@ def near_retired_problem(state: State, label: str, renaming: str = "") -> str | 
     for name, to in state.renamed.items():
         if name != label and _fold(name) == key:
             use = name if to == renaming else to
-            return (f"label {label[:64]!r} differs from {name[:64]!r} only in case or Unicode form, and {name[:64]!r} "
-                    f"was renamed to {to[:64]!r}: use {use[:64]!r}")
+            return (f"label {quoted(label[:64])} differs from {quoted(name[:64])} only in case or Unicode form, and "
+                    f"{quoted(name[:64])} was renamed to {quoted(to[:64])}: use {quoted(use[:64])}")
     return None
 
 
@@ -213,7 +213,7 @@ def label_refusal(state: State, label: str) -> str | None:
 
 def unknown_label_reason(classes: Sequence[str], label: str) -> str:
     shown = ", ".join(classes[:20]) + (" ..." if len(classes) > 20 else "")
-    return f"unknown label {label!r}: the class list is closed; valid: {shown}"
+    return f"unknown label {quoted(label)}: the class list is closed; valid: {shown}"
 
 
 def _idle(limits: Limits) -> DeadlineExceeded:
@@ -265,7 +265,7 @@ class IngestPipeline:
         if problem is not None:
             return problem
         if PAYLOAD_ERROR_KEY in s.metadata:
-            return (f"metadata key {PAYLOAD_ERROR_KEY!r} is reserved: ListSamples uses it to flag a sample whose "
+            return (f"metadata key {quoted(PAYLOAD_ERROR_KEY)} is reserved: ListSamples uses it to flag a sample whose "
                     "stored payload cannot be read; rename it")
         if not s.kind:
             return "no payload: set encoded_image or tensor"
@@ -279,7 +279,7 @@ class IngestPipeline:
             width, height = (image_header(s.data, self.limits.max_pixels)  # the header only: cheap
                              if self.decodes is not None and s.kind == "image" else (0, 0))
             with large_decode_slot(self.decodes, width * height, self.large_image_pixels, token,
-                                   f"decoding the {width}x{height} image {s.id!r}"):
+                                   f"decoding the {width}x{height} image {quoted(s.id)}"):
                 return decode_payload(s.kind, s.data, s.dtype, s.shape, pre, self.limits.max_pixels)
         except TooManyPixels as e:
             raise TooManyPixels(f"{e} {limit_hint('max_pixels')}") from None
@@ -367,14 +367,14 @@ class IngestPipeline:
             shown, where = differences(first.uri, first.metadata, s, "sent before", "sent again"), \
                 "appears earlier in this request"
         if shown:
-            out.rejected.append((sid, f"id {sid!r} {where} (same payload) with another uri or metadata ({shown}): both "
-                                      "are set by the first ingest and a resend does not change them"))
+            out.rejected.append((sid, f"id {quoted(sid)} {where} (same payload) with another uri or metadata "
+                                      f"({shown}): both are set by the first ingest and a resend does not change them"))
         elif not s.label or s.label == first.label:
             out.duplicates += 1
         elif first.label:
-            out.rejected.append((sid, f"id {sid!r} appears earlier in this request (same payload) with label "
-                                      f"{first.label!r}: a resend does not change labels; send one label per "
-                                      f"sample, or give {s.label!r} with SubmitLabels (`shortlist label`)"))
+            out.rejected.append((sid, f"id {quoted(sid)} appears earlier in this request (same payload) with label "
+                                      f"{quoted(first.label)}: a resend does not change labels; send one label per "
+                                      f"sample, or give {quoted(s.label)} with SubmitLabels (`shortlist label`)"))
         elif (problem := label_refusal(self.state, s.label)) is not None:
             # judged now, as a later request would judge it against the stored sample: only the label is refused
             # (merged into the first item, stage 3 refused the whole sample for it)
@@ -497,24 +497,25 @@ class IngestPipeline:
         True."""
         sid = s.id
         if rec.sha256 != digest:
-            res.rejected.append((sid, f"id {sid!r} is already in the pool with a different payload; ids must "
+            res.rejected.append((sid, f"id {quoted(sid)} is already in the pool with a different payload; ids must "
                                       "be unique (use a new id for a new image)"))
         elif shown := differences(rec.uri, rec.metadata, s, "stored", "sent"):
-            res.rejected.append((sid, f"id {sid!r} is stored (same payload) with another uri or metadata ({shown}): "
-                                      "both are set by the first ingest and a resend does not change them"))
+            res.rejected.append((sid, f"id {quoted(sid)} is stored (same payload) with another uri or metadata "
+                                      f"({shown}): both are set by the first ingest and a resend does not change them"))
         elif not s.label or s.label == (label := self.state.label_name(rec.seq)):
             res.duplicates += 1
         elif label:
-            res.rejected.append((sid, f"id {sid!r} is stored (same payload) with label {label!r}: a resend does "
-                                      f"not change labels; give {s.label!r} with SubmitLabels (`shortlist label`)"))
+            res.rejected.append((sid, f"id {quoted(sid)} is stored (same payload) with label {quoted(label)}: a resend "
+                                      f"does not change labels; give {quoted(s.label)} with SubmitLabels "
+                                      "(`shortlist label`)"))
         elif labels is None:
             return True
         elif (last := self.state.last_label_by(rec.seq)) is not None:  # (under the lock: stage 3)
             # unlabelled, but labelled once: its label was taken back, which a resend must not undo (a nightly
             # ingest --with-labels put retracted labels back)
-            res.rejected.append((sid, f"id {sid!r} is stored (same payload) and its label was taken back (by "
+            res.rejected.append((sid, f"id {quoted(sid)} is stored (same payload) and its label was taken back (by "
                                       f"{annotator_name(last[0])}): a resend does not put labels back; give "
-                                      f"{s.label!r} with SubmitLabels (`shortlist label`) if it is right"))
+                                      f"{quoted(s.label)} with SubmitLabels (`shortlist label`) if it is right"))
         elif (problem := label_refusal(self.state, s.label)) is not None:
             res.rejected.append((sid, problem))
         else:

@@ -14,7 +14,7 @@ import unicodedata
 from collections.abc import Mapping, Sequence, Sized
 from dataclasses import dataclass
 
-from agent.errors import InvalidArgument, ResourceExhausted
+from agent.errors import InvalidArgument, ResourceExhausted, quoted
 
 MIB = 1024 * 1024
 
@@ -126,17 +126,17 @@ def name_problem(value: str, what: str) -> str | None:
     bad = sorted({c for c in value if unicodedata.category(c) in ("Cc", "Cf")})
     if bad:
         shown = ", ".join(f"U+{ord(c):04X}" for c in bad[:5])
-        return (f"{what} {value[:64]!r} holds control characters or invisible ones ({shown}): use one line of "
+        return (f"{what} {quoted(value[:64])} holds control characters or invisible ones ({shown}): use one line of "
                 "printable text")
     if value != value.strip():
-        return f"{what} {value[:64]!r} starts or ends with white space: send it without"
+        return f"{what} {quoted(value[:64])} starts or ends with white space: send it without"
     return None
 
 
 def folder_name_problem(value: str, what: str) -> str | None:
     """Why ``value`` cannot be a folder name (an ImageFolder export writes a folder per class), or None."""
     if value in (".", "..") or value.startswith(".") or "/" in value or "\\" in value:
-        return (f"{what} {value[:64]!r} cannot be a folder name (a /, a \\ or a leading dot), and every class is "
+        return (f"{what} {quoted(value[:64])} cannot be a folder name (a /, a \\ or a leading dot), and every class is "
                 "one in an ImageFolder export: name it without")
     return None
 
@@ -148,13 +148,14 @@ def class_name_problem(value: str, what: str = "label", classes: Sequence[str] =
     ImageFolder export of the pool, nor split a class in two."""
     problem = name_problem(value, what) or folder_name_problem(value, what)
     if problem is None and "," in value:  # the list could never be declared (closed) again
-        problem = f"{what} {value[:64]!r} holds a comma, and `serve --classes a,b,c` splits on commas: name it without"
+        problem = (f"{what} {quoted(value[:64])} holds a comma, and `serve --classes a,b,c` splits on commas: name it "
+                   "without")
     if problem is None:
         key = unicodedata.normalize("NFKC", value).casefold()
         same = [c for c in classes if c != value and unicodedata.normalize("NFKC", c).casefold() == key]
         if same:
-            problem = (f"{what} {value[:64]!r} differs from the class {same[0][:64]!r} only in case or Unicode form: "
-                       f"use {same[0][:64]!r}")
+            problem = (f"{what} {quoted(value[:64])} differs from the class {quoted(same[0][:64])} only in case or "
+                       f"Unicode form: use {quoted(same[0][:64])}")
     return problem
 
 
@@ -175,7 +176,7 @@ def metadata_problem(metadata: Mapping[str, str], limits: Limits, what: str = "m
         problem = (text_problem(key, limit, "max_metadata_chars", f"{what} key")
                    or (f"{what} has an empty key: name each entry" if not key else None)
                    or name_problem(key, f"{what} key")  # a key is a name (compared exactly); a value is free text
-                   or text_problem(value, limit, "max_metadata_chars", f"{what} value of {key[:64]!r}"))
+                   or text_problem(value, limit, "max_metadata_chars", f"{what} value of {quoted(key[:64])}"))
         if problem is not None:
             return problem
     return None

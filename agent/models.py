@@ -46,7 +46,7 @@ import numpy as np
 from agent.blobs import BlobStore
 from agent.config import AgentConfig
 from agent.embedder import PROBE_BATCH, Embedder, ModelFailed, judge_probe
-from agent.errors import RepeatedWarning, storage_problem
+from agent.errors import RepeatedWarning, quoted, storage_problem
 from agent.index import VersionIndex
 from agent.state import SERVING_KEY, EmbeddingRows, SampleRecord, State, StoredEmbeddings
 from shortlist.images import decode_stored
@@ -335,7 +335,7 @@ class ModelManager:
             if bad and ((cur is not None and version == cur.version) or version == self.pending_version):
                 rec, why = next(iter(bad.values()))
                 out.append(f"{len(bad)} sample(s) cannot be embedded by {version}: their stored payload is "
-                           f"missing or unreadable (e.g. {rec.id!r}: {why}); they are left out of Select and "
+                           f"missing or unreadable (e.g. {quoted(rec.id)}: {why}); they are left out of Select and "
                            "PriorLabels; re-ingest the same payload under the same id to repair them")
         return out
 

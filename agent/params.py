@@ -18,7 +18,7 @@ from typing import Literal, TypeVar, get_args
 
 import numpy as np
 
-from agent.errors import InvalidArgument
+from agent.errors import InvalidArgument, quoted
 from agent.pool import Pool, PriorMethod, Priors, Selection, Strategy
 
 ParamValue = int | float | str
@@ -71,7 +71,7 @@ class Param:
 
     def parse(self, raw: str) -> ParamValue:
         """``raw`` as this parameter's value; InvalidArgument naming the parameter and its range."""
-        bad = InvalidArgument(f"param {self.name}={raw!r} is out of range: must be {self.range_text()}")
+        bad = InvalidArgument(f"param {self.name}={quoted(raw)} is out of range: must be {self.range_text()}")
         if self.kind == "choice":
             word = raw.strip().lower()
             if word not in self.choices:
@@ -155,7 +155,7 @@ class _Entry:
 
     def check(self, params: Mapping[str, str]) -> None:
         """Unknown params and values out of range: InvalidArgument, before any work starts."""
-        check_declared(params, self.params, self.kind_name + " " + repr(self.name))
+        check_declared(params, self.params, self.kind_name + " " + quoted(self.name))
 
     @property
     def kind_name(self) -> str:

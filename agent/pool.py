@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from agent.errors import AgentError, FailedPrecondition, InvalidArgument
+from agent.errors import AgentError, FailedPrecondition, InvalidArgument, quoted
 
 if TYPE_CHECKING:  # agent.priors.calibration imports this module
     from agent.priors.calibration import TemperatureFit
 
 __all__ = ["EntryBug", "FailedPrecondition", "InvalidArgument", "KnnFn", "Pool", "PoolMemo", "PriorMethod", "Priors",
-           "Selection", "Strategy", "check_priors", "state_rng"]
+           "Selection", "Strategy", "check_priors", "quoted", "state_rng"]
 
 class EntryBug(AgentError):
     """A registry entry (a Select strategy, a prior method) returned an answer that breaks its contract
@@ -30,7 +30,7 @@ class EntryBug(AgentError):
     agent")."""
 
     def __init__(self, kind: str, name: str, what: str) -> None:
-        super().__init__(f"{kind} {name!r} returned an invalid answer ({what}): this is a bug in that {kind}, "
+        super().__init__(f"{kind} {quoted(name)} returned an invalid answer ({what}): this is a bug in that {kind}, "
                          "not in the request; please report it with the agent's log")
 
 

@@ -20,7 +20,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
-from agent.errors import FailedPrecondition, InvalidArgument, NotFound
+from agent.errors import FailedPrecondition, InvalidArgument, NotFound, quoted
 from agent.limits import Limits, check_count, metadata_problem, text_problem
 from agent.state import State
 from shortlist.v1 import agent_pb2
@@ -57,7 +57,7 @@ def queue_name(name: str) -> str:
     """The stored name of a requested one ("" = DEFAULT_QUEUE); InvalidArgument for a bad name."""
     name = name or DEFAULT_QUEUE
     if len(name) > MAX_NAME_CHARS or not set(name) <= NAME_CHARS:
-        raise InvalidArgument(f"queue name {name[:MAX_NAME_CHARS]!r} must be at most {MAX_NAME_CHARS} lower-case "
+        raise InvalidArgument(f"queue name {quoted(name[:MAX_NAME_CHARS])} must be at most {MAX_NAME_CHARS} lower-case "
                               "letters, digits and ':_.-' (e.g. default, web, team-a)")
     return name
 
@@ -92,7 +92,7 @@ class Queues:
         for what, value in (("source", q.source), ("strategy", q.strategy), ("model_version", q.model_version),
                             ("selection_id", q.selection_id)):
             if len(value) > MAX_NAME_CHARS:
-                raise InvalidArgument(f"queue {what} {value[:MAX_NAME_CHARS]!r}... is longer than "
+                raise InvalidArgument(f"queue {what} {quoted(value[:MAX_NAME_CHARS])}... is longer than "
                                       f"{MAX_NAME_CHARS} characters")
         for what, m in (("params", q.params), ("details", q.details)):
             problem = metadata_problem(m, lim, f"queue {what}")
@@ -107,12 +107,12 @@ class Queues:
             if problem is not None:
                 raise InvalidArgument(problem)
             if i in seen:
-                raise InvalidArgument(f"id {i!r} is in the queue twice; send each id once")
+                raise InvalidArgument(f"id {quoted(i)} is in the queue twice; send each id once")
             seen.add(i)
             if self.state.lookup(i) is None:
                 unknown.append(i)
         if unknown:
-            shown = ", ".join(repr(u[:64]) for u in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+            shown = ", ".join(quoted(u[:64]) for u in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
             raise NotFound(f"{len(unknown)} unknown id(s) for the queue: {shown}; ingest them first")
 
     def update(self, name: str, replace: QueueData | None, marks: Sequence[tuple[str, str]],
@@ -124,7 +124,8 @@ class Queues:
         check_count(marks, self.limits.max_ids_per_request, "max_ids_per_request", "marks")
         for i, mark in marks:
             if mark not in ("", *MARKS):
-                raise InvalidArgument(f"mark {mark[:16]!r} of {i[:64]!r}: use one of {', '.join(MARKS)} or '' to clear")
+                raise InvalidArgument(f"mark {quoted(mark[:16])} of {quoted(i[:64])}: use one of {', '.join(MARKS)} "
+                                      "or \"\" to clear")
         if if_created is not None and replace is None:
             raise InvalidArgument("if_created goes with queue: it makes the replacement conditional; send the new "
                                   "queue with it, or leave if_created out to only mark")
@@ -138,7 +139,7 @@ class Queues:
             if replace is not None and if_created is not None and abs(q.created - if_created) > 1e-6:
                 when = time.strftime("%H:%M:%S", time.localtime(q.created)) if q.created else "never"
                 raise FailedPrecondition(
-                    f"queue {name!r} was replaced meanwhile (filled at {when}, {len(q.ids)} samples): "
+                    f"queue {quoted(name)} was replaced meanwhile (filled at {when}, {len(q.ids)} samples): "
                     "not replaced; look at it and ask again")
             if replace is not None:
                 q = QueueData(name, list(replace.ids), replace.source, replace.strategy, dict(replace.params),
@@ -147,8 +148,8 @@ class Queues:
                 members = set(q.ids)
                 missing = [i for i, _ in marks if i not in members]
                 if missing:
-                    raise NotFound(f"{missing[0][:64]!r} is not in queue {name!r} (it was replaced meanwhile?): "
-                                   "reload the queue and mark again")
+                    raise NotFound(f"{quoted(missing[0][:64])} is not in queue {quoted(name)} (it was replaced "
+                                   "meanwhile?): reload the queue and mark again")
                 for i, mark in marks:
                     if mark:
                         q.marks[i] = mark

@@ -61,6 +61,7 @@ from typing import Any
 
 import numpy as np
 
+from agent.errors import quoted
 from agent.security import owner_only_file
 
 log = logging.getLogger(__name__)
@@ -331,7 +332,7 @@ class State:
         is what is verified before it is read. StateCorruptError when it is damaged, SchemaVersionError when
         a newer agent wrote it, ClassListError when ``classes`` conflicts with its labels."""
         if check not in STATE_CHECKS:
-            raise ValueError(f"state check {check!r}: one of {', '.join(STATE_CHECKS)}")
+            raise ValueError(f"state check {quoted(check)}: one of {', '.join(STATE_CHECKS)}")
         self.path = path
         self._lock = threading.RLock()
         owner_only_file(path)  # 0600; SQLite gives -wal and -shm the database file's mode
@@ -537,8 +538,8 @@ class State:
             if renamed := [c for c in classes if c in self.renamed]:
                 now = [self.renamed.get(c, c) for c in classes]
                 raise ClassListError(
-                    "the given class list names " + ", ".join(f"{c!r}, which was renamed to {self.renamed[c]!r}"
-                                                              for c in renamed)
+                    "the given class list names "
+                    + ", ".join(f"{quoted(c)}, which was renamed to {quoted(self.renamed[c])}" for c in renamed)
                     + f" (`shortlist rename-class`): pass --classes {','.join(dict.fromkeys(now))}")
             if missing:
                 raise ClassListError(
@@ -575,10 +576,10 @@ class State:
         the list for the history. (moved labels, merged); ClassListError when ``old`` is no class."""
         with self._lock:
             if old in self.renamed:
-                raise ClassListError(f"class {old!r} was renamed to {self.renamed[old]!r} already")
+                raise ClassListError(f"class {quoted(old)} was renamed to {quoted(self.renamed[old])} already")
             names = self.classes + self._retired
             if old not in self.classes:
-                raise ClassListError(f"no class {old!r}; the classes: {', '.join(self.classes[:20])}"
+                raise ClassListError(f"no class {quoted(old)}; the classes: {', '.join(self.classes[:20])}"
                                      + (" ..." if len(self.classes) > 20 else ""))
             merged = new in self.classes and new not in self.renamed  # (an open list keeps its retired names)
             if self.closed:
@@ -645,7 +646,7 @@ class State:
     def renamed_problem(self, name: str) -> str | None:
         """Why a label ``name`` is refused because the class was renamed (RenameClass), or None."""
         to = self.renamed.get(name)
-        return None if to is None else f"{name!r} was renamed to {to!r}; label with that"
+        return None if to is None else f"{quoted(name)} was renamed to {quoted(to)}; label with that"
 
     def class_name(self, idx: int) -> str:
         """The name of class index ``idx`` in a label row: a class, or a retired one (history only)."""

@@ -12,7 +12,7 @@ default and ``calibrate=false`` turns it off, for a new method too (the wrapper 
 from __future__ import annotations
 
 from agent.params import FitSettings, PriorEntry, registry
-from agent.pool import InvalidArgument
+from agent.pool import InvalidArgument, quoted
 from agent.priors.as3l import as3l_prior
 from agent.priors.calibration import calibrated
 from agent.priors.knn import knn_prior
@@ -35,4 +35,4 @@ def get_prior_method(name: str) -> PriorEntry:
         return PRIOR_METHODS[name]
     except KeyError:
         valid = ", ".join(sorted(PRIOR_METHODS)) or "none"
-        raise InvalidArgument(f"unknown prior method {name!r}; valid: {valid}") from None
+        raise InvalidArgument(f"unknown prior method {quoted(name)}; valid: {valid}") from None

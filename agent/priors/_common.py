@@ -5,14 +5,14 @@ from __future__ import annotations
 import numpy as np
 
 from agent.cancel import checkpoint
-from agent.pool import FailedPrecondition, Pool, Priors
+from agent.pool import FailedPrecondition, Pool, Priors, quoted
 
 
 def require_labels(pool: Pool, method: str) -> None:
     """FailedPrecondition unless at least one row is labelled (nothing to propagate otherwise)."""
     if len(pool.labeled) == 0 or pool.num_classes == 0:
         raise FailedPrecondition(
-            f"prior method {method!r} propagates labels, and no sample is labelled yet: label a first batch "
+            f"prior method {quoted(method)} propagates labels, and no sample is labelled yet: label a first batch "
             "(e.g. Select with strategy typiclust, probcover or as3l, then SubmitLabels) and ask again")
 
 

@@ -109,7 +109,7 @@ from agent.cancel import checkpoint
 from agent.config import AUDIT_MIN_LABELS
 from agent.lazy import deferred
 from agent.params import FitSettings, Param, PriorEntry, params_doc
-from agent.pool import InvalidArgument, Pool, PriorMethod, Priors, check_priors
+from agent.pool import InvalidArgument, Pool, PriorMethod, Priors, check_priors, quoted
 from agent.priors._common import nearest_labelled_distance, with_known_labels
 
 log = logging.getLogger(__name__)
@@ -157,7 +157,7 @@ def calibrate_flag(params: Mapping[str, str]) -> bool:
         return True
     if raw in FALSE:
         return False
-    raise InvalidArgument(f"param calibrate={params['calibrate']!r} must be true or false")
+    raise InvalidArgument(f"param calibrate={quoted(params['calibrate'])} must be true or false")
 
 
 def tempered(probs: np.ndarray, covered: np.ndarray, t: float) -> np.ndarray:

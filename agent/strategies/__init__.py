@@ -19,7 +19,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from agent.params import ALWAYS_LIGHT, StrategyEntry, registry, strategy
-from agent.pool import InvalidArgument, Pool, Selection
+from agent.pool import InvalidArgument, Pool, Selection, quoted
 from agent.strategies.as3l import as3l
 from agent.strategies.audit import audit_strategy
 from agent.strategies.clustering import kmedoids, typiclust
@@ -69,4 +69,4 @@ def get_strategy(name: str) -> StrategyEntry:
     try:
         return STRATEGIES[name]
     except KeyError:
-        raise InvalidArgument(f"unknown strategy {name!r}; valid: {', '.join(sorted(STRATEGIES))}") from None
+        raise InvalidArgument(f"unknown strategy {quoted(name)}; valid: {', '.join(sorted(STRATEGIES))}") from None

@@ -17,7 +17,7 @@ from scipy import special
 from agent.cancel import checkpoint
 from agent.lazy import deferred
 from agent.params import ALWAYS_LIGHT, Param, strategy
-from agent.pool import FailedPrecondition, Pool, Selection
+from agent.pool import FailedPrecondition, Pool, Selection, quoted
 from agent.strategies._common import (
     CHUNK,
     GREEDY_CPU_PER_UNIT,
@@ -51,19 +51,19 @@ def _need_labels(what: str, pool: Pool, committee: bool = False) -> FailedPrecon
     n = len(np.unique(pool.labels))
     free = ", ".join(sorted(LABEL_FREE))
     if pool.logits is not None and not usable_logits(pool):  # a head for the agent's one class (cycle on one)
-        known = ", ".join(repr(c) for c in pool.classes)
+        known = ", ".join(quoted(c) for c in pool.classes)
         return FailedPrecondition(
-            f"strategy {what!r} needs class probabilities over at least 2 classes: the serving model's classifier "
-            f"knows only one class ({known}) and {n} class(es) are labelled (at least 2 needed), so "
+            f"strategy {quoted(what)} needs class probabilities over at least 2 classes: the serving model's "
+            f"classifier knows only one class ({known}) and {n} class(es) are labelled (at least 2 needed), so "
             "every probability is 1. Label samples of another class (then train a new model with `shortlist "
             f"cycle`), or use a strategy that works without a classifier: {free}")
     if committee:
         return FailedPrecondition(
-            f"strategy {what!r} fits its committee on the labelled samples, and {n} class(es) are labelled (at "
+            f"strategy {quoted(what)} fits its committee on the labelled samples, and {n} class(es) are labelled (at "
             "least 2 needed; the model's own classifier would be one member, not a committee). Label samples "
             f"of at least 2 classes, or use a strategy that works without a classifier: {free}")
     return FailedPrecondition(
-        f"strategy {what!r} needs a classifier: the model has no logits head for the agent's classes and "
+        f"strategy {quoted(what)} needs a classifier: the model has no logits head for the agent's classes and "
         f"{n} class(es) are labelled (at least 2 needed). Label a first batch chosen by a strategy that "
         f"works from zero labels: {free}")
 

@@ -49,6 +49,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from agent.errors import quoted
 from agent.security import RefusalLog, is_loopback
 from agent.web.config import WebConfig, host_pattern
 from agent.web.errors import error_response, too_large
@@ -95,10 +96,10 @@ class OriginGuard:
             origin = headers.get("origin")
             host = headers.get("host", "")
             if origin is not None and not same_origin(origin, host):
-                message = (f"cross-origin request refused: this {scope['method']} was sent by a page of {origin!r}, "
-                           f"not by this app ({host or 'no Host header'}), as another site's page can make a "
-                           "browser do (cross-site request forgery). Use the app's own pages, or send the request "
-                           "without an Origin header (scripts and Label Studio's webhook send none). Behind a "
+                message = (f"cross-origin request refused: this {scope['method']} was sent by a page of "
+                           f"{quoted(origin)}, not by this app ({host or 'no Host header'}), as another site's page "
+                           "can make a browser do (cross-site request forgery). Use the app's own pages, or send the "
+                           "request without an Origin header (scripts and Label Studio's webhook send none). Behind a "
                            "reverse proxy, pass the browser's Host header on to the app (nginx: proxy_set_header "
                            "Host $host).")
                 response = error_response(Request(scope, receive), 403, "CROSS_ORIGIN", message)
@@ -187,7 +188,7 @@ class HostGuard:
             return
         host = Headers(scope=scope).get("host", "")
         name = host.rpartition(":")[0] if host.count(":") == 1 else host
-        message = (f"this web app does not answer to the name {host!r} (the request's Host header), only to "
+        message = (f"this web app does not answer to the name {quoted(host)} (the request's Host header), only to "
                    f"{', '.join(self.hosts)}: a page of another site could otherwise read the app through DNS "
                    f"rebinding. If {name or 'that'} is a name people or Label Studio use to reach this app, restart "
                    f"it with {ALLOWED_HOSTS_OPTION} {name or 'NAME'} (several names: comma-separated; or the "

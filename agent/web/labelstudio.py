@@ -89,6 +89,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from starlette.concurrency import run_in_threadpool
 
 from agent.client import calibration_dict, calibration_line, first_calibration
+from agent.errors import quoted
 from agent.security import RefusalLog
 from agent.web.auth import Caller, client_address, session, token_of
 from agent.web.config import LabelStudioConfig, MatchRule
@@ -318,7 +319,7 @@ def request_token(request: Request) -> str:
     if scheme.lower() == "token" and value:
         return value
     if header and scheme.lower() != "bearer":
-        raise Unauthorized(f"unsupported authorization scheme {scheme!r}: use Basic (the token as the password) "
+        raise Unauthorized(f"unsupported authorization scheme {quoted(scheme)}: use Basic (the token as the password) "
                            "or Bearer TOKEN")
     return token_of(request)
 
@@ -850,7 +851,7 @@ def _check_json_type(request: Request) -> None:
     reading such a body as JSON would let any web page the user visits post webhook events (NotJson: 415)."""
     content_type = request.headers.get("content-type", "")
     if content_type.partition(";")[0].strip().lower() != "application/json":
-        got = f"Content-Type {content_type!r}" if content_type else "no Content-Type"
+        got = f"Content-Type {quoted(content_type)}" if content_type else "no Content-Type"
         raise NotJson(f"the body must be JSON sent with Content-Type: application/json (got {got}); Label Studio "
                       "sends that, so set the header when posting by hand")
 

@@ -32,6 +32,7 @@ from pydantic import BaseModel, Field
 from starlette.responses import Response
 
 from agent.client import calibration_dict
+from agent.errors import quoted
 from agent.web.auth import Caller, CallerDep, session
 from agent.web.errors import HttpError, for_people
 from agent.web.pages import registry_choices, render
@@ -206,7 +207,7 @@ def priors_page(request: Request, caller: Caller = CallerDep) -> Response:
 
 def check_method(status: agent_pb2.Status, method: str) -> None:
     if method not in status.prior_methods:
-        raise HttpError(400, "INVALID_ARGUMENT", f"unknown prior method {method!r}; valid: "
+        raise HttpError(400, "INVALID_ARGUMENT", f"unknown prior method {quoted(method)}; valid: "
                         f"{', '.join(status.prior_methods) or 'none'}")
 
 
@@ -233,7 +234,7 @@ def priors_api(request: Request, method: str = Query(""), label: str = Query("")
     if not 1 <= size <= MAX_PAGE_SIZE or page < 1 or (offset is not None and offset < 0):
         raise HttpError(400, "INVALID_ARGUMENT", f"page >= 1, offset >= 0 and size 1..{MAX_PAGE_SIZE} please")
     if label and label not in status.classes:
-        raise HttpError(400, "INVALID_ARGUMENT", f"unknown class {label!r}")
+        raise HttpError(400, "INVALID_ARGUMENT", f"unknown class {quoted(label)}")
     ps = cache(request).get(caller, method, status, refresh)
     in_range = ~ps.done & (ps.confidence >= min_conf - 1e-6) & (ps.confidence <= max_conf + 1e-6) & (ps.label >= 0)
     counts = np.bincount(ps.label[in_range], minlength=len(ps.classes)) if len(ps.ids) else np.zeros(len(ps.classes))

@@ -71,7 +71,7 @@ def test_status_warns_of_payload_files_found_missing_at_start_or_on_a_read_until
         path(1).write_bytes(b"bit rot")
         list(client.list_samples(r.stub, include_payload=True))  # a read that finds it
         found = [w for w in warnings(r) if "missing or damaged" in w]
-        assert len(found) == 1 and "1 stored payload(s)" in found[0] and "'s1'" in found[0], found
+        assert len(found) == 1 and "1 stored payload(s)" in found[0] and '"s1"' in found[0], found
         assert "shortlist check --data-dir" in found[0]
         client.ingest(r.stub, [samples[1]])  # re-ingesting repairs it
         assert not any("missing or damaged" in w for w in warnings(r))
@@ -81,7 +81,7 @@ def test_status_warns_of_payload_files_found_missing_at_start_or_on_a_read_until
     again = start(tmp_path / "data", registry)
     try:  # found by the start's sweep, before anything reads it
         found = [w for w in warnings(again) if "missing or damaged" in w]
-        assert len(found) == 1 and "'s2': payload file missing" in found[0], found
+        assert len(found) == 1 and '"s2": payload file missing' in found[0], found
     finally:
         again.stop()
 

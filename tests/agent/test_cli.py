@@ -467,7 +467,7 @@ def test_label_csv_with_or_without_header_and_bom(tmp_path: Path, running: Runni
     assert code == 0 and json.loads(out)["accepted"] == 1
     code, out = label("Label;ID\nfrog;s2\n\nfrog;nope\n")  # semicolons, other order, a blank line
     assert code == 0 and json.loads(out) == {"accepted": 1, "rejected": [
-        {"line": 4, "id": "nope", "reason": "unknown id 'nope': ingest it first"}], "overwritten": [],
+        {"line": 4, "id": "nope", "reason": "unknown id \"nope\": ingest it first"}], "overwritten": [],
         "twin_conflicts": []}
     code, out = label("id,label\n")
     assert code == 2 and "has no labels" in out
@@ -488,7 +488,7 @@ def test_retract_labels_from_arguments_and_files(tmp_path: Path, running: Runnin
     res = runner.invoke(app, ["retract-labels", "s0", "nope", "--agent", running.address, "--annotator", "ann",
                               "--json"])
     assert res.exit_code == 0 and json.loads(res.stdout) == {"accepted": 1, "rejected": [
-        {"id": "nope", "reason": "unknown id 'nope': ingest it first"}], "overwritten": [
+        {"id": "nope", "reason": "unknown id \"nope\": ingest it first"}], "overwritten": [
         {"id": "s0", "label": "cat", "annotator": "ingest"}]}  # a label that came with ingest: not ann's
     (tmp_path / "labels.csv").write_text("id,label,annotator\ns1,cat,x\ns2,cat,x\n")  # e.g. an export
     (tmp_path / "ids.txt").write_text("s3\n\ns5\n")
@@ -615,7 +615,7 @@ def test_ingest_label_and_retract_print_their_results_on_stdout(tmp_path: Path, 
     (tmp_path / "answers.csv").write_text("id,label\ncat/000.png,cat\nnope.png,cat\n")
     res = runner.invoke(app, ["label", str(tmp_path / "answers.csv"), "--agent", running.address])
     assert res.exit_code == 0 and res.stdout.splitlines() == [
-        "accepted 1, rejected 1", "  line 3: nope.png: unknown id 'nope.png': ingest it first"] and not res.stderr
+        "accepted 1, rejected 1", "  line 3: nope.png: unknown id \"nope.png\": ingest it first"] and not res.stderr
     res = runner.invoke(app, ["retract-labels", "cat/000.png", "--agent", running.address])
     assert res.exit_code == 0 and res.stdout.splitlines() == ["unlabelled 1, rejected 0"] and not res.stderr
     res = runner.invoke(app, ["export-labels", "--out", str(tmp_path / "export"), "--format", "csv",
@@ -942,8 +942,8 @@ def test_an_agent_address_without_a_port_is_a_usage_error() -> None:
 
 
 def test_serve_refuses_class_names_that_cannot_be_classes(tmp_path: Path) -> None:
-    for classes, said in (("reef,a/b", "'a/b' cannot be a folder name"),
-                          ("fish,Fish", "'Fish' differs from the class 'fish' only in case")):
+    for classes, said in (("reef,a/b", "\"a/b\" cannot be a folder name"),
+                          ("fish,Fish", "\"Fish\" differs from the class \"fish\" only in case")):
         result = runner.invoke(app, ["serve", "--data-dir", str(tmp_path / "d"), "--models", str(tmp_path / "m"),
                                      "--classes", classes])
         assert result.exit_code == 2 and said in " ".join(result.output.replace("│", " ").split()), result.output
@@ -1096,7 +1096,7 @@ def test_heavy_calls_have_a_deadline_so_a_long_one_is_refused_at_once_with_its_e
     run("ingest", str(src), "--agent", running.address, "--json", "--with-labels", "--limit", "4")
     run("ingest", str(src), "--agent", running.address, "--json")
     heavy = running.agent.work
-    for kind in ("Select 'kmedoids'", "PriorLabels 'llgc'"):  # measured at 1,000 s: far beyond 600 s
+    for kind in ("Select \"kmedoids\"", "PriorLabels \"llgc\""):  # measured at 1,000 s: far beyond 600 s
         heavy._kind_s[kind] = heavy._kind_cpu[kind] = 1000.0
         heavy._kind_at[kind] = time.monotonic()
     for args in (["select", "--strategy", "kmedoids", "--budget", "2"], ["prior", "--method", "llgc"]):
@@ -1105,7 +1105,7 @@ def test_heavy_calls_have_a_deadline_so_a_long_one_is_refused_at_once_with_its_e
         assert result.exit_code == 1 and time.monotonic() - started < 30
         out = result.output.strip()
         # nothing else running: the call is too long by itself, not kept waiting ("busy" would mislead)
-        assert re.match(r"RESOURCE_EXHAUSTED: (Select 'kmedoids'|PriorLabels 'llgc') would take about ", out)
+        assert re.match(r'RESOURCE_EXHAUSTED: (Select "kmedoids"|PriorLabels "llgc") would take about ', out)
         assert "Traceback" not in out
         assert len(out.splitlines()) == 1  # one line, however wide
         needed = re.search(r"needs a deadline of at least (\d+) s", out)  # 2-3x the estimate (its margin)
@@ -1227,7 +1227,7 @@ def test_ingest_meta_csv_and_exif_give_each_image_its_metadata_for_where(tmp_pat
                               "--id-prefix", "more/"])
     said = " ".join(res.output.split())
     assert res.exit_code == 0 and "1 rows of" in said and "line 2 (e.jpg)" in said, res.output
-    assert "accepted 1" in said and "more/e.jpg: metadata value of 'note' of 5,000 characters" in said
+    assert "accepted 1" in said and "more/e.jpg: metadata value of \"note\" of 5,000 characters" in said
     assert {s.id: dict(s.metadata) for s in client.list_samples(running.stub)}["more/f.jpg"] == {"note": "ok"}
 
 
@@ -1237,7 +1237,7 @@ def test_select_max_per_group(running: Running) -> None:
                          "--max-per-group", "site=2", "--json"))
     sites = [int(s["id"][1:]) % 2 for s in out["selected"]]
     assert sorted(sites) == [0, 0, 1, 1]  # 2 per site: 4 of 5
-    assert out["details"]["group_budget_not_filled"].startswith("4 of 5 picked with at most 2 per 'site'")
+    assert out["details"]["group_budget_not_filled"].startswith("4 of 5 picked with at most 2 per \"site\"")
     assert out["details"]["group_rounds"].isdigit()
     table = run("select", "--agent", running.address, "--budget", "3", "--max-per-group", "site=1", "--seed", "4")
     assert "group_budget_not_filled: 2 of 3 picked" in " ".join(table.split())

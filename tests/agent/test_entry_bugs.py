@@ -41,7 +41,7 @@ def test_a_strategy_bug_is_internal_naming_the_strategy(running: Running, monkey
         running.stub.Select(agent_pb2.SelectRequest(budget=2, strategy="repeats"))
     assert e.value.code() == grpc.StatusCode.INTERNAL
     assert e.value.details() == (
-        "strategy 'repeats' returned an invalid answer (its rows must be distinct candidates, at most the budget, "
+        'strategy "repeats" returned an invalid answer (its rows must be distinct candidates, at most the budget, '
         "with one score each): this is a bug in that strategy, not in the request; please report it with the "
         "agent's log")
 
@@ -55,6 +55,6 @@ def test_a_prior_method_bug_is_internal_naming_the_method(running: Running, monk
         list(running.stub.PriorLabels(agent_pb2.PriorLabelsRequest(method="overconfident",
                                                                    params={"calibrate": calibrate})))
     assert e.value.code() == grpc.StatusCode.INTERNAL
-    assert e.value.details().startswith("prior method 'overconfident' returned an invalid answer (a row of probs "
+    assert e.value.details().startswith('prior method "overconfident" returned an invalid answer (a row of probs '
                                         "sums to 0.5, not 1): this is a bug in that prior method, not in the request")
     assert "bug in the agent" not in e.value.details()

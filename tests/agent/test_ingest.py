@@ -162,9 +162,9 @@ def test_a_resend_is_a_duplicate_only_when_it_says_what_is_stored(agent: Agent) 
     changed[1].metadata, changed[1].uri = {"site": "south", "camera": "3"}, "s3://x/c.png"
     res = agent.ingest.batch(changed)
     assert res.accepted == 1 and res.duplicates == 0 and [r[0] for r in res.rejected] == ["a", "c"]
-    assert "stored (same payload) with label 'cat': a resend does not change labels; give 'dog' with " \
+    assert "stored (same payload) with label \"cat\": a resend does not change labels; give \"dog\" with " \
            "SubmitLabels" in res.rejected[0][1]
-    assert ("with another uri or metadata ('camera': not stored, '3' sent; 'site': 'north' stored, 'south' "
+    assert ("with another uri or metadata (\"camera\": not stored, \"3\" sent; \"site\": \"north\" stored, \"south\" "
             "sent)") in res.rejected[1][1]  # says what differs
     assert agent.state.label_name(agent.state.lookup("a").seq) == "cat"  # type: ignore[union-attr]
     assert agent.state.lookup("c").metadata == {"site": "north"}  # type: ignore[union-attr]
@@ -221,10 +221,10 @@ def test_a_repeat_within_one_batch_is_judged_as_a_resend_in_another_batch(agent:
     assert [r[0] for r in one.rejected] == ["one/m", "one/u", "one/l"]
     assert [x[0] for r in apart for x in r.rejected] == ["apart/m", "apart/u", "apart/l"]
     reasons = dict(one.rejected)
-    assert "appears earlier in this request (same payload) with another uri or metadata ('k': '1' sent before, " \
-           "'2' sent again)" in reasons["one/m"]
-    assert "(uri 's3://a' sent before, 's3://b' sent again)" in reasons["one/u"]
-    assert "with label 'cat': a resend does not change labels" in reasons["one/l"]
+    assert "appears earlier in this request (same payload) with another uri or metadata (\"k\": \"1\" sent before, " \
+           "\"2\" sent again)" in reasons["one/m"]
+    assert "(uri \"s3://a\" sent before, \"s3://b\" sent again)" in reasons["one/u"]
+    assert "with label \"cat\": a resend does not change labels" in reasons["one/l"]
     for p in ("one/", "apart/"):
         rec = {k: agent.state.lookup(p + k) for k in "mulnd"}
         assert rec["m"] is not None and rec["m"].metadata == {"k": "1"}
@@ -240,7 +240,7 @@ def test_a_repeat_of_a_stored_id_within_one_batch_adds_one_label(agent: Agent) -
     res = agent.ingest.batch([image("a", imgs[0]), image("a", imgs[0], label="cat"), image("a", imgs[0], label="cat"),
                               image("b", imgs[1], label="cat"), image("b", imgs[1], label="dog")])
     assert (res.accepted, res.duplicates, res.labels_added) == (0, 4, 2)
-    assert [r[0] for r in res.rejected] == ["b"] and "with label 'cat'" in res.rejected[0][1]
+    assert [r[0] for r in res.rejected] == ["b"] and "with label \"cat\"" in res.rejected[0][1]
     assert [e.id for e in agent.state.label_events(True)] == ["a", "b"]
     assert [agent.state.label_name(agent.state.lookup(i).seq) for i in "ab"] == ["cat", "cat"]  # type: ignore[union-attr]
 

@@ -32,13 +32,13 @@ def test_a_resent_retraction_does_not_blame_its_own_annotator(running: Running) 
     again = retract(r, "s0", "alice", {"s0": "cat"})  # the reply was lost: resent
     assert again.accepted == 0 and again.rejected_count == 1
     reason = again.rejected[0].reason
-    assert "by this request's annotator (alice) already (expected 'cat')" in reason, reason
+    assert "by this request's annotator (alice) already (expected \"cat\")" in reason, reason
     assert "meanwhile" not in reason and again.rejected[0].now.annotator == "alice"
     plain = retract(r, "s0", "alice")
     assert plain.rejected[0].reason.startswith("not labelled: nothing to retract (already taken back by this "
                                                "request's annotator, alice")
     other = retract(r, "s0", "bob", {"s0": "cat"})  # someone else's view is still "meanwhile"
-    assert "unlabelled (its label taken back by alice) meanwhile (expected 'cat')" in other.rejected[0].reason
+    assert "unlabelled (its label taken back by alice) meanwhile (expected \"cat\")" in other.rejected[0].reason
     assert retract(r, "s0", "bob").rejected[0].reason == "not labelled: nothing to retract"
 
 
@@ -57,7 +57,7 @@ def test_an_empty_annotator_is_named_an_unnamed_annotator_in_conflicts(running: 
     assert submit(r, "s1", "dog", "").accepted == 1
     clash = submit(r, "s1", "cat", "bob", if_current="")
     assert clash.accepted == 0 and clash.rejected[0].now.annotator == "unknown"  # as stored
-    assert "labelled 'dog' by an unnamed annotator meanwhile (expected unlabelled)" in clash.rejected[0].reason
+    assert "labelled \"dog\" by an unnamed annotator meanwhile (expected unlabelled)" in clash.rejected[0].reason
     assert retract(r, "s1", "").accepted == 1
     gone = submit(r, "s1", "cat", "bob", if_current="dog")
     assert "unlabelled (its label taken back by an unnamed annotator) meanwhile" in gone.rejected[0].reason

@@ -136,7 +136,7 @@ def test_per_sample_limits_are_rejections(tight: Running) -> None:
     reasons = {r.id: r.reason for r in reply.rejected}
     assert reply.accepted == 1 and len(reasons) == 14
     assert reasons["mempty"] == "metadata has an empty key: name each entry"
-    assert reasons["mnl"].startswith("metadata key 'si\\nte' holds control characters")
+    assert reasons["mnl"].startswith("metadata key \"si\\nte\" holds control characters")
     assert "--max-id-chars" in reasons["a" * 11] and "max_id_chars" in reasons["a" * 11]
     assert "--max-label-chars" in reasons["lbl"] and "--max-uri-chars" in reasons["uri"]
     assert "--max-metadata-entries" in reasons["meta"] and "--max-metadata-chars" in reasons["mkey"]

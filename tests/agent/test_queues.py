@@ -38,7 +38,7 @@ def test_retract_makes_samples_unlabelled_and_keeps_the_history(tmp_path: Path, 
         reply = client.retract_labels(r.stub, ["s1", "s10", "s20", "nope", "s1", ""], annotator="bob")
         assert reply.accepted == 2
         assert {(x.id, x.reason) for x in reply.rejected} == {
-            ("s20", "not labelled: nothing to retract"), ("nope", "unknown id 'nope': ingest it first"),
+            ("s20", "not labelled: nothing to retract"), ("nope", "unknown id \"nope\": ingest it first"),
             ("s1", "listed twice in this request"), ("", "empty id")}
         assert r.stub.GetStatus(agent_pb2.GetStatusRequest()).labeled == 5
         assert events(r) == 9  # the two retractions; the rejected ids change nothing

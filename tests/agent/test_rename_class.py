@@ -55,20 +55,20 @@ def test_a_rename_moves_the_labels_keeps_the_history_retires_the_name_and_surviv
         r = agent.stub.SubmitLabels(agent_pb2.SubmitLabelsRequest(annotator="bob", labels=[
             agent_pb2.LabelAssignment(id="s6", label="deer"), agent_pb2.LabelAssignment(id="s7", label="fox")]))
         assert r.accepted == 1 and [(x.id, x.reason) for x in r.rejected] == [
-            ("s6", "'deer' was renamed to 'roe_deer'; label with that")]
+            ("s6", "\"deer\" was renamed to \"roe_deer\"; label with that")]
         ingest = client.ingest(agent.stub, [client.image_sample("n0", b"x" * 10, label="deer")])
-        assert "'deer' was renamed to 'roe_deer'" in ingest.rejected[0].reason
+        assert "\"deer\" was renamed to \"roe_deer\"" in ingest.rejected[0].reason
         # a resend of the same rename (a retry after a lost reply) changes nothing; another one of it is refused
         assert _rename(agent, "deer", "roe_deer").moved == 0
         with pytest.raises(grpc.RpcError) as e:
             _rename(agent, "deer", "red_deer")
-        assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "'roe_deer'" in str(e.value.details())
+        assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "\"roe_deer\"" in str(e.value.details())
         with pytest.raises(grpc.RpcError) as e:
             _rename(agent, "elk", "moose")
-        assert e.value.code() == grpc.StatusCode.NOT_FOUND and "no class 'elk'" in str(e.value.details())
+        assert e.value.code() == grpc.StatusCode.NOT_FOUND and "no class \"elk\"" in str(e.value.details())
         with pytest.raises(grpc.RpcError) as e:
             _rename(agent, "fox", "Boar")
-        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "'boar'" in str(e.value.details())
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "\"boar\"" in str(e.value.details())
     finally:
         agent.stop()
     agent = start(tmp_path / "data", tmp_path / "models")
@@ -79,7 +79,7 @@ def test_a_rename_moves_the_labels_keeps_the_history_retires_the_name_and_surviv
                           "s7": "fox"}
         assert _history(agent, "s3") == [("deer", "alice", "manual"), ("roe_deer", "lead", "rename")]
         r = client.submit_labels(agent.stub, [("s8", "deer")])
-        assert r.accepted == 0 and "renamed to 'roe_deer'" in r.rejected[0].reason
+        assert r.accepted == 0 and "renamed to \"roe_deer\"" in r.rejected[0].reason
         # a rename back brings the name back: it is no longer retired
         assert _rename(agent, "roe_deer", "deer").moved == 2 and _classes(agent) == ["deer", "fox", "boar"]
         assert client.submit_labels(agent.stub, [("s8", "deer")]).accepted == 1
@@ -97,7 +97,7 @@ def test_a_merge_into_an_existing_class(tmp_path: Path) -> None:
         # a chain of renames: the oldest name names the newest
         _rename(agent, "fox", "canid")
         r = client.submit_labels(agent.stub, [("s8", "boar")])
-        assert r.rejected[0].reason == "'boar' was renamed to 'canid'; label with that"
+        assert r.rejected[0].reason == "\"boar\" was renamed to \"canid\"; label with that"
     finally:
         agent.stop()
 
@@ -116,8 +116,8 @@ def test_a_rename_on_a_closed_list_changes_the_list_and_a_restart_says_the_new_l
     # the serve command's old --classes: refused with the list to pass (not "a fresh --data-dir")
     with pytest.raises(ClassListError) as e:
         State(tmp_path / "data" / "state.sqlite", ["deer", "fox", "boar", "red_deer"])
-    assert str(e.value) == ("the given class list names 'deer', which was renamed to 'roe_deer', 'red_deer', which "
-                            "was renamed to 'roe_deer' (`shortlist rename-class`): pass --classes roe_deer,fox,boar")
+    assert str(e.value) == ('the given class list names "deer", which was renamed to "roe_deer", "red_deer", which '
+                            'was renamed to "roe_deer" (`shortlist rename-class`): pass --classes roe_deer,fox,boar')
     agent = start(tmp_path / "data", tmp_path / "models", classes=("roe_deer", "fox", "boar"))
     try:
         assert _classes(agent) == ["roe_deer", "fox", "boar"]
@@ -176,7 +176,7 @@ def test_the_cli_says_how_many_labels_moved(tmp_path: Path) -> None:
         assert json.loads(res.stdout) == {"from": "boar", "to": "fox", "moved": 2, "merged": True,
                                           "classes": ["roe_deer", "fox"]}
         res = CliRunner().invoke(app, [*cmd, "elk", "moose"], env={"COLUMNS": "200"})
-        assert res.exit_code == 1 and "no class 'elk' to rename" in res.output
+        assert res.exit_code == 1 and "no class \"elk\" to rename" in res.output
     finally:
         agent.stop()
 
@@ -225,7 +225,7 @@ def test_status_advises_a_restart_with_the_models_classes_only_when_the_agent_wo
         warned = [w for w in agent.stub.GetStatus(agent_pb2.GetStatusRequest()).warnings if "logits" in w]
         assert len(warned) == 1 and "--classes boar,fox,deer" not in warned[0], warned
         assert warned[0].endswith("publish a model trained on these labels (`shortlist cycle`); the labels use "
-                                  "'roe_deer', which the model does not name, so a restart with the model's "
+                                  "\"roe_deer\", which the model does not name, so a restart with the model's "
                                   "classes (--classes) would be refused")
     finally:
         agent.stop()
@@ -260,7 +260,7 @@ def test_an_ingest_in_flight_during_a_rename_stores_no_label_of_the_retired_name
         _rename_during_ingest(agent, monkeypatch, "deer", "roe_deer")
         reply = client.ingest(agent.stub, raced)
         assert reply.accepted == 0 and sorted((r.id, r.reason) for r in reply.rejected) == [
-            (sid, "'deer' was renamed to 'roe_deer'; label with that") for sid in ("s8", "w0", "w1", "w2")]
+            (sid, "\"deer\" was renamed to \"roe_deer\"; label with that") for sid in ("s8", "w0", "w1", "w2")]
         assert _classes(agent) == ["roe_deer", "fox", "boar"]
         labels = {s.id: s.label for s in agent.stub.ListSamples(agent_pb2.ListSamplesRequest(labeled_only=True))}
         assert "deer" not in labels.values() and "s8" not in labels
@@ -293,17 +293,17 @@ def test_a_case_or_width_variant_of_a_retired_name_is_advised_the_class_it_becam
         _rename(agent, "deer", "roe_deer")
         r = client.submit_labels(agent.stub, [("s6", "Deer"), ("s7", "ｄｅｅｒ")])
         assert r.accepted == 0 and [x.reason for x in r.rejected] == [
-            f"label {v!r} differs from 'deer' only in case or Unicode form, and 'deer' was renamed to 'roe_deer': "
-            "use 'roe_deer'" for v in ("Deer", "ｄｅｅｒ")]
+            f'label "{v}" differs from "deer" only in case or Unicode form, and "deer" was renamed to "roe_deer": '
+            'use "roe_deer"' for v in ("Deer", "ｄｅｅｒ")]
         ingest = client.ingest(agent.stub, [client.image_sample("n0", b"x" * 10, label="Deer")])
-        assert ingest.rejected[0].reason.endswith("use 'roe_deer'")
+        assert ingest.rejected[0].reason.endswith("use \"roe_deer\"")
         with pytest.raises(grpc.RpcError) as e:
             _rename(agent, "fox", "Deer")
         assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and str(e.value.details()).endswith(
-            "use 'roe_deer'")
+            "use \"roe_deer\"")
         with pytest.raises(grpc.RpcError) as e:  # renaming the class back: its old name is the one to give
             _rename(agent, "roe_deer", "Deer")
-        assert str(e.value.details()).endswith("use 'deer'")
+        assert str(e.value.details()).endswith("use \"deer\"")
         assert _rename(agent, "roe_deer", "deer").moved == 2
     finally:
         agent.stop()
@@ -319,17 +319,17 @@ def test_a_retired_name_is_refused_to_another_class_and_given_back_only_to_the_c
             _rename(agent, "fox", "deer")
         assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert str(e.value.details()) == (
-            "to_class: 'deer' was renamed to 'roe_deer', and a label 'deer' is refused naming 'roe_deer'; pick "
-            "another name (only 'roe_deer' can take 'deer' back)")
+            "to_class: \"deer\" was renamed to \"roe_deer\", and a label \"deer\" is refused naming \"roe_deer\"; pick "
+            "another name (only \"roe_deer\" can take \"deer\" back)")
         assert _classes(agent) == ["roe_deer", "fox", "boar"]  # nothing changed
         r = client.submit_labels(agent.stub, [("s8", "deer")])
-        assert r.rejected[0].reason == "'deer' was renamed to 'roe_deer'; label with that"
+        assert r.rejected[0].reason == "\"deer\" was renamed to \"roe_deer\"; label with that"
         # along a chain, the class the retired names now point to is refused the other's name too ...
         _rename(agent, "roe_deer", "capreolus")
         for name in ("deer", "roe_deer"):
             with pytest.raises(grpc.RpcError) as e:
                 _rename(agent, "boar", name)
-            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "'capreolus'" in str(e.value.details())
+            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "\"capreolus\"" in str(e.value.details())
         # ... and it alone takes either old name back
         assert _rename(agent, "capreolus", "deer").moved == 2
         assert _classes(agent) == ["deer", "fox", "boar"]
@@ -338,7 +338,7 @@ def test_a_retired_name_is_refused_to_another_class_and_given_back_only_to_the_c
         _rename(agent, "boar", "fox")
         with pytest.raises(grpc.RpcError) as e:
             _rename(agent, "deer", "boar")
-        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "renamed to 'fox'" in str(e.value.details())
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "renamed to \"fox\"" in str(e.value.details())
         assert _rename(agent, "fox", "boar").moved == 4 and _classes(agent) == ["deer", "boar"]
     finally:
         agent.stop()
@@ -390,7 +390,7 @@ def test_a_labels_csv_with_source_rename_is_stored_with_the_given_source(tmp_pat
             agent.stub.SubmitLabels(agent_pb2.SubmitLabelsRequest(
                 annotator="bob", source="rename", labels=[agent_pb2.LabelAssignment(id="s6", label="fox")]))
         assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert "source 'rename' is reserved for the labels a class rename moves" in str(e.value.details())
+        assert "source \"rename\" is reserved for the labels a class rename moves" in str(e.value.details())
         f = tmp_path / "labels.csv"
         f.write_text("id,label,annotator,source\ns7,fox,alice,rename\n")
         res = CliRunner().invoke(app, ["label", str(f), "--agent", agent.address, "--source", "import"])

@@ -152,7 +152,7 @@ def test_a_resent_undo_says_it_was_applied(running: Running) -> None:
     again = undo(r, "s0", "alice", "dog")
     assert again.accepted == 0 and (again.rejected[0].now.label, again.rejected[0].now.annotator) == ("cat", "bob")
     reason = again.rejected[0].reason
-    assert "put back by an undo of this request's annotator, alice) already (expected 'dog')" in reason, reason
+    assert "put back by an undo of this request's annotator, alice) already (expected \"dog\")" in reason, reason
     assert "meanwhile" not in reason and len(history(r, "s0")) == 4
     other = undo(r, "s0", "carol", "dog")  # someone else's view: changed meanwhile
     assert "meanwhile" in other.rejected[0].reason

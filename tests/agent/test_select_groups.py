@@ -118,7 +118,7 @@ def test_a_cap_the_groups_cannot_fill_says_so(bursts) -> None:
     r, _ = bursts
     short = select(r, 9, "margin", group_by="camera", cap=3)  # one camera: 3 at most
     assert len(short.selected) == 3
-    assert short.details[core.GROUP_NOT_FILLED].startswith("3 of 9 picked with at most 3 per 'camera': every "
+    assert short.details[core.GROUP_NOT_FILLED].startswith("3 of 9 picked with at most 3 per \"camera\": every "
                                                            "candidate left is in a group at its cap")
 
 
@@ -146,7 +146,7 @@ def test_bad_caps_are_invalid_arguments(bursts) -> None:
     r, _ = bursts
     cases = [
         ({"max_per_group": 2}, "max_per_group 2 needs group_by"),
-        ({"group_by": "event"}, "group_by 'event' needs max_per_group >= 1"),
+        ({"group_by": "event"}, "group_by \"event\" needs max_per_group >= 1"),
         ({"group_by": "event", "max_per_group": -1}, "max_per_group must be >= 1, or 0 for no cap (got -1)"),
         ({"group_by": "", "max_per_group": -3}, "max_per_group must be >= 1, or 0 for no cap (got -3)"),
         ({"group_by": "ev\nent", "max_per_group": 1}, "group_by key"),
@@ -174,7 +174,7 @@ def test_each_round_is_admitted_like_a_select_of_its_own(bursts, monkeypatch: py
         monkeypatch.setattr(lane, "run", counted)
     capped = select(r, 9, "coreset", seed=21, group_by="event", cap=1)
     rounds = int(capped.details[core.GROUP_ROUNDS])
-    assert rounds >= 2 and len(calls) == rounds and {w for w, _ in calls} == {"Select 'coreset'"}
+    assert rounds >= 2 and len(calls) == rounds and {w for w, _ in calls} == {"Select \"coreset\""}
     plain = len(calls)
     select(r, 9, "coreset", seed=22)
     assert len(calls) == plain + 1 and calls[-1][1] == calls[0][1]  # the same declared size per run
@@ -185,6 +185,6 @@ def test_a_group_by_key_no_candidate_has_says_the_cap_changed_nothing(bursts) ->
     none = select(r, 5, "margin", seed=4, group_by="evnet", cap=1)
     assert len(none.selected) == 5 and none.details[core.GROUP_SET_ASIDE] == "0"
     assert none.details[core.GROUP_KEY_MISSING] == (
-        "no candidate has the metadata key 'evnet': each is a group of its own, so the cap changed nothing (keys "
+        "no candidate has the metadata key \"evnet\": each is a group of its own, so the cap changed nothing (keys "
         "must equal a sample's metadata key exactly; see ListSamples)")
     assert core.GROUP_KEY_MISSING not in select(r, 5, "margin", seed=4, group_by="event", cap=1).details

@@ -28,10 +28,10 @@ def test_unknown_ids_that_differ_only_in_unicode_form_say_so(running: Running) -
                 agent_pb2.LabelAssignment(id="nope", label="cat")], annotator="ana"))
     assert [x.id for x in reply.rejected] == [NFC, nfd_of_second, "nope"]
     assert reply.rejected[0].reason == (
-        f"unknown id {NFC!r}: a stored id differs from it only in Unicode form (stored NFD, sent NFC; ids are "
+        f"unknown id \"{NFC}\": a stored id differs from it only in Unicode form (stored NFD, sent NFC; ids are "
         "compared exactly, byte for byte): send the id as stored, normalised to NFD")
     assert "(stored NFC, sent NFD;" in reply.rejected[1].reason
-    assert reply.rejected[2].reason == "unknown id 'nope': ingest it first"
+    assert reply.rejected[2].reason == "unknown id \"nope\": ingest it first"
     retract = r.stub.RetractLabels(agent_pb2.RetractLabelsRequest(ids=[NFC], annotator="ana"))
     delete = r.stub.DeleteSamples(agent_pb2.DeleteSamplesRequest(ids=[NFC], annotator="ana", reason="x"))
     for rep in (retract, delete):
@@ -41,9 +41,9 @@ def test_unknown_ids_that_differ_only_in_unicode_form_say_so(running: Running) -
         with pytest.raises(grpc.RpcError) as e:
             call()
         assert e.value.code() == grpc.StatusCode.NOT_FOUND
-        assert f"{NFC!r}: a stored id differs from it only in Unicode form (stored NFD, sent NFC" in e.value.details()
+        assert f"\"{NFC}\": a stored id differs from it only in Unicode form (stored NFD, sent NFC" in e.value.details()
     # once the NFD sample is deleted, its NFC form is plainly unknown
     assert r.stub.DeleteSamples(agent_pb2.DeleteSamplesRequest(ids=[NFD], annotator="ana", reason="x")).accepted == 1
     gone = r.stub.SubmitLabels(agent_pb2.SubmitLabelsRequest(labels=[agent_pb2.LabelAssignment(id=NFC, label="cat")],
                                                              annotator="ana"))
-    assert gone.rejected[0].reason == f"unknown id {NFC!r}: ingest it first"
+    assert gone.rejected[0].reason == f"unknown id \"{NFC}\": ingest it first"

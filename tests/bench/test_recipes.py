@@ -189,7 +189,7 @@ def test_a_recipe_with_a_bad_strategy_pretext_or_param_is_refused_at_registratio
         make("rotnet", good, Arm("bad", "entropi", Head("full")))
     with pytest.raises(ValueError, match="unknown pretext 'rotnett'; valid: simsiam, rotnet, moby"):
         make("rotnett", good)
-    with pytest.raises(ValueError, match=r"arm bad: strategy 'das' does not take param\(s\) lamda; valid: lambda"):
+    with pytest.raises(ValueError, match=r'arm bad: strategy "das" does not take param\(s\) lamda; valid: lambda'):
         make("rotnet", good, Arm("bad", "das", Head("full"), params={"lamda": "1"}))
     with pytest.raises(ValueError, match="unknown head mode 'ful'"):
         make("rotnet", Arm("bad", "entropy", Head("ful")))
@@ -211,7 +211,7 @@ def test_an_agent_error_in_a_round_stops_with_one_line(tiny: Path, tmp_path: Pat
                                       "--out", str(tmp_path / "out")])
     assert result.exit_code == 1, result.output
     flat = re.sub(r"\s+", " ", result.output)
-    assert ("stopped: entropy seed 0 round 1: the agent answered INVALID_ARGUMENT: unknown strategy 'entropi'"
+    assert ('stopped: entropy seed 0 round 1: the agent answered INVALID_ARGUMENT: unknown strategy "entropi"'
             in flat), flat
     assert "Traceback" not in result.output and "_InactiveRpcError" not in result.output
 

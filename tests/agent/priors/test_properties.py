@@ -93,7 +93,7 @@ def test_a_method_answer_that_breaks_the_contract_is_a_bug_naming_the_method(fau
     """The registry checks every method's own answer (before the calibration, which would renormalise a
     wrong sum and replace a wrong confidence; with calibrate=false it went to clients: confidence 2.78)."""
     pool = make_pool(X, Y, LABELED)
-    with pytest.raises(EntryBug, match=r"prior method 'broken' returned an invalid answer .*bug in that prior method"):
+    with pytest.raises(EntryBug, match=r'prior method "broken" returned an invalid answer .*bug in that prior method'):
         broken(fault)(pool, pool.candidates, np.random.default_rng(0), {"calibrate": calibrate})
     assert broken("none")(pool, pool.candidates, np.random.default_rng(0), {"calibrate": calibrate}).probs.shape == (
         len(pool.candidates), 5)

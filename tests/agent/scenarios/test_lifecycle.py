@@ -196,8 +196,8 @@ def test_a_model_naming_other_classes_is_said_and_closing_the_list_fixes_it(tmp_
         wait_for(lambda: status(r).model_version == "v0001")
         st = status(r)
         assert st.classes_open and list(st.classes) == CLASSES
-        assert [w for w in st.warnings if "names the classes ['frog', 'cat', 'dog'] but the agent's class list is "
-                "['cat', 'dog', 'frog']: its logits are not used" in w and "--classes frog,cat,dog" in w]
+        assert [w for w in st.warnings if 'names the classes ["frog", "cat", "dog"] but the agent\'s class list is '
+                '["cat", "dog", "frog"]: its logits are not used' in w and "--classes frog,cat,dog" in w]
     finally:
         r.stop()
     r = start(tmp_path / "data", models, classes=["frog", "cat", "dog"])
@@ -245,8 +245,8 @@ def test_names_that_would_look_like_others_are_refused(running: Running) -> None
     labelled = client.submit_labels(running.stub, [("s0", "dog\n"), ("s0", " dog"), ("s1", "cat"), ("s1", "dog")],
                                     "alice")
     assert labelled.accepted == 1 and [x.reason for x in labelled.rejected] == [
-        "label 'dog\\n' holds control characters or invisible ones (U+000A): use one line of printable text",
-        "label ' dog' starts or ends with white space: send it without",
+        "label \"dog\\n\" holds control characters or invisible ones (U+000A): use one line of printable text",
+        "label \" dog\" starts or ends with white space: send it without",
         "listed twice in this request: send one label per sample"]
     assert [(lab.id, lab.label) for lab in client.list_labels(running.stub)] == [("s1", "cat")]
     # names that would break an ImageFolder export, or split a class in two (found by an annotation team)
@@ -255,14 +255,14 @@ def test_names_that_would_look_like_others_are_refused(running: Running) -> None
                                               ("s5", "star\u200bfish"), ("s6", "ｃａｔ"), ("s7", "dog"), ("s1", "a,b")],
                                "alice")
     assert odd.accepted == 1 and [(x.id, x.reason.split(":")[0]) for x in odd.rejected] == [
-        ("s2", "label 'Acropora / branching' cannot be a folder name (a /, a \\ or a leading dot), and every "
+        ("s2", "label \"Acropora / branching\" cannot be a folder name (a /, a \\ or a leading dot), and every "
                "class is one in an ImageFolder export"),
-        ("s3", "label '.hidden' cannot be a folder name (a /, a \\ or a leading dot), and every class is one in "
+        ("s3", "label \".hidden\" cannot be a folder name (a /, a \\ or a leading dot), and every class is one in "
                "an ImageFolder export"),
-        ("s4", "label 'Cat' differs from the class 'cat' only in case or Unicode form"),
-        ("s5", "label 'star\\u200bfish' holds control characters or invisible ones (U+200B)"),
-        ("s6", "label 'ｃａｔ' differs from the class 'cat' only in case or Unicode form"),
-        ("s1", "label 'a,b' holds a comma, and `serve --classes a,b,c` splits on commas")]
+        ("s4", "label \"Cat\" differs from the class \"cat\" only in case or Unicode form"),
+        ("s5", "label \"star\\u200bfish\" holds control characters or invisible ones (U+200B)"),
+        ("s6", "label \"ｃａｔ\" differs from the class \"cat\" only in case or Unicode form"),
+        ("s1", "label \"a,b\" holds a comma, and `serve --classes a,b,c` splits on commas")]
 
 
 def test_index_recall_at_10(tmp_path: Path) -> None:
@@ -350,20 +350,20 @@ def test_conditional_labels_never_overwrite_a_label_given_meanwhile(running: Run
     assert client.submit_labels(running.stub, [("s0", "cat")], "alice", if_current={"s0": ""}).accepted == 1
     late = client.submit_labels(running.stub, [("s0", "dog")], "bob", if_current={"s0": ""})  # bob saw it empty
     assert late.accepted == 0 and [(x.id, x.reason) for x in late.rejected] == [
-        ("s0", "labelled 'cat' by alice meanwhile (expected unlabelled): not changed; look again and resend")]
+        ("s0", "labelled \"cat\" by alice meanwhile (expected unlabelled): not changed; look again and resend")]
     assert (late.rejected[0].now.label, late.rejected[0].now.annotator) == ("cat", "alice")  # for programs
     same = client.submit_labels(running.stub, [("s0", "cat")], "bob", if_current={"s0": ""})
     assert same.accepted == 1  # the same label: agreement, not a conflict
     assert client.submit_labels(running.stub, [("s0", "dog")], "bob", if_current={"s0": "cat"}).accepted == 1
     undo = client.retract_labels(running.stub, ["s0"], "alice", if_current={"s0": "cat"})  # alice undoes hers
-    assert undo.accepted == 0 and "labelled 'dog' by bob meanwhile (expected 'cat')" in undo.rejected[0].reason
+    assert undo.accepted == 0 and "labelled \"dog\" by bob meanwhile (expected \"cat\")" in undo.rejected[0].reason
     assert [(lab.id, lab.label) for lab in client.list_labels(running.stub)] == [("s0", "dog")]
     with pytest.raises(grpc.RpcError) as stray:  # a condition on an id the request does not retract
         running.stub.RetractLabels(agent_pb2.RetractLabelsRequest(ids=["s0"], if_current={"s0": "dog", "s3": ""}))
-    assert stray.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "'s3'" in (stray.value.details() or "")
+    assert stray.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "\"s3\"" in (stray.value.details() or "")
     assert client.retract_labels(running.stub, ["s0"], "bob", if_current={"s0": "dog"}).accepted == 1
     gone = client.submit_labels(running.stub, [("s0", "frog")], "alice", if_current={"s0": "dog"})
-    assert "unlabelled (its label taken back by bob) meanwhile (expected 'dog')" in gone.rejected[0].reason
+    assert "unlabelled (its label taken back by bob) meanwhile (expected \"dog\")" in gone.rejected[0].reason
     assert gone.rejected[0].HasField("now") and (gone.rejected[0].now.label, gone.rejected[0].now.annotator) == (
         "", "bob")
     assert not client.submit_labels(running.stub, [("nope", "cat")], "alice").rejected[0].HasField("now")

@@ -611,11 +611,11 @@ def test_an_annotation_the_agent_refuses_is_warned_about_with_its_sample_and_rea
         for _ in range(2):
             r = http.post("/labelstudio/webhook", json=event(CREATED, ["cat"]), headers=basic(WRITE_TOKEN))
             assert r.status_code == 200 and r.json()["accepted"] == 0, r.text
-            assert [x["reason"] for x in r.json()["rejected"]] == ["'cat' was renamed to 'kitty'; label with that"]
+            assert [x["reason"] for x in r.json()["rejected"]] == ["\"cat\" was renamed to \"kitty\"; label with that"]
         warned = [x.getMessage() for x in caplog.records if x.levelno == logging.WARNING and "Label Studio" in
                   x.getMessage()]
         assert warned == ["Label Studio ANNOTATION_CREATED: the agent refused the annotation of sample "
-                          "reef/site-b/img_0007.jpg: 'cat' was renamed to 'kitty'; label with that; it is kept in "
+                          "reef/site-b/img_0007.jpg: \"cat\" was renamed to \"kitty\"; label with that; it is kept in "
                           "Label Studio, not in Shortlist"], caplog.text
     finally:
         app.state.stub.close()

@@ -142,7 +142,7 @@ def test_undo_of_a_first_label_retracts_it(web_agent: WebAgent) -> None:
     r = c.post("/api/labels/retract", json={"ids": [sid, "nope", "img021.png"]}).json()
     assert r["accepted"] == 1 and r["annotator"] == "Bea"
     assert {x["id"]: x["reason"] for x in r["rejected"]} == {
-        "nope": "unknown id 'nope': ingest it first", "img021.png": "not labelled: nothing to retract"}
+        "nope": "unknown id \"nope\": ingest it first", "img021.png": "not labelled: nothing to retract"}
     assert sid not in web_agent.labels()
     history = [(e.label, e.annotator, e.retracted) for e in web_agent.stub.ListLabels(
         agent_pb2.ListLabelsRequest(history=True)) if e.id == sid]
@@ -189,7 +189,7 @@ def test_conditional_labels_and_retractions(web_agent: WebAgent) -> None:
     r = bob.post("/api/labels", json={"labels": [{"id": sid, "label": "square", "if_current": ""}]}).json()
     assert r["accepted"] == 0 and r["rejected"] == [{
         "id": sid, "changed": True, "label": "circle", "by": "alice",
-        "reason": "labelled 'circle' by alice meanwhile (expected unlabelled)"}]
+        "reason": "labelled \"circle\" by alice meanwhile (expected unlabelled)"}]
     assert bob.post("/api/labels", json={"labels": [{"id": sid, "label": "square", "if_current": "circle"}]}
                     ).json()["accepted"] == 1
     r = alice.post("/api/labels/retract", json={"ids": [sid], "if_current": {sid: "circle"}}).json()  # alice's undo
@@ -330,7 +330,7 @@ def test_a_class_renamed_meanwhile_leaves_the_queues_class_list_and_a_stale_page
     assert c.get("/api/queue").json()["classes"] == ["round", "square"]
     said = c.post("/api/labels", json={"labels": [{"id": "img010.png", "label": "circle"}]}).json()
     assert said["accepted"] == 0 and [r["reason"] for r in said["rejected"]] == [
-        "'circle' was renamed to 'round'; label with that"]
+        "\"circle\" was renamed to \"round\"; label with that"]
     assert "img010.png" not in wa.labels() and c.get("/api/queue").json()["classes"] == ["round", "square"]
     assert wa.history("img000.png") == [("circle", "ingest"), ("round", "lead")]
 
