@@ -1042,31 +1042,19 @@ class Agent:
         removal of the files, whose files the next start's sweep removes)."""
         self._check_label_call(ids, "ids", annotator, "")
         check_text(reason, self.limits.max_metadata_chars, "max_metadata_chars", "reason")
-        rejected: list[Rejected] = []
-        good: list[int] = []
-        seen: set[int] = set()
+        # Nothing to delete (every id unknown, or deleted already: a resend): answered at once, without waiting
+        # for a backup that holds the blobs' lock (minutes; for ever if it is suspended). Judged again below,
+        # under the locks: a sample stored meanwhile is deleted as if the call had come after it.
+        good, rejected = self._deletable(ids)
+        if not good:
+            return 0, rejected, 0
         # The blobs' removal lock first (it waits while a backup links the payloads its state copy names), then
         # the queues' lock (no UpdateQueue writes a queue read before the deletion took its ids out) and the
         # write lock: waiting for a backup under the write lock held up every label and Ingest meanwhile.
         with (self.blobs.removing() if self.blobs is not None else contextlib.nullcontext()), \
                 self.queues.lock, self.manager.writing() as serving:
-            for sid in ids:
-                if sid and text_problem(sid, self.limits.max_id_chars, "max_id_chars", "id") is None \
-                        and self.state.lookup(sid) is None:
-                    # Not "ingest it first" (SubmitLabels' advice): a resent DeleteSamples whose first send was
-                    # applied lands here, and the tombstones hold no ids to tell it from an id never ingested.
-                    hint = self._unknown_id_hint(sid)  # a Unicode-form twin: most likely not a resend
-                    rejected.append(Rejected(sid, f"unknown id {quoted(sid)}: {hint}" if hint else NOT_STORED))
-                    continue
-                rec = self._item_sample(sid, rejected)
-                if rec is None:
-                    continue
-                if rec.seq in seen:
-                    rejected.append(Rejected(sid, "listed twice in this request"))
-                else:
-                    good.append(rec.seq)
-                    seen.add(rec.seq)
-            if not good:
+            good, rejected = self._deletable(ids)
+            if not good:  # deleted by another call while this one waited
                 return 0, rejected, 0
             with self._deleting:
                 digests = self.state.delete_samples(good, stored_annotator(annotator), reason, before_commit)
@@ -1092,6 +1080,30 @@ class Agent:
         log.info("deleted %d sample(s) by %r (reason %r); %d payload file(s) removed", len(good),
                  stored_annotator(annotator), reason, removed)
         return len(good), rejected, removed
+
+    def _deletable(self, ids: Sequence[str]) -> tuple[list[int], list[Rejected]]:
+        """DeleteSamples' judgement of ``ids`` now: (the seqs of the stored samples they name, once each; the
+        rejections of the others, in request order). Each lookup holds the state's lock."""
+        rejected: list[Rejected] = []
+        good: list[int] = []
+        seen: set[int] = set()
+        for sid in ids:
+            if sid and text_problem(sid, self.limits.max_id_chars, "max_id_chars", "id") is None \
+                    and self.state.lookup(sid) is None:
+                # Not "ingest it first" (SubmitLabels' advice): a resent DeleteSamples whose first send was
+                # applied lands here, and the tombstones hold no ids to tell it from an id never ingested.
+                hint = self._unknown_id_hint(sid)  # a Unicode-form twin: most likely not a resend
+                rejected.append(Rejected(sid, f"unknown id {quoted(sid)}: {hint}" if hint else NOT_STORED))
+                continue
+            rec = self._item_sample(sid, rejected)
+            if rec is None:
+                continue
+            if rec.seq in seen:
+                rejected.append(Rejected(sid, "listed twice in this request"))
+            else:
+                good.append(rec.seq)
+                seen.add(rec.seq)
+        return good, rejected
 
     # ---- Pools -----------------------------------------------------------------------------------
     def rename_class(self, old: str, new: str, annotator: str) -> tuple[int, bool, list[str]]:

@@ -18,6 +18,7 @@ import pytest
 
 from agent import client
 from agent.blobs import sha256_hex
+from agent.core import NOT_STORED
 from agent.index import VersionIndex
 from agent.state import EmbeddingRows
 from agent.testing import publish_linear
@@ -324,3 +325,29 @@ def test_a_deletion_waiting_for_a_backup_holds_up_no_other_write(running: Runnin
         os.close(fd)
     t.join(10)
     assert done and done[0].accepted == 1 and done[0].payloads_removed == 1
+
+
+def test_a_deletion_of_nothing_answers_at_once_while_a_backup_holds_the_blobs_lock(running: Running) -> None:
+    """A DeleteSamples whose ids are all unknown or deleted already (a resend after a lost reply, the common
+    case) deletes nothing, so it has no payload to keep from a backup: it waited for the backup all the same
+    (minutes; until its deadline if the backup was suspended). It answers at once now, with its rejections."""
+    import fcntl
+    import os
+
+    client.ingest(running.stub, make_samples(3))
+    assert running.stub.DeleteSamples(agent_pb2.DeleteSamplesRequest(ids=["s1"], annotator="ops",
+                                                                     reason="privacy")).accepted == 1
+    fd = os.open(running.data / "blobs" / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_SH)  # as `shortlist backup` holds it between its state copy and its links
+    try:
+        started = time.monotonic()
+        again = running.stub.DeleteSamples(agent_pb2.DeleteSamplesRequest(
+            ids=["s1", "nope", "s1"], annotator="ops", reason="privacy"), timeout=5)
+        assert time.monotonic() - started < 2
+        assert again.accepted == 0 and again.payloads_removed == 0
+        assert [(x.id, x.reason) for x in again.rejected] == [
+            (sid, NOT_STORED) for sid in ("s1", "nope", "s1")]
+        assert [r.id for r in client.list_samples(running.stub)] == ["s0", "s2"]  # nothing else deleted
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
