@@ -44,12 +44,11 @@ from agent.index import IndexView
 from agent.ingest import (
     PAYLOAD_ERROR_KEY,
     IngestPipeline,
-    label_problem,
+    label_refusal,
     live_classes,
     near_retired_problem,
     new_class_problem,
     rejection_id,
-    unknown_label_reason,
 )
 from agent.limits import (
     MIB,
@@ -913,8 +912,11 @@ class Agent:
         given: dict[int, str] = {}  # seq -> the label this request gives it (for twin_conflicts)
         with self.manager.writing() as serving:
             for sid, label in labels:
+                # Ingest's check (one function): a refused name before the id, a closed list's lack of it after
+                # the item's id and condition are judged (as before: a conflict or a resend is said first)
+                refusal = label_refusal(self.state, label)
                 problem = (text_problem(label, lim.max_label_chars, "max_label_chars", "label")
-                           or label_problem(self.state, label))
+                           or (None if refusal is None or refusal.unlisted else refusal.reason))
                 rec = self._item_sample(sid, rejected, problem)
                 if rec is None:
                     continue
@@ -939,10 +941,11 @@ class Agent:
                     unchanged += 1  # a resend (a retry after a lost reply): already stored, no second row
                     self._note_twin_conflicts(rec, label, given, twin_conflicts)
                     continue
-                idx = self.state.class_index(label)
-                if idx is None:
-                    rejected.append(Rejected(sid, unknown_label_reason(self.state.classes, label)))
+                if refusal is not None:  # unlisted: the closed class list lacks it
+                    rejected.append(Rejected(sid, refusal.reason))
                     continue
+                idx = self.state.class_index(label)
+                assert idx is not None  # (label_refusal: a closed list holds it)
                 good.append((rec.seq, idx))
                 self._note_twin_conflicts(rec, label, given, twin_conflicts)
                 if replaced is not None and current >= 0 and not same:  # a label over another one

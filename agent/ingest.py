@@ -189,9 +189,9 @@ def label_problem(state: State, label: str) -> str | None:
     """Why a label ``label`` cannot be stored now, or None: a name RenameClass retired (``renamed_problem``,
     naming the class it became), a new class name that ``new_class_problem`` refuses beside the classes a
     label may name (``live_classes``), or one that differs from a retired name only in case or Unicode form
-    (``near_retired_problem``). The callers that store labels (Ingest's ``store``, SubmitLabels) check it
-    under the model manager's write lock, in the same section as the write: RenameClass takes that lock, so
-    no label of a retired name is stored after its rename commits."""
+    (``near_retired_problem``). The callers that store labels (Ingest's ``store``, SubmitLabels) check it,
+    through ``label_refusal``, under the model manager's write lock, in the same section as the write:
+    RenameClass takes that lock, so no label of a retired name is stored after its rename commits."""
     problem = state.renamed_problem(label)
     if problem is not None:
         return problem
@@ -201,14 +201,25 @@ def label_problem(state: State, label: str) -> str | None:
     return new_class_problem(live, label) or near_retired_problem(state, label)
 
 
-def label_refusal(state: State, label: str) -> str | None:
-    """Why Ingest cannot store label ``label`` now (``label_problem``, or a name not in a closed class list), or
-    None; then ``state.class_index(label)`` is its index (for an open list, a new class is made there: stage 3
-    only, under the lock; this check makes none)."""
+@dataclass(frozen=True)
+class LabelRefusal:
+    """Why a label cannot be stored now: ``reason`` (a Rejection reason); ``unlisted``: the name itself is fine
+    but the closed class list lacks it (SubmitLabels judges that after the item's id and conditions)."""
+
+    reason: str
+    unlisted: bool = False
+
+
+def label_refusal(state: State, label: str) -> LabelRefusal | None:
+    """Why Ingest or SubmitLabels cannot store label ``label`` now (``label_problem``, or a name not in a
+    closed class list), or None; then ``state.class_index(label)`` is its index (for an open list, a new
+    class is made there: under the write lock only; this check makes none). The one label check of both."""
     problem = label_problem(state, label)
-    if problem is None and state.closed and label not in state.classes:
-        problem = unknown_label_reason(state.classes, label)
-    return problem
+    if problem is not None:
+        return LabelRefusal(problem)
+    if state.closed and label not in state.classes:
+        return LabelRefusal(unknown_label_reason(state.classes, label), unlisted=True)
+    return None
 
 
 def unknown_label_reason(classes: Sequence[str], label: str) -> str:
@@ -375,10 +386,10 @@ class IngestPipeline:
             out.rejected.append((sid, f"id {quoted(sid)} appears earlier in this request (same payload) with label "
                                       f"{quoted(first.label)}: a resend does not change labels; send one label per "
                                       f"sample, or give {quoted(s.label)} with SubmitLabels (`shortlist label`)"))
-        elif (problem := label_refusal(self.state, s.label)) is not None:
+        elif (refusal := label_refusal(self.state, s.label)) is not None:
             # judged now, as a later request would judge it against the stored sample: only the label is refused
             # (merged into the first item, stage 3 refused the whole sample for it)
-            out.rejected.append((sid, problem))
+            out.rejected.append((sid, refusal.reason))
         else:  # new in this batch, given before without a label: stored with this one
             labelled = replace(first, label=s.label)
             out.samples[pos] = labelled
@@ -441,8 +452,8 @@ class IngestPipeline:
                 label = -1
                 if s.label:
                     # again under the lock: a RenameClass may have retired the label since ``sample_problem``
-                    if (problem := label_refusal(self.state, s.label)) is not None:
-                        res.rejected.append((s.id, problem))
+                    if (refusal := label_refusal(self.state, s.label)) is not None:
+                        res.rejected.append((s.id, refusal.reason))
                         continue
                     idx = self.state.class_index(s.label)
                     assert idx is not None  # (label_refusal: a closed list holds it)
@@ -516,8 +527,8 @@ class IngestPipeline:
             res.rejected.append((sid, f"id {quoted(sid)} is stored (same payload) and its label was taken back (by "
                                       f"{annotator_name(last[0])}): a resend does not put labels back; give "
                                       f"{quoted(s.label)} with SubmitLabels (`shortlist label`) if it is right"))
-        elif (problem := label_refusal(self.state, s.label)) is not None:
-            res.rejected.append((sid, problem))
+        elif (refusal := label_refusal(self.state, s.label)) is not None:
+            res.rejected.append((sid, refusal.reason))
         else:
             idx = self.state.class_index(s.label)
             assert idx is not None  # (label_refusal: a closed list holds it)
