@@ -13,7 +13,10 @@ during labelling can be damaged (docs/agent.md, "Backup and restore"). Here:
    committed after the copy cannot take the files of samples the copy still holds.
 3. ``PRAGMA integrity_check`` of the copy, every file and folder fsynced, and the temporary folder
    (``.DEST.partial-PID`` beside DEST) renamed to DEST: DEST appears complete or not at all; an interrupted
-   backup leaves at most the partial folder, removed when the backup fails with an error.
+   backup leaves at most the partial folder, removed when the backup fails with an error. That folder holds
+   ``UNFINISHED-COPY.txt`` (agent.state.UNFINISHED_MARKER) from its creation until just before the rename, so a
+   copy of it is refused by ``serve``, ``check`` and ``restore``; a killed backup's folder (its PID gone) is
+   removed by the next backup into the same DEST, which names it (it may hold data deleted since).
 
 Not copied: the index snapshot (``D/index``) and the pool map (``D/map``): caches the agent rebuilds at start,
 the graph from the embeddings stored in state.sqlite (agent/index.py, ``VersionIndex.restore``: nothing is
@@ -38,7 +41,7 @@ from pathlib import Path
 
 from agent.blobs import removal_lock
 from agent.security import LOCK_FILE, OWNER_DIR, OWNER_FILE, DataDirLock, DataDirLocked, owner_only_file
-from agent.state import LABEL_EVENTS_SQL, RETRACTED, SERVING_KEY, check_database
+from agent.state import LABEL_EVENTS_SQL, RETRACTED, SERVING_KEY, UNFINISHED_MARKER, check_database, unfinished_copy
 from shortlist.manifest import fsync_path
 
 STATE_FILE = "state.sqlite"
@@ -76,6 +79,8 @@ class BackupSummary:
     blobs_copied: int = 0
     blob_bytes: int = 0
     blobs_kept: bool = True  # False: the folder keeps no payloads (serve --no-blobs)
+    removed_stale: list[str] = field(default_factory=list)  # folders of killed backups/restores removed (paths)
+    kept_stale: list[str] = field(default_factory=list)  # such folders left in place (paths), see restore()
     missing_blobs: list[str] = field(default_factory=list)  # referenced, absent from the source (sha256)
     damaged_blobs: list[str] = field(default_factory=list)  # referenced, content not matching its sha256
 
@@ -94,6 +99,60 @@ def open_source(path: Path) -> sqlite3.Connection:
         db = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=30)
     db.execute("PRAGMA query_only=1")
     return db
+
+
+_LEFTOVER_KINDS = ("partial", "restore", "replaced")
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists (signal 0: nothing is sent)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def leftovers(folder: Path, kinds: tuple[str, ...] = _LEFTOVER_KINDS) -> list[tuple[Path, str, bool]]:
+    """The folders a backup or restore into ``folder`` leaves beside it when killed, as they are named there:
+    ``.NAME.partial-PID`` (an unfinished backup to NAME), ``.NAME.restore-PID`` (an unfinished restore into
+    NAME), ``.NAME.replaced-PID`` (the old NAME a ``restore --force`` moved aside: a full copy of its data);
+    (path, kind, whether process PID still runs), sorted by name."""
+    found: list[tuple[Path, str, bool]] = []
+    parent = folder.parent
+    if not parent.is_dir():
+        return found
+    for kind in kinds:
+        for p in sorted(parent.glob(f".{glob_escape(folder.name)}.{kind}-*")):
+            pid = p.name.rsplit("-", 1)[1]
+            if pid.isdigit() and p.is_dir() and not p.is_symlink():
+                found.append((p, kind, int(pid) != os.getpid() and pid_alive(int(pid))))
+    return found
+
+
+def glob_escape(name: str) -> str:
+    """``name`` with glob's special characters matched literally."""
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
+def _start_copy(tmp: Path) -> None:
+    """Create the copy's folder ``tmp`` holding UNFINISHED_MARKER (fsynced: it is there before any data is)."""
+    tmp.mkdir(mode=OWNER_DIR)
+    marker = tmp / UNFINISHED_MARKER
+    marker.write_text("An unfinished shortlist backup or restore: no data folder (docs/agent.md, \"Backup and "
+                      "restore\"). Remove this folder.\n")
+    fsync_path(marker)
+    fsync_path(tmp)
+
+
+def _finish_copy(tmp: Path) -> None:
+    """Remove ``tmp``'s UNFINISHED_MARKER, last before its rename (everything else in it is fsynced)."""
+    (tmp / UNFINISHED_MARKER).unlink()
+    fsync_path(tmp)
 
 
 def _summary_of(db: sqlite3.Connection) -> tuple[int, int, int, int, str, dict[str, str]]:
@@ -137,6 +196,9 @@ def backup(data_dir: Path, out: Path, link: bool = True,
     if not source.is_file():
         raise BackupUsageError(f"{data_dir} is not an agent data folder (it has no {STATE_FILE}): give --data-dir "
                                "the folder `shortlist serve --data-dir` uses")
+    unfinished = unfinished_copy(data_dir)
+    if unfinished is not None:
+        raise BackupUsageError(unfinished)
     if out.exists() or out.is_symlink():
         raise BackupUsageError(f"{out} exists: give --out a new folder (a backup never overwrites one)")
     if out.resolve().is_relative_to(data_dir.resolve()):
@@ -148,13 +210,19 @@ def backup(data_dir: Path, out: Path, link: bool = True,
         raise BackupUsageError(f"cannot create {parent} for the backup: {e.strerror or e}") from None
     tmp = parent / f".{out.name}.partial-{os.getpid()}"
     t0 = time.monotonic()
-    shutil.rmtree(tmp, ignore_errors=True)  # left by an earlier backup of this pid's number that was killed
+    # Killed backups into the same --out (their PID gone; this pid's own number included): each may hold a full
+    # copy of the data, deleted samples too, so they are removed, and named in the summary.
+    stale = [p for p, _, alive in leftovers(out, ("partial",)) if not alive]
+    for p in stale:
+        shutil.rmtree(p, ignore_errors=True)
     try:
-        tmp.mkdir(mode=OWNER_DIR)
+        _start_copy(tmp)
         summary = _backup_into(data_dir, tmp, link, progress)
         summary.source, summary.out = str(data_dir), str(out)
+        summary.removed_stale = [str(p) for p in stale]
         if out.exists() or out.is_symlink():  # made meanwhile: rename() would replace an empty folder
             raise BackupUsageError(f"{out} was created during the backup: give --out a new folder")
+        _finish_copy(tmp)
         os.rename(tmp, out)
         fsync_path(parent)
     except BaseException as e:
@@ -180,6 +248,9 @@ def restore(backup_dir: Path, data_dir: Path, force: bool = False, link: bool = 
     unless ``force``, which replaces it (its contents are removed once the restored folder is in place). A
     ``data_dir`` that is a symlink to a folder: that folder is restored (the link is kept).
     BackupUsageError before anything is written, BackupError when the copy fails (``data_dir`` unchanged)."""
+    unfinished = unfinished_copy(backup_dir)
+    if unfinished is not None:
+        raise BackupUsageError(f"{unfinished}; restore a complete backup instead")
     if not (backup_dir / STATE_FILE).is_file():
         raise BackupUsageError(f"{backup_dir} is no backup (it has no {STATE_FILE}): give the folder `shortlist "
                                "backup --out` made")
@@ -218,16 +289,29 @@ def restore(backup_dir: Path, data_dir: Path, force: bool = False, link: bool = 
         parent.mkdir(mode=OWNER_DIR, parents=True, exist_ok=True)
         tmp = parent / f".{data_dir.name}.restore-{os.getpid()}"
         t0 = time.monotonic()
-        shutil.rmtree(tmp, ignore_errors=True)
+        # Killed restores into the same folder (their PID gone): an unfinished copy is removed; the old folder a
+        # killed `restore --force` moved aside, too, once data_dir exists again (the --force asked for its
+        # removal); without data_dir (killed between its two renames) it is the only copy of the old folder: kept.
+        removed, kept = [], []
+        for p, kind, alive in leftovers(data_dir, ("restore", "replaced")):
+            if alive:
+                continue
+            if kind == "replaced" and not data_dir.exists():
+                kept.append(str(p))
+                continue
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(str(p))
         try:
-            tmp.mkdir(mode=OWNER_DIR)
+            _start_copy(tmp)
             summary = _backup_into(backup_dir, tmp, link, progress, restoring=True)
+            _finish_copy(tmp)
         except BaseException as e:
             shutil.rmtree(tmp, ignore_errors=True)
             if isinstance(e, OSError | sqlite3.Error):
                 raise BackupError(f"the restore failed and {data_dir} was left as it was: {e}") from None
             raise
         summary.source, summary.out = str(backup_dir), str(given)
+        summary.removed_stale, summary.kept_stale = removed, kept
         if lock is None:
             os.rename(tmp, data_dir)
         else:

@@ -8,6 +8,11 @@ What is checked:
    which only reports what work done anyway noticed).
 3. Files in ``blobs/`` that no sample names: not a problem (the agent removes them at its next start), counted.
 
+Refused as a problem without opening state.sqlite (which could roll a journal back): an unfinished backup or
+restore copy (it holds agent.state.UNFINISHED_MARKER); a state.sqlite without the agent's schema is one too.
+Folders killed backups or restores left beside the folder (``.D.restore-PID``, ``.D.replaced-PID``,
+``.D.partial-PID``) are named (``leftovers``), not a problem of the folder itself.
+
 The index snapshot (``index/``) and the map are caches the agent checks against the stored embeddings and
 rebuilds at start (docs/agent.md, "Faults"), so they are not checked here.
 """
@@ -21,8 +26,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent.backup import BLOBS, STATE_FILE, BackupUsageError, open_source
-from agent.state import check_database
+from agent.backup import BLOBS, STATE_FILE, BackupUsageError, leftovers, open_source
+from agent.state import check_database, no_schema_message, unfinished_copy
 
 _THREADS = 4  # files read and hashed at once (hashlib releases the GIL on large buffers)
 
@@ -54,6 +59,9 @@ class CheckReport:
     orphans: int = 0  # blob files no sample names
     deletions: list[Deletion] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    unfinished: bool = False  # an unfinished backup/restore copy, or a state.sqlite without the agent's schema
+    # folders killed backups/restores left beside it: "PATH: what it is"
+    leftovers: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, object]:
         d = dict(vars(self))
@@ -81,6 +89,9 @@ def _read_state(path: Path, report: CheckReport, by_digest: dict[str, list[str]]
         report.schema_version = int(db.execute("PRAGMA user_version").fetchone()[0])
         report.integrity = check_database(db, "full")
         if report.integrity:
+            return
+        if db.execute("SELECT 1 FROM sqlite_master WHERE name='samples'").fetchone() is None:
+            report.unfinished = True
             return
         for sid, digest in db.execute("SELECT id, sha256 FROM samples ORDER BY seq"):
             by_digest.setdefault(str(digest), []).append(str(sid))
@@ -118,10 +129,25 @@ def check(data_dir: Path, no_blobs: bool = False) -> CheckReport:
     """Check the data folder ``data_dir`` (see the module's docstring); BackupUsageError when it is none.
     ``no_blobs``: the agent runs with --no-blobs (no payloads to check); otherwise a folder without ``blobs/``
     whose samples name payloads has lost every payload file (the agent says so when it starts)."""
-    if not (data_dir / STATE_FILE).is_file():
+    if not (data_dir / STATE_FILE).is_file() and unfinished_copy(data_dir) is None:
         raise BackupUsageError(f"{data_dir} is not an agent data folder (it has no {STATE_FILE}): give --data-dir "
                                "the folder `shortlist serve --data-dir` uses")
     report = CheckReport(str(data_dir), [])
+    kinds = {"partial": "a killed backup's unfinished copy", "restore": "a killed restore's unfinished copy",
+            "replaced": "the old folder a killed `restore --force` moved aside: a full copy of its data"}
+    report.leftovers = [f"{p}: {kinds[kind]}{' (its process still runs)' if alive else ''}"
+                        for p, kind, alive in leftovers(data_dir)]
+    unfinished = unfinished_copy(data_dir)
+    if unfinished is not None:
+        report.unfinished = True
+        report.problems.append(unfinished)
+        return report
+    # the agent never leaves a rollback journal (WAL mode); a killed backup's copy does, which SQLite would roll
+    # back to an empty database: not opened (opening it rolls the journal back)
+    if (data_dir / f"{STATE_FILE}-journal").exists():
+        report.unfinished = True
+        report.problems.append(no_schema_message(data_dir / STATE_FILE))
+        return report
     by_digest: dict[str, list[str]] = {}
     try:
         _read_state(data_dir / STATE_FILE, report, by_digest)
@@ -129,6 +155,9 @@ def check(data_dir: Path, no_blobs: bool = False) -> CheckReport:
         report.integrity = [f"SQLite: {e}"]
     report.payloads = len(by_digest)
     blobs = data_dir / BLOBS
+    if report.unfinished:
+        report.problems.append(no_schema_message(data_dir / STATE_FILE))
+        return report
     if report.integrity:
         detail = " ".join("; ".join(report.integrity[:3]).split())
         report.problems.append(f"{data_dir / STATE_FILE} fails SQLite's integrity check ({detail}): restore the "

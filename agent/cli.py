@@ -1817,6 +1817,13 @@ def _print_copy_summary(summary: BackupSummary, data_dir: Path, out: Path, as_js
     result = Console(soft_wrap=True)  # the result on stdout, as ingest's counts: `shortlist backup ... > log` keeps it
     for line in lines:
         result.print(line, markup=False, highlight=False)
+    for path in summary.removed_stale:
+        console.print(f"removed {path}: left by an earlier {'backup' if did == 'backed up' else 'restore'} that was "
+                      "killed (its process is gone)", style="yellow", markup=False, highlight=False)
+    for path in summary.kept_stale:
+        console.print(f"warning: kept {path}: the old {out} a killed `restore --force` moved aside, the only copy of "
+                      "that folder's data; remove it once you know you do not need it", style="yellow",
+                      markup=False, highlight=False)
     for what, digests in (("missing from", summary.missing_blobs), ("damaged in", summary.damaged_blobs)):
         if digests:
             console.print(f"warning: {len(digests)} blob(s) of its samples are {what} {data_dir / 'blobs'} (e.g. "
@@ -1864,6 +1871,9 @@ def check(data_dir: Path = typer.Option(..., "--data-dir", help="the agent's dat
         raise typer.Exit(2) from None
     if as_json:
         print(json_line(report.as_dict()))
+    elif report.unfinished:  # no data folder: neither its integrity nor its schema version means anything
+        for problem in report.problems:
+            console.print(f"problem: {problem}", style="red", markup=False, highlight=False)
     else:
         out = Console(soft_wrap=True)
         state = "integrity_check " + ("ok" if not report.integrity else "FAILED")
@@ -1887,6 +1897,12 @@ def check(data_dir: Path = typer.Option(..., "--data-dir", help="the agent's dat
                       f"{d.reason!r}", markup=False, highlight=False)
         for problem in report.problems:
             console.print(f"problem: {problem}", style="red", markup=False, highlight=False)
+    if not as_json:
+        for left in report.leftovers:
+            console.print(f"note: left beside it by an interrupted backup or restore: {left}; remove it once you "
+                          "know you do not need it (a later `shortlist restore` into this folder removes the "
+                          "restore's leftovers whose process is gone)", style="yellow", markup=False,
+                          highlight=False)
     if report.problems:
         raise typer.Exit(1)
 

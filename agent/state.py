@@ -219,12 +219,38 @@ class StateCorruptError(RuntimeError):
     """state.sqlite is damaged: SQLite refused it as corrupt or not a database, or it failed the start check."""
 
 
+# Written first into the folder a backup or restore copies into (``.DEST.partial-PID``, ``.D.restore-PID``) and
+# removed last, just before its rename into place: a folder holding it is an unfinished copy, whose state.sqlite
+# may hold a hot rollback journal that SQLite would roll back to an empty database (agent/backup.py).
+UNFINISHED_MARKER = "UNFINISHED-COPY.txt"
+
+
+def unfinished_copy(folder: Path) -> str | None:
+    """What to say of ``folder`` when it is an unfinished backup or restore copy (it holds UNFINISHED_MARKER),
+    else None."""
+    if not (folder / UNFINISHED_MARKER).exists():
+        return None
+    return (f"{folder} is an unfinished backup (or restore) copy: the process that made it stopped before the "
+            f"end (it holds {UNFINISHED_MARKER}), so it may hold part of the data or none: it is no data folder. "
+            "Remove it (it may hold a copy of deleted data) and take the backup again: shortlist backup --data-dir "
+            "D --out NEW (docs/agent.md, \"Backup and restore\")")
+
+
 # ``State(check=...)``: what opening a database checks before reading it (docs/agent.md, "Backup and restore").
 STATE_CHECKS = {"full": "integrity_check", "quick": "quick_check", "none": ""}
 # SQLite's primary result codes that mean the file itself is damaged (the rest, e.g. SQLITE_FULL, SQLITE_READONLY,
 # SQLITE_BUSY, are the disk's or another process's, and keep their own messages).
 _CORRUPT_CODES = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB
 MAX_CHECK_ERRORS = 20  # problems a check lists at most
+
+
+def no_schema_message(path: Path) -> str:
+    """What ``serve`` and ``check`` say of a state.sqlite that exists but holds no agent schema."""
+    return (f"{path} holds no shortlist agent data (no samples table), though it is not a new empty file: an "
+            "unfinished copy (a killed backup or restore, its journal rolled back) or some other database, "
+            "and the agent creates a new pool only in a new folder: give --data-dir the right folder, restore "
+            f"{path.parent} from a backup (shortlist restore BACKUP {path.parent} --force), or, to start an empty "
+            f"pool, a new folder")
 
 
 def corrupt_message(path: Path, detail: str) -> str:
@@ -335,6 +361,13 @@ class State:
             raise ValueError(f"state check {quoted(check)}: one of {', '.join(STATE_CHECKS)}")
         self.path = path
         self._lock = threading.RLock()
+        unfinished = unfinished_copy(path.parent)
+        if unfinished is not None:
+            raise StateCorruptError(unfinished)
+        # A rollback journal beside it: the agent never writes one (it runs in WAL mode), a killed backup's copy
+        # does, and SQLite rolls it back to an empty database: no fresh empty pool is created in that. (An empty
+        # file, or one in WAL mode without tables, is an agent's first start cut short: a new pool is right.)
+        self._journal = Path(f"{path}-journal").exists()
         owner_only_file(path)  # 0600; SQLite gives -wal and -shm the database file's mode
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         try:
@@ -432,6 +465,8 @@ class State:
                 f"{self.path} was written by a newer shortlist agent (schema version {found}; this agent reads "
                 f"schema versions up to {SCHEMA_VERSION}); upgrade shortlist, or use another --data-dir")
         fresh = self._db.execute("SELECT COUNT(*) FROM sqlite_master WHERE name='samples'").fetchone()[0] == 0
+        if fresh and (self._journal or self._db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0]):
+            raise StateCorruptError(no_schema_message(self.path))
         if fresh:
             with self._transaction():
                 # statement by statement: executescript would commit the open transaction
