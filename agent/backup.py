@@ -41,7 +41,15 @@ from pathlib import Path
 
 from agent.blobs import removal_lock
 from agent.security import LOCK_FILE, OWNER_DIR, OWNER_FILE, DataDirLock, DataDirLocked, owner_only_file
-from agent.state import LABEL_EVENTS_SQL, RETRACTED, SERVING_KEY, UNFINISHED_MARKER, check_database, unfinished_copy
+from agent.state import (
+    LABEL_EVENTS_SQL,
+    RETRACTED,
+    SERVING_KEY,
+    UNFINISHED_MARKER,
+    check_database,
+    journal_message,
+    unfinished_copy,
+)
 from shortlist.manifest import fsync_path
 
 STATE_FILE = "state.sqlite"
@@ -139,6 +147,16 @@ def glob_escape(name: str) -> str:
     return "".join(f"[{c}]" if c in "*?[" else c for c in name)
 
 
+def _refuse_unfinished(folder: Path) -> None:
+    """BackupUsageError when ``folder`` is an unfinished copy: it holds UNFINISHED_MARKER, or its state.sqlite a
+    rollback journal (a killed backup's copy, made before the marker; opening it would roll it back)."""
+    unfinished = unfinished_copy(folder)
+    if unfinished is None and (folder / f"{STATE_FILE}-journal").exists():
+        unfinished = journal_message(folder / STATE_FILE)
+    if unfinished is not None:
+        raise BackupUsageError(unfinished)
+
+
 def _start_copy(tmp: Path) -> None:
     """Create the copy's folder ``tmp`` holding UNFINISHED_MARKER (fsynced: it is there before any data is)."""
     tmp.mkdir(mode=OWNER_DIR)
@@ -196,9 +214,7 @@ def backup(data_dir: Path, out: Path, link: bool = True,
     if not source.is_file():
         raise BackupUsageError(f"{data_dir} is not an agent data folder (it has no {STATE_FILE}): give --data-dir "
                                "the folder `shortlist serve --data-dir` uses")
-    unfinished = unfinished_copy(data_dir)
-    if unfinished is not None:
-        raise BackupUsageError(unfinished)
+    _refuse_unfinished(data_dir)
     if out.exists() or out.is_symlink():
         raise BackupUsageError(f"{out} exists: give --out a new folder (a backup never overwrites one)")
     if out.resolve().is_relative_to(data_dir.resolve()):
@@ -248,9 +264,7 @@ def restore(backup_dir: Path, data_dir: Path, force: bool = False, link: bool = 
     unless ``force``, which replaces it (its contents are removed once the restored folder is in place). A
     ``data_dir`` that is a symlink to a folder: that folder is restored (the link is kept).
     BackupUsageError before anything is written, BackupError when the copy fails (``data_dir`` unchanged)."""
-    unfinished = unfinished_copy(backup_dir)
-    if unfinished is not None:
-        raise BackupUsageError(f"{unfinished}; restore a complete backup instead")
+    _refuse_unfinished(backup_dir)
     if not (backup_dir / STATE_FILE).is_file():
         raise BackupUsageError(f"{backup_dir} is no backup (it has no {STATE_FILE}): give the folder `shortlist "
                                "backup --out` made")

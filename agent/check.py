@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.backup import BLOBS, STATE_FILE, BackupUsageError, leftovers, open_source
-from agent.state import check_database, no_schema_message, unfinished_copy
+from agent.state import check_database, journal_message, no_schema_message, unfinished_copy
 
 _THREADS = 4  # files read and hashed at once (hashlib releases the GIL on large buffers)
 
@@ -146,7 +146,7 @@ def check(data_dir: Path, no_blobs: bool = False) -> CheckReport:
     # back to an empty database: not opened (opening it rolls the journal back)
     if (data_dir / f"{STATE_FILE}-journal").exists():
         report.unfinished = True
-        report.problems.append(no_schema_message(data_dir / STATE_FILE))
+        report.problems.append(journal_message(data_dir / STATE_FILE))
         return report
     by_digest: dict[str, list[str]] = {}
     try:

@@ -244,11 +244,20 @@ _CORRUPT_CODES = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB
 MAX_CHECK_ERRORS = 20  # problems a check lists at most
 
 
+def journal_message(path: Path) -> str:
+    """What ``serve`` and ``check`` say of a state.sqlite beside a rollback journal."""
+    return (f"{path} has a rollback journal beside it ({path.name}-journal), which the agent never leaves (it "
+            "runs in WAL mode): an unfinished copy, e.g. of a killed `shortlist backup`, whose journal SQLite "
+            "would roll back to an empty database; it is left unopened. Give --data-dir the right folder (a "
+            f"complete backup), or restore {path.parent} from one (shortlist restore BACKUP {path.parent} --force; "
+            "docs/agent.md, \"Backup and restore\")")
+
+
 def no_schema_message(path: Path) -> str:
-    """What ``serve`` and ``check`` say of a state.sqlite that exists but holds no agent schema."""
-    return (f"{path} holds no shortlist agent data (no samples table), though it is not a new empty file: an "
-            "unfinished copy (a killed backup or restore, its journal rolled back) or some other database, "
-            "and the agent creates a new pool only in a new folder: give --data-dir the right folder, restore "
+    """What ``serve`` and ``check`` say of a state.sqlite that holds tables, none of them the agent's."""
+    return (f"{path} holds no shortlist agent data (no samples table), though it is not a new empty file: some "
+            "other program's database, and the agent creates a new pool only in a new folder: give --data-dir "
+            "the right folder, restore "
             f"{path.parent} from a backup (shortlist restore BACKUP {path.parent} --force), or, to start an empty "
             f"pool, a new folder")
 
@@ -364,10 +373,11 @@ class State:
         unfinished = unfinished_copy(path.parent)
         if unfinished is not None:
             raise StateCorruptError(unfinished)
-        # A rollback journal beside it: the agent never writes one (it runs in WAL mode), a killed backup's copy
-        # does, and SQLite rolls it back to an empty database: no fresh empty pool is created in that. (An empty
-        # file, or one in WAL mode without tables, is an agent's first start cut short: a new pool is right.)
-        self._journal = Path(f"{path}-journal").exists()
+        # A rollback journal beside it: the agent never leaves one (it runs in WAL mode), a killed backup's copy
+        # does, and opening it would roll it back to an empty database, which the next start would take for a new
+        # one: refused before SQLite opens it, so the file is left as it is.
+        if Path(f"{path}-journal").exists():
+            raise StateCorruptError(journal_message(path))
         owner_only_file(path)  # 0600; SQLite gives -wal and -shm the database file's mode
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         try:
@@ -465,7 +475,9 @@ class State:
                 f"{self.path} was written by a newer shortlist agent (schema version {found}; this agent reads "
                 f"schema versions up to {SCHEMA_VERSION}); upgrade shortlist, or use another --data-dir")
         fresh = self._db.execute("SELECT COUNT(*) FROM sqlite_master WHERE name='samples'").fetchone()[0] == 0
-        if fresh and (self._journal or self._db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0]):
+        # tables, none of them the agent's: another program's database (an empty file, or one in WAL mode without
+        # tables, is an agent's first start cut short: a new pool is right there)
+        if fresh and self._db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0]:
             raise StateCorruptError(no_schema_message(self.path))
         if fresh:
             with self._transaction():

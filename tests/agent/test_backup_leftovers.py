@@ -82,11 +82,17 @@ def test_a_state_sqlite_without_the_agents_schema_is_refused_not_made_an_empty_p
     SQLite rolls back to nothing; and some other database. Neither becomes a fresh empty pool."""
     hot = tmp_path / "hot"
     hot_journal_state(hot)
+    size = (hot / "state.sqlite").stat().st_size
     checked = runner.invoke(app, ["check", "--data-dir", str(hot)])
-    assert checked.exit_code == 1 and "holds no shortlist agent data" in text(checked), checked.output
+    assert checked.exit_code == 1 and "has a rollback journal beside it" in text(checked), checked.output
     assert "migrates it" not in text(checked)
-    with pytest.raises(StateCorruptError, match="holds no shortlist agent data"):
-        State(hot / "state.sqlite")
+    for _ in range(2):  # left unopened: a second start does not find an empty database to make a pool in
+        with pytest.raises(StateCorruptError, match="has a rollback journal beside it"):
+            State(hot / "state.sqlite")
+        assert (hot / "state.sqlite-journal").exists() and (hot / "state.sqlite").stat().st_size == size
+    restored = runner.invoke(app, ["restore", str(hot), str(tmp_path / "r")])
+    assert restored.exit_code == 2 and "has a rollback journal beside it" in text(restored), restored.output
+    assert (hot / "state.sqlite-journal").exists() and not (tmp_path / "r").exists()
     other = tmp_path / "other"
     other.mkdir()
     db = sqlite3.connect(other / "state.sqlite")
