@@ -50,7 +50,7 @@ from agent.state import (
     journal_message,
     unfinished_copy,
 )
-from shortlist.manifest import fsync_path
+from shortlist.manifest import fsync_path, pid_alive
 
 STATE_FILE = "state.sqlite"
 BLOBS = "blobs"
@@ -110,19 +110,6 @@ def open_source(path: Path) -> sqlite3.Connection:
 
 
 _LEFTOVER_KINDS = ("partial", "restore", "replaced")
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process ``pid`` exists (signal 0: nothing is sent)."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 def leftovers(folder: Path, kinds: tuple[str, ...] = _LEFTOVER_KINDS) -> list[tuple[Path, str, bool]]:

@@ -601,7 +601,9 @@ STALE_STAGING_SECONDS = 24 * 3600  # a staging folder untouched this long is sta
 def pid_alive(pid: int) -> bool:
     """Whether ``pid`` names a process this process can see (signal 0). Only a hint: a process in another pid
     namespace is invisible, and a dead process's pid may be reused. Also agent.web.server's local socket
-    folders."""
+    folders and agent.backup's leftovers."""
+    if pid <= 0:  # 0 and negatives name process groups: kill() would answer for the group
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
