@@ -219,9 +219,9 @@ def _accuracy_dict(a: agent_pb2.Accuracy) -> dict[str, Any]:
 
 def audit_dict(a: agent_pb2.PriorAudit) -> dict[str, Any]:
     """GetStatus's audit as plain data (``shortlist status --json``, the app's /api/progress)."""
-    return {"drawn": a.drawn, "labelled": a.labelled, "current": a.current, "model_version": a.model_version,
-            "confidence_level": a.confidence_level, "interval_method": a.interval_method,
-            "computed_at": a.computed_at, "error": a.error,
+    return {"drawn": a.drawn, "labelled": a.labelled, "left_out": a.left_out, "current": a.current,
+            "model_version": a.model_version, "confidence_level": a.confidence_level,
+            "interval_method": a.interval_method, "computed_at": a.computed_at, "error": a.error,
             "methods": [{"method": m.method, "error": m.error, "mean_confidence": m.mean_confidence,
                          "overall": _accuracy_dict(m.overall) if m.HasField("overall") else None,
                          "per_class": {c.class_name: _accuracy_dict(c.accuracy) for c in m.per_class}}

@@ -81,6 +81,23 @@ def test_progress_page_and_api(web_agent: WebAgent, web_client: TestClient) -> N
         data["labels_given"] + data["retracted"]
 
 
+def test_audit_draws_labelled_by_accepting_their_prior_are_shown_apart(web_agent: WebAgent,
+                                                                       web_client: TestClient) -> None:
+    """The audit's labelled count leaves out draws labelled by accepting their prior (PriorAudit.left_out): the
+    page says how many and does not ask to label the rest when every draw is labelled (it said "3 of 6
+    labelled ... Label the rest" when three had been accepted)."""
+    drawn = [s.id for s in web_agent.stub.Select(agent_pb2.SelectRequest(budget=6, strategy="audit", seed=2)).selected]
+    client.submit_labels(web_agent.stub, [(i, shape_of(i)) for i in drawn[:3]], "carol")
+    client.submit_labels(web_agent.stub, [(i, shape_of(i)) for i in drawn[3:]], "carol", source="prior:knn")
+    a = wait_audit(web_agent, 3)
+    assert (a.drawn, a.left_out) == (6, 3), a
+    html = " ".join(web_client.get("/progress").text.split())
+    assert ("<b>3</b> of <b>6</b> audit samples labelled and scored; <b id=\"audit-left-out\">3</b> more labelled "
+            "by accepting their prior") in html
+    assert "Label the rest" not in html
+    assert web_client.get("/api/progress").json()["audit"]["left_out"] == 3
+
+
 def test_export_download_round_trips(web_agent: WebAgent, web_client: TestClient) -> None:
     label_some(web_agent)
     res = web_client.get("/progress/export", params=[("format", "csv"), ("format", "fiftyone"),
