@@ -234,7 +234,10 @@ def backup(data_dir: Path, out: Path, link: bool = True,
             space = " (free space there, or back up elsewhere)" if e.errno in (errno.ENOSPC, errno.EDQUOT) else ""
             raise BackupError(f"the backup failed and nothing was left at {out}: {e}{space}") from None
         if isinstance(e, sqlite3.Error):
-            raise BackupError(f"the backup failed and nothing was left at {out}: SQLite: {e}") from None
+            # SQLite's own words for ENOSPC while it writes the copy: the same advice as the OSError's
+            full = getattr(e, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "disk is full" in str(e)
+            space = " (free space there, or back up elsewhere)" if full else ""
+            raise BackupError(f"the backup failed and nothing was left at {out}: SQLite: {e}{space}") from None
         raise
     summary.seconds = round(time.monotonic() - t0, 3)
     return summary

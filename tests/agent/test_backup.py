@@ -7,6 +7,7 @@ import errno
 import json
 import os
 import shutil
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -212,6 +213,17 @@ def test_backup_refuses_what_it_cannot_do_and_leaves_nothing_when_it_fails(tmp_p
     assert "nothing was left at" in text(result) and "free space there" in text(result)
     assert list((tmp_path / "bk").iterdir()) == []
     monkeypatch.undo()
+    # the disk fills up while SQLite writes the state copy: SQLite says so in its own words; the same advice
+    real_into = agent.backup._backup_into
+
+    def sqlite_full(*args: object, **kwargs: object) -> object:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(agent.backup, "_backup_into", sqlite_full)
+    result = runner.invoke(app, ["backup", "--data-dir", str(data), "--out", str(out)])
+    assert result.exit_code == 1 and "SQLite: database or disk is full" in text(result), result.output
+    assert "free space there, or back up elsewhere" in text(result) and list((tmp_path / "bk").iterdir()) == []
+    monkeypatch.setattr(agent.backup, "_backup_into", real_into)
     # a damaged database is not backed up as if it were sound
     damaged = tmp_path / "damaged"
     damaged.mkdir()
