@@ -413,8 +413,11 @@ def serve(labelstudio: LabelStudioConfig, *,
             from agent.web.server import LocalSocket
 
             local = LocalSocket()
-        server, bound, agent = create_server(config, local_socket=None if local is None else local.path)
-        signals = _Signals()  # it answers now: a signal from here on stops it gracefully
+        # Installed before the server starts and armed just before it answers (on_listening): a signal from then
+        # on stops it gracefully; one while it is still starting ends the start as before.
+        signals = _Signals(armed=False)
+        server, bound, agent = create_server(config, local_socket=None if local is None else local.path,
+                                             on_listening=signals.arm)
     except (ClassListError, SchemaVersionError, StateCorruptError, OSError,
             ValueError) as e:  # SecurityError is a ValueError
         full = None if isinstance(e, DataFolderError) else start_disk_full(data_dir, e, int(min_free_mb * MIB))
@@ -571,13 +574,24 @@ class _Signals:
     between took the default action, killed without a snapshot or a graceful end of in-flight calls (seen in
     CI: exit -15). SIGHUP stops it as SIGTERM does: its default action killed it without a word."""
 
-    def __init__(self) -> None:
+    def __init__(self, armed: bool = True) -> None:
         self.stop = threading.Event()
         self.got: list[str] = []
+        self.armed = armed
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._handler)
 
-    def _handler(self, number: int, _frame: object) -> None:
+    def arm(self) -> None:
+        """From now on a signal stops the server gracefully (``wait``). Made unarmed before the server starts
+        and armed just before it answers: there was a moment between ``server.start()`` and these handlers
+        when a SIGTERM sent once the port answered still killed the agent (CI, exit -15, once more)."""
+        self.armed = True
+
+    def _handler(self, number: int, frame: Any) -> None:
+        if not self.armed:  # still starting: Ctrl-C interrupts the start, SIGTERM and SIGHUP end it
+            if number == signal.SIGINT:
+                signal.default_int_handler(number, frame)
+            raise SystemExit(128 + number)
         self.got.append(signal.Signals(number).name)
         self.stop.set()
 

@@ -460,7 +460,8 @@ KEEPALIVE_TIMEOUT_S = 20
 def create_server(config: AgentConfig, interceptors: Sequence[grpc.ServerInterceptor] = (),
                   credentials: grpc.ServerCredentials | None = None,
                   options: Sequence[tuple[str, Any]] = (),
-                  local_socket: str | None = None) -> tuple[grpc.Server, int, Agent]:
+                  local_socket: str | None = None,
+                  on_listening: Callable[[], None] | None = None) -> tuple[grpc.Server, int, Agent]:
     """Open the data folder, start the model manager and a started gRPC server on ``config.address``
     (port 0 = any free port), with an ``IdleTrim`` that hands malloc's free pages back after each burst
     of calls (agent/memory.py). Returns (server, bound port, agent); stop with ``stop_server``.
@@ -518,6 +519,8 @@ def create_server(config: AgentConfig, interceptors: Sequence[grpc.ServerInterce
                           "agent?) or the address is not one of this machine's; pick another --port or --host")
         if local_socket is not None and server.add_insecure_port(f"unix:{local_socket}") == 0:
             raise OSError(f"cannot listen on the local socket {local_socket}")
+        if on_listening is not None:
+            on_listening()  # just before clients can reach it: `shortlist serve` arms its signal handlers here
         server.start()
         warm_in_background()  # scikit-learn, scipy.stats: imported after the port answers (agent/lazy.py)
     except BaseException:

@@ -1304,6 +1304,54 @@ def test_a_signal_that_comes_before_the_wait_still_stops_the_agent_gracefully() 
             signal.signal(sig, handler)
 
 
+def test_serve_arms_its_signal_handlers_before_its_server_answers(tmp_path: Path, registry: Path) -> None:
+    """`shortlist serve` installs its handlers before it starts and arms them just before the server answers
+    (create_server's ``on_listening``): between ``server.start()`` and the handlers, a SIGTERM sent once the
+    port answered still killed the agent (CI, exit -15). While still starting, a SIGTERM ends the start (as
+    SystemExit, so the start's own cleanup runs) instead of waiting for the server."""
+    import grpc
+
+    from agent.cli import _Signals
+    from agent.config import AgentConfig
+    from agent.service import create_server, stop_server
+
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    try:
+        signals = _Signals(armed=False)
+        with pytest.raises(SystemExit) as ended:
+            signals._handler(signal.SIGTERM, None)
+        assert ended.value.code == 128 + signal.SIGTERM and not signals.stop.is_set()
+        port = free_port()
+        answered: list[bool] = []
+
+        def listening() -> None:  # the server cannot be reached yet: armed before anyone can send a signal
+            ch = grpc.insecure_channel(f"127.0.0.1:{port}")
+            try:
+                grpc.channel_ready_future(ch).result(timeout=0.3)
+                answered.append(True)
+            except grpc.FutureTimeoutError:
+                answered.append(False)
+            finally:
+                ch.close()
+            signals.arm()
+
+        server, _bound, agent = create_server(AgentConfig(tmp_path / "d", registry, port=port, use_cuda=False),
+                                             on_listening=listening)
+        try:
+            assert answered == [False] and signals.armed
+            os.kill(os.getpid(), signal.SIGTERM)
+            deadline = time.monotonic() + 5
+            while not signals.stop.is_set():
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            assert signals.wait() == "SIGTERM"
+        finally:
+            stop_server(server, agent)
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
 def test_status_by_annotator_counts_what_each_person_did(running: Running) -> None:
     """A lead of three: `status --by-annotator` counts per person the labels given (to unlabelled samples, the
     same class again, changed to another class), the current labels held and the labels taken back, from the
