@@ -5,9 +5,11 @@ const Shortlist = (() => {
   // `silent`: shown but not spoken (the #toast region is a polite live region): for a message the page has
   // already said through its own live region (the Queue's #announce), so a screen reader hears it once; the
   // text sits in an aria-hidden span, which the live region does not read.
+  let toasts = 0;  // toasts shown on this page: a notice carried from the last page never replaces a newer one
   function toast(message, bad = false, silent = false) {
     const el = document.getElementById("toast");
     if (!el) return;
+    toasts += 1;
     if (silent) {
       const span = document.createElement("span");
       span.setAttribute("aria-hidden", "true");
@@ -87,7 +89,9 @@ const Shortlist = (() => {
     if (back) back.addEventListener("click", (e) => { if (history.length > 1) { e.preventDefault(); history.back(); } });
     let carried = null;
     try { carried = sessionStorage.getItem(NEXT); sessionStorage.removeItem(NEXT); } catch (e) { /* storage off */ }
-    if (carried) setTimeout(() => toast(carried), 300);  // after load: a screen reader then hears the live region
+    // after load, so that a screen reader hears the live region; not over a notice this page showed meanwhile
+    // (on a slow machine a key pressed within those 300 ms had its notice replaced by the older one)
+    if (carried) setTimeout(() => { if (!toasts) toast(carried); }, 300);
   });
   // The URL of sample `id`'s thumbnail or image (`kind`: "thumb" or "image"), as agent/web/images.py
   // image_url builds it: the whole id percent-encoded as one path segment (a "/" inside it too), else the
