@@ -271,35 +271,27 @@ def storage_problem(e: BaseException, request: bool = True) -> Mapped | None:
     errno / SQLite result code, else its text); None for anything else. ``request`` False: the message
     says only the fault and what to do (for a log line of background work, or a reply's detail about a
     write the request did not need), not "retry; nothing of this request ... was stored"."""
-    m = _storage_problem(e)
-    if m is None or request:
-        return m
-    for whole, fault in ((_DISK_FULL, _DISK_FULL_IS), (_IO_ERROR, _IO_ERROR_IS), (_READ_ONLY, _READ_ONLY_IS)):
-        if m.message.startswith(whole):
-            return Mapped(m.code, fault + m.message[len(whole):], m.retry_after_s)
-    return m
-
-
-def _storage_problem(e: BaseException) -> Mapped | None:
+    full, read_only, io_error = ((_DISK_FULL, _READ_ONLY, _IO_ERROR) if request
+                                 else (_DISK_FULL_IS, _READ_ONLY_IS, _IO_ERROR_IS))
     if isinstance(e, OSError):
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
-            return Mapped(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{_DISK_FULL} ({e})", 30.0)
+            return Mapped(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{full} ({e})", 30.0)
         if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-            return Mapped(grpc.StatusCode.FAILED_PRECONDITION, f"{_READ_ONLY} ({e})")
+            return Mapped(grpc.StatusCode.FAILED_PRECONDITION, f"{read_only} ({e})")
         if e.errno == errno.EIO:
-            return Mapped(grpc.StatusCode.UNAVAILABLE, f"{_IO_ERROR} ({e})", 30.0)
+            return Mapped(grpc.StatusCode.UNAVAILABLE, f"{io_error} ({e})", 30.0)
         return None
     if isinstance(e, sqlite3.Error):
         name = (getattr(e, "sqlite_errorname", "") or "").upper()  # e.g. SQLITE_FULL, SQLITE_READONLY_DBMOVED
         text = str(e).lower()
         if name == "SQLITE_FULL" or "disk is full" in text:
-            return Mapped(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{_DISK_FULL} (sqlite: {e})", 30.0)
+            return Mapped(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{full} (sqlite: {e})", 30.0)
         if name.startswith(("SQLITE_READONLY", "SQLITE_PERM")) or "readonly" in text or "read-only" in text:
-            return Mapped(grpc.StatusCode.FAILED_PRECONDITION, f"{_READ_ONLY} (sqlite: {e})")
+            return Mapped(grpc.StatusCode.FAILED_PRECONDITION, f"{read_only} (sqlite: {e})")
         if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "database is locked" in text:
             return Mapped(grpc.StatusCode.UNAVAILABLE, f"the agent's database is busy ({e}); retry shortly", 1.0)
         if name.startswith(("SQLITE_IOERR", "SQLITE_CANTOPEN")) or "disk i/o error" in text:
-            return Mapped(grpc.StatusCode.UNAVAILABLE, f"{_IO_ERROR} (sqlite: {e})", 30.0)
+            return Mapped(grpc.StatusCode.UNAVAILABLE, f"{io_error} (sqlite: {e})", 30.0)
         if name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")) or "malformed" in text or "not a database" in text:
             return Mapped(grpc.StatusCode.DATA_LOSS, f"the agent's database is corrupt ({e}); stop the agent and "
                           "restore the data folder from a backup")
