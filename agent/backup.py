@@ -39,7 +39,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import grpc
+
 from agent.blobs import removal_lock
+from agent.errors import storage_problem
 from agent.security import LOCK_FILE, OWNER_DIR, OWNER_FILE, DataDirLock, DataDirLocked, owner_only_file
 from agent.state import (
     LABEL_EVENTS_SQL,
@@ -230,14 +233,13 @@ def backup(data_dir: Path, out: Path, link: bool = True,
         fsync_path(parent)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(e, OSError):
-            space = " (free space there, or back up elsewhere)" if e.errno in (errno.ENOSPC, errno.EDQUOT) else ""
-            raise BackupError(f"the backup failed and nothing was left at {out}: {e}{space}") from None
-        if isinstance(e, sqlite3.Error):
-            # SQLite's own words for ENOSPC while it writes the copy: the same advice as the OSError's
-            full = getattr(e, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "disk is full" in str(e)
+        if isinstance(e, OSError | sqlite3.Error):
+            # a full disk, met copying payloads (ENOSPC) or in SQLite's own words: the agent's one test for it
+            problem = storage_problem(e)
+            full = problem is not None and problem.code == grpc.StatusCode.RESOURCE_EXHAUSTED
             space = " (free space there, or back up elsewhere)" if full else ""
-            raise BackupError(f"the backup failed and nothing was left at {out}: SQLite: {e}{space}") from None
+            what = f"SQLite: {e}" if isinstance(e, sqlite3.Error) else str(e)
+            raise BackupError(f"the backup failed and nothing was left at {out}: {what}{space}") from None
         raise
     summary.seconds = round(time.monotonic() - t0, 3)
     return summary
