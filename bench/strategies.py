@@ -289,9 +289,9 @@ def run_benchmark(rows: BenchRows, cfg: StrategiesConfig, progress: Any = None,
         for budget in budgets:
             for seed in range(seeds):
                 todo = [m for m in cfg.priors if (variant.label, budget, seed, m) not in cells.done]
-                if todo and sim is None:
-                    sim = SimPool(x, labels, CachedKnn(x, hnsw_index(x)), num_classes, rows.pretext_loss)
-                if todo and sim is not None:
+                if todo:
+                    if sim is None:
+                        sim = SimPool(x, labels, CachedKnn(x, hnsw_index(x)), num_classes, rows.pretext_loss)
                     _run_cell(variant, budget, seed, todo, rows, cfg, sim, cells)
                 records += [cells.done[(variant.label, budget, seed, m)] for m in cfg.priors]
                 if progress is not None:
