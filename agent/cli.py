@@ -569,8 +569,9 @@ def _serve_until_signal(signals: _Signals, stop_agent: Callable[[], None], web: 
 
 class _Signals:
     """SIGTERM, SIGINT and SIGHUP caught from the moment it is made: ``wait`` returns the first one's name
-    (at once when one came before). Made as soon as a server answers, so that a SIGTERM sent once it answers
-    (an orchestrator, a test) stops it gracefully: with the handlers installed only after the banner, one in
+    (at once when one came before). `shortlist serve` and `shortlist web` make it unarmed before their server
+    starts and ``arm`` it just before the port answers, so that a SIGTERM sent once it answers (an
+    orchestrator, a test) stops it gracefully: with the handlers installed only after the banner, one in
     between took the default action, killed without a snapshot or a graceful end of in-flight calls (seen in
     CI: exit -15). SIGHUP stops it as SIGTERM does: its default action killed it without a word."""
 
@@ -721,8 +722,11 @@ def web(agent: AgentTarget, labelstudio: LabelStudioConfig,
         for w in check_listen(config, requires_tokens, "--https-cert FILE --https-key FILE",
                               "an agent that requires tokens (its --tokens) and no --token here"):
             _say(escape(w), logging.WARNING)
-        server = WebServer(create_app(config, factory), config).start()
-        signals = _Signals()  # it answers now: a signal from here on stops it gracefully
+        # As `shortlist serve`: installed before the server starts and armed just before its port listens, so a
+        # signal sent once the port answers stops it gracefully (installed after start(), a SIGTERM in between
+        # took the default action: killed without a graceful stop); one before that ends the start.
+        signals = _Signals(armed=False)
+        server = WebServer(create_app(config, factory), config, on_listening=signals.arm).start()
     except (SecurityError, OSError, ValueError) as e:
         _say(escape(str(e)), logging.ERROR)
         raise typer.Exit(2) from None

@@ -156,12 +156,17 @@ class _Server(uvicorn.Server):
 class WebServer:
     """uvicorn serving ``app`` from a thread; ``start`` returns once it accepts connections. The connection
     limits (HEADER_TIMEOUT_S, MAX_CONNECTIONS, TLS_HANDSHAKE_TIMEOUT_S; tests make them short) are in
-    guarded_protocol and _Server."""
+    guarded_protocol and _Server. ``on_listening`` runs just before the port is bound and listens (here, in
+    the constructor: the kernel completes connections from then on, before uvicorn accepts them): `shortlist
+    web` arms its signal handlers there, as `shortlist serve` does through create_server's ``on_listening``."""
 
     def __init__(self, app: FastAPI, config: WebConfig, *, header_timeout_s: float = HEADER_TIMEOUT_S,
                  max_connections: int = MAX_CONNECTIONS,
-                 tls_handshake_timeout_s: float = TLS_HANDSHAKE_TIMEOUT_S) -> None:
+                 tls_handshake_timeout_s: float = TLS_HANDSHAKE_TIMEOUT_S,
+                 on_listening: Callable[[], None] | None = None) -> None:
         self.config = config
+        if on_listening is not None:
+            on_listening()
         self.sock = bind(config.host, config.port)
         self.port: int = self.sock.getsockname()[1]
         ssl = {} if config.https_cert is None else {"ssl_certfile": str(config.https_cert),

@@ -138,6 +138,36 @@ def test_web_against_a_running_agent(running: Running) -> None:
     assert re.search(stamp + r"stopping \(SIGTERM\)", err, re.M), err
 
 
+def test_web_stops_gracefully_on_a_sigterm_sent_as_soon_as_its_port_answers(running: Running) -> None:
+    """`shortlist web` arms its signal handlers just before its port listens (as `shortlist serve` does), so a
+    SIGTERM sent the moment a TCP connection succeeds ends in a graceful stop: exit 0, "stopping (SIGTERM)"
+    and "web app stopped". With the handlers installed after the server started, the SIGTERM fell in the
+    window between listen() and the handlers and took the default action (exit -15, no log line)."""
+    web_port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "shortlist.cli", "web", "--agent", running.address,
+                             "--port", str(web_port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # as tight as a connect allows: the first moment the kernel completes a connection
+            try:
+                socket.create_connection(("127.0.0.1", web_port), timeout=1).close()
+                break
+            except OSError:
+                assert proc.poll() is None, proc.stderr.read() if proc.stderr else "exited"
+                assert time.monotonic() < deadline, "the web app's port never answered"
+                time.sleep(0.001)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, (proc.returncode, err)
+    assert re.search(r"INFO agent\.cli: stopping \(SIGTERM\)", err), err
+    assert re.search(r"INFO agent\.cli: web app stopped$", err, re.M), err
+
+
 def test_web_listen_rule_and_bad_agent(running: Running) -> None:
     exposed = runner.invoke(app, ["web", "--agent", running.address, "--host", "0.0.0.0", "--port", "0"])
     assert exposed.exit_code == 2
