@@ -77,6 +77,8 @@ from agent.state import (
     LabelEvent,
     SampleRecord,
     State,
+    StateCorruptError,
+    unfinished_copy,
 )
 from agent.strategies import LABEL_FREE, MODEL_FREE, STRATEGIES, get_strategy
 from agent.strategies.audit import AUDIT
@@ -544,6 +546,10 @@ class Agent:
 
     def __init__(self, config: AgentConfig) -> None:
         data_dir = config.data_dir
+        # Refused before the probe, the chmod and the lock (State refuses it too, but only after those): a refused
+        # unfinished copy is left exactly as it was (an agent.lock was left inside it).
+        if (unfinished := unfinished_copy(data_dir)) is not None:
+            raise StateCorruptError(unfinished)
         check_writable(data_dir)  # a clear message for a read-only or full folder
         owner_only_dir(data_dir)  # 0700: only the agent's user can read anything inside
         self.folder_lock = DataDirLock(data_dir)  # one agent per folder; DataDirLocked otherwise

@@ -77,6 +77,21 @@ def test_a_killed_backups_folder_is_refused_by_serve_check_and_restore_and_remov
         s.close()
 
 
+def test_serve_refuses_a_killed_backups_folder_and_leaves_it_as_it_was(tmp_path: Path, registry: Path) -> None:
+    """`shortlist serve` on an unfinished copy names it and exits 2, before it writes anything there: no
+    ``agent.lock`` (was left inside the refused folder), no write probe, the folder's mode unchanged."""
+    partial = killed_backup(tmp_path / "bk")
+    partial.chmod(0o755)  # what serve would make 0700 when it opens a data folder
+    before = sorted((p.name, p.stat().st_size) for p in partial.iterdir())
+    served = subprocess.run([sys.executable, "-m", "shortlist.cli", "serve", "--data-dir", str(partial),
+                             "--models", str(registry), "--port", "0", "--cpu"],
+                            capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "200"})
+    assert served.returncode == 2 and "unfinished backup" in served.stderr, served.stderr
+    assert str(partial) in " ".join(served.stderr.split())
+    assert sorted((p.name, p.stat().st_size) for p in partial.iterdir()) == before
+    assert partial.stat().st_mode & 0o777 == 0o755
+
+
 def test_a_state_sqlite_without_the_agents_schema_is_refused_not_made_an_empty_pool(tmp_path: Path) -> None:
     """A killed backup's copy without a marker (an older shortlist's, or the marker removed): a hot journal that
     SQLite rolls back to nothing; and some other database. Neither becomes a fresh empty pool."""
