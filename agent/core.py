@@ -402,8 +402,9 @@ SELECTION_NOT_RECORDED = "selection_not_recorded"
 # pruned every PRUNE_EVERY records: a few kB each, so at most some tens of MB of history.
 SELECTIONS_KEPT = 10_000
 PRUNE_EVERY = 100
-READ_ONLY_SELECT = ("made with a read token: answered, not recorded (a read token's Selects are not in the "
-                    "selections table and do not count as draws for the calibration)")
+READ_ONLY_SELECT = ("made with a read token: this selection is complete but was not recorded, so it has no "
+                    "selection_id (empty): a read token's Selects are not in the selections table and do not count "
+                    "as draws for the calibration; ask with a write token to have it recorded")
 # Select's details key saying why the answer is empty (an empty list alone reads like a failure).
 NOTHING_SELECTED = "nothing_selected"
 # Select's details key, present when byte-identical samples were left out of the candidates (``twin_free``):
@@ -1268,7 +1269,8 @@ class Agent:
         """Run ``strategy`` (in an admission slot, cancelled through ``token``) and record the selection
         under a new id, or answer a repeated identical request from the cache with the selection already
         recorded (its id; nothing written: a client repeating one call cannot grow the database).
-        ``record`` False (a read token's call): answered, not recorded, and not a draw for the calibration;
+        ``record`` False (a read token's call): answered, not recorded, and not a draw for the calibration; its
+        selection_id is empty (as when a full disk keeps the record from being written) and
         ``details["selection_not_recorded"]`` says so. ``group_by`` / ``max_per_group`` (both or neither):
         at most that many picks share one value of that metadata key (``_run_capped``), for every strategy."""
         fn = self._select_strategy(budget, strategy, params, where, group_by, max_per_group)
@@ -1335,7 +1337,8 @@ class Agent:
             if not record:  # cached unrecorded: a repeat by a read token is answered at once, by a write token
                 if cached is None:
                     self.select_cache.put(key, (list(chosen), dict(details), ""), weight=max(1, len(chosen)))
-                return SelectResult(chosen, version, strategy, selection_id,
+                # "" as on a full disk: no id of a selection that was never stored (a fresh id here named none)
+                return SelectResult(chosen, version, strategy, "",
                                     {**details, SELECTION_NOT_RECORDED: READ_ONLY_SELECT})
             recorded, details = self._record_selection(selection_id, request, chosen, version, details)
             # an unrecorded answer is cached without an id: a repeat runs the recording again

@@ -606,12 +606,17 @@ def test_a_read_tokens_select_is_answered_not_recorded(tmp_path: Path, registry:
         for seed in range(5):
             reply = reader.Select(agent_pb2.SelectRequest(budget=30, strategy="random", seed=seed))
             assert len(reply.selected) == 30 and "made with a read token" in reply.details["selection_not_recorded"]
+            # no id of a selection that was never stored, as on a full disk (a fresh uuid was returned)
+            assert reply.selection_id == "" and "no selection_id (empty)" in reply.details["selection_not_recorded"]
         assert agent.state.selections() == [] and not agent._draws
         again = reader.Select(agent_pb2.SelectRequest(budget=30, strategy="random", seed=4))  # from the cache
-        assert [s.id for s in again.selected] == [s.id for s in reply.selected]
+        assert [s.id for s in again.selected] == [s.id for s in reply.selected] and again.selection_id == ""
         mine = writer.Select(agent_pb2.SelectRequest(budget=30, strategy="random", seed=4))  # the same, recorded
         assert [s.id for s in mine.selected] == [s.id for s in reply.selected] and not mine.details
         assert [sid for sid, *_ in agent.state.selections()] == [mine.selection_id] and len(agent._draws) == 1
+        # once recorded, a read token's repeat gets the recorded selection and its id (from the cache)
+        seen = reader.Select(agent_pb2.SelectRequest(budget=30, strategy="random", seed=4))
+        assert seen.selection_id == mine.selection_id != "" and "selection_not_recorded" not in seen.details
     finally:
         stop_server(server, agent, grace=0.5)
 
