@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.backup import BLOBS, STATE_FILE, BackupUsageError, leftovers, open_source
+from agent.errors import quoted
 from agent.state import check_database, journal_message, no_schema_message, unfinished_copy
 
 _THREADS = 4  # files read and hashed at once (hashlib releases the GIL on large buffers)
@@ -192,7 +193,8 @@ def check(data_dir: Path, no_blobs: bool = False) -> CheckReport:
         if found:
             ids = [i for group in found.values() for i in group]
             report.problems.append(
-                f"{len(found)} payload file(s) of {len(ids)} sample(s) are {what} {blobs} (e.g. {ids[0]!r}, sha256 "
-                f"{next(iter(found))}): re-ingest the same files under the same ids (each is counted as a duplicate "
-                "and its file written again), or restore the folder from a backup (shortlist restore)")
+                f"{len(found)} payload file(s) of {len(ids)} sample(s) are {what} {blobs} (e.g. "
+                f"{quoted(ids[0])}, sha256 {next(iter(found))}): re-ingest the same files under the same ids (each is "
+                "counted as a duplicate and its file written again), or restore the folder from a backup "
+                "(shortlist restore)")
     return report

@@ -42,6 +42,7 @@ from agent.cli_options import (
 )
 from agent.client import calibration_dict, calibration_line, ranked
 from agent.config import AUDIT_MIN_LABELS, AgentConfig, WorkConfig
+from agent.errors import quoted
 from agent.limits import MIB, Limits, annotator_name, class_name_problem
 from agent.progress import LabelTally, audit_dict
 from agent.web.config import LabelStudioConfig
@@ -109,7 +110,7 @@ def _pairs(items: list[str], what: str) -> dict[str, str]:
     for it in items:
         key, sep, value = it.partition("=")
         if not sep or not key:
-            raise typer.BadParameter(f"{what} {it!r} must look like key=value")
+            raise typer.BadParameter(f"{what} {quoted(it)} must look like key=value")
         out[key] = value
     return out
 
@@ -457,7 +458,7 @@ def _checked_classes(state_check: str, classes: str) -> tuple[str, ...] | None:
     from agent.state import STATE_CHECKS
 
     if state_check not in STATE_CHECKS:
-        raise typer.BadParameter(f"{state_check!r} is not one of {', '.join(STATE_CHECKS)}",
+        raise typer.BadParameter(f"{quoted(state_check)} is not one of {', '.join(STATE_CHECKS)}",
                                  param_hint="'--state-check'")
     closed = class_list(classes)
     for i, name in enumerate(closed or ()):
@@ -963,7 +964,7 @@ def _group_cap(value: str) -> tuple[str, int]:
         return "", 0
     key, sep, count = value.rpartition("=")
     if not sep or not key or not count.strip().isdigit() or not 1 <= int(count) <= 2**31 - 1:
-        console.print(f"[red]--max-per-group {escape(repr(value))}[/red]: must look like KEY=N, a metadata key and a "
+        console.print(f"[red]--max-per-group {escape(quoted(value))}[/red]: must look like KEY=N, a metadata key and a "
                       "whole number >= 1 (e.g. event=1)", highlight=False, soft_wrap=True)
         raise typer.Exit(2)
     return key, int(count)
@@ -1080,9 +1081,9 @@ def read_labels_csv(path: Path, current: dict[str, str] | None = None,
         sid = cells[id_col] if len(cells) > id_col else ""
         lab = cells[label_col] if len(cells) > label_col else ""
         if not sid or not lab:
-            problems.append(f"line {n}: {'no id' if not sid else 'no label'} in {delimiter.join(cells)!r}")
+            problems.append(f"line {n}: {'no id' if not sid else 'no label'} in {quoted(delimiter.join(cells))}")
         elif sid in first_line:  # which of the two is meant is the file's author's to say
-            problems.append(f"line {n}: id {sid!r} again (first on line {first_line[sid]}): one label per sample")
+            problems.append(f"line {n}: id {quoted(sid)} again (first on line {first_line[sid]}): one label per sample")
         else:
             first_line[sid] = n
             out.append((n, sid, lab))
@@ -1189,13 +1190,14 @@ def _attributed(path: Path, rows: list[tuple[int, str, str]], provenance: Proven
         more = f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""
         raise LabelFileError(f"{path}: column source: nothing was sent:\n  " + "\n  ".join(problems[:10]) + more)
     names = sorted({a for _, _, a, _ in out})
-    shown = ", ".join(repr(a) for a in names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    shown = ", ".join(quoted(a) for a in names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
     note = (f"each label stored under the file's {' and '.join(provenance.columns)} column(s) ({len(names)} "
-            f"annotator(s): {shown}); --annotator {annotator!r} / --source {source!r} only where a cell is empty "
+            f"annotator(s): {shown}); --annotator {quoted(annotator)} / --source {quoted(source)} only where a cell "
+            "is empty "
             "(--no-file-provenance: for every row); the agent records its own times")
     if reserved:
-        note += (f"; {reserved} row(s) with source " + " or ".join(repr(k) for k in AGENT_SOURCES)
-                 + f" (only the agent gives those) stored with source {source!r}")
+        note += (f"; {reserved} row(s) with source " + " or ".join(quoted(k) for k in AGENT_SOURCES)
+                 + f" (only the agent gives those) stored with source {quoted(source)}")
     console.print(note, markup=False, highlight=False)
     return out
 
@@ -1233,7 +1235,7 @@ def _rejection(r: agent_pb2.Rejection, only_unlabelled: str = "") -> dict[str, A
         out["now"] = {"label": r.now.label, "annotator": r.now.annotator}
         if only_unlabelled and r.now.label:
             who = f" by {annotator_name(r.now.annotator)}" if r.now.annotator else ""
-            out["reason"] = f"already labelled {r.now.label!r}{who}: kept ({only_unlabelled})"
+            out["reason"] = f"already labelled {quoted(r.now.label)}{who}: kept ({only_unlabelled})"
     return out
 
 
@@ -1264,12 +1266,12 @@ LABEL_WORDING = ReplyWording(
     "accepted", "labels", "labels already stored count as accepted again, unchanged",
     lambda r: f"  line {r['line']}: {r['id']}: {r['reason']}",
     "overwrote {n} label(s) given by other annotators (last write wins; --only-unlabelled or --if-current keep them)",
-    lambda o, new: f"  line {o['line']}: {o['id']}: {o['label']!r} by {annotator_name(o['annotator']) or '?'} "
-                   f"-> {new.get(o['id'], '?')!r}")
+    lambda o, new: f"  line {o['line']}: {o['id']}: {quoted(o['label'])} by {annotator_name(o['annotator']) or '?'} "
+                   f"-> {quoted(new.get(o['id'], '?'))}")
 RETRACT_WORDING = ReplyWording(
     "unlabelled", "ids", "ids already taken back are rejected as 'not labelled: nothing to retract'",
     lambda r: f"  {r['id']}: {r['reason']}", "took back {n} label(s) given by other annotators",
-    lambda o, _: f"  {o['id']}: {o['label']!r} by {annotator_name(o['annotator']) or '?'}")
+    lambda o, _: f"  {o['id']}: {quoted(o['label'])} by {annotator_name(o['annotator']) or '?'}")
 
 
 def _print_reply(wording: ReplyWording, accepted: int, rejected: list[dict[str, Any]],
@@ -1316,8 +1318,9 @@ def _print_reply(wording: ReplyWording, accepted: int, rejected: list[dict[str, 
                          highlight=False)
             for t in (twins or [])[:10]:
                 line = f"line {t['line']}: " if t["line"] else ""
-                result.print(printable(f"  {line}{t['id']}: {(sent or {}).get(t['id'], '?')!r}, but {t['twin_id']} "
-                                       f"(same bytes) is {t['twin_label']!r}"), markup=False, highlight=False)
+                result.print(printable(f"  {line}{t['id']}: {quoted((sent or {}).get(t['id'], '?'))}, but "
+                                       f"{t['twin_id']} "
+                                       f"(same bytes) is {quoted(t['twin_label'])}"), markup=False, highlight=False)
             if n["twin_conflicts"] > 10:
                 result.print(_more(n["twin_conflicts"], len(twins or ())), highlight=False)
     if interrupted is not None:
@@ -1368,10 +1371,10 @@ def read_ids_file(path: Path, expected: dict[str, str] | None = None) -> list[st
                 continue
             lab = r[label_col] if len(r) > label_col else ""
             if not lab:
-                problems.append(f"{r[col]!r}: no label (a retraction in an export with --history?)")
+                problems.append(f"{quoted(r[col])}: no label (a retraction in an export with --history?)")
             elif expected.setdefault(r[col], lab) != lab:
-                problems.append(f"{r[col]!r}: listed with {expected[r[col]]!r} and {lab!r} (an export with "
-                                "--history? export the current labels)")
+                problems.append(f"{quoted(r[col])}: listed with {quoted(expected[r[col]])} and {quoted(lab)} (an "
+                                "export with --history? export the current labels)")
         if problems:
             more = f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""
             raise LabelFileError(f"{path}: --if-current needs one label per id; nothing was sent:\n  "
@@ -1535,7 +1538,7 @@ def rename_class(agent: AgentTarget,
         return
     how = "merged into" if reply.merged else "renamed to"
     # the result on stdout (docs/agent.md: a command's result goes there; `2>/dev/null` kept nothing)
-    make_console().print(f"{escape(repr(old))} {how} {escape(repr(new))}: {reply.moved} label"
+    make_console().print(f"{escape(quoted(old))} {how} {escape(quoted(new))}: {reply.moved} label"
                   f"{'' if reply.moved == 1 else 's'} moved; classes: {escape(', '.join(reply.classes))}",
                   highlight=False)
 
@@ -1911,8 +1914,8 @@ def check(data_dir: Path = typer.Option(..., "--data-dir", help="the agent's dat
         out.print(f"deletions: {len(report.deletions) or 'none'}", markup=False, highlight=False)
         for d in report.deletions:
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(d.time))
-            out.print(f"  {when}  by {d.annotator!r}: {d.samples} sample(s), {d.label_rows} label row(s); reason "
-                      f"{d.reason!r}", markup=False, highlight=False)
+            out.print(f"  {when}  by {quoted(d.annotator)}: {d.samples} sample(s), {d.label_rows} label row(s); reason "
+                      f"{quoted(d.reason)}", markup=False, highlight=False)
         for problem in report.problems:
             console.print(f"problem: {problem}", style="red", markup=False, highlight=False)
     if not as_json:

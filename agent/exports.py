@@ -55,6 +55,7 @@ import grpc
 from PIL import Image
 
 from agent.client import calibration_dict, first_calibration
+from agent.errors import quoted
 from agent.limits import folder_name_problem
 from shortlist.images import decode_image, encode_png, tensor_pixels
 from shortlist.v1 import agent_pb2, agent_pb2_grpc
@@ -343,7 +344,7 @@ def add_class_folder(folders: dict[str, str], name: str) -> str:
 def check_class_folder(name: str) -> None:
     """An ImageFolder class is a folder name: refuse names that cannot be one (or would be hidden)."""
     if not name or "\0" in name or folder_name_problem(name, "class"):  # a class stored before the agent refused them
-        raise ExportError(f"class {name!r} cannot be a folder name, so it cannot be written as an ImageFolder "
+        raise ExportError(f"class {quoted(name)} cannot be a folder name, so it cannot be written as an ImageFolder "
                           "tree; export with --format csv,jsonl,fiftyone")
 
 
@@ -381,7 +382,7 @@ def write_images(samples: Iterable[agent_pb2.Sample], out: Path, formats: tuple[
                     problem = f"its payload cannot be decoded ({e})"
             if problem is not None:
                 if left_out is None:
-                    raise ExportError(f"sample {s.id!r}: {problem}")
+                    raise ExportError(f"sample {quoted(s.id)}: {problem}")
                 left_out.append((s.id, s.label, problem))
                 continue
             stem = file_stem(s.id, taken)
@@ -426,7 +427,7 @@ def left_out_note(left_out: Sequence[tuple[str, str, str]], parts: str) -> str:
     """The note (CLI, web app) on samples whose images ``write_images`` left out, and how to repair them."""
     sid, _, why = left_out[0]
     return (f"{len(left_out)} labelled sample(s) left out of {parts}, their stored payload cannot be read (e.g. "
-            f"{sid!r}: {why}); they are listed in {PROBLEMS_FILE} and are in the label and sample files. Repair: "
+            f"{quoted(sid)}: {why}); they are listed in {PROBLEMS_FILE} and are in the label and sample files. Repair: "
             "ingest the same images again under the same ids (shortlist ingest; counted as duplicates, their "
             "labels kept), or restore the data folder from a backup, then export again")
 
@@ -589,7 +590,7 @@ def export_labels(stub: agent_pb2_grpc.AgentStub, out: Path, config: ExportConfi
             for _ in samples:
                 pass
         if gone:
-            summary.notes.append(f"{len(gone)} sample(s) deleted while exporting (e.g. {gone[0]!r}) are in the "
+            summary.notes.append(f"{len(gone)} sample(s) deleted while exporting (e.g. {quoted(gone[0])}) are in the "
                                  "label files only")
         if want_rows:
             write_samples(rows, part / "samples.csv" if "csv" in fmt else None,

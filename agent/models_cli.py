@@ -41,6 +41,7 @@ from agent import client
 from agent.cli import json_line
 from agent.cli_options import AgentTarget, agent_options
 from agent.embedder import ModelRefused, load_check, newest_servable
+from agent.errors import quoted
 from shortlist.console import make_console
 from shortlist.manifest import (
     Manifest,
@@ -249,7 +250,7 @@ def rollback(agent: AgentTarget,
     registry = models
     if version not in list_versions(registry):
         known = ", ".join(list_versions(registry)) or "none"
-        fail(f"no version {version!r} in {registry} (versions: {known}; `shortlist models list` shows them)", 2)
+        fail(f"no version {quoted(version)} in {registry} (versions: {known}; `shortlist models list` shows them)", 2)
     try:
         source = check_version(registry / version, verify_hashes=True)
     except ManifestError as e:

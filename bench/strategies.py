@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import typer
 
+from agent.errors import quoted
 from agent.pool import FailedPrecondition, InvalidArgument, KnnFn, Pool, state_rng
 from agent.priors import PRIOR_METHODS
 from agent.strategies import LABEL_FREE, STRATEGIES
@@ -101,16 +102,16 @@ def parse_variant(raw: str) -> Variant:
     name, _, rest = raw.partition(":")
     name = name.strip()
     if name not in STRATEGIES:
-        raise typer.BadParameter(f"--variant {raw!r}: unknown strategy {name!r}; "
+        raise typer.BadParameter(f"--variant {quoted(raw)}: unknown strategy {quoted(name)}; "
                                  f"valid: {', '.join(sorted(STRATEGIES))}")
     params: dict[str, str] = {}
     for item in (i.strip() for i in rest.split(",") if i.strip()):
         key, eq, value = item.partition("=")
         if not eq or not key.strip() or not value.strip():
-            raise typer.BadParameter(f"--variant {raw!r}: write params as key=value, e.g. probcover:delta=0.4")
+            raise typer.BadParameter(f"--variant {quoted(raw)}: write params as key=value, e.g. probcover:delta=0.4")
         params[key.strip()] = value.strip()
     if not params:
-        raise typer.BadParameter(f"--variant {raw!r}: give at least one key=value after the colon "
+        raise typer.BadParameter(f"--variant {quoted(raw)}: give at least one key=value after the colon "
                                  "(a strategy with its defaults goes in --strategies)")
     return Variant(name, params)
 
@@ -642,7 +643,7 @@ def strategies_cmd(
     try:
         budget_list = [int(b) for b in budgets.split(",") if b.strip()]
     except ValueError:
-        raise typer.BadParameter(f"--budgets {budgets!r}: give integers, e.g. 10,20,40,100") from None
+        raise typer.BadParameter(f"--budgets {quoted(budgets)}: give integers, e.g. 10,20,40,100") from None
     if not budget_list or min(budget_list) < 1 or max(budget_list) > len(x):
         raise typer.BadParameter(f"--budgets must be between 1 and the {len(x)} pool rows")
     prior_params = {"calibrate": "false"} if uncalibrated else None

@@ -38,9 +38,9 @@ def test_check_finds_missing_and_damaged_payloads_lists_deletions_and_says_what_
     assert bad.exit_code == 1, bad.output
     out = text(bad)
     assert "4 samples; 4 payload file(s), 2 missing or damaged" in out and "2 blob file(s) no sample names" in out
-    assert "deletions: 1" in out and "by 'ops': 1 sample(s), 0 label row(s); reason 'GDPR request 42'" in out
-    assert f"1 payload file(s) of 1 sample(s) are missing from {data / 'blobs'} (e.g. 's0'" in out
-    assert f"1 payload file(s) of 1 sample(s) are damaged in {data / 'blobs'} (e.g. 's1'" in out
+    assert "deletions: 1" in out and 'by "ops": 1 sample(s), 0 label row(s); reason "GDPR request 42"' in out
+    assert f'1 payload file(s) of 1 sample(s) are missing from {data / "blobs"} (e.g. "s0"' in out
+    assert f'1 payload file(s) of 1 sample(s) are damaged in {data / "blobs"} (e.g. "s1"' in out
     assert "re-ingest the same files under the same ids" in out
     assert sorted((p, p.stat().st_mtime_ns) for p in data.rglob("*") if p.is_file()) == before  # nothing changed
     as_json = json.loads(runner.invoke(app, ["check", "--data-dir", str(data), "--json"]).stdout)

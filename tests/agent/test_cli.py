@@ -474,7 +474,7 @@ def test_label_csv_with_or_without_header_and_bom(tmp_path: Path, running: Runni
     code, out = label("s3,cat\ns0\n,dog\n")
     assert code == 2 and "line 2: no label" in out and "line 3: no id" in out and "nothing was sent" in out
     code, out = label("s3,cat\ns0,dog\ns3,frog\n")
-    assert code == 2 and "line 3: id 's3' again (first on line 1): one label per sample" in out
+    assert code == 2 and 'line 3: id "s3" again (first on line 1): one label per sample' in out
     code, out = label("s3,cat\ns0," + "x" * 200_000 + "\n")  # above the csv module's field limit
     assert code == 2 and "line 2: not readable as CSV" in out
     code, out = label("s3,cat\n", encoding="utf-16")
@@ -519,7 +519,7 @@ def test_label_says_which_labels_differ_from_a_byte_identical_twins(tmp_path: Pa
         "accepted 14, rejected 0",
         "13 label(s) differ from the label of a sample with the exact same bytes (a byte-identical image under "
         "another id; stored all the same, last write wins per id):",
-        *[f"  line {i + 2}: card2/s{i}: 'dog', but s{i} (same bytes) is 'cat'" for i in range(1, 11)],
+        *[f'  line {i + 2}: card2/s{i}: "dog", but s{i} (same bytes) is "cat"' for i in range(1, 11)],
         "  ... and 3 more (--json lists all)"], res.output
     res = runner.invoke(app, ["label", str(path), "--agent", running.address, "--json"])
     got = json.loads(res.stdout)["twin_conflicts"]
@@ -546,7 +546,7 @@ def test_label_and_retract_say_whose_labels_they_overwrite_and_can_be_conditiona
     assert res.exit_code == 0 and res.stdout.splitlines() == [
         "accepted 2, rejected 0",
         "overwrote 1 label(s) given by other annotators (last write wins; --only-unlabelled or --if-current keep "
-        "them):", "  line 2: s0: 'cat' by chloé -> 'dog'"], res.output
+        "them):", '  line 2: s0: "cat" by chloé -> "dog"'], res.output
     res = label("id,label\ns0,cat\n", "--json")  # its own label: not another annotator's
     assert json.loads(res.stdout) == {"accepted": 1, "rejected": [], "overwritten": [], "twin_conflicts": []}
     client.submit_labels(running.stub, [("s0", "dog")], "chloé")
@@ -555,11 +555,11 @@ def test_label_and_retract_say_whose_labels_they_overwrite_and_can_be_conditiona
 
     res = label("id,label\ns1,cat\ns4,cat\ns2,cat\n", "--only-unlabelled")
     assert res.exit_code == 0 and res.stdout.splitlines() == [
-        "accepted 2, rejected 1", "  line 2: s1: already labelled 'dog' by chloé: kept (--only-unlabelled)"]
+        "accepted 2, rejected 1", '  line 2: s1: already labelled "dog" by chloé: kept (--only-unlabelled)']
     assert now()["s1"] == ("dog", "chloé") and now()["s4"] == ("cat", "pipeline")
     res = label("id,label\ns1,frog\n", "--only-unlabelled", "--json")
     assert res.exit_code == 1 and json.loads(res.stdout)["rejected"] == [{
-        "line": 2, "id": "s1", "reason": "already labelled 'dog' by chloé: kept (--only-unlabelled)",
+        "line": 2, "id": "s1", "reason": 'already labelled "dog" by chloé: kept (--only-unlabelled)',
         "now": {"label": "dog", "annotator": "chloé"}}]
 
     client.submit_labels(running.stub, [("s3", "dog")], "chloé")  # changed after the file was written
@@ -586,13 +586,13 @@ def test_label_and_retract_say_whose_labels_they_overwrite_and_can_be_conditiona
     assert now()["s3"] == ("dog", "chloé") and "s4" not in now()
     res = runner.invoke(app, ["retract-labels", "s1", "--agent", running.address, "--annotator", "lead"])
     assert res.exit_code == 0 and res.stdout.splitlines() == [
-        "unlabelled 1, rejected 0", "took back 1 label(s) given by other annotators:", "  s1: 'cat' by pipeline"]
+        "unlabelled 1, rejected 0", "took back 1 label(s) given by other annotators:", '  s1: "cat" by pipeline']
     res = runner.invoke(app, ["retract-labels", "s3", "--file", str(export), "--if-current", "--agent",
                               running.address])
     assert res.exit_code == 2 and "not as arguments" in out(res)
     export.write_text("id,label,retracted\ns3,cat,false\ns3,dog,false\ns5,,true\n")  # an export with --history
     res = runner.invoke(app, ["retract-labels", "--file", str(export), "--if-current", "--agent", running.address])
-    assert res.exit_code == 2 and "listed with 'cat' and 'dog'" in out(res) and "'s5': no label" in out(res)
+    assert res.exit_code == 2 and 'listed with "cat" and "dog"' in out(res) and '"s5": no label' in out(res)
     assert now()["s3"] == ("dog", "chloé") and now()["s5"][0] == "cat"
 
 

@@ -456,8 +456,8 @@ def test_labels_csv_moves_to_another_agent_with_its_annotators(running: Running,
                                   "--annotator", "lead"])
         assert res.exit_code == 0 and "accepted 10, rejected 0" in res.output, res.output
         flat = " ".join(res.output.split())
-        assert "annotator and source column(s) (4 annotator(s): 'alice', 'carol', 'dave', 'ingest')" in flat
-        assert "6 row(s) with source 'ingest'" in flat
+        assert 'annotator and source column(s) (4 annotator(s): "alice", "carol", "dave", "ingest")' in flat
+        assert '6 row(s) with source "ingest"' in flat
         got = {r.id: (r.label, r.annotator, r.source) for r in client.list_labels(b.stub)}
         # labels given at ingest keep their annotator; their source 'ingest' is the agent's own, so 'manual'
         assert got == {i: (lab, who, "manual" if how == "ingest" else how) for i, (lab, who, how) in given.items()}

@@ -126,7 +126,7 @@ def test_rollback_json_says_why_nothing_was_published(tmp_path: Path) -> None:
     models = tmp_path / "models"
     publish_linear(models, size=SIZE, dim=16, seed=0)
     publish_linear(models, size=SIZE, dim=16, seed=1)
-    for args, code, why in ((["v0009"], 2, "no version 'v0009'"),
+    for args, code, why in ((["v0009"], 2, 'no version "v0009"'),
                             (["v0002"], 1, "v0002 is the newest complete version"),
                             (["v0001", "--models", str(tmp_path / "nowhere")], 2, "is not a folder")):
         args = [*args, "--models", str(models)] if "--models" not in args else args

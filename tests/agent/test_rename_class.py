@@ -169,7 +169,7 @@ def test_the_cli_says_how_many_labels_moved(tmp_path: Path) -> None:
         cmd = ["rename-class", "--agent", agent.address, "--annotator", "lead"]
         res = CliRunner().invoke(app, [*cmd, "deer", "roe_deer"], env={"COLUMNS": "200"})
         assert res.exit_code == 0, res.output
-        assert res.stdout.strip() == "'deer' renamed to 'roe_deer': 2 labels moved; classes: roe_deer, fox, boar"
+        assert res.stdout.strip() == '"deer" renamed to "roe_deer": 2 labels moved; classes: roe_deer, fox, boar'
         assert res.stderr == ""  # the result is on stdout (it was on stderr: `2>/dev/null` showed nothing)
         res = CliRunner().invoke(app, [*cmd, "boar", "fox", "--json"])
         assert res.exit_code == 0, res.output
@@ -395,7 +395,7 @@ def test_a_labels_csv_with_source_rename_is_stored_with_the_given_source(tmp_pat
         f.write_text("id,label,annotator,source\ns7,fox,alice,rename\n")
         res = CliRunner().invoke(app, ["label", str(f), "--agent", agent.address, "--source", "import"])
         assert res.exit_code == 0, res.output
-        assert "1 row(s) with source 'ingest' or 'restored' or 'rename'" in res.output
+        assert '1 row(s) with source "ingest" or "restored" or "rename"' in res.output
         assert _history(agent, "s7") == [("fox", "alice", "import")]
     finally:
         agent.stop()

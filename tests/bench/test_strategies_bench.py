@@ -332,3 +332,17 @@ def test_bench_strategies_keeps_finished_cells_through_ctrl_c_and_a_rerun_resume
     refused = run(out)
     assert refused.exit_code == 2 and "holds results made with other settings (inputs_sha256" in " ".join(
         refused.output.replace("│", " ").split())
+
+
+def test_a_refused_variant_quotes_what_the_user_wrote_as_json() -> None:
+    """As the agent's reasons do (agent.errors.quoted), not Python's repr ('café')."""
+    import typer
+
+    from bench.strategies import parse_variant
+
+    with pytest.raises(typer.BadParameter) as e:
+        parse_variant("café:k=1")
+    assert str(e.value).startswith('--variant "café:k=1": unknown strategy "café"; valid: ')
+    with pytest.raises(typer.BadParameter) as e:
+        parse_variant("probcover:delta")
+    assert str(e.value) == '--variant "probcover:delta": write params as key=value, e.g. probcover:delta=0.4'
