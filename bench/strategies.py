@@ -241,21 +241,24 @@ class Cells:
     done: dict[CellKey, dict[str, Any]] = field(default_factory=dict)
 
     @classmethod
-    def open(cls, out: Path, settings: dict[str, Any]) -> Cells:
-        """The cells ``out`` holds, or none; raises typer.BadParameter when they were made with other
-        ``settings`` (mixing them would give a table of two experiments)."""
+    def open(cls, out: Path, settings: dict[str, Any], fresh: bool = False) -> Cells:
+        """The cells ``out`` holds, or none (always none with ``fresh``: the first finished cell then replaces
+        the file); raises typer.BadParameter when they were made with other ``settings`` (mixing them would
+        give a table of two experiments)."""
         path = out / CELLS
+        if fresh:
+            return cls(path, settings)
         try:
             saved = json.loads(path.read_text())
         except FileNotFoundError:
             return cls(path, settings)
         except (OSError, ValueError) as e:
-            raise typer.BadParameter(f"cannot read {path} ({e}): remove it to start over") from None
+            raise typer.BadParameter(f"cannot read {path} ({e}): pass --fresh to start over") from None
         was = saved.get("settings", {}) if isinstance(saved, dict) else {}
         diff = [f"{k} {was.get(k)!r} there, {v!r} now" for k, v in settings.items() if was.get(k) != v]
         if diff:
             raise typer.BadParameter(f"{out} holds results made with other settings ({'; '.join(diff)}): pass "
-                                     f"another --out, or remove {path} to start over", param_hint="'--out'")
+                                     f"another --out, or --fresh to replace them", param_hint="'--out'")
         records = saved.get("records", []) if isinstance(saved, dict) else []
         return cls(path, settings, {cell_key(r): r for r in records})
 
@@ -264,6 +267,21 @@ class Cells:
         self.done[cell_key(record)] = record
         if self.path is not None:
             write_json(self.path, {"settings": self.settings, "records": list(self.done.values())})
+
+
+def reuse_note(reused: int, total: int, path: Path) -> str:
+    """What a run says of the ``reused`` of its ``total`` cells that ``path`` (OUT/cells.json) already held
+    ("" when none): a rerun of a finished run computes nothing, which the user must not take for a new run."""
+    if not reused:
+        return ""
+    cells = "(strategy, budget, seed, prior method)"
+    if reused == total:
+        return (f"nothing to compute: all {total} cell(s) {cells} are read back from {path}, "
+                "written by an earlier run with the same inputs and code; the figures below are that run's. A "
+                "cell's draws are fixed by its seed: for other draws ask for more --seeds (only the new cells are "
+                "computed); --fresh computes every cell again")
+    return (f"resuming: {reused} of {total} cell(s) {cells} reused from {path}, {total - reused} left to compute "
+            "(--fresh computes them all again)")
 
 
 def inputs_digest(*arrays: np.ndarray | None) -> str:
@@ -618,9 +636,14 @@ def strategies_cmd(
     pretext_loss: Path | None = typer.Option(None, help="N float .npy rotation losses (enables das)"),
     uncalibrated: bool = typer.Option(False, "--uncalibrated", help="the prior methods' raw probabilities "
                                       "(calibrate=false), to compare with the calibrated default"),
+    fresh: bool = typer.Option(False, "--fresh", help="compute every cell again instead of reusing those "
+                               "OUT/cells.json holds; the file is replaced with this run's cells"),
 ) -> None:
     """Every strategy at every budget and seed: class coverage, prior-label accuracy and ECE per prior
-    method, linear-probe accuracy. Writes results.json (flat records), results.md, results.png."""
+    method, linear-probe accuracy. Writes results.json (flat records), results.md, results.png.
+
+    Resumable: each finished cell is kept in OUT/cells.json, and a rerun into the same --out reuses those it
+    asks for (same inputs, calibration and code) and says how many; --fresh computes them all again."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -654,13 +677,14 @@ def strategies_cmd(
     from bench.cifar10.encoder import code_fingerprint
 
     cells = Cells.open(out, {"inputs_sha256": inputs_digest(x, y, tx, ty, loss), "calibrated": not uncalibrated,
-                             "code": code_fingerprint()})
+                             "code": code_fingerprint()}, fresh)
+    total = len(variants) * len(budget_list) * seeds * len(methods)
     reused = sum(1 for v in variants for b in budget_list for s in range(seeds) for m in methods
                  if (v.label, b, s, m) in cells.done)
-    if reused:
-        console.print(f"resuming: {reused} finished cell{'s' * (reused != 1)} (strategy, budget, seed, prior method) "
-                      f"reused from {out / CELLS} (remove it to start over)")
-    console.print(f"{len(x)} rows x {x.shape[1]} dims, {int(y.max()) + 1} classes; building the index...")
+    if note := reuse_note(reused, total, out / CELLS):
+        console.print(note, markup=False, highlight=False)
+    if reused < total:
+        console.print(f"{len(x)} rows x {x.shape[1]} dims, {int(y.max()) + 1} classes; building the index...")
     try:
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=console) as progress:

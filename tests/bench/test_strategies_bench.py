@@ -310,7 +310,7 @@ def test_bench_strategies_keeps_finished_cells_through_ctrl_c_and_a_rerun_resume
     resumed = run(out)
     assert resumed.exit_code == 0, resumed.output
     assert calls["n"] == -100 + 8 - 3  # 8 knn cells in all, 3 finished before Ctrl-C
-    assert "resuming: 6 finished cells" in resumed.output
+    assert "resuming: 6 of 16 cell(s)" in resumed.output
     got, want = (json.loads((d / "results.json").read_text()) for d in (out, whole))
     assert _without_timings(got) == _without_timings(want)
     assert (out / "results.md").read_text() == (whole / "results.md").read_text()
@@ -346,3 +346,50 @@ def test_a_refused_variant_quotes_what_the_user_wrote_as_json() -> None:
     with pytest.raises(typer.BadParameter) as e:
         parse_variant("probcover:delta")
     assert str(e.value) == '--variant "probcover:delta": write params as key=value, e.g. probcover:delta=0.4'
+
+
+def test_a_rerun_of_a_finished_bench_strategies_says_it_computed_nothing_and_fresh_computes_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rerun that finds every cell in OUT/cells.json says so, where they come from and how to get new ones,
+    and computes nothing; --fresh computes them all again and replaces the file; a rerun that adds a seed
+    says how many cells it reuses and how many it computes."""
+    from agent.priors import PRIOR_METHODS
+
+    x, y = blobs(clusters=3, per_cluster=12, dim=8, spread=0.3, seed=3)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y)
+    out = tmp_path / "out"
+    calls = {"n": 0}
+    knn = PRIOR_METHODS["knn"]
+
+    def counted(*args: Any) -> Any:
+        calls["n"] += 1
+        return knn(*args)
+
+    monkeypatch.setitem(PRIOR_METHODS, "knn", counted)
+
+    def run(*extra: str) -> tuple[int, str]:
+        res = CliRunner().invoke(app, [
+            "bench", "strategies", "--embeddings", str(tmp_path / "x.npy"), "--labels", str(tmp_path / "y.npy"),
+            "--budgets", "3", "--strategies", "random", "--priors", "knn", "--out", str(out), *extra],
+            env={"COLUMNS": "400"})
+        assert res.exit_code == 0, res.output
+        return calls["n"], " ".join(res.output.split())
+
+    first = run("--seeds", "1")
+    assert first[0] == 1 and "nothing to compute" not in first[1] and "resuming" not in first[1]
+    records = json.loads((out / "results.json").read_text())
+    n, said = run("--seeds", "1")
+    assert n == 1 and "building the index" not in said
+    assert (f"nothing to compute: all 1 cell(s) (strategy, budget, seed, prior method) are read back from "
+            f"{out / 'cells.json'}, written by an earlier run with the same inputs and code; the figures below are "
+            "that run's. A cell's draws are fixed by its seed: for other draws ask for more --seeds (only the new "
+            "cells are computed); --fresh computes every cell again") in said
+    n, said = run("--seeds", "1", "--fresh")
+    assert n == 2 and "nothing to compute" not in said and "resuming" not in said
+    assert _without_timings(json.loads((out / "results.json").read_text())) == _without_timings(records)
+    n, said = run("--seeds", "2")
+    assert n == 3 and (f"resuming: 1 of 2 cell(s) (strategy, budget, seed, prior method) reused from "
+                       f"{out / 'cells.json'}, 1 left to compute (--fresh computes them all again)") in said
+    n, said = run("--seeds", "1", "--uncalibrated", "--fresh")  # other settings: --fresh replaces the cells
+    assert n == 4 and len(json.loads((out / "cells.json").read_text())["records"]) == 1
