@@ -298,7 +298,9 @@ def label_api(request: Request, body: PriorLabelsBody, caller: Caller = CallerDe
     its label now and who gave it, and left as it is. One the sample already had, given by someone else
     (another annotator accepting the same prior at the same time), is stored and listed in ``agreed`` with who
     gave it: the page's undo leaves those, so it never takes back the other annotator's label. ``agreed_count``
-    counts them all: above ``len(agreed)`` (the agent's list was cut short) the page offers no undo."""
+    counts them all: above ``len(agreed)`` (the agent's list was cut short) the page offers no undo. Likewise
+    ``rejected_count`` counts every refusal, ``rejected`` lists the first ones: above ``len(rejected)`` the page
+    says how many were refused and why (the listed reasons), and which samples were stored is not known."""
     status = caller.status()
     check_method(status, body.method)
     ps = cache(request).peek(body.method)
@@ -322,12 +324,14 @@ def label_api(request: Request, body: PriorLabelsBody, caller: Caller = CallerDe
     accepts = [x for x in body.labels if shown.get(x.id) == x.label.strip()]
     fixes = [x for x in body.labels if shown.get(x.id) != x.label.strip()]
     accepted, rejected = 0, []
+    per_source = {"accepts": 0, "fixes": 0}  # labels stored by each SubmitLabels (exact, unlike ``stored``)
     stored: list[str] = []
     twins: list[dict[str, str]] = []  # labels stored that differ from a byte-identical sample's (as /api/labels)
     agreed: list[dict[str, str]] = []  # labels the sample already had from someone else (as /api/labels)
     agreed_count = 0  # how many in all: the agent lists the first ones only (as /api/labels)
+    rejected_count = 0  # how many were refused in all: the agent lists the first ones only (REPLY_LIST_BYTES)
     # Two SubmitLabels (the source is per request): the accepted priors, then the corrections.
-    for part, source in ((accepts, ACCEPT_PREFIX + body.method), (fixes, "manual")):
+    for kind, part, source in (("accepts", accepts, ACCEPT_PREFIX + body.method), ("fixes", fixes, "manual")):
         if not part:
             continue
         # if_current="": this page lists unlabelled samples, and a prior was computed from the labels before;
@@ -337,18 +341,23 @@ def label_api(request: Request, body: PriorLabelsBody, caller: Caller = CallerDe
             annotator=caller.annotator, source=source))
         refused = {r.id for r in reply.rejected}
         accepted += reply.accepted
+        per_source[kind] = reply.accepted
         rejected += rejections(reply.rejected)
+        rejected_count += max(reply.rejected_count, len(reply.rejected))
         twins += [{"id": t.id, "twin_id": t.twin_id, "twin_label": t.twin_label} for t in reply.twin_conflicts]
         agreed += [{"id": a.id, "label": a.now.label, "by": a.now.annotator} for a in reply.agreed]
         agreed_count += max(reply.agreed_count, len(reply.agreed))
+        if max(reply.rejected_count, len(reply.rejected)) > len(reply.rejected):
+            # the list was cut short: which of the others were stored cannot be told, so none leaves the page's
+            # priors (a refused one hidden until a Recompute would be worse than a stored one shown: accepting
+            # it again is refused as labelled meanwhile)
+            continue
         stored += [x.id for x in part if x.id not in refused]
     # labelled meanwhile by someone else: off this page too
     cache(request).labelled(stored + [str(r["id"]) for r in rejected if r.get("changed") and r.get("label")])
-    done = set(stored)
     return {"accepted": accepted, "annotator": caller.annotator,
-            "accepted_priors": sum(1 for x in accepts if x.id in done),
-            "corrected": sum(1 for x in fixes if x.id in done), "rejected": rejected, "twin_conflicts": twins,
-            "agreed": agreed, "agreed_count": agreed_count}
+            "accepted_priors": per_source["accepts"], "corrected": per_source["fixes"], "rejected": rejected,
+            "twin_conflicts": twins, "agreed": agreed, "agreed_count": agreed_count, "rejected_count": rejected_count}
 
 
 @router.get("/api/priors/all")

@@ -323,6 +323,8 @@ def submit(body: LabelsBody, caller: Caller = CallerDep) -> dict[str, Any]:
     # twin_conflicts: labels stored that differ from the label of a byte-identical sample under another id.
     return {"accepted": reply.accepted, "annotator": caller.annotator,
             "rejected": rejections(reply.rejected),
+            # rejected_count: every refusal (the agent lists the first ones only, as agreed_count)
+            "rejected_count": max(reply.rejected_count, len(reply.rejected)),
             "agreed": [{"id": a.id, "label": a.now.label, "by": a.now.annotator} for a in reply.agreed],
             "agreed_count": max(reply.agreed_count, len(reply.agreed)),
             # overwritten: the labels stored ones replaced that someone else had given (the page's undo of such

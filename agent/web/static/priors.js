@@ -143,6 +143,9 @@
       // more agreements than listed (the agent lists the first ones only): which of the other labels stored are
       // someone else's too cannot be told, so an undo of this "Accept all" could take theirs back: none offered
       const unlisted = Math.max(0, (r.agreed_count || 0) - agreed.size);
+      // more refusals than listed (the agent lists the first ones only): which of the other samples were stored
+      // cannot be told, so their tiles say so (and stay open) instead of showing them accepted
+      const unlistedRefused = Math.max(0, (r.rejected_count || 0) - r.rejected.length);
       tiles.forEach((t, k) => {
         t.classList.remove("pending");
         const note = t.querySelector(".done-note");
@@ -154,6 +157,10 @@
           t.querySelectorAll(".actions button, .actions select").forEach((el) => { el.disabled = true; });
         } else if (no) {
           t.classList.add("failed"); note.hidden = false; note.textContent = no.reason;
+          t.querySelectorAll(".actions button, .actions select").forEach((el) => { el.disabled = false; });
+        } else if (unlistedRefused) {
+          t.classList.add("failed"); note.hidden = false;
+          note.textContent = "saved, or among the refusals the agent did not list: Recompute shows which are still open";
           t.querySelectorAll(".actions button, .actions select").forEach((el) => { el.disabled = false; });
         } else {
           const accepted = labels[k].label === t.dataset.label;
@@ -174,7 +181,9 @@
       });
       const changed = r.rejected.filter((x) => x.changed);
       const by = [...new Set(changed.map((x) => x.by).filter((b) => b))];
-      const failed = r.rejected.length - changed.length;
+      const failed = Math.max(r.rejected.length, r.rejected_count || 0) - changed.length;
+      // why: the listed refusals' reasons (the first two distinct ones), so a partly refused page says what to fix
+      const why = [...new Set(r.rejected.filter((x) => !x.changed).map((x) => x.reason))].slice(0, 2).join("; ");
       Shortlist.toast(`${r.accepted} label(s) saved as ${r.annotator}` +
         (r.accepted_priors ? ` · ${r.accepted_priors} accepted prior(s)` : "") + (r.corrected ? ` · ${r.corrected} corrected` : "") +
         (changed.length ? ` · ${changed.length} labelled meanwhile${by.length ? " by " + by.join(", ") : ""}: left as it is` : "") +
@@ -182,10 +191,12 @@
           (bulk && !unlisted ? ": undo leaves them" : "") : "") +
         (unlisted ? ` · ${unlisted} more already labelled so by someone else, not listed by the agent` +
           (bulk ? ": no undo for this Accept all (it cannot tell your labels from theirs)" : "") : "") +
-        (failed ? ` · ${failed} refused` : ""), r.rejected.length > 0 || unlisted > 0);
+        (failed ? ` · ${failed} refused${why ? ": " + why : ""}` : "") +
+        (unlistedRefused ? ` (${unlistedRefused} not listed by the agent: Recompute shows which samples are still open)` : ""),
+        r.rejected.length > 0 || unlisted > 0 || unlistedRefused > 0);
       if (bulk) {
         const refusedIds = new Set(r.rejected.map((x) => x.id));
-        lastBulk = unlisted ? null :
+        lastBulk = unlisted || unlistedRefused ? null :
           new Map(labels.filter((x) => !refusedIds.has(x.id) && !agreed.has(x.id)).map((x) => [x.id, x.label]));
         showUndoBulk();
       }

@@ -303,3 +303,31 @@ def test_accept_all_then_next_reaches_every_sample_once(web_agent: WebAgent) -> 
     back = c.get("/api/priors", params={"method": "knn", "size": 5, "offset": last["offset"] - 5}).json()
     assert [it["id"] for it in back["items"]] == left[last["offset"] - 5: last["offset"]]
     assert c.get("/api/priors", params={"method": "knn", "offset": -1}).status_code == 400
+
+
+def test_refusals_the_agent_did_not_list_are_counted(web_agent: WebAgent, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SubmitLabels lists the first refusals only (``rejected_count`` counts them all); the app passed the list
+    on alone, so a page whose items were partly refused was told of the listed ones only, and the app took the
+    unlisted refused samples for stored (off the priors). Both label APIs pass ``rejected_count`` on; the priors
+    API then keeps the batch's unlisted samples on the page (which of them were stored cannot be told)."""
+    import agent.service as service
+
+    def other(label: str) -> str:
+        return next(s for s in SHAPES if s != label)
+
+    real = service.capped
+    monkeypatch.setattr(service, "capped", lambda items, make, budget=0: real(items, make, budget=60))  # ~1 entry
+    c = web_agent.client(cookies={"shortlist_user": "alice"})
+    items = c.get("/api/priors", params={"method": "knn", "size": 4}).json()["items"]
+    page = [{"id": it["id"], "label": it["label"]} for it in items]
+    # three of the four labelled by bob meanwhile: refused (if_current=""), their labels stay
+    web_agent.stub.SubmitLabels(agent_pb2.SubmitLabelsRequest(
+        labels=[agent_pb2.LabelAssignment(id=x["id"], label=other(x["label"])) for x in page[1:]], annotator="bob"))
+    body = c.post("/api/priors/labels", json={"method": "knn", "labels": page}).json()
+    assert (body["accepted"], body["accepted_priors"]) == (1, 1) and len(body["rejected"]) < 3, body
+    assert body["rejected_count"] == 3
+    left = {it["id"] for it in c.get("/api/priors", params={"method": "knn", "size": 200}).json()["items"]}
+    listed = {x["id"] for x in body["rejected"]}
+    assert {x["id"] for x in page} - listed <= left  # not taken for stored: shown until a Recompute
+    r = c.post("/api/labels", json={"labels": [{**x, "if_current": ""} for x in page[1:]]}).json()  # as the Queue
+    assert r["accepted"] == 0 and len(r["rejected"]) < 3 and r["rejected_count"] == 3, r
