@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import logging
 import re
+from typing import Any
 from urllib.parse import quote
 
 import grpc
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 
 from agent.client import AgentUnavailable
@@ -196,7 +199,31 @@ def unavailable_response(request: Request, e: AgentUnavailable) -> Response:
     return error_response(request, 503, "UNAVAILABLE", message, {"Retry-After": "2"})
 
 
+def short_input(value: Any) -> Any:
+    """A validation error's ``input`` as a 422 shows it: a scalar as it is (a string cut to 200 characters), a
+    list or object as its size only. FastAPI echoes it whole: a list of 700,000 labels (a 16 MiB body, where
+    at most 1,000 are taken) was encoded into a 16 MiB answer while every other request waited (docs/app.md,
+    "Bodies only from known tokens")."""
+    if isinstance(value, str):
+        return value[:200]
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, list | dict):
+        return f"a {type(value).__name__} of {len(value):,} items"
+    return type(value).__name__
+
+
+def validation_response(e: RequestValidationError) -> Response:
+    """FastAPI's 422 (``detail``: its errors) with each error's ``input`` shortened (``short_input``)."""
+    errors = [{**err, "input": short_input(err.get("input"))} if "input" in err else err for err in e.errors()]
+    return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
+
+
 def install(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    def _invalid(request: Request, e: RequestValidationError) -> Response:
+        return validation_response(e)
+
     @app.exception_handler(grpc.RpcError)
     def _rpc_error(request: Request, e: grpc.RpcError) -> Response:
         return rpc_error_response(request, e)

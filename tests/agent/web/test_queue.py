@@ -52,8 +52,8 @@ def test_ask_label_mark_and_page(web_agent: WebAgent) -> None:
     ids = [it["id"] for it in q["items"]]
     assert all(it["label"] == "" for it in q["items"])  # random picks unlabelled samples
     saved = c.post("/api/labels", json={"labels": [{"id": ids[0], "label": "square"}]}).json()
-    assert saved == {"accepted": 1, "annotator": "Bea", "rejected": [], "rejected_count": 0, "agreed": [], "agreed_count": 0,
-                     "overwritten": [], "twin_conflicts": []}
+    assert saved == {"accepted": 1, "annotator": "Bea", "rejected": [], "rejected_count": 0, "agreed": [],
+                     "agreed_count": 0, "overwritten": [], "twin_conflicts": []}
     assert web_agent.labels()[ids[0]] == "square"
     assert c.post("/api/queue/mark", json={"id": ids[1], "mark": "unsure"}).status_code == 200
     items = {it["id"]: it for it in c.get("/api/queue").json()["items"]}

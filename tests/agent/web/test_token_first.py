@@ -91,3 +91,20 @@ def test_label_studio_tokens_guessed_by_basic_auth_are_throttled(token_web_agent
     assert label_studio.post("/labelstudio/setup", json={}, headers=basic(WRITE_TOKEN)).status_code == 400
     # the same right token from the guessing address: known to the agent, so not held up
     assert guesser.post("/labelstudio/setup", json={}, headers=basic(WRITE_TOKEN)).status_code == 400
+
+
+@pytest.mark.parametrize("path", ["/api/labels", "/api/priors/labels", "/api/labels/retract"])
+def test_a_422_does_not_echo_a_long_body(web_agent: WebAgent, path: str) -> None:
+    """FastAPI's 422 echoes each error's input whole: 200,000 labels where 1,000 are taken came back as a
+    multi-MB answer, and for a 16 MiB body encoding it held every other request of the app for seconds
+    (docs/app.md). Now a list or object is named by its size, a string cut to 200 characters."""
+    c = web_agent.client()
+    n = 200_000
+    body = {"method": "knn", "labels": [{"id": "a", "label": "b"}] * n, "ids": ["a"] * n}
+    r = c.post(path, json=body)
+    assert r.status_code == 422, r.text[:300]
+    assert len(r.content) < 2000, len(r.content)
+    err = r.json()["detail"][0]
+    assert err["type"] == "too_long" and err["loc"][0] == "body" and err["input"] == f"a list of {n:,} items"
+    long_id = c.post("/api/queue/mark", json={"id": "x" * 100_000, "mark": "nope"})
+    assert long_id.status_code == 422 and len(long_id.content) < 2000

@@ -1,0 +1,86 @@
+"""How long the app's other requests wait while a caller with a right token sends large JSON bodies. Not a test:
+``.venv/bin/python -m tests.agent.web.measure_body_stall [PATH] [N]`` in the repository (figures: docs/app.md).
+
+Posts, three times, a body of ``N`` tiny labels (``{"id":"a","label":"b"}``; ``/api/queue``: ids ``"a"``) to
+``PATH`` of the app on a real agent (no tokens: every caller's is right) through one TestClient event loop, and
+prints the longest ``/healthz`` answer meanwhile (asked every 10 ms). ``--thread``: instead, parses such a body
+(``json.loads``) in a second thread and prints the longest pause of a thread that wakes every 1 ms meanwhile
+(whether parsing off the event loop would free it)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from tests.agent.web.conftest import start_web_agent
+
+
+def main(path: str = "/api/labels", n: int = 700_000) -> None:
+    item, key = (b'"a"', b"ids") if path == "/api/queue" else (b'{"id":"a","label":"b"}', b"labels")
+    raw = b'{"method":"knn","' + key + b'":[' + b",".join([item] * n) + b"]}"
+    with tempfile.TemporaryDirectory() as tmp:
+        wa = start_web_agent(Path(tmp))
+        try:
+            with wa.client() as c:  # one event loop for every request
+                c.get("/healthz")
+                done = threading.Event()
+                codes: list[int] = []
+
+                def post() -> None:
+                    for _ in range(3):
+                        codes.append(c.post(path, content=raw, headers={"Content-Type": "application/json"})
+                                     .status_code)
+                    done.set()
+
+                poster = threading.Thread(target=post)
+                poster.start()
+                worst = 0.0
+                while not done.is_set():
+                    t = time.perf_counter()
+                    c.get("/healthz")
+                    worst = max(worst, time.perf_counter() - t)
+                    time.sleep(0.01)
+                poster.join()
+                print(f"{path}: body {len(raw) / 2**20:.1f} MiB, answers {codes}, "
+                      f"longest /healthz {worst * 1000:.0f} ms")
+        finally:
+            wa.stop()
+
+
+def parse_in_a_thread(n: int = 700_000) -> None:
+    raw = b'{"labels":[' + b",".join([b'{"id":"a","label":"b"}'] * n) + b"]}"
+    stop = threading.Event()
+    gaps: list[float] = []
+
+    def tick() -> None:
+        last = time.perf_counter()
+        while not stop.is_set():
+            time.sleep(0.001)
+            now = time.perf_counter()
+            gaps.append(now - last)
+            last = now
+
+    ticker = threading.Thread(target=tick)
+    ticker.start()
+    time.sleep(0.05)
+    parser = threading.Thread(target=lambda: json.loads(raw))
+    t = time.perf_counter()
+    parser.start()
+    parser.join()
+    took = time.perf_counter() - t
+    time.sleep(0.05)
+    stop.set()
+    ticker.join()
+    print(f"json.loads of {len(raw) / 2**20:.1f} MiB in a thread: {took * 1000:.0f} ms; the other thread's longest "
+          f"pause {max(gaps) * 1000:.0f} ms")
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--thread"]:
+        parse_in_a_thread()
+        sys.exit()
+    main(sys.argv[1] if len(sys.argv) > 1 else "/api/labels", int(sys.argv[2]) if len(sys.argv) > 2 else 700_000)
