@@ -273,7 +273,9 @@ def unknown_token_throttled(request: Request, token: str) -> None:
     if not token or request.app.state.known_tokens.accepted(token):
         return
     address = client_address(request)
-    wait = request.app.state.sign_in_throttle.wait(address, token)
+    # Label Studio's webhook is sent once (answered 429, its annotation is lost): its token may take the
+    # address's second-try check at its first try (docs/app.md, "Webhooks from a throttled address").
+    wait = request.app.state.sign_in_throttle.wait(address, token, first=request.url.path == WEBHOOK_PATH)
     if wait > 0:
         seconds = math.ceil(wait)
         more = request.app.state.sign_in_refusals.admit("token throttled", address)
@@ -403,11 +405,14 @@ def login_page(request: Request, next: str = "/") -> Response:
 # gets no other: a guesser that does not send a guess twice never gets one (its rate stays SIGN_IN_PER_S), while
 # a right token is in at its second try, at most THROTTLED_CHECK_S after its first (then KnownTokens: never
 # held up again). A guesser that repeats each guess competes for those checks, and gets at most
-# 1 / THROTTLED_CHECK_S more a second.
+# 1 / THROTTLED_CHECK_S more a second. Label Studio does not resend a webhook, so a token sent to WEBHOOK_PATH
+# may take that check at its first try: a guesser gains no more checks by it (at most 1 / THROTTLED_CHECK_S more
+# a second, as by repeating its guesses), only saves the repeat.
 SIGN_IN_BURST = 5
 SIGN_IN_PER_S = 1.0
 MAX_THROTTLED_ADDRESSES = 4096
 THROTTLED_CHECK_S = 2.0
+WEBHOOK_PATH = "/labelstudio/webhook"  # whose tokens get the second-try check at their first try
 REMEMBER_S = 60.0
 MAX_REMEMBERED_TOKENS = 16384  # (address, sha256) pairs, ~150 bytes each: a flood of new guesses pushes the oldest out
 
@@ -432,9 +437,10 @@ class SignInThrottle:
         self._seen: dict[tuple[str, str], float] = {}  # (address, sha256) answered 429 -> when; oldest first
         self._spent: dict[tuple[str, str], None] = {}  # (address, sha256) given its second-try check; oldest first
 
-    def _second_try(self, address: str, token: str, now: float) -> float:
+    def _second_try(self, address: str, token: str, now: float, first: bool = False) -> float:
         """With the lock held, ``address`` throttled: 0.0 when ``token`` gets its second-try check now (taken),
-        else the seconds until it may (remembering it as sent), or ``math.inf`` when it never will."""
+        else the seconds until it may (remembering it as sent), or ``math.inf`` when it never will. ``first``:
+        the check may be this try's, its first (a Label Studio webhook, which is not sent again)."""
         if not token:
             return math.inf
         key = (address, hashlib.sha256(token.encode()).hexdigest())
@@ -442,8 +448,8 @@ class SignInThrottle:
             return math.inf
         slot = max(0.0, self._checked_at.get(address, -math.inf) + self.check_s - now)
         seen = self._seen.get(key)
-        if seen is not None and now - seen <= self.remember_s and slot <= 0:
-            del self._seen[key]
+        if slot <= 0 and (first or (seen is not None and now - seen <= self.remember_s)):
+            self._seen.pop(key, None)
             self._spent[key] = None
             if len(self._spent) > self.max_remembered:
                 del self._spent[next(iter(self._spent))]
@@ -485,15 +491,15 @@ class SignInThrottle:
                 self._buckets.clear()
         self._buckets[address] = (max(0.0, left - 1.0), now)
 
-    def wait(self, address: str, token: str = "") -> float:
+    def wait(self, address: str, token: str = "", first: bool = False) -> float:
         """The seconds until ``address`` may try ``token`` (0.0: it may now; nothing taken from the allowance,
-        a second-try check taken when it is that which lets it)."""
+        a second-try check taken when it is that which lets it; ``first``: as ``_second_try``'s)."""
         now = time.monotonic()
         with self._lock:
             left = self._left(address, now)
             if left >= 1.0:
                 return 0.0
-            return min((1.0 - left) / self.per_s, self._second_try(address, token, now))
+            return min((1.0 - left) / self.per_s, self._second_try(address, token, now, first))
 
     def failed(self, address: str) -> None:
         """A try ``address`` made with an unknown token outside the sign-in form (a header or cookie the agent

@@ -846,3 +846,26 @@ def test_an_older_cleared_choice_arriving_late_does_not_retract_a_newer_label(ag
         assert labels_of(agent)[sid] == "cat"
     finally:
         app.state.stub.close()
+
+
+def test_a_webhook_from_a_throttled_address_is_applied_at_its_first_send(agent: Running) -> None:
+    """Label Studio does not resend a webhook: one answered 429 because its address had spent its allowance of
+    failed tries (someone there guessing tokens) was lost, since a token got the agent's check at its second
+    try only. A webhook's token now takes that check at its first; the guesses (to any route, the webhook
+    included) are still answered 429 without asking the agent."""
+    from agent.web import auth
+
+    _, app = app_for(agent, tokens_required=True)
+    check_s = 60.0  # one check for the whole test
+    app.state.sign_in_throttle = auth.SignInThrottle(burst=3, per_s=0.001, check_s=check_s)  # no refill here
+    http = TestClient(app, base_url=BASE_URL, client=("10.0.0.31", 50000))  # Label Studio and the guesser
+    codes = [http.post("/labelstudio/setup", json={}, headers=basic(f"guess-{i:020d}")).status_code
+             for i in range(6)]
+    assert codes == [401] * 3 + [429] * 3, codes  # the address is throttled
+    created = event(CREATED)
+    r = http.post("/labelstudio/webhook", json=created, headers=basic(WRITE_TOKEN))
+    assert r.status_code == 200 and r.json()["accepted"] == 1, r.text
+    assert labels_of(agent)["reef/site-b/img_0007.jpg"] == "frog"
+    wrong = [http.post("/labelstudio/webhook", json=created, headers=basic(f"hook-guess-{i:015d}")).status_code
+             for i in range(5)]
+    assert wrong == [429] * 5, wrong  # no more checks for this address until check_s has passed
