@@ -116,6 +116,32 @@ def test_accept_all_leaves_a_label_given_meanwhile(live_web: WebAgent, page: Any
     assert live_web.labels()[sid] == other and live_web.history(sid) == [(other, "bob")]
 
 
+def test_accept_all_says_how_many_were_refused_when_the_agent_listed_only_some(
+        live_web: WebAgent, page: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The agent lists the first refusals only (rejected_count counts them all): the page showed the unlisted
+    ones accepted and the toast counted the listed ones. Now the toast counts them all, the batch's unlisted
+    tiles stay open saying they may have been refused, and that Accept all offers no undo."""
+    import agent.service as service
+
+    real = service.capped
+    monkeypatch.setattr(service, "capped", lambda items, make, budget=0: real(items, make, budget=60))  # ~1 entry
+    page.goto(f"{live_web.url}/priors?method=knn")
+    page.wait_for_selector(".tile.prior")
+    tiles = page.locator(".tile.prior")
+    taken = [(str(tiles.nth(k).get_attribute("data-id")), str(tiles.nth(k).get_attribute("data-label")))
+             for k in range(3)]
+    live_web.stub.SubmitLabels(agent_pb2.SubmitLabelsRequest(labels=[
+        agent_pb2.LabelAssignment(id=i, label=next(c for c in ("circle", "square", "triangle") if c != p))
+        for i, p in taken], annotator="bob"))
+    page.once("dialog", lambda d: d.accept())
+    page.click("#accept-page")
+    page.wait_for_selector(".tile.prior.failed")
+    toast = page.locator("#toast").inner_text()
+    assert "not listed by the agent" in toast and "refused" in toast, toast
+    assert page.locator("#undo-accept-page").is_hidden()
+    assert page.locator(".tile.prior.done.accepted").count() == 0
+
+
 def test_accept_all_asks_first_and_can_be_undone(live_web: WebAgent, page: Any) -> None:
     """"Accept all on this page" (key A) asks first, with the count and the lowest confidence; dismissed, nothing
     is stored; accepted, "Undo accept all" takes back exactly those labels, leaving one changed since."""
