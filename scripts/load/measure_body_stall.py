@@ -1,5 +1,6 @@
 """How long the app's other requests wait while a caller with a right token sends large JSON bodies. Not a test:
-``.venv/bin/python -m tests.agent.web.measure_body_stall [PATH] [N]`` in the repository (figures: docs/app.md).
+``PYTHONPATH=. .venv/bin/python scripts/load/measure_body_stall.py [PATH] [N]`` from the repository root
+(figures: docs/app.md).
 
 Posts, three times, a body of ``N`` tiny labels (``{"id":"a","label":"b"}``; ``/api/queue``: ids ``"a"``) to
 ``PATH`` of the app on a real agent (no tokens: every caller's is right) through one TestClient event loop, and
