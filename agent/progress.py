@@ -140,7 +140,8 @@ class Progress:
     events: int = 0  # labels given (not retractions, not class renames): LabelCounts.given
     retractions: int = 0  # labels taken back (RetractLabels)
     labelled: int = 0  # samples with a current label
-    # (time, samples labelled then) at each label that labelled an unlabelled sample and each retraction
+    # (time, samples labelled then) at each label that labelled an unlabelled sample and each retraction; the
+    # rows of one moment (an undo: its retraction and the label put back) make one point, after all of them
     timeline: list[tuple[float, int]] = field(default_factory=list)
     # annotator -> [(time, labels given so far)]
     annotator_timeline: dict[str, list[tuple[float, int]]] = field(default_factory=dict)
@@ -163,6 +164,15 @@ def collect(history: Iterable[agent_pb2.LabelRecord], classes: Iterable[str] = (
     # id -> the ``given`` entry its latest label given replaced: what an undo (a "restore" row) puts back
     given_before: dict[str, tuple[float, str]] = {}
     class_times: dict[str, list[float]] = {}  # class -> when each of its current labels was given
+
+    def count(t: float) -> None:
+        # Rows of one moment are one change: an undo's retraction and the label it puts back (RetractLabels with
+        # restore_previous) share a time, and a point after each drew a dip that never was (4 -> 3 -> 4).
+        if p.timeline and p.timeline[-1][0] == t:
+            p.timeline[-1] = (t, len(labelled))
+        else:
+            p.timeline.append((t, len(labelled)))
+
     for name in classes:
         p.per_class[name] += 0
     for r in history:
@@ -172,7 +182,7 @@ def collect(history: Iterable[agent_pb2.LabelRecord], classes: Iterable[str] = (
                 given[r.id] = given_before.get(r.id, (r.time, r.source))
                 if r.id not in labelled:
                     labelled.add(r.id)
-                    p.timeline.append((r.time, len(labelled)))
+                    count(r.time)
             if r.current:
                 t, source = given[r.id]
                 p.per_class[r.label] += 1
@@ -184,12 +194,12 @@ def collect(history: Iterable[agent_pb2.LabelRecord], classes: Iterable[str] = (
             p.retractions += 1
             if r.id in labelled:
                 labelled.discard(r.id)
-                p.timeline.append((r.time, len(labelled)))
+                count(r.time)
             continue
         p.events += 1
         if r.id not in labelled:
             labelled.add(r.id)
-            p.timeline.append((r.time, len(labelled)))
+            count(r.time)
         a = p.annotators.get(r.annotator)
         if a is None:
             a = p.annotators[r.annotator] = AnnotatorStats(r.annotator, first=r.time)
@@ -335,13 +345,11 @@ def timeline_svg(p: Progress) -> str:
     ax = fig.add_subplot()
     if not p.timeline:
         return _empty(fig, ax, "no labels yet")
-    ts, ns = zip(*p.timeline, strict=True)
-    ax.step(_dates(list(ts)), ns, where="post", color="black", linewidth=2, label="samples labelled")
     busiest = sorted(p.annotators.values(), key=lambda a: -a.labels)[:MAX_SERIES]
+    end = max(t for series in (p.timeline, *(p.annotator_timeline[a.name] for a in busiest)) for t, _ in series)
+    _steps(ax, p.timeline, end, color="black", linewidth=2, label="samples labelled")
     for a in busiest:
-        series = p.annotator_timeline[a.name]
-        at, an = zip(*series, strict=True)
-        ax.step(_dates(list(at)), an, where="post", linewidth=1.2, label=f"{a.name} (labels given)")
+        _steps(ax, p.annotator_timeline[a.name], end, linewidth=1.2, label=f"{a.name} (labels given)")
     _time_axis(ax)
     ax.set_ylabel("count")
     ax.legend(loc="upper left", fontsize=8, frameon=False)
@@ -356,13 +364,29 @@ def class_timeline_svg(p: Progress) -> str:
     if not p.class_timeline:
         return _empty(fig, ax, "no labels yet")
     largest = sorted(p.class_timeline, key=lambda c: (-p.per_class[c], c))[:MAX_SERIES]
+    end = max(p.class_timeline[name][-1][0] for name in largest)
     for name in largest:
-        ts, ns = zip(*p.class_timeline[name], strict=True)
-        ax.step(_dates(list(ts)), ns, where="post", linewidth=1.4, label=name)
+        _steps(ax, p.class_timeline[name], end, linewidth=1.4, label=name)
     _time_axis(ax)
     ax.set_ylabel("labels (current)")
     ax.legend(loc="upper left", fontsize=8, frameon=False, ncols=2)
     return _svg(fig)
+
+
+def _steps(ax: Axes, series: list[tuple[float, int]], end: float, **style: Any) -> None:
+    """Draw ``series`` [(unix time s, count)] as a step line held level up to ``end`` (the chart's last time, s).
+
+    A step line of one point draws nothing (a class with one label was in the legend but not on the chart):
+    held to ``end`` it is a line, and its first point has a marker, which is all there is to see when ``end``
+    is that point's time (one moment on the whole chart).
+    """
+    ts, ns = [t for t, _ in series], [n for _, n in series]
+    if ts[-1] < end:
+        ts.append(end)
+        ns.append(ns[-1])
+    if len(series) == 1:
+        style = {"marker": "o", "markersize": 4, "markevery": [0], **style}
+    ax.step(_dates(ts), ns, where="post", **style)
 
 
 def _time_axis(ax: Axes) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from agent.progress import audit_svg, class_balance_svg, class_timeline_svg, collect, timeline_svg
+from agent.progress import audit_svg, class_balance_svg, class_timeline_svg, collect, timeline_svg, timeline_text
 from shortlist.v1 import agent_pb2
 
 
@@ -148,4 +148,56 @@ def test_a_label_an_undo_put_back_is_no_label_given_and_keeps_when_and_how_it_wa
     assert p.annotators["bob"].labels == 1 and p.annotators["alice"].labels == 1
     assert dict(p.per_class) == {"deer": 1, "fox": 0} and dict(p.per_source) == {"prior:knn": 1}
     assert p.class_timeline == {"deer": [(100.0, 1)]}
-    assert p.timeline == [(100.0, 1), (300.0, 0), (300.0, 1)]
+    assert p.timeline == [(100.0, 1), (300.0, 1)]  # the retraction and the label put back: one moment
+
+
+def _drawn_lines(svg: str) -> list[tuple[float, int]]:
+    """The data lines of a chart's SVG (the axes' own line2d groups: not ticks, grid or legend), each as (its
+    path's width in pt, its markers)."""
+    import re
+    import xml.etree.ElementTree as ET
+
+    ns = {"s": "http://www.w3.org/2000/svg"}
+    axes = ET.fromstring(svg).find(".//s:g[@id='axes_1']", ns)
+    assert axes is not None
+    lines = []
+    for g in axes.findall("s:g", ns):
+        if not g.get("id", "").startswith("line2d_"):
+            continue
+        path = g.find("s:path", ns)
+        xs = [float(x) for x in re.findall(r"[ML] ([-\d.]+) ", path.get("d", ""))] if path is not None else [0.0]
+        lines.append((max(xs) - min(xs), len(g.findall(".//s:use", ns))))
+    return lines
+
+
+def test_a_series_of_one_point_is_drawn() -> None:
+    """A class (or annotator) with one label was in the legend but not on the chart: a step line of one point
+    draws nothing. Each line is now held level to the chart's end, and a one-point series has a marker (all
+    there is when the whole chart is one moment)."""
+    history = [rec("a", "cat", "ana", 100.0), rec("b", "cat", "ana", 200.0), rec("c", "deer", "ben", 150.0),
+               rec("d", "frog", "ana", 300.0)]
+    p = collect(history, classes=["cat", "deer", "frog"])
+    (cat, cat_marks), (deer, deer_marks), (frog, frog_marks) = _drawn_lines(class_timeline_svg(p))
+    assert cat > 0 and cat_marks == 0
+    assert deer > 0 and deer_marks == 1  # held from its one label (t=150) to the chart's end (t=300)
+    assert frog == 0 and frog_marks == 1  # its one label is the chart's last moment: a marker
+    lines = _drawn_lines(timeline_svg(p))  # samples labelled, ana, ben (one label)
+    assert len(lines) == 3 and all(width > 0 for width, _ in lines)
+    one = collect([rec("a", "deer", "ana", 100.0)])  # one moment: no width, but its marker
+    assert [markers for _, markers in _drawn_lines(class_timeline_svg(one))] == [1]
+
+
+def test_an_undo_at_one_moment_draws_no_dip() -> None:
+    """Undoing a change writes the retraction and the label put back at the same time: the samples labelled
+    went 2 -> 1 -> 2 at that moment, a dip that never was. Rows of one moment make one point."""
+    gone = agent_pb2.LabelRecord(id="b", annotator="ana", time=300.0, source="manual", retracted=True)
+    history = [rec("a", "cat", "ana", 100.0), rec("b", "cat", "ben", 200.0, current=False),
+               rec("b", "dog", "ana", 250.0, current=False), gone, rec("b", "cat", "ben", 300.0, source="restored")]
+    p = collect(history)
+    assert p.timeline == [(100.0, 1), (200.0, 2), (300.0, 2)]
+    assert timeline_text(p).startswith("Labels over time: samples labelled went from 0 at 1970-01-01 00:01 UTC to "
+                                       "2 at 1970-01-01 00:05 UTC. ")  # no "(at most ...)"
+    # RetractLabels of several samples at once: one step down, not one per sample
+    many = [rec("a", "cat", "ana", 100.0), rec("b", "cat", "ana", 100.0), rec("c", "cat", "ana", 200.0),
+            *(agent_pb2.LabelRecord(id=i, annotator="ana", time=300.0, retracted=True) for i in "ab")]
+    assert collect(many).timeline == [(100.0, 2), (200.0, 3), (300.0, 1)]
