@@ -41,10 +41,12 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import itertools
 import json
 import os
 import re
 import shutil
+import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -73,7 +75,7 @@ PROBLEM_FIELDS = ["id", "label", "problem"]
 EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp", "TIFF": ".tif", "PPM": ".ppm"}
 # Extensions dropped from a sample id to make its file stem (``file_stem``)
 ID_SUFFIXES = frozenset({*EXTENSIONS.values(), ".jpeg", ".tiff", ".gif"})
-MAX_STEM = 120
+MAX_STEM = 120  # a class folder's characters; a file stem's UTF-8 bytes (with a hash and extension < 255 bytes)
 
 
 class ExportError(ValueError):
@@ -287,29 +289,39 @@ _ORIENTATION = 0x0112
 _PNG_ORIENTATION_CHUNKS = (b"eXIf", b"Raw profile type exif", b"XML:com.adobe.xmp")
 
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+def _kept(c: str) -> bool:
+    """Whether ``c`` stays in a file stem: a letter, mark or digit of any script (Unicode categories L*, M*,
+    N*: ``é``, ``鹿``, Devanagari vowel signs) or ``._-``. Everything else, path separators, what Windows
+    refuses, control, format (zero-width, bidirectional) and white space characters among them, is not."""
+    return c in "._-" or unicodedata.category(c)[0] in "LMN"
 
 
 def file_stem(sample_id: str, taken: set[str]) -> str:
-    """A file-name stem for ``sample_id``: its safe characters (an image extension dropped; a Windows device
-    name such as ``CON`` prefixed with ``_``, as ``class_folders`` does), made unique
-    among ``taken`` (case-insensitively, for case-insensitive file systems) with a short hash."""
-    base = sample_id
+    """A file-name stem for ``sample_id``, safe on Windows, macOS and Linux file systems: the id in NFC
+    (macOS stores names decomposed: two ids that differ only in Unicode form are one name there), an image
+    extension dropped, each run of characters ``_kept`` refuses as one ``_``, cut to MAX_STEM UTF-8 bytes
+    (file systems limit a name to 255 bytes, or UTF-16 units), ``._`` stripped from both ends, a Windows
+    device name such as ``CON`` prefixed with ``_`` (as ``class_folders`` does), and made unique among ``taken``
+    (case-insensitively, for case-insensitive file systems) with a short hash."""
+    base = unicodedata.normalize("NFC", sample_id)
     if Path(base).suffix.lower() in ID_SUFFIXES:
         base = base[: -len(Path(base).suffix)]
-    stem = _UNSAFE.sub("_", base).strip("._")[:MAX_STEM] or "sample"
+    safe = "".join("".join(run) if keep else "_" for keep, run in itertools.groupby(base, _kept))
+    stem = safe.encode()[:MAX_STEM].decode(errors="ignore").strip("._") or "sample"  # never half a character
     if stem.split(".")[0].upper() in _DEVICE_NAMES:  # CON.png, nul.jpg: a device on Windows, as class folders
         stem = f"_{stem}"
-    if stem.lower() in taken:
+    if stem.casefold() in taken:
         stem = f"{stem}-{hashlib.sha256(sample_id.encode()).hexdigest()[:10]}"
-    taken.add(stem.lower())
+    taken.add(stem.casefold())
     return stem
 
 
 # What Windows cannot have in a file or folder name (also for a zip extracted there): these characters, control
 # characters, a trailing dot or space, and the device names (CON, NUL, COM1, ...; with any extension)
 _NOT_ON_WINDOWS = re.compile(r'[<>:"/\\|?*\x00-\x1f\x7f]')
-_DEVICE_NAMES = frozenset({"CON", "PRN", "AUX", "NUL", *(f"{d}{i}" for d in ("COM", "LPT") for i in range(1, 10))})
+# (Windows reads the superscripts ¹²³ as digits: COM¹ is a device too)
+_DEVICE_NAMES = frozenset({"CON", "PRN", "AUX", "NUL",
+                           *(f"{d}{i}" for d in ("COM", "LPT") for i in (*range(1, 10), "¹", "²", "³"))})
 
 
 def _windows_safe(name: str) -> str:

@@ -9,6 +9,7 @@ import io
 import json
 import os
 import stat
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -482,3 +483,21 @@ def test_samples_csv_gives_every_metadata_key_a_column_of_its_own(tmp_path: Path
                    "site": "north", "metadata.uri": "u"}
     (nested,) = exports.read_jsonl_rows(tmp_path / "s.jsonl")
     assert nested["metadata"] == {"id": "from-meta", "metadata.id": "other", "site": "north", "uri": "u"}
+
+
+def test_file_names_keep_letters_of_every_script_and_stay_safe() -> None:
+    """A non-English team's file names: letters of any script are kept (was: ASCII only, "Rehkitz im Wald
+    ÄÖü ñ 鹿.jpg" became "Rehkitz_im_Wald", against docs/app.md), while a name stays one every file system takes:
+    NFC, no separators nor control or invisible characters, at most MAX_STEM bytes of UTF-8."""
+    taken: set[str] = set()
+    assert exports.file_stem("deer/Rehkitz im Wald ÄÖü ñ 鹿.jpg", taken) == "deer_Rehkitz_im_Wald_ÄÖü_ñ_鹿"
+    assert exports.file_stem("हिंदी फ़ोटो.png", taken) == "हिंदी_फ़ोटो"  # marks (vowel signs) are kept
+    # NFC: the decomposed id is the same name on macOS, so it is made unique rather than overwrite the other
+    assert exports.file_stem("café.png", taken) == "café"
+    nfd = exports.file_stem("cafe\u0301.png", taken)
+    assert nfd.startswith("café-") and nfd == unicodedata.normalize("NFC", nfd)
+    assert exports.file_stem("CAFÉ", taken).startswith("CAFÉ-")  # case-insensitively too
+    assert exports.file_stem("a\\b:c\x00d\ne\u200bf\u202eg\t.jpg", taken) == "a_b_c_d_e_f_g"
+    long = exports.file_stem("鹿" * 100, taken)  # 300 bytes of UTF-8: cut on a character, not inside one
+    assert long == "鹿" * 40 and len(long.encode()) <= exports.MAX_STEM
+    assert exports.file_stem("com¹.jpg", taken) == "_com¹"  # Windows reads COM¹ as a device name
