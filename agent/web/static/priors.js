@@ -85,7 +85,7 @@
       let html = "", last = null;
       d.items.forEach((it, k) => {
         if (it.label !== last) {
-          html += `<div class="group-head"><span class="chip">${esc(it.label)}</span> <span class="muted small">${(d.counts[it.label] || 0).toLocaleString()} in range</span></div>`;
+          html += `<div class="group-head"><span class="chip">${esc(it.label)}</span> <span class="muted small" data-label="${esc(it.label)}">${(d.counts[it.label] || 0).toLocaleString()} in range</span></div>`;
           last = it.label;
         }
         const options = cfg.classes.map((c) => `<option value="${esc(c)}">${esc(c)}</option>`).join("");
@@ -113,6 +113,26 @@
     $("next-page").disabled = !hasNext(d);
     $("bulkbar").hidden = !d.items.length;
     $("page-info").textContent = d.items.length ? `${d.offset + 1}–${d.offset + d.items.length} of ${d.total.toLocaleString()}` : "none";
+  }
+
+  // The grid lists unlabelled samples with a prior in range: a tile labelled here (or by someone else meanwhile)
+  // leaves that set, an undo puts it back. "N match", the class tabs' counts and the group heads' "in range" follow
+  // (they stayed as loaded until a reload, while "unlabelled" and "labelled" moved). by: -1 or +1 per tile.
+  function recount(tiles, by) {
+    const d = state.data;
+    if (!d || !tiles.length) return;
+    for (const t of tiles) {
+      d.counts[t.dataset.label] = Math.max(0, (d.counts[t.dataset.label] || 0) + by);
+      d.total = Math.max(0, d.total + by);
+    }
+    const all = Object.values(d.counts).reduce((a, b) => a + b, 0);
+    $("stat-shown").textContent = d.total.toLocaleString();
+    $("class-tabs").querySelectorAll(".tab").forEach((b) => {
+      b.querySelector(".count").textContent = (b.dataset.label ? d.counts[b.dataset.label] || 0 : all).toLocaleString();
+    });
+    grid.querySelectorAll(".group-head [data-label]").forEach((el) => {
+      el.textContent = `${(d.counts[el.dataset.label] || 0).toLocaleString()} in range`;
+    });
   }
 
   function submit(labels, tiles, bulk = false) {
@@ -179,6 +199,7 @@
           t.querySelectorAll(".actions button, .actions select").forEach((el) => { el.disabled = true; });
         }
       });
+      recount(tiles.filter((t) => t.classList.contains("done")), -1);  // stored, or labelled meanwhile
       const changed = r.rejected.filter((x) => x.changed);
       const by = [...new Set(changed.map((x) => x.by).filter((b) => b))];
       const failed = Math.max(r.rejected.length, r.rejected_count || 0) - changed.length;
@@ -227,12 +248,20 @@
       const r = await Shortlist.api("POST", "/api/labels/retract", { ids, if_current: Object.fromEntries(bulk) });
       ownEvents += r.accepted;
       const kept = new Set(r.rejected.map((x) => x.id));
+      const back = [];  // unlabelled again: the counts move back
       grid.querySelectorAll(".tile.done.accepted").forEach((t) => {
         if (!bulk.has(t.dataset.id) || kept.has(t.dataset.id)) return;
         t.classList.remove("done", "accepted");
         t.querySelector(".done-note").hidden = true;
         t.querySelectorAll(".actions button, .actions select").forEach((el) => { el.disabled = false; });
+        back.push(t);
       });
+      recount(back, +1);
+      for (const [id, by] of [["stat-labelled", -r.accepted], ["stat-unlabelled", r.accepted]]) {
+        const el = $(id);
+        const was = parseInt(el.textContent.replace(/[^0-9]/g, ""), 10);
+        if (!Number.isNaN(was)) el.textContent = Math.max(0, was + by).toLocaleString();
+      }
       Shortlist.toast(`undo: ${r.accepted} accepted prior(s) taken back` +
         (kept.size ? ` · ${kept.size} changed since: left as they are` : ""), kept.size > 0);
     } catch (e) {

@@ -46,6 +46,16 @@ def wait_map_ready(page: Any) -> None:
     page.wait_for_selector("canvas#map[data-ready='1']", timeout=60_000)
 
 
+def header_counts(page: Any) -> dict[str, int]:
+    """The Review priors page's counts: "N match" as ``match``, the "all" tab's as ``all``, each class tab's."""
+    counts: dict[str, int] = page.evaluate("""() => Object.fromEntries([
+        ["match", document.getElementById("stat-shown").textContent],
+        ...[...document.querySelectorAll(".class-tabs .tab")].map((b) => [b.dataset.label || "all",
+                                                                         b.querySelector(".count").textContent])]
+        .map(([k, v]) => [k, parseInt(v.replace(/[^0-9]/g, ""), 10)]))""")
+    return counts
+
+
 def test_accept_and_correct_priors_in_the_browser(live_web: WebAgent, page: Any) -> None:
     label_triangles(live_web, [2, 5])
     page.goto(f"{live_web.url}/priors?method=knn")
@@ -61,6 +71,7 @@ def test_accept_and_correct_priors_in_the_browser(live_web: WebAgent, page: Any)
     page.wait_for_function("() => [...document.querySelectorAll('.tile img')].slice(0, 10)"
                            ".every((i) => i.complete && i.naturalWidth > 0)")
     shot(page, "priors")
+    before = header_counts(page)
     first = tiles.nth(0)
     sid, prior = first.get_attribute("data-id"), first.get_attribute("data-label")
     first.locator("button[data-act=accept]").click()
@@ -84,6 +95,11 @@ def test_accept_and_correct_priors_in_the_browser(live_web: WebAgent, page: Any)
     # the counts above the grid follow the two labels (they stayed as loaded until a reload)
     assert page.inner_text("#stat-labelled") == str(LABELLED + 2)
     assert page.inner_text("#stat-unlabelled") == f"{unlabelled - 2:,}"
+    # and so do "N match", the "all" tab and each class's tab (they stayed at 292 while the others moved)
+    after = header_counts(page)
+    assert after["match"] == before["match"] - 2 and after["all"] == before["all"] - 2
+    assert {c: before[c] - after[c] for c in after if c not in ("match", "all")} == \
+        {c: (prior, prior2).count(c) for c in before if c not in ("match", "all")}
     labels = live_web.labels()  # through gRPC (ListSamples)
     assert labels[sid] == prior and labels[sid2] == other
     sources = {e.id: e.source for e in live_web.stub.ListLabels(agent_pb2.ListLabelsRequest())}
@@ -157,10 +173,12 @@ def test_accept_all_asks_first_and_can_be_undone(live_web: WebAgent, page: Any) 
     assert asked and f"{n} sample(s)" in asked[0] and f"lowest confidence among them is {lowest:.0f}%" in asked[0]
     assert "audit has not measured" in asked[0]
     assert live_web.labels() == before and page.locator(".tile.done").count() == 0
+    shown, labelled = header_counts(page)["match"], int(page.inner_text("#stat-labelled").replace(",", ""))
     page.once("dialog", lambda d: d.accept())
     page.click("#accept-page")
     page.wait_for_selector("#undo-accept-page:not([hidden])")
     assert page.locator(".tile.done.accepted").count() == n
+    assert header_counts(page)["match"] == shown - n  # labelled: no longer among the unlabelled that match
     ids = page.locator(".tile.prior").evaluate_all("(els) => els.map((e) => e.dataset.id)")
     other = next(c for c in ("circle", "square", "triangle") if c != live_web.labels()[ids[0]])
     live_web.stub.SubmitLabels(agent_pb2.SubmitLabelsRequest(  # bob changes one of them meanwhile
@@ -170,6 +188,8 @@ def test_accept_all_asks_first_and_can_be_undone(live_web: WebAgent, page: Any) 
     assert f"undo: {n - 1} accepted prior(s) taken back · 1 changed since" in page.locator("#toast").inner_text()
     assert live_web.labels() == {**before, ids[0]: other}
     assert page.locator(".tile.done.accepted").count() == 1 and page.locator("#undo-accept-page").is_hidden()
+    assert header_counts(page)["match"] == shown - 1  # the n - 1 taken back match again; bob's label stays
+    assert page.inner_text("#stat-labelled") == f"{labelled + 1:,}"
 
 
 def test_undo_accept_all_leaves_a_label_someone_else_had_given_the_same(live_web: WebAgent, page: Any) -> None:
