@@ -4,7 +4,8 @@ tree (``root/<class>/<image>``), torchvision's CIFAR-10/100 python folders, a fo
 these folders, read as that folder (its ``train/``, ``test/``, ... top folders are its splits). One registry,
 SOURCES, holds the kinds (a new one is a ``Source`` unit, with the tiny example of its format that the
 registry test reads, plus its entry); a source without splits is the train split only, and asking a source
-for a split it does not have raises MissingSplit (CIFAR: a FileNotFoundError naming its two).
+for a split it does not have raises MissingSplit (CIFAR: a FileNotFoundError naming its two; an incomplete CIFAR
+folder, one that lacks a file of the split asked for, is a FileNotFoundError naming the missing files).
 
 Sample ids are stable across runs: the path inside the source (``cat/0001.jpg`` for a folder, the member
 name ``train/cat/0001.jpg`` for a tar, the file name for one image file) or, for CIFAR pickles,
@@ -204,8 +205,19 @@ def _tar_stem(path: Path) -> str:
     return stem
 
 
+# The files of a complete torchvision CIFAR folder, per split ("meta": the class names, read for either split).
+CIFAR10_FILES = {"meta": ["batches.meta"], "train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
+CIFAR100_FILES = {"meta": ["meta"], "train": ["train"], "test": ["test"]}
+
+
+def _is_cifar10(path: Path) -> bool:
+    """Any file of CIFAR-10's (not only batches.meta), so a folder missing some of them is still taken as one and
+    its missing files named (``_check_cifar_files``), not read as a folder without images."""
+    return any((path / name).is_file() for names in CIFAR10_FILES.values() for name in names)
+
+
 def _cifar_dir(path: Path) -> Path | None:
-    if (path / "batches.meta").is_file() or ((path / "meta").is_file() and (path / "train").is_file()):
+    if _is_cifar10(path) or ((path / "meta").is_file() and (path / "train").is_file()):
         return path
     for name in CIFAR_DIRS:
         if (path / name).is_dir():
@@ -446,11 +458,11 @@ def _iter_cifar(root: Path, split: str, prefix: str) -> Iterator[ImageItem]:
     if (root / "batches.meta").is_file():  # CIFAR-10
         raw_names = _load_cifar_pickle(root / "batches.meta")[b"label_names"]
         classes = [c.decode() if isinstance(c, bytes) else c for c in raw_names]
-        files = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+        files = CIFAR10_FILES[split]
         label_key = b"labels"
     else:  # CIFAR-100
         classes = [c.decode() for c in _load_cifar_pickle(root / "meta")[b"fine_label_names"]]
-        files = ["train"] if split == "train" else ["test"]
+        files = CIFAR100_FILES[split]
         label_key = b"fine_labels"
     for name in files:
         batch = _load_cifar_pickle(root / name)
@@ -510,7 +522,26 @@ def _resolve_cifar(path: Path, split: str) -> Resolved:
     assert cifar is not None  # detected
     if split not in ("train", "test"):
         raise FileNotFoundError(f"{cifar} has only the 'train' and 'test' splits, not '{split}' (--split)")
+    _check_cifar_files(cifar, split)
     return Resolved("cifar", cifar, split, of_splits=True)
+
+
+def _check_cifar_files(cifar: Path, split: str) -> None:
+    """FileNotFoundError naming the files of ``split`` (and the class names' file) that ``cifar`` lacks, and what
+    a complete folder holds: checked when the source is resolved, so every command that reads the folder
+    (ingest, pretrain, finetune, bench) refuses it before any image is read or sent, rather than stopping in
+    the middle at the first missing batch. A partial download or extraction is the usual cause, so it is
+    refused rather than read as the batches it has (which would silently train or label on part of it)."""
+    ten = _is_cifar10(cifar)
+    files = CIFAR10_FILES if ten else CIFAR100_FILES
+    missing = [name for name in (*files["meta"], *files[split]) if not (cifar / name).is_file()]
+    if missing:
+        whole = ", ".join(name for names in files.values() for name in names)
+        archive = "cifar-10-python.tar.gz" if ten else "cifar-100-python.tar.gz"
+        raise FileNotFoundError(
+            f"{cifar} is an incomplete CIFAR-{10 if ten else 100} folder: {', '.join(missing)} "
+            f"{'is' if len(missing) == 1 else 'are'} missing for the '{split}' split (a complete folder holds "
+            f"{whole}); a partial download or extraction is the usual cause: extract {archive} again")
 
 
 def _resolve_folder(path: Path, split: str) -> Resolved:

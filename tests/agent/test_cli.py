@@ -152,9 +152,16 @@ def test_ingest_bad_sources_say_what_is_wrong(tmp_path: Path, running: Running) 
     cifar = tmp_path / "cifar-10-batches-py"
     cifar.mkdir()
     (cifar / "batches.meta").write_bytes(pickle.dumps({b"label_names": [b"a"]}))
+    partial = tmp_path / "partial" / "cifar-10-batches-py"  # a partial download: data_batch_2..5 missing
+    partial.mkdir(parents=True)
+    partial.joinpath("batches.meta").write_bytes(pickle.dumps({b"label_names": [b"a"]}))
+    for name in ("data_batch_1", "test_batch"):
+        partial.joinpath(name).write_bytes(pickle.dumps({b"data": np.zeros((3, 3072), np.uint8), b"labels": [0] * 3}))
     empty = tmp_path / "empty"
     empty.mkdir()
-    cases = [([str(tmp_path / "no" / "such")], "does not exist"), ([str(notes)], "none of the image sources"),
+    cases = [([str(partial.parent), "--id-prefix", "py/"], "data_batch_2, data_batch_3, data_batch_4, data_batch_5 "
+              "are missing for the 'train' split"),
+             ([str(tmp_path / "no" / "such")], "does not exist"), ([str(notes)], "none of the image sources"),
              ([str(splits), "--split", "val"], "no 'val' split (splits found: train, test"),
              ([str(cifar), "--split", "val"], "only the 'train' and 'test' splits"),
              ([str(empty)], "no images found")]

@@ -160,6 +160,42 @@ def test_torchvision_cifar10_folder(tmp_path: Path) -> None:
     assert load_array(root, "test").labels.tolist() == [0, 1, 1, 0]
 
 
+def _partial_cifar10(root: Path, files: list[str]) -> Path:
+    """A torchvision cifar-10-batches-py in ``root`` with only ``files`` of it (a partial download)."""
+    cifar = root / "cifar-10-batches-py"
+    cifar.mkdir(parents=True)
+    data = np.zeros((2, 3 * 32 * 32), dtype=np.uint8)
+    for name in files:
+        obj = {b"label_names": [b"cat", b"dog"]} if name == "batches.meta" else {b"data": data, b"labels": [0, 1]}
+        (cifar / name).write_bytes(pickle.dumps(obj))
+    return cifar
+
+
+def test_incomplete_cifar10_folder_is_refused_naming_the_missing_files(tmp_path: Path) -> None:
+    """batches.meta, data_batch_1 and test_batch only (data_batch_2..5 missing): the train split is refused when
+    the source is resolved (before any image is read: ingest stopped after data_batch_1's images), naming the
+    missing batches and what a complete folder holds; the test split, which is all there, still reads."""
+    cifar = _partial_cifar10(tmp_path / "c10", ["batches.meta", "data_batch_1", "test_batch"])
+    for source in (tmp_path / "c10", cifar):
+        with pytest.raises(FileNotFoundError, match=r"incomplete CIFAR-10 folder: data_batch_2, data_batch_3, "
+                           r"data_batch_4, data_batch_5 are missing for the 'train' split \(a complete folder "
+                           r"holds batches.meta, data_batch_1, .*, test_batch\).*extract cifar-10-python.tar.gz"):
+            resolve_source(source)
+        with pytest.raises(FileNotFoundError, match="data_batch_2"):
+            load_array(source)
+    assert load_array(cifar, "test").labels.tolist() == [0, 1]
+    no_meta = _partial_cifar10(tmp_path / "nometa", [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"])
+    with pytest.raises(FileNotFoundError, match=r"batches.meta is missing for the 'test' split"):
+        resolve_source(no_meta, "test")
+    hundred = tmp_path / "cifar-100-python"
+    hundred.mkdir()
+    (hundred / "meta").write_bytes(pickle.dumps({b"fine_label_names": [b"apple"]}))
+    (hundred / "train").write_bytes(pickle.dumps({b"data": np.zeros((1, 3072), np.uint8), b"fine_labels": [0]}))
+    assert resolve_source(hundred).kind == "cifar"
+    with pytest.raises(FileNotFoundError, match=r"incomplete CIFAR-100 folder: test is missing for the 'test' split"):
+        resolve_source(hundred, "test")
+
+
 class _Py2Pickler(pickle._Pickler):  # type: ignore[name-defined,misc]
     """Writes pickles as CIFAR's originals are (Python 2's cPickle, protocol 2, numpy 1.x): str and bytes as
     Python 2 strings (SHORT_BINSTRING / BINSTRING), numpy's _reconstruct under numpy.core.multiarray."""

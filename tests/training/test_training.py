@@ -171,6 +171,29 @@ def test_budgets_that_cannot_train_are_refused(tiny_data: Path, tmp_path: Path) 
     assert res.exit_code == 2 and "frozen features: no step or time budget" in " ".join(said.split())
 
 
+def test_pretrain_refuses_an_incomplete_cifar10_folder_naming_the_missing_batches(tmp_path: Path) -> None:
+    """A cifar-10-batches-py without data_batch_2..5 (a partial download): exit 2 with the missing files named
+    (it said only "[Errno 2] No such file or directory: '.../data_batch_2'"), before any training."""
+    import pickle
+
+    import numpy as np
+    from typer.testing import CliRunner
+
+    from shortlist.cli import app
+
+    cifar = tmp_path / "data" / "cifar-10-batches-py"
+    cifar.mkdir(parents=True)
+    (cifar / "batches.meta").write_bytes(pickle.dumps({b"label_names": [b"cat", b"dog"]}))
+    for name in ("data_batch_1", "test_batch"):
+        (cifar / name).write_bytes(pickle.dumps({b"data": np.zeros((4, 3072), np.uint8), b"labels": [0, 1, 0, 1]}))
+    res = CliRunner().invoke(app, ["pretrain", "--data", str(cifar.parent), "--epochs", "1", "--out",
+                                   str(tmp_path / "run")])
+    said = " ".join(res.output.split())
+    assert res.exit_code == 2 and "incomplete CIFAR-10 folder" in said, res.output
+    assert "data_batch_2, data_batch_3, data_batch_4, data_batch_5 are missing" in said and "Errno" not in said
+    assert not (tmp_path / "run" / "encoder.pt").exists()
+
+
 def test_a_signal_stops_finetuning_without_a_result(tiny_data: Path, tmp_path: Path) -> None:
     """SIGTERM / SIGINT mid fine-tune: checkpointed, then Interrupted, and no encoder.pt (which export or
     ``shortlist cycle`` would publish as if it were trained)."""
