@@ -359,7 +359,8 @@ def cycle_cmd(
     steps: int | None = typer.Option(None, min=1, help="train for N optimiser steps (full, as3l, moby_al)"),
     minutes: float | None = typer.Option(None, min=0.01, help="or for M minutes"),
     epochs: int | None = typer.Option(None, min=1, help="or for N epochs"),
-    prior_method: str = typer.Option(CYCLE["prior_method"], help="as3l: the agent's PriorLabels method"),
+    prior_method: str | None = typer.Option(CYCLE["prior_method"], help="as3l: the agent's PriorLabels method "
+                                             "(default knn); the other modes use no priors and refuse it"),
     arch: str = typer.Option(CYCLE["arch"]),
     batch_size: int | None = typer.Option(None, min=1, help="batch size (default: the mode's, at most the pool's "
                                           "size; fine-tuning: 64 labelled images, pretraining: the method's)"),

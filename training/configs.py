@@ -135,7 +135,8 @@ class CycleConfig:
     steps: int | None = None  # budget in optimiser steps (a pretraining method: epochs of the pool)
     minutes: float | None = None  # or in minutes of training
     epochs: int | None = None  # or in epochs
-    prior_method: str = "knn"  # as3l: the agent's PriorLabels method
+    # the agent's PriorLabels method of a mode that trains on priors (as3l; None: "knn"); refused for the others
+    prior_method: str | None = None
     preprocess: str = "cifar10"  # input size / normalisation by name, when neither --init nor the registry says
     arch: str = "resnet18_w32"  # the backbone built when not starting from --init
     # None: the mode's / method's default, at most the pool's size (a method's default larger than the pool is

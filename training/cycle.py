@@ -44,6 +44,8 @@ from training.modes import FINETUNE_MODES, MODES, frozen_mode, or_list
 from training.pretrain import PretrainConfig, load_encoder, preprocess_by_name, pretrain
 
 CYCLE_MODES = (*FINETUNE_MODES, *METHODS)
+PRIOR_MODES = tuple(m for m in FINETUNE_MODES if MODES[m].priors)  # the modes that take --prior-method
+DEFAULT_PRIOR_METHOD = "knn"  # their --prior-method when none is given
 # In the registry: held (flock) by a cycle from before its pull until it ends; holds that cycle's pid, start time
 # and run folder while held. In the registry, not the run folder: two cycles into one registry with different
 # --out folders are what duplicated a version (each trained on the same labels and published).
@@ -135,6 +137,12 @@ def _labelled_classes_problem(labels: list[str], mode: str) -> str | None:
             "then run the cycle again")
 
 
+def prior_method_of(cfg: CycleConfig) -> str:
+    """The PriorLabels method a mode that trains on priors asks the agent for: ``cfg.prior_method`` or the
+    default, DEFAULT_PRIOR_METHOD."""
+    return cfg.prior_method if cfg.prior_method is not None else DEFAULT_PRIOR_METHOD
+
+
 def _check_options(cfg: CycleConfig) -> Preprocess | None:
     """Every option of ``cfg`` that can be checked without the agent, before connecting to it and long before
     training (a --models typo found at publishing cost the whole training budget). Raises ValueError
@@ -154,6 +162,10 @@ def _check_options(cfg: CycleConfig) -> Preprocess | None:
     if init is not None and mode in METHODS:
         raise ValueError(f"--mode {mode} pretrains an encoder from random weights and does not use --init: leave "
                          "--init out, or fine-tune the --init run with --mode full, as3l, moby_al, linear or svm")
+    if cfg.prior_method is not None and (mode in METHODS or not MODES[mode].priors):
+        # given to a mode that would ignore it (even a misspelt name ran the whole cycle with exit 0)
+        raise ValueError(f"--prior-method sets where the unlabelled samples' priors come from, which only "
+                         f"--mode {or_list(PRIOR_MODES)} trains on; --mode {mode} uses none: leave it out")
     if cfg.method_options:
         if mode not in METHODS:
             raise ValueError(f"--method-option sets the options of a pretraining method ({or_list(METHODS)}); "
@@ -206,8 +218,9 @@ def run_cycle(agent: str, config: CycleConfig, *, console: Console | None = None
         # the labels alone (no payloads): a one-class pool is refused before pulling every image
         if problem := _labelled_classes_problem([r.label for r in client.list_labels(stub)], mode):
             raise CycleRefused(problem)
-        if MODES[mode].priors and before.prior_methods and config.prior_method not in before.prior_methods:
-            raise ValueError(f"--prior-method {config.prior_method!r} is not one of the agent's prior methods: "
+        prior_method = prior_method_of(config)
+        if MODES[mode].priors and before.prior_methods and prior_method not in before.prior_methods:
+            raise ValueError(f"--prior-method {prior_method!r} is not one of the agent's prior methods: "
                              f"{', '.join(before.prior_methods)}")
     with cycle_lock(models, agent, run_dir):
         return _pull_train_publish(agent, config, stub, before, init_pre, console)
@@ -405,7 +418,7 @@ def _train(cfg: CycleConfig, agent: str, data: TensorData, stub: Any, console: C
     if init is None:
         console.print(f"[yellow]no --init: --mode {mode} trains the {cfg.arch} encoder from random weights "
                       "(pass a `shortlist pretrain` run to start from self-supervised features)[/]")
-    priors = fetch_priors(stub, data, cfg.prior_method) if MODES[mode].priors else None
+    priors = fetch_priors(stub, data, prior_method_of(cfg)) if MODES[mode].priors else None
     fcfg = FinetuneConfig(out=str(cfg.out), mode=mode, init=init, arch=cfg.arch, data=f"agent:{agent}",
                           preprocess=cfg.preprocess, epochs=epochs, minutes=minutes, steps=steps,
                           threads=cfg.threads, device=cfg.device, progress=False)

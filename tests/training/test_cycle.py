@@ -139,7 +139,12 @@ def test_cycle_checks_its_options_before_connecting_or_training(tmp_path: Path) 
                           "rotnet has no option proj_dim; valid: none"),
                          ({"mode": "full", "method_options": {"tau": "0.1"}},
                           "--method-option sets the options of a pretraining method (simsiam, rotnet or moby); "
-                          "--mode full has none")):
+                          "--mode full has none"),
+                         ({"mode": "full", "prior_method": "nope"},  # trained and published with exit 0
+                          "--prior-method sets where the unlabelled samples' priors come from, which only --mode "
+                          "as3l trains on; --mode full uses none: leave it out"),
+                         ({"mode": "linear", "init": str(run), "prior_method": "knn"}, "--mode linear uses none"),
+                         ({"mode": "simsiam", "prior_method": "knn"}, "--mode simsiam uses none")):
         args: dict[str, object] = {"models": tmp_path / "models", "out": out, "mode": "full", "steps": 1, **kwargs}
         with pytest.raises(ValueError, match=re.escape(said)):
             run_cycle(nobody, CycleConfig(**args))  # type: ignore[arg-type]
@@ -155,6 +160,9 @@ def test_cycle_checks_its_options_before_connecting_or_training(tmp_path: Path) 
     assert bad.exit_code == 2 and "--models takes the registry folder" in _said(bad) and "Traceback" not in bad.output
     away = CliRunner().invoke(app, [*base, "--models", str(tmp_path / "models")], env={"COLUMNS": "200"})
     assert away.exit_code == 1 and "UNAVAILABLE" in _said(away) and "connection refused" in _said(away)
+    prior = CliRunner().invoke(app, [*base, "--models", str(tmp_path / "models"), "--prior-method", "nope"],
+                               env={"COLUMNS": "200"})
+    assert prior.exit_code == 2 and "--mode full uses none: leave it out" in _said(prior)
     assert not out.exists()
 
 
@@ -223,6 +231,13 @@ def test_cycle_refuses_a_pool_without_labels_of_two_classes(tmp_path: Path) -> N
         one = CliRunner().invoke(app, cmd, env={"COLUMNS": "200"})
         assert one.exit_code == 1, one.output
         assert "all of one class ('cat')" in _said(one) and "at least one sample of another class" in _said(one)
+        # a mode that trains on priors: its --prior-method is checked against the agent's list before the pull
+        client.submit_labels(agent.stub, [("s1", "dog")])
+        as3l = [*cmd[:-4], "--mode", "as3l", "--steps", "1"]
+        prior = CliRunner().invoke(app, [*as3l, "--prior-method", "nope"], env={"COLUMNS": "200"})
+        assert prior.exit_code == 2, prior.output
+        assert "--prior-method 'nope' is not one of the agent's prior methods: " in _said(prior)
+        assert "knn" in _said(prior).split("prior methods: ")[1]
         assert not out.exists() and not models.exists()  # nothing trained, nothing published
     finally:
         agent.stop()
