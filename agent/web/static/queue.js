@@ -291,9 +291,19 @@
     tile.classList.add("changed");
     show(tile);
     if (tile === tiles[focus]) seen = now;
-    const who = rejection.by || "someone";
+    // the annotator's own name: a label or undo of theirs from another tab or page (this page's own are
+    // sent in turn, against what they leave)
+    const who = !rejection.by ? "someone" : rejection.by === data.annotator ? "you (on another page or tab)" : rejection.by;
     const did = now ? `${who} labelled it "${now}" meanwhile` : `${who} took its label back meanwhile`;
     Shortlist.toast(`${shortId(tile)}: ${what}: ${did}; the tile shows it now`, true);
+  }
+  // This page's own label or undo was stored and the tile shows its result: while the tile has the focus, the
+  // next key for it is sent against that result. `seen` was taken when the focus came (an undo brings its
+  // tile into focus when Backspace is pressed, before the agent has taken the label back): left as it was,
+  // "wrong key, Backspace, right key" sent the right key against the wrong label and the agent refused it
+  // as changed meanwhile, by the annotator themselves. Someone else's change (refresh) never comes here.
+  function ownLabelShown(tile) {
+    if (tile === tiles[focus]) seen = tile.dataset.label || "";
   }
   // Store `label` for the tile's sample only if its label is still `ifCurrent` (what this page showed,
   // "" = open; the agent refuses it otherwise). Resolves false when not stored, else "saved", or, when the
@@ -328,6 +338,7 @@
     tile.classList.remove("pending");
     tile.dataset.saved = "1";
     show(tile);
+    ownLabelShown(tile);
     if (speak) announce(`${shortId(tile)} labelled ${label}`);
     if (waited) Shortlist.toast(`the agent answers again: ${shortId(tile)} labelled ${label}`);
     // the same image (byte for byte) under another id carries another label: stored, but worth a look
@@ -383,6 +394,7 @@
     tile.classList.remove("pending");
     tile.dataset.saved = before ? "1" : "";
     show(tile);  // said by undoOne's notice
+    ownLabelShown(tile);
     return true;
   }
   async function sendMark(tile, mark) {

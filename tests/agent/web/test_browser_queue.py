@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from shortlist.v1 import agent_pb2
-from tests.agent.web.conftest import WebAgent, shape_of, shot
+from tests.agent.web.conftest import WebAgent, focused_tile, shape_of, shot
 
 pytestmark = pytest.mark.browser
 
@@ -237,3 +237,41 @@ def test_every_tile_shows_its_own_image(live_web: WebAgent, page: Any) -> None:
         assert all(abs(a - b) < 40 for a, b in zip(big, rgb, strict=True)), (sid, big, rgb)
         page.keyboard.press("Escape")
         page.wait_for_selector("#lightbox", state="hidden")
+
+
+def test_wrong_key_undo_right_key_stores_the_right_key(live_web: WebAgent, page: Any) -> None:
+    """Key, Backspace, key, each pressed once the one before is answered (a local agent answers before the next
+    key): the second key is stored, for a first label (the sample unlabelled after the undo) and for a change
+    (the label before back after the undo). The undo's own result is what the next key is sent against, not
+    the label the tile showed when the Backspace brought it back into focus (refused: "ana took its label
+    back meanwhile")."""
+    ask_random(live_web, page, 6)
+    sid = str(page.locator(".tile").nth(0).get_attribute("data-id"))
+    tile = f'.tile[data-id="{sid}"]'
+    page.locator(tile).click()
+
+    def undone(label: str) -> None:
+        page.keyboard.press("Backspace")
+        page.wait_for_function("() => document.getElementById('announce').textContent.startsWith('undo:')")
+        page.wait_for_selector(f'{tile}[data-label="{label}"]:not(.pending)')
+        page.evaluate("() => { document.getElementById('announce').textContent = '' }")
+
+    page.keyboard.press("2")  # square, wrong
+    page.wait_for_selector(f'{tile}[data-saved="1"][data-label="square"]')
+    undone("")
+    assert sid not in live_web.labels() and focused_tile(page) == sid
+    page.keyboard.press("1")  # circle, right
+    answered = f'{tile}:is([data-saved="1"][data-label="{{}}"], .changed, .failed):not(.pending)'
+    page.wait_for_selector(answered.format("circle"))
+    assert live_web.labels()[sid] == "circle"
+    assert "not saved" not in (page.locator("#toast").text_content() or "")
+    # a change: circle -> square (wrong), Backspace (circle back), square again on purpose -> stored
+    page.locator(tile).click()
+    page.keyboard.press("2")
+    page.wait_for_selector(f'{tile}[data-saved="1"][data-label="square"]')
+    undone("circle")
+    assert live_web.labels()[sid] == "circle"
+    page.keyboard.press("2")
+    page.wait_for_selector(answered.format("square"))
+    assert live_web.labels()[sid] == "square"
+    assert not page.locator(f"{tile}.changed, {tile}.failed").count()
