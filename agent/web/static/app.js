@@ -58,12 +58,26 @@ const Shortlist = (() => {
       err.code = data && data.error;
       err.unreachable = res.status === 503 && err.message.startsWith(NOT_REACHABLE);
       if (res.status === 401) {
-        window.location.href = "/login?next=" + encodeURIComponent(location.pathname + location.search);
+        // the sign-in is not accepted (token taken out of the tokens file, cookie gone): to the sign-in page,
+        // which says why (a page may have carried a more precise notice meanwhile: what was not saved)
+        if (!leaving) {
+          leaving = true;
+          toastNext("your sign-in is no longer accepted: sign in again");
+          // after the caller's handlers (microtasks) have run: they may carry their own notice
+          setTimeout(() => {
+            window.location.href = "/login?next=" + encodeURIComponent(back || location.pathname + location.search);
+          }, 0);
+        }
       }
       throw err;
     }
     return data;
   }
+  let leaving = false;  // on the way to the sign-in page
+  let back = "";  // where the sign-in page returns to: this page, or the page's own choice (returnTo)
+  // The Queue page returns to its own page of the queue (/queue alone may pick another page after the sign-in).
+  function returnTo(url) { back = url; }
+  function signingIn() { return leaving; }
   // `call()` (an api call) again and again while the agent is not reachable (every 1 s, then up to every 5 s),
   // until it answers; `waiting(err)` is called once, at the first such failure. Other errors reject.
   async function patiently(call, waiting) {
@@ -101,5 +115,5 @@ const Shortlist = (() => {
     const base = (id === "." || id === "..") ? `/${kind}/?id=${encodeURIComponent(id)}` : `/${kind}/${encodeURIComponent(id)}`;
     return query ? base + (base.includes("?") ? "&" : "?") + query : base;
   }
-  return { toast, toastNext, api, patiently, imageUrl };
+  return { toast, toastNext, api, patiently, imageUrl, returnTo, signingIn };
 })();

@@ -38,21 +38,51 @@
   // given (the label given; undefined for a mark), kind, state, done, by}. state: "pending" while the agent has
   // not answered (done: a promise of the answer), then "saved", "refused" (not stored: undo has nothing to take
   // back and says so, rather than reaching for an earlier entry) or "agreed" (the sample already had that label,
-  // given by `by`: undo leaves it as it is). The answered entries survive a reload and Back (which reload the
-  // page): kept in this tab's sessionStorage per annotator, queue and page, by sample id.
+  // given by `by`: undo leaves it as it is). `behind`: pressed while this page's own request for the tile was on
+  // its way, and not yet sent (it is sent, in its turn, against the label that request leaves).
+  // The whole history survives a reload, Back and a sign-in again (which load the page anew): kept in this
+  // tab's sessionStorage per annotator, queue and page, by sample id, with what is not answered yet: the
+  // labels and marks still pending, and the entries a Backspace took off whose undo is not answered yet
+  // (`undoing`). On load each of those is compared with what the agent has (the page's labels and marks):
+  // one that reached the agent (its answer lost with the page) counts as done, one that did not is sent again,
+  // in the order the keys were pressed, and one overtaken by someone else's label since is dropped. So the
+  // history stays in step with the agent: a Backspace after the reload never takes back an older label on
+  // another image while the last one is unsent, and a label shown "waiting" is not lost by a reload.
   const undoStack = [];
+  const undoing = new Set();  // taken off by Backspace, their undo not answered yet
   const UNDO_KEY = `shortlist.undo:${data.annotator}:${data.created}:${data.page}`;
+  const stored = (e) => ({ id: e.tile.dataset.id, label: e.label, mark: e.mark, given: e.given, kind: e.kind,
+    state: e.state, by: e.by, replaced: e.replaced, behind: e.behind || undefined });
+  function saveUndo() {
+    const kept = undoStack.slice(-200).map(stored).concat([...undoing].map((e) => ({ ...stored(e), undoing: true })));
+    try { sessionStorage.setItem(UNDO_KEY, JSON.stringify(kept)); } catch (e) { /* full or off: this page only */ }
+  }
+  // Stored entries not answered before the page went: [entries to send again, undos to send again].
+  const resend = [], reundo = [];
   try {
     for (const e of JSON.parse(sessionStorage.getItem(UNDO_KEY) || "[]")) {
       const tile = tiles.find((t) => t.dataset.id === e.id);
-      if (tile) undoStack.push({ label: e.label, mark: e.mark, given: e.given, state: e.state || "saved", by: e.by, replaced: e.replaced, tile });
+      if (!tile) continue;
+      const entry = { label: e.label, mark: e.mark, given: e.given, kind: e.kind, state: e.state || "saved", by: e.by,
+        replaced: e.replaced, behind: !!e.behind, tile };
+      const now = tile.dataset.label || "", nowMark = tile.dataset.mark || "";
+      const isLabel = entry.given !== undefined;
+      const inEffect = isLabel ? now === entry.given : nowMark === (entry.kind || "");
+      const asBefore = isLabel ? now === (entry.label || "") : nowMark === (entry.mark || "");
+      if (entry.state === "pending") {
+        if (inEffect) entry.state = "saved";  // it reached the agent; its answer went with the page
+        else if (e.undoing) continue;  // pressed and undone, neither reached the agent: nothing to do
+        else if (asBefore || entry.behind) { resend.push(entry); }
+        else entry.state = "refused";  // someone else changed the sample since: not sent
+      }
+      if (e.undoing) {
+        // its undo reached the agent (or there is nothing to undo): gone from the history, as before the reload
+        if (inEffect && (entry.state === "saved") && (isLabel ? entry.given !== (entry.label || "") : true)) reundo.push(entry);
+        continue;
+      }
+      undoStack.push(entry);
     }
   } catch (e) { /* storage off or unreadable: an empty history */ }
-  function saveUndo() {
-    const kept = undoStack.filter((e) => e.state !== "pending").slice(-200).map((e) => (
-      { id: e.tile.dataset.id, label: e.label, mark: e.mark, given: e.given, state: e.state, by: e.by, replaced: e.replaced }));
-    try { sessionStorage.setItem(UNDO_KEY, JSON.stringify(kept)); } catch (e) { /* full or off: this page only */ }
-  }
   let focus = 0;
   // The label the focused tile showed when it got the focus (what the annotator saw): a label sent for it is
   // stored only while the sample still has it (if_current), so a label someone gave since, shown by a refresh
@@ -321,6 +351,7 @@
         () => Shortlist.api("POST", "/api/labels", { labels: [{ id: tile.dataset.id, label, if_current: ifCurrent }] }),
         () => { waited = true; away(tile, `${label} … waiting`, `your label "${label}" is sent again`); });
     } catch (e) {
+      if (e.status === 401) throw e;  // signed out: the entry is kept and sent after the sign-in (signedOut)
       res = { rejected: [{ reason: e.message }] };
     }
     if (res.rejected.length) {
@@ -374,6 +405,7 @@
         () => Shortlist.api("POST", "/api/labels/retract", { ids: [tile.dataset.id], if_current: { [tile.dataset.id]: given }, restore_previous: !!before }),
         () => away(tile, "undo … waiting", "your undo is sent again"));  // undoOne's notice follows once it answers
     } catch (e) {
+      if (e.status === 401) throw e;  // signed out: the entry is kept and sent after the sign-in (signedOut)
       res = { rejected: [{ reason: e.message }] };
     }
     // A refusal that finds the sample as this undo leaves it (a resend of an undo that was applied, its answer
@@ -410,27 +442,37 @@
     const tile = tiles[focus];
     // `given`: what undo takes back (only while the sample still has it); the label is stored only if the
     // sample still has the label this page shows (if_current), so a label given elsewhere is never overwritten.
-    const before = { tile, label: seen, mark: tile.dataset.mark, given: name, state: "pending" };
+    // Pressed while this page's own label or undo for the tile is on its way (`behind`): sent once those are
+    // answered, on the label they left (what the annotator is acting on), unless one of them found the sample
+    // changed by someone else: then on the label the tile showed, which the agent refuses, saying who changed it.
+    const before = { tile, label: seen, mark: tile.dataset.mark, given: name, state: "pending", behind: tile._busy > 0 };
     undoStack.push(before);  // now, at the key press: a Backspace right after it means this label
-    // Pressed while this page's own label or undo for the tile is on its way: sent once those are answered,
-    // on the label they left (what the annotator is acting on), unless one of them found the sample changed
-    // by someone else: then on the label the tile showed, which the agent refuses, saying who changed it.
-    const behind = tile._busy > 0, changed = tile._changed || 0;
-    const here = focus;
-    setFocus(nextOpen(here));
+    saveUndo();
+    setFocus(nextOpen(focus));
+    await sendLabelEntry(before);
+  }
+  // Sends a label entry in its turn among the tile's requests (a key press, or one sent again after a reload).
+  function sendLabelEntry(before) {
+    const tile = before.tile, changed = tile._changed || 0;
     before.done = inTurn(tile, async () => {
-      if (behind && (tile._changed || 0) === changed) {
+      if (before.behind && (tile._changed || 0) === changed) {
         before.label = tile.dataset.label || "";
         before.mark = tile.dataset.mark;
       }
-      const ok = await sendLabel(tile, name, before.label);
+      before.behind = false;
+      saveUndo();  // what it is sent against: a reload meanwhile sends it again against the same
+      let ok;
+      try { ok = await sendLabel(tile, before.given, before.label); } catch (e) {
+        if (e.status === 401) { signedOut(before); return; }
+        throw e;
+      }
       before.state = !ok ? "refused" : ok.by ? "agreed" : "saved";
       if (ok && ok.by) before.by = ok.by;
       if (ok && ok.replaced) before.replaced = ok.replaced;
       saveUndo();
       if (ok && before.mark) await sendMark(tile, "").catch(() => {});
     });
-    await before.done;
+    return before.done;
   }
   async function mark(kind) {
     if (!tiles.length) return;
@@ -438,23 +480,53 @@
     const tile = tiles[focus];
     const before = { tile, label: tile.dataset.label, mark: tile.dataset.mark, kind, state: "pending" };
     undoStack.push(before);
+    saveUndo();
     setFocus(nextOpen(focus));
+    await sendMarkEntry(before);
+  }
+  function sendMarkEntry(before) {
+    const tile = before.tile, kind = before.kind;
     before.done = inTurn(tile, () => sendMark(tile, kind)).then(() => {
       before.state = "saved";
       announce(`${shortId(tile)} ${kind === "skip" ? "skipped" : "marked not sure"}`);  // as a label is said
     },
-      (e) => { before.state = "refused"; Shortlist.toast(e.message, true); }).then(saveUndo);
-    await before.done;
+      (e) => {
+        if (e.status === 401) { signedOut(before); return; }
+        before.state = "refused"; Shortlist.toast(e.message, true);
+      }).then(saveUndo);
+    return before.done;
+  }
+  // The app no longer accepts the sign-in (token taken out of the tokens file, cookie gone): Shortlist.api goes
+  // to the sign-in page, which says why and what was not saved; the entry stays pending in the tab's history,
+  // and this page sends it once it is open again after the sign-in (as after a reload).
+  let unsentSaid = false;
+  function signedOut(entry) {
+    saveUndo();
+    if (unsentSaid) return;
+    unsentSaid = true;
+    const what = entry.undoing ? "your undo" : entry.given !== undefined ? `your label "${entry.given}"`
+      : entry.kind === "skip" ? "your skip" : "your not sure mark";
+    Shortlist.toastNext(`your sign-in is no longer accepted: sign in again. ${what} on ${shortId(entry.tile)} ` +
+      "was not saved yet: it is sent when the queue page opens again after you sign in");
   }
   // Each Backspace takes its entry off the list when it is pressed (the last key press's) and takes its turn
   // among the tile's requests then: an undo of a label still on its way waits for the agent's answer first,
   // and a key pressed after the Backspace waits for the undo.
   function undo() {
     const last = undoStack.pop();
-    saveUndo();
     if (!last) { Shortlist.toast("nothing to undo"); return; }
+    undoing.add(last);
+    saveUndo();
     setFocus(tiles.indexOf(last.tile));
-    inTurn(last.tile, () => undoOne(last)).catch((e) => Shortlist.toast(e.message, true));
+    sendUndo(last);
+  }
+  function sendUndo(last) {
+    inTurn(last.tile, () => undoOne(last)).then(() => { undoing.delete(last); saveUndo(); }, (e) => {
+      if (e.status === 401) { last.undoing = true; signedOut(last); return; }
+      undoing.delete(last);
+      saveUndo();
+      Shortlist.toast(e.message, true);
+    });
   }
   async function undoOne(last) {
     const tile = last.tile, id = shortId(tile);
@@ -476,7 +548,7 @@
     if (last.given !== undefined && last.given !== last.label) {
       const ok = await sendRetract(tile, last.given, last.label || "");
       if (!ok) {
-        if (!tile.classList.contains("changed")) { undoStack.push(last); saveUndo(); }  // not reached: can be tried again
+        if (!tile.classList.contains("changed")) { undoing.delete(last); undoStack.push(last); saveUndo(); }  // not reached: can be tried again
         return;
       }
     }
@@ -671,4 +743,22 @@
   // The focused tile in view on load (else the first key or tap would only bring it into view).
   setFocus(startTile(), !!grid);
   updateCount();
+  // What was not answered before the page went (a reload, Back, the sign-in page): sent now, undos first (a
+  // key pressed after a Backspace on the same tile is sent after its undo, against what the undo left).
+  if (resend.length || reundo.length) {
+    Shortlist.toast(`${resend.length + reundo.length} action(s) not saved before the page was left ` +
+      `(${[...reundo, ...resend].map((e) => shortId(e.tile)).slice(0, 5).join(", ")}): sent again now`);
+    for (const e of reundo) { undoing.add(e); sendUndo(e); }
+    for (const e of resend) (e.given !== undefined ? sendLabelEntry : sendMarkEntry)(e);
+  }
+  // Leaving with something not answered yet (the agent away: "… waiting"): the browser asks first. Left
+  // anyway, it is kept in the tab and sent when this page opens again (above); going elsewhere (another
+  // page of the queue, another site) it is not, hence the question. Not asked when the app sends the browser to
+  // the sign-in page (the sign-in ended): that page says what was not saved.
+  window.addEventListener("beforeunload", (ev) => {
+    if (Shortlist.signingIn() || !tiles.some((t) => t._busy > 0)) return;
+    ev.preventDefault();
+    ev.returnValue = "";  // chromium before 119 asks only with returnValue set
+  });
+  Shortlist.returnTo(`/queue?page=${data.page}`);
 })();

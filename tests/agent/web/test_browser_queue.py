@@ -3,6 +3,7 @@ skip, not sure, undo to the previous label and to unlabelled), and check the lab
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -275,3 +276,78 @@ def test_wrong_key_undo_right_key_stores_the_right_key(live_web: WebAgent, page:
     page.wait_for_selector(answered.format("square"))
     assert live_web.labels()[sid] == "square"
     assert not page.locator(f"{tile}.changed, {tile}.failed").count()
+
+
+def test_labels_not_sent_survive_a_reload(live_web: WebAgent, page: Any) -> None:
+    """The agent unreachable (its requests fail): two labels wait, a Backspace undoes an earlier saved one. The
+    reload asks first (beforeunload); left anyway, the page sends them again once it is open: the agent ends with
+    the two labels and the undone one taken back, and the next Backspace takes back the last label sent."""
+    ask_random(live_web, page, 6)
+    ids = [str(t.get_attribute("data-id")) for t in page.locator(".tile").all()]
+    page.locator(f'.tile[data-id="{ids[0]}"]').click()
+    page.keyboard.press("2")
+    page.wait_for_selector(f'.tile[data-id="{ids[0]}"][data-saved="1"]')
+    page.keyboard.press("1")  # ids[1]: saved, then undone while the agent is away
+    page.wait_for_selector(f'.tile[data-id="{ids[1]}"][data-saved="1"]')
+    page.route("**/api/labels**", lambda route: route.abort())
+    page.keyboard.press("Backspace")
+    page.wait_for_selector(f'.tile[data-id="{ids[1]}"].pending')
+    page.locator(f'.tile[data-id="{ids[2]}"]').click()
+    page.keyboard.press("1")
+    page.keyboard.press("2")  # ids[3]
+    page.wait_for_function("() => document.getElementById('toast').textContent.includes('not reachable')")
+    assert ids[2] not in live_web.labels() and live_web.labels().get(ids[1]) == "circle"
+    asked: list[str] = []
+
+    def accept(d: Any) -> None:
+        asked.append(d.type)
+        d.accept()
+
+    page.on("dialog", accept)
+    page.unroute("**/api/labels**")
+    page.reload()
+    assert asked == ["beforeunload"]
+    page.wait_for_selector(f'.tile[data-id="{ids[3]}"][data-saved="1"][data-label="square"]')
+    page.wait_for_selector(f'.tile[data-id="{ids[2]}"][data-saved="1"][data-label="circle"]')
+    page.wait_for_selector(f'.tile[data-id="{ids[1]}"][data-label=""]:not(.pending)')
+    labels = live_web.labels()
+    assert (labels.get(ids[0]), ids[1] in labels, labels.get(ids[2]), labels.get(ids[3])) == (
+        "square", False, "circle", "square")
+    page.locator("#grid").focus()
+    page.keyboard.press("Backspace")  # the last key press: ids[3]'s square, not an older label elsewhere
+    page.wait_for_selector(f'.tile[data-id="{ids[3]}"][data-label=""]:not(.pending)')
+    assert ids[3] not in live_web.labels() and live_web.labels().get(ids[2]) == "circle"
+
+
+def test_a_label_given_as_the_sign_in_ends_is_sent_after_signing_in(tmp_path: Path, page: Any) -> None:
+    """The sign-in cookie gone: the next key goes to the sign-in page, which says why and which label was not
+    saved; signed in again, the queue page sends that label."""
+    from tests.agent.web.conftest import WRITE_TOKEN, start_web_agent
+
+    web = start_web_agent(tmp_path, tokens=True, listen=True, refresh_s=600)
+    try:
+        ids = [s.id for s in web.stub.Select(agent_pb2.SelectRequest(budget=6, strategy="random")).selected]
+        web.stub.UpdateQueue(agent_pb2.UpdateQueueRequest(name="web", queue=agent_pb2.Queue(ids=ids, source="api")))
+
+        def sign_in() -> None:
+            page.fill("input[name=name]", "ana")
+            page.fill("input[name=token]", WRITE_TOKEN)
+            page.click("button[type=submit]")
+            page.wait_for_url("**/queue*")
+
+        page.goto(web.url + "/login?next=/queue")
+        sign_in()
+        page.wait_for_selector(".tile.focus")
+        page.locator(f'.tile[data-id="{ids[0]}"]').click()
+        page.context.clear_cookies()
+        page.keyboard.press("2")
+        page.wait_for_url("**/login?next=%2Fqueue%3Fpage%3D1")
+        page.wait_for_function("() => document.getElementById('toast').textContent.includes('was not saved')")
+        said = page.locator("#toast").inner_text()
+        assert said.startswith("your sign-in is no longer accepted: sign in again") and 'your label "square" on' in said
+        assert ids[0] not in web.labels()
+        sign_in()
+        page.wait_for_selector(f'.tile[data-id="{ids[0]}"][data-saved="1"][data-label="square"]')
+        assert web.labels()[ids[0]] == "square"
+    finally:
+        web.stop()
