@@ -52,7 +52,7 @@
   const undoing = new Set();  // taken off by Backspace, their undo not answered yet
   const UNDO_KEY = `shortlist.undo:${data.annotator}:${data.created}:${data.page}`;
   const stored = (e) => ({ id: e.tile.dataset.id, label: e.label, mark: e.mark, given: e.given, kind: e.kind,
-    state: e.state, by: e.by, replaced: e.replaced, behind: e.behind || undefined });
+    state: e.state, by: e.by, replaced: e.replaced, behind: e.behind || undefined, sent: e.sent || undefined });
   function saveUndo() {
     const kept = undoStack.slice(-200).map(stored).concat([...undoing].map((e) => ({ ...stored(e), undoing: true })));
     try { sessionStorage.setItem(UNDO_KEY, JSON.stringify(kept)); } catch (e) { /* full or off: this page only */ }
@@ -64,14 +64,20 @@
       const tile = tiles.find((t) => t.dataset.id === e.id);
       if (!tile) continue;
       const entry = { label: e.label, mark: e.mark, given: e.given, kind: e.kind, state: e.state || "saved", by: e.by,
-        replaced: e.replaced, behind: !!e.behind, tile };
+        replaced: e.replaced, behind: !!e.behind, sent: !!e.sent, tile };
       const now = tile.dataset.label || "", nowMark = tile.dataset.mark || "";
       const isLabel = entry.given !== undefined;
       const inEffect = isLabel ? now === entry.given : nowMark === (entry.kind || "");
       const asBefore = isLabel ? now === (entry.label || "") : nowMark === (entry.mark || "");
       if (entry.state === "pending") {
         if (inEffect) entry.state = "saved";  // it reached the agent; its answer went with the page
-        else if (e.undoing) continue;  // pressed and undone, neither reached the agent: nothing to do
+        else if (e.undoing && !entry.sent) continue;  // pressed and undone, neither sent: nothing to do
+        else if (e.undoing) {
+          // sent and undone, unanswered: it may still reach the agent after this load (the request outlives
+          // the page), so it is sent again (a second copy is refused as already there) and undone after it
+          if (asBefore && isLabel) { resend.push(entry); reundo.push(entry); }
+          continue;
+        }
         else if (asBefore || entry.behind) { resend.push(entry); }
         else entry.state = "refused";  // someone else changed the sample since: not sent
       }
@@ -138,8 +144,35 @@
     showStrategy();
   }
   const ask = document.getElementById("ask");
+  // "Only samples with metadata": comma-separated key=value parts; {where} or {error} (a part that is not
+  // key=value, said in the person's words: dropped silently, the draw was unfiltered and replaced the queue).
+  function parseWhere(text) {
+    const where = {};
+    for (const raw of String(text || "").split(",")) {
+      const part = raw.trim();
+      if (!part) continue;
+      const at = part.indexOf("=");
+      const k = at < 0 ? "" : part.slice(0, at).trim();
+      if (!k) {
+        return { error: `"Only samples with metadata": "${part}" is not key=value; write each condition as ` +
+          "key=value, separated by commas (site=a, camera=3). Nothing was asked; the queue is as it was" };
+      }
+      where[k] = part.slice(at + 1).trim();
+    }
+    return { where };
+  }
   if (ask) ask.addEventListener("submit", async (ev) => {
     ev.preventDefault();
+    // a malformed filter is refused before anything is asked (and before the replace question)
+    const filter = parseWhere(new FormData(ask).get("where"));
+    if (filter.error) {
+      Shortlist.toast(filter.error, true);
+      const field = ask.querySelector("input[name=where]");
+      field.setCustomValidity(filter.error);
+      field.reportValidity();
+      field.addEventListener("input", () => field.setCustomValidity(""), { once: true });
+      return;
+    }
     // The queue is the team's: a new one replaces it, and its skip / not sure marks, for everyone.
     // The whole queue's open samples (not only this page's): asked of the app now, this page's if that fails.
     let open = tiles.filter(isOpen).length, said = `This page of the queue still has ${open} open sample(s).`;
@@ -153,11 +186,7 @@
     const form = new FormData(ask);
     const params = {};
     for (const [k, v] of form.entries()) if (k.startsWith("param:") && String(v).trim() !== "") params[k.slice(6)] = String(v);
-    const where = {};
-    for (const part of String(form.get("where") || "").split(",")) {
-      const [k, ...rest] = part.split("=");
-      if (k.trim() && rest.length) where[k.trim()] = rest.join("=").trim();
-    }
+    const where = filter.where;
     const button = document.getElementById("ask-button");
     button.disabled = true;
     button.textContent = "Asking…";
@@ -354,6 +383,11 @@
       if (e.status === 401) throw e;  // signed out: the entry is kept and sent after the sign-in (signedOut)
       res = { rejected: [{ reason: e.message }] };
     }
+    // A refusal that finds the sample with this very label from this annotator (a label sent again after a
+    // reload whose first send was still on its way when the page loaded: both reached the agent) is this label
+    // stored, not a change by someone else meanwhile.
+    const r0 = res.rejected[0];
+    if (r0 && r0.changed && r0.label === label && r0.by === data.annotator) res = { ...res, rejected: [] };
     if (res.rejected.length) {
       const r = res.rejected[0];
       if (r.changed) { changedMeanwhile(tile, r, what); return false; }
@@ -430,8 +464,19 @@
     return true;
   }
   async function sendMark(tile, mark) {
-    await Shortlist.patiently(() => Shortlist.api("POST", "/api/queue/mark", { id: tile.dataset.id, mark }),
-      () => away(tile, null, mark ? `your ${mark === "skip" ? "skip" : "not sure mark"} is sent again` : "sent again"));
+    try {
+      await Shortlist.patiently(() => Shortlist.api("POST", "/api/queue/mark", { id: tile.dataset.id, mark }),
+        () => away(tile, null, mark ? `your ${mark === "skip" ? "skip" : "not sure mark"} is sent again` : "sent again"));
+    } catch (e) {
+      // 404: the sample is not in the queue the agent has now: someone replaced the queue since this page loaded
+      if (e.status === 404) {
+        e.message = `${shortId(tile)} was not ${mark === "skip" ? "skipped" : mark ? "marked not sure" : "changed"}: ` +
+          "someone replaced the queue with a new one since this page was loaded, and this image is not in it. " +
+          "Labels given here are still stored; use the link at the top to show the new queue";
+        showReplaced();
+      }
+      throw e;
+    }
     tile.dataset.mark = mark;
     show(tile);
   }
@@ -460,6 +505,7 @@
         before.mark = tile.dataset.mark;
       }
       before.behind = false;
+      before.sent = true;
       saveUndo();  // what it is sent against: a reload meanwhile sends it again against the same
       let ok;
       try { ok = await sendLabel(tile, before.given, before.label); } catch (e) {
@@ -686,6 +732,12 @@
     if (name !== undefined && ev.key.length === 1) { ev.preventDefault(); if (visibleOrShown()) label(name); }
   });
   let replacedSaid = false;
+  // The banner at the top: the queue was replaced, with a link to the new one.
+  function showReplaced() {
+    const note = document.getElementById("queue-replaced");
+    if (note) note.hidden = false;
+    replacedSaid = true;
+  }
   // The keys stay as they are until a reload; when the agent's class list no longer matches them (a class
   // added elsewhere in another order, or one whose labels were all taken back), say that a reload renumbers.
   function checkClasses(agentClasses) {
@@ -700,9 +752,7 @@
     let res;
     try { res = await Shortlist.api("GET", `/api/queue?page=${data.page}`); } catch (e) { return; }
     if (res.created !== data.created && !replacedSaid) {  // someone asked for new samples (or sent a map selection)
-      replacedSaid = true;
-      const note = document.getElementById("queue-replaced");
-      if (note) note.hidden = false;
+      showReplaced();
       Shortlist.toast("the queue was replaced by a new one: reload the page to see it");
     }
     // classes first seen here join the keys in sorted order (not in tile order: the same for everyone)
@@ -746,10 +796,18 @@
   // What was not answered before the page went (a reload, Back, the sign-in page): sent now, undos first (a
   // key pressed after a Backspace on the same tile is sent after its undo, against what the undo left).
   if (resend.length || reundo.length) {
-    Shortlist.toast(`${resend.length + reundo.length} action(s) not saved before the page was left ` +
-      `(${[...reundo, ...resend].map((e) => shortId(e.tile)).slice(0, 5).join(", ")}): sent again now`);
-    for (const e of reundo) { undoing.add(e); sendUndo(e); }
-    for (const e of resend) (e.given !== undefined ? sendLabelEntry : sendMarkEntry)(e);
+    const n = new Set([...resend, ...reundo]).size;
+    Shortlist.toast(`${n} action(s) not saved before the page was left ` +
+      `(${[...new Set([...reundo, ...resend].map((e) => shortId(e.tile)))].slice(0, 5).join(", ")}): sent again now`);
+    // per image in the order the keys were pressed: a label sent and undone (resent, then its undo), the
+    // undos, then the labels and marks left
+    const again = (e) => (e.given !== undefined ? sendLabelEntry : sendMarkEntry)(e);
+    for (const e of reundo) {
+      if (resend.includes(e)) again(e);
+      undoing.add(e);
+      sendUndo(e);
+    }
+    for (const e of resend) if (!reundo.includes(e)) again(e);
   }
   // Leaving with something not answered yet (the agent away: "… waiting"): the browser asks first. Left
   // anyway, it is kept in the tab and sent when this page opens again (above); going elsewhere (another

@@ -351,3 +351,62 @@ def test_a_label_given_as_the_sign_in_ends_is_sent_after_signing_in(tmp_path: Pa
         assert web.labels()[ids[0]] == "square"
     finally:
         web.stop()
+
+
+def test_a_malformed_metadata_filter_is_refused_before_anything_is_drawn(live_web: WebAgent, page: Any) -> None:
+    """A filter part that is not key=value ("camera 3", "site: a", "garbage") is refused in the page with what to
+    write; nothing is drawn and the team's queue stays (it was dropped, and the unfiltered draw replaced it)."""
+    from tests.agent.web.conftest import open_queue
+
+    ids = open_queue(live_web, page, "ana", budget=4)
+    for bad in ("garbage", "site=a, camera 3", "site: a"):
+        page.fill("input[name=where]", bad)
+        page.click("#ask-button")
+        page.wait_for_function("() => document.getElementById('toast').textContent.includes('is not key=value')")
+        assert live_web.stub.GetQueue(agent_pb2.GetQueueRequest(name="web")).ids == ids
+        page.evaluate("() => { document.getElementById('toast').textContent = '' }")
+    assert page.locator(".tile").count() == 4
+
+
+def test_marking_on_a_replaced_queue_says_so_in_a_labellers_words(live_web: WebAgent, page: Any) -> None:
+    """Space on a page whose queue someone replaced: the notice says the queue was replaced and how to see the
+    new one (not the agent's internal queue name), and the banner with its link shows."""
+    from tests.agent.web.conftest import open_queue
+
+    ids = open_queue(live_web, page, "ana", budget=4)
+    new = agent_pb2.Queue(ids=ids[:1], source="api")
+    live_web.stub.UpdateQueue(agent_pb2.UpdateQueueRequest(name="web", queue=new))
+    page.locator(f'.tile[data-id="{ids[2]}"]').click()
+    page.keyboard.press(" ")
+    page.wait_for_function("() => document.getElementById('toast').textContent.includes('replaced the queue')")
+    said = page.locator("#toast").inner_text()
+    assert said.startswith(f"{ids[2]} was not skipped: someone replaced the queue") and '"web"' not in said
+    assert page.locator("#queue-replaced").is_visible()
+
+
+@pytest.mark.parametrize("slow", [0.0, 0.4])
+def test_fast_keys_then_a_reload_keep_the_history_in_step(live_web: WebAgent, page: Any, slow: float) -> None:
+    """Seven keys in a burst (a Backspace among them) and a reload at once (with a slow agent, requests still on
+    their way): after the reload the agent has what the keys meant, and Backspace takes back the last label."""
+    from tests.agent.web.conftest import slow_labels
+
+    ask_random(live_web, page, 8)
+    ids = [str(t.get_attribute("data-id")) for t in page.locator(".tile").all()]
+    page.locator(f'.tile[data-id="{ids[0]}"]').click()
+    page.on("dialog", lambda d: d.accept())
+    with slow_labels(live_web.agent, slow):
+        for key in ["1", "2", "1", "2", "Backspace", "1", "2"]:
+            page.keyboard.press(key)
+        page.reload()
+        page.wait_for_selector(".tile")
+        want = {ids[0]: "circle", ids[1]: "square", ids[2]: "circle", ids[3]: "circle", ids[4]: "square"}
+        for sid, shape in want.items():
+            page.wait_for_selector(f'.tile[data-id="{sid}"][data-label="{shape}"]:not(.pending)')
+        page.wait_for_function("() => !document.querySelector('.tile.pending')")
+    labels = live_web.labels()
+    assert {sid: labels.get(sid) for sid in ids[:5]} == want
+    assert not page.locator(".tile.changed, .tile.failed").count()
+    page.locator("#grid").focus()
+    page.keyboard.press("Backspace")
+    page.wait_for_selector(f'.tile[data-id="{ids[4]}"][data-label=""]:not(.pending)')
+    assert ids[4] not in live_web.labels() and live_web.labels()[ids[3]] == "circle"
