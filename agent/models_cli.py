@@ -53,6 +53,7 @@ from shortlist.manifest import (
     copy_changes_nothing,
     highest_published,
     list_versions,
+    newest_complete,
     read_complete,
     registry_mistake,
     remove_version,
@@ -127,25 +128,47 @@ def version_rows(models: Path, load: str = "none") -> list[dict[str, Any]]:
     return rows
 
 
-def agent_view(rows: list[dict[str, Any]], address: str) -> str:
-    """Mark ``rows`` (``version_rows``') with what the agent at ``address`` makes of each complete version
-    (GetStatus; TLS and token from the SHORTLIST_* environment): ``agent`` is "serving", "embedding", "refused"
-    (``agent_refused``: its reason, stored by the agent, kept across its restarts) or "". Returns "" when it
-    answered, else a sentence saying why not (rows left unmarked)."""
+def agent_view(rows: list[dict[str, Any]], address: str) -> tuple[str, agent_pb2.Status | None]:
+    """Mark ``rows`` (``version_rows``') with what the agent at ``address`` makes of each version (GetStatus;
+    TLS and token from the SHORTLIST_* environment): ``agent`` is "serving", "embedding", "refused"
+    (``agent_refused``: its reason, stored by the agent, kept across its restarts) or "". A version whose folder
+    is not complete now can still be the one served (changed in place after the agent loaded it: it serves the
+    model it loaded). Returns ("", its status) when it answered, else (a sentence saying why not, None), rows
+    left unmarked."""
     try:
         st = client.connect(address, config=client.ClientConfig.from_env()).GetStatus(agent_pb2.GetStatusRequest())
     except (client.AgentUnavailable, grpc.RpcError) as e:
         why = client.detail(e) if isinstance(e, grpc.RpcError) else str(e)
-        return f"the agent at {address} did not answer ({why}): what it serves and refused is not shown"
+        return f"the agent at {address} did not answer ({why}): what it serves and refused is not shown", None
     for r in rows:
-        if not r["complete"]:
-            continue
         v = r["version"]
         refused = None if v in (st.model_version, st.pending_model_version) else client.refusal(st, v)
         r["agent"] = ("serving" if v == st.model_version else "embedding" if v == st.pending_model_version else
-                      "refused" if refused else "")
-        r["agent_refused"] = refused or ""
-    return ""
+                      "refused" if refused and r["complete"] else "")
+        r["agent_refused"] = (refused or "") if r["complete"] else ""
+    return "", st
+
+
+def agent_says(rows: list[dict[str, Any]], address: str, st: agent_pb2.Status, models: Path) -> str:
+    """The sentence under ``models list --agent``'s table saying what the agent at ``address`` (status ``st``)
+    serves, always (``rows``: ``version_rows``' marked by ``agent_view``), with what its folder is now when
+    that is no longer what an agent started on ``models`` would serve: not complete (changed in place after the
+    agent loaded it) or gone."""
+    served = st.model_version
+    if not served:
+        said = f"the agent at {address} serves no version"
+    else:
+        said = f"the agent at {address} serves {served}"
+        row = next((r for r in rows if r["version"] == served), None)
+        if row is None:
+            said += (f", whose folder is not in {models} (removed or renamed since it loaded it, or the agent serves "
+                     "another registry): it serves the model it loaded; a restart would not serve it")
+        elif not row["complete"]:
+            said += (", whose folder is not complete any more (above: changed after the agent loaded it): it serves "
+                     "the model it loaded; a restart would refuse it")
+    if st.pending_model_version:
+        said += f" and is embedding the pool with {st.pending_model_version}"
+    return said
 
 
 @models_app.command("list")
@@ -164,7 +187,7 @@ def list_command(models: Path = ModelsOpt,
     (--agent, or `shortlist status`, says); newer ones the check refuses are marked with the reason; older ones
     are not checked (unless --check-all)."""
     rows = version_rows(_registry(models), "all" if check_all else "served")
-    unanswered = agent_view(rows, agent) if agent else ""
+    unanswered, st = agent_view(rows, agent) if agent else ("", None)
     if as_json:
         for r in rows:
             print(json_line(r))
@@ -186,7 +209,9 @@ def list_command(models: Path = ModelsOpt,
         table.add_column(col, no_wrap=col in ("version", "created"), overflow="fold")  # fold, never cut
     for r in rows:
         if not r["complete"]:
-            table.add_row(r["version"], "", "", "", "", "", "", "[red]not served[/] (below)")
+            state = ("[red]not complete[/] (below); [green]the agent serves the model it loaded[/]"
+                     if r.get("agent") == "serving" else "[red]not served[/] (below)")
+            table.add_row(r["version"], "", "", "", "", "", "", state)
             continue
         state = ("[green]would be served[/] (complete, loads)" if r["served"] else "[red]refused[/] (below)"
                  if r["loads"] is False else "complete, loads" if r["loads"] else "complete (load not checked)")
@@ -199,7 +224,8 @@ def list_command(models: Path = ModelsOpt,
     out.print(table)
     for r in rows:  # the reasons under the table: they are sentences, too long for a cell
         if not r["complete"]:
-            out.print(f"{r['version']} is not served: {r['problem']}", markup=False, highlight=False)
+            what = "'s folder is not complete any more" if r.get("agent") == "serving" else " is not served"
+            out.print(f"{r['version']}{what}: {r['problem']}", markup=False, highlight=False)
         elif r["loads"] is False:
             out.print(f"{r['version']} is refused by the agent's load check: {r['refused']}", markup=False,
                       highlight=False)
@@ -207,9 +233,8 @@ def list_command(models: Path = ModelsOpt,
             out.print(f"the agent at {agent} refused {r['version']}: {r['agent_refused']}", markup=False,
                       highlight=False)
     served = [r["version"] for r in rows if r.get("served")]
-    serving = [r["version"] for r in rows if r.get("agent") == "serving"]
-    if serving:
-        out.print(f"the agent at {agent} serves {serving[0]}", markup=False, highlight=False)
+    if st is not None and agent:
+        out.print(agent_says(rows, agent, st, models), markup=False, highlight=False)
     out.print(f"would be served: {served[0]} (the newest complete version that passes the agent's load check, on "
               "blank and synthetic images: what an agent serving this folder serves, unless it refused it while "
               "embedding its stored samples with it, a refusal it keeps across restarts; `shortlist status` or "
@@ -233,14 +258,21 @@ def _next_version(models: Path) -> str:
 def rollback(agent: AgentTarget,
              version: str = typer.Argument(..., help="the version to serve again, e.g. v0003"),
              models: Path = ModelsOpt,
-             no_reload: bool = typer.Option(False, "--no-reload", help="publish only; do not ask the agent to "
-                                            "reload (it takes the version up at its next registry check)"),
+             no_reload: bool = typer.Option(False, "--no-reload", help="publish only; do not ask the agent what "
+                                            "it serves or to reload (it takes the version up at its next "
+                                            "registry check)"),
+             force: bool = typer.Option(False, "--force", help="publish the copy even when VERSION is the newest "
+                                        "complete version and no agent answered to say what it serves (e.g. it "
+                                        "serves a newer version whose folder was changed in place, or refused "
+                                        "VERSION)"),
              as_json: bool = typer.Option(False, "--json", help="the outcome as one JSON object on stdout")) -> None:
     """Serve an older version again: publish a copy of it (hashes checked) as the next version, then ask
-    the agent to reload and say what it made of it. The versions in between stay in the registry. Refused
-    (nothing published) when VERSION is already the newest complete version, or what the agent serves and
-    it is moving to no other version: the copy would change nothing; or when the agent's load check refuses
-    it: an agent would refuse the copy."""
+    the agent to reload and say what it made of it. The versions in between stay in the registry. The agent is
+    asked what it serves first: refused (nothing published) when it serves VERSION (or the same model) and is
+    moving to no other version, or is embedding the pool with it: the copy would change nothing. When the agent
+    does not answer (or --no-reload), refused when VERSION is the newest complete version (an agent serving the
+    folder serves it, unless it refused it or serves a newer one whose folder changed in place: --force
+    publishes anyway). Refused too when the agent's load check refuses VERSION: an agent would refuse the copy."""
 
     def fail(message: str, code: int) -> NoReturn:
         _fail(message, code, as_json, {"published": None, "copy_of": version})
@@ -260,15 +292,22 @@ def rollback(agent: AgentTarget,
     except ModelRefused as e:
         fail(f"{version} cannot be served again: the agent refuses it: {e}; nothing was published (publish a "
              "fixed version instead)", 1)
-    unchanged = (": an agent serving this folder serves it (or is embedding the pool with it) already; nothing was "
-                 "published")
-    if same := copy_changes_nothing(registry, version, source):  # before the copy; asked again under the lock
-        fail(same + unchanged, 1)
-    stub = None if no_reload else _unless_served(agent, version, source, registry, fail)
+    # What the agent serves decides (the registry alone cannot say: the agent may serve a newer version whose
+    # folder was changed in place, or have refused the newest); the registry decides only when it does not answer.
+    stub, st, unknown = (None, None, "--no-reload: the agent was not asked what it serves") if no_reload else \
+        _agent_status(agent, fail)
+    newest = newest_complete(registry)
+    unless_newest = newest[0] if newest is not None and (st is not None or force) else ""
+    if st is not None:
+        _unless_served(agent, st, version, source, registry, fail)
+    elif not force and (same := copy_changes_nothing(registry, version, source)):  # asked again under the lock
+        fail(f"{same}: an agent serving this folder serves it, or is embedding the pool with it, unless it refused "
+             f"it or serves a newer version whose folder was changed after it loaded it; {unknown}; nothing was "
+             "published (`shortlist status` says what the agent serves; --force publishes the copy anyway)", 1)
     try:
-        new = republish(registry, version, unless_unchanged=True)
+        new = republish(registry, version, unless_unchanged=True, unless_newest=unless_newest)
     except NothingToPublish as e:  # another rollback published it since the check above
-        fail(f"{e}{unchanged}", 1)
+        fail(f"{e}: another rollback has published a copy of it since this one looked; nothing was published", 1)
     except ManifestError as e:
         fail(f"{version} cannot be served again: {e}", 1)
     except (OSError, RegistryError) as e:
@@ -284,26 +323,44 @@ def rollback(agent: AgentTarget,
         make_console().print(escape(message), highlight=False)
 
 
-def _unless_served(agent: AgentTarget, version: str, source: Manifest, registry: Path,
-                   fail: Callable[[str, int], NoReturn]) -> agent_pb2_grpc.AgentStub | None:
-    """Before ``models rollback`` publishes a copy of ``version`` (manifest ``source``): ``fail`` (exit 1) when
-    the agent serves it (or the same model under another version) and is moving to no other; else a stub
-    connected to it, or None when it does not answer (the agent takes the copy up at its next check)."""
+def _agent_status(agent: AgentTarget, fail: Callable[[str, int], NoReturn]
+                  ) -> tuple[agent_pb2_grpc.AgentStub | None, agent_pb2.Status | None, str]:
+    """Before ``models rollback`` publishes: (a stub connected to the agent, its status, "") when it answers;
+    (None, None, why not) when it does not (the agent takes the copy up at its next check); ``fail`` (exit 1)
+    when it refuses the call (no token, a wrong one): what it serves is unknown, and it would refuse the reload."""
     try:
         stub = agent.connect()
-        st = stub.GetStatus(agent_pb2.GetStatusRequest())
+        return stub, stub.GetStatus(agent_pb2.GetStatusRequest()), ""
     except (client.AgentUnavailable, grpc.RpcError) as e:
-        if refused := _refused(agent, e):  # it is there: what it serves is unknown, and it would refuse the reload
+        if refused := _refused(agent, e):
             fail(f"{refused}; nothing was published (or --no-reload publishes the copy without asking the agent: "
                  "one serving this folder takes it up at its next registry check)", 1)
-        return None  # said after publishing: the agent takes the copy up at its next check
-    served = read_complete(registry / st.model_version, verify_hashes=False) if st.model_version else None
-    if not st.pending_model_version and (st.model_version == version
-                                         or (served is not None and same_model(served, source))):
+        why = client.detail(e) if isinstance(e, grpc.RpcError) else str(e)
+        return None, None, f"the agent at {agent.address} did not answer ({why}), so what it serves is not known"
+
+
+def _unless_served(agent: AgentTarget, st: agent_pb2.Status, version: str, source: Manifest, registry: Path,
+                   fail: Callable[[str, int], NoReturn]) -> None:
+    """``fail`` (exit 1) when the agent (status ``st``) serves ``version`` (manifest ``source``), or the same
+    model under another version, and is moving to no other; or is embedding the pool with it: a copy would
+    change nothing. (The served or pending version's folder is read as it is now: one changed in place since the
+    agent loaded it no longer shows its model, and the copy is published.)"""
+    def same(name: str) -> bool:
+        if not name:
+            return False
+        m = read_complete(registry / name, verify_hashes=False)
+        return name == version or (m is not None and same_model(m, source))
+
+    pending = st.pending_model_version
+    if not pending and same(st.model_version):
         also = "" if st.model_version == version else f" as {st.model_version}"
         fail(f"the agent at {agent.address} serves {version}{also} already and is not moving to another "
              "version; nothing was published", 1)
-    return stub
+    if same(pending):
+        also = "" if pending == version else f" (as {pending})"
+        fail(f"the agent at {agent.address} is embedding the pool with {version}{also} already (it serves "
+             f"{st.model_version or 'nothing'} until then; `shortlist status` shows the progress); nothing was "
+             "published", 1)
 
 
 def _reload(agent: AgentTarget, stub: agent_pb2_grpc.AgentStub | None, new: str,

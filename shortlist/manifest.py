@@ -560,31 +560,36 @@ def short_fingerprint(fingerprint: str) -> str:
     return fingerprint.removeprefix(MODEL_FINGERPRINT_PREFIX)[:12]
 
 
-def copy_changes_nothing(registry: Path, version: str, source: Manifest) -> str:
-    """Why a copy of ``version`` (manifest ``source``) published in ``registry`` now would change nothing ("" when
-    it would not): ``version`` is the newest complete version, or the same model (``same_model``) as it, so an
-    agent serving the folder serves it, or is embedding the pool with it, already."""
+def copy_changes_nothing(registry: Path, version: str, source: Manifest, unless_newest: str = "") -> str:
+    """Why a copy of ``version`` (manifest ``source``) published in ``registry`` now would change nothing, going
+    by the registry alone ("" when it would not): ``version`` is the newest complete version, or the same model
+    (``same_model``) as it, so an agent serving the folder serves it, or is embedding the pool with it, unless
+    it refused it or serves a newer version whose folder was changed after it loaded it (which only the agent
+    can say). ``unless_newest``: "" also while that version is still the newest complete one (the agent said it
+    serves another model: the copy changes something, unless another rollback has published one since)."""
     newest = newest_complete(registry)
     if newest is None or (newest[0] != version and not same_model(newest[1], source)):
+        return ""
+    if unless_newest and newest[0] == unless_newest:
         return ""
     what = "is" if newest[0] == version else f"is the same model as {newest[0]}, which is"
     return f"{version} {what} the newest complete version in {registry}"
 
 
-def republish(registry: Path, version: str, unless_unchanged: bool = False) -> str:
+def republish(registry: Path, version: str, unless_unchanged: bool = False, unless_newest: str = "") -> str:
     """Publish a copy of ``registry/version`` as the next version (a rollback: the agent serves the newest
     complete version, so an older model comes back by being published again, and version numbers only
     grow). The source must be complete with its recorded hashes (ManifestError says why not); the copy's
     manifest says ``republished_from`` and when it was made. Returns the new version name.
     ``unless_unchanged``: NothingToPublish when ``copy_changes_nothing``, asked under the publish lock, so of
-    two rollbacks to one version at once only the first publishes."""
+    two rollbacks to one version at once only the first publishes (``unless_newest``: see there)."""
     import datetime as dt
 
     source = registry / version
     manifest = check_version(source, verify_hashes=True)
     manifest.republished_from = version  # not part of ``same_model``'s identity: the copy stays the same model
     manifest.created = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    refuse = (lambda: copy_changes_nothing(registry, version, manifest)) if unless_unchanged else None
+    refuse = (lambda: copy_changes_nothing(registry, version, manifest, unless_newest)) if unless_unchanged else None
     with staging_folder(registry, "republish") as staging:
         for name, digest in manifest.files.items():
             shutil.copyfile(source / name, staging / name)

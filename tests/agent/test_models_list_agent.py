@@ -5,6 +5,7 @@ it, and with --agent what the agent serves and refused."""
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 from pathlib import Path
 
@@ -12,7 +13,9 @@ from typer.testing import CliRunner
 
 from agent.testing import publish_linear
 from shortlist.cli import app
-from tests.agent.conftest import SIZE, start
+from shortlist.manifest import check_version, list_versions
+from shortlist.v1 import agent_pb2
+from tests.agent.conftest import SIZE, Running, start
 
 runner = CliRunner()
 
@@ -52,3 +55,100 @@ def test_list_names_a_version_the_agent_refused(tmp_path: Path) -> None:
     gone = runner.invoke(app, ["models", "list", "--models", str(models), "--agent", f"127.0.0.1:{port}"],
                          env={"SHORTLIST_CONNECT_TIMEOUT": "0.5"})
     assert gone.exit_code == 0 and f"warning: the agent at 127.0.0.1:{port} did not answer" in said(gone.stdout)
+
+
+def _served_folder_corrupted(tmp_path: Path) -> tuple[Path, Running]:
+    """An agent serving v0002, whose encoder.onnx was then corrupted in place: v0001 is the newest complete
+    version, v0002 is still served (the model it loaded)."""
+    models = tmp_path / "models"
+    publish_linear(models, size=SIZE, dim=16, seed=0)
+    r = start(tmp_path / "data", models)
+    r.agent.manager.check()
+    publish_linear(models, size=SIZE, dim=16, seed=1)
+    r.agent.manager.check()
+    assert r.stub.GetStatus(agent_pb2.GetStatusRequest()).model_version == "v0002"
+    onnx = models / "v0002" / "encoder.onnx"
+    onnx.write_bytes(onnx.read_bytes()[:100])
+    return models, r
+
+
+def test_list_says_what_the_agent_serves_when_its_folder_is_not_complete_any_more(tmp_path: Path) -> None:
+    models, r = _served_folder_corrupted(tmp_path)
+    try:
+        asked = runner.invoke(app, ["models", "list", "--models", str(models), "--agent", r.address])
+        assert asked.exit_code == 0, asked.output
+        words = said(asked.stdout)
+        assert (f"the agent at {r.address} serves v0002, whose folder is not complete any more (above: changed after "
+                "the agent loaded it): it serves the model it loaded; a restart would refuse it") in words
+        assert "v0002's folder is not complete any more: encoder.onnx is corrupt" in words
+        assert "not complete (below); the agent serves the model it loaded" in words
+        assert "v0002 is not served" not in words
+        rows = [json.loads(line) for line in runner.invoke(
+            app, ["models", "list", "--models", str(models), "--agent", r.address, "--json"]).stdout.splitlines()]
+        assert [(row["version"], row["complete"], row["agent"]) for row in rows] == \
+            [("v0001", True, ""), ("v0002", False, "serving")]
+        shutil.rmtree(models / "v0002")  # gone: still said
+        words = said(runner.invoke(app, ["models", "list", "--models", str(models), "--agent", r.address]).stdout)
+        assert f"the agent at {r.address} serves v0002, whose folder is not in {models}" in words
+    finally:
+        r.stop()
+
+
+def test_rollback_to_the_newest_complete_version_asks_the_agent_what_it_serves(tmp_path: Path) -> None:
+    """The explorer's case: the served v0002's folder was corrupted in place, so v0001 is the newest complete
+    version; the agent still serves v0002. Rolling back to v0001 is the way back and must publish."""
+    models, r = _served_folder_corrupted(tmp_path)
+    try:
+        gone = f"127.0.0.1:{_free_port()}"  # no agent there: what it serves is unknown, said so, --force offered
+        blind = runner.invoke(app, ["models", "rollback", "v0001", "--models", str(models), "--agent", gone,
+                                    "--connect-timeout", "0.5"])
+        assert blind.exit_code == 1, blind.output
+        words = said(blind.output)
+        assert "v0001 is the newest complete version" in words and f"the agent at {gone} did not answer" in words
+        assert "--force publishes the copy anyway" in words and "serves it already" not in words
+        assert list_versions(models) == ["v0001", "v0002"]
+        back = runner.invoke(app, ["models", "rollback", "v0001", "--models", str(models), "--agent", r.address,
+                                   "--json"])
+        assert back.exit_code == 0, back.output
+        assert json.loads(back.stdout)["published"] == "v0003"
+        assert check_version(models / "v0003").republished_from == "v0001"
+        r.agent.manager.check()
+        assert r.stub.GetStatus(agent_pb2.GetStatusRequest()).model_version == "v0003"
+        again = runner.invoke(app, ["models", "rollback", "v0001", "--models", str(models), "--agent", r.address])
+        assert again.exit_code == 1 and "serves v0001 as v0003 already" in said(again.output)
+    finally:
+        r.stop()
+
+
+def test_rollback_force_publishes_without_an_agent(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    publish_linear(models, size=SIZE, dim=16, seed=0)
+    forced = runner.invoke(app, ["models", "rollback", "v0001", "--models", str(models), "--no-reload", "--force"])
+    assert forced.exit_code == 0, forced.output
+    assert list_versions(models) == ["v0001", "v0002"]
+    again = runner.invoke(app, ["models", "rollback", "v0001", "--models", str(models), "--no-reload"])
+    assert again.exit_code == 1 and "is the same model as v0002" in said(again.output)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_rollback_to_a_newest_version_the_agent_refused_publishes(tmp_path: Path) -> None:
+    """The agent refused the newest v0002 (e.g. its manifest edited while it embedded it) and serves v0001: a
+    copy of v0002 is what takes it up again, not "it serves it already"."""
+    models = tmp_path / "models"
+    publish_linear(models, size=SIZE, dim=16, seed=0)
+    r = start(tmp_path / "data", models)
+    try:
+        r.agent.manager.check()
+        publish_linear(models, size=SIZE, dim=16, seed=1)
+        r.agent.manager._refuse("v0002", "v0002 refused: its folder changed while the pool was being embedded")
+        back = runner.invoke(app, ["models", "rollback", "v0002", "--models", str(models), "--agent", r.address,
+                                   "--json"])
+        assert back.exit_code == 0, back.output
+        assert json.loads(back.stdout)["published"] == "v0003"
+    finally:
+        r.stop()
