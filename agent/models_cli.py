@@ -6,9 +6,10 @@ is a republish: ``shortlist.manifest.republish`` copies the chosen version, hash
 version number, atomically; the agent re-embeds the pool with it and swaps as for any new version (at once,
 with the served embeddings, when the copy is the same model as the served one), abandoning a version it was
 embedding meanwhile. Version numbers only grow, never reused even when folders are removed (the registry's
-high-water mark, shortlist.manifest.publish). A copy that would change nothing (of the newest complete
-version, or of what the agent serves while it moves to no other) is refused: re-embedding a pool with an
-identical model can take hours.
+high-water mark, shortlist.manifest.publish). A copy that would change nothing (of what the agent serves
+while it moves to no other, or is embedding the pool with; when the agent does not answer, of the newest
+complete version) is refused: re-embedding a pool with an identical model can take hours. The agent is asked
+first: the registry alone cannot tell a served folder changed in place, or a newest version the agent refused.
 
 ``list`` runs the agent's own load check (agent.embedder.load_check: onnxruntime on the CPU, a batch of blank
 images and one of synthetic ones) on complete versions newest first until one passes: that one is what an
