@@ -51,6 +51,7 @@ from agent.index import VersionIndex
 from agent.state import SERVING_KEY, EmbeddingRows, SampleRecord, State, StoredEmbeddings
 from shortlist.images import decode_stored
 from shortlist.manifest import (
+    MANIFEST_NAME,
     MODEL_FINGERPRINT_PREFIX,
     Manifest,
     ManifestError,
@@ -75,6 +76,9 @@ class Newer:
     embedder: Embedder
 
 
+# Every warning about the served version's folder (``_watch_served``) names it so; ``models list --agent``
+# repeats those warnings beside the row the agent serves.
+SERVED_FOLDER = "the folder of the version this agent serves"
 PROBE_ROWS = 8  # stored embeddings re-computed to tell whether an unfingerprinted version's folder made them
 PROBE_DISTANCE = 0.02  # the largest L2 distance between a stored and a re-computed (unit) vector of one model
 
@@ -460,8 +464,9 @@ class ModelManager:
             meanwhile = (" (`shortlist status` shows how many it has embedded; Select and PriorLabels see those "
                          "only)") if self.current is None else ""
             note = (f"{self.registry / version} holds another model ({short_fingerprint(model_fingerprint(manifest))}) "
-                    f"than the one that made the {len(stored.seqs)} embeddings stored for {version} ({other}): a "
-                    f"removed version's number was used again for another model; they were dropped, never mixed "
+                    f"than the one that made the {len(stored.seqs)} embeddings stored for {version} ({other}): its "
+                    f"files were changed in place since (e.g. its {MANIFEST_NAME} edited), or a removed version's "
+                    f"number was used again for another model; they were dropped, never mixed "
                     f"with the folder's model's, and every sample is embedded again by it{meanwhile}")
             log.warning(note)
             self.notices.append(note)
@@ -540,7 +545,7 @@ class ModelManager:
         where = self.registry / cur.version
         warning = ""
         if now == "missing":
-            warning = (f"the folder of {cur.version}, the version this agent serves, is gone from {self.registry} "
+            warning = (f"{where}, {SERVED_FOLDER}, is gone from {self.registry} "
                        f"(removed or renamed): {cur.version} keeps serving (its model is loaded), but a restart "
                        "could not load it again and would serve the newest complete version left there, "
                        "re-embedding every sample; put the folder back, or publish a new version (it is served "
@@ -549,19 +554,21 @@ class ModelManager:
             try:
                 manifest = check_version(where)
             except ManifestError as e:
-                warning = (f"{where}, the folder of the version this agent serves, changed since it was loaded and "
+                warning = (f"{where}, {SERVED_FOLDER}, changed since it was loaded and "
                            f"cannot be served any more ({e}): {cur.version} keeps serving the model it loaded; a "
                            "restart would refuse it; put the folder back as it was, or publish a new version")
             else:
                 theirs, ours = model_fingerprint(manifest), model_fingerprint(cur.manifest)
                 if theirs != ours:
-                    warning = (f"{where} now holds another model ({short_fingerprint(theirs)}) than the "
-                               f"{cur.version} this agent serves ({short_fingerprint(ours)}): a removed version's "
-                               f"number was used again (a folder copied by hand, or published by an older "
-                               f"shortlist, which reused the numbers of removed versions); {cur.version} keeps "
-                               f"serving the model it loaded, with its embeddings; a restart embeds every sample "
-                               f"again with the folder's model; to serve it now, restart the agent; to keep the "
-                               f"served model, put its folder back")
+                    warning = (f"{where}, {SERVED_FOLDER}, now holds another model ({short_fingerprint(theirs)}) "
+                               f"than the {cur.version} this agent loaded ({short_fingerprint(ours)}): its files "
+                               f"were changed in place (e.g. its {MANIFEST_NAME} edited: preprocessing, outputs, "
+                               f"classes), or the folder was replaced by another under the same number (copied by "
+                               f"hand, or published by an older shortlist, which reused the numbers of removed "
+                               f"versions); {cur.version} keeps serving the model it loaded, with its embeddings; "
+                               f"a restart embeds every sample again with the folder's model; to serve it now, "
+                               f"restart the agent; to keep the served model, put its folder back as it was "
+                               f"(publish a changed model as a new version instead)")
         if warning and warning != self.folder_warning:
             log.warning(warning)
         elif self.folder_warning and not warning and self.folder_warning_version == cur.version:

@@ -43,6 +43,7 @@ from agent.cli import json_line
 from agent.cli_options import AgentTarget, agent_options
 from agent.embedder import ModelRefused, load_check, newest_servable
 from agent.errors import quoted
+from agent.models import SERVED_FOLDER
 from shortlist.console import make_console
 from shortlist.manifest import (
     Manifest,
@@ -154,7 +155,7 @@ def agent_says(rows: list[dict[str, Any]], address: str, st: agent_pb2.Status, m
     """The sentence under ``models list --agent``'s table saying what the agent at ``address`` (status ``st``)
     serves, always (``rows``: ``version_rows``' marked by ``agent_view``), with what its folder is now when
     that is no longer what an agent started on ``models`` would serve: not complete (changed in place after the
-    agent loaded it) or gone."""
+    agent loaded it) or gone; and the agent's own warnings about that folder (``SERVED_FOLDER``)."""
     served = st.model_version
     if not served:
         said = f"the agent at {address} serves no version"
@@ -169,7 +170,10 @@ def agent_says(rows: list[dict[str, Any]], address: str, st: agent_pb2.Status, m
                      "the model it loaded; a restart would refuse it")
     if st.pending_model_version:
         said += f" and is embedding the pool with {st.pending_model_version}"
-    return said
+    # What the agent says of the served folder (changed in place, another model there now, gone): a row the
+    # load check finds complete can hold another model than the one the agent loaded, which only the agent knows.
+    warned = [w for w in st.warnings if SERVED_FOLDER in w]
+    return said + "".join(f"; it warns: {w}" for w in warned)
 
 
 @models_app.command("list")

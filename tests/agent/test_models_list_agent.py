@@ -152,3 +152,25 @@ def test_rollback_to_a_newest_version_the_agent_refused_publishes(tmp_path: Path
         assert json.loads(back.stdout)["published"] == "v0003"
     finally:
         r.stop()
+
+
+def test_a_served_manifest_edited_in_place_is_said_to_be_changed_not_a_reused_number(tmp_path: Path) -> None:
+    """The served v0001's manifest.json is edited (its preprocessing's mean): the agent's warning names that
+    possibility, and `models list --agent`, whose load check finds the folder complete, repeats it."""
+    models = tmp_path / "models"
+    publish_linear(models, size=SIZE, dim=16, seed=0)
+    r = start(tmp_path / "data", models)
+    try:
+        r.agent.manager.check()
+        path = models / "v0001" / "manifest.json"
+        manifest = json.loads(path.read_text())
+        manifest["preprocess"]["mean"] = [0.1, 0.2, 0.3]
+        path.write_text(json.dumps(manifest))
+        r.agent.manager.check()
+        warned = [w for w in r.stub.GetStatus(agent_pb2.GetStatusRequest()).warnings if "holds another model" in w]
+        assert warned and "its files were changed in place (e.g. its manifest.json edited" in warned[0], warned
+        words = said(runner.invoke(app, ["models", "list", "--models", str(models), "--agent", r.address]).stdout)
+        assert f"the agent at {r.address} serves v0001; it warns: {models / 'v0001'}, the folder of the version " \
+            "this agent serves, now holds another model" in words
+    finally:
+        r.stop()
