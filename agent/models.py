@@ -769,15 +769,15 @@ class ModelManager:
         self._drop_stale(keep={version})  # e.g. a version abandoned before a restart
         newer: list[Newer] = []
 
-        gone: list[str] = []  # why ``version``'s folder cannot be served any more, once noticed
+        gone: list[tuple[str, str]] = []  # why ``version``'s folder cannot be served any more, once noticed
 
         def preempted() -> bool:
             if not newer:
                 found = self._look_for_newer(version)
                 if found is not None:
                     newer.append(found)
-            if not gone and (why := self._folder_left(new)) is not None:
-                gone.append(why)
+            if not gone and (left := self._folder_left(new)) is not None:
+                gone.append(left)
             return bool(newer or gone)
 
         try:
@@ -787,11 +787,15 @@ class ModelManager:
                 remaining = self._catch_up(new.embedder, new.index, hold_lock=False, interrupted=preempted)
             if self._stop.is_set():
                 return True
-            if not gone and (why := self._folder_left(new)) is not None:  # removed since the last look
-                gone.append(why)
+            if not gone and (left := self._folder_left(new)) is not None:  # removed since the last look
+                gone.append(left)
             if gone:
                 self._forget(version)  # its partial embeddings: never served
-                self._refuse(version, gone[0])
+                # For the folder as it was found changed, and for good: a restart refuses it too while the folder
+                # stays so (this run does: ``_checked``), as the reason says; a folder changed again (put back,
+                # or still being written then) is looked at again by both.
+                why, found = gone[0]
+                self._refuse(version, why, found, for_good=True)
                 return False
             if newer or preempted():
                 self._abandon(version, newer[0].version)
@@ -828,11 +832,11 @@ class ModelManager:
         finally:
             self._set_pending("", None)
 
-    def _folder_left(self, loaded: Serving) -> str | None:
-        """Why ``loaded``, a version being embedded, must not be served any more: its registry folder is gone
-        (removed or renamed: a restart could not load it, so serving it would strand the pool on a model no
-        one can load again) or holds another model than the one loaded; None while it is as it was loaded.
-        Cheap when nothing changed (one listing of the folder)."""
+    def _folder_left(self, loaded: Serving) -> tuple[str, str] | None:
+        """Why ``loaded``, a version being embedded, must not be served any more, with its folder's ``_fingerprint``
+        as judged: its registry folder is gone (removed or renamed: a restart could not load it, so serving it would
+        strand the pool on a model no one can load again) or holds another model than the one loaded; None while
+        it is as it was loaded. Cheap when nothing changed (one listing of the folder)."""
         now = self._fingerprint(loaded.version)
         if now == loaded.folder:
             return None
@@ -840,15 +844,19 @@ class ModelManager:
         if now == "missing":
             return (f"{loaded.version} refused: its folder was removed from {self.registry} while the pool was "
                     f"being embedded with it; it was never served (its partial embeddings are dropped); the "
-                    f"served version keeps serving; publish it again to use it")
+                    f"served version keeps serving; publish it again to use it"), now
+        again = (f"; it is not tried again, after a restart too, while the folder stays as it is now: to serve "
+                 f"its model as it is now, publish it as a new version (`shortlist models rollback "
+                 f"{loaded.version}`), or put the folder back as it was")
         try:
             manifest = check_version(where)
         except ManifestError as e:
             return (f"{loaded.version} refused: its folder {where} changed while the pool was being embedded with "
-                    f"it and cannot be served any more ({e}); it was never served")
+                    f"it and cannot be served any more ({e}); it was never served{again}"), now
         if model_fingerprint(manifest) != model_fingerprint(loaded.manifest):
-            return (f"{loaded.version} refused: {where} holds another model than the one being embedded; it was "
-                    f"never served; publish a new version instead of changing a published one")
+            return (f"{loaded.version} refused: {where} holds another model than the one being embedded (its files "
+                    f"changed while the pool was being embedded with it); it was never served; publish a new "
+                    f"version instead of changing a published one{again}"), now
         loaded.folder = now  # the same model (e.g. a file touched): go on
         return None
 

@@ -7,15 +7,22 @@ from __future__ import annotations
 import json
 import shutil
 import socket
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import pytest
 from typer.testing import CliRunner
 
+from agent import client
+from agent.embedder import Embedder
+from agent.models import ModelManager
 from agent.testing import publish_linear
 from shortlist.cli import app
-from shortlist.manifest import check_version, list_versions
+from shortlist.manifest import Manifest, check_version, list_versions
 from shortlist.v1 import agent_pb2
-from tests.agent.conftest import SIZE, Running, start
+from tests.agent.conftest import SIZE, Running, make_samples, start
 
 runner = CliRunner()
 
@@ -174,3 +181,65 @@ def test_a_served_manifest_edited_in_place_is_said_to_be_changed_not_a_reused_nu
             "this agent serves, now holds another model" in words
     finally:
         r.stop()
+
+
+def test_a_version_refused_for_changing_mid_embedding_is_refused_after_a_restart_too(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """v0002's manifest is edited while the pool is being embedded with it: refused. The running agent and a
+    restarted one agree while the folder stays so (both serve v0001); a folder changed again is tried again."""
+    models = tmp_path / "models"
+    publish_linear(models, size=SIZE, dim=16, seed=0)
+    r = start(tmp_path / "data", models, batch_size=4)
+    path = models / "v0002" / "manifest.json"
+    try:
+        client.ingest(r.stub, make_samples(24))
+        _wait(r, lambda st: st.model_version == "v0001" and st.embedded == 24)
+        real = ModelManager._embedder
+        edited: list[str] = []
+
+        def editing(self: ModelManager, name: str, manifest: Manifest) -> Embedder:
+            emb = real(self, name, manifest)
+            if name == "v0002":
+                inner = emb.embed
+
+                def edit_then_embed(images: Any) -> Any:
+                    if not edited:  # the first batch of the pool: the folder changes under it
+                        m = json.loads(path.read_text())
+                        m["preprocess"]["mean"] = [0.1, 0.2, 0.3]
+                        path.write_text(json.dumps(m))
+                        edited.append(path.read_text())
+                    return inner(images)
+
+                emb.embed = edit_then_embed  # type: ignore[method-assign]
+            return emb
+
+        monkeypatch.setattr(ModelManager, "_embedder", editing)
+        publish_linear(models, size=SIZE, dim=24, seed=1)
+        r.stub.ReloadModel(agent_pb2.ReloadModelRequest())
+        st = _wait(r, lambda st: any(w.startswith("v0002 refused") for w in st.warnings))
+        why = next(w for w in st.warnings if w.startswith("v0002 refused"))
+        assert "holds another model than the one being embedded" in why and "after a restart too" in why
+        assert "`shortlist models rollback v0002`" in why
+        r.agent.manager.check()  # the running agent does not take it up again
+        assert r.stub.GetStatus(agent_pb2.GetStatusRequest()).model_version == "v0001"
+    finally:
+        r.stop()
+    monkeypatch.undo()
+    r = start(tmp_path / "data", models)  # the folder unchanged: refused after the restart too
+    try:
+        time.sleep(1.0)  # a few polls (0.2 s)
+        st = r.stub.GetStatus(agent_pb2.GetStatusRequest())
+        assert (st.model_version, st.pending_model_version) == ("v0001", ""), st
+        assert [w for w in st.warnings if w.startswith("v0002 refused")], st.warnings
+        path.write_text(edited[0] + "\n")  # changed again (e.g. the editing done): looked at again
+        _wait(r, lambda st: st.model_version == "v0002")
+    finally:
+        r.stop()
+
+
+def _wait(r: Running, done: Callable[[agent_pb2.Status], bool], timeout: float = 30.0) -> agent_pb2.Status:
+    deadline = time.monotonic() + timeout
+    while not done(st := r.stub.GetStatus(agent_pb2.GetStatusRequest())):
+        assert time.monotonic() < deadline, st
+        time.sleep(0.05)
+    return st
