@@ -59,6 +59,7 @@ from shortlist.manifest import (
     list_versions,
     model_fingerprint,
     same_model,
+    same_number,
     short_fingerprint,
     version_number,
 )
@@ -384,14 +385,16 @@ class ModelManager:
         return index.remove(dead.tolist()) if len(dead) else 0
 
     def _fingerprint(self, name: str) -> str:
-        """Cheap summary of a version folder (names, sizes, mtimes): a refused version is looked at
-        again only when this changes."""
+        """Cheap summary of a version folder (names, sizes, mtimes, and the other folders that claim its number):
+        a refused version is looked at again only when this changes."""
         folder = self.registry / name
         try:
             entries = sorted((p.name, p.lstat()) for p in folder.iterdir())
         except OSError:
             return "missing"
-        return ";".join(f"{n}:{st.st_size}:{st.st_mtime_ns}" for n, st in entries)
+        # Other folders claiming its number refuse it (check_version): one removed or renamed is a change too.
+        clash = "".join(f"|same number:{other}" for other in same_number(folder))
+        return ";".join(f"{n}:{st.st_size}:{st.st_mtime_ns}" for n, st in entries) + clash
 
     def _or_refuse(self, name: str, load: Callable[[], T]) -> T | None:
         """``load()`` (an embedder, a loaded version), or None with ``name`` refused when it raises."""

@@ -19,7 +19,8 @@ Registry layout (a folder, ``--models M``)::
 
 A version is *complete* when its folder name matches ``v<digits>``, holds a valid ``manifest.json`` and
 every file the manifest lists (plain names inside the folder, never leaving the registry through a
-symlink) with the sha256 it records; ``check_version`` says why a folder is not. The newest complete
+symlink) with the sha256 it records, and no other folder's name gives the same number (``v24`` beside
+``v0024``: ``number_clash``); ``check_version`` says why a folder is not. The newest complete
 version has the highest number.
 Publishing writes ``.tmp-*`` and renames it to ``vNNNN`` (``os.rename`` is atomic on POSIX, and fails
 if the target exists, so two publishers never overwrite each other).
@@ -271,6 +272,8 @@ def check_version(version_dir: Path, verify_hashes: bool = True) -> Manifest:
         raise ManifestError(f"{version_dir} does not exist") from None
     if not real_dir.is_relative_to(root):
         raise ManifestError(f"{version_dir.name} is a symlink to {real_dir}, outside the registry {root}")
+    if clash := number_clash(version_dir):
+        raise ManifestError(clash)
     mpath = version_dir / MANIFEST_NAME
     if not mpath.is_file():
         raise ManifestError(f"no {MANIFEST_NAME} (the folder is incomplete or still being written; publish "
@@ -301,6 +304,31 @@ def check_version(version_dir: Path, verify_hashes: bool = True) -> Manifest:
                 raise ManifestError(f"{name} is corrupt or was changed after publishing: its sha256 is "
                                     f"{actual[:12]}..., the manifest records {str(digest)[:12]}...")
     return manifest
+
+
+def same_number(version_dir: Path) -> list[str]:
+    """The other folders beside ``version_dir`` whose names give the same version number (``v24`` beside
+    ``v0024``: made by hand; ``publish`` never makes one), sorted; [] when none or unreadable."""
+    number = version_number(version_dir.name)
+    try:
+        return sorted(p.name for p in version_dir.parent.iterdir()
+                      if p.name != version_dir.name and version_number(p.name) == number and p.is_dir())
+    except OSError:
+        return []
+
+
+def number_clash(version_dir: Path) -> str:
+    """Why ``version_dir`` cannot be served because other folders claim its version number ("" when none do):
+    which of them is that version (the newer one, the one whose stored embeddings an agent has) is ambiguous, so
+    none is served (an agent already serving one keeps the model it loaded, and warns)."""
+    others = same_number(version_dir)
+    if not others:
+        return ""
+    return (f"{version_dir.name} and {', '.join(others)} in {version_dir.parent} claim the same version number "
+            f"{version_number(version_dir.name)}: which model is that version is ambiguous, so none of them is "
+            f"taken up (an agent serving one already keeps the model it loaded); rename or remove all but one (a "
+            f"folder made by hand: `shortlist export`, `models import` and `models rollback` publish under a new "
+            f"number of their own)")
 
 
 def read_complete(version_dir: Path, verify_hashes: bool = True) -> Manifest | None:

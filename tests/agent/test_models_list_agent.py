@@ -243,3 +243,41 @@ def _wait(r: Running, done: Callable[[agent_pb2.Status], bool], timeout: float =
         assert time.monotonic() < deadline, st
         time.sleep(0.05)
     return st
+
+
+def test_two_folders_claiming_one_version_number_are_refused_and_said(tmp_path: Path) -> None:
+    """`models/v2` made by hand beside `models/v0002`, another model: which is version 2 is ambiguous. Neither
+    is listed complete nor taken up, the agent says why, and once one goes the other is served."""
+    models = tmp_path / "models"
+    publish_linear(models, size=SIZE, dim=16, seed=0)
+    r = start(tmp_path / "data", models)
+    try:
+        r.agent.manager.check()
+        publish_linear(models, size=SIZE, dim=16, seed=1, classes=None)
+        shutil.copytree(models / "v0001", models / ".hand")
+        (models / ".hand").rename(models / "v2")
+        rows = [json.loads(line) for line in runner.invoke(
+            app, ["models", "list", "--models", str(models), "--json"]).stdout.splitlines()]
+        assert [(row["version"], row["complete"]) for row in rows] == \
+            [("v0001", True), ("v0002", False), ("v2", False)], rows
+        assert "v0002 and v2 in" in rows[1]["problem"] and "claim the same version number 2" in rows[1]["problem"]
+        words = said(runner.invoke(app, ["models", "list", "--models", str(models)]).stdout)
+        assert "would be served: v0001" in words and "v2 is not served: v2 and v0002" in words
+        r.agent.manager.check()
+        st = r.stub.GetStatus(agent_pb2.GetStatusRequest())
+        assert st.model_version == "v0001"
+        assert [w for w in st.warnings if "claim the same version number 2" in w], st.warnings
+        shutil.rmtree(models / "v2")  # the clash gone: v0002 is looked at again and served
+        r.agent.manager.check()
+        assert r.stub.GetStatus(agent_pb2.GetStatusRequest()).model_version == "v0002"
+        shutil.copytree(models / "v0001", models / "v02")  # now beside the served version: it warns
+        r.agent.manager.check()
+        st = r.stub.GetStatus(agent_pb2.GetStatusRequest())
+        assert st.model_version == "v0002"
+        warned = [w for w in st.warnings if "the folder of the version this agent serves" in w]
+        assert warned and "claim the same version number 2" in warned[0], st.warnings
+        words = said(runner.invoke(app, ["models", "list", "--models", str(models), "--agent", r.address]).stdout)
+        assert f"the agent at {r.address} serves v0002, whose folder is not complete any more" in words
+        assert "claim the same version number 2" in words
+    finally:
+        r.stop()
