@@ -1,6 +1,8 @@
-"""``shortlist models list`` is honest about a version the agent refused on its stored samples (a refusal the
-load check, on blank and synthetic images, cannot see): it says what would be served unless the agent refused
-it, and with --agent what the agent serves and refused."""
+"""``shortlist models list`` and ``rollback`` are honest about what the agent serves and refused, which the
+registry alone cannot say: a version it refused on its stored samples (a refusal the load check, on blank and
+synthetic images, cannot see), a served folder changed in place after it was loaded (corrupted, manifest edited),
+a newest version it refused, two folders claiming one version number; and the agent's refusals agree across a
+restart."""
 
 from __future__ import annotations
 
