@@ -106,6 +106,12 @@ const Shortlist = (() => {
     // after load, so that a screen reader hears the live region; not over a notice this page showed meanwhile
     // (on a slow machine a key pressed within those 300 ms had its notice replaced by the older one)
     if (carried) setTimeout(() => { if (!toasts) toast(carried); }, 300);
+    // a narrow window (a phone): the top bar's links scroll sideways; the current page's link is brought into
+    // view, so the bar says where one is
+    const nav = document.querySelector(".nav"), here = nav && nav.querySelector("a.active");
+    if (here && nav.scrollWidth > nav.clientWidth) {
+      nav.scrollLeft += here.getBoundingClientRect().left - nav.getBoundingClientRect().left - 24;
+    }
   });
   // The URL of sample `id`'s thumbnail or image (`kind`: "thumb" or "image"), as agent/web/images.py
   // image_url builds it: the whole id percent-encoded as one path segment (a "/" inside it too), else the

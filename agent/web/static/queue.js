@@ -281,6 +281,7 @@
     if (!label && mark) tile.classList.add("mark-" + mark);
     const state = label || (mark === "skip" ? "skipped" : mark === "unsure" ? "not sure" : "");
     badge(tile).textContent = state;
+    badge(tile).classList.remove("sending");
     tile.setAttribute("aria-label", `${tile.dataset.id}: ${state || "not labelled"}`);
     if (tile === tiles[focus]) showTarget();
     updateCount();
@@ -464,10 +465,15 @@
     return true;
   }
   async function sendMark(tile, mark) {
+    // a skip or not sure shows while on its way, as a label's "cat …" does (presentation only: show() below or
+    // in the catch redraws the tile from its data); a mark taken off (mark "") shows the tile as it is
+    const what = mark === "skip" ? "skip" : "not sure";
+    if (mark) { badge(tile).textContent = `${what} …`; badge(tile).classList.add("sending"); }
     try {
       await Shortlist.patiently(() => Shortlist.api("POST", "/api/queue/mark", { id: tile.dataset.id, mark }),
-        () => away(tile, null, mark ? `your ${mark === "skip" ? "skip" : "not sure mark"} is sent again` : "sent again"));
+        () => away(tile, mark ? `${what} … waiting` : null, mark ? `your ${mark === "skip" ? "skip" : "not sure mark"} is sent again` : "sent again"));
     } catch (e) {
+      show(tile);
       // 404: the sample is not in the queue the agent has now: someone replaced the queue since this page loaded
       if (e.status === 404) {
         e.message = `${shortId(tile)} was not ${mark === "skip" ? "skipped" : mark ? "marked not sure" : "changed"}: ` +
