@@ -116,4 +116,5 @@ def test_the_sign_in_page_shows_no_one_signed_in(live_web: WebAgent, phone: Any)
     top = phone.locator(".topbar").inner_text()
     assert "Müller" not in top and "Sign out" not in top
     assert phone.locator(".who .user").count() == 0
+    assert phone.locator(".who a", has_text="Sign in").is_visible()  # as for anyone signed out
     assert _height(phone, ".topbar") <= TOP_BAR_MAX_PX
