@@ -2,14 +2,17 @@
 from another project) as a new version of a registry, with the preprocessing it needs written once in its
 manifest. No torch: it runs wherever the agent does.
 
-The user's file is published byte for byte. Import reads only what the manifest needs and the agent cannot
-know: the image input and the embedding output (the model's only ones unless --input-name / --output-name
-name them; these go into the manifest's ``input_name`` and ``output_name``), the default size (the input's
-fixed height and width) and the embedding width D (the model run once on a blank batch). Whether the agent
-can serve the model is decided by the agent's own load check (agent.embedder.load_check: the declared input,
-float32, NCHW at the preprocess size with a dynamic batch axis, a batch of 2, the output's shape) on the
-staged version; a model it refuses is refused with its advice, and nothing is published. Publishing uses
-shortlist.manifest.publish, as ``shortlist export`` does: atomically, under the next version number.
+The user's file is published byte for byte, unless its weights are in external data files beside it (what
+torch.onnx.export writes by default since torch 2.9): then the graph and those weights are published as one
+self-contained encoder.onnx (``self_contained``; over protobuf's 2 GB, as encoder.onnx and one encoder.onnx.data
+beside it, both in the manifest's files). Import reads only what the manifest needs and the agent cannot know: the
+image input and the embedding output (the model's only ones unless --input-name / --output-name name them; these
+go into the manifest's ``input_name`` and ``output_name``), the default size (the input's fixed height and width)
+and the embedding width D (the model run once on a blank batch). Whether the agent can serve the model is decided
+by the agent's own load check (agent.embedder.load_check: the declared input, float32, NCHW at the preprocess size
+with a dynamic batch axis, a batch of 2, the output's shape) on the staged version; a model it refuses is refused
+with its advice, and nothing is published. Publishing uses shortlist.manifest.publish, as ``shortlist export``
+does: atomically, under the next version number.
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import numpy as np
+import onnx
 import typer
+from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
 
 from shortlist.manifest import (
     ONNX_NAME,
@@ -39,6 +44,11 @@ from shortlist.manifest import (
 
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "lanczos")  # shortlist.images._RESAMPLE's names
 IMPORT_METHOD = "imported"
+# A model whose weights are in external data files is published as one file up to this size: protobuf cannot
+# serialise a message of 2 GB or more (onnx.checker.MAXIMUM_PROTOBUF), so a larger one keeps its weights in
+# one EXTERNAL_DATA_NAME file beside ONNX_NAME.
+INLINE_LIMIT = onnx.checker.MAXIMUM_PROTOBUF
+EXTERNAL_DATA_NAME = ONNX_NAME + ".data"
 
 
 class ImportRefused(ValueError):
@@ -107,6 +117,34 @@ class Interface:
         return int(np.prod(out.shape[1:])) if out.ndim >= 2 and out.size else None
 
 
+def external_data_files(model_path: Path) -> list[str]:
+    """The external data files (locations relative to the model's folder, sorted) that ``model_path``'s
+    tensors are stored in; [] for a self-contained model. Only the graph is read, not the weights."""
+    proto = onnx.load(str(model_path), load_external_data=False)
+    return sorted({ExternalDataInfo(t).location for t in _get_all_tensors(proto) if uses_external_data(t)})
+
+
+def self_contained(model_path: Path, folder: Path) -> list[str]:
+    """Write ``model_path``, whose weights are in external data files beside it, into ``folder`` as ONNX_NAME
+    with its weights inside (the same graph and tensors), or, at INLINE_LIMIT bytes or more, as ONNX_NAME with
+    every weight in one EXTERNAL_DATA_NAME: the file names written. ImportRefused when a data file is missing,
+    too short, or outside the model's folder (onnx refuses such a location: a model must not read other files)."""
+    files = external_data_files(model_path)
+    try:
+        proto = onnx.load(str(model_path))  # reads the data files relative to the model's folder, checking each
+    except (OSError, ValueError, onnx.checker.ValidationError) as e:
+        raise ImportRefused(f"{model_path.name} keeps its weights in external data ({', '.join(files)}), which "
+                            f"could not be read ({e}): keep the data file(s) in {model_path.parent} as the export "
+                            "wrote them, or export one self-contained file (torch.onnx.export(..., "
+                            "external_data=False))") from None
+    if proto.ByteSize() < INLINE_LIMIT:
+        onnx.save_model(proto, str(folder / ONNX_NAME))
+        return [ONNX_NAME]
+    onnx.save_model(proto, str(folder / ONNX_NAME), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=EXTERNAL_DATA_NAME, size_threshold=0)  # every tensor: the data file always exists
+    return [ONNX_NAME, EXTERNAL_DATA_NAME]
+
+
 def read_interface(model_path: Path, input_name: str | None = None, output_name: str | None = None) -> Interface:
     """Open ``model_path`` with onnxruntime as the agent does and pick its image input and embedding output:
     the named ones, else the model's only ones. ImportRefused when onnxruntime cannot load it (the agent's
@@ -115,6 +153,15 @@ def read_interface(model_path: Path, input_name: str | None = None, output_name:
 
     if not model_path.is_file():
         raise ImportRefused(f"{model_path} is not a file (give the .onnx file to import)")
+    try:
+        data_files = external_data_files(model_path)
+    except Exception:  # not a protobuf onnx can parse: onnxruntime's refusal below says so, with advice
+        data_files = []
+    if missing := [f for f in data_files if not (model_path.parent / f).is_file()]:
+        raise ImportRefused(f"{model_path.name} keeps its weights in external data files, and {', '.join(missing)} "
+                            f"is not in {model_path.parent}: import the .onnx from the folder the export wrote it "
+                            "to, with its data file(s) beside it, or export one self-contained file "
+                            "(torch.onnx.export(..., external_data=False))")
     try:
         session = open_session(model_path)
     except ModelRefused as e:
@@ -130,10 +177,11 @@ def read_interface(model_path: Path, input_name: str | None = None, output_name:
 
 def import_onnx(model: str | Path | Interface, registry: str | Path, pre: Preprocess, input_name: str | None = None,
                 output_name: str | None = None) -> tuple[str, Manifest]:
-    """Copy the model (a path, or what ``read_interface`` read) byte for byte into a staging folder of
-    ``registry`` with its manifest, run the agent's load check on it (agent.embedder.load_check), then publish
-    it atomically (shortlist.manifest.publish): the new version's name and manifest. ImportRefused (nothing
-    published) when the registry will not do or the agent would refuse the model."""
+    """Copy the model (a path, or what ``read_interface`` read) byte for byte into a staging folder of ``registry``
+    (a model with external data: ``self_contained``) with its manifest, run the agent's load check on it
+    (agent.embedder.load_check), then publish it atomically (shortlist.manifest.publish): the new version's
+    name and manifest. ImportRefused (nothing published) when the registry will not do or the agent would
+    refuse the model."""
     from agent.embedder import ModelRefused, load_check
 
     registry = Path(registry)
@@ -150,8 +198,12 @@ def import_onnx(model: str | Path | Interface, registry: str | Path, pre: Prepro
     registry.mkdir(parents=True, exist_ok=True)
     try:
         with staging_folder(registry, "import") as staging:
-            shutil.copyfile(face.path, staging / ONNX_NAME)
-            manifest.files = {ONNX_NAME: sha256_file(staging / ONNX_NAME)}
+            if external_data_files(face.path):
+                written = self_contained(face.path, staging)
+            else:  # byte for byte
+                shutil.copyfile(face.path, staging / ONNX_NAME)
+                written = [ONNX_NAME]
+            manifest.files = {name: sha256_file(staging / name) for name in written}
             try:
                 load_check(staging, manifest)
             except ModelRefused as e:
@@ -189,7 +241,8 @@ def import_command(
         as_json: bool = typer.Option(False, "--json", help="the outcome as one JSON object on stdout")) -> None:
     """Publish an ONNX encoder that Shortlist did not train as the registry's next version. The preprocessing
     is declared once, here, and written into its manifest with the model's input and output names; the file is
-    published byte for byte. The staged version first passes the agent's own load check (a batch of 2 float32
+    published byte for byte (weights in external data files beside it: as one self-contained file). The
+    staged version first passes the agent's own load check (a batch of 2 float32
     N x 3 x H x W images at the declared size); a model the agent would refuse is refused with its advice and
     nothing is published."""
     from agent.cli import json_line

@@ -69,10 +69,12 @@ EMBEDDING_OUTPUT = "embedding"
 LOGITS_OUTPUT = "logits"
 ROTATION_OUTPUT = "rotation_logits"
 # How to export a PyTorch encoder the agent can serve (its refusals and ``export``'s advice quote it): float32
-# NCHW in, the embedding out, the batch axis dynamic.
+# NCHW in, the embedding out, the batch axis dynamic, the weights inside the one file (torch >= 2.9's exporter
+# writes them to a separate encoder.onnx.data by default, which a copy of the .onnx alone leaves behind).
 ONNX_EXPORT_HINT = (f"torch.onnx.export(model.eval(), torch.randn(2, 3, H, W), \"encoder.onnx\", "
                     f"input_names=[\"{INPUT_NAME}\"], output_names=[\"{EMBEDDING_OUTPUT}\"], dynamic_axes="
-                    f"{{\"{INPUT_NAME}\": {{0: \"batch\"}}, \"{EMBEDDING_OUTPUT}\": {{0: \"batch\"}}}})")
+                    f"{{\"{INPUT_NAME}\": {{0: \"batch\"}}, \"{EMBEDDING_OUTPUT}\": {{0: \"batch\"}}}}, "
+                    "external_data=False)")
 MAX_INPUT_SIDE = 4096  # a manifest asking for larger inputs is refused (memory per decoded image)
 # Resampling filters a manifest's preprocess ``interpolation`` may name (shortlist/images.py maps each to Pillow's).
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "lanczos")

@@ -198,3 +198,74 @@ def test_an_output_named_like_a_head_can_be_the_embedding(tmp_path: Path) -> Non
     assert manifest.output_name == "logits" and manifest.embedding_dim == DIM
     emb = Embedder(models / version, check_version(models / version), use_cuda=False)
     assert emb.embed(np.zeros((3, SIDE, SIDE, 3), np.uint8)).vecs.shape == (3, DIM) and not emb.classes
+
+
+def external_data_cnn(folder: Path, location: str = "m.onnx.data") -> Path:
+    """The tiny CNN saved as torch.onnx.export (torch >= 2.9) saves it: a small m.onnx whose weights are in
+    ``location`` (relative to ``folder``)."""
+    pooled_cnn(folder / "inline.onnx", flat=True, output_name=EMBEDDING_OUTPUT, input_name="image")
+    model = onnx.load(str(folder / "inline.onnx"))
+    (folder / "inline.onnx").unlink()
+    onnx.save_model(model, str(folder / "m.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=location, size_threshold=0)
+    return folder / "m.onnx"
+
+
+def _embed(version: Path, images: np.ndarray) -> np.ndarray:
+    return Embedder(version, check_version(version), use_cuda=False).embed(images).vecs
+
+
+def test_a_model_with_external_data_is_published_as_one_self_contained_file(tmp_path: Path) -> None:
+    (tmp_path / "src").mkdir()
+    src, models = external_data_cnn(tmp_path / "src"), tmp_path / "models"
+    assert (tmp_path / "src" / "m.onnx.data").stat().st_size > 0  # the weights are outside m.onnx
+    code, out, err = _import(src, models, "--preprocess", "cifar10", "--json")
+    assert code == 0, err
+    assert json.loads(out)["published"] == "v0001"
+    version = models / "v0001"
+    assert sorted(p.name for p in version.iterdir()) == ["encoder.onnx", "manifest.json"]
+    assert list(check_version(version).files) == [ONNX_NAME]
+    images = np.random.default_rng(0).integers(0, 256, (3, SIDE, SIDE, 3), dtype=np.uint8)
+    inline = tmp_path / "inline.onnx"
+    pooled_cnn(inline, flat=True, output_name=EMBEDDING_OUTPUT, input_name="image")
+    assert _import(inline, tmp_path / "models_inline", "--preprocess", "cifar10")[0] == 0
+    expected = _embed(tmp_path / "models_inline" / "v0001", images)
+    for f in (tmp_path / "src").iterdir():  # the published version needs nothing of the source folder
+        f.unlink()
+    np.testing.assert_allclose(_embed(version, images), expected, rtol=1e-6)
+
+
+def test_a_model_over_the_inline_limit_keeps_its_weights_in_one_data_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import agent.models_import
+
+    monkeypatch.setattr(agent.models_import, "INLINE_LIMIT", 0)  # as a model of 2 GB or more would be
+    (tmp_path / "src").mkdir()
+    src, models = external_data_cnn(tmp_path / "src", "all.bin"), tmp_path / "models"
+    code, _, err = _import(src, models, "--preprocess", "cifar10")
+    assert code == 0, err
+    version = models / "v0001"
+    assert sorted(check_version(version).files) == [ONNX_NAME, ONNX_NAME + ".data"]  # both hashed, both checked
+    for f in (tmp_path / "src").iterdir():
+        f.unlink()
+    assert _embed(version, np.zeros((2, SIDE, SIDE, 3), np.uint8)).shape == (2, DIM)
+
+
+def test_a_model_whose_external_data_is_missing_or_outside_its_folder_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    src, models = external_data_cnn(tmp_path / "a"), tmp_path / "models"
+    (tmp_path / "a" / "m.onnx.data").unlink()  # the .onnx copied alone
+    code, _, err = _import(src, models, "--preprocess", "cifar10")
+    assert code == 1 and "m.onnx.data is not in" in said(err) and "external_data=False" in err, err
+    assert "nothing was published" in err and not models.exists()
+    (tmp_path / "b" / "in").mkdir(parents=True)
+    src = external_data_cnn(tmp_path / "b" / "in")  # then pointed at a file outside its folder (onnx will not
+    (tmp_path / "b" / "in" / "m.onnx.data").rename(tmp_path / "b" / "outside.data")  # write such a location)
+    proto = onnx.load(str(src), load_external_data=False)
+    for entry in proto.graph.initializer[0].external_data:
+        if entry.key == "location":
+            entry.value = "../outside.data"
+    src.write_bytes(proto.SerializeToString())
+    code, _, err = _import(src, models, "--preprocess", "cifar10")
+    assert code == 1 and "nothing was published" in err and "Traceback" not in err, err
+    assert not models.exists()
