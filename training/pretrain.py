@@ -380,7 +380,10 @@ def _prepare(config: PretrainConfig, console: Console, train_data: TensorData | 
         raise ValueError(f"--batch-size {cfg.batch_size} is larger than the {len(train)} training images of "
                          f"{cfg.data}: give --batch-size {max(1, len(train) // 2)} or less, or more data")
     present = train.labels[train.labeled_rows].unique().tolist()
-    if len(present) == 1 and rt.is_main:  # SSL needs no labels, but one class is seldom what was meant
+    # SSL needs no labels, but one class is seldom what was meant. The labels say what the data is only when
+    # every image has one (class folders, a --limit that took one): cycle's pool pulled from an agent is mostly
+    # unlabelled, and every image of it is learnt from, whatever the few labelled ones are.
+    if len(present) == 1 and len(train.labeled_rows) == len(train) and rt.is_main:
         console.print(f"[yellow]warning:[/] the training data has one class ({escape(train.classes[present[0]])})"
                       f"{escape(_limit_note(cfg, [train.classes[present[0]]]))}: the encoder learns from that class "
                       "alone", highlight=False)

@@ -648,6 +648,32 @@ def test_a_limit_that_leaves_one_class_is_said(tiny_data: Path, tmp_path: Path) 
     assert "one class" not in quiet.getvalue() and "--limit" not in quiet.getvalue()
 
 
+def test_one_labelled_class_among_unlabelled_images_is_not_called_one_class(tmp_path: Path) -> None:
+    """cycle's self-supervised modes pretrain on every sample pulled from the agent, labelled or not: a pool of
+    3 kinds of images with one labelled sample was warned of as "one class", from the labels alone."""
+    import io
+
+    import numpy as np
+    from rich.console import Console
+
+    from tests.training.conftest import CLASSES, make_images
+    from training.data import from_hwc
+
+    imgs, kinds = make_images(24)
+    labels = np.full(24, -1)
+    labels[0] = kinds[0]  # one labelled sample, as in a fresh agent's pool
+    pool = from_hwc(imgs, labels, CLASSES, [f"s{i}" for i in range(24)])
+    said = io.StringIO()
+    pretrain(_cfg(tmp_path / "none", tmp_path / "r", "rotnet", batch_size=8, knn_every=0), Console(file=said,
+             width=400), train_data=pool)
+    assert "one class" not in said.getvalue(), said.getvalue()
+    all_blue = from_hwc(imgs[kinds == 0], kinds[kinds == 0], CLASSES, [f"b{i}" for i in range(8)])
+    said = io.StringIO()  # every image labelled: the labels say what the data is
+    pretrain(_cfg(tmp_path / "none", tmp_path / "b", "rotnet", batch_size=4, knn_every=0), Console(file=said,
+             width=400), train_data=all_blue)
+    assert "warning: the training data has one class (blue)" in " ".join(said.getvalue().split())
+
+
 def test_finetune_and_cycle_refuse_threads_below_one(tiny_data: Path, tmp_path: Path) -> None:
     """torch's set_num_threads refused them with a traceback once training had started."""
     from typer.testing import CliRunner
