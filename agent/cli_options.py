@@ -123,6 +123,15 @@ def _agent_target(values: dict[str, Any]) -> AgentTarget:
 agent_options = option_group("agent", _PARAMS, _agent_target)
 
 
+def optional_agent_options(agent_help: str) -> Callable[[F], F]:
+    """``agent_options`` for a command that asks an agent only when --agent is given (``models list``): its
+    ``agent: AgentTarget | None`` parameter is None without --agent (no default address, no SHORTLIST_AGENT: a
+    set variable must not make it call out); --token, --tls-* and the rest as every agent command has them."""
+    agent = _option("agent", str | None, typer.Option(None, "--agent", help=agent_help, show_default=False))
+    return option_group("agent", [agent, *_PARAMS[1:]],
+                        lambda values: None if values["agent"] is None else _agent_target(values))
+
+
 # ---- the Label Studio backend's options (``serve --web-port`` and ``web``) ---------------------------
 _LS_PARAMS = [
     _option("labelstudio_match", str, typer.Option(

@@ -40,7 +40,7 @@ from rich.table import Table
 
 from agent import client
 from agent.cli import json_line
-from agent.cli_options import AgentTarget, agent_options
+from agent.cli_options import AgentTarget, agent_options, optional_agent_options
 from agent.embedder import ModelRefused, load_check, newest_servable
 from agent.errors import quoted
 from agent.models import SERVED_FOLDER
@@ -130,18 +130,20 @@ def version_rows(models: Path, load: str = "none") -> list[dict[str, Any]]:
     return rows
 
 
-def agent_view(rows: list[dict[str, Any]], address: str) -> tuple[str, agent_pb2.Status | None]:
-    """Mark ``rows`` (``version_rows``') with what the agent at ``address`` makes of each version (GetStatus;
-    TLS and token from the SHORTLIST_* environment): ``agent`` is "serving", "embedding", "refused"
+def agent_view(rows: list[dict[str, Any]], agent: AgentTarget) -> tuple[str, agent_pb2.Status | None]:
+    """Mark ``rows`` (``version_rows``') with what ``agent`` makes of each version (GetStatus): ``agent`` is
+    "serving", "embedding", "refused"
     (``agent_refused``: its reason, stored by the agent, kept across its restarts) or "". A version whose folder
     is not complete now can still be the one served (changed in place after the agent loaded it: it serves the
     model it loaded). Returns ("", its status) when it answered, else (a sentence saying why not, None), rows
     left unmarked."""
     try:
-        st = client.connect(address, config=client.ClientConfig.from_env()).GetStatus(agent_pb2.GetStatusRequest())
+        st = agent.connect().GetStatus(agent_pb2.GetStatusRequest())
     except (client.AgentUnavailable, grpc.RpcError) as e:
+        if refused := _refused(agent, e):  # it answered: no to this caller
+            return f"{refused}: what it serves and refused is not shown", None
         why = client.detail(e) if isinstance(e, grpc.RpcError) else str(e)
-        return f"the agent at {address} did not answer ({why}): what it serves and refused is not shown", None
+        return f"the agent at {agent.address} did not answer ({why}): what it serves and refused is not shown", None
     for r in rows:
         v = r["version"]
         refused = None if v in (st.model_version, st.pending_model_version) else client.refusal(st, v)
@@ -177,15 +179,14 @@ def agent_says(rows: list[dict[str, Any]], address: str, st: agent_pb2.Status, m
 
 
 @models_app.command("list")
-def list_command(models: Path = ModelsOpt,
+@optional_agent_options("HOST:PORT of the agent serving this folder: also say which version it serves, is "
+                        "embedding, or refused (e.g. a model that failed on its stored samples, which the load "
+                        "check cannot see); --token, --tls-* as for every agent command (default: no agent asked)")
+def list_command(agent: AgentTarget | None, models: Path = ModelsOpt,
                  as_json: bool = typer.Option(False, "--json", help="one JSON object per version on stdout"),
                  check_all: bool = typer.Option(False, "--check-all", help="run the agent's load check on every "
-                                                "complete version, not only down to the one an agent serves"),
-                 agent: str | None = typer.Option(None, "--agent", help="HOST:PORT of the agent serving this "
-                                                  "folder: also say which version it serves, is embedding, or "
-                                                  "refused (e.g. a model that failed on its stored samples, which "
-                                                  "the load check cannot see); TLS and token from "
-                                                  "SHORTLIST_TLS_* / SHORTLIST_TOKEN")) -> None:
+                                                "complete version, not only down to the one an agent serves")
+                 ) -> None:
     """Every version in the registry, oldest first: complete (hashes checked) or why not, and what it is. The
     agent's own load check runs on complete versions newest first until one passes: that one is what an agent
     serving this folder would serve, unless the agent refused it while embedding its stored samples with it
@@ -235,11 +236,11 @@ def list_command(models: Path = ModelsOpt,
             out.print(f"{r['version']} is refused by the agent's load check: {r['refused']}", markup=False,
                       highlight=False)
         if r.get("agent_refused"):
-            out.print(f"the agent at {agent} refused {r['version']}: {r['agent_refused']}", markup=False,
+            out.print(f"the agent at {agent.address} refused {r['version']}: {r['agent_refused']}", markup=False,
                       highlight=False)
     served = [r["version"] for r in rows if r.get("served")]
     if st is not None and agent:
-        out.print(agent_says(rows, agent, st, models), markup=False, highlight=False)
+        out.print(agent_says(rows, agent.address, st, models), markup=False, highlight=False)
     out.print(f"would be served: {served[0]} (the newest complete version that passes the agent's load check, on "
               "blank and synthetic images: what an agent serving this folder serves, unless it refused it while "
               "embedding its stored samples with it, a refusal it keeps across restarts; `shortlist status` or "

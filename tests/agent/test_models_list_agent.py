@@ -283,3 +283,33 @@ def test_two_folders_claiming_one_version_number_are_refused_and_said(tmp_path: 
         assert "claim the same version number 2" in words
     finally:
         r.stop()
+
+
+def test_list_asks_an_agent_that_requires_a_token_with_token(tmp_path: Path) -> None:
+    """`models list --agent` against an agent started with --tokens told the user to "pass --token TOKEN or set
+    SHORTLIST_TOKEN", and had no --token: it takes the agent options every agent command takes."""
+    from agent.security import ServerSecurity
+
+    models = tmp_path / "models"
+    publish_linear(models, size=SIZE, dim=16, seed=0)
+    token = "r" * 8 + "-read-token-0123456789"
+    (tmp_path / "tokens").write_text(f"read:{token}\n")
+    r = start(tmp_path / "data", models, security=ServerSecurity(tokens=tmp_path / "tokens"))
+    try:
+        r.agent.manager.check()
+        args = ["models", "list", "--models", str(models), "--agent", r.address]
+        refused = runner.invoke(app, args, env={"SHORTLIST_TOKEN": ""})
+        words = said(refused.stdout)
+        assert refused.exit_code == 0, refused.output
+        assert f"warning: the agent at {r.address} refused the call: UNAUTHENTICATED" in words, words
+        assert "pass --token" in words and "what it serves and refused is not shown" in words
+        asked = runner.invoke(app, [*args, "--token", token], env={"SHORTLIST_TOKEN": ""})
+        assert asked.exit_code == 0, asked.output
+        assert f"the agent at {r.address} serves v0001" in said(asked.stdout) and "warning" not in asked.stdout
+        from_env = runner.invoke(app, [*args, "--json"], env={"SHORTLIST_TOKEN": token})
+        assert [json.loads(line)["agent"] for line in from_env.stdout.splitlines()] == ["serving"]
+        plain = runner.invoke(app, ["models", "list", "--models", str(models)],
+                              env={"SHORTLIST_AGENT": "127.0.0.1:1"})  # no --agent: no agent asked
+        assert plain.exit_code == 0 and "did not answer" not in plain.stdout and "the agent at" not in plain.stdout
+    finally:
+        r.stop()
