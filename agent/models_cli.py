@@ -318,7 +318,8 @@ def rollback(agent: AgentTarget,
         fail(f"{version} cannot be served again: {e}", 1)
     except (OSError, RegistryError) as e:
         fail(f"could not publish a copy of {version} into {registry}: {e}; nothing was published", 1)
-    outcome: dict[str, Any] = {"published": new, "copy_of": version, "registry": str(registry)}
+    # "agent" always: null when it was not asked (--no-reload), so a script reads the documented keys either way
+    outcome: dict[str, Any] = {"published": new, "copy_of": version, "registry": str(registry), "agent": None}
     message = f"published {new}, a copy of {version}, in {registry}"
     if not no_reload:
         outcome["agent"], said = _reload(agent, stub, new, registry)

@@ -25,7 +25,6 @@ from shortlist.manifest import (
     Preprocess,
     check_version,
     list_versions,
-    republish,
 )
 from shortlist.v1 import agent_pb2
 from tests.agent.conftest import CLASSES, SIZE, Running, make_samples, start
@@ -134,7 +133,10 @@ def test_rollback_json_says_why_nothing_was_published(tmp_path: Path) -> None:
         assert result.exit_code == code, result.output
         out = json.loads(result.stdout)
         assert why in out["error"] and out["published"] is None
-    republish(models, "v0001")  # v0003: the newest is now a copy of v0001
+    published = runner.invoke(app, ["models", "rollback", "v0001", "--models", str(models), "--json", "--no-reload"])
+    assert published.exit_code == 0, published.output  # the documented keys, "agent" null: it was not asked
+    assert json.loads(published.stdout) == {"published": "v0003", "copy_of": "v0001", "registry": str(models),
+                                            "agent": None}
     again = runner.invoke(app, ["models", "rollback", "v0001", "--models", str(models), "--no-reload"])
     assert again.exit_code == 1 and "is the same model as v0003" in said(again.output)
     assert sorted(p.name for p in models.iterdir() if p.name not in REGISTRY_FILES) == ["v0001", "v0002", "v0003"]
