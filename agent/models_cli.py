@@ -235,7 +235,7 @@ def list_command(agent: AgentTarget | None, models: Path = ModelsOpt,
         elif r["loads"] is False:
             out.print(f"{r['version']} is refused by the agent's load check: {r['refused']}", markup=False,
                       highlight=False)
-        if r.get("agent_refused"):
+        if r.get("agent_refused") and agent is not None:  # only an agent asked marks rows
             out.print(f"the agent at {agent.address} refused {r['version']}: {r['agent_refused']}", markup=False,
                       highlight=False)
     served = [r["version"] for r in rows if r.get("served")]

@@ -21,7 +21,7 @@ def test_torch_onnx_exports_default_external_data_is_imported_as_one_file(tmp_pa
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 5, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1))
     src = tmp_path / "export"
     src.mkdir()
-    torch.onnx.export(model.eval(), torch.randn(2, 3, 16, 16), str(src / "enc.onnx"), input_names=["image"],
+    torch.onnx.export(model.eval(), (torch.randn(2, 3, 16, 16),), str(src / "enc.onnx"), input_names=["image"],
                       output_names=["embedding"], dynamic_axes={"image": {0: "batch"}, "embedding": {0: "batch"}})
     if not (src / "enc.onnx.data").exists():  # an exporter that keeps small weights inline tests nothing here
         pytest.skip("this torch.onnx.export wrote no external data")
