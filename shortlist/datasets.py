@@ -216,8 +216,29 @@ def _is_cifar10(path: Path) -> bool:
     return any((path / name).is_file() for names in CIFAR10_FILES.values() for name in names)
 
 
+def _is_cifar100(path: Path) -> bool:
+    """Any file of CIFAR-100's, as for CIFAR-10 (``_is_cifar10``), so an incomplete folder given directly has its
+    missing files named. Its names (meta, train, test) are common words, unlike CIFAR-10's, so one of them alone
+    counts only in a folder named cifar-100-python or when it is a pickle (protocol 2 or later, as the originals
+    are: its first byte is PROTO), not in any folder that holds a file called "test"."""
+    files = [path / name for names in CIFAR100_FILES.values() for name in names if (path / name).is_file()]
+    if not files:
+        return False
+    if path.name == "cifar-100-python" or ((path / "meta").is_file() and (path / "train").is_file()):
+        return True
+    return any(_starts_with(f, pickle.PROTO) for f in files)
+
+
+def _starts_with(path: Path, prefix: bytes) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(prefix)) == prefix
+    except OSError:
+        return False
+
+
 def _cifar_dir(path: Path) -> Path | None:
-    if _is_cifar10(path) or ((path / "meta").is_file() and (path / "train").is_file()):
+    if _is_cifar10(path) or _is_cifar100(path):
         return path
     for name in CIFAR_DIRS:
         if (path / name).is_dir():

@@ -196,6 +196,38 @@ def test_incomplete_cifar10_folder_is_refused_naming_the_missing_files(tmp_path:
         resolve_source(hundred, "test")
 
 
+def test_incomplete_cifar100_folder_given_directly_is_refused_naming_the_missing_files(tmp_path: Path) -> None:
+    """A cifar-100-python with any one of its files (only meta; meta and test without train) is a CIFAR-100
+    folder whether it or its parent is given, so the missing files are named rather than the folder read as one
+    without images or without splits; a split that is all there reads. A plain folder of images that holds a
+    text file called "test" is still a folder of images."""
+    cifar = tmp_path / "c100" / "cifar-100-python"
+    cifar.mkdir(parents=True)
+    (cifar / "meta").write_bytes(pickle.dumps({b"fine_label_names": [b"apple", b"bee"]}))
+    for source in (cifar, cifar.parent):
+        with pytest.raises(FileNotFoundError, match=r"incomplete CIFAR-100 folder: train is missing for the 'train' "
+                           r"split \(a complete folder holds meta, train, test\).*cifar-100-python.tar.gz"):
+            resolve_source(source)
+        with pytest.raises(FileNotFoundError, match=r"CIFAR-100 folder: test is missing for the 'test' split"):
+            resolve_source(source, "test")
+    (cifar / "test").write_bytes(pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"fine_labels": [1, 0]}))
+    for source in (cifar, cifar.parent):
+        assert resolve_source(source, "test").kind == "cifar"
+        assert load_array(source, "test").labels.tolist() == [1, 0]
+        with pytest.raises(FileNotFoundError, match="train is missing for the 'train' split"):
+            load_array(source)
+    renamed = tmp_path / "downloads"  # any one file, in a folder of another name, when it is a pickle
+    renamed.mkdir()
+    (renamed / "test").write_bytes((cifar / "test").read_bytes())
+    with pytest.raises(FileNotFoundError, match="meta is missing for the 'test' split"):
+        resolve_source(renamed, "test")
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    plain.joinpath("a.png").write_bytes(_png(1))
+    plain.joinpath("test").write_text("notes, not CIFAR")
+    assert resolve_source(plain).kind == "folder" and load_array(plain, size=None).ids == ["a.png"]
+
+
 class _Py2Pickler(pickle._Pickler):  # type: ignore[name-defined,misc]
     """Writes pickles as CIFAR's originals are (Python 2's cPickle, protocol 2, numpy 1.x): str and bytes as
     Python 2 strings (SHORT_BINSTRING / BINSTRING), numpy's _reconstruct under numpy.core.multiarray."""
