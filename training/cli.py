@@ -44,6 +44,13 @@ def _frozen_budget(mode: str, steps: int | None, minutes: float | None, epochs: 
                                  f"({what}); give none, or use --mode full")
 
 
+# finetune --epochs, from the registry: a frozen mode whose epochs are its probe's takes them, another refuses them
+# (``_frozen_budget``), so the help must not offer them to it.
+FINETUNE_EPOCHS_HELP = "train for N epochs (" + "; ".join(
+    f"{m.name}: the probe's epochs, default {FINETUNE['linear_epochs']}" if m.probe_epochs else
+    f"{m.name} refuses it: {m.fit}" for m in MODES.values() if m.frozen) + ")"
+
+
 METHOD_OPTION_HELP = ("one of the method's constructor options (repeatable; e.g. moby's tau=0.1); an unknown KEY "
                       "is refused with the method's options listed")
 
@@ -267,7 +274,7 @@ def finetune_cmd(
     init: Path | None = typer.Option(None, help="a pretraining run folder to start from"),
     arch: str = typer.Option(FINETUNE["arch"], help=f"architecture when not starting from --init: {ARCH_HELP}"),
     labels_per_class: int | None = typer.Option(None, help="keep only N labels per class (rest unlabelled)"),
-    epochs: int | None = typer.Option(None, min=1, help="train for N epochs (linear, svm: the probe's own fit)"),
+    epochs: int | None = typer.Option(None, min=1, help=FINETUNE_EPOCHS_HELP),
     minutes: float | None = typer.Option(None, min=0.01, help="or for M minutes"),
     steps: int | None = typer.Option(None, min=1, help="or for N optimiser steps (full, as3l, moby_al)"),
     batch_size: int = typer.Option(FINETUNE["batch_size"], min=1, help="labelled batch (unlabelled: mu x this)"),

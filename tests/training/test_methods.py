@@ -132,6 +132,20 @@ def test_the_help_lists_every_method(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "--method-option" in out
 
 
+def test_finetune_help_offers_epochs_only_to_the_modes_that_take_them() -> None:
+    """`finetune --help` says linear takes --epochs (its probe's) and svm refuses them, as `_frozen_budget` does
+    (it said "linear, svm: the probe's own fit", and `--mode svm --epochs 5` exits 2)."""
+    from typer.testing import CliRunner
+
+    from shortlist.cli import app
+
+    out = " ".join(CliRunner().invoke(app, ["finetune", "--help"], env={"COLUMNS": "300"}).output.split())
+    assert ("train for N epochs (linear: the probe's epochs, default 100; svm refuses it: scikit-learn fits the "
+            "SVM to convergence)") in out, out
+    refused = CliRunner().invoke(app, ["finetune", "--mode", "svm", "--epochs", "5", "--data", "x", "--out", "y"])
+    assert refused.exit_code == 2 and "scikit-learn fits the SVM to convergence" in " ".join(refused.output.split())
+
+
 @pytest.mark.parametrize("name", list(METHODS))
 def test_every_method_trains_a_step_with_a_finite_loss(name: str) -> None:
     """Every registry entry keeps the contract the shared loop relies on: it builds from the encoder alone (every
