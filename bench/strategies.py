@@ -255,8 +255,7 @@ class Cells:
         except (OSError, ValueError) as e:
             raise typer.BadParameter(f"cannot read {path} ({e}): pass --fresh to start over") from None
         was = saved.get("settings", {}) if isinstance(saved, dict) else {}
-        diff = [f"{k} {was.get(k)!r} there, {v!r} now" for k, v in settings.items() if was.get(k) != v]
-        if diff:
+        if diff := settings_diff(was, settings):
             raise typer.BadParameter(f"{out} holds results made with other settings ({'; '.join(diff)}): pass "
                                      f"another --out, or --fresh to replace them", param_hint="'--out'")
         records = saved.get("records", []) if isinstance(saved, dict) else []
@@ -267,6 +266,36 @@ class Cells:
         self.done[cell_key(record)] = record
         if self.path is not None:
             write_json(self.path, {"settings": self.settings, "records": list(self.done.values())})
+
+
+def settings_diff(was: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """What differs between the ``was`` settings (cells.json's) and ``now``, one phrase each: an input by its
+    argument (``inputs_sha256`` holds one fingerprint per input file, so the user reads which file changed, not
+    that one combined hash did); strings quoted as the agent's messages quote them (agent.errors.quoted)."""
+    diff = []
+    for key, value in now.items():
+        old = was.get(key)
+        if old == value:
+            continue
+        if key == "inputs_sha256" and isinstance(value, dict) and isinstance(old, dict):
+            diff += [f"the contents of {arg} ({_fingerprint_said(old.get(arg), arg in old)} there, "
+                     f"{_fingerprint_said(digest, True)} now)" for arg, digest in value.items()
+                     if arg not in old or old[arg] != digest]
+        elif key == "inputs_sha256" and isinstance(value, dict):  # an earlier version's one combined hash
+            diff.append("the inputs' fingerprint (one sha256 of all the input files there, written by an earlier "
+                        "version, so which file differs is not known; one per file now)")
+        else:
+            diff.append(f"{key} {_setting_said(old)} there, {_setting_said(value)} now")
+    return diff
+
+
+def _fingerprint_said(digest: str | None, recorded: bool) -> str:
+    """A fingerprint in a message: its first 12 hex digits (enough to tell two apart), or why there is none."""
+    return "not recorded" if not recorded else "not given" if digest is None else f"sha256 {quoted(digest[:12])}..."
+
+
+def _setting_said(value: Any) -> str:
+    return quoted(value) if isinstance(value, str) else repr(value)
 
 
 def reuse_note(reused: int, total: int, path: Path) -> str:
@@ -676,8 +705,11 @@ def strategies_cmd(
     # `bench cifar10` keeps it: a changed strategy or prior must not be mixed with cells of the old one.
     from bench.cifar10.encoder import code_fingerprint
 
-    cells = Cells.open(out, {"inputs_sha256": inputs_digest(x, y, tx, ty, loss), "calibrated": not uncalibrated,
-                             "code": code_fingerprint()}, fresh)
+    # One fingerprint per input file, so a refusal names the file that differs.
+    inputs = {"--embeddings": x, "--labels": y, "--test-embeddings": tx, "--test-labels": ty, "--pretext-loss": loss}
+    digests = {arg: None if a is None else inputs_digest(a) for arg, a in inputs.items()}
+    cells = Cells.open(out, {"inputs_sha256": digests, "calibrated": not uncalibrated, "code": code_fingerprint()},
+                       fresh)
     total = len(variants) * len(budget_list) * seeds * len(methods)
     reused = sum(1 for v in variants for b in budget_list for s in range(seeds) for m in methods
                  if (v.label, b, s, m) in cells.done)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -273,7 +274,8 @@ def test_bench_strategies_keeps_finished_cells_through_ctrl_c_and_a_rerun_resume
     """Ctrl-C after 5 of the 12 (strategy, budget, seed, prior method) cells: out/cells.json keeps those 5 and
     the message says so and how to resume; the same command again runs only the other 7 and writes the same
     results.json and results.md as a run that was never stopped, and a rerun asking for fewer reads them
-    back. Other calibration, embeddings or code into that --out are refused, naming what differs."""
+    back. Other calibration, embeddings, test set or code into that --out are refused, naming what differs (the
+    input file by its argument, not one hash of them all), strings quoted as JSON."""
     from agent.priors import PRIOR_METHODS
 
     x, y = blobs(clusters=3, per_cluster=12, dim=8, spread=0.3, seed=3)
@@ -321,17 +323,45 @@ def test_bench_strategies_keeps_finished_cells_through_ctrl_c_and_a_rerun_resume
     assert fewer.exit_code == 0 and calls["n"] == -100 + 5
     assert _without_timings(json.loads((out / "results.json").read_text())) == _without_timings(
         [r for r in want if r["prior_method"] == "knn" and r["seed"] == 0])
+    def said(result: Any) -> str:
+        return "".join(result.output.replace("│", " ").split())  # rich wraps the message anywhere: no spaces
+
     refused = run(out, "--uncalibrated")
-    assert refused.exit_code == 2 and "calibrated True there, False now" in " ".join(
-        refused.output.replace("│", " ").split())
+    assert refused.exit_code == 2 and "calibratedTruethere,Falsenow" in said(refused)
     with monkeypatch.context() as m:  # the code changed since (a strategy or a prior may have)
         m.setattr("bench.cifar10.encoder.code_fingerprint", lambda root=None: "0" * 64)
         refused = run(out)
-    assert refused.exit_code == 2 and "other settings (code '" in " ".join(refused.output.replace("│", " ").split())
-    np.save(tmp_path / "x.npy", x[:, ::-1].copy())  # other embeddings under the same path
+    assert refused.exit_code == 2 and 'othersettings(code"' in said(refused) and '"0000000' in said(refused)
+    np.save(tmp_path / "x.npy", x[:, ::-1].copy())  # other embeddings under the same path: named, and only they
     refused = run(out)
-    assert refused.exit_code == 2 and "holds results made with other settings (inputs_sha256" in " ".join(
-        refused.output.replace("│", " ").split())
+    named = re.search(r'othersettings\(thecontentsof--embeddings\(sha256"([0-9a-f]{12})"\.\.\.there,sha256"'
+                      r'([0-9a-f]{12})"\.\.\.now\)\):passanother--out', said(refused))
+    assert refused.exit_code == 2 and named and named[1] != named[2], refused.output
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "ty.npy", y)  # a test set that the cells were made without
+    refused = run(out, "--test-embeddings", str(tmp_path / "x.npy"), "--test-labels", str(tmp_path / "ty.npy"))
+    assert refused.exit_code == 2 and said(refused).count("thecontentsof") == 2 and (
+        "thecontentsof--test-embeddings(notgiventhere,sha256" in said(refused)
+        and "thecontentsof--test-labels(notgiventhere" in said(refused)), refused.output
+
+
+def test_settings_diff_names_each_input_that_differs_and_quotes_strings() -> None:
+    """One phrase per differing input, by its argument (absent: "not given"); other settings by key, strings JSON
+    quoted; a cells.json of an earlier version (one combined hash) is said to be one."""
+    from bench.strategies import settings_diff
+
+    was = {"inputs_sha256": {"--embeddings": "a" * 64, "--labels": "b" * 64, "--test-embeddings": None},
+           "calibrated": True, "code": "c" * 64}
+    now = {"inputs_sha256": {"--embeddings": "a" * 64, "--labels": "d" * 64, "--test-embeddings": "e" * 64},
+           "calibrated": True, "code": "f"}
+    assert settings_diff(was, now) == [
+        'the contents of --labels (sha256 "bbbbbbbbbbbb"... there, sha256 "dddddddddddd"... now)',
+        'the contents of --test-embeddings (not given there, sha256 "eeeeeeeeeeee"... now)',
+        f'code "{"c" * 64}" there, "f" now']
+    assert settings_diff({**was, "inputs_sha256": "0" * 64}, {**now, "code": "c" * 64}) == [
+        "the inputs' fingerprint (one sha256 of all the input files there, written by an earlier version, so which "
+        "file differs is not known; one per file now)"]
+    assert settings_diff(now, now) == []
 
 
 def test_a_refused_variant_quotes_what_the_user_wrote_as_json() -> None:
