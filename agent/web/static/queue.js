@@ -35,60 +35,75 @@
     if (el) el.dataset.n = Number(el.dataset.n) + delta;
   }
   // One entry per label / mark key press, pushed when the key is pressed: {tile, label (before), mark (before),
-  // given (the label given; undefined for a mark), kind, state, done, by}. state: "pending" while the agent has
-  // not answered (done: a promise of the answer), then "saved", "refused" (not stored: undo has nothing to take
-  // back and says so, rather than reaching for an earlier entry) or "agreed" (the sample already had that label,
-  // given by `by`: undo leaves it as it is). `behind`: pressed while this page's own request for the tile was on
-  // its way, and not yet sent (it is sent, in its turn, against the label that request leaves).
-  // The whole history survives a reload, Back and a sign-in again (which load the page anew): kept in this
-  // tab's sessionStorage per annotator, queue and page, by sample id, with what is not answered yet: the
-  // labels and marks still pending, and the entries a Backspace took off whose undo is not answered yet
-  // (`undoing`). On load each of those is compared with what the agent has (the page's labels and marks):
-  // one that reached the agent (its answer lost with the page) counts as done, one that did not is sent again,
-  // in the order the keys were pressed, and one overtaken by someone else's label since is dropped. So the
-  // history stays in step with the agent: a Backspace after the reload never takes back an older label on
-  // another image while the last one is unsent, and a label shown "waiting" is not lost by a reload.
+  // given (the label given; undefined for a mark), kind, state, done, by, seq}. state: "pending" while the agent
+  // has not answered (done: a promise of the answer), then "saved", "refused" (not stored: undo has nothing to
+  // take back and says so, rather than reaching for an earlier entry) or "agreed" (the sample already had that
+  // label, given by `by`: undo leaves it as it is). `behind`: pressed while this page's own request for the tile
+  // was on its way, and not yet sent (it is sent, in its turn, against the label that request leaves).
+  // `seq`: the key press's place in time (and `useq` the Backspace's), to put a tile's actions in key order.
+  // Kept in this tab's sessionStorage, so they outlive a reload, Back and the sign-in page:
+  // - HIST_KEY (per annotator, queue and page): the answered entries, so Backspace after a reload takes back
+  //   the last label that was saved.
+  // - UNSENT_KEY (per annotator only: a label is on a sample, not on a queue, so a queue replaced meanwhile does
+  //   not hide it): what the agent had not answered when the page went (labels and marks pending, undos not
+  //   answered). Nothing of it is sent again: a copy sent after the page went cannot say which label and whose
+  //   it expected (if_current is a label only), and the first copy may still be on its way. The next queue page
+  //   asks the agent what each of those samples has now (reportUnsent) and says which were not saved.
   const undoStack = [];
   const undoing = new Set();  // taken off by Backspace, their undo not answered yet
-  const UNDO_KEY = `shortlist.undo:${data.annotator}:${data.created}:${data.page}`;
+  const HIST_KEY = `shortlist.undo:${data.annotator}:${data.created}:${data.page}`;
+  const UNSENT_PREFIX = "shortlist.unsent:";
+  const UNSENT_KEY = UNSENT_PREFIX + data.annotator;
+  let seqN = 0;
+  const nextSeq = () => Date.now() * 1000 + (seqN++ % 1000);  // in key order across pages of one tab
   const stored = (e) => ({ id: e.tile.dataset.id, label: e.label, mark: e.mark, given: e.given, kind: e.kind,
-    state: e.state, by: e.by, replaced: e.replaced, behind: e.behind || undefined, sent: e.sent || undefined });
-  function saveUndo() {
-    const kept = undoStack.slice(-200).map(stored).concat([...undoing].map((e) => ({ ...stored(e), undoing: true })));
-    try { sessionStorage.setItem(UNDO_KEY, JSON.stringify(kept)); } catch (e) { /* full or off: this page only */ }
+    state: e.state, by: e.by, replaced: e.replaced });
+  // Storage full or off (a private window's limits, a site setting): said at once, since a reload then loses
+  // the undo history and the list of what was not saved (the page itself works on).
+  let storageBroken = false;
+  function keep(key, value) {
+    try {
+      if (value === null) sessionStorage.removeItem(key); else sessionStorage.setItem(key, value);
+    } catch (e) {
+      if (!storageBroken) {
+        storageBroken = true;
+        Shortlist.toast("this browser tab cannot keep the page's history (storage full or turned off): a reload " +
+          "or leaving this page loses your undo history and the list of labels not saved yet; wait until a " +
+          "label shows saved before leaving", true);
+      }
+    }
   }
-  // Stored entries not answered before the page went: [entries to send again, undos to send again].
-  const resend = [], reundo = [];
+  // The previous page's unanswered actions, until reportUnsent has said what became of them (a reload before
+  // that keeps them for the next page).
+  let carried = [];
+  function saveUndo() {
+    keep(HIST_KEY, JSON.stringify(undoStack.filter((e) => e.state !== "pending").slice(-200).map(stored)));
+    const unsent = carried.concat(
+      undoStack.filter((e) => e.state === "pending").map((e) => ({ ...stored(e), seq: e.seq,
+        act: e.given !== undefined ? "label" : "mark" })),
+      [...undoing].map((e) => ({ ...stored(e), seq: e.useq, act: "undo" })));
+    keep(UNSENT_KEY, unsent.length ? JSON.stringify(unsent) : null);
+  }
   try {
-    for (const e of JSON.parse(sessionStorage.getItem(UNDO_KEY) || "[]")) {
+    for (const e of JSON.parse(sessionStorage.getItem(HIST_KEY) || "[]")) {
       const tile = tiles.find((t) => t.dataset.id === e.id);
-      if (!tile) continue;
-      const entry = { label: e.label, mark: e.mark, given: e.given, kind: e.kind, state: e.state || "saved", by: e.by,
-        replaced: e.replaced, behind: !!e.behind, sent: !!e.sent, tile };
-      const now = tile.dataset.label || "", nowMark = tile.dataset.mark || "";
-      const isLabel = entry.given !== undefined;
-      const inEffect = isLabel ? now === entry.given : nowMark === (entry.kind || "");
-      const asBefore = isLabel ? now === (entry.label || "") : nowMark === (entry.mark || "");
-      if (entry.state === "pending") {
-        if (inEffect) entry.state = "saved";  // it reached the agent; its answer went with the page
-        else if (e.undoing && !entry.sent) continue;  // pressed and undone, neither sent: nothing to do
-        else if (e.undoing) {
-          // sent and undone, unanswered: it may still reach the agent after this load (the request outlives
-          // the page), so it is sent again (a second copy is refused as already there) and undone after it
-          if (asBefore && isLabel) { resend.push(entry); reundo.push(entry); }
-          continue;
-        }
-        else if (asBefore || entry.behind) { resend.push(entry); }
-        else entry.state = "refused";  // someone else changed the sample since: not sent
-      }
-      if (e.undoing) {
-        // its undo reached the agent (or there is nothing to undo): gone from the history, as before the reload
-        if (inEffect && (entry.state === "saved") && (isLabel ? entry.given !== (entry.label || "") : true)) reundo.push(entry);
-        continue;
-      }
-      undoStack.push(entry);
+      // a pending one: kept by an older version of this page (nothing was sent again): not in the history
+      if (!tile || e.state === "pending") continue;
+      undoStack.push({ label: e.label, mark: e.mark, given: e.given, kind: e.kind, state: e.state || "saved",
+        by: e.by, replaced: e.replaced, tile });
     }
   } catch (e) { /* storage off or unreadable: an empty history */ }
+  try { carried = JSON.parse(sessionStorage.getItem(UNSENT_KEY) || "[]"); } catch (e) { carried = []; }
+  if (!Array.isArray(carried)) carried = [];
+  // Another person's unanswered actions in this tab (their sign-in ended, then someone else signed in here):
+  // never sent under this name; said once, so that they know to label them again, and dropped.
+  const othersUnsent = [];
+  try {
+    for (let i = 0; i < sessionStorage.length; i++) {
+      const k = sessionStorage.key(i);
+      if (k && k.startsWith(UNSENT_PREFIX) && k !== UNSENT_KEY) othersUnsent.push(k);
+    }
+  } catch (e) { /* storage off */ }
   let focus = 0;
   // The label the focused tile showed when it got the focus (what the annotator saw): a label sent for it is
   // stored only while the sample still has it (if_current), so a label someone gave since, shown by a refresh
@@ -423,7 +438,9 @@
   // says what happens (the request is sent again once the agent answers; nothing to do but wait).
   function away(tile, text, what) {
     if (text) badge(tile).textContent = text;
-    const said = `${shortId(tile)}: the agent is not reachable; ${what} as soon as it answers`;
+    // storage full or off: a reload loses what waits, so the notice of the wait says it every time
+    const said = `${shortId(tile)}: the agent is not reachable; ${what} as soon as it answers` + (storageBroken
+      ? " — keep this page open: this browser tab cannot keep it over a reload (storage full or off)" : "");
     Shortlist.toast(said, true);
     announce(said);
   }
@@ -496,13 +513,14 @@
     // Pressed while this page's own label or undo for the tile is on its way (`behind`): sent once those are
     // answered, on the label they left (what the annotator is acting on), unless one of them found the sample
     // changed by someone else: then on the label the tile showed, which the agent refuses, saying who changed it.
-    const before = { tile, label: seen, mark: tile.dataset.mark, given: name, state: "pending", behind: tile._busy > 0 };
+    const before = { tile, label: seen, mark: tile.dataset.mark, given: name, state: "pending", behind: tile._busy > 0,
+      seq: nextSeq() };
     undoStack.push(before);  // now, at the key press: a Backspace right after it means this label
     saveUndo();
     setFocus(nextOpen(focus));
     await sendLabelEntry(before);
   }
-  // Sends a label entry in its turn among the tile's requests (a key press, or one sent again after a reload).
+  // Sends a label entry in its turn among the tile's requests.
   function sendLabelEntry(before) {
     const tile = before.tile, changed = tile._changed || 0;
     before.done = inTurn(tile, async () => {
@@ -511,8 +529,6 @@
         before.mark = tile.dataset.mark;
       }
       before.behind = false;
-      before.sent = true;
-      saveUndo();  // what it is sent against: a reload meanwhile sends it again against the same
       let ok;
       try { ok = await sendLabel(tile, before.given, before.label); } catch (e) {
         if (e.status === 401) { signedOut(before); return; }
@@ -530,7 +546,7 @@
     if (!tiles.length) return;
     if (!data.can_label) { Shortlist.toast("your token can view but not mark: skip and not sure need a write token; sign in with one", true); return; }
     const tile = tiles[focus];
-    const before = { tile, label: tile.dataset.label, mark: tile.dataset.mark, kind, state: "pending" };
+    const before = { tile, label: tile.dataset.label, mark: tile.dataset.mark, kind, state: "pending", seq: nextSeq() };
     undoStack.push(before);
     saveUndo();
     setFocus(nextOpen(focus));
@@ -549,8 +565,8 @@
     return before.done;
   }
   // The app no longer accepts the sign-in (token taken out of the tokens file, cookie gone): Shortlist.api goes
-  // to the sign-in page, which says why and what was not saved; the entry stays pending in the tab's history,
-  // and this page sends it once it is open again after the sign-in (as after a reload).
+  // to the sign-in page, which says why and what was not saved; the entry stays in the tab's list of what was
+  // not answered, and the queue page opened after the sign-in says it was not saved (reportUnsent).
   let unsentSaid = false;
   function signedOut(entry) {
     saveUndo();
@@ -559,7 +575,7 @@
     const what = entry.undoing ? "your undo" : entry.given !== undefined ? `your label "${entry.given}"`
       : entry.kind === "skip" ? "your skip" : "your not sure mark";
     Shortlist.toastNext(`your sign-in is no longer accepted: sign in again. ${what} on ${shortId(entry.tile)} ` +
-      "was not saved yet: it is sent when the queue page opens again after you sign in");
+      "was not saved: give it again after you sign in");
   }
   // Each Backspace takes its entry off the list when it is pressed (the last key press's) and takes its turn
   // among the tile's requests then: an undo of a label still on its way waits for the agent's answer first,
@@ -567,6 +583,7 @@
   function undo() {
     const last = undoStack.pop();
     if (!last) { Shortlist.toast("nothing to undo"); return; }
+    last.useq = nextSeq();
     undoing.add(last);
     saveUndo();
     setFocus(tiles.indexOf(last.tile));
@@ -799,26 +816,154 @@
   // The focused tile in view on load (else the first key or tap would only bring it into view).
   setFocus(startTile(), !!grid);
   updateCount();
-  // What was not answered before the page went (a reload, Back, the sign-in page): sent now, undos first (a
-  // key pressed after a Backspace on the same tile is sent after its undo, against what the undo left).
-  if (resend.length || reundo.length) {
-    const n = new Set([...resend, ...reundo]).size;
-    Shortlist.toast(`${n} action(s) not saved before the page was left ` +
-      `(${[...new Set([...reundo, ...resend].map((e) => shortId(e.tile)))].slice(0, 5).join(", ")}): sent again now`);
-    // per image in the order the keys were pressed: a label sent and undone (resent, then its undo), the
-    // undos, then the labels and marks left
-    const again = (e) => (e.given !== undefined ? sendLabelEntry : sendMarkEntry)(e);
-    for (const e of reundo) {
-      if (resend.includes(e)) again(e);
-      undoing.add(e);
-      sendUndo(e);
-    }
-    for (const e of resend) if (!reundo.includes(e)) again(e);
+  // What the page before had not seen answered when it went (a reload, Back, another page of the queue, the
+  // sign-in page): nothing is sent again. The agent is asked what each of those samples has now, and who gave
+  // it, and the page says which were not saved, to be given again. A label the agent has from this person
+  // counts as saved (its answer went with the page) and joins the undo history; the same label from someone
+  // else is theirs (Backspace leaves it); an undo not applied while the sample still has this person's label
+  // goes back on the undo history, so Backspace takes it back.
+  // A tab duplicated from this one (the browser copies the tab's storage) finds the actions this page is still
+  // sending in its list: it asks the open queue pages (BroadcastChannel) and leaves those to the page that sends
+  // them. A page left for good no longer answers.
+  let channel = null;
+  try { channel = new BroadcastChannel("shortlist.queue"); } catch (e) { channel = null; }
+  const elsewhere = new Set();  // seqs another open page says it is sending
+  if (channel) {
+    channel.onmessage = (ev) => {
+      const m = ev.data || {};
+      if (m.who !== data.annotator) return;
+      if (Array.isArray(m.ask)) {
+        const sending = new Set(undoStack.filter((e) => e.state === "pending").map((e) => e.seq)
+          .concat([...undoing].map((e) => e.useq)));
+        const have = m.ask.filter((q) => sending.has(q));
+        if (have.length) channel.postMessage({ who: data.annotator, have });
+      } else if (Array.isArray(m.have)) for (const q of m.have) elsewhere.add(q);
+    };
   }
-  // Leaving with something not answered yet (the agent away: "… waiting"): the browser asks first. Left
-  // anyway, it is kept in the tab and sent when this page opens again (above); going elsewhere (another
-  // page of the queue, another site) it is not, hence the question. Not asked when the app sends the browser to
-  // the sign-in page (the sign-in ended): that page says what was not saved.
+  async function reportUnsent() {
+    if (!carried.length) return;
+    if (channel) {
+      channel.postMessage({ who: data.annotator, ask: carried.map((a) => a.seq) });
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      const theirs = carried.filter((a) => elsewhere.has(a.seq));
+      if (theirs.length) {
+        carried = carried.filter((a) => !elsewhere.has(a.seq));
+        saveUndo();
+        Shortlist.toast(`${[...new Set(theirs.map((a) => a.id))].join(", ")}: still being sent by another tab ` +
+          "open on the queue (this one is a copy of it): that tab says what becomes of them");
+        if (!carried.length) return;
+      }
+    }
+    const how = (a) => (a.act === "mark" ? (a.kind === "skip" ? "skip" : "not sure") : a.given);
+    // per sample, in key order: what its last action meant it to have (a label, or a mark)
+    const want = new Map();
+    for (const a of [...carried].sort((x, y) => (x.seq || 0) - (y.seq || 0))) {
+      if (!a || typeof a.id !== "string") continue;
+      const w = want.get(a.id) || { id: a.id };
+      if (a.act === "label") w.label = { to: a.given, a };
+      else if (a.act === "mark") w.mark = { to: a.kind || "", a };
+      else if (a.state === "refused" || a.state === "agreed") continue;  // its undo changes nothing
+      else if (a.given !== undefined) { if (a.given !== (a.label || "")) w.label = { to: a.label || "", a, undo: true }; }
+      else w.mark = { to: a.mark || "", a, undo: true };
+      want.set(a.id, w);
+    }
+    // Who holds each label now: a retraction on a condition no label meets (" ": class names are trimmed) is
+    // refused without changing anything, and the refusal names the label and who gave it. The marks: this
+    // page of the queue as the app has it now.
+    const ids = [...want.values()].filter((w) => w.label).map((w) => w.id);
+    const marked = [...want.values()].some((w) => w.mark);
+    async function look() {
+      const holder = new Map(), marks = new Map();
+      if (ids.length) {
+        const res = await Shortlist.patiently(() => Shortlist.api("POST", "/api/labels/retract",
+          { ids, if_current: Object.fromEntries(ids.map((i) => [i, " "])) }));
+        for (const r of res.rejected) if (r.changed) holder.set(r.id, { label: r.label || "", by: r.by || "" });
+      }
+      if (marked) {
+        const res = await Shortlist.patiently(() => Shortlist.api("GET", `/api/queue?page=${data.page}`));
+        if (res.created === data.created) for (const it of res.items) marks.set(it.id, it.mark || "");
+      }
+      return { holder, marks, key: JSON.stringify([[...holder], [...marks]]) };
+    }
+    // A request the page before sent may still be on its way to the agent (the browser drops the answer, not
+    // the request): looked at again each second until two looks agree (up to 8 s), so that such a request,
+    // landing just after this page opened, is counted as what it did.
+    let seen;
+    try {
+      seen = await look();
+      for (let i = 0; i < 8; i++) {
+        await new Promise((resolve) => setTimeout(resolve, 1000));
+        const again = await look();
+        if (again.key === seen.key) break;
+        seen = again;
+      }
+    } catch (e) {
+      if (e.status === 401) return;  // kept: said on the queue page after the sign-in
+      seen = { holder: new Map(), marks: new Map(), key: "" };
+    }
+    const { holder, marks } = seen;
+    await refresh();  // the tiles as the agent has them now (the page was drawn before those requests landed)
+    const lost = [], kept = [], theirs = [];
+    let again = false;  // a label or mark lost (not only an undo): to be given again
+    for (const w of want.values()) {
+      const tile = tiles.find((t) => t.dataset.id === w.id);
+      const name = tile ? shortId(tile) : w.id;
+      if (w.label) {
+        const { to, a } = w.label, h = holder.get(w.id);
+        const now = h && h.label ? `; it has "${h.label}" by ${h.by} now` : "";
+        if (!w.label.undo) {
+          if (h && h.label === to && h.by === data.annotator) {
+            kept.push(name);
+            if (tile) undoStack.push({ tile, label: a.label, mark: a.mark, given: to, state: "saved", seq: a.seq });
+          } else if (h && h.label === to) {
+            theirs.push(`${name} already had "${to}" from ${h.by}`);
+            if (tile) undoStack.push({ tile, label: a.label, mark: a.mark, given: to, state: "agreed", by: h.by });
+          } else { lost.push(`${name} (${to}${now})`); again = true; }
+        } else if (h && h.label === to) {
+          kept.push(name);
+        } else if (h && h.label === a.given && h.by === data.annotator) {
+          lost.push(`your undo on ${name} (it still has your "${a.given}"${tile ? ": Backspace takes it back" : ""})`);
+          if (tile) undoStack.push({ tile, label: a.label, mark: a.mark, given: a.given, state: "saved", seq: a.seq });
+        } else lost.push(`your undo on ${name}${h ? ` (it has "${h.label || "no label"}"${h.by ? ` by ${h.by}` : ""} now)` : ""}`);
+      }
+      if (w.mark) {
+        const { to, a } = w.mark;
+        if (marks.has(w.id) && marks.get(w.id) === to) {
+          kept.push(name);
+          if (tile && !w.mark.undo) undoStack.push({ tile, label: a.label, mark: a.mark, kind: to, state: "saved" });
+        } else if (w.mark.undo) lost.push(`your undo on ${name} (${how(a)})`);
+        else { lost.push(`${name} (${how(a)})`); again = true; }
+      }
+    }
+    carried = [];
+    saveUndo();
+    const parts = [];
+    if (lost.length) parts.push(`not saved before the page was left: ${lost.join(", ")}${again ? " — label or mark it again" : ""}`);
+    if (theirs.length) parts.push(`${theirs.join(", ")} (left as it is)`);
+    if (kept.length) parts.push(`saved before the page was left: ${kept.join(", ")}`);
+    const said = parts.join("; ");
+    announce(said);
+    Shortlist.toast(said, lost.length > 0, true);
+  }
+  // #grid[data-reported]: the report is done (or there was nothing to report), for the browser tests
+  reportUnsent().finally(() => { if (grid) grid.dataset.reported = "1"; });
+  if (othersUnsent.length) {
+    const said = [];
+    for (const k of othersUnsent) {
+      const who = k.slice(UNSENT_PREFIX.length);
+      let list = [];
+      try { list = JSON.parse(sessionStorage.getItem(k) || "[]"); } catch (e) { list = []; }
+      keep(k, null);
+      const what = (Array.isArray(list) ? list : []).map((a) => (a.act === "label" ? `${a.id} (${a.given})`
+        : a.act === "mark" ? `${a.id} (${a.kind === "skip" ? "skip" : "not sure"})` : `an undo on ${a.id}`));
+      if (what.length) said.push(`${who}'s ${what.join(", ")} not saved in this tab before ${who}'s sign-in ended`);
+    }
+    if (said.length) Shortlist.toast(`${said.join("; ")}: ${othersUnsent.length > 1 ? "they" : "that person"} ` +
+      "should give them again", true);
+  }
+  // Leaving with something not answered yet (the agent away: "… waiting"): the browser asks first, since what
+  // is not answered then is not sent again (the next queue page says what was not saved). Not asked when the
+  // app sends the browser to the sign-in page (the sign-in ended): that page says what was not saved.
   window.addEventListener("beforeunload", (ev) => {
     if (Shortlist.signingIn() || !tiles.some((t) => t._busy > 0)) return;
     ev.preventDefault();
@@ -826,3 +971,4 @@
   });
   Shortlist.returnTo(`/queue?page=${data.page}`);
 })();
+
