@@ -57,7 +57,7 @@
   let seqN = 0;
   const nextSeq = () => Date.now() * 1000 + (seqN++ % 1000);  // in key order across pages of one tab
   const stored = (e) => ({ id: e.tile.dataset.id, label: e.label, mark: e.mark, given: e.given, kind: e.kind,
-    state: e.state, by: e.by, replaced: e.replaced });
+    state: e.state, by: e.by, replaced: e.replaced, seq: e.seq });
   // Storage full or off (a private window's limits, a site setting): said at once, since a reload then loses
   // the undo history and the list of what was not saved (the page itself works on).
   let storageBroken = false;
@@ -90,7 +90,7 @@
       // a pending one: kept by an older version of this page (nothing was sent again): not in the history
       if (!tile || e.state === "pending") continue;
       undoStack.push({ label: e.label, mark: e.mark, given: e.given, kind: e.kind, state: e.state || "saved",
-        by: e.by, replaced: e.replaced, tile });
+        by: e.by, replaced: e.replaced, seq: e.seq, tile });
     }
   } catch (e) { /* storage off or unreadable: an empty history */ }
   try { carried = JSON.parse(sessionStorage.getItem(UNSENT_KEY) || "[]"); } catch (e) { carried = []; }
@@ -903,7 +903,7 @@
     }
     const { holder, marks } = seen;
     await refresh();  // the tiles as the agent has them now (the page was drawn before those requests landed)
-    const lost = [], kept = [], theirs = [];
+    const lost = [], kept = [], theirs = [], unknown = [];
     let again = false;  // a label or mark lost (not only an undo): to be given again
     for (const w of want.values()) {
       const tile = tiles.find((t) => t.dataset.id === w.id);
@@ -917,7 +917,7 @@
             if (tile) undoStack.push({ tile, label: a.label, mark: a.mark, given: to, state: "saved", seq: a.seq });
           } else if (h && h.label === to) {
             theirs.push(`${name} already had "${to}" from ${h.by}`);
-            if (tile) undoStack.push({ tile, label: a.label, mark: a.mark, given: to, state: "agreed", by: h.by });
+            if (tile) undoStack.push({ tile, label: a.label, mark: a.mark, given: to, state: "agreed", by: h.by, seq: a.seq });
           } else { lost.push(`${name} (${to}${now})`); again = true; }
         } else if (h && h.label === to) {
           kept.push(name);
@@ -928,19 +928,26 @@
       }
       if (w.mark) {
         const { to, a } = w.mark;
-        if (marks.has(w.id) && marks.get(w.id) === to) {
+        if (!marks.has(w.id)) {
+          // not on this page of the queue now (another page, or a queue replaced since): not looked at
+          unknown.push(`${name} (${w.mark.undo ? "undo of " : ""}${how(a)})`);
+        } else if (marks.get(w.id) === to) {
           kept.push(name);
-          if (tile && !w.mark.undo) undoStack.push({ tile, label: a.label, mark: a.mark, kind: to, state: "saved" });
+          if (tile && !w.mark.undo) undoStack.push({ tile, label: a.label, mark: a.mark, kind: to, state: "saved", seq: a.seq });
         } else if (w.mark.undo) lost.push(`your undo on ${name} (${how(a)})`);
         else { lost.push(`${name} (${how(a)})`); again = true; }
       }
     }
+    // in key order among the history kept (Backspace takes back the last key that was saved)
+    undoStack.sort((x, y) => (x.seq || 0) - (y.seq || 0));
     carried = [];
     saveUndo();
     const parts = [];
     if (lost.length) parts.push(`not saved before the page was left: ${lost.join(", ")}${again ? " — label or mark it again" : ""}`);
     if (theirs.length) parts.push(`${theirs.join(", ")} (left as it is)`);
     if (kept.length) parts.push(`saved before the page was left: ${kept.join(", ")}`);
+    if (unknown.length) parts.push(`not known whether saved before the page was left: ${unknown.join(", ")}: ` +
+      "look at them on their page of the queue");
     const said = parts.join("; ");
     announce(said);
     Shortlist.toast(said, lost.length > 0, true);
