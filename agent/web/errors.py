@@ -167,6 +167,20 @@ def token_refused(request: Request, token: str) -> None:
         state.known_tokens.forget(token)
 
 
+def _token_sent(request: Request) -> str:
+    """The token ``request`` sent: Label Studio's Basic auth password on its routes (before, the cookie or
+    default token was forgotten there instead, and a revoked Basic token stayed exempt from the throttle)."""
+    from agent.web.auth import token_of  # (late: auth and labelstudio import this module)
+    from agent.web.labelstudio import Unauthorized, request_token
+
+    if request.url.path.startswith("/labelstudio/"):
+        try:
+            return request_token(request)
+        except Unauthorized:
+            return ""
+    return token_of(request)
+
+
 def rpc_error_response(request: Request, e: grpc.RpcError) -> Response:
     """The answer to a call the agent refused or could not take (``HTTP_STATUS``, the agent's message in a
     person's words on the app's pages, Retry-After on 429 and 503)."""
@@ -174,9 +188,7 @@ def rpc_error_response(request: Request, e: grpc.RpcError) -> Response:
     message = (e.details() if hasattr(e, "details") else "") or code.name
     status = http_status(code)
     if code == grpc.StatusCode.UNAUTHENTICATED:
-        from agent.web.auth import token_of  # (late: auth imports this module)
-
-        token_refused(request, token_of(request))
+        token_refused(request, _token_sent(request))
     if status >= 500:
         log.warning("%s %s: the agent answered %s: %s", request.method, request.url.path, code.name, message)
     wait = retry_after(e) if status in (429, 503) else None

@@ -91,7 +91,7 @@ from starlette.concurrency import run_in_threadpool
 from agent.client import calibration_dict, calibration_line, first_calibration
 from agent.errors import quoted
 from agent.security import RefusalLog
-from agent.web.auth import Caller, client_address, session, token_of
+from agent.web.auth import Caller, client_address, session, token_of, unknown_token_throttled
 from agent.web.config import LabelStudioConfig, MatchRule
 from agent.web.errors import error_response
 from shortlist.v1 import agent_pb2
@@ -445,14 +445,6 @@ class LabelStudioBackend:
         return out
 
     # -- the protocol
-    def health(self, call: Caller) -> tuple[int, dict[str, Any]]:
-        try:
-            call.status()
-        except grpc.RpcError as e:
-            if _code(e) in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                return 503, {"status": "DOWN", "model_class": MODEL_CLASS, "message": _details(e)}
-        return 200, {"status": "UP", "model_class": MODEL_CLASS}
-
     def setup(self, call: Caller, body: Mapping[str, Any]) -> dict[str, Any]:
         schema_xml = body.get("schema", body.get("label_config"))
         parse_schema(schema_xml)  # refuse a project Shortlist cannot serve at connection time
@@ -839,7 +831,8 @@ def setup(app: FastAPI) -> None:
 
 
 def _caller(request: Request, token: str) -> Caller:
-    """The request's Caller; in the threadpool: the app's first call creates the channel, which can wait."""
+    """The request's Caller (after ``_answer``'s throttle); in the threadpool: the app's first call creates the
+    channel, which can wait."""
     state = request.app.state
     return Caller(state.stub(), token, session(request).user, state.config, client_address(request),
                   state.known_tokens)
@@ -898,6 +891,11 @@ async def _answer(request: Request, method: Callable[[Caller, Mapping[str, Any]]
         token = request_token(request)
         if request.app.state.config.tokens_required and not token:  # as every other route (auth.caller)
             raise Unauthorized(NO_TOKEN)
+        if not request.app.state.config.tokens_required:
+            # as auth.caller for every other route: HttpError 429 while the address has used up its failed tries
+            # (the TokenFirstGuard has applied it already while the agent requires tokens; applied twice, the
+            # token's second-try check would be taken by the first and refused by the second)
+            unknown_token_throttled(request, token)
         body = await _json_body(request)
         return JSONResponse(await run_in_threadpool(lambda: method(_caller(request, token), body)))
     except BadRequest as e:
@@ -911,19 +909,12 @@ async def _answer(request: Request, method: Callable[[Caller, Mapping[str, Any]]
 @router.get("/health")
 @router.get("/")
 async def health(request: Request) -> Response:
-    """UP when the agent answers (any token, or none: a token's problems show at /setup); 503 when it cannot
-    be reached."""
-    try:
-        token = request_token(request)
-    except Unauthorized:
-        token = ""
-    if request.app.state.config.tokens_required and not token:
-        # no Agent call the agent would refuse and log (anyone can open /health): its gRPC health service,
-        # which needs no token, says whether it answers
-        status, answer = await run_in_threadpool(lambda: _reachable(request))
-    else:
-        status, answer = await run_in_threadpool(
-            lambda: request.app.state.labelstudio.health(_caller(request, token)))
+    """UP when the agent answers, from its standard gRPC health service (no token needed); 503 when it cannot
+    be reached. The request's token, if any, is never sent: /health answers UP for any token (a token's
+    problems show at /setup), and checking it here, outside the unknown-token throttle, made a right token
+    "known" (``KnownTokens``), so that a throttled route then answered 200 for a right guess and 429 for a
+    wrong one: a token oracle at 76 guesses a second (the security review; docs/app.md, "Auth")."""
+    status, answer = await run_in_threadpool(lambda: _reachable(request))
     return JSONResponse(answer, status_code=status)
 
 

@@ -871,6 +871,28 @@ def test_tokens_guessed_by_header_or_cookie_are_throttled_as_sign_ins(token_web_
     assert person.get("/api/progress/head").status_code == 200  # the known token still gets in
 
 
+def test_labelstudio_health_tells_a_throttled_address_nothing_of_its_guesses(token_web_agent: WebAgent) -> None:
+    """/labelstudio/health sent its token to the agent outside the throttle, and the agent's answer made a
+    right token known: a throttled route then answered 200 for a right guess and 429 for a wrong one, without
+    asking the agent (76 guesses decided a second; the security review's t6.py, this sequence). /health now
+    sends no token: every guess, the right one included, is 429 on the throttled route at its first try."""
+    from agent.web import auth
+
+    burst = getattr(auth, "SIGN_IN_BURST", 5)
+    token_web_agent.app.state.sign_in_throttle = auth.SignInThrottle(burst=burst, per_s=0.01)  # no refill here
+    guesser = token_web_agent.client(client=("10.0.0.21", 50000))
+    for i in range(2 * burst):
+        guesser.get("/api/progress/head", headers={"Authorization": f"Bearer burn-{i:020d}"})
+    guesses = [f"guess-{i:020d}" for i in range(5)] + [READ_TOKEN] + [f"after-{i:020d}" for i in range(3)]
+    codes = {}
+    for guess in guesses:
+        r = guesser.get("/labelstudio/health", headers={"Authorization": f"Bearer {guess}"})
+        assert r.status_code == 200 and r.json()["status"] == "UP", r.text
+        codes[guess] = guesser.get("/api/progress/head", headers={"Authorization": f"Bearer {guess}"}).status_code
+    assert set(codes.values()) == {429}, codes
+    assert not token_web_agent.app.state.known_tokens.accepted(READ_TOKEN)
+
+
 def test_a_token_the_agent_answered_is_never_throttled_however_long_idle(token_web_agent: WebAgent,
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """The exemption lasted KNOWN_TOKEN_S (10 s) after the agent last answered the token: a guess a second at the
