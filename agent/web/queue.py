@@ -19,12 +19,13 @@ import math
 import threading
 import time
 from collections.abc import Iterable
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, Field, StringConstraints
 from starlette.responses import RedirectResponse, Response
 
+from agent.limits import Limits
 from agent.queues import QueueData
 from agent.web.auth import Caller, CallerDep, session
 from agent.web.errors import HttpError
@@ -213,11 +214,29 @@ def queue_api(request: Request, page: int = Query(1), count_open: bool = Query(F
             "items": items(caller, state, ids), "classes": list(caller.status().classes)}
 
 
+# The bounds of a Select's ``params`` and ``where`` here: the agent's default limits (agent/limits.py
+# max_metadata_entries, max_metadata_chars; it checks its own, possibly raised, limits again). Without them a
+# body of 600,000 params (10.7 MiB) was validated item by item into a 66 MB 422 after 66 s (the security review).
+MAX_MAP_ENTRIES = Limits().max_metadata_entries
+MapText = Annotated[str, StringConstraints(max_length=Limits().max_metadata_chars)]
+
+
+def _few_entries(value: Any) -> Any:
+    """``value`` when it is no mapping of more than MAX_MAP_ENTRIES; pydantic checks a dict's max_length only
+    after validating every entry (600,000 entries: 600,000 errors), this before any."""
+    if isinstance(value, dict) and len(value) > MAX_MAP_ENTRIES:
+        raise ValueError(f"{len(value):,} entries; at most {MAX_MAP_ENTRIES}")
+    return value
+
+
+TextMap = Annotated[dict[MapText, MapText], BeforeValidator(_few_entries)]
+
+
 class SelectBody(BaseModel):
     strategy: str = Field(max_length=64)
     budget: int
-    params: dict[str, str] = Field(default_factory=dict)
-    where: dict[str, str] = Field(default_factory=dict)
+    params: TextMap = Field(default_factory=dict)
+    where: TextMap = Field(default_factory=dict)
     seed: int = Field(default=0, ge=0)
     # The ``created`` of the queue the page showed: replace it only if it is still that one (else 409, and the
     # page shows the queue now). None: replace whatever it is (API clients).
@@ -259,7 +278,7 @@ def ask(request: Request, body: SelectBody, caller: Caller = CallerDep) -> dict[
 
 
 class SetBody(BaseModel):
-    ids: list[str]
+    ids: list[str] = Field(max_length=MAX_QUEUE)  # (checked as it is read: 700,000 ids were 700,000 errors)
     source: str = Field(default="api", max_length=64)
     if_created: float | None = None  # as SelectBody.if_created
 
@@ -334,11 +353,22 @@ def submit(body: LabelsBody, caller: Caller = CallerDep) -> dict[str, Any]:
                                for t in reply.twin_conflicts]}
 
 
+MAX_RETRACT = 1000  # ids in one retraction (RetractBody)
+
+
+def _at_most_retracted(value: Any) -> Any:
+    """``value`` when it is no mapping of more entries than ``RetractBody.ids`` may hold (before any entry is
+    validated, as ``_few_entries``)."""
+    if isinstance(value, dict) and len(value) > MAX_RETRACT:
+        raise ValueError(f"{len(value):,} entries; at most {MAX_RETRACT}")
+    return value
+
+
 class RetractBody(BaseModel):
-    ids: list[str] = Field(min_length=1, max_length=1000)
+    ids: list[str] = Field(min_length=1, max_length=MAX_RETRACT)
     # id -> the label the caller gave (the undo's): taken back only if it is still that one, so an undo never
     # removes a label someone else gave since (RetractLabelsRequest.if_current).
-    if_current: dict[str, str] = Field(default_factory=dict)
+    if_current: Annotated[dict[str, str], BeforeValidator(_at_most_retracted)] = Field(default_factory=dict)
     # The queue's undo of a change: the label before the one taken back comes back, in the name of whoever
     # gave it (RetractLabelsRequest.restore_previous); unlabelled when there was none.
     restore_previous: bool = False
