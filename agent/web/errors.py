@@ -246,10 +246,24 @@ def validation_response(e: RequestValidationError) -> Response:
     return JSONResponse({"detail": jsonable_encoder(errors), "errors": len(found)}, status_code=422)
 
 
+def invalid_in_words(e: RequestValidationError) -> str:
+    """The first of a page request's validation errors for a person: "page: Input should be a valid integer"."""
+    errors = e.errors()
+    if not errors:
+        return "this address has a value the page cannot use"
+    first = errors[0]
+    where = ".".join(str(part)[:64] for part in first.get("loc", ())[1:]) or "the request"
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{where}: {str(first.get('msg', 'invalid'))[:200]}{more}; fix the address, or open the page from the menu"
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     def _invalid(request: Request, e: RequestValidationError) -> Response:
-        return validation_response(e)
+        if wants_json(request):
+            return validation_response(e)
+        # a page (/queue?page=abc): the app's error page, not FastAPI's JSON
+        return error_response(request, 422, "INVALID_ARGUMENT", invalid_in_words(e))
 
     @app.exception_handler(grpc.RpcError)
     def _rpc_error(request: Request, e: grpc.RpcError) -> Response:

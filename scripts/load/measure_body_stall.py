@@ -6,7 +6,9 @@ Posts, three times, a body of ``N`` tiny labels (``{"id":"a","label":"b"}``; ``/
 ``PATH`` of the app on a real agent (no tokens: every caller's is right) through one TestClient event loop, and
 prints the longest ``/healthz`` answer meanwhile (asked every 10 ms). ``--thread``: instead, parses such a body
 (``json.loads``) in a second thread and prints the longest pause of a thread that wakes every 1 ms meanwhile
-(whether parsing off the event loop would free it)."""
+(whether parsing off the event loop would free it). ``--invalid``: instead, posts once each the security review's
+bodies that FastAPI refuses item by item (700,000 int ids to /api/queue; 600,000 int params or where values, one
+params key of 15 MB, to /api/queue/select) and prints each 422's size, time and the longest /healthz meanwhile."""
 
 from __future__ import annotations
 
@@ -52,6 +54,48 @@ def main(path: str = "/api/labels", n: int = 700_000) -> None:
             wa.stop()
 
 
+def invalid_bodies() -> None:
+    many = 600_000
+    cases = [("/api/queue", "ids: 700k ints", {"ids": [1] * 700_000}),
+             ("/api/queue/select", "params: 600k int values",
+              {"strategy": "random", "budget": 1, "params": {f"k{i}": i for i in range(many)}}),
+             ("/api/queue/select", "where: 600k int values",
+              {"strategy": "random", "budget": 1, "where": {f"k{i}": 1 for i in range(many)}}),
+             ("/api/queue/select", "params: 1 key of 15 MB",
+              {"strategy": "random", "budget": 1, "params": {"k" * 15_000_000: 1}})]
+    with tempfile.TemporaryDirectory() as tmp:
+        wa = start_web_agent(Path(tmp))
+        try:
+            with wa.client() as c:
+                c.get("/healthz")
+                for path, name, body in cases:
+                    raw = json.dumps(body).encode()
+                    done = threading.Event()
+                    answer: list[tuple[int, int, float]] = []
+
+                    def post(path: str = path, raw: bytes = raw, answer: list[tuple[int, int, float]] = answer,
+                             done: threading.Event = done) -> None:
+                        t = time.perf_counter()
+                        r = c.post(path, content=raw, headers={"Content-Type": "application/json"})
+                        answer.append((r.status_code, len(r.content), time.perf_counter() - t))
+                        done.set()
+
+                    poster = threading.Thread(target=post)
+                    poster.start()
+                    worst = 0.0
+                    while not done.is_set():
+                        t = time.perf_counter()
+                        c.get("/healthz")
+                        worst = max(worst, time.perf_counter() - t)
+                        time.sleep(0.01)
+                    poster.join()
+                    status, size, took = answer[0]
+                    print(f"{path} {name} (body {len(raw) / 2**20:.1f} MiB): {status}, {size:,} bytes in {took:.2f} s, "
+                          f"longest /healthz {worst * 1000:.0f} ms")
+        finally:
+            wa.stop()
+
+
 def parse_in_a_thread(n: int = 700_000) -> None:
     raw = b'{"labels":[' + b",".join([b'{"id":"a","label":"b"}'] * n) + b"]}"
     stop = threading.Event()
@@ -83,5 +127,8 @@ def parse_in_a_thread(n: int = 700_000) -> None:
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--thread"]:
         parse_in_a_thread()
+        sys.exit()
+    if sys.argv[1:2] == ["--invalid"]:
+        invalid_bodies()
         sys.exit()
     main(sys.argv[1] if len(sys.argv) > 1 else "/api/labels", int(sys.argv[2]) if len(sys.argv) > 2 else 700_000)

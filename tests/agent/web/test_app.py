@@ -921,3 +921,14 @@ def test_sign_out_asks_the_browser_to_drop_its_cache(token_web_agent: WebAgent) 
     c = token_web_agent.client(follow_redirects=False)
     r = c.post("/logout")
     assert r.status_code == 303 and r.headers["clear-site-data"] == '"cache", "storage"'
+
+
+def test_a_page_with_a_malformed_query_gets_the_error_page(web_agent: WebAgent) -> None:
+    """/queue?page=abc answered FastAPI's raw JSON 422 ({"detail": [...]}) to a person in a browser; it is the
+    app's error page now, saying which value is wrong. An API keeps its JSON 422."""
+    c = web_agent.client()
+    r = c.get("/queue?page=abc")
+    assert r.status_code == 422 and r.headers["content-type"].startswith("text/html"), r.text[:200]
+    assert "page: Input should be a valid integer" in r.text and '"detail"' not in r.text
+    api = c.get("/api/queue?page=abc")
+    assert api.status_code == 422 and api.json()["detail"][0]["loc"] == ["query", "page"]
