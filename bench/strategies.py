@@ -23,6 +23,7 @@ from agent.pool import FailedPrecondition, InvalidArgument, KnnFn, Pool, state_r
 from agent.priors import PRIOR_METHODS
 from agent.strategies import LABEL_FREE, STRATEGIES
 from agent.strategies.audit import AUDIT
+from bench.checks import OutLock, class_counts_said, is_imbalanced, require_two_classes
 from bench.metrics import class_coverage, expected_calibration_error, linear_probe_scores, prior_scores, write_json
 from bench.report import md_table, seed_blind_note
 
@@ -379,6 +380,13 @@ def _run_cell(variant: Variant, budget: int, seed: int, methods: list[str], rows
         })
 
 
+# results.md's key: what each column's figures are.
+UNITS = ("Accuracies are in % (mean ± std over seeds); balanced accuracy is the mean per-class recall. "
+         "\"classes covered\" is how many classes the labelled set holds. ECE is a fraction (0 to 1): the "
+         "expected calibration error of the prior labels' top-class confidence on the unlabelled pool. "
+         "results.png plots the means over seeds.")
+
+
 def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Mean and std over seeds per (strategy, budget, prior_method)."""
     groups: dict[tuple[str, int, str], list[dict[str, Any]]] = {}
@@ -431,18 +439,28 @@ def _percent(row: dict[str, Any], key: str) -> str:
     return f"{100 * row[key]:.1f} ± {100 * row[key + '_std']:.1f}"
 
 
-def plot(summary: list[dict[str, Any]], priors: list[str], path: Path, title: str = "") -> None:
-    """Coverage, linear-probe accuracy and each prior method's accuracy against budget, one line per
-    strategy (matplotlib, Agg backend: no display needed); ``title`` above the panels (the data set and
-    encoder, ``embeddings_source``)."""
+def plot_panels(priors: list[str], balanced: bool) -> list[tuple[str, str | None, str]]:
+    """results.png's panels, (summary key, prior method or None, title): coverage, then the linear probe's
+    and each prior method's accuracy in %, balanced (mean per-class recall) when ``balanced`` (an imbalanced
+    pool, ``bench.checks.is_imbalanced``: there plain accuracy is mostly the largest class's recall and can
+    rank strategies backwards)."""
+    acc = "balanced accuracy (%, mean per-class recall)" if balanced else "accuracy (%)"
+    pre = "_balanced" if balanced else ""
+    return [("coverage", None, "classes covered"), (f"linear{pre}_accuracy", None, f"linear probe {acc}"),
+            *((f"prior{pre}_accuracy", m, f"{m} prior {acc}") for m in priors)]
+
+
+def plot(summary: list[dict[str, Any]], priors: list[str], path: Path, title: str = "",
+         balanced: bool = False) -> None:
+    """Coverage and (``plot_panels``) accuracies against budget, one line per strategy, mean over seeds
+    (matplotlib, Agg backend: no display needed); ``title`` above the panels (the data set and encoder,
+    ``embeddings_source``)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels: list[tuple[str, str | None, str]] = [("coverage", None, "classes covered"),
-                                                  ("linear_accuracy", None, "linear probe accuracy")]
-    panels += [("prior_accuracy", m, f"{m} prior accuracy") for m in priors]
+    panels = plot_panels(priors, balanced)
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
     strategies = sorted({r["strategy"] for r in summary})
     colours = plt.get_cmap("tab20")
@@ -454,7 +472,8 @@ def plot(summary: list[dict[str, Any]], priors: list[str], path: Path, title: st
                 # tab20 pairs a dark and a light shade of each hue: the dark ones first, so neighbours differ
                 # in hue; hollow markers of 8 shapes and 4 line styles keep lines that coincide (audit's
                 # draws are random's) both visible
-                ax.plot([r["budget"] for r in rs], [r[key] for r in rs], marker="os^vDP<>"[i % 8], label=s,
+                scale = 1.0 if key == "coverage" else 100.0  # accuracies in %, as in results.md
+                ax.plot([r["budget"] for r in rs], [scale * r[key] for r in rs], marker="os^vDP<>"[i % 8], label=s,
                         color=colours((2 * i) % 20 + (i // 10) % 2), linestyle=("-", "--", "-.", ":")[i % 4],
                         markerfacecolor="none")
         ax.set_xscale("log")
@@ -608,7 +627,7 @@ def embeddings_source(embeddings: Path, rows: int) -> str:
 
 
 def write_results(out: Path, records: list[dict[str, Any]], settings: dict[str, Any], methods: list[str],
-                  head: str, title: str = "") -> str:
+                  head: str, title: str = "", balanced: bool = False) -> str:
     """`bench strategies`' files: results.json (the flat records), settings.json, results.md (``head`` and
     the summary table) and results.png (``title`` above it). Returns the table."""
     summary = summarise(records)
@@ -617,7 +636,7 @@ def write_results(out: Path, records: list[dict[str, Any]], settings: dict[str, 
     table = markdown_table(summary, methods)
     blind = seed_blind_note(records)  # e.g. probcover: its ± 0.0 is no spread
     (out / "results.md").write_text(head + (blind + "\n" if blind else "") + table + "\n")
-    plot(summary, methods, out / "results.png", title)
+    plot(summary, methods, out / "results.png", title, balanced)
     return table
 
 
@@ -680,6 +699,7 @@ def strategies_cmd(
     if (test_embeddings is None) != (test_labels is None):
         raise typer.BadParameter("give both --test-embeddings and --test-labels, or neither")
     x, y = load_rows(embeddings, labels)
+    require_two_classes(int(y.max(initial=-1)) + 1, str(labels))
     tx, ty = load_rows(test_embeddings, test_labels, x.shape[1], ("--test-embeddings", "--test-labels")) \
         if test_embeddings and test_labels else (None, None)
     if ty is not None and ty.max(initial=0) > y.max():
@@ -699,53 +719,59 @@ def strategies_cmd(
     if not budget_list or min(budget_list) < 1 or max(budget_list) > len(x):
         raise typer.BadParameter(f"--budgets must be between 1 and the {len(x)} pool rows")
     prior_params = {"calibrate": "false"} if uncalibrated else None
-    out.mkdir(parents=True, exist_ok=True)
-    # What every cell's figures depend on; a rerun into the same --out with other values is refused.
-    # (Strategies, budgets, seeds and prior methods name the cells: a rerun may ask for others.) ``code``, as
-    # `bench cifar10` keeps it: a changed strategy or prior must not be mixed with cells of the old one.
-    from bench.cifar10.encoder import code_fingerprint
+    # Two runs into one --out would each rewrite cells.json with only their own cells: the second is refused.
+    with OutLock(out, "bench strategies"):
+        # What every cell's figures depend on; a rerun into the same --out with other values is refused.
+        # (Strategies, budgets, seeds and prior methods name the cells: a rerun may ask for others.) ``code``, as
+        # `bench cifar10` keeps it: a changed strategy or prior must not be mixed with cells of the old one.
+        from bench.cifar10.encoder import code_fingerprint
 
-    # One fingerprint per input file, so a refusal names the file that differs.
-    inputs = {"--embeddings": x, "--labels": y, "--test-embeddings": tx, "--test-labels": ty, "--pretext-loss": loss}
-    digests = {arg: None if a is None else inputs_digest(a) for arg, a in inputs.items()}
-    cells = Cells.open(out, {"inputs_sha256": digests, "calibrated": not uncalibrated, "code": code_fingerprint()},
-                       fresh)
-    total = len(variants) * len(budget_list) * seeds * len(methods)
-    reused = sum(1 for v in variants for b in budget_list for s in range(seeds) for m in methods
-                 if (v.label, b, s, m) in cells.done)
-    if note := reuse_note(reused, total, out / CELLS):
-        console.print(note, markup=False, highlight=False)
-    if reused < total:
-        console.print(f"{len(x)} rows x {x.shape[1]} dims, {int(y.max()) + 1} classes; building the index...")
-    try:
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=console) as progress:
-            records = run_benchmark(BenchRows(x, y, tx, ty, loss),
-                                    StrategiesConfig(budget_list, seeds, variants, methods, prior_params),
-                                    progress, cells)
-    except KeyboardInterrupt:  # Ctrl-C: every finished cell is in cells.json already; say so, exit 130
-        n = len(cells.done)
-        typer.echo(f"interrupted: {out / CELLS} keeps {n} finished cell{'s' * (n != 1)} (strategy, budget, seed, "
-                   "prior method); run the same `shortlist bench strategies` command again to resume (finished "
-                   "cells are reused, the unfinished one starts over)", err=True)
-        raise typer.Exit(130) from None
-    test = "none" if tx is None else f"{len(tx)} rows"
-    calibration = "uncalibrated (--uncalibrated)" if uncalibrated else "calibrated"
-    classes = int(y.max()) + 1
-    source = embeddings_source(embeddings, len(x))
-    head = (f"`bench strategies` on {source + ': ' if source else ''}{embeddings.name} ({len(x)} rows x "
-            f"{x.shape[1]} dims, "
-            f"{classes} classes; test {test}), {seeds} seed{'s' if seeds > 1 else ''} (mean ± std "
-            f"over them), priors {calibration}; every setting in settings.json\n\n")
-    settings = {"embeddings": str(embeddings.resolve()), "labels": str(labels.resolve()), "rows": len(x),
-                "dims": int(x.shape[1]), "classes": classes,
-                "test_embeddings": str(test_embeddings.resolve()) if test_embeddings else None,
-                "test_rows": None if tx is None else len(tx), "budgets": budget_list, "seeds": seeds,
-                "strategies": [v.label for v in variants], "priors": methods,
-                "calibrated": not uncalibrated,
-                "pretext_loss": str(pretext_loss.resolve()) if pretext_loss else None, "source": source}
-    console.print(write_results(out, records, settings, methods, head, source or embeddings.name))
-    console.print(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'results.png'}")
+        # One fingerprint per input file, so a refusal names the file that differs.
+        inputs = {"--embeddings": x, "--labels": y, "--test-embeddings": tx, "--test-labels": ty,
+                  "--pretext-loss": loss}
+        digests = {arg: None if a is None else inputs_digest(a) for arg, a in inputs.items()}
+        cells = Cells.open(out, {"inputs_sha256": digests, "calibrated": not uncalibrated, "code": code_fingerprint()},
+                           fresh)
+        total = len(variants) * len(budget_list) * seeds * len(methods)
+        reused = sum(1 for v in variants for b in budget_list for s in range(seeds) for m in methods
+                     if (v.label, b, s, m) in cells.done)
+        if note := reuse_note(reused, total, out / CELLS):
+            console.print(note, markup=False, highlight=False)
+        if reused < total:
+            console.print(f"{len(x)} rows x {x.shape[1]} dims, {int(y.max()) + 1} classes; building the index...")
+        try:
+            with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                          console=console) as progress:
+                records = run_benchmark(BenchRows(x, y, tx, ty, loss),
+                                        StrategiesConfig(budget_list, seeds, variants, methods, prior_params),
+                                        progress, cells)
+        except KeyboardInterrupt:  # Ctrl-C: every finished cell is in cells.json already; say so, exit 130
+            n = len(cells.done)
+            typer.echo(f"interrupted: {out / CELLS} keeps {n} finished cell{'s' * (n != 1)} (strategy, budget, seed, "
+                       "prior method); run the same `shortlist bench strategies` command again to resume (finished "
+                       "cells are reused, the unfinished one starts over)", err=True)
+            raise typer.Exit(130) from None
+        test = "none" if tx is None else f"{len(tx)} rows"
+        calibration = "uncalibrated (--uncalibrated)" if uncalibrated else "calibrated"
+        classes = int(y.max()) + 1
+        counts = np.bincount(y, minlength=classes).tolist()
+        counts_said = class_counts_said(counts)
+        source = embeddings_source(embeddings, len(x))
+        head = (f"`bench strategies` on {source + ': ' if source else ''}{embeddings.name} ({len(x)} rows x "
+                f"{x.shape[1]} dims, "
+                f"{classes} classes; test {test}), {seeds} seed{'s' if seeds > 1 else ''} (mean ± std "
+                f"over them), priors {calibration}; every setting in settings.json\n\n"
+                f"{counts_said}.\n\n{UNITS}\n\n")
+        settings = {"embeddings": str(embeddings.resolve()), "labels": str(labels.resolve()), "rows": len(x),
+                    "dims": int(x.shape[1]), "classes": classes, "class_counts": counts,
+                    "test_embeddings": str(test_embeddings.resolve()) if test_embeddings else None,
+                    "test_rows": None if tx is None else len(tx), "budgets": budget_list, "seeds": seeds,
+                    "strategies": [v.label for v in variants], "priors": methods,
+                    "calibrated": not uncalibrated,
+                    "pretext_loss": str(pretext_loss.resolve()) if pretext_loss else None, "source": source}
+        console.print(write_results(out, records, settings, methods, head, source or embeddings.name,
+                                    is_imbalanced(counts)))
+        console.print(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'results.png'}")
 
 
 def select_scale_cmd(

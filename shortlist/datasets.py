@@ -801,6 +801,7 @@ def load_array(source: str | Path, split: str = "train", size: tuple[int, int] |
     index = {c: i for i, c in enumerate(class_list)}
     unknown = [c for c in found if c not in index]
     if unknown:
-        raise ValueError(f"labels {unknown[:5]} of {source} are not among the classes {class_list}")
+        raise ValueError(f"labels {unknown[:5]} of {source} (split '{split}') are not among the classes "
+                         f"{class_list}")
     labels = np.asarray([index[it.label] if it.label is not None else -1 for it in items], dtype=np.int64)
     return ImageArray(images=images, labels=labels, classes=class_list, ids=[it.id for it in items], skipped=skipped)

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import typer
 
+from bench.checks import require_two_classes
 from bench.cifar10.profiles import stratified_subset
 from shortlist.datasets import (
     ImageArray,
@@ -24,8 +25,14 @@ def load_pool_and_test(data: Path, pool_size: int | None,
     """Decode both splits at the source's size and take class-balanced subsets (seed 0; None: all rows):
     (train split, pool row indices, the test subset, its row indices in the test split). BadParameter
     when a split has unlabelled rows."""
-    train = load_array(data, "train", size=None)
-    test = load_array(data, "test", size=(train.images.shape[1], train.images.shape[2]), classes=train.classes)
+    try:
+        train = load_array(data, "train", size=None)
+        require_two_classes(len(train.classes), f"{data} (split 'train')")
+        test = load_array(data, "test", size=(train.images.shape[1], train.images.shape[2]), classes=train.classes)
+    except ValueError as e:  # no readable image, or a test class the train split lacks: said, no traceback
+        hint = "; every test class needs training images" if "not among the classes" in str(e) else ""
+        typer.echo(f"error: {e}{hint}", err=True)
+        raise typer.Exit(2) from None
     for split, arr in (("train", train), ("test", test)):  # left out by load_array: said, not silent
         if arr.skipped:
             typer.echo(f"warning: {data} ({split}): {skipped_summary(arr.skipped, len(arr.ids) + len(arr.skipped))}",

@@ -237,6 +237,71 @@ def test_bench_strategies_reports_balanced_accuracy_beside_the_plain(tmp_path: P
     assert "| linear probe acc | linear probe balanced acc | knn prior acc / balanced acc / ECE |" in md
     assert (f"{100 * record['prior_accuracy']:.1f} ± 0.0 / {100 * record['prior_balanced_accuracy']:.1f} ± 0.0 / "
             f"{record['ece']:.3f}") in md
+    # the pool is imbalanced (24 / 3 / 3): the header says so with the counts, and the plots show balanced accuracy
+    assert ("pool per class: 0 24, 1 3, 2 3; imbalanced (largest / smallest class 8.0, above 1.5): judge by "
+            "balanced accuracy") in md
+    assert "Accuracies are in % (mean ± std over seeds)" in md and "ECE is a fraction" in md
+    assert json.loads((out / "settings.json").read_text())["class_counts"] == [24, 3, 3]
+
+
+def test_results_png_plots_balanced_accuracy_on_an_imbalanced_pool() -> None:
+    from bench.strategies import plot_panels
+
+    assert plot_panels(["knn"], balanced=True) == [
+        ("coverage", None, "classes covered"),
+        ("linear_balanced_accuracy", None, "linear probe balanced accuracy (%, mean per-class recall)"),
+        ("prior_balanced_accuracy", "knn", "knn prior balanced accuracy (%, mean per-class recall)")]
+    assert [t for *_, t in plot_panels(["knn"], balanced=False)][1:] == ["linear probe accuracy (%)",
+                                                                          "knn prior accuracy (%)"]
+
+
+def test_bench_strategies_says_a_balanced_pool_is_not_imbalanced(tmp_path: Path) -> None:
+    x, y = blobs(clusters=3, per_cluster=10, dim=8, spread=0.6, seed=1)
+    out = bench_strategies(tmp_path, x, y, "--budgets", "4", "--seeds", "1", "--strategies", "random")
+    md = (out / "results.md").read_text()
+    assert "pool per class: 0 10, 1 10, 2 10." in md and "imbalanced" not in md
+
+
+def test_bench_strategies_refuses_a_single_class(tmp_path: Path) -> None:
+    x, _ = blobs(clusters=2, per_cluster=10, dim=8, spread=0.6, seed=1)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", np.zeros(len(x), np.int64))
+    result = CliRunner().invoke(app, ["bench", "strategies", "--embeddings", str(tmp_path / "x.npy"), "--labels",
+                                      str(tmp_path / "y.npy"), "--budgets", "4", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert result.output.strip() == (f"error: {tmp_path / 'y.npy'} has 1 class; a benchmark needs at least 2 "
+                                     "(every accuracy would be 100%)")
+    assert not (tmp_path / "out" / "results.json").exists()
+
+
+def test_a_second_bench_strategies_into_the_same_out_is_refused_with_the_first_ones_pid(tmp_path: Path) -> None:
+    """Another process holds OUT's lock (a child that takes it, as a running `bench strategies` would)."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from pathlib import Path; from bench.checks import OutLock; "
+        f"OutLock(Path({str(out)!r}), 'bench strategies'); print('held', flush=True); time.sleep(60)")],
+        stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[2])
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        x, y = blobs(clusters=3, per_cluster=10, dim=8, spread=0.6, seed=1)
+        np.save(tmp_path / "x.npy", x)
+        np.save(tmp_path / "y.npy", y)
+        args = ["bench", "strategies", "--embeddings", str(tmp_path / "x.npy"), "--labels", str(tmp_path / "y.npy"),
+                "--priors", "knn", "--budgets", "4", "--seeds", "1", "--strategies", "random", "--out", str(out)]
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 2
+        assert result.output.strip() == (f"error: {out} is in use by another `bench strategies` run (pid "
+                                         f"{holder.pid}); wait for it to finish, or give this run its own --out")
+        assert not (out / "cells.json").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert CliRunner().invoke(app, args).exit_code == 0  # the lock went with its process
+    assert os.path.exists(out / "results.json")
 
 
 def test_bench_strategies_writes_strict_json_when_a_budget_labels_the_whole_pool(tmp_path: Path) -> None:
