@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.checks import class_counts_said, is_imbalanced
 from bench.references import REFERENCE_COLUMNS, reference_value
 
 
@@ -151,6 +152,8 @@ def markdown(runs: list[dict[str, Any]]) -> str:
                      + (f", {r['audit']} audit labels drawn after the first budget's picks (not in the budgets)"
                         if r.get("audit") else "")
                      + ("" if r.get("complete", True) else " (INCOMPLETE: still running or interrupted)"))
+        if counts_said := class_counts_said(r.get("class_counts", []), r.get("classes")):
+            lines.append(f"  - {counts_said}")
         for s in r.get("skipped", []):
             lines.append(f"  - skipped {s['strategy']} seed {s['seed']}: {s['error']}")
     lines.append("")
@@ -246,7 +249,8 @@ def plot(runs: list[dict[str, Any]], metric: str, ylabel: str, path: Path) -> No
         f"labels picked by the strategy (+ {' or '.join(map(str, audits))} audit labels"
         + (")" if len(audits) == len(runs) else " in some runs)"))
     folders = ", ".join(r["label"] for r in runs)
-    plot_curves(lines, ylabel, f"data {names} (run folder{'s' if len(runs) > 1 else ''} {folders})", path,
+    band = "; shaded: ± std over seeds" if any(b for *_, b in lines) else ""
+    plot_curves(lines, ylabel, f"data {names} (run folder{'s' if len(runs) > 1 else ''} {folders}){band}", path,
                 color_keys=[s for r in runs for s in r["strategies"]], xlabel=xlabel)
 
 
@@ -289,6 +293,17 @@ def plot_curves(lines: list[tuple[str, int, Curve, bool]], ylabel: str, title: s
     plt.close(fig)
 
 
+def plotted_metric(runs: list[dict[str, Any]], kind: str, what: str) -> tuple[str, str]:
+    """The metric ("linear" or "prior" ``kind``) the plots show and their y label: balanced accuracy when a
+    run's pool is imbalanced (``bench.checks.is_imbalanced``) and its records have it (plain accuracy there is
+    mostly the largest class's recall, and can rank strategies backwards), else plain accuracy."""
+    if any(is_imbalanced(r.get("class_counts", [])) and any(rec.get(f"{kind}_balanced_accuracy") is not None
+                                                             for rec in r["records"]) for r in runs):
+        return (f"{kind}_balanced_accuracy",
+                f"{what} balanced accuracy (%, mean per-class recall; imbalanced pool)")
+    return f"{kind}_accuracy", f"{what} accuracy (%)"
+
+
 def write_report(run_dirs: list[Path], out: Path, console: Any = None) -> list[Path]:
     """Write results.md and the plots for ``run_dirs`` into ``out``; print the table and the paths."""
     from rich.console import Console
@@ -300,10 +315,12 @@ def write_report(run_dirs: list[Path], out: Path, console: Any = None) -> list[P
     md = markdown(runs)
     (out / "results.md").write_text(md)
     paths = [out / "results.md", out / "accuracy_vs_labels.png"]
-    plot(runs, "linear_accuracy", "linear-probe test accuracy (%)", paths[1])
+    metric, ylabel = plotted_metric(runs, "linear", "linear-probe test")
+    plot(runs, metric, ylabel, paths[1])
     for m in dict.fromkeys(m for r in runs for m in r["prior_methods"]):
         p = out / f"prior_accuracy_{m}_vs_labels.png"
-        plot(runs, f"prior_accuracy/{m}", f"prior-label accuracy, {m} (%)", p)
+        metric, ylabel = plotted_metric(runs, "prior", f"prior-label ({m})")
+        plot(runs, f"{metric}/{m}", ylabel, p)
         paths.append(p)
     for old in set(out.glob("prior_accuracy_*_vs_labels.png")) - set(paths):  # a rerun with fewer methods
         old.unlink()

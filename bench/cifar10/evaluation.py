@@ -111,6 +111,8 @@ class Run:
     audit: int = 0  # audit labels drawn after the first budget's picks (Profile.audit)
     classes: list[str] = field(default_factory=list)  # the data set's classes, in index order (the report shows
     # the published CIFAR-10 references only beside CIFAR-10's: bench.report.is_cifar10)
+    class_counts: list[int] = field(default_factory=list)  # pool rows per class (index order): the report says
+    # them, and plots balanced accuracy when they are imbalanced (bench.checks.is_imbalanced)
 
 
 def inputs_fingerprint(pool_ids: Sequence[str], pool_y: np.ndarray, pool_x: np.ndarray, test_x: np.ndarray,

@@ -252,7 +252,9 @@ def run_benchmark(data: Path, profile: Profile, out: Path, encoder: Path | None 
     run = Run(profile=profile.name, data=str(data), seeds=list(range(profile.seeds)), budgets=budget_list,
               strategies=list(profile.strategies), prior_methods=list(profile.prior_methods),
               pool_size=len(pool_ids), test_size=len(test_idx), model_version=version, encoder=provenance,
-              audit=profile.audit, classes=list(train.classes), git_commit=_git_commit(), code=code_fingerprint(),
+              audit=profile.audit, classes=list(train.classes),
+              class_counts=np.bincount(train.labels[pool_idx], minlength=len(train.classes)).tolist(),
+              git_commit=_git_commit(), code=code_fingerprint(),
               fingerprint=inputs_fingerprint(pool_ids, train.labels[pool_idx], pool_emb_arr, ev.test_emb, ev.test_y,
                                              ssl))
     # a rerun into the same --out resumes where the last one stopped, and keeps what it does not ask for

@@ -492,3 +492,31 @@ def test_a_pool_that_cannot_be_class_balanced_names_the_short_classes(tmp_path: 
             "class circle 13, square 4, stripe 13") in err, err
     load_pool_and_test(tmp_path / "d", 12, None)  # 4 per class: every class has them, no note
     assert "note" not in capsys.readouterr().err
+
+
+def _folder(root: Path, splits: dict[str, tuple[str, ...]]) -> Path:
+    """An ImageFolder under ``root`` with 3 tiny images per class of each split."""
+    rng = np.random.default_rng(0)
+    for split, classes in splits.items():
+        for c in classes:
+            (root / split / c).mkdir(parents=True)
+            for i in range(3):
+                Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(root / split / c / f"{i}.png")
+    return root
+
+
+def test_one_class_or_a_test_class_the_train_split_lacks_is_one_error_line(tmp_path: Path) -> None:
+    """Both bench commands that read a folder refuse, exit 2, in one line: one class (every accuracy would be
+    100%), and a test class that no training image has (naming the split and the class)."""
+    one = _folder(tmp_path / "one", {"train": ("a",), "test": ("a",)})
+    mism = _folder(tmp_path / "mism", {"train": ("a", "b"), "test": ("a", "c")})
+    for data, said in ((one, f"error: {one} (split 'train') has 1 class; a benchmark needs at least 2 (every "
+                              "accuracy would be 100%)"),
+                       (mism, f"error: labels ['c'] of {mism} (split 'test') are not among the classes ['a', 'b']; "
+                              "every test class needs training images")):
+        for cmd in (["bench", "cifar10", "--data", str(data), "--out", str(tmp_path / "out")],
+                    ["bench", "embeddings", "--encoder", str(tmp_path), "--data", str(data), "--out",
+                     str(tmp_path / "emb")]):
+            result = CliRunner().invoke(app, cmd)
+            assert result.exit_code == 2, result.output
+            assert result.output.strip() == said

@@ -3,6 +3,7 @@ CIFAR-10's own figures."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -117,3 +118,31 @@ def test_a_seed_blind_strategy_is_noted_also_where_nothing_could_be_scored() -> 
              "linear_accuracy": 0.7, "prior_accuracy": float("nan")} for s in (0, 1)]
     assert seed_blind(recs) == ["random"]
     assert seed_blind([dict(r, prior_accuracy=None) for r in recs]) == ["random"]  # as read back from JSON
+
+
+def test_an_imbalanced_pool_is_said_in_the_header_and_its_plots_show_balanced_accuracy(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """cat 240 / frog 10 / ship 48: random (all cats) leads on plain accuracy, typiclust on balanced; the
+    header gives the counts and says to judge by balanced accuracy, and the plots draw it (so they rank as
+    the balanced tables do)."""
+    r = run("imbsplit", ["cat", "frog", "ship"])
+    r["class_counts"] = [240, 10, 48]
+    r["seeds"] = [0, 1]
+    for rec, (lin_bal, prior_bal) in zip(r["records"], ((0.34, 0.33), (0.42, 0.46)), strict=True):
+        rec["linear_balanced_accuracy"], rec["prior_balanced_accuracy"] = lin_bal, prior_bal
+    md = markdown([r])
+    assert ("  - pool per class: cat 240, frog 10, ship 48; imbalanced (largest / smallest class 24.0, above 1.5): "
+            "judge by balanced accuracy (the plots show it)") in md
+    drawn: list[tuple[str, str, list[float]]] = []
+    monkeypatch.setattr(report, "plot_curves", lambda lines, ylabel, title, *a, **k: drawn.append(
+        (ylabel, title, [pts[0][1] for _, _, pts, _ in lines])))
+    (tmp_path / "results.json").write_text(json.dumps(r))
+    report.write_report([tmp_path], tmp_path / "rep")
+    assert drawn[0][0] == "linear-probe test balanced accuracy (%, mean per-class recall; imbalanced pool)"
+    assert drawn[0][2] == pytest.approx([34.0, 42.0])
+    assert drawn[1][0] == "prior-label (knn) balanced accuracy (%, mean per-class recall; imbalanced pool)"
+    assert drawn[0][1].endswith("; shaded: ± std over seeds")
+    balanced = run("b", ["a", "b"])
+    balanced["class_counts"] = [10, 9]
+    assert report.plotted_metric([balanced], "linear", "x") == ("linear_accuracy", "x accuracy (%)")
+    assert "imbalanced" not in markdown([balanced]) and "pool per class: a 10, b 9" in markdown([balanced])
