@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import errno
-import fcntl
 import hmac
 import ipaddress
 import logging
@@ -38,6 +36,7 @@ from typing import Any
 import grpc
 
 from agent.errors import rewrap_handler
+from shortlist.locks import Locked, PidLock
 from shortlist.v1 import agent_pb2
 
 log = logging.getLogger(__name__)
@@ -630,30 +629,14 @@ def owner_only_file(path: Path) -> None:
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, OWNER_FILE))
 
 
-class DataDirLock:
-    """An exclusive ``flock`` on ``<data>/agent.lock`` for as long as the agent has the folder open.
-
-    The kernel drops it when the process ends in any way (SIGKILL included), so a lock is never stale;
-    a second agent (another process, or another Agent in this one) is refused at start."""
+class DataDirLock(PidLock):
+    """An exclusive ``flock`` on ``<data>/agent.lock`` for as long as the agent has the folder open
+    (shortlist.locks: never stale); a second agent (another process, or another Agent in this one) is refused at
+    start."""
 
     def __init__(self, data_dir: Path) -> None:
-        path = data_dir / LOCK_FILE
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, OWNER_FILE)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
-            os.close(fd)
-            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise
-            who = f" (pid {holder})" if holder.isdigit() else ""
-            raise DataDirLocked(f"the data folder {data_dir} is in use by another agent{who}; stop it, or give this "
-                                "agent its own --data-dir") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._fd: int | None = fd
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # closing the only descriptor drops the flock
-            self._fd = None
+            super().__init__(data_dir / LOCK_FILE, OWNER_FILE)
+        except Locked as e:
+            raise DataDirLocked(f"the data folder {data_dir} is in use by another agent{e.who}; stop it, or give "
+                                "this agent its own --data-dir") from None

@@ -3,13 +3,12 @@ imbalanced (then balanced accuracy is the figure to judge by), and a lock on an 
 
 from __future__ import annotations
 
-import errno
-import fcntl
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import typer
+
+from shortlist.locks import Locked, PidLock
 
 # A pool whose largest class has more than this many times the rows of its smallest is "imbalanced": its
 # plots show balanced accuracy (mean per-class recall), since plain accuracy there is mostly the largest
@@ -51,33 +50,21 @@ def class_counts_said(counts: Sequence[int], names: Sequence[str] | None = None)
 
 
 class OutLock:
-    """An exclusive ``flock`` on ``<out>/bench.lock`` while a bench command writes ``out`` (as the agent's
-    DataDirLock holds its data folder): a second run into the same folder would overwrite the first's cells.
-    The kernel drops it when the process ends in any way, so it is never stale. Exit 2 with one ``error:``
-    line naming the holder's pid when another process holds it."""
+    """The lock on ``<out>/bench.lock`` (shortlist.locks, as the agent's DataDirLock holds its data folder) while a
+    bench command writes ``out``: a second run into the same folder would overwrite the first's cells. Exit 2
+    with one ``error:`` line naming the holder's pid when another process holds it."""
 
     def __init__(self, out: Path, command: str) -> None:
         out.mkdir(parents=True, exist_ok=True)
-        fd = os.open(out / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
-            os.close(fd)
-            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise
-            who = f" (pid {holder})" if holder.isdigit() else ""
-            typer.echo(f"error: {out} is in use by another `{command}` run{who}; wait for it to finish, or give "
+            self._lock = PidLock(out / LOCK_FILE)
+        except Locked as e:
+            typer.echo(f"error: {out} is in use by another `{command}` run{e.who}; wait for it to finish, or give "
                        "this run its own --out", err=True)
             raise typer.Exit(2) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._fd: int | None = fd
 
     def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # closing the only descriptor drops the flock
-            self._fd = None
+        self._lock.release()
 
     def __enter__(self) -> OutLock:
         return self

@@ -1,0 +1,49 @@
+"""An exclusive, never-stale lock on a folder: one process at a time writes it (the agent's data folder,
+a bench command's --out).
+
+``flock`` on a file in the folder, taken without waiting and holding the holder's pid: the kernel drops it
+when the process ends in any way (SIGKILL included), so a lock is never stale and nothing needs cleaning up."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+from pathlib import Path
+
+
+class Locked(OSError):
+    """Another open file holds the lock; ``holder`` is the pid it wrote ("" when unreadable)."""
+
+    def __init__(self, path: Path, holder: str) -> None:
+        super().__init__(f"{path} is locked by {f'pid {holder}' if holder else 'another process'}")
+        self.holder = holder
+
+    @property
+    def who(self) -> str:
+        """" (pid N)" for a message, or "" when the holder's pid is unknown."""
+        return f" (pid {self.holder})" if self.holder else ""
+
+
+class PidLock:
+    """The exclusive ``flock`` on ``path`` (created with ``mode``) with this process's pid written in it, held
+    until ``release`` (or the process ends). Locked when another open file holds it."""
+
+    def __init__(self, path: Path, mode: int = 0o644) -> None:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, mode)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            os.close(fd)
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            raise Locked(path, holder if holder.isdigit() else "") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd: int | None = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the only descriptor drops the flock
+            self._fd = None
