@@ -252,6 +252,17 @@ def page(browser: Any, request: pytest.FixtureRequest) -> Iterator[Any]:
         assert not violations, f"the pages broke their Content-Security-Policy: {violations}"
 
 
+
+@pytest.fixture
+def phone(browser: Any) -> Iterator[Any]:
+    """A phone held upright (390x844 CSS px, touch, mobile): the grid runs far below the screen."""
+    context = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=1,
+                                  has_touch=True, is_mobile=True)
+    pg = context.new_page()
+    pg.set_default_timeout(15_000)
+    yield pg
+    context.close()
+
 def shot(page: Any, name: str) -> None:
     """Save a screenshot of ``page`` as SHORTLIST_SCREENSHOTS/NAME.png, in 256 colours (nothing when the
     variable is unset)."""

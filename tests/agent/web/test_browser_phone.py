@@ -5,7 +5,6 @@ agent) is readable in full; the sign-in page shows no one signed in. Defects of 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
 
@@ -19,16 +18,6 @@ NAME = "Jörg Müller-Lüdenscheidt"  # a long name: cut short in the top bar
 TOP_BAR_MAX_PX = 60  # one line (44 px); it was 108 here (153 with four links stacked), wrapping to three lines
 CLASS_BAR_MAX_PX = 160  # two classes, the new-class field, Skip / Not sure / Undo: 135 px; it was 185
 
-
-@pytest.fixture
-def phone(browser: Any) -> Iterator[Any]:
-    """A phone held upright (390x844 CSS px, touch, mobile)."""
-    context = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=1,
-                                  has_touch=True, is_mobile=True)
-    pg = context.new_page()
-    pg.set_default_timeout(15_000)
-    yield pg
-    context.close()
 
 
 def _height(page: Any, selector: str) -> float:

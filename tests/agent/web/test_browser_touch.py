@@ -223,16 +223,6 @@ def test_the_large_view_opened_from_the_page_gives_the_keys_back(live_web: WebAg
     assert focused_tile(page) == ids[1]
 
 
-@pytest.fixture
-def phone(browser: Any) -> Iterator[Any]:
-    """A phone in portrait (390x844, touch, mobile): the grid runs far below the screen."""
-    context = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=1,
-                                  has_touch=True, is_mobile=True)
-    pg = context.new_page()
-    pg.set_default_timeout(15_000)
-    yield pg
-    context.close()
-
 
 def test_a_class_button_never_labels_a_tile_out_of_sight(live_web: WebAgent, phone: Any) -> None:
     """On a phone the focused tile is brought into view on load; a class button (like a key) pressed while the
