@@ -17,9 +17,25 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from tests.agent.web.conftest import start_web_agent
+
+
+def longest_healthz_while(c: Any, work: Callable[[], None]) -> float:
+    """Run ``work`` in a thread while asking ``/healthz`` of client ``c`` every 10 ms: the longest answer (s)."""
+    poster = threading.Thread(target=work)
+    poster.start()
+    worst = 0.0
+    while poster.is_alive():
+        t = time.perf_counter()
+        c.get("/healthz")
+        worst = max(worst, time.perf_counter() - t)
+        time.sleep(0.01)
+    poster.join()
+    return worst
 
 
 def main(path: str = "/api/labels", n: int = 700_000) -> None:
@@ -30,24 +46,14 @@ def main(path: str = "/api/labels", n: int = 700_000) -> None:
         try:
             with wa.client() as c:  # one event loop for every request
                 c.get("/healthz")
-                done = threading.Event()
                 codes: list[int] = []
 
                 def post() -> None:
                     for _ in range(3):
                         codes.append(c.post(path, content=raw, headers={"Content-Type": "application/json"})
                                      .status_code)
-                    done.set()
 
-                poster = threading.Thread(target=post)
-                poster.start()
-                worst = 0.0
-                while not done.is_set():
-                    t = time.perf_counter()
-                    c.get("/healthz")
-                    worst = max(worst, time.perf_counter() - t)
-                    time.sleep(0.01)
-                poster.join()
+                worst = longest_healthz_while(c, post)
                 print(f"{path}: body {len(raw) / 2**20:.1f} MiB, answers {codes}, "
                       f"longest /healthz {worst * 1000:.0f} ms")
         finally:
@@ -70,25 +76,14 @@ def invalid_bodies() -> None:
                 c.get("/healthz")
                 for path, name, body in cases:
                     raw = json.dumps(body).encode()
-                    done = threading.Event()
                     answer: list[tuple[int, int, float]] = []
 
-                    def post(path: str = path, raw: bytes = raw, answer: list[tuple[int, int, float]] = answer,
-                             done: threading.Event = done) -> None:
+                    def post(path: str = path, raw: bytes = raw, answer: list[tuple[int, int, float]] = answer) -> None:
                         t = time.perf_counter()
                         r = c.post(path, content=raw, headers={"Content-Type": "application/json"})
                         answer.append((r.status_code, len(r.content), time.perf_counter() - t))
-                        done.set()
 
-                    poster = threading.Thread(target=post)
-                    poster.start()
-                    worst = 0.0
-                    while not done.is_set():
-                        t = time.perf_counter()
-                        c.get("/healthz")
-                        worst = max(worst, time.perf_counter() - t)
-                        time.sleep(0.01)
-                    poster.join()
+                    worst = longest_healthz_while(c, post)
                     status, size, took = answer[0]
                     print(f"{path} {name} (body {len(raw) / 2**20:.1f} MiB): {status}, {size:,} bytes in {took:.2f} s, "
                           f"longest /healthz {worst * 1000:.0f} ms")
