@@ -253,15 +253,23 @@ def page(browser: Any, request: pytest.FixtureRequest) -> Iterator[Any]:
 
 
 
-@pytest.fixture
-def phone(browser: Any) -> Iterator[Any]:
-    """A phone held upright (390x844 CSS px, touch, mobile): the grid runs far below the screen."""
-    context = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=1,
-                                  has_touch=True, is_mobile=True)
+@contextmanager
+def device_page(browser: Any, width: int, height: int, scale: float = 1, touch: bool = False) -> Iterator[Any]:
+    """A page in a browser context of its own: a ``width`` x ``height`` CSS px viewport at device scale
+    ``scale``; ``touch``: a touch screen of a mobile browser."""
+    context = browser.new_context(viewport={"width": width, "height": height}, device_scale_factor=scale,
+                                  has_touch=touch, is_mobile=touch)
     pg = context.new_page()
     pg.set_default_timeout(15_000)
     yield pg
     context.close()
+
+
+@pytest.fixture
+def phone(browser: Any) -> Iterator[Any]:
+    """A phone held upright (390x844 CSS px, touch, mobile): the grid runs far below the screen."""
+    with device_page(browser, 390, 844, touch=True) as pg:
+        yield pg
 
 def shot(page: Any, name: str) -> None:
     """Save a screenshot of ``page`` as SHORTLIST_SCREENSHOTS/NAME.png, in 256 colours (nothing when the

@@ -293,6 +293,20 @@ def agent_away(page: Any) -> dict[str, bool]:
     return state
 
 
+def ana_presses_1_while_the_agent_is_away(live_web: WebAgent, page: Any) -> tuple[list[str], str]:
+    """ana's queue of 6; the agent made unreachable (``agent_away``); key 1 on the third image, until the page
+    says the agent is not reachable: the queue's ids and that image's id."""
+    from tests.agent.web.conftest import open_queue
+
+    ids = open_queue(live_web, page, "ana", budget=6)
+    sid = ids[2]
+    agent_away(page)
+    page.locator(f'.tile[data-id="{sid}"]').click()
+    page.keyboard.press("1")
+    page.wait_for_function("() => document.getElementById('toast').textContent.includes('not reachable')")
+    return list(ids), str(sid)
+
+
 def reloaded_report(page: Any) -> str:
     """Reload, answer "Leave", and wait for the page's report of what the page before left unanswered."""
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
@@ -351,14 +365,7 @@ def test_a_key_behind_an_unanswered_one_never_overwrites_a_label_given_meanwhile
                                                                                    page: Any) -> None:
     """Agent away: 1, Backspace, 2 on one image (the 2 waits behind the undo); bob labels it triangle; the page
     is reloaded. Bob's label stays, and the page says the square was not saved and what the image has now."""
-    from tests.agent.web.conftest import open_queue
-
-    ids = open_queue(live_web, page, "ana", budget=6)
-    sid = ids[2]
-    agent_away(page)
-    page.locator(f'.tile[data-id="{sid}"]').click()
-    page.keyboard.press("1")
-    page.wait_for_function("() => document.getElementById('toast').textContent.includes('not reachable')")
+    _, sid = ana_presses_1_while_the_agent_is_away(live_web, page)
     page.keyboard.press("Backspace")
     page.keyboard.press("2")
     page.wait_for_function("() => Object.values(sessionStorage).some((v) => v.includes('square'))")
@@ -403,14 +410,7 @@ def test_key_undo_same_key_with_the_answer_lost_keeps_the_last_key(live_web: Web
 def test_an_agreement_found_after_a_reload_is_not_undone_as_ones_own(live_web: WebAgent, page: Any) -> None:
     """Agent away: ana presses 1 (circle); bob labels the image circle; ana reloads: the page says bob gave it,
     and her Backspace leaves bob's label."""
-    from tests.agent.web.conftest import open_queue
-
-    ids = open_queue(live_web, page, "ana", budget=6)
-    sid = ids[2]
-    agent_away(page)
-    page.locator(f'.tile[data-id="{sid}"]').click()
-    page.keyboard.press("1")
-    page.wait_for_function("() => document.getElementById('toast').textContent.includes('not reachable')")
+    _, sid = ana_presses_1_while_the_agent_is_away(live_web, page)
     bob_labels(live_web, sid, "circle")
     said = reloaded_report(page)
     page.locator("#grid").focus()
@@ -424,14 +424,7 @@ def test_an_agreement_found_after_a_reload_is_not_undone_as_ones_own(live_web: W
 def test_a_label_not_answered_is_reported_after_the_queue_was_replaced(live_web: WebAgent, page: Any) -> None:
     """Agent away: 1 on an image; someone replaces the queue (the image still in it); the reload shows the new
     queue and says the label was not saved (unsent actions are kept per person, not per queue)."""
-    from tests.agent.web.conftest import open_queue
-
-    ids = open_queue(live_web, page, "ana", budget=6)
-    sid = ids[2]
-    agent_away(page)
-    page.locator(f'.tile[data-id="{sid}"]').click()
-    page.keyboard.press("1")
-    page.wait_for_function("() => document.getElementById('toast').textContent.includes('not reachable')")
+    ids, sid = ana_presses_1_while_the_agent_is_away(live_web, page)
     new = [sid, *[i for i in ids if i != sid][:3]]
     live_web.stub.UpdateQueue(agent_pb2.UpdateQueueRequest(name="web", queue=agent_pb2.Queue(ids=new, source="api")))
     said = reloaded_report(page)

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from shortlist.v1 import agent_pb2
-from tests.agent.web.conftest import WebAgent, dismissed_dialogs, focused_tile, open_queue
+from tests.agent.web.conftest import WebAgent, device_page, dismissed_dialogs, focused_tile, open_queue
 
 pytestmark = pytest.mark.browser
 
@@ -33,22 +33,15 @@ def _on_screen(page: Any, selector: str) -> bool:
 @pytest.fixture
 def tablet(browser: Any) -> Iterator[Any]:
     """A touch tablet in portrait (800x1280, touch, mobile)."""
-    context = browser.new_context(viewport={"width": 800, "height": 1280}, device_scale_factor=1,
-                                  has_touch=True, is_mobile=True)
-    pg = context.new_page()
-    pg.set_default_timeout(15_000)
-    yield pg
-    context.close()
+    with device_page(browser, 800, 1280, touch=True) as pg:
+        yield pg
 
 
 @pytest.fixture
 def zoomed(browser: Any) -> Iterator[Any]:
     """A desktop window at 200% zoom: a 640x400 CSS viewport at device scale 2."""
-    context = browser.new_context(viewport={"width": 640, "height": 400}, device_scale_factor=2)
-    pg = context.new_page()
-    pg.set_default_timeout(15_000)
-    yield pg
-    context.close()
+    with device_page(browser, 640, 400, scale=2) as pg:
+        yield pg
 
 
 def test_shortcut_keys_leave_links_buttons_and_the_ask_form_alone(live_web: WebAgent, page: Any) -> None:
