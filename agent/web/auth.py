@@ -205,7 +205,33 @@ def caller(request: Request) -> Caller:
     if config.tokens_required and not token:
         raise HttpError(401, "UNAUTHENTICATED", NO_TOKEN)
     unknown_token_throttled(request, token)
-    return Caller(state.stub(), token, session(request).user, config, client_address(request), state.known_tokens)
+    user = session(request).user
+    signed_in_here(request, annotator_for(user, token), user)
+    return Caller(state.stub(), token, user, config, client_address(request), state.known_tokens)
+
+
+# The annotator a page was loaded for, sent by its scripts with every write (agent/web/static/app.js
+# Shortlist.api, from base.html's <meta name="shortlist-as">), percent-encoded UTF-8 (a header is latin-1).
+# The cookies are the browser's, not the tab's: on a shared computer, tab 1 opened as "ana" and tab 2 then
+# signed in as "ben" left tab 1 showing "ana | Sign out" while its labels went in as ben's (the security
+# review). A write whose page was loaded for someone else is refused (409 SIGNED_IN_ELSEWHERE), nothing sent
+# to the agent. Without the header (the CLI, curl, Label Studio) nothing is checked: the token decides.
+AS_HEADER = "x-shortlist-as"
+SIGNED_IN_ELSEWHERE = "SIGNED_IN_ELSEWHERE"
+
+
+def signed_in_here(request: Request, annotator: str, user: str) -> None:
+    """HttpError 409 when the request says (``AS_HEADER``) that its page was loaded for another annotator than
+    ``annotator``, the one this request's cookies (or token) record labels under; ``user``: the login name."""
+    shown = request.headers.get(AS_HEADER)
+    if shown is None or unquote(shown) == annotator:
+        return
+    if user:
+        message = f"you are signed in as {annotator} in another tab: reload this page to label as {annotator}"
+    else:
+        message = (f"this browser signed out in another tab (labels would now be recorded under {annotator}): "
+                   "reload this page, or sign in again")
+    raise HttpError(409, SIGNED_IN_ELSEWHERE, message)
 
 
 CallerDep = Depends(caller)

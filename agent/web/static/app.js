@@ -35,8 +35,14 @@ const Shortlist = (() => {
   // `unreachable` set: the request never reached the agent (the app answered that the agent is away, or no
   // answer came at all: `shortlist serve --web-port` restarting takes the app away with the agent; the
   // browser's own words, "Failed to fetch", are not shown).
+  // Who this page was loaded for (base.html): sent with every write, percent-encoded (a header is latin-1), so
+  // the app refuses it (409 SIGNED_IN_ELSEWHERE) when this browser has signed in as someone else since, in
+  // another tab: the cookies are the browser's, and the write would otherwise go in under that person's name.
+  const asMeta = document.querySelector('meta[name="shortlist-as"]');
+  const pageAs = asMeta ? asMeta.getAttribute("content") : null;
   async function api(method, url, body) {
     const opts = { method, headers: { "Accept": "application/json" }, credentials: "same-origin" };
+    if (method !== "GET" && pageAs !== null) opts.headers["X-Shortlist-As"] = encodeURIComponent(pageAs);
     if (body !== undefined) {
       opts.headers["Content-Type"] = "application/json";
       opts.body = JSON.stringify(body);
@@ -57,6 +63,10 @@ const Shortlist = (() => {
       err.status = res.status;
       err.code = data && data.error;
       err.unreachable = res.status === 503 && err.message.startsWith(NOT_REACHABLE);
+      // signed in as someone else in another tab: not the 409 of a queue replaced meanwhile (its handlers look
+      // at this); the message (what to do: reload) stays on the page until it is reloaded
+      err.elsewhere = res.status === 409 && err.code === "SIGNED_IN_ELSEWHERE";
+      if (err.elsewhere) elsewhere(err.message);
       if (res.status === 401) {
         // the sign-in is not accepted (token taken out of the tokens file, cookie gone): to the sign-in page,
         // which says why (a page may have carried a more precise notice meanwhile: what was not saved)
@@ -73,7 +83,65 @@ const Shortlist = (() => {
     }
     return data;
   }
+  // The banner of a write refused because this browser signed in as someone else in another tab: kept (a toast
+  // goes after 6 s, and every key pressed meanwhile would be refused the same way).
+  function elsewhere(message) {
+    let el = document.getElementById("elsewhere");
+    if (!el) {
+      el = document.createElement("p");
+      el.id = "elsewhere";
+      el.className = "error";
+      el.setAttribute("role", "alert");
+      const main = document.getElementById("main");
+      if (main) main.prepend(el); else document.body.prepend(el);
+    }
+    el.textContent = message;
+  }
   let leaving = false;  // on the way to the sign-in page
+  // Sign out: this tab's kept lists (the Queue's undo history and what was not answered, sessionStorage
+  // "shortlist.*") are cleared here, before the sign-out request. The app's answer also asks the browser to
+  // clear them (Clear-Site-Data), but browsers act on that over https and on localhost only: over plain http
+  // the next person at this tab could read them, and the labels not answered would be reported to whoever
+  // signs in again. What was not answered is dropped (never sent after a sign-out): the confirmation says so.
+  const KEPT = "shortlist.";
+  let signingOutNow = false;
+  function unsentKept() {
+    const ids = [];
+    try {
+      for (let i = 0; i < sessionStorage.length; i++) {
+        const k = sessionStorage.key(i);
+        if (!k || !k.startsWith(KEPT + "unsent:")) continue;
+        let list = [];
+        try { list = JSON.parse(sessionStorage.getItem(k) || "[]"); } catch (e) { list = []; }
+        if (Array.isArray(list)) for (const a of list) ids.push(String(a && a.id));
+      }
+    } catch (e) { /* storage off: nothing kept */ }
+    return ids;
+  }
+  function clearKept() {
+    try {
+      const keys = [];
+      for (let i = 0; i < sessionStorage.length; i++) {
+        const k = sessionStorage.key(i);
+        if (k && k.startsWith(KEPT)) keys.push(k);
+      }
+      keys.forEach((k) => sessionStorage.removeItem(k));
+    } catch (e) { /* storage off: nothing kept */ }
+  }
+  function signOut(ev) {
+    const ids = unsentKept();
+    if (ids.length) {
+      const shown = ids.slice(0, 5).join(", ") + (ids.length > 5 ? ` and ${ids.length - 5} more` : "");
+      if (!window.confirm(`${ids.length} action(s) not saved yet (${shown}) will be dropped: they are not sent ` +
+          "after you sign out. Sign out anyway?")) {
+        ev.preventDefault();
+        return;
+      }
+    }
+    signingOutNow = true;  // the pages keep nothing from now on (queue.js keep) and do not ask again on leaving
+    clearKept();
+  }
+  function signingOut() { return signingOutNow; }
   let back = "";  // where the sign-in page returns to: this page, or the page's own choice (returnTo)
   // The Queue page returns to its own page of the queue (/queue alone may pick another page after the sign-in).
   function returnTo(url) { back = url; }
@@ -99,6 +167,7 @@ const Shortlist = (() => {
   window.addEventListener("pageshow", (ev) => { if (ev.persisted) window.location.reload(); });
   // The error page's "Back" link (a javascript: URL would break the Content-Security-Policy).
   document.addEventListener("DOMContentLoaded", () => {
+    document.querySelectorAll('form[action="/logout"]').forEach((f) => f.addEventListener("submit", signOut));
     const back = document.getElementById("back");
     if (back) back.addEventListener("click", (e) => { if (history.length > 1) { e.preventDefault(); history.back(); } });
     let carried = null;
@@ -121,5 +190,5 @@ const Shortlist = (() => {
     const base = (id === "." || id === "..") ? `/${kind}/?id=${encodeURIComponent(id)}` : `/${kind}/${encodeURIComponent(id)}`;
     return query ? base + (base.includes("?") ? "&" : "?") + query : base;
   }
-  return { toast, toastNext, api, patiently, imageUrl, returnTo, signingIn };
+  return { toast, toastNext, api, patiently, imageUrl, returnTo, signingIn, signingOut };
 })();

@@ -62,6 +62,7 @@
   // the undo history and the list of what was not saved (the page itself works on).
   let storageBroken = false;
   function keep(key, value) {
+    if (Shortlist.signingOut()) return;  // Sign out cleared this tab's lists: an answer arriving now keeps nothing
     try {
       if (value === null) sessionStorage.removeItem(key); else sessionStorage.setItem(key, value);
     } catch (e) {
@@ -213,7 +214,7 @@
     } catch (e) {
       Shortlist.toast(e.message, true);
       // 409: someone replaced the queue since this page showed it (if_created): show the queue now instead
-      if (e.status === 409) setTimeout(() => { window.location.href = "/queue"; }, 1500);
+      if (e.status === 409 && !e.elsewhere) setTimeout(() => { window.location.href = "/queue"; }, 1500);
     } finally {
       button.disabled = false;
       button.textContent = "Ask the agent";
@@ -972,7 +973,7 @@
   // is not answered then is not sent again (the next queue page says what was not saved). Not asked when the
   // app sends the browser to the sign-in page (the sign-in ended): that page says what was not saved.
   window.addEventListener("beforeunload", (ev) => {
-    if (Shortlist.signingIn() || !tiles.some((t) => t._busy > 0)) return;
+    if (Shortlist.signingIn() || Shortlist.signingOut() || !tiles.some((t) => t._busy > 0)) return;
     ev.preventDefault();
     ev.returnValue = "";  // chromium before 119 asks only with returnValue set
   });
