@@ -273,7 +273,7 @@
       await loadQueue();
     } catch (e) {
       Shortlist.toast(e.message, true);
-      if (e.status === 409) {
+      if (e.status === 409 && !e.elsewhere) {  // (not a page signed in as someone else since: app.js says so)
         $("queue-link").hidden = false;
         try { await loadQueue(); } catch (e2) { /* the next click asks again */ }
       }

@@ -54,7 +54,7 @@
       window.location.href = "/queue";
     } catch (e) {
       Shortlist.toast(e.message, true);  // 409: "the queue was replaced meanwhile by ...; look at it first"
-      if (e.status === 409) document.getElementById("audit-replaced").hidden = false;
+      if (e.status === 409 && !e.elsewhere) document.getElementById("audit-replaced").hidden = false;
       button.disabled = false;
     }
   });
