@@ -221,15 +221,19 @@ MAX_MAP_ENTRIES = Limits().max_metadata_entries
 MapText = Annotated[str, StringConstraints(max_length=Limits().max_metadata_chars)]
 
 
-def _few_entries(value: Any) -> Any:
-    """``value`` when it is no mapping of more than MAX_MAP_ENTRIES; pydantic checks a dict's max_length only
-    after validating every entry (600,000 entries: 600,000 errors), this before any."""
-    if isinstance(value, dict) and len(value) > MAX_MAP_ENTRIES:
-        raise ValueError(f"{len(value):,} entries; at most {MAX_MAP_ENTRIES}")
-    return value
+def at_most_entries(most: int) -> BeforeValidator:
+    """A check that a mapping has at most ``most`` entries, run before any entry is validated: pydantic checks a
+    dict's max_length only after validating every entry (600,000 entries: 600,000 errors)."""
+
+    def check(value: Any) -> Any:
+        if isinstance(value, dict) and len(value) > most:
+            raise ValueError(f"{len(value):,} entries; at most {most}")
+        return value
+
+    return BeforeValidator(check)
 
 
-TextMap = Annotated[dict[MapText, MapText], BeforeValidator(_few_entries)]
+TextMap = Annotated[dict[MapText, MapText], at_most_entries(MAX_MAP_ENTRIES)]
 
 
 class SelectBody(BaseModel):
@@ -356,19 +360,11 @@ def submit(body: LabelsBody, caller: Caller = CallerDep) -> dict[str, Any]:
 MAX_RETRACT = 1000  # ids in one retraction (RetractBody)
 
 
-def _at_most_retracted(value: Any) -> Any:
-    """``value`` when it is no mapping of more entries than ``RetractBody.ids`` may hold (before any entry is
-    validated, as ``_few_entries``)."""
-    if isinstance(value, dict) and len(value) > MAX_RETRACT:
-        raise ValueError(f"{len(value):,} entries; at most {MAX_RETRACT}")
-    return value
-
-
 class RetractBody(BaseModel):
     ids: list[str] = Field(min_length=1, max_length=MAX_RETRACT)
     # id -> the label the caller gave (the undo's): taken back only if it is still that one, so an undo never
     # removes a label someone else gave since (RetractLabelsRequest.if_current).
-    if_current: Annotated[dict[str, str], BeforeValidator(_at_most_retracted)] = Field(default_factory=dict)
+    if_current: Annotated[dict[str, str], at_most_entries(MAX_RETRACT)] = Field(default_factory=dict)
     # The queue's undo of a change: the label before the one taken back comes back, in the name of whoever
     # gave it (RetractLabelsRequest.restore_previous); unlabelled when there was none.
     restore_previous: bool = False
