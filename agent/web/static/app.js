@@ -105,28 +105,29 @@ const Shortlist = (() => {
   // signs in again. What was not answered is dropped (never sent after a sign-out): the confirmation says so.
   const KEPT = "shortlist.";
   let signingOutNow = false;
-  function unsentKept() {
-    const ids = [];
+  function keptKeys(prefix) {  // the sessionStorage keys under a prefix; [] when storage is off
+    const keys = [];
     try {
       for (let i = 0; i < sessionStorage.length; i++) {
         const k = sessionStorage.key(i);
-        if (!k || !k.startsWith(KEPT + "unsent:")) continue;
-        let list = [];
-        try { list = JSON.parse(sessionStorage.getItem(k) || "[]"); } catch (e) { list = []; }
-        if (Array.isArray(list)) for (const a of list) ids.push(String(a && a.id));
+        if (k && k.startsWith(prefix)) keys.push(k);
       }
     } catch (e) { /* storage off: nothing kept */ }
+    return keys;
+  }
+  function unsentKept() {
+    const ids = [];
+    for (const k of keptKeys(KEPT + "unsent:")) {
+      let list = [];
+      try { list = JSON.parse(sessionStorage.getItem(k) || "[]"); } catch (e) { list = []; }
+      if (Array.isArray(list)) for (const a of list) ids.push(String(a && a.id));
+    }
     return ids;
   }
   function clearKept() {
-    try {
-      const keys = [];
-      for (let i = 0; i < sessionStorage.length; i++) {
-        const k = sessionStorage.key(i);
-        if (k && k.startsWith(KEPT)) keys.push(k);
-      }
-      keys.forEach((k) => sessionStorage.removeItem(k));
-    } catch (e) { /* storage off: nothing kept */ }
+    for (const k of keptKeys(KEPT)) {
+      try { sessionStorage.removeItem(k); } catch (e) { /* storage off */ }
+    }
   }
   function signOut(ev) {
     const ids = unsentKept();
