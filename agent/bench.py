@@ -25,7 +25,7 @@ from agent.config import AgentConfig
 from agent.embedder import Embedder, newest_servable
 from agent.service import create_server, stop_server
 from agent.testing import conv_encoder, publish_model
-from shortlist.images import decode_image, encode_png
+from shortlist.images import encode_png, preprocess_image
 from shortlist.manifest import CIFAR10_PREPROCESS
 from shortlist.v1 import agent_pb2
 
@@ -67,7 +67,7 @@ def bench_ingest(models: Path | None, n: int = 4096, batch: int = 256, rounds: i
         images = bench_images(per_round * rounds + batch, size, source)
 
         emb = Embedder(registry / version, manifest, batch_size=batch, use_cuda=use_cuda)
-        x = manifest.preprocess.normalize(np.stack([decode_image(b, size) for b in images[:batch]]))
+        x = manifest.preprocess.normalize(np.stack([preprocess_image(b, manifest.preprocess) for b in images[:batch]]))
         emb.session.run(emb.outputs, {emb.input_name: x})  # warm-up
 
         def raw_rate() -> float:

@@ -30,8 +30,10 @@ import typer
 from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
 
 from shortlist.manifest import (
+    IMAGENET_CROP_FRACTION,
+    IMPORT_PRESETS,
     ONNX_NAME,
-    PREPROCESS_PRESETS,
+    RESIZE_MODES,
     Manifest,
     ManifestError,
     Preprocess,
@@ -56,18 +58,32 @@ class ImportRefused(ValueError):
 
 
 def preprocess_from_options(preset: str | None, size: tuple[int, int] | None, mean: tuple[float, ...] | None,
-                            std: tuple[float, ...] | None, interpolation: str, model_size: tuple[int, int] | None
-                            ) -> Preprocess:
-    """The Preprocess the options declare: a preset's (``cifar10``, ``cifar100``, ``imagenet``) size, mean and
-    std, each overridden by --size / --mean / --std; the size defaults to the model's own when its input has a
-    fixed height and width. ImportRefused when the mean, std or size is left undeclared (a silent default
-    would give a model the wrong statistics)."""
+                            std: tuple[float, ...] | None, interpolation: str, model_size: tuple[int, int] | None,
+                            resize: str | None = None, crop_fraction: float | None = None) -> Preprocess:
+    """The Preprocess the options declare: a preset's (``cifar10``, ``cifar100``: squash; ``imagenet``: crop
+    0.875, shortlist.manifest.IMPORT_PRESETS) size, mean, std and resize mode, each overridden by --size / --mean
+    / --std / --resize; the size defaults to the model's own when its input has a fixed height and width.
+    --crop-fraction goes with --resize crop only (default: the preset's, else IMAGENET_CROP_FRACTION).
+    ImportRefused when the mean, std or size is left undeclared (a silent default would give a model the wrong
+    statistics) or a value is out of range."""
     base = None
     if preset is not None:
-        if preset not in PREPROCESS_PRESETS:
-            raise ImportRefused(f"unknown --preprocess {preset!r}; valid: {', '.join(PREPROCESS_PRESETS)} (or give "
+        if preset not in IMPORT_PRESETS:
+            raise ImportRefused(f"unknown --preprocess {preset!r}; valid: {', '.join(IMPORT_PRESETS)} (or give "
                                 "--size, --mean and --std)")
-        base = PREPROCESS_PRESETS[preset]
+        base = IMPORT_PRESETS[preset]
+    if resize is None:
+        resize = base.resize if base is not None else "squash"
+    if resize not in RESIZE_MODES:
+        raise ImportRefused(f"unknown --resize {resize!r}; valid: {', '.join(RESIZE_MODES)}")
+    if crop_fraction is not None and not 0 < crop_fraction <= 1:  # also NaN
+        raise ImportRefused(f"--crop-fraction {crop_fraction} must be in (0, 1]: the crop's side over the resized "
+                            f"shorter side ({IMAGENET_CROP_FRACTION} for ImageNet's 224 of 256)")
+    if crop_fraction is not None and resize != "crop":
+        raise ImportRefused("--crop-fraction goes with --resize crop (--resize squash does not crop)")
+    if crop_fraction is None:
+        crop_fraction = 1.0 if resize == "squash" else \
+            base.crop_fraction if base is not None and base.resize == "crop" else IMAGENET_CROP_FRACTION
     if base is None and (mean is None or std is None):
         raise ImportRefused("say how the model's inputs were normalised: --preprocess imagenet (or cifar10, "
                             "cifar100), or --mean R G B and --std R G B (on pixels scaled to [0, 1])")
@@ -79,7 +95,8 @@ def preprocess_from_options(preset: str | None, size: tuple[int, int] | None, me
         raise ImportRefused("the model's input fixes no N x 3 x H x W height and width: give the input size it "
                             "was trained at with --size H W (each image is resized to it)")
     d = {"size": list(size), "mean": list(mean if mean is not None else base.mean),  # type: ignore[union-attr]
-         "std": list(std if std is not None else base.std), "interpolation": interpolation}  # type: ignore[union-attr]
+         "std": list(std if std is not None else base.std), "interpolation": interpolation,  # type: ignore[union-attr]
+         "resize": resize, "crop_fraction": crop_fraction}
     try:
         return Preprocess.from_dict(d)
     except ManifestError as e:
@@ -223,11 +240,18 @@ def import_command(
         models: Path = typer.Option(..., "--models", help="the registry folder to publish into (what `shortlist "
                                     "serve --models` serves; created when missing)"),
         preprocess: str | None = typer.Option(None, "--preprocess", help=f"a preset size, mean and std: "
-                                              f"{' | '.join(PREPROCESS_PRESETS)} (imagenet: 224 px, ImageNet mean "
-                                              "and std); --size, --mean and --std override its values"),
-        size: tuple[int, int] | None = typer.Option(None, "--size", metavar="H W", help="input height and width: "
-                                                    "every image is resized (squashed, no crop) to H x W (default: "
-                                                    "the model's own fixed size, else the preset's)"),
+                                              f"{' | '.join(IMPORT_PRESETS)} (imagenet: 224 px, ImageNet mean "
+                                              "and std, --resize crop at 0.875: resize 256, centre-crop 224); "
+                                              "--size, --mean, --std and --resize override its values"),
+        size: tuple[int, int] | None = typer.Option(None, "--size", metavar="H W", help="input height and width "
+                                                    "(default: the model's own fixed size, else the preset's)"),
+        resize: str | None = typer.Option(None, "--resize", help="squash: every image resized to exactly H x W (the "
+                                          "aspect ratio not kept); crop: the aspect ratio kept, resized so H x W "
+                                          "is --crop-fraction of it, the centre H x W taken (default: the "
+                                          "preset's; squash without one)"),
+        crop_fraction: float | None = typer.Option(None, "--crop-fraction", help="with --resize crop: the crop's "
+                                                   "side over the resized shorter side, in (0, 1] (default "
+                                                   f"{IMAGENET_CROP_FRACTION}: 224 of 256)"),
         mean: tuple[float, float, float] | None = typer.Option(None, "--mean", metavar="R G B",
                                                                help="per-channel mean on pixels scaled to [0, 1]"),
         std: tuple[float, float, float] | None = typer.Option(None, "--std", metavar="R G B",
@@ -261,7 +285,7 @@ def import_command(
     except ImportRefused as e:
         fail(f"{e}; nothing was published", 1)
     try:
-        pre = preprocess_from_options(preprocess, size, mean, std, interpolation, face.size)
+        pre = preprocess_from_options(preprocess, size, mean, std, interpolation, face.size, resize, crop_fraction)
     except ImportRefused as e:
         fail(str(e), 2)
     try:
@@ -277,8 +301,9 @@ def import_command(
         print(json_line(outcome))
         return
     h, w = pre.size
+    how = f"centre crop of {pre.crop_fraction}" if pre.resize == "crop" else "squashed"
     typer.echo(f"published {models / version} (embedding {manifest.embedding_dim} from output "
-               f"{manifest.output_name!r}, input {manifest.input_name!r} {h}x{w}, mean {list(pre.mean)}, "
+               f"{manifest.output_name!r}, input {manifest.input_name!r} {h}x{w} ({how}), mean {list(pre.mean)}, "
                f"std {list(pre.std)}, {pre.interpolation})")
     typer.echo(f"serve it: shortlist serve --models {models} --data-dir DATA (an agent already serving {models} "
                f"takes {version} up at its next registry check: it embeds its pool with it and answers with the "

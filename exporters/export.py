@@ -195,12 +195,12 @@ def real_batch(meta: dict[str, Any], pre: Preprocess, n: int = 16,
         return None
     try:
         from shortlist.datasets import iter_images
-        from shortlist.images import decode_image, resize_array
+        from shortlist.images import preprocess_array, preprocess_image
 
         items = list(iter_images(data, "train"))
         chosen = [items[i] for i in np.linspace(0, len(items) - 1, min(n, len(items))).astype(int)]
-        imgs = [resize_array(it.pixels, pre.size) if it.pixels is not None
-                else decode_image(it.encoded or b"", pre.size) for it in chosen]
+        imgs = [preprocess_array(it.pixels, pre) if it.pixels is not None  # resized as the agent will
+                else preprocess_image(it.encoded or b"", pre) for it in chosen]
     except (OSError, ValueError) as e:
         log(f"note: the run's data set {data!r} cannot be read from here ({e}); verifying on random inputs only")
         return None

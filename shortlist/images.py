@@ -41,12 +41,39 @@ _RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.
              "nearest": Image.Resampling.NEAREST, "lanczos": Image.Resampling.LANCZOS}
 
 
-def resize_rgb(img: Image.Image, size: tuple[int, int] | None, interpolation: str = "bilinear") -> np.ndarray:
-    """A Pillow image -> HxWx3 uint8 RGB, resized to ``size`` = (height, width) when given and different."""
+def resize_rgb(img: Image.Image, size: tuple[int, int] | None, interpolation: str = "bilinear",
+               resize: str = "squash", crop_fraction: float = 1.0) -> np.ndarray:
+    """A Pillow image -> HxWx3 uint8 RGB at ``size`` = (height, width) when given, as the manifest's preprocess
+    ``resize`` says (shortlist.manifest.RESIZE_MODES; every model's images are resized here and nowhere else):
+
+    - "squash": resized to exactly H x W (the aspect ratio not kept); an image already that size is left as is;
+    - "crop": torchvision's Resize + CenterCrop. Resized keeping its aspect ratio so that it just covers
+      H / crop_fraction x W / crop_fraction: the side that binds (the shorter one for a square target) becomes
+      round(side / crop_fraction) pixels, the other ``int`` of its scaled length as torchvision's Resize
+      computes it (never below the target's); then the centre H x W is cropped (offsets rounded as
+      CenterCrop does). Always applied, even to an image already H x W (as the model's evaluation did).
+    """
     if img.mode != "RGB":
         img = img.convert("RGB")
-    if size is not None and (img.height, img.width) != tuple(size):
-        img = img.resize((size[1], size[0]), _RESAMPLE[interpolation])  # manifests name one of INTERPOLATIONS
+    if size is None:
+        return np.asarray(img, dtype=np.uint8)
+    height, width = size
+    resample = _RESAMPLE[interpolation]  # manifests name one of INTERPOLATIONS
+    if resize == "crop":
+        if width * img.height >= height * img.width:  # the image is taller than the target's shape: width binds
+            new_w = round(width / crop_fraction)
+            new_h = max(height, int(new_w * img.height / img.width))
+        else:
+            new_h = round(height / crop_fraction)
+            new_w = max(width, int(new_h * img.width / img.height))
+        if (new_h, new_w) != (img.height, img.width):
+            img = img.resize((new_w, new_h), resample)
+        top, left = round((new_h - height) / 2.0), round((new_w - width) / 2.0)
+        img = img.crop((left, top, left + width, top + height))
+    elif resize != "squash":
+        raise ValueError(f"unknown resize mode {resize!r}")  # Preprocess.from_dict refuses it in a manifest
+    elif (img.height, img.width) != (height, width):
+        img = img.resize((width, height), resample)
     return np.asarray(img, dtype=np.uint8)
 
 
@@ -173,9 +200,10 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         raise UnsupportedImage(f"image mode {mode} cannot be converted to RGB ({e})") from None
 
 
-def decode_image(data: bytes, size: tuple[int, int] | None = None, interpolation: str = "bilinear") -> np.ndarray:
+def decode_image(data: bytes, size: tuple[int, int] | None = None, interpolation: str = "bilinear",
+                 resize: str = "squash", crop_fraction: float = 1.0) -> np.ndarray:
     """Encoded image bytes (any format Pillow reads) -> HxWx3 uint8 RGB as the file means it to be seen,
-    resized to ``size`` = (H, W):
+    brought to ``size`` = (H, W) by ``resize_rgb`` (``resize``, ``crop_fraction``: the manifest's):
 
     - EXIF orientation is applied (a portrait phone photo comes out portrait);
     - 16-bit greyscale (PNG, TIFF: modes I;16*, and I with values 0..65535) is scaled to 8 bits (v / 257);
@@ -199,7 +227,7 @@ def decode_image(data: bytes, size: tuple[int, int] | None = None, interpolation
                     raise TruncatedImage(problem)
                 img.load()
                 ImageOps.exif_transpose(img, in_place=True)
-                return resize_rgb(_to_rgb(img), size, interpolation)
+                return resize_rgb(_to_rgb(img), size, interpolation, resize, crop_fraction)
     except (UnsupportedImage, TruncatedImage):
         raise
     except UnidentifiedImageError:
@@ -210,13 +238,26 @@ def decode_image(data: bytes, size: tuple[int, int] | None = None, interpolation
         raise ValueError(_corrupt(e, data)) from None
 
 
-def resize_array(pixels: np.ndarray, size: tuple[int, int] | None, interpolation: str = "bilinear") -> np.ndarray:
-    """HxWx3 (or HxW / HxWx1) uint8 -> HxWx3 uint8 at ``size``."""
+def resize_array(pixels: np.ndarray, size: tuple[int, int] | None, interpolation: str = "bilinear",
+                 resize: str = "squash", crop_fraction: float = 1.0) -> np.ndarray:
+    """HxWx3 (or HxW / HxWx1) uint8 -> HxWx3 uint8 at ``size``, by ``resize_rgb`` (as an encoded image is)."""
     if pixels.ndim == 3 and pixels.shape[2] == 1:
         pixels = pixels[:, :, 0]
-    if pixels.ndim == 3 and size is not None and pixels.shape[:2] == tuple(size) and pixels.shape[2] == 3:
+    if (resize == "squash" and pixels.ndim == 3 and size is not None and pixels.shape[:2] == tuple(size)
+            and pixels.shape[2] == 3):
         return np.ascontiguousarray(pixels, dtype=np.uint8)
-    return resize_rgb(Image.fromarray(np.ascontiguousarray(pixels, dtype=np.uint8)), size, interpolation)
+    return resize_rgb(Image.fromarray(np.ascontiguousarray(pixels, dtype=np.uint8)), size, interpolation, resize,
+                      crop_fraction)
+
+
+def preprocess_array(pixels: np.ndarray, pre: Preprocess) -> np.ndarray:
+    """``resize_array`` as ``pre`` (a manifest's preprocess) says: HxWx3 uint8 -> ``pre.size`` HxWx3 uint8."""
+    return resize_array(pixels, pre.size, pre.interpolation, pre.resize, pre.crop_fraction)
+
+
+def preprocess_image(data: bytes, pre: Preprocess) -> np.ndarray:
+    """``decode_image`` as ``pre`` (a manifest's preprocess) says: encoded bytes -> ``pre.size`` HxWx3 uint8."""
+    return decode_image(data, pre.size, pre.interpolation, pre.resize, pre.crop_fraction)
 
 
 def encode_png(pixels: np.ndarray) -> bytes:
@@ -337,21 +378,23 @@ def tensor_pixels(dtype: str, shape: tuple[int, ...], data: bytes, max_pixels: i
 
 def decode_payload(kind: str, data: bytes, dtype: str, shape: tuple[int, ...], pre: Preprocess | None,
                    max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """A sample's payload -> HxWx3 uint8 RGB at ``pre.size`` (H, W) (any size when ``pre`` is None: the
-    payload is only validated). Raises ValueError (TooManyPixels above ``max_pixels``) with a message fit
-    for a per-sample Rejection.
+    """A sample's payload -> HxWx3 uint8 RGB at ``pre.size`` (H, W), resized as ``pre`` says (``resize_rgb``)
+    (any size when ``pre`` is None: the payload is only validated). Raises ValueError (TooManyPixels above
+    ``max_pixels``) with a message fit for a per-sample Rejection.
 
     kind "image": encoded bytes (any format Pillow reads, any size; resized as ``pre`` says); the pixel
     count is checked from the header before decoding.
     kind "tensor": raw pixels, ``dtype`` uint8 with shape (H, W, 3|1) or float32 with shape (3|1, H, W)
     in [0, 1]; ``data`` is C-contiguous and exactly prod(shape) * itemsize bytes.
     """
-    size, interpolation = (None, "bilinear") if pre is None else (pre.size, pre.interpolation)
+    size = None if pre is None else pre.size
+    pre = pre or Preprocess()  # None: only validated, no resize (its mode is then unused)
     if kind == "image":
         image_header(data, max_pixels)
-        return decode_image(data, size, interpolation)
+        return decode_image(data, size, pre.interpolation, pre.resize, pre.crop_fraction)
     if kind == "tensor":
-        return resize_array(tensor_pixels(dtype, shape, data, max_pixels), size, interpolation)
+        return resize_array(tensor_pixels(dtype, shape, data, max_pixels), size, pre.interpolation, pre.resize,
+                            pre.crop_fraction)
     raise ValueError("no payload: set encoded_image or tensor")
 
 

@@ -78,6 +78,13 @@ ONNX_EXPORT_HINT = (f"torch.onnx.export(model.eval(), torch.randn(2, 3, H, W), \
 MAX_INPUT_SIDE = 4096  # a manifest asking for larger inputs is refused (memory per decoded image)
 # Resampling filters a manifest's preprocess ``interpolation`` may name (shortlist/images.py maps each to Pillow's).
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "lanczos")
+# How an image is brought to the preprocess size (shortlist/images.py ``resize_rgb``): "squash" resizes it to
+# exactly H x W (the aspect ratio is not kept); "crop" keeps the aspect ratio, resizing so that the target box
+# enlarged by 1 / crop_fraction just fits (the shorter side to round(min(H, W) / crop_fraction) for a square
+# target), then takes the centre H x W: torchvision's Resize(256) + CenterCrop(224) for crop_fraction 0.875.
+RESIZE_MODES = ("squash", "crop")
+# ImageNet models' evaluation crop: 224 of 256 (torchvision's classification references, timm's default crop_pct)
+IMAGENET_CROP_FRACTION = 0.875
 
 
 class ManifestError(ValueError):
@@ -92,19 +99,37 @@ class RegistryError(ValueError):
 class Preprocess:
     """How an image becomes the model's input: the single definition of preprocessing.
 
-    An RGB image is resized to ``size`` = (height, width) pixels (with ``interpolation``, one of
-    INTERPOLATIONS; an image already that size is left as is), scaled to [0, 1], then normalised per channel:
-    ``(x - mean) / std``. The result is a 3xHxW float32 array (CHW).
+    An RGB image is brought to ``size`` = (height, width) pixels as ``resize`` says (one of RESIZE_MODES:
+    "squash" to exactly H x W, the aspect ratio not kept, an image already that size left as is; "crop": the
+    aspect ratio kept, resized so the target enlarged by 1 / ``crop_fraction`` fits, then the centre H x W
+    taken), with ``interpolation`` (one of INTERPOLATIONS), scaled to [0, 1], then normalised per channel:
+    ``(x - mean) / std``. The result is a 3xHxW float32 array (CHW). ``crop_fraction`` (in (0, 1]) is
+    the crop's side over the resized image's shorter side; it is 1.0 and unused with "squash". A manifest
+    without ``resize`` means "squash" (every manifest written before the field existed).
     """
 
     size: tuple[int, int] = (32, 32)
     mean: tuple[float, float, float] = (0.4914, 0.4822, 0.4465)
     std: tuple[float, float, float] = (0.2470, 0.2435, 0.2616)
     interpolation: str = "bilinear"
+    resize: str = "squash"
+    crop_fraction: float = 1.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"size": list(self.size), "mean": list(self.mean), "std": list(self.std),
-                "interpolation": self.interpolation}
+        d: dict[str, Any] = {"size": list(self.size), "mean": list(self.mean), "std": list(self.std),
+                             "interpolation": self.interpolation, "resize": self.resize}
+        if self.resize == "crop":
+            d["crop_fraction"] = self.crop_fraction
+        return d
+
+    def identity(self) -> dict[str, Any]:
+        """What of the preprocessing decides a model's outputs (``model_fingerprint``): the resize mode only when
+        it is not "squash", so every version published before the field existed keeps its fingerprint."""
+        d: dict[str, Any] = {"size": [int(v) for v in self.size], "mean": [float(v) for v in self.mean],
+                             "std": [float(v) for v in self.std], "interpolation": self.interpolation}
+        if self.resize != "squash":
+            d |= {"resize": self.resize, "crop_fraction": float(self.crop_fraction)}
+        return d
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> Preprocess:
@@ -125,8 +150,23 @@ class Preprocess:
         if interpolation not in INTERPOLATIONS:  # a typo must not silently resize another way than training did
             raise ManifestError(f"preprocess interpolation {interpolation!r} is not one the agent knows: write one "
                                 f"of {', '.join(INTERPOLATIONS)} in the manifest's preprocess block")
+        resize = d.get("resize", "squash")
+        if resize not in RESIZE_MODES:  # likewise: an unknown mode must not silently squash a model trained on crops
+            raise ManifestError(f"preprocess resize {resize!r} is not a mode the agent knows: write one of "
+                                f"{', '.join(RESIZE_MODES)} in the manifest's preprocess block")
+        fraction = d.get("crop_fraction", 1.0)
+        if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 < fraction <= 1:
+            raise ManifestError(f"preprocess crop_fraction {fraction!r} must be a number in (0, 1] (the crop's side "
+                                f"over the resized shorter side: {IMAGENET_CROP_FRACTION} for ImageNet's 224 of 256)")
+        if resize == "squash" and fraction != 1:
+            raise ManifestError(f"preprocess crop_fraction {fraction!r} is given with resize \"squash\", which "
+                                "does not crop: set resize to \"crop\", or drop crop_fraction")
+        if max(size) / fraction > MAX_INPUT_SIDE:  # the image resized before the crop: memory per image
+            raise ManifestError(f"preprocess crop_fraction {fraction!r} would resize images to "
+                                f"{round(max(size) / fraction)} px a side before the crop (at most {MAX_INPUT_SIDE})")
         return Preprocess(size=(size[0], size[1]), mean=(mean[0], mean[1], mean[2]),
-                          std=(std[0], std[1], std[2]), interpolation=str(interpolation))
+                          std=(std[0], std[1], std[2]), interpolation=str(interpolation), resize=str(resize),
+                          crop_fraction=float(fraction))
 
     def normalize(self, images_hwc_uint8: np.ndarray) -> np.ndarray:
         """NxHxWx3 uint8 (already at ``size``) -> Nx3xHxW float32, normalised."""
@@ -141,9 +181,17 @@ class Preprocess:
 CIFAR10_PREPROCESS = Preprocess()
 CIFAR100_PREPROCESS = Preprocess(mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762))
 IMAGENET_PREPROCESS = Preprocess(size=(224, 224), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
-# By name: ``pretrain --preprocess`` and ``models import --preprocess``.
+# By name: ``pretrain --preprocess``. Shortlist's own training squashes: it decodes its data at the preprocess size
+# as it trains (training/data.py) and its augmentations crop at random over the whole image, so its exports
+# must be fed the whole image, squashed, as well.
 PREPROCESS_PRESETS: dict[str, Preprocess] = {"cifar10": CIFAR10_PREPROCESS, "cifar100": CIFAR100_PREPROCESS,
                                              "imagenet": IMAGENET_PREPROCESS}
+# By name: ``models import --preprocess``. A model trained elsewhere on ImageNet was evaluated on the centre 224 of
+# the image resized to 256 (its shorter side): imported with the preset, it is fed the same.
+IMPORT_PRESETS: dict[str, Preprocess] = {
+    **PREPROCESS_PRESETS,
+    "imagenet": Preprocess(size=IMAGENET_PREPROCESS.size, mean=IMAGENET_PREPROCESS.mean, std=IMAGENET_PREPROCESS.std,
+                           resize="crop", crop_fraction=IMAGENET_CROP_FRACTION)}
 
 
 @dataclass
@@ -556,11 +604,9 @@ def publish(registry: Path, staging: Path, refuse: Callable[[], str] | None = No
 
 def _model_identity(m: Manifest) -> dict[str, Any]:
     """What decides the outputs a version computes (``same_model``, ``model_fingerprint``)."""
-    pre = m.preprocess
     return {"files": dict(sorted(m.files.items())), "input_name": m.input_name, "outputs": list(m.outputs),
             "embedding_dim": m.embedding_dim, "classes": list(m.classes or []),
-            "preprocess": {"size": [int(v) for v in pre.size], "mean": [float(v) for v in pre.mean],
-                           "std": [float(v) for v in pre.std], "interpolation": pre.interpolation},
+            "preprocess": m.preprocess.identity(),
             # only when set: every version published before output_name existed keeps its fingerprint
             **({"output_name": m.output_name} if m.output_name != EMBEDDING_OUTPUT else {})}
 

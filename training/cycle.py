@@ -369,12 +369,12 @@ def _real_images(data: TensorData, run_dir: Path) -> np.ndarray | None:
     ``exporters.export.real_batch`` cannot read back)."""
     if len(data) == 0:
         return None
-    from shortlist.images import resize_array
+    from shortlist.images import preprocess_array
 
-    size = tuple(load_encoder(run_dir)[1]["preprocess"]["size"])
+    pre = Preprocess.from_dict(load_encoder(run_dir)[1]["preprocess"])  # resized as the agent will feed them
     rows = np.unique(np.linspace(0, len(data) - 1, min(REAL_IMAGES, len(data))).astype(int))
     hwc = data.images[torch.as_tensor(rows)].permute(0, 2, 3, 1).numpy()
-    return np.stack([resize_array(img, size) for img in hwc])  # type: ignore[arg-type]
+    return np.stack([preprocess_array(img, pre) for img in hwc])
 
 
 def _pulled_classes(stub: Any, before: agent_pb2.Status, samples: list[Any], console: Console) -> list[str]:

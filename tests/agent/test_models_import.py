@@ -269,3 +269,37 @@ def test_a_model_whose_external_data_is_missing_or_outside_its_folder_is_refused
     code, _, err = _import(src, models, "--preprocess", "cifar10")
     assert code == 1 and "nothing was published" in err and "Traceback" not in err, err
     assert not models.exists()
+
+
+def test_the_imagenet_preset_imports_a_centre_crop_and_resize_squash_keeps_the_old_behaviour(tmp_path: Path) -> None:
+    src, models = tmp_path / "m.onnx", tmp_path / "models"
+    pooled_cnn(src)
+    code, out, err = _import(src, models, "--preprocess", "imagenet")
+    assert code == 0, err
+    assert "8x8 (centre crop of 0.875)" in said(out)
+    pre = check_version(models / "v0001").preprocess
+    assert (pre.resize, pre.crop_fraction, pre.mean) == ("crop", 0.875, (0.485, 0.456, 0.406))
+    assert json.loads((models / "v0001" / "manifest.json").read_text())["preprocess"]["crop_fraction"] == 0.875
+    code, out, err = _import(src, models, "--preprocess", "imagenet", "--resize", "squash")  # as before the change
+    assert code == 0, err
+    assert check_version(models / "v0002").preprocess.resize == "squash" and "(squashed)" in out
+    code, _, err = _import(src, models, *PRE_ARGS, "--resize", "crop", "--crop-fraction", "0.5")
+    assert code == 0, err
+    assert check_version(models / "v0003").preprocess == Preprocess(
+        size=(SIDE, SIDE), mean=MEAN, std=STD, interpolation="bicubic", resize="crop", crop_fraction=0.5)
+
+
+@pytest.mark.parametrize(("extra", "says"), [
+    (("--resize", "crop", "--crop-fraction", "1.5"), "--crop-fraction 1.5 must be in (0, 1]"),
+    (("--resize", "crop", "--crop-fraction", "0"), "--crop-fraction 0.0 must be in (0, 1]"),
+    (("--crop-fraction", "0.9"), "--crop-fraction goes with --resize crop"),
+    (("--resize", "fit"), "unknown --resize 'fit'; valid: squash, crop"),
+])
+def test_a_bad_resize_option_is_a_one_line_error_and_nothing_is_published(
+        tmp_path: Path, extra: tuple[str, ...], says: str) -> None:
+    src, models = tmp_path / "m.onnx", tmp_path / "models"
+    pooled_cnn(src)
+    code, out, err = _import(src, models, *PRE_ARGS, *extra)
+    assert code == 2 and err.startswith("error: ") and says in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err and out == ""
+    assert not models.exists()

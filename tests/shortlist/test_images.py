@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from shortlist.images import _RESAMPLE, decode_image, decode_payload
-from shortlist.manifest import INTERPOLATIONS
+from shortlist.manifest import INTERPOLATIONS, Preprocess
 
 RED, BLUE, WHITE = (255, 0, 0), (0, 0, 255), (255, 255, 255)
 
@@ -227,3 +227,49 @@ def test_corrupt_image_reasons_name_no_python_exception_class() -> None:
     with pytest.raises(ValueError) as e:
         decode_image(_encoded("BMP")[:40])
     assert str(e.value).startswith("corrupt BMP image data (") and "Error" not in str(e.value)
+
+
+def _photo(width: int, height: int, seed: int = 0) -> Image.Image:
+    """A random RGB image of width x height pixels (a field photo's aspect ratio)."""
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+@pytest.mark.parametrize(("width", "height"), [(400, 300), (300, 400)])
+def test_crop_of_a_4_3_image_is_pillows_resize_shorter_side_then_centre_crop(width: int, height: int) -> None:
+    img = _photo(width, height)
+    pre = Preprocess(size=(224, 224), resize="crop", crop_fraction=0.875)
+    # by hand, as torchvision's Resize(256) + CenterCrop(224): shorter side 256, the longer int(256 * 4 / 3) = 341,
+    # then the centre 224 x 224 (offsets round((341 - 224) / 2) = 58 and round((256 - 224) / 2) = 16)
+    if width > height:
+        want = img.resize((341, 256), Image.Resampling.BILINEAR).crop((58, 16, 58 + 224, 16 + 224))
+    else:
+        want = img.resize((256, 341), Image.Resampling.BILINEAR).crop((16, 58, 16 + 224, 58 + 224))
+    pixels = np.asarray(img)
+    got_image = decode_payload("image", encode(img, "PNG"), "", (), pre)
+    got_tensor = decode_payload("tensor", pixels.tobytes(), "uint8", pixels.shape, pre)
+    np.testing.assert_array_equal(got_image, np.asarray(want))
+    np.testing.assert_array_equal(got_tensor, np.asarray(want))  # a raw tensor goes the same way
+
+
+def test_crop_applies_to_an_image_already_at_the_model_size_and_to_a_non_square_target() -> None:
+    img = _photo(8, 8)
+    pre = Preprocess(size=(8, 8), resize="crop", crop_fraction=0.5)  # as the model's evaluation did: 16, centre 8
+    want = img.resize((16, 16), Image.Resampling.BILINEAR).crop((4, 4, 12, 12))
+    np.testing.assert_array_equal(decode_payload("tensor", np.asarray(img).tobytes(), "uint8", (8, 8, 3), pre),
+                                  np.asarray(want))
+    wide = Preprocess(size=(10, 20), resize="crop", crop_fraction=1.0)  # a square image to a 1:2 target
+    want = _photo(30, 30).resize((20, 20), Image.Resampling.BILINEAR).crop((0, 5, 20, 15))
+    np.testing.assert_array_equal(decode_payload("image", encode(_photo(30, 30), "PNG"), "", (), wide),
+                                  np.asarray(want))
+
+
+def test_squash_and_a_manifest_without_a_resize_mode_resize_to_exactly_h_x_w_as_before() -> None:
+    img = _photo(40, 30)
+    old = Preprocess.from_dict({"size": [16, 16], "mean": [0, 0, 0], "std": [1, 1, 1], "interpolation": "bicubic"})
+    assert old.resize == "squash"
+    want = np.asarray(img.resize((16, 16), Image.Resampling.BICUBIC))  # what every version did before the field
+    np.testing.assert_array_equal(decode_payload("image", encode(img, "PNG"), "", (), old), want)
+    pixels = np.asarray(img)
+    np.testing.assert_array_equal(decode_payload("tensor", pixels.tobytes(), "uint8", pixels.shape, old), want)
+    same = np.asarray(_photo(16, 16))  # already at the size: left as is
+    np.testing.assert_array_equal(decode_payload("tensor", same.tobytes(), "uint8", same.shape, old), same)

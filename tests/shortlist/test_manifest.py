@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import threading
 from pathlib import Path
@@ -178,3 +179,35 @@ def test_a_publish_removes_the_staging_folders_killed_publishers_left(tmp_path: 
     shutil.rmtree(live)
     listed = CliRunner().invoke(app, ["models", "list", "--models", str(models)], env={"COLUMNS": "300"})
     assert listed.exit_code == 0 and "unfinished publish" not in listed.output
+
+
+def test_the_resize_mode_round_trips_and_changes_no_squashing_models_fingerprint() -> None:
+    crop = Preprocess(size=(224, 224), resize="crop", crop_fraction=0.875)
+    m = Manifest(preprocess=crop, embedding_dim=16, outputs=["embedding"], files={"encoder.onnx": "0" * 64})
+    assert Manifest.from_json(m.to_json()).preprocess == crop
+    assert json.loads(m.to_json())["preprocess"] == crop.to_dict()
+    assert crop.to_dict()["resize"] == "crop" and crop.to_dict()["crop_fraction"] == 0.875
+    squash = Preprocess(size=(224, 224))
+    assert "crop_fraction" not in squash.to_dict() and Preprocess.from_dict(squash.to_dict()) == squash
+    crop_print = model_fingerprint(m)
+    m.preprocess = squash
+    assert model_fingerprint(m) != crop_print  # another input: another model
+    old = json.loads(m.to_json())
+    del old["preprocess"]["resize"]  # a manifest written before the field: the same model, the same fingerprint
+    assert Manifest.from_json(json.dumps(old)).preprocess == squash
+    assert model_fingerprint(Manifest.from_json(json.dumps(old))) == model_fingerprint(m)
+
+
+@pytest.mark.parametrize(("extra", "says"), [
+    ({"resize": "fit"}, "preprocess resize 'fit' is not a mode the agent knows: write one of squash, crop"),
+    ({"resize": "crop", "crop_fraction": 0}, "crop_fraction 0 must be a number in (0, 1]"),
+    ({"resize": "crop", "crop_fraction": 1.5}, "crop_fraction 1.5 must be a number in (0, 1]"),
+    ({"resize": "crop", "crop_fraction": "0.875"}, "crop_fraction '0.875' must be a number in (0, 1]"),
+    ({"resize": "crop", "crop_fraction": float("nan")}, "crop_fraction nan must be a number in (0, 1]"),
+    ({"resize": "crop", "crop_fraction": 0.001}, "would resize images to 8000 px a side"),
+    ({"crop_fraction": 0.875}, "is given with resize \"squash\", which does not crop"),
+])
+def test_a_bad_resize_mode_or_crop_fraction_is_refused_with_what_to_write(extra: dict[str, object], says: str) -> None:
+    with pytest.raises(ManifestError) as e:
+        Preprocess.from_dict({"size": [8, 8], "mean": [0, 0, 0], "std": [1, 1, 1], **extra})
+    assert says in str(e.value)
