@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import json
 import logging
 import os
@@ -139,6 +140,14 @@ class Replaced(NamedTuple):
     id: str
     label: str
     annotator: str
+
+
+class LabelGiver(NamedTuple):
+    """Who gave a sample's current label (ListSamples' Sample.annotator), when (Unix s) and how (its source)."""
+
+    annotator: str
+    time: float
+    source: str
 
 
 def _unicode_form(text: str) -> str:
@@ -1857,13 +1866,15 @@ class Agent:
         """(record, label or "", payload blob or b"") for every sample, in ingest order; with ``ids``, for those
         samples only, in their order (NotFound for an unknown one). The labels are a snapshot taken when this
         is called (``list_samples_at``)."""
-        return self.list_samples_at(labeled_only, include_payload, ids)[1]
+        rows = self.list_samples_at(labeled_only, include_payload, ids)[1]
+        return ((rec, label, data) for rec, label, data, _ in rows)
 
-    def list_samples_at(self, labeled_only: bool, include_payload: bool,
-                        ids: Sequence[str] = ()) -> tuple[int, Iterator[tuple[SampleRecord, str, bytes]]]:
+    def list_samples_at(self, labeled_only: bool, include_payload: bool, ids: Sequence[str] = ()
+                        ) -> tuple[int, Iterator[tuple[SampleRecord, str, bytes, LabelGiver | None]]]:
         """``list_samples`` and the label revision (Status.label_events) its labels are at: they are read in
         one snapshot now, before anything streams, so labels given, changed or taken back meanwhile show for
-        no sample (the payloads and records do not change)."""
+        no sample (the payloads and records do not change). Each row also has who gave its label, when and how
+        (``LabelGiver``, as ListLabels without history; None when unlabelled), from the same snapshot."""
         if include_payload and self.blobs is None:
             raise FailedPrecondition("payloads are not kept (the agent runs with --no-blobs); "
                                      "list without include_payload")
@@ -1872,9 +1883,9 @@ class Agent:
             unknown = [i for i in ids if self.state.lookup(i) is None]
             if unknown:
                 raise NotFound(self._unknown_ids(unknown))
-        events, seqs, labels = self.state.label_snapshot(labeled_only and not ids)
+        events, seqs, labels, last_row = self.state.label_snapshot(labeled_only and not ids)
         names = list(self.state.classes)
-        return events, self._iter_samples(labeled_only, include_payload, ids, (seqs, labels), names)
+        return events, self._iter_samples(labeled_only, include_payload, ids, (seqs, labels), names, last_row)
 
     def _records(self, labeled_only: bool, ids: Sequence[str],
                  snapshot: tuple[np.ndarray, np.ndarray]) -> Iterator[tuple[SampleRecord, int]]:
@@ -1889,17 +1900,22 @@ class Agent:
                 yield rec, lab
 
     def _iter_samples(self, labeled_only: bool, include_payload: bool, ids: Sequence[str],
-                      snapshot: tuple[np.ndarray, np.ndarray],
-                      names: list[str]) -> Iterator[tuple[SampleRecord, str, bytes]]:
-        for rec, lab in self._records(labeled_only, ids, snapshot):
-            name = names[lab] if lab >= 0 else ""
-            data = b""
-            if include_payload and self.blobs is not None:
-                try:
-                    data = self.blobs.get(rec.sha256)
-                except OSError as e:  # missing or corrupt: flag this sample, keep the stream going
-                    why = "payload file missing" if isinstance(e, FileNotFoundError) else str(e)
-                    log.error("ListSamples: sample %r has no readable payload: %s", rec.id, why)
-                    rec = SampleRecord(rec.seq, rec.id, rec.uri, {**rec.metadata, PAYLOAD_ERROR_KEY: why},
-                                       rec.kind, rec.sha256)
-            yield rec, name, data
+                      snapshot: tuple[np.ndarray, np.ndarray], names: list[str], last_row: int
+                      ) -> Iterator[tuple[SampleRecord, str, bytes, LabelGiver | None]]:
+        records = self._records(labeled_only, ids, snapshot)
+        # who gave the labels: one query per chunk of samples (label rows up to the snapshot's last one)
+        while chunk := list(itertools.islice(records, 1024)):
+            givers = self.state.label_givers([rec.seq for rec, lab in chunk if lab >= 0], last_row)
+            for rec, lab in chunk:
+                name = names[lab] if lab >= 0 else ""
+                given = givers.get(rec.seq) if lab >= 0 else None
+                data = b""
+                if include_payload and self.blobs is not None:
+                    try:
+                        data = self.blobs.get(rec.sha256)
+                    except OSError as e:  # missing or corrupt: flag this sample, keep the stream going
+                        why = "payload file missing" if isinstance(e, FileNotFoundError) else str(e)
+                        log.error("ListSamples: sample %r has no readable payload: %s", rec.id, why)
+                        rec = SampleRecord(rec.seq, rec.id, rec.uri, {**rec.metadata, PAYLOAD_ERROR_KEY: why},
+                                           rec.kind, rec.sha256)
+                yield rec, name, data, None if given is None else LabelGiver(*given)

@@ -76,6 +76,9 @@ class Incoming:
     uri: str = ""
     metadata: dict[str, str] = field(default_factory=dict)
     label: str = ""
+    # Sample fields set that only ListSamples fills (annotator, label_time, label_source): refused, since Ingest
+    # stores a label as annotator and source "ingest" and would drop them silently
+    output_only: tuple[str, ...] = ()
 
 
 @dataclass
@@ -275,6 +278,10 @@ class IngestPipeline:
                    or metadata_problem(s.metadata, lim))
         if problem is not None:
             return problem
+        if s.output_only:
+            return (f"{', '.join(s.output_only)} {'is' if len(s.output_only) == 1 else 'are'} ListSamples output "
+                    f"(who gave the current label, when, how): Ingest stores a label as given by {quoted('ingest')}, "
+                    "source \"ingest\"; clear them, and use SubmitLabels to record who gave a label")
         if PAYLOAD_ERROR_KEY in s.metadata:
             return (f"metadata key {quoted(PAYLOAD_ERROR_KEY)} is reserved: ListSamples uses it to flag a sample whose "
                     "stored payload cannot be read; rename it")

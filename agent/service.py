@@ -43,17 +43,23 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = agent_pb2.DESCRIPTOR.services_by_name["Agent"].full_name
 
 
+# Sample fields that ListSamples fills and Ingest refuses (Incoming.output_only: a Rejection per sample).
+OUTPUT_ONLY = ("annotator", "label_time", "label_source")
+
+
 def incoming(s: agent_pb2.Sample) -> Incoming:
     """A Sample message -> agent.ingest.Incoming (the blob kept for a tensor is its serialised message)."""
     kind = s.WhichOneof("payload")
+    output_only = tuple(f for f in OUTPUT_ONLY if getattr(s, f))
     if kind == "encoded_image":
         return Incoming(s.id, "image", s.encoded_image, s.encoded_image, uri=s.uri, metadata=dict(s.metadata),
-                        label=s.label)
+                        label=s.label, output_only=output_only)
     if kind == "tensor":
         t = s.tensor
         return Incoming(s.id, "tensor", t.data, t.SerializeToString(deterministic=True), dtype=t.dtype,
-                        shape=tuple(int(d) for d in t.shape), uri=s.uri, metadata=dict(s.metadata), label=s.label)
-    return Incoming(s.id, "", b"", b"", uri=s.uri, metadata=dict(s.metadata), label=s.label)
+                        shape=tuple(int(d) for d in t.shape), uri=s.uri, metadata=dict(s.metadata), label=s.label,
+                        output_only=output_only)
+    return Incoming(s.id, "", b"", b"", uri=s.uri, metadata=dict(s.metadata), label=s.label, output_only=output_only)
 
 
 def accuracy_message(a: Accuracy) -> agent_pb2.Accuracy:
@@ -267,8 +273,10 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
         (LABEL_EVENTS_KEY), so a caller can record which labels it got."""
         events, rows = self.agent.list_samples_at(request.labeled_only, request.include_payload, list(request.ids))
         context.send_initial_metadata(((LABEL_EVENTS_KEY, str(events)),))
-        for rec, label, data in rows:
+        for rec, label, data, given in rows:
             msg = agent_pb2.Sample(id=rec.id, uri=rec.uri, metadata=rec.metadata, label=label)
+            if given is not None:
+                msg.annotator, msg.label_time, msg.label_source = given
             if data:
                 if rec.kind == "tensor":
                     msg.tensor.CopyFrom(agent_pb2.Tensor.FromString(data))

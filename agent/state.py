@@ -869,7 +869,7 @@ class State:
         back while the listing streams is in it for no sample, early or late (was: read a chunk at a time, so
         a late sample showed a label given after an early one's was read, a state the agent was never in).
         ``snapshot``: the (seqs, labels) of a ``label_snapshot`` the caller took (the records of those seqs)."""
-        seqs, labels = snapshot if snapshot is not None else self.label_snapshot(labeled_only)[1:]
+        seqs, labels = snapshot if snapshot is not None else self.label_snapshot(labeled_only)[1:3]
         for start in range(0, len(seqs), chunk):
             part_seqs = seqs[start:start + chunk].tolist()
             with self._lock:
@@ -878,19 +878,43 @@ class State:
                 if r is not None:
                     yield r, lab
 
-    def label_snapshot(self, labeled_only: bool = False) -> tuple[int, np.ndarray, np.ndarray]:
-        """(label revision, seqs, class index of each or -1) of every sample stored now (``labeled_only``: of
-        the labelled ones), ascending seqs, read in one hold of the lock: the revision
-        (``label_event_count``) is the one those labels are at."""
+    def label_snapshot(self, labeled_only: bool = False) -> tuple[int, np.ndarray, np.ndarray, int]:
+        """(label revision, seqs, class index of each or -1, last label row) of every sample stored now
+        (``labeled_only``: of the labelled ones), ascending seqs, read in one hold of the lock: the revision
+        (``label_event_count``) is the one those labels are at, and the label rows numbered up to the last one
+        (labels.n) are the rows they come from (``label_givers``)."""
         with self._lock:
             end = len(self._records)
             labels = self._label[1:end].copy()
             events = self._label_events
+            last_row = int(self._db.execute("SELECT COALESCE(MAX(n), 0) FROM labels").fetchone()[0])
         seqs = np.arange(1, end, dtype=np.int64)
         if labeled_only:
             keep = labels >= 0
             seqs, labels = seqs[keep], labels[keep]
-        return events, seqs, labels
+        return events, seqs, labels, last_row
+
+    def label_givers(self, seqs: Sequence[int], end: int) -> dict[int, tuple[str, float, str]]:
+        """seq -> (annotator, Unix time, source) of the current label of each of ``seqs`` as of label row ``end``
+        (``label_snapshot``'s last row), as ListLabels without history lists it (``label_events``): a label a
+        class rename moved is the row it moved. Unlabelled samples are left out."""
+        if not len(seqs):
+            return {}
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT seq, class, annotator, time, source FROM labels WHERE n IN (SELECT MAX(n) FROM labels "
+                "WHERE seq IN (SELECT value FROM json_each(:seqs)) AND n <= :end GROUP BY seq)",
+                {"seqs": json.dumps([int(q) for q in seqs]), "end": end}).fetchall()
+            moved = self._moved_label_rows([int(r[0]) for r in rows if r[4] == RENAME_SOURCE and r[1] != RETRACTED],
+                                           end)
+        out: dict[int, tuple[str, float, str]] = {}
+        for seq, cls, annotator, t, source in rows:
+            if cls == RETRACTED:
+                continue
+            if source == RENAME_SOURCE and seq in moved:
+                annotator, t, source, _ = moved[seq]
+            out[int(seq)] = (str(annotator), float(t), str(source))
+        return out
 
     def alive_by_seq(self) -> np.ndarray:
         """For every seq 0..max_seq: whether a sample is stored under it now (False for seq 0, for the gaps of

@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Sample(_message.Message):
-    __slots__ = ("id", "encoded_image", "tensor", "uri", "metadata", "label")
+    __slots__ = ("id", "encoded_image", "tensor", "uri", "metadata", "label", "annotator", "label_time", "label_source")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -21,13 +21,19 @@ class Sample(_message.Message):
     URI_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
+    ANNOTATOR_FIELD_NUMBER: _ClassVar[int]
+    LABEL_TIME_FIELD_NUMBER: _ClassVar[int]
+    LABEL_SOURCE_FIELD_NUMBER: _ClassVar[int]
     id: str
     encoded_image: bytes
     tensor: Tensor
     uri: str
     metadata: _containers.ScalarMap[str, str]
     label: str
-    def __init__(self, id: _Optional[str] = ..., encoded_image: _Optional[bytes] = ..., tensor: _Optional[_Union[Tensor, _Mapping]] = ..., uri: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., label: _Optional[str] = ...) -> None: ...
+    annotator: str
+    label_time: float
+    label_source: str
+    def __init__(self, id: _Optional[str] = ..., encoded_image: _Optional[bytes] = ..., tensor: _Optional[_Union[Tensor, _Mapping]] = ..., uri: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., label: _Optional[str] = ..., annotator: _Optional[str] = ..., label_time: _Optional[float] = ..., label_source: _Optional[str] = ...) -> None: ...
 
 class Tensor(_message.Message):
     __slots__ = ("dtype", "shape", "data")
