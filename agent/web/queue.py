@@ -10,7 +10,8 @@ unlabelled again; of a change, with restore_previous, the label before comes bac
 history keeps every row).
 APIs (JSON): ``GET /api/queue``, ``POST /api/queue/select`` (a Select fills the queue),
 ``POST /api/queue`` (set the queue to given ids, e.g. a selection on the map), ``POST /api/labels``,
-``POST /api/labels/retract``, ``POST /api/queue/mark``.
+``POST /api/labels/retract``, ``POST /api/labels/now`` (a read: the current label of ids and who gave it),
+``POST /api/queue/mark``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import time
 from collections.abc import Iterable
 from typing import Annotated, Any, Literal
 
+import grpc
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, BeforeValidator, Field, StringConstraints
 from starlette.responses import RedirectResponse, Response
@@ -385,6 +387,39 @@ def retract(request: Request, body: RetractBody, caller: Caller = CallerDep) -> 
         cache(request).labelled([i for i in body.ids if i not in refused], done=False)
     return {"accepted": reply.accepted, "annotator": caller.annotator,
             "rejected": rejections(reply.rejected)}
+
+
+class NowBody(BaseModel):
+    ids: list[str] = Field(min_length=1, max_length=MAX_RETRACT)
+
+
+def _listed(caller: Caller, ids: list[str], unknown: list[str]) -> list[agent_pb2.Sample]:
+    """ListSamples of ``ids`` (no payloads); an id unknown to the agent (deleted since the page showed it: the
+    call is NOT_FOUND) is appended to ``unknown`` and left out, found by halving the list (a few calls per
+    unknown id, as agent/exports.py does)."""
+    try:
+        return caller.stream(caller.stub.ListSamples, agent_pb2.ListSamplesRequest(ids=ids))
+    except grpc.RpcError as e:
+        if e.code() != grpc.StatusCode.NOT_FOUND:
+            raise
+    if len(ids) == 1:
+        unknown.append(ids[0])
+        return []
+    half = len(ids) // 2
+    return _listed(caller, ids[:half], unknown) + _listed(caller, ids[half:], unknown)
+
+
+@router.post("/api/labels/now")
+def labels_now(body: NowBody, caller: Caller = CallerDep) -> dict[str, Any]:
+    """Each sample's current label and who gave it, when (Unix s) and how (source), from one ListSamples of
+    ``ids`` (Sample.annotator, label_time, label_source; a read: any signed-in user may ask). The Queue page
+    asks after a reload what became of the answers the page before left unanswered. ``labels``: id ->
+    {label, by, time, source} ("" / 0 when unlabelled); ``unknown``: ids the agent does not have (deleted)."""
+    unknown: list[str] = []
+    samples = _listed(caller, list(dict.fromkeys(body.ids)), unknown)
+    return {"labels": {s.id: {"label": s.label, "by": s.annotator, "time": s.label_time, "source": s.label_source}
+                       for s in samples},
+            "unknown": unknown}
 
 
 class MarkBody(BaseModel):

@@ -868,17 +868,17 @@
       else w.mark = { to: a.mark || "", a, undo: true };
       want.set(a.id, w);
     }
-    // Who holds each label now: a retraction on a condition no label meets (" ": class names are trimmed) is
-    // refused without changing anything, and the refusal names the label and who gave it. The marks: this
-    // page of the queue as the app has it now.
+    // Who holds each label now: POST /api/labels/now (a read, ListSamples of the ids: the current label and
+    // who gave it; a sample deleted since is left out), 1000 ids a request (the app's bound on an id list).
+    // The marks: this page of the queue as the app has it now.
     const ids = [...want.values()].filter((w) => w.label).map((w) => w.id);
     const marked = [...want.values()].some((w) => w.mark);
     async function look() {
       const holder = new Map(), marks = new Map();
-      if (ids.length) {
-        const res = await Shortlist.patiently(() => Shortlist.api("POST", "/api/labels/retract",
-          { ids, if_current: Object.fromEntries(ids.map((i) => [i, " "])) }));
-        for (const r of res.rejected) if (r.changed) holder.set(r.id, { label: r.label || "", by: r.by || "" });
+      for (let i = 0; i < ids.length; i += 1000) {
+        const part = ids.slice(i, i + 1000);
+        const res = await Shortlist.patiently(() => Shortlist.api("POST", "/api/labels/now", { ids: part }));
+        for (const [id, h] of Object.entries(res.labels || {})) holder.set(id, { label: h.label || "", by: h.by || "" });
       }
       if (marked) {
         const res = await Shortlist.patiently(() => Shortlist.api("GET", `/api/queue?page=${data.page}`));

@@ -362,3 +362,34 @@ def test_annotators_on_one_queue_get_different_pages(tmp_path: Path) -> None:
         assert _data(ana.get("/queue").text)["page"] == 1
     finally:
         wa.stop()
+
+
+def test_labels_now_says_who_holds_each_label_to_any_signed_in_user(token_web_agent: WebAgent) -> None:
+    """POST /api/labels/now: a read (ListSamples by ids) of each sample's current label and who gave it, for the
+    Queue page's report after a reload; a read token may ask (it used to learn this from a refused RetractLabels,
+    a write a read token cannot make); an id deleted since is in ``unknown``, not a failed request."""
+    wa = token_web_agent
+    writer = wa.client(headers={"Authorization": f"Bearer {WRITE_TOKEN}"}, cookies={"shortlist_user": "Bea"})
+    reader = wa.client(headers={"Authorization": f"Bearer {READ_TOKEN}"}, cookies={"shortlist_user": "Viewer"})
+    labelled, unlabelled = "img000.png", f"img0{LABELLED + 5}.png"  # ingested with / without a label
+    sid = "img030.png"
+    assert sid not in wa.labels() and unlabelled not in wa.labels() and labelled in wa.labels()
+    assert writer.post("/api/labels", json={"labels": [{"id": sid, "label": "circle"}]}).json()["accepted"] == 1
+    wa.stub.DeleteSamples(agent_pb2.DeleteSamplesRequest(ids=["img031.png"], annotator="lead", reason="test"))
+    ids = [sid, unlabelled, "img031.png", labelled, "nope", sid]
+    r = reader.post("/api/labels/now", json={"ids": ids})
+    assert r.status_code == 200, r.text
+    got = r.json()
+    assert sorted(got["unknown"]) == ["img031.png", "nope"]
+    now = got["labels"]
+    assert set(now) == {sid, unlabelled, labelled}
+    assert (now[sid]["label"], now[sid]["by"], now[sid]["source"]) == ("circle", "Bea", "manual")
+    assert now[sid]["time"] > 0
+    assert now[unlabelled] == {"label": "", "by": "", "time": 0, "source": ""}
+    assert (now[labelled]["label"], now[labelled]["by"]) == (wa.labels()[labelled], "ingest")
+    # bounded as the app's other id lists (1,000), and at least one
+    assert reader.post("/api/labels/now", json={"ids": ["x"] * 1001}).status_code == 422
+    assert reader.post("/api/labels/now", json={"ids": []}).status_code == 422
+    assert reader.post("/api/labels/now", json={"ids": [sid]}).json()["labels"][sid]["by"] == "Bea"
+    # nothing was written: the label history of sid is Bea's label alone
+    assert wa.history(sid) == [("circle", "Bea")]
