@@ -42,7 +42,7 @@ from agent.cli_options import (
 )
 from agent.client import calibration_dict, calibration_line, ranked
 from agent.config import AUDIT_MIN_LABELS, AgentConfig, WorkConfig
-from agent.errors import quoted
+from agent.errors import code_name, quoted
 from agent.limits import MIB, Limits, annotator_name, class_name_problem
 from agent.progress import LabelTally, audit_dict
 from agent.web.config import LabelStudioConfig
@@ -805,7 +805,7 @@ def _source_samples(source: Any, limit: int | None, with_labels: bool, metadata:
 
 def _ingest_out(reply: agent_pb2.IngestReply) -> dict[str, Any]:
     out = {"accepted": reply.accepted, "duplicates": reply.duplicates, "labels_added": reply.labels_added,
-           "rejected": [{"id": r.id, "reason": r.reason} for r in reply.rejected],
+           "rejected": [{"id": r.id, "code": code_name(r.code), "reason": r.reason} for r in reply.rejected],
            "same_payload": reply.same_payload,
            "same_payload_examples": [{"id": x.id, "other_id": x.other_id} for x in reply.same_payload_examples]}
     return {**out, **_counts(out, {"rejected": client.rejected_count(reply)})}
@@ -829,7 +829,9 @@ def _print_ingest(reply: agent_pb2.IngestReply) -> None:
         console.print(f"[yellow]same image under another id[/yellow]: {reply.same_payload} accepted samples have the "
                       f"exact bytes of a sample already stored under another id (e.g. {escape(shown)}); both are "
                       "kept", highlight=False)
-    if any("already in the pool with a different payload" in r.reason for r in reply.rejected):
+    # the reason's words for an agent older than Rejection.code (UNSPECIFIED)
+    if any(r.code == agent_pb2.REJECTION_CODE_ID_TAKEN or "already in the pool with a different payload" in r.reason
+           for r in reply.rejected):
         console.print("hint: another source already used these ids (ids are paths inside the source); give each "
                       "source its own --id-prefix, e.g. --id-prefix site2/")
 
@@ -1227,10 +1229,11 @@ def _more(total: int, listed: int, shown: int = 10) -> str:
 
 
 def _rejection(r: agent_pb2.Rejection, only_unlabelled: str = "") -> dict[str, Any]:
-    """A SubmitLabels / RetractLabels rejection for the output: id, reason and, for a conditional write that
-    found another label, ``now`` (the label now, "" = unlabelled, and who gave it). ``only_unlabelled``
-    (the option's name): the condition was "unlabelled", so the reason says the label was kept."""
-    out: dict[str, Any] = {"id": r.id, "reason": r.reason}
+    """A SubmitLabels / RetractLabels / DeleteSamples rejection for the output: id, code (the RejectionCode's
+    name, ``code_name``), reason and, for a conditional write that found another label, ``now`` (the label now,
+    "" = unlabelled, and who gave it). ``only_unlabelled`` (the option's name): the condition was "unlabelled",
+    so the reason says the label was kept."""
+    out: dict[str, Any] = {"id": r.id, "code": code_name(r.code), "reason": r.reason}
     if r.HasField("now"):
         out["now"] = {"label": r.now.label, "annotator": r.now.annotator}
         if only_unlabelled and r.now.label:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 import grpc
 import numpy as np
 
-from agent.errors import RETRY_AFTER_KEY
+from agent.errors import RETRY_AFTER_KEY, Rejected, rejection_message
 from agent.security import READ, RPC_ROLES, printable_ascii
 from shortlist.v1 import agent_pb2, agent_pb2_grpc
 
@@ -649,7 +649,8 @@ def batches(samples: Iterable[agent_pb2.Sample], batch: int,
         n = _framed_size(s)
         if n > largest:
             if rejected is not None:
-                rejected.append(agent_pb2.Rejection(id=s.id, reason=(
+                rejected.append(rejection_message(Rejected(
+                    s.id, agent_pb2.REJECTION_CODE_PAYLOAD_TOO_LARGE,
                     f"sample of {n / 2**20:.1f} MiB is larger than the largest gRPC message "
                     f"({largest / 2**20:.1f} MiB); not sent (shrink or re-encode the image)")))
             if on_batch is not None:

@@ -39,7 +39,7 @@ from agent.audit import AuditReport, PriorAuditor
 from agent.blobs import BlobStore
 from agent.cache import LruCache, fingerprint, frozen
 from agent.config import AUDIT_MIN_LABELS, AgentConfig
-from agent.errors import FailedPrecondition, InvalidArgument, NotFound, quoted, storage_problem
+from agent.errors import FailedPrecondition, InvalidArgument, NotFound, Problem, Rejected, quoted, storage_problem
 from agent.images import Images
 from agent.index import IndexView
 from agent.ingest import (
@@ -85,6 +85,7 @@ from agent.strategies import LABEL_FREE, MODEL_FREE, STRATEGIES, get_strategy
 from agent.strategies.audit import AUDIT
 from shortlist.images import allow_pixels
 from shortlist.manifest import Manifest, registry_mistake
+from shortlist.v1 import agent_pb2
 from shortlist.version import git_commit, package_version
 
 log = logging.getLogger(__name__)
@@ -122,15 +123,6 @@ MIN_STRETCH_COUNTED = 10
 NOT_STORED = ("not a stored sample: never ingested, or deleted already (the agent keeps no id of a deleted sample, "
               "so it cannot tell which); a resent DeleteSamples whose first send was applied gets this for each of "
               "its ids: the samples are gone, nothing is left to do")
-
-
-class Rejected(NamedTuple):
-    """A per-item rejection of SubmitLabels / RetractLabels. ``now``: for a conditional write (if_current)
-    that found another label, (the sample's label now, "" = unlabelled; who gave or took back the last one)."""
-
-    id: str
-    reason: str
-    now: tuple[str, str] | None = None
 
 
 class Replaced(NamedTuple):
@@ -803,17 +795,19 @@ class Agent:
 
     # ---- Labels ----------------------------------------------------------------------------------
     def _item_sample(self, sid: str, rejected: list[Rejected],
-                         item_problem: str | None = None) -> SampleRecord | None:
+                     item_problem: Problem | None = None) -> SampleRecord | None:
         """The sample a SubmitLabels / RetractLabels item names, or None with its rejection appended: an id
         too long, then ``item_problem`` (the item's other field, e.g. a label too long), then an empty or
         unknown id."""
-        problem = text_problem(sid, self.limits.max_id_chars, "max_id_chars", "id") or item_problem
+        too_long = text_problem(sid, self.limits.max_id_chars, "max_id_chars", "id")
+        problem = Problem(agent_pb2.REJECTION_CODE_ID_TOO_LONG, too_long) if too_long is not None else item_problem
         if problem is not None:
-            rejected.append(Rejected(rejection_id(sid, self.limits.max_id_chars), problem))
+            rejected.append(problem.of(rejection_id(sid, self.limits.max_id_chars)))
             return None
         rec = self.state.lookup(sid) if sid else None
         if rec is None:
-            rejected.append(Rejected(sid, "empty id" if not sid else
+            rejected.append(Rejected(sid, agent_pb2.REJECTION_CODE_INVALID_ID, "empty id") if not sid else
+                            Rejected(sid, agent_pb2.REJECTION_CODE_UNKNOWN_ID,
                                      f"unknown id {quoted(sid)}: {self._unknown_id_hint(sid) or 'ingest it first'}"))
         return rec
 
@@ -881,24 +875,26 @@ class Agent:
             return None
         history = self.state.label_history(rec.seq)
         by = history[-1][1] if history else ""
+        conflict = agent_pb2.REJECTION_CODE_CONFLICT  # every rejection below
         was = f"expected {quoted(expected)}" if expected else "expected unlabelled"
         me = stored_annotator(annotator)
         if (now and len(history) >= 2 and not history[-2][0] and history[-2][1] == me
                 and self.state.last_label_by(rec.seq) == (by, RESTORE_SOURCE)):
             # this annotator's undo (restore_previous) put the label back: a resend of it, not a change meanwhile
-            return Rejected(rec.id, f"labelled {quoted(now)} again ({annotator_name(by)}'s label, put back by an undo "
-                                    f"of this request's annotator, {annotator_name(me)}) already ({was}): not changed; "
-                                    "if this resends a request that was applied, nothing is left to do, else look "
-                                    "again", (now, by))
+            return Rejected(rec.id, conflict, f"labelled {quoted(now)} again ({annotator_name(by)}'s label, put back "
+                                              f"by an undo of this request's annotator, {annotator_name(me)}) already "
+                                              f"({was}): not changed; if this resends a request that was applied, "
+                                              "nothing is left to do, else look again", (now, by))
         if history and by == me:
             now_is = f"labelled {quoted(now)}" if now else "unlabelled (its label taken back)"
-            return Rejected(rec.id, f"{now_is} by this request's annotator ({annotator_name(by)}) already ({was}): "
-                                    "not changed; if this resends a request that was applied, nothing is left to "
-                                    "do, else look again", (now, by))
+            return Rejected(rec.id, conflict, f"{now_is} by this request's annotator ({annotator_name(by)}) already "
+                                              f"({was}): not changed; if this resends a request that was applied, "
+                                              "nothing is left to do, else look again", (now, by))
         who = f" by {annotator_name(by)}" if by else ""
         now_is = f"labelled {quoted(now)}{who}" if now else f"unlabelled (its label taken back{who})" if history \
             else "unlabelled"
-        return Rejected(rec.id, f"{now_is} meanwhile ({was}): not changed; look again and resend", (now, by))
+        return Rejected(rec.id, conflict, f"{now_is} meanwhile ({was}): not changed; look again and resend",
+                        (now, by))
 
     def submit_labels(self, labels: Sequence[tuple[str, str]], annotator: str, source: str = "",
                       if_current: Mapping[str, str] | None = None,
@@ -931,16 +927,18 @@ class Agent:
                 # Ingest's check (one function): a refused name before the id, a closed list's lack of it after
                 # the item's id and condition are judged (as before: a conflict or a resend is said first)
                 refusal = label_refusal(self.state, label)
-                problem = (text_problem(label, lim.max_label_chars, "max_label_chars", "label")
-                           or (None if refusal is None or refusal.unlisted else refusal.reason))
+                too_long = text_problem(label, lim.max_label_chars, "max_label_chars", "label")
+                problem = (Problem(agent_pb2.REJECTION_CODE_INVALID_LABEL, too_long) if too_long is not None
+                           else None if refusal is None or refusal.unlisted else refusal.problem)
                 rec = self._item_sample(sid, rejected, problem)
                 if rec is None:
                     continue
                 if not label:
-                    rejected.append(Rejected(sid, "empty label"))
+                    rejected.append(Rejected(sid, agent_pb2.REJECTION_CODE_INVALID_LABEL, "empty label"))
                     continue
                 if rec.seq in seen:  # which of the two was meant is the caller's to say
-                    rejected.append(Rejected(sid, "listed twice in this request: send one label per sample"))
+                    rejected.append(Rejected(sid, agent_pb2.REJECTION_CODE_DUPLICATE_IN_REQUEST,
+                                             "listed twice in this request: send one label per sample"))
                     continue
                 seen.add(rec.seq)
                 current = self.state.label_index(rec.seq)
@@ -958,7 +956,7 @@ class Agent:
                     self._note_twin_conflicts(rec, label, given, twin_conflicts)
                     continue
                 if refusal is not None:  # unlisted: the closed class list lacks it
-                    rejected.append(Rejected(sid, refusal.reason))
+                    rejected.append(refusal.problem.of(sid))
                     continue
                 idx = self.state.class_index(label)
                 assert idx is not None  # (label_refusal: a closed list holds it)
@@ -1014,15 +1012,16 @@ class Agent:
                 if rec is None:
                     continue
                 if rec.seq in seen:
-                    rejected.append(Rejected(sid, "listed twice in this request"))
+                    rejected.append(Rejected(sid, agent_pb2.REJECTION_CODE_DUPLICATE_IN_REQUEST,
+                                             "listed twice in this request"))
                 elif conflict := self._changed_meanwhile(rec, int(labels[rec.seq]), (if_current or {}).get(sid),
                                                          annotator):
                     rejected.append(conflict)
                 elif labels[rec.seq] < 0:
-                    rejected.append(Rejected(sid, "not labelled: nothing to retract" + self._own_retraction(rec,
-                                                                                                            annotator)))
+                    rejected.append(Rejected(sid, agent_pb2.REJECTION_CODE_NOT_LABELLED,
+                                             "not labelled: nothing to retract" + self._own_retraction(rec, annotator)))
                 elif restore_previous and isinstance(back := self._restorable(rec), str):
-                    rejected.append(Rejected(sid, back))
+                    rejected.append(Rejected(sid, agent_pb2.REJECTION_CODE_CANNOT_RESTORE, back))
                 else:
                     good.append(rec.seq)
                     seen.add(rec.seq)
@@ -1112,13 +1111,15 @@ class Agent:
                 # Not "ingest it first" (SubmitLabels' advice): a resent DeleteSamples whose first send was
                 # applied lands here, and the tombstones hold no ids to tell it from an id never ingested.
                 hint = self._unknown_id_hint(sid)  # a Unicode-form twin: most likely not a resend
-                rejected.append(Rejected(sid, f"unknown id {quoted(sid)}: {hint}" if hint else NOT_STORED))
+                rejected.append(Rejected(sid, agent_pb2.REJECTION_CODE_UNKNOWN_ID,
+                                         f"unknown id {quoted(sid)}: {hint}" if hint else NOT_STORED))
                 continue
             rec = self._item_sample(sid, rejected)
             if rec is None:
                 continue
             if rec.seq in seen:
-                rejected.append(Rejected(sid, "listed twice in this request"))
+                rejected.append(Rejected(sid, agent_pb2.REJECTION_CODE_DUPLICATE_IN_REQUEST,
+                                         "listed twice in this request"))
             else:
                 good.append(rec.seq)
                 seen.add(rec.seq)

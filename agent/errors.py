@@ -26,10 +26,12 @@ import sqlite3
 import time
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import grpc
 from google.protobuf.message import DecodeError
+
+from shortlist.v1 import agent_pb2
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +45,9 @@ STORED_KEY = "shortlist-stored"
 # a pipeline resumes with the sample after them (an integer string).
 HANDLED_KEY = "shortlist-handled"
 # And the rejections among them: how many (an integer string), and the first ones as JSON, a list of
-# {"id": ..., "reason": ...} (ASCII, at most TRAILER_REJECTIONS entries and TRAILER_REJECTED_CHARS characters;
-# ids cut to 128 characters, reasons to 200): they travel in the trailers, which clients cap at 8 KiB.
+# {"id": ..., "code": ..., "reason": ...} (``code``: the RejectionCode's name; ASCII, at most TRAILER_REJECTIONS
+# entries and TRAILER_REJECTED_CHARS characters; ids cut to 128 characters, reasons to 200): they travel in
+# the trailers, which clients cap at 8 KiB.
 REJECTED_COUNT_KEY = "shortlist-rejected-count"
 REJECTED_KEY = "shortlist-rejected"
 TRAILER_REJECTIONS = 10
@@ -159,13 +162,56 @@ class Mapped:
     stream: StreamCount | None = None  # what an Ingest stream had done before the failure (``note_stored``)
 
 
+class Rejected(NamedTuple):
+    """A per-item rejection of Ingest, SubmitLabels, RetractLabels or DeleteSamples, as the agent's code
+    builds it (the only way: ``rejection_message`` turns it into the reply's Rejection). ``code``: an
+    agent_pb2.REJECTION_CODE_* value, never UNSPECIFIED (docs/agent.md, "Rejection codes"); ``reason``: for
+    people; ``now``: for a conditional write (if_current) that found another label, (the sample's label now,
+    "" = unlabelled; who gave or took back the last one)."""
+
+    id: str
+    code: agent_pb2.RejectionCode
+    reason: str
+    now: tuple[str, str] | None = None
+
+
+class Problem(NamedTuple):
+    """Why an item cannot be taken, before its id is known to the caller: a Rejected less the id."""
+
+    code: agent_pb2.RejectionCode
+    reason: str
+
+    def of(self, item_id: str) -> Rejected:
+        return Rejected(item_id, self.code, self.reason)
+
+
+def rejection_message(r: Rejected) -> agent_pb2.Rejection:
+    """The one place a Rejection message is built (tests/agent/test_rejection_codes.py checks there is no
+    other): ValueError for a code that is UNSPECIFIED or no RejectionCode, a bug in the agent."""
+    if r.code == agent_pb2.REJECTION_CODE_UNSPECIFIED or r.code not in agent_pb2.RejectionCode.values():
+        raise ValueError(f"rejection of {r.id[:64]!r} without a code: {r.reason}")
+    msg = agent_pb2.Rejection(id=r.id, reason=r.reason, code=r.code)
+    if r.now is not None:
+        msg.now.CopyFrom(agent_pb2.LabelNow(label=r.now[0], annotator=r.now[1]))
+    return msg
+
+
+def code_name(code: int) -> str:
+    """A Rejection code as outputs write it: its enum name ("REJECTION_CODE_UNKNOWN_ID"), or the number as a
+    string for a code this client does not know (a newer agent's)."""
+    try:
+        return agent_pb2.RejectionCode.Name(code)  # type: ignore[arg-type]
+    except ValueError:
+        return str(code)
+
+
 class StreamTally(Protocol):
     """What an Ingest stream did before a failure (agent.ingest.IngestResult): samples newly stored, already
-    stored (duplicates), and rejected (id, reason), in the order sent."""
+    stored (duplicates), and rejected, in the order sent."""
 
     accepted: int
     duplicates: int
-    rejected: list[tuple[str, str]]
+    rejected: list[Rejected]
 
 
 @dataclass(frozen=True)
@@ -183,9 +229,10 @@ class StreamCount:
                 (REJECTED_COUNT_KEY, str(self.rejected)), (REJECTED_KEY, self.rejected_json)]
 
 
-def rejections_json(rejected: list[tuple[str, str]]) -> str:
+def rejections_json(rejected: list[Rejected]) -> str:
     """The first of ``rejected`` as the ASCII JSON of ``REJECTED_KEY``, within its bounds."""
-    shown = [{"id": i[:128], "reason": r[:200]} for i, r in rejected[:TRAILER_REJECTIONS]]
+    shown = [{"id": r.id[:128], "code": code_name(r.code), "reason": r.reason[:200]}
+             for r in rejected[:TRAILER_REJECTIONS]]
     while True:
         text = json.dumps(shown, ensure_ascii=True, separators=(",", ":")).replace("\x7f", "\\u007f")
         if len(text) <= TRAILER_REJECTED_CHARS or not shown:

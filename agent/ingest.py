@@ -38,7 +38,7 @@ from agent.admission import Admission, large_decode_slot
 from agent.blobs import BlobStore, sha256_hex
 from agent.cancel import CancelToken, ShuttingDown
 from agent.embedder import EmbedOutput, ModelFailed
-from agent.errors import Cancelled, DeadlineExceeded, ResourceExhausted, note_stored, quoted
+from agent.errors import Cancelled, DeadlineExceeded, Problem, Rejected, ResourceExhausted, note_stored, quoted
 from agent.limits import (
     Limits,
     annotator_name,
@@ -53,6 +53,7 @@ from agent.models import ModelManager, Serving
 from agent.state import INGEST_ANNOTATOR, INGEST_SOURCE, EmbeddingRows, NewSample, SampleRecord, State
 from shortlist.images import TooManyPixels, decode_payload, image_header
 from shortlist.manifest import Preprocess
+from shortlist.v1 import agent_pb2
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ class Prepared:
     digests: list[str]
     pixels: list[np.ndarray | None]
     version: str
-    rejected: list[tuple[str, str]]
+    rejected: list[Rejected]
     duplicates: int = 0
 
 
@@ -113,7 +114,7 @@ class IngestResult:
     duplicates: int = 0
     # Of the duplicates: samples stored without a label that a resend gave theirs (IngestReply.labels_added).
     labels_added: int = 0
-    rejected: list[tuple[str, str]] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
     # Accepted samples whose payload another id already holds, and the first few (id, other id).
     same_payload: int = 0
     same_payload_examples: list[tuple[str, str]] = field(default_factory=list)
@@ -188,7 +189,7 @@ def near_retired_problem(state: State, label: str, renaming: str = "") -> str | 
     return None
 
 
-def label_problem(state: State, label: str) -> str | None:
+def label_problem(state: State, label: str) -> Problem | None:
     """Why a label ``label`` cannot be stored now, or None: a name RenameClass retired (``renamed_problem``,
     naming the class it became), a new class name that ``new_class_problem`` refuses beside the classes a
     label may name (``live_classes``), or one that differs from a retired name only in case or Unicode form
@@ -197,19 +198,21 @@ def label_problem(state: State, label: str) -> str | None:
     RenameClass takes that lock, so no label of a retired name is stored after its rename commits."""
     problem = state.renamed_problem(label)
     if problem is not None:
-        return problem
+        return Problem(agent_pb2.REJECTION_CODE_UNKNOWN_CLASS, problem)
     live = live_classes(state)
     if label in live:
         return None
-    return new_class_problem(live, label) or near_retired_problem(state, label)
+    problem = new_class_problem(live, label) or near_retired_problem(state, label)
+    return None if problem is None else Problem(agent_pb2.REJECTION_CODE_INVALID_LABEL, problem)
 
 
 @dataclass(frozen=True)
 class LabelRefusal:
-    """Why a label cannot be stored now: ``reason`` (a Rejection reason); ``unlisted``: the name itself is fine
-    but the closed class list lacks it (SubmitLabels judges that after the item's id and conditions)."""
+    """Why a label cannot be stored now: ``problem`` (a Rejection's code and reason); ``unlisted``: the name
+    itself is fine but the closed class list lacks it (SubmitLabels judges that after the item's id and
+    conditions)."""
 
-    reason: str
+    problem: Problem
     unlisted: bool = False
 
 
@@ -221,7 +224,8 @@ def label_refusal(state: State, label: str) -> LabelRefusal | None:
     if problem is not None:
         return LabelRefusal(problem)
     if state.closed and label not in state.classes:
-        return LabelRefusal(unknown_label_reason(state.classes, label), unlisted=True)
+        return LabelRefusal(Problem(agent_pb2.REJECTION_CODE_UNKNOWN_CLASS, unknown_label_reason(state.classes, label)),
+                            unlisted=True)
     return None
 
 
@@ -266,30 +270,43 @@ class IngestPipeline:
         self.large_image_pixels = large_image_pixels
 
     # ---- per-sample checks -----------------------------------------------------------------------
-    def sample_problem(self, s: Incoming) -> str | None:
-        """Why ``s`` breaks a rule or an input limit before decoding (a Rejection reason), or None."""
+    def sample_problem(self, s: Incoming) -> Problem | None:
+        """Why ``s`` breaks a rule or an input limit before decoding (a Rejection's code and reason), or None."""
         lim = self.limits
         if not s.id:
-            return "empty id: every sample needs a client-chosen unique id"
-        problem = (text_problem(s.id, lim.max_id_chars, "max_id_chars", "id") or name_problem(s.id, "id")
-                   or text_problem(s.label, lim.max_label_chars, "max_label_chars", "label")
-                   or (label_problem(self.state, s.label) if s.label else None)
-                   or text_problem(s.uri, lim.max_uri_chars, "max_uri_chars", "uri")
-                   or metadata_problem(s.metadata, lim))
+            return Problem(agent_pb2.REJECTION_CODE_INVALID_ID,
+                           "empty id: every sample needs a client-chosen unique id")
+        problem = text_problem(s.id, lim.max_id_chars, "max_id_chars", "id")
         if problem is not None:
-            return problem
+            return Problem(agent_pb2.REJECTION_CODE_ID_TOO_LONG, problem)
+        problem = name_problem(s.id, "id")
+        if problem is not None:
+            return Problem(agent_pb2.REJECTION_CODE_INVALID_ID, problem)
+        problem = text_problem(s.label, lim.max_label_chars, "max_label_chars", "label")
+        if problem is not None:
+            return Problem(agent_pb2.REJECTION_CODE_INVALID_LABEL, problem)
+        refused = label_problem(self.state, s.label) if s.label else None
+        if refused is not None:
+            return refused
+        problem = text_problem(s.uri, lim.max_uri_chars, "max_uri_chars", "uri") or metadata_problem(s.metadata, lim)
+        if problem is not None:
+            return Problem(agent_pb2.REJECTION_CODE_INVALID_METADATA, problem)
         if s.output_only:
-            return (f"{', '.join(s.output_only)} {'is' if len(s.output_only) == 1 else 'are'} ListSamples output "
-                    f"(who gave the current label, when, how): Ingest stores a label as given by {quoted('ingest')}, "
-                    "source \"ingest\"; clear them, and use SubmitLabels to record who gave a label")
+            return Problem(agent_pb2.REJECTION_CODE_INVALID_LABEL,
+                           f"{', '.join(s.output_only)} {'is' if len(s.output_only) == 1 else 'are'} ListSamples output "
+                           f"(who gave the current label, when, how): Ingest stores a label as given by "
+                           f"{quoted('ingest')}, source \"ingest\"; clear them, and use SubmitLabels to record who "
+                           "gave a label")
         if PAYLOAD_ERROR_KEY in s.metadata:
-            return (f"metadata key {quoted(PAYLOAD_ERROR_KEY)} is reserved: ListSamples uses it to flag a sample whose "
-                    "stored payload cannot be read; rename it")
+            return Problem(agent_pb2.REJECTION_CODE_INVALID_METADATA,
+                           f"metadata key {quoted(PAYLOAD_ERROR_KEY)} is reserved: ListSamples uses it to flag a "
+                           "sample whose stored payload cannot be read; rename it")
         if not s.kind:
-            return "no payload: set encoded_image or tensor"
+            return Problem(agent_pb2.REJECTION_CODE_INVALID_PAYLOAD, "no payload: set encoded_image or tensor")
         if len(s.data) > lim.max_image_bytes:
-            return (f"{'encoded image' if s.kind == 'image' else 'tensor'} of {len(s.data):,} bytes is larger than "
-                    f"the limit of {lim.max_image_bytes:,} bytes {limit_hint('max_image_bytes')}")
+            return Problem(agent_pb2.REJECTION_CODE_PAYLOAD_TOO_LARGE,
+                           f"{'encoded image' if s.kind == 'image' else 'tensor'} of {len(s.data):,} bytes is larger "
+                           f"than the limit of {lim.max_image_bytes:,} bytes {limit_hint('max_image_bytes')}")
         return None
 
     def _decode(self, s: Incoming, pre: Preprocess | None, token: CancelToken | None = None) -> np.ndarray:
@@ -318,7 +335,7 @@ class IngestPipeline:
         for s in samples:
             problem = self.sample_problem(s)
             if problem is not None:
-                out.rejected.append((rejection_id(s.id, self.limits.max_id_chars), problem))
+                out.rejected.append(problem.of(rejection_id(s.id, self.limits.max_id_chars)))
                 continue
             digest = sha256_hex(s.blob)
             if s.id in seen:
@@ -334,8 +351,10 @@ class IngestPipeline:
                                                          token)
                 if serving is None:
                     pixels = None
-            except ValueError as e:
-                out.rejected.append((s.id, str(e)))
+            except ValueError as e:  # TooManyPixels (a ValueError): over --max-pixels
+                code = (agent_pb2.REJECTION_CODE_PAYLOAD_TOO_LARGE if isinstance(e, TooManyPixels)
+                        else agent_pb2.REJECTION_CODE_INVALID_PAYLOAD)
+                out.rejected.append(Rejected(s.id, code, str(e)))
                 continue
             seen[s.id] = (digest, s, len(out.samples), None)
             out.samples.append(s)
@@ -374,7 +393,8 @@ class IngestPipeline:
         first_digest, first, pos, rec = seen[s.id]
         sid = s.id
         if first_digest != digest:
-            out.rejected.append((sid, "the same id appears twice in this batch with different payloads"))
+            out.rejected.append(Rejected(sid, agent_pb2.REJECTION_CODE_ID_TAKEN,
+                                         "the same id appears twice in this batch with different payloads"))
             return
         if rec is not None and pos < 0:  # the earlier item changed nothing stored: judge this one as it alone
             self._stored_item(rec, digest, s, seen, out)
@@ -385,18 +405,21 @@ class IngestPipeline:
             shown, where = differences(first.uri, first.metadata, s, "sent before", "sent again"), \
                 "appears earlier in this request"
         if shown:
-            out.rejected.append((sid, f"id {quoted(sid)} {where} (same payload) with another uri or metadata "
-                                      f"({shown}): both are set by the first ingest and a resend does not change them"))
+            out.rejected.append(Rejected(sid, agent_pb2.REJECTION_CODE_RESEND_CHANGES_SAMPLE,
+                                         f"id {quoted(sid)} {where} (same payload) with another uri or metadata "
+                                         f"({shown}): both are set by the first ingest and a resend does not change "
+                                         "them"))
         elif not s.label or s.label == first.label:
             out.duplicates += 1
         elif first.label:
-            out.rejected.append((sid, f"id {quoted(sid)} appears earlier in this request (same payload) with label "
-                                      f"{quoted(first.label)}: a resend does not change labels; send one label per "
-                                      f"sample, or give {quoted(s.label)} with SubmitLabels (`shortlist label`)"))
+            out.rejected.append(Rejected(sid, agent_pb2.REJECTION_CODE_RESEND_CHANGES_LABEL,
+                                         f"id {quoted(sid)} appears earlier in this request (same payload) with label "
+                                         f"{quoted(first.label)}: a resend does not change labels; send one label per "
+                                         f"sample, or give {quoted(s.label)} with SubmitLabels (`shortlist label`)"))
         elif (refusal := label_refusal(self.state, s.label)) is not None:
             # judged now, as a later request would judge it against the stored sample: only the label is refused
             # (merged into the first item, stage 3 refused the whole sample for it)
-            out.rejected.append((sid, refusal.reason))
+            out.rejected.append(refusal.problem.of(sid))
         else:  # new in this batch, given before without a label: stored with this one
             labelled = replace(first, label=s.label)
             out.samples[pos] = labelled
@@ -460,7 +483,7 @@ class IngestPipeline:
                 if s.label:
                     # again under the lock: a RenameClass may have retired the label since ``sample_problem``
                     if (refusal := label_refusal(self.state, s.label)) is not None:
-                        res.rejected.append((s.id, refusal.reason))
+                        res.rejected.append(refusal.problem.of(s.id))
                         continue
                     idx = self.state.class_index(s.label)
                     assert idx is not None  # (label_refusal: a closed list holds it)
@@ -515,27 +538,32 @@ class IngestPipeline:
         True."""
         sid = s.id
         if rec.sha256 != digest:
-            res.rejected.append((sid, f"id {quoted(sid)} is already in the pool with a different payload; ids must "
-                                      "be unique (use a new id for a new image)"))
+            res.rejected.append(Rejected(sid, agent_pb2.REJECTION_CODE_ID_TAKEN,
+                                         f"id {quoted(sid)} is already in the pool with a different payload; ids must "
+                                         "be unique (use a new id for a new image)"))
         elif shown := differences(rec.uri, rec.metadata, s, "stored", "sent"):
-            res.rejected.append((sid, f"id {quoted(sid)} is stored (same payload) with another uri or metadata "
-                                      f"({shown}): both are set by the first ingest and a resend does not change them"))
+            res.rejected.append(Rejected(sid, agent_pb2.REJECTION_CODE_RESEND_CHANGES_SAMPLE,
+                                         f"id {quoted(sid)} is stored (same payload) with another uri or metadata "
+                                         f"({shown}): both are set by the first ingest and a resend does not change "
+                                         "them"))
         elif not s.label or s.label == (label := self.state.label_name(rec.seq)):
             res.duplicates += 1
         elif label:
-            res.rejected.append((sid, f"id {quoted(sid)} is stored (same payload) with label {quoted(label)}: a resend "
-                                      f"does not change labels; give {quoted(s.label)} with SubmitLabels "
-                                      "(`shortlist label`)"))
+            res.rejected.append(Rejected(sid, agent_pb2.REJECTION_CODE_RESEND_CHANGES_LABEL,
+                                         f"id {quoted(sid)} is stored (same payload) with label {quoted(label)}: a "
+                                         f"resend does not change labels; give {quoted(s.label)} with SubmitLabels "
+                                         "(`shortlist label`)"))
         elif labels is None:
             return True
         elif (last := self.state.last_label_by(rec.seq)) is not None:  # (under the lock: stage 3)
             # unlabelled, but labelled once: its label was taken back, which a resend must not undo (a nightly
             # ingest --with-labels put retracted labels back)
-            res.rejected.append((sid, f"id {quoted(sid)} is stored (same payload) and its label was taken back (by "
-                                      f"{annotator_name(last[0])}): a resend does not put labels back; give "
-                                      f"{quoted(s.label)} with SubmitLabels (`shortlist label`) if it is right"))
+            res.rejected.append(Rejected(sid, agent_pb2.REJECTION_CODE_RESEND_CHANGES_LABEL,
+                                         f"id {quoted(sid)} is stored (same payload) and its label was taken back (by "
+                                         f"{annotator_name(last[0])}): a resend does not put labels back; give "
+                                         f"{quoted(s.label)} with SubmitLabels (`shortlist label`) if it is right"))
         elif (refusal := label_refusal(self.state, s.label)) is not None:
-            res.rejected.append((sid, refusal.reason))
+            res.rejected.append(refusal.problem.of(sid))
         else:
             idx = self.state.class_index(s.label)
             assert idx is not None  # (label_refusal: a closed list holds it)

@@ -26,8 +26,8 @@ from agent.audit import Accuracy, AuditReport
 from agent.cancel import CancelToken
 from agent.client import LABEL_EVENTS_KEY
 from agent.config import AgentConfig
-from agent.core import Agent, AgentStatus, Rejected, Replaced
-from agent.errors import Behaviour, ErrorMapping, rewrap_handler
+from agent.core import Agent, AgentStatus, Replaced
+from agent.errors import Behaviour, ErrorMapping, rejection_message, rewrap_handler
 from agent.ingest import Incoming
 from agent.lazy import warm_in_background
 from agent.limits import Limits
@@ -99,14 +99,6 @@ def queue_message(q: QueueData) -> agent_pb2.Queue:
     return agent_pb2.Queue(name=q.name, ids=q.ids, source=q.source, strategy=q.strategy, params=q.params,
                            model_version=q.model_version, selection_id=q.selection_id, details=q.details,
                            created=q.created, marks=q.marks)
-
-
-def label_rejection(r: Rejected) -> agent_pb2.Rejection:
-    """A SubmitLabels / RetractLabels rejection as the API's message (``now`` for a conditional write's conflict)."""
-    msg = agent_pb2.Rejection(id=r.id, reason=r.reason)
-    if r.now is not None:
-        msg.now.CopyFrom(agent_pb2.LabelNow(label=r.now[0], annotator=r.now[1]))
-    return msg
 
 
 def replaced_message(r: Replaced) -> agent_pb2.Replaced:
@@ -184,7 +176,7 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
         total = self.agent.ingest.stream(batches, active=context.is_active, token=call_token(context))
         return agent_pb2.IngestReply(
             accepted=total.accepted, duplicates=total.duplicates, labels_added=total.labels_added,
-            rejected=capped(total.rejected, lambda r: agent_pb2.Rejection(id=r[0], reason=r[1])),
+            rejected=capped(total.rejected, rejection_message),
             rejected_count=len(total.rejected), same_payload=total.same_payload,
             same_payload_examples=[agent_pb2.SamePayload(id=i, other_id=o) for i, o in total.same_payload_examples])
 
@@ -207,7 +199,7 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
             [(a.id, a.label) for a in request.labels], request.annotator, request.source,
             {a.id: a.if_current for a in request.labels if a.HasField("if_current")}, replaced, agreed, twins)
         return agent_pb2.SubmitLabelsReply(
-            accepted=accepted, rejected=capped(rejected, label_rejection), rejected_count=len(rejected),
+            accepted=accepted, rejected=capped(rejected, rejection_message), rejected_count=len(rejected),
             overwritten=capped(replaced, replaced_message), overwritten_count=len(replaced),
             agreed=capped(agreed, lambda a: agent_pb2.Agreement(id=a[0], now=agent_pb2.LabelNow(label=a[1][0],
                                                                                                  annotator=a[1][1]))),
@@ -222,7 +214,7 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
         accepted, rejected = self.agent.retract_labels(list(request.ids), request.annotator, request.source,
                                                        dict(request.if_current), replaced,
                                                        request.restore_previous)
-        return agent_pb2.RetractLabelsReply(accepted=accepted, rejected=capped(rejected, label_rejection),
+        return agent_pb2.RetractLabelsReply(accepted=accepted, rejected=capped(rejected, rejection_message),
                                             rejected_count=len(rejected),
                                             overwritten=capped(replaced, replaced_message),
                                             overwritten_count=len(replaced))
@@ -231,7 +223,7 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
                       context: grpc.ServicerContext) -> agent_pb2.DeleteSamplesReply:
         """DeleteSamples: delete samples for good (docs/agent.md, "Deleting samples")."""
         accepted, rejected, removed = self.agent.delete_samples(list(request.ids), request.annotator, request.reason)
-        return agent_pb2.DeleteSamplesReply(accepted=accepted, rejected=capped(rejected, label_rejection),
+        return agent_pb2.DeleteSamplesReply(accepted=accepted, rejected=capped(rejected, rejection_message),
                                             rejected_count=len(rejected), payloads_removed=removed)
 
     def RenameClass(self, request: agent_pb2.RenameClassRequest,

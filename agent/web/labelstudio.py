@@ -89,7 +89,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from starlette.concurrency import run_in_threadpool
 
 from agent.client import calibration_dict, calibration_line, first_calibration
-from agent.errors import quoted
+from agent.errors import code_name, quoted
 from agent.security import RefusalLog
 from agent.web.auth import Caller, client_address, session, token_of, unknown_token_throttled
 from agent.web.config import LabelStudioConfig, MatchRule
@@ -587,7 +587,7 @@ class LabelStudioBackend:
                 source=SOURCE)
             reply = call(call.stub.SubmitLabels, req)
             accepted += reply.accepted
-            rejected.extend({"id": r.id, "reason": r.reason} for r in reply.rejected)
+            rejected.extend({"id": r.id, "code": code_name(r.code), "reason": r.reason} for r in reply.rejected)
             refused = {r.id for r in reply.rejected}
             self._remember_given([(sources[annotator, i], _Given(i, lab, annotator), stamps[i])
                                   for i, lab in assignments if i not in refused])
@@ -729,7 +729,7 @@ class LabelStudioBackend:
                 reply = call(call.stub.RetractLabels, agent_pb2.RetractLabelsRequest(
                     ids=ids, annotator=_annotator(None), source=SOURCE))
                 retracted = reply.accepted
-                skipped.extend({"id": r.id, "reason": r.reason} for r in reply.rejected)
+                skipped.extend({"id": r.id, "code": code_name(r.code), "reason": r.reason} for r in reply.rejected)
         with self._lock:  # done (an error above keeps them): a deleted annotation is never named again
             for a in listed:
                 key = (project_id, str(a["id"]))

@@ -27,6 +27,7 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, BeforeValidator, Field, StringConstraints
 from starlette.responses import RedirectResponse, Response
 
+from agent.errors import code_name
 from agent.limits import Limits
 from agent.queues import QueueData
 from agent.web.auth import Caller, CallerDep, session
@@ -319,10 +320,12 @@ def rejections(rejected: Iterable[agent_pb2.Rejection]) -> list[dict[str, Any]]:
     has ``changed`` set, its ``label`` now (so the page shows it at once instead of at the next refresh) and
     ``by`` (who gave it), from the agent's ``Rejection.now``, and a ``reason`` for the annotator: the agent's
     words up to "not changed" (what it is now and who gave it), since the page leaves the sample as it is
-    rather than asking to resend."""
+    rather than asking to resend. ``code``: the agent's RejectionCode by name (``agent.errors.code_name``), for
+    programs: the reason's words may change."""
     out: list[dict[str, Any]] = []
     for r in rejected:
-        item: dict[str, Any] = {"id": r.id, "reason": r.reason, "changed": r.HasField("now")}
+        item: dict[str, Any] = {"id": r.id, "code": code_name(r.code), "reason": r.reason,
+                                "changed": r.HasField("now")}
         if r.HasField("now"):
             item.update(label=r.now.label, by=r.now.annotator, reason=r.reason.split(": not changed")[0])
         out.append(item)

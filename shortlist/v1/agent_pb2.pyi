@@ -1,10 +1,46 @@
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class RejectionCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    REJECTION_CODE_UNSPECIFIED: _ClassVar[RejectionCode]
+    REJECTION_CODE_INVALID_ID: _ClassVar[RejectionCode]
+    REJECTION_CODE_ID_TOO_LONG: _ClassVar[RejectionCode]
+    REJECTION_CODE_INVALID_LABEL: _ClassVar[RejectionCode]
+    REJECTION_CODE_UNKNOWN_CLASS: _ClassVar[RejectionCode]
+    REJECTION_CODE_INVALID_METADATA: _ClassVar[RejectionCode]
+    REJECTION_CODE_INVALID_PAYLOAD: _ClassVar[RejectionCode]
+    REJECTION_CODE_PAYLOAD_TOO_LARGE: _ClassVar[RejectionCode]
+    REJECTION_CODE_ID_TAKEN: _ClassVar[RejectionCode]
+    REJECTION_CODE_RESEND_CHANGES_SAMPLE: _ClassVar[RejectionCode]
+    REJECTION_CODE_RESEND_CHANGES_LABEL: _ClassVar[RejectionCode]
+    REJECTION_CODE_UNKNOWN_ID: _ClassVar[RejectionCode]
+    REJECTION_CODE_DUPLICATE_IN_REQUEST: _ClassVar[RejectionCode]
+    REJECTION_CODE_CONFLICT: _ClassVar[RejectionCode]
+    REJECTION_CODE_NOT_LABELLED: _ClassVar[RejectionCode]
+    REJECTION_CODE_CANNOT_RESTORE: _ClassVar[RejectionCode]
+REJECTION_CODE_UNSPECIFIED: RejectionCode
+REJECTION_CODE_INVALID_ID: RejectionCode
+REJECTION_CODE_ID_TOO_LONG: RejectionCode
+REJECTION_CODE_INVALID_LABEL: RejectionCode
+REJECTION_CODE_UNKNOWN_CLASS: RejectionCode
+REJECTION_CODE_INVALID_METADATA: RejectionCode
+REJECTION_CODE_INVALID_PAYLOAD: RejectionCode
+REJECTION_CODE_PAYLOAD_TOO_LARGE: RejectionCode
+REJECTION_CODE_ID_TAKEN: RejectionCode
+REJECTION_CODE_RESEND_CHANGES_SAMPLE: RejectionCode
+REJECTION_CODE_RESEND_CHANGES_LABEL: RejectionCode
+REJECTION_CODE_UNKNOWN_ID: RejectionCode
+REJECTION_CODE_DUPLICATE_IN_REQUEST: RejectionCode
+REJECTION_CODE_CONFLICT: RejectionCode
+REJECTION_CODE_NOT_LABELLED: RejectionCode
+REJECTION_CODE_CANNOT_RESTORE: RejectionCode
 
 class Sample(_message.Message):
     __slots__ = ("id", "encoded_image", "tensor", "uri", "metadata", "label", "annotator", "label_time", "label_source")
@@ -78,14 +114,16 @@ class SamePayload(_message.Message):
     def __init__(self, id: _Optional[str] = ..., other_id: _Optional[str] = ...) -> None: ...
 
 class Rejection(_message.Message):
-    __slots__ = ("id", "reason", "now")
+    __slots__ = ("id", "reason", "now", "code")
     ID_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     NOW_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
     id: str
     reason: str
     now: LabelNow
-    def __init__(self, id: _Optional[str] = ..., reason: _Optional[str] = ..., now: _Optional[_Union[LabelNow, _Mapping]] = ...) -> None: ...
+    code: RejectionCode
+    def __init__(self, id: _Optional[str] = ..., reason: _Optional[str] = ..., now: _Optional[_Union[LabelNow, _Mapping]] = ..., code: _Optional[_Union[RejectionCode, str]] = ...) -> None: ...
 
 class LabelNow(_message.Message):
     __slots__ = ("label", "annotator")

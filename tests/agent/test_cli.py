@@ -61,6 +61,7 @@ def test_commands_json(tmp_path: Path, running: Running) -> None:
     again = json.loads(resent.stdout)
     assert resent.exit_code == 1 and again["accepted"] == 0 and len(again["rejected"]) == 8  # nothing stored: 1
     assert "with another uri or metadata" in again["rejected"][0]["reason"]
+    assert again["rejected"][0]["code"] == "REJECTION_CODE_RESEND_CHANGES_SAMPLE"
     out = json.loads(run("ingest", str(src), "--agent", running.address, "--json", "--with-labels", "--limit", "4"))
     assert (out["accepted"], out["duplicates"], out["rejected"]) == (0, 4, [])  # stored unlabelled: now labelled
     assert out["labels_added"] == 4  # ... and said: the resend was not just a duplicate
@@ -125,6 +126,7 @@ def test_ingest_splits_requests_by_bytes(tmp_path: Path, registry: Path, monkeyp
         out = json.loads(run("ingest", str(photos), "--agent", r.address, "--json"))
         assert out["accepted"] == 21 and [x["id"] for x in out["rejected"]] == ["IMG_huge.jpg"]
         assert "larger than the largest gRPC message" in out["rejected"][0]["reason"]
+        assert out["rejected"][0]["code"] == "REJECTION_CODE_PAYLOAD_TOO_LARGE"
         monkeypatch.setattr(client, "MAX_MESSAGE_BYTES", 64 * 2**20)  # a request above the agent's own limit:
         res = runner.invoke(app, ["ingest", str(photos), "--agent", r.address, "--batch-mb", "2"])
         assert res.exit_code == 1 and "RESOURCE_EXHAUSTED" in res.output and "--batch-mb" in res.output
@@ -474,8 +476,8 @@ def test_label_csv_with_or_without_header_and_bom(tmp_path: Path, running: Runni
     assert code == 0 and json.loads(out)["accepted"] == 1
     code, out = label("Label;ID\nfrog;s2\n\nfrog;nope\n")  # semicolons, other order, a blank line
     assert code == 0 and json.loads(out) == {"accepted": 1, "rejected": [
-        {"line": 4, "id": "nope", "reason": "unknown id \"nope\": ingest it first"}], "overwritten": [],
-        "twin_conflicts": []}
+        {"line": 4, "id": "nope", "code": "REJECTION_CODE_UNKNOWN_ID",
+         "reason": "unknown id \"nope\": ingest it first"}], "overwritten": [], "twin_conflicts": []}
     code, out = label("id,label\n")
     assert code == 2 and "has no labels" in out
     code, out = label("s3,cat\ns0\n,dog\n")
@@ -495,7 +497,8 @@ def test_retract_labels_from_arguments_and_files(tmp_path: Path, running: Runnin
     res = runner.invoke(app, ["retract-labels", "s0", "nope", "--agent", running.address, "--annotator", "ann",
                               "--json"])
     assert res.exit_code == 0 and json.loads(res.stdout) == {"accepted": 1, "rejected": [
-        {"id": "nope", "reason": "unknown id \"nope\": ingest it first"}], "overwritten": [
+        {"id": "nope", "code": "REJECTION_CODE_UNKNOWN_ID", "reason": "unknown id \"nope\": ingest it first"}],
+        "overwritten": [
         {"id": "s0", "label": "cat", "annotator": "ingest"}]}  # a label that came with ingest: not ann's
     (tmp_path / "labels.csv").write_text("id,label,annotator\ns1,cat,x\ns2,cat,x\n")  # e.g. an export
     (tmp_path / "ids.txt").write_text("s3\n\ns5\n")
@@ -566,7 +569,8 @@ def test_label_and_retract_say_whose_labels_they_overwrite_and_can_be_conditiona
     assert now()["s1"] == ("dog", "chloé") and now()["s4"] == ("cat", "pipeline")
     res = label("id,label\ns1,frog\n", "--only-unlabelled", "--json")
     assert res.exit_code == 1 and json.loads(res.stdout)["rejected"] == [{
-        "line": 2, "id": "s1", "reason": 'already labelled "dog" by chloé: kept (--only-unlabelled)',
+        "line": 2, "id": "s1", "code": "REJECTION_CODE_CONFLICT",
+        "reason": 'already labelled "dog" by chloé: kept (--only-unlabelled)',
         "now": {"label": "dog", "annotator": "chloé"}}]
 
     client.submit_labels(running.stub, [("s3", "dog")], "chloé")  # changed after the file was written

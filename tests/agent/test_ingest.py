@@ -163,9 +163,9 @@ def test_a_resend_is_a_duplicate_only_when_it_says_what_is_stored(agent: Agent) 
     res = agent.ingest.batch(changed)
     assert res.accepted == 1 and res.duplicates == 0 and [r[0] for r in res.rejected] == ["a", "c"]
     assert "stored (same payload) with label \"cat\": a resend does not change labels; give \"dog\" with " \
-           "SubmitLabels" in res.rejected[0][1]
+           "SubmitLabels" in res.rejected[0].reason
     assert ("with another uri or metadata (\"camera\": not stored, \"3\" sent; \"site\": \"north\" stored, \"south\" "
-            "sent)") in res.rejected[1][1]  # says what differs
+            "sent)") in res.rejected[1].reason  # says what differs
     assert agent.state.label_name(agent.state.lookup("a").seq) == "cat"  # type: ignore[union-attr]
     assert agent.state.lookup("c").metadata == {"site": "north"}  # type: ignore[union-attr]
 
@@ -220,7 +220,7 @@ def test_a_repeat_within_one_batch_is_judged_as_a_resend_in_another_batch(agent:
         == (5, 2)
     assert [r[0] for r in one.rejected] == ["one/m", "one/u", "one/l"]
     assert [x[0] for r in apart for x in r.rejected] == ["apart/m", "apart/u", "apart/l"]
-    reasons = dict(one.rejected)
+    reasons = {r.id: r.reason for r in one.rejected}
     assert "appears earlier in this request (same payload) with another uri or metadata (\"k\": \"1\" sent before, " \
            "\"2\" sent again)" in reasons["one/m"]
     assert "(uri \"s3://a\" sent before, \"s3://b\" sent again)" in reasons["one/u"]
@@ -240,7 +240,7 @@ def test_a_repeat_of_a_stored_id_within_one_batch_adds_one_label(agent: Agent) -
     res = agent.ingest.batch([image("a", imgs[0]), image("a", imgs[0], label="cat"), image("a", imgs[0], label="cat"),
                               image("b", imgs[1], label="cat"), image("b", imgs[1], label="dog")])
     assert (res.accepted, res.duplicates, res.labels_added) == (0, 4, 2)
-    assert [r[0] for r in res.rejected] == ["b"] and "with label \"cat\"" in res.rejected[0][1]
+    assert [r[0] for r in res.rejected] == ["b"] and "with label \"cat\"" in res.rejected[0].reason
     assert [e.id for e in agent.state.label_events(True)] == ["a", "b"]
     assert [agent.state.label_name(agent.state.lookup(i).seq) for i in "ab"] == ["cat", "cat"]  # type: ignore[union-attr]
 
@@ -255,7 +255,7 @@ def test_a_resend_does_not_put_back_a_label_taken_back(agent: Agent) -> None:
     res = agent.ingest.batch([image("a", imgs[0], label="cat"), image("b", imgs[1], label="cat")])
     assert (res.accepted, res.duplicates, res.labels_added) == (0, 1, 1)
     assert [r[0] for r in res.rejected] == ["a"]
-    assert "its label was taken back (by zoe): a resend does not put labels back" in res.rejected[0][1]
+    assert "its label was taken back (by zoe): a resend does not put labels back" in res.rejected[0].reason
     assert [agent.state.label_name(agent.state.lookup(i).seq) for i in "ab"] == ["", "cat"]  # type: ignore[union-attr]
 
 
@@ -268,7 +268,7 @@ def test_a_repeat_whose_label_is_refused_leaves_its_sample_stored(tmp_path: Path
         imgs = make_images(2)
         res = a.ingest.batch([image("s0", imgs[0]), image("s0", imgs[0], label="zebra"), image("s1", imgs[1])])
         assert (res.accepted, res.duplicates) == (2, 0) and [r[0] for r in res.rejected] == ["s0"]
-        assert "zebra" in res.rejected[0][1]
+        assert "zebra" in res.rejected[0].reason
         rec = a.state.lookup("s0")
         assert rec is not None and a.state.label_name(rec.seq) == ""
     finally:
@@ -286,7 +286,7 @@ def test_rejection_ids_are_the_ids_as_sent(agent: Agent) -> None:
     res = agent.ingest.batch(items)
     assert [r[0] for r in res.rejected] == [base + "0012.JPG", base + "0013.JPG", base + "0014.JPG", "x" * 600,
                                             "z" * 4096]
-    assert "id of 600 characters is longer than the limit of 512" in res.rejected[3][1]
+    assert "id of 600 characters is longer than the limit of 512" in res.rejected[3].reason
     assert agent.ingest.batch([image(base + "0015.JPG", img)]).accepted == 1
     accepted, rejected = agent.submit_labels([(base + "0015.JPG", "a/b"), (base + "0015.JPG", "x" * 300),
                                               ("y" * 513, "cat")], "ana")

@@ -27,6 +27,7 @@ from agent.errors import (
     STORED_KEY,
     TRAILER_REJECTED_CHARS,
     TRAILER_REJECTIONS,
+    Rejected,
     rejections_json,
 )
 from shortlist.images import TooManyPixels, image_header
@@ -246,11 +247,13 @@ def test_a_broken_ingest_stream_says_how_many_samples_were_handled_and_which_wer
 
 def test_the_rejections_in_the_trailers_stay_small() -> None:
     """At most TRAILER_REJECTIONS entries within TRAILER_REJECTED_CHARS, ASCII (trailers are capped at 8 KiB)."""
-    many = [(f"id{i}\x7f\n" + "é" * 300, "r" * 500) for i in range(50)]
+    many = [Rejected(f"id{i}\x7f\n" + "é" * 300, agent_pb2.REJECTION_CODE_INVALID_PAYLOAD, "r" * 500)
+            for i in range(50)]
     text = rejections_json(many)
     assert len(text) <= TRAILER_REJECTED_CHARS and text.isascii() and "\x7f" not in text and "\n" not in text
     shown = json.loads(text)
     assert 0 < len(shown) <= TRAILER_REJECTIONS and shown[0]["id"].startswith("id0\x7f\n")
+    assert shown[0]["code"] == "REJECTION_CODE_INVALID_PAYLOAD"
     assert rejections_json([]) == "[]"
 
 

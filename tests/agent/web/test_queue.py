@@ -188,7 +188,7 @@ def test_conditional_labels_and_retractions(web_agent: WebAgent) -> None:
                       ).json()["accepted"] == 1
     r = bob.post("/api/labels", json={"labels": [{"id": sid, "label": "square", "if_current": ""}]}).json()
     assert r["accepted"] == 0 and r["rejected"] == [{
-        "id": sid, "changed": True, "label": "circle", "by": "alice",
+        "id": sid, "changed": True, "label": "circle", "by": "alice", "code": "REJECTION_CODE_CONFLICT",
         "reason": "labelled \"circle\" by alice meanwhile (expected unlabelled)"}]
     assert bob.post("/api/labels", json={"labels": [{"id": sid, "label": "square", "if_current": "circle"}]}
                     ).json()["accepted"] == 1
