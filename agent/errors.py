@@ -187,9 +187,10 @@ class Problem(NamedTuple):
 
 def rejection_message(r: Rejected) -> agent_pb2.Rejection:
     """The one place a Rejection message is built (tests/agent/test_rejection_codes.py checks there is no
-    other): ValueError for a code that is UNSPECIFIED or no RejectionCode, a bug in the agent."""
+    other). A code that is UNSPECIFIED or no RejectionCode is a bug in the agent: logged as an error (the tests
+    fail on it) and sent as it is, since failing the reply of a write that was committed would be worse."""
     if r.code == agent_pb2.REJECTION_CODE_UNSPECIFIED or r.code not in agent_pb2.RejectionCode.values():
-        raise ValueError(f"rejection of {r.id[:64]!r} without a code: {r.reason}")
+        log.error("bug: the rejection of %r has no RejectionCode (%d): %s", r.id[:64], r.code, r.reason)
     msg = agent_pb2.Rejection(id=r.id, reason=r.reason, code=r.code)
     if r.now is not None:
         msg.now.CopyFrom(agent_pb2.LabelNow(label=r.now[0], annotator=r.now[1]))

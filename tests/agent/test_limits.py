@@ -239,6 +239,7 @@ def test_a_broken_ingest_stream_says_how_many_samples_were_handled_and_which_wer
         assert sent[STORED_KEY] == "5" and sent[HANDLED_KEY] == "12" and sent[REJECTED_COUNT_KEY] == "5"
         rejected = json.loads(sent[REJECTED_KEY])
         assert [x["id"] for x in rejected] == [f"bad{i}" for i in range(5)] and all(x["reason"] for x in rejected)
+        assert {x["code"] for x in rejected} == {"REJECTION_CODE_INVALID_PAYLOAD"}  # for programs: not the words
         assert "the first 12 samples it sent were handled (5 stored, 2 already stored, 5 rejected" in err.details()
         assert "resend from sample 13 on" in err.details()
     finally:
