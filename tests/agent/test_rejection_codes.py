@@ -12,7 +12,7 @@ import ast
 import io
 import struct
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -130,7 +130,7 @@ def _codes(rejected: Iterable[agent_pb2.Rejection]) -> list[tuple[str, str]]:
     return [(r.id, code_name(r.code)) for r in rejected]
 
 
-def _expected(rows: list[tuple[str, int | None]]) -> list[tuple[str, str]]:
+def _expected(rows: Sequence[tuple[str, int | None]]) -> list[tuple[str, str]]:
     return [(i, code_name(c)) for i, c in rows if c is not None]
 
 
@@ -212,7 +212,8 @@ def test_the_clients_own_rejection_of_a_sample_too_large_to_send(monkeypatch: py
 
 def test_every_code_has_a_path() -> None:
     """The tables above drive every RejectionCode but UNSPECIFIED (an older agent's)."""
-    tables: list[list[tuple[object, int | None]]] = [list(INGEST.items()), SUBMIT, RETRACT, RESTORE, DELETE, CLIENT]
+    tables: list[Sequence[tuple[object, int | None]]] = [list(INGEST.items()), SUBMIT, RETRACT, RESTORE, DELETE,
+                                                          CLIENT]
     driven = {c for table in tables for _, c in table if c is not None}
     assert driven == set(agent_pb2.RejectionCode.values()) - {C.REJECTION_CODE_UNSPECIFIED}
 
@@ -253,4 +254,5 @@ def test_codes_travel_on_grpc_as_enum_values(pool: Running) -> None:
         annotator="ann", labels=[agent_pb2.LabelAssignment(id="nope", label="cat")]))
     raw = agent_pb2.SubmitLabelsReply.FromString(reply.SerializeToString())
     assert raw.rejected[0].code == C.REJECTION_CODE_UNKNOWN_ID == 11
-    assert agent_pb2.Rejection.DESCRIPTOR.fields_by_name["code"].enum_type.name == "RejectionCode"
+    enum = agent_pb2.Rejection.DESCRIPTOR.fields_by_name["code"].enum_type
+    assert enum is not None and enum.name == "RejectionCode"
