@@ -293,8 +293,8 @@ class IngestPipeline:
             return Problem(agent_pb2.REJECTION_CODE_INVALID_METADATA, problem)
         if s.output_only:
             return Problem(agent_pb2.REJECTION_CODE_INVALID_LABEL,
-                           f"{', '.join(s.output_only)} {'is' if len(s.output_only) == 1 else 'are'} ListSamples output "
-                           f"(who gave the current label, when, how): Ingest stores a label as given by "
+                           f"{', '.join(s.output_only)} {'is' if len(s.output_only) == 1 else 'are'} ListSamples "
+                           f"output (who gave the current label, when, how): Ingest stores a label as given by "
                            f"{quoted('ingest')}, source \"ingest\"; clear them, and use SubmitLabels to record who "
                            "gave a label")
         if PAYLOAD_ERROR_KEY in s.metadata:
