@@ -1,7 +1,9 @@
 """AS3L's prior pseudo-labels (Wen, Pizarro & Williams, "Active self-semi-supervised learning for few
 labeled samples", Neurocomputing (2024) 128772; arXiv 2203.04560v3; Sec. 3.3 and Sec. 4.1, checked
-against the paper's text in ../shared/papers/001_972fd52aa54e2368.txt) by constrained seed k-means (Basu,
-Banerjee & Mooney, "Semi-supervised Clustering by Seeding", ICML 2002)."""
+against the paper's text in ../shared/papers/001_972fd52aa54e2368.txt; Sec. 3.3 states its rule in words,
+with no equation) by constrained seed k-means (Basu, Banerjee & Mooney, "Semi-supervised Clustering by
+Seeding", ICML 2002, their Constrained-KMeans algorithm, AS3L's reference [5]; section and equation
+numbers not checked: paper not in shared/papers)."""
 
 from __future__ import annotations
 
@@ -24,7 +26,11 @@ AS3L_RUNS_PARAM = Param("runs", "int", AS3L_RUNS, "C, the constrained k-means ru
 
 def constrained_seed_kmeans(x: np.ndarray, seed_rows: np.ndarray, seed_cluster: np.ndarray, k: int,
                             rng: np.random.Generator, max_iter: int = MAX_ITER) -> tuple[np.ndarray, np.ndarray]:
-    """Constrained-KMeans (Basu et al. 2002, their "Constrained-KMeans" algorithm).
+    """Constrained-KMeans (Basu, Banerjee & Mooney, "Semi-supervised Clustering by Seeding", ICML 2002, their
+    "Constrained-KMeans" algorithm; section and equation numbers not checked: paper not in shared/papers),
+    as AS3L Sec. 3.3 uses it (../shared/papers/001_972fd52aa54e2368.txt, "constrained seed K-Means [5]").
+    Deviation: Basu et al. take K = the number of seed sets, every cluster seeded; here K may exceed S
+    (AS3L's K = c x classes, Sec. 4.1) and the K - S unseeded centres start by k-means++.
 
     Cluster h in [0, S) is seeded by the rows ``seed_rows`` with ``seed_cluster == h`` (its initial
     centre is their mean, the algorithm's initialisation step); the other K - S centres start by

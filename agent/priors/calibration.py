@@ -35,8 +35,12 @@ their ECE is the measure the benchmarks report). Two corrections, in this order:
    Each row's mass m on the unlabelled classes comes from a logistic model in its distance to the nearest
    labelled sample (``unlabelled_class_mass``: slope ``NOVELTY_SLOPE`` per standard deviation), whose
    intercept is set so that m averages 1 - S / C over the pool (the mean posterior made equal to the class
-   prior, the condition Saerens, Latinne & Decaestecker 2002, "Adjusting the outputs of a classifier to
-   new a priori probabilities", Neural Computation 14(1), iterate to). The labelled classes' tempered
+   prior, the fixed point that Saerens, Latinne & Decaestecker 2002, "Adjusting the outputs of a classifier
+   to new a priori probabilities: a simple procedure", Neural Computation 14(1):21-41, iterate to in their
+   EM prior re-estimation, where the new prior is the mean of the adjusted posteriors; section and
+   equation numbers not checked: paper not in shared/papers). Deviation: they estimate the new priors
+   and rescale every posterior by the prior ratio; here the prior is given (1 - S / C, not estimated) and
+   only the logistic model's intercept is solved for it (``novelty_fit``). The labelled classes' tempered
    probabilities are scaled by 1 - m and m is spread evenly over the unlabelled classes, capped so that a
    labelled class stays on top. With one m = 1 - S / C for every row (before), rows near a label were
    under-confident and rows far from all labels over-confident (measured before and after:
@@ -127,10 +131,10 @@ CALIBRATION_MAX_PER_FOLD = 200
 FEW_HELD_OUT = AUDIT_MIN_LABELS
 # From this many held-out predictions on, T maximises the top-label likelihood (``log_likelihoods``); below
 # it, the multiclass likelihood. The binary outcome's noise is that of an accuracy estimated on n samples,
-# sqrt(p (1 - p) / n): 0.035 at n = 200 and p = 0.5, below the 0.05 ECE goal, while at n = 40 (0.079) it
-# exceeds it. Measured (docs/benchmarks.md, "The threshold raised to 200 held-out samples"): from 20 on,
-# 40-label cells got worse in the product; 60-300 labels on other embeddings changed little for any
-# threshold; 500-5000 labels gained.
+# sqrt(p (1 - p) / n), which drops below the ECE goal only from about this n on: with fewer, the top-label
+# fit chases noise. The arithmetic and the measured ECE for each threshold (a lower one made the cells
+# with the fewest labels worse, larger labelled sets gained): docs/benchmarks.md, "The threshold raised to
+# 200 held-out samples".
 TOP_LABEL_MIN_HELD_OUT = 200
 # Added to the probabilities before the log, so a class with no vote (as3l, knn) can still gain mass.
 EPS = 1e-3
@@ -459,7 +463,11 @@ def cached_temperature(pool: Pool, method: PriorEntry, params: Mapping[str, str]
 
 
 def novelty_slope(pool: Pool, mean: float, sd: float) -> float:
-    """The slope of ``unlabelled_class_mass``'s logistic model, fitted on the labelled set by leave-one-out:
+    """The slope of ``unlabelled_class_mass``'s logistic model (one float, in logits per standard deviation of
+    the distance to the nearest labelled sample). Shortlist's own (not from a paper): it says how much a
+    row's distance from every label should raise its mass on the classes nobody labelled, learnt from the
+    labelled set itself (docs/benchmarks.md, "Few-label calibration: the classes without a label, row by
+    row", describes and measures it). Fitted by leave-one-out:
     hide one labelled sample; it is "of a class with no label" when it was its class's only label, and its
     distance is to the nearest other labelled sample (z-scored with ``mean`` and ``sd``, the pool's
     distances). MAP logistic regression (own intercept, Normal(0, NOVELTY_SLOPE_SD^2) prior on the slope);
@@ -542,7 +550,13 @@ def cached_novelty_fit(pool: Pool) -> NoveltyFit:
 
 
 def unlabelled_class_mass(pool: Pool, rows: np.ndarray) -> np.ndarray:
-    """Per requested row, the probability m that it belongs to one of the classes with no label: R floats.
+    """Per requested row, the probability m that it belongs to one of the classes with no label: R floats
+    in [0, 1] for R = len(rows).
+
+    Shortlist's own (not from a paper; only its mean condition follows Saerens et al. 2002, module docstring,
+    step 2): a row far from every labelled sample is likelier to be of a class nobody labelled, so it gets
+    more of that mass than a row next to a label, instead of one even share for all (docs/benchmarks.md,
+    "Few-label calibration: the classes without a label, row by row", describes and measures it).
 
     logit m = b + slope * z, z = (d - mean) / std with d the cosine distance to the nearest labelled sample
     (mean and std over NOVELTY_ROWS unlabelled pool rows), the slope from ``novelty_slope`` and b set so

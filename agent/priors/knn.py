@@ -17,9 +17,10 @@ from shortlist.vectors import unit_rows
 KNN_K = 20
 # Default: similarities are measured after centring (SimpleShot's CL2N) and the temperature is this
 # fraction of their spread (the standard deviation of the centred cosine similarities between pool rows
-# and labelled rows), so the vote is as sharp on an encoder whose cosines all sit near 0.96 as on one
-# whose cosines spread over [-1, 1]. Chosen on concentrated synthetic blobs and on scikit-learn's digits
-# (docs/strategies.md, "knn prior"): 0.1-0.3 tie with 1-NN at 10-40 labels, 0.3 is ahead at 100.
+# and labelled rows), so the vote is as sharp on an encoder whose cosines all sit close to 1 as on one
+# whose cosines spread over [-1, 1]. Chosen on concentrated synthetic blobs and on scikit-learn's digits,
+# where it was level with the smaller fractions at few labels and ahead at the most (the figures:
+# docs/strategies.md, "knn prior: a temperature that follows the embedding's scale").
 KNN_RELATIVE_TEMPERATURE = 0.3
 # Rows of the pool (an even stride) whose similarities to the labelled rows estimate the spread, and at
 # most this many labelled rows (an even stride): 2000 x 500 similarities estimate one standard deviation
@@ -102,7 +103,13 @@ def _sample_moments(space: _Space) -> tuple[int, np.ndarray, np.ndarray]:
 
 def similarity_spread(space: _Space) -> float:
     """Standard deviation of the similarities between an even-stride sample of SPREAD_ROWS pool rows and
-    of SPREAD_LABELLED labelled rows (a function of the pool and its labels, not of the rows requested).
+    of SPREAD_LABELLED labelled rows (a function of the pool and its labels, not of the rows requested):
+    one float, in cosine-similarity units (of ``space``'s rows: centred and re-normalised by default).
+
+    Shortlist's own (not from a paper): ``knn_prior`` multiplies it by ``relative_temperature`` to get its
+    tau, so the vote's sharpness follows how spread the encoder's similarities are instead of Wu et al.'s
+    fixed tau (docs/strategies.md, "knn prior: a temperature that follows the embedding's scale", measures
+    the choice).
 
     Computed from second moments instead of the SxL similarity matrix: with A the sample (SxD) and B the
     labelled rows (LxD), the mean similarity is (sum of A's rows) . (sum of B's rows) / (S L) and the
@@ -121,13 +128,16 @@ def similarity_spread(space: _Space) -> float:
 
 @prior_method("knn", *KNN_PARAMS, light_rows=KNN_LIGHT_ROWS)
 def knn_prior(pool: Pool, rows: np.ndarray, rng: np.random.Generator, params: Mapping[str, str]) -> Priors:
-    """Weighted k-nearest-neighbour vote (Wu et al., "Unsupervised Feature Learning via Non-Parametric
-    Instance Discrimination", CVPR 2018, its weighted kNN classifier, as used by DINO): each of the k most
-    similar labelled rows votes for its class with weight exp(s_i / tau); probs are the normalised votes.
+    """Weighted k-nearest-neighbour vote (Wu, Xiong, Yu & Lin, "Unsupervised Feature Learning via
+    Non-Parametric Instance Discrimination", CVPR 2018, Sec. 3.4, "Weighted k-Nearest Neighbor Classifier";
+    section number from memory, equation number not checked: paper not in shared/papers; as used by
+    DINO's evaluation, whose k = 20 is ours, Wu et al. use k = 200): each of the k most similar labelled
+    rows votes for its class with weight exp(s_i / tau); probs are the normalised votes.
 
     A fixed tau (0.07 there) assumes cosine similarities spread over much of [-1, 1]; on an encoder whose
-    cosines concentrate (mean 0.96 on issue 15's digits pool) every weight is about equal and the vote is
-    near chance. So by default (ours, to make it scale-free):
+    cosines concentrate near 1 every weight is about equal and the vote is near chance (measured on issue
+    15's digits pool: docs/strategies.md, "knn prior: a temperature that follows the embedding's scale").
+    So by default (ours, deviating from Wu et al. to make it scale-free):
     - s_i is the cosine after centring: every embedding minus the pool's mean embedding, re-normalised
       (CL2N of Wang, Chao, Weinberger & van der Maaten, "SimpleShot: Revisiting Nearest-Neighbor
       Classification for Few-Shot Learning", arXiv 1911.04623, Sec. 3), which removes the direction all

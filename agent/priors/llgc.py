@@ -1,4 +1,6 @@
-"""Label spreading over the kNN graph (Zhou et al. 2003), sparse so it scales past dense affinities."""
+"""Label spreading over the kNN graph (Zhou, Bousquet, Lal, Weston & Schölkopf, "Learning with Local and
+Global Consistency", NIPS 2003, proceedings 2004; paper not in shared/papers), sparse so it scales past
+dense affinities."""
 
 from __future__ import annotations
 
@@ -29,7 +31,12 @@ LLGC_PARAMS = (
 
 def knn_affinity(nbr: np.ndarray, dist: np.ndarray, gamma: float) -> sparse.csr_matrix:
     """Symmetric sparse affinity W = A + A^T, A_ij = max(cos_ij, 0)^gamma for j in kNN(i), i != j
-    (Iscen et al. 2019, their kNN affinity matrix). nbr NxK rows, dist NxK cosine distances; returns NxN."""
+    (Iscen, Tolias, Avrithis & Chum, "Label Propagation for Deep Semi-supervised Learning", CVPR 2019,
+    their sparse kNN affinity matrix; equation number not checked: paper not in shared/papers).
+    Deviates from Zhou et al.'s algorithm (Sec. 2, step 1), whose affinity is dense and Gaussian,
+    W_ij = exp(-||x_i - x_j||^2 / 2 sigma^2) for i != j, W_ii = 0: a kNN graph of powered cosines is what
+    Iscen et al. spread on, and it is sparse (N K entries instead of N^2).
+    nbr NxK rows, dist NxK cosine distances (1 - cos); returns NxN float64."""
     n, k = nbr.shape
     src = np.repeat(np.arange(n), k)
     dst = nbr.ravel()
@@ -41,9 +48,11 @@ def knn_affinity(nbr: np.ndarray, dist: np.ndarray, gamma: float) -> sparse.csr_
 
 def spread(w: sparse.csr_matrix, y: np.ndarray, alpha: float, iters: int = CG_ITERS) -> np.ndarray:
     """Label spreading (Zhou, Bousquet, Lal, Weston & Schölkopf, "Learning with Local and Global
-    Consistency", NIPS 2003, Sec. 2): with S = D^-1/2 W D^-1/2 the fixed point of F <- alpha S F +
-    (1 - alpha) Y is F* = (1 - alpha)(I - alpha S)^-1 Y (their algorithm, step 4). Solved per class by
-    conjugate gradients (I - alpha S is symmetric positive definite), as Iscen et al. 2019 do.
+    Consistency", NIPS 2003, Sec. 2, their four-step algorithm; equation numbers not checked: paper not in
+    shared/papers): step 2's S = D^-1/2 W D^-1/2, step 3's iteration F <- alpha S F + (1 - alpha) Y, whose
+    limit (step 4's F*) is F* = (1 - alpha)(I - alpha S)^-1 Y, the closed form the paper derives right after
+    the algorithm. Solved per class by conjugate gradients (I - alpha S is symmetric positive definite), as
+    Iscen et al. 2019 do, instead of iterating: CG_ITERS iterations at most, so F is approximate.
     w NxN affinity, y NxC one-hot seeds (zero rows for unlabelled); returns F NxC."""
     deg = np.asarray(w.sum(axis=1)).ravel()
     inv_sqrt = np.where(deg > 0, 1.0 / np.sqrt(np.where(deg > 0, deg, 1.0)), 0.0)

@@ -277,9 +277,15 @@ def pick_from_clusters(cluster_sizes: np.ndarray, labelled_per_cluster: np.ndarr
     """Pick ``take`` rows, one at a time, from the cluster that is least covered so far (fewest
     labelled + already picked), breaking ties by the largest cluster; within a cluster, the next row
     in ``rank(cluster)`` order. Clusters of at most ``min_cluster_size`` members come after every
-    other cluster is exhausted (TypiClust sets them aside). This is TypiClust's selection loop (Hacohen
-    et al. 2022; the authors' code sorts clusters by labelled count, then size), shared by kmedoids and
-    as3l.
+    other cluster is exhausted (TypiClust sets them aside).
+
+    Shortlist's own generalisation (not a paper's algorithm as such) of TypiClust's selection loop
+    (Hacohen et al. 2022; the order -- fewest labelled, then largest -- is from the authors' code, which
+    sorts clusters by labelled count, then size): the within-cluster ranking is a parameter, so typiclust,
+    kmedoids and as3l share one loop, and each cluster is ranked once (the authors re-score a cluster after
+    each pick) and its small clusters come last instead of being dropped, so a budget can always be filled.
+    docs/strategies.md, "Provenance of the algorithms" (TypiClust), says where the picks can differ.
+    Returns a Selection of at most ``take`` rows (int64) with their ``rank`` scores (float64), in pick order.
 
     Args:
         cluster_sizes: K cluster sizes over the whole pool.

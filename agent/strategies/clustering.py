@@ -97,9 +97,13 @@ TYPICLUST_PARAMS = (
 
 
 def typicality(points: np.ndarray, reference: np.ndarray, k: int, self_in_reference: bool) -> np.ndarray:
-    """Typicality (Hacohen et al. 2022): Typicality(x) = (1/K sum_{x_i in K-NN(x)} ||x - x_i||_2)^-1, over
-    the ``k`` nearest ``reference`` rows, exactly. ``points`` PxD, ``reference`` RxD; returns P float64.
-    With ``self_in_reference`` the zero distance of each point to itself is skipped."""
+    """Typicality (Hacohen, Dekel & Weinshall, "Active Learning on a Budget: Opposite Strategies Suit High
+    and Low Budgets", ICML 2022, the typicality TypiClust picks by; equation number not checked: paper not
+    in shared/papers): Typicality(x) = (1/K sum_{x_i in K-NN(x)} ||x - x_i||_2)^-1, the inverse mean
+    Euclidean distance to the ``k`` nearest ``reference`` rows, computed exactly. ``points`` PxD,
+    ``reference`` RxD; returns P float64 (1 / distance units; 1e-12 added to the mean, so a point whose K
+    neighbours coincide with it scores 1e12 instead of dividing by zero). With ``self_in_reference`` the
+    zero distance of each point to itself is skipped."""
     if len(points) == 0:
         return np.zeros(0)
     skip = 1 if self_in_reference else 0
@@ -117,7 +121,9 @@ def typicality(points: np.ndarray, reference: np.ndarray, k: int, self_in_refere
 
 def index_typicality(pool: Pool, rows: np.ndarray, k: int) -> np.ndarray:
     """Typicality of ``rows`` (R int64) over their ``k`` nearest neighbours in the whole pool, from the
-    pool's kNN index (hnswlib in the agent); each row's own hit is skipped. Returns R float64."""
+    pool's kNN index (hnswlib in the agent); each row's own hit is skipped. Returns R float64. The same
+    formula as ``typicality`` (Hacohen et al. 2022), with the neighbours approximate (the index's) instead of
+    exact and drawn from the whole pool (ours: the authors' code searches the cluster's members)."""
     if len(rows) == 0 or len(pool.embeddings) < 2:  # (a lone row has no neighbour to be typical among)
         return np.zeros(len(rows))
     k = max(1, min(k, len(pool.embeddings) - 1))
