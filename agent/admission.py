@@ -334,7 +334,7 @@ class Admission:
 
         def sample() -> None:
             _renice(nice, self.lane)
-            buf = bytes(1 << 20)  # ~2 ms of SHA-256 per call, the GIL released
+            buf = bytes(1 << 20)  # a call far shorter than SAMPLE_S, the GIL released (docs/agent.md, "Never blind")
             t0, c0 = time.monotonic(), time.thread_time()
             while True:
                 hashlib.sha256(buf).digest()

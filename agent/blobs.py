@@ -99,7 +99,8 @@ class BlobStore:
         """Durably store every (digest, data) pair: files written under temporary names and fsynced,
         renamed into place, then their folders fsynced, all before returning (so before the caller's
         commit). The fsyncs run in parallel threads: the file system then commits its journal once
-        for many of them, where one fsync after another costs ~0.5-5 ms a file on this kind of disk.
+        for many of them, where one fsync after another pays a journal commit per file (docs/agent.md,
+        "How it works", Blobs, has the per-file cost).
         (``syncfs`` would be one call, but would also wait for every other process's dirty data.)"""
         pending: dict[str, bytes] = {}
         for digest, data in items:

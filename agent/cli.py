@@ -62,11 +62,11 @@ JsonOpt = typer.Option(False, "--json", help="machine-readable output on stdout"
 AnnotatorOpt = typer.Option(os.environ.get("USER", "cli"), "--annotator")  # label and retract-labels
 # The deadline of the CLI's heavy calls (Select, PriorLabels): the agent's admission refuses at once, with its
 # estimate, a call it expects not to finish in time (docs/agent.md, "Heavy work"); without a deadline every call
-# is admitted and may run for many minutes with no word. 600 s, as the web app's (WebConfig.select_timeout_s):
-# the longest heavy calls measured at 300,000 samples on a loaded 2-core machine still fit with the agent's 2x
-# margin, and a call expected to take longer is refused in about a second with its estimate and "--timeout N"
-# instead of leaving its user waiting (docs/agent.md, the paragraph on `--timeout` under "The agent: service,
-# API and CLI", has the figure).
+# is admitted and may run for many minutes with no word. The web app's value (WebConfig.select_timeout_s): the
+# longest heavy call measured on the largest pool tried still fits it with the agent's margin, and a call
+# expected to take longer is refused at once with its estimate and "--timeout N" instead of leaving its user
+# waiting (docs/agent.md, the paragraph on `--timeout` under "The agent: service, API and CLI", has the
+# figures and the machine).
 HEAVY_TIMEOUT_S = 600.0
 # `shortlist prior`'s table shows this many rows by default (the rest counted): a table of a 300,000-sample
 # pool is read by no one, and building it took minutes and much memory (docs/agent.md, the paragraph on

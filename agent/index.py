@@ -250,8 +250,9 @@ class VersionIndex:
 
 
 # Rows a rebuild at start adds to the graph per hnswlib call, and how often it logs its progress when it takes
-# long: a backup restored without its index snapshot rebuilt 300,000 rows in ~110 s with a silent log (at 1M
-# rows docs/strategies.md measured 260-748 s), the agent unreachable meanwhile.
+# long: a backup restored without its index snapshot rebuilds the whole graph, for minutes on a large pool,
+# with the agent unreachable meanwhile, and a silent log reads as a hang (the times: docs/agent.md,
+# "Backup and restore"; at 1M rows, docs/strategies.md, "Select on 1,000,000 vectors").
 RESTORE_BLOCK = 20_000
 RESTORE_LOG_S = 10.0
 
