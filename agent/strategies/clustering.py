@@ -80,8 +80,8 @@ TYPICLUST_MAX_CLUSTERS = MAX_CLUSTERS
 TYPICLUST_MIN_CLUSTER_SIZE = 5
 # Per cluster, typicality is computed for at most this many candidates (a uniform sample), so a 1M-row
 # pool costs at most 1000 index queries per pick; and for at most TYPICLUST_QUERIES / clusters of them, so
-# a whole Select asks the index at most ~20,000 queries (at 50,000 rows and 120 clusters: 166 per cluster
-# instead of all ~420; the index queries were 3/4 of typiclust's time there).
+# a whole Select asks the index at most ~20,000 queries: the index queries were most of typiclust's time
+# (measured: docs/reliability.md, "Select at 50,000 rows").
 TYPICLUST_SAMPLE = 1000
 TYPICLUST_QUERIES = 20_000
 TYPICLUST_NEIGHBOURS = ("index", "cluster")
