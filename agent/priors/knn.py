@@ -128,11 +128,13 @@ def similarity_spread(space: _Space) -> float:
 
 @prior_method("knn", *KNN_PARAMS, light_rows=KNN_LIGHT_ROWS)
 def knn_prior(pool: Pool, rows: np.ndarray, rng: np.random.Generator, params: Mapping[str, str]) -> Priors:
-    """Weighted k-nearest-neighbour vote (Wu, Xiong, Yu & Lin, "Unsupervised Feature Learning via
-    Non-Parametric Instance Discrimination", CVPR 2018, Sec. 3.4, "Weighted k-Nearest Neighbor Classifier";
-    section number from memory, equation number not checked: paper not in shared/papers; as used by
-    DINO's evaluation, whose k = 20 is ours, Wu et al. use k = 200): each of the k most similar labelled
-    rows votes for its class with weight exp(s_i / tau); probs are the normalised votes.
+    """Weighted k-nearest-neighbour vote (Wu et al., "Unsupervised Feature Learning via Non-Parametric
+    Instance Discrimination", CVPR 2018, its weighted kNN classifier, as used by DINO): each of the k most
+    similar labelled rows votes for its class with weight exp(s_i / tau); probs are the normalised votes.
+
+    Citation: Wu, Xiong, Yu & Lin, CVPR 2018, Sec. 3.4, "Weighted k-Nearest Neighbor Classifier" (section
+    number from memory; equation number not checked: paper not in shared/papers). k = 20 is DINO's
+    evaluation's (Wu et al. use k = 200).
 
     A fixed tau (0.07 there) assumes cosine similarities spread over much of [-1, 1]; on an encoder whose
     cosines concentrate near 1 every weight is about equal and the vote is near chance (measured on issue

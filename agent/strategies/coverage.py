@@ -206,16 +206,20 @@ def purity_delta(radius: np.ndarray, alpha: float) -> float:
 
 @strategy("probcover", *PROBCOVER_PARAMS, needs="model", work=probcover_work)
 def probcover(pool: Pool, budget: int, rng: np.random.Generator, params: Mapping[str, str]) -> Selection:
-    """ProbCover (Yehuda, Dekel, Hacohen & Weinshall, "Active Learning Through a Covering Lens", NeurIPS 2022, the
-    paper's greedy ProbCover algorithm for its Max Probability Cover objective; section, algorithm and equation
-    numbers not checked: paper not in shared/papers; the steps below follow the authors' code, docs/strategies.md
-    "Provenance of the algorithms"): build the directed graph with an edge v -> u when ||x_u - x_v|| < delta; mark
-    every point within delta of a labelled point covered; then repeatedly pick the candidate whose ball covers the
-    most uncovered points (greedy max coverage, a (1 - 1/e) approximation of the max-coverage objective) and mark
-    its ball covered. The greedy pick is deterministic (ties: lowest row), as in the authors' code. Deviations
-    (ours, not the paper's): when no candidate's ball holds an uncovered point the rest is picked at random (the
-    authors' code has no such rule); the balls' centres and the points to cover are uniform samples of a large
-    pool (PROBCOVER_* say how this scales to 1M rows); the default delta (``delta_from=auto``) is ours, below.
+    """ProbCover (Yehuda et al., "Active Learning Through a Covering Lens", NeurIPS 2022, its greedy
+    algorithm): build the directed graph with an edge v -> u when ||x_u - x_v|| < delta; mark every point
+    within delta of a labelled point covered; then repeatedly pick the candidate whose ball covers the
+    most uncovered points (greedy max coverage, a (1 - 1/e) approximation of the max-coverage
+    objective) and mark its ball covered. The greedy pick is deterministic (ties: lowest row), as in
+    the authors' code. When no candidate's ball holds an uncovered point the rest is picked at random
+    (ours; the authors' code has no such rule). See PROBCOVER_* for how this scales to 1M rows.
+
+    Citation: Yehuda, Dekel, Hacohen & Weinshall, NeurIPS 2022, the paper's greedy ProbCover algorithm for
+    its Max Probability Cover objective; section, algorithm and equation numbers not checked: paper not in
+    shared/papers; the steps above follow the authors' code (docs/strategies.md, "Provenance of the
+    algorithms"). Deviations (ours, not the paper's): the random fill above; the balls' centres and the
+    points to cover are uniform samples of a large pool (PROBCOVER_*); the default delta
+    (``delta_from=auto``), below.
 
     Params: ``delta`` (Euclidean, on unit vectors), else ``delta_from``: ``purity`` (the paper's
     heuristic, ``purity_delta`` with ``alpha`` = 0.95 and ``clusters`` k-means clusters, default the class
