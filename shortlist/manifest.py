@@ -54,6 +54,10 @@ from typing import Any
 
 import numpy as np
 
+from shortlist.atomic import fsync_path as fsync_path  # re-exported: agent.backup, agent.blobs
+from shortlist.atomic import pid_alive as pid_alive
+from shortlist.atomic import write_atomic
+
 MANIFEST_NAME = "manifest.json"
 ONNX_NAME = "encoder.onnx"
 TORCHSCRIPT_NAME = "encoder.ts"
@@ -499,17 +503,7 @@ def highest_published(registry: Path) -> int:
 
 def _write_high_water(registry: Path, number: int) -> None:
     """Atomically set ``.last-version`` to ``number`` (temporary file, fsync, rename, fsync the folder)."""
-    tmp = registry / f".tmp-last-version-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        with open(tmp, "w", encoding="ascii") as f:
-            f.write(version_name(number) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, registry / HIGH_WATER_NAME)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_path(registry)
+    write_atomic(registry / HIGH_WATER_NAME, version_name(number) + "\n", encoding="ascii")
 
 
 def note_high_water(registry: Path) -> int:
@@ -679,23 +673,6 @@ STAGING_RE = re.compile(r"^\.tmp-[a-z]+-(\d+)-[0-9a-f]{8}$")
 STALE_STAGING_SECONDS = 24 * 3600  # a staging folder untouched this long is stale even if its PID is alive (reused)
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether ``pid`` names a process this process can see (signal 0). Only a hint: a process in another pid
-    namespace is invisible, and a dead process's pid may be reused. Also agent.web.server's local socket
-    folders and agent.backup's leftovers."""
-    if pid <= 0:  # 0 and negatives name process groups: kill() would answer for the group
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    except (OverflowError, ValueError, OSError):  # no pid at all (beyond a C pid_t), or another refusal
-        return False
-    return True
-
-
 def stale_staging(registry: Path) -> list[Path]:
     """The ``staging_folder`` folders in ``registry`` that no process will finish: an export, import or rollback
     killed mid-write (kill -9, a crash: its ``except`` never ran) leaves one, a model's worth of disk. Stale: the
@@ -761,12 +738,3 @@ def publish_staged(registry: Path, staging: Path, manifest: Manifest, refuse: Ca
     fsync_path(staging / MANIFEST_NAME)
     fsync_path(staging)
     return publish(registry, staging, refuse)
-
-
-def fsync_path(path: Path) -> None:
-    """Flush a file's or a folder's contents (a folder: its entries, so a rename inside it is durable)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

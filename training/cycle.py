@@ -32,6 +32,7 @@ import torch
 from rich.console import Console
 
 from agent.client import PICKUP_WAIT_S, ClientConfig  # the wait for the agent to take a version up
+from shortlist.atomic import atomic_file, write_atomic
 from shortlist.manifest import Preprocess, highest_published, newest_complete, read_complete, version_number
 from shortlist.v1 import agent_pb2
 from training import loop
@@ -260,7 +261,7 @@ def _pull_train_publish(agent: str, config: CycleConfig, stub: Any, before: agen
     version = export_run(run_dir, models, real_images=_real_images(data, run_dir), log=console.print)
     # waits until the agent says what it made of it (a registry it does not serve: nothing to ask)
     after = before if config.elsewhere else client.reload_model(stub, version, PICKUP_WAIT_S)
-    summary = json.loads((run_dir / loop.SUMMARY).read_text()) if (run_dir / loop.SUMMARY).is_file() else {}
+    summary = loop.read_summary(run_dir) or {}  # a torn summary.json: the run's figures unknown, no traceback
     result = CycleResult(version_before=before.model_version, version_after=after.model_version or
                          after.pending_model_version, published=version, samples=len(data),
                          labeled=labeled, classes=classes, run_dir=run_dir, summary=summary,
@@ -346,21 +347,18 @@ def _record_pull(run_dir: Path, data: TensorData, agent: str, before: agent_pb2.
                  label_events: int | None) -> None:
     """Write what the cycle trains on into its run folder: ``labels.csv`` (id,label of every labelled sample,
     in the agent's ingest order) and ``pull.json`` (the agent, its label revision the labels are a snapshot of,
-    the counts, the model it served), each to a temp file then renamed."""
+    the counts, the model it served), each crash-safely (shortlist.atomic: temp file, fsync, rename, fsync the
+    folder)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     rows = [(data.ids[i], data.classes[int(c)]) for i, c in enumerate(data.labels.tolist()) if c >= 0]
-    tmp = run_dir / f".{LABELS_FILE}.tmp"
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
+    with atomic_file(run_dir / LABELS_FILE, text=True, newline="") as f:
         w = csv.writer(f)
         w.writerow(["id", "label"])
         w.writerows(rows)
-    os.replace(tmp, run_dir / LABELS_FILE)
     pull = {"agent": agent, "label_events": label_events, "labeled": len(rows), "samples": len(data),
             "classes": data.classes, "model_version": before.model_version,
             "pulled_at": dt.datetime.now().astimezone().isoformat(timespec="seconds")}
-    tmp = run_dir / f".{PULL_FILE}.tmp"
-    tmp.write_text(json.dumps(pull, indent=1) + "\n")
-    os.replace(tmp, run_dir / PULL_FILE)
+    write_atomic(run_dir / PULL_FILE, json.dumps(pull, indent=1) + "\n")
 
 
 def _real_images(data: TensorData, run_dir: Path) -> np.ndarray | None:

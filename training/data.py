@@ -77,6 +77,7 @@ def report_skipped(run_dir: Path, console: Console, *parts: TensorData) -> int:
     """Say, in one line, how many files of ``parts`` (e.g. a train and a test split) were left out as unreadable
     and the first few with their reasons, and list them all in run_dir/skipped.txt (one "uri<TAB>reason" a
     line; a stale one is removed when none was skipped). Returns how many were skipped."""
+    from shortlist.atomic import write_atomic
     from shortlist.datasets import skipped_summary
 
     skipped = [s for part in parts for s in part.skipped]
@@ -84,7 +85,7 @@ def report_skipped(run_dir: Path, console: Console, *parts: TensorData) -> int:
     if not skipped:
         path.unlink(missing_ok=True)
         return 0
-    path.write_text("".join(f"{uri}\t{' '.join(reason.split())}\n" for uri, reason in skipped))
+    write_atomic(path, "".join(f"{uri}\t{' '.join(reason.split())}\n" for uri, reason in skipped))
     total = sum(len(part) + len(part.skipped) for part in parts)
     listed = "it, with its reason," if len(skipped) == 1 else f"all {len(skipped):,}, with their reasons,"
     console.print(f"[yellow]warning:[/] {escape(skipped_summary(skipped, total))}; {listed} in {escape(str(path))}; "

@@ -24,6 +24,8 @@ import torch.distributed as dist
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from shortlist.atomic import atomic_file, write_atomic
+
 CHECKPOINT = "checkpoint.pt"
 ENCODER = "encoder.pt"
 METRICS = "metrics.jsonl"
@@ -184,13 +186,10 @@ class TrainState:
 
 
 def save_atomic(obj: Any, path: Path) -> None:
-    """torch.save to a temp file, fsync, rename: a crash leaves the old file or the new one, never half."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
+    """torch.save to a temp file, fsync, rename, fsync the folder: a crash leaves the old file or the new one,
+    never half."""
+    with atomic_file(path) as f:
         torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def save_checkpoint(run_dir: Path, state: TrainState, modules: dict[str, Any], generator: torch.Generator,
@@ -235,7 +234,7 @@ def unfinished_run(run_dir: Path) -> str | None:
     Unfinished: checkpoint.pt without summary.json. A run writes summary.json (and encoder.pt) only when its
     budget ran out; one stopped by a signal keeps checkpoint.pt alone (folders of older versions also kept an
     encoder.pt of the stopped state, which is not a result either)."""
-    if not (run_dir / CHECKPOINT).is_file() or (run_dir / SUMMARY).is_file():
+    if not (run_dir / CHECKPOINT).is_file() or read_summary(run_dir) is not None:
         return None
     try:
         config = json.loads((run_dir / CONFIG).read_text())
@@ -249,7 +248,7 @@ def unfinished_run(run_dir: Path) -> str | None:
         how = (f"continue it with `shortlist pretrain --resume --out {run_dir}` (the settings are its config.json's), "
                "then export it")
     return (f"{run_dir} holds an unfinished training run (stopped before its budget ran out: {CHECKPOINT}, no "
-            f"{SUMMARY}), nothing to publish or start from; {how}")
+            f"complete {SUMMARY}), nothing to publish or start from; {how}")
 
 
 class Interrupted(RuntimeError):
@@ -327,9 +326,19 @@ def make_progress(console: Console | None = None, enabled: bool = True) -> Progr
 
 
 def write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, path)
+    """``obj`` as indented JSON, crash-safely (shortlist.atomic: temp file, fsync, rename, fsync the folder)."""
+    write_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=str))
+
+
+def read_summary(run_dir: Path) -> dict[str, Any] | None:
+    """``run_dir``'s summary.json (the "run finished" marker), or None when the run has not finished: no
+    summary.json, or one that is not a whole JSON object (torn by a crash of a version that wrote it without
+    fsync, or emptied by hand); such a run is unfinished, never a traceback."""
+    try:
+        summary = json.loads((run_dir / SUMMARY).read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # missing, unreadable, torn (UnicodeDecodeError is a ValueError)
+        return None
+    return summary if isinstance(summary, dict) else None
 
 
 class ThreadTuner:

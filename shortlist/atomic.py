@@ -1,0 +1,91 @@
+"""Crash-safe writes of whole files (the project's rule 2: nothing is lost, no torn state).
+
+``atomic_file``/``write_atomic`` write a temporary file in the final path's folder (same filesystem, so the
+rename is atomic), flush and fsync it, ``os.replace`` it onto the final path and fsync the folder (so the
+rename itself survives a power loss). At every instant the final path holds the old content or the new one,
+never part of either. A temporary file is removed when the write fails; one left by a process that died
+mid-write (``.NAME.tmp-PID-*``, PID no longer running) is removed by the next successful write of that path.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+TMP_INFIX = ".tmp-"
+
+
+def fsync_path(path: Path) -> None:
+    """Flush a file's or a folder's contents (a folder: its entries, so a rename inside it is durable)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether ``pid`` names a process this process can see (signal 0). Only a hint: a process in another pid
+    namespace is invisible, and a dead process's pid may be reused. Also agent.web.server's local socket
+    folders and agent.backup's leftovers."""
+    if pid <= 0:  # 0 and negatives name process groups: kill() would answer for the group
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    except (OverflowError, ValueError, OSError):  # no pid at all (beyond a C pid_t), or another refusal
+        return False
+    return True
+
+
+def temp_name(path: Path) -> Path:
+    """A fresh temporary path beside ``path``: ``.NAME.tmp-PID-HEX`` (hidden, and naming its writer)."""
+    return path.with_name(f".{path.name}{TMP_INFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def _sweep_dead(path: Path) -> None:
+    """Remove the temporary files of ``path`` left by writers that died mid-write (their pid is gone); those
+    of live processes may be being written now and are left alone."""
+    prefix = f".{path.name}{TMP_INFIX}"
+    try:
+        entries = list(path.parent.glob(f"{prefix}*"))
+    except OSError:
+        return
+    for tmp in entries:
+        pid = tmp.name[len(prefix):].split("-", 1)[0]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_file(path: Path, text: bool = False, encoding: str = "utf-8",
+                newline: str | None = None) -> Iterator[IO[Any]]:
+    """Open a temporary file beside ``path`` for writing (binary, or text with ``encoding``/``newline``);
+    when the ``with`` block ends without an exception it is fsynced and renamed onto ``path`` and the folder
+    fsynced. On an exception (in the block, the fsync or the rename) the temporary file is removed and
+    ``path`` keeps its old content (or stays absent)."""
+    tmp = temp_name(path)
+    try:
+        with (open(tmp, "w", encoding=encoding, newline=newline) if text else open(tmp, "wb")) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_path(path.parent)
+    _sweep_dead(path)
+
+
+def write_atomic(path: Path, data: bytes | str, encoding: str = "utf-8") -> None:
+    """Write ``data`` (bytes, or text in ``encoding``) to ``path`` crash-safely (``atomic_file``)."""
+    with atomic_file(path) as f:
+        f.write(data.encode(encoding) if isinstance(data, str) else data)
