@@ -3,13 +3,17 @@ tests measure it), leaves out rows added after a caller's view, and serves queri
 
 from __future__ import annotations
 
+import os
 import threading
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from agent import index as index_module
 from agent.index import VersionIndex
+from agent.state import StoredEmbeddings
 
 K = 10
 RECALL = 0.95  # recall@10 against brute force (hnswlib's tests ask 0.9 of an index built the same way)
@@ -98,3 +102,55 @@ def test_queries_run_while_rows_are_added() -> None:
         r.join(30)
     assert not errors, errors[0]
     assert idx.n == 6000
+
+
+def _stored(idx: VersionIndex) -> StoredEmbeddings:
+    n = idx.n
+    return StoredEmbeddings(idx._seqs[:n].copy(), idx._vecs[:n].copy(), None, None)
+
+
+@pytest.mark.parametrize("crash_at", [1, 2])
+def test_snapshot_swap_crash_leaves_a_loadable_snapshot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        crash_at: int) -> None:
+    """A crash at either rename of the swap (old aside, new in) leaves a snapshot the next start loads (the old
+    one or the new one), not a rebuild of the whole graph."""
+    folder = tmp_path / "index" / "v0001"
+    idx = built(clustered(300, 16, 0), batch=100)
+    idx.save(folder)  # the old snapshot, 300 rows
+    idx.add(np.arange(301, 351), clustered(50, 16, 1))
+    real_rename, calls = os.rename, []
+
+    def rename(src: Any, dst: Any) -> None:
+        calls.append(dst)
+        if len(calls) == crash_at:
+            raise KeyboardInterrupt("power loss")
+        real_rename(src, dst)
+
+    monkeypatch.setattr(index_module.os, "rename", rename)
+    with pytest.raises(KeyboardInterrupt):
+        idx.save(folder)
+    monkeypatch.setattr(index_module.os, "rename", real_rename)
+    back = VersionIndex.restore("v0001", _stored(idx), folder)
+    assert back.loaded_from_snapshot == 300  # the old snapshot; the 50 rows after it added
+    assert back.n == 350 and (folder / "meta.json").is_file()
+    idx.save(folder)  # the next snapshot cleans up what the crash left
+    assert sorted(p.name for p in folder.parent.iterdir()) == ["v0001"]
+    assert VersionIndex.restore("v0001", _stored(idx), folder).loaded_from_snapshot == 350
+
+
+def test_snapshot_files_and_folders_are_fsynced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every file of the new snapshot, its folder, and the parent after the renames are fsynced."""
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    folder = tmp_path / "v0001"
+    idx = built(clustered(50, 8, 0), batch=50)
+    idx.save(folder)
+    idx.save(folder)
+    assert str(tmp_path) == synced[-1]  # the swap made durable
+    assert any(p.endswith("meta.json") for p in synced) and any(p.endswith("hnsw.bin") for p in synced)
