@@ -59,6 +59,7 @@ from PIL import Image
 from agent.client import calibration_dict, first_calibration
 from agent.errors import quoted
 from agent.limits import folder_name_problem
+from shortlist.atomic import fsync_path, fsync_tree
 from shortlist.images import decode_image, encode_png, tensor_pixels
 from shortlist.v1 import agent_pb2, agent_pb2_grpc
 
@@ -627,9 +628,13 @@ def export_labels(stub: agent_pb2_grpc.AgentStub, out: Path, config: ExportConfi
         summary.files = sorted(str(p.relative_to(part)) for p in part.iterdir())
         if config.owner_only:
             owner_only(part)
+        # Durable before it is in place: every file and folder fsynced (a power loss after the command exits
+        # must not leave an empty labels.csv under OUT), then the rename, then the parent, so OUT stays.
+        fsync_tree(part)
         if out.exists():
             out.rmdir()
         os.replace(part, out)
+        fsync_path(out.parent)
     finally:
         shutil.rmtree(part, ignore_errors=True)
     return summary

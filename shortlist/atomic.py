@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -26,6 +27,27 @@ def fsync_path(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def fsync_tree(folder: Path, threads: int = 16) -> int:
+    """fsync every file under ``folder``, then every folder, deepest first (their entries: the files' names),
+    ``folder`` last; before renaming a folder written in full into place. The files' fsyncs run on ``threads``
+    threads (fsync releases the GIL, and concurrent ones share the filesystem's journal commits). Returns the
+    number of files. Costs: docs/agent.md (Export)."""
+    files: list[str] = []
+    folders: list[str] = []
+    for root, _, names in os.walk(folder):
+        folders.append(root)
+        files.extend(os.path.join(root, n) for n in names)
+    if len(files) > 1 and threads > 1:
+        with ThreadPoolExecutor(max_workers=min(threads, len(files)), thread_name_prefix="fsync") as pool:
+            list(pool.map(fsync_path, files))
+    else:
+        for name in files:
+            fsync_path(Path(name))
+    for root in reversed(folders):  # os.walk lists a folder before its subfolders
+        fsync_path(Path(root))
+    return len(files)
 
 
 def pid_alive(pid: int) -> bool:

@@ -501,3 +501,32 @@ def test_file_names_keep_letters_of_every_script_and_stay_safe() -> None:
     long = exports.file_stem("鹿" * 100, taken)  # 300 bytes of UTF-8: cut on a character, not inside one
     assert long == "鹿" * 40 and len(long.encode()) <= exports.MAX_STEM
     assert exports.file_stem("com¹.jpg", taken) == "_com¹"  # Windows reads COM¹ as a device name
+
+
+def test_an_export_is_durable_before_it_is_in_place(running: Running, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every file and folder of the export is fsynced before the folder is renamed to OUT, and OUT's parent
+    after: a power loss after the command exits cannot leave an empty labels.csv."""
+    labelled_agent(running)
+    events: list[tuple[str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(src: Any, dst: Any) -> None:
+        events.append(("replace", str(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    out = tmp_path / "e"
+    exports.export_labels(running.stub, out, exports.ExportConfig(prior_method="knn"))
+    swap = events.index(("replace", str(out)))
+    part = tmp_path / f".e.partial-{os.getpid()}"
+    before = {os.path.relpath(p, part) for kind, p in events[:swap] if kind == "fsync" and p.startswith(str(part))}
+    written = {str(p.relative_to(out)) for p in out.rglob("*")} | {"."}
+    assert "labels.csv" in written and "imagefolder/ids.csv" in written
+    assert written <= before, sorted(written - before)
+    assert ("fsync", str(tmp_path)) in events[swap + 1:]
