@@ -7,7 +7,6 @@ ignored where noted.
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -15,6 +14,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from agent.client import finite
+from shortlist.atomic import write_atomic
 
 
 def strict_json(obj: Any, indent: int | None = 1) -> str:
@@ -25,11 +25,10 @@ def strict_json(obj: Any, indent: int | None = 1) -> str:
 
 
 def write_json(path: Path, obj: Any, indent: int | None = 1) -> None:
-    """Write ``strict_json(obj)`` to ``path`` atomically (a reader never sees half a file): every
-    results.json (and its sidecar files) of the benchmarks goes through here."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(strict_json(obj, indent) + "\n")
-    os.replace(tmp, path)
+    """Write ``strict_json(obj)`` to ``path`` crash-safely (shortlist.atomic: a reader, or the file after a
+    power loss, never holds half of it): every results.json (and its sidecar files) of the benchmarks goes
+    through here."""
+    write_atomic(path, strict_json(obj, indent) + "\n")
 
 
 def class_coverage(labels_picked: np.ndarray, num_classes: int) -> int:

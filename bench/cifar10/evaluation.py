@@ -20,6 +20,7 @@ from bench.cifar10.data import images_at_model_size, load_pool_and_test
 from bench.cifar10.encoder import embed_images, publish_encoder
 from bench.cifar10.profiles import hash_ids
 from bench.metrics import class_coverage, linear_probe_scores, prior_scores, write_json
+from shortlist.atomic import atomic_file
 from shortlist.images import resize_array
 from shortlist.manifest import read_complete
 from shortlist.v1 import agent_pb2, agent_pb2_grpc
@@ -33,7 +34,8 @@ def save_embeddings(folder: Path, pool_x: np.ndarray, pool_y: np.ndarray, test_x
     """pool_x.npy (NxD float32), pool_y.npy (N int), test_x.npy, test_y.npy: `bench strategies`' inputs."""
     folder.mkdir(parents=True, exist_ok=True)
     for name, arr in (("pool_x", pool_x), ("pool_y", pool_y), ("test_x", test_x), ("test_y", test_y)):
-        np.save(folder / f"{name}.npy", arr)
+        with atomic_file(folder / f"{name}.npy") as f:  # never a torn .npy after a crash
+            np.save(f, arr)
 
 
 def write_embeddings(data: Path, encoder: Path, out: Path, pool_size: int | None = None,

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from agent import client
 from bench.cifar10.process import agent_process, declarable, wait_embedded
 from bench.cifar10.profiles import hash_ids
+from shortlist.atomic import write_atomic
 from shortlist.datasets import ImageItem, iter_images
 from shortlist.v1 import agent_pb2_grpc
 
@@ -31,6 +32,15 @@ def ingest_items(stub: agent_pb2_grpc.AgentStub, items: Sequence[ImageItem], bat
     return int(reply.accepted + reply.duplicates)
 
 
+def _read_marker(marker: Path) -> object:
+    """What ``bench-ingested.json`` says the base holds, or None when there is none or it is not whole JSON
+    (torn by a crash of a version that wrote it in place): the pool is then ingested again, no traceback."""
+    try:
+        return json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
 def ingest_pool(data: Path, pool_ids: Sequence[str], version: str, registry: Path, base: Path, log: Path,
                 console: Console, progress: Progress | None = None, classes: Sequence[str] = ()) -> None:
     """Make ``base`` an agent data folder holding the pool's samples (the original encoded files of
@@ -48,7 +58,7 @@ def ingest_pool(data: Path, pool_ids: Sequence[str], version: str, registry: Pat
     marker = base / "bench-ingested.json"  # what the base holds: a rerun with the same pool skips Ingest
     want = {"model_version": version, "ids": len(pool_ids), "digest": hash_ids(list(pool_ids)),
             "classes": list(classes)}
-    reuse = marker.is_file() and json.loads(marker.read_text()) == want
+    reuse = _read_marker(marker) == want
     if base.exists() and not reuse:
         shutil.rmtree(base)
     task = progress.add_task("ingest", total=len(items)) if progress is not None else None
@@ -61,4 +71,4 @@ def ingest_pool(data: Path, pool_ids: Sequence[str], version: str, registry: Pat
         stub = client.connect(address)
         ingest_items(stub, items, progress=progress, task=task)
         wait_embedded(stub, len(items), version)
-    marker.write_text(json.dumps(want))
+    write_atomic(marker, json.dumps(want))

@@ -23,7 +23,6 @@ every cell.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, replace
@@ -35,6 +34,7 @@ import typer
 
 from bench import cifar10
 from bench.recipes.spec import Arm, Recipe, Scale, apply_imbalance
+from shortlist.atomic import write_atomic
 
 CELL = "cell.json"
 ROUNDS = "rounds.json"
@@ -42,9 +42,7 @@ ROUNDS = "rounds.json"
 
 def _write_json(path: Path, obj: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(obj, indent=1))  # cell.json / rounds.json are resume markers: never torn
 
 
 @dataclass(frozen=True)
