@@ -47,12 +47,24 @@ def durable(seen: list[tuple[str, str]], path: Path) -> bool:
         ("fsync", str(path.parent)) in seen[i + 1:]
 
 
-WRITES: dict[str, Callable[[Path], Path]] = {
-    "metrics.write_json": lambda d: (metrics.write_json(d / "results.json", {"a": 1.0}), d / "results.json")[1],
-    "recipes cell.json": lambda d: (loop._write_json(d / loop.CELL, {"rounds": []}), d / loop.CELL)[1],
-    "save_embeddings": lambda d: (evaluation.save_embeddings(d, *(np.zeros((2, 3), np.float32),) * 4),
-                                  d / "test_y.npy")[1],
-}
+def _results(d: Path) -> Path:
+    metrics.write_json(d / "results.json", {"a": 1.0})
+    return d / "results.json"
+
+
+def _cell(d: Path) -> Path:
+    loop._write_json(d / loop.CELL, {"rounds": []})
+    return d / loop.CELL
+
+
+def _embeddings(d: Path) -> Path:
+    x = np.zeros((2, 3), np.float32)
+    evaluation.save_embeddings(d, x, x, x, x)
+    return d / "test_y.npy"
+
+
+WRITES: dict[str, Callable[[Path], Path]] = {"metrics.write_json": _results, "recipes cell.json": _cell,
+                                             "save_embeddings": _embeddings}
 
 
 @pytest.mark.parametrize("what", list(WRITES))
