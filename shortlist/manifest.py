@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import TypeAdapter, ValidationError
 
 from shortlist.atomic import fsync_path as fsync_path  # re-exported: agent.backup, agent.blobs
 from shortlist.atomic import pid_alive as pid_alive
@@ -65,7 +66,13 @@ HIGH_WATER_NAME = ".last-version"  # the highest version number ever published i
 PUBLISH_LOCK_NAME = ".publish.lock"
 TRASH_PREFIX = ".trash-"  # a version folder being removed
 VERSION_RE = re.compile(r"^v(\d+)$")
+# Manifest formats. 1: every manifest before resize "crop" existed; what is still written when a format-1 reader
+# serves the model as meant, so old registries and agents stay compatible. 2: written when the preprocessing
+# needs a newer reader (resize "crop": an agent reading only format 1 ignores ``resize`` and would squash the
+# images). A reader refuses a format it does not know ("upgrade shortlist"); format 1 asking for crop is refused.
 MANIFEST_FORMAT = 1
+CROP_FORMAT = 2
+READ_FORMATS = (MANIFEST_FORMAT, CROP_FORMAT)
 
 # Output names of an exported encoder (the agent looks them up by these names).
 INPUT_NAME = "image"
@@ -112,6 +119,9 @@ class Preprocess:
     without ``resize`` means "squash" (every manifest written before the field existed).
     """
 
+    # size, mean and std default to CIFAR10_PREPROCESS's for code building one, never for a manifest: it must give
+    # them (PREPROCESS_REQUIRED), so a model is never fed another's normalisation. interpolation, resize and
+    # crop_fraction default to what a manifest written before the field existed meant.
     size: tuple[int, int] = (32, 32)
     mean: tuple[float, float, float] = (0.4914, 0.4822, 0.4465)
     std: tuple[float, float, float] = (0.2470, 0.2435, 0.2616)
@@ -135,42 +145,46 @@ class Preprocess:
             d |= {"resize": self.resize, "crop_fraction": float(self.crop_fraction)}
         return d
 
+    def format(self) -> int:
+        """The manifest format a reader needs to apply this preprocessing: CROP_FORMAT for resize "crop" (a
+        format-1 reader would squash), else MANIFEST_FORMAT (every reader applies it)."""
+        return CROP_FORMAT if self.resize != "squash" else MANIFEST_FORMAT
+
     @staticmethod
-    def from_dict(d: dict[str, Any]) -> Preprocess:
+    def from_dict(d: object) -> Preprocess:
+        """A manifest's preprocess block (e.g. a checkpoint's) -> Preprocess; ManifestError names the field."""
         try:
-            size = tuple(int(v) for v in d["size"])
-            mean = tuple(float(v) for v in d["mean"])
-            std = tuple(float(v) for v in d["std"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise ManifestError(f"invalid preprocess block in manifest ({e}): {d!r}") from None
-        if len(size) != 2 or len(mean) != 3 or len(std) != 3:
-            raise ManifestError(f"invalid preprocess block in manifest (size needs 2 values, mean and std 3): {d!r}")
+            text = json.dumps(d, allow_nan=True)
+        except (TypeError, ValueError) as e:
+            raise ManifestError(f"manifest 'preprocess' is not JSON data ({e})") from None
+        _require_preprocess(d)
+        pre = _validate(_PREPROCESS_SCHEMA, text, "preprocess.")
+        pre.check()
+        return pre
+
+    def check(self) -> None:
+        """What the types alone do not say (ranges, known names); ManifestError with the field and what to write."""
+        size, mean, std, fraction = self.size, self.mean, self.std, self.crop_fraction
         if min(size) <= 0 or max(size) > MAX_INPUT_SIDE:
             raise ManifestError(f"preprocess size {list(size)} must be 1..{MAX_INPUT_SIDE} pixels a side")
         if not all(np.isfinite(mean)) or not all(np.isfinite(std)) or min(std) <= 0:
             raise ManifestError(f"preprocess mean must be finite and std finite and positive (got mean "
                                 f"{list(mean)}, std {list(std)}); a zero std would divide by zero")
-        interpolation = d.get("interpolation", "bilinear")
-        if interpolation not in INTERPOLATIONS:  # a typo must not silently resize another way than training did
-            raise ManifestError(f"preprocess interpolation {interpolation!r} is not one the agent knows: write one "
-                                f"of {', '.join(INTERPOLATIONS)} in the manifest's preprocess block")
-        resize = d.get("resize", "squash")
-        if resize not in RESIZE_MODES:  # likewise: an unknown mode must not silently squash a model trained on crops
-            raise ManifestError(f"preprocess resize {resize!r} is not a mode the agent knows: write one of "
+        if self.interpolation not in INTERPOLATIONS:  # a typo must not silently resize another way than training did
+            raise ManifestError(f"preprocess interpolation {self.interpolation!r} is not one the agent knows: write "
+                                f"one of {', '.join(INTERPOLATIONS)} in the manifest's preprocess block")
+        if self.resize not in RESIZE_MODES:  # likewise: an unknown mode must not silently squash a crop model
+            raise ManifestError(f"preprocess resize {self.resize!r} is not a mode the agent knows: write one of "
                                 f"{', '.join(RESIZE_MODES)} in the manifest's preprocess block")
-        fraction = d.get("crop_fraction", 1.0)
-        if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 < fraction <= 1:
+        if not 0 < fraction <= 1:
             raise ManifestError(f"preprocess crop_fraction {fraction!r} must be a number in (0, 1] (the crop's side "
                                 f"over the resized shorter side: {IMAGENET_CROP_FRACTION} for ImageNet's 224 of 256)")
-        if resize == "squash" and fraction != 1:
+        if self.resize == "squash" and fraction != 1:
             raise ManifestError(f"preprocess crop_fraction {fraction!r} is given with resize \"squash\", which "
                                 "does not crop: set resize to \"crop\", or drop crop_fraction")
         if max(size) / fraction > MAX_INPUT_SIDE:  # the image resized before the crop: memory per image
             raise ManifestError(f"preprocess crop_fraction {fraction!r} would resize images to "
                                 f"{round(max(size) / fraction)} px a side before the crop (at most {MAX_INPUT_SIDE})")
-        return Preprocess(size=(size[0], size[1]), mean=(mean[0], mean[1], mean[2]),
-                          std=(std[0], std[1], std[2]), interpolation=str(interpolation), resize=str(resize),
-                          crop_fraction=float(fraction))
 
     def normalize(self, images_hwc_uint8: np.ndarray) -> np.ndarray:
         """NxHxWx3 uint8 (already at ``size``) -> Nx3xHxW float32, normalised."""
@@ -220,46 +234,46 @@ class Manifest:
     files: dict[str, str] = field(default_factory=dict)  # file name -> sha256 hex
     verification: dict[str, Any] = field(default_factory=dict)  # max relative errors per runtime
     republished_from: str = ""  # the version this one copies (``republish``: a rollback), else ""
-    format: int = MANIFEST_FORMAT
+    format: int = MANIFEST_FORMAT  # as read; ``to_json`` writes the one the preprocessing needs
 
     def to_json(self) -> str:
         d = asdict(self)
         d["preprocess"] = self.preprocess.to_dict()
+        d["format"] = self.preprocess.format()
         return json.dumps(d, indent=2, sort_keys=True)
 
     @staticmethod
     def from_json(text: str) -> Manifest:
-        """Parse and validate a manifest; ManifestError (a ValueError) says what is wrong."""
-        d = json.loads(text)
+        """Parse and validate a manifest: every field's presence and type (``_MANIFEST_SCHEMA``), then what
+        types do not say. ManifestError (a ValueError), one line naming the field and what to write."""
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ManifestError(f"{MANIFEST_NAME} is not JSON ({e})") from None
         if not isinstance(d, dict):
             raise ManifestError("manifest is not a JSON object")
         fmt = d.get("format", 0)
-        if fmt != MANIFEST_FORMAT:
-            raise ManifestError(f"unsupported manifest format {fmt!r} (this agent reads format {MANIFEST_FORMAT}; "
-                                "upgrade shortlist to serve it)")
-        d["preprocess"] = Preprocess.from_dict(d["preprocess"])
-        outputs = d["outputs"]
-        if not isinstance(outputs, list) or not all(isinstance(o, str) for o in outputs):
-            raise ManifestError(f"manifest 'outputs' must be a list of names: {outputs!r}")
-        output_name = d.get("output_name", EMBEDDING_OUTPUT)
-        if not isinstance(output_name, str) or not output_name:
-            raise ManifestError(f"manifest 'output_name' must be the name of the graph output that gives the "
-                                f"embedding (got {output_name!r})")
-        if output_name not in outputs:
-            raise ManifestError(f"manifest lists no '{output_name}' output: {outputs} (add the name of the output "
+        if isinstance(fmt, bool) or fmt not in READ_FORMATS:
+            raise ManifestError(f"unsupported manifest format {fmt!r} (this agent reads formats "
+                                f"{', '.join(map(str, READ_FORMATS))}; upgrade shortlist to serve it)")
+        _require_preprocess(d.get("preprocess"))
+        m = _validate(_MANIFEST_SCHEMA, text, "")
+        m.preprocess.check()
+        if m.format < m.preprocess.format():  # a hand edit: a format-1 reader would squash the images
+            raise ManifestError(f"manifest format {m.format} cannot ask for resize {m.preprocess.resize!r} (an agent "
+                                f"reading only format {m.format} would ignore it and squash the images): write "
+                                f"\"format\": {m.preprocess.format()}")
+        if not m.output_name:
+            raise ManifestError("manifest 'output_name' must be the name of the graph output that gives the "
+                                "embedding (got '')")
+        if m.output_name not in m.outputs:
+            raise ManifestError(f"manifest lists no '{m.output_name}' output: {m.outputs} (add the name of the output "
                                 "that gives the embedding to 'outputs', or set 'output_name' to one of them)")
-        dim = d["embedding_dim"]
-        if not isinstance(dim, int) or isinstance(dim, bool) or dim <= 0:
-            raise ManifestError(f"manifest embedding_dim must be a positive integer (got {dim!r})")
-        classes = d.get("classes")
-        if classes is not None and (not isinstance(classes, list) or not all(isinstance(c, str) and c
-                                                                              for c in classes)):
-            raise ManifestError(f"manifest 'classes' must be a list of non-empty names: {classes!r}")
-        files = d.get("files", {})
-        if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
-            raise ManifestError(f"manifest 'files' must map file names to sha256 hex digests: {files!r}")
-        known = {f for f in Manifest.__dataclass_fields__}
-        return Manifest(**{k: v for k, v in d.items() if k in known})
+        if m.embedding_dim <= 0:
+            raise ManifestError(f"manifest embedding_dim must be a positive integer (got {m.embedding_dim!r})")
+        if m.classes is not None and not all(m.classes):
+            raise ManifestError(f"manifest 'classes' must be a list of non-empty names: {m.classes!r}")
+        return m
 
     @property
     def has_logits(self) -> bool:
@@ -268,6 +282,71 @@ class Manifest:
     @property
     def has_rotation_head(self) -> bool:
         return ROTATION_OUTPUT in self.outputs
+
+
+# Every field's presence and type, checked by pydantic against the dataclasses themselves (strict, from JSON: a
+# number is never taken for text, nor 32.0 or "32" for an integer; unknown keys are ignored, for newer writers).
+_PREPROCESS_SCHEMA: TypeAdapter[Preprocess] = TypeAdapter(Preprocess)
+_MANIFEST_SCHEMA: TypeAdapter[Manifest] = TypeAdapter(Manifest)
+# What to write in each field (a refusal names the field and says this).
+_FIELD_HINTS = {
+    "preprocess": "an object with size, mean, std (and interpolation, resize, crop_fraction)",
+    "preprocess.size": "[height, width] in pixels, two integers",
+    "preprocess.mean": "three numbers, the per-channel mean of [0, 1] pixels (R, G, B)",
+    "preprocess.std": "three positive numbers, the per-channel std of [0, 1] pixels (R, G, B)",
+    "preprocess.interpolation": f"one of {', '.join(INTERPOLATIONS)}",
+    "preprocess.resize": f"one of {', '.join(RESIZE_MODES)}",
+    "preprocess.crop_fraction": f"a number in (0, 1], e.g. {IMAGENET_CROP_FRACTION}",
+    "embedding_dim": "a positive integer, the embedding's length",
+    "outputs": f"a list of the ONNX graph's output names, the embedding's first (e.g. [\"{EMBEDDING_OUTPUT}\"])",
+    "classes": "a list of class names in logits order, or null",
+    "input_name": f"the ONNX graph's input name (text, e.g. \"{INPUT_NAME}\")",
+    "output_name": f"the name of the output that gives the embedding (text, e.g. \"{EMBEDDING_OUTPUT}\")",
+    "arch": "text (the architecture's name) or \"\"",
+    "method": "text (how it was trained) or \"\"",
+    "source_run": "text (the training run's folder) or \"\"",
+    "training_config": "an object (the training options) or {}",
+    "dataset": "text (the data set's name) or \"\"",
+    "git_commit": "text or \"\"",
+    "created": "text, when it was made, ISO 8601 UTC (e.g. \"2026-01-31T12:00:00+00:00\"), or \"\"",
+    "files": f"an object mapping each file name to its sha256 hex digest (text), {ONNX_NAME} among them",
+    "verification": "an object (max relative errors per runtime) or {}",
+    "republished_from": "text (the version it copies) or \"\"",
+    "format": f"one of {', '.join(map(str, READ_FORMATS))}",
+}
+
+
+PREPROCESS_REQUIRED = ("size", "mean", "std")  # a manifest's preprocess block must give these (no defaults)
+
+
+def _require_preprocess(d: object) -> None:
+    """ManifestError when ``d``, a manifest's preprocess block, lacks one of PREPROCESS_REQUIRED (the dataclass's
+    defaults are CIFAR-10's, which would silently normalise another model's inputs wrongly)."""
+    if not isinstance(d, dict):
+        return  # not an object: the schema says so
+    for key in PREPROCESS_REQUIRED:
+        if key not in d:
+            raise ManifestError(f"manifest has no 'preprocess.{key}': write {_FIELD_HINTS['preprocess.' + key]}")
+
+
+def _validate(schema: TypeAdapter[Any], text: str, prefix: str) -> Any:
+    """``schema`` validated from JSON ``text``; ManifestError, one line, on the first wrong or missing field
+    (``prefix``: where ``text`` sits in a manifest, e.g. "preprocess.")."""
+    try:
+        return schema.validate_json(text, strict=True)
+    except ValidationError as e:
+        err = e.errors(include_url=False)[0]
+        loc = [str(p) for p in err["loc"]]
+        where = prefix + ".".join(loc)
+        # the field's hint: its longest named prefix (a list index or a file name below it says no more)
+        names = [prefix + ".".join(loc[:n]) for n in range(len(loc), 0, -1)] + [prefix.rstrip(".")]
+        hint = next((_FIELD_HINTS[n] for n in names if n in _FIELD_HINTS), "")
+        what = f": write {hint}" if hint else ""
+        if err["type"] == "missing":
+            raise ManifestError(f"manifest has no '{where}'{what}") from None
+        got = json.dumps(err.get("input"), default=str)
+        got = got if len(got) <= 60 else got[:57] + "..."
+        raise ManifestError(f"manifest '{where}' is {got} ({err['msg'][0].lower()}{err['msg'][1:]}){what}") from None
 
 
 def sha256_file(path: Path) -> str:

@@ -503,3 +503,33 @@ def test_models_help_names_every_command() -> None:
     text = " ".join(r.stdout.split())
     assert "list its versions, roll back to one, remove old ones, import an ONNX encoder" in text
     assert all(f"│ {c} " in r.stdout for c in ("list", "rollback", "prune", "import"))
+
+
+@pytest.mark.parametrize(("field", "value"), [("created", 5), ("method", [1])])
+def test_a_version_with_a_bad_manifest_field_is_listed_as_refused_and_the_agent_keeps_the_previous(
+        running: Running, field: str, value: object) -> None:
+    models = running.models
+    _serving(running, "v0001")
+    bad = publish_linear(models, size=SIZE, dim=16, classes=CLASSES, seed=1)
+    manifest = json.loads((models / bad / "manifest.json").read_text())
+    manifest[field] = value  # a hand edit (the manifest is not among the hashed files)
+    (models / bad / "manifest.json").write_text(json.dumps(manifest))
+
+    listed = runner.invoke(app, ["models", "list", "--models", str(models)])
+    assert listed.exit_code == 0 and "Traceback" not in listed.output, listed.output
+    words = said(listed.stdout)
+    assert "v0001" in words and f"manifest '{field}' is {json.dumps(value)}" in words, words
+    back = runner.invoke(app, ["models", "rollback", bad, "--models", str(models), "--no-reload"])
+    assert back.exit_code == 1 and f"manifest '{field}'" in said(back.output), back.output
+    rows = [json.loads(line) for line in runner.invoke(
+        app, ["models", "list", "--models", str(models), "--json"]).stdout.splitlines()]
+    assert [(r["version"], r["complete"]) for r in rows] == [("v0001", True), (bad, False)]
+
+    deadline = time.monotonic() + 10
+    while True:
+        st = running.stub.GetStatus(agent_pb2.GetStatusRequest())
+        if any(f"manifest '{field}'" in w for w in st.warnings):
+            break
+        assert time.monotonic() < deadline, f"the agent gave no warning about {bad}: {list(st.warnings)}"
+        time.sleep(0.1)
+    assert st.model_version == "v0001"  # refused with a warning; the previous version still served

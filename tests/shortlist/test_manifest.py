@@ -200,9 +200,9 @@ def test_the_resize_mode_round_trips_and_changes_no_squashing_models_fingerprint
 
 @pytest.mark.parametrize(("extra", "says"), [
     ({"resize": "fit"}, "preprocess resize 'fit' is not a mode the agent knows: write one of squash, crop"),
-    ({"resize": "crop", "crop_fraction": 0}, "crop_fraction 0 must be a number in (0, 1]"),
+    ({"resize": "crop", "crop_fraction": 0}, "crop_fraction 0.0 must be a number in (0, 1]"),
     ({"resize": "crop", "crop_fraction": 1.5}, "crop_fraction 1.5 must be a number in (0, 1]"),
-    ({"resize": "crop", "crop_fraction": "0.875"}, "crop_fraction '0.875' must be a number in (0, 1]"),
+    ({"resize": "crop", "crop_fraction": "0.875"}, "'preprocess.crop_fraction' is \"0.875\""),
     ({"resize": "crop", "crop_fraction": float("nan")}, "crop_fraction nan must be a number in (0, 1]"),
     ({"resize": "crop", "crop_fraction": 0.001}, "would resize images to 8000 px a side"),
     ({"crop_fraction": 0.875}, "is given with resize \"squash\", which does not crop"),
@@ -211,3 +211,60 @@ def test_a_bad_resize_mode_or_crop_fraction_is_refused_with_what_to_write(extra:
     with pytest.raises(ManifestError) as e:
         Preprocess.from_dict({"size": [8, 8], "mean": [0, 0, 0], "std": [1, 1, 1], **extra})
     assert says in str(e.value)
+
+
+def _manifest_dict(**preprocess: object) -> dict[str, object]:
+    pre = Preprocess(size=(8, 8), **preprocess)  # type: ignore[arg-type]
+    m = Manifest(preprocess=pre, embedding_dim=16, outputs=["embedding"], files={"encoder.onnx": "0" * 64})
+    d: dict[str, object] = json.loads(m.to_json())
+    return d
+
+
+@pytest.mark.parametrize(("path", "value"), [
+    ("created", 5), ("method", [1]), ("arch", None), ("dataset", {}), ("source_run", 1.5), ("git_commit", True),
+    ("republished_from", 3), ("input_name", 7), ("output_name", ["embedding"]), ("embedding_dim", "16"),
+    ("embedding_dim", 16.0), ("embedding_dim", True), ("outputs", "embedding"), ("outputs", [1]),
+    ("classes", "a"), ("classes", [1]), ("files", []), ("files", {"encoder.onnx": 5}), ("training_config", []),
+    ("verification", "ok"), ("preprocess", 5), ("preprocess.size", [8]), ("preprocess.size", ["8", 8]),
+    ("preprocess.mean", "0"), ("preprocess.std", [1, 1]), ("preprocess.interpolation", 2),
+    ("preprocess.resize", None), ("preprocess.crop_fraction", "1"),
+])
+def test_every_field_of_a_wrong_type_is_refused_naming_it_and_what_to_write(path: str, value: object) -> None:
+    d = _manifest_dict()
+    *outer, key = path.split(".")
+    target: dict[str, object] = d
+    for part in outer:
+        target = target[part]  # type: ignore[assignment]
+    target[key] = value
+    with pytest.raises(ManifestError) as e:
+        Manifest.from_json(json.dumps(d))
+    said = str(e.value)
+    assert f"'{path}" in said and ": write " in said and "\n" not in said, said
+
+
+@pytest.mark.parametrize("path", ["preprocess", "embedding_dim", "outputs", "preprocess.size", "preprocess.mean",
+                                  "preprocess.std"])
+def test_every_missing_required_key_is_refused_naming_it(path: str) -> None:
+    d = _manifest_dict()
+    *outer, key = path.split(".")
+    target: dict[str, object] = d
+    for part in outer:
+        target = target[part]  # type: ignore[assignment]
+    del target[key]
+    with pytest.raises(ManifestError) as e:
+        Manifest.from_json(json.dumps(d))
+    assert f"manifest has no '{path}': write " in str(e.value)
+
+
+def test_crop_is_written_as_format_2_squash_as_format_1_and_format_1_asking_for_crop_is_refused() -> None:
+    # An agent older than resize "crop" reads format 1 only and ignores resize: a crop model must not be format 1.
+    squash, crop = _manifest_dict(), _manifest_dict(resize="crop", crop_fraction=0.875)
+    assert squash["format"] == 1 and crop["format"] == 2
+    old_reader_formats = (1,)  # what an older agent's from_json accepted ("upgrade shortlist" otherwise)
+    assert crop["format"] not in old_reader_formats and squash["format"] in old_reader_formats
+    assert Manifest.from_json(json.dumps(crop)).preprocess.resize == "crop"  # both read here
+    assert Manifest.from_json(json.dumps({**squash, "format": 2})).preprocess.resize == "squash"
+    with pytest.raises(ManifestError, match=r"format 1 cannot ask for resize 'crop'.*write \"format\": 2"):
+        Manifest.from_json(json.dumps({**crop, "format": 1}))  # a hand edit: an old agent would squash
+    with pytest.raises(ManifestError, match="upgrade shortlist"):
+        Manifest.from_json(json.dumps({**crop, "format": 3}))
