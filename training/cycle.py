@@ -235,17 +235,14 @@ def _pull_train_publish(agent: str, config: CycleConfig, stub: Any, before: agen
 
     models, run_dir, mode = config.models, config.out, config.mode
     newest = newest_complete(models)
-    if init_pre is not None and mode not in METHODS:  # the images go through --init's encoder: its input size
-        pre = init_pre
-    else:  # (the served 96-px model's size refused a 32-px --init run)
-        pre = newest[1].preprocess if newest is not None else preprocess_by_name(config.preprocess)
+    pre = training_preprocess(config, init_pre, newest[1].preprocess if newest is not None else None)
     labeled_only = not _unlabelled(mode)
     label_events, stream = client.list_samples_at(stub, labeled_only=labeled_only, include_payload=True)
     samples = list(stream)
     if problem := _labelled_classes_problem([s.label for s in samples if s.label], mode):
         raise CycleRefused(problem)  # labels taken back since the check above
     classes = _pulled_classes(stub, before, samples, console)
-    data = from_samples(samples, pre.size, classes)
+    data = from_samples(samples, pre, classes)
     labeled = int((data.labels >= 0).sum())
     _record_pull(run_dir, data, agent, before, label_events)
     revision = (f"label revision {label_events}" if label_events is not None
@@ -254,7 +251,7 @@ def _pull_train_publish(agent: str, config: CycleConfig, stub: Any, before: agen
                   f"{run_dir / LABELS_FILE}; {len(classes)} classes) from {agent}; model "
                   f"{before.model_version or 'none'}", highlight=False)
     try:
-        _train(config, agent, data, stub, console)
+        _train(config, agent, data, stub, console, pre)
     except loop.Interrupted as e:  # pretrain's own hint (--resume) is not an option of cycle
         raise loop.Interrupted(e.signal_name, e.step, run_dir, "nothing was published; run `shortlist cycle` "
                                "again (with another --out) to train anew") from None
@@ -398,9 +395,23 @@ def _pulled_classes(stub: Any, before: agent_pb2.Status, samples: list[Any], con
     return classes
 
 
-def _train(cfg: CycleConfig, agent: str, data: TensorData, stub: Any, console: Console) -> None:
+def training_preprocess(cfg: CycleConfig, init_pre: Preprocess | None, served: Preprocess | None) -> Preprocess:
+    """The preprocessing a cycle decodes the pulled samples with (``from_samples``), the one place it is chosen.
+    Fine-tuning an --init run: the run's own, whole (its encoder learnt with that size, normalisation, resize and
+    interpolation; the fine-tuned model is trained, and published, with it). Otherwise a new encoder's own: the
+    --preprocess preset (its mean, std, interpolation and resize: what the export's manifest will say) at the
+    served model's input size when one is served (the served 96-px model's size refused a 32-px --init run)."""
+    if init_pre is not None and cfg.mode not in METHODS:
+        return init_pre
+    own = preprocess_by_name(cfg.preprocess)
+    return own if served is None else dataclasses.replace(own, size=served.size)
+
+
+def _train(cfg: CycleConfig, agent: str, data: TensorData, stub: Any, console: Console, pre: Preprocess) -> None:
     """The cycle's training into ``cfg.out``: pretraining for a method of training.methods, else fine-tuning
-    (as3l with the agent's PriorLabels for the unlabelled rows)."""
+    (as3l with the agent's PriorLabels for the unlabelled rows); ``pre``: ``training_preprocess``'s, which
+    ``data`` was decoded with (an --init run is fine-tuned normalised as it was trained, whatever --preprocess
+    says)."""
     mode, init = cfg.mode, cfg.init
     steps, minutes, epochs = cfg.steps, cfg.minutes, cfg.epochs
     if mode in METHODS:
@@ -426,7 +437,8 @@ def _train(cfg: CycleConfig, agent: str, data: TensorData, stub: Any, console: C
         fcfg = dataclasses.replace(fcfg, **cfg.options)
     if steps is None and epochs is None and minutes is None and not frozen_mode(mode):
         fcfg = dataclasses.replace(fcfg, steps=100)
-    finetune(fcfg, data, priors, console)
+    # an --init run is fine-tuned with its own preprocessing (``pre``); from random weights with --preprocess's
+    finetune(fcfg, data, priors, console, pre=pre if init is not None else None)
 
 
 def _pretrain_batch(method: str, batch_size: int | None, pool: int, console: Console) -> int | None:

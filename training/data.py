@@ -94,8 +94,10 @@ def report_skipped(run_dir: Path, console: Console, *parts: TensorData) -> int:
     return len(skipped)
 
 
-def from_samples(samples: Sequence[object], size: tuple[int, int], classes: list[str] | None = None) -> TensorData:
-    """Agent ``Sample`` messages (with payloads) -> TensorData at ``size`` = (H, W). Labels index ``classes``
+def from_samples(samples: Sequence[object], pre: Preprocess, classes: list[str] | None = None) -> TensorData:
+    """Agent ``Sample`` messages (with payloads) -> TensorData at ``pre.size`` = (H, W), each image brought there
+    exactly as the agent brings it for a model with preprocessing ``pre`` (``decode_sample``: its interpolation and
+    resize mode too; the training normalises with ``pre``'s mean and std). Labels index ``classes``
     (default: sorted labels found); unlabelled samples get -1. A sample whose payload cannot be decoded (the
     agent flags a missing or corrupt stored payload with its reason) is left out and listed in ``skipped``
     (id, reason), as ``load`` does with a folder's unreadable files; ValueError when none is left."""
@@ -105,7 +107,6 @@ def from_samples(samples: Sequence[object], size: tuple[int, int], classes: list
     found = sorted({s.label for s in samples if s.label})  # type: ignore[attr-defined]
     class_list = list(classes) if classes is not None else found
     index = {c: i for i, c in enumerate(class_list)}
-    pre = Preprocess(size=size)  # only its size is used here
     for s in samples:
         label = s.label  # type: ignore[attr-defined]
         if label and label not in index:

@@ -343,13 +343,14 @@ def _raw_features(enc: Encoder, images: torch.Tensor, pre: Preprocess, rt: loop.
 
 def finetune(config: FinetuneConfig, data: TensorData | None = None, priors: torch.Tensor | None = None,
              console: Console | None = None, eval_data: TensorData | None = None,
-             eval_from_data: bool = False) -> Path:
-    """Train per ``config``; ``data`` overrides config.data; ``priors`` is UxC (rows of the unlabelled
-    samples of ``data`` in order) for as3l. ``eval_data`` (labelled, at the model's input size): test
-    accuracy every ``eval_every`` steps and at the end, in metrics.jsonl (kind "eval") and the summary
-    (``eval``: [[step, accuracy], ...], ``test_accuracy``, ``best_test_accuracy``). ``eval_from_data`` (the
-    CLI): without ``eval_data``, the test split of ``config.data`` when it has one (said when it has none).
-    Returns the run folder (encoder.pt has the classifier)."""
+             eval_from_data: bool = False, pre: Preprocess | None = None) -> Path:
+    """Train per ``config``; ``data`` overrides config.data (``pre``: the preprocessing it was decoded with, to
+    train and publish with instead of config.preprocess's preset, e.g. an --init run's own: ``shortlist cycle``);
+    ``priors`` is UxC (rows of the unlabelled samples of ``data`` in order) for as3l. ``eval_data`` (labelled, at
+    the model's input size): test accuracy every ``eval_every`` steps and at the end, in metrics.jsonl (kind
+    "eval") and the summary (``eval``: [[step, accuracy], ...], ``test_accuracy``, ``best_test_accuracy``).
+    ``eval_from_data`` (the CLI): without ``eval_data``, the test split of ``config.data`` when it has one (said
+    when it has none). Returns the run folder (encoder.pt has the classifier)."""
     cfg = config
     if cfg.mode not in FINETUNE_MODES:
         raise ValueError(f"unknown fine-tuning mode {cfg.mode!r}; valid: {', '.join(FINETUNE_MODES)}")
@@ -366,7 +367,7 @@ def finetune(config: FinetuneConfig, data: TensorData | None = None, priors: tor
         cfg = dataclasses.replace(cfg, linear_epochs=cfg.epochs)  # minutes do not apply; the CLI refuses them)
     console = console or Console()
     rt = loop.setup_runtime(cfg.device, cfg.amp, cfg.channels_last, cfg.threads)
-    pre = preprocess_by_name(cfg.preprocess)
+    pre = pre if pre is not None else preprocess_by_name(cfg.preprocess)
     if data is None:
         if not cfg.data:
             raise ValueError("give --data SOURCE (or pass TensorData)")

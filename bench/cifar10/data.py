@@ -17,6 +17,7 @@ from shortlist.datasets import (
     skipped_summary,
     split_sources_said,
 )
+from shortlist.images import preprocess_array
 from shortlist.manifest import read_complete
 
 
@@ -71,10 +72,18 @@ def short_classes_note(labels: np.ndarray, idx: np.ndarray, size: int | None, cl
 def images_at_model_size(data: Path, version_dir: Path, train: ImageArray, test_set: ImageArray,
                          pool_idx: np.ndarray, test_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The pool rows of ``train`` and ``test_set`` (the ``test_idx`` rows of the test split) as PxHxWx3 and
-    TxHxWx3 uint8 at the model version's input size; splits decoded at another size are decoded again."""
+    TxHxWx3 uint8 brought to the model version's input as the agent brings what the bench ingests (the manifest's
+    whole preprocess: size, interpolation, resize mode). A bilinear squash (what ``load_array`` does) decodes a
+    split at another size again from its files; any other preprocessing resizes the decoded arrays with
+    ``preprocess_array``, the agent's own function (exactly the agent's input when a split's images share one
+    size, as CIFAR's do: ``load_pool_and_test`` decodes them at it, untouched)."""
     manifest = read_complete(version_dir, verify_hashes=False)
     assert manifest is not None, f"{version_dir} is not a complete model version"
-    size = manifest.preprocess.size
+    pre = manifest.preprocess
+    size = pre.size
+    if pre.resize != "squash" or pre.interpolation != "bilinear":
+        return (np.stack([preprocess_array(im, pre) for im in train.images[pool_idx]]),
+                np.stack([preprocess_array(im, pre) for im in test_set.images]))
     pool_images = train.images[pool_idx] if train.images.shape[1:3] == size else \
         load_array(data, "train", size=size).images[pool_idx]
     test_images = test_set.images if test_set.images.shape[1:3] == size else \

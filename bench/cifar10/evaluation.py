@@ -21,7 +21,7 @@ from bench.cifar10.encoder import embed_images, publish_encoder
 from bench.cifar10.profiles import hash_ids
 from bench.metrics import class_coverage, linear_probe_scores, prior_scores, write_json
 from shortlist.atomic import atomic_file
-from shortlist.images import resize_array
+from shortlist.images import preprocess_array
 from shortlist.manifest import read_complete
 from shortlist.v1 import agent_pb2, agent_pb2_grpc
 
@@ -257,14 +257,16 @@ def semi_supervised_accuracy(address: str, ssl: SemiSupervised, strategy: str, s
 
 def classifier_accuracy(version_dir: Path, test_images: np.ndarray, test_y: np.ndarray, classes: list[str]) -> float:
     """Test accuracy in [0, 1] of a published model version's classifier (its ``logits`` output, run by the
-    agent's own Embedder with onnxruntime, as the agent serves it) on TxHxWx3 uint8 images (resized to the
-    manifest's size when needed); ``test_y`` indexes ``classes``, matched to the manifest's classes by name."""
+    agent's own Embedder with onnxruntime, as the agent serves it) on TxHxWx3 uint8 images (brought to the
+    model's input as the manifest's preprocess says, when needed); ``test_y`` indexes ``classes``, matched to the
+    manifest's classes by name."""
     from agent.embedder import Embedder
 
     manifest = read_complete(version_dir, verify_hashes=False)
     assert manifest is not None and manifest.classes, f"{version_dir} has no classifier"
-    if test_images.shape[1:3] != manifest.preprocess.size:
-        test_images = np.stack([resize_array(im, manifest.preprocess.size) for im in test_images])
+    if test_images.shape[1:3] != manifest.preprocess.size or manifest.preprocess.resize != "squash":
+        # as the agent brings them to the model's input (a crop model crops even an image already H x W)
+        test_images = np.stack([preprocess_array(im, manifest.preprocess) for im in test_images])
     logits = Embedder(version_dir, manifest, batch_size=512, use_cuda=False, pretext=False).embed(test_images).logits
     assert logits is not None
     pred = np.asarray(manifest.classes)[logits.argmax(axis=1)]

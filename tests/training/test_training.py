@@ -441,6 +441,7 @@ def test_samples_from_an_agent_that_cannot_be_decoded_are_left_out_with_their_re
 
     from agent import client
     from agent.ingest import PAYLOAD_ERROR_KEY
+    from shortlist.manifest import Preprocess
     from training.data import from_samples
 
     buf = io.BytesIO()
@@ -450,11 +451,11 @@ def test_samples_from_an_agent_that_cannot_be_decoded_are_left_out_with_their_re
     missing = client.image_sample("c", b"", label="blue")
     missing.ClearField("encoded_image")
     missing.metadata[PAYLOAD_ERROR_KEY] = "payload file missing"
-    data = from_samples([good, corrupt, missing], (4, 4), ["blue", "red"])
+    data = from_samples([good, corrupt, missing], Preprocess(size=(4, 4)), ["blue", "red"])
     assert data.ids == ["a"] and data.labels.tolist() == [1] and data.images.shape == (1, 3, 4, 4)
     assert [sid for sid, _ in data.skipped] == ["b", "c"] and data.skipped[1][1] == "payload file missing"
     with pytest.raises(ValueError, match="none of the 2 samples the agent sent can be decoded: b: "):
-        from_samples([corrupt, missing], (4, 4), ["blue", "red"])
+        from_samples([corrupt, missing], Preprocess(size=(4, 4)), ["blue", "red"])
 
 
 def test_a_missing_split_is_said_with_what_the_training_commands_take(tiny_data: Path, tmp_path: Path) -> None:
