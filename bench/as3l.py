@@ -39,6 +39,7 @@ import numpy as np
 import typer
 
 from bench import cifar10
+from bench.checks import OutLock
 from bench.cifar10.encoder import torch_run_candidates
 from bench.cifar10.run import Walls
 from bench.metrics import class_coverage, expected_calibration_error, linear_probe_scores, prior_scores, write_json
@@ -607,10 +608,11 @@ def as3l_command(
         raise typer.BadParameter("--budgets: label counts must be positive")
     arm_list = [a.strip() for a in arms.split(",") if a.strip()] if arms else None
     cifar10.require_splits(data)  # before any work, in the words of a command without --split
-    try:
-        run_benchmark(data, PROFILES[profile], out, encoder,
-                      Overrides(seeds=seeds, budgets=budget_list, arms=arm_list, steps=steps,
-                                prior_iters=prior_iters, evals=evals))
+    try:  # two runs into one --out would run the same cells twice and rewrite each other's results.json
+        with OutLock(out, "bench as3l"):
+            run_benchmark(data, PROFILES[profile], out, encoder,
+                          Overrides(seeds=seeds, budgets=budget_list, arms=arm_list, steps=steps,
+                                    prior_iters=prior_iters, evals=evals))
     except FileNotFoundError as e:
         raise typer.BadParameter(str(e)) from None
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from bench.checks import OutLock
 from bench.cifar10.data import require_splits
 from bench.cifar10.evaluation import write_embeddings
 from bench.cifar10.profiles import PROFILES
@@ -64,11 +65,13 @@ def register(bench_app: typer.Typer) -> None:
         overrides = Overrides(strategies=split(strategies), seeds=seeds, budgets=split(budgets),
                               prior_methods=split(prior_methods), semi_supervised_at=at,
                               semi_supervised_steps=semi_supervised_steps, audit=audit)
-        try:
-            run = run_benchmark(data, PROFILES[profile], out, encoder, overrides)
-        except KeyboardInterrupt:  # Ctrl-C: the agent is stopped (agent_process); say what is kept, exit 130
-            typer.echo(interrupted_note(out), err=True)
-            raise typer.Exit(130) from None
+        # Two runs into one --out would start two agents on its agent-base and rewrite each other's results.json.
+        with OutLock(out, "bench cifar10"):
+            try:
+                run = run_benchmark(data, PROFILES[profile], out, encoder, overrides)
+            except KeyboardInterrupt:  # Ctrl-C: the agent is stopped (agent_process); say what is kept, exit 130
+                typer.echo(interrupted_note(out), err=True)
+                raise typer.Exit(130) from None
         if run.skipped:  # a table with holes is not a success: scripts and `&&` chains must see it
             typer.echo(f"{len(run.skipped)} (strategy, seed) run(s) skipped on agent errors (above, and in "
                        f"{out / 'agent.log'}); run the same command again to retry them (finished runs are reused)",
@@ -87,7 +90,8 @@ def register(bench_app: typer.Typer) -> None:
     ) -> None:
         """Embed a data set with an encoder (as the agent would) for `shortlist bench strategies`."""
         require_splits(data)
-        meta = write_embeddings(data, encoder, out, pool, test)
+        with OutLock(out, "bench embeddings"):
+            meta = write_embeddings(data, encoder, out, pool, test)
         typer.echo(f"{meta['pool_size']} pool and {meta['test_size']} test embeddings ({meta['dim']}-d, model "
                    f"{meta['model_version']}, {meta['embed_seconds']:.0f} s) -> {out}\nnext: shortlist bench "
                    f"strategies --embeddings {out}/pool_x.npy --labels {out}/pool_y.npy --test-embeddings "
@@ -100,9 +104,14 @@ def register(bench_app: typer.Typer) -> None:
     ) -> None:
         """Re-render the tables and plots of `bench cifar10` runs from their results.json; several runs go side
         by side."""
-        from bench.report import write_report
+        from bench.report import load_run, write_report
 
         try:
-            write_report(runs, out or runs[0])
+            for run in runs:  # each one readable before the lock creates the output folder
+                load_run(run)
+            # A report into a folder a bench command is writing would overwrite (or be overwritten by) its
+            # results.md and plots.
+            with OutLock(out or runs[0], "bench report"):
+                write_report(runs, out or runs[0])
         except (FileNotFoundError, ValueError) as e:
             raise typer.BadParameter(str(e), param_hint="'RUNS...'") from None

@@ -56,6 +56,7 @@ def register(bench_app: typer.Typer) -> None:
     ) -> None:
         """Run a paper's active-learning system end to end through the agent, with its baselines."""
         from bench import cifar10
+        from bench.checks import OutLock
         from bench.recipes.loop import Options, RoundFailed, run_recipe
         from bench.recipes.spec import parse_imbalance
         from training.cycle import CycleRefused
@@ -75,8 +76,10 @@ def register(bench_app: typer.Typer) -> None:
         imb = parse_imbalance(imbalance) if imbalance is not None else None
         options = Options(encoder=encoder, seeds=seeds, arms=arm_list, imbalance=imb, budgets=budget_list, pool=pool,
                           test=test, pretrain_minutes=pretrain_minutes, steps=steps)
-        try:
-            run_recipe(recipe, recipe.profiles[profile], data, out or Path(f"runs/recipe-{name}-{profile}"), options)
+        try:  # two runs into one --out would run the same cells twice and rewrite each other's results.json
+            with OutLock(out or Path(f"runs/recipe-{name}-{profile}"), "bench recipe"):
+                run_recipe(recipe, recipe.profiles[profile], data, out or Path(f"runs/recipe-{name}-{profile}"),
+                           options)
         except FileNotFoundError as e:
             raise typer.BadParameter(str(e)) from None
         except CycleRefused as e:  # e.g. a first budget so small that its random picks are of one class

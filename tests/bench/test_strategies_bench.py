@@ -294,8 +294,9 @@ def test_a_second_bench_strategies_into_the_same_out_is_refused_with_the_first_o
                 "--priors", "knn", "--budgets", "4", "--seeds", "1", "--strategies", "random", "--out", str(out)]
         result = CliRunner().invoke(app, args)
         assert result.exit_code == 2
-        assert result.output.strip() == (f"error: {out} is in use by another `bench strategies` run (pid "
-                                         f"{holder.pid}); wait for it to finish, or give this run its own --out")
+        assert result.output.strip() == (f"error: {out} is in use by another `shortlist bench` run (pid "
+                                         f"{holder.pid}); wait for it to finish, or give this `bench strategies` its "
+                                         "own --out")
         assert not (out / "cells.json").exists()
     finally:
         holder.kill()
