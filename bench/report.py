@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import typer
 
 from bench.checks import class_counts_said, is_imbalanced
 from bench.references import REFERENCE_COLUMNS, reference_value
@@ -27,6 +28,22 @@ def load_run(path: Path) -> dict[str, Any]:
                          "their results.md and plots themselves; rerun those commands to redraw them)")
     run.setdefault("label", f.parent.name)
     return run
+
+
+def short_name(run: dict[str, Any]) -> str:
+    """The data set's folder name (e.g. ``cifar10``, ``digits``): what tells runs of different data sets apart
+    in one report (a full path would tell one data set at two paths apart)."""
+    return Path(str(run.get("data", "")).rstrip("/")).name or "unknown data"
+
+
+def mixed_datasets_note(runs: list[dict[str, Any]]) -> str:
+    """The warning for a report over runs of more than one data set ("" for one): their figures do not compare."""
+    names = list(dict.fromkeys(short_name(r) for r in runs))
+    if len(names) < 2:
+        return ""
+    return (f"warning: these runs measure {len(names)} data sets ({', '.join(names)}): a figure of one does not "
+            "compare with another's; each table groups its rows by data set (the \"data set\" column), compare "
+            "strategies within a group")
 
 
 def dataset_name(run: dict[str, Any]) -> str:
@@ -139,9 +156,12 @@ def markdown(runs: list[dict[str, Any]]) -> str:
     first = runs[0]
     names = list(dict.fromkeys(dataset_name(r) for r in runs))
     lines.append(f"# Low-budget benchmark through the agent: {', '.join(names)}\n")
+    if mixed := mixed_datasets_note(runs):
+        lines.append(f"**{mixed[0].upper()}{mixed[1:]}.**\n")
+    datasets = list(dict.fromkeys(short_name(r) for r in runs))
     for r in runs:
         walls = r.get("wall_seconds", {})
-        short = Path(str(r.get("data", "")).rstrip("/")).name or "unknown data"
+        short = short_name(r)
         lines.append(f"- **{short}**, run folder `{r['label']}`: profile `{r['profile']}`, "
                      f"pool {r['pool_size']}, test {r['test_size']}, "
                      f"seeds {len(r['seeds'])}, model {r['model_version']} ({r['encoder'].get('kind', '')}: "
@@ -174,19 +194,27 @@ def markdown(runs: list[dict[str, Any]]) -> str:
             reference_value(col, s, b) != "—" for s in strategies)] if ours and cifar10 else []
         # beside published figures, every column says whose figure it is and how it was measured
         mine = " (this run)" if ref_heads else ""
-        head = ["strategy"] + (["run"] if len(runs) > 1 else []) + [f"{b} labels{mine}" for b in budgets] + [
+        # Runs of several data sets: rows grouped by data set first, each saying its own (its figures compare
+        # only with its group's).
+        by_set = len(datasets) > 1
+        head = (["data set"] if by_set else []) + ["strategy"] + (["run"] if len(runs) > 1 else []) + [
+            f"{b} labels{mine}" for b in budgets] + [
             f"{col}, {b} labels (published, CIFAR-10: {PUBLISHED})" for col, b in ref_heads]
         rows = []
-        for s in strategies:
-            for label, summ in zip(labels, sums, strict=True):
-                cells = []
-                for b in budgets:
-                    mean, std, n = summ.get(metric, {}).get((s, b), (float("nan"), float("nan"), 0))
-                    cells.append(_fmt(mean, std, n, scale, digits))
-                if all(c == "—" for c in cells):
-                    continue
-                ref_cells = [reference_value(col, s, b) for col, b in ref_heads]
-                rows.append([s, *([label] if len(runs) > 1 else []), *cells, *ref_cells])
+        for dataset in datasets:
+            for s in strategies:
+                for r, label, summ in zip(runs, labels, sums, strict=True):
+                    if short_name(r) != dataset:
+                        continue
+                    cells = []
+                    for b in budgets:
+                        mean, std, n = summ.get(metric, {}).get((s, b), (float("nan"), float("nan"), 0))
+                        cells.append(_fmt(mean, std, n, scale, digits))
+                    if all(c == "—" for c in cells):
+                        continue
+                    ref_cells = [reference_value(col, s, b) for col, b in ref_heads]
+                    rows.append([*([dataset] if by_set else []), s, *([label] if len(runs) > 1 else []), *cells,
+                                 *ref_cells])
         lines.extend(md_table(head, rows))
         if ref_heads:
             same = ("another measurement: the published ones show the direction to expect, not the same figure"
@@ -234,13 +262,15 @@ Curve = list[tuple[int, float, float]]  # (labels, mean, std) points of one line
 def plot(runs: list[dict[str, Any]], metric: str, ylabel: str, path: Path) -> None:
     """Metric vs number of labels (log x), one line per strategy (and linestyle per run)."""
     strategies = list(dict.fromkeys(s for r in runs for s in r["strategies"]))
+    mixed = len({short_name(r) for r in runs}) > 1  # then each line names its data set
     lines: list[tuple[str, int, Curve, bool]] = []
     for ri, run in enumerate(runs):
         summ = summarize(run).get(metric, {})
         for s in strategies:
             pts = sorted((b, m, sd) for (st, b), (m, sd, _) in summ.items() if st == s and np.isfinite(m))
             if pts:
-                label = s if len(runs) == 1 else f"{s} ({run['label']})"
+                label = s if len(runs) == 1 else f"{s} ({run['label']})" if not mixed else \
+                    f"{s} ({short_name(run)}: {run['label']})"
                 lines.append((label, ri, [(int(b), m * 100, sd * 100) for b, m, sd in pts], len(run["seeds"]) > 1))
     names = ", ".join(dict.fromkeys(Path(str(r.get("data", "")).rstrip("/")).name or "?" for r in runs))
     # The x values are budgets, the strategy's picks; a run with audit labels has that many more labels.
@@ -311,6 +341,8 @@ def write_report(run_dirs: list[Path], out: Path, console: Any = None) -> list[P
 
     console = console or Console()
     runs = [load_run(d) for d in run_dirs]
+    if mixed := mixed_datasets_note(runs):  # said where it is run, not only inside results.md
+        typer.echo(mixed, err=True)
     out.mkdir(parents=True, exist_ok=True)
     md = markdown(runs)
     (out / "results.md").write_text(md)

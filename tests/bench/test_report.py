@@ -146,3 +146,29 @@ def test_an_imbalanced_pool_is_said_in_the_header_and_its_plots_show_balanced_ac
     balanced["class_counts"] = [10, 9]
     assert report.plotted_metric([balanced], "linear", "x") == ("linear_accuracy", "x accuracy (%)")
     assert "imbalanced" not in markdown([balanced]) and "pool per class: a 10, b 9" in markdown([balanced])
+
+
+def test_runs_of_several_data_sets_are_grouped_by_data_set_and_warned_about(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A cifar10 run, a digits run and another cifar10 run: each table row says its data set, the rows of one
+    data set stay together (random on digits is not put between the cifar10 runs), and results.md and the
+    terminal warn that the figures compare only within a data set."""
+    folders = []
+    for label, data, classes in (("a", "/data/cifar10", CIFAR10), ("b", "/work/digits", ["0", "1"]),
+                                 ("c", "/data/cifar10", CIFAR10)):
+        (tmp_path / label).mkdir()
+        (tmp_path / label / "results.json").write_text(json.dumps(run(data, classes, label)))
+        folders.append(tmp_path / label)
+    report.write_report(folders, tmp_path / "report")
+    md = (tmp_path / "report" / "results.md").read_text()
+    warning = ("these runs measure 2 data sets (cifar10, digits): a figure of one does not compare with another's; "
+               "each table groups its rows by data set")
+    assert warning in md and warning in capsys.readouterr().err
+    linear = md.split("## Linear-probe test accuracy")[1].split("##")[0]
+    assert [line for line in linear.splitlines() if line.startswith("| ")] == [
+        "| data set | strategy | run | 10 labels |",
+        "| cifar10 | random | a | 30.0 |", "| cifar10 | random | c | 30.0 |",
+        "| cifar10 | typiclust | a | 40.0 |", "| cifar10 | typiclust | c | 40.0 |",
+        "| digits | random | b | 30.0 |", "| digits | typiclust | b | 40.0 |"]
+    one = markdown([run("/data/cifar10", CIFAR10, "a"), run("/data/cifar10", CIFAR10, "c")])
+    assert "data set" not in one and "warning" not in one.lower()  # one data set: as before
