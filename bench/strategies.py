@@ -603,16 +603,34 @@ def load_rows(embeddings: Path, labels: Path, dim: int | None = None,
     return normalise(x), y
 
 
-def embeddings_source(embeddings: Path, rows: int) -> str:
-    """What ``embeddings`` are, from the meta.json that ``bench embeddings`` (and ``bench cifar10``, in its
-    ``embeddings/`` folder) writes beside them: "digits, encoder reg1/v0001 (model version folder)";
-    "" when there is none, it cannot be read, or it describes another number of pool rows (the .npy was
-    replaced since)."""
+def embeddings_meta(embeddings: Path, rows: int) -> dict[str, Any]:
+    """The meta.json that ``bench embeddings`` (and ``bench cifar10``, in its ``embeddings/`` folder) writes
+    beside ``embeddings``; {} when there is none, it cannot be read, or it describes another number of pool
+    rows (the .npy was replaced since)."""
     try:
         meta = json.loads((embeddings.parent / "meta.json").read_text())
     except (OSError, ValueError):
-        return ""
+        return {}
     if not isinstance(meta, dict) or meta.get("pool_size") not in (None, rows):
+        return {}
+    return meta
+
+
+def embeddings_class_names(embeddings: Path, rows: int, classes: int) -> list[str] | None:
+    """The class names of label indices 0..classes-1, from ``embeddings``' meta.json (its ``classes``, in the
+    order the labels index them); None when it has none or another number of them (the labels then say
+    indices only)."""
+    names = embeddings_meta(embeddings, rows).get("classes")
+    if isinstance(names, list) and len(names) == classes and all(isinstance(n, str) for n in names):
+        return names
+    return None
+
+
+def embeddings_source(embeddings: Path, rows: int) -> str:
+    """What ``embeddings`` are, from their meta.json (``embeddings_meta``): "digits, encoder reg1/v0001 (model
+    version folder)"; "" when there is none."""
+    meta = embeddings_meta(embeddings, rows)
+    if not meta:
         return ""
     data = str(meta.get("data") or "")
     encoder = meta.get("encoder")
@@ -755,7 +773,10 @@ def strategies_cmd(
         calibration = "uncalibrated (--uncalibrated)" if uncalibrated else "calibrated"
         classes = int(y.max()) + 1
         counts = np.bincount(y, minlength=classes).tolist()
-        counts_said = class_counts_said(counts)
+        # Named as the data set names them where meta.json beside the embeddings says (bench embeddings, bench
+        # cifar10); by index otherwise (a bare .npy of labels carries no names).
+        class_names = embeddings_class_names(embeddings, len(x), classes)
+        counts_said = class_counts_said(counts, class_names)
         source = embeddings_source(embeddings, len(x))
         head = (f"`bench strategies` on {source + ': ' if source else ''}{embeddings.name} ({len(x)} rows x "
                 f"{x.shape[1]} dims, "
@@ -763,7 +784,7 @@ def strategies_cmd(
                 f"over them), priors {calibration}; every setting in settings.json\n\n"
                 f"{counts_said}.\n\n{UNITS}\n\n")
         settings = {"embeddings": str(embeddings.resolve()), "labels": str(labels.resolve()), "rows": len(x),
-                    "dims": int(x.shape[1]), "classes": classes, "class_counts": counts,
+                    "dims": int(x.shape[1]), "classes": classes, "class_names": class_names, "class_counts": counts,
                     "test_embeddings": str(test_embeddings.resolve()) if test_embeddings else None,
                     "test_rows": None if tx is None else len(tx), "budgets": budget_list, "seeds": seeds,
                     "strategies": [v.label for v in variants], "priors": methods,

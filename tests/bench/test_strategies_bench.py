@@ -489,3 +489,25 @@ def test_a_rerun_of_a_finished_bench_strategies_says_it_computed_nothing_and_fre
                        f"{out / 'cells.json'}, 1 left to compute (--fresh computes them all again)") in said
     n, said = run("--seeds", "1", "--uncalibrated", "--fresh")  # other settings: --fresh replaces the cells
     assert n == 4 and len(json.loads((out / "cells.json").read_text())["records"]) == 1
+
+
+def test_the_results_header_names_the_classes_where_meta_json_beside_the_embeddings_does(tmp_path: Path) -> None:
+    """`bench embeddings` (and `bench cifar10`'s embeddings/) write the class names in meta.json beside the
+    .npy files: the header's per-class counts use them, in the order the labels index them; a bare .npy of
+    labels, or a meta.json of another pool or another class count, keeps the indices."""
+    x, y = blobs(clusters=3, per_cluster=10, dim=8, spread=0.6, seed=1)
+    y[y == 2] = 1  # 20 "cat"s
+    y[-5:] = 2
+    meta = {"data": "/data/pets", "classes": ["bird", "cat", "dog"], "pool_size": len(x)}
+    (tmp_path / "meta.json").write_text(json.dumps(meta))
+    out = bench_strategies(tmp_path, x, y, "--budgets", "4", "--seeds", "1", "--strategies", "random")
+    assert "pool per class: bird 10, cat 15, dog 5;" in (out / "results.md").read_text()
+    assert json.loads((out / "settings.json").read_text())["class_names"] == ["bird", "cat", "dog"]
+    for other in ({**meta, "pool_size": len(x) + 1}, {**meta, "classes": ["bird", "cat"]}, None):
+        if other is None:
+            (tmp_path / "meta.json").unlink()
+        else:
+            (tmp_path / "meta.json").write_text(json.dumps(other))
+        out = bench_strategies(tmp_path, x, y, "--budgets", "4", "--seeds", "1", "--strategies", "random",
+                               "--fresh")
+        assert "pool per class: 0 10, 1 15, 2 5;" in (out / "results.md").read_text()
