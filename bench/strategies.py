@@ -385,6 +385,11 @@ UNITS = ("Accuracies are in % (mean ± std over seeds); balanced accuracy is the
          "\"classes covered\" is how many classes the labelled set holds. ECE is a fraction (0 to 1): the "
          "expected calibration error of the prior labels' top-class confidence on the unlabelled pool. "
          "results.png plots the means over seeds.")
+# results.md's line, and the probe columns' and panel's note, when no test split was given: the probe is then
+# scored on the rows the strategy did not pick, which a reader of "linear probe acc" would take for a test set.
+PROBE_ON_POOL = ("No test split (--test-embeddings / --test-labels not given): the linear probe is scored on the "
+                 "unlabelled pool (the rows the strategy did not pick, as the priors are), not on held-out test rows.")
+POOL_NOTE = " (on the unlabelled pool)"
 
 
 def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -404,13 +409,15 @@ def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def markdown_table(summary: list[dict[str, Any]], priors: list[str]) -> str:
+def markdown_table(summary: list[dict[str, Any]], priors: list[str], probe_on_pool: bool = False) -> str:
     """One Markdown table per budget: strategy | coverage | linear acc | linear balanced acc | prior acc /
-    balanced acc / ECE per method (accuracies in %, mean ± std over seeds)."""
+    balanced acc / ECE per method (accuracies in %, mean ± std over seeds). ``probe_on_pool``: no test split,
+    the probe columns say they are scored on the unlabelled pool."""
+    where = POOL_NOTE if probe_on_pool else ""
     lines: list[str] = []
     for budget in sorted({r["budget"] for r in summary}):
         lines += [f"### budget {budget}", ""]
-        head = ["strategy", "classes covered", "linear probe acc", "linear probe balanced acc",
+        head = ["strategy", "classes covered", f"linear probe acc{where}", f"linear probe balanced acc{where}",
                 *(f"{m} prior acc / balanced acc / ECE" for m in priors)]
         rows = []
         by_strategy: dict[str, dict[str, dict[str, Any]]] = {}
@@ -439,19 +446,20 @@ def _percent(row: dict[str, Any], key: str) -> str:
     return f"{100 * row[key]:.1f} ± {100 * row[key + '_std']:.1f}"
 
 
-def plot_panels(priors: list[str], balanced: bool) -> list[tuple[str, str | None, str]]:
+def plot_panels(priors: list[str], balanced: bool, probe_on_pool: bool = False) -> list[tuple[str, str | None, str]]:
     """results.png's panels, (summary key, prior method or None, title): coverage, then the linear probe's
     and each prior method's accuracy in %, balanced (mean per-class recall) when ``balanced`` (an imbalanced
     pool, ``bench.checks.is_imbalanced``: there plain accuracy is mostly the largest class's recall and can
-    rank strategies backwards)."""
+    rank strategies backwards); the probe's says it is scored on the unlabelled pool when ``probe_on_pool``."""
     acc = "balanced accuracy (%, mean per-class recall)" if balanced else "accuracy (%)"
     pre = "_balanced" if balanced else ""
-    return [("coverage", None, "classes covered"), (f"linear{pre}_accuracy", None, f"linear probe {acc}"),
+    where = POOL_NOTE if probe_on_pool else ""
+    return [("coverage", None, "classes covered"), (f"linear{pre}_accuracy", None, f"linear probe {acc}{where}"),
             *((f"prior{pre}_accuracy", m, f"{m} prior {acc}") for m in priors)]
 
 
 def plot(summary: list[dict[str, Any]], priors: list[str], path: Path, title: str = "",
-         balanced: bool = False) -> None:
+         balanced: bool = False, probe_on_pool: bool = False) -> None:
     """Coverage and (``plot_panels``) accuracies against budget, one line per strategy, mean over seeds
     (matplotlib, Agg backend: no display needed); ``title`` above the panels (the data set and encoder,
     ``embeddings_source``)."""
@@ -460,7 +468,7 @@ def plot(summary: list[dict[str, Any]], priors: list[str], path: Path, title: st
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = plot_panels(priors, balanced)
+    panels = plot_panels(priors, balanced, probe_on_pool)
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
     strategies = sorted({r["strategy"] for r in summary})
     colours = plt.get_cmap("tab20")
@@ -647,14 +655,16 @@ def embeddings_source(embeddings: Path, rows: int) -> str:
 def write_results(out: Path, records: list[dict[str, Any]], settings: dict[str, Any], methods: list[str],
                   head: str, title: str = "", balanced: bool = False) -> str:
     """`bench strategies`' files: results.json (the flat records), settings.json, results.md (``head`` and
-    the summary table) and results.png (``title`` above it). Returns the table."""
+    the summary table) and results.png (``title`` above it). Returns the table. With no test split
+    (``settings["test_rows"]`` None) the probe's columns and panel say it is scored on the unlabelled pool."""
     summary = summarise(records)
+    probe_on_pool = settings.get("test_rows") is None
     write_json(out / "results.json", records)  # NaN (nothing to score) -> null: strict JSON
     write_json(out / "settings.json", settings)  # results.json stays the flat records
-    table = markdown_table(summary, methods)
+    table = markdown_table(summary, methods, probe_on_pool)
     blind = seed_blind_note(records)  # e.g. probcover: its ± 0.0 is no spread
     (out / "results.md").write_text(head + (blind + "\n" if blind else "") + table + "\n")
-    plot(summary, methods, out / "results.png", title, balanced)
+    plot(summary, methods, out / "results.png", title, balanced, probe_on_pool)
     return table
 
 
@@ -782,11 +792,13 @@ def strategies_cmd(
                 f"{x.shape[1]} dims, "
                 f"{classes} classes; test {test}), {seeds} seed{'s' if seeds > 1 else ''} (mean ± std "
                 f"over them), priors {calibration}; every setting in settings.json\n\n"
-                f"{counts_said}.\n\n{UNITS}\n\n")
+                f"{counts_said}.\n\n{UNITS}\n\n" + ("" if tx is not None else f"{PROBE_ON_POOL}\n\n"))
         settings = {"embeddings": str(embeddings.resolve()), "labels": str(labels.resolve()), "rows": len(x),
                     "dims": int(x.shape[1]), "classes": classes, "class_names": class_names, "class_counts": counts,
                     "test_embeddings": str(test_embeddings.resolve()) if test_embeddings else None,
-                    "test_rows": None if tx is None else len(tx), "budgets": budget_list, "seeds": seeds,
+                    "test_rows": None if tx is None else len(tx),
+                    "probe_scored_on": "unlabelled pool" if tx is None else "test split", "budgets": budget_list,
+                    "seeds": seeds,
                     "strategies": [v.label for v in variants], "priors": methods,
                     "calibrated": not uncalibrated,
                     "pretext_loss": str(pretext_loss.resolve()) if pretext_loss else None, "source": source}

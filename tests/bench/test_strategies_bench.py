@@ -234,7 +234,8 @@ def test_bench_strategies_reports_balanced_accuracy_beside_the_plain(tmp_path: P
     (record,) = json.loads((out / "results.json").read_text())
     assert 0.0 <= record["prior_balanced_accuracy"] <= 1.0 and 0.0 <= record["linear_balanced_accuracy"] <= 1.0
     md = (out / "results.md").read_text()
-    assert "| linear probe acc | linear probe balanced acc | knn prior acc / balanced acc / ECE |" in md
+    assert ("| linear probe acc (on the unlabelled pool) | linear probe balanced acc (on the unlabelled pool) | knn "
+            "prior acc / balanced acc / ECE |") in md  # no test split
     assert (f"{100 * record['prior_accuracy']:.1f} ± 0.0 / {100 * record['prior_balanced_accuracy']:.1f} ± 0.0 / "
             f"{record['ece']:.3f}") in md
     # the pool is imbalanced (24 / 3 / 3): the header says so with the counts, and the plots show balanced accuracy
@@ -511,3 +512,30 @@ def test_the_results_header_names_the_classes_where_meta_json_beside_the_embeddi
         out = bench_strategies(tmp_path, x, y, "--budgets", "4", "--seeds", "1", "--strategies", "random",
                                "--fresh")
         assert "pool per class: 0 10, 1 15, 2 5;" in (out / "results.md").read_text()
+
+
+def test_without_a_test_split_the_results_say_the_probe_is_scored_on_the_unlabelled_pool(tmp_path: Path) -> None:
+    """No --test-embeddings: the probe is scored on the rows not picked, and results.md (a line and the probe
+    columns), settings.json and the plot's panel say so; with a test split none of it appears."""
+    from bench.strategies import plot_panels
+
+    x, y = blobs(clusters=3, per_cluster=10, dim=8, spread=0.6, seed=1)
+    md = (bench_strategies(tmp_path, x, y, "--budgets", "4", "--seeds", "1", "--strategies", "random")
+          / "results.md").read_text()
+    assert ("No test split (--test-embeddings / --test-labels not given): the linear probe is scored on the "
+            "unlabelled pool (the rows the strategy did not pick, as the priors are), not on held-out test rows."
+            ) in md
+    assert ("| strategy | classes covered | linear probe acc (on the unlabelled pool) | linear probe balanced acc "
+            "(on the unlabelled pool) |") in md
+    assert json.loads((tmp_path / "out" / "settings.json").read_text())["probe_scored_on"] == "unlabelled pool"
+    assert plot_panels(["knn"], False, probe_on_pool=True)[1][2] == "linear probe accuracy (%) (on the unlabelled pool)"
+    tx, ty = blobs(clusters=3, per_cluster=4, dim=8, spread=0.6, seed=2)
+    np.save(tmp_path / "tx.npy", tx)
+    np.save(tmp_path / "ty.npy", ty)
+    with_test = tmp_path / "with-test"
+    with_test.mkdir()
+    md = (bench_strategies(with_test, x, y, "--budgets", "4", "--seeds", "1", "--strategies", "random",
+                           "--test-embeddings", str(tmp_path / "tx.npy"), "--test-labels", str(tmp_path / "ty.npy"))
+          / "results.md").read_text()
+    assert "unlabelled pool (the rows" not in md and "| linear probe acc | linear probe balanced acc |" in md
+    assert json.loads((with_test / "out" / "settings.json").read_text())["probe_scored_on"] == "test split"
