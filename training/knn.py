@@ -7,10 +7,14 @@ exp(s_i / T); k = 200, T = 0.1 as in InstDisc and the SimSiam / MoCo CIFAR monit
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench.checks import IMBALANCE_RATIO, is_imbalanced
+from bench.metrics import balanced_accuracy_of
 from shortlist.manifest import Preprocess
 from training.augment import plain
 
@@ -51,8 +55,47 @@ def knn_predict(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feat
     return torch.cat(scores)
 
 
+@dataclass(frozen=True)
+class KnnScore:
+    """``knn_predict``'s top-1 ``accuracy`` and ``balanced_accuracy`` (the mean per-class recall over the classes
+    the evaluation rows hold), both in [0, 1], and the evaluation rows per class (``class_counts``, index =
+    class)."""
+
+    accuracy: float
+    balanced_accuracy: float
+    class_counts: list[int]
+
+    @property
+    def imbalanced(self) -> bool:
+        """Whether the evaluation rows are imbalanced (``bench.checks.is_imbalanced``, as the benchmarks judge a
+        pool): then plain accuracy is mostly the largest class's recall, and the balanced figure is the one to
+        judge by."""
+        return is_imbalanced(self.class_counts)
+
+    def said(self) -> str:
+        """", balanced accuracy 0.5000 (evaluation set imbalanced: largest / smallest class 9.0, above 1.5; judge
+        by balanced accuracy)" for a line after the plain accuracy; "" when the evaluation set is balanced."""
+        if not self.imbalanced:
+            return ""
+        ratio = max(self.class_counts) / max(min(self.class_counts), 1)
+        return (f", balanced accuracy {self.balanced_accuracy:.4f} (evaluation set imbalanced: largest / smallest "
+                f"class {ratio:.1f}, above {IMBALANCE_RATIO}; judge by balanced accuracy, the plain one is mostly "
+                "the largest class's recall)")
+
+
+def knn_scores(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor,
+               test_labels: torch.Tensor, num_classes: int, k: int = 200, temperature: float = 0.1) -> KnnScore:
+    """``knn_predict``'s accuracy and balanced accuracy on the M ``test_labels`` (int64), with their counts per
+    class (the classes of ``test_labels`` present, 0 .. max)."""
+    pred = knn_predict(train_feats, train_labels, test_feats, num_classes, k, temperature).argmax(dim=1)
+    truth = test_labels.cpu().numpy()
+    counts = torch.bincount(test_labels.cpu()).tolist()
+    return KnnScore(accuracy=float((pred == test_labels).float().mean()),
+                    balanced_accuracy=balanced_accuracy_of(pred.cpu().numpy(), truth),
+                    class_counts=[c for c in counts if c > 0])
+
+
 def knn_accuracy(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor,
                  test_labels: torch.Tensor, num_classes: int, k: int = 200, temperature: float = 0.1) -> float:
     """Top-1 accuracy in [0, 1] of ``knn_predict``."""
-    pred = knn_predict(train_feats, train_labels, test_feats, num_classes, k, temperature).argmax(dim=1)
-    return float((pred == test_labels).float().mean())
+    return knn_scores(train_feats, train_labels, test_feats, test_labels, num_classes, k, temperature).accuracy

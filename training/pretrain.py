@@ -33,7 +33,7 @@ from training.augment import AugmentConfig
 from training.backbones import build_backbone, min_input_side
 from training.configs import PretrainConfig as PretrainConfig
 from training.data import TensorData, load, report_skipped
-from training.knn import embed, knn_accuracy
+from training.knn import KnnScore, embed, knn_scores
 from training.methods import METHODS, SSLMethod, build_method
 from training.methods import Encoder as Encoder
 
@@ -168,9 +168,17 @@ def knn_precision(rt: loop.Runtime, fp32: bool) -> str:
 def evaluate_knn(encoder: nn.Module, train: TensorData, test: TensorData, pre: Preprocess, rt: loop.Runtime,
                  k: int, bank: int | None = None, test_rows: int | None = None, seed: int = 0,
                  fp32: bool = False) -> float:
-    """Weighted kNN (k, T=0.1) top-1 accuracy of ``encoder`` features; bank = labelled train rows. Features
-    under the run's autocast (``rt.amp_dtype``: fast, for the periodic checks) unless ``fp32``: the exported
-    and served model is fp32, and bf16 features moved a SimSiam run's figure by 1.4 points."""
+    """Weighted kNN (k, T=0.1) top-1 accuracy of ``encoder`` features (``evaluate_knn_scores``' accuracy)."""
+    return evaluate_knn_scores(encoder, train, test, pre, rt, k, bank, test_rows, seed, fp32).accuracy
+
+
+def evaluate_knn_scores(encoder: nn.Module, train: TensorData, test: TensorData, pre: Preprocess, rt: loop.Runtime,
+                        k: int, bank: int | None = None, test_rows: int | None = None, seed: int = 0,
+                        fp32: bool = False) -> KnnScore:
+    """Weighted kNN (k, T=0.1) top-1 accuracy and balanced accuracy of ``encoder`` features; bank = labelled
+    train rows. Features under the run's autocast (``rt.amp_dtype``: fast, for the periodic checks) unless
+    ``fp32``: the exported and served model is fp32, and bf16 features moved a SimSiam run's figure by 1.4
+    points."""
     amp_dtype = None if fp32 else rt.amp_dtype
     g = torch.Generator().manual_seed(seed)
     rows = train.labeled_rows
@@ -184,8 +192,8 @@ def evaluate_knn(encoder: nn.Module, train: TensorData, test: TensorData, pre: P
     ftest = embed(encoder, test.images[trows], pre, device=rt.device, amp_dtype=amp_dtype,
                   channels_last=rt.channels_last)
     dev = ftrain.device
-    return knn_accuracy(ftrain, train.labels[rows].to(dev), ftest, test.labels[trows].to(dev),
-                        len(train.classes), k=k)
+    return knn_scores(ftrain, train.labels[rows].to(dev), ftest, test.labels[trows].to(dev),
+                      len(train.classes), k=k)
 
 
 def check_settings(config: PretrainConfig) -> PretrainConfig:
@@ -455,14 +463,14 @@ def _epoch_knn(run: _Run, log: loop.MetricsLog, console: Console) -> None:
     """The periodic kNN evaluation (every ``knn_every`` epochs, main rank), logged and printed."""
     cfg, state, test = run.cfg, run.state, run.test
     assert test is not None
-    acc = evaluate_knn(run.model.knn_encoder(), run.train, test, run.pre, run.rt, cfg.knn_k, cfg.knn_bank,
-                       cfg.knn_test)
+    score = evaluate_knn_scores(run.model.knn_encoder(), run.train, test, run.pre, run.rt, cfg.knn_k, cfg.knn_bank,
+                                cfg.knn_test)
     bank, ntest = min(cfg.knn_bank, len(run.train)), min(cfg.knn_test, len(test))
     precision = knn_precision(run.rt, fp32=False)
-    log.write(kind="knn", step=state.step, epoch=state.epoch, knn_acc=acc, k=cfg.knn_k, bank=bank, test=ntest,
-              precision=precision)
-    console.print(f"epoch {state.epoch}: kNN(k={cfg.knn_k}) accuracy {acc:.4f} ({precision}, bank {bank}, "
-                  f"test {ntest})"
+    log.write(kind="knn", step=state.step, epoch=state.epoch, knn_acc=score.accuracy,
+              knn_balanced_acc=score.balanced_accuracy, k=cfg.knn_k, bank=bank, test=ntest, precision=precision)
+    console.print(f"epoch {state.epoch}: kNN(k={cfg.knn_k}) accuracy {score.accuracy:.4f}{score.said()} "
+                  f"({precision}, bank {bank}, test {ntest})"
                   f"{knn_k_note(cfg.knn_k, bank_smallest_class(run.train, bank), run.knn_k_flag)}")
 
 
@@ -566,13 +574,18 @@ def _summarise(run: _Run, console: Console, log: loop.MetricsLog, wall0: float) 
         bank = None if cfg.final_knn_full else cfg.knn_bank
         ntest = None if cfg.final_knn_full else cfg.knn_test
         # in fp32, as the exported model runs (the periodic checks use the training's autocast)
-        acc = evaluate_knn(run.model.knn_encoder(), train, test, run.pre, rt, cfg.knn_k, bank, ntest, fp32=True)
+        score = evaluate_knn_scores(run.model.knn_encoder(), train, test, run.pre, rt, cfg.knn_k, bank, ntest,
+                                    fp32=True)
         nbank, ntest = min(bank or len(train), len(train.labeled_rows)), min(ntest or len(test), len(test))
-        summary.update(knn_acc=acc, knn_k=cfg.knn_k, knn_bank=nbank, knn_test=ntest, knn_precision="fp32",
-                       knn_seconds=time.perf_counter() - t0)
-        log.write(kind="knn", step=state.step, epoch=state.epoch, knn_acc=acc, k=cfg.knn_k, final=True,
-                  bank=nbank, test=ntest, precision="fp32")
-        console.print(f"final kNN(k={cfg.knn_k}) accuracy {acc:.4f} (fp32) on {ntest} held-out images "
+        # the balanced figure always recorded; printed where the evaluation set is imbalanced (score.said)
+        summary.update(knn_acc=score.accuracy, knn_balanced_acc=score.balanced_accuracy,
+                       knn_test_class_counts=score.class_counts, knn_k=cfg.knn_k, knn_bank=nbank, knn_test=ntest,
+                       knn_precision="fp32", knn_seconds=time.perf_counter() - t0)
+        log.write(kind="knn", step=state.step, epoch=state.epoch, knn_acc=score.accuracy,
+                  knn_balanced_acc=score.balanced_accuracy, k=cfg.knn_k, final=True, bank=nbank, test=ntest,
+                  precision="fp32")
+        console.print(f"final kNN(k={cfg.knn_k}) accuracy {score.accuracy:.4f}{score.said()} (fp32) on {ntest} "
+                      "held-out images "
                       f"(bank {nbank}){knn_k_note(cfg.knn_k, bank_smallest_class(train, nbank), run.knn_k_flag)}")
     if rt.is_main:
         run.save_encoder(metrics=summary)

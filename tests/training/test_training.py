@@ -42,7 +42,7 @@ def test_augment_shapes_and_determinism() -> None:
 def test_pretrain_one_epoch(tiny_data: Path, tmp_path: Path, method: str) -> None:
     run = pretrain(_cfg(tiny_data, tmp_path / method, method, min_res=8))
     summary = json.loads((run / loop.SUMMARY).read_text())
-    assert summary["steps"] == 3 and 0.0 <= summary["knn_acc"] <= 1.0
+    assert summary["steps"] == 3 and 0.0 <= summary["knn_acc"] <= 1.0 and 0.0 <= summary["knn_balanced_acc"] <= 1.0
     assert summary["knn_test"] == 24
     records = [json.loads(line) for line in (run / loop.METRICS).read_text().splitlines()]
     assert any(r["kind"] == "knn" for r in records)
