@@ -9,12 +9,9 @@ from pathlib import Path
 
 import typer
 
+from shortlist.balance import IMBALANCE_RATIO, is_imbalanced
 from shortlist.locks import Locked, PidLock
 
-# A pool whose largest class has more than this many times the rows of its smallest is "imbalanced": its
-# plots show balanced accuracy (mean per-class recall), since plain accuracy there is mostly the largest
-# class's recall and can rank strategies backwards (docs/benchmarks.md, "Imbalanced pools").
-IMBALANCE_RATIO = 1.5
 LOCK_FILE = "bench.lock"
 
 
@@ -25,15 +22,6 @@ def require_two_classes(classes: int, where: str) -> None:
         typer.echo(f"error: {where} has {classes} class{'es' if classes != 1 else ''}; a benchmark needs at least "
                    "2 (every accuracy would be 100%)", err=True)
         raise typer.Exit(2)
-
-
-def is_imbalanced(counts: Sequence[int]) -> bool:
-    """Whether per-class row ``counts`` are imbalanced: largest / smallest above ``IMBALANCE_RATIO`` (a class
-    with 0 rows counts as imbalanced)."""
-    present = [int(c) for c in counts]
-    if len(present) < 2:
-        return False
-    return min(present) == 0 or max(present) / min(present) > IMBALANCE_RATIO
 
 
 def class_counts_said(counts: Sequence[int], names: Sequence[str] | None = None) -> str:

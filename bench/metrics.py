@@ -7,7 +7,6 @@ ignored where noted.
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -15,6 +14,7 @@ import numpy as np
 
 from agent.client import finite
 from shortlist.atomic import write_atomic
+from shortlist.balance import balanced_accuracy_of
 
 
 def strict_json(obj: Any, indent: int | None = 1) -> str:
@@ -57,17 +57,6 @@ def balanced_accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
     if len(labels) == 0:
         return float("nan")
     return balanced_accuracy_of(np.asarray(probs).argmax(axis=1), labels)
-
-
-def balanced_accuracy_of(predicted: np.ndarray, labels: np.ndarray) -> float:
-    """Balanced accuracy of ``predicted`` class indices (R int) against ``labels`` (R int); NaN when R == 0."""
-    if len(labels) == 0:
-        return float("nan")
-    from sklearn.metrics import balanced_accuracy_score  # here: importing sklearn costs ~1 s per CLI start
-
-    with warnings.catch_warnings():  # predicted classes absent from labels: a warning, and rightly not counted
-        warnings.simplefilter("ignore", UserWarning)
-        return float(balanced_accuracy_score(np.asarray(labels, np.int64), np.asarray(predicted, np.int64)))
 
 
 def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = 15,

@@ -13,8 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.checks import IMBALANCE_RATIO, is_imbalanced
-from bench.metrics import balanced_accuracy_of
+from shortlist.balance import IMBALANCE_RATIO, balanced_accuracy_of, is_imbalanced
 from shortlist.manifest import Preprocess
 from training.augment import plain
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from bench.checks import IMBALANCE_RATIO
+from shortlist.balance import IMBALANCE_RATIO
 from training.knn import knn_accuracy, knn_scores
 
 
