@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 import signal
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from agent.cli_options import AgentTarget, agent_options
 from shortlist.console import INTERRUPTED_EXIT, make_console
 from shortlist.datasets import sources_said
 from training.configs import CycleConfig, FinetuneConfig, PretrainConfig
-from training.modes import FINETUNE_MODES, METHOD_NAMES, MODES, frozen_mode, help_list
+from training.modes import FINETUNE_MODES, METHOD_CLASSES, METHOD_NAMES, MODES, frozen_mode, help_list
 
 console = make_console(stderr=True)
 
@@ -74,7 +75,7 @@ def _method_options(method: str, items: list[str], **flags: int | None) -> dict[
     return options
 
 
-def _known(name: str, valid: tuple[str, ...], what: str, flag: str) -> None:
+def _known(name: str, valid: Collection[str], what: str, flag: str) -> None:
     """An unknown method or mode is a usage error (2) listing the valid names, checked before the budget
     flags: the name is what the user got wrong, whatever else is missing."""
     if name not in valid:
@@ -164,7 +165,7 @@ def pretrain_cmd(
         if not method_option and proj_dim is None and pred_dim is None and run["method"] == saved.get("method") \
                 and isinstance(saved.get("method_options"), dict):  # (another method: refused, naming --method)
             options = dict(saved["method_options"])
-    _known(run["method"], METHOD_NAMES, "method", "--method")
+    _known(run["method"], METHOD_CLASSES, "method", "--method")
     if run["data"] is None:
         raise typer.BadParameter("give the image source" + (" (--resume found no config.json in --out)" if resume
                                                             else ""), param_hint="--data")
@@ -389,7 +390,7 @@ def cycle_cmd(
     from training.loop import Interrupted
 
     # a mode that is not a method: the options' names and values stay as given, and run_cycle refuses them
-    method_options = _method_options(mode, method_option or []) if mode in METHOD_NAMES else \
+    method_options = _method_options(mode, method_option or []) if mode in METHOD_CLASSES else \
         dict(o.partition("=")[::2] for o in method_option or [])
     cfg = CycleConfig(models=models, out=out, mode=mode, init=str(init) if init else None, steps=steps,
                       minutes=minutes, epochs=epochs, prior_method=prior_method, arch=arch, batch_size=batch_size,

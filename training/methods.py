@@ -16,7 +16,8 @@ Each method is one ``SSLMethod`` subclass that declares what ``training.pretrain
 shared loop) needs to know about it: its published ``defaults`` (lr, weight decay, batch), its views
 (``views`` / ``make_views``), whether its encoder needs the rotation head, its constructor keywords
 (``option_names``), and its hooks (``before_step``, ``after_step``, ``fixed_lr_params``,
-``knn_encoder``). A new method is one subclass plus one line in ``METHODS``.
+``knn_encoder``). A new method is one subclass plus one line in ``training.modes.METHOD_CLASSES`` (which
+``METHODS`` reads).
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ import copy
 import inspect
 import json
 import math
-from collections.abc import Iterable
+import pkgutil
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, cast
 
@@ -35,6 +37,7 @@ from torch import nn
 
 from shortlist.manifest import Preprocess
 from training.augment import AugmentConfig, augment
+from training.modes import METHOD_CLASSES
 
 
 class Encoder(nn.Module):
@@ -321,9 +324,26 @@ def _all_gather(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts)
 
 
-# Method name -> class (``--method``): the one line a new method adds (and its name in training.modes.METHOD_NAMES,
-# which the CLI's help texts list without importing torch; a test keeps the two equal).
-METHODS: dict[str, type[SSLMethod]] = {"simsiam": SimSiam, "rotnet": RotNet, "moby": MoBY}
+class _Methods(Mapping[str, type[SSLMethod]]):
+    """training.modes.METHOD_CLASSES (the one registry, torch-free) with each class resolved when it is asked for:
+    read live, so a method registered there is here too, and a wrong entry names itself."""
+
+    def __getitem__(self, name: str) -> type[SSLMethod]:
+        target = METHOD_CLASSES[name]
+        cls = pkgutil.resolve_name(target)
+        if not (isinstance(cls, type) and issubclass(cls, SSLMethod)):
+            raise TypeError(f"training.modes.METHOD_CLASSES[{name!r}] = {target!r} is not an SSLMethod subclass")
+        return cls
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(METHOD_CLASSES)
+
+    def __len__(self) -> int:
+        return len(METHOD_CLASSES)
+
+
+# Method name -> class (``--method``); a new method registers in training.modes.METHOD_CLASSES, not here.
+METHODS: Mapping[str, type[SSLMethod]] = _Methods()
 
 
 def check_method_options(method: str, options: Iterable[str]) -> None:

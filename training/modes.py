@@ -2,11 +2,13 @@
 builds its --help texts from them, and ``shortlist --help`` and the agent's commands must start without loading
 torch.
 
-``METHOD_NAMES`` are the keys of training.methods.METHODS (the self-supervised methods), in its order.
-``MODES`` holds one ``FinetuneMode`` per fine-tuning mode of training.finetune, keyed by name, and
-``FINETUNE_MODES`` their names; tests/training/test_methods.py keeps ``METHOD_NAMES`` equal to METHODS' keys and
-the two sets disjoint (``shortlist cycle`` takes both as --mode). The callers (the CLI, training.cycle,
-training.finetune, bench/recipes) read a mode's flags here rather than comparing its name.
+``METHOD_CLASSES`` is the one registry of the self-supervised methods: name -> "module:Class" of the method's
+``training.methods.SSLMethod`` subclass, resolved (and so torch imported) only when a method is built
+(training.methods.METHODS is this registry with the classes resolved); ``METHOD_NAMES`` its names at import (the
+--help texts). ``MODES`` holds one ``FinetuneMode`` per fine-tuning mode of training.finetune, keyed by name, and
+``FINETUNE_MODES`` their names; tests/training/test_methods.py keeps the two sets disjoint (``shortlist cycle``
+takes both as --mode). The callers (the CLI, training.cycle, training.finetune, bench/recipes) read a mode's
+flags here rather than comparing its name.
 """
 
 from __future__ import annotations
@@ -14,7 +16,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-METHOD_NAMES: tuple[str, ...] = ("simsiam", "rotnet", "moby")
+# Method name (``--method``) -> "module:Class" (pkgutil.resolve_name) of its SSLMethod subclass: the one line a new
+# method adds. A string, not the class, so that the CLI's help and its check of --method, the agent and bench/recipes
+# know the names without importing torch.
+METHOD_CLASSES: dict[str, str] = {
+    "simsiam": "training.methods:SimSiam",
+    "rotnet": "training.methods:RotNet",
+    "moby": "training.methods:MoBY",
+}
+METHOD_NAMES: tuple[str, ...] = tuple(METHOD_CLASSES)  # (the names at import, for --help; checks read METHOD_CLASSES)
 
 
 @dataclass(frozen=True)

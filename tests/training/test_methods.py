@@ -1,5 +1,6 @@
-"""The method extension point: a new self-supervised method is one SSLMethod subclass plus one METHODS line,
-and the shared loop (``pretrain``) runs it through its declared defaults, views and hooks."""
+"""The method extension point: a new self-supervised method is one SSLMethod subclass plus one line in
+training.modes.METHOD_CLASSES, and `shortlist pretrain --method` and the shared loop (``pretrain``) run it through
+its declared defaults, views and hooks."""
 
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ import torch
 from torch import nn
 
 from tests.training.conftest import PRE
-from training import loop
+from training import loop, modes
 from training.methods import METHODS, Encoder, MethodDefaults, SSLMethod
-from training.pretrain import PretrainConfig, load_encoder, pretrain
+from training.pretrain import PretrainConfig, load_encoder
 
 CALLS: dict[str, list[Any]] = {}
 
@@ -52,16 +53,26 @@ class ThreeViews(SSLMethod):
 
 @pytest.fixture
 def three_views(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(METHODS, "three_views", ThreeViews)  # the one registry line
+    # the one registry line (what a contributor adds to training.modes.METHOD_CLASSES)
+    monkeypatch.setitem(modes.METHOD_CLASSES, "three_views", f"{__name__}:ThreeViews")
     for k in ("forward_views", "before", "after", "knn"):
         CALLS[k] = []
 
 
 def test_a_fourth_method_is_one_class(three_views: None, tiny_data: Path, tmp_path: Path) -> None:
-    cfg = PretrainConfig(data=str(tiny_data), out=str(tmp_path / "run"), method="three_views", arch="resnet18_w32",
-                         epochs=1, preprocess=PRE, knn_every=0, knn_k=5, progress=False, threads=1,
-                         channels_last=False, method_options={"width": 4})
-    run = pretrain(cfg)
+    """Through the CLI, as a user runs it: a method known to training.methods but not to the CLI's option
+    parsing (two registries) was `unknown method`."""
+    from typer.testing import CliRunner
+
+    from shortlist.cli import app
+
+    run = tmp_path / "run"
+    res = CliRunner().invoke(app, ["pretrain", "--data", str(tiny_data), "--out", str(run), "--method", "three_views",
+                                   "--arch", "resnet18_w32", "--epochs", "1", "--preprocess", PRE, "--knn-every", "0",
+                                   "--knn-k", "5", "--threads", "1", "--no-channels-last",
+                                   "--method-option", "width=4"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    assert METHODS["three_views"] is ThreeViews and "three_views" in METHODS
     config = json.loads((run / loop.CONFIG).read_text())
     # its declared defaults and options reach config.json; 48 images / batch 16 = 3 steps
     assert (config["batch_size"], config["lr"], config["weight_decay"]) == (16, 0.01, 1e-4)
@@ -91,7 +102,7 @@ def test_fixed_lr_params_keep_the_base_lr(three_views: None) -> None:
 
 
 def test_the_torch_free_names_are_the_registrys_and_no_method_is_a_fine_tuning_mode() -> None:
-    """training.modes lists the methods for the CLI's help (without torch): it must be METHODS' keys, in order,
+    """training.modes is the methods' registry (without torch, for the CLI's help): METHODS reads it, in order,
     and `shortlist cycle --mode` takes methods and fine-tuning modes alike, so no name may be both."""
     import subprocess
     import sys
