@@ -44,12 +44,17 @@ _cache: dict[str, Recipe] = {}
 
 def recipes() -> dict[str, Recipe]:
     """The registered recipes by name (imported on the first call); RecipeRegistryError naming the refused
-    recipe and why when one does not pass its check."""
+    recipe and why when one does not pass its check, or the name when two recipes share it."""
     if not _cache:
         try:
             found = _registered()
         except ValueError as e:  # Recipe.__post_init__: "recipe NAME: arm ARM: unknown strategy ...; valid: ..."
             raise RecipeRegistryError(f"a registered recipe is refused: {e} (fix it in bench/recipes/)") from None
+        names = [r.name for r in found]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:  # a dict would keep the later one and drop the first without a word
+            raise RecipeRegistryError(f"two registered recipes are named {', '.join(map(repr, twice))}: give each "
+                                      "its own name (bench/recipes/)")
         _cache.update((r.name, r) for r in found)
     return _cache
 

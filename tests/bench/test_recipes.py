@@ -57,6 +57,35 @@ def _run(name: str, data: Path, out: Path, *extra: str) -> dict[str, Any]:
     return run
 
 
+# The recipes whose own test below runs their smoke profile end to end (and checks what their arms do). Every
+# other registered recipe (a new one, with no test of its own) is run by the registry-wide test instead: running
+# all of them there too would double this file's time (about 13 s of CPU a recipe, measured; 3 min wall on the
+# shared 2-core test machine for all five).
+OWN_SMOKE_TEST = {"simsiam_al": "test_simsiam_al_linear_and_svm_heads",
+                  "rotnet_entropy": "test_rotnet_entropy_continues_the_same_model",
+                  "das": "test_das_scores_with_the_pretext_loss_and_resumes",
+                  "mobyv2al": "test_mobyv2al_joint_training_on_an_imbalanced_pool"}
+
+
+def test_each_recipe_named_as_run_by_its_own_test_has_that_test() -> None:
+    assert set(OWN_SMOKE_TEST) <= set(RECIPES)
+    assert all(callable(globals().get(test)) for test in OWN_SMOKE_TEST.values()), OWN_SMOKE_TEST
+
+
+@pytest.mark.parametrize("name", [n for n in RECIPES if n not in OWN_SMOKE_TEST])
+def test_every_registered_recipe_runs_its_smoke_profile(name: str, tiny: Path, tmp_path: Path) -> None:
+    """Every registered recipe without a test of its own (OWN_SMOKE_TEST) runs end to end: pretext
+    pretraining, round 0 (random) and round 1 (the arm's strategy) of its first arm, each published and
+    hot-swapped, evaluated and reported. One arm and 2 training steps a round keep it to seconds. A recipe's
+    imbalance names its data set's classes: here the tiny data's."""
+    recipe = RECIPES[name]
+    assert "smoke" in recipe.profiles, f"recipe {name}: give it a smoke profile (the tests run it)"
+    extra = ["--arms", recipe.arms[0].name, "--steps", "2"]
+    if recipe.imbalance:
+        extra += ["--imbalance", f"{CLASSES[0]}=5"]
+    _run(name, tiny, tmp_path / "out", *extra)
+
+
 def test_simsiam_al_linear_and_svm_heads(tiny: Path, tmp_path: Path) -> None:
     run = _run("simsiam_al", tiny, tmp_path / "out", "--arms", "svm-entropy,scratch-random")
     acc = {c["arm"]: c["rounds"][-1]["test_accuracy"] for c in run["cells"]}
@@ -173,6 +202,39 @@ def test_every_registered_recipe_validates() -> None:
         for arm in recipe.arms:
             assert arm.strategy in STRATEGIES and arm.head.mode in FINETUNE_MODES, (recipe.name, arm.name)
             STRATEGIES[arm.strategy].check(arm.params)
+
+
+def test_two_recipes_of_one_name_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The later one used to replace the first silently (a dict keyed by name)."""
+    import dataclasses
+
+    import bench.recipes as registry
+
+    das = RECIPES["das"]
+    twin = dataclasses.replace(RECIPES["rotnet_entropy"], name="das")
+    monkeypatch.setattr(registry, "_cache", {})
+    monkeypatch.setattr(registry, "_registered", lambda: (das, twin))
+    with pytest.raises(registry.RecipeRegistryError, match="two registered recipes are named 'das'"):
+        registry.recipes()
+
+
+def _recipe_names_in(text: str) -> list[str]:
+    return re.findall(r"`(\w+)`", text)
+
+
+def test_the_docs_recipe_lists_are_the_registry() -> None:
+    """README's command table and docs/benchmarks.md list the recipes by hand: the names must be the registry's,
+    in its order."""
+    root = Path(__file__).resolve().parents[2]
+    readme = next(line for line in (root / "README.md").read_text().splitlines()
+                  if line.startswith("| `bench recipe NAME"))
+    listed = readme.split("through the agent:", 1)[1].split("(", 1)[0]
+    assert _recipe_names_in(listed) == list(RECIPES), f"README.md's bench recipe row should list: {list(RECIPES)}"
+    bench = next(line for line in (root / "docs" / "benchmarks.md").read_text().splitlines()
+                 if line.startswith("shortlist bench recipe nope"))
+    listed = bench.split("at this writing", 1)[1].split(";", 1)[0]
+    assert [n.strip() for n in listed.split(",")] == list(RECIPES), \
+        f"docs/benchmarks.md's `bench recipe nope` line should list: {', '.join(RECIPES)}"
 
 
 def test_a_recipe_with_a_bad_strategy_pretext_or_param_is_refused_at_registration() -> None:
