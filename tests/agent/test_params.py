@@ -119,6 +119,19 @@ def test_docs_strategy_rows_are_the_registry() -> None:
         assert rows[name].strip().startswith(entry.needs), (name, rows[name], entry.needs)
 
 
+def test_docs_prior_method_rows_are_the_registry() -> None:
+    """docs/strategies.md's "Prior-label methods" table has one row per registered prior method, none else, and
+    each param its "params" column names is one the method declares (only the params table was checked: a new
+    method's row could be missing)."""
+    section = DOCS.read_text().split("## Prior-label methods", 1)[1].split("\n## ", 1)[0]
+    rows = {m[1]: m[2] for m in re.finditer(r"^\| `([a-z_0-9]+)` \| [^|]+ \| ([^|]+) \|", section, re.M)}
+    assert list(rows) == list(PRIOR_METHODS), \
+        f"docs/strategies.md's Prior-label methods table should have a row for each of: {', '.join(PRIOR_METHODS)}"
+    for name, entry in PRIOR_METHODS.items():
+        named = set(re.findall(r"`([a-z_0-9]+)`", rows[name]))
+        assert named <= {p.name for p in entry.params}, (name, named)
+
+
 def test_param_spec_rejects_half_declared_numbers() -> None:
     with pytest.raises(ValueError, match="finite range"):
         Param("k", "int", 1, "x", 1, None)
