@@ -183,7 +183,10 @@ class Source:
     - ``examples(folder)``: writes one or more tiny sources of this kind into ``folder`` (an empty one) and
       returns them as SourceExamples (with train and test splits in one when ``with_splits``); the registry
       test (tests/shortlist/test_sources.py) reads each through resolve_source, iter_images, source_paths
-      and load_array and checks the ids, labels, splits and pixels against it."""
+      and load_array and checks the ids, labels, splits and pixels against it.
+    - ``paths(resolved)`` (optional): the ids ``iterate`` gives without a prefix, in its order, without reading
+      the images (``source_paths``: ``ingest --meta-csv`` checks its paths against them); left out, they are
+      ``iterate``'s ids (every image is read)."""
 
     name: str
     says: str
@@ -192,6 +195,7 @@ class Source:
     resolve: Callable[[Path, str], Resolved]
     iterate: Callable[[Resolved, str], Iterator[ImageItem]]
     examples: Callable[[Path], list[SourceExample]]
+    paths: Callable[[Resolved], list[str]] | None = None
 
 
 def _is_tar(path: Path) -> bool:
@@ -420,21 +424,31 @@ def _iter_tar_members(path: Path, inner: str, prefix: str) -> Iterator[ImageItem
                             uri=readable_name(f"{path}:{m.name}"), encoded=f.read())
 
 
+def _folder_paths(r: Resolved) -> list[str]:
+    return [readable_name(p.relative_to(r.path).as_posix()) for p in _folder_images(r.path)]
+
+
+def _file_paths(r: Resolved) -> list[str]:
+    return [readable_name(r.path.name)]
+
+
+def _tar_paths(r: Resolved) -> list[str]:
+    """The member list only (no member is extracted)."""
+    try:
+        with tarfile.open(r.path) as tar:
+            return [readable_name("/".join(parts)) for _, parts in _tar_images(tar, r.inner)]
+    except (tarfile.TarError, EOFError) as e:
+        raise OSError(f"{r.path} is not a complete, readable tar archive ({type(e).__name__}: {e})") from e
+
+
 def source_paths(r: Resolved) -> list[str]:
     """The ids ``iterate`` gives ``r``'s images without a prefix (the paths inside the source), in the same
-    order, without reading the images where the kind allows (a folder, a file, a tar's member list; CIFAR
-    pickles are read)."""
-    if r.kind == "folder":
-        return [readable_name(p.relative_to(r.path).as_posix()) for p in _folder_images(r.path)]
-    if r.kind == "file":
-        return [readable_name(r.path.name)]
-    if r.kind == "tar":
-        try:
-            with tarfile.open(r.path) as tar:
-                return [readable_name("/".join(parts)) for _, parts in _tar_images(tar, r.inner)]
-        except (tarfile.TarError, EOFError) as e:
-            raise OSError(f"{r.path} is not a complete, readable tar archive ({type(e).__name__}: {e})") from e
-    return [item.id for item in source_named(r.kind).iterate(r, "")]
+    order: its Source's ``paths`` where it has one (a folder, a file, a tar's member list: no image read), else
+    the ids of every image read (CIFAR pickles)."""
+    source = source_named(r.kind)
+    if source.paths is not None:
+        return source.paths(r)
+    return [item.id for item in source.iterate(r, "")]
 
 
 # What torchvision's CIFAR python pickles reference: dicts, lists, bytes and ints need no global; a batch's
@@ -689,20 +703,33 @@ def _cifar_examples(folder: Path) -> list[SourceExample]:
     return [SourceExample(folder / "c10", {"train": train, "test": test}), SourceExample(hundred, splits)]
 
 
-SOURCES: tuple[Source, ...] = (  # asked in this order: CIFAR's folder before the folder that is any other
+def sources(*entries: Source) -> tuple[Source, ...]:
+    """A SOURCES registry: the entries in the order given; ValueError when two share a name (``Resolved.kind``
+    names one Source: the second would never be read, or read the first's splits)."""
+    seen: set[str] = set()
+    for s in entries:
+        if s.name in seen:
+            raise ValueError(f"two image sources are named {s.name!r}: give each its own name")
+        seen.add(s.name)
+    return entries
+
+
+SOURCES: tuple[Source, ...] = sources(  # asked in this order: CIFAR's folder before the folder that is any other
     Source("file", "an image file", "",
            lambda p: p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS, _resolve_file,
-           lambda r, prefix: _iter_file(r.path, prefix), _file_examples),
+           lambda r, prefix: _iter_file(r.path, prefix), _file_examples, paths=_file_paths),
     Source("cifar", "torchvision's CIFAR-10/100 folder", "torchvision's CIFAR-10/100 folder",
            lambda p: p.is_dir() and _cifar_dir(p) is not None, _resolve_cifar,
            lambda r, prefix: _iter_cifar(r.path, r.split, prefix), _cifar_examples),
     Source("folder", "a folder of images, an ImageFolder tree (class folders) or a folder of splits (train/ and "
            "test/, or train.tar and test.tar)",
            "an ImageFolder tree with train/ and test/ or the folder of train.tar and test.tar (the shared CIFAR-10's)",
-           Path.is_dir, _resolve_folder, lambda r, prefix: _iter_folder(r.path, prefix), _folder_examples),
+           Path.is_dir, _resolve_folder, lambda r, prefix: _iter_folder(r.path, prefix), _folder_examples,
+           paths=_folder_paths),
     Source("tar", f"a tar of such a folder ({', '.join(TAR_SUFFIXES)})", "a tar of an ImageFolder tree with train/ "
            "and test/",
-           _is_tar, _resolve_tar, lambda r, prefix: _iter_tar(r.path, r.inner, prefix), _tar_examples),
+           _is_tar, _resolve_tar, lambda r, prefix: _iter_tar(r.path, r.inner, prefix), _tar_examples,
+           paths=_tar_paths),
 )
 
 

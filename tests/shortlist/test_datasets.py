@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import pickle
@@ -545,6 +546,34 @@ def test_bench_commands_refusing_a_missing_split_name_only_their_own_options(tmp
     assert res.exit_code == 2 and "has no 'test' split (splits found: train)" in said, said
     assert f"pass --data: {split_sources_said()}" in said
     assert not [w for w in (w.strip(":;,.()") for w in said.split()) if w.startswith("--") and w not in options]
+
+
+def test_a_new_source_lists_its_paths_itself_and_names_are_unique(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """source_paths asks the Source unit (its ``paths``), not a ladder of kind names: a new kind's listing is
+    used without reading an image, one without ``paths`` falls back to its ids; a name registered twice is
+    refused."""
+    import shortlist.datasets as datasets
+    from shortlist.datasets import SOURCES, ImageItem, Resolved, Source, sources
+
+    def iterate(r: Resolved, prefix: str) -> Iterator[ImageItem]:
+        for name in r.path.read_text().split():
+            yield ImageItem(id=prefix + name, label=None, uri=name, encoded=_png(1))
+        read.append(r.path.name)
+
+    read: list[str] = []
+    listed = Source("list", "a .list file", "", lambda p: p.suffix == ".list",
+                    lambda p, split: Resolved("list", p, split), iterate, lambda folder: [],
+                    paths=lambda r: r.path.read_text().split())
+    unlisted = dataclasses.replace(listed, name="plain", detect=lambda p: p.suffix == ".plain",
+                                   resolve=lambda p, split: Resolved("plain", p, split), paths=None)
+    monkeypatch.setattr(datasets, "SOURCES", (listed, unlisted, *SOURCES))
+    (tmp_path / "x.list").write_text("b.png a.png\n")
+    (tmp_path / "x.plain").write_text("c.png\n")
+    assert source_paths(resolve_source(tmp_path / "x.list")) == ["b.png", "a.png"] and read == []
+    assert source_paths(resolve_source(tmp_path / "x.plain")) == ["c.png"] and read == ["x.plain"]
+    with pytest.raises(ValueError, match="two image sources are named 'folder'"):
+        sources(*SOURCES, dataclasses.replace(listed, name="folder"))
 
 
 def test_source_paths_are_the_ids_without_prefix_and_without_reading_images(tmp_path: Path) -> None:
