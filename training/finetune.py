@@ -51,11 +51,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import pkgutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -292,18 +293,23 @@ def svm_probe(enc: Encoder, data: TensorData, pre: Preprocess, rt: loop.Runtime,
         return float((logits.argmax(1).cpu().numpy() == y).mean())
 
 
-def _linear_head(enc: Encoder, data: TensorData, pre: Preprocess, rt: loop.Runtime, cfg: FinetuneConfig) -> float:
+Probe = Callable[[Encoder, TensorData, Preprocess, loop.Runtime, FinetuneConfig], float]
+
+
+def linear_head(enc: Encoder, data: TensorData, pre: Preprocess, rt: loop.Runtime, cfg: FinetuneConfig) -> float:
+    """linear's FinetuneMode.probe."""
     return linear_probe(enc, data, pre, rt, cfg.linear_epochs, cfg.seed)
 
 
-def _svm_head(enc: Encoder, data: TensorData, pre: Preprocess, rt: loop.Runtime, cfg: FinetuneConfig) -> float:
+def svm_head(enc: Encoder, data: TensorData, pre: Preprocess, rt: loop.Runtime, cfg: FinetuneConfig) -> float:
+    """svm's FinetuneMode.probe."""
     return svm_probe(enc, data, pre, rt, cfg.svm_c, cfg.seed)
 
 
-# The frozen modes' (training.modes.MODES, ``frozen``) fit of enc.classifier on the frozen features, by mode;
-# returns the training accuracy in [0, 1].
-PROBES: dict[str, Callable[[Encoder, TensorData, Preprocess, loop.Runtime, FinetuneConfig], float]] = {
-    "linear": _linear_head, "svm": _svm_head}
+def probe_of(mode: FinetuneMode) -> Probe:
+    """A frozen mode's fit of enc.classifier on the frozen features (its ``probe``, training.modes.MODES);
+    returns the training accuracy in [0, 1]."""
+    return cast(Probe, pkgutil.resolve_name(mode.probe))
 
 
 def _cosine_lr(base: float, progress: float) -> float:
@@ -409,7 +415,7 @@ def finetune(config: FinetuneConfig, data: TensorData | None = None, priors: tor
                                "skipped_images": skipped}
 
     if mode.frozen:
-        acc = PROBES[cfg.mode](enc, data, pre, rt, cfg)
+        acc = probe_of(mode)(enc, data, pre, rt, cfg)
         summary.update(train_acc=acc)
         log.write(kind=cfg.mode, train_acc=acc)
         if eval_data is not None:
@@ -471,7 +477,7 @@ class _Loop:
     upool: torch.Tensor  # moby_al's unlabelled subset: ``subset`` indices into run.unl
     evals: list[list[float]]  # [[step, test accuracy in [0, 1]], ...]
     lr_at: Callable[[float, float], float]  # the mode's schedule (LR_SCHEDULES): lr at a progress in [0, 1]
-    step_loss: StepLoss  # a step's loss: the mode's UNLABELLED_LOSSES with ``semi``, else _labelled_loss
+    step_loss: StepLoss  # a step's loss: the mode's unlabelled_loss_of with ``semi``, else _labelled_loss
     mask_rate: float = 0.0  # as3l: the last step's fraction of unlabelled rows above their threshold
     loss_val: float = float("nan")  # the last step's loss
     last_ckpt: float = 0.0  # time.perf_counter() of the last checkpoint
@@ -636,19 +642,20 @@ def _labelled_loss(lp: _Loop, xl: torch.Tensor, yl: torch.Tensor, lrows: torch.T
     return F.cross_entropy(_logits(lp.run.enc, xl).float(), yl)
 
 
-def _as3l_step_loss(lp: _Loop, xl: torch.Tensor, yl: torch.Tensor, lrows: torch.Tensor,
+def as3l_step_loss(lp: _Loop, xl: torch.Tensor, yl: torch.Tensor, lrows: torch.Tensor,
                     g_cpu: torch.Generator) -> torch.Tensor:
     return lp._as3l_loss(xl, yl, g_cpu)
 
 
-def _moby_al_step_loss(lp: _Loop, xl: torch.Tensor, yl: torch.Tensor, lrows: torch.Tensor,
+def moby_al_step_loss(lp: _Loop, xl: torch.Tensor, yl: torch.Tensor, lrows: torch.Tensor,
                        g_cpu: torch.Generator) -> torch.Tensor:
     return _labelled_loss(lp, xl, yl, lrows, g_cpu) + lp.run.cfg.lambda_c * lp._moby_loss(lrows, g_cpu)
 
 
-# A step's loss with unlabelled rows, by mode (training.modes.MODES, ``unlabelled``): as3l's Eq. 2, moby_al's
-# cross-entropy + lambda_c x MoBY; the random draws as _Loop.train_step says.
-UNLABELLED_LOSSES: dict[str, StepLoss] = {"as3l": _as3l_step_loss, "moby_al": _moby_al_step_loss}
+def unlabelled_loss_of(mode: FinetuneMode) -> StepLoss:
+    """A step's loss with unlabelled rows (the mode's ``unlabelled_loss``, training.modes.MODES): as3l's Eq. 2,
+    moby_al's cross-entropy + lambda_c x MoBY; the random draws as _Loop.train_step says."""
+    return cast(StepLoss, pkgutil.resolve_name(mode.unlabelled_loss))
 
 
 def _step_budget(cfg: FinetuneConfig, n_labeled: int, n_unlabeled: int,
@@ -706,7 +713,7 @@ def _prepare_loop(run: _Run, priors: torch.Tensor | None) -> _Loop:
     return _Loop(run=run, model=model, moby=moby, opt=opt, ema=ema, modules=modules, gen=gen, budget=budget,
                  state=state, semi=semi, bs=bs, ubs=ubs, subset=subset, update=update, learned=learned,
                  prior_dev=prior_dev, upool=upool, evals=evals, lr_at=LR_SCHEDULES[mode.lr_schedule],
-                 step_loss=UNLABELLED_LOSSES[cfg.mode] if semi else _labelled_loss)
+                 step_loss=unlabelled_loss_of(mode) if semi else _labelled_loss)
 
 
 def _train_loop(run: _Run, priors: torch.Tensor | None) -> dict[str, Any]:

@@ -5,7 +5,8 @@ torch.
 ``METHOD_CLASSES`` is the one registry of the self-supervised methods: name -> "module:Class" of the method's
 ``training.methods.SSLMethod`` subclass, resolved (and so torch imported) only when a method is built
 (training.methods.METHODS is this registry with the classes resolved); ``METHOD_NAMES`` its names at import (the
---help texts). ``MODES`` holds one ``FinetuneMode`` per fine-tuning mode of training.finetune, keyed by name, and
+--help texts). ``MODES`` holds one ``FinetuneMode`` per fine-tuning mode of training.finetune (its flags and the
+"module:function" names of its functions), keyed by name, and
 ``FINETUNE_MODES`` their names; tests/training/test_methods.py keeps the two sets disjoint (``shortlist cycle``
 takes both as --mode). The callers (the CLI, training.cycle, training.finetune, bench/recipes) read a mode's
 flags here rather than comparing its name.
@@ -43,15 +44,32 @@ class FinetuneMode:
     priors: bool = False  # takes class priors for the unlabelled rows (a cycle asks the agent's PriorLabels)
     contrastive: bool = False  # trains MoBY around the encoder (its model, optimiser and checkpoint are MoBY's)
     lr_schedule: str = "cosine"  # the trained modes' lr decay: "cosine" (loop.cosine_lr) or "fixmatch"
+    # The mode's own functions, as "module:function" (pkgutil.resolve_name; strings, so that this module stays
+    # torch-free), resolved by training.finetune when the mode runs. ``probe``: a frozen mode's fit of the
+    # classifier on the frozen features, (Encoder, TensorData, Preprocess, Runtime, FinetuneConfig) -> training
+    # accuracy in [0, 1]. ``unlabelled_loss``: an ``unlabelled`` mode's step loss (training.finetune.StepLoss).
+    probe: str = ""
+    unlabelled_loss: str = ""
+
+    def __post_init__(self) -> None:
+        # a mode without its function would fail only when run, after the data is loaded
+        if self.frozen != bool(self.probe):
+            raise ValueError(f"fine-tuning mode {self.name}: give probe= exactly when frozen=True")
+        if self.unlabelled != bool(self.unlabelled_loss):
+            raise ValueError(f"fine-tuning mode {self.name}: give unlabelled_loss= exactly when unlabelled=True")
 
 
+# The one registration of a fine-tuning mode (its flags and its functions); the finetune CLI, training.finetune
+# and bench/recipes (spec.HEAD_MODES) derive their lists from it.
 MODES: Mapping[str, FinetuneMode] = {m.name: m for m in (
-    FinetuneMode("linear", frozen=True, probe_epochs=True,
+    FinetuneMode("linear", frozen=True, probe_epochs=True, probe="training.finetune:linear_head",
                  fit="--epochs N sets the linear probe's epochs (default {linear_epochs})"),
-    FinetuneMode("svm", frozen=True, fit="scikit-learn fits the SVM to convergence"),
+    FinetuneMode("svm", frozen=True, probe="training.finetune:svm_head",
+                 fit="scikit-learn fits the SVM to convergence"),
     FinetuneMode("full"),
-    FinetuneMode("as3l", unlabelled=True, priors=True, lr_schedule="fixmatch"),
-    FinetuneMode("moby_al", unlabelled=True, contrastive=True),
+    FinetuneMode("as3l", unlabelled=True, priors=True, lr_schedule="fixmatch",
+                 unlabelled_loss="training.finetune:as3l_step_loss"),
+    FinetuneMode("moby_al", unlabelled=True, contrastive=True, unlabelled_loss="training.finetune:moby_al_step_loss"),
 )}
 FINETUNE_MODES: tuple[str, ...] = tuple(MODES)
 

@@ -20,11 +20,18 @@ from typing import Any
 import numpy as np
 import typer
 
-from training.modes import METHOD_NAMES, MODES
+from training.modes import METHOD_CLASSES, METHOD_NAMES, MODES
 
-HEAD_MODES = ("linear", "svm", "full", "moby_al")  # training.finetune.FINETUNE_MODES a recipe's loop runs
+
+def head_modes() -> tuple[str, ...]:
+    """The training.modes.MODES a recipe's loop runs: those that need no class priors (its rounds ask the agent
+    for none); read live, so a mode registered there is a head here with no other change."""
+    return tuple(name for name, mode in MODES.items() if not mode.priors)
+
+
+HEAD_MODES = head_modes()
 HEAD_INITS = ("pretext", "scratch")
-PRETEXTS = METHOD_NAMES  # training.methods.METHODS' names, torch-free (tests/training/test_methods.py keeps them equal)
+PRETEXTS = METHOD_NAMES  # training.methods.METHODS' names, torch-free (training.modes.METHOD_CLASSES)
 
 
 @dataclass(frozen=True)
@@ -37,8 +44,8 @@ class Head:
     options: Mapping[str, Any] = field(default_factory=dict)  # more FinetuneConfig fields
 
     def __post_init__(self) -> None:
-        if self.mode not in HEAD_MODES:
-            raise ValueError(f"unknown head mode {self.mode!r}; valid: {', '.join(HEAD_MODES)}")
+        if self.mode not in head_modes():
+            raise ValueError(f"unknown head mode {self.mode!r}; valid: {', '.join(head_modes())}")
         if self.init not in HEAD_INITS:
             raise ValueError(f"unknown head init {self.init!r}; valid: {', '.join(HEAD_INITS)}")
 
@@ -118,8 +125,8 @@ def recipe_problems(recipe: Recipe) -> list[str]:
     from agent.strategies import STRATEGIES  # torch-free; its scikit-learn imports are lazy
 
     problems = []
-    if recipe.pretext not in PRETEXTS:
-        problems.append(f"unknown pretext {recipe.pretext!r}; valid: {', '.join(PRETEXTS)}")
+    if recipe.pretext not in METHOD_CLASSES:  # (the registry, live: PRETEXTS are its names at import)
+        problems.append(f"unknown pretext {recipe.pretext!r}; valid: {', '.join(METHOD_CLASSES)}")
     for arm in recipe.arms:
         entry = STRATEGIES.get(arm.strategy)
         if entry is None:

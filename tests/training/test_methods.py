@@ -123,10 +123,38 @@ def test_each_fine_tuning_modes_flags_have_its_functions() -> None:
     from training import finetune, modes
 
     assert all(name == mode.name for name, mode in modes.MODES.items())
-    assert set(finetune.PROBES) == {name for name, mode in modes.MODES.items() if mode.frozen}
-    assert set(finetune.UNLABELLED_LOSSES) == {name for name, mode in modes.MODES.items() if mode.unlabelled}
+    for mode in modes.MODES.values():  # one registration carries the mode's functions: every one resolves
+        if mode.frozen:
+            assert callable(finetune.probe_of(mode)), mode.name
+        if mode.unlabelled:
+            assert callable(finetune.unlabelled_loss_of(mode)), mode.name
     assert all(mode.lr_schedule in finetune.LR_SCHEDULES for mode in modes.MODES.values())
     assert all(mode.fit for mode in modes.MODES.values() if mode.frozen)
+
+
+def test_a_mode_without_its_function_is_refused_at_registration() -> None:
+    """A frozen mode needs its probe and an unlabelled mode its step loss, in the same entry (they were keyed by
+    name in training.finetune's own dicts: a mode missing there failed with a KeyError when run)."""
+    from training.modes import FinetuneMode
+
+    with pytest.raises(ValueError, match="fine-tuning mode knn: give probe= exactly when frozen=True"):
+        FinetuneMode("knn", frozen=True, fit="x")
+    with pytest.raises(ValueError, match="fine-tuning mode mixmatch: give unlabelled_loss= exactly when unlabelled"):
+        FinetuneMode("mixmatch", unlabelled=True)
+
+
+def test_a_new_mode_is_one_entry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A mode registered in training.modes.MODES alone is a recipe head (when it needs no priors) and its
+    functions resolve from the entry."""
+    from bench.recipes.spec import Head, head_modes
+    from training import finetune
+    from training.modes import FinetuneMode
+
+    knn = FinetuneMode("knn_head", frozen=True, fit="x", probe="training.finetune:svm_head")
+    monkeypatch.setitem(modes.MODES, "knn_head", knn)  # type: ignore[index]
+    assert "knn_head" in head_modes() and Head("knn_head").trains_network is False
+    assert "as3l" not in head_modes()  # needs the agent's priors, which a recipe's rounds do not ask for
+    assert finetune.probe_of(knn) is finetune.svm_head
 
 
 def test_the_help_lists_every_method(monkeypatch: pytest.MonkeyPatch) -> None:
