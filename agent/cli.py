@@ -237,22 +237,28 @@ def _older_agent(detail: str, what: str = "") -> str:
 
 
 class RegistryHelp(TyperCommand):
-    """A command whose ``--help`` lists the names of a registry next to each option that takes them
-    (``lists``: (option's parameter name, "module:NAME") pairs). The registries are imported only when help
-    is shown (importing the strategies pulls scikit-learn: seconds)."""
+    """A command whose ``--help`` lists the names of a registry for each option that takes them (``lists``:
+    (option's parameter name, "module:NAME") pairs). The registries are imported only when help is shown
+    (importing the strategies pulls scikit-learn: seconds). The names go below the options, across the whole
+    width, not in the option's help column: that column is a third of the width, and rich cut a name longer
+    than it with an ellipsis (``farthest_from_labelled_…``); here a line breaks only between names."""
 
     lists: tuple[tuple[str, str], ...] = ()
 
     def format_help(self, ctx: Any, formatter: Any) -> None:
         import importlib
 
+        said = []
         for option, registry in self.lists:
             module, name = registry.split(":")
             names = ", ".join(sorted(getattr(importlib.import_module(module), name)))
             for param in self.params:
                 if param.name == option and hasattr(param, "help"):
-                    base = (param.help or "").split(", one of:")[0]
-                    param.help = f"{base}, one of: {names} (see docs/strategies.md)"
+                    flag = max(getattr(param, "opts", [option]), key=len)
+                    base = (param.help or "").split(" (names below)")[0]
+                    param.help = f"{base} (names below)"
+                    said.append(f"{flag}: one of: {names} (see docs/strategies.md)")
+        self.epilog = "\n\n".join(said)  # (typer: a blank line is a line break, and it adds no markup)
         super().format_help(ctx, formatter)
 
 

@@ -137,3 +137,17 @@ def test_param_spec_rejects_half_declared_numbers() -> None:
         Param("k", "int", 1, "x", 1, None)
     with pytest.raises(ValueError, match="default_doc"):
         Param("k", "int", None, "x", 1, 5)
+
+
+def test_select_help_shows_a_long_strategy_name_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`select --help` at 80 columns listed the names in the option's help column and cut a long one with an
+    ellipsis (`farthest_from_labelled_…`): every name must be shown whole (a strategy registered for the test)."""
+    from typer.testing import CliRunner
+
+    from shortlist.cli import app
+
+    long_name = "farthest_from_labelled_in_embedding_space"
+    monkeypatch.setitem(STRATEGIES, long_name, STRATEGIES["random"])
+    out = CliRunner().invoke(app, ["select", "--help"], env={"COLUMNS": "80"}, terminal_width=80).output
+    words = set(re.split(r"[\s,│:()]+", out))
+    assert set(STRATEGIES) <= words, (sorted(set(STRATEGIES) - words), out)
