@@ -138,12 +138,21 @@ def test_tls_files_are_checked_at_start(tmp_path: Path, registry: Path, pki: Pki
 
 
 # ---- tokens ------------------------------------------------------------------------------------------
+# The role each RPC should have, said here a second time on purpose: RPC_ROLES changing an RPC's role (a write
+# RPC that a read token could call) must fail a test. A new RPC is added to one of the two.
+WRITE_RPCS = {"Ingest", "SubmitLabels", "RetractLabels", "ReloadModel", "UpdateQueue", "RenameClass", "DeleteSamples"}
+READ_RPCS = {"Select", "PriorLabels", "ListSamples", "GetStatus", "ListLabels", "GetMap", "GetImages", "GetQueue"}
+
+
 def test_every_agent_rpc_has_a_role() -> None:
     check_roles()
     methods = {m.name for m in agent_pb2.DESCRIPTOR.services_by_name["Agent"].methods}
     assert set(RPC_ROLES) == methods
-    assert {n for n, r in RPC_ROLES.items() if r == "write"} == {
-        "Ingest", "SubmitLabels", "RetractLabels", "ReloadModel", "UpdateQueue", "RenameClass", "DeleteSamples"}
+    new = sorted(methods - WRITE_RPCS - READ_RPCS)
+    assert not new, (f"RPC(s) {', '.join(new)}: add each to WRITE_RPCS (it changes the data folder) or READ_RPCS "
+                     "in tests/agent/test_security.py, as RPC_ROLES in agent/security.py has it")
+    assert {n for n, r in RPC_ROLES.items() if r == "write"} == WRITE_RPCS
+    assert {n for n, r in RPC_ROLES.items() if r == "read"} == READ_RPCS & methods
 
 
 def test_an_rpc_without_a_role_stops_serve_with_one_line(tmp_path: Path, registry: Path,
