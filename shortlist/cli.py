@@ -8,6 +8,8 @@
 from __future__ import annotations
 
 import os
+import signal
+from types import FrameType
 
 import typer
 
@@ -41,6 +43,20 @@ def _print_version(value: bool) -> None:
 def _main(version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
                                        help="print the version (and git commit, schema version) and exit")) -> None:
     pass
+
+
+def _terminate_as_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+
+@bench_app.callback()
+def _bench() -> None:
+    # SIGTERM (`timeout`, `kill`, a scheduler's stop) ends a benchmark as Ctrl-C does: its cleanup runs (the
+    # agent it started is stopped, finished cells are kept and said). Python's default for SIGTERM ends the
+    # process without running any `finally`, which left the benchmark's `shortlist serve` running, holding its
+    # data folder. A training loop inside a benchmark installs its own handler (checkpoint, then stop) and
+    # puts this one back after.
+    signal.signal(signal.SIGTERM, _terminate_as_interrupt)
 
 
 def _register() -> None:
