@@ -35,7 +35,7 @@ from typing import Any
 
 import grpc
 
-from agent.errors import rewrap_handler
+from agent.errors import AgentError, PermissionDenied, Unauthenticated, abort, rewrap_handler
 from shortlist.locks import Locked, PidLock
 from shortlist.v1 import agent_pb2
 
@@ -377,9 +377,10 @@ class RefusalLog:
         return f" ({left_out} more from it in the last {self.interval_s:.0f} s, not logged)" if left_out else ""
 
 
-def _deny(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str,
+def _deny(handler: grpc.RpcMethodHandler, refusal: AgentError,
           refusals: RefusalLog | None = None, what: str = "", role_check: bool = False) -> grpc.RpcMethodHandler:
-    """A handler that ends the call with ``code`` before reading its request, logging ``what`` with the client's
+    """A handler that ends the call with ``refusal`` (its code and message, mapped by agent.errors.abort like any
+    other error) before reading its request, logging ``what`` with the client's
     address through ``refusals`` at WARNING; ``role_check`` (the call carries ROLE_CHECK_KEY): at INFO and
     named a sign-in's role check, when it came over the local socket.
 
@@ -388,7 +389,7 @@ def _deny(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str,
     message has been read whole, so concurrent large calls without a token held every message in memory:
     docs/agent.md, "Limits", "What a call costs before it is refused", has the figures and the command). The
     wire is the same for the four kinds, so the client gets the status as from any handler."""
-    def abort(_requests: Any, context: grpc.ServicerContext) -> Any:
+    def refuse(_requests: Any, context: grpc.ServicerContext) -> Any:
         if refusals is not None:
             # the mark is believed from the web app's local socket only (like WEB_CLIENT_KEY): a client over TCP
             # could otherwise send ROLE_CHECK_KEY to log its refusals below WARNING, or as the app's harmless probe
@@ -396,9 +397,9 @@ def _deny(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str,
             expected = role_check and peer.startswith("unix:")
             refusals.refused(what + (" (a sign-in's role check)" if expected else ""), peer,
                              context.invocation_metadata(), logging.INFO if expected else logging.WARNING)
-        context.abort(code, message)
+        abort(context, refusal)
 
-    return grpc.stream_stream_rpc_method_handler(abort, None, handler.response_serializer)
+    return grpc.stream_stream_rpc_method_handler(refuse, None, handler.response_serializer)
 
 
 def _needs_role(what: str, need: str, role: str) -> str:
@@ -425,7 +426,7 @@ def _read_only(handler: grpc.RpcMethodHandler, name: str, role: str,
             what = needs_write(parsed)
             if what is not None:
                 refusals.refused(f"{name}: {what} with a {role} token", context.peer(), context.invocation_metadata())
-                context.abort(grpc.StatusCode.PERMISSION_DENIED, _needs_role(what, WRITE, role))
+                abort(context, PermissionDenied(_needs_role(what, WRITE, role)))
             mark = READ_ONLY_CALL.set(True)  # answered, not recorded
             try:
                 return behaviour(request, context)
@@ -455,25 +456,25 @@ class AuthInterceptor(grpc.ServerInterceptor):
         need = RPC_ROLES.get(name, WRITE)
         token = bearer(handler_call_details.invocation_metadata)  # type: ignore[attr-defined]
         if token is None:
-            return _deny(handler, grpc.StatusCode.UNAUTHENTICATED,
+            return _deny(handler, Unauthenticated(
                          "this agent requires a token: pass --token TOKEN or set SHORTLIST_TOKEN (API clients send "
-                         "the metadata `authorization: Bearer TOKEN`); ask the agent's operator for one",
+                         "the metadata `authorization: Bearer TOKEN`); ask the agent's operator for one"),
                          self.refusals, f"{name}: no token")
         if not token:
-            return _deny(handler, grpc.StatusCode.UNAUTHENTICATED,
-                         "malformed authorization metadata: send `authorization: Bearer TOKEN`",
+            return _deny(handler, Unauthenticated(
+                         "malformed authorization metadata: send `authorization: Bearer TOKEN`"),
                          self.refusals, f"{name}: malformed authorization metadata")
         role = self.tokens.role(token)
         if role is None and (closed := self.tokens.refusal()):
-            return _deny(handler, grpc.StatusCode.UNAUTHENTICATED, closed, self.refusals, f"{name}: {closed}")
+            return _deny(handler, Unauthenticated(closed), self.refusals, f"{name}: {closed}")
         if role is None:
-            return _deny(handler, grpc.StatusCode.UNAUTHENTICATED,
-                         "unknown token: check --token / SHORTLIST_TOKEN against the agent's --tokens file",
+            return _deny(handler, Unauthenticated(
+                         "unknown token: check --token / SHORTLIST_TOKEN against the agent's --tokens file"),
                          self.refusals, f"{name}: unknown token")
         if need not in _IMPLIES[role]:
             metadata = handler_call_details.invocation_metadata  # type: ignore[attr-defined]
             expected = metadata_value(metadata, ROLE_CHECK_KEY) is not None  # a sign-in asking what the token may do
-            return _deny(handler, grpc.StatusCode.PERMISSION_DENIED, _needs_role(name, need, role), self.refusals,
+            return _deny(handler, PermissionDenied(_needs_role(name, need, role)), self.refusals,
                          f"{name}: a {role} token", expected)
         if name in WRITE_REQUESTS and WRITE not in _IMPLIES[role]:
             return _read_only(handler, name, role, WRITE_REQUESTS[name], self.refusals)

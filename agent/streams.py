@@ -48,7 +48,7 @@ from typing import Any
 
 import grpc
 
-from agent.errors import RETRY_AFTER_KEY, Behaviour, rewrap_handler
+from agent.errors import Behaviour, InvalidArgument, ResourceExhausted, abort, rewrap_handler
 from agent.limits import limit_hint
 from agent.security import RefusalLog, caller_address
 
@@ -149,10 +149,10 @@ class StreamGuard(grpc.ServerInterceptor):
             self._open.pop(id(entry), None)
 
     def refuse(self, context: grpc.ServicerContext, logged: str, message: str) -> None:
-        """End the call with RESOURCE_EXHAUSTED, ``message`` and the retry hint; log ``logged`` (throttled)."""
+        """End the call with RESOURCE_EXHAUSTED, ``message`` and the retry hint (agent.errors.abort sends it as
+        ``retry-after-ms``); log ``logged`` (throttled)."""
         self.refusals.refused(logged, context.peer(), context.invocation_metadata())
-        context.set_trailing_metadata(((RETRY_AFTER_KEY, str(round(self.retry_after_s * 1000))),))
-        context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
+        abort(context, ResourceExhausted(message, self.retry_after_s))
 
     def _refuse(self, method: str, context: grpc.ServicerContext, agent_call: bool) -> None:
         name = method.rpartition("/")[2]
@@ -309,8 +309,12 @@ class RequestGuard(grpc.ServerInterceptor):
                                              timeout_s=timeout_s if within else OVER_LIMIT_WAIT_S))
             try:
                 return next(requests)
-            except StopIteration:  # the client closed its side without a message (gRPC's own answer, kept)
-                context.abort(grpc.StatusCode.UNIMPLEMENTED, f'"{method}" requires exactly one request message.')
+            except StopIteration:
+                # the client closed its side without a message: a broken client, not a missing method (gRPC's own
+                # UNIMPLEMENTED here made `shortlist` report an agent older than itself)
+                abort(context, InvalidArgument(
+                    f"{method} takes exactly one request message and this call closed its side without one; send "
+                    "the request message (a generated stub's unary call does), not an empty request stream"))
             finally:
                 self.streams.untrack(entry)
                 with self._lock:

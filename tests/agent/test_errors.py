@@ -4,6 +4,7 @@ request bytes (INVALID_ARGUMENT, not gRPC's default INTERNAL). Never UNKNOWN."""
 
 from __future__ import annotations
 
+import ast
 import errno
 import logging
 import sqlite3
@@ -248,3 +249,18 @@ def test_background_storage_messages_say_no_request_was_cut_short() -> None:
         assert whole is not None and background is not None and whole.code == background.code
         assert background.message.startswith(starts) and "retry" not in background.message, background.message
         assert "this request" not in background.message and str(e) in background.message
+
+
+def test_only_agent_errors_ends_a_call_with_a_status() -> None:
+    """No module of agent/ but agent/errors.py calls ``context.abort(code, message)``: the others raise (or pass
+    ``abort``) an AgentError, so every status and its message comes from the one mapping."""
+    root = Path(__file__).resolve().parents[2] / "agent"
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        if path == root / "errors.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "abort"
+                    and len(node.args) == 2):
+                found.append(f"{path.relative_to(root.parent)}:{node.lineno}")
+    assert found == []

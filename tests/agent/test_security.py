@@ -24,6 +24,7 @@ from typer.testing import CliRunner
 from agent import client, security
 from agent.config import AgentConfig
 from agent.core import Agent
+from agent.errors import PermissionDenied
 from agent.security import (
     RPC_ROLES,
     DataDirLock,
@@ -580,7 +581,7 @@ def test_a_denied_call_ends_with_its_code_whatever_kind_of_method_and_never_runs
                 grpc.stream_unary_rpc_method_handler(behaviour), grpc.stream_stream_rpc_method_handler(behaviour),
                 grpc.unary_unary_rpc_method_handler(None)]  # type: ignore[arg-type]
     for handler in handlers:
-        denied = security._deny(handler, grpc.StatusCode.PERMISSION_DENIED, "no")
+        denied = security._deny(handler, PermissionDenied("no"))
         assert denied.stream_stream is not None and denied.request_deserializer is None
         assert denied.response_serializer is handler.response_serializer
         with pytest.raises(Aborted) as aborted:
