@@ -20,9 +20,14 @@ V = TypeVar("V")
 
 
 class LruCache(Generic[V]):
-    def __init__(self, max_entries: int, max_weight: int) -> None:
+    """At most ``max_entries`` values of at most ``max_weight`` total weight (a put's ``weight``: rows, bytes or
+    1 an entry); the least recently put or got goes first. Thread-safe. ``peek`` and ``in`` read without making an
+    entry recent (for a memory whose order is that of the writes, as the Label Studio backend's)."""
+
+    def __init__(self, max_entries: int, max_weight: int | None = None) -> None:
+        """``max_weight`` None: ``max_entries`` (every put weighing 1, the default, is then bounded by count)."""
         self.max_entries = max_entries
-        self.max_weight = max_weight
+        self.max_weight = max_entries if max_weight is None else max_weight
         self._items: OrderedDict[Hashable, tuple[V, int]] = OrderedDict()
         self._weight = 0
         self._lock = threading.Lock()
@@ -39,10 +44,23 @@ class LruCache(Generic[V]):
             self.hits += 1
             return item[0]
 
-    def put(self, key: Hashable, value: V, weight: int = 1) -> None:
-        """Keep ``value`` (``weight`` = rows it holds); a value heavier than the whole cache is not kept."""
+    def peek(self, key: Hashable) -> V | None:
+        """``key``'s value or None, leaving the order and the hit counts as they are."""
+        with self._lock:
+            item = self._items.get(key)
+            return None if item is None else item[0]
+
+    def __contains__(self, key: Hashable) -> bool:
+        """Whether ``key`` is held (as ``peek``: the order is left as it is)."""
+        with self._lock:
+            return key in self._items
+
+    def put(self, key: Hashable, value: V, weight: int = 1) -> list[tuple[Hashable, V]]:
+        """Keep ``value`` (``weight`` = rows it holds) as the most recent entry; a value heavier than the whole
+        cache is not kept. Returns the entries pushed out to make room, oldest first (key, value)."""
         if self.max_entries <= 0 or weight > self.max_weight:
-            return
+            return []
+        evicted: list[tuple[Hashable, V]] = []
         with self._lock:
             old = self._items.pop(key, None)
             if old is not None:
@@ -50,8 +68,19 @@ class LruCache(Generic[V]):
             self._items[key] = (value, weight)
             self._weight += weight
             while len(self._items) > self.max_entries or self._weight > self.max_weight:
-                _, (_, w) = self._items.popitem(last=False)
+                k, (v, w) = self._items.popitem(last=False)
                 self._weight -= w
+                evicted.append((k, v))
+        return evicted
+
+    def pop(self, key: Hashable) -> V | None:
+        """Forget ``key``; its value, or None when it was not held."""
+        with self._lock:
+            item = self._items.pop(key, None)
+            if item is None:
+                return None
+            self._weight -= item[1]
+            return item[0]
 
     def __len__(self) -> int:
         with self._lock:

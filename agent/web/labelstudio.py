@@ -74,7 +74,6 @@ import re
 import threading
 import unicodedata
 import xml.etree.ElementTree as ET
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -88,6 +87,7 @@ from fastapi.responses import JSONResponse, Response
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from starlette.concurrency import run_in_threadpool
 
+from agent.cache import LruCache
 from agent.client import calibration_dict, calibration_line, first_calibration
 from agent.errors import code_name, quoted
 from agent.security import RefusalLog
@@ -357,35 +357,34 @@ class LabelStudioBackend:
     def __init__(self, config: LabelStudioConfig) -> None:
         self.config = config
         self._lock = threading.Lock()
-        self._schemas: OrderedDict[str, str] = OrderedDict()  # project id -> label config from /setup
+        # the four memories below are LRU-bounded by agent.cache.LruCache, recent by their last write (read with
+        # ``peek`` / ``in``, which leave the order as it is)
+        self._schemas: LruCache[str] = LruCache(MAX_PROJECTS)  # project id -> label config from /setup
         self._index: tuple[int, SampleIndex] | None = None
         self._selection: _Selection | None = None
         # (project id, annotation id) -> the label it gave; sample id -> the annotation it was last labelled from
-        self._given: OrderedDict[tuple[str, str], _Given] = OrderedDict()
+        self._given: LruCache[_Given] = LruCache(MAX_GIVEN)
         self._last: dict[str, tuple[str, str]] = {}
         # (project id, annotation id) -> the newest updated_at (else created_at) applied, whether the update gave
         # a choice or cleared it: an older update arriving after it is skipped (Label Studio's webhooks are not
         # ordered). Kept after a deletion or a clear, unlike ``_given``, so a late older choice does not come back.
-        self._stamps: OrderedDict[tuple[str, str], datetime] = OrderedDict()
+        self._stamps: LruCache[datetime] = LruCache(MAX_STAMPS)
         # (project id, annotation id) of annotations deleted in Label Studio: a create or update of one of them
         # arriving after its delete (not ordered either) is skipped. Label Studio never reuses an annotation id.
-        self._gone: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._gone: LruCache[bool] = LruCache(MAX_DELETED)
         # annotations the agent refused: a WARNING with the sample and the reason, at most one line every 10 s
         self._refusals = RefusalLog()
 
     # -- helpers
     def _remember(self, project: str, xml: str) -> None:
         with self._lock:
-            self._schemas[project] = xml
-            self._schemas.move_to_end(project)
-            while len(self._schemas) > MAX_PROJECTS:
-                self._schemas.popitem(last=False)
+            self._schemas.put(project, xml)
 
     def _schema(self, xml: Any, project: Any) -> Schema:
         if isinstance(xml, str) and xml.strip():
             return parse_schema(xml)
         with self._lock:
-            known = self._schemas.get(_project_id(project))
+            known = self._schemas.peek(_project_id(project))
         if known is None:
             raise BadRequest("no label config in the request, and none from a /setup of this project: send "
                              "`label_config` (Label Studio does), or connect the model again")
@@ -568,7 +567,7 @@ class LabelStudioBackend:
                     # arrive out of order: the newer choice stays
                     skipped.append({"annotation": aid, "task": task_id, "id": sid, "reason": older})
                     continue
-                if self._given.get(key) == _Given(sid, label, annotator):
+                if self._given.peek(key) == _Given(sid, label, annotator):
                     # the same annotation with the same choice, sent again (Label Studio retries, an import
                     # runs twice): labelling again would add a history row, or flip the sample back to it
                     # after a later annotation
@@ -643,7 +642,7 @@ class LabelStudioBackend:
     def _older(self, key: tuple[str, str], stamp: datetime | None) -> str:
         """Why an update of annotation ``key`` saved at ``stamp`` is older than one already applied, or ""
         (also when either time is unknown). The caller holds ``_lock``."""
-        known = self._stamps.get(key)
+        known = self._stamps.peek(key)
         if known is None or stamp is None or stamp >= known:
             return ""
         return (f"older (updated_at {stamp.isoformat()}) than this annotation's update already applied "
@@ -654,24 +653,17 @@ class LabelStudioBackend:
         least recently applied forgotten first). The caller holds ``_lock``."""
         if stamp is None:
             return
-        known = self._stamps.get(key)
-        if known is None or stamp > known:
-            self._stamps[key] = stamp
-        self._stamps.move_to_end(key)
-        while len(self._stamps) > MAX_STAMPS:
-            self._stamps.popitem(last=False)
+        known = self._stamps.peek(key)
+        self._stamps.put(key, stamp if known is None or stamp > known else known)  # made recent either way
 
     def _remember_given(self, given: list[tuple[tuple[str, str], _Given, datetime | None]]) -> None:
         with self._lock:
             for key, g, stamp in given:
-                self._given[key] = g
-                self._given.move_to_end(key)
+                for old_key, old in self._given.put(key, g):  # the least recently given, over MAX_GIVEN
+                    if self._last.get(old.sample) == old_key:
+                        del self._last[old.sample]
                 self._last[g.sample] = key
                 self._note_stamp(key, stamp)
-            while len(self._given) > MAX_GIVEN:
-                key, old = self._given.popitem(last=False)
-                if self._last.get(old.sample) == key:
-                    del self._last[old.sample]
 
     def _deleted(self, call: Caller, action: str, body: Mapping[str, Any], deletion: bool = True) -> dict[str, Any]:
         """ANNOTATIONS_DELETED: retract the labels the deleted annotations gave that are still current (the
@@ -692,11 +684,7 @@ class LabelStudioBackend:
             call(call.stub.SubmitLabels, agent_pb2.SubmitLabelsRequest())
             with self._lock:
                 for a in listed:
-                    key = (project_id, str(a["id"]))
-                    self._gone[key] = None
-                    self._gone.move_to_end(key)
-                while len(self._gone) > MAX_DELETED:
-                    self._gone.popitem(last=False)
+                    self._gone.put((project_id, str(a["id"])), True)
         else:
             call.status()  # the agent checks the token, even when there is nothing to take back
         skipped: list[dict[str, Any]] = []
@@ -704,7 +692,7 @@ class LabelStudioBackend:
         with self._lock:
             for a in listed:
                 key = (project_id, str(a["id"]))
-                g = self._given.get(key)
+                g = self._given.peek(key)
                 if g is None:
                     skipped.append({"annotation": a["id"], "reason": "not a label this web app gave since it "
                                     "started: nothing retracted"})
@@ -733,7 +721,7 @@ class LabelStudioBackend:
         with self._lock:  # done (an error above keeps them): a deleted annotation is never named again
             for a in listed:
                 key = (project_id, str(a["id"]))
-                g = self._given.pop(key, None)
+                g = self._given.pop(key)
                 if g is not None and self._last.get(g.sample) == key:
                     del self._last[g.sample]
         if skipped:
