@@ -75,16 +75,17 @@ import threading
 import unicodedata
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import PurePosixPath
-from typing import Any
+from typing import Annotated, Any, NamedTuple, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import grpc
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from pydantic import BaseModel, ConfigDict, Field, Strict, TypeAdapter, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from agent.cache import LruCache
@@ -349,6 +350,109 @@ class _Selection:
     problem: str = ""
 
 
+# ---- the webhook's payload -----------------------------------------------------------------------
+# Label Studio's webhook bodies as far as the backend reads them; other fields are ignored. A field the backend
+# only passes along or compares stays ``Any``, as Label Studio sends it (ids are numbers; a user is an id, or an
+# object with its email). The structure is checked strictly, never coerced: a `result` or task `data` of another
+# JSON type is refused, not converted. Each failure answers BadRequest with what to send (the callers' messages).
+class _Payload(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class _Event(_Payload):
+    """Any webhook event: its ``action`` (a non-empty string, e.g. "ANNOTATION_CREATED")."""
+
+    action: Annotated[str, Strict(), Field(min_length=1)]
+
+
+class _Project(_Payload):
+    """The event's ``project`` object: its id (Label Studio's uid "ID.CREATED" or a plain ID) and, when sent,
+    its label config XML (``_schema`` checks it)."""
+
+    id: Any = None
+    label_config: Any = None
+
+
+class _Annotation(_Payload):
+    """An annotation of an annotation event: ``result`` (a list of regions; only those of the schema's Choices
+    are read, ``_choice``), its task's id, whether it was skipped (``was_cancelled``), who made it and who last
+    updated it (a user id or object), and when (ISO 8601 strings, ``_stamp``)."""
+
+    id: Any = None
+    task: Any = None
+    result: Annotated[list[Any], Strict()]
+    was_cancelled: Any = None
+    completed_by: Any = None
+    updated_by: Any = None
+    updated_at: Any = None
+    created_at: Any = None
+
+
+class _Task(_Payload):
+    """A task of an annotation event: its id and ``data`` (an object; the fields ``match_task`` reads)."""
+
+    id: Any = None
+    data: Annotated[dict[str, Any], Strict()]
+
+
+class _Deleted(_Payload):
+    """An annotation of a delete event: its id (any JSON value, but there)."""
+
+    id: Any
+
+
+_DELETED = TypeAdapter(Annotated[list[_Deleted], Strict()])
+_CHOICES = TypeAdapter(Annotated[list[Annotated[str, Strict()]], Strict()])
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def _valid(model: type[_M], value: Any) -> _M | None:
+    """``value`` as ``model``, or None when it is not one."""
+    try:
+        return model.model_validate(value)
+    except ValidationError:
+        return None
+
+
+class _Choice(NamedTuple):
+    """The label an annotation of an event gives: its annotation's and task's ids, the annotator
+    (``labelstudio:USER``), the class, and when the annotation was saved (None: unknown)."""
+
+    annotation: Any
+    annotator: str
+    label: str
+    task: Any
+    stamp: datetime | None
+
+
+class _Cleared(NamedTuple):
+    """An update that gives no choice (cleared): annotation and task ids, when it was saved, why no label."""
+
+    annotation: Any
+    task: Any
+    stamp: datetime | None
+    problem: str
+
+
+class _Label(NamedTuple):
+    """A label to send: (project id, annotation id) it comes from, the sample, class, annotator and stamp."""
+
+    key: tuple[str, str]
+    sample: str
+    label: str
+    annotator: str
+    stamp: datetime | None
+
+
+@dataclass
+class _Tally:
+    """What a label event's answer lists beside its counts: annotations ``skipped`` (each a dict with why), and
+    the ids of those ``gone`` (deleted in Label Studio before the event arrived: logged once)."""
+
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+    gone: list[Any] = field(default_factory=list)
+
+
 class LabelStudioBackend:
     """The protocol's logic, one per web app (``app.state.labelstudio``); thread-safe (routes run in the
     threadpool). Every agent call goes through the request's ``Caller`` (its token), so the agent's roles
@@ -499,130 +603,166 @@ class LabelStudioBackend:
         return {"results": results, "model_version": version, **about}
 
     def webhook(self, call: Caller, body: Mapping[str, Any]) -> dict[str, Any]:
-        action = body.get("action")
-        if not isinstance(action, str) or not action:
-            raise BadRequest("not a Label Studio webhook event: no `action`")
+        """A Label Studio webhook event (``body``, the parsed JSON object): an annotation created or updated
+        labels its task's sample, one deleted takes its label back, any other event is answered "ignored".
+        BadRequest (400) for a body that is not such an event, saying what is missing."""
+        try:
+            action = _Event.model_validate(body).action
+        except ValidationError:
+            raise BadRequest("not a Label Studio webhook event: no `action`") from None
         if action in DELETE_EVENTS:
             return self._deleted(call, action, body)
         if action not in LABEL_EVENTS:
             return {"status": "ignored", "action": action}
+        return self._labelled(call, action, body)
+
+    def _labelled(self, call: Caller, action: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """An annotation event (``LABEL_EVENTS``): each annotation's choice becomes its sample's label
+        (SubmitLabels, one call per annotator), an update that clears the choice takes its label back
+        (``_deleted``); the answer counts them and lists what was skipped and what the agent rejected."""
         pairs = _annotations_with_tasks(action, body)
-        project = body.get("project")
-        xml = project.get("label_config") if isinstance(project, dict) else None
-        schema = self._schema(xml, project.get("id") if isinstance(project, dict) else None)
+        project = _valid(_Project, body.get("project"))
+        schema = self._schema(project.label_config if project else None, project.id if project else None)
         status = call.status()
         index = self._sample_index(call, status)
-        project_id = _project_id(project.get("id") if isinstance(project, dict) else None)
-        skipped: list[dict[str, Any]] = []
-        # annotations updated to give no choice (id, task, updated_at, why no label): their label is taken back
-        cleared: list[tuple[Any, Any, datetime | None, str]] = []
-        # sample -> (annotation id, annotator, label, task): the event's last annotation of each sample wins.
-        # Label Studio lists a bulk event's annotations in its own order (creation), so the list order is the
-        # order they were made in; SubmitLabels takes one label per sample, so the others are skipped.
-        latest: dict[str, tuple[Any, str, str, Any, datetime | None]] = {}
+        project_id = _project_id(project.id if project else None)
+        tally = _Tally()
+        latest, cleared = self._choices(action, pairs, schema, status, index, tally)
+        with self._lock:
+            wanted = self._new_labels(latest, project_id, tally)
+        accepted, rejected = self._submit(call, wanted)
+        with self._lock:  # after the labels given are remembered
+            clear = self._clearable(cleared, project_id, tally)
+        retracted = 0
+        if tally.gone:
+            log.info("Label Studio %s: annotation(s) %s skipped: deleted in Label Studio before this event arrived "
+                     "(webhooks are not ordered)", action, ", ".join(str(a) for a in tally.gone[:10]))
+        if clear:  # as if deleted: the label goes only while it is still this annotation's (``_deleted``)
+            taken = self._deleted(call, action, {"annotations": [{"id": a} for a in clear], "project": project_id},
+                                  deletion=False)
+            retracted = taken["retracted"]
+            tally.skipped.extend(taken["skipped"])
+        if tally.skipped or rejected:
+            log.info("Label Studio %s: %d labels accepted, %d skipped, %d rejected", action, accepted,
+                     len(tally.skipped), len(rejected))
+        self._warn_rejected(action, rejected)
+        return {"status": "ok", "action": action, "accepted": accepted, "rejected": rejected,
+                "skipped": tally.skipped, "retracted": retracted}
+
+    def _choices(self, action: str, pairs: list[tuple[_Annotation, Mapping[str, Any]]], schema: Schema,
+                 status: agent_pb2.Status, index: SampleIndex,
+                 tally: _Tally) -> tuple[dict[str, _Choice], list[_Cleared]]:
+        """The label each annotation of the event gives its task's sample (sample id -> choice: the event's last
+        annotation of a sample wins, the earlier ones are skipped: Label Studio lists a bulk event's annotations
+        in the order they were made, and SubmitLabels takes one label per sample), and the updates that cleared
+        their choice. Annotations skipped in Label Studio, with no single choice, or whose task matches no
+        sample go to ``tally.skipped`` with why."""
+        latest: dict[str, _Choice] = {}
+        cleared: list[_Cleared] = []
         for annotation, task in pairs:
-            task_id = task.get("id", annotation.get("task"))
-            aid = annotation.get("id")
-            if annotation.get("was_cancelled"):
-                skipped.append({"task": task_id, "reason": "skipped in Label Studio"})
+            task_id = task.get("id", annotation.task)
+            aid = annotation.id
+            if annotation.was_cancelled:
+                tally.skipped.append({"task": task_id, "reason": "skipped in Label Studio"})
                 continue
             label, problem = _choice(annotation, schema)
             if label is None:
                 if action == "ANNOTATION_UPDATED" and not _choices_given(annotation, schema):
-                    cleared.append((aid, task_id, _stamp(annotation), problem))
+                    cleared.append(_Cleared(aid, task_id, _stamp(annotation), problem))
                 else:
-                    skipped.append({"task": task_id, "reason": problem})
+                    tally.skipped.append({"task": task_id, "reason": problem})
                 continue
             sid = match_task(task, schema, self.config.match, index)
             if sid is None:
-                skipped.append({"task": task_id, "reason": f"matches no sample (rule {self.config.match})"})
+                tally.skipped.append({"task": task_id, "reason": f"matches no sample (rule {self.config.match})"})
                 continue
             label = schema.class_for(label, status.classes)  # the class /predict showed as this choice
             before = latest.get(sid)
             if before is not None:
-                skipped.append({"annotation": before[0], "task": before[3], "id": sid,
-                                "reason": f"superseded by annotation {aid} of the same task, later in this event"})
+                tally.skipped.append({"annotation": before.annotation, "task": before.task, "id": sid,
+                                      "reason": f"superseded by annotation {aid} of the same task, later in this "
+                                                "event"})
             # an update is who chose the label now (a reviewer's correction), a new annotation its author
-            who = annotation.get("updated_by") if action == "ANNOTATION_UPDATED" else None
-            latest[sid] = (aid, _annotator(who if who not in (None, "") else annotation.get("completed_by")), label,
-                           task_id, _stamp(annotation))
-        by_annotator: dict[str, dict[str, str]] = {}  # annotator -> sample -> label
-        sources: dict[tuple[str, str], tuple[str, str]] = {}  # (annotator, sample) -> (project, annotation id)
-        stamps: dict[str, datetime | None] = {}  # sample -> its annotation's updated_at
-        gone: list[Any] = []  # annotations of this event deleted in Label Studio before it arrived
-        with self._lock:
-            for sid, (aid, annotator, label, task_id, stamp) in latest.items():
-                key = (project_id, str(aid))
-                if key in self._gone:
-                    # the delete arrived first (the webhooks are not ordered): labelling now would give the sample
-                    # a label from an annotation Label Studio no longer has
-                    gone.append(aid)
-                    skipped.append({"annotation": aid, "task": task_id, "id": sid,
-                                    "reason": "this annotation was deleted in Label Studio (its delete arrived "
-                                              "first): not labelled"})
-                    continue
-                older = self._older(key, stamp)
-                if older:
-                    # Label Studio sends each event once, synchronously, but two saves in quick succession can
-                    # arrive out of order: the newer choice stays
-                    skipped.append({"annotation": aid, "task": task_id, "id": sid, "reason": older})
-                    continue
-                if self._given.peek(key) == _Given(sid, label, annotator):
-                    # the same annotation with the same choice, sent again (Label Studio retries, an import
-                    # runs twice): labelling again would add a history row, or flip the sample back to it
-                    # after a later annotation
-                    skipped.append({"annotation": aid, "task": task_id, "id": sid,
-                                    "reason": "already given (the same annotation sent again): unchanged"})
-                    continue
-                by_annotator.setdefault(annotator, {})[sid] = label
-                sources[annotator, sid] = key
-                stamps[sid] = stamp
+            who = annotation.updated_by if action == "ANNOTATION_UPDATED" else None
+            latest[sid] = _Choice(aid, _annotator(who if who not in (None, "") else annotation.completed_by),
+                                  label, task_id, _stamp(annotation))
+        return latest, cleared
+
+    def _new_labels(self, latest: dict[str, _Choice], project_id: str, tally: _Tally) -> list[_Label]:
+        """The labels of ``latest`` (sample id -> choice) to send: not those of
+        annotations deleted in Label Studio before the event arrived (``tally.gone``), older than an update of
+        theirs already applied, or the same annotation with the same choice sent again (each to
+        ``tally.skipped`` with why). The caller holds ``_lock``."""
+        wanted: list[_Label] = []
+        for sid, c in latest.items():
+            key = (project_id, str(c.annotation))
+            if key in self._gone:
+                # the delete arrived first (the webhooks are not ordered): labelling now would give the sample
+                # a label from an annotation Label Studio no longer has
+                tally.gone.append(c.annotation)
+                tally.skipped.append({"annotation": c.annotation, "task": c.task, "id": sid,
+                                      "reason": "this annotation was deleted in Label Studio (its delete arrived "
+                                                "first): not labelled"})
+                continue
+            older = self._older(key, c.stamp)
+            if older:
+                # Label Studio sends each event once, synchronously, but two saves in quick succession can
+                # arrive out of order: the newer choice stays
+                tally.skipped.append({"annotation": c.annotation, "task": c.task, "id": sid, "reason": older})
+                continue
+            if self._given.peek(key) == _Given(sid, c.label, c.annotator):
+                # the same annotation with the same choice, sent again (Label Studio retries, an import
+                # runs twice): labelling again would add a history row, or flip the sample back to it
+                # after a later annotation
+                tally.skipped.append({"annotation": c.annotation, "task": c.task, "id": sid,
+                                      "reason": "already given (the same annotation sent again): unchanged"})
+                continue
+            wanted.append(_Label(key, sid, c.label, c.annotator, c.stamp))
+        return wanted
+
+    def _submit(self, call: Caller, wanted: list[_Label]) -> tuple[int, list[dict[str, str]]]:
+        """Send ``wanted`` to the agent, one SubmitLabels per annotator (in the order of their first label), and
+        remember the annotation each accepted label came from; (labels accepted, the agent's rejections as the
+        answer lists them)."""
+        by_annotator: dict[str, list[_Label]] = {}
+        for c in wanted:
+            by_annotator.setdefault(c.annotator, []).append(c)
         accepted = 0
         rejected: list[dict[str, str]] = []
         for annotator, given in by_annotator.items():
-            assignments = list(given.items())
             req = agent_pb2.SubmitLabelsRequest(
-                labels=[agent_pb2.LabelAssignment(id=i, label=lab) for i, lab in assignments], annotator=annotator,
+                labels=[agent_pb2.LabelAssignment(id=c.sample, label=c.label) for c in given], annotator=annotator,
                 source=SOURCE)
             reply = call(call.stub.SubmitLabels, req)
             accepted += reply.accepted
             rejected.extend({"id": r.id, "code": code_name(r.code), "reason": r.reason} for r in reply.rejected)
             refused = {r.id for r in reply.rejected}
-            self._remember_given([(sources[annotator, i], _Given(i, lab, annotator), stamps[i])
-                                  for i, lab in assignments if i not in refused])
-        retracted = 0
+            self._remember_given([(c.key, _Given(c.sample, c.label, annotator), c.stamp)
+                                  for c in given if c.sample not in refused])
+        return accepted, rejected
+
+    def _clearable(self, cleared: list[_Cleared], project_id: str, tally: _Tally) -> list[Any]:
+        """The ids of the annotations of ``cleared`` (updated to give no choice) whose label to take back: those
+        this web app gave, unless deleted in Label Studio already or older than an update already applied (the
+        others to ``tally.skipped`` with why). The caller holds ``_lock``."""
         clear: list[Any] = []
-        with self._lock:
-            for aid, task_id, stamp, problem in cleared:
-                key = (project_id, str(aid))
-                if key in self._gone:
-                    gone.append(aid)
-                    skipped.append({"annotation": aid, "task": task_id, "reason": "this annotation was deleted in "
-                                    "Label Studio (its delete arrived first): nothing to take back"})
-                    continue
-                older = self._older(key, stamp)
-                if older:  # a clear saved before a choice already applied: the choice stays
-                    skipped.append({"annotation": aid, "task": task_id, "reason": older})
-                    continue
-                self._note_stamp(key, stamp)  # so that an older choice arriving after this clear is skipped
-                if key in self._given:
-                    clear.append(aid)
-                else:
-                    skipped.append({"annotation": aid, "task": task_id, "reason": problem})
-        if gone:
-            log.info("Label Studio %s: annotation(s) %s skipped: deleted in Label Studio before this event arrived "
-                     "(webhooks are not ordered)", action, ", ".join(str(a) for a in gone[:10]))
-        if clear:  # as if deleted: the label goes only while it is still this annotation's (``_deleted``)
-            taken = self._deleted(call, action, {"annotations": [{"id": a} for a in clear], "project": project_id},
-                                  deletion=False)
-            retracted = taken["retracted"]
-            skipped.extend(taken["skipped"])
-        if skipped or rejected:
-            log.info("Label Studio %s: %d labels accepted, %d skipped, %d rejected", action, accepted,
-                     len(skipped), len(rejected))
-        self._warn_rejected(action, rejected)
-        return {"status": "ok", "action": action, "accepted": accepted, "rejected": rejected, "skipped": skipped,
-                "retracted": retracted}
+        for c in cleared:
+            key = (project_id, str(c.annotation))
+            if key in self._gone:
+                tally.gone.append(c.annotation)
+                tally.skipped.append({"annotation": c.annotation, "task": c.task, "reason": "this annotation was "
+                                      "deleted in Label Studio (its delete arrived first): nothing to take back"})
+                continue
+            older = self._older(key, c.stamp)
+            if older:  # a clear saved before a choice already applied: the choice stays
+                tally.skipped.append({"annotation": c.annotation, "task": c.task, "reason": older})
+                continue
+            self._note_stamp(key, c.stamp)  # so that an older choice arriving after this clear is skipped
+            if key in self._given:
+                clear.append(c.annotation)
+            else:
+                tally.skipped.append({"annotation": c.annotation, "task": c.task, "reason": c.problem})
+        return clear
 
     def _warn_rejected(self, action: str, rejected: list[dict[str, str]]) -> None:
         """A WARNING for annotations the agent refused (Label Studio ignores the webhook's answer, which stays
@@ -670,13 +810,13 @@ class LabelStudioBackend:
         rule in the module docstring); the others are listed in ``skipped`` with why. ``deletion``: the
         annotations are gone from Label Studio (False for an update that cleared the choice, which may be given
         a choice again): remembered, so that a create or update of one arriving later is skipped."""
-        listed = body.get("annotations", body.get("annotation"))
-        if isinstance(listed, dict):
-            listed = [listed]
-        if not isinstance(listed, list) or not all(isinstance(a, dict) and "id" in a for a in listed):
-            raise BadRequest(f"{action} without `annotations` (a list of {{\"id\": ...}})")
-        project = body.get("project")
-        project_id = _project_id(project.get("id") if isinstance(project, dict) else project)
+        raw = body.get("annotations", body.get("annotation"))
+        try:
+            listed = _DELETED.validate_python([raw] if isinstance(raw, dict) else raw)
+        except ValidationError:
+            raise BadRequest(f"{action} without `annotations` (a list of {{\"id\": ...}})") from None
+        project = _valid(_Project, body.get("project"))
+        project_id = _project_id(project.id if project else body.get("project"))
         if deletion:
             # the agent checks the token and that it may write (an empty SubmitLabels stores nothing; a read token
             # is 403 as for any other label event), even when there is nothing to take back: a deletion is
@@ -684,23 +824,23 @@ class LabelStudioBackend:
             call(call.stub.SubmitLabels, agent_pb2.SubmitLabelsRequest())
             with self._lock:
                 for a in listed:
-                    self._gone.put((project_id, str(a["id"])), True)
+                    self._gone.put((project_id, str(a.id)), True)
         else:
             call.status()  # the agent checks the token, even when there is nothing to take back
         skipped: list[dict[str, Any]] = []
         wanted: dict[str, tuple[Any, _Given]] = {}  # sample -> (the annotation's id, its label) to take back
         with self._lock:
             for a in listed:
-                key = (project_id, str(a["id"]))
+                key = (project_id, str(a.id))
                 g = self._given.peek(key)
                 if g is None:
-                    skipped.append({"annotation": a["id"], "reason": "not a label this web app gave since it "
+                    skipped.append({"annotation": a.id, "reason": "not a label this web app gave since it "
                                     "started: nothing retracted"})
                 elif self._last.get(g.sample) != key:
-                    skipped.append({"annotation": a["id"], "id": g.sample,
+                    skipped.append({"annotation": a.id, "id": g.sample,
                                     "reason": "the sample was labelled from another annotation since"})
                 else:
-                    wanted[g.sample] = (a["id"], g)
+                    wanted[g.sample] = (a.id, g)
         retracted = 0
         if wanted:
             current = {r.id: r for r in call.stream(call.stub.ListLabels, agent_pb2.ListLabelsRequest(),
@@ -720,7 +860,7 @@ class LabelStudioBackend:
                 skipped.extend({"id": r.id, "code": code_name(r.code), "reason": r.reason} for r in reply.rejected)
         with self._lock:  # done (an error above keeps them): a deleted annotation is never named again
             for a in listed:
-                key = (project_id, str(a["id"]))
+                key = (project_id, str(a.id))
                 g = self._given.pop(key)
                 if g is not None and self._last.get(g.sample) == key:
                     del self._last[g.sample]
@@ -741,36 +881,37 @@ def _annotator(completed_by: Any) -> str:
     return f"{SOURCE}:{completed_by}" if completed_by not in (None, "") else SOURCE
 
 
-def _annotations_with_tasks(action: str, body: Mapping[str, Any]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-    """(annotation, task) pairs of an annotation event; BadRequest when the body lacks them."""
+def _annotations_with_tasks(action: str, body: Mapping[str, Any]) -> list[tuple[_Annotation, Mapping[str, Any]]]:
+    """(annotation, task) pairs of an annotation event (a bulk ANNOTATIONS_CREATED lists both; its annotations
+    name their tasks by id); the task as sent (``match_task`` reads its data). BadRequest when the body lacks
+    them."""
     annotation, task = body.get("annotation"), body.get("task")
     if action == "ANNOTATIONS_CREATED":
         annotations: list[Any] = annotation if isinstance(annotation, list) else [annotation]
         tasks: list[Any] = task if isinstance(task, list) else [task]
     else:
         annotations, tasks = [annotation], [task]
-    good_annotations = [a for a in annotations if isinstance(a, dict) and isinstance(a.get("result"), list)]
-    if len(good_annotations) != len(annotations):
-        raise BadRequest(f"{action} without `annotation` (an object with a `result` list)")
-    good_tasks = [t for t in tasks if isinstance(t, dict) and isinstance(t.get("data"), dict)]
-    if len(good_tasks) != len(tasks):
+    try:
+        good_annotations = [_Annotation.model_validate(a) for a in annotations]
+    except ValidationError:
+        raise BadRequest(f"{action} without `annotation` (an object with a `result` list)") from None
+    if any(_valid(_Task, t) is None for t in tasks):
         raise BadRequest(f"{action} without `task` (an object with its `data`): use Label Studio >= 1.4, whose "
                          "annotation webhooks carry the task")
-    by_id = {t.get("id"): t for t in good_tasks}
-    pairs: list[tuple[dict[str, Any], dict[str, Any]]] = []
+    by_id = {t.get("id"): t for t in tasks}
+    pairs: list[tuple[_Annotation, Mapping[str, Any]]] = []
     for a in good_annotations:
-        t = good_tasks[0] if len(good_tasks) == 1 else by_id.get(a.get("task"))
+        t = tasks[0] if len(tasks) == 1 else by_id.get(a.task)
         if t is None:
-            raise BadRequest(f"{action}: annotation {a.get('id')} is for task {a.get('task')}, which is not in `task`")
+            raise BadRequest(f"{action}: annotation {a.id} is for task {a.task}, which is not in `task`")
         pairs.append((a, t))
     return pairs
 
 
-def _stamp(annotation: Mapping[str, Any]) -> datetime | None:
+def _stamp(annotation: _Annotation) -> datetime | None:
     """The annotation's ``updated_at`` (else ``created_at``), ISO 8601 as Label Studio sends it; None when
     absent or unreadable (then never compared)."""
-    for key in ("updated_at", "created_at"):
-        value = annotation.get(key)
+    for value in (annotation.updated_at, annotation.created_at):
         if isinstance(value, str) and value:
             try:
                 stamp = datetime.fromisoformat(value.replace("Z", "+00:00"))
@@ -780,9 +921,9 @@ def _stamp(annotation: Mapping[str, Any]) -> datetime | None:
     return None
 
 
-def _choices_given(annotation: Mapping[str, Any], schema: Schema) -> bool:
+def _choices_given(annotation: _Annotation, schema: Schema) -> bool:
     """Whether the annotation has any choice in the schema's Choices (False: none, e.g. cleared)."""
-    for item in annotation.get("result", []):
+    for item in annotation.result:
         if isinstance(item, dict) and item.get("from_name") == schema.from_name:
             value = item.get("value")
             if isinstance(value, dict) and value.get("choices"):
@@ -790,16 +931,17 @@ def _choices_given(annotation: Mapping[str, Any], schema: Schema) -> bool:
     return False
 
 
-def _choice(annotation: Mapping[str, Any], schema: Schema) -> tuple[str | None, str]:
+def _choice(annotation: _Annotation, schema: Schema) -> tuple[str | None, str]:
     """The class an annotation gives through the schema's Choices, or (None, why not)."""
-    for item in annotation.get("result", []):
+    for item in annotation.result:
         if not isinstance(item, dict) or item.get("from_name") != schema.from_name:
             continue
         value = item.get("value")
-        choices = value.get("choices") if isinstance(value, dict) else None
-        if not isinstance(choices, list) or not all(isinstance(c, str) for c in choices):
-            raise BadRequest(f"annotation {annotation.get('id')}: result `{schema.from_name}` has no "
-                             "value.choices list")
+        try:
+            choices = _CHOICES.validate_python(value.get("choices") if isinstance(value, dict) else None)
+        except ValidationError:
+            raise BadRequest(f"annotation {annotation.id}: result `{schema.from_name}` has no "
+                             "value.choices list") from None
         if len(choices) == 1 and choices[0]:
             return choices[0], ""
         if len(choices) > 1:

@@ -38,7 +38,7 @@ def test_the_label_studio_memories_are_bounded_by_their_last_write(monkeypatch: 
     monkeypatch.setattr(labelstudio, "MAX_DELETED", 2)
     monkeypatch.setattr(labelstudio, "MAX_PROJECTS", 1)
     b = labelstudio.LabelStudioBackend(LabelStudioConfig())
-    t = datetime(2026, 1, 1, tzinfo=UTC)
+    t: datetime | None = datetime(2026, 1, 1, tzinfo=UTC)
     given = [(("1", str(n)), labelstudio._Given(f"s{n}", "cat", "ls:1"), t) for n in range(3)]
     b._remember_given(given[:2])
     assert b._given.peek(("1", "0")) is not None  # a read: "0" stays the oldest

@@ -32,6 +32,7 @@ from agent.web.labelstudio import (
     SELECTED_SPAN,
     UNMATCHED_SCORE,
     BadRequest,
+    LabelStudioBackend,
     SampleIndex,
     match_task,
     order_score,
@@ -869,3 +870,59 @@ def test_a_webhook_from_a_throttled_address_is_applied_at_its_first_send(agent: 
     wrong = [http.post("/labelstudio/webhook", json=created, headers=basic(f"hook-guess-{i:015d}")).status_code
              for i in range(5)]
     assert wrong == [429] * 5, wrong  # no more checks for this address until check_s has passed
+
+
+_XML = ('<View><Image name="image" value="$image"/><Choices name="choice" toName="image"><Choice value="cat"/>'
+        '</Choices></View>')
+_A = {"id": 1, "task": 5, "result": []}
+_T = {"id": 5, "data": {"image": "x"}}
+_P = {"id": 3, "label_config": _XML}
+_TASK_MISSING = ("without `task` (an object with its `data`): use Label Studio >= 1.4, whose annotation webhooks "
+                 "carry the task")
+_NO_CONFIG = ("no label config in the request, and none from a /setup of this project: send `label_config` (Label "
+              "Studio does), or connect the model again")
+
+
+@pytest.mark.parametrize(("payload", "says"), [
+    ({}, "not a Label Studio webhook event: no `action`"),
+    ({"action": 3}, "not a Label Studio webhook event: no `action`"),
+    ({"action": ""}, "not a Label Studio webhook event: no `action`"),
+    ({"action": "ANNOTATIONS_DELETED"}, 'ANNOTATIONS_DELETED without `annotations` (a list of {"id": ...})'),
+    ({"action": "ANNOTATION_DELETED", "annotations": "x"}, "ANNOTATION_DELETED without `annotations`"),
+    ({"action": "ANNOTATIONS_DELETED", "annotations": [{"x": 1}]}, "ANNOTATIONS_DELETED without `annotations`"),
+    ({"action": "ANNOTATIONS_DELETED", "annotations": [1]}, "ANNOTATIONS_DELETED without `annotations`"),
+    ({"action": "ANNOTATION_CREATED", "task": _T, "project": _P},
+     "ANNOTATION_CREATED without `annotation` (an object with a `result` list)"),
+    ({"action": "ANNOTATION_CREATED", "annotation": {"id": 1, "result": {}}, "task": _T, "project": _P},
+     "ANNOTATION_CREATED without `annotation`"),
+    ({"action": "ANNOTATION_UPDATED", "annotation": {"id": 1, "result": "ab"}, "task": _T, "project": _P},
+     "ANNOTATION_UPDATED without `annotation`"),
+    ({"action": "ANNOTATION_CREATED", "annotation": _A, "project": _P}, "ANNOTATION_CREATED " + _TASK_MISSING),
+    ({"action": "ANNOTATION_CREATED", "annotation": _A, "task": {"id": 5, "data": []}, "project": _P},
+     "ANNOTATION_CREATED " + _TASK_MISSING),
+    ({"action": "ANNOTATIONS_CREATED", "annotation": [_A, dict(_A, id=2, task=6)], "task": [_T, dict(_T, id=7)],
+      "project": _P}, "ANNOTATIONS_CREATED: annotation 2 is for task 6, which is not in `task`"),
+    ({"action": "ANNOTATIONS_CREATED", "annotation": [_A, 3], "task": [_T], "project": _P},
+     "ANNOTATIONS_CREATED without `annotation`"),
+    ({"action": "ANNOTATIONS_CREATED", "annotation": [_A], "task": [_T, None], "project": _P},
+     "ANNOTATIONS_CREATED " + _TASK_MISSING),
+    ({"action": "ANNOTATION_CREATED", "annotation": _A, "task": _T, "project": {"id": 4}}, _NO_CONFIG),
+    ({"action": "ANNOTATION_CREATED", "annotation": _A, "task": _T, "project": "4.123"}, _NO_CONFIG),
+])
+def test_a_malformed_webhook_body_is_refused_before_the_agent_is_asked(payload: dict[str, Any], says: str) -> None:
+    """Each malformed body (checked against the webhook's pydantic models) answers BadRequest (400 at the route)
+    with what to send, and calls the agent for nothing."""
+
+    class NoAgent:
+        def __getattr__(self, name: str) -> Any:
+            raise AssertionError(f"the agent was asked ({name})")
+
+    with pytest.raises(BadRequest) as e:
+        LabelStudioBackend(LabelStudioConfig()).webhook(NoAgent(), payload)  # type: ignore[arg-type]
+    assert says in str(e.value)
+
+
+def test_an_event_of_another_kind_is_answered_ignored_whatever_else_it_holds() -> None:
+    backend = LabelStudioBackend(LabelStudioConfig())
+    answer = backend.webhook(None, {"action": "PROJECT_UPDATED", "annotation": 5})  # type: ignore[arg-type]
+    assert answer == {"status": "ignored", "action": "PROJECT_UPDATED"}
