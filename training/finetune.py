@@ -176,6 +176,13 @@ def test_accuracy(enc: Encoder, data: TensorData, pre: Preprocess, rt: loop.Runt
     return correct / max(1, len(data))
 
 
+def _no_knn(queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``Pool.knn`` for ``recluster_prior``: the as3l prior reads no neighbours (it clusters the embeddings), so
+    none is built; a method that asked would fail here rather than run a dense QxN product and a full sort."""
+    raise RuntimeError(f"recluster_prior: the as3l prior asked for {k} neighbours of {len(queries)} rows; build a "
+                       "kNN index (agent.index) for the pool before using a method that needs one")
+
+
 def recluster_prior(enc: Encoder, data: TensorData, lab: torch.Tensor, unl: torch.Tensor, pre: Preprocess,
                     rt: loop.Runtime, seed: int) -> torch.Tensor:
     """AS3L's prior update (Sec. 3.4: "update y_prior by re-clustering on semi-supervised features"): the
@@ -189,13 +196,8 @@ def recluster_prior(enc: Encoder, data: TensorData, lab: torch.Tensor, unl: torc
     enc.train(was)
     feats /= np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
 
-    def knn(q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:  # exact, for methods that ask
-        sim = q @ feats.T
-        idx = np.argsort(-sim, axis=1)[:, :k]
-        return idx.astype(np.int64), (1.0 - np.take_along_axis(sim, idx, axis=1)).astype(np.float32)
-
     pool = Pool(embeddings=feats, labeled=lab.numpy().astype(np.int64), labels=data.labels[lab].numpy(),
-                classes=list(data.classes), candidates=unl.numpy().astype(np.int64), knn=knn)
+                classes=list(data.classes), candidates=unl.numpy().astype(np.int64), knn=_no_knn)
     # The paper's y_prior (normalised votes), not the agent's calibrated default.
     priors = get_prior_method("as3l")(pool, pool.candidates, np.random.default_rng(seed), {"calibrate": "false"})
     return torch.from_numpy(np.asarray(priors.probs, np.float32))
