@@ -74,6 +74,7 @@ from agent.state import (
     AGENT_SOURCES,
     INDEX_STALE_KEY,
     MANUAL_SOURCE,
+    RENAME_SOURCE,
     RESTORE_SOURCE,
     LabelEvent,
     SampleRecord,
@@ -845,9 +846,10 @@ class Agent:
             raise InvalidArgument(problem)
 
     def _given_by_another(self, rec: SampleRecord, annotator: str) -> str | None:
-        """Who gave ``rec``'s latest label row ("" when none), unless it was ``annotator`` (then None)."""
-        last = self.state.last_label_by(rec.seq)
-        by = last[0] if last is not None else ""
+        """Who gave ``rec``'s current label ("" when none; not who renamed its class: ``State.label_giver``),
+        unless it was ``annotator`` (then None)."""
+        giver = self.state.label_giver(rec.seq)
+        by = giver[0] if giver is not None else ""
         return None if by == stored_annotator(annotator) else by
 
     def _own_retraction(self, rec: SampleRecord, annotator: str) -> str:
@@ -867,30 +869,36 @@ class Agent:
     def _changed_meanwhile(self, rec: SampleRecord, current: int, expected: str | None,
                            annotator: str = "") -> Rejected | None:
         """The rejection of a conditional write on ``rec`` whose current label (class index, -1 = none) is not
-        the ``expected`` one (None: no condition): the reason, and ``now`` = (that label, who gave it). When the
-        request's own ``annotator`` gave it (e.g. a resend of a request that was applied, its reply lost), the
-        reason says so instead of blaming a change "meanwhile"."""
+        the ``expected`` one (None: no condition): the reason, and ``now`` = (that label, who gave it: after a
+        class rename, who gave the label the rename moved, as ListLabels names it; for an unlabelled sample, who
+        took its label back). When the request's own ``annotator`` gave it (e.g. a resend of a request that was
+        applied, its reply lost), the reason says so instead of blaming a change "meanwhile"."""
         now = self.state.class_name(current) if current >= 0 else ""
         if expected is None or now == expected:
             return None
         history = self.state.label_history(rec.seq)
-        by = history[-1][1] if history else ""
+        giver = self.state.label_giver(rec.seq)
+        by = giver[0] if giver is not None else ""
+        last = self.state.last_label_by(rec.seq)
+        renamer = last[0] if now and last is not None and last[1] == RENAME_SOURCE else None  # the latest change
         conflict = agent_pb2.REJECTION_CODE_CONFLICT  # every rejection below
         was = f"expected {quoted(expected)}" if expected else "expected unlabelled"
         me = stored_annotator(annotator)
         if (now and len(history) >= 2 and not history[-2][0] and history[-2][1] == me
-                and self.state.last_label_by(rec.seq) == (by, RESTORE_SOURCE)):
+                and last == (by, RESTORE_SOURCE)):
             # this annotator's undo (restore_previous) put the label back: a resend of it, not a change meanwhile
             return Rejected(rec.id, conflict, f"labelled {quoted(now)} again ({annotator_name(by)}'s label, put back "
                                               f"by an undo of this request's annotator, {annotator_name(me)}) already "
                                               f"({was}): not changed; if this resends a request that was applied, "
                                               "nothing is left to do, else look again", (now, by))
-        if history and by == me:
+        if history and by == me and renamer is None:
             now_is = f"labelled {quoted(now)}" if now else "unlabelled (its label taken back)"
             return Rejected(rec.id, conflict, f"{now_is} by this request's annotator ({annotator_name(by)}) already "
                                               f"({was}): not changed; if this resends a request that was applied, "
                                               "nothing is left to do, else look again", (now, by))
         who = f" by {annotator_name(by)}" if by else ""
+        if renamer is not None:  # the label is the giver's, under the name a rename gave its class
+            who += f", its class renamed by {annotator_name(renamer)}"
         now_is = f"labelled {quoted(now)}{who}" if now else f"unlabelled (its label taken back{who})" if history \
             else "unlabelled"
         return Rejected(rec.id, conflict, f"{now_is} meanwhile ({was}): not changed; look again and resend",

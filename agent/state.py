@@ -1071,6 +1071,23 @@ class State:
                                    (seq,)).fetchone()
         return None if row is None else (str(row[0]), str(row[1]))
 
+    def label_giver(self, seq: int) -> tuple[str, str] | None:
+        """(annotator, source) of who gave sample ``seq``'s current label, or took it back (its latest label row),
+        or None when it has none. A label a class rename moved is named by the row it moved, as ``label_givers``
+        (ListLabels, ListSamples' Sample.annotator) names it: a rename moves a label, it gives none (its own
+        row, which ``last_label_by`` returns, names the renamer)."""
+        with self._lock:
+            row = self._db.execute("SELECT n, class, annotator, source FROM labels WHERE seq=? ORDER BY n DESC "
+                                   "LIMIT 1", (seq,)).fetchone()
+            if row is None:
+                return None
+            n, cls, annotator, source = row
+            if source == RENAME_SOURCE and cls != RETRACTED:
+                moved = self._moved_label_rows([seq], int(n)).get(seq)
+                if moved is not None:
+                    annotator, _, source, _ = moved
+        return str(annotator), str(source)
+
     def label_events(self, history: bool = False, chunk: int = 4096, after: int = 0,
                      limit: int = 0) -> Iterator[LabelEvent]:
         """Every label and retraction stored when the call started (or, without ``history``, each labelled

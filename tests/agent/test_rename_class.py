@@ -399,3 +399,33 @@ def test_a_labels_csv_with_source_rename_is_stored_with_the_given_source(tmp_pat
         assert _history(agent, "s7") == [("fox", "alice", "import")]
     finally:
         agent.stop()
+
+
+def test_after_a_rename_a_refused_conditional_write_names_who_gave_the_label(tmp_path: Path) -> None:
+    """A rename moves a label, it does not give it: a conditional SubmitLabels / RetractLabels refused after one
+    names the label's giver in ``Rejection.now`` (as ListLabels and ListSamples' Sample.annotator do), not the
+    renamer; so do an Agreement's ``now`` and an Overwritten's annotator."""
+    agent = _labelled(tmp_path)  # s0, s3: "deer" by alice
+    try:
+        _rename(agent, "deer", "roe_deer")
+        reply = agent.stub.SubmitLabels(agent_pb2.SubmitLabelsRequest(labels=[
+            agent_pb2.LabelAssignment(id="s0", label="fox", if_current="")], annotator="bob"))
+        assert reply.accepted == 0 and [(r.id, r.now.label, r.now.annotator) for r in reply.rejected] == [
+            ("s0", "roe_deer", "alice")]
+        assert "by alice" in reply.rejected[0].reason
+        retract = agent.stub.RetractLabels(agent_pb2.RetractLabelsRequest(ids=["s0"], if_current={"s0": "fox"},
+                                                                         annotator="bob"))
+        assert [(r.now.label, r.now.annotator) for r in retract.rejected] == [("roe_deer", "alice")]
+        # alice's own label, renamed: her conditional write on the old name is a conflict, not her resend
+        mine = agent.stub.SubmitLabels(agent_pb2.SubmitLabelsRequest(labels=[
+            agent_pb2.LabelAssignment(id="s0", label="fox", if_current="deer")], annotator="alice"))
+        assert (mine.rejected[0].now.label, mine.rejected[0].now.annotator) == ("roe_deer", "alice")
+        assert "renamed" in mine.rejected[0].reason and "already" not in mine.rejected[0].reason
+        agreed = agent.stub.SubmitLabels(agent_pb2.SubmitLabelsRequest(labels=[
+            agent_pb2.LabelAssignment(id="s0", label="roe_deer", if_current="")], annotator="bob"))
+        assert [(a.id, a.now.label, a.now.annotator) for a in agreed.agreed] == [("s0", "roe_deer", "alice")]
+        over = agent.stub.SubmitLabels(agent_pb2.SubmitLabelsRequest(labels=[
+            agent_pb2.LabelAssignment(id="s3", label="fox")], annotator="bob"))
+        assert [(o.id, o.annotator) for o in over.overwritten] == [("s3", "alice")]
+    finally:
+        agent.stop()
