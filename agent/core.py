@@ -157,6 +157,22 @@ class SelectResult:
     details: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class StrategyRun:
+    """What one Select asks of its strategy, as ``Agent._run_strategy``, ``_run_capped`` and ``_strategy_round``
+    take it: ``strategy`` (its name, as asked), its registry entry ``fn``, the request's ``params``, ``budget``
+    (the most picks a run may return), ``seed``, and the per-group cap: at most ``max_per_group`` picks per value
+    of the metadata key ``group_by`` (0 and "": no cap)."""
+
+    strategy: str
+    fn: StrategyEntry
+    params: Mapping[str, str]
+    budget: int
+    seed: int
+    group_by: str = ""
+    max_per_group: int = 0
+
+
 @dataclass
 class PriorResult:
     id: str
@@ -1328,10 +1344,11 @@ class Agent:
             details[NOTHING_SELECTED] = self._why_nothing(where, left_out, behind if serving is not None else 0,
                                                           len(seqs))
         elif max_per_group:
-            chosen, details = self._run_capped(strategy, fn, pool, seqs, take, seed, params, token, group_by,
-                                               max_per_group)
+            chosen, details = self._run_capped(StrategyRun(strategy, fn, params, budget, seed, group_by,
+                                                           max_per_group), pool, seqs, take, token)
         else:
-            chosen, details = self._run_strategy(strategy, fn, pool, seqs, take, budget, seed, params, token)
+            chosen, details = self._run_strategy(StrategyRun(strategy, fn, params, budget, seed), pool, seqs, take,
+                                                 token)
         if cached is None and left_out:
             details[SAME_PAYLOAD_LEFT_OUT] = (
                 f"{left_out} unlabelled sample{'s' if left_out != 1 else ''} left out of the candidates: the exact "
@@ -1435,17 +1452,16 @@ class Agent:
                                   "the pool): drop max_per_group")
         return fn
 
-    def _run_strategy(self, strategy: str, fn: StrategyEntry, pool: Pool, seqs: np.ndarray, take: int,
-                      budget: int, seed: int, params: Mapping[str, str],
+    def _run_strategy(self, run: StrategyRun, pool: Pool, seqs: np.ndarray, take: int,
                       token: cancel.CancelToken | None) -> tuple[list[tuple[str, float]], dict[str, str]]:
-        """Run ``fn`` (the strategy called ``strategy``) for ``take`` (>= 1) samples of ``pool`` (``seqs``: its
-        rows' state seqs) in an admission slot of its lane (Busy, or the token's exception, from there): the
-        chosen (sample id, score) pairs and the strategy's details. RuntimeError when it returns rows that
-        are not distinct candidates, at most ``budget``."""
+        """Run ``run``'s strategy for ``take`` (>= 1) samples of ``pool`` (``seqs``: its rows' state seqs) in an
+        admission slot of its lane (Busy, or the token's exception, from there): the chosen (sample id, score)
+        pairs and the strategy's details. EntryBug when it returns rows that are not distinct candidates, at
+        most ``run.budget``."""
         token = token or cancel.CancelToken()
         # Seeded by the seed and the labelled set: a loop that keeps its seed still draws afresh each round.
-        rng = state_rng(seed, self.labelled_ids())
-        rows, scores, details = self._strategy_round(strategy, fn, pool, take, budget, rng, params, token)
+        rng = state_rng(run.seed, self.labelled_ids())
+        rows, scores, details = self._strategy_round(run, pool, take, rng, token)
         return self._chosen(seqs, rows, scores), details
 
     def _chosen(self, seqs: np.ndarray, rows: Sequence[int] | np.ndarray,
@@ -1455,12 +1471,12 @@ class Agent:
         recs = ((self.state.lookup_seq(int(seqs[r])), float(s)) for r, s in zip(rows, scores, strict=True))
         return [(rec.id, s) for rec, s in recs if rec is not None]
 
-    def _strategy_round(self, strategy: str, fn: StrategyEntry, pool: Pool, take: int, budget: int,
-                        rng: np.random.Generator, params: Mapping[str, str],
+    def _strategy_round(self, run: StrategyRun, pool: Pool, take: int, rng: np.random.Generator,
                         token: cancel.CancelToken) -> tuple[np.ndarray, np.ndarray, dict[str, str]]:
-        """One run of ``fn`` for ``take`` picks of ``pool``'s candidates, in an admission slot of its own (its
-        size and prior as any Select's): its rows, scores and details, checked (EntryBug, INTERNAL naming the
-        strategy: not distinct candidates, more than ``budget``, or not one score per row)."""
+        """One run of ``run``'s strategy for ``take`` picks of ``pool``'s candidates, in an admission slot of its
+        own (its size and prior as any Select's): its rows, scores and details, checked (EntryBug, INTERNAL
+        naming the strategy: not distinct candidates, more than ``run.budget``, or not one score per row)."""
+        strategy, fn, params, budget = run.strategy, run.fn, run.params, run.budget
         lane = self.light_work if fn.is_light(take) else self.work
         work = (len(pool.embeddings), len(pool.labeled), take)
         sel = lane.run(token, lambda: fn(pool, take, rng, dict(params)), f"Select {quoted(strategy)}",
@@ -1474,10 +1490,10 @@ class Agent:
                                                  "with one score each")
         return rows, scores, dict(sel.details)
 
-    def _run_capped(self, strategy: str, fn: StrategyEntry, pool: Pool, seqs: np.ndarray, take: int, seed: int,
-                    params: Mapping[str, str], token: cancel.CancelToken | None, group_by: str,
-                    cap: int) -> tuple[list[tuple[str, float]], dict[str, str]]:
-        """``_run_strategy`` with at most ``cap`` picks per value of the metadata key ``group_by``, for any
+    def _run_capped(self, run: StrategyRun, pool: Pool, seqs: np.ndarray, take: int,
+                    token: cancel.CancelToken | None) -> tuple[list[tuple[str, float]], dict[str, str]]:
+        """``_run_strategy`` with at most ``cap`` (``run.max_per_group``) picks per value of the metadata key
+        ``group_by`` (``run.group_by``), for any
         strategy: run it, keep its picks in its order while their group has room, and while short of ``take``
         run it again (at most MAX_GROUP_ROUNDS rounds, each admitted on its own: a round costs what a Select
         of that size does, and admission sees each) on the candidates left less the picks taken and the
@@ -1487,7 +1503,8 @@ class Agent:
         request on the same state gives the same answer. The details: the first round's (the strategy's own)
         with GROUP_ROUNDS, GROUP_SET_ASIDE and, when short of ``take``, GROUP_NOT_FILLED."""
         token = token or cancel.CancelToken()
-        rng = state_rng(seed, self.labelled_ids())
+        group_by, cap = run.group_by, run.max_per_group
+        rng = state_rng(run.seed, self.labelled_ids())
         cands = pool.candidates
         # Each candidate's group as an int: the index of its value, or a fresh one when it has no such key.
         values: dict[str, int] = {}
@@ -1510,8 +1527,8 @@ class Agent:
         while len(rows) < take and len(left) and rounds < MAX_GROUP_ROUNDS:
             rounds += 1
             need = min(take - len(rows), len(left))
-            got, got_scores, said = self._strategy_round(strategy, fn, replace(pool, candidates=left), need, need,
-                                                         rng, params, token)
+            got, got_scores, said = self._strategy_round(replace(run, budget=need), replace(pool, candidates=left),
+                                                         need, rng, token)
             if rounds == 1:
                 details = said
             for r, s in zip(got.tolist(), got_scores.tolist(), strict=True):
