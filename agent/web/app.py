@@ -16,11 +16,14 @@ from __future__ import annotations
 import importlib
 import threading
 from collections.abc import Callable
+from typing import cast
 
 import grpc
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from agent.web import errors
@@ -90,6 +93,16 @@ def create_app(config: WebConfig, client_factory: Callable[[], grpc.Channel]) ->
     app.state.nav = [(label, path) for _, label, path in sorted(nav)]
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
     errors.install(app)
+
+    @app.exception_handler(404)
+    async def _not_found(request: Request, e: Exception) -> Response:
+        """An address with no page (/nope): the app's error page (lang, title, a way back) for a browser, not
+        FastAPI's bare JSON; an API client (errors.wants_json) keeps FastAPI's answer."""
+        if errors.wants_json(request) or not isinstance(e, StarletteHTTPException):
+            return await http_exception_handler(request, cast(StarletteHTTPException, e))
+        detail = e.detail if e.detail and e.detail != "Not Found" else ""
+        return errors.error_response(request, 404, "NOT_FOUND", detail or (
+            f"There is no page at {request.url.path}: open a page from the menu, or check the address."))
     app.add_middleware(BodyPaceGuard)  # agent/web/guards.py: no bodies sent a byte now and then
     app.add_middleware(TokenFirstGuard)  # agent/web/auth.py: no body read before the agent knows the token
     app.add_middleware(OriginGuard)  # no cross-site POSTs (checked before the token)

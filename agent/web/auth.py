@@ -563,12 +563,12 @@ def login(request: Request, name: str = Form(""), token: str = Form(""), next: s
     name = " ".join(name.split())
     if len(name) > MAX_NAME_CHARS:  # refused, not cut: labels are recorded under the name as given
         return render(request, "login.html", {
-            "next": _safe_next(next), "name": name,
+            "next": _safe_next(next), "name": name, "error_field": "name",
             "error": f"Your name has {len(name)} characters; names may have at most {MAX_NAME_CHARS}. Shorten it "
                      "and sign in again (labels are recorded under this name)."}, status_code=400)
     if (problem := name_problem(name, "your name")) is not None:  # the agent refuses it as an annotator
-        return render(request, "login.html", {"next": _safe_next(next), "name": "", "error": for_people(problem)},
-                      status_code=400)
+        return render(request, "login.html", {"next": _safe_next(next), "name": "", "error": for_people(problem),
+                                              "error_field": "name"}, status_code=400)
     token = token.strip() or config.default_token
     address = client_address(request)
     throttle: SignInThrottle = request.app.state.sign_in_throttle

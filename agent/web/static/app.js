@@ -183,6 +183,30 @@ const Shortlist = (() => {
       nav.scrollLeft += here.getBoundingClientRect().left - nav.getBoundingClientRect().left - 24;
     }
   });
+  // A control reached with Tab is shown whole (WCAG 2.4.11), after the browser's own scroll into view (next
+  // frame), which does not know what covers it: in the top bar's sideways-scrolling row of links (a phone), a
+  // link half under the brand is scrolled into the row; on a page with the fixed Classes bar at the bottom (a
+  // narrow window, 200% zoom), a control under the bar is scrolled up above it.
+  document.addEventListener("focusin", (ev) => {
+    const t = ev.target;
+    if (!(t instanceof Element)) return;
+    requestAnimationFrame(() => {
+      if (document.activeElement !== t) return;
+      const r = t.getBoundingClientRect();
+      const nav = t.closest(".nav");
+      if (nav) {
+        const n = nav.getBoundingClientRect(), fade = 20;  // the row's fade on its right (app.css)
+        if (r.left < n.left) nav.scrollLeft -= n.left - r.left + 4;
+        else if (r.right > n.right - fade) nav.scrollLeft += r.right - (n.right - fade) + 4;
+        return;
+      }
+      const bar = document.getElementById("class-panel");
+      if (!bar || bar.contains(t) || getComputedStyle(bar).position !== "fixed") return;
+      const top = bar.getBoundingClientRect().top;
+      // not a control taller than the room above the bar (the grid, which brings its own tile into view)
+      if (r.bottom > top - 4 && r.height < top - 60) window.scrollBy(0, r.bottom - top + 12);
+    });
+  });
   // The URL of sample `id`'s thumbnail or image (`kind`: "thumb" or "image"), as agent/web/images.py
   // image_url builds it: the whole id percent-encoded as one path segment (a "/" inside it too), else the
   // browser resolves "." and ".." segments and "ward7/../img000.png" would fetch img000.png's image; an id

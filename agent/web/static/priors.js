@@ -55,6 +55,7 @@
       render(d); notice(null);
     } catch (e) {
       grid.innerHTML = `<p class="error">${esc(e.message)}</p>`;
+      $("priors-status").textContent = e.message;
       $("pager").hidden = true; $("bulkbar").hidden = true;
     } finally {
       grid.removeAttribute("aria-busy");
@@ -113,6 +114,11 @@
     $("next-page").disabled = !hasNext(d);
     $("bulkbar").hidden = !d.items.length;
     $("page-info").textContent = d.items.length ? `${d.offset + 1}–${d.offset + d.items.length} of ${d.total.toLocaleString()}` : "none";
+    // the summary a screen reader hears (#priors-status, a polite live region; the grid is not one)
+    const cls = state.label ? `class ${state.label}` : "all classes";
+    $("priors-status").textContent = d.items.length
+      ? `page ${d.page} of ${d.pages}, ${d.items.length} image${d.items.length === 1 ? "" : "s"}, ${cls}`
+      : `no image with a prior in this range, ${cls}`;
   }
 
   // The grid lists unlabelled samples with a prior in range: a tile labelled here (or by someone else meanwhile)
@@ -135,7 +141,24 @@
     });
   }
 
+  // The keyboard's focus on a control of a tile being saved (its Accept or Save, about to be disabled) moves
+  // on first, to the next open tile's Accept (else to the tile itself): a disabled button drops the focus to
+  // the page's body, where a screen reader loses its place and the page-wide keys A and ← → would act.
+  function focusOn(tiles) {
+    const a = document.activeElement;
+    if (!a || !tiles.some((t) => t.contains(a))) return;
+    const all = [...grid.querySelectorAll(".tile")];
+    const from = all.indexOf(tiles[tiles.length - 1]);
+    const open = (t) => !tiles.includes(t) && !t.classList.contains("done") && !t.classList.contains("pending");
+    const next = [...all.slice(from + 1), ...all.slice(0, Math.max(0, from))].find(open);
+    const accept = next && next.querySelector("button[data-act=accept]:not(:disabled)");
+    if (accept) { accept.focus(); return; }
+    const tile = tiles[tiles.length - 1];
+    tile.tabIndex = -1;
+    tile.focus();
+  }
   function submit(labels, tiles, bulk = false) {
+    focusOn(tiles);
     tiles.forEach((t) => {
       t.classList.add("pending");
       t.querySelectorAll(".actions button, .actions select").forEach((el) => { el.disabled = true; });
@@ -331,11 +354,39 @@
   form.addEventListener("submit", (ev) => {
     ev.preventDefault();
     const min = Number($("min").value), max = Number($("max").value);
-    if (!(min >= 0 && max <= 100 && min <= max)) { Shortlist.toast("confidence: 0 ≤ from ≤ to ≤ 100", true); return; }
+    // a range that is not one: said by #range-error (role=alert), tied to the fields that are wrong
+    const badMin = !(min >= 0 && min <= 100) || (min > max), badMax = !(max >= 0 && max <= 100) || (min > max);
+    for (const [id, bad] of [["min", badMin], ["max", badMax]]) {
+      if (bad) { $(id).setAttribute("aria-invalid", "true"); $(id).setAttribute("aria-describedby", "range-error"); }
+      else { $(id).removeAttribute("aria-invalid"); $(id).removeAttribute("aria-describedby"); }
+    }
+    $("range-error").hidden = !(badMin || badMax);
+    if (badMin || badMax) {
+      $("range-error").textContent = "confidence: 0 ≤ from ≤ to ≤ 100";
+      return;
+    }
+    $("range-error").textContent = "";
     Object.assign(state, { method: $("method").value, label: $("label").value, min, max, sort: $("sort").value, page: 1 });
     state.data = null; load();
   });
-  $("method").addEventListener("change", () => form.requestSubmit());
+  // A method is loaded once chosen: picked with the pointer, or with the keyboard once committed (Enter, or the
+  // focus leaving the box). A closed box's arrow keys change its value and fire "change" in Chrome: a look
+  // through the methods must not load each one (as the correction box, which waits for Save).
+  let methodKeyed = false;
+  const methodSel = $("method");
+  methodSel.addEventListener("pointerdown", () => { methodKeyed = false; });
+  methodSel.addEventListener("keydown", (ev) => {
+    if (ev.key === "Enter") {
+      ev.preventDefault();
+      methodKeyed = false;
+      if (methodSel.value !== state.method) form.requestSubmit();
+    } else if (ev.key !== "Tab" && ev.key !== "Shift") methodKeyed = true;
+  });
+  methodSel.addEventListener("change", () => { if (!methodKeyed) form.requestSubmit(); });
+  methodSel.addEventListener("blur", () => {
+    if (methodKeyed && methodSel.value !== state.method) form.requestSubmit();
+    methodKeyed = false;
+  });
   // Recompute (also the notice's button): after the saves under way, so no tile being saved is redrawn
   async function recompute() {
     $("refresh").disabled = true;

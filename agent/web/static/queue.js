@@ -274,7 +274,7 @@
     const again = how === "key" ? "press the key again" : how === "touch" ? "tap the button again"
       : how === "mouse" || how === "pen" ? "click the button again" : "press the button again";
     const text = `${shortId(tile)} was off screen: it is shown now; ${again} to act on it`;
-    Shortlist.toast(text);
+    Shortlist.toast(text, false, true);  // said once, by #announce (the toast is a live region too)
     announce(text);
     return false;
   }
@@ -290,15 +290,24 @@
     return n < 0 ? tiles.length : n;
   }
   function badge(tile) { return tile.querySelector("[data-role=badge]"); }
+  // The tile's state as shown ("circle", "circle … waiting", "not saved", "" for open) and, with it, its
+  // accessible name: what the tile shows (number, file name), then the state, so a screen reader (and the
+  // Classes panel, which copies the name) hears every state the eye sees (queue.html builds the first one).
+  function setBadge(tile, text) {
+    badge(tile).textContent = text;
+    const short = shortId(tile), num = tile.querySelector(".num").textContent;
+    tile.setAttribute("aria-label", `${num} ${short}: ${text || "not labelled"}` +
+      (short !== tile.dataset.id ? ` (${tile.dataset.id})` : ""));
+    if (tile === tiles[focus]) showTarget();
+  }
   function show(tile) {
     const label = tile.dataset.label, mark = tile.dataset.mark;
     tile.classList.toggle("labelled", !!label);
     tile.classList.remove("mark-skip", "mark-unsure");
     if (!label && mark) tile.classList.add("mark-" + mark);
     const state = label || (mark === "skip" ? "skipped" : mark === "unsure" ? "not sure" : "");
-    badge(tile).textContent = state;
+    setBadge(tile, state);
     badge(tile).classList.remove("sending");
-    tile.setAttribute("aria-label", `${tile.dataset.id}: ${state || "not labelled"}`);
     if (tile === tiles[focus]) showTarget();
     updateCount();
   }
@@ -389,7 +398,7 @@
   async function sendLabel(tile, label, ifCurrent, what = "your label was not saved", speak = true) {
     tile.classList.remove("failed", "changed");
     tile.classList.add("pending");
-    badge(tile).textContent = label + " …";
+    setBadge(tile, label + " …");
     let res, waited = false;
     try {
       // the agent away (restarting): said once, then sent again until it answers, in its turn (inTurn)
@@ -410,7 +419,7 @@
       if (r.changed) { changedMeanwhile(tile, r, what); return false; }
       tile.classList.remove("pending");
       tile.classList.add("failed");
-      badge(tile).textContent = "not saved";
+      setBadge(tile, "not saved");
       Shortlist.toast(`${shortId(tile)}: ${r.reason}`, true);
       return false;
     }
@@ -421,8 +430,10 @@
     tile.dataset.saved = "1";
     show(tile);
     ownLabelShown(tile);
-    if (speak) announce(`${shortId(tile)} labelled ${label}`);
-    if (waited) Shortlist.toast(`the agent answers again: ${shortId(tile)} labelled ${label}`);
+    // one notice, said once: after a wait, the toast's words, spoken by #announce (the toast silent)
+    const again = `the agent answers again: ${shortId(tile)} labelled ${label}`;
+    if (speak) announce(waited ? again : `${shortId(tile)} labelled ${label}`);
+    if (waited) Shortlist.toast(again, false, speak);
     // the same image (byte for byte) under another id carries another label: stored, but worth a look
     const twin = (res.twin_conflicts || []).find((t) => t.id === tile.dataset.id);
     if (twin) Shortlist.toast(`${shortId(tile)}: saved as ${label}, but ${twin.twin_id} (the same image) is labelled ${twin.twin_label}`, true);
@@ -438,11 +449,11 @@
   // The agent cannot be reached (restarting, or the connection is down): the tile says it waits, and a notice
   // says what happens (the request is sent again once the agent answers; nothing to do but wait).
   function away(tile, text, what) {
-    if (text) badge(tile).textContent = text;
+    if (text) setBadge(tile, text);
     // storage full or off: a reload loses what waits, so the notice of the wait says it every time
     const said = `${shortId(tile)}: the agent is not reachable; ${what} as soon as it answers` + (storageBroken
       ? " — keep this page open: this browser tab cannot keep it over a reload (storage full or off)" : "");
-    Shortlist.toast(said, true);
+    Shortlist.toast(said, true, true);  // said once, by #announce
     announce(said);
   }
   // Undo: the agent takes the label back (RetractLabels) only if it is still `given` (the label this page
@@ -451,7 +462,7 @@
   async function sendRetract(tile, given, before = "") {
     tile.classList.remove("failed", "changed");
     tile.classList.add("pending");
-    badge(tile).textContent = "undo …";
+    setBadge(tile, "undo …");
     let res;
     try {
       res = await Shortlist.patiently(
@@ -470,7 +481,7 @@
       if (r.changed) { changedMeanwhile(tile, r, "your undo was not applied"); return false; }
       tile.classList.remove("pending");
       tile.classList.add("failed");
-      badge(tile).textContent = "not undone";
+      setBadge(tile, "not undone");
       Shortlist.toast(`${shortId(tile)}: ${r.reason}`, true);
       return false;
     }
@@ -486,7 +497,7 @@
     // a skip or not sure shows while on its way, as a label's "cat …" does (presentation only: show() below or
     // in the catch redraws the tile from its data); a mark taken off (mark "") shows the tile as it is
     const what = mark === "skip" ? "skip" : "not sure";
-    if (mark) { badge(tile).textContent = `${what} …`; badge(tile).classList.add("sending"); }
+    if (mark) { setBadge(tile, `${what} …`); badge(tile).classList.add("sending"); }
     try {
       await Shortlist.patiently(() => Shortlist.api("POST", "/api/queue/mark", { id: tile.dataset.id, mark }),
         () => away(tile, mark ? `${what} … waiting` : null, mark ? `your ${mark === "skip" ? "skip" : "not sure mark"} is sent again` : "sent again"));
@@ -753,7 +764,12 @@
     if (ev.key === "]") { const a = document.getElementById("next-page"); if (a) a.click(); return; }
     if (ev.key === "[") { const a = document.getElementById("prev-page"); if (a) a.click(); return; }
     const name = keyOf[ev.key.toLowerCase()];
-    if (name !== undefined && ev.key.length === 1) { ev.preventDefault(); if (visibleOrShown()) label(name); }
+    if (name !== undefined && ev.key.length === 1) { ev.preventDefault(); if (visibleOrShown()) label(name); return; }
+    // a class key with no class behind it (3 with two classes): said, not ignored in silence
+    if (/^[0-9a-z]$/i.test(ev.key)) {
+      ev.preventDefault();
+      Shortlist.toast(`no class on key ${ev.key.toLowerCase()}` + (newInput ? ": press + to type a new class" : ""));
+    }
   });
   let replacedSaid = false;
   // The banner at the top: the queue was replaced, with a link to the new one.
