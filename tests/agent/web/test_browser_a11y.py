@@ -184,3 +184,74 @@ def test_landmarks_and_scrolling_panels_have_names(web_agent: WebAgent) -> None:
     assert 'id="annotators-h"' in progress
     queue = c.get("/queue").text
     assert re.search(r'<input name="name" id="new-class-input"[^>]*aria-label="new class"', queue)
+
+
+# what covers the centre of the focused control (null: nothing, the control itself is on top; "out": off screen)
+# (the Queue's grid is left out: taller than the window, it brings its focused tile into view itself)
+COVERED = """() => { const e = document.activeElement; if (!e || e === document.body || e.id === 'grid') return null;
+  const r = e.getBoundingClientRect(), x = r.x + r.width / 2, y = r.y + r.height / 2;
+  if (x < 0 || y < 0 || x >= innerWidth || y >= innerHeight) return 'out ' + (e.textContent || e.name || e.id);
+  const top = document.elementFromPoint(x, y);
+  return top && (top === e || e.contains(top) || top.contains(e)) ? null
+    : `${(e.textContent || e.name || e.id).trim().slice(0, 30)} under ${top ? top.className || top.tagName : '?'}`; }"""
+
+
+def covered_on_tab(page: Any, presses: int) -> list[str]:
+    """What the Tab key reached that was covered (by the fixed Classes bar, the top bar's brand) or off screen."""
+    found = []
+    for _ in range(presses):
+        page.keyboard.press("Tab")
+        page.wait_for_timeout(40)  # the page's own scroll (next frame) after the browser's
+        if (hit := page.evaluate(COVERED)) is not None:
+            found.append(str(hit))
+    return found
+
+
+@browser
+def test_tab_never_lands_under_the_class_bar(live_web: WebAgent, browser: Any) -> None:
+    """At 200% zoom (640x400 CSS px) the Queue's fixed Classes bar covers no control reached with Tab (Ask the
+    agent, the metadata and How many fields were under it)."""
+    context = browser.new_context(viewport={"width": 640, "height": 400})
+    try:
+        page = context.new_page()
+        page.set_default_timeout(15_000)
+        open_queue(live_web, page, "ana")
+        page.locator("#grid").focus()
+        assert covered_on_tab(page, 30) == []
+    finally:
+        context.close()
+
+
+@browser
+def test_a_top_bar_link_reached_with_tab_is_shown_whole_on_a_phone(live_web: WebAgent, browser: Any) -> None:
+    """On a 390 px phone a top-bar link reached with Tab is not half under the brand (docs/app.md)."""
+    context = browser.new_context(viewport={"width": 390, "height": 844}, has_touch=True, is_mobile=True)
+    try:
+        page = context.new_page()
+        page.set_default_timeout(15_000)
+        page.context.add_cookies([{"name": "shortlist_user", "value": "ana", "url": live_web.url}])
+        for path in ("/progress", "/map"):
+            page.goto(live_web.url + path)
+            page.wait_for_load_state("networkidle")
+            for _ in range(5):
+                page.keyboard.press("Tab")
+                page.wait_for_timeout(40)  # app.js scrolls the row on the next frame
+                # a link of the row: its left edge right of the brand's (the row scrolled it in, not under it)
+                hidden = page.evaluate("""() => { const e = document.activeElement;
+                  if (!e.closest('.nav')) return null;
+                  const left = e.getBoundingClientRect().left;
+                  return left < document.querySelector('.brand').getBoundingClientRect().right
+                    ? `${e.textContent} at x=${Math.round(left)}` : null; }""")
+                assert hidden is None, (path, hidden)
+    finally:
+        context.close()
+
+
+@browser
+def test_a_key_with_no_class_says_so(live_web: WebAgent, page: Any) -> None:
+    """Key 3 with two classes (circle, square): a notice, not silence; nothing is labelled."""
+    open_queue(live_web, page, "ana")
+    before = live_web.labels()
+    page.keyboard.press("3")
+    page.wait_for_function("() => document.getElementById('toast').textContent.startsWith('no class on key 3')")
+    assert live_web.labels() == before

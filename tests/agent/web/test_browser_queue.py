@@ -135,7 +135,7 @@ def test_filter_and_labels_from_elsewhere_show_up(live_web_fast: WebAgent, page:
 
 def test_the_queue_speaks_to_screen_readers(live_web: WebAgent, page: Any) -> None:
     """The grid is a listbox whose active descendant is the tile in focus; each tile's accessible name says
-    its id and label, kept up to date; a label given or taken back is said once (a polite live region)."""
+    what it shows (its number and id) and its label, kept up to date; a label given or taken back is said once (a polite live region)."""
     ask_random(live_web, page, 4)
     first = page.locator(".tile").nth(0)
     sid = str(first.get_attribute("data-id"))
@@ -144,17 +144,17 @@ def test_the_queue_speaks_to_screen_readers(live_web: WebAgent, page: Any) -> No
     assert grid.get_attribute("role") == "listbox" and first.get_attribute("role") == "option"
     assert grid.get_attribute("aria-activedescendant") == first.get_attribute("id")
     assert first.get_attribute("aria-selected") == "true"
-    assert first.get_attribute("aria-label") == f"{sid}: not labelled"
+    assert first.get_attribute("aria-label") == f"1 {sid}: not labelled"
     page.keyboard.press("1")
     page.wait_for_selector(f'.tile[data-id="{sid}"][data-saved="1"]')
     label = live_web.labels()[sid]
-    assert first.get_attribute("aria-label") == f"{sid}: {label}"
+    assert first.get_attribute("aria-label") == f"1 {sid}: {label}"
     assert page.locator("#announce").inner_text() == f"{sid.split('/')[-1]} labelled {label}"
     assert page.locator("#announce").get_attribute("aria-live") == "polite"
     page.keyboard.press("ArrowLeft")
     page.keyboard.press("Backspace")  # undo: taken back
     page.wait_for_function("() => document.getElementById('announce').textContent.includes('taken back')")
-    assert first.get_attribute("aria-label") == f"{sid}: not labelled"
+    assert first.get_attribute("aria-label") == f"1 {sid}: not labelled"
 
 
 def test_undo_survives_a_reload_and_back(live_web: WebAgent, page: Any) -> None:
