@@ -135,7 +135,8 @@ def test_filter_and_labels_from_elsewhere_show_up(live_web_fast: WebAgent, page:
 
 def test_the_queue_speaks_to_screen_readers(live_web: WebAgent, page: Any) -> None:
     """The grid is a listbox whose active descendant is the tile in focus; each tile's accessible name says
-    what it shows (its number and id) and its label, kept up to date; a label given or taken back is said once (a polite live region)."""
+    what it shows (its number and id) and its label, kept up to date; a label given or taken back is said once
+    (a polite live region)."""
     ask_random(live_web, page, 4)
     first = page.locator(".tile").nth(0)
     sid = str(first.get_attribute("data-id"))
