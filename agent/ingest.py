@@ -77,9 +77,6 @@ class Incoming:
     uri: str = ""
     metadata: dict[str, str] = field(default_factory=dict)
     label: str = ""
-    # Sample fields set that only ListSamples fills (annotator, label_time, label_source): refused, since Ingest
-    # stores a label as annotator and source "ingest" and would drop them silently
-    output_only: tuple[str, ...] = ()
 
 
 @dataclass
@@ -291,12 +288,6 @@ class IngestPipeline:
         problem = text_problem(s.uri, lim.max_uri_chars, "max_uri_chars", "uri") or metadata_problem(s.metadata, lim)
         if problem is not None:
             return Problem(agent_pb2.REJECTION_CODE_INVALID_METADATA, problem)
-        if s.output_only:
-            return Problem(agent_pb2.REJECTION_CODE_INVALID_LABEL,
-                           f"{', '.join(s.output_only)} {'is' if len(s.output_only) == 1 else 'are'} ListSamples "
-                           f"output (who gave the current label, when, how): Ingest stores a label as given by "
-                           f"{quoted('ingest')}, source \"ingest\"; clear them, and use SubmitLabels to record who "
-                           "gave a label")
         if PAYLOAD_ERROR_KEY in s.metadata:
             return Problem(agent_pb2.REJECTION_CODE_INVALID_METADATA,
                            f"metadata key {quoted(PAYLOAD_ERROR_KEY)} is reserved: ListSamples uses it to flag a "

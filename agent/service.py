@@ -43,23 +43,19 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = agent_pb2.DESCRIPTOR.services_by_name["Agent"].full_name
 
 
-# Sample fields that ListSamples fills and Ingest refuses (Incoming.output_only: a Rejection per sample).
-OUTPUT_ONLY = ("annotator", "label_time", "label_source")
-
-
 def incoming(s: agent_pb2.Sample) -> Incoming:
-    """A Sample message -> agent.ingest.Incoming (the blob kept for a tensor is its serialised message)."""
+    """A Sample message -> agent.ingest.Incoming (the blob kept for a tensor is its serialised message).
+    ``annotator``, ``label_time`` and ``label_source`` are ListSamples output and ignored here (Google's AIP-203
+    on output-only fields): a sample read with ListSamples goes back to Ingest as it is."""
     kind = s.WhichOneof("payload")
-    output_only = tuple(f for f in OUTPUT_ONLY if getattr(s, f))
     if kind == "encoded_image":
         return Incoming(s.id, "image", s.encoded_image, s.encoded_image, uri=s.uri, metadata=dict(s.metadata),
-                        label=s.label, output_only=output_only)
+                        label=s.label)
     if kind == "tensor":
         t = s.tensor
         return Incoming(s.id, "tensor", t.data, t.SerializeToString(deterministic=True), dtype=t.dtype,
-                        shape=tuple(int(d) for d in t.shape), uri=s.uri, metadata=dict(s.metadata), label=s.label,
-                        output_only=output_only)
-    return Incoming(s.id, "", b"", b"", uri=s.uri, metadata=dict(s.metadata), label=s.label, output_only=output_only)
+                        shape=tuple(int(d) for d in t.shape), uri=s.uri, metadata=dict(s.metadata), label=s.label)
+    return Incoming(s.id, "", b"", b"", uri=s.uri, metadata=dict(s.metadata), label=s.label)
 
 
 def accuracy_message(a: Accuracy) -> agent_pb2.Accuracy:

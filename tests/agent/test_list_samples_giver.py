@@ -1,6 +1,7 @@
 """ListSamples' Sample.annotator / label_time / label_source: who gave each sample's current label, when and how,
-as ListLabels without history lists it ("" / 0 when unlabelled); a read token may ask; Ingest refuses a sample
-that sets them (docs/agent.md, ListSamples)."""
+as ListLabels without history lists it ("" / 0 when unlabelled); a read token may ask; Ingest ignores them (output
+only, as Google's AIP-203 has it: a sample read with ListSamples can be sent back to Ingest as it is;
+docs/agent.md, ListSamples)."""
 
 from __future__ import annotations
 
@@ -75,7 +76,7 @@ def test_after_a_rename_the_giver_is_who_gave_the_label_as_list_labels_says(runn
     assert current(r)["s0"] == renamed
 
 
-def test_ingest_refuses_a_sample_that_sets_the_listsamples_only_fields(running: Running) -> None:
+def test_ingest_ignores_the_listsamples_only_fields(running: Running) -> None:
     r = running
     samples = make_samples(4)
     samples[1].annotator = "bob"
@@ -84,13 +85,21 @@ def test_ingest_refuses_a_sample_that_sets_the_listsamples_only_fields(running: 
     for s in samples:
         s.label = "cat"
     reply = r.stub.Ingest(iter([agent_pb2.IngestRequest(samples=samples)]))
-    assert reply.accepted == 1 and reply.rejected_count == 3
-    reasons = {x.id: x.reason for x in reply.rejected}
-    assert "annotator is ListSamples output" in reasons["s1"] and "SubmitLabels" in reasons["s1"]
-    assert "label_time is ListSamples output" in reasons["s2"]
-    assert "label_source is ListSamples output" in reasons["s3"]
-    assert [s.id for s in r.stub.ListSamples(agent_pb2.ListSamplesRequest())] == ["s0"]
-    assert giver(r, "s0")["s0"][:2] == ("cat", "ingest") and giver(r, "s0")["s0"][3] == "ingest"
+    assert reply.accepted == 4 and reply.rejected_count == 0
+    for sid in ("s0", "s1", "s2", "s3"):  # stored as every ingested label is: by "ingest", source "ingest", now
+        label, by, t, source = giver(r, sid)[sid]
+        assert (label, by, source) == ("cat", "ingest", "ingest") and t > 1000
+
+
+def test_a_sample_read_with_listsamples_goes_back_to_ingest_as_it_is(running: Running) -> None:
+    r = running
+    r.stub.Ingest(iter([agent_pb2.IngestRequest(samples=make_samples(2))]))
+    client.submit_labels(r.stub, [("s0", "cat")], annotator="ana")
+    read = list(r.stub.ListSamples(agent_pb2.ListSamplesRequest(include_payload=True)))
+    assert read[0].annotator == "ana"
+    reply = r.stub.Ingest(iter([agent_pb2.IngestRequest(samples=read)]))  # a copy tool's resend
+    assert reply.rejected_count == 0 and reply.duplicates == 2
+    assert giver(r, "s0")["s0"][:2] == ("cat", "ana")  # nothing changed
 
 
 def test_a_read_token_lists_who_gave_the_labels(tmp_path: Path, registry: Path) -> None:

@@ -36,7 +36,6 @@ INGEST = {
     LONG_ID: C.REJECTION_CODE_ID_TOO_LONG,
     "comma": C.REJECTION_CODE_INVALID_LABEL,
     "longlabel": C.REJECTION_CODE_INVALID_LABEL,
-    "giver": C.REJECTION_CODE_INVALID_LABEL,  # sets annotator, a ListSamples output only
     "zebra": C.REJECTION_CODE_UNKNOWN_CLASS,
     "renamed": C.REJECTION_CODE_UNKNOWN_CLASS,
     "emptykey": C.REJECTION_CODE_INVALID_METADATA,
@@ -145,7 +144,6 @@ def test_ingest_rejections_carry_their_codes(pool: Running) -> None:
     items = [
         sample("", 0), sample(" pad", 0), sample(LONG_ID, 0),
         sample("comma", 0, label="a,b"), sample("longlabel", 0, label="l" * 300),
-        agent_pb2.Sample(id="giver", encoded_image=imgs[0], annotator="ana"),
         sample("zebra", 0, label="zebra"), sample("renamed", 0, label="deer"),
         sample("emptykey", 0, metadata={"": "v"}), sample("reserved", 0, metadata={PAYLOAD_ERROR_KEY: "x"}),
         sample("longuri", 0, uri="u" * 101),
