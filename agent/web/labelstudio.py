@@ -359,6 +359,11 @@ class _Payload(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
 
+# An id Label Studio sends (a number; a string such as a project's "ID.CREATED"): compared and used as a key,
+# so an object or a list there is refused (it was a TypeError, a 500, when used as a dict key).
+_Id = Annotated[int, Strict()] | Annotated[str, Strict()] | None
+
+
 class _Event(_Payload):
     """Any webhook event: its ``action`` (a non-empty string, e.g. "ANNOTATION_CREATED")."""
 
@@ -369,7 +374,7 @@ class _Project(_Payload):
     """The event's ``project`` object: its id (Label Studio's uid "ID.CREATED" or a plain ID) and, when sent,
     its label config XML (``_schema`` checks it)."""
 
-    id: Any = None
+    id: _Id = None
     label_config: Any = None
 
 
@@ -378,8 +383,8 @@ class _Annotation(_Payload):
     are read, ``_choice``), its task's id, whether it was skipped (``was_cancelled``), who made it and who last
     updated it (a user id or object), and when (ISO 8601 strings, ``_stamp``)."""
 
-    id: Any = None
-    task: Any = None
+    id: _Id = None
+    task: _Id = None
     result: Annotated[list[Any], Strict()]
     was_cancelled: Any = None
     completed_by: Any = None
@@ -391,14 +396,14 @@ class _Annotation(_Payload):
 class _Task(_Payload):
     """A task of an annotation event: its id and ``data`` (an object; the fields ``match_task`` reads)."""
 
-    id: Any = None
+    id: _Id = None
     data: Annotated[dict[str, Any], Strict()]
 
 
 class _Deleted(_Payload):
-    """An annotation of a delete event: its id (any JSON value, but there)."""
+    """An annotation of a delete event: its id (a number or a string, and there)."""
 
-    id: Any
+    id: Annotated[int, Strict()] | Annotated[str, Strict()]
 
 
 _DELETED = TypeAdapter(Annotated[list[_Deleted], Strict()])
@@ -894,10 +899,11 @@ def _annotations_with_tasks(action: str, body: Mapping[str, Any]) -> list[tuple[
     try:
         good_annotations = [_Annotation.model_validate(a) for a in annotations]
     except ValidationError:
-        raise BadRequest(f"{action} without `annotation` (an object with a `result` list)") from None
+        raise BadRequest(f"{action} without `annotation` (an object with a `result` list, its `id` and `task` "
+                         "numbers or strings)") from None
     if any(_valid(_Task, t) is None for t in tasks):
-        raise BadRequest(f"{action} without `task` (an object with its `data`): use Label Studio >= 1.4, whose "
-                         "annotation webhooks carry the task")
+        raise BadRequest(f"{action} without `task` (an object with its `data`, its `id` a number or a string): use "
+                         "Label Studio >= 1.4, whose annotation webhooks carry the task")
     by_id = {t.get("id"): t for t in tasks}
     pairs: list[tuple[_Annotation, Mapping[str, Any]]] = []
     for a in good_annotations:

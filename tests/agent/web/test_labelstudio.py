@@ -877,8 +877,8 @@ _XML = ('<View><Image name="image" value="$image"/><Choices name="choice" toName
 _A = {"id": 1, "task": 5, "result": []}
 _T = {"id": 5, "data": {"image": "x"}}
 _P = {"id": 3, "label_config": _XML}
-_TASK_MISSING = ("without `task` (an object with its `data`): use Label Studio >= 1.4, whose annotation webhooks "
-                 "carry the task")
+_TASK_MISSING = ("without `task` (an object with its `data`, its `id` a number or a string): use Label Studio >= 1.4, "
+                 "whose annotation webhooks carry the task")
 _NO_CONFIG = ("no label config in the request, and none from a /setup of this project: send `label_config` (Label "
               "Studio does), or connect the model again")
 
@@ -892,7 +892,13 @@ _NO_CONFIG = ("no label config in the request, and none from a /setup of this pr
     ({"action": "ANNOTATIONS_DELETED", "annotations": [{"x": 1}]}, "ANNOTATIONS_DELETED without `annotations`"),
     ({"action": "ANNOTATIONS_DELETED", "annotations": [1]}, "ANNOTATIONS_DELETED without `annotations`"),
     ({"action": "ANNOTATION_CREATED", "task": _T, "project": _P},
-     "ANNOTATION_CREATED without `annotation` (an object with a `result` list)"),
+     "ANNOTATION_CREATED without `annotation` (an object with a `result` list, its `id` and `task` numbers or "
+     "strings)"),
+    ({"action": "ANNOTATIONS_CREATED", "annotation": [dict(_A, task={"id": 5})], "task": [_T], "project": _P},
+     "ANNOTATIONS_CREATED without `annotation`"),  # a task id that is an object: was a 500 (unhashable dict)
+    ({"action": "ANNOTATIONS_CREATED", "annotation": [_A, dict(_A, id=2, task=6)],
+      "task": [_T, {"id": {"n": 6}, "data": {}}], "project": _P}, "ANNOTATIONS_CREATED " + _TASK_MISSING),
+    ({"action": "ANNOTATIONS_DELETED", "annotations": [{"id": [1]}]}, "ANNOTATIONS_DELETED without `annotations`"),
     ({"action": "ANNOTATION_CREATED", "annotation": {"id": 1, "result": {}}, "task": _T, "project": _P},
      "ANNOTATION_CREATED without `annotation`"),
     ({"action": "ANNOTATION_UPDATED", "annotation": {"id": 1, "result": "ab"}, "task": _T, "project": _P},
