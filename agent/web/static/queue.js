@@ -621,7 +621,7 @@
       return;
     }
     if (last.state === "agreed") {
-      Shortlist.toast(`${id} was already labelled "${last.given}" by ${last.by}; left as it is`, true);
+      Shortlist.toast(`${id} was already labelled "${last.given}" by ${last.by || "someone"}; left as it is`, true);
       return;
     }
     // Undo reverses this page's own action only: the label it gave goes (or the one before comes back) only
@@ -933,7 +933,9 @@
             kept.push(name);
             if (tile) undoStack.push({ tile, label: a.label, mark: a.mark, given: to, state: "saved", seq: a.seq });
           } else if (h && h.label === to) {
-            theirs.push(`${name} already had "${to}" from ${h.by}`);
+            // by "": an agent older than this app does not say who gave a label (Sample.annotator): not taken
+            // for this person's, so Backspace leaves it as it is
+            theirs.push(`${name} already had "${to}" from ${h.by || "someone (the agent is older than this app and does not say who)"}`);
             if (tile) undoStack.push({ tile, label: a.label, mark: a.mark, given: to, state: "agreed", by: h.by, seq: a.seq });
           } else { lost.push(`${name} (${to}${now})`); again = true; }
         } else if (h && h.label === to) {
