@@ -504,25 +504,13 @@ def test_file_names_keep_letters_of_every_script_and_stay_safe() -> None:
 
 
 def test_an_export_is_durable_before_it_is_in_place(running: Running, tmp_path: Path,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+                                                     fsync_events: list[tuple[str, str]]) -> None:
     """Every file and folder of the export is fsynced before the folder is renamed to OUT, and OUT's parent
     after: a power loss after the command exits cannot leave an empty labels.csv."""
     labelled_agent(running)
-    events: list[tuple[str, str]] = []
-    real_fsync, real_replace = os.fsync, os.replace
-
-    def fsync(fd: int) -> None:
-        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
-        real_fsync(fd)
-
-    def replace(src: Any, dst: Any) -> None:
-        events.append(("replace", str(dst)))
-        real_replace(src, dst)
-
-    monkeypatch.setattr(os, "fsync", fsync)
-    monkeypatch.setattr(os, "replace", replace)
     out = tmp_path / "e"
     exports.export_labels(running.stub, out, exports.ExportConfig(prior_method="knn"))
+    events = fsync_events
     swap = events.index(("replace", str(out)))
     part = tmp_path / f".e.partial-{os.getpid()}"
     before = {os.path.relpath(p, part) for kind, p in events[:swap] if kind == "fsync" and p.startswith(str(part))}

@@ -19,22 +19,9 @@ from bench.recipes import loop
 
 
 @pytest.fixture
-def events(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
-    """Every fsync and os.replace, in order: ("fsync", path) / ("replace", destination)."""
-    seen: list[tuple[str, str]] = []
-    real_fsync, real_replace = os.fsync, os.replace
-
-    def fsync(fd: int) -> None:
-        seen.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
-        real_fsync(fd)
-
-    def replace(src: Any, dst: Any) -> None:
-        seen.append(("replace", str(dst)))
-        real_replace(src, dst)
-
-    monkeypatch.setattr(os, "fsync", fsync)
-    monkeypatch.setattr(os, "replace", replace)
-    return seen
+def events(fsync_events: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Every fsync and os.replace, in order (tests/conftest.py ``fsync_events``)."""
+    return fsync_events
 
 
 def durable(seen: list[tuple[str, str]], path: Path) -> bool:

@@ -4,7 +4,6 @@ summary.json (the "run finished" marker) reads as an unfinished run, never a tra
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -17,22 +16,9 @@ from training import cycle, loop
 
 
 @pytest.fixture
-def synced(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
-    """Every fsync and os.replace, in order: ("fsync", path) / ("replace", destination)."""
-    events: list[tuple[str, str]] = []
-    real_fsync, real_replace = os.fsync, os.replace
-
-    def fsync(fd: int) -> None:
-        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
-        real_fsync(fd)
-
-    def replace(src: Any, dst: Any) -> None:
-        events.append(("replace", str(dst)))
-        real_replace(src, dst)
-
-    monkeypatch.setattr(os, "fsync", fsync)
-    monkeypatch.setattr(os, "replace", replace)
-    return events
+def synced(fsync_events: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Every fsync and os.replace, in order (tests/conftest.py ``fsync_events``)."""
+    return fsync_events
 
 
 def _durable(events: list[tuple[str, str]], path: Path) -> bool:
