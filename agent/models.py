@@ -53,6 +53,7 @@ from shortlist.images import decode_stored
 from shortlist.manifest import (
     MANIFEST_NAME,
     MODEL_FINGERPRINT_PREFIX,
+    READER_ID,
     Manifest,
     ManifestError,
     check_version,
@@ -183,7 +184,10 @@ class ModelManager:
         """Load the version served before a restart (or else the newest good one), then start polling."""
         for name, (status, _, error, fingerprint) in self.state.model_versions_full().items():
             if status == "failed":  # warnings survive a restart; the folder is re-checked only if it changed
-                self.failed[name], self._fingerprints[name] = error, fingerprint
+                # ... or if another reader refused it (``_refuse``): an agent upgraded since (a newer manifest
+                # format, a reader that accepts more) looks again; a record without the reader is an older agent's
+                folder, _, reader = fingerprint.rpartition("|")
+                self.failed[name], self._fingerprints[name] = error, folder if reader == READER_ID else ""
         last = self.state.get_meta(SERVING_KEY)
         if last:
             try:
@@ -407,13 +411,16 @@ class ModelManager:
     def _refuse(self, name: str, why: str, fingerprint: str | None = None, for_good: bool = False) -> None:
         """Refuse ``name`` until its folder changes. ``for_good``: the reason lies in the folder alone
         (check_version, or the model failing on the stored samples while the pool was re-embedded with it), so
-        a restart need not look again; otherwise (cannot load it, --no-blobs) the next start tries it again
-        (a load check is cheap, a re-embedding is not). The warning is stored either way."""
+        a restart need not look again, unless the agent now reads manifests another way (it is stored with
+        READER_ID: an upgraded agent checks again what an older one refused); otherwise (cannot load it,
+        --no-blobs) the next start tries it again (a load check is cheap, a re-embedding is not). The warning
+        is stored either way."""
         log.error("model version refused: %s", why)
         fp = self._fingerprint(name) if fingerprint is None else fingerprint
         self.failed[name], self._fingerprints[name] = why, fp
         try:
-            self.state.set_model_version(name, "failed", 0, why, fingerprint=fp if for_good else "")
+            # for good: stored with this reader (READER_ID), as what the refusal depends on (``start``)
+            self.state.set_model_version(name, "failed", 0, why, fingerprint=f"{fp}|{READER_ID}" if for_good else "")
         except Exception as e:  # e.g. disk full: the warning is still shown, just not persisted
             log.warning("could not record that %s was refused: %s", name, e)
 

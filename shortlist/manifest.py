@@ -74,6 +74,20 @@ MANIFEST_FORMAT = 1
 CROP_FORMAT = 2
 READ_FORMATS = (MANIFEST_FORMAT, CROP_FORMAT)
 
+
+def _reader_id() -> str:
+    """``reader:<hex>``: which reader this is (the sha256 of this module's source, which holds every check a version
+    folder must pass). The agent stores it with a refusal that lasts across restarts (agent/models.py), because
+    such a refusal depends on the reader as well as on the folder: an upgraded agent that reads a newer format, or
+    accepts more, must look again at a folder an older one refused."""
+    try:
+        return "reader:" + hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
+    except OSError:  # no source to read (a frozen build): the formats read are the next best summary
+        return "reader:formats-" + "-".join(map(str, READ_FORMATS))
+
+
+READER_ID = _reader_id()
+
 # Output names of an exported encoder (the agent looks them up by these names).
 INPUT_NAME = "image"
 EMBEDDING_OUTPUT = "embedding"

@@ -204,3 +204,53 @@ def test_a_first_model_failing_on_the_stored_samples_is_one_warning_not_a_traceb
                                                        f"{v} failed on a batch of 3 images")], st.warnings
     finally:
         a.close()
+
+
+def test_a_version_an_older_agent_refused_for_its_format_is_served_after_the_upgrade(tmp_path: Path) -> None:
+    """An agent that read format 1 only refused a crop (format 2) version for good, keyed by its folder; today's
+    agent, which reads format 2, must look again at start instead of restoring that refusal as its own."""
+    models = tmp_path / "models"
+    publish_linear(models, size=SIZE, dim=16, seed=0)
+    a = agent(tmp_path, models)
+    try:
+        assert a.ingest.batch([Incoming(f"x{i}", "image", png(im), png(im))
+                               for i, im in enumerate(make_images(3))]).accepted == 3
+        crop = Preprocess(size=SIZE, resize="crop", crop_fraction=0.875)
+        v2 = publish_model(models, foreign_encoder(SIZE, 24), crop)
+        assert json.loads((models / v2 / MANIFEST_NAME).read_text())["format"] == 2
+        # What the agent of commit a0440ea stored (agent/models.py ``_refuse(..., for_good=True)``): the folder's
+        # fingerprint alone, nothing of the reader that refused it.
+        a.state.set_model_version(v2, "failed", 0, f"{v2} refused: unsupported manifest format 2 (this agent reads "
+                                  "format 1; upgrade shortlist to serve it)", fingerprint=a.manager._fingerprint(v2))
+    finally:
+        a.close()
+    a = agent(tmp_path, models)
+    try:
+        a.manager.check()
+        st = a.status()
+        assert st.model_version == v2 and st.embedded == 3, st
+        assert not [w for w in st.warnings if "unsupported manifest format" in w], st.warnings
+    finally:
+        a.close()
+
+
+def test_a_version_this_agent_refused_for_good_stays_refused_after_a_restart(tmp_path: Path) -> None:
+    """The refusal is stored with this reader: the same agent restarted does not look at the folder again."""
+    models = tmp_path / "models"
+    publish_linear(models, size=SIZE, dim=16, seed=0)
+    a = agent(tmp_path, models)
+    try:
+        v2 = publish_linear(models, size=SIZE, dim=24, seed=1)
+        edit_manifest(models / v2, format=7)
+        a.manager.check()
+        assert [w for w in a.status().warnings if "unsupported manifest format 7" in w]
+    finally:
+        a.close()
+    a = agent(tmp_path, models)
+    try:
+        assert a.manager._fingerprints[v2] == a.manager._fingerprint(v2)  # restored: not checked again
+        a.manager.check()
+        assert a.status().model_version == "v0001"
+        assert [w for w in a.status().warnings if "unsupported manifest format 7" in w]
+    finally:
+        a.close()
