@@ -307,8 +307,10 @@ def _check_resume_matches(saved: dict[str, Any], cfg: PretrainConfig) -> None:
 
 def _check_resumable(run_dir: Path) -> None:
     """``--resume`` of a folder that holds a finished run is refused (it would train on past its budget, and a
-    signal then would remove its encoder.pt and summary.json); so is one without a checkpoint."""
-    if (run_dir / loop.SUMMARY).is_file() and (run_dir / loop.ENCODER).is_file():
+    signal then would remove its encoder.pt and summary.json); so is one without a checkpoint. Finished: by
+    ``loop.read_summary``, the reader ``export`` and ``bench`` use (``loop.unfinished_run``), so a torn summary.json,
+    which they call unfinished and send here, is resumed (the checkpoint's budget ran out: it writes both again)."""
+    if loop.read_summary(run_dir) is not None and (run_dir / loop.ENCODER).is_file():
         raise ValueError(f"--resume: the run is finished: {run_dir} holds its {loop.ENCODER} and {loop.SUMMARY} "
                          "(its budget ran out); export it, or start a new run with another --out")
     if not (run_dir / loop.CHECKPOINT).is_file():

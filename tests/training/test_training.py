@@ -529,6 +529,20 @@ def test_resume_refuses_other_settings_and_a_finished_run(tiny_data: Path, tmp_p
     assert {p.name: p.read_bytes() for p in run.iterdir()} == finished
 
 
+def test_a_torn_summary_is_resumed_as_export_says(tiny_data: Path, tmp_path: Path) -> None:
+    """A summary.json torn by a crash: export (``loop.unfinished_run``) calls the run unfinished and sends the user
+    to ``pretrain --resume``, which must then go on (it said "the run is finished ... export it": a dead end)."""
+    run = tmp_path / "r"
+    pretrain(_cfg(tiny_data, run, "rotnet", epochs=2, knn_every=0))
+    whole = (run / loop.SUMMARY).read_text()
+    (run / loop.SUMMARY).write_text(whole[:40])
+    assert "pretrain --resume" in (loop.unfinished_run(run) or "")
+    pretrain(_cfg(tiny_data, run, "rotnet", epochs=2, knn_every=0, resume=True))
+    summary = loop.read_summary(run)
+    assert summary is not None and summary["steps"] == json.loads(whole)["steps"]
+    assert loop.unfinished_run(run) is None and (run / loop.ENCODER).is_file()
+
+
 def test_cli_resume_takes_the_runs_settings_and_refuses_other_ones(tiny_data: Path, tmp_path: Path) -> None:
     """`pretrain --resume --out RUN` needs no other flag: the options not given are the run's (not the command's
     defaults, which would differ from config.json and be refused); a given one that differs: exit 2 naming it."""
