@@ -167,12 +167,7 @@ class Preprocess:
     @staticmethod
     def from_dict(d: object) -> Preprocess:
         """A manifest's preprocess block (e.g. a checkpoint's) -> Preprocess; ManifestError names the field."""
-        try:
-            text = json.dumps(d, allow_nan=True)
-        except (TypeError, ValueError) as e:
-            raise ManifestError(f"manifest 'preprocess' is not JSON data ({e})") from None
-        _require_preprocess(d)
-        pre = _validate(_PREPROCESS_SCHEMA, text, "preprocess.")
+        pre = _validate(_PREPROCESS_SCHEMA, _legacy_preprocess(d), "preprocess.", _missing_preprocess(d))
         pre.check()
         return pre
 
@@ -266,12 +261,12 @@ class Manifest:
             raise ManifestError(f"{MANIFEST_NAME} is not JSON ({e})") from None
         if not isinstance(d, dict):
             raise ManifestError("manifest is not a JSON object")
+        d = _legacy_manifest(d)
         fmt = d.get("format", 0)
         if isinstance(fmt, bool) or fmt not in READ_FORMATS:
             raise ManifestError(f"unsupported manifest format {fmt!r} (this agent reads formats "
                                 f"{', '.join(map(str, READ_FORMATS))}; upgrade shortlist to serve it)")
-        _require_preprocess(d.get("preprocess"))
-        m = _validate(_MANIFEST_SCHEMA, text, "")
+        m = _validate(_MANIFEST_SCHEMA, d, "", _missing_preprocess(d.get("preprocess")))
         m.preprocess.check()
         if m.format < m.preprocess.format():  # a hand edit: a format-1 reader would squash the images
             raise ManifestError(f"manifest format {m.format} cannot ask for resize {m.preprocess.resize!r} (an agent "
@@ -331,36 +326,107 @@ _FIELD_HINTS = {
 
 
 PREPROCESS_REQUIRED = ("size", "mean", "std")  # a manifest's preprocess block must give these (no defaults)
+# Fields that readers before the schema check (commit a0440ea and earlier) took as given, null included: a null
+# text field reads as "" and a null object as {} (what a writer that had nothing to say meant), so a version such
+# a reader served is still served. Any other type is refused by the schema, as before.
+_NULL_AS_TEXT = ("arch", "method", "source_run", "dataset", "git_commit", "created", "republished_from")
+_NULL_AS_OBJECT = ("training_config", "verification")
 
 
-def _require_preprocess(d: object) -> None:
-    """ManifestError when ``d``, a manifest's preprocess block, lacks one of PREPROCESS_REQUIRED (the dataclass's
+def _integral(v: object) -> object:
+    """``v`` as an int when it is a float with no fractional part (``8.0``, as JSON writers other than Python's
+    put integers) or text holding an integer (``"8"``): what ``int(v)`` took in the reader before the schema
+    check; else ``v`` unchanged (the schema then refuses it, naming the field)."""
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    if isinstance(v, str):
+        try:
+            return int(v)
+        except ValueError:
+            return v
+    return v
+
+
+def _number(v: object) -> object:
+    """``v`` as a float when it is text holding a number (``"0.5"``: what ``float(v)`` took in the reader before
+    the schema check); else ``v`` unchanged (the range checks refuse "nan" and "inf" as before)."""
+    if isinstance(v, str):
+        try:
+            return float(v)
+        except ValueError:
+            return v
+    return v
+
+
+def _legacy_preprocess(d: object) -> object:
+    """A preprocess block with the forms the reader before the schema check took brought to the schema's: size
+    values through ``_integral``, mean and std values through ``_number``. Anything else is left as it is."""
+    if not isinstance(d, dict):
+        return d
+    d = dict(d)
+    for key, fix in (("size", _integral), ("mean", _number), ("std", _number)):
+        if isinstance(d.get(key), list):
+            d[key] = [fix(v) for v in d[key]]
+    return d
+
+
+def _legacy_manifest(d: dict[str, Any]) -> dict[str, Any]:
+    """A parsed manifest with the forms the reader before the schema check (a0440ea) served brought to the
+    schema's, with the meaning they had there: a format of 1.0, the preprocess block's (``_legacy_preprocess``),
+    null text fields (_NULL_AS_TEXT: "") and null objects (_NULL_AS_OBJECT: {}). Anything else is left as it is."""
+    d = dict(d)
+    if isinstance(d.get("format"), float):
+        d["format"] = _integral(d["format"])
+    if "preprocess" in d:
+        d["preprocess"] = _legacy_preprocess(d["preprocess"])
+    for key in _NULL_AS_TEXT:
+        if key in d and d[key] is None:
+            d[key] = ""
+    for key in _NULL_AS_OBJECT:
+        if key in d and d[key] is None:
+            d[key] = {}
+    return d
+
+
+def _missing_preprocess(d: object) -> list[str]:
+    """What ``d``, a manifest's preprocess block, lacks of PREPROCESS_REQUIRED, one sentence each (the dataclass's
     defaults are CIFAR-10's, which would silently normalise another model's inputs wrongly)."""
     if not isinstance(d, dict):
-        return  # not an object: the schema says so
-    for key in PREPROCESS_REQUIRED:
-        if key not in d:
-            raise ManifestError(f"manifest has no 'preprocess.{key}': write {_FIELD_HINTS['preprocess.' + key]}")
+        return []  # not an object: the schema says so
+    return [f"manifest has no 'preprocess.{key}': write {_FIELD_HINTS['preprocess.' + key]}"
+            for key in PREPROCESS_REQUIRED if key not in d]
 
 
-def _validate(schema: TypeAdapter[Any], text: str, prefix: str) -> Any:
-    """``schema`` validated from JSON ``text``; ManifestError, one line, on the first wrong or missing field
-    (``prefix``: where ``text`` sits in a manifest, e.g. "preprocess.")."""
+def _problem(err: Any, prefix: str) -> str:
+    """One pydantic error as a sentence naming the field and what to write (``prefix``: see ``_validate``)."""
+    loc = [str(p) for p in err["loc"]]
+    where = prefix + ".".join(loc)
+    # the field's hint: its longest named prefix (a list index or a file name below it says no more)
+    names = [prefix + ".".join(loc[:n]) for n in range(len(loc), 0, -1)] + [prefix.rstrip(".")]
+    hint = next((_FIELD_HINTS[n] for n in names if n in _FIELD_HINTS), "")
+    what = f": write {hint}" if hint else ""
+    if err["type"] == "missing":
+        return f"manifest has no '{where}'{what}"
+    got = json.dumps(err.get("input"), default=str)
+    got = got if len(got) <= 60 else got[:57] + "..."
+    return f"manifest '{where}' is {got} ({err['msg'][0].lower()}{err['msg'][1:]}){what}"
+
+
+def _validate(schema: TypeAdapter[Any], data: object, prefix: str, missing: list[str]) -> Any:
+    """``schema`` validated from ``data`` (parsed JSON, as JSON: strict types, arrays for tuples); ManifestError,
+    one line naming every wrong or missing field, ``missing`` (sentences) first, so one edit fixes them all
+    (``prefix``: where ``data`` sits in a manifest, e.g. "preprocess.")."""
     try:
-        return schema.validate_json(text, strict=True)
+        text = json.dumps(data, allow_nan=True)
+    except (TypeError, ValueError) as e:  # e.g. a checkpoint's block holding something JSON cannot hold
+        raise ManifestError(f"manifest '{prefix.rstrip('.') or 'manifest'}' is not JSON data ({e})") from None
+    try:
+        value = schema.validate_json(text, strict=True)
     except ValidationError as e:
-        err = e.errors(include_url=False)[0]
-        loc = [str(p) for p in err["loc"]]
-        where = prefix + ".".join(loc)
-        # the field's hint: its longest named prefix (a list index or a file name below it says no more)
-        names = [prefix + ".".join(loc[:n]) for n in range(len(loc), 0, -1)] + [prefix.rstrip(".")]
-        hint = next((_FIELD_HINTS[n] for n in names if n in _FIELD_HINTS), "")
-        what = f": write {hint}" if hint else ""
-        if err["type"] == "missing":
-            raise ManifestError(f"manifest has no '{where}'{what}") from None
-        got = json.dumps(err.get("input"), default=str)
-        got = got if len(got) <= 60 else got[:57] + "..."
-        raise ManifestError(f"manifest '{where}' is {got} ({err['msg'][0].lower()}{err['msg'][1:]}){what}") from None
+        missing = [*missing, *(_problem(err, prefix) for err in e.errors(include_url=False))]
+    if missing:
+        raise ManifestError("; ".join(missing))
+    return value
 
 
 def sha256_file(path: Path) -> str:

@@ -221,11 +221,12 @@ def _manifest_dict(**preprocess: object) -> dict[str, object]:
 
 
 @pytest.mark.parametrize(("path", "value"), [
-    ("created", 5), ("method", [1]), ("arch", None), ("dataset", {}), ("source_run", 1.5), ("git_commit", True),
+    ("created", 5), ("method", [1]), ("arch", ["resnet18"]), ("dataset", {}), ("source_run", 1.5), ("git_commit", True),
     ("republished_from", 3), ("input_name", 7), ("output_name", ["embedding"]), ("embedding_dim", "16"),
     ("embedding_dim", 16.0), ("embedding_dim", True), ("outputs", "embedding"), ("outputs", [1]),
     ("classes", "a"), ("classes", [1]), ("files", []), ("files", {"encoder.onnx": 5}), ("training_config", []),
-    ("verification", "ok"), ("preprocess", 5), ("preprocess.size", [8]), ("preprocess.size", ["8", 8]),
+    ("verification", "ok"), ("preprocess", 5), ("preprocess.size", [8]), ("preprocess.size", [8.5, 8]),
+    ("preprocess.size", ["8x", 8]), ("preprocess.mean", ["zero", 0, 0]),
     ("preprocess.mean", "0"), ("preprocess.std", [1, 1]), ("preprocess.interpolation", 2),
     ("preprocess.resize", None), ("preprocess.crop_fraction", "1"),
 ])
@@ -240,6 +241,47 @@ def test_every_field_of_a_wrong_type_is_refused_naming_it_and_what_to_write(path
         Manifest.from_json(json.dumps(d))
     said = str(e.value)
     assert f"'{path}" in said and ": write " in said and "\n" not in said, said
+
+
+@pytest.mark.parametrize(("path", "value", "means"), [
+    ("preprocess.size", [8.0, 8.0], (8, 8)), ("preprocess.size", ["8", 8], (8, 8)),
+    ("preprocess.mean", ["0.4914", "0.4822", 0.4465], (0.4914, 0.4822, 0.4465)),
+    ("preprocess.std", ["0.2470", 0.2435, "0.2616"], (0.2470, 0.2435, 0.2616)),
+    ("format", 1.0, 1), ("created", None, ""), ("git_commit", None, ""), ("arch", None, ""), ("method", None, ""),
+    ("dataset", None, ""), ("source_run", None, ""), ("republished_from", None, ""), ("training_config", None, {}),
+    ("verification", None, {}),
+])
+def test_what_the_reader_before_the_schema_check_served_is_read_as_it_meant(
+        path: str, value: object, means: object) -> None:
+    """A manifest not written by Shortlist (another JSON writer's 8.0, nulls for what it does not know, numbers as
+    text) that the agent of commit a0440ea served must still be served, as the same model (its fingerprint, under
+    which the agent stored its embeddings), after an upgrade: it used to be refused, leaving the agent without one."""
+    clean = _manifest_dict(mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616))
+    d = json.loads(json.dumps(clean))
+    *outer, key = path.split(".")
+    target: dict[str, object] = d
+    for part in outer:
+        target = target[part]  # type: ignore[assignment]
+    target[key] = value
+    m = Manifest.from_json(json.dumps(d))
+    got = m.preprocess if outer else m
+    assert getattr(got, key) == means
+    assert model_fingerprint(m) == model_fingerprint(Manifest.from_json(json.dumps(clean)))
+    if outer:  # a checkpoint's preprocess block is read the same way
+        assert getattr(Preprocess.from_dict(target), key) == means
+
+
+def test_every_bad_field_is_named_in_one_refusal() -> None:
+    """Not only the first: a hand-written manifest is fixed in one edit, not one restart per field."""
+    d = _manifest_dict()
+    d |= {"created": 5, "method": [1], "embedding_dim": "16"}
+    del d["preprocess"]["std"]  # type: ignore[attr-defined]
+    with pytest.raises(ManifestError) as e:
+        Manifest.from_json(json.dumps(d))
+    said = str(e.value)
+    for part in ("manifest has no 'preprocess.std'", "'created' is 5", "'method' is [1]", "'embedding_dim' is \"16\""):
+        assert part in said, (part, said)
+    assert "\n" not in said and "Traceback" not in said
 
 
 @pytest.mark.parametrize("path", ["preprocess", "embedding_dim", "outputs", "preprocess.size", "preprocess.mean",
