@@ -254,3 +254,28 @@ def test_a_version_this_agent_refused_for_good_stays_refused_after_a_restart(tmp
         assert [w for w in a.status().warnings if "unsupported manifest format 7" in w]
     finally:
         a.close()
+
+
+def test_a_manifest_the_reader_before_the_schema_check_served_is_still_served_after_the_upgrade(
+        tmp_path: Path) -> None:
+    """Written by another JSON writer (8.0 for 8, nulls): the a0440ea agent served it; today's must too, as the same
+    model (its stored embeddings kept), not log "cannot be loaded any more" and end with no model."""
+    models = tmp_path / "models"
+    v1 = publish_linear(models, size=SIZE, dim=16, seed=0)
+    m = json.loads((models / v1 / MANIFEST_NAME).read_text())
+    edit_manifest(models / v1, format=1.0, created=None, git_commit=None, training_config=None,
+                  preprocess={**m["preprocess"], "size": [float(v) for v in SIZE],
+                              "mean": [str(v) for v in m["preprocess"]["mean"]]})
+    a = agent(tmp_path, models)
+    try:
+        assert a.ingest.batch([Incoming(f"x{i}", "image", png(im), png(im))
+                               for i, im in enumerate(make_images(3))]).accepted == 3
+    finally:
+        a.close()
+    a = agent(tmp_path, models)
+    try:
+        a.manager.check()
+        st = a.status()
+        assert st.model_version == v1 and st.embedded == 3 and not [w for w in st.warnings if "refused" in w], st
+    finally:
+        a.close()
