@@ -184,10 +184,11 @@ class ModelManager:
         """Load the version served before a restart (or else the newest good one), then start polling."""
         for name, (status, _, error, fingerprint) in self.state.model_versions_full().items():
             if status == "failed":  # warnings survive a restart; the folder is re-checked only if it changed
-                # ... or if another reader refused it (``_refuse``): an agent upgraded since (a newer manifest
-                # format, a reader that accepts more) looks again; a record without the reader is an older agent's
-                folder, _, reader = fingerprint.rpartition("|")
-                self.failed[name], self._fingerprints[name] = error, folder if reader == READER_ID else ""
+                # ... or if another manifest reader refused it (``_refuse``): an agent upgraded since (a newer
+                # manifest format, a reader that accepts more) looks again; a refusal for the folder alone
+                # ("|folder") stands; a record with neither is an older agent's, looked at again
+                folder, _, made_by = fingerprint.rpartition("|")
+                self.failed[name], self._fingerprints[name] = error, folder if made_by in (READER_ID, "folder") else ""
         last = self.state.get_meta(SERVING_KEY)
         if last:
             try:
@@ -408,19 +409,22 @@ class ModelManager:
             self._refuse(name, f"{name} refused: cannot load it: {e}")
             return None
 
-    def _refuse(self, name: str, why: str, fingerprint: str | None = None, for_good: bool = False) -> None:
+    def _refuse(self, name: str, why: str, fingerprint: str | None = None, for_good: bool = False,
+                by_reader: bool = False) -> None:
         """Refuse ``name`` until its folder changes. ``for_good``: the reason lies in the folder alone
         (check_version, or the model failing on the stored samples while the pool was re-embedded with it), so
-        a restart need not look again, unless the agent now reads manifests another way (it is stored with
-        READER_ID: an upgraded agent checks again what an older one refused); otherwise (cannot load it,
+        a restart need not look again; ``by_reader``: unless the agent now reads manifests another way (the
+        refusal is stored with READER_ID: an upgraded agent checks again what an older reader refused; other
+        refusals for good are stored with "folder" and stand); otherwise (cannot load it,
         --no-blobs) the next start tries it again (a load check is cheap, a re-embedding is not). The warning
         is stored either way."""
         log.error("model version refused: %s", why)
         fp = self._fingerprint(name) if fingerprint is None else fingerprint
         self.failed[name], self._fingerprints[name] = why, fp
         try:
-            # for good: stored with this reader (READER_ID), as what the refusal depends on (``start``)
-            self.state.set_model_version(name, "failed", 0, why, fingerprint=f"{fp}|{READER_ID}" if for_good else "")
+            # for good: stored with what the refusal depends on, this reader (READER_ID) or the folder (``start``)
+            kept = f"{fp}|{READER_ID if by_reader else 'folder'}" if for_good else ""
+            self.state.set_model_version(name, "failed", 0, why, fingerprint=kept)
         except Exception as e:  # e.g. disk full: the warning is still shown, just not persisted
             log.warning("could not record that %s was refused: %s", name, e)
 
@@ -433,7 +437,7 @@ class ModelManager:
         try:
             manifest = check_version(self.registry / name)
         except ManifestError as e:
-            self._refuse(name, f"{name} refused: {e}", fp, for_good=True)
+            self._refuse(name, f"{name} refused: {e}", fp, for_good=True, by_reader=True)
             return None
         if name in self.failed:  # repaired (e.g. a copy that has now finished)
             del self.failed[name]

@@ -227,6 +227,8 @@ def test_a_version_refused_for_changing_mid_embedding_is_refused_after_a_restart
     finally:
         r.stop()
     monkeypatch.undo()
+    # an upgraded agent (another manifest reader) too: this refusal is the folder's, not the reader's
+    monkeypatch.setattr("agent.models.READER_ID", "a-newer-reader")
     r = start(tmp_path / "data", models)  # the folder unchanged: refused after the restart too
     try:
         time.sleep(1.0)  # a few polls (0.2 s)
