@@ -16,7 +16,9 @@ Tables:
     queues         labelling queues (GetQueue / UpdateQueue; the web app's Queue page): name -> JSON body
     model_versions name, status (serving|pending|retired|superseded|failed), embedded count, error (why refused),
                    updated, fingerprint: of a refused version its folder's (names, sizes, mtimes: the folder is
-                   looked at again only when it changes); of a version embedded or served the model's
+                   looked at again only when it changes), then "|" and what the refusal depends on: the
+                   manifest reader (shortlist.manifest.READER_ID: an upgraded agent looks again) or "folder";
+                   of a version embedded or served the model's
                    (``model:<sha256>``, shortlist.manifest.model_fingerprint), which the stored embeddings were
                    made by; '' when unknown (rows written before it was recorded: agent/models.py compares
                    their embeddings with the folder's model when it loads them)
