@@ -66,6 +66,10 @@ from shortlist.manifest import (
 )
 
 log = logging.getLogger(__name__)
+
+# In every reason ``_folder_left`` gives (a version's folder removed or changed while the pool was embedded with
+# it): how ``start`` tells such a refusal, stored by an agent older than the "|folder" tag, from a reader's.
+FOLDER_CHANGED = "while the pool was being embedded with it"
 T = TypeVar("T")
 
 
@@ -186,8 +190,11 @@ class ModelManager:
             if status == "failed":  # warnings survive a restart; the folder is re-checked only if it changed
                 # ... or if another manifest reader refused it (``_refuse``): an agent upgraded since (a newer
                 # manifest format, a reader that accepts more) looks again; a refusal for the folder alone
-                # ("|folder") stands; a record with neither is an older agent's, looked at again
+                # ("|folder") stands; a record with neither is an older agent's: looked at again, unless its
+                # reason is a folder changed while the pool was embedded (``_folder_left``), the folder's alone
                 folder, _, made_by = fingerprint.rpartition("|")
+                if not folder and FOLDER_CHANGED in error:
+                    folder, made_by = fingerprint, "folder"
                 self.failed[name], self._fingerprints[name] = error, folder if made_by in (READER_ID, "folder") else ""
         last = self.state.get_meta(SERVING_KEY)
         if last:

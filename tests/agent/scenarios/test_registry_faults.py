@@ -234,6 +234,28 @@ def test_a_version_an_older_agent_refused_for_its_format_is_served_after_the_upg
         a.close()
 
 
+def test_an_older_agents_refusal_of_a_folder_changed_while_embedded_stands_after_the_upgrade(tmp_path: Path) -> None:
+    """Stored by an agent older than the refusals' tags: a version whose folder changed while the pool was embedded
+    with it is the folder's refusal, not a reader's: today's agent keeps it (it would serve the changed folder)."""
+    models = tmp_path / "models"
+    publish_linear(models, size=SIZE, dim=16, seed=0)
+    a = agent(tmp_path, models)
+    try:
+        v2 = publish_linear(models, size=SIZE, dim=24, seed=1)
+        why = (f"{v2} refused: {models / v2} holds another model than the one being embedded (its files changed "
+               "while the pool was being embedded with it); it was never served")
+        a.state.set_model_version(v2, "failed", 0, why, fingerprint=a.manager._fingerprint(v2))
+    finally:
+        a.close()
+    a = agent(tmp_path, models)
+    try:
+        a.manager.check()
+        assert a.status().model_version == "v0001"
+        assert [w for w in a.status().warnings if "holds another model" in w]
+    finally:
+        a.close()
+
+
 def test_a_version_this_agent_refused_for_good_stays_refused_after_a_restart(tmp_path: Path) -> None:
     """The refusal is stored with this reader: the same agent restarted does not look at the folder again."""
     models = tmp_path / "models"
