@@ -23,6 +23,12 @@ def agent(tmp_path: Path, models: Path) -> Agent:
     return Agent(AgentConfig(tmp_path / "data", models, background=False, use_cuda=False))
 
 
+def ingest_three(a: Agent) -> None:
+    """Three images stored in ``a``'s pool (x0, x1, x2)."""
+    assert a.ingest.batch([Incoming(f"x{i}", "image", png(im), png(im))
+                           for i, im in enumerate(make_images(3))]).accepted == 3
+
+
 def edit_manifest(folder: Path, **changes: object) -> None:
     m = json.loads((folder / MANIFEST_NAME).read_text())
     m.update(changes)
@@ -173,8 +179,7 @@ def test_a_version_failing_while_it_embeds_the_pool_is_refused_once_with_a_warni
     publish_linear(models, size=SIZE, dim=16, seed=0)
     a = agent(tmp_path, models)
     try:
-        assert a.ingest.batch([Incoming(f"x{i}", "image", png(im), png(im))
-                               for i, im in enumerate(make_images(3))]).accepted == 3
+        ingest_three(a)
         bad = publish_model(models, foreign_encoder(SIZE, 16, reshape_batch=2), Preprocess(size=SIZE))
         a.manager.check()  # raised out of the poll (a traceback every poll) before
         st = a.status()
@@ -194,8 +199,7 @@ def test_a_first_model_failing_on_the_stored_samples_is_one_warning_not_a_traceb
     models = tmp_path / "models"
     a = agent(tmp_path, models)  # no model yet: samples are stored, embedded once one is published
     try:
-        assert a.ingest.batch([Incoming(f"x{i}", "image", png(im), png(im))
-                               for i, im in enumerate(make_images(3))]).accepted == 3
+        ingest_three(a)
         v = publish_model(models, foreign_encoder(SIZE, 16, reshape_batch=2), Preprocess(size=SIZE))
         a.manager.check()  # serves it (it passes the load check), then fails on the batch of 3: no exception
         st = a.status()
@@ -213,8 +217,7 @@ def test_a_version_an_older_agent_refused_for_its_format_is_served_after_the_upg
     publish_linear(models, size=SIZE, dim=16, seed=0)
     a = agent(tmp_path, models)
     try:
-        assert a.ingest.batch([Incoming(f"x{i}", "image", png(im), png(im))
-                               for i, im in enumerate(make_images(3))]).accepted == 3
+        ingest_three(a)
         crop = Preprocess(size=SIZE, resize="crop", crop_fraction=0.875)
         v2 = publish_model(models, foreign_encoder(SIZE, 24), crop)
         assert json.loads((models / v2 / MANIFEST_NAME).read_text())["format"] == 2
@@ -290,8 +293,7 @@ def test_a_manifest_the_reader_before_the_schema_check_served_is_still_served_af
                               "mean": [str(v) for v in m["preprocess"]["mean"]]})
     a = agent(tmp_path, models)
     try:
-        assert a.ingest.batch([Incoming(f"x{i}", "image", png(im), png(im))
-                               for i, im in enumerate(make_images(3))]).accepted == 3
+        ingest_three(a)
     finally:
         a.close()
     a = agent(tmp_path, models)
