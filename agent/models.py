@@ -85,6 +85,8 @@ class Newer:
 # Every warning about the served version's folder (``_watch_served``) names it so; ``models list --agent``
 # repeats those warnings beside the row the agent serves.
 SERVED_FOLDER = "the folder of the version this agent serves"
+# In the refusal of a version whose model failed on the stored samples: a copy of it fails again (models rollback)
+FAILED_ON_SAMPLES = "it failed while embedding the stored samples"
 PROBE_ROWS = 8  # stored embeddings re-computed to tell whether an unfingerprinted version's folder made them
 PROBE_DISTANCE = 0.02  # the largest L2 distance between a stored and a re-computed (unit) vector of one model
 
@@ -847,7 +849,7 @@ class ModelManager:
             # the folder's fingerprint as loaded, so a restart does not embed the whole pool with it again to
             # refuse it again; the folder changed (a fixed file), or a fixed model under a new name, is tried.
             self._forget(version)
-            self._refuse(version, f"{version} refused: it failed while embedding the stored samples: {e}",
+            self._refuse(version, f"{version} refused: {FAILED_ON_SAMPLES}: {e}",
                          new.folder if isinstance(e, ModelFailed) else None, for_good=isinstance(e, ModelFailed))
             return False
         finally:

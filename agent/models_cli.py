@@ -43,7 +43,7 @@ from agent.cli import json_line
 from agent.cli_options import AgentTarget, agent_options, optional_agent_options
 from agent.embedder import ModelRefused, load_check, newest_servable
 from agent.errors import quoted
-from agent.models import SERVED_FOLDER
+from agent.models import FAILED_ON_SAMPLES, SERVED_FOLDER
 from shortlist.console import make_console
 from shortlist.manifest import (
     Manifest,
@@ -270,7 +270,9 @@ def rollback(agent: AgentTarget,
              force: bool = typer.Option(False, "--force", help="publish the copy even when VERSION is the newest "
                                         "complete version and no agent answered to say what it serves (e.g. it "
                                         "serves a newer version whose folder was changed in place, or refused "
-                                        "VERSION)"),
+                                        "VERSION); when the agent refused VERSION because it failed on the stored "
+                                        "samples; or when it serves VERSION and warns that its folder changed "
+                                        "since it loaded it (the copy is of the folder as it is now)"),
              as_json: bool = typer.Option(False, "--json", help="the outcome as one JSON object on stdout")) -> None:
     """Serve an older version again: publish a copy of it (hashes checked) as the next version, then ask
     the agent to reload and say what it made of it. The versions in between stay in the registry. The agent is
@@ -278,7 +280,10 @@ def rollback(agent: AgentTarget,
     moving to no other version, or is embedding the pool with it: the copy would change nothing. When the agent
     does not answer (or --no-reload), refused when VERSION is the newest complete version (an agent serving the
     folder serves it, unless it refused it or serves a newer one whose folder changed in place: --force
-    publishes anyway). Refused too when the agent's load check refuses VERSION: an agent would refuse the copy."""
+    publishes anyway). Refused too when the agent's load check refuses VERSION, or the agent refused VERSION
+    because it failed on the stored samples: it would refuse the copy; and when the agent serves VERSION as it
+    loaded it but warns that its folder changed since: the copy would be of the changed folder (--force
+    publishes in these two cases)."""
 
     def fail(message: str, code: int) -> NoReturn:
         _fail(message, code, as_json, {"published": None, "copy_of": version})
@@ -305,7 +310,9 @@ def rollback(agent: AgentTarget,
     newest = newest_complete(registry)
     unless_newest = newest[0] if newest is not None and (st is not None or force) else ""
     if st is not None:
-        _unless_served(agent, st, version, source, registry, fail)
+        if not force:
+            _unless_failed_on_samples(agent, st, version, fail)
+        _unless_served(agent, st, version, source, registry, force, fail)
     elif not force and (same := copy_changes_nothing(registry, version, source)):  # asked again under the lock
         fail(f"{same}: an agent serving this folder serves it, or is embedding the pool with it, unless it refused "
              f"it or serves a newer version whose folder was changed after it loaded it; {unknown}; nothing was "
@@ -346,12 +353,27 @@ def _agent_status(agent: AgentTarget, fail: Callable[[str, int], NoReturn]
         return None, None, f"the agent at {agent.address} did not answer ({why}), so what it serves is not known"
 
 
+def _unless_failed_on_samples(agent: AgentTarget, st: agent_pb2.Status, version: str,
+                              fail: Callable[[str, int], NoReturn]) -> None:
+    """``fail`` (exit 1) when the agent (status ``st``) refused ``version`` because its model failed while the
+    pool was embedded with it: a copy is the same model and would fail on the same samples, after re-embedding
+    them for nothing. (Other refusals, e.g. its folder changed while it was embedded, do not carry over to a
+    copy: it is published.)"""
+    why = client.refusal(st, version)
+    if why and FAILED_ON_SAMPLES in why:
+        fail(f"{version} cannot be served again: the agent at {agent.address} refused {version} because it failed "
+             f"on the stored samples ({why}); a copy would fail on them again; nothing was published (roll back to "
+             "another version, publish a fixed model, or --force to publish the copy anyway)", 1)
+
+
 def _unless_served(agent: AgentTarget, st: agent_pb2.Status, version: str, source: Manifest, registry: Path,
-                   fail: Callable[[str, int], NoReturn]) -> None:
+                   force: bool, fail: Callable[[str, int], NoReturn]) -> None:
     """``fail`` (exit 1) when the agent (status ``st``) serves ``version`` (manifest ``source``), or the same
     model under another version, and is moving to no other; or is embedding the pool with it: a copy would
     change nothing. (The served or pending version's folder is read as it is now: one changed in place since the
-    agent loaded it no longer shows its model, and the copy is published.)"""
+    agent loaded it no longer shows its model, and the copy is published.) When it serves ``version`` itself and
+    warns that its folder changed since it loaded it, a copy would publish the changed folder, not the model it
+    serves: refused with that said, unless ``force``."""
     def same(name: str) -> bool:
         if not name:
             return False
@@ -359,6 +381,14 @@ def _unless_served(agent: AgentTarget, st: agent_pb2.Status, version: str, sourc
         return name == version or (m is not None and same_model(m, source))
 
     pending = st.pending_model_version
+    changed = [w for w in st.warnings if SERVED_FOLDER in w]
+    if not pending and st.model_version == version and changed:
+        if force:
+            return
+        fail(f"the agent at {agent.address} serves {version} as it was loaded, but its folder has changed since (it "
+             f"warns: {changed[0]}); a copy would publish the folder as it is now, not the model it serves; nothing "
+             f"was published (put {registry / version} back as it was, or roll back to another version, or --force "
+             "to publish the folder as it is now)", 1)
     if not pending and same(st.model_version):
         also = "" if st.model_version == version else f" as {st.model_version}"
         fail(f"the agent at {agent.address} serves {version}{also} already and is not moving to another "

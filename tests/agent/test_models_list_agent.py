@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from agent import client
 from agent.embedder import Embedder
-from agent.models import ModelManager
+from agent.models import FAILED_ON_SAMPLES, ModelManager
 from agent.testing import publish_linear
 from shortlist.cli import app
 from shortlist.manifest import Manifest, check_version, list_versions
@@ -313,5 +313,71 @@ def test_list_asks_an_agent_that_requires_a_token_with_token(tmp_path: Path) -> 
         plain = runner.invoke(app, ["models", "list", "--models", str(models)],
                               env={"SHORTLIST_AGENT": "127.0.0.1:1"})  # no --agent: no agent asked
         assert plain.exit_code == 0 and "did not answer" not in plain.stdout and "the agent at" not in plain.stdout
+    finally:
+        r.stop()
+
+
+def test_rollback_to_a_version_the_agent_refused_on_its_samples_publishes_nothing(tmp_path: Path) -> None:
+    """The agent refused v0002 for good because it failed on the stored samples (a failure the load check, on
+    blank and synthetic images, cannot see). A rollback to it published a copy (same model, same samples) the
+    agent would refuse again after embedding the pool with it, without a word; now it says why, publishes
+    nothing, and --force publishes anyway."""
+    models = tmp_path / "models"
+    publish_linear(models, size=SIZE, dim=16, seed=0)
+    r = start(tmp_path / "data", models)
+    try:
+        r.agent.manager.check()
+        bad = publish_linear(models, size=SIZE, dim=16, seed=1)  # passes the load check
+        why = f"{bad} refused: {FAILED_ON_SAMPLES}: the model {bad} failed on a batch of 12 images (...)"
+        r.agent.manager._refuse(bad, why)  # what the agent records when the model fails on its samples
+        told = client.refusal(r.stub.GetStatus(agent_pb2.GetStatusRequest()), bad)
+        assert told is not None and told.startswith(why)
+        args = ["models", "rollback", bad, "--models", str(models), "--agent", r.address]
+        back = runner.invoke(app, args)
+        assert back.exit_code == 1, back.output
+        assert said(back.output) == said(f"{bad} cannot be served again: the agent at {r.address} refused {bad} "
+                                         f"because it failed on the stored samples ({told}); a copy would fail on them "
+                                         "again; nothing was published (roll back to another version, publish a "
+                                         "fixed model, or --force to publish the copy anyway)")
+        assert list_versions(models) == ["v0001", bad]
+        as_json = json.loads(runner.invoke(app, [*args, "--json"]).stdout)
+        assert as_json["published"] is None and "failed on the stored samples" in as_json["error"]
+        forced = runner.invoke(app, [*args, "--force", "--json"])
+        assert forced.exit_code == 0, forced.output
+        copy = json.loads(forced.stdout)["published"]
+        assert check_version(models / copy).republished_from == bad
+    finally:
+        r.stop()
+
+
+def test_rollback_to_the_served_version_whose_folder_changed_says_so(tmp_path: Path) -> None:
+    """The served v0001's manifest.json was edited in place (another model now, the agent warns). A rollback to
+    v0001 means "the model the agent loaded": it was refused as "serves v0001 already"; now it says the agent
+    serves v0001 as it was loaded, that the folder changed, and what to do; --force publishes the folder as is."""
+    models = tmp_path / "models"
+    publish_linear(models, size=SIZE, dim=16, seed=0)
+    r = start(tmp_path / "data", models)
+    try:
+        r.agent.manager.check()
+        path = models / "v0001" / "manifest.json"
+        manifest = json.loads(path.read_text())
+        manifest["preprocess"]["mean"] = [0.1, 0.2, 0.3]
+        path.write_text(json.dumps(manifest))
+        r.agent.manager.check()
+        st = r.stub.GetStatus(agent_pb2.GetStatusRequest())
+        warned = next(w for w in st.warnings if "holds another model" in w)
+        args = ["models", "rollback", "v0001", "--models", str(models), "--agent", r.address]
+        back = runner.invoke(app, args)
+        assert back.exit_code == 1, back.output
+        words = said(back.output)
+        assert words == said(f"the agent at {r.address} serves v0001 as it was loaded, but its folder has changed "
+                             f"since (it warns: {warned}); a copy would publish the folder as it is now, not the "
+                             f"model it serves; nothing was published (put {models / 'v0001'} back as it was, or "
+                             "roll back to another version, or --force to publish the folder as it is now)")
+        assert "serves v0001 already" not in words and list_versions(models) == ["v0001"]
+        forced = runner.invoke(app, [*args, "--force", "--json"])
+        assert forced.exit_code == 0, forced.output
+        assert json.loads(forced.stdout)["published"] == "v0002"
+        assert check_version(models / "v0002").preprocess.mean == (0.1, 0.2, 0.3)
     finally:
         r.stop()
