@@ -27,6 +27,14 @@ if TYPE_CHECKING:
 WIDTH, HEIGHT = 12.0, 2.8
 NARROW = 6.0  # the class balance chart (half a page wide)
 MAX_SERIES = 8  # annotators drawn as their own line; the rest are summed as "others"
+# Each series (a class, an annotator) is told apart by its marker and its line style as well as its colour, so
+# a reader who cannot tell the colours apart (red from green, say) can still match a line to the legend. The
+# colours are Okabe and Ito's colour-blind-safe set (without black: the total's line is black), then a grey;
+# the markers never repeat within MAX_SERIES, and each line style is paired with two markers.
+SERIES_COLOURS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#666666")
+SERIES_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+SERIES_LINESTYLES = ("-", "--", "-.", ":", "-", "--", "-.", ":")
+MARK_EVERY = 0.12  # a series' markers about this far apart (a fraction of the axes' diagonal), not one a label
 
 P = ParamSpec("P")
 # matplotlib's rc settings are one process-wide dict, and rc_context changes it for every thread: charts are
@@ -348,8 +356,8 @@ def timeline_svg(p: Progress) -> str:
     busiest = sorted(p.annotators.values(), key=lambda a: -a.labels)[:MAX_SERIES]
     end = max(t for series in (p.timeline, *(p.annotator_timeline[a.name] for a in busiest)) for t, _ in series)
     _steps(ax, p.timeline, end, color="black", linewidth=2, label="samples labelled")
-    for a in busiest:
-        _steps(ax, p.annotator_timeline[a.name], end, linewidth=1.2, label=f"{a.name} (labels given)")
+    for a, style in zip(busiest, _series_styles(), strict=False):
+        _steps(ax, p.annotator_timeline[a.name], end, linewidth=1.2, label=f"{a.name} (labels given)", **style)
     _time_axis(ax)
     ax.set_ylabel("count")
     ax.legend(loc="upper left", fontsize=8, frameon=False)
@@ -365,27 +373,34 @@ def class_timeline_svg(p: Progress) -> str:
         return _empty(fig, ax, "no labels yet")
     largest = sorted(p.class_timeline, key=lambda c: (-p.per_class[c], c))[:MAX_SERIES]
     end = max(p.class_timeline[name][-1][0] for name in largest)
-    for name in largest:
-        _steps(ax, p.class_timeline[name], end, linewidth=1.4, label=name)
+    for name, style in zip(largest, _series_styles(), strict=False):
+        _steps(ax, p.class_timeline[name], end, linewidth=1.4, label=name, **style)
     _time_axis(ax)
     ax.set_ylabel("labels (current)")
     ax.legend(loc="upper left", fontsize=8, frameon=False, ncols=2)
     return _svg(fig)
 
 
+def _series_styles() -> list[dict[str, Any]]:
+    """The MAX_SERIES styles (colour, marker, line style) of a chart's series, in the order they are drawn: no
+    two alike in marker, nor in colour, so none is told apart by its colour alone."""
+    return [{"color": c, "marker": m, "linestyle": ls, "markersize": 5, "markevery": MARK_EVERY}
+            for c, m, ls in zip(SERIES_COLOURS, SERIES_MARKERS, SERIES_LINESTYLES, strict=True)]
+
+
 def _steps(ax: Axes, series: list[tuple[float, int]], end: float, **style: Any) -> None:
     """Draw ``series`` [(unix time s, count)] as a step line held level up to ``end`` (the chart's last time, s).
 
     A step line of one point draws nothing (a class with one label was in the legend but not on the chart):
-    held to ``end`` it is a line, and its first point has a marker, which is all there is to see when ``end``
-    is that point's time (one moment on the whole chart).
+    held to ``end`` it is a line, and its first point has a marker (its own, else "o"), which is all there is to
+    see when ``end`` is that point's time (one moment on the whole chart).
     """
     ts, ns = [t for t, _ in series], [n for _, n in series]
     if ts[-1] < end:
         ts.append(end)
         ns.append(ns[-1])
     if len(series) == 1:
-        style = {"marker": "o", "markersize": 4, "markevery": [0], **style}
+        style = {"marker": "o", "markersize": 4, **style, "markevery": [0]}
     ax.step(_dates(ts), ns, where="post", **style)
 
 

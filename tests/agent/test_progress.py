@@ -178,13 +178,54 @@ def test_a_series_of_one_point_is_drawn() -> None:
                rec("d", "frog", "ana", 300.0)]
     p = collect(history, classes=["cat", "deer", "frog"])
     (cat, cat_marks), (deer, deer_marks), (frog, frog_marks) = _drawn_lines(class_timeline_svg(p))
-    assert cat > 0 and cat_marks == 0
+    assert cat > 0 and cat_marks >= 1  # every series has its own markers along it (see the next test)
     assert deer > 0 and deer_marks == 1  # held from its one label (t=150) to the chart's end (t=300)
     assert frog == 0 and frog_marks == 1  # its one label is the chart's last moment: a marker
     lines = _drawn_lines(timeline_svg(p))  # samples labelled, ana, ben (one label)
     assert len(lines) == 3 and all(width > 0 for width, _ in lines)
     one = collect([rec("a", "deer", "ana", 100.0)])  # one moment: no width, but its marker
     assert [markers for _, markers in _drawn_lines(class_timeline_svg(one))] == [1]
+
+
+def _series_looks(svg: str, group: str) -> list[tuple[str, str, str]]:
+    """Each data line in ``group`` of a chart's SVG ("axes_1": the lines drawn; "legend_1": the legend's
+    samples) as (its colour, its line's dash pattern, its marker's outline or "none"), ticks and grid left out."""
+    import xml.etree.ElementTree as ET
+
+    ns = {"s": "http://www.w3.org/2000/svg"}
+    root = ET.fromstring(svg)
+    marker_paths = {p.get("id"): p.get("d", "") for p in root.iterfind(".//s:defs/s:path", ns)}
+    parent = root.find(f".//s:g[@id='{group}']", ns)
+    assert parent is not None
+    looks = []
+    for g in parent.findall("s:g", ns):
+        path = g.find("s:path", ns)  # a line's own path (a tick or a legend text has none)
+        if not g.get("id", "").startswith("line2d_") or path is None or "#b0b0b0" in path.get("style", ""):
+            continue  # not a line, or a grid line
+        style = dict(kv.strip().split(": ") for kv in path.get("style", "").split(";") if kv.strip())
+        use = g.find(".//s:use", ns)
+        href = "" if use is None else use.get("{http://www.w3.org/1999/xlink}href", "")
+        looks.append((style["stroke"], style.get("stroke-dasharray", "solid"), marker_paths.get(href[1:], "none")))
+    return looks
+
+
+def test_class_lines_differ_by_more_than_colour() -> None:
+    """A reader who cannot tell colours apart matches each class's line to the legend by its marker and its line
+    style: three classes draw three lines, each with its own marker and dash pattern, and the legend shows them
+    the same way. The colours are a colour-blind-safe set (no red and green pair)."""
+    history = [rec("a", "cat", "ana", 100.0), rec("b", "dog", "ana", 200.0), rec("c", "fox", "ben", 300.0),
+               rec("d", "cat", "ben", 400.0), rec("e", "dog", "ana", 500.0)]
+    svg = class_timeline_svg(collect(history))
+    lines = _series_looks(svg, "axes_1")
+    assert len(lines) == 3 and all(marker != "none" for _, _, marker in lines)
+    assert len({marker for _, _, marker in lines}) == 3  # three shapes
+    assert len({dash for _, dash, _ in lines}) == 3  # three line styles
+    assert {c for c, _, _ in lines} <= {"#0072b2", "#d55e00", "#009e73"}  # Okabe-Ito blue, vermillion, green
+    assert _series_looks(svg, "legend_1") == lines  # the legend's samples show the same marker and line
+    # the per-annotator lines of the other chart the same way (the samples labelled total: black, no marker)
+    total, *annotators = _series_looks(timeline_svg(collect(history)), "axes_1")
+    assert total == ("#000000", "solid", "none")
+    assert len(annotators) == 2 and len({m for _, _, m in annotators} - {"none"}) == 2
 
 
 def test_an_undo_at_one_moment_draws_no_dip() -> None:
