@@ -12,6 +12,37 @@
     "#9c755f", "#bab0ac", "#1f77b4", "#aec7e8", "#ff7f0e", "#ffbb78", "#2ca02c", "#98df8a", "#d62728",
     "#ff9896", "#9467bd", "#c5b0d5"];
   const GREY = "#c3c8d1";
+  // Each class has a shape as well as a colour (class k: SHAPES[k % 7]), so a class is told apart without
+  // telling colours apart (red from green, say). Vertices on the unit circle's scale (y down); none = a circle.
+  // The legend draws the same shape (an SVG) beside the class's name.
+  const SHAPES = [
+    { name: "square", pts: [[-0.9, -0.9], [0.9, -0.9], [0.9, 0.9], [-0.9, 0.9]] },
+    { name: "circle", pts: null },
+    { name: "triangle", pts: [[0, -1.15], [1.05, 0.85], [-1.05, 0.85]] },
+    { name: "diamond", pts: [[0, -1.2], [1.2, 0], [0, 1.2], [-1.2, 0]] },
+    { name: "cross", pts: [[-0.35, -1.1], [0.35, -1.1], [0.35, -0.35], [1.1, -0.35], [1.1, 0.35], [0.35, 0.35],
+      [0.35, 1.1], [-0.35, 1.1], [-0.35, 0.35], [-1.1, 0.35], [-1.1, -0.35], [-0.35, -0.35]] },
+    { name: "triangle-down", pts: [[0, 1.15], [1.05, -0.85], [-1.05, -0.85]] },
+    { name: "star", pts: Array.from({ length: 10 }, (_, j) => {
+      const a = -Math.PI / 2 + (j * Math.PI) / 5, m = j % 2 ? 0.5 : 1.25;
+      return [m * Math.cos(a), m * Math.sin(a)];
+    }) },
+  ];
+  const shapeOf = (k) => SHAPES[((k % SHAPES.length) + SHAPES.length) % SHAPES.length];
+  // Adds class k's shape around (x, y), of radius r (px), to the current path.
+  function shapePath(k, x, y, r) {
+    const s = shapeOf(k);
+    if (!s.pts) { ctx.moveTo(x + r, y); ctx.arc(x, y, r, 0, 2 * Math.PI); return; }
+    s.pts.forEach(([px, py], j) => (j ? ctx.lineTo : ctx.moveTo).call(ctx, x + px * r, y + py * r));
+    ctx.closePath();
+  }
+  // The legend's swatch for class k (-1: the grey of no class, a small square), filled with ``fill``.
+  function swatch(k, fill) {
+    const s = k < 0 ? SHAPES[0] : shapeOf(k);
+    const body = s.pts ? `<polygon points="${s.pts.map((p) => p.map((v) => v.toFixed(3)).join(",")).join(" ")}"/>`
+      : `<circle r="1"/>`;
+    return `<svg class="swatch" data-shape="${k < 0 ? "none" : s.name}" viewBox="-1.3 -1.3 2.6 2.6" width="13" height="13" aria-hidden="true" focusable="false" fill="${fill}">${body}</svg>`;
+  }
   const pts = { ids: [], x: [], y: [], label: [], prior: null, inQueue: null, selected: null, n: 0 };
   let classes = [], header = null, tool = "lasso", colour = "label";
   let view = { sx: 1, sy: 1, tx: 0, ty: 0 };  // screen = data * s + t
@@ -74,23 +105,23 @@
     for (const i of layers[0]) { ctx.globalAlpha = fade(i, 0.55); ctx.fillRect(sx(i) - r, sy(i) - r, 2 * r, 2 * r); }
     for (const i of layers[1]) {
       const g = group(i);
-      ctx.fillStyle = colour === "queue" ? "#f28e2b" : colourOf(g);
-      // labelled samples: filled squares; priors: circles, lighter
+      // each class in its shape (the queue: one group, squares); labelled samples filled; priors outlined
+      const paint = colour === "queue" ? "#f28e2b" : colourOf(g), k = colour === "queue" ? 0 : g;
+      ctx.beginPath(); shapePath(k, sx(i), sy(i), r * 1.3);
       if (colour === "prior" && pts.label[i] < 0) {
-        ctx.globalAlpha = fade(i, 0.55); ctx.beginPath(); ctx.arc(sx(i), sy(i), r * 1.05, 0, 2 * Math.PI); ctx.fill();
+        ctx.globalAlpha = fade(i, 0.8); ctx.strokeStyle = paint; ctx.lineWidth = 1.4; ctx.stroke();
       } else {
-        ctx.globalAlpha = fade(i, 0.9); ctx.fillRect(sx(i) - r * 1.15, sy(i) - r * 1.15, 2.3 * r, 2.3 * r);
+        ctx.globalAlpha = fade(i, 0.9); ctx.fillStyle = paint; ctx.fill();
       }
     }
     ctx.globalAlpha = 1;
     if (sel && pts.n <= 3000) {  // few points: a dark ring around each selected one too
       ctx.strokeStyle = "#161b26"; ctx.lineWidth = 1.2;
-      // in the point's own shape: a round ring around a prior's dot (the legend's "dots: priors"), else square
+      // in the point's own shape (its class's; the queue's and the grey points' a square)
       for (let i = 0; i < pts.n; i++) {
         if (!sel[i]) continue;
-        if (colour === "prior" && pts.label[i] < 0 && group(i) >= 0) {
-          ctx.beginPath(); ctx.arc(sx(i), sy(i), r + 2, 0, 2 * Math.PI); ctx.stroke();
-        } else ctx.strokeRect(sx(i) - r - 1.5, sy(i) - r - 1.5, 2 * r + 3, 2 * r + 3);
+        const g = group(i);
+        ctx.beginPath(); shapePath(colour === "queue" || g < 0 ? 0 : g, sx(i), sy(i), r * 1.3 + 2.5); ctx.stroke();
       }
     }
     if (hoverIdx >= 0) {
@@ -300,13 +331,13 @@
     for (let i = 0; i < pts.n; i++) { const g = group(i); counts.set(g, (counts.get(g) || 0) + 1); }
     let html = "";
     if (colour === "queue") {
-      html = `<li><i style="background:#f28e2b"></i>in the queue <span class="count">${(counts.get(0) || 0).toLocaleString()}</span></li>`;
-      html += `<li><i style="background:${GREY}"></i>not in the queue <span class="count">${(counts.get(-1) || 0).toLocaleString()}</span></li>`;
+      html = `<li>${swatch(0, "#f28e2b")}in the queue <span class="count">${(counts.get(0) || 0).toLocaleString()}</span></li>`;
+      html += `<li>${swatch(-1, GREY)}not in the queue <span class="count">${(counts.get(-1) || 0).toLocaleString()}</span></li>`;
     } else {
-      classes.forEach((c, k) => { html += `<li><i style="background:${colourOf(k)}"></i>${esc(c)} <span class="count">${(counts.get(k) || 0).toLocaleString()}</span></li>`; });
+      classes.forEach((c, k) => { html += `<li data-class="${esc(c)}">${swatch(k, colourOf(k))}${esc(c)} <span class="count">${(counts.get(k) || 0).toLocaleString()}</span></li>`; });
       const rest = colour === "label" ? "unlabelled" : "no prior";
-      html += `<li><i style="background:${GREY}"></i>${rest} <span class="count">${(counts.get(-1) || 0).toLocaleString()}</span></li>`;
-      if (colour === "prior") html += `<li class="muted small">squares: labels · dots: priors</li>`;
+      html += `<li>${swatch(-1, GREY)}${rest} <span class="count">${(counts.get(-1) || 0).toLocaleString()}</span></li>`;
+      if (colour === "prior") html += `<li class="muted small">filled: labels · outlined: priors</li>`;
     }
     $("legend").innerHTML = html;
   }
@@ -450,7 +481,8 @@
   }
 
   // For tests and scripts: select by data-space polygon is the same as a user's lasso.
-  window.ShortlistMap = { points: () => pts, view: () => view, header: () => header, selectedIds };
+  window.ShortlistMap = { points: () => pts, view: () => view, header: () => header, selectedIds,
+    shapeOf: (k) => shapeOf(k).name };
   window.addEventListener("resize", resize);
   resize();
   load();

@@ -274,30 +274,73 @@ def test_the_map_draws_each_point_once_after_a_deletion(live_web: WebAgent, page
     assert page.inner_text("#stat-points") == str(N_IMAGES - 1)
 
 
-def test_selected_priors_keep_their_round_shape_on_the_map(live_web: WebAgent, page: Any) -> None:
-    """Coloured by prior ("squares: labels · dots: priors"), a selected unlabelled point gets a round ring
-    around its dot, a selected labelled one a square ring."""
+def test_selected_points_keep_their_class_shape_on_the_map(live_web: WebAgent, page: Any) -> None:
+    """Coloured by prior ("filled: labels · outlined: priors"), a selected point gets a ring in its class's
+    shape: round around a point of the class drawn as circles (class 1), not round around another class's."""
     page.goto(f"{live_web.url}/map")
     wait_map_ready(page)
     page.select_option("#colour", "prior")
     page.wait_for_function("() => window.ShortlistMap.points().prior !== null")
+    assert page.evaluate("() => window.ShortlistMap.shapeOf(1)") == "circle"
     rings = page.evaluate("""() => {
         const p = window.ShortlistMap.points(), ctx = document.getElementById('map').getContext('2d');
-        const calls = { rect: 0, arc: 0 }, rect = ctx.strokeRect, arc = ctx.arc;
-        ctx.strokeRect = function (...a) { calls.rect += 1; return rect.apply(this, a); };
+        const calls = { arc: 0 }, arc = ctx.arc;
         ctx.arc = function (...a) { calls.arc += 1; return arc.apply(this, a); };
-        const one = (i) => { calls.rect = 0; calls.arc = 0; p.selected = new Uint8Array(p.n); p.selected[i] = 1;
+        const one = (i) => { calls.arc = 0; p.selected = new Uint8Array(p.n); p.selected[i] = 1;
                              window.dispatchEvent(new Event('resize')); return { ...calls }; };
-        const prior = [...p.label].findIndex((l, i) => l < 0 && p.prior[i] >= 0);
-        const labelled = [...p.label].findIndex((l) => l >= 0);
+        const group = (i) => (p.label[i] >= 0 ? p.label[i] : p.prior[i]);
+        const prior = [...p.label].findIndex((l, i) => l < 0 && p.prior[i] === 1);
+        const labelled = [...p.label].findIndex((l) => l >= 0 && l !== 1);
         const out = { prior: one(prior), labelled: one(labelled) };
-        const dots = [...p.label].filter((l, i) => l < 0 && p.prior[i] >= 0).length;
-        ctx.strokeRect = rect; ctx.arc = arc;
-        return { ...out, dots };
+        const circles = [...p.label].filter((l, i) => group(i) === 1).length;
+        ctx.arc = arc;
+        return { ...out, circles, found: [prior, labelled] };
     }""")
-    # the prior's dot is drawn with arc too (one per unlabelled point with a prior); its ring is one more
-    assert rings["prior"] == {"rect": 0, "arc": rings["dots"] + 1}, rings
-    assert rings["labelled"] == {"rect": 1, "arc": rings["dots"]}, rings
+    assert min(rings["found"]) >= 0, rings
+    # each point of class 1 is drawn with arc (a circle); the selected one's ring is one more
+    assert rings["prior"] == {"arc": rings["circles"] + 1}, rings
+    assert rings["labelled"] == {"arc": rings["circles"]}, rings
+
+
+def test_map_classes_differ_by_shape_in_points_and_legend(live_map: WebAgent, browser: Any) -> None:
+    """A class is told apart by its shape as well as its colour: each class's legend swatch has its own shape,
+    the one its points are drawn in, and forced colours (which drop colours) keep the swatches' shapes."""
+    context = browser.new_context(viewport={"width": 1280, "height": 800}, forced_colors="active")
+    try:
+        page = context.new_page()
+        page.set_default_timeout(15_000)
+        page.goto(f"{live_map.url}/map")
+        wait_map_ready(page)
+        page.wait_for_function("() => document.querySelectorAll('#legend li[data-class]').length >= 2")
+        legend = page.evaluate("""() => [...document.querySelectorAll('#legend li[data-class]')].map((li) => {
+            const svg = li.querySelector('svg.swatch'), shape = svg.firstElementChild;
+            const box = svg.getBoundingClientRect();
+            return { name: li.dataset.class, shape: svg.dataset.shape,
+                     drawn: shape.tagName + ':' + (shape.getAttribute('points') || ''),
+                     adjust: getComputedStyle(svg).forcedColorAdjust, stroke: getComputedStyle(shape).stroke,
+                     width: box.width, height: box.height };
+        })""")
+        assert len(legend) >= 2
+        shapes = [e["shape"] for e in legend]
+        assert len(set(shapes)) == len(shapes), legend  # a shape each
+        assert len({e["drawn"] for e in legend}) == len(legend), legend  # drawn differently, not only named
+        assert all(e["adjust"] == "none" and e["width"] > 8 and e["height"] > 8 for e in legend), legend
+        assert all(e["stroke"] != "none" for e in legend), legend  # outlined in forced colours
+        assert shapes == [page.evaluate(f"() => window.ShortlistMap.shapeOf({k})") for k in range(len(legend))]
+        # the canvas draws a circle (arc) for each point whose class's shape is the circle, and only those
+        drawn = page.evaluate("""() => {
+            const p = window.ShortlistMap.points(), ctx = document.getElementById('map').getContext('2d');
+            let arcs = 0; const arc = ctx.arc;
+            ctx.arc = function (...a) { arcs += 1; return arc.apply(this, a); };
+            window.dispatchEvent(new Event('resize'));
+            ctx.arc = arc;
+            const labels = [...p.label];
+            return { arcs, circles: labels.filter((l) => l >= 0 && window.ShortlistMap.shapeOf(l) === 'circle').length,
+                     labelled: labels.filter((l) => l >= 0).length };
+        }""")
+        assert drawn["arcs"] == drawn["circles"] < drawn["labelled"], drawn
+    finally:
+        context.close()
 
 
 def test_an_empty_priors_view_offers_no_accept_and_no_pages(live_web: WebAgent, page: Any) -> None:
