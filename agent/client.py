@@ -530,6 +530,19 @@ def _probe_tls(address: str, host: str, port: int, config: ClientConfig, timeout
     return ""
 
 
+def _close_unwatched(ch: grpc.Channel, ready_future: grpc.Future) -> None:
+    """Close ``ch`` after its ready future gave up, once grpc's connectivity-polling thread has seen that no one
+    watches any more (it looks every 0.2 s): closed under that thread, grpc raises "Cannot monitor channel
+    state: Channel closed!" in it, a traceback on stderr (and a failed test under pytest). Waits at most 0.5 s;
+    reads grpc's private ``_connectivity_state`` when there is one, else closes at once."""
+    ready_future.cancel()
+    state = getattr(ch, "_connectivity_state", None)
+    deadline = time.monotonic() + 0.5
+    while getattr(state, "polling", False) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    ch.close()
+
+
 def channel(address: str, timeout: float | None = None, config: ClientConfig | None = None,
             starting: bool = False, max_reconnect_backoff_ms: int | None = None) -> grpc.Channel:
     """A channel to ``address`` (HOST:PORT) with ``config``'s TLS and token, once ready; AgentUnavailable
@@ -585,8 +598,7 @@ def channel(address: str, timeout: float | None = None, config: ClientConfig | N
         if time.monotonic() >= deadline:
             break
     if not ready:
-        ready_future.cancel()
-        ch.close()
+        _close_unwatched(ch, ready_future)
         raise AgentUnavailable(reason or f"no agent answers at {address} after {wait:g}s; start one with "
                                "`shortlist serve --data-dir D --models M --port PORT`, or raise --connect-timeout")
     # The token goes first, so that every retried attempt carries it too.

@@ -271,10 +271,12 @@ def start_agent(cfg: LoadConfig, registry: Path) -> Target:
     while True:
         if proc.poll() is not None:
             raise LoadError(f"the agent exited at start (status {proc.returncode}); see {log}")
-        try:
-            client.channel(address, timeout=2.0, starting=True).close()
+        try:  # a plain call, as bench.cifar10.process does: no ready future, no polling thread to race a close
+            with grpc.insecure_channel(address) as ch:
+                agent_pb2_grpc.AgentStub(ch).GetStatus(agent_pb2.GetStatusRequest(), timeout=2)
             break
-        except client.AgentUnavailable:
+        except grpc.RpcError:
+            time.sleep(0.3)
             if time.monotonic() > deadline:
                 proc.kill()
                 raise LoadError(f"the agent did not answer within 120 s; see {log}") from None
