@@ -33,6 +33,14 @@ def said(output: str) -> str:
     return " ".join(output.replace("│", " ").split())
 
 
+def edit_mean_in_place(version: Path) -> None:
+    """Edit a published version's manifest.json in place: another preprocessing mean, so another model."""
+    path = version / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["preprocess"]["mean"] = [0.1, 0.2, 0.3]
+    path.write_text(json.dumps(manifest))
+
+
 def test_list_names_a_version_the_agent_refused(tmp_path: Path) -> None:
     models = tmp_path / "models"
     publish_linear(models, size=SIZE, dim=16, seed=0)
@@ -171,10 +179,7 @@ def test_a_served_manifest_edited_in_place_is_said_to_be_changed_not_a_reused_nu
     r = start(tmp_path / "data", models)
     try:
         r.agent.manager.check()
-        path = models / "v0001" / "manifest.json"
-        manifest = json.loads(path.read_text())
-        manifest["preprocess"]["mean"] = [0.1, 0.2, 0.3]
-        path.write_text(json.dumps(manifest))
+        edit_mean_in_place(models / "v0001")
         r.agent.manager.check()
         warned = [w for w in r.stub.GetStatus(agent_pb2.GetStatusRequest()).warnings if "holds another model" in w]
         assert warned and "its files were changed in place (e.g. its manifest.json edited" in warned[0], warned
@@ -359,10 +364,7 @@ def test_rollback_to_the_served_version_whose_folder_changed_says_so(tmp_path: P
     r = start(tmp_path / "data", models)
     try:
         r.agent.manager.check()
-        path = models / "v0001" / "manifest.json"
-        manifest = json.loads(path.read_text())
-        manifest["preprocess"]["mean"] = [0.1, 0.2, 0.3]
-        path.write_text(json.dumps(manifest))
+        edit_mean_in_place(models / "v0001")
         r.agent.manager.check()
         st = r.stub.GetStatus(agent_pb2.GetStatusRequest())
         warned = next(w for w in st.warnings if "holds another model" in w)
