@@ -34,7 +34,8 @@ running fit (in the map thread: stops it at openTSNE's next callback, every ``CA
 and starts the new version's map.
 
 Durability: ``D/map/<version>.npz`` holds the covered index rows' sample seqs, coordinates, the fitted
-mask and the method, written atomically (temporary file, fsync, rename, fsync of the folder) after each
+mask and the method, written atomically and owner-only (``shortlist.atomic.atomic_file``: temporary
+file created 0600, fsync, rename, fsync of the folder) after each
 fit and, at most every ``save_every_s``, after placements; a restart loads it (when its seqs are a
 prefix of the version's index rows) instead of recomputing. Maps of other versions are removed once
 the serving version's map is saved.
@@ -61,6 +62,7 @@ from agent.errors import RepeatedWarning
 from agent.index import IndexView
 from agent.map_fit import MIN_TSNE, ChildFailed, FitStopped, Projection, fit_in_child, project
 from agent.security import OWNER_DIR, OWNER_FILE
+from shortlist.atomic import atomic_file
 
 log = logging.getLogger(__name__)
 
@@ -460,7 +462,7 @@ class PoolMap:
             self._save_warning.clear(f"pool map of {m.version} saved again")
 
     def _save(self, m: PoolMapData) -> None:
-        """Write ``m`` to D/map/<version>.npz atomically (temp file, fsync, rename, fsync the folder)."""
+        """Write ``m`` to D/map/<version>.npz atomically and owner-only (``atomic_file``)."""
         with self._save_lock:
             if self._stop.is_set() and m.version == self._saved_version and m.n < self._saved_n:
                 return  # the thread, late after stop(): never replace the newer map stop() saved
@@ -468,24 +470,10 @@ class PoolMap:
 
     def _save_unlocked(self, m: PoolMapData) -> None:
         self.folder.mkdir(mode=OWNER_DIR, parents=True, exist_ok=True)
-        path = self._path(m.version)
-        tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
         meta = json.dumps({"version": m.version, "method": m.method, "rows": m.n})
-        fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, OWNER_FILE)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, seqs=m.seqs, xy=m.xy, fitted=m.fitted, meta=np.array(meta))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        dfd = os.open(self.folder, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        # owner-only from its first byte: the map's points derive from the pool's images
+        with atomic_file(self._path(m.version), mode=OWNER_FILE) as f:
+            np.savez(f, seqs=m.seqs, xy=m.xy, fitted=m.fitted, meta=np.array(meta))
         self._saved_n, self._saved_at, self._saved_version = m.n, time.monotonic(), m.version
 
     def _load(self, version: str, view: IndexView) -> PoolMapData | None:

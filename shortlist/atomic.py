@@ -88,14 +88,27 @@ def _sweep_dead(path: Path) -> None:
 
 @contextmanager
 def atomic_file(path: Path, text: bool = False, encoding: str = "utf-8",
-                newline: str | None = None) -> Iterator[IO[Any]]:
+                newline: str | None = None, mode: int | None = None) -> Iterator[IO[Any]]:
     """Open a temporary file beside ``path`` for writing (binary, or text with ``encoding``/``newline``);
     when the ``with`` block ends without an exception it is fsynced and renamed onto ``path`` and the folder
     fsynced. On an exception (in the block, the fsync or the rename) the temporary file is removed and
-    ``path`` keeps its old content (or stays absent)."""
+    ``path`` keeps its old content (or stays absent).
+
+    ``mode`` (permission bits, e.g. 0o600 for an owner-only file): the temporary file is created with it and
+    then set to exactly it (the umask only narrows at creation; ``chmod`` makes the result what was asked),
+    both before anything is written or renamed, so ``path`` never exists with wider permissions. None: the
+    usual 0o666 less the umask."""
     tmp = temp_name(path)
+
+    def opener(name: str, flags: int) -> int:
+        fd = os.open(name, flags, 0o666 if mode is None else mode)
+        if mode is not None:
+            os.fchmod(fd, mode)
+        return fd
+
     try:
-        with (open(tmp, "w", encoding=encoding, newline=newline) if text else open(tmp, "wb")) as f:
+        with (open(tmp, "w", encoding=encoding, newline=newline, opener=opener) if text
+              else open(tmp, "wb", opener=opener)) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
@@ -107,7 +120,8 @@ def atomic_file(path: Path, text: bool = False, encoding: str = "utf-8",
     _sweep_dead(path)
 
 
-def write_atomic(path: Path, data: bytes | str, encoding: str = "utf-8") -> None:
-    """Write ``data`` (bytes, or text in ``encoding``) to ``path`` crash-safely (``atomic_file``)."""
-    with atomic_file(path) as f:
+def write_atomic(path: Path, data: bytes | str, encoding: str = "utf-8", mode: int | None = None) -> None:
+    """Write ``data`` (bytes, or text in ``encoding``) to ``path`` crash-safely (``atomic_file``, ``mode``
+    its permission bits)."""
+    with atomic_file(path, mode=mode) as f:
         f.write(data.encode(encoding) if isinstance(data, str) else data)

@@ -422,3 +422,35 @@ def test_a_full_disk_is_retried_every_save_every_s_and_warned_once(tmp_path: Pat
     assert tries == [30]
     assert [r.getMessage() for r in caplog.records] == [
         "could not save the pool map of v0001: [Errno 28] No space left on device"]
+
+
+def test_the_saved_map_is_owner_only_and_a_failed_save_leaves_no_temp_file(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """D/map/<version>.npz is written by shortlist.atomic.atomic_file with mode 0600 (whatever the umask); a save
+    that fails mid-write leaves the saved map as it was and no temporary file."""
+    vecs, _ = blobs(40)
+    folder = tmp_path / "map"
+    pm = PoolMap(MapConfig(early_iterations=20, iterations=20, save_every_s=0.0, child_process=False), folder,
+                 FakeServing(vecs))
+    old = os.umask(0)
+    try:
+        pm.step()
+    finally:
+        os.umask(old)
+    saved = folder / "v0001.npz"
+    assert saved.stat().st_mode & 0o777 == 0o600
+    before = saved.read_bytes()
+    m = pm.snapshot("v0001")
+    assert m is not None
+
+    def torn(*args: object, **kw: object) -> None:
+        f = args[0]
+        assert hasattr(f, "write")
+        f.write(b"PK half a zip")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pool_map.np, "savez", torn)
+    with pytest.raises(OSError):
+        pm._save_unlocked(m)
+    assert saved.read_bytes() == before
+    assert sorted(p.name for p in folder.iterdir()) == ["v0001.npz"]

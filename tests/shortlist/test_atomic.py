@@ -91,3 +91,35 @@ def test_temp_of_a_dead_writer_is_swept_by_the_next_write(tmp_path: Path) -> Non
     write_atomic(path, '{"a": 1}')
     assert path.read_text() == '{"a": 1}'
     assert _leftovers(tmp_path) == [live.name]
+
+
+@pytest.mark.parametrize("umask", [0o000, 0o022, 0o077])
+@pytest.mark.parametrize("text", [False, True])
+def test_mode_is_the_one_asked_from_the_temp_file_on(tmp_path: Path, umask: int, text: bool) -> None:
+    """``mode``: the final file has exactly those permission bits whatever the umask, and so does the temporary
+    file while it is being written (the path never exists with wider ones)."""
+    path = tmp_path / "map.npz"
+    old = os.umask(umask)
+    try:
+        with atomic_file(path, text=text, mode=0o600) as f:
+            [tmp] = [p for p in tmp_path.iterdir() if atomic.TMP_INFIX in p.name]
+            assert tmp.stat().st_mode & 0o777 == 0o600
+            f.write("x" if text else b"x")
+        assert path.stat().st_mode & 0o777 == 0o600
+        write_atomic(path, b"y", mode=0o640)  # a rewrite takes the mode asked, not the old file's
+        assert path.stat().st_mode & 0o777 == 0o640 and path.read_bytes() == b"y"
+        write_atomic(path, b"z")  # no mode: the usual 0o666 less the umask
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+    finally:
+        os.umask(old)
+    assert _leftovers(tmp_path) == []
+
+
+def test_mode_with_an_exception_in_the_block_leaves_no_temp_and_the_old_file(tmp_path: Path) -> None:
+    path = tmp_path / "map.npz"
+    write_atomic(path, b"old", mode=0o600)
+    with pytest.raises(Crash), atomic_file(path, mode=0o600) as f:
+        f.write(b"new, half")
+        raise Crash("killed mid-write")
+    assert path.read_bytes() == b"old" and path.stat().st_mode & 0o777 == 0o600
+    assert _leftovers(tmp_path) == []
