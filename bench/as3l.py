@@ -28,7 +28,6 @@ resumes from its checkpoint. results.json, results.md and plots are rewritten af
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -43,6 +42,7 @@ from bench.checks import OutLock
 from bench.cifar10.encoder import torch_run_candidates
 from bench.cifar10.run import Walls
 from bench.metrics import class_coverage, expected_calibration_error, linear_probe_scores, prior_scores, write_json
+from shortlist.atomic import NotWholeJson, read_json
 from shortlist.datasets import ImageArray, load_array, split_sources_said
 from shortlist.manifest import read_complete
 
@@ -173,6 +173,15 @@ def torch_run_of(provenance: dict[str, Any], version_dir: Path) -> Path:
                              "pass --encoder RUN_FOLDER (a `shortlist pretrain` output)")
 
 
+def init_preprocess(init: Path) -> str:
+    """The preprocess name (without its ``@size``) of the training run ``init`` (its config.json; cifar10 when it
+    has none), which the arms train with."""
+    path = init / "config.json"
+    saved = (read_json(path, "it records the encoder's training settings (its preprocess, which the arms train "
+                       "with): restore it, or pass another --encoder") if path.is_file() else {})
+    return str(saved.get("preprocess", "cifar10")).partition("@")[0]
+
+
 def prepare_encoder(encoder: Path | None, profile: Profile, splits: cifar10.PoolSplits, out: Path,
                     console: Console) -> tuple[str, dict[str, Any]]:
     """bench cifar10's prepare_encoder, except that a training run folder this --out already exported is
@@ -223,7 +232,8 @@ def check_settings(cells: Path, settings: dict[str, Any]) -> None:
     the cells. A budget's steps may differ only for budgets not yet run."""
     path = cells / "settings.json"
     if path.is_file():
-        saved = json.loads(path.read_text())
+        saved = read_json(path, f"it records the settings the cells in {cells} were made with: restore it, or "
+                          f"delete {cells} to run every cell again, or pass another --out")
         steps = {**saved.get("steps", {}), **settings["steps"]}
         clash = {b for b in saved.get("steps", {}) if b in settings["steps"] and saved["steps"][b] !=
                  settings["steps"][b]}
@@ -264,8 +274,7 @@ def label_cell(folders: Folders, strategy: str, budget: int, seed: int, data: La
     cells, pool_ids, truth, classes = folders.cells, data.pool_ids, data.truth, data.classes
     folder = cells / "labels" / f"{strategy}-{budget}-seed{seed}"
     if (folder / "cell.json").is_file():
-        done: dict[str, Any] = json.loads((folder / "cell.json").read_text())
-        return done
+        return read_json(folder / "cell.json", "delete it to re-run that cell")
     work = folders.work
     if work.exists():
         shutil.rmtree(work)
@@ -325,8 +334,8 @@ def arm_cell(setup: ArmSetup, arm: Arm, budget: int, seed: int, labels: dict[str
     cells, profile, pool = setup.cells, setup.profile, setup.pool
     folder = cells / "arms" / f"{arm.name}-{budget}-seed{seed}"
     if (folder / "cell.json").is_file():
-        done: dict[str, Any] = json.loads((folder / "cell.json").read_text())
-        return done
+        return read_json(folder / "cell.json", "delete it to re-run that cell (its training resumes from its "
+                         "checkpoint)")
     row = {sid: i for i, sid in enumerate(pool.ids)}
     y = torch.full((len(pool.ids),), -1, dtype=torch.long)
     for sid in labels["labeled"]:
@@ -347,7 +356,8 @@ def arm_cell(setup: ArmSetup, arm: Arm, budget: int, seed: int, labels: dict[str
                          resume=(run_dir / loop.CHECKPOINT).is_file())
     t0, c0 = time.perf_counter(), time.process_time()
     finetune(cfg, data, priors, console, eval_data=setup.test)
-    summary = json.loads((run_dir / loop.SUMMARY).read_text())
+    # written just now (finetune discards an earlier one first); a rerun resumes the run and writes it again
+    summary = read_json(run_dir / loop.SUMMARY, "run the same command again (that cell resumes from its checkpoint)")
     if summary["steps"] < steps:  # stopped by SIGTERM / SIGINT: checkpointed, not finished
         console.print(f"[yellow]{arm.name} {budget} seed {seed} stopped at step {summary['steps']} of {steps}; "
                       "rerun the same command to resume[/]")
@@ -544,8 +554,7 @@ def run_benchmark(data: Path, profile: Profile, out: Path, encoder: Path | None 
                                               out, console)
     version_dir = folders.registry / version
     init = torch_run_of(provenance, version_dir)
-    saved = json.loads((init / "config.json").read_text()) if (init / "config.json").is_file() else {}
-    base_pre = str(saved.get("preprocess", "cifar10")).partition("@")[0]
+    base_pre = init_preprocess(init)
     manifest = read_complete(version_dir, verify_hashes=False)
     assert manifest is not None, f"{version_dir} is not a complete model version"
     side = profile.size or int(manifest.preprocess.size[0])
@@ -615,6 +624,9 @@ def as3l_command(
                                     prior_iters=prior_iters, evals=evals))
     except FileNotFoundError as e:
         raise typer.BadParameter(str(e)) from None
+    except NotWholeJson as e:  # a cell's (or the settings') file torn by a crash or edited: one line, what to do
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
 
 
 def register(bench_app: typer.Typer) -> None:

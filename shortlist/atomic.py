@@ -5,10 +5,15 @@ rename is atomic), flush and fsync it, ``os.replace`` it onto the final path and
 rename itself survives a power loss). At every instant the final path holds the old content or the new one,
 never part of either. A temporary file is removed when the write fails; one left by a process that died
 mid-write (``.NAME.tmp-PID-*``, PID no longer running) is removed by the next successful write of that path.
+
+``read_json`` reads such a file back: one that is not a whole JSON object anyway (written by an older
+version without fsync and torn by a crash, or edited by hand) is a ``NotWholeJson`` error naming the file
+and what to do, never a bare ``JSONDecodeError`` traceback.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from collections.abc import Iterator
@@ -125,3 +130,24 @@ def write_atomic(path: Path, data: bytes | str, encoding: str = "utf-8", mode: i
     its permission bits)."""
     with atomic_file(path, mode=mode) as f:
         f.write(data.encode(encoding) if isinstance(data, str) else data)
+
+
+class NotWholeJson(ValueError):
+    """A file that should hold a whole JSON object and does not; the message names it and says what to do."""
+
+
+def read_json(path: Path, fix: str) -> dict[str, Any]:
+    """The JSON object in ``path`` (UTF-8). Not valid JSON, or valid but not an object: ``NotWholeJson`` whose
+    message names ``path`` and ends with ``fix`` (what the user should do, e.g. "delete it to re-run that
+    cell"). A missing or unreadable file raises the usual OSError."""
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:  # JSONDecodeError, and UnicodeDecodeError for bytes that are not UTF-8
+        where = f"line {e.lineno} column {e.colno}" if isinstance(e, json.JSONDecodeError) else "not UTF-8"
+        raise NotWholeJson(f"{path} is not valid JSON ({where}: torn by a crash, or edited by hand?); "
+                           f"{fix}") from None
+    if not isinstance(obj, dict):
+        kind = ("an array" if isinstance(obj, list) else "a string" if isinstance(obj, str)
+                else "null" if obj is None else json.dumps(obj))  # numbers, true / false: the value itself
+        raise NotWholeJson(f"{path} holds {kind}, not a JSON object (edited by hand?); {fix}")
+    return obj

@@ -15,6 +15,7 @@ import typer
 from rich.markup import escape
 
 from agent.cli_options import AgentTarget, agent_options
+from shortlist.atomic import NotWholeJson, read_json
 from shortlist.console import INTERRUPTED_EXIT, make_console
 from shortlist.datasets import sources_said
 from training.configs import CycleConfig, FinetuneConfig, PretrainConfig
@@ -95,12 +96,18 @@ RESUME_FROM_RUN = ("data", "method", "arch", "limit", "batch_size", "lr", "weigh
 
 
 def _run_config(out: Path) -> dict[str, Any] | None:
-    """The config.json of the run in ``out`` (None: none, or unreadable: pretrain then says what is missing)."""
+    """The config.json of the run in ``out`` (None: none, or unreadable: pretrain then says what is missing).
+    One that is not a whole JSON object exits 2 naming it: --resume would otherwise take the command line's
+    defaults for the run's settings, or fail on the file later."""
     try:
-        saved = json.loads((out / "config.json").read_text())
-    except (OSError, ValueError):
+        return read_json(out / "config.json", "it records the run's settings, which --resume reuses: restore it, "
+                         "or delete it and give the run's settings again (--data, --method, ...), or start a new "
+                         "run with another --out")
+    except NotWholeJson as e:
+        console.print(f"[red]error:[/] {escape(str(e))}", highlight=False)
+        raise typer.Exit(2) from None
+    except OSError:
         return None
-    return saved if isinstance(saved, dict) else None
 
 
 LIMIT_HELP = ("only the first N samples in the source's order (smoke runs; not a random sample: on a source sorted "
@@ -325,7 +332,12 @@ def finetune_cmd(
         raise typer.Exit(INTERRUPTED_EXIT) from None
     finally:
         close_process_group()  # under torchrun: leave the group before the interpreter exits
-    summary = json.loads((run / "summary.json").read_text())
+    try:
+        summary = read_json(run / "summary.json", "the run is unfinished for `shortlist export`: run the same "
+                            "command again")
+    except (NotWholeJson, OSError) as e:  # written just now: only another process could have spoilt it
+        console.print(f"[red]error:[/] {escape(str(e))}", highlight=False)
+        raise typer.Exit(1) from None
     held_out = (f" (test accuracy {summary['test_accuracy']:.4f} on {summary['test_images']} held-out images of "
                 f"{data}'s test split)" if "test_accuracy" in summary else "")
     console.print(f"fine-tuned -> {run}{escape(held_out)}", highlight=False)

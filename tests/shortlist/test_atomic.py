@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from shortlist import atomic
-from shortlist.atomic import atomic_file, write_atomic
+from shortlist.atomic import NotWholeJson, atomic_file, read_json, write_atomic
 
 
 class Crash(Exception):
@@ -123,3 +123,28 @@ def test_mode_with_an_exception_in_the_block_leaves_no_temp_and_the_old_file(tmp
         raise Crash("killed mid-write")
     assert path.read_bytes() == b"old" and path.stat().st_mode & 0o777 == 0o600
     assert _leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize(("content", "said"), [
+    (b'{"steps": 4, "ev', "is not valid JSON (line 1 column 14: torn by a crash, or edited by hand?)"),
+    (b"", "is not valid JSON (line 1 column 1: torn by a crash, or edited by hand?)"),
+    (b"\xff\xfe{}", "is not valid JSON (not UTF-8: torn by a crash, or edited by hand?)"),
+    (b"[1]", "holds an array, not a JSON object (edited by hand?)"),
+    (b"null", "holds null, not a JSON object (edited by hand?)"),
+    (b"8.5", "holds 8.5, not a JSON object (edited by hand?)"),
+])
+def test_read_json_names_the_file_and_the_fix(tmp_path: Path, content: bytes, said: str) -> None:
+    path = tmp_path / "cell.json"
+    path.write_bytes(content)
+    with pytest.raises(NotWholeJson) as e:
+        read_json(path, "delete it to re-run that cell")
+    assert str(e.value) == f"{path} {said}; delete it to re-run that cell"
+    assert isinstance(e.value, ValueError)
+
+
+def test_read_json_reads_what_write_atomic_wrote(tmp_path: Path) -> None:
+    path = tmp_path / "summary.json"
+    write_atomic(path, '{"steps": 4, "name": "caf\u00e9"}')
+    assert read_json(path, "unused") == {"steps": 4, "name": "caf\u00e9"}
+    with pytest.raises(FileNotFoundError):  # missing: the caller's OSError, as before
+        read_json(tmp_path / "none.json", "unused")
