@@ -262,9 +262,15 @@ class Manifest:
         if not isinstance(d, dict):
             raise ManifestError("manifest is not a JSON object")
         d = _legacy_manifest(d)
-        fmt = d.get("format", 0)
-        if isinstance(fmt, bool) or fmt not in READ_FORMATS:
-            raise ManifestError(f"unsupported manifest format {fmt!r} (this agent reads formats "
+        if "format" not in d:
+            raise ManifestError(f"manifest has no 'format': write {_FIELD_HINTS['format']}")
+        fmt = d["format"]
+        if not isinstance(fmt, int) or isinstance(fmt, bool):  # true, "1", 1.5: no version reads it, say what to write
+            got = json.dumps(fmt, default=str)
+            raise ManifestError(f"manifest 'format' is {got if len(got) <= 60 else got[:57] + '...'} (not an integer): "
+                                f"write {_FIELD_HINTS['format']}")
+        if fmt not in READ_FORMATS:  # a newer writer's format (or a typo such as 0): say what this reader reads
+            raise ManifestError(f"unsupported manifest format {fmt} (this agent reads formats "
                                 f"{', '.join(map(str, READ_FORMATS))}; upgrade shortlist to serve it)")
         m = _validate(_MANIFEST_SCHEMA, d, "", _missing_preprocess(d.get("preprocess")))
         m.preprocess.check()
@@ -321,7 +327,7 @@ _FIELD_HINTS = {
     "files": f"an object mapping each file name to its sha256 hex digest (text), {ONNX_NAME} among them",
     "verification": "an object (max relative errors per runtime) or {}",
     "republished_from": "text (the version it copies) or \"\"",
-    "format": f"one of {', '.join(map(str, READ_FORMATS))}",
+    "format": f"{CROP_FORMAT} where preprocess.resize is \"crop\", else {MANIFEST_FORMAT}",
 }
 
 

@@ -310,3 +310,31 @@ def test_crop_is_written_as_format_2_squash_as_format_1_and_format_1_asking_for_
         Manifest.from_json(json.dumps({**crop, "format": 1}))  # a hand edit: an old agent would squash
     with pytest.raises(ManifestError, match="upgrade shortlist"):
         Manifest.from_json(json.dumps({**crop, "format": 3}))
+
+
+@pytest.mark.parametrize(("value", "got"), [
+    (True, "true"), (False, "false"), (1.5, "1.5"), ("1", '"1"'), (None, "null"), ([1], "[1]"), ("missing", None),
+])
+def test_a_format_that_is_not_an_integer_says_what_to_write_not_to_upgrade(value: object, got: str | None) -> None:
+    """No version of Shortlist reads a format of true or "1": the refusal names the field and the value to write
+    (it used to say "unsupported manifest format True ...; upgrade shortlist to serve it")."""
+    d = _manifest_dict()
+    if value == "missing":
+        del d["format"]
+    else:
+        d["format"] = value
+    with pytest.raises(ManifestError) as e:
+        Manifest.from_json(json.dumps(d))
+    said = str(e.value)
+    start = "manifest has no 'format'" if got is None else f"manifest 'format' is {got} (not an integer)"
+    assert said == f"{start}: write 2 where preprocess.resize is \"crop\", else 1", said
+    assert "upgrade" not in said
+
+
+def test_a_size_that_is_not_an_integer_names_the_field_and_what_to_write() -> None:
+    d = _manifest_dict()
+    d["preprocess"]["size"] = [8.5, 8]  # type: ignore[index]
+    with pytest.raises(ManifestError) as e:
+        Manifest.from_json(json.dumps(d))
+    assert str(e.value) == ("manifest 'preprocess.size.0' is 8.5 (input should be a valid integer): write [height, "
+                            "width] in pixels, two integers")
