@@ -11,7 +11,12 @@
   const PALETTE = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7",
     "#9c755f", "#bab0ac", "#1f77b4", "#aec7e8", "#ff7f0e", "#ffbb78", "#2ca02c", "#98df8a", "#d62728",
     "#ff9896", "#9467bd", "#c5b0d5"];
-  const GREY = "#c3c8d1";
+  // Unlabelled points (no prior, not in the queue: the grey group) are a small "x" of two strokes, a mark no
+  // class uses (every class shape is a closed, filled or outlined, outline), so they are told from class 0's
+  // squares by shape, not by colour or lightness alone. A mid grey (the filled squares were lighter, #c3c8d1):
+  // thin strokes need more ink to be seen.
+  const NONE_INK = "#8e95a2";
+  const NONE_SHAPE = "x";
   // Each class has a shape as well as a colour (class k: SHAPES[k % 7]), so a class is told apart without
   // telling colours apart (red from green, say). Vertices on the unit circle's scale (y down); none = a circle.
   // The legend draws the same shape (an SVG) beside the class's name.
@@ -36,12 +41,17 @@
     s.pts.forEach(([px, py], j) => (j ? ctx.lineTo : ctx.moveTo).call(ctx, x + px * r, y + py * r));
     ctx.closePath();
   }
-  // The legend's swatch for class k (-1: the grey of no class, a small square), filled with ``fill``.
+  // Adds the unlabelled points' "x" around (x, y), half-width r (px), to the current path (to be stroked).
+  function nonePath(x, y, r) {
+    ctx.moveTo(x - r, y - r); ctx.lineTo(x + r, y + r); ctx.moveTo(x - r, y + r); ctx.lineTo(x + r, y - r);
+  }
+  // The legend's swatch for class k (-1: no class, the unlabelled points' "x"), in colour ``fill``.
   function swatch(k, fill) {
-    const s = k < 0 ? SHAPES[0] : shapeOf(k);
-    const body = s.pts ? `<polygon points="${s.pts.map((p) => p.map((v) => v.toFixed(3)).join(",")).join(" ")}"/>`
-      : `<circle r="1"/>`;
-    return `<svg class="swatch" data-shape="${k < 0 ? "none" : s.name}" viewBox="-1.3 -1.3 2.6 2.6" width="13" height="13" aria-hidden="true" focusable="false" fill="${fill}">${body}</svg>`;
+    const svg = (shape, body) => `<svg class="swatch" data-shape="${shape}" viewBox="-1.3 -1.3 2.6 2.6" width="13" height="13" aria-hidden="true" focusable="false" fill="${fill}">${body}</svg>`;
+    if (k < 0) return svg(NONE_SHAPE, `<path class="open" d="M-0.9,-0.9L0.9,0.9M-0.9,0.9L0.9,-0.9" fill="none" stroke="${fill}" stroke-width="0.45" stroke-linecap="round"/>`);
+    const s = shapeOf(k);
+    return svg(s.name, s.pts ? `<polygon points="${s.pts.map((p) => p.map((v) => v.toFixed(3)).join(",")).join(" ")}"/>`
+      : `<circle r="1"/>`);
   }
   const pts = { ids: [], x: [], y: [], label: [], prior: null, inQueue: null, selected: null, n: 0 };
   let classes = [], header = null, tool = "lasso", colour = "label";
@@ -101,8 +111,15 @@
     // With a selection, the other points fade, so the selection reads at any density.
     const sel = pts.selected && pts.selected.some((v) => v) ? pts.selected : null;
     const fade = (i, a) => (sel && !sel[i] ? a * 0.22 : a);
-    ctx.fillStyle = GREY;
-    for (const i of layers[0]) { ctx.globalAlpha = fade(i, 0.55); ctx.fillRect(sx(i) - r, sy(i) - r, 2 * r, 2 * r); }
+    // the grey group: one stroked path per alpha (tens of thousands of points), each point an "x"
+    ctx.strokeStyle = NONE_INK; ctx.lineWidth = r > 2 ? 1.2 : 0.9; ctx.lineCap = "round";
+    for (const faded of sel ? [true, false] : [false]) {
+      ctx.globalAlpha = faded ? 0.8 * 0.22 : 0.8;
+      ctx.beginPath();
+      for (const i of layers[0]) if (!sel || !sel[i] === faded) nonePath(sx(i), sy(i), r * 0.9);
+      ctx.stroke();
+    }
+    ctx.lineCap = "butt";
     for (const i of layers[1]) {
       const g = group(i);
       // each class in its shape (the queue: one group, squares); labelled samples filled; priors outlined
@@ -117,7 +134,7 @@
     ctx.globalAlpha = 1;
     if (sel && pts.n <= 3000) {  // few points: a dark ring around each selected one too
       ctx.strokeStyle = "#161b26"; ctx.lineWidth = 1.2;
-      // in the point's own shape (its class's; the queue's and the grey points' a square)
+      // in the point's own shape (its class's; the queue's a square), a square around an unlabelled "x"
       for (let i = 0; i < pts.n; i++) {
         if (!sel[i]) continue;
         const g = group(i);
@@ -332,11 +349,11 @@
     let html = "";
     if (colour === "queue") {
       html = `<li>${swatch(0, "#f28e2b")}in the queue <span class="count">${(counts.get(0) || 0).toLocaleString()}</span></li>`;
-      html += `<li>${swatch(-1, GREY)}not in the queue <span class="count">${(counts.get(-1) || 0).toLocaleString()}</span></li>`;
+      html += `<li data-none>${swatch(-1, NONE_INK)}not in the queue <span class="count">${(counts.get(-1) || 0).toLocaleString()}</span></li>`;
     } else {
       classes.forEach((c, k) => { html += `<li data-class="${esc(c)}">${swatch(k, colourOf(k))}${esc(c)} <span class="count">${(counts.get(k) || 0).toLocaleString()}</span></li>`; });
       const rest = colour === "label" ? "unlabelled" : "no prior";
-      html += `<li>${swatch(-1, GREY)}${rest} <span class="count">${(counts.get(-1) || 0).toLocaleString()}</span></li>`;
+      html += `<li data-none>${swatch(-1, NONE_INK)}${rest} <span class="count">${(counts.get(-1) || 0).toLocaleString()}</span></li>`;
       if (colour === "prior") html += `<li class="muted small">filled: labels · outlined: priors</li>`;
     }
     $("legend").innerHTML = html;

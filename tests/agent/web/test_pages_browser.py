@@ -343,6 +343,52 @@ def test_map_classes_differ_by_shape_in_points_and_legend(live_map: WebAgent, br
         context.close()
 
 
+def test_unlabelled_points_have_a_shape_no_class_has(live_map: WebAgent, browser: Any) -> None:
+    """The unlabelled points are told from every class's points by their shape, not by colour or lightness
+    alone (they were squares, the shape of class 0): on the canvas, in the legend, and in forced colours."""
+    context = browser.new_context(viewport={"width": 1280, "height": 800}, forced_colors="active")
+    try:
+        page = context.new_page()
+        page.set_default_timeout(15_000)
+        page.goto(f"{live_map.url}/map")
+        wait_map_ready(page)
+        page.wait_for_function("() => document.querySelectorAll('#legend li[data-class]').length >= 2")
+        legend = page.evaluate("""() => [...document.querySelectorAll('#legend li')]
+            .filter((li) => li.querySelector('svg'))
+            .map((li) => { const svg = li.querySelector('svg.swatch'), shape = svg.firstElementChild;
+                return { name: li.dataset.class || li.textContent.trim(), shape: svg.dataset.shape,
+                         drawn: shape.tagName + ':' + (shape.getAttribute('points') || shape.getAttribute('d') || ''),
+                         adjust: getComputedStyle(svg).forcedColorAdjust, stroke: getComputedStyle(shape).stroke,
+                         strokeWidth: parseFloat(getComputedStyle(shape).strokeWidth) }; })""")
+        *classes, unlabelled = legend
+        assert unlabelled["name"].startswith("unlabelled"), legend
+        # class k's shape, for as many classes as there are colours (the shapes repeat sooner)
+        every_class_shape = page.evaluate("() => [...Array(20).keys()].map((k) => window.ShortlistMap.shapeOf(k))")
+        assert unlabelled["shape"] not in every_class_shape, (unlabelled, every_class_shape)
+        assert all(unlabelled["drawn"] != c["drawn"] for c in classes), legend  # drawn differently, not only named
+        # forced colours keep it, as thick as drawn (the classes' outlines are thinner)
+        assert unlabelled["adjust"] == "none" and unlabelled["stroke"] != "none", unlabelled
+        assert unlabelled["strokeWidth"] > 0.4, unlabelled
+        # the canvas: no unlabelled point is a filled rectangle, nor a filled path; each is two strokes
+        drawn = page.evaluate("""() => {
+            const p = window.ShortlistMap.points(), ctx = document.getElementById('map').getContext('2d');
+            const n = { fillRect: 0, moveTo: 0 }, orig = { fillRect: ctx.fillRect, moveTo: ctx.moveTo };
+            ctx.fillRect = function (...a) { n.fillRect += 1; return orig.fillRect.apply(this, a); };
+            ctx.moveTo = function (...a) { n.moveTo += 1; return orig.moveTo.apply(this, a); };
+            window.dispatchEvent(new Event('resize'));
+            Object.assign(ctx, orig);
+            const labels = [...p.label];
+            return { fillRect: n.fillRect, moveTo: n.moveTo, unlabelled: labels.filter((l) => l < 0).length,
+                     labelled: labels.filter((l) => l >= 0).length };
+        }""")
+        assert drawn["unlabelled"] > 0, drawn
+        assert drawn["fillRect"] == 1, drawn  # the background only
+        # two strokes (moveTo each) an unlabelled point; one moveTo a labelled point's closed shape
+        assert drawn["moveTo"] == 2 * drawn["unlabelled"] + drawn["labelled"], drawn
+    finally:
+        context.close()
+
+
 def test_an_empty_priors_view_offers_no_accept_and_no_pages(live_web: WebAgent, page: Any) -> None:
     """A filter that matches nothing: no "Accept all on this page", no pager, and no "1–0 of 0"."""
     page.goto(f"{live_web.url}/priors?method=knn&min=100&max=100&label=circle")
