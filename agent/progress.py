@@ -354,11 +354,12 @@ def timeline_svg(p: Progress) -> str:
     if not p.timeline:
         return _empty(fig, ax, "no labels yet")
     busiest = sorted(p.annotators.values(), key=lambda a: -a.labels)[:MAX_SERIES]
-    end = max(t for series in (p.timeline, *(p.annotator_timeline[a.name] for a in busiest)) for t, _ in series)
+    times = [t for series in (p.timeline, *(p.annotator_timeline[a.name] for a in busiest)) for t, _ in series]
+    end = max(times)
     _steps(ax, p.timeline, end, color="black", linewidth=2, label="samples labelled")
     for a, style in zip(busiest, _series_styles(), strict=False):
         _steps(ax, p.annotator_timeline[a.name], end, linewidth=1.2, label=f"{a.name} (labels given)", **style)
-    _time_axis(ax)
+    _time_axis(ax, min(times), end)
     ax.set_ylabel("count")
     ax.legend(loc="upper left", fontsize=8, frameon=False)
     return _svg(fig)
@@ -375,7 +376,7 @@ def class_timeline_svg(p: Progress) -> str:
     end = max(p.class_timeline[name][-1][0] for name in largest)
     for name, style in zip(largest, _series_styles(), strict=False):
         _steps(ax, p.class_timeline[name], end, linewidth=1.4, label=name, **style)
-    _time_axis(ax)
+    _time_axis(ax, min(p.class_timeline[name][0][0] for name in largest), end)
     ax.set_ylabel("labels (current)")
     ax.legend(loc="upper left", fontsize=8, frameon=False, ncols=2)
     return _svg(fig)
@@ -404,13 +405,32 @@ def _steps(ax: Axes, series: list[tuple[float, int]], end: float, **style: Any) 
     ax.step(_dates(ts), ns, where="post", **style)
 
 
-def _time_axis(ax: Axes) -> None:
+# ConciseDateFormatter's strftime formats by the finest field that differs between ticks (years, months, days,
+# hours, minutes, seconds). Its defaults label seconds "51.00", "51.05" and days "03", "05": a number without
+# its unit. Here a tick under a day is a clock time (hh:mm, hh:mm:ss, and fractions of a second when ticks are
+# that close: the formatter strips the zeros they share), a tick of a day a date ("Dec 03"); the offset at the
+# axis' right end gives what the ticks leave out (the year, or the date) and says the times are UTC.
+TICK_FORMATS = ["%Y", "%b", "%b %d", "%H:%M", "%H:%M", "%H:%M:%S.%f"]
+# a tick where the next coarser field turns over: the new year, month, the day at midnight
+TICK_ZERO_FORMATS = ["", "%Y", "%b %d", "%b %d", "%H:%M", "%H:%M:%S.%f"]
+TICK_OFFSET_FORMATS = ["", "%Y", "%Y (UTC)", "%Y-%m-%d (UTC)", "%Y-%m-%d (UTC)", "%Y-%m-%d (UTC)"]
+ONE_MOMENT_S = 30.0  # every label at one moment: the axis shows this long before and after it (s)
+
+
+def _time_axis(ax: Axes, start: float, end: float) -> None:
+    """Date ticks for any span from ``start`` to ``end`` (unix time, s), from a fraction of a second to years
+    (matplotlib's AutoDateLocator chooses them, ConciseDateFormatter writes them with TICK_FORMATS); whole
+    counts on the y axis."""
     import matplotlib.dates as mdates
     from matplotlib.ticker import MaxNLocator
 
+    if end <= start:  # one moment: matplotlib would widen the axis by two years each way
+        ax.set_xlim(*_dates([start - ONE_MOMENT_S, end + ONE_MOMENT_S]))
+
     loc = mdates.AutoDateLocator()
     ax.xaxis.set_major_locator(loc)
-    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(loc))
+    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(
+        loc, formats=TICK_FORMATS, zero_formats=TICK_ZERO_FORMATS, offset_formats=TICK_OFFSET_FORMATS))
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
 

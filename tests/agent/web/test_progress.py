@@ -263,3 +263,52 @@ def test_progress_tells_repeats_from_changes_and_label_events_means_what_status_
     assert (f"<b>{INGESTED + 3}</b> labels given ({INGESTED + 1} to unlabelled samples, 1 the same class again, "
             "1 changed to another class), <b>1</b> taken back") in html
     assert "relabelled" not in html
+
+
+def _time_ticks(svg: str) -> tuple[list[str], str]:
+    """A chart's time axis as drawn: its tick labels and its offset (the text at the axis' right end, "" if
+    none). matplotlib's SVG groups the x axis as ``matplotlib.axis_1``: one ``xtick_N`` group a tick."""
+    import xml.etree.ElementTree as ET
+
+    ns = {"s": "http://www.w3.org/2000/svg"}
+    axis = next(g for g in ET.fromstring(svg).iter(f"{{{ns['s']}}}g") if g.get("id") == "matplotlib.axis_1")
+    ticks = ["".join(t.itertext()) for g in axis.findall("s:g", ns) if (g.get("id") or "").startswith("xtick_")
+             for t in g.iter(f"{{{ns['s']}}}text")]
+    offset = ["".join(t.itertext()) for g in axis.findall("s:g", ns) if not (g.get("id") or "").startswith("xtick_")
+              for t in g.iter(f"{{{ns['s']}}}text")]
+    return ticks, "".join(offset)
+
+
+T0 = 1_796_000_000.0  # 2026-11-30 00:53:20 UTC
+
+
+@pytest.mark.parametrize(("step", "tick", "offset"), [
+    # labels seconds apart (a run of a few seconds; 0: all at one moment): clock times, the date beside them
+    (0.0, r"\d\d:\d\d:\d\d", r"2026-11-30 \(UTC\)"),
+    (2.0, r"\d\d:\d\d:\d\d", r"2026-11-30 \(UTC\)"),
+    (0.05, r"\d\d:\d\d:\d\d\.\d", r"2026-11-30 \(UTC\)"),
+    (600.0, r"\d\d:\d\d", r"2026-11-30 \(UTC\)"),  # minutes apart: hh:mm
+    (3 * 86400.0, r"(Nov|Dec) \d\d", r"2026 \(UTC\)"),  # days apart: dates
+])
+def test_time_axis_says_what_its_ticks_are_for_any_span(step: float, tick: str, offset: str) -> None:
+    """The charts' time axis reads as times for any span: a run of seconds was labelled "51.00", "51.05" (the
+    seconds alone), days apart "03", "05"; now clock times, or dates, with the date (or year) and "UTC" at the
+    axis' end, and ticks within the labels' span (a moment is not widened to years)."""
+    import re
+    from datetime import UTC, datetime
+
+    from agent.progress import class_timeline_svg, collect, timeline_svg
+
+    p = collect([agent_pb2.LabelRecord(id=f"s{i}", label="cat" if i % 2 else "dog", annotator="ana",
+                                       time=T0 + i * step, current=True, source="manual") for i in range(8)])
+    first, last = datetime.fromtimestamp(T0, UTC), datetime.fromtimestamp(T0 + 7 * step, UTC)
+    for svg in (timeline_svg(p), class_timeline_svg(p)):
+        ticks, drawn_offset = _time_ticks(svg)
+        assert len(ticks) >= 3 and all(re.fullmatch(tick, t) for t in ticks), ticks
+        assert re.fullmatch(offset, drawn_offset), drawn_offset
+        if step < 86400:  # clock times: the first tick at most a minute (or the span) before the first label
+            h, m, s = [*ticks[0].split(":"), "0"][:3]
+            at = first.replace(hour=int(h), minute=int(m), second=int(float(s)), microsecond=0)
+            assert abs((at - first).total_seconds()) <= max(60.0, 7 * step), (ticks, first)
+        else:
+            assert ticks[0][:3] in (first.strftime("%b"), last.strftime("%b")), (ticks, first)
