@@ -4,9 +4,13 @@
 // the queue it replaces still has open samples.
 "use strict";
 (() => {
+  // the short date ("12/7/26, 8:25:10 PM"): the Annotators table fits its panel; the long one on hover
   for (const el of document.querySelectorAll(".time[data-t]")) {
     const t = Number(el.dataset.t);
-    if (t > 0) el.textContent = new Date(t * 1000).toLocaleString();
+    if (!(t > 0)) continue;
+    const d = new Date(t * 1000);
+    el.textContent = d.toLocaleString(undefined, { dateStyle: "short", timeStyle: "medium" });
+    el.title = d.toLocaleString(undefined, { dateStyle: "full", timeStyle: "long" });
   }
   const cfg = JSON.parse(document.getElementById("progress-data").textContent);
   const drawn = cfg.head;

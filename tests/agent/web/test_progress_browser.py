@@ -108,3 +108,31 @@ def test_charts_read_as_their_figures_in_words_to_a_screen_reader(live_web: WebA
         assert box is not None and box["width"] <= 1 and box["height"] <= 1  # not shown on screen
     assert "Class balance, current labels per class: square 4 (50%), circle 3 (38%), triangle 1 (12%)." in tree
     assert "Labels given per annotator: ingest 4, alice 3, bob 2." in tree
+
+
+def test_annotators_table_fits_its_panel_at_1280_and_scrolls_in_it_on_a_phone(live_web: WebAgent, page: Any) -> None:
+    """At 1280 px the Annotators table fits its panel (its first and last columns were cut at the panel's
+    edge, to be scrolled to), with an e-mail address for a name and three sources; on a phone (375 px) it
+    scrolls inside its panel (a named Tab stop), never the page."""
+    label_some(live_web)
+    who = "maria.gonzalez@example.org"
+    for i, source in ((10, ""), (11, "prior:knn"), (12, "labelstudio")):
+        client.submit_labels(live_web.stub, [(f"img{i:03d}.png", "circle")], annotator=who, source=source)
+    measure = """() => { const t = document.getElementById('annotators'), panel = t.closest('section');
+        const cut = (el) => { const a = el.getBoundingClientRect(), b = panel.getBoundingClientRect();
+                              return a.left < b.left || a.right > b.right; };
+        return { table: t.scrollWidth, panel: panel.clientWidth, panelScroll: panel.scrollWidth,
+                 page: document.documentElement.scrollWidth, viewport: window.innerWidth,
+                 cut: [...t.querySelectorAll('tr > :first-child, tr > :last-child')].filter(cut).length,
+                 tabStop: panel.tabIndex, name: panel.getAttribute('aria-labelledby') }; }"""
+    for width in (1280, 375):
+        page.set_viewport_size({"width": width, "height": 900})
+        page.goto(f"{live_web.url}/progress")
+        page.wait_for_selector(f"tr[data-annotator='{who}']")
+        m = page.evaluate(measure)
+        assert m["page"] <= m["viewport"], (width, m)  # the page never scrolls sideways
+        if width == 1280:
+            assert m["table"] <= m["panel"] and m["panelScroll"] <= m["panel"], m  # nothing to scroll to
+            assert m["cut"] == 0, m  # first and last columns inside the panel
+        else:
+            assert m["panelScroll"] > m["panel"] and m["tabStop"] == 0 and m["name"] == "annotators-h", m
