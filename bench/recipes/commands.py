@@ -59,6 +59,7 @@ def register(bench_app: typer.Typer) -> None:
         from bench.checks import OutLock
         from bench.recipes.loop import Options, RoundFailed, run_recipe
         from bench.recipes.spec import parse_imbalance
+        from shortlist.atomic import NotWholeJson
         from training.cycle import CycleRefused
 
         try:
@@ -82,6 +83,9 @@ def register(bench_app: typer.Typer) -> None:
                            options)
         except FileNotFoundError as e:
             raise typer.BadParameter(str(e)) from None
+        except NotWholeJson as e:  # cells/settings.json or the pretraining run's config.json: torn or edited
+            typer.secho(f"error: {e}", err=True, fg="red")
+            raise typer.Exit(2) from None
         except CycleRefused as e:  # e.g. a first budget so small that its random picks are of one class
             where = out or Path(f"runs/recipe-{name}-{profile}")
             typer.secho(f"stopped: {e}. Give --budgets whose first round's labels cover at least 2 classes; the "

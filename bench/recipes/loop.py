@@ -34,7 +34,7 @@ import typer
 
 from bench import cifar10
 from bench.recipes.spec import Arm, Recipe, Scale, apply_imbalance
-from shortlist.atomic import write_atomic
+from shortlist.atomic import NotWholeJson, read_json, write_atomic
 
 CELL = "cell.json"
 ROUNDS = "rounds.json"
@@ -88,7 +88,10 @@ def check_settings(cells: Path, settings: dict[str, Any]) -> None:
     ones); seeds and arms may change, they name the cells."""
     path = cells / "settings.json"
     if path.is_file():
-        saved = json.loads(path.read_text())
+        # not whole JSON: which settings the cells were made with is unknown, so whether they may be mixed
+        # with this run's is too; the user decides (NotWholeJson: the command's one error: line, exit 2)
+        saved = read_json(path, f"it records the settings the cells in {cells} were made with: restore it, or "
+                          f"delete {cells} to run every cell again, or pass another --out")
         diff = [f"{k} {saved.get(k)!r} there, {v!r} now" for k, v in settings.items() if saved.get(k) != v]
         if diff:
             raise typer.BadParameter(f"{cells.parent} holds results made with other settings ({'; '.join(diff)}): "
@@ -228,18 +231,46 @@ def _round(ctx: Context, arm: Arm, seed: int, r: int, cell: CellAgent, console: 
             "swap_seconds": swap_s, "eval_seconds": eval_s}
 
 
+def _warn(console: Any, e: Exception) -> None:
+    from rich.markup import escape
+
+    console.print(f"[yellow]warning:[/] {escape(str(e))}", highlight=False)
+
+
+def _saved_rounds(path: Path, console: Any) -> list[dict[str, Any]] | None:
+    """The rounds an interrupted cell recorded in ``path`` (rounds.json), or None: none recorded, or a file
+    that is not a whole list of round records (torn by a crash of an older version, or edited by hand; said
+    in a warning), so the cell starts over from round 0 (its agent's labels cannot be matched to rounds)."""
+    if not path.is_file():
+        return None
+    try:
+        rounds = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:  # JSONDecodeError, and UnicodeDecodeError for bytes that are not UTF-8
+        where = f"line {e.lineno} column {e.colno}" if isinstance(e, json.JSONDecodeError) else "not UTF-8"
+        _warn(console, NotWholeJson(f"{path} is not valid JSON ({where}: torn by a crash, or edited by hand?); "
+                                    "that cell starts over from its first round"))
+        return None
+    if not (isinstance(rounds, list) and rounds and all(isinstance(r, dict) for r in rounds)):
+        _warn(console, NotWholeJson(f"{path} does not hold a list of round records (edited by hand?); that cell "
+                                    "starts over from its first round"))
+        return None
+    return rounds
+
+
 def run_cell(ctx: Context, arm: Arm, seed: int, log: Path, console: Any) -> dict[str, Any]:
     """All rounds of (arm, seed); a finished cell is read back, an unfinished one resumes."""
     folder = ctx.out / "cells" / f"{arm.name}-seed{seed}"
-    if (folder / CELL).is_file():
-        done: dict[str, Any] = json.loads((folder / CELL).read_text())
-        return done
     work, registry = folder / "agent", folder / "models"  # CellAgent.registry
-    rounds: list[dict[str, Any]] = []
-    if (folder / ROUNDS).is_file() and work.is_dir():
-        rounds = json.loads((folder / ROUNDS).read_text())
+    if (folder / CELL).is_file():
+        try:
+            return read_json(folder / CELL, "that cell runs again")
+        except NotWholeJson as e:  # torn by a crash of an older version, or edited: the cell is not done
+            _warn(console, e)
+    rounds = _saved_rounds(folder / ROUNDS, console) if work.is_dir() else None
+    if rounds is not None:
         console.print(f"[bold]resuming[/] {arm.name} seed {seed} after round {len(rounds) - 1}")
     else:
+        rounds = []
         if folder.exists():
             shutil.rmtree(folder)
         folder.mkdir(parents=True)
