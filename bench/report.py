@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from collections import defaultdict
 from pathlib import Path
@@ -15,6 +14,7 @@ import typer
 
 from bench.checks import class_counts_said, is_imbalanced
 from bench.references import REFERENCE_COLUMNS, reference_value
+from shortlist.atomic import read_json
 
 
 def load_run(path: Path) -> dict[str, Any]:
@@ -22,8 +22,11 @@ def load_run(path: Path) -> dict[str, Any]:
     f = path / "results.json" if path.is_dir() else path
     if not f.is_file():
         raise FileNotFoundError(f"{f} does not exist: is {path} a `shortlist bench cifar10` output folder?")
-    run = json.loads(f.read_text())
-    if not isinstance(run, dict) or "records" not in run:  # bench strategies / as3l write their own reports
+    # not whole JSON (torn by a crash of an older version, or edited by hand): NotWholeJson naming it; the
+    # report command says it in one error: line (a report silently without a run it was given would mislead)
+    run = read_json(f, "rerun the `shortlist bench cifar10` command that wrote it (its runs are run again), or "
+                    "leave that run out of the report")
+    if "records" not in run:  # bench strategies / as3l write their own reports
         raise ValueError(f"{f} is not a `shortlist bench cifar10` result (bench strategies and bench as3l write "
                          "their results.md and plots themselves; rerun those commands to redraw them)")
     run.setdefault("label", f.parent.name)

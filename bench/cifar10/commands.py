@@ -11,6 +11,7 @@ from bench.cifar10.data import require_splits
 from bench.cifar10.evaluation import write_embeddings
 from bench.cifar10.profiles import PROFILES
 from bench.cifar10.run import Overrides, interrupted_note, run_benchmark
+from shortlist.atomic import NotWholeJson
 from shortlist.datasets import split_sources_said
 
 
@@ -69,6 +70,9 @@ def register(bench_app: typer.Typer) -> None:
         with OutLock(out, "bench cifar10"):
             try:
                 run = run_benchmark(data, PROFILES[profile], out, encoder, overrides)
+            except NotWholeJson as e:  # the pretraining run's config.json, torn or edited: one line, what to do
+                typer.secho(f"error: {e}", err=True, fg="red")
+                raise typer.Exit(2) from None
             except KeyboardInterrupt:  # Ctrl-C: the agent is stopped (agent_process); say what is kept, exit 130
                 typer.echo(interrupted_note(out), err=True)
                 raise typer.Exit(130) from None
@@ -113,5 +117,8 @@ def register(bench_app: typer.Typer) -> None:
             # results.md and plots.
             with OutLock(out or runs[0], "bench report"):
                 write_report(runs, out or runs[0])
+        except NotWholeJson as e:  # a run's results.json, torn or edited: one line naming it, what to do
+            typer.secho(f"error: {e}", err=True, fg="red")
+            raise typer.Exit(2) from None
         except (FileNotFoundError, ValueError) as e:
             raise typer.BadParameter(str(e), param_hint="'RUNS...'") from None

@@ -3,7 +3,6 @@ and the embeddings the agent's own Embedder computes with it."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -15,6 +14,7 @@ import numpy as np
 import typer
 
 from bench.cifar10.profiles import Profile
+from shortlist.atomic import read_json
 from shortlist.datasets import ImageArray
 from shortlist.manifest import newest_complete, read_complete
 
@@ -132,15 +132,18 @@ def earlier_pretraining(run_dir: Path, config: Any, options: dict[str, Any]) -> 
     summary.json written) or "unfinished" (checkpointed, e.g. interrupted). Raises typer.BadParameter when
     it holds a run whose benchmark-set settings (data, method, arch, minutes, pool rows, seed and the
     profile's ``options``) differ from ``config``'s (a PretrainConfig), so a rerun never mixes in an
-    encoder made for another benchmark.
+    encoder made for another benchmark; ``NotWholeJson`` when its config.json is not whole JSON.
     """
     from training import loop
 
     if not (run_dir / loop.CHECKPOINT).exists():
         return "none"
+    # not whole JSON: whether the run was made with these settings is unknown, and it may hold hours of
+    # pretraining; the user decides (NotWholeJson: the command's one error: line, exit 2)
     try:
-        saved = json.loads((run_dir / loop.CONFIG).read_text())
-    except (OSError, ValueError):
+        saved = read_json(run_dir / loop.CONFIG, f"it records the settings of the pretraining run in {run_dir}: "
+                          "restore it, or remove that folder to pretrain again, or pass another --out")
+    except OSError:  # none (a run killed before it wrote one): every setting reads "(not recorded)" below
         saved = {}
     now = asdict(config)
     keys = ["data", "method", "arch", "minutes", "subset", "seed", *sorted(options)]

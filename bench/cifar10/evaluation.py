@@ -4,7 +4,6 @@ records it writes (``Point``, ``Run``), the AS3L semi-supervised point, and the 
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -20,7 +19,7 @@ from bench.cifar10.data import images_at_model_size, load_pool_and_test
 from bench.cifar10.encoder import embed_images, publish_encoder
 from bench.cifar10.profiles import hash_ids
 from bench.metrics import class_coverage, linear_probe_scores, prior_scores, write_json
-from shortlist.atomic import atomic_file
+from shortlist.atomic import NotWholeJson, atomic_file, read_json
 from shortlist.images import preprocess_array
 from shortlist.manifest import read_complete
 from shortlist.v1 import agent_pb2, agent_pb2_grpc
@@ -150,8 +149,10 @@ def earlier_walls(out: Path, runs: Finished) -> dict[str, float]:
     ``strategy/NAME/seedN`` entries): a resumed run keeps them, so its report can say what the reused runs
     took besides its own wall time."""
     try:
-        walls = json.loads((out / "results.json").read_text()).get("wall_seconds", {})
-    except (OSError, ValueError, AttributeError):
+        walls = read_json(out / "results.json", "").get("wall_seconds", {})
+    except (OSError, NotWholeJson):  # finished_runs said so, and reuses nothing
+        return {}
+    if not isinstance(walls, dict):
         return {}
     keys = {f"strategy/{strategy}/seed{seed}" for strategy, seed in runs}
     return {k: float(v) for k, v in walls.items() if k in keys}
@@ -167,16 +168,23 @@ def finished_runs(out: Path, run: Run) -> tuple[Finished, Finished, str]:
     if not path.is_file():
         return {}, {}, ""
     try:
-        old = json.loads(path.read_text())
-        # a field an older results.json lacks reads as its default (audit: 0)
-        diff = [k for k in RESUME_FIELDS if old.get(k, getattr(Run, k, None)) != getattr(run, k)]
-    except (OSError, ValueError, AttributeError) as e:
+        # not whole JSON (torn by a crash of an older version, or edited by hand): nothing in it can be trusted
+        # as finished, so every run is run again, as for a results.json of other settings
+        old = read_json(path, "its runs are run again and it will be replaced")
+    except NotWholeJson as e:
+        return {}, {}, f"not resuming: {e}"
+    except OSError as e:
         return {}, {}, f"not resuming: {path} cannot be read ({e}); it will be replaced"
+    # a field an older results.json lacks reads as its default (audit: 0)
+    diff = [k for k in RESUME_FIELDS if old.get(k, getattr(Run, k, None)) != getattr(run, k)]
     if diff:
         return {}, {}, (f"not resuming: {path} was written with other {', '.join(diff)}; its runs are replaced "
                         "(pass another --out to keep them)")
     runs: Finished = {}
-    for r in old.get("records", []):
+    records = old.get("records")
+    for r in records if isinstance(records, list) else []:
+        if not (isinstance(r, dict) and {"strategy", "seed", "budget"} <= r.keys()):
+            continue  # edited by hand: its run lacks that budget below, so it runs again
         runs.setdefault((r["strategy"], r["seed"]), []).append(r)
     # a (strategy, seed) run is saved whole, so every budget is there; a partial one is not reused
     runs = {k: v for k, v in runs.items() if {r["budget"] for r in v} == set(run.budgets)}
