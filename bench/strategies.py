@@ -26,6 +26,7 @@ from agent.strategies.audit import AUDIT
 from bench.checks import OutLock, class_counts_said, is_imbalanced, require_two_classes
 from bench.metrics import class_coverage, expected_calibration_error, linear_probe_scores, prior_scores, write_json
 from bench.report import md_table, seed_blind_note
+from shortlist.atomic import NotWholeJson, read_json
 
 # Neighbours precomputed per row for the benchmark's kNN (covers the prior methods' k).
 CACHED_K = 64
@@ -250,17 +251,24 @@ class Cells:
         if fresh:
             return cls(path, settings)
         try:
-            saved = json.loads(path.read_text())
+            # not whole JSON (torn by a crash of an older version, or edited by hand): NotWholeJson, the
+            # command's one error: line; its cells are the user's to give up (--fresh), not silently replaced
+            saved = read_json(path, "it holds the cells an earlier run finished: pass --fresh to start over (every "
+                              "cell runs again), or another --out")
         except FileNotFoundError:
             return cls(path, settings)
-        except (OSError, ValueError) as e:
+        except OSError as e:
             raise typer.BadParameter(f"cannot read {path} ({e}): pass --fresh to start over") from None
-        was = saved.get("settings", {}) if isinstance(saved, dict) else {}
+        was = saved.get("settings", {})
+        was = was if isinstance(was, dict) else {}
         if diff := settings_diff(was, settings):
             raise typer.BadParameter(f"{out} holds results made with other settings ({'; '.join(diff)}): pass "
                                      f"another --out, or --fresh to replace them", param_hint="'--out'")
-        records = saved.get("records", []) if isinstance(saved, dict) else []
-        return cls(path, settings, {cell_key(r): r for r in records})
+        records = saved.get("records", [])
+        named = {"strategy", "budget", "seed", "prior_method"}
+        # a record edited into something that names no cell is left out: that cell runs again
+        return cls(path, settings, {cell_key(r): r for r in (records if isinstance(records, list) else [])
+                                    if isinstance(r, dict) and named <= r.keys()})
 
     def add(self, record: dict[str, Any]) -> None:
         """Keep ``record``'s cell, written at once (atomically: an interruption leaves the previous file)."""
@@ -758,8 +766,12 @@ def strategies_cmd(
         inputs = {"--embeddings": x, "--labels": y, "--test-embeddings": tx, "--test-labels": ty,
                   "--pretext-loss": loss}
         digests = {arg: None if a is None else inputs_digest(a) for arg, a in inputs.items()}
-        cells = Cells.open(out, {"inputs_sha256": digests, "calibrated": not uncalibrated, "code": code_fingerprint()},
-                           fresh)
+        try:
+            cells = Cells.open(out, {"inputs_sha256": digests, "calibrated": not uncalibrated,
+                                     "code": code_fingerprint()}, fresh)
+        except NotWholeJson as e:  # cells.json torn or edited: one line naming it and what to do
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None
         total = len(variants) * len(budget_list) * seeds * len(methods)
         reused = sum(1 for v in variants for b in budget_list for s in range(seeds) for m in methods
                      if (v.label, b, s, m) in cells.done)
