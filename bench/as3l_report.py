@@ -3,7 +3,6 @@ beside the paper's figures (bench.as3l.PAPER_*)."""
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from bench.report import _fmt, _mean_std, md_table
+from shortlist.atomic import read_json
 
 
 def _by(records: list[dict[str, Any]], key: tuple[str, ...], metric: str) -> dict[tuple[Any, ...], list[float]]:
@@ -193,7 +193,10 @@ def plot(run: dict[str, Any], path: Path) -> None:
 
 def write_report(out: Path) -> list[Path]:
     """Write out/results.md and out/accuracy_vs_steps.png from out/results.json."""
-    run = json.loads((out / "results.json").read_text())
+    # written just now (atomically); not whole JSON only if something else wrote it meanwhile: NotWholeJson,
+    # bench as3l's one error: line
+    run = read_json(out / "results.json", "run the same `shortlist bench as3l` command again (its finished cells "
+                    "are reused)")
     (out / "results.md").write_text(markdown(run))
     paths = [out / "results.md"]
     if run["results"]:

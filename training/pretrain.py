@@ -27,6 +27,7 @@ from rich.console import Console
 from rich.markup import escape
 from torch import nn
 
+from shortlist.atomic import read_json
 from shortlist.manifest import ONNX_EXPORT_HINT, PREPROCESS_PRESETS, Preprocess
 from training import loop
 from training.augment import AugmentConfig
@@ -380,7 +381,9 @@ def _prepare(config: PretrainConfig, console: Console, train_data: TensorData | 
     cfg = dataclasses.replace(cfg, method_options=dict(cast(dict[str, Any], model.options)))
     assert cfg.batch_size is not None and cfg.lr is not None and cfg.weight_decay is not None
     if cfg.resume and (run_dir / loop.CONFIG).exists():
-        _check_resume_matches(json.loads((run_dir / loop.CONFIG).read_text()), cfg)
+        # not whole JSON: NotWholeJson (a ValueError: `shortlist pretrain` exits 2 with it) naming the file
+        _check_resume_matches(read_json(run_dir / loop.CONFIG, "it records the run's settings, which --resume "
+                                        "checks: restore it, or start a new run with another --out"), cfg)
 
     t_load = time.perf_counter()
     train = train_data if train_data is not None else load(cfg.data, "train", pre.size, cfg.limit)
