@@ -15,6 +15,7 @@ the same moment never lose each other's marks.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Sequence
@@ -29,6 +30,9 @@ DEFAULT_QUEUE = "default"
 MARKS = ("skip", "unsure")  # "" clears a mark
 NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789:_.-")
 MAX_NAME_CHARS = 64  # queue names and the source / strategy / model_version / selection_id fields
+# if_created matches when within this many seconds of the stored ``created``: a client that printed the
+# double with 6 decimals (rounding error <= 0.5 us) still matches; fills are further apart than that.
+CREATED_TOLERANCE_S = 1e-6
 
 
 @dataclass
@@ -119,7 +123,8 @@ class Queues:
                if_created: float | None = None) -> QueueData:
         """Replace queue ``name`` by ``replace`` (when given; created now, no marks), then apply ``marks``
         ((id, "skip" | "unsure" | "")) in order; stored durably before it returns the queue as stored.
-        ``if_created``: replace only if the queue's ``created`` is still that one (else FailedPrecondition)."""
+        ``if_created``: replace only if the queue's ``created`` is still that one, within CREATED_TOLERANCE_S
+        (else FailedPrecondition; not finite: InvalidArgument)."""
         name = queue_name(name)
         check_count(marks, self.limits.max_ids_per_request, "max_ids_per_request", "marks")
         for i, mark in marks:
@@ -129,6 +134,12 @@ class Queues:
         if if_created is not None and replace is None:
             raise InvalidArgument("if_created goes with queue: it makes the replacement conditional; send the new "
                                   "queue with it, or leave if_created out to only mark")
+        if if_created is not None and not math.isfinite(if_created):
+            # NaN compares unequal to everything, so the tolerance test below would let it through: an
+            # unconditional overwrite from a client that meant a condition (e.g. JS's Number(undefined)).
+            raise InvalidArgument(f"if_created {if_created} is not a finite number: send the `created` of the queue "
+                                  "as GetQueue answered it (0 for a queue never filled), or leave if_created out "
+                                  "to replace unconditionally")
         for i, _ in marks:
             if not i:
                 raise InvalidArgument("a mark with an empty id: give the id of a sample in the queue")
@@ -136,7 +147,7 @@ class Queues:
             self._check_new(replace)
         with self.lock:
             q = self.get(name)
-            if replace is not None and if_created is not None and abs(q.created - if_created) > 1e-6:
+            if replace is not None and if_created is not None and abs(q.created - if_created) > CREATED_TOLERANCE_S:
                 when = time.strftime("%H:%M:%S", time.localtime(q.created)) if q.created else "never"
                 raise FailedPrecondition(
                     f"queue {quoted(name)} was replaced meanwhile (filled at {when}, {len(q.ids)} samples): "

@@ -127,3 +127,29 @@ def test_update_queue_refuses_if_created_without_a_queue_and_empty_ids(tmp_path:
         assert (list(now.ids), dict(now.marks), now.created) == (["s1", "s2"], {}, q.created)
     finally:
         r.stop()
+
+
+def test_update_queue_refuses_a_non_finite_if_created(tmp_path: Path, registry: Path) -> None:
+    # NaN compared with the tolerance was never "different", so the replacement went through unconditionally.
+    r = start(tmp_path / "data", registry)
+    try:
+        client.ingest(r.stub, make_samples(4))
+        q = r.stub.UpdateQueue(agent_pb2.UpdateQueueRequest(name="web", queue=agent_pb2.Queue(ids=["s1", "s2"])))
+        for bad in (float("nan"), float("inf"), float("-inf")):
+            code, msg = code_of(lambda: r.stub.UpdateQueue(agent_pb2.UpdateQueueRequest(
+                name="web", queue=agent_pb2.Queue(ids=["s3"]), if_created=bad)))  # noqa: B023
+            assert code == grpc.StatusCode.INVALID_ARGUMENT and "not a finite number" in msg, (bad, code, msg)
+            assert "as GetQueue answered it" in msg
+        # On a queue never filled, too (its created is 0).
+        code, _ = code_of(lambda: r.stub.UpdateQueue(agent_pb2.UpdateQueueRequest(
+            name="other", queue=agent_pb2.Queue(ids=["s3"]), if_created=float("nan"))))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT
+        now = r.stub.GetQueue(agent_pb2.GetQueueRequest(name="web"))
+        assert (list(now.ids), now.created) == (["s1", "s2"], q.created)
+        assert not r.stub.GetQueue(agent_pb2.GetQueueRequest(name="other")).ids
+        # Within the documented 1e-6 s the condition holds.
+        again = r.stub.UpdateQueue(agent_pb2.UpdateQueueRequest(
+            name="web", queue=agent_pb2.Queue(ids=["s3"]), if_created=q.created + 5e-7))
+        assert list(again.ids) == ["s3"]
+    finally:
+        r.stop()
