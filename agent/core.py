@@ -26,7 +26,7 @@ import threading
 import time
 import unicodedata
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Sized
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence, Sized
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -155,6 +155,19 @@ class SelectResult:
     strategy: str
     selection_id: str
     details: dict[str, str] = field(default_factory=dict)
+
+
+# A cached Select: (chosen ids and scores, details, the recorded selection's id or "").
+SelectCached = tuple[list[tuple[str, float]], dict[str, str], str]
+
+
+@dataclass
+class SelectFlight:
+    """One Select being computed (``Agent._single_flight``): ``done`` is set when it ends; ``result`` is its
+    answer (None when it raised: an identical Select waiting for it then runs itself)."""
+
+    done: threading.Event = field(default_factory=threading.Event)
+    result: SelectResult | None = None
 
 
 @dataclass(frozen=True)
@@ -588,7 +601,7 @@ class Agent:
         self.decode_work = Admission(work.decode_max_concurrent, work.decode_max_queued, lane="decode")
         # Select: (chosen ids and scores, details, the recorded selection's id or ""); PriorLabels: (probs,
         # confidence, calibration).
-        self.select_cache: LruCache[tuple[list[tuple[str, float]], dict[str, str], str]] = LruCache(
+        self.select_cache: LruCache[SelectCached] = LruCache(
             work.cache_entries, work.cache_rows)
         self.prior_cache: LruCache[tuple[np.ndarray, np.ndarray, TemperatureFit | None]] = LruCache(
             work.cache_entries, work.cache_rows)
@@ -613,6 +626,11 @@ class Agent:
         # picks still exist to its record and cache entry: a deletion commits wholly before a Select records
         # (whose picks then leave out the deleted samples) or after (it then finds the record and rewrites it).
         self._deleting = threading.Lock()
+        # Selects in flight by their cache key: an identical Select that arrives while one runs waits for it
+        # and answers its recorded selection rather than computing and recording it again (``_single_flight``).
+        # The lock guards the dict only, so different Selects never wait on each other here.
+        self._select_flights: dict[Hashable, SelectFlight] = {}
+        self._select_flights_lock = threading.Lock()
         self._draws: list[tuple[str, np.ndarray]] = self._recorded_draws()
         self._counted_draws = CountedDraws()  # their counted picks, kept up to date (counted_seqs)
         self._recorded_since_prune = PRUNE_EVERY  # prune at the first record after a start
@@ -1325,7 +1343,6 @@ class Agent:
                     f"{ASK_AGAIN}")
         candidates, left_out = self.twin_free(pool.candidates, seqs)
         pool = replace(pool, candidates=candidates)
-        details: dict[str, str] = {}
         take = min(budget, len(pool.candidates))  # a budget beyond the candidates costs nothing more
         # Everything the answer depends on: the model version, the pool's rows, the labelled set with
         # its labels, the candidates (the where filter's result), the strategy, params, seed and budget.
@@ -1334,52 +1351,89 @@ class Agent:
         # whether the recorded request is a uniform draw.
         key = ("select", version, len(pool.embeddings), fingerprint(pool.labeled, pool.labels, pool.candidates),
                strategy, frozen(params), seed, take, group_by, max_per_group, frozen(where))
-        cached = self.select_cache.get(key)
-        if cached is not None:  # an empty answer too: a client polling one that matches nothing writes nothing
-            chosen, details = list(cached[0]), dict(cached[1])
-            if cached[2]:  # recorded, with its draw: the same selection again
-                return SelectResult(chosen, version, strategy, cached[2], details)
-        elif take == 0:
-            chosen = []
-            details[NOTHING_SELECTED] = self._why_nothing(where, left_out, behind if serving is not None else 0,
-                                                          len(seqs))
-        elif max_per_group:
-            chosen, details = self._run_capped(StrategyRun(strategy, fn, params, budget, seed, group_by,
-                                                           max_per_group), pool, seqs, take, token)
-        else:
-            chosen, details = self._run_strategy(StrategyRun(strategy, fn, params, budget, seed), pool, seqs, take,
-                                                 token)
-        if cached is None and left_out:
-            details[SAME_PAYLOAD_LEFT_OUT] = (
-                f"{left_out} unlabelled sample{'s' if left_out != 1 else ''} left out of the candidates: the exact "
-                "bytes of a labelled sample, or of an earlier-ingested candidate (one label covers byte-identical "
-                "images)")
-        if cached is None and serving is not None and behind:
-            details[NOT_EMBEDDED] = (f"{behind_phrase(behind, stored, version)}: they are not candidates until "
-                                     f"then; {ASK_AGAIN}")
-            if uniform_draw(strategy, bool(where) or bool(max_per_group)):
-                details[NOT_UNIFORM] = ("a draw of the embedded samples only, not of the whole pool: its labels do "
-                                        "not count as audit labels for the calibration")
-        selection_id = uuid.uuid4().hex
-        request: dict[str, Any] = {"budget": budget, "strategy": strategy, "params": dict(params), "seed": seed,
-                                   "where": dict(where)}
-        if max_per_group:  # not a uniform draw (uniform_request): the cap reshapes the sample
-            request.update(group_by=group_by, max_per_group=max_per_group)
-        if serving is not None and behind:  # not a uniform draw either: the candidates are the embedded part only
-            request.update(not_embedded=behind)
-        with self._deleting:  # no DeleteSamples between the check and the record (``_deleting``)
-            chosen = self._still_stored(chosen, int(seqs.max(initial=0)))
-            if not record:  # cached unrecorded: a repeat by a read token is answered at once, by a write token
-                if cached is None:
-                    self.select_cache.put(key, (list(chosen), dict(details), ""), weight=max(1, len(chosen)))
-                # "" as on a full disk: no id of a selection that was never stored (a fresh id here named none)
-                return SelectResult(chosen, version, strategy, "",
-                                    {**details, SELECTION_NOT_RECORDED: READ_ONLY_SELECT})
-            recorded, details = self._record_selection(selection_id, request, chosen, version, details)
-            # an unrecorded answer is cached without an id: a repeat runs the recording again
-            kept = {k: v for k, v in details.items() if k != SELECTION_NOT_RECORDED}
-            self.select_cache.put(key, (list(chosen), kept, recorded), weight=max(1, len(chosen)))
-        return SelectResult(chosen, version, strategy, recorded, details)  # "": no id of a selection not stored
+
+        def lead(cached: SelectCached | None) -> SelectResult:
+            """The Select past its cache look-up (``cached``: the cache's unrecorded answer, or None): run the
+            strategy, record the selection and cache it."""
+            details: dict[str, str] = {}
+            chosen: list[tuple[str, float]]
+            if cached is not None:  # an empty answer too: a client polling one that matches nothing writes nothing
+                chosen, details = list(cached[0]), dict(cached[1])
+            elif take == 0:
+                chosen = []
+                details[NOTHING_SELECTED] = self._why_nothing(where, left_out, behind if serving is not None else 0,
+                                                              len(seqs))
+            elif max_per_group:
+                chosen, details = self._run_capped(StrategyRun(strategy, fn, params, budget, seed, group_by,
+                                                               max_per_group), pool, seqs, take, token)
+            else:
+                chosen, details = self._run_strategy(StrategyRun(strategy, fn, params, budget, seed), pool, seqs, take,
+                                                     token)
+            if cached is None and left_out:
+                details[SAME_PAYLOAD_LEFT_OUT] = (
+                    f"{left_out} unlabelled sample{'s' if left_out != 1 else ''} left out of the candidates: the exact "
+                    "bytes of a labelled sample, or of an earlier-ingested candidate (one label covers byte-identical "
+                    "images)")
+            if cached is None and serving is not None and behind:
+                details[NOT_EMBEDDED] = (f"{behind_phrase(behind, stored, version)}: they are not candidates until "
+                                         f"then; {ASK_AGAIN}")
+                if uniform_draw(strategy, bool(where) or bool(max_per_group)):
+                    details[NOT_UNIFORM] = ("a draw of the embedded samples only, not of the whole pool: its labels do "
+                                            "not count as audit labels for the calibration")
+            selection_id = uuid.uuid4().hex
+            request: dict[str, Any] = {"budget": budget, "strategy": strategy, "params": dict(params), "seed": seed,
+                                       "where": dict(where)}
+            if max_per_group:  # not a uniform draw (uniform_request): the cap reshapes the sample
+                request.update(group_by=group_by, max_per_group=max_per_group)
+            if serving is not None and behind:  # not a uniform draw either: the candidates are the embedded part only
+                request.update(not_embedded=behind)
+            with self._deleting:  # no DeleteSamples between the check and the record (``_deleting``)
+                chosen = self._still_stored(chosen, int(seqs.max(initial=0)))
+                if not record:  # cached unrecorded: a repeat by a read token is answered at once, by a write token
+                    if cached is None:
+                        self.select_cache.put(key, (list(chosen), dict(details), ""), weight=max(1, len(chosen)))
+                    # "" as on a full disk: no id of a selection that was never stored (a fresh id here named none)
+                    return SelectResult(chosen, version, strategy, "",
+                                        {**details, SELECTION_NOT_RECORDED: READ_ONLY_SELECT})
+                recorded, details = self._record_selection(selection_id, request, chosen, version, details)
+                # an unrecorded answer is cached without an id: a repeat runs the recording again
+                kept = {k: v for k, v in details.items() if k != SELECTION_NOT_RECORDED}
+                self.select_cache.put(key, (list(chosen), kept, recorded), weight=max(1, len(chosen)))
+            return SelectResult(chosen, version, strategy, recorded, details)  # "": no id of a selection not stored
+
+        return self._single_flight(key, version, strategy, token, lead)
+
+    def _single_flight(self, key: Hashable, version: str, strategy: str, token: cancel.CancelToken | None,
+                       lead: Callable[[SelectCached | None], SelectResult]) -> SelectResult:
+        """The recorded answer of the Select of cache key ``key``: from the cache; or from an identical Select in
+        flight (waited for, in no admission slot, until ``token`` ends: concurrent clients, or a client's retry
+        after its own deadline, make one computation and one record); or from ``lead`` (given the cache's
+        unrecorded answer, if any), as the one in flight for ``key``."""
+        while True:
+            cached = self.select_cache.get(key)
+            if cached is not None and cached[2]:  # recorded, with its draw: the same selection again
+                return SelectResult(list(cached[0]), version, strategy, cached[2], dict(cached[1]))
+            with self._select_flights_lock:
+                flight = self._select_flights.get(key)
+                leading = flight is None
+                if flight is None:
+                    flight = self._select_flights[key] = SelectFlight()
+            if leading:
+                break
+            waiting = token or cancel.CancelToken()
+            while not flight.done.wait(0.05):
+                waiting.check()
+            done = flight.result
+            if done is not None and done.selection_id:
+                return replace(done, selected=list(done.selected), details=dict(done.details))
+            # It raised, or was not recorded (a read token's, a full disk): look again (the cache), or run it.
+        try:
+            flight.result = lead(cached)
+            return flight.result
+        finally:
+            with self._select_flights_lock:
+                self._select_flights.pop(key, None)
+            flight.done.set()
 
     def _still_stored(self, chosen: list[tuple[str, float]], newest: int) -> list[tuple[str, float]]:
         """``chosen`` less the picks a DeleteSamples removed since the strategy ran (call holding ``_deleting``).
