@@ -328,15 +328,22 @@ def caller_address(peer: str, metadata: Any = None) -> str:
     return peer.rpartition(":")[0] if peer.count(":") >= 2 else peer
 
 
+class RepeatedAuthorization(Exception):
+    """More than one ``authorization`` metadata entry: which one counts is not for the agent to guess."""
+
+
 def bearer(metadata: Any) -> str | None:
     """The token of an ``authorization: Bearer TOKEN`` metadata entry; "" when the header is malformed,
-    None when absent."""
-    for key, value in metadata or ():
-        if key == "authorization":
-            text = value.decode(errors="replace") if isinstance(value, bytes) else str(value)
-            scheme, _, token = text.strip().partition(" ")
-            return token.strip() if scheme.lower() == "bearer" and token.strip() else ""
-    return None
+    None when absent. RepeatedAuthorization when there is more than one such entry: taking the first, a
+    proxy or client layer that adds its own header made the call authenticate as whichever came first."""
+    values = [value for key, value in metadata or () if key == "authorization"]
+    if len(values) > 1:
+        raise RepeatedAuthorization
+    if not values:
+        return None
+    text = values[0].decode(errors="replace") if isinstance(values[0], bytes) else str(values[0])
+    scheme, _, token = text.strip().partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else ""
 
 
 class RefusalLog:
@@ -454,7 +461,13 @@ class AuthInterceptor(grpc.ServerInterceptor):
             return handler
         name = method[len(self._prefix):]
         need = RPC_ROLES.get(name, WRITE)
-        token = bearer(handler_call_details.invocation_metadata)  # type: ignore[attr-defined]
+        try:
+            token = bearer(handler_call_details.invocation_metadata)  # type: ignore[attr-defined]
+        except RepeatedAuthorization:
+            return _deny(handler, Unauthenticated(
+                         "more than one authorization metadata entry: send one authorization header, "
+                         "`authorization: Bearer TOKEN` (a proxy or client layer may add its own)"),
+                         self.refusals, f"{name}: repeated authorization metadata")
         if token is None:
             return _deny(handler, Unauthenticated(
                          "this agent requires a token: pass --token TOKEN or set SHORTLIST_TOKEN (API clients send "

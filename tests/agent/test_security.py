@@ -229,6 +229,21 @@ def test_tokens_and_roles(token_server: int) -> None:
         grpc.StatusCode.UNAUTHENTICATED
 
 
+def test_more_than_one_authorization_header_is_unauthenticated(token_server: int) -> None:
+    # The first header used to win: [read, write] was PERMISSION_DENIED, [write, read] wrote.
+    raw = agent_pb2_grpc.AgentStub(grpc.insecure_channel(f"127.0.0.1:{token_server}"))
+    read, write = ("authorization", f"Bearer {READ_TOKEN}"), ("authorization", f"Bearer {WRITE_TOKEN}")
+    for metadata in ([read, write], [write, read], [write, write], [write, ("authorization", "Bearer nope")]):
+        with pytest.raises(grpc.RpcError) as e:
+            raw.Ingest(iter([agent_pb2.IngestRequest(samples=make_samples(1))]), metadata=metadata)
+        assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED, metadata
+        assert "send one authorization header" in str(e.value.details())
+        with pytest.raises(grpc.RpcError) as e:
+            raw.GetStatus(agent_pb2.GetStatusRequest(), metadata=metadata)
+        assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert raw.GetStatus(agent_pb2.GetStatusRequest(), metadata=[write]).samples == 0  # nothing was ingested
+
+
 def test_health_and_reflection_need_no_token(token_server: int) -> None:
     ch = grpc.insecure_channel(f"127.0.0.1:{token_server}")
     reply = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service="shortlist.v1.Agent"))
