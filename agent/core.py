@@ -423,6 +423,13 @@ def source_problem(source: str) -> str | None:
                 "and ':_.-' (e.g. manual, prior:knn, labelstudio)")
     if (what := AGENT_SOURCES.get(source)) is not None:
         return f"source {quoted(source)} is reserved for {what}; use e.g. 'manual' or 'import'"
+    method = source.partition(":")[2] if source.startswith("prior:") else None
+    if method is not None and method not in PRIOR_METHODS:
+        # prior:METHOD marks an accepted prior (left out of the calibration's held-out labels, not scored by the
+        # audit): a method this agent does not have would be counted as one without ever having been a prior.
+        return (f"source {quoted(source)} names no prior method of this agent: an accepted prior's source is "
+                f"prior:METHOD with METHOD one of {', '.join(sorted(PRIOR_METHODS))}; a label that is no accepted "
+                "prior takes another source (e.g. 'manual')")
     return None
 
 

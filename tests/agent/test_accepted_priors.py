@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import grpc
 import pytest
 
 from agent import client
@@ -43,6 +44,20 @@ def test_accepted_priors_are_left_out_of_the_calibration(running: Running) -> No
     undone = calibration()
     assert undone.held_out == before.held_out, (before, undone)
     assert "; 30 accepted priors (source prior:*) left out" in undone.warning and undone.left_out == 30
+
+
+def test_a_source_naming_no_prior_method_of_the_agent_is_refused(running: Running) -> None:
+    # prior:nope was accepted and then counted as an accepted prior by every PriorLabels.
+    client.ingest(running.stub, make_samples(6))
+    for source in ("prior:nope", "prior:", "prior:knn:x"):
+        for send in (lambda: client.submit_labels(running.stub, [("s1", "cat")], "bob", source=source),  # noqa: B023
+                     lambda: client.retract_labels(running.stub, ["s1"], "bob", source=source)):  # noqa: B023
+            with pytest.raises(grpc.RpcError) as e:
+                send()
+            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, source
+            assert "as3l, knn, llgc" in str(e.value.details()) and "names no prior method" in str(e.value.details())
+    assert running.stub.GetStatus(agent_pb2.GetStatusRequest()).labeled == 0
+    assert client.submit_labels(running.stub, [("s1", "cat")], "bob", source="prior:knn").accepted == 1
 
 
 def test_the_accepted_set_kept_in_memory_is_what_the_label_rows_say(tmp_path: Path) -> None:
