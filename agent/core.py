@@ -664,7 +664,8 @@ class Agent:
                                     accepted=self.state.accepted_prior_seqs)
         self.queues = Queues(self.state, config.limits)
         self.images = Images(self.state, self.blobs, config.images, config.limits.max_message_bytes,
-                             config.limits.max_pixels, self.decode_work, work.large_image_pixels)
+                             config.limits.max_pixels, self.decode_work, work.large_image_pixels,
+                             check_ids=self.check_read_ids)
         self.manager.start(background=config.background)
         self.map = PoolMap(config.map, data_dir / "map", self._serving_view)
         if config.background:
@@ -856,7 +857,12 @@ class Agent:
     def _unknown_id_hint(self, sid: str) -> str:
         """For an unknown id that differs from a stored one only in Unicode form (an NFD file name from macOS
         ingested, the NFC one from a CSV sent, which look the same): which form each is and what to send;
-        else "". ``State.unicode_variant``: no scan of the ids."""
+        else "". Likewise for an id with white space at an end whose stripped form is stored (a CSV column
+        padded, a name pasted with a blank). ``State.unicode_variant``: no scan of the ids."""
+        stripped = sid.strip()
+        if stripped != sid and stripped and self.state.lookup(stripped) is not None:
+            return (f"{quoted(stripped[:64])} is stored: the id sent has white space at an end (ids are compared "
+                    "exactly, byte for byte): send it without")
         stored = self.state.unicode_variant(sid)
         if stored is None:
             return ""
@@ -865,9 +871,21 @@ class Agent:
         return (f"a stored id differs from it only in Unicode form (stored {form}, sent {_unicode_form(sid)}; ids "
                 f"are compared exactly, byte for byte): send the id as stored, {how}")
 
+    def check_read_ids(self, ids: Sequence[str], what: str) -> None:
+        """The ``ids`` of a read (PriorLabels, ListSamples, GetImages: ``what``): InvalidArgument for an empty id
+        (no sample can have one, as the writes' INVALID_ID says), NotFound for unknown ones (``_unknown_ids``:
+        what to do, and a hint where a stored id differs only in Unicode form or white space at its ends)."""
+        if "" in ids:
+            raise InvalidArgument(f"an empty id in the {what} request's ids (at {list(ids).index('')}): no sample "
+                                  "has one; give the ids of stored samples")
+        unknown = [i for i in ids if self.state.lookup(i) is None]
+        if unknown:
+            raise NotFound(f"{self._unknown_ids(unknown)}; ingest them first, or ask for stored ids (ListSamples "
+                           "without ids lists them)")
+
     def _unknown_ids(self, unknown: Sequence[str]) -> str:
-        """NotFound's list of unknown ids (the first 5), and the Unicode-form hint for the first of them that
-        has one (``_unknown_id_hint``)."""
+        """NotFound's list of unknown ids (the first 5), and the hint for the first of them that has one
+        (``_unknown_id_hint``: Unicode form, white space)."""
         shown = ", ".join(quoted(u[:64]) for u in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
         hint = next(((u, h) for u in unknown[:100] if (h := self._unknown_id_hint(u))), None)
         return (f"{len(unknown)} unknown id(s): {shown}"
@@ -1718,9 +1736,7 @@ class Agent:
         row_of = np.full(int(seqs.max(initial=0)) + 1, -1, np.int64)  # seq -> row under this version, -1 = none
         row_of[seqs] = np.arange(len(seqs))
         if ids:
-            unknown = [i for i in ids if self.state.lookup(i) is None]
-            if unknown:
-                raise NotFound(f"{self._unknown_ids(unknown)}; ingest them first")
+            self.check_read_ids(ids, "PriorLabels")
             recs = [self.state.lookup(i) for i in ids]
             missing = [r.id for r in recs if r is not None and (r.seq >= len(row_of) or row_of[r.seq] < 0)]
             if missing:
@@ -1967,9 +1983,7 @@ class Agent:
                                      "list without include_payload")
         if ids:
             check_count(ids, self.limits.max_ids_per_request, "max_ids_per_request", "ids")
-            unknown = [i for i in ids if self.state.lookup(i) is None]
-            if unknown:
-                raise NotFound(self._unknown_ids(unknown))
+            self.check_read_ids(ids, "ListSamples")
         events, seqs, labels, last_row = self.state.label_snapshot(labeled_only and not ids)
         names = list(self.state.classes)
         return events, self._iter_samples(labeled_only, include_payload, ids, (seqs, labels), names, last_row)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from PIL import Image
@@ -58,8 +58,12 @@ class Images:
     """Originals and cached thumbnails of one agent's samples."""
 
     def __init__(self, state: State, blobs: BlobStore | None, config: ImagesConfig, max_message_bytes: int,
-                 max_pixels: int = MAX_PIXELS, decodes: Admission | None = None, large_image_pixels: int = 0) -> None:
+                 max_pixels: int = MAX_PIXELS, decodes: Admission | None = None, large_image_pixels: int = 0,
+                 check_ids: Callable[[Sequence[str], str], None] | None = None) -> None:
+        """``check_ids``: raises for an empty or unknown id of a request (the agent's ``check_read_ids``, whose
+        messages the other reads share); None: a plain NotFound for unknown ids."""
         self.state = state
+        self.check_ids = check_ids
         self.blobs = blobs
         self.config = config
         self.max_reply_bytes = max_message_bytes - REPLY_MARGIN
@@ -94,6 +98,8 @@ class Images:
         """The images of ``ids``, originals (``max_side`` 0) or thumbnails; ``token`` (the call's) bounds the
         wait for a large-image decode slot (Busy when the lane is full)."""
         key = self.check(ids, max_side, fmt)
+        if self.check_ids is not None:
+            self.check_ids(ids, "GetImages")
         recs = [self.state.lookup(i) for i in ids]
         unknown = [i for i, r in zip(ids, recs, strict=True) if r is None]
         if unknown:

@@ -47,3 +47,34 @@ def test_unknown_ids_that_differ_only_in_unicode_form_say_so(running: Running) -
     gone = r.stub.SubmitLabels(agent_pb2.SubmitLabelsRequest(labels=[agent_pb2.LabelAssignment(id=NFC, label="cat")],
                                                              annotator="ana"))
     assert gone.rejected[0].reason == f"unknown id \"{NFC}\": ingest it first"
+
+
+def test_empty_ids_in_reads_are_invalid_and_padded_ids_get_a_hint(running: Running) -> None:
+    # "" was NOT_FOUND "...; ingest them first" (it can never be ingested); " s1" got no hint that the blank
+    # is the cause; ListSamples' and GetImages' NOT_FOUND said nothing of what to do.
+    r = running
+    assert r.stub.Ingest(iter([agent_pb2.IngestRequest(samples=make_samples(6, labels=3))])).accepted == 6
+    reads = {
+        "ListSamples": lambda ids: list(r.stub.ListSamples(agent_pb2.ListSamplesRequest(ids=ids))),
+        "PriorLabels": lambda ids: list(r.stub.PriorLabels(agent_pb2.PriorLabelsRequest(method="knn", ids=ids))),
+        "GetImages": lambda ids: r.stub.GetImages(agent_pb2.GetImagesRequest(ids=ids, max_side=32)),
+    }
+    for name, read in reads.items():
+        with pytest.raises(grpc.RpcError) as e:
+            read(["s4", ""])
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, name
+        assert e.value.details() == (f"an empty id in the {name} request's ids (at 1): no sample has one; give the "
+                                     "ids of stored samples")
+        with pytest.raises(grpc.RpcError) as e:
+            read(["s4", " s5", "nope"])
+        assert e.value.code() == grpc.StatusCode.NOT_FOUND, name
+        assert e.value.details() == (
+            "2 unknown id(s): \" s5\", \"nope\" (\" s5\": \"s5\" is stored: the id sent has white space at an end (ids "
+            "are compared exactly, byte for byte): send it without); ingest them first, or ask for stored ids "
+            "(ListSamples without ids lists them)"), name
+    reply = r.stub.SubmitLabels(agent_pb2.SubmitLabelsRequest(
+        labels=[agent_pb2.LabelAssignment(id="s5 ", label="cat")], annotator="ana"))
+    assert reply.rejected[0].reason == ("unknown id \"s5 \": \"s5\" is stored: the id sent has white space at an end "
+                                        "(ids are compared exactly, byte for byte): send it without")
+    delete = r.stub.DeleteSamples(agent_pb2.DeleteSamplesRequest(ids=["\ts5"], annotator="ana", reason="x"))
+    assert delete.accepted == 0 and "white space at an end" in delete.rejected[0].reason
