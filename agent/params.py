@@ -71,6 +71,11 @@ class Param:
 
     def parse(self, raw: str) -> ParamValue:
         """``raw`` as this parameter's value; InvalidArgument naming the parameter and its range."""
+        if raw.strip() == "":
+            # Not the default: a client that sent "" (an unset form field, a template with nothing filled in)
+            # would get an answer computed with a value it never chose, without being told.
+            raise InvalidArgument(f"param {self.name} is empty: leave it out for its default ({self.default_text()}) "
+                                  f"or give {self.range_text()}")
         bad = InvalidArgument(f"param {self.name}={quoted(raw)} is out of range: must be {self.range_text()}")
         if self.kind == "choice":
             word = raw.strip().lower()
@@ -90,8 +95,7 @@ class Param:
         return value
 
     def _raw(self, params: Mapping[str, str]) -> str | None:
-        raw = params.get(self.name)
-        return None if raw is None or raw == "" else raw
+        return params.get(self.name)  # "" too: parse refuses it (check_declared, before any work)
 
     def get_int(self, params: Mapping[str, str], default: int | None = None) -> int:
         """This (int) parameter from a request's params, else ``default`` (for a derived default), else
@@ -136,8 +140,7 @@ def check_declared(params: Mapping[str, str], declared: Sequence[Param], what: s
         valid = ", ".join(f"{p.name} ({p.range_text()})" for p in declared) or "none"
         raise InvalidArgument(f"{what} does not take param(s) {', '.join(unknown)}; valid: {valid}")
     for name, raw in params.items():
-        if raw != "":
-            by_name[name].parse(raw)
+        by_name[name].parse(raw)
 
 
 def params_doc(declared: Sequence[Param]) -> str:

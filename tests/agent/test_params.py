@@ -73,6 +73,20 @@ def test_beyond_the_range_is_invalid_argument_naming_it(item: tuple[StrategyEntr
         assert p.name in str(err.value) and p.range_text() in str(err.value), str(err.value)
 
 
+ALL_PARAMS = [(e, p) for e in ENTRIES for p in e.params]
+
+
+@pytest.mark.parametrize("item", ALL_PARAMS, ids=[_id(i) for i in ALL_PARAMS])
+def test_an_empty_value_is_invalid_argument_not_the_default(item: tuple[StrategyEntry | PriorEntry, Param]) -> None:
+    # "" used to be read as the default, silently (Select alpha="", PriorLabels calibrate="").
+    entry, p = item
+    for raw in ("", " "):
+        with pytest.raises(InvalidArgument) as err:
+            run(entry, {p.name: raw})
+        assert str(err.value) == (f"param {p.name} is empty: leave it out for its default ({p.default_text()}) or "
+                                  f"give {p.range_text()}")
+
+
 @pytest.mark.parametrize("entry", [e for e in ENTRIES if any(p.kind == "choice" for p in e.params)],
                          ids=lambda e: e.name)
 def test_every_choice_answers_and_others_are_refused(entry: StrategyEntry | PriorEntry) -> None:

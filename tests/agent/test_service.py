@@ -161,6 +161,13 @@ def test_select_budget_and_errors(running: Running) -> None:
     code, msg = code_of(lambda: running.stub.Select(agent_pb2.SelectRequest(budget=2, strategy="random",
                                                                             params={"bogus": "1"})))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "bogus" in msg
+    # an empty value is refused, not read as the default (it was)
+    code, msg = code_of(lambda: running.stub.Select(agent_pb2.SelectRequest(budget=2, strategy="probcover",
+                                                                            params={"alpha": ""})))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and msg.startswith("param alpha is empty: leave it out for its ")
+    code, msg = code_of(lambda: list(running.stub.PriorLabels(agent_pb2.PriorLabelsRequest(
+        method="knn", params={"calibrate": ""}))))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and msg.startswith("param calibrate is empty: leave it out")
     nowhere = select(running, 3, site="nowhere")
     assert nowhere.selected == [] and "no unlabelled sample matches where site=nowhere" in \
         nowhere.details["nothing_selected"]
