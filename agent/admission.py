@@ -131,6 +131,14 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+def _secs(x: float) -> str:
+    """Seconds as a refusal says them: 1 decimal from 1 s on, 2 significant digits below (0.07, 0.21), so that
+    a small estimate and its margin add up (0.07 s and 0.21 s with a 3x margin were "0.1 s" and "0.2 s")."""
+    if x >= 1 or x <= 0:
+        return f"{max(x, 0.0):.1f}"
+    return f"{x:.2g}" if x >= 0.01 else f"{x:.3f}"
+
+
 class Busy(ResourceExhausted):
     """Too much heavy work already running and queued (RESOURCE_EXHAUSTED); ``retry_after_s`` is a hint
     for when to retry (sent as trailing metadata ``retry-after-ms``)."""
@@ -596,17 +604,18 @@ class Admission:
         self._refused_deadline += 1
         running, queued, left = len(self._running), len(self._waiting), max(0.0, remaining)
         margin_x = max(safety, self.SAFETY)
+        # Whole seconds, at least 1 (clients and the web app read the number as an integer).
         needed = max(1, math.ceil(margin_x * (wait + own)))
-        # the estimate is uncertain on a busy machine: say the margin, or "21 s, more than the 60 s left" reads wrong
-        margin = f", {safety * (wait + own):.1f} s with the {safety:g}x margin kept for estimates" if safety > 1 \
-            else ""
+        # the estimate is uncertain on a busy machine: say the margin the needed deadline comes from (also when
+        # the caller passed none: SAFETY applies), or "21 s, more than the 60 s left" reads wrong
+        margin = f", {_secs(margin_x * (wait + own))} s with the {margin_x:g}x margin kept for estimates"
         # a slot free (no wait): too long by itself, or beside the calls running now (whose CPU it would share);
         # it is never "would wait about 0.0 s for a turn"
         beside = f" beside the {running} {self.lane} requests running" if running else ""
-        opening = (f"{what} would take about {own:.1f} s{beside}" if wait <= 0 else
-                   f"the agent is busy: {what} would wait about {wait:.1f} s for a turn ({running} {self.lane} "
-                   f"requests running, {queued} queued) and then take about {own:.1f} s")
-        head = (f"{opening} ({basis}, at the CPU share such calls get now){margin}, more than the {left:.1f} s "
+        opening = (f"{what} would take about {_secs(own)} s{beside}" if wait <= 0 else
+                   f"the agent is busy: {what} would wait about {_secs(wait)} s for a turn ({running} {self.lane} "
+                   f"requests running, {queued} queued) and then take about {_secs(own)} s")
+        head = (f"{opening} ({basis}, at the CPU share such calls get now){margin}, more than the {_secs(left)} s "
                 f"left of the call's deadline; it was not started; it needs a deadline of at least {needed} s")
         if wait > 0 and margin_x * own <= remaining:  # the wait for a turn makes it late: a later try may fit
             hint = self._retry_after_ms(wait)

@@ -16,7 +16,7 @@ import pytest
 from agent import admission, client
 from agent.admission import Admission, Busy
 from agent.cancel import Cancelled, CancelToken
-from agent.errors import DeadlineExceeded
+from agent.errors import DeadlineExceeded, InvalidArgument
 from agent.priors import PRIOR_METHODS
 from agent.strategies import STRATEGIES
 from agent.strategies._common import KMEANS_CPU_PER_UNIT
@@ -344,7 +344,8 @@ def test_an_explicit_k_or_runs_sets_the_work_size_and_prior_proportionally() -> 
         large = entry.prior_cpu_s(rows, labelled, budget, {"k": "450"})
         assert entry.work_size(rows, labelled, budget, {"k": "450"}) == rows * 450
         assert default is not None and large == pytest.approx(default * 450 / 15)
-        assert entry.work_size(rows, labelled, budget, {"k": ""}) == rows * 15  # an empty value: the default
+        with pytest.raises(InvalidArgument):  # an empty value is refused (the request's check does it first)
+            entry.work_size(rows, labelled, budget, {"k": ""})
         assert entry.work_size(100, labelled, budget, {"k": "450"}) == 100 * 100  # k-means clips k to the rows
     # typiclust's max_clusters caps its k below the labelled set's.
     typiclust = STRATEGIES["typiclust"]
@@ -417,7 +418,7 @@ def test_probcovers_work_size_follows_its_clusters_and_radius_params() -> None:
     # The purity rule's k-means grows with its clusters (explicit, or the class count by default) ...
     assert size({"clusters": "500"}) == size({}, classes=500) == pytest.approx(1.52e9, rel=0.01)
     assert default < size({"clusters": "100"}) < size({"clusters": "500"})
-    assert size({"clusters": "10"}) == default and size({"clusters": ""}) == default  # the default's own k
+    assert size({"clusters": "10"}) == default  # the default's own k
     assert size({}, classes=0) == default  # fewer than 2 classes: 10 clusters
     # ... and only a call that runs that rule pays for it: a given delta runs no rule, occupancy no k-means.
     given = size({"delta": "0.5"})
@@ -662,3 +663,18 @@ def test_a_late_call_beside_running_ones_is_not_said_to_wait_and_gets_a_retry_hi
                          "have ended)")
     alone = lane._too_late("a thumbnail", wait=0.0, own=12.6, remaining=30.0, safety=3.0)
     assert alone.retry_after_s is None and str(alone).startswith("a thumbnail would take about 12.6 s (")
+
+
+def test_a_refusals_numbers_add_up() -> None:
+    """0.07 s at a 3x margin said "about 0.1 s ..., 0.2 s with the 3x margin"; a call refused while waiting
+    (no margin passed) said no margin at all, though the deadline it needs is twice its estimate."""
+    lane = Admission(1, 1)
+    small = str(lane._too_late("Select 'random'", wait=0.0, own=0.07, remaining=0.05, safety=3.0))
+    assert "would take about 0.07 s (its recent runs, at the CPU share such calls get now), 0.21 s with the 3x " \
+           "margin kept for estimates, more than the 0.05 s left of the call's deadline" in small, small
+    assert "it needs a deadline of at least 1 s" in small  # whole seconds, at least 1 (clients read an integer)
+    waited = str(lane._too_late("Select 'kmedoids'", wait=4.0, own=8.0, remaining=20.0))
+    assert "would wait about 4.0 s for a turn (0 heavy requests running, 0 queued) and then take about 8.0 s " \
+           "(its recent runs, at the CPU share such calls get now), 24.0 s with the 2x margin kept for estimates, " \
+           "more than the 20.0 s left of the call's deadline; it was not started; it needs a deadline of at least " \
+           "24 s" in waited, waited
