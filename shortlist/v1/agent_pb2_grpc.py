@@ -26,7 +26,11 @@ if _version_not_supported:
 
 
 class AgentStub:
-    """Missing associated documentation comment in .proto file."""
+    """Deadlines (docs/agent.md, "Deadlines"): set one on every call. The project's own clients use 30 s for the
+    light unary calls, 600 s for Select and PriorLabels (admission refuses at once a call it expects not to
+    finish in its deadline, saying the deadline it needs), and no overall deadline for the streams whose
+    length grows with the pool (Ingest, ListSamples, ListLabels, GetMap, PriorLabels of the whole pool).
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -112,7 +116,11 @@ class AgentStub:
 
 
 class AgentServicer:
-    """Missing associated documentation comment in .proto file."""
+    """Deadlines (docs/agent.md, "Deadlines"): set one on every call. The project's own clients use 30 s for the
+    light unary calls, 600 s for Select and PriorLabels (admission refuses at once a call it expects not to
+    finish in its deadline, saying the deadline it needs), and no overall deadline for the streams whose
+    length grows with the pool (Ingest, ListSamples, ListLabels, GetMap, PriorLabels of the whole pool).
+    """
 
     def Ingest(self, request_iterator, context):
         """Client-streamed batches of samples. The reply comes only after every accepted sample is
@@ -324,7 +332,11 @@ def add_AgentServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Agent:
-    """Missing associated documentation comment in .proto file."""
+    """Deadlines (docs/agent.md, "Deadlines"): set one on every call. The project's own clients use 30 s for the
+    light unary calls, 600 s for Select and PriorLabels (admission refuses at once a call it expects not to
+    finish in its deadline, saying the deadline it needs), and no overall deadline for the streams whose
+    length grows with the pool (Ingest, ListSamples, ListLabels, GetMap, PriorLabels of the whole pool).
+    """
 
     @staticmethod
     def Ingest(request_iterator,
