@@ -1,9 +1,10 @@
 """GetImages: samples' images for people to look at (the web app's grid, Label Studio's tasks).
 
 A request names up to ``ImagesConfig.max_ids`` samples and either ``max_side`` 0 (the full-size image: the
-encoded image as ingested when browsers show its format, BROWSER_FORMATS; else, and for a raw tensor, a PNG
-of its decode, in a large-image decode slot like thumbnails) or a thumbnail size (``min_side``..``max_side``
-pixels on the longer side; upright, via shortlist.images.thumbnail; JPEG or WebP). Thumbnails are kept
+encoded image as ingested when browsers show its format upright, BROWSER_FORMATS and ORIENTATION_SHOWN; else,
+e.g. a WebP with an EXIF orientation, and for a raw tensor, a PNG of its decode, in a large-image decode slot
+like thumbnails) or a thumbnail size (``min_side``..``max_side`` pixels on the longer side; upright, via
+shortlist.images.thumbnail; JPEG or WebP). Thumbnails are kept
 in a bounded LRU cache (agent.cache.LruCache, weighed in bytes) keyed by (payload sha256, size,
 format): a payload never changes under its digest, so an entry is never stale.
 
@@ -39,6 +40,12 @@ FORMATS = {"jpeg": ("JPEG", "image/jpeg"), "webp": ("WEBP", "image/webp")}
 # as a PNG of shortlist.images.decode_image (upright, 8-bit, transparency on white).
 BROWSER_FORMATS = {"JPEG": "image/jpeg", "MPO": "image/jpeg", "PNG": "image/png", "GIF": "image/gif",
                    "WEBP": "image/webp", "BMP": "image/bmp", "AVIF": "image/avif"}
+# Of those, the formats whose EXIF orientation every browser applies (CSS image-orientation: from-image, the
+# default since 2020). Browsers ignore it in a WebP (Chromium showed an orientation-6 WebP sideways while its
+# thumbnail and the model saw it upright) and its support in the others varies, so a stored image of another
+# format whose EXIF orientation is not 1 is sent as a PNG of the decode, upright like its thumbnail.
+ORIENTATION_SHOWN = {"JPEG", "MPO"}
+ORIENTATION_TAG = 0x0112  # EXIF Orientation: 1 = as stored, 2..8 = flipped and/or rotated
 # Room left in a reply for the framing of each Image and the message itself.
 REPLY_MARGIN = 64 * 1024
 
@@ -141,6 +148,8 @@ class Images:
             with Image.open(io.BytesIO(blob)) as img:
                 mime = BROWSER_FORMATS.get(img.format or "")
                 width, height = img.size
+                if mime and img.format not in ORIENTATION_SHOWN and img.getexif().get(ORIENTATION_TAG, 1) != 1:
+                    mime = None  # browsers would show it unrotated: send the upright decode
             if mime:
                 return ImageResult(sample_id, blob, mime, width, height, digest)
             width, height = image_header(blob, self.max_pixels)

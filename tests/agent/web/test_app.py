@@ -20,6 +20,7 @@ import grpc
 import pytest
 from PIL import Image
 
+from agent import client
 from agent.limits import MIB
 from agent.web.app import ROUTERS
 from agent.web.errors import HTTP_STATUS, http_status
@@ -932,3 +933,27 @@ def test_a_page_with_a_malformed_query_gets_the_error_page(web_agent: WebAgent) 
     assert "page: Input should be a valid integer" in r.text and '"detail"' not in r.text
     api = c.get("/api/queue?page=abc")
     assert api.status_code == 422 and api.json()["detail"][0]["loc"] == ["query", "page"]
+
+
+def test_large_view_of_an_exif_rotated_webp_is_upright(web_agent: WebAgent) -> None:
+    """/image/ID of a WebP with EXIF orientation 6 came as stored, which browsers show unrotated (they ignore a
+    WebP's EXIF orientation) while its thumbnail and the model saw it upright: it comes as the upright decode;
+    a JPEG's orientation browsers apply, so it still comes as stored."""
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown rotated 90 degrees: the 40x20 stored picture is 20 wide, 40 high
+    payloads = {}
+    for name, fmt in (("rot.webp", "WEBP"), ("rot.jpg", "JPEG")):
+        buf = io.BytesIO()
+        Image.new("RGB", (40, 20), (200, 30, 30)).save(buf, format=fmt, exif=exif.tobytes())
+        payloads[name] = buf.getvalue()
+    client.ingest(web_agent.stub, [client.image_sample(k, v) for k, v in payloads.items()])
+    c = web_agent.client()
+    r = c.get("/image/rot.webp")
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    with Image.open(io.BytesIO(r.content)) as img:
+        assert img.size == (20, 40)
+    thumb = c.get("/thumb/rot.webp?size=32")
+    with Image.open(io.BytesIO(thumb.content)) as img:
+        assert img.size == (16, 32)  # the same way up as the large view
+    r = c.get("/image/rot.jpg")
+    assert r.headers["content-type"] == "image/jpeg" and r.content == payloads["rot.jpg"]
