@@ -90,6 +90,9 @@ class Prepared:
     version: str
     rejected: list[Rejected]
     duplicates: int = 0
+    # Of the duplicates: those sent with another uri than the stored (or first) one, and the first of them.
+    other_uri: int = 0
+    other_uri_example: tuple[str, str, str] | None = None  # (id, stored uri, sent uri)
 
 
 @dataclass
@@ -102,7 +105,7 @@ class Embedded:
     early: EmbedOutput | None
 
 
-SAME_PAYLOAD_EXAMPLES = 10  # (id, other id) pairs an IngestReply names besides the count
+SAME_PAYLOAD_EXAMPLES = 10  # (id, other id) pairs an IngestReply names besides the count; also twin conflicts
 
 
 @dataclass
@@ -115,6 +118,13 @@ class IngestResult:
     # Accepted samples whose payload another id already holds, and the first few (id, other id).
     same_payload: int = 0
     same_payload_examples: list[tuple[str, str]] = field(default_factory=list)
+    # Of the duplicates: resends with another uri than the stored one (the stored one is kept), and the first.
+    other_uri: int = 0
+    other_uri_example: tuple[str, str, str] | None = None  # (id, stored uri, sent uri)
+    # Accepted labelled samples whose payload a sample under another id holds with another label, and the
+    # first few (id, twin id, twin's label).
+    twin_conflicts: int = 0
+    twin_conflict_examples: list[tuple[str, str, str]] = field(default_factory=list)
 
     def add(self, other: IngestResult) -> None:
         self.accepted += other.accepted
@@ -124,6 +134,11 @@ class IngestResult:
         self.same_payload += other.same_payload
         room = SAME_PAYLOAD_EXAMPLES - len(self.same_payload_examples)
         self.same_payload_examples.extend(other.same_payload_examples[:max(room, 0)])
+        self.other_uri += other.other_uri
+        self.other_uri_example = self.other_uri_example or other.other_uri_example
+        self.twin_conflicts += other.twin_conflicts
+        room = SAME_PAYLOAD_EXAMPLES - len(self.twin_conflict_examples)
+        self.twin_conflict_examples.extend(other.twin_conflict_examples[:max(room, 0)])
 
     def note_same_payload(self, sample_id: str, other_id: str) -> None:
         self.same_payload += 1
@@ -144,16 +159,27 @@ def rejection_id(sample_id: str, max_id_chars: int) -> str:
     return sample_id if len(sample_id) <= keep else sample_id[:keep]
 
 
-def differences(uri: str, metadata: dict[str, str], s: Incoming, had: str, sent: str) -> str:
-    """What ``s`` says that differs from a sample's ``uri`` and ``metadata`` (each uri and metadata entry it
-    carries that is not the same there; one it leaves empty says nothing), for a rejection: "uri 'a' stored,
-    'b' sent; 'k': '1' stored, '2' sent" with ``had``/``sent`` the words for the two sides; "" when nothing
-    differs. The first three differences, and how many more."""
-    differs = ([f"uri {quoted(uri[:64])} {had}, {quoted(s.uri[:64])} {sent}"] if s.uri and s.uri != uri else []) + [
+def differences(metadata: dict[str, str], s: Incoming, had: str, sent: str) -> str:
+    """What ``s`` says that differs from a sample's ``metadata`` (each metadata entry it carries that is not the
+    same there), for a rejection: "'k': '1' stored, '2' sent" with ``had``/``sent`` the words for the two
+    sides; "" when nothing differs. The first three differences, and how many more. Not the uri: a resend
+    from another place is the same sample (``note_other_uri``)."""
+    differs = [
         f"{quoted(k[:64])}: {quoted(metadata[k][:64])} {had}, {quoted(v[:64])} {sent}" if k in metadata
         else f"{quoted(k[:64])}: not {had}, {quoted(v[:64])} {sent}"
         for k, v in sorted(s.metadata.items()) if metadata.get(k) != v]
     return "; ".join(differs[:3]) + (f"; and {len(differs) - 3} more" if len(differs) > 3 else "")
+
+
+def note_other_uri(res: IngestResult | Prepared, uri: str, s: Incoming) -> None:
+    """Count a duplicate ``s`` whose uri differs from ``uri`` (the stored one, or the id's first item's in this
+    batch): the same files read from another working directory, an absolute path, a card mounted elsewhere.
+    The stored uri is kept (a uri is where the sample came from, first); the reply says how many came from
+    elsewhere instead of rejecting each one (a rerun from another directory rejected every stored image)."""
+    if s.uri and s.uri != uri:
+        res.other_uri += 1
+        if res.other_uri_example is None:
+            res.other_uri_example = (s.id, uri, s.uri)
 
 
 def new_class_problem(classes: Sequence[str], label: str) -> str | None:
@@ -377,10 +403,10 @@ class IngestPipeline:
                 out: Prepared) -> None:
         """An id repeated within one batch (``seen``: what the batch said of it before), judged as the same item
         in a later request would be, so that the outcome does not depend on how the client batched its items: a
-        duplicate when the payload is the same and each uri, metadata entry and label it carries is the one
-        stored or said before; else a rejection that says what differs; except that a label for an id given
-        before without one is its label (stored with the sample when the batch stores it, else as a resend's
-        label for a sample stored without one)."""
+        duplicate when the payload is the same and each metadata entry and label it carries is the one stored or
+        said before (another uri is counted, ``note_other_uri``); else a rejection that says what differs;
+        except that a label for an id given before without one is its label (stored with the sample when the
+        batch stores it, else as a resend's label for a sample stored without one)."""
         first_digest, first, pos, rec = seen[s.id]
         sid = s.id
         if first_digest != digest:
@@ -391,17 +417,18 @@ class IngestPipeline:
             self._stored_item(rec, digest, s, seen, out)
             return
         if rec is not None:
-            shown, where = differences(rec.uri, rec.metadata, s, "stored", "sent"), "is stored"
+            shown, where, uri = differences(rec.metadata, s, "stored", "sent"), "is stored", rec.uri
         else:
-            shown, where = differences(first.uri, first.metadata, s, "sent before", "sent again"), \
-                "appears earlier in this request"
+            shown, where, uri = differences(first.metadata, s, "sent before", "sent again"), \
+                "appears earlier in this request", first.uri
         if shown:
             out.rejected.append(Rejected(sid, agent_pb2.REJECTION_CODE_RESEND_CHANGES_SAMPLE,
-                                         f"id {quoted(sid)} {where} (same payload) with another uri or metadata "
-                                         f"({shown}): both are set by the first ingest and a resend does not change "
-                                         "them"))
+                                         f"id {quoted(sid)} {where} (same payload) with other metadata "
+                                         f"({shown}): metadata is set by the first ingest and a resend does not "
+                                         "change it"))
         elif not s.label or s.label == first.label:
             out.duplicates += 1
+            note_other_uri(out, uri, s)
         elif first.label:
             out.rejected.append(Rejected(sid, agent_pb2.REJECTION_CODE_RESEND_CHANGES_LABEL,
                                          f"id {quoted(sid)} appears earlier in this request (same payload) with label "
@@ -416,6 +443,7 @@ class IngestPipeline:
             out.samples[pos] = labelled
             seen[sid] = (digest, labelled, pos, None)
             out.duplicates += 1
+            note_other_uri(out, uri, s)
 
     def _repair_blob(self, rec: SampleRecord, blob: bytes) -> None:
         """A resent payload of a stored sample whose blob is missing or corrupt: store it again, and
@@ -456,13 +484,14 @@ class IngestPipeline:
         """Stage 3: store samples, labels and embeddings in one durable transaction (and the index).
         Returns only after the commit."""
         prep, fresh, early = emb.prep, emb.fresh, emb.early
-        res = IngestResult(duplicates=prep.duplicates, rejected=list(prep.rejected))
+        res = IngestResult(duplicates=prep.duplicates, rejected=list(prep.rejected), other_uri=prep.other_uri,
+                           other_uri_example=prep.other_uri_example)
         with self.manager.writing() as serving:
             # Decide under the lock: another stream may have stored the same id meanwhile.
             new: list[NewSample] = []
             took: list[int] = []  # positions in ``fresh`` of the samples in ``new``
             pos = {i: j for j, i in enumerate(fresh)}
-            first_with: dict[str, str] = {}  # payload -> the first new id of this batch holding it
+            first_with: dict[str, tuple[str, str]] = {}  # payload -> (the first new id of this batch with it, label)
             resent_labels: list[tuple[int, int]] = []  # (seq, class) for stored samples without a label
             for i, (s, digest) in enumerate(zip(prep.samples, prep.digests, strict=True)):
                 rec = self.state.lookup(s.id)
@@ -482,10 +511,14 @@ class IngestPipeline:
                 new.append(NewSample(s.id, s.uri, dict(s.metadata), s.kind, digest, label))
                 took.append(pos[i])
                 same = self.state.lookup_payload(digest)
-                other = same.id if same is not None else first_with.get(digest)
-                if other is not None:
-                    res.note_same_payload(s.id, other)
-                first_with.setdefault(digest, s.id)
+                twin = (same.id, self.state.label_name(same.seq)) if same is not None else first_with.get(digest)
+                if twin is not None:
+                    res.note_same_payload(s.id, twin[0])
+                    if s.label and twin[1] and twin[1] != s.label:  # (a file moved to another class folder)
+                        res.twin_conflicts += 1
+                        if len(res.twin_conflict_examples) < SAME_PAYLOAD_EXAMPLES:
+                            res.twin_conflict_examples.append((s.id, *twin))
+                first_with.setdefault(digest, (s.id, s.label))
             if resent_labels:
                 self.state.add_labels(resent_labels, INGEST_ANNOTATOR, INGEST_SOURCE,
                                       "" if serving is None else serving.version)
@@ -520,8 +553,9 @@ class IngestPipeline:
     def _resend(self, rec: SampleRecord, digest: str, s: Incoming, res: IngestResult | Prepared,
                 labels: list[tuple[int, int]] | None) -> bool:
         """A sample whose id is stored (``rec``): a duplicate when it is a resend (the same payload, and each
-        of uri, metadata entry and label that it carries is the stored one; one it leaves empty says
-        nothing), so resending after a failure is safe and nothing it says is dropped unsaid. Else a
+        metadata entry and label that it carries is the stored one; one it leaves empty says nothing), so
+        resending after a failure is safe and nothing it says is dropped unsaid; another uri is counted
+        (``note_other_uri``), the stored one kept. Else a
         rejection that says what differs and where such a change goes, with one exception: a label for a
         sample stored without one is the label that sample was missing (an ingest without labels, then again
         with them), so it is kept, appended to ``labels`` as (seq, class index) for the caller to store under
@@ -532,13 +566,14 @@ class IngestPipeline:
             res.rejected.append(Rejected(sid, agent_pb2.REJECTION_CODE_ID_TAKEN,
                                          f"id {quoted(sid)} is already in the pool with a different payload; ids must "
                                          "be unique (use a new id for a new image)"))
-        elif shown := differences(rec.uri, rec.metadata, s, "stored", "sent"):
+        elif shown := differences(rec.metadata, s, "stored", "sent"):
             res.rejected.append(Rejected(sid, agent_pb2.REJECTION_CODE_RESEND_CHANGES_SAMPLE,
-                                         f"id {quoted(sid)} is stored (same payload) with another uri or metadata "
-                                         f"({shown}): both are set by the first ingest and a resend does not change "
-                                         "them"))
+                                         f"id {quoted(sid)} is stored (same payload) with other metadata "
+                                         f"({shown}): metadata is set by the first ingest and a resend does not "
+                                         "change it"))
         elif not s.label or s.label == (label := self.state.label_name(rec.seq)):
             res.duplicates += 1
+            note_other_uri(res, rec.uri, s)
         elif label:
             res.rejected.append(Rejected(sid, agent_pb2.REJECTION_CODE_RESEND_CHANGES_LABEL,
                                          f"id {quoted(sid)} is stored (same payload) with label {quoted(label)}: a "
@@ -560,6 +595,7 @@ class IngestPipeline:
             assert idx is not None  # (label_refusal: a closed list holds it)
             labels.append((rec.seq, idx))
             res.duplicates += 1
+            note_other_uri(res, rec.uri, s)
             if isinstance(res, IngestResult):
                 res.labels_added += 1
         return False

@@ -174,7 +174,14 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
             accepted=total.accepted, duplicates=total.duplicates, labels_added=total.labels_added,
             rejected=capped(total.rejected, rejection_message),
             rejected_count=len(total.rejected), same_payload=total.same_payload,
-            same_payload_examples=[agent_pb2.SamePayload(id=i, other_id=o) for i, o in total.same_payload_examples])
+            same_payload_examples=[agent_pb2.SamePayload(id=i, other_id=o) for i, o in total.same_payload_examples],
+            duplicates_other_uri=total.other_uri,
+            other_uri_example=None if total.other_uri_example is None else agent_pb2.OtherUri(
+                id=total.other_uri_example[0], stored_uri=total.other_uri_example[1],
+                sent_uri=total.other_uri_example[2]),
+            twin_conflicts=total.twin_conflicts,
+            twin_conflict_examples=[agent_pb2.TwinConflict(id=i, twin_id=t, twin_label=lb)
+                                    for i, t, lb in total.twin_conflict_examples])
 
     def Select(self, request: agent_pb2.SelectRequest, context: grpc.ServicerContext) -> agent_pb2.SelectReply:
         """Select: the strategy's ``budget`` picks (docs/agent.md, API)."""

@@ -88,7 +88,7 @@ class IngestRequest(_message.Message):
     def __init__(self, samples: _Optional[_Iterable[_Union[Sample, _Mapping]]] = ...) -> None: ...
 
 class IngestReply(_message.Message):
-    __slots__ = ("accepted", "duplicates", "rejected", "same_payload", "same_payload_examples", "rejected_count", "labels_added")
+    __slots__ = ("accepted", "duplicates", "rejected", "same_payload", "same_payload_examples", "rejected_count", "labels_added", "duplicates_other_uri", "other_uri_example", "twin_conflicts", "twin_conflict_examples")
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     DUPLICATES_FIELD_NUMBER: _ClassVar[int]
     REJECTED_FIELD_NUMBER: _ClassVar[int]
@@ -96,6 +96,10 @@ class IngestReply(_message.Message):
     SAME_PAYLOAD_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
     REJECTED_COUNT_FIELD_NUMBER: _ClassVar[int]
     LABELS_ADDED_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATES_OTHER_URI_FIELD_NUMBER: _ClassVar[int]
+    OTHER_URI_EXAMPLE_FIELD_NUMBER: _ClassVar[int]
+    TWIN_CONFLICTS_FIELD_NUMBER: _ClassVar[int]
+    TWIN_CONFLICT_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
     accepted: int
     duplicates: int
     rejected: _containers.RepeatedCompositeFieldContainer[Rejection]
@@ -103,7 +107,21 @@ class IngestReply(_message.Message):
     same_payload_examples: _containers.RepeatedCompositeFieldContainer[SamePayload]
     rejected_count: int
     labels_added: int
-    def __init__(self, accepted: _Optional[int] = ..., duplicates: _Optional[int] = ..., rejected: _Optional[_Iterable[_Union[Rejection, _Mapping]]] = ..., same_payload: _Optional[int] = ..., same_payload_examples: _Optional[_Iterable[_Union[SamePayload, _Mapping]]] = ..., rejected_count: _Optional[int] = ..., labels_added: _Optional[int] = ...) -> None: ...
+    duplicates_other_uri: int
+    other_uri_example: OtherUri
+    twin_conflicts: int
+    twin_conflict_examples: _containers.RepeatedCompositeFieldContainer[TwinConflict]
+    def __init__(self, accepted: _Optional[int] = ..., duplicates: _Optional[int] = ..., rejected: _Optional[_Iterable[_Union[Rejection, _Mapping]]] = ..., same_payload: _Optional[int] = ..., same_payload_examples: _Optional[_Iterable[_Union[SamePayload, _Mapping]]] = ..., rejected_count: _Optional[int] = ..., labels_added: _Optional[int] = ..., duplicates_other_uri: _Optional[int] = ..., other_uri_example: _Optional[_Union[OtherUri, _Mapping]] = ..., twin_conflicts: _Optional[int] = ..., twin_conflict_examples: _Optional[_Iterable[_Union[TwinConflict, _Mapping]]] = ...) -> None: ...
+
+class OtherUri(_message.Message):
+    __slots__ = ("id", "stored_uri", "sent_uri")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    STORED_URI_FIELD_NUMBER: _ClassVar[int]
+    SENT_URI_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    stored_uri: str
+    sent_uri: str
+    def __init__(self, id: _Optional[str] = ..., stored_uri: _Optional[str] = ..., sent_uri: _Optional[str] = ...) -> None: ...
 
 class SamePayload(_message.Message):
     __slots__ = ("id", "other_id")

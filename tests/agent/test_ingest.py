@@ -164,7 +164,7 @@ def test_a_resend_is_a_duplicate_only_when_it_says_what_is_stored(agent: Agent) 
     assert res.accepted == 1 and res.duplicates == 0 and [r[0] for r in res.rejected] == ["a", "c"]
     assert "stored (same payload) with label \"cat\": a resend does not change labels; give \"dog\" with " \
            "SubmitLabels" in res.rejected[0].reason
-    assert ("with another uri or metadata (\"camera\": not stored, \"3\" sent; \"site\": \"north\" stored, \"south\" "
+    assert ("with other metadata (\"camera\": not stored, \"3\" sent; \"site\": \"north\" stored, \"south\" "
             "sent)") in res.rejected[1].reason  # says what differs
     assert agent.state.label_name(agent.state.lookup("a").seq) == "cat"  # type: ignore[union-attr]
     assert agent.state.lookup("c").metadata == {"site": "north"}  # type: ignore[union-attr]
@@ -199,9 +199,10 @@ def test_a_model_that_fails_on_a_batch_is_answered_as_its_fault_not_a_bug(tmp_pa
 
 
 def test_a_repeat_within_one_batch_is_judged_as_a_resend_in_another_batch(agent: Agent) -> None:
-    """One IngestRequest holding an id twice with the same payload but another metadata, uri or label counted
-    the second as a duplicate and dropped what it said, while the same pair in two requests was rejected: the
-    outcome (rejections, what is stored, the label a repeat adds) is the same however the items are batched."""
+    """One IngestRequest holding an id twice with the same payload but another metadata or label counted the
+    second as a duplicate and dropped what it said, while the same pair in two requests was rejected: the
+    outcome (rejections, what is stored, the label a repeat adds) is the same however the items are batched.
+    Another uri is a duplicate from another place in both cases (counted, the first uri kept)."""
     imgs = make_images(5)
 
     def items(p: str) -> list[Incoming]:
@@ -217,13 +218,14 @@ def test_a_repeat_within_one_batch_is_judged_as_a_resend_in_another_batch(agent:
     one = agent.ingest.batch(items("one/"))
     apart = [agent.ingest.batch([it]) for it in items("apart/")]
     assert (one.accepted, one.duplicates) == (sum(r.accepted for r in apart), sum(r.duplicates for r in apart)) \
-        == (5, 2)
-    assert [r[0] for r in one.rejected] == ["one/m", "one/u", "one/l"]
-    assert [x[0] for r in apart for x in r.rejected] == ["apart/m", "apart/u", "apart/l"]
+        == (5, 3)
+    assert one.other_uri == sum(r.other_uri for r in apart) == 1
+    assert one.other_uri_example == ("one/u", "s3://a", "s3://b")
+    assert [r[0] for r in one.rejected] == ["one/m", "one/l"]
+    assert [x[0] for r in apart for x in r.rejected] == ["apart/m", "apart/l"]
     reasons = {r.id: r.reason for r in one.rejected}
-    assert "appears earlier in this request (same payload) with another uri or metadata (\"k\": \"1\" sent before, " \
+    assert "appears earlier in this request (same payload) with other metadata (\"k\": \"1\" sent before, " \
            "\"2\" sent again)" in reasons["one/m"]
-    assert "(uri \"s3://a\" sent before, \"s3://b\" sent again)" in reasons["one/u"]
     assert "with label \"cat\": a resend does not change labels" in reasons["one/l"]
     for p in ("one/", "apart/"):
         rec = {k: agent.state.lookup(p + k) for k in "mulnd"}
@@ -304,3 +306,44 @@ def test_the_reply_says_how_many_labels_a_resend_added(running: Running) -> None
     assert [r.id for r in reply.rejected] == [samples[2].id]
     again = running.stub.Ingest(iter([agent_pb2.IngestRequest(samples=samples[:2])]))
     assert (again.duplicates, again.labels_added) == (2, 0)
+
+
+def test_a_resend_from_another_place_is_a_duplicate_that_keeps_the_stored_uri(running: Running) -> None:
+    """The same ingest run from another directory, or with an absolute path, sent every stored image with
+    another uri and each was rejected (RESEND_CHANGES_SAMPLE): the same id and bytes under another uri is a
+    duplicate, the stored uri is kept, and the reply counts them (with one example); changed bytes or metadata
+    stay rejections."""
+    samples = make_samples(3)
+    for s in samples:
+        s.uri = f"data/odd/{s.id}.png"
+    assert running.stub.Ingest(iter([agent_pb2.IngestRequest(samples=samples)])).accepted == 3
+    moved = make_samples(3)
+    for s in moved:
+        s.uri = f"/mnt/card/odd/{s.id}.png"
+    moved[2].metadata["site"] = "south"  # another value than stored: still a rejection
+    reply = running.stub.Ingest(iter([agent_pb2.IngestRequest(samples=moved)]))
+    assert (reply.accepted, reply.duplicates, reply.duplicates_other_uri) == (0, 2, 2)
+    assert [(r.id, r.code) for r in reply.rejected] == [("s2", agent_pb2.REJECTION_CODE_RESEND_CHANGES_SAMPLE)]
+    ex = reply.other_uri_example
+    assert (ex.id, ex.stored_uri, ex.sent_uri) == ("s0", "data/odd/s0.png", "/mnt/card/odd/s0.png")
+    listed = {s.id: s.uri for s in running.stub.ListSamples(agent_pb2.ListSamplesRequest())}
+    assert listed == {f"s{i}": f"data/odd/s{i}.png" for i in range(3)}  # the first uri is kept
+    same = running.stub.Ingest(iter([agent_pb2.IngestRequest(samples=samples)]))
+    assert (same.duplicates, same.duplicates_other_uri, same.HasField("other_uri_example")) == (3, 0, False)
+
+
+def test_a_labelled_ingest_says_when_the_same_bytes_are_stored_with_another_label(running: Running) -> None:
+    """A file moved to another class folder becomes a new id whose label conflicts with its twin's: stored
+    (both kept, as SubmitLabels does), and the reply counts and names the conflict; an unlabelled twin or the
+    same label is no conflict."""
+    first = make_samples(2)
+    first[0].id, first[0].label = "cat/a.png", "cat"
+    first[1].id = "b.png"  # unlabelled
+    assert running.stub.Ingest(iter([agent_pb2.IngestRequest(samples=first)])).accepted == 2
+    again = make_samples(2)
+    again[0].id, again[0].label = "dog/a.png", "dog"
+    again[1].id, again[1].label = "cat/b.png", "cat"
+    reply = running.stub.Ingest(iter([agent_pb2.IngestRequest(samples=again)]))
+    assert (reply.accepted, reply.same_payload, reply.twin_conflicts) == (2, 2, 1)
+    assert [(t.id, t.twin_id, t.twin_label) for t in reply.twin_conflict_examples] == [("dog/a.png", "cat/a.png",
+                                                                                        "cat")]
