@@ -27,6 +27,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 from typer.core import TyperCommand
 
 from agent import client, exports
@@ -813,7 +814,14 @@ def _ingest_out(reply: agent_pb2.IngestReply) -> dict[str, Any]:
     out = {"accepted": reply.accepted, "duplicates": reply.duplicates, "labels_added": reply.labels_added,
            "rejected": [{"id": r.id, "code": code_name(r.code), "reason": r.reason} for r in reply.rejected],
            "same_payload": reply.same_payload,
-           "same_payload_examples": [{"id": x.id, "other_id": x.other_id} for x in reply.same_payload_examples]}
+           "same_payload_examples": [{"id": x.id, "other_id": x.other_id} for x in reply.same_payload_examples],
+           "duplicates_other_uri": reply.duplicates_other_uri,
+           "other_uri_example": ({"id": reply.other_uri_example.id, "stored_uri": reply.other_uri_example.stored_uri,
+                                  "sent_uri": reply.other_uri_example.sent_uri}
+                                 if reply.HasField("other_uri_example") else None),
+           "twin_conflicts": reply.twin_conflicts,
+           "twin_conflict_examples": [{"id": t.id, "twin_id": t.twin_id, "twin_label": t.twin_label}
+                                      for t in reply.twin_conflict_examples]}
     return {**out, **_counts(out, {"rejected": client.rejected_count(reply)})}
 
 
@@ -826,15 +834,29 @@ def _print_ingest(reply: agent_pb2.IngestReply) -> None:
     added = f" ({reply.labels_added} of them given their label by this resend)" if reply.labels_added else ""
     result.print(f"accepted {reply.accepted}, duplicates {reply.duplicates}{added}, rejected {rejected}",
                  highlight=False)
-    for r in reply.rejected[:10]:
-        result.print(f"  {r.id}: {r.reason}", markup=False, highlight=False)
+    for r in reply.rejected[:10]:  # ids are file names: escaped, so one cannot colour the terminal or split a line
+        result.print(printable(f"  {r.id}: {r.reason}"), markup=False, highlight=False)
     if rejected > 10:
         result.print(_more(rejected, len(reply.rejected)), highlight=False)
+    if reply.duplicates_other_uri:
+        ex = reply.other_uri_example
+        console.print(f"note: {reply.duplicates_other_uri} of the duplicates were read from another place than when "
+                      f"they were stored (e.g. {escape(printable(quoted(ex.id)))}: stored from "
+                      f"{escape(printable(quoted(ex.stored_uri)))}, now {escape(printable(quoted(ex.sent_uri)))}); "
+                      "the same id and bytes, so nothing changed and the stored uri is kept", highlight=False,
+                      soft_wrap=True)
     if reply.same_payload:
         shown = ", ".join(f"{x.id} = {x.other_id}" for x in reply.same_payload_examples[:3])
         console.print(f"[yellow]same image under another id[/yellow]: {reply.same_payload} accepted samples have the "
-                      f"exact bytes of a sample already stored under another id (e.g. {escape(shown)}); both are "
-                      "kept", highlight=False)
+                      f"exact bytes of a sample already stored under another id (e.g. {escape(printable(shown))}); "
+                      "both are kept", highlight=False)
+    if reply.twin_conflicts:
+        shown = ", ".join(f"{t.id} = {t.twin_id} {quoted(t.twin_label)}" for t in reply.twin_conflict_examples[:3])
+        console.print(f"[yellow]warning[/yellow]: {reply.twin_conflicts} samples were stored with another label than "
+                      f"a sample with the exact same bytes under another id (e.g. {escape(printable(shown))}; a "
+                      "file moved to another class folder?): both labels are kept; correct one with `shortlist "
+                      "label`, or remove the stale id with `shortlist delete-samples`", highlight=False,
+                      soft_wrap=True)
     # the reason's words for an agent older than Rejection.code (UNSPECIFIED)
     if any(r.code == agent_pb2.REJECTION_CODE_ID_TAKEN or "already in the pool with a different payload" in r.reason
            for r in reply.rejected):
@@ -895,8 +917,12 @@ def ingest(agent: AgentTarget,
     from shortlist.datasets import IMAGE_EXTENSIONS, readable_name, resolve_source
 
     metadata = _pairs(meta, "--meta")
+    # Absolute: each sample's uri is its file's path (shortlist.datasets), and a path relative to the shell's
+    # directory meant nothing elsewhere (a cron job, `~/photos` beside `photos`). Not Path.resolve: a link's
+    # own name is kept (a tar's root folder is the one named like the archive).
+    where = os.path.abspath(Path(source).expanduser())
     try:  # before the stream: a missing source or split is a clear error, not a broken stream
-        resolved = resolve_source(source, split)
+        resolved = resolve_source(where, split)
     except (FileNotFoundError, NotADirectoryError, PermissionError) as e:
         console.print(f"[red]cannot read {escape(source)}[/red]: {escape(str(e))}", highlight=False)
         raise typer.Exit(2) from None
@@ -1005,7 +1031,7 @@ def select(agent: AgentTarget,
     table.add_column("id")
     table.add_column("score", justify="right")
     for s in reply.selected:
-        table.add_row(s.id, f"{s.score:.4g}")
+        table.add_row(Text(printable(s.id)), f"{s.score:.4g}")  # Text: an id is no markup
     console = make_console()
     console.print(table)
     # Its own line, never wrapped (a caption wraps at the table's width): it is meant to be copied.
@@ -1589,9 +1615,9 @@ def prior(agent: AgentTarget,
             elif limit == 0:  # every row, as it arrives: a plain aligned line each
                 if state["n"] == 1:
                     print(f"{method} priors ({p.model_version})\n{'id':<24} {'label':<16} confidence", flush=True)
-                print(f"{p.id:<24} {p.label:<16} {p.confidence:.3f}")
+                print(f"{printable(p.id):<24} {printable(p.label):<16} {p.confidence:.3f}")
             elif len(shown) < limit:
-                shown.append((p.id, p.label, f"{p.confidence:.3f}"))
+                shown.append((printable(p.id), printable(p.label), f"{p.confidence:.3f}"))
 
     _rpc(read, note=_heavy_note(_timeout(timeout)))
     cal = state["cal"]
@@ -1608,7 +1634,7 @@ def prior(agent: AgentTarget,
         for col in ("id", "label", "confidence"):
             table.add_column(col)
         for row in shown:
-            table.add_row(*row)
+            table.add_row(*(Text(cell) for cell in row))
         out.print(table)
         if state["n"] > len(shown):
             out.print(f"showing the first {len(shown):,} of {state['n']:,} rows: --limit 0 prints every row, --json "

@@ -55,12 +55,13 @@ def test_commands_json(tmp_path: Path, running: Running) -> None:
     out = json.loads(run("ingest", str(src), "--agent", running.address, "--json", "--batch", "5", "--limit", "8",
                          "--meta", "site=north"))
     assert out == {"accepted": 8, "duplicates": 0, "labels_added": 0, "rejected": [], "same_payload": 0,
-                   "same_payload_examples": []}
+                   "same_payload_examples": [], "duplicates_other_uri": 0, "other_uri_example": None,
+                   "twin_conflicts": 0, "twin_conflict_examples": []}
     resent = runner.invoke(app, ["ingest", str(src), "--agent", running.address, "--json", "--limit", "8", "--meta",
                                  "site=south"])  # a resend must not say something else than what is stored
     again = json.loads(resent.stdout)
     assert resent.exit_code == 1 and again["accepted"] == 0 and len(again["rejected"]) == 8  # nothing stored: 1
-    assert "with another uri or metadata" in again["rejected"][0]["reason"]
+    assert "with other metadata" in again["rejected"][0]["reason"]
     assert again["rejected"][0]["code"] == "REJECTION_CODE_RESEND_CHANGES_SAMPLE"
     out = json.loads(run("ingest", str(src), "--agent", running.address, "--json", "--with-labels", "--limit", "4"))
     assert (out["accepted"], out["duplicates"], out["rejected"]) == (0, 4, [])  # stored unlabelled: now labelled
@@ -253,6 +254,7 @@ def test_ctrl_c_on_ingest_says_what_was_stored(tmp_path: Path, running: Running,
     assert res.exit_code == 130 and json.loads(res.stdout) == {
         "accepted": 3, "duplicates": 0, "labels_added": 0, "rejected": [], "same_payload": 3,
         "same_payload_examples": [{"id": f"b/{i}.png", "other_id": f"{i}.png"} for i in range(3)],
+        "duplicates_other_uri": 0, "other_uri_example": None, "twin_conflicts": 0, "twin_conflict_examples": [],
         "interrupted": True, "sent": 3, "unconfirmed": 0}
     monkeypatch.undo()
     again = json.loads(run("ingest", str(src), "--agent", running.address, "--json"))
@@ -1392,3 +1394,47 @@ def test_status_by_annotator_counts_what_each_person_did(running: Running) -> No
     assert rows["sam"] == ["│", "1", "│", "0", "│", "0", "│", "0", "│", "1", "│", "1", "│", "1", "│"]
     assert "label_events: 6 (label rows stored: labels given, taken back, moved by a class rename" in \
         run("status", "--agent", running.address)
+
+
+def test_the_same_ingest_from_another_directory_or_path_is_all_duplicates(tmp_path: Path, running: Running,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """`shortlist ingest data/odd`, then the same with an absolute path (a cron job) or through a link, rejected
+    every stored image ("stored with another uri"): the uri is the file's absolute path, and the same ids and
+    bytes read from another place are duplicates (said once, the stored uri kept), exit 0."""
+    image_folder(tmp_path / "data" / "odd", 6)
+    monkeypatch.chdir(tmp_path)
+    first = json.loads(run("ingest", "data/odd", "--agent", running.address, "--json"))
+    assert first["accepted"] == 6
+    uris = {s.id: s.uri for s in running.stub.ListSamples(agent_pb2.ListSamplesRequest())}
+    assert uris["cat/000.png"] == str(tmp_path / "data" / "odd" / "cat" / "000.png")  # absolute
+    again = runner.invoke(app, ["ingest", str(tmp_path / "data" / "odd"), "--agent", running.address])
+    assert again.exit_code == 0, again.output
+    assert again.stdout.splitlines()[0] == "accepted 0, duplicates 6, rejected 0"
+    (tmp_path / "card").symlink_to(tmp_path / "data" / "odd")  # the same files mounted elsewhere
+    monkeypatch.chdir(tmp_path / "data")
+    moved = runner.invoke(app, ["ingest", "../card", "--agent", running.address])
+    assert moved.exit_code == 0, moved.output
+    assert moved.stdout.splitlines()[0] == "accepted 0, duplicates 6, rejected 0"
+    assert "6 of the duplicates were read from another place" in moved.stderr
+    assert "the stored uri is kept" in moved.stderr
+    assert {s.id: s.uri for s in running.stub.ListSamples(agent_pb2.ListSamplesRequest())} == uris
+
+
+def test_ids_are_printed_with_control_characters_escaped(tmp_path: Path, running: Running) -> None:
+    """A file named with an ANSI escape or a newline sent them raw to the terminal in `ingest`'s rejection lines
+    (colouring it, splitting a line); `select` rendered an id's [brackets] as markup. Escaped, or as they are."""
+    src = tmp_path / "esc"
+    src.mkdir()
+    (src / "evil\x1b[31mRED\x1b[0m.png").write_bytes(b"not an image")
+    (src / "nl\nx.png").write_bytes(b"not an image")
+    (src / "[red]x.png").write_bytes(png(make_images(1)[0]))
+    out = runner.invoke(app, ["ingest", str(src), "--agent", running.address])
+    assert out.exit_code == 0, out.output
+    lines = out.stdout.splitlines()
+    assert lines[0] == "accepted 1, duplicates 0, rejected 2" and len(lines) == 3
+    assert "\x1b" not in out.stdout
+    assert any(line.startswith("  evil\\x1b[31mRED\\x1b[0m.png: ") for line in lines)
+    assert any(line.startswith("  nl\\nx.png: ") for line in lines)
+    picked = runner.invoke(app, ["select", "--budget", "1", "--agent", running.address])
+    assert picked.exit_code == 0, picked.output
+    assert "[red]x.png" in picked.stdout
