@@ -54,13 +54,12 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from PIL import Image
 
 from agent.client import calibration_dict, first_calibration
 from agent.errors import quoted
 from agent.limits import folder_name_problem
 from shortlist.atomic import fsync_path, fsync_tree
-from shortlist.images import decode_image, encode_png, tensor_pixels
+from shortlist.images import decode_image, encode_png, open_image, tensor_pixels
 from shortlist.v1 import agent_pb2, agent_pb2_grpc
 
 FORMATS = ("csv", "jsonl", "imagefolder", "fiftyone")
@@ -271,7 +270,7 @@ def keeps_pixels(data: bytes) -> str:
     (not 16-bit, float or alpha; CMYK without an ICC profile). The header alone decides: nothing is
     decoded."""
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with open_image(io.BytesIO(data)) as im:  # the raster formats only: never EPS (Ghostscript)
             if im.format not in EXTENSIONS or im.mode not in _SAME_MODES or "transparency" in im.info:
                 return ""
             if im.mode == "CMYK" and im.info.get("icc_profile"):

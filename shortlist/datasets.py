@@ -36,39 +36,34 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageFile
+from PIL import Image
 
 try:  # numpy 2; numpy 1's numpy.core (numpy 2 keeps it as a deprecated alias)
     from numpy._core import multiarray as _multiarray
 except ImportError:  # pragma: no cover
     from numpy.core import multiarray as _multiarray  # type: ignore[no-redef]
 
-from shortlist.images import decode_payload, encode_png, resize_array
+from shortlist.images import RASTER_FORMATS, decode_payload, encode_png, resize_array
 from shortlist.manifest import Preprocess
 
 
 def _image_extensions() -> tuple[str, ...]:
-    """The file extensions of the formats Pillow can open here (``Image.registered_extensions``, whose format
-    has an open plugin that decodes pixels: not a stub such as HDF5 or WMF, not MPEG's header reader); MPO
-    files are opened by the JPEG plugin. The common ones first, for messages."""
+    """The file extensions of the formats Shortlist opens (shortlist.images.RASTER_FORMATS, as Pillow registers
+    them: ``Image.registered_extensions``); MPO files are opened by the JPEG plugin. The common ones first, for
+    messages. Not .eps or .ps: Pillow would run Ghostscript on them (a folder's EPS files are counted among the
+    files skipped)."""
     common = (".jpg", ".jpeg", ".png", ".webp", ".avif", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm")
     registered = Image.registered_extensions()  # first: it loads every plugin (Image.init)
-    opened = set(Image.OPEN) | {"MPO"}
-    rest = sorted(ext for ext, fmt in registered.items()
-                  if fmt in opened and fmt not in _NOT_STILL_IMAGES and ext not in common
-                  and not _is_stub(Image.OPEN.get(fmt, (None,))[0]))
+    opened = RASTER_FORMATS | {"MPO"}
+    rest = sorted(ext for ext, fmt in registered.items() if fmt in opened and ext not in common)
     return (*common, *rest)
 
 
-def _is_stub(factory: object) -> bool:
-    return isinstance(factory, type) and issubclass(factory, ImageFile.StubImageFile)
-
-
-_NOT_STILL_IMAGES = frozenset({"MPEG"})  # Pillow reads a video's header only: it never decodes pixels
 IMAGE_EXTENSIONS = _image_extensions()
 # Formats Pillow cannot read, with what to do (said in the summary of the files a folder's ingest skipped).
 UNSUPPORTED_HINTS = {".heic": "HEIC is not supported: convert to JPEG or PNG", ".heif": "HEIF is not supported: "
-                     "convert to JPEG or PNG"}
+                     "convert to JPEG or PNG", ".eps": "EPS/PostScript is not read: convert to PNG",
+                     ".ps": "EPS/PostScript is not read: convert to PNG"}
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 SPLIT_DIRS = ("train", "test", "val", "validation")
 DEFAULT_SPLIT = "train"  # what a source without splits is

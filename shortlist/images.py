@@ -13,9 +13,10 @@ import io
 import math
 import re
 import warnings
+from typing import IO
 
 import numpy as np
-from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageCms, ImageFile, ImageOps, UnidentifiedImageError
 
 from shortlist.manifest import Preprocess
 from shortlist.v1 import agent_pb2
@@ -26,6 +27,34 @@ MAX_PIXELS = 64_000_000
 # float32 tensors: how far outside [0, 1] a value may stray (rounding) before the tensor is refused
 FLOAT_TOLERANCE = 1e-3
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+
+
+# The formats ``open_image`` (every Image.open here) lets Pillow try, by Pillow's format name: the still-image
+# formats whose plugin decodes in-process. An explicit list, so a plugin a later Pillow adds is not trusted
+# unseen. Left out: EPS (Pillow runs Ghostscript, a PostScript interpreter, on the file: an untrusted payload
+# would be a program run inside the agent), IPTC (its load opens the embedded data with every plugin, EPS
+# included), MPEG (a video's header only) and the stubs that never decode pixels (BUFR, GRIB, HDF5, WMF).
+# MPO files are opened by the JPEG plugin. shortlist.datasets.IMAGE_EXTENSIONS are these formats' extensions.
+RASTER_FORMATS = frozenset({
+    "JPEG", "PNG", "GIF", "WEBP", "TIFF", "BMP", "DIB", "AVIF", "JPEG2000", "TGA", "ICO", "CUR", "ICNS", "PPM",
+    "PSD", "QOI", "SGI", "PCX", "DCX", "DDS", "BLP", "FLI", "FTEX", "GBR", "IM", "IMT", "MSP", "PCD", "PIXAR",
+    "SPIDER", "SUN", "XBM", "XPM", "XVTHUMB", "MCIDAS", "FITS"})
+# Formats Pillow could open that are refused on purpose, with what to do instead (the per-item reason).
+REFUSED_FORMATS = {"EPS": "EPS/PostScript is not read (Pillow would run Ghostscript on it): convert to PNG",
+                   "IPTC": "IPTC/NAA files are not read: convert to PNG"}
+
+
+def raster_formats() -> list[str]:
+    """RASTER_FORMATS in Pillow's own order of trying them (``Image.ID``, after every plugin is loaded): the
+    ``formats`` argument of every Image.open here. A format this Pillow lacks is left out."""
+    Image.init()
+    return [fmt for fmt in Image.ID if fmt in RASTER_FORMATS]
+
+
+def open_image(fp: IO[bytes]) -> ImageFile.ImageFile:
+    """``Image.open`` of encoded bytes limited to ``raster_formats()`` (UnidentifiedImageError for any other,
+    EPS included, without starting anything): the one way Shortlist opens an image it was given."""
+    return Image.open(fp, formats=raster_formats())
 
 
 class TooManyPixels(ValueError):
@@ -113,6 +142,8 @@ def _unreadable(data: bytes) -> str:
         return (f"not a readable image: a damaged JPEG ({first}: a JPEG's signature, but its markers cannot be "
                 "read); copy or export the file again")
     known = _signature_format(data)
+    if known is not None and known[0] in REFUSED_FORMATS:
+        return f"not a readable image: {REFUSED_FORMATS[known[0]]} ({first})"
     if known is not None and known[1]:
         return (f"not a readable image: a {known[0]} image ({first}), which this agent's Pillow cannot read "
                 f"({known[1]}): convert it to JPEG or PNG")
@@ -222,7 +253,7 @@ def decode_image(data: bytes, size: tuple[int, int] | None = None, interpolation
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as img:
+            with open_image(io.BytesIO(data)) as img:
                 if img.format in ("JPEG", "MPO") and (problem := truncated_jpeg(data, *img.size)) is not None:
                     raise TruncatedImage(problem)
                 img.load()
@@ -321,7 +352,7 @@ def image_header(data: bytes, max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as img:
+            with open_image(io.BytesIO(data)) as img:
                 width, height = img.size
                 kind = img.format
     except Image.DecompressionBombError as e:  # Pillow's own guard (above 2 x Image.MAX_IMAGE_PIXELS)
@@ -433,7 +464,7 @@ def thumbnail(kind: str, blob: bytes, max_side: int, max_pixels: int = MAX_PIXEL
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
-                with Image.open(io.BytesIO(blob)) as src:
+                with open_image(io.BytesIO(blob)) as src:
                     src.draft("RGB", (max_side, max_side))  # JPEG only: decode at 1/2, 1/4 or 1/8 scale
                     src.load()
                     img = ImageOps.exif_transpose(src)
@@ -481,7 +512,7 @@ def exif_metadata(data: bytes) -> dict[str, str]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with Image.open(io.BytesIO(data)) as img:
+            with open_image(io.BytesIO(data)) as img:
                 exif = img.getexif()
                 sub = exif.get_ifd(_EXIF_IFD)
     except Exception:  # not an image, a bomb, a corrupt EXIF block: no metadata from it

@@ -4,12 +4,22 @@ decoded pixels checked (not only that something came out)."""
 from __future__ import annotations
 
 import io
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from shortlist.images import _RESAMPLE, decode_image, decode_payload
+from shortlist.images import (
+    _RESAMPLE,
+    decode_image,
+    decode_payload,
+    exif_metadata,
+    image_header,
+    raster_formats,
+    thumbnail,
+)
 from shortlist.manifest import INTERPOLATIONS, Preprocess
 
 RED, BLUE, WHITE = (255, 0, 0), (0, 0, 255), (255, 255, 255)
@@ -273,3 +283,53 @@ def test_squash_and_a_manifest_without_a_resize_mode_resize_to_exactly_h_x_w_as_
     np.testing.assert_array_equal(decode_payload("tensor", pixels.tobytes(), "uint8", pixels.shape, old), want)
     same = np.asarray(_photo(16, 16))  # already at the size: left as is
     np.testing.assert_array_equal(decode_payload("tensor", same.tobytes(), "uint8", same.shape, old), same)
+
+
+# A minimal EPS (PostScript) file: what Pillow's EpsImagePlugin would hand to Ghostscript.
+EPS = (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n%%EndComments\n"
+       b"0 0 moveto 8 8 lineto stroke\nshowpage\n%%EOF\n")
+
+
+def test_an_eps_payload_is_refused_without_running_ghostscript(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Image.open without ``formats=`` let Pillow's EPS plugin start Ghostscript (``gs``) on any PostScript a
+    client sent, even named .jpg: untrusted PostScript interpreted inside the agent. Every way Shortlist opens
+    an image refuses it with a reason that says what to do, and no ``gs`` (a fake one first on PATH that
+    leaves a marker) is ever started."""
+    from PIL import EpsImagePlugin
+
+    marker = tmp_path / "gs_ran"
+    fake = tmp_path / "bin" / "gs"
+    fake.parent.mkdir()
+    fake.write_text(f"#!/bin/sh\necho \"$@\" > {marker}\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(EpsImagePlugin, "gs_binary", None)  # Pillow caches whether gs exists: look again
+    for call in (lambda: decode_image(EPS), lambda: image_header(EPS),
+                 lambda: decode_payload("image", EPS, "", (), Preprocess(size=(8, 8))),
+                 lambda: thumbnail("image", EPS, 32)):
+        with pytest.raises(ValueError, match=r"EPS/PostScript is not read \(.*\): convert to PNG"):
+            call()
+    assert exif_metadata(EPS) == {}
+    assert not marker.exists()
+    assert "EPS" not in raster_formats() and "JPEG" in raster_formats()
+
+
+
+def test_a_folder_with_eps_files_skips_them_and_reads_the_rest(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """.eps and .ps are no image extensions (a folder's EPS files are counted among the skipped ones, with what
+    to do); one named .jpg is left out of training with its reason, the folder's other images read."""
+    from shortlist.datasets import IMAGE_EXTENSIONS, iter_images, load_array
+
+    assert ".eps" not in IMAGE_EXTENSIONS and ".ps" not in IMAGE_EXTENSIONS
+    (tmp_path / "a.eps").write_bytes(EPS)
+    (tmp_path / "looks_like.jpg").write_bytes(EPS)
+    Image.new("RGB", (8, 8), RED).save(tmp_path / "ok.png")
+    with caplog.at_level("WARNING", logger="shortlist.datasets"):
+        assert [it.id for it in iter_images(tmp_path)] == ["looks_like.jpg", "ok.png"]
+    assert "1 .eps; EPS/PostScript is not read: convert to PNG" in caplog.text
+    arr = load_array(tmp_path, size=None)
+    assert arr.ids == ["ok.png"]
+    assert [uri for uri, _ in arr.skipped] == [str(tmp_path / "looks_like.jpg")]
+    assert "EPS/PostScript is not read" in arr.skipped[0][1]
