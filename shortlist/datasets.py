@@ -13,10 +13,12 @@ name ``train/cat/0001.jpg`` for a tar, the file name for one image file) or, for
 ``photo.jpg`` need different prefixes). Labels are the class folder names (CIFAR: the class names); a
 file at the top of a plain folder has no label. In a folder, symlinked files and folders are followed; a
 link to a folder it is inside of (a loop) is skipped with a logged warning. Image files are those with an
-extension of a format Pillow opens (IMAGE_EXTENSIONS: .avif, .tga, .jp2, ... too); the other files of a folder
-and links that point to nothing are left out and counted in one logged warning line. A name that is not UTF-8
-(a Latin-1 ``café.jpg``) gets an id with each such byte written as ``\\xNN`` (``caf\\xe9.jpg``; stable across
-runs) and a logged warning. Nothing is ever downloaded.
+extension of a format Shortlist opens (IMAGE_EXTENSIONS: .avif, .tga, .jp2, ... too; not .eps); the other files
+of a folder or tar, links that point to nothing, hidden and system folders (a leading dot, @eaDir, __MACOSX, ...:
+SYSTEM_FOLDERS; neither data nor classes) and hidden files (._IMG_0001.JPG) are left out and counted in one
+logged warning line. In a tar, hard-link members and symlinks to a file of the archive are read as that file.
+A name that is not UTF-8 (a Latin-1 ``café.jpg``) gets an id with each such byte written as ``\\xNN``
+(``caf\\xe9.jpg``; stable across runs) and a logged warning. Nothing is ever downloaded.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import logging
 import lzma
 import os
 import pickle
+import re
 import tarfile
 import zlib
 from collections.abc import Callable, Iterator, Sequence
@@ -293,17 +296,45 @@ def _readable_path(rel: str) -> str:
     return text
 
 
+# Folders that cameras, NASes, operating systems and tools write beside the photos: never data, never classes
+# (a Synology's @eaDir thumbnails would be read as labelled images, a Jupyter checkpoint folder as a class). A
+# name starting with a dot (.thumbs, .git, macOS's ._ AppleDouble files, .DS_Store) is hidden too. Compared in
+# lower case.
+SYSTEM_FOLDERS = frozenset({"@eadir", "__macosx", ".ipynb_checkpoints", "$recycle.bin", "system volume information",
+                            "#recycle", "#snapshot", "lost+found"})
+
+
+def _hidden(name: str) -> bool:
+    """Whether a file or folder ``name`` (one path part) is hidden or a system folder: never read as data."""
+    return name.startswith(".") or name.lower() in SYSTEM_FOLDERS
+
+
+def _shown(names: list[str]) -> str:
+    """The first three of ``names`` and how many more."""
+    more = f" and {len(names) - 3:,} more" if len(names) > 3 else ""
+    return ", ".join(names[:3]) + more
+
+
 @dataclass
 class _Scan:
-    """What a folder walk found: the image files (sorted), and what it left out: other files by extension
-    (lower case; "" for none), links that point nowhere."""
+    """What a folder walk (or a tar's member list) found: the image files (sorted), and what it left out, each
+    as a path inside the source: other files by extension (lower case; "" for none), links that point nowhere,
+    hidden or system folders (not looked into) and hidden files."""
 
     files: list[Path]
     skipped: dict[str, int] = field(default_factory=dict)
-    dangling: list[Path] = field(default_factory=list)
+    dangling: list[str] = field(default_factory=list)
+    hidden_dirs: list[str] = field(default_factory=list)
+    hidden_files: list[str] = field(default_factory=list)
 
-    def summary(self, root: Path) -> str:
-        """One line about the files left out ("" when none): counts by extension, links that point nowhere."""
+    def other_file(self, name: str) -> None:
+        """Count a file that is not an image by its extension (lower case; "" for none)."""
+        ext = os.path.splitext(name)[1].lower()
+        self.skipped[ext] = self.skipped.get(ext, 0) + 1
+
+    def summary(self, root: str) -> str:
+        """One line about the files left out of the source ``root`` ("" when none): counts by extension, links
+        that point nowhere, hidden or system folders and hidden files."""
         parts = []
         if self.skipped:
             counts = ", ".join(f"{n:,} {ext or '(no extension)'}" for ext, n in
@@ -313,20 +344,27 @@ class _Scan:
             parts.append(f"{total:,} file(s) that are not images Pillow reads ({counts}"
                          f"{'; ' + hints if hints else ''})")
         if self.dangling:
-            shown = ", ".join(readable_name(p.relative_to(root).as_posix()) for p in self.dangling[:3])
-            more = f" and {len(self.dangling) - 3:,} more" if len(self.dangling) > 3 else ""
-            parts.append(f"{len(self.dangling):,} link(s) that point to nothing ({shown}{more})")
-        return f"skipped in {readable_name(str(root))}: {' and '.join(parts)}" if parts else ""
+            parts.append(f"{len(self.dangling):,} link(s) that point to nothing ({_shown(sorted(self.dangling))})")
+        if self.hidden_dirs:
+            parts.append(f"{len(self.hidden_dirs):,} hidden or system folder(s), not read "
+                         f"({_shown(sorted(self.hidden_dirs))})")
+        if self.hidden_files:
+            parts.append(f"{len(self.hidden_files):,} hidden file(s) ({_shown(sorted(self.hidden_files))})")
+        return f"skipped in {readable_name(root)}: {' and '.join(parts)}" if parts else ""
 
 
 def _folder_scan(root: Path) -> _Scan:
     """The image files under ``root``, sorted, and the files left out. Symlinked files and folders are
     followed (Path.rglob skipped a symlinked folder without a word, e.g. a folder inside a class folder linked
     from elsewhere), except a link to a folder the walk is inside of (a loop: it would never end), which is
-    skipped with a warning."""
+    skipped with a warning. Hidden and system folders (``_hidden``: .thumbs, @eaDir, __MACOSX, ...) are not
+    looked into, and hidden files (._IMG_0001.JPG, .DS_Store) not read: both counted."""
     def identity(path: str) -> tuple[int, int]:
         st = os.stat(path)  # follows links: the folder itself
         return st.st_dev, st.st_ino
+
+    def rel(path: str | Path) -> str:
+        return readable_name(Path(path).relative_to(root).as_posix())
 
     inside: dict[str, frozenset[tuple[int, int]]] = {}  # folder -> the folders it is in, itself included
     scan = _Scan([])
@@ -335,10 +373,13 @@ def _folder_scan(root: Path) -> _Scan:
         keep = []
         for d in dirs:
             path = os.path.join(folder, d)
+            if _hidden(d):
+                scan.hidden_dirs.append(rel(path))
+                continue
             try:
                 key = identity(path)
             except OSError:  # a broken link: nothing to read there
-                scan.dangling.append(Path(path))
+                scan.dangling.append(rel(path))
                 continue
             if key in here:
                 log.warning("skipped the folder %s: it is a link to %s, which it is inside of (a loop)", path,
@@ -347,17 +388,18 @@ def _folder_scan(root: Path) -> _Scan:
             inside[path] = here | {key}
             keep.append(d)
         dirs[:] = keep  # os.walk descends into these only
-        for p in (Path(folder, n) for n in names):
-            if not p.exists():  # a link to nothing (os.walk lists a broken link with the files)
-                scan.dangling.append(p)
+        for n in names:
+            p = Path(folder, n)
+            if _hidden(n):
+                scan.hidden_files.append(rel(p))
+            elif not p.exists():  # a link to nothing (os.walk lists a broken link with the files)
+                scan.dangling.append(rel(p))
             elif p.suffix.lower() in IMAGE_EXTENSIONS:
                 if p.is_file():
                     scan.files.append(p)
             elif p.is_file():
-                ext = p.suffix.lower()
-                scan.skipped[ext] = scan.skipped.get(ext, 0) + 1
+                scan.other_file(n)
     scan.files.sort()
-    scan.dangling.sort()
     return scan
 
 
@@ -368,7 +410,7 @@ def _folder_images(root: Path) -> list[Path]:
 
 def _iter_folder(root: Path, prefix: str) -> Iterator[ImageItem]:
     scan = _folder_scan(root)
-    said = scan.summary(root)
+    said = scan.summary(str(root))
     if said:
         log.warning("%s", said)
     for p in scan.files:
@@ -383,7 +425,9 @@ def _iter_file(path: Path, prefix: str) -> Iterator[ImageItem]:
 
 
 def _member_parts(name: str) -> tuple[str, ...]:
-    return Path(name.lstrip("./")).parts
+    """A tar member's name as path parts, without the leading ``./``, ``../`` or ``/`` some tars write (a dot
+    that begins a name is kept: ``.thumbs/a.png`` is a hidden folder's file)."""
+    return Path(re.sub(r"^(?:\.{0,2}/)+", "", name)).parts
 
 
 def _iter_tar(path: Path, inner: str, prefix: str) -> Iterator[ImageItem]:
@@ -393,24 +437,56 @@ def _iter_tar(path: Path, inner: str, prefix: str) -> Iterator[ImageItem]:
         raise OSError(f"{path} is not a complete, readable tar archive ({type(e).__name__}: {e})") from e
 
 
-def _tar_images(tar: tarfile.TarFile, inner: str) -> Iterator[tuple[tarfile.TarInfo, tuple[str, ...]]]:
+def _link_target(tar: tarfile.TarFile, m: tarfile.TarInfo) -> bool:
+    """Whether a symlink or hard-link member points to a file inside the archive (tarfile follows it there:
+    ``extractfile`` of the link reads the file; it never looks outside the archive)."""
+    try:
+        return tar.extractfile(m) is not None
+    except (KeyError, RecursionError, tarfile.TarError):  # nothing of that name in it; a loop of links
+        return False
+
+
+def _tar_scan(tar: tarfile.TarFile, inner: str) -> tuple[list[tuple[tarfile.TarInfo, tuple[str, ...]]], _Scan]:
     """The image members under the folder ``inner`` of the archive (its root: "" for the top), sorted by
-    name, with their name's parts."""
+    name, with their name's parts; and what was left out, as a folder's walk says it (``_Scan``): other files
+    by extension, links that point to nothing in the archive, hidden or system folders and hidden files.
+    Hard links (GNU tar's form of a file stored twice) and symlinks to a file in the archive are read as that
+    file."""
     root = tuple(inner.split("/")) if inner else ()
-    members = sorted((m for m in tar.getmembers() if m.isfile() and m.name.lower().endswith(IMAGE_EXTENSIONS)),
-                     key=lambda m: m.name)
-    for m in members:
+    scan = _Scan([])
+    images = []
+    hidden_dirs: set[str] = set()
+    for m in sorted(tar.getmembers(), key=lambda m: m.name):
         parts = _member_parts(m.name)
-        if parts[:len(root)] == root:
-            yield m, parts
+        if parts[:len(root)] != root or len(parts) <= len(root) or not (m.isfile() or m.issym() or m.islnk()):
+            continue
+        below = parts[len(root):]
+        where = next((i for i, part in enumerate(below[:-1]) if _hidden(part)), None)
+        if where is not None:
+            hidden_dirs.add(readable_name("/".join(below[:where + 1])))
+        elif _hidden(below[-1]):
+            scan.hidden_files.append(readable_name("/".join(below)))
+        elif not m.name.lower().endswith(IMAGE_EXTENSIONS):
+            scan.other_file(below[-1])
+        elif m.isfile() or _link_target(tar, m):
+            images.append((m, parts))
+        else:
+            scan.dangling.append(readable_name("/".join(below)))
+    scan.hidden_dirs = sorted(hidden_dirs)
+    return images, scan
 
 
 def _iter_tar_members(path: Path, inner: str, prefix: str) -> Iterator[ImageItem]:
     """The image members under the folder ``inner`` of the archive (its root: "" for the top), labelled by
-    the class folder below it; ids are the whole member names."""
+    the class folder below it; ids are the whole member names. What was left out is said in one logged
+    warning line, as for a folder."""
     root = tuple(inner.split("/")) if inner else ()
     with tarfile.open(path) as tar:
-        for m, parts in _tar_images(tar, inner):
+        images, scan = _tar_scan(tar, inner)
+        said = scan.summary(str(path))
+        if said:
+            log.warning("%s", said)
+        for m, parts in images:
             f = tar.extractfile(m)
             if f is None:
                 continue
@@ -431,7 +507,7 @@ def _tar_paths(r: Resolved) -> list[str]:
     """The member list only (no member is extracted)."""
     try:
         with tarfile.open(r.path) as tar:
-            return [readable_name("/".join(parts)) for _, parts in _tar_images(tar, r.inner)]
+            return [readable_name("/".join(parts)) for _, parts in _tar_scan(tar, r.inner)[0]]
     except (tarfile.TarError, EOFError) as e:
         raise OSError(f"{r.path} is not a complete, readable tar archive ({type(e).__name__}: {e})") from e
 
@@ -523,7 +599,7 @@ def _resolve_tar(path: Path, split: str) -> Resolved:
         with tarfile.open(path) as tar:
             for m in tar:
                 parts = _member_parts(m.name)
-                if not parts:  # "./", the archive's own top
+                if not parts or any(_hidden(part) for part in parts):  # "./", the archive's own top; __MACOSX/
                     continue
                 if m.isdir() or len(parts) > 1:  # a folder at the top
                     tops.add(parts[0])
@@ -531,7 +607,7 @@ def _resolve_tar(path: Path, split: str) -> Resolved:
                         break  # the split's folder: nothing else matters
                     if parts[0] == stem and (len(parts) > 2 or (len(parts) == 2 and m.isdir())):
                         below.add(parts[1])
-                if m.isfile() and m.name.lower().endswith(IMAGE_EXTENSIONS):
+                if (m.isfile() or m.issym() or m.islnk()) and m.name.lower().endswith(IMAGE_EXTENSIONS):
                     image_tops.add(parts[0] if len(parts) > 1 else None)
     except PermissionError:
         raise  # the source cannot be used: said before any work

@@ -347,16 +347,18 @@ def test_sources_that_cannot_be_read_fail_in_resolve(tmp_path: Path) -> None:
 
 
 def test_unreadable_files_are_left_out_with_their_reasons_not_stopping_the_load(tmp_path: Path) -> None:
-    """A truncated JPEG, a zero-byte file and a macOS AppleDouble ``._`` file (what a messy folder or an SD card
-    holds) are left out and listed with Ingest's reasons (decode_payload), all of them at once; only a source
-    with no readable image at all is refused (the load stopped at the first bad file, one per run)."""
+    """A truncated JPEG, a zero-byte file and a macOS AppleDouble file renamed without its ``._`` (what a messy
+    folder or an SD card holds) are left out and listed with Ingest's reasons (decode_payload), all of them at
+    once; only a source with no readable image at all is refused (the load stopped at the first bad file, one
+    per run). A ``._`` file itself is hidden: not read at all."""
     from shortlist.images import decode_payload
 
     _image_folder(tmp_path / "tree")
-    bad = {"cat/truncated.jpg": _png(7)[:40], "dog/zero_bytes.jpg": b"",
-           "dog/._0001.png": b"\x00\x05\x16\x07\x00\x02\x00\x00" + b"Mac OS X        " + bytes(40)}
+    apple_double = b"\x00\x05\x16\x07\x00\x02\x00\x00" + b"Mac OS X        " + bytes(40)
+    bad = {"cat/truncated.jpg": _png(7)[:40], "dog/zero_bytes.jpg": b"", "dog/0001_copy.png": apple_double}
     for name, data in bad.items():
         (tmp_path / "tree" / name).write_bytes(data)
+    (tmp_path / "tree" / "dog" / "._0001.png").write_bytes(apple_double)
     arr = load_array(tmp_path / "tree", size=(4, 4))
     assert arr.images.shape == (6, 4, 4, 3) and arr.labels.tolist() == [0, 0, 0, 1, 1, 1]
     assert "cat/truncated.jpg" not in arr.ids
@@ -586,3 +588,89 @@ def test_source_paths_are_the_ids_without_prefix_and_without_reading_images(tmp_
         r = resolve_source(src)
         assert source_paths(r) == [it.id for it in iter_images(r)], src
     assert source_paths(resolve_source(tmp_path / "tree"))[:2] == ["cat/0000.png", "cat/0001.png"]
+
+
+def _tar_of_contents(folder: Path, tar_path: Path) -> Path:
+    """``folder``'s contents as a tar (its entries at the archive's top; links stored as links, a file's second
+    hard link as a hard-link member, as GNU tar does)."""
+    with tarfile.open(tar_path, "w") as tar:
+        for child in sorted(folder.iterdir()):
+            tar.add(child, arcname=child.name)
+    return tar_path
+
+
+def _read_with_warnings(source: Path, caplog: pytest.LogCaptureFixture) -> tuple[list[tuple[str, str | None]],
+                                                                                 list[str]]:
+    """(id, label) of each image of ``source``, and the warnings reading it logged, each without its
+    "skipped in SOURCE: " head (the same words for a folder and its tar)."""
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="shortlist.datasets"):
+        items = [(it.id, it.label) for it in iter_images(source)]
+    head = f"skipped in {source}: "
+    said = [r.getMessage() for r in caplog.records]
+    assert all(m.startswith(head) for m in said), said
+    return items, [m.removeprefix(head) for m in said]
+
+
+def test_a_tar_says_what_it_skipped_as_its_folder_does(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A tar of two .heic, a .txt and a .png said only "accepted 1" where the same files in a folder got a
+    warning counting them (with the HEIC hint): the tar's line is the folder's."""
+    root = tmp_path / "heicdir"
+    (root / "cat").mkdir(parents=True)
+    for name in ("IMG_1.HEIC", "IMG_2.heic"):
+        (root / "cat" / name).write_bytes(b"\0\0\0\x18ftypheic" + bytes(16))
+    (root / "cat" / "notes.txt").write_text("not an image")
+    (root / "cat" / "ok.png").write_bytes(_png(1))
+    folder = _read_with_warnings(root, caplog)
+    tar = _read_with_warnings(_tar_of_contents(root, tmp_path / "heic.tar"), caplog)
+    assert folder == tar == ([("cat/ok.png", "cat")], [
+        "3 file(s) that are not images Pillow reads (2 .heic, 1 .txt; HEIC is not supported: convert to JPEG or "
+        "PNG)"])
+
+
+def test_a_tars_hard_links_and_symlinks_are_read_as_their_file(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """GNU tar stores a file's second name as a hard-link member, and a symlink as a symlink member: both
+    vanished from a tar source without a word. They are read as the file they point to in the archive, as a
+    folder's links are; one that points to nothing in the archive (outside it, a loop) is counted."""
+    root = tmp_path / "weird"
+    (root / "cat").mkdir(parents=True)
+    (root / "cat" / "a.png").write_bytes(_png(1))
+    os.link(root / "cat" / "a.png", root / "cat" / "hard.png")
+    (root / "cat" / "link.png").symlink_to("a.png")
+    (root / "cat" / "outside.png").symlink_to("/etc/hostname")
+    (root / "cat" / "loop1.png").symlink_to("loop2.png")
+    (root / "cat" / "loop2.png").symlink_to("loop1.png")
+    tar_path = _tar_of_contents(root, tmp_path / "weird.tar")
+    with tarfile.open(tar_path) as t:
+        kinds = {m.name: (m.islnk(), m.issym()) for m in t.getmembers()}
+    assert kinds["cat/hard.png"] == (True, False) and kinds["cat/link.png"] == (False, True)
+    items, said = _read_with_warnings(tar_path, caplog)
+    assert items == [("cat/a.png", "cat"), ("cat/hard.png", "cat"), ("cat/link.png", "cat")]
+    assert {it.encoded for it in iter_images(tar_path)} == {_png(1)}
+    assert said == ["3 link(s) that point to nothing (cat/loop1.png, cat/loop2.png, cat/outside.png)"]
+    assert source_paths(resolve_source(tar_path)) == ["cat/a.png", "cat/hard.png", "cat/link.png"]
+
+
+def test_hidden_and_system_folders_are_not_data_nor_classes(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A Synology's @eaDir thumbnails, a .thumbs folder and a .hidden class were read as labelled images,
+    .ipynb_checkpoints was refused as a label, macOS's __MACOSX/._ files were counted as unreadable images:
+    hidden (a leading dot) and system folders are not looked into and hidden files not read, in a folder and in
+    its tar alike, and the skip line counts them."""
+    root = tmp_path / "photos"
+    files = {"cat/a.png": 1, "dog/b.png": 2, "cat/.thumbs/t.png": 3, "cat/@eaDir/IMG_0.JPG/SYNOPHOTO_THUMB_S.jpg": 4,
+             ".hidden/h.png": 5, ".ipynb_checkpoints/x.png": 6, "__MACOSX/cat/._a.png": 7, "cat/._a.png": 8,
+             "$RECYCLE.BIN/old.png": 9, "System Volume Information/x.png": 10, "#recycle/y.png": 11}
+    for name, colour in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(_png(colour))
+    (root / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    expected = ([("cat/a.png", "cat"), ("dog/b.png", "dog")], [
+        "8 hidden or system folder(s), not read (#recycle, $RECYCLE.BIN, .hidden and 5 more) and 2 hidden file(s) "
+        "(.DS_Store, cat/._a.png)"])
+    assert _read_with_warnings(root, caplog) == expected
+    tar_path = _tar_of_contents(root, tmp_path / "photos.tar")
+    assert _read_with_warnings(tar_path, caplog) == expected
+    assert source_paths(resolve_source(root)) == source_paths(resolve_source(tar_path)) == ["cat/a.png", "dog/b.png"]
+    assert load_array(root, size=None).classes == ["cat", "dog"]

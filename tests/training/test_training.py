@@ -406,8 +406,9 @@ def test_pretrain_and_finetune_skip_unreadable_files_and_list_them(tmp_path: Pat
     skipped_txt = "skipped.txt"
     data = write_folder(tmp_path / "messy", 48, 0)
     bad = {"red/truncated.jpg": (data / "red" / "002.png").read_bytes()[:60], "blue/zero_bytes.jpg": b"",
-           "green/._IMG_0001.JPG": b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        " + bytes(40),
-           "green/._IMG_0002.JPG": b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        " + bytes(40)}
+           # macOS AppleDouble files renamed without their "._" (a "._" file is hidden: never read)
+           "green/IMG_0001_copy.JPG": b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        " + bytes(40),
+           "green/IMG_0002_copy.JPG": b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        " + bytes(40)}
     for name, content in bad.items():
         (data / name).write_bytes(content)
     common = ["--data", str(data), "--preprocess", PRE, "--threads", "1"]
