@@ -11,6 +11,7 @@ per-round ratios is reported, so that load from other processes on a shared mach
 from __future__ import annotations
 
 import io
+import logging
 import statistics
 import tempfile
 import time
@@ -25,20 +26,41 @@ from agent.config import AgentConfig
 from agent.embedder import Embedder, newest_servable
 from agent.service import create_server, stop_server
 from agent.testing import conv_encoder, publish_model
-from shortlist.images import encode_png, preprocess_image
+from shortlist.images import decode_payload, encode_png, preprocess_image
 from shortlist.manifest import CIFAR10_PREPROCESS
 from shortlist.v1 import agent_pb2
 
+log = logging.getLogger(__name__)
+
 
 def bench_images(n: int, size: tuple[int, int], source: str | None = None) -> list[bytes]:
-    """n encoded images: from ``source`` (any shortlist.datasets source) or synthetic smooth-noise JPEGs."""
+    """n encoded images: from ``source`` (any shortlist.datasets source; fewer when it holds fewer) or synthetic
+    smooth-noise JPEGs. A file of the source that Ingest would reject (not a readable image: the same check,
+    ``decode_payload``) is left out, and one warning names the first ones with their reasons, as ingest and
+    pretrain do: the bench times Ingest's accepted images only. ValueError when none is readable."""
     from PIL import Image
 
     if source:
-        from shortlist.datasets import iter_images
+        from shortlist.datasets import first_reasons, iter_images, skipped_summary
 
-        return [it.encoded if it.encoded is not None else encode_png(np.asarray(it.pixels))
-                for it in iter_images(source, limit=n)]
+        images: list[bytes] = []
+        skipped: list[tuple[str, str]] = []
+        for it in iter_images(source):
+            if len(images) >= n:
+                break
+            data = it.encoded if it.encoded is not None else encode_png(np.asarray(it.pixels))
+            try:
+                decode_payload("image", data, "", (), None)  # full size: what Ingest checks before embedding
+            except ValueError as e:
+                skipped.append((it.uri, str(e)))
+                continue
+            images.append(data)
+        if skipped and not images:
+            raise ValueError(f"none of the {len(skipped):,} files of {source} is a readable image: "
+                             f"{first_reasons(skipped)}")
+        if skipped:
+            log.warning("%s", skipped_summary(skipped, len(images) + len(skipped)))
+        return images
     rng = np.random.default_rng(0)
     out = []
     for _ in range(n):

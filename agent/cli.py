@@ -1977,7 +1977,8 @@ def bench_agent(models: Path | None = typer.Option(None, "--models", help="regis
     from agent.bench import bench_ingest
 
     try:
-        r = bench_ingest(models, n=n, batch=batch, rounds=rounds, source=source, use_cuda=not cpu)
+        with _warnings_of("shortlist.datasets"), _warnings_of("agent.bench"):  # files of --source left out
+            r = bench_ingest(models, n=n, batch=batch, rounds=rounds, source=source, use_cuda=not cpu)
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
     if as_json:
