@@ -544,7 +544,7 @@ class _CifarUnpickler(pickle.Unpickler):
         return _CIFAR_GLOBALS[module, name]
 
 
-def _load_cifar_pickle(path: Path) -> dict[bytes, Any]:
+def _load_cifar_pickle(path: Path) -> dict[Any, Any]:
     """The dict a CIFAR python file holds, read with _CifarUnpickler; ValueError naming the file for one that
     names anything but numpy's array rebuilding or is not a pickled dict."""
     try:
@@ -560,20 +560,37 @@ def _load_cifar_pickle(path: Path) -> dict[bytes, Any]:
     return obj
 
 
+def _cifar_field(d: dict[Any, Any], key: str, path: Path) -> Any:
+    """``d[key]`` of a CIFAR pickle's dict, whose keys are bytes in the originals (Python 2's cPickle, read with
+    encoding="bytes") and str in a folder written by Python 3 (torchvision reads both); ValueError naming the file
+    and the keys it has when neither is there."""
+    for k in (key.encode(), key):
+        if k in d:
+            return d[k]
+    keys = ", ".join(sorted(repr(k) for k in d)[:10])
+    raise ValueError(f"{path} is not a CIFAR python file Shortlist reads: it has no {key!r} entry (it has: "
+                     f"{keys or 'none'})")
+
+
+def _text(name: object) -> str:
+    """A class name as a CIFAR pickle holds it (bytes in the originals, str when written by Python 3)."""
+    return name.decode() if isinstance(name, bytes) else str(name)
+
+
 def _iter_cifar(root: Path, split: str, prefix: str) -> Iterator[ImageItem]:
     if (root / "batches.meta").is_file():  # CIFAR-10
-        raw_names = _load_cifar_pickle(root / "batches.meta")[b"label_names"]
-        classes = [c.decode() if isinstance(c, bytes) else c for c in raw_names]
-        files = CIFAR10_FILES[split]
-        label_key = b"labels"
+        meta, names_key = root / "batches.meta", "label_names"
+        files, label_key = CIFAR10_FILES[split], "labels"
     else:  # CIFAR-100
-        classes = [c.decode() for c in _load_cifar_pickle(root / "meta")[b"fine_label_names"]]
-        files = CIFAR100_FILES[split]
-        label_key = b"fine_labels"
+        meta, names_key = root / "meta", "fine_label_names"
+        files, label_key = CIFAR100_FILES[split], "fine_labels"
+    classes = [_text(c) for c in _cifar_field(_load_cifar_pickle(meta), names_key, meta)]
     for name in files:
         batch = _load_cifar_pickle(root / name)
-        data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-        for i, (img, y) in enumerate(zip(data, batch[label_key], strict=True)):
+        data = np.asarray(_cifar_field(batch, "data", root / name), dtype=np.uint8)
+        data = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+        labels = _cifar_field(batch, label_key, root / name)
+        for i, (img, y) in enumerate(zip(data, labels, strict=True)):
             yield ImageItem(id=f"{prefix}{name}/{i:05d}", label=classes[int(y)], uri=f"{root / name}#{i}",
                             pixels=np.ascontiguousarray(img))
 

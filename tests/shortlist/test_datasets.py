@@ -674,3 +674,33 @@ def test_hidden_and_system_folders_are_not_data_nor_classes(
     assert _read_with_warnings(tar_path, caplog) == expected
     assert source_paths(resolve_source(root)) == source_paths(resolve_source(tar_path)) == ["cat/a.png", "dog/b.png"]
     assert load_array(root, size=None).classes == ["cat", "dog"]
+
+
+@pytest.mark.parametrize("keys", ["bytes", "str"])
+def test_cifar_folders_with_bytes_or_str_keys_read_alike(tmp_path: Path, keys: str) -> None:
+    """A CIFAR folder written by Python 3 (``{"label_names": [...]}``, ``{"data": ..., "labels": ...}``: str keys,
+    which torchvision reads) stopped with a bare KeyError b'label_names'; the originals' bytes keys and str keys
+    read alike, for CIFAR-10 and CIFAR-100."""
+    def key(name: str) -> str | bytes:
+        return name.encode() if keys == "bytes" else name
+
+    rng = np.random.default_rng(1)
+    data = rng.integers(0, 256, size=(2, 3 * 32 * 32), dtype=np.uint8)
+    ten = tmp_path / "c10" / "cifar-10-batches-py"
+    ten.mkdir(parents=True)
+    (ten / "batches.meta").write_bytes(pickle.dumps({key("label_names"): [key("airplane"), key("automobile")]}))
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        (ten / name).write_bytes(pickle.dumps({key("data"): data, key("labels"): [1, 0]}))
+    hundred = tmp_path / "cifar-100-python"
+    hundred.mkdir()
+    (hundred / "meta").write_bytes(pickle.dumps({key("fine_label_names"): [key("apple"), key("bee")]}))
+    for name in ("train", "test"):
+        (hundred / name).write_bytes(pickle.dumps({key("data"): data, key("fine_labels"): [0, 1]}))
+    for source, classes, labels in ((ten, ["airplane", "automobile"], [1, 0]), (hundred, ["apple", "bee"], [0, 1])):
+        arr = load_array(source, "test")
+        assert arr.classes == classes and arr.labels.tolist() == labels
+        np.testing.assert_array_equal(arr.images[1], data[1].reshape(3, 32, 32).transpose(1, 2, 0))
+    (ten / "test_batch").write_bytes(pickle.dumps({key("data"): data}))  # no labels: the file and key named
+    with pytest.raises(ValueError, match=r"test_batch is not a CIFAR python file Shortlist reads: it has no "
+                                         r"'labels' entry \(it has: .*'data'\)"):
+        load_array(ten, "test")
