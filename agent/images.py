@@ -20,8 +20,6 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from PIL import Image
-
 from agent.admission import Admission, large_decode_slot
 from agent.blobs import BlobStore
 from agent.cache import LruCache
@@ -29,7 +27,7 @@ from agent.cancel import CancelToken
 from agent.config import ImagesConfig
 from agent.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, quoted
 from agent.state import State
-from shortlist.images import MAX_PIXELS, decode_image, encode_png, image_header, tensor_pixels, thumbnail
+from shortlist.images import MAX_PIXELS, decode_image, encode_png, image_header, open_image, tensor_pixels, thumbnail
 from shortlist.v1 import agent_pb2
 
 log = logging.getLogger(__name__)
@@ -145,7 +143,7 @@ class Images:
                 pixels = tensor_pixels(t.dtype, tuple(t.shape), t.data, self.max_pixels)
                 png = encode_png(pixels if pixels.shape[2] == 3 else pixels[:, :, 0])
                 return ImageResult(sample_id, png, "image/png", int(pixels.shape[1]), int(pixels.shape[0]), digest)
-            with Image.open(io.BytesIO(blob)) as img:
+            with open_image(io.BytesIO(blob)) as img:  # raster formats only: never EPS (Ghostscript)
                 mime = BROWSER_FORMATS.get(img.format or "")
                 width, height = img.size
                 if mime and img.format not in ORIENTATION_SHOWN and img.getexif().get(ORIENTATION_TAG, 1) != 1:

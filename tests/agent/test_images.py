@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import io
+import os
+import re
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -123,3 +126,40 @@ def test_list_samples_by_ids(running: Running) -> None:
     assert [s.id for s in labelled] == ["s0"]
     assert _rpc_code(lambda: list(running.stub.ListSamples(agent_pb2.ListSamplesRequest(ids=["x"])))) == \
         grpc.StatusCode.NOT_FOUND
+
+
+def test_a_stored_eps_payload_is_an_error_without_running_ghostscript(
+        running: Running, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pool filled by an agent before EPS was refused at Ingest can hold PostScript blobs: showing one (the
+    web app's large view) must not hand it to Pillow's EPS plugin, which starts Ghostscript (``gs``; a fake one
+    first on PATH leaves a marker). That image gets an error; the others are answered."""
+    from PIL import EpsImagePlugin
+
+    from tests.shortlist.test_images import EPS
+
+    marker = tmp_path / "gs_ran"
+    fake = tmp_path / "bin" / "gs"
+    fake.parent.mkdir()
+    fake.write_text(f"#!/bin/sh\necho \"$@\" > {marker}\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(EpsImagePlugin, "gs_binary", None)  # Pillow caches whether gs exists: look again
+    client.ingest(running.stub, make_samples(2))
+    images = running.agent.images
+    stored = images._blob
+    monkeypatch.setattr(images, "_blob", lambda sid, digest: EPS if sid == "s0" else stored(sid, digest))
+    reply = running.stub.GetImages(agent_pb2.GetImagesRequest(ids=["s0", "s1"]))
+    assert "cannot read the stored payload" in reply.images[0].error and not reply.images[0].data
+    assert reply.images[1].data and not reply.images[1].error
+    assert not marker.exists()
+
+
+def test_every_image_open_is_limited_to_raster_formats() -> None:
+    """Image.open without ``formats=`` lets Pillow pick any plugin by the bytes, EPS (Ghostscript) included:
+    every image Shortlist opens goes through shortlist.images.open_image, the only Image.open in the code."""
+    root = Path(__file__).resolve().parents[2]
+    calls = [f"{p.relative_to(root)}:{n}" for folder in ("agent", "shortlist", "training", "bench", "exporters")
+             for p in sorted((root / folder).rglob("*.py"))
+             for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
+             if re.search(r"\bImage\.open\(", line)]
+    assert len(calls) == 1 and calls[0].startswith("shortlist/images.py:"), calls
