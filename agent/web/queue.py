@@ -29,7 +29,7 @@ from starlette.responses import RedirectResponse, Response
 
 from agent.errors import code_name
 from agent.limits import Limits
-from agent.queues import QueueData
+from agent.queues import CREATED_TOLERANCE_S, QueueData
 from agent.web.auth import Caller, CallerDep, session
 from agent.web.errors import HttpError
 from agent.web.pages import registry_choices, render
@@ -136,11 +136,17 @@ def describe(state: QueueData) -> str:
 def check_unchanged(caller: Caller, if_created: float | None) -> None:
     """409 before a Select or a replacement when the queue is no longer the one the page showed (UpdateQueue
     checks it again, atomically): a stale page does not spend a Select, nor record a draw, for a queue it
-    cannot replace; the answer says what the queue is now."""
+    cannot replace; the answer says what the queue is now. 400 for a NaN or infinite ``if_created``."""
     if if_created is None:
         return
+    if not math.isfinite(if_created):
+        # NaN compares unequal to everything, so the test below let it through (and a Select was spent before
+        # the agent refused it); JSON bodies may say NaN, Infinity or 1e999 (Python's json reads them)
+        raise HttpError(400, "INVALID_ARGUMENT", f"if_created {if_created} is not a finite number: send the "
+                        "`created` of the queue as GET /api/queue answered it (0 for a queue never filled), or "
+                        "leave if_created out to replace the queue unconditionally")
     now = current(caller)
-    if abs(now.created - if_created) > 1e-6:
+    if abs(now.created - if_created) > CREATED_TOLERANCE_S:
         when = time.strftime("%H:%M:%S", time.localtime(now.created)) if now.created else "never"
         raise HttpError(409, "FAILED_PRECONDITION", f"the queue was replaced meanwhile by {describe(now)} "
                         f"({len(now.ids):,} samples, at {when}): not replaced; look at it first")

@@ -279,6 +279,29 @@ def test_replacing_the_queue_is_conditional_on_the_queue_shown(web_agent: WebAge
     assert c.post("/api/queue", json={"ids": ["img001.png"]}).json()["total"] == 1
 
 
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity", "1e999"])
+def test_a_non_finite_if_created_is_400_before_any_select(web_agent: WebAgent, monkeypatch: pytest.MonkeyPatch,
+                                                          value: str) -> None:
+    """``if_created`` NaN (JSON as Python reads it; JS's Number(undefined)) compared unequal to nothing, so the
+    app's own check let it through and spent a Select before the agent refused the replacement: now 400 with
+    what to send, no Select, the queue as it was (both the select and the set routes)."""
+    c = web_agent.client(cookies={"shortlist_user": "lead"})
+    assert c.post("/api/queue", json={"ids": ["img000.png", "img001.png"]}).status_code == 200
+    before = c.get("/api/queue").json()
+    selects: list[int] = []
+    real = web_agent.agent.select
+    monkeypatch.setattr(web_agent.agent, "select", lambda *a, **kw: selects.append(1) or real(*a, **kw))
+    for path, body in (("/api/queue/select", '{"strategy": "random", "budget": 5, "if_created": %s}'),
+                       ("/api/queue", '{"ids": ["img002.png"], "if_created": %s}')):
+        r = c.post(path, content=body % value, headers={"Content-Type": "application/json"})
+        assert r.status_code == 400, (path, r.status_code, r.text)
+        assert r.json()["error"] == "INVALID_ARGUMENT"
+        assert "is not a finite number" in r.json()["message"] and "GET /api/queue" in r.json()["message"]
+    assert selects == []
+    after = c.get("/api/queue").json()
+    assert (after["created"], after["total"]) == (before["created"], 2)
+
+
 def test_the_queue_api_counts_the_whole_queues_open_samples_on_request(tmp_path: Path) -> None:
     """``GET /api/queue?open=true``: how many of the whole queue's samples are unlabelled (every page, not
     the one asked for; the page's confirmation before replacing the queue); without it, no ``open``."""
