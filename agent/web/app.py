@@ -27,7 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from agent.web import errors
-from agent.web.auth import TokenFirstGuard
+from agent.web.auth import OneAuthorizationGuard, TokenFirstGuard
 from agent.web.config import WebConfig
 from agent.web.guards import BodyLimitGuard, BodyPaceGuard, HostGuard, OriginGuard, SecurityHeaders, allowed_hosts
 from agent.web.pages import STATIC
@@ -105,6 +105,7 @@ def create_app(config: WebConfig, client_factory: Callable[[], grpc.Channel]) ->
             f"There is no page at {request.url.path}: open a page from the menu, or check the address."))
     app.add_middleware(BodyPaceGuard)  # agent/web/guards.py: no bodies sent a byte now and then
     app.add_middleware(TokenFirstGuard)  # agent/web/auth.py: no body read before the agent knows the token
+    app.add_middleware(OneAuthorizationGuard)  # agent/web/auth.py: one Authorization header at most (else 401)
     app.add_middleware(OriginGuard)  # no cross-site POSTs (checked before the token)
     app.add_middleware(BodyLimitGuard, limit=config.max_body_bytes,
                        paths={path: limit for path, (limit, _) in app.state.body_limits.items()})  # no oversized bodies

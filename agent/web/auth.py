@@ -9,6 +9,9 @@ so the agent logs a read token's refusal at INFO: may it label?) and sets HttpOn
 SameSite=Strict, the write APIs take JSON only and every POST whose Origin is another site is refused
 (agent/web/guards.py), so another site cannot make a browser label, signed in or served by a default token.
 
+A request with more than one Authorization header is answered 401 before any of this
+(``OneAuthorizationGuard``), as the agent answers more than one ``authorization`` metadata entry.
+
 Every call also carries the browser's address (``request.client.host``; the app has no trusted-proxy
 setting, so X-Forwarded-For is never read) as ``agent.security.WEB_CLIENT_KEY``: on the local socket the
 agent logs and counts refusals under it. When the agent requires tokens (``WebConfig.tokens_required``), a
@@ -31,8 +34,9 @@ from urllib.parse import quote, unquote, urlsplit
 
 import grpc
 from fastapi import APIRouter, Depends, Form, Request
-from fastapi.responses import RedirectResponse
+from fastapi.responses import JSONResponse, RedirectResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -47,6 +51,7 @@ from agent.web.errors import (
     rpc_error_response,
     token_refused,
     unavailable_response,
+    wants_json,
 )
 from agent.web.pages import render
 from shortlist.v1 import agent_pb2, agent_pb2_grpc
@@ -84,9 +89,61 @@ class Session:
         return self.role != "read"
 
 
+# The answer (401) to a request with more than one Authorization header, as the agent answers more than one
+# ``authorization`` metadata entry (agent/security.py ``bearer``): taking the first, a proxy that adds its own
+# header in front of the client's made the request run as whichever came first (a read token's page run with
+# a write token, say), silently.
+REPEATED_AUTHORIZATION = ("more than one Authorization header: send one Authorization header, `Authorization: "
+                          "Bearer TOKEN` (a proxy or client layer may add its own)")
+
+
+def authorization_header(request: Request) -> str:
+    """The request's one Authorization header ("": none); HttpError 401 (``REPEATED_AUTHORIZATION``) when it
+    has several (``OneAuthorizationGuard`` answers those before any route: this keeps every reader honest)."""
+    values = request.headers.getlist("authorization")
+    if len(values) > 1:
+        raise HttpError(401, "UNAUTHENTICATED", REPEATED_AUTHORIZATION)
+    return values[0] if values else ""
+
+
+def repeated_authorization_response(request: Request) -> Response:
+    """The 401 to a request with several Authorization headers: JSON for an API (``WWW-Authenticate: Basic`` on
+    Label Studio's routes, as their other 401s), else the error page, with no session (the page must not read
+    the headers it refuses) and not the sign-in redirect of other 401s: the browser or proxy would send the
+    same headers to /login again."""
+    headers = {"WWW-Authenticate": 'Basic realm="shortlist"'} if request.url.path.startswith("/labelstudio/") else None
+    if wants_json(request):
+        return JSONResponse({"error": "UNAUTHENTICATED", "message": REPEATED_AUTHORIZATION}, status_code=401,
+                            headers=headers)
+    return render(request, "error.html", {"status": 401, "code": "UNAUTHENTICATED", "message": REPEATED_AUTHORIZATION,
+                                          "session": Session(user="", role="", has_token=False)}, status_code=401)
+
+
+class OneAuthorizationGuard:
+    """Every request with more than one Authorization header is answered 401 (``repeated_authorization_response``)
+    before anything reads a token from it (the TokenFirstGuard, the routes, Label Studio's Basic auth), logged
+    at WARNING at most once per address every 10 s (RefusalLog)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or len(Headers(scope=scope).getlist("authorization")) < 2:
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)  # no receive: the body is never read
+        address = client_address(request)
+        more = request.app.state.sign_in_refusals.admit("repeated authorization header", address)
+        if more is not None:
+            log.warning("answered %s %s from %s 401: more than one Authorization header%s", request.method,
+                        request.url.path, address or "an unknown address", more)
+        await repeated_authorization_response(request)(scope, receive, send)
+
+
 def token_of(request: Request) -> str:
-    """The caller's token: a bearer header, else the login cookie, else the app's default token ("": none)."""
-    header = request.headers.get("authorization", "")
+    """The caller's token: a bearer header, else the login cookie, else the app's default token ("": none).
+    HttpError 401 when the request has more than one Authorization header (``authorization_header``)."""
+    header = authorization_header(request)
     scheme, _, value = header.strip().partition(" ")
     if scheme.lower() == "bearer" and value.strip():
         return value.strip()

@@ -92,9 +92,9 @@ from agent.cache import LruCache
 from agent.client import calibration_dict, calibration_line, first_calibration
 from agent.errors import code_name, quoted
 from agent.security import RefusalLog
-from agent.web.auth import Caller, client_address, session, token_of, unknown_token_throttled
+from agent.web.auth import Caller, authorization_header, client_address, session, token_of, unknown_token_throttled
 from agent.web.config import LabelStudioConfig, MatchRule
-from agent.web.errors import error_response
+from agent.web.errors import HttpError, error_response
 from shortlist.v1 import agent_pb2
 
 log = logging.getLogger(__name__)
@@ -307,8 +307,12 @@ def request_token(request: Request) -> str:
     """The Shortlist token of a request: the password of HTTP Basic auth (Label Studio's model connection
     "Basic Authentication", or ``USER:TOKEN@`` in the URL; the user name is ignored, or is the token when
     the password is empty), else what every web route takes (``Authorization: Bearer TOKEN``, the login
-    cookie, the app's default token; agent/web/auth.py). ``Token TOKEN`` is accepted like Bearer."""
-    header = request.headers.get("authorization", "").strip()
+    cookie, the app's default token; agent/web/auth.py). ``Token TOKEN`` is accepted like Bearer. Unauthorized
+    for more than one Authorization header (which would count is not for this backend to guess)."""
+    try:
+        header = authorization_header(request).strip()
+    except HttpError as e:
+        raise Unauthorized(e.message) from None
     scheme, _, value = header.partition(" ")
     value = value.strip()
     if scheme.lower() == "basic":

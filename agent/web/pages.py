@@ -40,8 +40,9 @@ def render(request: Request, template: str, context: dict[str, Any] | None = Non
     from agent.web.auth import session
 
     state = request.app.state
-    ctx = {"nav": state.nav, "config": state.config, "session": session(request), "path": request.url.path,
-           **(context or {})}
+    ctx = {"nav": state.nav, "config": state.config, "path": request.url.path, **(context or {})}
+    if "session" not in ctx:  # (a refusal of the request's Authorization headers gives its own: no session)
+        ctx["session"] = session(request)
     return templates.TemplateResponse(request, template, ctx, status_code=status_code, headers=headers)
 
 

@@ -22,6 +22,7 @@ from PIL import Image
 
 from agent import client
 from agent.limits import MIB
+from agent.web import auth
 from agent.web.app import ROUTERS
 from agent.web.errors import HTTP_STATUS, http_status
 from tests.agent.web.conftest import READ_TOKEN, WRITE_TOKEN, WebAgent, start_web_agent
@@ -105,6 +106,33 @@ def test_tokens_header_cookie_and_roles(token_web_agent: WebAgent) -> None:
     out = write.post("/logout", follow_redirects=False)
     assert out.status_code == 303
     assert write.get("/api/queue").status_code == 401
+
+
+@pytest.mark.parametrize("first,second", [(READ_TOKEN, WRITE_TOKEN), (WRITE_TOKEN, READ_TOKEN)])
+def test_more_than_one_authorization_header_is_401(token_web_agent: WebAgent, caplog: pytest.LogCaptureFixture,
+                                                   first: str, second: str) -> None:
+    """Two Authorization headers (a proxy adding its own in front of the client's): 401 "send one Authorization
+    header" for an API, a write included, and for a page (its error page, not the sign-in redirect, which would
+    come back with the same headers), whichever token comes first, as the agent answers two ``authorization``
+    metadata entries (agent/security.py ``bearer``). Before, the first header won: the read token's POST was
+    refused as read-only, the write token's first labelled."""
+    c = token_web_agent.client(follow_redirects=False)
+    two = [("Authorization", f"Bearer {first}"), ("Authorization", f"Bearer {second}")]
+    label = {"labels": [{"id": "img011.png", "label": "square"}]}
+    with caplog.at_level(logging.WARNING, logger="agent.web.auth"):
+        for method, path, body in (("POST", "/api/labels", label), ("GET", "/api/queue", None),
+                                   ("GET", "/thumb/img000.png", None)):
+            r = c.request(method, path, json=body, headers=two)
+            assert r.status_code == 401, (path, r.status_code, r.text)
+            assert r.json() == {"error": "UNAUTHENTICATED", "message": auth.REPEATED_AUTHORIZATION}, path
+        page = c.get("/queue", headers=two)
+        assert page.status_code == 401 and "send one Authorization header" in page.text
+        assert "read only" not in page.text  # no session read from the refused headers
+    assert "img011.png" not in token_web_agent.labels()
+    assert any("more than one Authorization header" in m for m in caplog.messages)
+    # one header of either still works
+    assert c.get("/api/queue", headers={"Authorization": f"Bearer {first}"}).status_code == 200
+    assert c.get("/api/queue", headers={"Authorization": f"Bearer {second}"}).status_code == 200
 
 
 def test_sign_in_names_beyond_latin1_are_kept_as_typed(token_web_agent: WebAgent) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
@@ -25,7 +25,9 @@ from agent import client
 from agent.priors import PRIOR_METHODS
 from agent.security import ServerSecurity
 from agent.web.app import create_app
+from agent.web.auth import token_of
 from agent.web.config import LabelStudioConfig, MatchRule, WebConfig
+from agent.web.errors import HttpError
 from agent.web.labelstudio import (
     LABELLED_SCORE,
     MODEL_VERSION,
@@ -34,9 +36,11 @@ from agent.web.labelstudio import (
     BadRequest,
     LabelStudioBackend,
     SampleIndex,
+    Unauthorized,
     match_task,
     order_score,
     parse_schema,
+    request_token,
     url_paths,
 )
 from shortlist.cli import app as cli_app
@@ -219,6 +223,32 @@ def test_health_and_setup(agent: Running) -> None:
         only_user = {"Authorization": "Basic " + base64.b64encode(f"{READ_TOKEN}:".encode()).decode()}
         for headers in (only_user, {"Authorization": f"Token {READ_TOKEN}"}, bearer(READ_TOKEN)):
             assert http.post("/labelstudio/setup", json=setup, headers=headers).status_code == 200
+    finally:
+        app.state.stub.close()
+
+
+@pytest.mark.parametrize("first,second", [(basic(READ_TOKEN), bearer(WRITE_TOKEN)),
+                                          (basic(WRITE_TOKEN), basic(READ_TOKEN))])
+def test_more_than_one_authorization_header_is_401(agent: Running, first: dict[str, str],
+                                                   second: dict[str, str]) -> None:
+    """Two Authorization headers on the webhook (a read and a write token, either first): 401 "send one
+    Authorization header" with Basic's WWW-Authenticate, nothing labelled; before, the first one decided (the
+    write token's labelled). ``request_token`` and ``token_of`` refuse them too, behind the app's guard."""
+    http, app = app_for(agent)
+    try:
+        two = [("Authorization", first["Authorization"]), ("Authorization", second["Authorization"])]
+        for path, payload in (("/labelstudio/webhook", event(CREATED)), ("/labelstudio/setup", body("setup.json"))):
+            r = http.post(path, json=payload, headers=two)
+            assert r.status_code == 401, (path, r.status_code, r.text)
+            assert "send one Authorization header" in r.json()["message"]
+            assert r.headers["www-authenticate"] == 'Basic realm="shortlist"'
+        assert labels_of(agent) == {sample_id(i): CLASSES[i % 3] for i in range(LABELLED)}
+        scope = {"type": "http", "method": "POST", "path": "/labelstudio/webhook", "app": app, "query_string": b"",
+                 "headers": [(b"authorization", v.encode()) for _, v in two]}
+        with pytest.raises(Unauthorized, match="send one Authorization header"):
+            request_token(Request(scope))
+        with pytest.raises(HttpError, match="send one Authorization header"):
+            token_of(Request(scope))
     finally:
         app.state.stub.close()
 
