@@ -176,15 +176,15 @@ const Shortlist = (() => {
     // after load, so that a screen reader hears the live region; not over a notice this page showed meanwhile
     // (on a slow machine a key pressed within those 300 ms had its notice replaced by the older one)
     if (carried) setTimeout(() => { if (!toasts) toast(carried); }, 300);
-    // a narrow window (a phone): the top bar's links scroll sideways; the current page's link is brought into
-    // view, so the bar says where one is
+    // a narrow window (601 to 700 px: app.css; a phone shows every link whole on a line of its own): the top
+    // bar's links may scroll sideways; the current page's link is brought into view, so the bar says where one is
     const nav = document.querySelector(".nav"), here = nav && nav.querySelector("a.active");
     if (here && nav.scrollWidth > nav.clientWidth) {
       nav.scrollLeft += here.getBoundingClientRect().left - nav.getBoundingClientRect().left - 24;
     }
   });
   // A control reached with Tab is shown whole (WCAG 2.4.11), after the browser's own scroll into view (next
-  // frame), which does not know what covers it: in the top bar's sideways-scrolling row of links (a phone), a
+  // frame), which does not know what covers it: in the top bar's sideways-scrolling row of links (601-700 px), a
   // link half under the brand is scrolled into the row; on a page with the fixed Classes bar at the bottom (a
   // narrow window, 200% zoom), a control under the bar is scrolled up above it.
   document.addEventListener("focusin", (ev) => {

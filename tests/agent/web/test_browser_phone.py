@@ -1,6 +1,7 @@
-"""The web app on a phone held upright (390x844, touch): the top bar keeps one line and the class bar only what
-it needs, so the tiles keep most of the screen; a tile's state (a label or skip on its way, waiting for the
-agent) is readable in full; the sign-in page shows no one signed in. Defects of a labeller's walkthrough."""
+"""The web app on a phone held upright (390x844, touch): the top bar keeps two short lines (every page
+link whole) and the class bar only what it needs, so the tiles keep most of the screen; a tile's state (a
+label or skip on its way, waiting for the agent) is readable in full; the sign-in page shows no one signed
+in. Defects of a labeller's walkthrough."""
 
 from __future__ import annotations
 
@@ -10,12 +11,14 @@ from urllib.parse import quote
 
 import pytest
 
-from tests.agent.web.conftest import WebAgent, focused_tile, open_queue, shot
+from tests.agent.web.conftest import WebAgent, device_page, focused_tile, open_queue, shot
 
 pytestmark = pytest.mark.browser
 
 NAME = "Jörg Müller-Lüdenscheidt"  # a long name: cut short in the top bar
-TOP_BAR_MAX_PX = 60  # one line (44 px); it was 108 here (153 with four links stacked), wrapping to three lines
+# two lines, 72 px: the brand and the page links, then the name and Sign out. It was 108 here (153 with four
+# links stacked), wrapping to three lines; then one line of 44 px whose links scrolled sideways, cut ("eue")
+TOP_BAR_MAX_PX = 80
 CLASS_BAR_MAX_PX = 160  # two classes, the new-class field, Skip / Not sure / Undo: 135 px; it was 185
 
 
@@ -37,13 +40,14 @@ def test_the_top_bar_and_the_class_bar_leave_the_screen_to_the_tiles(live_web: W
     print(f"390x844: top bar {top:.0f} px, class bar {bar:.0f} px")  # the figures in docs/app.md (pytest -s)
     assert top <= TOP_BAR_MAX_PX, f"the top bar is {top} px tall on a phone"
     assert bar <= CLASS_BAR_MAX_PX, f"the class bar is {bar} px tall on a phone"
-    # the page links stay links (in a row that scrolls sideways); the page itself never scrolls sideways
+    # the page links stay links, every one whole (test_every_page_link_is_whole_on_a_phone); the page itself never
+    # scrolls sideways
     links = phone.locator("nav.nav a")
     assert [links.nth(i).inner_text() for i in range(links.count())] == ["Queue", "Review priors", "Map", "Progress"]
     assert all(links.nth(i).get_attribute("href") for i in range(links.count()))
     assert phone.evaluate("document.documentElement.scrollWidth") <= 390
-    # the name is cut short, its whole in the title; Sign out is there
-    assert _cut(phone, ".who .user")
+    # the name has a line of its own (cut short only when longer than it), its whole in the title; Sign out is there
+    assert not _cut(phone, ".who .user")
     assert NAME in str(phone.locator(".who .user").get_attribute("title"))
     assert phone.locator(".who button", has_text="Sign out").is_visible()
     # a link the Tab key reaches is in view, with its focus ring inside the row
@@ -107,3 +111,36 @@ def test_the_sign_in_page_shows_no_one_signed_in(live_web: WebAgent, phone: Any)
     assert phone.locator(".who .user").count() == 0
     assert phone.locator(".who a", has_text="Sign in").is_visible()  # as for anyone signed out
     assert _height(phone, ".topbar") <= TOP_BAR_MAX_PX
+
+
+# Each page link whole on the screen: its box inside the viewport, its text not cut (scrollWidth <= clientWidth),
+# the row of links not scrolled, the page not scrollable sideways. A JS expression over the page.
+NAV_WHOLE = """() => { const w = innerWidth, nav = document.querySelector('.nav');
+  const links = [...nav.querySelectorAll('a')].map(a => { const r = a.getBoundingClientRect();
+    return {text: a.textContent.trim(), left: r.left, right: r.right, top: r.top, bottom: r.bottom,
+            cut: a.scrollWidth > a.clientWidth}; });
+  return {links, w, h: innerHeight, navScrolls: nav.scrollWidth > nav.clientWidth, navLeft: nav.scrollLeft,
+          pageWide: document.documentElement.scrollWidth > w,
+          top: document.querySelector('.topbar').getBoundingClientRect().height}; }"""
+
+
+@pytest.mark.parametrize("width", [375, 320])
+def test_every_page_link_is_whole_on_a_phone(live_web: WebAgent, browser: Any, width: int) -> None:
+    """At 375 px (and 320 px, the narrowest phones) every page link reads whole: before, the row of links
+    scrolled sideways under a fade and the first read "eue" (the start of "Queue" cut off) on the Progress page,
+    where the current page's link was scrolled into view. Signed in with a long name and signed out, each page."""
+    with device_page(browser, width, 667, touch=True) as pg:
+        open_queue(live_web, pg, NAME, budget=12, replace=True)
+        for path in ("/queue", "/priors", "/map", "/progress", "/login"):
+            pg.goto(live_web.url + path)
+            pg.wait_for_load_state("networkidle")
+            got = pg.evaluate(NAV_WHOLE)
+            assert [a["text"] for a in got["links"]] == ["Queue", "Review priors", "Map", "Progress"], path
+            for a in got["links"]:
+                assert a["left"] >= 0 and a["right"] <= width and a["top"] >= 0, (path, a)
+                assert not a["cut"], (path, a)
+            assert not got["navScrolls"] and got["navLeft"] == 0, (path, got)
+            assert not got["pageWide"], (path, got)
+            assert got["top"] <= TOP_BAR_MAX_PX, (path, got["top"])
+            if path == "/progress":
+                print(f"{width}x667: top bar {got['top']:.0f} px")  # the figure in docs/app.md (pytest -s)
