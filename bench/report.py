@@ -341,6 +341,7 @@ def write_report(run_dirs: list[Path], out: Path, console: Any = None) -> list[P
     """Write results.md and the plots for ``run_dirs`` into ``out``; print the table and the paths."""
     from rich.console import Console
     from rich.markdown import Markdown
+    from rich.markup import escape
 
     console = console or Console()
     runs = [load_run(d) for d in run_dirs]
@@ -360,5 +361,5 @@ def write_report(run_dirs: list[Path], out: Path, console: Any = None) -> list[P
     for old in set(out.glob("prior_accuracy_*_vs_labels.png")) - set(paths):  # a rerun with fewer methods
         old.unlink()
     console.print(Markdown(md.split("## Classes covered")[0]))
-    console.print("[bold]report:[/] " + ", ".join(str(p) for p in paths))
+    console.print("[bold]report:[/] " + escape(", ".join(str(p) for p in paths)))  # ("[x]" in a path: no tag)
     return paths

@@ -196,6 +196,8 @@ def prepare_encoder(encoder: Path | None, profile: Profile, splits: PoolSplits, 
     by_epochs = profile.pretrain_options.get("epochs") is not None  # e.g. a paper's 800 epochs (gpu profiles)
     if profile.pretrain_minutes <= 0 and not by_epochs:
         raise typer.BadParameter(f"profile {profile.name} trains no encoder itself; pass --encoder RUN_OR_MODEL")
+    from rich.markup import escape  # (paths below are printed through rich markup: "[x]" in one is no tag)
+
     from exporters.export import export_run
     from training.pretrain import PretrainConfig, preprocess_by_name, pretrain
 
@@ -216,19 +218,19 @@ def prepare_encoder(encoder: Path | None, profile: Profile, splits: PoolSplits, 
         # the one this benchmark made before with the same settings; retraining it would only cost time.
         own = newest_complete(registry) if registry.exists() else None
         source = str(run_dir.resolve())
-        console.print(f"[bold]reusing[/] the encoder pretrained in {run_dir} by an earlier run of this benchmark "
-                      "(remove that folder to pretrain again)")
+        console.print(f"[bold]reusing[/] the encoder pretrained in {escape(str(run_dir))} by an earlier run of this "
+                      "benchmark (remove that folder to pretrain again)")
         provenance["kind"] = "pretrained here by an earlier run"
         if own is not None and own[1].source_run == source:
             return own[0], provenance
         return export_run(run_dir, registry), provenance
     if earlier == "unfinished":
-        console.print(f"[bold]resuming[/] the interrupted pretraining run in {run_dir}")
+        console.print(f"[bold]resuming[/] the interrupted pretraining run in {escape(str(run_dir))}")
         config = replace(config, resume=True)
     else:
         length = f"{config.epochs} epochs" if by_epochs else f"{profile.pretrain_minutes:g} min"
         console.print(f"[bold]pretraining[/] {profile.method} {profile.arch} for {length} "
-                      f"on {len(pool_idx)} pool images -> {run_dir}")
+                      f"on {len(pool_idx)} pool images -> {escape(str(run_dir))}")
     size = preprocess_by_name(config.preprocess).size
     if train is not None and test is not None and train.images.shape[1:3] == size == test.images.shape[1:3]:
         from training.data import from_hwc

@@ -49,9 +49,12 @@ def ingest_pool(data: Path, pool_ids: Sequence[str], version: str, registry: Pat
     Ingest. ``classes``: the data set's class list, declared to the agent (``shortlist serve --classes``)
     so that every copy of ``base`` knows the classes no label covers yet, as a team that knows its
     classes would declare them: the calibrated priors then give those classes their share (step 2 of
-    agent/priors/calibration.py). Names the option cannot carry leave the list open, with a note."""
+    agent/priors/calibration.py). Names the option cannot carry leave the list open, with a note. Paths and
+    names are printed with rich markup escaped (a folder named ``out[x]`` is printed as it is)."""
+    from rich.markup import escape
+
     if classes and not declarable(classes):
-        console.print(f"[yellow]class list left open:[/] {list(classes)} cannot be passed to --classes")
+        console.print(f"[yellow]class list left open:[/] {escape(str(list(classes)))} cannot be passed to --classes")
         classes = ()
     wanted = set(pool_ids)
     items = [it for it in iter_images(data, "train") if it.id in wanted]
@@ -63,7 +66,7 @@ def ingest_pool(data: Path, pool_ids: Sequence[str], version: str, registry: Pat
         shutil.rmtree(base)
     task = progress.add_task("ingest", total=len(items)) if progress is not None else None
     if reuse:
-        console.print(f"reusing the ingested pool in {base}")
+        console.print(f"reusing the ingested pool in {escape(str(base))}")
         if progress is not None and task is not None:
             progress.update(task, completed=len(items), description="ingest (reused)")
         return

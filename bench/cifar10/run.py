@@ -148,6 +148,8 @@ def _run_strategies(run: Run, asked: tuple[list[str], list[int]], done: Finished
     """Every (strategy, seed) ``asked`` (strategies, seeds), reusing the ``done`` ones, into ``run``;
     results.json is rewritten after each. An agent error skips that run (recorded in ``run.skipped``,
     retried by a rerun)."""
+    from rich.markup import escape  # (an agent's error message may hold a path with "[")
+
     strategies, seeds = asked
     n_budgets = len(settings.budgets)
     loop = progress.add_task("strategies", total=len(strategies) * len(seeds) * n_budgets)
@@ -164,7 +166,7 @@ def _run_strategies(run: Run, asked: tuple[list[str], list[int]], done: Finished
                 points = _run_one(strategy, seed, settings, data, folders, progress, loop)
             except grpc.RpcError as e:
                 msg = f"{e.code().name}: {e.details()}"
-                progress.console.print(f"[yellow]skipped[/] {strategy} seed {seed}: {msg}")
+                progress.console.print(f"[yellow]skipped[/] {strategy} seed {seed}: {escape(msg)}")
                 run.skipped.append({"strategy": strategy, "seed": seed, "error": msg})
                 progress.advance(loop, n_budgets)
                 continue
@@ -205,11 +207,24 @@ def _eval_data(data: Path, version_dir: Path, train: ImageArray, pool_idx: np.nd
                     test_emb=test_emb, test_y=test_set.labels, test_images=test_images), pool_emb_arr
 
 
+def resumed_runs(out: Path, run: Run, console: Console) -> tuple[Finished, Finished]:
+    """``finished_runs``'s reused and kept runs; its note (what is reused, or why nothing is) printed with its
+    rich markup escaped: the note names ``out``'s results.json, and a path holding ``[x]`` lost it (read as a
+    style tag) or, holding ``[/]``, stopped the run with a MarkupError."""
+    from rich.markup import escape
+
+    done, kept, note = finished_runs(out, run)
+    if note:
+        console.print(escape(note))
+    return done, kept
+
+
 def run_benchmark(data: Path, profile: Profile, out: Path, encoder: Path | None = None,
                   overrides: Overrides | None = None, console: Console | None = None) -> Run:
     """Run the whole benchmark (``profile`` with the command's ``overrides``); writes results.json,
     results.md and plots into ``out``."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -232,8 +247,8 @@ def run_benchmark(data: Path, profile: Profile, out: Path, encoder: Path | None 
         # The evaluation rows, taken once: pretraining's kNN check, embedding and scoring all use them.
         train, pool_idx, test_set, test_idx = load_pool_and_test(data, profile.pool_size, profile.test_size)
     _check_budgets(profile, len(pool_idx))
-    console.print(f"[bold]data[/] {data}: pool {len(pool_idx)} of {len(train.ids)} train images, "
-                  f"test {len(test_idx)}, classes {', '.join(train.classes)}")
+    console.print(f"[bold]data[/] {escape(str(data))}: pool {len(pool_idx)} of {len(train.ids)} train images, "
+                  f"test {len(test_idx)}, classes {escape(', '.join(train.classes))}")
     with walls.timed("encoder"):
         version, provenance = prepare_encoder(encoder, profile, PoolSplits(data, pool_idx, train, test_set), out,
                                               console)
@@ -258,9 +273,7 @@ def run_benchmark(data: Path, profile: Profile, out: Path, encoder: Path | None 
               fingerprint=inputs_fingerprint(pool_ids, train.labels[pool_idx], pool_emb_arr, ev.test_emb, ev.test_y,
                                              ssl))
     # a rerun into the same --out resumes where the last one stopped, and keeps what it does not ask for
-    done, kept, note = finished_runs(out, run)
-    if note:
-        console.print(note)
+    done, kept = resumed_runs(out, run, console)
     asked = (list(run.strategies), list(run.seeds))
     reused = earlier_walls(out, {**done, **kept})
     if reused:  # what the reused runs took when they ran: the report says it beside this run's wall time

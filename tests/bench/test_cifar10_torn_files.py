@@ -6,6 +6,7 @@ JSONDecodeError traceback."""
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import asdict
 from pathlib import Path
@@ -14,13 +15,18 @@ from typing import Any
 import numpy as np
 import pytest
 from PIL import Image
+from rich.console import Console
 from typer.testing import CliRunner
 
 import bench.cifar10.run as cifar10_run
-from bench.cifar10.encoder import earlier_pretraining
+from bench.cifar10.encoder import PoolSplits, earlier_pretraining, prepare_encoder
 from bench.cifar10.evaluation import Run, finished_runs
+from bench.cifar10.ingest import ingest_pool
+from bench.cifar10.profiles import Profile, hash_ids
+from bench.report import write_report
 from shortlist.atomic import NotWholeJson
 from shortlist.cli import app
+from shortlist.datasets import iter_images
 from training.pretrain import PretrainConfig
 
 TORN = '{"data": "cifar10", "meth'
@@ -109,3 +115,56 @@ def test_bench_report_of_a_torn_results_json_is_one_error_line(tmp_path: Path) -
     assert said.startswith(_flat(f"error: {torn / 'results.json'} is not valid JSON (line 1 column 22"))
     assert _flat("or leave that run out of the report") in said
     assert not (tmp_path / "report").exists()
+
+
+# ---- paths through rich markup ----------------------------------------------------------------------------
+BRACKETED = "out[x]"  # a folder name rich read as a style tag, printing "out" (and "[/]" raised MarkupError)
+
+
+def _console() -> tuple[Console, io.StringIO]:
+    said = io.StringIO()
+    return Console(file=said, width=1000, color_system=None, highlight=False), said
+
+
+@pytest.mark.parametrize("name", [BRACKETED, "out[/]"])
+def test_the_not_resuming_line_prints_a_bracketed_path_as_it_is(tmp_path: Path, name: str) -> None:
+    out = tmp_path / name  # ("out[/]": the folder "]" in the folder "out[")
+    out.mkdir(parents=True)
+    (out / "results.json").write_text(TORN)
+    console, said = _console()
+    done, kept = cifar10_run.resumed_runs(out, _run(), console)
+    assert done == {} and kept == {}
+    assert said.getvalue().startswith(f"not resuming: {out / 'results.json'} is not valid JSON"), said.getvalue()
+
+
+def test_the_reused_ingest_and_pretraining_lines_print_a_bracketed_path_as_it_is(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = _data(tmp_path)
+    out = tmp_path / BRACKETED
+    base = out / "base"
+    base.mkdir(parents=True)
+    ids = [it.id for it in iter_images(data, "train")]
+    (base / "bench-ingested.json").write_text(json.dumps(
+        {"model_version": "v0001", "ids": len(ids), "digest": hash_ids(ids), "classes": ["[b]"]}))
+    console, said = _console()
+    ingest_pool(data, ids, "v0001", out / "models", base, out / "log", console, classes=["[b]"])
+    assert f"reusing the ingested pool in {base}\n" in said.getvalue()
+    # the encoder pretrained by an earlier run into this --out (its export stubbed: no torch run here)
+    monkeypatch.setattr("bench.cifar10.encoder.earlier_pretraining", lambda *a: "finished")
+    monkeypatch.setattr("exporters.export.export_run", lambda run_dir, registry: "v0001")
+    profile = Profile(name="t", pool_size=None, test_size=None, pretrain_minutes=1.0, arch="resnet18", method="moby",
+                      seeds=1, budgets=("2",), strategies=("random",), prior_methods=("knn",),
+                      pretrain_options={"batch_size": 2})
+    version, _ = prepare_encoder(None, profile, PoolSplits(data, np.arange(4)), out, console)
+    assert version == "v0001"
+    assert f"reusing the encoder pretrained in {out / 'pretrain'} by an earlier run" in said.getvalue()
+
+
+@pytest.mark.filterwarnings("ignore:No artists with labels")  # (a run with no records: empty plots)
+def test_the_report_line_prints_a_bracketed_path_as_it_is(tmp_path: Path) -> None:
+    run_dir, out = tmp_path / "run", tmp_path / BRACKETED
+    run_dir.mkdir()
+    (run_dir / "results.json").write_text(json.dumps({**asdict(_run()), "records": []}))
+    console, said = _console()
+    write_report([run_dir], out, console)
+    assert f"report: {out / 'results.md'}, " in said.getvalue()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -290,7 +291,12 @@ def test_a_non_finite_if_created_is_400_before_any_select(web_agent: WebAgent, m
     before = c.get("/api/queue").json()
     selects: list[int] = []
     real = web_agent.agent.select
-    monkeypatch.setattr(web_agent.agent, "select", lambda *a, **kw: selects.append(1) or real(*a, **kw))
+
+    def select(*a: Any, **kw: Any) -> Any:
+        selects.append(1)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(web_agent.agent, "select", select)
     for path, body in (("/api/queue/select", '{"strategy": "random", "budget": 5, "if_created": %s}'),
                        ("/api/queue", '{"ids": ["img002.png"], "if_created": %s}')):
         r = c.post(path, content=body % value, headers={"Content-Type": "application/json"})
