@@ -24,7 +24,9 @@ is raised as an agent.errors exception, with a note on how many samples of the s
 from __future__ import annotations
 
 import logging
+import posixpath
 import queue
+import shlex
 import threading
 import time
 import unicodedata
@@ -169,6 +171,28 @@ def differences(metadata: dict[str, str], s: Incoming, had: str, sent: str) -> s
         else f"{quoted(k[:64])}: not {had}, {quoted(v[:64])} {sent}"
         for k, v in sorted(s.metadata.items()) if metadata.get(k) != v]
     return "; ".join(differs[:3]) + (f"; and {len(differs) - 3} more" if len(differs) > 3 else "")
+
+
+# The words of an ID_TAKEN rejection whose sent uri is the stored one (a file replaced in place); the CLI's
+# --id-prefix hint leaves out the rejections that hold them (another prefix would store the whole source again).
+FILE_CHANGED = "changed since it was ingested"
+
+
+def same_file(stored: str, sent: str) -> bool:
+    """Whether the uri stored with a sample and the one sent now name the same file: equal after
+    ``normpath`` (``a/./b`` = ``a/b``), or one relative and the other absolute and ending with the relative
+    one's parts less any leading ``..`` (an older CLI sent paths relative to its working directory, so an
+    older pool holds those; the CLI sends absolute ones now). "" (no uri) is no file."""
+    if not stored or not sent:
+        return False
+    a, b = posixpath.normpath(stored), posixpath.normpath(sent)
+    if a == b:
+        return True
+    if posixpath.isabs(a) == posixpath.isabs(b):
+        return False
+    rel, whole = (a, b) if posixpath.isabs(b) else (b, a)
+    tail = [p for p in rel.split("/") if p != ".."]  # (normpath leaves ".." only at the front)
+    return bool(tail) and whole.split("/")[-len(tail):] == tail
 
 
 def note_other_uri(res: IngestResult | Prepared, uri: str, s: Incoming) -> None:
@@ -562,7 +586,16 @@ class IngestPipeline:
         the state lock. ``labels`` None (stage 1, no lock): that case is left to stage 3, and the return is
         True."""
         sid = s.id
-        if rec.sha256 != digest:
+        if rec.sha256 != digest and same_file(rec.uri, s.uri):
+            # the same file with new bytes (replaced in place, then its folder ingested again): not another
+            # source's id, so a new --id-prefix (which would store the whole source again) is not the way
+            arg = shlex.quote(sid)
+            res.rejected.append(Rejected(sid, agent_pb2.REJECTION_CODE_ID_TAKEN,
+                                         f"id {quoted(sid)} is stored from the same file with a different payload: "
+                                         f"the file {quoted(s.uri[-256:])} {FILE_CHANGED}; to replace the stored "
+                                         f"sample, `shortlist delete-samples {'-- ' if sid.startswith('-') else ''}"
+                                         f"{arg}` then ingest again (or keep the stored one)"))
+        elif rec.sha256 != digest:
             res.rejected.append(Rejected(sid, agent_pb2.REJECTION_CODE_ID_TAKEN,
                                          f"id {quoted(sid)} is already in the pool with a different payload; ids must "
                                          "be unique (use a new id for a new image)"))

@@ -432,6 +432,40 @@ def test_ingest_reads_a_file_name_that_is_not_utf8_and_says_what_it_skipped(tmp_
     assert labels == {"lat/cat/caf\\xe9.png": "cat", "lat/cat/ok.png": "cat"}
 
 
+def test_a_file_replaced_in_place_gets_the_delete_hint_not_the_id_prefix_one(tmp_path: Path,
+                                                                            running: Running) -> None:
+    """A file overwritten with new bytes, then its folder ingested again: the rejection and the hint say to
+    delete the stored sample and ingest again; the --id-prefix hint (which would store the whole folder
+    again) is only for an id another file used. After delete-samples the new bytes are stored."""
+    from agent import cli
+    from agent.ingest import FILE_CHANGED
+
+    assert cli.FILE_CHANGED == FILE_CHANGED  # (the CLI holds its own copy: agent.ingest is slow to import)
+    src = image_folder(tmp_path / "imgs", 4)
+    run("ingest", str(src), "--agent", running.address, "--id-prefix", "c/")
+    new = png(255 - make_images(1)[0])
+    (src / "cat" / "000.png").write_bytes(new)
+    res = runner.invoke(app, ["ingest", str(src), "--agent", running.address, "--id-prefix", "c/"])
+    text = " ".join(res.output.split())
+    assert res.exit_code == 0 and "accepted 0, duplicates 3, rejected 1" in text, text
+    assert (f"c/cat/000.png: id \"c/cat/000.png\" is stored from the same file with a different payload: the file "
+            f"\"{src / 'cat' / '000.png'}\" {FILE_CHANGED}; to replace the stored sample, `shortlist delete-samples "
+            "c/cat/000.png` then ingest again (or keep the stored one)") in text, text
+    assert "hint: 1 of the rejected files were changed in place" in text and "--id-prefix" not in text, text
+    # another file under the same id (another folder, no prefix of its own): the --id-prefix hint
+    other = tmp_path / "other" / "c" / "cat"
+    other.mkdir(parents=True)
+    (other / "002.png").write_bytes(new)
+    res = runner.invoke(app, ["ingest", str(tmp_path / "other"), "--agent", running.address])
+    text = " ".join(res.output.split())
+    assert res.exit_code == 1 and "give each source its own --id-prefix" in text and "changed in place" not in text
+    run("delete-samples", "c/cat/000.png", "--yes", "--agent", running.address)
+    out = json.loads(run("ingest", str(src), "--agent", running.address, "--id-prefix", "c/", "--json"))
+    assert (out["accepted"], out["duplicates"], out["rejected"]) == (1, 3, [])
+    stored = {s.id: s.encoded_image for s in client.list_samples(running.stub, include_payload=True)}
+    assert stored["c/cat/000.png"] == new
+
+
 def test_two_folders_with_the_same_file_names_need_id_prefix(tmp_path: Path, running: Running) -> None:
     a, b = make_images(2)
     for name, img in (("site1", a), ("site2", b)):

@@ -14,7 +14,7 @@ import pytest
 from agent.config import AgentConfig, Limits
 from agent.core import Agent
 from agent.errors import Cancelled, DeadlineExceeded, ResourceExhausted
-from agent.ingest import Incoming
+from agent.ingest import FILE_CHANGED, Incoming, same_file
 from shortlist.v1 import agent_pb2
 from tests.agent.conftest import Running, make_images, make_samples, png
 
@@ -330,6 +330,38 @@ def test_a_resend_from_another_place_is_a_duplicate_that_keeps_the_stored_uri(ru
     assert listed == {f"s{i}": f"data/odd/s{i}.png" for i in range(3)}  # the first uri is kept
     same = running.stub.Ingest(iter([agent_pb2.IngestRequest(samples=samples)]))
     assert (same.duplicates, same.duplicates_other_uri, same.HasField("other_uri_example")) == (3, 0, False)
+
+
+def test_a_file_replaced_in_place_is_told_apart_from_another_sources_id(agent: Agent) -> None:
+    """Same id, new bytes: when the uri sent is the stored one (the file was replaced in place and its folder
+    ingested again) the rejection says to delete the stored sample and ingest again, not to use a new id (a
+    new --id-prefix would store the whole folder again); from another file it is another source's id. An
+    older pool holds relative uris (an older CLI sent them): one that is the tail of the absolute uri sent now
+    is the same file. Both stay ID_TAKEN, and nothing stored changes."""
+    imgs = make_images(6)
+    first = [image(f"s{i}", imgs[i]) for i in range(3)]
+    first[0].uri, first[1].uri, first[2].uri = "/d/red/001.png", "red/002.png", "/d/red/003.png"
+    assert agent.ingest.batch(first).accepted == 3
+    again = [image(f"s{i}", imgs[i + 3]) for i in range(3)]
+    again[0].uri, again[1].uri, again[2].uri = "/d/red/./001.png", "/d/red/002.png", "/site2/red/003.png"
+    res = agent.ingest.batch(again)
+    assert res.accepted == 0 and [(r.id, r.code) for r in res.rejected] == [
+        (f"s{i}", agent_pb2.REJECTION_CODE_ID_TAKEN) for i in range(3)]
+    for r in res.rejected[:2]:
+        assert FILE_CHANGED in r.reason and f"`shortlist delete-samples {r.id}` then ingest again" in r.reason
+        assert "new id" not in r.reason
+    assert "already in the pool with a different payload" in res.rejected[2].reason
+    assert FILE_CHANGED not in res.rejected[2].reason
+    assert [agent.state.lookup(f"s{i}").uri for i in range(3)] == [  # type: ignore[union-attr]
+        "/d/red/001.png", "red/002.png", "/d/red/003.png"]
+
+
+def test_same_file_compares_uris_as_paths() -> None:
+    assert same_file("/d/a/./b.png", "/d/a/b.png") and same_file("a/b.png", "/d/a/b.png")
+    assert same_file("/d/a/b.png", "../a/b.png")  # (either side may be the relative one)
+    assert not same_file("/d/a/b.png", "/e/a/b.png") and not same_file("x/b.png", "/d/a/b.png")
+    assert not same_file("", "") and not same_file("b.png", "") and not same_file("..", "/d")
+    assert same_file("/d/x.tar:a/b.png", "/d/x.tar:a/b.png")
 
 
 def test_a_labelled_ingest_says_when_the_same_bytes_are_stored_with_another_label(running: Running) -> None:
