@@ -326,6 +326,7 @@ class _Scan:
     dangling: list[str] = field(default_factory=list)
     hidden_dirs: list[str] = field(default_factory=list)
     hidden_files: list[str] = field(default_factory=list)
+    earlier_copies: int = 0  # a tar's members passed over for a later one of the same name (``_tar_scan``)
 
     def other_file(self, name: str) -> None:
         """Count a file that is not an image by its extension (lower case; "" for none)."""
@@ -451,12 +452,23 @@ def _tar_scan(tar: tarfile.TarFile, inner: str) -> tuple[list[tuple[tarfile.TarI
     name, with their name's parts; and what was left out, as a folder's walk says it (``_Scan``): other files
     by extension, links that point to nothing in the archive, hidden or system folders and hidden files.
     Hard links (GNU tar's form of a file stored twice) and symlinks to a file in the archive are read as that
-    file."""
+    file. A name stored more than once is its last member only (what ``tar -x`` leaves); the earlier copies
+    of images are counted in ``_Scan.earlier_copies``."""
     root = tuple(inner.split("/")) if inner else ()
     scan = _Scan([])
     images = []
     hidden_dirs: set[str] = set()
-    for m in sorted(tar.getmembers(), key=lambda m: m.name):
+    # One member per name, the last: `tar -r` appends a new copy of a name and `tar -x` leaves the last one
+    # (sending both rejected the second as a repeated id, keeping the first). Names as parts: ./a.png is a.png.
+    last: dict[tuple[str, ...], tarfile.TarInfo] = {}
+    for m in tar.getmembers():
+        parts = _member_parts(m.name)
+        earlier = last.get(parts)
+        if (earlier is not None and not earlier.isdir() and parts[:len(root)] == root
+                and earlier.name.lower().endswith(IMAGE_EXTENSIONS)):
+            scan.earlier_copies += 1  # (counted: images of this source; a folder's entry added again is not)
+        last[parts] = m
+    for m in sorted(last.values(), key=lambda m: m.name):
         parts = _member_parts(m.name)
         if parts[:len(root)] != root or len(parts) <= len(root) or not (m.isfile() or m.issym() or m.islnk()):
             continue
@@ -486,6 +498,10 @@ def _iter_tar_members(path: Path, inner: str, prefix: str) -> Iterator[ImageItem
         said = scan.summary(str(path))
         if said:
             log.warning("%s", said)
+        if scan.earlier_copies:
+            log.warning("%s holds %s earlier cop%s of member names that appear again later (tar -r appends): "
+                        "read the last copy of each, as tar -x leaves it", readable_name(str(path)),
+                        f"{scan.earlier_copies:,}", "y" if scan.earlier_copies == 1 else "ies")
         for m, parts in images:
             f = tar.extractfile(m)
             if f is None:

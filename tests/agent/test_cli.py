@@ -466,6 +466,25 @@ def test_a_file_replaced_in_place_gets_the_delete_hint_not_the_id_prefix_one(tmp
     assert stored["c/cat/000.png"] == new
 
 
+def test_a_tar_holding_a_name_twice_stores_the_last_copy(tmp_path: Path, running: Running) -> None:
+    """A tar with one member name twice (`tar -r` appends; `tar -x` leaves the last): the first copy was
+    stored and the second rejected as a repeated id, with the --id-prefix hint. The last copy is stored and
+    nothing is rejected; stderr counts the copy passed over."""
+    first, second = png(make_images(2)[0]), png(make_images(2)[1])
+    path = tmp_path / "appended.tar"
+    with tarfile.open(path, "w") as tar:
+        for data in (first, second):
+            info = tarfile.TarInfo("cat/a.png")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    res = runner.invoke(app, ["ingest", str(path), "--agent", running.address])
+    text = " ".join(res.output.split())
+    assert res.exit_code == 0 and "accepted 1, duplicates 0, rejected 0" in text, text
+    assert "holds 1 earlier copy of member names" in text and "--id-prefix" not in text, text
+    stored = {s.id: s.encoded_image for s in client.list_samples(running.stub, include_payload=True)}
+    assert stored == {"cat/a.png": second}
+
+
 def test_two_folders_with_the_same_file_names_need_id_prefix(tmp_path: Path, running: Running) -> None:
     a, b = make_images(2)
     for name, img in (("site1", a), ("site2", b)):

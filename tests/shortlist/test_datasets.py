@@ -704,3 +704,27 @@ def test_cifar_folders_with_bytes_or_str_keys_read_alike(tmp_path: Path, keys: s
     with pytest.raises(ValueError, match=r"test_batch is not a CIFAR python file Shortlist reads: it has no "
                                          r"'labels' entry \(it has: .*'data'\)"):
         load_array(ten, "test")
+
+
+def test_a_tar_holding_a_name_twice_gives_its_last_copy_as_tar_x_does(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """`tar -r` appends a second copy of a name and extraction keeps the last; the source gave both copies
+    (the agent then kept the first and rejected the second as a repeated id). One item per name, the last
+    copy's bytes, and one warning line counting the copies passed over; the member list agrees."""
+    old, new, other = _png(1), _png(2), _png(3)
+    path = tmp_path / "appended.tar"
+    with tarfile.open(path, "w") as tar:
+        for name, data in (("cat/a.png", old), ("cat/b.png", other), ("./cat/a.png", new), ("cat/notes.txt", b"1"),
+                           ("cat/notes.txt", b"2")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="shortlist.datasets"):
+        items = list(iter_images(path))
+    assert [(it.id, it.label, it.encoded) for it in items] == [("cat/a.png", "cat", new), ("cat/b.png", "cat", other)]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"skipped in {path}: 1 file(s) that are not images Pillow reads (1 .txt)",
+        f"{path} holds 1 earlier copy of member names that appear again later (tar -r appends): read the last copy "
+        "of each, as tar -x leaves it"]
+    assert source_paths(resolve_source(path)) == ["cat/a.png", "cat/b.png"]
