@@ -901,6 +901,23 @@ def _read_meta_csv(path: Path, resolved: Any, source: str, metadata: dict[str, s
     return table.rows
 
 
+def _zip_refusal(path: str) -> str:
+    """Why a zip archive (the usual archive of field photos; no source reads one) is refused, and what to do:
+    "" for a path that is not one (by its name or its bytes)."""
+    import shlex
+    import zipfile
+
+    from shortlist.datasets import TAR_SUFFIXES
+
+    p = Path(path)
+    if not p.is_file() or not (p.suffix.lower() == ".zip" or zipfile.is_zipfile(p)):
+        return ""
+    folder = p.with_suffix("") if p.suffix else Path(f"{p}.d")
+    return (f"{p} is a zip archive, which Shortlist does not read: unzip it first (`unzip {shlex.quote(str(p))} -d "
+            f"{shlex.quote(str(folder))}`) and ingest that folder, or make a tar of the folder "
+            f"({', '.join(TAR_SUFFIXES)})")
+
+
 @agent_options
 def ingest(agent: AgentTarget,
            source: str = typer.Argument(..., help=sources_said()),
@@ -939,7 +956,8 @@ def ingest(agent: AgentTarget,
     try:  # before the stream: a missing source or split is a clear error, not a broken stream
         resolved = resolve_source(where, split)
     except (FileNotFoundError, NotADirectoryError, PermissionError) as e:
-        console.print(f"[red]cannot read {escape(source)}[/red]: {escape(str(e))}", highlight=False)
+        console.print(f"[red]cannot read {escape(source)}[/red]: {escape(_zip_refusal(where) or str(e))}",
+                      highlight=False)
         raise typer.Exit(2) from None
     per_path = _read_meta_csv(meta_csv, resolved, source, metadata) if meta_csv is not None else None
     stub = _rpc(agent.connect)

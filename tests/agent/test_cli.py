@@ -16,6 +16,7 @@ import sys
 import tarfile
 import threading
 import time
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -483,6 +484,22 @@ def test_a_tar_holding_a_name_twice_stores_the_last_copy(tmp_path: Path, running
     assert "holds 1 earlier copy of member names" in text and "--id-prefix" not in text, text
     stored = {s.id: s.encoded_image for s in client.list_samples(running.stub, include_payload=True)}
     assert stored == {"cat/a.png": second}
+
+
+def test_ingest_of_a_zip_says_to_unzip_it(tmp_path: Path) -> None:
+    """A zip (the usual archive of field photos) was refused with the list of sources only: say to unzip it
+    or make a tar; refused before any agent is reached (exit 2). A zip without the .zip name too."""
+    path = tmp_path / "field.zip"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("cat/a.png", png(make_images(1)[0]))
+    for source, folder in ((path, tmp_path / "field"), (tmp_path / "field", tmp_path / "field.d")):
+        if not source.exists():
+            path.rename(source)
+        res = runner.invoke(app, ["ingest", str(source), "--agent", "127.0.0.1:57199"])
+        text = " ".join(res.output.split())
+        assert res.exit_code == 2 and (f"cannot read {source}: {source} is a zip archive, which Shortlist does not "
+                                       f"read: unzip it first (`unzip {source} -d {folder}`) and ingest that folder, "
+                                       "or make a tar of the folder (.tar, .tar.gz") in text, text
 
 
 def test_two_folders_with_the_same_file_names_need_id_prefix(tmp_path: Path, running: Running) -> None:
