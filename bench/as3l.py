@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import typer
+from rich.markup import escape  # paths and class names may hold "[" (rich would read markup)
 
 from bench import cifar10
 from bench.checks import OutLock
@@ -547,8 +548,8 @@ def run_benchmark(data: Path, profile: Profile, out: Path, encoder: Path | None 
     walls = Walls()
 
     train, pool_idx, test_set, test_idx = cifar10.load_pool_and_test(data, profile.pool_size, profile.test_size)
-    console.print(f"[bold]data[/] {data}: pool {len(pool_idx)} of {len(train.ids)} train images, test "
-                  f"{len(test_idx)}, classes {', '.join(train.classes)}")
+    console.print(f"[bold]data[/] {escape(str(data))}: pool {len(pool_idx)} of {len(train.ids)} train images, "
+                  f"test {len(test_idx)}, classes {escape(', '.join(train.classes))}")
     with walls.timed("encoder"):
         version, provenance = prepare_encoder(encoder, profile, cifar10.PoolSplits(data, pool_idx, train, test_set),
                                               out, console)
@@ -580,7 +581,7 @@ def run_benchmark(data: Path, profile: Profile, out: Path, encoder: Path | None 
     run.wall_seconds = walls.seconds
     run.complete = True
     save_run(run, out)
-    console.print(f"[bold]report:[/] {out / 'results.md'}")
+    console.print(f"[bold]report:[/] {escape(str(out / 'results.md'))}")
     return run
 
 

@@ -37,10 +37,11 @@ def tiny_data(tmp_path: Path) -> Path:
 @pytest.mark.timeout(900)
 def test_smoke_profile_end_to_end_and_resumes(tiny_data: Path, tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    out = tmp_path / "out"
+    out = tmp_path / "out[x]"  # "[x]" in a path was read as rich markup and dropped from the lines printed
     args = ["bench", "as3l", "--data", str(tiny_data), "--profile", "smoke", "--budgets", "3", "--out", str(out)]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
+    assert f"report: {out / 'results.md'}" in " ".join(result.output.split())
     run = json.loads((out / "results.json").read_text())
     assert run["complete"] and run["profile"] == "smoke" and run["pool_size"] == 30 and run["test_size"] == 12
     assert run["budgets"] == [3] and run["size"] == [8, 8] and run["encoder"]["kind"] == "pretrained here"
