@@ -825,11 +825,6 @@ def _ingest_out(reply: agent_pb2.IngestReply) -> dict[str, Any]:
     return {**out, **_counts(out, {"rejected": client.rejected_count(reply)})}
 
 
-# agent.ingest.FILE_CHANGED, the words of a rejection of a file replaced in place (not imported: agent.ingest
-# loads onnxruntime and scipy, which every command would then wait for; a test holds the two equal)
-FILE_CHANGED = "changed since it was ingested"
-
-
 def _print_ingest(reply: agent_pb2.IngestReply) -> None:
     """An IngestReply for people: the counts and the first 10 rejections on stdout (the result, as ``select``
     and ``status`` print theirs: `shortlist ingest data > log` keeps it), notes and hints on stderr."""
@@ -862,19 +857,19 @@ def _print_ingest(reply: agent_pb2.IngestReply) -> None:
                       "file moved to another class folder?): both labels are kept; correct one with `shortlist "
                       "label`, or remove the stale id with `shortlist delete-samples`", highlight=False,
                       soft_wrap=True)
-    # An id stored with other bytes: from another file, another source used the id (a new --id-prefix is the
-    # way); from the same file (the agent's reason says the file changed: replaced in place), a new prefix
-    # would store the whole source again, and the reason says what to do instead. The reason's words also
-    # serve an agent older than Rejection.code (UNSPECIFIED).
+    # An id stored with other bytes: from another file (ID_TAKEN), another source used the id (a new
+    # --id-prefix is the way); from the same file (FILE_CHANGED: replaced in place), a new prefix would store
+    # the whole source again, and the reason says what to do instead. The reason's words serve an agent older
+    # than Rejection.code (UNSPECIFIED).
     taken = [r for r in reply.rejected if r.code == agent_pb2.REJECTION_CODE_ID_TAKEN
              or "already in the pool with a different payload" in r.reason]
-    changed = [r for r in taken if FILE_CHANGED in r.reason]
+    changed = [r for r in reply.rejected if r.code == agent_pb2.REJECTION_CODE_FILE_CHANGED]
     if changed:
         console.print(f"hint: {len(changed)} of the rejected files were changed in place since they were ingested "
                       f"(e.g. {escape(printable(quoted(changed[0].id)))}): to store the new bytes, delete the stored "
                       "samples (`shortlist delete-samples ID ...`, or --file with the ids) and ingest again; or keep "
                       "the stored ones", highlight=False, soft_wrap=True)
-    if len(changed) < len(taken):
+    if taken:
         console.print("hint: another source already used these ids (ids are paths inside the source); give each "
                       "source its own --id-prefix, e.g. --id-prefix site2/")
 

@@ -173,11 +173,6 @@ def differences(metadata: dict[str, str], s: Incoming, had: str, sent: str) -> s
     return "; ".join(differs[:3]) + (f"; and {len(differs) - 3} more" if len(differs) > 3 else "")
 
 
-# The words of an ID_TAKEN rejection whose sent uri is the stored one (a file replaced in place); the CLI's
-# --id-prefix hint leaves out the rejections that hold them (another prefix would store the whole source again).
-FILE_CHANGED = "changed since it was ingested"
-
-
 def same_file(stored: str, sent: str) -> bool:
     """Whether the uri stored with a sample and the one sent now name the same file: equal after
     ``normpath`` (``a/./b`` = ``a/b``), or one relative and the other absolute and ending with the relative
@@ -589,12 +584,12 @@ class IngestPipeline:
         if rec.sha256 != digest and same_file(rec.uri, s.uri):
             # the same file with new bytes (replaced in place, then its folder ingested again): not another
             # source's id, so a new --id-prefix (which would store the whole source again) is not the way
-            arg = shlex.quote(sid)
-            res.rejected.append(Rejected(sid, agent_pb2.REJECTION_CODE_ID_TAKEN,
+            arg = ("-- " if sid.startswith("-") else "") + shlex.quote(sid)
+            res.rejected.append(Rejected(sid, agent_pb2.REJECTION_CODE_FILE_CHANGED,
                                          f"id {quoted(sid)} is stored from the same file with a different payload: "
-                                         f"the file {quoted(s.uri[-256:])} {FILE_CHANGED}; to replace the stored "
-                                         f"sample, `shortlist delete-samples {'-- ' if sid.startswith('-') else ''}"
-                                         f"{arg}` then ingest again (or keep the stored one)"))
+                                         f"the file {quoted(s.uri[-256:])} changed since it was ingested; to "
+                                         f"replace the stored sample, `shortlist delete-samples {arg}` then ingest "
+                                         "again (or keep the stored one)"))
         elif rec.sha256 != digest:
             res.rejected.append(Rejected(sid, agent_pb2.REJECTION_CODE_ID_TAKEN,
                                          f"id {quoted(sid)} is already in the pool with a different payload; ids must "

@@ -25,6 +25,7 @@ class RejectionCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     REJECTION_CODE_CONFLICT: _ClassVar[RejectionCode]
     REJECTION_CODE_NOT_LABELLED: _ClassVar[RejectionCode]
     REJECTION_CODE_CANNOT_RESTORE: _ClassVar[RejectionCode]
+    REJECTION_CODE_FILE_CHANGED: _ClassVar[RejectionCode]
 REJECTION_CODE_UNSPECIFIED: RejectionCode
 REJECTION_CODE_INVALID_ID: RejectionCode
 REJECTION_CODE_ID_TOO_LONG: RejectionCode
@@ -41,6 +42,7 @@ REJECTION_CODE_DUPLICATE_IN_REQUEST: RejectionCode
 REJECTION_CODE_CONFLICT: RejectionCode
 REJECTION_CODE_NOT_LABELLED: RejectionCode
 REJECTION_CODE_CANNOT_RESTORE: RejectionCode
+REJECTION_CODE_FILE_CHANGED: RejectionCode
 
 class Sample(_message.Message):
     __slots__ = ("id", "encoded_image", "tensor", "uri", "metadata", "label", "annotator", "label_time", "label_source")

@@ -438,10 +438,6 @@ def test_a_file_replaced_in_place_gets_the_delete_hint_not_the_id_prefix_one(tmp
     """A file overwritten with new bytes, then its folder ingested again: the rejection and the hint say to
     delete the stored sample and ingest again; the --id-prefix hint (which would store the whole folder
     again) is only for an id another file used. After delete-samples the new bytes are stored."""
-    from agent import cli
-    from agent.ingest import FILE_CHANGED
-
-    assert cli.FILE_CHANGED == FILE_CHANGED  # (the CLI holds its own copy: agent.ingest is slow to import)
     src = image_folder(tmp_path / "imgs", 4)
     run("ingest", str(src), "--agent", running.address, "--id-prefix", "c/")
     new = png(255 - make_images(1)[0])
@@ -450,8 +446,8 @@ def test_a_file_replaced_in_place_gets_the_delete_hint_not_the_id_prefix_one(tmp
     text = " ".join(res.output.split())
     assert res.exit_code == 0 and "accepted 0, duplicates 3, rejected 1" in text, text
     assert (f"c/cat/000.png: id \"c/cat/000.png\" is stored from the same file with a different payload: the file "
-            f"\"{src / 'cat' / '000.png'}\" {FILE_CHANGED}; to replace the stored sample, `shortlist delete-samples "
-            "c/cat/000.png` then ingest again (or keep the stored one)") in text, text
+            f"\"{src / 'cat' / '000.png'}\" changed since it was ingested; to replace the stored sample, "
+            "`shortlist delete-samples c/cat/000.png` then ingest again (or keep the stored one)") in text, text
     assert "hint: 1 of the rejected files were changed in place" in text and "--id-prefix" not in text, text
     # another file under the same id (another folder, no prefix of its own): the --id-prefix hint
     other = tmp_path / "other" / "c" / "cat"

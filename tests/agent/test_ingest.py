@@ -14,7 +14,7 @@ import pytest
 from agent.config import AgentConfig, Limits
 from agent.core import Agent
 from agent.errors import Cancelled, DeadlineExceeded, ResourceExhausted
-from agent.ingest import FILE_CHANGED, Incoming, same_file
+from agent.ingest import Incoming, same_file
 from shortlist.v1 import agent_pb2
 from tests.agent.conftest import Running, make_images, make_samples, png
 
@@ -337,7 +337,7 @@ def test_a_file_replaced_in_place_is_told_apart_from_another_sources_id(agent: A
     ingested again) the rejection says to delete the stored sample and ingest again, not to use a new id (a
     new --id-prefix would store the whole folder again); from another file it is another source's id. An
     older pool holds relative uris (an older CLI sent them): one that is the tail of the absolute uri sent now
-    is the same file. Both stay ID_TAKEN, and nothing stored changes."""
+    is the same file: FILE_CHANGED, the other ID_TAKEN; nothing stored changes."""
     imgs = make_images(6)
     first = [image(f"s{i}", imgs[i]) for i in range(3)]
     first[0].uri, first[1].uri, first[2].uri = "/d/red/001.png", "red/002.png", "/d/red/003.png"
@@ -346,12 +346,14 @@ def test_a_file_replaced_in_place_is_told_apart_from_another_sources_id(agent: A
     again[0].uri, again[1].uri, again[2].uri = "/d/red/./001.png", "/d/red/002.png", "/site2/red/003.png"
     res = agent.ingest.batch(again)
     assert res.accepted == 0 and [(r.id, r.code) for r in res.rejected] == [
-        (f"s{i}", agent_pb2.REJECTION_CODE_ID_TAKEN) for i in range(3)]
+        ("s0", agent_pb2.REJECTION_CODE_FILE_CHANGED), ("s1", agent_pb2.REJECTION_CODE_FILE_CHANGED),
+        ("s2", agent_pb2.REJECTION_CODE_ID_TAKEN)]
     for r in res.rejected[:2]:
-        assert FILE_CHANGED in r.reason and f"`shortlist delete-samples {r.id}` then ingest again" in r.reason
+        assert "changed since it was ingested" in r.reason
+        assert f"`shortlist delete-samples {r.id}` then ingest again" in r.reason
         assert "new id" not in r.reason
     assert "already in the pool with a different payload" in res.rejected[2].reason
-    assert FILE_CHANGED not in res.rejected[2].reason
+    assert "changed since it was ingested" not in res.rejected[2].reason
     assert [agent.state.lookup(f"s{i}").uri for i in range(3)] == [  # type: ignore[union-attr]
         "/d/red/001.png", "red/002.png", "/d/red/003.png"]
 

@@ -47,6 +47,7 @@ INGEST = {
     "bytes": C.REJECTION_CODE_PAYLOAD_TOO_LARGE,
     "bomb": C.REJECTION_CODE_PAYLOAD_TOO_LARGE,
     "k0": C.REJECTION_CODE_ID_TAKEN,
+    "k4": C.REJECTION_CODE_FILE_CHANGED,  # another image from the uri k4 was stored from (replaced in place)
     "twice": C.REJECTION_CODE_ID_TAKEN,  # its second item, another payload in the same request
     "again": C.REJECTION_CODE_RESEND_CHANGES_SAMPLE,  # its second item, other metadata in the same request
     "relabel": C.REJECTION_CODE_RESEND_CHANGES_LABEL,  # its second item, another label in the same request
@@ -117,6 +118,7 @@ def pool(tmp_path: Path, registry: Path) -> Iterator[Running]:
     try:
         samples = make_samples(9, prefix="k")
         samples[1].metadata["site"] = "a"
+        samples[4].uri = "/d/k4.png"
         samples[2].label = samples[3].label = samples[6].label = samples[7].label = "cat"
         assert client.ingest(r.stub, samples).accepted == 9
         assert client.retract_labels(r.stub, ["k3"], "zoe").accepted == 1
@@ -151,6 +153,7 @@ def test_ingest_rejections_carry_their_codes(pool: Running) -> None:
         agent_pb2.Sample(id="badtensor", tensor=agent_pb2.Tensor(dtype="int64", shape=[2, 2, 3], data=b"\0" * 96)),
         client.image_sample("bytes", _noisy_png(1)), client.image_sample("bomb", _bomb()),
         sample("k0", 1),  # another image under a stored id
+        sample("k4", 6, uri="/d/./k4.png"),  # another image from the stored one's file
         sample("twice", 2), sample("twice", 3),
         sample("again", 4, metadata={"k": "1"}), sample("again", 4, metadata={"k": "2"}),
         sample("relabel", 5, label="cat"), sample("relabel", 5, label="dog"),
