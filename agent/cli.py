@@ -32,6 +32,9 @@ from typer.core import TyperCommand
 
 from agent import client, exports
 from agent.cli_options import (
+    INT32_MAX,
+    INT64_MAX,
+    UINT64_MAX,
     AgentTarget,
     WebAllowedHostsOpt,
     WebMaxBodyMbOpt,
@@ -73,7 +76,13 @@ HEAVY_TIMEOUT_S = 600.0
 # pool is read by no one, and building it took minutes and much memory (docs/agent.md, the paragraph on
 # `shortlist prior` reading the reply as it streams).
 PRIOR_TABLE_ROWS = 50
-TimeoutOpt = typer.Option(HEAVY_TIMEOUT_S, "--timeout", envvar="SHORTLIST_TIMEOUT", min=0.0,
+# The largest --timeout: gRPC turns a call's timeout into an absolute deadline in nanoseconds since 1970 held
+# in an int64, so a deadline past 2**63 ns (the year 2262) overflows and the call fails at once with
+# DEADLINE_EXCEEDED (measured with grpcio 1.85: a timeout of 7.4e9 s worked in 2026, 7.5e9 s failed). 1e9 s
+# (31 years) stays far below that; a larger value or inf is a usage error (as nan: typer's range check refuses
+# it), and 0 is "no deadline".
+MAX_TIMEOUT_S = 1e9
+TimeoutOpt = typer.Option(HEAVY_TIMEOUT_S, "--timeout", envvar="SHORTLIST_TIMEOUT", min=0.0, max=MAX_TIMEOUT_S,
                           help="seconds the agent has to answer this heavy call; a call it expects to take longer "
                                "is refused at once with its estimate; 0 = no deadline (wait as long as it takes)")
 
@@ -1034,11 +1043,11 @@ def _group_cap(value: str) -> tuple[str, int]:
 
 @agent_options
 def select(agent: AgentTarget,
-           budget: int = typer.Option(..., "--budget", min=1, help="how many samples to select"),
+           budget: int = typer.Option(..., "--budget", min=1, max=INT32_MAX, help="how many samples to select"),
            strategy: str = typer.Option("random", "--strategy", help="selection strategy"),
            param: list[str] = typer.Option([], "--param", help="strategy parameter k=v (repeatable)"),
            where: list[str] = typer.Option([], "--where", help="metadata filter k=v (repeatable)"),
-           seed: int = typer.Option(0, "--seed", min=0),
+           seed: int = typer.Option(0, "--seed", min=0, max=UINT64_MAX),
            max_per_group: str = typer.Option(
                "", "--max-per-group", metavar="KEY=N",
                help="at most N picks per value of the metadata key KEY (e.g. event=1: one frame per burst)"),
@@ -1412,7 +1421,10 @@ def read_ids_file(path: Path, expected: dict[str, str] | None = None) -> list[st
         return []
     first = lines[0]
     delimiter = "," if "," in first or not ({";", "\t"} & set(first)) else (";" if ";" in first else "\t")
-    head = [c.strip().lower() for c in next(csv.reader([first], delimiter=delimiter))]
+    try:
+        head = [c.strip().lower() for c in next(csv.reader([first], delimiter=delimiter))]
+    except csv.Error as e:  # a field over csv's limit (131,072 characters), a NUL byte: as ``label`` says it
+        raise LabelFileError(f"{path} line 1: not readable as CSV ({e})") from None
     label_col = head.index("current") if "current" in head else head.index("label") if "label" in head else -1
     if expected is not None and ("id" not in head or label_col < 0):
         raise LabelFileError(f"{path}: --if-current needs a CSV with a header line naming the columns id and label "
@@ -1549,10 +1561,11 @@ def list_labels(agent: AgentTarget,
                 history: bool = typer.Option(False, "--history",
                                              help="every label, change, retraction and restored label, not only "
                                                   "each sample's current label"),
-                after_seq: int = typer.Option(0, "--after-seq", min=0,
+                after_seq: int = typer.Option(0, "--after-seq", min=0, max=INT64_MAX,
                                               help="only records after this seq: the last seq a sync received "
                                                    "(0: from the first)"),
-                limit: int = typer.Option(0, "--limit", min=0, help="at most this many records (0: all)"),
+                limit: int = typer.Option(0, "--limit", min=0, max=INT64_MAX,
+                                          help="at most this many records (0: all)"),
                 as_json: bool = JsonOpt) -> None:
     """List the labels (ListLabels), oldest first: one line per record, seq first. A label sync keeps the last
     seq it printed and passes it as --after-seq next time: it gets exactly the records stored since (with

@@ -31,6 +31,12 @@ if TYPE_CHECKING:
 
 F = TypeVar("F", bound=Callable[..., Any])
 DEFAULT_ADDRESS = "127.0.0.1:50051"
+# The largest values of the protobuf integer types (agent.proto): an option that goes into a request field
+# takes its field's maximum as typer's max=, so a larger number is a usage error (exit 2, naming the range)
+# rather than protobuf's "ValueError: Value out of range" traceback when the request is built.
+INT32_MAX = 2**31 - 1
+INT64_MAX = 2**63 - 1
+UINT64_MAX = 2**64 - 1
 
 
 @dataclass(frozen=True)
@@ -143,10 +149,11 @@ _LS_PARAMS = [
         "typiclust", "--labelstudio-strategy", envvar="SHORTLIST_LABELSTUDIO_STRATEGY",
         help="the Select strategy whose order Label Studio's prediction scores follow")),
     _option("labelstudio_budget", int, typer.Option(
-        100, "--labelstudio-budget", envvar="SHORTLIST_LABELSTUDIO_BUDGET", min=1,
+        100, "--labelstudio-budget", envvar="SHORTLIST_LABELSTUDIO_BUDGET", min=1, max=INT32_MAX,
         help="how many samples that selection ranks first")),
     _option("labelstudio_seed", int, typer.Option(
-        0, "--labelstudio-seed", envvar="SHORTLIST_LABELSTUDIO_SEED", min=0, help="the selection's seed")),
+        0, "--labelstudio-seed", envvar="SHORTLIST_LABELSTUDIO_SEED", min=0, max=UINT64_MAX,
+        help="the selection's seed")),
     _option("labelstudio_prior", str, typer.Option(
         "knn", "--labelstudio-prior", envvar="SHORTLIST_LABELSTUDIO_PRIOR",
         help="the prior method of Label Studio's pre-annotations")),

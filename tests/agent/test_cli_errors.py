@@ -1,0 +1,112 @@
+"""The agent commands' answers to bad input that used to end in a traceback or a misleading message: numbers
+past their request field's range, an ids file csv cannot read, a --timeout gRPC cannot turn into a deadline."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from agent import client
+from agent.cli_options import AgentTarget
+from shortlist.cli import app
+
+runner = CliRunner()
+AGENT = "127.0.0.1:57299"  # nothing listens there: a command that got as far as calling would fail otherwise
+
+
+class _NoCalls:
+    """A stub whose every RPC fails the test: the command must stop before it sends anything."""
+
+    def __getattr__(self, name: str) -> Any:
+        def call(*_a: Any, **_kw: Any) -> Any:
+            raise AssertionError(f"{name} was called")
+        return call
+
+
+@pytest.fixture
+def no_agent(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Connecting succeeds at once (no agent needed) and any call fails the test."""
+    monkeypatch.setattr(AgentTarget, "connect", lambda self: _NoCalls())
+
+
+def one_line(text: str) -> str:
+    """``text`` on one line, without the box rich draws around a usage error."""
+    return " ".join(re.sub("[│╭╮╰╯─]", " ", text).split())
+
+
+@pytest.mark.parametrize(("args", "bound"), [
+    (["select", "--budget", "99999999999999999999"], "2147483647"),
+    (["select", "--budget", "3", "--seed", "18446744073709551616"], "18446744073709551615"),
+    (["list-labels", "--after-seq", "99999999999999999999999"], "9223372036854775807"),
+    (["list-labels", "--limit", "99999999999999999999999"], "9223372036854775807"),
+])
+def test_a_number_past_its_request_fields_range_is_a_usage_error(no_agent: None, args: list[str],
+                                                                  bound: str) -> None:
+    res = runner.invoke(app, [*args, "--agent", AGENT])
+    assert res.exit_code == 2, res.output  # was: ValueError: Value out of range (protobuf), exit 1
+    assert bound in one_line(res.stderr)
+
+
+def test_the_largest_values_of_the_fields_are_still_taken(no_agent: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[tuple[int, int]] = []
+
+    def list_labels(stub: Any, history: bool = False, after_seq: int = 0, limit: int = 0) -> Any:
+        seen.append((after_seq, limit))
+        return iter(())
+
+    monkeypatch.setattr(client, "list_labels", list_labels)
+    res = runner.invoke(app, ["list-labels", "--after-seq", str(2**63 - 1), "--limit", str(2**63 - 1),
+                              "--agent", AGENT])
+    assert res.exit_code == 0, res.output
+    assert seen == [(2**63 - 1, 2**63 - 1)]
+
+
+@pytest.mark.parametrize("command", [["retract-labels"], ["delete-samples", "--yes"]])
+def test_an_ids_file_with_a_field_over_csvs_limit_is_a_usage_error(tmp_path: Path, no_agent: None,
+                                                                   command: list[str]) -> None:
+    big = tmp_path / "big.csv"
+    big.write_text("cat/0001.jpg," + "x" * 1_000_000 + "\n")
+    res = runner.invoke(app, [*command, "--file", str(big), "--agent", AGENT])
+    assert res.exit_code == 2, res.output  # was: Error: field larger than field limit (131072), exit 1
+    assert "not readable as CSV (field larger than field limit (131072))" in one_line(res.stderr)
+
+
+@pytest.mark.parametrize("value", ["1e10", "1e12", "1e300", "inf", "1e309", "nan", "-1"])
+@pytest.mark.parametrize("command", [["select", "--budget", "2"], ["prior"]])
+def test_a_timeout_grpc_cannot_take_is_a_usage_error(no_agent: None, command: list[str], value: str) -> None:
+    res = runner.invoke(app, [*command, "--timeout", value, "--agent", AGENT])
+    assert res.exit_code == 2, res.output  # was: DEADLINE_EXCEEDED at once, "give it a longer --timeout"
+    assert "--timeout" in res.stderr
+
+
+def test_a_timeout_grpc_cannot_take_is_refused_from_the_environment_too(no_agent: None) -> None:
+    res = runner.invoke(app, ["select", "--budget", "2", "--agent", AGENT], env={"SHORTLIST_TIMEOUT": "1e12"})
+    assert res.exit_code == 2 and "1000000000" in one_line(res.stderr), res.output
+
+
+def test_the_largest_timeout_is_a_deadline_grpc_keeps(monkeypatch: pytest.MonkeyPatch) -> None:
+    """MAX_TIMEOUT_S against a real gRPC call: the call is answered, not failed at once for its deadline."""
+    from concurrent import futures
+
+    import grpc
+
+    from agent.cli import MAX_TIMEOUT_S
+
+    server = grpc.server(futures.ThreadPoolExecutor(1))
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
+        "t.T", {"M": grpc.unary_unary_rpc_method_handler(lambda req, ctx: b"ok")})])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            call = ch.unary_unary("/t.T/M")
+            assert call(b"x", timeout=MAX_TIMEOUT_S) == b"ok"
+            with pytest.raises(grpc.RpcError) as e:  # the overflow MAX_TIMEOUT_S keeps clear of
+                call(b"x", timeout=1e10)
+            assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    finally:
+        server.stop(None)
