@@ -110,3 +110,26 @@ def test_the_largest_timeout_is_a_deadline_grpc_keeps(monkeypatch: pytest.Monkey
             assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     finally:
         server.stop(None)
+
+
+def test_ctrl_c_while_the_executable_imports_its_commands_says_interrupted_in_one_line() -> None:
+    """The console script as pip writes it (import the [project.scripts] target's module, call the function),
+    with a Ctrl-C arriving while the commands are imported (here: when typer is imported)."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    code = """
+import importlib, sys, tomllib
+class CtrlC:
+    def find_spec(self, name, path=None, target=None):
+        if name == "typer":
+            raise KeyboardInterrupt
+sys.meta_path.insert(0, CtrlC())
+target = tomllib.load(open("pyproject.toml", "rb"))["project"]["scripts"]["shortlist"]
+module, _, function = target.partition(":")
+sys.exit(getattr(importlib.import_module(module), function)())
+"""
+    done = subprocess.run([sys.executable, "-c", code, "status"], cwd=root, capture_output=True, text=True,
+                          timeout=60)
+    assert (done.returncode, done.stderr, done.stdout) == (130, "interrupted\n", ""), done.stderr[-2000:]
