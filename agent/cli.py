@@ -199,11 +199,18 @@ def _timeout(seconds: float) -> float | None:
 
 
 def _rpc(fn: Any, after: str = "", after_codes: frozenset[str] | None = None,
-         note: Callable[[str, str], str] | None = None) -> Any:
+         note: Callable[[str, str], str] | None = None, interrupted: str = "") -> Any:
     """Run an RPC; print the agent's message (and ``after``, what the user should know then, when the error's
-    code is in ``after_codes``, default any) and exit 1 on a gRPC error instead of a traceback."""
+    code is in ``after_codes``, default any) and exit 1 on a gRPC error instead of a traceback. Ctrl-C: one
+    line, "interrupted" and ``interrupted`` (a write's: what the agent may have done), exit 130; a
+    client.Interrupted (a call made of durable requests, which knows what was stored) goes to the caller."""
     try:
         return fn()
+    except client.Interrupted:
+        raise
+    except KeyboardInterrupt:
+        console.print(f"[red]interrupted[/red] (Ctrl-C){interrupted}", highlight=False, soft_wrap=True)
+        raise typer.Exit(INTERRUPTED_EXIT) from None
     except grpc.RpcError as e:
         name, detail = e.code().name, e.details() or ""
         if e.code() == grpc.StatusCode.UNIMPLEMENTED:
@@ -1536,11 +1543,18 @@ def delete_samples(agent: AgentTarget,
         console.print("nothing deleted", highlight=False)
         raise typer.Exit(1)
     stub = _rpc(agent.connect)
-    reply = _rpc(lambda: client.delete_samples(stub, todo, annotator, reason))
+    interrupted = None
+    try:
+        reply = _rpc(lambda: client.delete_samples(stub, todo, annotator, reason))
+    except client.Interrupted as e:
+        reply, interrupted = e.reply, e
     rejected = [_rejection(r) for r in reply.rejected]
     if as_json:
-        print(json_line({"deleted": reply.accepted, "payloads_removed": reply.payloads_removed,
-                         "rejected": rejected, "rejected_count": reply.rejected_count}))
+        out = {"deleted": reply.accepted, "payloads_removed": reply.payloads_removed, "rejected": rejected,
+               "rejected_count": reply.rejected_count}
+        if interrupted is not None:
+            out.update(interrupted=True, sent=interrupted.sent, unconfirmed=interrupted.unconfirmed, total=len(todo))
+        print(json_line(out))
     else:
         result = Console(soft_wrap=True)
         result.print(f"deleted {reply.accepted}, rejected {reply.rejected_count} ({reply.payloads_removed} payload "
@@ -1549,6 +1563,15 @@ def delete_samples(agent: AgentTarget,
             result.print(printable(f"  {r['id']}: {r['reason']}"), markup=False, highlight=False)
         if reply.rejected_count > 10:
             result.print(_more(reply.rejected_count, len(rejected)), highlight=False)
+    if interrupted is not None:
+        answered = interrupted.sent - interrupted.unconfirmed
+        console.print(f"[red]interrupted[/red] (Ctrl-C): the agent answered for {answered} of the {len(todo)} ids "
+                      f"(counted above); {interrupted.unconfirmed} ids were sent without an answer: the agent may "
+                      "have deleted them (each request is one transaction: all of its ids or none); check with "
+                      "`shortlist status` (samples_deleted) or `shortlist list-labels`, or rerun the same command "
+                      "to delete the rest (ids deleted already are rejected as not stored samples)",
+                      highlight=False, soft_wrap=True)
+        raise typer.Exit(INTERRUPTED_EXIT)
     if reply.rejected_count and not reply.accepted:
         # nothing deleted, as label and retract-labels: a script must not go on as if it had been. A resend
         # whose first send was applied also gets here (every id "not a stored sample": the agent keeps no id
@@ -1607,7 +1630,9 @@ def rename_class(agent: AgentTarget,
     label OLD is refused from then on, naming NEW. Works on an open and a closed class list."""
     stub = _rpc(agent.connect)
     reply = _rpc(lambda: stub.RenameClass(agent_pb2.RenameClassRequest(from_class=old, to_class=new,
-                                                                       annotator=annotator)))
+                                                                       annotator=annotator)),
+                 interrupted=": the agent may have made the rename (one transaction: all of it or nothing); check "
+                             "with `shortlist status` (its classes)")
     if as_json:
         print(json_line({"from": old, "to": new, "moved": reply.moved, "merged": reply.merged,
                          "classes": list(reply.classes)}))

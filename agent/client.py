@@ -874,12 +874,19 @@ def retract_labels(stub: agent_pb2_grpc.AgentStub, ids: Iterable[str], annotator
 def delete_samples(stub: agent_pb2_grpc.AgentStub, ids: Iterable[str], annotator: str = "", reason: str = "",
                    chunk: int = LABELS_PER_REQUEST) -> agent_pb2.DeleteSamplesReply:
     """Delete the samples ``ids`` for good (DeleteSamples), ``chunk`` ids per request (each one transaction,
-    durable on its own); the replies are summed (``rejected`` holds the first ones, ``rejected_count`` all)."""
+    durable on its own); the replies are summed (``rejected`` holds the first ones, ``rejected_count`` all).
+    Ctrl-C during a request: Interrupted with the replies so far and that request's ids unconfirmed (the agent
+    may have applied it: the deletion cannot be told from its reply any more)."""
     todo = list(ids)
     total = agent_pb2.DeleteSamplesReply()
+    sent = 0
     for start in range(0, max(len(todo), 1), chunk):
-        reply = stub.DeleteSamples(agent_pb2.DeleteSamplesRequest(ids=todo[start:start + chunk], annotator=annotator,
-                                                                  reason=reason))
+        part = todo[start:start + chunk]
+        sent += len(part)
+        try:
+            reply = stub.DeleteSamples(agent_pb2.DeleteSamplesRequest(ids=part, annotator=annotator, reason=reason))
+        except KeyboardInterrupt:
+            raise Interrupted(total, sent, len(part)) from None
         total.accepted += reply.accepted
         total.payloads_removed += reply.payloads_removed
         total.rejected_count += max(reply.rejected_count, len(reply.rejected))

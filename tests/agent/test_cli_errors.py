@@ -133,3 +133,57 @@ sys.exit(getattr(importlib.import_module(module), function)())
     done = subprocess.run([sys.executable, "-c", code, "status"], cwd=root, capture_output=True, text=True,
                           timeout=60)
     assert (done.returncode, done.stderr, done.stdout) == (130, "interrupted\n", ""), done.stderr[-2000:]
+
+
+class _CtrlCOnSecondDelete:
+    """A stub whose first DeleteSamples deletes every id it names and whose second is hit by Ctrl-C."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def DeleteSamples(self, req: Any, **_kw: Any) -> Any:
+        from shortlist.v1 import agent_pb2
+
+        self.calls += 1
+        if self.calls == 2:
+            raise KeyboardInterrupt
+        return agent_pb2.DeleteSamplesReply(accepted=len(req.ids), payloads_removed=len(req.ids))
+
+
+def test_ctrl_c_during_delete_samples_says_what_the_agent_may_have_deleted(monkeypatch: pytest.MonkeyPatch) -> None:
+    import functools
+    import json
+
+    monkeypatch.setattr(client, "delete_samples", functools.partial(client.delete_samples, chunk=2))  # 3 requests
+    ids = [f"s{i}" for i in range(6)]
+    monkeypatch.setattr(AgentTarget, "connect", lambda self: _CtrlCOnSecondDelete())
+    res = runner.invoke(app, ["delete-samples", "--yes", *ids, "--agent", AGENT])
+    assert res.exit_code == 130, res.output  # was: 130 and nothing said at all
+    assert res.stdout.splitlines() == ["deleted 2, rejected 0 (2 payload file(s) removed)"]
+    said = one_line(res.stderr)
+    assert "interrupted (Ctrl-C): the agent answered for 2 of the 6 ids" in said
+    assert "2 ids were sent without an answer: the agent may have deleted them (each request is one " \
+        "transaction" in said and "shortlist status" in said
+    res = runner.invoke(app, ["delete-samples", "--yes", *ids, "--agent", AGENT, "--json"])
+    assert res.exit_code == 130 and json.loads(res.stdout) == {
+        "deleted": 2, "payloads_removed": 2, "rejected": [], "rejected_count": 0, "interrupted": True, "sent": 4,
+        "unconfirmed": 2, "total": 6}
+
+
+class _CtrlCOnEveryCall:
+    def __getattr__(self, name: str) -> Any:
+        def call(*_a: Any, **_kw: Any) -> Any:
+            raise KeyboardInterrupt
+        return call
+
+
+@pytest.mark.parametrize(("args", "said"), [
+    (["select", "--budget", "2"], "interrupted (Ctrl-C)"),
+    (["prior"], "interrupted (Ctrl-C)"),
+    (["status"], "interrupted (Ctrl-C)"),
+    (["rename-class", "cat", "feline"], "interrupted (Ctrl-C): the agent may have made the rename"),
+])
+def test_ctrl_c_during_a_call_says_interrupted(monkeypatch: pytest.MonkeyPatch, args: list[str], said: str) -> None:
+    monkeypatch.setattr(AgentTarget, "connect", lambda self: _CtrlCOnEveryCall())
+    res = runner.invoke(app, [*args, "--agent", AGENT])
+    assert res.exit_code == 130 and said in one_line(res.stderr), res.output  # was: 130, silent
