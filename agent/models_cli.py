@@ -433,12 +433,12 @@ def _refused(agent: AgentTarget, e: Exception) -> str | None:
 
 
 def _fail(message: str, code: int, as_json: bool, fields: dict[str, Any]) -> NoReturn:
-    """Say why a command did nothing and exit with ``code``; with --json as a JSON object on stdout (``error``
-    and ``fields``), so a script that parses stdout gets an answer whatever happened."""
+    """Say why a command did nothing (stderr) and exit with ``code``; with --json also as a JSON object on
+    stdout (``error`` and ``fields``), so a script that parses stdout gets an answer whatever happened (the
+    rule of every command's --json: shortlist.console ``json_errors``)."""
     if as_json:
         print(json_line({"error": message, **fields}))
-    else:
-        typer.echo(message, err=True)
+    typer.echo(message, err=True)
     raise typer.Exit(code)
 
 

@@ -13,12 +13,14 @@ from types import FrameType
 
 import typer
 
+from shortlist.console import JsonErrorsGroup
+
 # gRPC's C core logs each failed TLS handshake (a plaintext client, an untrusted CA) as an "I1206 ..." line
 # without the peer's address, on the agent's log and before a client's own one-line explanation: errors
 # only, unless the user asks for more (GRPC_VERBOSITY=INFO / DEBUG). Before grpc is imported.
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False,
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False, cls=JsonErrorsGroup,
                   help="Shortlist: which images to label next, and what the rest probably are.")
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks: commands that print figures.")
 app.add_typer(bench_app, name="bench")
@@ -73,6 +75,24 @@ def _register() -> None:
 
 
 _register()
+
+
+def _json_errors_everywhere(typer_app: typer.Typer) -> None:
+    """Every command with --json (its ``as_json`` parameter), in ``typer_app`` and its groups, wrapped by
+    ``json_errors``: one rule for what --json prints when a command fails, kept in one place."""
+    import inspect
+
+    from shortlist.console import json_errors
+
+    for info in typer_app.registered_commands:
+        if info.callback is not None and "as_json" in inspect.signature(info.callback).parameters:
+            info.callback = json_errors(info.callback)
+    for group in typer_app.registered_groups:
+        if group.typer_instance is not None:
+            _json_errors_everywhere(group.typer_instance)
+
+
+_json_errors_everywhere(app)
 
 # What the training commands import and an agent-only install (requirements.txt alone) lacks.
 TRAINING_MODULES = frozenset({"torch", "torchvision", "onnxscript"})

@@ -187,3 +187,26 @@ def test_ctrl_c_during_a_call_says_interrupted(monkeypatch: pytest.MonkeyPatch, 
     monkeypatch.setattr(AgentTarget, "connect", lambda self: _CtrlCOnEveryCall())
     res = runner.invoke(app, [*args, "--agent", AGENT])
     assert res.exit_code == 130 and said in one_line(res.stderr), res.output  # was: 130, silent
+
+
+@pytest.mark.parametrize("args", [
+    ["status"], ["select", "--budget", "2"], ["prior"], ["list-labels"], ["delete-samples", "--yes", "a"],
+    ["label", "{missing}"], ["ingest", "{missing}"], ["export-labels", "--out", "{tmp}/x"],
+    ["backup", "--data-dir", "{missing}", "--out", "{tmp}/b"], ["restore", "{missing}", "{tmp}/r"],
+    ["check", "--data-dir", "{missing}"], ["models", "list", "--models", "{missing}"],
+    ["models", "rollback", "v0001", "--models", "{missing}"], ["select", "--budget", "0"],
+    ["status", "--no-such-option"],
+])
+def test_json_on_a_failure_prints_an_error_object_and_the_message_on_stderr(tmp_path: Path,
+                                                                            args: list[str]) -> None:
+    """One rule for --json when a command fails (docs/agent.md, "Exit status"): {"error": MESSAGE} on stdout,
+    the message on stderr as without --json, the same exit status."""
+    import json
+
+    argv = [a.format(missing=tmp_path / "missing", tmp=tmp_path) for a in args]
+    agent = [] if argv[0] in ("backup", "restore", "check", "models") else ["--agent", AGENT]
+    plain = runner.invoke(app, [*argv, *agent])
+    res = runner.invoke(app, [*argv, *agent, "--json"])
+    assert plain.exit_code == res.exit_code != 0, res.output
+    error = json.loads(res.stdout)["error"]  # was: nothing on stdout (only rollback printed an object)
+    assert error and one_line(error) in one_line(res.stderr), (res.stdout, res.stderr)
