@@ -1041,7 +1041,11 @@ def _group_cap(value: str) -> tuple[str, int]:
     if not value:
         return "", 0
     key, sep, count = value.rpartition("=")
-    if not sep or not key or not count.strip().isdigit() or not 1 <= int(count) <= 2**31 - 1:
+    if sep and key and count.strip().isdigit() and not 1 <= int(count) <= INT32_MAX:
+        console.print(f"[red]--max-per-group {escape(quoted(value))}[/red]: N must be from 1 to {INT32_MAX} (a "
+                      "request field's range)", highlight=False, soft_wrap=True)
+        raise typer.Exit(2)
+    if not sep or not key or not count.strip().isdigit():
         console.print(f"[red]--max-per-group {escape(quoted(value))}[/red]: must look like KEY=N, a metadata key and a "
                       "whole number >= 1 (e.g. event=1)", highlight=False, soft_wrap=True)
         raise typer.Exit(2)
@@ -1503,8 +1507,28 @@ def retract_labels(agent: AgentTarget,
         reply, interrupted = e.reply, e
     rejected = [_rejection(r) for r in reply.rejected]
     overwritten = [{"id": o.id, "label": o.label, "annotator": o.annotator} for o in reply.overwritten]
+    _unknown_id_hints(reply.rejected, list(ids or []), file)
     _print_reply(RETRACT_WORDING, reply.accepted, rejected, overwritten, as_json, interrupted, len(todo),
                  totals=_totals(reply))
+
+
+def _unknown_id_hints(rejected: Iterable[agent_pb2.Rejection], args: list[str], file: Path | None) -> None:
+    """Hints on stderr for ids the agent does not know that look like a mistake of the command line: an
+    argument that is a file here (``--file`` forgotten), and ids of ``file`` holding a comma (a labels CSV's
+    ``id,label`` rows without a header line: each line was read as one id, commas and all)."""
+    unknown = [r.id for r in rejected if r.code == agent_pb2.REJECTION_CODE_UNKNOWN_ID]
+    given = set(args)
+    for sid in [u for u in unknown if u in given and os.path.isfile(u)][:3]:
+        console.print(f"hint: {escape(printable(quoted(sid)))} is a file here: did you mean --file "
+                      f"{escape(printable(sid))}?", highlight=False, soft_wrap=True)
+    if file is not None:
+        with_comma = [u for u in unknown if u not in given and "," in u]
+        if with_comma:
+            console.print(f"hint: {len(with_comma)} unknown id(s) of {escape(str(file))} hold a comma (e.g. "
+                          f"{escape(printable(quoted(with_comma[0])))}): a file without a header line is read as "
+                          "one id a line, commas and all; for a CSV of rows id,label (the labels file `shortlist "
+                          "label` takes) add the header line id,label and its id column is read",
+                          highlight=False, soft_wrap=True)
 
 
 def _ids_given(ids: list[str], file: Path | None, expected: dict[str, str] | None) -> list[str]:
@@ -1549,6 +1573,7 @@ def delete_samples(agent: AgentTarget,
     except client.Interrupted as e:
         reply, interrupted = e.reply, e
     rejected = [_rejection(r) for r in reply.rejected]
+    _unknown_id_hints(reply.rejected, list(ids or []), file)
     if as_json:
         out = {"deleted": reply.accepted, "payloads_removed": reply.payloads_removed, "rejected": rejected,
                "rejected_count": reply.rejected_count}

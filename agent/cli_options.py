@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,6 +113,10 @@ def option_group(param: str, params: list[inspect.Parameter], build: Callable[[d
 
 def _agent_target(values: dict[str, Any]) -> AgentTarget:
     address = str(values["agent"])
+    scheme = re.match(r"(?i)(https?|grpcs?)://", address)
+    if scheme:  # gRPC would take "http" as a name-resolver scheme it lacks and wait, then say no agent answers
+        raise typer.BadParameter(f"--agent takes HOST:PORT without a scheme: drop {scheme.group(0)!r} (got "
+                                 f"{address!r}; TLS is --tls-ca)", param_hint="'--agent' / SHORTLIST_AGENT")
     port = address.rpartition(":")[2]
     if not address.startswith("unix:") and not (port.isdigit() and 0 < int(port) < 65536 and address[0] != ":"):
         raise typer.BadParameter(f"--agent takes HOST:PORT, e.g. 127.0.0.1:50051 (got {address!r})",

@@ -272,18 +272,17 @@ def import_command(
     from agent.cli import json_line
 
     def fail(message: str, code: int) -> NoReturn:
-        if as_json:
+        if as_json:  # the rule of every --json: the object on stdout, the message on stderr too
             print(json_line({"error": message, "published": None}))
-        else:
-            typer.echo(f"error: {message}", err=True)
+        typer.echo(f"error: {message}", err=True)
         raise typer.Exit(code)
 
     if not model.is_file():
         fail(f"{model} is not a file (give the .onnx file to import)", 2)
     try:  # the model's names and fixed size first: the size is the default for --size
         face = read_interface(model, input_name, output_name)
-    except ImportRefused as e:
-        fail(f"{e}; nothing was published", 1)
+    except ImportRefused as e:  # not an ONNX file, its external data missing, names that do not fit: bad input
+        fail(f"{e}; nothing was published", 2)
     try:
         pre = preprocess_from_options(preprocess, size, mean, std, interpolation, face.size, resize, crop_fraction)
     except ImportRefused as e:

@@ -210,3 +210,54 @@ def test_json_on_a_failure_prints_an_error_object_and_the_message_on_stderr(tmp_
     assert plain.exit_code == res.exit_code != 0, res.output
     error = json.loads(res.stdout)["error"]  # was: nothing on stdout (only rollback printed an object)
     assert error and one_line(error) in one_line(res.stderr), (res.stdout, res.stderr)
+
+
+class _UnknownIds:
+    """A stub that rejects every id of RetractLabels and DeleteSamples as unknown, as the agent does."""
+
+    def _reply(self, reply: Any, req: Any) -> Any:
+        from shortlist.v1 import agent_pb2
+
+        reply.rejected.extend(agent_pb2.Rejection(id=i, code=agent_pb2.REJECTION_CODE_UNKNOWN_ID,
+                                                  reason=f"unknown id {i!r}") for i in req.ids)
+        reply.rejected_count = len(req.ids)
+        return reply
+
+    def RetractLabels(self, req: Any, **_kw: Any) -> Any:
+        from shortlist.v1 import agent_pb2
+
+        return self._reply(agent_pb2.RetractLabelsReply(), req)
+
+    def DeleteSamples(self, req: Any, **_kw: Any) -> Any:
+        from shortlist.v1 import agent_pb2
+
+        return self._reply(agent_pb2.DeleteSamplesReply(), req)
+
+
+@pytest.mark.parametrize("command", [["retract-labels"], ["delete-samples", "--yes"]])
+def test_unknown_ids_that_look_like_a_command_line_slip_get_a_hint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   command: list[str]) -> None:
+    monkeypatch.setattr(AgentTarget, "connect", lambda self: _UnknownIds())
+    answers = tmp_path / "r.csv"
+    answers.write_text("cat/0010.jpg,cat\ndog/0003.jpg,dog\n")  # the rows `label` takes, no header line
+    res = runner.invoke(app, [*command, "--file", str(answers), "--agent", AGENT])
+    assert res.exit_code == 1, res.output
+    assert 'hint: 2 unknown id(s) of' in one_line(res.stderr) and "add the header line id,label" in res.stderr
+    res = runner.invoke(app, [*command, str(answers), "--agent", AGENT])  # the file given as an id
+    assert res.exit_code == 1 and f"did you mean --file {answers}?" in one_line(res.stderr), res.output
+    res = runner.invoke(app, [*command, "cat/0010.jpg", "--agent", AGENT])  # an unknown id, no more
+    assert res.exit_code == 1 and "hint" not in res.stderr, res.output
+
+
+def test_an_agent_address_with_a_scheme_is_refused_at_once() -> None:
+    res = runner.invoke(app, ["status", "--agent", "http://127.0.0.1:57299", "--connect-timeout", "10"])
+    assert res.exit_code == 2, res.output  # was: a 10 s wait, then "no agent answers"
+    assert "drop 'http://'" in one_line(res.stderr)
+
+
+def test_max_per_group_with_a_number_past_its_range_says_so(no_agent: None) -> None:
+    res = runner.invoke(app, ["select", "--budget", "2", "--max-per-group", "x=99999999999999999999",
+                              "--agent", AGENT])
+    assert res.exit_code == 2, res.output
+    said = one_line(res.stderr)
+    assert "N must be from 1 to 2147483647" in said and "must look like" not in said
