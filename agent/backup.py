@@ -221,8 +221,13 @@ def backup(data_dir: Path, out: Path, link: bool = True,
     stale = [p for p, _, alive in leftovers(out, ("partial",)) if not alive]
     for p in stale:
         shutil.rmtree(p, ignore_errors=True)
-    try:
+    try:  # a folder it may not write in (or a full disk): the backup cannot start, a usage error as above
         _start_copy(tmp)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise BackupUsageError(f"cannot write in {parent} for the backup: {e.strerror or e} (give --out a folder "
+                               "you can write in, with free space)") from None
+    try:
         summary = _backup_into(data_dir, tmp, link, progress)
         summary.source, summary.out = str(data_dir), str(out)
         summary.removed_stale = [str(p) for p in stale]
@@ -239,7 +244,7 @@ def backup(data_dir: Path, out: Path, link: bool = True,
             full = problem is not None and problem.code == grpc.StatusCode.RESOURCE_EXHAUSTED
             space = " (free space there, or back up elsewhere)" if full else ""
             what = f"SQLite: {e}" if isinstance(e, sqlite3.Error) else str(e)
-            raise BackupError(f"the backup failed and nothing was left at {out}: {what}{space}") from None
+            raise BackupError(f"nothing was left at {out}: {what}{space}") from None  # after "backup failed: "
         raise
     summary.seconds = round(time.monotonic() - t0, 3)
     return summary

@@ -261,3 +261,23 @@ def test_max_per_group_with_a_number_past_its_range_says_so(no_agent: None) -> N
     assert res.exit_code == 2, res.output
     said = one_line(res.stderr)
     assert "N must be from 1 to 2147483647" in said and "must look like" not in said
+
+
+def test_a_backup_that_cannot_write_its_folder_is_a_usage_error(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/agent.md: a backup that cannot start exits 2. (Simulated: the tests may run as root, who may write
+    in any folder.)"""
+    import agent.backup
+
+    def denied(tmp: Path) -> None:
+        raise PermissionError(13, "Permission denied", str(tmp))
+
+    monkeypatch.setattr(agent.backup, "_start_copy", denied)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "state.sqlite").write_bytes(b"")
+    (tmp_path / "ro").mkdir()
+    res = runner.invoke(app, ["backup", "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "ro" / "b")])
+    assert res.exit_code == 2, res.output  # was: exit 1, "backup failed: the backup failed and nothing was left"
+    said = one_line(res.stderr)
+    assert f"cannot back up: cannot write in {tmp_path / 'ro'} for the backup: Permission denied" in said
+    assert not list((tmp_path / "ro").iterdir())
