@@ -967,8 +967,13 @@ def ingest(agent: AgentTarget,
     try:  # before the stream: a missing source or split is a clear error, not a broken stream
         resolved = resolve_source(where, split)
     except (FileNotFoundError, NotADirectoryError, PermissionError) as e:
-        console.print(f"[red]cannot read {escape(source)}[/red]: {escape(_zip_refusal(where) or str(e))}",
-                      highlight=False)
+        why = _zip_refusal(where) or str(e)
+        if isinstance(e, PermissionError) and os.path.isdir(where):
+            try:  # the folder itself, not the first file a source kind looked for in it (a CIFAR batches.meta)
+                os.listdir(where)
+            except PermissionError:
+                why = "the folder is not readable (permission denied): give your user read access to it"
+        console.print(f"[red]cannot read {escape(source)}[/red]: {escape(why)}", highlight=False)
         raise typer.Exit(2) from None
     per_path = _read_meta_csv(meta_csv, resolved, source, metadata) if meta_csv is not None else None
     stub = _rpc(agent.connect)

@@ -281,3 +281,29 @@ def test_a_backup_that_cannot_write_its_folder_is_a_usage_error(tmp_path: Path,
     said = one_line(res.stderr)
     assert f"cannot back up: cannot write in {tmp_path / 'ro'} for the backup: Permission denied" in said
     assert not list((tmp_path / "ro").iterdir())
+
+
+def test_ingest_of_a_folder_it_cannot_read_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """(Simulated: the tests may run as root, who may read any folder.)"""
+    import os
+
+    import shortlist.datasets
+
+    folder = tmp_path / "nodir"
+    folder.mkdir()
+    listdir = os.listdir
+
+    def no_access(path: Any = ".") -> list[str]:
+        if Path(path) == folder:
+            raise PermissionError(13, "Permission denied", str(path))
+        return listdir(path)
+
+    def resolve(where: str, split: str) -> Any:  # as resolve_source meets it: probing for a CIFAR folder first
+        raise PermissionError(13, "Permission denied", os.path.join(where, "batches.meta"))
+
+    monkeypatch.setattr(os, "listdir", no_access)
+    monkeypatch.setattr(shortlist.datasets, "resolve_source", resolve)
+    res = runner.invoke(app, ["ingest", str(folder), "--agent", AGENT])
+    assert res.exit_code == 2, res.output
+    said = one_line(res.stderr)
+    assert "the folder is not readable (permission denied)" in said and "batches.meta" not in said
