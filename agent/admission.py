@@ -292,6 +292,8 @@ class Admission:
         self._running: dict[CancelToken, _Run] = {}
         # token -> (kind, size, prior CPU seconds), in arrival order
         self._waiting: dict[CancelToken, tuple[str, float | None, float | None]] = {}
+        # Calls holding a queue place while they wait for another call's answer, not for a slot (``park``)
+        self._parked: set[CancelToken] = set()
         self._refused = 0
         self._refused_deadline = 0
         self._closed = False
@@ -524,7 +526,7 @@ class Admission:
 
     def _retry_after_ms(self, wait_s: float | None = None) -> int:
         if wait_s is None:  # the queue ahead drains at max_concurrent calls per mean duration
-            wait_s = self._mean_s * (len(self._running) + len(self._waiting) + 1) / self.max_concurrent
+            wait_s = self._mean_s * (len(self._running) + self._queued() + 1) / self.max_concurrent
         return int(min(60_000, max(100, math.ceil(1000 * wait_s))))  # never hint below 100 ms
 
     # Per lane: what its calls are, and the `shortlist serve` flags that size it.
@@ -648,7 +650,7 @@ class Admission:
                 raise ShuttingDown()
             self._await_measure(token)
             full = len(self._running) >= self.max_concurrent
-            if full and len(self._waiting) >= self.max_queued:
+            if full and self._queued() >= self.max_queued:
                 raise self._queue_full_locked(call)
             probing = self._check_deadline_locked(call, full)
             if full:
@@ -673,6 +675,32 @@ class Admission:
                           " (cut)" if cut else "")
                 self._cond.notify()
 
+    @contextmanager
+    def park(self, token: CancelToken) -> Iterator[bool]:
+        """Hold a place in the lane's queue for the block, which waits for another call's answer rather than for
+        a slot (an identical Select in flight: ``Agent._single_flight``); yields False, holding nothing, when
+        the queue has no room (the caller then goes through ``slot`` as any call: a free slot, or Busy).
+        The gRPC thread pool is sized for the lanes' running and queued calls (agent/service.py), so a call
+        waiting in no queue at all took a thread outside that budget: 150 identical Selects had taken every
+        thread and a GetStatus timed out. A parked call is cancelled at shutdown, as a queued one is."""
+        with self._cond:
+            if self._closed:
+                raise ShuttingDown()
+            room = self._queued() < self.max_queued
+            if room:
+                self._parked.add(token)
+        try:
+            yield room
+        finally:
+            if room:
+                with self._cond:
+                    self._parked.discard(token)
+                    self._cond.notify_all()
+
+    def _queued(self) -> int:
+        """Queue places taken (lock held): the calls waiting for a slot and those parked (``park``)."""
+        return len(self._waiting) + len(self._parked)
+
     # ---- slot's steps (each with the lock held: they read and change the lane's state) ---------------
     def _queue_full_locked(self, call: _Call) -> Busy:
         """The refusal of a call that finds the running calls and the queue at the lane's limits (counted;
@@ -686,7 +714,7 @@ class Admission:
                               self._expected_wait(now, share), self._own(call.kind, share, call.size, call.prior),
                               call.token.remaining(), share)
         return Busy(f"the agent is busy: {len(self._running)} {self.lane} requests ({self._calls()}) "
-                    f"running and {len(self._waiting)} queued, the limits (max_concurrent="
+                    f"running and {self._queued()} queued, the limits (max_concurrent="
                     f"{self.max_concurrent}, max_queued={self.max_queued}; `shortlist serve {self._flags()}`)"
                     f"; {call.what} was not started; retry in about {hint} ms", hint / 1000)
 
@@ -903,7 +931,7 @@ class Admission:
         """Cancel every running and waiting call and refuse new ones."""
         with self._cond:
             self._closed = True
-            for t in [*self._running, *self._waiting]:
+            for t in [*self._running, *self._waiting, *self._parked]:
                 t.cancel("the agent is shutting down; the work was stopped; retry when it is back", ShuttingDown)
             self._cond.notify_all()
         if self._pool is not None:

@@ -1426,14 +1426,19 @@ class Agent:
                 self.select_cache.put(key, (list(chosen), kept, recorded), weight=max(1, len(chosen)))
             return SelectResult(chosen, version, strategy, recorded, details)  # "": no id of a selection not stored
 
-        return self._single_flight(key, version, strategy, token, lead)
+        # the lane its strategy runs in (_strategy_round): an identical Select waiting for this one holds a place
+        # in that lane's queue
+        lane = self.light_work if fn.is_light(take) else self.work
+        return self._single_flight(key, version, strategy, token, lead, lane)
 
     def _single_flight(self, key: Hashable, version: str, strategy: str, token: cancel.CancelToken | None,
-                       lead: Callable[[SelectCached | None], SelectResult]) -> SelectResult:
+                       lead: Callable[[SelectCached | None], SelectResult], lane: Admission) -> SelectResult:
         """The recorded answer of the Select of cache key ``key``: from the cache; or from an identical Select in
-        flight (waited for, in no admission slot, until ``token`` ends: concurrent clients, or a client's retry
-        after its own deadline, make one computation and one record); or from ``lead`` (given the cache's
-        unrecorded answer, if any), as the one in flight for ``key``."""
+        flight (waited for, in a place of ``lane``'s queue and no admission slot, until ``token`` ends:
+        concurrent clients, or a client's retry after its own deadline, make one computation and one record);
+        or from ``lead`` (given the cache's unrecorded answer, if any), as the one in flight for ``key``, or, when
+        ``lane``'s queue has no place to wait in, as an ordinary call of its own (through admission: a free slot,
+        or Busy as any call that finds the lane full)."""
         while True:
             cached = self.select_cache.get(key)
             if cached is not None and cached[2]:  # recorded, with its draw: the same selection again
@@ -1446,8 +1451,14 @@ class Agent:
             if leading:
                 break
             waiting = token or cancel.CancelToken()
-            while not flight.done.wait(0.05):
-                waiting.check()
+            # A waiter holds a gRPC thread: it takes a queue place, as a queued call does, so that the threads
+            # agent/service.py sizes for the lanes' running and queued calls bound the waiters too (150 waiters
+            # outside the queue had taken every thread: a GetStatus timed out).
+            with lane.park(waiting) as parked:
+                while parked and not flight.done.wait(0.05):
+                    waiting.check()
+            if not parked:  # no place left: an ordinary call, admitted or refused Busy as any (not the flight's)
+                return lead(cached)
             done = flight.result
             if done is not None and done.selection_id:
                 return replace(done, selected=list(done.selected), details=dict(done.details))
