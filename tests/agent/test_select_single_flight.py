@@ -14,6 +14,8 @@ import grpc
 import pytest
 
 from agent import client
+from agent.admission import Admission, Busy
+from agent.cancel import CancelToken, ShuttingDown
 from agent.config import WorkConfig
 from agent.limits import Limits
 from shortlist.v1 import agent_pb2
@@ -200,3 +202,18 @@ def test_a_leader_cancelled_by_its_client_leaves_the_work_to_a_waiter(tmp_path: 
         assert len(runs) == 2 and recorded(r) == before + 1
     finally:
         r.stop()
+
+
+def test_parked_calls_count_against_the_queue_and_are_cancelled_at_shutdown() -> None:
+    lane = Admission(max_concurrent=1, max_queued=2)
+    a, b, c, running = CancelToken(), CancelToken(), CancelToken(), CancelToken()
+    with lane.park(a) as pa, lane.park(b) as pb, lane.park(c) as pc:
+        assert (pa, pb, pc) == (True, True, False)  # two places, then none
+        # a free slot is still taken, but no call can queue
+        with lane.slot(running, "a Select"), pytest.raises(Busy, match=r"running and 2 queued"), \
+                lane.slot(CancelToken(), "another Select"):
+            pass
+        lane.shutdown()
+        assert a.cancelled and b.cancelled and not c.cancelled  # c held no place
+    with pytest.raises(ShuttingDown), lane.park(CancelToken()):
+        pass
