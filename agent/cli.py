@@ -873,18 +873,22 @@ def _print_ingest(reply: agent_pb2.IngestReply) -> None:
                       "file moved to another class folder?): both labels are kept; correct one with `shortlist "
                       "label`, or remove the stale id with `shortlist delete-samples`", highlight=False,
                       soft_wrap=True)
-    # An id stored with other bytes: from another file (ID_TAKEN), another source used the id (a new
-    # --id-prefix is the way); from the same file (FILE_CHANGED: replaced in place), a new prefix would store
-    # the whole source again, and the reason says what to do instead. The reason's words serve an agent older
-    # than Rejection.code (UNSPECIFIED).
+    # An id stored with other bytes: from another uri (ID_TAKEN), another source used the id (a new
+    # --id-prefix is the way); from the same uri (FILE_CHANGED), either the file was replaced in place (a new
+    # prefix would store the whole source again: delete and ingest again) or another source's file has the
+    # same path (two folders ingested from different working directories: a prefix is the way). The agent
+    # cannot tell those apart, so the hint says both. The reason's words serve an agent older than
+    # Rejection.code (UNSPECIFIED).
     taken = [r for r in reply.rejected if r.code == agent_pb2.REJECTION_CODE_ID_TAKEN
              or "already in the pool with a different payload" in r.reason]
     changed = [r for r in reply.rejected if r.code == agent_pb2.REJECTION_CODE_FILE_CHANGED]
     if changed:
-        console.print(f"hint: {len(changed)} of the rejected files were changed in place since they were ingested "
-                      f"(e.g. {escape(printable(quoted(changed[0].id)))}): to store the new bytes, delete the stored "
-                      "samples (`shortlist delete-samples ID ...`, or --file with the ids) and ingest again; or keep "
-                      "the stored ones", highlight=False, soft_wrap=True)
+        console.print(f"hint: {len(changed)} of the rejected files now hold other bytes than when they were "
+                      f"ingested from the same path (e.g. {escape(printable(quoted(changed[0].id)))}): if they were "
+                      "replaced in place, delete the stored samples (`shortlist delete-samples ID ...`, or --file "
+                      "with the ids) and ingest again, or keep the stored ones; if they are another source's files "
+                      "with the same paths, give each source its own --id-prefix, e.g. --id-prefix site2/",
+                      highlight=False, soft_wrap=True)
     if taken:
         console.print("hint: another source already used these ids (ids are paths inside the source); give each "
                       "source its own --id-prefix, e.g. --id-prefix site2/")
@@ -960,17 +964,17 @@ def ingest(agent: AgentTarget,
     from shortlist.datasets import IMAGE_EXTENSIONS, readable_name, resolve_source
 
     metadata = _pairs(meta, "--meta")
-    # Absolute: each sample's uri is its file's path (shortlist.datasets), and a path relative to the shell's
-    # directory meant nothing elsewhere (a cron job, `~/photos` beside `photos`). Not Path.resolve: a link's
-    # own name is kept (a tar's root folder is the one named like the archive).
-    where = os.path.abspath(Path(source).expanduser())
+    # Each sample's uri is its file's path as typed (relative stays relative), not made absolute: an agent
+    # older than duplicates_other_uri rejects a resend whose uri differs from the stored one (every image of
+    # a pool filled by an older CLI), and Label Studio's url matching finds a sample by its uri as a URL's
+    # tail. The agent counts a rerun from another directory as duplicates (note_other_uri).
     try:  # before the stream: a missing source or split is a clear error, not a broken stream
-        resolved = resolve_source(where, split)
+        resolved = resolve_source(source, split)
     except (FileNotFoundError, NotADirectoryError, PermissionError) as e:
-        why = _zip_refusal(where) or str(e)
-        if isinstance(e, PermissionError) and os.path.isdir(where):
+        why = _zip_refusal(source) or str(e)
+        if isinstance(e, PermissionError) and os.path.isdir(source):
             try:  # the folder itself, not the first file a source kind looked for in it (a CIFAR batches.meta)
-                os.listdir(where)
+                os.listdir(source)
             except PermissionError:
                 why = "the folder is not readable (permission denied): give your user read access to it"
         console.print(f"[red]cannot read {escape(source)}[/red]: {escape(why)}", highlight=False)

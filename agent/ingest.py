@@ -173,29 +173,22 @@ def differences(metadata: dict[str, str], s: Incoming, had: str, sent: str) -> s
     return "; ".join(differs[:3]) + (f"; and {len(differs) - 3} more" if len(differs) > 3 else "")
 
 
-def same_file(stored: str, sent: str) -> bool:
-    """Whether the uri stored with a sample and the one sent now name the same file: equal after
-    ``normpath`` (``a/./b`` = ``a/b``), or one relative and the other absolute and ending with the relative
-    one's parts less any leading ``..`` (an older CLI sent paths relative to its working directory, so an
-    older pool holds those; the CLI sends absolute ones now). "" (no uri) is no file."""
-    if not stored or not sent:
-        return False
-    a, b = posixpath.normpath(stored), posixpath.normpath(sent)
-    if a == b:
-        return True
-    if posixpath.isabs(a) == posixpath.isabs(b):
-        return False
-    rel, whole = (a, b) if posixpath.isabs(b) else (b, a)
-    tail = [p for p in rel.split("/") if p != ".."]  # (normpath leaves ".." only at the front)
-    return bool(tail) and whole.split("/")[-len(tail):] == tail
+def same_uri(stored: str, sent: str) -> bool:
+    """Whether the uri stored with a sample and the one sent now are the same path: equal after ``normpath``
+    (``a/./b`` = ``a/b``, ``a//b`` = ``a/b``). "" (no uri) is none. Only the path: the same path can still name
+    two files (two folders ingested from different working directories, a mount point reused), and a relative
+    uri and an absolute one are never taken for the same (a relative ``cat/0000.jpg`` is the tail of every
+    source's ``cat/0000.jpg``)."""
+    return bool(stored) and bool(sent) and posixpath.normpath(stored) == posixpath.normpath(sent)
 
 
 def note_other_uri(res: IngestResult | Prepared, uri: str, s: Incoming) -> None:
     """Count a duplicate ``s`` whose uri differs from ``uri`` (the stored one, or the id's first item's in this
-    batch): the same files read from another working directory, an absolute path, a card mounted elsewhere.
-    The stored uri is kept (a uri is where the sample came from, first); the reply says how many came from
-    elsewhere instead of rejecting each one (a rerun from another directory rejected every stored image)."""
-    if s.uri and s.uri != uri:
+    batch) as paths (``same_uri``; ``./cat/1.jpg`` is ``cat/1.jpg``): the same files read from another working
+    directory, an absolute path, a card mounted elsewhere. The stored uri is kept (a uri is where the sample
+    came from, first); the reply says how many came from elsewhere instead of rejecting each one (a rerun
+    from another directory rejected every stored image)."""
+    if s.uri and not same_uri(uri, s.uri):
         res.other_uri += 1
         if res.other_uri_example is None:
             res.other_uri_example = (s.id, uri, s.uri)
@@ -581,15 +574,18 @@ class IngestPipeline:
         the state lock. ``labels`` None (stage 1, no lock): that case is left to stage 3, and the return is
         True."""
         sid = s.id
-        if rec.sha256 != digest and same_file(rec.uri, s.uri):
-            # the same file with new bytes (replaced in place, then its folder ingested again): not another
-            # source's id, so a new --id-prefix (which would store the whole source again) is not the way
+        if rec.sha256 != digest and same_uri(rec.uri, s.uri):
+            # the same path with new bytes: a file replaced in place (a new --id-prefix would store the whole
+            # source again), or another source's file at the same path (two folders ingested from different
+            # working directories, a reused mount point: a new --id-prefix is the way). The agent cannot tell
+            # the two apart, so the reason says both.
             arg = ("-- " if sid.startswith("-") else "") + shlex.quote(sid)
             res.rejected.append(Rejected(sid, agent_pb2.REJECTION_CODE_FILE_CHANGED,
-                                         f"id {quoted(sid)} is stored from the same file with a different payload: "
-                                         f"the file {quoted(s.uri[-256:])} changed since it was ingested; to "
-                                         f"replace the stored sample, `shortlist delete-samples {arg}` then ingest "
-                                         "again (or keep the stored one)"))
+                                         f"id {quoted(sid)} is stored from the same uri with a different payload: "
+                                         f"the file {quoted(s.uri[-256:])} now holds other bytes than when it was "
+                                         "ingested: if it was replaced in place, `shortlist delete-samples "
+                                         f"{arg}` then ingest again (or keep the stored one); if it is another "
+                                         "source's file with the same path, give each source its own --id-prefix"))
         elif rec.sha256 != digest:
             res.rejected.append(Rejected(sid, agent_pb2.REJECTION_CODE_ID_TAKEN,
                                          f"id {quoted(sid)} is already in the pool with a different payload; ids must "

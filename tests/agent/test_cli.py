@@ -433,11 +433,13 @@ def test_ingest_reads_a_file_name_that_is_not_utf8_and_says_what_it_skipped(tmp_
     assert labels == {"lat/cat/caf\\xe9.png": "cat", "lat/cat/ok.png": "cat"}
 
 
-def test_a_file_replaced_in_place_gets_the_delete_hint_not_the_id_prefix_one(tmp_path: Path,
-                                                                            running: Running) -> None:
-    """A file overwritten with new bytes, then its folder ingested again: the rejection and the hint say to
-    delete the stored sample and ingest again; the --id-prefix hint (which would store the whole folder
-    again) is only for an id another file used. After delete-samples the new bytes are stored."""
+def test_an_id_from_the_same_uri_with_other_bytes_gets_both_hints(tmp_path: Path, running: Running,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same path with new bytes is a file replaced in place, or another source's file with the same path
+    (two folders ingested from their own directories): the rejection and the hint give both ways. A stored
+    relative uri that is the tail of the path sent now (``cd test && ingest .``, then ``ingest train`` from
+    the parent) is another file: it was told it "changed since it was ingested", to delete the labelled test
+    sample, and got no --id-prefix hint. After delete-samples the new bytes are stored."""
     src = image_folder(tmp_path / "imgs", 4)
     run("ingest", str(src), "--agent", running.address, "--id-prefix", "c/")
     new = png(255 - make_images(1)[0])
@@ -445,22 +447,38 @@ def test_a_file_replaced_in_place_gets_the_delete_hint_not_the_id_prefix_one(tmp
     res = runner.invoke(app, ["ingest", str(src), "--agent", running.address, "--id-prefix", "c/"])
     text = " ".join(res.output.split())
     assert res.exit_code == 0 and "accepted 0, duplicates 3, rejected 1" in text, text
-    assert (f"c/cat/000.png: id \"c/cat/000.png\" is stored from the same file with a different payload: the file "
-            f"\"{src / 'cat' / '000.png'}\" changed since it was ingested; to replace the stored sample, "
-            "`shortlist delete-samples c/cat/000.png` then ingest again (or keep the stored one)") in text, text
-    assert "hint: 1 of the rejected files were changed in place" in text and "--id-prefix" not in text, text
-    # another file under the same id (another folder, no prefix of its own): the --id-prefix hint
-    other = tmp_path / "other" / "c" / "cat"
-    other.mkdir(parents=True)
-    (other / "002.png").write_bytes(new)
-    res = runner.invoke(app, ["ingest", str(tmp_path / "other"), "--agent", running.address])
-    text = " ".join(res.output.split())
-    assert res.exit_code == 1 and "give each source its own --id-prefix" in text and "changed in place" not in text
+    assert (f"c/cat/000.png: id \"c/cat/000.png\" is stored from the same uri with a different payload: the file "
+            f"\"{src / 'cat' / '000.png'}\" now holds other bytes than when it was ingested: if it was replaced in "
+            "place, `shortlist delete-samples c/cat/000.png` then ingest again (or keep the stored one); if it is "
+            "another source's file with the same path, give each source its own --id-prefix") in text, text
+    assert ("hint: 1 of the rejected files now hold other bytes than when they were ingested from the same path "
+            "(e.g. \"c/cat/000.png\"): if they were replaced in place, delete the stored samples") in text, text
+    assert "if they are another source's files with the same paths, give each source its own --id-prefix" in text
+    assert "another source already used these ids" not in text, text
     run("delete-samples", "c/cat/000.png", "--yes", "--agent", running.address)
     out = json.loads(run("ingest", str(src), "--agent", running.address, "--id-prefix", "c/", "--json"))
     assert (out["accepted"], out["duplicates"], out["rejected"]) == (1, 3, [])
     stored = {s.id: s.encoded_image for s in client.list_samples(running.stub, include_payload=True)}
     assert stored["c/cat/000.png"] == new
+    # test/ ingested from inside it (uris cat/000.png, ...), then train/ from the parent: another source
+    image_folder(tmp_path / "data" / "test", 2)
+    (tmp_path / "data" / "train" / "cat").mkdir(parents=True)
+    (tmp_path / "data" / "train" / "cat" / "000.png").write_bytes(new)
+    monkeypatch.chdir(tmp_path / "data" / "test")
+    assert json.loads(run("ingest", ".", "--agent", running.address, "--json"))["accepted"] == 2
+    monkeypatch.chdir(tmp_path / "data")
+    res = runner.invoke(app, ["ingest", "train", "--agent", running.address, "--json"])
+    assert res.exit_code == 1 and [r["code"] for r in json.loads(res.stdout)["rejected"]] == [
+        "REJECTION_CODE_ID_TAKEN"], res.output
+    res = runner.invoke(app, ["ingest", "train", "--agent", running.address])
+    text = " ".join(res.output.split())
+    assert "give each source its own --id-prefix" in text and "delete-samples" not in text, text
+    # train/ ingested from inside it too: the same uri cat/000.png, and the two ways said
+    monkeypatch.chdir(tmp_path / "data" / "train")
+    res = runner.invoke(app, ["ingest", ".", "--agent", running.address])
+    text = " ".join(res.output.split())
+    assert "rejected 1" in text and "shortlist delete-samples cat/000.png" in text, text
+    assert "if they are another source's files with the same paths, give each source its own --id-prefix" in text
 
 
 def test_a_tar_holding_a_name_twice_stores_the_last_copy(tmp_path: Path, running: Running) -> None:
@@ -1464,20 +1482,27 @@ def test_status_by_annotator_counts_what_each_person_did(running: Running) -> No
         run("status", "--agent", running.address)
 
 
-def test_the_same_ingest_from_another_directory_or_path_is_all_duplicates(tmp_path: Path, running: Running,
-                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    """`shortlist ingest data/odd`, then the same with an absolute path (a cron job) or through a link, rejected
-    every stored image ("stored with another uri"): the uri is the file's absolute path, and the same ids and
-    bytes read from another place are duplicates (said once, the stored uri kept), exit 0."""
+def test_ingest_sends_the_path_as_typed_and_a_rerun_from_elsewhere_is_all_duplicates(
+        tmp_path: Path, running: Running, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each uri is the path as typed (relative stays relative): an absolute one made a rerun against an agent
+    older than duplicates_other_uri reject every stored image, and Label Studio's url matching (a task URL
+    ending with the uri) find none. The same command again from the same directory: duplicates, no note;
+    with an absolute path or through a link from another directory: duplicates, exit 0, said once, the stored
+    uri kept."""
     image_folder(tmp_path / "data" / "odd", 6)
     monkeypatch.chdir(tmp_path)
     first = json.loads(run("ingest", "data/odd", "--agent", running.address, "--json"))
     assert first["accepted"] == 6
     uris = {s.id: s.uri for s in running.stub.ListSamples(agent_pb2.ListSamplesRequest())}
-    assert uris["cat/000.png"] == str(tmp_path / "data" / "odd" / "cat" / "000.png")  # absolute
+    assert uris["cat/000.png"] == "data/odd/cat/000.png"  # as typed
+    same = runner.invoke(app, ["ingest", "data/odd", "--agent", running.address])
+    assert same.exit_code == 0, same.output
+    assert same.stdout.splitlines()[0] == "accepted 0, duplicates 6, rejected 0"
+    assert "another place" not in same.output, same.output
     again = runner.invoke(app, ["ingest", str(tmp_path / "data" / "odd"), "--agent", running.address])
     assert again.exit_code == 0, again.output
     assert again.stdout.splitlines()[0] == "accepted 0, duplicates 6, rejected 0"
+    assert "6 of the duplicates were read from another place" in again.stderr
     (tmp_path / "card").symlink_to(tmp_path / "data" / "odd")  # the same files mounted elsewhere
     monkeypatch.chdir(tmp_path / "data")
     moved = runner.invoke(app, ["ingest", "../card", "--agent", running.address])
@@ -1486,6 +1511,19 @@ def test_the_same_ingest_from_another_directory_or_path_is_all_duplicates(tmp_pa
     assert "6 of the duplicates were read from another place" in moved.stderr
     assert "the stored uri is kept" in moved.stderr
     assert {s.id: s.uri for s in running.stub.ListSamples(agent_pb2.ListSamplesRequest())} == uris
+
+
+def test_label_studio_finds_a_sample_ingested_with_id_prefix_by_its_uri(tmp_path: Path, running: Running,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Label Studio's url rule matches a task URL that ends with a sample's id or its uri (docs/app.md): with
+    --id-prefix only the uri can match a local-files URL, and an absolute uri never ends a URL's path."""
+    from agent.web.labelstudio import SampleIndex
+
+    image_folder(tmp_path / "photos", 2)
+    monkeypatch.chdir(tmp_path)
+    run("ingest", "photos", "--id-prefix", "siteA/", "--agent", running.address)
+    index = SampleIndex((s.id, s.uri) for s in running.stub.ListSamples(agent_pb2.ListSamplesRequest()))
+    assert index.by_url("/data/local-files/?d=photos/cat/000.png") == "siteA/cat/000.png"
 
 
 def test_ids_are_printed_with_control_characters_escaped(tmp_path: Path, running: Running) -> None:

@@ -14,7 +14,7 @@ import pytest
 from agent.config import AgentConfig, Limits
 from agent.core import Agent
 from agent.errors import Cancelled, DeadlineExceeded, ResourceExhausted
-from agent.ingest import Incoming, same_file
+from agent.ingest import Incoming, same_uri
 from shortlist.v1 import agent_pb2
 from tests.agent.conftest import Running, make_images, make_samples, png
 
@@ -332,38 +332,59 @@ def test_a_resend_from_another_place_is_a_duplicate_that_keeps_the_stored_uri(ru
     assert (same.duplicates, same.duplicates_other_uri, same.HasField("other_uri_example")) == (3, 0, False)
 
 
-def test_a_file_replaced_in_place_is_told_apart_from_another_sources_id(agent: Agent) -> None:
-    """Same id, new bytes: when the uri sent is the stored one (the file was replaced in place and its folder
-    ingested again) the rejection says to delete the stored sample and ingest again, not to use a new id (a
-    new --id-prefix would store the whole folder again); from another file it is another source's id. An
-    older pool holds relative uris (an older CLI sent them): one that is the tail of the absolute uri sent now
-    is the same file: FILE_CHANGED, the other ID_TAKEN; nothing stored changes."""
-    imgs = make_images(6)
-    first = [image(f"s{i}", imgs[i]) for i in range(3)]
-    first[0].uri, first[1].uri, first[2].uri = "/d/red/001.png", "red/002.png", "/d/red/003.png"
-    assert agent.ingest.batch(first).accepted == 3
-    again = [image(f"s{i}", imgs[i + 3]) for i in range(3)]
-    again[0].uri, again[1].uri, again[2].uri = "/d/red/./001.png", "/d/red/002.png", "/site2/red/003.png"
+def test_an_id_stored_from_the_same_uri_with_other_bytes_says_both_ways(agent: Agent) -> None:
+    """Same id, new bytes: when the uri sent is the stored one as paths, the file was replaced in place (a new
+    --id-prefix would store the whole folder again) or another source's file has the same path (two folders
+    ingested from different working directories): FILE_CHANGED, whose reason says both ways. A stored relative
+    uri that is the tail of the absolute one sent is no proof of one file (stored ``red/002.png`` from ``cd
+    test && ingest .``, then train's ``/d/train/red/002.png``): it was taken for the same file and the reason
+    advised deleting the stored sample. It and another absolute path are another source's id (ID_TAKEN);
+    nothing stored changes."""
+    imgs = make_images(8)
+    first = [image(f"s{i}", imgs[i]) for i in range(4)]
+    for s, uri in zip(first, ("/d/red/001.png", "red/002.png", "/d/red/003.png", "red/004.png"), strict=True):
+        s.uri = uri
+    assert agent.ingest.batch(first).accepted == 4
+    again = [image(f"s{i}", imgs[i + 4]) for i in range(4)]
+    for s, uri in zip(again, ("/d/red/./001.png", "/d/train/red/002.png", "/site2/red/003.png", "./red/004.png"),
+                      strict=True):
+        s.uri = uri
     res = agent.ingest.batch(again)
     assert res.accepted == 0 and [(r.id, r.code) for r in res.rejected] == [
-        ("s0", agent_pb2.REJECTION_CODE_FILE_CHANGED), ("s1", agent_pb2.REJECTION_CODE_FILE_CHANGED),
-        ("s2", agent_pb2.REJECTION_CODE_ID_TAKEN)]
-    for r in res.rejected[:2]:
-        assert "changed since it was ingested" in r.reason
-        assert f"`shortlist delete-samples {r.id}` then ingest again" in r.reason
-        assert "new id" not in r.reason
-    assert "already in the pool with a different payload" in res.rejected[2].reason
-    assert "changed since it was ingested" not in res.rejected[2].reason
-    assert [agent.state.lookup(f"s{i}").uri for i in range(3)] == [  # type: ignore[union-attr]
-        "/d/red/001.png", "red/002.png", "/d/red/003.png"]
+        ("s0", agent_pb2.REJECTION_CODE_FILE_CHANGED), ("s1", agent_pb2.REJECTION_CODE_ID_TAKEN),
+        ("s2", agent_pb2.REJECTION_CODE_ID_TAKEN), ("s3", agent_pb2.REJECTION_CODE_FILE_CHANGED)]
+    for r in (res.rejected[0], res.rejected[3]):
+        assert "now holds other bytes than when it was ingested: if it was replaced in place, " \
+               f"`shortlist delete-samples {r.id}` then ingest again (or keep the stored one); if it is another " \
+               "source's file with the same path, give each source its own --id-prefix" in r.reason, r.reason
+    for r in res.rejected[1:3]:
+        assert "already in the pool with a different payload" in r.reason and "delete-samples" not in r.reason
+    assert [agent.state.lookup(f"s{i}").uri for i in range(4)] == [  # type: ignore[union-attr]
+        "/d/red/001.png", "red/002.png", "/d/red/003.png", "red/004.png"]
 
 
-def test_same_file_compares_uris_as_paths() -> None:
-    assert same_file("/d/a/./b.png", "/d/a/b.png") and same_file("a/b.png", "/d/a/b.png")
-    assert same_file("/d/a/b.png", "../a/b.png")  # (either side may be the relative one)
-    assert not same_file("/d/a/b.png", "/e/a/b.png") and not same_file("x/b.png", "/d/a/b.png")
-    assert not same_file("", "") and not same_file("b.png", "") and not same_file("..", "/d")
-    assert same_file("/d/x.tar:a/b.png", "/d/x.tar:a/b.png")
+def test_same_uri_compares_uris_as_paths_only() -> None:
+    assert same_uri("/d/a/./b.png", "/d/a/b.png") and same_uri("a//b.png", "./a/b.png")
+    assert not same_uri("a/b.png", "/d/a/b.png") and not same_uri("/d/a/b.png", "../a/b.png")  # no tails
+    assert not same_uri("/d/a/b.png", "/e/a/b.png") and not same_uri("x/b.png", "/d/a/b.png")
+    assert not same_uri("", "") and not same_uri("b.png", "")
+    assert same_uri("/d/x.tar:a/b.png", "/d/x.tar:a/b.png")
+
+
+def test_a_resend_of_the_same_uri_written_otherwise_is_no_other_place(running: Running) -> None:
+    """``note_other_uri`` compared the uris as strings: ``./data/s0.png`` (``ingest ./data``) against a stored
+    ``data/s0.png`` was counted as read from another place. As paths they are one; another path still counts."""
+    samples = make_samples(2)
+    for s in samples:
+        s.uri = f"data/{s.id}.png"
+    assert running.stub.Ingest(iter([agent_pb2.IngestRequest(samples=samples)])).accepted == 2
+    for s in samples:
+        s.uri = f"./data//{s.id}.png"
+    reply = running.stub.Ingest(iter([agent_pb2.IngestRequest(samples=samples)]))
+    assert (reply.duplicates, reply.duplicates_other_uri, reply.HasField("other_uri_example")) == (2, 0, False)
+    samples[1].uri = "/abs/data/s1.png"
+    reply = running.stub.Ingest(iter([agent_pb2.IngestRequest(samples=samples)]))
+    assert (reply.duplicates, reply.duplicates_other_uri) == (2, 1)
 
 
 def test_a_labelled_ingest_says_when_the_same_bytes_are_stored_with_another_label(running: Running) -> None:
