@@ -154,7 +154,10 @@ def pretrain_cmd(
     threads: int | None = typer.Option(None, min=1, help="CPU threads (1 is faster on a busy shared machine)"),
     procs: int = typer.Option(1, min=1, help="data-parallel processes on this machine (DDP, gloo on CPU; "
                               "--batch-size stays global). On a 2-core CPU, 2 single-thread ranks beat one 2-thread "
-                              "process (docs/training.md, \"CPU defaults and why\")"),
+                              "process (docs/training.md, \"CPU defaults and why\"). At most the CPU cores this "
+                              "process may use, unless --oversubscribe"),
+    oversubscribe: bool = typer.Option(False, "--oversubscribe", help="allow --procs above the CPU core count "
+                                       "(each rank is a process holding the model and the decoded data)"),
     seed: int = typer.Option(PRETRAIN["seed"]),
 ) -> None:
     """Self-supervised pretraining of an encoder (kNN accuracy on the held-out split when labels exist)."""
@@ -187,18 +190,36 @@ def pretrain_cmd(
     if procs > 1:
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise typer.BadParameter("--procs starts its own processes; under torchrun leave it out")
+        cores = usable_cores()
+        if procs > cores and not oversubscribe:  # each rank imports torch and decodes the data: 999 fills the RAM
+            raise typer.BadParameter(f"{procs} is more than the {cores} CPU cores this process may use: give "
+                                     f"--procs {cores} or less, or add --oversubscribe to start {procs} anyway",
+                                     param_hint="--procs")
         from training.loop import check_device
-        from training.pretrain import check_settings
+        from training.pretrain import check_before_launch
 
         try:
-            check_settings(cfg)  # settings errors once, here, rather than from every rank
+            # settings, --out and the batch against the data's size once, here, rather than from every rank
+            # after all of them have started
+            check_before_launch(cfg, procs)
             check_device(cfg.device)
-        except ValueError as e:
-            console.print(f"[red]error:[/] {e}")
+        except (ValueError, FileNotFoundError, FileExistsError) as e:
+            console.print(f"[red]error:[/] {escape(str(e))}", highlight=False)
             raise typer.Exit(2) from None
+        except OSError as e:  # e.g. an unreadable source
+            console.print(f"[red]error:[/] {escape(str(e))}", highlight=False)
+            raise typer.Exit(1) from None
         _launch_local(cfg, procs)
         return
     _pretrain_worker(cfg)
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask, e.g. a container's or taskset's cpuset; the
+    machine's count where the OS has no such mask)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def _pretrain_worker(cfg: PretrainConfig) -> None:
@@ -235,7 +256,7 @@ def _launch_local(cfg: PretrainConfig, procs: int) -> None:
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     if cfg.threads is None and cfg.device != "cuda":
-        cfg = dataclasses.replace(cfg, threads=max(1, (os.cpu_count() or 1) // procs))
+        cfg = dataclasses.replace(cfg, threads=max(1, usable_cores() // procs))
     launch = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=procs, run_id=f"shortlist-{uuid.uuid4().hex}",
                           rdzv_backend="c10d", rdzv_endpoint="127.0.0.1:0", max_restarts=0)
     previous = signal.signal(signal.SIGTERM, _raise_signal_exception)  # the launcher's own handler comes later

@@ -228,6 +228,39 @@ def check_settings(config: PretrainConfig) -> PretrainConfig:
     return cfg
 
 
+def check_before_launch(config: PretrainConfig, world: int) -> None:
+    """The cheap checks of ``_prepare`` that need no model and no decoded image, for ``--procs`` to make once
+    before it starts ``world`` ranks (each imports torch and decodes the data: a bad --out or a batch larger
+    than the data used to be found only then, by every rank). FileExistsError: --out holds a run (no
+    --resume); ValueError: the batch is smaller than ``world`` or larger than the source's image count
+    (files listed, none decoded: an unreadable one is found later, by the ranks); FileNotFoundError: no such
+    source or split."""
+    from shortlist.datasets import MissingSplit, resolve_source, source_paths
+    from training.data import SPLIT_HINTS
+
+    cfg = check_settings(config)
+    assert cfg.batch_size is not None
+    if cfg.batch_size < world:
+        raise ValueError(f"--batch-size {cfg.batch_size} is the global batch: give at least one image for each of "
+                         f"the {world} processes")
+    run_dir = Path(cfg.out)
+    if run_dir.exists() and (run_dir / loop.CHECKPOINT).exists() and not cfg.resume:
+        raise FileExistsError(f"{run_dir} already holds a run: pass --resume to continue it, or another --out")
+    if cfg.resume:
+        _check_resumable(run_dir)
+    try:
+        count = len(source_paths(resolve_source(cfg.data, "train")))
+    except MissingSplit as e:
+        raise FileNotFoundError(e.said(SPLIT_HINTS["train"])) from None
+    if cfg.limit is not None:
+        count = min(count, cfg.limit)
+    if cfg.subset is not None:
+        count = min(count, len(cfg.subset))
+    if count // cfg.batch_size == 0:
+        raise ValueError(f"--batch-size {cfg.batch_size} is larger than the {count} training images of "
+                         f"{cfg.data}: give --batch-size {max(1, count // 2)} or less, or more data")
+
+
 def build_optimizer(model: SSLMethod, lr: float, weight_decay: float) -> torch.optim.Optimizer:
     """SGD (momentum 0.9). The method's ``fixed_lr_params`` (SimSiam's predictor: Chen & He 2021, Sec. 4.2
     "Predictor": a constant lr for h, without decay, works better) form a group marked ``fixed_lr``; the rest
