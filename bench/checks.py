@@ -3,14 +3,13 @@ imbalanced (then balanced accuracy is the figure to judge by), and a lock on an 
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 
 import typer
 
 from shortlist.balance import IMBALANCE_RATIO, is_imbalanced
-from shortlist.locks import Locked, PidLock
+from shortlist.locks import FolderLock, Locked
 
 LOCK_FILE = "bench.lock"
 
@@ -39,33 +38,27 @@ def class_counts_said(counts: Sequence[int], names: Sequence[str] | None = None)
 
 
 class OutLock:
-    """The lock on ``<out>/bench.lock`` (shortlist.locks, as the agent's DataDirLock holds its data folder) while a
-    bench command (``command``, e.g. "bench cifar10") writes ``out``: a second run into the same folder would
+    """The lock on ``<out>/bench.lock`` (shortlist.locks.FolderLock, as training runs hold theirs) while a bench
+    command (``command``, e.g. "bench cifar10") writes ``out``: a second run into the same folder would
     overwrite the first's cells, or (bench cifar10) start a second agent on its data folder. Exit 2 with one
-    ``error:`` line naming the holder's pid when another process holds it. The holder may be another bench
-    command (a `bench report` into a folder `bench cifar10` is writing), so the line names none."""
+    ``error:`` line naming the holder's pid when another process holds it (the holder may be another bench
+    command, a `bench report` into a folder `bench cifar10` is writing, so the line names none), or when ``out``
+    is a file. ``release`` removes the lock file, and the folder when the lock made it and nothing was written
+    into it (the command refused its input): bad input leaves nothing behind."""
 
     def __init__(self, out: Path, command: str) -> None:
-        self._out = out
-        self._created = not out.exists()
-        out.mkdir(parents=True, exist_ok=True)
         try:
-            self._lock = PidLock(out / LOCK_FILE)
+            self._lock = FolderLock(out, LOCK_FILE)
         except Locked as e:
             typer.echo(f"error: {out} is in use by another `shortlist bench` run{e.who}; wait for it to finish, or "
                        f"give this `{command}` its own --out", err=True)
             raise typer.Exit(2) from None
+        except (FileExistsError, NotADirectoryError):
+            typer.echo(f"error: --out {out} is a file (or lies under one): give `{command}` a folder to write its "
+                       "results into", err=True)
+            raise typer.Exit(2) from None
 
     def release(self) -> None:
-        """Drop the lock; a folder this lock created and nothing else wrote (the command refused its input) is
-        removed, so bad input leaves nothing behind. The file is unlinked while still locked: a run that opened
-        it meanwhile is refused, one that opens it afterwards makes a new one (and the folder stays)."""
-        if self._created and [p.name for p in self._out.iterdir()] == [LOCK_FILE]:
-            (self._out / LOCK_FILE).unlink(missing_ok=True)
-            self._lock.release()
-            with contextlib.suppress(OSError):  # another run wrote into it meanwhile: it is theirs
-                self._out.rmdir()
-            return
         self._lock.release()
 
     def __enter__(self) -> OutLock:

@@ -7,7 +7,8 @@ import dataclasses
 import json
 import os
 import signal
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from agent.cli_options import AgentTarget, agent_options
 from shortlist.atomic import NotWholeJson, read_json
 from shortlist.console import INTERRUPTED_EXIT, make_console
 from shortlist.datasets import sources_said
+from shortlist.locks import FolderLock, Locked
 from training.configs import CycleConfig, FinetuneConfig, PretrainConfig
 from training.modes import FINETUNE_MODES, METHOD_CLASSES, METHOD_NAMES, MODES, frozen_mode, help_list
 
@@ -110,6 +112,36 @@ def _run_config(out: Path) -> dict[str, Any] | None:
         return None
 
 
+RUN_LOCK = "run.lock"  # in a run folder while pretrain, finetune or cycle writes it (shortlist.locks.FolderLock)
+
+
+@contextmanager
+def _run_lock(out: Path, command: str) -> Iterator[None]:
+    """Hold ``out``/run.lock while ``shortlist <command>`` writes the run folder ``out``: two runs into one folder
+    both finished with exit 0 and their files mixed. Another run holding it: exit 2 naming its pid. Taken by
+    the launching process only (not by torchrun's other ranks, which write nothing of their own there)."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        yield
+        return
+    try:
+        lock = FolderLock(out, RUN_LOCK)
+    except Locked as e:
+        console.print(f"[red]error:[/] {escape(str(out))} is in use by another training run{e.who}: wait for it to "
+                      f"finish, or give this `shortlist {command}` another --out", highlight=False)
+        raise typer.Exit(2) from None
+    except (FileExistsError, NotADirectoryError):
+        console.print(f"[red]error:[/] --out {escape(str(out))} is a file (or lies under one): give a folder for "
+                      "the run", highlight=False)
+        raise typer.Exit(2) from None
+    except OSError as e:  # e.g. an --out folder this user cannot write: one line, not a traceback
+        console.print(f"[red]error:[/] {escape(str(e))}", highlight=False)
+        raise typer.Exit(1) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 LIMIT_HELP = ("only the first N samples in the source's order (smoke runs; not a random sample: on a source sorted "
               "by class, such as the CIFAR tars, that is the first class or two, and a warning says so)")
 
@@ -198,20 +230,22 @@ def pretrain_cmd(
         from training.loop import check_device
         from training.pretrain import check_before_launch
 
-        try:
-            # settings, --out and the batch against the data's size once, here, rather than from every rank
-            # after all of them have started
-            check_before_launch(cfg, procs)
-            check_device(cfg.device)
-        except (ValueError, FileNotFoundError, FileExistsError) as e:
-            console.print(f"[red]error:[/] {escape(str(e))}", highlight=False)
-            raise typer.Exit(2) from None
-        except OSError as e:  # e.g. an unreadable source
-            console.print(f"[red]error:[/] {escape(str(e))}", highlight=False)
-            raise typer.Exit(1) from None
-        _launch_local(cfg, procs)
+        with _run_lock(out, "pretrain"):
+            try:
+                # settings, --out and the batch against the data's size once, here, rather than from every rank
+                # after all of them have started
+                check_before_launch(cfg, procs)
+                check_device(cfg.device)
+            except (ValueError, FileNotFoundError, FileExistsError) as e:
+                console.print(f"[red]error:[/] {escape(str(e))}", highlight=False)
+                raise typer.Exit(2) from None
+            except OSError as e:  # e.g. an unreadable source
+                console.print(f"[red]error:[/] {escape(str(e))}", highlight=False)
+                raise typer.Exit(1) from None
+            _launch_local(cfg, procs)
         return
-    _pretrain_worker(cfg)
+    with _run_lock(out, "pretrain"):
+        _pretrain_worker(cfg)
 
 
 def usable_cores() -> int:
@@ -322,6 +356,8 @@ def finetune_cmd(
     threads: int | None = typer.Option(None, min=1),
     device: str = typer.Option(FINETUNE["device"]),
     seed: int = typer.Option(FINETUNE["seed"]),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace the finished run --out holds (its encoder.pt "
+                                   "and summary.json) with this one"),
 ) -> None:
     """Fine-tune with labels (linear probe, full, AS3L semi-supervised, MoBYv2AL joint)."""
     from training.finetune import FinetuneConfig, finetune
@@ -338,21 +374,28 @@ def finetune_cmd(
                          batch_size=batch_size, lr=lr, prior_iters=prior_iters, prior_after=prior_after,
                          head_init=head_init, ema=ema, preprocess=preprocess,
                          threads=threads, device=device, seed=seed)
-    from training.loop import Interrupted
+    from training.loop import ENCODER, Interrupted, read_summary
 
-    try:
-        run = finetune(cfg, console=console, eval_from_data=True)
-    except (ValueError, FileNotFoundError) as e:
-        console.print(f"[red]error:[/] {e}")
-        raise typer.Exit(2) from None
-    except OSError as e:  # e.g. an --out folder this user cannot write: one line, not a traceback
-        console.print(f"[red]error:[/] {escape(str(e))}", highlight=False)
-        raise typer.Exit(1) from None
-    except Interrupted as e:
-        console.print(f"[yellow]{e}[/]")
-        raise typer.Exit(INTERRUPTED_EXIT) from None
-    finally:
-        close_process_group()  # under torchrun: leave the group before the interpreter exits
+    with _run_lock(out, "finetune"):
+        # finetune() would discard the finished run's encoder.pt and summary.json (a pretraining run's too, e.g.
+        # the --init run given as --out): refused unless asked for, as pretrain refuses a folder holding a run
+        if not overwrite and read_summary(out) is not None and (out / ENCODER).is_file():
+            console.print(f"[red]error:[/] {escape(str(out))} holds a finished run: pass another --out, or "
+                          "--overwrite to replace it", highlight=False)
+            raise typer.Exit(2)
+        try:
+            run = finetune(cfg, console=console, eval_from_data=True)
+        except (ValueError, FileNotFoundError) as e:
+            console.print(f"[red]error:[/] {e}")
+            raise typer.Exit(2) from None
+        except OSError as e:  # e.g. an --out folder this user cannot write: one line, not a traceback
+            console.print(f"[red]error:[/] {escape(str(e))}", highlight=False)
+            raise typer.Exit(1) from None
+        except Interrupted as e:
+            console.print(f"[yellow]{e}[/]")
+            raise typer.Exit(INTERRUPTED_EXIT) from None
+        finally:
+            close_process_group()  # under torchrun: leave the group before the interpreter exits
     try:
         summary = read_json(run / "summary.json", "the run is unfinished for `shortlist export`: run the same "
                             "command again")
@@ -434,7 +477,8 @@ def cycle_cmd(
     # not taken the published version up; 2 for a bad option (checked before connecting); 130 when a signal
     # stopped the training.
     try:
-        result = run_cycle(agent.address, cfg, console=console, client_config=agent.config)
+        with _run_lock(out, "cycle"):
+            result = run_cycle(agent.address, cfg, console=console, client_config=agent.config)
     except grpc.RpcError as e:
         from agent.client import detail
 

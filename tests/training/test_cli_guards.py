@@ -57,3 +57,67 @@ def test_procs_checks_the_batch_against_the_data_before_starting_ranks(tiny_data
     assert limited.exit_code == 2 and _said("larger than the 10 training images") in _said(limited.output)
     missing = CliRunner().invoke(app, _pretrain(tmp_path / "nowhere", tmp_path / "p", "--procs", "2"))
     assert missing.exit_code == 2 and "does not exist" in missing.output and no_launch == []
+
+
+def _held_args(command: str, data: Path, out: Path) -> list[str]:
+    return {
+        "pretrain": _pretrain(data, out, "--batch-size", "16"),
+        "pretrain --procs": _pretrain(data, out, "--batch-size", "16", "--procs", "2"),
+        "finetune": ["finetune", "--out", str(out), "--data", str(data), "--mode", "full", "--steps", "1",
+                     "--preprocess", PRE, "--device", "cpu"],
+        # refused before it connects: nothing listens on this port
+        "cycle": ["cycle", "--agent", "127.0.0.1:57391", "--models", str(out.parent / "models"), "--out", str(out),
+                  "--mode", "full", "--steps", "1"],
+    }[command]
+
+
+@pytest.mark.parametrize("command", ["pretrain", "pretrain --procs", "finetune", "cycle"])
+def test_a_second_run_into_a_run_folder_in_use_is_refused(command: str, tiny_data: Path, tmp_path: Path,
+                                                          no_launch: list[int]) -> None:
+    """Two `pretrain --out ptC` at once both exited 0 with the files of both runs mixed in ptC: the folder is
+    locked while a run writes it (``run.lock``, as `bench` holds ``bench.lock``); the second exits 2 naming the
+    holder's pid and writes nothing."""
+    import os
+
+    from shortlist.locks import FolderLock
+    from training.cli import RUN_LOCK
+
+    out = tmp_path / "run"
+    lock = FolderLock(out, RUN_LOCK)  # (a flock: another open of the file, even in this process, is refused)
+    try:
+        r = CliRunner().invoke(app, _held_args(command, tiny_data, out), env={"COLUMNS": "300"})
+        assert r.exit_code == 2, r.output
+        assert _said(f"error: {out} is in use by another training run (pid {os.getpid()})") in _said(r.output)
+        assert [p.name for p in out.iterdir()] == [RUN_LOCK] and no_launch == []
+    finally:
+        lock.release()
+    assert not out.exists()  # the lock made it and nothing else was written: removed
+
+
+def test_finetune_refuses_a_folder_holding_a_finished_run_unless_overwrite(tmp_path: Path, tiny_data: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """`finetune --out ft1` a second time silently replaced the finished run's encoder.pt: refused (exit 2) as
+    pretrain refuses a folder that holds a run, unless --overwrite; the folder is left as it was."""
+    import training.finetune as ft
+    from training import loop
+
+    run = tmp_path / "ft1"
+    run.mkdir()
+    (run / loop.ENCODER).write_bytes(b"the first run's encoder")
+    (run / loop.SUMMARY).write_text('{"mode": "full"}')
+    trained: list[str] = []
+
+    def fake(cfg: ft.FinetuneConfig, **kwargs: object) -> Path:
+        trained.append(cfg.out)
+        (Path(cfg.out) / loop.SUMMARY).write_text('{"mode": "linear"}')
+        return Path(cfg.out)
+
+    monkeypatch.setattr(ft, "finetune", fake)
+    args = ["finetune", "--out", str(run), "--data", str(tiny_data), "--mode", "full", "--steps", "1"]
+    r = CliRunner().invoke(app, args, env={"COLUMNS": "300"})
+    assert r.exit_code == 2, r.output
+    assert _said(f"error: {run} holds a finished run: pass another --out, or --overwrite") in _said(r.output)
+    assert trained == [] and (run / loop.ENCODER).read_bytes() == b"the first run's encoder"
+    assert sorted(p.name for p in run.iterdir()) == [loop.ENCODER, loop.SUMMARY]
+    again = CliRunner().invoke(app, [*args, "--overwrite"])
+    assert again.exit_code == 0 and trained == [str(run)], again.output

@@ -37,7 +37,7 @@ def test_finetune_with_a_torn_summary_json(tmp_path: Path, monkeypatch: pytest.M
 
     def torn(cfg: ft.FinetuneConfig, *a: object, **k: object) -> Path:
         run = Path(cfg.out)
-        run.mkdir(parents=True)
+        run.mkdir(parents=True, exist_ok=True)  # (the command made it: it holds its run.lock)
         (run / "summary.json").write_bytes(b"\xff\xfe")
         return run
 
