@@ -2064,18 +2064,38 @@ def check(data_dir: Path = typer.Option(..., "--data-dir", help="the agent's dat
 
 
 # ---- shortlist bench agent ---------------------------------------------------------------------------
+BENCH_AGENT_MAX_IMAGES = 1_000_000  # `bench agent --n`: every image is made (or read) and held in memory first
+
+
 def bench_agent(models: Path | None = typer.Option(None, "--models", help="registry to take the newest "
                                                    "version from (default: a ~0.2 GMAC CNN built here)"),
-                n: int = typer.Option(3072, "--n", help="images to ingest, over all rounds"),
-                batch: int = typer.Option(256, "--batch", help="images per IngestRequest and per onnxruntime call"),
-                rounds: int = typer.Option(3, "--rounds", min=1, help="alternating raw/ingest rounds"),
+                n: int = typer.Option(3072, "--n", min=1, max=BENCH_AGENT_MAX_IMAGES,
+                                      help="images to ingest, over all rounds (held in memory)"),
+                batch: int | None = typer.Option(None, "--batch", min=1, max=BENCH_AGENT_MAX_IMAGES,
+                                                 show_default="256, or --n when fewer",
+                                                 help="images per IngestRequest and per onnxruntime call; at most "
+                                                 "--n"),
+                rounds: int = typer.Option(3, "--rounds", min=1, max=BENCH_AGENT_MAX_IMAGES,
+                                           help="alternating raw/ingest rounds"),
                 source: str | None = typer.Option(None, "--source", help="image source (default: synthetic JPEGs)"),
                 cpu: bool = typer.Option(False, "--cpu", help="never try CUDAExecutionProvider"),
                 as_json: bool = JsonOpt) -> None:
     """Images/s of (a) raw onnxruntime on preprocessed batches and (b) the same model through gRPC
     Ingest end to end (JPEG decode, blobs flushed, SQLite commit, index add), and their ratio."""
     from agent.bench import bench_ingest
+    from shortlist.datasets import resolve_source
 
+    # a round is at least one batch (agent.bench): a batch above --n would make and time that many images
+    if batch is None:
+        batch = min(256, n)
+    elif batch > n:
+        raise typer.BadParameter(f"{batch} is more than the {n} images of --n: give --batch {n} or less, or a "
+                                 "larger --n", param_hint="--batch")
+    if source is not None:
+        try:
+            resolve_source(source)  # before the model is loaded and the agent started: said at once
+        except FileNotFoundError as e:
+            raise typer.BadParameter(str(e), param_hint="--source") from None
     try:
         with _warnings_of("shortlist.datasets"), _warnings_of("agent.bench"):  # files of --source left out
             r = bench_ingest(models, n=n, batch=batch, rounds=rounds, source=source, use_cuda=not cpu)

@@ -23,6 +23,23 @@ def require_two_classes(classes: int, where: str) -> None:
         raise typer.Exit(2)
 
 
+# The most numbers a generated bench pool may hold (rows x dimensions): 2**28 float32 values are 1 GiB, and the
+# generators hold a few such arrays at once. The defaults are far below it (select-scale's 1,000,000 x 128 is half).
+MAX_VALUES = 2**28
+MAX_ROWS = MAX_VALUES  # typer max= of a rows option (--n): a number too large for numpy is exit 2, not OverflowError
+MAX_DIM = 2**16  # typer max= of a --dim option
+
+
+def require_fits(rows: int, dim: int, rows_flag: str = "--n", dim_flag: str = "--dim") -> None:
+    """Exit 2 with one ``error:`` line when a generated ``rows`` x ``dim`` pool would hold more than MAX_VALUES
+    numbers (it would fill the memory of a shared machine before the benchmark began)."""
+    if rows * dim > MAX_VALUES:
+        typer.echo(f"error: {rows_flag} {rows:,} x {dim_flag} {dim:,} is {rows * dim:,} numbers, more than the "
+                   f"{MAX_VALUES:,} (1 GiB of float32) a bench pool may hold: give a smaller {rows_flag} or "
+                   f"{dim_flag}", err=True)
+        raise typer.Exit(2)
+
+
 def class_counts_said(counts: Sequence[int], names: Sequence[str] | None = None) -> str:
     """"per class: cat 240, frog 10, ship 48" and, when imbalanced, the sentence saying which figure to
     judge by ("" when ``counts`` is empty, as in a results.json written before they were recorded)."""

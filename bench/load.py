@@ -45,6 +45,7 @@ from agent.map_fit import isolated_env, isolated_module
 from bench.metrics import strict_json, write_json
 from shortlist.console import make_console
 from shortlist.datasets import sources_said
+from shortlist.options import finite
 from shortlist.v1 import agent_pb2, agent_pb2_grpc
 
 RPCS = ("Ingest", "Select", "SubmitLabels", "PriorLabels", "GetStatus")
@@ -993,12 +994,14 @@ def register(bench_app: typer.Typer) -> None:
         models: Path | None = typer.Option(None, "--models", help="registry for the started agent (default: "
                                            "a linear 32x32 encoder built into DATA_DIR/models)"),
         clients: int = typer.Option(16, "--clients", min=1, help="concurrent clients, one channel each"),
-        seconds: float = typer.Option(60.0, "--seconds", min=0.1, help="how long the load runs"),
-        warmup: float | None = typer.Option(None, "--warmup", min=0.0, show_default="as long as --seconds",
+        seconds: float = typer.Option(60.0, "--seconds", callback=finite, min=0.1, help="how long the load runs"),
+        warmup: float | None = typer.Option(None, "--warmup", callback=finite, min=0.0,
+                                            show_default="as long as --seconds",
                                             help="seconds of the same load before it, not counted (RSS 'before' "
                                             "is taken after it: the agent's working set is reached first)"),
         max_requests: int = typer.Option(200_000, "--max-requests", min=1, help="stop after this many calls"),
-        timeout: float = typer.Option(30.0, "--timeout", min=0.1, help="deadline of every call, seconds"),
+        timeout: float = typer.Option(30.0, "--timeout", callback=finite, min=0.1,
+                                      help="deadline of every call, seconds"),
         mix: str = typer.Option(DEFAULT_MIX, "--mix", help="RPC weights (ingest, select, labels, prior, status)"),
         strategies: str = typer.Option(DEFAULT_STRATEGIES, "--strategies", help="Select strategies the clients "
                                        "pick from"),
@@ -1008,9 +1011,10 @@ def register(bench_app: typer.Typer) -> None:
         budget: int = typer.Option(10, "--budget", min=1, help="Select budget"),
         agent_pid: int = typer.Option(0, "--agent-pid", help="pid of --agent for its RSS (default: found "
                                       "from the port)"),
-        idle_wait: float = typer.Option(60.0, "--idle-wait", min=0.0, help="longest wait, seconds, for the agent "
-                                        "to be idle (under 5% of a core for 3 s) after the warm-up and after the "
-                                        "load, for the RSS growth goal (0: no idle readings)"),
+        idle_wait: float = typer.Option(60.0, "--idle-wait", callback=finite, min=0.0,
+                                        help="longest wait, seconds, for the agent to be idle (under 5% of a core "
+                                        "for 3 s) after the warm-up and after the load, for the RSS growth goal (0: "
+                                        "no idle readings)"),
         tls_ca: Path | None = typer.Option(None, "--tls-ca", envvar="SHORTLIST_TLS_CA", dir_okay=False,
                                            help="--agent uses TLS: trust certificates signed by this CA (PEM)"),
         tls_cert: Path | None = typer.Option(None, "--tls-cert", envvar="SHORTLIST_TLS_CERT", dir_okay=False,

@@ -15,6 +15,7 @@ import typer
 
 from agent.index import IndexView
 from agent.pool_map import MapConfig, PoolMap
+from bench.checks import MAX_DIM, MAX_ROWS, require_fits
 
 
 def clustered(n: int, dim: int, clusters: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -45,14 +46,18 @@ def cpu_with_children() -> float:
 def register(bench_app: typer.Typer) -> None:
     @bench_app.command("map")
     def map_cmd(
-        n: int = typer.Option(50_000, help="embedded pool rows"),
-        dim: int = typer.Option(256, help="embedding dimension"),
-        clusters: int = typer.Option(10, help="clusters in the random pool"),
-        max_fit: int = typer.Option(MapConfig().max_fit, help="rows the t-SNE is fitted on (MapConfig.max_fit)"),
-        new: int = typer.Option(1000, help="rows added after the map is made, then placed"),
-        nice: int = typer.Option(0, help="niceness of this process (the agent's map thread runs at +19)"),
+        n: int = typer.Option(50_000, min=1, max=MAX_ROWS, help="embedded pool rows"),
+        dim: int = typer.Option(256, min=2, max=MAX_DIM, help="embedding dimension (a map needs 2)"),
+        clusters: int = typer.Option(10, min=1, max=MAX_ROWS, help="clusters in the random pool"),
+        max_fit: int = typer.Option(MapConfig().max_fit, min=2, max=MAX_ROWS, help="rows the t-SNE is fitted on "
+                                    "(MapConfig.max_fit)"),
+        new: int = typer.Option(1000, min=0, max=MAX_ROWS, help="rows added after the map is made, then placed"),
+        # (a negative niceness needs privileges: os.nice would raise PermissionError)
+        nice: int = typer.Option(0, min=0, max=19, help="niceness of this process (the agent's map thread runs "
+                                 "at +19)"),
     ) -> None:
         """Time the pool map's fit, placement, reload and new-row placement on n clustered vectors."""
+        require_fits(n + new, dim, "--n (plus --new)")
         if nice:
             os.nice(nice)
         x, which = clustered(n + new, dim, clusters)

@@ -23,10 +23,19 @@ from agent.pool import FailedPrecondition, InvalidArgument, KnnFn, Pool, state_r
 from agent.priors import PRIOR_METHODS
 from agent.strategies import LABEL_FREE, STRATEGIES
 from agent.strategies.audit import AUDIT
-from bench.checks import OutLock, class_counts_said, is_imbalanced, require_two_classes
+from bench.checks import (
+    MAX_DIM,
+    MAX_ROWS,
+    OutLock,
+    class_counts_said,
+    is_imbalanced,
+    require_fits,
+    require_two_classes,
+)
 from bench.metrics import class_coverage, expected_calibration_error, linear_probe_scores, prior_scores, write_json
 from bench.report import md_table, seed_blind_note
 from shortlist.atomic import NotWholeJson, read_json
+from shortlist.options import finite
 
 # Neighbours precomputed per row for the benchmark's kNN (covers the prior methods' k).
 CACHED_K = 64
@@ -689,18 +698,19 @@ def _strategies_help() -> type:
 
 def blobs_cmd(
     out: Path = typer.Option(..., help="folder for x.npy, y.npy, test_x.npy, test_y.npy"),
-    n: int = typer.Option(6000, help="rows in all (5/6 pool, 1/6 test)"),
-    clusters: int = typer.Option(10, help="classes"),
-    dim: int = typer.Option(32, help="dimensions"),
-    spread: float = typer.Option(0.25, help="per-dimension noise around each unit centre"),
-    seed: int = typer.Option(0),
+    n: int = typer.Option(6000, min=6, max=MAX_ROWS, help="rows in all (5/6 pool, 1/6 test)"),
+    clusters: int = typer.Option(10, min=2, max=MAX_DIM, help="classes (a benchmark needs 2)"),
+    dim: int = typer.Option(32, min=1, max=MAX_DIM, help="dimensions"),
+    spread: float = typer.Option(0.25, callback=finite, min=0.0, help="per-dimension noise around each unit centre"),
+    seed: int = typer.Option(0, min=0),
 ) -> None:
     """Write a synthetic embeddings set for `bench strategies` (imbalanced blobs on the unit sphere)."""
-    x, y = synthetic_blobs(n, clusters, dim, spread, seed)
-    cut = n * 5 // 6
-    out.mkdir(parents=True, exist_ok=True)
-    for name, arr in (("x", x[:cut]), ("y", y[:cut]), ("test_x", x[cut:]), ("test_y", y[cut:])):
-        np.save(out / f"{name}.npy", arr)
+    require_fits(n, dim)
+    with OutLock(out, "bench blobs"):  # (and a file as --out: exit 2)
+        x, y = synthetic_blobs(n, clusters, dim, spread, seed)
+        cut = n * 5 // 6
+        for name, arr in (("x", x[:cut]), ("y", y[:cut]), ("test_x", x[cut:]), ("test_y", y[cut:])):
+            np.save(out / f"{name}.npy", arr)
     typer.echo(f"wrote {cut} pool rows and {n - cut} test rows ({clusters} classes, {dim}-d) to {out}")
 
 
@@ -820,21 +830,26 @@ def strategies_cmd(
 
 
 def select_scale_cmd(
-    n: int = typer.Option(1_000_000, help="pool rows (random unit vectors)"),
-    dim: int = typer.Option(128, help="embedding dimension"),
-    budget: int = typer.Option(100, help="Select budget"),
-    labelled: int = typer.Option(20, help="rows labelled beforehand (random classes), so every strategy runs"),
-    classes: int = typer.Option(10, help="class count of those labels"),
+    n: int = typer.Option(1_000_000, min=2, max=MAX_ROWS, help="pool rows (random unit vectors)"),
+    dim: int = typer.Option(128, min=1, max=MAX_DIM, help="embedding dimension"),
+    budget: int = typer.Option(100, min=1, max=MAX_ROWS, help="Select budget"),
+    labelled: int = typer.Option(20, min=1, max=MAX_ROWS, help="rows labelled beforehand (random classes), so "
+                                 "every strategy runs; fewer than --n"),
+    classes: int = typer.Option(10, min=1, max=MAX_ROWS, help="class count of those labels"),
     strategies: str = typer.Option("", help="comma-separated strategies with their default params "
                                    "(default: all but audit, whose draw is random's; none with --variant)"),
     variant: list[str] = typer.Option([], help="a strategy with params, NAME:key=value[,key=value] "
                                       "(e.g. probcover:delta=0.4); repeat for a sweep"),
-    threads: int = typer.Option(2, help="hnswlib build threads"),
+    threads: int = typer.Option(2, min=1, max=1024, help="hnswlib build threads"),
 ) -> None:
     """Time Select for each strategy on n random dim-d vectors (index build timed separately)."""
     from rich.console import Console
     from rich.table import Table
 
+    require_fits(n, dim)
+    if labelled >= n:  # the labelled rows are drawn without replacement, and Select needs unlabelled ones
+        raise typer.BadParameter(f"{labelled} labelled rows leave none of the {n} to select: give --labelled "
+                                 f"{n - 1} or less, or a larger --n", param_hint="--labelled")
     console = Console()
     variants = selected_variants(strategies, variant)
     t0 = time.perf_counter()

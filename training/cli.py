@@ -20,6 +20,7 @@ from shortlist.atomic import NotWholeJson, read_json
 from shortlist.console import INTERRUPTED_EXIT, make_console
 from shortlist.datasets import sources_said
 from shortlist.locks import FolderLock, Locked
+from shortlist.options import finite
 from training.configs import CycleConfig, FinetuneConfig, PretrainConfig
 from training.modes import FINETUNE_MODES, METHOD_CLASSES, METHOD_NAMES, MODES, frozen_mode, help_list
 
@@ -154,16 +155,18 @@ def pretrain_cmd(
     method: str = typer.Option(PRETRAIN["method"], help=help_list(METHOD_NAMES)),
     arch: str = typer.Option(PRETRAIN["arch"], help=ARCH_HELP),
     epochs: int | None = typer.Option(None, min=1, help="train for N epochs"),
-    minutes: float | None = typer.Option(None, min=0.01, help="or for M minutes of training (evaluation not "
-                                         "counted)"),
+    minutes: float | None = typer.Option(None, callback=finite, min=0.01, help="or for M minutes of training "
+                                         "(evaluation not counted)"),
     limit: int | None = typer.Option(None, min=1, help=LIMIT_HELP),
     batch_size: int | None = typer.Option(None, min=1, help="global batch size (default: the method's)"),
-    lr: float | None = typer.Option(None, min=0.0, help="base learning rate per 256 images (default: the method's)"),
-    weight_decay: float | None = typer.Option(None, min=0.0, help="SGD weight decay (default: the method's)"),
+    lr: float | None = typer.Option(None, callback=finite, min=0.0, help="base learning rate per 256 images "
+                                    "(default: the method's)"),
+    weight_decay: float | None = typer.Option(None, callback=finite, min=0.0, help="SGD weight decay (default: the "
+                                              "method's)"),
     min_res: int | None = typer.Option(None, min=1, help="progressive resizing: views start at this many pixels"),
     max_res: int | None = typer.Option(None, min=1, help="cap on the training views' size in pixels (default: the "
                                        "model's size on a GPU, half of it on a CPU); evaluation stays full size"),
-    crop_min: float = typer.Option(PRETRAIN["crop_min"], min=0.01, max=1.0,
+    crop_min: float = typer.Option(PRETRAIN["crop_min"], callback=finite, min=0.01, max=1.0,
                                    help="smallest random-resized-crop area fraction (0.01 to 1)"),
     proj_dim: int | None = typer.Option(None, min=1, help="projector output width (simsiam default 256, paper 2048; "
                                         "moby default 256)"),
@@ -174,7 +177,7 @@ def pretrain_cmd(
                                   "the end; bf16 autocast when --amp, the final one in fp32)"),
     knn_k: int = typer.Option(PRETRAIN["knn_k"], min=1, help="neighbours of the kNN accuracy (200: the protocol "
                               "for CIFAR-sized banks; a small data set wants about half its images per class)"),
-    checkpoint_minutes: float = typer.Option(PRETRAIN["checkpoint_minutes"], min=0.0,
+    checkpoint_minutes: float = typer.Option(PRETRAIN["checkpoint_minutes"], callback=finite, min=0.0,
                                              help="minutes between checkpoints (also on SIGTERM)"),
     resume: bool = typer.Option(PRETRAIN["resume"], help="continue the unfinished run in --out from its checkpoint, "
                                 "with its config.json's settings (a flag given must equal the run's)"),
@@ -336,12 +339,13 @@ def finetune_cmd(
     mode: str = typer.Option(FINETUNE["mode"], help=help_list(FINETUNE_MODES)),
     init: Path | None = typer.Option(None, help="a pretraining run folder to start from"),
     arch: str = typer.Option(FINETUNE["arch"], help=f"architecture when not starting from --init: {ARCH_HELP}"),
-    labels_per_class: int | None = typer.Option(None, help="keep only N labels per class (rest unlabelled)"),
+    labels_per_class: int | None = typer.Option(None, min=1, help="keep only N labels per class (rest "
+                                                "unlabelled)"),
     epochs: int | None = typer.Option(None, min=1, help=FINETUNE_EPOCHS_HELP),
-    minutes: float | None = typer.Option(None, min=0.01, help="or for M minutes"),
+    minutes: float | None = typer.Option(None, callback=finite, min=0.01, help="or for M minutes"),
     steps: int | None = typer.Option(None, min=1, help="or for N optimiser steps (full, as3l, moby_al)"),
     batch_size: int = typer.Option(FINETUNE["batch_size"], min=1, help="labelled batch (unlabelled: mu x this)"),
-    lr: float = typer.Option(FINETUNE["lr"]),
+    lr: float = typer.Option(FINETUNE["lr"], callback=finite, min=0.0, help="learning rate"),
     prior_iters: int = typer.Option(FINETUNE["prior_iters"], min=0, help="as3l: iterations T using "
                                     "normalize(prior + prediction) (AS3L Sec. 4.1: 6900)"),
     prior_after: str = typer.Option(FINETUNE["prior_after"], help="as3l: after T, remove the prior or update it by "
@@ -349,9 +353,9 @@ def finetune_cmd(
     head_init: str = typer.Option(FINETUNE["head_init"], help="full / as3l / moby_al: start from a random "
                                   "classifier (AS3L's recipe) or from the linear probe on the labelled rows (probe: "
                                   "LP-FT)"),
-    ema: float = typer.Option(FINETUNE["ema"], min=0.0, max=0.9999, help="export an EMA of the weights with this "
-                              "momentum (and evaluate it on --data's test split, when it has one; FlexMatch's code: "
-                              "0.999, warmed up); 0: the live weights"),
+    ema: float = typer.Option(FINETUNE["ema"], callback=finite, min=0.0, max=0.9999, help="export an EMA of the "
+                              "weights with this momentum (and evaluate it on --data's test split, when it has one; "
+                              "FlexMatch's code: 0.999, warmed up); 0: the live weights"),
     preprocess: str = typer.Option(FINETUNE["preprocess"]),
     threads: int | None = typer.Option(None, min=1),
     device: str = typer.Option(FINETUNE["device"]),
@@ -441,7 +445,7 @@ def cycle_cmd(
     init: Path | None = typer.Option(None, help="pretraining run to start from (required by linear and svm; "
                                      "full, as3l and moby_al without it train from random weights)"),
     steps: int | None = typer.Option(None, min=1, help="train for N optimiser steps (full, as3l, moby_al)"),
-    minutes: float | None = typer.Option(None, min=0.01, help="or for M minutes"),
+    minutes: float | None = typer.Option(None, callback=finite, min=0.01, help="or for M minutes"),
     epochs: int | None = typer.Option(None, min=1, help="or for N epochs"),
     prior_method: str | None = typer.Option(CYCLE["prior_method"], help="as3l: the agent's PriorLabels method "
                                              "(default knn); the other modes use no priors and refuse it"),

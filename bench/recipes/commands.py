@@ -10,6 +10,7 @@ from typer.core import TyperCommand
 
 from bench.recipes import RecipeRegistryError, get_recipe, recipes
 from shortlist.datasets import split_sources_said
+from shortlist.options import finite
 
 NAME_HELP = "the system to run"
 
@@ -49,8 +50,9 @@ def register(bench_app: typer.Typer) -> None:
                                              "images (or N%% of theirs), e.g. cat=500,dog=10%%"),
         pool: int | None = typer.Option(None, min=1, help="class-balanced pool size (default: the profile's)"),
         test: int | None = typer.Option(None, min=1, help="class-balanced test subset (default: the profile's)"),
-        pretrain_minutes: float | None = typer.Option(None, min=0.01, help="pretext pretraining minutes "
-                                                      "(default: the profile's minutes or epochs)"),
+        pretrain_minutes: float | None = typer.Option(None, callback=finite, min=0.01,
+                                                      help="pretext pretraining minutes (default: the profile's "
+                                                      "minutes or epochs)"),
         steps: int | None = typer.Option(None, min=1, help="training steps per round of the heads that train the "
                                          "network (default: the profile's)"),
     ) -> None:

@@ -121,3 +121,26 @@ def test_finetune_refuses_a_folder_holding_a_finished_run_unless_overwrite(tmp_p
     assert sorted(p.name for p in run.iterdir()) == [loop.ENCODER, loop.SUMMARY]
     again = CliRunner().invoke(app, [*args, "--overwrite"])
     assert again.exit_code == 0 and trained == [str(run)], again.output
+
+
+@pytest.mark.parametrize(("args", "said"), [
+    (["finetune", "--lr", "nan"], "'--lr'"),
+    (["finetune", "--lr", "inf"], "inf is not a number this option can use"),
+    (["finetune", "--ema", "nan"], "'--ema'"),
+    (["finetune", "--labels-per-class", "0"], "'--labels-per-class'"),
+    (["finetune", "--labels-per-class", "-1"], "'--labels-per-class'"),
+    (["pretrain", "--minutes", "inf"], "inf is not a number this option can use"),
+    (["pretrain", "--lr", "nan"], "'--lr'"),
+    (["pretrain", "--checkpoint-minutes", "inf"], "inf is not a number this option can use"),
+])
+def test_nonsense_numbers_are_refused_before_training(args: list[str], said: str, tiny_data: Path,
+                                                      tmp_path: Path) -> None:
+    """`finetune --lr nan` trained and said "fine-tuned" (export refused the nan encoder a step later);
+    `--labels-per-class -1` was taken, and 0 said "no labelled samples: label some first". Exit 2 instead,
+    naming the option, with no run folder made."""
+    budget = ["--steps", "1"] if args[0] == "finetune" else ["--epochs", "1"] if "--minutes" not in args else []
+    r = CliRunner().invoke(app, [*args, "--data", str(tiny_data), "--out", str(tmp_path / "run"), *budget],
+                           env={"COLUMNS": "300"})
+    text = " ".join(r.output.replace("│", " ").split())
+    assert r.exit_code == 2 and said in text and "Traceback" not in text, text
+    assert not (tmp_path / "run").exists()
