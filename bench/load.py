@@ -985,15 +985,15 @@ def register(bench_app: typer.Typer) -> None:
     def load_cmd(
         agent: str = typer.Option("", "--agent", help="HOST:PORT of a running agent on this machine "
                                   "(default: start one over --data-dir)"),
-        pool: int = typer.Option(0, "--pool", min=0, help="samples the pool should hold: synthetic 32x32 "
-                                 "images (or the first N of --data) are ingested until it does (kept for reuse)"),
+        pool: int = typer.Option(0, "--pool", min=0, max=10_000_000, help="samples the pool should hold: synthetic "
+                                 "32x32 images (or the first N of --data) are ingested until it does (kept for reuse)"),
         data: str = typer.Option("", "--data", help=f"image source for the pool: {sources_said()}"),
         split: str = typer.Option("train", "--split", help="split of --data"),
         data_dir: Path = typer.Option(Path("runs/load"), "--data-dir", help="the started agent's folder "
                                       "(DATA_DIR/agent) and model registry (DATA_DIR/models); reused"),
         models: Path | None = typer.Option(None, "--models", help="registry for the started agent (default: "
                                            "a linear 32x32 encoder built into DATA_DIR/models)"),
-        clients: int = typer.Option(16, "--clients", min=1, help="concurrent clients, one channel each"),
+        clients: int = typer.Option(16, "--clients", min=1, max=1024, help="concurrent clients, one channel each"),
         seconds: float = typer.Option(60.0, "--seconds", callback=finite, min=0.1, help="how long the load runs"),
         warmup: float | None = typer.Option(None, "--warmup", callback=finite, min=0.0,
                                             show_default="as long as --seconds",
@@ -1008,8 +1008,8 @@ def register(bench_app: typer.Typer) -> None:
         priors: str = typer.Option("knn", "--priors", help="PriorLabels methods the clients pick from"),
         solo: str = typer.Option("all", "--solo", help="strategies timed alone before the load: all, none, or "
                                  "a comma-separated list"),
-        budget: int = typer.Option(10, "--budget", min=1, help="Select budget"),
-        agent_pid: int = typer.Option(0, "--agent-pid", help="pid of --agent for its RSS (default: found "
+        budget: int = typer.Option(10, "--budget", min=1, max=2**31 - 1, help="Select budget (SelectRequest's int32)"),
+        agent_pid: int = typer.Option(0, "--agent-pid", min=0, help="pid of --agent for its RSS (default: found "
                                       "from the port)"),
         idle_wait: float = typer.Option(60.0, "--idle-wait", callback=finite, min=0.0,
                                         help="longest wait, seconds, for the agent to be idle (under 5% of a core "
@@ -1024,7 +1024,7 @@ def register(bench_app: typer.Typer) -> None:
         token: str = typer.Option("", "--token", envvar="SHORTLIST_TOKEN", show_default=False,
                                   help="bearer token (write role: the load ingests and labels) for --agent"),
         out: Path | None = typer.Option(None, "--out", help="folder for results.json (default: --data-dir)"),
-        seed: int = typer.Option(0, "--seed", min=0),
+        seed: int = typer.Option(0, "--seed", min=0, max=2**63 - 1),
         as_json: bool = typer.Option(False, "--json", help="print results.json on stdout"),
     ) -> None:
         """N concurrent clients mixing Ingest, Select, SubmitLabels, PriorLabels and GetStatus against one

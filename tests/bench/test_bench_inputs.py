@@ -35,6 +35,12 @@ def _invoke(args: list[str]) -> tuple[int, str]:
     (["bench", "map", "--n", "100", "--dim", "-1"], "'--dim'"),
     (["bench", "map", "--n", "100", "--max-fit", "1"], "'--max-fit'"),
     (["bench", "map", "--n", HUGE], "'--n'"),
+    # bench load: refused before it starts or reaches an agent (--pool HUGE ingested until killed)
+    (["bench", "load", "--pool", HUGE], "'--pool'"),
+    (["bench", "load", "--clients", HUGE], "'--clients'"),
+    (["bench", "load", "--budget", HUGE], "'--budget'"),
+    (["bench", "load", "--agent-pid", "-1"], "'--agent-pid'"),
+    (["bench", "load", "--timeout", "inf"], "inf is not a number this option can use"),
 ])
 def test_out_of_range_is_a_usage_error(args: list[str], said: str, tmp_path: Path) -> None:
     if args[1] == "blobs":
