@@ -215,6 +215,11 @@ def pretrain_cmd(
         raise typer.BadParameter("give the image source" + (" (--resume found no config.json in --out)" if resume
                                                             else ""), param_hint="--data")
     _one_budget(epochs, minutes)
+    cores = usable_cores()
+    if procs > cores and not oversubscribe:  # each rank imports torch and decodes the data: 999 fills the RAM
+        raise typer.BadParameter(f"{procs} is more than the {cores} CPU cores this process may use: give "
+                                 f"--procs {cores} or less, or add --oversubscribe to start {procs} anyway",
+                                 param_hint="--procs")
     from training.pretrain import PretrainConfig
 
     if options is None:
@@ -225,11 +230,6 @@ def pretrain_cmd(
     if procs > 1:
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise typer.BadParameter("--procs starts its own processes; under torchrun leave it out")
-        cores = usable_cores()
-        if procs > cores and not oversubscribe:  # each rank imports torch and decodes the data: 999 fills the RAM
-            raise typer.BadParameter(f"{procs} is more than the {cores} CPU cores this process may use: give "
-                                     f"--procs {cores} or less, or add --oversubscribe to start {procs} anyway",
-                                     param_hint="--procs")
         from training.loop import check_device
         from training.pretrain import check_before_launch
 
