@@ -208,6 +208,10 @@ class PoolMap:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._save_lock = threading.Lock()  # one writer of the map files: the thread, or stop() after its wait
+        # Set by stop() once it has saved: the thread, still running after stop() gave up waiting for it, writes
+        # nothing more. The agent's folder lock is released after stop(), so a late write could land in a data
+        # folder another agent has opened since, or in a folder being removed (bench agent's temporary one).
+        self._closed = False
 
     # ---- life cycle ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -230,6 +234,8 @@ class PoolMap:
                 self._save(m)
             except OSError as e:  # disk full or read-only: placements are recomputed at the next start
                 log.warning("could not save the pool map at shutdown: %s", e)
+        with self._save_lock:
+            self._closed = True
 
     def wake(self) -> None:
         """Look for new samples now (GetMap calls it so a sample ingested a moment ago is placed soon)."""
@@ -464,8 +470,8 @@ class PoolMap:
     def _save(self, m: PoolMapData) -> None:
         """Write ``m`` to D/map/<version>.npz atomically and owner-only (``atomic_file``)."""
         with self._save_lock:
-            if self._stop.is_set() and m.version == self._saved_version and m.n < self._saved_n:
-                return  # the thread, late after stop(): never replace the newer map stop() saved
+            if self._closed or (self._stop.is_set() and m.version == self._saved_version and m.n < self._saved_n):
+                return  # the thread, late after stop(): never replace the newer map stop() saved, nor write after
             self._save_unlocked(m)
 
     def _save_unlocked(self, m: PoolMapData) -> None:

@@ -321,6 +321,33 @@ def test_stop_does_not_wait_for_a_starved_map_thread_and_saves_the_newest_map(tm
     assert m is not None and m.n == 100 and m.method != "old"
 
 
+def test_the_map_thread_writes_nothing_after_stop(tmp_path: Path) -> None:
+    """stop() gives up waiting for a starved thread and the agent then releases its data folder (another agent
+    may open it; bench agent removes its temporary one: "Directory not empty" once): whatever the late thread
+    then saves (a larger map, another version's) is not written."""
+    import threading
+
+    vecs, _ = blobs(40)
+    cfg = MapConfig(max_fit=100, early_iterations=50, iterations=100, save_every_s=1e9, child_process=False,
+                    stop_wait_s=0.2)
+    pm = PoolMap(cfg, tmp_path / "map", FakeServing(vecs))
+    later = [PoolMapData(v, np.arange(1, 51), np.zeros((50, 2), np.float32), np.ones(50, bool), "late")
+             for v in ("v0001", "v0002")]
+    release = threading.Event()
+
+    def starved() -> None:
+        release.wait(30)
+        for m in later:
+            pm._save_quietly(m)
+
+    pm._thread = threading.Thread(target=starved, daemon=True)
+    pm._thread.start()
+    pm.stop()
+    release.set()
+    pm._thread.join(5)
+    assert not (tmp_path / "map").exists()
+
+
 def test_the_fit_child_does_not_import_from_the_agents_working_folder(tmp_path: Path,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """A file in the agent's working folder named like a module the child imports (queue.py: joblib's
