@@ -224,6 +224,17 @@ def near_retired_problem(state: State, label: str, renaming: str = "") -> str | 
     return None
 
 
+def class_now(state: State, label: str) -> str:
+    """The class ``label`` names now: ``label`` itself, or the class RenameClass made of it (``state.renamed``,
+    followed to its end: a chain ``deer`` -> ``roe_deer`` -> ``capreolus`` makes ``deer`` name ``capreolus``;
+    rename_class keeps the map flat, the loop is for a map written otherwise)."""
+    seen = {label}
+    while (to := state.renamed.get(label)) is not None and to not in seen:
+        seen.add(to)
+        label = to
+    return label
+
+
 def label_problem(state: State, label: str) -> Problem | None:
     """Why a label ``label`` cannot be stored now, or None: a name RenameClass retired (``renamed_problem``,
     naming the class it became), a new class name that ``new_class_problem`` refuses beside the classes a
@@ -305,8 +316,12 @@ class IngestPipeline:
         self.large_image_pixels = large_image_pixels
 
     # ---- per-sample checks -----------------------------------------------------------------------
-    def sample_problem(self, s: Incoming) -> Problem | None:
-        """Why ``s`` breaks a rule or an input limit before decoding (a Rejection's code and reason), or None."""
+    def sample_problem(self, s: Incoming, resent: bool = False) -> Problem | None:
+        """Why ``s`` breaks a rule or an input limit before decoding (a Rejection's code and reason), or None.
+        ``resent``: ``s``'s id is stored, or appears earlier in its batch; then a label that RenameClass retired is
+        left to the resend checks (``_resend``, ``_repeat``), which take it for the class it became
+        (``class_now``): a rerun of the first ingest of a class-folder tree after a rename resends the retired
+        name for samples that already hold the new one, and is a duplicate, not a rejection of each."""
         lim = self.limits
         if not s.id:
             return Problem(agent_pb2.REJECTION_CODE_INVALID_ID,
@@ -320,7 +335,8 @@ class IngestPipeline:
         problem = text_problem(s.label, lim.max_label_chars, "max_label_chars", "label")
         if problem is not None:
             return Problem(agent_pb2.REJECTION_CODE_INVALID_LABEL, problem)
-        refused = label_problem(self.state, s.label) if s.label else None
+        refused = label_problem(self.state, s.label) if s.label and not (resent and s.label in self.state.renamed) \
+            else None
         if refused is not None:
             return refused
         problem = text_problem(s.uri, lim.max_uri_chars, "max_uri_chars", "uri") or metadata_problem(s.metadata, lim)
@@ -362,7 +378,8 @@ class IngestPipeline:
         # within the batch, judged as a resend in another request would be (``_repeat``)
         seen: dict[str, tuple[str, Incoming, int, SampleRecord | None]] = {}
         for s in samples:
-            problem = self.sample_problem(s)
+            resent = s.label in self.state.renamed and (s.id in seen or self.state.lookup(s.id) is not None)
+            problem = self.sample_problem(s, resent)
             if problem is not None:
                 out.rejected.append(problem.of(rejection_id(s.id, self.limits.max_id_chars)))
                 continue
@@ -438,14 +455,15 @@ class IngestPipeline:
                                          f"id {quoted(sid)} {where} (same payload) with other metadata "
                                          f"({shown}): metadata is set by the first ingest and a resend does not "
                                          "change it"))
-        elif not s.label or s.label == first.label:
-            out.duplicates += 1
+        elif not s.label or s.label == first.label or (first.label and class_now(self.state, s.label) == first.label):
+            out.duplicates += 1  # (a retired name of the first item's label, too: as a later request would judge it)
             note_other_uri(out, uri, s)
         elif first.label:
             out.rejected.append(Rejected(sid, agent_pb2.REJECTION_CODE_RESEND_CHANGES_LABEL,
                                          f"id {quoted(sid)} appears earlier in this request (same payload) with label "
                                          f"{quoted(first.label)}: a resend does not change labels; send one label per "
-                                         f"sample, or give {quoted(s.label)} with SubmitLabels (`shortlist label`)"))
+                                         f"sample, or give {self._label_to_give(s.label)} with SubmitLabels "
+                                         "(`shortlist label`)"))
         elif (refusal := label_refusal(self.state, s.label)) is not None:
             # judged now, as a later request would judge it against the stored sample: only the label is refused
             # (merged into the first item, stage 3 refused the whole sample for it)
@@ -595,14 +613,19 @@ class IngestPipeline:
                                          f"id {quoted(sid)} is stored (same payload) with other metadata "
                                          f"({shown}): metadata is set by the first ingest and a resend does not "
                                          "change it"))
-        elif not s.label or s.label == (label := self.state.label_name(rec.seq)):
+        elif not s.label or s.label == (label := self.state.label_name(rec.seq)) or \
+                (label and class_now(self.state, s.label) == label):
+            # (a label RenameClass retired names the class it became: the rename moved this sample's label there)
             res.duplicates += 1
             note_other_uri(res, rec.uri, s)
         elif label:
             res.rejected.append(Rejected(sid, agent_pb2.REJECTION_CODE_RESEND_CHANGES_LABEL,
                                          f"id {quoted(sid)} is stored (same payload) with label {quoted(label)}: a "
-                                         f"resend does not change labels; give {quoted(s.label)} with SubmitLabels "
-                                         "(`shortlist label`)"))
+                                         f"resend does not change labels; give {self._label_to_give(s.label)} with "
+                                         "SubmitLabels (`shortlist label`)"))
+        elif (retired := self.state.renamed_problem(s.label)) is not None:
+            # stored without a label: a retired name is no label to add (not mapped silently, as for a new sample)
+            res.rejected.append(Rejected(sid, agent_pb2.REJECTION_CODE_UNKNOWN_CLASS, retired))
         elif labels is None:
             return True
         elif (last := self.state.last_label_by(rec.seq)) is not None:  # (under the lock: stage 3)
@@ -623,6 +646,12 @@ class IngestPipeline:
             if isinstance(res, IngestResult):
                 res.labels_added += 1
         return False
+
+    def _label_to_give(self, label: str) -> str:
+        """``label`` quoted, for a reason's advice to give it with SubmitLabels; a name RenameClass retired is
+        given as the class it became (SubmitLabels refuses the retired one)."""
+        now = class_now(self.state, label)
+        return quoted(label) if now == label else f"{quoted(now)} ({quoted(label)} was renamed to {quoted(now)})"
 
     def batch(self, samples: Sequence[Incoming]) -> IngestResult:
         """All three stages for one batch, in this thread."""

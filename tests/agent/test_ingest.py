@@ -402,3 +402,42 @@ def test_a_labelled_ingest_says_when_the_same_bytes_are_stored_with_another_labe
     assert (reply.accepted, reply.same_payload, reply.twin_conflicts) == (2, 2, 1)
     assert [(t.id, t.twin_id, t.twin_label) for t in reply.twin_conflict_examples] == [("dog/a.png", "cat/a.png",
                                                                                         "cat")]
+
+
+def test_a_resend_of_a_retired_label_is_a_duplicate_when_the_rename_moved_the_sample_there(agent: Agent) -> None:
+    """A rerun of the first `ingest --with-labels` after `rename-class cat lynx` resends "cat" for samples
+    whose label the rename moved: it rejected each (UNKNOWN_CLASS, "label with that", though it was that already),
+    so a nightly ingest of a class-folder tree failed after any rename. The retired name is taken for the class it
+    became (a chain followed to its end): a duplicate when that is the stored label, also repeated within one
+    request; a new sample, a sample stored unlabelled and a sample with another label are refused as before."""
+    imgs = make_images(7)
+    first = [image("a0", imgs[0], "cat"), image("a1", imgs[1], "cat"), image("a2", imgs[2], "dog"),
+             image("a3", imgs[3])]
+    assert agent.ingest.batch(first).accepted == 4
+    agent.state.rename_class("cat", "lynx", "lead")
+    agent.state.rename_class("lynx", "felis", "lead")  # cat -> lynx -> felis
+    res = agent.ingest.batch([
+        image("a0", imgs[0], "cat"), image("a1", imgs[1], "lynx"),  # the rename moved them: duplicates
+        image("a0", imgs[0], "felis"), image("a0", imgs[0], "cat"),  # repeated within the request
+        image("a2", imgs[2], "cat"),  # stored as "dog": a resend does not change labels
+        image("a3", imgs[3], "cat"),  # stored unlabelled: a retired name is no label to add
+        image("n0", imgs[4], "cat"),  # a new sample: not mapped silently
+        image("n1", imgs[5], "felis"), image("n1", imgs[5], "cat"),  # new, then repeated with its old name
+        image("n2", imgs[6]), image("n2", imgs[6], "cat"),  # new unlabelled, then its retired label: refused
+    ])
+    assert (res.accepted, res.duplicates) == (2, 5), res.rejected
+    assert sorted((r.id, r.code) for r in res.rejected) == [
+        ("a2", agent_pb2.REJECTION_CODE_RESEND_CHANGES_LABEL), ("a3", agent_pb2.REJECTION_CODE_UNKNOWN_CLASS),
+        ("n0", agent_pb2.REJECTION_CODE_UNKNOWN_CLASS), ("n2", agent_pb2.REJECTION_CODE_UNKNOWN_CLASS)]
+    reasons = {r.id: r.reason for r in res.rejected}
+    assert reasons["n0"] == reasons["a3"] == "\"cat\" was renamed to \"felis\"; label with that"
+    assert reasons["a2"] == ("id \"a2\" is stored (same payload) with label \"dog\": a resend does not change labels; "
+                             "give \"felis\" (\"cat\" was renamed to \"felis\") with SubmitLabels "
+                             "(`shortlist label`)")
+    labels = {sid: agent.state.label_name(rec.seq) for sid in ("a0", "a1", "a2", "a3", "n1", "n2")
+              if (rec := agent.state.lookup(sid)) is not None}
+    assert labels == {"a0": "felis", "a1": "felis", "a2": "dog", "a3": "", "n1": "felis", "n2": ""}
+    assert agent.state.lookup("n0") is None
+    # a retired name sent with other bytes is still a taken id
+    other = agent.ingest.batch([image("a0", imgs[6], "cat")])
+    assert [r.code for r in other.rejected] == [agent_pb2.REJECTION_CODE_ID_TAKEN]

@@ -17,7 +17,7 @@ from agent import client
 from agent.state import ClassListError, State
 from shortlist.cli import app
 from shortlist.v1 import agent_pb2
-from tests.agent.conftest import Running, make_samples, start
+from tests.agent.conftest import Running, make_images, make_samples, png, start
 
 
 def _rename(agent: Running, old: str, new: str, annotator: str = "lead") -> agent_pb2.RenameClassReply:
@@ -427,5 +427,38 @@ def test_after_a_rename_a_refused_conditional_write_names_who_gave_the_label(tmp
         over = agent.stub.SubmitLabels(agent_pb2.SubmitLabelsRequest(labels=[
             agent_pb2.LabelAssignment(id="s3", label="fox")], annotator="bob"))
         assert [(o.id, o.annotator) for o in over.overwritten] == [("s3", "alice")]
+    finally:
+        agent.stop()
+
+
+def test_the_first_ingest_with_labels_run_again_after_a_rename_is_all_duplicates(tmp_path: Path) -> None:
+    """`ingest --with-labels` of a class-folder tree, `rename-class deer roe_deer`, then the same ingest again (a
+    nightly job): the deer/ files were rejected (`"deer" was renamed to "roe_deer"; label with that`, though the
+    rename had moved them there), exit 1 for a folder holding only deer/. They are duplicates, exit 0; a new file
+    in deer/ is still refused naming the new class (a retired name is not mapped silently)."""
+    agent = start(tmp_path / "data", tmp_path / "models")
+    try:
+        tree = tmp_path / "labelled"
+        for i, img in enumerate(make_images(6)):
+            (tree / ["deer", "fox"][i % 2]).mkdir(parents=True, exist_ok=True)
+            (tree / ["deer", "fox"][i % 2] / f"{i}.png").write_bytes(png(img))
+        ingest = ["ingest", "--with-labels", "--id-prefix", "lab/", "--agent", agent.address]
+        res = CliRunner().invoke(app, [*ingest, str(tree)])
+        assert res.exit_code == 0 and res.stdout.splitlines()[0] == "accepted 6, duplicates 0, rejected 0", res.output
+        res = CliRunner().invoke(app, ["rename-class", "deer", "roe_deer", "--agent", agent.address])
+        assert res.exit_code == 0, res.output
+        res = CliRunner().invoke(app, [*ingest, str(tree)])
+        assert res.exit_code == 0 and res.stdout.splitlines() == ["accepted 0, duplicates 6, rejected 0"], res.output
+        # a folder holding only the renamed class
+        res = CliRunner().invoke(app, [*ingest, "--id-prefix", "lab/deer/", str(tree / "deer")])
+        assert res.exit_code == 0 and res.stdout.splitlines() == ["accepted 0, duplicates 3, rejected 0"], res.output
+        (tree / "deer" / "new.png").write_bytes(png(255 - make_images(1)[0]))
+        res = CliRunner().invoke(app, [*ingest, str(tree), "--json"])
+        out = json.loads(res.stdout)
+        assert (out["accepted"], out["duplicates"]) == (0, 6), res.output
+        assert [(r["id"], r["reason"]) for r in out["rejected"]] == [
+            ("lab/deer/new.png", "\"deer\" was renamed to \"roe_deer\"; label with that")]
+        assert {r.id: r.label for r in agent.stub.ListSamples(agent_pb2.ListSamplesRequest())} == {
+            f"lab/{c}/{i}.png": {"deer": "roe_deer"}.get(c, c) for i in range(6) for c in [["deer", "fox"][i % 2]]}
     finally:
         agent.stop()
