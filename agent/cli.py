@@ -877,8 +877,9 @@ def _print_ingest(reply: agent_pb2.IngestReply) -> None:
     # --id-prefix is the way); from the same uri (FILE_CHANGED), either the file was replaced in place (a new
     # prefix would store the whole source again: delete and ingest again) or another source's file has the
     # same path (two folders ingested from different working directories: a prefix is the way). The agent
-    # cannot tell those apart, so the hint says both. The reason's words serve an agent older than
-    # Rejection.code (UNSPECIFIED).
+    # cannot tell those apart, so the hint says both. ID_TAKEN in a reply whose other duplicates came from another
+    # place (a rerun of this source from another directory) is a changed file of this source, not another
+    # source. The reason's words serve an agent older than Rejection.code (UNSPECIFIED).
     taken = [r for r in reply.rejected if r.code == agent_pb2.REJECTION_CODE_ID_TAKEN
              or "already in the pool with a different payload" in r.reason]
     changed = [r for r in reply.rejected if r.code == agent_pb2.REJECTION_CODE_FILE_CHANGED]
@@ -889,7 +890,16 @@ def _print_ingest(reply: agent_pb2.IngestReply) -> None:
                       "with the ids) and ingest again, or keep the stored ones; if they are another source's files "
                       "with the same paths, give each source its own --id-prefix, e.g. --id-prefix site2/",
                       highlight=False, soft_wrap=True)
-    if taken:
+    if taken and reply.duplicates_other_uri:
+        # The rest of this source is stored, read from another place (a rerun from another directory): the same
+        # source, so these files changed since they were ingested; a new --id-prefix would store it all again.
+        console.print(f"hint: {len(taken)} of the rejected files hold other bytes than the samples stored under "
+                      f"their ids (e.g. {escape(printable(quoted(taken[0].id)))}), while {reply.duplicates_other_uri} "
+                      "other files of this source are already stored from another place (the note above): the "
+                      "rejected files likely changed since they were ingested; delete the stored samples (`shortlist "
+                      "delete-samples ID ...`, or --file with the ids) and ingest again, or keep the stored ones",
+                      highlight=False, soft_wrap=True)
+    elif taken:
         console.print("hint: another source already used these ids (ids are paths inside the source); give each "
                       "source its own --id-prefix, e.g. --id-prefix site2/")
 
