@@ -11,6 +11,9 @@ from pathlib import Path
 # The folder holding the shortlist package: a git checkout's root when it runs from one (an editable install or
 # the source tree), site-packages otherwise.
 ROOT = Path(__file__).resolve().parent.parent
+# "$Format:%H$" in the repository; `git archive` writes the commit there (.gitattributes: export-subst), so a tree
+# unpacked from an archive (no .git) still says which commit it is.
+ARCHIVE_COMMIT = Path(__file__).resolve().parent / "COMMIT"
 
 
 @cache
@@ -24,10 +27,15 @@ def package_version() -> str:
 
 @cache
 def git_commit() -> str:
-    """The commit checked out where the code runs from (12 hex digits), or "" when that is no git checkout (an
-    installed wheel) or git cannot say (not installed, another user's checkout). One ``git rev-parse``, once."""
+    """The commit checked out where the code runs from (12 hex digits): one ``git rev-parse``, once; outside a
+    git checkout, the commit ``git archive`` wrote into ``ARCHIVE_COMMIT``. "" when neither says (a wheel built
+    from a checkout, git not installed, another user's checkout)."""
     if not (ROOT / ".git").exists():
-        return ""
+        try:
+            written = ARCHIVE_COMMIT.read_text(encoding="ascii").strip()
+        except (OSError, UnicodeDecodeError):
+            return ""
+        return written[:12] if len(written) == 40 and all(c in "0123456789abcdef" for c in written) else ""
     try:
         out = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short=12", "HEAD"], capture_output=True,
                              text=True, timeout=5, check=True)
