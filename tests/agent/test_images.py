@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
 import re
 from pathlib import Path
 
@@ -133,17 +132,9 @@ def test_a_stored_eps_payload_is_an_error_without_running_ghostscript(
     """A pool filled by an agent before EPS was refused at Ingest can hold PostScript blobs: showing one (the
     web app's large view) must not hand it to Pillow's EPS plugin, which starts Ghostscript (``gs``; a fake one
     first on PATH leaves a marker). That image gets an error; the others are answered."""
-    from PIL import EpsImagePlugin
+    from tests.shortlist.test_images import EPS, fake_ghostscript
 
-    from tests.shortlist.test_images import EPS
-
-    marker = tmp_path / "gs_ran"
-    fake = tmp_path / "bin" / "gs"
-    fake.parent.mkdir()
-    fake.write_text(f"#!/bin/sh\necho \"$@\" > {marker}\nexit 1\n")
-    fake.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setattr(EpsImagePlugin, "gs_binary", None)  # Pillow caches whether gs exists: look again
+    marker = fake_ghostscript(tmp_path, monkeypatch)
     client.ingest(running.stub, make_samples(2))
     images = running.agent.images
     stored = images._blob

@@ -7,14 +7,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
-from PIL import Image
 from typer.testing import CliRunner
 
 from bench import as3l, as3l_report
 from shortlist.atomic import NotWholeJson
 from shortlist.cli import app
+from tests.bench.helpers import split_folder
 
 TORN = '{"profile": "smoke", "resu'
 
@@ -29,11 +28,7 @@ def test_write_report_of_a_torn_results_json_names_it(tmp_path: Path) -> None:
 
 
 def test_the_command_says_it_in_one_line_and_exits_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    data = tmp_path / "data"
-    for split in ("train", "test"):
-        for c in ("a", "b"):
-            (data / split / c).mkdir(parents=True)
-            Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(data / split / c / "0.png")
+    data = split_folder(tmp_path / "data")
     out = tmp_path / "out"
 
     def benchmark(*a: Any, **k: Any) -> None:  # stubbed past the cells: a results.json torn meanwhile

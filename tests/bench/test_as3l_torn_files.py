@@ -10,12 +10,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-from PIL import Image
 from typer.testing import CliRunner
 
 from bench import as3l
 from shortlist.atomic import NotWholeJson
 from shortlist.cli import app
+from tests.bench.helpers import split_folder
 
 TORN = '{"strategy": "random", "bud'
 
@@ -105,11 +105,7 @@ def test_the_encoder_runs_config_json(tmp_path: Path) -> None:
 
 def test_the_command_says_it_in_one_line_and_exits_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Through the CLI: the benchmark (stubbed past the data and the encoder) meets a torn cells/settings.json."""
-    data = tmp_path / "data"
-    for split in ("train", "test"):
-        for c in ("a", "b"):
-            (data / split / c).mkdir(parents=True)
-            Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(data / split / c / "0.png")
+    data = split_folder(tmp_path / "data")
     out = tmp_path / "out"
     cells = out / "cells"
 

@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from PIL import Image
 from rich.console import Console
 from typer.testing import CliRunner
 
@@ -22,6 +21,7 @@ from bench import cifar10
 from bench.recipes import RECIPES, loop
 from shortlist.atomic import NotWholeJson
 from shortlist.cli import app
+from tests.bench.helpers import split_folder
 
 TORN = '{"arm": "das", "seed": 0, "rou'
 
@@ -134,11 +134,7 @@ def test_a_torn_settings_json_names_the_file_and_the_fix(tmp_path: Path) -> None
 
 def test_the_command_says_it_in_one_line_and_exits_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Through the CLI, the run stubbed past the data: a torn cells/settings.json."""
-    data = tmp_path / "data"
-    for split in ("train", "test"):
-        for c in ("a", "b"):
-            (data / split / c).mkdir(parents=True)
-            Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(data / split / c / "0.png")
+    data = split_folder(tmp_path / "data")
     out = tmp_path / "out"
     cells = out / "cells"
     cells.mkdir(parents=True)

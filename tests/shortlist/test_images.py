@@ -290,12 +290,8 @@ EPS = (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n%%EndComments\n"
        b"0 0 moveto 8 8 lineto stroke\nshowpage\n%%EOF\n")
 
 
-def test_an_eps_payload_is_refused_without_running_ghostscript(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Image.open without ``formats=`` let Pillow's EPS plugin start Ghostscript (``gs``) on any PostScript a
-    client sent, even named .jpg: untrusted PostScript interpreted inside the agent. Every way Shortlist opens
-    an image refuses it with a reason that says what to do, and no ``gs`` (a fake one first on PATH that
-    leaves a marker) is ever started."""
+def fake_ghostscript(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fake ``gs`` first on PATH that leaves a marker file when anything runs it; the marker's path."""
     from PIL import EpsImagePlugin
 
     marker = tmp_path / "gs_ran"
@@ -305,6 +301,16 @@ def test_an_eps_payload_is_refused_without_running_ghostscript(
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setattr(EpsImagePlugin, "gs_binary", None)  # Pillow caches whether gs exists: look again
+    return marker
+
+
+def test_an_eps_payload_is_refused_without_running_ghostscript(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Image.open without ``formats=`` let Pillow's EPS plugin start Ghostscript (``gs``) on any PostScript a
+    client sent, even named .jpg: untrusted PostScript interpreted inside the agent. Every way Shortlist opens
+    an image refuses it with a reason that says what to do, and no ``gs`` (a fake one first on PATH that
+    leaves a marker) is ever started."""
+    marker = fake_ghostscript(tmp_path, monkeypatch)
     for call in (lambda: decode_image(EPS), lambda: image_header(EPS),
                  lambda: decode_payload("image", EPS, "", (), Preprocess(size=(8, 8))),
                  lambda: thumbnail("image", EPS, 32)):
