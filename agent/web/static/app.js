@@ -163,6 +163,20 @@ const Shortlist = (() => {
       }
     }
   }
+  // Before a new queue replaces the team's (Queue's "Ask the agent", Map's "Send to queue"): asks whether to go on
+  // while the whole queue still has open samples (GET /api/queue?open=true). `pageOpen()`: the page's own count
+  // of open samples, said when the app cannot count them; `go`: the question's last words ("Ask the agent
+  // anyway?"). Resolves true to go on (nothing open, or the person agreed).
+  async function confirmReplace(pageOpen, go) {
+    let open = pageOpen(), said = `This page of the queue still has ${open} open sample(s).`;
+    try {
+      const q = await api("GET", "/api/queue?open=true");
+      open = q.open;
+      said = `The queue still has ${q.open.toLocaleString()} open sample(s) of ${q.total.toLocaleString()}.`;
+    } catch (e) { /* the page's count */ }
+    return !open || window.confirm(`${said} A new queue replaces ` +
+      `the team's queue and its skip / not sure marks for everyone. ${go}`);
+  }
   // A page the browser shows again from its back/forward cache (Back after labelling, or after Sign out) is
   // the page as it was: load it anew, so it shows the labels now, or the sign-in page.
   window.addEventListener("pageshow", (ev) => { if (ev.persisted) window.location.reload(); });
@@ -215,5 +229,5 @@ const Shortlist = (() => {
     const base = (id === "." || id === "..") ? `/${kind}/?id=${encodeURIComponent(id)}` : `/${kind}/${encodeURIComponent(id)}`;
     return query ? base + (base.includes("?") ? "&" : "?") + query : base;
   }
-  return { toast, toastNext, api, patiently, imageUrl, returnTo, signingIn, signingOut };
+  return { toast, toastNext, api, patiently, imageUrl, returnTo, signingIn, signingOut, confirmReplace };
 })();

@@ -312,6 +312,10 @@
     if (!ids.length) return;
     $("to-queue").disabled = true;
     try {
+      // the queue is the team's: replacing its open samples and marks is asked first, as on the Queue page
+      // (the page's own count, when the app cannot count: the queue's samples it last coloured, if any)
+      if (!await Shortlist.confirmReplace(() => (pts.inQueue ? pts.inQueue.filter((q, i) => q && pts.label[i] < 0).length : 0),
+        "Send to queue anyway?")) return;
       // if_created: the queue this page knows (at its load, or as last coloured / sent); replaced since by
       // someone else, the answer is a 409 that says by what, and the page now knows that queue: a second click
       // replaces it knowingly.

@@ -191,14 +191,7 @@
     }
     // The queue is the team's: a new one replaces it, and its skip / not sure marks, for everyone.
     // The whole queue's open samples (not only this page's): asked of the app now, this page's if that fails.
-    let open = tiles.filter(isOpen).length, said = `This page of the queue still has ${open} open sample(s).`;
-    try {
-      const q = await Shortlist.api("GET", "/api/queue?open=true");
-      open = q.open;
-      said = `The queue still has ${q.open.toLocaleString()} open sample(s) of ${q.total.toLocaleString()}.`;
-    } catch (e) { /* this page's count */ }
-    if (open && !window.confirm(`${said} A new queue replaces ` +
-      "the team's queue and its skip / not sure marks for everyone. Ask the agent anyway?")) return;
+    if (!await Shortlist.confirmReplace(() => tiles.filter(isOpen).length, "Ask the agent anyway?")) return;
     const form = new FormData(ask);
     const params = {};
     for (const [k, v] of form.entries()) if (k.startsWith("param:") && String(v).trim() !== "") params[k.slice(6)] = String(v);

@@ -437,6 +437,7 @@ def test_lasso_on_the_map_fills_the_queue(live_map: WebAgent, page: Any) -> None
     # someone replaces the queue after this page was drawn: sending is a 409 that says so, nothing replaced
     other = agent_pb2.Queue(ids=["img030.png"], source="select", strategy="uncertainty")
     live_web.stub.UpdateQueue(agent_pb2.UpdateQueueRequest(name="web", queue=other))
+    page.on("dialog", lambda d: d.accept())  # "the queue still has 1 open sample(s)...": go on
     page.locator("#to-queue").click()
     page.wait_for_selector("#queue-link:not([hidden])")
     page.wait_for_function("() => document.getElementById('toast').textContent.includes('replaced meanwhile')")
@@ -463,6 +464,29 @@ def test_lasso_on_the_map_fills_the_queue(live_map: WebAgent, page: Any) -> None
     while first not in live_web.labels():
         assert time.monotonic() < end
         time.sleep(0.1)
+
+
+def test_send_to_queue_asks_before_replacing_open_samples(live_web: WebAgent, page: Any) -> None:
+    """The Map's Send to queue asks first, as the Queue page's Ask the agent does, while the team's queue has
+    open samples; dismissed, the queue (and its not-sure marks) stays as it was."""
+    old = agent_pb2.Queue(ids=["img030.png", "img031.png", "img032.png"], source="select", strategy="random")
+    live_web.stub.UpdateQueue(agent_pb2.UpdateQueueRequest(name="web", queue=old))
+    page.goto(f"{live_web.url}/map")
+    wait_map_ready(page)
+    page.locator("[data-tool=box]").click()
+    box = page.locator("canvas#map").bounding_box()
+    page.mouse.move(box["x"] + 2, box["y"] + 2)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.mouse.move(box["x"] + box["width"] - 2, box["y"] + box["height"] - 2)
+    page.mouse.up()
+    assert page.evaluate("() => window.ShortlistMap.selectedIds().length") > 0
+    asked = dismissed_dialogs(page)
+    page.locator("#to-queue").click()
+    page.wait_for_function("() => !document.getElementById('to-queue').disabled")
+    assert len(asked) == 1, asked
+    assert "The queue still has 3 open sample(s) of 3." in asked[0] and "Send to queue anyway?" in asked[0]
+    assert list(live_web.stub.GetQueue(agent_pb2.GetQueueRequest(name="web")).ids) == list(old.ids)
 
 
 def test_the_old_map_stays_while_the_new_versions_map_computes(live_web: WebAgent, page: Any) -> None:
