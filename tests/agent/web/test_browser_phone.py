@@ -11,7 +11,9 @@ from urllib.parse import quote
 
 import pytest
 
-from tests.agent.web.conftest import WebAgent, device_page, focused_tile, open_queue, shot
+from agent import client
+from shortlist.v1 import agent_pb2
+from tests.agent.web.conftest import WebAgent, device_page, focused_tile, open_queue, shape_image, shot
 
 pytestmark = pytest.mark.browser
 
@@ -144,3 +146,30 @@ def test_every_page_link_is_whole_on_a_phone(live_web: WebAgent, browser: Any, w
             assert got["top"] <= TOP_BAR_MAX_PX, (path, got["top"])
             if path == "/progress":
                 print(f"{width}x667: top bar {got['top']:.0f} px")  # the figure in docs/app.md (pytest -s)
+
+
+
+@pytest.mark.parametrize("width,height", [(1280, 800), (390, 844)])
+def test_labelled_tiles_show_their_file_names_whole(live_web: WebAgent, browser: Any, width: int,
+                                                    height: int) -> None:
+    """A labelled tile's file name ("triangle_134.jpg") is not cut beside its label: it was "triangle_1…" on 47
+    of 48 tiles at 1280 px and on all at 390 px (the name claimed 8ch before the label moved to a line of its
+    own). A name longer than the tile wraps rather than being cut."""
+    names = [f"triangle_{130 + i}.jpg" for i in range(9)] + ["a_very_long_file_name_from_a_camera_0001.jpg"]
+    reply = client.ingest(live_web.stub, [client.image_sample(n, shape_image(i)) for i, n in enumerate(names)])
+    assert reply.accepted == len(names)
+    client.submit_labels(live_web.stub, [(n, "circle" if i % 2 else "skipped") for i, n in enumerate(names[:-2])],
+                         annotator="setup")
+    live_web.stub.UpdateQueue(agent_pb2.UpdateQueueRequest(name="web", queue=agent_pb2.Queue(ids=names,
+                                                                                               source="select")))
+    with device_page(browser, width, height, touch=width < 600) as pg:
+        open_queue(live_web, pg, NAME)
+        assert pg.locator(".tile.labelled").count() == len(names) - 2
+        cut = pg.evaluate("""() => [...document.querySelectorAll('.tile .sid, .tile .badge')]
+            .filter((e) => e.scrollWidth > e.clientWidth || e.scrollHeight > e.clientHeight + 1)
+            .map((e) => e.textContent)""")
+        assert cut == []
+        # each name is on the screen whole: inside its tile
+        assert pg.evaluate("""() => [...document.querySelectorAll('.tile .sid')].every((e) => {
+            const r = e.getBoundingClientRect(), t = e.closest('.tile').getBoundingClientRect();
+            return r.left >= t.left && r.right <= t.right; })""")
