@@ -259,7 +259,10 @@ def priors_api(request: Request, method: str = Query(""), label: str = Query("")
               "second_p": round(float(ps.second_p[r]), 4)} for r in part.tolist()]
     return {"method": method, "model_version": ps.model_version, "computed_at": ps.computed_at,
             "labeled_at": ps.labeled_at, "labeled_now": status.labeled,
-            "events_since": max(0, status.label_events - ps.events_at), "unlabelled": int((~ps.done).sum()),
+            # the pool's unlabelled count now (the agent's), not this prior list's: computed before others
+            # labelled, it had "273 unlabelled" beside "129 labelled" in a pool of 300
+            "events_since": max(0, status.label_events - ps.events_at),
+            "unlabelled": max(0, int(status.samples - status.labeled)),
             "total": len(rows), "page": page, "pages": pages, "size": size, "offset": start,
             "counts": {c: int(n) for c, n in zip(ps.classes, counts, strict=False)}, "items": items,
             "calibration": ps.calibration, "audit": method_audit(status, method),
@@ -355,7 +358,16 @@ def label_api(request: Request, body: PriorLabelsBody, caller: Caller = CallerDe
         stored += [x.id for x in part if x.id not in refused]
     # labelled meanwhile by someone else: off this page too
     cache(request).labelled(stored + [str(r["id"]) for r in rejected if r.get("changed") and r.get("label")])
-    return {"accepted": accepted, "annotator": caller.annotator,
+    # the counts after these labels, the agent's: the page shows them (adding ``accepted`` counted a sample
+    # someone had already labelled so, an agreed one, twice); None when the agent could not say (the labels
+    # are stored all the same: the page then adds what it knows)
+    counts: dict[str, int | None] = {"labeled_now": None, "unlabelled": None}
+    try:
+        now = caller.status()
+        counts = {"labeled_now": int(now.labeled), "unlabelled": max(0, int(now.samples - now.labeled))}
+    except grpc.RpcError:
+        pass
+    return {**counts, "accepted": accepted, "annotator": caller.annotator,
             "accepted_priors": per_source["accepts"], "corrected": per_source["fixes"], "rejected": rejected,
             "twin_conflicts": twins, "agreed": agreed, "agreed_count": agreed_count, "rejected_count": rejected_count}
 

@@ -65,7 +65,8 @@
   function render(d) {
     syncUrl();
     $("stat-shown").textContent = d.total.toLocaleString();
-    $("stat-unlabelled").textContent = d.unlabelled.toLocaleString();
+    // the agent's counts now (the pool's), as the accepts below keep them
+    setCounts(d.labeled_now, d.unlabelled);
     const when = new Date(d.computed_at * 1000).toLocaleTimeString();
     $("priors-meta").textContent = `${d.method} priors at model ${d.model_version || "–"}, computed ${when} from ${d.labeled_at.toLocaleString()} labels; grouped by prior class, ${state.sort === "desc" ? "most" : "least"} confident first.`;
     const cal = d.calibration || {};  // PriorLabel.calibration: a warning while confidences rest on few labels
@@ -109,11 +110,10 @@
       grid.innerHTML = html;
     }
     $("pager").hidden = d.offset <= 0 && !hasNext(d);
-    $("page-label").textContent = `page ${d.page} of ${d.pages}`;
     $("prev-page").disabled = d.offset <= 0;
     $("next-page").disabled = !hasNext(d);
     $("bulkbar").hidden = !d.items.length;
-    $("page-info").textContent = d.items.length ? `${d.offset + 1}–${d.offset + d.items.length} of ${d.total.toLocaleString()}` : "none";
+    rangeLine(d);
     // the summary a screen reader hears (#priors-status, a polite live region; the grid is not one)
     const cls = state.label ? `class ${state.label}` : "all classes";
     $("priors-status").textContent = d.items.length
@@ -121,6 +121,19 @@
       : `no image with a prior in this range, ${cls}`;
   }
 
+  // "N labelled" and "N unlabelled": the agent's counts (GET /api/priors, and the reply of each accept); a
+  // count it could not give (null) leaves the number shown as it is.
+  function setCounts(labelled, unlabelled) {
+    if (typeof labelled === "number") $("stat-labelled").textContent = labelled.toLocaleString();
+    if (typeof unlabelled === "number") $("stat-unlabelled").textContent = unlabelled.toLocaleString();
+  }
+  // The pager's range line and page count follow "N match" (they stayed as loaded: "1–48 of 273, page 1 of 6"
+  // beside "225 match" after an Accept all); the tiles done here stay in the grid until the next page.
+  function rangeLine(d) {
+    const pages = Math.max(d.page, Math.ceil(d.total / d.size) || 1);
+    $("page-label").textContent = `page ${d.page} of ${pages}`;
+    $("page-info").textContent = d.items.length ? `${d.offset + 1}–${d.offset + d.items.length} of ${d.total.toLocaleString()}` : "none";
+  }
   // The grid lists unlabelled samples with a prior in range: a tile labelled here (or by someone else meanwhile)
   // leaves that set, an undo puts it back. "N match", the class tabs' counts and the group heads' "in range" follow
   // (they stayed as loaded until a reload, while "unlabelled" and "labelled" moved). by: -1 or +1 per tile.
@@ -139,6 +152,7 @@
     grid.querySelectorAll(".group-head [data-label]").forEach((el) => {
       el.textContent = `${(d.counts[el.dataset.label] || 0).toLocaleString()} in range`;
     });
+    rangeLine(d);
   }
 
   // The keyboard's focus on a control of a tile being saved (its Accept or Save, about to be disabled) moves
@@ -172,12 +186,16 @@
     try {
       const r = await Shortlist.api("POST", "/api/priors/labels", { method: state.method, labels });
       ownEvents += r.accepted;
-      // the page lists unlabelled samples only: each stored label is one more labelled, one fewer unlabelled
-      // (the counts stayed as loaded until a reload)
-      for (const [id, by] of [["stat-labelled", r.accepted], ["stat-unlabelled", -r.accepted]]) {
-        const el = $(id);
-        const was = parseInt(el.textContent.replace(/[^0-9]/g, ""), 10);
-        if (!Number.isNaN(was)) el.textContent = Math.max(0, was + by).toLocaleString();
+      // the agent's counts after these labels (a sample someone had already labelled so, agreed, is not one
+      // more labelled: adding r.accepted said 177 where the agent had 157); without them, what this page knows
+      if (typeof r.labeled_now === "number") setCounts(r.labeled_now, r.unlabelled);
+      else {
+        const fresh = Math.max(0, r.accepted - (r.agreed_count || 0));
+        for (const [id, by] of [["stat-labelled", fresh], ["stat-unlabelled", -fresh]]) {
+          const el = $(id);
+          const was = parseInt(el.textContent.replace(/[^0-9]/g, ""), 10);
+          if (!Number.isNaN(was)) el.textContent = Math.max(0, was + by).toLocaleString();
+        }
       }
       const refused = new Map(r.rejected.map((x) => [x.id, x]));
       // agreed: the sample already had this label from someone else (another annotator accepting the same prior

@@ -4,6 +4,7 @@ Screenshots: docs/img/priors.png, map.png, map-hover.png (with SHORTLIST_SCREENS
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +26,7 @@ from tests.agent.web.conftest import (
 )
 
 pytestmark = pytest.mark.browser
+LABELLED_NOW = sum(1 for i in range(LABELLED) if i % 3 != 2)  # the fixture's labels (circles and squares)
 MAP_POOL = 240  # a pool large enough for the map to show its clusters (and a screenshot worth looking at)
 
 
@@ -190,6 +192,36 @@ def test_accept_all_asks_first_and_can_be_undone(live_web: WebAgent, page: Any) 
     assert page.locator(".tile.done.accepted").count() == 1 and page.locator("#undo-accept-page").is_hidden()
     assert header_counts(page)["match"] == shown - 1  # the n - 1 taken back match again; bob's label stays
     assert page.inner_text("#stat-labelled") == f"{labelled + 1:,}"
+
+
+def test_priors_counts_follow_the_agent_after_labels_elsewhere_and_accept_all(live_web: WebAgent, page: Any) -> None:
+    """The header's "labelled" / "unlabelled" are the agent's, not the (stale) prior list's; after "Accept all"
+    with some already labelled so by someone else they are the agent's still (they were counted twice), and
+    the range line follows "N match" (it stayed "1–48 of 273, page 1 of 6" beside "225 match")."""
+    page.goto(f"{live_web.url}/priors?method=knn")
+    page.wait_for_selector(".tile.prior")
+    tiles = page.locator(".tile.prior")
+    n = tiles.count()
+    taken = [(str(tiles.nth(k).get_attribute("data-id")), str(tiles.nth(k).get_attribute("data-label")))
+             for k in range(2)]
+    live_web.stub.SubmitLabels(agent_pb2.SubmitLabelsRequest(labels=[  # bob accepts two of them elsewhere
+        agent_pb2.LabelAssignment(id=i, label=p) for i, p in taken], annotator="bob"))
+    page.reload()  # the priors as cached (computed before bob's labels)
+    page.wait_for_selector(".tile.prior")
+
+    def agent_counts() -> tuple[str, str]:
+        st = live_web.stub.GetStatus(agent_pb2.GetStatusRequest())
+        return f"{st.labeled:,}", f"{st.samples - st.labeled:,}"
+
+    assert (page.inner_text("#stat-labelled"), page.inner_text("#stat-unlabelled")) == agent_counts()
+    page.once("dialog", lambda d: d.accept())
+    page.click("#accept-page")
+    page.wait_for_selector("#undo-accept-page:not([hidden])")
+    assert live_web.stub.GetStatus(agent_pb2.GetStatusRequest()).labeled == LABELLED_NOW + n
+    assert (page.inner_text("#stat-labelled"), page.inner_text("#stat-unlabelled")) == agent_counts()
+    match = header_counts(page)["match"]
+    assert page.inner_text("#page-info").endswith(f" of {match:,}")
+    assert page.inner_text("#page-label") == f"page 1 of {max(1, math.ceil(match / live_web.config.page_size))}"
 
 
 def test_undo_accept_all_leaves_a_label_someone_else_had_given_the_same(live_web: WebAgent, page: Any) -> None:

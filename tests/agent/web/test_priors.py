@@ -102,6 +102,31 @@ def test_accept_and_correct(web_agent: WebAgent) -> None:
     assert fresh["labeled_at"] == len(LABELLED_IDS) + 2 and fresh["total"] == UNLABELLED - 2
 
 
+def test_counts_are_the_agents_not_the_stale_prior_lists(web_agent: WebAgent) -> None:
+    """"unlabelled" is the pool's unlabelled count now (Status.samples - labeled), not the size of a prior list
+    computed before others labelled (a labeller saw "273 unlabelled" beside "129 labelled" in a pool of 300);
+    an accept's reply carries the labelled count after it, so one already labelled so by someone else (agreed)
+    is not counted twice (the page said 177 labelled where the agent had 157)."""
+    c = web_agent.client(cookies={"shortlist_user": "alice"})
+    items = c.get("/api/priors", params={"method": "knn", "size": 200}).json()["items"]
+    # bob labels three after the priors were computed: the same class as their prior (so an accept agrees)
+    bobs = items[:3]
+    web_agent.stub.SubmitLabels(agent_pb2.SubmitLabelsRequest(
+        labels=[agent_pb2.LabelAssignment(id=x["id"], label=x["label"]) for x in bobs], annotator="bob"))
+    d = c.get("/api/priors", params={"method": "knn", "size": 200}).json()
+    status = web_agent.stub.GetStatus(agent_pb2.GetStatusRequest())
+    assert (d["labeled_now"], d["unlabelled"]) == (status.labeled, status.samples - status.labeled)
+    assert d["unlabelled"] == UNLABELLED - 3
+    # accept six, three of them bob's already: three more labelled, not six
+    page = items[:6]
+    body = c.post("/api/priors/labels", json={"method": "knn", "labels": [
+        {"id": x["id"], "label": x["label"]} for x in page]}).json()
+    assert body["agreed_count"] == 3
+    status = web_agent.stub.GetStatus(agent_pb2.GetStatusRequest())
+    assert status.labeled == len(LABELLED_IDS) + 6
+    assert (body["labeled_now"], body["unlabelled"]) == (status.labeled, status.samples - status.labeled)
+
+
 def test_accepting_a_prior_leaves_a_label_given_since(web_agent: WebAgent) -> None:
     """The priors were computed while the samples were unlabelled: a label someone gave since stays, and the
     refusal says who gave it (if_current="")."""
