@@ -18,8 +18,10 @@ from tests.agent.web.conftest import (
     LABELLED,
     N_IMAGES,
     WebAgent,
+    device_page,
     dismissed_dialogs,
     new_version_held,
+    shape_image,
     shot,
     slow_labels,
     start_web_agent,
@@ -662,3 +664,23 @@ def test_priors_class_tabs_and_focus_ring_by_keyboard(live_web: WebAgent, page: 
     page.keyboard.press("Tab")  # reached by the keyboard: :focus-visible
     assert page.evaluate("() => getComputedStyle(document.activeElement).outlineStyle") == "solid"
     assert page.evaluate("() => getComputedStyle(document.activeElement).outlineColor") == "rgb(47, 111, 237)"
+
+
+@pytest.mark.parametrize("width,height", [(1280, 800), (390, 844)])
+def test_priors_tiles_show_their_controls_whole(live_web: WebAgent, browser: Any, width: int, height: int) -> None:
+    """Each Review priors tile holds its name, confidence, Accept, correction box and Save: at 1280 and 390 px
+    Save ended 6 px past its tile ("Sav") and the confidence lost its "%"."""
+    names = [f"triangle/triangle_{130 + i}.jpg" for i in range(6)]  # a folder in the id, as the labeller's
+    reply = client.ingest(live_web.stub, [client.image_sample(n, shape_image(2 + 3 * i)) for i, n in enumerate(names)])
+    assert reply.accepted == len(names)
+    with device_page(browser, width, height, touch=width < 600) as pg:
+        pg.goto(f"{live_web.url}/priors?method=knn")
+        pg.wait_for_selector(".tile.prior")
+        out = pg.evaluate("""() => [...document.querySelectorAll('.tile.prior')].flatMap((t) => {
+            const b = t.getBoundingClientRect();
+            return [...t.querySelectorAll('.sid, .conf, .actions > *')].filter((e) => {
+                const r = e.getBoundingClientRect();
+                return r.left < b.left - 0.5 || r.right > b.right + 0.5 || e.scrollWidth > e.clientWidth + 0.5;
+            }).map((e) => `${t.dataset.id}: ${e.className || e.tagName} ${e.textContent.trim().slice(0, 20)}`);
+        })""")
+        assert out == []
