@@ -173,3 +173,25 @@ def test_labelled_tiles_show_their_file_names_whole(live_web: WebAgent, browser:
         assert pg.evaluate("""() => [...document.querySelectorAll('.tile .sid')].every((e) => {
             const r = e.getBoundingClientRect(), t = e.closest('.tile').getBoundingClientRect();
             return r.left >= t.left && r.right <= t.right; })""")
+
+
+@pytest.mark.parametrize("width,height", [(1280, 800), (390, 844)])
+def test_class_buttons_and_the_target_line_are_not_cut(live_web: WebAgent, browser: Any, width: int,
+                                                       height: int) -> None:
+    """Four classes on a phone: a class button read "trian…" (54 px of text in 50 px); at 1280 the Classes
+    panel's line read "labels 1 square_109.jpg: not la…". Both show their whole text now (they wrap)."""
+    client.submit_labels(live_web.stub, [("img002.png", "triangle"), ("img005.png", "stripes_diagonal")],
+                         annotator="setup")
+    names = [f"square_{100 + i}.jpg" for i in range(6)]
+    reply = client.ingest(live_web.stub, [client.image_sample(n, shape_image(1 + 3 * i)) for i, n in enumerate(names)])
+    assert reply.accepted == len(names)
+    live_web.stub.UpdateQueue(agent_pb2.UpdateQueueRequest(name="web", queue=agent_pb2.Queue(ids=names,
+                                                                                               source="select")))
+    with device_page(browser, width, height, touch=width < 600) as pg:
+        open_queue(live_web, pg, NAME)
+        assert pg.locator(".class-btn").count() == 4
+        cut = pg.evaluate("""() => [...document.querySelectorAll('.class-btn, .class-btn span, #target, #target > span')]
+            .filter((e) => e.scrollWidth > e.clientWidth + 0.5).map((e) => e.textContent.trim())""")
+        assert cut == []
+        assert "stripes_diagonal" in pg.locator(".class-btn").nth(3).inner_text()
+        assert "not labelled" in pg.locator("#target").inner_text()
