@@ -452,10 +452,18 @@
   $("prev-page").addEventListener("click", prevPage);
   $("next-page").addEventListener("click", nextPage);
   document.addEventListener("keydown", (ev) => {
-    // not on a control (a link, a button, a class tab, a form field): the keys are theirs there
-    if (ev.target.closest("input, select, textarea, button, a, [role=tab]") || ev.ctrlKey || ev.metaKey || ev.altKey) return;
-    if ((ev.key === "a" || ev.key === "A") && cfg.canLabel) { ev.preventDefault(); acceptPage(); }
-    else if (ev.key === "ArrowRight") nextPage();
+    if (ev.ctrlKey || ev.metaKey || ev.altKey) return;
+    // A: anywhere but a field that takes typed text or a choice (a button or link activates by Enter or Space,
+    // not by A; after an Accept the focus is on the next tile's Accept, where A did nothing)
+    if ((ev.key === "a" || ev.key === "A") && cfg.canLabel) {
+      if (ev.target.closest("input, select, textarea, [contenteditable]")) return;
+      ev.preventDefault(); acceptPage(); return;
+    }
+    // ← →: not on a control (a link, a button, a class tab, a form field) but a tile's own buttons (Accept,
+    // Save): the arrows are the other controls' keys (a tab's, a field's)
+    const onTile = ev.target.closest(".tile.prior button");
+    if (!onTile && ev.target.closest("input, select, textarea, button, a, [role=tab]")) return;
+    if (ev.key === "ArrowRight") nextPage();
     else if (ev.key === "ArrowLeft") prevPage();
   });
   load();

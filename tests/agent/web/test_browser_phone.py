@@ -190,7 +190,8 @@ def test_class_buttons_and_the_target_line_are_not_cut(live_web: WebAgent, brows
     with device_page(browser, width, height, touch=width < 600) as pg:
         open_queue(live_web, pg, NAME)
         assert pg.locator(".class-btn").count() == 4
-        cut = pg.evaluate("""() => [...document.querySelectorAll('.class-btn, .class-btn span, #target, #target > span')]
+        cut = pg.evaluate("""() => [...document.querySelectorAll(
+            '.class-btn, .class-btn span, #target, #target > span')]
             .filter((e) => e.scrollWidth > e.clientWidth + 0.5).map((e) => e.textContent.trim())""")
         assert cut == []
         assert "stripes_diagonal" in pg.locator(".class-btn").nth(3).inner_text()

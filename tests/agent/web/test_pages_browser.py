@@ -226,6 +226,23 @@ def test_priors_counts_follow_the_agent_after_labels_elsewhere_and_accept_all(li
     assert page.inner_text("#page-label") == f"page 1 of {max(1, math.ceil(match / live_web.config.page_size))}"
 
 
+def test_key_a_accepts_the_page_with_the_focus_on_a_tiles_button(live_web: WebAgent, page: Any) -> None:
+    """After ✓ the focus is on the next tile's Accept button; A (accept all) did nothing there (the page's keys
+    ignored every button). A is no button's key: it asks to accept the page."""
+    page.goto(f"{live_web.url}/priors?method=knn")
+    page.wait_for_selector(".tile.prior")
+    first = page.locator(".tile.prior").nth(0)
+    sid = first.get_attribute("data-id")
+    first.locator("button[data-act=accept]").focus()
+    page.keyboard.press("Enter")
+    page.wait_for_selector(f".tile.done.accepted[data-id='{sid}']")
+    assert page.evaluate("() => document.activeElement.dataset.act") == "accept"
+    asked = dismissed_dialogs(page, once=True)
+    page.keyboard.press("a")
+    page.wait_for_timeout(300)
+    assert len(asked) == 1 and "Accept the prior of" in asked[0], asked
+
+
 def test_undo_accept_all_leaves_a_label_someone_else_had_given_the_same(live_web: WebAgent, page: Any) -> None:
     """bob accepted the same prior just before this page's "Accept all": the tile and the toast say his label
     was there, and "Undo accept all" takes back the others only, leaving bob's label."""
