@@ -31,6 +31,9 @@ const Shortlist = (() => {
   }
   // What the app says while the agent cannot be reached (agent/web/errors.py NOT_REACHABLE begins so).
   const NOT_REACHABLE = "the agent is not reachable";
+  // What the page says when its own server does not answer at all (the web app is down, or the connection to
+  // it): not the agent, which may well be up (`shortlist web` stopped while `shortlist serve` runs).
+  const APP_AWAY = "the web app (this page's server) is not reachable";
   // POST/GET JSON; resolves with the parsed body, rejects with Error(message from the server). An error with
   // `unreachable` set: the request never reached the agent (the app answered that the agent is away, or no
   // answer came at all: `shortlist serve --web-port` restarting takes the app away with the agent; the
@@ -51,9 +54,10 @@ const Shortlist = (() => {
     try {
       res = await fetch(url, opts);
     } catch (e) {
-      const err = new Error(`${NOT_REACHABLE} (nor is this app): check the connection; retrying`);
+      const err = new Error(`${APP_AWAY}: check that it runs and the connection; retrying`);
       err.status = 0;
       err.unreachable = true;
+      err.appAway = true;
       throw err;
     }
     let data = null;
@@ -229,5 +233,5 @@ const Shortlist = (() => {
     const base = (id === "." || id === "..") ? `/${kind}/?id=${encodeURIComponent(id)}` : `/${kind}/${encodeURIComponent(id)}`;
     return query ? base + (base.includes("?") ? "&" : "?") + query : base;
   }
-  return { toast, toastNext, api, patiently, imageUrl, returnTo, signingIn, signingOut, confirmReplace };
+  return { toast, toastNext, api, patiently, imageUrl, returnTo, signingIn, signingOut, confirmReplace, APP_AWAY };
 })();

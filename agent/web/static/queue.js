@@ -397,7 +397,7 @@
       // the agent away (restarting): said once, then sent again until it answers, in its turn (inTurn)
       res = await Shortlist.patiently(
         () => Shortlist.api("POST", "/api/labels", { labels: [{ id: tile.dataset.id, label, if_current: ifCurrent }] }),
-        () => { waited = true; away(tile, `${label} … waiting`, `your label "${label}" is sent again`); });
+        (e) => { waited = true; away(tile, `${label} … waiting`, `your label "${label}" is sent again`, e); });
     } catch (e) {
       if (e.status === 401) throw e;  // signed out: the entry is kept and sent after the sign-in (signedOut)
       res = { rejected: [{ reason: e.message }] };
@@ -439,12 +439,15 @@
     const replaced = (res.overwritten || []).find((o) => o.id === tile.dataset.id);
     return replaced ? { replaced: replaced.by || "someone" } : "saved";
   }
-  // The agent cannot be reached (restarting, or the connection is down): the tile says it waits, and a notice
-  // says what happens (the request is sent again once the agent answers; nothing to do but wait).
-  function away(tile, text, what) {
+  // The agent cannot be reached (restarting), or this page's own server (the web app, or the connection to it:
+  // `err.appAway`, no answer at all): the tile says it waits, and a notice says what happens (the request is
+  // sent again once it answers; nothing to do but wait). The notice names which: with the app down and the
+  // agent up, "the agent is not reachable" sent a labeller to look at the wrong process.
+  function away(tile, text, what, err) {
     if (text) setBadge(tile, text);
+    const who = err && err.appAway ? Shortlist.APP_AWAY : "the agent is not reachable";
     // storage full or off: a reload loses what waits, so the notice of the wait says it every time
-    const said = `${shortId(tile)}: the agent is not reachable; ${what} as soon as it answers` + (storageBroken
+    const said = `${shortId(tile)}: ${who}; ${what} as soon as it answers` + (storageBroken
       ? " — keep this page open: this browser tab cannot keep it over a reload (storage full or off)" : "");
     Shortlist.toast(said, true, true);  // said once, by #announce
     announce(said);
@@ -460,7 +463,7 @@
     try {
       res = await Shortlist.patiently(
         () => Shortlist.api("POST", "/api/labels/retract", { ids: [tile.dataset.id], if_current: { [tile.dataset.id]: given }, restore_previous: !!before }),
-        () => away(tile, "undo … waiting", "your undo is sent again"));  // undoOne's notice follows once it answers
+        (e) => away(tile, "undo … waiting", "your undo is sent again", e));  // undoOne's notice follows once it answers
     } catch (e) {
       if (e.status === 401) throw e;  // signed out: the entry is kept and sent after the sign-in (signedOut)
       res = { rejected: [{ reason: e.message }] };
@@ -493,7 +496,7 @@
     if (mark) { setBadge(tile, `${what} …`); badge(tile).classList.add("sending"); }
     try {
       await Shortlist.patiently(() => Shortlist.api("POST", "/api/queue/mark", { id: tile.dataset.id, mark }),
-        () => away(tile, mark ? `${what} … waiting` : null, mark ? `your ${mark === "skip" ? "skip" : "not sure mark"} is sent again` : "sent again"));
+        (e) => away(tile, mark ? `${what} … waiting` : null, mark ? `your ${mark === "skip" ? "skip" : "not sure mark"} is sent again` : "sent again", e));
     } catch (e) {
       show(tile);
       // 404: the sample is not in the queue the agent has now: someone replaced the queue since this page loaded

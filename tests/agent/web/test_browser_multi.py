@@ -411,15 +411,17 @@ def test_wrong_key_undo_right_key_on_a_slow_connection(slow_web: WebAgent, page:
 
 def test_a_label_sent_while_the_agent_is_away_is_sent_again_when_it_answers(slow_web: WebAgent, page: Any) -> None:
     """`serve --web-port` restarting takes the app away with the agent: the label's request gets no answer at
-    all (the browser's "Failed to fetch"). The page says the agent is not reachable, not the browser's words,
-    and sends the label again once it answers; likewise while `shortlist web` answers 503 "not reachable"."""
+    all (the browser's "Failed to fetch"). The page says its own server, the web app, is not reachable (not
+    the browser's words, nor "the agent", which a labeller saw with the app stopped and the agent up), and sends
+    the label again once it answers; while `shortlist web` answers 503 "not reachable", it says the agent."""
     web = slow_web
     answer = _labels_answered(page)
     open_queue(web, page, "alice")
     x = focused_tile(page)
     answer[0] = "none"  # no answer: the app is down with the agent
     page.keyboard.press("1")
-    _toast_has(page, f"{x}: the agent is not reachable; your label \"circle\" is sent again as soon as it answers")
+    _toast_has(page, f"{x}: the web app (this page's server) is not reachable; your label \"circle\" is sent "
+                     "again as soon as it answers")
     assert "Failed to fetch" not in page.locator("#toast").inner_text()
     page.wait_for_timeout(1500)
     assert x not in web.labels()
