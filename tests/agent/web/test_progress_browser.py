@@ -136,3 +136,20 @@ def test_annotators_table_fits_its_panel_at_1280_and_scrolls_in_it_on_a_phone(li
             assert m["cut"] == 0, m  # first and last columns inside the panel
         else:
             assert m["panelScroll"] > m["panel"] and m["tabStop"] == 0 and m["name"] == "annotators-h", m
+
+
+def test_time_charts_are_readable_on_a_phone(live_web: WebAgent, page: Any) -> None:
+    """At 390 px the time charts were shrunk to the panel: their text 4 px tall, the legend's annotator names
+    unreadable. They keep a readable width (text at least 6 px) and scroll in their panel, never the page."""
+    label_some(live_web)
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.goto(f"{live_web.url}/progress")
+    page.wait_for_selector("#chart-timeline svg text")
+    m = page.evaluate("""() => {
+        const texts = [...document.querySelectorAll('#chart-timeline svg text, #chart-class-timeline svg text')]
+            .map((t) => t.getBoundingClientRect().height).filter((h) => h > 0);
+        const panel = document.getElementById('chart-timeline').closest('section');
+        return { smallest: Math.min(...texts), n: texts.length, page: document.documentElement.scrollWidth,
+                 panel: panel.clientWidth, panelScroll: panel.scrollWidth, tabStop: panel.tabIndex }; }""")
+    assert m["n"] > 0 and m["smallest"] >= 6, m
+    assert m["page"] <= 390 and m["panelScroll"] > m["panel"] and m["tabStop"] == 0, m
