@@ -195,4 +195,7 @@ def test_class_buttons_and_the_target_line_are_not_cut(live_web: WebAgent, brows
             .filter((e) => e.scrollWidth > e.clientWidth + 0.5).map((e) => e.textContent.trim())""")
         assert cut == []
         assert "stripes_diagonal" in pg.locator(".class-btn").nth(3).inner_text()
+        # "triangle" on one line, not broken in two ("triangl / e")
+        assert pg.evaluate("""() => { const s = document.querySelector('.class-btn[data-class="triangle"] span');
+            return s.getBoundingClientRect().height < 1.5 * parseFloat(getComputedStyle(s).fontSize) * 1.3; }""")
         assert "not labelled" in pg.locator("#target").inner_text()
