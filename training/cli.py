@@ -116,6 +116,25 @@ def _run_config(out: Path) -> dict[str, Any] | None:
 RUN_LOCK = "run.lock"  # in a run folder while pretrain, finetune or cycle writes it (shortlist.locks.FolderLock)
 
 
+def pretraining_run_in(out: Path) -> str | None:
+    """What ``out`` holds when it is a pretraining run, finished or not (a checkpoint or an encoder, and a
+    config.json of ``shortlist pretrain``, which names no fine-tuning ``mode``), else None: the work a finetune
+    or a cycle into ``out`` would overwrite (an unfinished one is resumed with ``pretrain --resume``)."""
+    from training.loop import CHECKPOINT, CONFIG, ENCODER, read_summary
+
+    if not ((out / CHECKPOINT).is_file() or (out / ENCODER).is_file()):
+        return None
+    try:
+        config = json.loads((out / CONFIG).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(config, dict) or "mode" in config:  # a fine-tuning or cycle run (FinetuneConfig)
+        return None
+    if read_summary(out) is not None:
+        return "a finished pretraining run"
+    return f"an unfinished pretraining run (resume it with `shortlist pretrain --resume --out {out}`)"
+
+
 @contextmanager
 def _run_lock(out: Path, command: str) -> Iterator[None]:
     """Hold ``out``/run.lock while ``shortlist <command>`` writes the run folder ``out``: two runs into one folder
@@ -383,8 +402,10 @@ def finetune_cmd(
     with _run_lock(out, "finetune"):
         # finetune() would discard the finished run's encoder.pt and summary.json (a pretraining run's too, e.g.
         # the --init run given as --out): refused unless asked for, as pretrain refuses a folder holding a run
-        if not overwrite and read_summary(out) is not None and (out / ENCODER).is_file():
-            console.print(f"[red]error:[/] {escape(str(out))} holds a finished run: pass another --out, or "
+        held = pretraining_run_in(out) or (  # an unfinished finetune is run again into its folder: not refused
+            "a finished run" if read_summary(out) is not None and (out / ENCODER).is_file() else None)
+        if not overwrite and held:
+            console.print(f"[red]error:[/] {escape(str(out))} holds {escape(held)}: pass another --out, or "
                           "--overwrite to replace it", highlight=False)
             raise typer.Exit(2)
         try:
@@ -480,6 +501,10 @@ def cycle_cmd(
     # train the mode yet, when --models is not its registry, another cycle holds the registry or the agent has
     # not taken the published version up; 2 for a bad option (checked before connecting); 130 when a signal
     # stopped the training.
+    if held := pretraining_run_in(Path(out)):  # a cycle's own --out runs again: only another run's is refused
+        console.print(f"[red]error:[/] {escape(str(out))} holds {escape(held)}, which this cycle would overwrite: "
+                      "give the cycle another --out", highlight=False)
+        raise typer.Exit(2)
     try:
         with _run_lock(out, "cycle"):
             result = run_cycle(agent.address, cfg, console=console, client_config=agent.config)

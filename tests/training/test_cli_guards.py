@@ -123,6 +123,56 @@ def test_finetune_refuses_a_folder_holding_a_finished_run_unless_overwrite(tmp_p
     assert again.exit_code == 0 and trained == [str(run)], again.output
 
 
+def _pretraining_run(run: Path, finished: bool) -> None:
+    """What `shortlist pretrain` leaves: its config.json (no fine-tuning "mode"), checkpoint.pt, and when its
+    budget ran out summary.json and encoder.pt."""
+    from training import loop
+
+    run.mkdir()
+    (run / loop.CONFIG).write_text('{"method": "moby", "data": "imgs"}')
+    (run / loop.CHECKPOINT).write_bytes(b"the pretraining's checkpoint")
+    if finished:
+        (run / loop.ENCODER).write_bytes(b"the pretraining's encoder")
+        (run / loop.SUMMARY).write_text('{"steps": 10}')
+
+
+@pytest.mark.parametrize("finished", [False, True])
+def test_finetune_and_cycle_refuse_a_folder_holding_a_pretraining_run(
+        tmp_path: Path, tiny_data: Path, monkeypatch: pytest.MonkeyPatch, finished: bool) -> None:
+    """A finetune into a pretraining run stopped by Ctrl-C (checkpoint.pt, no summary.json) replaced its
+    config.json and checkpoint, so `pretrain --resume` could no longer continue it; a cycle into a finished
+    pretraining run replaced its encoder.pt. Both refused (exit 2), naming how to resume the unfinished one;
+    nothing in the folder changes. (An unfinished finetune is still run again into its own folder.)"""
+    import training.cycle
+    import training.finetune as ft
+    from training import loop
+
+    run = tmp_path / "pt"
+    _pretraining_run(run, finished)
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    monkeypatch.setattr(ft, "finetune", lambda cfg, **kw: pytest.fail("trained"))
+    monkeypatch.setattr(training.cycle, "run_cycle", lambda *a, **kw: pytest.fail("cycled"))
+    held = "a finished pretraining run" if finished else "an unfinished pretraining run (resume it with"
+    for args in (_held_args("finetune", tiny_data, run), _held_args("cycle", tiny_data, run)):
+        r = CliRunner().invoke(app, args, env={"COLUMNS": "300"})
+        assert r.exit_code == 2 and _said(f"error: {run} holds {held}") in _said(r.output), r.output
+        assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+    unfinished_finetune = tmp_path / "ft"
+    unfinished_finetune.mkdir()
+    (unfinished_finetune / loop.CONFIG).write_text('{"mode": "full"}')
+    (unfinished_finetune / loop.CHECKPOINT).write_bytes(b"a stopped finetune")
+    trained: list[str] = []
+
+    def fake(cfg: ft.FinetuneConfig, **kwargs: object) -> Path:
+        trained.append(cfg.out)
+        (Path(cfg.out) / loop.SUMMARY).write_text('{"mode": "full"}')
+        return Path(cfg.out)
+
+    monkeypatch.setattr(ft, "finetune", fake)
+    r = CliRunner().invoke(app, _held_args("finetune", tiny_data, unfinished_finetune))
+    assert r.exit_code == 0 and trained == [str(unfinished_finetune)], r.output
+
+
 @pytest.mark.parametrize(("args", "said"), [
     (["finetune", "--lr", "nan"], "'--lr'"),
     (["finetune", "--lr", "inf"], "inf is not a number this option can use"),
