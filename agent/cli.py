@@ -891,14 +891,16 @@ def _print_ingest(reply: agent_pb2.IngestReply) -> None:
                       "with the same paths, give each source its own --id-prefix, e.g. --id-prefix site2/",
                       highlight=False, soft_wrap=True)
     if taken and reply.duplicates_other_uri:
-        # The rest of this source is stored, read from another place (a rerun from another directory): the same
-        # source, so these files changed since they were ingested; a new --id-prefix would store it all again.
+        # Other files of this source are stored, read from another place: a rerun of the same source from another
+        # directory (these files then changed since they were ingested, and a new --id-prefix would store it all
+        # again), or another source that shares a few files (a calibration image): which, only the user knows.
         console.print(f"hint: {len(taken)} of the rejected files hold other bytes than the samples stored under "
                       f"their ids (e.g. {escape(printable(quoted(taken[0].id)))}), while {reply.duplicates_other_uri} "
-                      "other files of this source are already stored from another place (the note above): the "
-                      "rejected files likely changed since they were ingested; delete the stored samples (`shortlist "
-                      "delete-samples ID ...`, or --file with the ids) and ingest again, or keep the stored ones",
-                      highlight=False, soft_wrap=True)
+                      "other files of this source are already stored from another place (the note above): if this "
+                      "is the same source read from another directory, the rejected files changed since they were "
+                      "ingested: delete the stored samples (`shortlist delete-samples ID ...`, or --file with the "
+                      "ids) and ingest again, or keep the stored ones; if it is another source, give each source "
+                      "its own --id-prefix, e.g. --id-prefix site2/", highlight=False, soft_wrap=True)
     elif taken:
         console.print("hint: another source already used these ids (ids are paths inside the source); give each "
                       "source its own --id-prefix, e.g. --id-prefix site2/")

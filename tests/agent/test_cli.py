@@ -481,13 +481,15 @@ def test_an_id_from_the_same_uri_with_other_bytes_gets_both_hints(tmp_path: Path
     assert "if they are another source's files with the same paths, give each source its own --id-prefix" in text
 
 
-def test_a_changed_file_in_a_rerun_from_another_directory_is_not_told_to_use_a_new_id_prefix(
+def test_a_changed_file_in_a_rerun_from_another_directory_is_not_told_only_to_use_a_new_id_prefix(
         tmp_path: Path, running: Running, monkeypatch: pytest.MonkeyPatch) -> None:
     """`ingest data/imgs`, a file replaced, then `cd data && ingest imgs`: the replaced file's id is ID_TAKEN (the
     uris differ), and the hint said "another source already used these ids ... give each source its own
     --id-prefix" in the same run whose note said the other files were read from another place: following it
-    stores the whole folder twice. With duplicates from another place in the reply, the hint says the rest of the
-    source is stored and the rejected files likely changed (delete-samples, ingest again); --id-prefix otherwise."""
+    stores the whole folder twice. With duplicates from another place in the reply, the hint gives both readings:
+    the same source read from elsewhere (its files changed: delete-samples, ingest again) or another source that
+    shares a few files (a reviewer's calibration image: told only to delete, they would have deleted another
+    source's labelled samples); --id-prefix alone otherwise."""
     image_folder(tmp_path / "data" / "imgs", 4)
     monkeypatch.chdir(tmp_path)
     run("ingest", "data/imgs", "--agent", running.address)
@@ -499,10 +501,11 @@ def test_a_changed_file_in_a_rerun_from_another_directory_is_not_told_to_use_a_n
         "place" in text, text
     assert ("hint: 1 of the rejected files hold other bytes than the samples stored under their ids (e.g. "
             "\"cat/000.png\"), while 3 other files of this source are already stored from another place (the note "
-            "above): the rejected files likely changed since they were ingested; delete the stored samples "
-            "(`shortlist delete-samples ID ...`, or --file with the ids) and ingest again, or keep the stored "
-            "ones") in text, text
-    assert "--id-prefix" not in text, text
+            "above): if this is the same source read from another directory, the rejected files changed since "
+            "they were ingested: delete the stored samples (`shortlist delete-samples ID ...`, or --file with the "
+            "ids) and ingest again, or keep the stored ones; if it is another source, give each source its own "
+            "--id-prefix") in text, text
+    assert "another source already used these ids" not in text, text
     # the same rejection without duplicates from elsewhere: another source's file, a new prefix is the way
     (tmp_path / "other" / "cat").mkdir(parents=True)
     (tmp_path / "other" / "cat" / "000.png").write_bytes(png(make_images(2)[1]))
