@@ -526,9 +526,11 @@ class PoolMap:
         return None
 
     def _remove_others(self, version: str) -> None:
-        """Maps of other (retired) versions, and temporary files left by a crash."""
-        if not self.folder.is_dir():
-            return
-        for p in self.folder.iterdir():
-            if p.name != f"{version}.npz":
-                p.unlink(missing_ok=True)
+        """Maps of other (retired) versions, and temporary files left by a crash. Not once stop() has saved: the
+        released folder may be another agent's by then (its map, its temporary files)."""
+        with self._save_lock:
+            if self._closed or not self.folder.is_dir():
+                return
+            for p in self.folder.iterdir():
+                if p.name != f"{version}.npz":
+                    p.unlink(missing_ok=True)

@@ -335,17 +335,20 @@ def test_the_map_thread_writes_nothing_after_stop(tmp_path: Path) -> None:
              for v in ("v0001", "v0002")]
     release = threading.Event()
 
-    def starved() -> None:
+    def starved() -> None:  # the loop's own sequence after a fit: save, then remove the other versions' maps
         release.wait(30)
         for m in later:
             pm._save_quietly(m)
+            pm._remove_others(m.version)
 
     pm._thread = threading.Thread(target=starved, daemon=True)
     pm._thread.start()
     pm.stop()
+    (tmp_path / "map").mkdir()
+    (tmp_path / "map" / "v0009.npz").write_bytes(b"another agent's map, in the folder released since")
     release.set()
     pm._thread.join(5)
-    assert not (tmp_path / "map").exists()
+    assert [p.name for p in (tmp_path / "map").iterdir()] == ["v0009.npz"]
 
 
 def test_the_fit_child_does_not_import_from_the_agents_working_folder(tmp_path: Path,
