@@ -52,6 +52,7 @@ from agent.progress import LabelTally, audit_dict
 from agent.web.config import LabelStudioConfig
 from shortlist.console import INTERRUPTED_EXIT, make_console
 from shortlist.datasets import sources_said
+from shortlist.options import finite
 from shortlist.v1 import agent_pb2, agent_pb2_grpc
 
 if TYPE_CHECKING:  # annotations only: the commands import these where they use them, so the others start without
@@ -385,10 +386,11 @@ def serve(labelstudio: LabelStudioConfig, *,
           classes: str = typer.Option("", "--classes", help="closed class list a,b,c (default: open)"),
           no_blobs: bool = typer.Option(False, "--no-blobs", help="do not keep payloads (no re-embedding, "
                                         "no ListSamples payloads)"),
-          poll: float = typer.Option(SERVE.poll_s, "--poll", min=0.05, help="seconds between registry checks"),
+          poll: float = typer.Option(SERVE.poll_s, "--poll", min=0.05, callback=finite,
+                                     help="seconds between registry checks"),
           batch_size: int = typer.Option(SERVE.batch_size, "--batch-size", min=1, help="images per onnxruntime call"),
           limits: Limits,
-          min_free_mb: float = typer.Option(SERVE.min_free_bytes / MIB, "--min-free-mb", min=0,
+          min_free_mb: float = typer.Option(SERVE.min_free_bytes / MIB, "--min-free-mb", min=0, callback=finite,
                                             help="GetStatus warns when the data folder has less free space"),
           cpu: bool = typer.Option(False, "--cpu", help="never try CUDAExecutionProvider"),
           state_check: str = typer.Option(SERVE.state_check, "--state-check",
@@ -951,7 +953,7 @@ def ingest(agent: AgentTarget,
            with_labels: bool = typer.Option(False, "--with-labels", help="class folders become labels"),
            split: str = typer.Option("train", "--split", help="which split of a source that has splits"),
            batch: int = typer.Option(256, "--batch", min=1, help="most samples per request (one transaction)"),
-           batch_mb: float | None = typer.Option(None, "--batch-mb", min=0.01, show_default=False,
+           batch_mb: float | None = typer.Option(None, "--batch-mb", min=0.01, callback=finite, show_default=False,
                                                  help=f"most MiB per request (default {client.REQUEST_BYTES >> 20}); "
                                                  "keep it under the agent's --max-message-mb"),
            limit: int | None = typer.Option(None, "--limit", min=1, help="only the first N images in the source's "

@@ -307,3 +307,16 @@ def test_ingest_of_a_folder_it_cannot_read_says_so(tmp_path: Path, monkeypatch: 
     assert res.exit_code == 2, res.output
     said = one_line(res.stderr)
     assert "the folder is not readable (permission denied)" in said and "batches.meta" not in said
+
+
+@pytest.mark.parametrize("args", [["ingest", "SRC", "--batch-mb", "inf"], ["serve", "--poll", "inf"],
+                                  ["serve", "--min-free-mb", "inf"]])
+def test_an_infinite_float_option_is_a_usage_error(tmp_path: Path, args: list[str]) -> None:
+    """`ingest --batch-mb inf` ended in OverflowError (int(inf * 2**20)); nan was refused by the range, inf
+    passed it. Refused with exit 2 before anything starts (serve: before its data folder is made)."""
+    (tmp_path / "src").mkdir()
+    args = [str(tmp_path / "src") if a == "SRC" else a for a in args]
+    extra = ["--data-dir", str(tmp_path / "d"), "--models", str(tmp_path / "m")] if args[0] == "serve" else []
+    res = runner.invoke(app, [*args, *extra])
+    assert res.exit_code == 2 and "inf is not a number this option can use" in one_line(res.output), res.output
+    assert "Traceback" not in res.output and not (tmp_path / "d").exists()
