@@ -74,6 +74,10 @@ class OutLock:
             typer.echo(f"error: --out {out} is a file (or lies under one): give `{command}` a folder to write its "
                        "results into", err=True)
             raise typer.Exit(2) from None
+        except OSError as e:  # a folder that cannot be made or written (no such parent, read-only, permissions)
+            typer.echo(f"error: cannot use --out {out}: {e.strerror or e}; give `{command}` a folder it can write",
+                       err=True)
+            raise typer.Exit(2) from None
 
     def release(self) -> None:
         self._lock.release()

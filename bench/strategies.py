@@ -705,6 +705,11 @@ def blobs_cmd(
     seed: int = typer.Option(0, min=0),
 ) -> None:
     """Write a synthetic embeddings set for `bench strategies` (imbalanced blobs on the unit sphere)."""
+    if n * 5 // 6 < clusters:  # the pool (5/6 of the rows) cannot hold every class: 5 pool rows of 7 were written
+        least = next(m for m in range(n, 6 * clusters + 1) if m * 5 // 6 >= clusters)
+        typer.echo(f"error: --n {n} is too few rows for {clusters} classes: give --n {least} or more (5/6 of the rows "
+                   "are the pool, which needs a row of each class), or fewer --clusters", err=True)
+        raise typer.Exit(2)
     require_fits(n, dim)
     with OutLock(out, "bench blobs"):  # (and a file as --out: exit 2)
         x, y = synthetic_blobs(n, clusters, dim, spread, seed)

@@ -26,6 +26,7 @@ def _invoke(args: list[str]) -> tuple[int, str]:
     (["bench", "blobs", "--n", "60", "--spread", "inf"], "inf is not a number this option can use"),
     (["bench", "blobs", "--n", "60", "--clusters", "0"], "'--clusters'"),
     (["bench", "blobs", "--n", "60", "--dim", "0"], "'--dim'"),
+    (["bench", "blobs", "--n", "6", "--clusters", "7"], "--n 6 is too few rows for 7 classes: give --n 9"),
     (["bench", "blobs", "--n", "100000000", "--dim", "1000"], "is 100,000,000,000 numbers"),
     (["bench", "select-scale", "--n", "0"], "'--n'"),
     (["bench", "select-scale", "--n", "100", "--dim", "0"], "'--dim'"),
@@ -66,3 +67,10 @@ def test_blobs_small_set_is_written(tmp_path: Path) -> None:
     assert code == 0, text
     assert len(np.load(tmp_path / "b" / "x.npy")) == 5 and len(np.load(tmp_path / "b" / "test_x.npy")) == 1
     assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["test_x.npy", "test_y.npy", "x.npy", "y.npy"]
+
+
+@pytest.mark.parametrize("command", [["bench", "blobs", "--n", "60"], ["bench", "cifar10", "--budgets", "1"]])
+def test_out_that_cannot_be_made_is_a_usage_error(command: list[str]) -> None:
+    """An --out under /proc (no folder can be made there): a FileNotFoundError traceback, exit 1; one line now."""
+    code, text = _invoke([*command, "--out", "/proc/self/nope/out"])
+    assert code == 2 and "cannot use --out /proc/self/nope/out" in text and "Traceback" not in text, text
