@@ -35,7 +35,8 @@ def git_commit() -> str:
             written = ARCHIVE_COMMIT.read_text(encoding="ascii").strip()
         except (OSError, UnicodeDecodeError):
             return ""
-        return written[:12] if len(written) == 40 and all(c in "0123456789abcdef" for c in written) else ""
+        # 40 hex digits (SHA-1), or 64 in a repository that names objects by SHA-256
+        return written[:12] if len(written) in (40, 64) and all(c in "0123456789abcdef" for c in written) else ""
     try:
         out = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short=12", "HEAD"], capture_output=True,
                              text=True, timeout=5, check=True)

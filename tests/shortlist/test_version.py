@@ -28,6 +28,7 @@ def test_an_archive_of_the_repository_says_its_commit() -> None:
 
 @pytest.mark.parametrize(("written", "said"), [
     ("0123456789abcdef0123456789abcdef01234567\n", "0123456789ab"),
+    ("fedcba9876543210" * 4 + "\n", "fedcba987654"),  # a SHA-256 repository's commit
     ("$Format:%H$\n", ""),  # the repository's own text: not an archive
     ("not a commit", ""),
 ])
