@@ -136,16 +136,22 @@ class NotWholeJson(ValueError):
     """A file that should hold a whole JSON object and does not; the message names it and says what to do."""
 
 
-def read_json(path: Path, fix: str) -> dict[str, Any]:
-    """The JSON object in ``path`` (UTF-8). Not valid JSON, or valid but not an object: ``NotWholeJson`` whose
-    message names ``path`` and ends with ``fix`` (what the user should do, e.g. "delete it to re-run that
-    cell"). A missing or unreadable file raises the usual OSError."""
+def read_json_value(path: Path, fix: str) -> Any:
+    """The JSON value in ``path`` (UTF-8), of any type. Not valid JSON: ``NotWholeJson`` whose message names
+    ``path`` and ends with ``fix``. A missing or unreadable file raises the usual OSError."""
     try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except ValueError as e:  # JSONDecodeError, and UnicodeDecodeError for bytes that are not UTF-8
         where = f"line {e.lineno} column {e.colno}" if isinstance(e, json.JSONDecodeError) else "not UTF-8"
         raise NotWholeJson(f"{path} is not valid JSON ({where}: torn by a crash, or edited by hand?); "
                            f"{fix}") from None
+
+
+def read_json(path: Path, fix: str) -> dict[str, Any]:
+    """The JSON object in ``path`` (``read_json_value``). Not valid JSON, or valid but not an object:
+    ``NotWholeJson`` whose message names ``path`` and ends with ``fix`` (what the user should do, e.g. "delete
+    it to re-run that cell"). A missing or unreadable file raises the usual OSError."""
+    obj = read_json_value(path, fix)
     if not isinstance(obj, dict):
         kind = ("an array" if isinstance(obj, list) else "a string" if isinstance(obj, str)
                 else "null" if obj is None else json.dumps(obj))  # numbers, true / false: the value itself

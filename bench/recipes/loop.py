@@ -34,7 +34,7 @@ import typer
 
 from bench import cifar10
 from bench.recipes.spec import Arm, Recipe, Scale, apply_imbalance
-from shortlist.atomic import NotWholeJson, read_json, write_atomic
+from shortlist.atomic import NotWholeJson, read_json, read_json_value, write_atomic
 
 CELL = "cell.json"
 ROUNDS = "rounds.json"
@@ -244,11 +244,9 @@ def _saved_rounds(path: Path, console: Any) -> list[dict[str, Any]] | None:
     if not path.is_file():
         return None
     try:
-        rounds = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as e:  # JSONDecodeError, and UnicodeDecodeError for bytes that are not UTF-8
-        where = f"line {e.lineno} column {e.colno}" if isinstance(e, json.JSONDecodeError) else "not UTF-8"
-        _warn(console, NotWholeJson(f"{path} is not valid JSON ({where}: torn by a crash, or edited by hand?); "
-                                    "that cell starts over from its first round"))
+        rounds = read_json_value(path, "that cell starts over from its first round")
+    except NotWholeJson as e:
+        _warn(console, e)
         return None
     if not (isinstance(rounds, list) and rounds and all(isinstance(r, dict) for r in rounds)):
         _warn(console, NotWholeJson(f"{path} does not hold a list of round records (edited by hand?); that cell "
