@@ -94,17 +94,12 @@ def test_a_second_run_into_a_run_folder_in_use_is_refused(command: str, tiny_dat
     assert not out.exists()  # the lock made it and nothing else was written: removed
 
 
-def test_finetune_refuses_a_folder_holding_a_finished_run_unless_overwrite(tmp_path: Path, tiny_data: Path,
-                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    """`finetune --out ft1` a second time silently replaced the finished run's encoder.pt: refused (exit 2) as
-    pretrain refuses a folder that holds a run, unless --overwrite; the folder is left as it was."""
+def _recording_finetune(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """training.finetune.finetune replaced by a stand-in that records the --out it was given and writes the
+    summary.json the command reads after it; the list it records into."""
     import training.finetune as ft
     from training import loop
 
-    run = tmp_path / "ft1"
-    run.mkdir()
-    (run / loop.ENCODER).write_bytes(b"the first run's encoder")
-    (run / loop.SUMMARY).write_text('{"mode": "full"}')
     trained: list[str] = []
 
     def fake(cfg: ft.FinetuneConfig, **kwargs: object) -> Path:
@@ -113,6 +108,20 @@ def test_finetune_refuses_a_folder_holding_a_finished_run_unless_overwrite(tmp_p
         return Path(cfg.out)
 
     monkeypatch.setattr(ft, "finetune", fake)
+    return trained
+
+
+def test_finetune_refuses_a_folder_holding_a_finished_run_unless_overwrite(tmp_path: Path, tiny_data: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """`finetune --out ft1` a second time silently replaced the finished run's encoder.pt: refused (exit 2) as
+    pretrain refuses a folder that holds a run, unless --overwrite; the folder is left as it was."""
+    from training import loop
+
+    run = tmp_path / "ft1"
+    run.mkdir()
+    (run / loop.ENCODER).write_bytes(b"the first run's encoder")
+    (run / loop.SUMMARY).write_text('{"mode": "full"}')
+    trained = _recording_finetune(monkeypatch)
     args = ["finetune", "--out", str(run), "--data", str(tiny_data), "--mode", "full", "--steps", "1"]
     r = CliRunner().invoke(app, args, env={"COLUMNS": "300"})
     assert r.exit_code == 2, r.output
@@ -161,14 +170,7 @@ def test_finetune_and_cycle_refuse_a_folder_holding_a_pretraining_run(
     unfinished_finetune.mkdir()
     (unfinished_finetune / loop.CONFIG).write_text('{"mode": "full"}')
     (unfinished_finetune / loop.CHECKPOINT).write_bytes(b"a stopped finetune")
-    trained: list[str] = []
-
-    def fake(cfg: ft.FinetuneConfig, **kwargs: object) -> Path:
-        trained.append(cfg.out)
-        (Path(cfg.out) / loop.SUMMARY).write_text('{"mode": "full"}')
-        return Path(cfg.out)
-
-    monkeypatch.setattr(ft, "finetune", fake)
+    trained = _recording_finetune(monkeypatch)
     r = CliRunner().invoke(app, _held_args("finetune", tiny_data, unfinished_finetune))
     assert r.exit_code == 0 and trained == [str(unfinished_finetune)], r.output
 
