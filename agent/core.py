@@ -592,6 +592,17 @@ class Agent:
         check_writable(data_dir)  # a clear message for a read-only or full folder
         owner_only_dir(data_dir)  # 0700: only the agent's user can read anything inside
         self.folder_lock = DataDirLock(data_dir)  # one agent per folder; DataDirLocked otherwise
+        # Whatever fails from here on (a blob folder that is a file, a broken model...) undoes what was opened, in
+        # reverse: else the lock stays held, and this process's next Agent is refused as in use by another agent.
+        with contextlib.ExitStack() as undo:
+            undo.callback(self.folder_lock.release)
+            self._open(config, undo)
+            undo.pop_all()  # opened: ``close`` undoes it from now on
+
+    def _open(self, config: AgentConfig, undo: contextlib.ExitStack) -> None:
+        """Open everything but the lock: the lanes, the state, the blobs, the model manager and the rest, each
+        pushed on ``undo`` as it opens (the caller unwinds it if a later step raises)."""
+        data_dir = config.data_dir
         self.config = config
         self.limits = config.limits
         work = config.work
@@ -606,6 +617,8 @@ class Agent:
         self.light_prior_work = Admission(work.light_max_concurrent, work.light_max_queued, lane="light",
                                           threads=work.light_prior_threads)
         self.decode_work = Admission(work.decode_max_concurrent, work.decode_max_queued, lane="decode")
+        for lane in (self.work, self.light_work, self.light_prior_work, self.decode_work):
+            undo.callback(lane.shutdown)
         # Select: (chosen ids and scores, details, the recorded selection's id or ""); PriorLabels: (probs,
         # confidence, calibration).
         self.select_cache: LruCache[SelectCached] = LruCache(
@@ -616,12 +629,9 @@ class Agent:
         self.models = config.models
         self.version = (package_version(), git_commit())  # GetStatus's agent_version, agent_commit
         allow_pixels(config.limits.max_pixels)
-        try:
-            self.state = State(data_dir / "state.sqlite", None if config.classes is None else list(config.classes),
-                               check=config.state_check)
-        except BaseException:
-            self.folder_lock.release()
-            raise
+        self.state = State(data_dir / "state.sqlite", None if config.classes is None else list(config.classes),
+                           check=config.state_check)
+        undo.callback(self.state.close)
         # The method and calibration of the last calibrated PriorLabels answered, for GetStatus's warning
         # while its confidences cannot be trusted (``status``); None before any. Kept in the state's meta
         # table, so a restart does not silence the warning until the next PriorLabels.
@@ -656,12 +666,14 @@ class Agent:
                 log.info("removed %d stored payload(s) that no sample names (written by an Ingest that stopped "
                          "before its commit)", swept)
         self.manager = ModelManager(config, self.state, self.blobs, on_classes=self._adopt_manifest_classes)
+        undo.callback(self.manager.stop)
         self.ingest = IngestPipeline(self.state, self.blobs, self.manager, config.limits, self.decode_work,
                                      work.large_image_pixels)
         self.auditor = PriorAuditor(config.audit, self.state.audit_seqs, self.state.labels_by_seq, self._audit_pool,
                                     self._id_of, self._served_version, self.work,
                                     background=config.background, counted=self.audit_counted,
                                     accepted=self.state.accepted_prior_seqs)
+        undo.callback(self.auditor.stop)
         self.queues = Queues(self.state, config.limits)
         self.images = Images(self.state, self.blobs, config.images, config.limits.max_message_bytes,
                              config.limits.max_pixels, self.decode_work, work.large_image_pixels,
