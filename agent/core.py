@@ -171,19 +171,59 @@ class SelectFlight:
 
 
 @dataclass(frozen=True)
-class StrategyRun:
-    """What one Select asks of its strategy, as ``Agent._run_strategy``, ``_run_capped`` and ``_strategy_round``
-    take it: ``strategy`` (its name, as asked), its registry entry ``fn``, the request's ``params``, ``budget``
-    (the most picks a run may return), ``seed``, and the per-group cap: at most ``max_per_group`` picks per value
-    of the metadata key ``group_by`` (0 and "": no cap)."""
+class SelectQuery:
+    """One Select request, as ``Agent.select`` takes it (and checks it): at most ``budget`` picks among the
+    unlabelled samples whose metadata has every key=value of ``where``, by the strategy named ``strategy`` with
+    its ``params``, seeded by ``seed``; with the per-group cap, at most ``max_per_group`` picks per value of the
+    metadata key ``group_by`` (0 and "": no cap; both or neither). ``_run_strategy``, ``_run_capped`` and
+    ``_strategy_round`` take it too, a capped round with its own ``budget``."""
 
-    strategy: str
-    fn: StrategyEntry
-    params: Mapping[str, str]
     budget: int
-    seed: int
+    strategy: str
+    params: Mapping[str, str] = field(default_factory=dict)
+    seed: int = 0
+    where: Mapping[str, str] = field(default_factory=dict)
     group_by: str = ""
     max_per_group: int = 0
+
+    def key(self, take: int) -> tuple[Hashable, ...]:
+        """The request's part of its Select's cache key (``Agent._plan_select``), hashable and order-free in its
+        mappings, with ``take`` (the picks it can have: the budget, at most the candidates) in place of the
+        budget: a budget beyond the candidates gives the same answer."""
+        return (self.strategy, frozen(self.params), self.seed, take, self.group_by, self.max_per_group,
+                frozen(self.where))
+
+    def recorded(self) -> dict[str, Any]:
+        """The request as its selection's record holds it (``uniform_request`` reads it): group_by and
+        max_per_group only with a cap."""
+        request: dict[str, Any] = {"budget": self.budget, "strategy": self.strategy, "params": dict(self.params),
+                                   "seed": self.seed, "where": dict(self.where)}
+        if self.max_per_group:  # not a uniform draw (uniform_request): the cap reshapes the sample
+            request.update(group_by=self.group_by, max_per_group=self.max_per_group)
+        return request
+
+
+@dataclass(frozen=True, eq=False)
+class SelectPlan:
+    """One Select once its pool is read (``Agent._plan_select``), as ``Agent._lead_select`` runs it: the checked
+    ``query`` and its strategy's registry entry ``fn``; the ``pool`` (its candidates less ``left_out``
+    byte-identical ones, ``Agent.twin_free``) and its rows' state seqs ``seqs``; ``take``, the picks it can have;
+    the serving ``version`` ("" before a model); ``stored``, the samples stored as the pool was read, ``behind``
+    of them not embedded by that version yet (both 0 before a model); its cache ``key``; the call's ``token``;
+    and ``record``, False for a read token's call (answered, not recorded)."""
+
+    query: SelectQuery
+    fn: StrategyEntry
+    pool: Pool
+    seqs: np.ndarray
+    take: int
+    left_out: int
+    version: str
+    stored: int
+    behind: int
+    key: Hashable
+    token: cancel.CancelToken | None
+    record: bool
 
 
 @dataclass
@@ -1352,109 +1392,128 @@ class Agent:
         return [rec.id for rec in recs if rec is not None]  # a sample deleted since the labels were read: none
 
     # ---- Select ----------------------------------------------------------------------------------
-    def select(self, budget: int, strategy: str, params: Mapping[str, str], seed: int,
-               where: Mapping[str, str], token: cancel.CancelToken | None = None,
-               record: bool = True, group_by: str = "", max_per_group: int = 0) -> SelectResult:
-        """Run ``strategy`` (in an admission slot, cancelled through ``token``) and record the selection
+    def select(self, query: SelectQuery, token: cancel.CancelToken | None = None,
+               record: bool = True) -> SelectResult:
+        """Run ``query``'s strategy (in an admission slot, cancelled through ``token``) and record the selection
         under a new id, or answer a repeated identical request from the cache with the selection already
         recorded (its id; nothing written: a client repeating one call cannot grow the database).
         ``record`` False (a read token's call): answered, not recorded, and not a draw for the calibration; its
         selection_id is empty (as when a full disk keeps the record from being written) and
-        ``details["selection_not_recorded"]`` says so. ``group_by`` / ``max_per_group`` (both or neither):
-        at most that many picks share one value of that metadata key (``_run_capped``), for every strategy."""
-        fn = self._select_strategy(budget, strategy, params, where, group_by, max_per_group)
+        ``details["selection_not_recorded"]`` says so. ``query.group_by`` / ``max_per_group`` (both or
+        neither): at most that many picks share one value of that metadata key (``_run_capped``), for every
+        strategy."""
+        plan = self._plan_select(query, self._select_strategy(query), token, record)
+        # the lane its strategy runs in (_strategy_round): an identical Select waiting for this one holds a place
+        # in that lane's queue
+        lane = self.light_work if plan.fn.is_light(plan.take) else self.work
+        return self._single_flight(plan, lane)
+
+    def _plan_select(self, query: SelectQuery, fn: StrategyEntry, token: cancel.CancelToken | None,
+                     record: bool) -> SelectPlan:
+        """``query`` (checked; ``fn``: its strategy's entry) with its pool read: the serving version's, or every
+        stored sample's before a model (a model-free strategy only: FailedPrecondition otherwise), less the
+        byte-identical candidates (``twin_free``); FailedPrecondition for an audit while the serving version has
+        not embedded every stored sample."""
         serving = self.manager.current
+        stored = behind = 0
         if serving is None:
-            if strategy not in MODEL_FREE:
+            if query.strategy not in MODEL_FREE:
                 raise FailedPrecondition(no_model_message(self.models, refused=self.manager.refused_only()))
-            pool, seqs = self.free_pool(where)
+            pool, seqs = self.free_pool(query.where)
             version = ""
         else:
             stored = self.state.count()  # before the view: a sample ingested in between is in both
-            pool, seqs = self.model_pool(serving, where)
+            pool, seqs = self.model_pool(serving, query.where)
             version = serving.version
             behind = self.not_embedded(version, stored, int(np.count_nonzero(seqs)))  # (a deleted sample's row: 0)
-            if behind and strategy == AUDIT:
+            if behind and query.strategy == AUDIT:
                 raise FailedPrecondition(
                     f"an audit draw must cover the whole pool, and {behind_phrase(behind, stored, version)}; "
                     f"{ASK_AGAIN}")
         candidates, left_out = self.twin_free(pool.candidates, seqs)
         pool = replace(pool, candidates=candidates)
-        take = min(budget, len(pool.candidates))  # a budget beyond the candidates costs nothing more
+        take = min(query.budget, len(pool.candidates))  # a budget beyond the candidates costs nothing more
         # Everything the answer depends on: the model version, the pool's rows, the labelled set with
         # its labels, the candidates (the where filter's result), the strategy, params, seed and budget.
         # (Metadata, which the where filter and the groups read, never changes once a sample is stored.) The
         # filter itself too: two filters with the same candidates differ in an empty answer's reason and in
         # whether the recorded request is a uniform draw.
         key = ("select", version, len(pool.embeddings), fingerprint(pool.labeled, pool.labels, pool.candidates),
-               strategy, frozen(params), seed, take, group_by, max_per_group, frozen(where))
+               *query.key(take))
+        return SelectPlan(query, fn, pool, seqs, take, left_out, version, stored, behind, key, token, record)
 
-        def lead(cached: SelectCached | None) -> SelectResult:
-            """The Select past its cache look-up (``cached``: the cache's unrecorded answer, or None): run the
-            strategy, record the selection and cache it."""
-            details: dict[str, str] = {}
-            chosen: list[tuple[str, float]]
-            if cached is not None:  # an empty answer too: a client polling one that matches nothing writes nothing
-                chosen, details = list(cached[0]), dict(cached[1])
-            elif take == 0:
-                chosen = []
-                details[NOTHING_SELECTED] = self._why_nothing(where, left_out, behind if serving is not None else 0,
-                                                              len(seqs))
-            elif max_per_group:
-                chosen, details = self._run_capped(StrategyRun(strategy, fn, params, budget, seed, group_by,
-                                                               max_per_group), pool, seqs, take, token)
-            else:
-                chosen, details = self._run_strategy(StrategyRun(strategy, fn, params, budget, seed), pool, seqs, take,
-                                                     token)
-            if cached is None and left_out:
-                details[SAME_PAYLOAD_LEFT_OUT] = (
-                    f"{left_out} unlabelled sample{'s' if left_out != 1 else ''} left out of the candidates: the exact "
-                    "bytes of a labelled sample, or of an earlier-ingested candidate (one label covers byte-identical "
-                    "images)")
-            if cached is None and serving is not None and behind:
-                details[NOT_EMBEDDED] = (f"{behind_phrase(behind, stored, version)}: they are not candidates until "
-                                         f"then; {ASK_AGAIN}")
-                if uniform_draw(strategy, bool(where) or bool(max_per_group)):
-                    details[NOT_UNIFORM] = ("a draw of the embedded samples only, not of the whole pool: its labels do "
-                                            "not count as audit labels for the calibration")
-            selection_id = uuid.uuid4().hex
-            request: dict[str, Any] = {"budget": budget, "strategy": strategy, "params": dict(params), "seed": seed,
-                                       "where": dict(where)}
-            if max_per_group:  # not a uniform draw (uniform_request): the cap reshapes the sample
-                request.update(group_by=group_by, max_per_group=max_per_group)
-            if serving is not None and behind:  # not a uniform draw either: the candidates are the embedded part only
-                request.update(not_embedded=behind)
-            with self._deleting:  # no DeleteSamples between the check and the record (``_deleting``)
-                chosen = self._still_stored(chosen, int(seqs.max(initial=0)))
-                if not record:  # cached unrecorded: a repeat by a read token is answered at once, by a write token
-                    if cached is None:
-                        self.select_cache.put(key, (list(chosen), dict(details), ""), weight=max(1, len(chosen)))
-                    # "" as on a full disk: no id of a selection that was never stored (a fresh id here named none)
-                    return SelectResult(chosen, version, strategy, "",
-                                        {**details, SELECTION_NOT_RECORDED: READ_ONLY_SELECT})
-                recorded, details = self._record_selection(selection_id, request, chosen, version, details)
-                # an unrecorded answer is cached without an id: a repeat runs the recording again
-                kept = {k: v for k, v in details.items() if k != SELECTION_NOT_RECORDED}
-                self.select_cache.put(key, (list(chosen), kept, recorded), weight=max(1, len(chosen)))
-            return SelectResult(chosen, version, strategy, recorded, details)  # "": no id of a selection not stored
+    def _lead_select(self, plan: SelectPlan, cached: SelectCached | None) -> SelectResult:
+        """The Select past its cache look-up (``cached``: the cache's unrecorded answer, or None): run the
+        strategy, record the selection and cache it."""
+        if cached is not None:  # an empty answer too: a client polling one that matches nothing writes nothing
+            chosen, details = list(cached[0]), dict(cached[1])
+        else:
+            chosen, details = self._select_answer(plan)
+        return self._record_select(plan, cached is None, chosen, details)
 
-        # the lane its strategy runs in (_strategy_round): an identical Select waiting for this one holds a place
-        # in that lane's queue
-        lane = self.light_work if fn.is_light(take) else self.work
-        return self._single_flight(key, version, strategy, token, lead, lane)
+    def _select_answer(self, plan: SelectPlan) -> tuple[list[tuple[str, float]], dict[str, str]]:
+        """``plan``'s picks, (sample id, score) in the strategy's order, and details: the strategy's, with why
+        nothing was selected, how many byte-identical samples were left out, and how many stored samples the
+        serving version has not embedded yet (not candidates until then)."""
+        query = plan.query
+        details: dict[str, str] = {}
+        chosen: list[tuple[str, float]]
+        if plan.take == 0:
+            chosen = []
+            details[NOTHING_SELECTED] = self._why_nothing(query.where, plan.left_out, plan.behind, len(plan.seqs))
+        elif query.max_per_group:
+            chosen, details = self._run_capped(query, plan.fn, plan.pool, plan.seqs, plan.take, plan.token)
+        else:
+            chosen, details = self._run_strategy(query, plan.fn, plan.pool, plan.seqs, plan.take, plan.token)
+        if plan.left_out:
+            details[SAME_PAYLOAD_LEFT_OUT] = (
+                f"{plan.left_out} unlabelled sample{'s' if plan.left_out != 1 else ''} left out of the candidates: "
+                "the exact bytes of a labelled sample, or of an earlier-ingested candidate (one label covers "
+                "byte-identical images)")
+        if plan.behind:
+            details[NOT_EMBEDDED] = (f"{behind_phrase(plan.behind, plan.stored, plan.version)}: they are not "
+                                     f"candidates until then; {ASK_AGAIN}")
+            if uniform_draw(query.strategy, bool(query.where) or bool(query.max_per_group)):
+                details[NOT_UNIFORM] = ("a draw of the embedded samples only, not of the whole pool: its labels do "
+                                        "not count as audit labels for the calibration")
+        return chosen, details
 
-    def _single_flight(self, key: Hashable, version: str, strategy: str, token: cancel.CancelToken | None,
-                       lead: Callable[[SelectCached | None], SelectResult], lane: Admission) -> SelectResult:
-        """The recorded answer of the Select of cache key ``key``: from the cache; or from an identical Select in
-        flight (waited for, in a place of ``lane``'s queue and no admission slot, until ``token`` ends:
-        concurrent clients, or a client's retry after its own deadline, make one computation and one record);
-        or from ``lead`` (given the cache's unrecorded answer, if any), as the one in flight for ``key``, or, when
-        ``lane``'s queue has no place to wait in, as an ordinary call of its own (through admission: a free slot,
-        or Busy as any call that finds the lane full)."""
+    def _record_select(self, plan: SelectPlan, fresh: bool, chosen: list[tuple[str, float]],
+                       details: dict[str, str]) -> SelectResult:
+        """Record ``plan``'s answer ``chosen`` (less the picks deleted since) under a new id and cache it; a read
+        token's (``plan.record`` False): cache it unrecorded when ``fresh`` (not from the cache), record nothing.
+        The answer, its selection_id "" when not recorded."""
+        query, version = plan.query, plan.version
+        selection_id = uuid.uuid4().hex
+        request = query.recorded()
+        if plan.behind:  # not a uniform draw either: the candidates are the embedded part only
+            request.update(not_embedded=plan.behind)
+        with self._deleting:  # no DeleteSamples between the check and the record (``_deleting``)
+            chosen = self._still_stored(chosen, int(plan.seqs.max(initial=0)))
+            if not plan.record:  # cached unrecorded: a repeat by a read token is answered at once, by a write token
+                if fresh:
+                    self.select_cache.put(plan.key, (list(chosen), dict(details), ""), weight=max(1, len(chosen)))
+                # "" as on a full disk: no id of a selection that was never stored (a fresh id here named none)
+                return SelectResult(chosen, version, query.strategy, "",
+                                    {**details, SELECTION_NOT_RECORDED: READ_ONLY_SELECT})
+            recorded, details = self._record_selection(selection_id, request, chosen, version, details)
+            # an unrecorded answer is cached without an id: a repeat runs the recording again
+            kept = {k: v for k, v in details.items() if k != SELECTION_NOT_RECORDED}
+            self.select_cache.put(plan.key, (list(chosen), kept, recorded), weight=max(1, len(chosen)))
+        return SelectResult(chosen, version, query.strategy, recorded, details)  # "": no id of a selection not stored
+
+    def _single_flight(self, plan: SelectPlan, lane: Admission) -> SelectResult:
+        """The recorded answer of the Select ``plan`` (by its cache key): from the cache; or from an identical
+        Select in flight (waited for, in a place of ``lane``'s queue and no admission slot, until ``plan.token``
+        ends: concurrent clients, or a client's retry after its own deadline, make one computation and one
+        record); or from ``_lead_select`` (given the cache's unrecorded answer, if any), as the one in flight for
+        the key, or, when ``lane``'s queue has no place to wait in, as an ordinary call of its own (through
+        admission: a free slot, or Busy as any call that finds the lane full)."""
+        key = plan.key
         while True:
             cached = self.select_cache.get(key)
             if cached is not None and cached[2]:  # recorded, with its draw: the same selection again
-                return SelectResult(list(cached[0]), version, strategy, cached[2], dict(cached[1]))
+                return SelectResult(list(cached[0]), plan.version, plan.query.strategy, cached[2], dict(cached[1]))
             with self._select_flights_lock:
                 flight = self._select_flights.get(key)
                 leading = flight is None
@@ -1462,7 +1521,7 @@ class Agent:
                     flight = self._select_flights[key] = SelectFlight()
             if leading:
                 break
-            waiting = token or cancel.CancelToken()
+            waiting = plan.token or cancel.CancelToken()
             # A waiter holds a gRPC thread: it takes a queue place, as a queued call does, so that the threads
             # agent/service.py sizes for the lanes' running and queued calls bound the waiters too (150 waiters
             # outside the queue had taken every thread: a GetStatus timed out).
@@ -1470,13 +1529,13 @@ class Agent:
                 while parked and not flight.done.wait(0.05):
                     waiting.check()
             if not parked:  # no place left: an ordinary call, admitted or refused Busy as any (not the flight's)
-                return lead(cached)
+                return self._lead_select(plan, cached)
             done = flight.result
             if done is not None and done.selection_id:
                 return replace(done, selected=list(done.selected), details=dict(done.details))
             # It raised, or was not recorded (a read token's, a full disk): look again (the cache), or run it.
         try:
-            flight.result = lead(cached)
+            flight.result = self._lead_select(plan, cached)
             return flight.result
         finally:
             with self._select_flights_lock:
@@ -1520,11 +1579,12 @@ class Agent:
         left_out = int(len(candidates) - mask.sum())
         return (candidates if left_out == 0 else candidates[mask]), left_out
 
-    def _select_strategy(self, budget: int, strategy: str, params: Mapping[str, str],
-                         where: Mapping[str, str], group_by: str = "", max_per_group: int = 0) -> StrategyEntry:
-        """The strategy a Select asks for, once the request is checked (InvalidArgument: budget, the limits on
+    def _select_strategy(self, query: SelectQuery) -> StrategyEntry:
+        """The strategy ``query`` asks for, once the request is checked (InvalidArgument: budget, the limits on
         its where filter and params, the strategy's declared params, an audit with a where filter or a
         per-group cap, group_by and max_per_group not set together or a negative cap)."""
+        budget, strategy, params, where = query.budget, query.strategy, query.params, query.where
+        group_by, max_per_group = query.group_by, query.max_per_group
         if budget <= 0:
             raise InvalidArgument(f"budget must be >= 1 (got {budget})")
         if budget > self.limits.max_select_budget:
@@ -1554,16 +1614,16 @@ class Agent:
                                   "the pool): drop max_per_group")
         return fn
 
-    def _run_strategy(self, run: StrategyRun, pool: Pool, seqs: np.ndarray, take: int,
+    def _run_strategy(self, query: SelectQuery, fn: StrategyEntry, pool: Pool, seqs: np.ndarray, take: int,
                       token: cancel.CancelToken | None) -> tuple[list[tuple[str, float]], dict[str, str]]:
-        """Run ``run``'s strategy for ``take`` (>= 1) samples of ``pool`` (``seqs``: its rows' state seqs) in an
-        admission slot of its lane (Busy, or the token's exception, from there): the chosen (sample id, score)
-        pairs and the strategy's details. EntryBug when it returns rows that are not distinct candidates, at
-        most ``run.budget``."""
+        """Run ``query``'s strategy (its registry entry ``fn``) for ``take`` (>= 1) samples of ``pool`` (``seqs``:
+        its rows' state seqs) in an admission slot of its lane (Busy, or the token's exception, from there): the
+        chosen (sample id, score) pairs and the strategy's details. EntryBug when it returns rows that are not
+        distinct candidates, at most ``query.budget``."""
         token = token or cancel.CancelToken()
         # Seeded by the seed and the labelled set: a loop that keeps its seed still draws afresh each round.
-        rng = state_rng(run.seed, self.labelled_ids())
-        rows, scores, details = self._strategy_round(run, pool, take, rng, token)
+        rng = state_rng(query.seed, self.labelled_ids())
+        rows, scores, details = self._strategy_round(query, fn, pool, take, rng, token)
         return self._chosen(seqs, rows, scores), details
 
     def _chosen(self, seqs: np.ndarray, rows: Sequence[int] | np.ndarray,
@@ -1573,12 +1633,13 @@ class Agent:
         recs = ((self.state.lookup_seq(int(seqs[r])), float(s)) for r, s in zip(rows, scores, strict=True))
         return [(rec.id, s) for rec, s in recs if rec is not None]
 
-    def _strategy_round(self, run: StrategyRun, pool: Pool, take: int, rng: np.random.Generator,
+    def _strategy_round(self, query: SelectQuery, fn: StrategyEntry, pool: Pool, take: int, rng: np.random.Generator,
                         token: cancel.CancelToken) -> tuple[np.ndarray, np.ndarray, dict[str, str]]:
-        """One run of ``run``'s strategy for ``take`` picks of ``pool``'s candidates, in an admission slot of its
-        own (its size and prior as any Select's): its rows, scores and details, checked (EntryBug, INTERNAL
-        naming the strategy: not distinct candidates, more than ``run.budget``, or not one score per row)."""
-        strategy, fn, params, budget = run.strategy, run.fn, run.params, run.budget
+        """One run of ``query``'s strategy (its registry entry ``fn``) for ``take`` picks of ``pool``'s candidates,
+        in an admission slot of its own (its size and prior as any Select's): its rows, scores and details,
+        checked (EntryBug, INTERNAL naming the strategy: not distinct candidates, more than ``query.budget``, or
+        not one score per row)."""
+        strategy, params, budget = query.strategy, query.params, query.budget
         lane = self.light_work if fn.is_light(take) else self.work
         work = (len(pool.embeddings), len(pool.labeled), take)
         sel = lane.run(token, lambda: fn(pool, take, rng, dict(params)), f"Select {quoted(strategy)}",
@@ -1592,10 +1653,10 @@ class Agent:
                                                  "with one score each")
         return rows, scores, dict(sel.details)
 
-    def _run_capped(self, run: StrategyRun, pool: Pool, seqs: np.ndarray, take: int,
+    def _run_capped(self, query: SelectQuery, fn: StrategyEntry, pool: Pool, seqs: np.ndarray, take: int,
                     token: cancel.CancelToken | None) -> tuple[list[tuple[str, float]], dict[str, str]]:
-        """``_run_strategy`` with at most ``cap`` (``run.max_per_group``) picks per value of the metadata key
-        ``group_by`` (``run.group_by``), for any
+        """``_run_strategy`` with at most ``cap`` (``query.max_per_group``) picks per value of the metadata key
+        ``group_by`` (``query.group_by``), for any
         strategy: run it, keep its picks in its order while their group has room, and while short of ``take``
         run it again (at most MAX_GROUP_ROUNDS rounds, each admitted on its own: a round costs what a Select
         of that size does, and admission sees each) on the candidates left less the picks taken and the
@@ -1605,8 +1666,8 @@ class Agent:
         request on the same state gives the same answer. The details: the first round's (the strategy's own)
         with GROUP_ROUNDS, GROUP_SET_ASIDE and, when short of ``take``, GROUP_NOT_FILLED."""
         token = token or cancel.CancelToken()
-        group_by, cap = run.group_by, run.max_per_group
-        rng = state_rng(run.seed, self.labelled_ids())
+        group_by, cap = query.group_by, query.max_per_group
+        rng = state_rng(query.seed, self.labelled_ids())
         cands = pool.candidates
         # Each candidate's group as an int: the index of its value, or a fresh one when it has no such key.
         values: dict[str, int] = {}
@@ -1629,8 +1690,8 @@ class Agent:
         while len(rows) < take and len(left) and rounds < MAX_GROUP_ROUNDS:
             rounds += 1
             need = min(take - len(rows), len(left))
-            got, got_scores, said = self._strategy_round(replace(run, budget=need), replace(pool, candidates=left),
-                                                         need, rng, token)
+            got, got_scores, said = self._strategy_round(replace(query, budget=need), fn,
+                                                         replace(pool, candidates=left), need, rng, token)
             if rounds == 1:
                 details = said
             for r, s in zip(got.tolist(), got_scores.tolist(), strict=True):

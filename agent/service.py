@@ -26,7 +26,7 @@ from agent.audit import Accuracy, AuditReport
 from agent.cancel import CancelToken
 from agent.client import LABEL_EVENTS_KEY
 from agent.config import AgentConfig
-from agent.core import Agent, AgentStatus, Replaced
+from agent.core import Agent, AgentStatus, Replaced, SelectQuery
 from agent.errors import Behaviour, ErrorMapping, rejection_message, rewrap_handler
 from agent.ingest import Incoming
 from agent.lazy import warm_in_background
@@ -185,9 +185,9 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
 
     def Select(self, request: agent_pb2.SelectRequest, context: grpc.ServicerContext) -> agent_pb2.SelectReply:
         """Select: the strategy's ``budget`` picks (docs/agent.md, API)."""
-        res = self.agent.select(request.budget, request.strategy, dict(request.params), request.seed,
-                                dict(request.where), call_token(context), record=not READ_ONLY_CALL.get(),
-                                group_by=request.group_by, max_per_group=request.max_per_group)
+        query = SelectQuery(request.budget, request.strategy, dict(request.params), request.seed, dict(request.where),
+                            request.group_by, request.max_per_group)
+        res = self.agent.select(query, call_token(context), record=not READ_ONLY_CALL.get())
         return agent_pb2.SelectReply(selected=[agent_pb2.Selected(id=i, score=s) for i, s in res.selected],
                                      model_version=res.model_version, strategy=res.strategy,
                                      selection_id=res.selection_id, details=res.details)

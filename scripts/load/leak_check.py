@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from agent.config import AgentConfig
-from agent.core import Agent
+from agent.core import Agent, SelectQuery
 from agent.memory import tune_malloc
 from bench.load import rss_bytes
 
@@ -38,7 +38,7 @@ def main() -> None:
 
     def one_round(rng: np.random.Generator) -> None:
         for name in ("random", "margin", "coreset", "typiclust"):
-            agent.select(10, name, {}, int(rng.integers(1 << 30)), {})
+            agent.select(SelectQuery(10, name, {}, int(rng.integers(1 << 30)), {}))
         list(agent.prior_labels("knn", [ids[int(i)] for i in rng.choice(len(ids), 16)], {}))
         agent.submit_labels([(ids[int(i)], classes[int(i) % len(classes)]) for i in rng.choice(len(ids), 5)], "leak")
         agent.status()

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from agent.config import AgentConfig
-from agent.core import Agent
+from agent.core import Agent, SelectQuery
 
 
 def main() -> None:
@@ -38,7 +38,7 @@ def main() -> None:
             if name == "prior":
                 list(agent.prior_labels("knn", ids, {}))
             else:
-                agent.select(10, name, {}, seed, {})  # a new seed each call: never answered from the cache
+                agent.select(SelectQuery(10, name, {}, seed, {}))  # a new seed each call: never answered from the cache
             prof.disable()
             print(f"== {name}: wall {time.monotonic() - t0:.3f} s, CPU {time.process_time() - c0:.3f} s", flush=True)
             out = io.StringIO()

@@ -11,7 +11,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from agent.config import AgentConfig
-from agent.core import Agent
+from agent.core import Agent, SelectQuery
 from agent.embedder import JUDGE_MIN, Embedder, ModelFailed, degenerate
 from agent.errors import FailedPrecondition
 from agent.ingest import Incoming
@@ -157,7 +157,7 @@ def test_a_degenerate_first_model_is_refused_and_nothing_is_served(tmp_path: Pat
         assert [w for w in st.warnings if w.startswith(f"{bad} refused: cannot load it: the model gave {said} of 8 "
                                                        "synthetic images") and "no version is served" in w], st.warnings
         with pytest.raises(FailedPrecondition) as e:
-            a.select(2, "coreset", {}, 0, {})
+            a.select(SelectQuery(2, "coreset", {}, 0, {}))
         assert f"no model is served: the agent refused the version(s) in {models} ({bad} refused" in str(e.value)
         assert said in str(e.value) and "publish a working encoder as a new version" in str(e.value)
         with pytest.raises(FailedPrecondition, match="no model is served: the agent refused"):

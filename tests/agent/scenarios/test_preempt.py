@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from agent.config import AgentConfig
-from agent.core import Agent
+from agent.core import Agent, SelectQuery
 from agent.embedder import Embedder, EmbedOutput
 from agent.errors import FailedPrecondition
 from agent.ingest import Incoming
@@ -324,13 +324,13 @@ def test_after_a_restart_falls_back_the_answers_say_the_pool_is_still_being_embe
                             limit=BATCH * 2)  # part of the pool: 8 of 20
         got = list(b.prior_labels("knn", [], {}))
         assert got and got[0].not_embedded == N - 2 * BATCH and all(r.not_embedded == 0 for r in got[1:])
-        sel = b.select(3, "random", {}, 0, {})
+        sel = b.select(SelectQuery(3, "random", {}, 0, {}))
         assert f"{N - 2 * BATCH} of {N} stored samples are not embedded yet by v0001" in sel.details["not_embedded"]
         b.manager.check()  # the rest
         st = b.status()
         assert st.embedded == N and not any("not embedded yet" in w for w in st.warnings)
         assert next(iter(b.prior_labels("knn", [], {}))).not_embedded == 0
-        assert "not_embedded" not in b.select(3, "random", {}, 1, {}).details
+        assert "not_embedded" not in b.select(SelectQuery(3, "random", {}, 1, {})).details
     finally:
         b.close()
 
@@ -343,30 +343,30 @@ def test_while_the_pool_is_partly_embedded_select_says_why_it_is_empty_refuses_t
     b = fallen_back(tmp_path)
     try:
         assert b.status().embedded == 0
-        empty = b.select(3, "random", {}, 0, {})
+        empty = b.select(SelectQuery(3, "random", {}, 0, {}))
         assert empty.selected == [] and empty.details["nothing_selected"] == (
             f"nothing is embedded yet: {N} stored samples are not embedded yet (the pool is being embedded in the "
             "background) and not candidates until then; ask again when Status.embedded reaches Status.samples")
         with pytest.raises(FailedPrecondition, match=f"an audit draw must cover the whole pool, and {N} of {N} "
                                                      "stored samples are not embedded yet by v0001"):
-            b.select(3, "audit", {}, 0, {})
+            b.select(SelectQuery(3, "audit", {}, 0, {}))
         b.manager._catch_up(b.manager.current.embedder, b.manager.current.index, hold_lock=True,  # type: ignore[union-attr]
                             limit=BATCH * 2)  # x0..x7, of which x0..x5 are labelled
-        part = b.select(3, "random", {}, 0, {})
+        part = b.select(SelectQuery(3, "random", {}, 0, {}))
         assert sorted(i for i, _ in part.selected) == ["x6", "x7"]
         assert "not count as audit labels" in part.details["not_uniform"]
         assert b._draws == [] and b._recorded_draws() == []
         with pytest.raises(FailedPrecondition, match="an audit draw must cover the whole pool"):
-            b.select(3, "audit", {}, 0, {})
+            b.select(SelectQuery(3, "audit", {}, 0, {}))
         assert b.submit_labels([("x6", "cat"), ("x7", "dog")], "ann")[0] == 2
-        assert b.select(3, "random", {}, 1, {}).details["nothing_selected"].startswith(
+        assert b.select(SelectQuery(3, "random", {}, 1, {})).details["nothing_selected"].startswith(
             f"every embedded sample is labelled; {N - 2 * BATCH} stored samples are not embedded yet")
-        assert b.select(3, "random", {}, 5, {"site": "a"}).details["nothing_selected"].startswith(
+        assert b.select(SelectQuery(3, "random", {}, 5, {"site": "a"})).details["nothing_selected"].startswith(
             "no unlabelled embedded sample matches where site=a; ")
         b.manager.check()  # the rest: now a random Select is a uniform draw again, and the audit is answered
-        whole = b.select(3, "random", {}, 2, {})
+        whole = b.select(SelectQuery(3, "random", {}, 2, {}))
         assert len(whole.selected) == 3 and "not_uniform" not in whole.details
         assert [len(d) for _, d in b._recorded_draws()] == [3] and len(b._draws) == 1
-        assert len(b.select(3, "audit", {}, 0, {}).selected) == 3
+        assert len(b.select(SelectQuery(3, "audit", {}, 0, {})).selected) == 3
     finally:
         b.close()

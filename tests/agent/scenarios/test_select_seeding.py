@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from agent.config import AgentConfig
-from agent.core import Agent
+from agent.core import Agent, SelectQuery
 from agent.pool import state_rng
 from agent.state import NewSample
 
@@ -34,7 +34,7 @@ def cumulative_random(agent: Agent, seed: int, rounds: int, per_round: int) -> l
     covered: list[int] = []
     seen: set[str] = set()
     for _ in range(rounds):
-        picked = [sid for sid, _ in agent.select(per_round, "random", {}, seed, {}).selected]
+        picked = [sid for sid, _ in agent.select(SelectQuery(per_round, "random", {}, seed, {})).selected]
         assert not set(picked) & set(agent.labelled_ids())
         agent.submit_labels([(sid, true_class(sid)) for sid in picked], "test")
         seen |= {true_class(sid) for sid in picked}
@@ -69,13 +69,13 @@ def test_same_seed_and_labelled_set_reproduce_the_selection(tmp_path: Path) -> N
     a, b = sorted_pool_agent(tmp_path / "a"), sorted_pool_agent(tmp_path / "b")
     for agent in (a, b):
         agent.submit_labels([("s0003", "c0"), ("s0504", "c5")], "test")
-    pick_a = [sid for sid, _ in a.select(10, "random", {}, 7, {}).selected]
-    pick_b = [sid for sid, _ in b.select(10, "random", {}, 7, {}).selected]
+    pick_a = [sid for sid, _ in a.select(SelectQuery(10, "random", {}, 7, {})).selected]
+    pick_b = [sid for sid, _ in b.select(SelectQuery(10, "random", {}, 7, {})).selected]
     assert pick_a == pick_b
     # Another seed, or one more label, gives a different draw.
-    assert [sid for sid, _ in a.select(10, "random", {}, 8, {}).selected] != pick_a
+    assert [sid for sid, _ in a.select(SelectQuery(10, "random", {}, 8, {})).selected] != pick_a
     b.submit_labels([("s0900", "c9")], "test")
-    assert [sid for sid, _ in b.select(10, "random", {}, 7, {}).selected] != pick_a
+    assert [sid for sid, _ in b.select(SelectQuery(10, "random", {}, 7, {})).selected] != pick_a
     a.close()
     b.close()
 
