@@ -38,7 +38,7 @@ from agent.admission import Admission
 from agent.audit import AuditReport, PriorAuditor
 from agent.blobs import BlobStore
 from agent.cache import LruCache, fingerprint, frozen
-from agent.config import AUDIT_MIN_LABELS, AgentConfig
+from agent.config import AUDIT_MIN_LABELS, AgentConfig, WorkConfig
 from agent.errors import FailedPrecondition, InvalidArgument, NotFound, Problem, Rejected, quoted, storage_problem
 from agent.images import Images
 from agent.index import IndexView
@@ -646,25 +646,7 @@ class Agent:
         self.config = config
         self.limits = config.limits
         work = config.work
-        # Heavy work runs in the lane's own threads, at a lower priority and with one OpenMP thread, so
-        # light calls get a core at once (agent/admission.py, LaneThreads; docs/reliability.md, Load).
-        self.work = Admission(work.max_concurrent, work.max_queued, threads=work.heavy_threads,
-                              max_wait_s=work.max_queue_wait_s)
-        self.light_work = Admission(work.light_max_concurrent, work.light_max_queued, lane="light")
-        # Light PriorLabels (knn for a few ids: ~0.3 CPU s at 50,000 rows and 5,000 labels, mostly its
-        # calibration) get a lane of the same size of their own, so light Selects (random, margin: tens of
-        # ms) never queue behind them (docs/reliability.md, Load).
-        self.light_prior_work = Admission(work.light_max_concurrent, work.light_max_queued, lane="light",
-                                          threads=work.light_prior_threads)
-        self.decode_work = Admission(work.decode_max_concurrent, work.decode_max_queued, lane="decode")
-        for lane in (self.work, self.light_work, self.light_prior_work, self.decode_work):
-            undo.callback(lane.shutdown)
-        # Select: (chosen ids and scores, details, the recorded selection's id or ""); PriorLabels: (probs,
-        # confidence, calibration).
-        self.select_cache: LruCache[SelectCached] = LruCache(
-            work.cache_entries, work.cache_rows)
-        self.prior_cache: LruCache[tuple[np.ndarray, np.ndarray, TemperatureFit | None]] = LruCache(
-            work.cache_entries, work.cache_rows)
+        self._open_lanes(work, undo)
         self.data_dir = data_dir
         self.models = config.models
         self.version = (package_version(), git_commit())  # GetStatus's agent_version, agent_commit
@@ -722,6 +704,29 @@ class Agent:
         self.map = PoolMap(config.map, data_dir / "map", self._serving_view)
         if config.background:
             self.map.start()
+
+    def _open_lanes(self, work: WorkConfig, undo: contextlib.ExitStack) -> None:
+        """The admission lanes (heavy, light, light PriorLabels, large decodes), each pushed on ``undo``, and
+        the Select and PriorLabels answer caches, sized by ``work``."""
+        # Heavy work runs in the lane's own threads, at a lower priority and with one OpenMP thread, so
+        # light calls get a core at once (agent/admission.py, LaneThreads; docs/reliability.md, Load).
+        self.work = Admission(work.max_concurrent, work.max_queued, threads=work.heavy_threads,
+                              max_wait_s=work.max_queue_wait_s)
+        self.light_work = Admission(work.light_max_concurrent, work.light_max_queued, lane="light")
+        # Light PriorLabels (knn for a few ids: ~0.3 CPU s at 50,000 rows and 5,000 labels, mostly its
+        # calibration) get a lane of the same size of their own, so light Selects (random, margin: tens of
+        # ms) never queue behind them (docs/reliability.md, Load).
+        self.light_prior_work = Admission(work.light_max_concurrent, work.light_max_queued, lane="light",
+                                          threads=work.light_prior_threads)
+        self.decode_work = Admission(work.decode_max_concurrent, work.decode_max_queued, lane="decode")
+        for lane in (self.work, self.light_work, self.light_prior_work, self.decode_work):
+            undo.callback(lane.shutdown)
+        # Select: (chosen ids and scores, details, the recorded selection's id or ""); PriorLabels: (probs,
+        # confidence, calibration).
+        self.select_cache: LruCache[SelectCached] = LruCache(
+            work.cache_entries, work.cache_rows)
+        self.prior_cache: LruCache[tuple[np.ndarray, np.ndarray, TemperatureFit | None]] = LruCache(
+            work.cache_entries, work.cache_rows)
 
     def _id_of(self, seq: int) -> str:
         """Sample ``seq``'s id, "" once deleted (a pool read before a DeleteSamples may still hold its seq)."""
