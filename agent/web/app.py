@@ -1,7 +1,8 @@
-"""The web app: ``create_app(config, client_factory)`` and the list of its route modules.
+"""The web app: ``create_app(config, client_factory)`` and ``MODULES``, its route modules.
 
-Each page or API is one module of agent/web/ with a ``router`` (fastapi.APIRouter) and, for a page in
-the nav, ``NAV = (label, path, order)``; it is switched on by one line in ``ROUTERS``. Pages render
+Each page or API is one module of agent/web/ that ends with ``MODULE = WebModule(router, ...)``
+(agent/web/module.py: its fastapi.APIRouter and, if any, its nav entry, ``setup`` and smaller body limit);
+it is switched on by one line in ``MODULES``. Pages render
 templates/ (``base.html`` holds the nav) with ``agent.web.pages.render``; static files (vendored, no CDN,
 no build step) are under /static. Routes are sync ``def`` functions (FastAPI runs them in its
 threadpool) that reach the agent only through ``agent.web.auth.Caller`` (gRPC, with the caller's
@@ -13,7 +14,6 @@ caller's); it is called once, at the first request that needs the agent, and the
 
 from __future__ import annotations
 
-import importlib
 import threading
 from collections.abc import Callable
 from typing import cast
@@ -26,23 +26,24 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from agent.web import errors
+from agent.web import auth, errors, images, labelstudio, map, priors, progress, queue
 from agent.web.auth import OneAuthorizationGuard, TokenFirstGuard
 from agent.web.config import WebConfig
 from agent.web.guards import BodyLimitGuard, BodyPaceGuard, HostGuard, OriginGuard, SecurityHeaders, allowed_hosts
+from agent.web.module import WebModule
 from agent.web.pages import STATIC
 from shortlist.v1 import agent_pb2_grpc
 
 # Route modules of agent/web/, in order. A new page or API: its module, plus one line here.
-ROUTERS = [
-    "auth",
-    "images",
-    "queue",
-    "priors",
-    "map",
-    "progress",  # labels over time, class balance, annotators, the audit, exports
-    "labelstudio",
-]
+MODULES: tuple[WebModule, ...] = (
+    auth.MODULE,
+    images.MODULE,
+    queue.MODULE,
+    priors.MODULE,
+    map.MODULE,
+    progress.MODULE,  # labels over time, class balance, annotators, the audit, exports
+    labelstudio.MODULE,
+)
 
 
 class _Stub:
@@ -74,21 +75,21 @@ def create_app(config: WebConfig, client_factory: Callable[[], grpc.Channel]) ->
     app.state.stub = _Stub(client_factory)
     nav: list[tuple[int, str, str]] = []
     app.state.body_limits = {}  # path -> (a smaller body limit than max_body_bytes, advice): agent/web/errors.py
-    for name in ROUTERS:
-        module = importlib.import_module(f"agent.web.{name}")
+    for module in MODULES:
         # max_body_size: Starlette's RequestBodyLimitMiddleware around each route, counting a body as it is read
         # and cutting it at the limit (413, worded by agent/web/errors.py); a Content-Length above the limit is
         # refused before any route runs (agent/web/guards.py, BodyLimitGuard). A module may set a smaller
-        # MAX_BODY_BYTES for its routes (the sign-in form's, agent/web/auth.py).
-        limit = min(config.max_body_bytes, getattr(module, "MAX_BODY_BYTES", config.max_body_bytes))
+        # max_body_bytes for its routes (the sign-in form's, agent/web/auth.py).
+        limit = config.max_body_bytes
+        if module.max_body_bytes is not None:
+            limit = min(limit, module.max_body_bytes)
         if limit < config.max_body_bytes:
             for route in module.router.routes:
-                app.state.body_limits[getattr(route, "path", "")] = (limit, getattr(module, "BODY_LIMIT_ADVICE", ""))
+                app.state.body_limits[getattr(route, "path", "")] = (limit, module.body_limit_advice)
         app.include_router(module.router, max_body_size=limit)
-        if hasattr(module, "NAV"):
-            label, path, order = module.NAV
-            nav.append((order, label, path))
-        if hasattr(module, "setup"):  # per-app state a module keeps (e.g. the queue)
+        if module.nav is not None:
+            nav.append((module.nav.order, module.nav.label, module.nav.path))
+        if module.setup is not None:  # per-app state a module keeps (e.g. the queue)
             module.setup(app)
     app.state.nav = [(label, path) for _, label, path in sorted(nav)]
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")

@@ -53,6 +53,7 @@ from agent.web.errors import (
     unavailable_response,
     wants_json,
 )
+from agent.web.module import WebModule
 from agent.web.pages import render
 from shortlist.v1 import agent_pb2, agent_pb2_grpc
 
@@ -702,3 +703,6 @@ def logout() -> Response:
     for cookie in (TOKEN_COOKIE, USER_COOKIE, ROLE_COOKIE):
         response.delete_cookie(cookie, path="/")
     return response
+
+
+MODULE = WebModule(router, setup=setup, max_body_bytes=MAX_BODY_BYTES, body_limit_advice=BODY_LIMIT_ADVICE)

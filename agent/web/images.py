@@ -11,6 +11,7 @@ from starlette.responses import Response
 
 from agent.web.auth import Caller, CallerDep
 from agent.web.errors import HttpError
+from agent.web.module import WebModule
 from shortlist.v1 import agent_pb2
 
 router = APIRouter()
@@ -48,3 +49,6 @@ def thumb(request: Request, sample_id: str, size: int = Query(0), format: str = 
 def image(request: Request, sample_id: str, id: str | None = Query(None), caller: Caller = CallerDep) -> Response:
     """The image as stored (full size)."""
     return image_response(request, caller, _sample_id(sample_id, id), 0, "")
+
+
+MODULE = WebModule(router)

@@ -95,6 +95,7 @@ from agent.security import RefusalLog
 from agent.web.auth import Caller, authorization_header, client_address, session, token_of, unknown_token_throttled
 from agent.web.config import LabelStudioConfig, MatchRule
 from agent.web.errors import HttpError, error_response
+from agent.web.module import WebModule
 from shortlist.v1 import agent_pb2
 
 log = logging.getLogger(__name__)
@@ -1084,3 +1085,6 @@ async def predict(request: Request) -> Response:
 @router.post("/webhook")
 async def webhook(request: Request) -> Response:
     return await _answer(request, request.app.state.labelstudio.webhook)
+
+
+MODULE = WebModule(router, setup=setup)

@@ -24,11 +24,11 @@ from starlette.responses import Response
 
 from agent.web.auth import Caller, CallerDep, session
 from agent.web.errors import HttpError
+from agent.web.module import Nav, WebModule
 from agent.web.pages import render
 from agent.web.priors import default_method, method_choices
 from shortlist.v1 import agent_pb2
 
-NAV = ("Map", "/map", 30)
 router = APIRouter()
 
 MAP_PAGE = 20_000  # points per /api/map answer
@@ -87,3 +87,6 @@ def queue_ids(request: Request, caller: Caller = CallerDep) -> dict[str, Any]:
 
     state = current(caller)
     return {"ids": state.ids, "source": state.source, "created": state.created}
+
+
+MODULE = WebModule(router, nav=Nav("Map", "/map", 30))

@@ -35,11 +35,11 @@ from agent.client import calibration_dict
 from agent.errors import quoted
 from agent.web.auth import Caller, CallerDep, session
 from agent.web.errors import HttpError, for_people
+from agent.web.module import Nav, WebModule
 from agent.web.pages import registry_choices, render
 from agent.web.queue import rejections
 from shortlist.v1 import agent_pb2
 
-NAV = ("Review priors", "/priors", 20)
 router = APIRouter()
 
 ACCEPT_PREFIX = "prior:"  # SubmitLabelsRequest.source of accepted priors: "prior:METHOD"
@@ -384,3 +384,6 @@ def all_priors(request: Request, method: str = Query(""), caller: Caller = Calle
     return JSONResponse({"method": method, "model_version": ps.model_version, "classes": ps.classes,
                          "ids": [ps.ids[r] for r in keep.tolist()], "label": ps.label[keep].tolist(),
                          "confidence": np.round(ps.confidence[keep].astype(np.float64), 3).tolist()})
+
+
+MODULE = WebModule(router, nav=Nav("Review priors", "/priors", 20), setup=setup)

@@ -40,10 +40,10 @@ from agent.progress import (
 )
 from agent.web.auth import Caller, CallerDep, session
 from agent.web.errors import HttpError, for_people
+from agent.web.module import Nav, WebModule
 from agent.web.pages import render
 from shortlist.v1 import agent_pb2
 
-NAV = ("Progress", "/progress", 40)
 router = APIRouter()
 
 AUDIT_DEFAULT = 50  # the audit button's default sample size
@@ -170,3 +170,6 @@ def export_zip(fmt: list[str] = Query(list(exports.FORMATS), alias="format"), pr
         raise
     return FileResponse(archive, media_type="application/zip", filename="shortlist-export.zip",
                         background=BackgroundTask(shutil.rmtree, tmp, ignore_errors=True))
+
+
+MODULE = WebModule(router, nav=Nav("Progress", "/progress", 40))

@@ -32,10 +32,10 @@ from agent.limits import Limits
 from agent.queues import CREATED_TOLERANCE_S, QueueData
 from agent.web.auth import Caller, CallerDep, session
 from agent.web.errors import HttpError
+from agent.web.module import Nav, WebModule
 from agent.web.pages import registry_choices, render
 from shortlist.v1 import agent_pb2
 
-NAV = ("Queue", "/queue", 10)
 router = APIRouter()
 
 # Keys of the keyboard, in the order classes get them (the page's own commands use other keys).
@@ -443,3 +443,6 @@ def mark(request: Request, body: MarkBody, caller: Caller = CallerDep) -> dict[s
     caller(caller.stub.UpdateQueue, agent_pb2.UpdateQueueRequest(
         name=caller.config.queue, marks=[agent_pb2.QueueMark(id=body.id, mark=body.mark)]))
     return {"id": body.id, "mark": body.mark}
+
+
+MODULE = WebModule(router, nav=Nav("Queue", "/queue", 10), setup=setup)

@@ -4,7 +4,6 @@ gRPC -> HTTP mapping, and auth (bearer header, login cookie, read vs write token
 from __future__ import annotations
 
 import contextlib
-import importlib
 import io
 import json
 import logging
@@ -23,7 +22,8 @@ from PIL import Image
 from agent import client
 from agent.limits import MIB
 from agent.web import auth
-from agent.web.app import ROUTERS
+from agent.web.app import MODULES, create_app
+from agent.web.config import WebConfig
 from agent.web.errors import HTTP_STATUS, http_status
 from tests.agent.web.conftest import READ_TOKEN, WRITE_TOKEN, WebAgent, start_web_agent
 
@@ -175,6 +175,23 @@ def test_signing_in_never_leads_back_to_the_sign_in_page(token_web_agent: WebAge
     assert 'name="next" value="/"' in c.get("/login?next=/login").text
 
 
+def test_route_modules_are_one_typed_registry() -> None:
+    """Each route module of agent/web/ is one ``WebModule`` (router, nav entry, setup, smaller body limit) in
+    ``MODULES``, which mypy checks (were string-named module attributes ``create_app`` probed for). The app
+    built from them: the nav in its order, the sign-in routes' smaller body limit with its advice, and each
+    module's per-app state; no request is made, so the agent is never reached."""
+    from agent.web.module import WebModule
+
+    assert MODULES and all(isinstance(m, WebModule) for m in MODULES)
+    app = create_app(WebConfig(port=0, agent="127.0.0.1:1"), lambda: pytest.fail("create_app reached the agent"))
+    assert app.state.nav == [("Queue", "/queue"), ("Review priors", "/priors"), ("Map", "/map"),
+                             ("Progress", "/progress")]
+    small = (auth.MAX_BODY_BYTES, auth.BODY_LIMIT_ADVICE)
+    assert app.state.body_limits == {"/login": small, "/logout": small}
+    for state in ("sign_in_throttle", "known_tokens", "queue_presence", "priors", "labelstudio"):
+        assert hasattr(app.state, state), state
+
+
 def test_no_state_change_from_another_site(web_agent: WebAgent) -> None:
     """Cross-site request forgery: on an agent without tokens (like an app with a default token, anyone who
     reaches it may label), a page of another site can make the browser post, without a CORS preflight,
@@ -183,7 +200,7 @@ def test_no_state_change_from_another_site(web_agent: WebAgent) -> None:
     SameSite=Strict (test_tokens_header_cookie_and_roles)."""
     c = web_agent.client()
     before = web_agent.labels()
-    posts = sorted(r.path for name in ROUTERS for r in importlib.import_module(f"agent.web.{name}").router.routes
+    posts = sorted(getattr(r, "path", "") for module in MODULES for r in module.router.routes
                    if "POST" in getattr(r, "methods", ()))
     assert {"/login", "/logout", "/api/labels", "/api/labels/retract", "/api/queue", "/api/queue/select",
             "/api/queue/mark", "/api/priors/labels", "/labelstudio/webhook"} <= set(posts)
