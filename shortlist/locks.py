@@ -27,10 +27,12 @@ class Locked(OSError):
 
 
 class PidLock:
-    """The exclusive ``flock`` on ``path`` (created with ``mode``) with this process's pid written in it, held
-    until ``release`` (or the process ends). Locked when another open file holds it."""
+    """The exclusive ``flock`` on ``path`` (created with ``mode``) with ``holder`` written in it (by default this
+    process's pid and a newline; a caller that says more of itself, such as a training cycle's run folder, reads
+    it back itself), held until ``release`` (or the process ends). Locked when another open file holds it; its
+    ``holder`` is the pid only when the file holds a bare pid."""
 
-    def __init__(self, path: Path, mode: int = 0o644) -> None:
+    def __init__(self, path: Path, mode: int = 0o644, holder: str | None = None) -> None:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, mode)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -41,7 +43,7 @@ class PidLock:
                 raise
             raise Locked(path, holder if holder.isdigit() else "") from None
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        os.pwrite(fd, (f"{os.getpid()}\n" if holder is None else holder).encode(), 0)
         self._fd: int | None = fd
 
     def release(self) -> None:

@@ -3,7 +3,8 @@
     (options checked first, without the agent: _check_options)
     before = GetStatus; refused (CycleRefused) when ``models`` does not hold the version the agent serves (it
              serves from another registry), and a fine-tuning mode without labels of 2 classes (ListLabels)
-    lock    = an exclusive flock on ``models``/.cycle.lock until the cycle ends (another cycle there: refused)
+    lock    = an exclusive flock (shortlist.locks.PidLock) on ``models``/.cycle.lock until the cycle ends (another
+              cycle there: refused)
     samples = ListSamples(include_payload, labelled only unless the mode uses unlabelled data): the labels are
               one snapshot at its label revision, recorded in the run folder (labels.csv, pull.json)
     priors  = PriorLabels(method) for the unlabelled samples      (as3l only)
@@ -18,7 +19,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import datetime as dt
-import fcntl
 import json
 import os
 from collections.abc import Iterator
@@ -33,6 +33,7 @@ from rich.console import Console
 
 from agent.client import PICKUP_WAIT_S, ClientConfig  # the wait for the agent to take a version up
 from shortlist.atomic import atomic_file, write_atomic
+from shortlist.locks import Locked, PidLock
 from shortlist.manifest import Preprocess, highest_published, newest_complete, read_complete, version_number
 from shortlist.v1 import agent_pb2
 from training import loop
@@ -302,30 +303,24 @@ def cycle_lock(models: Path, agent: str, run_dir: Path) -> Iterator[None]:
     registry meanwhile is refused at once (CycleRefused) naming the holder's pid, start time and run folder:
     two cycles on the same labels published the same model twice, and reported a version that was abandoned."""
     path = models / CYCLE_LOCK_NAME
+    holder = {"pid": os.getpid(), "started": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+              "agent": agent, "run": str(run_dir)}
     try:
         models.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        lock = PidLock(path, holder=json.dumps(holder) + "\n")
+    except Locked:
+        raise CycleRefused(f"another `shortlist cycle` is publishing into {models}: {_holder(path)}. Wait for it "
+                           "to finish (one cycle at a time per registry: both would train on the same labels "
+                           "and publish the same model), then run this one again") from None
     except OSError as e:  # before any pull or training: the cycle could never publish its model there
         raise CycleRefused(f"cannot write into the registry {models} ({e.strerror or e}: {e.filename or path}): a "
                            "cycle publishes its model there; run it as a user who can write that folder (the "
                            "agent's registry), or fix its permissions; nothing was pulled or trained") from None
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise CycleRefused(f"another `shortlist cycle` is publishing into {models}: {_holder(path)}. Wait for it "
-                               "to finish (one cycle at a time per registry: both would train on the same labels "
-                               "and publish the same model), then run this one again") from None
-        holder = {"pid": os.getpid(), "started": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-                  "agent": agent, "run": str(run_dir)}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
-        try:
-            yield
-        finally:
-            os.ftruncate(fd, 0)  # still held: nobody reads a finished cycle as the holder
+        yield
     finally:
-        os.close(fd)  # releases the lock
+        os.ftruncate(lock.fileno(), 0)  # still held: nobody reads a finished cycle as the holder
+        lock.release()
 
 
 def _holder(path: Path) -> str:

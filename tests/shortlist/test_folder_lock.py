@@ -60,3 +60,19 @@ def test_a_lock_on_a_file_removed_meanwhile_is_taken_afresh(tmp_path: Path, monk
     with pytest.raises(Locked):
         FolderLock(out, "run.lock")
     lock.release()
+
+
+def test_a_pid_lock_can_hold_what_its_holder_says_of_itself(tmp_path: Path) -> None:
+    """PidLock's ``holder``: the text written in the locked file instead of the bare pid (a training cycle's pid,
+    start time and run folder, training/cycle.py); a second taker is refused with no pid parsed from it."""
+    from shortlist.locks import PidLock
+
+    path = tmp_path / ".cycle.lock"
+    lock = PidLock(path, holder='{"pid": 12, "run": "/runs/a"}\n')
+    assert path.read_text() == '{"pid": 12, "run": "/runs/a"}\n'
+    with pytest.raises(Locked) as held:
+        PidLock(path)
+    assert held.value.holder == "" and path.read_text() == '{"pid": 12, "run": "/runs/a"}\n'
+    lock.release()
+    PidLock(path).release()
+    assert path.read_text() == f"{os.getpid()}\n"
