@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 
 from shortlist.balance import IMBALANCE_RATIO, is_imbalanced
-from shortlist.locks import FolderLock, Locked
+from shortlist.out_lock import OutLock as SharedOutLock
 
 LOCK_FILE = "bench.lock"
 
@@ -54,36 +54,13 @@ def class_counts_said(counts: Sequence[int], names: Sequence[str] | None = None)
     return said
 
 
-class OutLock:
-    """The lock on ``<out>/bench.lock`` (shortlist.locks.FolderLock, as training runs hold theirs) while a bench
+class OutLock(SharedOutLock):
+    """The lock on ``<out>/bench.lock`` (shortlist.out_lock.OutLock, as training runs hold theirs) while a bench
     command (``command``, e.g. "bench cifar10") writes ``out``: a second run into the same folder would
     overwrite the first's cells, or (bench cifar10) start a second agent on its data folder. Exit 2 with one
     ``error:`` line naming the holder's pid when another process holds it (the holder may be another bench
-    command, a `bench report` into a folder `bench cifar10` is writing, so the line names none), or when ``out``
-    is a file. ``release`` removes the lock file, and the folder when the lock made it and nothing was written
-    into it (the command refused its input): bad input leaves nothing behind."""
+    command, a `bench report` into a folder `bench cifar10` is writing, so the line names none), when ``out``
+    is a file, or when it cannot be made or written."""
 
     def __init__(self, out: Path, command: str) -> None:
-        try:
-            self._lock = FolderLock(out, LOCK_FILE)
-        except Locked as e:
-            typer.echo(f"error: {out} is in use by another `shortlist bench` run{e.who}; wait for it to finish, or "
-                       f"give this `{command}` its own --out", err=True)
-            raise typer.Exit(2) from None
-        except (FileExistsError, NotADirectoryError):
-            typer.echo(f"error: --out {out} is a file (or lies under one): give `{command}` a folder to write its "
-                       "results into", err=True)
-            raise typer.Exit(2) from None
-        except OSError as e:  # a folder that cannot be made or written (no such parent, read-only, permissions)
-            typer.echo(f"error: cannot use --out {out}: {e.strerror or e}; give `{command}` a folder it can write",
-                       err=True)
-            raise typer.Exit(2) from None
-
-    def release(self) -> None:
-        self._lock.release()
-
-    def __enter__(self) -> OutLock:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
+        super().__init__(out, LOCK_FILE, command, "`shortlist bench` run")

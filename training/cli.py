@@ -19,8 +19,8 @@ from agent.cli_options import AgentTarget, agent_options
 from shortlist.atomic import NotWholeJson, read_json
 from shortlist.console import INTERRUPTED_EXIT, make_console
 from shortlist.datasets import sources_said
-from shortlist.locks import FolderLock, Locked
 from shortlist.options import finite
+from shortlist.out_lock import OutLock
 from training.configs import CycleConfig, FinetuneConfig, PretrainConfig
 from training.modes import FINETUNE_MODES, METHOD_CLASSES, METHOD_NAMES, MODES, frozen_mode, help_list
 
@@ -113,7 +113,7 @@ def _run_config(out: Path) -> dict[str, Any] | None:
         return None
 
 
-RUN_LOCK = "run.lock"  # in a run folder while pretrain, finetune or cycle writes it (shortlist.locks.FolderLock)
+RUN_LOCK = "run.lock"  # in a run folder while pretrain, finetune or cycle writes it (shortlist.out_lock.OutLock)
 
 
 def pretraining_run_in(out: Path) -> str | None:
@@ -122,7 +122,10 @@ def pretraining_run_in(out: Path) -> str | None:
     or a cycle into ``out`` would overwrite (an unfinished one is resumed with ``pretrain --resume``)."""
     from training.loop import CHECKPOINT, CONFIG, ENCODER, read_summary
 
-    if not ((out / CHECKPOINT).is_file() or (out / ENCODER).is_file()):
+    try:
+        if not ((out / CHECKPOINT).is_file() or (out / ENCODER).is_file()):
+            return None
+    except OSError:  # e.g. a name too long (Python 3.11's is_file raises): no run; the run lock says what is wrong
         return None
     try:
         config = json.loads((out / CONFIG).read_text(encoding="utf-8"))
@@ -138,28 +141,14 @@ def pretraining_run_in(out: Path) -> str | None:
 @contextmanager
 def _run_lock(out: Path, command: str) -> Iterator[None]:
     """Hold ``out``/run.lock while ``shortlist <command>`` writes the run folder ``out``: two runs into one folder
-    both finished with exit 0 and their files mixed. Another run holding it: exit 2 naming its pid. Taken by
+    both finished with exit 0 and their files mixed. Another run holding it, or an --out that is a file or
+    cannot be made: one line, exit 2 (shortlist.out_lock.OutLock, the bench commands' too). Taken by
     the launching process only (not by torchrun's other ranks, which write nothing of their own there)."""
     if int(os.environ.get("RANK", "0")) != 0:
         yield
         return
-    try:
-        lock = FolderLock(out, RUN_LOCK)
-    except Locked as e:
-        console.print(f"[red]error:[/] {escape(str(out))} is in use by another training run{e.who}: wait for it to "
-                      f"finish, or give this `shortlist {command}` another --out", highlight=False)
-        raise typer.Exit(2) from None
-    except (FileExistsError, NotADirectoryError):
-        console.print(f"[red]error:[/] --out {escape(str(out))} is a file (or lies under one): give a folder for "
-                      "the run", highlight=False)
-        raise typer.Exit(2) from None
-    except OSError as e:  # e.g. an --out folder this user cannot write: one line, not a traceback
-        console.print(f"[red]error:[/] {escape(str(e))}", highlight=False)
-        raise typer.Exit(1) from None
-    try:
+    with OutLock(out, RUN_LOCK, f"shortlist {command}", "training run"):
         yield
-    finally:
-        lock.release()
 
 
 LIMIT_HELP = ("only the first N samples in the source's order (smoke runs; not a random sample: on a source sorted "

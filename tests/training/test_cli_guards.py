@@ -94,6 +94,19 @@ def test_a_second_run_into_a_run_folder_in_use_is_refused(command: str, tiny_dat
     assert not out.exists()  # the lock made it and nothing else was written: removed
 
 
+@pytest.mark.parametrize("command", ["pretrain", "finetune", "cycle"])
+def test_an_out_that_cannot_be_made_is_a_usage_error(command: str, tiny_data: Path, tmp_path: Path,
+                                                      no_launch: list[int]) -> None:
+    """An --out the command cannot make or write exited 1 with the bare OSError, where `bench` said which
+    --out and exited 2: both say it in the same line now (shortlist.out_lock.OutLock), exit 2, a usage error."""
+    out = tmp_path / ("x" * 300)  # ENAMETOOLONG: cannot be made, even by root
+    r = CliRunner().invoke(app, _held_args(command, tiny_data, out), env={"COLUMNS": "300"})
+    assert r.exit_code == 2, r.output
+    assert _said(f"error: cannot use --out {out}: File name too long; give `shortlist {command}` a folder it can "
+                 "write") in _said(r.output)
+    assert no_launch == [] and "Traceback" not in r.output
+
+
 def _recording_finetune(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """training.finetune.finetune replaced by a stand-in that records the --out it was given and writes the
     summary.json the command reads after it; the list it records into."""
