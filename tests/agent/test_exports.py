@@ -5,14 +5,17 @@ shortlist.datasets and torchvision), and bad requests leave nothing behind."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import os
 import stat
 import unicodedata
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw, PngImagePlugin
@@ -23,9 +26,9 @@ from agent.cli import read_labels_csv
 from agent.testing import publish_linear
 from shortlist.cli import app
 from shortlist.datasets import iter_images
-from shortlist.images import decode_image
+from shortlist.images import decode_image, encode_png, tensor_pixels
 from shortlist.v1 import agent_pb2
-from tests.agent.conftest import CLASSES, SIZE, Running, make_images, make_samples, start
+from tests.agent.conftest import CLASSES, SIZE, Running, make_images, make_samples, png, start
 
 runner = CliRunner()
 
@@ -518,3 +521,184 @@ def test_an_export_is_durable_before_it_is_in_place(running: Running, tmp_path: 
     assert "labels.csv" in written and "imagefolder/ids.csv" in written
     assert written <= before, sorted(written - before)
     assert ("fsync", str(tmp_path)) in events[swap + 1:]
+
+
+# ---- golden: every byte of an export, pinned --------------------------------------------------------------
+GOLDEN = Path(__file__).parent / "data" / "exports_golden.json"
+GOLDEN_CLASSES = ["cat", "dog", "frog"]
+TOKEN = (("authorization", "Bearer golden"),)
+
+
+class _Refused(grpc.RpcError):
+    """What a stream of the agent raises when it refuses a call (code and details, as grpc's)."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self._code, self._details = code, details
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+
+def _golden_samples() -> dict[str, agent_pb2.Sample]:
+    """The pool of the golden stub: PNGs, a raw tensor, a sample without its payload, metadata keys that
+    need the "metadata." prefix, ids and labels a spreadsheet would run as formulas."""
+    ims = make_images(5, seed=3)
+    return {
+        "a.png": agent_pb2.Sample(id="a.png", encoded_image=png(ims[0]), uri="file:///a.png",
+                                  metadata={"site": "north", "id": "x1"}),
+        "=HYPERLINK(1)": agent_pb2.Sample(id="=HYPERLINK(1)", encoded_image=png(ims[1]), uri="=u",
+                                          metadata={"metadata.site": "-2", "site": "+1"}),
+        "dir/t0.raw": client.tensor_sample("dir/t0.raw", ims[2]),
+        "b": agent_pb2.Sample(id="b", encoded_image=png(ims[3]), metadata={"uri": "y", "site": "south"}),
+        "c": agent_pb2.Sample(id="c", encoded_image=png(ims[4]), uri="file:///c.png"),
+        "bad": agent_pb2.Sample(id="bad", uri="file:///bad.png",
+                                metadata={"site": "east", "shortlist.payload_error": "payload file missing"}),
+    }
+
+
+def _golden_records() -> list[agent_pb2.LabelRecord]:
+    """Every label given (ListLabels with history): "gone" is deleted before ListSamples reads it, "b" was
+    relabelled, "r" retracted, "c" has a class outside GetStatus' classes."""
+    t = 1_700_000_000.123456
+    rec = agent_pb2.LabelRecord
+    return [
+        rec(id="b", label="dog", annotator="alice", time=t, source="manual", current=False, seq=1),
+        rec(id="a.png", label="cat", annotator="alice", time=t + 1, source="manual", current=True, seq=2),
+        rec(id="=HYPERLINK(1)", label="dog", annotator="+bob", time=t + 2.5, source="prior:knn",
+            model_version="v0001", audit=True, current=True, seq=3),
+        rec(id="dir/t0.raw", label="frog", annotator="carol", time=t + 3, source="manual", current=True, seq=4),
+        rec(id="b", label="cat", annotator="'dave", time=t + 4, source="manual", current=True, seq=5),
+        rec(id="gone", label="cat", annotator="alice", time=t + 5, source="manual", current=True, seq=6),
+        rec(id="r", label="dog", annotator="alice", time=t + 6, source="manual", current=False, seq=7),
+        rec(id="r", label="", annotator="alice", time=t + 7, source="manual", current=True, retracted=True, seq=8),
+        rec(id="bad", label="dog", annotator="erin", time=t + 8, source="manual", current=True, seq=9),
+        rec(id="c", label="bird", annotator="alice", time=t + 9, source="manual", current=True, seq=10),
+    ]
+
+
+def _golden_priors(calibrated: bool) -> list[agent_pb2.PriorLabel]:
+    """PriorLabels' rows: the first carries the calibration (with a warning); "a.png" is labelled."""
+    cal = agent_pb2.Calibration(source="labelled", held_out=6, temperature=1.25, audit_labels=0, left_out=1,
+                                warning="confidences calibrated on 6 held-out labels only" if calibrated else "")
+    rows = [agent_pb2.PriorLabel(id=i, label=lab, confidence=conf, model_version="v0002",
+                                 probs={"cat": conf, "dog": 1 - conf - 0.1, "frog": 0.1})
+            for i, lab, conf in (("u1", "cat", 0.7), ("a.png", "cat", 0.55), ("-u2", "dog", 0.2),
+                                 ("u3", "cat", 0.333333333))]
+    rows[0].calibration.CopyFrom(cal)
+    return rows
+
+
+class GoldenStub:
+    """A fixed agent for ``export_labels``: what it answers, and which calls it got (in order)."""
+
+    def __init__(self, priors: str = "calibrated") -> None:
+        self.priors = priors
+        self.calls: list[str] = []
+        self.samples = _golden_samples()
+
+    def _called(self, what: str, metadata: Any) -> None:
+        assert tuple(metadata) == TOKEN, what
+        self.calls.append(what)
+
+    def PriorLabels(self, request: agent_pb2.PriorLabelsRequest, metadata: Any = ()) -> Any:
+        self._called(f"PriorLabels {request.method}", metadata)
+        if self.priors == "refused":
+            return self._refuse(grpc.StatusCode.FAILED_PRECONDITION, "no model is serving yet; publish one")
+        return iter(_golden_priors(self.priors == "calibrated"))
+
+    def ListLabels(self, request: agent_pb2.ListLabelsRequest, metadata: Any = ()) -> Any:
+        self._called(f"ListLabels history={request.history}", metadata)
+        records = _golden_records()
+        return iter(records if request.history else [r for r in records if r.current and not r.retracted])
+
+    def GetStatus(self, request: agent_pb2.GetStatusRequest, metadata: Any = ()) -> Any:
+        self._called("GetStatus", metadata)
+        return agent_pb2.Status(classes=GOLDEN_CLASSES)
+
+    def ListSamples(self, request: agent_pb2.ListSamplesRequest, metadata: Any = ()) -> Any:
+        self._called(f"ListSamples {list(request.ids)} payload={request.include_payload}", metadata)
+        if any(i not in self.samples for i in request.ids):
+            return self._refuse(grpc.StatusCode.NOT_FOUND, "unknown sample id(s)")
+        return iter(self._sent(self.samples[i], request.include_payload) for i in request.ids)
+
+    @staticmethod
+    def _sent(s: agent_pb2.Sample, payload: bool) -> agent_pb2.Sample:
+        out = agent_pb2.Sample()
+        out.CopyFrom(s)
+        out.label = "stale"  # ListSamples' own labels are a later snapshot: the export must not use them
+        if not payload:
+            out.ClearField("payload")
+        return out
+
+    @staticmethod
+    def _refuse(code: grpc.StatusCode, details: str) -> Iterator[Any]:
+        raise _Refused(code, details)
+        yield  # a generator: a stream raises when it is read, not when it is called
+
+
+GOLDEN_CASES: dict[str, tuple[exports.ExportConfig, str]] = {
+    "every format": (exports.ExportConfig(), "calibrated"),
+    "csv with history, no priors": (exports.ExportConfig(formats=("csv",), history=True, prior_method=""),
+                                    "calibrated"),
+    "imagefolder only": (exports.ExportConfig(formats=("imagefolder",)), "calibrated"),
+    "jsonl and fiftyone, priors refused": (exports.ExportConfig(formats=("jsonl", "fiftyone")), "refused"),
+    "csv and imagefolder with history, uncalibrated": (
+        exports.ExportConfig(formats=("csv", "imagefolder"), history=True), "uncalibrated"),
+}
+
+
+def _export_contents(out: Path, samples: dict[str, agent_pb2.Sample]) -> dict[str, Any]:
+    """Every path under ``out``: a folder -> "folder", a text file -> its text, an image -> which sample's
+    payload it is byte for byte ("payload SID") or the PNG of which sample's tensor ("png SID")."""
+    images = {}
+    for sid, s in samples.items():
+        if s.WhichOneof("payload") == "encoded_image":
+            images[s.encoded_image] = f"payload {sid}"
+        elif s.WhichOneof("payload") == "tensor":
+            t = s.tensor
+            images[encode_png(tensor_pixels(t.dtype, tuple(t.shape), t.data))] = f"png {sid}"
+    contents: dict[str, Any] = {}
+    for p in sorted(out.rglob("*")):
+        rel = p.relative_to(out).as_posix()
+        if p.is_dir():
+            contents[rel] = "folder"
+        elif p.suffix in (".csv", ".jsonl", ".json"):
+            contents[rel] = p.read_bytes().decode("utf-8")
+        else:
+            contents[rel] = images.get(p.read_bytes(), "unknown bytes")
+    return contents
+
+
+def _golden_run(name: str, tmp_path: Path) -> dict[str, Any]:
+    config, priors = GOLDEN_CASES[name]
+    stub = GoldenStub(priors)
+    out = tmp_path / name.replace(" ", "_").replace(",", "")
+    summary = exports.export_labels(stub, out, config, metadata=TOKEN)  # type: ignore[arg-type]
+    return {"calls": stub.calls, "summary": dataclasses.asdict(summary),
+            "files": _export_contents(out, stub.samples)}
+
+
+@pytest.mark.parametrize("name", sorted(GOLDEN_CASES))
+def test_export_writes_the_golden_bytes(name: str, tmp_path: Path) -> None:
+    """An export of a fixed agent (GoldenStub) in each case is byte for byte what tests/agent/data/
+    exports_golden.json holds: every file's text, every image's bytes, the summary and the calls made, as the
+    export code of 246df6e wrote them (regenerate: python -m tests.agent.test_exports, only on purpose)."""
+    golden = json.loads(GOLDEN.read_text(encoding="utf-8"))[name]
+    got = _golden_run(name, tmp_path)
+    assert got["calls"] == golden["calls"]
+    assert got["summary"] == golden["summary"]
+    assert list(got["files"]) == list(golden["files"])
+    for rel, text in golden["files"].items():
+        assert got["files"][rel] == text, rel
+
+
+if __name__ == "__main__":
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        GOLDEN.write_text(json.dumps({name: _golden_run(name, Path(tmp)) for name in sorted(GOLDEN_CASES)},
+                                     ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
