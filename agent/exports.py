@@ -38,6 +38,7 @@ Everything comes from the agent over gRPC (ListLabels, PriorLabels, ListSamples)
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -185,19 +186,41 @@ def write_samples(samples: Iterable[agent_pb2.Sample], csv_path: Path | None, js
 def write_rows(rows: Iterable[dict[str, Any]], fields: list[str], csv_path: Path | None,
                jsonl_path: Path | None) -> int:
     """Write ``rows`` to a CSV (``fields`` only) and/or a JSON Lines file (every key); returns the count."""
-    n = 0
-    with open(csv_path or os.devnull, "w", newline="", encoding="utf-8") as cf, \
-            open(jsonl_path or os.devnull, "w", encoding="utf-8") as jf:
-        writer = csv.DictWriter(cf, fieldnames=fields, extrasaction="ignore")
-        if csv_path is not None:
-            writer.writeheader()
+    with RowWriter(fields, csv_path, jsonl_path) as writer:
         for row in rows:
-            if csv_path is not None:
-                writer.writerow({k: _csv_cell(v) for k, v in row.items()})
-            if jsonl_path is not None:
-                jf.write(json.dumps(row, ensure_ascii=False) + "\n")
-            n += 1
-    return n
+            writer.write(row)
+    return writer.count
+
+
+class RowWriter:
+    """A CSV (``fields`` only; its header written on entering) and/or a JSON Lines file (every key) written
+    one row at a time, for a caller that reads a stream once and keeps something of each row; ``count``:
+    the rows written."""
+
+    def __init__(self, fields: list[str], csv_path: Path | None, jsonl_path: Path | None) -> None:
+        self.fields, self.csv_path, self.jsonl_path = fields, csv_path, jsonl_path
+        self.count = 0
+        self._stack = contextlib.ExitStack()
+
+    def __enter__(self) -> RowWriter:
+        with contextlib.ExitStack() as stack:  # a second open that fails closes the first
+            cf = stack.enter_context(open(self.csv_path or os.devnull, "w", newline="", encoding="utf-8"))
+            self._jf = stack.enter_context(open(self.jsonl_path or os.devnull, "w", encoding="utf-8"))
+            self._stack = stack.pop_all()
+        self._writer = csv.DictWriter(cf, fieldnames=self.fields, extrasaction="ignore")
+        if self.csv_path is not None:
+            self._writer.writeheader()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+
+    def write(self, row: dict[str, Any]) -> None:
+        if self.csv_path is not None:
+            self._writer.writerow({k: _csv_cell(v) for k, v in row.items()})
+        if self.jsonl_path is not None:
+            self._jf.write(json.dumps(row, ensure_ascii=False) + "\n")
+        self.count += 1
 
 
 def write_priors_meta(path: Path, method: str, rows: Sequence[agent_pb2.PriorLabel], count: int) -> dict[str, Any]:
@@ -367,58 +390,81 @@ def write_images(samples: Iterable[agent_pb2.Sample], out: Path, formats: tuple[
     agent could not read (ListSamples sent it without one, metadata ``shortlist.payload_error`` saying why)
     or that does not decode is left out and appended to ``left_out`` as (id, label, why); without
     ``left_out`` it is an ExportError."""
-    tree = out / "imagefolder" if "imagefolder" in formats else None
-    fo = out / "fiftyone" if "fiftyone" in formats else None
-    taken: set[str] = set()
-    fo_labels: dict[str, int] = {}
-    index = {c: i for i, c in enumerate(classes)}
-    folders = class_folders(classes)
-    n = 0
-    ids_files = []
-    for folder in (tree, fo):
-        if folder is not None:
-            folder.mkdir(parents=True)
-            f = open(folder / IDS_FILE, "w", newline="", encoding="utf-8")  # noqa: SIM115 - closed below
-            w = csv.writer(f)
-            w.writerow(["file", "id", "label"])  # rows escaped: ids and class names are users' (csv_escape)
-            ids_files.append((folder, f, w))
-    try:
+    with ImageWriter(out, formats, classes, keep_going=left_out is not None) as writer:
         for s in samples:
-            if not s.label:
-                continue
-            problem = payload_problem(s)
-            if problem is None:
-                try:
-                    data, ext = image_file(s)
-                except (ValueError, OSError) as e:  # a stored payload that no longer decodes
-                    problem = f"its payload cannot be decoded ({e})"
-            if problem is not None:
-                if left_out is None:
-                    raise ExportError(f"sample {quoted(s.id)}: {problem}")
-                left_out.append((s.id, s.label, problem))
-                continue
-            stem = file_stem(s.id, taken)
-            folder_name = add_class_folder(folders, s.label)  # a label outside GetStatus' classes gets one too
-            if tree is not None:
-                check_class_folder(s.label)
-                (tree / folder_name).mkdir(exist_ok=True)
-                (tree / folder_name / f"{stem}{ext}").write_bytes(data)
-            if fo is not None:
-                (fo / "data").mkdir(exist_ok=True)
-                (fo / "data" / f"{stem}{ext}").write_bytes(data)
-                fo_labels[stem] = index.setdefault(s.label, len(index))
-            for folder, _, w in ids_files:
-                rel = f"{folder_name}/{stem}{ext}" if folder == tree else f"data/{stem}{ext}"
-                w.writerow([csv_escape(rel), csv_escape(s.id), csv_escape(s.label)])
-            n += 1
-    finally:
-        for _, f, _ in ids_files:
-            f.close()
-    if fo is not None:
-        names = sorted(index, key=index.__getitem__)
-        (fo / "labels.json").write_text(json.dumps({"classes": names, "labels": fo_labels}, ensure_ascii=False,
-                                                   indent=1), encoding="utf-8")
-    return n
+            writer.add(s)
+    if left_out is not None:
+        left_out.extend(writer.left_out)
+    return writer.count
+
+
+class ImageWriter:
+    """``write_images`` one sample at a time (``add``): the ImageFolder tree and/or FiftyOne's layout under
+    ``out`` for ``formats``, ids.csv beside each, FiftyOne's labels.json written on a clean exit. ``count``:
+    the images written; ``left_out``: (id, label, why) of each sample whose payload cannot be read, kept
+    when ``keep_going``, else an ExportError."""
+
+    def __init__(self, out: Path, formats: tuple[str, ...], classes: list[str], keep_going: bool) -> None:
+        self.tree = out / "imagefolder" if "imagefolder" in formats else None
+        self.fo = out / "fiftyone" if "fiftyone" in formats else None
+        self.keep_going = keep_going
+        self.count = 0
+        self.left_out: list[tuple[str, str, str]] = []
+        self._taken: set[str] = set()
+        self._fo_labels: dict[str, int] = {}
+        self._index = {c: i for i, c in enumerate(classes)}
+        self._folders = class_folders(classes)
+        self._ids_files: list[tuple[Path, Any]] = []  # (folder, csv writer of its ids.csv)
+        self._stack = contextlib.ExitStack()
+
+    def __enter__(self) -> ImageWriter:
+        with contextlib.ExitStack() as stack:  # a later open that fails closes the earlier ones
+            for folder in (self.tree, self.fo):
+                if folder is not None:
+                    folder.mkdir(parents=True)
+                    f = stack.enter_context(open(folder / IDS_FILE, "w", newline="", encoding="utf-8"))
+                    w = csv.writer(f)
+                    w.writerow(["file", "id", "label"])  # rows escaped: ids and class names are users' (csv_escape)
+                    self._ids_files.append((folder, w))
+            self._stack = stack.pop_all()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        self._stack.close()
+        if exc_type is None and self.fo is not None:
+            names = sorted(self._index, key=self._index.__getitem__)
+            (self.fo / "labels.json").write_text(json.dumps({"classes": names, "labels": self._fo_labels},
+                                                            ensure_ascii=False, indent=1), encoding="utf-8")
+
+    def add(self, s: agent_pb2.Sample) -> None:
+        """Write the image of labelled sample ``s`` (with its payload); an unlabelled one is skipped."""
+        if not s.label:
+            return
+        problem = payload_problem(s)
+        if problem is None:
+            try:
+                data, ext = image_file(s)
+            except (ValueError, OSError) as e:  # a stored payload that no longer decodes
+                problem = f"its payload cannot be decoded ({e})"
+        if problem is not None:
+            if not self.keep_going:
+                raise ExportError(f"sample {quoted(s.id)}: {problem}")
+            self.left_out.append((s.id, s.label, problem))
+            return
+        stem = file_stem(s.id, self._taken)
+        folder_name = add_class_folder(self._folders, s.label)  # a label outside GetStatus' classes gets one too
+        if self.tree is not None:
+            check_class_folder(s.label)
+            (self.tree / folder_name).mkdir(exist_ok=True)
+            (self.tree / folder_name / f"{stem}{ext}").write_bytes(data)
+        if self.fo is not None:
+            (self.fo / "data").mkdir(exist_ok=True)
+            (self.fo / "data" / f"{stem}{ext}").write_bytes(data)
+            self._fo_labels[stem] = self._index.setdefault(s.label, len(self._index))
+        for folder, w in self._ids_files:
+            rel = f"{folder_name}/{stem}{ext}" if folder == self.tree else f"data/{stem}{ext}"
+            w.writerow([csv_escape(rel), csv_escape(s.id), csv_escape(s.label)])
+        self.count += 1
 
 
 def payload_problem(sample: agent_pb2.Sample) -> str | None:
@@ -469,24 +515,18 @@ def read_fiftyone_classification(folder: Path) -> dict[str, str]:
 Metadata = Sequence[tuple[str, str]]
 
 
-def _fetch_priors(stub: agent_pb2_grpc.AgentStub, method: str, notes: list[str],
-                  metadata: Metadata) -> Iterator[agent_pb2.PriorLabel] | None:
-    """The streamed priors, or None (with a note) when the agent cannot give any yet (no model, no labels)."""
+def _fetch_priors(stub: agent_pb2_grpc.AgentStub, method: str,
+                  metadata: Metadata) -> tuple[Iterator[agent_pb2.PriorLabel] | None, str | None]:
+    """(the streamed priors, None), or (None, a note) when the agent cannot give any yet (no model, no
+    labels): its first row is read here, so that refusal comes before the labels are read."""
     stream = stub.PriorLabels(agent_pb2.PriorLabelsRequest(method=method), metadata=metadata)
     try:
         first = next(iter(stream), None)
     except grpc.RpcError as e:
         if e.code() == grpc.StatusCode.FAILED_PRECONDITION:
-            notes.append(f"no priors exported: {e.details()}")
-            return None
+            return None, f"no priors exported: {e.details()}"
         raise
-
-    def rest() -> Iterator[agent_pb2.PriorLabel]:
-        if first is not None:
-            yield first
-            yield from stream
-
-    return rest()
+    return (iter(()) if first is None else itertools.chain([first], stream)), None
 
 
 SAMPLES_PER_REQUEST = 10_000  # ids a ListSamples asks for: well below the agent's --max-ids-per-request (100,000)
@@ -548,92 +588,138 @@ def export_labels(stub: agent_pb2_grpc.AgentStub, out: Path, config: ExportConfi
     problems.csv and noted. With ``config.owner_only`` every folder is 0700 and every file 0600."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ExportError(f"{out} already exists and is not an empty folder; choose a new folder (or remove it)")
-    summary = ExportSummary()
     part = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(part, ignore_errors=True)
     part.mkdir(mode=0o700 if config.owner_only else 0o777, parents=True)  # nobody else enters while it is written
     try:
-        fmt = config.formats
-        want_rows = "csv" in fmt or "jsonl" in fmt
-        want_images = "imagefolder" in fmt or "fiftyone" in fmt
-        priors = _fetch_priors(stub, config.prior_method, summary.notes, metadata) \
-            if config.prior_method and want_rows else None
-        current: dict[str, str] = {}  # the snapshot: id -> current label, in ListLabels' order
-
-        def snapshot(records: Iterable[agent_pb2.LabelRecord]) -> Iterator[agent_pb2.LabelRecord]:
-            for r in records:
-                if r.current and not r.retracted:
-                    current[r.id] = r.label
-                yield r
-
-        history = config.history and want_rows
-        records = snapshot(stub.ListLabels(agent_pb2.ListLabelsRequest(history=history), metadata=metadata))
-        if want_rows:
-            fields = [*LABEL_FIELDS, "retracted"] if history else LABEL_FIELDS
-            summary.labels = write_rows((label_row(r, history) for r in records), fields,
-                                        part / "labels.csv" if "csv" in fmt else None,
-                                        part / "labels.jsonl" if "jsonl" in fmt else None)
-        else:
-            for _ in records:
-                pass
-        from agent.ingest import PAYLOAD_ERROR_KEY  # lazily: agent.ingest brings the embedding machinery
-
-        gone: list[str] = []
-        rows: list[agent_pb2.Sample] = []  # id, uri and metadata of each sample, for samples.csv
-
-        def labelled(samples: Iterable[agent_pb2.Sample]) -> Iterator[agent_pb2.Sample]:
-            for s in samples:
-                s.label = current[s.id]
-                if want_rows:
-                    rows.append(agent_pb2.Sample(id=s.id, uri=s.uri, metadata={
-                        k: v for k, v in s.metadata.items() if k != PAYLOAD_ERROR_KEY}))
-                yield s
-
-        samples = labelled(_samples_of(stub, list(current), want_images, metadata, gone))
-        if want_images:
-            classes = list(stub.GetStatus(agent_pb2.GetStatusRequest(), metadata=metadata).classes)
-            left_out: list[tuple[str, str, str]] = []
-            summary.images = write_images(samples, part, fmt, classes, left_out)
-            if left_out:
-                write_left_out(part / PROBLEMS_FILE, left_out)
-                summary.left_out = [i for i, _, _ in left_out]
-                summary.notes.append(left_out_note(left_out, " and ".join(f for f in fmt if f in IMAGE_FORMATS)))
-        else:
-            for _ in samples:
-                pass
-        if gone:
-            summary.notes.append(f"{len(gone)} sample(s) deleted while exporting (e.g. {quoted(gone[0])}) are in the "
-                                 "label files only")
-        if want_rows:
-            write_samples(rows, part / "samples.csv" if "csv" in fmt else None,
-                          part / "samples.jsonl" if "jsonl" in fmt else None)
-            if priors is not None:
-                first: list[agent_pb2.PriorLabel] = []  # the stream's first row: it carries the calibration
-
-                def kept(stream: Iterator[agent_pb2.PriorLabel]) -> Iterator[agent_pb2.PriorLabel]:
-                    for p in stream:
-                        if not first:
-                            first.append(p)
-                        if p.id not in current:  # labelled in the snapshot: in labels.csv, not a prior
-                            yield p
-
-                summary.priors = write_rows((prior_row(p, config.prior_method) for p in kept(priors)), PRIOR_FIELDS,
-                                            part / "priors.csv" if "csv" in fmt else None,
-                                            part / "priors.jsonl" if "jsonl" in fmt else None)
-                meta = write_priors_meta(part / PRIORS_META, config.prior_method, first, summary.priors)
-                summary.calibration = meta["calibration"]
-                if summary.calibration and summary.calibration["warning"]:
-                    summary.notes.append(f"priors: {summary.calibration['warning']}")
-        summary.files = sorted(str(p.relative_to(part)) for p in part.iterdir())
-        if config.owner_only:
-            owner_only(part)
-        # Durable before it is in place: every file and folder fsynced (a power loss after the command exits
-        # must not leave an empty labels.csv under OUT), then the rename, then the parent, so OUT stays.
-        fsync_tree(part)
-        if out.exists():
-            out.rmdir()
-        os.replace(part, out)
-        fsync_path(out.parent)
+        summary = _write_parts(stub, part, config, metadata)
+        _publish(part, out, config.owner_only)
     finally:
         shutil.rmtree(part, ignore_errors=True)
     return summary
+
+
+def _paths(part: Path, name: str, formats: tuple[str, ...]) -> tuple[Path | None, Path | None]:
+    """``part``/NAME.csv and ``part``/NAME.jsonl, each None when ``formats`` leaves it out."""
+    return (part / f"{name}.csv" if "csv" in formats else None,
+            part / f"{name}.jsonl" if "jsonl" in formats else None)
+
+
+def _write_parts(stub: agent_pb2_grpc.AgentStub, part: Path, config: ExportConfig,
+                 metadata: Metadata) -> ExportSummary:
+    """Every part of the export into the folder ``part``, in the order of ``export_labels``' calls: the
+    priors' first row (a refusal is a note), the labels (the snapshot), the samples and images, the priors."""
+    fmt = config.formats
+    want_rows = "csv" in fmt or "jsonl" in fmt
+    priors, note = _fetch_priors(stub, config.prior_method, metadata) if config.prior_method and want_rows \
+        else (None, None)
+    summary = ExportSummary(notes=[note] if note else [])
+    history = config.history and want_rows
+    records = stub.ListLabels(agent_pb2.ListLabelsRequest(history=history), metadata=metadata)
+    current, summary.labels = _write_label_files(records, part, fmt, history)
+    images = _write_image_files(stub, part, fmt, current, metadata)
+    summary.images, summary.left_out = images.count, [i for i, _, _ in images.left_out]
+    summary.notes += images.notes()
+    if want_rows:
+        write_samples(images.rows, *_paths(part, "samples", fmt))
+    if priors is not None:
+        summary.priors, summary.calibration = _write_priors(priors, part, fmt, config.prior_method, current)
+        if summary.calibration and summary.calibration["warning"]:
+            summary.notes.append(f"priors: {summary.calibration['warning']}")
+    summary.files = sorted(str(p.relative_to(part)) for p in part.iterdir())
+    return summary
+
+
+def _write_label_files(records: Iterable[agent_pb2.LabelRecord], part: Path, formats: tuple[str, ...],
+                       history: bool) -> tuple[dict[str, str], int]:
+    """labels.csv / labels.jsonl (those of ``formats``; with ``history`` every label given) from one read of
+    ``records`` (ListLabels); returns the snapshot (id -> current label, in ListLabels' order) and the rows
+    written (0 when ``formats`` has neither file: the records are still read for the snapshot)."""
+    current: dict[str, str] = {}
+    fields = [*LABEL_FIELDS, "retracted"] if history else LABEL_FIELDS
+    csv_path, jsonl_path = _paths(part, "labels", formats)
+    want_rows = csv_path is not None or jsonl_path is not None
+    with RowWriter(fields, csv_path, jsonl_path) as writer:
+        for r in records:
+            if r.current and not r.retracted:
+                current[r.id] = r.label
+            if want_rows:
+                writer.write(label_row(r, history))
+    return current, writer.count
+
+
+@dataclass(frozen=True)
+class _ImagesPart:
+    """What ``_write_image_files`` read and wrote: ``count`` images, ``left_out`` (id, label, why) of those
+    whose payload cannot be read, the ids ``gone`` (deleted since the labels were read) and the ``rows`` of
+    samples.csv (id, uri and metadata of each labelled sample ListSamples sent)."""
+
+    count: int
+    left_out: list[tuple[str, str, str]]
+    gone: list[str]
+    rows: list[agent_pb2.Sample]
+    formats: str  # the image formats written ("imagefolder and fiftyone"), for the note on ``left_out``
+
+    def notes(self) -> list[str]:
+        """The summary's notes on the samples left out of the images, then on those deleted meanwhile."""
+        notes = [left_out_note(self.left_out, self.formats)] if self.left_out else []
+        if self.gone:
+            notes.append(f"{len(self.gone)} sample(s) deleted while exporting (e.g. {quoted(self.gone[0])}) are in "
+                         "the label files only")
+        return notes
+
+
+def _write_image_files(stub: agent_pb2_grpc.AgentStub, part: Path, formats: tuple[str, ...],
+                       current: dict[str, str], metadata: Metadata) -> _ImagesPart:
+    """The images of the labelled samples ``current`` (id -> label in the snapshot) for the image formats of
+    ``formats``, and problems.csv when some are left out, from one ListSamples read of those ids (with
+    payloads only when an image format is asked for), which also gives samples.csv its rows."""
+    from agent.ingest import PAYLOAD_ERROR_KEY  # lazily: agent.ingest brings the embedding machinery
+
+    image_formats = [f for f in formats if f in IMAGE_FORMATS]
+    want_rows = "csv" in formats or "jsonl" in formats
+    classes = list(stub.GetStatus(agent_pb2.GetStatusRequest(), metadata=metadata).classes) if image_formats else []
+    gone: list[str] = []
+    rows: list[agent_pb2.Sample] = []
+    with ImageWriter(part, formats, classes, keep_going=True) as writer:
+        for s in _samples_of(stub, list(current), bool(image_formats), metadata, gone):
+            s.label = current[s.id]
+            if want_rows:
+                rows.append(agent_pb2.Sample(id=s.id, uri=s.uri, metadata={
+                    k: v for k, v in s.metadata.items() if k != PAYLOAD_ERROR_KEY}))
+            if image_formats:
+                writer.add(s)
+    if writer.left_out:
+        write_left_out(part / PROBLEMS_FILE, writer.left_out)
+    return _ImagesPart(writer.count, writer.left_out, gone, rows, " and ".join(image_formats))
+
+
+def _write_priors(priors: Iterable[agent_pb2.PriorLabel], part: Path, formats: tuple[str, ...], method: str,
+                  current: dict[str, str]) -> tuple[int, dict[str, object] | None]:
+    """priors.csv / priors.jsonl (those of ``formats``) from the PriorLabels stream, without the samples
+    labelled in the snapshot ``current`` (they are in labels.csv), and priors.meta.json; returns the rows
+    written and the calibration (as in priors.meta.json) of the stream's first row."""
+    first: agent_pb2.PriorLabel | None = None  # the stream's first row: it carries the calibration
+    with RowWriter(PRIOR_FIELDS, *_paths(part, "priors", formats)) as writer:
+        for p in priors:
+            if first is None:
+                first = p
+            if p.id not in current:
+                writer.write(prior_row(p, method))
+    meta = write_priors_meta(part / PRIORS_META, method, [] if first is None else [first], writer.count)
+    calibration: dict[str, object] | None = meta["calibration"]
+    return writer.count, calibration
+
+
+def _publish(part: Path, out: Path, private: bool) -> None:
+    """Rename the complete export ``part`` to ``out`` (an empty folder or none), durably; ``private``: every
+    folder 0700 and file 0600 first (``owner_only``)."""
+    if private:
+        owner_only(part)
+    # Durable before it is in place: every file and folder fsynced (a power loss after the command exits
+    # must not leave an empty labels.csv under OUT), then the rename, then the parent, so OUT stays.
+    fsync_tree(part)
+    if out.exists():
+        out.rmdir()
+    os.replace(part, out)
+    fsync_path(out.parent)
