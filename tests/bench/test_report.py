@@ -172,3 +172,61 @@ def test_runs_of_several_data_sets_are_grouped_by_data_set_and_warned_about(
         "| digits | random | b | 30.0 |", "| digits | typiclust | b | 40.0 |"]
     one = markdown([run("/data/cifar10", CIFAR10, "a"), run("/data/cifar10", CIFAR10, "c")])
     assert "data set" not in one and "warning" not in one.lower()  # one data set: as before
+
+
+# ---- golden: every line of results.md, pinned -------------------------------------------------------------
+GOLDEN = Path(__file__).parent / "data"
+
+
+def _rich_run(data: str, classes: list[str], label: str) -> dict[str, Any]:
+    """A run with every part results.md can say: two seeds (typiclust seed-blind), two budgets, two prior
+    methods, balanced and semi-supervised figures, reused and audit runs, a skipped cell, class counts, and a
+    cell nothing could be scored in."""
+    r = run(data, classes, label)
+    r.update(seeds=[0, 1], budgets=[10, 40], prior_methods=["knn", "linear"], audit=5, complete=False,
+             class_counts=[30, 10] + [6] * (len(classes) - 2), encoder={"kind": "timm", "encoder": "resnet18"},
+             git_commit="0123456789abcdef", skipped=[{"strategy": "probcover", "seed": 1, "error": "out of memory"}],
+             wall_seconds={"total": 754.0, "reused_runs": 96.0, "ingest": 12.4, "embed": 300.6, "runs/random": 5.0})
+    r["records"] = [{"strategy": s, "budget": b, "seed": seed, "prior_method": m,
+                     "prior_accuracy": float("nan") if b == 40 and s == "random"
+                     else 0.4 + 0.01 * b + (0.02 * seed if s == "random" else 0.0),
+                     "prior_balanced_accuracy": 0.3 + 0.005 * b, "ece": 0.123456 - 0.001 * b,
+                     "linear_accuracy": acc + 0.004 * b + (0.03 * seed if s == "random" else 0.0),
+                     "linear_balanced_accuracy": acc - 0.05, "semi_supervised_accuracy": acc + 0.1,
+                     "coverage": 4 + (seed if s == "random" else 0)}
+                    for s, acc in (("random", 0.3), ("typiclust", 0.4)) for b in (10, 40) for seed in (0, 1)
+                    for m in ("knn", "linear")]
+    return r
+
+
+def _golden_runs(tmp_path: Path) -> dict[str, list[dict[str, Any]]]:
+    """The golden cases, each as ``load_run`` reads the results.json files the test writes."""
+    def written(r: dict[str, Any]) -> dict[str, Any]:
+        folder = tmp_path / r["label"]
+        folder.mkdir()
+        (folder / "results.json").write_text(json.dumps(r))
+        return report.load_run(folder)
+
+    cifar = written(_rich_run("/data/cifar10", CIFAR10, "quick-a"))
+    digits = written(_rich_run("/work/digits", [str(i) for i in range(10)], "digits-b"))
+    plain = written(run("/data/cifar-10-batches-py", None, "old-c"))
+    return {"report_one_run.md": [cifar], "report_three_runs.md": [cifar, digits, plain]}
+
+
+@pytest.mark.parametrize("name", ["report_one_run.md", "report_three_runs.md"])
+def test_results_md_is_the_golden_text(name: str, tmp_path: Path) -> None:
+    """results.md of one rich CIFAR-10 run, and of it beside a digits run and an older plain one, is line for
+    line tests/bench/data/NAME as the report code of 246df6e wrote it (regenerate: python -m
+    tests.bench.test_report, only on purpose)."""
+    got = markdown(_golden_runs(tmp_path)[name])
+    assert got.splitlines() == (GOLDEN / name).read_text(encoding="utf-8").splitlines()  # a readable diff first
+    assert got == (GOLDEN / name).read_text(encoding="utf-8")
+
+
+if __name__ == "__main__":
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        GOLDEN.mkdir(exist_ok=True)
+        for name, runs in _golden_runs(Path(tmp)).items():
+            (GOLDEN / name).write_text(markdown(runs), encoding="utf-8")
