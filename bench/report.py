@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -86,7 +87,10 @@ def _fmt(mean: float, std: float, n: int, scale: float = 100.0, digits: int = 1)
     return f"{mean * scale:.{digits}f}"
 
 
-def summarize(run: dict[str, Any]) -> dict[str, dict[tuple[str, int], tuple[float, float, int]]]:
+Summary = dict[str, dict[tuple[str, int], tuple[float, float, int]]]  # what ``summarize`` gives
+
+
+def summarize(run: dict[str, Any]) -> Summary:
     """metric -> (strategy, budget) -> (mean, std, seeds) over seeds. Metrics: linear_accuracy, coverage,
     and prior_accuracy/<method>, ece/<method>; linear_balanced_accuracy and prior_balanced_accuracy/<method>
     for records that have them (a results.json written before they were measured has none)."""
@@ -153,110 +157,147 @@ def md_table(head: list[str], rows: list[list[str]]) -> list[str]:
 
 def markdown(runs: list[dict[str, Any]]) -> str:
     """results.md text: per run (side by side when several), mean ± std over seeds."""
-    lines: list[str] = []
-    sums = [summarize(r) for r in runs]
-    labels = [r["label"] for r in runs]
-    first = runs[0]
+    scope = _TableScope.of(runs)
+    lines = _header(runs)
+    lines += _metric_table(scope, "Linear-probe test accuracy (%) on the frozen encoder", "linear_accuracy",
+                           ours="linear probe on the frozen encoder")
+    balanced = any(k.startswith(("linear_balanced", "prior_balanced")) for summ in scope.sums for k in summ)
+    if balanced:
+        lines += _metric_table(scope, f"Linear-probe balanced test accuracy (%: {BALANCED})",
+                               "linear_balanced_accuracy")
+    if any("semi_supervised_accuracy" in summ for summ in scope.sums):
+        lines += _metric_table(scope, "AS3L semi-supervised stage (prior-guided FlexMatch): test accuracy (%)",
+                               "semi_supervised_accuracy", ours="semi-supervised stage (prior-guided FlexMatch)")
+    lines += _metric_table(scope, "Classes covered by the labelled set", "coverage", scale=1.0, digits=1)
+    for m in dict.fromkeys(m for r in runs for m in r["prior_methods"]):
+        lines += _metric_table(scope, f"Prior-label accuracy (%) on the unlabelled pool, method `{m}`",
+                               f"prior_accuracy/{m}")
+        if balanced:
+            lines += _metric_table(scope, f"Prior-label balanced accuracy (%: {BALANCED}) on the unlabelled pool, "
+                                   f"method `{m}`", f"prior_balanced_accuracy/{m}")
+        lines += _metric_table(scope, f"Prior-label ECE (a fraction, as in AS3L's Table 6 and bench strategies), "
+                               f"method `{m}`", f"ece/{m}", scale=1.0, digits=3)
+    lines.append(_references_note(runs, scope.cifar10))
+    lines += _wall_times(runs)
+    return "\n".join(lines)
+
+
+def _header(runs: list[dict[str, Any]]) -> list[str]:
+    """results.md's title, the warning on mixed data sets, a summary line per run (with its class counts and
+    skipped cells under it) and the notes on seed-blind strategies."""
     names = list(dict.fromkeys(dataset_name(r) for r in runs))
-    lines.append(f"# Low-budget benchmark through the agent: {', '.join(names)}\n")
+    lines = [f"# Low-budget benchmark through the agent: {', '.join(names)}\n"]
     if mixed := mixed_datasets_note(runs):
         lines.append(f"**{mixed[0].upper()}{mixed[1:]}.**\n")
-    datasets = list(dict.fromkeys(short_name(r) for r in runs))
     for r in runs:
-        walls = r.get("wall_seconds", {})
-        short = short_name(r)
-        lines.append(f"- **{short}**, run folder `{r['label']}`: profile `{r['profile']}`, "
-                     f"pool {r['pool_size']}, test {r['test_size']}, "
-                     f"seeds {len(r['seeds'])}, model {r['model_version']} ({r['encoder'].get('kind', '')}: "
-                     f"{r['encoder'].get('encoder', '')}), commit {r['git_commit'][:10]}, "
-                     f"wall time {walls.get('total', float('nan')) / 60:.1f} min"
-                     + (f" (and {walls['reused_runs'] / 60:.1f} min of runs reused from an earlier run into this "
-                        "folder)" if walls.get("reused_runs") else "")
-                     + (f", {r['audit']} audit labels drawn after the first budget's picks (not in the budgets)"
-                        if r.get("audit") else "")
-                     + ("" if r.get("complete", True) else " (INCOMPLETE: still running or interrupted)"))
+        lines.append(_run_summary_line(r))
         if counts_said := class_counts_said(r.get("class_counts", []), r.get("classes")):
             lines.append(f"  - {counts_said}")
-        for s in r.get("skipped", []):
-            lines.append(f"  - skipped {s['strategy']} seed {s['seed']}: {s['error']}")
+        lines += [f"  - skipped {s['strategy']} seed {s['seed']}: {s['error']}" for s in r.get("skipped", [])]
     lines.append("")
     for r in runs:
-        blind = seed_blind_note(r["records"])
-        if blind:
+        if blind := seed_blind_note(r["records"]):
             lines.append((f"{r['label']}: " if len(runs) > 1 else "") + blind)
-    strategies = list(dict.fromkeys(s for r in runs for s in r["strategies"]))
-    budgets = sorted({int(b) for r in runs for b in r["budgets"]})
-    methods = list(dict.fromkeys(m for r in runs for m in r["prior_methods"]))
-    cifar10 = all(is_cifar10(r) for r in runs)
+    return lines
 
-    def table(title: str, metric: str, scale: float = 100.0, digits: int = 1, ours: str = "") -> None:
-        """Rows: strategy (and run, when several); columns: label budgets, then, when ``ours`` says what this
-        run's figures are, the published references, each column saying which is which."""
-        lines.append(f"## {title}\n")
-        ref_heads = [(col, b) for col in REFERENCE_COLUMNS for b in budgets if any(
-            reference_value(col, s, b) != "—" for s in strategies)] if ours and cifar10 else []
-        # beside published figures, every column says whose figure it is and how it was measured
-        mine = " (this run)" if ref_heads else ""
-        # Runs of several data sets: rows grouped by data set first, each saying its own (its figures compare
-        # only with its group's).
-        by_set = len(datasets) > 1
-        head = (["data set"] if by_set else []) + ["strategy"] + (["run"] if len(runs) > 1 else []) + [
-            f"{b} labels{mine}" for b in budgets] + [
-            f"{col}, {b} labels (published, CIFAR-10: {PUBLISHED})" for col, b in ref_heads]
-        rows = []
-        for dataset in datasets:
-            for s in strategies:
-                for r, label, summ in zip(runs, labels, sums, strict=True):
-                    if short_name(r) != dataset:
-                        continue
-                    cells = []
-                    for b in budgets:
-                        mean, std, n = summ.get(metric, {}).get((s, b), (float("nan"), float("nan"), 0))
-                        cells.append(_fmt(mean, std, n, scale, digits))
-                    if all(c == "—" for c in cells):
-                        continue
-                    ref_cells = [reference_value(col, s, b) for col, b in ref_heads]
-                    rows.append([*([dataset] if by_set else []), s, *([label] if len(runs) > 1 else []), *cells,
-                                 *ref_cells])
-        lines.extend(md_table(head, rows))
-        if ref_heads:
-            same = ("another measurement: the published ones show the direction to expect, not the same figure"
-                    if "probe" in ours else "the same kind of figure, after far shorter training at a lower resolution")
-            lines.append(f"\nThe published columns are test accuracy after {PUBLISHED} of the whole network on "
-                         f"those labels and the unlabelled images (bench/references.py); this run's columns are its "
-                         f"{ours}, {same}.")
-        lines.append("")
 
-    table("Linear-probe test accuracy (%) on the frozen encoder", "linear_accuracy",
-          ours="linear probe on the frozen encoder")
-    balanced = any(k.startswith(("linear_balanced", "prior_balanced")) for summ in sums for k in summ)
-    if balanced:
-        table(f"Linear-probe balanced test accuracy (%: {BALANCED})", "linear_balanced_accuracy")
-    if any("semi_supervised_accuracy" in summ for summ in sums):
-        table("AS3L semi-supervised stage (prior-guided FlexMatch): test accuracy (%)", "semi_supervised_accuracy",
-              ours="semi-supervised stage (prior-guided FlexMatch)")
-    table("Classes covered by the labelled set", "coverage", scale=1.0, digits=1)
-    for m in methods:
-        table(f"Prior-label accuracy (%) on the unlabelled pool, method `{m}`", f"prior_accuracy/{m}")
-        if balanced:
-            table(f"Prior-label balanced accuracy (%: {BALANCED}) on the unlabelled pool, method `{m}`",
-                  f"prior_balanced_accuracy/{m}")
-        table(f"Prior-label ECE (a fraction, as in AS3L's Table 6 and bench strategies), method `{m}`", f"ece/{m}",
-              scale=1.0, digits=3)
+def _run_summary_line(run: dict[str, Any]) -> str:
+    """A run's bullet: data set, run folder, profile, sizes, seeds, model and encoder, commit, wall time (in
+    minutes, and the minutes of runs reused), audit labels, and whether it is incomplete."""
+    walls = run.get("wall_seconds", {})
+    encoder = run["encoder"]
+    return (f"- **{short_name(run)}**, run folder `{run['label']}`: profile `{run['profile']}`, "
+            f"pool {run['pool_size']}, test {run['test_size']}, "
+            f"seeds {len(run['seeds'])}, model {run['model_version']} ({encoder.get('kind', '')}: "
+            f"{encoder.get('encoder', '')}), commit {run['git_commit'][:10]}, "
+            f"wall time {walls.get('total', float('nan')) / 60:.1f} min"
+            + (f" (and {walls['reused_runs'] / 60:.1f} min of runs reused from an earlier run into this "
+               "folder)" if walls.get("reused_runs") else "")
+            + (f", {run['audit']} audit labels drawn after the first budget's picks (not in the budgets)"
+               if run.get("audit") else "")
+            + ("" if run.get("complete", True) else " (INCOMPLETE: still running or interrupted)"))
+
+
+@dataclass(frozen=True)
+class _TableScope:
+    """What every table of one results.md shares: the runs and their ``summarize``, and, over all of them, the
+    data sets (short names), strategies and budgets in order, and whether every run is CIFAR-10."""
+
+    runs: list[dict[str, Any]]
+    sums: list[Summary]
+    datasets: list[str]
+    strategies: list[str]
+    budgets: list[int]
+    cifar10: bool
+
+    @classmethod
+    def of(cls, runs: list[dict[str, Any]]) -> _TableScope:
+        return cls(runs=runs, sums=[summarize(r) for r in runs],
+                   datasets=list(dict.fromkeys(short_name(r) for r in runs)),
+                   strategies=list(dict.fromkeys(s for r in runs for s in r["strategies"])),
+                   budgets=sorted({int(b) for r in runs for b in r["budgets"]}),
+                   cifar10=all(is_cifar10(r) for r in runs))
+
+
+def _metric_table(scope: _TableScope, title: str, metric: str, scale: float = 100.0, digits: int = 1,
+                  ours: str = "") -> list[str]:
+    """A section of results.md: ``title``, then a table of ``metric`` (times ``scale``, ``digits`` decimals).
+    Rows: strategy (and run, when several); columns: label budgets, then, when ``ours`` says what this
+    run's figures are, the published references, each column saying which is which."""
+    lines = [f"## {title}\n"]
+    ref_heads = [(col, b) for col in REFERENCE_COLUMNS for b in scope.budgets if any(
+        reference_value(col, s, b) != "—" for s in scope.strategies)] if ours and scope.cifar10 else []
+    # beside published figures, every column says whose figure it is and how it was measured
+    mine = " (this run)" if ref_heads else ""
+    # Runs of several data sets: rows grouped by data set first, each saying its own (its figures compare
+    # only with its group's).
+    by_set = len(scope.datasets) > 1
+    several = len(scope.runs) > 1
+    head = (["data set"] if by_set else []) + ["strategy"] + (["run"] if several else []) + [
+        f"{b} labels{mine}" for b in scope.budgets] + [
+        f"{col}, {b} labels (published, CIFAR-10: {PUBLISHED})" for col, b in ref_heads]
+    rows = []
+    for dataset in scope.datasets:
+        for s in scope.strategies:
+            for r, summ in zip(scope.runs, scope.sums, strict=True):
+                if short_name(r) != dataset:
+                    continue
+                cells = [_fmt(*summ.get(metric, {}).get((s, b), (float("nan"), float("nan"), 0)), scale, digits)
+                         for b in scope.budgets]
+                if all(c == "—" for c in cells):
+                    continue
+                ref_cells = [reference_value(col, s, b) for col, b in ref_heads]
+                rows.append([*([dataset] if by_set else []), s, *([r["label"]] if several else []), *cells,
+                             *ref_cells])
+    lines.extend(md_table(head, rows))
+    if ref_heads:
+        same = ("another measurement: the published ones show the direction to expect, not the same figure"
+                if "probe" in ours else "the same kind of figure, after far shorter training at a lower resolution")
+        lines.append(f"\nThe published columns are test accuracy after {PUBLISHED} of the whole network on "
+                     f"those labels and the unlabelled images (bench/references.py); this run's columns are its "
+                     f"{ours}, {same}.")
+    lines.append("")
+    return lines
+
+
+def _references_note(runs: list[dict[str, Any]], cifar10: bool) -> str:
+    """The paragraph on the published references: where they are from, or why there are none."""
     if cifar10:
-        lines.append("Published references are from the papers named in the column headers (see bench/references.py "
-                     "for table numbers and settings); they use full-resolution CIFAR-10 and much longer training, so "
-                     "they are the direction to expect, not a target for the quick or cpu profiles.\n")
-    else:
-        lines.append(f"No published references: they are CIFAR-10 figures (bench/references.py), and "
-                     f"{', '.join(dataset_name(r) for r in runs if not is_cifar10(r))} is another data set.\n")
-    if first.get("wall_seconds"):
-        lines.append("## Wall times (s)\n")
-        steps = [k for k in first["wall_seconds"] if "/" not in k]
-        lines.extend(md_table(["step", *labels], [
-            [k, *(f"{r.get('wall_seconds', {}).get(k, float('nan')):.0f}" for r in runs)] for k in steps]))
-        lines.append("")
-    return "\n".join(lines)
+        return ("Published references are from the papers named in the column headers (see bench/references.py "
+                "for table numbers and settings); they use full-resolution CIFAR-10 and much longer training, so "
+                "they are the direction to expect, not a target for the quick or cpu profiles.\n")
+    return (f"No published references: they are CIFAR-10 figures (bench/references.py), and "
+            f"{', '.join(dataset_name(r) for r in runs if not is_cifar10(r))} is another data set.\n")
+
+
+def _wall_times(runs: list[dict[str, Any]]) -> list[str]:
+    """The wall-times section (seconds per step of the first run, a column per run); none without them."""
+    first = runs[0].get("wall_seconds")
+    if not first:
+        return []
+    steps = [k for k in first if "/" not in k]
+    return ["## Wall times (s)\n", *md_table(["step", *(r["label"] for r in runs)], [
+        [k, *(f"{r.get('wall_seconds', {}).get(k, float('nan')):.0f}" for r in runs)] for k in steps]), ""]
 
 
 Curve = list[tuple[int, float, float]]  # (labels, mean, std) points of one line
