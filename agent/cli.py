@@ -47,6 +47,7 @@ from agent.cli_options import (
 from agent.client import calibration_dict, calibration_line, ranked
 from agent.config import AUDIT_MIN_LABELS, AgentConfig, WorkConfig
 from agent.errors import code_name, quoted
+from agent.labels_csv import LabelFileError, Provenance, read_labels_csv
 from agent.limits import MIB, Limits, annotator_name, class_name_problem
 from agent.progress import LabelTally, audit_dict
 from agent.web.config import LabelStudioConfig
@@ -1113,100 +1114,6 @@ def select(agent: AgentTarget,
                       highlight=False)
 
 
-class LabelFileError(ValueError):
-    """A labels CSV that cannot be used as a whole (nothing is sent): the message lists its problems."""
-
-
-PROVENANCE_COLUMNS = ("annotator", "source")  # a labels CSV's columns `label` takes per row (an exported labels.csv)
-
-
-@dataclass
-class Provenance:
-    """Who gave each label of a labels CSV and how, from its columns ``annotator`` / ``source`` when its header
-    has them (``read_labels_csv``): ``columns`` those it has, ``rows`` id -> (annotator, source), "" where the
-    file has no such column or an empty cell."""
-
-    columns: list[str]
-    rows: dict[str, tuple[str, str]]
-
-
-def read_labels_csv(path: Path, current: dict[str, str] | None = None,
-                    provenance: Provenance | None = None) -> list[tuple[int, str, str]]:
-    """(line number, id, label) of every row of a labels CSV.
-
-    Columns ``id,label``; the first row is a header when its cells include ``id`` and ``label`` (any
-    case; then other columns are ignored and the two may be in any order), else it is data. A cell an
-    export escaped against spreadsheet formulas (a leading ``'``: exports.csv_escape) is read unescaped. UTF-8 with
-    or without a byte order mark (Excel's "CSV UTF-8"); comma-separated, or semicolon / tab when the
-    first row has no comma. Blank lines are skipped; cells are stripped. Raises LabelFileError naming
-    the lines of rows without an id or a label or with an id already given, and when no row is left.
-    ``current`` given: the header must also have a ``current`` column (the label each sample is expected
-    to have now, an empty cell = unlabelled), read into it per id. ``provenance`` given: the header's
-    ``annotator`` and ``source`` columns are read into it. A file with a ``retracted`` column (an export's
-    label history, several rows per id) is refused with a pointer to the current labels' file.
-    """
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise LabelFileError(f"{path} is not UTF-8 text ({e}); save it as CSV UTF-8") from None
-    lines = text.splitlines()
-    first = next((ln for ln in lines if ln.strip()), "")
-    delimiter = "," if "," in first or not ({";", "\t"} & set(first)) else (";" if ";" in first else "\t")
-    reader = csv.reader(lines, delimiter=delimiter)
-    try:
-        rows = [(reader.line_num, [exports.csv_unescape(c.strip()) for c in cells]) for cells in reader
-                if any(c.strip() for c in cells)]
-    except csv.Error as e:  # a NUL byte, an unterminated quote at the end, a huge field
-        raise LabelFileError(f"{path} line {reader.line_num}: not readable as CSV ({e})") from None
-    id_col, label_col, current_col = 0, 1, -1
-    extra: dict[str, int] = {}
-    if rows:
-        head = [c.lower() for c in rows[0][1]]
-        if "id" in head and "label" in head:
-            id_col, label_col = head.index("id"), head.index("label")
-            current_col = head.index("current") if "current" in head else -1
-            if "retracted" in head:  # labels.csv of export-labels --history: every label given, retractions
-                raise LabelFileError(
-                    f"{path} is a label history (export-labels --history: a row per label ever given, retractions "
-                    "with an empty label), not one label per sample; nothing was sent. Import the current labels: "
-                    "the labels.csv of an export made without --history (shortlist export-labels --out DIR "
-                    "--format csv). Only a backup (shortlist backup) carries the history to another data folder")
-            extra = {c: head.index(c) for c in PROVENANCE_COLUMNS if c in head}
-            rows = rows[1:]
-    if provenance is not None:
-        provenance.columns = list(extra)
-    if current is not None and current_col < 0:
-        raise LabelFileError(f"{path}: --if-current needs a header line with the columns id,label,current (current: "
-                             "the label each sample has now as far as the file knows, empty = unlabelled); nothing "
-                             "was sent")
-    out: list[tuple[int, str, str]] = []
-    problems: list[str] = []
-    first_line: dict[str, int] = {}
-    for n, cells in rows:
-        sid = cells[id_col] if len(cells) > id_col else ""
-        lab = cells[label_col] if len(cells) > label_col else ""
-        if not sid or not lab:
-            problems.append(f"line {n}: {'no id' if not sid else 'no label'} in {quoted(delimiter.join(cells))}")
-        elif sid in first_line:  # which of the two is meant is the file's author's to say
-            problems.append(f"line {n}: id {quoted(sid)} again (first on line {first_line[sid]}): one label per sample")
-        else:
-            first_line[sid] = n
-            out.append((n, sid, lab))
-            if current is not None:
-                current[sid] = cells[current_col] if len(cells) > current_col else ""
-            if provenance is not None and extra:
-                who, how = (cells[extra[c]] if c in extra and len(cells) > extra[c] else "" for c in PROVENANCE_COLUMNS)
-                provenance.rows[sid] = (who, how)
-    if problems:
-        more = f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""
-        raise LabelFileError(f"{path}: rows need an id and a label (columns id,label), one row per id; nothing was "
-                             "sent:\n  " + "\n  ".join(problems[:10]) + more)
-    if not out:
-        raise LabelFileError(f"{path} has no labels: it needs rows 'id,label' (a header line 'id,label' is "
-                             "optional)")
-    return out
-
-
 @agent_options
 def label(agent: AgentTarget,
           file: Path = typer.Argument(..., exists=True, dir_okay=False, help="CSV with columns id,label (header "
@@ -1235,15 +1142,15 @@ def label(agent: AgentTarget,
         console.print("[red]--only-unlabelled and --if-current exclude each other[/red]: --only-unlabelled is "
                       "--if-current with an empty current column", highlight=False)
         raise typer.Exit(2)
-    expected: dict[str, str] | None = {} if if_current else None
-    provenance = Provenance([], {}) if file_provenance else None
     try:
-        rows = read_labels_csv(file, expected, provenance)
-        attributed = _attributed(file, rows, provenance, annotator, source) \
-            if provenance is not None and provenance.columns else None
+        labels = read_labels_csv(file, if_current=if_current)
+        attributed = _attributed(file, labels.rows, labels.provenance, annotator, source) \
+            if file_provenance and labels.provenance.columns else None
     except (LabelFileError, OSError) as e:
         console.print(f"[red]cannot use {escape(str(file))}[/red]: {escape(str(e))}", highlight=False)
         raise typer.Exit(2) from None
+    rows = labels.rows
+    expected: dict[str, str] | None = labels.current if if_current else None
     if only_unlabelled:
         expected = {sid: "" for _, sid, _ in rows}
     stub = _rpc(agent.connect)

@@ -31,7 +31,8 @@ goes on. The folders are 0700 and the files 0600 (``ExportConfig.owner_only``), 
 
 ``labels.csv`` is also what ``shortlist label`` reads (columns id,label), so labels move between agents.
 CSV cells are written with ``csv_escape`` (a cell a spreadsheet would run as a formula starts with ``'``) and
-every reader of them here and in agent/cli.py undoes it with ``csv_unescape``.
+every reader of them here, in agent/cli.py, agent/labels_csv.py and agent/meta_csv.py undoes it with
+``csv_unescape``.
 Every format has its reader here (``read_*``), and tests/agent/test_exports.py round-trips each one.
 Everything comes from the agent over gRPC (ListLabels, PriorLabels, ListSamples): nothing else is read.
 """

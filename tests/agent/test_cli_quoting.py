@@ -12,7 +12,7 @@ import typer
 from typer.testing import CliRunner
 
 from agent import exports
-from agent.cli import LabelFileError, _pairs, read_labels_csv
+from agent.cli import _pairs
 from agent.testing import publish_linear
 from shortlist.cli import app
 from tests.agent.conftest import SIZE
@@ -28,15 +28,6 @@ def test_export_messages_quote_ids_and_classes_as_json() -> None:
     note = exports.left_out_note([(ODD, "cat", "its payload cannot be decoded (truncated)")], "the images")
     assert note.startswith('1 labelled sample(s) left out of the images, their stored payload cannot be read (e.g. '
                            '"ana\\"\\nb": its payload cannot be decoded (truncated)); they are listed in problems.csv')
-
-
-def test_label_file_problems_quote_ids_as_json(tmp_path: Path) -> None:
-    f = tmp_path / "labels.csv"
-    f.write_text("id,label\ncafé,cat\nx;y\ncafé,dog\n", encoding="utf-8")
-    with pytest.raises(LabelFileError) as e:
-        read_labels_csv(f)
-    assert str(e.value).splitlines()[1:] == [
-        '  line 3: no label in "x;y"', '  line 4: id "café" again (first on line 2): one label per sample']
 
 
 def test_a_key_value_option_quotes_what_it_refuses_as_json() -> None:

@@ -22,7 +22,7 @@ from PIL import Image, ImageDraw, PngImagePlugin
 from typer.testing import CliRunner
 
 from agent import client, exports
-from agent.cli import read_labels_csv
+from agent.labels_csv import read_labels_csv
 from agent.testing import publish_linear
 from shortlist.cli import app
 from shortlist.datasets import iter_images
@@ -69,7 +69,8 @@ def test_every_format_round_trips(running: Running, tmp_path: Path) -> None:
             assert row["time"] == pytest.approx(rec.time, abs=1e-5)
     assert (current["s6"].annotator, current["s6"].source) == ("alice", "prior:knn")
     # ... and labels.csv is what `shortlist label` reads
-    assert [(i, lab) for _, i, lab in read_labels_csv(out / "labels.csv")] == [(i, r.label) for i, r in current.items()]
+    read_back = read_labels_csv(out / "labels.csv").rows
+    assert [(i, lab) for _, i, lab in read_back] == [(i, r.label) for i, r in current.items()]
     # samples: each labelled sample's uri and metadata as ingested, to join on id (the tensor has no metadata)
     for rows in (exports.read_csv_rows(out / "samples.csv"), exports.read_jsonl_rows(out / "samples.jsonl")):
         assert sorted(r["id"] for r in rows) == sorted(current)
@@ -215,7 +216,7 @@ def test_csv_cells_are_never_spreadsheet_formulas_and_still_round_trip(running: 
     rows = exports.read_csv_rows(out / "labels.csv")
     assert sorted(r["id"] for r in rows) == sorted(ids) and {r["annotator"] for r in rows} == {who}
     assert sorted(exports.read_ids(out / "imagefolder").values()) == sorted(ids)
-    assert sorted(i for _, i, _ in read_labels_csv(out / "labels.csv")) == sorted(ids)
+    assert sorted(i for _, i, _ in read_labels_csv(out / "labels.csv").rows) == sorted(ids)
     for value in [*ids, "", "'", "-", "x'=", "\t=a"]:
         assert exports.csv_unescape(exports.csv_escape(value)) == value
     res = runner.invoke(app, ["retract-labels", "--file", str(out / "labels.csv"), "--if-current", "--annotator",
