@@ -5,7 +5,8 @@ A Label Studio project connected to ``http://AGENT:P/labelstudio`` (Settings > M
 - ``GET /health`` (and ``GET /``): ``{"status": "UP", ...}``; 503 when the agent cannot be reached.
 - ``POST /setup`` ``{"project": "ID.TIMESTAMP", "schema": LABEL_CONFIG_XML, "hostname", "access_token",
   "extra_params"}``: checks that the label config is an image classification (``<Image name=N
-  value="$KEY">`` and a ``<Choices name=C toName=N>``), remembers it for the project, answers
+  value="$KEY">`` and a ``<Choices name=C toName=N>``), remembers it for the project (for a token that may
+  write only: a read token's /setup changes nothing), answers
   ``{"model_version": ...}``. The access token is never stored: Shortlist never calls Label Studio.
 - ``POST /predict`` ``{"tasks": [{"id", "data": {KEY: URL, ...}}, ...], "label_config", "project",
   "params"}``: ``{"results": [...]}``, one prediction per task in the tasks' order:
@@ -43,7 +44,8 @@ A Label Studio project connected to ``http://AGENT:P/labelstudio`` (Settings > M
   anyone else (the Queue, Review priors, another annotation) stays; so does everything when the annotation is
   unknown (it was made before this web app started: the memory is per process, ``MAX_GIVEN`` annotations; so
   are the ``updated_at`` and deletion memories). A delete event needs a write token even when it retracts
-  nothing (an empty SubmitLabels checks it), since the deletion is remembered. Every other event is answered
+  nothing (an empty SubmitLabels checks it), since the deletion is remembered; so does an annotation event
+that labels nothing (a cleared choice's ``updated_at`` is remembered). Every other event is answered
   200 and ignored; a body that is not a Label Studio event is 400 with what is wrong.
 
 Tasks are matched to samples by ``MatchRule`` (agent/web/config.py, ``--labelstudio-match``): ``url``
@@ -60,8 +62,9 @@ or, as for every web route, an ``Authorization: Bearer TOKEN`` header (``Token T
 cookie or the app's default token. Bodies must be ``Content-Type: application/json`` (415 otherwise) and a
 request with a foreign ``Origin`` is refused (agent/web/guards.py): with the default token, a page of another
 site could otherwise make a visitor's browser post label events. The token travels to the agent with each
-call, so the agent's roles apply: /setup and /predict need a read token, /webhook a write token; gRPC
-errors become HTTP in agent/web/errors.py.
+call, so the agent's roles apply: /setup and /predict need a read token, /webhook a write token for any
+annotation or delete event, checked before anything is remembered; gRPC errors become HTTP in
+agent/web/errors.py.
 """
 
 from __future__ import annotations
@@ -91,7 +94,7 @@ from starlette.concurrency import run_in_threadpool
 from agent.cache import LruCache
 from agent.client import calibration_dict, calibration_line, first_calibration
 from agent.errors import code_name, quoted
-from agent.security import RefusalLog
+from agent.security import ROLE_CHECK_KEY, RefusalLog
 from agent.web.auth import Caller, authorization_header, client_address, session, token_of, unknown_token_throttled
 from agent.web.config import LabelStudioConfig, MatchRule
 from agent.web.errors import HttpError, error_response
@@ -559,10 +562,14 @@ class LabelStudioBackend:
 
     # -- the protocol
     def setup(self, call: Caller, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Check the project's label config and answer what the predictions are made from; remember the config
+        for the project (webhooks and /predict without ``label_config`` use it) only for a token that may write:
+        a read token's /setup, which serves predictions, must not change what a write token's webhooks match."""
         schema_xml = body.get("schema", body.get("label_config"))
         parse_schema(schema_xml)  # refuse a project Shortlist cannot serve at connection time
         status = call.status()
-        self._remember(_project_id(body.get("project")), schema_xml)
+        if _may_write(call):
+            self._remember(_project_id(body.get("project")), schema_xml)
         return {"model_version": MODEL_VERSION, **self._about(status)}
 
     def predict(self, call: Caller, body: Mapping[str, Any]) -> dict[str, Any]:
@@ -626,6 +633,13 @@ class LabelStudioBackend:
             return {"status": "ignored", "action": action}
         return self._labelled(call, action, body)
 
+    @staticmethod
+    def _check_write(call: Caller) -> None:
+        """The agent checks the token and that it may write (an empty SubmitLabels stores nothing; a read token is
+        PERMISSION_DENIED, 403), before the event changes anything here: the ``updated_at`` and deletion
+        memories decide which later events label, so a read token must not feed them."""
+        call(call.stub.SubmitLabels, agent_pb2.SubmitLabelsRequest())
+
     def _labelled(self, call: Caller, action: str, body: Mapping[str, Any]) -> dict[str, Any]:
         """An annotation event (``LABEL_EVENTS``): each annotation's choice becomes its sample's label
         (SubmitLabels, one call per annotator), an update that clears the choice takes its label back
@@ -636,6 +650,7 @@ class LabelStudioBackend:
         status = call.status()
         index = self._sample_index(call, status)
         project_id = _project_id(project.id if project else None)
+        self._check_write(call)  # even when the event labels nothing: a cleared choice's time is remembered
         tally = _Tally()
         latest, cleared = self._choices(action, pairs, schema, status, index, tally)
         with self._lock:
@@ -828,15 +843,12 @@ class LabelStudioBackend:
         project = _valid(_Project, body.get("project"))
         project_id = _project_id(project.id if project else body.get("project"))
         if deletion:
-            # the agent checks the token and that it may write (an empty SubmitLabels stores nothing; a read token
-            # is 403 as for any other label event), even when there is nothing to take back: a deletion is
-            # remembered, and a read token must not keep annotations from labelling
-            call(call.stub.SubmitLabels, agent_pb2.SubmitLabelsRequest())
+            # even when there is nothing to take back: a deletion is remembered, and a read token must not keep
+            # annotations from labelling (a cleared choice's caller, ``_labelled``, has checked already)
+            self._check_write(call)
             with self._lock:
                 for a in listed:
                     self._gone.put((project_id, str(a.id)), True)
-        else:
-            call.status()  # the agent checks the token, even when there is nothing to take back
         skipped: list[dict[str, Any]] = []
         wanted: dict[str, tuple[Any, _Given]] = {}  # sample -> (the annotation's id, its label) to take back
         with self._lock:
@@ -877,6 +889,20 @@ class LabelStudioBackend:
         if skipped:
             log.info("Label Studio %s: %d labels retracted, %d kept", action, retracted, len(skipped))
         return {"status": "ok", "action": action, "retracted": retracted, "skipped": skipped}
+
+
+def _may_write(call: Caller) -> bool:
+    """Whether the caller's token may write: an empty SubmitLabels (stores nothing) marked as a role check, so
+    the agent logs a read token's refusal at INFO (from the local socket of ``serve --web-port``). False for a
+    read token or an agent that takes no writes now; UNAUTHENTICATED escapes (a 401 like any other)."""
+    try:
+        call.stub.SubmitLabels(agent_pb2.SubmitLabelsRequest(), metadata=(*call.metadata, (ROLE_CHECK_KEY, "1")),
+                               timeout=call.config.rpc_timeout_s)
+    except grpc.RpcError as e:
+        if _code(e) == grpc.StatusCode.UNAUTHENTICATED:
+            raise
+        return False
+    return True
 
 
 def _project_id(project: Any) -> str:

@@ -467,7 +467,8 @@ def test_setup_schema_serves_predictions_without_label_config(agent: Running) ->
         req = {k: v for k, v in body("predict.json").items() if k != "label_config"}
         r = http.post("/labelstudio/predict", json=req, headers=basic(READ_TOKEN))
         assert r.status_code == 400 and "no label config" in r.json()["message"]
-        assert http.post("/labelstudio/setup", json=body("setup.json"), headers=basic(READ_TOKEN)).status_code == 200
+        # (a write token's /setup: only that is remembered, test_a_read_tokens_setup_is_answered_but_not_remembered)
+        assert http.post("/labelstudio/setup", json=body("setup.json"), headers=basic(WRITE_TOKEN)).status_code == 200
         r = http.post("/labelstudio/predict", json=req, headers=basic(READ_TOKEN))
         assert r.status_code == 200 and len(r.json()["results"]) == 5
     finally:
@@ -962,3 +963,52 @@ def test_an_event_of_another_kind_is_answered_ignored_whatever_else_it_holds() -
     backend = LabelStudioBackend(LabelStudioConfig())
     answer = backend.webhook(None, {"action": "PROJECT_UPDATED", "annotation": 5})  # type: ignore[arg-type]
     assert answer == {"status": "ignored", "action": "PROJECT_UPDATED"}
+
+
+# ---- a read token changes nothing (operator walk-through, item 1) ----------------------------------
+def test_a_read_tokens_webhook_is_403_and_leaves_no_trace(agent: Running) -> None:
+    """A read token's cleared-choice update dated 2099 of annotation 17 (was: answered 200 and remembered as the
+    annotation's newest update, so that the real create that followed was skipped as "older" and its label
+    lost) and a read token's event that labels nothing (a cancelled annotation) are both 403; the write
+    token's create then labels the sample."""
+    http, app = app_for(agent)
+    try:
+        sid = "reef/site-b/img_0007.jpg"
+        poison = event(CREATED)
+        poison["action"], poison["annotation"]["result"] = "ANNOTATION_UPDATED", []
+        poison["annotation"]["updated_at"] = "2099-01-01T00:00:00Z"
+        r = http.post("/labelstudio/webhook", json=poison, headers=basic(READ_TOKEN))
+        assert r.status_code == 403 and "write" in r.json()["message"], r.text
+        cancelled = event(CREATED)
+        cancelled["annotation"]["was_cancelled"] = True
+        r = http.post("/labelstudio/webhook", json=cancelled, headers=basic(READ_TOKEN))
+        assert r.status_code == 403, r.text
+        r = http.post("/labelstudio/webhook", json=event(CREATED), headers=basic(WRITE_TOKEN))
+        assert r.status_code == 200 and r.json()["accepted"] == 1, r.text
+        assert labels_of(agent)[sid] == "frog"
+    finally:
+        app.state.stub.close()
+
+
+def test_a_read_tokens_setup_is_answered_but_not_remembered(agent: Running) -> None:
+    """/setup with a read token checks the config and answers 200, but the config a write token's /setup
+    remembered for the project stays (was: replaced, so that webhooks without `label_config` matched
+    nothing); a project only a read token set up has no config remembered."""
+    http, app = app_for(agent)
+    try:
+        setup = body("setup.json")
+        bad = dict(setup, schema=setup["schema"].replace('name="species"', 'name="zzz"'))
+        assert bad != setup
+        req = {k: v for k, v in body("predict.json").items() if k != "label_config"}
+        assert http.post("/labelstudio/setup", json=bad, headers=basic(READ_TOKEN)).status_code == 200
+        r = http.post("/labelstudio/predict", json=req, headers=basic(READ_TOKEN))
+        assert r.status_code == 400 and "no label config" in r.json()["message"], r.text
+        assert http.post("/labelstudio/setup", json=setup, headers=basic(WRITE_TOKEN)).status_code == 200
+        assert http.post("/labelstudio/setup", json=bad, headers=basic(READ_TOKEN)).status_code == 200
+        r = http.post("/labelstudio/predict", json=req, headers=basic(READ_TOKEN))
+        assert r.status_code == 200, r.text
+        given = http.post("/labelstudio/predict", json=dict(req, label_config=setup["schema"]),
+                          headers=basic(READ_TOKEN))
+        assert r.json() == given.json() and any(res["result"] for res in r.json()["results"]), r.text
+    finally:
+        app.state.stub.close()
