@@ -490,14 +490,15 @@ def create_server(config: AgentConfig, interceptors: Sequence[grpc.ServerInterce
         log.warning("%s", w)
     agent = Agent(config)
     trim = IdleTrim()
-    streams = StreamGuard(limits.max_server_streams, limits.stream_stall_timeout_s, limits.ingest_retry_after_s)
+    streams = StreamGuard(limits.max_server_streams, limits.stream_stall_timeout_s, limits.ingest_retry_after_s,
+                          per_token=security.tokens is not None)
     try:
         server_options = [*connection_options(limits), *options]
-        # The lanes' running and queued calls, the server streams (StreamGuard), the Ingest streams and the
-        # calls waiting for their request message (RequestGuard) hold gRPC threads of their own on top of
-        # ``workers``, so neither a full queue of heavy calls nor clients that stall leave GetStatus,
-        # SubmitLabels or the web app without a thread.
-        threads = (config.workers + config.work.threads + 2 * limits.max_server_streams + limits.max_ingest_streams
+        # The lanes' running and queued calls, the server streams (StreamGuard: the public ones and the web app's
+        # own), the Ingest streams and the calls waiting for their request message (RequestGuard) hold gRPC
+        # threads of their own on top of ``workers``, so neither a full queue of heavy calls nor clients that
+        # stall leave GetStatus, SubmitLabels or the web app without a thread.
+        threads = (config.workers + config.work.threads + 3 * limits.max_server_streams + limits.max_ingest_streams
                    + 2 * OPEN_SERVICE_SLOTS)
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="rpc"),
                              # RequestGuard outside the token check: a refused call reads nothing, passes it

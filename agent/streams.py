@@ -10,8 +10,13 @@ the web app hung until the clients let go (the security review, docs/reliability
 
 - at most ``Limits.max_server_streams`` server streams at once; one more is refused at once with
   RESOURCE_EXHAUSTED and the trailing metadata ``retry-after-ms``, like an Ingest stream over
-  ``--max-ingest-streams``. create_server adds as many threads to the pool, so the streams never take the
-  ``--workers`` threads of the unary calls;
+  ``--max-ingest-streams``. One client (a token when the agent has --tokens, else a peer address) holds at
+  most half of them (``share``, at least 1), so that a read token's streams that are never read cannot take
+  every slot (the operator's walk-through: 17 stalled ListSamples took all 16, re-openable after each stall
+  timeout). The in-process web app's calls (on the agent's local Unix socket, ``serve --web-port``) have as
+  many slots again of their own: outside clients cannot make its pages and Label Studio webhooks answer 429.
+  create_server adds as many threads to the pool, so the streams never take the ``--workers`` threads of the
+  unary calls;
 - a stream that has waited ``Limits.stream_stall_timeout_s`` for its client to take one message (or, for a
   bidirectional stream, to send the next one) is cancelled by a watchdog thread: cancelling the call makes
   gRPC's pending send fail, which frees the handler's thread. The time a handler spends computing (a PriorLabels
@@ -39,6 +44,7 @@ to the pool as there are long waits.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
@@ -50,7 +56,7 @@ import grpc
 
 from agent.errors import Behaviour, InvalidArgument, ResourceExhausted, abort, rewrap_handler
 from agent.limits import limit_hint
-from agent.security import RefusalLog, caller_address
+from agent.security import RefusalLog, RepeatedAuthorization, bearer, caller_address
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +69,8 @@ OPEN_SERVICE_SLOTS = 4
 OPEN_REQUEST_TIMEOUT_S = 5.0
 # Seconds a call may wait for its request message while the first ones of its service (RequestGuard) wait.
 OVER_LIMIT_WAIT_S = 1.0
+# The words of the refusal of a stream over one client's share of --max-server-streams (tests look for them).
+STREAM_SHARE_WORDS = "its share of the agent's server streams"
 
 
 @dataclass
@@ -84,12 +92,16 @@ class StreamGuard(grpc.ServerInterceptor):
     the watchdog thread with the server; ``close`` stops it."""
 
     def __init__(self, limit: int, stall_s: float, retry_after_s: float = 2.0,
-                 refusals: RefusalLog | None = None) -> None:
+                 refusals: RefusalLog | None = None, per_token: bool = False) -> None:
         self.limit = limit
+        self.share = max(1, limit // 2)  # one client's streams at once (``holder``)
+        self.per_token = per_token  # the agent has --tokens: a client is its token, else its address
         self.stall_s = stall_s
         self.retry_after_s = retry_after_s
         self.refusals = refusals if refusals is not None else RefusalLog()
         self._slots = threading.BoundedSemaphore(limit)
+        self._web_slots = threading.BoundedSemaphore(limit)  # the in-process web app's, on the local socket
+        self._held: dict[str, int] = {}  # holder -> its public streams open now
         self._open_slots = threading.BoundedSemaphore(OPEN_SERVICE_SLOTS)  # reflection's, without a token
         self._lock = threading.Lock()
         self._open: dict[int, _Open] = {}
@@ -119,12 +131,8 @@ class StreamGuard(grpc.ServerInterceptor):
                               handler.request_deserializer)
 
     def _guarded(self, fn: Behaviour, request_streaming: bool, method: str) -> Behaviour:
-        agent_call = method.startswith(AGENT_PREFIX)
-        slots = self._slots if agent_call else self._open_slots
-
         def streaming(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-            if not slots.acquire(blocking=False):
-                self._refuse(method, context, agent_call)
+            slots, holder = self._admit(method, context)
             entry = self.track(_Open(context, method))
             try:
                 for msg in fn(_timed(request, entry) if request_streaming else request, context):
@@ -133,9 +141,58 @@ class StreamGuard(grpc.ServerInterceptor):
                     entry.waiting_since = None
             finally:
                 self.untrack(entry)
-                slots.release()
+                self._release(slots, holder)
 
         return streaming
+
+    def holder(self, context: grpc.ServicerContext) -> str:
+        """Whose share a public stream counts against: its token (a digest) when the agent has --tokens (the
+        token check ran before), else its peer address without the port."""
+        metadata = context.invocation_metadata()
+        if self.per_token:
+            try:
+                token = bearer(metadata)
+            except RepeatedAuthorization:
+                token = None
+            if token:
+                return "token:" + hashlib.sha256(token.encode()).hexdigest()[:16]
+        return caller_address(context.peer(), metadata)
+
+    def _admit(self, method: str, context: grpc.ServicerContext) -> tuple[threading.BoundedSemaphore, str | None]:
+        """A slot for a new stream of ``method`` (its pool, and the holder its share counts against: None for
+        the open services and the web app), or the call ends here with RESOURCE_EXHAUSTED."""
+        if not method.startswith(AGENT_PREFIX):
+            if not self._open_slots.acquire(blocking=False):
+                self._refuse(method, context, False)
+            return self._open_slots, None
+        if context.peer().startswith("unix:"):  # only the in-process web app reaches the local socket
+            if not self._web_slots.acquire(blocking=False):
+                self._refuse(method, context, True)
+            return self._web_slots, None
+        holder = self.holder(context)
+        with self._lock:
+            over_share = self._held.get(holder, 0) >= self.share
+            if not over_share:
+                self._held[holder] = self._held.get(holder, 0) + 1
+        if over_share:
+            self._refuse_share(method, context)
+        if not self._slots.acquire(blocking=False):
+            self._forget(holder)
+            self._refuse(method, context, True)
+        return self._slots, holder
+
+    def _release(self, slots: threading.BoundedSemaphore, holder: str | None) -> None:
+        slots.release()
+        if holder is not None:
+            self._forget(holder)
+
+    def _forget(self, holder: str) -> None:
+        with self._lock:
+            left = self._held.get(holder, 0) - 1
+            if left > 0:
+                self._held[holder] = left
+            else:
+                self._held.pop(holder, None)
 
     def track(self, entry: _Open) -> _Open:
         """Watch ``entry`` (its waits on its client) until ``untrack``."""
@@ -153,6 +210,15 @@ class StreamGuard(grpc.ServerInterceptor):
         ``retry-after-ms``); log ``logged`` (throttled)."""
         self.refusals.refused(logged, context.peer(), context.invocation_metadata())
         abort(context, ResourceExhausted(message, self.retry_after_s))
+
+    def _refuse_share(self, method: str, context: grpc.ServicerContext) -> None:
+        name = method.rpartition("/")[2]
+        who = "token" if self.per_token else "address"
+        self.refuse(context, f"a server stream ({name}) over one client's share of --max-server-streams",
+                    f"this {who} already has {self.share} server streams open (ListSamples, ListLabels, GetMap, "
+                    f"PriorLabels), {STREAM_SHARE_WORDS} (half of its {self.limit}, so that one client cannot take "
+                    f"them all); read or close one, or retry in {self.retry_after_s:g} s "
+                    f"{limit_hint('max_server_streams')}")
 
     def _refuse(self, method: str, context: grpc.ServicerContext, agent_call: bool) -> None:
         name = method.rpartition("/")[2]

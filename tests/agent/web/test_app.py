@@ -14,6 +14,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -1002,3 +1003,55 @@ def test_large_view_of_an_exif_rotated_webp_is_upright(web_agent: WebAgent) -> N
         assert img.size == (16, 32)  # the same way up as the large view
     r = c.get("/image/rot.jpg")
     assert r.headers["content-type"] == "image/jpeg" and r.content == payloads["rot.jpg"]
+
+
+def test_stalled_streams_of_outside_clients_leave_the_app_its_streams(tmp_path: Path) -> None:
+    """17 ListSamples(include_payload) with a read token, never read (the operator's walk-through): one token
+    holds at most half of the 16 --max-server-streams slots, the rest are refused at once (was: all 16,
+    re-openable); with the write token's 8 too every public slot is taken, yet the app, on the agent's local
+    socket, has slots of its own: /api/queue and /api/progress answer 200 (were 429, and a Label Studio
+    webhook lost)."""
+    import numpy as np
+
+    from agent.streams import STREAM_SHARE_WORDS
+    from shortlist.v1 import agent_pb2, agent_pb2_grpc
+
+    wa = start_web_agent(tmp_path, tokens=True)
+    c = wa.client(headers={"Authorization": f"Bearer {WRITE_TOKEN}"})
+    channels: list[grpc.Channel] = []
+    calls: list[Any] = []
+    try:
+        rng = np.random.default_rng(0)
+        big = []  # noise that does not compress: a ListSamples with payloads outgrows the client's 64 KiB window
+        for i in range(4):
+            buf = io.BytesIO()
+            Image.fromarray(rng.integers(0, 255, (256, 256, 3), np.uint8)).save(buf, "PNG")
+            big.append(client.image_sample(f"noise{i}.png", buf.getvalue()))
+        assert client.ingest(wa.stub, big).accepted == 4
+        assert c.post("/api/queue/select", json={"strategy": "random", "budget": 3}).status_code == 200
+
+        def stalled(token: str, n: int) -> list[Any]:
+            ch = grpc.insecure_channel(wa.config.agent, options=[("grpc.http2.bdp_probe", 0)])
+            channels.append(ch)
+            stub = agent_pb2_grpc.AgentStub(ch)
+            opened = [stub.ListSamples(agent_pb2.ListSamplesRequest(include_payload=True),
+                                       metadata=(("authorization", f"Bearer {token}"),)) for _ in range(n)]
+            for call in opened:
+                call.initial_metadata()  # it started (held: its first large message waits) or was refused
+            calls.extend(opened)
+            return [call for call in opened if call.done()]
+
+        refused = stalled(READ_TOKEN, 17)
+        assert len(refused) == 9 and {r.code() for r in refused} == {grpc.StatusCode.RESOURCE_EXHAUSTED}
+        assert STREAM_SHARE_WORDS in refused[0].details() and "--max-server-streams" in refused[0].details()
+        assert stalled(WRITE_TOKEN, 8) == []  # another token has its share: now all 16 public slots are held
+        assert stalled(WRITE_TOKEN, 1)[0].code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        for path in ("/api/queue", "/api/progress"):
+            r = c.get(path)
+            assert r.status_code == 200, (path, r.text)
+    finally:
+        for call in calls:
+            call.cancel()
+        for ch in channels:
+            ch.close()
+        wa.stop()
