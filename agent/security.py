@@ -30,6 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -184,6 +185,35 @@ def warn_if_shared(path: Path, what: str) -> None:
         return
     if mode & 0o077:
         log.warning("%s %s can be read by other users (mode %03o); `chmod 600 %s`", what, path, mode, path)
+
+
+# Days before its end at which a certificate's coming expiry is warned about at start.
+CERT_WARN_DAYS = 30
+
+
+def warn_if_out_of_date(cert: Path, what: str, now: datetime | None = None) -> None:
+    """Log a warning when the PEM certificate ``cert`` (its first) is expired, not yet valid, or expires within
+    CERT_WARN_DAYS of ``now`` (UTC; default the clock's), naming the file and its dates: the agent serves all
+    the same (an operator may be rotating), but clients refuse such a certificate in their handshake."""
+    # imported here: only a TLS agent reads a certificate, and the import is not free
+    from cryptography import x509
+
+    try:
+        decoded = x509.load_pem_x509_certificate(cert.read_bytes())
+    except (OSError, ValueError):
+        return  # ssl has read it already (load_cert_chain): a form cryptography does not read is not a date problem
+    now = now or datetime.now(UTC)
+    start, end = decoded.not_valid_before_utc, decoded.not_valid_after_utc
+    valid = f"valid {start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} UTC"
+    if end <= now:
+        log.warning("%s %s expired on %s UTC (%s): clients will refuse it; install a new certificate", what, cert,
+                    f"{end:%Y-%m-%d %H:%M}", valid)
+    elif start > now:
+        log.warning("%s %s is not valid before %s UTC (%s): clients will refuse it until then; check this "
+                    "machine's clock or the certificate", what, cert, f"{start:%Y-%m-%d %H:%M}", valid)
+    elif end - now <= timedelta(days=CERT_WARN_DAYS):
+        log.warning("%s %s expires on %s UTC, in %d days (%s): clients will refuse it then; renew it before",
+                    what, cert, f"{end:%Y-%m-%d %H:%M}", (end - now).days, valid)
 
 
 def read_token_text(path: Path) -> str:
@@ -548,6 +578,7 @@ class ServerSecurity:
         except ssl.SSLError as e:
             raise SecurityError(f"--tls-cert {self.tls_cert} and --tls-key {self.tls_key} are not a PEM certificate "
                                 f"and its matching private key ({e.reason or e})") from None
+        warn_if_out_of_date(self.tls_cert, "the TLS certificate (--tls-cert)")
         client_ca = None
         if self.tls_client_ca is not None:
             client_ca = _read(self.tls_client_ca, "--tls-client-ca")

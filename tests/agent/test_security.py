@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -742,3 +743,53 @@ def test_weak_tokens_are_warned_about_naming_the_line_never_the_token(caplog: py
     caplog.clear()
     security.parse_tokens("write:" + "ab" * 12, "tokens")
     assert "only 2 different characters" in caplog.records[0].getMessage()
+
+
+# ---- the TLS certificate's validity at start (the operator's walk-through, item 3) -----------------------
+def _self_signed(tmp_path: Path, name: str, not_before: Any, not_after: Any) -> tuple[Path, Path]:
+    """A self-signed EC certificate valid from ``not_before`` to ``not_after`` (datetimes) and its key."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "agent.lab")])
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(not_before).not_valid_after(not_after)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = tmp_path / f"{name}.pem", tmp_path / f"{name}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    key_path.chmod(0o600)
+    return cert_path, key_path
+
+
+@pytest.mark.parametrize("name,start_days,end_days,says", [
+    ("expired", -400, -2, "expired on"),
+    ("future", 3, 400, "is not valid before"),
+    ("soon", -300, 10, "expires on"),
+    ("fine", -1, 365, None),
+])
+def test_serve_warns_about_a_certificate_out_of_its_validity(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                             name: str, start_days: int, end_days: int,
+                                                             says: str | None) -> None:
+    """An expired, not yet valid, or soon expiring --tls-cert is a WARNING at start naming the file and its
+    dates (was: nothing, and every client then failed its handshake); the agent still starts with it (an
+    operator may be rotating)."""
+    import datetime as dt
+
+    now = dt.datetime.now(dt.UTC)
+    cert, key = _self_signed(tmp_path, name, now + dt.timedelta(days=start_days), now + dt.timedelta(days=end_days))
+    caplog.set_level(logging.WARNING)
+    assert ServerSecurity(tls_cert=cert, tls_key=key).credentials() is not None
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and str(cert) in r.getMessage()]
+    if says is None:
+        assert warned == []
+        return
+    assert len(warned) == 1 and says in warned[0], warned
+    end = (now + dt.timedelta(days=end_days)).strftime("%Y-%m-%d")
+    start = (now + dt.timedelta(days=start_days)).strftime("%Y-%m-%d")
+    assert end in warned[0] or start in warned[0], warned
+    assert "clients will refuse it" in warned[0]
