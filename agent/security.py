@@ -233,6 +233,8 @@ NO_TOKENS = ("the agent's tokens file holds no tokens, so no caller is admitted;
              "a token to it")
 BROKEN_TOKENS = ("the agent's tokens file does not parse, so no caller is admitted; ask the agent's operator to "
                  "fix it")
+MISSING_TOKENS = ("the agent's tokens file is missing, so no caller is admitted; ask the agent's operator to "
+                  "put it back")
 
 
 class TokenStore:
@@ -240,20 +242,23 @@ class TokenStore:
 
     Fails closed: a file that holds no tokens (emptied, or comments only) admits no caller, at once (the
     way to revoke the last token, or to lock everyone out); ``refusal()`` says so. A file that cannot be
-    read or parsed (an editor's half-written save, a typo) keeps the previous tokens for ``broken_grace_s``
-    seconds, logged as an error, and then admits no caller either until it is fixed. The file given at
-    start must hold tokens (SecurityError)."""
+    read or parsed (an editor's half-written save, a typo, a file removed) keeps the previous tokens for
+    ``broken_grace_s`` seconds, logged as an error, and then admits no caller either until it is fixed. The file
+    given at start must hold tokens (SecurityError). ``clock``: seconds, monotonic (tests pass their own)."""
 
-    def __init__(self, path: Path, recheck_s: float = 1.0, broken_grace_s: float = 30.0) -> None:
+    def __init__(self, path: Path, recheck_s: float = 1.0, broken_grace_s: float = 30.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.path = path
         self.recheck_s = recheck_s
         self.broken_grace_s = broken_grace_s
+        self._clock = clock
         self._lock = threading.Lock()
         self._tokens = read_tokens(path)
         self._stamp = self._stat()
-        self._checked = time.monotonic()
+        self._checked = clock()
         self._closed = ""  # why no caller is admitted ("" while the tokens hold)
-        self._broken: tuple[float, str] | None = None  # since when (monotonic) and why the file does not parse
+        # since when (monotonic) the file does not parse, why, and whether because it is missing
+        self._broken: tuple[float, str, bool] | None = None
 
     def _stat(self) -> tuple[int, int, int]:
         try:
@@ -263,7 +268,7 @@ class TokenStore:
         return (st.st_mtime_ns, st.st_size, st.st_ino)
 
     def _maybe_reload(self) -> None:
-        now = time.monotonic()
+        now = self._clock()
         if now - self._checked < self.recheck_s:
             return
         with self._lock:
@@ -276,7 +281,8 @@ class TokenStore:
             try:
                 tokens = parse_tokens(read_token_text(self.path), str(self.path), allow_empty=True)
             except SecurityError as e:
-                self._file_broken(now, str(e))
+                missing = not self.path.exists()
+                self._file_broken(now, str(e), missing)
                 return
             self._broken = None
             self._tokens = tokens
@@ -288,29 +294,37 @@ class TokenStore:
                 log.error("the tokens file %s holds no tokens: every call is refused (UNAUTHENTICATED) until a "
                           "`role:token` line is added", self.path)
 
-    def _file_broken(self, now: float, why: str) -> None:
-        """The file changed and does not parse: keep the previous tokens for the grace period (lock held)."""
+    def _file_broken(self, now: float, why: str, missing: bool) -> None:
+        """The file changed and does not parse (``missing``: it is gone): keep the previous tokens for the grace
+        period (lock held)."""
         if self._broken is None:
-            self._broken = (now, why)
-            log.error("the tokens file does not parse: %s; %s", why,
+            self._broken = (now, why, missing)
+            log.error("the tokens file %s; %s", self._trouble(why, missing),
                       "no caller is admitted until it is fixed" if self._closed else
-                      f"the previous tokens stay in force for {self.broken_grace_s:.0f} s, then no caller is "
-                      "admitted until it is fixed")
+                      f"the previous tokens stay in force for {self.broken_grace_s:g} s (the grace), then no "
+                      "caller is admitted until it is fixed")
         else:
-            self._broken = (self._broken[0], why)
-            log.error("the tokens file still does not parse: %s", why)
+            self._broken = (self._broken[0], why, missing)
+            log.error("the tokens file %s", self._trouble(why, missing))
+        if self._closed in (BROKEN_TOKENS, MISSING_TOKENS):  # closed already: say what is wrong now
+            self._closed = MISSING_TOKENS if missing else BROKEN_TOKENS
         self._expire_grace(now)
 
+    def _trouble(self, why: str, missing: bool) -> str:
+        return f"{self.path} is missing" if missing else f"does not parse: {why}"
+
     def _expire_grace(self, now: float) -> None:
-        """After the grace period of a broken file: no caller is admitted (logged once; lock held)."""
-        if self._broken is None or self._closed == BROKEN_TOKENS:
+        """After the grace period of a broken file: no caller is admitted (logged once; lock held). The time is
+        checked at the next call, which may come after the grace has passed: both are said."""
+        if self._broken is None or self._closed in (BROKEN_TOKENS, MISSING_TOKENS):
             return
-        since, why = self._broken
+        since, why, missing = self._broken
         if self._closed or now - since >= self.broken_grace_s:
             if not self._closed:
-                log.error("the tokens file still does not parse after %.0f s (%s): every call is refused "
-                          "(UNAUTHENTICATED) until it is fixed", now - since, why)
-            self._tokens, self._closed = [], BROKEN_TOKENS
+                log.error("the tokens file %s, %.0f s after the change was seen (the grace is %g s): every call "
+                          "is refused (UNAUTHENTICATED) until it is fixed", self._trouble(why, missing), now - since,
+                          self.broken_grace_s)
+            self._tokens, self._closed = [], MISSING_TOKENS if missing else BROKEN_TOKENS
 
     def refusal(self) -> str:
         """Why no caller is admitted ("" while the file's tokens are in force): the file holds no tokens, or

@@ -793,3 +793,31 @@ def test_serve_warns_about_a_certificate_out_of_its_validity(tmp_path: Path, cap
     start = (now + dt.timedelta(days=start_days)).strftime("%Y-%m-%d")
     assert end in warned[0] or start in warned[0], warned
     assert "clients will refuse it" in warned[0]
+
+
+def test_a_missing_tokens_file_is_called_missing_and_the_grace_is_stated_as_configured(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The tokens file removed while serving: the previous tokens stay for the grace period, then callers are
+    told the file is missing (was: "does not parse"), and the log states the grace as configured next to the
+    time the file has not parsed for (was: "still does not parse after 44 s" for a 30 s grace, counted at
+    the next call)."""
+    now = [100.0]
+    path = tmp_path / "tokens"
+    path.write_text(f"read:{READ_TOKEN}\n")
+    store = TokenStore(path, recheck_s=0.0, broken_grace_s=30.0, clock=lambda: now[0])
+    with caplog.at_level(logging.INFO):
+        path.unlink()
+        assert store.role(READ_TOKEN) == "read" and store.refusal() == ""  # within the grace
+        now[0] += 44.0  # the next call comes 44 s later
+        assert store.role(READ_TOKEN) is None and store.refusal() == security.MISSING_TOKENS
+    assert "is missing" in security.MISSING_TOKENS and "does not parse" not in security.MISSING_TOKENS
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 2 and all(str(path) in e and "is missing" in e for e in errors), errors
+    assert "does not parse" not in caplog.text
+    assert "30 s" in errors[1] and "44 s" in errors[1] and "grace" in errors[1], errors
+    path.write_text("read:")  # back, but half written: now it does not parse
+    touch_later(path, 1)
+    assert store.refusal() == security.BROKEN_TOKENS
+    path.write_text(f"read:{READ_TOKEN}\n")
+    touch_later(path, 2)
+    assert store.role(READ_TOKEN) == "read" and store.refusal() == ""
