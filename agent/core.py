@@ -69,7 +69,7 @@ from agent.pool_map import MapStatus, PoolMap
 from agent.priors import PRIOR_METHODS, get_prior_method
 from agent.priors.calibration import TemperatureFit, audit_todo, calibrate_flag
 from agent.queues import Queues
-from agent.security import DataDirLock, owner_only_dir
+from agent.security import LOCK_FILE, DataDirLock, owner_only_dir
 from agent.state import (
     AGENT_SOURCES,
     INDEX_STALE_KEY,
@@ -525,7 +525,8 @@ GROUP_KEY_MISSING = "group_key_missing"
 
 
 class DataFolderError(OSError):
-    """The data folder cannot be used at start (read-only, no permission); the message says what to do."""
+    """The data folder cannot be used at start (read-only, no permission, a part of the wrong kind); the message
+    says what to do."""
 
     def __str__(self) -> str:
         return str(self.strerror)
@@ -546,6 +547,63 @@ def check_writable(folder: Path) -> None:
         raise DataFolderError(e.errno, f"the data folder {folder} is not writable ({e.strerror or e}): the agent "
                               "stores samples and labels there; remount it read-write, fix its permissions or "
                               "free space, or pick another --data-dir") from None
+
+
+class DataPart(NamedTuple):
+    """One part of a data folder that the agent opens at start: its name in the folder, whether it is a folder
+    (else a file), what it holds, and what moving a wrong one away costs."""
+    name: str
+    folder: bool
+    holds: str
+    moved: str
+
+
+# Every part the start opens or creates, checked for its kind before anything is opened (``check_parts``): one of
+# the wrong kind failed deep inside the start ("[Errno 17] File exists"), or (index, map) let an agent start
+# that could never save its snapshots. SQLite's own -wal, -shm and -journal are left to SQLite (and to
+# ``start_disk_full``: a start that cannot create them is most often a full disk).
+DATA_PARTS = (
+    DataPart("state.sqlite", False, "the agent's database: samples, labels, embeddings",
+             "the agent then starts with an empty database"),
+    DataPart(LOCK_FILE, False, "the lock that keeps a second agent out", "the agent makes a new one"),
+    DataPart("blobs", True, "the samples' payloads",
+             "samples whose payloads are not there cannot be re-embedded or shown"),
+    DataPart("index", True, "the index snapshots", "the agent rebuilds the index from state.sqlite"),
+    DataPart("map", True, "the pool maps", "the agent draws the maps again"),
+)
+
+
+def _kind(path: Path) -> str:
+    """What ``path`` is, in words: "a folder", "a file" or "neither a file nor a folder (...)"."""
+    if path.is_dir():
+        return "a folder"
+    if path.is_file():
+        return "a file"
+    return "neither a file nor a folder (a broken link, a socket or a device)"
+
+
+def part_problem(data_dir: Path, part: DataPart) -> str | None:
+    """Why ``part`` of ``data_dir`` cannot be used (it exists but is of the wrong kind), with what to do; None when
+    it is missing (the agent creates it) or of the right kind."""
+    path = data_dir / part.name
+    if not os.path.lexists(path) or (path.is_dir() if part.folder else path.is_file()):
+        return None
+    kind = _kind(path)
+    thing = kind[2:] if kind in ("a file", "a folder") else "thing"
+    return (f"{path} should be {'a folder' if part.folder else 'a file'} ({part.holds}) but is {kind}: the data folder "
+            f"is damaged or not a Shortlist data folder; restore it from a backup (`shortlist restore`), or move "
+            f"that {thing} away ({part.moved}), or give --data-dir another folder")
+
+
+def check_parts(data_dir: Path, blobs: bool) -> None:
+    """DataFolderError naming the first part of ``data_dir`` of the wrong kind (``DATA_PARTS``); ``blobs``: the
+    payload folder is used (no --no-blobs)."""
+    for part in DATA_PARTS:
+        if part.name == "blobs" and not blobs:
+            continue
+        if (problem := part_problem(data_dir, part)) is not None:
+            kind = errno.EISDIR if (data_dir / part.name).is_dir() else errno.ENOTDIR
+            raise DataFolderError(kind, problem)
 
 
 def start_disk_full(data_dir: Path, e: BaseException, min_free_bytes: int) -> str | None:
@@ -630,6 +688,7 @@ class Agent:
         if (unfinished := unfinished_copy(data_dir)) is not None:
             raise StateCorruptError(unfinished)
         check_writable(data_dir)  # a clear message for a read-only or full folder
+        check_parts(data_dir, config.blobs)  # and for a part of it of the wrong kind (a file named blobs)
         owner_only_dir(data_dir)  # 0700: only the agent's user can read anything inside
         self.folder_lock = DataDirLock(data_dir)  # one agent per folder; DataDirLocked otherwise
         # Whatever fails from here on (a blob folder that is a file, a broken model...) undoes what was opened, in

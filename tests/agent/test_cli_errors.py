@@ -320,3 +320,18 @@ def test_an_infinite_float_option_is_a_usage_error(tmp_path: Path, args: list[st
     res = runner.invoke(app, [*args, *extra])
     assert res.exit_code == 2 and "inf is not a number this option can use" in one_line(res.output), res.output
     assert "Traceback" not in res.output and not (tmp_path / "d").exists()
+
+
+def test_serve_on_a_data_folder_whose_blobs_is_a_file_says_what_to_do(tmp_path: Path, registry: Path) -> None:
+    """It said only "cannot start: [Errno 17] File exists: '.../blobs'"; now which path is wrong, what it should
+    be and what to do (exit 2, no traceback, nothing created in the folder)."""
+    data = tmp_path / "d"
+    data.mkdir()
+    (data / "blobs").write_text("x")
+    res = runner.invoke(app, ["serve", "--data-dir", str(data), "--models", str(registry), "--port", "0"])
+    said = " ".join(res.output.split())  # rich wraps lines
+    assert res.exit_code == 2 and "Traceback" not in said, said
+    assert (f"cannot start: {data / 'blobs'} should be a folder (the samples' payloads) but is a file: the data "
+            "folder is damaged or not a Shortlist data folder; restore it from a backup (`shortlist restore`), or "
+            "move that file away") in said, said
+    assert sorted(p.name for p in data.iterdir()) == ["blobs"]
