@@ -103,6 +103,21 @@ def preprocess_from_options(preset: str | None, size: tuple[int, int] | None, me
         raise ImportRefused(str(e)) from None
 
 
+def size_note(preset: str | None, size: tuple[int, int] | None, model_size: tuple[int, int] | None,
+              input_name: str) -> str | None:
+    """The note import prints when the model's fixed input size (height, width in px) replaces the preset's
+    (``preprocess_from_options``: without --size, the model's own size wins, since the model cannot take
+    another); None when there is no preset, --size was given, the input fixes no size, or the sizes agree."""
+    if preset not in IMPORT_PRESETS or size is not None or model_size is None:
+        return None
+    preset_size = tuple(IMPORT_PRESETS[preset].size)
+    if preset_size == model_size:
+        return None
+    (h, w), (ph, pw) = model_size, preset_size
+    return (f"note: the model's input {input_name!r} fixes {h}x{w}, so images are brought to {h}x{w} in place of "
+            f"the {preset} preset's {ph}x{pw} (its mean, std and resize are kept)")
+
+
 @dataclass(frozen=True)
 class Interface:
     """What import reads from a model before its manifest exists (``read_interface``)."""
@@ -242,7 +257,8 @@ def import_command(
         preprocess: str | None = typer.Option(None, "--preprocess", help=f"a preset size, mean and std: "
                                               f"{' | '.join(IMPORT_PRESETS)} (imagenet: 224 px, ImageNet mean "
                                               "and std, --resize crop at 0.875: resize 256, centre-crop 224); "
-                                              "--size, --mean, --std and --resize override its values"),
+                                              "--size, --mean, --std and --resize override its values; a "
+                                              "model whose input fixes its size keeps that size (a note says so)"),
         size: tuple[int, int] | None = typer.Option(None, "--size", metavar="H W", help="input height and width "
                                                     "(default: the model's own fixed size, else the preset's)"),
         resize: str | None = typer.Option(None, "--resize", help="squash: every image resized to exactly H x W (the "
@@ -287,6 +303,7 @@ def import_command(
         pre = preprocess_from_options(preprocess, size, mean, std, interpolation, face.size, resize, crop_fraction)
     except ImportRefused as e:
         fail(str(e), 2)
+    note = size_note(preprocess, size, face.size, face.input_name)
     try:
         version, manifest = import_onnx(face, models, pre)
     except ImportRefused as e:
@@ -298,12 +315,16 @@ def import_command(
                "preprocess": manifest.preprocess.to_dict()}
     if as_json:
         print(json_line(outcome))
+        if note:  # stdout holds the object only
+            typer.echo(note, err=True)
         return
     h, w = pre.size
     how = f"centre crop of {pre.crop_fraction}" if pre.resize == "crop" else "squashed"
     typer.echo(f"published {models / version} (embedding {manifest.embedding_dim} from output "
                f"{manifest.output_name!r}, input {manifest.input_name!r} {h}x{w} ({how}), mean {list(pre.mean)}, "
                f"std {list(pre.std)}, {pre.interpolation})")
+    if note:
+        typer.echo(note)
     typer.echo(f"serve it: shortlist serve --models {models} --data-dir DATA (an agent already serving {models} "
                f"takes {version} up at its next registry check: it embeds its pool with it and answers with the "
                "old model until that is done; `shortlist status` shows the progress)")

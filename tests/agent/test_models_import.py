@@ -305,3 +305,30 @@ def test_a_bad_resize_option_is_a_one_line_error_and_nothing_is_published(
     assert code == 2 and err.startswith("error: ") and says in err, err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err and out == ""
     assert not models.exists()
+
+
+def test_a_model_whose_input_fixes_another_size_than_the_presets_says_the_size_was_replaced(tmp_path: Path) -> None:
+    """The model's fixed input size wins over the preset's (the model cannot take 224 px), and a note line says
+    so (it was replaced silently: only the published line's size told); no note when the sizes agree, when
+    --size is given, or without a preset. With --json the note goes to stderr: stdout stays one object."""
+    src, models = tmp_path / "m.onnx", tmp_path / "models"
+    pooled_cnn(src, input_name="image")
+    code, out, err = _import(src, models, "--preprocess", "imagenet")
+    assert code == 0, err
+    assert check_version(models / "v0001").preprocess.size == (SIDE, SIDE)
+    assert (f"note: the model's input 'image' fixes {SIDE}x{SIDE}, so images are brought to {SIDE}x{SIDE} in "
+            "place of the imagenet preset's 224x224 (its mean, std and resize are kept)") in said(out), out
+    code, out, err = _import(src, models, "--preprocess", "imagenet", "--json")
+    assert code == 0 and json.loads(out)["preprocess"]["size"] == [SIDE, SIDE], out
+    assert "note: the model's input 'image' fixes" in said(err), err
+    for extra in (("--preprocess", "imagenet", "--size", str(SIDE), str(SIDE)), PRE_ARGS):
+        code, out, err = _import(src, models, *extra)
+        assert code == 0 and "note:" not in out + err, out + err
+
+
+def test_no_size_note_when_the_model_fixes_the_presets_size() -> None:
+    from agent.models_import import size_note
+
+    assert size_note("cifar10", None, (32, 32), "image") is None
+    assert size_note("cifar10", None, None, "image") is None
+    assert size_note("cifar10", None, (8, 8), "image") is not None
