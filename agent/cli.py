@@ -701,7 +701,7 @@ def web(agent: AgentTarget, labelstudio: LabelStudioConfig,
         web_allowed_hosts: str = WebAllowedHostsOpt, web_max_body_mb: float = WebMaxBodyMbOpt) -> None:
     """Serve the labelling web app (docs/app.md) for a running agent, until SIGTERM/SIGINT/SIGHUP. Browsers sign in
     with their own token; --token (or SHORTLIST_TOKEN), when given, is used for browsers that bring none."""
-    from agent.security import SecurityError
+    from agent.security import SecurityError, warn_if_out_of_date
     from agent.web.app import create_app
     from agent.web.config import WebConfig
     from agent.web.server import WebServer, check_listen, remote_factory
@@ -749,6 +749,8 @@ def web(agent: AgentTarget, labelstudio: LabelStudioConfig,
         for w in check_listen(config, requires_tokens, "--https-cert FILE --https-key FILE",
                               "an agent that requires tokens (its --tokens) and no --token here"):
             _say(escape(w), logging.WARNING)
+        if https_cert is not None:  # as serve's --tls-cert: browsers refuse a certificate out of its dates
+            warn_if_out_of_date(https_cert, "the HTTPS certificate (--https-cert)")
         # As `shortlist serve`: installed before the server starts and armed just before its port listens, so a
         # signal sent once the port answers stops it gracefully (installed after start(), a SIGTERM in between
         # took the default action: killed without a graceful stop); one before that ends the start.

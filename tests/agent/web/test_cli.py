@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import signal
@@ -14,6 +15,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from agent import client
@@ -21,6 +23,7 @@ from shortlist.cli import app
 from shortlist.v1 import agent_pb2
 from tests.agent.conftest import Running, make_samples
 from tests.agent.test_cli import free_port, out
+from tests.agent.test_security import _self_signed
 
 runner = CliRunner()
 
@@ -234,3 +237,26 @@ def test_web_token_is_the_default_for_browsers_without_one(tmp_path: Path, regis
         for p in procs:
             stop(p)
         stop_server(server, agent, grace=0.5)
+
+
+def test_web_warns_about_an_https_certificate_out_of_its_dates(running: Running, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """`shortlist web --https-cert` with an expired certificate says so at start, as `serve --tls-cert` does
+    (was: nothing, and every browser then refused the page); the start goes on (stopped here by a stand-in)."""
+    import datetime as dt
+
+    from agent.web import server
+
+    def no_start(self: server.WebServer) -> server.WebServer:
+        raise OSError("stopped by the test")
+
+    monkeypatch.setattr(server.WebServer, "start", no_start)
+    now = dt.datetime.now(dt.UTC)
+    cert, key = _self_signed(tmp_path, "expired", now - dt.timedelta(days=400), now - dt.timedelta(days=2))
+    with caplog.at_level(logging.WARNING):
+        r = runner.invoke(app, ["web", "--agent", running.address, "--port", "0", "--https-cert", str(cert),
+                                "--https-key", str(key)])
+    assert r.exit_code == 2 and "stopped by the test" in out(r)
+    warned = [m.getMessage() for m in caplog.records if m.levelno == logging.WARNING and str(cert) in m.getMessage()]
+    assert len(warned) == 1 and "--https-cert" in warned[0] and "expired on" in warned[0], warned
