@@ -69,6 +69,16 @@ OPEN_SERVICE_SLOTS = 4
 OPEN_REQUEST_TIMEOUT_S = 5.0
 # Seconds a call may wait for its request message while the first ones of its service (RequestGuard) wait.
 OVER_LIMIT_WAIT_S = 1.0
+
+
+def client_share(limit: int) -> int:
+    """How many of ``limit`` server streams one client may hold at once: half, so that one client's streams
+    that are never read cannot take every slot, and at least two (or ``limit``, when smaller), because one
+    command of a client may itself hold two at once (``shortlist export-labels`` reads PriorLabels while it
+    lists the labels: with a share of one it was refused on an idle agent started with a small limit)."""
+    return max(min(2, limit), limit // 2)
+
+
 # The words of the refusal of a stream over one client's share of --max-server-streams (tests look for them).
 STREAM_SHARE_WORDS = "its share of the agent's server streams"
 
@@ -94,7 +104,7 @@ class StreamGuard(grpc.ServerInterceptor):
     def __init__(self, limit: int, stall_s: float, retry_after_s: float = 2.0,
                  refusals: RefusalLog | None = None, per_token: bool = False) -> None:
         self.limit = limit
-        self.share = max(1, limit // 2)  # one client's streams at once (``holder``)
+        self.share = client_share(limit)  # one client's streams at once (``holder``)
         self.per_token = per_token  # the agent has --tokens: a client is its token, else its address
         self.stall_s = stall_s
         self.retry_after_s = retry_after_s
@@ -215,9 +225,10 @@ class StreamGuard(grpc.ServerInterceptor):
         name = method.rpartition("/")[2]
         who = "token" if self.per_token else "address"
         self.refuse(context, f"a server stream ({name}) over one client's share of --max-server-streams",
-                    f"this {who} already has {self.share} server streams open (ListSamples, ListLabels, GetMap, "
-                    f"PriorLabels), {STREAM_SHARE_WORDS} (half of its {self.limit}, so that one client cannot take "
-                    f"them all); read or close one, or retry in {self.retry_after_s:g} s "
+                    f"this {who} already has {self.share} server stream{'s' if self.share != 1 else ''} open "
+                    f"(ListSamples, ListLabels, GetMap, PriorLabels), {STREAM_SHARE_WORDS} ({self.share} of its "
+                    f"{self.limit}, so that one client cannot take them all); read or close one, or retry in "
+                    f"{self.retry_after_s:g} s "
                     f"{limit_hint('max_server_streams')}")
 
     def _refuse(self, method: str, context: grpc.ServicerContext, agent_call: bool) -> None:

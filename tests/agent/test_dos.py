@@ -24,7 +24,7 @@ from agent import client
 from agent.config import Limits, WorkConfig
 from agent.errors import RETRY_AFTER_KEY
 from agent.fds import raise_open_files_limit, throttle_accept_failures
-from agent.streams import OPEN_REQUEST_TIMEOUT_S, OPEN_SERVICE_SLOTS, StreamGuard
+from agent.streams import OPEN_REQUEST_TIMEOUT_S, OPEN_SERVICE_SLOTS, StreamGuard, client_share
 from shortlist.v1 import agent_pb2, agent_pb2_grpc
 from tests.agent.conftest import Running, start
 
@@ -84,6 +84,24 @@ def test_streams_that_never_read_leave_unary_calls_alone(guarded: Running) -> No
         attacker.close()
 
 
+def test_one_client_may_hold_two_streams_at_once_under_a_small_limit(guarded: Running) -> None:
+    """One command may itself hold two streams (`export-labels` reads PriorLabels while it lists the labels):
+    with --max-server-streams 2 the client's share is both (was: half, one, and the export was refused on an
+    idle agent); a third is over the limit."""
+    assert [client_share(n) for n in (1, 2, 3, 4, 5, 16)] == [1, 2, 2, 2, 2, 8]
+    # payloads of 192 KiB on a channel that keeps a 64 KiB window: each handler stays open after one message
+    stub = agent_pb2_grpc.AgentStub(never_reading_channel(guarded.address))
+    streams = [stub.ListSamples(agent_pb2.ListSamplesRequest(include_payload=True), timeout=30) for _ in range(2)]
+    try:
+        assert [next(s).id for s in streams] == ["t0", "t0"]  # both admitted, from one address
+        with pytest.raises(grpc.RpcError) as e:
+            list(guarded.stub.ListSamples(agent_pb2.ListSamplesRequest(), timeout=30))
+        assert e.value.code() == CODE.RESOURCE_EXHAUSTED
+    finally:
+        for s in streams:
+            s.cancel()
+
+
 def test_a_stalled_stream_is_cancelled_and_frees_its_slot(guarded: Running,
                                                           caplog: pytest.LogCaptureFixture) -> None:
     attacker = never_reading_channel(guarded.address)
@@ -94,7 +112,7 @@ def test_a_stalled_stream_is_cancelled_and_frees_its_slot(guarded: Running,
         while "cancelled a ListSamples stream" not in caplog.text and time.monotonic() < end:
             time.sleep(0.1)
         assert "its client took no message for 1 s (--stream-stall-timeout)" in caplog.text
-        # its slot is free again: a stream of the same address (its share, half of the limit, was the stalled
+        # its slot is free again: a stream of the same address (one of its share of two was the stalled
         # one), read to the end, then another
         assert [len(list(guarded.stub.ListSamples(agent_pb2.ListSamplesRequest(include_payload=True), timeout=30)))
                 for _ in range(2)] == [8, 8]
