@@ -333,6 +333,12 @@ def request_token(request: Request) -> str:
     return token_of(request)
 
 
+# /predict or a webhook without `label_config` in a project no write token's /setup was remembered for.
+NO_CONFIG = ("no label config in the request, and none remembered for this project: send `label_config` (Label "
+             "Studio does), or connect the model again with a token that may write (a read token's /setup is "
+             "answered but not remembered)")
+
+
 def _code(e: grpc.RpcError) -> grpc.StatusCode:
     return e.code()  # type: ignore[attr-defined,no-any-return]
 
@@ -503,8 +509,7 @@ class LabelStudioBackend:
         with self._lock:
             known = self._schemas.peek(_project_id(project))
         if known is None:
-            raise BadRequest("no label config in the request, and none from a /setup of this project: send "
-                             "`label_config` (Label Studio does), or connect the model again")
+            raise BadRequest(NO_CONFIG)
         return parse_schema(known)
 
     @staticmethod
@@ -894,14 +899,16 @@ class LabelStudioBackend:
 def _may_write(call: Caller) -> bool:
     """Whether the caller's token may write: an empty SubmitLabels (stores nothing) marked as a role check, so
     the agent logs a read token's refusal at INFO (from the local socket of ``serve --web-port``). False for a
-    read token or an agent that takes no writes now; UNAUTHENTICATED escapes (a 401 like any other)."""
+    read token or an agent that takes no writes now; any other refusal (UNAUTHENTICATED, a busy or unreachable
+    agent) escapes as for any other call: a write token's /setup is then answered with that error, not 200 with
+    its config silently not remembered."""
     try:
         call.stub.SubmitLabels(agent_pb2.SubmitLabelsRequest(), metadata=(*call.metadata, (ROLE_CHECK_KEY, "1")),
                                timeout=call.config.rpc_timeout_s)
     except grpc.RpcError as e:
-        if _code(e) == grpc.StatusCode.UNAUTHENTICATED:
-            raise
-        return False
+        if _code(e) in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.FAILED_PRECONDITION):
+            return False
+        raise
     return True
 
 

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from fastapi import FastAPI, Request
 from fastapi.testclient import TestClient
@@ -24,6 +25,7 @@ from typer.testing import CliRunner
 from agent import client
 from agent.priors import PRIOR_METHODS
 from agent.security import ServerSecurity
+from agent.web import labelstudio
 from agent.web.app import create_app
 from agent.web.auth import token_of
 from agent.web.config import LabelStudioConfig, MatchRule, WebConfig
@@ -910,8 +912,7 @@ _T = {"id": 5, "data": {"image": "x"}}
 _P = {"id": 3, "label_config": _XML}
 _TASK_MISSING = ("without `task` (an object with its `data`, its `id` a number or a string): use Label Studio >= 1.4, "
                  "whose annotation webhooks carry the task")
-_NO_CONFIG = ("no label config in the request, and none from a /setup of this project: send `label_config` (Label "
-              "Studio does), or connect the model again")
+_NO_CONFIG = labelstudio.NO_CONFIG
 
 
 @pytest.mark.parametrize(("payload", "says"), [
@@ -1002,7 +1003,8 @@ def test_a_read_tokens_setup_is_answered_but_not_remembered(agent: Running) -> N
         req = {k: v for k, v in body("predict.json").items() if k != "label_config"}
         assert http.post("/labelstudio/setup", json=bad, headers=basic(READ_TOKEN)).status_code == 200
         r = http.post("/labelstudio/predict", json=req, headers=basic(READ_TOKEN))
-        assert r.status_code == 400 and "no label config" in r.json()["message"], r.text
+        assert r.status_code == 400 and r.json()["message"] == labelstudio.NO_CONFIG, r.text
+        assert "a token that may write" in labelstudio.NO_CONFIG
         assert http.post("/labelstudio/setup", json=setup, headers=basic(WRITE_TOKEN)).status_code == 200
         assert http.post("/labelstudio/setup", json=bad, headers=basic(READ_TOKEN)).status_code == 200
         r = http.post("/labelstudio/predict", json=req, headers=basic(READ_TOKEN))
@@ -1012,3 +1014,39 @@ def test_a_read_tokens_setup_is_answered_but_not_remembered(agent: Running) -> N
         assert r.json() == given.json() and any(res["result"] for res in r.json()["results"]), r.text
     finally:
         app.state.stub.close()
+
+
+class _Refused(grpc.RpcError):
+    def __init__(self, code: grpc.StatusCode) -> None:
+        self._code = code
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return "refused by the test"
+
+
+@pytest.mark.parametrize(("code", "may"), [
+    (grpc.StatusCode.PERMISSION_DENIED, False),  # a read token
+    (grpc.StatusCode.FAILED_PRECONDITION, False),  # an agent that takes no writes now
+    (grpc.StatusCode.UNAUTHENTICATED, None),
+    (grpc.StatusCode.RESOURCE_EXHAUSTED, None),  # busy: was False, and a write token's /setup was not remembered
+    (grpc.StatusCode.UNAVAILABLE, None),
+    (grpc.StatusCode.DEADLINE_EXCEEDED, None),
+])
+def test_the_role_check_escapes_what_is_no_answer_about_the_role(code: grpc.StatusCode, may: bool | None) -> None:
+    """_may_write is False only for the refusals that say the token may not write; the others (None here)
+    escape, so that /setup answers them instead of 200 with the config silently not remembered."""
+    from types import SimpleNamespace
+
+    def submit(*_: Any, **__: Any) -> None:
+        raise _Refused(code)
+
+    call = SimpleNamespace(stub=SimpleNamespace(SubmitLabels=submit), metadata=(),
+                           config=SimpleNamespace(rpc_timeout_s=1.0))
+    if may is None:
+        with pytest.raises(grpc.RpcError):
+            labelstudio._may_write(call)  # type: ignore[arg-type]
+    else:
+        assert labelstudio._may_write(call) is may  # type: ignore[arg-type]
