@@ -212,8 +212,10 @@ def warn_if_out_of_date(cert: Path, what: str, now: datetime | None = None) -> N
         log.warning("%s %s is not valid before %s UTC (%s): clients will refuse it until then; check this "
                     "machine's clock or the certificate", what, cert, f"{start:%Y-%m-%d %H:%M}", valid)
     elif end - now <= timedelta(days=CERT_WARN_DAYS):
-        log.warning("%s %s expires on %s UTC, in %d days (%s): clients will refuse it then; renew it before",
-                    what, cert, f"{end:%Y-%m-%d %H:%M}", (end - now).days, valid)
+        left = end - now
+        when = f"in {left.days} days" if left.days >= 2 else f"in {left.total_seconds() / 3600:.0f} hours"
+        log.warning("%s %s expires on %s UTC, %s (%s): clients will refuse it then; renew it before",
+                    what, cert, f"{end:%Y-%m-%d %H:%M}", when, valid)
 
 
 def read_token_text(path: Path) -> str:

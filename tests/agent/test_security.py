@@ -770,10 +770,11 @@ def _self_signed(tmp_path: Path, name: str, not_before: Any, not_after: Any) -> 
     ("expired", -400, -2, "expired on"),
     ("future", 3, 400, "is not valid before"),
     ("soon", -300, 10, "expires on"),
+    ("today", -300, 0.9, "in 22 hours"),  # was "in 0 days"
     ("fine", -1, 365, None),
 ])
 def test_serve_warns_about_a_certificate_out_of_its_validity(tmp_path: Path, caplog: pytest.LogCaptureFixture,
-                                                             name: str, start_days: int, end_days: int,
+                                                             name: str, start_days: float, end_days: float,
                                                              says: str | None) -> None:
     """An expired, not yet valid, or soon expiring --tls-cert is a WARNING at start naming the file and its
     dates (was: nothing, and every client then failed its handshake); the agent still starts with it (an
