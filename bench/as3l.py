@@ -39,7 +39,7 @@ import typer
 from rich.markup import escape  # paths and class names may hold "[" (rich would read markup)
 
 from bench import cifar10
-from bench.checks import OutLock
+from bench.checks import OutLock, training_stopped
 from bench.cifar10.encoder import torch_run_candidates
 from bench.cifar10.run import Walls
 from bench.metrics import class_coverage, expected_calibration_error, linear_probe_scores, prior_scores, write_json
@@ -618,6 +618,8 @@ def as3l_command(
         raise typer.BadParameter("--budgets: label counts must be positive")
     arm_list = [a.strip() for a in arms.split(",") if a.strip()] if arms else None
     cifar10.require_splits(data)  # before any work, in the words of a command without --split
+    from training.loop import Interrupted
+
     try:  # two runs into one --out would run the same cells twice and rewrite each other's results.json
         with OutLock(out, "bench as3l"):
             run_benchmark(data, PROFILES[profile], out, encoder,
@@ -628,6 +630,8 @@ def as3l_command(
     except NotWholeJson as e:  # a cell's (or the settings') file torn by a crash or edited: one line, what to do
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
+    except Interrupted as e:  # a signal inside the pretraining or a cell's training, after its checkpoint
+        raise training_stopped(e.signal_name, e.step, e.run_dir, "bench as3l") from None
 
 
 def register(bench_app: typer.Typer) -> None:

@@ -30,6 +30,15 @@ MAX_ROWS = MAX_VALUES  # typer max= of a rows option (--n): a number too large f
 MAX_DIM = 2**16  # typer max= of a --dim option
 
 
+def training_stopped(signal_name: str, step: int, run_dir: Path, command: str) -> typer.Exit:
+    """Exit 130 after one line saying that a signal (SIGINT, SIGTERM) stopped the training inside ``command``
+    (``bench as3l``, ``bench recipe``) at ``step`` with a checkpoint in ``run_dir``, and that the same command
+    resumes it (the training loop's own hint names `shortlist pretrain --resume`, which is not this command)."""
+    typer.echo(f"interrupted: {signal_name}: training stopped at step {step}, checkpointed in {run_dir}; run the "
+               f"same `shortlist {command}` command again to resume (what finished is reused)", err=True)
+    return typer.Exit(130)
+
+
 def require_fits(rows: int, dim: int, rows_flag: str = "--n", dim_flag: str = "--dim") -> None:
     """Exit 2 with one ``error:`` line when a generated ``rows`` x ``dim`` pool would hold more than MAX_VALUES
     numbers (it would fill the memory of a shared machine before the benchmark began)."""

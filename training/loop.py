@@ -259,6 +259,7 @@ class Interrupted(RuntimeError):
         super().__init__(f"{signal_name}: training stopped at step {step}, checkpointed in {run_dir}; {resume_hint}")
         self.signal_name = signal_name
         self.step = step
+        self.run_dir = run_dir
 
 
 class StopFlag:

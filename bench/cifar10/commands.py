@@ -66,6 +66,8 @@ def register(bench_app: typer.Typer) -> None:
         overrides = Overrides(strategies=split(strategies), seeds=seeds, budgets=split(budgets),
                               prior_methods=split(prior_methods), semi_supervised_at=at,
                               semi_supervised_steps=semi_supervised_steps, audit=audit)
+        from training.loop import Interrupted
+
         # Two runs into one --out would start two agents on its agent-base and rewrite each other's results.json.
         with OutLock(out, "bench cifar10"):
             try:
@@ -73,7 +75,9 @@ def register(bench_app: typer.Typer) -> None:
             except NotWholeJson as e:  # the pretraining run's config.json, torn or edited: one line, what to do
                 typer.secho(f"error: {e}", err=True, fg="red")
                 raise typer.Exit(2) from None
-            except KeyboardInterrupt:  # Ctrl-C: the agent is stopped (agent_process); say what is kept, exit 130
+            # Ctrl-C or SIGTERM: the agent is stopped (agent_process); say what is kept, exit 130. Inside the
+            # pretraining the training loop takes the signal and raises Interrupted after its checkpoint.
+            except (KeyboardInterrupt, Interrupted):
                 typer.echo(interrupted_note(out), err=True)
                 raise typer.Exit(130) from None
         if run.skipped:  # a table with holes is not a success: scripts and `&&` chains must see it

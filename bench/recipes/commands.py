@@ -58,11 +58,12 @@ def register(bench_app: typer.Typer) -> None:
     ) -> None:
         """Run a paper's active-learning system end to end through the agent, with its baselines."""
         from bench import cifar10
-        from bench.checks import OutLock
+        from bench.checks import OutLock, training_stopped
         from bench.recipes.loop import Options, RoundFailed, run_recipe
         from bench.recipes.spec import parse_imbalance
         from shortlist.atomic import NotWholeJson
         from training.cycle import CycleRefused
+        from training.loop import Interrupted
 
         try:
             recipe = get_recipe(name)
@@ -97,3 +98,5 @@ def register(bench_app: typer.Typer) -> None:
             where = out or Path(f"runs/recipe-{name}-{profile}")
             typer.secho(f"stopped: {e}; the cells finished so far are in {where}/results.json", err=True, fg="red")
             raise typer.Exit(1) from None
+        except Interrupted as e:  # a signal inside the pretraining or a round's training, after its checkpoint
+            raise training_stopped(e.signal_name, e.step, e.run_dir, "bench recipe") from None

@@ -92,3 +92,24 @@ def test_bad_arguments_are_clear(tiny_data: Path, tmp_path: Path) -> None:
     r = CliRunner().invoke(app, ["bench", "as3l", "--data", str(tiny_data), "--profile", "smoke", "--arms", "magic",
                                  "--out", str(tmp_path / "o")])
     assert r.exit_code != 0 and "unknown arm(s) magic" in r.output
+
+
+def test_a_signal_during_training_says_to_rerun_bench_as3l(tiny_data: Path, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A signal inside the pretraining or a cell's training (loop.Interrupted, whose own hint names
+    `shortlist pretrain --resume`): one line naming `bench as3l`, exit 130, no traceback."""
+    import bench.as3l as as3l
+    from training import loop
+
+    def stopped(*a: object, **k: object) -> None:
+        raise loop.Interrupted("SIGTERM", 2, tmp_path / "out" / "pretrain", "continue with the same command and "
+                               "--resume (nothing to export until it finishes)")
+
+    monkeypatch.setattr(as3l, "run_benchmark", stopped)
+    result = CliRunner().invoke(app, ["bench", "as3l", "--profile", "smoke", "--data", str(tiny_data), "--out",
+                                      str(tmp_path / "out")])
+    assert result.exit_code == 130, result.output
+    said = " ".join(result.output.split())
+    assert said == (f"interrupted: SIGTERM: training stopped at step 2, checkpointed in "
+                    f"{tmp_path / 'out' / 'pretrain'}; run the same `shortlist bench as3l`"
+                    " command again to resume (what finished is reused)"), said

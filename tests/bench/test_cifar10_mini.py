@@ -520,3 +520,47 @@ def test_one_class_or_a_test_class_the_train_split_lacks_is_one_error_line(tmp_p
             result = CliRunner().invoke(app, cmd)
             assert result.exit_code == 2, result.output
             assert result.output.strip() == said
+
+
+@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM"])
+def test_a_signal_during_its_own_pretraining_says_to_rerun_the_same_command(tmp_path: Path, signal_name: str,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C or SIGTERM while `bench cifar10` pretrains its encoder: the training loop checkpoints and stops;
+    the command prints its one interrupted line (rerun the same `bench cifar10` command, which has no
+    --resume), exit 130, no traceback naming `shortlist pretrain`'s --resume."""
+    from bench.cifar10 import Profile
+    from bench.cifar10.profiles import PROFILES
+    from training import loop
+
+    rng = np.random.default_rng(1)
+    for split, n in (("train", 12), ("test", 4)):
+        for ci, c in enumerate(CLASSES):
+            (tmp_path / "data" / split / c).mkdir(parents=True)
+            for i in range(n):
+                img = np.full((32, 32, 3), 40.0)
+                img[..., ci] = 200
+                img = np.clip(img + rng.normal(0, 25, img.shape), 0, 255).astype(np.uint8)
+                Image.fromarray(img).save(tmp_path / "data" / split / c / f"{i:04d}.png")
+    monkeypatch.setitem(PROFILES, "quick", Profile(
+        name="quick", pool_size=30, test_size=12, pretrain_minutes=0.02, arch="resnet18_w32", method="simsiam",
+        seeds=1, budgets=("3",), strategies=("random",), prior_methods=("knn",),
+        pretrain_options={"batch_size": 8, "threads": 1, "progress": False}))
+
+    class SignalledAtOnce(loop.StopFlag):  # the signal, as its handler records it, before the first step ends
+        def __enter__(self) -> loop.StopFlag:
+            super().__enter__()
+            self._handle(getattr(signal, signal_name), None)
+            return self
+
+    import signal
+
+    monkeypatch.setattr(loop, "StopFlag", SignalledAtOnce)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["bench", "cifar10", "--data", str(tmp_path / "data"), "--profile", "quick",
+                                      "--out", str(out)])
+    assert result.exit_code == 130, result.output
+    assert "Traceback" not in result.output and "--resume" not in result.output
+    said = " ".join(result.output.split())
+    assert (f"interrupted: no (strategy, seed) run had finished; {out / 'pretrain'} keeps the pretraining's last "
+            "checkpoint; run the same `shortlist bench cifar10` command again to resume") in said, said
+    assert (out / "pretrain" / loop.CHECKPOINT).is_file() and not (out / "pretrain" / loop.SUMMARY).exists()

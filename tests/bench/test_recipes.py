@@ -326,3 +326,24 @@ def test_a_broken_recipe_registration_breaks_bench_recipe_alone(tmp_path: Path) 
     flat = re.sub(r"\s+", " ", done.stderr)
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     assert "a registered recipe is refused: recipe simsiam_al: arm linear-coreset: unknown strategy 'coreset'" in flat
+
+
+def test_a_signal_during_training_says_to_rerun_bench_recipe(tiny: Path, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A signal inside the pretraining or a round's training (loop.Interrupted, whose hint names `shortlist
+    pretrain --resume` or `shortlist cycle`): one line naming `bench recipe`, exit 130, no traceback."""
+    import bench.recipes.loop as recipe_loop
+    from training import loop
+
+    def stopped(*a: object, **k: object) -> None:
+        raise loop.Interrupted("SIGINT", 3, tmp_path / "out" / "pretrain", "nothing was published; run "
+                               "`shortlist cycle` again")
+
+    monkeypatch.setattr(recipe_loop, "run_recipe", stopped)
+    result = CliRunner().invoke(app, ["bench", "recipe", "das", "--profile", "smoke", "--data", str(tiny),
+                                      "--out", str(tmp_path / "out")])
+    assert result.exit_code == 130, result.output
+    said = " ".join(result.output.split())
+    assert said == (f"interrupted: SIGINT: training stopped at step 3, checkpointed in "
+                    f"{tmp_path / 'out' / 'pretrain'}; run the same `shortlist bench recipe`"
+                    " command again to resume (what finished is reused)"), said
