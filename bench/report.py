@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections import defaultdict
 from dataclasses import dataclass
@@ -15,21 +16,48 @@ import typer
 
 from bench.checks import class_counts_said, is_imbalanced
 from bench.references import REFERENCE_COLUMNS, reference_value
-from shortlist.atomic import read_json
+from shortlist.atomic import NotWholeJson, read_json_value
+
+
+def other_bench_result(value: object) -> tuple[str, str] | None:
+    """The bench command whose results.json ``value`` is (``bench strategies``: an array of its cells;
+    ``bench recipe``, ``bench as3l``: an object of their own) and the plot it draws beside results.md; None for
+    anything else (a ``bench cifar10`` run, or a file that is none of them)."""
+    if isinstance(value, list) and value and all(isinstance(r, dict) and "strategy" in r and "budget" in r
+                                                  for r in value):
+        return "bench strategies", "results.png"
+    if isinstance(value, dict) and "records" not in value:
+        if "recipe" in value and "cells" in value:
+            return "bench recipe", "accuracy_vs_labels.png"
+        if "arms" in value and "results" in value:
+            return "bench as3l", "accuracy_vs_steps.png"
+    return None
 
 
 def load_run(path: Path) -> dict[str, Any]:
-    """A benchmark run's results.json (``path`` is the folder or the file itself)."""
+    """A benchmark run's results.json (``path`` is the folder or the file itself). Another bench command's
+    results.json (``other_bench_result``) is a ValueError naming that command and the report it wrote."""
     f = path / "results.json" if path.is_dir() else path
     if not f.is_file():
         raise FileNotFoundError(f"{f} does not exist: is {path} a `shortlist bench cifar10` output folder?")
     # not whole JSON (torn by a crash of an older version, or edited by hand): NotWholeJson naming it; the
     # report command says it in one error: line (a report silently without a run it was given would mislead)
-    run = read_json(f, "rerun the `shortlist bench cifar10` command that wrote it (its runs are run again), or "
-                    "leave that run out of the report")
-    if "records" not in run:  # bench strategies / as3l write their own reports
-        raise ValueError(f"{f} is not a `shortlist bench cifar10` result (bench strategies and bench as3l write "
-                         "their results.md and plots themselves; rerun those commands to redraw them)")
+    fix = "rerun the `shortlist bench cifar10` command that wrote it (its runs are run again), or leave that run " \
+          "out of the report"
+    run = read_json_value(f, fix)
+    other = other_bench_result(run)
+    if other is not None:  # bench strategies / recipe / as3l render their own reports, in other tables
+        command, plot = other
+        raise ValueError(f"{f} is a `shortlist {command}` result, not a `shortlist bench cifar10` one: `bench "
+                         f"report` renders `bench cifar10` runs; {f.parent / 'results.md'} and {f.parent / plot} "
+                         f"are that run's report (the same `shortlist {command}` command, run again, redraws them)")
+    if not isinstance(run, dict):
+        kind = "an array" if isinstance(run, list) else "a string" if isinstance(run, str) else json.dumps(run)
+        raise NotWholeJson(f"{f} holds {kind}, not a JSON object (edited by hand?); {fix}")
+    if "records" not in run:
+        raise ValueError(f"{f} is not a `shortlist bench cifar10` result (no \"records\"): `bench report` renders "
+                         "`bench cifar10` runs; bench strategies, bench recipe and bench as3l write their results.md "
+                         "and plots themselves (rerun those commands to redraw them)")
     run.setdefault("label", f.parent.name)
     return run
 

@@ -230,3 +230,43 @@ if __name__ == "__main__":
         GOLDEN.mkdir(exist_ok=True)
         for name, runs in _golden_runs(Path(tmp)).items():
             (GOLDEN / name).write_text(markdown(runs), encoding="utf-8")
+
+
+def test_another_bench_commands_results_json_is_named_not_called_torn(tmp_path: Path) -> None:
+    """`bench report` on an untouched `bench strategies` output folder (whose results.json is an array of
+    cells) said it "holds an array ... edited by hand?" and to rerun `bench cifar10`; it names the command
+    that wrote it and that folder's own report instead, exit 2. So for `bench recipe` and `bench as3l`."""
+    import numpy as np
+    from typer.testing import CliRunner
+
+    from shortlist.cli import app
+    from tests.agent.strategies.pools import blobs
+
+    x, y = blobs(clusters=2, per_cluster=10, dim=4)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y)
+    strategies = tmp_path / "strategies"
+    made = CliRunner().invoke(app, ["bench", "strategies", "--embeddings", str(tmp_path / "x.npy"), "--labels",
+                                    str(tmp_path / "y.npy"), "--budgets", "4", "--seeds", "1", "--strategies",
+                                    "random", "--priors", "knn", "--out", str(strategies)])
+    assert made.exit_code == 0, made.output
+    recipe, as3l = tmp_path / "recipe", tmp_path / "as3l"
+    recipe.mkdir()
+    as3l.mkdir()
+    (recipe / "results.json").write_text(json.dumps({"recipe": "das", "profile": "smoke", "cells": []}))
+    (as3l / "results.json").write_text(json.dumps({"profile": "smoke", "arms": ["flexmatch"], "labels": [],
+                                                   "results": []}))
+    for folder, command, plot in ((strategies, "bench strategies", "results.png"),
+                                  (recipe, "bench recipe", "accuracy_vs_labels.png"),
+                                  (as3l, "bench as3l", "accuracy_vs_steps.png")):
+        result = CliRunner().invoke(app, ["bench", "report", str(folder)], env={"COLUMNS": "400"})
+        assert result.exit_code == 2, result.output
+        said = " ".join(result.output.replace("│", " ").split())
+        assert (f"{folder / 'results.json'} is a `shortlist {command}` result, not a `shortlist bench cifar10` one: "
+                f"`bench report` renders `bench cifar10` runs; {folder / 'results.md'} and {folder / plot} are that "
+                f"run's report") in said, said
+        assert "edited by hand" not in said and "Traceback" not in said
+    # an array that is no bench command's: still the torn-or-edited error, exit 2
+    (recipe / "results.json").write_text("[1, 2]")
+    result = CliRunner().invoke(app, ["bench", "report", str(recipe)])
+    assert result.exit_code == 2 and "holds an array, not a JSON object" in result.output, result.output
