@@ -165,3 +165,29 @@ def test_select_help_shows_a_long_strategy_name_whole(monkeypatch: pytest.Monkey
     out = CliRunner().invoke(app, ["select", "--help"], env={"COLUMNS": "80"}, terminal_width=80).output
     words = set(re.split(r"[\s,│:()]+", out))
     assert set(STRATEGIES) <= words, (sorted(set(STRATEGIES) - words), out)
+
+
+def test_the_docs_adding_a_strategy_example_runs_with_and_without_its_param() -> None:
+    """docs/strategies.md's "Adding a strategy" example, as written (imports included), registers and picks:
+    with the request's k and without it (params hold only what the request gave: reading ``params["k"]``
+    was a KeyError then; the example reads its Param with ``get_int``, which falls back to the default), and
+    a k outside its declared range is InvalidArgument before the function runs."""
+    from agent.params import registry
+
+    section = DOCS.read_text().split("### Adding a strategy", 1)[1].split("\n## ", 1)[0]
+    code = re.search(r"```python\n(.*?)```", section, re.S)
+    assert code, "docs/strategies.md's Adding a strategy section has no python example"
+    namespace: dict[str, object] = {}
+    exec(compile(code[1], str(DOCS), "exec"), namespace)
+    entries = [v for v in namespace.values() if isinstance(v, StrategyEntry)]
+    assert len(entries) == 1, entries
+    entry = registry(*entries)[entries[0].name]
+    pool = make_pool(X, Y, LABELED)
+    for params in ({}, {"k": "3"}):
+        with cancel.scope(cancel.CancelToken.within(DEADLINE_S)):
+            sel = entry(pool, 7, np.random.default_rng(0), params)
+        rows = sel.rows.tolist()
+        assert len(rows) == 7 == len(set(rows)) == len(sel.scores) and sel.rows.dtype == np.int64, params
+        assert set(rows) <= set(pool.candidates.tolist()), params
+    with pytest.raises(InvalidArgument, match="k"):
+        entry(pool, 7, np.random.default_rng(0), {"k": "0"})
