@@ -9,7 +9,7 @@ import typer
 from bench.checks import OutLock
 from bench.cifar10.data import require_splits
 from bench.cifar10.evaluation import write_embeddings
-from bench.cifar10.profiles import PROFILES
+from bench.cifar10.profiles import PROFILES, check_budgets
 from bench.cifar10.run import Overrides, interrupted_note, run_benchmark
 from shortlist.atomic import NotWholeJson
 from shortlist.datasets import split_sources_said
@@ -26,6 +26,19 @@ def check_names(strategies: list[str] | None, prior_methods: list[str] | None) -
                                                                         "prior method")):
         if names:
             registry_names(",".join(names), registry, what)
+
+
+def label_counts(entries: list[str], flag: str) -> list[int]:
+    """``entries`` as positive label counts; a usage error naming ``flag`` for one that is not (a traceback of
+    int() before)."""
+    try:
+        counts = [int(x) for x in entries]
+    except ValueError:
+        raise typer.BadParameter(f"{', '.join(entries)}: give positive label counts like 10,40",
+                                 param_hint=f"'{flag}'") from None
+    if any(n <= 0 for n in counts):
+        raise typer.BadParameter("label counts must be positive", param_hint=f"'{flag}'")
+    return counts
 
 
 def register(bench_app: typer.Typer) -> None:
@@ -61,11 +74,14 @@ def register(bench_app: typer.Typer) -> None:
         def split(s: str | None) -> list[str] | None:
             return [x.strip() for x in s.split(",") if x.strip()] if s else None
 
-        check_names(split(strategies), split(prior_methods))  # before minutes of loading and pretraining
-        at = [int(x) for x in split(semi_supervised_at) or []] if semi_supervised_at is not None else None
+        # The cheap checks, before minutes of loading and pretraining.
+        check_names(split(strategies), split(prior_methods))
+        at = label_counts(split(semi_supervised_at) or [], "--semi-supervised-at") \
+            if semi_supervised_at is not None else None
         overrides = Overrides(strategies=split(strategies), seeds=seeds, budgets=split(budgets),
                               prior_methods=split(prior_methods), semi_supervised_at=at,
                               semi_supervised_steps=semi_supervised_steps, audit=audit)
+        check_budgets(overrides.apply(PROFILES[profile]).budgets)
         from training.loop import Interrupted
 
         # Two runs into one --out would start two agents on its agent-base and rewrite each other's results.json.

@@ -64,17 +64,35 @@ PROFILES: dict[str, Profile] = {
 }
 
 
-def resolve_budgets(budgets: Sequence[str], pool: int) -> list[int]:
-    """Label counts, ascending and unique, from "10" / "1%" style entries (percentages of ``pool``)."""
-    out: set[int] = set()
+def check_budgets(budgets: Sequence[str]) -> None:
+    """A usage error (``--budgets``) for an entry that is neither a positive label count nor a percentage above
+    0 and below 100, said before any data is loaded (whether the counts stay below the pool, and whether a
+    small percentage of it still gives a label, is known only once the pool is: ``resolve_budgets``)."""
     for b in budgets:
         b = b.strip()
         try:
-            n = round(pool * float(b[:-1]) / 100) if b.endswith("%") else int(b)
+            value = float(b[:-1]) if b.endswith("%") else int(b)
         except ValueError:
-            raise typer.BadParameter(f"budget {b!r} is neither a count nor a percentage like 1%") from None
+            raise typer.BadParameter(f"budget {b!r} is neither a count nor a percentage like 1%",
+                                     param_hint="'--budgets'") from None
+        if b.endswith("%") and not 0 < value < 100:  # nan and inf fail this too
+            raise typer.BadParameter(f"budget {b!r}: a percentage of the pool must be above 0 and below 100%",
+                                     param_hint="'--budgets'")
+        if value <= 0:
+            raise typer.BadParameter(f"budget {b!r} gives {int(value)} labels; budgets must be positive",
+                                     param_hint="'--budgets'")
+
+
+def resolve_budgets(budgets: Sequence[str], pool: int) -> list[int]:
+    """Label counts, ascending and unique, from "10" / "1%" style entries (percentages of ``pool``)."""
+    check_budgets(budgets)
+    out: set[int] = set()
+    for b in budgets:
+        b = b.strip()
+        n = round(pool * float(b[:-1]) / 100) if b.endswith("%") else int(b)
         if n <= 0:
-            raise typer.BadParameter(f"budget {b!r} gives {n} labels; budgets must be positive")
+            raise typer.BadParameter(f"budget {b!r} gives {n} labels of the pool's {pool} images; budgets must be "
+                                     "positive", param_hint="'--budgets'")
         out.add(min(n, pool))
     return sorted(out)
 

@@ -35,7 +35,7 @@ from bench.cifar10.evaluation import (
 )
 from bench.cifar10.ingest import ingest_pool
 from bench.cifar10.process import agent_process
-from bench.cifar10.profiles import Profile, resolve_budgets
+from bench.cifar10.profiles import Profile, check_budgets, resolve_budgets
 from bench.metrics import write_json
 from shortlist.datasets import ImageArray
 
@@ -239,6 +239,7 @@ def run_benchmark(data: Path, profile: Profile, out: Path, encoder: Path | None 
     console = console or Console()
     overrides = overrides or Overrides()
     profile = overrides.apply(profile)
+    check_budgets(profile.budgets)  # before the data is loaded: a bad entry is said at once
     folders = Folders(out)
     out.mkdir(parents=True, exist_ok=True)
     walls = Walls()

@@ -77,6 +77,7 @@ def register(bench_app: typer.Typer) -> None:
         for a in arm_list or []:
             recipe.arm(a)  # unknown arm: a usage error before any work
         budget_list = [b.strip() for b in budgets.split(",") if b.strip()] if budgets else None
+        cifar10.check_budgets(budget_list or [])  # before the data is loaded and the encoder pretrained
         imb = parse_imbalance(imbalance) if imbalance is not None else None
         options = Options(encoder=encoder, seeds=seeds, arms=arm_list, imbalance=imb, budgets=budget_list, pool=pool,
                           test=test, pretrain_minutes=pretrain_minutes, steps=steps)

@@ -564,3 +564,41 @@ def test_a_signal_during_its_own_pretraining_says_to_rerun_the_same_command(tmp_
     assert (f"interrupted: no (strategy, seed) run had finished; {out / 'pretrain'} keeps the pretraining's last "
             "checkpoint; run the same `shortlist bench cifar10` command again to resume") in said, said
     assert (out / "pretrain" / loop.CHECKPOINT).is_file() and not (out / "pretrain" / loop.SUMMARY).exists()
+
+
+@pytest.mark.parametrize(("budgets", "said"), [
+    ("0", "budget '0' gives 0 labels; budgets must be positive"),
+    ("3,-2", "budget '-2' gives -2 labels; budgets must be positive"),
+    ("0%", "budget '0%': a percentage of the pool must be above 0 and below 100%"),
+    ("inf%", "budget 'inf%': a percentage of the pool must be above 0 and below 100%"),
+    ("ten", "budget 'ten' is neither a count nor a percentage like 1%"),
+])
+def test_bad_budgets_are_refused_before_the_data_is_loaded(tiny_cifar: Path, tmp_path: Path, budgets: str,
+                                                           said: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--budgets 0 was refused only once the data was loaded (CIFAR-10: about 100 s of silence first); every
+    entry that cannot be a budget whatever the pool is now refused at once, exit 2, nothing written."""
+    def not_yet(*a: object, **k: object) -> None:
+        raise AssertionError("the data was loaded before --budgets was checked")
+
+    monkeypatch.setattr(cifar10_run, "load_pool_and_test", not_yet)
+    out = tmp_path / "o"
+    result = CliRunner().invoke(app, ["bench", "cifar10", "--data", str(tiny_cifar), "--profile", "quick",
+                                      "--budgets", budgets, "--out", str(out)], env={"COLUMNS": "300"})
+    text = " ".join("".join(c for c in result.output if c not in "│╭╮╰╯─").split())
+    assert result.exit_code == 2 and f"Invalid value for '--budgets': {said}" in text, text
+    assert not out.exists()
+    from bench.cifar10.profiles import PROFILES
+
+    with pytest.raises(typer.BadParameter, match="budget"):  # run_benchmark, called from Python, checks them too
+        cifar10_run.run_benchmark(tiny_cifar, PROFILES["quick"], out, overrides=cifar10_run.Overrides(
+            budgets=budgets.split(",")))
+    assert not out.exists()
+
+
+def test_a_semi_supervised_point_that_is_no_label_count_is_a_usage_error(tiny_cifar: Path, tmp_path: Path) -> None:
+    """--semi-supervised-at abc ended in a ValueError traceback from int()."""
+    for at in ("abc", "10,0"):
+        result = CliRunner().invoke(app, ["bench", "cifar10", "--data", str(tiny_cifar), "--semi-supervised-at", at,
+                                          "--out", str(tmp_path / "o")], env={"COLUMNS": "300"})
+        assert result.exit_code == 2 and "Invalid value for '--semi-supervised-at'" in result.output, result.output
+        assert "Traceback" not in result.output and not (tmp_path / "o").exists()

@@ -347,3 +347,19 @@ def test_a_signal_during_training_says_to_rerun_bench_recipe(tiny: Path, tmp_pat
     assert said == (f"interrupted: SIGINT: training stopped at step 3, checkpointed in "
                     f"{tmp_path / 'out' / 'pretrain'}; run the same `shortlist bench recipe`"
                     " command again to resume (what finished is reused)"), said
+
+
+def test_bad_budgets_are_refused_before_the_data_is_loaded(tiny: Path, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """--budgets 0 was refused only after the data was loaded and the pretext encoder pretrained."""
+    import bench.recipes.loop as recipe_loop
+
+    def not_yet(*a: object, **k: object) -> None:
+        raise AssertionError("the recipe ran before --budgets was checked")
+
+    monkeypatch.setattr(recipe_loop, "run_recipe", not_yet)
+    result = CliRunner().invoke(app, ["bench", "recipe", "das", "--profile", "smoke", "--data", str(tiny),
+                                      "--budgets", "4,0", "--out", str(tmp_path / "out")], env={"COLUMNS": "300"})
+    assert result.exit_code == 2, result.output
+    assert "Invalid value for '--budgets': budget '0' gives 0 labels; budgets must be positive" in result.output
+    assert not (tmp_path / "out").exists()
