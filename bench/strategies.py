@@ -397,11 +397,13 @@ def _run_cell(variant: Variant, budget: int, seed: int, methods: list[str], rows
         })
 
 
-# results.md's key: what each column's figures are.
-UNITS = ("Accuracies are in % (mean ± std over seeds); balanced accuracy is the mean per-class recall. "
-         "\"classes covered\" is how many classes the labelled set holds. ECE is a fraction (0 to 1): the "
-         "expected calibration error of the prior labels' top-class confidence on the unlabelled pool. "
-         "results.png plots the means over seeds.")
+def units(seeds: int) -> str:
+    """results.md's key: what each column's figures are (over ``seeds`` seeds: one has no spread to show)."""
+    several = seeds > 1
+    return (f"Accuracies are in %{' (mean ± std over seeds)' if several else ''}; balanced accuracy is the mean "
+            "per-class recall. \"classes covered\" is how many classes the labelled set holds. ECE is a fraction "
+            "(0 to 1): the expected calibration error of the prior labels' top-class confidence on the unlabelled "
+            f"pool. results.png plots {'the means over seeds' if several else 'the figures'}.")
 # results.md's line, and the probe columns' and panel's note, when no test split was given: the probe is then
 # scored on the rows the strategy did not pick, which a reader of "linear probe acc" would take for a test set.
 PROBE_ON_POOL = ("No test split (--test-embeddings / --test-labels not given): the linear probe is scored on the "
@@ -443,7 +445,7 @@ def markdown_table(summary: list[dict[str, Any]], priors: list[str], probe_on_po
                 by_strategy.setdefault(r["strategy"], {})[r["prior_method"]] = r
         for s, per in by_strategy.items():
             any_r = next(iter(per.values()))
-            cells = [s, f"{any_r['coverage']:.1f} ± {any_r['coverage_std']:.1f}",
+            cells = [s, f"{any_r['coverage']:.1f}" + _spread(any_r, "coverage", 1.0),
                      _percent(any_r, "linear_accuracy"), _percent(any_r, "linear_balanced_accuracy")]
             for m in priors:
                 got = per.get(m)
@@ -456,11 +458,17 @@ def markdown_table(summary: list[dict[str, Any]], priors: list[str], probe_on_po
 
 
 def _percent(row: dict[str, Any], key: str) -> str:
-    """``row[key]`` ± ``row[key + "_std"]`` in %, or "-" when there was nothing to score (NaN: e.g. a
-    budget that labels the whole pool leaves no prior to score)."""
+    """``row[key]`` ± ``row[key + "_std"]`` in % (the mean alone for one seed), or "-" when there was nothing
+    to score (NaN: e.g. a budget that labels the whole pool leaves no prior to score)."""
     if not np.isfinite(row[key]):
         return "-"
-    return f"{100 * row[key]:.1f} ± {100 * row[key + '_std']:.1f}"
+    return f"{100 * row[key]:.1f}" + _spread(row, key, 100.0)
+
+
+def _spread(row: dict[str, Any], key: str, scale: float) -> str:
+    """" ± std" of ``row[key]`` (times ``scale``), or "" for a row of one seed: its std is 0 by definition, not
+    a measured spread."""
+    return f" ± {scale * row[key + '_std']:.1f}" if row.get("seeds", 2) > 1 else ""
 
 
 def plot_panels(priors: list[str], balanced: bool, probe_on_pool: bool = False) -> list[tuple[str, str | None, str]]:
@@ -817,9 +825,10 @@ def strategies_cmd(
         source = embeddings_source(embeddings, len(x))
         head = (f"`bench strategies` on {source + ': ' if source else ''}{embeddings.name} ({len(x)} rows x "
                 f"{x.shape[1]} dims, "
-                f"{classes} classes; test {test}), {seeds} seed{'s' if seeds > 1 else ''} (mean ± std "
-                f"over them), priors {calibration}; every setting in settings.json\n\n"
-                f"{counts_said}.\n\n{UNITS}\n\n" + ("" if tx is not None else f"{PROBE_ON_POOL}\n\n"))
+                f"{classes} classes; test {test}), "
+                + ("1 seed" if seeds == 1 else f"{seeds} seeds (mean ± std over them)")
+                + f", priors {calibration}; every setting in settings.json\n\n"
+                f"{counts_said}.\n\n{units(seeds)}\n\n" + ("" if tx is not None else f"{PROBE_ON_POOL}\n\n"))
         settings = {"embeddings": str(embeddings.resolve()), "labels": str(labels.resolve()), "rows": len(x),
                     "dims": int(x.shape[1]), "classes": classes, "class_names": class_names, "class_counts": counts,
                     "test_embeddings": str(test_embeddings.resolve()) if test_embeddings else None,

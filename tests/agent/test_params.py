@@ -191,3 +191,15 @@ def test_the_docs_adding_a_strategy_example_runs_with_and_without_its_param() ->
         assert set(rows) <= set(pool.candidates.tolist()), params
     with pytest.raises(InvalidArgument, match="k"):
         entry(pool, 7, np.random.default_rng(0), {"k": "0"})
+
+
+def test_docs_label_free_list_is_the_registrys() -> None:
+    """docs/strategies.md names the strategies that work from zero labels in prose ("`LABEL_FREE`: random,
+    audit, ..."); they are agent.strategies.LABEL_FREE (which follows each entry's ``needs``), none more or
+    less, so a new strategy that needs no labels is named there too."""
+    from agent.strategies import LABEL_FREE
+
+    listed = re.search(r"\(`LABEL_FREE`: ([a-z_0-9, ]+);", " ".join(DOCS.read_text().split()))
+    assert listed, "docs/strategies.md no longer lists LABEL_FREE as \"(`LABEL_FREE`: a, b, ...;\""
+    names = [n.strip() for n in listed[1].split(",")]
+    assert sorted(names) == sorted(LABEL_FREE), f"docs/strategies.md's LABEL_FREE list should be: {sorted(LABEL_FREE)}"

@@ -236,12 +236,12 @@ def test_bench_strategies_reports_balanced_accuracy_beside_the_plain(tmp_path: P
     md = (out / "results.md").read_text()
     assert ("| linear probe acc (on the unlabelled pool) | linear probe balanced acc (on the unlabelled pool) | knn "
             "prior acc / balanced acc / ECE |") in md  # no test split
-    assert (f"{100 * record['prior_accuracy']:.1f} ± 0.0 / {100 * record['prior_balanced_accuracy']:.1f} ± 0.0 / "
-            f"{record['ece']:.3f}") in md
+    assert (f"{100 * record['prior_accuracy']:.1f} / {100 * record['prior_balanced_accuracy']:.1f} / "
+            f"{record['ece']:.3f}") in md  # one seed: the figures alone
     # the pool is imbalanced (24 / 3 / 3): the header says so with the counts, and the plots show balanced accuracy
     assert ("pool per class: 0 24, 1 3, 2 3; imbalanced (largest / smallest class 8.0, above 1.5): judge by "
             "balanced accuracy") in md
-    assert "Accuracies are in % (mean ± std over seeds)" in md and "ECE is a fraction" in md
+    assert "Accuracies are in %; balanced accuracy" in md and "ECE is a fraction" in md
     assert json.loads((out / "settings.json").read_text())["class_counts"] == [24, 3, 3]
 
 
@@ -539,3 +539,26 @@ def test_without_a_test_split_the_results_say_the_probe_is_scored_on_the_unlabel
           / "results.md").read_text()
     assert "unlabelled pool (the rows" not in md and "| linear probe acc | linear probe balanced acc |" in md
     assert json.loads((with_test / "out" / "settings.json").read_text())["probe_scored_on"] == "test split"
+
+
+def test_one_seed_prints_plain_values_not_a_spread_of_zero(tmp_path: Path) -> None:
+    """With --seeds 1 results.md said "1 seed (mean ± std over them)" and "± 0.0" in every cell: one seed has
+    no spread. It says "1 seed" and prints the plain figures; two seeds keep mean ± std."""
+    x, y = blobs(clusters=2, per_cluster=10, dim=4)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y)
+    for seeds in (1, 2):
+        out = tmp_path / f"s{seeds}"
+        result = CliRunner().invoke(app, ["bench", "strategies", "--embeddings", str(tmp_path / "x.npy"), "--labels",
+                                          str(tmp_path / "y.npy"), "--budgets", "4", "--seeds", str(seeds),
+                                          "--strategies", "random", "--priors", "knn", "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        md = (out / "results.md").read_text()
+        row = next(line for line in md.splitlines() if line.startswith("| random |"))
+        if seeds == 1:
+            assert ", 1 seed, priors" in md and "±" not in md, md
+            assert re.fullmatch(r"\| random \| \d+\.\d \| \d+\.\d \| \d+\.\d \| \d+\.\d / \d+\.\d / \d\.\d{3} \|",
+                                row), row
+        else:
+            assert ", 2 seeds (mean ± std over them), priors" in md and "(mean ± std over seeds)" in md, md
+            assert row.count("±") == 5, row
