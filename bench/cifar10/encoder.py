@@ -210,7 +210,8 @@ def prepare_encoder(encoder: Path | None, profile: Profile, splits: PoolSplits, 
     if len(pool_idx) < batch:
         # caught here, not deep in the training loop, so the message names the flag a bench user has
         raise typer.BadParameter(f"the pool ({len(pool_idx)} images) is smaller than one pretraining batch of "
-                                 f"profile {profile.name} ({batch}); give --pool {batch} or more, or pass --encoder")
+                                 f"profile {profile.name} ({batch}); give --data of {batch} images or more "
+                                 f"(bench recipe: --pool {batch} or more), or pass --encoder")
     earlier = earlier_pretraining(run_dir, config, profile.pretrain_options)
     provenance = {"encoder": str(run_dir), "kind": "pretrained here", "minutes": profile.pretrain_minutes}
     if earlier == "finished":

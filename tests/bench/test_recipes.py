@@ -172,7 +172,8 @@ def test_a_pool_smaller_than_the_pretraining_batch_is_a_usage_error(tiny: Path, 
                                       "--out", str(tmp_path / "out")])
     assert result.exit_code == 2, result.output
     flat = re.sub(r"[\s│╭╮╰╯─]+", " ", result.output)
-    assert "smaller than one pretraining batch" in flat and "give --pool 512 or more" in flat
+    assert "smaller than one pretraining batch" in flat and "--pool 512 or more" in flat
+    assert "--data of 512 images" in flat
     assert "Traceback" not in result.output
 
 
