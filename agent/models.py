@@ -144,6 +144,9 @@ class ModelManager:
         # Held while ``current`` and ``pending*`` change together (the swap) and while GetStatus reads them
         # (``progress``), so a status never shows a version as both serving and pending, or as neither.
         self._view_lock = threading.Lock()
+        # One ``check`` at a time: the polling thread's and a test's direct call (two at once wrote the same
+        # version's index snapshot through one temporary folder, named by the pid, and one removed the other's).
+        self._check_lock = threading.Lock()
         self._looked_at = time.monotonic()  # when the re-embedding last looked for a newer version
         # ReloadModel's wait for a look at the registry made after it asked (``reload``): ``_asked`` counts the
         # requests; a look takes the count when it starts (``_ticket``) and, once it has an outcome (a version
@@ -629,7 +632,11 @@ class ModelManager:
                 self._refuse(name, f"{name} refused: cannot load it: {e}")
 
     def check(self) -> None:
-        """Adopt/embed/swap as needed; called by the polling thread (and directly by tests)."""
+        """Adopt/embed/swap as needed; called by the polling thread (and directly by tests), one at a time."""
+        with self._check_lock:
+            self._check()
+
+    def _check(self) -> None:
         self._start_look()
         self._watch_served()
         if self.current is None:

@@ -383,3 +383,29 @@ def test_rollback_to_the_served_version_whose_folder_changed_says_so(tmp_path: P
         assert check_version(models / "v0002").preprocess.mean == (0.1, 0.2, 0.3)
     finally:
         r.stop()
+
+
+def test_checks_of_the_registry_run_one_at_a_time(running: Running, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The polling thread's check and a direct one never overlap (CI, under load: a test's direct check and the
+    polling thread's both saved v0003's index snapshot through one temporary folder named by the pid, and one
+    removed the other's: FileNotFoundError)."""
+    import threading
+
+    inside, most = [0], [0]
+    count = threading.Lock()
+
+    def slow_check() -> None:
+        with count:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        time.sleep(0.05)
+        with count:
+            inside[0] -= 1
+
+    monkeypatch.setattr(running.agent.manager, "_check", slow_check)
+    threads = [threading.Thread(target=running.agent.manager.check) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert most[0] == 1
