@@ -9,27 +9,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 from typer.testing import CliRunner
 
 from bench.as3l import ARMS
 from shortlist.cli import app
+from tests.bench.helpers import colour_folders
 
 CLASSES = ["circle", "square", "stripe"]
 
 
 @pytest.fixture()
 def tiny_data(tmp_path: Path) -> Path:
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 10), ("test", 4)):
-        for ci, c in enumerate(CLASSES):
-            (tmp_path / "data" / split / c).mkdir(parents=True)
-            for i in range(n):
-                img = np.full((32, 32, 3), 40.0)
-                img[..., ci] = 200  # each class has its own dominant colour channel
-                img = np.clip(img + rng.normal(0, 25, img.shape), 0, 255).astype(np.uint8)
-                Image.fromarray(img).save(tmp_path / "data" / split / c / f"{i:04d}.png")
-    return tmp_path / "data"
+    return colour_folders(tmp_path / "data", CLASSES, (("train", 10), ("test", 4)), seed=0)
 
 
 # About 25 CPU seconds (three agent processes, ten 4-step trainings); the wider limit is for a machine that

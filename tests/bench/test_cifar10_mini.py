@@ -18,6 +18,7 @@ import bench.cifar10.run as cifar10_run
 from agent.testing import foreign_encoder, publish_linear, publish_model
 from shortlist.cli import app
 from shortlist.manifest import Preprocess, list_versions
+from tests.bench.helpers import colour_folders
 
 CLASSES = ["circle", "square", "stripe"]
 
@@ -126,15 +127,7 @@ def test_benchmark_pretrains_its_own_encoder(tmp_path: Path, capsys: pytest.Capt
     the model's size), export, publish, serve; the run records the pool subset it trained on."""
     from bench.cifar10 import Profile, run_benchmark
 
-    rng = np.random.default_rng(1)
-    for split, n in (("train", 12), ("test", 4)):
-        for ci, c in enumerate(CLASSES):
-            (tmp_path / "data" / split / c).mkdir(parents=True)
-            for i in range(n):
-                img = np.full((32, 32, 3), 40.0)
-                img[..., ci] = 200
-                img = np.clip(img + rng.normal(0, 25, img.shape), 0, 255).astype(np.uint8)
-                Image.fromarray(img).save(tmp_path / "data" / split / c / f"{i:04d}.png")
+    colour_folders(tmp_path / "data", CLASSES, (("train", 12), ("test", 4)), seed=1)
     profile = Profile(name="tiny", pool_size=30, test_size=12, pretrain_minutes=0.02, arch="resnet18_w32",
                       method="simsiam", seeds=1, budgets=("3", "6"), strategies=("random",), prior_methods=("knn",),
                       pretrain_options={"batch_size": 8, "threads": 1, "progress": False})
@@ -532,15 +525,7 @@ def test_a_signal_during_its_own_pretraining_says_to_rerun_the_same_command(tmp_
     from bench.cifar10.profiles import PROFILES
     from training import loop
 
-    rng = np.random.default_rng(1)
-    for split, n in (("train", 12), ("test", 4)):
-        for ci, c in enumerate(CLASSES):
-            (tmp_path / "data" / split / c).mkdir(parents=True)
-            for i in range(n):
-                img = np.full((32, 32, 3), 40.0)
-                img[..., ci] = 200
-                img = np.clip(img + rng.normal(0, 25, img.shape), 0, 255).astype(np.uint8)
-                Image.fromarray(img).save(tmp_path / "data" / split / c / f"{i:04d}.png")
+    colour_folders(tmp_path / "data", CLASSES, (("train", 12), ("test", 4)), seed=1)
     monkeypatch.setitem(PROFILES, "quick", Profile(
         name="quick", pool_size=30, test_size=12, pretrain_minutes=0.02, arch="resnet18_w32", method="simsiam",
         seeds=1, budgets=("3",), strategies=("random",), prior_methods=("knn",),
